@@ -1,0 +1,68 @@
+"""kiln: a small, readable deep-learning framework with a compiler inside.
+
+`import kiln as torch` should run a typical PyTorch training script. This module only
+re-exports; each name is defined in the layer that owns it (see DESIGN.md).
+"""
+
+from kiln.ir.dtypes import (bool_ as bool, uint8, int32, int64, float16, float32,  # noqa: F401
+                            float64, DType as dtype, get_default_dtype, set_default_dtype)
+from kiln.runtime.device import Device as device  # noqa: F401
+from kiln.tracer.tensor import Tensor, Size  # noqa: F401
+from kiln.tracer import methods as _methods  # noqa: F401  (binds ops onto Tensor)
+from kiln.tracer.autograd import (no_grad, enable_grad, set_grad_enabled,  # noqa: F401
+                                  inference_mode, is_grad_enabled)
+from kiln.tracer.functional import (  # noqa: F401
+    add, sub, rsub, mul, div, true_divide, divide, floor_divide, remainder, fmod, pow,
+    float_power, neg, negative, abs, absolute, sign, reciprocal, square, exp, exp2, log, log2,
+    log10, log1p, expm1, sqrt, rsqrt, sin, cos, tan, tanh, sigmoid, erf, floor, ceil, trunc, fix,
+    round, frac, maximum, minimum, clamp, clip, clamp_min, clamp_max, lerp, addcmul, addcdiv,
+    hypot, eq, ne, lt, le, gt, ge, less, less_equal, greater, greater_equal, not_equal,
+    logical_not, logical_and, logical_or, logical_xor, bitwise_and, bitwise_or, bitwise_xor,
+    bitwise_not, isnan, isinf, isposinf, isneginf, isfinite, nan_to_num, allclose, isclose,
+    equal, relu, sum, nansum, mean, nanmean, amax, amin, max, min, argmax, argmin, prod, var,
+    std, var_mean, std_mean, logsumexp, all, any, count_nonzero, norm, dist, cumsum, cumprod,
+    reshape, flatten, unflatten, squeeze, unsqueeze, permute, transpose, swapaxes, swapdims, t,
+    movedim, moveaxis, broadcast_to, broadcast_tensors, repeat_interleave, tile, cat, concat,
+    concatenate, stack, hstack, vstack, narrow, split, chunk, tensor_split, unbind, select, flip,
+    fliplr, flipud, roll, tril, triu, diagonal, diag, trace, index_select, gather, scatter,
+    scatter_add, index_add, index_fill, index_copy, masked_fill, masked_select, take,
+    take_along_dim, nonzero, argwhere, matmul, mm, bmm, mv, dot, inner, outer, ger, addmm,
+    baddbmm, einsum, tensordot, softmax, log_softmax, where, result_type, clone)
+from kiln.tracer.creation import (  # noqa: F401
+    tensor, as_tensor, asarray, from_numpy, full, zeros, ones, empty, zeros_like, ones_like,
+    full_like, empty_like, arange, linspace, logspace, eye, Generator, default_generator,
+    manual_seed, seed, initial_seed, get_rng_state, set_rng_state, rand, randn, rand_like,
+    randn_like, randint, randint_like, randperm, multinomial, bernoulli, normal)
+from kiln import autograd  # noqa: F401
+from kiln import compiler  # noqa: F401
+from kiln.compiler import compile  # noqa: F401
+from kiln.runtime import cuda  # noqa: F401
+from kiln.runtime.threads import set_num_threads, get_num_threads  # noqa: F401
+
+half, float, double, long, int, short = float16, float32, float64, int64, int32, int32
+uint8 = uint8
+FloatTensor = DoubleTensor = LongTensor = BoolTensor = Tensor
+__version__ = "0.1.0"
+
+from kiln import nn  # noqa: F401,E402  (after the aliases above: nn uses the public surface)
+from kiln import optim  # noqa: F401,E402  (`torch.optim.Adam` without a separate import)
+from kiln import utils  # noqa: F401,E402  (`torch.utils.data.DataLoader`)
+from kiln import metrics  # noqa: F401,E402
+from kiln.serialization import save, load  # noqa: F401,E402
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, Tensor)
+
+
+def numel(input: Tensor) -> int:
+    return input.numel()
+
+
+def is_floating_point(input: Tensor) -> bool:
+    return input.dtype.is_floating_point
+
+
+def promote_types(type1, type2):
+    from kiln.ir.dtypes import promote
+    return promote(type1, type2)

@@ -1,0 +1,634 @@
+"""The primitive ops: for each, its shape and dtype rule, array implementation and gradient rule.
+
+Every tensor operation in kiln is one of these primitives or a Python composition of them.
+An entry reads like the math: `impl(xp, *arrays, **attrs)` computes it with an array module
+(`numpy` or `cupy`), `infer(shapes, dtypes, **attrs)` gives the result's shape and dtype (and
+rejects bad input), and `grad(g, out, *inputs, **attrs)` maps the output gradient to one
+gradient per input, written with tensor ops so that eager autograd, higher-order gradients and
+backward tracing all run the same rule.
+
+Inputs of a primitive are tensors or Python numbers ("literals"); in shape rules a literal has
+shape () and dtype None. Attributes are hashable (tuples, numbers, dtypes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.dtypes import DType
+
+ELEMENTWISE, REDUCE, MOVEMENT, INDEX, MATMUL, CREATION, RANDOM = (
+    "elementwise", "reduce", "movement", "index", "matmul", "creation", "random")
+
+
+class ShapeError(Exception):
+    """An op got inputs whose shapes or dtypes it cannot take; the dispatcher adds the op name
+    and the user's source line and re-raises it as the matching Python exception."""
+
+    def __init__(self, message: str, kind: type = RuntimeError):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, eq=False)
+class Primitive:
+    name: str
+    kind: str
+    infer: Callable
+    impl: Callable
+    grad: Callable | None            # None: not differentiable (outputs never require grad)
+    arity: int | None = None         # None: variadic (cat)
+    quiet: bool = False              # impl may hit NaN/inf; silence NumPy's warnings
+    doc: str = field(default="", compare=False)
+
+    def __repr__(self) -> str:
+        return f"<primitive {self.name}>"
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+class _PrimitiveCalls:
+    """`P.mul(a, b)` applies a primitive through the dispatcher the tracer installs.
+
+    Gradient rules and composite ops call primitives this way, so `ir` never imports the layer
+    that executes it.
+    """
+
+    dispatch: Callable | None = None
+
+
+P = _PrimitiveCalls()
+
+
+def define(name, kind, infer, impl, grad=None, arity=None, quiet=False, doc=""):
+    prim = Primitive(name, kind, infer, impl, grad, arity, quiet, doc)
+    PRIMITIVES[name] = prim
+
+    def call(*args, **attrs):
+        return P.dispatch(prim, args, attrs)
+
+    call.__name__ = name
+    setattr(P, name, call)
+    return prim
+
+
+# ----------------------------------------------------------------------------- shape rules
+
+def broadcast_shapes(*shapes: tuple) -> tuple:
+    """NumPy/PyTorch broadcasting of shapes, with PyTorch's message on mismatch."""
+    if len(shapes) == 2 and shapes[0] == shapes[1]:
+        return shapes[0]
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for i in range(-ndim, 0):
+        size = 1
+        for k, s in enumerate(shapes):
+            if len(s) >= -i:
+                d = s[i]
+                if d != 1:
+                    if size != 1 and d != size:
+                        raise ShapeError(
+                            f"The size of tensor a ({size}) must match the size of tensor b "
+                            f"({d}) at non-singleton dimension {ndim + i}; shapes were "
+                            + ", ".join(str(list(s)) for s in shapes))
+                    size = d
+        out.append(size)
+    return tuple(out)
+
+
+def _tensor_dtype(dtypes):
+    for d in dtypes:
+        if d is not None:
+            return d
+    raise ShapeError("an elementwise op needs at least one tensor input")
+
+
+def _same_dtype(dtypes):
+    first = _tensor_dtype(dtypes)
+    for d in dtypes:
+        if d is not None and d is not first:
+            raise ShapeError(f"expected all tensor inputs to have one dtype, got {list(dtypes)}")
+    return first
+
+
+def _elementwise(shapes, dtypes):
+    return broadcast_shapes(*shapes), _same_dtype(dtypes)
+
+
+def _compare(shapes, dtypes):
+    _same_dtype(dtypes)
+    return broadcast_shapes(*shapes), dt.bool_
+
+
+def _unary(shapes, dtypes):
+    return shapes[0], dtypes[0]
+
+
+def _float_unary(shapes, dtypes):
+    if not dtypes[0].is_floating_point:
+        raise ShapeError(f"expected a floating-point input, got {dtypes[0].name}", TypeError)
+    return shapes[0], dtypes[0]
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """A dimension index in [-ndim, ndim) made non-negative; PyTorch's IndexError otherwise."""
+    lo, hi = -max(ndim, 1), max(ndim, 1) - 1
+    if not lo <= axis <= hi:
+        raise ShapeError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], "
+                         f"but got {axis})", IndexError)
+    return axis % max(ndim, 1)
+
+
+def reduced_shape(shape: tuple, axes: tuple, keepdim: bool) -> tuple:
+    if keepdim:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _reduce(shapes, dtypes, axes, keepdim):
+    for a in axes:
+        if not 0 <= a < max(len(shapes[0]), 1):
+            raise ShapeError(f"reduction axis {a} is out of range for shape {list(shapes[0])}",
+                             IndexError)
+    return reduced_shape(shapes[0], axes, keepdim), dtypes[0]
+
+
+def _nonempty_reduce(shapes, dtypes, axes, keepdim):
+    for a in axes:
+        if len(shapes[0]) and shapes[0][a] == 0:
+            raise ShapeError(f"cannot reduce over dimension {a} of size 0 (shape "
+                             f"{list(shapes[0])}): the operation has no identity", IndexError)
+    return _reduce(shapes, dtypes, axes, keepdim)
+
+
+def _keep(shape, axes):
+    """The shape a reduction's output has with keepdim=True, for broadcasting it back."""
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+def unbroadcast(g, shape: tuple):
+    """Sum a broadcast gradient back to an input's shape."""
+    return g if g.shape == shape else g.sum_to_size(shape)
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+def _quiet_unary(name, fn, grad, infer=_float_unary, doc=""):
+    define(name, ELEMENTWISE, infer, fn, grad, arity=1, quiet=True, doc=doc)
+
+
+define("neg", ELEMENTWISE, _unary, lambda xp, x: -x if x.dtype != bool else ~x,
+       lambda g, out, x: (-g,), arity=1)
+define("abs", ELEMENTWISE, _unary, lambda xp, x: xp.abs(x),
+       lambda g, out, x: (g * P.sign(x),), arity=1)
+define("sign", ELEMENTWISE, _unary, lambda xp, x: xp.sign(x),
+       lambda g, out, x: (g * 0,), arity=1)
+_quiet_unary("exp", lambda xp, x: xp.exp(x), lambda g, out, x: (g * out,))
+_quiet_unary("log", lambda xp, x: xp.log(x), lambda g, out, x: (g / x,))
+_quiet_unary("log1p", lambda xp, x: xp.log1p(x), lambda g, out, x: (g / (x + 1),))
+_quiet_unary("expm1", lambda xp, x: xp.expm1(x), lambda g, out, x: (g * (out + 1),))
+_quiet_unary("sqrt", lambda xp, x: xp.sqrt(x), lambda g, out, x: (g / (out * 2),))
+_quiet_unary("sin", lambda xp, x: xp.sin(x), lambda g, out, x: (g * P.cos(x),))
+_quiet_unary("cos", lambda xp, x: xp.cos(x), lambda g, out, x: (-(g * P.sin(x)),))
+_quiet_unary("tanh", lambda xp, x: xp.tanh(x), lambda g, out, x: (g * (1 - out * out),))
+_quiet_unary("sigmoid", lambda xp, x: 1 / (1 + xp.exp(-x)),
+             lambda g, out, x: (g * out * (1 - out),))
+_quiet_unary("erf", lambda xp, x: _erf(xp, x),
+             lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * P.exp(-(x * x)),))
+def _rounding(fn):
+    return lambda xp, x: x if x.dtype.kind in "biu" else getattr(xp, fn)(x)
+
+
+for _name in ("floor", "ceil", "trunc"):
+    define(_name, ELEMENTWISE, _unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1)
+define("round", ELEMENTWISE, lambda shapes, dtypes, decimals=0: (shapes[0], dtypes[0]),
+       lambda xp, x, decimals=0: xp.round(x, decimals),
+       lambda g, out, x, decimals=0: (g * 0,), arity=1)
+define("bitwise_not", ELEMENTWISE, _unary, lambda xp, x: ~x, None, arity=1)
+
+
+def _erf(xp, x):
+    if xp is np:
+        # NumPy has no erf; math.erf is exact to the last bit, and erf is rare on the hot path.
+        # (asarray: frompyfunc hands back a bare Python float for a 0-d input)
+        return np.asarray(np.frompyfunc(math.erf, 1, 1)(x)).astype(x.dtype) if x.size else \
+            x.copy()
+    import cupyx.scipy.special  # GPU path only
+    return cupyx.scipy.special.erf(x)
+
+
+def _shape(v):
+    return v.shape if not isinstance(v, (int, float, bool)) else None
+
+
+def _pow_grad(g, out, x, y):
+    if _shape(x) is None:
+        gx = None
+    elif _shape(y) is None and y == 0:
+        gx = g * 0
+    else:
+        gx = g * y * P.pow(x, y - 1)
+    if _shape(y) is None or not y.dtype.is_floating_point:
+        gy = None
+    elif _shape(x) is None:
+        gy = g * out * math.log(x)
+    else:
+        # d/dy x**y = x**y log x, taken as 0 where x == 0 so that 0**y has a finite gradient
+        gy = g * P.where(P.eq(x, 0), 0.0, out * P.log(x))
+    return _both(gx, gy, x, y)
+
+
+def _binary(name, impl, grad, infer=_elementwise, quiet=False):
+    define(name, ELEMENTWISE, infer, impl, grad, arity=2, quiet=quiet)
+
+
+def _both(gx, gy, x, y):
+    """Gradients of a binary op, reduced to each tensor input's shape (None for literals)."""
+    sx, sy = _shape(x), _shape(y)
+    return (unbroadcast(gx, sx) if sx is not None and gx is not None else None,
+            unbroadcast(gy, sy) if sy is not None and gy is not None else None)
+
+
+_binary("add", lambda xp, x, y: x + y, lambda g, out, x, y: _both(g, g, x, y))
+_binary("sub", lambda xp, x, y: x - y, lambda g, out, x, y: _both(g, -g, x, y))
+_binary("mul", lambda xp, x, y: x * y, lambda g, out, x, y: _both(g * y, g * x, x, y))
+_binary("div", lambda xp, x, y: x / y,
+        lambda g, out, x, y: _both(g / y, -(g * out) / y, x, y), quiet=True)
+_binary("floordiv", lambda xp, x, y: xp.floor_divide(x, y), None, quiet=True)
+_binary("mod", lambda xp, x, y: xp.remainder(x, y),
+        lambda g, out, x, y: _both(g, -(g * P.floordiv(x, y)), x, y), quiet=True)
+_binary("pow", lambda xp, x, y: xp.power(x, y), _pow_grad, quiet=True)
+
+
+def _max_grad(g, out, x, y):
+    # PyTorch splits the gradient evenly where the two inputs tie
+    share = P.where(P.eq(x, y), 0.5, P.cast(P.eq(out, x), dtype=out.dtype))
+    return _both(g * share, g * (1 - share), x, y)
+
+
+_binary("maximum", lambda xp, x, y: xp.maximum(x, y), _max_grad)
+_binary("minimum", lambda xp, x, y: xp.minimum(x, y), _max_grad)
+_binary("bitwise_and", lambda xp, x, y: x & y, None)
+_binary("bitwise_or", lambda xp, x, y: x | y, None)
+_binary("bitwise_xor", lambda xp, x, y: x ^ y, None)
+for _name, _fn in (("eq", lambda xp, x, y: x == y), ("ne", lambda xp, x, y: x != y),
+                   ("lt", lambda xp, x, y: x < y), ("le", lambda xp, x, y: x <= y),
+                   ("gt", lambda xp, x, y: x > y), ("ge", lambda xp, x, y: x >= y)):
+    _binary(_name, _fn, None, infer=_compare)
+
+
+def _where_infer(shapes, dtypes):
+    if dtypes[0] is not dt.bool_:
+        raise ShapeError(f"where expected condition to be a boolean tensor, got {dtypes[0]}",
+                         RuntimeError)
+    return broadcast_shapes(*shapes), _same_dtype(dtypes[1:])
+
+
+def _where_grad(g, out, cond, x, y):
+    gx = P.where(cond, g, 0.0) if _shape(x) is not None else None
+    gy = P.where(cond, 0.0, g) if _shape(y) is not None else None
+    return (None, unbroadcast(gx, x.shape) if gx is not None else None,
+            unbroadcast(gy, y.shape) if gy is not None else None)
+
+
+define("where", ELEMENTWISE, _where_infer, lambda xp, c, x, y: xp.where(c, x, y), _where_grad,
+       arity=3)
+
+
+def _cast_grad(g, out, x, dtype):
+    return (P.cast(g, dtype=x.dtype) if x.dtype.is_floating_point else None,)
+
+
+define("cast", ELEMENTWISE, lambda shapes, dtypes, dtype: (shapes[0], dtype),
+       lambda xp, x, dtype: x.astype(dtype.np), _cast_grad, arity=1)
+
+
+# ----------------------------------------------------------------------------- reductions
+
+def _sum_grad(g, out, x, axes, keepdim):
+    return (P.expand(P.reshape(g, shape=_keep(x.shape, axes)), shape=x.shape),)
+
+
+def _max_reduce_grad(g, out, x, axes, keepdim):
+    keep = _keep(x.shape, axes)
+    hit = P.cast(P.eq(x, P.reshape(out, shape=keep)), dtype=x.dtype)
+    count = P.sum(hit, axes=axes, keepdim=True)   # ties share the gradient, as amax does
+    return (P.reshape(g, shape=keep) * hit / count,)
+
+
+def _prod_grad(g, out, x, axes, keepdim):
+    # x_i's gradient is the product of the others; with a zero among them, out / x_i fails
+    keep = _keep(x.shape, axes)
+    is_zero = P.eq(x, 0)
+    zeros = P.sum(P.cast(is_zero, dtype=x.dtype), axes=axes, keepdim=True)
+    nonzero_prod = P.prod(P.where(is_zero, 1.0, x), axes=axes, keepdim=True)
+    others = P.where(is_zero, P.where(P.eq(zeros, 1), nonzero_prod, 0.0),
+                     P.where(P.eq(zeros, 0), nonzero_prod / P.where(is_zero, 1.0, x), 0.0))
+    return (P.reshape(g, shape=keep) * others,)
+
+
+def _reduce_impl(fn):
+    return lambda xp, x, axes, keepdim: getattr(xp, fn)(x, axis=axes, keepdims=keepdim)
+
+
+define("sum", REDUCE, _reduce, lambda xp, x, axes, keepdim:
+       xp.sum(x, axis=axes, keepdims=keepdim, dtype=x.dtype), _sum_grad, arity=1)
+define("max", REDUCE, _nonempty_reduce, _reduce_impl("max"), _max_reduce_grad, arity=1)
+define("prod", REDUCE, _reduce, lambda xp, x, axes, keepdim:
+       xp.prod(x, axis=axes, keepdims=keepdim, dtype=x.dtype), _prod_grad, arity=1)
+
+
+def _argmax_infer(shapes, dtypes, axis, keepdim):
+    _nonempty_reduce(shapes, dtypes, (axis,), keepdim)
+    return reduced_shape(shapes[0], (axis,), keepdim), dt.int64
+
+
+define("argmax", REDUCE, _argmax_infer,
+       lambda xp, x, axis, keepdim: xp.argmax(x, axis=axis, keepdims=keepdim), None, arity=1)
+
+
+def _cumsum_grad(g, out, x, axis):
+    return (P.flip(P.cumsum(P.flip(g, axes=(axis,)), axis=axis), axes=(axis,)),)
+
+
+define("cumsum", REDUCE, lambda shapes, dtypes, axis: (shapes[0], dtypes[0]),
+       lambda xp, x, axis: xp.cumsum(x, axis=axis, dtype=x.dtype), _cumsum_grad, arity=1)
+
+
+# ----------------------------------------------------------------------------- movement
+
+def _reshape_infer(shapes, dtypes, shape):
+    if math.prod(shape) != math.prod(shapes[0]):
+        raise ShapeError(f"shape '{list(shape)}' is invalid for input of size "
+                         f"{math.prod(shapes[0])}")
+    return shape, dtypes[0]
+
+
+define("reshape", MOVEMENT, _reshape_infer, lambda xp, x, shape: x.reshape(shape),
+       lambda g, out, x, shape: (P.reshape(g, shape=x.shape),), arity=1)
+
+
+def _permute_infer(shapes, dtypes, perm):
+    if sorted(perm) != list(range(len(shapes[0]))):
+        raise ShapeError(f"permute: dims {list(perm)} are not a permutation of the "
+                         f"{len(shapes[0])} dims of shape {list(shapes[0])}")
+    return tuple(shapes[0][p] for p in perm), dtypes[0]
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+define("permute", MOVEMENT, _permute_infer, lambda xp, x, perm: x.transpose(perm),
+       lambda g, out, x, perm: (P.permute(g, perm=_inverse(perm)),), arity=1)
+
+
+def _expand_infer(shapes, dtypes, shape):
+    src = shapes[0]
+    if len(shape) < len(src):
+        raise ShapeError(f"expand: the target shape {list(shape)} has fewer dims than the "
+                         f"tensor's shape {list(src)}")
+    for s, d in zip(src[::-1], shape[::-1]):
+        if s != d and s != 1:
+            raise ShapeError(f"The expanded size of the tensor ({d}) must match the existing "
+                             f"size ({s}) at a non-singleton dimension; target {list(shape)}, "
+                             f"tensor {list(src)}")
+    return shape, dtypes[0]
+
+
+define("expand", MOVEMENT, _expand_infer, lambda xp, x, shape: xp.broadcast_to(x, shape),
+       lambda g, out, x, shape: (unbroadcast(g, x.shape),), arity=1)
+
+
+def _slice_infer(shapes, dtypes, starts, stops, steps):
+    out = []
+    for d, a, b, s in zip(shapes[0], starts, stops, steps):
+        if not (0 <= a <= b <= d and s >= 1):
+            raise ShapeError(f"slice [{a}:{b}:{s}] does not fit a dim of size {d}", IndexError)
+        out.append((b - a + s - 1) // s)
+    return tuple(out), dtypes[0]
+
+
+def _slice_grad(g, out, x, starts, stops, steps):
+    if all(s == 1 for s in steps):
+        pads = tuple((a, d - b) for a, b, d in zip(starts, stops, x.shape))
+        return (P.pad(g, pads=pads, value=0.0),)
+    # strided: scatter into zeros through a flat index
+    return (P.index_add(P.full(shape=(x.numel(),), value=0.0, dtype=g.dtype),
+                        _flat_positions(x.shape, starts, stops, steps, g),
+                        P.reshape(g, shape=(g.numel(),)), axis=0).reshape(x.shape),)
+
+
+def _flat_positions(shape, starts, stops, steps, like):
+    idx = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+    idx = idx[tuple(slice(a, b, s) for a, b, s in zip(starts, stops, steps))].reshape(-1)
+    return like.new_tensor(idx)
+
+
+define("slice", MOVEMENT, _slice_infer,
+       lambda xp, x, starts, stops, steps: x[tuple(map(slice, starts, stops, steps))],
+       _slice_grad, arity=1)
+define("flip", MOVEMENT, lambda shapes, dtypes, axes: (shapes[0], dtypes[0]),
+       lambda xp, x, axes: xp.flip(x, axis=axes),
+       lambda g, out, x, axes: (P.flip(g, axes=axes),), arity=1)
+
+
+def _pad_infer(shapes, dtypes, pads, value):
+    if len(pads) != len(shapes[0]):
+        raise ShapeError(f"pad: {len(pads)} (low, high) pairs for {len(shapes[0])} dims")
+    out = tuple(d + lo + hi for d, (lo, hi) in zip(shapes[0], pads))
+    if any(d < 0 for d in out) or any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ShapeError(f"pad: negative padding {list(pads)} on shape {list(shapes[0])}")
+    return out, dtypes[0]
+
+
+def _pad_grad(g, out, x, pads, value):
+    return (P.slice(g, starts=tuple(lo for lo, hi in pads),
+                    stops=tuple(lo + d for (lo, hi), d in zip(pads, x.shape)),
+                    steps=(1,) * len(pads)),)
+
+
+def _pad_impl(xp, x, pads, value):
+    # full + one slice assignment: xp.pad's generic machinery costs ~2x more on small arrays,
+    # and every slice's gradient is a pad
+    out = xp.full(tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads)), value, dtype=x.dtype)
+    out[tuple(slice(lo, lo + d) for d, (lo, hi) in zip(x.shape, pads))] = x
+    return out
+
+
+define("pad", MOVEMENT, _pad_infer, _pad_impl, _pad_grad, arity=1)
+
+
+def _cat_infer(shapes, dtypes, axis):
+    first = shapes[0]
+    for s in shapes[1:]:
+        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first))
+                                       if i != axis):
+            raise ShapeError(f"Sizes of tensors must match except in dimension {axis}; got "
+                             + ", ".join(str(list(s)) for s in shapes))
+    out = list(first)
+    out[axis] = sum(s[axis] for s in shapes)
+    return tuple(out), _same_dtype(dtypes)
+
+
+def _cat_grad(g, out, *xs, axis):
+    grads, at = [], 0
+    for x in xs:
+        n = x.shape[axis]
+        starts = tuple(at if i == axis else 0 for i in range(g.ndim))
+        stops = tuple(at + n if i == axis else d for i, d in enumerate(g.shape))
+        grads.append(P.slice(g, starts=starts, stops=stops, steps=(1,) * g.ndim))
+        at += n
+    return tuple(grads)
+
+
+define("cat", MOVEMENT, _cat_infer, lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
+       _cat_grad)
+
+
+# ----------------------------------------------------------------------------- indexing
+
+def _check_index(dtypes, name):
+    if dtypes[1] not in (dt.int64, dt.int32):
+        raise ShapeError(f"{name}: expected an int64 or int32 index, got {dtypes[1].name}",
+                         IndexError)
+
+
+def _take_infer(shapes, dtypes, axis):
+    _check_index(dtypes, "take")
+    x, idx = shapes
+    return x[:axis] + idx + x[axis + 1:], dtypes[0]
+
+
+def _take_impl(xp, x, idx, axis):
+    n = x.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        bad = idx.max() if idx.max() >= n else idx.min()
+        raise IndexError(f"index {int(bad)} is out of bounds for dimension {axis} with size {n}")
+    return xp.take(x, idx, axis=axis)
+
+
+define("take", INDEX, _take_infer, _take_impl,
+       lambda g, out, x, idx, axis: (
+           P.index_add(P.full(shape=x.shape, value=0, dtype=g.dtype), idx, g, axis=axis), None),
+       arity=2, doc="out = x indexed along `axis` by an integer tensor of any shape")
+
+
+def _scatter_infer(shapes, dtypes, axis):
+    _check_index(dtypes, "index_add")
+    base, idx, src = shapes
+    want = base[:axis] + idx + base[axis + 1:]
+    if tuple(src) != want:
+        raise ShapeError(f"index_add: source shape {list(src)} should be {list(want)} for base "
+                         f"{list(base)} and index {list(idx)} along dim {axis}")
+    if dtypes[2] is not dtypes[0]:
+        raise ShapeError(f"index_add: source dtype {dtypes[2].name} differs from the base's "
+                         f"{dtypes[0].name}")
+    return base, dtypes[0]
+
+
+def _index_add_impl(xp, base, idx, src, axis):
+    out = base.copy()
+    where = (slice(None),) * axis + (idx,)
+    if xp is np:
+        np.add.at(out, where, src)
+    else:
+        xp.add.at(out, where, src)
+    return out
+
+
+def _index_put_impl(xp, base, idx, src, axis):
+    out = base.copy()
+    out[(slice(None),) * axis + (idx,)] = src
+    return out
+
+
+def _index_put_grad(g, out, base, idx, src, axis):
+    written = P.index_put(P.full(shape=base.shape, value=True, dtype=dt.bool_), idx,
+                          P.full(shape=src.shape, value=False, dtype=dt.bool_), axis=axis)
+    return P.where(written, g, 0.0), None, P.take(g, idx, axis=axis)
+
+
+define("index_add", INDEX, _scatter_infer, _index_add_impl,
+       lambda g, out, base, idx, src, axis: (g, None, P.take(g, idx, axis=axis)), arity=3,
+       doc="out = base, plus src added at the positions idx names along `axis`")
+define("index_put", INDEX, _scatter_infer, _index_put_impl, _index_put_grad, arity=3,
+       doc="out = base, with src written at the positions idx names along `axis`")
+
+
+# ----------------------------------------------------------------------------- matmul
+
+def _matmul_infer(shapes, dtypes):
+    a, b = shapes
+    if len(a) < 2 or len(b) < 2 or a[:-2] != b[:-2] or a[-1] != b[-2]:
+        raise ShapeError(f"mat1 and mat2 shapes cannot be multiplied "
+                         f"({'x'.join(map(str, a))} and {'x'.join(map(str, b))})")
+    return a[:-1] + b[-1:], _same_dtype(dtypes)
+
+
+def _swap_last(t):
+    perm = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
+    return P.permute(t, perm=perm)
+
+
+def _needs_grad(x) -> bool:
+    """Whether an input wants a gradient: static metadata, so rules may branch on it."""
+    return getattr(x, "requires_grad", False)
+
+
+def _matmul_grad(g, out, a, b):
+    # skip the product nobody needs: a matmul is the one gradient too costly to waste
+    return (P.matmul(g, _swap_last(b)) if _needs_grad(a) else None,
+            P.matmul(_swap_last(a), g) if _needs_grad(b) else None)
+
+
+define("matmul", MATMUL, _matmul_infer, lambda xp, a, b: xp.matmul(a, b), _matmul_grad, arity=2,
+       doc="batched matrix product; batch dims equal, at least 2-D (callers broadcast)")
+
+
+# ----------------------------------------------------------------------------- creation, random
+
+def _full_infer(shapes, dtypes, shape, value, dtype):
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"Trying to create tensor with negative dimension: {list(shape)}")
+    return tuple(shape), dtype
+
+
+define("full", CREATION, _full_infer,
+       lambda xp, shape, value, dtype: xp.full(shape, value, dtype=dtype.np), None, arity=0)
+
+
+def _arange_infer(shapes, dtypes, start, stop, step, dtype):
+    if step == 0:
+        raise ShapeError("arange: step must be nonzero")
+    return (max(0, math.ceil((stop - start) / step)),), dtype
+
+
+define("arange", CREATION, _arange_infer,
+       lambda xp, start, stop, step, dtype: xp.arange(start, stop, step).astype(dtype.np),
+       None, arity=0)
+
+
+def _rand_infer(shapes, dtypes, shape, dtype):
+    if dtypes[0] is not dt.int64 or shapes[0] != ():
+        raise ShapeError("rand: the seed must be a 0-d int64 tensor")
+    return tuple(shape), dtype
+
+
+def _rand_impl(xp, seed, shape, dtype):
+    gen = np.random.Generator(np.random.Philox(key=int(seed)))
+    values = gen.random(shape, dtype=np.float64).astype(dtype.np)
+    return values if xp is np else xp.asarray(values)
+
+
+define("rand", RANDOM, _rand_infer, _rand_impl, None, arity=1,
+       doc="uniform [0, 1) numbers, a pure function of the seed input (so replays match eager)")

@@ -1,0 +1,7 @@
+"""Graph -> Graph rewrites: cleanup, forward/backward partition, fusion, memory planning.
+
+`cleanup` (dce, cse, fold_constants, simplify, optimize), `partition` (min-cut forward/backward
+split of a joint graph), `fusion` (a Schedule of fused kernels and extern calls) and `memory`
+(a liveness-based buffer plan); `pipeline.run_passes` runs cleanup, fusion and planning in one
+call. Each pass is a named function from plain data to plain data.
+"""

@@ -1,0 +1,1 @@
+"""Devices and buffers, eager array backends, kernel compile/cache/launch, the executor."""

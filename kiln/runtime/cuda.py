@@ -1,0 +1,28 @@
+"""`kiln.cuda`: whether a CUDA GPU is usable, and a few of torch.cuda's helpers."""
+
+from kiln.runtime.device import cuda_is_available
+
+
+def is_available() -> bool:
+    return cuda_is_available()
+
+
+def device_count() -> int:
+    if not cuda_is_available():
+        return 0
+    from kiln.runtime.device import cupy_module
+    return cupy_module().cuda.runtime.getDeviceCount()
+
+
+def synchronize() -> None:
+    if cuda_is_available():
+        from kiln.runtime.device import cupy_module
+        cupy_module().cuda.get_current_stream().synchronize()
+
+
+def manual_seed(seed: int) -> None:
+    from kiln.tracer.creation import manual_seed as _seed
+    _seed(seed)
+
+
+manual_seed_all = manual_seed

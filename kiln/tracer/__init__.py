@@ -1,0 +1,3 @@
+"""Define-by-run front end: Tensor, the op dispatcher, autograd and tracing."""
+
+from kiln.tracer import methods as _methods  # noqa: F401  (binds ops onto Tensor)

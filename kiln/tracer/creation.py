@@ -1,0 +1,442 @@
+"""Creating tensors: from Python data and NumPy arrays, constants, ranges and random numbers.
+
+Random numbers come from the `rand` primitive, a pure function of a seed tensor; the seed is
+drawn from a generator here, so a tracer can lift it to a graph input and replays match eager.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.runtime.device import CPU, Device, to_device
+from kiln.tracer.dispatch import op_error
+from kiln.tracer.tensor import STATE, Tensor
+
+
+def _device(device) -> Device:
+    return CPU if device is None else Device(device)
+
+
+def _dtype(dtype) -> dt.DType | None:
+    if dtype is None or isinstance(dtype, dt.DType):
+        return dtype
+    if isinstance(dtype, str):
+        return dt.from_name(dtype)
+    if dtype in (float,):
+        return dt.float64
+    if dtype in (int,):
+        return dt.int64
+    if dtype in (bool,):
+        return dt.bool_
+    return dt.from_numpy(dtype)
+
+
+def _size(size) -> tuple:
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    out = []
+    for s in size:
+        if isinstance(s, Tensor):
+            s = s.item()
+        if not isinstance(s, (int, np.integer)):
+            raise TypeError(f"size must be a sequence of ints, got {type(s).__name__} in "
+                            f"{size!r}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def _infer_data_dtype(data) -> dt.DType:
+    """The dtype PyTorch infers from nested Python data."""
+    kinds = set()
+
+    def walk(x):
+        if isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif isinstance(x, Tensor):
+            kinds.add(x.dtype)
+        elif isinstance(x, (bool, np.bool_)):
+            kinds.add(dt.bool_)
+        elif isinstance(x, (int, np.integer)):
+            kinds.add(dt.int64)
+        elif isinstance(x, (float, np.floating)):
+            kinds.add(dt.get_default_dtype())
+        elif isinstance(x, complex):
+            raise TypeError("kiln has no complex dtypes")
+        else:
+            raise TypeError(f"Could not infer dtype of {type(x).__name__}")
+    walk(data)
+    if not kinds:
+        return dt.get_default_dtype()
+    result = kinds.pop()
+    for k in kinds:
+        result = dt.promote(result, k)
+    return result
+
+
+def _check_ragged(data, depth=0):
+    if isinstance(data, (list, tuple)) and data:
+        lengths = [len(x) if isinstance(x, (list, tuple)) else None for x in data]
+        first = lengths[0]
+        for n in lengths[1:]:
+            if n != first:
+                raise op_error("tensor", f"expected sequence of length {first} at dim "
+                               f"{depth + 1} (got {n})", ValueError)
+        for x in data:
+            _check_ragged(x, depth + 1)
+
+
+def _to_array(data, dtype: dt.DType | None):
+    if isinstance(data, Tensor):
+        arr = to_device(data._data, CPU)
+        return arr, dtype or data.dtype
+    if isinstance(data, np.ndarray):
+        return data, dtype or dt.from_numpy(data.dtype)
+    if hasattr(data, "__cuda_array_interface__"):
+        return data, dtype or dt.from_numpy(data.dtype)
+    if isinstance(data, np.generic):
+        return np.asarray(data), dtype or dt.from_numpy(data.dtype)
+    if isinstance(data, (list, tuple)):
+        _check_ragged(data)
+        inferred = _infer_data_dtype(data)
+        flat = _unwrap_tensors(data)
+        return np.array(flat, dtype=(dtype or inferred).np), dtype or inferred
+    if isinstance(data, (bool, int, float)):
+        inferred = dt.scalar_dtype(data)
+        return np.array(data, dtype=(dtype or inferred).np), dtype or inferred
+    raise TypeError(f"tensor(): could not convert data of type {type(data).__name__}")
+
+
+def _unwrap_tensors(data):
+    if isinstance(data, Tensor):
+        return to_device(data._data, CPU)
+    if isinstance(data, (list, tuple)):
+        return [_unwrap_tensors(x) for x in data]
+    return data
+
+
+def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """A new tensor holding a copy of `data` (nested lists, numbers, arrays or tensors)."""
+    dtype = _dtype(dtype)
+    arr, kind = _to_array(data, dtype)
+    dev = _device(device) if device is not None else (
+        data.device if isinstance(data, Tensor) else CPU)
+    arr = np.array(arr, dtype=kind.np, copy=True) if isinstance(arr, np.ndarray) else \
+        arr.astype(kind.np, copy=True)
+    out = Tensor._make(to_device(arr, dev), kind, dev)
+    if STATE.tracer is not None:
+        STATE.tracer.constant(out)
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like `tensor`, but shares memory with a NumPy array or tensor when it can."""
+    dtype = _dtype(dtype)
+    if isinstance(data, Tensor):
+        out = data if dtype is None else data.to(dtype)
+        return out if device is None else out.to(device)
+    if isinstance(data, np.ndarray) and (dtype is None or np.dtype(dtype.np) == data.dtype) \
+            and dt.from_numpy(data.dtype).np == data.dtype.type and device in (None, "cpu", CPU):
+        return Tensor._make(data, dt.from_numpy(data.dtype), CPU)
+    return tensor(data, dtype=dtype, device=device)
+
+
+asarray = as_tensor
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor sharing memory with `array` (changes to one show in the other)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
+    kind = dt.from_numpy(array.dtype)
+    if np.dtype(kind.np) != array.dtype:
+        raise TypeError(f"can't convert np.ndarray of type numpy.{array.dtype}. The only "
+                        "supported types are: float64, float32, float16, int64, int32, uint8, "
+                        "and bool.")
+    return Tensor._make(array, kind, CPU)
+
+
+def _creation(prim, device, requires_grad, **attrs) -> Tensor:
+    out = P.dispatch(prim, (), attrs, device=_device(device))
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
+
+
+def full(*size, fill_value=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if fill_value is None:               # full(size, value) positional form
+        size, fill_value = size[:-1], size[-1]
+    if isinstance(fill_value, Tensor):
+        fill_value = fill_value.item()
+    shape = _size(size)
+    kind = _dtype(dtype) or dt.scalar_dtype(fill_value)
+    from kiln.ir.ops import PRIMITIVES
+    return _creation(PRIMITIVES["full"], device, requires_grad, shape=shape,
+                     value=_cast_value(fill_value, kind), dtype=kind)
+
+
+def _cast_value(value, kind: dt.DType):
+    if kind is dt.bool_:
+        return bool(value)
+    if kind.is_floating_point:
+        return float(value)
+    return int(value)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False, out=None) -> Tensor:
+    return full(_size(size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(), device=device,
+                requires_grad=requires_grad)
+
+
+def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return full(_size(size), 1, dtype=_dtype(dtype) or dt.get_default_dtype(), device=device,
+                requires_grad=requires_grad)
+
+
+def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None) -> Tensor:
+    return zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def _like(input: Tensor, dtype, device):
+    return (_dtype(dtype) or input.dtype, device if device is not None else input.device)
+
+
+def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
+               memory_format=None) -> Tensor:
+    kind, dev = _like(input, dtype, device)
+    return full(tuple(input.shape), 0, dtype=kind, device=dev, requires_grad=requires_grad)
+
+
+def ones_like(input, *, dtype=None, device=None, requires_grad=False,
+              memory_format=None) -> Tensor:
+    kind, dev = _like(input, dtype, device)
+    return full(tuple(input.shape), 1, dtype=kind, device=dev, requires_grad=requires_grad)
+
+
+def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False,
+              memory_format=None) -> Tensor:
+    kind, dev = _like(input, dtype, device)
+    return full(tuple(input.shape), fill_value, dtype=kind, device=dev,
+                requires_grad=requires_grad)
+
+
+def empty_like(input, *, dtype=None, device=None, requires_grad=False,
+               memory_format=None) -> Tensor:
+    return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
+    if end is None:
+        start, end = 0, start
+    start, end, step = (v.item() if isinstance(v, Tensor) else v for v in (start, end, step))
+    if step == 0:
+        raise op_error("arange", "step must be nonzero")
+    if (end - start) * step < 0:
+        raise op_error("arange", "upper bound and larger bound inconsistent with step sign")
+    floats = any(isinstance(v, float) for v in (start, end, step))
+    kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
+    from kiln.ir.ops import PRIMITIVES
+    return _creation(PRIMITIVES["arange"], device, requires_grad, start=start,
+                     stop=end, step=step, dtype=kind)
+
+
+def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    kind = _dtype(dtype) or dt.get_default_dtype()
+    if steps == 1:
+        return full((1,), start, dtype=kind, device=device, requires_grad=requires_grad)
+    i = arange(steps, dtype=dt.float64, device=device)
+    step = (end - start) / (steps - 1)
+    # PyTorch fills the second half from the end, which makes the last value exact
+    half = steps // 2
+    from kiln.tracer.functional import where
+    values = where(i < half, i * step + start, end - (steps - 1 - i) * step)
+    out = values.to(kind)
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
+
+
+def logspace(start, end, steps, base=10.0, *, dtype=None, device=None) -> Tensor:
+    kind = _dtype(dtype) or dt.get_default_dtype()
+    return (base ** linspace(start, end, steps, dtype=dt.float64, device=device)).to(kind)
+
+
+def eye(n, m=None, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+    m = n if m is None else m
+    rows = arange(n, device=device).reshape(n, 1)
+    cols = arange(m, device=device).reshape(1, m)
+    out = (rows == cols).to(_dtype(dtype) or dt.get_default_dtype())
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
+
+
+# ----------------------------------------------------------------------------- randomness
+
+class Generator:
+    """A source of seeds for random ops (`torch.Generator`): `Generator().manual_seed(0)`."""
+
+    def __init__(self, device="cpu"):
+        self.device = _device(device)
+        self._initial = int(np.random.SeedSequence().entropy % (2 ** 63))
+        self._rng = np.random.default_rng(self._initial)
+
+    def manual_seed(self, seed: int) -> "Generator":
+        self._initial = int(seed)
+        self._rng = np.random.default_rng(int(seed) % (2 ** 64))
+        return self
+
+    def seed(self) -> int:
+        self.manual_seed(int(np.random.SeedSequence().entropy % (2 ** 63)))
+        return self._initial
+
+    def initial_seed(self) -> int:
+        return self._initial
+
+    def next_seed(self) -> int:
+        return int(self._rng.integers(0, 2 ** 62))
+
+    def get_state(self) -> Tensor:
+        state = self._rng.bit_generator.state
+        words = [int(v) for v in state["state"]["state"].to_bytes(16, "little")] if isinstance(
+            state["state"]["state"], int) else []
+        return tensor(words + [state["has_uint32"], state["uinteger"]], dtype=dt.int64)
+
+    def set_state(self, new_state: Tensor) -> "Generator":
+        values = new_state.tolist()
+        st = self._rng.bit_generator.state
+        st["state"]["state"] = int.from_bytes(bytes(values[:16]), "little")
+        st["has_uint32"], st["uinteger"] = values[16], values[17]
+        self._rng.bit_generator.state = st
+        return self
+
+
+default_generator = Generator()
+default_generator.manual_seed(67280421310721)
+
+
+def manual_seed(seed: int) -> Generator:
+    """Seed the global generator (`torch.manual_seed`)."""
+    return default_generator.manual_seed(seed)
+
+
+def seed() -> int:
+    return default_generator.seed()
+
+
+def initial_seed() -> int:
+    return default_generator.initial_seed()
+
+
+def get_rng_state() -> Tensor:
+    return default_generator.get_state()
+
+
+def set_rng_state(state: Tensor) -> None:
+    default_generator.set_state(state)
+
+
+def _seed_tensor(generator: Generator | None, device) -> Tensor:
+    gen = generator or default_generator
+    value = gen.next_seed()
+    dev = _device(device)
+    seed_t = Tensor._make(to_device(np.array(value, dtype=np.int64), dev), dt.int64, dev)
+    if STATE.tracer is not None:
+        STATE.tracer.random_seed(seed_t, gen)
+    return seed_t
+
+
+def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    kind = _dtype(dtype) or dt.get_default_dtype()
+    if not kind.is_floating_point:
+        raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
+                       TypeError)
+    out = P.rand(_seed_tensor(generator, device), shape=_size(size), dtype=kind)
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
+
+
+def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    kind = _dtype(dtype) or dt.get_default_dtype()
+    shape = _size(size)
+    # Box-Muller in float64 from two uniform draws
+    u1 = P.rand(_seed_tensor(generator, device), shape=shape, dtype=dt.float64)
+    u2 = P.rand(_seed_tensor(generator, device), shape=shape, dtype=dt.float64)
+    radius = P.sqrt(P.log(1.0 - u1) * -2.0)
+    out = P.cast(radius * P.cos(u2 * (2 * math.pi)), dtype=kind)
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
+
+
+def rand_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
+    kind, dev = _like(input, dtype, device)
+    return rand(tuple(input.shape), generator=generator, dtype=kind, device=dev)
+
+
+def randn_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
+    kind, dev = _like(input, dtype, device)
+    return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
+
+
+def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+    if size is None:                    # randint(high, size)
+        low, high, size = 0, low, high
+    if high <= low:
+        raise op_error("randint", f"random_ expects 'from' to be less than 'to', but got "
+                       f"from={low} >= to={high}")
+    u = P.rand(_seed_tensor(generator, device), shape=_size((size,)), dtype=dt.float64)
+    values = P.floor(u * float(high - low)) + float(low)
+    return P.cast(values, dtype=_dtype(dtype) or dt.int64)
+
+
+def randint_like(input, low, high=None, *, dtype=None, device=None) -> Tensor:
+    kind, dev = _like(input, dtype, device)
+    return randint(low, high, tuple(input.shape), dtype=kind, device=dev)
+
+
+def randperm(n, *, generator=None, dtype=None, device=None) -> Tensor:
+    gen = generator or default_generator
+    perm = np.random.default_rng(gen.next_seed()).permutation(int(n))
+    kind = _dtype(dtype) or dt.int64
+    dev = _device(device)
+    return Tensor._make(to_device(perm.astype(kind.np), dev), kind, dev)
+
+
+def multinomial(input, num_samples, replacement=False, *, generator=None) -> Tensor:
+    gen = generator or default_generator
+    rng = np.random.default_rng(gen.next_seed())
+    probs = np.asarray(input.detach().cpu().numpy(), dtype=np.float64)
+    rows = probs.reshape(-1, probs.shape[-1])
+    out = []
+    for row in rows:
+        p = row / row.sum()
+        out.append(rng.choice(len(p), size=num_samples, replace=replacement, p=p))
+    result = np.array(out, dtype=np.int64).reshape(probs.shape[:-1] + (num_samples,))
+    return Tensor._make(to_device(result, input.device), dt.int64, input.device)
+
+
+def bernoulli(input, p=None, *, generator=None) -> Tensor:
+    probs = input if p is None else full(tuple(input.shape), p, device=input.device)
+    return (rand(tuple(probs.shape), generator=generator, dtype=probs.dtype,
+                 device=probs.device) < probs).to(probs.dtype)
+
+
+def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+    if isinstance(mean, Tensor) or isinstance(std, Tensor):
+        like = mean if isinstance(mean, Tensor) else std
+        return randn(tuple(like.shape), generator=generator, dtype=like.dtype,
+                     device=like.device) * std + mean
+    return randn(_size((size,)) if isinstance(size, int) else _size(tuple(size)),
+                 generator=generator, dtype=dtype, device=device) * std + mean
+
+
+_ = Sequence

@@ -1,0 +1,1775 @@
+"""Public tensor operations, composed in Python from the primitives of `kiln.ir.ops`.
+
+Type promotion, broadcasting and PyTorch's argument conventions (dim/keepdim, negative dims,
+`alpha=`) are handled here; the arithmetic itself is always a primitive call, so autograd,
+tracing and fusion see through every function in this file with no extra code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections import namedtuple
+from typing import Sequence
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P, normalize_axis
+from kiln.tracer.dispatch import op_error
+from kiln.tracer.tensor import STATE, Tensor
+
+_NUMBER = (int, float, bool)
+_py_max, _py_min, _py_sum, _py_abs, _py_round = (builtins.max, builtins.min, builtins.sum,
+                                                builtins.abs, builtins.round)
+
+
+def _number(x):
+    """Python number of a literal operand; NumPy scalars count as Python numbers."""
+    if isinstance(x, _NUMBER):
+        return x
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    return None
+
+
+def _as_tensor(x, like: Tensor | None = None) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    from kiln.tracer.creation import tensor
+    return tensor(x, device=like.device if like is not None else None)
+
+
+def result_type(*operands) -> dt.DType:
+    """PyTorch's promoted dtype of tensors and Python numbers (torch.result_type)."""
+    dims, zero_dims, scalars = [], [], []
+    for x in operands:
+        if isinstance(x, Tensor):
+            (dims if x._data.ndim else zero_dims).append(x.dtype)
+        else:
+            scalars.append(dt.scalar_dtype(_number(x) if _number(x) is not None else x))
+    return dt.result_type(tuple(dims), tuple(zero_dims), tuple(scalars))
+
+
+def _cast_operand(x, dtype):
+    if isinstance(x, Tensor):
+        return x if x.dtype is dtype else P.cast(x, dtype=dtype)
+    if dtype is dt.bool_:
+        return bool(x)
+    return float(x) if dtype.is_floating_point else int(x)
+
+
+def _promoted(a, b, float_only: bool = False):
+    """Both operands converted to their common dtype, literals left as Python numbers."""
+    na, nb = _number(a), _number(b)
+    if na is not None:
+        a = na
+    elif not isinstance(a, Tensor):
+        a = _as_tensor(a, b if isinstance(b, Tensor) else None)
+    if nb is not None:
+        b = nb
+    elif not isinstance(b, Tensor):
+        b = _as_tensor(b, a if isinstance(a, Tensor) else None)
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype is b.dtype:
+        dtype = a.dtype
+    else:
+        dtype = result_type(a, b)
+    if float_only and not dtype.is_floating_point:
+        dtype = dt.get_default_dtype()
+    return _cast_operand(a, dtype), _cast_operand(b, dtype)
+
+
+def _binary(prim, a, b, float_only=False):
+    a, b = _promoted(a, b, float_only)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError(f"{prim.__name__}: expected at least one tensor, got "
+                        f"{type(a).__name__} and {type(b).__name__}")
+    return prim(a, b)
+
+
+def _floating(x: Tensor) -> Tensor:
+    """Integer and bool inputs of float functions (exp, sin, mean) become the default float."""
+    if not isinstance(x, Tensor):
+        x = _as_tensor(x)
+    return x if x.dtype.is_floating_point else P.cast(x, dtype=dt.get_default_dtype())
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+def add(input, other, *, alpha=1):
+    if alpha != 1:
+        other = mul(other, alpha)
+    return _binary(P.add, input, other)
+
+
+def sub(input, other, *, alpha=1):
+    if isinstance(input, Tensor) and input.dtype is dt.bool_ and isinstance(other, Tensor) \
+            and other.dtype is dt.bool_:
+        raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
+                       "supported. Use the `^` or `logical_xor()` operator instead.")
+    if alpha != 1:
+        other = mul(other, alpha)
+    return _binary(P.sub, input, other)
+
+
+def rsub(input, other, *, alpha=1):
+    return sub(other, input, alpha=alpha)
+
+
+def mul(input, other):
+    return _binary(P.mul, input, other)
+
+
+def div(input, other, *, rounding_mode=None):
+    if rounding_mode == "floor":
+        return floor_divide(input, other)
+    if rounding_mode == "trunc":
+        a, b = _promoted(input, other)
+        if a.dtype.is_floating_point if isinstance(a, Tensor) else b.dtype.is_floating_point:
+            return trunc(P.div(a, b))
+        q = P.floordiv(a, b)
+        # floor rounds toward -inf; trunc toward 0 differs when the signs differ and r != 0
+        fix = logical_and(ne(P.mod(a, b), 0), ne(lt(a, 0), lt(b, 0)))
+        return where(fix, q + 1, q)
+    return _binary(P.div, input, other, float_only=True)
+
+
+true_divide = divide = div
+multiply, subtract = mul, sub
+
+
+def floor_divide(input, other):
+    return _binary(P.floordiv, input, other)
+
+
+def remainder(input, other):
+    return _binary(P.mod, input, other)
+
+
+def fmod(input, other):
+    a, b = _promoted(input, other)
+    return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
+
+
+def _is_float(a, b) -> bool:
+    return (a if isinstance(a, Tensor) else b).dtype.is_floating_point
+
+
+def pow(input, exponent):
+    if isinstance(input, Tensor) and _number(exponent) is not None:
+        e = _number(exponent)
+        if e == 2 and (input.dtype.is_floating_point or not isinstance(e, float)):
+            return input * input      # the common square, exactly as PyTorch rounds it
+        if isinstance(e, float) and not input.dtype.is_floating_point:
+            input = _floating(input)
+    return _binary(P.pow, input, exponent)
+
+
+def float_power(input, exponent):
+    return pow(_as_tensor(input).to(dt.float64), exponent)
+
+
+def neg(input):
+    if input.dtype is dt.bool_:
+        raise op_error("neg", "Negation, the `-` operator, on a bool tensor is not supported. "
+                       "If you are trying to invert a mask, use the `~` or `logical_not()` "
+                       "operator instead.")
+    return P.neg(input)
+
+
+negative = neg
+
+
+def abs(input):
+    return P.abs(input)
+
+
+absolute = abs
+
+
+def sign(input):
+    return P.sign(input)
+
+
+def reciprocal(input):
+    return P.div(1.0, _floating(input))
+
+
+def square(input):
+    return input * input
+
+
+def _float_unary(name):
+    prim = getattr(P, name)
+
+    def op(input):
+        return prim(_floating(input))
+    op.__name__ = name
+    return op
+
+
+exp, log, log1p, expm1, sqrt = (_float_unary(n) for n in ("exp", "log", "log1p", "expm1", "sqrt"))
+sin, cos, tanh, sigmoid, erf = (_float_unary(n) for n in ("sin", "cos", "tanh", "sigmoid", "erf"))
+
+
+def rsqrt(input):
+    return P.div(1.0, sqrt(input))
+
+
+def tan(input):
+    x = _floating(input)
+    return P.sin(x) / P.cos(x)
+
+
+def exp2(input):
+    return P.pow(2.0, _floating(input))
+
+
+def log2(input):
+    return P.log(_floating(input)) * (1 / math.log(2))
+
+
+def log10(input):
+    return P.log(_floating(input)) * (1 / math.log(10))
+
+
+def floor(input):
+    return P.floor(input)
+
+
+def ceil(input):
+    return P.ceil(input)
+
+
+def trunc(input):
+    return P.trunc(input)
+
+
+fix = trunc
+
+
+def round(input, *, decimals=0):
+    if input.dtype.is_floating_point and decimals:
+        return P.round(input, decimals=decimals)
+    return P.round(input)
+
+
+def frac(input):
+    return input - trunc(input)
+
+
+def maximum(input, other):
+    return _binary(P.maximum, input, other)
+
+
+def minimum(input, other):
+    return _binary(P.minimum, input, other)
+
+
+def where(condition, input=None, other=None):
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
+    if not isinstance(condition, Tensor) or condition.dtype is not dt.bool_:
+        condition = _as_tensor(condition).to(dt.bool_)
+    x, y = _promoted(input, other)
+    return P.where(condition, x, y)
+
+
+def clamp(input, min=None, max=None):
+    if min is None and max is None:
+        raise op_error("clamp", "At least one of 'min' or 'max' must not be None")
+    out = input
+    # where() rather than maximum/minimum: PyTorch passes the gradient where min <= x <= max
+    if min is not None:
+        lo, x = _promoted(min, out)
+        out = P.where(lt(x, lo), lo, x) if isinstance(lo, Tensor) else P.where(P.lt(x, lo), lo, x)
+    if max is not None:
+        hi, x = _promoted(max, out)
+        out = P.where(gt(x, hi), hi, x) if isinstance(hi, Tensor) else P.where(P.gt(x, hi), hi, x)
+    return out
+
+
+clip = clamp
+
+
+def clamp_min(input, min):
+    return clamp(input, min=min)
+
+
+def clamp_max(input, max):
+    return clamp(input, max=max)
+
+
+def lerp(input, end, weight):
+    return input + weight * (end - input)
+
+
+def addcmul(input, tensor1, tensor2, *, value=1):
+    return input + value * tensor1 * tensor2 if value != 1 else input + tensor1 * tensor2
+
+
+def addcdiv(input, tensor1, tensor2, *, value=1):
+    return input + value * (tensor1 / tensor2) if value != 1 else input + tensor1 / tensor2
+
+
+def hypot(input, other):
+    return sqrt(input * input + other * other)
+
+
+def atan(input):
+    # arctan from a rational approximation would lose accuracy; NumPy is exact here
+    x = _floating(input)
+    return _atan_series(x)
+
+
+def _atan_series(x):
+    # atan(x) = 2 * atan(x / (1 + sqrt(1 + x^2))) halves the angle; after two halvings |y| < 0.42
+    # and 12 Taylor terms reach float64 accuracy. Built from primitives, so it differentiates.
+    y = x
+    for _ in range(2):
+        y = y / (1 + sqrt(1 + y * y))
+    term, total, y2 = y, y, y * y
+    for k in range(1, 14):
+        term = -term * y2
+        total = total + term / (2 * k + 1)
+    return total * 4
+
+
+# ----------------------------------------------------------------------------- comparison, logic
+
+def eq(input, other):
+    return _binary(P.eq, input, other)
+
+
+def ne(input, other):
+    return _binary(P.ne, input, other)
+
+
+def lt(input, other):
+    return _binary(P.lt, input, other)
+
+
+def le(input, other):
+    return _binary(P.le, input, other)
+
+
+def gt(input, other):
+    return _binary(P.gt, input, other)
+
+
+def ge(input, other):
+    return _binary(P.ge, input, other)
+
+
+less, less_equal, greater, greater_equal, not_equal = lt, le, gt, ge, ne
+
+
+def _bool(x):
+    x = _as_tensor(x)
+    return x if x.dtype is dt.bool_ else P.ne(x, 0)
+
+
+def logical_not(input):
+    return P.bitwise_not(_bool(input))
+
+
+def logical_and(input, other):
+    return P.bitwise_and(_bool(input), _bool(other))
+
+
+def logical_or(input, other):
+    return P.bitwise_or(_bool(input), _bool(other))
+
+
+def logical_xor(input, other):
+    return P.bitwise_xor(_bool(input), _bool(other))
+
+
+def _bitwise(prim, name):
+    def op(input, other):
+        a, b = _promoted(input, other)
+        dtype = (a if isinstance(a, Tensor) else b).dtype
+        if dtype.is_floating_point:
+            raise op_error(name, f"\"{name}_cpu\" not implemented for '{dtype.name}'", TypeError)
+        return prim(a, b)
+    op.__name__ = name
+    return op
+
+
+bitwise_and = _bitwise(P.bitwise_and, "bitwise_and")
+bitwise_or = _bitwise(P.bitwise_or, "bitwise_or")
+bitwise_xor = _bitwise(P.bitwise_xor, "bitwise_xor")
+
+
+def bitwise_not(input):
+    if input.dtype.is_floating_point:
+        raise op_error("bitwise_not", f"not implemented for '{input.dtype.name}'", TypeError)
+    return P.bitwise_not(input)
+
+
+def isnan(input):
+    return P.ne(input, input) if input.dtype.is_floating_point else zeros_like(input, dt.bool_)
+
+
+def isinf(input):
+    if not input.dtype.is_floating_point:
+        return zeros_like(input, dt.bool_)
+    return P.eq(P.abs(input), math.inf)
+
+
+def isposinf(input):
+    return eq(input, math.inf)
+
+
+def isneginf(input):
+    return eq(input, -math.inf)
+
+
+def isfinite(input):
+    if not input.dtype.is_floating_point:
+        return ones_like(input, dt.bool_)
+    return P.lt(P.abs(input), math.inf)
+
+
+def nan_to_num(input, nan=0.0, posinf=None, neginf=None):
+    if not input.dtype.is_floating_point:
+        return input.clone()
+    info = np.finfo(input.dtype.np)
+    posinf = float(info.max) if posinf is None else posinf
+    neginf = float(info.min) if neginf is None else neginf
+    out = P.where(P.ne(input, input), nan, input)
+    out = P.where(P.eq(out, math.inf), posinf, out)
+    return P.where(P.eq(out, -math.inf), neginf, out)
+
+
+def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False) -> bool:
+    return bool(isclose(input, other, rtol, atol, equal_nan).all())
+
+
+def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    a, b = _promoted(input, other)
+    close = le(abs(a - b), atol + rtol * abs(b))
+    close = logical_or(close, eq(a, b))
+    if equal_nan:
+        close = logical_or(close, logical_and(isnan(a), isnan(b)))
+    return close
+
+
+def equal(input, other) -> bool:
+    return tuple(input.shape) == tuple(other.shape) and bool(eq(input, other).all())
+
+
+# ----------------------------------------------------------------------------- activations
+
+def relu(input):
+    return P.where(P.gt(input, 0), input, 0)
+
+
+def relu6(input):
+    return hardtanh(input, 0.0, 6.0)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0):
+    return clamp(input, min_val, max_val)
+
+
+def leaky_relu(input, negative_slope=0.01):
+    return P.where(P.gt(input, 0), input, input * negative_slope)
+
+
+def elu(input, alpha=1.0):
+    return P.where(P.gt(input, 0), input, P.expm1(input) * alpha)
+
+
+def selu(input):
+    alpha, scale = 1.6732632423543772, 1.0507009873554805
+    return elu(input, alpha) * scale
+
+
+def gelu(input, approximate="none"):
+    x = _floating(input)
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
+        return x * 0.5 * (P.tanh(inner) + 1)
+    if approximate != "none":
+        raise op_error("gelu", f"approximate argument must be either none or tanh, got "
+                       f"{approximate!r}", ValueError)
+    return x * 0.5 * (P.erf(x * (1 / math.sqrt(2))) + 1)
+
+
+def silu(input):
+    return input * P.sigmoid(input)
+
+
+def mish(input):
+    return input * tanh(softplus(input))
+
+
+def softplus(input, beta=1.0, threshold=20.0):
+    scaled = input * beta if beta != 1 else input
+    soft = P.log1p(P.exp(scaled)) / beta if beta != 1 else P.log1p(P.exp(scaled))
+    return P.where(P.gt(scaled, threshold), input, soft)
+
+
+def logsigmoid(input):
+    return -softplus(-input)
+
+
+def hardsigmoid(input):
+    return clamp(input / 6 + 0.5, 0.0, 1.0)
+
+
+def hardswish(input):
+    return input * hardsigmoid(input)
+
+
+def softsign(input):
+    return input / (P.abs(input) + 1)
+
+
+def tanhshrink(input):
+    return input - P.tanh(input)
+
+
+# ----------------------------------------------------------------------------- reductions
+
+def _axes(dim, ndim: int) -> tuple:
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, (list, tuple)):
+        if len(dim) == 0:
+            return tuple(range(ndim))
+        axes = tuple(sorted({_norm_dim(d, ndim) for d in dim}))
+        if len(axes) != len(dim):
+            raise op_error("reduction", f"dim {list(dim)} appears multiple times in the list "
+                           "of dims")
+        return axes
+    return (_norm_dim(dim, ndim),)
+
+
+def _norm_dim(dim, ndim: int) -> int:
+    from kiln.ir.ops import ShapeError
+    try:
+        return normalize_axis(int(dim), ndim)
+    except ShapeError as e:
+        raise op_error("dim", str(e), IndexError) from None
+
+
+def sum(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
+        input = P.cast(input, dtype=dt.int64)     # PyTorch sums bools and ints as int64
+    axes = _axes(dim, input.ndim)
+    if input.ndim == 0:
+        return input.clone()
+    return P.sum(input, axes=axes, keepdim=bool(keepdim))
+
+
+def nansum(input, dim=None, keepdim=False, *, dtype=None):
+    return sum(where(isnan(input), 0.0, input), dim, keepdim, dtype=dtype)
+
+
+def mean(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    if not input.dtype.is_floating_point:
+        raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
+                       f"floating point or complex dtype. Got: {input.dtype.name}")
+    axes = _axes(dim, input.ndim)
+    count = math.prod(input.shape[a] for a in axes) if input.ndim else 1
+    total = sum(input, axes if input.ndim else None, keepdim)
+    return total / count if count else total * math.nan
+
+
+def nanmean(input, dim=None, keepdim=False):
+    keep = logical_not(isnan(input))
+    return nansum(input, dim, keepdim) / sum(keep, dim, keepdim)
+
+
+ReturnTypes = namedtuple("values_indices", ["values", "indices"])
+
+
+def _values_indices(values, indices):
+    return ReturnTypes(values, indices)
+
+
+def amax(input, dim=None, keepdim=False):
+    if input.ndim == 0:
+        return input.clone()
+    return P.max(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
+
+
+def amin(input, dim=None, keepdim=False):
+    if input.dtype is dt.bool_:
+        return logical_not(amax(logical_not(input), dim, keepdim))
+    return P.neg(amax(P.neg(input), dim, keepdim))
+
+
+def max(input, dim=None, keepdim=False, *, other=None):
+    if isinstance(dim, Tensor):
+        return maximum(input, dim)
+    if dim is None:
+        return amax(input)
+    return _at_indices(input, dim, keepdim, argmax(input, dim, keepdim=True))
+
+
+def _at_indices(input, dim, keepdim, indices):
+    """(values, indices) of max/min along `dim`: the values gathered at the indices, so the
+    gradient goes to the chosen element only, as in PyTorch (amax splits it among ties)."""
+    if input.ndim == 0:
+        return _values_indices(input.clone(), reshape(indices, ()))
+    d = _norm_dim(dim, input.ndim)
+    values = gather(input, d, indices)
+    if not keepdim:
+        values, indices = squeeze(values, d), squeeze(indices, d)
+    return _values_indices(values, indices)
+
+
+def min(input, dim=None, keepdim=False):
+    if isinstance(dim, Tensor):
+        return minimum(input, dim)
+    if dim is None:
+        return amin(input)
+    return _at_indices(input, dim, keepdim, argmin(input, dim, keepdim=True))
+
+
+def argmax(input, dim=None, keepdim=False):
+    if dim is None:
+        flat = reshape(input, (-1,))
+        out = P.argmax(flat, axis=0, keepdim=False)
+        return reshape(out, (1,) * input.ndim) if keepdim else out
+    if input.ndim == 0:
+        return zeros((), dtype=dt.int64, device=input.device)
+    return P.argmax(input, axis=_norm_dim(dim, input.ndim), keepdim=bool(keepdim))
+
+
+def argmin(input, dim=None, keepdim=False):
+    x = input if input.dtype is not dt.bool_ else input.to(dt.int64)
+    return argmax(P.neg(x) if x.dtype.category != dt.INT else -x, dim, keepdim)
+
+
+def prod(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category != dt.FLOAT:
+        input = P.cast(input, dtype=dt.int64)
+    if input.ndim == 0:
+        return input.clone()
+    if dim is None:
+        return P.prod(reshape(input, (-1,)), axes=(0,), keepdim=False)
+    return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
+
+
+def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    x = _floating(input)
+    axes = _axes(dim, x.ndim)
+    n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
+    centered = x - mean(x, axes if x.ndim else None, keepdim=True)
+    return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
+
+
+def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    v = var(input, dim, unbiased, keepdim, correction=correction)
+    # where the variance is 0, sqrt's gradient is infinite; PyTorch defines std's as 0 there
+    zero = P.eq(v, 0)
+    return P.where(zero, 0.0, sqrt(P.where(zero, 1.0, v)))
+
+
+def var_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return (var(input, dim, unbiased, keepdim, correction=correction),
+            mean(input, dim, keepdim))
+
+
+def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return (std(input, dim, unbiased, keepdim, correction=correction),
+            mean(input, dim, keepdim))
+
+
+def logsumexp(input, dim=None, keepdim=False):
+    x = _floating(input)
+    axes = _axes(dim, x.ndim)
+    if x.ndim == 0:
+        return x.clone()
+    if _py_any(x.shape[a] == 0 for a in axes):
+        m = zeros(1, dtype=x.dtype, device=x.device)     # an empty sum: log(0) = -inf
+    else:
+        m = P.max(x, axes=axes, keepdim=True).detach()
+        m = P.where(P.eq(P.abs(m), math.inf), 0.0, m)     # all -inf rows stay -inf, not nan
+    out = P.log(P.sum(P.exp(x - m), axes=axes, keepdim=True)) + m
+    return out if keepdim else squeeze(out, axes)
+
+
+def all(input, dim=None, keepdim=False):
+    return logical_not(any(logical_not(input), dim, keepdim))
+
+
+def any(input, dim=None, keepdim=False):
+    b = _bool(input)
+    if b.ndim == 0:
+        return b.clone()
+    return P.gt(P.max(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim), keepdim=bool(keepdim))
+                if b.numel() else P.sum(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim),
+                                        keepdim=bool(keepdim)), 0)
+
+
+def count_nonzero(input, dim=None):
+    return sum(ne(input, 0), dim)
+
+
+def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
+    x = _floating(input if dtype is None else input.to(dtype))
+    if p in ("fro", 2, 2.0, None):
+        return sqrt(sum(x * x, dim, keepdim))
+    if p in (math.inf, "inf"):
+        return amax(abs(x), dim, keepdim)
+    if p == -math.inf:
+        return amin(abs(x), dim, keepdim)
+    if p == 1:
+        return sum(abs(x), dim, keepdim)
+    if p == 0:
+        return sum(abs(sign(x)), dim, keepdim)    # differentiable (gradient 0), as in PyTorch
+    return pow(sum(pow(abs(x), p), dim, keepdim), 1.0 / p)
+
+
+def dist(input, other, p=2):
+    return norm(input - other, p)
+
+
+def cumsum(input, dim, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category != dt.FLOAT:
+        input = input.to(dt.int64)
+    if input.ndim == 0:
+        return input.clone()
+    return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
+
+
+def cumprod(input, dim):
+    # exp(cumsum(log)) loses signs and zeros; a running product from cumsum over log|x| with a
+    # sign and zero count keeps both, and every step stays a primitive.
+    x = _floating(input)
+    d = _norm_dim(dim, x.ndim)
+    is_zero = eq(x, 0)
+    mag = exp(cumsum(log(where(is_zero, 1.0, abs(x))), d))
+    negatives = cumsum(lt(x, 0).to(dt.int64), d)
+    zero_seen = gt(cumsum(is_zero.to(dt.int64), d), 0)
+    signed = where(eq(remainder(negatives, 2), 1), -mag, mag)
+    return where(zero_seen, 0.0, signed)
+
+
+# ----------------------------------------------------------------------------- shapes, movement
+
+def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if len(shape) == 1 and isinstance(shape[0], Tensor):
+        shape = tuple(shape[0].tolist())
+    return tuple(int(s) for s in shape)
+
+
+def _infer_shape(shape: tuple, numel: int, op: str = "view") -> tuple:
+    if -1 not in shape:
+        if math.prod(shape) != numel:
+            raise op_error(op, f"shape '{list(shape)}' is invalid for input of size {numel}")
+        return shape
+    if shape.count(-1) > 1:
+        raise op_error(op, "only one dimension can be inferred")
+    known = math.prod(s for s in shape if s != -1)
+    if known == 0 or numel % known:
+        raise op_error(op, f"shape '{list(shape)}' is invalid for input of size {numel}")
+    return tuple(numel // known if s == -1 else s for s in shape)
+
+
+def reshape(input, *shape):
+    shape = _infer_shape(_shape_arg(shape), input.numel(), "reshape")
+    if shape == tuple(input.shape):
+        return input if STATE.tracer is None and not input.requires_grad else \
+            P.reshape(input, shape=shape)
+    return P.reshape(input, shape=shape)
+
+
+def view(input, *shape):
+    if len(shape) == 1 and isinstance(shape[0], dt.DType):
+        raise op_error("view", "viewing as another dtype is not supported; use .to(dtype)",
+                       NotImplementedError)
+    return P.reshape(input, shape=_infer_shape(_shape_arg(shape), input.numel(), "view"))
+
+
+def view_as(input, other):
+    return view(input, tuple(other.shape))
+
+
+def reshape_as(input, other):
+    return reshape(input, tuple(other.shape))
+
+
+def flatten(input, start_dim=0, end_dim=-1):
+    if input.ndim == 0:
+        return P.reshape(input, shape=(1,))
+    s, e = _norm_dim(start_dim, input.ndim), _norm_dim(end_dim, input.ndim)
+    if s > e:
+        raise op_error("flatten", "start_dim cannot come after end_dim")
+    shape = tuple(input.shape)
+    new = shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:]
+    return P.reshape(input, shape=new) if new != shape else input
+
+
+def unflatten(input, dim, sizes):
+    d = _norm_dim(dim, input.ndim)
+    shape = tuple(input.shape)
+    sizes = _infer_shape(tuple(sizes), shape[d], "unflatten")
+    return P.reshape(input, shape=shape[:d] + sizes + shape[d + 1:])
+
+
+def squeeze(input, dim=None):
+    shape = tuple(input.shape)
+    if dim is None:
+        axes = tuple(i for i, s in enumerate(shape) if s == 1)
+    else:
+        axes = tuple(a for a in _axes(dim if isinstance(dim, (tuple, list)) else (dim,),
+                                      input.ndim) if input.ndim and shape[a] == 1)
+    if not axes:
+        return input if STATE.tracer is None and not input.requires_grad else \
+            P.reshape(input, shape=shape)
+    return P.reshape(input, shape=tuple(s for i, s in enumerate(shape) if i not in axes))
+
+
+def unsqueeze(input, dim):
+    d = _norm_dim(dim, input.ndim + 1)
+    shape = tuple(input.shape)
+    return P.reshape(input, shape=shape[:d] + (1,) + shape[d:])
+
+
+def permute(input, *dims):
+    dims = _shape_arg(dims)
+    if len(dims) != input.ndim:
+        raise op_error("permute", f"number of dims don't match in permute: input has "
+                       f"{input.ndim} dims, got {len(dims)}")
+    perm = tuple(_norm_dim(d, input.ndim) for d in dims)
+    if len(set(perm)) != len(perm):
+        raise op_error("permute", f"repeated dim in permute: {list(dims)}")
+    return P.permute(input, perm=perm)
+
+
+def transpose(input, dim0, dim1):
+    if input.ndim < 2 and input.ndim == 0:
+        return input
+    a, b = _norm_dim(dim0, input.ndim), _norm_dim(dim1, input.ndim)
+    perm = list(range(input.ndim))
+    perm[a], perm[b] = perm[b], perm[a]
+    return P.permute(input, perm=tuple(perm))
+
+
+swapaxes = swapdims = transpose
+
+
+def t(input):
+    if input.ndim > 2:
+        raise op_error("t", f"t() expects a tensor with <= 2 dimensions, but self is "
+                       f"{input.ndim}D")
+    return transpose(input, 0, 1) if input.ndim == 2 else input
+
+
+def movedim(input, source, destination):
+    src = [source] if isinstance(source, int) else list(source)
+    dst = [destination] if isinstance(destination, int) else list(destination)
+    src = [_norm_dim(s, input.ndim) for s in src]
+    dst = [_norm_dim(d, input.ndim) for d in dst]
+    rest = [i for i in range(input.ndim) if i not in src]
+    perm = [None] * input.ndim
+    for s, d in zip(src, dst):
+        perm[d] = s
+    it = iter(rest)
+    perm = [p if p is not None else next(it) for p in perm]
+    return P.permute(input, perm=tuple(perm))
+
+
+moveaxis = movedim
+
+
+def expand(input, *sizes):
+    sizes = _shape_arg(sizes)
+    shape = tuple(input.shape)
+    lead = len(sizes) - len(shape)
+    if lead < 0:
+        raise op_error("expand", f"the number of sizes provided ({len(sizes)}) must be greater "
+                       f"or equal to the number of dimensions in the tensor ({len(shape)})")
+    target = tuple(shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(sizes))
+    if target == shape:
+        return input if STATE.tracer is None and not input.requires_grad else \
+            P.expand(input, shape=target)
+    return P.expand(input, shape=target)
+
+
+def expand_as(input, other):
+    return expand(input, tuple(other.shape))
+
+
+def broadcast_to(input, shape):
+    return expand(input, tuple(shape))
+
+
+def broadcast_tensors(*tensors):
+    from kiln.ir.ops import broadcast_shapes
+    shape = broadcast_shapes(*(tuple(t.shape) for t in tensors))
+    return tuple(expand(t, shape) for t in tensors)
+
+
+def repeat(input, *sizes):
+    sizes = _shape_arg(sizes)
+    if len(sizes) < input.ndim:
+        raise op_error("repeat", "Number of dimensions of repeat dims can not be smaller than "
+                       "number of dimensions of tensor")
+    x = reshape(input, (1,) * (len(sizes) - input.ndim) + tuple(input.shape))
+    shape = tuple(x.shape)
+    # each dim d becomes (r, d): expand a new axis in front of it, then merge the pair
+    inter = tuple(v for r, d in zip(sizes, shape) for v in (1, d))
+    target = tuple(v for r, d in zip(sizes, shape) for v in (r, d))
+    out = P.expand(P.reshape(x, shape=inter), shape=target)
+    return P.reshape(out, shape=tuple(r * d for r, d in zip(sizes, shape)))
+
+
+def tile(input, dims):
+    dims = tuple(dims)
+    if len(dims) < input.ndim:
+        dims = (1,) * (input.ndim - len(dims)) + dims
+    return repeat(input, dims)
+
+
+def repeat_interleave(input, repeats, dim=None):
+    if dim is None:
+        input, dim = reshape(input, (-1,)), 0
+    d = _norm_dim(dim, input.ndim)
+    if isinstance(repeats, Tensor):
+        idx = np.repeat(np.arange(input.shape[d]), repeats.tolist())
+        return index_select(input, d, input.new_tensor(idx, dtype=dt.int64))
+    shape = tuple(input.shape)
+    x = unsqueeze(input, d + 1)
+    x = expand(x, shape[:d + 1] + (repeats,) + shape[d + 1:])
+    return reshape(x, shape[:d] + (shape[d] * repeats,) + shape[d + 1:])
+
+
+def cat(tensors, dim=0):
+    tensors = [t for t in tensors]
+    if not tensors:
+        raise op_error("cat", "expected a non-empty list of Tensors")
+    # PyTorch skips legacy 1-D empty tensors and promotes dtypes
+    def legacy_empty(t):
+        return t.ndim == 1 and t.shape[0] == 0
+    ref = next((t for t in tensors if not legacy_empty(t)), tensors[0])
+    nonempty = [t for t in tensors if not legacy_empty(t) or ref.ndim == 1]
+    d = _norm_dim(dim, nonempty[0].ndim)
+    dtype = nonempty[0].dtype
+    for t in nonempty[1:]:
+        dtype = dt.promote(dtype, t.dtype)
+    nonempty = [t if t.dtype is dtype else P.cast(t, dtype=dtype) for t in nonempty]
+    for t in nonempty[1:]:
+        if t.ndim != nonempty[0].ndim:
+            raise op_error("cat", f"Tensors must have same number of dimensions: got "
+                           f"{nonempty[0].ndim} and {t.ndim}")
+    if len(nonempty) == 1:
+        return nonempty[0].clone()
+    return P.cat(*nonempty, axis=d)
+
+
+concat = concatenate = cat
+
+
+def stack(tensors, dim=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise op_error("stack", "expected a non-empty list of Tensors")
+    shape = tuple(tensors[0].shape)
+    for t in tensors[1:]:
+        if tuple(t.shape) != shape:
+            raise op_error("stack", f"stack expects each tensor to be equal size, but got "
+                           f"{list(shape)} at entry 0 and {list(t.shape)} at another entry")
+    d = _norm_dim(dim, len(shape) + 1)
+    return cat([unsqueeze(t, d) for t in tensors], d)
+
+
+def hstack(tensors):
+    tensors = list(tensors)
+    return cat(tensors, 0 if tensors[0].ndim == 1 else 1)
+
+
+def vstack(tensors):
+    return cat([t if t.ndim >= 2 else reshape(t, (1, -1)) for t in tensors], 0)
+
+
+def narrow(input, dim, start, length):
+    d = _norm_dim(dim, input.ndim)
+    start = int(start) + (input.shape[d] if int(start) < 0 else 0)
+    return _slice_dim(input, d, start, start + int(length))
+
+
+def _slice_dim(input, d, start, stop, step=1):
+    shape = tuple(input.shape)
+    if not 0 <= start <= stop <= shape[d]:
+        raise op_error("narrow", f"start ({start}) + length ({stop - start}) exceeds dimension "
+                       f"size ({shape[d]}).", IndexError)
+    starts = tuple(start if i == d else 0 for i in range(len(shape)))
+    stops = tuple(stop if i == d else s for i, s in enumerate(shape))
+    steps = tuple(step if i == d else 1 for i in range(len(shape)))
+    return P.slice(input, starts=starts, stops=stops, steps=steps)
+
+
+def split(tensor, split_size_or_sections, dim=0):
+    d = _norm_dim(dim, tensor.ndim)
+    n = tensor.shape[d]
+    if isinstance(split_size_or_sections, int):
+        size = split_size_or_sections
+        if size <= 0 and n:
+            raise op_error("split", f"split_size must be positive, got {size}")
+        sizes = [size] * (n // size) + ([n % size] if n % size else []) if n else [0]
+    else:
+        sizes = list(split_size_or_sections)
+        if _py_sum(sizes) != n:
+            raise op_error("split", f"split_with_sizes expects split_sizes to sum exactly to "
+                           f"{n} (input tensor's size at dimension {d}), but got split_sizes="
+                           f"{sizes}")
+    out, at = [], 0
+    for s in sizes:
+        out.append(_slice_dim(tensor, d, at, at + s))
+        at += s
+    return tuple(out)
+
+
+def chunk(input, chunks, dim=0):
+    d = _norm_dim(dim, input.ndim)
+    size = -(-input.shape[d] // chunks) if input.shape[d] else 1
+    return split(input, _py_max(size, 1), d)
+
+
+def tensor_split(input, indices_or_sections, dim=0):
+    d = _norm_dim(dim, input.ndim)
+    n = input.shape[d]
+    if isinstance(indices_or_sections, int):
+        k = indices_or_sections
+        sizes = [n // k + 1] * (n % k) + [n // k] * (k - n % k)
+    else:
+        bounds = [0] + list(indices_or_sections) + [n]
+        sizes = [_py_max(0, b - a) for a, b in zip(bounds, bounds[1:])]
+    return split(input, sizes, d)
+
+
+def unbind(input, dim=0):
+    d = _norm_dim(dim, input.ndim)
+    return tuple(squeeze(_slice_dim(input, d, i, i + 1), d) for i in range(input.shape[d]))
+
+
+def select(input, dim, index):
+    d = _norm_dim(dim, input.ndim)
+    n = input.shape[d]
+    i = int(index)
+    if not -n <= i < n:
+        raise op_error("select", f"index {i} is out of bounds for dimension {d} with size {n}",
+                       IndexError)
+    i %= n
+    return squeeze(_slice_dim(input, d, i, i + 1), d)
+
+
+def flip(input, dims):
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    axes = tuple(_norm_dim(a, input.ndim) for a in dims)
+    return P.flip(input, axes=axes) if input.ndim else input.clone()
+
+
+def fliplr(input):
+    return flip(input, (1,))
+
+
+def flipud(input):
+    return flip(input, (0,))
+
+
+def roll(input, shifts, dims=None):
+    if dims is None:
+        return reshape(roll(reshape(input, (-1,)), shifts, 0), tuple(input.shape))
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    out = input
+    for s, d in zip(shifts, dims):
+        d = _norm_dim(d, input.ndim)
+        n = input.shape[d]
+        if n == 0:
+            continue
+        s %= n
+        if s:
+            out = cat([_slice_dim(out, d, n - s, n), _slice_dim(out, d, 0, n - s)], d)
+    return out
+
+
+def pad(input, pad, mode="constant", value=None):
+    """`F.pad`: pairs of (before, after) padding from the last dim backwards."""
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise op_error("pad", f"Padding length must be divisible by 2 and at most twice the "
+                       f"number of dims ({input.ndim}); got {len(pad)}")
+    pairs = [(0, 0)] * input.ndim
+    for i in range(len(pad) // 2):
+        pairs[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    x = input
+    # negative padding crops: slice first, then pad with the positive parts
+    if _py_any(lo < 0 or hi < 0 for lo, hi in pairs):
+        shape = tuple(x.shape)
+        x = P.slice(x, starts=tuple(_py_max(0, -lo) for lo, hi in pairs),
+                    stops=tuple(s - _py_max(0, -hi) for s, (lo, hi) in zip(shape, pairs)),
+                    steps=(1,) * x.ndim)
+        pairs = [(_py_max(0, lo), _py_max(0, hi)) for lo, hi in pairs]
+    if mode == "constant":
+        return P.pad(x, pads=tuple(pairs), value=0.0 if value is None else value)
+    if mode in ("reflect", "replicate", "circular"):
+        for d, (lo, hi) in enumerate(pairs):
+            if lo == 0 and hi == 0:
+                continue
+            n = x.shape[d]
+            parts = []
+            if mode == "reflect":
+                if lo:
+                    parts.append(flip(_slice_dim(x, d, 1, lo + 1), (d,)))
+                parts.append(x)
+                if hi:
+                    parts.append(flip(_slice_dim(x, d, n - hi - 1, n - 1), (d,)))
+            elif mode == "replicate":
+                shape_lo = tuple(lo if i == d else s for i, s in enumerate(x.shape))
+                shape_hi = tuple(hi if i == d else s for i, s in enumerate(x.shape))
+                if lo:
+                    parts.append(expand(_slice_dim(x, d, 0, 1), shape_lo))
+                parts.append(x)
+                if hi:
+                    parts.append(expand(_slice_dim(x, d, n - 1, n), shape_hi))
+            else:
+                if lo:
+                    parts.append(_slice_dim(x, d, n - lo, n))
+                parts.append(x)
+                if hi:
+                    parts.append(_slice_dim(x, d, 0, hi))
+            x = cat(parts, d)
+        return x
+    raise op_error("pad", f"unsupported padding mode {mode!r}", NotImplementedError)
+
+
+def _py_any(it):
+    return builtins.any(it)
+
+
+def contiguous(input, memory_format=None):
+    return input
+
+
+def clone(input, *, memory_format=None):
+    return P.cast(input, dtype=input.dtype)
+
+
+def _tri_mask(input, diagonal, upper):
+    rows, cols = input.shape[-2], input.shape[-1]
+    r = P.reshape(arange(rows, device=input.device), shape=(rows, 1))
+    c = P.reshape(arange(cols, device=input.device), shape=(1, cols))
+    return P.ge(c - r, diagonal) if upper else P.le(c - r, diagonal)
+
+
+def tril(input, diagonal=0):
+    return P.where(_tri_mask(input, diagonal, False), input, 0)
+
+
+def triu(input, diagonal=0):
+    return P.where(_tri_mask(input, diagonal, True), input, 0)
+
+
+def diagonal(input, offset=0, dim1=0, dim2=1):
+    d1, d2 = _norm_dim(dim1, input.ndim), _norm_dim(dim2, input.ndim)
+    x = movedim(input, (d1, d2), (-2, -1))
+    rows, cols = x.shape[-2], x.shape[-1]
+    n = _py_max(0, _py_min(rows, cols - offset) if offset >= 0 else _py_min(rows + offset, cols))
+    start = offset if offset >= 0 else -offset * cols
+    flat = reshape(x, tuple(x.shape[:-2]) + (rows * cols,))
+    if n == 0:
+        return _slice_dim(flat, flat.ndim - 1, 0, 0)
+    return _slice_dim(flat, flat.ndim - 1, start, start + (n - 1) * (cols + 1) + 1, cols + 1)
+
+
+def diag(input, diagonal_=0):
+    if input.ndim == 1:
+        n = input.shape[0] + _py_abs(diagonal_)
+        out = zeros((n, n), dtype=input.dtype, device=input.device)
+        idx = np.arange(input.shape[0])
+        rows = idx + _py_max(0, -diagonal_)
+        cols = idx + _py_max(0, diagonal_)
+        flat = input.new_tensor(rows * n + cols, dtype=dt.int64)
+        return reshape(P.index_put(reshape(out, (-1,)), flat, input, axis=0), (n, n))
+    return diagonal(input, diagonal_)
+
+
+def trace(input):
+    return sum(diagonal(input))
+
+
+# ----------------------------------------------------------------------------- indexing
+
+def index_select(input, dim, index):
+    d = _norm_dim(dim, input.ndim)
+    if index.ndim > 1:
+        raise op_error("index_select", "index_select(): Index is supposed to be a vector",
+                       IndexError)
+    return P.take(input, _wrap_index(index, input.shape[d], "index_select"), axis=d)
+
+
+def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexError) -> Tensor:
+    """Negative indices count from the end, as in Python; out-of-range ones raise `kind`."""
+    if index.dtype is not dt.int64 and index.dtype is not dt.int32:
+        raise op_error(op, f"tensors used as indices must be long, int or bool tensors, "
+                       f"got {index.dtype.name}", IndexError)
+    data = index._data
+    if data.size and STATE.tracer is None and (data.min() < -n or data.max() >= n):
+        bad = int(data.max()) if data.max() >= n else int(data.min())
+        raise op_error(op, f"index {bad} is out of bounds for dimension with size {n}", kind)
+    if STATE.tracer is None and (data.size == 0 or data.min() >= 0):
+        return index
+    return P.where(P.lt(index, 0), index + n, index)
+
+
+def _gather_positions(input_shape, dim, index, op="gather"):
+    """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere."""
+    strides = [math.prod(input_shape[i + 1:]) for i in range(len(input_shape))]
+    lin = _wrap_index(index, input_shape[dim], op, RuntimeError) * strides[dim]
+    for i, n in enumerate(index.shape):
+        if i == dim:
+            continue
+        if n > input_shape[i]:
+            raise op_error("gather", f"Size does not match at dimension {i} expected index "
+                           f"{list(index.shape)} to be smaller than self {list(input_shape)} "
+                           f"apart from dimension {dim}", RuntimeError)
+        shape = [1] * index.ndim
+        shape[i] = n
+        lin = lin + P.reshape(arange(n, device=index.device), shape=tuple(shape)) * strides[i]
+    return lin
+
+
+def gather(input, dim, index, *, sparse_grad=False):
+    d = _norm_dim(dim, input.ndim)
+    if index.ndim != input.ndim:
+        raise op_error("gather", f"Index tensor must have the same number of dimensions as "
+                       f"input tensor ({index.ndim} vs {input.ndim})")
+    lin = _gather_positions(tuple(input.shape), d, index)
+    return P.take(reshape(input, (-1,)), lin, axis=0)
+
+
+def _scatter(input, dim, index, src, prim, reduce=None):
+    d = _norm_dim(dim, input.ndim)
+    if isinstance(src, Tensor) and src.dtype is not input.dtype:
+        src = src.to(input.dtype)
+    if not isinstance(src, Tensor):
+        src = full(tuple(index.shape), src, dtype=input.dtype, device=input.device)
+    elif tuple(src.shape) != tuple(index.shape):
+        src = P.slice(src, starts=(0,) * src.ndim, stops=tuple(index.shape),
+                      steps=(1,) * src.ndim)
+    lin = _gather_positions(tuple(input.shape), d, index)
+    flat = prim(reshape(input, (-1,)), reshape(lin, (-1,)), reshape(src, (-1,)), axis=0)
+    return reshape(flat, tuple(input.shape))
+
+
+def scatter(input, dim, index, src=None, *, value=None, reduce=None):
+    if reduce == "add":
+        return scatter_add(input, dim, index, src if src is not None else value)
+    return _scatter(input, dim, index, src if src is not None else value, P.index_put)
+
+
+def scatter_add(input, dim, index, src):
+    return _scatter(input, dim, index, src, P.index_add)
+
+
+def index_add(input, dim, index, source, *, alpha=1):
+    d = _norm_dim(dim, input.ndim)
+    src = source * alpha if alpha != 1 else source
+    return P.index_add(input, _wrap_index(index, input.shape[d]), src.to(input.dtype), axis=d)
+
+
+def index_fill(input, dim, index, value):
+    d = _norm_dim(dim, input.ndim)
+    shape = tuple(input.shape)
+    src = full(shape[:d] + tuple(index.shape) + shape[d + 1:], value, dtype=input.dtype,
+               device=input.device)
+    return P.index_put(input, _wrap_index(index, shape[d]), src, axis=d)
+
+
+def index_copy(input, dim, index, source):
+    d = _norm_dim(dim, input.ndim)
+    return P.index_put(input, _wrap_index(index, input.shape[d]), source.to(input.dtype), axis=d)
+
+
+def masked_fill(input, mask, value):
+    if isinstance(value, Tensor):
+        value = value.to(input.dtype)
+    elif input.dtype.category != dt.FLOAT and isinstance(value, float):
+        value = int(value)
+    if mask.dtype is not dt.bool_:
+        raise op_error("masked_fill", f"masked_fill_ only supports boolean masks, but got mask "
+                       f"with dtype {mask.dtype.name}")
+    return P.where(mask, value, input)
+
+
+def masked_select(input, mask):
+    input, mask = broadcast_tensors(input, mask)
+    return getitem(input, mask)
+
+
+def take(input, index):
+    return P.take(reshape(input, (-1,)), _wrap_index(index, input.numel()), axis=0)
+
+
+def take_along_dim(input, indices, dim=None):
+    if dim is None:
+        return take(input, indices)
+    d = _norm_dim(dim, input.ndim)
+    # every dim but `dim` broadcasts between input and indices
+    from kiln.ir.ops import broadcast_shapes
+    a, b = list(input.shape), list(indices.shape)
+    a[d] = b[d] = 1
+    common = broadcast_shapes(tuple(a), tuple(b))
+    input = expand(input, common[:d] + (input.shape[d],) + common[d + 1:])
+    indices = expand(indices, common[:d] + (indices.shape[d],) + common[d + 1:])
+    return gather(input, d, indices)
+
+
+def one_hot(tensor, num_classes=-1):
+    if tensor.dtype is not dt.int64:
+        raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
+                       RuntimeError)
+    if num_classes == -1:
+        num_classes = int(tensor.max().item()) + 1 if tensor.numel() else 0
+    classes = arange(num_classes, device=tensor.device)
+    return P.cast(P.eq(unsqueeze(tensor, -1), classes), dtype=dt.int64)
+
+
+def nonzero(input, *, as_tuple=False):
+    data = input._read("nonzero()")
+    xp = input.device.xp
+    idx = xp.stack(xp.nonzero(data), axis=1) if data.ndim else xp.zeros(
+        (int(bool(data)), 0), dtype=np.int64)
+    out = Tensor._make(idx.astype(np.int64), dt.int64, input.device)
+    if as_tuple:
+        if not data.ndim:      # a 0-d input has one position, index 0, when it is nonzero
+            return (zeros(out.shape[0], dtype=dt.int64, device=out.device),)
+        return tuple(out[:, i] for i in range(out.shape[1]))
+    return out
+
+
+def argwhere(input):
+    return nonzero(input)
+
+
+def _normalize_key(key, ndim):
+    """Split an index into per-dim items, expanding `...`; None stays as 'new axis'."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    items = []
+    for k in key:
+        if isinstance(k, (list, np.ndarray)) or (isinstance(k, Tensor)):
+            items.append(k)
+        else:
+            items.append(k)
+    consumed = 0
+    for k in items:
+        if k is None or k is Ellipsis:
+            continue
+        if isinstance(k, Tensor) and k.dtype is dt.bool_:
+            consumed += k.ndim
+        elif isinstance(k, (list, np.ndarray)) and np.asarray(k).dtype == np.bool_:
+            consumed += np.asarray(k).ndim
+        else:
+            consumed += 1
+    if consumed > ndim:
+        raise op_error("index", f"too many indices for tensor of dimension {ndim}", IndexError)
+    if _py_sum(1 for k in items if k is Ellipsis) > 1:
+        raise op_error("index", "an index can only have a single ellipsis ('...')", IndexError)
+    if Ellipsis in [k for k in items if not isinstance(k, (Tensor, list, np.ndarray))]:
+        at = next(i for i, k in enumerate(items) if k is Ellipsis)
+        items = items[:at] + [slice(None)] * (ndim - consumed) + items[at + 1:]
+    else:
+        items = items + [slice(None)] * (ndim - consumed)
+    return items
+
+
+def getitem(input, key):
+    """`tensor[key]`: ints, slices with steps, None, ..., integer tensors and boolean masks."""
+    items = _normalize_key(key, input.ndim)
+    x = input
+    shape = tuple(input.shape)
+    starts, stops, steps, out_shape = [], [], [], []
+    advanced = []          # (position in the sliced result, index tensor)
+    dim = 0
+    for k in items:
+        if k is None:
+            out_shape.append(1)
+            continue
+        if isinstance(k, (list, np.ndarray)):
+            k = input.new_tensor(np.asarray(k))
+            if k.dtype.is_floating_point and k.numel() == 0:
+                k = k.to(dt.int64)
+        if isinstance(k, Tensor):
+            if k.dtype is dt.bool_ and k.ndim == 0:
+                # a 0-d mask adds a dim of size 1 and keeps it (True) or empties it (False)
+                out_shape.append(1)
+                advanced.append((len(out_shape) - 1, zeros(int(bool(k)), dtype=dt.int64,
+                                                           device=input.device)))
+                continue
+            if k.dtype is dt.bool_:
+                if tuple(k.shape) != shape[dim:dim + k.ndim]:
+                    raise op_error("index", f"The shape of the mask {list(k.shape)} at index "
+                                   f"{dim} does not match the shape of the indexed tensor "
+                                   f"{list(shape[dim:dim + k.ndim])}", IndexError)
+                nz = nonzero(k, as_tuple=False)
+                for j in range(k.ndim):
+                    starts.append(0)
+                    stops.append(shape[dim])
+                    steps.append(1)
+                    advanced.append((len(out_shape), nz[:, j] if k.ndim else nz[:, 0]))
+                    out_shape.append(shape[dim])
+                    dim += 1
+                continue
+            if k.dtype.is_floating_point:
+                raise op_error("index", "tensors used as indices must be long, int or bool "
+                               "tensors", IndexError)
+            starts.append(0)
+            stops.append(shape[dim])
+            steps.append(1)
+            advanced.append((len(out_shape), k))
+            out_shape.append(shape[dim])
+            dim += 1
+            continue
+        if isinstance(k, slice):
+            n = shape[dim]
+            step = 1 if k.step is None else int(k.step)
+            if step <= 0:
+                raise op_error("index", "step must be greater than zero", ValueError)
+            a, b, _ = slice(k.start, k.stop, step).indices(n)
+            b = _py_max(a, b)
+            starts.append(a)
+            stops.append(b)
+            steps.append(step)
+            out_shape.append((b - a + step - 1) // step)
+            dim += 1
+            continue
+        if isinstance(k, bool) or k is True or k is False:
+            raise op_error("index", "indexing with a Python bool is not supported", IndexError)
+        try:
+            i = int(k.__index__() if isinstance(k, Tensor) else k)
+        except (TypeError, AttributeError):
+            raise op_error("index", f"only integers, slices (`:`), ellipsis (`...`), None and "
+                           f"long or byte Variables are valid indices (got "
+                           f"{type(k).__name__})", IndexError) from None
+        n = shape[dim]
+        if not -n <= i < n:
+            raise op_error("index", f"index {i} is out of bounds for dimension {dim} with size "
+                           f"{n}", IndexError)
+        i %= n
+        starts.append(i)
+        stops.append(i + 1)
+        steps.append(1)
+        out_shape.append(None)      # dropped after slicing
+        dim += 1
+    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * len(shape), shape,
+                                                      (1,) * len(shape)):
+        x = P.slice(x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    # the shape with ints dropped and None added; advanced positions refer into it
+    keep = [s for s in out_shape if s is not None]
+    positions = {}
+    at = 0
+    for i, s in enumerate(out_shape):
+        if s is not None:
+            positions[i] = at
+            at += 1
+    if tuple(keep) != tuple(x.shape):
+        x = P.reshape(x, shape=tuple(keep))
+    if not advanced:
+        return x
+    return _advanced_index(x, [(positions[p], idx) for p, idx in advanced])
+
+
+def _advanced_index(x, advanced):
+    """Integer-tensor indexing (NumPy rules) over the dims named in `advanced`."""
+    dims = [d for d, _ in advanced]
+    shape = tuple(x.shape)
+    if len(advanced) == 1:
+        d, idx = advanced[0]
+        return P.take(x, _wrap_index(idx, shape[d]), axis=d)
+    from kiln.ir.ops import broadcast_shapes
+    idx_shape = broadcast_shapes(*(tuple(i.shape) for _, i in advanced))
+    # move the indexed dims to the front, flatten them into one, and take by linear position
+    rest = [i for i in range(len(shape)) if i not in dims]
+    moved = P.permute(x, perm=tuple(dims + rest)) if dims + rest != list(range(len(shape))) else x
+    lin = None
+    stride = 1
+    for d, idx in reversed(advanced):
+        term = _wrap_index(idx, shape[d]) * stride if stride != 1 else _wrap_index(idx, shape[d])
+        lin = term if lin is None else lin + term
+        stride *= shape[d]
+    lin = expand(lin, idx_shape)
+    flat = P.reshape(moved, shape=(stride,) + tuple(shape[i] for i in rest))
+    out = P.take(flat, lin, axis=0)
+    adjacent = dims == list(range(dims[0], dims[0] + len(dims)))
+    if adjacent and dims[0] != 0:
+        # NumPy keeps the result dims where the (adjacent) indexed dims were
+        k = len(idx_shape)
+        before = list(range(k, k + dims[0]))
+        perm = before + list(range(k)) + list(range(k + dims[0], out.ndim))
+        out = P.permute(out, perm=tuple(perm))
+    return out
+
+
+def _flat_positions(input, key):
+    """Flat element positions that `input[key]` selects, shaped like `input[key]`."""
+    positions = P.reshape(arange(input.numel(), device=input.device), shape=tuple(input.shape))
+    return getitem(positions, key)
+
+
+def index_put(input, indices, values, accumulate=False):
+    pos = _flat_positions(input, tuple(indices))
+    return _put_at(input, pos, values, P.index_add if accumulate else P.index_put)
+
+
+def _put_at(input, pos, values, prim):
+    if not isinstance(values, Tensor):
+        values = full((), values, dtype=input.dtype, device=input.device)
+    elif values.dtype is not input.dtype:
+        values = values.to(input.dtype)
+    values = expand(values, tuple(pos.shape))
+    flat = prim(reshape(input, (-1,)), reshape(pos, (-1,)), reshape(values, (-1,)), axis=0)
+    return reshape(flat, tuple(input.shape))
+
+
+def setitem_functional(input, key, value):
+    """The value of `input` after `input[key] = value`, as a new tensor (for autograd/tracing)."""
+    return _put_at(input, _flat_positions(input, key), value, P.index_put)
+
+
+# ----------------------------------------------------------------------------- matmul
+
+def matmul(input, other):
+    a, b = input, other
+    if a.ndim == 0 or b.ndim == 0:
+        raise op_error("matmul", f"both arguments to matmul need to be at least 1D, but they "
+                       f"are {a.ndim}D and {b.ndim}D")
+    if a.dtype is not b.dtype:
+        raise op_error("matmul", f"expected m1 and m2 to have the same dtype, but got: "
+                       f"{a.dtype.name} != {b.dtype.name}")
+    if a.ndim == 1 and b.ndim == 1:
+        if a.shape[0] != b.shape[0]:
+            raise op_error("matmul", f"inconsistent tensor size, expected tensor [{a.shape[0]}]"
+                           f" and src [{b.shape[0]}] to have the same number of elements")
+        return reshape(P.matmul(reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
+    if a.ndim == 1:
+        return squeeze(matmul(unsqueeze(a, 0), b), -2)
+    if b.ndim == 1:
+        return squeeze(matmul(a, unsqueeze(b, -1)), -1)
+    if a.shape[-1] != b.shape[-2]:
+        raise op_error("matmul", f"mat1 and mat2 shapes cannot be multiplied "
+                       f"({'x'.join(map(str, a.shape[-2:]))} and "
+                       f"{'x'.join(map(str, b.shape[-2:]))})")
+    if b.ndim == 2 and a.ndim > 2:
+        # (..., m, k) @ (k, n): one 2-D product over the flattened batch
+        lead = tuple(a.shape[:-1])
+        out = P.matmul(reshape(a, (-1, a.shape[-1])), b)
+        return reshape(out, lead + (b.shape[-1],))
+    if a.shape[:-2] == b.shape[:-2]:
+        return P.matmul(a, b)
+    from kiln.ir.ops import broadcast_shapes
+    batch = broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    if tuple(a.shape[:-2]) != batch:
+        a = P.expand(a, shape=batch + tuple(a.shape[-2:]))
+    if tuple(b.shape[:-2]) != batch:
+        b = P.expand(b, shape=batch + tuple(b.shape[-2:]))
+    return P.matmul(a, b)
+
+
+def mm(input, mat2):
+    if input.ndim != 2 or mat2.ndim != 2:
+        raise op_error("mm", f"self must be a matrix (got {input.ndim}-D and {mat2.ndim}-D)")
+    return matmul(input, mat2)
+
+
+def bmm(input, mat2):
+    if input.ndim != 3 or mat2.ndim != 3:
+        raise op_error("bmm", f"batch1 and batch2 must be 3D tensors (got {input.ndim}-D and "
+                       f"{mat2.ndim}-D)")
+    if input.shape[0] != mat2.shape[0]:
+        raise op_error("bmm", f"batch1 and batch2 must have same number of batches, got "
+                       f"{input.shape[0]} and {mat2.shape[0]}")
+    return matmul(input, mat2)
+
+
+def mv(input, vec):
+    return matmul(input, vec)
+
+
+def dot(input, other):
+    if input.ndim != 1 or other.ndim != 1:
+        raise op_error("dot", f"1D tensors expected, but got {input.ndim}D and {other.ndim}D "
+                       "tensors")
+    return matmul(input, other)
+
+
+inner = dot
+
+
+def outer(input, vec2):
+    return unsqueeze(input, 1) * unsqueeze(vec2, 0)
+
+
+ger = outer
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1):
+    prod_ = mm(mat1, mat2)
+    return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    prod_ = bmm(batch1, batch2)
+    return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
+
+
+def einsum(equation, *operands):
+    """Einstein summation for up to two operands, lowered to permute, reshape, mul and matmul."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    lhs, _, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        raise op_error("einsum", f"{len(terms)} operand terms but {len(operands)} operands")
+    if not _:
+        counts = {}
+        for c in "".join(terms):
+            counts[c] = counts.get(c, 0) + 1
+        rhs = "".join(sorted(c for c, n in counts.items() if n == 1))
+    # multiply by broadcasting every operand into the union of labels, then sum the rest
+    labels = []
+    for term in terms:
+        for c in term:
+            if c not in labels:
+                labels.append(c)
+    sizes = {}
+    for term, op in zip(terms, operands):
+        for c, n in zip(term, op.shape):
+            sizes[c] = _py_max(sizes.get(c, 1), n)
+    if len(operands) == 2 and set(rhs) <= set(labels):
+        return _einsum_pair(terms, rhs, operands, sizes)
+    product = None
+    for term, op in zip(terms, operands):
+        aligned = _align(op, term, labels)
+        product = aligned if product is None else product * aligned
+    summed = [i for i, c in enumerate(labels) if c not in rhs]
+    out = sum(product, tuple(summed)) if summed else product
+    kept = [c for c in labels if c in rhs]
+    return permute(out, tuple(kept.index(c) for c in rhs)) if kept != list(rhs) else out
+
+
+def _align(op, term, labels):
+    """Permute and reshape an operand so its dims follow `labels` (size 1 where absent)."""
+    if len(set(term)) != len(term):
+        raise op_error("einsum", f"repeated subscript in {term!r} (diagonals) is not supported")
+    order = sorted(range(len(term)), key=lambda i: labels.index(term[i]))
+    x = permute(op, tuple(order)) if order != list(range(len(term))) else op
+    present = {c: op.shape[i] for i, c in enumerate(term)}
+    return reshape(x, tuple(present.get(c, 1) for c in labels))
+
+
+def _einsum_pair(terms, rhs, operands, sizes):
+    ta, tb = terms
+    a, b = operands
+    batch = [c for c in ta if c in tb and c in rhs]
+    contract = [c for c in ta if c in tb and c not in rhs]
+    only_a = [c for c in ta if c not in tb]
+    only_b = [c for c in tb if c not in ta]
+    # labels that appear in one operand only and not in the output are summed out first
+    for c in [c for c in only_a if c not in rhs]:
+        a = sum(a, ta.index(c), keepdim=True)
+    for c in [c for c in only_b if c not in rhs]:
+        b = sum(b, tb.index(c), keepdim=True)
+    free_a = [c for c in only_a if c in rhs]
+    free_b = [c for c in only_b if c in rhs]
+
+    def arrange(x, term, groups):
+        order = [term.index(c) for g in groups for c in g]
+        rest = [i for i in range(len(term)) if i not in order]   # summed-out singleton dims
+        x = permute(x, tuple(order + rest))
+        return reshape(x, tuple(math.prod(sizes[c] for c in g) for g in groups))
+
+    A = arrange(a, ta, [batch, free_a, contract])
+    B = arrange(b, tb, [batch, contract, free_b])
+    out = matmul(A, B)
+    out = reshape(out, tuple(sizes[c] for c in batch + free_a + free_b))
+    order = batch + free_a + free_b
+    return permute(out, tuple(order.index(c) for c in rhs)) if order != list(rhs) else out
+
+
+def tensordot(a, b, dims=2):
+    if isinstance(dims, int):
+        dims_a, dims_b = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+    else:
+        dims_a, dims_b = [list(d) if isinstance(d, (list, tuple)) else [d] for d in dims]
+    free_a = [i for i in range(a.ndim) if i not in dims_a]
+    free_b = [i for i in range(b.ndim) if i not in dims_b]
+    k = math.prod(a.shape[i] for i in dims_a)
+    A = reshape(permute(a, tuple(free_a + dims_a)), (-1, k))
+    B = reshape(permute(b, tuple(dims_b + free_b)), (k, -1))
+    return reshape(matmul(A, B), tuple(a.shape[i] for i in free_a) +
+                   tuple(b.shape[i] for i in free_b))
+
+
+# ----------------------------------------------------------------------------- softmax family
+
+def softmax(input, dim=None, dtype=None):
+    x = _floating(input if dtype is None else input.to(dtype))
+    if x.ndim == 0:
+        return reshape(softmax(reshape(x, (1,)), 0), ())
+    d = _norm_dim(-1 if dim is None else dim, x.ndim)
+    m = P.max(x, axes=(d,), keepdim=True).detach() if x.shape[d] else x
+    e = P.exp(x - m)
+    return e / P.sum(e, axes=(d,), keepdim=True)
+
+
+def log_softmax(input, dim=None, dtype=None):
+    x = _floating(input if dtype is None else input.to(dtype))
+    if x.ndim == 0:
+        return reshape(log_softmax(reshape(x, (1,)), 0), ())
+    d = _norm_dim(-1 if dim is None else dim, x.ndim)
+    shifted = x - P.max(x, axes=(d,), keepdim=True).detach() if x.shape[d] else x
+    return shifted - P.log(P.sum(P.exp(shifted), axes=(d,), keepdim=True))
+
+
+def softmin(input, dim=None, dtype=None):
+    return softmax(-input, dim, dtype)
+
+
+# ----------------------------------------------------------------------------- creation helpers
+# (the public creation functions live in kiln.tracer.creation; these are used above)
+
+def arange(*args, **kwargs):
+    from kiln.tracer.creation import arange as _arange
+    kwargs.setdefault("dtype", dt.int64)
+    return _arange(*args, **kwargs)
+
+
+def full(size, fill_value, *, dtype=None, device=None):
+    from kiln.tracer.creation import full as _full
+    return _full(size, fill_value, dtype=dtype, device=device)
+
+
+def zeros(*size, dtype=None, device=None):
+    from kiln.tracer.creation import zeros as _zeros
+    return _zeros(*size, dtype=dtype, device=device)
+
+
+def zeros_like(input, dtype=None):
+    from kiln.tracer.creation import zeros_like as _zl
+    return _zl(input, dtype=dtype)
+
+
+def ones_like(input, dtype=None):
+    from kiln.tracer.creation import ones_like as _ol
+    return _ol(input, dtype=dtype)

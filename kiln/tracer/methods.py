@@ -1,0 +1,374 @@
+"""Tensor methods and operators: a table binding `kiln.tracer.functional` onto `Tensor`.
+
+In-place variants (`add_`, `mul_`, ...) compute the out-of-place result through the same op and
+then write it into the tensor's memory, bumping its version counter; autograd and tracing see
+an ordinary op followed by a write-back.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.runtime.device import Device, to_device
+from kiln.tracer import autograd, creation
+from kiln.tracer import functional as F
+from kiln.tracer.dispatch import op_error
+from kiln.tracer.tensor import STATE, Tensor
+
+
+# ----------------------------------------------------------------------------- in-place
+
+def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tensor:
+    """Store `result` into `self`'s memory, as `self.op_(...)` does."""
+    if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
+        raise op_error(op, "a leaf Variable that requires grad is being used in an in-place "
+                       "operation.")
+    if result.dtype is not self.dtype:
+        if result.dtype.category > self.dtype.category:
+            raise op_error(op, f"result type {result.dtype.name} can't be cast to the desired "
+                           f"output type {self.dtype.name}")
+        result = P.cast(result, dtype=self.dtype)
+    if tuple(result.shape) != tuple(self.shape):
+        try:
+            result = F.expand(result, tuple(self.shape))
+        except RuntimeError:
+            raise op_error(op, f"output with shape {list(self.shape)} doesn't match the "
+                           f"broadcast shape {list(result.shape)}") from None
+    node = result.grad_fn
+    reads_self = node is not None and node.inputs is not None and any(
+        isinstance(a, Tensor) and a._version is self._version for a in node.inputs)
+    if self.requires_grad and STATE.grad_enabled and not reads_self:
+        # the new value does not depend on the old one (zero_, fill_, copy_): PyTorch still
+        # links the old history, with a zero gradient, so a node that does exactly that
+        keep = creation.full((), True, dtype=dt.bool_, device=self.device)
+        result = P.where(keep, result, self)
+        node, reads_self = result.grad_fn, True
+    if reads_self:
+        # the node read `self` (or a view of it) before this write; give it a snapshot of the
+        # old value, which this write does not change
+        snaps = {}
+        for a in node.inputs:
+            if isinstance(a, Tensor) and a._version is self._version and id(a) not in snaps:
+                snap = Tensor._make(a._data.copy(), a.dtype, a.device)
+                snap.requires_grad, snap.grad_fn, snap._trace = (a.requires_grad, a.grad_fn,
+                                                                 a._trace)
+                snaps[id(a)] = snap
+        node.versions = tuple(0 if id(a) in snaps else v
+                              for a, v in zip(node.inputs, node.versions))
+        node.inputs = tuple(snaps.get(id(a), a) for a in node.inputs)
+    if not self._data.flags.writeable:
+        raise op_error(op, "unsupported operation: more than one element of the written-to "
+                       "tensor refers to a single memory location. Please clone() the tensor "
+                       "before performing the operation.")
+    self._data[...] = result._data
+    self._version[0] += 1
+    if result.requires_grad:
+        self.grad_fn, self.requires_grad = result.grad_fn, True
+    if STATE.tracer is not None:
+        STATE.tracer.write(self, result)
+    return self
+
+
+def _inplace(fn, name):
+    def method(self, *args, **kwargs):
+        return write_inplace(self, fn(self, *args, **kwargs), name)
+    method.__name__ = name
+    return method
+
+
+def setitem(self: Tensor, key, value) -> None:
+    tracked = (STATE.grad_enabled and (self.requires_grad or
+               (isinstance(value, Tensor) and value.requires_grad)))
+    if not tracked and STATE.tracer is None:
+        # plain data write: NumPy's own setitem, no autograd involved
+        data = value._data if isinstance(value, Tensor) else value
+        if isinstance(value, Tensor) and value.dtype is not self.dtype:
+            data = data.astype(self.dtype.np)
+        self._data[_array_key(key)] = data
+        self._version[0] += 1
+        return
+    write_inplace(self, F.setitem_functional(self, key, value), "setitem")
+
+
+def _array_key(key):
+    if isinstance(key, tuple):
+        return tuple(_array_key(k) for k in key)
+    if isinstance(key, Tensor):
+        return key._data
+    if isinstance(key, list) and any(isinstance(k, Tensor) for k in key):
+        return [k._data if isinstance(k, Tensor) else k for k in key]
+    return key
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def to(self: Tensor, *args, **kwargs) -> Tensor:
+    dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    for a in args:
+        if isinstance(a, dt.DType):
+            dtype = a
+        elif isinstance(a, Tensor):
+            dtype, device = a.dtype, a.device
+        elif isinstance(a, (str, Device)):
+            device = a
+    out = self
+    if device is not None and Device(device) != self.device:
+        out = _to_device(out, Device(device))
+    if dtype is not None:
+        dtype = creation._dtype(dtype)
+        if dtype is not out.dtype:
+            out = P.cast(out, dtype=dtype)
+    return out
+
+
+def _to_device(self: Tensor, device: Device) -> Tensor:
+    out = Tensor._make(to_device(self._data, device), self.dtype, device)
+    if self.requires_grad and STATE.grad_enabled:
+        from kiln.tracer.autograd import Node
+        # crossing devices is differentiable: the gradient goes back the same way
+        out.requires_grad = True
+        out.grad_fn = _DeviceCopy(self, out)
+    return out
+
+
+class _DeviceCopy:
+    """grad_fn of a copy between devices (not a primitive: no kernel, just a transfer)."""
+
+    def __init__(self, src, out):
+        from kiln.ir.ops import Primitive
+        self.prim = Primitive("to_device", "movement", None, None,
+                              lambda g, out, x: (_to_device(g, x.device),), 1)
+        self.inputs, self.attrs = (src,), {}
+        self.out_data, self.out_dtype, self.out_device = out._data, out.dtype, out.device
+        self.versions, self.hooks, self.retained, self.out_trace = (src._version[0],), None, \
+            None, None
+        self.edges = autograd.edges_of((src,))
+
+    name = autograd.Node.name
+    output = autograd.Node.output
+    register_hook = autograd.Node.register_hook
+
+
+def detach(self: Tensor) -> Tensor:
+    out = Tensor._make(self._data, self.dtype, self.device)
+    out._version = self._version
+    out._trace = self._trace
+    if STATE.tracer is not None:
+        STATE.tracer.alias(out, self)
+    return out
+
+
+def detach_(self: Tensor) -> Tensor:
+    self.grad_fn, self.requires_grad = None, False
+    return self
+
+
+def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
+    if requires_grad and not self.dtype.is_floating_point:
+        raise op_error("requires_grad_", "only Tensors of floating point dtype can require "
+                       f"gradients, got {self.dtype.name}")
+    if not requires_grad and self.grad_fn is not None:
+        raise RuntimeError("you can only change requires_grad flags of leaf variables.")
+    self.requires_grad = requires_grad
+    return self
+
+
+def retain_grad(self: Tensor) -> None:
+    if self.grad_fn is None:
+        if not self.requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        return
+    self.grad_fn.retained = weakref.ref(self)
+    self._retains_grad = True
+
+
+class _HookHandle:
+    def __init__(self, owner, attr, hook):
+        self.owner, self.attr, self.hook = owner, attr, hook
+
+    def remove(self):
+        hooks = getattr(self.owner, self.attr) or ()
+        setattr(self.owner, self.attr, tuple(h for h in hooks if h is not self.hook) or None)
+
+
+def register_hook(self: Tensor, hook):
+    if not self.requires_grad:
+        raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+    if self.grad_fn is None:
+        self._hooks = (self._hooks or ()) + (hook,)
+        return _HookHandle(self, "_hooks", hook)
+    self.grad_fn.register_hook(hook)
+    return _HookHandle(self.grad_fn, "hooks", hook)
+
+
+def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False) -> Tensor:
+    if isinstance(data, np.ndarray) and dtype is None:
+        dtype = dt.from_numpy(data.dtype)
+    return creation.tensor(data, dtype=dtype or self.dtype, device=device or self.device,
+                           requires_grad=requires_grad)
+
+
+def _new(fill):
+    def method(self, *size, dtype=None, device=None, requires_grad=False):
+        return creation.full(creation._size(size), fill, dtype=dtype or self.dtype,
+                             device=device or self.device, requires_grad=requires_grad)
+    return method
+
+
+def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+    return creation.full(tuple(size), fill_value, dtype=dtype or self.dtype,
+                         device=device or self.device, requires_grad=requires_grad)
+
+
+def sum_to_size(self: Tensor, *size) -> Tensor:
+    shape = F._shape_arg(size)
+    lead = self.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
+                                      if s == 1 and self.shape[lead + i] != 1)
+    out = P.sum(self, axes=axes, keepdim=True) if axes else self
+    return P.reshape(out, shape=shape) if tuple(out.shape) != shape else out
+
+
+def _fill(self: Tensor, value) -> Tensor:
+    if isinstance(value, Tensor):
+        return F.expand(value.to(self.dtype), tuple(self.shape))
+    return creation.full(tuple(self.shape), value, dtype=self.dtype, device=self.device)
+
+
+def uniform_(self, a=0.0, b=1.0, generator=None):
+    with autograd.no_grad():
+        r = creation.rand(tuple(self.shape), generator=generator, dtype=dt.float64,
+                          device=self.device)
+        return write_inplace(self, (r * (b - a) + a).to(self.dtype), "uniform_")
+
+
+def normal_(self, mean=0.0, std=1.0, generator=None):
+    with autograd.no_grad():
+        r = creation.randn(tuple(self.shape), generator=generator, dtype=dt.float64,
+                           device=self.device)
+        return write_inplace(self, (r * std + mean).to(self.dtype), "normal_")
+
+
+def bernoulli_(self, p=0.5, generator=None):
+    with autograd.no_grad():
+        r = creation.rand(tuple(self.shape), generator=generator, device=self.device)
+        return write_inplace(self, (r < p).to(self.dtype), "bernoulli_")
+
+
+def _type(self, dtype=None):
+    if dtype is None:
+        return f"kiln.{ {'float32': 'Float', 'float64': 'Double', 'float16': 'Half', 'int64': 'Long', 'int32': 'Int', 'bool': 'Bool', 'uint8': 'Byte'}[self.dtype.name]}Tensor"
+    return to(self, creation._dtype(dtype))
+
+
+def _reflected(fn):
+    return lambda self, other: fn(other, self)
+
+
+def _getitem(self, key):
+    return F.getitem(self, key)
+
+
+def _iter(self):
+    if self.ndim == 0:
+        raise TypeError("iteration over a 0-d tensor")
+    return iter(F.unbind(self, 0))
+
+
+def _contains(self, element):
+    return bool((self == element).any())
+
+
+_METHODS = {
+    # arithmetic operators
+    "__add__": F.add, "__radd__": _reflected(F.add), "__sub__": F.sub,
+    "__rsub__": _reflected(F.sub), "__mul__": F.mul, "__rmul__": _reflected(F.mul),
+    "__truediv__": F.div, "__rtruediv__": _reflected(F.div), "__floordiv__": F.floor_divide,
+    "__rfloordiv__": _reflected(F.floor_divide), "__mod__": F.remainder,
+    "__rmod__": _reflected(F.remainder), "__pow__": F.pow, "__rpow__": _reflected(F.pow),
+    "__matmul__": F.matmul, "__rmatmul__": _reflected(F.matmul), "__neg__": F.neg,
+    "__pos__": lambda self: self, "__abs__": F.abs, "__invert__": lambda self: (
+        F.logical_not(self) if self.dtype is dt.bool_ else F.bitwise_not(self)),
+    "__and__": F.bitwise_and, "__rand__": _reflected(F.bitwise_and),
+    "__or__": F.bitwise_or, "__ror__": _reflected(F.bitwise_or),
+    "__xor__": F.bitwise_xor, "__rxor__": _reflected(F.bitwise_xor),
+    "__eq__": F.eq, "__ne__": F.ne, "__lt__": F.lt, "__le__": F.le, "__gt__": F.gt,
+    "__ge__": F.ge, "__getitem__": _getitem, "__setitem__": setitem, "__iter__": _iter,
+    "__contains__": _contains,
+    # conversion and autograd
+    "to": to, "cpu": lambda self: to(self, "cpu"),
+    "cuda": lambda self, device=None, non_blocking=False: to(
+        self, f"cuda:{device}" if isinstance(device, int) else (device or "cuda")),
+    "float": lambda self: to(self, dt.float32), "double": lambda self: to(self, dt.float64),
+    "half": lambda self: to(self, dt.float16), "long": lambda self: to(self, dt.int64),
+    "int": lambda self: to(self, dt.int32), "bool": lambda self: to(self, dt.bool_),
+    "byte": lambda self: to(self, dt.uint8), "type": _type,
+    "type_as": lambda self, other: to(self, other.dtype),
+    "detach": detach, "detach_": detach_, "requires_grad_": requires_grad_,
+    "retain_grad": retain_grad, "register_hook": register_hook,
+    "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0),
+    "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
+    "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
+    # in-place
+    "__setitem__": setitem, "zero_": lambda self: write_inplace(self, _fill(self, 0), "zero_"),
+    "fill_": lambda self, value: write_inplace(self, _fill(self, value), "fill_"),
+    "copy_": lambda self, src, non_blocking=False: write_inplace(
+        self, src.to(self.device) if isinstance(src, Tensor) else _fill(self, src), "copy_"),
+    "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
+    "random_": lambda self, low=0, high=None: write_inplace(
+        self, creation.randint(low, high if high is not None else 2 ** 31,
+                               tuple(self.shape), device=self.device).to(self.dtype), "random_"),
+    "exponential_": lambda self, lambd=1.0: write_inplace(
+        self, (-F.log1p(-creation.rand(tuple(self.shape), dtype=self.dtype,
+                                       device=self.device)) / lambd), "exponential_"),
+    "masked_select": F.masked_select, "item": Tensor.item,
+}
+
+# functions that take the tensor first become methods under the same name
+_AS_METHODS = """
+add sub mul div true_divide divide floor_divide remainder fmod pow float_power neg negative
+abs absolute sign reciprocal square exp exp2 log log2 log10 log1p expm1 sqrt rsqrt sin cos tan
+tanh sigmoid erf floor ceil trunc fix round frac maximum minimum clamp clip clamp_min clamp_max
+lerp addcmul addcdiv hypot eq ne lt le gt ge less less_equal greater greater_equal not_equal
+logical_not logical_and logical_or logical_xor bitwise_and bitwise_or bitwise_xor bitwise_not
+isnan isinf isposinf isneginf isfinite nan_to_num allclose isclose equal relu sum nansum mean
+nanmean amax amin max min argmax argmin prod var std logsumexp all any count_nonzero norm dist
+cumsum cumprod reshape view view_as reshape_as flatten unflatten squeeze unsqueeze permute
+transpose swapaxes swapdims t movedim moveaxis expand expand_as broadcast_to repeat tile
+repeat_interleave narrow split chunk tensor_split unbind select flip fliplr flipud roll tril
+triu diagonal diag trace index_select gather scatter scatter_add index_add index_fill index_copy
+masked_fill take take_along_dim nonzero argwhere matmul mm bmm mv dot inner outer addmm baddbmm
+softmax log_softmax where hardtanh mish
+""".split()
+
+for _name in _AS_METHODS:
+    _METHODS.setdefault(_name, getattr(F, _name))
+
+# in-place twins: `x.add_(y)` is `x.add(y)` written back into x
+_INPLACE = """
+add sub mul div true_divide floor_divide remainder fmod pow neg abs sign reciprocal square exp
+log log1p expm1 sqrt rsqrt sin cos tan tanh sigmoid floor ceil trunc round frac clamp clip
+clamp_min clamp_max lerp addcmul addcdiv eq ne lt le gt ge logical_not logical_and logical_or
+logical_xor bitwise_and bitwise_or bitwise_xor nan_to_num relu masked_fill index_fill index_copy
+index_add scatter scatter_add tril triu cumsum hardtanh
+""".split()
+
+for _name in _INPLACE:
+    _METHODS[_name + "_"] = _inplace(getattr(F, _name), _name + "_")
+
+_METHODS["__iadd__"] = _METHODS["add_"]
+_METHODS["__isub__"] = _METHODS["sub_"]
+_METHODS["__imul__"] = _METHODS["mul_"]
+_METHODS["__itruediv__"] = _METHODS["div_"]
+
+for _name, _fn in _METHODS.items():
+    setattr(Tensor, _name, _fn)
+
+Tensor.T = property(lambda self: F.permute(self, tuple(range(self.ndim))[::-1]))
+Tensor.mT = property(lambda self: F.transpose(self, -2, -1))
+Tensor.H = Tensor.T
+Tensor.is_cpu = property(lambda self: self.device.type == "cpu")

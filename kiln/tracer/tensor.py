@@ -1,0 +1,272 @@
+"""The Tensor: an array on a device plus its autograd identity (and, while tracing, its IR value).
+
+Operations are attached as methods by `kiln.tracer.methods`; everything here is storage,
+metadata and conversion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.runtime.device import CPU, Device, device_of_array, to_device
+
+
+class _State:
+    """Process-wide mode flags read by the dispatcher on every op."""
+
+    grad_enabled = True
+    inference = False
+    tracer = None        # the active kiln.tracer.trace.Tracer, or None
+
+
+STATE = _State()
+
+
+class Tensor:
+    __slots__ = ("_data", "dtype", "device", "requires_grad", "grad", "grad_fn", "_version",
+                 "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
+    __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
+
+    def __init__(self, data, dtype: dt.DType | None = None, device: Device | None = None,
+                 requires_grad: bool = False):
+        """Wrap an array. Prefer `kiln.tensor(...)`, which copies and infers like PyTorch."""
+        if isinstance(data, Tensor):
+            data = data._data
+        if device is not None and device != device_of_array(data):
+            data = to_device(data, device)
+        self._data = data
+        self.dtype = dtype if dtype is not None else dt.from_numpy(data.dtype)
+        self.device = device_of_array(data) if device is None else Device(device)
+        self.requires_grad = requires_grad
+        self.grad = None
+        self.grad_fn = None
+        self._version = [0]
+        self._hooks = None
+        self._retains_grad = False
+        self._trace = None
+        self._base = None
+
+    @classmethod
+    def _make(cls, data, dtype: dt.DType, device: Device) -> "Tensor":
+        """The dispatcher's fast constructor: no checks, no copies."""
+        t = object.__new__(cls)
+        t._data = data
+        t.dtype = dtype
+        t.device = device
+        t.requires_grad = False
+        t.grad = None
+        t.grad_fn = None
+        t._version = [0]
+        t._hooks = None
+        t._retains_grad = False
+        t._trace = None
+        t._base = None
+        return t
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def shape(self) -> "Size":
+        return Size(self._data.shape)
+
+    def size(self, dim: int | None = None):
+        if dim is None:
+            return Size(self._data.shape)
+        return self._data.shape[_dim(dim, self._data.ndim)]
+
+    def dim(self) -> int:
+        return self._data.ndim
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    def numel(self) -> int:
+        return int(self._data.size)
+
+    def nelement(self) -> int:
+        return int(self._data.size)
+
+    def element_size(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def data(self) -> "Tensor":
+        """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
+        out = Tensor._make(self._data, self.dtype, self.device)
+        out._version = self._version
+        if STATE.tracer is not None:
+            STATE.tracer.alias(out, self)
+        return out
+
+    @data.setter
+    def data(self, other: "Tensor") -> None:
+        self._data, self.dtype, self.device = other._data, other.dtype, other.device
+
+    @property
+    def _version_number(self) -> int:
+        return self._version[0]
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def is_contiguous(self) -> bool:
+        return bool(self._data.flags.c_contiguous)
+
+    def data_ptr(self) -> int:
+        if self.device.type == "cpu":
+            return self._data.__array_interface__["data"][0]
+        return self._data.data.ptr
+
+    def stride(self, dim: int | None = None):
+        strides = tuple(s // self._data.itemsize for s in self._data.strides)
+        return strides if dim is None else strides[_dim(dim, self.ndim)]
+
+    def get_device(self) -> int:
+        return -1 if self.device.type == "cpu" else self.device.index
+
+    def __len__(self) -> int:
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._data.shape[0]
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # ------------------------------------------------------------------ conversion
+    def _read(self, what: str):
+        """Every read of values into Python passes here, so a tracer can report it."""
+        if STATE.tracer is not None:
+            STATE.tracer.value_read(self, what)
+        return self._data
+
+    def numpy(self, *, force: bool = False) -> np.ndarray:
+        if self.requires_grad and not force:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
+                               "Use tensor.detach().numpy() instead.")
+        if self.device.type != "cpu" and not force:
+            raise TypeError(f"can't convert {self.device} device type tensor to numpy. "
+                            "Use Tensor.cpu() to copy the tensor to host memory first.")
+        data = self._read("numpy()")
+        return data if self.device.type == "cpu" else to_device(data, CPU)
+
+    def __array__(self, dtype=None, copy=None):
+        data = to_device(self._read("__array__"), CPU)
+        return data if dtype is None else data.astype(dtype)
+
+    def item(self):
+        if self._data.size != 1:
+            from kiln.tracer.dispatch import op_error   # dispatch imports this module
+            raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
+                           "converted to Scalar")
+        return to_device(self._read("item()"), CPU).reshape(()).item()
+
+    def tolist(self):
+        return to_device(self._read("tolist()"), CPU).tolist()
+
+    def __bool__(self) -> bool:
+        if self._data.size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with {self._data.size} values is "
+                               "ambiguous")
+        return bool(to_device(self._read("bool()"), CPU).reshape(()))
+
+    def __float__(self) -> float:
+        return float(self._scalar("float()"))
+
+    def __int__(self) -> int:
+        return int(self._scalar("int()"))
+
+    def __index__(self) -> int:
+        if self.dtype.category != dt.INT or self._data.size != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an "
+                            "index")
+        return int(self._scalar("__index__"))
+
+    def _scalar(self, what: str):
+        if self._data.size != 1:
+            raise ValueError(f"only one element tensors can be converted to Python scalars "
+                             f"(got {self._data.size} elements)")
+        return to_device(self._read(what), CPU).reshape(()).item()
+
+    def __format__(self, spec: str) -> str:
+        if self._data.ndim == 0 and spec:
+            return format(self.item(), spec)
+        return repr(self)
+
+    # ------------------------------------------------------------------ repr
+    def __repr__(self) -> str:
+        data = to_device(self._data, CPU)
+        body = _format_array(data, self.dtype)
+        extras = []
+        if self.device.type != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self.dtype not in (dt.float32, dt.int64, dt.bool_) or data.size == 0 and (
+                self.dtype is not dt.float32):
+            extras.append(f"dtype=kiln.{self.dtype.name}")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{self.grad_fn.name()}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        text = "tensor(" + body
+        return text + "".join(", " + e for e in extras) + ")"
+
+    __str__ = __repr__
+
+
+class Size(tuple):
+    """A tensor's shape: a tuple that prints like PyTorch's `torch.Size([2, 3])`."""
+
+    def __repr__(self) -> str:
+        return f"kiln.Size({list(self)})"
+
+    def numel(self) -> int:
+        return math.prod(self)
+
+
+def _dim(dim: int, ndim: int) -> int:
+    lo, hi = -max(ndim, 1), max(ndim, 1) - 1
+    if not lo <= dim <= hi:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], "
+                         f"but got {dim})")
+    return dim % max(ndim, 1)
+
+
+def _format_array(data: np.ndarray, dtype: dt.DType) -> str:
+    if data.size == 0:
+        return "[]" if data.ndim <= 1 else f"size={tuple(data.shape)}"
+    if dtype.is_floating_point:
+        finite = data[np.isfinite(data)].astype(np.float64)
+        integral = finite.size == 0 or bool(np.all(finite == np.round(finite)))
+        # PyTorch's rule: scientific when the nonzero magnitudes span over 1000x or get large
+        # (or, for non-integers, small)
+        mags = np.abs(finite[finite != 0])
+        big = mags.size and (mags.max() / mags.min() > 1000 or mags.max() > 1e8 or
+                             (not integral and mags.min() < 1e-4))
+        if big:
+            fmt = lambda v: f"{v:.4e}"
+        elif integral:
+            fmt = lambda v: f"{v:.0f}." if np.isfinite(v) else str(v)
+        else:
+            fmt = lambda v: f"{v:.4f}"
+        # PyTorch right-aligns every element to the widest finite one, found among the extremes
+        width = max((len(fmt(float(v))) for v in (finite.min(), finite.max())) if finite.size
+                    else [0])
+        formatter = {"float_kind": lambda v: fmt(float(v)).rjust(width)}
+    elif dtype is dt.bool_:
+        width = 4 if bool(np.all(data)) else 5
+        formatter = {"bool": lambda v: ("True" if v else "False").rjust(width)}
+    else:
+        width = max(len(str(data.min())), len(str(data.max())))
+        formatter = {"int": lambda v: str(v).rjust(width)}
+    return np.array2string(data, separator=", ", formatter=formatter, threshold=1000,
+                           edgeitems=3, max_line_width=80, prefix="tensor(")

@@ -1,0 +1,159 @@
+"""Autograd behaviour against PyTorch: accumulation, modes, hooks, errors, higher order."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+
+def test_pytorch_intro_example():
+    x = kiln.randn(2, 2, requires_grad=True)
+    y = x + 2
+    z = y * y * 3
+    out = z.mean()
+    out.backward()
+    np.testing.assert_allclose(x.grad.numpy(), (1.5 * (x + 2)).detach().numpy(), rtol=1e-6)
+
+
+def test_grad_accumulates_over_backward_calls():
+    x = kiln.tensor([1.0, 2.0], requires_grad=True)
+    (x * 3).sum().backward()
+    (x * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [6.0, 6.0])
+
+
+def test_backward_of_non_scalar_needs_gradient():
+    x = kiln.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="scalar outputs"):
+        (x * 2).backward()
+
+
+def test_backward_twice_through_freed_graph():
+    x = kiln.ones(3, requires_grad=True)
+    y = (x.exp() * 2).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+
+def test_retain_graph_allows_second_backward():
+    x = kiln.ones(3, requires_grad=True)
+    y = (x.exp() * 2).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 4 * np.e * np.ones(3), rtol=1e-6)
+
+
+def test_inplace_change_of_saved_tensor_is_detected():
+    x = kiln.ones(3, requires_grad=True)
+    y = x * 2
+    z = y * y
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
+
+
+def test_inplace_on_leaf_requiring_grad_fails():
+    x = kiln.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        x.add_(1)
+
+
+def test_inplace_on_non_leaf_matches_torch():
+    def run(lib):
+        x = lib.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        y = x * 2
+        y.mul_(3)
+        y.add_(1)
+        y.sigmoid_()
+        (y * y).sum().backward()
+        return x.grad.numpy()
+    np.testing.assert_allclose(run(kiln), run(torch), rtol=1e-5)
+
+
+def test_no_grad_and_decorators():
+    x = kiln.ones(2, requires_grad=True)
+    with kiln.no_grad():
+        assert not (x * 2).requires_grad
+    assert (x * 2).requires_grad
+
+    @kiln.no_grad()
+    def f(t):
+        return t * 2
+    assert not f(x).requires_grad
+    with kiln.set_grad_enabled(False):
+        assert not (x * 2).requires_grad
+    with kiln.inference_mode():
+        assert not (x * 2).requires_grad
+    with kiln.no_grad():
+        with kiln.enable_grad():
+            assert (x * 2).requires_grad
+
+
+def test_broadcast_gradient_is_reduced_to_input_shape():
+    def run(lib):
+        a = lib.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+        b = lib.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        c = lib.tensor([[2.0], [3.0]], requires_grad=True)
+        ((a * b + c) ** 2).sum().backward()
+        return a.grad.numpy(), b.grad.numpy(), c.grad.numpy()
+    for k, t in zip(run(kiln), run(torch)):
+        np.testing.assert_allclose(k, t)
+
+
+def test_autograd_grad_and_higher_order():
+    def run(lib):
+        x = lib.tensor([0.5, -1.0, 2.0], requires_grad=True)
+        y = (x ** 3 * lib.sin(x)).sum()
+        (g,) = lib.autograd.grad(y, x, create_graph=True)
+        (gg,) = lib.autograd.grad(g.sum(), x)
+        return g.detach().numpy(), gg.numpy()
+    for k, t in zip(run(kiln), run(torch)):
+        np.testing.assert_allclose(k, t, rtol=1e-6)
+
+
+def test_autograd_grad_allow_unused():
+    x = kiln.ones(2, requires_grad=True)
+    z = kiln.ones(2, requires_grad=True)
+    y = (x * 2).sum()
+    with pytest.raises(RuntimeError, match="allow_unused"):
+        kiln.autograd.grad(y, [x, z], retain_graph=True)
+    gx, gz = kiln.autograd.grad(y, [x, z], allow_unused=True)
+    assert gz is None and gx.tolist() == [2.0, 2.0]
+
+
+def test_hooks_and_retain_grad():
+    def run(lib):
+        x = lib.tensor([1.0, 2.0], requires_grad=True)
+        seen = []
+        x.register_hook(lambda g: seen.append(g.numpy().copy()))
+        y = x * 3
+        y.retain_grad()
+        y.register_hook(lambda g: g * 2)
+        (y * y).sum().backward()
+        return x.grad.numpy(), y.grad.numpy(), seen[0]
+    for k, t in zip(run(kiln), run(torch)):
+        np.testing.assert_allclose(k, t)
+
+
+def test_detach_and_requires_grad_():
+    x = kiln.ones(2, requires_grad=True)
+    d = (x * 2).detach()
+    assert not d.requires_grad and d.grad_fn is None
+    with pytest.raises(RuntimeError, match="floating point"):
+        kiln.ones(2, dtype=kiln.int64).requires_grad_()
+
+
+def test_gradcheck_passes_and_catches_wrong_gradient():
+    x = kiln.randn(3, dtype=kiln.float64, requires_grad=True)
+    assert kiln.autograd.gradcheck(lambda t: (t.tanh() * t).sum(), (x,))
+    y = kiln.randn(3, dtype=kiln.float64, requires_grad=True)
+
+    def wrong(t):   # the hook doubles the gradient, so it no longer matches the function
+        t2 = t * 1
+        if t2.requires_grad:
+            t2.register_hook(lambda g: g * 2)
+        return t2.sum()
+    with pytest.raises(kiln.autograd.GradcheckError):
+        kiln.autograd.gradcheck(wrong, (y,))
