@@ -1,0 +1,25 @@
+"""`kiln.nn`: PyTorch-compatible layers, losses and containers, composed from kiln tensor ops."""
+
+from kiln.nn.parameter import Parameter, Buffer  # noqa: F401
+from kiln.nn.module import Module  # noqa: F401
+from kiln.nn.containers import (  # noqa: F401
+    Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict)
+from kiln.nn.linear import Identity, Linear, Bilinear, Flatten, Unflatten  # noqa: F401
+from kiln.nn.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d  # noqa: F401
+from kiln.nn.pooling import (  # noqa: F401
+    MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d, AdaptiveAvgPool1d, AdaptiveAvgPool2d)
+from kiln.nn.normalization import (  # noqa: F401
+    BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, GroupNorm, RMSNorm)
+from kiln.nn.dropout import Dropout, Dropout1d, Dropout2d  # noqa: F401
+from kiln.nn.sparse import Embedding  # noqa: F401
+from kiln.nn.activation import (  # noqa: F401
+    ReLU, ReLU6, LeakyReLU, ELU, SELU, GELU, SiLU, Mish, Softplus, Sigmoid, Tanh, LogSigmoid,
+    Hardtanh, Hardsigmoid, Hardswish, Softsign, Softmax, LogSoftmax, Softmin, GLU)
+from kiln.nn.rnn import (  # noqa: F401
+    RNNBase, RNN, LSTM, GRU, RNNCellBase, RNNCell, LSTMCell, GRUCell)
+from kiln.nn.transformer import (  # noqa: F401
+    MultiheadAttention, TransformerEncoderLayer, TransformerEncoder)
+from kiln.nn.loss import (  # noqa: F401
+    MSELoss, L1Loss, SmoothL1Loss, HuberLoss, BCELoss, BCEWithLogitsLoss, CrossEntropyLoss,
+    NLLLoss, KLDivLoss, PoissonNLLLoss)
+from kiln.nn import functional, init, utils  # noqa: F401

@@ -1,0 +1,901 @@
+"""`kiln.nn.functional`: layers, activations and losses as functions composed from tensor ops."""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+import kiln
+from kiln import Tensor
+from kiln.tracer import functional as _core
+from kiln.tracer.tensor import STATE
+
+# Activations and helpers the core already defines; re-exported under PyTorch's names.
+from kiln.tracer.functional import (  # noqa: F401
+    relu, relu6, hardtanh, leaky_relu, elu, selu, gelu, silu, mish, softplus, logsigmoid,
+    hardsigmoid, hardswish, softsign, tanhshrink, softmin, pad, one_hot)
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _pair(value, name: str = "argument") -> tuple:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        return value * 2
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    return value
+
+
+def _check_class_targets(target: Tensor, num_classes: int) -> None:
+    """Out-of-range class indices raise IndexError, as in PyTorch. Eager only: a trace cannot
+    read values into Python (gather still bounds-checks them when the graph runs)."""
+    if STATE.tracer is not None or target.numel() == 0:
+        return
+    data = target._data
+    low, high = int(data.min()), int(data.max())
+    if low < 0 or high >= num_classes:
+        raise IndexError(f"nll_loss: Target {low if low < 0 else high} is out of bounds "
+                         f"(expected class indices in [0, {num_classes}))")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _check_reduction(reduction: str, allowed: Sequence[str] = _REDUCTIONS) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _constant(array: np.ndarray, like: Tensor) -> Tensor:
+    """A constant table (index or divisor) as a tensor on `like`'s device."""
+    return kiln.tensor(array, device=like.device)
+
+
+# ----------------------------------------------------------------------------- activations
+
+def sigmoid(input: Tensor) -> Tensor:
+    return kiln.sigmoid(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    return kiln.tanh(input)
+
+
+def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
+            dtype=None) -> Tensor:
+    return kiln.softmax(input, _softmax_dim(input, dim), dtype=dtype)
+
+
+def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
+                dtype=None) -> Tensor:
+    return kiln.log_softmax(input, _softmax_dim(input, dim), dtype=dtype)
+
+
+def _softmax_dim(input: Tensor, dim: int | None) -> int:
+    # PyTorch's legacy implicit choice when no dim is given
+    if dim is not None:
+        return dim
+    return 0 if input.ndim in (0, 1, 3) else 1
+
+
+def glu(input: Tensor, dim: int = -1) -> Tensor:
+    a, b = kiln.chunk(input, 2, dim)
+    return a * kiln.sigmoid(b)
+
+
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    norm = kiln.norm(input, p, dim, keepdim=True)
+    return input / kiln.clamp_min(norm, eps)
+
+
+# ----------------------------------------------------------------------------- linear
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    out = kiln.matmul(input, weight.t()) if weight.ndim == 2 else kiln.matmul(input, weight)
+    return out + bias if bias is not None else out
+
+
+def bilinear(input1: Tensor, input2: Tensor, weight: Tensor,
+             bias: Tensor | None = None) -> Tensor:
+    # out[..., o] = x1[..., i] W[o, i, j] x2[..., j]
+    left = kiln.matmul(input1.unsqueeze(-2).unsqueeze(-2), weight)   # (..., O, 1, J)
+    out = kiln.matmul(left, input2.unsqueeze(-2).unsqueeze(-1))      # (..., O, 1, 1)
+    out = out.reshape(tuple(out.shape[:-2]))
+    return out + bias if bias is not None else out
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def _conv_output_size(size: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _windows(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple, out_hw: tuple,
+             channels_last: bool = False) -> list:
+    """The kh*kw shifted views x[..., i*d::s, j*d::s, ...] of an already padded input, whose
+    spatial dims are (2, 3) (NCHW) or (1, 2) (NHWC with channels_last).
+
+    Strided slices would differentiate through a scatter; instead each window is a step-1
+    slice reshaped to (oh, s, ow, s) with phase 0 picked, so the backward is only pads.
+    """
+    hd = 1 if channels_last else 2
+    shape = tuple(x.shape)
+    h, w = shape[hd], shape[hd + 1]
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
+    lead, trail = (slice(None),) * hd, (slice(None),) * (x.ndim - hd - 2)
+    strided = sh > 1 or sw > 1
+    # room for the (s - 1) trailing rows/cols the reshape trick reads but never keeps
+    extra_h = max(0, dh * (kh - 1) + sh * oh - h) if strided else 0
+    extra_w = max(0, dw * (kw - 1) + sw * ow - w) if strided else 0
+    if extra_h or extra_w:
+        x = _core.pad(x, (0, 0) * len(trail) + (0, extra_w, 0, extra_h))
+    windows = []
+    for i in range(kh):
+        for j in range(kw):
+            r, q = i * dh, j * dw
+            if not strided:
+                windows.append(x[lead + (slice(r, r + oh), slice(q, q + ow)) + trail])
+                continue
+            win = x[lead + (slice(r, r + sh * oh), slice(q, q + sw * ow)) + trail]
+            win = win.reshape(shape[:hd] + (oh, sh, ow, sw) + shape[hd + 2:])
+            windows.append(win[lead + (slice(None), 0, slice(None), 0) + trail])
+    return windows
+
+
+def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tuple:
+    """(top, bottom, left, right) from an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of "
+                             "{'valid', 'same'}")
+        if stride != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
+    ph, pw = _pair(padding, "padding")
+    return (ph, ph, pw, pw)
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution as im2col (kh*kw shifted views) followed by one matmul per group."""
+    unbatched = input.ndim == 3
+    x = input.unsqueeze(0) if unbatched else input
+    if x.ndim != 4:
+        raise RuntimeError(f"conv2d: expected a 3-D or 4-D input, got shape {list(input.shape)}")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    out_ch, in_per_group, kh, kw = weight.shape
+    n, c, h, w = x.shape
+    if c != in_per_group * groups:
+        raise RuntimeError(f"conv2d: given groups={groups}, weight of size {list(weight.shape)}, "
+                           f"expected input{list(x.shape)} to have {in_per_group * groups} "
+                           f"channels, but got {c} channels instead")
+    top, bottom, left, right = _conv_padding(padding, (kh, kw), dilation, stride)
+    if top or bottom or left or right:
+        x = _core.pad(x, (left, right, top, bottom))
+    hp, wp = h + top + bottom, w + left + right
+    oh = _conv_output_size(hp, kh, stride[0], dilation[0])
+    ow = _conv_output_size(wp, kw, stride[1], dilation[1])
+    if oh <= 0 or ow <= 0:
+        raise RuntimeError(f"conv2d: kernel size ({kh}x{kw}) can't be greater than the padded "
+                           f"input size ({hp}x{wp})")
+    # im2col in channels-last order: cols[n, y, x, c, k] = window k at (y, x), channel c, so
+    # that one 2-D matmul (N*oh*ow, C*kh*kw) @ (C*kh*kw, O) does the work; NumPy's batched
+    # matmul with a broadcast weight is many times slower than one large GEMM
+    x = x.permute(0, 2, 3, 1)
+    k = kh * kw
+    if k == 1 and stride == (1, 1):
+        cols = x.unsqueeze(-1)
+    else:
+        cols = kiln.stack(_windows(x, (kh, kw), stride, dilation, (oh, ow), True), dim=-1)
+    rows = n * oh * ow
+    if groups == 1:
+        out = kiln.matmul(cols.reshape(rows, c * k), weight.reshape(out_ch, c * k).t())
+    elif in_per_group == 1 and out_ch == groups:
+        # depthwise: each output channel sees one input channel; a multiply-sum, no matmul
+        out = (cols.reshape(rows, c, k) * weight.reshape(out_ch, k)).sum(-1)
+    else:
+        grouped = cols.reshape(rows, groups, in_per_group * k).transpose(0, 1)
+        w = weight.reshape(groups, out_ch // groups, in_per_group * k).transpose(1, 2)
+        out = kiln.matmul(grouped, w).transpose(0, 1)           # (rows, G, O/G)
+    out = out.reshape(n, oh, ow, out_ch).permute(0, 3, 1, 2)
+    if bias is not None:
+        out = out + bias.reshape(1, out_ch, 1, 1)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """1-D convolution: a 2-D one over a height-1 image."""
+    single = lambda v: v if isinstance(v, str) else (0 if v is None else v if isinstance(
+        v, int) else v[0])
+    pad_arg = single(padding)
+    if not isinstance(pad_arg, str):
+        pad_arg = (0, pad_arg)
+    out = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, single(stride)), pad_arg,
+                 (1, single(dilation)), groups)
+    return out.squeeze(-2)
+
+
+def _dilate(x: Tensor, stride: tuple) -> Tensor:
+    """Insert (s - 1) zeros between the pixels of an (N, C, H, W) tensor."""
+    n, c, h, w = x.shape
+    sh, sw = stride
+    if sh == 1 and sw == 1:
+        return x
+    x = x.reshape(n, c, h, 1, w, 1)
+    x = _core.pad(x, (0, sw - 1, 0, 0, 0, sh - 1))
+    x = x.reshape(n, c, h * sh, w * sw)
+    return x[:, :, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed convolution: a stride-1 convolution of the zero-dilated input with the
+    flipped, in/out-swapped kernel."""
+    unbatched = input.ndim == 3
+    x = input.unsqueeze(0) if unbatched else input
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    output_padding, dilation = _pair(output_padding, "output_padding"), _pair(dilation)
+    in_ch, out_per_group, kh, kw = weight.shape
+    if x.shape[1] != in_ch:
+        raise RuntimeError(f"conv_transpose2d: expected input with {in_ch} channels, got "
+                           f"shape {list(x.shape)}")
+    x = _dilate(x, stride)
+    ph = dilation[0] * (kh - 1) - padding[0]
+    pw = dilation[1] * (kw - 1) - padding[1]
+    x = _core.pad(x, (pw, pw + output_padding[1], ph, ph + output_padding[0]))
+    w = weight.reshape(groups, in_ch // groups, out_per_group, kh, kw).transpose(1, 2)
+    w = kiln.flip(w.reshape(groups * out_per_group, in_ch // groups, kh, kw), (2, 3))
+    out = conv2d(x, w, bias, 1, 0, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    first = lambda v: v if isinstance(v, int) else v[0]
+    out = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, first(stride)),
+                           (0, first(padding)), (0, first(output_padding)), groups,
+                           (1, first(dilation)))
+    return out.squeeze(-2)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def _pool_geometry(h: int, w: int, kernel, stride, padding, dilation, ceil_mode: bool):
+    kernel = _pair(kernel, "kernel_size")
+    stride = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+    padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+    for k, p in zip(kernel, padding):
+        if p > k // 2:
+            raise RuntimeError(f"pad should be at most half of effective kernel size, but got "
+                               f"pad={p}, kernel_size={k}")
+    out = []
+    for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= size + p:
+            o -= 1         # the last window must start inside the input or left padding
+        if o <= 0:
+            raise RuntimeError(f"pooling: output size is too small ({h}x{w} input, kernel "
+                               f"{kernel})")
+        out.append(o)
+    return kernel, stride, padding, dilation, tuple(out)
+
+
+def _pool_pad(x: Tensor, kernel, stride, padding, dilation, out_hw, value: float) -> Tensor:
+    """Pad for pooling: the given padding, plus what ceil_mode's last window reaches past."""
+    h, w = x.shape[-2:]
+    need_h = (out_hw[0] - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    need_w = (out_hw[1] - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    bottom = max(padding[0], need_h - h - padding[0])
+    right = max(padding[1], need_w - w - padding[1])
+    if padding[0] or padding[1] or bottom or right:
+        x = _core.pad(x, (padding[1], right, padding[0], bottom), value=value)
+    return x
+
+
+def _as_4d(input: Tensor, name: str):
+    if input.ndim == 3:
+        return input.unsqueeze(0), True
+    if input.ndim != 4:
+        raise RuntimeError(f"{name}: expected a 3-D or 4-D input, got shape {list(input.shape)}")
+    return input, False
+
+
+def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple,
+                  out_hw: tuple) -> Tensor:
+    """(N, C, oh, ow, kh*kw): each output pixel's window, kernel positions row-major."""
+    (kh, kw), (oh, ow) = kernel, out_hw
+    if stride != kernel or dilation != (1, 1):
+        return kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=-1)
+    # non-overlapping windows tile the input: one reshape instead of kh*kw slices and a stack
+    n, c = x.shape[:2]
+    x = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
+    return x.permute(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, kh * kw)
+
+
+@functools.lru_cache(maxsize=64)
+def _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw) -> np.ndarray:
+    """For each window position k and output pixel, its flat index into the unpadded input."""
+    oh, ow = out_hw
+    rows = (np.arange(oh)[None, :] * stride[0] - padding[0]
+            + np.arange(kernel[0])[:, None] * dilation[0])        # (kh, oh)
+    cols = (np.arange(ow)[None, :] * stride[1] - padding[1]
+            + np.arange(kernel[1])[:, None] * dilation[1])        # (kw, ow)
+    table = rows[:, None, :, None] * w + cols[None, :, None, :]    # (kh, kw, oh, ow)
+    return table.reshape(kernel[0] * kernel[1], oh, ow).astype(np.int64)
+
+
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Max pooling; the gradient goes to the first maximum of each window, as in PyTorch."""
+    x, unbatched = _as_4d(input, "max_pool2d")
+    n, c, h, w = x.shape
+    kernel, stride, padding, dilation, out_hw = _pool_geometry(
+        h, w, kernel_size, stride, padding, dilation, ceil_mode)
+    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, -math.inf)
+    stacked = _pool_windows(x, kernel, stride, dilation, out_hw)
+    # argmax + mask rather than amax: amax splits the gradient among ties (ReLU zeros)
+    first = kiln.argmax(stacked, dim=-1, keepdim=True)
+    positions = kiln.arange(stacked.shape[-1], device=x.device)
+    out = kiln.where(first == positions, stacked, 0.0).sum(-1)
+    if unbatched:
+        out = out.squeeze(0)
+    if not return_indices:
+        return out
+    table = _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw)
+    table = _constant(np.moveaxis(table, 0, -1), x)                 # (oh, ow, K)
+    indices = kiln.gather(table.expand(n, c, *table.shape), -1, first).squeeze(-1)
+    return out, indices.squeeze(0) if unbatched else indices
+
+
+def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    first = lambda v: v if isinstance(v, int) or v is None else v[0]
+    result = max_pool2d(input.unsqueeze(-2), (1, first(kernel_size)),
+                        None if stride is None else (1, first(stride)), (0, first(padding)),
+                        (1, first(dilation)), ceil_mode, return_indices)
+    if return_indices:
+        return result[0].squeeze(-2), result[1].squeeze(-2)
+    return result.squeeze(-2)
+
+
+@functools.lru_cache(maxsize=64)
+def _avg_pool_divisor(h, w, kernel, stride, padding, out_hw, count_include_pad) -> np.ndarray:
+    """PyTorch's per-output divisor: the window clipped to the padded (or the real) input."""
+    sizes = []
+    for size, k, s, p, o in zip((h, w), kernel, stride, padding, out_hw):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, size + p)
+        full = end - start
+        clipped = np.minimum(end, size) - np.maximum(start, 0)
+        sizes.append(full if count_include_pad else clipped)
+    return (sizes[0][:, None] * sizes[1][None, :]).astype(np.float64)
+
+
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    x, unbatched = _as_4d(input, "avg_pool2d")
+    n, c, h, w = x.shape
+    kernel, stride, padding, dilation, out_hw = _pool_geometry(
+        h, w, kernel_size, stride, padding, 1, ceil_mode)
+    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, 0.0)
+    total = kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=-1).sum(-1)
+    if divisor_override:
+        out = total / divisor_override
+    else:
+        divisor = _avg_pool_divisor(h, w, kernel, stride, padding, out_hw, count_include_pad)
+        out = total / _constant(divisor.astype(x.dtype.np if x.dtype.is_floating_point
+                                               else np.float32), x)
+    return out.squeeze(0) if unbatched else out
+
+
+def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    first = lambda v: v if isinstance(v, int) or v is None else v[0]
+    return avg_pool2d(input.unsqueeze(-2), (1, first(kernel_size)),
+                      None if stride is None else (1, first(stride)), (0, first(padding)),
+                      ceil_mode, count_include_pad).squeeze(-2)
+
+
+@functools.lru_cache(maxsize=64)
+def _adaptive_matrix(size: int, out: int) -> np.ndarray:
+    """(out, size) averaging matrix over PyTorch's adaptive bins [floor(i*n/o), ceil((i+1)*n/o))."""
+    m = np.zeros((out, size))
+    for i in range(out):
+        start, end = (i * size) // out, -(-((i + 1) * size) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Adaptive average pooling as two small matmuls with constant averaging matrices."""
+    h, w = input.shape[-2:]
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    oh, ow = h if oh is None else oh, w if ow is None else ow
+    dtype = input.dtype.np
+    rows = _constant(_adaptive_matrix(h, oh).astype(dtype), input)
+    cols = _constant(_adaptive_matrix(w, ow).T.astype(dtype), input)
+    return kiln.matmul(kiln.matmul(rows, input), cols)
+
+
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    size = output_size if isinstance(output_size, int) else output_size[0]
+    cols = _constant(_adaptive_matrix(input.shape[-1], size).T.astype(input.dtype.np), input)
+    return kiln.matmul(input, cols)
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalization over all dims but 1; in training, updates the running stats in place
+    (unbiased variance, as PyTorch does)."""
+    axes = (0,) + tuple(range(2, input.ndim))
+    shape = (1, -1) + (1,) * (input.ndim - 2)
+    if training:
+        count = input.numel() // input.shape[1]
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                             f"size {list(input.shape)}")
+        mean = input.mean(axes)
+        var = ((input - mean.reshape(shape)) ** 2).mean(axes)
+        if running_mean is not None or running_var is not None:
+            with kiln.no_grad():
+                if running_mean is not None:
+                    running_mean.copy_(running_mean * (1 - momentum) + mean * momentum)
+                if running_var is not None:
+                    unbiased = var * (count / (count - 1))
+                    running_var.copy_(running_var * (1 - momentum) + unbiased * momentum)
+    else:
+        mean, var = running_mean, running_var
+    out = (input - mean.reshape(shape)) * kiln.rsqrt(var.reshape(shape) + eps)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(input.shape[input.ndim - len(shape):]) != shape:
+        raise RuntimeError(f"layer_norm: expected input with shape [*, "
+                           f"{', '.join(map(str, shape))}], but got input of size "
+                           f"{list(input.shape)}")
+    axes = tuple(range(input.ndim - len(shape), input.ndim))
+    mean = input.mean(axes, keepdim=True)
+    centered = input - mean
+    var = (centered * centered).mean(axes, keepdim=True)
+    out = centered * kiln.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
+             eps: float | None = None) -> Tensor:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    axes = tuple(range(input.ndim - len(shape), input.ndim))
+    eps = eps if eps is not None else float(np.finfo(input.dtype.np).eps)
+    out = input * kiln.rsqrt((input * input).mean(axes, keepdim=True) + eps)
+    return out * weight if weight is not None else out
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    n, c = input.shape[0], input.shape[1]
+    if c % num_groups:
+        raise RuntimeError(f"group_norm: expected number of channels in input ({c}) to be "
+                           f"divisible by num_groups ({num_groups})")
+    grouped = input.reshape(n, num_groups, -1)
+    mean = grouped.mean(-1, keepdim=True)
+    centered = grouped - mean
+    var = (centered * centered).mean(-1, keepdim=True)
+    out = (centered * kiln.rsqrt(var + eps)).reshape(tuple(input.shape))
+    shape = (1, -1) + (1,) * (input.ndim - 2)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def local_response_norm(*args, **kwargs):
+    raise NotImplementedError("local_response_norm is not implemented in kiln")
+
+
+# ----------------------------------------------------------------------------- dropout, embedding
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,
+            inplace: bool = False) -> Tensor:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    keep = kiln.rand(tuple(input.shape), dtype=input.dtype, device=input.device) >= p
+    out = kiln.where(keep, input * (1.0 / (1.0 - p)), 0.0)
+    if inplace:
+        return input.copy_(out)
+    return out
+
+
+def _feature_dropout(input: Tensor, p: float, training: bool, batched_ndim: int) -> Tensor:
+    if not training or p == 0.0:
+        return input
+    # one draw per (sample, channel): the mask broadcasts over the spatial dims
+    spatial = batched_ndim - 2 if input.ndim == batched_ndim else batched_ndim - 2
+    lead = tuple(input.shape[:input.ndim - spatial])
+    keep = kiln.rand(lead + (1,) * spatial, dtype=input.dtype, device=input.device) >= p
+    return kiln.where(keep, input * (1.0 / (1.0 - p)), 0.0) if p < 1.0 else input * 0.0
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    return _feature_dropout(input, p, training, 3)
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    return _feature_dropout(input, p, training, 4)
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
+              max_norm: float | None = None, norm_type: float = 2.0,
+              scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
+    if max_norm is not None or scale_grad_by_freq:
+        raise NotImplementedError("embedding: max_norm and scale_grad_by_freq are not "
+                                  "supported in kiln")
+    out = kiln.index_select(weight, 0, input.reshape(-1)).reshape(*input.shape, weight.shape[1])
+    if padding_idx is not None:
+        if padding_idx < 0:
+            padding_idx += weight.shape[0]
+        # the padding row receives no gradient: its lookups are cut from the graph
+        out = kiln.where((input == padding_idx).unsqueeze(-1), out.detach(), out)
+    return out
+
+
+# ----------------------------------------------------------------------------- attention
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
+                                 attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None,
+                                 enable_gqa: bool = False) -> Tensor:
+    """softmax(q k^T * scale + mask) v; a boolean mask marks the positions that take part."""
+    lq, lk = query.shape[-2], key.shape[-2]
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if enable_gqa and query.shape[-3] != key.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        key = kiln.repeat_interleave(key, repeat, dim=-3)
+        value = kiln.repeat_interleave(value, repeat, dim=-3)
+    scores = kiln.matmul(query, key.transpose(-2, -1)) * scale
+    if is_causal:
+        causal = kiln.tril(kiln.ones(lq, lk, dtype=kiln.bool, device=query.device))
+        scores = scores.masked_fill(~causal, -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype is kiln.bool:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        else:
+            scores = scores + attn_mask
+    weights = kiln.softmax(scores, -1)
+    if dropout_p > 0.0:
+        weights = dropout(weights, dropout_p)
+    return kiln.matmul(weights, value)
+
+
+def _canonical_mask(mask: Tensor | None, dtype) -> Tensor | None:
+    """A boolean 'masked out' mask becomes an additive float mask of 0 / -inf."""
+    if mask is None:
+        return None
+    if mask.dtype is kiln.bool:
+        return kiln.zeros(tuple(mask.shape), dtype=dtype, device=mask.device).masked_fill(
+            mask, -math.inf)
+    return mask.to(dtype)
+
+
+def multi_head_attention_forward(
+        query: Tensor, key: Tensor, value: Tensor, embed_dim_to_check: int, num_heads: int,
+        in_proj_weight: Tensor | None, in_proj_bias: Tensor | None, bias_k, bias_v,
+        add_zero_attn: bool, dropout_p: float, out_proj_weight: Tensor,
+        out_proj_bias: Tensor | None, training: bool = True,
+        key_padding_mask: Tensor | None = None, need_weights: bool = True,
+        attn_mask: Tensor | None = None, use_separate_proj_weight: bool = False,
+        q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
+        v_proj_weight: Tensor | None = None, static_k=None, static_v=None,
+        average_attn_weights: bool = True, is_causal: bool = False):
+    """PyTorch's multi-head attention on (L, N, E) inputs (or unbatched (L, E))."""
+    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None \
+            or static_v is not None:
+        raise NotImplementedError("multi_head_attention_forward: bias_k/bias_v, add_zero_attn "
+                                  "and static_k/static_v are not supported in kiln")
+    unbatched = query.ndim == 2
+    if unbatched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    tgt_len, batch, embed_dim = query.shape
+    src_len = key.shape[0]
+    if embed_dim != embed_dim_to_check:
+        raise AssertionError(f"was expecting embedding dimension of {embed_dim_to_check}, but "
+                             f"got {embed_dim}")
+    head_dim = embed_dim // num_heads
+    if use_separate_proj_weight:
+        bq = bk = bv = None
+        if in_proj_bias is not None:
+            bq, bk, bv = kiln.chunk(in_proj_bias, 3)
+        q = linear(query, q_proj_weight, bq)
+        k = linear(key, k_proj_weight, bk)
+        v = linear(value, v_proj_weight, bv)
+    else:
+        wq, wk, wv = kiln.chunk(in_proj_weight, 3)
+        bq = bk = bv = None
+        if in_proj_bias is not None:
+            bq, bk, bv = kiln.chunk(in_proj_bias, 3)
+        q, k, v = linear(query, wq, bq), linear(key, wk, bk), linear(value, wv, bv)
+
+    # (L, N, E) -> (N, H, L, head_dim)
+    def heads(t, length):
+        return t.reshape(length, batch, num_heads, head_dim).permute(1, 2, 0, 3)
+    q, k, v = heads(q, tgt_len), heads(k, src_len), heads(v, src_len)
+
+    mask = _canonical_mask(attn_mask, q.dtype)
+    if mask is not None:
+        mask = mask.reshape(batch, num_heads, tgt_len, src_len) if mask.ndim == 3 else mask
+    elif is_causal:
+        causal = kiln.triu(kiln.ones(tgt_len, src_len, dtype=kiln.bool, device=q.device), 1)
+        mask = _canonical_mask(causal, q.dtype)
+    padding = _canonical_mask(key_padding_mask, q.dtype)
+    if padding is not None:
+        padding = padding.reshape(batch, 1, 1, src_len)
+        mask = padding if mask is None else mask + padding
+
+    scores = kiln.matmul(q * (1.0 / math.sqrt(head_dim)), k.transpose(-2, -1))
+    if mask is not None:
+        scores = scores + mask
+    weights = kiln.softmax(scores, -1)
+    if dropout_p > 0.0:
+        weights = dropout(weights, dropout_p, training)
+    out = kiln.matmul(weights, v)                                   # (N, H, L, head_dim)
+    out = out.permute(2, 0, 1, 3).reshape(tgt_len, batch, embed_dim)
+    out = linear(out, out_proj_weight, out_proj_bias)
+    if unbatched:
+        out = out.squeeze(1)
+    if not need_weights:
+        return out, None
+    if average_attn_weights:
+        weights = weights.mean(1)
+    if unbatched:
+        weights = weights.squeeze(0)
+    return out, weights
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _weighted_mean_or_sum(loss: Tensor, reduction: str) -> Tensor:
+    _check_reduction(reduction)
+    return _reduce(loss, reduction)
+
+
+def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
+    if tuple(input.shape) != tuple(target.shape):
+        warnings.warn(f"{name}: Using a target size ({list(target.shape)}) that is different "
+                      f"to the input size ({list(input.shape)}). This will likely lead to "
+                      f"incorrect results due to broadcasting. Please ensure they have the "
+                      f"same size.", stacklevel=3)
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
+    _check_same_size(input, target, "mse_loss")
+    diff = input - target
+    loss = diff * diff
+    if weight is not None:
+        loss = loss * weight
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+            reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
+    _check_same_size(input, target, "l1_loss")
+    loss = kiln.abs(input - target)
+    if weight is not None:
+        loss = loss * weight
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+                   reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    _check_same_size(input, target, "smooth_l1_loss")
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    diff = kiln.abs(input - target)
+    if beta == 0.0:
+        return _weighted_mean_or_sum(diff, reduction)
+    loss = kiln.where(diff < beta, diff * diff * (0.5 / beta), diff - 0.5 * beta)
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
+               weight: Tensor | None = None) -> Tensor:
+    _check_same_size(input, target, "huber_loss")
+    diff = kiln.abs(input - target)
+    loss = kiln.where(diff < delta, diff * diff * 0.5, (diff - 0.5 * delta) * delta)
+    if weight is not None:
+        loss = loss * weight
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                         size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"Using a target size ({list(target.shape)}) that is different to the "
+                         f"input size ({list(input.shape)}) is deprecated. Please ensure they "
+                         f"have the same size.")
+    # PyTorch clamps the logs at -100 so that a 0 or 1 input gives a finite loss
+    log_p = kiln.clamp_min(kiln.log(input), -100.0)
+    log_q = kiln.clamp_min(kiln.log(1 - input), -100.0)
+    loss = -(target * log_p + (1 - target) * log_q)
+    if weight is not None:
+        loss = loss * weight
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
+                                     weight: Tensor | None = None, size_average=None,
+                                     reduce=None, reduction: str = "mean",
+                                     pos_weight: Tensor | None = None) -> Tensor:
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"Target size ({list(target.shape)}) must be the same as input size "
+                         f"({list(input.shape)})")
+    # -log(sigmoid(x)) = log1p(exp(-|x|)) + relu(-x), stable for large |x|
+    neg_log_sigmoid = kiln.log1p(kiln.exp(-kiln.abs(input))) + relu(-input)
+    if pos_weight is not None:
+        loss = (1 - target) * input + ((pos_weight - 1) * target + 1) * neg_log_sigmoid
+    else:
+        loss = (1 - target) * input + neg_log_sigmoid
+    if weight is not None:
+        loss = loss * weight
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def _class_last_shape(input: Tensor) -> tuple:
+    """The broadcast shape of a per-class vector against an (N, C, d1, ...) input."""
+    return (-1,) + (1,) * (input.ndim - 2) if input.ndim >= 2 else (-1,)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
+             ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of class indices; 'mean' divides by the summed target weights."""
+    _check_reduction(reduction)
+    if input.ndim < 1:
+        raise ValueError("nll_loss: expected an input with at least 1 dimension")
+    class_dim = 0 if input.ndim == 1 else 1
+    expected = tuple(input.shape[:class_dim]) + tuple(input.shape[class_dim + 1:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"nll_loss: expected target of shape {list(expected)} for input of "
+                         f"shape {list(input.shape)}, got {list(target.shape)}")
+    ignored = target == ignore_index
+    # ignored targets may hold any value; point them at class 0
+    safe = kiln.where(ignored, 0, target)
+    _check_class_targets(safe, input.shape[class_dim])
+    picked = kiln.gather(input, class_dim, safe.unsqueeze(class_dim)).squeeze(class_dim)
+    w = (kiln.ones((), dtype=input.dtype, device=input.device) if weight is None
+         else kiln.index_select(weight, 0, safe.reshape(-1)).reshape(tuple(safe.shape)))
+    w = kiln.where(ignored, 0.0, w)
+    loss = -picked * w
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / w.sum()
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                  size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """log_softmax + nll_loss for class indices, or soft targets given as probabilities."""
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    class_dim = 0 if input.ndim == 1 else 1
+    num_classes = input.shape[class_dim]
+    logp = kiln.log_softmax(input, class_dim)
+    w_shape = _class_last_shape(input)
+
+    if target.dtype.is_floating_point:
+        if tuple(target.shape) != tuple(input.shape):
+            raise ValueError(f"cross_entropy: probability targets must have the input's shape "
+                             f"{list(input.shape)}, got {list(target.shape)}")
+        if label_smoothing > 0:
+            target = target * (1 - label_smoothing) + label_smoothing / num_classes
+        terms = logp * target
+        if weight is not None:
+            terms = terms * weight.reshape(w_shape)
+        loss = -terms.sum(class_dim)
+        if reduction == "mean":
+            # soft targets average over samples, not over the weights
+            return loss.sum() / (input.numel() // num_classes if input.numel() else 1)
+        return _reduce(loss, reduction)
+
+    nll = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    if label_smoothing == 0.0:
+        return nll
+    ignored = target == ignore_index
+    terms = logp * weight.reshape(w_shape) if weight is not None else logp
+    smooth = kiln.where(ignored, 0.0, -terms.sum(class_dim))
+    if reduction == "mean":
+        if weight is not None:
+            safe = kiln.where(ignored, 0, target).reshape(-1)
+            picked = kiln.where(ignored.reshape(-1), 0.0, kiln.index_select(weight, 0, safe))
+            smooth = smooth.sum() / picked.sum()
+        else:
+            smooth = smooth.sum() / (~ignored).sum()
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    return nll * (1 - label_smoothing) + smooth * (label_smoothing / num_classes)
+
+
+def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
+           reduction: str = "mean", log_target: bool = False) -> Tensor:
+    """KL(target || exp(input)) pointwise; 'batchmean' divides the sum by the batch size."""
+    _check_reduction(reduction, _REDUCTIONS + ("batchmean",))
+    if reduction == "mean":
+        warnings.warn("reduction: 'mean' divides the total loss by both the batch size and the "
+                      "support size.'batchmean' divides only by the batch size, and aligns with "
+                      "the KL div math definition.'mean' will be changed to behave the same as "
+                      "'batchmean' in the next major release.", stacklevel=2)
+    if log_target:
+        loss = kiln.exp(target) * (target - input)
+    else:
+        # xlogy: a zero target contributes 0, not 0 * log 0
+        safe_log = kiln.log(kiln.where(target > 0, target, 1.0))
+        loss = kiln.where(target > 0, target * safe_log, 0.0) - target * input
+    if reduction == "batchmean":
+        return loss.sum() / (input.shape[0] if input.ndim else 1)
+    return _reduce(loss, reduction)
+
+
+def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
+                     size_average=None, eps: float = 1e-8, reduce=None,
+                     reduction: str = "mean") -> Tensor:
+    if log_input:
+        loss = kiln.exp(input) - target * input
+    else:
+        loss = input - target * kiln.log(input + eps)
+    if full:
+        stirling = target * kiln.log(kiln.where(target > 1, target, 1.0)) - target + 0.5 * \
+            kiln.log(2 * math.pi * kiln.where(target > 1, target, 1.0))
+        loss = loss + kiln.where(target > 1, stirling, 0.0)
+    return _weighted_mean_or_sum(loss, reduction)
+
+
+def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    dot = (x1 * x2).sum(dim)
+    n1 = kiln.sqrt((x1 * x1).sum(dim))
+    n2 = kiln.sqrt((x2 * x2).sum(dim))
+    return dot / kiln.clamp_min(n1 * n2, eps)

@@ -1,0 +1,70 @@
+"""`Parameter`: a tensor that a Module registers as a trainable weight."""
+
+from __future__ import annotations
+
+import kiln
+from kiln import Tensor
+
+
+class Parameter(Tensor):
+    """A kiln.Tensor (sharing the given tensor's memory) that requires grad by default.
+
+    Assigning one as a Module attribute registers it in `module.parameters()`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, data: Tensor | None = None, requires_grad: bool = True) -> "Parameter":
+        if data is None:
+            data = kiln.empty(0)
+        param = cls._make(data._data, data.dtype, data.device)
+        param._version = data._version      # same memory, same version counter
+        if requires_grad and not data.dtype.is_floating_point:
+            raise RuntimeError("Only Tensors of floating point and complex dtype can require "
+                               "gradients")
+        param.requires_grad = requires_grad
+        return param
+
+    def __init__(self, data: Tensor | None = None, requires_grad: bool = True):
+        pass      # all set up in __new__; Tensor.__init__ would wrap the data again
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+    def __reduce_ex__(self, protocol):
+        return (_rebuild_parameter, (Tensor._make(self._data, self.dtype, self.device),
+                                     self.requires_grad))
+
+    def __deepcopy__(self, memo) -> "Parameter":
+        if id(self) in memo:
+            return memo[id(self)]
+        copy = Parameter(Tensor._make(self._data.copy(), self.dtype, self.device),
+                         self.requires_grad)
+        if self.grad is not None:
+            copy.grad = Tensor._make(self.grad._data.copy(), self.grad.dtype, self.grad.device)
+        memo[id(self)] = copy
+        return copy
+
+
+def _rebuild_parameter(data: Tensor, requires_grad: bool) -> Parameter:
+    return Parameter(data, requires_grad)
+
+
+class Buffer(Tensor):
+    """Marks a tensor to be registered as a module buffer when assigned as an attribute."""
+
+    __slots__ = ("persistent",)
+
+    def __new__(cls, data: Tensor | None = None, *, persistent: bool = True) -> "Buffer":
+        if data is None:
+            data = kiln.empty(0)
+        buf = cls._make(data._data, data.dtype, data.device)
+        buf.persistent = persistent
+        return buf
+
+    def __init__(self, data: Tensor | None = None, *, persistent: bool = True):
+        pass
+
+
+def is_lazy(param) -> bool:
+    return False

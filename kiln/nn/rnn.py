@@ -1,0 +1,303 @@
+"""Recurrent layers: RNN, LSTM, GRU (multi-layer, bidirectional) and their single-step cells."""
+
+from __future__ import annotations
+
+import math
+
+import kiln
+from kiln import Tensor
+from kiln.nn import functional as F
+from kiln.nn import init
+from kiln.nn.module import Module
+from kiln.nn.parameter import Parameter
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+# ----------------------------------------------------------------------------- one time step
+# Each step takes the input projection x W_ih^T + b_ih already computed for all time steps at
+# once (one big matmul instead of one per step), plus the recurrent weights.
+
+def _rnn_step(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, relu: bool) -> Tensor:
+    pre = xw + F.linear(h, w_hh, b_hh)
+    return F.relu(pre) if relu else kiln.tanh(pre)
+
+
+def _lstm_step(xw: Tensor, state: tuple, w_hh: Tensor, b_hh: Tensor | None) -> tuple:
+    h, c = state
+    i, f, g, o = kiln.chunk(xw + F.linear(h, w_hh, b_hh), 4, -1)
+    c = kiln.sigmoid(f) * c + kiln.sigmoid(i) * kiln.tanh(g)
+    return kiln.sigmoid(o) * kiln.tanh(c), c
+
+
+def _gru_step(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    x_r, x_z, x_n = kiln.chunk(xw, 3, -1)
+    h_r, h_z, h_n = kiln.chunk(F.linear(h, w_hh, b_hh), 3, -1)
+    r = kiln.sigmoid(x_r + h_r)
+    z = kiln.sigmoid(x_z + h_z)
+    n = kiln.tanh(x_n + r * h_n)     # the reset gate scales W_hn h + b_hn, as in PyTorch
+    return (1 - z) * n + z * h
+
+
+def _time_steps(x: Tensor) -> list:
+    """x[0], x[1], ... along dim 0, split as a balanced tree.
+
+    A slice's gradient is a zero-padded tensor of the full input's size, so unbinding T steps
+    directly costs O(T^2) in the backward; halving recursively costs O(T log T).
+    """
+    steps = x.shape[0]
+    if steps <= 4:
+        return list(kiln.unbind(x, 0))
+    half = steps // 2
+    return _time_steps(x[:half]) + _time_steps(x[half:])
+
+
+# ----------------------------------------------------------------------------- full sequences
+
+class RNNBase(Module):
+    """Parameters and the layer/direction loop shared by RNN, LSTM and GRU."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        if proj_size:
+            raise NotImplementedError("LSTM proj_size is not supported in kiln")
+        if not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
+        if hidden_size <= 0 or num_layers <= 0:
+            raise ValueError("hidden_size and num_layers must be greater than zero")
+        self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
+        self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
+        self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, 0
+        directions = 2 if bidirectional else 1
+        gate_size = _GATES[mode] * hidden_size
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            for direction in range(directions):
+                layer_input = input_size if layer == 0 else hidden_size * directions
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = {"weight_ih": (gate_size, layer_input),
+                          "weight_hh": (gate_size, hidden_size)}
+                if bias:
+                    shapes.update({"bias_ih": (gate_size,), "bias_hh": (gate_size,)})
+                for kind, shape in shapes.items():
+                    name = f"{kind}_l{layer}{suffix}"
+                    setattr(self, name, Parameter(kiln.empty(*shape, dtype=dtype,
+                                                             device=device)))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    @property
+    def all_weights(self) -> list:
+        return [[getattr(self, n) for n in self._flat_weights_names[i:i + (4 if self.bias
+                                                                             else 2)]]
+                for i in range(0, len(self._flat_weights_names), 4 if self.bias else 2)]
+
+    def _weights(self, layer: int, direction: int) -> tuple:
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        get = lambda kind: getattr(self, kind + suffix) if self.bias or "weight" in kind \
+            else None
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def _step(self, xw, state, w_hh, b_hh):
+        if self.mode == "LSTM":
+            return _lstm_step(xw, state, w_hh, b_hh)
+        if self.mode == "GRU":
+            return _gru_step(xw, state, w_hh, b_hh)
+        return _rnn_step(xw, state, w_hh, b_hh, self.mode == "RNN_RELU")
+
+    def _zero_state(self, input: Tensor, batch: int) -> Tensor:
+        directions = 2 if self.bidirectional else 1
+        return kiln.zeros(self.num_layers * directions, batch, self.hidden_size,
+                          dtype=input.dtype, device=input.device)
+
+    def forward(self, input: Tensor, hx=None):
+        unbatched = input.ndim == 2
+        if input.ndim not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
+                             f"{input.ndim}D instead")
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first
+                                                  else input)
+        if x.shape[-1] != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {x.shape[-1]}")
+        steps, batch = x.shape[0], x.shape[1]
+        lstm = self.mode == "LSTM"
+        if hx is None:
+            h0 = self._zero_state(x, batch)
+            c0 = self._zero_state(x, batch) if lstm else None
+        else:
+            h0, c0 = hx if lstm else (hx, None)
+            if unbatched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if lstm else None
+        directions = 2 if self.bidirectional else 1
+        final_h, final_c = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+                index = layer * directions + direction
+                state = (h0[index], c0[index]) if lstm else h0[index]
+                xw = _time_steps(F.linear(layer_input, w_ih, b_ih))
+                order = range(steps - 1, -1, -1) if direction else range(steps)
+                hs = [None] * steps
+                for t in order:
+                    state = self._step(xw[t], state, w_hh, b_hh)
+                    hs[t] = state[0] if lstm else state
+                outputs.append(kiln.stack(hs, 0) if steps else layer_input[..., :0])
+                final_h.append(state[0] if lstm else state)
+                if lstm:
+                    final_c.append(state[1])
+            layer_input = outputs[0] if directions == 1 else kiln.cat(outputs, -1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, True)
+        output = layer_input
+        h_n = kiln.stack(final_h, 0)
+        c_n = kiln.stack(final_c, 0) if lstm else None
+        if unbatched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return (output, (h_n, c_n)) if lstm else (output, h_n)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+
+class RNN(RNNBase):
+    """Elman RNN: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh) (or relu)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
+
+
+class LSTM(RNNBase):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None,
+                 dtype=None) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype)
+
+
+class GRU(RNNBase):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None) -> None:
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- cells
+
+class RNNCellBase(Module):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        gate = num_chunks * hidden_size
+        self.weight_ih = Parameter(kiln.empty(gate, input_size, dtype=dtype, device=device))
+        self.weight_hh = Parameter(kiln.empty(gate, hidden_size, dtype=dtype, device=device))
+        if bias:
+            self.bias_ih = Parameter(kiln.empty(gate, dtype=dtype, device=device))
+            self.bias_hh = Parameter(kiln.empty(gate, dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            init.uniform_(weight, -stdv, stdv)
+
+    def _batched(self, input: Tensor, hx):
+        if input.ndim not in (1, 2):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
+                             f"{input.ndim}D instead")
+        return input.ndim == 1, (input.unsqueeze(0) if input.ndim == 1 else input)
+
+    def _zeros(self, x: Tensor) -> Tensor:
+        return kiln.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+
+class RNNCell(RNNCellBase):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        single, x = self._batched(input, hx)
+        h = self._zeros(x) if hx is None else (hx.unsqueeze(0) if single else hx)
+        out = _rnn_step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh,
+                        self.bias_hh, self.nonlinearity == "relu")
+        return out.squeeze(0) if single else out
+
+
+class LSTMCell(RNNCellBase):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+
+    def forward(self, input: Tensor, hx: tuple | None = None) -> tuple:
+        single, x = self._batched(input, hx)
+        if hx is None:
+            h, c = self._zeros(x), self._zeros(x)
+        else:
+            h, c = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if single else hx
+        h, c = _lstm_step(F.linear(x, self.weight_ih, self.bias_ih), (h, c), self.weight_hh,
+                          self.bias_hh)
+        return (h.squeeze(0), c.squeeze(0)) if single else (h, c)
+
+
+class GRUCell(RNNCellBase):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        single, x = self._batched(input, hx)
+        h = self._zeros(x) if hx is None else (hx.unsqueeze(0) if single else hx)
+        out = _gru_step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh,
+                        self.bias_hh)
+        return out.squeeze(0) if single else out

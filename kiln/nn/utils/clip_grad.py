@@ -1,0 +1,57 @@
+"""Gradient clipping by global norm or by value, computed with tensor ops."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import kiln
+from kiln import Tensor
+
+
+def _grads(parameters) -> list:
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
+                    norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach: bool | None = None) -> Tensor:
+    """Scale all gradients together so that their joint norm is at most `max_norm`.
+
+    Returns the joint norm before clipping, as a 0-d tensor.
+    """
+    grads = _grads(parameters)
+    max_norm, norm_type = float(max_norm), float(norm_type)
+    if not grads:
+        return kiln.tensor(0.0)
+    with kiln.no_grad():
+        if norm_type == math.inf:
+            norms = kiln.stack([g.abs().amax().to(grads[0].dtype) for g in grads])
+            total = norms.amax()
+        else:
+            norms = kiln.stack([kiln.norm(g, norm_type).to(grads[0].dtype) for g in grads])
+            total = kiln.norm(norms, norm_type)
+        if error_if_nonfinite and not bool(kiln.isfinite(total)):
+            raise RuntimeError(f"The total norm of order {norm_type} for gradients from "
+                               f"`parameters` is non-finite, so it cannot be clipped. To "
+                               f"disable this error and scale the gradients by the non-finite "
+                               f"norm anyway, set `error_if_nonfinite=False`")
+        # no data-dependent branch: a coefficient clamped to 1 leaves the gradients unchanged
+        coef = kiln.clamp_max(max_norm / (total + 1e-6), 1.0)
+        for g in grads:
+            g.mul_(coef.to(g.dtype))
+    return total
+
+
+clip_grad_norm = clip_grad_norm_
+
+
+def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,
+                     foreach: bool | None = None) -> None:
+    """Clamp every gradient element into [-clip_value, clip_value] in place."""
+    clip_value = float(clip_value)
+    with kiln.no_grad():
+        for g in _grads(parameters):
+            g.clamp_(-clip_value, clip_value)

@@ -1,0 +1,66 @@
+"""Adagrad: per-coordinate learning rates from the running sum of squared gradients."""
+
+from __future__ import annotations
+
+import kiln
+from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+
+
+class Adagrad(Optimizer):
+    """`torch.optim.Adagrad`, the single-tensor (for-loop) update."""
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, fused: bool | None = None):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if lr_decay < 0.0:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if initial_accumulator_value < 0.0:
+            raise ValueError(f"Invalid initial_accumulator_value value: "
+                             f"{initial_accumulator_value}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps,
+                                      weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      foreach=foreach, maximize=maximize,
+                                      differentiable=differentiable, fused=fused))
+
+    def _init_state(self, p, group) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = _scalar_state()
+            state["sum"] = kiln.full_like(p, group["initial_accumulator_value"])
+
+    def add_param_group(self, param_group) -> None:
+        # PyTorch creates Adagrad's state eagerly, when a group is added
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            self._init_state(p, group)
+
+    def step(self, closure=None):
+        loss = self._run_closure(closure)
+        with kiln.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, group)
+        return loss
+
+    def _update(self, p, group) -> None:
+        state = self.state[p]
+        state["step"].add_(1)
+        grad = _grad(p, group["maximize"])
+        if group["weight_decay"] != 0:
+            grad = grad.add(p, alpha=group["weight_decay"])
+        # a tensor, like Adam's bias corrections, so tracing never reads the step count
+        step = state["step"].to(kiln.float64)
+        neg_clr = -group["lr"] / ((step - 1) * group["lr_decay"] + 1)
+        state["sum"].addcmul_(grad, grad, value=1)
+        std = state["sum"].sqrt().add_(group["eps"])
+        p.add_((grad / std) * neg_clr)

@@ -1,0 +1,183 @@
+"""The optimizer base class: parameter groups, per-parameter state and PyTorch's state_dict."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from copy import deepcopy
+from itertools import chain
+from typing import Any, Callable, Iterable
+
+import kiln
+from kiln import Tensor
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+class _Required:
+    """Marks a hyper-parameter that has no default and must be given (PyTorch's `required`)."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _Required()
+_SET_MESSAGE = ("optimizer parameters need to be organized in ordered collections, but the "
+                "ordering of tensors in sets will change between runs. Please use a list instead.")
+
+
+class Optimizer:
+    """Base class of optimizers (`torch.optim.Optimizer`).
+
+    Subclasses pass their hyper-parameter defaults and implement `step`. Updates run under
+    `kiln.no_grad()` with in-place tensor ops only, so a traced training step can fuse them.
+    """
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]):
+        self.defaults = defaults
+        self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        self.param_groups: list[dict[str, Any]] = []
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            "Tensors or dicts, but got " + type(params).__name__)
+        if isinstance(params, set):
+            raise TypeError(_SET_MESSAGE)
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters with its own options; missing options take the defaults."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(_SET_MESSAGE)
+        params = list(params)
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is "
+                                f"{type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError("can't optimize a non-leaf Tensor")
+        group = dict(param_group, params=params)
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(f"parameter group didn't specify a value of required "
+                                 f"optimization parameter {name}")
+            group.setdefault(name, default)
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("optimizer contains a parameter group with duplicate parameters")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of all parameters: to None (default) or to zeros."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
+
+    def step(self, closure: Callable[[], Any] | None = None):
+        raise NotImplementedError
+
+    def _run_closure(self, closure):
+        if closure is None:
+            return None
+        with kiln.enable_grad():
+            return closure()
+
+    # ----------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """`{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}`.
+
+        Parameters are numbered in group order, as in PyTorch; the state tensors are the live
+        ones (not copies), also as in PyTorch, so save or deep-copy the result to keep it.
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in group["params"]]
+            groups.append(packed)
+        state = {index[id(p)]: s for p, s in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore state saved by `state_dict` into an optimizer over the same parameters."""
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for g, s in zip(self.param_groups, saved_groups):
+            if len(g["params"]) != len(s["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 "match the size of optimizer's group")
+        by_index = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                            chain.from_iterable(g["params"] for g in self.param_groups)))
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for key, value in state_dict["state"].items():
+            key = int(key) if isinstance(key, str) and key.isdigit() else key
+            if key in by_index:
+                param = by_index[key]
+                state[param] = {k: _cast_state(param, k, v) for k, v in value.items()}
+            else:
+                state[key] = value
+        for g, s in zip(self.param_groups, saved_groups):
+            s["params"] = g["params"]
+            if isinstance(s.get("betas"), list):   # a JSON round trip turns tuples into lists
+                s["betas"] = tuple(s["betas"])
+        self.param_groups = saved_groups
+        self.state = state
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"defaults": self.defaults, "state": self.state,
+                "param_groups": self.param_groups}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        lines = [self.__class__.__name__ + " ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]}")
+        return "\n".join(lines) + "\n)"
+
+
+def _cast_state(param: Tensor, key: str, value):
+    """A copy of one loaded state value on the parameter's device (and dtype, except `step`)."""
+    if key == "step":
+        # PyTorch keeps the step count as a float32 scalar tensor, whatever the param dtype
+        if isinstance(value, Tensor):
+            return value.detach().to(kiln.float32).clone()
+        return kiln.tensor(float(value), dtype=kiln.float32)
+    if isinstance(value, Tensor):
+        dtype = param.dtype if param.is_floating_point() else value.dtype
+        return value.detach().to(device=param.device, dtype=dtype).clone()
+    return deepcopy(value)
+
+
+def _grad(param: Tensor, maximize: bool) -> Tensor:
+    return -param.grad if maximize else param.grad
+
+
+def _scalar_state(value: float = 0.0) -> Tensor:
+    return kiln.tensor(value, dtype=kiln.float32)

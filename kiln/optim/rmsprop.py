@@ -1,0 +1,68 @@
+"""RMSprop: gradients scaled by a running average of their square, optionally centered."""
+
+from __future__ import annotations
+
+import kiln
+from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+
+
+class RMSprop(Optimizer):
+    """`torch.optim.RMSprop`, the single-tensor (for-loop) update."""
+
+    def __init__(self, params: ParamsT, lr: float = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+                 centered: bool = False, capturable: bool = False, foreach: bool | None = None,
+                 maximize: bool = False, differentiable: bool = False):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if alpha < 0.0:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps,
+                                      centered=centered, weight_decay=weight_decay,
+                                      capturable=capturable, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable))
+
+    def step(self, closure=None):
+        loss = self._run_closure(closure)
+        with kiln.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, group)
+        return loss
+
+    def _update(self, p, group) -> None:
+        alpha, momentum = group["alpha"], group["momentum"]
+        state = self.state[p]
+        if not state:
+            state["step"] = _scalar_state()
+            state["square_avg"] = kiln.zeros_like(p)
+            if momentum > 0:
+                state["momentum_buffer"] = kiln.zeros_like(p)
+            if group["centered"]:
+                state["grad_avg"] = kiln.zeros_like(p)
+        grad = _grad(p, group["maximize"])
+        state["step"].add_(1)
+        if group["weight_decay"] != 0:
+            grad = grad.add(p, alpha=group["weight_decay"])
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        if group["centered"]:
+            grad_avg = state["grad_avg"]
+            grad_avg.lerp_(grad, 1 - alpha)
+            avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add(group["eps"])
+        if momentum > 0:
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).addcdiv_(grad, avg)
+            p.add_(buf, alpha=-group["lr"])
+        else:
+            p.addcdiv_(grad, avg, value=-group["lr"])

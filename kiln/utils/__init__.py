@@ -1,0 +1,3 @@
+"""Utilities beside the tensor core: data loading (`kiln.utils.data`)."""
+
+from kiln.utils import data  # noqa: F401

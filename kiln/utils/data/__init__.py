@@ -1,0 +1,13 @@
+"""Data loading (`torch.utils.data`): datasets, samplers, collation and the DataLoader."""
+
+from kiln.utils.data.dataset import (ConcatDataset, Dataset, IterableDataset, Subset,
+                                     TensorDataset, random_split)
+from kiln.utils.data.sampler import (BatchSampler, RandomSampler, Sampler, SequentialSampler,
+                                     SubsetRandomSampler)
+from kiln.utils.data.collate import default_collate, default_convert
+from kiln.utils.data.dataloader import DataLoader, WorkerInfo, get_worker_info
+
+__all__ = ["ConcatDataset", "Dataset", "IterableDataset", "Subset", "TensorDataset",
+           "random_split", "BatchSampler", "RandomSampler", "Sampler", "SequentialSampler",
+           "SubsetRandomSampler", "default_collate", "default_convert", "DataLoader",
+           "WorkerInfo", "get_worker_info"]

@@ -1,0 +1,189 @@
+"""RNN/LSTM/GRU, their cells, MultiheadAttention and the Transformer encoder against PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from tests.nn.layer_parity import build_pair, check_layer
+
+RNN_CASES = [
+    ("rnn", lambda nn: nn.RNN(3, 4), [(5, 2, 3)]),
+    ("rnn_relu_2layer", lambda nn: nn.RNN(3, 4, num_layers=2, nonlinearity="relu"),
+     [(5, 2, 3)]),
+    ("rnn_bidir_batch_first", lambda nn: nn.RNN(3, 4, batch_first=True, bidirectional=True),
+     [(2, 5, 3)]),
+    ("rnn_no_bias", lambda nn: nn.RNN(3, 4, bias=False), [(4, 2, 3)]),
+    ("lstm", lambda nn: nn.LSTM(3, 4), [(5, 2, 3)]),
+    ("lstm_2layer_bidir", lambda nn: nn.LSTM(3, 4, num_layers=2, bidirectional=True),
+     [(5, 2, 3)]),
+    ("lstm_batch_first", lambda nn: nn.LSTM(3, 5, batch_first=True), [(2, 4, 3)]),
+    ("lstm_unbatched", lambda nn: nn.LSTM(3, 4, num_layers=2), [(5, 3)]),
+    ("gru", lambda nn: nn.GRU(3, 4), [(5, 2, 3)]),
+    ("gru_2layer_bidir_bf", lambda nn: nn.GRU(3, 4, 2, batch_first=True, bidirectional=True),
+     [(2, 5, 3)]),
+]
+
+
+@pytest.mark.parametrize("name,make,inputs", RNN_CASES, ids=[c[0] for c in RNN_CASES])
+def test_recurrent_layer(name, make, inputs):
+    check_layer(make, inputs)
+
+
+def test_lstm_with_initial_state():
+    # h0 and c0 are inputs too: their gradients must match
+    check_layer(lambda nn: nn.LSTM(3, 4, num_layers=2, bidirectional=True),
+                [(5, 2, 3), (4, 2, 4), (4, 2, 4)],
+                call=lambda layer, x, h, c: layer(x, (h, c)))
+
+
+def test_gru_with_initial_state_float32():
+    check_layer(lambda nn: nn.GRU(3, 4, 2), [(6, 3, 3), (2, 3, 4)],
+                call=lambda layer, x, h: layer(x, h), dtype=np.float32, atol=1e-5, rtol=1e-4)
+
+
+def test_rnn_dropout_between_layers_is_train_only():
+    t_layer, k_layer = build_pair(lambda nn: nn.LSTM(3, 4, num_layers=2, dropout=0.5))
+    x = np.random.default_rng(0).normal(size=(5, 2, 3))
+    k_layer.eval()
+    out_eval = k_layer(kiln.tensor(x))[0].detach().numpy()
+    np.testing.assert_allclose(out_eval, t_layer(torch.from_numpy(x))[0].detach().numpy(),
+                               atol=1e-10)
+    k_layer.train()
+    out_train = k_layer(kiln.tensor(x))[0].detach().numpy()
+    assert not np.allclose(out_train, out_eval)
+
+
+CELL_CASES = [
+    ("rnn_cell", lambda nn: nn.RNNCell(3, 4), [(2, 3), (2, 4)]),
+    ("rnn_cell_relu", lambda nn: nn.RNNCell(3, 4, nonlinearity="relu"), [(2, 3), (2, 4)]),
+    ("gru_cell", lambda nn: nn.GRUCell(3, 4), [(2, 3), (2, 4)]),
+    ("gru_cell_unbatched", lambda nn: nn.GRUCell(3, 4, bias=False), [(3,), (4,)]),
+]
+
+
+@pytest.mark.parametrize("name,make,inputs", CELL_CASES, ids=[c[0] for c in CELL_CASES])
+def test_cell(name, make, inputs):
+    check_layer(make, inputs)
+
+
+def test_cell_without_state_and_lstm_cell():
+    check_layer(lambda nn: nn.GRUCell(3, 4), [(2, 3)])
+    check_layer(lambda nn: nn.LSTMCell(3, 4), [(2, 3), (2, 4), (2, 4)],
+                call=lambda layer, x, h, c: layer(x, (h, c)))
+    check_layer(lambda nn: nn.LSTMCell(3, 4), [(3,)])
+
+
+def test_recurrent_reprs():
+    for make in (lambda nn: nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True,
+                                    dropout=0.1),
+                 lambda nn: nn.RNN(3, 4, nonlinearity="relu", bias=False),
+                 lambda nn: nn.GRUCell(3, 4), lambda nn: nn.RNNCell(3, 4, nonlinearity="relu")):
+        assert repr(make(kiln.nn)) == repr(make(torch.nn))
+
+
+# ----------------------------------------------------------------------------- attention
+
+def _mha_call(**kwargs):
+    return lambda layer, q, k, v: layer(q, k, v, **kwargs)
+
+
+MHA_CASES = [
+    ("self", lambda nn: nn.MultiheadAttention(8, 2), [(5, 3, 8)] * 3, _mha_call()),
+    ("cross_no_avg", lambda nn: nn.MultiheadAttention(8, 4),
+     [(5, 3, 8), (7, 3, 8), (7, 3, 8)], _mha_call(average_attn_weights=False)),
+    ("batch_first_no_weights", lambda nn: nn.MultiheadAttention(8, 2, batch_first=True),
+     [(3, 5, 8)] * 3, _mha_call(need_weights=False)),
+    ("kdim_vdim", lambda nn: nn.MultiheadAttention(8, 2, kdim=5, vdim=6),
+     [(4, 2, 8), (6, 2, 5), (6, 2, 6)], _mha_call()),
+    ("no_bias", lambda nn: nn.MultiheadAttention(8, 2, bias=False), [(4, 2, 8)] * 3,
+     _mha_call()),
+    ("unbatched", lambda nn: nn.MultiheadAttention(8, 2), [(4, 8), (5, 8), (5, 8)],
+     _mha_call()),
+]
+
+
+@pytest.mark.parametrize("name,make,inputs,call", MHA_CASES, ids=[c[0] for c in MHA_CASES])
+def test_multihead_attention(name, make, inputs, call):
+    check_layer(make, inputs, call=call)
+
+
+def _masks():
+    causal_bool = np.triu(np.ones((5, 5), dtype=bool), 1)
+    padding = np.zeros((3, 5), dtype=bool)
+    padding[0, 3:] = True
+    padding[2, 4] = True
+    return causal_bool, padding
+
+
+def test_multihead_attention_masks():
+    causal_bool, padding = _masks()
+    float_mask = np.where(causal_bool, -np.inf, 0.0)
+    per_head = np.random.default_rng(3).normal(size=(3 * 2, 5, 5))
+    make = lambda nn: nn.MultiheadAttention(8, 2)
+    check_layer(make, [(5, 3, 8)] * 3 + [causal_bool, padding],
+                call=lambda m, q, k, v, am, kp: m(q, k, v, attn_mask=am, key_padding_mask=kp))
+    check_layer(make, [(5, 3, 8)] * 3 + [float_mask],
+                call=lambda m, q, k, v, am: m(q, k, v, attn_mask=am))
+    check_layer(make, [(5, 3, 8)] * 3 + [per_head],
+                call=lambda m, q, k, v, am: m(q, k, v, attn_mask=am))
+
+
+def test_multihead_attention_float32_and_repr():
+    check_layer(lambda nn: nn.MultiheadAttention(16, 4, batch_first=True), [(2, 6, 16)] * 3,
+                call=_mha_call(), dtype=np.float32, atol=1e-5, rtol=1e-4)
+    assert repr(kiln.nn.MultiheadAttention(8, 2)) == repr(torch.nn.MultiheadAttention(8, 2))
+
+
+def test_scaled_dot_product_attention():
+    from tests.parity import check_op
+    check_op(lambda lib, q, k, v: lib.nn.functional.scaled_dot_product_attention(q, k, v),
+             [(2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5)], dtype=np.float64)
+    check_op(lambda lib, q, k, v: lib.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, scale=0.3), [(2, 5, 4)] * 3, dtype=np.float64)
+    mask = np.random.default_rng(0).random((4, 6)) > 0.3
+    mask[:, 0] = True
+    check_op(lambda lib, q, k, v, m: lib.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=m), [(2, 4, 8), (2, 6, 8), (2, 6, 8), mask], dtype=np.float64)
+    add = np.random.default_rng(1).normal(size=(4, 6))
+    check_op(lambda lib, q, k, v, m: lib.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=m), [(2, 4, 8), (2, 6, 8), (2, 6, 8), add], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- transformer
+
+ENCODER_CASES = [
+    ("post_norm_relu", lambda nn: nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)),
+    ("pre_norm_gelu_bf", lambda nn: nn.TransformerEncoderLayer(
+        8, 2, 16, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)),
+    ("stack_with_norm", lambda nn: nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0), 2, norm=nn.LayerNorm(8),
+        enable_nested_tensor=False)),
+]
+
+
+@pytest.mark.parametrize("name,make", ENCODER_CASES, ids=[c[0] for c in ENCODER_CASES])
+def test_transformer_encoder(name, make):
+    # train mode: PyTorch's eval fast path (nested tensors) is a different algorithm
+    check_layer(make, [(5, 3, 8)], train=True)
+
+
+def test_transformer_encoder_masks_and_repr():
+    causal_bool, padding = _masks()
+    make = lambda nn: nn.TransformerEncoder(nn.TransformerEncoderLayer(
+        8, 2, 16, dropout=0.0), 2, enable_nested_tensor=False)
+    check_layer(make, [(5, 3, 8), causal_bool, padding], train=True,
+                call=lambda m, x, am, kp: m(x, mask=am, src_key_padding_mask=kp))
+    assert repr(make(kiln.nn)) == repr(make(torch.nn))
+
+
+def test_transformer_encoder_dropout_active_in_training():
+    layer = kiln.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5)
+    x = kiln.randn(5, 3, 8)
+    layer.eval()
+    a, b = layer(x), layer(x)
+    np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
+    layer.train()
+    assert not np.allclose(layer(x).detach().numpy(), a.detach().numpy())
