@@ -1,0 +1,619 @@
+"""Lowering a fused subgraph to a loop-level kernel description that any renderer can consume.
+
+A `Kernel` is an iteration space (kept dims x reduced dims), loads whose index expressions fold
+broadcasting and views (reshape/permute/expand/slice/flip) into arithmetic on the input
+buffers, scalar ops in SSA, reductions and stores. Every value is computed "at a coordinate":
+lowering walks back from each output at its own coordinates, so a view of a computed value is
+recomputed at the moved coordinates instead of materialized. What cannot be expressed this way
+(reductions over different axes, cumsum, pad/cat, indexing, matmul) raises `LoweringError`, and
+the caller runs the group another way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+from kiln.ir import dtypes as dt
+from kiln.ir.dtypes import DType
+from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE, PRIMITIVES
+
+
+class LoweringError(Exception):
+    """The subgraph has a shape of computation this code generator does not handle."""
+
+
+# ----------------------------------------------------------------------------- index expressions
+
+@dataclass(frozen=True)
+class Var:
+    """A named integer index: a coordinate (`x0`, `r1`) or a linear index (`xindex`, `rindex`)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Const:
+    value: int
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """`a op b` on non-negative integers; op is one of + * // %."""
+
+    op: str
+    a: "Expr"
+    b: "Expr"
+
+    def __str__(self) -> str:
+        left = f"({self.a})" if isinstance(self.a, BinOp) and _PREC[self.a.op] < _PREC[self.op] \
+            else str(self.a)
+        associative = self.op == getattr(self.b, "op", None) and self.op in "+*"
+        tight = isinstance(self.b, BinOp) and not associative and (
+            _PREC[self.b.op] <= _PREC[self.op])
+        return f"{left} {self.op} " + (f"({self.b})" if tight else str(self.b))
+
+
+_PREC = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
+
+
+Expr = Union[Var, Const, BinOp]
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Const(a.value + b.value)
+    if a == Const(0):
+        return b
+    if b == Const(0):
+        return a
+    return BinOp("+", a, b)
+
+
+def mul(a: Expr, b: Expr | int) -> Expr:
+    b = Const(b) if isinstance(b, int) else b
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Const(a.value * b.value)
+    if Const(0) in (a, b):
+        return Const(0)
+    if a == Const(1):
+        return b
+    if b == Const(1):
+        return a
+    return BinOp("*", a, b)
+
+
+def floordiv(a: Expr, n: int) -> Expr:
+    if n == 1:
+        return a
+    if isinstance(a, Const):
+        return Const(a.value // n)
+    return BinOp("//", a, Const(n))
+
+
+def mod(a: Expr, n: int) -> Expr:
+    if n == 1:
+        return Const(0)
+    if isinstance(a, Const):
+        return Const(a.value % n)
+    return BinOp("%", a, Const(n))
+
+
+def variables(e: Expr) -> set:
+    if isinstance(e, Var):
+        return {e.name}
+    if isinstance(e, BinOp):
+        return variables(e.a) | variables(e.b)
+    return set()
+
+
+def contiguous_strides(shape: tuple) -> tuple:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+def linearize(coords: tuple, shape: tuple) -> Expr:
+    out: Expr = Const(0)
+    for c, s, d in zip(coords, contiguous_strides(shape), shape):
+        if d != 1:
+            out = add(out, mul(c, s))
+    return out
+
+
+def unravel(linear: Expr, shape: tuple) -> tuple:
+    """Coordinates of a row-major linear index `linear` < prod(shape)."""
+    out = []
+    for i, (s, d) in enumerate(zip(contiguous_strides(shape), shape)):
+        if d == 1:
+            out.append(Const(0))
+        elif i == 0 or math.prod(shape[:i]) == 1:
+            out.append(floordiv(linear, s))          # linear < prod(shape): no wrap-around
+        else:
+            out.append(mod(floordiv(linear, s), d))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- the description
+
+ROW, ELEM = "row", "elem"
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A kernel argument: a contiguous array of `shape` and `dtype`."""
+
+    name: str
+    shape: tuple
+    dtype: DType
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype.short}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class IndexVar:
+    """`name = (linear // divisor) % size`: one coordinate of the iteration space."""
+
+    name: str
+    linear: str
+    divisor: int
+    size: int           # 0: no modulus needed
+    scope: str
+
+    def expr(self) -> Expr:
+        e = floordiv(Var(self.linear), self.divisor)
+        return mod(e, self.size) if self.size else e
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.expr()}"
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: object
+
+    def __str__(self) -> str:
+        return repr(self.value)
+
+
+@dataclass(frozen=True)
+class Load:
+    dest: str
+    buffer: int
+    offset: Expr
+    dtype: DType
+    scope: str
+
+    def __str__(self) -> str:
+        return f"{self.dest}: {self.dtype.short} = load in{self.buffer}[{self.offset}]"
+
+
+@dataclass(frozen=True)
+class Compute:
+    """`dest = op(args)`; `note` is the IR node it comes from and `loc` the user's line."""
+
+    dest: str
+    op: str
+    args: tuple                 # SSA names (str) or Literal
+    attrs: tuple
+    dtype: DType                # result dtype
+    arg_dtypes: tuple           # dtype of each argument (None for literals)
+    scope: str
+    note: str = ""
+    loc: str = ""
+
+    def __str__(self) -> str:
+        args = ", ".join(map(str, self.args))
+        attrs = "".join(f", {k}={v}" for k, v in self.attrs)
+        return f"{self.dest}: {self.dtype.short} = {self.op}({args}{attrs})    # {self.note}"
+
+
+@dataclass(frozen=True)
+class Reduce:
+    dest: str
+    op: str                     # sum | max | prod | argmax
+    src: str
+    dtype: DType
+    level: int                  # reductions of level k read results of levels < k only
+    note: str = ""
+    loc: str = ""
+
+    @property
+    def scope(self) -> str:
+        return ROW
+
+    def __str__(self) -> str:
+        return f"{self.dest}: {self.dtype.short} = reduce_{self.op}({self.src})  " \
+               f"[level {self.level}]    # {self.note}"
+
+
+@dataclass(frozen=True)
+class Store:
+    buffer: int
+    offset: Expr
+    src: str
+    dtype: DType
+    scope: str
+
+    def __str__(self) -> str:
+        return f"store out{self.buffer}[{self.offset}] = {self.src}"
+
+
+Stmt = Union[Load, Compute, Reduce, Store]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One fused loop nest: for each kept index, for each reduced index, the body.
+
+    A pointwise kernel has no reduced dims: `kept` is its output shape, flattened to `xindex`.
+    A reduction kernel runs one row per kept index (`row`) over `rindex` in the reduced dims.
+    """
+
+    name: str
+    inputs: tuple
+    outputs: tuple
+    kept: tuple
+    reduced: tuple
+    index_vars: tuple
+    body: tuple
+    source_graph: str = ""
+
+    @property
+    def is_reduction(self) -> bool:
+        return bool(self.reduced)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.kept)
+
+    @property
+    def reduced_numel(self) -> int:
+        return math.prod(self.reduced)
+
+    def __str__(self) -> str:
+        kind = f"reduction rows={self.numel} x {self.reduced_numel}" if self.is_reduction \
+            else f"pointwise numel={self.numel}"
+        lines = [f"kernel {self.name} ({kind})",
+                 "  in:  " + ", ".join(map(str, self.inputs)),
+                 "  out: " + ", ".join(map(str, self.outputs))]
+        lines += [f"  {v}" for v in self.index_vars]
+        lines += [f"  [{s.scope}] {s}" for s in self.body]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- lowering
+
+def lower(graph: Graph, name: str | None = None) -> Kernel:
+    """Lower a fused subgraph (elementwise, reductions, views, creation) to a `Kernel`.
+
+    Raises:
+        LoweringError: the group needs something this generator does not do; run it otherwise.
+    """
+    return _Lowering(graph).run(name)
+
+
+class _Lowering:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.producer = graph.producers()
+        self.body: list = []
+        self.memo: dict = {}            # (Value, coords) -> (ssa name, scope, level)
+        self.loads: dict = {}           # (buffer index, offset) -> ssa name
+        self.names: dict = {}           # Value -> how many times it has been emitted
+        self.input_index = {v: i for i, v in enumerate(graph.inputs)}
+        for n in graph.nodes:
+            prim = PRIMITIVES[n.op]
+            if prim.kind not in (ELEMENTWISE, REDUCE, MOVEMENT, CREATION):
+                raise LoweringError(f"{n.op} ({prim.kind}) cannot be fused into a generated "
+                                    f"kernel")
+            if n.op in ("cumsum", "pad", "cat"):
+                raise LoweringError(f"{n.op} is not supported by the kernel generator yet")
+        if graph.constants:
+            raise LoweringError("a fused subgraph must take constants as buffer inputs")
+        if not graph.outputs:
+            raise LoweringError("the subgraph has no outputs")
+
+    # -------------------------------------------------------------- iteration space
+    def run(self, name: str | None) -> Kernel:
+        reductions = [n for n in self.graph.nodes if n.prim.kind == REDUCE]
+        if reductions:
+            self._reduction_space(reductions)
+        else:
+            self._pointwise_space()
+        for i, v in enumerate(self.graph.outputs):
+            coords, offset = self._output_place(v)
+            src, scope, _ = self.emit(v, coords)
+            # the store's lanes are the offset's: a constant stored across a block still
+            # needs the block's mask
+            if self._scope_of(offset) == ELEM:
+                scope = ELEM
+            self.body.append(Store(i, offset, src, v.dtype, scope))
+        ops = []
+        for n in self.graph.nodes:
+            if n.prim.kind != MOVEMENT and n.op not in ops:
+                ops.append(n.op)
+        if name is None:
+            name = "fused_" + "_".join(ops[:6] or ["copy"]) + ("_etc" if len(ops) > 6 else "")
+        used = set()
+        for s in self.body:
+            if isinstance(s, (Load, Store)):
+                used |= variables(s.offset)
+            elif isinstance(s, Compute) and s.op == "index":      # arange's position
+                used |= variables(s.args[0])
+        index_vars = tuple(v for v in self.index_vars if v.name in used)
+        inputs = tuple(Buffer(_arg_name(v, "in", i), v.shape, v.dtype)
+                       for i, v in enumerate(self.graph.inputs))
+        outputs = tuple(Buffer(f"out{i}", v.shape, v.dtype)
+                        for i, v in enumerate(self.graph.outputs))
+        return Kernel(name, inputs, outputs, self.kept, self.reduced, index_vars,
+                      tuple(self.body), self.graph.name)
+
+    def _pointwise_space(self) -> None:
+        shape = self.graph.outputs[0].shape
+        self.kept, self.reduced, self.domain = tuple(shape), (), tuple(shape)
+        self.axes: tuple = ()
+        self.index_vars = tuple(
+            IndexVar(f"x{i}", "xindex", s, 0 if i == 0 else d, ELEM)
+            for i, (s, d) in enumerate(zip(contiguous_strides(shape), shape)))
+        self.coords = tuple(Const(0) if d == 1 else Var(f"x{i}") for i, d in enumerate(shape))
+        self.linear = {"x": Var("xindex")}
+
+    def _reduction_space(self, reductions: list) -> None:
+        first = reductions[0]
+        src = first.inputs[0]
+        axes = _axes(first)
+        for n in reductions[1:]:
+            if n.inputs[0].shape != src.shape or _axes(n) != axes:
+                raise LoweringError(
+                    f"reductions over different iteration spaces: {first.op} over axes "
+                    f"{axes} of {list(src.shape)} and {n.op} over axes {_axes(n)} of "
+                    f"{list(n.inputs[0].shape)}")
+        shape = src.shape
+        self.domain, self.axes = tuple(shape), axes
+        kept_axes = [a for a in range(len(shape)) if a not in axes]
+        self.kept = tuple(shape[a] for a in kept_axes)
+        self.reduced = tuple(shape[a] for a in axes)
+        if math.prod(self.reduced) == 0:
+            raise LoweringError("reduction over an empty dimension")
+        index_vars, coords = [], [Const(0)] * len(shape)
+        for group, linear, prefix, scope in ((kept_axes, "row", "x", ROW),
+                                             (list(axes), "rindex", "r", ELEM)):
+            sizes = tuple(shape[a] for a in group)
+            for j, (a, s, d) in enumerate(zip(group, contiguous_strides(sizes), sizes)):
+                if d == 1:
+                    continue
+                if len([x for x in sizes if x != 1]) == 1:
+                    coords[a] = Var(linear)            # the only non-trivial dim: no arithmetic
+                    continue
+                index_vars.append(IndexVar(f"{prefix}{a}", linear, s,
+                                           0 if math.prod(sizes[:j]) == 1 else d, scope))
+                coords[a] = Var(f"{prefix}{a}")
+        self.index_vars = tuple(index_vars)
+        self.coords = tuple(coords)
+        self.kept_coords = tuple(coords[a] for a in kept_axes)
+
+    def _output_place(self, v: Value) -> tuple:
+        """The coordinates an output is computed at and the offset it is stored to."""
+        if not self.reduced:
+            if v.shape == self.domain:
+                return self.coords, self._offset(v.shape, self.coords)
+            if math.prod(v.shape) == math.prod(self.domain):
+                coords = unravel(Var("xindex"), v.shape)
+                return coords, Var("xindex")
+            raise LoweringError(f"outputs of different sizes in one pointwise kernel: "
+                                f"{list(self.domain)} and {list(v.shape)}")
+        if v.shape == self.domain:
+            return self.coords, self._offset(v.shape, self.coords)
+        kept_shape = tuple(d for i, d in enumerate(self.domain) if i not in self.axes)
+        keep_shape = tuple(1 if i in self.axes else d for i, d in enumerate(self.domain))
+        if v.shape == keep_shape:
+            coords = tuple(Const(0) if i in self.axes else c for i, c in enumerate(self.coords))
+        elif v.shape == kept_shape:
+            coords = self.kept_coords
+        else:
+            raise LoweringError(f"output of shape {list(v.shape)} fits neither the rows nor "
+                                f"the elements of the reduction over {list(self.domain)}")
+        return coords, self._offset(v.shape, coords)
+
+    def _offset(self, shape: tuple, coords: tuple) -> Expr:
+        """Offset of `coords` into a contiguous buffer of `shape`, with fast paths."""
+        if shape == self.domain and coords == self.coords:
+            if not self.reduced:
+                return Var("xindex")
+            if self.axes == tuple(range(len(shape) - len(self.axes), len(shape))):
+                return add(mul(Var("row"), math.prod(self.reduced)), Var("rindex"))
+        return linearize(coords, shape)
+
+    # -------------------------------------------------------------- values at coordinates
+    def emit(self, v, coords: tuple) -> tuple:
+        """SSA name, scope and reduction level of value `v` at `coords`."""
+        if not isinstance(v, Value):
+            return Literal(v), ROW, -1
+        key = (v, coords)
+        if key in self.memo:
+            return self.memo[key]
+        if v in self.input_index:
+            result = self._load(v, coords)
+        else:
+            result = self._node(self.producer[v], coords)
+        self.memo[key] = result
+        return result
+
+    def _fresh(self, v: Value) -> str:
+        base = v.name if v.name.isidentifier() else f"v{v.id}"
+        k = self.names.get(v, 0)
+        self.names[v] = k + 1
+        return base if k == 0 else f"{base}_{k}"
+
+    def _scope_of(self, e: Expr) -> str:
+        elem = {"xindex", "rindex"} | {iv.name for iv in self.index_vars if iv.scope == ELEM}
+        return ELEM if variables(e) & elem else ROW
+
+    def _load(self, v: Value, coords: tuple) -> tuple:
+        buf = self.input_index[v]
+        offset = self._offset(v.shape, coords)
+        key = (buf, offset)
+        if key not in self.loads:
+            dest = self._fresh(v)
+            self.loads[key] = (dest, self._scope_of(offset), -1)
+            self.body.append(Load(dest, buf, offset, v.dtype, self._scope_of(offset)))
+        return self.loads[key]
+
+    def _node(self, n: Node, coords: tuple) -> tuple:
+        kind = n.prim.kind
+        attrs = n.attr_dict
+        if kind == MOVEMENT:
+            return self.emit(n.inputs[0], _move(n, coords))
+        note = _note(n)
+        if kind == CREATION:
+            dest = self._fresh(n.out)
+            if n.op == "full":
+                self.body.append(Compute(dest, "full", (Literal(attrs["value"]),), (),
+                                         n.out.dtype, (None,), ROW, note, n.loc))
+                return dest, ROW, -1
+            start, step = attrs["start"], attrs["step"]
+            idx = self._index_value(coords[0])
+            self.body.append(Compute(dest, "arange", (idx,), (("start", start), ("step", step)),
+                                     n.out.dtype, (dt.int64,), self._scope_of(coords[0]),
+                                     note, n.loc))
+            return dest, self._scope_of(coords[0]), -1
+        if kind == REDUCE:
+            return self._reduce(n, coords, note)
+        args, arg_dtypes, scope, level = [], [], ROW, -1
+        for x in n.inputs:
+            xc = _broadcast_coords(x.shape, coords) if isinstance(x, Value) else ()
+            name, s, lv = self.emit(x, xc)
+            args.append(name)
+            arg_dtypes.append(x.dtype if isinstance(x, Value) else None)
+            scope = ELEM if s == ELEM else scope
+            level = max(level, lv)
+        dest = self._fresh(n.out)
+        self.body.append(Compute(dest, n.op, tuple(args), n.attrs, n.out.dtype,
+                                 tuple(arg_dtypes), scope, note, n.loc))
+        return dest, scope, level
+
+    def _index_value(self, e: Expr) -> str:
+        """An SSA name holding the integer index expression `e` (for arange)."""
+        dest = f"idx{len(self.body)}"
+        self.body.append(Compute(dest, "index", (e,), (), dt.int64, (None,),
+                                 self._scope_of(e)))
+        return dest
+
+    def _reduce(self, n: Node, coords: tuple, note: str) -> tuple:
+        attrs = n.attr_dict
+        keepdim = attrs["keepdim"]
+        axes = _axes(n)
+        if keepdim:
+            kept = tuple(c for i, c in enumerate(coords) if i not in axes)
+        else:
+            kept = coords
+        if kept != self.kept_coords:
+            raise LoweringError(f"{note}: its result is read at other rows than the kernel "
+                                f"computes it for (a view between reductions)")
+        key = (n.out, "reduced")
+        if key in self.memo:
+            return self.memo[key]
+        src, scope, level = self.emit(n.inputs[0], self.coords)
+        if scope != ELEM:
+            raise LoweringError(f"{note}: reduced value does not vary along the reduction")
+        op = "argmax" if n.op == "argmax" else n.op
+        if n.out.dtype is dt.bool_ or n.inputs[0].dtype is dt.bool_:
+            raise LoweringError(f"{note}: reductions of bool tensors are not generated")
+        dest = self._fresh(n.out)
+        self.body.append(Reduce(dest, op, src, n.out.dtype, level + 1, note, n.loc))
+        self.memo[key] = (dest, ROW, level + 1)
+        return self.memo[key]
+
+
+# ----------------------------------------------------------------------------- coordinate maps
+
+def _axes(n: Node) -> tuple:
+    attrs = n.attr_dict
+    axes = attrs["axes"] if "axes" in attrs else (attrs["axis"],)
+    ndim = len(n.inputs[0].shape)
+    return tuple(sorted(a % max(ndim, 1) for a in axes)) if ndim else ()
+
+
+def _broadcast_coords(shape: tuple, coords: tuple) -> tuple:
+    """Coordinates into an input of `shape` broadcast (NumPy rules) to `len(coords)` dims."""
+    lead = len(coords) - len(shape)
+    return tuple(Const(0) if d == 1 else coords[lead + i] for i, d in enumerate(shape))
+
+
+def _move(n: Node, coords: tuple) -> tuple:
+    """Coordinates into a movement node's input that give its output at `coords`."""
+    a = n.attr_dict
+    src = n.inputs[0].shape
+    if n.op == "reshape":
+        return _reshape_coords(coords, n.out.shape, src)
+    if n.op == "permute":
+        out = [Const(0)] * len(src)
+        for i, p in enumerate(a["perm"]):
+            out[p] = coords[i]
+        return tuple(out)
+    if n.op == "expand":
+        return _broadcast_coords(src, coords)
+    if n.op == "slice":
+        return tuple(add(Const(st), mul(c, sp)) if d != 1 else Const(st)
+                     for c, st, sp, d in zip(coords, a["starts"], a["steps"], src))
+    if n.op == "flip":
+        axes = {x % len(src) for x in a["axes"]}
+        return tuple(_flip(c, d) if i in axes else c for i, (c, d) in enumerate(zip(coords,
+                                                                                  src)))
+    raise LoweringError(f"{n.op} is not supported by the kernel generator yet")
+
+
+def _flip(c: Expr, d: int) -> Expr:
+    if isinstance(c, Const):
+        return Const(d - 1 - c.value)
+    # (d - 1) - c written as an addition of a negative product keeps exprs non-negative-looking
+    return BinOp("-", Const(d - 1), c)
+
+
+def _reshape_coords(coords: tuple, out_shape: tuple, in_shape: tuple) -> tuple:
+    """Map coordinates through a reshape, group by group, so merges and splits stay simple."""
+    result: list = []
+    i = j = 0
+    while i < len(out_shape) or j < len(in_shape):
+        gi, gj = [i], [j]
+        po = out_shape[i] if i < len(out_shape) else 1
+        pi = in_shape[j] if j < len(in_shape) else 1
+        i, j = i + 1, j + 1
+        while po != pi:
+            if po < pi:
+                gi.append(i)
+                po *= out_shape[i]
+                i += 1
+            else:
+                gj.append(j)
+                pi *= in_shape[j]
+                j += 1
+        gi = [k for k in gi if k < len(out_shape)]
+        gj = [k for k in gj if k < len(in_shape)]
+        lin = linearize(tuple(coords[k] for k in gi), tuple(out_shape[k] for k in gi))
+        result.extend(unravel(lin, tuple(in_shape[k] for k in gj)))
+    return tuple(result[:len(in_shape)])
+
+
+def _note(n: Node) -> str:
+    args = ", ".join(x.ref if isinstance(x, Value) else repr(x) for x in n.inputs)
+    attrs = "".join(f", {k}={v}" for k, v in n.attrs if not isinstance(v, DType)) + "".join(
+        f", {k}={v.short}" for k, v in n.attrs if isinstance(v, DType))
+    return f"{n.out.ref} = {n.op}({args}{attrs})"
+
+
+def _arg_name(v: Value, prefix: str, i: int) -> str:
+    return f"{v.name}" if v.name.isidentifier() and not v.name.startswith("out") \
+        else f"{prefix}{i}"

@@ -1,0 +1,507 @@
+"""The Triton renderer: a `Kernel` description -> readable Triton source and its launch config.
+
+Each op's spelling lives in one table (`OPS`). Only `triton.language` functions and portable
+formulas are used (tanh, erf, expm1, log1p are written with exp/log), so the same source runs
+in Triton's interpreter and compiles for NVIDIA GPUs. float16 is loaded, computed in float32
+and rounded back on store and on casts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Load, LoweringError, Reduce,
+                                 Store)
+from kiln.ir import dtypes as dt
+from kiln.ir.dtypes import DType
+
+PERSISTENT_LIMIT = 4096        # rows up to this long are reduced in one block
+LOOP_RBLOCK = 1024
+
+
+@dataclass(frozen=True)
+class TritonKernel:
+    """Rendered source plus everything needed to launch or compile it ahead of time."""
+
+    name: str
+    source: str
+    arg_names: tuple
+    signature: dict = field(hash=False)       # arg name -> Triton type ("*fp32", "constexpr")
+    constexprs: dict = field(hash=False)      # constexpr arg name -> value
+    grid: tuple
+    num_warps: int
+
+
+# ----------------------------------------------------------------------------- dtype tables
+
+TL_TYPE = {dt.float16: "tl.float16", dt.float32: "tl.float32", dt.float64: "tl.float64",
+           dt.int32: "tl.int32", dt.int64: "tl.int64", dt.uint8: "tl.uint8", dt.bool_: "tl.int1"}
+POINTER = {dt.float16: "*fp16", dt.float32: "*fp32", dt.float64: "*fp64", dt.int32: "*i32",
+           dt.int64: "*i64", dt.uint8: "*u8", dt.bool_: "*i1"}
+
+
+def compute_dtype(d: DType) -> DType:
+    """The dtype a value is held in while computing: float16 widens to float32."""
+    return dt.float32 if d is dt.float16 else d
+
+
+# ----------------------------------------------------------------------------- op table
+
+def _float_or(fn_float, fn_int):
+    return lambda a, d: fn_float(a, d) if d[0] is None or d[0].is_floating_point else fn_int(a, d)
+
+
+def _no_int(op):
+    def fail(a, d):
+        raise LoweringError(f"{op} of integer tensors is not generated")
+    return fail
+
+
+NAN = "tl.PropagateNan.ALL"
+
+# op -> (args rendered, their dtypes) -> Triton expression text
+OPS = {
+    "add": lambda a, d: f"{a[0]} + {a[1]}",
+    "sub": lambda a, d: f"{a[0]} - {a[1]}",
+    "mul": lambda a, d: f"{a[0]} * {a[1]}",
+    "div": _float_or(lambda a, d: f"{a[0]} / {a[1]}", _no_int("div")),
+    "floordiv": _float_or(lambda a, d: f"tl.floor({a[0]} / {a[1]})", _no_int("floordiv")),
+    "mod": _float_or(lambda a, d: f"_mod({a[0]}, {a[1]})", _no_int("mod")),
+    "pow": lambda a, d: _pow(a, d),
+    "maximum": _float_or(lambda a, d: f"tl.maximum({a[0]}, {a[1]}, propagate_nan={NAN})",
+                         lambda a, d: f"tl.maximum({a[0]}, {a[1]})"),
+    "minimum": _float_or(lambda a, d: f"tl.minimum({a[0]}, {a[1]}, propagate_nan={NAN})",
+                         lambda a, d: f"tl.minimum({a[0]}, {a[1]})"),
+    "bitwise_and": lambda a, d: f"{a[0]} & {a[1]}",
+    "bitwise_or": lambda a, d: f"{a[0]} | {a[1]}",
+    "bitwise_xor": lambda a, d: f"{a[0]} ^ {a[1]}",
+    "eq": lambda a, d: f"{a[0]} == {a[1]}",
+    "ne": lambda a, d: f"{a[0]} != {a[1]}",
+    "lt": lambda a, d: f"{a[0]} < {a[1]}",
+    "le": lambda a, d: f"{a[0]} <= {a[1]}",
+    "gt": lambda a, d: f"{a[0]} > {a[1]}",
+    "ge": lambda a, d: f"{a[0]} >= {a[1]}",
+    "where": lambda a, d: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+    "neg": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"-{a[0]}",
+    "bitwise_not": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"~{a[0]}",
+    "abs": lambda a, d: f"tl.abs({a[0]})",
+    "sign": _float_or(lambda a, d: f"_sign({a[0]})",
+                      lambda a, d: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0))"),
+    "exp": lambda a, d: f"tl.exp({a[0]})",
+    "log": lambda a, d: f"tl.log({a[0]})",
+    "sqrt": lambda a, d: f"tl.sqrt({a[0]})",
+    "sin": lambda a, d: f"tl.sin({a[0]})",
+    "cos": lambda a, d: f"tl.cos({a[0]})",
+    "log1p": lambda a, d: f"_log1p({a[0]})",
+    "expm1": lambda a, d: f"_expm1({a[0]})",
+    "tanh": lambda a, d: f"_tanh({a[0]})",
+    "sigmoid": lambda a, d: f"1 / (1 + tl.exp(-{a[0]}))",
+    "erf": lambda a, d: f"_erf({a[0]})",
+    "floor": _float_or(lambda a, d: f"tl.floor({a[0]})", lambda a, d: a[0]),
+    "ceil": _float_or(lambda a, d: f"tl.ceil({a[0]})", lambda a, d: a[0]),
+    "trunc": _float_or(lambda a, d: f"_trunc({a[0]})", lambda a, d: a[0]),
+    "round": _float_or(lambda a, d: f"_round_half_even({a[0]})", lambda a, d: a[0]),
+}
+
+
+def _pow(a, d):
+    exponent = a[1]
+    try:
+        e = float(exponent)
+    except ValueError:
+        raise LoweringError("pow with a tensor exponent is not generated") from None
+    if e == 0.5:
+        return f"tl.sqrt({a[0]})"
+    if e == int(e) and 1 <= abs(e) <= 4:
+        prod = " * ".join([a[0]] * int(abs(e)))
+        return f"({prod})" if e > 0 else f"1 / ({prod})"
+    if e == 0:
+        return f"tl.full([], 1, {TL_TYPE[compute_dtype(d[0])]})" if d[0] else "1"
+    raise LoweringError(f"pow with exponent {exponent} is not generated")
+
+
+# Portable formulas, emitted into the module only when a kernel uses them. Each is accurate to
+# about one float32 ulp, and needs no libdevice, so Triton's interpreter runs it too.
+HELPERS = {
+    "_expm1": '''
+@triton.jit
+def _expm1(x):
+    # Kahan's trick: exact where exp(x) - 1 would cancel
+    u = tl.exp(x)
+    um1 = u - 1.0
+    return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / tl.log(u)))
+''',
+    "_log1p": '''
+@triton.jit
+def _log1p(x):
+    # Kahan's trick: log(1 + x) * x / ((1 + x) - 1) cancels the rounding of 1 + x
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+''',
+    "_tanh": '''
+@triton.jit
+def _tanh(x):
+    # tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), with the sign of x
+    e = _expm1(-2.0 * tl.abs(x))
+    t = -e / (2.0 + e)
+    return tl.where(x < 0, -t, t)
+''',
+    "_erf": '''
+@triton.jit
+def _erf(a):
+    # minimax approximations (N. Juffa), max error about 1 float32 ulp on each branch
+    t = tl.abs(a)
+    s = a * a
+    r = -1.72853470e-5 * t + 3.83197126e-4
+    u = -3.88396438e-3 * t + 2.42546219e-2
+    r = r * s + u
+    r = r * t - 1.06777877e-1
+    r = r * t - 6.34846687e-1
+    r = r * t - 1.28717512e-1
+    r = r * t - t
+    big = 1.0 - tl.exp(r)
+    big = tl.where(a < 0, -big, big)
+    p = -5.96761703e-4 * s + 4.99119423e-3
+    p = p * s - 2.67681349e-2
+    p = p * s + 1.12819925e-1
+    p = p * s - 3.76125336e-1
+    p = p * s + 1.28379166e-1
+    small = p * a + a
+    return tl.where(t > 0.927734375, big, small)
+''',
+    "_sign": '''
+@triton.jit
+def _sign(x):
+    s = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+    return tl.where(x != x, x, s)
+''',
+    "_trunc": '''
+@triton.jit
+def _trunc(x):
+    return tl.where(x < 0, tl.ceil(x), tl.floor(x))
+''',
+    "_round_half_even": '''
+@triton.jit
+def _round_half_even(x):
+    r = tl.floor(x + 0.5)
+    # ties go to the even neighbour, as NumPy rounds
+    tie = (r - x) == 0.5
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    return tl.where(tie & odd, r - 1.0, r)
+''',
+    "_mod": '''
+@triton.jit
+def _mod(a, b):
+    # Python's (floored) remainder: the result takes the sign of b
+    r = a - b * tl.floor(a / b)
+    return r
+''',
+    # reductions go through tl.reduce with these combiners: tl.sum and tl.max are themselves
+    # @triton.jit functions, which Triton's interpreter cannot call unless the whole process
+    # was started with TRITON_INTERPRET=1
+    "_sum_combine": '''
+@triton.jit
+def _sum_combine(a, b):
+    return a + b
+''',
+    "_max_combine": '''
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+''',
+    "_max_combine_int": '''
+@triton.jit
+def _max_combine_int(a, b):
+    return tl.maximum(a, b)
+''',
+    "_prod_combine": '''
+@triton.jit
+def _prod_combine(a, b):
+    return a * b
+''',
+    "_argmax_combine": '''
+@triton.jit
+def _argmax_combine(v1, i1, v2, i2):
+    # NumPy's argmax: the first NaN wins, else the largest value, ties to the lower index
+    n1 = v1 != v1
+    n2 = v2 != v2
+    first = i1 < i2
+    larger = (v1 > v2) | ((v1 == v2) & first)
+    pick1 = (n1 & ((n2 == 0) | first)) | ((n1 == 0) & (n2 == 0) & larger)
+    return tl.where(pick1, v1, v2), tl.where(pick1, i1, i2)
+''',
+}
+HELPER_DEPS = {"_tanh": ("_expm1",)}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
+                  loop_rblock: int = LOOP_RBLOCK) -> TritonKernel:
+    """Triton source for `kernel`: one `@triton.jit` function plus the helpers it uses.
+
+    Args:
+        persistent_limit: longest reduction done by one block; longer ones loop over the row.
+        loop_rblock: the block the looped reduction walks the row with.
+    """
+    r = _Renderer(kernel)
+    if not kernel.is_reduction:
+        body, block, constexpr = r.pointwise(), _xblock(kernel.numel), "XBLOCK"
+        grid = (math.ceil(kernel.numel / block),)
+        num_warps = 8 if block >= 2048 else 4
+    elif kernel.reduced_numel <= persistent_limit:
+        block = _next_power_of_2(kernel.reduced_numel)
+        body, constexpr, grid = r.persistent(), "RBLOCK", (kernel.numel,)
+        num_warps = min(16, max(1, block // 256))
+    else:
+        block, constexpr, grid = loop_rblock, "RBLOCK", (kernel.numel,)
+        body = r.looped()
+        num_warps = min(8, max(1, block // 256))
+    args = [f"{b.name}_ptr" for b in kernel.inputs] + [f"{b.name}_ptr" for b in kernel.outputs]
+    signature = {f"{b.name}_ptr": POINTER[b.dtype] for b in kernel.inputs + kernel.outputs}
+    signature[constexpr] = "constexpr"
+    header = [f"# {kernel.name}: generated by kiln from graph {kernel.source_graph!r}",
+              "#   in:  " + ", ".join(map(str, kernel.inputs)),
+              "#   out: " + ", ".join(map(str, kernel.outputs)),
+              "import triton", "import triton.language as tl", ""]
+    helpers = []
+    for h in _close_helpers(r.helpers):
+        helpers.append(HELPERS[h].strip("\n") + "\n\n\n")
+    params = ", ".join(args + [f"{constexpr}: tl.constexpr"])
+    lines = ["@triton.jit", f"def {kernel.name}({params}):"] + [f"    {x}" for x in body]
+    source = "\n".join(header) + "\n\n" + "".join(helpers) + "\n".join(lines) + "\n"
+    return TritonKernel(kernel.name, source, tuple(args), signature, {constexpr: block}, grid,
+                        num_warps)
+
+
+def _close_helpers(used: list) -> list:
+    out: list = []
+    for h in used:
+        for dep in HELPER_DEPS.get(h, ()):
+            if dep not in out:
+                out.append(dep)
+        if h not in out:
+            out.append(h)
+    return out
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _xblock(numel: int) -> int:
+    return min(1024, max(16, _next_power_of_2(numel)))
+
+
+class _Renderer:
+    def __init__(self, kernel: Kernel):
+        self.k = kernel
+        self.helpers: list = []
+        self.stmt_by_dest = {s.dest: s for s in kernel.body if not isinstance(s, Store)}
+        self.wide = kernel.numel * max(kernel.reduced_numel, 1) >= 2 ** 31 or any(
+            math.prod(b.shape) >= 2 ** 31 for b in kernel.inputs + kernel.outputs)
+
+    # -------------------------------------------------------------- kernel shapes
+    def pointwise(self) -> list:
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        out = [f"xindex = {pid} * XBLOCK + tl.arange(0, XBLOCK)",
+               f"xmask = xindex < {self.k.numel}"]
+        out += self._index_vars(ELEM)
+        for s in self.k.body:
+            out += self._stmt(s, "xmask")
+        return out
+
+    def persistent(self) -> list:
+        n = self.k.reduced_numel
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        out = [f"row = {pid}", "rindex = tl.arange(0, RBLOCK)", f"rmask = rindex < {n}"]
+        out += self._index_vars(ROW) + self._index_vars(ELEM)
+        for s in self.k.body:
+            out += self._stmt(s, "rmask")
+        return out
+
+    def looped(self) -> list:
+        """Loop over the row once per reduction level, then once more to write."""
+        n = self.k.reduced_numel
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        out = [f"row = {pid}"] + self._index_vars(ROW)
+        body = self.k.body
+        levels = {}
+        for s in body:
+            levels[getattr(s, "dest", None)] = self._level(s)
+        reductions = [s for s in body if isinstance(s, Reduce)]
+        if any(s.op == "argmax" for s in reductions):
+            raise LoweringError("argmax over a row longer than one block is not generated")
+        done: set = set()
+        top = max(s.level for s in reductions)
+        for level in range(top + 2):
+            # row values that only need finished reductions are computed before this pass
+            for s in body:
+                if s.scope == ROW and not isinstance(s, (Reduce, Store)) \
+                        and s.dest not in done and levels[s.dest] < level:
+                    out += self._stmt(s, None)
+                    done.add(s.dest)
+            if level <= top:
+                group = [s for s in reductions if s.level == level]
+                targets = [s.src for s in group]
+            else:
+                group = []
+                targets = [s.src for s in body if isinstance(s, Store) and s.scope == ELEM]
+            for s in group:
+                ident = self._identity(s)
+                out.append(f"{s.dest}_acc = tl.full([RBLOCK], {ident}, "
+                           f"{TL_TYPE[compute_dtype(s.dtype)]})")
+            elem = self._closure(targets)
+            if group or elem or targets:
+                out.append(f"# pass {level + 1}: " + (
+                    "reduce " + ", ".join(s.dest for s in group) if group else "write"))
+                out.append(f"for roffset in range(0, {n}, RBLOCK):")
+                inner = ["rindex = roffset + tl.arange(0, RBLOCK)", f"rmask = rindex < {n}"]
+                inner += self._index_vars(ELEM)
+                for s in body:
+                    if getattr(s, "dest", None) in elem:
+                        inner += self._stmt(s, "rmask")
+                for s in group:
+                    masked = f"tl.where(rmask, {s.src}, {self._identity(s)})"
+                    inner.append(f"{s.dest}_acc = " + {
+                        "sum": f"{s.dest}_acc + {masked}",
+                        "max": f"tl.maximum({s.dest}_acc, {masked}, propagate_nan={NAN})"
+                        if s.dtype.is_floating_point else f"tl.maximum({s.dest}_acc, {masked})",
+                        "prod": f"{s.dest}_acc * {masked}"}[s.op])
+                if level > top:
+                    for s in body:
+                        if isinstance(s, Store) and s.scope == ELEM:
+                            inner += self._stmt(s, "rmask")
+                out += ["    " + x for x in inner]
+            for s in group:
+                out.append(f"# {s.note}    {_loc(s.loc)}".rstrip())
+                out.append(f"{s.dest} = " + self._reduce_text(s, f"{s.dest}_acc"))
+                done.add(s.dest)
+        for s in body:
+            if isinstance(s, Store) and s.scope == ROW:
+                out += self._stmt(s, None)
+        return out
+
+    def _level(self, s) -> int:
+        if isinstance(s, Reduce):
+            return s.level
+        if isinstance(s, Compute):
+            return max([self._level(self.stmt_by_dest[a]) for a in s.args
+                        if isinstance(a, str)] + [-1])
+        return -1
+
+    def _closure(self, targets: list) -> set:
+        """The element-scope statements the targets need, stopping at row values."""
+        need, stack = set(), [t for t in targets if isinstance(t, str)]
+        while stack:
+            name = stack.pop()
+            s = self.stmt_by_dest.get(name)
+            if s is None or s.scope != ELEM or name in need:
+                continue
+            need.add(name)
+            if isinstance(s, Compute):
+                stack += [a for a in s.args if isinstance(a, str)]
+        return need
+
+    # -------------------------------------------------------------- statements
+    def _index_vars(self, scope: str) -> list:
+        return [f"{v.name} = {v.expr()}" for v in self.k.index_vars if v.scope == scope]
+
+    def _stmt(self, s, mask: str | None) -> list:
+        if isinstance(s, Load):
+            buf = self.k.inputs[s.buffer]
+            masked = s.scope == ELEM and mask
+            text = f"tl.load({buf.name}_ptr + {_expr(s.offset)}" + (
+                f", mask={mask}, other=0)" if masked else ")")
+            if s.dtype is dt.float16:
+                text += ".to(tl.float32)"
+            return [f"{s.dest} = {text}"]
+        if isinstance(s, Store):
+            buf = self.k.outputs[s.buffer]
+            value = s.src if isinstance(s.src, str) else str(s.src)
+            if s.dtype is dt.float16:
+                value = f"{value}.to(tl.float16)"
+            masked = s.scope == ELEM and mask
+            return [f"tl.store({buf.name}_ptr + {_expr(s.offset)}, {value}"
+                    + (f", mask={mask})" if masked else ")")]
+        if isinstance(s, Reduce):
+            ident = self._identity(s)
+            return [f"# {s.note}    {_loc(s.loc)}".rstrip(),
+                    f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
+        return [f"# {s.note}    {_loc(s.loc)}".rstrip(), f"{s.dest} = {self._compute(s)}"] \
+            if s.note else [f"{s.dest} = {self._compute(s)}"]
+
+    def _compute(self, s: Compute) -> str:
+        cd = compute_dtype(s.dtype)
+        if s.op == "index":
+            return _expr(s.args[0])
+        if s.op == "full":
+            return f"tl.full([], {_literal(s.args[0].value, s.dtype)}, {TL_TYPE[cd]})"
+        if s.op == "arange":
+            a = dict(s.attrs)
+            return f"({a['start']} + {s.args[0]} * {a['step']}).to({TL_TYPE[cd]})"
+        if s.op == "cast":
+            x, src = s.args[0], s.arg_dtypes[0]
+            if s.dtype is dt.bool_:
+                return f"{x} != 0"
+            text = f"{x}.to({TL_TYPE[s.dtype]})"
+            if s.dtype is dt.float16:
+                text += ".to(tl.float32)"          # round to half, keep computing in float
+            return text
+        if s.op not in OPS:
+            raise LoweringError(f"{s.op} has no Triton spelling yet")
+        operand = next((d for d in s.arg_dtypes if d is not None), None)
+        args = [a if isinstance(a, str) else _literal(a.value, operand) for a in s.args]
+        if s.op == "where":
+            operand = s.arg_dtypes[1] or s.arg_dtypes[2]
+            args = [args[0]] + [a if isinstance(a, str) else _literal(a.value, s.dtype)
+                                for a in (s.args[1], s.args[2])]
+        text = OPS[s.op](args, [operand] + list(s.arg_dtypes[1:]))
+        for h in HELPERS:
+            if f"{h}(" in text and h not in self.helpers:
+                self.helpers.append(h)
+        return text
+
+    def _identity(self, s: Reduce) -> str:
+        d = compute_dtype(s.dtype) if s.op != "argmax" else None
+        if s.op == "sum":
+            return "0"
+        if s.op == "prod":
+            return "1"
+        if d is None or d.is_floating_point:
+            return 'float("-inf")'
+        return str(-2 ** 63 if d is dt.int64 else -2 ** 31 if d is dt.int32 else 0)
+
+    def _reduce_text(self, s: Reduce, src: str) -> str:
+        combine = {"sum": "_sum_combine", "prod": "_prod_combine", "argmax": "_argmax_combine",
+                   "max": "_max_combine" if compute_dtype(s.dtype).is_floating_point
+                   else "_max_combine_int"}[s.op]
+        if combine not in self.helpers:
+            self.helpers.append(combine)
+        if s.op == "argmax":
+            return f"tl.reduce(({src}, rindex), 0, {combine})[1].to(tl.int64)"
+        return f"tl.reduce({src}, 0, {combine})"
+
+
+def _literal(value, d: DType | None) -> str:
+    """A Python number in the source; float64 math gets a float64 constant, not a float32 one."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if d is not None and d.is_floating_point or isinstance(value, float):
+        v = float(value)
+        text = repr(v) if math.isfinite(v) else f'float("{v}")'
+        return f"tl.full([], {text}, tl.float64)" if d is dt.float64 else text
+    return str(int(value))
+
+
+def _expr(e: Expr) -> str:
+    return str(e)
+
+
+def _loc(loc: str) -> str:
+    if not loc:
+        return ""
+    path, _, line = loc.rpartition(":")
+    return f"({path.rsplit('/', 1)[-1]}:{line})" if path else f"({loc})"
+

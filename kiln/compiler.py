@@ -1,0 +1,517 @@
+"""`@kiln.compile`, `kiln.compiler.trace` and `explain`: trace, guard, replay, fall back to eager.
+
+The first call of a compiled function with a new guard key runs eagerly with a tracer
+watching; later calls with the same key replay the captured program. A graph break (a tensor's
+value read into Python) makes that key run eagerly from then on, with one message naming the
+line; `fullgraph=True` raises instead. Programs whose outputs require grad run eagerly until the
+compiled backward lands (issue: Triton codegen, runtime and compile).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kiln.runtime.executor import ArrayExecutor
+from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.trace import GraphBreak, TracedProgram, Tracer, flatten, unflatten  # noqa: F401
+
+RECOMPILE_LIMIT = 8
+
+
+# ----------------------------------------------------------------------------- naming
+
+def _function_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _referenced_objects(fn) -> dict:
+    """Objects a function can reach by name: closure cells, referenced globals, `self`."""
+    found = {}
+    code = getattr(fn, "__code__", None)
+    if code is None and hasattr(fn, "forward"):           # a Module: its own tensors
+        return {"self": fn}
+    if hasattr(fn, "__self__"):
+        found["self"] = fn.__self__
+        fn = fn.__func__
+        code = fn.__code__
+    if code is None:
+        return found
+    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        try:
+            found[name] = cell.cell_contents
+        except ValueError:
+            pass
+    names = set(code.co_names)
+    for const in code.co_consts:          # names used in nested functions and lambdas
+        if hasattr(const, "co_names"):
+            names |= set(const.co_names)
+    glb = getattr(fn, "__globals__", {})
+    for name in names:
+        if name in glb and name not in found:
+            found[name] = glb[name]
+    return found
+
+
+def _tensor_names(fn, depth: int = 2) -> dict:
+    """id(tensor) -> a readable name for parameters, buffers, optimizer state and tensors.
+
+    Looks through what `fn` references by name, one level into containers, and `depth` levels
+    into the closures of functions it references (a loss function closing over weights).
+    """
+    names: dict = {}
+
+    def visit(obj_name, obj, level):
+        if isinstance(obj, Tensor):
+            names.setdefault(id(obj), obj_name)
+        elif hasattr(obj, "named_parameters") and hasattr(obj, "named_buffers"):
+            for n, t in obj.named_parameters():
+                names.setdefault(id(t), f"{obj_name}.{n}")
+            for n, t in obj.named_buffers():
+                names.setdefault(id(t), f"{obj_name}.{n}")
+        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+            for i, (p, st) in enumerate(obj.state.items()):
+                for k, t in st.items() if isinstance(st, dict) else ():
+                    if isinstance(t, Tensor):
+                        names.setdefault(id(t), f"{obj_name}.state{i}.{k}")
+        elif isinstance(obj, (list, tuple)) and level >= 0:
+            for i, item in enumerate(obj[:256]):
+                visit(f"{obj_name}.{i}", item, -1)
+        elif isinstance(obj, dict) and level >= 0:
+            for k, item in list(obj.items())[:256]:
+                visit(f"{obj_name}.{k}", item, -1)
+        elif callable(obj) and hasattr(obj, "__code__") and level > 0:
+            for n, o in _referenced_objects(obj).items():
+                visit(n, o, level - 1)
+
+    referenced = _referenced_objects(fn)
+    for obj_name, obj in referenced.items():       # a tensor's own name beats a container path
+        if isinstance(obj, Tensor):
+            visit(obj_name, obj, depth)
+    for obj_name, obj in referenced.items():
+        visit(obj_name, obj, depth)
+    return names
+
+
+def _arg_names(fn, args, kwargs, leaves) -> dict:
+    """id(tensor) -> the parameter name it was passed as (`x`, `batch.0`)."""
+    names = {}
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        items = bound.arguments.items()
+    except (TypeError, ValueError):
+        items = [(f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    for name, value in items:
+        sub, _ = flatten(value)
+        for j, t in enumerate(sub):
+            names.setdefault(id(t), name if len(sub) == 1 else f"{name}.{j}")
+    return names
+
+
+def _state_key(fn) -> tuple:
+    """Python values a trace bakes in: module train/eval flags and optimizer hyperparameters."""
+    key = []
+    for obj in _referenced_objects(fn).values():
+        if hasattr(obj, "named_modules"):
+            key.append(tuple(m.training for _, m in obj.named_modules()))
+        elif hasattr(obj, "param_groups"):
+            for g in obj.param_groups:
+                key.append(tuple(sorted((k, v) for k, v in g.items()
+                                        if k != "params" and isinstance(v, (int, float, bool)))))
+    return tuple(key)
+
+
+# ----------------------------------------------------------------------------- trace, explain
+
+@dataclass
+class TraceResult:
+    """What `kiln.compiler.trace` captured: graphs in order, and the breaks between them."""
+
+    programs: list
+    breaks: list
+    result: object = None
+
+    @property
+    def graphs(self) -> list:
+        return [p.graph for p in self.programs]
+
+
+def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False) -> tuple[Tracer, object]:
+    leaves, _ = flatten((args, kwargs))
+    names = _tensor_names(fn)
+    names.update(_arg_names(fn, args, kwargs, leaves))
+    tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
+    for i, t in enumerate(leaves):
+        tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
+    with tracer:
+        result = fn(*args, **kwargs)
+    return tracer, result
+
+
+def trace(fn, *args, _snapshot: bool = False, **kwargs) -> TraceResult:
+    """Run `fn` eagerly while tracing; return every graph captured and every graph break."""
+    tracer, result = _trace_call(fn, args, kwargs, "split", _snapshot)
+    programs = tracer.finish(result)
+    return TraceResult(programs, tracer.breaks, result)
+
+
+@dataclass
+class ExplainOutput:
+    """A report in the spirit of torch._dynamo.explain."""
+
+    graphs: list
+    breaks: list
+    name: str = ""
+
+    @property
+    def graph_count(self) -> int:
+        return len(self.graphs)
+
+    @property
+    def graph_break_count(self) -> int:
+        return len(self.breaks)
+
+    @property
+    def op_count(self) -> int:
+        return sum(len(g.nodes) for g in self.graphs)
+
+    @functools.cached_property
+    def passes(self) -> list:
+        """Per graph, what the passes made of it (a PassReport), or why they failed (a str)."""
+        from kiln.passes.pipeline import run_passes
+        reports = []
+        for g in self.graphs:
+            try:
+                reports.append(run_passes(g))
+            except Exception as e:      # explain reports a pass failure instead of hiding it
+                reports.append(f"passes failed: {type(e).__name__}: {e}")
+        return reports
+
+    def __str__(self) -> str:
+        lines = [f"kiln.compiler.explain: {self.name}",
+                 f"  graphs: {self.graph_count}   graph breaks: {self.graph_break_count}   "
+                 f"ops: {self.op_count} ({' + '.join(str(len(g.nodes)) for g in self.graphs)})"]
+        for i, b in enumerate(self.breaks, 1):
+            lines.append(f"  break {i}: {b.reason}")
+            lines.append(f"           at {b.location}")
+        for g, report in zip(self.graphs, self.passes):
+            lines.append("")
+            lines.append(str(g))
+            sections = [("passes", report)] if isinstance(report, str) else report.sections()
+            for title, body in sections:
+                lines += ["", f"-- {title} --", body]
+        return "\n".join(lines)
+
+
+def explain(fn, *args, **kwargs) -> ExplainOutput:
+    """Trace `fn` on these arguments and print what was captured and where it broke."""
+    target = fn.fn if isinstance(fn, CompiledFunction) else fn
+    captured = trace(target, *args, **kwargs)
+    out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target))
+    print(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- compile
+
+@dataclass
+class CompiledEntry:
+    """One guard key's outcome: a replayable program, or the reason it runs eagerly."""
+
+    program: TracedProgram | None
+    executor: object = None             # ArrayExecutor or ScheduleExecutor: .run(inputs)
+    eager_reason: str | None = None
+    calls: int = 0
+    graph: object = None                # the optimized graph the executor runs
+    pass_stats: list = field(default_factory=list)
+    schedule: object = None             # the fusion schedule, when kernels are generated
+    writebacks: list = field(default_factory=list)   # binding index per graph.mutations entry
+    backward: object = None             # executor of the compiled backward program
+    joint: object = None                # JointInfo: which outputs and inputs have gradients
+    partition: object = None            # PartitionReport: what the forward saves
+
+
+def build_executor(graph, backend: str, device) -> tuple:
+    """The executor for an optimized graph: (executor, schedule or None).
+
+    `auto` generates Triton kernels for CUDA tensors and uses the NumPy executor on the CPU;
+    `triton` forces Triton kernels (Triton's interpreter on CPU memory); `numpy` never fuses.
+    """
+    xp = device.xp
+    if backend == "numpy" or (backend == "auto" and device.type == "cpu"):
+        return ArrayExecutor(graph, xp), None
+    from kiln.passes.fusion import fuse
+    from kiln.runtime.schedule_executor import ScheduleExecutor
+    schedule = fuse(graph)
+    return ScheduleExecutor(schedule, xp), schedule
+
+
+@dataclass
+class CompiledFunction:
+    fn: object
+    backend: str = "auto"
+    fullgraph: bool = False
+    entries: dict = field(default_factory=dict)
+    warned: set = field(default_factory=set)
+    retraces: int = 0
+
+    def __post_init__(self):
+        functools.update_wrapper(self, self.fn)
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else functools.partial(self.__call__, obj)
+
+    def _key(self, leaves, args, kwargs) -> tuple:
+        tensors = tuple((tuple(t.shape), t.dtype.name, str(t.device), t.requires_grad,
+                         STATE.grad_enabled) for t in leaves)
+        _, tree = flatten((args, kwargs))
+        try:
+            hash(tree)
+        except TypeError:
+            tree = repr(tree)
+        return tensors, tree, _state_key(self.fn)
+
+    def __call__(self, *args, **kwargs):
+        if STATE.tracer is not None:            # compiled code called inside a trace: inline
+            return self.fn(*args, **kwargs)
+        leaves, _ = flatten((args, kwargs))
+        key = self._key(leaves, args, kwargs)
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= RECOMPILE_LIMIT:
+                self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
+                           f"({RECOMPILE_LIMIT} guard keys); running it eagerly from now on")
+                return self.fn(*args, **kwargs)
+            return self._trace_and_run(key, args, kwargs)
+        if entry.program is not None and not _grad_state_matches(entry.program, leaves):
+            # a `.grad` that was None when traced exists now (or the reverse): the program
+            # would set instead of accumulate, so this state gets its own entry
+            key = key + (_grad_state(entry.program, leaves),)
+            entry = self.entries.get(key)
+            if entry is None:
+                return self._trace_and_run(key, args, kwargs)
+        entry.calls += 1
+        if entry.program is None:
+            return self.fn(*args, **kwargs)
+        return self._replay(entry, leaves, args, kwargs)
+
+    def _note(self, tag: str, message: str) -> None:
+        if tag not in self.warned:
+            self.warned.add(tag)
+            warnings.warn(f"kiln.compile: {message}", stacklevel=3)
+
+    def _trace_and_run(self, key, args, kwargs):
+        mode = "raise" if self.fullgraph else "abandon"
+        state_before = set(_tensor_names(self.fn))
+        tracer, result = _trace_call(self.fn, args, kwargs, mode)
+        if tracer.breaks:
+            b = tracer.breaks[0]
+            self.entries[key] = CompiledEntry(None, eager_reason=str(b))
+            self._note("break:" + b.location, f"graph break in {_function_name(self.fn)}: "
+                       f"{b.reason} at {b.location}; this function runs eagerly")
+            _dump_if_requested(self, tracer.programs)
+            return result
+        outputs = flatten(result)[0]
+        joint = None
+        if STATE.grad_enabled and any(t.requires_grad for t in outputs):
+            joint = _trace_backward(tracer, outputs)      # the same trace, now with backward
+        (program,) = tracer.finish(result if joint is None else list(outputs) + joint.grads)
+        created = set(_tensor_names(self.fn)) - state_before
+        if created:
+            # the call created tensors that outlive it (optimizer state on a first step): a
+            # replay would create them afresh each time, so trace again once they exist
+            self.retraces += 1
+            if self.retraces <= RECOMPILE_LIMIT:
+                return result
+        if joint is not None:
+            program.output_tree = flatten(result)[1]
+            program.num_user_outputs = len(outputs)
+        entry = CompiledEntry(program)
+        try:
+            from kiln.passes.cleanup import optimize
+            device = _device_of(outputs, args)
+            graph = program.graph
+            if joint is not None:
+                from kiln.passes.partition import partition
+                graph, backward, entry.partition = partition(graph, joint.info)
+                backward, _ = optimize(backward)
+                entry.backward, _ = build_executor(backward, self.backend, device)
+                entry.joint = joint.info
+            entry.graph, entry.pass_stats = optimize(graph)
+            entry.executor, entry.schedule = build_executor(entry.graph, self.backend, device)
+            index = {v: i for i, v in enumerate(entry.graph.inputs)}
+            entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
+        except Exception as e:        # a compiler bug must never cost the user a result
+            entry.program, entry.eager_reason = None, f"compilation failed: {e!r}"
+            self._note("build", f"compiling {_function_name(self.fn)} failed ({e!r}); it "
+                       "runs eagerly")
+        self.entries[key] = entry
+        _dump_if_requested(self, [program])
+        return result
+
+    def _replay(self, entry: CompiledEntry, leaves, args, kwargs):
+        program = entry.program
+        inputs = []
+        for i, b in enumerate(program.bindings[:len(entry.graph.inputs)]):
+            if b.kind == "seed":
+                inputs.append(np.array(b.generator.next_seed(), dtype=np.int64))
+            else:
+                inputs.append(_bound_tensor(program, i, leaves)._data)
+        try:
+            outs, new_values = entry.executor.run(inputs)
+        except Exception as e:            # nothing was written back yet: eager is still safe
+            entry.program, entry.eager_reason = None, f"running the kernels failed: {e!r}"
+            self._note("launch", f"running compiled {_function_name(self.fn)} failed ({e!r}); "
+                       "it runs eagerly from now on")
+            return self.fn(*args, **kwargs)
+        graph = entry.graph
+        targets = []
+        for i, new in zip(entry.writebacks, new_values):
+            targets.append((_bound_tensor(program, i, leaves), new))
+        for tensor, new in targets:
+            tensor._data[...] = new
+            tensor._version[0] += 1
+        for gw in program.grad_writes:
+            tensor = _bound_tensor(program, gw.input, leaves)
+            if gw.output is None:
+                tensor.grad = None
+                continue
+            value = outs[gw.output]
+            if tensor.grad is not None and tensor.grad.shape == value.shape:
+                tensor.grad._data[...] = value
+            else:
+                tensor.grad = Tensor._make(value.copy(), tensor.dtype, tensor.device)
+        device = leaves[0].device if leaves else _cpu()
+        n_user = program.num_user_outputs
+        user = [Tensor._make(o, v.dtype, device) for o, v in zip(outs[:n_user], graph.outputs)]
+        if entry.joint is not None:
+            wrt = [_bound_tensor(program, i, leaves) for i in entry.joint.grad_inputs]
+            _attach_backward(entry, user, outs[n_user:], wrt)
+        return unflatten(program.output_tree, user)
+
+    def programs(self) -> list:
+        return [e.program for e in self.entries.values() if e.program is not None]
+
+
+def _cpu():
+    from kiln.runtime.device import CPU
+    return CPU
+
+
+def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
+    """The tensor graph input `index` stands for in this call."""
+    b = program.bindings[index]
+    if b.kind == "arg":
+        return leaves[b.path]
+    if b.kind == "grad":
+        return _bound_tensor(program, b.path, leaves).grad
+    return b.tensor
+
+
+def _grad_state(program: TracedProgram, leaves: list) -> tuple:
+    return tuple(_bound_tensor(program, gw.input, leaves).grad is None
+                 for gw in program.grad_writes)
+
+
+def _grad_state_matches(program: TracedProgram, leaves: list) -> bool:
+    return all((_bound_tensor(program, gw.input, leaves).grad is None) == gw.was_none
+               for gw in program.grad_writes)
+
+
+@dataclass
+class _Joint:
+    info: object
+    grads: list
+
+
+def _trace_backward(tracer: Tracer, outputs: list) -> _Joint:
+    """Trace the gradients of `outputs` into `tracer`'s graph, as autograd.grad would compute
+    them (nothing accumulates into `.grad`, the eager graph is kept for the user's backward)."""
+    from kiln.tracer.autograd import run_backward
+    from kiln.tracer.creation import zeros
+    from kiln.tracer.joint import JointInfo
+    from kiln.tracer.trace import Binding
+    graph = tracer.graph
+    diff = [i for i, o in enumerate(outputs) if o.requires_grad and o.dtype.is_floating_point]
+    with tracer:
+        num_primals = len(graph.inputs)
+        tangents = []
+        for k, i in enumerate(diff):
+            o = outputs[i]
+            t = Tensor._make(o.device.xp.ones(tuple(o.shape), o.dtype.np), o.dtype, o.device)
+            tracer._input(t, f"tangent{k}", Binding("arg", path=None))
+            tangents.append(t)
+        grad_inputs, wrt = [], []
+        for tensor, v in list(tracer.input_of.values()):
+            idx = graph.inputs.index(v)
+            if idx < num_primals and tensor.requires_grad and graph.input_kinds[idx] != "seed":
+                grad_inputs.append(idx)
+                wrt.append(tensor)
+        grads = run_backward([outputs[i] for i in diff], tangents, retain_graph=True,
+                             inputs=wrt)
+        grads = [g if g is not None else zeros(*w.shape, dtype=w.dtype, device=w.device)
+                 for g, w in zip(grads, wrt)]
+    info = JointInfo(num_primals, len(diff), len(outputs), grad_inputs, diff)
+    return _Joint(info, grads)
+
+
+def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -> None:
+    """Give each differentiable output a grad_fn that runs the compiled backward program.
+
+    With several differentiable outputs each runs the backward with its own tangent (the
+    others zero): correct by linearity, k backward runs for k outputs.
+    """
+    from kiln.ir.ops import Primitive
+    from kiln.tracer.autograd import record
+    diff = entry.joint.differentiable_outputs
+    name = f"compiled_{entry.graph.name.removesuffix('_forward')}"
+    for k, i in enumerate(diff):
+        def rule(g, out, *inputs, k=k):
+            xp = g.device.xp
+            tangents = [xp.zeros(tuple(user[j].shape), user[j].dtype.np) for j in diff]
+            tangents[k] = g._data
+            grads, _ = entry.backward.run(list(saved) + tangents)
+            return tuple(Tensor._make(gr, t.dtype, t.device) for gr, t in zip(grads, inputs))
+        prim = Primitive(name, "extern", None, None, rule, arity=len(wrt))
+        record(prim, tuple(wrt), {}, user[i])
+
+
+def _device_of(outputs, args):
+    for t in list(outputs) + flatten(args)[0]:
+        return t.device
+    return _cpu()
+
+
+def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=None,
+            mode=None):
+    """Compile a function (or Module): `@kiln.compile` or `kiln.compile(fn, backend=...)`."""
+    if backend not in ("auto", "numpy", "triton"):
+        raise ValueError(f"kiln.compile: unknown backend {backend!r}; use 'auto', 'numpy' or "
+                         "'triton'")
+    if fn is None:
+        return lambda f: compile(f, backend=backend, fullgraph=fullgraph)
+    return CompiledFunction(fn, backend, fullgraph)
+
+
+# ----------------------------------------------------------------------------- dump hook
+
+_DUMP_SINKS: list = []
+
+
+def _dump_if_requested(compiled: CompiledFunction, programs: list) -> None:
+    """Hand newly captured programs to `kiln dump` / KILN_DUMP, when one is listening."""
+    directory = os.environ.get("KILN_DUMP")
+    if not directory and not _DUMP_SINKS:
+        return
+    from kiln import dump
+    for sink in _DUMP_SINKS:
+        sink(compiled, programs)
+    if directory and not _DUMP_SINKS:
+        dump.write_programs(directory, _function_name(compiled.fn), programs,
+                            notes=dump.compiled_notes(compiled))
+

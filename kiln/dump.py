@@ -1,0 +1,143 @@
+"""Writes what the compiler captured, per compiled function: listings, DOT, SVG and HTML.
+
+Used by `kiln dump script.py` and by `KILN_DUMP=DIR` for any program. Each stage of the
+pipeline adds a section to the same report: the traced graph, then what the passes made of it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+FORMATS = ("text", "dot", "svg", "html")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "fn"
+
+
+def program_sections(program) -> list[tuple[str, str]]:
+    """(title, text) sections describing one captured program, in pipeline order."""
+    sections = [("traced graph", str(program.graph))]
+    bindings = []
+    for v, b in zip(program.graph.inputs, program.bindings):
+        where = (f" (argument {b.path})" if b.kind == "arg" else
+                 f" (.grad of {program.graph.inputs[b.path].ref})" if b.kind == "grad" else "")
+        bindings.append(f"{v.ref}: {b.kind}{where}")
+    if bindings:
+        sections.append(("inputs", "\n".join(bindings)))
+    if not program.complete:
+        sections.append(("note", "this graph ends at a graph break; see the report's breaks"))
+    report = pass_report(program)
+    if isinstance(report, str):
+        sections.append(("passes failed", report))
+    else:
+        sections += report.sections()
+        sections.append(("generated kernels (Triton)", kernel_sources(report.schedule)))
+        sections.append(("fusion groups (DOT)", report.dot()))
+    return sections
+
+
+def kernel_sources(schedule) -> str:
+    """The Triton source of every fused kernel, rendered whether or not a GPU is present."""
+    from kiln.codegen.kernel import LoweringError
+    from kiln.runtime.triton_launch import render
+    parts = []
+    for i, kernel in enumerate(schedule.kernels):
+        try:
+            parts.append(f"# ---- k{i}\n{render(kernel.subgraph).source}")
+        except LoweringError as e:
+            parts.append(f"# ---- k{i} {kernel.name}: not lowered to Triton ({e}); it runs on "
+                         "the array executor")
+    return "\n\n".join(parts) if parts else "(no fused kernels: only extern calls)"
+
+
+def compiled_notes(compiled) -> list[tuple[str, str]]:
+    """Guards of each compiled entry and why any of them runs eagerly."""
+    lines = []
+    for i, (key, entry) in enumerate(compiled.entries.items()):
+        tensors, tree, state = key
+        lines.append(f"key {i}: tensors (shape, dtype, device, requires_grad, grad mode) "
+                     f"{list(tensors)}; python values {tree!r}; module/optimizer state "
+                     f"{state!r}")
+        lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
+                     f"{entry.eager_reason or ''} ({entry.calls} replays)")
+    return [("guards", "\n".join(lines))] if lines else []
+
+
+def pass_report(program):
+    """The passes' PassReport for a program, or the error text: a dump never fails on them."""
+    from kiln.passes.pipeline import run_passes
+    try:
+        return run_passes(program.graph)
+    except Exception as e:          # report it: the dump is how one debugs the passes
+        return f"{type(e).__name__}: {e}"
+
+
+def write_programs(directory, name: str, programs: list, formats=FORMATS,
+                   breaks: list | None = None, notes: list | None = None) -> list[Path]:
+    """Write the report files for one function's programs; returns the paths written."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, program in enumerate(programs):
+        stem = _slug(name) + (f".{i}" if len(programs) > 1 else "")
+        sections = program_sections(program) + list(notes or [])
+        text = "\n\n".join(f"== {title} ==\n{body}" for title, body in sections)
+        if breaks:
+            text += "\n\n== graph breaks ==\n" + "\n".join(
+                f"{b.reason} at {b.location}" for b in breaks)
+        if "text" in formats:
+            written.append(_write(out / f"{stem}.txt", text + "\n"))
+        dot_text = program.graph.to_dot()
+        svg = None
+        if "dot" in formats or "svg" in formats or "html" in formats:
+            written.append(_write(out / f"{stem}.dot", dot_text + "\n"))
+            fused = dict(sections).get("fusion groups (DOT)")
+            if fused is not None:       # the optimized graph, one colour per fused kernel
+                written.append(_write(out / f"{stem}.fused.dot", fused + "\n"))
+        if "svg" in formats or "html" in formats:
+            svg = render_svg(dot_text)
+            if svg is not None:
+                written.append(_write(out / f"{stem}.svg", svg))
+            elif "svg" in formats:
+                written.append(_write(out / f"{stem}.svg.txt", NO_GRAPHVIZ + "\n"))
+        if "html" in formats:
+            written.append(_write(out / f"{stem}.html", _html(name, sections, svg)))
+    return written
+
+
+NO_GRAPHVIZ = ("SVG not written: Graphviz's `dot` is not on the PATH. Install it "
+               "(`apt-get install graphviz` or `brew install graphviz`) or render the .dot file "
+               "elsewhere.")
+
+
+def render_svg(dot_text: str) -> str | None:
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    done = subprocess.run([exe, "-Tsvg"], input=dot_text, capture_output=True, text=True,
+                          timeout=60)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _html(name: str, sections, svg) -> str:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>kiln dump: {html.escape(name)}"
+             "</title><body style='font-family:sans-serif'>",
+             f"<h1>{html.escape(name)}</h1>"]
+    for title, body in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(body)}</pre>")
+    parts.append(svg if svg is not None else f"<p>{html.escape(NO_GRAPHVIZ)}</p>")
+    parts.append("</body>")
+    return "\n".join(parts)

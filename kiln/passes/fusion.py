@@ -1,0 +1,396 @@
+"""Fusion: groups a graph's nodes into kernels and orders them, with extern calls, as a Schedule.
+
+The contract with codegen (what a `FusedKernel` promises):
+
+* `kernel.subgraph` is a self-contained `Graph` whose nodes are only elementwise, reduction
+  (`sum`, `max`, `prod`, `argmax`), movement (`reshape`, `permute`, `expand`, `slice`, `flip`,
+  `pad`) and creation (`full`, `arange`) primitives. Its inputs (all of kind "arg") are, in
+  order, `kernel.inputs`: buffers of the outer graph (graph inputs, constants, outputs of earlier
+  steps). Its outputs are, in order, `kernel.outputs`: the buffers the outer graph reads later.
+  Everything else in the subgraph lives in registers.
+* One iteration space per kernel. Without a reduction, every node's output has the same number
+  of elements N (views and broadcasts are index arithmetic on loads). With reductions, they all
+  share one (input shape, reduced axes) pair: the input has D elements, the output R; every
+  node's output then has D or R elements (row-wise work, as in softmax and layer_norm).
+  A movement or creation node reading only outer buffers may have any size: it is index
+  arithmetic on a load, and may appear in several kernels (it is never a reduction).
+* With `fuse(..., gathers=True)` (the default) a kernel may contain `take(x, idx)`: a gather,
+  i.e. a load from `x` at computed positions. `x` is then always a kernel input (a buffer),
+  never a value computed in the same kernel; `idx` may be computed in the kernel. Pass
+  `gathers=False` to keep every `take` an extern call.
+* Steps are in a valid execution order; running them in order with `run_schedule` gives the
+  interpreter's results on the outer graph.
+
+Extern steps are single nodes the backend calls as a library: matmul, indexing (take,
+index_add, index_put), random draws, cat and cumsum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.interpreter import interpret
+from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
+
+FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
+# fusible kinds that still run as a library call: a scan, and a multi-input concatenation
+EXTERN_OPS = frozenset(["cumsum", "cat"])
+VIEW_KINDS = frozenset([MOVEMENT, CREATION])
+
+
+def is_fusible(node: Node, gathers: bool = True) -> bool:
+    """Whether `node` may go into a fused kernel (`take` only as a gather, see the contract)."""
+    if gathers and node.op == "take":
+        return True
+    return node.prim.kind in FUSIBLE_KINDS and node.op not in EXTERN_OPS
+
+
+# ----------------------------------------------------------------------------- schedule
+
+@dataclass(eq=False)
+class FusedKernel:
+    """One generated kernel: `subgraph` computes `outputs` from `inputs` (outer Values)."""
+
+    name: str
+    subgraph: Graph
+    inputs: list
+    outputs: list
+    nodes: list                  # the outer graph's nodes it computes
+
+    def __str__(self) -> str:
+        ins = ", ".join(v.ref for v in self.inputs)
+        outs = ", ".join(v.ref for v in self.outputs)
+        counts: dict = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        ops = " ".join(op if k == 1 else f"{op}*{k}" for op, k in counts.items())
+        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]"
+
+
+@dataclass(eq=False)
+class ExternStep:
+    """One node run as a library call (matmul, indexing, random, cat, cumsum)."""
+
+    node: Node
+
+    @property
+    def name(self) -> str:
+        return self.node.op
+
+    @property
+    def inputs(self) -> list:
+        return list(dict.fromkeys(self.node.value_inputs))
+
+    @property
+    def outputs(self) -> list:
+        return [self.node.out]
+
+    def __str__(self) -> str:
+        ins = ", ".join(v.ref if isinstance(v, Value) else repr(v) for v in self.node.inputs)
+        return f"extern {self.node.op}({ins}) -> {self.node.out.ref}"
+
+
+@dataclass(eq=False)
+class Schedule:
+    """The fused program: `steps` run in order compute `graph`'s outputs and write-backs."""
+
+    graph: Graph
+    steps: list = field(default_factory=list)
+
+    @property
+    def kernels(self) -> list:
+        return [s for s in self.steps if isinstance(s, FusedKernel)]
+
+    @property
+    def externs(self) -> list:
+        return [s for s in self.steps if isinstance(s, ExternStep)]
+
+    def groups(self) -> dict:
+        """Value -> kernel index, for `Graph.to_dot(groups=...)` (externs stay uncoloured)."""
+        out = {}
+        for i, k in enumerate(self.kernels):
+            for n in k.nodes:
+                out.setdefault(n.out, i)
+        return out
+
+    def __str__(self) -> str:
+        lines = [f"schedule {self.graph.name}: {len(self.graph.nodes)} nodes -> "
+                 f"{len(self.kernels)} kernels + {len(self.externs)} extern calls"]
+        k = 0
+        for step in self.steps:
+            if isinstance(step, FusedKernel):
+                lines.append(f"  k{k} {step}")
+                k += 1
+            else:
+                lines.append(f"  {step}")
+        return "\n".join(lines)
+
+
+def run_schedule(schedule: Schedule, inputs: list) -> tuple[list, list]:
+    """Execute a schedule step by step with the interpreter; same results as `interpret`."""
+    graph = schedule.graph
+    env: dict = dict(zip(graph.inputs, inputs))
+    env.update(graph.constants)
+    for step in schedule.steps:
+        if isinstance(step, FusedKernel):
+            outs, _ = interpret(step.subgraph, [env[v] for v in step.inputs])
+        else:
+            outs, _ = interpret(_single_node_graph(step.node), [env[v] for v in step.inputs])
+        env.update(zip(step.outputs, outs))
+    return [env[v] for v in graph.outputs], [env[new] for _, new in graph.mutations]
+
+
+def _single_node_graph(node: Node) -> Graph:
+    g = Graph(node.op)
+    inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in dict.fromkeys(node.value_inputs)}
+    ins = tuple(inner[v] if isinstance(v, Value) else v for v in node.inputs)
+    g.outputs = [g.add_node(node.op, ins, node.attr_dict, node.out.shape, node.out.dtype,
+                            node.loc)]
+    return g
+
+
+# ----------------------------------------------------------------------------- grouping
+
+def _reduce_key(node: Node) -> tuple:
+    """(input shape, reduced axes): reductions sharing it share one iteration space."""
+    attrs = node.attr_dict
+    axes = attrs["axes"] if "axes" in attrs else (attrs["axis"],)
+    return (node.value_inputs[0].shape, tuple(sorted(axes)))
+
+
+def _domain(node: Node) -> int:
+    if node.prim.kind == REDUCE:
+        return math.prod(node.value_inputs[0].shape)
+    return math.prod(node.out.shape)
+
+
+@dataclass(eq=False)
+class _Group:
+    """A vertex of the quotient graph: a kernel being grown, an extern, or an inlined view."""
+
+    id: int
+    nodes: list
+    kind: str                       # "kernel" | "extern" | "view"
+    red_key: tuple | None = None
+    sizes: frozenset = frozenset()
+    first: int = 0
+
+    def allowed(self) -> set | None:
+        if self.red_key is None:
+            return None
+        shape, axes = self.red_key
+        d = math.prod(shape)
+        return {d, math.prod(s for i, s in enumerate(shape) if i not in axes)}
+
+
+def _compatible(a: _Group, b: _Group) -> bool:
+    if a.kind != "kernel" or b.kind != "kernel":
+        return False
+    keys = {k for k in (a.red_key, b.red_key) if k is not None}
+    if len(keys) > 1:
+        return False
+    sizes = a.sizes | b.sizes
+    if keys:
+        probe = a if a.red_key is not None else b
+        return sizes <= probe.allowed()
+    return len(sizes) == 1
+
+
+class _Fuser:
+    def __init__(self, graph: Graph, gathers: bool = True):
+        self.graph = graph
+        self.gathers = gathers
+        self.index = {n.out: i for i, n in enumerate(graph.nodes)}
+        self.producer = {n.out: n for n in graph.nodes}
+        self.group_of: dict = {}          # outer Value -> _Group (for computed values)
+        self.quotient = nx.DiGraph()      # _Group -> _Group data dependencies
+        self.next_id = 0
+        self.views: set = set()           # nodes inlined into every kernel that reads them
+
+    def _new_group(self, node: Node, kind: str) -> _Group:
+        red = _reduce_key(node) if node.prim.kind == REDUCE and kind == "kernel" else None
+        g = _Group(self.next_id, [node], kind, red, frozenset([_domain(node)]),
+                   self.index[node.out])
+        self.next_id += 1
+        self.quotient.add_node(g)
+        for v in node.value_inputs:
+            src = self.group_of.get(v)
+            if src is not None:
+                self.quotient.add_edge(src, g)
+        self.group_of[node.out] = g
+        return g
+
+    def _is_view(self, node: Node) -> bool:
+        """A movement/creation node reading only outer buffers or other such nodes."""
+        if node.prim.kind not in VIEW_KINDS or node.op in EXTERN_OPS:
+            return False
+        for v in node.value_inputs:
+            src = self.group_of.get(v)
+            if src is not None and src.kind == "kernel":
+                return False
+        return True
+
+    def _creates_cycle(self, a: _Group, b: _Group) -> bool:
+        """Whether merging a and b closes a loop through some third vertex."""
+        q = self.quotient
+        for src, dst in ((a, b), (b, a)):
+            stack = [s for s in q.successors(src) if s is not dst]
+            seen = set(stack)
+            while stack:
+                x = stack.pop()
+                if x is dst:
+                    return True
+                for y in q.successors(x):
+                    if y not in seen:
+                        seen.add(y)
+                        stack.append(y)
+        return False
+
+    def _gathers_read_buffers(self, a: _Group, b: _Group) -> bool:
+        """A gather indexes a buffer: its data must not be computed in the merged kernel."""
+        for n in a.nodes + b.nodes:
+            if n.op == "take" and self.group_of.get(n.inputs[0]) in (a, b):
+                return False
+        return True
+
+    def _merge(self, keep: _Group, gone: _Group) -> _Group:
+        keep.nodes = sorted(keep.nodes + gone.nodes, key=lambda n: self.index[n.out])
+        keep.red_key = keep.red_key or gone.red_key
+        keep.sizes = keep.sizes | gone.sizes
+        keep.first = min(keep.first, gone.first)
+        for n in gone.nodes:
+            self.group_of[n.out] = keep
+        nx.contracted_nodes(self.quotient, keep, gone, self_loops=False, copy=False)
+        return keep
+
+    def try_merge(self, a: _Group, b: _Group) -> _Group | None:
+        if a is b:
+            return a
+        if not _compatible(a, b) or not self._gathers_read_buffers(a, b) or \
+                self._creates_cycle(a, b):
+            return None
+        return self._merge(a, b)
+
+    def run(self, horizontal: bool = True) -> list:
+        for node in self.graph.nodes:
+            if not is_fusible(node, self.gathers):
+                self._new_group(node, "extern")
+                continue
+            if self._is_view(node):
+                self.views.add(node)
+                self._new_group(node, "view")
+                continue
+            group = self._new_group(node, "kernel")
+            producers = []
+            for v in node.value_inputs:
+                src = self.group_of.get(v)
+                if src is not None and src.kind == "kernel" and src is not group and \
+                        src not in producers:
+                    producers.append(src)
+            # join the latest producer first: that is where the data is hottest
+            for src in sorted(producers, key=lambda g: -max(self.index[n.out] for n in g.nodes)):
+                merged = self.try_merge(src, group)
+                if merged is not None:
+                    group = merged
+        self._materialize_views()
+        if horizontal:
+            self._fuse_horizontally()
+        assert nx.is_directed_acyclic_graph(self.quotient), "fusion created a cycle"
+        return list(nx.lexicographical_topological_sort(self.quotient, key=lambda g: g.first))
+
+    def _materialize_views(self) -> None:
+        """A view read by an extern, or returned, needs a buffer: it gets a copy kernel."""
+        needed = set(self.graph.outputs) | {new for _, new in self.graph.mutations}
+        for n in self.graph.nodes:
+            if not is_fusible(n, self.gathers):
+                needed.update(n.value_inputs)
+            elif n.op == "take":
+                needed.add(n.inputs[0])
+        for g in list(self.quotient.nodes):
+            if g.kind == "view" and g.nodes[0].out in needed:
+                g.kind = "kernel"
+
+    def _fuse_horizontally(self) -> None:
+        """Merge independent kernels over the same iteration space (optimizer steps)."""
+        heads: dict = {}
+        for g in sorted(self.quotient.nodes, key=lambda g: g.first):
+            if g.kind != "kernel":
+                continue
+            key = (g.red_key, g.sizes if g.red_key is None else None)
+            for i, head in enumerate(heads.get(key, [])):
+                if self.try_merge(head, g) is not None:
+                    break
+            else:
+                heads.setdefault(key, []).append(g)
+
+
+def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedule:
+    """Group `graph`'s nodes into fused kernels and extern calls, in execution order.
+
+    Args:
+        horizontal: also merge independent kernels over one iteration space.
+        gathers: let `take` fuse as a gather load (see the module docstring).
+    """
+    fuser = _Fuser(graph, gathers)
+    order = fuser.run(horizontal)
+    consumers = _outside_readers(graph)
+    steps: list = []
+    for g in order:
+        if g.kind == "extern":
+            steps.append(ExternStep(g.nodes[0]))
+        elif g.kind == "kernel":
+            steps.append(_build_kernel(g, fuser, consumers))
+    return Schedule(graph, steps)
+
+
+def _outside_readers(graph: Graph) -> dict:
+    """Value -> the nodes reading it; outputs and write-backs read it from outside (None)."""
+    readers: dict = {}
+    for n in graph.nodes:
+        for v in n.value_inputs:
+            readers.setdefault(v, []).append(n)
+    for v in list(graph.outputs) + [new for _, new in graph.mutations]:
+        readers.setdefault(v, []).append(None)
+    return readers
+
+
+def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
+    own = set(n.out for n in group.nodes)
+    members = {n.out: n for n in group.nodes}
+    stack = [v for n in group.nodes for v in n.value_inputs]
+    while stack:          # pull in the views the kernel reads (index arithmetic on loads)
+        v = stack.pop()
+        node = fuser.producer.get(v)
+        if node is not None and fuser.group_of[v].kind == "view" and v not in members:
+            members[v] = node
+            stack.extend(node.value_inputs)
+    ordered = sorted(members.values(), key=lambda n: fuser.index[n.out])
+    sub = Graph(_kernel_name(group.nodes))
+    inner: dict = {}
+    inputs = []
+    for n in ordered:
+        for v in n.value_inputs:
+            if v not in members and v not in inner:
+                inner[v] = sub.add_input(v.shape, v.dtype, v.name or f"in{len(inputs)}")
+                inputs.append(v)
+    for n in ordered:
+        ins = tuple(inner[v] if isinstance(v, Value) else v for v in n.inputs)
+        inner[n.out] = sub.add_node(n.op, ins, n.attr_dict, n.out.shape, n.out.dtype, n.loc)
+    outputs = [n.out for n in group.nodes
+               if any(r is None or r.out not in own for r in readers.get(n.out, []))]
+    sub.outputs = [inner[v] for v in outputs]
+    return FusedKernel(sub.name, sub, inputs, outputs, list(group.nodes))
+
+
+def _kernel_name(nodes: list) -> str:
+    ops = [n.op for n in nodes if n.prim.kind != MOVEMENT] or [n.op for n in nodes]
+    distinct = list(dict.fromkeys(ops))
+    name = "fused_" + "_".join(distinct[:5])
+    return name + (f"_and_{len(distinct) - 5}_more" if len(distinct) > 5 else "")
+
+
+__all__ = ["FusedKernel", "ExternStep", "Schedule", "fuse", "run_schedule", "is_fusible"]

@@ -1,0 +1,105 @@
+"""The array-module executor: runs a Graph as a precompiled list of primitive calls.
+
+It means the same as `kiln.ir.interpreter.interpret` but prepares everything once (slots
+instead of dict lookups, attribute dicts built ahead, constants moved to the device), frees
+each intermediate after its last use, and lets elementwise ops write into buffers that died
+(often the op's own input), so a replay allocates little and costs little more than the
+arithmetic itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir import ops as ir_ops
+from kiln.ir.graph import Graph, Value
+from kiln.ir.ops import PRIMITIVES
+
+# Elementwise primitives NumPy can compute into a given buffer (`out=`). This is the NumPy
+# backend's spelling of those ops; everything else calls the primitive's own impl.
+UFUNCS = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
+    "neg": np.negative, "abs": np.absolute, "exp": np.exp, "log": np.log, "log1p": np.log1p,
+    "expm1": np.expm1, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
+    "maximum": np.maximum, "minimum": np.minimum, "pow": np.power,
+}
+
+# Movement ops whose NumPy result may be a view sharing its input's buffer.
+_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
+
+
+class ArrayExecutor:
+    """Executes one graph with `xp` (NumPy or CuPy)."""
+
+    def __init__(self, graph: Graph, xp=np):
+        self.graph, self.xp = graph, xp
+        slot: dict = {}
+        for v in list(graph.inputs) + list(graph.constants) + [n.out for n in graph.nodes]:
+            slot[v] = len(slot)
+        self.num_slots = len(slot)
+        self.input_slots = [slot[v] for v in graph.inputs]
+        self.constants = [(slot[v], a if xp is np else xp.asarray(a))
+                          for v, a in graph.constants.items()]
+        last_use: dict = {}
+        for i, n in enumerate(graph.nodes):
+            for v in n.value_inputs:
+                last_use[v] = i
+        pinned = set(graph.outputs) | {new for _, new in graph.mutations} | \
+            set(graph.inputs) | set(graph.constants)
+        # a view keeps its base alive: track, per buffer, the values that may alias it
+        root = {v: v for v in slot}
+        for n in graph.nodes:
+            if n.op in _VIEWS:
+                root[n.out] = root[n.inputs[0]]
+        owners: dict = {}
+        for v, r in root.items():
+            owners.setdefault(r, set()).add(v)
+        pinned_roots = {root[v] for v in pinned}
+
+        self.steps = []
+        for i, n in enumerate(graph.nodes):
+            prim = PRIMITIVES[n.op]
+            args = tuple((True, slot[v]) if isinstance(v, Value) else (False, v)
+                         for v in n.inputs)
+            dying = [v for v in dict.fromkeys(n.value_inputs)
+                     if last_use.get(v) == i and v not in pinned]
+            free = tuple(slot[v] for v in dying)
+            ufunc = UFUNCS.get(n.op) if xp is np and prim.kind == ir_ops.ELEMENTWISE else None
+            # write in place into an input that dies here and owns its buffer outright
+            reuse = None
+            if ufunc is not None:
+                for v in dying:
+                    r = root[v]
+                    if (r is v and r not in pinned_roots and owners[r] == {v}
+                            and v.shape == n.out.shape and v.dtype is n.out.dtype):
+                        reuse = slot[v]
+                        break
+            self.steps.append((prim.impl, ufunc, reuse, args, n.attr_dict,
+                               np.dtype(n.out.dtype.np), slot[n.out], free))
+        self.output_slots = [slot[v] for v in graph.outputs]
+        self.mutation_slots = [slot[new] for _, new in graph.mutations]
+
+    def run(self, inputs: list) -> tuple[list, list]:
+        """Arrays for graph.outputs and for the new values of graph.mutations."""
+        xp = self.xp
+        env = [None] * self.num_slots
+        for s, a in zip(self.input_slots, inputs):
+            env[s] = a
+        for s, a in self.constants:
+            env[s] = a
+        with np.errstate(all="ignore"):
+            for impl, ufunc, reuse, args, attrs, dtype, out_slot, free in self.steps:
+                operands = [env[x] if is_slot else x for is_slot, x in args]
+                if reuse is not None:
+                    out = ufunc(*operands, out=env[reuse])
+                else:
+                    out = impl(xp, *operands, **attrs)
+                if out.dtype != dtype:
+                    out = out.astype(dtype)
+                elif xp is np and type(out) is not np.ndarray:
+                    out = np.asarray(out)
+                for s in free:
+                    env[s] = None
+                env[out_slot] = out
+        outs = [env[s] for s in self.output_slots]
+        return outs, [env[s] for s in self.mutation_slots]

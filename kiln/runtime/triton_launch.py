@@ -1,0 +1,271 @@
+"""Loading, compiling, caching and launching generated Triton kernels, with no torch anywhere.
+
+On CPU arrays a kernel runs in Triton's interpreter on NumPy memory; on CuPy arrays it is
+JIT-compiled and launched on CuPy's current stream through `kiln.runtime.triton_cuda`.
+`compile_for_gpu` builds PTX ahead of time for any sm_XX without a GPU. Source files and
+compiled PTX live in a cache on disk (`KILN_CACHE_DIR`, default `~/.cache/kiln`) keyed by
+source hash, target and Triton version; entries are written atomically and checked on read,
+so a corrupt or half-written entry is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from kiln.codegen.kernel import Kernel, lower
+from kiln.codegen.triton import TritonKernel, render_triton
+from kiln.ir.graph import Graph
+
+_LOCK = threading.Lock()
+_MODULES: dict = {}           # (source hash, interpret) -> the @triton.jit function
+_PTX: dict = {}               # cache key -> PTX text
+
+
+def cache_dir() -> Path:
+    """Where kernel sources and compiled PTX are kept across processes."""
+    root = os.environ.get("KILN_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "kiln")
+    return Path(root) / "triton"
+
+
+def triton_version() -> str:
+    import triton
+    return triton.__version__
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:24]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- the disk cache
+
+class KernelCache:
+    """Checked entries on disk: a JSON header with the payload's sha256, then the payload."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or cache_dir()
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        """The stored payload, or None when missing, truncated or corrupt."""
+        try:
+            raw = self.path(kind, key).read_bytes()
+            header, _, payload = raw.partition(b"\n")
+            meta = json.loads(header)
+            if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(payload).hexdigest():
+                return None
+            return payload
+        except (OSError, ValueError):
+            return None
+
+    def put(self, kind: str, key: str, payload: bytes) -> None:
+        header = json.dumps({"key": key, "sha256": hashlib.sha256(payload).hexdigest()})
+        write_atomic(self.path(kind, key), header.encode() + b"\n" + payload)
+
+
+# ----------------------------------------------------------------------------- loading source
+
+def source_path(tk: TritonKernel) -> Path:
+    """The file the kernel's source is imported from (readable, for inspection)."""
+    return cache_dir() / "src" / f"{tk.name}_{source_hash(tk.source)}.py"
+
+
+def load_kernel(tk: TritonKernel, interpret: bool):
+    """The kernel's `@triton.jit` function, interpreted (CPU) or compiled (GPU)."""
+    key = (source_hash(tk.source), interpret)
+    with _LOCK:
+        fn = _MODULES.get(key)
+        if fn is not None:
+            return fn
+        import triton
+        path = source_path(tk)
+        try:
+            ok = path.read_text() == tk.source
+        except (OSError, UnicodeDecodeError):
+            ok = False
+        if not ok:                    # missing, stale or corrupt: write it again
+            write_atomic(path, tk.source.encode())
+        name = f"kiln_triton_{key[0]}_{'interp' if interpret else 'jit'}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        # triton.jit picks the interpreter or the compiler when the function is decorated
+        previous = triton.knobs.runtime.interpret
+        triton.knobs.runtime.interpret = interpret
+        try:
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        finally:
+            triton.knobs.runtime.interpret = previous
+        fn = getattr(module, tk.name)
+        _MODULES[key] = fn
+        return fn
+
+
+# ----------------------------------------------------------------------------- arguments
+
+class ArrayArg:
+    """What Triton needs of a tensor argument, over NumPy or CuPy memory.
+
+    Triton reads `data_ptr()` and `dtype`; its interpreter also copies "device" storage to
+    the host and back, which for NumPy memory is the identity, so those methods return self.
+    """
+
+    def __init__(self, array, ptr: int):
+        self.array = array                      # keeps the memory alive during the launch
+        self.ptr = ptr
+        self.dtype = np.dtype(array.dtype).name  # Triton maps "float32" -> "*fp32"
+        self.shape = tuple(array.shape)
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+    def untyped_storage(self) -> "ArrayArg":
+        return self
+
+    def cpu(self) -> "ArrayArg":
+        return self
+
+    def new_empty(self, *args, **kwargs) -> "ArrayArg":
+        return self
+
+    def set_(self, *args) -> "ArrayArg":
+        return self
+
+    def copy_(self, other) -> "ArrayArg":
+        return self
+
+    def storage_offset(self) -> int:
+        return 0
+
+    def size(self) -> tuple:
+        return self.shape
+
+    def stride(self) -> tuple:
+        return tuple(s // max(np.dtype(self.dtype).itemsize, 1) for s in
+                     np.empty(self.shape or (1,), dtype=self.dtype).strides)
+
+
+def _numpy_arg(array: np.ndarray) -> ArrayArg:
+    return ArrayArg(array, array.ctypes.data)
+
+
+def _cupy_arg(array) -> ArrayArg:
+    return ArrayArg(array, int(array.data.ptr))
+
+
+# ----------------------------------------------------------------------------- launching
+
+def launch(tk: TritonKernel, inputs: list, outputs: list, backend: str = "interpreter") -> None:
+    """Run a rendered kernel: inputs and outputs are contiguous arrays (outputs are written)."""
+    if backend == "interpreter":
+        fn = load_kernel(tk, interpret=True)
+        args = [_numpy_arg(a) for a in list(inputs) + list(outputs)]
+        with np.errstate(all="ignore"):    # masked-off lanes may compute log(0) and the like
+            fn[tk.grid](*args, **tk.constexprs)
+        return
+    if backend == "cuda":
+        from kiln.runtime.triton_cuda import activate_cupy_driver
+        activate_cupy_driver()
+        fn = load_kernel(tk, interpret=False)
+        args = [_cupy_arg(a) for a in list(inputs) + list(outputs)]
+        fn[tk.grid](*args, num_warps=tk.num_warps, **tk.constexprs)
+        return
+    raise ValueError(f"unknown Triton backend {backend!r}; expected 'interpreter' or 'cuda'")
+
+
+def render(subgraph: Graph, **options) -> TritonKernel:
+    """Lower and render a fused subgraph (raises `LoweringError` if it cannot be generated)."""
+    kernel: Kernel = lower(subgraph)
+    return render_triton(kernel, **options)
+
+
+def run_kernel(subgraph: Graph, input_arrays: list, backend: str = "interpreter",
+               **options) -> list:
+    """Run a fused subgraph as one generated Triton kernel; returns its output arrays.
+
+    Args:
+        subgraph: a fused group (elementwise, reductions, views, creation), inputs = buffers.
+        input_arrays: one array per `subgraph.inputs` (NumPy for "interpreter", CuPy for "cuda").
+        backend: "interpreter" (Triton's interpreter on NumPy) or "cuda" (CuPy's stream).
+        options: passed to `render_triton` (persistent_limit, loop_rblock).
+    """
+    tk = render(subgraph, **options)
+    if backend == "interpreter":
+        xp = np
+        inputs = [np.ascontiguousarray(a, dtype=v.dtype.np)
+                  for a, v in zip(input_arrays, subgraph.inputs)]
+    else:
+        from kiln.runtime.device import cupy_module
+        xp = cupy_module()
+        inputs = [xp.ascontiguousarray(xp.asarray(a, dtype=v.dtype.np))
+                  for a, v in zip(input_arrays, subgraph.inputs)]
+    outputs = [xp.empty(v.shape, dtype=v.dtype.np) for v in subgraph.outputs]
+    launch(tk, inputs, outputs, backend)
+    return outputs
+
+
+# ----------------------------------------------------------------------------- ahead of time
+
+def compile_for_gpu(kernel: TritonKernel | Kernel, arch: int, cache: KernelCache | None = None
+                    ) -> str:
+    """PTX for an NVIDIA GPU of compute capability `arch` (80, 90, ...); needs no GPU.
+
+    The result is cached on disk keyed by source, target, launch options and Triton version.
+    """
+    tk = kernel if isinstance(kernel, TritonKernel) else render_triton(kernel)
+    cache = cache or KernelCache()
+    key = hashlib.sha256(json.dumps(
+        [tk.source, f"cuda:{arch}", tk.num_warps, tk.signature, tk.constexprs,
+         triton_version()], sort_keys=True).encode()).hexdigest()[:32]
+    with _LOCK:
+        if key in _PTX:
+            return _PTX[key]
+    hit = cache.get("ptx", key)
+    if hit is not None:
+        ptx = hit.decode()
+    else:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        fn = load_kernel(tk, interpret=False)
+        src = triton.compiler.ASTSource(fn=fn, signature=dict(tk.signature),
+                                        constexprs=dict(tk.constexprs))
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": tk.num_warps,
+                                           "enable_fp_fusion": True})
+        ptx = compiled.asm["ptx"]
+        cache.put("ptx", key, ptx.encode())
+    with _LOCK:
+        _PTX[key] = ptx
+    return ptx
+
+
+def clear_memory_cache() -> None:
+    """Forget kernels held in memory (the disk cache stays)."""
+    with _LOCK:
+        _MODULES.clear()
+        _PTX.clear()

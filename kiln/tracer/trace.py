@@ -1,0 +1,278 @@
+"""Tracing: while a Tracer is active, every dispatched op also appends a node to an IR graph.
+
+The function runs eagerly as usual; the tracer watches. Tensors it has not seen before become
+graph inputs ("lifted": parameters, buffers, optimizer state, closed-over tensors); seeds of
+random ops become inputs too, so a replay draws fresh numbers exactly as eager would. In-place
+updates are recorded functionally and listed as write-backs. Reading a tensor's value into
+Python (`bool`, `item`, ...) is data-dependent control flow: a graph break.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kiln.ir.graph import Graph, Value
+from kiln.runtime.device import CPU, to_device
+from kiln.tracer.dispatch import user_location
+from kiln.tracer.tensor import STATE, Tensor
+
+
+class GraphBreak(Exception):
+    """The traced function read a tensor's value into Python at `location`."""
+
+    def __init__(self, reason: str, location: str):
+        super().__init__(f"{reason} at {location}")
+        self.reason, self.location = reason, location
+
+
+@dataclass
+class Binding:
+    """Where a graph input's value comes from when the program runs.
+
+    kind "arg": positional path `path` into the flattened arguments; "lifted": the tensor
+    `tensor` itself (a parameter, buffer or state); "grad": the current `.grad` of graph input
+    `path` (read when gradients accumulate; the `.grad` object may be replaced between calls);
+    "seed": a fresh draw from `generator`.
+    """
+
+    kind: str
+    tensor: Tensor | None = None
+    path: int | None = None
+    generator: object = None
+
+
+@dataclass
+class GradWrite:
+    """After the program, the `.grad` of graph input `input` is output `output` (None: cleared).
+
+    `was_none` is whether that `.grad` was None when traced: the program either set a fresh
+    gradient or accumulated into an existing one, so a replay needs the same state.
+    """
+
+    tensor: Tensor                  # the tensor at trace time (for lifted inputs, the same)
+    output: int | None
+    input: int = -1
+    was_none: bool = True
+
+
+@dataclass
+class TracedProgram:
+    """One captured graph and how it binds to the Python world."""
+
+    graph: Graph
+    bindings: list                         # one per graph input
+    num_user_outputs: int = 0
+    output_tree: object = None             # how to rebuild the function's return value
+    mutated: list = field(default_factory=list)       # tensor per graph.mutations entry
+    grad_writes: list = field(default_factory=list)   # GradWrite
+    complete: bool = True                  # False for a segment cut by a graph break
+    snapshots: list = field(default_factory=list)     # input values at trace time, if kept
+
+
+class Tracer:
+    """Records the ops of one eager run. Install with `with tracer:`.
+
+    Args:
+        name: the graph's name (the traced function's).
+        on_break: what a graph break does: "raise" a GraphBreak (`fullgraph=True`), "split"
+            the trace into a new graph and keep going (`explain`), or "abandon" the trace and
+            let the function finish eagerly (`compile`: nothing runs twice).
+        names: id(tensor) -> readable name for lifted tensors (e.g. "model.0.weight").
+    """
+
+    def __init__(self, name: str, on_break: str = "raise", names: dict | None = None,
+                 snapshot: bool = False):
+        if on_break not in ("raise", "split", "abandon"):
+            raise ValueError(f"on_break must be 'raise', 'split' or 'abandon', not {on_break!r}")
+        self.name = name
+        self.on_break = on_break
+        self.names = names or {}
+        self.snapshot = snapshot      # keep a copy of every input's value (tests, debugging)
+        self.breaks: list[GraphBreak] = []
+        self.programs: list[TracedProgram] = []
+        self._start_segment()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start_segment(self) -> None:
+        suffix = f"_{len(self.programs)}" if self.programs else ""
+        self.graph = Graph(self.name + suffix)
+        self.bindings: list[Binding] = []
+        self.known: set[int] = set()          # ids of Values of the current graph
+        self.input_of: dict[int, tuple] = {}  # id(tensor) -> (tensor, input Value)
+        self.alias_of: dict[int, Tensor] = {}
+        self.grads_before: dict[int, object] = {}
+        self.grad_owner: dict[int, int] = {}  # id(.grad tensor) -> index of its owner input
+        self.snapshots: list = []
+        self._keep: list = []                 # keeps tensors alive so ids stay unique
+
+    def __enter__(self) -> "Tracer":
+        if STATE.tracer is not None:
+            raise RuntimeError("kiln: a trace is already active (nested compile/trace)")
+        STATE.tracer = self
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        STATE.tracer = None
+        return False
+
+    # ------------------------------------------------------------------ inputs
+    def add_arg(self, tensor: Tensor, name: str, path: int) -> None:
+        self._input(tensor, name, Binding("arg", tensor=None, path=path))
+
+    def _input(self, tensor: Tensor, name: str, binding: Binding) -> Value:
+        kind = binding.kind
+        v = self.graph.add_input(tuple(tensor.shape), tensor.dtype, name, kind)
+        self.bindings.append(binding)
+        self.known.add(id(v))
+        self.input_of[id(tensor)] = (tensor, v)
+        self.grads_before[id(tensor)] = tensor.grad
+        if tensor.grad is not None:
+            self.grad_owner[id(tensor.grad)] = len(self.graph.inputs) - 1
+        self._keep.append(tensor)
+        if self.snapshot:
+            self.snapshots.append(tensor._data.copy())
+        tensor._trace = v
+        return v
+
+    def value(self, tensor: Tensor) -> Value:
+        """The graph value of a tensor, lifting tensors from outside the trace to inputs."""
+        v = tensor._trace
+        if v is not None and id(v) in self.known:
+            return v
+        source = self.alias_of.get(id(tensor))
+        if source is not None:
+            return self.value(source)
+        owner = self.grad_owner.get(id(tensor))
+        if owner is not None:
+            return self._input(tensor, f"{self.graph.inputs[owner].name}_grad",
+                               Binding("grad", path=owner))
+        name = self.names.get(id(tensor)) or f"t{len(self.graph.inputs)}"
+        return self._input(tensor, name, Binding("lifted", tensor=tensor))
+
+    def constant(self, tensor: Tensor) -> None:
+        """A tensor made from Python data inside the trace: baked in as a constant."""
+        data = to_device(tensor._data, CPU).copy()
+        v = self.graph.add_constant(np.asarray(data), tensor.dtype)
+        self.known.add(id(v))
+        tensor._trace = v
+
+    def random_seed(self, seed: Tensor, generator) -> None:
+        self._input(seed, f"seed{sum(b.kind == 'seed' for b in self.bindings)}",
+                    Binding("seed", generator=generator))
+
+    # ------------------------------------------------------------------ ops
+    def record(self, prim, args: tuple, attrs: dict, result: Tensor) -> None:
+        inputs = tuple(self.value(a) if isinstance(a, Tensor) else a for a in args)
+        v = self.graph.add_node(prim.name, inputs, attrs, tuple(result.shape), result.dtype,
+                                user_location())
+        self.known.add(id(v))
+        result._trace = v
+        if result.grad_fn is not None:
+            result.grad_fn.out_trace = v
+
+    def alias(self, out: Tensor, source: Tensor) -> None:
+        """`out` shares `source`'s memory (detach, .data): same value, same write-backs."""
+        self.alias_of[id(out)] = self.alias_of.get(id(source), source)
+        self._keep.append(out)
+        if source._trace is not None and id(source._trace) in self.known:
+            out._trace = source._trace
+
+    def write(self, tensor: Tensor, result: Tensor) -> None:
+        """`tensor` now holds `result` (an in-place op): later reads see the new value."""
+        target = self.alias_of.get(id(tensor), tensor)
+        if id(target) not in self.input_of and getattr(target._data, "base", None) is not None:
+            self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of shape "
+                             f"{list(tensor.shape)}) also changes the tensor it views")
+        v = self.value(result)
+        target._trace = v
+        tensor._trace = v
+
+    def value_read(self, tensor: Tensor, what: str) -> None:
+        self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
+                         "(data-dependent control flow)")
+
+    def graph_break(self, reason: str) -> None:
+        brk = GraphBreak(reason, user_location())
+        self.breaks.append(brk)
+        if self.on_break == "raise":
+            raise brk
+        if self.on_break == "abandon":
+            STATE.tracer = None          # stop watching; the function goes on eagerly
+            return
+        self.programs.append(self._finish(outputs=None, complete=False))
+        self._start_segment()
+
+    # ------------------------------------------------------------------ finishing
+    def finish(self, outputs) -> list[TracedProgram]:
+        """Close the trace with the function's return value; returns every captured program."""
+        self.programs.append(self._finish(outputs, complete=True))
+        return self.programs
+
+    def _finish(self, outputs, complete: bool) -> TracedProgram:
+        g = self.graph
+        program = TracedProgram(g, self.bindings, complete=complete, snapshots=self.snapshots)
+        if outputs is not None:
+            leaves, tree = flatten(outputs)
+            for t in leaves:
+                g.outputs.append(self.value(t))
+            program.num_user_outputs = len(leaves)
+            program.output_tree = tree
+        for tensor, v in list(self.input_of.values()):
+            current = tensor._trace
+            if current is not None and current is not v and id(current) in self.known:
+                if current.shape == v.shape and current.dtype is v.dtype:
+                    g.mutations.append((v, current))
+                    program.mutated.append(tensor)
+        for tensor, v in list(self.input_of.values()):
+            if not tensor.requires_grad or self.bindings[g.inputs.index(v)].kind == "seed":
+                continue
+            grad = tensor.grad
+            index = g.inputs.index(v)
+            was_none = self.grads_before.get(id(tensor)) is None
+            if grad is None:
+                if not was_none:
+                    program.grad_writes.append(GradWrite(tensor, None, index, was_none))
+                continue
+            gv = grad._trace
+            if gv is not None and id(gv) in self.known and gv not in g.inputs:
+                program.grad_writes.append(GradWrite(tensor, len(g.outputs), index, was_none))
+                g.outputs.append(gv)
+        for tensor, _ in self.input_of.values():
+            tensor._trace = None          # the next trace starts from a clean slate
+        return program
+
+
+# ----------------------------------------------------------------------------- pytrees
+
+def flatten(obj):
+    """Tensors in a nested tuple/list/dict, and a tree that `unflatten` rebuilds from them."""
+    leaves: list = []
+
+    def walk(x):
+        if isinstance(x, Tensor):
+            leaves.append(x)
+            return ("T",)
+        if isinstance(x, (tuple, list)):
+            return (type(x), tuple(walk(v) for v in x))
+        if isinstance(x, dict):
+            return (dict, tuple((k, walk(v)) for k, v in x.items()))
+        return ("C", x)
+    return leaves, walk(obj)
+
+
+def unflatten(tree, leaves):
+    it = iter(leaves)
+
+    def build(t):
+        tag = t[0]
+        if tag == "T":
+            return next(it)
+        if tag == "C":
+            return t[1]
+        if tag is dict:
+            return {k: build(v) for k, v in t[1]}
+        items = [build(v) for v in t[1]]
+        return tag(items) if tag is list else (tag(items) if tag is tuple else tag(*items))
+    return build(tree)

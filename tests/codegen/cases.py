@@ -1,0 +1,98 @@
+"""Traced fused-subgraph cases shared by the codegen and runtime tests: one table, many checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import kiln
+import kiln.nn.functional as F
+from kiln.compiler import trace
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    fn: Callable
+    inputs: tuple                       # (shape, numpy dtype) per argument
+    rtol: float = 1e-5
+    atol: float = 1e-6
+    options: dict = field(default_factory=dict)    # render_triton options
+
+    def arrays(self, seed: int = 0) -> list:
+        rng = np.random.default_rng(seed)
+        out = []
+        for shape, dtype in self.inputs:
+            if np.dtype(dtype).kind == "f":
+                out.append(rng.standard_normal(shape).astype(dtype))
+            elif np.dtype(dtype).kind == "b":
+                out.append(rng.random(shape) < 0.5)
+            else:
+                out.append(rng.integers(-20, 20, shape).astype(dtype))
+        return out
+
+    def graph(self):
+        tensors = [kiln.tensor(a) for a in self.arrays()]
+        return trace(self.fn, *tensors).graphs[0]
+
+
+def _chain21(x):
+    y = x * 1.5 + 0.25
+    y = kiln.exp(-(y * y)) - 0.5
+    y = kiln.tanh(y) * 2.0 + kiln.sigmoid(x)
+    y = kiln.abs(y) + 1.0
+    y = kiln.log(y) * kiln.sqrt(y)
+    y = kiln.sin(y) + kiln.cos(x)
+    y = kiln.maximum(y, x) - kiln.minimum(y, 0.1)
+    return y / 3.0
+
+
+F32, F64, F16, I32, I64 = np.float32, np.float64, np.float16, np.int32, np.int64
+
+CASES = [
+    Case("chain21", _chain21, (((5, 7), F32),)),
+    Case("broadcast", lambda x, y, z: x + y * z, (((4, 1, 5), F32), ((3, 1), F32), ((5,), F32))),
+    Case("permute_slice_flip", lambda x: (x.permute(2, 0, 1)[1:4, :, ::2].flip(0) * 2.0).exp(),
+         (((3, 4, 6), F32),)),
+    Case("expand_reshape", lambda x, y: (x.expand(3, 4, 5) + y).reshape(12, 5) - 1.0,
+         (((4, 1), F32), ((3, 1, 5), F32))),
+    Case("casts", lambda x: (x * 4.0).to(kiln.int32).to(kiln.float64) + x.to(kiln.float16)
+         .to(kiln.float64), (((6, 5), F32),), rtol=1e-3, atol=1e-3),
+    Case("where_compare", lambda x, y: kiln.where((x > y) & (x < 1.0), x - y, y * 2.0),
+         (((4, 6), F32), ((6,), F32))),
+    Case("bool_out", lambda x: (x >= 0.0) | (x < -1.0), (((5, 5), F32),)),
+    Case("int_ops", lambda a, b: kiln.maximum(a * 3 + b, b - 2), (((5, 4), I32), ((4,), I32))),
+    Case("int64_ops", lambda a: kiln.where(a > 0, a * a, -a), (((5, 4), I64),)),
+    Case("gelu_exact", lambda x: F.gelu(x), (((4, 33), F32),)),
+    Case("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), (((4, 33), F32),)),
+    Case("gelu_tanh_f16", lambda x: F.gelu(x, approximate="tanh"), (((4, 33), F16),),
+         rtol=2e-3, atol=2e-3),
+    Case("f64_chain", lambda x: kiln.tanh(x * 0.7978845608028654) + kiln.exp(x) / 3.0,
+         (((4, 9), F64),), rtol=1e-12, atol=1e-13),
+    Case("sum_last", lambda x: x.sum(-1), (((6, 20), F32),)),
+    Case("sum_middle", lambda x: x.sum(1, keepdim=True) * 2.0, (((3, 20, 4), F32),)),
+    Case("sum_all", lambda x: x.sum(), (((5, 12), F32),)),
+    Case("mean_two_axes", lambda x: x.mean((0, 2)), (((3, 4, 5), F32),)),
+    Case("arange_broadcast", lambda x: x * kiln.arange(5).to(kiln.float32),
+         (((4, 5), F32),)),
+    Case("amax_first", lambda x: x.amax(dim=0), (((9, 5), F32),)),
+    Case("prod_last", lambda x: (x * 0.1 + 1.0).prod(-1), (((4, 7), F32),)),
+    Case("argmax", lambda x: x.argmax(1), (((5, 11), F32),)),
+    Case("sum_int", lambda x: x.sum(-1), (((4, 9), I64),)),
+    Case("softmax", lambda x: kiln.softmax(x, -1), (((5, 37), F32),)),
+    Case("softmax_f64", lambda x: kiln.softmax(x, -1), (((3, 19), F64),), rtol=1e-12,
+         atol=1e-14),
+    Case("log_softmax", lambda x: F.log_softmax(x, -1), (((5, 37), F32),)),
+    Case("softmax_middle", lambda x: kiln.softmax(x, 1), (((2, 9, 3), F32),)),
+    Case("layer_norm", lambda x, w, b: F.layer_norm(x, (24,), w, b),
+         (((6, 24), F32), ((24,), F32), ((24,), F32)), atol=1e-5),
+    Case("softmax_looped", lambda x: kiln.softmax(x, -1), (((3, 300), F32),),
+         options={"persistent_limit": 64, "loop_rblock": 64}),
+    Case("layer_norm_looped", lambda x, w, b: F.layer_norm(x, (200,), w, b),
+         (((2, 200), F32), ((200,), F32), ((200,), F32)), atol=1e-5,
+         options={"persistent_limit": 64, "loop_rblock": 64}),
+]
+
+BY_NAME = {c.name: c for c in CASES}

@@ -1,0 +1,168 @@
+"""Fusion: schedules run to the interpreter's results, keep the kernel contract, and fuse the
+composites (GELU, softmax, layer_norm, cross-entropy, Adam) into the promised kernel counts."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kiln
+import kiln.nn as nn
+import kiln.nn.functional as F
+from kiln.ir.interpreter import interpret
+from kiln.ir.ops import CREATION, MOVEMENT, REDUCE
+from kiln.passes.cleanup import optimize
+from kiln.passes.fusion import FusedKernel, fuse, is_fusible, run_schedule
+from tests.passes.helpers import CASES, trace_random_program, traced
+from tests.tracer.test_random_programs import programs
+
+
+def check_schedule(schedule, inputs, rtol=1e-6, atol=1e-6):
+    """The schedule equals the interpreter and every kernel keeps the codegen contract."""
+    graph = schedule.graph
+    want_out, want_mut = interpret(graph, [a.copy() for a in inputs])
+    got_out, got_mut = run_schedule(schedule, [a.copy() for a in inputs])
+    for got, want in zip(got_out + got_mut, want_out + want_mut):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    computed: dict = {}
+    for step in schedule.steps:
+        if isinstance(step, FusedKernel):
+            check_kernel(step)
+            for n in step.nodes:
+                computed[n.out] = computed.get(n.out, 0) + 1
+        else:
+            assert not is_fusible(step.node, gathers=False)
+            computed[step.node.out] = computed.get(step.node.out, 0) + 1
+    for n in graph.nodes:
+        # nothing but views is computed twice; a reduction or a matmul never is
+        if n.prim.kind in (MOVEMENT, CREATION):
+            assert computed.get(n.out, 0) <= 1
+        else:
+            assert computed.get(n.out) == 1, n.op
+
+
+def check_kernel(kernel):
+    sub = kernel.subgraph
+    sub.verify()
+    assert [(v.shape, v.dtype) for v in sub.inputs] == [(v.shape, v.dtype)
+                                                         for v in kernel.inputs]
+    assert [(v.shape, v.dtype) for v in sub.outputs] == [(v.shape, v.dtype)
+                                                          for v in kernel.outputs]
+    loads = set(sub.inputs)
+    for n in sub.nodes:
+        assert is_fusible(n), n.op
+        if n.op == "take":
+            assert n.inputs[0] in loads          # a gather reads a buffer
+        if n.prim.kind in (MOVEMENT, CREATION) and all(v in loads for v in n.value_inputs):
+            loads.add(n.out)                      # index arithmetic on a load
+    keys = {(n.inputs[0].shape, tuple(sorted(n.attr_dict.get("axes", (n.attr_dict.get("axis"),)))))
+            for n in sub.nodes if n.prim.kind == REDUCE}
+    assert len(keys) <= 1
+    sizes = {math.prod(n.out.shape) for n in sub.nodes if n.out not in loads}
+    if keys:
+        ((shape, axes),) = keys
+        d = math.prod(shape)
+        sizes -= {d, math.prod(s for i, s in enumerate(shape) if i not in axes)}
+        assert not sizes
+    else:
+        assert len(sizes) <= 1
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_schedule_equals_interpreter_on_corpus(name):
+    graph, inputs = traced(name)
+    check_schedule(fuse(graph), inputs)
+    optimized, _ = optimize(graph)
+    schedule = fuse(optimized)
+    check_schedule(schedule, inputs)
+    check_schedule(fuse(optimized, horizontal=False, gathers=False), inputs)
+    assert len(schedule.kernels) <= len(optimized.nodes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(programs(), st.integers(0, 2 ** 31))
+def test_schedule_equals_interpreter_on_random_programs(program, seed):
+    graph, inputs = trace_random_program(program, seed)
+    optimized, _ = optimize(graph)
+    check_schedule(fuse(optimized), inputs, rtol=1e-9, atol=1e-12)
+
+
+def _schedule(fn, *args):
+    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
+    optimized, _ = optimize(program.graph)
+    schedule = fuse(optimized)
+    check_schedule(schedule, [np.array(a) for a in program.snapshots])
+    return schedule
+
+
+def test_gelu_tanh_is_one_kernel():
+    s = _schedule(lambda x: F.gelu(x, approximate="tanh"), kiln.randn(8, 16))
+    assert len(s.kernels) == 1 and not s.externs
+    assert s.kernels[0].name.startswith("fused_mul_add_tanh")
+
+
+def test_softmax_is_one_kernel():
+    s = _schedule(lambda x: F.softmax(x, -1), kiln.randn(8, 16))
+    assert len(s.steps) == 1
+    assert s.kernels[0].name == "fused_max_sub_exp_sum_div"
+
+
+def test_layer_norm_is_one_kernel():
+    s = _schedule(lambda x, w, b: F.layer_norm(x, (16,), w, b), kiln.randn(8, 16),
+                  kiln.randn(16), kiln.randn(16))
+    assert len(s.steps) == 1
+
+
+@pytest.mark.parametrize("via", ["cross_entropy", "nll_take", "one_hot"])
+def test_cross_entropy_is_at_most_two_kernels(via):
+    x, y = kiln.randn(8, 16), kiln.tensor([1, 2, 3, 4, 5, 6, 7, 0])
+    fns = {"cross_entropy": lambda a, t: F.cross_entropy(a, t),
+           "nll_take": lambda a, t: F.nll_loss(F.log_softmax(a, 1), t),
+           "one_hot": lambda a, t: -(F.log_softmax(a, 1) * F.one_hot(t, 16)).sum(1).mean()}
+    s = _schedule(fns[via], x, y)
+    assert len(s.kernels) <= 2 and not s.externs
+
+
+def test_gathers_can_stay_externs():
+    x, y = kiln.randn(8, 16), kiln.tensor([1, 2, 3, 4, 5, 6, 7, 0])
+    (graph,) = kiln.compiler.trace(lambda a, t: F.cross_entropy(a, t), x, y).graphs
+    s = fuse(optimize(graph)[0], gathers=False)
+    assert [e.name for e in s.externs] == ["take"]
+    check_schedule(s, [x.numpy(), y.numpy()])
+
+
+def test_adam_step_over_many_parameters_is_a_few_kernels():
+    kiln.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(6)])
+    params = list(model.parameters())
+    opt = kiln.optim.Adam(params, lr=1e-3)
+    for p in params:
+        p.grad = kiln.randn(*p.shape)
+    opt.step()                    # creates the optimizer state; trace the next step
+    (program,) = kiln.compiler.trace(lambda: opt.step(), _snapshot=True).programs
+    optimized, _ = optimize(program.graph)
+    s = fuse(optimized)
+    check_schedule(s, [np.array(a) for a in program.snapshots])
+    assert len(params) == 12
+    # one kernel for the scalar step counters, one per distinct parameter size
+    assert len(s.kernels) == 3
+    assert len(fuse(optimized, horizontal=False).kernels) >= len(params)
+
+
+def test_matmul_stays_extern_with_its_epilogue_fused_after_it():
+    w, b = kiln.randn(16, 8), kiln.randn(8)
+    s = _schedule(lambda x: F.gelu(x @ w + b, approximate="tanh"), kiln.randn(4, 16))
+    assert [type(step).__name__ for step in s.steps] == ["ExternStep", "FusedKernel"]
+    assert s.externs[0].name == "matmul"
+    assert s.kernels[0].inputs[0] is s.externs[0].node.out
+
+
+def test_groups_colour_the_dot_picture():
+    s = _schedule(lambda x: (F.softmax(x, -1) @ x).tanh(), kiln.randn(4, 4))
+    groups = s.groups()
+    dot = s.graph.to_dot(groups=groups)
+    assert len(set(groups.values())) == len(s.kernels) == 2
+    assert dot.count('fillcolor="#8dd3c7"') >= 5        # the softmax kernel's colour
+    assert "k0 fused_max_sub_exp_sum_div" in str(s)

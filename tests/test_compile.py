@@ -1,0 +1,195 @@
+"""`@kiln.compile`: replays equal eager, guards recompile, fallbacks never give wrong numbers."""
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.tracer import functional as F
+
+
+def test_replay_equals_eager_on_new_data():
+    def f(x, y):
+        return (F.gelu(x @ y, approximate="tanh") + 1).softmax(-1).sum(0)
+    cf = kiln.compile(f)
+    for seed in range(4):
+        kiln.manual_seed(seed)
+        x, y = kiln.randn(5, 6), kiln.randn(6, 3)
+        np.testing.assert_allclose(cf(x, y).numpy(), f(x, y).numpy(), rtol=1e-6, atol=1e-7)
+    (entry,) = cf.entries.values()
+    assert entry.program is not None and entry.calls == 3     # traced once, replayed 3 times
+
+
+def test_new_shape_recompiles_and_limit_falls_back_to_eager():
+    cf = kiln.compile(lambda x: x * 2 + 1)
+    for n in range(1, 9):
+        assert cf(kiln.ones(n)).tolist() == [3.0] * n
+    assert len(cf.entries) == 8
+    with pytest.warns(UserWarning, match="recompile limit"):
+        assert cf(kiln.ones(9)).tolist() == [3.0] * 9
+    assert len(cf.entries) == 8
+
+
+def test_python_scalar_argument_is_part_of_the_guard():
+    cf = kiln.compile(lambda x, k: x * k)
+    assert cf(kiln.ones(2), 2.0).tolist() == [2.0, 2.0]
+    assert cf(kiln.ones(2), 3.0).tolist() == [3.0, 3.0]
+
+
+def test_random_ops_replay_like_eager():
+    def f(x):
+        return x + kiln.rand(3)
+    cf = kiln.compile(f)
+    x = kiln.zeros(3)
+    kiln.manual_seed(7)
+    compiled = [cf(x).numpy() for _ in range(3)]
+    kiln.manual_seed(7)
+    eager = [f(x).numpy() for _ in range(3)]
+    for a, b in zip(compiled, eager):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(compiled[1], compiled[2])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
+def test_compiled_forward_composes_with_eager_autograd(backend):
+    w = kiln.randn(3, 4).requires_grad_()
+
+    def f(x):
+        h = (x @ w).tanh()
+        return h * F.sigmoid(h), h.sum(0)          # two differentiable outputs
+    cf = kiln.compile(f, backend=backend)
+    for seed in range(3):                          # trace, then replays
+        kiln.manual_seed(seed)
+        x = kiln.randn(5, 3).requires_grad_()
+        a, b = cf(x)
+        ((a.exp() * 2).sum() + (b * b).sum()).backward()
+        gx, gw = x.grad.numpy().copy(), w.grad.numpy().copy()
+        x.grad, w.grad = None, None
+        a2, b2 = f(x)
+        ((a2.exp() * 2).sum() + (b2 * b2).sum()).backward()
+        np.testing.assert_allclose(gx, x.grad.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gw, w.grad.numpy(), rtol=1e-5, atol=1e-6)
+        w.grad = None
+    (entry,) = cf.entries.values()
+    assert entry.backward is not None and entry.calls == 2
+    assert a.grad_fn.name().startswith("Compiled")
+
+
+def test_compiled_module_forward_in_eager_training_loop_matches_eager():
+    import kiln.nn as nn
+
+    def make():
+        kiln.manual_seed(5)
+        model = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 3))
+        return model, kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = kiln.randn(8, 6), kiln.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    (m_e, o_e), (m_c, o_c) = make(), make()
+    forward = kiln.compile(m_c)
+    for _ in range(10):
+        for model, opt, fwd in ((m_e, o_e, m_e), (m_c, o_c, forward)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(fwd(x), y).backward()
+            opt.step()
+    for (name, p_e), (_, p_c) in zip(m_e.named_parameters(), m_c.named_parameters()):
+        np.testing.assert_allclose(p_c.detach().numpy(), p_e.detach().numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
+def _sgd_step_fn(w, b):
+    def step(x, y):
+        loss = ((x @ w + b - y) ** 2).mean()
+        loss.backward()
+        with kiln.no_grad():
+            for p in (w, b):
+                p -= 0.05 * p.grad
+                p.grad = None
+        return loss.detach()
+    return step
+
+
+def test_compiled_training_step_matches_eager_over_steps():
+    def make():
+        kiln.manual_seed(0)
+        w, b = kiln.randn(4, 2).requires_grad_(), kiln.zeros(2).requires_grad_()
+        return w, b, _sgd_step_fn(w, b)
+    x, y = kiln.randn(16, 4), kiln.randn(16, 2)
+    w_e, b_e, eager = make()
+    w_c, b_c, step = make()
+    compiled = kiln.compile(step)
+    for _ in range(10):
+        le, lc = eager(x, y), compiled(x, y)
+        np.testing.assert_allclose(lc.numpy(), le.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(w_c.detach().numpy(), w_e.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(b_c.detach().numpy(), b_e.detach().numpy(), rtol=1e-6)
+    assert w_c.grad is None and b_c.grad is None
+
+
+def test_compiled_adam_step_matches_eager_over_steps():
+    from kiln.optim import Adam
+
+    def make():
+        kiln.manual_seed(1)
+        w1, w2 = kiln.randn(6, 8).requires_grad_(), kiln.randn(8, 2).requires_grad_()
+        opt = Adam([w1, w2], lr=1e-2)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = ((kiln.relu(x @ w1) @ w2 - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return (w1, w2), step
+    x, y = kiln.randn(5, 6), kiln.randn(5, 2)
+    pe, eager = make()
+    pc, step = make()
+    compiled = kiln.compile(step)
+    for _ in range(10):
+        np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=1e-5)
+    for a, b in zip(pc, pe):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
+def test_backends_equal_eager_forward(backend):
+    def f(x, w):
+        h = F.gelu(x @ w, approximate="tanh")
+        mu = h.mean(-1, keepdim=True)
+        return F.softmax((h - mu) / (h.var(-1, keepdim=True) + 1e-5).sqrt(), -1)
+    cf = kiln.compile(f, backend=backend)
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    cf(x, w)
+    for seed in range(2):
+        kiln.manual_seed(seed)
+        x = kiln.randn(4, 8)
+        np.testing.assert_allclose(cf(x, w).numpy(), f(x, w).numpy(), rtol=1e-5, atol=1e-6)
+    (entry,) = cf.entries.values()
+    if backend == "triton":
+        assert entry.schedule is not None and entry.schedule.kernels
+        assert all(src is not None for _, src, *_ in entry.executor.kernels)
+
+
+def test_triton_backend_training_step_matches_eager():
+    def make():
+        kiln.manual_seed(3)
+        w, b = kiln.randn(4, 3).requires_grad_(), kiln.zeros(3).requires_grad_()
+        return w, b, _sgd_step_fn(w, b)
+    x, y = kiln.randn(6, 4), kiln.randn(6, 3)
+    w_e, b_e, eager = make()
+    w_c, b_c, step = make()
+    compiled = kiln.compile(step, backend="triton")
+    for _ in range(3):
+        np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(w_c.detach().numpy(), w_e.detach().numpy(), rtol=1e-5)
+
+
+def test_failed_kernel_launch_falls_back_to_eager(monkeypatch):
+    cf = kiln.compile(lambda x: (x * 3).exp(), backend="triton")
+    x = kiln.randn(5)
+    cf(x)
+    (entry,) = cf.entries.values()
+
+    def broken(inputs):
+        raise RuntimeError("simulated launch failure")
+    monkeypatch.setattr(entry.executor, "run", broken)
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        out = cf(x)
+    np.testing.assert_allclose(out.numpy(), (x * 3).exp().numpy(), rtol=1e-6)

@@ -1,0 +1,50 @@
+"""`kiln dump script.py` and KILN_DUMP write readable listings of every compiled function."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "compiled_step.py"
+
+
+def _run(args, env=None):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def _check_listing(text: str):
+    assert "== traced graph ==" in text
+    lines = [ln for ln in text.splitlines() if re.match(r"\s+%\w+: \w+\[", ln)]
+    assert len(lines) > 20
+    for ln in lines:                       # one node per line: type, op and the user's line
+        assert re.match(r"\s+%\w+: (f32|f64|i64|i32|b8)\[[\d,]*\] = \w+\(.*\)\s+# "
+                        r"compiled_step\.py:\d+$", ln), ln
+    assert "graph train_step(%x: f32[64,16], %y: i64[64], %w1: f32[16,32] [lifted]" in text
+    assert "matmul(%x, %w1)" in text
+
+
+def test_kiln_dump_writes_listing_dot_and_html(tmp_path):
+    done = _run(["-m", "kiln", "dump", str(EXAMPLE), "--out", str(tmp_path)])
+    assert done.returncode == 0, done.stderr
+    assert "final loss" in done.stdout
+    _check_listing((tmp_path / "train_step.txt").read_text())
+    dot = (tmp_path / "train_step.dot").read_text()
+    assert dot.startswith('digraph "train_step"') and "->" in dot
+    assert (tmp_path / "train_step.html").read_text().startswith("<!doctype html>")
+    svg = tmp_path / "train_step.svg"
+    note = tmp_path / "train_step.svg.txt"
+    assert svg.exists() or "Graphviz" in note.read_text()
+
+
+def test_kiln_dump_env_var_for_a_normal_run(tmp_path):
+    done = _run([str(EXAMPLE)], env={"KILN_DUMP": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    _check_listing((tmp_path / "train_step.txt").read_text())
+
+
+def test_kiln_dump_rejects_unknown_format(tmp_path):
+    done = _run(["-m", "kiln", "dump", str(EXAMPLE), "--format", "pdf"])
+    assert done.returncode != 0 and "unknown format" in done.stderr
