@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from kiln.codegen.common import INFIX, compute_dtype, operand_dtype, row_passes, source_loc
 from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Load, LoweringError, Reduce,
                                  Store)
 from kiln.ir import dtypes as dt
@@ -41,11 +42,6 @@ POINTER = {dt.float16: "*fp16", dt.float32: "*fp32", dt.float64: "*fp64", dt.int
            dt.int64: "*i64", dt.uint8: "*u8", dt.bool_: "*i1"}
 
 
-def compute_dtype(d: DType) -> DType:
-    """The dtype a value is held in while computing: float16 widens to float32."""
-    return dt.float32 if d is dt.float16 else d
-
-
 # ----------------------------------------------------------------------------- op table
 
 def _float_or(fn_float, fn_int):
@@ -62,9 +58,7 @@ NAN = "tl.PropagateNan.ALL"
 
 # op -> (args rendered, their dtypes) -> Triton expression text
 OPS = {
-    "add": lambda a, d: f"{a[0]} + {a[1]}",
-    "sub": lambda a, d: f"{a[0]} - {a[1]}",
-    "mul": lambda a, d: f"{a[0]} * {a[1]}",
+    **{op: (lambda a, d, sym=sym: f"{a[0]} {sym} {a[1]}") for op, sym in INFIX.items()},
     "div": _float_or(lambda a, d: f"{a[0]} / {a[1]}", _no_int("div")),
     "floordiv": _float_or(lambda a, d: f"tl.floor({a[0]} / {a[1]})", _no_int("floordiv")),
     "mod": _float_or(lambda a, d: f"_mod({a[0]}, {a[1]})", _no_int("mod")),
@@ -73,15 +67,6 @@ OPS = {
                          lambda a, d: f"tl.maximum({a[0]}, {a[1]})"),
     "minimum": _float_or(lambda a, d: f"tl.minimum({a[0]}, {a[1]}, propagate_nan={NAN})",
                          lambda a, d: f"tl.minimum({a[0]}, {a[1]})"),
-    "bitwise_and": lambda a, d: f"{a[0]} & {a[1]}",
-    "bitwise_or": lambda a, d: f"{a[0]} | {a[1]}",
-    "bitwise_xor": lambda a, d: f"{a[0]} ^ {a[1]}",
-    "eq": lambda a, d: f"{a[0]} == {a[1]}",
-    "ne": lambda a, d: f"{a[0]} != {a[1]}",
-    "lt": lambda a, d: f"{a[0]} < {a[1]}",
-    "le": lambda a, d: f"{a[0]} <= {a[1]}",
-    "gt": lambda a, d: f"{a[0]} > {a[1]}",
-    "ge": lambda a, d: f"{a[0]} >= {a[1]}",
     "where": lambda a, d: f"tl.where({a[0]}, {a[1]}, {a[2]})",
     "neg": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"-{a[0]}",
     "bitwise_not": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"~{a[0]}",
@@ -298,7 +283,6 @@ class _Renderer:
     def __init__(self, kernel: Kernel):
         self.k = kernel
         self.helpers: list = []
-        self.stmt_by_dest = {s.dest: s for s in kernel.body if not isinstance(s, Store)}
         self.wide = kernel.numel * max(kernel.reduced_numel, 1) >= 2 ** 31 or any(
             math.prod(b.shape) >= 2 ** 31 for b in kernel.inputs + kernel.outputs)
 
@@ -326,83 +310,42 @@ class _Renderer:
         n = self.k.reduced_numel
         pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
         out = [f"row = {pid}"] + self._index_vars(ROW)
-        body = self.k.body
-        levels = {}
-        for s in body:
-            levels[getattr(s, "dest", None)] = self._level(s)
-        reductions = [s for s in body if isinstance(s, Reduce)]
-        if any(s.op == "argmax" for s in reductions):
+        passes, row_stores = row_passes(self.k)
+        if any(s.op == "argmax" for p in passes for s in p.reductions):
             raise LoweringError("argmax over a row longer than one block is not generated")
-        done: set = set()
-        top = max(s.level for s in reductions)
-        for level in range(top + 2):
+        for i, p in enumerate(passes):
             # row values that only need finished reductions are computed before this pass
-            for s in body:
-                if s.scope == ROW and not isinstance(s, (Reduce, Store)) \
-                        and s.dest not in done and levels[s.dest] < level:
-                    out += self._stmt(s, None)
-                    done.add(s.dest)
-            if level <= top:
-                group = [s for s in reductions if s.level == level]
-                targets = [s.src for s in group]
-            else:
-                group = []
-                targets = [s.src for s in body if isinstance(s, Store) and s.scope == ELEM]
-            for s in group:
+            for s in p.before:
+                out += self._stmt(s, None)
+            for s in p.reductions:
                 ident = self._identity(s)
                 out.append(f"{s.dest}_acc = tl.full([RBLOCK], {ident}, "
                            f"{TL_TYPE[compute_dtype(s.dtype)]})")
-            elem = self._closure(targets)
-            if group or elem or targets:
-                out.append(f"# pass {level + 1}: " + (
-                    "reduce " + ", ".join(s.dest for s in group) if group else "write"))
+            if p.has_loop:
+                out.append(f"# pass {i + 1}: " + (
+                    "reduce " + ", ".join(s.dest for s in p.reductions) if p.reductions
+                    else "write"))
                 out.append(f"for roffset in range(0, {n}, RBLOCK):")
                 inner = ["rindex = roffset + tl.arange(0, RBLOCK)", f"rmask = rindex < {n}"]
                 inner += self._index_vars(ELEM)
-                for s in body:
-                    if getattr(s, "dest", None) in elem:
-                        inner += self._stmt(s, "rmask")
-                for s in group:
+                for s in p.elem:
+                    inner += self._stmt(s, "rmask")
+                for s in p.reductions:
                     masked = f"tl.where(rmask, {s.src}, {self._identity(s)})"
                     inner.append(f"{s.dest}_acc = " + {
                         "sum": f"{s.dest}_acc + {masked}",
                         "max": f"tl.maximum({s.dest}_acc, {masked}, propagate_nan={NAN})"
                         if s.dtype.is_floating_point else f"tl.maximum({s.dest}_acc, {masked})",
                         "prod": f"{s.dest}_acc * {masked}"}[s.op])
-                if level > top:
-                    for s in body:
-                        if isinstance(s, Store) and s.scope == ELEM:
-                            inner += self._stmt(s, "rmask")
+                for s in p.stores:
+                    inner += self._stmt(s, "rmask")
                 out += ["    " + x for x in inner]
-            for s in group:
-                out.append(f"# {s.note}    {_loc(s.loc)}".rstrip())
+            for s in p.reductions:
+                out.append(f"# {s.note}    {source_loc(s.loc)}".rstrip())
                 out.append(f"{s.dest} = " + self._reduce_text(s, f"{s.dest}_acc"))
-                done.add(s.dest)
-        for s in body:
-            if isinstance(s, Store) and s.scope == ROW:
-                out += self._stmt(s, None)
+        for s in row_stores:
+            out += self._stmt(s, None)
         return out
-
-    def _level(self, s) -> int:
-        if isinstance(s, Reduce):
-            return s.level
-        if isinstance(s, Compute):
-            return max([self._level(self.stmt_by_dest[a]) for a in s.args
-                        if isinstance(a, str)] + [-1])
-        return -1
-
-    def _closure(self, targets: list) -> set:
-        """The element-scope statements the targets need, stopping at row values."""
-        need, stack = set(), [t for t in targets if isinstance(t, str)]
-        while stack:
-            name = stack.pop()
-            s = self.stmt_by_dest.get(name)
-            if s is None or s.scope != ELEM or name in need:
-                continue
-            need.add(name)
-            if isinstance(s, Compute):
-                stack += [a for a in s.args if isinstance(a, str)]
-        return need
 
     # -------------------------------------------------------------- statements
     def _index_vars(self, scope: str) -> list:
@@ -427,9 +370,9 @@ class _Renderer:
                     + (f", mask={mask})" if masked else ")")]
         if isinstance(s, Reduce):
             ident = self._identity(s)
-            return [f"# {s.note}    {_loc(s.loc)}".rstrip(),
+            return [f"# {s.note}    {source_loc(s.loc)}".rstrip(),
                     f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
-        return [f"# {s.note}    {_loc(s.loc)}".rstrip(), f"{s.dest} = {self._compute(s)}"] \
+        return [f"# {s.note}    {source_loc(s.loc)}".rstrip(), f"{s.dest} = {self._compute(s)}"] \
             if s.note else [f"{s.dest} = {self._compute(s)}"]
 
     def _compute(self, s: Compute) -> str:
@@ -454,7 +397,7 @@ class _Renderer:
         operand = next((d for d in s.arg_dtypes if d is not None), None)
         args = [a if isinstance(a, str) else _literal(a.value, operand) for a in s.args]
         if s.op == "where":
-            operand = s.arg_dtypes[1] or s.arg_dtypes[2]
+            operand = operand_dtype(s)
             args = [args[0]] + [a if isinstance(a, str) else _literal(a.value, s.dtype)
                                 for a in (s.args[1], s.args[2])]
         text = OPS[s.op](args, [operand] + list(s.arg_dtypes[1:]))
@@ -497,11 +440,4 @@ def _literal(value, d: DType | None) -> str:
 
 def _expr(e: Expr) -> str:
     return str(e)
-
-
-def _loc(loc: str) -> str:
-    if not loc:
-        return ""
-    path, _, line = loc.rpartition(":")
-    return f"({path.rsplit('/', 1)[-1]}:{line})" if path else f"({loc})"
 

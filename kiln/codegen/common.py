@@ -1,0 +1,113 @@
+"""What every renderer of a `Kernel` shares: infix spellings, compute dtypes, source comments,
+and the plan of passes a reduction kernel makes over each row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.codegen.kernel import ELEM, ROW, Compute, Kernel, Reduce, Store
+from kiln.ir import dtypes as dt
+from kiln.ir.dtypes import DType
+
+# ops spelled `a op b` in Triton, C and Python alike
+INFIX = {"add": "+", "sub": "-", "mul": "*", "bitwise_and": "&", "bitwise_or": "|",
+         "bitwise_xor": "^", "eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">",
+         "ge": ">="}
+
+
+def compute_dtype(d: DType) -> DType:
+    """The dtype a value is held in while computing: float16 widens to float32."""
+    return dt.float32 if d is dt.float16 else d
+
+
+def source_loc(loc: str) -> str:
+    """`(file.py:12)` for a statement's comment: the user's line, without the directory."""
+    if not loc:
+        return ""
+    path, _, line = loc.rpartition(":")
+    return f"({path.rsplit('/', 1)[-1]}:{line})" if path else f"({loc})"
+
+
+def operand_dtype(s: Compute) -> DType | None:
+    """The dtype an op computes in: its first tensor argument's (`where`: its values')."""
+    if s.op == "where":
+        return s.arg_dtypes[1] or s.arg_dtypes[2]
+    return next((d for d in s.arg_dtypes if d is not None), None)
+
+
+# ----------------------------------------------------------------------------- row passes
+
+@dataclass
+class RowPass:
+    """One walk over a row: row values computed before it, then a loop over the row.
+
+    `reductions` are accumulated by the loop (all of one level); a pass without reductions is
+    the final one, which writes the element-wise outputs (`stores`). `elem` lists the
+    element-scope statements the loop body computes, in body order.
+    """
+
+    before: list
+    reductions: list
+    elem: list
+    stores: list
+
+    @property
+    def has_loop(self) -> bool:
+        return bool(self.reductions or self.elem or self.stores)
+
+
+def row_passes(kernel: Kernel) -> tuple[list, list]:
+    """The passes of a reduction kernel over each row, and the row-scope stores that end it.
+
+    Reductions of level k read results of levels < k only, so pass k accumulates the level-k
+    reductions, recomputing the element values they need; one last pass writes element
+    outputs. Row values (loads at the row, math on finished reductions) are computed once,
+    before the first pass that needs them.
+    """
+    body = kernel.body
+    by_dest = {s.dest: s for s in body if not isinstance(s, Store)}
+    levels: dict = {}
+    for s in body:
+        if isinstance(s, Reduce):
+            levels[s.dest] = s.level
+        elif isinstance(s, Compute):
+            levels[s.dest] = max([levels[a] for a in s.args if isinstance(a, str)] + [-1])
+        elif not isinstance(s, Store):
+            levels[s.dest] = -1
+    reductions = [s for s in body if isinstance(s, Reduce)]
+    top = max(s.level for s in reductions)
+    done: set = set()
+    passes = []
+    for level in range(top + 2):
+        before = [s for s in body if s.scope == ROW and not isinstance(s, (Reduce, Store))
+                  and s.dest not in done and levels[s.dest] < level]
+        done.update(s.dest for s in before)
+        if level <= top:
+            group = [s for s in reductions if s.level == level]
+            stores = []
+            targets = [s.src for s in group]
+        else:
+            group = []
+            stores = [s for s in body if isinstance(s, Store) and s.scope == ELEM]
+            targets = [s.src for s in stores]
+        need = elem_closure(by_dest, targets)
+        elem = [s for s in body if getattr(s, "dest", None) in need]
+        passes.append(RowPass(before, group, elem, stores))
+        done.update(s.dest for s in group)
+    row_stores = [s for s in body if isinstance(s, Store) and s.scope == ROW]
+    return passes, row_stores
+
+
+def elem_closure(by_dest: dict, targets: list) -> set:
+    """The element-scope statements the targets need, stopping at row values."""
+    need, stack = set(), [t for t in targets if isinstance(t, str)]
+    while stack:
+        name = stack.pop()
+        s = by_dest.get(name)
+        if s is None or s.scope != ELEM or name in need:
+            continue
+        need.add(name)
+        if isinstance(s, Compute):
+            stack += [a for a in s.args if isinstance(a, str)]
+    return need
