@@ -9,7 +9,14 @@ from pathlib import Path
 
 
 def _demo() -> int:
-    demo = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
+    """Train the digits CNN (examples/digits_cnn.py): about 10 s on 2 cores, >= 97% held out."""
+    import importlib.util
+    missing = [m for m in ("sklearn", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"kiln demo: the demo needs {', '.join(missing)} (the 'examples' extra): "
+              "pip install -e '.[examples]'", file=sys.stderr)
+        return 1
+    demo = Path(__file__).resolve().parent.parent / "examples" / "digits_cnn.py"
     sys.argv = [str(demo)]
     runpy.run_path(str(demo), run_name="__main__")
     return 0
@@ -56,7 +63,7 @@ def _dump(script: str, script_args: list, out: str, formats: tuple) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="kiln command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="train a small model with kiln and print its metrics")
+    sub.add_parser("demo", help="train a CNN on scikit-learn's 8x8 digits and print its held-out metrics")
     dump_p = sub.add_parser("dump", help="run a script and write, for each compiled function, "
                             "its traced graph (and later stages) as text, DOT, SVG and HTML")
     dump_p.add_argument("script")

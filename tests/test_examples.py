@@ -48,3 +48,11 @@ def test_char_rnn_loss_falls_and_it_samples_text():
     assert losses[-1] < 0.5 * losses[0], losses
     sample = out.split("sample:\n", 1)[1]
     assert sample.startswith("Beautiful is ") and len(sample) > 200
+
+
+def test_readme_demo_command_trains_the_digits_cnn():
+    env = dict(os.environ, KILN_EXAMPLE_QUICK="1")
+    result = subprocess.run([sys.executable, "-m", "kiln", "demo"], capture_output=True,
+                            text=True, env=env, timeout=300, cwd=EXAMPLES.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metric(result.stdout, "accuracy") >= 0.97

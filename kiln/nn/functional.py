@@ -458,20 +458,23 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input "
                              f"size {list(input.shape)}")
-        mean = input.mean(axes)
-        var = ((input - mean.reshape(shape)) ** 2).mean(axes)
-        if running_mean is not None or running_var is not None:
-            with kiln.no_grad():
-                if running_mean is not None:
-                    running_mean.copy_(running_mean * (1 - momentum) + mean * momentum)
-                if running_var is not None:
-                    unbiased = var * (count / (count - 1))
-                    running_var.copy_(running_var * (1 - momentum) + unbiased * momentum)
+        mean = input.mean(axes, keepdim=True)
+        centered = input - mean
+        var = (centered * centered).mean(axes, keepdim=True)
+        with kiln.no_grad():
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(mean.reshape(-1), alpha=momentum)
+            if running_var is not None:       # the running variance is the unbiased one
+                running_var.mul_(1 - momentum).add_(var.reshape(-1),
+                                                    alpha=momentum * count / (count - 1))
     else:
-        mean, var = running_mean, running_var
-    out = (input - mean.reshape(shape)) * kiln.rsqrt(var.reshape(shape) + eps)
+        centered, var = input - running_mean.reshape(shape), running_var.reshape(shape)
+    # the per-channel scale is computed on the small (1, C, 1, ...) tensors, so the large
+    # input sees one subtract, one multiply and one add
+    scale = kiln.rsqrt(var + eps)
     if weight is not None:
-        out = out * weight.reshape(shape)
+        scale = scale * weight.reshape(shape)
+    out = centered * scale
     if bias is not None:
         out = out + bias.reshape(shape)
     return out

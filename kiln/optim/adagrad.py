@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
 
 
 class Adagrad(Optimizer):
@@ -58,8 +58,7 @@ class Adagrad(Optimizer):
         grad = _grad(p, group["maximize"])
         if group["weight_decay"] != 0:
             grad = grad.add(p, alpha=group["weight_decay"])
-        # a tensor, like Adam's bias corrections, so tracing never reads the step count
-        step = state["step"].to(kiln.float64)
+        step = _step_count(state["step"])
         neg_clr = -group["lr"] / ((step - 1) * group["lr_decay"] + 1)
         state["sum"].addcmul_(grad, grad, value=1)
         std = state["sum"].sqrt().add_(group["eps"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _sqrt, _step_count
 
 
 class Adam(Optimizer):
@@ -58,11 +58,9 @@ class Adam(Optimizer):
                 grad = grad.add(p, alpha=wd)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        # The bias corrections stay tensors (float64, like PyTorch's Python floats) rather
-        # than Python numbers, so tracing a step does not read the step count into Python.
-        step = state["step"].to(kiln.float64)
+        step = _step_count(state["step"])
         bias_correction1 = 1 - beta1 ** step
-        bias_correction2_sqrt = (1 - beta2 ** step).sqrt()
+        bias_correction2_sqrt = _sqrt(1 - beta2 ** step)
         neg_step_size = -lr / bias_correction1
         if group["amsgrad"]:
             state["max_exp_avg_sq"].copy_(kiln.maximum(state["max_exp_avg_sq"], exp_avg_sq))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from copy import deepcopy
 from itertools import chain
+import math
 from typing import Any, Callable, Iterable
 
 import kiln
 from kiln import Tensor
+from kiln.tracer.tensor import STATE
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -177,6 +179,18 @@ def _cast_state(param: Tensor, key: str, value):
 
 def _grad(param: Tensor, maximize: bool) -> Tensor:
     return -param.grad if maximize else param.grad
+
+
+def _step_count(step: Tensor):
+    """The step count for bias corrections: a Python float in eager mode (as PyTorch reads it),
+    a float64 tensor while tracing, so a traced step never reads a value into Python."""
+    if STATE.tracer is None:
+        return float(step._data)
+    return step.to(kiln.float64)
+
+
+def _sqrt(x):
+    return math.sqrt(x) if isinstance(x, float) else x.sqrt()
 
 
 def _scalar_state(value: float = 0.0) -> Tensor:
