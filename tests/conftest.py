@@ -1,8 +1,13 @@
-"""Shared pytest setup: the `gpu` marker skips without a CUDA device."""
+"""Shared pytest setup: the `gpu` marker skips without a CUDA device, and every kernel run in
+Triton's interpreter is checked for writes outside its buffers."""
 
+import numpy as np
 import pytest
 
+from kiln.runtime import triton_launch
 from kiln.runtime.device import cuda_is_available
+
+CANARY, GUARD = 0xAB, 256       # bytes on each side of every buffer a kernel sees
 
 
 def pytest_collection_modifyitems(config, items):
@@ -12,3 +17,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _guarded_copy(array: np.ndarray, keep: list) -> np.ndarray:
+    raw = np.full(array.nbytes + 2 * GUARD, CANARY, dtype=np.uint8)
+    inner = raw[GUARD:GUARD + array.nbytes].view(array.dtype).reshape(array.shape)
+    inner[...] = array
+    keep.append(raw)
+    return inner
+
+
+@pytest.fixture(autouse=True)
+def _guard_interpreter_writes(monkeypatch):
+    """Triton's interpreter stores through raw pointers: a kernel that writes past its buffer
+    corrupts the heap and crashes pytest much later, far from the cause. Run each interpreted
+    kernel on copies surrounded by canary bytes and fail at the launch that touched them."""
+    launch = triton_launch.launch
+
+    def guarded(tk, inputs, outputs, backend="interpreter"):
+        if backend != "interpreter":
+            return launch(tk, inputs, outputs, backend)
+        raws: list = []
+        ins = [_guarded_copy(np.ascontiguousarray(a), raws) for a in inputs]
+        outs = [_guarded_copy(np.ascontiguousarray(a), raws) for a in outputs]
+        launch(tk, ins, outs, backend)
+        for raw in raws:
+            if (raw[:GUARD] != CANARY).any() or (raw[-GUARD:] != CANARY).any():
+                pytest.fail(f"kernel {tk.name} wrote outside its buffers:\n{tk.source}")
+        for out, result in zip(outputs, outs):
+            out[...] = result
+
+    monkeypatch.setattr(triton_launch, "launch", guarded)
