@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,14 +15,17 @@ class DType:
     short: str         # the IR listing's spelling: "f32"
     np: type           # the NumPy scalar type that stores it
     category: int      # 0 bool, 1 integer, 2 floating: promotion climbs categories
+    # derived once, as plain attributes: the dispatcher reads them on every op
+    np_dtype: np.dtype = field(init=False, repr=False)        # np.dtype(np)
+    is_floating_point: bool = field(init=False, repr=False)   # category == FLOAT
+
+    def __post_init__(self):
+        object.__setattr__(self, "np_dtype", np.dtype(self.np))
+        object.__setattr__(self, "is_floating_point", self.category == FLOAT)
 
     @property
     def itemsize(self) -> int:
-        return np.dtype(self.np).itemsize
-
-    @property
-    def is_floating_point(self) -> bool:
-        return self.category == FLOAT
+        return self.np_dtype.itemsize
 
     def __repr__(self) -> str:
         return f"kiln.{self.name}"

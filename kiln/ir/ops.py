@@ -333,15 +333,14 @@ def _prod_grad(g, out, x, axes, keepdim):
     return (P.reshape(g, shape=keep) * others,)
 
 
-def _reduce_impl(fn):
-    return lambda xp, x, axes, keepdim: getattr(xp, fn)(x, axis=axes, keepdims=keepdim)
-
-
+# Reductions call the array's own method (NumPy and CuPy arrays both have them): `np.sum(x)`
+# goes through a Python wrapper that costs more than summing a small array.
 define("sum", REDUCE, _reduce, lambda xp, x, axes, keepdim:
-       xp.sum(x, axis=axes, keepdims=keepdim, dtype=x.dtype), _sum_grad, arity=1)
-define("max", REDUCE, _nonempty_reduce, _reduce_impl("max"), _max_reduce_grad, arity=1)
+       x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype), _sum_grad, arity=1)
+define("max", REDUCE, _nonempty_reduce, lambda xp, x, axes, keepdim:
+       x.max(axis=axes, keepdims=keepdim), _max_reduce_grad, arity=1)
 define("prod", REDUCE, _reduce, lambda xp, x, axes, keepdim:
-       xp.prod(x, axis=axes, keepdims=keepdim, dtype=x.dtype), _prod_grad, arity=1)
+       x.prod(axis=axes, keepdims=keepdim, dtype=x.dtype), _prod_grad, arity=1)
 
 
 def _argmax_infer(shapes, dtypes, axis, keepdim):

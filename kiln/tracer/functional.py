@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P, normalize_axis
+from kiln.ir.ops import P, ShapeError, normalize_axis
 from kiln.tracer.dispatch import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -80,6 +80,18 @@ def _promoted(a, b, float_only: bool = False):
 
 
 def _binary(prim, a, b, float_only=False):
+    # Fast path for the common cases, where promotion keeps the tensor's dtype and `_promoted`
+    # would hand back the same operands: two tensors of one dtype, or a floating tensor and a
+    # Python int or float (which `_cast_operand` makes a float).
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            if a.dtype is b.dtype and (not float_only or a.dtype.category == dt.FLOAT):
+                return prim(a, b)
+        elif (type(b) is float or type(b) is int) and a.dtype.category == dt.FLOAT:
+            return prim(a, float(b))
+    elif (type(a) is float or type(a) is int) and isinstance(b, Tensor) and \
+            b.dtype.category == dt.FLOAT:
+        return prim(float(a), b)
     a, b = _promoted(a, b, float_only)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError(f"{prim.__name__}: expected at least one tensor, got "
@@ -548,7 +560,8 @@ def _axes(dim, ndim: int) -> tuple:
 
 
 def _norm_dim(dim, ndim: int) -> int:
-    from kiln.ir.ops import ShapeError
+    if type(dim) is int and -ndim <= dim < ndim:     # the common case, no checks needed
+        return dim + ndim if dim < 0 else dim
     try:
         return normalize_axis(int(dim), ndim)
     except ShapeError as e:
@@ -577,8 +590,12 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
         raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
                        f"floating point or complex dtype. Got: {input.dtype.name}")
     axes = _axes(dim, input.ndim)
-    count = math.prod(input.shape[a] for a in axes) if input.ndim else 1
-    total = sum(input, axes if input.ndim else None, keepdim)
+    if input.ndim:
+        shape = input._data.shape
+        count = math.prod(shape[a] for a in axes)
+        total = P.sum(input, axes=axes, keepdim=bool(keepdim))
+    else:
+        count, total = 1, input.clone()
     return total / count if count else total * math.nan
 
 
@@ -768,7 +785,7 @@ def _shape_arg(shape) -> tuple:
         shape = tuple(shape[0])
     if len(shape) == 1 and isinstance(shape[0], Tensor):
         shape = tuple(shape[0].tolist())
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 def _infer_shape(shape: tuple, numel: int, op: str = "view") -> tuple:
@@ -785,8 +802,8 @@ def _infer_shape(shape: tuple, numel: int, op: str = "view") -> tuple:
 
 
 def reshape(input, *shape):
-    shape = _infer_shape(_shape_arg(shape), input.numel(), "reshape")
-    if shape == tuple(input.shape):
+    shape = _infer_shape(_shape_arg(shape), input._data.size, "reshape")
+    if shape == input._data.shape:
         return input if STATE.tracer is None and not input.requires_grad else \
             P.reshape(input, shape=shape)
     return P.reshape(input, shape=shape)
@@ -796,7 +813,7 @@ def view(input, *shape):
     if len(shape) == 1 and isinstance(shape[0], dt.DType):
         raise op_error("view", "viewing as another dtype is not supported; use .to(dtype)",
                        NotImplementedError)
-    return P.reshape(input, shape=_infer_shape(_shape_arg(shape), input.numel(), "view"))
+    return P.reshape(input, shape=_infer_shape(_shape_arg(shape), input._data.size, "view"))
 
 
 def view_as(input, other):
@@ -1394,8 +1411,49 @@ def _normalize_key(key, ndim):
     return items
 
 
+def _basic_getitem(input, key):
+    """`input[key]` for the common keys, made of in-range ints and slices with positive int
+    steps (at most one per dim), as one slice (and, for int items, one reshape); None for any
+    other key, which `getitem` then handles (and reports errors for) in general."""
+    items = key if type(key) is tuple else (key,)
+    shape = input._data.shape
+    if len(items) > len(shape):
+        return None
+    starts, stops, steps, out_shape = [], [], [], []
+    for k, n in zip(items, shape):
+        if type(k) is slice:
+            step = k.step
+            if step is not None and (type(step) is not int or step <= 0):
+                return None
+            a, b, step = k.indices(n)
+            b = _py_max(a, b)
+            out_shape.append((b - a + step - 1) // step)
+        elif type(k) is int and -n <= k < n:
+            a = k % n
+            b, step = a + 1, 1          # the dim is dropped: nothing goes into out_shape
+        else:
+            return None
+        starts.append(a)
+        stops.append(b)
+        steps.append(step)
+    for n in shape[len(items):]:
+        starts.append(0)
+        stops.append(n)
+        steps.append(1)
+        out_shape.append(n)
+    x = input
+    if (starts, stops, steps) != ([0] * len(shape), list(shape), [1] * len(shape)):
+        x = P.slice(x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if len(out_shape) != len(shape):
+        x = P.reshape(x, shape=tuple(out_shape))
+    return x
+
+
 def getitem(input, key):
     """`tensor[key]`: ints, slices with steps, None, ..., integer tensors and boolean masks."""
+    x = _basic_getitem(input, key)
+    if x is not None:
+        return x
     items = _normalize_key(key, input.ndim)
     x = input
     shape = tuple(input.shape)
@@ -1551,6 +1609,9 @@ def setitem_functional(input, key, value):
 
 def matmul(input, other):
     a, b = input, other
+    if a.ndim == 2 and b.ndim == 2 and a.dtype is b.dtype and \
+            a._data.shape[1] == b._data.shape[0]:
+        return P.matmul(a, b)     # the common case, which every check below lets through
     if a.ndim == 0 or b.ndim == 0:
         raise op_error("matmul", f"both arguments to matmul need to be at least 1D, but they "
                        f"are {a.ndim}D and {b.ndim}D")
@@ -1728,9 +1789,10 @@ def softmax(input, dim=None, dtype=None):
     if x.ndim == 0:
         return reshape(softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)
-    m = P.max(x, axes=(d,), keepdim=True).detach() if x.shape[d] else x
-    e = P.exp(x - m)
-    return e / P.sum(e, axes=(d,), keepdim=True)
+    # x, m, e and the sum share x's floating dtype, so the primitives need no promotion
+    m = P.max(x, axes=(d,), keepdim=True).detach() if x._data.shape[d] else x
+    e = P.exp(P.sub(x, m))
+    return P.div(e, P.sum(e, axes=(d,), keepdim=True))
 
 
 def log_softmax(input, dim=None, dtype=None):

@@ -368,7 +368,7 @@ _METHODS["__itruediv__"] = _METHODS["div_"]
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
 
-Tensor.T = property(lambda self: F.permute(self, tuple(range(self.ndim))[::-1]))
+Tensor.T = property(lambda self: P.permute(self, perm=tuple(range(self.ndim - 1, -1, -1))))
 Tensor.mT = property(lambda self: F.transpose(self, -2, -1))
 Tensor.H = Tensor.T
 Tensor.is_cpu = property(lambda self: self.device.type == "cpu")
