@@ -297,8 +297,26 @@ def _where_grad(g, out, cond, x, y):
             unbroadcast(gy, y.shape) if gy is not None else None)
 
 
-define("where", ELEMENTWISE, _where_infer, lambda xp, c, x, y: xp.where(c, x, y), _where_grad,
-       arity=3)
+def _where_impl(xp, c, x, y):
+    if xp is not np or c.size < 4096:
+        return xp.where(c, x, y)
+    # NumPy's where branches per element: on a mask that is not sorted (ReLU, dropout) it
+    # runs ~8x slower than this branch-free bit select, out = y ^ ((x ^ y) & -c), done on
+    # unsigned integers as wide as the result dtype
+    dtype = np.result_type(x, y)
+    bits = np.dtype(f"u{dtype.itemsize}")
+    xb = np.asarray(x, dtype).view(bits) if np.ndim(x) else np.asarray(x, dtype)[()].view(bits)
+    yb = np.asarray(y, dtype).view(bits) if np.ndim(y) else np.asarray(y, dtype)[()].view(bits)
+    out = np.empty(np.broadcast_shapes(c.shape, np.shape(x), np.shape(y)), bits)
+    np.bitwise_xor(xb, yb, out=out)
+    mask = c.astype(bits)
+    np.negative(mask, out=mask)                             # 1 -> all ones, 0 -> 0
+    np.bitwise_and(out, mask, out=out)
+    np.bitwise_xor(out, yb, out=out)
+    return out.view(dtype)
+
+
+define("where", ELEMENTWISE, _where_infer, _where_impl, _where_grad, arity=3)
 
 
 def _cast_grad(g, out, x, dtype):

@@ -323,14 +323,18 @@ def _as_4d(input: Tensor, name: str):
 
 def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple,
                   out_hw: tuple) -> Tensor:
-    """(N, C, oh, ow, kh*kw): each output pixel's window, kernel positions row-major."""
+    """(kh*kw, N, C, oh, ow): each output pixel's window, kernel positions row-major, window
+    position first, so reductions over it run across whole slabs (NumPy reduces a short last
+    axis row by row, tens of times slower)."""
     (kh, kw), (oh, ow) = kernel, out_hw
     if stride != kernel or dilation != (1, 1):
-        return kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=-1)
+        return kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=0)
     # non-overlapping windows tile the input: one reshape instead of kh*kw slices and a stack
     n, c = x.shape[:2]
-    x = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw)
-    return x.permute(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, kh * kw)
+    if x.shape[2] != oh * kh or x.shape[3] != ow * kw:
+        x = x[:, :, :oh * kh, :ow * kw]
+    x = x.reshape(n, c, oh, kh, ow, kw)
+    return x.permute(3, 5, 0, 1, 2, 4).reshape(kh * kw, n, c, oh, ow)
 
 
 @functools.lru_cache(maxsize=64)
@@ -354,17 +358,28 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         h, w, kernel_size, stride, padding, dilation, ceil_mode)
     x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, -math.inf)
     stacked = _pool_windows(x, kernel, stride, dilation, out_hw)
-    # argmax + mask rather than amax: amax splits the gradient among ties (ReLU zeros)
-    first = kiln.argmax(stacked, dim=-1, keepdim=True)
-    positions = kiln.arange(stacked.shape[-1], device=x.device)
-    out = kiln.where(first == positions, stacked, 0.0).sum(-1)
+    # the gradient goes to the first maximum of each window only (amax would split it among
+    # ties, e.g. ReLU's zeros): mark the maxima (a NaN counts as one and propagates), keep the
+    # first of them, pick it; everything reduces over the leading window axis
+    with kiln.no_grad():
+        top = stacked.amax(0)
+        is_max = (stacked == top) | kiln.isnan(stacked)
+        # earlier windows rank higher; the best-ranked maximum is the first (NumPy's argmax
+        # and cumsum over the window axis are slow, these are all slab-wise ops)
+        k = stacked.shape[0]
+        rank = kiln.where(is_max, kiln.arange(k, 0, -1, device=x.device, dtype=kiln.int32)
+                          .reshape(-1, 1, 1, 1, 1), 0)
+        first = rank == rank.amax(0)
+    out = kiln.where(first, stacked, 0.0).sum(0)
     if unbatched:
         out = out.squeeze(0)
     if not return_indices:
         return out
     table = _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw)
     table = _constant(np.moveaxis(table, 0, -1), x)                 # (oh, ow, K)
-    indices = kiln.gather(table.expand(n, c, *table.shape), -1, first).squeeze(-1)
+    positions = kiln.arange(stacked.shape[0], device=x.device).reshape(-1, 1, 1, 1, 1)
+    chosen = (first.long() * positions).sum(0).unsqueeze(-1)        # (N, C, oh, ow, 1)
+    indices = kiln.gather(table.expand(n, c, *table.shape), -1, chosen).squeeze(-1)
     return out, indices.squeeze(0) if unbatched else indices
 
 
