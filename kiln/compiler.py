@@ -115,11 +115,26 @@ def _arg_names(fn, args, kwargs, leaves) -> dict:
 
 def _state_key(fn) -> tuple:
     """Python values a trace bakes in: module train/eval flags and optimizer hyperparameters."""
-    key = []
+    return _state_key_of(_stateful_objects(fn))
+
+
+def _stateful_objects(fn) -> list:
+    """The modules (every submodule) and optimizers `fn` references, whose state it bakes in."""
+    found = []
     for obj in _referenced_objects(fn).values():
         if hasattr(obj, "named_modules"):
-            key.append(tuple(m.training for _, m in obj.named_modules()))
+            found.append(("modules", [m for _, m in obj.named_modules()]))
         elif hasattr(obj, "param_groups"):
+            found.append(("optimizer", obj))
+    return found
+
+
+def _state_key_of(stateful: list) -> tuple:
+    key = []
+    for kind, obj in stateful:
+        if kind == "modules":
+            key.append(tuple(m.training for m in obj))
+        else:
             for g in obj.param_groups:
                 key.append(tuple(sorted((k, v) for k, v in g.items()
                                         if k != "params" and isinstance(v, (int, float, bool)))))
@@ -234,21 +249,62 @@ class CompiledEntry:
     backward: object = None             # executor of the compiled backward program
     joint: object = None                # JointInfo: which outputs and inputs have gradients
     partition: object = None            # PartitionReport: what the forward saves
+    fetch: list = field(default_factory=list)        # (kind, where) per executor input
+    out_dtypes: list = field(default_factory=list)   # dtype per user output
+
+
+def _fetch_plan(program: TracedProgram, n: int) -> list:
+    """How a replay finds each of the first `n` graph inputs, resolved once per entry."""
+    plan = []
+    for i, b in enumerate(program.bindings[:n]):
+        if b.kind == "arg":
+            plan.append((_ARG, b.path))
+        elif b.kind == "seed":
+            plan.append((_SEED, b.generator))
+        elif b.kind == "grad":
+            plan.append((_GRAD, i))
+        else:
+            plan.append((_LIFTED, b.tensor))
+    return plan
+
+
+_ARG, _LIFTED, _GRAD, _SEED = range(4)
 
 
 def build_executor(graph, backend: str, device) -> tuple:
     """The executor for an optimized graph: (executor, schedule or None).
 
-    `auto` generates Triton kernels for CUDA tensors and uses the NumPy executor on the CPU;
-    `triton` forces Triton kernels (Triton's interpreter on CPU memory); `numpy` never fuses.
+    `auto` generates Triton kernels for CUDA tensors and C kernels for CPU tensors (the NumPy
+    executor when no C compiler works, with a one-time message saying why); `c` asks for C
+    kernels, `triton` for Triton kernels (Triton's interpreter on CPU memory); `numpy` never
+    fuses.
     """
     xp = device.xp
-    if backend == "numpy" or (backend == "auto" and device.type == "cpu"):
+    if backend == "numpy":
         return ArrayExecutor(graph, xp), None
+    target = "triton"
+    if device.type == "cpu" and backend in ("auto", "c"):
+        from kiln.runtime import c_build
+        problem = c_build.compiler_problem()
+        if problem is not None:
+            _note_no_compiler(problem)
+            return ArrayExecutor(graph, xp), None
+        target = "c"
     from kiln.passes.fusion import fuse
     from kiln.runtime.schedule_executor import ScheduleExecutor
     schedule = fuse(graph)
-    return ScheduleExecutor(schedule, xp), schedule
+    return ScheduleExecutor(schedule, xp, target), schedule
+
+
+_NO_COMPILER_NOTED: list = []
+
+
+def _note_no_compiler(problem: str) -> None:
+    """Say once per process that compiled CPU code runs on NumPy, and why."""
+    if not _NO_COMPILER_NOTED:
+        _NO_COMPILER_NOTED.append(problem)
+        warnings.warn(f"kiln.compile: no working C compiler, so compiled functions run on the "
+                      f"NumPy executor on the CPU: {problem}", stacklevel=4)
 
 
 @dataclass
@@ -259,6 +315,7 @@ class CompiledFunction:
     entries: dict = field(default_factory=dict)
     warned: set = field(default_factory=set)
     retraces: int = 0
+    _stateful: list | None = None       # referenced modules and optimizers, found once
 
     def __post_init__(self):
         functools.update_wrapper(self, self.fn)
@@ -266,21 +323,30 @@ class CompiledFunction:
     def __get__(self, obj, objtype=None):
         return self if obj is None else functools.partial(self.__call__, obj)
 
-    def _key(self, leaves, args, kwargs) -> tuple:
-        tensors = tuple((tuple(t.shape), t.dtype.name, str(t.device), t.requires_grad,
-                         STATE.grad_enabled) for t in leaves)
-        _, tree = flatten((args, kwargs))
-        try:
-            hash(tree)
-        except TypeError:
-            tree = repr(tree)
-        return tensors, tree, _state_key(self.fn)
+    def _guard_key(self, args, kwargs) -> tuple:
+        """(key, leaves): what an entry is specialized to, and the tensors of this call.
+
+        The key holds each tensor's shape, dtype, device and requires_grad, the grad mode, the
+        non-tensor arguments and the state of referenced modules and optimizers.
+        """
+        if not kwargs and all(isinstance(a, Tensor) for a in args):
+            leaves, tree = args, len(args)            # the common call: tensors only
+        else:
+            leaves, tree = flatten((args, kwargs))
+            try:
+                hash(tree)
+            except TypeError:
+                tree = repr(tree)
+        tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
+        if self._stateful is None:
+            self._stateful = _stateful_objects(self.fn)
+        state = _state_key_of(self._stateful) if self._stateful else ()
+        return (tensors, STATE.grad_enabled, tree, state), leaves
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
             return self.fn(*args, **kwargs)
-        leaves, _ = flatten((args, kwargs))
-        key = self._key(leaves, args, kwargs)
+        key, leaves = self._guard_key(args, kwargs)
         entry = self.entries.get(key)
         if entry is None:
             if len(self.entries) >= RECOMPILE_LIMIT:
@@ -288,10 +354,12 @@ class CompiledFunction:
                            f"({RECOMPILE_LIMIT} guard keys); running it eagerly from now on")
                 return self.fn(*args, **kwargs)
             return self._trace_and_run(key, args, kwargs)
-        if entry.program is not None and not _grad_state_matches(entry.program, leaves):
+        program = entry.program
+        if program is not None and program.grad_writes and \
+                not _grad_state_matches(program, leaves):
             # a `.grad` that was None when traced exists now (or the reverse): the program
             # would set instead of accumulate, so this state gets its own entry
-            key = key + (_grad_state(entry.program, leaves),)
+            key = key + (_grad_state(program, leaves),)
             entry = self.entries.get(key)
             if entry is None:
                 return self._trace_and_run(key, args, kwargs)
@@ -346,6 +414,8 @@ class CompiledFunction:
             entry.executor, entry.schedule = build_executor(entry.graph, self.backend, device)
             index = {v: i for i, v in enumerate(entry.graph.inputs)}
             entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
+            entry.fetch = _fetch_plan(program, len(entry.graph.inputs))
+            entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
         except Exception as e:        # a compiler bug must never cost the user a result
             entry.program, entry.eager_reason = None, f"compilation failed: {e!r}"
             self._note("build", f"compiling {_function_name(self.fn)} failed ({e!r}); it "
@@ -357,11 +427,15 @@ class CompiledFunction:
     def _replay(self, entry: CompiledEntry, leaves, args, kwargs):
         program = entry.program
         inputs = []
-        for i, b in enumerate(program.bindings[:len(entry.graph.inputs)]):
-            if b.kind == "seed":
-                inputs.append(np.array(b.generator.next_seed(), dtype=np.int64))
+        for kind, where in entry.fetch:
+            if kind == _ARG:
+                inputs.append(leaves[where]._data)
+            elif kind == _LIFTED:
+                inputs.append(where._data)
+            elif kind == _SEED:
+                inputs.append(np.array(where.next_seed(), dtype=np.int64))
             else:
-                inputs.append(_bound_tensor(program, i, leaves)._data)
+                inputs.append(_bound_tensor(program, where, leaves)._data)
         try:
             outs, new_values = entry.executor.run(inputs)
         except Exception as e:            # nothing was written back yet: eager is still safe
@@ -369,13 +443,12 @@ class CompiledFunction:
             self._note("launch", f"running compiled {_function_name(self.fn)} failed ({e!r}); "
                        "it runs eagerly from now on")
             return self.fn(*args, **kwargs)
-        graph = entry.graph
-        targets = []
-        for i, new in zip(entry.writebacks, new_values):
-            targets.append((_bound_tensor(program, i, leaves), new))
-        for tensor, new in targets:
-            tensor._data[...] = new
-            tensor._version[0] += 1
+        if new_values:
+            targets = [(_bound_tensor(program, i, leaves), new)
+                       for i, new in zip(entry.writebacks, new_values)]
+            for tensor, new in targets:
+                tensor._data[...] = new
+                tensor._version[0] += 1
         for gw in program.grad_writes:
             tensor = _bound_tensor(program, gw.input, leaves)
             if gw.output is None:
@@ -387,15 +460,22 @@ class CompiledFunction:
             else:
                 tensor.grad = Tensor._make(value.copy(), tensor.dtype, tensor.device)
         device = leaves[0].device if leaves else _cpu()
-        n_user = program.num_user_outputs
-        user = [Tensor._make(o, v.dtype, device) for o, v in zip(outs[:n_user], graph.outputs)]
+        make = Tensor._make
+        user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
+                                                     entry.out_dtypes)]
         if entry.joint is not None:
             wrt = [_bound_tensor(program, i, leaves) for i in entry.joint.grad_inputs]
-            _attach_backward(entry, user, outs[n_user:], wrt)
-        return unflatten(program.output_tree, user)
+            _attach_backward(entry, user, outs[program.num_user_outputs:], wrt)
+        tree = program.output_tree
+        if tree == _ONE_TENSOR:
+            return user[0]
+        return unflatten(tree, user)
 
     def programs(self) -> list:
         return [e.program for e in self.entries.values() if e.program is not None]
+
+
+_ONE_TENSOR = ("T",)          # flatten's tree for a function returning one tensor
 
 
 def _cpu():
@@ -490,9 +570,9 @@ def _device_of(outputs, args):
 def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=None,
             mode=None):
     """Compile a function (or Module): `@kiln.compile` or `kiln.compile(fn, backend=...)`."""
-    if backend not in ("auto", "numpy", "triton"):
-        raise ValueError(f"kiln.compile: unknown backend {backend!r}; use 'auto', 'numpy' or "
-                         "'triton'")
+    if backend not in ("auto", "c", "numpy", "triton"):
+        raise ValueError(f"kiln.compile: unknown backend {backend!r}; use 'auto', 'c', "
+                         "'numpy' or 'triton'")
     if fn is None:
         return lambda f: compile(f, backend=backend, fullgraph=fullgraph)
     return CompiledFunction(fn, backend, fullgraph)

@@ -38,6 +38,7 @@ def program_sections(program) -> list[tuple[str, str]]:
     else:
         sections += report.sections()
         sections.append(("generated kernels (Triton)", kernel_sources(report.schedule)))
+        sections.append(("generated kernels (C)", c_kernel_sources(report.schedule)))
         sections.append(("fusion groups (DOT)", report.dot()))
     return sections
 
@@ -56,14 +57,34 @@ def kernel_sources(schedule) -> str:
     return "\n\n".join(parts) if parts else "(no fused kernels: only extern calls)"
 
 
+def c_kernel_sources(schedule) -> str:
+    """The C translation unit of the fused kernels, named k0, k1, ... like the Triton ones."""
+    from kiln.codegen.c import c_module, render_c
+    from kiln.codegen.kernel import LoweringError, lower
+    rendered, skipped = [], []
+    for i, kernel in enumerate(schedule.kernels):
+        try:
+            k = lower(kernel.subgraph)
+            rendered.append(render_c(k, name=f"k{i}_{k.name}"))
+        except LoweringError as e:
+            skipped.append(f"// ---- k{i} {kernel.name}: not lowered to C ({e}); it runs on "
+                           "the array executor")
+    if not rendered and not skipped:
+        return "(no fused kernels: only extern calls)"
+    title = f"kernels of graph {schedule.graph.name!r}"
+    return "\n".join(skipped + ([c_module(rendered, title)] if rendered else []))
+
+
 def compiled_notes(compiled) -> list[tuple[str, str]]:
     """Guards of each compiled entry and why any of them runs eagerly."""
     lines = []
     for i, (key, entry) in enumerate(compiled.entries.items()):
-        tensors, tree, state = key
-        lines.append(f"key {i}: tensors (shape, dtype, device, requires_grad, grad mode) "
-                     f"{list(tensors)}; python values {tree!r}; module/optimizer state "
-                     f"{state!r}")
+        tensors, grad_mode, tree, state = key[:4]
+        tensors = [(list(shape), dtype.name, str(device), requires_grad)
+                   for shape, dtype, device, requires_grad in tensors]
+        lines.append(f"key {i}: tensors (shape, dtype, device, requires_grad) {tensors}; "
+                     f"grad mode {grad_mode}; python values {tree!r}; module/optimizer state "
+                     f"{state!r}" + (f"; .grad is None {key[4]}" if len(key) > 4 else ""))
         lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
     return [("guards", "\n".join(lines))] if lines else []
@@ -137,7 +158,15 @@ def _html(name: str, sections, svg) -> str:
              "</title><body style='font-family:sans-serif'>",
              f"<h1>{html.escape(name)}</h1>"]
     for title, body in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(body)}</pre>")
+        if title == "generated kernels (C)":
+            continue                    # shown beside the Triton source
+        block = f"<h2>{html.escape(title)}</h2><pre>{html.escape(body)}</pre>"
+        if title == "generated kernels (Triton)" and "generated kernels (C)" in dict(sections):
+            c_body = dict(sections)["generated kernels (C)"]
+            block = ("<div style='display:flex;gap:1em'><div style='flex:1;overflow:auto'>"
+                     f"{block}</div><div style='flex:1;overflow:auto'><h2>generated kernels "
+                     f"(C)</h2><pre>{html.escape(c_body)}</pre></div></div>")
+        parts.append(block)
     parts.append(svg if svg is not None else f"<p>{html.escape(NO_GRAPHVIZ)}</p>")
     parts.append("</body>")
     return "\n".join(parts)

@@ -1,6 +1,6 @@
 """Compiled equals eager on the tracer's corpus (outputs, write-backs, gradients), with the
-`auto` backend and with `triton` (generated kernels run in Triton's interpreter), and compiled
-training steps match eager parameters after 10 steps."""
+`auto` backend, with `numpy` (no fusion), with `c` (generated C kernels) and with `triton` (generated kernels run in
+Triton's interpreter), and compiled training steps match eager parameters after 10 steps."""
 
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ def _compare(compiled_out, eager_out):
                                    atol=2e-6)
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("backend", ["auto", "numpy", "c", "triton"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_corpus_compiled_equals_eager(name, backend):
     # two identical worlds: one runs eagerly, the other compiled (trace call, then replays)
@@ -47,9 +47,28 @@ def test_corpus_compiled_equals_eager(name, backend):
             if b.grad is not None:
                 np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=2e-5,
                                            atol=2e-6)
+    _assert_really_compiled(compiled)
 
 
-def _check_training(make, x, y, steps=10, backend="auto", rtol=1e-5):
+def _assert_really_compiled(compiled):
+    """Equal results prove nothing if compiling failed and the function quietly ran eagerly."""
+    for entry in compiled.entries.values():
+        reason = entry.eager_reason or ""
+        assert not reason.startswith(("compilation failed", "running the kernels failed")), \
+            reason
+        for executor in (entry.executor, entry.backward):
+            for name, source, *why in getattr(executor, "kernels", []):
+                assert not (why and why[0].startswith("C build failed")), why[0]
+
+
+def _check_training(make, x, y, steps=10, backend="auto", rtol=1e-5, noise=None):
+    """Compiled and eager training agree step by step and in the final parameters.
+
+    `noise` maps a parameter name to the slice of it whose gradient is zero up to rounding:
+    Adam turns that noise into steps of about lr, in directions that depend on summation
+    order, so there only the size of the drift is checked.
+    """
+    noise = noise or {}
     (model_e, opt_e, loss_fn), (model_c, opt_c, _) = make(), make()
 
     def step_for(model, opt):
@@ -66,8 +85,13 @@ def _check_training(make, x, y, steps=10, backend="auto", rtol=1e-5):
         np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=rtol,
                                    atol=1e-6)
     for (name, pe), (_, pc) in zip(model_e.named_parameters(), model_c.named_parameters()):
-        np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=rtol,
-                                   atol=1e-6, err_msg=name)
+        got, want = pc.detach().numpy().copy(), pe.detach().numpy().copy()
+        if name in noise:
+            lr = opt_e.param_groups[0]["lr"]
+            part = noise[name]
+            np.testing.assert_allclose(got[part], want[part], atol=2 * lr * steps)
+            got[part] = want[part]
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-6, err_msg=name)
     replays = [e for e in compiled.entries.values() if e.program is not None]
     assert sum(e.calls for e in replays) >= steps - 3     # at most 3 traces, the rest replays
 
@@ -108,7 +132,10 @@ def test_compiled_transformer_encoder_adamw_matches_eager():
         model = Encoder()
         return model, kiln.optim.AdamW(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
     kiln.manual_seed(3)
-    _check_training(make, kiln.randn(4, 6, 16), kiln.randint(0, 3, (4,)), rtol=2e-5)
+    # attention's key bias shifts every score of a row equally, which softmax ignores: its
+    # gradient is exactly zero in exact arithmetic
+    _check_training(make, kiln.randn(4, 6, 16), kiln.randint(0, 3, (4,)), rtol=2e-5,
+                    noise={"layer.self_attn.in_proj_bias": slice(16, 32)})
 
 
 def test_compiled_training_step_with_triton_kernels_matches_eager():

@@ -1,16 +1,22 @@
-"""Runs a fused Schedule: each FusedKernel as one generated Triton kernel, externs as calls.
+"""Runs a fused Schedule: each FusedKernel as one generated kernel, externs as array calls.
 
-On NumPy memory the kernels run in Triton's interpreter (slow: for tests and for reading the
-kernels); on CuPy memory they are compiled and launched on CuPy's current stream. A kernel the
-code generator cannot lower runs through the array executor instead, so every schedule runs.
+Two kinds of generated kernel: Triton (`target="triton"`; on NumPy memory they run in Triton's
+interpreter, slow, for tests and for reading the kernels; on CuPy memory they are compiled and
+launched on CuPy's current stream) and C (`target="c"`; one shared object per schedule, built
+in the background when the executor is created, OpenMP on the CPU). A kernel the code
+generator cannot lower runs through the array executor instead, and so do all the C kernels of
+a schedule whose build fails (with a warning), so every schedule runs.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from kiln.codegen.kernel import LoweringError
+from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.graph import Graph, Value
+from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
 
 
@@ -24,44 +30,141 @@ def _single_node_graph(node) -> Graph:
 
 
 class ScheduleExecutor:
-    """Executes `schedule` on `xp` memory; `kernels` lists (name, Triton source or None)."""
+    """Executes `schedule` on `xp` memory; `kernels` lists (name, kernel source or None[, why]).
 
-    def __init__(self, schedule, xp=np):
-        from kiln.runtime.triton_launch import render
-        self.schedule, self.xp = schedule, xp
+    Args:
+        schedule: the fused program (`kiln.passes.fusion.fuse`).
+        xp: numpy, or cupy for Triton kernels on a GPU.
+        target: "triton" or "c": what the fused kernels are rendered to.
+    """
+
+    def __init__(self, schedule, xp=np, target: str = "triton"):
+        if target not in ("triton", "c"):
+            raise ValueError(f"unknown kernel target {target!r}; expected 'triton' or 'c'")
+        self.schedule, self.xp, self.target = schedule, xp, target
         self.backend = "interpreter" if xp is np else "cuda"
-        graph = schedule.graph
-        self.steps = []
-        self.kernels = []           # (kernel name, source or None when it was not lowered)
+        graph = self.graph = schedule.graph
+        slot: dict = {}
+        for v in list(graph.inputs) + list(graph.constants):
+            slot.setdefault(v, len(slot))
         for step in schedule.steps:
+            for v in step.outputs:
+                slot.setdefault(v, len(slot))
+        self.num_slots = len(slot)
+        self.input_slots = [slot[v] for v in graph.inputs]
+        self.constants = [(slot[v], a if xp is np else xp.asarray(a))
+                          for v, a in graph.constants.items()]
+        self.kernels = []           # (kernel name, source or None when it was not lowered)
+        self.c_kernels = []         # CKernel per C step, in order
+        self.module_source = None   # the C translation unit, for target "c"
+        self._build = None
+        steps = []
+        index = 0                   # kernels are named k0, k1, ... as `kiln dump` lists them
+        for step in schedule.steps:
+            ins = [slot[v] for v in step.inputs]
+            outs = [slot[v] for v in step.outputs]
             if hasattr(step, "subgraph"):      # a fused kernel; the rest are extern nodes
+                sub = step.subgraph
+                index += 1
                 try:
-                    tk = render(step.subgraph)
-                    self.steps.append(("triton", tk, step.inputs, step.outputs, step.subgraph))
-                    self.kernels.append((tk.name, tk.source))
+                    steps.append(self._generated(index - 1, sub, ins, outs))
                     continue
                 except LoweringError as e:
                     self.kernels.append((step.name, None, str(e)))
-                    sub = step.subgraph
             else:
                 sub = _single_node_graph(step.node)
-            self.steps.append(("array", ArrayExecutor(sub, xp), step.inputs, step.outputs, sub))
-        self.graph = graph
+            steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub))
+        self.steps = steps
+        if self.c_kernels:
+            from kiln.codegen.c import c_module
+            from kiln.runtime import c_build
+            self.module_source = c_module(self.c_kernels, f"kernels of graph {graph.name!r}")
+            self._build = c_build.start_build(self.module_source)
+        # buffers no later step reads are dropped after the step that last reads them
+        pinned = set(self.input_slots) | {s for s, _ in self.constants} | {
+            slot[v] for v in graph.outputs} | {slot[new] for _, new in graph.mutations}
+        last: dict = {}
+        for i, step in enumerate(steps):
+            for s in step[2]:
+                last[s] = i
+        self.free = [tuple(s for s in dict.fromkeys(step[2]) if last[s] == i and s not in pinned)
+                     for i, step in enumerate(steps)]
+        self.output_slots = [slot[v] for v in graph.outputs]
+        self.mutation_slots = [slot[new] for _, new in graph.mutations]
+        self._ready = self._build is None
 
+    def _generated(self, index: int, sub: Graph, ins: list, outs: list) -> tuple:
+        kernel = lower(sub)
+        if self.target == "c":
+            from kiln.codegen.c import render_c
+            ck = render_c(kernel, name=f"k{index}_{kernel.name}")
+            self.c_kernels.append(ck)
+            self.kernels.append((ck.name, ck.source))
+            specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs),
+                     tuple((v.shape, np.dtype(v.dtype.np)) for v in sub.outputs))
+            return ("c", ck, ins, outs, sub, specs)
+        from kiln.codegen.triton import render_triton
+        tk = render_triton(kernel)
+        self.kernels.append((tk.name, tk.source))
+        return ("triton", tk, ins, outs, sub)
+
+    # -------------------------------------------------------------- C kernels
+    def _link(self) -> None:
+        """Wait for the C build and bind each C step to its function; on failure, fall back."""
+        from kiln.runtime import c_build
+        try:
+            lib = c_build.load(self._build)
+            steps = []
+            for kind, runner, ins, outs, sub, *rest in self.steps:
+                if kind == "c":
+                    fn = c_build.kernel_function(lib, runner.name, len(ins) + len(outs))
+                    steps.append(("c", fn, ins, outs, sub, *rest))
+                else:
+                    steps.append((kind, runner, ins, outs, sub, *rest))
+        except c_build.BuildError as e:
+            warnings.warn(f"kiln: building the C kernels of {self.graph.name!r} failed, they run "
+                          f"on the NumPy executor instead: {e}", stacklevel=4)
+            steps = [("array", ArrayExecutor(sub, self.xp), ins, outs, sub)
+                     if kind == "c" else (kind, runner, ins, outs, sub, *rest)
+                     for kind, runner, ins, outs, sub, *rest in self.steps]
+            self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
+                            for k in self.kernels]
+        self.steps = steps
+        self._ready = True
+
+    def wait(self) -> "ScheduleExecutor":
+        """Finish building (and loading) the C kernels now rather than on the first run."""
+        if not self._ready:
+            self._link()
+        return self
+
+    # -------------------------------------------------------------- running
     def run(self, inputs: list) -> tuple[list, list]:
-        from kiln.runtime.triton_launch import launch
+        if not self._ready:
+            self._link()
         xp = self.xp
-        graph = self.graph
-        env: dict = dict(zip(graph.inputs, inputs))
-        env.update({v: (a if xp is np else xp.asarray(a)) for v, a in graph.constants.items()})
-        for kind, runner, ins, outs, sub in self.steps:
-            args = [env[v] for v in ins]
-            if kind == "triton":
-                args = [xp.ascontiguousarray(a, dtype=v.dtype.np)
-                        for a, v in zip(args, sub.inputs)]
+        env = [None] * self.num_slots
+        for s, a in zip(self.input_slots, inputs):
+            env[s] = a
+        for s, a in self.constants:
+            env[s] = a
+        for (kind, runner, ins, outs, sub, *rest), free in zip(self.steps, self.free):
+            if kind == "c":
+                in_dtypes, out_specs = rest[0]
+                args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
+                results = [np.empty(shape, d) for shape, d in out_specs]
+                runner(*[data_pointer(a) for a in args], *[data_pointer(a) for a in results])
+            elif kind == "triton":
+                from kiln.runtime.triton_launch import launch
+                args = [xp.ascontiguousarray(env[s], dtype=v.dtype.np)
+                        for s, v in zip(ins, sub.inputs)]
                 results = [xp.empty(v.shape, dtype=v.dtype.np) for v in sub.outputs]
                 launch(runner, args, results, self.backend)
             else:
-                results, _ = runner.run(args)
-            env.update(zip(outs, results))
-        return [env[v] for v in graph.outputs], [env[new] for _, new in graph.mutations]
+                results, _ = runner.run([env[s] for s in ins])
+            for s, r in zip(outs, results):
+                env[s] = r
+            for s in free:
+                env[s] = None
+        return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
+

@@ -1,0 +1,631 @@
+"""The C renderer: a `Kernel` description -> readable C with OpenMP, the native CPU backend.
+
+A pointwise kernel is a loop nest over its output: the innermost loop walks contiguous memory
+under `#pragma omp simd`, the outer ones are shared among threads with `#pragma omp parallel
+for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
+level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
+are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
+
+Each op's C spelling lives in one table (`OPS`). float32 exp, log, tanh, erf and friends are
+written out below as branch-free formulas (Cephes' polynomials) so that loops calling them
+vectorize, accurate to a couple of float32 ulps; float64 calls the C library. float16 is loaded
+into float, computed in float and rounded back on store and on casts. Integer division and
+remainder round towards minus infinity and return 0 for a zero divisor, as NumPy does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kiln.codegen.common import (INFIX, RowPass, compute_dtype, operand_dtype, row_passes,
+                                 source_loc)
+from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
+                                 Reduce, Store)
+from kiln.ir import dtypes as dt
+from kiln.ir.dtypes import DType
+
+# Work (elements times statements) below which a loop runs on one thread: starting a team
+# costs a few microseconds, about what one thread does with this much work.
+PARALLEL_MIN = 1 << 17
+# rows at least this many are shared among threads; fewer, longer rows are split instead
+PARALLEL_ROWS = 8
+
+
+@dataclass(frozen=True)
+class CKernel:
+    """One rendered C function and what a module needs around it."""
+
+    name: str               # the C function's name
+    source: str             # its definition, with the header comment
+    helpers: tuple          # helper functions it calls, to define once per module
+    arg_dtypes: tuple       # dtype of each pointer argument: inputs, then outputs
+
+
+C_TYPE = {dt.float16: "_Float16", dt.float32: "float", dt.float64: "double",
+          dt.int32: "int32_t", dt.int64: "int64_t", dt.uint8: "uint8_t", dt.bool_: "bool"}
+
+
+def ctype(d: DType) -> str:
+    """The C type a value of dtype `d` is held in while computing (float16: float)."""
+    return C_TYPE[compute_dtype(d)]
+
+
+# ----------------------------------------------------------------------------- op table
+
+def _by_dtype(f32: str, f64: str, integer=None):
+    """A unary math function: float32 and float64 spellings; integers pass through or fail."""
+    def text(a, d):
+        if d.is_floating_point:
+            return f"{f64 if d is dt.float64 else f32}({a[0]})"
+        if integer is None:
+            raise LoweringError(f"{f32}: integer input is not generated")
+        return integer(a)
+    return text
+
+
+def _float_or(fn_float, fn_int):
+    return lambda a, d: fn_float(a, d) if d.is_floating_point else fn_int(a, d)
+
+
+def _no_int(op):
+    def fail(a, d):
+        raise LoweringError(f"{op} of {d.name} tensors is not generated in C")
+    return fail
+
+
+def _int_helper(name):
+    def text(a, d):
+        if d is dt.bool_:
+            raise LoweringError(f"{name} of bool tensors is not generated in C")
+        return f"kiln_{name}_i64({a[0]}, {a[1]})"
+    return text
+
+
+def _f(d: DType) -> str:
+    """Suffix of a float helper for the compute dtype: kiln_floordivf vs kiln_floordiv."""
+    return "" if d is dt.float64 else "f"
+
+
+# op -> (rendered args, operand dtype) -> C expression
+OPS = {
+    **{op: (lambda a, d, sym=sym: f"{a[0]} {sym} {a[1]}") for op, sym in INFIX.items()},
+    "div": _float_or(lambda a, d: f"{a[0]} / {a[1]}", _no_int("div")),
+    "floordiv": _float_or(lambda a, d: f"kiln_floordiv{_f(d)}({a[0]}, {a[1]})",
+                          _int_helper("floordiv")),
+    "mod": _float_or(lambda a, d: f"kiln_mod{_f(d)}({a[0]}, {a[1]})", _int_helper("mod")),
+    "pow": lambda a, d: _pow(a, d),
+    # NumPy's maximum/minimum: a NaN on either side wins
+    "maximum": _float_or(lambda a, d: f"({a[0]} >= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
+                         lambda a, d: f"{a[0]} >= {a[1]} ? {a[0]} : {a[1]}"),
+    "minimum": _float_or(lambda a, d: f"({a[0]} <= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
+                         lambda a, d: f"{a[0]} <= {a[1]} ? {a[0]} : {a[1]}"),
+    "where": lambda a, d: f"{a[0]} ? {a[1]} : {a[2]}",
+    "neg": lambda a, d: f"!{a[0]}" if d is dt.bool_ else f"-{a[0]}",
+    "bitwise_not": lambda a, d: f"!{a[0]}" if d is dt.bool_ else f"~{a[0]}",
+    "abs": _float_or(_by_dtype("fabsf", "fabs"),
+                     lambda a, d: a[0] if d is dt.bool_ else f"{a[0]} < 0 ? -{a[0]} : {a[0]}"),
+    "sign": _float_or(lambda a, d: f"kiln_sign{_f(d)}({a[0]})",
+                      lambda a, d: f"({a[0]} > 0) - ({a[0]} < 0)"),
+    "exp": _by_dtype("kiln_expf", "exp"),
+    "log": _by_dtype("kiln_logf", "log"),
+    "log1p": _by_dtype("kiln_log1pf", "log1p"),
+    "expm1": _by_dtype("kiln_expm1f", "expm1"),
+    "tanh": _by_dtype("kiln_tanhf", "tanh"),
+    "erf": _by_dtype("kiln_erff", "erf"),
+    "sqrt": _by_dtype("sqrtf", "sqrt"),
+    "sin": _by_dtype("sinf", "sin"),
+    "cos": _by_dtype("cosf", "cos"),
+    "sigmoid": _float_or(lambda a, d: f"1.0 / (1.0 + exp(-{a[0]}))" if d is dt.float64
+                         else f"1.0f / (1.0f + kiln_expf(-{a[0]}))", _no_int("sigmoid")),
+    "floor": _by_dtype("floorf", "floor", lambda a: a[0]),
+    "ceil": _by_dtype("ceilf", "ceil", lambda a: a[0]),
+    "trunc": _by_dtype("truncf", "trunc", lambda a: a[0]),
+    "round": _by_dtype("nearbyintf", "nearbyint", lambda a: a[0]),   # ties to even, as NumPy
+}
+
+
+def _pow(a, d):
+    base, exponent = a
+    try:
+        e = float(exponent.rstrip("f"))
+    except ValueError:
+        if not d.is_floating_point:
+            raise LoweringError("pow of integers with a tensor exponent is not generated") \
+                from None
+        return f"{'pow' if d is dt.float64 else 'powf'}({base}, {exponent})"
+    if e == 1:
+        return base
+    if e == 2:
+        return f"{base} * {base}"
+    if e == 3:
+        return f"{base} * {base} * {base}"
+    if d.is_floating_point:
+        return f"{'pow' if d is dt.float64 else 'powf'}({base}, {exponent})"
+    if e == int(e) and 0 <= e <= 4:
+        return " * ".join([base] * int(e)) if e else "1"
+    raise LoweringError(f"pow of integers with exponent {exponent} is not generated")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+# Defined once per module, only when a kernel uses them. The float32 ones are branch-free
+# (selects instead of ifs), so the loops calling them vectorize.
+HELPERS = {
+    "kiln_bits": r'''
+static inline float kiln_from_bits(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
+static inline int32_t kiln_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
+''',
+    "kiln_expf": r'''
+/* exp(x): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' polynomial, times 2^n applied
+   in two halves so that results down to the subnormals come out right */
+static inline float kiln_expf(float x) {
+    float xc = x > 88.8f ? 88.8f : (x < -104.0f ? -104.0f : x);
+    xc = x != x ? 0.0f : xc;
+    float n = __builtin_rintf(xc * 1.44269504088896341f);
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t k = (int32_t)n;
+    int32_t k1 = k >> 1, k2 = k - (k >> 1);
+    y = y * kiln_from_bits((k1 + 127) << 23) * kiln_from_bits((k2 + 127) << 23);
+    return x != x ? x : y;
+}
+''',
+    "kiln_logf": r'''
+/* log(x): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by Cephes' polynomial in m - 1 */
+static inline float kiln_logf(float x) {
+    int tiny = x < 1.17549435e-38f;                  /* subnormal: scale into the normals */
+    int32_t bits = kiln_to_bits(tiny ? x * 8388608.0f : x);
+    int32_t e = ((bits >> 23) & 0xff) - 126 - (tiny ? 23 : 0);
+    float m = kiln_from_bits((bits & 0x007fffff) | 0x3f000000);     /* in [0.5, 1) */
+    int low = m < 0.707106781186547524f;
+    float f = low ? m + m - 1.0f : m - 1.0f;
+    float fe = (float)(low ? e - 1 : e);
+    float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z;
+    y += -2.12194440e-4f * fe;
+    y += -0.5f * z;
+    float r = f + y + 0.693359375f * fe;
+    r = x == 0.0f ? -INFINITY : r;
+    r = x < 0.0f ? NAN : r;
+    return (x == INFINITY || x != x) ? x : r;
+}
+''',
+    "kiln_expm1f": r'''
+/* exp(x) - 1: near 0 the exp polynomial without its leading 1, so nothing cancels */
+static inline float kiln_expm1f(float x) {
+    float p = 1.9875691500e-4f;
+    p = p * x + 1.3981999507e-3f;
+    p = p * x + 8.3334519073e-3f;
+    p = p * x + 4.1665795894e-2f;
+    p = p * x + 1.6666665459e-1f;
+    p = p * x + 5.0000001201e-1f;
+    float small = p * x * x + x;
+    float big = kiln_expf(x) - 1.0f;
+    return (x < -0.34657359f || x > 0.34657359f) ? big : small;
+}
+''',
+    "kiln_log1pf": r'''
+/* log(1 + x) by Kahan's trick: log(u) * x / (u - 1) cancels the rounding of u = 1 + x */
+static inline float kiln_log1pf(float x) {
+    float u = 1.0f + x;
+    float d = u - 1.0f;
+    float r = kiln_logf(u) * (x / d);
+    r = d == 0.0f ? x : r;
+    return u == INFINITY ? u : r;
+}
+''',
+    "kiln_tanhf": r'''
+/* tanh(x): 1 - 2 / (exp(2|x|) + 1) with the sign of x, or Cephes' odd polynomial for
+   |x| <= 0.625 where that would cancel */
+static inline float kiln_tanhf(float x) {
+    float a = fabsf(x);
+    float big = 1.0f - 2.0f / (kiln_expf(2.0f * a) + 1.0f);
+    big = x < 0.0f ? -big : big;
+    float z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    float small = p * z * x + x;
+    return a > 0.625f ? big : small;
+}
+''',
+    "kiln_erff": r'''
+/* erf(x): minimax approximations (N. Juffa), about 1 float32 ulp on each branch */
+static inline float kiln_erff(float a) {
+    float t = fabsf(a);
+    float s = a * a;
+    float r = -1.72853470e-5f * t + 3.83197126e-4f;
+    float u = -3.88396438e-3f * t + 2.42546219e-2f;
+    r = r * s + u;
+    r = r * t - 1.06777877e-1f;
+    r = r * t - 6.34846687e-1f;
+    r = r * t - 1.28717512e-1f;
+    r = r * t - t;
+    float big = 1.0f - kiln_expf(r);
+    big = a < 0.0f ? -big : big;
+    float p = -5.96761703e-4f * s + 4.99119423e-3f;
+    p = p * s - 2.67681349e-2f;
+    p = p * s + 1.12819925e-1f;
+    p = p * s - 3.76125336e-1f;
+    p = p * s + 1.28379166e-1f;
+    float small = p * a + a;
+    return t > 0.927734375f ? big : small;
+}
+''',
+    "kiln_signf": r'''
+static inline float kiln_signf(float x) { return x != x ? x : (float)((x > 0) - (x < 0)); }
+static inline double kiln_sign(double x) { return x != x ? x : (double)((x > 0) - (x < 0)); }
+''',
+    "kiln_floordivf": r'''
+/* NumPy's floor_divide and remainder for floats (npy_divmod): fmod, the remainder moved to
+   the divisor's sign, the quotient snapped to the nearest integer */
+#define KILN_DIVMOD(T, S)                                                          \
+static inline T kiln_floordiv##S(T a, T b) {                                       \
+    if (b == 0) return a / b;                                                      \
+    T mod = fmod##S(a, b), div = (a - mod) / b, q;                                 \
+    if (mod != 0 && (b < 0) != (mod < 0)) div -= 1;                                \
+    if (div != 0) { q = floor##S(div); if (div - q > 0.5) q += 1; }                \
+    else q = copysign##S(0, a / b);                                                \
+    return q;                                                                      \
+}                                                                                  \
+static inline T kiln_mod##S(T a, T b) {                                            \
+    T mod = fmod##S(a, b);                                                         \
+    if (b == 0) return mod;                                                        \
+    if (mod != 0) { if ((b < 0) != (mod < 0)) mod += b; }                          \
+    else mod = copysign##S(0, b);                                                  \
+    return mod;                                                                    \
+}
+KILN_DIVMOD(float, f)
+KILN_DIVMOD(double, )
+''',
+    "kiln_floordiv_i64": r'''
+/* integer floor division and remainder as NumPy computes them: towards minus infinity, 0 for
+   a zero divisor, and no trap for INT_MIN / -1 (it wraps) */
+static inline int64_t kiln_floordiv_i64(int64_t a, int64_t b) {
+    if (b == 0) return 0;
+    if (b == -1) return -a;
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+static inline int64_t kiln_mod_i64(int64_t a, int64_t b) {
+    if (b == 0 || b == -1) return 0;
+    int64_t r = a % b;
+    return (r != 0 && (r < 0) != (b < 0)) ? r + b : r;
+}
+''',
+}
+HELPER_DEPS = {"kiln_expf": ("kiln_bits",), "kiln_logf": ("kiln_bits",),
+               "kiln_expm1f": ("kiln_expf",), "kiln_log1pf": ("kiln_logf",),
+               "kiln_tanhf": ("kiln_expf",), "kiln_erff": ("kiln_expf",)}
+# a call to one of these names needs the helper that defines it
+_HELPER_OF = {"kiln_sign": "kiln_signf", "kiln_floordiv": "kiln_floordivf",
+              "kiln_mod": "kiln_floordivf", "kiln_mod_i64": "kiln_floordiv_i64"}
+
+PREAMBLE = """\
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+"""
+
+
+def _close_helpers(used) -> list:
+    out: list = []
+
+    def add(h):
+        for dep in HELPER_DEPS.get(h, ()):
+            add(dep)
+        if h not in out:
+            out.append(h)
+    for h in used:
+        add(h)
+    return out
+
+
+def c_module(kernels: list, title: str = "kiln kernels") -> str:
+    """One translation unit: includes, the helpers the kernels use, then the kernels."""
+    used = [h for k in kernels for h in k.helpers]
+    parts = [f"/* {title}: generated by kiln, one function per fused kernel */", PREAMBLE]
+    for h in _close_helpers(used):
+        parts.append(HELPERS[h].strip("\n") + "\n")
+    parts += [k.source for k in kernels]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def render_c(kernel: Kernel, name: str | None = None) -> CKernel:
+    """C source for `kernel`: one function taking a pointer per input, then per output.
+
+    Raises:
+        LoweringError: an op or dtype this renderer does not spell; run the group otherwise.
+    """
+    r = _Renderer(kernel)
+    name = name or kernel.name
+    body = r.reduction() if kernel.is_reduction else r.pointwise()
+    params = [f"const {C_TYPE[b.dtype]} *restrict {p}" for b, p in zip(kernel.inputs, r.params)]
+    params += [f"{C_TYPE[b.dtype]} *restrict {p}"
+               for b, p in zip(kernel.outputs, r.params[len(kernel.inputs):])]
+    kind = (f"{kernel.numel} rows x {kernel.reduced_numel}" if kernel.is_reduction
+            else f"{kernel.numel} elements")
+    header = [f"/* {name}: {kind}, from graph {kernel.source_graph!r}",
+              " *   in:  " + ", ".join(map(str, kernel.inputs)),
+              " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
+    lines = header + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + ["}", ""]
+    arg_dtypes = tuple(b.dtype for b in kernel.inputs + kernel.outputs)
+    return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes)
+
+
+def _indent(lines: list, n: int = 1) -> list:
+    pad = "    " * n
+    return [pad + x if x else x for x in lines]
+
+
+class _Renderer:
+    def __init__(self, kernel: Kernel):
+        self.k = kernel
+        self.helpers: list = []
+        self.params = []
+        seen = set()
+        for i, b in enumerate(kernel.inputs + kernel.outputs):
+            p = f"{b.name}_ptr"
+            if p in seen:
+                p = f"arg{i}_ptr"
+            seen.add(p)
+            self.params.append(p)
+        self.dtype_of = {s.dest: s.dtype for s in kernel.body if not isinstance(s, Store)}
+        self.work = max(1, sum(isinstance(s, Compute) for s in kernel.body))
+
+    # -------------------------------------------------------------- pointwise
+    def pointwise(self) -> list:
+        """A loop nest over the output: one loop per dim some index uses, the rest merged."""
+        shape = self.k.kept
+        used = {v.name for v in self.k.index_vars}
+        loops: list = []            # [var, size, stride]
+        stride = math.prod(shape)
+        for i, d in enumerate(shape):
+            stride //= d if d else 1
+            if d == 1:
+                continue
+            if f"x{i}" in used or not loops or loops[-1][0].startswith("x"):
+                loops.append([f"x{i}" if f"x{i}" in used else f"g{i}", d, stride])
+            else:                    # an unused dim joins the unused group before it
+                loops[-1][1] *= d
+                loops[-1][2] = stride
+        if not loops:
+            loops = [["g0", max(math.prod(shape), 1) if shape else 1, 1]]
+        numel = self.k.numel
+        parallel = numel * self.work >= PARALLEL_MIN and (
+            len(loops) > 1 or numel >= 2 * PARALLEL_ROWS)
+        out = []
+        for depth, (var, size, _) in enumerate(loops):
+            inner = depth == len(loops) - 1
+            pad = "    " * depth
+            if depth == 0 and parallel:
+                collapse = f" collapse({len(loops) - 1})" if len(loops) > 2 else ""
+                out.append("#pragma omp parallel for simd schedule(static)" if inner else
+                           f"#pragma omp parallel for{collapse} schedule(static)")
+            elif inner:
+                out.append(pad + "#pragma omp simd")
+            out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++)"
+                       + (" {" if inner else ""))
+        linear = " + ".join(var if s == 1 else f"{var} * {s}" for var, _, s in loops)
+        body = [f"const int64_t xindex = {linear};"]
+        for s in self.k.body:
+            body += self._stmt(s)
+        out += _indent(body, len(loops))
+        out.append("    " * (len(loops) - 1) + "}")
+        return out
+
+    # -------------------------------------------------------------- reductions
+    def reduction(self) -> list:
+        rows, n = self.k.numel, self.k.reduced_numel
+        passes, row_stores = row_passes(self.k)
+        big = rows * n * self.work >= PARALLEL_MIN
+        split_rows = big and rows >= PARALLEL_ROWS
+        split_row = big and not split_rows and n * self.work >= PARALLEL_MIN
+        out = []
+        if split_rows:
+            out.append("#pragma omp parallel for schedule(static)")
+        out.append(f"for (int64_t row = 0; row < {rows}; row++) {{")
+        body = [f"const int64_t {v.name} = {_expr(v.expr())};"
+                for v in self.k.index_vars if v.scope == ROW]
+        for i, p in enumerate(passes):
+            body += self._row_pass(i, p, split_row)
+        for s in row_stores:
+            body += self._stmt(s)
+        out += _indent(body) + ["}"]
+        return out
+
+    def _row_pass(self, i: int, p: RowPass, split: bool) -> list:
+        n = self.k.reduced_numel
+        out = []
+        for s in p.before:
+            out += self._stmt(s)
+        if not p.has_loop:
+            return out
+        clauses = []
+        finish = []
+        for s in p.reductions:
+            cd, acc = ctype(s.dtype), f"acc_{s.dest}"
+            if s.op == "argmax":
+                src = ctype(self.dtype_of[s.src])
+                low = "-INFINITY" if self.dtype_of[s.src].is_floating_point else \
+                    _int_min(self.dtype_of[s.src])
+                out += [f"{src} {acc} = {low};", f"int64_t {acc}_at = 0;"]
+                finish.append((s, f"{acc}_at"))
+            elif s.op == "max" and s.dtype.is_floating_point:
+                # NaN-propagating max: the max of the numbers, and whether a NaN was seen
+                out += [f"{cd} {acc} = -INFINITY;", f"int {acc}_nan = 0;"]
+                clauses += [f"max:{acc}", f"|:{acc}_nan"]
+                finish.append((s, f"{acc}_nan ? NAN : {acc}"))
+            else:
+                ident = {"sum": "0", "prod": "1"}.get(s.op) or _int_min(s.dtype)
+                out.append(f"{cd} {acc} = {ident};")
+                clauses.append({"sum": "+", "prod": "*", "max": "max"}[s.op] + f":{acc}")
+                finish.append((s, acc))
+        argmax = any(s.op == "argmax" for s in p.reductions)
+        what = ("reduce " + ", ".join(s.dest for s in p.reductions) if p.reductions
+                else "write")
+        out.append(f"/* pass {i + 1}: {what} */")
+        reduction = "".join(f" reduction({c})" for c in _merge_clauses(clauses))
+        if argmax:
+            pass                             # first index wins: a sequential scan
+        elif split:
+            out.append(f"#pragma omp parallel for simd schedule(static){reduction}")
+        else:
+            out.append(f"#pragma omp simd{reduction}")
+        out.append(f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{")
+        inner = [f"const int64_t {v.name} = {_expr(v.expr())};"
+                 for v in self.k.index_vars if v.scope == ELEM]
+        for s in p.elem:
+            inner += self._stmt(s)
+        for s in p.reductions:
+            acc, v = f"acc_{s.dest}", self._name(s.src)
+            if s.op == "sum":
+                inner.append(f"{acc} += {v};")
+            elif s.op == "prod":
+                inner.append(f"{acc} *= {v};")
+            elif s.op == "argmax":
+                # NumPy's argmax: the first NaN wins, else the first largest value
+                nan = f" || ({v} != {v} && {acc} == {acc})" \
+                    if self.dtype_of[s.src].is_floating_point else ""
+                inner.append(f"if ({v} > {acc}{nan}) {{ {acc} = {v}; {acc}_at = rindex; }}")
+            else:
+                inner.append(f"{acc} = {v} > {acc} ? {v} : {acc};")
+                if s.dtype.is_floating_point:
+                    inner.append(f"{acc}_nan |= {v} != {v};")
+        for s in p.stores:
+            inner += self._stmt(s)
+        out += _indent(inner) + ["}"]
+        for s, value in finish:
+            out += self._comment(s)
+            out.append(f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};")
+        return out
+
+    # -------------------------------------------------------------- statements
+    def _name(self, ssa) -> str:
+        if isinstance(ssa, Literal):
+            return _literal(ssa.value, None)
+        return f"v_{ssa}"
+
+    def _comment(self, s) -> list:
+        return [f"// {s.note}    {source_loc(s.loc)}".rstrip()] \
+            if s.note else []
+
+    def _stmt(self, s) -> list:
+        if isinstance(s, Load):
+            ptr = self.params[s.buffer]
+            value = f"{ptr}[{_expr(s.offset)}]"
+            if s.dtype is dt.float16:
+                value = f"(float){value}"
+            return [f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};"]
+        if isinstance(s, Store):
+            ptr = self.params[len(self.k.inputs) + s.buffer]
+            value = self._name(s.src) if isinstance(s.src, str) else _literal(s.src, s.dtype)
+            if s.dtype is dt.float16:
+                value = f"(_Float16){value}"
+            return [f"{ptr}[{_expr(s.offset)}] = {value};"]
+        if isinstance(s, Reduce):
+            raise AssertionError("reductions are rendered by the pass that accumulates them")
+        return self._comment(s) + [
+            f"const {ctype(s.dtype)} {self._name(s.dest)} = {self._compute(s)};"]
+
+    def _compute(self, s: Compute) -> str:
+        if s.op == "index":
+            return _expr(s.args[0])
+        if s.op == "full":
+            return _literal(s.args[0].value, s.dtype)
+        if s.op == "arange":
+            a = dict(s.attrs)
+            start, step = a["start"], a["step"]
+            idx = self._name(s.args[0])
+            if isinstance(start, float) or isinstance(step, float):
+                return f"({ctype(s.dtype)})({float(start)!r} + (double){idx} * {float(step)!r})"
+            return f"({ctype(s.dtype)})({int(start)} + {idx} * {int(step)})"
+        if s.op == "cast":
+            x, src = self._name(s.args[0]), s.arg_dtypes[0]
+            if s.dtype is dt.bool_:
+                return f"{x} != 0"
+            if s.dtype is dt.float16:
+                return f"(float)(_Float16){x}"      # round to half, keep computing in float
+            return f"({C_TYPE[s.dtype]}){x}"        # narrowing integers wrap, as NumPy's
+        if s.op == "round" and dict(s.attrs).get("decimals", 0):
+            raise LoweringError("round with decimals is not generated in C")
+        if s.op not in OPS:
+            raise LoweringError(f"{s.op} has no C spelling yet")
+        operand = operand_dtype(s)
+        args = []
+        for i, a in enumerate(s.args):
+            if isinstance(a, str):
+                args.append(self._name(a))
+            else:
+                d = operand if s.op != "where" else s.dtype if i else dt.bool_
+                args.append(_literal(a.value, d))
+        if operand is None:
+            raise LoweringError(f"{s.op} of literals only is not generated")
+        text = OPS[s.op](args, compute_dtype(operand))
+        for call, h in [(h, h) for h in HELPERS] + list(_HELPER_OF.items()):
+            if f"{call}(" in text and h not in self.helpers:
+                self.helpers.append(h)
+        return text
+
+
+def _merge_clauses(clauses: list) -> list:
+    """`+:a`, `+:b`, `max:c` as `+:a, b` and `max:c`: one reduction clause per operator."""
+    by_op: dict = {}
+    for c in clauses:
+        op, var = c.split(":")
+        by_op.setdefault(op, []).append(var)
+    return [f"{op}:{', '.join(vs)}" for op, vs in by_op.items()]
+
+
+def _int_min(d: DType) -> str:
+    return {dt.int64: "INT64_MIN", dt.int32: "INT32_MIN", dt.uint8: "0",
+            dt.bool_: "0"}.get(d, "-INFINITY")
+
+
+def _literal(value, d: DType | None) -> str:
+    """A Python number as a C constant of the dtype it is computed in."""
+    if d is None:
+        d = dt.bool_ if isinstance(value, bool) else \
+            dt.float64 if isinstance(value, float) else dt.int64
+    if d is dt.bool_:
+        return "1" if value else "0"
+    if compute_dtype(d).is_floating_point:
+        v = float(value)
+        if math.isnan(v):
+            return "NAN"
+        if math.isinf(v):
+            return "INFINITY" if v > 0 else "-INFINITY"
+        return repr(v) + ("" if d is dt.float64 else "f")
+    if isinstance(value, float) and not value.is_integer():
+        raise LoweringError(f"a float constant {value} in {d.name} arithmetic is not generated")
+    v = int(value)
+    if v == -2 ** 63:
+        return "INT64_MIN"
+    return f"{v}" if -2 ** 31 < v < 2 ** 31 else f"{v}LL"
+
+
+def _expr(e: Expr) -> str:
+    """An index expression in C: the kernel's `//` on non-negative integers is C's `/`."""
+    return str(e).replace("//", "/")
