@@ -283,7 +283,10 @@ def where(condition, input=None, other=None):
         return nonzero(condition, as_tuple=True)
     if not isinstance(condition, Tensor) or condition.dtype is not dt.bool_:
         condition = _as_tensor(condition).to(dt.bool_)
-    x, y = _promoted(input, other)
+    if isinstance(input, Tensor) and isinstance(other, Tensor) and input.dtype is other.dtype:
+        x, y = input, other          # what _promoted would give, found quicker
+    else:
+        x, y = _promoted(input, other)
     return P.where(condition, x, y)
 
 
@@ -1420,6 +1423,7 @@ def _basic_getitem(input, key):
     if len(items) > len(shape):
         return None
     starts, stops, steps, out_shape = [], [], [], []
+    whole = True                # every item so far takes its whole dim
     for k, n in zip(items, shape):
         if type(k) is slice:
             step = k.step
@@ -1433,19 +1437,18 @@ def _basic_getitem(input, key):
             b, step = a + 1, 1          # the dim is dropped: nothing goes into out_shape
         else:
             return None
+        if a != 0 or b != n or step != 1:
+            whole = False
         starts.append(a)
         stops.append(b)
         steps.append(step)
-    for n in shape[len(items):]:
-        starts.append(0)
-        stops.append(n)
-        steps.append(1)
-        out_shape.append(n)
+    rest = shape[len(items):]       # dims the key does not name are taken whole
     x = input
-    if (starts, stops, steps) != ([0] * len(shape), list(shape), [1] * len(shape)):
-        x = P.slice(x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
-    if len(out_shape) != len(shape):
-        x = P.reshape(x, shape=tuple(out_shape))
+    if not whole:
+        x = P.slice(x, starts=tuple(starts) + (0,) * len(rest), stops=tuple(stops) + rest,
+                    steps=tuple(steps) + (1,) * len(rest))
+    if len(out_shape) != len(items):
+        x = P.reshape(x, shape=tuple(out_shape) + rest)
     return x
 
 

@@ -269,10 +269,6 @@ def _reflected(fn):
     return lambda self, other: fn(other, self)
 
 
-def _getitem(self, key):
-    return F.getitem(self, key)
-
-
 def _iter(self):
     if self.ndim == 0:
         raise TypeError("iteration over a 0-d tensor")
@@ -297,7 +293,7 @@ _METHODS = {
     "__or__": F.bitwise_or, "__ror__": _reflected(F.bitwise_or),
     "__xor__": F.bitwise_xor, "__rxor__": _reflected(F.bitwise_xor),
     "__eq__": F.eq, "__ne__": F.ne, "__lt__": F.lt, "__le__": F.le, "__gt__": F.gt,
-    "__ge__": F.ge, "__getitem__": _getitem, "__setitem__": setitem, "__iter__": _iter,
+    "__ge__": F.ge, "__getitem__": F.getitem, "__setitem__": setitem, "__iter__": _iter,
     "__contains__": _contains,
     # conversion and autograd
     "to": to, "cpu": lambda self: to(self, "cpu"),
