@@ -534,6 +534,66 @@ def _take_impl(xp, x, idx, axis):
     return xp.take(x, idx, axis=axis)
 
 
+def _windows_geometry(size, kernel, stride, dilation):
+    return tuple((n - d * (k - 1) - 1) // s + 1
+                 for n, k, s, d in zip(size, kernel, stride, dilation))
+
+
+def _unfold_infer(shapes, dtypes, kernel, stride, dilation):
+    (x,) = shapes
+    if len(x) != 4:
+        raise ShapeError(f"unfold: expected an (N, C, H, W) input, got shape {list(x)}")
+    oh, ow = _windows_geometry(x[2:], kernel, stride, dilation)
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(f"unfold: kernel {list(kernel)} with dilation {list(dilation)} does "
+                         f"not fit in an input of spatial size {list(x[2:])}")
+    return (x[0], oh, ow, x[1]) + tuple(kernel), dtypes[0]
+
+
+def _unfold_impl(xp, x, kernel, stride, dilation):
+    n, c, h, w = x.shape
+    (oh, ow), (kh, kw) = _windows_geometry((h, w), kernel, stride, dilation), kernel
+    sn, sc, sh, sw = x.strides
+    view = xp.lib.stride_tricks.as_strided(
+        x, (n, oh, ow, c, kh, kw),
+        (sn, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]))
+    return xp.ascontiguousarray(view)
+
+
+def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
+    (cols,) = shapes
+    want = _windows_geometry(size, kernel, stride, dilation)
+    if len(cols) != 6 or tuple(cols[1:3]) != want or tuple(cols[4:]) != tuple(kernel):
+        raise ShapeError(f"fold: expected windows of shape [N, {want[0]}, {want[1]}, C, "
+                         f"{kernel[0]}, {kernel[1]}] for size {list(size)}, got {list(cols)}")
+    return (cols[0], cols[3]) + tuple(size), dtypes[0]
+
+
+def _fold_impl(xp, cols, size, kernel, stride, dilation):
+    n, oh, ow, c, kh, kw = cols.shape
+    out = xp.zeros((n, c) + tuple(size), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r, q = i * dilation[0], j * dilation[1]
+            out[:, :, r:r + stride[0] * (oh - 1) + 1:stride[0],
+                q:q + stride[1] * (ow - 1) + 1:stride[1]] += \
+                cols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return out
+
+
+# conv2d's im2col and its adjoint: unfold copies each (kh, kw) window of an (N, C, H, W)
+# input into out[n, y, x, c, i, j] = x[n, c, y*sh + i*dh, x*sw + j*dw], ready for one matmul;
+# fold sums such windows back into an image. Each is the other's gradient.
+define("unfold", INDEX, _unfold_infer, _unfold_impl,
+       lambda g, out, x, kernel, stride, dilation: (
+           P.fold(g, size=tuple(x.shape[2:]), kernel=kernel, stride=stride, dilation=dilation),),
+       arity=1, doc="the sliding (kh, kw) windows of an NCHW input, channels and window last")
+define("fold", INDEX, _fold_infer, _fold_impl,
+       lambda g, out, cols, size, kernel, stride, dilation: (
+           P.unfold(g, kernel=kernel, stride=stride, dilation=dilation),),
+       arity=1, doc="the adjoint of unfold: windows summed back into an NCHW image")
+
+
 define("take", INDEX, _take_infer, _take_impl,
        lambda g, out, x, idx, axis: (
            P.index_add(P.full(shape=x.shape, value=0, dtype=g.dtype), idx, g, axis=axis), None),

@@ -11,6 +11,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ir.ops import P
 from kiln.tracer import functional as _core
 from kiln.tracer.tensor import STATE
 
@@ -197,15 +198,12 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     if oh <= 0 or ow <= 0:
         raise RuntimeError(f"conv2d: kernel size ({kh}x{kw}) can't be greater than the padded "
                            f"input size ({hp}x{wp})")
-    # im2col in channels-last order: cols[n, y, x, c, k] = window k at (y, x), channel c, so
-    # that one 2-D matmul (N*oh*ow, C*kh*kw) @ (C*kh*kw, O) does the work; NumPy's batched
-    # matmul with a broadcast weight is many times slower than one large GEMM
-    x = x.permute(0, 2, 3, 1)
+    # im2col in channels-last order: cols[n, y, x, c, i, j] = channel c of window (i, j) at
+    # (y, x), so that one 2-D matmul (N*oh*ow, C*kh*kw) @ (C*kh*kw, O) does the work (NumPy's
+    # batched matmul with a broadcast weight is many times slower than one large GEMM). The
+    # unfold primitive makes the windows in one copy; kh*kw slices and a stack cost ~30 ops.
     k = kh * kw
-    if k == 1 and stride == (1, 1):
-        cols = x.unsqueeze(-1)
-    else:
-        cols = kiln.stack(_windows(x, (kh, kw), stride, dilation, (oh, ow), True), dim=-1)
+    cols = P.unfold(x, kernel=(kh, kw), stride=stride, dilation=dilation)
     rows = n * oh * ow
     if groups == 1:
         out = kiln.matmul(cols.reshape(rows, c * k), weight.reshape(out_ch, c * k).t())

@@ -99,6 +99,15 @@ CASES = {
                    [arg(3, 2), arg(3, 2, seed=1)])],
     "index_put": [("", lambda b, s: P.index_put(b, index(2, 0), s, axis=1),
                    [arg(2, 3), arg(2, 2, seed=1)])],
+    "unfold": [("strided, dilated", lambda x: P.unfold(x, kernel=(3, 2), stride=(2, 1),
+                                                        dilation=(1, 2)), [arg(2, 3, 7, 6)]),
+               ("1x1", lambda x: P.unfold(x, kernel=(1, 1), stride=(1, 1), dilation=(1, 1)),
+                [arg(1, 2, 3, 3)])],
+    "fold": [("overlapping windows", lambda c: P.fold(c, size=(5, 4), kernel=(3, 2),
+                                                      stride=(1, 1), dilation=(1, 1)),
+              [arg(2, 3, 3, 2, 3, 2)]),
+             ("strided, dilated", lambda c: P.fold(c, size=(7, 6), kernel=(3, 2), stride=(2, 1),
+                                                   dilation=(1, 2)), [arg(1, 3, 4, 2, 3, 2)])],
     "matmul": [("2-d", lambda a, b: P.matmul(a, b), [arg(2, 3), arg(3, 4, seed=1)]),
                ("batched", lambda a, b: P.matmul(a, b), [arg(2, 2, 3), arg(2, 3, 1, seed=1)]),
                ("one side needs grad", lambda a: P.matmul(a, kiln.ones(3, 2, dtype=kiln.float64)),
@@ -116,7 +125,7 @@ def test_gradient_rule_matches_finite_differences(name, fn, inputs) -> None:
 
 # second derivatives: the rules are written with tensor ops, so they differentiate again
 SECOND_ORDER = ["exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "erf", "mul", "div",
-                "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum"]
+                "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum", "unfold"]
 
 
 @pytest.mark.parametrize("name", SECOND_ORDER)
