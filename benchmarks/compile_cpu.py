@@ -1,9 +1,11 @@
-"""kiln eager vs kiln compiled (auto backend) vs PyTorch eager on CPU, side by side.
+"""kiln eager vs kiln compiled (auto backend: C kernels on the CPU) vs PyTorch eager vs
+torch.compile (Inductor, CPU), side by side in one process.
 
-Run: python benchmarks/compile_cpu.py [--quick]
-Prints median milliseconds per call and ratios, the per-call overhead of a compiled function on
-a 21-op chain of 16 floats, and first-call compile times (cold: empty kernel cache; warm: a
-new process reading the disk cache).
+Run: python benchmarks/compile_cpu.py [--quick] [--no-inductor]
+Prints median milliseconds per call and ratios for two sets of sizes (issue 6's and issue 7's),
+the MLP training step, the per-call time of a compiled function on a 21-op chain of 16 floats,
+and first-call compile times (cold: empty kernel cache; warm: a new process reading the disk
+cache). `--quick` divides the sizes by 8 and takes fewer repeats.
 """
 
 from __future__ import annotations
@@ -54,21 +56,31 @@ def layer_norm(x, eps=1e-5):
     return (x - mu) / (var + eps).sqrt()
 
 
-def workloads(quick: bool):
+def workloads(quick: bool, sizes: str = "6"):
+    """(name, data, kiln fn, torch fn) rows; sizes "6" are issue 6's, "7" issue 7's."""
     scale = 8 if quick else 1
     rng = np.random.default_rng(0)
-    gelu_x = rng.standard_normal(4_000_000 // scale, dtype=np.float32)
-    soft_x = rng.standard_normal((2048 // scale, 2048), dtype=np.float32)
-    ln_x = rng.standard_normal((4096 // scale, 1024), dtype=np.float32)
-    tiny = rng.standard_normal(16, dtype=np.float32)
-    return [
-        ("gelu_tanh 4M", gelu_x, lambda x: gelu_tanh(KF, x),
+    n_gelu, soft, ln = {"6": (4 << 20, (2048, 2048), (4096, 1024)),
+                        "7": (16 << 20, (4096, 4096), (8192, 1024))}[sizes]
+    gelu_x = rng.standard_normal(n_gelu // scale, dtype=np.float32)
+    soft_x = rng.standard_normal((soft[0] // scale, soft[1]), dtype=np.float32)
+    ln_x = rng.standard_normal((ln[0] // scale, ln[1]), dtype=np.float32)
+    rows = [
+        (f"gelu_tanh {_count(gelu_x.size)}", gelu_x, lambda x: gelu_tanh(KF, x),
          lambda x: torch.nn.functional.gelu(x, approximate="tanh")),
-        ("softmax 2048x2048", soft_x, lambda x: KF.softmax(x, -1), lambda x: x.softmax(-1)),
-        ("layer_norm 4096x1024", ln_x, layer_norm,
+        (f"softmax {soft_x.shape[0]}x{soft_x.shape[1]}", soft_x, lambda x: KF.softmax(x, -1),
+         lambda x: x.softmax(-1)),
+        (f"layer_norm {ln_x.shape[0]}x{ln_x.shape[1]}", ln_x, layer_norm,
          lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:])),
-        ("chain21 16 floats", tiny, chain21, chain21),
     ]
+    if sizes == "6":
+        rows.append(("chain21 16 floats", rng.standard_normal(16, dtype=np.float32), chain21,
+                     chain21))
+    return rows
+
+
+def _count(n: int) -> str:
+    return f"{n >> 20}M" if n % (1 << 20) == 0 else f"{n / 1e6:.1f}M"
 
 
 def mlp_step_pair(batch: int = 256):
@@ -89,77 +101,129 @@ def mlp_step_pair(batch: int = 256):
         opt.step()
         return loss.detach()
 
-    tmodel = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                 torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                 torch.nn.Linear(512, 10))
-    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
-    tloss = torch.nn.CrossEntropyLoss()
+    def torch_step():
+        tmodel = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                                     torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                                     torch.nn.Linear(512, 10))
+        topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+        tloss = torch.nn.CrossEntropyLoss()
 
-    def t_step(xb, yb):
-        topt.zero_grad()
-        loss = tloss(tmodel(xb), yb)
-        loss.backward()
-        topt.step()
-        return loss.detach()
+        def t_step(xb, yb):
+            topt.zero_grad()
+            loss = tloss(tmodel(xb), yb)
+            loss.backward()
+            topt.step()
+            return loss.detach()
+        return t_step
     return (k_step, (kiln.from_numpy(x), kiln.from_numpy(y))), \
-        (t_step, (torch.from_numpy(x), torch.from_numpy(y)))
+        (torch_step, (torch.from_numpy(x), torch.from_numpy(y)))
+
+
+COMPILE_TIME_CODE = """\
+import sys, time
+import numpy as np
+import kiln
+sys.path.insert(0, 'benchmarks')
+from compile_cpu import workloads, mlp_step_pair
+name = {name!r}
+if name == 'mlp step':
+    (fn, args), _ = mlp_step_pair()
+    args = tuple(args)
+else:
+    row = [w for w in workloads(True) if w[0] == name][0]
+    fn, args = row[2], (kiln.from_numpy(row[1]),)
+f = kiln.compile(fn)
+t0 = time.perf_counter()
+calls = 4 if name == 'mlp step' else 2   # the MLP step traces until Adam's state exists
+for _ in range(calls):
+    f(*args)
+print((time.perf_counter() - t0) * 1e3)
+"""
 
 
 def compile_time_ms(name: str, cache_dir: str) -> float:
-    """First-call time of a compiled function in a fresh process (trace + build)."""
-    code = (
-        "import time, numpy as np, kiln\n"
-        "import sys; sys.path.insert(0, 'benchmarks')\n"
-        "from compile_cpu import workloads\n"
-        f"name = {name!r}\n"
-        "row = [w for w in workloads(True) if w[0] == name][0]\n"
-        "f = kiln.compile(row[2]); x = kiln.from_numpy(row[1])\n"
-        "t0 = time.perf_counter(); f(x); f(x); print((time.perf_counter() - t0) * 1e3)\n")
+    """First-call time of a compiled function in a fresh process: trace, passes, codegen, C
+    build (or disk-cache load) and the first replay."""
     env = {**os.environ, "KILN_CACHE_DIR": cache_dir}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+    out = subprocess.run([sys.executable, "-c", COMPILE_TIME_CODE.format(name=name)],
+                         capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode:
+        print(out.stderr[-2000:], file=sys.stderr)
         return math.nan
     return float(out.stdout.strip().splitlines()[-1])
 
 
+HEADER = (f"{'workload':24s} {'kiln eager':>11s} {'kiln comp':>10s} {'torch':>9s} "
+          f"{'inductor':>9s} {'eager/comp':>11s} {'torch/comp':>11s} {'induct/comp':>12s}")
+
+
+def _row(name, e, c, t, i) -> str:
+    ind = f"{i:8.3f}m" if not math.isnan(i) else f"{'-':>9s}"
+    ind_ratio = f"{i / c:11.2f}x" if not math.isnan(i) else f"{'-':>12s}"
+    return (f"{name:24s} {e:10.3f}m {c:9.3f}m {t:8.3f}m {ind} {e / c:10.2f}x {t / c:10.2f}x "
+            f"{ind_ratio}")
+
+
+def _inductor(fn):
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = 64
+    return torch.compile(fn)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="sizes / 8, fewer repeats")
+    parser.add_argument("--no-inductor", action="store_true",
+                        help="skip the torch.compile column (it compiles for minutes)")
     args = parser.parse_args()
     repeat = 5 if args.quick else 15
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"threads: torch {torch.get_num_threads()}, numpy (BLAS) default; "
-          f"repeat {repeat}, medians")
-    header = f"{'workload':24s} {'kiln eager':>11s} {'compiled':>10s} {'torch':>9s} " \
-             f"{'eager/comp':>11s} {'torch/comp':>11s}"
-    print(header)
-    print("-" * len(header))
-    rows = []
-    for name, data, kfn, tfn in workloads(args.quick):
-        kx, tx = kiln.from_numpy(data), torch.from_numpy(data)
-        compiled = kiln.compile(kfn)
-        np.testing.assert_allclose(compiled(kx).numpy(), kfn(kx).numpy(), rtol=2e-5,
-                                   atol=1e-6)
-        n = repeat * (50 if data.size <= 16 else 1)
-        e = median_ms(lambda: kfn(kx), n)
-        c = median_ms(lambda: compiled(kx), n)
-        t = median_ms(lambda: tfn(tx), n)
-        rows.append((name, e, c, t))
-        print(f"{name:24s} {e:10.3f}m {c:9.3f}m {t:8.3f}m {e / c:10.2f}x {t / c:10.2f}x")
-    (k_step, k_args), (t_step, t_args) = mlp_step_pair()
+    print(f"threads: torch {torch.get_num_threads()}, kiln C kernels: OpenMP default "
+          f"({os.environ.get('OMP_NUM_THREADS', 'one per core')}), numpy BLAS default; "
+          f"repeat {repeat}, medians in ms; ratios > 1 mean kiln compiled is faster")
+    results = {}
+    for title, sizes in (("issue 6 sizes", "6"), ("issue 7 sizes", "7")):
+        print(f"\n{title}{' (quick: / 8)' if args.quick else ''}")
+        print(HEADER)
+        print("-" * len(HEADER))
+        for name, data, kfn, tfn in workloads(args.quick, sizes):
+            kx, tx = kiln.from_numpy(data), torch.from_numpy(data)
+            compiled = kiln.compile(kfn)
+            np.testing.assert_allclose(compiled(kx).numpy(), kfn(kx).numpy(), rtol=2e-5,
+                                       atol=1e-6)
+            n = repeat * (50 if data.size <= 16 else 1)
+            e = median_ms(lambda: kfn(kx), n)
+            c = median_ms(lambda: compiled(kx), n)
+            t = median_ms(lambda: tfn(tx), n)
+            i = math.nan
+            if not args.no_inductor:
+                tc = _inductor(tfn)
+                tc(tx)
+                np.testing.assert_allclose(tc(tx).numpy(), tfn(tx).numpy(), rtol=1e-4,
+                                           atol=1e-5)
+                i = median_ms(lambda: tc(tx), n)
+            results[name] = (e, c, t, i)
+            print(_row(name, e, c, t, i))
+    (k_step, k_args), (make_t_step, t_args) = mlp_step_pair()
     compiled_step = kiln.compile(k_step)
     e = median_ms(lambda: k_step(*k_args), repeat)
-    c = median_ms(lambda: compiled_step(*k_args), repeat, warmup=3)
+    c = median_ms(lambda: compiled_step(*k_args), repeat, warmup=4)
+    t_step = make_t_step()
     t = median_ms(lambda: t_step(*t_args), repeat)
-    print(f"{'mlp step 256x784 adam':24s} {e:10.3f}m {c:9.3f}m {t:8.3f}m {e / c:10.2f}x "
-          f"{t / c:10.2f}x")
-    chain = [r for r in rows if r[0].startswith("chain21")][0]
-    print(f"\nper-call time of the compiled 21-op chain on 16 floats: {chain[2] * 1e3:.1f} us "
-          f"(eager {chain[1] * 1e3:.1f} us, torch eager {chain[3] * 1e3:.1f} us)")
+    i = math.nan
+    if not args.no_inductor:
+        tc_step = _inductor(make_t_step())
+        i = median_ms(lambda: tc_step(*t_args), repeat, warmup=3)
+    print(_row("mlp step 256x784 adam", e, c, t, i))
+    chain = results["chain21 16 floats"]
+    print(f"\nper-call time of the compiled 21-op chain on 16 floats: {chain[1] * 1e3:.1f} us "
+          f"(kiln eager {chain[0] * 1e3:.1f} us, torch eager {chain[2] * 1e3:.1f} us"
+          + (f", torch.compile {chain[3] * 1e3:.1f} us)" if not math.isnan(chain[3]) else ")"))
     with tempfile.TemporaryDirectory() as cache:
-        print("first call (trace + build), ms:  cold (empty cache) / warm (disk cache)")
-        for name, *_ in workloads(True):
+        print("\nfirst call (trace + passes + codegen + C build + first replay), ms, at --quick "
+              "sizes:\n  cold (empty KILN_CACHE_DIR) / warm (new process, disk cache)")
+        for name in [w[0] for w in workloads(True)] + ["mlp step"]:
             cold = compile_time_ms(name, cache)
             warm = compile_time_ms(name, cache)
             print(f"  {name:24s} {cold:8.1f} / {warm:8.1f}")

@@ -1,5 +1,8 @@
-"""Shared pytest setup: the `gpu` marker skips without a CUDA device, and every kernel run in
-Triton's interpreter is checked for writes outside its buffers."""
+"""Shared pytest setup: the `gpu` marker skips without a CUDA device, every kernel run in
+Triton's interpreter is checked for writes outside its buffers, and one kernel cache serves the
+whole session."""
+
+import os
 
 import numpy as np
 import pytest
@@ -48,3 +51,18 @@ def _guard_interpreter_writes(monkeypatch):
             out[...] = result
 
     monkeypatch.setattr(triton_launch, "launch", guarded)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_kernel_cache(tmp_path_factory):
+    """Compiled kernels go to one temporary cache for the session (subprocesses included):
+    nothing is built twice, and nothing is written to the user's ~/.cache. An explicit
+    KILN_CACHE_DIR (a CI cache) is respected."""
+    if os.environ.get("KILN_CACHE_DIR"):
+        yield
+        return
+    os.environ["KILN_CACHE_DIR"] = str(tmp_path_factory.mktemp("kiln_cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("KILN_CACHE_DIR", None)

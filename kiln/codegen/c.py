@@ -30,6 +30,11 @@ from kiln.ir.dtypes import DType
 PARALLEL_MIN = 1 << 17
 # rows at least this many are shared among threads; fewer, longer rows are split instead
 PARALLEL_ROWS = 8
+# rows up to this long keep expensive values for later passes in a scratch array on the stack
+SCRATCH_LIMIT = 16384
+# ops worth a store and a load to avoid computing twice
+EXPENSIVE = frozenset(["exp", "log", "log1p", "expm1", "tanh", "erf", "sigmoid", "sin", "cos",
+                       "pow", "floordiv", "mod"])
 
 
 @dataclass(frozen=True)
@@ -449,12 +454,63 @@ class _Renderer:
         out.append(f"for (int64_t row = 0; row < {rows}; row++) {{")
         body = [f"const int64_t {v.name} = {_expr(v.expr())};"
                 for v in self.k.index_vars if v.scope == ROW]
+        if not split_row and n <= SCRATCH_LIMIT:
+            passes, kept = self._keep_in_scratch(passes)
+            for name in kept:
+                body.append(f"{ctype(self.dtype_of[name])} scratch_{name}[{n}];"
+                            "    /* computed once, read by a later pass */")
         for i, p in enumerate(passes):
             body += self._row_pass(i, p, split_row)
         for s in row_stores:
             body += self._stmt(s)
         out += _indent(body) + ["}"]
         return out
+
+    def _keep_in_scratch(self, passes: list) -> tuple[list, list]:
+        """Keep expensive element values (an exp, a tanh) that a later pass needs again in a
+        per-row scratch array instead of recomputing them: softmax's write pass then reads
+        exp(x - max) back rather than calling exp a second time.
+
+        Returns the passes, each with `elem` narrowed to what it still computes and `loads` /
+        `saves` naming the values it reads from / writes to scratch, and the kept names.
+        """
+        by_dest = {s.dest: s for s in self.k.body if not isinstance(s, Store)}
+        expensive: dict = {}
+
+        def costly(name) -> bool:
+            if name not in expensive:
+                st = by_dest.get(name)
+                expensive[name] = st is not None and st.scope == ELEM and isinstance(
+                    st, Compute) and (st.op in EXPENSIVE or any(
+                        costly(a) for a in st.args if isinstance(a, str)))
+            return expensive[name]
+
+        computed: dict = {}          # name -> index of the first pass computing it
+        kept: list = []
+        out = []
+        for i, p in enumerate(passes):
+            targets = [s.src for s in p.reductions] + [s.src for s in p.stores]
+            need, loads, stack = set(), [], [t for t in targets if isinstance(t, str)]
+            while stack:
+                name = stack.pop()
+                st = by_dest.get(name)
+                if st is None or st.scope != ELEM or name in need or name in loads:
+                    continue
+                if name in computed and costly(name):
+                    loads.append(name)
+                    if name not in kept:
+                        kept.append(name)
+                    continue
+                need.add(name)
+                if isinstance(st, Compute):
+                    stack += [a for a in st.args if isinstance(a, str)]
+            for name in need:
+                computed.setdefault(name, i)
+            out.append(RowPass(p.before, p.reductions, [s for s in p.elem if s.dest in need],
+                               p.stores, loads=sorted(loads)))
+        for name in kept:
+            out[computed[name]].saves.append(name)
+        return out, kept
 
     def _row_pass(self, i: int, p: RowPass, split: bool) -> list:
         n = self.k.reduced_numel
@@ -497,8 +553,13 @@ class _Renderer:
         out.append(f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{")
         inner = [f"const int64_t {v.name} = {_expr(v.expr())};"
                  for v in self.k.index_vars if v.scope == ELEM]
+        for name in p.loads:
+            inner.append(f"const {ctype(self.dtype_of[name])} {self._name(name)} = "
+                         f"scratch_{name}[rindex];")
         for s in p.elem:
             inner += self._stmt(s)
+        for name in p.saves:
+            inner.append(f"scratch_{name}[rindex] = {self._name(name)};")
         for s in p.reductions:
             acc, v = f"acc_{s.dest}", self._name(s.src)
             if s.op == "sum":

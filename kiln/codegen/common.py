@@ -4,7 +4,7 @@ and the plan of passes a reduction kernel makes over each row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kiln.codegen.kernel import ELEM, ROW, Compute, Kernel, Reduce, Store
 from kiln.ir import dtypes as dt
@@ -44,13 +44,16 @@ class RowPass:
 
     `reductions` are accumulated by the loop (all of one level); a pass without reductions is
     the final one, which writes the element-wise outputs (`stores`). `elem` lists the
-    element-scope statements the loop body computes, in body order.
+    element-scope statements the loop body computes, in body order. A renderer that keeps
+    row values in scratch memory (the C one) fills `loads` and `saves`.
     """
 
     before: list
     reductions: list
     elem: list
     stores: list
+    loads: list = field(default_factory=list)    # values read back from a row scratch array
+    saves: list = field(default_factory=list)    # values this pass writes to one
 
     @property
     def has_loop(self) -> bool:

@@ -11,6 +11,7 @@ a schedule whose build fails (with a warning), so every schedule runs.
 from __future__ import annotations
 
 import warnings
+from sys import getrefcount
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
+
+
+_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
 
 
 def _single_node_graph(node) -> Graph:
@@ -58,6 +62,7 @@ class ScheduleExecutor:
         self.c_kernels = []         # CKernel per C step, in order
         self.module_source = None   # the C translation unit, for target "c"
         self._build = None
+        self._num_spares = 0
         steps = []
         index = 0                   # kernels are named k0, k1, ... as `kiln dump` lists them
         for step in schedule.steps:
@@ -66,6 +71,12 @@ class ScheduleExecutor:
             if hasattr(step, "subgraph"):      # a fused kernel; the rest are extern nodes
                 sub = step.subgraph
                 index += 1
+                if target == "c" and all(n.op in _VIEWS for n in sub.nodes):
+                    # only views (a transposed weight before a matmul): NumPy makes them
+                    # without copying, and the matmul reads them as they are
+                    self.kernels.append((step.name, None, "views only: no copy needed"))
+                    steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub))
+                    continue
                 try:
                     steps.append(self._generated(index - 1, sub, ins, outs))
                     continue
@@ -92,6 +103,8 @@ class ScheduleExecutor:
         self.output_slots = [slot[v] for v in graph.outputs]
         self.mutation_slots = [slot[new] for _, new in graph.mutations]
         self._ready = self._build is None
+        # the arrays C kernels wrote last time, reused once nothing else holds them
+        self._spares = [None] * self._num_spares
 
     def _generated(self, index: int, sub: Graph, ins: list, outs: list) -> tuple:
         kernel = lower(sub)
@@ -100,8 +113,11 @@ class ScheduleExecutor:
             ck = render_c(kernel, name=f"k{index}_{kernel.name}")
             self.c_kernels.append(ck)
             self.kernels.append((ck.name, ck.source))
+            first = self._num_spares
+            self._num_spares += len(sub.outputs)
             specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs),
-                     tuple((v.shape, np.dtype(v.dtype.np)) for v in sub.outputs))
+                     tuple((first + j, v.shape, np.dtype(v.dtype.np))
+                           for j, v in enumerate(sub.outputs)))
             return ("c", ck, ins, outs, sub, specs)
         from kiln.codegen.triton import render_triton
         tk = render_triton(kernel)
@@ -143,6 +159,7 @@ class ScheduleExecutor:
         if not self._ready:
             self._link()
         xp = self.xp
+        spares = self._spares
         env = [None] * self.num_slots
         for s, a in zip(self.input_slots, inputs):
             env[s] = a
@@ -152,7 +169,15 @@ class ScheduleExecutor:
             if kind == "c":
                 in_dtypes, out_specs = rest[0]
                 args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
-                results = [np.empty(shape, d) for shape, d in out_specs]
+                results = []
+                for k, shape, d in out_specs:
+                    # the last call's array, when only this list still refers to it: the
+                    # caller dropped it, and fresh memory would cost a page fault per 4 KiB
+                    if getrefcount(spares[k]) == 2:
+                        results.append(spares[k])
+                    else:
+                        spares[k] = np.empty(shape, d)
+                        results.append(spares[k])
                 runner(*[data_pointer(a) for a in args], *[data_pointer(a) for a in results])
             elif kind == "triton":
                 from kiln.runtime.triton_launch import launch

@@ -1,4 +1,5 @@
-"""`kiln.set_num_threads` / `get_num_threads`: the thread count of the BLAS library NumPy calls."""
+"""`kiln.set_num_threads` / `get_num_threads`: the thread count of the BLAS library NumPy calls
+and of the compiled C kernels (OpenMP)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ _limit = None
 
 
 def set_num_threads(n: int) -> None:
-    """Use at most `n` threads for matmuls on the CPU, as `torch.set_num_threads` does.
+    """Use at most `n` threads for matmuls and compiled kernels on the CPU, as
+    `torch.set_num_threads` does.
 
     kiln's eager matmuls are small and many; on a busy machine a multi-threaded BLAS spends
     more time waking threads than multiplying, so one or two threads is often fastest.
@@ -17,6 +19,8 @@ def set_num_threads(n: int) -> None:
     global _limit
     if int(n) < 1:
         raise ValueError(f"set_num_threads: the number of threads must be positive, got {n}")
+    from kiln.runtime import c_build
+    c_build.set_num_threads(int(n))            # compiled C kernels: OpenMP's team size
     try:
         from threadpoolctl import threadpool_limits
     except ImportError as err:

@@ -1,0 +1,168 @@
+"""The C runtime: shared objects cached on disk (corrupt entries rebuilt, keys that follow the
+source, compiler and flags), builds that fail fall back to NumPy per kernel, a machine without a
+C compiler still runs compiled functions on the NumPy executor with one message, and
+`kiln.set_num_threads` reaches OpenMP."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln import compiler
+from kiln.codegen.c import c_module, render_c
+from kiln.codegen.kernel import lower
+from kiln.runtime import c_build
+from kiln.runtime.executor import ArrayExecutor
+from kiln.runtime.schedule_executor import ScheduleExecutor
+from tests.codegen.cases import BY_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_cc = pytest.mark.skipif(c_build.compiler_problem() is not None,
+                              reason="needs a working C compiler with OpenMP")
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    c_build.clear_memory_cache()
+    yield tmp_path
+    c_build.clear_memory_cache()
+
+
+def _source(name="softmax") -> str:
+    return c_module([render_c(lower(BY_NAME[name].graph()))])
+
+
+def _softmax(lib, x):
+    out = np.empty_like(x)
+    fn = c_build.kernel_function(lib, "fused_max_sub_exp_sum_div", 2)
+    fn(x.ctypes.data, out.ctypes.data)
+    return out
+
+
+@needs_cc
+def test_cold_build_then_warm_hit_then_corrupt_entry_rebuilt(cache_dir, monkeypatch):
+    source = _source()
+    path = c_build.build(source)
+    key = c_build.cache_key(source)
+    assert path.name == f"{key}.so" and path.with_suffix(".json").exists()
+    assert path.with_suffix(".c").read_text() == source        # the source, for reading
+    x = np.random.default_rng(0).standard_normal((5, 37)).astype(np.float32)
+    want = np.exp(x - x.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(_softmax(c_build.load(c_build.start_build(source)), x), want,
+                               rtol=1e-5)
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("a cache hit must not run the compiler")
+    with monkeypatch.context() as m:
+        m.setattr(subprocess, "Popen", no_compiler)
+        assert c_build.build(source) == path
+    for damage in (lambda raw: raw[: len(raw) // 2],                  # half-written
+                   lambda raw: raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]):   # one bit
+        # a new file over the old name: the loaded library keeps its pages (writing into a
+        # mapped file in place would crash this process)
+        damaged = path.with_name("damaged.tmp")
+        damaged.write_bytes(damage(path.read_bytes()))
+        os.replace(damaged, path)
+        assert c_build.cached(key) is None                           # never trusted
+        assert c_build.build(source) == path                          # rebuilt
+        assert c_build.cached(key) == path
+    path.with_suffix(".json").write_text("{not json")
+    assert c_build.cached(key) is None
+
+
+def test_key_follows_source_compiler_and_flags(monkeypatch):
+    a, b = _source("softmax"), _source("layer_norm")
+    assert c_build.cache_key(a) != c_build.cache_key(b)
+    key = c_build.cache_key(a)
+    monkeypatch.setattr(c_build, "FLAGS", c_build.FLAGS + ("-DKILN_TEST",))
+    assert c_build.cache_key(a) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(c_build, "compiler_identity", lambda cc=None: "/usr/bin/other-cc:1:2")
+    assert c_build.cache_key(a) != key
+
+
+@needs_cc
+def test_failed_build_runs_the_kernels_on_numpy(cache_dir, monkeypatch):
+    from kiln.codegen import c as cgen
+    real = cgen.c_module
+    monkeypatch.setattr(cgen, "c_module", lambda *a: real(*a) + "\n#error simulated bug\n")
+    cf = kiln.compile(lambda x: (x * 3).exp().softmax(-1), backend="c")
+    x = kiln.randn(4, 6)
+    cf(x)
+    with pytest.warns(UserWarning, match="building the C kernels .* failed"):
+        out = cf(x)
+    np.testing.assert_allclose(out.numpy(), (x * 3).exp().softmax(-1).numpy(), rtol=1e-6)
+    (entry,) = cf.entries.values()
+    assert all(kind == "array" for kind, *_ in entry.executor.steps)
+
+
+def test_no_compiler_falls_back_to_numpy_with_one_message(cache_dir, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent")
+    monkeypatch.setattr(compiler, "_NO_COMPILER_NOTED", [])
+    f1 = kiln.compile(lambda x: (x * 2).tanh().sum(-1))
+    f2 = kiln.compile(lambda x: x.softmax(-1) + 1)
+    x = kiln.randn(3, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            np.testing.assert_allclose(f1(x).numpy(), (x * 2).tanh().sum(-1).numpy(), rtol=1e-6)
+            np.testing.assert_allclose(f2(x).numpy(), (x.softmax(-1) + 1).numpy(), rtol=1e-6)
+    messages = [str(w.message) for w in caught if "C compiler" in str(w.message)]
+    assert len(messages) == 1 and "/nonexistent" in messages[0] and "NumPy" in messages[0]
+    for f in (f1, f2):
+        (entry,) = f.entries.values()
+        assert isinstance(entry.executor, ArrayExecutor) and entry.calls == 2
+
+
+def test_no_compiler_in_a_fresh_process(tmp_path):
+    code = ("import numpy as np, kiln\n"
+            "f = kiln.compile(lambda x: (x * 1.5).tanh() + x.softmax(-1))\n"
+            "x = kiln.randn(4, 7)\n"
+            "for _ in range(3):\n"
+            "    np.testing.assert_allclose(f(x).numpy(), ((x * 1.5).tanh() + x.softmax(-1))"
+            ".numpy(), rtol=1e-6)\n"
+            "print('ok', type(list(f.entries.values())[0].executor).__name__)\n")
+    env = {**os.environ, "CC": "/nonexistent", "KILN_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", "ArrayExecutor"]
+    assert done.stderr.count("no working C compiler") == 1
+
+
+@needs_cc
+def test_auto_uses_c_kernels_on_the_cpu(cache_dir):
+    cf = kiln.compile(lambda x: kiln.softmax(x * 2, -1))
+    x = kiln.randn(3, 9)
+    cf(x)
+    np.testing.assert_allclose(cf(x).numpy(), kiln.softmax(x * 2, -1).numpy(), rtol=1e-6)
+    (entry,) = cf.entries.values()
+    assert isinstance(entry.executor, ScheduleExecutor) and entry.executor.target == "c"
+    assert [kind for kind, *_ in entry.executor.steps] == ["c"]
+    assert "#pragma omp" in entry.executor.module_source
+
+
+@needs_cc
+def test_set_num_threads_reaches_openmp(cache_dir):
+    pytest.importorskip("threadpoolctl")
+    lib = c_build.load(c_build.start_build(
+        "#include <omp.h>\nint max_threads(void) { return omp_get_max_threads(); }\n"))
+    lib.max_threads.restype = ctypes.c_int
+    before = kiln.get_num_threads()
+    try:
+        kiln.set_num_threads(1)
+        assert lib.max_threads() == 1
+        kiln.set_num_threads(2)
+        assert lib.max_threads() == 2
+    finally:
+        kiln.set_num_threads(before)
