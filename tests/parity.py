@@ -36,8 +36,8 @@ def to_torch(a, requires_grad=False):
     return t.requires_grad_(requires_grad) if requires_grad else t
 
 
-def to_kiln(a, requires_grad=False):
-    return kiln.tensor(np.array(a, copy=True), requires_grad=requires_grad)
+def to_kiln(a, requires_grad=False, device="cpu"):
+    return kiln.tensor(np.array(a, copy=True), device=device, requires_grad=requires_grad)
 
 
 def _flat(out):
@@ -53,7 +53,7 @@ def assert_close(k, t, atol, rtol, what="output"):
                                                  f"torch {tuple(t.shape)}"
         assert k.dtype.name == str(t.dtype).replace("torch.", ""), \
             f"{what}: dtype {k.dtype.name} != torch {t.dtype}"
-        kv, tv = k.detach().numpy(), t.detach().numpy()
+        kv, tv = k.detach().cpu().numpy(), t.detach().numpy()
         if tv.dtype == np.bool_ or np.issubdtype(tv.dtype, np.integer):
             np.testing.assert_array_equal(kv, tv, err_msg=what)
         else:
@@ -66,20 +66,21 @@ def assert_close(k, t, atol, rtol, what="output"):
 
 
 def check_op(fn, inputs, *, dtype=np.float32, grad=True, atol=None, rtol=None, low=-2.0,
-             high=2.0, seed=0):
+             high=2.0, seed=0, device="cpu"):
     """Compare `fn(torch, ...)` with `fn(kiln, ...)` on the same data, values and gradients.
 
     Args:
         fn: `fn(lib, *tensors)`; `lib` is the module (torch or kiln).
         inputs: per input, a shape tuple (random data of `dtype`) or a ready NumPy array.
         grad: also compare gradients of the floating-point inputs.
+        device: where kiln's tensors live ("cuda" runs kiln on CuPy; torch stays on the CPU).
     """
     rng = np.random.default_rng(seed)
     arrays = [random_array(x, dtype, low, high, rng) if isinstance(x, tuple) else np.asarray(x)
               for x in inputs]
     floats = [np.issubdtype(a.dtype, np.floating) for a in arrays]
     tt = [to_torch(a, grad and f) for a, f in zip(arrays, floats)]
-    kt = [to_kiln(a, grad and f) for a, f in zip(arrays, floats)]
+    kt = [to_kiln(a, grad and f, device) for a, f in zip(arrays, floats)]
     t_out, k_out = fn(torch, *tt), fn(kiln, *kt)
     base = min((a.dtype.type for a in arrays if np.issubdtype(a.dtype, np.floating)),
                key=lambda d: np.finfo(d).bits, default=np.float64)
@@ -100,13 +101,14 @@ def check_op(fn, inputs, *, dtype=np.float32, grad=True, atol=None, rtol=None, l
     for j, (k, t) in enumerate(diff_t):
         w = random_array(tuple(t.shape), np.float64, -1, 1, np.random.default_rng(seed + j))
         t_loss = t_loss + (t * to_torch(w.astype(t.detach().numpy().dtype))).sum()
-        k_loss = k_loss + (k * to_kiln(w.astype(t.detach().numpy().dtype))).sum()
+        k_loss = k_loss + (k * to_kiln(w.astype(t.detach().numpy().dtype), device=device)).sum()
     t_loss.backward()
     k_loss.backward()
     for i, (k, t) in enumerate(zip(kt, tt)):
         if t.requires_grad:
             if t.grad is None:
-                assert k.grad is None or np.all(k.grad.numpy() == 0), f"grad {i}: torch None"
+                assert k.grad is None or np.all(k.grad.cpu().numpy() == 0), \
+                    f"grad {i}: torch None"
                 continue
             assert k.grad is not None, f"grad of input {i} is None, torch has one"
             assert_close(k.grad, t.grad, atol * 10, rtol * 10, f"grad of input {i}")

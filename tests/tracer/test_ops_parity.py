@@ -717,6 +717,19 @@ def test_op_matches_torch(case: Case, dtype, data) -> None:
              grad=case.grad, atol=case.atol, rtol=case.rtol, seed=data.draw(seeds))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,dtype", PARAMS)
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_op_matches_torch_on_cuda(case: Case, dtype, data) -> None:
+    """The same cases with kiln's tensors on the GPU (CuPy); PyTorch stays on the CPU."""
+    inputs, params = case.draw(data, dtype)
+    check_op(lambda lib, *ts: case.fn(lib, *ts, **params), inputs, dtype=dtype,
+             grad=case.grad, atol=case.atol, rtol=case.rtol, seed=data.draw(seeds),
+             device="cuda")
+
+
 # ----------------------------------------------------------------------------- in-place versions
 
 VERSIONED = [("add_", (1.0,)), ("mul_", (2.0,)), ("zero_", ()), ("fill_", (3.0,)),
