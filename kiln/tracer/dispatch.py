@@ -52,18 +52,6 @@ except ImportError:                      # pragma: no cover - NumPy 1.x
     _NP_ERRSTATE = None
 
 
-def _run_quietly(impl, xp, arrays: list, attrs: dict):
-    """`impl(xp, *arrays, **attrs)` with NumPy's NaN/inf/overflow warnings silenced."""
-    if _NP_ERRSTATE is None:             # pragma: no cover - NumPy 1.x
-        with np.errstate(all="ignore"):
-            return impl(xp, *arrays, **attrs)
-    token = _NP_ERRSTATE.set(_IGNORE_ALL)
-    try:
-        return impl(xp, *arrays, **attrs)
-    finally:
-        _NP_ERRSTATE.reset(token)
-
-
 def infer(prim: Primitive, args: tuple, attrs: dict):
     """The primitive's result (shape, dtype), from its rule; raises the user-facing error."""
     shapes = tuple(a._data.shape if isinstance(a, Tensor) else () for a in args)
@@ -121,10 +109,17 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
 
     xp = np if device is CPU else device.xp
     try:
-        if prim.quiet:
-            out = _run_quietly(prim.impl, xp, arrays, attrs)
-        else:
+        if not prim.quiet:
             out = prim.impl(xp, *arrays, **attrs)
+        elif _NP_ERRSTATE is not None:   # impl may hit NaN/inf: silence NumPy's warnings
+            token = _NP_ERRSTATE.set(_IGNORE_ALL)
+            try:
+                out = prim.impl(xp, *arrays, **attrs)
+            finally:
+                _NP_ERRSTATE.reset(token)
+        else:                            # pragma: no cover - NumPy 1.x
+            with np.errstate(all="ignore"):
+                out = prim.impl(xp, *arrays, **attrs)
     except (IndexError, ValueError, TypeError) as e:
         raise op_error(prim.name, str(e), type(e)) from None
     np_dtype = dtype.np_dtype

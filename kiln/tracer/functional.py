@@ -576,8 +576,9 @@ def sum(input, dim=None, keepdim=False, *, dtype=None):
         input = input.to(dtype)
     elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
         input = P.cast(input, dtype=dt.int64)     # PyTorch sums bools and ints as int64
-    axes = _axes(dim, input.ndim)
-    if input.ndim == 0:
+    ndim = input._data.ndim
+    axes = _axes(dim, ndim)
+    if ndim == 0:
         return input.clone()
     return P.sum(input, axes=axes, keepdim=bool(keepdim))
 
