@@ -7,6 +7,9 @@ is the median over several repeats of a timeit-style loop, all measured side by 
 process with one thread for every library (BLAS included), so the ratios mean something on a
 shared machine. The `+grad` rows run the same op on inputs with requires_grad=True: the extra
 cost there is autograd's bookkeeping (NumPy has no such row; its column repeats the plain op).
+np.where on a random 1M mask is a branchy loop whose time swings 2-3x with the process's history
+(the where and relu rows at 1M): kiln runs that same np.where call, so read those two ratios as
+noise, not as kiln beating NumPy.
 """
 
 from __future__ import annotations
