@@ -49,7 +49,7 @@ def test_random_ops_replay_like_eager():
     assert not np.array_equal(compiled[1], compiled[2])
 
 
-@pytest.mark.parametrize("backend", ["numpy", "triton"])
+@pytest.mark.parametrize("backend", ["numpy", "c", "triton"])
 def test_compiled_forward_composes_with_eager_autograd(backend):
     w = kiln.randn(3, 4).requires_grad_()
 
@@ -148,7 +148,7 @@ def test_compiled_adam_step_matches_eager_over_steps():
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "triton"])
+@pytest.mark.parametrize("backend", ["numpy", "c", "triton"])
 def test_backends_equal_eager_forward(backend):
     def f(x, w):
         h = F.gelu(x @ w, approximate="tanh")
@@ -162,9 +162,10 @@ def test_backends_equal_eager_forward(backend):
         x = kiln.randn(4, 8)
         np.testing.assert_allclose(cf(x, w).numpy(), f(x, w).numpy(), rtol=1e-5, atol=1e-6)
     (entry,) = cf.entries.values()
-    if backend == "triton":
+    if backend in ("triton", "c"):
         assert entry.schedule is not None and entry.schedule.kernels
-        assert all(src is not None for _, src, *_ in entry.executor.kernels)
+        assert all(src is not None for _, src, *_ in entry.executor.kernels
+                   if not (_ and "views only" in _[0]))
 
 
 def test_triton_backend_training_step_matches_eager():
@@ -193,3 +194,31 @@ def test_failed_kernel_launch_falls_back_to_eager(monkeypatch):
     with pytest.warns(UserWarning, match="runs eagerly"):
         out = cf(x)
     np.testing.assert_allclose(out.numpy(), (x * 3).exp().numpy(), rtol=1e-6)
+
+
+def test_guards_separate_requires_grad_grad_mode_train_flags_and_kwargs():
+    import kiln.nn as nn
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5))
+
+    def f(x, scale=1.0):
+        return model(x) * scale
+    cf = kiln.compile(f)
+    x = kiln.randn(2, 3)
+    model.eval()
+    cf(x)
+    cf(x)
+    assert len(cf.entries) == 1
+    cf(x.requires_grad_())                          # requires_grad is guarded
+    with kiln.no_grad():
+        cf(x)                                       # so is grad mode
+    x = x.detach()
+    model.train()
+    kiln.manual_seed(0)
+    got = cf(x)                                     # and the module's train flag
+    kiln.manual_seed(0)
+    np.testing.assert_allclose(got.detach().numpy(), f(x).detach().numpy())
+    model.eval()
+    np.testing.assert_allclose(cf(x, scale=2.0).detach().numpy(), cf(x).detach().numpy() * 2,
+                               rtol=1e-6)
+    assert cf(x, 3.0).shape == (2, 4)               # keyword and positional: own entries
+    assert len(cf.entries) == 6

@@ -75,7 +75,7 @@ class ScheduleExecutor:
                     # only views (a transposed weight before a matmul): NumPy makes them
                     # without copying, and the matmul reads them as they are
                     self.kernels.append((step.name, None, "views only: no copy needed"))
-                    steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub))
+                    steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
                     continue
                 try:
                     steps.append(self._generated(index - 1, sub, ins, outs))
@@ -84,7 +84,7 @@ class ScheduleExecutor:
                     self.kernels.append((step.name, None, str(e)))
             else:
                 sub = _single_node_graph(step.node)
-            steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub))
+            steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
         self.steps = steps
         if self.c_kernels:
             from kiln.codegen.c import c_module
@@ -116,13 +116,13 @@ class ScheduleExecutor:
             first = self._num_spares
             self._num_spares += len(sub.outputs)
             specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs),
-                     tuple((first + j, v.shape, np.dtype(v.dtype.np))
-                           for j, v in enumerate(sub.outputs)))
+                     tuple((first + j, v.shape, np.dtype(v.dtype.np), s)
+                           for j, (v, s) in enumerate(zip(sub.outputs, outs))))
             return ("c", ck, ins, outs, sub, specs)
         from kiln.codegen.triton import render_triton
         tk = render_triton(kernel)
         self.kernels.append((tk.name, tk.source))
-        return ("triton", tk, ins, outs, sub)
+        return ("triton", tk, ins, outs, sub, None)
 
     # -------------------------------------------------------------- C kernels
     def _link(self) -> None:
@@ -131,18 +131,16 @@ class ScheduleExecutor:
         try:
             lib = c_build.load(self._build)
             steps = []
-            for kind, runner, ins, outs, sub, *rest in self.steps:
+            for kind, runner, ins, outs, sub, extra in self.steps:
                 if kind == "c":
-                    fn = c_build.kernel_function(lib, runner.name, len(ins) + len(outs))
-                    steps.append(("c", fn, ins, outs, sub, *rest))
-                else:
-                    steps.append((kind, runner, ins, outs, sub, *rest))
+                    runner = c_build.kernel_function(lib, runner.name, len(ins) + len(outs))
+                steps.append((kind, runner, ins, outs, sub, extra))
         except c_build.BuildError as e:
             warnings.warn(f"kiln: building the C kernels of {self.graph.name!r} failed, they run "
                           f"on the NumPy executor instead: {e}", stacklevel=4)
-            steps = [("array", ArrayExecutor(sub, self.xp), ins, outs, sub)
-                     if kind == "c" else (kind, runner, ins, outs, sub, *rest)
-                     for kind, runner, ins, outs, sub, *rest in self.steps]
+            steps = [("array", ArrayExecutor(sub, self.xp), ins, outs, sub, None)
+                     if kind == "c" else (kind, runner, ins, outs, sub, extra)
+                     for kind, runner, ins, outs, sub, extra in self.steps]
             self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
                             for k in self.kernels]
         self.steps = steps
@@ -165,30 +163,31 @@ class ScheduleExecutor:
             env[s] = a
         for s, a in self.constants:
             env[s] = a
-        for (kind, runner, ins, outs, sub, *rest), free in zip(self.steps, self.free):
+        for (kind, runner, ins, outs, sub, extra), free in zip(self.steps, self.free):
             if kind == "c":
-                in_dtypes, out_specs = rest[0]
-                args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
-                results = []
-                for k, shape, d in out_specs:
+                in_dtypes, out_specs = extra
+                pointers = [data_pointer(np.ascontiguousarray(env[s], d))
+                            for s, d in zip(ins, in_dtypes)]
+                for k, shape, d, s in out_specs:
                     # the last call's array, when only this list still refers to it: the
                     # caller dropped it, and fresh memory would cost a page fault per 4 KiB
-                    if getrefcount(spares[k]) == 2:
-                        results.append(spares[k])
-                    else:
+                    if getrefcount(spares[k]) != 2:
                         spares[k] = np.empty(shape, d)
-                        results.append(spares[k])
-                runner(*[data_pointer(a) for a in args], *[data_pointer(a) for a in results])
+                    env[s] = spares[k]
+                    pointers.append(data_pointer(spares[k]))
+                runner(*pointers)
             elif kind == "triton":
                 from kiln.runtime.triton_launch import launch
                 args = [xp.ascontiguousarray(env[s], dtype=v.dtype.np)
                         for s, v in zip(ins, sub.inputs)]
                 results = [xp.empty(v.shape, dtype=v.dtype.np) for v in sub.outputs]
                 launch(runner, args, results, self.backend)
+                for s, r in zip(outs, results):
+                    env[s] = r
             else:
                 results, _ = runner.run([env[s] for s in ins])
-            for s, r in zip(outs, results):
-                env[s] = r
+                for s, r in zip(outs, results):
+                    env[s] = r
             for s in free:
                 env[s] = None
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
