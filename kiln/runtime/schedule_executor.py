@@ -166,8 +166,9 @@ class ScheduleExecutor:
         for (kind, runner, ins, outs, sub, extra), free in zip(self.steps, self.free):
             if kind == "c":
                 in_dtypes, out_specs = extra
-                pointers = [data_pointer(np.ascontiguousarray(env[s], d))
-                            for s, d in zip(ins, in_dtypes)]
+                # `args` keeps converted copies alive until the kernel has read them
+                args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
+                pointers = [data_pointer(a) for a in args]
                 for k, shape, d, s in out_specs:
                     # the last call's array, when only this list still refers to it: the
                     # caller dropped it, and fresh memory would cost a page fault per 4 KiB

@@ -3,7 +3,7 @@ backward, and the graph survives a JSON round trip unchanged; compiled to C kern
 backward), replays equal eager too."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import kiln
@@ -111,6 +111,10 @@ def test_random_program_trace_interpret_equals_eager(program, seed):
 
 @settings(max_examples=30, deadline=None)
 @given(programs(), st.integers(0, 2 ** 31), st.sampled_from([np.float32, np.float64]))
+# found by hypothesis: kernel inputs copied to contiguous memory were freed before the kernel ran
+@example(([(1, 2, 1), (1,), (1,)], [("unary", 0, 0)] * 2 + [("matmul", 0, 0), ("permute", 2897, 0)]
+          + [("unary", 0, 0)] * 5 + [("matmul", 211002, 0), ("unary", 2034, 0)], True),
+         0, np.float32)
 def test_random_program_compiled_to_c_equals_eager(program, seed, dtype):
     from kiln.runtime import c_build
     if c_build.compiler_problem() is not None:
