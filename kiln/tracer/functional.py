@@ -477,7 +477,8 @@ def equal(input, other) -> bool:
 # ----------------------------------------------------------------------------- activations
 
 def relu(input):
-    return P.where(P.gt(input, 0), input, 0)
+    # x <= 0 picks zero, so NaN passes through as in PyTorch (x > 0 would turn it into 0)
+    return P.where(P.le(input, 0), 0, input)
 
 
 def relu6(input):
@@ -485,7 +486,10 @@ def relu6(input):
 
 
 def hardtanh(input, min_val=-1.0, max_val=1.0):
-    return clamp(input, min_val, max_val)
+    # not clamp: PyTorch passes hardtanh's gradient strictly inside (min, max) and clamp's
+    # on the closed interval; NaN falls through both comparisons and propagates
+    return P.where(P.le(input, min_val), min_val,
+                   P.where(P.ge(input, max_val), max_val, input))
 
 
 def leaky_relu(input, negative_slope=0.01):

@@ -945,3 +945,19 @@ def test_repr_of_results_names_the_grad_fn() -> None:
     text = repr(x * 2)
     assert text.startswith("tensor([2., 2.]") and "grad_fn=<MulBackward0>" in text
     assert repr(kiln.ones(2, 3).shape) == "kiln.Size([2, 3])"
+
+
+ACTIVATIONS = ["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
+               "hardtanh", "relu6"]
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS)
+def test_activations_propagate_nan_and_inf_as_torch_does(op) -> None:
+    values = np.array([np.nan, -np.inf, -2.0, -0.0, 0.0, 0.5, np.inf], dtype=np.float32)
+    check_op(lambda lib, x: getattr(lib.nn.functional, op)(x), [values], grad=False)
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS)
+def test_activation_gradients_at_kinks_and_bounds_match_torch(op) -> None:
+    values = np.array([-7.0, -6.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 6.0, 7.0], dtype=np.float64)
+    check_op(lambda lib, x: getattr(lib.nn.functional, op)(x), [values], dtype=np.float64)
