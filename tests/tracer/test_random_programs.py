@@ -3,6 +3,7 @@ backward, and the graph survives a JSON round trip unchanged; compiled to C kern
 backward), replays equal eager too."""
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -115,9 +116,10 @@ def test_random_program_trace_interpret_equals_eager(program, seed):
 @example(([(1, 2, 1), (1,), (1,)], [("unary", 0, 0)] * 2 + [("matmul", 0, 0), ("permute", 2897, 0)]
           + [("unary", 0, 0)] * 5 + [("matmul", 211002, 0), ("unary", 2034, 0)], True),
          0, np.float32)
-def test_random_program_compiled_to_c_equals_eager(program, seed, dtype):
+@pytest.mark.parametrize("backend", ["c", "triton", "auto"])
+def test_random_program_compiled_equals_eager(backend, program, seed, dtype):
     from kiln.runtime import c_build
-    if c_build.compiler_problem() is not None:
+    if backend == "c" and c_build.compiler_problem() is not None:
         return                                   # no C compiler: nothing to compare
     shapes, steps, grad = program
     rng = np.random.default_rng(seed)
@@ -133,7 +135,7 @@ def test_random_program_compiled_to_c_equals_eager(program, seed, dtype):
         return outs
 
     rtol, atol = (1e-4, 1e-4) if dtype is np.float32 else (1e-9, 1e-10)
-    compiled = kiln.compile(fn, backend="c")
+    compiled = kiln.compile(fn, backend=backend)
     for call in range(3):                         # the trace, then replays
         xs_c = [kiln.tensor(d * (1 + call), requires_grad=grad) for d in data]
         xs_e = [kiln.tensor(d * (1 + call), requires_grad=grad) for d in data]
