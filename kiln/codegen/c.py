@@ -28,6 +28,10 @@ from kiln.ir.dtypes import DType
 # Work (elements times statements) below which a loop runs on one thread: starting a team
 # costs a few microseconds, about what one thread does with this much work.
 PARALLEL_MIN = 1 << 17
+# The same, for kernels that run between matmuls. OpenBLAS's threads busy-wait for a long while
+# after each matmul, so an OpenMP team started then waits for a core (on 2 cores a 50 us kernel
+# took 4 ms): only kernels big enough to repay that get threads.
+PARALLEL_MIN_NEAR_BLAS = 1 << 24
 # rows at least this many are shared among threads; fewer, longer rows are split instead
 PARALLEL_ROWS = 8
 # rows up to this long keep expensive values for later passes in a scratch array on the stack
@@ -358,13 +362,17 @@ def c_module(kernels: list, title: str = "kiln kernels") -> str:
 
 # ----------------------------------------------------------------------------- rendering
 
-def render_c(kernel: Kernel, name: str | None = None) -> CKernel:
+def render_c(kernel: Kernel, name: str | None = None,
+             parallel_min: int = PARALLEL_MIN) -> CKernel:
     """C source for `kernel`: one function taking a pointer per input, then per output.
+
+    Args:
+        parallel_min: work (elements x statements) from which loops are multi-threaded.
 
     Raises:
         LoweringError: an op or dtype this renderer does not spell; run the group otherwise.
     """
-    r = _Renderer(kernel)
+    r = _Renderer(kernel, parallel_min)
     name = name or kernel.name
     body = r.reduction() if kernel.is_reduction else r.pointwise()
     params = [f"const {C_TYPE[b.dtype]} *restrict {p}" for b, p in zip(kernel.inputs, r.params)]
@@ -386,8 +394,9 @@ def _indent(lines: list, n: int = 1) -> list:
 
 
 class _Renderer:
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, parallel_min: int = PARALLEL_MIN):
         self.k = kernel
+        self.parallel_min = parallel_min
         self.helpers: list = []
         self.params = []
         seen = set()
@@ -419,7 +428,7 @@ class _Renderer:
         if not loops:
             loops = [["g0", max(math.prod(shape), 1) if shape else 1, 1]]
         numel = self.k.numel
-        parallel = numel * self.work >= PARALLEL_MIN and (
+        parallel = numel * self.work >= self.parallel_min and (
             len(loops) > 1 or numel >= 2 * PARALLEL_ROWS)
         out = []
         for depth, (var, size, _) in enumerate(loops):
@@ -445,9 +454,9 @@ class _Renderer:
     def reduction(self) -> list:
         rows, n = self.k.numel, self.k.reduced_numel
         passes, row_stores = row_passes(self.k)
-        big = rows * n * self.work >= PARALLEL_MIN
+        big = rows * n * self.work >= self.parallel_min
         split_rows = big and rows >= PARALLEL_ROWS
-        split_row = big and not split_rows and n * self.work >= PARALLEL_MIN
+        split_row = big and not split_rows and n * self.work >= self.parallel_min
         out = []
         if split_rows:
             out.append("#pragma omp parallel for schedule(static)")

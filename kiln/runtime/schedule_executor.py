@@ -63,6 +63,8 @@ class ScheduleExecutor:
         self.module_source = None   # the C translation unit, for target "c"
         self._build = None
         self._num_spares = 0
+        self._calls_blas = any(getattr(st, "node", None) is not None and st.node.op == "matmul"
+                               for st in schedule.steps)
         steps = []
         index = 0                   # kernels are named k0, k1, ... as `kiln dump` lists them
         for step in schedule.steps:
@@ -109,8 +111,9 @@ class ScheduleExecutor:
     def _generated(self, index: int, sub: Graph, ins: list, outs: list) -> tuple:
         kernel = lower(sub)
         if self.target == "c":
-            from kiln.codegen.c import render_c
-            ck = render_c(kernel, name=f"k{index}_{kernel.name}")
+            from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
+            ck = render_c(kernel, name=f"k{index}_{kernel.name}", parallel_min=(
+                PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN))
             self.c_kernels.append(ck)
             self.kernels.append((ck.name, ck.source))
             first = self._num_spares
