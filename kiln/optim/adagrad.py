@@ -43,15 +43,6 @@ class Adagrad(Optimizer):
         for p in group["params"]:
             self._init_state(p, group)
 
-    def step(self, closure=None):
-        loss = self._run_closure(closure)
-        with kiln.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
-        return loss
-
     def _update(self, p, group) -> None:
         state = self.state[p]
         state["step"].add_(1)

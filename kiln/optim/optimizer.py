@@ -96,7 +96,17 @@ class Optimizer:
                     p.grad.zero_()
 
     def step(self, closure: Callable[[], Any] | None = None):
-        raise NotImplementedError
+        """One update of every parameter that has a gradient, through `_update(p, group)`."""
+        loss = self._run_closure(closure)
+        with kiln.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, group)
+        return loss
+
+    def _update(self, p: Tensor, group: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define step or _update")
 
     def _run_closure(self, closure):
         if closure is None:

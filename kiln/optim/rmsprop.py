@@ -28,15 +28,6 @@ class RMSprop(Optimizer):
                                       capturable=capturable, foreach=foreach,
                                       maximize=maximize, differentiable=differentiable))
 
-    def step(self, closure=None):
-        loss = self._run_closure(closure)
-        with kiln.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
-        return loss
-
     def _update(self, p, group) -> None:
         alpha, momentum = group["alpha"], group["momentum"]
         state = self.state[p]

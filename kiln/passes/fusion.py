@@ -89,6 +89,16 @@ class ExternStep:
     def outputs(self) -> list:
         return [self.node.out]
 
+    @property
+    def subgraph(self) -> Graph:
+        """The node alone as a graph over its own inputs (built afresh), like a FusedKernel's."""
+        g = Graph(self.node.op)
+        inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in self.inputs}
+        ins = tuple(inner[v] if isinstance(v, Value) else v for v in self.node.inputs)
+        g.outputs = [g.add_node(self.node.op, ins, self.node.attr_dict, self.node.out.shape,
+                                self.node.out.dtype, self.node.loc)]
+        return g
+
     def __str__(self) -> str:
         ins = ", ".join(v.ref if isinstance(v, Value) else repr(v) for v in self.node.inputs)
         return f"extern {self.node.op}({ins}) -> {self.node.out.ref}"
@@ -139,18 +149,9 @@ def run_schedule(schedule: Schedule, inputs: list) -> tuple[list, list]:
         if isinstance(step, FusedKernel):
             outs, _ = interpret(step.subgraph, [env[v] for v in step.inputs])
         else:
-            outs, _ = interpret(_single_node_graph(step.node), [env[v] for v in step.inputs])
+            outs, _ = interpret(step.subgraph, [env[v] for v in step.inputs])
         env.update(zip(step.outputs, outs))
     return [env[v] for v in graph.outputs], [env[new] for _, new in graph.mutations]
-
-
-def _single_node_graph(node: Node) -> Graph:
-    g = Graph(node.op)
-    inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in dict.fromkeys(node.value_inputs)}
-    ins = tuple(inner[v] if isinstance(v, Value) else v for v in node.inputs)
-    g.outputs = [g.add_node(node.op, ins, node.attr_dict, node.out.shape, node.out.dtype,
-                            node.loc)]
-    return g
 
 
 # ----------------------------------------------------------------------------- grouping

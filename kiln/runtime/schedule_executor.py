@@ -16,21 +16,12 @@ from sys import getrefcount
 import numpy as np
 
 from kiln.codegen.kernel import LoweringError, lower
-from kiln.ir.graph import Graph, Value
+from kiln.ir.graph import Graph
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
 
 
 _VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
-
-
-def _single_node_graph(node) -> Graph:
-    g = Graph(node.op)
-    inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in dict.fromkeys(node.value_inputs)}
-    ins = tuple(inner[v] if isinstance(v, Value) else v for v in node.inputs)
-    g.outputs = [g.add_node(node.op, ins, node.attr_dict, node.out.shape, node.out.dtype,
-                            node.loc)]
-    return g
 
 
 class ScheduleExecutor:
@@ -85,7 +76,7 @@ class ScheduleExecutor:
                 except LoweringError as e:
                     self.kernels.append((step.name, None, str(e)))
             else:
-                sub = _single_node_graph(step.node)
+                sub = step.subgraph
             steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
         self.steps = steps
         if self.c_kernels:

@@ -8,7 +8,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph
 from kiln.ir.interpreter import interpret
 from kiln.passes.cleanup import optimize
-from kiln.passes.fusion import FusedKernel, _single_node_graph, fuse
+from kiln.passes.fusion import fuse
 from kiln.passes.memory import plan_memory
 from tests.passes.helpers import CASES, traced
 
@@ -26,7 +26,7 @@ def run_in_planned_buffers(schedule, plan, inputs):
             return raw.view(v.dtype.np).reshape(v.shape).copy()
         return env[v]
     for step in schedule.steps:
-        sub = step.subgraph if isinstance(step, FusedKernel) else _single_node_graph(step.node)
+        sub = step.subgraph
         outs, _ = interpret(sub, [read(v) for v in step.inputs])
         for v, a in zip(step.outputs, outs):
             data = np.ascontiguousarray(a, dtype=v.dtype.np).reshape(-1).view(np.uint8)
