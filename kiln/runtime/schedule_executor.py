@@ -17,6 +17,7 @@ import numpy as np
 
 from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.graph import Graph
+from kiln.passes.fusion import FusedKernel
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
 
@@ -61,7 +62,7 @@ class ScheduleExecutor:
         for step in schedule.steps:
             ins = [slot[v] for v in step.inputs]
             outs = [slot[v] for v in step.outputs]
-            if hasattr(step, "subgraph"):      # a fused kernel; the rest are extern nodes
+            if isinstance(step, FusedKernel):      # the rest are extern nodes
                 sub = step.subgraph
                 index += 1
                 if target == "c" and all(n.op in _VIEWS for n in sub.nodes):
