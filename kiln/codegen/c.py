@@ -114,6 +114,7 @@ OPS = {
     "bitwise_not": lambda a, d: f"!{a[0]}" if d is dt.bool_ else f"~{a[0]}",
     "abs": _float_or(_by_dtype("fabsf", "fabs"),
                      lambda a, d: a[0] if d is dt.bool_ else f"{a[0]} < 0 ? -{a[0]} : {a[0]}"),
+    "relu": lambda a, d: f"{a[0]} <= 0 ? 0 : {a[0]}",     # NaN fails <= and passes
     "sign": _float_or(lambda a, d: f"kiln_sign{_f(d)}({a[0]})",
                       lambda a, d: f"({a[0]} > 0) - ({a[0]} < 0)"),
     "exp": _by_dtype("kiln_expf", "exp"),

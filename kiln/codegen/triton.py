@@ -71,6 +71,7 @@ OPS = {
     "neg": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"-{a[0]}",
     "bitwise_not": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"~{a[0]}",
     "abs": lambda a, d: f"tl.abs({a[0]})",
+    "relu": lambda a, d: f"tl.where({a[0]} <= 0, 0, {a[0]})",   # NaN fails <= and passes
     "sign": _float_or(lambda a, d: f"_sign({a[0]})",
                       lambda a, d: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0))"),
     "exp": lambda a, d: f"tl.exp({a[0]})",

@@ -189,6 +189,19 @@ define("abs", ELEMENTWISE, _unary, lambda xp, x: xp.abs(x),
        lambda g, out, x: (g * P.sign(x),), arity=1)
 define("sign", ELEMENTWISE, _unary, lambda xp, x: xp.sign(x),
        lambda g, out, x: (g * 0,), arity=1)
+
+
+def _relu_infer(shapes, dtypes):
+    if dtypes[0] is dt.bool_:
+        raise ShapeError("Boolean inputs not supported for relu")
+    return shapes[0], dtypes[0]
+
+
+# A primitive, not where(x <= 0, 0, x): the most common activation is one dispatch in eager
+# mode (benchmarks/eager_overhead.py) and one scalar op in a kernel. NaN propagates (maximum
+# keeps it); the gradient passes where the output is not <= 0, NaN included, as PyTorch's.
+define("relu", ELEMENTWISE, _relu_infer, lambda xp, x: xp.maximum(x, 0),
+       lambda g, out, x: (P.where(P.le(out, 0), 0, g),), arity=1)
 _quiet_unary("exp", lambda xp, x: xp.exp(x), lambda g, out, x: (g * out,))
 _quiet_unary("log", lambda xp, x: xp.log(x), lambda g, out, x: (g / x,))
 _quiet_unary("log1p", lambda xp, x: xp.log1p(x), lambda g, out, x: (g / (x + 1),))

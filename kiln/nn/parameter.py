@@ -17,7 +17,7 @@ class Parameter(Tensor):
     def __new__(cls, data: Tensor | None = None, requires_grad: bool = True) -> "Parameter":
         if data is None:
             data = kiln.empty(0)
-        param = cls._make(data._data, data.dtype, data.device)
+        param = Tensor._make(data._data, data.dtype, data.device, cls)
         param._version = data._version      # same memory, same version counter
         if requires_grad and not data.dtype.is_floating_point:
             raise RuntimeError("Only Tensors of floating point and complex dtype can require "
@@ -58,7 +58,7 @@ class Buffer(Tensor):
     def __new__(cls, data: Tensor | None = None, *, persistent: bool = True) -> "Buffer":
         if data is None:
             data = kiln.empty(0)
-        buf = cls._make(data._data, data.dtype, data.device)
+        buf = Tensor._make(data._data, data.dtype, data.device, cls)
         buf.persistent = persistent
         return buf
 

@@ -20,7 +20,7 @@ from kiln.tracer.tensor import STATE, Tensor
 # to any other input is harmless, so, like PyTorch, only these are version-checked.
 _RULE_READS = {name: () for name in (
     "add", "sub", "neg", "reshape", "permute", "expand", "slice", "flip", "pad", "cat", "sum",
-    "cast", "cumsum")}
+    "cast", "cumsum", "relu")}
 _RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,)})
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "

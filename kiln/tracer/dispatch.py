@@ -70,9 +70,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     # The rule's result depends only on the op, its attributes and the inputs' shapes and
     # dtypes (a literal counts as shape () and dtype None, whatever its value). A tensor adds
     # (shape, dtype) to the key and a literal adds None, so keys of different inputs differ.
-    key = [prim, tuple(attrs.items()) if attrs else ()]
+    key = [prim, tuple(attrs.items())] if attrs else [prim]
     wants_grad = False
-    stranger = None              # a tensor on another device than the first one's
     for a in args:
         if isinstance(a, Tensor):
             data = a._data
@@ -82,7 +81,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             if device is None:
                 device = a.device
             elif a.device is not device:
-                stranger = a
+                raise op_error(prim.name, f"Expected all tensors to be on the same device, "
+                               f"but found at least two devices, {device} and {a.device}!")
             if a.requires_grad:
                 wants_grad = True
         else:
@@ -102,10 +102,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing
                 _INFER_CACHE.clear()
             _INFER_CACHE[key] = rule
-    shape, dtype = rule
-    if stranger is not None:
-        raise op_error(prim.name, f"Expected all tensors to be on the same device, but "
-                       f"found at least two devices, {device} and {stranger.device}!")
+    dtype = rule[1]
 
     xp = np if device is CPU else device.xp
     try:
@@ -127,8 +124,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
         out = out.astype(np_dtype)
     if xp is np and type(out) is not np.ndarray:
         out = np.asarray(out)        # NumPy hands back scalars for 0-d results
-    result = Tensor._make(out, dtype, device)
-    if prim.kind == ir_ops.MOVEMENT and len(arrays) == 1 and getattr(out, "base", None) is not None:
+    result = _new_tensor(out, dtype, device)
+    if prim.kind is _MOVEMENT and out.base is not None and len(arrays) == 1:
         result._version = args[0]._version   # a view shares its base's version counter
 
     if wants_grad and STATE.grad_enabled and prim.grad is not None:
@@ -136,6 +133,10 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     if STATE.tracer is not None:
         STATE.tracer.record(prim, args, attrs, result)
     return result
+
+
+_new_tensor = Tensor._make
+_MOVEMENT = ir_ops.MOVEMENT
 
 
 P.dispatch = apply

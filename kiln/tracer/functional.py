@@ -477,8 +477,7 @@ def equal(input, other) -> bool:
 # ----------------------------------------------------------------------------- activations
 
 def relu(input):
-    # x <= 0 picks zero, so NaN passes through as in PyTorch (x > 0 would turn it into 0)
-    return P.where(P.le(input, 0), 0, input)
+    return P.relu(input)
 
 
 def relu6(input):
@@ -789,6 +788,8 @@ def cumprod(input, dim):
 # ----------------------------------------------------------------------------- shapes, movement
 
 def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and type(shape[0]) is int:      # reshape(-1): the common case
+        return shape
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     if len(shape) == 1 and isinstance(shape[0], Tensor):
@@ -797,6 +798,8 @@ def _shape_arg(shape) -> tuple:
 
 
 def _infer_shape(shape: tuple, numel: int, op: str = "view") -> tuple:
+    if shape == (-1,):
+        return (numel,)
     if -1 not in shape:
         if math.prod(shape) != numel:
             raise op_error(op, f"shape '{list(shape)}' is invalid for input of size {numel}")

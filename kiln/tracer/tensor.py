@@ -49,10 +49,12 @@ class Tensor:
         self._trace = None
         self._base = None
 
-    @classmethod
-    def _make(cls, data, dtype: dt.DType, device: Device) -> "Tensor":
-        """The dispatcher's fast constructor: no checks, no copies."""
-        t = object.__new__(cls)
+    @staticmethod
+    def _make(data, dtype: dt.DType, device: Device, cls: type | None = None) -> "Tensor":
+        """The dispatcher's fast constructor: no checks, no copies; `cls` for subclasses. A
+        static method, so the dispatcher holds it as a plain function (a classmethod would be
+        bound again on every call)."""
+        t = object.__new__(Tensor if cls is None else cls)
         t._data = data
         t.dtype = dtype
         t.device = device

@@ -37,6 +37,7 @@ CASES = {
     "neg": [("", lambda x: P.neg(x), [arg(2, 3)])],
     "abs": [("", lambda x: P.abs(x), [arg(2, 3)])],
     "sign": [("", lambda x: P.sign(x), [arg(4)])],
+    "relu": [("", lambda x: P.relu(x), [arg(2, 3)])],
     "exp": [("", lambda x: P.exp(x), [arg(2, 3)])],
     "log": [("", lambda x: P.log(x), [pos(2, 3)])],
     "log1p": [("", lambda x: P.log1p(x), [arg(5, low=-0.8)])],
