@@ -58,27 +58,35 @@ def _referenced_objects(fn) -> dict:
     return found
 
 
-def _tensor_names(fn, depth: int = 2) -> dict:
+def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
     """id(tensor) -> a readable name for parameters, buffers, optimizer state and tensors.
 
     Looks through what `fn` references by name, one level into containers, and `depth` levels
-    into the closures of functions it references (a loss function closing over weights).
+    into the closures of functions it references (a loss function closing over weights). When
+    `tensors` is given, it receives id(tensor) -> tensor for every tensor named.
     """
     names: dict = {}
+    if tensors is None:
+        tensors = {}
+
+    def name(t, text):
+        if id(t) not in names:
+            names[id(t)] = text
+            tensors[id(t)] = t
 
     def visit(obj_name, obj, level):
         if isinstance(obj, Tensor):
-            names.setdefault(id(obj), obj_name)
+            name(obj, obj_name)
         elif hasattr(obj, "named_parameters") and hasattr(obj, "named_buffers"):
             for n, t in obj.named_parameters():
-                names.setdefault(id(t), f"{obj_name}.{n}")
+                name(t, f"{obj_name}.{n}")
             for n, t in obj.named_buffers():
-                names.setdefault(id(t), f"{obj_name}.{n}")
+                name(t, f"{obj_name}.{n}")
         elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
             for i, (p, st) in enumerate(obj.state.items()):
                 for k, t in st.items() if isinstance(st, dict) else ():
                     if isinstance(t, Tensor):
-                        names.setdefault(id(t), f"{obj_name}.state{i}.{k}")
+                        name(t, f"{obj_name}.state{i}.{k}")
         elif isinstance(obj, (list, tuple)) and level >= 0:
             for i, item in enumerate(obj[:256]):
                 visit(f"{obj_name}.{i}", item, -1)
@@ -156,9 +164,11 @@ class TraceResult:
         return [p.graph for p in self.programs]
 
 
-def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False) -> tuple[Tracer, object]:
+def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
+                names: dict | None = None) -> tuple[Tracer, object]:
+    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it."""
     leaves, _ = flatten((args, kwargs))
-    names = _tensor_names(fn)
+    names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
     for i, t in enumerate(leaves):
@@ -375,8 +385,12 @@ class CompiledFunction:
 
     def _trace_and_run(self, key, args, kwargs):
         mode = "raise" if self.fullgraph else "abandon"
-        state_before = set(_tensor_names(self.fn))
-        tracer, result = _trace_call(self.fn, args, kwargs, mode)
+        reachable: dict = {}
+        names_before = _tensor_names(self.fn, tensors=reachable)
+        # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
+        # arguments are lifted before it runs, so their GradWrite.was_none says it already
+        none_at_call = {i: t.grad is None for i, t in reachable.items()}
+        tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before)
         if tracer.breaks:
             b = tracer.breaks[0]
             self.entries[key] = CompiledEntry(None, eager_reason=str(b))
@@ -389,7 +403,9 @@ class CompiledFunction:
         if STATE.grad_enabled and any(t.requires_grad for t in outputs):
             joint = _trace_backward(tracer, outputs)      # the same trace, now with backward
         (program,) = tracer.finish(result if joint is None else list(outputs) + joint.grads)
-        created = set(_tensor_names(self.fn)) - state_before
+        for gw in program.grad_writes:
+            gw.none_at_call = none_at_call.get(id(gw.tensor))
+        created = set(_tensor_names(self.fn)) - set(names_before)
         if created:
             # the call created tensors that outlive it (optimizer state on a first step): a
             # replay would create them afresh each time, so trace again once they exist
@@ -499,7 +515,10 @@ def _grad_state(program: TracedProgram, leaves: list) -> tuple:
 
 
 def _grad_state_matches(program: TracedProgram, leaves: list) -> bool:
-    return all((_bound_tensor(program, gw.input, leaves).grad is None) == gw.was_none
+    """Whether each written `.grad` is None now exactly when it was at the traced call's start
+    (else, when that is not known, at the tensor's lift)."""
+    return all((_bound_tensor(program, gw.input, leaves).grad is None) ==
+               (gw.was_none if gw.none_at_call is None else gw.none_at_call)
                for gw in program.grad_writes)
 
 

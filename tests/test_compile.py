@@ -148,6 +148,49 @@ def test_compiled_adam_step_matches_eager_over_steps():
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
 
 
+def test_zero_grad_inside_the_step_compiles_once():
+    """The `.grad`s exist when the second call starts and zero_grad clears them before the
+    trace lifts the parameters: the guard compares the state at the call's start, so the
+    third call replays instead of tracing again."""
+    from kiln.optim import SGD
+    w = kiln.randn(3, 2).requires_grad_()
+    opt = SGD([w], lr=0.1, momentum=0.9)
+
+    def step(x):
+        opt.zero_grad()
+        loss = (x @ w).square().mean()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    compiled = kiln.compile(step)
+    x = kiln.randn(4, 3)
+    w_e = w.detach().clone().requires_grad_()
+    opt_e = SGD([w_e], lr=0.1, momentum=0.9)
+    for _ in range(4):
+        opt_e.zero_grad()
+        le = (x @ w_e).square().mean()
+        le.backward()
+        opt_e.step()
+        np.testing.assert_allclose(compiled(x).numpy(), le.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(w.detach().numpy(), w_e.detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(w.grad.numpy(), w_e.grad.numpy(), rtol=1e-5)
+    assert len(compiled.entries) == 1
+    assert [e.calls for e in compiled.entries.values()] == [2]
+
+
+def test_accumulating_gradients_get_their_own_entry():
+    w = kiln.randn(3).requires_grad_()
+
+    def step(x):
+        (x * w).sum().backward()            # no zero_grad: the second call accumulates
+        return w.grad * 1.0
+    compiled = kiln.compile(step)
+    x = kiln.randn(3)
+    for k in range(1, 4):
+        np.testing.assert_allclose(compiled(x).numpy(), k * x.numpy(), rtol=1e-6)
+    assert len(compiled.entries) == 2
+
+
 @pytest.mark.parametrize("backend", ["numpy", "c", "triton"])
 def test_backends_equal_eager_forward(backend):
     def f(x, w):

@@ -47,14 +47,17 @@ class Binding:
 class GradWrite:
     """After the program, the `.grad` of graph input `input` is output `output` (None: cleared).
 
-    `was_none` is whether that `.grad` was None when traced: the program either set a fresh
-    gradient or accumulated into an existing one, so a replay needs the same state.
+    `was_none` is whether that `.grad` was None when the trace lifted the tensor: the program
+    either set a fresh gradient or accumulated into an existing one. `none_at_call` is whether
+    it was None when the traced call began, which is what decides the Python path (a
+    `zero_grad()` before the lift makes the two differ); a replay needs the same state as then.
     """
 
     tensor: Tensor                  # the tensor at trace time (for lifted inputs, the same)
     output: int | None
     input: int = -1
     was_none: bool = True
+    none_at_call: bool | None = None     # None: not known, `was_none` stands in
 
 
 @dataclass
