@@ -315,18 +315,31 @@ def _where_impl(xp, c, x, y):
         return xp.where(c, x, y)
     # NumPy's where branches per element: on a mask that is not sorted (ReLU, dropout) it
     # runs ~8x slower than this branch-free bit select, out = y ^ ((x ^ y) & -c), done on
-    # unsigned integers as wide as the result dtype
+    # unsigned integers as wide as the result dtype, laid out like a full-size operand (a
+    # permuted view in, a permuted result out, as NumPy's ufuncs do). A +0 side, common
+    # (ReLU's gradient, masked_fill), takes two passes: y & (c - 1) or x & -c.
     dtype = np.result_type(x, y)
     bits = np.dtype(f"u{dtype.itemsize}")
-    xb = np.asarray(x, dtype).view(bits) if np.ndim(x) else np.asarray(x, dtype)[()].view(bits)
-    yb = np.asarray(y, dtype).view(bits) if np.ndim(y) else np.asarray(y, dtype)[()].view(bits)
-    out = np.empty(np.broadcast_shapes(c.shape, np.shape(x), np.shape(y)), bits)
-    np.bitwise_xor(xb, yb, out=out)
-    mask = c.astype(bits)
-    np.negative(mask, out=mask)                             # 1 -> all ones, 0 -> 0
-    np.bitwise_and(out, mask, out=out)
-    np.bitwise_xor(out, yb, out=out)
+    xb, yb = _as_bits(x, dtype, bits), _as_bits(y, dtype, bits)
+    shape = np.broadcast_shapes(c.shape, np.shape(x), np.shape(y))
+    like = next((a for a in (y, x, c) if np.shape(a) == shape), None)
+    out = np.empty_like(like, bits) if like is not None else np.empty(shape, bits)
+    if np.ndim(x) == 0 and xb == 0:
+        np.subtract(c, 1, out=out, dtype=bits)             # 1 -> 0, 0 -> all ones
+        np.bitwise_and(out, yb, out=out)
+    elif np.ndim(y) == 0 and yb == 0:
+        np.subtract(0, c, out=out, dtype=bits)             # 1 -> all ones, 0 -> 0
+        np.bitwise_and(out, xb, out=out)
+    else:
+        np.subtract(0, c, out=out, dtype=bits)
+        np.bitwise_and(out, np.bitwise_xor(xb, yb), out=out)
+        np.bitwise_xor(out, yb, out=out)
     return out.view(dtype)
+
+
+def _as_bits(a, dtype, bits):
+    """`a` (an array or a Python number) in `dtype`, its bits read as the unsigned `bits`."""
+    return np.asarray(a, dtype).view(bits) if np.ndim(a) else np.asarray(a, dtype)[()].view(bits)
 
 
 define("where", ELEMENTWISE, _where_infer, _where_impl, _where_grad, arity=3)
@@ -364,10 +377,31 @@ def _prod_grad(g, out, x, axes, keepdim):
     return (P.reshape(g, shape=keep) * others,)
 
 
-# Reductions call the array's own method (NumPy and CuPy arrays both have them): `np.sum(x)`
-# goes through a Python wrapper that costs more than summing a small array.
-define("sum", REDUCE, _reduce, lambda xp, x, axes, keepdim:
-       x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype), _sum_grad, arity=1)
+def _sum_impl(xp, x, axes, keepdim):
+    # Reductions call the array's own method (NumPy and CuPy arrays both have them): `np.sum(x)`
+    # goes through a Python wrapper that costs more than summing a small array.
+    if xp is not np or x.size < 4096 or x.dtype not in _BLAS_FLOATS or len(axes) == x.ndim:
+        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
+    # NumPy runs its inner loop once per contiguous run, which is slow when the runs are short:
+    # batch-norm statistics and bias gradients sum NCHW over (0, 2, 3), runs of H*W or of C.
+    # Seen as a (kept, reduced) matrix, the sum is NumPy's pairwise sum along rows when the
+    # innermost axis is reduced (a copy first, unless the transpose is a view), or a BLAS
+    # matrix-vector product when it is kept and short.
+    strides = [abs(st) if n > 1 else math.inf for st, n in zip(x.strides, x.shape)]
+    inner = strides.index(min(strides))
+    kept = [d for d in range(x.ndim) if d not in axes]
+    out_shape = reduced_shape(x.shape, axes, keepdim)
+    if inner not in axes and x.shape[inner] >= 64:
+        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)   # long runs: NumPy is fast
+    rows = math.prod(x.shape[d] for d in kept)
+    m = x.transpose(kept + list(axes)).reshape(rows, x.size // rows)
+    if inner in axes:
+        return m.sum(axis=1, dtype=x.dtype).reshape(out_shape)
+    return (m @ np.ones(m.shape[1], x.dtype)).reshape(out_shape)
+
+
+_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+define("sum", REDUCE, _reduce, _sum_impl, _sum_grad, arity=1)
 define("max", REDUCE, _nonempty_reduce, lambda xp, x, axes, keepdim:
        x.max(axis=axes, keepdims=keepdim), _max_reduce_grad, arity=1)
 define("prod", REDUCE, _reduce, lambda xp, x, axes, keepdim:
@@ -560,30 +594,33 @@ def _unfold_infer(shapes, dtypes, kernel, stride, dilation):
     if oh <= 0 or ow <= 0:
         raise ShapeError(f"unfold: kernel {list(kernel)} with dilation {list(dilation)} does "
                          f"not fit in an input of spatial size {list(x[2:])}")
-    return (x[0], oh, ow, x[1]) + tuple(kernel), dtypes[0]
+    return (x[0], oh, ow) + tuple(kernel) + (x[1],), dtypes[0]
 
 
 def _unfold_impl(xp, x, kernel, stride, dilation):
     n, c, h, w = x.shape
     (oh, ow), (kh, kw) = _windows_geometry((h, w), kernel, stride, dilation), kernel
-    sn, sc, sh, sw = x.strides
+    # copied from a channels-last image, a window row (kw pixels of c channels) is one
+    # contiguous run (NumPy copies run by run: NCHW would give runs of one value)
+    x = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    sn, sh, sw, sc = x.strides
     view = xp.lib.stride_tricks.as_strided(
-        x, (n, oh, ow, c, kh, kw),
-        (sn, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]))
+        x, (n, oh, ow, kh, kw, c),
+        (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc))
     return xp.ascontiguousarray(view)
 
 
 def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
     (cols,) = shapes
     want = _windows_geometry(size, kernel, stride, dilation)
-    if len(cols) != 6 or tuple(cols[1:3]) != want or tuple(cols[4:]) != tuple(kernel):
-        raise ShapeError(f"fold: expected windows of shape [N, {want[0]}, {want[1]}, C, "
-                         f"{kernel[0]}, {kernel[1]}] for size {list(size)}, got {list(cols)}")
-    return (cols[0], cols[3]) + tuple(size), dtypes[0]
+    if len(cols) != 6 or tuple(cols[1:3]) != want or tuple(cols[3:5]) != tuple(kernel):
+        raise ShapeError(f"fold: expected windows of shape [N, {want[0]}, {want[1]}, "
+                         f"{kernel[0]}, {kernel[1]}, C] for size {list(size)}, got {list(cols)}")
+    return (cols[0], cols[5]) + tuple(size), dtypes[0]
 
 
 def _fold_impl(xp, cols, size, kernel, stride, dilation):
-    n, oh, ow, c, kh, kw = cols.shape
+    n, oh, ow, kh, kw, c = cols.shape
     # summed channels-last, so each add runs over rows of ow*c contiguous values (in NCHW the
     # inner rows are ow long: 4x slower on small feature maps); returned as an NCHW view
     out = xp.zeros((n,) + tuple(size) + (c,), dtype=cols.dtype)
@@ -591,17 +628,17 @@ def _fold_impl(xp, cols, size, kernel, stride, dilation):
         for j in range(kw):
             r, q = i * dilation[0], j * dilation[1]
             out[:, r:r + stride[0] * (oh - 1) + 1:stride[0],
-                q:q + stride[1] * (ow - 1) + 1:stride[1], :] += cols[:, :, :, :, i, j]
+                q:q + stride[1] * (ow - 1) + 1:stride[1], :] += cols[:, :, :, i, j, :]
     return out.transpose(0, 3, 1, 2)
 
 
 # conv2d's im2col and its adjoint: unfold copies each (kh, kw) window of an (N, C, H, W)
-# input into out[n, y, x, c, i, j] = x[n, c, y*sh + i*dh, x*sw + j*dw], ready for one matmul;
+# input into out[n, y, x, i, j, c] = x[n, c, y*sh + i*dh, x*sw + j*dw], ready for one matmul;
 # fold sums such windows back into an image. Each is the other's gradient.
 define("unfold", INDEX, _unfold_infer, _unfold_impl,
        lambda g, out, x, kernel, stride, dilation: (
            P.fold(g, size=tuple(x.shape[2:]), kernel=kernel, stride=stride, dilation=dilation),),
-       arity=1, doc="the sliding (kh, kw) windows of an NCHW input, channels and window last")
+       arity=1, doc="the sliding (kh, kw) windows of an NCHW input, window then channels last")
 define("fold", INDEX, _fold_infer, _fold_impl,
        lambda g, out, cols, size, kernel, stride, dilation: (
            P.unfold(g, kernel=kernel, stride=stride, dilation=dilation),),

@@ -198,21 +198,25 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     if oh <= 0 or ow <= 0:
         raise RuntimeError(f"conv2d: kernel size ({kh}x{kw}) can't be greater than the padded "
                            f"input size ({hp}x{wp})")
-    # im2col in channels-last order: cols[n, y, x, c, i, j] = channel c of window (i, j) at
-    # (y, x), so that one 2-D matmul (N*oh*ow, C*kh*kw) @ (C*kh*kw, O) does the work (NumPy's
-    # batched matmul with a broadcast weight is many times slower than one large GEMM). The
-    # unfold primitive makes the windows in one copy; kh*kw slices and a stack cost ~30 ops.
+    # im2col in channels-last order: cols[n, y, x, i, j, c] = channel c of window (i, j) at
+    # (y, x), so that one 2-D matmul (N*oh*ow, kh*kw*C) @ (kh*kw*C, O) does the work (NumPy's
+    # batched matmul with a broadcast weight is many times slower than one large GEMM); the
+    # weight is permuted to match, (O, kh, kw, C). The unfold primitive makes the windows in
+    # one copy; kh*kw slices and a stack cost ~30 ops.
     k = kh * kw
     cols = P.unfold(x, kernel=(kh, kw), stride=stride, dilation=dilation)
     rows = n * oh * ow
     if groups == 1:
-        out = kiln.matmul(cols.reshape(rows, c * k), weight.reshape(out_ch, c * k).t())
+        out = kiln.matmul(cols.reshape(rows, k * c),
+                          weight.permute(0, 2, 3, 1).reshape(out_ch, k * c).t())
     elif in_per_group == 1 and out_ch == groups:
         # depthwise: each output channel sees one input channel; a multiply-sum, no matmul
-        out = (cols.reshape(rows, c, k) * weight.reshape(out_ch, k)).sum(-1)
+        out = (cols.reshape(rows, k, c) * weight.reshape(out_ch, k).t()).sum(-2)
     else:
-        grouped = cols.reshape(rows, groups, in_per_group * k).transpose(0, 1)
-        w = weight.reshape(groups, out_ch // groups, in_per_group * k).transpose(1, 2)
+        grouped = cols.reshape(rows, k, groups, in_per_group).permute(0, 2, 1, 3) \
+            .reshape(rows, groups, k * in_per_group).transpose(0, 1)
+        w = weight.reshape(groups, out_ch // groups, in_per_group, k).transpose(2, 3) \
+            .reshape(groups, out_ch // groups, k * in_per_group).transpose(1, 2)
         out = kiln.matmul(grouped, w).transpose(0, 1)           # (rows, G, O/G)
     out = out.reshape(n, oh, ow, out_ch).permute(0, 3, 1, 2)
     if bias is not None:
