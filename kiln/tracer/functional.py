@@ -575,6 +575,8 @@ def _norm_dim(dim, ndim: int) -> int:
 
 
 def sum(input, dim=None, keepdim=False, *, dtype=None):
+    if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim:
+        return P.sum(input, axes=tuple(range(input._data.ndim)), keepdim=bool(keepdim))
     if dtype is not None:
         input = input.to(dtype)
     elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
@@ -1426,8 +1428,18 @@ def _basic_getitem(input, key):
     """`input[key]` for the common keys, made of in-range ints and slices with positive int
     steps (at most one per dim), as one slice (and, for int items, one reshape); None for any
     other key, which `getitem` then handles (and reports errors for) in general."""
-    items = key if type(key) is tuple else (key,)
     shape = input._data.shape
+    if type(key) is slice and shape and (key.step is None or type(key.step) is int
+                                         and key.step > 0):
+        # x[a:b:s], the most common key: one slice of dim 0
+        a, b, step = key.indices(shape[0])
+        b = _py_max(a, b)
+        if a == 0 and b == shape[0] and step == 1:
+            return input
+        rest = len(shape) - 1
+        return P.slice(input, starts=(a,) + (0,) * rest, stops=(b,) + shape[1:],
+                       steps=(step,) + (1,) * rest)
+    items = key if type(key) is tuple else (key,)
     if len(items) > len(shape):
         return None
     starts, stops, steps, out_shape = [], [], [], []
