@@ -382,21 +382,24 @@ def _sum_impl(xp, x, axes, keepdim):
     # goes through a Python wrapper that costs more than summing a small array.
     if xp is not np or x.size < 4096 or x.dtype not in _BLAS_FLOATS or len(axes) == x.ndim:
         return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
-    # NumPy runs its inner loop once per contiguous run, which is slow when the runs are short:
-    # batch-norm statistics and bias gradients sum NCHW over (0, 2, 3), runs of H*W or of C.
-    # Seen as a (kept, reduced) matrix, the sum is NumPy's pairwise sum along rows when the
-    # innermost axis is reduced (a copy first, unless the transpose is a view), or a BLAS
-    # matrix-vector product when it is kept and short.
+    # NumPy's sum runs its inner loop once per contiguous run, which is slow when the runs are
+    # short: batch-norm statistics and bias gradients sum NCHW over (0, 2, 3), runs of H*W (or
+    # of C, for a channels-last view). When the innermost axis is reduced, einsum walks the
+    # layout 2-4x faster; when it is kept and short, the array seen as a (kept, reduced)
+    # matrix times a vector of ones is one BLAS call (more accurate than einsum's running sum
+    # over thousands of rows). Long kept runs stay with NumPy's sum.
     strides = [abs(st) if n > 1 else math.inf for st, n in zip(x.strides, x.shape)]
     inner = strides.index(min(strides))
-    kept = [d for d in range(x.ndim) if d not in axes]
     out_shape = reduced_shape(x.shape, axes, keepdim)
-    if inner not in axes and x.shape[inner] >= 64:
-        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)   # long runs: NumPy is fast
+    if inner in axes:
+        letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
+        kept = "".join(c for i, c in enumerate(letters) if i not in axes)
+        return np.einsum(f"{letters}->{kept}", x).reshape(out_shape)
+    if x.shape[inner] >= 64:
+        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
+    kept = [d for d in range(x.ndim) if d not in axes]
     rows = math.prod(x.shape[d] for d in kept)
     m = x.transpose(kept + list(axes)).reshape(rows, x.size // rows)
-    if inner in axes:
-        return m.sum(axis=1, dtype=x.dtype).reshape(out_shape)
     return (m @ np.ones(m.shape[1], x.dtype)).reshape(out_shape)
 
 
