@@ -34,6 +34,8 @@ PARALLEL_MIN = 1 << 17
 PARALLEL_MIN_NEAR_BLAS = 1 << 24
 # rows at least this many are shared among threads; fewer, longer rows are split instead
 PARALLEL_ROWS = 8
+# a reduction over leading dims accumulates this many rows side by side (see column_reduction)
+COLUMN_BLOCK = 256
 # rows up to this long keep expensive values for later passes in a scratch array on the stack
 SCRATCH_LIMIT = 16384
 # ops worth a store and a load to avoid computing twice
@@ -49,10 +51,17 @@ class CKernel:
     source: str             # its definition, with the header comment
     helpers: tuple          # helper functions it calls, to define once per module
     arg_dtypes: tuple       # dtype of each pointer argument: inputs, then outputs
+    in_place: tuple = ()    # (output, input) pairs that may be given the same memory
 
 
 C_TYPE = {dt.float16: "_Float16", dt.float32: "float", dt.float64: "double",
           dt.int32: "int32_t", dt.int64: "int64_t", dt.uint8: "uint8_t", dt.bool_: "bool"}
+
+
+def storage_type(d: DType) -> str:
+    """The C type of a buffer's elements: bool arrays are read and written as bytes, since GCC
+    does not vectorize a loop that accesses `_Bool` memory (NumPy's bools are 0 or 1 bytes)."""
+    return "uint8_t" if d is dt.bool_ else C_TYPE[d]
 
 
 def ctype(d: DType) -> str:
@@ -363,22 +372,32 @@ def c_module(kernels: list, title: str = "kiln kernels") -> str:
 
 # ----------------------------------------------------------------------------- rendering
 
-def render_c(kernel: Kernel, name: str | None = None,
-             parallel_min: int = PARALLEL_MIN) -> CKernel:
+def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALLEL_MIN,
+             in_place: dict | None = None) -> CKernel:
     """C source for `kernel`: one function taking a pointer per input, then per output.
 
     Args:
         parallel_min: work (elements x statements) from which loops are multi-threaded.
+        in_place: output index -> input index, for outputs the caller would like to write over
+            that input (an updated parameter). Pairs where the kernel reads the input only at
+            the position it writes are kept (`CKernel.in_place`): their two pointers lose
+            `restrict` and the output is stored after everything else is read.
 
     Raises:
         LoweringError: an op or dtype this renderer does not spell; run the group otherwise.
     """
-    r = _Renderer(kernel, parallel_min)
+    pairs = tuple((o, i) for o, i in (in_place or {}).items() if _writes_over(kernel, o, i))
+    r = _Renderer(kernel, parallel_min, pairs)
     name = name or kernel.name
     body = r.reduction() if kernel.is_reduction else r.pointwise()
-    params = [f"const {C_TYPE[b.dtype]} *restrict {p}" for b, p in zip(kernel.inputs, r.params)]
-    params += [f"{C_TYPE[b.dtype]} *restrict {p}"
-               for b, p in zip(kernel.outputs, r.params[len(kernel.inputs):])]
+    shared = {i for _, i in pairs} | {len(kernel.inputs) + o for o, _ in pairs}
+    qualifiers = [" *" if k in shared else " *restrict "
+                  for k in range(len(kernel.inputs) + len(kernel.outputs))]
+    params = [f"const {storage_type(b.dtype)}{q}{p}"
+              for b, p, q in zip(kernel.inputs, r.params, qualifiers)]
+    params += [f"{storage_type(b.dtype)}{q}{p}"
+               for b, p, q in zip(kernel.outputs, r.params[len(kernel.inputs):],
+                                  qualifiers[len(kernel.inputs):])]
     kind = (f"{kernel.numel} rows x {kernel.reduced_numel}" if kernel.is_reduction
             else f"{kernel.numel} elements")
     header = [f"/* {name}: {kind}, from graph {kernel.source_graph!r}",
@@ -386,7 +405,19 @@ def render_c(kernel: Kernel, name: str | None = None,
               " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
     lines = header + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + ["}", ""]
     arg_dtypes = tuple(b.dtype for b in kernel.inputs + kernel.outputs)
-    return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes)
+    return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes, pairs)
+
+
+def _writes_over(kernel: Kernel, out: int, inp: int) -> bool:
+    """Whether output `out` may be stored over input `inp`: same shape and dtype, and every load
+    of the input at exactly the offset the output is stored to (so each element is read, in
+    the same iteration, before it is overwritten)."""
+    a, b = kernel.inputs[inp], kernel.outputs[out]
+    if a.shape != b.shape or a.dtype is not b.dtype:
+        return False
+    stores = [s for s in kernel.body if isinstance(s, Store) and s.buffer == out]
+    return len(stores) == 1 and all(s.offset == stores[0].offset for s in kernel.body
+                                    if isinstance(s, Load) and s.buffer == inp)
 
 
 def _indent(lines: list, n: int = 1) -> list:
@@ -395,9 +426,10 @@ def _indent(lines: list, n: int = 1) -> list:
 
 
 class _Renderer:
-    def __init__(self, kernel: Kernel, parallel_min: int = PARALLEL_MIN):
+    def __init__(self, kernel: Kernel, parallel_min: int = PARALLEL_MIN, in_place: tuple = ()):
         self.k = kernel
         self.parallel_min = parallel_min
+        self.stored_over = {o for o, _ in in_place}     # outputs written over an input
         self.helpers: list = []
         self.params = []
         seen = set()
@@ -445,7 +477,12 @@ class _Renderer:
                        + (" {" if inner else ""))
         linear = " + ".join(var if s == 1 else f"{var} * {s}" for var, _, s in loops)
         body = [f"const int64_t xindex = {linear};"]
+        # an output written over an input is stored once every load has been done
+        last = [s for s in self.k.body if isinstance(s, Store) and s.buffer in self.stored_over]
         for s in self.k.body:
+            if s not in last:
+                body += self._stmt(s)
+        for s in last:
             body += self._stmt(s)
         out += _indent(body, len(loops))
         out.append("    " * (len(loops) - 1) + "}")
@@ -453,6 +490,8 @@ class _Renderer:
 
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
+        if self.k.reduced_leading and self.k.numel > 1:
+            return self.column_reduction()
         rows, n = self.k.numel, self.k.reduced_numel
         passes, row_stores = row_passes(self.k)
         big = rows * n * self.work >= self.parallel_min
@@ -475,6 +514,85 @@ class _Renderer:
             body += self._stmt(s)
         out += _indent(body) + ["}"]
         return out
+
+    def column_reduction(self) -> list:
+        """A reduction over the leading dims (a bias gradient's sum over the batch).
+
+        A row's elements lie `numel` apart, so walking one row at a time would touch a cache
+        line per element. Instead each sweep walks memory in order, `rindex` outer and `row`
+        inner, accumulating a block of rows side by side in arrays: one sweep per reduction
+        level, the element outputs written by the first sweep that has what they need, then
+        one loop over the rows for the row outputs. Blocks of rows are shared among threads.
+        """
+        rows, n = self.k.numel, self.k.reduced_numel
+        passes, row_stores = row_passes(self.k)
+        body = self.k.body
+        by_dest = {s.dest: s for s in body if not isinstance(s, Store)}
+        reductions = [s for s in body if isinstance(s, Reduce)]
+        sweeps = [(p.reductions, list(p.stores)) for p in passes if p.reductions or p.stores]
+        # a later sweep must not read what an output written over an input has overwritten
+        if len(sweeps) > 1 and sweeps[-1][0] == [] and not self.stored_over and not any(
+                isinstance(by_dest.get(d), Reduce)
+                for d in _closure(by_dest, [st.src for st in sweeps[-1][1]])):
+            sweeps[0][1].extend(sweeps.pop()[1])      # element outputs needing no reduction
+        block = min(rows, COLUMN_BLOCK)
+        blocked = block < rows
+        parallel = blocked and rows * n * self.work >= self.parallel_min
+        lo, hi, at = ("c0", "c1", "row - c0") if blocked else ("0", str(rows), "row")
+        row_vars = [f"const int64_t {v.name} = {_expr(v.expr())};"
+                    for v in self.k.index_vars if v.scope == ROW]
+        elem_vars = [f"const int64_t {v.name} = {_expr(v.expr())};"
+                     for v in self.k.index_vars if v.scope == ELEM]
+
+        def compute(targets) -> list:
+            """The statements the targets need, a finished reduction read from its array."""
+            need = _closure(by_dest, targets)
+            lines = []
+            for st in body:
+                if getattr(st, "dest", None) not in need:
+                    continue
+                if isinstance(st, Reduce):
+                    lines += self._comment(st)
+                    lines.append(f"const {ctype(st.dtype)} {self._name(st.dest)} = "
+                                 f"{_column_result(st, at)};")
+                else:
+                    lines += self._stmt(st)
+            return lines
+
+        out = []
+        for st in reductions:
+            out += _column_accumulators(st, block, ctype(self.dtype_of[st.src]))
+        for i, (group, stores) in enumerate(sweeps):
+            if group:
+                init = []
+                for st in group:
+                    init += _column_init(st, at, self.dtype_of[st.src])
+                out += [f"for (int64_t row = {lo}; row < {hi}; row++) {{"] + _indent(init) + ["}"]
+            what = ", ".join(["reduce " + ", ".join(st.dest for st in group)] * bool(group) +
+                             ["write"] * bool(stores))
+            inner = row_vars + elem_vars + compute([st.src for st in group + stores])
+            for st in group:
+                inner += _column_accumulate(st, self._name(st.src), at,
+                                            self.dtype_of[st.src].is_floating_point)
+            for st in stores:
+                inner += self._stmt(st)
+            out += [f"/* sweep {i + 1}: {what} */",
+                    f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{",
+                    "    #pragma omp simd",
+                    f"    for (int64_t row = {lo}; row < {hi}; row++) {{"]
+            out += _indent(inner, 2) + ["    }", "}"]
+        if row_stores:
+            finish = row_vars + compute([st.src for st in row_stores])
+            for st in row_stores:
+                finish += self._stmt(st)
+            out += ["/* finish each row */", f"for (int64_t row = {lo}; row < {hi}; row++) {{"]
+            out += _indent(finish) + ["}"]
+        if not blocked:
+            return out
+        head = ["#pragma omp parallel for schedule(static)"] if parallel else []
+        head += [f"for (int64_t c0 = 0; c0 < {rows}; c0 += {block}) {{",
+                 f"    const int64_t c1 = c0 + {block} < {rows} ? c0 + {block} : {rows};"]
+        return head + _indent(out) + ["}"]
 
     def _keep_in_scratch(self, passes: list) -> tuple[list, list]:
         """Keep expensive element values (an exp, a tanh) that a later pass needs again in a
@@ -659,6 +777,67 @@ class _Renderer:
             if f"{call}(" in text and h not in self.helpers:
                 self.helpers.append(h)
         return text
+
+
+def _closure(by_dest: dict, targets: list) -> set:
+    """The statements (any scope) the targets need; a reduction's inputs are not followed."""
+    need, stack = set(), [t for t in targets if isinstance(t, str)]
+    while stack:
+        name = stack.pop()
+        st = by_dest.get(name)
+        if st is None or name in need:
+            continue
+        need.add(name)
+        if isinstance(st, Compute):
+            stack += [a for a in st.args if isinstance(a, str)]
+    return need
+
+
+# A column reduction's accumulators, one array per reduction for a block of rows: `acc` holds
+# the running value, `_nan` whether a max saw a NaN, `_at` where an argmax found its value.
+def _column_accumulators(st: Reduce, block: int, src_type: str) -> list:
+    acc = f"acc_{st.dest}"
+    if st.op == "argmax":
+        return [f"{src_type} {acc}[{block}];", f"int64_t {acc}_at[{block}];"]
+    lines = [f"{ctype(st.dtype)} {acc}[{block}];"]
+    if st.op == "max" and st.dtype.is_floating_point:
+        lines.append(f"int {acc}_nan[{block}];")
+    return lines
+
+
+def _column_init(st: Reduce, at: str, src: DType) -> list:
+    acc = f"acc_{st.dest}[{at}]"
+    if st.op == "argmax":
+        low = "-INFINITY" if src.is_floating_point else _int_min(src)
+        return [f"{acc} = {low};", f"acc_{st.dest}_at[{at}] = 0;"]
+    if st.op == "max" and st.dtype.is_floating_point:
+        return [f"{acc} = -INFINITY;", f"acc_{st.dest}_nan[{at}] = 0;"]
+    return [f"{acc} = {({'sum': '0', 'prod': '1'}.get(st.op) or _int_min(st.dtype))};"]
+
+
+def _column_accumulate(st: Reduce, v: str, at: str, floating: bool) -> list:
+    acc = f"acc_{st.dest}[{at}]"
+    if st.op == "sum":
+        return [f"{acc} += {v};"]
+    if st.op == "prod":
+        return [f"{acc} *= {v};"]
+    if st.op == "argmax":
+        # rindex grows, so the first largest value (or the first NaN) stays, as NumPy's
+        nan = f" || ({v} != {v} && {acc} == {acc})" if floating else ""
+        return [f"if ({v} > {acc}{nan}) {{ {acc} = {v}; acc_{st.dest}_at[{at}] = rindex; }}"]
+    lines = [f"{acc} = {v} > {acc} ? {v} : {acc};"]
+    if st.dtype.is_floating_point:
+        lines.append(f"acc_{st.dest}_nan[{at}] |= {v} != {v};")
+    return lines
+
+
+def _column_result(st: Reduce, at: str) -> str:
+    acc = f"acc_{st.dest}[{at}]"
+    if st.op == "argmax":
+        return f"acc_{st.dest}_at[{at}]"
+    if st.op == "max" and st.dtype.is_floating_point:
+        return f"acc_{st.dest}_nan[{at}] ? NAN : {acc}"
+    return acc
 
 
 def _merge_clauses(clauses: list) -> list:

@@ -259,6 +259,9 @@ class Kernel:
 
     A pointwise kernel has no reduced dims: `kept` is its output shape, flattened to `xindex`.
     A reduction kernel runs one row per kept index (`row`) over `rindex` in the reduced dims.
+    `reduced_leading` says the reduced dims come first in the domain (a sum over the batch
+    dim): element (row, rindex) then lies at `rindex * numel + row`, so a row's elements are
+    `numel` apart and neighbouring rows are neighbours in memory.
     """
 
     name: str
@@ -269,6 +272,7 @@ class Kernel:
     index_vars: tuple
     body: tuple
     source_graph: str = ""
+    reduced_leading: bool = False
 
     @property
     def is_reduction(self) -> bool:
@@ -333,6 +337,11 @@ class _Lowering:
         else:
             self._pointwise_space()
         for i, v in enumerate(self.graph.outputs):
+            # a reshape keeps the row-major order: store what it reshapes at that value's
+            # offset (log_softmax's result flattened for a gather)
+            while self.reduced and v.shape not in self._row_shapes() and \
+                    getattr(self.producer.get(v), "op", None) == "reshape":
+                v = self.producer[v].inputs[0]
             coords, offset = self._output_place(v)
             src, scope, _ = self.emit(v, coords)
             # the store's lanes are the offset's: a constant stored across a block still
@@ -357,8 +366,9 @@ class _Lowering:
                        for i, v in enumerate(self.graph.inputs))
         outputs = tuple(Buffer(f"out{i}", v.shape, v.dtype)
                         for i, v in enumerate(self.graph.outputs))
+        leading = bool(self.axes) and self.axes == tuple(range(len(self.axes)))
         return Kernel(name, inputs, outputs, self.kept, self.reduced, index_vars,
-                      tuple(self.body), self.graph.name)
+                      tuple(self.body), self.graph.name, leading)
 
     def _pointwise_space(self) -> None:
         shape = self.graph.outputs[0].shape
@@ -404,6 +414,12 @@ class _Lowering:
         self.coords = tuple(coords)
         self.kept_coords = tuple(coords[a] for a in kept_axes)
 
+    def _row_shapes(self) -> tuple:
+        """The shapes a reduction kernel's outputs can have: the domain, or one per row."""
+        kept = tuple(d for i, d in enumerate(self.domain) if i not in self.axes)
+        keep = tuple(1 if i in self.axes else d for i, d in enumerate(self.domain))
+        return (self.domain, kept, keep)
+
     def _output_place(self, v: Value) -> tuple:
         """The coordinates an output is computed at and the offset it is stored to."""
         if not self.reduced:
@@ -416,8 +432,7 @@ class _Lowering:
                                 f"{list(self.domain)} and {list(v.shape)}")
         if v.shape == self.domain:
             return self.coords, self._offset(v.shape, self.coords)
-        kept_shape = tuple(d for i, d in enumerate(self.domain) if i not in self.axes)
-        keep_shape = tuple(1 if i in self.axes else d for i, d in enumerate(self.domain))
+        _, kept_shape, keep_shape = self._row_shapes()
         if v.shape == keep_shape:
             coords = tuple(Const(0) if i in self.axes else c for i, c in enumerate(self.coords))
         elif v.shape == kept_shape:

@@ -35,11 +35,14 @@ import networkx as nx
 from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
+from kiln.passes.layout import transpose_matmul_outputs
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
 # fusible kinds that still run as a library call: a scan, and a multi-input concatenation
 EXTERN_OPS = frozenset(["cumsum", "cat"])
 VIEW_KINDS = frozenset([MOVEMENT, CREATION])
+# movement ops NumPy (and CuPy) compute as strided views of their input, without a copy
+STRIDED_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
 
 
 def is_fusible(node: Node, gathers: bool = True) -> bool:
@@ -175,7 +178,7 @@ class _Group:
 
     id: int
     nodes: list
-    kind: str                       # "kernel" | "extern" | "view"
+    kind: str                       # "kernel" | "extern" | "view" | "extern_view"
     red_key: tuple | None = None
     sizes: frozenset = frozenset()
     first: int = 0
@@ -211,6 +214,9 @@ class _Fuser:
         self.quotient = nx.DiGraph()      # _Group -> _Group data dependencies
         self.next_id = 0
         self.views: set = set()           # nodes inlined into every kernel that reads them
+        self.readers = graph.users()
+        leaving = set(graph.outputs) | {new for _, new in graph.mutations}
+        self.escaping = {n for n in graph.nodes if n.out in leaving}
 
     def _new_group(self, node: Node, kind: str) -> _Group:
         red = _reduce_key(node) if node.prim.kind == REDUCE and kind == "kernel" else None
@@ -234,6 +240,13 @@ class _Fuser:
             if src is not None and src.kind == "kernel":
                 return False
         return True
+
+    def _feeds_externs_only(self, node: Node) -> bool:
+        """A strided view (no copy in NumPy) of a computed value that only extern calls read."""
+        if node.op not in STRIDED_VIEWS or node in self.escaping:
+            return False
+        readers = self.readers.get(node.out, [])
+        return bool(readers) and not any(is_fusible(r, self.gathers) for r in readers)
 
     def _creates_cycle(self, a: _Group, b: _Group) -> bool:
         """Whether merging a and b closes a loop through some third vertex."""
@@ -285,6 +298,11 @@ class _Fuser:
                 self.views.add(node)
                 self._new_group(node, "view")
                 continue
+            if self._feeds_externs_only(node):
+                # a transposed activation for a matmul: the library reads the computed buffer
+                # through strides, while fused into its producer it would be a strided copy
+                self._new_group(node, "extern_view")
+                continue
             group = self._new_group(node, "kernel")
             producers = []
             for v in node.value_inputs:
@@ -332,10 +350,15 @@ class _Fuser:
 def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedule:
     """Group `graph`'s nodes into fused kernels and extern calls, in execution order.
 
+    Matmuls read only through a transpose first produce the transposed result directly
+    (`kiln.passes.layout`), so the kernels reading them walk memory in order; the schedule's
+    graph is that rewritten graph (same inputs, outputs and write-backs).
+
     Args:
         horizontal: also merge independent kernels over one iteration space.
         gathers: let `take` fuse as a gather load (see the module docstring).
     """
+    graph = transpose_matmul_outputs(graph)
     fuser = _Fuser(graph, gathers)
     order = fuser.run(horizontal)
     consumers = _outside_readers(graph)
@@ -343,7 +366,7 @@ def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedul
     for g in order:
         if g.kind == "extern":
             steps.append(ExternStep(g.nodes[0]))
-        elif g.kind == "kernel":
+        elif g.kind in ("kernel", "extern_view"):
             steps.append(_build_kernel(g, fuser, consumers))
     return Schedule(graph, steps)
 

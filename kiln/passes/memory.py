@@ -5,6 +5,10 @@ write-back values live to the end (they leave the program). Once dead, its buffe
 value written by a later step, of any dtype, when it is large enough (best fit; a free buffer
 grows rather than a new one being made). A step's outputs never share memory with its inputs.
 Graph inputs and constants belong to the caller and are not planned.
+
+One exception to the last two rules, `in_place_updates`: the new value of a write-back (a
+parameter after an optimizer step) may be computed straight into its source's memory when
+nothing reads the old value afterwards, instead of into a temporary copied back after the run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Graph
+from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel
 
 
 @dataclass
@@ -89,3 +94,38 @@ def plan_memory(program) -> MemoryPlan:
             free.append(plan.buffer_of[v])
             live_bytes -= v.nbytes
     return plan
+
+
+def in_place_updates(schedule) -> dict:
+    """`new -> src` for the write-backs `(src, new)` a fused kernel may compute in src's memory.
+
+    That is when a `FusedKernel` computes `new`, and neither src nor a view of it is read by a
+    later step, is read by that kernel as a separate input, or leaves the program as an
+    output. The kernel must still read src only at the position it writes (codegen checks).
+    """
+    graph = schedule.graph
+    sources = {new: src for src, new in graph.mutations}
+    leaving = set(graph.outputs)
+    views: dict = {}              # value -> the graph input whose memory it may share
+    for n in graph.nodes:
+        if n.op in STRIDED_VIEWS:       # an executor may run it as a view
+            root = views.get(n.inputs[0], n.inputs[0])
+            views[n.out] = root
+    last_read: dict = {}          # graph input -> the last step reading it or a view of it
+    for i, step in enumerate(schedule.steps):
+        for v in step.inputs:
+            last_read[views.get(v, v)] = i
+    out = {}
+    for i, step in enumerate(schedule.steps):
+        if not isinstance(step, FusedKernel):    # an extern call computes into new memory
+            continue
+        for new in step.outputs:
+            src = sources.get(new)
+            if src is None or new in leaving or last_read.get(src, -1) > i:
+                continue
+            aliases = [v for v in step.inputs if views.get(v, v) is src]
+            if src in leaving or any(v is not src for v in aliases) or \
+                    any(views.get(v) is src for v in leaving):
+                continue
+            out[new] = src
+    return out

@@ -17,12 +17,11 @@ import numpy as np
 
 from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.graph import Graph
-from kiln.passes.fusion import FusedKernel
+from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel
+from kiln.passes.memory import in_place_updates
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
 
-
-_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
 
 
 class ScheduleExecutor:
@@ -57,6 +56,18 @@ class ScheduleExecutor:
         self._num_spares = 0
         self._calls_blas = any(getattr(st, "node", None) is not None and st.node.op == "matmul"
                                for st in schedule.steps)
+        # write-backs C kernels may compute over their source (see in_place_updates), and the
+        # graph inputs that must not share its memory then: those read from that step on
+        self._over: dict = {}
+        if target == "c":
+            inputs = set(graph.inputs)
+            read_from = [set() for _ in range(len(schedule.steps) + 1)]
+            for i in range(len(schedule.steps) - 1, -1, -1):
+                read_from[i] = read_from[i + 1] | (set(schedule.steps[i].inputs) & inputs)
+            steps_of = {v: i for i, st in enumerate(schedule.steps) for v in st.outputs}
+            for new, src in in_place_updates(schedule).items():
+                others = tuple(slot[v] for v in read_from[steps_of[new]] if v is not src)
+                self._over[new] = (src, slot[src], others)
         steps = []
         index = 0                   # kernels are named k0, k1, ... as `kiln dump` lists them
         for step in schedule.steps:
@@ -65,14 +76,14 @@ class ScheduleExecutor:
             if isinstance(step, FusedKernel):      # the rest are extern nodes
                 sub = step.subgraph
                 index += 1
-                if target == "c" and all(n.op in _VIEWS for n in sub.nodes):
-                    # only views (a transposed weight before a matmul): NumPy makes them
-                    # without copying, and the matmul reads them as they are
+                if target == "c" and all(n.op in STRIDED_VIEWS for n in sub.nodes):
+                    # only views (a transposed weight or activation before a matmul): NumPy
+                    # makes them without copying, and the matmul reads them as they are
                     self.kernels.append((step.name, None, "views only: no copy needed"))
                     steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
                     continue
                 try:
-                    steps.append(self._generated(index - 1, sub, ins, outs))
+                    steps.append(self._generated(index - 1, step, ins, outs))
                     continue
                 except LoweringError as e:
                     self.kernels.append((step.name, None, str(e)))
@@ -100,19 +111,29 @@ class ScheduleExecutor:
         # the arrays C kernels wrote last time, reused once nothing else holds them
         self._spares = [None] * self._num_spares
 
-    def _generated(self, index: int, sub: Graph, ins: list, outs: list) -> tuple:
+    def _generated(self, index: int, step: FusedKernel, ins: list, outs: list) -> tuple:
+        sub = step.subgraph
         kernel = lower(sub)
         if self.target == "c":
             from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
+            over = {j: self._over[v] for j, v in enumerate(step.outputs) if v in self._over}
             ck = render_c(kernel, name=f"k{index}_{kernel.name}", parallel_min=(
-                PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN))
+                PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN), in_place={
+                    j: step.inputs.index(src) for j, (src, _, _) in over.items()
+                    if src in step.inputs})
             self.c_kernels.append(ck)
             self.kernels.append((ck.name, ck.source))
             first = self._num_spares
             self._num_spares += len(sub.outputs)
-            specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs),
-                     tuple((first + j, v.shape, np.dtype(v.dtype.np), s)
-                           for j, (v, s) in enumerate(zip(sub.outputs, outs))))
+            paired = dict(ck.in_place)
+            out_specs = []
+            for j, (v, s) in enumerate(zip(sub.outputs, outs)):
+                # (source slot, its argument position or None, inputs it must not share with)
+                target = None
+                if j in over and (paired.get(j) is not None or over[j][0] not in step.inputs):
+                    target = (over[j][1], paired.get(j), over[j][2])
+                out_specs.append((first + j, v.shape, np.dtype(v.dtype.np), s, target))
+            specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs), tuple(out_specs))
             return ("c", ck, ins, outs, sub, specs)
         from kiln.codegen.triton import render_triton
         tk = render_triton(kernel)
@@ -164,7 +185,13 @@ class ScheduleExecutor:
                 # `args` keeps converted copies alive until the kernel has read them
                 args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
                 pointers = [data_pointer(a) for a in args]
-                for k, shape, d, s in out_specs:
+                for k, shape, d, s, over in out_specs:
+                    if over is not None:
+                        dest = _writable_alone(env, over, args, d)
+                        if dest is not None:        # the new value over the old, no copy back
+                            env[s] = dest
+                            pointers.append(data_pointer(dest))
+                            continue
                     # the last call's array, when only this list still refers to it: the
                     # caller dropped it, and fresh memory would cost a page fault per 4 KiB
                     if getrefcount(spares[k]) != 2:
@@ -188,3 +215,20 @@ class ScheduleExecutor:
                 env[s] = None
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
 
+
+
+def _writable_alone(env: list, over: tuple, args: list, dtype) -> np.ndarray | None:
+    """The caller's array of a write-back's source, when a kernel may store the new value
+    over it: contiguous, of the value's dtype, writeable, passed to the kernel as it is (not a
+    converted copy), and sharing memory with no other input still to be read."""
+    src_slot, arg, others = over
+    a = env[src_slot]
+    if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous or \
+            not a.flags.writeable or (arg is not None and args[arg] is not a):
+        return None
+    owner = a if a.base is None else a.base
+    for s in others:
+        b = env[s]
+        if b is a or (b if getattr(b, "base", None) is None else b.base) is owner:
+            return None
+    return a

@@ -73,6 +73,11 @@ SPECIAL_CASES = [
      [np.array([[1, NAN, 3, NAN], [-INF, -INF, -INF, -INF], [2, 5, 5, 1], [0, 0, 0, 0]],
                np.float32)]),
     ("argmax_int", lambda x: x.argmax(0), [np.array([[3, -5], [7, -5], [7, -9]], np.int64)]),
+    ("amax_nan_columns", lambda x: x.amax(0),
+     [np.array([[1, NAN, 3], [-INF, -INF, -INF], [2, 5, NAN], [NAN, 7, 1]], np.float32).T.copy()]),
+    ("argmax_nan_ties_columns", lambda x: x.argmax(0),
+     [np.array([[1, NAN, 3, NAN], [-INF, -INF, -INF, -INF], [2, 5, 5, 1], [0, 0, 0, 0]],
+               np.float32).T.copy()]),
     ("sum_prod_int32", lambda x: x.sum(-1) + x.prod(-1), [INTS.reshape(3, 3)]),
     ("arange_float", lambda x: x + kiln.arange(0.5, 3.0, 0.25), [np.zeros(10, np.float32)]),
     ("where_literals", lambda x: kiln.where(x > 0, x, 0.0) + kiln.where(x < 1, 2.0, x),
@@ -134,6 +139,7 @@ BIG = [
     ("one_long_row", lambda x: x.sum() + x.amax(), [(400_000,)]),
     ("long_row_write", lambda x: x - x.mean(-1, keepdim=True), [(2, 300_000)]),
     ("column_sums", lambda x: x.sum(0), [(2000, 300)]),
+    ("column_softmax", lambda x: kiln.softmax(x, 0), [(300, 700)]),
 ]
 
 

@@ -1,15 +1,19 @@
 """Memory planning: values sharing a buffer never live at once, and running the schedule with
-every value in its planned buffer gives the interpreter's results."""
+every value in its planned buffer gives the interpreter's results; write-backs are computed over
+their source's memory only when nothing reads the old value afterwards."""
 
 import numpy as np
 import pytest
+
+import kiln
+import kiln.optim  # noqa: F401
 
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph
 from kiln.ir.interpreter import interpret
 from kiln.passes.cleanup import optimize
 from kiln.passes.fusion import fuse
-from kiln.passes.memory import plan_memory
+from kiln.passes.memory import in_place_updates, plan_memory
 from tests.passes.helpers import CASES, traced
 
 
@@ -71,3 +75,40 @@ def test_a_chain_reuses_two_buffers():
     assert plan.naive_bytes == 10 * 1024
     # ping-pong between two buffers; the input is the caller's
     assert plan.planned_bytes == 2 * 1024 and len(plan.buffer_bytes) == 2
+
+
+def _adam_schedule():
+    kiln.manual_seed(0)
+    w = kiln.randn(8, 4, requires_grad=True)
+    opt = kiln.optim.Adam([w], lr=1e-2)
+    w.grad = kiln.randn(8, 4)
+    opt.step()                    # creates the optimizer state; trace the next step
+    (program,) = kiln.compiler.trace(lambda: opt.step(), _snapshot=True).programs
+    optimized, _ = optimize(program.graph)
+    return fuse(optimized)
+
+
+def test_optimizer_state_and_parameters_update_in_place():
+    s = _adam_schedule()
+    in_place = in_place_updates(s)
+    # the parameter, both moments and the step counter: each over its own memory
+    assert {src.name for src in in_place.values()} == {src.name for src, _ in s.graph.mutations}
+    assert all(in_place[new] is src for src, new in s.graph.mutations)
+
+
+@pytest.mark.parametrize("through_view", [False, True])
+def test_a_value_read_after_its_update_is_not_overwritten(through_view):
+    g = Graph("late_read")
+    p = g.add_input((4, 4), dt.float32, "p")
+    q = g.add_input((4, 4), dt.float32, "q")
+    new = g.add_node("add", (p, 1.0), {}, (4, 4), dt.float32)
+    old = g.add_node("permute", (p,), {"perm": (1, 0)}, (4, 4), dt.float32) \
+        if through_view else p
+    g.outputs = [g.add_node("matmul", (old, q), {}, (4, 4), dt.float32)]
+    g.mutations = [(p, new)]
+    s = fuse(g)
+    assert [type(st).__name__ for st in s.steps][-1] == "ExternStep"     # reads p last
+    assert in_place_updates(s) == {}
+    g.outputs = [g.add_node("matmul", (q, q), {}, (4, 4), dt.float32)]
+    g.nodes = [n for n in g.nodes if n.op != "permute" and n.inputs != (old, q)]
+    assert in_place_updates(fuse(g)) == {new: p}

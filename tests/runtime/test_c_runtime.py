@@ -1,7 +1,8 @@
 """The C runtime: shared objects cached on disk (corrupt entries rebuilt, keys that follow the
 source, compiler and flags), builds that fail fall back to NumPy per kernel, a machine without a
-C compiler still runs compiled functions on the NumPy executor with one message, and
-`kiln.set_num_threads` reaches OpenMP."""
+C compiler still runs compiled functions on the NumPy executor with one message,
+`kiln.set_num_threads` reaches OpenMP, and write-backs land in the caller's arrays unless another
+input shares their memory."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import kiln
 from kiln import compiler
 from kiln.codegen.c import c_module, render_c
 from kiln.codegen.kernel import lower
+from kiln.ir import dtypes as dt
+from kiln.ir.graph import Graph
+from kiln.passes.fusion import fuse
 from kiln.runtime import c_build
 from kiln.runtime.executor import ArrayExecutor
 from kiln.runtime.schedule_executor import ScheduleExecutor
@@ -166,3 +170,32 @@ def test_set_num_threads_reaches_openmp(cache_dir):
         assert lib.max_threads() == 2
     finally:
         kiln.set_num_threads(before)
+
+
+@needs_cc
+def test_write_backs_are_computed_over_the_callers_arrays(cache_dir):
+    g = Graph("update")
+    p = g.add_input((64,), dt.float32, "p")
+    q = g.add_input((64,), dt.float32, "q")
+    half = g.add_node("mul", (p, 0.5), {}, (64,), dt.float32)
+    g.mutations = [(p, g.add_node("add", (half, q), {}, (64,), dt.float32))]
+    g.outputs = [g.add_node("mul", (q, 3.0), {}, (64,), dt.float32)]
+    ex = ScheduleExecutor(fuse(g), target="c").wait()
+    assert "*restrict p_ptr" not in ex.module_source        # p is read and written over
+
+    def run(pa, qa):
+        want = pa * np.float32(0.5) + qa
+        outs, (new,) = ex.run([pa, qa])
+        np.testing.assert_array_equal(new, want)
+        np.testing.assert_array_equal(outs[0], qa * np.float32(3))
+        return new
+
+    rng = np.random.default_rng(0)
+    pa, qa = rng.standard_normal((2, 64), dtype=np.float32)
+    assert run(pa, qa.copy()) is pa
+    # q shares p's memory, or p is strided: the new value goes to fresh memory
+    base = rng.standard_normal(64, dtype=np.float32)
+    new = run(base, base[::-1])
+    assert new is not base and base[0] != new[0]
+    strided = rng.standard_normal(128, dtype=np.float32)[::2]
+    assert run(strided, qa) is not strided

@@ -1,0 +1,76 @@
+"""Layout rewrites: a matmul produces its result in the layout its readers read.
+
+The gradient of a weight used as `x @ w.T` comes out of autograd as `(x.T @ g).T`: a matmul
+whose result is read only through a transpose. Every reader then walks it with a stride of a
+row (an optimizer step reads the gradient column by column), or it is copied to make it
+contiguous. Since `(a @ b).T == b.T @ a.T`, the same matrix is produced in the layout its
+readers want by multiplying the transposed operands instead; transposed operands cost a BLAS
+call nothing (it reads them with a transpose flag), and a transpose of a transpose cancels.
+
+The product is the same up to rounding: BLAS sums each dot product in its own blocked order,
+which differs between the two layouts by an ulp or so, as between any two BLAS libraries.
+"""
+
+from __future__ import annotations
+
+from kiln.ir.graph import Graph, Node, Value
+from kiln.passes.cleanup import copy_graph, dce
+
+
+def _is_last_two_swap(perm: tuple) -> bool:
+    n = len(perm)
+    return n >= 2 and tuple(perm) == tuple(range(n - 2)) + (n - 1, n - 2)
+
+
+def transpose_matmul_outputs(graph: Graph) -> Graph:
+    """Rewrite `permute(matmul(a, b))` (last two dims swapped) into `matmul(b.T, a.T)` when
+    every reader of the matmul reads it through that transpose and it does not leave the graph.
+
+    Returns a new graph (or `graph` itself when nothing matched); the permute's output Value
+    keeps its identity, now computed by the matmul.
+    """
+    producers = graph.producers()
+    users = graph.users()
+    leaving = set(graph.outputs) | {new for _, new in graph.mutations}
+    rewrite: dict = {}            # the permute node -> the matmul node it replaces
+    for n in graph.nodes:
+        if n.op != "permute" or not _is_last_two_swap(n.attr_dict["perm"]):
+            continue
+        mm = producers.get(n.inputs[0])
+        if mm is None or mm.op != "matmul" or mm.out in leaving:
+            continue
+        readers = users.get(mm.out, [])
+        if all(r.op == "permute" and r.attrs == n.attrs for r in readers):
+            rewrite[n] = mm
+    if not rewrite:
+        return graph
+
+    g = copy_graph(graph, [])
+    dropped = set(mm.out for mm in rewrite.values())
+    kept_producers: dict = {}
+    for n in graph.nodes:
+        if n.out in dropped:
+            continue            # computed transposed where it is read, below
+        if n in rewrite:
+            a, b = rewrite[n].inputs
+            bt = _transposed(g, b, n, kept_producers)
+            at = _transposed(g, a, n, kept_producers)
+            n = Node("matmul", (bt, at), (), n.out, rewrite[n].loc)
+        g.nodes.append(n)
+        kept_producers[n.out] = n
+    return dce(g)           # the transposes the matmuls used to read may be dead now
+
+
+def _transposed(g: Graph, v: Value, near: Node, producers: dict) -> Value:
+    """`v` with its last two dims swapped: the input of a transpose when `v` is one (only
+    reader or not, the view stays where it was), else a new permute node appended to `g`."""
+    p = producers.get(v)
+    if p is not None and p.op == "permute" and p.attrs == near.attrs:
+        return p.inputs[0]
+    shape = v.shape[:-2] + (v.shape[-1], v.shape[-2])
+    out = g.new_value(shape, v.dtype)
+    g.nodes.append(Node("permute", (v,), near.attrs, out, near.loc))
+    return out
+
+
+__all__ = ["transpose_matmul_outputs"]

@@ -1,0 +1,58 @@
+"""Layout rewrites: a matmul read only through a transpose computes the transposed product
+itself (a weight gradient comes out as g.T @ x, not (x.T @ g).T), with the same results."""
+
+import numpy as np
+
+import kiln
+import kiln.nn as nn
+import kiln.nn.functional as F
+from kiln.passes.cleanup import optimize
+from kiln.passes.fusion import fuse
+from kiln.passes.layout import transpose_matmul_outputs
+from tests.passes.helpers import CASES, assert_same_results, traced
+
+
+def _traced(fn, *args):
+    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
+    optimized, _ = optimize(program.graph)
+    return optimized, [np.array(a) for a in program.snapshots]
+
+
+def _transposed_matmuls(graph) -> int:
+    producers = graph.producers()
+    return sum(1 for n in graph.nodes if n.op == "permute" and
+               getattr(producers.get(n.inputs[0]), "op", None) == "matmul")
+
+
+def test_weight_gradient_is_computed_in_the_weights_layout():
+    kiln.manual_seed(0)
+    model = nn.Linear(12, 5)
+    x, y = kiln.randn(8, 12), kiln.randint(0, 5, (8,))
+
+    def step(x, y):
+        F.cross_entropy(model(x), y).backward()
+        return model.weight.grad
+    graph, inputs = _traced(step, x, y)
+    assert _transposed_matmuls(graph) == 1
+    after = transpose_matmul_outputs(graph)
+    after.verify()
+    assert _transposed_matmuls(after) == 0
+    node = after.producers()[after.outputs[0]]
+    assert node.op == "matmul" and node.inputs[1] is after.inputs[0]    # g.T @ x
+    assert_same_results(graph, after, inputs, rtol=1e-5)
+
+
+def test_a_product_read_directly_too_keeps_its_layout():
+    graph, inputs = _traced(lambda a, b: ((a @ b).T * 2, (a @ b).exp()),
+                            kiln.randn(3, 4), kiln.randn(4, 5))
+    assert transpose_matmul_outputs(graph) is graph
+
+
+def test_corpus_keeps_its_results():
+    for name in sorted(CASES):
+        graph, inputs = traced(name)
+        optimized, _ = optimize(graph)
+        after = transpose_matmul_outputs(optimized)
+        after.verify()
+        assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
+        assert fuse(optimized).graph.structure() == after.structure()     # fuse applies it
