@@ -281,29 +281,46 @@ def _fetch_plan(program: TracedProgram, n: int) -> list:
 _ARG, _LIFTED, _GRAD, _SEED = range(4)
 
 
-def build_executor(graph, backend: str, device) -> tuple:
-    """The executor for an optimized graph: (executor, schedule or None).
+def kernel_target(backend: str, device) -> str:
+    """What a backend generates on `device`: "c", "triton" or "numpy" (no kernels).
 
     `auto` generates Triton kernels for CUDA tensors and C kernels for CPU tensors (the NumPy
     executor when no C compiler works, with a one-time message saying why); `c` asks for C
     kernels, `triton` for Triton kernels (Triton's interpreter on CPU memory); `numpy` never
     fuses.
     """
-    xp = device.xp
     if backend == "numpy":
-        return ArrayExecutor(graph, xp), None
-    target = "triton"
+        return "numpy"
     if device.type == "cpu" and backend in ("auto", "c"):
         from kiln.runtime import c_build
         problem = c_build.compiler_problem()
         if problem is not None:
             _note_no_compiler(problem)
-            return ArrayExecutor(graph, xp), None
-        target = "c"
-    from kiln.passes.fusion import fuse
+            return "numpy"
+        return "c"
+    return "triton"
+
+
+def compile_graph(graph, joint, target: str):
+    """What the passes make of traced `graph` (`joint`: its JointInfo, or None) for `target`:
+    a `CompiledProgram`, read from the program cache when this graph was compiled before."""
+    from kiln import program_cache
+    key = program_cache.program_key(graph, joint, target)
+    compiled = program_cache.load(key, graph, None if joint is None else joint.num_primals)
+    if compiled is None:
+        from kiln.passes.pipeline import compile_passes
+        compiled = compile_passes(graph, joint, fused=target != "numpy")
+        program_cache.store(key, compiled)
+    return compiled
+
+
+def build_executor(part, target: str, xp):
+    """The executor of one compiled program (a `CompiledPart`): its fused kernels as `target`
+    code, or the NumPy (CuPy) executor of its optimized graph when it was not fused."""
+    if part.schedule is None:
+        return ArrayExecutor(part.graph, xp)
     from kiln.runtime.schedule_executor import ScheduleExecutor
-    schedule = fuse(graph)
-    return ScheduleExecutor(schedule, xp, target), schedule
+    return ScheduleExecutor(part.schedule, xp, target)
 
 
 _NO_COMPILER_NOTED: list = []
@@ -417,17 +434,17 @@ class CompiledFunction:
             program.num_user_outputs = len(outputs)
         entry = CompiledEntry(program)
         try:
-            from kiln.passes.cleanup import optimize
             device = _device_of(outputs, args)
-            graph = program.graph
-            if joint is not None:
-                from kiln.passes.partition import partition
-                graph, backward, entry.partition = partition(graph, joint.info)
-                backward, _ = optimize(backward)
-                entry.backward, _ = build_executor(backward, self.backend, device)
-                entry.joint = joint.info
-            entry.graph, entry.pass_stats = optimize(graph)
-            entry.executor, entry.schedule = build_executor(entry.graph, self.backend, device)
+            target = kernel_target(self.backend, device)
+            compiled = compile_graph(program.graph, None if joint is None else joint.info,
+                                     target)
+            if compiled.backward is not None:
+                entry.backward = build_executor(compiled.backward, target, device.xp)
+                entry.joint, entry.partition = joint.info, compiled.partition
+            forward = compiled.forward
+            entry.graph, entry.pass_stats = forward.graph, forward.stats
+            entry.executor = build_executor(forward, target, device.xp)
+            entry.schedule = forward.schedule
             index = {v: i for i, v in enumerate(entry.graph.inputs)}
             entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
             entry.fetch = _fetch_plan(program, len(entry.graph.inputs))

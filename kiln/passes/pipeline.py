@@ -1,7 +1,8 @@
 """The pass pipeline as one call: cleanup, fusion and memory planning, with a readable report.
 
-`run_passes(graph)` is what `kiln dump` and `explain` show, and what the compiler will call
-between tracing and codegen.
+`run_passes(graph)` is what `kiln dump` and `explain` show; `compile_passes` is what the
+compiler runs between tracing and codegen (the same passes, after the forward/backward
+partition of a joint graph, without the report).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat, optimize
 from kiln.passes.fusion import Schedule, fuse
 from kiln.passes.memory import MemoryPlan, plan_memory
+from kiln.passes.partition import PartitionReport, partition
 
 
 @dataclass
@@ -48,4 +50,39 @@ def run_passes(graph: Graph) -> PassReport:
     return PassReport(graph, optimized, stats, schedule, plan_memory(schedule))
 
 
-__all__ = ["PassReport", "PassStat", "run_passes"]
+@dataclass
+class CompiledPart:
+    """One program the compiler runs: its optimized graph, how it got there, how it is fused."""
+
+    graph: Graph                        # the optimized graph
+    stats: list                         # PassStat per pass application
+    schedule: Schedule | None = None    # the fused program; None for the NumPy executor
+
+
+@dataclass
+class CompiledProgram:
+    """What the passes made of one traced graph: a forward program and, when the graph was a
+    joint forward+backward trace, the backward program and what the partition saved."""
+
+    forward: CompiledPart
+    backward: CompiledPart | None = None
+    partition: PartitionReport | None = None
+
+
+def compile_passes(graph: Graph, joint=None, fused: bool = True) -> CompiledProgram:
+    """Partition a joint graph (`joint`: its JointInfo), then optimize and, when `fused`, fuse
+    each program."""
+    backward = report = None
+    if joint is not None:
+        graph, bw, report = partition(graph, joint)
+        backward = _optimize_and_fuse(bw, fused)
+    return CompiledProgram(_optimize_and_fuse(graph, fused), backward, report)
+
+
+def _optimize_and_fuse(graph: Graph, fused: bool) -> CompiledPart:
+    optimized, stats = optimize(graph)
+    return CompiledPart(optimized, stats, fuse(optimized) if fused else None)
+
+
+__all__ = ["CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_passes",
+           "run_passes"]

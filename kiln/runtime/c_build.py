@@ -45,10 +45,14 @@ class BuildError(RuntimeError):
     """The C compiler failed on generated source, or the result could not be loaded."""
 
 
+def cache_root() -> Path:
+    """Where kiln keeps what it builds across processes: `KILN_CACHE_DIR`, or ~/.cache/kiln."""
+    return Path(os.environ.get("KILN_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "kiln"))
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("KILN_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "kiln")
-    return Path(root) / "c"
+    return cache_root() / "c"
 
 
 def compiler_command() -> str:

@@ -168,6 +168,11 @@ class Tracer:
     # ------------------------------------------------------------------ ops
     def record(self, prim, args: tuple, attrs: dict, result: Tensor) -> None:
         inputs = tuple(self.value(a) if isinstance(a, Tensor) else a for a in args)
+        for k, a in attrs.items():
+            if type(a) is not tuple and isinstance(a, tuple):
+                # a kiln.Size (or another tuple type) becomes plain IR data, so a graph means
+                # the same after a JSON round trip and prints the same in generated code
+                attrs = {**attrs, k: tuple(a)}
         v = self.graph.add_node(prim.name, inputs, attrs, tuple(result.shape), result.dtype,
                                 user_location())
         self.known.add(id(v))

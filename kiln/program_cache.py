@@ -1,0 +1,197 @@
+"""The compiled-program cache: what the passes made of a traced graph, kept on disk as JSON.
+
+A new process that traces a graph compiled before reads the optimized graphs, their pass
+statistics, the fusion schedules and the partition report from here instead of running the
+passes again (the kernels' shared objects come from the kernel cache, as before). An entry is
+keyed by everything the passes read: the traced graph (ops, attributes, literals, shapes,
+dtypes, constants, names and source lines), the joint graph's bookkeeping, the kernel target,
+and the compiler itself (kiln's and NumPy's versions, the size and mtime of every kiln source
+file), so a change to any of them misses.
+
+Entries are JSON, never pickle: reading one cannot run code. They are written atomically with
+their sha256 beside the payload (`KernelCache`), and one that is missing, corrupt, stale or
+does not decode into a program for this graph is ignored and rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kiln.ir.graph import Graph
+from kiln.passes.cleanup import PassStat
+from kiln.passes.fusion import ExternStep, FusedKernel, Schedule
+from kiln.passes.partition import PartitionReport
+from kiln.passes.pipeline import CompiledPart, CompiledProgram
+
+FORMAT = 1          # bump when the layout of an entry changes
+
+
+# ----------------------------------------------------------------------------- keys
+
+@functools.lru_cache(maxsize=None)
+def compiler_fingerprint() -> str:
+    """kiln's and NumPy's versions and the size and mtime of every kiln source file."""
+    from kiln import __version__
+    package = Path(__file__).parent
+    parts = [str(FORMAT), __version__, np.__version__]
+    for folder, dirs, files in os.walk(package):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(folder, name))
+                parts.append(f"{folder[len(str(package)):]}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def program_key(graph: Graph, joint, target: str) -> str:
+    """The cache key of compiling traced `graph` (with `joint`, a JointInfo or None) for
+    `target` ("c", "triton" or "numpy")."""
+    joint_desc = None if joint is None else (
+        joint.num_primals, joint.num_tangents, joint.num_forward_outputs,
+        tuple(joint.grad_inputs), tuple(joint.differentiable_outputs))
+    desc = (compiler_fingerprint(), target, joint_desc, graph.name, graph.structure(),
+            [v.name for v in graph.inputs], [v.name for v in graph.constants],
+            [n.loc for n in graph.nodes])
+    return hashlib.sha256(repr(desc).encode()).hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------- disk
+
+def _store() -> "KernelCache":
+    from kiln.runtime.c_build import cache_root
+    from kiln.runtime.triton_launch import KernelCache
+    return KernelCache(cache_root())
+
+
+def load(key: str, traced: Graph, num_primals: int | None = None) -> CompiledProgram | None:
+    """The entry for `key`, or None when there is none or it cannot be trusted or decoded.
+
+    `traced` is the graph just traced (the partition report points into it); the forward
+    program must take its first `num_primals` inputs (all of them when None).
+    """
+    payload = _store().get("programs", key)
+    if payload is None:
+        return None
+    try:
+        doc = json.loads(payload)
+        if doc["format"] != FORMAT or doc["key"] != key:
+            return None
+        program = _decode(doc, traced)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None             # decodes to nothing sensible: compile afresh, rewrite it
+    expected = [(v.shape, v.dtype) for v in traced.inputs[:num_primals]]
+    if [(v.shape, v.dtype) for v in program.forward.graph.inputs] != expected:
+        return None
+    return program
+
+
+def store(key: str, program: CompiledProgram) -> None:
+    """Write `program` under `key`; a program this module cannot describe is not stored."""
+    try:
+        doc = {"format": FORMAT, "key": key, **_encode(program)}
+    except (_Unsupported, KeyError, TypeError, ValueError):
+        return                  # e.g. an attribute JSON cannot hold: compile it every time
+    try:
+        _store().put("programs", key, json.dumps(doc).encode())
+    except OSError:             # a read-only or full disk costs the next process time only
+        pass
+
+
+# ----------------------------------------------------------------------------- encoding
+
+class _Unsupported(Exception):
+    """The schedule has a kind of step or field this module does not know how to write."""
+
+
+# the fields this module writes; a schedule class that grows one is not cached until it does
+_KERNEL_FIELDS = ("name", "subgraph", "inputs", "outputs", "nodes")
+_EXTERN_FIELDS = ("node",)
+
+
+def _values(graph: Graph) -> list:
+    """Every Value a graph defines, in `Graph.to_json`'s order (its indices index this)."""
+    return list(graph.inputs) + list(graph.constants) + [n.out for n in graph.nodes]
+
+
+def _encode(program: CompiledProgram) -> dict:
+    doc = {"forward": _encode_part(program.forward), "backward": None, "partition": None}
+    if program.backward is not None:
+        doc["backward"] = _encode_part(program.backward)
+        report = program.partition
+        doc["partition"] = {"saved": [v.id for v in report.saved],
+                            "save_all": [v.id for v in report.save_all],
+                            "recomputed": [n.out.id for n in report.recomputed]}
+    return doc
+
+
+def _encode_part(part: CompiledPart) -> dict:
+    doc = {"graph": part.graph.to_json(),
+           "stats": [[s.name, s.nodes_before, s.nodes_after] for s in part.stats],
+           "schedule": None}
+    schedule = part.schedule
+    if schedule is None:
+        return doc
+    if tuple(f.name for f in dataclasses.fields(FusedKernel)) != _KERNEL_FIELDS or \
+            tuple(f.name for f in dataclasses.fields(ExternStep)) != _EXTERN_FIELDS:
+        raise _Unsupported("the schedule's step classes changed")
+    graph = schedule.graph
+    index = {v: i for i, v in enumerate(_values(graph))}
+    node_index = {n: i for i, n in enumerate(graph.nodes)}
+    steps = []
+    for step in schedule.steps:
+        if type(step) is FusedKernel:
+            steps.append({"kernel": step.name, "subgraph": step.subgraph.to_json(),
+                          "inputs": [index[v] for v in step.inputs],
+                          "outputs": [index[v] for v in step.outputs],
+                          "nodes": [node_index[n] for n in step.nodes]})
+        elif type(step) is ExternStep:
+            steps.append({"extern": node_index[step.node]})
+        else:
+            raise _Unsupported(f"a schedule step of type {type(step).__name__}")
+    # fusion may rewrite the graph it schedules; else the schedule runs the optimized graph
+    doc["schedule"] = {"graph": None if graph is part.graph else graph.to_json(),
+                       "steps": steps}
+    return doc
+
+
+def _decode(doc: dict, traced: Graph) -> CompiledProgram:
+    program = CompiledProgram(_decode_part(doc["forward"]))
+    if doc["backward"] is not None:
+        program.backward = _decode_part(doc["backward"])
+        by_id = {v.id: v for v in _values(traced)}
+        producer = traced.producers()
+        saved = [by_id[i] for i in doc["partition"]["saved"]]
+        save_all = [by_id[i] for i in doc["partition"]["save_all"]]
+        program.partition = PartitionReport(
+            saved, sum(v.nbytes for v in saved), save_all, sum(v.nbytes for v in save_all),
+            [producer[by_id[i]] for i in doc["partition"]["recomputed"]])
+    return program
+
+
+def _decode_part(doc: dict) -> CompiledPart:
+    graph = Graph.from_json(doc["graph"])
+    stats = [PassStat(name, before, after) for name, before, after in doc["stats"]]
+    part = CompiledPart(graph, stats)
+    if doc["schedule"] is None:
+        return part
+    text = doc["schedule"]["graph"]
+    outer = graph if text is None else Graph.from_json(text)
+    values = _values(outer)
+    steps = []
+    for step in doc["schedule"]["steps"]:
+        if "extern" in step:
+            steps.append(ExternStep(outer.nodes[step["extern"]]))
+        else:
+            steps.append(FusedKernel(step["kernel"], Graph.from_json(step["subgraph"]),
+                                     [values[i] for i in step["inputs"]],
+                                     [values[i] for i in step["outputs"]],
+                                     [outer.nodes[i] for i in step["nodes"]]))
+    part.schedule = Schedule(outer, steps)
+    return part

@@ -1,0 +1,258 @@
+"""The compiled-program cache: a graph compiled before skips the passes (in this process and in
+a new one), gives the same programs and results, and a corrupt, stale or foreign entry is
+ignored and rebuilt."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import kiln
+import kiln.nn.functional as F
+from kiln import program_cache
+from kiln.passes import pipeline
+from kiln.runtime import c_build
+from kiln.runtime.c_build import cache_root
+from tests.tracer.test_trace_corpus import CASES
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
+    c_build.clear_memory_cache()        # so this directory gets its own kernels
+    yield tmp_path
+    c_build.clear_memory_cache()
+
+
+@pytest.fixture
+def passes_run(monkeypatch):
+    """Counts the compiler's pass-pipeline runs (a cache hit runs none)."""
+    calls = []
+    real = pipeline.compile_passes
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "compile_passes", counted)
+    return calls
+
+
+def _softmax_gelu(x, w):
+    h = x @ w
+    # new_zeros(h.shape) records a kiln.Size, which must read the same after the round trip
+    return F.softmax(F.gelu(h, approximate="tanh") * 0.5 + h.new_zeros(h.shape), -1)
+
+
+def _entries():
+    return sorted((cache_root() / "programs").iterdir())
+
+
+def _call_twice(compiled, *args):
+    """Trace, then replay: the replay waits for the C build, which is then cached."""
+    compiled(*args)
+    return compiled(*args)
+
+
+def test_second_compile_of_a_graph_reads_the_cache(cache_dir, passes_run):
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    want = _softmax_gelu(x, w).numpy()
+    first = kiln.compile(_softmax_gelu)
+    np.testing.assert_allclose(_call_twice(first, x, w).numpy(), want, rtol=1e-5, atol=1e-6)
+    assert passes_run == ["_softmax_gelu"] and len(_entries()) == 1
+    second = kiln.compile(_softmax_gelu)
+    np.testing.assert_allclose(second(x, w).numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second(x, w).numpy(), want, rtol=1e-5, atol=1e-6)
+    assert passes_run == ["_softmax_gelu"]
+    (a,), (b,) = first.entries.values(), second.entries.values()
+    assert b.program is not None and b.calls == 1
+    assert a.graph.structure() == b.graph.structure() and str(a.graph) == str(b.graph)
+    assert str(a.schedule) == str(b.schedule)
+    assert [str(s) for s in a.pass_stats] == [str(s) for s in b.pass_stats]
+    assert a.executor.kernels == b.executor.kernels
+    assert a.executor.module_source == b.executor.module_source    # so the same .so
+
+
+def test_gradient_rules_shapes_read_the_same_after_the_round_trip(cache_dir, passes_run):
+    """Gradient rules pass `x.shape` (a kiln.Size) as attributes: recorded as plain tuples,
+    the cached program renders the very same C source, so it finds the same shared object."""
+    w = kiln.randn(8, 4).requires_grad_()
+
+    def step(x, y):
+        w.grad = None
+        loss = F.cross_entropy(F.gelu(x @ w), y)      # take's gradient makes full(x.shape)
+        loss.backward()
+        return loss.detach()
+    x, y = kiln.randn(5, 8), kiln.tensor([0, 3, 1, 2, 2])
+    first, second = kiln.compile(step), kiln.compile(step)
+    _call_twice(first, x, y)
+    _call_twice(second, x, y)
+    assert len(passes_run) == 1
+    a, b = list(first.entries.values())[0], list(second.entries.values())[0]
+    assert a.executor.module_source == b.executor.module_source
+
+
+def test_a_changed_graph_misses(cache_dir, passes_run):
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    _call_twice(kiln.compile(_softmax_gelu), x, w)
+    _call_twice(kiln.compile(lambda x, w: F.softmax(F.gelu(x @ w, approximate="tanh") * 0.25,
+                                                    -1)), x, w)
+    _call_twice(kiln.compile(_softmax_gelu), kiln.randn(3, 8), w)     # another shape
+    _call_twice(kiln.compile(_softmax_gelu, backend="numpy"), x, w)   # another target
+    assert len(passes_run) == 4 and len(_entries()) == 4
+
+
+def _corrupt(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x20
+    path.write_bytes(bytes(raw))
+
+
+def _rewrite_payload(path, edit):
+    """An entry whose checksum matches but whose content is wrong (a stale or foreign one)."""
+    header, _, payload = path.read_bytes().partition(b"\n")
+    doc = json.loads(payload)
+    edit(doc)
+    key = json.loads(header)["key"]
+    program_cache._store().put("programs", key, json.dumps(doc).encode())
+
+
+def _drop_forward_graph(doc):
+    doc["forward"]["graph"] = "{}"
+
+
+def _wrong_input_shapes(doc):
+    g = json.loads(doc["forward"]["graph"])
+    g["inputs"][0][0]["shape"] = [5, 5]
+    doc["forward"]["graph"] = json.dumps(g)
+
+
+@pytest.mark.parametrize("damage", ["bytes", "truncated", "decoding", "shapes"])
+def test_a_damaged_entry_is_rebuilt_silently(cache_dir, passes_run, damage):
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    _call_twice(kiln.compile(_softmax_gelu), x, w)
+    (path,) = _entries()
+    if damage == "bytes":
+        _corrupt(path)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        _rewrite_payload(path, _drop_forward_graph if damage == "decoding"
+                         else _wrong_input_shapes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no message: a rebuild is routine
+        again = kiln.compile(_softmax_gelu)
+        np.testing.assert_allclose(again(x, w).numpy(), _softmax_gelu(x, w).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    assert len(passes_run) == 2
+    (entry,) = again.entries.values()
+    assert entry.program is not None and entry.schedule is not None
+    _call_twice(kiln.compile(_softmax_gelu), x, w)  # the rebuilt entry is whole again
+    assert len(passes_run) == 2
+
+
+def test_a_training_step_with_backward_reads_the_cache(cache_dir, passes_run):
+    def make():
+        kiln.manual_seed(0)
+        w = kiln.randn(6, 3).requires_grad_()
+        return w, lambda x: (F.gelu(x @ w) * 2).softmax(-1)
+    x = kiln.randn(5, 6)
+    results = []
+    for _ in range(2):
+        w, fn = make()
+        compiled = kiln.compile(fn)
+        for _ in range(2):
+            out = compiled(x)
+            (out * out).sum().backward()
+        results.append((out.detach().numpy(), w.grad.numpy()))
+        (entry,) = compiled.entries.values()
+        assert entry.backward is not None and entry.partition is not None
+        results.append(str(entry.partition))
+    assert len(passes_run) == 1
+    w, fn = make()
+    want = fn(x)
+    (want * want).sum().backward()
+    want2 = fn(x)
+    (want2 * want2).sum().backward()
+    for out, grad in (results[0], results[2]):
+        np.testing.assert_allclose(out, want2.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad, w.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert results[1] == results[3]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_corpus_programs_survive_the_round_trip(name):
+    """Every program of the tracer's corpus decodes to the graphs, statistics, schedule and
+    partition it was encoded from."""
+    kiln.manual_seed(0)
+    fn, args = CASES[name]()
+    captured = kiln.compiler.trace(fn, *args)
+    for traced in captured.graphs:
+        compiled = pipeline.compile_passes(traced)
+        doc = json.loads(json.dumps(program_cache._encode(compiled)))
+        back = program_cache._decode(doc, traced)
+        for a, b in ((compiled.forward, back.forward),):
+            assert a.graph.structure() == b.graph.structure() and str(a.graph) == str(b.graph)
+            assert a.stats == b.stats
+            assert str(a.schedule) == str(b.schedule)
+            assert a.schedule.graph.structure() == b.schedule.graph.structure()
+            for ka, kb in zip(a.schedule.kernels, b.schedule.kernels):
+                assert ka.subgraph.structure() == kb.subgraph.structure()
+                assert str(ka.subgraph) == str(kb.subgraph)
+
+
+def test_joint_programs_survive_the_round_trip():
+    from kiln.tracer.joint import trace_joint
+    w = kiln.randn(6, 3).requires_grad_()
+    joint, info = trace_joint(lambda x: (F.gelu(x @ w) * 2).softmax(-1), kiln.randn(5, 6))
+    compiled = pipeline.compile_passes(joint, info)
+    back = program_cache._decode(json.loads(json.dumps(program_cache._encode(compiled))), joint)
+    for a, b in ((compiled.forward, back.forward), (compiled.backward, back.backward)):
+        assert str(a.graph) == str(b.graph) and str(a.schedule) == str(b.schedule)
+    assert str(back.partition) == str(compiled.partition)
+    assert back.partition.saved == compiled.partition.saved
+    assert back.partition.recomputed == compiled.partition.recomputed
+
+
+NEW_PROCESS = """\
+import numpy as np, kiln
+from kiln.passes import pipeline
+runs = []
+real = pipeline.compile_passes
+pipeline.compile_passes = lambda *a, **k: runs.append(1) or real(*a, **k)
+
+@kiln.compile
+def f(x):
+    return (x * 1.5).tanh().softmax(-1) + x
+
+x = kiln.from_numpy(np.linspace(-2, 2, 24, dtype=np.float32).reshape(4, 6))
+got = f(x)
+np.testing.assert_allclose(got.numpy(), ((x * 1.5).tanh().softmax(-1) + x).numpy(), rtol=1e-6)
+assert next(iter(f.entries.values())).program is not None
+print(len(runs))
+"""
+
+
+def test_a_new_process_reads_the_cache(tmp_path):
+    env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path)}
+    script = tmp_path / "compile_f.py"
+    script.write_text(NEW_PROCESS)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             env=env, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(out.stdout.split()[-1])
+    assert runs == ["1", "0"]
+
+
+def test_an_entry_is_a_checked_json_document(cache_dir):
+    _call_twice(kiln.compile(_softmax_gelu), kiln.randn(4, 8), kiln.randn(8, 16))
+    (path,) = _entries()
+    header, _, payload = path.read_bytes().partition(b"\n")
+    doc = json.loads(payload)
+    assert doc["format"] == program_cache.FORMAT and json.loads(header)["key"] == doc["key"]
+    assert sorted(doc) == ["backward", "format", "forward", "key", "partition"]
