@@ -56,9 +56,10 @@ def program_key(graph: Graph, joint, target: str) -> str:
     joint_desc = None if joint is None else (
         joint.num_primals, joint.num_tangents, joint.num_forward_outputs,
         tuple(joint.grad_inputs), tuple(joint.differentiable_outputs))
+    # value ids too: generated code names values by them, and the partition report points
+    # into the traced graph by them
     desc = (compiler_fingerprint(), target, joint_desc, graph.name, graph.structure(),
-            [v.name for v in graph.inputs], [v.name for v in graph.constants],
-            [n.loc for n in graph.nodes])
+            [(v.id, v.name) for v in _values(graph)], [n.loc for n in graph.nodes])
     return hashlib.sha256(repr(desc).encode()).hexdigest()[:32]
 
 

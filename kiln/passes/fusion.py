@@ -30,8 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
@@ -211,6 +209,9 @@ class _Fuser:
         self.index = {n.out: i for i, n in enumerate(graph.nodes)}
         self.producer = {n.out: n for n in graph.nodes}
         self.group_of: dict = {}          # outer Value -> _Group (for computed values)
+        # networkx loads when a graph is fused, not with this module (~0.1 s): a process whose
+        # programs all come from the program cache never imports it
+        import networkx as nx
         self.quotient = nx.DiGraph()      # _Group -> _Group data dependencies
         self.next_id = 0
         self.views: set = set()           # nodes inlined into every kernel that reads them
@@ -278,6 +279,7 @@ class _Fuser:
         keep.first = min(keep.first, gone.first)
         for n in gone.nodes:
             self.group_of[n.out] = keep
+        import networkx as nx
         nx.contracted_nodes(self.quotient, keep, gone, self_loops=False, copy=False)
         return keep
 
@@ -318,6 +320,7 @@ class _Fuser:
         self._materialize_views()
         if horizontal:
             self._fuse_horizontally()
+        import networkx as nx
         assert nx.is_directed_acyclic_graph(self.quotient), "fusion created a cycle"
         return list(nx.lexicographical_topological_sort(self.quotient, key=lambda g: g.first))
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from kiln.ir.graph import Graph, Value
 from kiln.ir.ops import CREATION, RANDOM, REDUCE
 from kiln.passes.fusion import is_fusible
@@ -72,6 +70,7 @@ def partition(joint: Graph, info) -> tuple[Graph, Graph, PartitionReport]:
         if any(v in closure for v in n.value_inputs):
             closure.add(n.out)
 
+    import networkx as nx           # here, not at the top: it takes ~0.1 s to import
     bw_region = _ancestors(grads, producer)
     net = nx.DiGraph()
     for v in bw_region:
