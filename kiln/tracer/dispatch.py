@@ -25,12 +25,18 @@ _INFER_CACHE: dict = {}
 _INFER_CACHE_LIMIT = 50_000
 
 
+_IN_KILN: dict = {}             # a code object's file name -> whether it is in the kiln package
+
+
 def user_location(skip_kiln: bool = True) -> str:
     """`file:line` of the innermost frame outside the kiln package: the user's line."""
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not (skip_kiln and os.path.abspath(path).startswith(_KILN_DIR)):
+        inside = _IN_KILN.get(path)
+        if inside is None:          # a tracer asks for every op: abspath once per file
+            inside = _IN_KILN[path] = os.path.abspath(path).startswith(_KILN_DIR)
+        if not (skip_kiln and inside):
             return f"{path}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
