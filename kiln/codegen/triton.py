@@ -122,8 +122,9 @@ def _expm1(x):
 @triton.jit
 def _log1p(x):
     # Kahan's trick: log(1 + x) * x / ((1 + x) - 1) cancels the rounding of 1 + x
+    # (u = inf: the quotient is inf / inf, so inf is returned as it is)
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * x / (u - 1.0))
+    return tl.where(u == 1.0, x, tl.where(u == float("inf"), u, tl.log(u) * x / (u - 1.0)))
 ''',
     "_tanh": '''
 @triton.jit
@@ -393,6 +394,8 @@ class _Renderer:
             if s.dtype is dt.float16:
                 text += ".to(tl.float32)"          # round to half, keep computing in float
             return text
+        if s.op == "round" and dict(s.attrs).get("decimals", 0):
+            raise LoweringError("round with decimals is not generated in Triton")
         if s.op not in OPS:
             raise LoweringError(f"{s.op} has no Triton spelling yet")
         operand = next((d for d in s.arg_dtypes if d is not None), None)

@@ -95,3 +95,18 @@ def _graph(fn, *shapes):
 def test_unsupported_groups_raise_lowering_error(fn, shapes, match):
     with pytest.raises(LoweringError, match=match):
         lower(_graph(fn, *shapes))
+
+
+def test_round_with_decimals_is_not_generated():
+    # Triton has no decimal rounding: the kernel must not be generated (the compiler then runs
+    # the op outside a kernel) rather than silently round to an integer
+    with pytest.raises(LoweringError, match="decimals"):
+        render_triton(lower(_graph(lambda x: kiln.round(x * 3.0, decimals=2), (5,))))
+
+
+def test_log1p_of_infinity_is_infinity():
+    x = np.array([np.inf, 1e-8, -0.5, 3.0, -1.0], np.float32)
+    graph = trace(lambda t: kiln.log1p(t), kiln.tensor(x)).graphs[0]
+    (got,) = run_kernel(graph, [x])
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(got, np.log1p(x), rtol=1e-6)
