@@ -3,8 +3,10 @@
 The first call of a compiled function with a new guard key runs eagerly with a tracer
 watching; later calls with the same key replay the captured program. A graph break (a tensor's
 value read into Python) makes that key run eagerly from then on, with one message naming the
-line; `fullgraph=True` raises instead. Programs whose outputs require grad run eagerly until the
-compiled backward lands (issue: Triton codegen, runtime and compile).
+line; `fullgraph=True` raises instead. Programs whose outputs require grad get a compiled
+backward, partitioned from the joint forward+backward trace. What the passes make of a traced
+graph is kept on disk (`kiln.program_cache`): a new process that traces the same graph skips
+them.
 """
 
 from __future__ import annotations

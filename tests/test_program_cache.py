@@ -105,6 +105,15 @@ def test_a_changed_graph_misses(cache_dir, passes_run):
     assert len(passes_run) == 4 and len(_entries()) == 4
 
 
+def test_a_changed_compiler_misses(cache_dir, passes_run, monkeypatch):
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    _call_twice(kiln.compile(_softmax_gelu), x, w)
+    # what an edited pass or code generator does to the key: the fingerprint of kiln's sources
+    monkeypatch.setattr(program_cache, "compiler_fingerprint", lambda: "an edited kiln")
+    _call_twice(kiln.compile(_softmax_gelu), x, w)
+    assert len(passes_run) == 2 and len(_entries()) == 2
+
+
 def _corrupt(path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x20
