@@ -757,7 +757,10 @@ def _rand_infer(shapes, dtypes, shape, dtype):
 
 def _rand_impl(xp, seed, shape, dtype):
     gen = np.random.Generator(np.random.Philox(key=int(seed)))
-    values = gen.random(shape, dtype=np.float64).astype(dtype.np)
+    if dtype.np in (np.float32, np.float64):
+        values = gen.random(shape, dtype=dtype.np)          # drawn at the precision asked for
+    else:
+        values = gen.random(shape, dtype=np.float64).astype(dtype.np)
     return values if xp is np else xp.asarray(values)
 
 
