@@ -30,7 +30,7 @@ from kiln.passes.fusion import ExternStep, FusedKernel, Schedule
 from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
 
-FORMAT = 1          # bump when the layout of an entry changes
+FORMAT = 2          # bump when the layout of an entry changes
 
 
 # ----------------------------------------------------------------------------- keys
@@ -117,7 +117,7 @@ _EXTERN_FIELDS = ("node",)
 
 
 def _values(graph: Graph) -> list:
-    """Every Value a graph defines, in `Graph.to_json`'s order (its indices index this)."""
+    """Every Value a graph defines, in `Graph.to_doc`'s order (its indices index this)."""
     return list(graph.inputs) + list(graph.constants) + [n.out for n in graph.nodes]
 
 
@@ -133,7 +133,7 @@ def _encode(program: CompiledProgram) -> dict:
 
 
 def _encode_part(part: CompiledPart) -> dict:
-    doc = {"graph": part.graph.to_json(),
+    doc = {"graph": part.graph.to_doc(),
            "stats": [[s.name, s.nodes_before, s.nodes_after] for s in part.stats],
            "schedule": None}
     schedule = part.schedule
@@ -148,7 +148,7 @@ def _encode_part(part: CompiledPart) -> dict:
     steps = []
     for step in schedule.steps:
         if type(step) is FusedKernel:
-            steps.append({"kernel": step.name, "subgraph": step.subgraph.to_json(),
+            steps.append({"kernel": step.name, "subgraph": step.subgraph.to_doc(),
                           "inputs": [index[v] for v in step.inputs],
                           "outputs": [index[v] for v in step.outputs],
                           "nodes": [node_index[n] for n in step.nodes]})
@@ -157,7 +157,7 @@ def _encode_part(part: CompiledPart) -> dict:
         else:
             raise _Unsupported(f"a schedule step of type {type(step).__name__}")
     # fusion may rewrite the graph it schedules; else the schedule runs the optimized graph
-    doc["schedule"] = {"graph": None if graph is part.graph else graph.to_json(),
+    doc["schedule"] = {"graph": None if graph is part.graph else graph.to_doc(),
                        "steps": steps}
     return doc
 
@@ -177,20 +177,20 @@ def _decode(doc: dict, traced: Graph) -> CompiledProgram:
 
 
 def _decode_part(doc: dict) -> CompiledPart:
-    graph = Graph.from_json(doc["graph"])
+    graph = Graph.from_doc(doc["graph"])
     stats = [PassStat(name, before, after) for name, before, after in doc["stats"]]
     part = CompiledPart(graph, stats)
     if doc["schedule"] is None:
         return part
-    text = doc["schedule"]["graph"]
-    outer = graph if text is None else Graph.from_json(text)
+    outer_doc = doc["schedule"]["graph"]
+    outer = graph if outer_doc is None else Graph.from_doc(outer_doc)
     values = _values(outer)
     steps = []
     for step in doc["schedule"]["steps"]:
         if "extern" in step:
             steps.append(ExternStep(outer.nodes[step["extern"]]))
         else:
-            steps.append(FusedKernel(step["kernel"], Graph.from_json(step["subgraph"]),
+            steps.append(FusedKernel(step["kernel"], Graph.from_doc(step["subgraph"]),
                                      [values[i] for i in step["inputs"]],
                                      [values[i] for i in step["outputs"]],
                                      [outer.nodes[i] for i in step["nodes"]]))

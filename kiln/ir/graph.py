@@ -245,6 +245,10 @@ class Graph:
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> str:
+        return json.dumps(self.to_doc(), indent=1)
+
+    def to_doc(self) -> dict:
+        """The graph as plain JSON data: what `to_json` writes, `from_doc` reads."""
         index = {}
         for v in self.inputs:
             index[v] = len(index)
@@ -266,11 +270,14 @@ class Graph:
             "outputs": [index[v] for v in self.outputs],
             "mutations": [[index[a], index[b]] for a, b in self.mutations],
         }
-        return json.dumps(doc, indent=1)
+        return doc
 
     @classmethod
     def from_json(cls, text: str) -> "Graph":
-        doc = json.loads(text)
+        return cls.from_doc(json.loads(text))
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Graph":
         g = cls(doc["name"])
         values = []
 
