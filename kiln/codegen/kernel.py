@@ -437,6 +437,10 @@ class _Lowering:
             coords = tuple(Const(0) if i in self.axes else c for i, c in enumerate(self.coords))
         elif v.shape == kept_shape:
             coords = self.kept_coords
+        elif math.prod(v.shape) == math.prod(self.domain):
+            # an element output of another shape: the domain's element at the same position
+            linear = linearize(self.coords, self.domain)
+            return unravel(linear, v.shape), linear
         else:
             raise LoweringError(f"output of shape {list(v.shape)} fits neither the rows nor "
                                 f"the elements of the reduction over {list(self.domain)}")

@@ -374,6 +374,27 @@ def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedul
     return Schedule(graph, steps)
 
 
+def gathers_as_externs(kernel: FusedKernel) -> list:
+    """`kernel` as steps with its gathers (`take`) as extern calls, over the outer graph's
+    Values: for code generators that cannot gather yet, so only the gathers leave the kernel
+    (cross-entropy's other work still runs as generated kernels)."""
+    sub = kernel.subgraph
+    outer = dict(zip(sub.inputs, kernel.inputs)) | dict(zip(sub.outputs, kernel.outputs))
+
+    def out(v):
+        return outer.get(v, v) if isinstance(v, Value) else v
+    steps: list = []
+    for st in fuse(sub, gathers=False).steps:
+        if isinstance(st, FusedKernel):
+            steps.append(FusedKernel(st.name, st.subgraph, [out(v) for v in st.inputs],
+                                     [out(v) for v in st.outputs], st.nodes))
+        else:
+            n = st.node
+            steps.append(ExternStep(Node(n.op, tuple(out(v) for v in n.inputs), n.attrs,
+                                         out(n.out), n.loc)))
+    return steps
+
+
 def _outside_readers(graph: Graph) -> dict:
     """Value -> the nodes reading it; outputs and write-backs read it from outside (None)."""
     readers: dict = {}
@@ -420,4 +441,5 @@ def _kernel_name(nodes: list) -> str:
     return name + (f"_and_{len(distinct) - 5}_more" if len(distinct) > 5 else "")
 
 
-__all__ = ["FusedKernel", "ExternStep", "Schedule", "fuse", "run_schedule", "is_fusible"]
+__all__ = ["FusedKernel", "ExternStep", "Schedule", "fuse", "gathers_as_externs", "run_schedule",
+           "is_fusible"]

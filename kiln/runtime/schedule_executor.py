@@ -17,7 +17,7 @@ import numpy as np
 
 from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.graph import Graph
-from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel
+from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_externs
 from kiln.passes.memory import in_place_updates
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
@@ -39,10 +39,27 @@ class ScheduleExecutor:
         self.schedule, self.xp, self.target = schedule, xp, target
         self.backend = "interpreter" if xp is np else "cuda"
         graph = self.graph = schedule.graph
+        # no code generator gathers yet: a kernel with a `take` runs as kernels around a
+        # `take` call, not all on the array executor; its parts keep its number (k6a, k6b)
+        flat, numbers, index = [], [], 0
+        for step in schedule.steps:
+            parts = [step]
+            if isinstance(step, FusedKernel) and any(n.op == "take" for n in step.subgraph.nodes):
+                parts = gathers_as_externs(step)
+            kernels = [p for p in parts if isinstance(p, FusedKernel)]
+            for p in parts:
+                number = None
+                if isinstance(p, FusedKernel):
+                    number = f"k{index}" if len(kernels) == 1 else \
+                        f"k{index}{chr(ord('a') + kernels.index(p))}"
+                flat.append(p)
+                numbers.append(number)
+            index += isinstance(step, FusedKernel)
+        runnable = Schedule(graph, flat) if len(flat) != len(schedule.steps) else schedule
         slot: dict = {}
         for v in list(graph.inputs) + list(graph.constants):
             slot.setdefault(v, len(slot))
-        for step in schedule.steps:
+        for step in runnable.steps:
             for v in step.outputs:
                 slot.setdefault(v, len(slot))
         self.num_slots = len(slot)
@@ -61,34 +78,46 @@ class ScheduleExecutor:
         self._over: dict = {}
         if target == "c":
             inputs = set(graph.inputs)
-            read_from = [set() for _ in range(len(schedule.steps) + 1)]
-            for i in range(len(schedule.steps) - 1, -1, -1):
-                read_from[i] = read_from[i + 1] | (set(schedule.steps[i].inputs) & inputs)
-            steps_of = {v: i for i, st in enumerate(schedule.steps) for v in st.outputs}
-            for new, src in in_place_updates(schedule).items():
+            read_from = [set() for _ in range(len(runnable.steps) + 1)]
+            for i in range(len(runnable.steps) - 1, -1, -1):
+                read_from[i] = read_from[i + 1] | (set(runnable.steps[i].inputs) & inputs)
+            steps_of = {v: i for i, st in enumerate(runnable.steps) for v in st.outputs}
+            for new, src in in_place_updates(runnable).items():
                 others = tuple(slot[v] for v in read_from[steps_of[new]] if v is not src)
                 self._over[new] = (src, slot[src], others)
         steps = []
-        index = 0                   # kernels are named k0, k1, ... as `kiln dump` lists them
-        for step in schedule.steps:
+        # kernels are named k0, k1, ... as `kiln dump` lists them
+        for step, number in zip(runnable.steps, numbers):
             ins = [slot[v] for v in step.inputs]
             outs = [slot[v] for v in step.outputs]
             if isinstance(step, FusedKernel):      # the rest are extern nodes
                 sub = step.subgraph
-                index += 1
                 if target == "c" and all(n.op in STRIDED_VIEWS for n in sub.nodes):
                     # only views (a transposed weight or activation before a matmul): NumPy
                     # makes them without copying, and the matmul reads them as they are
                     self.kernels.append((step.name, None, "views only: no copy needed"))
-                    steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
+                    if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
+                        (n,) = sub.nodes
+                        steps.append(("view", n.prim.impl, ins, outs, sub, n.attr_dict))
+                    else:
+                        steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
                     continue
                 try:
-                    steps.append(self._generated(index - 1, step, ins, outs))
+                    steps.append(self._generated(number, step, ins, outs))
                     continue
                 except LoweringError as e:
                     self.kernels.append((step.name, None, str(e)))
             else:
                 sub = step.subgraph
+                if step.node.op == "matmul":
+                    # into the last call's result when nothing else holds it (as C kernels
+                    # do): a fresh megabyte costs a page fault per 4 KiB on every call
+                    operands = [slot[v] for v in step.node.inputs]
+                    out = step.node.out
+                    steps.append(("matmul", xp.matmul, operands, outs, sub,
+                                  (self._num_spares, out.shape, np.dtype(out.dtype.np))))
+                    self._num_spares += 1
+                    continue
             steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
         self.steps = steps
         if self.c_kernels:
@@ -111,13 +140,13 @@ class ScheduleExecutor:
         # the arrays C kernels wrote last time, reused once nothing else holds them
         self._spares = [None] * self._num_spares
 
-    def _generated(self, index: int, step: FusedKernel, ins: list, outs: list) -> tuple:
+    def _generated(self, number: str, step: FusedKernel, ins: list, outs: list) -> tuple:
         sub = step.subgraph
         kernel = lower(sub)
         if self.target == "c":
             from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
             over = {j: self._over[v] for j, v in enumerate(step.outputs) if v in self._over}
-            ck = render_c(kernel, name=f"k{index}_{kernel.name}", parallel_min=(
+            ck = render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
                 PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN), in_place={
                     j: step.inputs.index(src) for j, (src, _, _) in over.items()
                     if src in step.inputs})
@@ -199,6 +228,13 @@ class ScheduleExecutor:
                     env[s] = spares[k]
                     pointers.append(data_pointer(spares[k]))
                 runner(*pointers)
+            elif kind == "matmul":
+                k, shape, d = extra
+                if getrefcount(spares[k]) != 2:
+                    spares[k] = xp.empty(shape, d)
+                env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=spares[k])
+            elif kind == "view":
+                env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
                 from kiln.runtime.triton_launch import launch
                 args = [xp.ascontiguousarray(env[s], dtype=v.dtype.np)

@@ -86,6 +86,9 @@ CASES = [
     Case("norm_leading_two", lambda x: (x - x.mean((0, 1))) / (x.var((0, 1)) + 1e-5).sqrt(),
          (((3, 4, 5), F32),), atol=1e-5),
     Case("argmax_first", lambda x: x.argmax(0), (((6, 7), F32),)),
+    # element outputs of another shape than the reduction's domain, stored in row-major order
+    Case("log_softmax_flat", lambda x: F.log_softmax(x, 1).reshape(35), (((5, 7), F32),)),
+    Case("sum_and_column", lambda x: ((x * 2.0).reshape(6, 1), x.sum()), (((6,), F32),)),
     Case("prod_last", lambda x: (x * 0.1 + 1.0).prod(-1), (((4, 7), F32),)),
     Case("argmax", lambda x: x.argmax(1), (((5, 11), F32),)),
     Case("sum_int", lambda x: x.sum(-1), (((4, 9), I64),)),
