@@ -27,6 +27,7 @@ index_add, index_put), random draws, cat and cumsum.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -202,6 +203,52 @@ def _compatible(a: _Group, b: _Group) -> bool:
     return len(sizes) == 1
 
 
+class _Dependencies:
+    """A directed graph whose vertices can be merged: the groups and the data between them.
+
+    Plain dicts, where networkx would cost ~0.1 s of import in every process that fuses.
+    """
+
+    def __init__(self):
+        self.successors: dict = {}      # vertex -> {vertex: None} (ordered sets)
+        self.predecessors: dict = {}
+
+    def add(self, g) -> None:
+        self.successors[g], self.predecessors[g] = {}, {}
+
+    def add_edge(self, a, b) -> None:
+        self.successors[a][b] = None
+        self.predecessors[b][a] = None
+
+    def contract(self, keep, gone) -> None:
+        """`gone` merges into `keep`: its edges become keep's (an edge between the two goes)."""
+        for s in self.successors.pop(gone):
+            del self.predecessors[s][gone]
+            if s is not keep:
+                self.add_edge(keep, s)
+        for p in self.predecessors.pop(gone):
+            del self.successors[p][gone]
+            if p is not keep:
+                self.add_edge(p, keep)
+
+    def topological_order(self, key) -> list:
+        """Every vertex after those it reads from; among the ready ones, smallest `key` first."""
+        waiting = {g: len(p) for g, p in self.predecessors.items()}
+        ready = [(key(g), i, g) for i, g in enumerate(self.successors) if not waiting[g]]
+        heapq.heapify(ready)
+        tiebreak = {g: i for i, g in enumerate(self.successors)}
+        order = []
+        while ready:
+            g = heapq.heappop(ready)[2]
+            order.append(g)
+            for s in self.successors[g]:
+                waiting[s] -= 1
+                if not waiting[s]:
+                    heapq.heappush(ready, (key(s), tiebreak[s], s))
+        assert len(order) == len(self.successors), "fusion created a cycle"
+        return order
+
+
 class _Fuser:
     def __init__(self, graph: Graph, gathers: bool = True):
         self.graph = graph
@@ -209,10 +256,7 @@ class _Fuser:
         self.index = {n.out: i for i, n in enumerate(graph.nodes)}
         self.producer = {n.out: n for n in graph.nodes}
         self.group_of: dict = {}          # outer Value -> _Group (for computed values)
-        # networkx loads when a graph is fused, not with this module (~0.1 s): a process whose
-        # programs all come from the program cache never imports it
-        import networkx as nx
-        self.quotient = nx.DiGraph()      # _Group -> _Group data dependencies
+        self.quotient = _Dependencies()  # _Group -> _Group data dependencies
         self.next_id = 0
         self.views: set = set()           # nodes inlined into every kernel that reads them
         self.readers = graph.users()
@@ -224,7 +268,7 @@ class _Fuser:
         g = _Group(self.next_id, [node], kind, red, frozenset([_domain(node)]),
                    self.index[node.out])
         self.next_id += 1
-        self.quotient.add_node(g)
+        self.quotient.add(g)
         for v in node.value_inputs:
             src = self.group_of.get(v)
             if src is not None:
@@ -251,15 +295,15 @@ class _Fuser:
 
     def _creates_cycle(self, a: _Group, b: _Group) -> bool:
         """Whether merging a and b closes a loop through some third vertex."""
-        q = self.quotient
+        successors = self.quotient.successors
         for src, dst in ((a, b), (b, a)):
-            stack = [s for s in q.successors(src) if s is not dst]
+            stack = [s for s in successors[src] if s is not dst]
             seen = set(stack)
             while stack:
                 x = stack.pop()
                 if x is dst:
                     return True
-                for y in q.successors(x):
+                for y in successors[x]:
                     if y not in seen:
                         seen.add(y)
                         stack.append(y)
@@ -279,8 +323,7 @@ class _Fuser:
         keep.first = min(keep.first, gone.first)
         for n in gone.nodes:
             self.group_of[n.out] = keep
-        import networkx as nx
-        nx.contracted_nodes(self.quotient, keep, gone, self_loops=False, copy=False)
+        self.quotient.contract(keep, gone)
         return keep
 
     def try_merge(self, a: _Group, b: _Group) -> _Group | None:
@@ -320,9 +363,7 @@ class _Fuser:
         self._materialize_views()
         if horizontal:
             self._fuse_horizontally()
-        import networkx as nx
-        assert nx.is_directed_acyclic_graph(self.quotient), "fusion created a cycle"
-        return list(nx.lexicographical_topological_sort(self.quotient, key=lambda g: g.first))
+        return self.quotient.topological_order(key=lambda g: g.first)
 
     def _materialize_views(self) -> None:
         """A view read by an extern, or returned, needs a buffer: it gets a copy kernel."""
@@ -332,14 +373,14 @@ class _Fuser:
                 needed.update(n.value_inputs)
             elif n.op == "take":
                 needed.add(n.inputs[0])
-        for g in list(self.quotient.nodes):
+        for g in list(self.quotient.successors):
             if g.kind == "view" and g.nodes[0].out in needed:
                 g.kind = "kernel"
 
     def _fuse_horizontally(self) -> None:
         """Merge independent kernels over the same iteration space (optimizer steps)."""
         heads: dict = {}
-        for g in sorted(self.quotient.nodes, key=lambda g: g.first):
+        for g in sorted(self.quotient.successors, key=lambda g: g.first):
             if g.kind != "kernel":
                 continue
             key = (g.red_key, g.sizes if g.red_key is None else None)
