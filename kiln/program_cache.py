@@ -56,10 +56,14 @@ def program_key(graph: Graph, joint, target: str) -> str:
     joint_desc = None if joint is None else (
         joint.num_primals, joint.num_tangents, joint.num_forward_outputs,
         tuple(joint.grad_inputs), tuple(joint.differentiable_outputs))
-    # value ids too: generated code names values by them, and the partition report points
-    # into the traced graph by them
-    desc = (compiler_fingerprint(), target, joint_desc, graph.name, graph.structure(),
-            [(v.id, v.name) for v in _values(graph)], [n.loc for n in graph.nodes])
+    inputs, constants, nodes, outputs, mutations = graph.structure()
+    # constants by their digest: a large one must not become a larger repr; value ids too:
+    # generated code names values by them, and the partition report points into the graph by them
+    constants = tuple((shape, dtype, hashlib.sha256(data).hexdigest())
+                      for shape, dtype, data in constants)
+    desc = (compiler_fingerprint(), target, joint_desc, graph.name, inputs, constants, nodes,
+            outputs, mutations, [(v.id, v.name) for v in _values(graph)],
+            [n.loc for n in graph.nodes])
     return hashlib.sha256(repr(desc).encode()).hexdigest()[:32]
 
 
@@ -108,7 +112,7 @@ def store(key: str, program: CompiledProgram) -> None:
 # ----------------------------------------------------------------------------- encoding
 
 class _Unsupported(Exception):
-    """The schedule has a kind of step or field this module does not know how to write."""
+    """A program this module does not write: a step class it does not know, huge constants."""
 
 
 # the fields this module writes; a schedule class that grows one is not cached until it does
@@ -121,7 +125,16 @@ def _values(graph: Graph) -> list:
     return list(graph.inputs) + list(graph.constants) + [n.out for n in graph.nodes]
 
 
+# constants are written element by element: beyond this many in all, an entry would be larger
+# and slower to read than compiling again
+MAX_CONSTANT_ELEMENTS = 1 << 16
+
+
 def _encode(program: CompiledProgram) -> dict:
+    parts = [program.forward] + ([program.backward] if program.backward is not None else [])
+    if sum(a.size for part in parts for a in part.graph.constants.values()) > \
+            MAX_CONSTANT_ELEMENTS:
+        raise _Unsupported("constants too large to write as JSON")
     doc = {"forward": _encode_part(program.forward), "backward": None, "partition": None}
     if program.backward is not None:
         doc["backward"] = _encode_part(program.backward)

@@ -114,6 +114,18 @@ def test_a_changed_compiler_misses(cache_dir, passes_run, monkeypatch):
     assert len(passes_run) == 2 and len(_entries()) == 2
 
 
+def test_huge_constants_are_not_written(cache_dir, passes_run):
+    table = np.linspace(0, 1, program_cache.MAX_CONSTANT_ELEMENTS + 1, dtype=np.float32)
+
+    def f(x):
+        return x * 2 + kiln.tensor(table)        # made inside: baked in as a constant
+    x = kiln.randn(table.size)
+    for _ in range(2):
+        np.testing.assert_allclose(_call_twice(kiln.compile(f), x).numpy(),
+                                   x.numpy() * 2 + table, rtol=1e-6)
+    assert len(passes_run) == 2 and not (cache_root() / "programs").exists()
+
+
 def _corrupt(path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x20
