@@ -472,7 +472,11 @@ class CompiledFunction:
             else:
                 inputs.append(_bound_tensor(program, where, leaves)._data)
         try:
-            outs, new_values = entry.executor.run(inputs)
+            if entry.schedule is not None and program.grad_writes:
+                # each existing .grad computed straight into its array: the copy below is a no-op
+                outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves))
+            else:
+                outs, new_values = entry.executor.run(inputs)
         except Exception as e:            # nothing was written back yet: eager is still safe
             entry.program, entry.eager_reason = None, f"running the kernels failed: {e!r}"
             self._note("launch", f"running compiled {_function_name(self.fn)} failed ({e!r}); "
@@ -526,6 +530,17 @@ def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
     if b.kind == "grad":
         return _bound_tensor(program, b.path, leaves).grad
     return b.tensor
+
+
+def _grad_arrays(program: TracedProgram, leaves: list) -> dict:
+    """Output index -> the array of the existing `.grad` that output is written to."""
+    arrays = {}
+    for gw in program.grad_writes:
+        if gw.output is not None:
+            grad = _bound_tensor(program, gw.input, leaves).grad
+            if grad is not None:
+                arrays[gw.output] = grad._data
+    return arrays
 
 
 def _grad_state(program: TracedProgram, leaves: list) -> tuple:

@@ -96,6 +96,27 @@ def plan_memory(program) -> MemoryPlan:
     return plan
 
 
+def _view_roots(graph: Graph) -> dict:
+    """Value -> the value whose memory it may share: an executor may run these as views."""
+    roots: dict = {}
+    for n in graph.nodes:
+        if n.op in STRIDED_VIEWS:
+            roots[n.out] = roots.get(n.inputs[0], n.inputs[0])
+    return roots
+
+
+def inputs_read(schedule) -> list:
+    """Per step, the graph inputs whose memory it or a later step reads (directly or through a
+    view): what must not be overwritten before then."""
+    graph = schedule.graph
+    roots, inputs = _view_roots(graph), set(graph.inputs)
+    out, read = [], set()
+    for step in reversed(schedule.steps):
+        read = read | ({roots.get(v, v) for v in step.inputs} & inputs)
+        out.append(read)
+    return out[::-1]
+
+
 def in_place_updates(schedule) -> dict:
     """`new -> src` for the write-backs `(src, new)` a fused kernel may compute in src's memory.
 
@@ -105,27 +126,20 @@ def in_place_updates(schedule) -> dict:
     """
     graph = schedule.graph
     sources = {new: src for src, new in graph.mutations}
+    roots = _view_roots(graph)
     leaving = set(graph.outputs)
-    views: dict = {}              # value -> the graph input whose memory it may share
-    for n in graph.nodes:
-        if n.op in STRIDED_VIEWS:       # an executor may run it as a view
-            root = views.get(n.inputs[0], n.inputs[0])
-            views[n.out] = root
-    last_read: dict = {}          # graph input -> the last step reading it or a view of it
-    for i, step in enumerate(schedule.steps):
-        for v in step.inputs:
-            last_read[views.get(v, v)] = i
+    read = inputs_read(schedule) + [set()]
     out = {}
     for i, step in enumerate(schedule.steps):
         if not isinstance(step, FusedKernel):    # an extern call computes into new memory
             continue
         for new in step.outputs:
             src = sources.get(new)
-            if src is None or new in leaving or last_read.get(src, -1) > i:
+            if src is None or new in leaving or src in read[i + 1]:
                 continue
-            aliases = [v for v in step.inputs if views.get(v, v) is src]
+            aliases = [v for v in step.inputs if roots.get(v, v) is src]
             if src in leaving or any(v is not src for v in aliases) or \
-                    any(views.get(v) is src for v in leaving):
+                    any(roots.get(v) is src for v in leaving):
                 continue
             out[new] = src
     return out

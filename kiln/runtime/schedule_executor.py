@@ -18,7 +18,7 @@ import numpy as np
 from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.graph import Graph
 from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_externs
-from kiln.passes.memory import in_place_updates
+from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
 
@@ -76,14 +76,11 @@ class ScheduleExecutor:
         # write-backs C kernels may compute over their source (see in_place_updates), and the
         # graph inputs that must not share its memory then: those read from that step on
         self._over: dict = {}
+        read = inputs_read(runnable)
+        step_of = {v: i for i, st in enumerate(runnable.steps) for v in st.outputs}
         if target == "c":
-            inputs = set(graph.inputs)
-            read_from = [set() for _ in range(len(runnable.steps) + 1)]
-            for i in range(len(runnable.steps) - 1, -1, -1):
-                read_from[i] = read_from[i + 1] | (set(runnable.steps[i].inputs) & inputs)
-            steps_of = {v: i for i, st in enumerate(runnable.steps) for v in st.outputs}
             for new, src in in_place_updates(runnable).items():
-                others = tuple(slot[v] for v in read_from[steps_of[new]] if v is not src)
+                others = tuple(slot[v] for v in read[step_of[new]] if v is not src)
                 self._over[new] = (src, slot[src], others)
         steps = []
         # kernels are named k0, k1, ... as `kiln dump` lists them
@@ -136,6 +133,18 @@ class ScheduleExecutor:
                      for i, step in enumerate(steps)]
         self.output_slots = [slot[v] for v in graph.outputs]
         self.mutation_slots = [slot[new] for _, new in graph.mutations]
+        # outputs that `run(..., into=...)` may compute straight into a caller's array: those
+        # a C kernel or a matmul writes, returned once and not written back; with the inputs
+        # that must not share that array's memory
+        written = {s for kind, _, _, outs, _, _ in steps if kind in ("c", "matmul")
+                   for s in outs}
+        self._into_all: dict = {}
+        for i, v in enumerate(graph.outputs):
+            if slot[v] in written and graph.outputs.count(v) == 1 and \
+                    slot[v] not in self.mutation_slots:
+                self._into_all[i] = (slot[v], v.shape, np.dtype(v.dtype.np),
+                                     tuple(slot[x] for x in read[step_of[v]]))
+        self._write_callers_arrays_last()
         self._ready = self._build is None
         # the arrays C kernels wrote last time, reused once nothing else holds them
         self._spares = [None] * self._num_spares
@@ -170,6 +179,22 @@ class ScheduleExecutor:
         return ("triton", tk, ins, outs, sub, None)
 
     # -------------------------------------------------------------- C kernels
+    def _write_callers_arrays_last(self) -> None:
+        """Let steps write the caller's arrays (write-backs in place, `into`) only after the last
+        step that may raise (on the array executor, a bad index; a Triton launch): the compiler
+        then runs the call eagerly instead, which must find them as they were."""
+        last = max((i for i, st in enumerate(self.steps) if st[0] in ("array", "triton")),
+                   default=-1)
+        steps = []
+        for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps):
+            if kind == "c" and i < last:
+                in_dtypes, out_specs = extra
+                extra = (in_dtypes, tuple(spec[:4] + (None,) for spec in out_specs))
+            steps.append((kind, runner, ins, outs, sub, extra))
+        self.steps = steps
+        producer = {s: i for i, st in enumerate(steps) for s in st[3]}
+        self._into = {i: spec for i, spec in self._into_all.items() if producer[spec[0]] > last}
+
     def _link(self) -> None:
         """Wait for the C build and bind each C step to its function; on failure, fall back."""
         from kiln.runtime import c_build
@@ -189,6 +214,7 @@ class ScheduleExecutor:
             self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
                             for k in self.kernels]
         self.steps = steps
+        self._write_callers_arrays_last()
         self._ready = True
 
     def wait(self) -> "ScheduleExecutor":
@@ -198,7 +224,14 @@ class ScheduleExecutor:
         return self
 
     # -------------------------------------------------------------- running
-    def run(self, inputs: list) -> tuple[list, list]:
+    def run(self, inputs: list, into: dict | None = None) -> tuple[list, list]:
+        """Arrays for graph.outputs and for the new values of graph.mutations.
+
+        Args:
+            into: output index -> an array of the caller's (the `.grad` a compiled backward
+                rewrites each step) to compute that output into, when the step producing it
+                can and no input still to be read shares its memory; else it is not touched.
+        """
         if not self._ready:
             self._link()
         xp = self.xp
@@ -208,6 +241,12 @@ class ScheduleExecutor:
             env[s] = a
         for s, a in self.constants:
             env[s] = a
+        dests = {}                  # slot -> the caller's array it is computed into
+        for i, a in (into or {}).items():
+            spec = self._into.get(i)
+            if spec is not None and getattr(a, "shape", None) == spec[1] and \
+                    _free_to_write(a, spec[2], env, spec[3]):
+                dests[spec[0]] = a
         for (kind, runner, ins, outs, sub, extra), free in zip(self.steps, self.free):
             if kind == "c":
                 in_dtypes, out_specs = extra
@@ -215,12 +254,17 @@ class ScheduleExecutor:
                 args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
                 pointers = [data_pointer(a) for a in args]
                 for k, shape, d, s, over in out_specs:
-                    if over is not None:
-                        dest = _writable_alone(env, over, args, d)
-                        if dest is not None:        # the new value over the old, no copy back
-                            env[s] = dest
-                            pointers.append(data_pointer(dest))
-                            continue
+                    dest = dests.get(s)
+                    if dest is None and over is not None:
+                        src_slot, arg, others = over
+                        dest = env[src_slot]
+                        if (arg is not None and args[arg] is not dest) or \
+                                not _free_to_write(dest, d, env, others):
+                            dest = None
+                    if dest is not None:    # the caller's array: nothing to copy afterwards
+                        env[s] = dest
+                        pointers.append(data_pointer(dest))
+                        continue
                     # the last call's array, when only this list still refers to it: the
                     # caller dropped it, and fresh memory would cost a page fault per 4 KiB
                     if getrefcount(spares[k]) != 2:
@@ -230,9 +274,12 @@ class ScheduleExecutor:
                 runner(*pointers)
             elif kind == "matmul":
                 k, shape, d = extra
-                if getrefcount(spares[k]) != 2:
-                    spares[k] = xp.empty(shape, d)
-                env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=spares[k])
+                dest = dests.get(outs[0])
+                if dest is None:
+                    if getrefcount(spares[k]) != 2:
+                        spares[k] = xp.empty(shape, d)
+                    dest = spares[k]
+                env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
@@ -253,18 +300,15 @@ class ScheduleExecutor:
 
 
 
-def _writable_alone(env: list, over: tuple, args: list, dtype) -> np.ndarray | None:
-    """The caller's array of a write-back's source, when a kernel may store the new value
-    over it: contiguous, of the value's dtype, writeable, passed to the kernel as it is (not a
-    converted copy), and sharing memory with no other input still to be read."""
-    src_slot, arg, others = over
-    a = env[src_slot]
+def _free_to_write(a, dtype, env: list, others: tuple) -> bool:
+    """Whether a kernel may store values of `dtype` into the caller's array `a`: contiguous,
+    writeable, of that dtype, and sharing memory with none of the input slots `others`."""
     if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous or \
-            not a.flags.writeable or (arg is not None and args[arg] is not a):
-        return None
+            not a.flags.writeable:
+        return False
     owner = a if a.base is None else a.base
     for s in others:
         b = env[s]
         if b is a or (b if getattr(b, "base", None) is None else b.base) is owner:
-            return None
-    return a
+            return False
+    return True

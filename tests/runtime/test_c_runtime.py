@@ -199,3 +199,69 @@ def test_write_backs_are_computed_over_the_callers_arrays(cache_dir):
     assert new is not base and base[0] != new[0]
     strided = rng.standard_normal(128, dtype=np.float32)[::2]
     assert run(strided, qa) is not strided
+
+
+@needs_cc
+def test_outputs_go_into_the_callers_arrays_when_asked(cache_dir):
+    g = Graph("grads")
+    a = g.add_input((8, 4), dt.float32, "a")
+    b = g.add_input((8, 6), dt.float32, "b")
+    at = g.add_node("permute", (a,), {"perm": (1, 0)}, (4, 8), dt.float32)
+    g.outputs = [g.add_node("matmul", (at, b), {}, (4, 6), dt.float32),    # an extern
+                 g.add_node("mul", (a, 2.0), {}, (8, 4), dt.float32)]      # a kernel
+    ex = ScheduleExecutor(fuse(g), target="c").wait()
+    rng = np.random.default_rng(0)
+    aa, ba = rng.standard_normal((8, 4), dtype=np.float32), rng.standard_normal((8, 6),
+                                                                               dtype=np.float32)
+    into = {0: np.empty((4, 6), np.float32), 1: np.empty((8, 4), np.float32)}
+    outs, _ = ex.run([aa, ba], into)
+    assert outs[0] is into[0] and outs[1] is into[1]
+    np.testing.assert_allclose(outs[0], aa.T @ ba, rtol=1e-5)
+    np.testing.assert_array_equal(outs[1], aa * np.float32(2))
+    # an array the program still reads, or of another dtype, is left alone
+    wrong = {1: aa, 0: np.empty((4, 6), np.float64)}
+    outs, _ = ex.run([aa, ba], wrong)
+    assert outs[1] is not aa and outs[0] is not wrong[0]
+    np.testing.assert_array_equal(outs[1], aa * np.float32(2))
+
+
+@needs_cc
+def test_a_compiled_step_writes_gradients_into_the_existing_grads(cache_dir):
+    kiln.manual_seed(0)
+    w = kiln.randn(5, 3, requires_grad=True)
+    x = kiln.randn(4, 3)
+
+    def step(x):
+        w.grad = None
+        loss = (x @ w.T).tanh().sum()
+        loss.backward()
+        return loss.detach()
+    cf = kiln.compile(step)
+    for _ in range(3):
+        cf(x)
+    entry = max(cf.entries.values(), key=lambda e: e.calls)       # the steady state's
+    run, returned = entry.executor.run, []
+    entry.executor.run = lambda *a: returned.append(run(*a)) or returned[-1]
+    before = w.grad._data
+    cf(x)
+    (outs, _), = returned
+    assert w.grad._data is before and any(o is before for o in outs)   # no copy made
+    wn = w.detach().numpy()
+    want = (1 - np.tanh(x.numpy() @ wn.T) ** 2).T @ x.numpy()
+    np.testing.assert_allclose(w.grad.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@needs_cc
+def test_no_write_over_the_callers_arrays_before_a_step_that_may_raise(cache_dir):
+    g = Graph("update_then_gather")
+    p = g.add_input((6,), dt.float32, "p")
+    idx = g.add_input((3,), dt.int64, "idx")
+    g.mutations = [(p, g.add_node("mul", (p, 0.5), {}, (6,), dt.float32))]
+    q = g.add_input((6,), dt.float32, "q")
+    g.outputs = [g.add_node("take", (q, idx), {"axis": 0}, (3,), dt.float32)]
+    ex = ScheduleExecutor(fuse(g, gathers=False), target="c").wait()
+    assert [kind for kind, *_ in ex.steps] == ["c", "array"]
+    pa = np.arange(6, dtype=np.float32)
+    with pytest.raises(IndexError):
+        ex.run([pa, np.array([0, 9, 1]), np.ones(6, np.float32)])
+    np.testing.assert_array_equal(pa, np.arange(6))      # a rerun in eager mode sees it intact
