@@ -391,6 +391,11 @@ def _sum_impl(xp, x, axes, keepdim):
     strides = [abs(st) if n > 1 else math.inf for st, n in zip(x.strides, x.shape)]
     inner = strides.index(min(strides))
     out_shape = reduced_shape(x.shape, axes, keepdim)
+    kept = [d for d in range(x.ndim) if d not in axes and x.shape[d] > 1]
+    if math.prod(x.shape[d] for d in kept) >= 64 and min(strides[d] for d in axes) > max(
+            (strides[d] for d in kept), default=0):
+        # the reduced axes are outside the kept ones: NumPy adds whole slabs, fast
+        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
     if inner in axes:
         letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
         kept = "".join(c for i, c in enumerate(letters) if i not in axes)
