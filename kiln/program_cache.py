@@ -116,8 +116,8 @@ class _Unsupported(Exception):
 
 
 # the fields this module writes; a schedule class that grows one is not cached until it does
-_KERNEL_FIELDS = ("name", "subgraph", "inputs", "outputs", "nodes")
-_EXTERN_FIELDS = ("node",)
+_FIELDS = {Schedule: ("graph", "steps"), FusedKernel: ("name", "subgraph", "inputs", "outputs",
+                                                      "nodes"), ExternStep: ("node",)}
 
 
 def _values(graph: Graph) -> list:
@@ -152,9 +152,9 @@ def _encode_part(part: CompiledPart) -> dict:
     schedule = part.schedule
     if schedule is None:
         return doc
-    if tuple(f.name for f in dataclasses.fields(FusedKernel)) != _KERNEL_FIELDS or \
-            tuple(f.name for f in dataclasses.fields(ExternStep)) != _EXTERN_FIELDS:
-        raise _Unsupported("the schedule's step classes changed")
+    for cls, names in _FIELDS.items():
+        if tuple(f.name for f in dataclasses.fields(cls)) != names:
+            raise _Unsupported(f"{cls.__name__} has fields this module does not write")
     graph = schedule.graph
     index = {v: i for i, v in enumerate(_values(graph))}
     node_index = {n: i for i, n in enumerate(graph.nodes)}

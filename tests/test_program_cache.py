@@ -126,6 +126,17 @@ def test_huge_constants_are_not_written(cache_dir, passes_run):
     assert len(passes_run) == 2 and not (cache_root() / "programs").exists()
 
 
+def test_a_schedule_class_with_an_unknown_field_is_not_written(cache_dir, monkeypatch):
+    # as if fusion.FusedKernel had grown a field this module would silently drop
+    fields = dict(program_cache._FIELDS)
+    fields[program_cache.FusedKernel] = fields[program_cache.FusedKernel][:-1]
+    monkeypatch.setattr(program_cache, "_FIELDS", fields)
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    np.testing.assert_allclose(_call_twice(kiln.compile(_softmax_gelu), x, w).numpy(),
+                               _softmax_gelu(x, w).numpy(), rtol=1e-5, atol=1e-6)
+    assert not (cache_root() / "programs").exists()
+
+
 def _corrupt(path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x20
