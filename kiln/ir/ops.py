@@ -322,7 +322,9 @@ def _where_impl(xp, c, x, y):
     bits = np.dtype(f"u{dtype.itemsize}")
     xb, yb = _as_bits(x, dtype, bits), _as_bits(y, dtype, bits)
     shape = np.broadcast_shapes(c.shape, np.shape(x), np.shape(y))
-    like = next((a for a in (y, x, c) if np.shape(a) == shape), None)
+    # the layout to follow: a full-size operand's, preferring one that is not a broadcast view
+    full = [a for a in (y, x, c) if np.shape(a) == shape]
+    like = next((a for a in full if 0 not in a.strides), full[0] if full else None)
     out = np.empty_like(like, bits) if like is not None else np.empty(shape, bits)
     if np.ndim(x) == 0 and xb == 0:
         np.subtract(c, 1, out=out, dtype=bits)             # 1 -> 0, 0 -> all ones

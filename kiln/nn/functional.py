@@ -336,7 +336,17 @@ def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple,
     if x.shape[2] != oh * kh or x.shape[3] != ow * kw:
         x = x[:, :, :oh * kh, :ow * kw]
     x = x.reshape(n, c, oh, kh, ow, kw)
+    if _channels_last(x._data):
+        # a channels-last image (a conv's output) stacks channels-last, copying runs of C
+        # values (3-8x faster than gathering NCHW), and its gradient comes back that way
+        return x.permute(3, 5, 0, 2, 4, 1).reshape(kh * kw, n, oh, ow, c).permute(0, 1, 4, 2, 3)
     return x.permute(3, 5, 0, 1, 2, 4).reshape(kh * kw, n, c, oh, ow)
+
+
+def _channels_last(data) -> bool:
+    """Whether an (N, C, ...) array's channels are its innermost axis in memory."""
+    return data.ndim >= 3 and data.shape[1] > 1 and data.strides[1] == data.itemsize and all(
+        st > data.itemsize for st, size in zip(data.strides[2:], data.shape[2:]) if size > 1)
 
 
 @functools.lru_cache(maxsize=64)

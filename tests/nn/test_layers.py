@@ -159,6 +159,22 @@ def test_maxpool_gradient_goes_to_first_maximum_on_ties():
     check_layer(lambda nn: nn.MaxPool2d(2), [x])
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (2, 4, 7, 6)])
+def test_maxpool_on_channels_last_memory(shape):
+    # a conv's output is channels-last in memory; max pooling stacks it channels-last: same
+    # values and gradients (ties from ReLU zeros included) as PyTorch on the NCHW values
+    n, c, h, w = shape
+    nhwc = np.maximum(np.random.default_rng(0).uniform(-1, 1, (n, h, w, c)), 0.0)
+    x = kiln.tensor(nhwc).permute(0, 3, 1, 2).detach().requires_grad_()
+    xt = torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))).requires_grad_()
+    weights = np.random.default_rng(1).uniform(-1, 1, (n, c, h // 2, w // 2))
+    (kiln.nn.functional.max_pool2d(x, 2) * kiln.tensor(weights)).sum().backward()
+    (torch.nn.functional.max_pool2d(xt, 2) * torch.from_numpy(weights)).sum().backward()
+    np.testing.assert_array_equal(kiln.nn.functional.max_pool2d(x, 2).detach().numpy(),
+                                  torch.nn.functional.max_pool2d(xt, 2).detach().numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), xt.grad.numpy())
+
+
 def test_conv_float32_mnist_size():
     check_layer(lambda nn: nn.Conv2d(1, 4, 5, stride=1), [(8, 1, 28, 28)], dtype=np.float32,
                 atol=1e-5, rtol=1e-4)
