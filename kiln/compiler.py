@@ -303,26 +303,41 @@ def kernel_target(backend: str, device) -> str:
     return "triton"
 
 
-def compile_graph(graph, joint, target: str):
-    """What the passes make of traced `graph` (`joint`: its JointInfo, or None) for `target`:
-    a `CompiledProgram`, read from the program cache when this graph was compiled before."""
+def compile_program(graph, joint, target: str, xp) -> tuple:
+    """Compile traced `graph` (`joint`: its JointInfo, or None) for `target`.
+
+    Returns:
+        (CompiledProgram, forward executor, backward executor or None). What the passes make
+        of the graph and the C kernels rendered from it come from the program cache when this
+        graph was compiled before, and go there when not.
+    """
     from kiln import program_cache
     key = program_cache.program_key(graph, joint, target)
-    compiled = program_cache.load(key, graph, None if joint is None else joint.num_primals)
-    if compiled is None:
+    found = program_cache.load(key, graph, None if joint is None else joint.num_primals)
+    if found is not None:
+        compiled, rendered = found
+    else:
         from kiln.passes.pipeline import compile_passes
-        compiled = compile_passes(graph, joint, fused=target != "numpy")
-        program_cache.store(key, compiled)
-    return compiled
+        compiled, rendered = compile_passes(graph, joint, fused=target != "numpy"), {}
+    executors = {"forward": build_executor(compiled.forward, target, xp,
+                                           rendered.get("forward"))}
+    if compiled.backward is not None:
+        executors["backward"] = build_executor(compiled.backward, target, xp,
+                                               rendered.get("backward"))
+    if found is None:
+        program_cache.store(key, compiled, {part: getattr(ex, "rendered", {})
+                                            for part, ex in executors.items()})
+    return compiled, executors["forward"], executors.get("backward")
 
 
-def build_executor(part, target: str, xp):
+def build_executor(part, target: str, xp, rendered: dict | None = None):
     """The executor of one compiled program (a `CompiledPart`): its fused kernels as `target`
-    code, or the NumPy (CuPy) executor of its optimized graph when it was not fused."""
+    code (`rendered`: C kernels rendered for it before), or the NumPy (CuPy) executor of its
+    optimized graph when it was not fused."""
     if part.schedule is None:
         return ArrayExecutor(part.graph, xp)
     from kiln.runtime.schedule_executor import ScheduleExecutor
-    return ScheduleExecutor(part.schedule, xp, target)
+    return ScheduleExecutor(part.schedule, xp, target, rendered)
 
 
 _NO_COMPILER_NOTED: list = []
@@ -438,14 +453,12 @@ class CompiledFunction:
         try:
             device = _device_of(outputs, args)
             target = kernel_target(self.backend, device)
-            compiled = compile_graph(program.graph, None if joint is None else joint.info,
-                                     target)
+            compiled, entry.executor, entry.backward = compile_program(
+                program.graph, None if joint is None else joint.info, target, device.xp)
             if compiled.backward is not None:
-                entry.backward = build_executor(compiled.backward, target, device.xp)
                 entry.joint, entry.partition = joint.info, compiled.partition
             forward = compiled.forward
             entry.graph, entry.pass_stats = forward.graph, forward.stats
-            entry.executor = build_executor(forward, target, device.xp)
             entry.schedule = forward.schedule
             index = {v: i for i, v in enumerate(entry.graph.inputs)}
             entry.writebacks = [index[src] for src, _ in entry.graph.mutations]

@@ -1,16 +1,19 @@
 """The compiled-program cache: what the passes made of a traced graph, kept on disk as JSON.
 
 A new process that traces a graph compiled before reads the optimized graphs, their pass
-statistics, the fusion schedules and the partition report from here instead of running the
-passes again (the kernels' shared objects come from the kernel cache, as before). An entry is
+statistics, the fusion schedules, the partition report and the rendered C kernels from here
+instead of running the passes and the C renderer again (the kernels' shared objects come from
+the kernel cache, as before). An entry is
 keyed by everything the passes read: the traced graph (ops, attributes, literals, shapes,
 dtypes, constants, names and source lines), the joint graph's bookkeeping, the kernel target,
 and the compiler itself (kiln's and NumPy's versions, the size and mtime of every kiln source
 file), so a change to any of them misses.
 
-Entries are JSON, never pickle: reading one cannot run code. They are written atomically with
-their sha256 beside the payload (`KernelCache`), and one that is missing, corrupt, stale or
-does not decode into a program for this graph is ignored and rebuilt.
+Entries are JSON, never pickle: reading one cannot run Python code (the C source in it is
+compiled and run, as the shared objects beside it in the kernel cache are: the cache directory
+is trusted as much as they are). They are written atomically with their sha256 beside the
+payload (`KernelCache`), and one that is missing, corrupt, stale or does not decode into a
+program for this graph is ignored and rebuilt.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.codegen.c import CKernel
+from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat
 from kiln.passes.fusion import ExternStep, FusedKernel, Schedule
 from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
 
-FORMAT = 2          # bump when the layout of an entry changes
+FORMAT = 3          # bump when the layout of an entry changes
 
 
 # ----------------------------------------------------------------------------- keys
@@ -75,11 +80,13 @@ def _store() -> "KernelCache":
     return KernelCache(cache_root())
 
 
-def load(key: str, traced: Graph, num_primals: int | None = None) -> CompiledProgram | None:
-    """The entry for `key`, or None when there is none or it cannot be trusted or decoded.
+def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | None:
+    """The entry for `key`: (CompiledProgram, rendered C kernels), or None when there is none
+    or it cannot be trusted or decoded.
 
     `traced` is the graph just traced (the partition report points into it); the forward
-    program must take its first `num_primals` inputs (all of them when None).
+    program must take its first `num_primals` inputs (all of them when None). The kernels are
+    {"forward": {kernel number: CKernel}, "backward": {...}}, for `ScheduleExecutor(rendered=)`.
     """
     payload = _store().get("programs", key)
     if payload is None:
@@ -89,18 +96,23 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> CompiledPro
         if doc["format"] != FORMAT or doc["key"] != key:
             return None
         program = _decode(doc, traced)
+        kernels = {part: {number: _decode_kernel(k) for number, k in found.items()}
+                   for part, found in doc["kernels"].items()}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None             # decodes to nothing sensible: compile afresh, rewrite it
     expected = [(v.shape, v.dtype) for v in traced.inputs[:num_primals]]
     if [(v.shape, v.dtype) for v in program.forward.graph.inputs] != expected:
         return None
-    return program
+    return program, kernels
 
 
-def store(key: str, program: CompiledProgram) -> None:
-    """Write `program` under `key`; a program this module cannot describe is not stored."""
+def store(key: str, program: CompiledProgram, kernels: dict) -> None:
+    """Write `program` and the C kernels rendered from it (as `load` returns them) under `key`;
+    a program this module cannot describe is not stored."""
     try:
-        doc = {"format": FORMAT, "key": key, **_encode(program)}
+        doc = {"format": FORMAT, "key": key, **_encode(program),
+               "kernels": {part: {number: _encode_kernel(k) for number, k in found.items()}
+                           for part, found in kernels.items()}}
     except (_Unsupported, KeyError, TypeError, ValueError):
         return                  # e.g. an attribute JSON cannot hold: compile it every time
     try:
@@ -117,7 +129,8 @@ class _Unsupported(Exception):
 
 # the fields this module writes; a schedule class that grows one is not cached until it does
 _FIELDS = {Schedule: ("graph", "steps"), FusedKernel: ("name", "subgraph", "inputs", "outputs",
-                                                      "nodes"), ExternStep: ("node",)}
+                                                      "nodes"), ExternStep: ("node",),
+           CKernel: ("name", "source", "helpers", "arg_dtypes", "in_place")}
 
 
 def _values(graph: Graph) -> list:
@@ -173,6 +186,19 @@ def _encode_part(part: CompiledPart) -> dict:
     doc["schedule"] = {"graph": None if graph is part.graph else graph.to_doc(),
                        "steps": steps}
     return doc
+
+
+def _encode_kernel(k: CKernel) -> list:
+    if tuple(f.name for f in dataclasses.fields(CKernel)) != _FIELDS[CKernel]:
+        raise _Unsupported("CKernel has fields this module does not write")
+    return [k.name, k.source, list(k.helpers), [d.name for d in k.arg_dtypes],
+            [list(pair) for pair in k.in_place]]
+
+
+def _decode_kernel(doc: list) -> CKernel:
+    name, source, helpers, arg_dtypes, in_place = doc
+    return CKernel(name, source, tuple(helpers), tuple(dt.from_name(d) for d in arg_dtypes),
+                   tuple(tuple(pair) for pair in in_place))
 
 
 def _decode(doc: dict, traced: Graph) -> CompiledProgram:

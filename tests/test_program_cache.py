@@ -57,16 +57,21 @@ def _call_twice(compiled, *args):
     return compiled(*args)
 
 
-def test_second_compile_of_a_graph_reads_the_cache(cache_dir, passes_run):
+def test_second_compile_of_a_graph_reads_the_cache(cache_dir, passes_run, monkeypatch):
     x, w = kiln.randn(4, 8), kiln.randn(8, 16)
     want = _softmax_gelu(x, w).numpy()
     first = kiln.compile(_softmax_gelu)
     np.testing.assert_allclose(_call_twice(first, x, w).numpy(), want, rtol=1e-5, atol=1e-6)
     assert passes_run == ["_softmax_gelu"] and len(_entries()) == 1
+    from kiln.codegen import c as cgen
+    rendered = []
+    real_render = cgen.render_c
+    monkeypatch.setattr(cgen, "render_c", lambda *a, **k: rendered.append(1) or
+                        real_render(*a, **k))
     second = kiln.compile(_softmax_gelu)
     np.testing.assert_allclose(second(x, w).numpy(), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(second(x, w).numpy(), want, rtol=1e-5, atol=1e-6)
-    assert passes_run == ["_softmax_gelu"]
+    assert passes_run == ["_softmax_gelu"] and rendered == []     # no pass, no C rendering
     (a,), (b,) = first.entries.values(), second.entries.values()
     assert b.program is not None and b.calls == 1
     assert a.graph.structure() == b.graph.structure() and str(a.graph) == str(b.graph)
@@ -288,4 +293,4 @@ def test_an_entry_is_a_checked_json_document(cache_dir):
     header, _, payload = path.read_bytes().partition(b"\n")
     doc = json.loads(payload)
     assert doc["format"] == program_cache.FORMAT and json.loads(header)["key"] == doc["key"]
-    assert sorted(doc) == ["backward", "format", "forward", "key", "partition"]
+    assert sorted(doc) == ["backward", "format", "forward", "kernels", "key", "partition"]

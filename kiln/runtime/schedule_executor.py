@@ -31,9 +31,11 @@ class ScheduleExecutor:
         schedule: the fused program (`kiln.passes.fusion.fuse`).
         xp: numpy, or cupy for Triton kernels on a GPU.
         target: "triton" or "c": what the fused kernels are rendered to.
+        rendered: C kernels rendered for this very schedule before, by kernel number (`rendered`
+            of an earlier executor, kept by the program cache): used instead of rendering.
     """
 
-    def __init__(self, schedule, xp=np, target: str = "triton"):
+    def __init__(self, schedule, xp=np, target: str = "triton", rendered: dict | None = None):
         if target not in ("triton", "c"):
             raise ValueError(f"unknown kernel target {target!r}; expected 'triton' or 'c'")
         self.schedule, self.xp, self.target = schedule, xp, target
@@ -68,6 +70,8 @@ class ScheduleExecutor:
                           for v, a in graph.constants.items()]
         self.kernels = []           # (kernel name, source or None when it was not lowered)
         self.c_kernels = []         # CKernel per C step, in order
+        self.rendered = {}          # kernel number -> its CKernel
+        self._known = rendered or {}
         self.module_source = None   # the C translation unit, for target "c"
         self._build = None
         self._num_spares = 0
@@ -151,14 +155,17 @@ class ScheduleExecutor:
 
     def _generated(self, number: str, step: FusedKernel, ins: list, outs: list) -> tuple:
         sub = step.subgraph
-        kernel = lower(sub)
         if self.target == "c":
             from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
             over = {j: self._over[v] for j, v in enumerate(step.outputs) if v in self._over}
-            ck = render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
-                PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN), in_place={
-                    j: step.inputs.index(src) for j, (src, _, _) in over.items()
-                    if src in step.inputs})
+            ck = self._known.get(number)
+            if ck is None:
+                kernel = lower(sub)
+                ck = render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
+                    PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN), in_place={
+                        j: step.inputs.index(src) for j, (src, _, _) in over.items()
+                        if src in step.inputs})
+            self.rendered[number] = ck
             self.c_kernels.append(ck)
             self.kernels.append((ck.name, ck.source))
             first = self._num_spares
@@ -174,7 +181,7 @@ class ScheduleExecutor:
             specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs), tuple(out_specs))
             return ("c", ck, ins, outs, sub, specs)
         from kiln.codegen.triton import render_triton
-        tk = render_triton(kernel)
+        tk = render_triton(lower(sub))
         self.kernels.append((tk.name, tk.source))
         return ("triton", tk, ins, outs, sub, None)
 
