@@ -17,6 +17,7 @@ BLAS threads of the matmuls between kernels.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -193,9 +194,12 @@ class Build:
         except OSError as e:
             self.error = f"could not run {self.cc!r}: {e}"
             self.tmp.unlink(missing_ok=True)
+        else:
+            _PENDING.add(self)
 
     def wait(self) -> Path:
         with self.lock:
+            _PENDING.discard(self)
             if self.path is not None:
                 return self.path
             if self.error is None:
@@ -214,6 +218,21 @@ class Build:
                     text[-2000:] if text else "no output")
                 self.tmp.unlink(missing_ok=True)
             raise BuildError(self.error)
+
+
+# Builds started and not yet waited for (a function compiled and called once exits before its
+# kernels are needed): finished when the process exits, so their shared objects reach the cache
+# and no compiler process or temporary file is left behind.
+_PENDING: set = set()
+
+
+@atexit.register
+def _finish_pending_builds() -> None:
+    for build in list(_PENDING):
+        try:
+            build.wait()
+        except BuildError:
+            pass
 
 
 # ----------------------------------------------------------------------------- loading

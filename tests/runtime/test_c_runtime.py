@@ -53,6 +53,26 @@ def _softmax(lib, x):
 
 
 @needs_cc
+def test_a_build_nobody_waits_for_is_finished_at_exit(tmp_path):
+    # the process starts a C build and exits: the shared object still reaches the cache, and
+    # neither a temporary file nor a warning about a running compiler is left behind
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "from kiln.runtime import c_build\n"
+            "b = c_build.start_build('int kiln_probe_exit(void) { return 7; }\\n')\n"
+            "print(b.key)\n")
+    env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path), "PYTHONWARNINGS": "error"}
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    key = done.stdout.split()[-1]
+    files = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(name.endswith(".so") and key in name for name in files), files
+    assert not any(name.endswith(".so.tmp") for name in files), files
+    lib = ctypes.CDLL(str(next(p for p in tmp_path.rglob("*.so") if key in p.name)))
+    assert lib.kiln_probe_exit() == 7
+
+
+@needs_cc
 def test_cold_build_then_warm_hit_then_corrupt_entry_rebuilt(cache_dir, monkeypatch):
     source = _source()
     path = c_build.build(source)
