@@ -182,7 +182,9 @@ class Build:
         if compiler_identity(self.cc) is None:
             self.error = f"the C compiler {self.cc!r} was not found"
             return
-        so, _, c_path = _paths(self.key)
+        # the paths are fixed now: KILN_CACHE_DIR may change before the build is waited for
+        so, self.meta_path, c_path = _paths(self.key)
+        self.so = so
         so.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(c_path, source.encode())        # kept for reading, and for the compiler
         fd, tmp = tempfile.mkstemp(dir=so.parent, prefix=f".{self.key}.", suffix=".so.tmp")
@@ -205,7 +207,7 @@ class Build:
             if self.error is None:
                 output, _ = self.proc.communicate()
                 if self.proc.returncode == 0 and self.tmp.exists():
-                    so, meta_path, _ = _paths(self.key)
+                    so, meta_path = self.so, self.meta_path
                     payload = self.tmp.read_bytes()
                     os.replace(self.tmp, so)
                     write_atomic(meta_path, json.dumps({
@@ -231,7 +233,7 @@ def _finish_pending_builds() -> None:
     for build in list(_PENDING):
         try:
             build.wait()
-        except BuildError:
+        except (BuildError, OSError):
             pass
 
 
