@@ -382,31 +382,30 @@ def _prod_grad(g, out, x, axes, keepdim):
 def _sum_impl(xp, x, axes, keepdim):
     # Reductions call the array's own method (NumPy and CuPy arrays both have them): `np.sum(x)`
     # goes through a Python wrapper that costs more than summing a small array.
-    if xp is not np or x.size < 4096 or x.dtype not in _BLAS_FLOATS or len(axes) == x.ndim:
+    if (xp is not np or x.size < 4096 or x.dtype not in _BLAS_FLOATS or not axes
+            or len(axes) == x.ndim):
         return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
-    # NumPy's sum runs its inner loop once per contiguous run, which is slow when the runs are
-    # short: batch-norm statistics and bias gradients sum NCHW over (0, 2, 3), runs of H*W (or
-    # of C, for a channels-last view). When the innermost axis is reduced, einsum walks the
-    # layout 2-4x faster; when it is kept and short, the array seen as a (kept, reduced)
-    # matrix times a vector of ones is one BLAS call (more accurate than einsum's running sum
-    # over thousands of rows). Long kept runs stay with NumPy's sum.
+    # NumPy's sum runs its inner loop once per contiguous run: fast when the reduced axes lie
+    # outside a long kept block (it adds whole slabs), slow on short runs, as when batch-norm
+    # statistics and bias gradients sum NCHW over (0, 2, 3) (runs of H*W, or of C for a
+    # channels-last view). Then: einsum when the innermost axis is reduced (2-4x faster), and
+    # when it is kept and short, the array as a (kept, reduced) matrix times a vector of ones,
+    # one BLAS call (more accurate than einsum's running sum over thousands of rows).
     strides = [abs(st) if n > 1 else math.inf for st, n in zip(x.strides, x.shape)]
-    inner = strides.index(min(strides))
+    kept = [d for d in range(x.ndim) if d not in axes]
     out_shape = reduced_shape(x.shape, axes, keepdim)
-    kept = [d for d in range(x.ndim) if d not in axes and x.shape[d] > 1]
-    if math.prod(x.shape[d] for d in kept) >= 64 and min(strides[d] for d in axes) > max(
-            (strides[d] for d in kept), default=0):
-        # the reduced axes are outside the kept ones: NumPy adds whole slabs, fast
+    kept_block = math.prod(x.shape[d] for d in kept)
+    if kept_block >= 64 and min(strides[d] for d in axes) > max(
+            (strides[d] for d in kept if x.shape[d] > 1), default=0):
         return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
+    inner = strides.index(min(strides))
     if inner in axes:
         letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
-        kept = "".join(c for i, c in enumerate(letters) if i not in axes)
-        return np.einsum(f"{letters}->{kept}", x).reshape(out_shape)
+        result = "".join(letters[d] for d in kept)
+        return np.einsum(f"{letters}->{result}", x).reshape(out_shape)
     if x.shape[inner] >= 64:
         return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
-    kept = [d for d in range(x.ndim) if d not in axes]
-    rows = math.prod(x.shape[d] for d in kept)
-    m = x.transpose(kept + list(axes)).reshape(rows, x.size // rows)
+    m = x.transpose(kept + list(axes)).reshape(kept_block, x.size // kept_block)
     return (m @ np.ones(m.shape[1], x.dtype)).reshape(out_shape)
 
 
