@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kiln.codegen.common import (INFIX, RowPass, compute_dtype, operand_dtype, row_passes,
-                                 source_loc)
+from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, operand_dtype,
+                                 row_passes, source_loc)
 from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
                                  Reduce, Store)
 from kiln.ir import dtypes as dt
@@ -533,7 +533,7 @@ class _Renderer:
         # a later sweep must not read what an output written over an input has overwritten
         if len(sweeps) > 1 and sweeps[-1][0] == [] and not self.stored_over and not any(
                 isinstance(by_dest.get(d), Reduce)
-                for d in _closure(by_dest, [st.src for st in sweeps[-1][1]])):
+                for d in closure(by_dest, [st.src for st in sweeps[-1][1]])):
             sweeps[0][1].extend(sweeps.pop()[1])      # element outputs needing no reduction
         block = min(rows, COLUMN_BLOCK)
         blocked = block < rows
@@ -546,7 +546,7 @@ class _Renderer:
 
         def compute(targets) -> list:
             """The statements the targets need, a finished reduction read from its array."""
-            need = _closure(by_dest, targets)
+            need = closure(by_dest, targets)
             lines = []
             for st in body:
                 if getattr(st, "dest", None) not in need:
@@ -777,20 +777,6 @@ class _Renderer:
             if f"{call}(" in text and h not in self.helpers:
                 self.helpers.append(h)
         return text
-
-
-def _closure(by_dest: dict, targets: list) -> set:
-    """The statements (any scope) the targets need; a reduction's inputs are not followed."""
-    need, stack = set(), [t for t in targets if isinstance(t, str)]
-    while stack:
-        name = stack.pop()
-        st = by_dest.get(name)
-        if st is None or name in need:
-            continue
-        need.add(name)
-        if isinstance(st, Compute):
-            stack += [a for a in st.args if isinstance(a, str)]
-    return need
 
 
 # A column reduction's accumulators, one array per reduction for a block of rows: `acc` holds

@@ -94,7 +94,7 @@ def row_passes(kernel: Kernel) -> tuple[list, list]:
             group = []
             stores = [s for s in body if isinstance(s, Store) and s.scope == ELEM]
             targets = [s.src for s in stores]
-        need = elem_closure(by_dest, targets)
+        need = closure(by_dest, targets, ELEM)
         elem = [s for s in body if getattr(s, "dest", None) in need]
         passes.append(RowPass(before, group, elem, stores))
         done.update(s.dest for s in group)
@@ -102,13 +102,14 @@ def row_passes(kernel: Kernel) -> tuple[list, list]:
     return passes, row_stores
 
 
-def elem_closure(by_dest: dict, targets: list) -> set:
-    """The element-scope statements the targets need, stopping at row values."""
+def closure(by_dest: dict, targets: list, scope: str | None = None) -> set:
+    """The statements the targets need; a reduction's inputs are not followed. With `scope`,
+    only statements of that scope: the walk stops at values of another (row values, for ELEM)."""
     need, stack = set(), [t for t in targets if isinstance(t, str)]
     while stack:
         name = stack.pop()
         s = by_dest.get(name)
-        if s is None or s.scope != ELEM or name in need:
+        if s is None or name in need or (scope is not None and s.scope != scope):
             continue
         need.add(name)
         if isinstance(s, Compute):
