@@ -439,10 +439,15 @@ class CompiledFunction:
         (program,) = tracer.finish(result if joint is None else list(outputs) + joint.grads)
         for gw in program.grad_writes:
             gw.none_at_call = none_at_call.get(id(gw.tensor))
-        created = set(_tensor_names(self.fn)) - set(names_before)
-        if created:
-            # the call created tensors that outlive it (optimizer state on a first step): a
-            # replay would create them afresh each time, so trace again once they exist
+        reachable_after: dict = {}
+        names_after = _tensor_names(self.fn, tensors=reachable_after)
+        for b, v in zip(program.bindings, program.graph.inputs):
+            if b.kind == "lifted" and id(b.tensor) not in names_before:
+                v.name = names_after.get(id(b.tensor), v.name)   # state the call made
+        if any(t._trace is not None for i, t in reachable_after.items() if i not in reachable):
+            # the graph made tensors that outlive the call (SGD's momentum buffer, cloned from
+            # the first gradient): a replay would make them afresh each time, so trace again
+            # once they exist. State made `untraced` (Adam's moments) is an input already.
             self.retraces += 1
             if self.retraces <= RECOMPILE_LIMIT:
                 return result
@@ -558,13 +563,14 @@ def _grad_arrays(program: TracedProgram, leaves: list) -> dict:
 
 def _grad_state(program: TracedProgram, leaves: list) -> tuple:
     return tuple(_bound_tensor(program, gw.input, leaves).grad is None
-                 for gw in program.grad_writes)
+                 for gw in program.grad_writes if not gw.cleared)
 
 
 def _grad_state_matches(program: TracedProgram, leaves: list) -> bool:
     """Whether each written `.grad` is None now exactly when it was at the traced call's start
-    (else, when that is not known, at the tensor's lift)."""
-    return all((_bound_tensor(program, gw.input, leaves).grad is None) ==
+    (else, when that is not known, at the tensor's lift); one the trace cleared (zero_grad)
+    before reading it may be either."""
+    return all(gw.cleared or (_bound_tensor(program, gw.input, leaves).grad is None) ==
                (gw.was_none if gw.none_at_call is None else gw.none_at_call)
                for gw in program.grad_writes)
 

@@ -178,6 +178,56 @@ def test_zero_grad_inside_the_step_compiles_once():
     assert [e.calls for e in compiled.entries.values()] == [2]
 
 
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: kiln.optim.Adam(ps, lr=1e-2),
+    lambda ps: kiln.optim.AdamW(ps, lr=1e-2, amsgrad=True),
+    lambda ps: kiln.optim.RMSprop(ps, lr=1e-2, momentum=0.9, centered=True),
+], ids=["adam", "adamw-amsgrad", "rmsprop-centered"])
+def test_lazily_created_optimizer_state_compiles_on_the_first_call(make_opt):
+    """The optimizer makes its state outside the trace on the first step, so the first call's
+    graph reads it like a parameter: no second trace, and every replay matches eager."""
+    def make():
+        kiln.manual_seed(3)
+        w1, w2 = kiln.randn(6, 8).requires_grad_(), kiln.randn(8, 2).requires_grad_()
+        opt = make_opt([w1, w2])
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = ((kiln.tanh(x @ w1) @ w2 - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return (w1, w2), opt, step
+    x, y = kiln.randn(5, 6), kiln.randn(5, 2)
+    pe, opt_e, eager = make()
+    pc, opt_c, step = make()
+    compiled = kiln.compile(step)
+    for _ in range(6):
+        np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=1e-5)
+    assert compiled.retraces == 0
+    assert [e.calls for e in compiled.entries.values()] == [5]
+    for a, b in zip(pc, pe):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
+    for state_c, state_e in zip(opt_c.state.values(), opt_e.state.values()):
+        assert state_c.keys() == state_e.keys()
+        for k in state_c:
+            # centered RMSprop's sqrt(E[g^2] - E[g]^2) loses digits to cancellation
+            np.testing.assert_allclose(state_c[k].numpy(), state_e[k].numpy(), rtol=1e-4)
+
+
+def test_an_outside_tensor_written_before_it_is_read_is_written_back():
+    buf = kiln.zeros(3)
+
+    @kiln.compile
+    def f(x):
+        buf.copy_(x * 2)
+        return x + 1
+    for k in range(1, 4):
+        f(kiln.tensor([1.0, 2.0, 3.0]) * k)
+        assert buf.tolist() == [2.0 * k, 4.0 * k, 6.0 * k]
+    assert [e.calls for e in f.entries.values()] == [2]
+
+
 def test_accumulating_gradients_get_their_own_entry():
     w = kiln.randn(3).requires_grad_()
 

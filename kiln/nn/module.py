@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import kiln
 from kiln import Tensor
 from kiln.nn.parameter import Buffer, Parameter
+from kiln.tracer.trace import note_grad_cleared
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -306,11 +307,10 @@ class Module:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for param in self.parameters():
-            if param.grad is None:
-                continue
             if set_to_none:
+                note_grad_cleared(param)
                 param.grad = None
-            else:
+            elif param.grad is not None:
                 param.grad = kiln.zeros_like(param.grad)
 
     def apply(self, fn: Callable[["Module"], None]) -> "Module":

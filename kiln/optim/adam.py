@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import kiln
 from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _sqrt, _step_count
+from kiln.tracer.trace import untraced
 
 
 class Adam(Optimizer):
@@ -34,11 +35,12 @@ class Adam(Optimizer):
         lr, wd = group["lr"], group["weight_decay"]
         state = self.state[p]
         if not state:
-            state["step"] = _scalar_state()
-            state["exp_avg"] = kiln.zeros_like(p)
-            state["exp_avg_sq"] = kiln.zeros_like(p)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = kiln.zeros_like(p)
+            with untraced():        # made once, then read like parameters: one trace will do
+                state["step"] = _scalar_state()
+                state["exp_avg"] = kiln.zeros_like(p)
+                state["exp_avg_sq"] = kiln.zeros_like(p)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = kiln.zeros_like(p)
         grad = _grad(p, group["maximize"])
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         state["step"].add_(1)

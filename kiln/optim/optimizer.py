@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 import kiln
 from kiln import Tensor
 from kiln.tracer.tensor import STATE
+from kiln.tracer.trace import note_grad_cleared
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -84,11 +85,10 @@ class Optimizer:
         """Reset the gradients of all parameters: to None (default) or to zeros."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
                 if set_to_none:
+                    note_grad_cleared(p)
                     p.grad = None
-                else:
+                elif p.grad is not None:
                     if p.grad.grad_fn is not None:
                         p.grad.detach_()
                     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import kiln
 from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.tracer.trace import untraced
 
 
 class RMSprop(Optimizer):
@@ -32,12 +33,13 @@ class RMSprop(Optimizer):
         alpha, momentum = group["alpha"], group["momentum"]
         state = self.state[p]
         if not state:
-            state["step"] = _scalar_state()
-            state["square_avg"] = kiln.zeros_like(p)
-            if momentum > 0:
-                state["momentum_buffer"] = kiln.zeros_like(p)
-            if group["centered"]:
-                state["grad_avg"] = kiln.zeros_like(p)
+            with untraced():        # made once, then read like parameters: one trace will do
+                state["step"] = _scalar_state()
+                state["square_avg"] = kiln.zeros_like(p)
+                if momentum > 0:
+                    state["momentum_buffer"] = kiln.zeros_like(p)
+                if group["centered"]:
+                    state["grad_avg"] = kiln.zeros_like(p)
         grad = _grad(p, group["maximize"])
         state["step"].add_(1)
         if group["weight_decay"] != 0:

@@ -9,6 +9,7 @@ Python (`bool`, `item`, ...) is data-dependent control flow: a graph break.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +51,8 @@ class GradWrite:
     `was_none` is whether that `.grad` was None when the trace lifted the tensor: the program
     either set a fresh gradient or accumulated into an existing one. `none_at_call` is whether
     it was None when the traced call began, which is what decides the Python path (a
-    `zero_grad()` before the lift makes the two differ); a replay needs the same state as then.
+    `zero_grad()` before the lift makes the two differ); a replay needs the same state as then,
+    unless `cleared`: a `zero_grad()` set it to None before the lift, whatever it was.
     """
 
     tensor: Tensor                  # the tensor at trace time (for lifted inputs, the same)
@@ -58,6 +60,7 @@ class GradWrite:
     input: int = -1
     was_none: bool = True
     none_at_call: bool | None = None     # None: not known, `was_none` stands in
+    cleared: bool = False           # set to None in the trace before the lift: any state will do
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Tracer:
         self.alias_of: dict[int, Tensor] = {}
         self.grads_before: dict[int, object] = {}
         self.grad_owner: dict[int, int] = {}  # id(.grad tensor) -> index of its owner input
+        self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
         self._keep: list = []                 # keeps tensors alive so ids stay unique
 
@@ -190,12 +194,24 @@ class Tracer:
     def write(self, tensor: Tensor, result: Tensor) -> None:
         """`tensor` now holds `result` (an in-place op): later reads see the new value."""
         target = self.alias_of.get(id(tensor), tensor)
-        if id(target) not in self.input_of and getattr(target._data, "base", None) is not None:
-            self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of shape "
-                             f"{list(tensor.shape)}) also changes the tensor it views")
+        if id(target) not in self.input_of:
+            if getattr(target._data, "base", None) is not None:
+                self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of "
+                                 f"shape {list(tensor.shape)}) also changes the tensor it views")
+            elif target._trace is None or id(target._trace) not in self.known:
+                # a tensor from outside, written before it was read (`buf.copy_(x)`): it
+                # becomes an input, so the write is one of the program's write-backs
+                self.value(target)
         v = self.value(result)
         target._trace = v
         tensor._trace = v
+
+    def grad_cleared(self, tensor: Tensor) -> None:
+        """`tensor.grad = None` ran (zero_grad); before the trace read `tensor`, this makes the
+        gradient the program computes a fresh one, however `.grad` stood when the call began."""
+        if id(tensor) not in self.input_of:
+            self.cleared.add(id(tensor))
+            self._keep.append(tensor)
 
     def value_read(self, tensor: Tensor, what: str) -> None:
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
@@ -239,17 +255,42 @@ class Tracer:
             grad = tensor.grad
             index = g.inputs.index(v)
             was_none = self.grads_before.get(id(tensor)) is None
+            cleared = id(tensor) in self.cleared
             if grad is None:
                 if not was_none:
-                    program.grad_writes.append(GradWrite(tensor, None, index, was_none))
+                    program.grad_writes.append(GradWrite(tensor, None, index, was_none,
+                                                         cleared=cleared))
                 continue
             gv = grad._trace
             if gv is not None and id(gv) in self.known and gv not in g.inputs:
-                program.grad_writes.append(GradWrite(tensor, len(g.outputs), index, was_none))
+                program.grad_writes.append(GradWrite(tensor, len(g.outputs), index, was_none,
+                                                     cleared=cleared))
                 g.outputs.append(gv)
         for tensor, _ in self.input_of.values():
             tensor._trace = None          # the next trace starts from a clean slate
         return program
+
+
+@contextmanager
+def untraced():
+    """Run a block eagerly, unrecorded, inside a trace or not.
+
+    To the trace, tensors the block creates come from outside: the graph reads and writes
+    them by identity, as it does parameters. Meant for state that, once made, stays (an
+    optimizer's lazily created moments): the first call's trace is then the graph every later
+    call would trace, and need not be traced again.
+    """
+    tracer, STATE.tracer = STATE.tracer, None
+    try:
+        yield
+    finally:
+        STATE.tracer = tracer
+
+
+def note_grad_cleared(tensor: Tensor) -> None:
+    """Tell an active trace that `tensor.grad` is being set to None."""
+    if STATE.tracer is not None:
+        STATE.tracer.grad_cleared(tensor)
 
 
 # ----------------------------------------------------------------------------- pytrees
