@@ -173,6 +173,10 @@ def test_maxpool_on_channels_last_memory(shape):
     np.testing.assert_array_equal(kiln.nn.functional.max_pool2d(x, 2).detach().numpy(),
                                   torch.nn.functional.max_pool2d(xt, 2).detach().numpy())
     np.testing.assert_array_equal(x.grad.numpy(), xt.grad.numpy())
+    if h % 2 == 0 and w % 2 == 0:
+        # the gradient comes back channels-last too, so the layers below never mix layouts
+        (grad,) = kiln.autograd.grad(kiln.nn.functional.max_pool2d(x, 2).sum(), [x])
+        assert grad.numpy().strides[1] == grad.numpy().itemsize
 
 
 def test_conv_float32_mnist_size():
