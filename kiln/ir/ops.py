@@ -200,7 +200,16 @@ def _relu_infer(shapes, dtypes):
 # A primitive, not where(x <= 0, 0, x): the most common activation is one dispatch in eager
 # mode (benchmarks/eager_overhead.py) and one scalar op in a kernel. NaN propagates (maximum
 # keeps it); the gradient passes where the output is not <= 0, NaN included, as PyTorch's.
-define("relu", ELEMENTWISE, _relu_infer, lambda xp, x: xp.maximum(x, 0),
+def _relu_impl(xp, x):
+    if xp is not np or x.size < 4096:
+        return xp.maximum(x, 0)
+    # NumPy's maximum against a scalar runs ~2x slower than against an array of zeros (its
+    # SIMD loop wants two strided operands); the zeros, laid out like x, take the result
+    out = np.zeros_like(x)
+    return np.maximum(x, out, out=out)
+
+
+define("relu", ELEMENTWISE, _relu_infer, _relu_impl,
        lambda g, out, x: (P.where(P.le(out, 0), 0, g),), arity=1)
 _quiet_unary("exp", lambda xp, x: xp.exp(x), lambda g, out, x: (g * out,))
 _quiet_unary("log", lambda xp, x: xp.log(x), lambda g, out, x: (g / x,))
@@ -268,11 +277,41 @@ def _both(gx, gy, x, y):
             unbroadcast(gy, sy) if sy is not None and gy is not None else None)
 
 
-_binary("add", lambda xp, x, y: x + y, lambda g, out, x, y: _both(g, g, x, y))
-_binary("sub", lambda xp, x, y: x - y, lambda g, out, x, y: _both(g, -g, x, y))
-_binary("mul", lambda xp, x, y: x * y, lambda g, out, x, y: _both(g * y, g * x, x, y))
-_binary("div", lambda xp, x, y: x / y,
-        lambda g, out, x, y: _both(g / y, -(g * out) / y, x, y), quiet=True)
+def _wanted(v) -> bool:
+    """Whether a binary op's input gets a gradient: a tensor that requires one. Static
+    metadata, so the rules below may skip the other side's work (a literal factor, a mask,
+    a constant table), which would otherwise be computed in full and dropped."""
+    return _shape(v) is not None and _needs_grad(v)
+
+
+def _add_grad(g, out, x, y):
+    return (unbroadcast(g, x.shape) if _wanted(x) else None,
+            unbroadcast(g, y.shape) if _wanted(y) else None)
+
+
+def _sub_grad(g, out, x, y):
+    # y's gradient is negated after it is summed to y's shape: a broadcast y (batch-norm's
+    # mean) then costs one small negation, not one the size of g
+    return (unbroadcast(g, x.shape) if _wanted(x) else None,
+            -unbroadcast(g, y.shape) if _wanted(y) else None)
+
+
+def _mul_grad(g, out, x, y):
+    return (unbroadcast(g * y, x.shape) if _wanted(x) else None,
+            unbroadcast(g * x, y.shape) if _wanted(y) else None)
+
+
+def _div_grad(g, out, x, y):
+    # d(x/y)/dy = -out/y; y is constant along the dims its gradient sums over, so the division
+    # and negation run on y's shape, after the sum
+    return (unbroadcast(g / y, x.shape) if _wanted(x) else None,
+            -(unbroadcast(g * out, y.shape) / y) if _wanted(y) else None)
+
+
+_binary("add", lambda xp, x, y: x + y, _add_grad)
+_binary("sub", lambda xp, x, y: x - y, _sub_grad)
+_binary("mul", lambda xp, x, y: x * y, _mul_grad)
+_binary("div", lambda xp, x, y: x / y, _div_grad, quiet=True)
 _binary("floordiv", lambda xp, x, y: xp.floor_divide(x, y), None, quiet=True)
 _binary("mod", lambda xp, x, y: xp.remainder(x, y),
         lambda g, out, x, y: _both(g, -(g * P.floordiv(x, y)), x, y), quiet=True)
@@ -317,26 +356,41 @@ def _where_impl(xp, c, x, y):
     # runs ~8x slower than this branch-free bit select, out = y ^ ((x ^ y) & -c), done on
     # unsigned integers as wide as the result dtype, laid out like a full-size operand (a
     # permuted view in, a permuted result out, as NumPy's ufuncs do). A +0 side, common
-    # (ReLU's gradient, masked_fill), takes two passes: y & (c - 1) or x & -c.
+    # (ReLU's gradient, masked_fill), takes two passes: y & (c - 1) or x & -c. The mask is
+    # negated on its bytes (a bool is one byte, 0 or 1) straight into the wide integers,
+    # ~2x cheaper than converting it first; this runs often enough that the checks below
+    # avoid NumPy's slower helpers (broadcast_shapes, 0-d arrays for the literals).
     dtype = np.result_type(x, y)
-    bits = np.dtype(f"u{dtype.itemsize}")
-    xb, yb = _as_bits(x, dtype, bits), _as_bits(y, dtype, bits)
-    shape = np.broadcast_shapes(c.shape, np.shape(x), np.shape(y))
+    bits, signed = _BIT_TYPES[dtype.itemsize]
+    sx, sy = np.shape(x), np.shape(y)
+    shape = c.shape if sx in (c.shape, ()) and sy in (c.shape, ()) else \
+        np.broadcast_shapes(c.shape, sx, sy)
     # the layout to follow: a full-size operand's, preferring one that is not a broadcast view
-    full = [a for a in (y, x, c) if np.shape(a) == shape]
-    like = next((a for a in full if 0 not in a.strides), full[0] if full else None)
+    like = next((a for a in (y, x, c) if np.shape(a) == shape and 0 not in a.strides), None)
+    if like is None:
+        like = next((a for a in (y, x, c) if np.shape(a) == shape), None)
     out = np.empty_like(like, bits) if like is not None else np.empty(shape, bits)
-    if np.ndim(x) == 0 and xb == 0:
-        np.subtract(c, 1, out=out, dtype=bits)             # 1 -> 0, 0 -> all ones
-        np.bitwise_and(out, yb, out=out)
-    elif np.ndim(y) == 0 and yb == 0:
-        np.subtract(0, c, out=out, dtype=bits)             # 1 -> all ones, 0 -> 0
-        np.bitwise_and(out, xb, out=out)
+    mask = c.view(np.int8)
+    if _is_plus_zero(x):
+        np.subtract(mask, 1, out=out.view(signed), casting="unsafe")    # 1 -> 0, 0 -> ~0
+        np.bitwise_and(out, _as_bits(y, dtype, bits), out=out)
+    elif _is_plus_zero(y):
+        np.negative(mask, out=out.view(signed), casting="unsafe")       # 1 -> ~0, 0 -> 0
+        np.bitwise_and(out, _as_bits(x, dtype, bits), out=out)
     else:
-        np.subtract(0, c, out=out, dtype=bits)
-        np.bitwise_and(out, np.bitwise_xor(xb, yb), out=out)
+        yb = _as_bits(y, dtype, bits)
+        np.negative(mask, out=out.view(signed), casting="unsafe")
+        np.bitwise_and(out, np.bitwise_xor(_as_bits(x, dtype, bits), yb), out=out)
         np.bitwise_xor(out, yb, out=out)
     return out.view(dtype)
+
+
+_BIT_TYPES = {size: (np.dtype(f"u{size}"), np.dtype(f"i{size}")) for size in (1, 2, 4, 8)}
+
+
+def _is_plus_zero(v) -> bool:
+    """Whether `v` is a Python number whose bits are all zero (+0, not -0.0)."""
+    return type(v) in (int, float, bool) and v == 0 and math.copysign(1.0, v) > 0
 
 
 def _as_bits(a, dtype, bits):

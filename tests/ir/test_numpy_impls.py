@@ -1,0 +1,65 @@
+"""The NumPy fast paths inside primitive impls give the same bits as the plain NumPy call.
+
+Some impls take a faster route for large NumPy arrays (where's bit select, relu against an array
+of zeros); the parity tests draw small shapes, so these run the large-array paths directly,
+over dtypes, memory layouts and the literals that take special routes (+0, -0.0).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from kiln.ir.ops import PRIMITIVES
+
+SHAPE = (8, 16, 8, 8)                      # 8192 elements: past the fast paths' threshold
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(
+        a.view(np.uint8), b.view(np.uint8))
+
+
+def _channels_last(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)).transpose(0, 3, 1, 2)
+
+
+def _values(dtype, seed: int = 0) -> np.ndarray:
+    values = np.random.default_rng(seed).normal(0, 5, SHAPE)
+    if np.dtype(dtype).kind == "f":
+        values.reshape(-1)[:4] = [np.nan, -0.0, np.inf, -np.inf]
+    return values.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.int32,
+                                   np.int8, np.bool_])
+def test_where_matches_numpy_bit_for_bit(dtype):
+    base = _values(dtype)
+    arrays = [base, _channels_last(base), np.broadcast_to(base[:1], SHAPE), base[:1, :, :1]]
+    literals = [0, 0.0, -0.0, 1.5, 3, True]
+    cond = base.astype(np.float64) > 0
+    conds = [cond, _channels_last(cond), np.broadcast_to(cond[:1], SHAPE), cond[:, :1]]
+    where = PRIMITIVES["where"].impl
+    for c, x, y in itertools.product(conds, arrays + literals, arrays + literals):
+        if SHAPE not in (np.shape(c), np.shape(x), np.shape(y)):
+            continue
+        out = where(np, c, x, y)
+        assert _same_bits(out, np.where(c, x, y)), (np.shape(c), np.shape(x), np.shape(y))
+
+
+def test_where_result_follows_a_dense_operand_layout():
+    x = _channels_last(_values(np.float32))
+    out = PRIMITIVES["where"].impl(np, x > 0, x, 0.0)
+    assert out.strides == x.strides
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_relu_matches_numpy_maximum_bit_for_bit(dtype):
+    relu = PRIMITIVES["relu"].impl
+    for x in (_values(dtype), _channels_last(_values(dtype))):
+        out = relu(np, x)
+        assert _same_bits(out, np.maximum(x, 0))
+        assert out.strides == x.strides
