@@ -1,19 +1,24 @@
 """The compiled-program cache: what the passes made of a traced graph, kept on disk as JSON.
 
 A new process that traces a graph compiled before reads the optimized graphs, their pass
-statistics, the fusion schedules, the partition report and the rendered C kernels from here
-instead of running the passes and the C renderer again (the kernels' shared objects come from
-the kernel cache, as before). An entry is
+statistics, the fusion schedules, the partition report, and its executors' layouts with the
+rendered C kernels from here instead of running the passes, the C renderer and the executor's
+planning again (the kernels' shared objects come from the kernel cache, as before). An entry is
 keyed by everything the passes read: the traced graph (ops, attributes, literals, shapes,
 dtypes, constants, names and source lines), the joint graph's bookkeeping, the kernel target,
 and the compiler itself (kiln's and NumPy's versions, the size and mtime of every kiln source
 file), so a change to any of them misses.
 
+An entry is two JSON documents, one per line: the head holds what a warm process needs to run
+the program (the graphs without their nodes, statistics, partition, executor layouts); the rest
+holds the graphs' nodes and the schedules' steps, parsed and decoded only when something first
+reads them (`kiln dump`, `explain`, a failed C build).
+
 Entries are JSON, never pickle: reading one cannot run Python code (the C source in it is
 compiled and run, as the shared objects beside it in the kernel cache are: the cache directory
 is trusted as much as they are). They are written atomically with their sha256 beside the
-payload (`KernelCache`), and one that is missing, corrupt, stale or does not decode into a
-program for this graph is ignored and rebuilt.
+payload (`KernelCache`), and one that is missing, corrupt, stale or whose head does not decode
+into a program for this graph is ignored and rebuilt.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ import numpy as np
 
 from kiln.codegen.c import CKernel
 from kiln.ir import dtypes as dt
-from kiln.ir.graph import Graph
+from kiln.ir.graph import Graph, from_json_value, to_json_value
+from kiln.ir.ops import PRIMITIVES
 from kiln.passes.cleanup import PassStat
 from kiln.passes.fusion import ExternStep, FusedKernel, Schedule
 from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
+from kiln.runtime.schedule_executor import ExecutorLayout
 
-FORMAT = 3          # bump when the layout of an entry changes
+FORMAT = 4          # bump when the layout of an entry changes
 
 
 # ----------------------------------------------------------------------------- keys
@@ -81,42 +88,50 @@ def _store() -> "KernelCache":
 
 
 def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | None:
-    """The entry for `key`: (CompiledProgram, rendered C kernels), or None when there is none
-    or it cannot be trusted or decoded.
+    """The entry for `key`: (CompiledProgram, executor layouts), or None when there is none or
+    it cannot be trusted or decoded.
 
     `traced` is the graph just traced (the partition report points into it); the forward
-    program must take its first `num_primals` inputs (all of them when None). The kernels are
-    {"forward": {kernel number: CKernel}, "backward": {...}}, for `ScheduleExecutor(rendered=)`.
+    program must take its first `num_primals` inputs (all of them when None). The layouts are
+    {"forward": ExecutorLayout or None, "backward": ...}, for `ScheduleExecutor(rendered=)`.
+    What a warm process does not need (the programs' nodes and schedule steps) is decoded when
+    first read, from the checked payload.
     """
     payload = _store().get("programs", key)
     if payload is None:
         return None
+    head, _, rest = payload.partition(b"\n")
     try:
-        doc = json.loads(payload)
+        doc = json.loads(head)
         if doc["format"] != FORMAT or doc["key"] != key:
             return None
-        program = _decode(doc, traced)
-        kernels = {part: {number: _decode_kernel(k) for number, k in found.items()}
-                   for part, found in doc["kernels"].items()}
+        later = _Later(rest)
+        program = _decode(doc, later, traced)
+        layouts = {part: None if found is None else _decode_layout(found)
+                   for part, found in doc["layouts"].items()}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None             # decodes to nothing sensible: compile afresh, rewrite it
     expected = [(v.shape, v.dtype) for v in traced.inputs[:num_primals]]
     if [(v.shape, v.dtype) for v in program.forward.graph.inputs] != expected:
         return None
-    return program, kernels
+    return program, layouts
 
 
-def store(key: str, program: CompiledProgram, kernels: dict) -> None:
-    """Write `program` and the C kernels rendered from it (as `load` returns them) under `key`;
-    a program this module cannot describe is not stored."""
+def store(key: str, program: CompiledProgram, layouts: dict) -> None:
+    """Write `program` and its executors' layouts (`rendered`: an ExecutorLayout, or {} when
+    there is nothing to keep), as `load` returns them, under `key`; a program this module cannot
+    describe is not stored."""
     try:
-        doc = {"format": FORMAT, "key": key, **_encode(program),
-               "kernels": {part: {number: _encode_kernel(k) for number, k in found.items()}
-                           for part, found in kernels.items()}}
+        head, rest = _encode(program)
+        head = {"format": FORMAT, "key": key, **head,
+                "layouts": {part: _encode_layout(found) if isinstance(found, ExecutorLayout)
+                            else None for part, found in layouts.items()}}
+        # the head first, on one line: a warm process parses only that much
+        payload = json.dumps(head).encode() + b"\n" + json.dumps(rest).encode()
     except (_Unsupported, KeyError, TypeError, ValueError):
         return                  # e.g. an attribute JSON cannot hold: compile it every time
     try:
-        _store().put("programs", key, json.dumps(doc).encode())
+        _store().put("programs", key, payload)
     except OSError:             # a read-only or full disk costs the next process time only
         pass
 
@@ -127,10 +142,13 @@ class _Unsupported(Exception):
     """A program this module does not write: a step class it does not know, huge constants."""
 
 
-# the fields this module writes; a schedule class that grows one is not cached until it does
+# the fields this module writes; a class that grows one is not cached until it does
 _FIELDS = {Schedule: ("graph", "steps"), FusedKernel: ("name", "subgraph", "inputs", "outputs",
                                                       "nodes"), ExternStep: ("node",),
-           CKernel: ("name", "source", "helpers", "arg_dtypes", "in_place")}
+           CKernel: ("name", "source", "helpers", "arg_dtypes", "in_place"),
+           ExecutorLayout: ("kernels", "steps", "listing", "num_slots", "input_slots",
+                            "constant_slots", "free", "output_slots", "mutation_slots", "into",
+                            "num_spares")}
 
 
 def _values(graph: Graph) -> list:
@@ -143,31 +161,40 @@ def _values(graph: Graph) -> list:
 MAX_CONSTANT_ELEMENTS = 1 << 16
 
 
-def _encode(program: CompiledProgram) -> dict:
+def _encode(program: CompiledProgram) -> tuple:
+    """(head, rest): what a warm process reads at once, and the nodes and steps it may not."""
+    for cls, names in _FIELDS.items():
+        if tuple(f.name for f in dataclasses.fields(cls)) != names:
+            raise _Unsupported(f"{cls.__name__} has fields this module does not write")
     parts = [program.forward] + ([program.backward] if program.backward is not None else [])
     if sum(a.size for part in parts for a in part.graph.constants.values()) > \
             MAX_CONSTANT_ELEMENTS:
         raise _Unsupported("constants too large to write as JSON")
-    doc = {"forward": _encode_part(program.forward), "backward": None, "partition": None}
+    head = {"forward": None, "backward": None, "partition": None}
+    rest = {"forward": None, "backward": None}
+    head["forward"], rest["forward"] = _encode_part(program.forward)
     if program.backward is not None:
-        doc["backward"] = _encode_part(program.backward)
+        head["backward"], rest["backward"] = _encode_part(program.backward)
         report = program.partition
-        doc["partition"] = {"saved": [v.id for v in report.saved],
-                            "save_all": [v.id for v in report.save_all],
-                            "recomputed": [n.out.id for n in report.recomputed]}
-    return doc
+        head["partition"] = {"saved": [v.id for v in report.saved],
+                             "save_all": [v.id for v in report.save_all],
+                             "recomputed": [n.out.id for n in report.recomputed]}
+    return head, rest
 
 
-def _encode_part(part: CompiledPart) -> dict:
-    doc = {"graph": part.graph.to_doc(),
-           "stats": [[s.name, s.nodes_before, s.nodes_after] for s in part.stats],
-           "schedule": None}
+def _graph_halves(graph: Graph) -> tuple:
+    doc = graph.to_doc()
+    return Graph.doc_without_nodes(doc), doc["nodes"]
+
+
+def _encode_part(part: CompiledPart) -> tuple:
+    head = {"stats": [[s.name, s.nodes_before, s.nodes_after] for s in part.stats],
+            "schedule": None}
+    rest = {"schedule": None}
+    head["graph"], rest["graph"] = _graph_halves(part.graph)
     schedule = part.schedule
     if schedule is None:
-        return doc
-    for cls, names in _FIELDS.items():
-        if tuple(f.name for f in dataclasses.fields(cls)) != names:
-            raise _Unsupported(f"{cls.__name__} has fields this module does not write")
+        return head, rest
     graph = schedule.graph
     index = {v: i for i, v in enumerate(_values(graph))}
     node_index = {n: i for i, n in enumerate(graph.nodes)}
@@ -183,14 +210,13 @@ def _encode_part(part: CompiledPart) -> dict:
         else:
             raise _Unsupported(f"a schedule step of type {type(step).__name__}")
     # fusion may rewrite the graph it schedules; else the schedule runs the optimized graph
-    doc["schedule"] = {"graph": None if graph is part.graph else graph.to_doc(),
-                       "steps": steps}
-    return doc
+    head["schedule"], rest["schedule"] = {"graph": None}, {"graph": None, "steps": steps}
+    if graph is not part.graph:
+        head["schedule"]["graph"], rest["schedule"]["graph"] = _graph_halves(graph)
+    return head, rest
 
 
 def _encode_kernel(k: CKernel) -> list:
-    if tuple(f.name for f in dataclasses.fields(CKernel)) != _FIELDS[CKernel]:
-        raise _Unsupported("CKernel has fields this module does not write")
     return [k.name, k.source, list(k.helpers), [d.name for d in k.arg_dtypes],
             [list(pair) for pair in k.in_place]]
 
@@ -201,10 +227,89 @@ def _decode_kernel(doc: list) -> CKernel:
                    tuple(tuple(pair) for pair in in_place))
 
 
-def _decode(doc: dict, traced: Graph) -> CompiledProgram:
-    program = CompiledProgram(_decode_part(doc["forward"]))
+def _encode_layout(layout: ExecutorLayout) -> dict:
+    steps = []
+    for kind, what, ins, outs, extra in layout.steps:
+        if kind == "c":
+            in_dtypes, out_specs = extra
+            extra = [[d.str for d in in_dtypes],
+                     [[k, list(shape), d.str, s, None if over is None else
+                       [over[0], over[1], list(over[2])]]
+                      for k, shape, d, s, over in out_specs]]
+        elif kind == "matmul":
+            k, shape, d = extra
+            extra = [k, list(shape), d.str]
+        elif kind == "view":
+            op, attrs = what
+            what = [op, [[name, to_json_value(a)] for name, a in attrs]]
+        elif kind == "array":
+            what = what.to_doc()
+        else:
+            raise _Unsupported(f"an executor step of kind {kind!r}")
+        steps.append([kind, what, list(ins), list(outs), extra])
+    return {"kernels": {number: _encode_kernel(k) for number, k in layout.kernels.items()},
+            "steps": steps,
+            "listing": [k if isinstance(k, str) else list(k) for k in layout.listing],
+            "num_slots": layout.num_slots, "input_slots": layout.input_slots,
+            "constant_slots": layout.constant_slots, "free": [list(f) for f in layout.free],
+            "output_slots": layout.output_slots, "mutation_slots": layout.mutation_slots,
+            "into": [[i, s, list(shape), d.str, list(others)]
+                     for i, (s, shape, d, others) in layout.into.items()],
+            "num_spares": layout.num_spares}
+
+
+def _decode_layout(doc: dict) -> ExecutorLayout:
+    kernels = {number: _decode_kernel(k) for number, k in doc["kernels"].items()}
+    steps = []
+    for kind, what, ins, outs, extra in doc["steps"]:
+        if kind == "c":
+            in_dtypes, out_specs = extra
+            extra = (tuple(np.dtype(d) for d in in_dtypes),
+                     tuple((k, tuple(shape), np.dtype(d), s, None if over is None else
+                            (over[0], over[1], tuple(over[2])))
+                           for k, shape, d, s, over in out_specs))
+            kernels[what]                               # a kernel it has
+        elif kind == "matmul":
+            k, shape, d = extra
+            extra = (k, tuple(shape), np.dtype(d))
+        elif kind == "view":
+            op, attrs = what
+            PRIMITIVES[op]                              # an op this kiln has
+            what = (op, tuple((name, from_json_value(a)) for name, a in attrs))
+        elif kind == "array":
+            what = Graph.from_doc(what)
+        else:
+            raise ValueError(f"an executor step of kind {kind!r}")
+        steps.append((kind, what, ins, outs, extra))
+    return ExecutorLayout(
+        kernels, steps, [k if isinstance(k, str) else tuple(k) for k in doc["listing"]],
+        doc["num_slots"], doc["input_slots"], doc["constant_slots"],
+        [tuple(f) for f in doc["free"]], doc["output_slots"], doc["mutation_slots"],
+        {i: (s, tuple(shape), np.dtype(d), tuple(others))
+         for i, s, shape, d, others in doc["into"]}, doc["num_spares"])
+
+
+class _Later:
+    """An entry's second half (the programs' nodes and schedule steps), parsed when something
+    first reads it (`kiln dump`, `explain`); a warm process that only runs the program never
+    does."""
+
+    def __init__(self, text: bytes):
+        self.text, self.doc = text, None
+
+    def get(self, *path):
+        if self.doc is None:
+            self.doc, self.text = json.loads(self.text), None
+        found = self.doc
+        for name in path:
+            found = found[name]
+        return found
+
+
+def _decode(doc: dict, later: _Later, traced: Graph) -> CompiledProgram:
+    program = CompiledProgram(_decode_part(doc["forward"], later, "forward"))
     if doc["backward"] is not None:
-        program.backward = _decode_part(doc["backward"])
+        program.backward = _decode_part(doc["backward"], later, "backward")
         by_id = {v.id: v for v in _values(traced)}
         producer = traced.producers()
         saved = [by_id[i] for i in doc["partition"]["saved"]]
@@ -215,17 +320,25 @@ def _decode(doc: dict, traced: Graph) -> CompiledProgram:
     return program
 
 
-def _decode_part(doc: dict) -> CompiledPart:
-    graph = Graph.from_doc(doc["graph"])
-    stats = [PassStat(name, before, after) for name, before, after in doc["stats"]]
+def _decode_part(doc: dict, later: _Later, name: str) -> CompiledPart:
+    graph = Graph.from_doc(doc["graph"], nodes=lambda: later.get(name, "graph"))
+    stats = [PassStat(*stat) for stat in doc["stats"]]
     part = CompiledPart(graph, stats)
     if doc["schedule"] is None:
         return part
     outer_doc = doc["schedule"]["graph"]
-    outer = graph if outer_doc is None else Graph.from_doc(outer_doc)
+    outer = graph if outer_doc is None else Graph.from_doc(
+        outer_doc, nodes=lambda: later.get(name, "schedule", "graph"))
+    part.schedule = Schedule(outer)
+    part.schedule.defer("steps", _once(lambda: _decode_steps(
+        later.get(name, "schedule", "steps"), outer)))
+    return part
+
+
+def _decode_steps(docs: list, outer: Graph) -> list:
     values = _values(outer)
     steps = []
-    for step in doc["schedule"]["steps"]:
+    for step in docs:
         if "extern" in step:
             steps.append(ExternStep(outer.nodes[step["extern"]]))
         else:
@@ -233,5 +346,15 @@ def _decode_part(doc: dict) -> CompiledPart:
                                      [values[i] for i in step["inputs"]],
                                      [values[i] for i in step["outputs"]],
                                      [outer.nodes[i] for i in step["nodes"]]))
-    part.schedule = Schedule(outer, steps)
-    return part
+    return steps
+
+
+def _once(make):
+    """`make`, called at most once: later calls return its first result."""
+    done: list = []
+
+    def once():
+        if not done:
+            done.append(make())
+        return done[0]
+    return once

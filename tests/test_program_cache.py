@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 
 import kiln
+import kiln.nn as nn
 import kiln.nn.functional as F
+import kiln.optim
 from kiln import program_cache
 from kiln.passes import pipeline
 from kiln.runtime import c_build
 from kiln.runtime.c_build import cache_root
 from tests.tracer.test_trace_corpus import CASES
+
+needs_cc = pytest.mark.skipif(c_build.compiler_problem() is not None,
+                              reason="needs a working C compiler with OpenMP")
 
 
 @pytest.fixture
@@ -151,10 +156,11 @@ def _corrupt(path):
 def _rewrite_payload(path, edit):
     """An entry whose checksum matches but whose content is wrong (a stale or foreign one)."""
     header, _, payload = path.read_bytes().partition(b"\n")
-    doc = json.loads(payload)
+    head, _, rest = payload.partition(b"\n")
+    doc = json.loads(head)
     edit(doc)
     key = json.loads(header)["key"]
-    program_cache._store().put("programs", key, json.dumps(doc).encode())
+    program_cache._store().put("programs", key, json.dumps(doc).encode() + b"\n" + rest)
 
 
 def _drop_forward_graph(doc):
@@ -165,7 +171,19 @@ def _wrong_input_shapes(doc):
     doc["forward"]["graph"]["inputs"][0][0]["shape"] = [5, 5]
 
 
-@pytest.mark.parametrize("damage", ["bytes", "truncated", "decoding", "shapes"])
+def _unknown_step_kind(doc):
+    doc["layouts"]["forward"]["steps"][0][0] = "teleport"
+
+
+def _missing_kernel(doc):
+    doc["layouts"]["forward"]["kernels"].popitem()
+
+
+DAMAGES = {"decoding": _drop_forward_graph, "shapes": _wrong_input_shapes,
+           "step": _unknown_step_kind, "kernel": _missing_kernel}
+
+
+@pytest.mark.parametrize("damage", ["bytes", "truncated", *DAMAGES])
 def test_a_damaged_entry_is_rebuilt_silently(cache_dir, passes_run, damage):
     x, w = kiln.randn(4, 8), kiln.randn(8, 16)
     _call_twice(kiln.compile(_softmax_gelu), x, w)
@@ -175,8 +193,7 @@ def test_a_damaged_entry_is_rebuilt_silently(cache_dir, passes_run, damage):
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:100])
     else:
-        _rewrite_payload(path, _drop_forward_graph if damage == "decoding"
-                         else _wrong_input_shapes)
+        _rewrite_payload(path, DAMAGES[damage])
     with warnings.catch_warnings():
         warnings.simplefilter("error")              # no message: a rebuild is routine
         again = kiln.compile(_softmax_gelu)
@@ -218,6 +235,13 @@ def test_a_training_step_with_backward_reads_the_cache(cache_dir, passes_run):
     assert results[1] == results[3]
 
 
+def _round_trip(compiled, traced):
+    """`compiled` written as an entry's two halves and read back (the second when first used)."""
+    head, rest = program_cache._encode(compiled)
+    later = program_cache._Later(json.dumps(rest).encode())
+    return program_cache._decode(json.loads(json.dumps(head)), later, traced)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_corpus_programs_survive_the_round_trip(name):
     """Every program of the tracer's corpus decodes to the graphs, statistics, schedule and
@@ -227,8 +251,7 @@ def test_corpus_programs_survive_the_round_trip(name):
     captured = kiln.compiler.trace(fn, *args)
     for traced in captured.graphs:
         compiled = pipeline.compile_passes(traced)
-        doc = json.loads(json.dumps(program_cache._encode(compiled)))
-        back = program_cache._decode(doc, traced)
+        back = _round_trip(compiled, traced)
         for a, b in ((compiled.forward, back.forward),):
             assert a.graph.structure() == b.graph.structure() and str(a.graph) == str(b.graph)
             assert a.stats == b.stats
@@ -244,7 +267,7 @@ def test_joint_programs_survive_the_round_trip():
     w = kiln.randn(6, 3).requires_grad_()
     joint, info = trace_joint(lambda x: (F.gelu(x @ w) * 2).softmax(-1), kiln.randn(5, 6))
     compiled = pipeline.compile_passes(joint, info)
-    back = program_cache._decode(json.loads(json.dumps(program_cache._encode(compiled))), joint)
+    back = _round_trip(compiled, joint)
     for a, b in ((compiled.forward, back.forward), (compiled.backward, back.backward)):
         assert str(a.graph) == str(b.graph) and str(a.schedule) == str(b.schedule)
     assert str(back.partition) == str(compiled.partition)
@@ -291,6 +314,71 @@ def test_an_entry_is_a_checked_json_document(cache_dir):
     _call_twice(kiln.compile(_softmax_gelu), kiln.randn(4, 8), kiln.randn(8, 16))
     (path,) = _entries()
     header, _, payload = path.read_bytes().partition(b"\n")
-    doc = json.loads(payload)
+    head, _, rest = payload.partition(b"\n")
+    doc = json.loads(head)
     assert doc["format"] == program_cache.FORMAT and json.loads(header)["key"] == doc["key"]
-    assert sorted(doc) == ["backward", "format", "forward", "kernels", "key", "partition"]
+    assert sorted(doc) == ["backward", "format", "forward", "key", "layouts", "partition"]
+    assert sorted(json.loads(rest)) == ["backward", "forward"]
+
+
+def _adam_step():
+    """A small MLP + Adam training step with cross-entropy: its schedule has matmuls, views,
+    C kernels, a kernel split around a `take` call, and an `index_add` on the array executor."""
+    kiln.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5))
+    opt = kiln.optim.Adam(model.parameters(), lr=1e-2)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return model, step
+
+
+def test_a_warm_training_step_replays_a_cold_compile(cache_dir, passes_run):
+    x, y = kiln.randn(8, 12), kiln.tensor([0, 4, 1, 3, 2, 2, 0, 1])
+    runs = []
+    for _ in range(2):
+        model, step = _adam_step()
+        compiled = kiln.compile(step)
+        losses = [compiled(x, y).numpy() for _ in range(4)]
+        runs.append((losses, [p.detach().numpy().copy() for p in model.parameters()], compiled))
+        passes = len(passes_run)
+    assert passes >= 1 and len(passes_run) == passes      # the second round ran no pass
+    (cold_losses, cold_params, cold), (warm_losses, warm_params, warm) = runs
+    for a, b in zip(cold_losses + cold_params, warm_losses + warm_params):
+        np.testing.assert_array_equal(a, b)                 # the same kernels, in the same order
+    a, b = list(cold.entries.values())[-1], list(warm.entries.values())[-1]
+    assert a.executor.module_source == b.executor.module_source
+    kinds = [step[0] for step in b.executor.steps]
+    assert {"c", "matmul", "view", "array"} <= set(kinds)
+    assert kinds == [step[0] for step in a.executor.steps]
+    assert program_cache._encode_layout(a.executor.rendered) == \
+        program_cache._encode_layout(b.executor.rendered)
+    assert (a.executor.free, a.executor.output_slots, a.executor._into) == \
+        (b.executor.free, b.executor.output_slots, b.executor._into)
+    # running it needed neither the programs' nodes nor the schedule's steps; read now, they
+    # are the cold compile's
+    assert "nodes" not in vars(b.graph) and "steps" not in vars(b.schedule)
+    assert str(a.graph) == str(b.graph) and str(a.schedule) == str(b.schedule)
+    assert a.schedule.graph.structure() == b.schedule.graph.structure()
+
+
+@needs_cc
+def test_a_warm_executor_whose_build_fails_runs_on_numpy(cache_dir, monkeypatch):
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    _call_twice(kiln.compile(_softmax_gelu), x, w)
+    c_build.clear_memory_cache()
+
+    def fail(build):
+        raise c_build.BuildError("simulated")
+    monkeypatch.setattr(c_build, "load", fail)
+    warm = kiln.compile(_softmax_gelu)
+    warm(x, w)
+    with pytest.warns(UserWarning, match="building the C kernels .* failed"):
+        out = warm(x, w)
+    np.testing.assert_allclose(out.numpy(), _softmax_gelu(x, w).numpy(), rtol=1e-5, atol=1e-6)
+    (entry,) = warm.entries.values()
+    assert "c" not in {kind for kind, *_ in entry.executor.steps}

@@ -8,8 +8,10 @@ writes back (in-place updates, recorded functionally): after a run, input `v` ho
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +21,35 @@ from kiln.ir.dtypes import DType
 from kiln.ir.ops import PRIMITIVES, ShapeError
 
 INPUT_KINDS = ("arg", "lifted", "grad", "seed")
+
+
+class Deferred:
+    """A dataclass some of whose fields may be filled on first read (`defer`), not when built.
+
+    A warm process reads compiled programs from disk and needs only a little of each (a graph's
+    inputs and outputs, not its nodes); the rest is decoded the first time anything reads it
+    (`kiln dump`, `explain`, a pass), and from then on it is an ordinary attribute.
+    """
+
+    def defer(self, name: str, make) -> None:
+        """Leave field `name` unset until it is first read, then set it to `make()` (which
+        should return the same object every time: a shallow copy made before calls it too)."""
+        del self.__dict__[name]
+        self.__dict__.setdefault("_deferred", {})[name] = make
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails: a deferred field, or a missing attribute
+        own = self.__dict__
+        later = own.get("_deferred")
+        if later is None or name not in later:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        with _DEFERRED_LOCK:               # one decode, even when threads race for it
+            if name not in own:
+                own[name] = later[name]()
+        return own[name]
+
+
+_DEFERRED_LOCK = threading.RLock()
 
 
 @dataclass(eq=False)
@@ -70,7 +101,7 @@ class Node:
 
 
 @dataclass(eq=False)
-class Graph:
+class Graph(Deferred):
     name: str = "graph"
     inputs: list = field(default_factory=list)          # Values
     input_kinds: list = field(default_factory=list)     # "arg" | "lifted" | "grad" | "seed", per input
@@ -258,14 +289,15 @@ class Graph:
             index[n.out] = len(index)
 
         def val(v):
-            return {"v": index[v]} if isinstance(v, Value) else _enc(v)
+            return {"v": index[v]} if isinstance(v, Value) else to_json_value(v)
         doc = {
             "name": self.name,
             "inputs": [[_value_json(v), k] for v, k in zip(self.inputs, self.input_kinds)],
-            "constants": [[_value_json(v), _enc(a.tolist()), a.dtype.str]
-                          for v, a in self.constants.items()],
+            # a constant's bytes, base64: exact (nan, inf, -0.0) and cheap to read back
+            "constants": [[_value_json(v), base64.b64encode(np.ascontiguousarray(a)).decode(),
+                           a.dtype.str] for v, a in self.constants.items()],
             "nodes": [{"op": n.op, "inputs": [val(v) for v in n.inputs],
-                       "attrs": [[k, _enc(a)] for k, a in n.attrs],
+                       "attrs": [[k, to_json_value(a)] for k, a in n.attrs],
                        "out": _value_json(n.out), "loc": n.loc} for n in self.nodes],
             "outputs": [index[v] for v in self.outputs],
             "mutations": [[index[a], index[b]] for a, b in self.mutations],
@@ -276,15 +308,32 @@ class Graph:
     def from_json(cls, text: str) -> "Graph":
         return cls.from_doc(json.loads(text))
 
+    @staticmethod
+    def doc_without_nodes(doc: dict) -> dict:
+        """`doc` (a `to_doc`) less its nodes, with what decoding the rest needs of them: the
+        values the outputs and write-backs name, and the next free value id. `from_doc` reads
+        it with the nodes given apart, to be decoded when first read."""
+        head = {k: v for k, v in doc.items() if k != "nodes"}
+        first = len(doc["inputs"]) + len(doc["constants"])
+        named = set(doc["outputs"]) | {i for pair in doc["mutations"] for i in pair}
+        head["defined"] = [[i, doc["nodes"][i - first]["out"]] for i in sorted(named)
+                           if i >= first]
+        ids = [spec["id"] for spec, *_ in doc["inputs"] + doc["constants"]] + \
+            [nd["out"]["id"] for nd in doc["nodes"]]
+        head["next_id"] = max(ids, default=-1) + 1
+        return head
+
     @classmethod
-    def from_doc(cls, doc: dict) -> "Graph":
+    def from_doc(cls, doc: dict, nodes=None) -> "Graph":
+        """The graph `doc` describes: a `to_doc`, or a `doc_without_nodes` with `nodes`, a
+        function returning that doc's nodes (called, once, when the nodes are first read)."""
         g = cls(doc["name"])
         values = []
+        value = Value
 
         def make(spec):
-            v = Value(spec["id"], tuple(spec["shape"]), dt.from_name(spec["dtype"]),
+            v = value(spec["id"], tuple(spec["shape"]), dt.from_name(spec["dtype"]),
                       spec["name"])
-            g._next_id = max(g._next_id, v.id + 1)
             values.append(v)
             return v
         for spec, kind in doc["inputs"]:
@@ -292,12 +341,26 @@ class Graph:
             g.input_kinds.append(kind)
         for spec, data, np_dtype in doc["constants"]:
             v = make(spec)
-            g.constants[v] = np.array(_dec(data), dtype=np.dtype(np_dtype)).reshape(v.shape)
-        for nd in doc["nodes"]:
-            ins = tuple(values[x["v"]] if isinstance(x, dict) and "v" in x else _dec(x)
-                        for x in nd["inputs"])
-            attrs = tuple((k, _dec(a)) for k, a in nd["attrs"])
-            g.nodes.append(Node(nd["op"], ins, attrs, make(nd["out"]), nd["loc"]))
+            g.constants[v] = np.frombuffer(base64.b64decode(data, validate=True),
+                                           np.dtype(np_dtype)).reshape(v.shape).copy()
+        if nodes is None:
+            _decode_nodes(g, doc["nodes"], values, {})
+            g._next_id = max((v.id + 1 for v in values), default=0)
+        else:
+            before = list(values)       # the Values defined before the nodes
+            first = len(values)
+            known = {i: value(spec["id"], tuple(spec["shape"]), dt.from_name(spec["dtype"]),
+                              spec["name"]) for i, spec in doc["defined"]}
+            found = values + [known.get(i) for i in range(first, max(known, default=-1) + 1)]
+            g._next_id = doc["next_id"]
+            done: list = []
+
+            def decode():
+                if not done:        # once: a shallow copy of `g` must see the same nodes
+                    done.append(_decode_nodes(Graph(), nodes(), list(before), known))
+                return done[0].nodes
+            values = found          # what the outputs and write-backs point to
+            g.defer("nodes", decode)
         g.outputs = [values[i] for i in doc["outputs"]]
         g.mutations = [(values[a], values[b]) for a, b in doc["mutations"]]
         return g
@@ -325,18 +388,36 @@ class IRError(Exception):
 
 # ----------------------------------------------------------------------------- helpers
 
+def _decode_nodes(g: Graph, docs: list, values: list, known: dict) -> Graph:
+    """Append the nodes `docs` describe to `g`; `values` are the Values defined before them
+    (appended to), `known` those of their outputs that exist already, by index."""
+    append, nodes = values.append, g.nodes
+    for nd in docs:
+        ins = tuple(values[x["v"]] if type(x) is dict and "v" in x else
+                    from_json_value(x) for x in nd["inputs"])
+        attrs = tuple((k, from_json_value(a)) for k, a in nd["attrs"])
+        out = known.get(len(values))
+        if out is None:
+            spec = nd["out"]
+            out = Value(spec["id"], tuple(spec["shape"]), dt.from_name(spec["dtype"]),
+                        spec["name"])
+        append(out)
+        nodes.append(Node(nd["op"], ins, attrs, out, nd["loc"]))
+    return g
+
+
 def _value_json(v: Value) -> dict:
     return {"id": v.id, "shape": list(v.shape), "dtype": v.dtype.name, "name": v.name}
 
 
-def _enc(x):
+def to_json_value(x):
     """JSON-encode literals and attributes exactly (tuples, dtypes, inf and nan survive)."""
     if isinstance(x, DType):
         return {"dtype": x.name}
     if isinstance(x, tuple):
-        return {"tuple": [_enc(v) for v in x]}
+        return {"tuple": [to_json_value(v) for v in x]}
     if isinstance(x, list):
-        return [_enc(v) for v in x]
+        return [to_json_value(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return {"float": repr(x)}
     if isinstance(x, float):
@@ -344,18 +425,19 @@ def _enc(x):
     return x
 
 
-def _dec(x):
+def from_json_value(x):
+    """The literal or attribute `to_json_value` encoded as `x`."""
     if isinstance(x, dict):
         if "dtype" in x:
             return dt.from_name(x["dtype"])
         if "tuple" in x:
-            return tuple(_dec(v) for v in x["tuple"])
+            return tuple(from_json_value(v) for v in x["tuple"])
         if "float" in x:
             return float(x["float"])
         if "f" in x:
             return float(x["f"])
     if isinstance(x, list):
-        return [_dec(v) for v in x]
+        return [from_json_value(v) for v in x]
     return x
 
 

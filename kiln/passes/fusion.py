@@ -31,7 +31,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.graph import Deferred, Graph, Node, Value
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
 from kiln.passes.layout import transpose_matmul_outputs
@@ -107,8 +107,11 @@ class ExternStep:
 
 
 @dataclass(eq=False)
-class Schedule:
-    """The fused program: `steps` run in order compute `graph`'s outputs and write-backs."""
+class Schedule(Deferred):
+    """The fused program: `steps` run in order compute `graph`'s outputs and write-backs.
+
+    A schedule read from the program cache decodes its steps when they are first read.
+    """
 
     graph: Graph
     steps: list = field(default_factory=list)

@@ -11,17 +11,44 @@ a schedule whose build fails (with a warning), so every schedule runs.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from sys import getrefcount
 
 import numpy as np
 
 from kiln.codegen.kernel import LoweringError, lower
-from kiln.ir.graph import Graph
+from kiln.ir.ops import PRIMITIVES
 from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_externs
 from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.executor import ArrayExecutor
 
+
+@dataclass
+class ExecutorLayout:
+    """What a ScheduleExecutor derives from its schedule, as data: buffer slots, steps, what to
+    free after each, the outputs it may compute into the caller's arrays, and the C kernels it
+    rendered. The program cache keeps it, so an executor of the same schedule in a new process
+    starts from it: no lowering, rendering, re-fusing of gathers or liveness analysis.
+
+    `steps` holds `(kind, what, ins, outs, extra)` per step, `ins` and `outs` being slots:
+    "c" (`what` its kernel number in `kernels`; `extra` the argument dtypes and output specs),
+    "matmul" (`extra`: its spare array, shape and dtype), "view" (`what`: (op, attrs)), "array"
+    (`what`: the Graph the array executor runs) and "triton" (`what` the kernel, `extra` its
+    subgraph).
+    """
+
+    kernels: dict           # kernel number -> CKernel
+    steps: list
+    listing: list           # ScheduleExecutor.kernels, a C kernel by its number
+    num_slots: int
+    input_slots: list
+    constant_slots: list    # per graph constant, in order
+    free: list              # per step, the slots no later step reads
+    output_slots: list
+    mutation_slots: list
+    into: dict              # output index -> (slot, shape, dtype, slots it must not share)
+    num_spares: int         # arrays kept from call to call for C kernels and matmuls
 
 
 class ScheduleExecutor:
@@ -31,159 +58,67 @@ class ScheduleExecutor:
         schedule: the fused program (`kiln.passes.fusion.fuse`).
         xp: numpy, or cupy for Triton kernels on a GPU.
         target: "triton" or "c": what the fused kernels are rendered to.
-        rendered: C kernels rendered for this very schedule before, by kernel number (`rendered`
-            of an earlier executor, kept by the program cache): used instead of rendering.
+        rendered: what an earlier executor of this very schedule prepared (its `rendered`: an
+            ExecutorLayout, kept by the program cache), used instead of deriving it again; or
+            C kernels rendered for it before, by kernel number.
     """
 
-    def __init__(self, schedule, xp=np, target: str = "triton", rendered: dict | None = None):
+    def __init__(self, schedule, xp=np, target: str = "triton", rendered=None):
         if target not in ("triton", "c"):
             raise ValueError(f"unknown kernel target {target!r}; expected 'triton' or 'c'")
         self.schedule, self.xp, self.target = schedule, xp, target
         self.backend = "interpreter" if xp is np else "cuda"
         graph = self.graph = schedule.graph
-        # no code generator gathers yet: a kernel with a `take` runs as kernels around a
-        # `take` call, not all on the array executor; its parts keep its number (k6a, k6b)
-        flat, numbers, index = [], [], 0
-        for step in schedule.steps:
-            parts = [step]
-            if isinstance(step, FusedKernel) and any(n.op == "take" for n in step.subgraph.nodes):
-                parts = gathers_as_externs(step)
-            kernels = [p for p in parts if isinstance(p, FusedKernel)]
-            for p in parts:
-                number = None
-                if isinstance(p, FusedKernel):
-                    number = f"k{index}" if len(kernels) == 1 else \
-                        f"k{index}{chr(ord('a') + kernels.index(p))}"
-                flat.append(p)
-                numbers.append(number)
-            index += isinstance(step, FusedKernel)
-        runnable = Schedule(graph, flat) if len(flat) != len(schedule.steps) else schedule
-        slot: dict = {}
-        for v in list(graph.inputs) + list(graph.constants):
-            slot.setdefault(v, len(slot))
-        for step in runnable.steps:
-            for v in step.outputs:
-                slot.setdefault(v, len(slot))
-        self.num_slots = len(slot)
-        self.input_slots = [slot[v] for v in graph.inputs]
-        self.constants = [(slot[v], a if xp is np else xp.asarray(a))
-                          for v, a in graph.constants.items()]
-        self.kernels = []           # (kernel name, source or None when it was not lowered)
+        if isinstance(rendered, ExecutorLayout):
+            layout, self._subgraphs = rendered, None        # found when a build fails
+        else:
+            layout, self._subgraphs = _plan(schedule, target, rendered or {})
+        self._layout = layout
+        self.num_slots = layout.num_slots
+        self.input_slots = layout.input_slots
+        self.constants = [(s, a if xp is np else xp.asarray(a))
+                          for s, a in zip(layout.constant_slots, graph.constants.values())]
         self.c_kernels = []         # CKernel per C step, in order
-        self.rendered = {}          # kernel number -> its CKernel
-        self._known = rendered or {}
+        steps = []
+        for kind, what, ins, outs, extra in layout.steps:
+            if kind == "c":
+                ck = layout.kernels[what]
+                self.c_kernels.append(ck)
+                steps.append((kind, ck, ins, outs, None, extra))
+            elif kind == "matmul":
+                steps.append((kind, xp.matmul, ins, outs, None, extra))
+            elif kind == "view":
+                op, attrs = what
+                steps.append((kind, PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
+            elif kind == "array":
+                steps.append((kind, ArrayExecutor(what, xp), ins, outs, None, None))
+            else:
+                steps.append((kind, what, ins, outs, extra, None))
+        self.steps = steps
+        # (kernel name, source or None when it was not lowered[, why])
+        self.kernels = [(layout.kernels[k].name, layout.kernels[k].source)
+                        if isinstance(k, str) else k for k in layout.listing]
         self.module_source = None   # the C translation unit, for target "c"
         self._build = None
-        self._num_spares = 0
-        self._calls_blas = any(getattr(st, "node", None) is not None and st.node.op == "matmul"
-                               for st in schedule.steps)
-        # write-backs C kernels may compute over their source (see in_place_updates), and the
-        # graph inputs that must not share its memory then: those read from that step on
-        self._over: dict = {}
-        read = inputs_read(runnable)
-        step_of = {v: i for i, st in enumerate(runnable.steps) for v in st.outputs}
-        if target == "c":
-            for new, src in in_place_updates(runnable).items():
-                others = tuple(slot[v] for v in read[step_of[new]] if v is not src)
-                self._over[new] = (src, slot[src], others)
-        steps = []
-        # kernels are named k0, k1, ... as `kiln dump` lists them
-        for step, number in zip(runnable.steps, numbers):
-            ins = [slot[v] for v in step.inputs]
-            outs = [slot[v] for v in step.outputs]
-            if isinstance(step, FusedKernel):      # the rest are extern nodes
-                sub = step.subgraph
-                if target == "c" and all(n.op in STRIDED_VIEWS for n in sub.nodes):
-                    # only views (a transposed weight or activation before a matmul): NumPy
-                    # makes them without copying, and the matmul reads them as they are
-                    self.kernels.append((step.name, None, "views only: no copy needed"))
-                    if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
-                        (n,) = sub.nodes
-                        steps.append(("view", n.prim.impl, ins, outs, sub, n.attr_dict))
-                    else:
-                        steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
-                    continue
-                try:
-                    steps.append(self._generated(number, step, ins, outs))
-                    continue
-                except LoweringError as e:
-                    self.kernels.append((step.name, None, str(e)))
-            else:
-                sub = step.subgraph
-                if step.node.op == "matmul":
-                    # into the last call's result when nothing else holds it (as C kernels
-                    # do): a fresh megabyte costs a page fault per 4 KiB on every call
-                    operands = [slot[v] for v in step.node.inputs]
-                    out = step.node.out
-                    steps.append(("matmul", xp.matmul, operands, outs, sub,
-                                  (self._num_spares, out.shape, np.dtype(out.dtype.np))))
-                    self._num_spares += 1
-                    continue
-            steps.append(("array", ArrayExecutor(sub, xp), ins, outs, sub, None))
-        self.steps = steps
         if self.c_kernels:
             from kiln.codegen.c import c_module
             from kiln.runtime import c_build
             self.module_source = c_module(self.c_kernels, f"kernels of graph {graph.name!r}")
             self._build = c_build.start_build(self.module_source)
-        # buffers no later step reads are dropped after the step that last reads them
-        pinned = set(self.input_slots) | {s for s, _ in self.constants} | {
-            slot[v] for v in graph.outputs} | {slot[new] for _, new in graph.mutations}
-        last: dict = {}
-        for i, step in enumerate(steps):
-            for s in step[2]:
-                last[s] = i
-        self.free = [tuple(s for s in dict.fromkeys(step[2]) if last[s] == i and s not in pinned)
-                     for i, step in enumerate(steps)]
-        self.output_slots = [slot[v] for v in graph.outputs]
-        self.mutation_slots = [slot[new] for _, new in graph.mutations]
-        # outputs that `run(..., into=...)` may compute straight into a caller's array: those
-        # a C kernel or a matmul writes, returned once and not written back; with the inputs
-        # that must not share that array's memory
-        written = {s for kind, _, _, outs, _, _ in steps if kind in ("c", "matmul")
-                   for s in outs}
-        self._into_all: dict = {}
-        for i, v in enumerate(graph.outputs):
-            if slot[v] in written and graph.outputs.count(v) == 1 and \
-                    slot[v] not in self.mutation_slots:
-                self._into_all[i] = (slot[v], v.shape, np.dtype(v.dtype.np),
-                                     tuple(slot[x] for x in read[step_of[v]]))
+        self.free = layout.free
+        self.output_slots = layout.output_slots
+        self.mutation_slots = layout.mutation_slots
+        self._into_all = layout.into
         self._write_callers_arrays_last()
         self._ready = self._build is None
         # the arrays C kernels wrote last time, reused once nothing else holds them
-        self._spares = [None] * self._num_spares
+        self._spares = [None] * layout.num_spares
 
-    def _generated(self, number: str, step: FusedKernel, ins: list, outs: list) -> tuple:
-        sub = step.subgraph
-        if self.target == "c":
-            from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
-            over = {j: self._over[v] for j, v in enumerate(step.outputs) if v in self._over}
-            ck = self._known.get(number)
-            if ck is None:
-                kernel = lower(sub)
-                ck = render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
-                    PARALLEL_MIN_NEAR_BLAS if self._calls_blas else PARALLEL_MIN), in_place={
-                        j: step.inputs.index(src) for j, (src, _, _) in over.items()
-                        if src in step.inputs})
-            self.rendered[number] = ck
-            self.c_kernels.append(ck)
-            self.kernels.append((ck.name, ck.source))
-            first = self._num_spares
-            self._num_spares += len(sub.outputs)
-            paired = dict(ck.in_place)
-            out_specs = []
-            for j, (v, s) in enumerate(zip(sub.outputs, outs)):
-                # (source slot, its argument position or None, inputs it must not share with)
-                target = None
-                if j in over and (paired.get(j) is not None or over[j][0] not in step.inputs):
-                    target = (over[j][1], paired.get(j), over[j][2])
-                out_specs.append((first + j, v.shape, np.dtype(v.dtype.np), s, target))
-            specs = (tuple(np.dtype(v.dtype.np) for v in sub.inputs), tuple(out_specs))
-            return ("c", ck, ins, outs, sub, specs)
-        from kiln.codegen.triton import render_triton
-        tk = render_triton(lower(sub))
-        self.kernels.append((tk.name, tk.source))
-        return ("triton", tk, ins, outs, sub, None)
+    @property
+    def rendered(self):
+        """What an executor of this very schedule in a new process may start from (`rendered=`):
+        this one's layout and C kernels; nothing for Triton kernels."""
+        return self._layout if self.target == "c" else {}
 
     # -------------------------------------------------------------- C kernels
     def _write_callers_arrays_last(self) -> None:
@@ -215,9 +150,12 @@ class ScheduleExecutor:
         except c_build.BuildError as e:
             warnings.warn(f"kiln: building the C kernels of {self.graph.name!r} failed, they run "
                           f"on the NumPy executor instead: {e}", stacklevel=4)
-            steps = [("array", ArrayExecutor(sub, self.xp), ins, outs, sub, None)
-                     if kind == "c" else (kind, runner, ins, outs, sub, extra)
-                     for kind, runner, ins, outs, sub, extra in self.steps]
+            if self._subgraphs is None:      # the layout came from the program cache
+                self._subgraphs = [st.subgraph if isinstance(st, FusedKernel) else None
+                                   for st in _runnable(self.schedule)[0].steps]
+            steps = [("array", ArrayExecutor(self._subgraphs[i], self.xp), ins, outs, None,
+                      None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
+                     for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps)]
             self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
                             for k in self.kernels]
         self.steps = steps
@@ -305,6 +243,154 @@ class ScheduleExecutor:
                 env[s] = None
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
 
+
+
+# ----------------------------------------------------------------------------- planning
+
+def _runnable(schedule) -> tuple:
+    """(the schedule as the executor runs it, kernel number or None per step).
+
+    No code generator gathers yet: a kernel with a `take` runs as kernels around a `take` call,
+    not all on the array executor; its parts keep its number (k6a, k6b). Kernels are numbered
+    k0, k1, ... as `kiln dump` lists them.
+    """
+    flat, numbers, index = [], [], 0
+    for step in schedule.steps:
+        parts = [step]
+        if isinstance(step, FusedKernel) and any(n.op == "take" for n in step.subgraph.nodes):
+            parts = gathers_as_externs(step)
+        kernels = [p for p in parts if isinstance(p, FusedKernel)]
+        for p in parts:
+            number = None
+            if isinstance(p, FusedKernel):
+                number = f"k{index}" if len(kernels) == 1 else \
+                    f"k{index}{chr(ord('a') + kernels.index(p))}"
+            flat.append(p)
+            numbers.append(number)
+        index += isinstance(step, FusedKernel)
+    graph = schedule.graph
+    return (Schedule(graph, flat) if len(flat) != len(schedule.steps) else schedule), numbers
+
+
+def _plan(schedule, target: str, known: dict) -> tuple:
+    """(ExecutorLayout, subgraph per step or None) of running `schedule` with `target` kernels;
+    `known`: C kernels rendered for it before, by number."""
+    graph = schedule.graph
+    runnable, numbers = _runnable(schedule)
+    slot: dict = {}
+    for v in list(graph.inputs) + list(graph.constants):
+        slot.setdefault(v, len(slot))
+    for step in runnable.steps:
+        for v in step.outputs:
+            slot.setdefault(v, len(slot))
+    calls_blas = any(getattr(st, "node", None) is not None and st.node.op == "matmul"
+                     for st in schedule.steps)
+    # write-backs C kernels may compute over their source (see in_place_updates), and the
+    # graph inputs that must not share its memory then: those read from that step on
+    over: dict = {}
+    read = inputs_read(runnable)
+    step_of = {v: i for i, st in enumerate(runnable.steps) for v in st.outputs}
+    if target == "c":
+        for new, src in in_place_updates(runnable).items():
+            others = tuple(slot[v] for v in read[step_of[new]] if v is not src)
+            over[new] = (src, slot[src], others)
+    steps, subgraphs, listing, kernels = [], [], [], {}
+    num_spares = 0
+    for step, number in zip(runnable.steps, numbers):
+        ins = [slot[v] for v in step.inputs]
+        outs = [slot[v] for v in step.outputs]
+        if isinstance(step, FusedKernel):      # the rest are extern nodes
+            sub = step.subgraph
+            subgraphs.append(sub)
+            if target == "c" and all(n.op in STRIDED_VIEWS for n in sub.nodes):
+                # only views (a transposed weight or activation before a matmul): NumPy
+                # makes them without copying, and the matmul reads them as they are
+                listing.append((step.name, None, "views only: no copy needed"))
+                if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
+                    (n,) = sub.nodes
+                    steps.append(("view", (n.op, n.attrs), ins, outs, None))
+                else:
+                    steps.append(("array", sub, ins, outs, None))
+                continue
+            try:
+                if target == "c":
+                    ck, extra = _c_step(number, step, known, over, outs, calls_blas,
+                                        num_spares)
+                    kernels[number] = ck
+                    listing.append(number)
+                    steps.append(("c", number, ins, outs, extra))
+                    num_spares += len(sub.outputs)
+                else:
+                    from kiln.codegen.triton import render_triton
+                    tk = render_triton(lower(sub))
+                    listing.append((tk.name, tk.source))
+                    steps.append(("triton", tk, ins, outs, sub))
+                continue
+            except LoweringError as e:
+                listing.append((step.name, None, str(e)))
+        elif step.node.op == "matmul":
+            # into the last call's result when nothing else holds it (as C kernels do): a
+            # fresh megabyte costs a page fault per 4 KiB on every call
+            out = step.node.out
+            steps.append(("matmul", None, [slot[v] for v in step.node.inputs], outs,
+                          (num_spares, out.shape, np.dtype(out.dtype.np))))
+            subgraphs.append(None)
+            num_spares += 1
+            continue
+        else:
+            sub = step.subgraph
+            subgraphs.append(sub)
+        steps.append(("array", sub, ins, outs, None))
+    # buffers no later step reads are dropped after the step that last reads them
+    input_slots = [slot[v] for v in graph.inputs]
+    constant_slots = [slot[v] for v in graph.constants]
+    mutation_slots = [slot[new] for _, new in graph.mutations]
+    pinned = set(input_slots) | set(constant_slots) | {slot[v] for v in graph.outputs} | \
+        set(mutation_slots)
+    last: dict = {}
+    for i, step in enumerate(steps):
+        for s in step[2]:
+            last[s] = i
+    free = [tuple(s for s in dict.fromkeys(step[2]) if last[s] == i and s not in pinned)
+            for i, step in enumerate(steps)]
+    # outputs that `run(..., into=...)` may compute straight into a caller's array: those a C
+    # kernel or a matmul writes, returned once and not written back; with the inputs that
+    # must not share that array's memory
+    written = {s for kind, _, _, outs, _ in steps if kind in ("c", "matmul") for s in outs}
+    into = {}
+    for i, v in enumerate(graph.outputs):
+        if slot[v] in written and graph.outputs.count(v) == 1 and \
+                slot[v] not in mutation_slots:
+            into[i] = (slot[v], v.shape, np.dtype(v.dtype.np),
+                       tuple(slot[x] for x in read[step_of[v]]))
+    layout = ExecutorLayout(kernels, steps, listing, len(slot), input_slots, constant_slots,
+                            free, [slot[v] for v in graph.outputs], mutation_slots, into,
+                            num_spares)
+    return layout, subgraphs
+
+
+def _c_step(number: str, step: FusedKernel, known: dict, over: dict, outs: list,
+            calls_blas: bool, first_spare: int) -> tuple:
+    """(CKernel, the step's argument dtypes and output specs) of one generated C kernel."""
+    from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
+    sub = step.subgraph
+    over = {j: over[v] for j, v in enumerate(step.outputs) if v in over}
+    ck = known.get(number)
+    if ck is None:
+        kernel = lower(sub)
+        ck = render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
+            PARALLEL_MIN_NEAR_BLAS if calls_blas else PARALLEL_MIN), in_place={
+                j: step.inputs.index(src) for j, (src, _, _) in over.items()
+                if src in step.inputs})
+    paired = dict(ck.in_place)
+    out_specs = []
+    for j, (v, s) in enumerate(zip(sub.outputs, outs)):
+        # (source slot, its argument position or None, inputs it must not share with)
+        target = None
+        if j in over and (paired.get(j) is not None or over[j][0] not in step.inputs):
+            target = (over[j][1], paired.get(j), over[j][2])
+        out_specs.append((first_spare + j, v.shape, np.dtype(v.dtype.np), s, target))
+    return ck, (tuple(np.dtype(v.dtype.np) for v in sub.inputs), tuple(out_specs))
 
 
 def _free_to_write(a, dtype, env: list, others: tuple) -> bool:
