@@ -49,33 +49,53 @@ FORMAT = 4          # bump when the layout of an entry changes
 
 @functools.lru_cache(maxsize=None)
 def compiler_fingerprint() -> str:
-    """kiln's and NumPy's versions and the size and mtime of every kiln source file."""
+    """kiln's and NumPy's versions and the size and mtime of every kiln source file (read once
+    per process)."""
     from kiln import __version__
-    package = Path(__file__).parent
-    parts = [str(FORMAT), __version__, np.__version__]
-    for folder, dirs, files in os.walk(package):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(folder, name))
-                parts.append(f"{folder[len(str(package)):]}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    return sources_fingerprint(str(Path(__file__).parent), [str(FORMAT), __version__,
+                                                            np.__version__])
+
+
+def sources_fingerprint(package: str, parts: list) -> str:
+    """A digest of `parts` and of the path, size and mtime of every .py file under `package`."""
+    parts = list(parts)
+    folders = [package]
+    while folders:          # os.scandir: less than half the cost of os.walk and os.stat
+        folder = folders.pop()
+        with os.scandir(folder) as found:
+            entries = sorted(found, key=lambda e: e.name)
+        for e in entries:
+            if e.name.endswith(".py"):
+                st = e.stat()
+                parts.append(f"{folder[len(package):]}/{e.name}:{st.st_size}:{st.st_mtime_ns}")
+            elif e.is_dir() and e.name != "__pycache__":
+                folders.append(e.path)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def program_key(graph: Graph, joint, target: str) -> str:
     """The cache key of compiling traced `graph` (with `joint`, a JointInfo or None) for
-    `target` ("c", "triton" or "numpy")."""
+    `target` ("c", "triton" or "numpy").
+
+    It describes everything the passes read: ops, attributes, literals, shapes, dtypes,
+    constants (by digest: a large one must not become a larger text), value ids and names
+    (generated code names values by them, and the partition report points into the graph by
+    them) and source lines.
+    """
     joint_desc = None if joint is None else (
         joint.num_primals, joint.num_tangents, joint.num_forward_outputs,
         tuple(joint.grad_inputs), tuple(joint.differentiable_outputs))
-    inputs, constants, nodes, outputs, mutations = graph.structure()
-    # constants by their digest: a large one must not become a larger repr; value ids too:
-    # generated code names values by them, and the partition report points into the graph by them
-    constants = tuple((shape, dtype, hashlib.sha256(data).hexdigest())
-                      for shape, dtype, data in constants)
-    desc = (compiler_fingerprint(), target, joint_desc, graph.name, inputs, constants, nodes,
-            outputs, mutations, [(v.id, v.name) for v in _values(graph)],
-            [n.loc for n in graph.nodes])
+    # a Value stands for its position; a literal (bool, int or float, never a str) for itself
+    ref = {v: f"%{i}" for i, v in enumerate(_values(graph))}.get
+    desc = (compiler_fingerprint(), target, joint_desc, graph.name,
+            [(v.id, v.name, v.shape, v.dtype.name, kind)
+             for v, kind in zip(graph.inputs, graph.input_kinds)],
+            [(v.id, v.name, v.shape, v.dtype.name, a.dtype.str,
+              hashlib.sha256(np.ascontiguousarray(a)).hexdigest())
+             for v, a in graph.constants.items()],
+            [(n.op, tuple(map(ref, n.inputs, n.inputs)), n.attrs, n.out.id, n.out.name,
+              n.out.shape, n.out.dtype.name, n.loc) for n in graph.nodes],
+            [ref(v) for v in graph.outputs], [(ref(a), ref(b)) for a, b in graph.mutations])
     return hashlib.sha256(repr(desc).encode()).hexdigest()[:32]
 
 

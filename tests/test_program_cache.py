@@ -382,3 +382,41 @@ def test_a_warm_executor_whose_build_fails_runs_on_numpy(cache_dir, monkeypatch)
     np.testing.assert_allclose(out.numpy(), _softmax_gelu(x, w).numpy(), rtol=1e-5, atol=1e-6)
     (entry,) = warm.entries.values()
     assert "c" not in {kind for kind, *_ in entry.executor.steps}
+
+
+def test_the_sources_fingerprint_follows_every_source_file(tmp_path):
+    (tmp_path / "passes").mkdir()
+    (tmp_path / "__pycache__").mkdir()
+    source = tmp_path / "passes" / "fusion.py"
+    source.write_text("x = 1\n")
+    (tmp_path / "ops.py").write_text("y = 2\n")
+    seen = {program_cache.sources_fingerprint(str(tmp_path), ["v1"])}
+    (tmp_path / "__pycache__" / "ops.cpython-311.py").write_text("")  # not a source
+    (tmp_path / "notes.txt").write_text("")
+    assert program_cache.sources_fingerprint(str(tmp_path), ["v1"]) in seen
+    seen.add(program_cache.sources_fingerprint(str(tmp_path), ["v2"]))
+    source.write_text("x = 10\n")                                       # an edit, deep down
+    seen.add(program_cache.sources_fingerprint(str(tmp_path), ["v1"]))
+    os.utime(source, ns=(0, 12345))                                     # a touch
+    seen.add(program_cache.sources_fingerprint(str(tmp_path), ["v1"]))
+    (tmp_path / "passes" / "new.py").write_text("")                    # a new file
+    seen.add(program_cache.sources_fingerprint(str(tmp_path), ["v1"]))
+    assert len(seen) == 5
+
+
+def _mul_graph(literal, name="x", loc="f.py:1"):
+    from kiln.ir import dtypes as dt
+    from kiln.ir.graph import Graph
+    g = Graph("f")
+    x = g.add_input((3,), dt.float32, name)
+    g.outputs = [g.add_node("mul", (x, literal), {}, (3,), dt.float32, loc)]
+    return g
+
+
+def test_the_key_tells_literals_names_and_lines_apart():
+    key = program_cache.program_key
+    assert key(_mul_graph(2), None, "c") == key(_mul_graph(2), None, "c")
+    keys = {key(_mul_graph(2), None, "c"), key(_mul_graph(2.0), None, "c"),
+            key(_mul_graph(True), None, "c"), key(_mul_graph(2, name="y"), None, "c"),
+            key(_mul_graph(2, loc="f.py:2"), None, "c"), key(_mul_graph(2), None, "numpy")}
+    assert len(keys) == 6
