@@ -420,3 +420,6 @@ def test_the_key_tells_literals_names_and_lines_apart():
             key(_mul_graph(True), None, "c"), key(_mul_graph(2, name="y"), None, "c"),
             key(_mul_graph(2, loc="f.py:2"), None, "c"), key(_mul_graph(2), None, "numpy")}
     assert len(keys) == 6
+    # a literal marshal cannot write (a NumPy scalar) still gives a key, the same each time
+    assert key(_mul_graph(np.float64(2.0)), None, "c") == \
+        key(_mul_graph(np.float64(2.0)), None, "c")
