@@ -587,7 +587,15 @@ def _pad_grad(g, out, x, pads, value):
 def _pad_impl(xp, x, pads, value):
     # full + one slice assignment: xp.pad's generic machinery costs ~2x more on small arrays,
     # and every slice's gradient is a pad
-    out = xp.full(tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads)), value, dtype=x.dtype)
+    shape = tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads))
+    if x.flags.c_contiguous:
+        out = xp.full(shape, value, dtype=x.dtype)
+    else:
+        # laid out in x's memory order (a channels-last image stays channels-last): the copy
+        # reads x in runs, and a conv's unfold of the result needs no transposing copy
+        order = sorted(range(x.ndim), key=lambda d: -abs(x.strides[d]))
+        out = xp.full(tuple(shape[d] for d in order), value, dtype=x.dtype) \
+            .transpose(_inverse(order))
     out[tuple(slice(lo, lo + d) for d, (lo, hi) in zip(x.shape, pads))] = x
     return out
 

@@ -63,3 +63,14 @@ def test_relu_matches_numpy_maximum_bit_for_bit(dtype):
         out = relu(np, x)
         assert _same_bits(out, np.maximum(x, 0))
         assert out.strides == x.strides
+
+
+def test_pad_matches_numpy_and_keeps_a_permuted_layout():
+    pad = PRIMITIVES["pad"].impl
+    pads = ((0, 0), (0, 0), (1, 2), (2, 1))
+    base = _values(np.float32)
+    for x in (base, _channels_last(base), base[:, :, ::2], np.broadcast_to(base[:1], SHAPE)):
+        out = pad(np, x, pads, 0.5)
+        assert _same_bits(out, np.pad(x, pads, constant_values=0.5))
+    out = pad(np, _channels_last(base), pads, 0.0)
+    assert out.strides[1] == out.itemsize          # still channels-last: unfold reads it as is
