@@ -48,6 +48,12 @@ class Deferred:
                 own[name] = later[name]()
         return own[name]
 
+    def __getstate__(self) -> dict:
+        # copies and pickles get every field decoded (a decoder does not pickle)
+        for name in list(self.__dict__.get("_deferred", ())):
+            getattr(self, name)
+        return {k: v for k, v in self.__dict__.items() if k != "_deferred"}
+
 
 _DEFERRED_LOCK = threading.RLock()
 

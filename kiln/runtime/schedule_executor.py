@@ -69,7 +69,7 @@ class ScheduleExecutor:
         self.schedule, self.xp, self.target = schedule, xp, target
         self.backend = "interpreter" if xp is np else "cuda"
         graph = self.graph = schedule.graph
-        if isinstance(rendered, ExecutorLayout):
+        if isinstance(rendered, ExecutorLayout) and target == "c":
             layout, self._subgraphs = rendered, None        # found when a build fails
         else:
             layout, self._subgraphs = _plan(schedule, target, rendered or {})

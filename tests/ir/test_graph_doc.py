@@ -3,6 +3,7 @@ decodes its nodes once, on first use, and keeps its outputs and write-backs poin
 
 import copy
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_nodes_given_apart_decode_to_the_same_graph(name, graph):
     assert calls == [1]
 
 
-def test_a_copy_made_before_the_nodes_are_read_shares_them():
+def test_copies_and_pickles_get_the_nodes():
     g = Graph("f")
     x = g.add_input((3,), dt.float32, "x")
     g.outputs = [g.add_node("exp", (g.add_node("mul", (x, 2.0), {}, (3,), dt.float32),), {},
@@ -63,6 +64,9 @@ def test_a_copy_made_before_the_nodes_are_read_shares_them():
     twin = copy.copy(apart)
     assert twin.nodes is apart.nodes and calls == [1]
     assert twin.outputs[0] is apart.nodes[-1].out
+    for again in (copy.deepcopy(_apart(g)), pickle.loads(pickle.dumps(_apart(g)))):
+        assert str(again) == str(g) and "_deferred" not in vars(again)
+        assert again.outputs[0] is again.nodes[-1].out
 
 
 def test_constants_survive_exactly():
