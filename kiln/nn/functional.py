@@ -484,30 +484,30 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalization over all dims but 1; in training, updates the running stats in place
     (unbiased variance, as PyTorch does)."""
-    axes = (0,) + tuple(range(2, input.ndim))
     shape = (1, -1) + (1,) * (input.ndim - 2)
     if training:
         count = input.numel() // input.shape[1]
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input "
                              f"size {list(input.shape)}")
-        mean = input.mean(axes, keepdim=True)
-        centered = input - mean
-        var = (centered * centered).mean(axes, keepdim=True)
-        with kiln.no_grad():
-            if running_mean is not None:
-                running_mean.mul_(1 - momentum).add_(mean.reshape(-1), alpha=momentum)
-            if running_var is not None:       # the running variance is the unbiased one
-                running_var.mul_(1 - momentum).add_(var.reshape(-1),
-                                                    alpha=momentum * count / (count - 1))
+        if running_mean is not None or running_var is not None:
+            with kiln.no_grad():
+                mean, var = P.batch_stats(input)
+                if running_mean is not None:
+                    running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+                if running_var is not None:       # the running variance is the unbiased one
+                    running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+        # one primitive each way (its backward is the closed form, not ~50 composed ops)
+        out = P.batch_norm(input, eps=eps)
+        if weight is not None:
+            out = out * weight.reshape(shape)
     else:
-        centered, var = input - running_mean.reshape(shape), running_var.reshape(shape)
-    # the per-channel scale is computed on the small (1, C, 1, ...) tensors, so the large
-    # input sees one subtract, one multiply and one add
-    scale = kiln.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.reshape(shape)
-    out = centered * scale
+        # the per-channel scale is computed on the small (1, C, 1, ...) tensors, so the large
+        # input sees one subtract, one multiply and one add
+        scale = kiln.rsqrt(running_var.reshape(shape) + eps)
+        if weight is not None:
+            scale = scale * weight.reshape(shape)
+        out = (input - running_mean.reshape(shape)) * scale
     if bias is not None:
         out = out + bias.reshape(shape)
     return out

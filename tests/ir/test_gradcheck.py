@@ -109,6 +109,10 @@ CASES = {
               [arg(2, 3, 3, 3, 2, 2)]),
              ("strided, dilated", lambda c: P.fold(c, size=(7, 6), kernel=(3, 2), stride=(2, 1),
                                                    dilation=(1, 2)), [arg(1, 3, 4, 3, 2, 2)])],
+    "batch_norm": [("4-d", lambda x: P.batch_norm(x, eps=1e-5), [arg(3, 2, 2, 2)]),
+                   ("2-d", lambda x: P.batch_norm(x, eps=0.1), [arg(4, 3)])],
+    "batch_norm_backward": [("", lambda g, o, x: P.batch_norm_backward(g, o, x, eps=1e-5),
+                             [arg(3, 2, 2), arg(3, 2, 2, seed=1), arg(3, 2, 2, seed=2)])],
     "matmul": [("2-d", lambda a, b: P.matmul(a, b), [arg(2, 3), arg(3, 4, seed=1)]),
                ("batched", lambda a, b: P.matmul(a, b), [arg(2, 2, 3), arg(2, 3, 1, seed=1)]),
                ("one side needs grad", lambda a: P.matmul(a, kiln.ones(3, 2, dtype=kiln.float64)),
@@ -126,7 +130,8 @@ def test_gradient_rule_matches_finite_differences(name, fn, inputs) -> None:
 
 # second derivatives: the rules are written with tensor ops, so they differentiate again
 SECOND_ORDER = ["exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "erf", "mul", "div",
-                "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum", "unfold"]
+                "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum", "unfold",
+                "batch_norm"]
 
 
 @pytest.mark.parametrize("name", SECOND_ORDER)

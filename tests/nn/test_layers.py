@@ -224,3 +224,43 @@ def test_batchnorm_rejects_single_value_per_channel():
         layer(kiln.randn(1, 3))
     with pytest.raises(ValueError, match="expected 4D input"):
         kiln.nn.BatchNorm2d(3)(kiln.randn(2, 3))
+
+
+@pytest.mark.parametrize("shape", [(6, 16, 4, 4), (5, 3, 2, 3)])
+def test_batchnorm_training_on_channels_last_memory(shape):
+    # a conv's output is channels-last in memory: batch norm's primitives read it as a
+    # (rows, C) matrix; values, gradients (input, weight, bias) and running stats as PyTorch's
+    n, c, h, w = shape
+    rng = np.random.default_rng(0)
+    nhwc = rng.normal(0.5, 2.0, (n, h, w, c))
+    grad = rng.normal(size=(n, c, h, w))
+    t_layer, k_layer = build_pair(lambda nn: nn.BatchNorm2d(c), train=True)
+    x = kiln.tensor(nhwc).permute(0, 3, 1, 2).detach().requires_grad_()
+    xt = torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))).requires_grad_()
+    k_out, t_out = k_layer(x), t_layer(xt)
+    np.testing.assert_allclose(k_out.detach().numpy(), t_out.detach().numpy(), atol=1e-12)
+    k_out.backward(kiln.tensor(grad))
+    t_out.backward(torch.from_numpy(grad))
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), atol=1e-12)
+    for (name, kp), tp in zip(k_layer.named_parameters(), t_layer.parameters()):
+        np.testing.assert_allclose(kp.grad.numpy(), tp.grad.numpy(), atol=1e-11, err_msg=name)
+    for key, t_value in t_layer.state_dict().items():
+        np.testing.assert_allclose(k_layer.state_dict()[key].numpy(), t_value.numpy(),
+                                   atol=1e-12, err_msg=key)
+
+
+def test_batchnorm_training_double_backward():
+    # the gradient of batch norm's gradient (a gradient penalty), as PyTorch computes it
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(4, 3, 2, 2))
+    grads = []
+    for lib in (kiln, torch):
+        t = lib.tensor(x, requires_grad=True)
+        layer = lib.nn.BatchNorm2d(3).double() if lib is torch else lib.nn.BatchNorm2d(
+            3, dtype=kiln.float64)
+        out = (layer(t) * lib.tensor(w)).sum()
+        (g,) = lib.autograd.grad(out, [t], create_graph=True)
+        (g * g).sum().backward()
+        grads.append((t.grad.detach().numpy(), layer.weight.grad.detach().numpy()))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], atol=1e-10)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], atol=1e-10)

@@ -319,6 +319,8 @@ case("int_max_dim", lambda lib, x, dim, keepdim: lib.max(x, dim, keepdim),
 case("int_cumsum", lambda lib, x, dim: lib.cumsum(x, dim), along(), dtypes=INTS + (np.bool_,))
 case("int_argmin", lambda lib, x, dim, keepdim: lib.argmin(x, dim, keepdim),
      reduced(min_side=1, multi=False), dtypes=INTS)
+case("F.batch_norm training", lambda lib, x: lib.nn.functional.batch_norm(
+    x, None, None, training=True), one(min_dims=2, max_dims=4, min_side=2))
 case("softmax", lambda lib, x, dim: lib.softmax(x, dim), along(min_dims=0))
 case("log_softmax", lambda lib, x, dim: lib.log_softmax(x, dim), along(min_dims=0))
 case("softmax_large", lambda lib, x, dim: nnf(lib).softmax(x * 100, dim=dim), along())
