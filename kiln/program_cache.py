@@ -127,7 +127,9 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
     payload = _store().get("programs", key)
     if payload is None:
         return None
-    head, _, rest = payload.partition(b"\n")
+    head, newline, rest = payload.partition(b"\n")
+    if not newline:
+        return None
     try:
         doc = json.loads(head)
         if doc["format"] != FORMAT or doc["key"] != key:
@@ -141,7 +143,23 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
     expected = [(v.shape, v.dtype) for v in traced.inputs[:num_primals]]
     if [(v.shape, v.dtype) for v in program.forward.graph.inputs] != expected:
         return None
+    for name, layout in layouts.items():
+        part = getattr(program, name)
+        if layout is not None and (part is None or part.schedule is None or
+                                   not _fits(layout, part.schedule.graph)):
+            return None
     return program, layouts
+
+
+def _fits(layout: ExecutorLayout, graph: Graph) -> bool:
+    """Whether `layout` can run `graph`: a slot per input, constant, output and write-back, and
+    every slot a step names in range."""
+    if (len(layout.input_slots), len(layout.constant_slots), len(layout.output_slots),
+            len(layout.mutation_slots)) != (len(graph.inputs), len(graph.constants),
+                                            len(graph.outputs), len(graph.mutations)):
+        return False
+    n = layout.num_slots
+    return all(0 <= s < n for _, _, ins, outs, _ in layout.steps for s in (*ins, *outs))
 
 
 def store(key: str, program: CompiledProgram, layouts: dict) -> None:

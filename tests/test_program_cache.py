@@ -179,11 +179,20 @@ def _missing_kernel(doc):
     doc["layouts"]["forward"]["kernels"].popitem()
 
 
+def _slot_out_of_range(doc):
+    doc["layouts"]["forward"]["steps"][-1][2][0] = doc["layouts"]["forward"]["num_slots"]
+
+
+def _input_slot_missing(doc):
+    doc["layouts"]["forward"]["input_slots"].pop()
+
+
 DAMAGES = {"decoding": _drop_forward_graph, "shapes": _wrong_input_shapes,
-           "step": _unknown_step_kind, "kernel": _missing_kernel}
+           "step": _unknown_step_kind, "kernel": _missing_kernel, "slot": _slot_out_of_range,
+           "inputs": _input_slot_missing}
 
 
-@pytest.mark.parametrize("damage", ["bytes", "truncated", *DAMAGES])
+@pytest.mark.parametrize("damage", ["bytes", "truncated", "no rest", *DAMAGES])
 def test_a_damaged_entry_is_rebuilt_silently(cache_dir, passes_run, damage):
     x, w = kiln.randn(4, 8), kiln.randn(8, 16)
     _call_twice(kiln.compile(_softmax_gelu), x, w)
@@ -192,6 +201,10 @@ def test_a_damaged_entry_is_rebuilt_silently(cache_dir, passes_run, damage):
         _corrupt(path)
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:100])
+    elif damage == "no rest":                       # checksummed, but only the head
+        header, _, payload = path.read_bytes().partition(b"\n")
+        program_cache._store().put("programs", json.loads(header)["key"],
+                                   payload.partition(b"\n")[0])
     else:
         _rewrite_payload(path, DAMAGES[damage])
     with warnings.catch_warnings():
