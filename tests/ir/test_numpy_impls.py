@@ -74,3 +74,21 @@ def test_pad_matches_numpy_and_keeps_a_permuted_layout():
         assert _same_bits(out, np.pad(x, pads, constant_values=0.5))
     out = pad(np, _channels_last(base), pads, 0.0)
     assert out.strides[1] == out.itemsize          # still channels-last: unfold reads it as is
+
+
+@pytest.mark.parametrize("cols_shape,size,stride,dilation", [
+    ((64, 4, 4, 3, 3, 16), (6, 6), (1, 1), (1, 1)),       # copied window-position-major
+    ((2, 3, 3, 3, 2, 5), (7, 6), (2, 1), (1, 2)),
+    ((8, 30, 30, 3, 3, 32), (32, 32), (1, 1), (1, 1))])   # past the copy's size limit
+def test_fold_sums_windows_back_into_the_image(cols_shape, size, stride, dilation):
+    cols = np.random.default_rng(0).normal(size=cols_shape).astype(np.float32)
+    n, oh, ow, kh, kw, c = cols_shape
+    want = np.zeros((n, c) + size, np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            for y in range(oh):
+                r = y * stride[0] + i * dilation[0]
+                want[:, :, r, j * dilation[1]:j * dilation[1] + stride[1] * (ow - 1) + 1:
+                     stride[1]] += cols[:, y, :, i, j, :].transpose(0, 2, 1)
+    out = PRIMITIVES["fold"].impl(np, cols, size, (kh, kw), stride, dilation)
+    assert _same_bits(out, want)
