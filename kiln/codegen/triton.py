@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from kiln.codegen.common import INFIX, compute_dtype, operand_dtype, row_passes, source_loc
 from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Load, LoweringError, Reduce,
-                                 Store)
+                                 Store, variables)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 
@@ -357,7 +357,7 @@ class _Renderer:
         if isinstance(s, Load):
             buf = self.k.inputs[s.buffer]
             masked = s.scope == ELEM and mask
-            text = f"tl.load({buf.name}_ptr + {_expr(s.offset)}" + (
+            text = f"tl.load({buf.name}_ptr + {self._offset(s, masked and mask)}" + (
                 f", mask={mask}, other=0)" if masked else ")")
             if s.dtype is dt.float16:
                 text += ".to(tl.float32)"
@@ -368,7 +368,7 @@ class _Renderer:
             if s.dtype is dt.float16:
                 value = f"{value}.to(tl.float16)"
             masked = s.scope == ELEM and mask
-            return [f"tl.store({buf.name}_ptr + {_expr(s.offset)}, {value}"
+            return [f"tl.store({buf.name}_ptr + {self._offset(s, masked and mask)}, {value}"
                     + (f", mask={mask})" if masked else ")")]
         if isinstance(s, Reduce):
             ident = self._identity(s)
@@ -376,6 +376,16 @@ class _Renderer:
                     f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
         return [f"# {s.note}    {source_loc(s.loc)}".rstrip(), f"{s.dest} = {self._compute(s)}"] \
             if s.note else [f"{s.dest} = {self._compute(s)}"]
+
+    def _offset(self, s, mask: str | None) -> str:
+        """A load's or store's offset; under `mask` a block like the mask, even where the offset
+        does not vary along the block (every dim of size 1 folds it to a constant)."""
+        text = _expr(s.offset)
+        if mask:
+            block = {v.name for v in self.k.index_vars if v.scope == ELEM} | {"xindex", "rindex"}
+            if not variables(s.offset) & block:
+                text += f" + 0 * {_BLOCK_INDEX[mask]}"
+        return text
 
     def _compute(self, s: Compute) -> str:
         cd = compute_dtype(s.dtype)
@@ -440,6 +450,9 @@ def _literal(value, d: DType | None) -> str:
         text = repr(v) if math.isfinite(v) else f'float("{v}")'
         return f"tl.full([], {text}, tl.float64)" if d is dt.float64 else text
     return str(int(value))
+
+
+_BLOCK_INDEX = {"xmask": "xindex", "rmask": "rindex"}     # the index each mask is made from
 
 
 def _expr(e: Expr) -> str:
