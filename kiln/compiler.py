@@ -308,32 +308,32 @@ def compile_program(graph, joint, target: str, xp) -> tuple:
 
     Returns:
         (CompiledProgram, forward executor, backward executor or None). What the passes make
-        of the graph and the C kernels rendered from it come from the program cache when this
-        graph was compiled before, and go there when not.
+        of the graph and its executors' layouts (C kernels included) come from the program
+        cache when this graph was compiled before, and go there when not.
     """
     from kiln import program_cache
     key = program_cache.program_key(graph, joint, target)
     found = program_cache.load(key, graph, None if joint is None else joint.num_primals)
     if found is not None:
-        compiled, rendered = found
+        compiled, prepared = found
     else:
         from kiln.passes.pipeline import compile_passes
-        compiled, rendered = compile_passes(graph, joint, fused=target != "numpy"), {}
+        compiled, prepared = compile_passes(graph, joint, fused=target != "numpy"), {}
     executors = {"forward": build_executor(compiled.forward, target, xp,
-                                           rendered.get("forward"))}
+                                           prepared.get("forward"))}
     if compiled.backward is not None:
         executors["backward"] = build_executor(compiled.backward, target, xp,
-                                               rendered.get("backward"))
+                                               prepared.get("backward"))
     if found is None:
         program_cache.store(key, compiled, {part: getattr(ex, "rendered", {})
                                             for part, ex in executors.items()})
     return compiled, executors["forward"], executors.get("backward")
 
 
-def build_executor(part, target: str, xp, rendered: dict | None = None):
+def build_executor(part, target: str, xp, rendered=None):
     """The executor of one compiled program (a `CompiledPart`): its fused kernels as `target`
-    code (`rendered`: C kernels rendered for it before), or the NumPy (CuPy) executor of its
-    optimized graph when it was not fused."""
+    code (`rendered`: the ExecutorLayout an earlier executor of it made), or the NumPy (CuPy)
+    executor of its optimized graph when it was not fused."""
     if part.schedule is None:
         return ArrayExecutor(part.graph, xp)
     from kiln.runtime.schedule_executor import ScheduleExecutor
