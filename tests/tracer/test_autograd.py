@@ -72,6 +72,23 @@ def test_inplace_on_non_leaf_matches_torch():
     np.testing.assert_allclose(run(kiln), run(torch), rtol=1e-5)
 
 
+def test_inplace_without_history_writes_through_views_and_bumps_versions():
+    # an optimizer's kind of update (no grad mode, no trace): the write reaches views of the
+    # tensor, bumps the version a saved tensor is checked against, and leaves it a leaf
+    for lib in (kiln, torch):
+        p = lib.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        view = p[1:]
+        saved = (view + 1).sum()          # saves nothing of p's value: still backward-able
+        y = p * p                         # saves p: must see the version change
+        with lib.no_grad():
+            p.mul_(2).add_(lib.tensor([1.0, 1.0, 1.0]))
+        np.testing.assert_array_equal(view.detach().numpy(), [5.0, 7.0])
+        assert p.is_leaf and p.requires_grad and p.grad_fn is None
+        saved.backward()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+
+
 def test_no_grad_and_decorators():
     x = kiln.ones(2, requires_grad=True)
     with kiln.no_grad():
