@@ -11,6 +11,7 @@ cache). `--quick` divides the sizes by 8 and takes fewer repeats.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import statistics
@@ -20,12 +21,16 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 
 import kiln
 import kiln.nn as knn
 import kiln.optim  # noqa: F401
 from kiln.tracer import functional as KF
+
+# The first-call timing runs in a fresh process that must not load torch: torch's ~150k objects
+# make the garbage collector's first full pass there cost ~100 ms (kiln's alone: ~11 ms), and
+# that pass would land in whichever kiln call allocates next.
+torch = None if os.environ.get("KILN_BENCH_NO_TORCH") else importlib.import_module("torch")
 
 
 def median_ms(fn, repeat: int, warmup: int = 2) -> float:
@@ -116,7 +121,7 @@ def mlp_step_pair(batch: int = 256):
             return loss.detach()
         return t_step
     return (k_step, (kiln.from_numpy(x), kiln.from_numpy(y))), \
-        (torch_step, (torch.from_numpy(x), torch.from_numpy(y)))
+        (torch_step, None if torch is None else (torch.from_numpy(x), torch.from_numpy(y)))
 
 
 COMPILE_TIME_CODE = """\
@@ -150,7 +155,7 @@ print((time.perf_counter() - t0) * 1e3, imports)
 def compile_time_ms(name: str, cache_dir: str) -> tuple[float, float]:
     """First-call time of a compiled function in a fresh process (trace, passes, codegen, C
     build or disk-cache load, first replay), and the import time of the compiler's modules."""
-    env = {**os.environ, "KILN_CACHE_DIR": cache_dir}
+    env = {**os.environ, "KILN_CACHE_DIR": cache_dir, "KILN_BENCH_NO_TORCH": "1"}
     out = subprocess.run([sys.executable, "-c", COMPILE_TIME_CODE.format(name=name)],
                          capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
