@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat, optimize
+from kiln.passes.decompose import decompose
 from kiln.passes.fusion import Schedule, fuse
 from kiln.passes.memory import MemoryPlan, plan_memory
 from kiln.passes.partition import PartitionReport, partition
@@ -45,7 +46,7 @@ class PassReport:
 
 def run_passes(graph: Graph) -> PassReport:
     """Optimize `graph`, fuse it into a schedule and plan its buffers."""
-    optimized, stats = optimize(graph)
+    optimized, stats = _optimize(graph, fused=True)
     schedule = fuse(optimized)
     return PassReport(graph, optimized, stats, schedule, plan_memory(schedule))
 
@@ -80,8 +81,18 @@ def compile_passes(graph: Graph, joint=None, fused: bool = True) -> CompiledProg
 
 
 def _optimize_and_fuse(graph: Graph, fused: bool) -> CompiledPart:
-    optimized, stats = optimize(graph)
+    optimized, stats = _optimize(graph, fused)
     return CompiledPart(optimized, stats, fuse(optimized) if fused else None)
+
+
+def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
+    """Cleanup to a fixed point; before fusing, eager-only primitives are decomposed first."""
+    if not fused:
+        return optimize(graph)
+    before = len(graph.nodes)
+    graph = decompose(graph)
+    optimized, stats = optimize(graph)
+    return optimized, [PassStat("decompose", before, len(graph.nodes))] + stats
 
 
 __all__ = ["CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_passes",
