@@ -3,7 +3,7 @@ torch.compile (Inductor, CPU), side by side in one process.
 
 Run: python benchmarks/compile_cpu.py [--quick] [--no-inductor]
 Prints median milliseconds per call and ratios for two sets of sizes (issue 6's and issue 7's),
-the MLP training step, the per-call time of a compiled function on a 21-op chain of 16 floats,
+two training steps (an MLP with Adam, the digits CNN with SGD), the per-call time of a compiled function on a 21-op chain of 16 floats,
 and first-call compile times (cold: empty kernel cache; warm: a new process reading the disk
 cache). `--quick` divides the sizes by 8 and takes fewer repeats.
 """
@@ -88,40 +88,50 @@ def _count(n: int) -> str:
     return f"{n >> 20}M" if n % (1 << 20) == 0 else f"{n / 1e6:.1f}M"
 
 
-def mlp_step_pair(batch: int = 256):
-    """The same MLP + Adam training step in kiln and in torch, on the same data."""
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch, 784), dtype=np.float32)
-    y = rng.integers(0, 10, batch)
-    kiln.manual_seed(0)
-    model = knn.Sequential(knn.Linear(784, 512), knn.ReLU(), knn.Linear(512, 512), knn.ReLU(),
-                           knn.Linear(512, 10))
-    opt = kiln.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = knn.CrossEntropyLoss()
+def training_step(lib, model, optimizer, **hyper):
+    """One step of cross-entropy training of `model` in `lib` (kiln or torch)."""
+    opt = optimizer(model.parameters(), **hyper)
+    loss_fn = lib.nn.CrossEntropyLoss()
 
-    def k_step(xb, yb):
+    def step(xb, yb):
         opt.zero_grad()
         loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
         return loss.detach()
+    return step
 
-    def torch_step():
-        tmodel = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
-                                     torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                     torch.nn.Linear(512, 10))
-        topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
-        tloss = torch.nn.CrossEntropyLoss()
 
-        def t_step(xb, yb):
-            topt.zero_grad()
-            loss = tloss(tmodel(xb), yb)
-            loss.backward()
-            topt.step()
-            return loss.detach()
-        return t_step
+def _mlp(lib):
+    nn = lib.nn
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                         nn.Linear(512, 10))
+
+
+def mlp_step_pair(batch: int = 256):
+    """The same MLP + Adam training step in kiln and in torch (a maker), on the same data."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, 784), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    kiln.manual_seed(0)
+    k_step = training_step(kiln, _mlp(kiln), kiln.optim.Adam, lr=1e-3)
     return (k_step, (kiln.from_numpy(x), kiln.from_numpy(y))), \
-        (torch_step, None if torch is None else (torch.from_numpy(x), torch.from_numpy(y)))
+        (lambda: training_step(torch, _mlp(torch), torch.optim.Adam, lr=1e-3),
+         None if torch is None else (torch.from_numpy(x), torch.from_numpy(y)))
+
+
+def cnn_step_pair(batch: int = 64):
+    """The digits CNN of benchmarks/train_cpu.py (conv, batch norm, pooling, dropout) with SGD
+    and momentum, in kiln and in torch, on the same 8x8 images."""
+    from train_cpu import digits_cnn
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((batch, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    kiln.manual_seed(0)
+    k_step = training_step(kiln, digits_cnn(kiln), kiln.optim.SGD, lr=0.05, momentum=0.9)
+    return (k_step, (kiln.from_numpy(x), kiln.from_numpy(y))), \
+        (lambda: training_step(torch, digits_cnn(torch), torch.optim.SGD, lr=0.05,
+                               momentum=0.9), (torch.from_numpy(x), torch.from_numpy(y)))
 
 
 COMPILE_TIME_CODE = """\
@@ -217,17 +227,19 @@ def main() -> None:
                 i = median_ms(lambda: tc(tx), n)
             results[name] = (e, c, t, i)
             print(_row(name, e, c, t, i))
-    (k_step, k_args), (make_t_step, t_args) = mlp_step_pair()
-    compiled_step = kiln.compile(k_step)
-    e = median_ms(lambda: k_step(*k_args), repeat)
-    c = median_ms(lambda: compiled_step(*k_args), repeat, warmup=4)
-    t_step = make_t_step()
-    t = median_ms(lambda: t_step(*t_args), repeat)
-    i = math.nan
-    if not args.no_inductor:
-        tc_step = _inductor(make_t_step())
-        i = median_ms(lambda: tc_step(*t_args), repeat, warmup=3)
-    print(_row("mlp step 256x784 adam", e, c, t, i))
+    for name, pair in (("mlp step 256x784 adam", mlp_step_pair),
+                       ("cnn step 64x1x8x8 sgd", cnn_step_pair)):
+        (k_step, k_args), (make_t_step, t_args) = pair()
+        compiled_step = kiln.compile(k_step)
+        e = median_ms(lambda: k_step(*k_args), repeat)
+        c = median_ms(lambda: compiled_step(*k_args), repeat, warmup=4)
+        t_step = make_t_step()
+        t = median_ms(lambda: t_step(*t_args), repeat)
+        i = math.nan
+        if not args.no_inductor:
+            tc_step = _inductor(make_t_step())
+            i = median_ms(lambda: tc_step(*t_args), repeat, warmup=3)
+        print(_row(name, e, c, t, i))
     chain = results["chain21 16 floats"]
     print(f"\nper-call time of the compiled 21-op chain on 16 floats: {chain[1] * 1e3:.1f} us "
           f"(kiln eager {chain[0] * 1e3:.1f} us, torch eager {chain[2] * 1e3:.1f} us"
