@@ -123,31 +123,6 @@ def test_compiled_training_step_matches_eager_over_steps():
     assert w_c.grad is None and b_c.grad is None
 
 
-def test_compiled_adam_step_matches_eager_over_steps():
-    from kiln.optim import Adam
-
-    def make():
-        kiln.manual_seed(1)
-        w1, w2 = kiln.randn(6, 8).requires_grad_(), kiln.randn(8, 2).requires_grad_()
-        opt = Adam([w1, w2], lr=1e-2)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = ((kiln.relu(x @ w1) @ w2 - y) ** 2).mean()
-            loss.backward()
-            opt.step()
-            return loss.detach()
-        return (w1, w2), step
-    x, y = kiln.randn(5, 6), kiln.randn(5, 2)
-    pe, eager = make()
-    pc, step = make()
-    compiled = kiln.compile(step)
-    for _ in range(10):
-        np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=1e-5)
-    for a, b in zip(pc, pe):
-        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
-
-
 def test_zero_grad_inside_the_step_compiles_once():
     """The `.grad`s exist when the second call starts and zero_grad clears them before the
     trace lifts the parameters: the guard compares the state at the call's start, so the
@@ -193,7 +168,7 @@ def test_lazily_created_optimizer_state_compiles_on_the_first_call(make_opt):
 
         def step(x, y):
             opt.zero_grad()
-            loss = ((kiln.tanh(x @ w1) @ w2 - y) ** 2).mean()
+            loss = ((kiln.relu(x @ w1) @ w2 - y) ** 2).mean()
             loss.backward()
             opt.step()
             return loss.detach()
@@ -202,10 +177,10 @@ def test_lazily_created_optimizer_state_compiles_on_the_first_call(make_opt):
     pe, opt_e, eager = make()
     pc, opt_c, step = make()
     compiled = kiln.compile(step)
-    for _ in range(6):
+    for _ in range(10):
         np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=1e-5)
     assert compiled.retraces == 0
-    assert [e.calls for e in compiled.entries.values()] == [5]
+    assert [e.calls for e in compiled.entries.values()] == [9]
     for a, b in zip(pc, pe):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5)
     for state_c, state_e in zip(opt_c.state.values(), opt_e.state.values()):

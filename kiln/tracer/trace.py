@@ -198,9 +198,9 @@ class Tracer:
             if getattr(target._data, "base", None) is not None:
                 self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of "
                                  f"shape {list(tensor.shape)}) also changes the tensor it views")
-            elif target._trace is None or id(target._trace) not in self.known:
-                # a tensor from outside, written before it was read (`buf.copy_(x)`): it
-                # becomes an input, so the write is one of the program's write-backs
+            else:
+                # a tensor from outside written before it was read (`buf.copy_(x)`) becomes an
+                # input here, so the write is one of the program's write-backs
                 self.value(target)
         v = self.value(result)
         target._trace = v
