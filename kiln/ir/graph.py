@@ -136,7 +136,8 @@ class Graph(Deferred):
 
     def add_node(self, op: str, inputs: tuple, attrs: dict, shape, dtype, loc: str = "") -> Value:
         out = self.new_value(shape, dtype)
-        self.nodes.append(Node(op, tuple(inputs), tuple(sorted(attrs.items())), out, loc))
+        self.nodes.append(Node(op, tuple(inputs), tuple(sorted(attrs.items())) if attrs else (),
+                               out, loc))
         return out
 
     def producers(self) -> dict:

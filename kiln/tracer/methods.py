@@ -25,15 +25,17 @@ from kiln.tracer.tensor import STATE, Tensor
 def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tensor:
     """Store `result` into `self`'s memory, as `self.op_(...)` does."""
     data = self._data
-    if (not result.requires_grad and result.dtype is self.dtype and STATE.tracer is None
+    if (not result.requires_grad and result.dtype is self.dtype
             and result._data.shape == data.shape and not (self.requires_grad and
                                                           STATE.grad_enabled)
             and data.flags.writeable):
         # the common case, an optimizer's update or a running statistic: no autograd history
-        # to link, no trace to tell, nothing to cast or broadcast; the checks below cost more
-        # than the write on parameter-sized tensors
+        # to link, nothing to cast or broadcast; the checks below cost more than the write on
+        # parameter-sized tensors
         data[...] = result._data
         self._version[0] += 1
+        if STATE.tracer is not None:
+            STATE.tracer.write(self, result)
         return self
     if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
         raise op_error(op, "a leaf Variable that requires grad is being used in an in-place "

@@ -171,14 +171,21 @@ class Tracer:
 
     # ------------------------------------------------------------------ ops
     def record(self, prim, args: tuple, attrs: dict, result: Tensor) -> None:
-        inputs = tuple(self.value(a) if isinstance(a, Tensor) else a for a in args)
+        # runs for every op of a trace: the common input (a value of this graph) is read inline
+        known, inputs = self.known, []
+        for a in args:
+            if isinstance(a, Tensor):
+                v = a._trace
+                inputs.append(v if v is not None and id(v) in known else self.value(a))
+            else:
+                inputs.append(a)
         for k, a in attrs.items():
             if type(a) is not tuple and isinstance(a, tuple):
                 # a kiln.Size (or another tuple type) becomes plain IR data, so a graph means
                 # the same after a JSON round trip and prints the same in generated code
                 attrs = {**attrs, k: tuple(a)}
-        v = self.graph.add_node(prim.name, inputs, attrs, tuple(result.shape), result.dtype,
-                                user_location())
+        v = self.graph.add_node(prim.name, tuple(inputs), attrs, result._data.shape,
+                                result.dtype, user_location())
         self.known.add(id(v))
         result._trace = v
         if result.grad_fn is not None:
