@@ -1,7 +1,7 @@
 """kiln eager vs kiln compiled (auto backend: C kernels on the CPU) vs PyTorch eager vs
 torch.compile (Inductor, CPU), side by side in one process.
 
-Run: python benchmarks/compile_cpu.py [--quick] [--no-inductor]
+Run: python benchmarks/compile_cpu.py [--quick] [--no-inductor] [--first-calls]
 Prints median milliseconds per call and ratios for two sets of sizes (issue 6's and issue 7's),
 two training steps (an MLP with Adam, the digits CNN with SGD), the per-call time of a compiled function on a 21-op chain of 16 floats,
 and first-call compile times (cold: empty kernel cache; warm: a new process reading the disk
@@ -156,24 +156,31 @@ else:
     fn, args = row[2], (kiln.from_numpy(row[1]),)
 f = kiln.compile(fn)
 t0 = time.perf_counter()
-for _ in range(2):                       # trace and compile, then the first replay
-    f(*args)
-print((time.perf_counter() - t0) * 1e3, imports)
+for calls in range(1, 4):                # until a call compiles: a step that makes state (SGD's
+    f(*args)                             # momentum) traces again once the state exists
+    if f.programs():
+        break
+first = (time.perf_counter() - t0) * 1e3
+t0 = time.perf_counter()
+f(*args)                                 # the first replay of the compiled program
+print(first, (time.perf_counter() - t0) * 1e3, calls, imports)
 """
 
 
-def compile_time_ms(name: str, cache_dir: str) -> tuple[float, float]:
-    """First-call time of a compiled function in a fresh process (trace, passes, codegen, C
-    build or disk-cache load, first replay), and the import time of the compiler's modules."""
+def compile_time_ms(name: str, cache_dir: str) -> tuple[float, float, int, float]:
+    """In a fresh process: the time of a compiled function's first call (its eager run while
+    tracing, the passes, codegen and C build or the disk-cache load), or of its calls until
+    one compiled; the time of the first replay after it; that number of calls; and the import
+    time of the compiler's modules."""
     env = {**os.environ, "KILN_CACHE_DIR": cache_dir, "KILN_BENCH_NO_TORCH": "1"}
     out = subprocess.run([sys.executable, "-c", COMPILE_TIME_CODE.format(name=name)],
                          capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode:
         print(out.stderr[-2000:], file=sys.stderr)
-        return math.nan, math.nan
-    first, imports = out.stdout.strip().splitlines()[-1].split()
-    return float(first), float(imports)
+        return math.nan, math.nan, 0, math.nan
+    first, replay, calls, imports = out.stdout.strip().splitlines()[-1].split()
+    return float(first), float(replay), int(calls), float(imports)
 
 
 HEADER = (f"{'workload':24s} {'kiln eager':>11s} {'kiln comp':>10s} {'torch':>9s} "
@@ -198,7 +205,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="sizes / 8, fewer repeats")
     parser.add_argument("--no-inductor", action="store_true",
                         help="skip the torch.compile column (it compiles for minutes)")
+    parser.add_argument("--first-calls", action="store_true",
+                        help="only the first-call table (fresh processes; no torch needed)")
     args = parser.parse_args()
+    if args.first_calls:
+        first_calls(warm_runs=7)
+        return
     repeat = 5 if args.quick else 15
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"threads: torch {torch.get_num_threads()}, kiln C kernels: OpenMP default "
@@ -244,15 +256,27 @@ def main() -> None:
     print(f"\nper-call time of the compiled 21-op chain on 16 floats: {chain[1] * 1e3:.1f} us "
           f"(kiln eager {chain[0] * 1e3:.1f} us, torch eager {chain[2] * 1e3:.1f} us"
           + (f", torch.compile {chain[3] * 1e3:.1f} us)" if not math.isnan(chain[3]) else ")"))
-    with tempfile.TemporaryDirectory() as cache:
-        print("\nfirst call (trace + passes + codegen + C build + first replay), ms, at --quick "
-              "sizes:\n  cold (empty KILN_CACHE_DIR) / warm (new process, disk cache); the "
-              "compiler's modules import once per process, timed apart")
-        for name in [w[0] for w in workloads(True)] + ["mlp step"]:
-            cold, imports = compile_time_ms(name, cache)
-            warm, _ = compile_time_ms(name, cache)
-            print(f"  {name:24s} {cold:8.1f} / {warm:8.1f}    (imports {imports:.0f} ms)")
+    first_calls()
 
+
+def first_calls(warm_runs: int = 3) -> None:
+    """The first-call table: each row cold once, then warm `warm_runs` times (medians)."""
+    with tempfile.TemporaryDirectory() as cache:
+        print("\nfirst call, ms, at --quick sizes: the call that traces (running eagerly) and "
+              "compiles (passes, codegen; C builds start in the background), and the first "
+              "replay after it (it waits for those builds);\n  cold: empty KILN_CACHE_DIR; "
+              f"warm: a new process reading the disk cache (medians of {warm_runs} processes); "
+              "the compiler's modules import once per process, timed apart")
+        print(f"  {'workload':24s} {'cold call':>10s} {'+ replay':>9s} {'warm call':>10s} "
+              f"{'+ replay':>9s}")
+        for name in [w[0] for w in workloads(True)] + ["mlp step"]:
+            cold, cold_replay, calls, imports = compile_time_ms(name, cache)
+            warm_rows = [compile_time_ms(name, cache) for _ in range(warm_runs)]
+            warm = statistics.median(r[0] for r in warm_rows)
+            replay = statistics.median(r[1] for r in warm_rows)
+            print(f"  {name:24s} {cold:10.1f} {cold_replay:9.1f} {warm:10.1f} {replay:9.1f}    "
+                  f"({calls} call{'s' if calls > 1 else ''} to compile; "
+                  f"imports {imports:.0f} ms)")
 
 if __name__ == "__main__":
     main()
