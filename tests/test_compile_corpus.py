@@ -17,13 +17,14 @@ def _state(fn, args):
     return flatten(args)[0], names
 
 
-def _compare(compiled_out, eager_out):
+def _compare(compiled_out, eager_out, rtol=2e-5, atol=2e-6):
+    """Tensors on any device, compared on the host."""
     got, want = flatten(compiled_out)[0], flatten(eager_out)[0]
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.dtype is w.dtype and tuple(g.shape) == tuple(w.shape)
-        np.testing.assert_allclose(g.detach().numpy(), w.detach().numpy(), rtol=2e-5,
-                                   atol=2e-6)
+        np.testing.assert_allclose(g.detach().cpu().numpy(), w.detach().cpu().numpy(),
+                                   rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("backend", ["auto", "numpy", "c", "triton"])
@@ -62,7 +63,8 @@ def _assert_really_compiled(compiled):
 
 
 def _check_training(make, x, y, steps=10, backend="auto", rtol=1e-5, noise=None):
-    """Compiled and eager training agree step by step and in the final parameters.
+    """Compiled and eager training agree step by step and in the final parameters; `make`
+    builds the model, optimizer and loss on the device of `x` and `y`. Returns the compiled step.
 
     `noise` maps a parameter name to the slice of it whose gradient is zero up to rounding:
     Adam turns that noise into steps of about lr, in directions that depend on summation
@@ -82,10 +84,10 @@ def _check_training(make, x, y, steps=10, backend="auto", rtol=1e-5, noise=None)
     eager, compiled = step_for(model_e, opt_e), kiln.compile(step_for(model_c, opt_c),
                                                             backend=backend)
     for _ in range(steps):
-        np.testing.assert_allclose(compiled(x, y).numpy(), eager(x, y).numpy(), rtol=rtol,
-                                   atol=1e-6)
+        np.testing.assert_allclose(compiled(x, y).cpu().numpy(), eager(x, y).cpu().numpy(),
+                                   rtol=rtol, atol=1e-6)
     for (name, pe), (_, pc) in zip(model_e.named_parameters(), model_c.named_parameters()):
-        got, want = pc.detach().numpy().copy(), pe.detach().numpy().copy()
+        got, want = pc.detach().cpu().numpy().copy(), pe.detach().cpu().numpy().copy()
         if name in noise:
             lr = opt_e.param_groups[0]["lr"]
             part = noise[name]
@@ -94,6 +96,7 @@ def _check_training(make, x, y, steps=10, backend="auto", rtol=1e-5, noise=None)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-6, err_msg=name)
     replays = [e for e in compiled.entries.values() if e.program is not None]
     assert sum(e.calls for e in replays) >= steps - 3     # at most 3 traces, the rest replays
+    return compiled
 
 
 def test_compiled_mlp_adam_matches_eager():
