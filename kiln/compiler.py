@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.trace import GraphBreak, TracedProgram, Tracer, flatten, unflatten  # noqa: F401
@@ -265,14 +266,15 @@ class CompiledEntry:
     out_dtypes: list = field(default_factory=list)   # dtype per user output
 
 
-def _fetch_plan(program: TracedProgram, n: int) -> list:
-    """How a replay finds each of the first `n` graph inputs, resolved once per entry."""
+def _fetch_plan(program: TracedProgram, n: int, device) -> list:
+    """How a replay finds each of the first `n` graph inputs, resolved once per entry; a seed is
+    drawn on the host and moved to `device`, the program's."""
     plan = []
     for i, b in enumerate(program.bindings[:n]):
         if b.kind == "arg":
             plan.append((_ARG, b.path))
         elif b.kind == "seed":
-            plan.append((_SEED, b.generator))
+            plan.append((_SEED, (b.generator, device)))
         elif b.kind == "grad":
             plan.append((_GRAD, i))
         else:
@@ -467,7 +469,7 @@ class CompiledFunction:
             entry.schedule = forward.schedule
             index = {v: i for i, v in enumerate(entry.graph.inputs)}
             entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
-            entry.fetch = _fetch_plan(program, len(entry.graph.inputs))
+            entry.fetch = _fetch_plan(program, len(entry.graph.inputs), device)
             entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
         except Exception as e:        # a compiler bug must never cost the user a result
             entry.program, entry.eager_reason = None, f"compilation failed: {e!r}"
@@ -486,7 +488,8 @@ class CompiledFunction:
             elif kind == _LIFTED:
                 inputs.append(where._data)
             elif kind == _SEED:
-                inputs.append(np.array(where.next_seed(), dtype=np.int64))
+                generator, device = where
+                inputs.append(to_device(np.array(generator.next_seed(), dtype=np.int64), device))
             else:
                 inputs.append(_bound_tensor(program, where, leaves)._data)
         try:

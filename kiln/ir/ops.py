@@ -70,8 +70,10 @@ def define(name, kind, infer, impl, grad=None, arity=None, quiet=False, doc=""):
     prim = Primitive(name, kind, infer, impl, grad, arity, quiet, doc)
     PRIMITIVES[name] = prim
 
-    def call(*args, **attrs):
-        return P.dispatch(prim, args, attrs)
+    def call(*args, device=None, **attrs):
+        # `device`: where an op with no tensor input (a creation) puts its result; an op with
+        # tensor inputs runs on theirs
+        return P.dispatch(prim, args, attrs, device)
 
     call.__name__ = name
     setattr(P, name, call)
@@ -550,7 +552,7 @@ def _slice_grad(g, out, x, starts, stops, steps):
         pads = tuple((a, d - b) for a, b, d in zip(starts, stops, x.shape))
         return (P.pad(g, pads=pads, value=0.0),)
     # strided: scatter into zeros through a flat index
-    return (P.index_add(P.full(shape=(x.numel(),), value=0.0, dtype=g.dtype),
+    return (P.index_add(P.full(shape=(x.numel(),), value=0.0, dtype=g.dtype, device=g.device),
                         _flat_positions(x.shape, starts, stops, steps, g),
                         P.reshape(g, shape=(g.numel(),)), axis=0).reshape(x.shape),)
 
@@ -726,7 +728,8 @@ define("fold", INDEX, _fold_infer, _fold_impl,
 
 define("take", INDEX, _take_infer, _take_impl,
        lambda g, out, x, idx, axis: (
-           P.index_add(P.full(shape=x.shape, value=0, dtype=g.dtype), idx, g, axis=axis), None),
+           P.index_add(P.full(shape=x.shape, value=0, dtype=g.dtype, device=g.device), idx, g,
+                       axis=axis), None),
        arity=2, doc="out = x indexed along `axis` by an integer tensor of any shape")
 
 
@@ -760,8 +763,9 @@ def _index_put_impl(xp, base, idx, src, axis):
 
 
 def _index_put_grad(g, out, base, idx, src, axis):
-    written = P.index_put(P.full(shape=base.shape, value=True, dtype=dt.bool_), idx,
-                          P.full(shape=src.shape, value=False, dtype=dt.bool_), axis=axis)
+    written = P.index_put(P.full(shape=base.shape, value=True, dtype=dt.bool_, device=g.device),
+                          idx, P.full(shape=src.shape, value=False, dtype=dt.bool_,
+                                      device=g.device), axis=axis)
     return P.where(written, g, 0.0), None, P.take(g, idx, axis=axis)
 
 

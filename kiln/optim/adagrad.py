@@ -33,7 +33,7 @@ class Adagrad(Optimizer):
     def _init_state(self, p, group) -> None:
         state = self.state[p]
         if not state:
-            state["step"] = _scalar_state()
+            state["step"] = _scalar_state(p)
             state["sum"] = kiln.full_like(p, group["initial_accumulator_value"])
 
     def add_param_group(self, param_group) -> None:

@@ -36,7 +36,7 @@ class Adam(Optimizer):
         state = self.state[p]
         if not state:
             with untraced():        # made once, then read like parameters: one trace will do
-                state["step"] = _scalar_state()
+                state["step"] = _scalar_state(p)
                 state["exp_avg"] = kiln.zeros_like(p)
                 state["exp_avg_sq"] = kiln.zeros_like(p)
                 if group["amsgrad"]:

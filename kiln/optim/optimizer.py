@@ -179,8 +179,8 @@ def _cast_state(param: Tensor, key: str, value):
     if key == "step":
         # PyTorch keeps the step count as a float32 scalar tensor, whatever the param dtype
         if isinstance(value, Tensor):
-            return value.detach().to(kiln.float32).clone()
-        return kiln.tensor(float(value), dtype=kiln.float32)
+            return value.detach().to(device=param.device, dtype=kiln.float32).clone()
+        return _scalar_state(param, float(value))
     if isinstance(value, Tensor):
         dtype = param.dtype if param.is_floating_point() else value.dtype
         return value.detach().to(device=param.device, dtype=dtype).clone()
@@ -203,5 +203,7 @@ def _sqrt(x):
     return math.sqrt(x) if isinstance(x, float) else x.sqrt()
 
 
-def _scalar_state(value: float = 0.0) -> Tensor:
-    return kiln.tensor(value, dtype=kiln.float32)
+def _scalar_state(param: Tensor, value: float = 0.0) -> Tensor:
+    """A step count: a float32 scalar on `param`'s device (PyTorch keeps it on the CPU, where it
+    would meet the parameter's tensors in a traced step's bias corrections)."""
+    return kiln.tensor(value, dtype=kiln.float32, device=param.device)

@@ -34,7 +34,7 @@ class RMSprop(Optimizer):
         state = self.state[p]
         if not state:
             with untraced():        # made once, then read like parameters: one trace will do
-                state["step"] = _scalar_state()
+                state["step"] = _scalar_state(p)
                 state["square_avg"] = kiln.zeros_like(p)
                 if momentum > 0:
                     state["momentum_buffer"] = kiln.zeros_like(p)

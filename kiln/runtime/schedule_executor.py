@@ -302,9 +302,9 @@ def _plan(schedule, target: str, known: dict) -> tuple:
         if isinstance(step, FusedKernel):      # the rest are extern nodes
             sub = step.subgraph
             subgraphs.append(sub)
-            if target == "c" and all(n.op in STRIDED_VIEWS for n in sub.nodes):
-                # only views (a transposed weight or activation before a matmul): NumPy
-                # makes them without copying, and the matmul reads them as they are
+            if all(n.op in STRIDED_VIEWS for n in sub.nodes):
+                # only views (a transposed weight or activation before a matmul): NumPy and
+                # CuPy make them without copying, and the matmul reads them as they are
                 listing.append((step.name, None, "views only: no copy needed"))
                 if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
                     (n,) = sub.nodes

@@ -78,7 +78,7 @@ def trace_joint(fn, *args, tangents: list | None = None, name: str | None = None
         grads = run_backward([outs[i] for i in diff], seeds, inputs=wrt) if diff else \
             [None] * len(wrt)
         from kiln.tracer import creation
-        grads = [g if g is not None else creation.zeros(*w.shape, dtype=w.dtype)
+        grads = [g if g is not None else creation.zeros(*w.shape, dtype=w.dtype, device=w.device)
                  for g, w in zip(grads, wrt)]
     for t, g in zip(wrt, grads):
         if g.dtype is not t.dtype:
