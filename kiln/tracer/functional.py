@@ -1492,6 +1492,8 @@ def getitem(input, key):
             if k.dtype.is_floating_point and k.numel() == 0:
                 k = k.to(dt.int64)
         if isinstance(k, Tensor):
+            if k.device is not input.device and k.device.type == "cpu":
+                k = k.to(input.device)   # as PyTorch: indices on the CPU for a tensor anywhere
             if k.dtype is dt.bool_ and k.ndim == 0:
                 # a 0-d mask adds a dim of size 1 and keeps it (True) or empties it (False)
                 out_shape.append(1)
