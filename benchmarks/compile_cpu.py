@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 import kiln
-import kiln.nn as knn
 import kiln.optim  # noqa: F401
 from kiln.tracer import functional as KF
 
@@ -63,11 +62,13 @@ def layer_norm(x, eps=1e-5):
 
 
 def workloads(quick: bool, sizes: str = "6"):
-    """(name, data, kiln fn, torch fn) rows; sizes "6" are issue 6's, "7" issue 7's."""
+    """(name, data, kiln fn, torch fn) rows; sizes "6" are issue 6's, "7" issue 7's, "gpu" those
+    of benchmarks/compile_gpu.py."""
     scale = 8 if quick else 1
     rng = np.random.default_rng(0)
     n_gelu, soft, ln = {"6": (4 << 20, (2048, 2048), (4096, 1024)),
-                        "7": (16 << 20, (4096, 4096), (8192, 1024))}[sizes]
+                        "7": (16 << 20, (4096, 4096), (8192, 1024)),
+                        "gpu": (64 << 20, (16384, 4096), (16384, 4096))}[sizes]
     gelu_x = rng.standard_normal(n_gelu // scale, dtype=np.float32)
     soft_x = rng.standard_normal((soft[0] // scale, soft[1]), dtype=np.float32)
     ln_x = rng.standard_normal((ln[0] // scale, ln[1]), dtype=np.float32)

@@ -31,15 +31,13 @@ from kiln.ir.ops import PRIMITIVES, REDUCE
 from kiln.runtime import triton_launch
 from kiln.runtime.device import cupy_module
 from kiln.runtime.schedule_executor import ScheduleExecutor
-from kiln.tracer import functional as KF
 
 try:
     import torch
 except ImportError:         # main() says what is missing and exits
     torch = None
 if torch is not None:       # the CPU benchmark's workloads and table; it imports torch itself
-    from compile_cpu import (HEADER, _count, _inductor, _mlp, _row, gelu_tanh, layer_norm,
-                             training_step)
+    from compile_cpu import HEADER, _inductor, _mlp, _row, training_step, workloads
 
 BIG_KERNEL = 1_000_000       # bytes a kernel must move to count toward the bandwidth target
 TARGET_OF_COPY = 0.8
@@ -247,22 +245,6 @@ def print_kernels(kernels: list[KernelTiming], copy_gbs: float, how: str) -> Non
 
 # ----------------------------------------------------------------------------- workloads
 
-def workloads(scale: int) -> list:
-    """(name, data, kiln fn, torch fn) rows at GPU sizes divided by `scale`."""
-    rng = np.random.default_rng(0)
-    gelu_x = rng.standard_normal((64 << 20) // scale, dtype=np.float32)
-    soft_x = rng.standard_normal((16384 // scale, 4096), dtype=np.float32)
-    ln_x = rng.standard_normal((16384 // scale, 4096), dtype=np.float32)
-    return [
-        (f"gelu_tanh {_count(gelu_x.size)}", gelu_x, lambda x: gelu_tanh(KF, x),
-         lambda x: torch.nn.functional.gelu(x, approximate="tanh")),
-        (f"softmax {soft_x.shape[0]}x{soft_x.shape[1]}", soft_x, lambda x: KF.softmax(x, -1),
-         lambda x: x.softmax(-1)),
-        (f"layer_norm {ln_x.shape[0]}x{ln_x.shape[1]}", ln_x, layer_norm,
-         lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:])),
-    ]
-
-
 def eager_reason(compiled) -> str | None:
     """Why a compiled function ran (some calls) eagerly, or None when all replayed kernels."""
     if not compiled.entries:
@@ -374,7 +356,7 @@ def main() -> None:
     print(HEADER)
     print("-" * len(HEADER))
     rows = [(name, functools.partial(bench_function, data, kfn, tfn))
-            for name, data, kfn, tfn in workloads(scale)]
+            for name, data, kfn, tfn in workloads(args.quick, "gpu")]
     rows.append((f"mlp step {4096 // scale}x784 adam",
                  functools.partial(bench_mlp_step, 4096 // scale)))
     kernels, slower, failed = [], [], []

@@ -752,7 +752,7 @@ class _Renderer:
                 return f"({ctype(s.dtype)})({float(start)!r} + (double){idx} * {float(step)!r})"
             return f"({ctype(s.dtype)})({int(start)} + {idx} * {int(step)})"
         if s.op == "cast":
-            x, src = self._name(s.args[0]), s.arg_dtypes[0]
+            x = self._name(s.args[0])
             if s.dtype is dt.bool_:
                 return f"{x} != 0"
             if s.dtype is dt.float16:

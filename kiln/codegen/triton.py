@@ -397,7 +397,7 @@ class _Renderer:
             a = dict(s.attrs)
             return f"({a['start']} + {s.args[0]} * {a['step']}).to({TL_TYPE[cd]})"
         if s.op == "cast":
-            x, src = s.args[0], s.arg_dtypes[0]
+            x = s.args[0]
             if s.dtype is dt.bool_:
                 return f"{x} != 0"
             text = f"{x}.to({TL_TYPE[s.dtype]})"

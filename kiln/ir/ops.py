@@ -20,7 +20,6 @@ from typing import Callable
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.dtypes import DType
 
 ELEMENTWISE, REDUCE, MOVEMENT, INDEX, MATMUL, CREATION, RANDOM, NORMALIZE = (
     "elementwise", "reduce", "movement", "index", "matmul", "creation", "random", "normalize")

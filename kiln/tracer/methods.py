@@ -141,7 +141,6 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
 def _to_device(self: Tensor, device: Device) -> Tensor:
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
-        from kiln.tracer.autograd import Node
         # crossing devices is differentiable: the gradient goes back the same way
         out.requires_grad = True
         out.grad_fn = _DeviceCopy(self, out)
@@ -323,7 +322,7 @@ _METHODS = {
     "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
-    "__setitem__": setitem, "zero_": lambda self: write_inplace(self, _fill(self, 0), "zero_"),
+    "zero_": lambda self: write_inplace(self, _fill(self, 0), "zero_"),
     "fill_": lambda self, value: write_inplace(self, _fill(self, value), "fill_"),
     "copy_": lambda self, src, non_blocking=False: write_inplace(
         self, src.to(self.device) if isinstance(src, Tensor) else _fill(self, src), "copy_"),
