@@ -2,6 +2,9 @@
 with every tensor moved to the GPU, an MLP trained with Adam for 10 steps, and the batch-norm
 primitives' CuPy path against their NumPy one. All skipped without a GPU (tests/conftest.py)."""
 
+import contextlib
+import warnings
+
 import numpy as np
 import pytest
 
@@ -128,3 +131,30 @@ def test_batch_norm_primitives_on_cuda_match_cpu(shape):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
     # and the running statistics moved off their initial values
     assert not np.allclose(results["cuda"][4], 0) and not np.allclose(results["cuda"][5], 1)
+
+
+@contextlib.contextmanager
+def _no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def _moves_to_cuda(x):
+    return (x * 2).cuda() + 1  # BREAK
+
+
+@pytest.mark.gpu
+def test_a_copy_between_devices_is_a_graph_break_naming_its_line():
+    from kiln.tracer.trace import GraphBreak
+    from tests.tracer.test_graph_breaks import _line_of
+    line = f"test_compile_gpu.py:{_line_of(_moves_to_cuda, '# BREAK')}"
+    compiled = kiln.compile(_moves_to_cuda)
+    for call in range(2):                 # eagerly, both times: no replay of a stale copy
+        x = kiln.tensor([1.0, -2.0]) * (call + 1)
+        with pytest.warns(UserWarning, match=line) if call == 0 else _no_warning():
+            out = compiled(x)
+        assert out.device.type == "cuda"
+        np.testing.assert_allclose(out.cpu().numpy(), x.numpy() * 2 + 1)
+    with pytest.raises(GraphBreak, match=line):
+        kiln.compile(_moves_to_cuda, fullgraph=True)(kiln.tensor([1.0]))

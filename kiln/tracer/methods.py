@@ -139,6 +139,11 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
 
 
 def _to_device(self: Tensor, device: Device) -> Tensor:
+    if STATE.tracer is not None:
+        # a compiled program runs on one device; the copy would not be in the graph, and a
+        # replay would read the tensor this call made
+        STATE.tracer.graph_break(f"a copy from {self.device} to {device} (a compiled program "
+                                 "runs on one device)")
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way
