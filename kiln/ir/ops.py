@@ -919,8 +919,15 @@ def _needs_grad(x) -> bool:
 
 def _matmul_grad(g, out, a, b):
     # skip the product nobody needs: a matmul is the one gradient too costly to waste
-    return (P.matmul(g, _swap_last(b)) if _needs_grad(a) else None,
-            P.matmul(_swap_last(a), g) if _needs_grad(b) else None)
+    grad_a = P.matmul(g, _swap_last(b)) if _needs_grad(a) else None
+    if not _needs_grad(b):
+        return grad_a, None
+    if b.ndim == 2 and not b.is_contiguous() and b.t().is_contiguous():
+        # b is a transposed matrix (`weight.t()` in `linear`): its gradient as the transpose
+        # of a row-major product, so the weight's own gradient comes out row-major, as the
+        # weight is, and `.grad` gets it without a transposing copy
+        return grad_a, _swap_last(P.matmul(_swap_last(g), a))
+    return grad_a, P.matmul(_swap_last(a), g)
 
 
 define("matmul", MATMUL, _matmul_infer, lambda xp, a, b: xp.matmul(a, b), _matmul_grad, arity=2,

@@ -1,5 +1,6 @@
 """Layout rewrites: a matmul read only through a transpose computes the transposed product
-itself (a weight gradient comes out as g.T @ x, not (x.T @ g).T), with the same results."""
+itself ((a @ b).T as b.T @ a.T), with the same results; a weight gradient already comes out as
+g.T @ x from matmul's gradient rule."""
 
 import numpy as np
 
@@ -33,12 +34,20 @@ def test_weight_gradient_is_computed_in_the_weights_layout():
         F.cross_entropy(model(x), y).backward()
         return model.weight.grad
     graph, inputs = _traced(step, x, y)
+    # matmul's gradient rule already gives `weight.t()` the transpose of g.T @ x (so eager mode
+    # gets a row-major weight gradient too); nothing is left for the pass
+    assert _transposed_matmuls(graph) == 0
+    node = graph.producers()[graph.outputs[0]]
+    assert node.op == "matmul" and node.inputs[1] is graph.inputs[0]    # g.T @ x
+    assert transpose_matmul_outputs(graph) is graph
+
+
+def test_a_product_read_only_through_a_transpose_is_computed_transposed():
+    graph, inputs = _traced(lambda a, b: (a @ b).T * 2, kiln.randn(3, 4), kiln.randn(4, 5))
     assert _transposed_matmuls(graph) == 1
     after = transpose_matmul_outputs(graph)
     after.verify()
     assert _transposed_matmuls(after) == 0
-    node = after.producers()[after.outputs[0]]
-    assert node.op == "matmul" and node.inputs[1] is after.inputs[0]    # g.T @ x
     assert_same_results(graph, after, inputs, rtol=1e-5)
 
 
