@@ -115,6 +115,68 @@ def variables(e: Expr) -> set:
     return set()
 
 
+def _linear_terms(e: Expr, scale: int, terms: dict) -> int:
+    """Add `scale * e` to `terms` (subexpression -> coefficient); returns its constant part."""
+    if isinstance(e, Const):
+        return scale * e.value
+    if isinstance(e, BinOp):
+        if e.op in "+-":
+            return _linear_terms(e.a, scale, terms) + _linear_terms(
+                e.b, scale if e.op == "+" else -scale, terms)
+        if e.op == "*" and isinstance(e.b, Const):
+            return _linear_terms(e.a, scale * e.b.value, terms)
+        if e.op == "*" and isinstance(e.a, Const):
+            return _linear_terms(e.b, scale * e.a.value, terms)
+    terms[e] = terms.get(e, 0) + scale
+    return 0
+
+
+def merge_digits(e: Expr, index_vars: tuple) -> Expr:
+    """`e` with each run of coordinates that spells out part of its linear index written as
+    that part: (r0 * 64 + r2 * 8 + r3) * 16, where r0, r2 and r3 are rindex's digits, becomes
+    rindex * 16. An offset through a reshape and back (a permuted view read in its own order)
+    then costs no division per element."""
+    terms: dict = {}
+    const = _linear_terms(e, 1, terms)
+    if const < 0 or any(c <= 0 for c in terms.values()):
+        return e                # index expressions stay sums of non-negative terms
+    digit = {iv.name: iv for iv in index_vars}
+    by_linear: dict = {}        # linear index -> {divisor: (IndexVar, coefficient)}
+    for t, c in terms.items():
+        iv = digit.get(t.name) if isinstance(t, Var) else None
+        if iv is not None:
+            by_linear.setdefault(iv.linear, {})[iv.divisor] = (iv, c)
+    merged = False
+    for linear, digits in by_linear.items():
+        for low in sorted(digits):
+            if low not in digits:
+                continue                        # part of an earlier run
+            iv, c = digits[low]
+            if c % low:
+                continue
+            scale, run = c // low, [iv]
+            while iv.size and digits.get(iv.divisor * iv.size, (None, 0))[1] == \
+                    scale * iv.divisor * iv.size:
+                iv = digits[iv.divisor * iv.size][0]
+                run.append(iv)
+            if len(run) < 2:
+                continue
+            for x in run:
+                del terms[Var(x.name)]
+                del digits[x.divisor]
+            part = floordiv(Var(linear), low)
+            if run[-1].size:
+                part = mod(part, math.prod(x.size for x in run))
+            terms[part] = terms.get(part, 0) + scale * low
+            merged = True
+    if not merged:
+        return e
+    out: Expr = Const(const)
+    for t, c in terms.items():
+        out = add(out, mul(t, c))
+    return out
+
+
 def contiguous_strides(shape: tuple) -> tuple:
     strides, acc = [], 1
     for d in reversed(shape):
@@ -453,7 +515,7 @@ class _Lowering:
                 return Var("xindex")
             if self.axes == tuple(range(len(shape) - len(self.axes), len(shape))):
                 return add(mul(Var("row"), math.prod(self.reduced)), Var("rindex"))
-        return linearize(coords, shape)
+        return merge_digits(linearize(coords, shape), self.index_vars)
 
     # -------------------------------------------------------------- values at coordinates
     def emit(self, v, coords: tuple) -> tuple:
