@@ -163,6 +163,7 @@ for calls in range(1, 4):                # until a call compiles: a step that ma
     if f.programs():
         break
 first = (time.perf_counter() - t0) * 1e3
+assert f.programs(), f"{{name}} did not compile: {{f.entries}}"
 t0 = time.perf_counter()
 f(*args)                                 # the first replay of the compiled program
 print(first, (time.perf_counter() - t0) * 1e3, calls, imports)

@@ -120,7 +120,7 @@ def _linear_terms(e: Expr, scale: int, terms: dict) -> int:
     if isinstance(e, Const):
         return scale * e.value
     if isinstance(e, BinOp):
-        if e.op in "+-":
+        if e.op in ("+", "-"):
             return _linear_terms(e.a, scale, terms) + _linear_terms(
                 e.b, scale if e.op == "+" else -scale, terms)
         if e.op == "*" and isinstance(e.b, Const):

@@ -922,10 +922,11 @@ def _matmul_grad(g, out, a, b):
     grad_a = P.matmul(g, _swap_last(b)) if _needs_grad(a) else None
     if not _needs_grad(b):
         return grad_a, None
-    if b.ndim == 2 and not b.is_contiguous() and b.t().is_contiguous():
-        # b is a transposed matrix (`weight.t()` in `linear`): its gradient as the transpose
-        # of a row-major product, so the weight's own gradient comes out row-major, as the
-        # weight is, and `.grad` gets it without a transposing copy
+    if b.ndim == 2 and not b.is_contiguous() and b.stride() == (1, b.shape[0]):
+        # b is a transposed matrix (`weight.t()` in `linear`; told by its strides, as `b.t()`
+        # would be one more dispatch and a dead node in a trace): its gradient as the
+        # transpose of a row-major product, so the weight's own gradient comes out row-major,
+        # as the weight is, and `.grad` gets it without a transposing copy
         return grad_a, _swap_last(P.matmul(_swap_last(g), a))
     return grad_a, P.matmul(_swap_last(a), g)
 
