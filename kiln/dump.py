@@ -78,15 +78,16 @@ def c_kernel_sources(schedule) -> str:
 def compiled_notes(compiled) -> list[tuple[str, str]]:
     """Guards of each compiled entry and why any of them runs eagerly."""
     lines = []
-    for i, (key, entry) in enumerate(compiled.entries.items()):
-        tensors, grad_mode, tree, state = key[:4]
+    for i, ((key, _), entry) in enumerate(compiled.entries.items()):
+        tensors, aliases, grad_mode, tree = key
         tensors = [(list(shape), dtype.name, str(device), requires_grad)
                    for shape, dtype, device, requires_grad in tensors]
-        lines.append(f"key {i}: tensors (shape, dtype, device, requires_grad) {tensors}; "
-                     f"grad mode {grad_mode}; python values {tree!r}; module/optimizer state "
-                     f"{state!r}" + (f"; .grad is None {key[4]}" if len(key) > 4 else ""))
+        lines.append(f"entry {i}: tensors (shape, dtype, device, requires_grad) {tensors}; "
+                     f"shared memory {list(aliases) or 'none'}; grad mode {grad_mode}; "
+                     f"python arguments {tree!r}")
         lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
+        lines += [f"  guard: {g.describe()}" for g in entry.guards]
     return [("guards", "\n".join(lines))] if lines else []
 
 

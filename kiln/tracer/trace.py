@@ -75,6 +75,7 @@ class TracedProgram:
     grad_writes: list = field(default_factory=list)   # GradWrite
     complete: bool = True                  # False for a segment cut by a graph break
     snapshots: list = field(default_factory=list)     # input values at trace time, if kept
+    consumed: dict = field(default_factory=dict)      # output index -> prim: graph spent
 
 
 class Tracer:
@@ -224,8 +225,8 @@ class Tracer:
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
                          "(data-dependent control flow)")
 
-    def graph_break(self, reason: str) -> None:
-        brk = GraphBreak(reason, user_location())
+    def graph_break(self, reason: str, location: str | None = None) -> None:
+        brk = GraphBreak(reason, location or user_location())
         self.breaks.append(brk)
         if self.on_break == "raise":
             raise brk
@@ -273,9 +274,13 @@ class Tracer:
                 program.grad_writes.append(GradWrite(tensor, len(g.outputs), index, was_none,
                                                      cleared=cleared))
                 g.outputs.append(gv)
-        for tensor, _ in self.input_of.values():
-            tensor._trace = None          # the next trace starts from a clean slate
+        self.release()
         return program
+
+    def release(self) -> None:
+        """Forget this trace's values on the tensors it saw: the next trace starts clean."""
+        for tensor, _ in self.input_of.values():
+            tensor._trace = None
 
 
 @contextmanager
@@ -330,5 +335,7 @@ def unflatten(tree, leaves):
         if tag is dict:
             return {k: build(v) for k, v in t[1]}
         items = [build(v) for v in t[1]]
-        return tag(items) if tag is list else (tag(items) if tag is tuple else tag(*items))
+        if hasattr(tag, "_fields"):           # a namedtuple takes its fields one by one
+            return tag(*items)
+        return tag(items)
     return build(tree)

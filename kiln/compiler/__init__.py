@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kiln.compiler import guards
+from kiln.compiler.effects import EffectWatch
 from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.tensor import STATE, Tensor
@@ -124,34 +126,6 @@ def _arg_names(fn, args, kwargs, leaves) -> dict:
     return names
 
 
-def _state_key(fn) -> tuple:
-    """Python values a trace bakes in: module train/eval flags and optimizer hyperparameters."""
-    return _state_key_of(_stateful_objects(fn))
-
-
-def _stateful_objects(fn) -> list:
-    """The modules (every submodule) and optimizers `fn` references, whose state it bakes in."""
-    found = []
-    for obj in _referenced_objects(fn).values():
-        if hasattr(obj, "named_modules"):
-            found.append(("modules", [m for _, m in obj.named_modules()]))
-        elif hasattr(obj, "param_groups"):
-            found.append(("optimizer", obj))
-    return found
-
-
-def _state_key_of(stateful: list) -> tuple:
-    key = []
-    for kind, obj in stateful:
-        if kind == "modules":
-            key.append(tuple(m.training for m in obj))
-        else:
-            for g in obj.param_groups:
-                key.append(tuple(sorted((k, v) for k, v in g.items()
-                                        if k != "params" and isinstance(v, (int, float, bool)))))
-    return tuple(key)
-
-
 # ----------------------------------------------------------------------------- trace, explain
 
 @dataclass
@@ -168,16 +142,24 @@ class TraceResult:
 
 
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
-                names: dict | None = None) -> tuple[Tracer, object]:
-    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it."""
+                names: dict | None = None, watch: bool = False) -> tuple[Tracer, object]:
+    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it.
+    With `watch`, a Python effect a replay would skip is a graph break (`EffectWatch`)."""
     leaves, _ = flatten((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
-    with tracer:
-        result = fn(*args, **kwargs)
+    def effect(what: str, where: str) -> None:
+        if STATE.tracer is tracer:
+            tracer.graph_break(f"{what}, which a replay would skip", where)
+    if watch:
+        with tracer, EffectWatch(effect):
+            result = fn(*args, **kwargs)
+    else:
+        with tracer:
+            result = fn(*args, **kwargs)
     return tracer, result
 
 
@@ -195,6 +177,7 @@ class ExplainOutput:
     graphs: list
     breaks: list
     name: str = ""
+    guards: list = field(default_factory=list)     # Guard: what a replay would check
 
     @property
     def graph_count(self) -> int:
@@ -227,6 +210,9 @@ class ExplainOutput:
         for i, b in enumerate(self.breaks, 1):
             lines.append(f"  break {i}: {b.reason}")
             lines.append(f"           at {b.location}")
+        if self.guards:
+            lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
+            lines += [f"    {g.describe()}" for g in self.guards]
         for g, report in zip(self.graphs, self.passes):
             lines.append("")
             lines.append(str(g))
@@ -240,7 +226,8 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
     """Trace `fn` on these arguments and print what was captured and where it broke."""
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
     captured = trace(target, *args, **kwargs)
-    out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target))
+    out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target),
+                        guards.collect(target).guards)
     print(out)
     return out
 
@@ -264,6 +251,26 @@ class CompiledEntry:
     partition: object = None            # PartitionReport: what the forward saves
     fetch: list = field(default_factory=list)        # (kind, where) per executor input
     out_dtypes: list = field(default_factory=list)   # dtype per user output
+    guards: list = field(default_factory=list)       # Guard: the Python state it assumes
+    lifted_bases: frozenset = frozenset()            # buffers of the state it reads
+
+    def valid(self, leaves) -> bool:
+        """Whether this entry may run for a call with tensors `leaves`: every guard holds, each
+        written `.grad` is None exactly as when traced, and no argument shares memory with the
+        state the program writes."""
+        for g in self.guards:
+            if not g.holds():
+                return False
+        program = self.program
+        if program is None:
+            return True
+        if program.grad_writes and not _grad_state_matches(program, leaves):
+            return False
+        if self.writebacks and self.lifted_bases:
+            for t in leaves:
+                if id(_base(t._data)) in self.lifted_bases:
+                    return False
+        return True
 
 
 def _fetch_plan(program: TracedProgram, n: int, device) -> list:
@@ -305,7 +312,7 @@ def kernel_target(backend: str, device) -> str:
     return "triton"
 
 
-def compile_program(graph, joint, target: str, xp) -> tuple:
+def compile_program(graph, joint, target: str, xp, stage: list | None = None) -> tuple:
     """Compile traced `graph` (`joint`: its JointInfo, or None) for `target`.
 
     Returns:
@@ -321,6 +328,8 @@ def compile_program(graph, joint, target: str, xp) -> tuple:
     else:
         from kiln.passes.pipeline import compile_passes
         compiled, prepared = compile_passes(graph, joint, fused=target != "numpy"), {}
+    if stage is not None:
+        stage[0] = f"generating and building {target} kernels"
     executors = {"forward": build_executor(compiled.forward, target, xp,
                                            prepared.get("forward"))}
     if compiled.backward is not None:
@@ -358,13 +367,15 @@ class CompiledFunction:
     fn: object
     backend: str = "auto"
     fullgraph: bool = False
-    entries: dict = field(default_factory=dict)
+    entries: dict = field(default_factory=dict)      # full key -> CompiledEntry, in trace order
     warned: set = field(default_factory=set)
     retraces: int = 0
-    _stateful: list | None = None       # referenced modules and optimizers, found once
+    _chains: dict = field(default_factory=dict)      # guard key -> full keys of its entries
+    _effect_keys: set = field(default_factory=set)   # keys whose trace changed Python state
 
     def __post_init__(self):
         functools.update_wrapper(self, self.fn)
+        self._not_traceable = _not_traceable(self.fn)
 
     def __get__(self, obj, objtype=None):
         return self if obj is None else functools.partial(self.__call__, obj)
@@ -372,52 +383,54 @@ class CompiledFunction:
     def _guard_key(self, args, kwargs) -> tuple:
         """(key, leaves): what an entry is specialized to, and the tensors of this call.
 
-        The key holds each tensor's shape, dtype, device and requires_grad, the grad mode, the
-        non-tensor arguments and the state of referenced modules and optimizers.
+        The key holds each tensor's shape, dtype, device and requires_grad, which of them share
+        memory, the grad mode, and the non-tensor arguments by type and value. What the
+        function reads from Python (globals, closures, modules, optimizers) is checked by each
+        entry's guards (`kiln.compiler.guards`).
         """
-        if not kwargs and all(isinstance(a, Tensor) for a in args):
+        if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
         else:
             leaves, tree = flatten((args, kwargs))
-            try:
-                hash(tree)
-            except TypeError:
-                tree = repr(tree)
+            tree = _typed_tree(tree)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
-        if self._stateful is None:
-            self._stateful = _stateful_objects(self.fn)
-        state = _state_key_of(self._stateful) if self._stateful else ()
-        return (tensors, STATE.grad_enabled, tree, state), leaves
+        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, tree), leaves
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
             return self.fn(*args, **kwargs)
-        key, leaves = self._guard_key(args, kwargs)
-        entry = self.entries.get(key)
-        if entry is None:
-            if len(self.entries) >= RECOMPILE_LIMIT:
-                self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
-                           f"({RECOMPILE_LIMIT} guard keys); running it eagerly from now on")
-                return self.fn(*args, **kwargs)
-            return self._trace_and_run(key, args, kwargs)
-        program = entry.program
-        if program is not None and program.grad_writes and \
-                not _grad_state_matches(program, leaves):
-            # a `.grad` that was None when traced exists now (or the reverse): the program
-            # would set instead of accumulate, so this state gets its own entry
-            key = key + (_grad_state(program, leaves),)
-            entry = self.entries.get(key)
-            if entry is None:
-                return self._trace_and_run(key, args, kwargs)
-        entry.calls += 1
-        if entry.program is None:
+        if self._not_traceable is not None:
+            if self.fullgraph:
+                raise GraphBreak(self._not_traceable, _where(self.fn))
+            self._note("generator", f"{_function_name(self.fn)} {self._not_traceable}; it "
+                       "runs eagerly")
             return self.fn(*args, **kwargs)
-        return self._replay(entry, leaves, args, kwargs)
+        key, leaves = self._guard_key(args, kwargs)
+        chain = self._chains.get(key)
+        if chain is not None:
+            for full in chain:
+                entry = self.entries[full]
+                if entry.valid(leaves):
+                    entry.calls += 1
+                    if entry.program is None:
+                        return self.fn(*args, **kwargs)
+                    return self._replay(entry, leaves, args, kwargs)
+        if len(self.entries) >= RECOMPILE_LIMIT:
+            self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
+                       f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now on"
+                       f"{_last_failure(self, key)}")
+            return self.fn(*args, **kwargs)
+        return self._trace_and_run(key, args, kwargs)
 
     def _note(self, tag: str, message: str) -> None:
         if tag not in self.warned:
             self.warned.add(tag)
             warnings.warn(f"kiln.compile: {message}", stacklevel=3)
+
+    def _add_entry(self, key, entry: CompiledEntry) -> None:
+        full = (key, len(self.entries))
+        self.entries[full] = entry
+        self._chains.setdefault(key, []).append(full)
 
     def _trace_and_run(self, key, args, kwargs):
         mode = "raise" if self.fullgraph else "abandon"
@@ -426,19 +439,73 @@ class CompiledFunction:
         # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
-        tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before)
+        before = guards.collect(self.fn)
+        arg_state = guards.collect(None, _argument_roots(args, kwargs))
+        rng = guards.random_states(before)
+        tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
+                                     watch=True)
+        draws = guards.random_draws(rng)
+        if draws and not tracer.breaks:
+            tracer.release()
+            tracer.breaks.append(GraphBreak(f"a NumPy random draw ({draws[0]}), which a replay "
+                                            "would skip", _where(self.fn)))
+            if self.fullgraph:
+                raise tracer.breaks[0]
         if tracer.breaks:
             b = tracer.breaks[0]
-            self.entries[key] = CompiledEntry(None, eager_reason=str(b))
+            self._add_entry(key, CompiledEntry(None, eager_reason=str(b)))
             self._note("break:" + b.location, f"graph break in {_function_name(self.fn)}: "
                        f"{b.reason} at {b.location}; this function runs eagerly")
             _dump_if_requested(self, tracer.programs)
             return result
+        effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
+                   if not g.lazy]
+        if effects:
+            # the call changed Python state a replay would leave alone: once may be lazy
+            # initialization (trace again), twice is an effect of every call (run eagerly)
+            tracer.release()
+            what = ", ".join(dict.fromkeys(g.source for g in effects[:3]))
+            if key not in self._effect_keys and self.retraces < RECOMPILE_LIMIT:
+                self._effect_keys.add(key)
+                self.retraces += 1
+                return result
+            reason = (f"{_function_name(self.fn)} changes Python state a replay would not "
+                      f"change ({what})")
+            if self.fullgraph:
+                raise GraphBreak(reason, _where(self.fn))
+            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+            self._note("effect", f"{reason}; this function runs eagerly")
+            return result
+        try:
+            return self._compile_traced(key, tracer, result, reachable, names_before,
+                                        none_at_call, args)
+        except _StageFailed as failure:
+            # the traced call already ran the function eagerly: its result stands, and its
+            # side effects are not repeated; this key runs eagerly from now on
+            tracer.release()
+            if self.fullgraph:
+                raise failure.error
+            reason = f"{failure.stage} failed ({failure.error!r})"
+            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+            self._note("build", f"compiling {_function_name(self.fn)}: {reason}; it runs "
+                       "eagerly")
+            return result
+
+    def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
+                        args):
+        leaves_in = flatten(args)[0]
         outputs = flatten(result)[0]
+        not_rebuilt = _unreplayable_return(flatten(result)[1])
+        consumed = [i for i, t in enumerate(outputs) if _graph_consumed(t)]
         joint = None
-        if STATE.grad_enabled and any(t.requires_grad for t in outputs):
-            joint = _trace_backward(tracer, outputs)      # the same trace, now with backward
-        (program,) = tracer.finish(result if joint is None else list(outputs) + joint.grads)
+        with _stage("deriving the backward"):
+            if STATE.grad_enabled and any(t.requires_grad for i, t in enumerate(outputs)
+                                          if i not in consumed):
+                joint = _trace_backward(tracer, outputs, consumed)
+        with _stage("finishing the trace"):
+            (program,) = tracer.finish(result if joint is None
+                                       else list(outputs) + joint.grads)
+        program.consumed = {i: outputs[i].grad_fn.prim for i in consumed}
         for gw in program.grad_writes:
             gw.none_at_call = none_at_call.get(id(gw.tensor))
         reachable_after: dict = {}
@@ -453,15 +520,35 @@ class CompiledFunction:
             self.retraces += 1
             if self.retraces <= RECOMPILE_LIMIT:
                 return result
+        entry = CompiledEntry(program)
+        lifted = [b.tensor for b in program.bindings if b.kind == "lifted"]
+        entry.guards = (guards.collect(self.fn).guards +       # the state a replay starts from
+                        guards.tensor_guards(lifted, names_after))
+        entry.lifted_bases = _lifted_bases(program)
+        if not_rebuilt is not None:
+            entry.program, entry.eager_reason = None, not_rebuilt
+            self._note("return", f"{_function_name(self.fn)} {not_rebuilt}; it runs eagerly")
+            self._add_entry(key, entry)
+            return result
+        if program.graph.mutations or program.grad_writes:
+            if key[1] or any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
+                entry.program = None
+                entry.eager_reason = ("its tensor arguments share memory with each other or "
+                                      "with state it reads, and it writes some in place")
+                self._note("alias", f"{_function_name(self.fn)}: {entry.eager_reason}; calls "
+                           "like this one run eagerly")
+                self._add_entry(key, entry)
+                return result
         if joint is not None:
             program.output_tree = flatten(result)[1]
             program.num_user_outputs = len(outputs)
-        entry = CompiledEntry(program)
         try:
+            stage = ["optimizing the graph"]
             device = _device_of(outputs, args)
             target = kernel_target(self.backend, device)
             compiled, entry.executor, entry.backward = compile_program(
-                program.graph, None if joint is None else joint.info, target, device.xp)
+                program.graph, None if joint is None else joint.info, target, device.xp,
+                stage)
             if compiled.backward is not None:
                 entry.joint, entry.partition = joint.info, compiled.partition
             forward = compiled.forward
@@ -472,10 +559,8 @@ class CompiledFunction:
             entry.fetch = _fetch_plan(program, len(entry.graph.inputs), device)
             entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
         except Exception as e:        # a compiler bug must never cost the user a result
-            entry.program, entry.eager_reason = None, f"compilation failed: {e!r}"
-            self._note("build", f"compiling {_function_name(self.fn)} failed ({e!r}); it "
-                       "runs eagerly")
-        self.entries[key] = entry
+            raise _StageFailed(stage[0], e) from e
+        self._add_entry(key, entry)
         _dump_if_requested(self, [program])
         return result
 
@@ -498,6 +583,8 @@ class CompiledFunction:
                 outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves))
             else:
                 outs, new_values = entry.executor.run(inputs)
+        except IndexError:                # a bounds check in a kernel: the user's error
+            raise
         except Exception as e:            # nothing was written back yet: eager is still safe
             entry.program, entry.eager_reason = None, f"running the kernels failed: {e!r}"
             self._note("launch", f"running compiled {_function_name(self.fn)} failed ({e!r}); "
@@ -526,6 +613,8 @@ class CompiledFunction:
         if entry.joint is not None:
             wrt = [_bound_tensor(program, i, leaves) for i in entry.joint.grad_inputs]
             _attach_backward(entry, user, outs[program.num_user_outputs:], wrt)
+        for i, prim in program.consumed.items():
+            _mark_consumed(user[i], prim)
         tree = program.output_tree
         if tree == _ONE_TENSOR:
             return user[0]
@@ -533,6 +622,155 @@ class CompiledFunction:
 
     def programs(self) -> list:
         return [e.program for e in self.entries.values() if e.program is not None]
+
+    def guards(self) -> list:
+        """Per traced entry, the guards a replay checks (`Guard.describe()` says each)."""
+        return [e.guards for e in self.entries.values()]
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, error: Exception):
+        super().__init__(f"{stage}: {error!r}")
+        self.stage, self.error = stage, error
+
+
+class _stage:
+    """`with _stage("deriving the backward"):` turns a failure into a _StageFailed."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is not None and isinstance(error, Exception) and \
+                not isinstance(error, _StageFailed):
+            raise _StageFailed(self.name, error) from error
+        return False
+
+
+def _not_traceable(fn) -> str | None:
+    """Why `fn` can never be replayed, or None: a generator (or async) function's body runs
+    when its result is iterated, after the call returned."""
+    target = getattr(fn, "__func__", fn)
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        return "is a generator function (its body runs as the result is iterated)"
+    if inspect.iscoroutinefunction(target):
+        return "is a coroutine function (its body runs when awaited)"
+    return None
+
+
+def _where(fn) -> str:
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else _function_name(fn)
+
+
+def _typed_tree(tree):
+    """A flatten tree with each constant tagged by type (2, 2.0 and True differ; so do 0.0
+    and -0.0; NaN equals NaN), hashable when its constants are."""
+    def walk(t):
+        tag = t[0]
+        if tag == "T":
+            return t
+        if tag == "C":
+            x = t[1]
+            if type(x) in guards.SCALARS:
+                return ("C", guards.scalar_key(x))
+            try:
+                hash(x)
+            except TypeError:
+                return ("C", type(x), id(x))
+            return ("C", type(x), x) if not isinstance(x, tuple) else ("C", repr(x))
+        if tag is dict:
+            return (dict, tuple((guards.scalar_key(k) if type(k) in guards.SCALARS else k,
+                                 walk(v)) for k, v in t[1]))
+        return (tag, tuple(walk(v) for v in t[1]))
+    return walk(tree)
+
+
+def _base(array):
+    base = getattr(array, "base", None)
+    return array if base is None else base
+
+
+def _alias_pattern(leaves) -> tuple:
+    """Which tensor arguments share memory: () when none does, else for each argument the index
+    of the first argument with the same buffer."""
+    if len(leaves) < 2:
+        return ()
+    ids = [id(_base(t._data)) for t in leaves]
+    if len(set(ids)) == len(ids):
+        return ()
+    return tuple(ids.index(i) for i in ids)
+
+
+def _lifted_bases(program: TracedProgram) -> frozenset:
+    return frozenset(id(_base(b.tensor._data)) for b in program.bindings
+                     if b.kind == "lifted")
+
+
+def _argument_roots(args, kwargs) -> list:
+    """Guard roots for the containers and objects among the arguments: a call that appends to
+    a list it was passed changes Python state too."""
+    found = []
+    for i, a in enumerate(list(args) + list(kwargs.values())):
+        if not isinstance(a, Tensor) and type(a) not in guards.SCALARS:
+            found.append((f"argument {i}", guards.constant(a), a))
+    return found
+
+
+_REBUILDABLE = (type, slice, type(None))
+
+
+def _unreplayable_return(tree) -> str | None:
+    """Why a replay could not rebuild this return value, or None: every constant in it must be
+    a Python scalar (or a type, slice, dtype or device); another object may be one the call made,
+    or may change, and a replay would hand back the traced call's."""
+    from kiln.ir.dtypes import DType
+    from kiln.runtime.device import Device
+    bad = []
+
+    def walk(t):
+        tag = t[0]
+        if tag == "T":
+            return
+        if tag == "C":
+            x = t[1]
+            if not (type(x) in guards.SCALARS or isinstance(x, (*_REBUILDABLE, DType, Device))):
+                bad.append(type(x).__name__)
+            return
+        for v in t[1]:
+            walk(v[1] if tag is dict else v)
+    walk(tree)
+    if bad:
+        return f"returns a {bad[0]} object, which a replay cannot rebuild"
+    return None
+
+
+def _graph_consumed(t: Tensor) -> bool:
+    """Whether backward already ran through `t`'s graph (without retain_graph)."""
+    return t.grad_fn is not None and t.grad_fn.inputs is None
+
+
+def _mark_consumed(t: Tensor, prim) -> None:
+    """Make a replayed output look like eager's after `backward()`: it requires grad, and its
+    graph is spent, so another backward raises the same error eager does."""
+    from kiln.tracer.autograd import Node
+    node = Node()
+    node.prim, node.inputs, node.attrs, node.edges, node.versions = prim, None, {}, (), ()
+    node.out_data, node.out_dtype, node.out_device = None, t.dtype, t.device
+    node.hooks = node.retained = node.out_trace = None
+    t.grad_fn, t.requires_grad = node, True
+
+
+def _last_failure(compiled: CompiledFunction, key) -> str:
+    """`; last change: <guard>` for the newest entry of `key` whose guards failed."""
+    for full in reversed(compiled._chains.get(key, [])):
+        failed = guards.first_failure(compiled.entries[full].guards)
+        if failed is not None:
+            return f" (last change: {failed.source})"
+    return ""
 
 
 _ONE_TENSOR = ("T",)          # flatten's tree for a function returning one tensor
@@ -584,15 +822,17 @@ class _Joint:
     grads: list
 
 
-def _trace_backward(tracer: Tracer, outputs: list) -> _Joint:
+def _trace_backward(tracer: Tracer, outputs: list, consumed: list = ()) -> _Joint:
     """Trace the gradients of `outputs` into `tracer`'s graph, as autograd.grad would compute
-    them (nothing accumulates into `.grad`, the eager graph is kept for the user's backward)."""
+    them (nothing accumulates into `.grad`, the eager graph is kept for the user's backward).
+    Outputs in `consumed` (their graph was already spent by a backward) get none."""
     from kiln.tracer.autograd import run_backward
     from kiln.tracer.creation import zeros
     from kiln.tracer.joint import JointInfo
     from kiln.tracer.trace import Binding
     graph = tracer.graph
-    diff = [i for i, o in enumerate(outputs) if o.requires_grad and o.dtype.is_floating_point]
+    diff = [i for i, o in enumerate(outputs)
+            if o.requires_grad and o.dtype.is_floating_point and i not in consumed]
     with tracer:
         num_primals = len(graph.inputs)
         tangents = []

@@ -1,0 +1,331 @@
+"""Guards: what a traced call could read from Python, checked before every replay.
+
+A replay is valid only while the Python world the traced call saw is unchanged. kiln cannot
+know which attribute reads a call made (it does not rewrite bytecode as TorchDynamo does), so
+it guards what the call *could* reach, by name: the globals and closure cells the function's
+code names, `self`, and from those, through modules, optimizers, containers and plain objects,
+every attribute and item. Each reached place becomes one `Guard`:
+
+- a tensor, module, function or other object is guarded by identity (a rebound global, closure
+  cell, list item, module attribute or parameter is a different object);
+- a Python scalar by type and value (`2` != `2.0` != `True`, `0.0` != `-0.0`, NaN == NaN);
+- a container by its length as well as its items.
+
+Reading the same places again after the traced call tells which of them the call itself
+changed: a Python effect a replay would skip (`compiler` turns it into a graph break).
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import math
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.tracer.tensor import Tensor
+
+MISSING = object()          # a global, cell or attribute that does not exist (any more)
+
+SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
+_CONTAINER_LIMIT = 1024     # items guarded per container; longer ones are guarded by length
+_OBJECT_DEPTH = 4           # attribute levels into plain objects and containers
+_NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
+
+
+def scalar_key(value) -> tuple:
+    """A Python scalar's guard value: type-tagged, NaN equal to NaN, the sign of zero kept."""
+    t = type(value)
+    if t is float:
+        return (float, "nan") if value != value else (float, value, math.copysign(1.0, value))
+    if t is complex:
+        return (complex, scalar_key(value.real), scalar_key(value.imag))
+    return (t, value)
+
+
+def _same(kind: str, expected, value) -> bool:
+    if kind == "id":
+        return value is expected
+    if kind == "value":
+        return type(value) in SCALARS and scalar_key(value) == expected
+    if kind in ("len", "eq"):
+        return value == expected
+    if kind == "array":
+        return (isinstance(value, np.ndarray) and value.shape == expected.shape and
+                value.dtype == expected.dtype and np.array_equal(value, expected, equal_nan=True))
+    raise AssertionError(kind)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One place the traced call could read, and what it held.
+
+    `read()` returns the place's current content (MISSING when gone); `kind` is how it is
+    compared with `expected`: "id" (identity), "value" (a scalar's `scalar_key`), "len" (a
+    container's length), "array" (a small NumPy array's contents).
+    """
+
+    source: str
+    read: object
+    kind: str
+    expected: object
+    lazy: bool = False      # an optimizer's state, which its first step fills in (see compiler)
+
+    def holds(self) -> bool:
+        try:
+            value = self.read()
+        except Exception:          # a property that raises now: not what the trace saw
+            return False
+        return _same(self.kind, self.expected, value)
+
+    def describe(self) -> str:
+        if self.kind == "id":
+            return f"{self.source} is the same {type(self.expected).__name__} object"
+        if self.kind == "value":
+            return f"{self.source} == {self.expected[1]!r} ({self.expected[0].__name__})"
+        if self.kind in ("len", "eq"):
+            return f"{self.source} == {self.expected}"
+        return f"{self.source} holds the same values"
+
+
+# ----------------------------------------------------------------------------- readers
+
+def _global(glb: dict, name: str):
+    return lambda: glb.get(name, MISSING)
+
+
+def _cell(cell):
+    def read():
+        try:
+            return cell.cell_contents
+        except ValueError:
+            return MISSING
+    return read
+
+
+def _attr(obj, name: str):
+    d = obj.__dict__
+    return lambda: d.get(name, MISSING)
+
+
+def _item(container, key):
+    def read():
+        try:
+            return container[key]
+        except (KeyError, IndexError):
+            return MISSING
+    return read
+
+
+def _length(container):
+    return lambda: len(container)
+
+
+def constant(value):
+    return lambda: value
+
+
+# ----------------------------------------------------------------------------- roots
+
+_GLOBAL_OPS = {"LOAD_GLOBAL", "LOAD_NAME"}
+
+
+@functools.lru_cache(maxsize=512)
+def _names_of(code) -> tuple[frozenset, frozenset]:
+    globals_, attrs = set(), set()
+    for ins in dis.get_instructions(code):
+        if ins.opname in _GLOBAL_OPS:
+            globals_.add(ins.argval)
+        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"):
+            attrs.add(ins.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):      # lambdas, comprehensions, inner functions
+            g, a = _names_of(const)
+            globals_ |= g
+            attrs |= a
+    return frozenset(globals_), frozenset(attrs)
+
+
+def global_names(code) -> frozenset:
+    """The global names a code object (and every code nested in it) loads."""
+    return _names_of(code)[0]
+
+
+def code_names(code) -> frozenset:
+    """The attribute names a code object (and every code nested in it) loads: what it can read
+    from a Python module it names (`config.ALPHA`)."""
+    return _names_of(code)[1]
+
+
+def roots(fn) -> list:
+    """(source, reader, value) for each place `fn` can name: closure cells, the globals its code
+    names, and `self` of a bound method or the module itself when `fn` is a Module."""
+    found = []
+    if getattr(fn, "__code__", None) is None and hasattr(fn, "forward"):    # a Module
+        return [("self", constant(fn), fn)]
+    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
+        found.append(("self", constant(fn.__self__), fn.__self__))
+        fn = fn.__func__
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return found
+    for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        read = _cell(cell)
+        found.append((name, read, read()))
+    glb = getattr(fn, "__globals__", {})
+    for name in sorted(global_names(code)):
+        if name in glb:
+            found.append((name, _global(glb, name), glb[name]))
+    return found
+
+
+def _user_function(obj) -> bool:
+    """A Python function whose own globals and closures are worth guarding: not kiln's, NumPy's
+    or the standard library's (those do not change between calls)."""
+    if not isinstance(obj, types.FunctionType):
+        return False
+    module = (obj.__module__ or "").split(".")[0]
+    return module not in _NOT_WALKED and module not in sys.stdlib_module_names
+
+
+# ----------------------------------------------------------------------------- the walk
+
+class _Walk:
+    """Collects the guards of everything reachable from a function's roots."""
+
+    def __init__(self):
+        self.guards: list[Guard] = []
+        self.seen: set[int] = set()
+        self.objects: dict[int, object] = {}     # id -> every object guarded by identity
+        self.names: dict[int, str] = {}          # id(tensor) -> its first source
+
+    def place(self, source: str, read, value, depth: int, names: set | None = None,
+              lazy: bool = False) -> None:
+        """Guard the place `source` (read by `read`, holding `value` now) and what is inside."""
+        if type(value) in SCALARS:
+            self.guards.append(Guard(source, read, "value", scalar_key(value), lazy))
+            return
+        if value is MISSING:
+            self.guards.append(Guard(source, read, "id", MISSING, lazy))
+            return
+        self.guards.append(Guard(source, read, "id", value, lazy))
+        self.objects[id(value)] = value
+        if isinstance(value, Tensor):
+            self.names.setdefault(id(value), source)
+            return
+        if id(value) in self.seen:
+            return
+        self.seen.add(id(value))
+        self.inside(source, value, depth, names, lazy)
+
+    def inside(self, source: str, obj, depth: int, names: set | None, lazy: bool) -> None:
+        if isinstance(obj, np.ndarray):
+            if obj.size <= 4096:      # data a trace may bake in as a constant (kiln.tensor(a))
+                copy = obj.copy()
+                self.guards.append(Guard(f"{source}[...]", constant(obj), "array", copy))
+            return
+        if isinstance(obj, types.ModuleType):
+            # a Python module: only the attributes the code names (`config.ALPHA`, `np.pi`)
+            for name in sorted(names or ()):
+                if name in obj.__dict__ and not name.startswith("__"):
+                    value = obj.__dict__[name]
+                    if not isinstance(value, (types.ModuleType, type)):
+                        self.place(f"{source}.{name}", _attr(obj, name), value, 0)
+            return
+        if isinstance(obj, (type, types.BuiltinFunctionType, types.MethodType)) or \
+                type(obj).__name__ == "CompiledFunction":
+            return
+        if isinstance(obj, types.FunctionType):
+            if _user_function(obj) and depth < _OBJECT_DEPTH:
+                for name, read, value in roots(obj):
+                    self.place(f"{source}.<{name}>", read, value, depth + 1,
+                               code_names(obj.__code__))
+            return
+        is_module = hasattr(obj, "_modules") and hasattr(obj, "_parameters")
+        if depth >= _OBJECT_DEPTH and not is_module:
+            return
+        if isinstance(obj, (list, tuple)):
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
+            for i, item in enumerate(obj[:_CONTAINER_LIMIT]):
+                self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
+            return
+        if isinstance(obj, dict):
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
+            for i, (key, item) in enumerate(list(obj.items())[:_CONTAINER_LIMIT]):
+                label = key if isinstance(key, (str, int)) else f"<key {i}>"
+                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy)
+            return
+        if isinstance(obj, (set, frozenset)):
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj)))
+            return
+        attrs = getattr(obj, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return
+        step = 0 if is_module else 1        # a module tree is walked to its leaves
+        optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
+        for name, value in list(attrs.items()):
+            self.place(f"{source}.{name}", _attr(obj, name), value, depth + step,
+                       lazy=lazy or (optimizer and name == "state"))
+
+
+def collect(fn, extra: list = ()) -> _Walk:
+    """Guards for every place `fn` can reach, plus `extra` (source, reader, value) roots."""
+    walk = _Walk()
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    names = code_names(code) if code is not None else None
+    for source, read, value in list(roots(fn)) + list(extra):
+        walk.place(source, read, value, 0, names)
+    return walk
+
+
+def tensor_guards(tensors: list, names: dict) -> list[Guard]:
+    """Guards on the metadata of tensors a program reads by identity (shape, dtype, device and
+    requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`)."""
+    found = []
+    for t in tensors:
+        name = names.get(id(t), "a tensor the function reads")
+        found.append(Guard(f"{name}.shape", lambda t=t: t._data.shape, "eq", t._data.shape))
+        found.append(Guard(f"{name}.dtype", lambda t=t: t.dtype, "id", t.dtype))
+        found.append(Guard(f"{name}.device", lambda t=t: t.device, "eq", t.device))
+        found.append(Guard(f"{name}.requires_grad", lambda t=t: t.requires_grad, "value",
+                           scalar_key(t.requires_grad)))
+    return found
+
+
+def random_states(walk: "_Walk") -> list:
+    """(source, generator, state) for NumPy's global RandomState and every NumPy Generator or
+    RandomState the walk reached: a draw changes the state (NumPy's random functions are Cython
+    and invisible to `sys.setprofile`)."""
+    found = [("numpy.random (the global RandomState)", np.random.mtrand._rand)]
+    for source, obj in ((g.source, g.expected) for g in walk.guards if g.kind == "id"):
+        if isinstance(obj, (np.random.Generator, np.random.RandomState)):
+            found.append((source, obj))
+    return [(source, gen, _rng_state(gen)) for source, gen in found]
+
+
+def _rng_state(gen):
+    if isinstance(gen, np.random.Generator):
+        return repr(gen.bit_generator.state)
+    state = gen.get_state()
+    return (state[0], state[1].tobytes(), state[2], state[3], state[4])
+
+
+def random_draws(states: list) -> list[str]:
+    """The sources among `random_states(...)` whose state has changed since."""
+    return [source for source, gen, state in states if _rng_state(gen) != state]
+
+
+def first_failure(guards: list[Guard]) -> Guard | None:
+    """The first guard that no longer holds, or None when a replay is valid."""
+    for g in guards:
+        if not g.holds():
+            return g
+    return None
+
+
+def changed(before: list[Guard]) -> list[Guard]:
+    """The guards, taken before a call, that the call itself broke."""
+    return [g for g in before if not g.holds()]

@@ -1,0 +1,943 @@
+"""Compiled == eager when the world changes between calls: guards, aliasing, Python effects,
+return values, bounds checks and stage failures (issue: "@kiln.compile never returns a wrong
+answer").
+
+Each case builds a small world (a function and the Python state it reads) twice from the same
+seeds: one copy runs eagerly, the other compiled. Between calls the case changes the world the
+way a user would (rebinds a global, swaps a parameter, passes aliased tensors, ...), and every
+call's result — values, dtypes, exceptions, printed text, side effects — must be the same.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import random
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+import kiln
+import kiln.nn as nn
+import kiln.nn.functional as F
+
+BACKENDS = ["auto", "c", "triton"]
+CASES: dict = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def exec_world(source: str, **env) -> dict:
+    """Run `source` in a fresh module namespace (so its globals are the world's own)."""
+    ns = {"kiln": kiln, "nn": nn, "F": F, "np": np, "random": random, **env}
+    exec(compile(source, "<world>", "exec"), ns)
+    return ns
+
+
+# ----------------------------------------------------------------------------- the harness
+
+def observe(value):
+    """What a result is, for comparison: arrays with dtype, nested structure, scalars."""
+    if isinstance(value, kiln.Tensor):
+        return ("tensor", value.dtype.name, value.requires_grad, np.array(value.detach().numpy()))
+    if isinstance(value, kiln.Size):
+        return ("Size", tuple(value))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [observe(v) for v in value])
+    if isinstance(value, dict):
+        return ("dict", {k: observe(v) for k, v in value.items()})
+    if isinstance(value, float):
+        return ("float", value, np.signbit(value))
+    return (type(value).__name__, value)
+
+
+def same(a, b, path="result"):
+    assert type(a) is type(b), f"{path}: {a!r} vs {b!r}"
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype}{a.shape} vs " \
+                                                           f"{b.dtype}{b.shape}"
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b), err_msg=path + " sign")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: {a!r} vs {b!r}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{path}[{i}]")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            same(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, float) and a != a:
+        assert b != b, path
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def run_world(build, compiled: bool, backend: str, calls: int):
+    kiln.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    world = build()
+    fn = kiln.compile(world.fn, backend=backend) if compiled else world.fn
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(calls):
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    result = world.call(i, fn)
+                seen.append(("ok", observe(result), out.getvalue()))
+            except Exception as e:         # the same exception type, eager and compiled
+                seen.append(("raised", type(e).__name__, out.getvalue()))
+    after = observe(world.after()) if hasattr(world, "after") else None
+    return seen, after, fn
+
+
+def replays(fn) -> int:
+    return sum(e.calls for e in fn.entries.values() if e.program is not None)
+
+
+def expect_replays(n):
+    def check(fn):
+        assert replays(fn) >= n, [(e.calls, e.eager_reason) for e in fn.entries.values()]
+    return check
+
+
+def expect_eager(fn):
+    assert replays(fn) == 0, [(e.calls, e.eager_reason) for e in fn.entries.values()]
+
+
+def world(fn, call, after=None):
+    return types.SimpleNamespace(fn=fn, call=call, after=after or (lambda: None))
+
+
+# ----------------------------------------------------------------------------- state read from Python
+
+@case
+def global_float():
+    ns = exec_world("ALPHA = 2.0\ndef f(x):\n    return x * ALPHA + 1\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["ALPHA"] = [2.0, 2.0, 3.0, 3.0, 0.5][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+global_float.calls = 5
+global_float.check = expect_replays(2)
+
+
+@case
+def global_tensor_rebound():
+    ns = exec_world("W = kiln.randn(4)\ndef f(x):\n    return (x + W).exp()\n")
+    x = kiln.randn(4)
+
+    def call(i, f):
+        if i == 2:
+            ns["W"] = kiln.randn(4)
+        return f(x)
+    return world(ns["f"], call)
+
+
+@case
+def global_int_used_as_dim():
+    ns = exec_world("DIM = 0\ndef f(x):\n    return x.sum(DIM)\n")
+    x = kiln.randn(3, 4)
+
+    def call(i, f):
+        ns["DIM"] = i % 2
+        return f(x)
+    return world(ns["f"], call)
+
+
+@case
+def global_bool_flag_branch():
+    ns = exec_world("USE_TANH = True\ndef f(x):\n    return x.tanh() if USE_TANH else x.relu()\n")
+    x = kiln.randn(6)
+
+    def call(i, f):
+        ns["USE_TANH"] = i < 2
+        return f(x)
+    return world(ns["f"], call)
+
+
+@case
+def global_string_mode():
+    ns = exec_world("MODE = 'sum'\ndef f(x):\n    return x.sum() if MODE == 'sum' else x.mean()\n")
+    x = kiln.randn(6)
+
+    def call(i, f):
+        ns["MODE"] = "sum" if i % 2 == 0 else "mean"
+        return f(x)
+    return world(ns["f"], call)
+
+
+@case
+def closure_rebound_nonlocal():
+    w = kiln.randn(3)
+
+    def make():
+        nonlocal w
+
+        def f(x):
+            return x * w
+
+        def swap():
+            nonlocal w
+            w = kiln.randn(3)
+        return f, swap
+    f, swap = make()
+    x = kiln.randn(3)
+
+    def call(i, g):
+        if i == 2:
+            swap()
+        return g(x)
+    return world(f, call)
+
+
+@case
+def closure_float_changes():
+    scale = [1.0]
+
+    def outer():
+        s = 1.0
+
+        def f(x):
+            return x * s
+
+        def set_s(v):
+            nonlocal s
+            s = v
+        return f, set_s
+    f, set_s = outer()
+    x = kiln.randn(3)
+
+    def call(i, g):
+        set_s([1.0, 1.0, -2.0, 7.5][i])
+        return g(x)
+    del scale
+    return world(f, call)
+
+
+@case
+def list_item_replaced():
+    params = [kiln.randn(4), kiln.randn(4)]
+
+    def f(x):
+        return x * params[0] + params[1]
+    x = kiln.randn(4)
+
+    def call(i, g):
+        if i == 2:
+            params[0] = kiln.randn(4)
+        return g(x)
+    return world(f, call)
+
+
+@case
+def dict_item_replaced():
+    cfg = {"w": kiln.randn(4), "scale": 2.0}
+
+    def f(x):
+        return x * cfg["w"] * cfg["scale"]
+    x = kiln.randn(4)
+
+    def call(i, g):
+        if i == 1:
+            cfg["scale"] = 3.0
+        if i == 3:
+            cfg["w"] = kiln.randn(4)
+        return g(x)
+    return world(f, call)
+
+
+@case
+def plain_object_attribute():
+    class Config:
+        def __init__(self):
+            self.scale = 2.0
+            self.bias = kiln.randn(3)
+    cfg = Config()
+
+    def f(x):
+        return x * cfg.scale + cfg.bias
+    x = kiln.randn(3)
+
+    def call(i, g):
+        if i == 2:
+            cfg.scale = -1.0
+        if i == 3:
+            cfg.bias = kiln.randn(3)
+        return g(x)
+    return world(f, call)
+
+
+@case
+def python_module_attribute():
+    config = types.ModuleType("config")
+    config.ALPHA = 0.5
+    ns = exec_world("def f(x):\n    return x * config.ALPHA\n", config=config)
+    x = kiln.randn(3)
+
+    def call(i, g):
+        config.ALPHA = [0.5, 0.5, 4.0, 4.0][i]
+        return g(x)
+    return world(ns["f"], call)
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.scale = 2.0
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+@case
+def module_non_tensor_attribute():
+    model = Scaled()
+
+    def f(x):
+        return model(x)
+    x = kiln.randn(2, 4)
+
+    def call(i, g):
+        if i == 2:
+            model.scale = 4.0
+        return g(x)
+    return world(f, call)
+
+
+@case
+def compiled_module_attribute():
+    model = Scaled()
+    x = kiln.randn(2, 4)
+
+    def call(i, g):
+        if i == 2:
+            model.scale = 0.25
+        return g(x)
+    return world(model, call)
+
+
+@case
+def compiled_bound_method():
+    model = Scaled()
+    x = kiln.randn(2, 4)
+
+    def call(i, g):
+        if i == 2:
+            model.scale = 0.25
+        return g(x)
+    return world(model.forward, call)
+
+
+@case
+def dropout_p_changed():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0))
+
+    def f(x):
+        return model(x)
+    x = kiln.randn(3, 4)
+
+    def call(i, g):
+        model[1].p = [0.0, 0.0, 1.0, 1.0][i]
+        return g(x)
+    return world(f, call)
+
+
+@case
+def parameter_replaced():
+    model = nn.Linear(3, 2)
+
+    def f(x):
+        return model(x).sum(1)
+    x = kiln.randn(4, 3)
+
+    def call(i, g):
+        if i == 2:
+            model.weight = nn.Parameter(kiln.randn(2, 3))
+        return g(x)
+    return world(f, call)
+
+
+@case
+def buffer_replaced():
+    class WithBuffer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("offset", kiln.zeros(3))
+
+        def forward(self, x):
+            return x + self.offset
+    model = WithBuffer()
+
+    def f(x):
+        return model(x)
+    x = kiln.randn(3)
+
+    def call(i, g):
+        if i == 2:
+            model.offset = kiln.ones(3)
+        return g(x)
+    return world(f, call)
+
+
+@case
+def train_eval_switch():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+
+    def f(x):
+        return model(x)
+    x = kiln.randn(5, 4)
+
+    def call(i, g):
+        model.train(i % 2 == 0)
+        return g(x).detach()
+    return world(f, call, after=lambda: model[1].running_mean)
+
+
+@case
+def requires_grad_flag_of_state_changed():
+    w = kiln.randn(3).requires_grad_()
+
+    def f(x):
+        return (x * w).sum()
+    x = kiln.randn(3)
+
+    def call(i, g):
+        if i == 2:
+            w.requires_grad_(False)
+        out = g(x)
+        return out.requires_grad
+    return world(f, call)
+
+
+@case
+def helper_function_reads_a_global():
+    ns = exec_world("BETA = 1.0\ndef helper(x):\n    return x * BETA\n"
+                    "def f(x):\n    return helper(x) + 1\n")
+    x = kiln.randn(3)
+
+    def call(i, g):
+        ns["BETA"] = [1.0, 1.0, 5.0, 5.0][i]
+        return g(x)
+    return world(ns["f"], call)
+
+
+@case
+def global_numpy_array_mutated():
+    table = np.arange(4, dtype=np.float32)
+
+    def f(x):
+        return x + kiln.tensor(table)
+    x = kiln.randn(4)
+
+    def call(i, g):
+        if i == 2:
+            table[0] = 100.0
+        return g(x)
+    return world(f, call)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+@case
+def same_tensor_twice_with_inplace_write():
+    def f(a, b):
+        a.add_(1)
+        return a * b
+
+    def call(i, g):
+        if i < 2:
+            a, b = kiln.ones(3), kiln.full((3,), 2.0)
+            return g(a, b)
+        a = kiln.full((3,), 2.0)
+        return g(a, a)
+    return world(f, call)
+
+
+@case
+def overlapping_views_with_inplace_write():
+    def f(a, b):
+        a.mul_(2)
+        return a + b
+
+    def call(i, g):
+        buf = kiln.arange(8).float()
+        if i < 2:
+            other = kiln.arange(8).float()
+            return g(buf[0:4], other[1:5]), buf
+        return g(buf[0:4], buf[1:5]), buf
+    return world(f, call)
+
+
+@case
+def argument_aliases_written_state():
+    state = kiln.zeros(3)
+
+    def f(x):
+        state.add_(x)
+        return state * 2 + x
+
+    def call(i, g):
+        if i < 2:
+            return g(kiln.ones(3))
+        return g(state)
+    return world(f, call, after=lambda: state)
+
+
+@case
+def int_then_float_scalar():
+    def f(x, k):
+        return x * k
+    x = kiln.arange(4)
+
+    def call(i, g):
+        return g(x, [2, 2, 2.0, 2.0][i])
+    return world(f, call)
+
+
+@case
+def true_then_one():
+    def f(x, k):
+        return x + k
+    x = kiln.arange(4)
+
+    def call(i, g):
+        return g(x, [True, True, 1, 1][i])
+    return world(f, call)
+
+
+@case
+def zero_then_negative_zero():
+    def f(x, k):
+        return x * k
+    x = kiln.ones(3)
+
+    def call(i, g):
+        return g(x, [0.0, 0.0, -0.0, -0.0][i])
+    return world(f, call)
+
+
+@case
+def nan_argument_replays():
+    def f(x, k):
+        return x + k
+    x = kiln.ones(3)
+
+    def call(i, g):
+        return g(x, float("nan"))
+    return world(f, call)
+
+
+nan_argument_replays.check = expect_replays(2)
+
+
+@case
+def keyword_argument_changes():
+    def f(x, *, scale=1.0, shift=0):
+        return x * scale + shift
+    x = kiln.randn(3)
+
+    def call(i, g):
+        return g(x, scale=[1.0, 1.0, 2.0, 2.0][i], shift=[0, 1, 1, 1][i])
+    return world(f, call)
+
+
+# ----------------------------------------------------------------------------- Python effects
+
+@case
+def numpy_random_draw():
+    def f(x):
+        return x * float(np.random.rand())
+    x = kiln.ones(3)
+    return world(f, lambda i, g: g(x))
+
+
+numpy_random_draw.check = expect_eager
+
+
+@case
+def python_random_draw():
+    def f(x):
+        return x + random.random()
+    x = kiln.ones(3)
+    return world(f, lambda i, g: g(x))
+
+
+@case
+def python_random_randint():
+    def f(x):
+        return x * random.randint(1, 100)
+    x = kiln.ones(3)
+    return world(f, lambda i, g: g(x))
+
+
+@case
+def numpy_generator_draw():
+    rng = np.random.default_rng(0)
+
+    def f(x):
+        return x + rng.normal()
+    x = kiln.ones(3)
+    return world(f, lambda i, g: g(x))
+
+
+@case
+def print_inside():
+    def f(x):
+        print("step")
+        return x * 2
+    x = kiln.ones(3)
+    return world(f, lambda i, g: g(x))
+
+
+@case
+def write_to_stdout_stream():
+    import sys
+
+    def f(x):
+        sys.stdout.write("w\n")
+        return x * 2
+    x = kiln.ones(3)
+    return world(f, lambda i, g: g(x))
+
+
+@case
+def list_append_in_training_step():
+    model = nn.Linear(4, 1)
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+    log = []
+
+    def step(x, y):
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        log.append(loss.detach())
+        return loss
+    x, y = kiln.randn(8, 4), kiln.randn(8, 1)
+    return world(step, lambda i, g: g(x, y), after=lambda: [len(log)] + log)
+
+
+list_append_in_training_step.calls = 6
+
+
+@case
+def dict_counter_mutation():
+    stats = {"n": 0}
+
+    def f(x):
+        stats["n"] += 1
+        return x * 2
+    x = kiln.ones(2)
+    return world(f, lambda i, g: g(x), after=lambda: stats)
+
+
+@case
+def module_counter_attribute():
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return x * 2
+    model = Counting()
+
+    def f(x):
+        return model(x)
+    x = kiln.ones(2)
+    return world(f, lambda i, g: g(x), after=lambda: model.calls)
+
+
+@case
+def set_add_effect():
+    seen = set()
+
+    def f(x):
+        seen.add(len(seen))
+        return x + 1
+    x = kiln.ones(2)
+    return world(f, lambda i, g: g(x), after=lambda: len(seen))
+
+
+@case
+def argument_list_appended():
+    def f(x, out):
+        out.append(1)
+        return x * 2
+    x = kiln.ones(2)
+    box = []
+
+    def call(i, g):
+        return g(x, box), len(box)
+    return world(f, call)
+
+
+@case
+def generator_function():
+    def f(x):
+        yield x * 2
+        yield x + 1
+    x = kiln.ones(2)
+    return world(f, lambda i, g: list(g(x)))
+
+
+@case
+def lazy_attribute_initialization():
+    class Lazy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cache = None
+
+        def forward(self, x):
+            if self.cache is None:
+                self.cache = 3.0
+            return x * self.cache
+    model = Lazy()
+
+    def f(x):
+        return model(x)
+    x = kiln.ones(2)
+    return world(f, lambda i, g: g(x))
+
+
+lazy_attribute_initialization.calls = 5
+lazy_attribute_initialization.check = expect_replays(2)
+
+
+# ----------------------------------------------------------------------------- return values
+
+@case
+def returns_shape():
+    def f(x):
+        return x.shape
+    return world(f, lambda i, g: g(kiln.ones(2, 3)))
+
+
+@case
+def returns_tensor_and_int():
+    def f(x):
+        return x.sum(), x.shape[0]
+    return world(f, lambda i, g: g(kiln.randn(4, 2)))
+
+
+@case
+def returns_dict_and_none():
+    def f(x):
+        return {"out": x * 2, "n": 3, "none": None}
+    x = kiln.randn(2)
+    return world(f, lambda i, g: g(x))
+
+
+@case
+def returns_namedtuple():
+    Pair = collections.namedtuple("Pair", "a b")
+
+    def f(x):
+        return Pair(x * 2, x + 1)
+    x = kiln.randn(2)
+    return world(f, lambda i, g: tuple(g(x)))
+
+
+@case
+def returns_new_object():
+    class Result:
+        def __init__(self, value):
+            self.value = value
+
+    def f(x):
+        return Result(x * 2)
+    return world(f, lambda i, g: g(kiln.randn(2)).value)
+
+
+@case
+def returns_loss_after_backward():
+    model = nn.Linear(3, 1)
+
+    def f(x):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    def call(i, g):
+        for p in model.parameters():
+            p.grad = None
+        loss = g(kiln.randn(4, 3))
+        try:
+            loss.backward()
+            again = "no error"
+        except RuntimeError as e:
+            again = "second time" in str(e)
+        return loss, again, model.weight.grad
+    return world(f, call)
+
+
+@case
+def returns_global_float():
+    ns = exec_world("SCALE = 1.5\ndef f(x):\n    return x * 2, SCALE\n")
+    x = kiln.randn(2)
+
+    def call(i, g):
+        ns["SCALE"] = [1.5, 1.5, 2.5, 2.5][i]
+        return g(x)
+    return world(ns["f"], call)
+
+
+# ----------------------------------------------------------------------------- bounds
+
+@case
+def cross_entropy_target_out_of_range():
+    def f(logits, target):
+        return F.cross_entropy(logits, target)
+    logits = kiln.randn(4, 5)
+
+    def call(i, g):
+        target = kiln.tensor([0, 1, 4, 2]) if i < 2 else kiln.tensor([0, 5, 1, 2])
+        return g(logits, target)
+    return world(f, call)
+
+
+@case
+def gather_index_past_the_row():
+    def f(x, idx):
+        return x.gather(1, idx) * 2
+    x = kiln.randn(3, 4)
+
+    def call(i, g):
+        idx = kiln.tensor([[0], [3], [1]]) if i < 2 else kiln.tensor([[0], [4], [1]])
+        return g(x, idx)
+    return world(f, call)
+
+
+@case
+def index_select_out_of_range():
+    def f(x, idx):
+        return x.index_select(0, idx) + 1
+    x = kiln.randn(3, 2)
+
+    def call(i, g):
+        return g(x, kiln.tensor([0, 2]) if i < 2 else kiln.tensor([0, 3]))
+    return world(f, call)
+
+
+@case
+def embedding_index_out_of_range():
+    emb = nn.Embedding(5, 3)
+
+    def f(idx):
+        return emb(idx).sum(1)
+
+    def call(i, g):
+        return g(kiln.tensor([0, 4]) if i < 2 else kiln.tensor([1, 5]))
+    return world(f, call)
+
+
+@case
+def tensor_indexing_out_of_range():
+    def f(x, idx):
+        return x[idx] * 3
+    x = kiln.randn(4)
+
+    def call(i, g):
+        return g(x, kiln.tensor([0, 3]) if i < 2 else kiln.tensor([1, 4]))
+    return world(f, call)
+
+
+@case
+def tensor_indexing_negative_wraps_then_out_of_range():
+    def f(x, idx):
+        return x[idx] * 3
+    x = kiln.randn(4)
+
+    def call(i, g):
+        return g(x, kiln.tensor([-1, 2]) if i < 2 else kiln.tensor([-5, 2]))
+    return world(f, call)
+
+
+# ----------------------------------------------------------------------------- training steps
+
+@case
+def sgd_momentum_step_returning_loss():
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = kiln.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(10, 6), kiln.randint(0, 2, (10,))
+    return world(step, lambda i, g: g(x, y), after=lambda: list(model.parameters()))
+
+
+sgd_momentum_step_returning_loss.calls = 6
+
+
+@case
+def step_with_scheduler_and_item_logging():
+    model = nn.Linear(4, 2)
+    opt = kiln.optim.Adam(model.parameters(), lr=0.01)
+    sched = kiln.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    history = []
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(6, 4), kiln.randint(0, 2, (6,))
+
+    def call(i, g):
+        loss = g(x, y)
+        sched.step()
+        history.append(loss.item())
+        return loss
+    return world(step, call, after=lambda: list(model.parameters()) + history)
+
+
+step_with_scheduler_and_item_logging.calls = 6
+
+
+@case
+def user_exception_propagates():
+    ns = exec_world("FAIL = False\ndef f(x):\n    if FAIL:\n        raise ValueError('bad')\n"
+                    "    return x * 2\n")
+    x = kiln.ones(2)
+
+    def call(i, g):
+        ns["FAIL"] = i == 2
+        return g(x)
+    return world(ns["f"], call)
+
+
+# ----------------------------------------------------------------------------- the test
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_compiled_equals_eager_as_the_world_changes(name, backend):
+    build = CASES[name]
+    calls = getattr(build, "calls", 4)
+    eager, eager_after, _ = run_world(build, False, backend, calls)
+    compiled, compiled_after, fn = run_world(build, True, backend, calls)
+    for i, (e, c) in enumerate(zip(eager, compiled)):
+        same(e, c, f"call {i}")
+    same(eager_after, compiled_after, "state after the calls")
+    check = getattr(build, "check", None)
+    if check is not None:
+        check(fn)
