@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.compiler import guards
-from kiln.compiler.effects import EffectWatch
+from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.tensor import STATE, Tensor
@@ -441,13 +441,13 @@ class CompiledFunction:
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
         before = guards.collect(self.fn)
         arg_state = guards.collect(None, _argument_roots(args, kwargs))
-        rng = guards.random_states(before)
+        rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
                                      watch=True)
-        draws = guards.random_draws(rng)
+        draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
-            tracer.breaks.append(GraphBreak(f"a NumPy random draw ({draws[0]}), which a replay "
+            tracer.breaks.append(GraphBreak(f"a random draw from {draws[0]}, which a replay "
                                             "would skip", _where(self.fn)))
             if self.fullgraph:
                 raise tracer.breaks[0]

@@ -1,59 +1,33 @@
 """Python effects a replay would skip, noticed while a call is traced.
 
 A replay runs the captured tensor program and nothing else, so anything else the traced call
-did in Python (printing, writing a file, drawing a Python or NumPy random number, reading the
-clock) would happen once, at trace time, and never again. `EffectWatch` watches the traced call
-with `sys.setprofile` and reports each such call made from the user's code (calls made inside
-kiln do not count: its own random numbers are graph inputs) with the line that made it.
+did in Python would happen once, at trace time, and never again. Two mechanisms find them:
 
-Covered: `print`, `input`, `open`, `write`/`writelines`/`flush` on any file or stream (sys.stdout,
-logging's handlers, files), every method of `random.Random` and the `random` module, NumPy's
-`RandomState` / `Generator` / `np.random.*`, and `time.time`/`perf_counter`/`monotonic`/
-`process_time`. Mutations of reachable Python state are found by the guards instead
-(`kiln.compiler.guards.changed`).
+- `EffectWatch` swaps in watched versions of `print`, `input`, `open`, `sys.stdout` and
+  `sys.stderr` for the duration of the traced call, and reports a call made from the user's
+  code (not from kiln) on the tracing thread, with its line;
+- `random_states` / `random_draws` compare the state of Python's and NumPy's global random
+  generators, and of every generator the guards reached, before and after the call (a draw
+  changes the state; NumPy's generators are Cython, invisible to any Python-level hook).
+
+`sys.setprofile` would see more (writes through a file object opened before the call), but on
+CPython 3.11 a profile function crashes the interpreter now and then; kiln does not use it.
+Mutations of reachable Python state are found by the guards (`kiln.compiler.guards.changed`).
 """
 
 from __future__ import annotations
 
 import builtins
-import io
 import os
 import random
 import sys
 import sysconfig
-import time
+import threading
 
 import numpy as np
 
 _KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STDLIB_DIRS = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
-_RANDOM_FILE = random.__file__
-_CLOCKS = {time.time, time.perf_counter, time.monotonic, time.process_time, time.time_ns,
-           time.perf_counter_ns, time.monotonic_ns}
-_STREAM_METHODS = {"write", "writelines", "flush"}
-_RANDOM_STATES = (random.Random, np.random.RandomState, np.random.Generator,
-                  np.random.BitGenerator)
-
-
-def c_effect(fn) -> str | None:
-    """What calling the builtin `fn` does that a replay would skip, or None."""
-    if fn is builtins.print:
-        return "print() writes to stdout"
-    if fn is builtins.input:
-        return "input() reads from stdin"
-    if fn is builtins.open or fn is io.open:
-        return "open() opens a file"
-    if fn in _CLOCKS:
-        return f"time.{fn.__name__}() reads the clock"
-    owner = getattr(fn, "__self__", None)
-    if owner is None:
-        return None
-    if isinstance(owner, io.IOBase) and fn.__name__ in _STREAM_METHODS:
-        return f"{fn.__name__}() on a file or stream"
-    if isinstance(owner, _RANDOM_STATES):
-        kind = "Python" if isinstance(owner, random.Random) else "NumPy"
-        return f"a {kind} random draw ({fn.__name__}())"
-    return None
 
 
 def _file_kind(filename: str) -> str:
@@ -65,8 +39,8 @@ def _file_kind(filename: str) -> str:
 
 
 def user_frame(frame):
-    """The frame of the user's code that is responsible for a call made in `frame`: the nearest
-    frame outside the standard library; None when that frame is kiln's own."""
+    """The frame of the user's code responsible for a call made in `frame`: the nearest frame
+    outside the standard library; None when that frame is kiln's own."""
     while frame is not None:
         kind = _file_kind(frame.f_code.co_filename)
         if kind == "user":
@@ -77,38 +51,97 @@ def user_frame(frame):
     return None
 
 
+class _WatchedStream:
+    """sys.stdout / sys.stderr while a call is traced: writes are reported, then done."""
+
+    def __init__(self, stream, watch: "EffectWatch", name: str):
+        self._stream, self._watch, self._name = stream, watch, name
+
+    def write(self, text):
+        self._watch.saw(f"writing to sys.{self._name}")
+        return self._stream.write(text)
+
+    def writelines(self, lines):
+        self._watch.saw(f"writing to sys.{self._name}")
+        return self._stream.writelines(lines)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 class EffectWatch:
-    """While active (`with EffectWatch(report):`), calls `report(what, "file:line")` for each
-    Python effect the user's code makes. It stops watching after the first report."""
+    """While active (`with EffectWatch(report):`), calls `report(what, "file:line")` for the
+    first output or input call (`print`, `input`, `open`, writes to sys.stdout/stderr) the
+    user's code makes on this thread."""
+
+    _BUILTINS = {"print": "print() writes to stdout", "input": "input() reads from stdin",
+                 "open": "open() opens a file"}
 
     def __init__(self, report):
         self.report = report
         self.done = False
+        self.thread = threading.get_ident()
 
-    def __enter__(self) -> "EffectWatch":
-        self.previous = sys.getprofile()
-        sys.setprofile(self._event)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        sys.setprofile(self.previous)
-        return False
-
-    def _event(self, frame, event, arg) -> None:
-        if self.done:
+    def saw(self, what: str) -> None:
+        if self.done or threading.get_ident() != self.thread:
             return
-        if event == "c_call":
-            what = c_effect(arg)
-        elif event == "call" and frame.f_code.co_filename == _RANDOM_FILE:
-            what = f"a Python random draw (random.{frame.f_code.co_name}())"
-            frame = frame.f_back
-        else:
-            return
-        if what is None:
-            return
-        where = user_frame(frame)
+        where = user_frame(sys._getframe(2))
         if where is None:
             return
         self.done = True
-        sys.setprofile(self.previous)
         self.report(what, f"{where.f_code.co_filename}:{where.f_lineno}")
+
+    def _watched(self, name: str):
+        original = getattr(builtins, name)
+        what = self._BUILTINS[name]
+
+        def watched(*args, **kwargs):
+            self.saw(what)
+            return original(*args, **kwargs)
+        watched.__wrapped__ = original
+        return watched
+
+    def __enter__(self) -> "EffectWatch":
+        self.saved = {name: getattr(builtins, name) for name in self._BUILTINS}
+        self.streams = (sys.stdout, sys.stderr)
+        for name in self._BUILTINS:
+            setattr(builtins, name, self._watched(name))
+        sys.stdout = _WatchedStream(sys.stdout, self, "stdout")
+        sys.stderr = _WatchedStream(sys.stderr, self, "stderr")
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for name, original in self.saved.items():
+            setattr(builtins, name, original)
+        if isinstance(sys.stdout, _WatchedStream) and sys.stdout._watch is self:
+            sys.stdout = self.streams[0]
+        if isinstance(sys.stderr, _WatchedStream) and sys.stderr._watch is self:
+            sys.stderr = self.streams[1]
+        return False
+
+
+# ----------------------------------------------------------------------------- random draws
+
+def _state(gen):
+    if isinstance(gen, np.random.Generator):
+        return repr(gen.bit_generator.state)
+    if isinstance(gen, np.random.RandomState):
+        state = gen.get_state()
+        return (state[0], state[1].tobytes(), state[2], state[3], state[4])
+    return gen.getstate()               # random.Random
+
+
+def random_states(objects) -> list:
+    """(source, generator, state) for Python's and NumPy's global generators and for every
+    generator among `objects` ((source, object) pairs, e.g. what the guards reached)."""
+    found = [("random (Python's global generator)", random._inst),
+             ("numpy.random (NumPy's global RandomState)", np.random.mtrand._rand)]
+    for source, obj in objects:
+        if isinstance(obj, (np.random.Generator, np.random.RandomState, random.Random)):
+            found.append((source, obj))
+    return [(source, gen, _state(gen)) for source, gen in found]
+
+
+def random_draws(states: list) -> list[str]:
+    """The sources among `random_states(...)` whose state has changed since."""
+    return [source for source, gen, state in states if _state(gen) != state]

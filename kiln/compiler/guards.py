@@ -264,8 +264,10 @@ class _Walk:
         attrs = getattr(obj, "__dict__", None)
         if not isinstance(attrs, dict):
             return
-        step = 0 if is_module else 1        # a module tree is walked to its leaves
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
+        if type(obj).__module__.split(".")[0] == "kiln" and not (is_module or optimizer):
+            return      # kiln's own objects (a Generator, a dtype): by identity only
+        step = 0 if is_module else 1        # a module tree is walked to its leaves
         for name, value in list(attrs.items()):
             self.place(f"{source}.{name}", _attr(obj, name), value, depth + step,
                        lazy=lazy or (optimizer and name == "state"))
@@ -293,29 +295,6 @@ def tensor_guards(tensors: list, names: dict) -> list[Guard]:
         found.append(Guard(f"{name}.requires_grad", lambda t=t: t.requires_grad, "value",
                            scalar_key(t.requires_grad)))
     return found
-
-
-def random_states(walk: "_Walk") -> list:
-    """(source, generator, state) for NumPy's global RandomState and every NumPy Generator or
-    RandomState the walk reached: a draw changes the state (NumPy's random functions are Cython
-    and invisible to `sys.setprofile`)."""
-    found = [("numpy.random (the global RandomState)", np.random.mtrand._rand)]
-    for source, obj in ((g.source, g.expected) for g in walk.guards if g.kind == "id"):
-        if isinstance(obj, (np.random.Generator, np.random.RandomState)):
-            found.append((source, obj))
-    return [(source, gen, _rng_state(gen)) for source, gen in found]
-
-
-def _rng_state(gen):
-    if isinstance(gen, np.random.Generator):
-        return repr(gen.bit_generator.state)
-    state = gen.get_state()
-    return (state[0], state[1].tobytes(), state[2], state[3], state[4])
-
-
-def random_draws(states: list) -> list[str]:
-    """The sources among `random_states(...)` whose state has changed since."""
-    return [source for source, gen, state in states if _rng_state(gen) != state]
 
 
 def first_failure(guards: list[Guard]) -> Guard | None:

@@ -732,6 +732,40 @@ define("take", INDEX, _take_infer, _take_impl,
        arity=2, doc="out = x indexed along `axis` by an integer tensor of any shape")
 
 
+def _check_index_infer(shapes, dtypes, size, op, kind, negative, ignore):
+    if dtypes[0] not in (dt.int64, dt.int32):
+        raise ShapeError(f"{op}: expected an int64 or int32 index, got {dtypes[0].name}",
+                         IndexError)
+    return shapes[0], dtypes[0]
+
+
+_INDEX_ERRORS = {"IndexError": IndexError, "RuntimeError": RuntimeError}
+
+
+def _check_index_impl(xp, idx, size, op, kind, negative, ignore):
+    out = idx.copy()            # a fresh buffer: executors may reuse an op's output in place
+    if idx.size == 0:
+        return out
+    low = -size if negative else 0
+    bad = (idx < low) | (idx >= size)
+    if ignore is not None:
+        bad &= idx != ignore
+    if bool(bad.any()):
+        value = int(idx[bad].ravel()[0])
+        raise _INDEX_ERRORS[kind](f"{op}: index {value} is out of bounds for dimension with "
+                                  f"size {size}")
+    return out
+
+
+# The bounds check of every op that indexes by a tensor's values (gather, index_select, take,
+# embedding, class targets, tensor indexing): the identity on valid indices, an error raised
+# by the executor otherwise. Compiled code keeps it as an extern step, so a replay checks
+# exactly what eager checks; `negative` admits [-size, 0) (Python indexing), `ignore` one
+# value (nll_loss's ignore_index).
+define("check_index", INDEX, _check_index_infer, _check_index_impl, None, arity=1,
+       doc="idx unchanged; raises `kind` when a value is outside [0 or -size, size)")
+
+
 def _scatter_infer(shapes, dtypes, axis):
     _check_index(dtypes, "index_add")
     base, idx, src = shapes

@@ -36,16 +36,24 @@ def _pair(value, name: str = "argument") -> tuple:
     return value
 
 
-def _check_class_targets(target: Tensor, num_classes: int) -> None:
-    """Out-of-range class indices raise IndexError, as in PyTorch. Eager only: a trace cannot
-    read values into Python (gather still bounds-checks them when the graph runs)."""
-    if STATE.tracer is not None or target.numel() == 0:
-        return
+def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+    """Out-of-range class indices (other than `ignore_index`) raise IndexError, as in PyTorch;
+    returns the target to use. Traced, the check is a graph node (`check_index`), so every
+    replay makes it too."""
+    if STATE.tracer is not None:
+        return P.check_index(target, size=num_classes, op="nll_loss", kind="IndexError",
+                             negative=False, ignore=ignore_index)
+    if target.numel() == 0:
+        return target
     data = target._data
-    low, high = int(data.min()), int(data.max())
+    valid = data[data != ignore_index]
+    if valid.size == 0:
+        return target
+    low, high = int(valid.min()), int(valid.max())
     if low < 0 or high >= num_classes:
         raise IndexError(f"nll_loss: Target {low if low < 0 else high} is out of bounds "
                          f"(expected class indices in [0, {num_classes}))")
+    return target
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -835,13 +843,14 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_a
     if tuple(target.shape) != expected:
         raise ValueError(f"nll_loss: expected target of shape {list(expected)} for input of "
                          f"shape {list(input.shape)}, got {list(target.shape)}")
+    target = _check_class_targets(target, input.shape[class_dim], ignore_index)
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0
     safe = kiln.where(ignored, 0, target)
-    _check_class_targets(safe, input.shape[class_dim])
-    picked = kiln.gather(input, class_dim, safe.unsqueeze(class_dim)).squeeze(class_dim)
+    picked = _core._gather(input, class_dim, safe.unsqueeze(class_dim),
+                           checked=True).squeeze(class_dim)
     w = (kiln.ones((), dtype=input.dtype, device=input.device) if weight is None
-         else kiln.index_select(weight, 0, safe.reshape(-1)).reshape(tuple(safe.shape)))
+         else P.take(weight, safe.reshape(-1), axis=0).reshape(tuple(safe.shape)))
     w = kiln.where(ignored, 0.0, w)
     loss = -picked * w
     if reduction == "none":

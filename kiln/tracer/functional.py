@@ -1258,13 +1258,19 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         raise op_error(op, f"index {bad} is out of bounds for dimension with size {n}", kind)
     if STATE.tracer is None and (data.size == 0 or data.min() >= 0):
         return index
+    if STATE.tracer is not None:      # a replay checks the indices it is given, as eager does
+        index = P.check_index(index, size=n, op=op, kind=kind.__name__, negative=True,
+                              ignore=None)
     return P.where(P.lt(index, 0), index + n, index)
 
 
-def _gather_positions(input_shape, dim, index, op="gather"):
-    """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere."""
+def _gather_positions(input_shape, dim, index, op="gather", checked=False):
+    """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere.
+    `checked`: the caller has bounds-checked `index` and made it non-negative already."""
     strides = [math.prod(input_shape[i + 1:]) for i in range(len(input_shape))]
-    lin = _wrap_index(index, input_shape[dim], op, RuntimeError) * strides[dim]
+    if not checked:
+        index = _wrap_index(index, input_shape[dim], op, RuntimeError)
+    lin = index * strides[dim]
     for i, n in enumerate(index.shape):
         if i == dim:
             continue
@@ -1279,11 +1285,16 @@ def _gather_positions(input_shape, dim, index, op="gather"):
 
 
 def gather(input, dim, index, *, sparse_grad=False):
+    return _gather(input, dim, index)
+
+
+def _gather(input, dim, index, checked=False):
+    """gather; `checked`: `index` is known to be in [0, size) (nll_loss checked its targets)."""
     d = _norm_dim(dim, input.ndim)
     if index.ndim != input.ndim:
         raise op_error("gather", f"Index tensor must have the same number of dimensions as "
                        f"input tensor ({index.ndim} vs {input.ndim})")
-    lin = _gather_positions(tuple(input.shape), d, index)
+    lin = _gather_positions(tuple(input.shape), d, index, checked=checked)
     return P.take(reshape(input, (-1,)), lin, axis=0)
 
 
