@@ -1,6 +1,7 @@
 """Train a small CNN on scikit-learn's 8x8 handwritten digits and report held-out metrics."""
 
 import os
+import sys
 import tempfile
 import time
 
@@ -17,6 +18,8 @@ from kiln.utils.data import DataLoader, TensorDataset
 SEED = 0
 # KILN_EXAMPLE_QUICK=1 (set by the tests) trains for fewer epochs; the thresholds still hold.
 EPOCHS = 6 if os.environ.get("KILN_EXAMPLE_QUICK") else 10
+# `python digits_cnn.py --compile` (or KILN_EXAMPLE_COMPILE=1) compiles the training step.
+COMPILE = "--compile" in sys.argv or bool(os.environ.get("KILN_EXAMPLE_COMPILE"))
 
 
 class DigitsCNN(nn.Module):
@@ -83,15 +86,23 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS)
 
+    def train_step(images, labels):
+        optimizer.zero_grad()
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    if COMPILE:
+        train_step = torch.compile(train_step)
+        print("training step compiled with kiln.compile")
+
     for epoch in range(EPOCHS):
         model.train()
         total, seen = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1:2d}/{EPOCHS}", leave=False)
         for images, labels in bar:
-            optimizer.zero_grad()
-            loss = loss_fn(model(images), labels)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(images, labels)
             total += loss.item() * len(labels)
             seen += len(labels)
             bar.set_postfix(loss=f"{total / seen:.4f}")

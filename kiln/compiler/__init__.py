@@ -284,12 +284,14 @@ def _fetch_plan(program: TracedProgram, n: int, device) -> list:
             plan.append((_SEED, (b.generator, device)))
         elif b.kind == "grad":
             plan.append((_GRAD, i))
+        elif b.kind == "scalar":
+            plan.append((_SCALAR, (b.path[0], b.path[1], device.xp)))
         else:
             plan.append((_LIFTED, b.tensor))
     return plan
 
 
-_ARG, _LIFTED, _GRAD, _SEED = range(4)
+_ARG, _LIFTED, _GRAD, _SEED, _SCALAR = range(5)
 
 
 def kernel_target(backend: str, device) -> str:
@@ -522,8 +524,10 @@ class CompiledFunction:
                 return result
         entry = CompiledEntry(program)
         lifted = [b.tensor for b in program.bindings if b.kind == "lifted"]
+        inputs = {(id(b.path[0]), b.path[1]) for b in program.bindings if b.kind == "scalar"}
         entry.guards = (guards.collect(self.fn).guards +       # the state a replay starts from
                         guards.tensor_guards(lifted, names_after))
+        entry.guards = guards.read_at_run_time(entry.guards, inputs)
         entry.lifted_bases = _lifted_bases(program)
         if not_rebuilt is not None:
             entry.program, entry.eager_reason = None, not_rebuilt
@@ -575,6 +579,9 @@ class CompiledFunction:
             elif kind == _SEED:
                 generator, device = where
                 inputs.append(to_device(np.array(generator.next_seed(), dtype=np.int64), device))
+            elif kind == _SCALAR:
+                container, key, xp = where
+                inputs.append(xp.asarray(float(container[key]), dtype=np.float64))
             else:
                 inputs.append(_bound_tensor(program, where, leaves)._data)
         try:

@@ -53,6 +53,8 @@ def _same(kind: str, expected, value) -> bool:
         return type(value) in SCALARS and scalar_key(value) == expected
     if kind in ("len", "eq"):
         return value == expected
+    if kind == "type":
+        return type(value) is expected
     if kind == "array":
         return (isinstance(value, np.ndarray) and value.shape == expected.shape and
                 value.dtype == expected.dtype and np.array_equal(value, expected, equal_nan=True))
@@ -73,6 +75,7 @@ class Guard:
     kind: str
     expected: object
     lazy: bool = False      # an optimizer's state, which its first step fills in (see compiler)
+    place: tuple | None = None      # (id(container), key) for an item of a dict or list
 
     def holds(self) -> bool:
         try:
@@ -88,6 +91,8 @@ class Guard:
             return f"{self.source} == {self.expected[1]!r} ({self.expected[0].__name__})"
         if self.kind in ("len", "eq"):
             return f"{self.source} == {self.expected}"
+        if self.kind == "type":
+            return f"{self.source} is a {self.expected.__name__} (read on every call)"
         return f"{self.source} holds the same values"
 
 
@@ -203,10 +208,10 @@ class _Walk:
         self.names: dict[int, str] = {}          # id(tensor) -> its first source
 
     def place(self, source: str, read, value, depth: int, names: set | None = None,
-              lazy: bool = False) -> None:
+              lazy: bool = False, where: tuple | None = None) -> None:
         """Guard the place `source` (read by `read`, holding `value` now) and what is inside."""
         if type(value) in SCALARS:
-            self.guards.append(Guard(source, read, "value", scalar_key(value), lazy))
+            self.guards.append(Guard(source, read, "value", scalar_key(value), lazy, where))
             return
         if value is MISSING:
             self.guards.append(Guard(source, read, "id", MISSING, lazy))
@@ -256,7 +261,8 @@ class _Walk:
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
             for i, (key, item) in enumerate(list(obj.items())[:_CONTAINER_LIMIT]):
                 label = key if isinstance(key, (str, int)) else f"<key {i}>"
-                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy)
+                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
+                           where=(id(obj), key))
             return
         if isinstance(obj, (set, frozenset)):
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj)))
@@ -295,6 +301,15 @@ def tensor_guards(tensors: list, names: dict) -> list[Guard]:
         found.append(Guard(f"{name}.requires_grad", lambda t=t: t.requires_grad, "value",
                            scalar_key(t.requires_grad)))
     return found
+
+
+def read_at_run_time(guards: list[Guard], places: set) -> list[Guard]:
+    """`guards` with each value guard on one of `places` ((id(container), key): a number the
+    program reads as an input on every call, such as a learning rate) relaxed to its type."""
+    if not places:
+        return guards
+    return [Guard(g.source, g.read, "type", g.expected[0], g.lazy, g.place)
+            if g.kind == "value" and g.place in places else g for g in guards]
 
 
 def first_failure(guards: list[Guard]) -> Guard | None:

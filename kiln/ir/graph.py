@@ -20,7 +20,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import PRIMITIVES, ShapeError
 
-INPUT_KINDS = ("arg", "lifted", "grad", "seed")
+INPUT_KINDS = ("arg", "lifted", "grad", "seed", "scalar")
 
 
 class Deferred:
@@ -110,7 +110,7 @@ class Node:
 class Graph(Deferred):
     name: str = "graph"
     inputs: list = field(default_factory=list)          # Values
-    input_kinds: list = field(default_factory=list)     # "arg" | "lifted" | "grad" | "seed", per input
+    input_kinds: list = field(default_factory=list)     # "arg" | "lifted" | "grad" | "seed" | "scalar", per input
     constants: dict = field(default_factory=dict)       # Value -> np.ndarray
     nodes: list = field(default_factory=list)
     outputs: list = field(default_factory=list)         # Values

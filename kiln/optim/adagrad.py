@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
+from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
+                                  _step_count)
 
 
 class Adagrad(Optimizer):
@@ -50,7 +51,7 @@ class Adagrad(Optimizer):
         if group["weight_decay"] != 0:
             grad = grad.add(p, alpha=group["weight_decay"])
         step = _step_count(state["step"])
-        neg_clr = -group["lr"] / ((step - 1) * group["lr_decay"] + 1)
+        neg_clr = -_hyper(group, "lr", p) / ((step - 1) * group["lr_decay"] + 1)
         state["sum"].addcmul_(grad, grad, value=1)
         std = state["sum"].sqrt().add_(group["eps"])
         p.add_((grad / std) * neg_clr)

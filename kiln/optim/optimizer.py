@@ -199,6 +199,24 @@ def _step_count(step: Tensor):
     return step.to(kiln.float64)
 
 
+def _hyper(group: dict, key: str, param: Tensor):
+    """A hyperparameter of `group` as the update reads it: the Python number in eager mode; while
+    tracing, a float64 scalar tensor that a compiled step reads from `group[key]` on every call,
+    so a scheduler that changes it between steps does not make the step trace again."""
+    value = group[key]
+    if STATE.tracer is None or type(value) is not float:
+        return value
+    return STATE.tracer.scalar_input(group, key, param.device)
+
+
+def _add_scaled(p: Tensor, t: Tensor, scale) -> None:
+    """p += t * scale, for a Python or a traced (tensor) scale."""
+    if isinstance(scale, Tensor):
+        p.add_(t * scale)
+    else:
+        p.add_(t, alpha=scale)
+
+
 def _sqrt(x):
     return math.sqrt(x) if isinstance(x, float) else x.sqrt()
 

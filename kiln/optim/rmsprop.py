@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _grad, _hyper, _scalar_state
 from kiln.tracer.trace import untraced
 
 
@@ -56,6 +56,6 @@ class RMSprop(Optimizer):
         if momentum > 0:
             buf = state["momentum_buffer"]
             buf.mul_(momentum).addcdiv_(grad, avg)
-            p.add_(buf, alpha=-group["lr"])
+            _add_scaled(p, buf, -_hyper(group, "lr", p))
         else:
-            p.addcdiv_(grad, avg, value=-group["lr"])
+            _add_scaled(p, grad / avg, -_hyper(group, "lr", p))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad
+from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _grad, _hyper
 
 
 class SGD(Optimizer):
@@ -30,10 +30,11 @@ class SGD(Optimizer):
         loss = self._run_closure(closure)
         with kiln.no_grad():
             for group in self.param_groups:
-                lr, momentum = group["lr"], group["momentum"]
+                momentum = group["momentum"]
                 for p in group["params"]:
                     if p.grad is None:
                         continue
+                    lr = _hyper(group, "lr", p)
                     grad = _grad(p, group["maximize"])
                     if group["weight_decay"] != 0:
                         grad = grad.add(p, alpha=group["weight_decay"])
@@ -46,5 +47,5 @@ class SGD(Optimizer):
                         else:
                             buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
                         grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-                    p.add_(grad, alpha=-lr)
+                    _add_scaled(p, grad, -lr)
         return loss

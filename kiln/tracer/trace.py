@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.dispatch import user_location
@@ -35,7 +36,8 @@ class Binding:
     kind "arg": positional path `path` into the flattened arguments; "lifted": the tensor
     `tensor` itself (a parameter, buffer or state); "grad": the current `.grad` of graph input
     `path` (read when gradients accumulate; the `.grad` object may be replaced between calls);
-    "seed": a fresh draw from `generator`.
+    "seed": a fresh draw from `generator`; "scalar": the Python number `path[0][path[1]]` (an
+    optimizer's learning rate, which a scheduler changes between calls), as a float64 scalar.
     """
 
     kind: str
@@ -113,6 +115,7 @@ class Tracer:
         self.grad_owner: dict[int, int] = {}  # id(.grad tensor) -> index of its owner input
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
+        self.scalars: dict = {}               # (id(container), key, device) -> its tensor
         self._keep: list = []                 # keeps tensors alive so ids stay unique
 
     def __enter__(self) -> "Tracer":
@@ -165,6 +168,19 @@ class Tracer:
         v = self.graph.add_constant(np.asarray(data), tensor.dtype)
         self.known.add(id(v))
         tensor._trace = v
+
+    def scalar_input(self, container, key, device) -> Tensor:
+        """`container[key]` (a Python number) as a float64 scalar input on `device`, which a replay
+        reads afresh from the container on every call."""
+        k = (id(container), key, device)
+        t = self.scalars.get(k)
+        if t is None:
+            t = Tensor._make(to_device(np.array(float(container[key])), device), dt.float64,
+                             device)
+            self._input(t, str(key), Binding("scalar", path=(container, key)))
+            self.scalars[k] = t
+            self._keep.append(container)
+        return t
 
     def random_seed(self, seed: Tensor, generator) -> None:
         self._input(seed, f"seed{sum(b.kind == 'seed' for b in self.bindings)}",

@@ -1,0 +1,218 @@
+"""The training step as users write it, compiled: DESIGN.md's user view verbatim, schedulers per
+step, and what a compile failure or a user's exception does."""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+
+import numpy as np
+import pytest
+
+import kiln
+import kiln.nn as nn
+import kiln.nn.functional as F
+
+
+def design_user_view(compiled: bool, steps: int = 10):
+    """../shared/DESIGN.md's user view, verbatim but for the data and the compile switch."""
+    kiln.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+    opt = kiln.optim.Adam(model.parameters(), lr=1e-3)
+
+    def train_step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()      # noqa: E702 (as written there)
+        return loss
+
+    if compiled:
+        train_step = kiln.compile(train_step)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        x = kiln.tensor(rng.standard_normal((64, 784)).astype(np.float32))
+        y = kiln.tensor(rng.integers(0, 10, 64))
+        losses.append(train_step(x, y))
+    return losses, [p.detach().numpy() for p in model.parameters()], train_step
+
+
+def test_design_user_view_compiled_matches_eager_for_10_steps():
+    eager_losses, eager_params, _ = design_user_view(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # no fallback, no graph break
+        losses, params, step = design_user_view(True)
+    np.testing.assert_allclose([float(x) for x in losses], [float(x) for x in eager_losses],
+                               rtol=1e-5)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+    assert sum(e.calls for e in step.entries.values() if e.program is not None) >= 8
+    # `return loss` after loss.backward(): as in eager, it requires grad and its graph is spent
+    last, eager_last = losses[-1], eager_losses[-1]
+    assert last.requires_grad and eager_last.requires_grad
+    for t in (last, eager_last):
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            t.backward()
+
+
+OPTIMIZERS = [(kiln.optim.SGD, {"momentum": 0.9}), (kiln.optim.SGD, {}),
+              (kiln.optim.Adam, {}), (kiln.optim.AdamW, {"weight_decay": 0.1}),
+              (kiln.optim.RMSprop, {}), (kiln.optim.Adagrad, {})]
+
+
+@pytest.mark.parametrize("opt_cls,kwargs", OPTIMIZERS,
+                         ids=[f"{c.__name__}{'-' + '-'.join(k) if k else ''}"
+                              for c, k in OPTIMIZERS])
+def test_scheduler_every_step_does_not_retrace(opt_cls, kwargs):
+    def run(compiled):
+        kiln.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = opt_cls(model.parameters(), lr=0.05, **kwargs)
+        sched = kiln.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        fn = kiln.compile(step) if compiled else step
+        x, y = kiln.randn(10, 6), kiln.randint(0, 3, (10,))
+        losses = []
+        for _ in range(12):
+            losses.append(fn(x, y).item())
+            sched.step()
+        return losses, [p.detach().numpy() for p in model.parameters()], fn
+    eager, eager_params, _ = run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled, params, fn = run(True)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+    # at most the first call and one retrace (lazily made state): the lr is a program input
+    assert len(fn.entries) <= 2
+    assert sum(e.calls for e in fn.entries.values()) >= 10
+
+
+@pytest.mark.parametrize("stage,target", [
+    ("deriving the backward", "_trace_backward"),
+    ("optimizing the graph", "compile_program"),
+])
+def test_a_failure_after_the_trace_falls_back_to_eager_naming_the_stage(monkeypatch, stage,
+                                                                         target):
+    w = kiln.randn(3).requires_grad_()
+    seen = []
+
+    def f(x):
+        return (x * w).tanh().sum()
+
+    def broken(*args, **kwargs):
+        raise AssertionError("a compiler bug")
+    monkeypatch.setattr(kiln.compiler, target, broken)
+    cf = kiln.compile(f)
+    x = kiln.randn(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out = cf(x)
+            out.backward()
+            seen.append((out.item(), w.grad.numpy().copy()))
+            w.grad = None
+    messages = [str(m.message) for m in caught]
+    assert len(messages) == 1 and stage in messages[0] and "a compiler bug" in messages[0]
+    expected = f(x)
+    expected.backward()
+    for value, grad in seen:
+        np.testing.assert_allclose(value, expected.item(), rtol=1e-6)
+        np.testing.assert_allclose(grad, w.grad.numpy(), rtol=1e-6)
+    (entry,) = cf.entries.values()
+    assert entry.program is None and stage in entry.eager_reason
+
+
+def test_a_failure_in_the_codegen_stage_is_named(monkeypatch):
+    from kiln.compiler import build_executor as real
+
+    def broken_build(*args, **kwargs):
+        raise RuntimeError("cc: internal error")
+    monkeypatch.setattr(kiln.compiler, "build_executor", broken_build)
+    cf = kiln.compile(lambda x: (x * 2).exp())
+    x = kiln.randn(4)
+    with pytest.warns(UserWarning, match="generating and building .* kernels failed"):
+        np.testing.assert_allclose(cf(x).numpy(), (x * 2).exp().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cf(x).numpy(), (x * 2).exp().numpy(), rtol=1e-6)
+    assert real is not broken_build
+
+
+def test_side_effects_are_not_repeated_when_compilation_fails(monkeypatch):
+    log = []
+
+    def f(x):
+        log.append(1)
+        return x + 1
+
+    def broken(*args, **kwargs):
+        raise AssertionError("bug")
+    monkeypatch.setattr(kiln.compiler, "compile_program", broken)
+    cf = kiln.compile(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            cf(kiln.ones(2))
+    assert len(log) == 3
+
+
+def test_fullgraph_raises_where_compile_would_fall_back(monkeypatch):
+    def prints(x):
+        print("hello")
+        return x * 2
+    with pytest.raises(kiln.compiler.GraphBreak, match="print"):
+        kiln.compile(prints, fullgraph=True)(kiln.ones(2))
+
+    def broken(*args, **kwargs):
+        raise AssertionError("a compiler bug")
+    monkeypatch.setattr(kiln.compiler, "compile_program", broken)
+    with pytest.raises(AssertionError, match="a compiler bug"):
+        kiln.compile(lambda x: x * 2, fullgraph=True)(kiln.ones(2))
+
+
+def test_user_exceptions_propagate_unchanged_with_their_traceback():
+    class Mine(Exception):
+        pass
+
+    def f(x):
+        y = x * 2
+        if y.shape[0] == 3:
+            raise Mine("from the user's code")
+        return y
+    cf = kiln.compile(f)
+    cf(kiln.ones(2))
+    cf(kiln.ones(2))
+    with pytest.raises(Mine, match="from the user's code") as info:
+        cf(kiln.ones(3))
+    frames = [fr.name for fr in traceback.extract_tb(info.value.__traceback__)]
+    assert frames[-1] == "f"
+
+
+def test_explain_and_dump_list_the_guards(capsys):
+    model = nn.Linear(3, 2)
+    scale = {"value": 2.0}
+
+    def f(x):
+        return model(x) * scale["value"]
+    out = kiln.compiler.explain(f, kiln.randn(4, 3))
+    described = [g.describe() for g in out.guards]
+    assert "scale['value'] == 2.0 (float)" in described
+    assert "model._parameters['weight'] is the same Parameter object" in described
+    assert "guards (" in capsys.readouterr().out
+    from kiln.dump import compiled_notes
+    cf = kiln.compile(f)
+    cf(kiln.randn(4, 3))
+    ((title, text),) = compiled_notes(cf)
+    assert title == "guards" and "guard: scale['value'] == 2.0 (float)" in text
+
+
+def test_guards_of_a_training_step_stay_cheap():
+    """Checked by count, not time: the MLP step's guards are a few hundred reads."""
+    _, _, step = design_user_view(True, steps=3)
+    entry = [e for e in step.entries.values() if e.program is not None][-1]
+    assert 20 < len(entry.guards) < 400
