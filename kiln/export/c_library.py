@@ -56,6 +56,56 @@ class CLibrary:
     blas: bool              # whether matmuls call CBLAS (else C loops)
     kernels: list = field(default_factory=list)     # rendered kernel names
 
+    def open(self) -> "CModel":
+        """The built library loaded into this process (through ctypes), for checks and
+        benchmarks from Python; deployments link it from C instead."""
+        return CModel(self)
+
+
+class CModel:
+    """A loaded C library: `model(*arrays)` runs `kiln_model_run` and returns the outputs."""
+
+    def __init__(self, lib: CLibrary):
+        import ctypes
+        if lib.library is None:
+            raise CLibraryError("kiln.export: the C library was not built (build=False)")
+        self.lib, self._so = lib, ctypes.CDLL(str(lib.library))
+        self._so.kiln_model_load.restype = ctypes.c_void_p
+        self._so.kiln_model_load.argtypes = [ctypes.c_char_p]
+        self._so.kiln_model_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._so.kiln_model_free.argtypes = [ctypes.c_void_p]
+        self._so.kiln_model_error.restype = ctypes.c_char_p
+        self._handle = self._so.kiln_model_load(os.fsencode(lib.weights))
+        if not self._handle:
+            raise CLibraryError(f"kiln.export: kiln_model_load failed: "
+                                f"{self._so.kiln_model_error().decode()}")
+        n_in, n_out = len(lib.inputs), len(lib.outputs)
+        self._in = (ctypes.c_void_p * max(n_in, 1))()
+        self._outputs = [np.empty(shape, d.np) for _, d, shape in lib.outputs]
+        self._out = (ctypes.c_void_p * max(n_out, 1))(*[a.ctypes.data for a in self._outputs])
+
+    def __call__(self, *arrays) -> list:
+        if len(arrays) != len(self.lib.inputs):
+            raise TypeError(f"the C library takes {len(self.lib.inputs)} inputs, got "
+                            f"{len(arrays)}")
+        keep = []
+        for k, (a, (name, d, shape)) in enumerate(zip(arrays, self.lib.inputs)):
+            a = np.ascontiguousarray(a)
+            if a.dtype != d.np or a.shape != tuple(shape):
+                raise RuntimeError(f"kiln.export: input {name!r} has {a.dtype}{list(a.shape)}; "
+                                   f"the C library was built for {d.name}{list(shape)}")
+            keep.append(a)
+            self._in[k] = a.ctypes.data
+        if self._so.kiln_model_run(self._handle, self._in, self._out) != 0:
+            raise RuntimeError(f"kiln.export: kiln_model_run failed: "
+                               f"{self._so.kiln_model_error().decode()}")
+        return [a.copy() for a in self._outputs]
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self._so.kiln_model_free(self._handle)
+            self._handle = None
+
 
 class CLibraryError(RuntimeError):
     """The program cannot be written as C (an op without a C implementation), or cc failed."""

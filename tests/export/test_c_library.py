@@ -60,6 +60,8 @@ def test_c_library_matches_eager(name, tmp_path):
     got = _run(_driver(lib), lib, x.numpy(), want.shape)
     assert isinstance(got, np.ndarray), got.stderr
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    (in_process,) = lib.open()(x.numpy())            # the same library through ctypes
+    np.testing.assert_allclose(in_process, got, rtol=0, atol=1e-6)
 
 
 @pytest.mark.skipif(not cblas_available(), reason="cblas.h / OpenBLAS not found "
