@@ -21,7 +21,7 @@ _IR_VERSION = 8
 def export(model, args, f, export_params: bool = True, verbose: bool = False,
            input_names: list | None = None, output_names: list | None = None,
            opset_version: int | None = None, dynamic_axes: dict | None = None,
-           do_constant_folding: bool = True, **unused):
+           do_constant_folding: bool = True, composites: bool = True, **unused):
     """Export `model(*args)` to ONNX at `f` (a path or a binary file object).
 
     Args:
@@ -32,6 +32,9 @@ def export(model, args, f, export_params: bool = True, verbose: bool = False,
         dynamic_axes: `{name: {dim: symbol}}` or `{name: [dims]}` for inputs (and outputs,
             which follow) whose sizes may change, as in torch.onnx.export.
         opset_version: 17 or newer (default 18).
+        composites: write kiln's convolution, linear and eval-mode batch norm as ONNX Conv,
+            Gemm and BatchNormalization (recognized from their primitives); False maps every
+            primitive on its own.
         export_params, verbose, do_constant_folding: accepted for compatibility; parameters
             are always stored, the graph is already folded by tracing.
 
@@ -84,7 +87,12 @@ def export(model, args, f, export_params: bool = True, verbose: bool = False,
         b.names[v] = b.const(ep.state_dict[pname].numpy(), pname)
     for v, array in graph.constants.items():
         b.names[v] = b.const(array, "constant")
+    from kiln.onnx.patterns import find_composites
+    recovered = find_composites(graph) if composites else {}
     for i, node in enumerate(graph.nodes):
+        if node in recovered:
+            b.names[node.out] = recovered[node](b)
+            continue
         ins, attrs = ep.templates.get(i, (None, node.attrs))
         ins = node.inputs if ins is None else tuple(
             v if t is None else t for v, t in zip(node.inputs, ins))
@@ -94,6 +102,7 @@ def export(model, args, f, export_params: bool = True, verbose: bool = False,
         b.op("Identity", [b.names[v]], out=name)
         outputs.append(helper.make_tensor_value_info(name, onnx_type(spec.dtype),
                                                      _dims(spec.shape, dim_names.get(name))))
+    b.prune(out_names)
     onnx_graph = helper.make_graph(b.nodes, graph.name, inputs, outputs, b.initializers)
     proto = helper.make_model(onnx_graph, producer_name="kiln",
                               opset_imports=[helper.make_opsetid("", opset)])

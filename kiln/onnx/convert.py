@@ -64,6 +64,18 @@ class OnnxBuilder:
                                            name=self.fresh("n_" + op_type), **attrs))
         return out
 
+    def prune(self, outputs: list) -> None:
+        """Drop the nodes and initializers that no output needs (the primitives a recovered
+        composite replaced)."""
+        needed = set(outputs)
+        kept = []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                kept.append(node)
+                needed.update(node.input)
+        self.nodes = kept[::-1]
+        self.initializers = [t for t in self.initializers if t.name in needed]
+
     # ------------------------------------------------------------------ sizes
     def symbol(self, sym: str) -> str:
         """A 1-element int64 tensor holding the run-time value of a dynamic size."""

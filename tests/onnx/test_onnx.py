@@ -28,13 +28,29 @@ def _session(source):
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
+COMPOSITES = {"digits_cnn": {"Conv", "BatchNormalization", "MaxPool", "Gemm", "Relu"},
+              "mlp": {"Gemm", "Relu"}, "char_lstm": {"Gemm", "Sigmoid", "Tanh", "Gather"},
+              "transformer": {"LayerNormalization", "Softmax", "MatMul", "Relu"},
+              "convnet": {"Conv", "BatchNormalization", "MaxPool", "Gemm"}}
+
+
+@pytest.mark.parametrize("composites", [True, False], ids=["composites", "primitives"])
 @pytest.mark.parametrize("name", MODELS)
-def test_onnxruntime_matches_eager_with_dynamic_batch(name, tmp_path):
+def test_onnxruntime_matches_eager_with_dynamic_batch(name, composites, tmp_path):
     model, make = build(name)
     path = tmp_path / f"{name}.onnx"
     kiln.onnx.export(model, (make(3),), path, input_names=["x"], output_names=["y"],
-                     dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
+                     dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17,
+                     composites=composites)
     proto = onnx.load(path)
+    ops = {n.op_type for n in proto.graph.node}
+    if composites:
+        assert COMPOSITES[name] <= ops, ops
+        if name == "digits_cnn":          # no im2col slices left behind the Convs
+            assert not ops & {"Slice", "MatMul", "Cast"}, ops
+    else:
+        assert not ops & {"Conv", "Gemm", "BatchNormalization", "MaxPool", "Softmax",
+                          "LayerNormalization"}
     onnx.checker.check_model(proto, full_check=True)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -67,6 +83,38 @@ def test_unsupported_op_names_the_op_and_line(tmp_path):
     with pytest.raises(kiln.onnx.UnsupportedOperatorError,
                        match=rf"op 'index_add' .*test_onnx.py:{line}.*no ONNX mapping"):
         kiln.onnx.export(scatter, (kiln.zeros(4, 3), kiln.tensor([0, 2])), tmp_path / "s.onnx")
+
+
+def test_softmax_log_softmax_layer_norm_recovered(tmp_path):
+    weight, bias = kiln.randn(5), kiln.randn(5)
+
+    def fn(x):
+        return (kiln.softmax(x, -1) + kiln.log_softmax(x, 1) +
+                kiln.nn.functional.layer_norm(x, (5,), weight, bias, eps=1e-3))
+    x = kiln.randn(3, 5)
+    proto = kiln.onnx.export(fn, (x,), tmp_path / "n.onnx")
+    ops = [n.op_type for n in proto.graph.node]
+    assert {"Softmax", "LogSoftmax", "LayerNormalization"} <= set(ops)
+    assert not {"Exp", "ReduceMax", "Sqrt"} & set(ops)
+    ln = next(n for n in proto.graph.node if n.op_type == "LayerNormalization")
+    assert onnx.helper.get_attribute_value(ln.attribute[-1]) == pytest.approx(1e-3)
+    (got,) = _session(str(tmp_path / "n.onnx")).run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(got, fn(x).numpy(), rtol=0, atol=1e-5)
+
+
+def test_strided_pool_and_conv_recovered(tmp_path):
+    conv = nn.Conv2d(2, 3, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    pool = nn.MaxPool2d(kernel_size=3, stride=2)
+
+    def fn(x):
+        return pool(conv(x))
+    x = kiln.randn(2, 2, 11, 12)
+    proto = kiln.onnx.export(fn, (x,), tmp_path / "p.onnx")
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Conv") == 1 and ops.count("MaxPool") == 1, ops
+    (got,) = _session(str(tmp_path / "p.onnx")).run(None, {"x": x.numpy()})
+    with kiln.no_grad():
+        np.testing.assert_allclose(got, fn(x).numpy(), rtol=0, atol=1e-5)
 
 
 def test_integer_and_boolean_ops(tmp_path):
