@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 
 import kiln  # noqa: E402
 import kiln.export  # noqa: E402
-import kiln.nn as nn  # noqa: E402
 import kiln.onnx  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))

@@ -78,7 +78,8 @@ def _export(target: str, program: str, out: str, sizes: list) -> int:
         lib = build_c_library(ep, out, sizes=parsed or None)
         for path in (lib.source, lib.header, lib.weights, lib.library):
             print(f"kiln export: wrote {path}")
-        print(f"kiln export: matmuls {'call CBLAS (link -lopenblas)' if lib.blas else 'run as C loops (no cblas.h found)'}")
+        how = "call CBLAS (link -lopenblas)" if lib.blas else "run as C loops (no cblas.h found)"
+        print(f"kiln export: matmuls {how}")
         return 0
     if parsed:
         print("kiln export: --size applies to the C target; ONNX keeps the dynamic sizes",

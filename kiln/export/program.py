@@ -161,7 +161,7 @@ class ExportedProgram:
                     fail(f" ({sym} = {sizes.get(sym, '?')} from the inputs before it)"
                          if sym in sizes and sizes[sym] != size else "")
             elif d != want:
-                fail(f" (only dimensions marked dynamic may change)" if self.templates
+                fail(" (only dimensions marked dynamic may change)" if self.templates
                      or self.example_sizes else "")
 
     def _outputs(self, arrays: list):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-from kiln.onnx.convert import UnsupportedOperatorError  # noqa: F401
+from kiln.onnx.convert import UnsupportedOperatorError
+
+__all__ = ["UnsupportedOperatorError", "export"]
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
