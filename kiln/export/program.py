@@ -126,9 +126,13 @@ class ExportedProgram:
     def _bind(self, args, kwargs) -> tuple:
         """(the graph for these inputs' sizes, arrays for every graph input); checks each
         input's dtype and shape against its spec."""
+        from kiln.runtime.device import CPU
         from kiln.tracer.trace import flatten
+        # NumPy arrays stand for tensors (deployments often hold NumPy data)
+        args = tuple(Tensor._make(a, dt.from_numpy(a.dtype), CPU) if isinstance(a, np.ndarray)
+                     else a for a in args)
         leaves, tree = flatten((args, kwargs))
-        if tree_to_json(tree, len(leaves)) != self.in_tree:
+        if tree_to_json(tree) != self.in_tree:
             raise TypeError(f"kiln.export: the program was exported for arguments shaped like "
                             f"{_tree_text(self.in_tree)}, got {_tree_text(tree_to_json(tree))}")
         sizes: dict = {}
@@ -272,7 +276,7 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
     kwargs = dict(example_kwargs or {})
     from kiln.tracer.trace import flatten
     leaves, tree = flatten((example_args, kwargs))
-    in_tree = tree_to_json(tree, len(leaves))
+    in_tree = tree_to_json(tree)
     arg_names = _leaf_names(model_or_fn, example_args, kwargs)
     dims = _dynamic_dims(dynamic_shapes, model_or_fn, example_args, kwargs, arg_names, leaves)
     modules = _modules(model_or_fn)
@@ -336,7 +340,7 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
         names.append(name)
     guards = _guards(model_or_fn, input_specs, example_sizes, in_tree)
     return ExportedProgram(graph, state, names, input_specs, output_specs, in_tree,
-                           tree_to_json(out_tree, len(out_leaves)), guards, templates,
+                           tree_to_json(out_tree), guards, templates,
                            example_sizes)
 
 
@@ -493,7 +497,7 @@ def _guards(fn, specs, example_sizes, in_tree) -> list:
 
 # ----------------------------------------------------------------------------- pytrees
 
-def tree_to_json(tree, count: int | None = None):
+def tree_to_json(tree):
     """The tracer's pytree (`flatten`'s second result) as JSON data."""
     if tree == ("T",):
         return "T"

@@ -65,6 +65,7 @@ def test_compiled_route_matches_eager(name):
     for b in (1, 7):
         x = make(b, seed=b)
         np.testing.assert_allclose(run(x).numpy(), eager(model, x), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(ep(x.numpy()).numpy(), ep(x).numpy())   # NumPy input
 
 
 def test_specs_state_dict_and_guards():
