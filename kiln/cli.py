@@ -72,7 +72,12 @@ def _export(target: str, program: str, out: str, sizes: list) -> int:
                   file=sys.stderr)
             return 2
         parsed[key] = int(value)
-    ep = load(program)
+    from kiln.serialization import CheckpointError
+    try:
+        ep = load(program)
+    except (CheckpointError, OSError) as e:
+        print(f"kiln export: {e}", file=sys.stderr)
+        return 1
     if target == "c":
         from kiln.export.c_library import build_c_library
         lib = build_c_library(ep, out, sizes=parsed or None)

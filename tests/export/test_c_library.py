@@ -46,7 +46,7 @@ def _run(exe, lib, x: np.ndarray, shape, weights=None):
     return np.fromfile(d / "out0.bin", dtype=np.float32).reshape(shape)
 
 
-@pytest.mark.parametrize("name", ["mlp", "digits_cnn", "char_lstm", "transformer"])
+@pytest.mark.parametrize("name", ["mlp", "digits_cnn", "char_lstm", "transformer", "convnet"])
 def test_c_library_matches_eager(name, tmp_path):
     model, make = build(name)
     ep = kiln.export.export(model, (make(3),), dynamic_shapes=({0: "batch"},))
@@ -101,6 +101,15 @@ def test_cli_builds_from_a_saved_program_and_bad_weights_are_refused(tmp_path):
     (tmp_path / "other.weights").write_bytes(b"PK\x03\x04" + data[4:])
     failed = _run(exe, lib, x.numpy(), (4, 2), weights=tmp_path / "other.weights")
     assert failed.returncode == 3 and "not a weights file" in failed.stderr
+
+
+def test_cli_names_a_missing_or_foreign_file(tmp_path, capsys):
+    from kiln.cli import main
+    assert main(["export", "--target", "c", str(tmp_path / "none.kiln"), str(tmp_path)]) == 1
+    (tmp_path / "junk.kiln").write_bytes(b"\x80\x04junk")
+    assert main(["export", "--target", "onnx", str(tmp_path / "junk.kiln"), "x.onnx"]) == 1
+    err = capsys.readouterr().err
+    assert "none.kiln" in err and "pickle" in err
 
 
 def test_op_without_c_implementation_is_named(tmp_path):
