@@ -40,6 +40,7 @@ class OnnxBuilder:
         self._symbols: dict = {}
         self._count = 0
         self._consts: dict = {}
+        self._sizes: dict = {}              # computed size vectors, by their values
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -90,6 +91,9 @@ class OnnxBuilder:
         """A 1-D int64 tensor of `values` (ints, or Affines computed from the input shapes)."""
         if not any(isinstance(v, Affine) for v in values):
             return self.const(np.array(list(values), dtype=np.int64), "ints")
+        key = tuple(values)
+        if key in self._sizes:
+            return self._sizes[key]
         parts = []
         for v in values:
             if not isinstance(v, Affine):
@@ -104,7 +108,8 @@ class OnnxBuilder:
             if v.offset:
                 total = self.op("Add", [total, self.const(np.array([v.offset], np.int64))])
             parts.append(total)
-        return self.op("Concat", parts, hint="sizes", axis=0)
+        self._sizes[key] = self.op("Concat", parts, hint="sizes", axis=0)
+        return self._sizes[key]
 
 
 # ----------------------------------------------------------------------------- the table
