@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +139,9 @@ def build_c_library(program, out_dir, sizes: dict | None = None, name: str = "ki
 
 def cblas_available() -> bool:
     """Whether the C compiler finds cblas.h and links OpenBLAS."""
+    import shutil
+    import subprocess
+    import tempfile
     probe = "#include <cblas.h>\nint main(void){float a=1,b=1,c=0;" \
             "cblas_sgemm(CblasRowMajor,CblasNoTrans,CblasNoTrans,1,1,1,1,&a,1,&b,1,0,&c,1);" \
             "return c != 1;}\n"
@@ -157,6 +157,7 @@ def cblas_available() -> bool:
 
 
 def _compile(src: Path, lib: Path, blas: bool) -> None:
+    import subprocess
     from kiln.runtime.c_build import FLAGS
     cc = os.environ.get("CC") or "cc"
     cmd = [cc, *FLAGS, str(src), "-o", str(lib)]
