@@ -15,9 +15,10 @@ from kiln.export.symbolic import Affine, concretize
 from kiln.ir.graph import Graph, Value
 
 
-def generalize(trace_at, base: Graph, example: dict) -> dict:
+def generalize(trace_at, base: Graph, example: dict) -> tuple[dict, dict]:
     """Templates ({node index: (inputs, attrs)} with Affines) that rewrite `base`, traced at
-    symbol sizes `example`, in terms of the symbols.
+    symbol sizes `example`, in terms of the symbols; and the probe graphs ({symbol: the graph
+    traced with that symbol one larger}).
 
     Args:
         trace_at: sizes (symbol -> int) -> the Graph traced with inputs of those sizes.
@@ -49,7 +50,7 @@ def generalize(trace_at, base: Graph, example: dict) -> dict:
                          f"{str(e).removeprefix('kiln.export: ')}") from None
     if made.structure() != check.structure():
         _explain_mismatch(made, check, check_sizes)
-    return templates
+    return templates, probes
 
 
 def fit_shape(shape: tuple, moved: dict, example: dict) -> tuple:

@@ -293,28 +293,20 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
                     raise ValueError(f"kiln.export: dynamic_shapes gives size {sym!r} to "
                                      f"inputs whose example sizes differ "
                                      f"({example_sizes[sym]} and {leaves[i].shape[d]})")
-        templates, out_shapes = {}, [v.shape for v in program.graph.outputs[:]]
+        templates, out_shapes = {}, [v.shape for v in program.graph.outputs]
         if example_sizes:
             from kiln.export.dynamic import fit_shape, generalize
-            traced = {}
 
             def trace_at(sizes):
                 args, kw = _resized((example_args, kwargs), leaves, dims, sizes)
                 try:
-                    g = _trace(model_or_fn, args, kw, arg_names)[0].graph
+                    return _trace(model_or_fn, args, kw, arg_names)[0].graph
                 except Exception as e:
                     text = ", ".join(f"{k}={v}" for k, v in sizes.items())
                     raise ValueError(f"kiln.export: tracing at {text} (to follow the dynamic "
                                      f"sizes) failed: {e}") from e
-                traced[tuple(sorted(sizes.items()))] = g
-                return g
-            templates = generalize(trace_at, program.graph, example_sizes)
-            moved = {}
-            for sym in example_sizes:
-                g = traced[tuple(sorted(dict(example_sizes, **{
-                    sym: example_sizes[sym] + 1}).items()))]
-                moved[sym] = g
-            out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in moved.items()},
+            templates, probes = generalize(trace_at, program.graph, example_sizes)
+            out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in probes.items()},
                                     example_sizes)
                           for k, v in enumerate(program.graph.outputs)]
     finally:
@@ -336,7 +328,7 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
     for v, b in zip(graph.inputs[n_args:], program.bindings[n_args:]):
         name = v.name if v.name and v.name not in state else f"{v.name or 'tensor'}_{len(state)}"
         v.name = name
-        state[name] = b.tensor.detach()
+        state[name] = b.tensor.detach().clone()      # a snapshot: later training leaves it
         names.append(name)
     guards = _guards(model_or_fn, input_specs, example_sizes, in_tree)
     return ExportedProgram(graph, state, names, input_specs, output_specs, in_tree,

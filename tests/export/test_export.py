@@ -79,6 +79,11 @@ def test_specs_state_dict_and_guards():
     for k, t in ep.state_dict.items():
         np.testing.assert_array_equal(t.numpy(), model.state_dict()[k].numpy())
     assert any("eval mode" in g for g in ep.guards)
+    x = make(2, seed=1)
+    before = ep(x).numpy()
+    with kiln.no_grad():
+        model.classifier[4].weight.add_(1.0)       # training goes on after the export
+    np.testing.assert_array_equal(ep(x).numpy(), before)
     assert model.training is False       # build() put it in eval mode; export restores flags
     model.train()
     kiln.export.export(model, (make(2),))
