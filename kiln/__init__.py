@@ -66,3 +66,5 @@ def is_floating_point(input: Tensor) -> bool:
 def promote_types(type1, type2):
     from kiln.ir.dtypes import promote
     return promote(type1, type2)
+from kiln import export  # noqa: F401,E402  (`kiln.export.export`, as torch.export)
+from kiln import onnx  # noqa: F401,E402  (`torch.onnx.export`; imports the onnx package lazily)

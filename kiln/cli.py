@@ -1,4 +1,5 @@
-"""The `kiln` command line: `kiln demo` and `kiln dump script.py` (also `python -m kiln ...`)."""
+"""The `kiln` command line: `kiln demo`, `kiln dump script.py` and `kiln export --target c|onnx
+model.kiln OUT` (also `python -m kiln ...`)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,41 @@ def _dump(script: str, script_args: list, out: str, formats: tuple) -> int:
     return 0
 
 
+def _export(target: str, program: str, out: str, sizes: list) -> int:
+    """Turn a saved exported program into a C library (OUT a folder) or an ONNX file."""
+    from kiln.export import load
+    parsed = {}
+    for item in sizes:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            print(f"kiln export: --size takes NAME=INT (e.g. batch=64), got {item!r}",
+                  file=sys.stderr)
+            return 2
+        parsed[key] = int(value)
+    from kiln.serialization import CheckpointError
+    try:
+        ep = load(program)
+    except (CheckpointError, OSError) as e:
+        print(f"kiln export: {e}", file=sys.stderr)
+        return 1
+    if target == "c":
+        from kiln.export.c_library import build_c_library
+        lib = build_c_library(ep, out, sizes=parsed or None)
+        for path in (lib.source, lib.header, lib.weights, lib.library):
+            print(f"kiln export: wrote {path}")
+        how = "call CBLAS (link -lopenblas)" if lib.blas else "run as C loops (no cblas.h found)"
+        print(f"kiln export: matmuls {how}")
+        return 0
+    if parsed:
+        print("kiln export: --size applies to the C target; ONNX keeps the dynamic sizes",
+              file=sys.stderr)
+        return 2
+    import kiln.onnx
+    kiln.onnx.export(ep, (), out)
+    print(f"kiln export: wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln", description="kiln command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,9 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     dump_p.add_argument("--out", default="kiln_dump", help="output folder (default kiln_dump)")
     dump_p.add_argument("--format", default="text,dot,svg,html",
                         help="comma-separated: text, dot, svg, html")
+    export_p = sub.add_parser("export", help="build a saved exported program (kiln.export) into "
+                              "a C library (a folder) or an ONNX file")
+    export_p.add_argument("--target", choices=("c", "onnx"), default="c")
+    export_p.add_argument("program", help="a file ExportedProgram.save wrote")
+    export_p.add_argument("out", help="output folder (c) or file (onnx)")
+    export_p.add_argument("--size", action="append", default=[],
+                          help="a dynamic size's value for the C library, e.g. batch=64")
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         return _demo()
+    if args.command == "export":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _export(args.target, args.program, args.out, args.size)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     from kiln.dump import FORMATS
     bad = [f for f in formats if f not in FORMATS]

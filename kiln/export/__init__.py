@@ -1,0 +1,14 @@
+"""`kiln.export`: models as self-contained inference programs, saved, reloaded and compiled.
+
+`export(model, example_args, dynamic_shapes=None)` traces the model into an `ExportedProgram`
+(graph, weights, input/output specs, guards); `ExportedProgram.save(path)` and `load(path)` move
+it through one checkpoint-format file; `kiln.export.c_library` builds it into a C shared
+library that runs without Python, and `kiln.onnx.export` writes it as ONNX.
+"""
+
+from kiln.export.program import ExportedProgram, TensorSpec, export, load  # noqa: F401
+from kiln.export.symbolic import Affine  # noqa: F401
+from kiln.export.c_library import CLibrary, build_c_library  # noqa: F401
+
+__all__ = ["Affine", "CLibrary", "ExportedProgram", "TensorSpec", "build_c_library", "export",
+           "load"]
