@@ -65,7 +65,7 @@ def test_nested_python_values_round_trip(tmp_path):
     out = load(tmp_path / "x.kiln")
     nan_free = {k: v for k, v in obj.items() if k not in ("w", "again", "np")}
     assert {k: out[k] for k in nan_free} == nan_free
-    assert out["np"] == 0.5 and isinstance(out["np"], float)
+    assert out["np"] == 0.5 and type(out["np"]) is np.float32       # NumPy scalars keep type
     assert out["w"].requires_grad and out["again"][0] is out["w"]   # one tensor, stored once
     save({"nan": math.nan}, tmp_path / "nan.kiln")
     assert math.isnan(load(tmp_path / "nan.kiln")["nan"])
@@ -151,9 +151,9 @@ def test_file_is_in_the_safetensors_layout(tmp_path):
         begin, end = e["data_offsets"]
         arr = np.frombuffer(raw[8 + n + begin:8 + n + end], dtype=np_types[e["dtype"]])
         np.testing.assert_array_equal(arr.reshape(e["shape"]), t.numpy())
-    structure = json.loads(meta["kiln.structure"])
-    assert structure["type"] == "OrderedDict"
-    assert structure["__dict__"][0] == ["fc.weight", {"__tensor__": "fc.weight"}]
+    nodes = json.loads(meta["kiln.structure"])          # children first, the root last
+    key, value = nodes[-1]["OrderedDict"][0]
+    assert nodes[key] == "fc.weight" and nodes[value] == {"tensor": "fc.weight"}
 
 
 def test_plain_safetensors_file_loads_as_dict(tmp_path):
@@ -232,17 +232,21 @@ def test_corrupted_data_is_detected(tmp_path):
         load(tmp_path / "bad.kiln")
 
 
-def test_unsupported_objects_and_cycles_fail_and_keep_the_old_file(tmp_path):
+def test_unpicklable_object_fails_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "ckpt.kiln"
     save({"w": kiln.ones(2)}, path)
-    with pytest.raises(TypeError, match=r"can't save a builtins.set at obj\['bad'\]"):
-        save({"w": kiln.zeros(2), "bad": {1, 2}}, path)
-    loop = []
-    loop.append(loop)
-    with pytest.raises(ValueError, match="contains itself"):
-        save(loop, path)
+    with pytest.raises(TypeError, match=r"kiln.save: can't save a builtins.dict: pickling"):
+        save({"w": kiln.zeros(2), "bad": lambda: 1}, path)
     assert load(path)["w"].tolist() == [1.0, 1.0]
     assert os.listdir(tmp_path) == ["ckpt.kiln"]        # no temporary files left behind
+
+
+def test_self_containing_list_round_trips_as_a_pickle_of_plain_types(tmp_path):
+    loop = [kiln.ones(2)]
+    loop.append(loop)
+    save(loop, tmp_path / "loop.kiln")
+    out = load(tmp_path / "loop.kiln")       # lists need no global: allowed by default
+    assert out[1] is out and out[0].tolist() == [1.0, 1.0]
 
 
 def test_map_location(tmp_path):
