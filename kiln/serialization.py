@@ -48,7 +48,7 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.in
            "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 _ARRAY_DTYPES = dict(_DTYPES, I16=np.int16, I8=np.int8, U64=np.uint64, U32=np.uint32,
                      U16=np.uint16)
-_CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}
+_CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}      # native byte order
 # NumPy scalar types stored as data (a long double or a complex scalar goes to the pickle)
 _NUMPY_SCALARS = {np.dtype(v).name for v in _ARRAY_DTYPES.values()}
 # the longest header we accept: a real one is far smaller, a garbage length is usually huge
@@ -59,6 +59,7 @@ _SPECIAL_FLOATS = ("nan", "inf", "-inf")
 _PICKLE_PROTOCOL = 5
 # how deep a pickled object may nest while saving; pickle recurses once or twice a level
 _PICKLE_RECURSION = 20_000
+_VERSION_1_RECURSION = 5_000
 
 
 class CheckpointError(RuntimeError):
@@ -191,7 +192,7 @@ class _Encoder:
             return self._add({kind.__name__: base64.b64encode(obj).decode("ascii")})
         if isinstance(obj, Tensor):
             return self._add(self._tensor(obj, path), obj)
-        if kind is np.ndarray and obj.dtype in _CODE:
+        if kind is np.ndarray and _code_of(obj.dtype) is not None:
             return self._add({"ndarray": self._array(obj, path)}, obj)
         if isinstance(obj, np.generic) and obj.dtype.name in _NUMPY_SCALARS:
             value = obj.item()
@@ -263,6 +264,11 @@ def _container_node(kind: str, refs: list[int]) -> dict:
     return {kind: refs}
 
 
+def _code_of(dtype: np.dtype) -> str | None:
+    """The safetensors code of a NumPy dtype in either byte order, or None."""
+    return _CODE.get(dtype.newbyteorder("="))
+
+
 def _float_json(value: float) -> float | str:
     return value if math.isfinite(value) else repr(value)
 
@@ -285,7 +291,7 @@ class _Pickler(pickle.Pickler):
             name = self.encoder.tensor_name(obj, [str(len(self.encoder.arrays))])
             kind = "Parameter" if type(obj) is Parameter else "Tensor"
             return ("kiln.tensor", name, kind, bool(obj.requires_grad), str(obj.device))
-        if type(obj) is np.ndarray and obj.dtype in _CODE:
+        if type(obj) is np.ndarray and _code_of(obj.dtype) is not None:
             return ("kiln.ndarray", self.encoder._array(obj, [str(len(self.encoder.arrays))]))
         if isinstance(obj, np.generic) and obj.dtype.name in _NUMPY_SCALARS:
             return ("kiln.numpy", obj.dtype.name, obj.item())
@@ -318,7 +324,7 @@ def _header(arrays: dict[str, np.ndarray], meta: dict[str, str]) -> tuple[dict, 
     offset = 0
     for name in order:
         arr = arrays[name]
-        header[name] = {"dtype": _CODE[np.dtype(arr.dtype)], "shape": list(arr.shape),
+        header[name] = {"dtype": _code_of(arr.dtype), "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
     header["__metadata__"] = dict({"format": "kiln", "kiln.version": FORMAT_VERSION}, **meta)
@@ -592,12 +598,18 @@ def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
     if version not in ("1", "2"):
         raise _fail(name, f"it was written by a newer kiln (format version {version!r}; this "
                     f"kiln reads 1 and 2)")
+    limit = sys.getrecursionlimit()
+    if version == "1":
+        # format 1 nested its structure as deep as the object (json recurses per level)
+        sys.setrecursionlimit(max(limit, _VERSION_1_RECURSION))
     try:
         structure = json.loads(meta["kiln.structure"])
     except RecursionError:
         raise _fail(name, "kiln.structure is nested too deeply") from None
     except ValueError as e:
         raise _fail(name, f"kiln.structure is not valid JSON ({e})") from None
+    finally:
+        sys.setrecursionlimit(limit)
     if version == "1":
         structure = _nodes_from_version_1(structure, name)
     return _decode(structure, _Arrays(arrays, codes, placer, name), name)
