@@ -496,23 +496,27 @@ def test_allowed_types_cannot_have_their_state_set(tmp_path):
 
 
 def test_kiln_serialization_is_usable_as_torch_serialization(tmp_path):
+    """`import kiln as torch` scripts reach torch.serialization.* without importing it."""
     script = textwrap.dedent(f"""
-        import sys
+        import dataclasses, sys
         sys.path.insert(0, {ROOT!r})
-        sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
         import kiln as torch
-        from test_serialization import RunConfig
-        torch.save(RunConfig(0.5, (2,), torch.ones(1)), {str(tmp_path / "c.kiln")!r})
-        with torch.serialization.safe_globals([RunConfig]):
-            cfg = torch.load({str(tmp_path / "c.kiln")!r})
-        torch.serialization.add_safe_globals([(RunConfig, "test_serialization.RunConfig")])
-        print(cfg.lr, torch.load({str(tmp_path / "c.kiln")!r}).sizes,
-              len(torch.serialization.get_safe_globals()))
+
+        @dataclasses.dataclass
+        class Config:
+            lr: float
+
+        torch.save({{"cfg": Config(0.5), "w": torch.ones(1)}}, {str(tmp_path / "c.kiln")!r})
+        with torch.serialization.safe_globals([Config]):
+            first = torch.load({str(tmp_path / "c.kiln")!r})
+        torch.serialization.add_safe_globals([(Config, "__main__.Config")])
+        again = torch.load({str(tmp_path / "c.kiln")!r})
+        print(first["cfg"].lr, again["w"].tolist(), len(torch.serialization.get_safe_globals()))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0.5", "(2,)", "1"]
+    assert done.stdout.split() == ["0.5", "[1.0]", "1"]
 
 
 # ----------------------------------------------------------------------------- foreign files
