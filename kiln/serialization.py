@@ -306,8 +306,9 @@ def _pickle(obj: Any, encoder: _Encoder) -> bytes:
     try:
         _Pickler(buf, encoder).dump(obj)
     except RecursionError:
-        raise ValueError("kiln.save: the object is nested too deeply to pickle (more than "
-                         f"about {_PICKLE_RECURSION // 4} levels)") from None
+        raise ValueError("kiln.save: the object is nested too deeply to pickle (past a "
+                         f"recursion limit of {_PICKLE_RECURSION}; a few thousand levels)") \
+            from None
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(f"kiln.save: can't save a {type(obj).__module__}."
                         f"{type(obj).__qualname__}: pickling it failed ({e})") from e
