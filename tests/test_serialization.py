@@ -784,6 +784,28 @@ def test_pickled_objects_through_file_objects_with_map_location():
         np.testing.assert_array_equal(out(x).detach().numpy(), model(x).detach().numpy())
 
 
+@pytest.mark.gpu
+def test_cuda_tensors_round_trip_and_map_location(tmp_path):
+    """Runs on a GPU, and under fake CUDA in CI (tests/test_fake_cuda.py)."""
+    w = kiln.arange(4.0).cuda().requires_grad_()
+    model = nn.Linear(2, 3).cuda()
+    save({"w": w, "model": model, "arr": np.ones(2)}, tmp_path / "gpu.kiln")
+    save({"w": w}, tmp_path / "data.kiln")
+    out = load(tmp_path / "data.kiln")
+    assert out["w"].device == kiln.device("cuda:0") and out["w"].requires_grad
+    assert out["w"].cpu().tolist() == [0.0, 1.0, 2.0, 3.0]
+    for loc in ("cpu", {"cuda:0": "cpu"}, torch.device("cpu"), lambda storage, loc: storage):
+        out = load(tmp_path / "gpu.kiln", map_location=loc, weights_only=False)
+        assert out["w"].device.type == "cpu" and out["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert next(out["model"].parameters()).device.type == "cpu"
+        assert type(out["arr"]) is np.ndarray
+    out = load(tmp_path / "gpu.kiln", weights_only=False)
+    assert all(p.device == kiln.device("cuda:0") for p in out["model"].parameters())
+    x = kiln.randn(5, 2).cuda()
+    np.testing.assert_array_equal(out["model"](x).detach().cpu().numpy(),
+                                  model(x).detach().cpu().numpy())
+
+
 _CHILD = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
