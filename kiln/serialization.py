@@ -1,131 +1,334 @@
-"""`kiln.save` / `kiln.load`: checkpoints in the safetensors layout, never pickled, written
-atomically.
+"""`kiln.save` / `kiln.load`: checkpoints in the safetensors layout, written atomically, with
+pickle only for objects that cannot be stored as data, and loaded only when the user allows it.
 
 A file is an 8-byte little-endian header length N, N bytes of JSON header, then the tensors'
 bytes. The header maps tensor names to `{"dtype", "shape", "data_offsets"}` as safetensors does;
-its `__metadata__` holds `kiln.structure`, a JSON text describing the saved Python object with
-`{"__tensor__": name}` where each tensor goes, and `kiln.crc32`, a checksum over the header and
-the data. README.md ("Checkpoint format") documents it in full.
+its `__metadata__` holds `kiln.structure`, a JSON table describing the saved Python object (a
+node per value, children before parents, tensors by name), or `kiln.pickle` for objects only
+pickle can describe (a model, an optimizer, a user class; its tensors still live in the data
+section), and `kiln.crc32`, a checksum over the header and the data. README.md ("Checkpoint
+format") documents it in full.
+
+Like `torch.load` since PyTorch 2.6, `load(..., weights_only=True)` (the default) unpickles only
+kiln's own value types and the globals the user allow-lists with `add_safe_globals` or
+`safe_globals`; anything else needs `weights_only=False`, which can run code from the file.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import errno
 import io
 import json
 import math
 import os
+import pickle
+import pickletools
+import reprlib
+import stat
 import struct
+import sys
 import tempfile
 import zlib
-from collections import OrderedDict
-from typing import Any, BinaryIO
+from collections import OrderedDict, defaultdict
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
 import kiln
 from kiln import Tensor
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "CheckpointError", "WeightsOnlyUnpicklingError", "add_safe_globals",
+           "get_safe_globals", "clear_safe_globals", "safe_globals"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+# safetensors dtype codes kiln tensors can hold, and the extra ones a NumPy array may have
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
            "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
-_CODE = {np.dtype(v): k for k, v in _DTYPES.items()}
+_ARRAY_DTYPES = dict(_DTYPES, I16=np.int16, I8=np.int8, U64=np.uint64, U32=np.uint32,
+                     U16=np.uint16)
+_CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}      # native byte order
+# NumPy scalar types stored as data (a long double or a complex scalar goes to the pickle)
+_NUMPY_SCALARS = {np.dtype(v).name for v in _ARRAY_DTYPES.values()}
 # the longest header we accept: a real one is far smaller, a garbage length is usually huge
 _MAX_HEADER = 100 * 1024 * 1024
-_NUMBERS = (bool, int, float)
+_MAX_DIMS = 64                      # NumPy's limit on an array's rank
+_INTP_MAX = np.iinfo(np.intp).max
+_SPECIAL_FLOATS = ("nan", "inf", "-inf")
+_PICKLE_PROTOCOL = 5
+# how deep a pickled object may nest while saving; pickle recurses once or twice a level
+_PICKLE_RECURSION = 20_000
+_VERSION_1_RECURSION = 5_000
 
 
 class CheckpointError(RuntimeError):
     """A file that is not a readable kiln checkpoint: truncated, corrupt or foreign."""
 
 
+class WeightsOnlyUnpicklingError(CheckpointError, pickle.UnpicklingError):
+    """`load(weights_only=True)` met a pickled object it is not allowed to rebuild."""
+
+
+class _NeedsPickle(Exception):
+    """Raised inside the data encoder: this object can only be saved as a pickle."""
+
+
+# ----------------------------------------------------------------------------- safe globals
+
+_USER_SAFE_GLOBALS: list = []
+
+
+def add_safe_globals(safe_globals: list) -> None:
+    """Allow `load(weights_only=True)` to rebuild these classes and functions from a pickle.
+
+    Entries are the objects themselves or `(obj, "module.name")` pairs, as in
+    `torch.serialization.add_safe_globals`. Only list types whose constructors and
+    `__setstate__` cannot do harm with attacker-chosen arguments.
+    """
+    for entry in safe_globals:
+        _global_name(entry)                 # fails early on a malformed entry
+        _USER_SAFE_GLOBALS.append(entry)
+
+
+def get_safe_globals() -> list:
+    """The user's allow-list for `load(weights_only=True)` (kiln's own types not included)."""
+    return list(_USER_SAFE_GLOBALS)
+
+
+def clear_safe_globals() -> None:
+    """Forget every global added with `add_safe_globals`."""
+    _USER_SAFE_GLOBALS.clear()
+
+
+@contextlib.contextmanager
+def safe_globals(safe_globals: list) -> Iterator[None]:
+    """`with safe_globals([MyConfig]):` allow-lists them for the loads inside the block only."""
+    before = list(_USER_SAFE_GLOBALS)
+    add_safe_globals(safe_globals)
+    try:
+        yield
+    finally:
+        _USER_SAFE_GLOBALS[:] = before
+
+
+def _global_name(entry) -> tuple[str, Any]:
+    if isinstance(entry, tuple):
+        if len(entry) != 2 or not isinstance(entry[1], str):
+            raise TypeError(f"add_safe_globals: expected an object or (object, 'module.name'), "
+                            f"got {entry!r}")
+        return entry[1], entry[0]
+    module, name = getattr(entry, "__module__", None), getattr(entry, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(name, str)):
+        raise TypeError(f"add_safe_globals: {entry!r} has no __module__/__qualname__; pass "
+                        "(object, 'module.name') instead")
+    return f"{module}.{name}", entry
+
+
+def _kiln_safe_globals() -> dict[str, Any]:
+    """The globals a kiln pickle may need that are safe with any arguments."""
+    from kiln.ir.dtypes import from_name
+    from kiln.runtime.device import Device
+    from kiln.tracer.tensor import Size
+    return {"collections.OrderedDict": OrderedDict, "kiln.tracer.tensor.Size": Size,
+            # an optimizer's state is a defaultdict(dict)
+            "collections.defaultdict": defaultdict, "builtins.dict": dict,
+            "kiln.ir.dtypes.from_name": from_name, "kiln.runtime.device.Device": Device,
+            "builtins.set": set, "builtins.frozenset": frozenset, "builtins.complex": complex,
+            "builtins.slice": slice}
+
+
 # ----------------------------------------------------------------------------- save
 
 class _Encoder:
-    """Walks the object to save: returns its JSON structure and collects the tensors."""
+    """Turns the object to save into JSON nodes plus named arrays, without recursion.
+
+    Nodes are numbered children first, so a node only refers to lower numbers; the root is the
+    last. An object reached twice (a tensor, a shared list) becomes one node and loads as one
+    object. A type the node table cannot describe, or a container that contains itself, raises
+    `_NeedsPickle`.
+    """
 
     def __init__(self):
-        self.tensors: dict[str, np.ndarray] = {}
-        self.names: dict[int, str] = {}          # id(tensor) -> name: one copy per object
-        self.keep: list[Tensor] = []             # keeps ids valid while encoding
-        self.active: set[int] = set()
+        self.nodes: list[Any] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.array_names: dict[int, str] = {}    # id(tensor or ndarray) -> its name
+        self.memo: dict[int, int] = {}          # id(container or tensor) -> node number
+        self.keep: list[Any] = []               # keeps the ids above valid while saving
 
-    def encode(self, obj: Any, path: list[str]) -> Any:
-        if obj is None or isinstance(obj, (bool, int, str)):
-            return obj
-        if isinstance(obj, float):
-            return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    def encode(self, root: Any) -> list:
+        frames: list[list] = []                 # [obj, kind, children, refs] being walked
+        active: set[int] = set()
+        index = self._visit(root, [], frames, active)
+        while frames:
+            top = frames[-1]
+            obj, kind, children, refs = top
+            if len(refs) < len(children):
+                child, path = children[len(refs)]
+                index = self._visit(child, path, frames, active)
+                if index is not None:
+                    refs.append(index)
+                continue
+            frames.pop()
+            active.discard(id(obj))
+            index = self._add(_container_node(kind, refs), obj)
+            if frames:
+                frames[-1][3].append(index)
+        return self.nodes
+
+    def _visit(self, obj: Any, path: list[str], frames: list, active: set) -> int | None:
+        """The node number of a leaf (or of an object seen before); None after pushing a
+        container whose children are walked next."""
+        if id(obj) in self.memo:
+            return self.memo[id(obj)]
+        kind = type(obj)
+        if obj is None or kind in (bool, int, str):
+            return self._add(obj)
+        if kind is float:
+            return self._add(obj if math.isfinite(obj) else {"float": repr(obj)})
+        if kind is complex:
+            return self._add({"complex": [_float_json(obj.real), _float_json(obj.imag)]})
+        if kind in (bytes, bytearray):
+            return self._add({kind.__name__: base64.b64encode(obj).decode("ascii")})
         if isinstance(obj, Tensor):
-            return self._tensor(obj, path)
-        if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
-            return self.encode(obj.item(), path)
+            return self._add(self._tensor(obj, path), obj)
+        if kind is np.ndarray and _code_of(obj.dtype) is not None:
+            return self._add({"ndarray": self._array(obj, path)}, obj)
+        if isinstance(obj, np.generic) and obj.dtype.name in _NUMPY_SCALARS:
+            value = obj.item()
+            return self._add({"numpy": obj.dtype.name, "value": _float_json(value)
+                              if isinstance(value, float) else value})
         if isinstance(obj, kiln.dtype):
-            return {"__dtype__": obj.name}
+            return self._add({"dtype": obj.name})
         if isinstance(obj, kiln.device):
-            return {"__device__": str(obj)}
-        if isinstance(obj, (dict, list, tuple)):
-            if id(obj) in self.active:
-                raise ValueError(f"kiln.save: the object contains itself at {_where(path)}")
-            self.active.add(id(obj))
-            try:
-                return self._container(obj, path)
-            finally:
-                self.active.discard(id(obj))
-        raise TypeError(f"kiln.save: can't save a {type(obj).__module__}.{type(obj).__name__} "
-                        f"at {_where(path)}; checkpoints hold tensors, dicts, lists, tuples, "
-                        "numbers, strings, bools and None (kiln never pickles)")
+            return self._add({"device": str(obj)})
+        if kind is kiln.Size and all(type(s) is int for s in obj):
+            return self._add({"Size": list(obj)}, obj)
+        if kind in (dict, OrderedDict):
+            children = []
+            for k, v in obj.items():
+                children += [(k, path + [f"<key {k!r}>"]), (v, path + [str(k)])]
+        elif kind in (list, tuple):
+            children = [(v, path + [str(i)]) for i, v in enumerate(obj)]
+        elif kind in (set, frozenset):
+            children = [(v, path + ["<item>"]) for v in obj]
+        else:
+            raise _NeedsPickle(f"a {kind.__module__}.{kind.__qualname__} at {_where(path)}")
+        if id(obj) in active:
+            raise _NeedsPickle(f"the object contains itself at {_where(path)}")
+        active.add(id(obj))
+        frames.append([obj, kind.__name__, children, []])
+        return None
 
-    def _container(self, obj, path):
-        if isinstance(obj, dict):
-            items = [[self.encode(k, path + [f"<key {k!r}>"]), self.encode(v, path + [str(k)])]
-                     for k, v in obj.items()]
-            kind = "OrderedDict" if isinstance(obj, OrderedDict) else "dict"
-            return {"__dict__": items, "type": kind}
-        values = [self.encode(v, path + [str(i)]) for i, v in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return {"__tuple__": values}
-        return values
+    def _add(self, node: Any, obj: Any = None) -> int:
+        self.nodes.append(node)
+        if obj is not None:
+            self.memo[id(obj)] = len(self.nodes) - 1
+            self.keep.append(obj)
+        return len(self.nodes) - 1
 
     def _tensor(self, t: Tensor, path: list[str]) -> dict:
-        ref = {"__tensor__": None}
+        node: dict[str, Any] = {"tensor": self.tensor_name(t, path)}
+        from kiln.nn.parameter import Parameter
+        if type(t) is Parameter:
+            node["class"] = "Parameter"
         if t.requires_grad:
-            ref["requires_grad"] = True
+            node["requires_grad"] = True
         if t.device.type != "cpu":
-            ref["device"] = str(t.device)
-        if id(t) in self.names:                  # the same tensor object twice: saved once
-            ref["__tensor__"] = self.names[id(t)]
-            return ref
+            node["device"] = str(t.device)
+        return node
+
+    def tensor_name(self, t: Tensor, path: list[str]) -> str:
+        if id(t) not in self.array_names:
+            self._array(t.detach().cpu().numpy(), path, key=t)
+        return self.array_names[id(t)]
+
+    def _array(self, arr: np.ndarray, path: list[str], key: Any = None) -> str:
+        key = arr if key is None else key
+        if id(key) in self.array_names:
+            return self.array_names[id(key)]
         name = ".".join(path) or "tensor"
         base, n = name, 1
-        while name in self.tensors or name == "__metadata__":
+        while name in self.arrays or name == "__metadata__":
             name, n = f"{base}#{n}", n + 1
-        arr = t.detach().cpu().numpy()
         # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
-        self.tensors[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
-        self.names[id(t)] = name
-        self.keep.append(t)
-        ref["__tensor__"] = name
-        return ref
+        self.arrays[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
+        self.array_names[id(key)] = name
+        self.keep.append(key)
+        return name
+
+
+def _container_node(kind: str, refs: list[int]) -> dict:
+    if kind in ("dict", "OrderedDict"):
+        return {kind: [refs[i:i + 2] for i in range(0, len(refs), 2)]}
+    return {kind: refs}
+
+
+def _code_of(dtype: np.dtype) -> str | None:
+    """The safetensors code of a NumPy dtype in either byte order, or None."""
+    return _CODE.get(dtype.newbyteorder("="))
+
+
+def _float_json(value: float) -> float | str:
+    return value if math.isfinite(value) else repr(value)
 
 
 def _where(path: list[str]) -> str:
     return "obj" + "".join(f"[{p!r}]" for p in path)
 
 
-def _header(tensors: dict[str, np.ndarray], structure: str) -> tuple[dict, list[str]]:
-    """The safetensors header (without checksum) and the order the tensors are written in."""
+class _Pickler(pickle.Pickler):
+    """Pickles an object with its tensors and NumPy arrays left out, as references to arrays in
+    the data section: the pickle holds no tensor bytes."""
+
+    def __init__(self, file: BinaryIO, encoder: _Encoder):
+        super().__init__(file, protocol=_PICKLE_PROTOCOL)
+        self.encoder = encoder
+
+    def persistent_id(self, obj: Any) -> tuple | None:
+        if isinstance(obj, Tensor):
+            from kiln.nn.parameter import Parameter
+            name = self.encoder.tensor_name(obj, [str(len(self.encoder.arrays))])
+            kind = "Parameter" if type(obj) is Parameter else "Tensor"
+            return ("kiln.tensor", name, kind, bool(obj.requires_grad), str(obj.device))
+        if type(obj) is np.ndarray and _code_of(obj.dtype) is not None:
+            return ("kiln.ndarray", self.encoder._array(obj, [str(len(self.encoder.arrays))]))
+        if isinstance(obj, np.generic) and obj.dtype.name in _NUMPY_SCALARS:
+            return ("kiln.numpy", obj.dtype.name, obj.item())
+        return None
+
+
+def _pickle(obj: Any, encoder: _Encoder) -> bytes:
+    buf = io.BytesIO()
+    limit = sys.getrecursionlimit()
+    # pickle recurses per nesting level; PyTorch saves 400-deep objects, kiln goes well past
+    sys.setrecursionlimit(max(limit, _PICKLE_RECURSION))
+    try:
+        _Pickler(buf, encoder).dump(obj)
+    except RecursionError:
+        raise ValueError("kiln.save: the object is nested too deeply to pickle (past a "
+                         f"recursion limit of {_PICKLE_RECURSION}; a few thousand levels)") \
+            from None
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise TypeError(f"kiln.save: can't save a {type(obj).__module__}."
+                        f"{type(obj).__qualname__}: pickling it failed ({e})") from e
+    finally:
+        sys.setrecursionlimit(limit)
+    return buf.getvalue()
+
+
+def _header(arrays: dict[str, np.ndarray], meta: dict[str, str]) -> tuple[dict, list[str]]:
+    """The safetensors header (without checksum) and the order the arrays are written in."""
     # widest dtypes first, so every tensor starts at a multiple of its own item size
-    order = sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
+    order = sorted(arrays, key=lambda k: (-arrays[k].dtype.itemsize, k))
     header: dict[str, Any] = {}
     offset = 0
     for name in order:
-        arr = tensors[name]
-        header[name] = {"dtype": _CODE[np.dtype(arr.dtype)], "shape": list(arr.shape),
+        arr = arrays[name]
+        header[name] = {"dtype": _code_of(arr.dtype), "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
-    header["__metadata__"] = {"format": "kiln", "kiln.version": FORMAT_VERSION,
-                              "kiln.structure": structure}
+    header["__metadata__"] = dict({"format": "kiln", "kiln.version": FORMAT_VERSION}, **meta)
     return header, order
 
 
@@ -146,35 +349,48 @@ def _raw(arr: np.ndarray) -> np.ndarray:
 
 def _write(f: BinaryIO, obj: Any) -> None:
     enc = _Encoder()
-    structure = json.dumps(enc.encode(obj, []), separators=(",", ":"), allow_nan=False)
-    header, order = _header(enc.tensors, structure)
+    try:
+        nodes = enc.encode(obj)
+        meta = {"kiln.structure": json.dumps(nodes, separators=(",", ":"), allow_nan=False)}
+    except _NeedsPickle:
+        enc = _Encoder()                        # start over: the pickle names its own arrays
+        meta = {"kiln.pickle": base64.b64encode(_pickle(obj, enc)).decode("ascii")}
+    header, order = _header(enc.arrays, meta)
     crc = _checksum_start(header)
     for name in order:
-        crc = zlib.crc32(_raw(_little_endian(enc.tensors[name])), crc)
+        crc = zlib.crc32(_raw(_little_endian(enc.arrays[name])), crc)
     header["__metadata__"]["kiln.crc32"] = f"{crc:08x}"
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)      # pad with spaces so the data starts 8-byte aligned
     f.write(struct.pack("<Q", len(text)))
     f.write(text)
     for name in order:
-        arr = _little_endian(enc.tensors[name])
+        arr = _little_endian(enc.arrays[name])
         if arr.nbytes:
             f.write(_raw(arr))
 
 
 def save(obj: Any, f: str | os.PathLike | BinaryIO) -> None:
-    """Save tensors and nested dicts/lists/tuples of them, numbers, strings, bools and None.
+    """Save `obj` to a path or a binary file object.
 
-    A path is written atomically: to a temporary file in the same directory, flushed and
-    fsync'd, then renamed over `f`, so a crash mid-save leaves any previous file intact (and
-    may leave a stale `.NAME.*.tmp` beside it). Each tensor object is stored once; distinct
-    tensors that share memory (views) are stored as separate copies and load as such.
+    Tensors, NumPy arrays and scalars, Python numbers, strings, bytes and None, and any nesting
+    of dicts (`OrderedDict` kept), lists, tuples, sets and `kiln.Size` are stored as data, in
+    the safetensors layout. Anything else (a whole model, an optimizer, a user class) is
+    pickled, its tensors still stored as data; `load` rebuilds it only with `weights_only=False`
+    or when its classes are allow-listed.
+
+    A path is written atomically: to a temporary file in the directory of the file it names
+    (through any symlinks), flushed and fsync'd, then renamed over it, so a crash mid-save
+    leaves any previous file intact (and may leave a stale `.NAME.*.tmp` beside it). An
+    existing file keeps its permission bits; a file or directory the caller may not write to
+    raises PermissionError (a file with no write bit at all is refused even for root).
     """
     if not isinstance(f, (str, os.PathLike)):
         _write(f, obj)
         return
-    path = os.fspath(f)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = _resolve(os.fspath(f))
+    directory = os.path.dirname(path)
+    old = _check_writable(path, directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp")
     try:
@@ -182,7 +398,7 @@ def save(obj: Any, f: str | os.PathLike | BinaryIO) -> None:
             _write(out, obj)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, _file_mode(path))
+        _copy_permissions(tmp, old)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -193,14 +409,64 @@ def save(obj: Any, f: str | os.PathLike | BinaryIO) -> None:
     _fsync_directory(directory)
 
 
-def _file_mode(path: str) -> int:
-    """Keep an existing file's permissions; a new file gets the usual umask-based ones."""
+def _resolve(path: str) -> str:
+    """The file a path names, through any symlinks (a dangling link names its target)."""
+    target = os.path.realpath(path)
+    if os.path.islink(target):              # realpath gives up inside a symlink loop
+        raise OSError(errno.ELOOP, f"kiln.save: too many levels of symbolic links in {path}",
+                      path)
+    return target
+
+
+def _check_writable(path: str, directory: str) -> os.stat_result | None:
+    """Refuse what the caller may not overwrite; returns the existing file's stat, if any."""
     try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    if old is not None:
+        if stat.S_ISDIR(old.st_mode):
+            raise IsADirectoryError(errno.EISDIR, f"kiln.save: {path} is a directory", path)
+        if not _may_write(path, old):
+            raise PermissionError(errno.EACCES, f"kiln.save: {path} is read-only "
+                                  f"(mode {stat.filemode(old.st_mode)}); kiln does not replace "
+                                  "a file you may not write. chmod u+w it, or save elsewhere",
+                                  path)
+    try:
+        dir_stat = os.stat(directory)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"kiln.save: the directory {directory} does not "
+                                "exist", directory) from None
+    if not _may_write(directory, dir_stat):
+        raise PermissionError(errno.EACCES, f"kiln.save: the directory {directory} is not "
+                              f"writable (mode {stat.filemode(dir_stat.st_mode)}), and kiln "
+                              "saves through a temporary file beside the checkpoint", directory)
+    return old
+
+
+def _may_write(path: str, st: os.stat_result) -> bool:
+    """os.access's answer, except that root too is refused a file with no write bit at all:
+    root may write anything, but a chmod 444 checkpoint says "keep this"."""
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, os.W_OK, effective_ids=effective):
+        return False
+    return os.geteuid() != 0 or bool(st.st_mode & 0o222)
+
+
+def _copy_permissions(tmp: str, old: os.stat_result | None) -> None:
+    """Keep an existing file's mode (and owner, when we may); a new file gets the usual
+    umask-based mode rather than mkstemp's 0600."""
+    if old is None:
         umask = os.umask(0)
         os.umask(umask)
-        return 0o666 & ~umask
+        os.chmod(tmp, 0o666 & ~umask)
+        return
+    if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.chown(tmp, old.st_uid, old.st_gid)
+        except OSError:
+            pass                                # only root may give a file away
+    os.chmod(tmp, stat.S_IMODE(old.st_mode))
 
 
 def _fsync_directory(directory: str) -> None:
@@ -219,26 +485,31 @@ def _fsync_directory(directory: str) -> None:
 
 # ----------------------------------------------------------------------------- load
 
-def load(f: str | os.PathLike | BinaryIO, map_location=None, weights_only: bool = True,
-         **kwargs) -> Any:
+def load(f: str | os.PathLike | BinaryIO, map_location=None, pickle_module=None, *,
+         weights_only: bool | None = True, **kwargs) -> Any:
     """Load what `kiln.save` wrote (or any safetensors file, as a dict of tensors).
 
-    Nothing in the file is ever executed: a pickle or a `torch.save` zip is refused with an
-    error naming the file, as is a truncated or corrupted one. `weights_only` is accepted for
-    PyTorch compatibility; kiln files hold only data, so both values behave the same.
+    Data comes back with the types it was saved with. A pickled object (a model, an
+    optimizer, a user class) is rebuilt only from kiln's own types and the globals allowed
+    with `add_safe_globals` / `safe_globals`, unless `weights_only=False`: then any class
+    is rebuilt, which can run code from the file, so only use it for files you trust. A
+    bare pickle or a `torch.save` zip is refused, naming the file, as is a truncated or
+    corrupted one.
 
     Args:
         map_location: where tensors go: None (the device they were saved from), a device or
-            string ("cpu", "cuda:0"), a dict mapping saved device strings to devices, or a
-            callable `fn(tensor_on_cpu, saved_device_str)` returning a tensor (or None for the
-            default).
+            string ("cpu", "cuda:0", or anything whose str() is one, like a torch.device), a
+            dict mapping saved device strings to devices, or a callable
+            `fn(tensor_on_cpu, saved_device_str)` returning a tensor (or None for the default).
+        pickle_module, **kwargs: accepted for `torch.load` compatibility and ignored.
     """
+    weights_only = True if weights_only is None else weights_only
     name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", repr(f))
     if isinstance(f, (str, os.PathLike)):
         with open(f, "rb") as stream:
-            return _read(stream, str(name), map_location)
+            return _read(stream, str(name), map_location, weights_only)
     stream = f if _seekable(f) else io.BytesIO(f.read())
-    return _read(stream, str(name), map_location)
+    return _read(stream, str(name), map_location, weights_only)
 
 
 def _seekable(f) -> bool:
@@ -252,40 +523,58 @@ def _fail(name: str, why: str) -> CheckpointError:
     return CheckpointError(f"kiln.load: {name} is not a readable kiln checkpoint: {why}")
 
 
-def _read(stream: BinaryIO, name: str, map_location) -> Any:
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
     start = stream.tell()
     size = stream.seek(0, io.SEEK_END) - start
     stream.seek(start)
-    head = stream.read(8)
-    _refuse_foreign(head, name)
-    if len(head) < 8:
+    head = stream.read(min(size, 4096))
+    stream.seek(start + 8)
+    if size < 8:
+        _refuse_foreign(head, size, name)
         raise _fail(name, f"the file is truncated ({size} bytes, shorter than the 8-byte "
                     "header length)")
-    (n,) = struct.unpack("<Q", head)
-    if n > min(size - 8, _MAX_HEADER):
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER:
+        _refuse_foreign(head, size, name)
+        raise _fail(name, f"the header length field says {n} bytes, more than the "
+                    f"{_MAX_HEADER // 2 ** 20} MiB kiln accepts (corrupt, or not a checkpoint)")
+    if n > size - 8:
+        _refuse_foreign(head, size, name)
         raise _fail(name, f"the header length field says {n} bytes but the file has only "
                     f"{size - 8} after it (truncated or corrupt)")
     raw = stream.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise _fail(name, "the JSON header is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        _refuse_foreign(head, size, name)
         raise _fail(name, f"the JSON header is corrupt ({e})") from None
     if not isinstance(header, dict):
+        _refuse_foreign(head, size, name)
         raise _fail(name, "the header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise _fail(name, "__metadata__ is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise _fail(name, "__metadata__ is not a JSON object of strings")
     data_size = size - 8 - n
     entries = _check_entries(header, data_size, name)
     expected = meta.pop("kiln.crc32", None)
     if expected is None and (meta.get("format") == "kiln" or any(
-            isinstance(k, str) and k.startswith("kiln.") for k in meta)):
+            k.startswith("kiln.") for k in meta)):
         raise _fail(name, "the kiln.crc32 checksum is missing from __metadata__ (corrupt header)")
     crc = _checksum_start(dict(header, __metadata__=meta)) if expected is not None else None
     arrays: dict[str, np.ndarray] = {}
     base = start + 8 + n
-    for key, (dtype, shape, begin, end) in sorted(entries.items(), key=lambda e: e[1][2]):
-        arr = np.empty(shape, dtype=np.dtype(dtype).newbyteorder("<"))
+    for key, (code, shape, begin, end) in entries.items():
+        arr = np.empty(shape, dtype=np.dtype(_ARRAY_DTYPES[code]).newbyteorder("<"))
         stream.seek(base + begin)
         view = _raw(arr)
         got = stream.readinto(view) if arr.nbytes else 0
@@ -293,54 +582,123 @@ def _read(stream: BinaryIO, name: str, map_location) -> Any:
             raise _fail(name, f"the file is truncated inside tensor {key!r}")
         if crc is not None:
             crc = zlib.crc32(view, crc)
-        arrays[key] = arr.astype(np.dtype(dtype), copy=False)
+        arrays[key] = arr.astype(np.dtype(_ARRAY_DTYPES[code]), copy=False)
     if expected is not None and f"{crc:08x}" != expected:
         raise _fail(name, "the checksum does not match: the header or the data was modified "
                     "or damaged")
-    tensors = _Placer(map_location, name)
+    placer = _Placer(map_location, name)
+    codes = {key: entry[0] for key, entry in entries.items()}
+    if "kiln.pickle" in meta:
+        return _unpickle(meta["kiln.pickle"], _Arrays(arrays, codes, placer, name), name,
+                         weights_only)
     if "kiln.structure" not in meta:
-        # a plain safetensors file: its tensors by name
-        return {k: tensors.place(v, {}) for k, v in arrays.items()}
+        # a plain safetensors file: its tensors by name, in the header's order
+        tensors = _Arrays(arrays, codes, placer, name)
+        return {key: tensors.tensor(key, {}) for key in header}
+    version = meta.get("kiln.version", FORMAT_VERSION)
+    if version not in ("1", "2"):
+        raise _fail(name, f"it was written by a newer kiln (format version {version!r}; this "
+                    f"kiln reads 1 and 2)")
+    limit = sys.getrecursionlimit()
+    if version == "1":
+        # format 1 nested its structure as deep as the object (json recurses per level)
+        sys.setrecursionlimit(max(limit, _VERSION_1_RECURSION))
     try:
         structure = json.loads(meta["kiln.structure"])
-    except (TypeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise _fail(name, "kiln.structure is nested too deeply") from None
+    except ValueError as e:
         raise _fail(name, f"kiln.structure is not valid JSON ({e})") from None
-    return _Decoder(arrays, tensors, name).decode(structure)
+    finally:
+        sys.setrecursionlimit(limit)
+    if version == "1":
+        structure = _nodes_from_version_1(structure, name)
+    return _decode(structure, _Arrays(arrays, codes, placer, name), name)
 
 
-def _refuse_foreign(head: bytes, name: str) -> None:
+def _refuse_foreign(head: bytes, size: int, name: str) -> None:
+    """Name the kind of file this is when it is not a checkpoint at all."""
     if head[:4] == b"PK\x03\x04":
         raise _fail(name, "it is a zip archive, probably a torch.save checkpoint; kiln does "
                     "not read those (they contain pickles, which can run code). Convert it in "
                     "PyTorch with safetensors, or load it there and re-save the tensors")
-    if head[:1] == b"\x80" and len(head) > 1 and head[1:2] in b"\x02\x03\x04\x05":
-        raise _fail(name, "it is a Python pickle; kiln never unpickles (loading a pickle can "
-                    "run arbitrary code)")
+    if head[:6] == b"\x93NUMPY":
+        raise _fail(name, "it is a NumPy .npy file; read it with numpy.load")
+    protocol = _pickle_protocol(head, size)
+    if protocol is not None:
+        raise _fail(name, f"it is a Python pickle ({protocol}), perhaps a legacy torch.save "
+                    "file; kiln does not read bare pickles (loading a pickle can run "
+                    "arbitrary code). Load it in the program that wrote it and save the "
+                    "tensors with kiln.save")
+
+
+def _pickle_protocol(head: bytes, size: int) -> str | None:
+    """Which pickle protocol a file of `size` bytes starting with `head` is written in, or None
+    when it does not parse as a pickle. Only reads opcodes (pickletools); nothing is unpickled."""
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return f"protocol {head[1]}"
+    newest, count = 0, 0
+    try:
+        for opcode, _, pos in pickletools.genops(head):
+            newest, count = max(newest, opcode.proto), count + 1
+            if opcode.name == "STOP":
+                # a pickle ends with its STOP; bytes that merely start like one rarely do
+                if pos + 1 != size or count < 2:
+                    return None
+                break
+        else:
+            return None
+    except Exception:           # genops raises ValueError, or others on garbage arguments
+        # a pickle longer than `head` runs off its end: trust it if many opcodes parsed first
+        if len(head) == size or count < 16:
+            return None
+    if newest >= 2:
+        return None             # binary protocols begin with PROTO, handled above
+    return f"protocol {newest}, the {'text' if newest == 0 else 'old binary'} format"
 
 
 def _check_entries(header: dict, data_size: int, name: str) -> dict:
+    """Validate every tensor entry by the safetensors rules: a known dtype, a shape of
+    non-negative ints, offsets whose span is the tensor's size, and spans that tile the data
+    section in order, with no overlap, hole or tail."""
     entries = {}
     for key, entry in header.items():
         if not isinstance(entry, dict):
             raise _fail(name, f"header entry {key!r} is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
             raise _fail(name, f"tensor {key!r} has unknown dtype {dtype!r} (kiln reads "
-                        f"{', '.join(_DTYPES)})")
+                        f"{', '.join(_ARRAY_DTYPES)})")
         if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
             raise _fail(name, f"tensor {key!r} has an invalid shape {shape!r}")
+        itemsize = np.dtype(_ARRAY_DTYPES[dtype]).itemsize
+        if len(shape) > _MAX_DIMS or any(s > _INTP_MAX for s in shape) or \
+                math.prod(s for s in shape if s) * itemsize > _INTP_MAX:
+            raise _fail(name, f"tensor {key!r} has an impossible shape {shape!r} (more than "
+                        f"{_MAX_DIMS} dimensions or more than 2**63 bytes)")
         if not (isinstance(offsets, list) and len(offsets) == 2 and
                 all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
             raise _fail(name, f"tensor {key!r} has invalid data_offsets {offsets!r}")
         begin, end = offsets
-        nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+        nbytes = math.prod(shape) * itemsize
         if end - begin != nbytes:
             raise _fail(name, f"tensor {key!r}: data_offsets {offsets} span {end - begin} bytes "
                         f"but {dtype}{shape} needs {nbytes}")
         if end > data_size:
             raise _fail(name, f"the file is truncated: tensor {key!r} ends at byte {end} of the "
                         f"data section, which has only {data_size} bytes")
-        entries[key] = (_DTYPES[dtype], tuple(shape), begin, end)
+        entries[key] = (dtype, tuple(shape), begin, end)
+    position = 0
+    for key, (_, _, begin, end) in sorted(entries.items(), key=lambda e: e[1][2:]):
+        if begin != position:
+            what = "overlaps the tensor before it" if begin < position else \
+                f"leaves a hole of {begin - position} bytes before it"
+            raise _fail(name, f"tensor {key!r} (data_offsets [{begin}, {end}]) {what}; "
+                        "safetensors tensors tile the data section exactly")
+        position = end
+    if position != data_size:
+        raise _fail(name, f"the data section has {data_size - position} bytes after its last "
+                    "tensor (corrupt, or a file with something appended)")
     return entries
 
 
@@ -350,8 +708,7 @@ class _Placer:
     def __init__(self, map_location, name: str):
         self.map_location, self.name = map_location, name
 
-    def place(self, arr: np.ndarray, ref: dict) -> Tensor:
-        saved = ref.get("device", "cpu")
+    def place(self, arr: np.ndarray, saved: str, requires_grad: bool) -> Tensor:
         t = kiln.from_numpy(arr)
         loc = self.map_location
         if callable(loc) and not isinstance(loc, (str, kiln.device)):
@@ -364,63 +721,348 @@ class _Placer:
             target = loc
         else:
             target = saved
-        if target is not None and str(kiln.device(target)) != "cpu":
-            from kiln.runtime.device import cuda_is_available
-            if not cuda_is_available():
-                raise RuntimeError(f"kiln.load: {self.name} holds a tensor saved on {saved} "
-                                   f"and it would be loaded onto {target}, but CUDA is not "
-                                   "available; pass map_location='cpu'")
-            t = t.to(target)
-        if ref.get("requires_grad") and t.is_floating_point():
+        if target is not None:
+            try:
+                device = kiln.device(target if isinstance(target, (str, kiln.device))
+                                     else str(target))     # a torch.device, say
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise _fail(self.name, f"a tensor's device {target!r} is not a device ({e})") \
+                    from None
+            if device.type != "cpu":
+                from kiln.runtime.device import cuda_is_available
+                if not cuda_is_available():
+                    raise _fail(self.name, f"it holds a tensor saved on {saved} that would be "
+                                f"loaded onto {device}, but CUDA is not available; pass "
+                                "map_location='cpu'")
+            if t.device != device:
+                t = t.to(device)
+        if requires_grad and t.is_floating_point():
             t.requires_grad_(True)
         return t
 
 
-class _Decoder:
-    """Rebuilds the saved Python object from its JSON structure."""
+class _Arrays:
+    """The file's arrays, handed out as tensors (placed by map_location) or NumPy arrays; each
+    is built once, so an object saved twice loads as one."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], placer: _Placer, name: str):
-        self.arrays, self.placer, self.name = arrays, placer, name
-        self.loaded: dict[str, Tensor] = {}
+    def __init__(self, arrays: dict[str, np.ndarray], codes: dict[str, str], placer: _Placer,
+                 name: str):
+        self.arrays, self.codes, self.placer, self.name = arrays, codes, placer, name
+        self.built: dict[tuple, Any] = {}
 
-    def decode(self, node: Any) -> Any:
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        if isinstance(node, list):
-            return [self.decode(v) for v in node]
-        if not isinstance(node, dict):
-            raise _fail(self.name, f"unexpected {type(node).__name__} in kiln.structure")
-        if "__tensor__" in node:
-            key = node["__tensor__"]
-            if key not in self.arrays:
-                raise _fail(self.name, f"kiln.structure refers to tensor {key!r}, which the "
-                            "header does not list")
-            if key not in self.loaded:
-                self.loaded[key] = self.placer.place(self.arrays[key], node)
-            return self.loaded[key]
-        if "__dict__" in node:
-            items = node["__dict__"]
-            if not isinstance(items, list) or not all(
-                    isinstance(kv, list) and len(kv) == 2 for kv in items):
-                raise _fail(self.name, "a dict in kiln.structure is malformed")
-            cls = OrderedDict if node.get("type") == "OrderedDict" else dict
-            try:
-                return cls((self.decode(k), self.decode(v)) for k, v in items)
-            except TypeError as e:              # an unhashable key: only a corrupt file
-                raise _fail(self.name, f"a dict key in kiln.structure is invalid ({e})") from None
-        if "__tuple__" in node:
-            return tuple(self.decode(v) for v in node["__tuple__"])
-        if "__float__" in node:
-            text = node["__float__"]
-            if text not in ("nan", "inf", "-inf"):
-                raise _fail(self.name, f"invalid special float {text!r}")
-            return float(text)
-        if "__dtype__" in node:
-            dtype = getattr(kiln, str(node["__dtype__"]), None)
-            if not isinstance(dtype, kiln.dtype):
-                raise _fail(self.name, f"unknown dtype {node['__dtype__']!r}")
-            return dtype
-        if "__device__" in node:
-            return kiln.device(node["__device__"])
-        raise _fail(self.name, f"unknown entry {sorted(node)!r} in kiln.structure")
+    def _get(self, key: Any) -> np.ndarray:
+        if not isinstance(key, str) or key not in self.arrays:
+            raise _fail(self.name, f"it refers to tensor {key!r}, which the header does not "
+                        "list")
+        return self.arrays[key]
 
+    def tensor(self, key: Any, attrs: dict, parameter: bool = False) -> Tensor:
+        arr = self._get(key)
+        if self.codes[key] not in _DTYPES:
+            raise _fail(self.name, f"tensor {key!r} has dtype {self.codes[key]}, which kiln "
+                        f"tensors do not have (they have {', '.join(_DTYPES)})")
+        saved, grad = attrs.get("device", "cpu"), attrs.get("requires_grad", False)
+        if not isinstance(saved, str) or type(grad) is not bool:
+            raise _fail(self.name, f"tensor {key!r} has a malformed device or requires_grad")
+        cache = (key, saved, grad, parameter)
+        if cache not in self.built:
+            t = self.placer.place(arr, saved, grad)
+            if parameter:
+                from kiln.nn.parameter import Parameter
+                if grad and not t.is_floating_point():
+                    raise _fail(self.name, f"tensor {key!r} is an integer Parameter that "
+                                "requires grad")
+                t = Parameter(t, requires_grad=grad)
+            self.built[cache] = t
+        return self.built[cache]
+
+    def ndarray(self, key: Any) -> np.ndarray:
+        arr = self._get(key)
+        if (key, "ndarray") not in self.built:
+            self.built[(key, "ndarray")] = arr
+        return self.built[(key, "ndarray")]
+
+
+# the node kinds a structure may contain, with the keys each may carry besides its kind
+_NODE_KEYS = {"list": (), "tuple": (), "set": (), "frozenset": (), "dict": (), "OrderedDict": (),
+              "tensor": ("class", "requires_grad", "device"), "ndarray": (),
+              "numpy": ("value",), "float": (), "complex": (), "bytes": (), "bytearray": (),
+              "dtype": (), "device": (), "Size": ()}
+
+
+def _decode(nodes: Any, arrays: _Arrays, name: str) -> Any:
+    """Rebuild the saved object from its node table, first node to last, without recursion."""
+    if not isinstance(nodes, list) or not nodes:
+        raise _fail(name, "kiln.structure is not a non-empty list of nodes")
+    built: list[Any] = []
+    for i, node in enumerate(nodes):
+        try:
+            built.append(_decode_node(node, i, built, arrays))
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise _fail(name, f"node {i} of kiln.structure is invalid: {reprlib.repr(node)} "
+                        f"({type(e).__name__}: {e})") from None
+    return built[-1]
+
+
+def _decode_node(node: Any, i: int, built: list, arrays: _Arrays) -> Any:
+    if node is None or type(node) in (bool, int, float, str):
+        return node
+    if not isinstance(node, dict) or not node:
+        raise TypeError(f"a {type(node).__name__} is not a node")
+    kind = next(iter(node))                     # a node's first key says what it is
+    if kind not in _NODE_KEYS or set(node) - {kind, *_NODE_KEYS[kind]}:
+        raise ValueError(f"unknown node keys {sorted(node)}")
+    body = node[kind]
+
+    def ref(j: Any) -> Any:
+        if type(j) is not int or not 0 <= j < i:
+            raise ValueError(f"reference {j!r} is not a number of an earlier node")
+        return built[j]
+
+    def refs(items: Any) -> list:
+        if not isinstance(items, list):
+            raise TypeError(f"{kind} holds a {type(items).__name__}, not a list of node numbers")
+        return [ref(j) for j in items]
+
+    if kind in ("list", "tuple", "set", "frozenset"):
+        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[kind](
+            refs(body))
+    if kind in ("dict", "OrderedDict"):
+        if not isinstance(body, list) or not all(
+                isinstance(kv, list) and len(kv) == 2 for kv in body):
+            raise TypeError(f"{kind} must hold a list of [key, value] node-number pairs")
+        return (dict if kind == "dict" else OrderedDict)((ref(k), ref(v)) for k, v in body)
+    if kind == "tensor":
+        cls = node.get("class", "Tensor")
+        if cls not in ("Tensor", "Parameter"):
+            raise ValueError(f"unknown tensor class {cls!r}")
+        return arrays.tensor(body, node, parameter=cls == "Parameter")
+    if kind == "ndarray":
+        return arrays.ndarray(body)
+    if kind == "numpy":
+        if body not in _NUMPY_SCALARS:
+            raise ValueError(f"unknown NumPy scalar type {body!r}")
+        value = _float_value(node.get("value")) if body.startswith("float") else node.get("value")
+        if type(value) not in (bool, int, float):
+            raise TypeError(f"a NumPy scalar's value {value!r} is not a number")
+        return _numpy_scalar(body, value)
+    if kind == "float":
+        return _float_value(body)
+    if kind == "complex":
+        if not (isinstance(body, list) and len(body) == 2):
+            raise TypeError("complex must be [real, imag]")
+        return complex(_float_value(body[0]), _float_value(body[1]))
+    if kind in ("bytes", "bytearray"):
+        if not isinstance(body, str):
+            raise TypeError(f"{kind} must be base64 text")
+        data = base64.b64decode(body.encode("ascii"), validate=True)
+        return data if kind == "bytes" else bytearray(data)
+    if kind == "dtype":
+        dtype = getattr(kiln, body, None) if isinstance(body, str) else None
+        if not isinstance(dtype, kiln.dtype):
+            raise ValueError(f"unknown dtype {body!r}")
+        return dtype
+    if kind == "device":
+        if not isinstance(body, str):
+            raise TypeError("device must be a string")
+        try:
+            return kiln.device(body)
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
+    # kind == "Size"
+    if not (isinstance(body, list) and all(type(s) is int for s in body)):
+        raise TypeError("Size must be a list of ints")
+    return kiln.Size(body)
+
+
+def _float_value(value: Any) -> float:
+    if type(value) in (int, float):
+        return float(value)
+    if value in _SPECIAL_FLOATS:
+        return float(value)
+    raise ValueError(f"{value!r} is not a float")
+
+
+def _numpy_scalar(type_name: str, value: Any) -> np.generic:
+    """np.dtype(type_name).type(value), refusing a value the type cannot hold."""
+    scalar_type = np.dtype(type_name).type
+    if np.dtype(type_name).kind in "iu":
+        info = np.iinfo(scalar_type)
+        if type(value) is not int or not info.min <= value <= info.max:
+            raise ValueError(f"{value!r} is not a {type_name}")
+    return scalar_type(value)
+
+
+def _nodes_from_version_1(structure: Any, name: str) -> list:
+    """Convert a version-1 structure (nested JSON: `{"__tensor__": name}`, `{"__dict__":
+    [[k, v], ...], "type": ...}`, `{"__tuple__": [...]}`, ...) into version 2's node table,
+    without recursion."""
+    nodes: list[Any] = []
+    frames: list[list] = []                   # [kind, children, refs]
+
+    def open_or_add(value: Any) -> int | None:
+        if not isinstance(value, (list, dict)):
+            nodes.append(value)
+            return len(nodes) - 1
+        if isinstance(value, list):
+            frames.append(["list", value, []])
+            return None
+        for old, new in (("__tensor__", "tensor"), ("__float__", "float"),
+                         ("__dtype__", "dtype"), ("__device__", "device")):
+            if old in value:
+                node = {new: value[old]}
+                if old == "__tensor__":
+                    node.update({k: value[k] for k in ("requires_grad", "device") if k in value})
+                nodes.append(node)
+                return len(nodes) - 1
+        if "__tuple__" in value and isinstance(value["__tuple__"], list):
+            frames.append(["tuple", value["__tuple__"], []])
+            return None
+        items = value.get("__dict__")
+        if isinstance(items, list) and all(isinstance(kv, list) and len(kv) == 2
+                                           for kv in items):
+            kind = "OrderedDict" if value.get("type") == "OrderedDict" else "dict"
+            frames.append([kind, [x for kv in items for x in kv], []])
+            return None
+        raise _fail(name, f"unknown entry {reprlib.repr(value)} in kiln.structure")
+
+    open_or_add(structure)
+    while frames:
+        kind, children, refs = frames[-1]
+        if len(refs) < len(children):
+            index = open_or_add(children[len(refs)])
+            if index is not None:
+                refs.append(index)
+            continue
+        frames.pop()
+        nodes.append(_container_node(kind, refs))
+        if frames:
+            frames[-1][2].append(len(nodes) - 1)
+    return nodes
+
+
+# ----------------------------------------------------------------------------- unpickling
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that rebuilds only kiln's safe types and the user's allowed globals.
+
+    It is Python's own pure-Python unpickler with the opcodes that call code checked: a global
+    is looked up only in the allow-list, a call (REDUCE, NEWOBJ) may only call an allowed
+    global, BUILD (which runs `__setstate__` or sets attributes) only applies to instances of
+    user-allowed classes, and the old instance opcodes (INST, OBJ) and extension codes are
+    refused. Nothing is imported.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: BinaryIO, arrays: _Arrays, name: str):
+        super().__init__(file)
+        self.arrays, self.name = arrays, name
+        self.allowed = _kiln_safe_globals()
+        self.allowed.update(_global_name(entry) for entry in _USER_SAFE_GLOBALS)
+        objects = [e[0] if isinstance(e, tuple) else e for e in _USER_SAFE_GLOBALS]
+        self.user_classes = tuple(obj for obj in objects if isinstance(obj, type))
+        self.callables = {id(obj) for obj in self.allowed.values()}
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = f"{module}.{name}"
+        if key not in self.allowed:
+            raise WeightsOnlyUnpicklingError(_weights_only_message(self.name, key))
+        return self.allowed[key]
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _persistent_load(pid, self.arrays, self.name)
+
+    def _refuse(self, what: str):
+        raise WeightsOnlyUnpicklingError(_weights_only_message(self.name, what))
+
+    def load_reduce(self):
+        if id(self.stack[-2]) not in self.callables:
+            self._refuse("a call of a value that is not an allowed global")
+        super().load_reduce()
+
+    def load_newobj(self):
+        if id(self.stack[-2]) not in self.callables or not isinstance(self.stack[-2], type):
+            self._refuse("the construction of a class that is not an allowed global")
+        super().load_newobj()
+
+    def load_newobj_ex(self):
+        if id(self.stack[-3]) not in self.callables or not isinstance(self.stack[-3], type):
+            self._refuse("the construction of a class that is not an allowed global")
+        super().load_newobj_ex()
+
+    def load_build(self):
+        if not isinstance(self.stack[-2], self.user_classes):
+            self._refuse(f"setting the state of a {type(self.stack[-2]).__qualname__}, which is "
+                         "not a class allowed with add_safe_globals")
+        super().load_build()
+
+    def load_refused(self):
+        self._refuse("an instance, extension or out-of-band buffer opcode that kiln never "
+                     "writes")
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+    for _opcode in (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2, pickle.EXT4,
+                    pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_opcode[0]] = load_refused
+    del _opcode
+
+
+class _TrustingUnpickler(pickle.Unpickler):
+    """`weights_only=False`: any global, as pickle does; tensors come from the data section."""
+
+    def __init__(self, file: BinaryIO, arrays: _Arrays, name: str):
+        super().__init__(file)
+        self.arrays, self.name = arrays, name
+
+    def persistent_load(self, pid: Any) -> Any:
+        return _persistent_load(pid, self.arrays, self.name)
+
+
+def _persistent_load(pid: Any, arrays: _Arrays, name: str) -> Any:
+    if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "kiln.tensor" and \
+            pid[2] in ("Tensor", "Parameter"):
+        _, key, kind, grad, device = pid
+        return arrays.tensor(key, {"requires_grad": grad, "device": device},
+                             parameter=kind == "Parameter")
+    if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.ndarray":
+        return arrays.ndarray(pid[1])
+    if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "kiln.numpy" and \
+            pid[1] in _NUMPY_SCALARS and type(pid[2]) in (bool, int, float):
+        try:
+            return _numpy_scalar(pid[1], pid[2])
+        except (ValueError, OverflowError) as e:
+            raise _fail(name, f"the pickle holds an invalid NumPy scalar ({e})") from None
+    raise _fail(name, f"the pickle refers to an unknown object {reprlib.repr(pid)}")
+
+
+def _weights_only_message(name: str, what: str) -> str:
+    allow = what.rsplit(".", 1)[-1] if " " not in what else "MyClass"
+    return (f"kiln.load: {name} contains pickled Python objects, and weights_only=True "
+            f"(the default) does not allow {what}. Loading pickled objects can execute "
+            "arbitrary code. If you trust the source of this file, load it with "
+            "kiln.load(..., weights_only=False). Otherwise allow just the classes it needs with "
+            f"kiln.serialization.add_safe_globals([{allow}]), or for one load with "
+            f"`with kiln.serialization.safe_globals([{allow}]): kiln.load(...)`")
+
+
+def _unpickle(text: str, arrays: _Arrays, name: str, weights_only: bool) -> Any:
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as e:
+        raise _fail(name, f"kiln.pickle is not base64 ({e})") from None
+    cls = _RestrictedUnpickler if weights_only else _TrustingUnpickler
+    unpickler = cls(io.BytesIO(data), arrays, name)
+    try:
+        obj = unpickler.load()
+    except CheckpointError:
+        raise
+    except Exception as e:      # a corrupt pickle can fail in any way: say which file
+        raise _fail(name, f"its pickled object could not be rebuilt ({type(e).__name__}: "
+                    f"{e})") from e
+    return obj
