@@ -36,7 +36,7 @@ from kiln.ir.graph import Value
 WEIGHTS_MAGIC = b"KILNWTS1"
 ALIGN = 64
 # ops this module writes as C (the rest of the graph goes through the kernel generator)
-C_EXTERNS = ("matmul", "pad", "unfold", "take", "cat")
+C_EXTERNS = ("matmul", "pad", "unfold", "take", "cat", "check_index")
 
 
 @dataclass
@@ -476,7 +476,22 @@ def _cat(gen, node, ins, out) -> list:
     return lines + ["}"]
 
 
-_EXTERNS = {"matmul": _matmul, "pad": _pad, "unfold": _unfold, "take": _take, "cat": _cat}
+def _check_index(gen, node, ins, out) -> list:
+    """kiln's bounds check (kiln.ir.ops check_index): copy the indices, failing on one outside
+    [0 or -size, size) that is not the ignored value."""
+    a = node.attr_dict
+    low = -a["size"] if a["negative"] else 0
+    skip = f"ix != {int(a['ignore'])} && " if a["ignore"] is not None else ""
+    return [f"for (int64_t t = 0; t < {math.prod(node.out.shape)}; t++) {{",
+            f"    int64_t ix = (int64_t){ins[0]}[t];",
+            f"    if ({skip}(ix < {low} || ix >= {a['size']})) return kiln_fail(\"{a['op']}: an "
+            f"index is out of bounds for a dimension of size {a['size']} ({_short(node.loc)})\");",
+            f"    {out}[t] = {ins[0]}[t];",
+            "}"]
+
+
+_EXTERNS = {"matmul": _matmul, "pad": _pad, "unfold": _unfold, "take": _take, "cat": _cat,
+            "check_index": _check_index}
 
 
 _SUPPORT = r"""

@@ -307,6 +307,8 @@ OPS = {
     "expand": lambda b, n, x, a: b.op("Expand", [x[0], b.ints(a["shape"])]),
     "slice": _slice, "flip": _flip, "pad": _pad,
     "cat": lambda b, n, x, a: b.op("Concat", x, axis=a["axis"]),
+    # ONNX has no error op; onnxruntime's Gather refuses an index out of range itself
+    "check_index": lambda b, n, x, a: b.op("Identity", x),
     "take": _take, "matmul": _binary("MatMul"), "unfold": _unfold,
     "full": _full, "arange": _arange,
 }
