@@ -323,6 +323,7 @@ _METHODS = {
     "type_as": lambda self, other: to(self, other.dtype),
     "detach": detach, "detach_": detach_, "requires_grad_": requires_grad_,
     "retain_grad": retain_grad, "register_hook": register_hook,
+    "register_post_accumulate_grad_hook": autograd.register_post_accumulate_grad_hook,
     "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0),
     "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
