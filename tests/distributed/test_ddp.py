@@ -1,0 +1,183 @@
+"""Two ranks under mpiexec run tests/distributed/rank_checks.py once; each test compares part
+of what they wrote with a NumPy reference (collectives) or with single-process training on the
+concatenated batch (DDP, SyncBatchNorm, no_sync), in float64."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import kiln
+import kiln.nn.functional as F
+from tests.distributed import launch
+from tests.distributed import workloads as W
+from tests.distributed.rank_checks import TwoHeads, base
+
+N = 2
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    proc = launch.mpiexec(N, [os.path.join(launch.HERE, "rank_checks.py"), str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = [dict(np.load(out / f"rank{r}.npz")) for r in range(N)]
+    return got, out
+
+
+def _results(ranks, section: str) -> list[dict]:
+    got, _ = ranks
+    for r in range(N):
+        assert f"error:{section}" not in got[r], got[r][f"error:{section}"]
+    return got
+
+
+def _params(rank_out: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+
+
+def test_environment_set_from_mpi(ranks):
+    got, _ = ranks
+    for r in range(N):
+        np.testing.assert_array_equal(got[r]["env"], [r, N, r])
+
+
+def test_collectives_against_numpy(ranks):
+    got = _results(ranks, "collectives")
+    x = np.stack([base(r) for r in range(N)])
+    expect_all = {
+        "all_reduce_SUM": x.sum(0), "all_reduce_AVG": x.mean(0), "all_reduce_MAX": x.max(0),
+        "all_reduce_MIN": x.min(0), "all_reduce_PRODUCT": x.prod(0),
+        "all_reduce_int64": np.stack([base(r, np.int64) for r in range(N)]).sum(0),
+        "all_reduce_async_f32": np.stack([base(r, np.float32) for r in range(N)]).max(0),
+        "all_reduce_bool": (x > 0).any(0),
+        "broadcast": base(1), "all_gather": x, "all_gather_into_tensor": x.reshape(-1, 3),
+        "all_gather_into_tensor_stacked": x, "after_mismatch": x.sum(0),
+        "all_gather_object": np.arange(N),
+    }
+    for r in range(N):
+        for name, want in expect_all.items():
+            np.testing.assert_allclose(got[r][name], want, rtol=1e-15, err_msg=name)
+            assert got[r][name].dtype == np.asarray(want).dtype or name == "all_reduce_AVG"
+        assert got[r]["all_reduce_async_done"]
+        # reduce_scatter: rank r gets the sum over ranks of their input_list[r]
+        np.testing.assert_allclose(got[r]["reduce_scatter"], x.sum(0) * (r + 1), rtol=1e-15)
+        np.testing.assert_allclose(got[r]["reduce_scatter_tensor_AVG"],
+                                   x.mean(0)[r:r + 1], rtol=1e-15)
+        np.testing.assert_allclose(got[r]["scatter"], base(r) * 10, rtol=1e-15)
+        sent = np.stack([np.concatenate([base(s) + 100 * k for k in range(N)])
+                         for s in range(N)])          # rank s's input, 2*N rows
+        want = np.concatenate([sent[s][2 * r:2 * r + 2] for s in range(N)])
+        np.testing.assert_allclose(got[r]["all_to_all_single"], want, rtol=1e-15)
+        np.testing.assert_allclose(got[r]["irecv"], base((r - 1) % N) * 3, rtol=1e-15)
+        np.testing.assert_allclose(got[r]["recv"], base(1 - r), rtol=1e-15)
+        assert int(got[r]["recv_source"]) == 1 - r
+    np.testing.assert_allclose(got[1]["reduce"], x.sum(0), rtol=1e-15)
+    np.testing.assert_allclose(got[0]["reduce"], base(0), rtol=1e-15)   # not the root
+    np.testing.assert_allclose(got[0]["gather"], x, rtol=1e-15)
+
+
+def test_mismatched_shapes_name_both_ranks(ranks):
+    got = _results(ranks, "collectives")
+    for r in range(N):
+        msg = str(got[r]["mismatch_error"])
+        assert f"rank {r} called all_reduce with {'float32[4]' if r else 'float64[3]'}" in msg
+        assert f"rank {1 - r} called all_reduce with {'float64[3]' if r else 'float32[4]'}" in msg
+
+
+def _single_process(build, train, seed: int = 10):
+    model = W.seeded(build, seed)
+    losses = train(model)
+    return W.state(model), losses
+
+
+def _assert_same(ranks_params: list[dict], reference: dict, atol: float = 1e-10) -> None:
+    for key, want in reference.items():
+        for r in range(N):
+            np.testing.assert_allclose(ranks_params[r][key], want, rtol=1e-9, atol=atol,
+                                       err_msg=f"rank {r} {key}")
+        np.testing.assert_array_equal(ranks_params[0][key], ranks_params[1][key], err_msg=key)
+
+
+def test_ddp_mlp_adam_equals_single_process_on_concatenated_batch(ranks):
+    got = _results(ranks, "ddp_mlp")
+    reference, losses = _single_process(W.mlp, W.train_mlp)
+    params = [_params(g, "ddp_mlp") for g in got]
+    assert set(params[0]) == set(reference)
+    _assert_same(params, reference)
+    # each rank's loss is its half of the batch; their mean is the full batch's loss
+    np.testing.assert_allclose((got[0]["ddp_mlp_losses"] + got[1]["ddp_mlp_losses"]) / 2,
+                               losses, rtol=1e-9)
+    assert losses[-1] < losses[0]
+    assert all(k.startswith("module.") for k in got[0]["ddp_mlp_keys"])
+
+
+def test_checkpoint_from_rank0_loads_into_plain_model(ranks):
+    got = _results(ranks, "ddp_mlp")
+    _, out = ranks
+    plain = W.mlp()
+    plain.load_state_dict(kiln.load(str(out / "mlp.kiln")))
+    for k, v in W.state(plain).items():
+        np.testing.assert_array_equal(v, got[0][f"ddp_mlp/{k}"])
+
+
+def test_ddp_small_buckets_equal_one_bucket(ranks):
+    got = _results(ranks, "ddp_small_buckets")
+    assert int(got[0]["small_buckets_count"]) >= 3
+    model = W.seeded(W.mlp, 10)
+    W.train_mlp(model, steps=5)
+    _assert_same([_params(g, "small_buckets") for g in got], W.state(model))
+
+
+def test_ddp_cnn_sync_batchnorm_sgd_equals_single_process(ranks):
+    got = _results(ranks, "ddp_cnn")
+    assert bool(got[0]["cnn_has_sync_bn"])
+    reference, losses = _single_process(W.cnn, W.train_cnn)
+    params = [_params(g, "ddp_cnn") for g in got]
+    assert set(params[0]) == set(reference)    # running stats and num_batches_tracked too
+    _assert_same(params, reference)
+    assert losses[-1] < losses[0]
+
+
+def test_no_sync_accumulation_equals_one_big_step(ranks):
+    got = _results(ranks, "no_sync")
+    model = W.seeded(W.mlp, 0)
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+    for s in range(3):
+        x, y = W.mlp_data(s)
+        opt.zero_grad()
+        F.mse_loss(model(kiln.tensor(x)), kiln.tensor(y)).backward()
+        opt.step()
+    _assert_same([_params(g, "no_sync") for g in got], W.state(model))
+    assert not np.allclose(got[0]["no_sync_local_grad"], got[1]["no_sync_local_grad"])
+
+
+def test_compiled_ddp_step_equals_eager_ddp(ranks):
+    got = _results(ranks, "compiled")
+    for r in range(N):
+        eager, compiled = _params(got[r], "compiled_eager"), _params(got[r], "compiled_compiled")
+        for k in eager:
+            np.testing.assert_array_equal(compiled[k], eager[k], err_msg=k)
+        assert "graph break" in str(got[r]["compiled_warnings"][0])
+    model = W.seeded(W.mlp, 10)
+    W.train_mlp(model, steps=5)
+    _assert_same([_params(g, "compiled_compiled") for g in got], W.state(model))
+
+
+def test_find_unused_parameters(ranks):
+    got = _results(ranks, "unused")
+    grads = []
+    for r in range(N):     # each rank's local gradients, computed here without DDP
+        model = W.seeded(lambda: TwoHeads().double(), 3)
+        model(kiln.tensor(base(r)), use_b=(r == 0)).pow(2).sum().backward()
+        b = model.b.weight.grad
+        grads.append((model.a.weight.grad.numpy(), np.zeros((2, 3)) if b is None else b.numpy()))
+    for r in range(N):
+        np.testing.assert_allclose(got[r]["unused_a"], (grads[0][0] + grads[1][0]) / 2,
+                                   rtol=1e-12)
+        np.testing.assert_allclose(got[r]["unused_b"], (grads[0][1] + grads[1][1]) / 2,
+                                   rtol=1e-12)
+        assert bool(got[r]["unused_c_is_none"])
+        assert "find_unused_parameters=True" in str(got[r]["unused_error"])
