@@ -138,6 +138,33 @@ def ddp_cnn(r: int, n: int) -> None:
         OUT[f"ddp_cnn/{k}"] = v
 
 
+def sync_bn_data(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The global batch and loss weights for the SyncBatchNorm check (ranks take row halves)."""
+    rng = np.random.default_rng(len(shape))
+    return rng.normal(size=shape) * 3 + 1, rng.normal(size=shape)
+
+
+def sync_bn(r: int, n: int) -> None:
+    for shape in ((8, 3), (6, 3, 5), (4, 3, 2, 2)):
+        x, w = (W.shard(a, r, n) for a in sync_bn_data(shape))
+        layer = nn.SyncBatchNorm(3, momentum=0.3).double()
+        with kiln.no_grad():
+            layer.weight.copy_(kiln.tensor([1.5, -0.5, 2.0]))
+            layer.bias.copy_(kiln.tensor([0.1, 0.2, -0.3]))
+        xt = kiln.tensor(x, requires_grad=True)
+        y = layer(xt)
+        (y * kiln.tensor(w)).sum().backward()
+        key = "x".join(map(str, shape))
+        OUT[f"sync_bn/{key}/y"] = y.detach().numpy()
+        OUT[f"sync_bn/{key}/x_grad"] = xt.grad.numpy()
+        OUT[f"sync_bn/{key}/weight_grad"] = layer.weight.grad.numpy()
+        OUT[f"sync_bn/{key}/bias_grad"] = layer.bias.grad.numpy()
+        OUT[f"sync_bn/{key}/running_mean"] = layer.running_mean.numpy()
+        OUT[f"sync_bn/{key}/running_var"] = layer.running_var.numpy()
+        layer.eval()
+        OUT[f"sync_bn/{key}/eval"] = layer(kiln.tensor(x)).detach().numpy()
+
+
 def no_sync(r: int, n: int) -> None:
     model = W.seeded(W.mlp, 0)
     ddp = DDP(model)
@@ -215,7 +242,7 @@ def main() -> None:
     OUT["env"] = np.array([int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                            int(os.environ["LOCAL_RANK"])])
     checks = sys.argv[2].split(",") if len(sys.argv) > 2 else [
-        "collectives", "ddp_mlp", "ddp_small_buckets", "ddp_cnn", "no_sync", "compiled",
+        "collectives", "ddp_mlp", "ddp_small_buckets", "ddp_cnn", "sync_bn", "no_sync", "compiled",
         "unused"]
     for name in checks:
         try:

@@ -13,7 +13,7 @@ import kiln
 import kiln.nn.functional as F
 from tests.distributed import launch
 from tests.distributed import workloads as W
-from tests.distributed.rank_checks import TwoHeads, base
+from tests.distributed.rank_checks import TwoHeads, base, sync_bn_data
 
 N = 2
 
@@ -139,6 +139,40 @@ def test_ddp_cnn_sync_batchnorm_sgd_equals_single_process(ranks):
     assert set(params[0]) == set(reference)    # running stats and num_batches_tracked too
     _assert_same(params, reference)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (6, 3, 5), (4, 3, 2, 2)])
+def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(ranks, shape):
+    import torch
+    got = _results(ranks, "sync_bn")
+    x, w = sync_bn_data(shape)
+    bn = torch.nn.BatchNorm1d(3, momentum=0.3) if len(shape) < 4 else \
+        torch.nn.BatchNorm2d(3, momentum=0.3)
+    bn = bn.double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    xt = torch.tensor(x, requires_grad=True)
+    y = bn(xt)
+    (y * torch.tensor(w)).sum().backward()
+    key, half = "x".join(map(str, shape)), shape[0] // N
+    rows = [slice(r * half, (r + 1) * half) for r in range(N)]
+
+    def check(name, want, r):
+        np.testing.assert_allclose(got[r][f"sync_bn/{key}/{name}"], want, rtol=1e-10,
+                                   atol=1e-12, err_msg=f"rank {r} {name}")
+    for r in range(N):
+        check("y", y.detach().numpy()[rows[r]], r)
+        check("x_grad", xt.grad.numpy()[rows[r]], r)
+        check("running_mean", bn.running_mean.numpy(), r)
+        check("running_var", bn.running_var.numpy(), r)
+        bn.eval()
+        check("eval", bn(torch.tensor(x)).detach().numpy()[rows[r]], r)
+        bn.train()
+    # without DDP each rank's parameter gradient is its own rows' share of the full one
+    for name, ref in (("weight_grad", bn.weight.grad), ("bias_grad", bn.bias.grad)):
+        total = sum(got[r][f"sync_bn/{key}/{name}"] for r in range(N))
+        np.testing.assert_allclose(total, ref.numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_no_sync_accumulation_equals_one_big_step(ranks):
