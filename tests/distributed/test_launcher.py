@@ -5,6 +5,7 @@ raises, exits non-zero or is killed ends the whole job with an error naming it, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -85,3 +86,18 @@ def test_launcher_without_mpiexec_says_how_to_install(monkeypatch):
     assert run.command(args) == ["/x/mpiexec", "-n", "6", "-f", __file__, "-ppn", "3",
                                  sys.executable, "-m", "kiln.distributed.rank", "-m",
                                  "pkg.train", "--epochs", "1"]
+
+
+def test_ddp_example_trains_and_only_rank0_writes_a_plain_checkpoint(tmp_path):
+    example = os.path.join(launch.ROOT, "examples", "ddp_train.py")
+    launch.mpi_or_skip()
+    env = dict(launch.env(), KILN_EXAMPLE_QUICK="1")
+    proc = subprocess.run([sys.executable, "-m", "kiln.distributed.run", "--nproc-per-node", "2",
+                           example, "--out", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=launch.ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    losses = [float(v) for v in re.findall(r"^epoch \d+ loss ([0-9.]+)$", proc.stdout, re.M)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    # rank 0 loaded its checkpoint into a plain model (no `module.` prefixes) to evaluate
+    assert float(re.search(r"^accuracy ([0-9.]+)$", proc.stdout, re.M).group(1)) >= 0.75
+    assert os.listdir(tmp_path) == ["ddp_train.kiln"]
