@@ -236,6 +236,76 @@ def unused(r: int, n: int) -> None:
         OUT["unused_error"] = np.array(str(exc))
 
 
+def nccl_fake(r: int, n: int) -> None:
+    """The collectives and a DDP run on cuda tensors through kiln's NCCL backend, over the
+    stand-in NCCL (fake_nccl.py) and fake CUDA (tests/fake_cuda.py). Runs last: the fake CUDA
+    patches kiln's device module for the rest of the process."""
+    import tests.fake_cuda  # noqa: F401  (cuda tensors hold NumPy arrays from here on)
+    from kiln.distributed import process_group as pg
+    from kiln.distributed.nccl_backend import NCCLBackend
+    from tests.distributed.fake_nccl import FakeNccl, FakeNcclCommunicator, fake_cupy
+    nccl = FakeNccl()
+    pg._WORLD.nccl = NCCLBackend(FakeNcclCommunicator(pg._WORLD.comm.Dup(), nccl), r, n, nccl,
+                                 fake_cupy)
+    R = dist.ReduceOp
+
+    def cuda(a):
+        return kiln.tensor(a).cuda()
+    for op in ("SUM", "AVG", "MAX", "MIN", "PRODUCT"):
+        t = cuda(base(r))
+        dist.all_reduce(t, op=getattr(R, op))
+        OUT[f"nccl/all_reduce_{op}"] = t.cpu().numpy()
+    t = cuda(base(r) > 0)
+    dist.all_reduce(t)
+    OUT["nccl/all_reduce_bool"] = t.cpu().numpy()
+    t = cuda(base(r, np.float32))
+    dist.broadcast(t, src=1)
+    OUT["nccl/broadcast"] = t.cpu().numpy()
+    t = cuda(base(r))
+    dist.reduce(t, dst=1, op=R.MAX)
+    OUT["nccl/reduce"] = t.cpu().numpy()
+    lst = [cuda(np.zeros((2, 3))) for _ in range(n)]
+    dist.all_gather(lst, cuda(base(r)))
+    OUT["nccl/all_gather"] = np.stack([x.cpu().numpy() for x in lst])
+    out = cuda(np.zeros((2 * n, 3)))
+    dist.all_gather_into_tensor(out, cuda(base(r)))
+    OUT["nccl/all_gather_into_tensor"] = out.cpu().numpy()
+    out = cuda(np.zeros((2, 3)))
+    dist.reduce_scatter(out, [cuda(base(r) * (k + 1)) for k in range(n)])
+    OUT["nccl/reduce_scatter"] = out.cpu().numpy()
+    out = cuda(np.zeros((1, 3)))
+    dist.reduce_scatter_tensor(out, cuda(base(r)), op=R.AVG)
+    OUT["nccl/reduce_scatter_tensor_AVG"] = out.cpu().numpy()
+    lst = [cuda(np.zeros((2, 3))) for _ in range(n)] if r == 0 else None
+    dist.gather(cuda(base(r)), lst, dst=0)
+    if r == 0:
+        OUT["nccl/gather"] = np.stack([x.cpu().numpy() for x in lst])
+    t = cuda(np.zeros((2, 3)))
+    dist.scatter(t, [cuda(base(k) * 10) for k in range(n)] if r == 1 else None, src=1)
+    OUT["nccl/scatter"] = t.cpu().numpy()
+    out = cuda(np.zeros((2 * n, 3)))
+    dist.all_to_all_single(out, cuda(np.concatenate([base(r) + 100 * k for k in range(n)])))
+    OUT["nccl/all_to_all_single"] = out.cpu().numpy()
+    t = cuda(np.zeros((2, 3)))
+    works = [dist.isend(cuda(base(r) * 3), dst=(r + 1) % n), dist.irecv(t, src=(r - 1) % n)]
+    for w in works:
+        w.wait()
+    OUT["nccl/irecv"] = t.cpu().numpy()
+    dist.barrier()
+    # DDP on a cuda model: broadcast and bucketed all-reduce go through NCCL
+    model = W.seeded(W.mlp, 10 + r).cuda()
+    ddp = DDP(model)
+    opt = kiln.optim.Adam(model.parameters(), lr=1e-2)
+    for s in range(5):
+        x, y = (W.shard(a, r, n) for a in W.mlp_data(s))
+        opt.zero_grad()
+        F.mse_loss(ddp(cuda(x)), cuda(y)).backward()
+        opt.step()
+    for k, v in model.state_dict().items():
+        OUT[f"nccl_ddp/{k}"] = v.cpu().numpy()
+    OUT["nccl/calls"] = np.array(sorted(set(nccl.calls)))
+
+
 def main() -> None:
     dist.init_process_group(backend="gloo")
     r, n = dist.get_rank(), dist.get_world_size()
@@ -243,7 +313,7 @@ def main() -> None:
                            int(os.environ["LOCAL_RANK"])])
     checks = sys.argv[2].split(",") if len(sys.argv) > 2 else [
         "collectives", "ddp_mlp", "ddp_small_buckets", "ddp_cnn", "sync_bn", "no_sync", "compiled",
-        "unused"]
+        "unused", "nccl_fake"]
     for name in checks:
         try:
             globals()[name](r, n)

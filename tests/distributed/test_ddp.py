@@ -215,3 +215,31 @@ def test_find_unused_parameters(ranks):
                                    rtol=1e-12)
         assert bool(got[r]["unused_c_is_none"])
         assert "find_unused_parameters=True" in str(got[r]["unused_error"])
+
+
+def test_nccl_backend_over_a_stand_in_nccl(ranks):
+    """kiln's NCCL backend (cuda tensors) with CuPy's NCCL replaced by an MPI stand-in and CUDA
+    by tests/fake_cuda.py: the same answers as the NumPy references. Not run on a GPU."""
+    got = _results(ranks, "nccl_fake")
+    x = np.stack([base(r) for r in range(N)])
+    expect = {"all_reduce_SUM": x.sum(0), "all_reduce_AVG": x.mean(0), "all_reduce_MAX": x.max(0),
+              "all_reduce_MIN": x.min(0), "all_reduce_PRODUCT": x.prod(0),
+              "all_reduce_bool": (x > 0).any(0), "broadcast": base(1, np.float32),
+              "all_gather": x, "all_gather_into_tensor": x.reshape(-1, 3)}
+    for r in range(N):
+        for name, want in expect.items():
+            np.testing.assert_allclose(got[r][f"nccl/{name}"], want, rtol=1e-7, err_msg=name)
+        np.testing.assert_allclose(got[r]["nccl/reduce_scatter"], x.sum(0) * (r + 1))
+        np.testing.assert_allclose(got[r]["nccl/reduce_scatter_tensor_AVG"], x.mean(0)[r:r + 1])
+        np.testing.assert_allclose(got[r]["nccl/scatter"], base(r) * 10)
+        sent = np.stack([np.concatenate([base(s) + 100 * k for k in range(N)]) for s in range(N)])
+        np.testing.assert_allclose(got[r]["nccl/all_to_all_single"],
+                                   np.concatenate([sent[s][2 * r:2 * r + 2] for s in range(N)]))
+        np.testing.assert_allclose(got[r]["nccl/irecv"], base((r - 1) % N) * 3)
+        assert set(got[r]["nccl/calls"]) == {"allGather", "allReduce", "broadcast", "recv",
+                                             "reduce", "reduceScatter", "send"}
+    np.testing.assert_allclose(got[1]["nccl/reduce"], x.max(0))
+    np.testing.assert_allclose(got[0]["nccl/gather"], x)
+    model = W.seeded(W.mlp, 10)
+    W.train_mlp(model, steps=5)
+    _assert_same([_params(g, "nccl_ddp") for g in got], W.state(model))
