@@ -126,8 +126,6 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     CuPy has it; "nccl": the same, but NCCL must be available; None: "mpi".
     """
     global _WORLD
-    if _WORLD is not None:
-        raise RuntimeError("trying to initialize the default process group twice!")
     name = (backend or "mpi").lower()
     if ":" in name:                       # "cpu:gloo,cuda:nccl"
         name = "nccl" if "nccl" in name else "mpi"
@@ -136,6 +134,8 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     if name not in (Backend.MPI, Backend.NCCL):
         raise ValueError(f"init_process_group: unknown backend {backend!r}; kiln has 'mpi' "
                          "(alias 'gloo') for CPU tensors and 'nccl' for cuda tensors")
+    if _WORLD is not None:
+        raise RuntimeError("trying to initialize the default process group twice!")
     if name == Backend.NCCL and not is_nccl_available():
         raise RuntimeError("init_process_group: backend 'nccl' needs CuPy with NCCL "
                            "(cupy.cuda.nccl) and a GPU; use backend='mpi' for CPU tensors")

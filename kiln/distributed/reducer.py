@@ -53,7 +53,9 @@ class Reducer:
         from kiln.distributed.mpi_backend import MPIBackend
         self.mpi = MPIBackend(self.comm)
         self.handles = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
-        self.sync = True                 # False inside DDP.no_sync()
+        # True between a DDP forward that will be followed by a synchronizing backward and the
+        # end of that backward: a backward through the bare module (or inside no_sync) is local
+        self.sync = False
         self._reset()
 
     def _backend(self, bucket: _Bucket):
@@ -128,7 +130,10 @@ class Reducer:
                    [self.where[id(p)][1]]]
         if missing:
             if not self.find_unused:
+                for bucket in self.buckets[:self.next_bucket]:    # nothing left in flight
+                    self._backend(bucket).wait(bucket.requests)
                 self._reset()
+                self.sync = False
                 shapes = ", ".join(f"{p.dtype.name}{list(p.shape)}" for p in missing[:4])
                 raise RuntimeError(
                     f"DistributedDataParallel: {len(missing)} parameter(s) got no gradient in "
@@ -155,6 +160,7 @@ class Reducer:
                     p.grad._data[...] = view
                     p.grad._version[0] += 1
         self._reset()
+        self.sync = False
 
     def _globally_used(self) -> set[int]:
         """Ids of parameters some rank used (had a gradient for) in this iteration."""

@@ -306,6 +306,36 @@ def nccl_fake(r: int, n: int) -> None:
     OUT["nccl/calls"] = np.array(sorted(set(nccl.calls)))
 
 
+def errors(r: int, n: int) -> None:
+    """Mistakes every rank makes alike: each raises before anything is sent."""
+    cases = {
+        "non_contiguous": lambda: dist.all_reduce(kiln.zeros(3, 4).t()),
+        "avg_int": lambda: dist.all_reduce(kiln.zeros(3, dtype=kiln.int64),
+                                           op=dist.ReduceOp.AVG),
+        "bad_op": lambda: dist.all_reduce(kiln.zeros(3), op="mean"),
+        "list_length": lambda: dist.all_gather([kiln.zeros(2)], kiln.zeros(2)),
+        "list_shape": lambda: dist.all_gather([kiln.zeros(2), kiln.zeros(3)], kiln.zeros(2)),
+        "gather_size": lambda: dist.all_gather_into_tensor(kiln.zeros(3), kiln.zeros(2)),
+        "src_rank": lambda: dist.broadcast(kiln.zeros(2), src=n),
+        "group": lambda: dist.all_reduce(kiln.zeros(2), group="subgroup"),
+        "double_init": lambda: dist.init_process_group(),
+        "backend": lambda: dist.init_process_group(backend="ucc"),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            OUT[f"errors/{name}"] = np.array("no error")
+        except Exception as exc:
+            OUT[f"errors/{name}"] = np.array(f"{type(exc).__name__}: {exc}")
+    # a backward through the bare module (not the DDP wrapper) stays local: no collective
+    model = W.seeded(W.mlp, 10 + r)
+    ddp = DDP(model)
+    x, y = W.mlp_data(0)
+    F.mse_loss(model(kiln.tensor(x[:4] + r)), kiln.tensor(y[:4])).backward()
+    OUT["errors/bare_module_grad"] = model[0].weight.grad.numpy()
+    del ddp
+
+
 def main() -> None:
     dist.init_process_group(backend="gloo")
     r, n = dist.get_rank(), dist.get_world_size()
@@ -313,7 +343,7 @@ def main() -> None:
                            int(os.environ["LOCAL_RANK"])])
     checks = sys.argv[2].split(",") if len(sys.argv) > 2 else [
         "collectives", "ddp_mlp", "ddp_small_buckets", "ddp_cnn", "sync_bn", "no_sync", "compiled",
-        "unused", "nccl_fake"]
+        "unused", "errors", "nccl_fake"]
     for name in checks:
         try:
             globals()[name](r, n)

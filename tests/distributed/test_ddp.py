@@ -243,3 +243,35 @@ def test_nccl_backend_over_a_stand_in_nccl(ranks):
     model = W.seeded(W.mlp, 10)
     W.train_mlp(model, steps=5)
     _assert_same([_params(g, "nccl_ddp") for g in got], W.state(model))
+
+
+def test_mistakes_raise_before_anything_is_sent(ranks):
+    got = _results(ranks, "errors")
+    expect = {
+        "non_contiguous": "ValueError: all_reduce: Tensors must be contiguous (got float32[4, 3] "
+                          "with strides (1, 4))",
+        "avg_int": "TypeError: all_reduce: ReduceOp.AVG needs a floating-point tensor, got int64",
+        "bad_op": "ValueError: all_reduce: unknown reduce op 'mean'",
+        "list_length": "ValueError: all_gather: tensor_list has 1 tensors; it needs one per rank",
+        "list_shape": "ValueError: all_gather: tensor_list[1] is float32[3], but the tensor is "
+                      "float32[2]",
+        "gather_size": "ValueError: all_gather_into_tensor: the output tensor [3] must hold world "
+                       "size (2) times",
+        "src_rank": "ValueError: broadcast: src=2 is not a rank of this group (0 to 1)",
+        "group": "ValueError: all_reduce: kiln supports only the default group",
+        "double_init": "RuntimeError: trying to initialize the default process group twice!",
+        "backend": "ValueError: init_process_group: unknown backend 'ucc'",
+    }
+    for r in range(N):
+        for name, start in expect.items():
+            assert str(got[r][f"errors/{name}"]).startswith(start), (name, got[r][f"errors/{name}"])
+
+
+def test_backward_through_the_bare_module_stays_local(ranks):
+    got = _results(ranks, "errors")
+    x, y = W.mlp_data(0)
+    for r in range(N):
+        model = W.seeded(W.mlp, 10)      # rank 0's weights, which DDP gave every rank
+        F.mse_loss(model(kiln.tensor(x[:4] + r)), kiln.tensor(y[:4])).backward()
+        np.testing.assert_allclose(got[r]["errors/bare_module_grad"],
+                                   model[0].weight.grad.numpy(), rtol=1e-12)

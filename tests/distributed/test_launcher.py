@@ -101,3 +101,16 @@ def test_ddp_example_trains_and_only_rank0_writes_a_plain_checkpoint(tmp_path):
     # rank 0 loaded its checkpoint into a plain model (no `module.` prefixes) to evaluate
     assert float(re.search(r"^accuracy ([0-9.]+)$", proc.stdout, re.M).group(1)) >= 0.75
     assert os.listdir(tmp_path) == ["ddp_train.kiln"]
+
+
+def test_a_script_run_without_any_launcher_is_a_world_of_one():
+    launch.mpi_or_skip()
+    code = ("import kiln, kiln.distributed as d\n"
+            "d.init_process_group()\n"
+            "t = kiln.tensor([2.0, 4.0]); d.all_reduce(t, op=d.ReduceOp.AVG)\n"
+            "print(d.get_rank(), d.get_world_size(), t.tolist())\n")
+    env = {k: v for k, v in launch.env().items() if k not in ("RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0 1 [2.0, 4.0]"
