@@ -149,15 +149,15 @@ class Reducer:
         size = self.world.size
         for bucket in self.buckets:
             self._backend(bucket).wait(bucket.requests)
-            bucket.flat /= size
+            xp = bucket.params[0].device.xp
             for p, off in zip(bucket.params, bucket.offsets):
                 if globally_used is not None and id(p) not in globally_used:
                     continue       # unused on every rank: its .grad stays as it was
                 view = bucket.flat[off:off + p.numel()].reshape(p._data.shape)
                 if p.grad is None:
-                    p.grad = Tensor._make(view.copy(), p.dtype, p.device)
-                else:
-                    p.grad._data[...] = view
+                    p.grad = Tensor._make(view / size, p.dtype, p.device)
+                else:          # the average, written in the same pass as the copy
+                    xp.divide(view, size, out=p.grad._data)
                     p.grad._version[0] += 1
         self._reset()
         self.sync = False
