@@ -185,7 +185,7 @@ def no_sync(r: int, n: int) -> None:
 
 def compiled(r: int, n: int) -> None:
     results = {}
-    for mode in ("eager", "compiled"):
+    for mode in ("eager", "compiled", "compiled_forward"):
         model = W.seeded(W.mlp, 10 + r)
         ddp = DDP(model)
         opt = kiln.optim.Adam(model.parameters(), lr=1e-2)
@@ -196,19 +196,29 @@ def compiled(r: int, n: int) -> None:
             loss.backward()
             opt.step()
             return loss
+
+        def forward(x, y):
+            return F.mse_loss(ddp(x), y)
         if mode == "compiled":
             step = kiln.compile(step)
+        if mode == "compiled_forward":      # torch.compile(model) style: backward outside
+            compiled_forward = kiln.compile(forward)
+
+            def step(x, y):
+                opt.zero_grad()
+                compiled_forward(x, y).backward()
+                opt.step()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for s in range(5):
                 x, y = (W.shard(a, r, n) for a in W.mlp_data(s))
                 step(kiln.tensor(x), kiln.tensor(y))
-        if mode == "compiled":
-            OUT["compiled_warnings"] = np.array([str(w.message) for w in caught] or [""])
+        if mode != "eager":
+            OUT[f"{mode}_warnings"] = np.array([str(w.message) for w in caught] or [""])
         results[mode] = W.state(model)
-    for k in results["eager"]:
-        OUT[f"compiled_eager/{k}"] = results["eager"][k]
-        OUT[f"compiled_compiled/{k}"] = results["compiled"][k]
+    for mode, state in results.items():
+        for k, v in state.items():
+            OUT[f"compiled_{mode}/{k}"] = v
 
 
 class TwoHeads(nn.Module):

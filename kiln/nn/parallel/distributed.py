@@ -71,6 +71,7 @@ class DistributedDataParallel(Module):
                     "there. Every rank must wrap the same model")
 
     def forward(self, *inputs, **kwargs):
+        self.reducer.forward_begins()
         if self.broadcast_buffers and dist.get_world_size() > 1 and \
                 self.require_backward_grad_sync:
             with kiln.no_grad():
