@@ -185,9 +185,12 @@ def no_sync(r: int, n: int) -> None:
 
 def compiled(r: int, n: int) -> None:
     results = {}
-    for mode in ("eager", "compiled", "compiled_forward"):
+    for mode in ("eager", "compiled", "compiled_forward", "ddp_of_compiled"):
         model = W.seeded(W.mlp, 10 + r)
-        ddp = DDP(model)
+        inner = model
+        if mode == "ddp_of_compiled":      # forward and backward compiled, all-reduce outside
+            inner = CompiledModule(model)
+        ddp = DDP(inner)
         opt = kiln.optim.Adam(model.parameters(), lr=1e-2)
 
         def step(x, y):
@@ -215,10 +218,26 @@ def compiled(r: int, n: int) -> None:
                 step(kiln.tensor(x), kiln.tensor(y))
         if mode != "eager":
             OUT[f"{mode}_warnings"] = np.array([str(w.message) for w in caught] or [""])
+        if mode == "ddp_of_compiled":
+            entries = list(inner.fn.entries.values())
+            OUT["ddp_of_compiled_replays"] = np.array(
+                sum(e.calls for e in entries if e.program is not None))
         results[mode] = W.state(model)
     for mode, state in results.items():
         for k, v in state.items():
             OUT[f"compiled_{mode}/{k}"] = v
+
+
+class CompiledModule(nn.Module):
+    """A module whose forward runs through kiln.compile (its backward is compiled too)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.fn = kiln.compile(lambda x: self.module(x))
+
+    def forward(self, x):
+        return self.fn(x)
 
 
 class TwoHeads(nn.Module):

@@ -204,6 +204,21 @@ def test_compiled_ddp_step_equals_eager_ddp(ranks, mode):
     _assert_same([_params(g, f"compiled_{mode}") for g in got], W.state(model))
 
 
+def test_ddp_over_a_compiled_module_equals_eager_ddp(ranks):
+    """DDP(wrapper whose forward is @kiln.compile'd): forward and backward run compiled
+    (replays, no graph break) and the bucketed all-reduce runs outside the compiled program,
+    from the hooks the compiled backward's gradients pass through."""
+    got = _results(ranks, "compiled")
+    for r in range(N):
+        assert int(got[r]["ddp_of_compiled_replays"]) >= 3
+        assert str(got[r]["ddp_of_compiled_warnings"][0]) == ""
+        eager, compiled = (_params(got[r], "compiled_eager"),
+                           _params(got[r], "compiled_ddp_of_compiled"))
+        assert set(compiled) == set(eager)
+        for k in eager:
+            np.testing.assert_allclose(compiled[k], eager[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
 def test_find_unused_parameters(ranks):
     got = _results(ranks, "unused")
     grads = []
