@@ -24,4 +24,5 @@ from kiln.nn.loss import (  # noqa: F401
     NLLLoss, KLDivLoss, PoissonNLLLoss)
 from kiln.nn import functional, init, utils  # noqa: F401
 from kiln.nn import parallel  # noqa: F401,E402
+from kiln.nn.parallel import DataParallel  # noqa: F401,E402
 from kiln.nn.sync_batchnorm import SyncBatchNorm  # noqa: F401,E402
