@@ -179,9 +179,13 @@ class Reducer:
         return {id(p) for p, u in zip(self.params, local) if u}
 
     def close(self) -> None:
+        """Remove the hooks and free the communicator (DDP calls this when it is collected)."""
         for h in self.handles:
             h.remove()
-        self.comm.Free()
+        self.handles = []
+        if self.comm is not None and not self.mpi.MPI.Is_finalized():
+            self.comm.Free()
+        self.comm = None
 
 
 def _make_buckets(params: list[Tensor], cap: int, first_cap: int) -> list[_Bucket]:

@@ -8,6 +8,7 @@ replicas identical.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import kiln
@@ -50,6 +51,8 @@ class DistributedDataParallel(Module):
             for t in list(module.parameters()) + list(self._buffers_to_sync()):
                 dist.broadcast(t.data, src=0)
         self.reducer = Reducer(params, self.bucket_cap_mb, find_unused_parameters)
+        # the hooks live on the parameters, which may outlive this wrapper
+        weakref.finalize(self, self.reducer.close)
         self.require_backward_grad_sync = True
 
     def _buffers_to_sync(self) -> list[Tensor]:
