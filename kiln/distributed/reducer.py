@@ -1,6 +1,7 @@
 """DDP's gradient reducer: parameters' gradients averaged across ranks in buckets, each bucket's
-all-reduce started by autograd hooks as soon as its last gradient is ready, so communication
-overlaps the rest of backward (PyTorch's C++ Reducer, in Python).
+non-blocking all-reduce started by autograd hooks as soon as its last gradient is ready, so
+communication can overlap the rest of backward (PyTorch's C++ Reducer, in Python). MPI moves a
+non-blocking collective only while some MPI call runs, so each hook also polls the started ones.
 
 Buckets hold parameters in reverse registration order (the order backward tends to produce
 gradients), the first capped at 1 MiB so communication starts early, the rest at
@@ -22,6 +23,8 @@ FIRST_BUCKET_BYTES = 1 << 20
 
 
 class _Bucket:
+    """Some parameters' gradients side by side in one flat buffer, all-reduced as one."""
+
     def __init__(self, params: list[Tensor], xp, dtype):
         self.params = params
         self.offsets, total = [], 0
