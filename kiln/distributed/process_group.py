@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _INSTALL = ("kiln.distributed needs mpi4py and an MPI library: pip install 'kiln[distributed]' "
             "(the `mpich` wheel ships mpiexec and libmpi), or install MPICH/Open MPI and then "
@@ -52,7 +52,6 @@ class _World:
     nccl: object = None          # the NCCL backend (cuda tensors), made on first use
     checks: bool = True          # exchange shape/dtype before each collective
     prev_excepthook: object = None
-    extra: dict = field(default_factory=dict)
 
 
 _WORLD: _World | None = None

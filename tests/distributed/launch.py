@@ -32,10 +32,12 @@ def env() -> dict:
 
 def mpiexec(n: int, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([mpi_or_skip(), "-n", str(n), sys.executable, *args], env=env(),
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)      # mpiexec forwards stdin to rank 0
 
 
 def launcher(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     mpi_or_skip()
     return subprocess.run([sys.executable, "-m", "kiln.distributed.run", *args], env=env(),
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)

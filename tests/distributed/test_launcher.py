@@ -94,7 +94,7 @@ def test_ddp_example_trains_and_only_rank0_writes_a_plain_checkpoint(tmp_path):
     env = dict(launch.env(), KILN_EXAMPLE_QUICK="1")
     proc = subprocess.run([sys.executable, "-m", "kiln.distributed.run", "--nproc-per-node", "2",
                            example, "--out", str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=launch.ROOT)
+                          text=True, timeout=120, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     losses = [float(v) for v in re.findall(r"^epoch \d+ loss ([0-9.]+)$", proc.stdout, re.M)]
     assert len(losses) == 3 and losses[-1] < losses[0]
