@@ -22,14 +22,16 @@ class DistributedDataParallel(Module):
     """torch.nn.parallel.DistributedDataParallel over kiln's default process group.
 
     `state_dict()` keys carry the `module.` prefix, as PyTorch's do; save
-    `ddp.module.state_dict()` to get a checkpoint a plain model loads.
+    `ddp.module.state_dict()` to get a checkpoint a plain model loads. `device_ids`,
+    `output_device`, `dim`, `check_reduction`, `gradient_as_bucket_view` and `static_graph` are
+    accepted and change nothing (one device per process; gradients are copied out of buckets).
     """
 
     def __init__(self, module: Module, device_ids=None, output_device=None, dim: int = 0,
                  broadcast_buffers: bool = True, process_group=None,
                  bucket_cap_mb: float | None = None, find_unused_parameters: bool = False,
                  check_reduction: bool = False, gradient_as_bucket_view: bool = False,
-                 static_graph: bool = False, **kwargs) -> None:
+                 static_graph: bool = False, init_sync: bool = True) -> None:
         super().__init__()
         if process_group is not None and process_group is not dist.GroupMember.WORLD:
             raise ValueError("DistributedDataParallel: kiln supports only the default process "
@@ -47,9 +49,10 @@ class DistributedDataParallel(Module):
                 seen.add(id(p))
                 params.append(p)
         self._verify_same_model(params)
-        with kiln.no_grad():
-            for t in list(module.parameters()) + list(self._buffers_to_sync()):
-                dist.broadcast(t.data, src=0)
+        if init_sync:
+            with kiln.no_grad():
+                for t in list(module.parameters()) + list(self._buffers_to_sync()):
+                    dist.broadcast(t.data, src=0)
         self.reducer = Reducer(params, self.bucket_cap_mb, find_unused_parameters)
         # the hooks live on the parameters, which may outlive this wrapper
         weakref.finalize(self, self.reducer.close)
