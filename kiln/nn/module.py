@@ -313,6 +313,12 @@ class Module:
             elif param.grad is not None:
                 param.grad = kiln.zeros_like(param.grad)
 
+    def share_memory(self) -> "Module":
+        """Move parameters and buffers to shared memory (see Tensor.share_memory_)."""
+        for t in list(self.parameters()) + [b for b in self.buffers() if b is not None]:
+            t.share_memory_()
+        return self
+
     def apply(self, fn: Callable[["Module"], None]) -> "Module":
         for module in self.children():
             module.apply(fn)

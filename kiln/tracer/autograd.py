@@ -9,6 +9,7 @@ recorded (higher-order gradients), and under a trace they become the backward gr
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -192,6 +193,77 @@ def _owned(grad: Tensor) -> Tensor:
     return owned
 
 
+# Hooks run once a leaf's `.grad` holds this backward's whole gradient (PyTorch's
+# register_post_accumulate_grad_hook), keyed by id(tensor): Tensor has no slot for them.
+_POST_ACCUMULATE: dict[int, tuple] = {}     # id -> (weakref to the tensor, hooks tuple)
+_QUEUED: list = []                          # callables to run when the current backward ends
+
+
+def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle":
+    """Call `hook(tensor)` each backward, as soon as `tensor.grad` is complete (a leaf only)."""
+    if tensor.grad_fn is not None:
+        raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+    key = id(tensor)
+    entry = _POST_ACCUMULATE.get(key)
+    if entry is None or entry[0]() is not tensor:
+        ref = weakref.ref(tensor, lambda _r, key=key: _POST_ACCUMULATE.pop(key, None))
+        entry = (ref, ())
+    _POST_ACCUMULATE[key] = (entry[0], entry[1] + (hook,))
+    return _PostHookHandle(key, hook)
+
+
+class _PostHookHandle:
+    def __init__(self, key: int, hook):
+        self.key, self.hook = key, hook
+
+    def remove(self) -> None:
+        entry = _POST_ACCUMULATE.get(self.key)
+        if entry is not None:
+            hooks = tuple(h for h in entry[1] if h is not self.hook)
+            if hooks:
+                _POST_ACCUMULATE[self.key] = (entry[0], hooks)
+            else:
+                del _POST_ACCUMULATE[self.key]
+
+
+def queue_callback(fn) -> None:
+    """Run `fn()` once the backward pass now running has written every `.grad`."""
+    _QUEUED.append(fn)
+
+
+def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool) -> None:
+    """Run the leaf's tensor hooks on `g` and accumulate it into `tensor.grad`."""
+    if tensor._hooks:
+        for hook in tensor._hooks:
+            replaced = hook(g)
+            g = replaced if replaced is not None else g
+    if g.dtype is not tensor.dtype:
+        g = g.to(tensor.dtype)
+    if tensor.grad is None:
+        tensor.grad = g if create_graph else _owned(g)
+    elif create_graph or STATE.tracer is not None:
+        tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
+    else:
+        tensor.grad._data += g._data
+
+
+def _post_accumulate(tensor: Tensor) -> None:
+    entry = _POST_ACCUMULATE.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
+        for hook in entry[1]:
+            hook(tensor)
+
+
+def _leaf_counts(order: list[Node]) -> dict[int, int]:
+    """How many nodes send gradient to each leaf that has post-accumulate hooks."""
+    counts: dict[int, int] = {}
+    for node in order:
+        for e in node.edges:
+            if isinstance(e, Tensor) and id(e) in _POST_ACCUMULATE:
+                counts[id(e)] = counts.get(id(e), 0) + 1
+    return counts
+
+
 def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, inputs=None):
     """Propagate gradients from `outputs`.
 
@@ -223,7 +295,11 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     prev_mode = STATE.grad_enabled
     STATE.grad_enabled = create_graph
     try:
-        for node in _topological(roots):
+        order = _topological(roots)
+        # leaves with post-accumulate hooks get their .grad once their last producer has run,
+        # so a hook (DDP's bucketed all-reduce) overlaps the rest of backward
+        early = _leaf_counts(order) if inputs is None and _POST_ACCUMULATE else None
+        for node in order:
             g = pending.pop(id(node), None)
             if g is None:
                 continue
@@ -247,9 +323,19 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 else:
                     key = id(edge)
                     pending[key] = ga if key not in pending else pending[key] + ga
+            if early:
+                for edge in node.edges:
+                    if isinstance(edge, Tensor) and id(edge) in early:
+                        early[id(edge)] -= 1
+                        if early[id(edge)] == 0 and id(edge) in leaf_grads:
+                            _store_leaf_grad(edge, leaf_grads.pop(id(edge))[1], create_graph)
+                            _post_accumulate(edge)
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None
+    except BaseException:
+        _QUEUED.clear()
+        raise
     finally:
         STATE.grad_enabled = prev_mode
 
@@ -263,19 +349,15 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 result.append(hit[1] if hit is not None else None)
         return result
 
-    for tensor, g in leaf_grads.values():
-        if tensor._hooks:
-            for hook in tensor._hooks:
-                replaced = hook(g)
-                g = replaced if replaced is not None else g
-        if g.dtype is not tensor.dtype:
-            g = g.to(tensor.dtype)
-        if tensor.grad is None:
-            tensor.grad = g if create_graph else _owned(g)
-        elif create_graph or STATE.tracer is not None:
-            tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
-        else:
-            tensor.grad._data += g._data
+    try:
+        for tensor, g in leaf_grads.values():
+            _store_leaf_grad(tensor, g, create_graph)
+            if _POST_ACCUMULATE:
+                _post_accumulate(tensor)
+        while _QUEUED:
+            _QUEUED.pop(0)()
+    finally:
+        _QUEUED.clear()
     return None
 
 
@@ -389,5 +471,5 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
     return True
 
 
-__all__ = ["Node", "no_grad", "enable_grad", "set_grad_enabled", "inference_mode",
+__all__ = ["Node", "queue_callback", "register_post_accumulate_grad_hook", "no_grad", "enable_grad", "set_grad_enabled", "inference_mode",
            "is_grad_enabled", "backward", "grad", "gradcheck", "GradcheckError"]

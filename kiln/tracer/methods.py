@@ -222,6 +222,20 @@ def register_hook(self: Tensor, hook):
     return _HookHandle(self.grad_fn, "hooks", hook)
 
 
+def share_memory_(self: Tensor) -> Tensor:
+    """Move the tensor's memory to shared memory (CPU), so processes it is sent to through
+    kiln.multiprocessing write into the same memory. No-op if already shared or on cuda."""
+    from kiln.runtime import shared_memory
+    if self.device.type == "cpu" and shared_memory.segment_of(self._data) is None:
+        self._data = shared_memory.shared_copy(self._data)
+    return self
+
+
+def is_shared(self: Tensor) -> bool:
+    from kiln.runtime import shared_memory
+    return self.device.type == "cuda" or shared_memory.segment_of(self._data) is not None
+
+
 def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False) -> Tensor:
     if isinstance(data, np.ndarray) and dtype is None:
         dtype = dt.from_numpy(data.dtype)
@@ -323,6 +337,8 @@ _METHODS = {
     "type_as": lambda self, other: to(self, other.dtype),
     "detach": detach, "detach_": detach_, "requires_grad_": requires_grad_,
     "retain_grad": retain_grad, "register_hook": register_hook,
+    "register_post_accumulate_grad_hook": autograd.register_post_accumulate_grad_hook,
+    "share_memory_": share_memory_, "is_shared": is_shared,
     "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0),
     "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,

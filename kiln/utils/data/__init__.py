@@ -11,3 +11,4 @@ __all__ = ["ConcatDataset", "Dataset", "IterableDataset", "Subset", "TensorDatas
            "random_split", "BatchSampler", "RandomSampler", "Sampler", "SequentialSampler",
            "SubsetRandomSampler", "default_collate", "default_convert", "DataLoader",
            "WorkerInfo", "get_worker_info"]
+from kiln.utils.data.distributed import DistributedSampler  # noqa: F401,E402

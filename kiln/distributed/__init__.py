@@ -1,0 +1,13 @@
+"""`kiln.distributed`: process groups and tensor collectives (torch.distributed), riding MPI
+(mpi4py) for CPU tensors and NCCL (CuPy) for cuda tensors. Start ranks with
+`python -m kiln.distributed.run --nproc-per-node N script.py` or `mpiexec -n N python script.py`.
+"""
+
+from kiln.distributed.process_group import (  # noqa: F401
+    Backend, GroupMember, ReduceOp, destroy_process_group, get_backend, get_node_local_rank,
+    get_rank, get_world_size, group, init_process_group, is_available, is_gloo_available,
+    is_initialized, is_mpi_available, is_nccl_available, is_torchelastic_launched)
+from kiln.distributed.collectives import (  # noqa: F401
+    Work, all_gather, all_gather_into_tensor, all_gather_object, all_reduce, all_to_all_single,
+    barrier, broadcast, broadcast_object_list, gather, irecv, isend, recv, reduce,
+    reduce_scatter, reduce_scatter_tensor, scatter, send)

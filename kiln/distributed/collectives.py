@@ -1,0 +1,389 @@
+"""Tensor collectives with torch.distributed's signatures, over the default process group.
+
+Each call checks its tensors (contiguous, one device, agreeing shapes), optionally exchanges a
+few integers of metadata so that ranks passing different shapes, dtypes or ops get an error
+naming both instead of a hang or garbage, and starts the backend's non-blocking operation on
+the tensors' own memory. `async_op=True` returns the `Work`; otherwise it is waited here.
+
+A collective inside a traced (`@kiln.compile`) function is a graph break: the compiled program
+would replay its arithmetic without talking to the other ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln import Tensor
+from kiln.distributed import process_group as pg
+from kiln.distributed.process_group import ReduceOp
+from kiln.tracer.tensor import STATE
+
+_OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
+        "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "barrier", "all_to_all")
+_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+_MAX_DIMS = 8
+
+
+class Work:
+    """A started collective (torch.distributed.Work): `wait()` blocks until it is done."""
+
+    def __init__(self, backend, requests: list, finish=None, result=None):
+        self._backend, self._requests, self._finish = backend, requests, finish
+        self._result, self._done, self._source = result, False, None
+
+    def wait(self, timeout=None) -> bool:
+        if not self._done:
+            statuses = self._backend.wait(self._requests)
+            if statuses and hasattr(statuses[0], "Get_source"):
+                self._source = statuses[0].Get_source()
+            self._done = True
+            if self._finish is not None:
+                self._finish()
+        return True
+
+    def is_completed(self) -> bool:
+        if not self._done and self._backend.test(self._requests):
+            self.wait()
+        return self._done
+
+    def is_success(self) -> bool:
+        return self.is_completed()
+
+    def result(self) -> list:
+        self.wait()
+        return list(self._result or [])
+
+    def _source_rank(self) -> int:
+        self.wait()
+        return self._source
+
+
+def _start(what: str, tensors: list[Tensor], group, check: tuple | None):
+    """The group and backend for `tensors`, after the caller-facing checks."""
+    pg._check_group(group, what)
+    world = pg._require(what)
+    if STATE.tracer is not None:
+        STATE.tracer.graph_break(f"kiln.distributed.{what} is a collective: a compiled replay "
+                                 "would skip talking to the other ranks")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"{what}: tensors on different devices {sorted(map(str, devices))}; "
+                         "put them on one device")
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: expected kiln.Tensor arguments, got {type(t).__name__}")
+        if not t._data.flags.c_contiguous:
+            raise ValueError(f"{what}: Tensors must be contiguous (got {t.dtype.name}"
+                             f"{list(t.shape)} with strides {t.stride()}); call .contiguous()")
+    device = tensors[0].device if tensors else None
+    if device is not None and device.type == "cuda":
+        if world.nccl is None:
+            if not pg.is_nccl_available():
+                raise RuntimeError(f"{what}: cuda tensors go through NCCL, which needs CuPy with "
+                                   "NCCL (cupy.cuda.nccl); move the tensors to the CPU for MPI")
+            from kiln.distributed.nccl_backend import NCCLBackend
+            world.nccl = NCCLBackend.create(world.comm)
+        backend = world.nccl
+    else:
+        backend = world.mpi
+    if check is not None and world.checks and world.size > 1:
+        _check_agree(world, what, *check)
+    return world, backend
+
+
+def _describe(row: np.ndarray) -> str:
+    op, dtype, ndim, redop, root = (int(v) for v in row[:5])
+    shape = [int(s) for s in row[5:5 + min(ndim, _MAX_DIMS)]]
+    text = _OPS[op]
+    if dtype >= 0:
+        text += f" with {_DTYPES[dtype] if dtype < len(_DTYPES) else 'dtype ' + str(dtype)}"
+        text += str(shape)
+    if redop >= 0:
+        text += f", op={ReduceOp.ALL[redop].upper()}"
+    if root >= 0:
+        text += f", root rank {root}"
+    return text
+
+
+def _check_agree(world, what: str, tensor: Tensor | None, redop: int = -1,
+                 root: int = -1) -> None:
+    """Ranks compare (op, dtype, shape, reduce op, root) with one small Allgather first."""
+    row = np.full(5 + _MAX_DIMS, -1, dtype=np.int64)
+    row[0], row[3], row[4] = _OPS.index(what), redop, root
+    if tensor is not None:
+        row[1] = _DTYPES.index(tensor.dtype.name) if tensor.dtype.name in _DTYPES else 99
+        row[2] = tensor.ndim
+        shape = list(tensor.shape)
+        if len(shape) > _MAX_DIMS:
+            shape = shape[:_MAX_DIMS - 1] + [int(np.prod(shape[_MAX_DIMS - 1:]))]
+        row[5:5 + len(shape)] = shape
+    rows = np.empty((world.size, row.size), dtype=np.int64)
+    world.comm.Allgather(row, rows)
+    bad = [r for r in range(world.size) if not np.array_equal(rows[r], row)]
+    if bad:
+        other = bad[0]
+        raise RuntimeError(
+            f"{what}: ranks disagree on the collective: rank {world.rank} called "
+            f"{_describe(row)}; rank {other} called {_describe(rows[other])}. Every rank must "
+            "call the same collectives in the same order with the same shapes and dtypes")
+
+
+def _run(backend, requests: list, async_op: bool, finish=None, result=None):
+    work = Work(backend, requests, finish, result)
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
+def _written(*tensors: Tensor) -> None:
+    for t in tensors:
+        t._version[0] += 1
+
+
+def _check_op(what: str, op: str, tensor: Tensor) -> int:
+    if op not in ReduceOp.ALL:
+        raise ValueError(f"{what}: unknown reduce op {op!r}; use kiln.distributed.ReduceOp")
+    if op == ReduceOp.AVG and not tensor.dtype.is_floating_point:
+        raise TypeError(f"{what}: ReduceOp.AVG needs a floating-point tensor, got "
+                        f"{tensor.dtype.name}")
+    return ReduceOp.ALL.index(op)
+
+
+def _average(world, *arrays):
+    def finish():
+        for a in arrays:
+            a /= world.size
+    return finish
+
+
+# ----------------------------------------------------------------------------- collectives
+
+def all_reduce(tensor: Tensor, op: str = ReduceOp.SUM, group=None, async_op: bool = False):
+    """Reduce `tensor` across every rank, in place, so each rank holds the result."""
+    code = _check_op("all_reduce", op, tensor)
+    world, backend = _start("all_reduce", [tensor], group, (tensor, code))
+    requests = backend.all_reduce(tensor._data, op)
+    _written(tensor)
+    finish = _average(world, tensor._data) if op == ReduceOp.AVG else None
+    return _run(backend, requests, async_op, finish, [tensor])
+
+
+def broadcast(tensor: Tensor, src: int = 0, group=None, async_op: bool = False,
+              group_src: int | None = None):
+    """Copy rank `src`'s `tensor` into `tensor` on every rank."""
+    src = src if group_src is None else group_src
+    world, backend = _start("broadcast", [tensor], group, (tensor, -1, src))
+    _check_rank("broadcast", "src", src, world)
+    requests = backend.broadcast(tensor._data, src)
+    _written(tensor)
+    return _run(backend, requests, async_op, None, [tensor])
+
+
+def reduce(tensor: Tensor, dst: int = 0, op: str = ReduceOp.SUM, group=None,
+           async_op: bool = False, group_dst: int | None = None):
+    """Reduce `tensor` across ranks into rank `dst`'s `tensor` (others' are left as they were)."""
+    dst = dst if group_dst is None else group_dst
+    code = _check_op("reduce", op, tensor)
+    world, backend = _start("reduce", [tensor], group, (tensor, code, dst))
+    _check_rank("reduce", "dst", dst, world)
+    requests = backend.reduce(tensor._data, dst, op)
+    finish = None
+    if world.rank == dst:
+        _written(tensor)
+        finish = _average(world, tensor._data) if op == ReduceOp.AVG else None
+    return _run(backend, requests, async_op, finish, [tensor])
+
+
+def all_gather(tensor_list: list[Tensor], tensor: Tensor, group=None, async_op: bool = False):
+    """Every rank's `tensor`, in rank order, copied into `tensor_list` on every rank."""
+    world, backend = _start("all_gather", [tensor, *tensor_list], group, (tensor, -1))
+    _check_list("all_gather", "tensor_list", tensor_list, tensor, world)
+    xp = _xp(tensor)
+    out = xp.empty((world.size,) + tuple(tensor.shape), dtype=tensor._data.dtype)
+    requests = backend.all_gather(out, tensor._data)
+
+    def finish():
+        for i, t in enumerate(tensor_list):
+            t._data[...] = out[i]
+            _written(t)
+    return _run(backend, requests, async_op, finish, tensor_list)
+
+
+def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group=None,
+                           async_op: bool = False):
+    """Every rank's `input_tensor` concatenated (or stacked) in rank order into one tensor."""
+    world, backend = _start("all_gather_into_tensor", [output_tensor, input_tensor], group,
+                            (input_tensor, -1))
+    _check_sizes("all_gather_into_tensor", output_tensor, input_tensor, world.size, "output")
+    requests = backend.all_gather(output_tensor._data, input_tensor._data)
+    _written(output_tensor)
+    return _run(backend, requests, async_op, None, [output_tensor])
+
+
+def reduce_scatter(output: Tensor, input_list: list[Tensor], op: str = ReduceOp.SUM,
+                   group=None, async_op: bool = False):
+    """Reduce `input_list[i]` across ranks into rank i's `output`."""
+    code = _check_op("reduce_scatter", op, output)
+    world, backend = _start("reduce_scatter", [output, *input_list], group, (output, code))
+    _check_list("reduce_scatter", "input_list", input_list, output, world)
+    send = _xp(output).stack([t._data for t in input_list])
+    requests = backend.reduce_scatter(output._data, send, op)
+    _written(output)
+    finish = _average(world, output._data) if op == ReduceOp.AVG else None
+    return _run(backend, requests, async_op, finish, [output])
+
+
+def reduce_scatter_tensor(output: Tensor, input: Tensor, op: str = ReduceOp.SUM, group=None,
+                          async_op: bool = False):
+    """Reduce `input` across ranks; rank i gets the i-th of `world_size` equal slices."""
+    code = _check_op("reduce_scatter_tensor", op, output)
+    world, backend = _start("reduce_scatter_tensor", [output, input], group, (input, code))
+    _check_sizes("reduce_scatter_tensor", input, output, world.size, "input")
+    requests = backend.reduce_scatter(output._data, input._data, op)
+    _written(output)
+    finish = _average(world, output._data) if op == ReduceOp.AVG else None
+    return _run(backend, requests, async_op, finish, [output])
+
+
+def gather(tensor: Tensor, gather_list: list[Tensor] | None = None, dst: int = 0, group=None,
+           async_op: bool = False, group_dst: int | None = None):
+    """Every rank's `tensor`, in rank order, into `gather_list` on rank `dst`."""
+    dst = dst if group_dst is None else group_dst
+    world = pg._require("gather")
+    root = world.rank == dst
+    if root and gather_list is None:
+        raise ValueError("gather: gather_list must be given on the destination rank")
+    lists = list(gather_list) if root else []
+    world, backend = _start("gather", [tensor, *lists], group, (tensor, -1, dst))
+    _check_rank("gather", "dst", dst, world)
+    out = None
+    if root:
+        _check_list("gather", "gather_list", lists, tensor, world)
+        out = _xp(tensor).empty((world.size,) + tuple(tensor.shape), dtype=tensor._data.dtype)
+    requests = backend.gather(out, tensor._data, dst)
+
+    def finish():
+        for i, t in enumerate(lists):
+            t._data[...] = out[i]
+            _written(t)
+    return _run(backend, requests, async_op, finish, lists)
+
+
+def scatter(tensor: Tensor, scatter_list: list[Tensor] | None = None, src: int = 0, group=None,
+            async_op: bool = False, group_src: int | None = None):
+    """Rank `src`'s `scatter_list[i]` into rank i's `tensor`."""
+    src = src if group_src is None else group_src
+    world = pg._require("scatter")
+    root = world.rank == src
+    if root and scatter_list is None:
+        raise ValueError("scatter: scatter_list must be given on the source rank")
+    lists = list(scatter_list) if root else []
+    world, backend = _start("scatter", [tensor, *lists], group, (tensor, -1, src))
+    _check_rank("scatter", "src", src, world)
+    chunks = None
+    if root:
+        _check_list("scatter", "scatter_list", lists, tensor, world)
+        chunks = _xp(tensor).stack([t._data for t in lists])
+    requests = backend.scatter(tensor._data, chunks, src)
+    _written(tensor)
+    return _run(backend, requests, async_op, None, [tensor])
+
+
+def all_to_all_single(output: Tensor, input: Tensor, output_split_sizes=None,
+                      input_split_sizes=None, group=None, async_op: bool = False):
+    """Rank r sends the r-th equal slice of `input` (dim 0) to every rank; slices land in rank
+    order in `output`. Unequal split sizes are not supported."""
+    if output_split_sizes is not None or input_split_sizes is not None:
+        raise ValueError("all_to_all_single: kiln supports only equal splits (split sizes None)")
+    world, backend = _start("all_to_all", [output, input], group, (input, -1))
+    if input.numel() != output.numel() or input.numel() % world.size:
+        raise ValueError(f"all_to_all_single: input {list(input.shape)} and output "
+                         f"{list(output.shape)} must have the same number of elements, a "
+                         f"multiple of the world size {world.size}")
+    requests = backend.all_to_all(output._data, input._data)
+    _written(output)
+    return _run(backend, requests, async_op, None, [output])
+
+
+def barrier(group=None, async_op: bool = False, device_ids=None):
+    """Wait until every rank has reached this barrier."""
+    world, backend = _start("barrier", [], group, (None, -1))
+    return _run(backend, backend.barrier(), async_op)
+
+
+# ----------------------------------------------------------------------------- point to point
+
+def isend(tensor: Tensor, dst: int, group=None, tag: int = 0) -> Work:
+    world, backend = _start("isend", [tensor], group, None)
+    _check_rank("isend", "dst", dst, world)
+    return Work(backend, backend.send(tensor._data, dst, tag), None, [tensor])
+
+
+def irecv(tensor: Tensor, src: int | None = None, group=None, tag: int = 0) -> Work:
+    world, backend = _start("irecv", [tensor], group, None)
+    if src is not None:
+        _check_rank("irecv", "src", src, world)
+    work = Work(backend, backend.recv(tensor._data, src, tag), lambda: _written(tensor),
+                [tensor])
+    work._source = src
+    return work
+
+
+def send(tensor: Tensor, dst: int, group=None, tag: int = 0) -> None:
+    isend(tensor, dst, group, tag).wait()
+
+
+def recv(tensor: Tensor, src: int | None = None, group=None, tag: int = 0) -> int:
+    """Receive into `tensor`; returns the sender's rank."""
+    work = irecv(tensor, src, group, tag)
+    work.wait()
+    return work._source
+
+
+# ----------------------------------------------------------------------------- Python objects
+
+def broadcast_object_list(object_list: list, src: int = 0, group=None, device=None) -> None:
+    """Replace `object_list`'s items with rank `src`'s (pickled; for small values)."""
+    world, _ = _start("broadcast", [], group, None)
+    object_list[:] = world.comm.bcast(list(object_list) if world.rank == src else None, src)
+
+
+def all_gather_object(object_list: list, obj, group=None) -> None:
+    """Every rank's `obj`, in rank order, into `object_list` (pickled; for small values)."""
+    world, _ = _start("all_gather", [], group, None)
+    if len(object_list) != world.size:
+        raise ValueError(f"all_gather_object: object_list has {len(object_list)} entries; it "
+                         f"needs one per rank ({world.size})")
+    object_list[:] = world.comm.allgather(obj)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _xp(tensor: Tensor):
+    return tensor.device.xp
+
+
+def _check_rank(what: str, name: str, rank: int, world) -> None:
+    if not isinstance(rank, int) or not 0 <= rank < world.size:
+        raise ValueError(f"{what}: {name}={rank!r} is not a rank of this group (0 to "
+                         f"{world.size - 1})")
+
+
+def _check_list(what: str, name: str, tensors: list, like: Tensor, world) -> None:
+    if len(tensors) != world.size:
+        raise ValueError(f"{what}: {name} has {len(tensors)} tensors; it needs one per rank "
+                         f"({world.size})")
+    for i, t in enumerate(tensors):
+        if tuple(t.shape) != tuple(like.shape) or t.dtype is not like.dtype:
+            raise ValueError(f"{what}: {name}[{i}] is {t.dtype.name}{list(t.shape)}, but the "
+                             f"tensor is {like.dtype.name}{list(like.shape)}; they must match")
+
+
+def _check_sizes(what: str, big: Tensor, small: Tensor, size: int, big_name: str) -> None:
+    if big.dtype is not small.dtype:
+        raise ValueError(f"{what}: the tensors' dtypes differ ({big.dtype.name} and "
+                         f"{small.dtype.name})")
+    if big.numel() != small.numel() * size:
+        raise ValueError(f"{what}: the {big_name} tensor {list(big.shape)} must hold world size "
+                         f"({size}) times the elements of the other {list(small.shape)}")

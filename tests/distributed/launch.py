@@ -1,0 +1,43 @@
+"""Start a script on ranks for the tests: mpiexec (through kiln.distributed.run or directly)
+in a subprocess with a timeout, so a hung job fails the test instead of hanging CI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def mpi_or_skip() -> str:
+    """The mpiexec to use; skips when mpi4py or mpiexec is missing (pip install kiln[test])."""
+    pytest.importorskip("mpi4py")
+    from kiln.distributed.run import find_mpiexec
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec: pip install mpich")
+    return mpiexec
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = ROOT + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["OMP_NUM_THREADS"] = "1"
+    return e
+
+
+def mpiexec(n: int, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([mpi_or_skip(), "-n", str(n), sys.executable, *args], env=env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)      # mpiexec forwards stdin to rank 0
+
+
+def launcher(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    mpi_or_skip()
+    return subprocess.run([sys.executable, "-m", "kiln.distributed.run", *args], env=env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
