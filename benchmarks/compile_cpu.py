@@ -100,7 +100,7 @@ def training_step(lib, model, optimizer, **hyper):
         loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
-        return loss.detach()
+        return loss
     return step
 
 
@@ -203,6 +203,29 @@ def _inductor(fn):
     return torch.compile(fn)
 
 
+def guard_costs(repeat: int = 15) -> None:
+    """What a compiled MLP step's replay spends on checking its guards and bounds."""
+    from kiln.ir.ops import PRIMITIVES
+    (k_step, k_args), _ = mlp_step_pair()
+    compiled = kiln.compile(k_step)
+    for _ in range(4):
+        compiled(*k_args)
+    entry = max(compiled.entries.values(), key=lambda e: e.calls)
+    replay = median_ms(lambda: compiled(*k_args), repeat)
+    guards = median_ms(lambda: entry.valid(k_args), repeat * 20)
+    checks = [n for part in (entry.graph, getattr(entry.backward, "graph", None)) if part
+              for n in part.nodes if n.op == "check_index"]
+    target = k_args[1].numpy()
+    impl = PRIMITIVES["check_index"].impl
+    bounds = len(checks) * median_ms(
+        lambda: impl(np, target, size=10, op="nll_loss", kind="IndexError", negative=False,
+                     ignore=-100), repeat * 20)
+    print(f"\ncompiled MLP step 256x784 (Adam, `return loss`): replay {replay:.2f} ms; "
+          f"{len(entry.guards)} guards checked in {guards * 1e3:.1f} us "
+          f"({100 * guards / replay:.2f}% of the replay); {len(checks)} bounds check(s) "
+          f"{bounds * 1e3:.1f} us ({100 * bounds / replay:.2f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="sizes / 8, fewer repeats")
@@ -210,9 +233,20 @@ def main() -> None:
                         help="skip the torch.compile column (it compiles for minutes)")
     parser.add_argument("--first-calls", action="store_true",
                         help="only the first-call table (fresh processes; no torch needed)")
+    parser.add_argument("--guards", action="store_true",
+                        help="only the guard and bounds-check cost of the MLP step's replay, "
+                             "and the 21-op chain's per-call time")
     args = parser.parse_args()
     if args.first_calls:
         first_calls(warm_runs=7)
+        return
+    if args.guards:
+        guard_costs()
+        (name, data, kfn, _), = [w for w in workloads(False) if w[0] == "chain21 16 floats"]
+        compiled, kx = kiln.compile(kfn), kiln.from_numpy(data)
+        compiled(kx)
+        print(f"per-call time of the compiled 21-op chain on 16 floats: "
+              f"{median_ms(lambda: compiled(kx), 750) * 1e3:.1f} us")
         return
     # first, while this process has run no torch op: torch's threads and Inductor's compile
     # workers would otherwise share the cores with the fresh processes timed there
@@ -258,6 +292,7 @@ def main() -> None:
             tc_step = _inductor(make_t_step())
             i = median_ms(lambda: tc_step(*t_args), repeat, warmup=3)
         print(_row(name, e, c, t, i))
+    guard_costs(repeat)
     chain = results["chain21 16 floats"]
     print(f"\nper-call time of the compiled 21-op chain on 16 floats: {chain[1] * 1e3:.1f} us "
           f"(kiln eager {chain[0] * 1e3:.1f} us, torch eager {chain[2] * 1e3:.1f} us"
