@@ -573,9 +573,25 @@ def _norm_dim(dim, ndim: int) -> int:
         raise op_error("dim", str(e), IndexError) from None
 
 
+def _widened(x: Tensor) -> Tensor:
+    """x as float32 when it is float16: PyTorch accumulates reductions of half values in float
+    (the sum of 4096 values near 100 overflows float16's 65504 on the way to a mean of 100).
+    A cast, not a wider accumulator inside the primitive, so a trace records it and every
+    backend computes in float32 too."""
+    return P.cast(x, dtype=dt.float32) if x.dtype is dt.float16 else x
+
+
+def _narrowed(out: Tensor, dtype: dt.DType) -> Tensor:
+    """A result computed on `_widened` input, back in the input's dtype."""
+    return out if out.dtype is dtype else P.cast(out, dtype=dtype)
+
+
 def sum(input, dim=None, keepdim=False, *, dtype=None):
-    if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim:
+    if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim \
+            and input.dtype is not dt.float16:
         return P.sum(input, axes=tuple(range(input._data.ndim)), keepdim=bool(keepdim))
+    if dtype is None and input.dtype is dt.float16 and input._data.ndim:
+        return _narrowed(sum(_widened(input), dim, keepdim), dt.float16)
     if dtype is not None:
         input = input.to(dtype)
     elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
@@ -597,6 +613,8 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     if not input.dtype.is_floating_point:
         raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
                        f"floating point or complex dtype. Got: {input.dtype.name}")
+    if input.dtype is dt.float16:
+        return _narrowed(mean(_widened(input), dim, keepdim), dt.float16)
     axes = _axes(dim, input.ndim)
     if input.ndim:
         shape = input._data.shape
@@ -681,6 +699,8 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
         input = P.cast(input, dtype=dt.int64)
     if input.ndim == 0:
         return input.clone()
+    if input.dtype is dt.float16:
+        return _narrowed(prod(_widened(input), dim, keepdim), dt.float16)
     if dim is None:
         return P.prod(reshape(input, (-1,)), axes=(0,), keepdim=False)
     return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
@@ -690,6 +710,9 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     x = _floating(input)
+    if x.dtype is dt.float16:
+        return _narrowed(var(_widened(x), dim, unbiased, keepdim, correction=correction),
+                         dt.float16)
     axes = _axes(dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
     centered = x - mean(x, axes if x.ndim else None, keepdim=True)
@@ -697,6 +720,9 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(input, Tensor) and input.dtype is dt.float16:
+        return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
+                         dt.float16)
     v = var(input, dim, unbiased, keepdim, correction=correction)
     # where the variance is 0, sqrt's gradient is infinite; PyTorch defines std's as 0 there
     zero = P.eq(v, 0)
@@ -715,6 +741,8 @@ def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 def logsumexp(input, dim=None, keepdim=False):
     x = _floating(input)
+    if x.dtype is dt.float16:
+        return _narrowed(logsumexp(_widened(x), dim, keepdim), dt.float16)
     axes = _axes(dim, x.ndim)
     if x.ndim == 0:
         return x.clone()
@@ -746,6 +774,8 @@ def count_nonzero(input, dim=None):
 
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(norm(_widened(x), p, dim, keepdim), dt.float16)
     if p in ("fro", 2, 2.0, None):
         return sqrt(sum(x * x, dim, keepdim))
     if p in (math.inf, "inf"):
@@ -770,6 +800,8 @@ def cumsum(input, dim, *, dtype=None):
         input = input.to(dt.int64)
     if input.ndim == 0:
         return input.clone()
+    if input.dtype is dt.float16:
+        return _narrowed(cumsum(_widened(input), dim), dt.float16)
     return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
 
 
@@ -1810,6 +1842,8 @@ def tensordot(a, b, dims=2):
 
 def softmax(input, dim=None, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(softmax(_widened(x), dim), dt.float16)
     if x.ndim == 0:
         return reshape(softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)
@@ -1821,6 +1855,8 @@ def softmax(input, dim=None, dtype=None):
 
 def log_softmax(input, dim=None, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(log_softmax(_widened(x), dim), dt.float16)
     if x.ndim == 0:
         return reshape(log_softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)
