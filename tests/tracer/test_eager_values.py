@@ -135,3 +135,81 @@ def test_float16_reductions_compiled_accumulate_in_float32(backend):
             np.testing.assert_allclose(g.numpy(), w.numpy(), atol=4e-3, rtol=4e-3)
             assert_close(g, r, atol=4e-3, rtol=4e-3)
     assert all(not (e.eager_reason or "") for e in compiled.entries.values())
+
+
+# ----------------------------------------------------------------------------- what still works
+# The refusals (tests/tracer/test_error_messages.py) must not catch what PyTorch accepts.
+
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+ACCEPTED = {
+    # plain tensor indexing and take count negative indices from the end, as Python does
+    "getitem_negative": lambda L, F, x: x[L.tensor([-1, 0, -3])],
+    "getitem_negative_dim1": lambda L, F, x: x[:, L.tensor([[-1], [-4]])],
+    "getitem_two_tensors": lambda L, F, x: x[L.tensor([-1, 1]), L.tensor([-2, 0])],
+    "take_negative": lambda L, F, x: L.take(x, L.tensor([-1, -12, 5])),
+    "index_fill_negative": lambda L, F, x: x.index_fill(1, L.tensor([-1]), -5.0),
+    "gather_in_range": lambda L, F, x: L.gather(x, 1, L.tensor([[3, 0], [1, 1], [0, 2]])),
+    "scatter_add_in_range": lambda L, F, x: L.zeros(3, 4).scatter_add(
+        0, L.tensor([[2, 0, 1, 2]]), x[:1]),
+    "embedding_padding_idx_negative": lambda L, F, x: F.embedding(
+        L.tensor([[0, 2], [1, 2]]), x, padding_idx=-1),
+    "index_select_last": lambda L, F, x: L.index_select(x, 0, L.tensor([2, 0])),
+    "nll_loss_ignored_out_of_range": lambda L, F, x: F.nll_loss(
+        L.log_softmax(x, 1), L.tensor([1, -100, 3])),
+    "cross_entropy_ignore_index": lambda L, F, x: F.cross_entropy(
+        x, L.tensor([-5, 2, 3]), ignore_index=-5),
+    "cross_entropy_ignore_index_weight": lambda L, F, x: F.cross_entropy(
+        x, L.tensor([7, 2, 3]), weight=L.arange(1.0, 5.0), ignore_index=7),
+    "cross_entropy_smoothing_ignored": lambda L, F, x: F.cross_entropy(
+        x, L.tensor([0, -100, 3]), label_smoothing=0.2),
+    "one_hot": lambda L, F, x: F.one_hot(L.tensor([0, 2, 1]), 4),
+    "one_hot_inferred": lambda L, F, x: F.one_hot(L.tensor([[0, 2], [1, 0]])),
+    "bce_at_zero_and_one": lambda L, F, x: F.binary_cross_entropy(
+        L.tensor([0.0, 1.0, 0.25]), L.tensor([0.0, 1.0, 1.0]), reduction="none"),
+    "bce_with_logits_any_range": lambda L, F, x: F.binary_cross_entropy_with_logits(
+        x, x / 11 - 0.5),
+    "int_floor_divide_signs": lambda L, F, x: L.tensor([7, -7, 7, -7]) // L.tensor([2, 2, -2, -2]),
+    "int_remainder_signs": lambda L, F, x: L.tensor([7, -7, 7, -7]) % L.tensor([3, 3, -3, -3]),
+    "int_fmod_signs": lambda L, F, x: L.fmod(L.tensor([7, -7, 7, -7]), L.tensor([3, 3, -3, -3])),
+    "int_div_trunc": lambda L, F, x: L.div(L.tensor([7, -7]), L.tensor([2, 2]),
+                                           rounding_mode="trunc"),
+    "int_true_div_by_zero": lambda L, F, x: L.tensor([1, -1, 0]) / L.tensor([0, 0, 0]),
+    "float_floor_divide_by_zero": lambda L, F, x: L.tensor([1.0, -1.0]) // 0,
+    "float_remainder_by_int_tensor_zero": lambda L, F, x: L.tensor([1.5]) % L.tensor([0]),
+    "empty_int_floor_divide_by_zero": lambda L, F, x: L.zeros(0, dtype=L.int64) // 0,
+    "where_uint8_condition": lambda L, F, x: L.where(L.tensor([1, 0, 2], dtype=L.uint8),
+                                                     L.ones(3), L.zeros(3)),
+}
+
+
+@pytest.mark.filterwarnings("ignore")      # torch's deprecation warning for a uint8 condition
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_what_pytorch_accepts_still_gives_its_values(name):
+    fn = ACCEPTED[name]
+    t = fn(torch, TF, torch.from_numpy(X.copy()))
+    k = fn(kiln, KF, kiln.tensor(X.copy()))
+    assert_close(k, t, atol=1e-6, rtol=1e-6, what=name)
+
+
+def test_negative_index_no_longer_wraps_in_gather_and_embedding():
+    # the brief's silent wrong value: gather / embedding at -1 returned the last row
+    table = kiln.tensor(X)
+    with pytest.raises(RuntimeError):
+        kiln.gather(table, 0, kiln.tensor([[-1, 0, 0, 0]]))
+    with pytest.raises(IndexError):
+        KF.embedding(kiln.tensor([-1]), table)
+    with pytest.raises(IndexError):
+        nn.Embedding(3, 4)(kiln.tensor([[0, -1]]))
+
+
+def test_bounds_checks_are_eager_only_and_compiled_code_still_runs():
+    # a traced gather records no value-dependent check (the compiled kernels own theirs)
+    def fn(x, idx):
+        return kiln.gather(x, 1, idx) * 2
+
+    x = kiln.tensor(X)
+    idx = kiln.tensor([[3, 0], [1, 1], [0, 2]])
+    compiled = kiln.compile(fn, backend="numpy", fullgraph=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(compiled(x, idx).numpy(), fn(x, idx).numpy())
