@@ -553,23 +553,36 @@ def selu(input):
     return elu(input, alpha) * scale
 
 
+# Below this, each gate that _times_gate multiplies by (Phi(x), sigmoid(x), tanh(softplus(x)),
+# hardsigmoid(x)) is exactly 0 in every float dtype; and it is finite even in float16
+_GATE_FLOOR = -6e4
+
+
+def _times_gate(x, gate):
+    """x * gate(x), for a gate that goes to 0 as x goes to -inf (gelu, silu, mish, hardswish):
+    at x = -inf the result is the limit, -0, where x * gate would be -inf * 0 = NaN. x is
+    raised to the floor first (a where, whose gradient is one op; NaN stays NaN through the
+    gate)."""
+    return P.where(P.gt(x, _GATE_FLOOR), x, _GATE_FLOOR) * gate
+
+
 def gelu(input, approximate="none"):
     x = _floating(input)
     if approximate == "tanh":
         inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
-        return x * 0.5 * (P.tanh(inner) + 1)
+        return _times_gate(x, (P.tanh(inner) + 1) * 0.5)
     if approximate != "none":
         raise op_error("gelu", f"approximate argument must be either none or tanh, got "
                        f"{approximate!r}", ValueError)
-    return x * 0.5 * (P.erf(x * (1 / math.sqrt(2))) + 1)
+    return _times_gate(x, (P.erf(x * (1 / math.sqrt(2))) + 1) * 0.5)
 
 
 def silu(input):
-    return input * P.sigmoid(input)
+    return _times_gate(input, P.sigmoid(input))
 
 
 def mish(input):
-    return input * tanh(softplus(input))
+    return _times_gate(input, tanh(softplus(input)))
 
 
 def softplus(input, beta=1.0, threshold=20.0):
@@ -587,7 +600,7 @@ def hardsigmoid(input):
 
 
 def hardswish(input):
-    return input * hardsigmoid(input)
+    return _times_gate(input, hardsigmoid(input))
 
 
 def softsign(input):
