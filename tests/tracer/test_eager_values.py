@@ -117,6 +117,19 @@ def test_float16_normalizations_compute_statistics_in_float32(layer):
         assert_close(kk, tt, what=layer, atol=4e-3, rtol=4e-3)
 
 
+def test_float16_reductions_trace_as_float32_reductions():
+    # the casts are in the graph, so every backend reduces in float32 without knowing why
+    from kiln.compiler import trace
+
+    x = kiln.tensor(NEAR_100.reshape(8, 512))
+    graph = trace(lambda x: (x.mean(), x.var(1), kiln.softmax(x, -1), x.cumsum(0),
+                             KF.layer_norm(x, (512,))), x).graphs[0]
+    reductions = [n for n in graph.nodes if n.op in ("sum", "max", "cumsum")]
+    assert len(reductions) >= 5
+    assert all(n.out.dtype is kiln.float32 for n in reductions), str(graph)
+    assert [v.dtype for v in graph.outputs] == [kiln.float16] * 5
+
+
 @pytest.mark.parametrize("backend", ["c", "numpy", "triton"])
 def test_float16_reductions_compiled_accumulate_in_float32(backend):
     def fn(x):
