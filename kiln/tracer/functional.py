@@ -689,6 +689,8 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
 
 
 def nanmean(input, dim=None, keepdim=False):
+    if input.dtype is dt.float16:
+        return _narrowed(nanmean(_widened(input), dim, keepdim), dt.float16)
     keep = logical_not(isnan(input))
     return nansum(input, dim, keepdim) / sum(keep, dim, keepdim)
 
