@@ -406,8 +406,10 @@ def _cast_grad(g, out, x, dtype):
     return (P.cast(g, dtype=x.dtype) if x.dtype.is_floating_point else None,)
 
 
+# quiet: a float beyond float16's range becomes inf and NaN becomes some integer, as in
+# PyTorch, which does not warn either
 define("cast", ELEMENTWISE, lambda shapes, dtypes, dtype: (shapes[0], dtype),
-       lambda xp, x, dtype: x.astype(dtype.np), _cast_grad, arity=1)
+       lambda xp, x, dtype: x.astype(dtype.np), _cast_grad, arity=1, quiet=True)
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -437,6 +439,10 @@ def _prod_grad(g, out, x, axes, keepdim):
 def _sum_impl(xp, x, axes, keepdim):
     # Reductions call the array's own method (NumPy and CuPy arrays both have them): `np.sum(x)`
     # goes through a Python wrapper that costs more than summing a small array.
+    if x.dtype == np.float16:
+        # accumulated in float32, as PyTorch and kiln's generated kernels do; a long half sum
+        # otherwise stops growing once each addend is below half an ulp of the running total
+        return x.sum(axis=axes, keepdims=keepdim, dtype=np.float32).astype(np.float16)
     if (xp is not np or x.size < 4096 or x.dtype not in _BLAS_FLOATS or not axes
             or len(axes) == x.ndim):
         return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)

@@ -13,6 +13,7 @@ import kiln
 from kiln import Tensor
 from kiln.ir.ops import P
 from kiln.tracer import functional as _core
+from kiln.tracer.dispatch import op_error
 from kiln.tracer.tensor import STATE
 
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
@@ -36,12 +37,13 @@ def _pair(value, name: str = "argument") -> tuple:
     return value
 
 
-def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int,
+                         op: str) -> Tensor:
     """Out-of-range class indices (other than `ignore_index`) raise IndexError, as in PyTorch;
     returns the target to use. Traced, the check is a graph node (`check_index`), so every
     replay makes it too."""
     if STATE.tracer is not None:
-        return P.check_index(target, size=num_classes, op="nll_loss", kind="IndexError",
+        return P.check_index(target, size=num_classes, op=op, kind="IndexError",
                              negative=False, ignore=ignore_index)
     if target.numel() == 0:
         return target
@@ -51,8 +53,8 @@ def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int) ->
         return target
     low, high = int(valid.min()), int(valid.max())
     if low < 0 or high >= num_classes:
-        raise IndexError(f"nll_loss: Target {low if low < 0 else high} is out of bounds "
-                         f"(expected class indices in [0, {num_classes}))")
+        raise op_error(op, f"Target {low if low < 0 else high} is out of bounds (expected "
+                       f"class indices in [0, {num_classes}) or the ignore_index)", IndexError)
     return target
 
 
@@ -116,6 +118,13 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
 # ----------------------------------------------------------------------------- linear
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    if weight.ndim == 2 and input.ndim >= 1 and input.shape[-1] != weight.shape[1]:
+        rows = input.numel() // input.shape[-1] if input.shape[-1] else 0
+        raise op_error("linear", f"mat1 and mat2 shapes cannot be multiplied "
+                       f"({rows}x{input.shape[-1]} and {weight.shape[1]}x{weight.shape[0]}):"
+                       f" the input's last dim is {input.shape[-1]} (input shape "
+                       f"{list(input.shape)}) but the weight {list(weight.shape)} takes "
+                       f"in_features={weight.shape[1]}", RuntimeError)
     out = kiln.matmul(input, weight.t()) if weight.ndim == 2 else kiln.matmul(input, weight)
     return out + bias if bias is not None else out
 
@@ -183,20 +192,40 @@ def _conv_padding(padding, kernel: tuple, dilation: tuple, stride: tuple) -> tup
     return (ph, ph, pw, pw)
 
 
+def _check_conv_input(input: Tensor, weight: Tensor, groups: int, name: str, spatial: int,
+                      transposed: bool = False) -> None:
+    """PyTorch's checks of a convolution's input and weight, in its words, with the shapes the
+    user passed (conv1d runs as conv2d, which would otherwise report its own 4-D shapes)."""
+    if input.ndim not in (spatial + 1, spatial + 2):
+        raise op_error(name, f"Expected {spatial + 1}D (unbatched) or {spatial + 2}D "
+                       f"(batched) input to {name}, but got input of size: "
+                       f"{list(input.shape)}", RuntimeError)
+    if weight.ndim != spatial + 2:
+        raise op_error(name, f"expected a {spatial + 2}-D weight, got weight of size "
+                       f"{list(weight.shape)}", RuntimeError)
+    c = input.shape[0 if input.ndim == spatial + 1 else 1]
+    want = weight.shape[0] if transposed else weight.shape[1] * groups
+    if c != want:
+        what = "weight of size" if not transposed else "weight of size (in, out/groups, ...)"
+        raise op_error(name, f"Given groups={groups}, {what} {list(weight.shape)}, "
+                       f"expected input{list(input.shape)} to have {want} channels, but "
+                       f"got {c} channels instead", RuntimeError)
+
+
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
     """2-D convolution as im2col (kh*kw shifted views) followed by one matmul per group."""
+    _check_conv_input(input, weight, groups, "conv2d", 2)
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
+            groups: int) -> Tensor:
     unbatched = input.ndim == 3
     x = input.unsqueeze(0) if unbatched else input
-    if x.ndim != 4:
-        raise RuntimeError(f"conv2d: expected a 3-D or 4-D input, got shape {list(input.shape)}")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     out_ch, in_per_group, kh, kw = weight.shape
     n, c, h, w = x.shape
-    if c != in_per_group * groups:
-        raise RuntimeError(f"conv2d: given groups={groups}, weight of size {list(weight.shape)}, "
-                           f"expected input{list(x.shape)} to have {in_per_group * groups} "
-                           f"channels, but got {c} channels instead")
     top, bottom, left, right = _conv_padding(padding, (kh, kw), dilation, stride)
     if top or bottom or left or right:
         x = _core.pad(x, (left, right, top, bottom))
@@ -235,13 +264,14 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
     """1-D convolution: a 2-D one over a height-1 image."""
+    _check_conv_input(input, weight, groups, "conv1d", 1)
     single = lambda v: v if isinstance(v, str) else (0 if v is None else v if isinstance(
         v, int) else v[0])
     pad_arg = single(padding)
     if not isinstance(pad_arg, str):
         pad_arg = (0, pad_arg)
-    out = conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, single(stride)), pad_arg,
-                 (1, single(dilation)), groups)
+    out = _conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, single(stride)),
+                  pad_arg, (1, single(dilation)), groups)
     return out.squeeze(-2)
 
 
@@ -261,28 +291,33 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
                      padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
     """Transposed convolution: a stride-1 convolution of the zero-dilated input with the
     flipped, in/out-swapped kernel."""
+    _check_conv_input(input, weight, groups, "conv_transpose2d", 2, transposed=True)
+    return _conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
+                             dilation)
+
+
+def _conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
+                      output_padding, groups: int, dilation) -> Tensor:
     unbatched = input.ndim == 3
     x = input.unsqueeze(0) if unbatched else input
     stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
     output_padding, dilation = _pair(output_padding, "output_padding"), _pair(dilation)
     in_ch, out_per_group, kh, kw = weight.shape
-    if x.shape[1] != in_ch:
-        raise RuntimeError(f"conv_transpose2d: expected input with {in_ch} channels, got "
-                           f"shape {list(x.shape)}")
     x = _dilate(x, stride)
     ph = dilation[0] * (kh - 1) - padding[0]
     pw = dilation[1] * (kw - 1) - padding[1]
     x = _core.pad(x, (pw, pw + output_padding[1], ph, ph + output_padding[0]))
     w = weight.reshape(groups, in_ch // groups, out_per_group, kh, kw).transpose(1, 2)
     w = kiln.flip(w.reshape(groups * out_per_group, in_ch // groups, kh, kw), (2, 3))
-    out = conv2d(x, w, bias, 1, 0, dilation, groups)
+    out = _conv2d(x, w, bias, 1, 0, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 
 def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    _check_conv_input(input, weight, groups, "conv_transpose1d", 1, transposed=True)
     first = lambda v: v if isinstance(v, int) else v[0]
-    out = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, first(stride)),
+    out = _conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, first(stride)),
                            (0, first(padding)), (0, first(output_padding)), groups,
                            (1, first(dilation)))
     return out.squeeze(-2)
@@ -487,11 +522,36 @@ def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
 
 # ----------------------------------------------------------------------------- normalization
 
+def _float32(t: Tensor | None) -> Tensor | None:
+    """A float16 tensor as float32: the normalizations compute half input in float, as PyTorch
+    does (the statistics of half values overflow or lose their digits in half)."""
+    return t.float() if t is not None and t.dtype is kiln.float16 else t
+
+
+def _check_batch_norm_sizes(input: Tensor, *per_channel: Tensor | None) -> None:
+    """Each per-channel tensor has one value per channel of the input (dim 1), as PyTorch
+    checks; otherwise a broadcast error would name `add` or `sub` and not the layer."""
+    if input.ndim < 2:
+        raise op_error("batch_norm", f"expected an input with at least 2 dims (N, C, ...), "
+                       f"got shape {list(input.shape)}", ValueError)
+    c = input.shape[1]
+    for name, t in zip(("running_mean", "running_var", "weight", "bias"), per_channel):
+        if t is not None and t.numel() != c:
+            raise op_error("batch_norm", f"{name} should contain {c} elements not "
+                           f"{t.numel()}: the input of shape {list(input.shape)} has {c} "
+                           f"channels (dim 1), the layer was built for {t.numel()} "
+                           f"(num_features)", RuntimeError)
+
+
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalization over all dims but 1; in training, updates the running stats in place
     (unbiased variance, as PyTorch does)."""
+    _check_batch_norm_sizes(input, running_mean, running_var, weight, bias)
+    if input.dtype is kiln.float16:
+        return batch_norm(input.float(), running_mean, running_var, _float32(weight),
+                          _float32(bias), training, momentum, eps).to(kiln.float16)
     shape = (1, -1) + (1,) * (input.ndim - 2)
     if training:
         count = input.numel() // input.shape[1]
@@ -525,9 +585,13 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if tuple(input.shape[input.ndim - len(shape):]) != shape:
-        raise RuntimeError(f"layer_norm: expected input with shape [*, "
-                           f"{', '.join(map(str, shape))}], but got input of size "
-                           f"{list(input.shape)}")
+        raise op_error("layer_norm", f"Given normalized_shape={list(shape)}, expected "
+                       f"input with shape [*, "
+                       f"{', '.join(map(str, shape))}], but got input of size "
+                       f"{list(input.shape)}", RuntimeError)
+    if input.dtype is kiln.float16:
+        return layer_norm(input.float(), shape, _float32(weight), _float32(bias),
+                          eps).to(kiln.float16)
     axes = tuple(range(input.ndim - len(shape), input.ndim))
     mean = input.mean(axes, keepdim=True)
     centered = input - mean
@@ -545,6 +609,8 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     axes = tuple(range(input.ndim - len(shape), input.ndim))
     eps = eps if eps is not None else float(np.finfo(input.dtype.np).eps)
+    if input.dtype is kiln.float16:
+        return rms_norm(input.float(), shape, _float32(weight), eps).to(kiln.float16)
     out = input * kiln.rsqrt((input * input).mean(axes, keepdim=True) + eps)
     return out * weight if weight is not None else out
 
@@ -555,6 +621,9 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     if c % num_groups:
         raise RuntimeError(f"group_norm: expected number of channels in input ({c}) to be "
                            f"divisible by num_groups ({num_groups})")
+    if input.dtype is kiln.float16:
+        return group_norm(input.float(), num_groups, _float32(weight), _float32(bias),
+                          eps).to(kiln.float16)
     grouped = input.reshape(n, num_groups, -1)
     mean = grouped.mean(-1, keepdim=True)
     centered = grouped - mean
@@ -615,7 +684,8 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
     if max_norm is not None or scale_grad_by_freq:
         raise NotImplementedError("embedding: max_norm and scale_grad_by_freq are not "
                                   "supported in kiln")
-    out = kiln.index_select(weight, 0, input.reshape(-1)).reshape(*input.shape, weight.shape[1])
+    out = _core.select_rows(weight, 0, input.reshape(-1), "embedding") \
+        .reshape(*input.shape, weight.shape[1])
     if padding_idx is not None:
         if padding_idx < 0:
             padding_idx += weight.shape[0]
@@ -800,6 +870,8 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
         raise ValueError(f"Using a target size ({list(target.shape)}) that is different to the "
                          f"input size ({list(input.shape)}) is deprecated. Please ensure they "
                          f"have the same size.")
+    _check_probabilities(input, "input")
+    _check_probabilities(target, "target")
     # PyTorch clamps the logs at -100 so that a 0 or 1 input gives a finite loss
     log_p = kiln.clamp_min(kiln.log(input), -100.0)
     log_q = kiln.clamp_min(kiln.log(1 - input), -100.0)
@@ -827,6 +899,19 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     return _weighted_mean_or_sum(loss, reduction)
 
 
+def _check_probabilities(t: Tensor, name: str) -> None:
+    """binary_cross_entropy's input and target must lie in [0, 1] (NaN does not), as PyTorch
+    checks: outside, the loss is NaN or silently wrong. Eager only, one min and one max."""
+    if STATE.tracer is not None or t.numel() == 0:
+        return
+    low, high = t._data.min(), t._data.max()
+    if not (low >= 0 and high <= 1):        # NaN propagates into min and max, and fails both
+        raise op_error("binary_cross_entropy", f"all elements of {name} should be between 0 "
+                       f"and 1; got {name} values in [{float(low)}, {float(high)}] (shape "
+                       f"{list(t.shape)}). For logits, use binary_cross_entropy_with_logits "
+                       f"(BCEWithLogitsLoss)", RuntimeError)
+
+
 def _class_last_shape(input: Tensor) -> tuple:
     """The broadcast shape of a per-class vector against an (N, C, d1, ...) input."""
     return (-1,) + (1,) * (input.ndim - 2) if input.ndim >= 2 else (-1,)
@@ -835,19 +920,39 @@ def _class_last_shape(input: Tensor) -> tuple:
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of class indices; 'mean' divides by the summed target weights."""
-    _check_reduction(reduction)
+    return _nll_loss(input, target, weight, ignore_index, reduction, "nll_loss")
+
+
+def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
+    """PyTorch's checks and exception types: a batch-size mismatch is a ValueError, any other
+    target shape a RuntimeError; the message names the op and both shapes."""
     if input.ndim < 1:
-        raise ValueError("nll_loss: expected an input with at least 1 dimension")
+        raise op_error(op, f"expected an input with at least 1 dimension, got shape "
+                       f"{list(input.shape)}", ValueError)
     class_dim = 0 if input.ndim == 1 else 1
     expected = tuple(input.shape[:class_dim]) + tuple(input.shape[class_dim + 1:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"nll_loss: expected target of shape {list(expected)} for input of "
-                         f"shape {list(input.shape)}, got {list(target.shape)}")
-    target = _check_class_targets(target, input.shape[class_dim], ignore_index)
+    if tuple(target.shape) == expected:
+        return
+    if input.ndim >= 2 and target.ndim >= 1 and target.shape[0] != input.shape[0]:
+        raise op_error(op, f"Expected input batch_size ({input.shape[0]}) to match target "
+                       f"batch_size ({target.shape[0]}); input shape {list(input.shape)}, "
+                       f"target shape {list(target.shape)}", ValueError)
+    raise op_error(op, f"Expected target size {list(expected)}, got "
+                   f"{list(target.shape)} (input shape {list(input.shape)}: the target "
+                   f"holds one class index per input row, without the class dim)",
+                   RuntimeError)
+
+
+def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+              reduction: str, op: str) -> Tensor:
+    _check_reduction(reduction)
+    _check_class_target_shape(input, target, op)
+    class_dim = 0 if input.ndim == 1 else 1
+    target = _check_class_targets(target, input.shape[class_dim], ignore_index, op)
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0
     safe = kiln.where(ignored, 0, target)
-    picked = _core._gather(input, class_dim, safe.unsqueeze(class_dim),
+    picked = _core._gather(input, class_dim, safe.unsqueeze(class_dim), op,
                            checked=True).squeeze(class_dim)
     w = (kiln.ones((), dtype=input.dtype, device=input.device) if weight is None
          else P.take(weight, safe.reshape(-1), axis=0).reshape(tuple(safe.shape)))
@@ -867,6 +972,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    if not target.dtype.is_floating_point:
+        # checked here, so a bad target is reported as cross_entropy's, before any work
+        _check_class_target_shape(input, target, "cross_entropy")
     class_dim = 0 if input.ndim == 1 else 1
     num_classes = input.shape[class_dim]
     logp = kiln.log_softmax(input, class_dim)
@@ -874,8 +982,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
 
     if target.dtype.is_floating_point:
         if tuple(target.shape) != tuple(input.shape):
-            raise ValueError(f"cross_entropy: probability targets must have the input's shape "
-                             f"{list(input.shape)}, got {list(target.shape)}")
+            raise op_error("cross_entropy", f"probability targets must have the input's "
+                           f"shape {list(input.shape)}, got {list(target.shape)} (class "
+                           f"index targets are integer tensors)", RuntimeError)
         if label_smoothing > 0:
             target = target * (1 - label_smoothing) + label_smoothing / num_classes
         terms = logp * target
@@ -887,7 +996,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
             return loss.sum() / (input.numel() // num_classes if input.numel() else 1)
         return _reduce(loss, reduction)
 
-    nll = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    nll = _nll_loss(logp, target, weight, ignore_index, reduction, "cross_entropy")
     if label_smoothing == 0.0:
         return nll
     ignored = target == ignore_index

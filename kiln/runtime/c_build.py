@@ -1,6 +1,7 @@
 """Compiling generated C with the system C compiler, caching the shared objects, calling them.
 
-The compiler is `$CC` (default `cc`), run with `FLAGS`: `-O3 -march=native -fopenmp`, plus
+The compiler is `$CC` (default `cc`; split as a shell splits it, so `CC='gcc -O2'` or
+`CC='ccache gcc'` work as they do under make), run with `FLAGS`: `-O3 -march=native -fopenmp`, plus
 flags that keep NumPy's results: no `-ffast-math` (it would break NaN and inf), no contraction
 of `a * b + c` into one rounding, and wrapping signed integers. A built object lives in the
 cache (`KILN_CACHE_DIR`, default `~/.cache/kiln`, under `c/`) keyed by the source, the
@@ -23,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -60,6 +62,15 @@ def compiler_command() -> str:
     return os.environ.get("CC") or "cc"
 
 
+def compiler_argv(cc: str | None = None) -> list[str]:
+    """`$CC` as the words a shell would make of it (a compiler and its own arguments); an
+    empty list when it cannot be split (an unclosed quote)."""
+    try:
+        return shlex.split(cc or compiler_command())
+    except ValueError:
+        return []
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_identity() -> str:
     """What `-march=native` depends on: the CPU's model and feature flags."""
@@ -73,15 +84,17 @@ def _cpu_identity() -> str:
 
 
 def compiler_identity(cc: str | None = None) -> str | None:
-    """The compiler binary's path, size and mtime (None when it is not found): a new compiler
-    gets new cache entries without running it to ask its version."""
-    cc = cc or compiler_command()
-    path = shutil.which(cc)
+    """The compiler binary's path, size and mtime, and the arguments `$CC` gives it (None when
+    it is not found): a new compiler gets new cache entries without running it to ask its
+    version."""
+    argv = compiler_argv(cc)
+    path = shutil.which(argv[0]) if argv else None
     if path is None:
         return None
     real = os.path.realpath(path)
     st = os.stat(real)
-    return f"{real}:{st.st_size}:{st.st_mtime_ns}:{_cpu_identity()}"
+    return f"{real}:{st.st_size}:{st.st_mtime_ns}:{_cpu_identity()}" + \
+        "".join(f" {a}" for a in argv[1:])
 
 
 def cache_key(source: str, cc: str | None = None) -> str:
@@ -153,7 +166,7 @@ def cached(key: str) -> Path | None:
 
 
 def _compile_command(cc: str, src: Path, out: Path) -> list:
-    return [cc, *FLAGS, str(src), "-o", str(out), "-lm"]
+    return [*compiler_argv(cc), *FLAGS, str(src), "-o", str(out), "-lm"]
 
 
 def start_build(source: str) -> "Build":

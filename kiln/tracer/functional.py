@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P, ShapeError, normalize_axis
+from kiln.ir.ops import P, ShapeError, broadcast_shapes, normalize_axis
 from kiln.tracer.dispatch import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -98,6 +98,14 @@ def _binary(prim, a, b, float_only=False):
     return prim(a, b)
 
 
+def _broadcast(op: str, *shapes: tuple) -> tuple:
+    """The broadcast of `shapes`; on a mismatch, the user-facing error names `op`."""
+    try:
+        return broadcast_shapes(*shapes)
+    except ShapeError as e:
+        raise op_error(op, str(e), e.kind) from None
+
+
 def _floating(x: Tensor) -> Tensor:
     """Integer and bool inputs of float functions (exp, sin, mean) become the default float."""
     if not isinstance(x, Tensor):
@@ -133,8 +141,10 @@ def mul(input, other):
 
 def div(input, other, *, rounding_mode=None):
     if rounding_mode == "floor":
+        _refuse_integer_division_by_zero("div", input, other)
         return floor_divide(input, other)
     if rounding_mode == "trunc":
+        _refuse_integer_division_by_zero("div", input, other)
         a, b = _promoted(input, other)
         if a.dtype.is_floating_point if isinstance(a, Tensor) else b.dtype.is_floating_point:
             return trunc(P.div(a, b))
@@ -149,15 +159,43 @@ true_divide = divide = div
 multiply, subtract = mul, sub
 
 
+def _refuse_integer_division_by_zero(op: str, a, b) -> None:
+    """Integer `//`, `%`, fmod and rounded div by zero raise, as in PyTorch (NumPy, and so kiln
+    before this check, gave 0). One pass over the divisor; a float operand divides by zero to
+    inf or NaN instead. A tensor divisor is checked in eager mode only (a trace cannot read
+    its values)."""
+    for x in (a, b):
+        if isinstance(x, Tensor) and x.dtype.is_floating_point or isinstance(x, float):
+            return
+    if isinstance(a, Tensor) and a._data.size == 0:
+        return                            # nothing is divided: PyTorch returns the empty result
+    if isinstance(b, Tensor):
+        if STATE.tracer is not None or b._data.size == 0 or b._data.all():
+            return
+        what = f"the divisor ({b.dtype.name}, shape {list(b.shape)}) has a zero"
+    elif b == 0:
+        what = "the divisor is the number 0"
+    else:
+        return
+    dividend = f"an {a.dtype.name} tensor of shape {list(a.shape)}" \
+        if isinstance(a, Tensor) else f"the number {a}"
+    raise op_error(op, f"ZeroDivisionError: integer division by zero: {what} (the dividend is "
+                   f"{dividend}); divide floating-point tensors, or replace the zeros first",
+                   RuntimeError)
+
+
 def floor_divide(input, other):
+    _refuse_integer_division_by_zero("floor_divide", input, other)
     return _binary(P.floordiv, input, other)
 
 
 def remainder(input, other):
+    _refuse_integer_division_by_zero("remainder", input, other)
     return _binary(P.mod, input, other)
 
 
 def fmod(input, other):
+    _refuse_integer_division_by_zero("fmod", input, other)
     a, b = _promoted(input, other)
     return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
 
@@ -277,11 +315,23 @@ def minimum(input, other):
     return _binary(P.minimum, input, other)
 
 
+# PyTorch's C++ names of dtypes, which some of its messages use
+_TORCH_DTYPE_NAMES = {"bool": "Bool", "uint8": "Byte", "int32": "Int", "int64": "Long",
+                      "float16": "Half", "float32": "Float", "float64": "Double"}
+
+
 def where(condition, input=None, other=None):
     if input is None and other is None:
         return nonzero(condition, as_tuple=True)
-    if not isinstance(condition, Tensor) or condition.dtype is not dt.bool_:
-        condition = _as_tensor(condition).to(dt.bool_)
+    if not isinstance(condition, Tensor):
+        condition = _as_tensor(condition)
+    if condition.dtype is not dt.bool_:
+        if condition.dtype is not dt.uint8:     # PyTorch still takes uint8 masks (deprecated)
+            raise op_error("where", f"where expected condition to be a boolean tensor, but got "
+                           f"a tensor with dtype {_TORCH_DTYPE_NAMES[condition.dtype.name]} "
+                           f"({condition.dtype.name}, shape {list(condition.shape)}); pass a "
+                           f"comparison such as `condition != 0`")
+        condition = P.ne(condition, 0)
     if isinstance(input, Tensor) and isinstance(other, Tensor) and input.dtype is other.dtype:
         x, y = input, other          # what _promoted would give, found quicker
     else:
@@ -503,23 +553,36 @@ def selu(input):
     return elu(input, alpha) * scale
 
 
+# Below this, each gate that _times_gate multiplies by (Phi(x), sigmoid(x), tanh(softplus(x)),
+# hardsigmoid(x)) is exactly 0 in every float dtype; and it is finite even in float16
+_GATE_FLOOR = -6e4
+
+
+def _times_gate(x, gate):
+    """x * gate(x), for a gate that goes to 0 as x goes to -inf (gelu, silu, mish, hardswish):
+    at x = -inf the result is the limit, -0, where x * gate would be -inf * 0 = NaN. x is
+    raised to the floor first (a where, whose gradient is one op; NaN stays NaN through the
+    gate)."""
+    return P.where(P.gt(x, _GATE_FLOOR), x, _GATE_FLOOR) * gate
+
+
 def gelu(input, approximate="none"):
     x = _floating(input)
     if approximate == "tanh":
         inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
-        return x * 0.5 * (P.tanh(inner) + 1)
+        return _times_gate(x, (P.tanh(inner) + 1) * 0.5)
     if approximate != "none":
         raise op_error("gelu", f"approximate argument must be either none or tanh, got "
                        f"{approximate!r}", ValueError)
-    return x * 0.5 * (P.erf(x * (1 / math.sqrt(2))) + 1)
+    return _times_gate(x, (P.erf(x * (1 / math.sqrt(2))) + 1) * 0.5)
 
 
 def silu(input):
-    return input * P.sigmoid(input)
+    return _times_gate(input, P.sigmoid(input))
 
 
 def mish(input):
-    return input * tanh(softplus(input))
+    return _times_gate(input, tanh(softplus(input)))
 
 
 def softplus(input, beta=1.0, threshold=20.0):
@@ -537,7 +600,7 @@ def hardsigmoid(input):
 
 
 def hardswish(input):
-    return input * hardsigmoid(input)
+    return _times_gate(input, hardsigmoid(input))
 
 
 def softsign(input):
@@ -573,9 +636,25 @@ def _norm_dim(dim, ndim: int) -> int:
         raise op_error("dim", str(e), IndexError) from None
 
 
+def _widened(x: Tensor) -> Tensor:
+    """x as float32 when it is float16: PyTorch accumulates reductions of half values in float
+    (the sum of 4096 values near 100 overflows float16's 65504 on the way to a mean of 100).
+    A cast, not a wider accumulator inside the primitive, so a trace records it and every
+    backend computes in float32 too."""
+    return P.cast(x, dtype=dt.float32) if x.dtype is dt.float16 else x
+
+
+def _narrowed(out: Tensor, dtype: dt.DType) -> Tensor:
+    """A result computed on `_widened` input, back in the input's dtype."""
+    return out if out.dtype is dtype else P.cast(out, dtype=dtype)
+
+
 def sum(input, dim=None, keepdim=False, *, dtype=None):
-    if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim:
+    if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim \
+            and input.dtype is not dt.float16:
         return P.sum(input, axes=tuple(range(input._data.ndim)), keepdim=bool(keepdim))
+    if dtype is None and input.dtype is dt.float16 and input._data.ndim:
+        return _narrowed(sum(_widened(input), dim, keepdim), dt.float16)
     if dtype is not None:
         input = input.to(dtype)
     elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
@@ -597,6 +676,8 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     if not input.dtype.is_floating_point:
         raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
                        f"floating point or complex dtype. Got: {input.dtype.name}")
+    if input.dtype is dt.float16:
+        return _narrowed(mean(_widened(input), dim, keepdim), dt.float16)
     axes = _axes(dim, input.ndim)
     if input.ndim:
         shape = input._data.shape
@@ -608,6 +689,8 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
 
 
 def nanmean(input, dim=None, keepdim=False):
+    if input.dtype is dt.float16:
+        return _narrowed(nanmean(_widened(input), dim, keepdim), dt.float16)
     keep = logical_not(isnan(input))
     return nansum(input, dim, keepdim) / sum(keep, dim, keepdim)
 
@@ -681,6 +764,8 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
         input = P.cast(input, dtype=dt.int64)
     if input.ndim == 0:
         return input.clone()
+    if input.dtype is dt.float16:
+        return _narrowed(prod(_widened(input), dim, keepdim), dt.float16)
     if dim is None:
         return P.prod(reshape(input, (-1,)), axes=(0,), keepdim=False)
     return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
@@ -690,6 +775,9 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     x = _floating(input)
+    if x.dtype is dt.float16:
+        return _narrowed(var(_widened(x), dim, unbiased, keepdim, correction=correction),
+                         dt.float16)
     axes = _axes(dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
     centered = x - mean(x, axes if x.ndim else None, keepdim=True)
@@ -697,6 +785,9 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(input, Tensor) and input.dtype is dt.float16:
+        return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
+                         dt.float16)
     v = var(input, dim, unbiased, keepdim, correction=correction)
     # where the variance is 0, sqrt's gradient is infinite; PyTorch defines std's as 0 there
     zero = P.eq(v, 0)
@@ -715,6 +806,8 @@ def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 def logsumexp(input, dim=None, keepdim=False):
     x = _floating(input)
+    if x.dtype is dt.float16:
+        return _narrowed(logsumexp(_widened(x), dim, keepdim), dt.float16)
     axes = _axes(dim, x.ndim)
     if x.ndim == 0:
         return x.clone()
@@ -746,6 +839,8 @@ def count_nonzero(input, dim=None):
 
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(norm(_widened(x), p, dim, keepdim), dt.float16)
     if p in ("fro", 2, 2.0, None):
         return sqrt(sum(x * x, dim, keepdim))
     if p in (math.inf, "inf"):
@@ -770,6 +865,8 @@ def cumsum(input, dim, *, dtype=None):
         input = input.to(dt.int64)
     if input.ndim == 0:
         return input.clone()
+    if input.dtype is dt.float16:
+        return _narrowed(cumsum(_widened(input), dim), dt.float16)
     return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
 
 
@@ -943,8 +1040,7 @@ def broadcast_to(input, shape):
 
 
 def broadcast_tensors(*tensors):
-    from kiln.ir.ops import broadcast_shapes
-    shape = broadcast_shapes(*(tuple(t.shape) for t in tensors))
+    shape = _broadcast("broadcast_tensors", *(tuple(t.shape) for t in tensors))
     return tuple(expand(t, shape) for t in tensors)
 
 
@@ -1240,42 +1336,69 @@ def trace(input):
 # ----------------------------------------------------------------------------- indexing
 
 def index_select(input, dim, index):
+    return select_rows(input, dim, index, "index_select")
+
+
+def select_rows(input, dim, index, op: str):
+    """index_select under the name of the op the user called (`embedding` looks rows up this
+    way): a negative or too large index is PyTorch's IndexError "index out of range in self"
+    (index_select does not count negative indices from the end)."""
     d = _norm_dim(dim, input.ndim)
     if index.ndim > 1:
-        raise op_error("index_select", "index_select(): Index is supposed to be a vector",
-                       IndexError)
-    return P.take(input, _wrap_index(index, input.shape[d], "index_select"), axis=d)
+        raise op_error(op, "index_select(): Index is supposed to be a vector", IndexError)
+    index = _wrap_index(index, input.shape[d], op, IndexError, dim=d, negative=False,
+                        what="index out of range in self")
+    return P.take(input, index, axis=d)
 
 
-def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexError) -> Tensor:
-    """Negative indices count from the end, as in Python; out-of-range ones raise `kind`."""
+def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexError, *,
+                dim: int | None = None, negative: bool = True, what: str = "") -> Tensor:
+    """`index` checked against a dim of size `n`: out-of-range values raise `kind`, naming
+    `op`, the first offending value and the size. With `negative`, indices in [-n, 0) count
+    from the end, as in Python (tensor indexing, take, index_fill); without, they are out of
+    range (gather, scatter, index_select, embedding), as in PyTorch. Eager only, one min and
+    one max per call. Traced, the check is a graph node (`check_index`, which the executors run
+    on every replay), since a trace cannot read index values into Python."""
     if index.dtype is not dt.int64 and index.dtype is not dt.int32:
         raise op_error(op, f"tensors used as indices must be long, int or bool tensors, "
                        f"got {index.dtype.name}", IndexError)
-    data = index._data
-    if data.size and STATE.tracer is None and (data.min() < -n or data.max() >= n):
-        bad = int(data.max()) if data.max() >= n else int(data.min())
-        raise op_error(op, f"index {bad} is out of bounds for dimension with size {n}", kind)
-    if STATE.tracer is None and (data.size == 0 or data.min() >= 0):
-        return index
-    if STATE.tracer is not None:      # a replay checks the indices it is given, as eager does
-        index = P.check_index(index, size=n, op=op, kind=kind.__name__, negative=True,
+    if STATE.tracer is None:
+        data = index._data
+        if not data.size:
+            return index
+        low, high = data.min(), data.max()
+        lowest = -n if negative else 0
+        if low < lowest or high >= n:
+            flat = data.reshape(-1)
+            bad = int(flat[((flat < lowest) | (flat >= n)).argmax()])   # the first, as torch
+            where = f"a tensor of {n} elements" if dim is None else \
+                f"dimension {dim} with size {n}"
+            raise op_error(op, (f"{what}: " if what else "") +
+                           f"index {bad} is out of bounds for {where}", kind)
+        if low >= 0:
+            return index
+    else:                             # a replay checks the indices it is given, as eager does
+        index = P.check_index(index, size=n, op=op, kind=kind.__name__, negative=negative,
                               ignore=None)
+    if not negative:
+        return index
     return P.where(P.lt(index, 0), index + n, index)
 
 
 def _gather_positions(input_shape, dim, index, op="gather", checked=False):
     """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere.
-    `checked`: the caller has bounds-checked `index` and made it non-negative already."""
+    `checked`: the caller has bounds-checked `index` already."""
     strides = [math.prod(input_shape[i + 1:]) for i in range(len(input_shape))]
-    if not checked:
-        index = _wrap_index(index, input_shape[dim], op, RuntimeError)
-    lin = index * strides[dim]
+    if checked:
+        lin = index * strides[dim]
+    else:
+        lin = _wrap_index(index, input_shape[dim], op, RuntimeError, dim=dim,
+                          negative=False) * strides[dim]
     for i, n in enumerate(index.shape):
         if i == dim:
             continue
         if n > input_shape[i]:
-            raise op_error("gather", f"Size does not match at dimension {i} expected index "
+            raise op_error(op, f"Size does not match at dimension {i} expected index "
                            f"{list(index.shape)} to be smaller than self {list(input_shape)} "
                            f"apart from dimension {dim}", RuntimeError)
         shape = [1] * index.ndim
@@ -1285,20 +1408,21 @@ def _gather_positions(input_shape, dim, index, op="gather", checked=False):
 
 
 def gather(input, dim, index, *, sparse_grad=False):
-    return _gather(input, dim, index)
+    return _gather(input, dim, index, "gather")
 
 
-def _gather(input, dim, index, checked=False):
-    """gather; `checked`: `index` is known to be in [0, size) (nll_loss checked its targets)."""
+def _gather(input, dim, index, op, checked=False):
+    """gather under the name of the op the user called; `checked`: `index` is known to be in
+    [0, size) already (nll_loss checked its targets)."""
     d = _norm_dim(dim, input.ndim)
     if index.ndim != input.ndim:
-        raise op_error("gather", f"Index tensor must have the same number of dimensions as "
+        raise op_error(op, f"Index tensor must have the same number of dimensions as "
                        f"input tensor ({index.ndim} vs {input.ndim})")
-    lin = _gather_positions(tuple(input.shape), d, index, checked=checked)
+    lin = _gather_positions(tuple(input.shape), d, index, op, checked=checked)
     return P.take(reshape(input, (-1,)), lin, axis=0)
 
 
-def _scatter(input, dim, index, src, prim, reduce=None):
+def _scatter(input, dim, index, src, prim, op):
     d = _norm_dim(dim, input.ndim)
     if isinstance(src, Tensor) and src.dtype is not input.dtype:
         src = src.to(input.dtype)
@@ -1307,25 +1431,34 @@ def _scatter(input, dim, index, src, prim, reduce=None):
     elif tuple(src.shape) != tuple(index.shape):
         src = P.slice(src, starts=(0,) * src.ndim, stops=tuple(index.shape),
                       steps=(1,) * src.ndim)
-    lin = _gather_positions(tuple(input.shape), d, index)
+    if index.ndim != input.ndim:
+        raise op_error(op, f"Index tensor must have the same number of dimensions as "
+                       f"self tensor ({index.ndim} vs {input.ndim})")
+    lin = _gather_positions(tuple(input.shape), d, index, op)
     flat = prim(reshape(input, (-1,)), reshape(lin, (-1,)), reshape(src, (-1,)), axis=0)
     return reshape(flat, tuple(input.shape))
 
 
 def scatter(input, dim, index, src=None, *, value=None, reduce=None):
+    if reduce not in (None, "add"):     # not ignored: that would write instead of reducing
+        raise op_error("scatter", f"reduce={reduce!r} is not supported in kiln (only 'add'); "
+                       "use scatter_add, or scatter into a copy and combine", NotImplementedError)
     if reduce == "add":
-        return scatter_add(input, dim, index, src if src is not None else value)
-    return _scatter(input, dim, index, src if src is not None else value, P.index_put)
+        return _scatter(input, dim, index, src if src is not None else value, P.index_add,
+                        "scatter")
+    return _scatter(input, dim, index, src if src is not None else value, P.index_put,
+                    "scatter")
 
 
 def scatter_add(input, dim, index, src):
-    return _scatter(input, dim, index, src, P.index_add)
+    return _scatter(input, dim, index, src, P.index_add, "scatter_add")
 
 
 def index_add(input, dim, index, source, *, alpha=1):
     d = _norm_dim(dim, input.ndim)
     src = source * alpha if alpha != 1 else source
-    return P.index_add(input, _wrap_index(index, input.shape[d]), src.to(input.dtype), axis=d)
+    index = _wrap_index(index, input.shape[d], "index_add", RuntimeError, dim=d, negative=False)
+    return P.index_add(input, index, src.to(input.dtype), axis=d)
 
 
 def index_fill(input, dim, index, value):
@@ -1333,12 +1466,13 @@ def index_fill(input, dim, index, value):
     shape = tuple(input.shape)
     src = full(shape[:d] + tuple(index.shape) + shape[d + 1:], value, dtype=input.dtype,
                device=input.device)
-    return P.index_put(input, _wrap_index(index, shape[d]), src, axis=d)
+    return P.index_put(input, _wrap_index(index, shape[d], "index_fill", dim=d), src, axis=d)
 
 
 def index_copy(input, dim, index, source):
     d = _norm_dim(dim, input.ndim)
-    return P.index_put(input, _wrap_index(index, input.shape[d]), source.to(input.dtype), axis=d)
+    index = _wrap_index(index, input.shape[d], "index_copy", dim=d, negative=False)
+    return P.index_put(input, index, source.to(input.dtype), axis=d)
 
 
 def masked_fill(input, mask, value):
@@ -1358,7 +1492,7 @@ def masked_select(input, mask):
 
 
 def take(input, index):
-    return P.take(reshape(input, (-1,)), _wrap_index(index, input.numel()), axis=0)
+    return P.take(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), axis=0)
 
 
 def take_along_dim(input, indices, dim=None):
@@ -1366,19 +1500,27 @@ def take_along_dim(input, indices, dim=None):
         return take(input, indices)
     d = _norm_dim(dim, input.ndim)
     # every dim but `dim` broadcasts between input and indices
-    from kiln.ir.ops import broadcast_shapes
     a, b = list(input.shape), list(indices.shape)
     a[d] = b[d] = 1
-    common = broadcast_shapes(tuple(a), tuple(b))
+    common = _broadcast("take_along_dim", tuple(a), tuple(b))
     input = expand(input, common[:d] + (input.shape[d],) + common[d + 1:])
     indices = expand(indices, common[:d] + (indices.shape[d],) + common[d + 1:])
-    return gather(input, d, indices)
+    return _gather(input, d, indices, "take_along_dim")
 
 
 def one_hot(tensor, num_classes=-1):
     if tensor.dtype is not dt.int64:
         raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
                        RuntimeError)
+    if STATE.tracer is None and tensor._data.size:
+        # a class outside [0, num_classes) would give a row of zeros: PyTorch refuses it
+        low, high = int(tensor._data.min()), int(tensor._data.max())
+        if low < 0:
+            raise op_error("one_hot", f"Class values must be non-negative. Got {low} in a "
+                           f"tensor of shape {list(tensor.shape)}")
+        if num_classes != -1 and high >= num_classes:
+            raise op_error("one_hot", f"Class values must be smaller than num_classes. Got "
+                           f"class {high} with num_classes={num_classes}")
     if num_classes == -1:
         num_classes = int(tensor.max().item()) + 1 if tensor.numel() else 0
     classes = arange(num_classes, device=tensor.device)
@@ -1589,16 +1731,16 @@ def _advanced_index(x, advanced):
     shape = tuple(x.shape)
     if len(advanced) == 1:
         d, idx = advanced[0]
-        return P.take(x, _wrap_index(idx, shape[d]), axis=d)
-    from kiln.ir.ops import broadcast_shapes
-    idx_shape = broadcast_shapes(*(tuple(i.shape) for _, i in advanced))
+        return P.take(x, _wrap_index(idx, shape[d], dim=d), axis=d)
+    idx_shape = _broadcast("index", *(tuple(i.shape) for _, i in advanced))
     # move the indexed dims to the front, flatten them into one, and take by linear position
     rest = [i for i in range(len(shape)) if i not in dims]
     moved = P.permute(x, perm=tuple(dims + rest)) if dims + rest != list(range(len(shape))) else x
     lin = None
     stride = 1
     for d, idx in reversed(advanced):
-        term = _wrap_index(idx, shape[d]) * stride if stride != 1 else _wrap_index(idx, shape[d])
+        term = _wrap_index(idx, shape[d], dim=d)
+        term = term * stride if stride != 1 else term
         lin = term if lin is None else lin + term
         stride *= shape[d]
     lin = expand(lin, idx_shape)
@@ -1663,9 +1805,11 @@ def matmul(input, other):
     if b.ndim == 1:
         return squeeze(matmul(a, unsqueeze(b, -1)), -1)
     if a.shape[-1] != b.shape[-2]:
+        whole = f" (operand shapes {list(a.shape)} and {list(b.shape)})" \
+            if a.ndim > 2 or b.ndim > 2 else ""
         raise op_error("matmul", f"mat1 and mat2 shapes cannot be multiplied "
                        f"({'x'.join(map(str, a.shape[-2:]))} and "
-                       f"{'x'.join(map(str, b.shape[-2:]))})")
+                       f"{'x'.join(map(str, b.shape[-2:]))}){whole}")
     if b.ndim == 2 and a.ndim > 2:
         # (..., m, k) @ (k, n): one 2-D product over the flattened batch
         lead = tuple(a.shape[:-1])
@@ -1673,8 +1817,13 @@ def matmul(input, other):
         return reshape(out, lead + (b.shape[-1],))
     if a.shape[:-2] == b.shape[:-2]:
         return P.matmul(a, b)
-    from kiln.ir.ops import broadcast_shapes
-    batch = broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    try:
+        batch = broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    except ShapeError:
+        raise op_error("matmul", f"the batch dimensions {list(a.shape[:-2])} and "
+                       f"{list(b.shape[:-2])} of operands of shapes {list(a.shape)} and "
+                       f"{list(b.shape)} do not broadcast (each batch size must match or be 1)"
+                       ) from None
     if tuple(a.shape[:-2]) != batch:
         a = P.expand(a, shape=batch + tuple(a.shape[-2:]))
     if tuple(b.shape[:-2]) != batch:
@@ -1694,7 +1843,12 @@ def bmm(input, mat2):
                        f"{mat2.ndim}-D)")
     if input.shape[0] != mat2.shape[0]:
         raise op_error("bmm", f"batch1 and batch2 must have same number of batches, got "
-                       f"{input.shape[0]} and {mat2.shape[0]}")
+                       f"{input.shape[0]} and {mat2.shape[0]} (shapes {list(input.shape)} and "
+                       f"{list(mat2.shape)})")
+    if input.shape[2] != mat2.shape[1]:
+        raise op_error("bmm", f"Expected size for first two dimensions of batch2 tensor to be: "
+                       f"[{input.shape[0]}, {input.shape[2]}] but got: [{mat2.shape[0]}, "
+                       f"{mat2.shape[1]}] (shapes {list(input.shape)} and {list(mat2.shape)})")
     return matmul(input, mat2)
 
 
@@ -1821,6 +1975,8 @@ def tensordot(a, b, dims=2):
 
 def softmax(input, dim=None, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(softmax(_widened(x), dim), dt.float16)
     if x.ndim == 0:
         return reshape(softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)
@@ -1832,6 +1988,8 @@ def softmax(input, dim=None, dtype=None):
 
 def log_softmax(input, dim=None, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(log_softmax(_widened(x), dim), dt.float16)
     if x.ndim == 0:
         return reshape(log_softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)

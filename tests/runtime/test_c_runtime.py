@@ -116,6 +116,25 @@ def test_key_follows_source_compiler_and_flags(monkeypatch):
 
 
 @needs_cc
+@pytest.mark.parametrize("extra", ["-O2", "-O2 -DKILN_NOTE='a b'"])
+def test_cc_with_arguments_builds_as_make_would(cache_dir, monkeypatch, extra):
+    # CC='gcc -O2' names a compiler and its arguments; taken as one program name it was "not
+    # found" and silently turned the C backend off
+    cc = c_build.compiler_argv()[0]
+    plain_key = c_build.cache_key(_source())
+    monkeypatch.setenv("CC", f"{cc} {extra}")
+    c_build.clear_memory_cache()
+    assert c_build.compiler_problem() is None
+    assert c_build.cache_key(_source()) != plain_key      # its arguments can change the code
+    lib = c_build.load(c_build.start_build(_source()))
+    x = np.random.default_rng(0).standard_normal((5, 37)).astype(np.float32)   # the case's
+    e = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(_softmax(lib, x), e / e.sum(-1, keepdims=True), rtol=1e-5,
+                               atol=1e-7)
+    assert compiler.kernel_target("auto", kiln.ones(1).device) == "c"
+
+
+@needs_cc
 def test_failed_build_runs_the_kernels_on_numpy(cache_dir, monkeypatch):
     from kiln.codegen import c as cgen
     real = cgen.c_module
