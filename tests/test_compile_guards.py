@@ -824,6 +824,29 @@ def gather_index_past_the_row():
 
 
 @case
+def gather_negative_index_on_replay():
+    def f(x, idx):
+        return x.gather(1, idx) + 1
+    x = kiln.randn(3, 4)
+
+    def call(i, g):
+        return g(x, kiln.tensor([[0], [2], [1]]) if i < 2 else kiln.tensor([[0], [-1], [1]]))
+    return world(f, call)
+
+
+@case
+def embedding_negative_index_on_replay():
+    emb = nn.Embedding(5, 3)
+
+    def f(idx):
+        return emb(idx) * 2
+
+    def call(i, g):
+        return g(kiln.tensor([0, 4]) if i < 2 else kiln.tensor([1, -1]))
+    return world(f, call)
+
+
+@case
 def index_select_out_of_range():
     def f(x, idx):
         return x.index_select(0, idx) + 1
