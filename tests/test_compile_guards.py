@@ -281,6 +281,47 @@ def plain_object_attribute():
 
 
 @case
+def argparse_namespace_and_dataclass_config():
+    import argparse
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Config:
+        scale: float = 2.0
+    args, cfg = argparse.Namespace(shift=1.0), Config()
+
+    def f(x):
+        return x * cfg.scale + args.shift
+    x = kiln.randn(3)
+
+    def call(i, g):
+        if i == 2:
+            args.shift = -4.0
+        if i == 3:
+            cfg.scale = 0.5
+        return g(x)
+    return world(f, call)
+
+
+@case
+def library_object_state_is_not_guarded():
+    tqdm = pytest.importorskip("tqdm")
+    bar = tqdm.tqdm(total=10, disable=True)       # its counter changes on every call
+
+    def f(x):
+        return x * 2 if bar.disable else x
+    x = kiln.randn(3)
+
+    def call(i, g):
+        bar.update(1)
+        return g(x)
+    return world(f, call)
+
+
+library_object_state_is_not_guarded.check = expect_replays(2)
+
+
+@case
 def python_module_attribute():
     config = types.ModuleType("config")
     config.ALPHA = 0.5

@@ -17,6 +17,8 @@ changed: a Python effect a replay would skip (`compiler` turns it into a graph b
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import dis
 import functools
 import math
@@ -196,6 +198,24 @@ def _user_function(obj) -> bool:
     return module not in _NOT_WALKED and module not in sys.stdlib_module_names
 
 
+_DATA_HOLDERS = (types.SimpleNamespace, argparse.Namespace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _library_class(cls: type) -> bool:
+    """Whether instances of `cls` are guarded by identity only: a class of kiln, of the standard
+    library or of an installed package (its state is its own business: a progress bar's counter
+    changes on every call), unless it only holds data (a namespace, a dataclass)."""
+    if issubclass(cls, _DATA_HOLDERS) or dataclasses.is_dataclass(cls):
+        return False
+    name = (cls.__module__ or "").split(".")[0]
+    if name in _NOT_WALKED or name in sys.stdlib_module_names:
+        return True
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None) or ""
+    return "site-packages" in path or "dist-packages" in path
+
+
 # ----------------------------------------------------------------------------- the walk
 
 class _Walk:
@@ -271,8 +291,8 @@ class _Walk:
         if not isinstance(attrs, dict):
             return
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
-        if type(obj).__module__.split(".")[0] == "kiln" and not (is_module or optimizer):
-            return      # kiln's own objects (a Generator, a dtype): by identity only
+        if not (is_module or optimizer) and _library_class(type(obj)):
+            return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
         step = 0 if is_module else 1        # a module tree is walked to its leaves
         for name, value in list(attrs.items()):
             self.place(f"{source}.{name}", _attr(obj, name), value, depth + step,
