@@ -253,14 +253,17 @@ class CompiledEntry:
     out_dtypes: list = field(default_factory=list)   # dtype per user output
     guards: list = field(default_factory=list)       # Guard: the Python state it assumes
     lifted_bases: frozenset = frozenset()            # buffers of the state it reads
+    _check: object = None                            # guards.checker(guards), made once
 
     def valid(self, leaves) -> bool:
         """Whether this entry may run for a call with tensors `leaves`: every guard holds, each
         written `.grad` is None exactly as when traced, and no argument shares memory with the
         state the program writes."""
-        for g in self.guards:
-            if not g.holds():
-                return False
+        check = self._check
+        if check is None:
+            check = self._check = guards.checker(self.guards)
+        if not check():
+            return False
         program = self.program
         if program is None:
             return True

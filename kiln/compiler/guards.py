@@ -332,6 +332,31 @@ def read_at_run_time(guards: list[Guard], places: set) -> list[Guard]:
             if g.kind == "value" and g.place in places else g for g in guards]
 
 
+def checker(guards: list[Guard]):
+    """A function of no arguments that is True while every guard holds: the replay's check,
+    with identity and scalar guards (nearly all of them) compared inline."""
+    ids = tuple((g.read, g.expected) for g in guards if g.kind == "id")
+    values = tuple((g.read, g.expected) for g in guards if g.kind == "value")
+    others = tuple(g for g in guards if g.kind not in ("id", "value"))
+
+    def check() -> bool:
+        try:
+            for read, expected in ids:
+                if read() is not expected:
+                    return False
+            for read, expected in values:
+                value = read()
+                if type(value) not in SCALARS or scalar_key(value) != expected:
+                    return False
+        except Exception:
+            return False
+        for g in others:
+            if not g.holds():
+                return False
+        return True
+    return check
+
+
 def first_failure(guards: list[Guard]) -> Guard | None:
     """The first guard that no longer holds, or None when a replay is valid."""
     for g in guards:
