@@ -384,6 +384,20 @@ def compiled_bound_method():
 
 
 @case
+def module_passed_as_argument():
+    def f(m, x):
+        return m(x).sum(1)
+    model = Scaled()
+    x = kiln.randn(2, 4)
+
+    def call(i, g):
+        if i == 2:
+            model.scale = -3.0
+        return g(model, x)
+    return world(f, call)
+
+
+@case
 def dropout_p_changed():
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0))
 

@@ -216,3 +216,28 @@ def test_guards_of_a_training_step_stay_cheap():
     _, _, step = design_user_view(True, steps=3)
     entry = [e for e in step.entries.values() if e.program is not None][-1]
     assert 20 < len(entry.guards) < 400
+
+
+class DecoratedForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.scale = 1.0
+
+    @kiln.compile
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+def test_a_method_compiled_in_its_class_sees_its_attributes_change():
+    model = DecoratedForward()
+    x = kiln.randn(3, 2)
+    for step in range(5):
+        if step == 2:
+            model.scale = 5.0
+        if step == 3:
+            model.lin = nn.Linear(2, 2)
+        np.testing.assert_allclose(model(x).detach().numpy(),
+                                   (model.lin(x) * model.scale).detach().numpy(), rtol=1e-6)
+    compiled = DecoratedForward.__dict__["forward"]
+    assert sum(e.calls for e in compiled.entries.values() if e.program is not None) >= 1

@@ -444,7 +444,8 @@ class CompiledFunction:
         # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
-        before = guards.collect(self.fn)
+        objects = _object_arguments(args, kwargs)
+        before = guards.collect(self.fn, objects)
         arg_state = guards.collect(None, _argument_roots(args, kwargs))
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
@@ -483,7 +484,7 @@ class CompiledFunction:
             return result
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args)
+                                        none_at_call, args, kwargs)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -497,7 +498,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args):
+                        args, kwargs):
         leaves_in = flatten(args)[0]
         outputs = flatten(result)[0]
         not_rebuilt = _unreplayable_return(flatten(result)[1])
@@ -528,7 +529,7 @@ class CompiledFunction:
         entry = CompiledEntry(program)
         lifted = [b.tensor for b in program.bindings if b.kind == "lifted"]
         inputs = {(id(b.path[0]), b.path[1]) for b in program.bindings if b.kind == "scalar"}
-        entry.guards = (guards.collect(self.fn).guards +       # the state a replay starts from
+        entry.guards = (guards.collect(self.fn, _object_arguments(args, kwargs)).guards +
                         guards.tensor_guards(lifted, names_after))
         entry.guards = guards.read_at_run_time(entry.guards, inputs)
         entry.lifted_bases = _lifted_bases(program)
@@ -718,6 +719,18 @@ def _alias_pattern(leaves) -> tuple:
 def _lifted_bases(program: TracedProgram) -> frozenset:
     return frozenset(id(_base(b.tensor._data)) for b in program.bindings
                      if b.kind == "lifted")
+
+
+def _object_arguments(args, kwargs) -> list:
+    """Guard roots for the objects passed as arguments (`self` of a compiled method, a module
+    or a config): the key holds them by identity, their guards hold what is inside."""
+    found = []
+    for i, a in enumerate(list(args) + list(dict(kwargs).values())):
+        if isinstance(a, Tensor) or type(a) in guards.SCALARS or isinstance(a, (list, tuple,
+                                                                                 dict)):
+            continue
+        found.append((f"argument {i}", guards.constant(a), a))
+    return found
 
 
 def _argument_roots(args, kwargs) -> list:
