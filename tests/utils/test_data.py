@@ -1,8 +1,10 @@
 """kiln.utils.data: datasets, samplers, collation and the DataLoader, with and without workers."""
 
 import collections
+import contextlib
 import os
 import select
+import signal
 import time
 
 import numpy as np
@@ -255,6 +257,20 @@ def _gone(pid):
         return True
 
 
+@contextlib.contextmanager
+def _within(seconds):
+    """Fail a test that blocks longer than `seconds` (a hang must fail, not stall the run)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _assert_no_workers_left(pids):
     import multiprocessing
     assert multiprocessing.active_children() == []
@@ -290,7 +306,6 @@ def test_worker_killed_while_sending_a_batch_raises(moment_ms):
     # The main process reads nothing until the kill, so after its first 64 KB worker 1 waits on
     # a full pipe: from a few ms on, the kill cuts a frame short (the hang of issue 14).
     # `timeout` is not set: the error must come from noticing the death, not from a timer.
-    import signal
     r, w = os.pipe()
     try:
         it = iter(kd.DataLoader(BigForWorker1(w), batch_size=None, num_workers=2))
@@ -301,7 +316,7 @@ def test_worker_killed_while_sending_a_batch_raises(moment_ms):
             assert select.select([it.pipes[1].fd], [], [], 30)[0]
         os.kill(pids[1], signal.SIGKILL)
         started = time.monotonic()
-        with pytest.raises(RuntimeError) as caught:
+        with pytest.raises(RuntimeError) as caught, _within(30):
             list(it)
         _check_killed_worker_error(caught.value, it.workers[1], started)
         if moment_ms >= 100:
@@ -326,7 +341,6 @@ def test_worker_killed_at_random_moments_raises_or_finishes():
     # job or sends, whichever the moment is; each run ends with the error or, if the kill came
     # after the last batch, with every batch
     import random
-    import signal
     import threading
     rng = random.Random(14)
     for _ in range(12):
@@ -337,8 +351,9 @@ def test_worker_killed_at_random_moments_raises_or_finishes():
         started = time.monotonic()
         got = []
         try:
-            for batch in it:
-                got.append(batch.tolist())
+            with _within(30):
+                for batch in it:
+                    got.append(batch.tolist())
             assert got == [[i, i + 1] for i in range(0, 60, 2)]
         except RuntimeError as e:
             _check_killed_worker_error(e, it.workers[1], started)
@@ -371,12 +386,13 @@ def _unpicklable_datasets():
 def test_unpicklable_worker_results_raise_naming_worker_and_type():
     raises_local, holds_lambda = _unpicklable_datasets()
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"Caught Boom in DataLoader worker process 0") as e:
+    with pytest.raises(RuntimeError, match=r"Caught Boom in DataLoader worker process 0") as e, \
+            _within(30):
         list(kd.DataLoader(raises_local, batch_size=2, num_workers=2))
     assert "item 0 is broken" in str(e.value) and "cannot be pickled" in str(e.value)
     it = iter(kd.DataLoader(holds_lambda, batch_size=None, num_workers=2))
     pids = [p.pid for p in it.workers]
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(RuntimeError) as e, _within(30):
         next(it)
     message = str(e.value)
     assert f"DataLoader worker 0 (pid {pids[0]}) could not send its batch" in message, message
@@ -416,7 +432,6 @@ time.sleep(60)
 
 @pytest.mark.parametrize("made_in", ["main", "thread"])
 def test_workers_end_when_the_main_process_is_killed(made_in):
-    import signal
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
