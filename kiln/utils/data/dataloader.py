@@ -339,9 +339,9 @@ def _worker_loop(worker_id, dataset, iterable, auto_collation, collate_fn, batch
             try:
                 payload = ForkingPickler.dumps((number, result))
             except Exception as e:
-                if isinstance(result, _WorkerError):     # its traceback text held something odd
-                    e, result = RuntimeError(result.text), result
-                    payload = ForkingPickler.dumps((number, _WorkerError(worker_id, e)))
+                if isinstance(result, _WorkerError):     # plain text by now; kept for safety
+                    error = _WorkerError(worker_id, RuntimeError(result.text))
+                    payload = ForkingPickler.dumps((number, error))
                 else:
                     payload = ForkingPickler.dumps((number, _SendError(worker_id, result, e)))
             _send_frame(fd, payload, should_stop)
