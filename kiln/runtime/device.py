@@ -66,7 +66,9 @@ def cupy_module():
     try:
         import cupy
     except ImportError as e:
-        raise RuntimeError("CUDA tensors need CuPy: pip install 'kiln[gpu]'") from e
+        raise RuntimeError("CUDA tensors need CuPy: pip install 'kiln[gpu-cuda12]' for a CUDA 12 "
+                           "driver, 'kiln[gpu-cuda13]' for CUDA 13 (nvidia-smi shows which)") \
+            from e
     return cupy
 
 
