@@ -301,14 +301,16 @@ def _check_killed_worker_error(error, worker, started):
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("moment_ms", [0, 2, 5, 10, 20, 50, 100, 200])
-def test_worker_killed_while_sending_a_batch_raises(moment_ms):
+@pytest.mark.parametrize("moment_ms,timeout", [(0, 0), (2, 5), (5, 0), (10, 5), (20, 0),
+                                               (50, 5), (100, 0), (200, 5)])
+def test_worker_killed_while_sending_a_batch_raises(moment_ms, timeout):
     # The main process reads nothing until the kill, so after its first 64 KB worker 1 waits on
-    # a full pipe: from a few ms on, the kill cuts a frame short (the hang of issue 14).
-    # `timeout` is not set: the error must come from noticing the death, not from a timer.
+    # a full pipe: from a few ms on, the kill cuts a frame short (the hang of issue 14). With
+    # or without `timeout`, the error comes from noticing the death, not from a timer.
     r, w = os.pipe()
     try:
-        it = iter(kd.DataLoader(BigForWorker1(w), batch_size=None, num_workers=2))
+        it = iter(kd.DataLoader(BigForWorker1(w), batch_size=None, num_workers=2,
+                                timeout=timeout))
         pids = [p.pid for p in it.workers]
         os.read(r, 1)                          # worker 1 is making its batch
         time.sleep(moment_ms / 1000)
