@@ -407,49 +407,66 @@ _MAIN_SCRIPT = r'''
 import sys, threading, time
 import kiln.utils.data as kd
 
-class Slow(kd.Dataset):
+class Numbers(kd.Dataset):
     def __len__(self):
         return 1000
 
     def __getitem__(self, i):
-        time.sleep(0.05)
         return i
 
-def start():
+def start(context=None):
     global it
-    it = iter(kd.DataLoader(Slow(), batch_size=2, num_workers=2))
+    it = iter(kd.DataLoader(Numbers(), batch_size=2, num_workers=2,
+                            multiprocessing_context=context))
     assert next(it).tolist() == [0, 1]
+    time.sleep(0.5)          # the workers have sent what they were given and wait for jobs
     print(" ".join(str(w.pid) for w in it.workers), flush=True)
 
-if sys.argv[1] == "thread":      # no PR_SET_PDEATHSIG then: the workers' parent check must act
-    t = threading.Thread(target=start)
-    t.start()
-    t.join()
-    assert next(it).tolist() == [2, 3]        # the workers outlive the thread that made them
-else:
-    start()
-time.sleep(60)
+if __name__ == "__main__":
+    if sys.argv[1] == "thread":  # no PR_SET_PDEATHSIG then: the workers' parent check must act
+        t = threading.Thread(target=start)
+        t.start()
+        t.join()
+        assert next(it).tolist() == [2, 3]        # the workers outlive the thread that made them
+    elif sys.argv[1] == "forkserver":  # the workers' parent is the server, which stays while
+        start("forkserver")            # they do: the main process's sentinel must act
+    else:
+        start()
+    time.sleep(60)
 '''
 
 
-@pytest.mark.parametrize("made_in", ["main", "thread"])
-def test_workers_end_when_the_main_process_is_killed(made_in):
+def _parent_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("made_in", ["main", "thread", "forkserver"])
+def test_workers_end_when_the_main_process_is_killed(made_in, tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    main = subprocess.Popen([sys.executable, "-c", _MAIN_SCRIPT, made_in], env=env,
+    script = tmp_path / "main_process.py"      # a file: forkserver's workers import it
+    script.write_text(_MAIN_SCRIPT)
+    main = subprocess.Popen([sys.executable, str(script), made_in], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in main.stdout.readline().split()]
         assert len(pids) == 2 and not any(_gone(p) for p in pids)
+        parents = {_parent_of(p) for p in pids}
+        assert parents == ({main.pid} if made_in != "forkserver" else parents - {main.pid})
     finally:
         main.kill()
         main.wait()
+    left = pids + sorted(parents - {main.pid})  # the fork server ends with its last worker
     deadline = time.monotonic() + 30
-    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+    while not all(_gone(p) for p in left) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert all(_gone(p) for p in pids), pids
+    stayed = [p for p in left if not _gone(p)]
+    for pid in stayed:                          # leave nothing behind, even on failure
+        os.kill(pid, signal.SIGKILL)
+    assert not stayed, f"still running 30 s after the main process was killed: {stayed}"
 
 
 def test_dropping_an_unfinished_iterator_ends_workers_by_themselves():

@@ -289,7 +289,7 @@ def _send_frame(fd: int, payload: bytes, should_stop: Callable[[], bool]) -> Non
                 select.select([], [fd], [], _WORKER_POLL_S)
                 if should_stop():
                     raise _Stopped from None
-            except (BrokenPipeError, OSError):
+            except OSError:                       # BrokenPipeError: the main process is gone
                 raise _Stopped from None
 
 
@@ -302,10 +302,14 @@ def _worker_loop(worker_id, dataset, iterable, auto_collation, collate_fn, batch
         if os.getppid() != main_pid:       # the main process died before prctl took effect
             return
     parent = os.getppid()
+    # under forkserver the parent is the server, which can outlive the main process: the main
+    # process's own sentinel tells (and under spawn too; under fork the parent pid does)
+    main = multiprocessing.parent_process()
 
     def should_stop() -> bool:
         # a changed parent pid means ours died and we were adopted
-        return bool(stop_flag.value) or os.getppid() != parent
+        return bool(stop_flag.value) or os.getppid() != parent or \
+            (main is not None and not main.is_alive())
 
     fd = result_conn.fileno()
     os.set_blocking(fd, False)
