@@ -274,6 +274,7 @@ class CompiledEntry:
                 if id(_base(t._data)) in self.lifted_bases:
                     return False
         return True
+    device: object = None               # where the program runs (a 0-d CPU input is moved there)
 
 
 def _fetch_plan(program: TracedProgram, n: int, device) -> list:
@@ -552,7 +553,7 @@ class CompiledFunction:
             program.num_user_outputs = len(outputs)
         try:
             stage = ["optimizing the graph"]
-            device = _device_of(outputs, args)
+            device = entry.device = _device_of(outputs, args)
             target = kernel_target(self.backend, device)
             compiled, entry.executor, entry.backward = compile_program(
                 program.graph, None if joint is None else joint.info, target, device.xp,
@@ -574,24 +575,30 @@ class CompiledFunction:
 
     def _replay(self, entry: CompiledEntry, leaves, args, kwargs):
         program = entry.program
+        device = entry.device
         inputs = []
         for kind, where in entry.fetch:
             if kind == _ARG:
-                inputs.append(leaves[where]._data)
+                t = leaves[where]
             elif kind == _LIFTED:
-                inputs.append(where._data)
+                t = where
             elif kind == _SEED:
-                generator, device = where
-                inputs.append(to_device(np.array(generator.next_seed(), dtype=np.int64), device))
+                generator, seed_device = where
+                inputs.append(to_device(np.array(generator.next_seed(), dtype=np.int64),
+                                        seed_device))
+                continue
             elif kind == _SCALAR:
                 container, key, xp = where
                 inputs.append(xp.asarray(float(container[key]), dtype=np.float64))
+                continue
             else:
-                inputs.append(_bound_tensor(program, where, leaves)._data)
+                t = _bound_tensor(program, where, leaves)
+            # a 0-d CPU tensor goes along with a cuda program, as in eager mode
+            inputs.append(t._data if t.device is device else to_device(t._data, device))
         try:
             if entry.schedule is not None and program.grad_writes:
                 # each existing .grad computed straight into its array: the copy below is a no-op
-                outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves))
+                outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves, device))
             else:
                 outs, new_values = entry.executor.run(inputs)
         except IndexError:                # a bounds check in a kernel: the user's error
@@ -605,7 +612,8 @@ class CompiledFunction:
             targets = [(_bound_tensor(program, i, leaves), new)
                        for i, new in zip(entry.writebacks, new_values)]
             for tensor, new in targets:
-                tensor._data[...] = new
+                tensor._data[...] = new if tensor.device is device else \
+                    to_device(new, tensor.device)
                 tensor._version[0] += 1
         for gw in program.grad_writes:
             tensor = _bound_tensor(program, gw.input, leaves)
@@ -613,11 +621,12 @@ class CompiledFunction:
                 tensor.grad = None
                 continue
             value = outs[gw.output]
+            if tensor.device is not device:
+                value = to_device(value, tensor.device)
             if tensor.grad is not None and tensor.grad.shape == value.shape:
                 tensor.grad._data[...] = value
             else:
                 tensor.grad = Tensor._make(value.copy(), tensor.dtype, tensor.device)
-        device = leaves[0].device if leaves else _cpu()
         make = Tensor._make
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
@@ -814,13 +823,14 @@ def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
     return b.tensor
 
 
-def _grad_arrays(program: TracedProgram, leaves: list) -> dict:
-    """Output index -> the array of the existing `.grad` that output is written to."""
+def _grad_arrays(program: TracedProgram, leaves: list, device) -> dict:
+    """Output index -> the array of the existing `.grad` that output is written to (on the
+    program's `device`; the gradient of a 0-d CPU input is copied back instead)."""
     arrays = {}
     for gw in program.grad_writes:
         if gw.output is not None:
             grad = _bound_tensor(program, gw.input, leaves).grad
-            if grad is not None:
+            if grad is not None and grad.device is device:
                 arrays[gw.output] = grad._data
     return arrays
 
@@ -894,7 +904,8 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
             tangents = [xp.zeros(tuple(user[j].shape), user[j].dtype.np) for j in diff]
             tangents[k] = g._data
             grads, _ = entry.backward.run(list(saved) + tangents)
-            return tuple(Tensor._make(gr, t.dtype, t.device) for gr, t in zip(grads, inputs))
+            return tuple(Tensor._make(gr if t.device is g.device else to_device(gr, t.device),
+                                      t.dtype, t.device) for gr, t in zip(grads, inputs))
         prim = Primitive(name, "extern", None, None, rule, arity=len(wrt))
         record(prim, tuple(wrt), {}, user[i])
 

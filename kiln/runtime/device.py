@@ -66,7 +66,9 @@ def cupy_module():
     try:
         import cupy
     except ImportError as e:
-        raise RuntimeError("CUDA tensors need CuPy: pip install 'kiln[gpu]'") from e
+        raise RuntimeError("CUDA tensors need CuPy: pip install 'kiln[gpu-cuda12]' for a CUDA 12 "
+                           "driver, 'kiln[gpu-cuda13]' for CUDA 13 (nvidia-smi shows which)") \
+            from e
     return cupy
 
 
@@ -90,3 +92,18 @@ def to_device(array, device: Device):
     cp = cupy_module()
     with cp.cuda.Device(device.index):
         return cp.asarray(array)
+
+
+def is_writeable(array) -> bool:
+    """Whether a write into `array` lands on each element's own memory.
+
+    NumPy says so in `flags.writeable` (false for read-only memory and for broadcast views).
+    CuPy's flags have only c_contiguous, f_contiguous and owndata, and its broadcast views are
+    writeable, so there an expanded view (a zero stride on a dimension longer than one, what
+    PyTorch calls internal overlap) is what counts as not writeable.
+    """
+    writeable = getattr(array.flags, "writeable", None)
+    if writeable is not None:
+        return writeable
+    return array.size == 0 or not any(s == 0 and n > 1
+                                      for s, n in zip(array.strides, array.shape))

@@ -14,6 +14,7 @@ import weakref
 import numpy as np
 
 from kiln.ir.ops import Primitive
+from kiln.runtime.device import is_writeable, to_device
 from kiln.tracer.dispatch import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -183,10 +184,21 @@ def _check_versions(node: Node) -> None:
                 "Hint: clone the tensor before modifying it in place.")
 
 
+def _moved_home(grad: Tensor, device) -> Tensor:
+    """The gradient of a 0-d CPU tensor that met a cuda one, moved back to the CPU. Under a
+    trace the copy stands for the same graph value: the compiled program computes it on its
+    device and its replay copies it over."""
+    if STATE.tracer is None:
+        return grad.to(device)
+    moved = Tensor._make(to_device(grad._data, device), grad.dtype, device)
+    moved._trace = grad._trace
+    return moved
+
+
 def _owned(grad: Tensor) -> Tensor:
     """A gradient safe to store in `.grad`: its own writeable memory, not a view of another."""
     data = grad._data
-    if getattr(data, "base", None) is not None or not data.flags.writeable:
+    if getattr(data, "base", None) is not None or not is_writeable(data):
         data = data.copy()
     owned = Tensor._make(data, grad.dtype, grad.device)
     owned._trace = grad._trace
@@ -315,9 +327,11 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 captured[id(node)] = g
             _check_versions(node)
             grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
-            for edge, ga in zip(node.edges, grads):
+            for edge, ga, a in zip(node.edges, grads, node.inputs):
                 if ga is None or edge is None:
                     continue
+                if ga.device is not a.device:
+                    ga = _moved_home(ga, a.device)
                 if isinstance(edge, Tensor):
                     _accumulate(leaf_grads, id(edge), edge, ga)
                 else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
-from kiln.runtime.device import CPU, Device
+from kiln.runtime.device import CPU, Device, to_device
 from kiln.tracer.tensor import STATE, Tensor
 
 _KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     # dtypes (a literal counts as shape () and dtype None, whatever its value). A tensor adds
     # (shape, dtype) to the key and a literal adds None, so keys of different inputs differ.
     key = [prim, tuple(attrs.items())] if attrs else [prim]
-    wants_grad = False
+    wants_grad = mixed = False
     for a in args:
         if isinstance(a, Tensor):
             data = a._data
@@ -87,8 +87,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             if device is None:
                 device = a.device
             elif a.device is not device:
-                raise op_error(prim.name, f"Expected all tensors to be on the same device, "
-                               f"but found at least two devices, {device} and {a.device}!")
+                mixed = True
             if a.requires_grad:
                 wants_grad = True
         else:
@@ -96,6 +95,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             key.append(None)
     if device is None:
         device = CPU
+    elif mixed:
+        device = _move_cpu_scalars(prim, args, arrays, device)
 
     key = tuple(key)
     try:
@@ -139,6 +140,27 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     if STATE.tracer is not None:
         STATE.tracer.record(prim, args, attrs, result)
     return result
+
+
+def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device) -> Device:
+    """The device of an op whose tensors are on several devices, as PyTorch decides it: a 0-d
+    CPU tensor goes along with tensors on another device (its value is copied there, in
+    `arrays`, and its dtype still takes part in type promotion as a 0-d tensor's); any other
+    mix is the user's mistake."""
+    devices = []
+    for a in args:
+        if isinstance(a, Tensor) and not (a.device is CPU and a._data.ndim == 0) and \
+                a.device not in devices:
+            devices.append(a.device)
+    if len(devices) != 1:
+        others = [d for d in devices if d is not first]
+        raise op_error(prim.name, f"Expected all tensors to be on the same device, but found "
+                       f"at least two devices, {first} and {others[0] if others else CPU}!")
+    device = devices[0]
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor) and a.device is not device:
+            arrays[i] = to_device(a._data, device)
+    return device
 
 
 _new_tensor = Tensor._make

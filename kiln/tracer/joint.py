@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.ir.graph import Graph
+from kiln.runtime.device import CPU, to_device
 from kiln.tracer.autograd import run_backward
 from kiln.tracer.trace import Binding, Tracer, flatten
 
@@ -64,7 +65,7 @@ def trace_joint(fn, *args, tangents: list | None = None, name: str | None = None
             o = outs[i]
             data = (np.ones(o.shape, o.dtype.np) if tangents is None
                     else np.asarray(tangents[k], dtype=o.dtype.np))
-            t = Tensor._make(data, o.dtype, o.device)
+            t = Tensor._make(to_device(data, o.device), o.dtype, o.device)
             tracer._input(t, f"tangent{k}", Binding("arg", path=len(leaves) + k))
             seeds.append(t)
         grad_inputs = []
@@ -87,7 +88,7 @@ def trace_joint(fn, *args, tangents: list | None = None, name: str | None = None
     info = JointInfo(num_primals, len(diff), len(outs), grad_inputs, diff,
                      snapshots=program.snapshots[:num_primals],
                      tangent_values=program.snapshots[num_primals:],
-                     eager_grads=[np.array(g._data) for g in grads])
+                     eager_grads=[to_device(g._data, CPU).copy() for g in grads])
     return program.graph, info
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
-from kiln.runtime.device import Device, to_device
+from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
 from kiln.tracer.dispatch import op_error
@@ -28,7 +28,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     if (not result.requires_grad and result.dtype is self.dtype
             and result._data.shape == data.shape and not (self.requires_grad and
                                                           STATE.grad_enabled)
-            and data.flags.writeable):
+            and is_writeable(data)):
         # the common case, an optimizer's update or a running statistic: no autograd history
         # to link, nothing to cast or broadcast; the checks below cost more than the write on
         # parameter-sized tensors
@@ -73,7 +73,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         node.versions = tuple(0 if id(a) in snaps else v
                               for a, v in zip(node.inputs, node.versions))
         node.inputs = tuple(snaps.get(id(a), a) for a in node.inputs)
-    if not self._data.flags.writeable:
+    if not is_writeable(self._data):
         raise op_error(op, "unsupported operation: more than one element of the written-to "
                        "tensor refers to a single memory location. Please clone() the tensor "
                        "before performing the operation.")

@@ -1,0 +1,131 @@
+"""cuda tensors: in-place ops and the gradients they store, and 0-d CPU tensors mixed with cuda
+tensors (PyTorch treats those as scalars), eagerly and compiled. GPU-marked: on a GPU they run
+on CuPy; without one tests/test_fake_cuda.py runs them under the strict fake CUDA, which refuses
+NumPy-only array attributes (`flags.writeable`) as CuPy does."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+pytestmark = pytest.mark.gpu
+
+
+def _pair(values, dtype=np.float32):
+    """The same values as a kiln cuda tensor and a torch CPU tensor (the reference)."""
+    a = np.asarray(values, dtype=dtype)
+    return kiln.tensor(a, device="cuda"), torch.tensor(a)
+
+
+def _same(k, t, rtol=1e-6):
+    assert k.device.type == "cuda", k.device
+    assert k.dtype.name == str(t.dtype).removeprefix("torch."), (k.dtype, t.dtype)
+    np.testing.assert_allclose(k.cpu().numpy(), t.numpy(), rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", ["add_", "mul_", "sub_", "div_", "clamp_", "zero_", "fill_",
+                                "copy_", "setitem", "relu_", "masked_fill_"])
+def test_inplace_op_on_cuda_matches_torch(op):
+    k, t = _pair([[1.5, -2.0, 3.0], [0.25, 4.0, -1.0]])
+    ko, to = _pair([[2.0, 0.5, -1.0], [1.0, 2.0, 3.0]])
+    calls = {
+        "add_": lambda x, o: x.add_(o, alpha=2), "mul_": lambda x, o: x.mul_(o),
+        "sub_": lambda x, o: x.sub_(1.5), "div_": lambda x, o: x.div_(o),
+        "clamp_": lambda x, o: x.clamp_(-1.0, 2.0), "zero_": lambda x, o: x.zero_(),
+        "fill_": lambda x, o: x.fill_(7.0), "copy_": lambda x, o: x.copy_(o),
+        "setitem": lambda x, o: x.__setitem__((slice(None), 1), o[:, 0]),
+        "relu_": lambda x, o: x.relu_(), "masked_fill_": lambda x, o: x.masked_fill_(o > 1, 0.0),
+    }
+    view_k, view_t = k[1], t[1]                  # a view sees the write, and bumps no copy
+    calls[op](k, ko)
+    calls[op](t, to)
+    _same(k, t)
+    _same(view_k, view_t)
+
+
+def test_inplace_on_an_expanded_cuda_tensor_raises_like_torch():
+    k = kiln.ones(1, device="cuda").expand(3)
+    t = torch.ones(1).expand(3)
+    with pytest.raises(RuntimeError, match="single memory location") as ke:
+        k.add_(1)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        t.add_(1)
+    assert "clone()" in str(ke.value)
+
+
+def test_gradients_accumulate_and_optimizers_step_on_cuda():
+    w0 = np.array([[0.5, -1.0], [2.0, 0.25]], dtype=np.float32)
+    x0 = np.array([[1.0, 2.0], [-3.0, 0.5]], dtype=np.float32)
+    kw = kiln.tensor(w0, device="cuda", requires_grad=True)
+    tw = torch.tensor(w0, requires_grad=True)
+    kopt, topt = kiln.optim.Adam([kw], lr=0.1), torch.optim.Adam([tw], lr=0.1)
+    kx, tx = kiln.tensor(x0, device="cuda"), torch.tensor(x0)
+    for _ in range(3):                 # .grad stored, accumulated (no zero_grad), then stepped
+        (kx @ kw).tanh().sum().backward()
+        (tx @ tw).tanh().sum().backward()
+        _same(kw.grad, tw.grad, rtol=1e-5)
+        kopt.step()
+        topt.step()
+        _same(kw.detach(), tw.detach(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("expr", [
+    lambda a, s: a * s, lambda a, s: s * a, lambda a, s: a + s, lambda a, s: s - a,
+    lambda a, s: a / s, lambda a, s: torch_or_kiln(a).where(a > 0, s, a),
+    lambda a, s: torch_or_kiln(a).maximum(a, s)],
+    ids=["mul", "rmul", "add", "rsub", "div", "where", "maximum"])
+@pytest.mark.parametrize("a_dtype,s_dtype", [(np.float32, np.float32), (np.float32, np.float64),
+                                             (np.int64, np.float64), (np.int32, np.int64)])
+def test_a_0d_cpu_tensor_combines_with_a_cuda_tensor_like_torch(expr, a_dtype, s_dtype):
+    a_k, a_t = _pair([[1, -2, 3], [4, 5, -6]], a_dtype)
+    s = np.asarray(3, dtype=s_dtype)
+    out_k, out_t = expr(a_k, kiln.tensor(s)), expr(a_t, torch.tensor(s))
+    _same(out_k, out_t)
+
+
+def torch_or_kiln(x):
+    return kiln if isinstance(x, kiln.Tensor) else torch
+
+
+def test_a_1d_cpu_tensor_with_a_cuda_tensor_raises():
+    a = kiln.ones(3, device="cuda")
+    for mixed in (lambda: a + kiln.ones(3), lambda: kiln.ones(3) * a,
+                  lambda: kiln.tensor(2.0, device="cuda") * kiln.ones(3)):
+        with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+            mixed()
+
+
+def test_a_0d_cpu_tensor_with_cuda_gets_its_gradient_on_the_cpu():
+    k_s = kiln.tensor(2.0, requires_grad=True)
+    t_s = torch.tensor(2.0, requires_grad=True)
+    k_w, t_w = _pair([1.0, -3.0, 0.5])
+    k_w.requires_grad_(True)
+    t_w.requires_grad_(True)
+    (k_w * k_s).exp().sum().backward()
+    (t_w * t_s).exp().sum().backward()
+    assert k_s.grad.device.type == "cpu"
+    np.testing.assert_allclose(k_s.grad.numpy(), t_s.grad.numpy(), rtol=1e-6)
+    _same(k_w.grad, t_w.grad)
+
+
+def test_compiled_function_takes_a_0d_cpu_tensor_with_cuda_tensors():
+    def step(w, s):
+        return (w * s + 1).exp().sum()
+    compiled = kiln.compile(step)
+    w = kiln.tensor([0.5, -1.0, 0.25], device="cuda", requires_grad=True)
+    for value in (2.0, -1.5, 0.5):             # the trace, then replays with other values
+        s = kiln.tensor(value, requires_grad=True)
+        w.grad = None
+        out = compiled(w, s)
+        out.backward()
+        tw = torch.tensor([0.5, -1.0, 0.25], requires_grad=True)
+        ts = torch.tensor(value, requires_grad=True)
+        tout = step(tw, ts)
+        tout.backward()
+        assert out.device.type == "cuda" and s.grad.device.type == "cpu"
+        np.testing.assert_allclose(out.item(), tout.item(), rtol=1e-5)
+        np.testing.assert_allclose(s.grad.numpy(), ts.grad.numpy(), rtol=1e-5)
+        _same(w.grad, tw.grad, rtol=1e-5)
+    entry, = compiled.entries.values()
+    assert entry.program is not None and entry.calls == 2, entry.eager_reason
