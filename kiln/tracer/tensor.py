@@ -7,6 +7,7 @@ metadata and conversion.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -14,8 +15,11 @@ from kiln.ir import dtypes as dt
 from kiln.runtime.device import CPU, Device, device_of_array, to_device
 
 
-class _State:
-    """Process-wide mode flags read by the dispatcher on every op."""
+class _State(threading.local):
+    """Mode flags read by the dispatcher on every op, one set per thread (as PyTorch's grad
+    mode is): a thread evaluating under `no_grad` leaves another thread's training alone, and
+    only the thread that runs a traced function records into its trace. The class attributes
+    are each new thread's starting values."""
 
     grad_enabled = True
     inference = False
