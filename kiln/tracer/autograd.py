@@ -23,6 +23,14 @@ _RULE_READS = {name: () for name in (
     "cast", "cumsum", "relu")}
 _RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,)})
 
+# Primitives whose gradient rule reads their output, in two kinds. PyTorch saves the output of
+# the first kind too, so changing it in place before backward is an error there, and here (a
+# version check, as for inputs). For the second kind PyTorch's rule reads the inputs instead:
+# a write into such an output first gives the node its own copy (`keep_saved_output`), so the
+# gradient stays right and nothing raises where PyTorch would not.
+SAVES_OUTPUT = frozenset({"relu", "exp", "expm1", "sqrt", "tanh", "sigmoid", "pow"})
+COPIES_OUTPUT = frozenset({"div", "maximum", "minimum", "max", "batch_norm"})
+
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
           "are freed when you call .backward() or autograd.grad(). Specify retain_graph=True if "
@@ -34,7 +42,8 @@ class Node:
     """The grad_fn of a tensor: one recorded primitive call."""
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
-                 "edges", "hooks", "retained", "out_trace", "__weakref__")
+                 "out_version", "out_at", "edges", "hooks", "retained", "out_trace",
+                 "__weakref__")
 
     def name(self) -> str:
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
@@ -65,6 +74,7 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node.prim, node.inputs, node.attrs = prim, args, attrs
     node.out_data, node.out_dtype, node.out_device = result._data, result.dtype, result.device
     node.versions = tuple(a._version[0] if isinstance(a, Tensor) else None for a in args)
+    node.out_version, node.out_at = result._version, result._version[0]
     node.edges = edges_of(args)
     node.hooks = node.retained = node.out_trace = None
     result.grad_fn = node
@@ -171,7 +181,17 @@ def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
 
 
 def _check_versions(node: Node) -> None:
-    reads = _RULE_READS.get(node.prim.name)
+    name = node.prim.name
+    if name in SAVES_OUTPUT and node.out_version is not None and (
+            node.out_version[0] != node.out_at) and (
+            name != "pow" or isinstance(node.inputs[1], Tensor)):   # x ** 2 reads only x
+        raise op_error(
+            "backward", "one of the variables needed for gradient computation has been "
+            f"modified by an inplace operation: [{node.out_dtype.name} "
+            f"{list(node.out_data.shape)}], which is output 0 of {node.name()}, is at version "
+            f"{node.out_version[0]}; expected version {node.out_at} instead. "
+            "Hint: clone the tensor before modifying it in place.")
+    reads = _RULE_READS.get(name)
     for i, (a, v) in enumerate(zip(node.inputs, node.versions)):
         if isinstance(a, Tensor) and a._version[0] != v and (reads is None or i in reads):
             raise op_error(
@@ -180,6 +200,18 @@ def _check_versions(node: Node) -> None:
                 f"an input of {node.name()}, is at version {a._version[0]}; expected version "
                 f"{v} instead. "
                 "Hint: clone the tensor before modifying it in place.")
+
+
+def keep_saved_output(tensor: Tensor) -> None:
+    """Before an in-place write into `tensor`: a node of the COPIES_OUTPUT kind whose output is
+    this memory (the tensor's own grad_fn, or its base's) takes a copy of the output first."""
+    view = tensor._base
+    for t in (tensor, None if view is None else view[0]):
+        node = None if t is None else t.grad_fn
+        if (node is not None and node.out_version is t._version
+                and node.prim.name in COPIES_OUTPUT and node.out_data is not None):
+            node.out_data = node.out_data.copy()
+            node.out_version = None       # its output no longer shares the tensor's memory
 
 
 def _owned(grad: Tensor) -> Tensor:

@@ -28,10 +28,10 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     if (not result.requires_grad and result.dtype is self.dtype
             and result._data.shape == data.shape and not (self.requires_grad and
                                                           STATE.grad_enabled)
-            and data.flags.writeable):
+            and self.grad_fn is None and self._base is None and data.flags.writeable):
         # the common case, an optimizer's update or a running statistic: no autograd history
-        # to link, nothing to cast or broadcast; the checks below cost more than the write on
-        # parameter-sized tensors
+        # to link or protect, not a view, nothing to cast or broadcast; the checks below cost
+        # more than the write on parameter-sized tensors
         data[...] = result._data
         self._version[0] += 1
         if STATE.tracer is not None:
@@ -40,6 +40,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
         raise op_error(op, "a leaf Variable that requires grad is being used in an in-place "
                        "operation.")
+    autograd.keep_saved_output(self)
     if result.dtype is not self.dtype:
         if result.dtype.category > self.dtype.category:
             raise op_error(op, f"result type {result.dtype.name} can't be cast to the desired "
@@ -163,6 +164,7 @@ class _DeviceCopy:
         self.out_data, self.out_dtype, self.out_device = out._data, out.dtype, out.device
         self.versions, self.hooks, self.retained, self.out_trace = (src._version[0],), None, \
             None, None
+        self.out_version = self.out_at = None
         self.edges = autograd.edges_of((src,))
 
     name = autograd.Node.name

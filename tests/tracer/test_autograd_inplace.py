@@ -1,0 +1,156 @@
+"""In-place writes and autograd against PyTorch: saved outputs, writes through views, view().
+
+Each case runs the same code on torch and on kiln: values and gradients must agree, or both
+must refuse with a RuntimeError (kiln's message naming the op).
+"""
+
+import dis
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.ir.ops import PRIMITIVES
+from kiln.tracer import autograd
+from tests.parity import check_op, random_array, to_kiln, to_torch
+
+INPLACE_ERROR = "modified by an inplace operation"
+
+
+def both_refuse(fn, shapes, match: str, names: str | None = None) -> None:
+    """`fn(lib, *leaves)` raises RuntimeError on torch and on kiln (forward or backward);
+    kiln's message matches `match` and contains `names` (the op)."""
+    rng = np.random.default_rng(0)
+    arrays = [random_array(s, np.float32, 0.5, 2.0, rng) for s in shapes]
+    with pytest.raises(RuntimeError):
+        fn(torch, *[to_torch(a, True) for a in arrays])
+    with pytest.raises(RuntimeError, match=match) as info:
+        fn(kiln, *[to_kiln(a, True) for a in arrays])
+    if names is not None:
+        assert names in str(info.value), str(info.value)
+
+
+def _backward(out):
+    out.sum().backward()
+    return out
+
+
+# ----------------------------------------------------------------------------- saved outputs
+
+def _output_readers() -> set:
+    """Primitives whose gradient rule reads its `out` argument (from the rule's bytecode)."""
+    found = set()
+    for name, prim in PRIMITIVES.items():
+        if prim.grad is None or not hasattr(prim.grad, "__code__"):
+            continue
+        loads = {i.argval for i in dis.get_instructions(prim.grad)
+                 if i.opname.startswith("LOAD_FAST")}
+        if "out" in loads:
+            found.add(name)
+    return found
+
+
+def test_every_rule_that_reads_its_output_is_version_checked_or_copied():
+    readers = _output_readers()
+    assert readers, "no rule reads its output: the bytecode scan is broken"
+    assert readers <= autograd.SAVES_OUTPUT | autograd.COPIES_OUTPUT, \
+        readers - (autograd.SAVES_OUTPUT | autograd.COPIES_OUTPUT)
+    assert not autograd.SAVES_OUTPUT & autograd.COPIES_OUTPUT
+
+
+SAVED_OUTPUT_OPS = {
+    "exp": ("ExpBackward0", lambda lib, x: x.exp()),
+    "sigmoid": ("SigmoidBackward0", lambda lib, x: x.sigmoid()),
+    "tanh": ("TanhBackward0", lambda lib, x: lib.tanh(x)),
+    "sqrt": ("SqrtBackward0", lambda lib, x: x.sqrt()),
+    "relu": ("ReluBackward0", lambda lib, x: lib.relu(x - 1)),
+    "expm1": ("Expm1Backward0", lambda lib, x: x.expm1()),
+    "pow_tensor_exponent": ("PowBackward0", lambda lib, x: lib.pow(x, x * 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAVED_OUTPUT_OPS))
+@pytest.mark.parametrize("write", ["mul_", "add_", "view", "no_grad"])
+def test_modified_saved_output_refuses_backward(name, write):
+    node, op = SAVED_OUTPUT_OPS[name]
+
+    def fn(lib, x):
+        y = op(lib, x)
+        if write == "mul_":
+            y.mul_(2)
+        elif write == "add_":
+            y += 1
+        elif write == "view":
+            y[1:].mul_(3)
+        else:
+            with lib.no_grad():
+                y.mul_(2)
+        return _backward(y)
+    both_refuse(fn, [(5,)], INPLACE_ERROR, node)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda lib, x, y: ((x / y).mul_(2)),                     # div: PyTorch saves x, y
+    lambda lib, x, y: (lib.maximum(x, y).add_(1)),
+    lambda lib, x, y: (lib.minimum(x, y).mul_(x)),
+    lambda lib, x, y: (lib.pow(x, 2).mul_(3)),               # x ** 2 saves only x
+    lambda lib, x, y: (lib.nn.functional.batch_norm(
+        x.reshape(2, 3, 2), None, None, training=True).mul_(y[0, 0])),
+], ids=["div", "maximum", "minimum", "pow_scalar", "batch_norm"])
+def test_output_written_in_place_where_pytorch_allows_it(fn):
+    check_op(fn, [(4, 3), (4, 3)], dtype=np.float64, low=0.5, high=2.0)
+
+
+@pytest.mark.parametrize("op", [lambda lib, x: lib.amax(x, 1), lambda lib, x: lib.softmax(x, 1)],
+                         ids=["amax", "softmax"])
+def test_composites_whose_kiln_rule_keeps_its_own_copy(op):
+    """PyTorch refuses these (its amax and softmax save their output); kiln's rules read an
+    output that keeps its own copy, so the gradient is the one of the code with a clone()
+    before the write: the mathematical one."""
+    def fn(lib, x, y):
+        out = op(lib, x)
+        if lib is torch:
+            out = out.clone()
+        return out.mul_(y[0, 0])
+    check_op(fn, [(4, 3), (4, 1)], dtype=np.float64, low=0.5, high=2.0)
+
+
+def test_div_output_written_under_no_grad_keeps_its_gradient():
+    def fn(lib, x, y):
+        z = x / y
+        with lib.no_grad():
+            z.mul_(2)
+        return z
+    check_op(fn, [(4,), (4,)], dtype=np.float64, low=0.5, high=2.0)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda lib, x: ((x * 1).relu_()),
+    lambda lib, x: ((x * 2).relu_().mul(x)),
+    lambda lib, x: ((x * 1).sigmoid_()),
+    lambda lib, x: ((x * 1).exp_().mul(3)),
+    lambda lib, x: (x.exp().clone().mul_(2)),
+    lambda lib, x: (lib.tanh(x) * x.exp().mul(2)),
+], ids=["relu_", "relu_then_read", "sigmoid_", "exp_", "clone_then_write", "no_write"])
+def test_in_place_ops_pytorch_allows_keep_working(fn):
+    check_op(fn, [(3, 4)], dtype=np.float64)
+
+
+def test_optimizer_updates_between_steps_keep_working():
+    """In-place parameter updates (SGD with momentum, Adam) between forward/backward passes
+    raise nothing and follow PyTorch step for step."""
+    rng = np.random.default_rng(0)
+    w0, x0 = rng.standard_normal((3, 4)), rng.standard_normal((5, 3))
+    results = []
+    for lib in (torch, kiln):
+        w = lib.tensor(w0, requires_grad=True)
+        x = lib.tensor(x0)
+        opts = [lib.optim.SGD([w], lr=0.1, momentum=0.9), lib.optim.Adam([w], lr=0.01)]
+        for step in range(6):
+            opt = opts[step % 2]
+            opt.zero_grad()
+            (x @ w).exp().sigmoid().sum().backward()
+            opt.step()
+        results.append(w.detach().numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-10, atol=1e-12)
