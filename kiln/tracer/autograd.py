@@ -12,15 +12,17 @@ import functools
 
 import numpy as np
 
-from kiln.ir.ops import Primitive
-from kiln.tracer.dispatch import op_error
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P, Primitive
+from kiln.runtime.device import CPU
+from kiln.tracer.dispatch import apply, op_error
 from kiln.tracer.tensor import STATE, Tensor
 
 # The inputs whose values a primitive's gradient rule reads (default: all). An in-place change
 # to any other input is harmless, so, like PyTorch, only these are version-checked.
 _RULE_READS = {name: () for name in (
     "add", "sub", "neg", "reshape", "permute", "expand", "slice", "flip", "pad", "cat", "sum",
-    "cast", "cumsum", "relu")}
+    "cast", "cumsum", "relu", "copy_slices")}
 _RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,)})
 
 # Primitives whose gradient rule reads their output, in two kinds. PyTorch saves the output of
@@ -89,6 +91,109 @@ def edges_of(args: tuple) -> tuple:
     """
     return tuple((a.grad_fn if a.grad_fn is not None else a)
                  if isinstance(a, Tensor) and a.requires_grad else None for a in args)
+
+
+def history_of(result: Tensor):
+    """The grad_fn a tensor written with `result` takes: result's own, or for a leaf (`copy_`
+    of a leaf) an identity node, so the gradient reaches that leaf and not the written one."""
+    if result.grad_fn is None:
+        result = P.reshape(result, shape=tuple(result._data.shape))
+    return result.grad_fn
+
+
+# ----------------------------------------------------------------------------- views
+#
+# A view shares its base's memory and version counter. An in-place write through a view
+# changes the base, so the base's history is rebuilt around the write (PyTorch's CopySlices):
+# its new grad_fn passes the gradient outside the view's region to the base's old history and
+# routes the region's through the op that wrote it. Every other view of that memory then has
+# a stale grad_fn (the counter moved on since it was set) and takes a fresh one from its base
+# the next time it is used (`refresh_view`, called by the dispatcher).
+
+def refresh_view(view: Tensor) -> None:
+    """Give a view whose memory was written since its grad_fn was set a history taken anew from
+    its base (and, while tracing, the base's current value)."""
+    root, steps, _, tracked = view._base
+    if tracked and (root.requires_grad or STATE.tracer is not None):
+        prev = STATE.grad_enabled
+        STATE.grad_enabled = True         # a view's history does not depend on the grad mode
+        try:
+            t = root
+            for prim, attrs in steps:
+                t = apply(prim, (t,), attrs)
+        finally:
+            STATE.grad_enabled = prev
+        if root.requires_grad:
+            view.grad_fn, view.requires_grad = t.grad_fn, True
+        if STATE.tracer is not None:
+            view._trace = t._trace
+    view._base = (root, steps, view._version[0], tracked)
+
+
+def _fresh(t: Tensor) -> None:
+    view = t._base
+    if view is not None and view[2] != t._version[0]:
+        refresh_view(t)
+
+
+def check_view_write(view: Tensor, op: str) -> None:
+    """Refuse an in-place write through a view that PyTorch refuses (with grad mode on)."""
+    root, _, _, tracked = view._base
+    if not (STATE.grad_enabled and root.requires_grad):
+        return
+    if root.grad_fn is None:
+        raise op_error(op, "a view of a leaf Variable that requires grad is being used in an "
+                       "in-place operation.")
+    if not tracked:
+        raise op_error(op, "A view was created in no_grad mode and is being modified inplace "
+                       "with grad mode enabled. Given that this use case is ambiguous and "
+                       "error-prone, it is forbidden. You can clarify your code by moving both "
+                       "the view and the inplace either both inside the no_grad block (if you "
+                       "don't want the inplace to be tracked) or both outside (if you want the "
+                       "inplace to be tracked).")
+
+
+def rebase_view(view: Tensor, result: Tensor | None) -> None:
+    """`result` was just written through `view` (None: with grad mode off): rebuild the
+    histories of the view and of the tensor owning its memory around the write."""
+    root, steps, _, tracked = view._base
+    if result is not None and result.requires_grad:
+        history = history_of(result)
+        node = Node()
+        node.prim = _COPY_SLICES
+        node.inputs, node.versions = (None, None), (None, None)   # the rule reads no values
+        node.attrs = {"outside": _outside_region(root, steps), "steps": steps}
+        node.out_data, node.out_dtype, node.out_device = root._data, root.dtype, root.device
+        node.out_version = node.out_at = None
+        node.edges = (edges_of((root,))[0], history)
+        node.hooks = node.retained = node.out_trace = None
+        root.grad_fn, root.requires_grad = node, True
+        view.grad_fn, view.requires_grad = history, True
+    view._base = (root, steps, view._version[0], tracked)
+
+
+def _outside_region(root: Tensor, steps: tuple) -> Tensor:
+    """A boolean tensor of root's shape: True where the view taken by `steps` does not reach."""
+    xp = np if root.device is CPU else root.device.xp
+    shape = root._data.shape
+    positions = xp.arange(root._data.size).reshape(shape)
+    for prim, attrs in steps:
+        positions = prim.impl(xp, positions, **attrs)
+    outside = xp.ones(root._data.size, dtype=bool)
+    outside[positions.reshape(-1)] = False
+    return Tensor._make(outside.reshape(shape), dt.bool_, root.device)
+
+
+def _copy_slices_grad(g, out, base, value, outside, steps):
+    g_view = g
+    for prim, attrs in steps:
+        g_view = apply(prim, (g_view,), attrs)
+    return P.where(outside, g, 0.0), g_view
+
+
+_COPY_SLICES = Primitive("copy_slices", "movement", None, None, _copy_slices_grad, 2,
+                         doc="the base of a view written in place: the view's region comes "
+                             "from the write, the rest from the base's previous value")
 
 
 # ----------------------------------------------------------------------------- grad modes
@@ -233,6 +338,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     """
     roots, leaf_seeds = [], {}
     pending: dict[int, Tensor] = {}
+    for t in list(outputs) + list(inputs or ()):
+        _fresh(t)
     for out, g in zip(outputs, grad_outputs):
         if out.grad_fn is None:
             if not out.requires_grad:
@@ -327,6 +434,7 @@ def _seed(out: Tensor, g) -> Tensor:
 
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph=False,
              inputs=None) -> None:
+    _fresh(tensor)
     if not tensor.requires_grad:
         raise op_error("backward", "element 0 of tensors does not require grad and does not "
                        "have a grad_fn")
@@ -351,6 +459,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, Tensor):
         grad_outputs = [grad_outputs]
+    for t in outputs + inputs:
+        _fresh(t)
     for t in inputs:
         if not t.requires_grad:
             raise op_error("autograd.grad", "One of the differentiated Tensors does not "

@@ -80,6 +80,9 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     wants_grad = False
     for a in args:
         if isinstance(a, Tensor):
+            view = a._base
+            if view is not None and view[2] != a._version[0]:
+                _autograd.refresh_view(a)    # its memory was written since: take a new history
             data = a._data
             arrays.append(data)
             key.append(data.shape)
@@ -131,8 +134,19 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     if xp is np and type(out) is not np.ndarray:
         out = np.asarray(out)        # NumPy hands back scalars for 0-d results
     result = _new_tensor(out, dtype, device)
-    if prim.kind is _MOVEMENT and out.base is not None and len(arrays) == 1:
-        result._version = args[0]._version   # a view shares its base's version counter
+    if prim.kind is _MOVEMENT and len(arrays) == 1:
+        base = out.base
+        if base is not None and (base is arrays[0] or base is arrays[0].base):
+            # a view: it shares its base's version counter, and remembers how it was taken
+            # from the tensor that owns the memory, so that an in-place write through either
+            # can rebuild the other's autograd history (autograd.rebase_view)
+            src = args[0]
+            result._version = version = src._version
+            view = src._base
+            result._base = ((src, ((prim, attrs),), version[0], STATE.grad_enabled)
+                            if view is None else
+                            (view[0], view[1] + ((prim, attrs),), version[0], view[3]
+                             and STATE.grad_enabled))
 
     if wants_grad and STATE.grad_enabled and prim.grad is not None:
         _autograd.record(prim, args, attrs, result)

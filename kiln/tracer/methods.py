@@ -37,6 +37,11 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         if STATE.tracer is not None:
             STATE.tracer.write(self, result)
         return self
+    view = self._base
+    if view is not None:
+        if view[2] != self._version[0]:
+            autograd.refresh_view(self)
+        autograd.check_view_write(self, op)
     if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
         raise op_error(op, "a leaf Variable that requires grad is being used in an in-place "
                        "operation.")
@@ -80,8 +85,11 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
                        "before performing the operation.")
     self._data[...] = result._data
     self._version[0] += 1
-    if result.requires_grad:
-        self.grad_fn, self.requires_grad = result.grad_fn, True
+    if view is not None:
+        # the tensor owning this memory changed too: its history is rebuilt around the write
+        autograd.rebase_view(self, result if STATE.grad_enabled else None)
+    elif result.requires_grad and STATE.grad_enabled:
+        self.grad_fn, self.requires_grad = autograd.history_of(result), True
     if STATE.tracer is not None:
         STATE.tracer.write(self, result)
     return self

@@ -30,6 +30,10 @@ STATE = _State()
 
 
 class Tensor:
+    # `_base`: None, or for a view (a movement op whose result shares its input's memory)
+    # (the tensor that owns the memory, the (primitive, attrs) steps that take the view from
+    # it, the shared version counter's value when the view's grad_fn was last right, whether
+    # grad mode was on when the view was taken)
     __slots__ = ("_data", "dtype", "device", "requires_grad", "grad", "grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__

@@ -92,12 +92,13 @@ def test_modified_saved_output_refuses_backward(name, write):
 
 @pytest.mark.parametrize("fn", [
     lambda lib, x, y: ((x / y).mul_(2)),                     # div: PyTorch saves x, y
+    lambda lib, x, y: ((x / y)[1:].mul_(2)),
     lambda lib, x, y: (lib.maximum(x, y).add_(1)),
     lambda lib, x, y: (lib.minimum(x, y).mul_(x)),
     lambda lib, x, y: (lib.pow(x, 2).mul_(3)),               # x ** 2 saves only x
     lambda lib, x, y: (lib.nn.functional.batch_norm(
         x.reshape(2, 3, 2), None, None, training=True).mul_(y[0, 0])),
-], ids=["div", "maximum", "minimum", "pow_scalar", "batch_norm"])
+], ids=["div", "div_view", "maximum", "minimum", "pow_scalar", "batch_norm"])
 def test_output_written_in_place_where_pytorch_allows_it(fn):
     check_op(fn, [(4, 3), (4, 3)], dtype=np.float64, low=0.5, high=2.0)
 
@@ -154,3 +155,143 @@ def test_optimizer_updates_between_steps_keep_working():
             opt.step()
         results.append(w.detach().numpy())
     np.testing.assert_allclose(results[1], results[0], rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- writes through views
+
+def _sibling_views(lib, x):
+    a = x * 1
+    first, second = a[0:2], a[1:3]         # overlapping views of one base
+    first.mul_(2)
+    return a, second * 1
+
+
+def _chained(lib, x):
+    a = x * 1
+    rows = a[1:]
+    block = rows[:, 1:3]
+    block.mul_(5)
+    return a, rows, block
+
+
+def _successive(lib, x):
+    a = x * 1
+    v = a[1:]
+    v.mul_(2)
+    v.add_(x[1:] * 3)
+    v.exp_()
+    return a, v
+
+
+def _base_then_view(lib, x):
+    a = x * 1
+    v = a[0]
+    a.mul_(2)                              # the view's memory changes through its base
+    return v * 1
+
+
+def _copy_leaf_into_view(lib, x):
+    a = lib.zeros(3, 4, dtype=x.dtype)
+    a[1].copy_(x[0])
+    return a
+
+
+def _copy_leaf_into_base(lib, x):
+    a = lib.zeros(3, 4, dtype=x.dtype)
+    a.copy_(x)
+    return a * 2
+
+
+def _setitem_on_view(lib, x):
+    a = x * 3
+    a[1][1:3] = x[0, :2] * 4
+    return a
+
+
+def _no_grad_write_through_view(lib, x):
+    a = x * 2
+    with lib.no_grad():
+        a[1:3].mul_(10)                    # not recorded: the gradient ignores the write
+    return a
+
+
+def _leaf_view_under_no_grad(lib, x):
+    w = x.detach().clone().requires_grad_(True)
+    with lib.no_grad():
+        w[0].fill_(0.5)                    # initialisation style: allowed without grad mode
+    return w * x
+
+
+VIEW_WRITES = {
+    "slice": lambda lib, x: _write(x * 1, lambda a: a[1:3].mul_(10)),
+    "row": lambda lib, x: _write(x * 1, lambda a: a[1].mul_(x[0])),
+    "column": lambda lib, x: _write(x * 1, lambda a: a[:, 0].mul_(0)),
+    "strided": lambda lib, x: _write(x * 1, lambda a: a[:, ::2].mul_(3)),
+    "transposed": lambda lib, x: _write(x * 2, lambda a: a.t()[1:3].add_(x[0, :3])),
+    "reshaped": lambda lib, x: _write(x * 1, lambda a: a.view(2, 6)[1].mul_(x[2, 1])),
+    "element": lambda lib, x: _write(x * 1, lambda a: a[2, 3].mul_(7)),
+    "zero_": lambda lib, x: _write(x * 1, lambda a: a[1:3].zero_()),
+    "in_place_unary": lambda lib, x: _write(x * 1, lambda a: a[0][1:].exp_()),
+    "chained": _chained,
+    "siblings": _sibling_views,
+    "successive": _successive,
+    "base_then_view": _base_then_view,
+    "copy_leaf_into_view": _copy_leaf_into_view,
+    "copy_leaf_into_base": _copy_leaf_into_base,
+    "setitem_on_view": _setitem_on_view,
+    "no_grad_write": _no_grad_write_through_view,
+    "leaf_view_no_grad": _leaf_view_under_no_grad,
+}
+
+
+def _write(base, write):
+    """Write through a view of `base`; return the base and the written view's values."""
+    view = write(base)
+    return base, view
+
+
+@pytest.mark.parametrize("name", sorted(VIEW_WRITES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_write_through_view_matches_torch(name, dtype):
+    check_op(VIEW_WRITES[name], [(3, 4)], dtype=dtype)
+
+
+def test_write_through_view_then_backward_through_base_alone():
+    """The issue's case: only the base reaches backward."""
+    for key in (lambda a: a[1:3], lambda a: a[1], lambda a: a[:, 0], lambda a: a[::2, 1:]):
+        check_op(lambda lib, x: _write(x * 1, lambda a: key(a).mul_(10))[0], [(3, 4)],
+                 dtype=np.float64)
+
+
+def test_write_through_view_of_leaf_is_refused():
+    both_refuse(lambda lib, x: x[0].mul_(2), [(3, 4)],
+                "a view of a leaf Variable that requires grad", "mul_")
+    both_refuse(lambda lib, x: x.t()[1:].zero_(), [(3, 4)],
+                "a view of a leaf Variable that requires grad", "zero_")
+
+
+def test_write_through_view_taken_under_no_grad_is_refused():
+    def fn(lib, x):
+        a = x * 1
+        with lib.no_grad():
+            v = a[1:]
+        v.mul_(2)
+    both_refuse(fn, [(3, 4)], "created in no_grad mode", "mul_")
+
+
+def test_saved_base_written_through_view_is_refused():
+    def fn(lib, x):
+        a = x * 1
+        y = a * a                  # saves a
+        a[0].mul_(2)
+        y.sum().backward()
+    both_refuse(fn, [(3, 4)], INPLACE_ERROR, "MulBackward0")
+
+
+def test_write_through_view_composes_with_higher_order_grad():
+    def fn(lib, x):
+        a = x * x
+        a[1:].mul_(x[1:])
+        g, = lib.autograd.grad(a.sum(), x, create_graph=True)
+        return g
+    check_op(fn, [(3, 4)], dtype=np.float64)
