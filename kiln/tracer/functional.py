@@ -744,10 +744,19 @@ def count_nonzero(input, dim=None):
     return sum(ne(input, 0), dim)
 
 
+def _norm_root(total, root):
+    """root(total) with gradient 0 where total is 0, as PyTorch's norm has at x == 0: there
+    the root's derivative is infinite, and the chain rule would make it inf * 0 = NaN."""
+    if not total.requires_grad:
+        return root(total)
+    zero = P.eq(total, 0)
+    return P.where(zero, 0.0, root(P.where(zero, 1.0, total)))
+
+
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
     if p in ("fro", 2, 2.0, None):
-        return sqrt(sum(x * x, dim, keepdim))
+        return _norm_root(sum(x * x, dim, keepdim), sqrt)
     if p in (math.inf, "inf"):
         return amax(abs(x), dim, keepdim)
     if p == -math.inf:
@@ -756,7 +765,7 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
         return sum(abs(x), dim, keepdim)
     if p == 0:
         return sum(abs(sign(x)), dim, keepdim)    # differentiable (gradient 0), as in PyTorch
-    return pow(sum(pow(abs(x), p), dim, keepdim), 1.0 / p)
+    return _norm_root(sum(pow(abs(x), p), dim, keepdim), lambda t: pow(t, 1.0 / p))
 
 
 def dist(input, other, p=2):

@@ -295,3 +295,27 @@ def test_write_through_view_composes_with_higher_order_grad():
         g, = lib.autograd.grad(a.sum(), x, create_graph=True)
         return g
     check_op(fn, [(3, 4)], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- norms at zero
+
+def _with_zero_rows(shape, dtype=np.float64):
+    x = random_array(shape, dtype, -2.0, 2.0, np.random.default_rng(1))
+    x[0] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("fn", [
+    lambda lib, x: x.norm(),
+    lambda lib, x: x[0].norm(),
+    lambda lib, x: lib.norm(x, p=2, dim=1),
+    lambda lib, x: lib.norm(x, p="fro", dim=(0, 1)) * 0 + x[0].norm(p=2, dim=0, keepdim=True),
+    lambda lib, x: lib.norm(x, p=3, dim=1),
+    lambda lib, x: lib.norm(x, p=1, dim=1),
+    lambda lib, x: lib.dist(x[0], x[0] * 1),
+    lambda lib, x: lib.nn.functional.normalize(x, dim=1),
+    lambda lib, x: lib.nn.functional.normalize(x, p=3.0, dim=1),
+], ids=["whole", "zero_vector", "p2_dim", "keepdim", "p3_dim", "p1_dim", "dist_equal",
+        "normalize", "normalize_p3"])
+def test_norm_gradient_at_zero_is_zero_not_nan(fn):
+    check_op(fn, [_with_zero_rows((3, 4))], dtype=np.float64)
