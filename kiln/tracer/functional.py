@@ -834,7 +834,40 @@ def view(input, *shape):
     if len(shape) == 1 and isinstance(shape[0], dt.DType):
         raise op_error("view", "viewing as another dtype is not supported; use .to(dtype)",
                        NotImplementedError)
-    return P.reshape(input, shape=_infer_shape(_shape_arg(shape), input._data.size, "view"))
+    shape = _infer_shape(_shape_arg(shape), input._data.size, "view")
+    data = input._data
+    if not data.flags.c_contiguous and not _viewable(data, shape):
+        # the reshape would copy, and writes through the result would not reach `input`
+        raise op_error("view", f"view size is not compatible with input tensor's size and "
+                       f"stride (at least one dimension spans across two contiguous "
+                       f"subspaces): shape {list(data.shape)}, stride {list(input.stride())}, "
+                       f"view shape {list(shape)}. Use .reshape(...) instead.")
+    return P.reshape(input, shape=shape)
+
+
+def _viewable(data, shape: tuple) -> bool:
+    """Whether `shape` can view `data`'s memory without a copy: each run of old dims laid out
+    contiguously (stride[d-1] == size[d] * stride[d], size-1 dims aside) must split into whole
+    new dims (PyTorch's computeStride)."""
+    old, new = data.shape, shape
+    if data.size == 0 or not old:
+        return True
+    strides = [st // data.itemsize for st in data.strides]
+    view_d = len(new) - 1
+    chunk_stride = strides[-1]
+    tensor_numel = view_numel = 1
+    for d in range(len(old) - 1, -1, -1):
+        tensor_numel *= old[d]
+        if d == 0 or (old[d - 1] != 1 and strides[d - 1] != tensor_numel * chunk_stride):
+            while view_d >= 0 and (view_numel < tensor_numel or new[view_d] == 1):
+                view_numel *= new[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return False
+            if d > 0:
+                chunk_stride = strides[d - 1]
+                tensor_numel = view_numel = 1
+    return view_d == -1
 
 
 def view_as(input, other):

@@ -319,3 +319,57 @@ def _with_zero_rows(shape, dtype=np.float64):
         "normalize", "normalize_p3"])
 def test_norm_gradient_at_zero_is_zero_not_nan(fn):
     check_op(fn, [_with_zero_rows((3, 4))], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- view()
+
+VIEW_CASES = [
+    ("transposed_flat", lambda t: t.t(), (6,)),
+    ("transposed_same", lambda t: t.t(), (3, 2)),
+    ("transposed_split_dim", lambda t: t.t(), (3, 2, 1)),
+    ("permuted_merge_ok", lambda t: t.reshape(2, 3, 4).permute(2, 0, 1), (4, 6)),
+    ("permuted_merge_bad", lambda t: t.reshape(2, 3, 4).permute(1, 0, 2), (6, 4)),
+    ("permuted_split_inner", lambda t: t.reshape(2, 3, 4).permute(2, 0, 1), (2, 2, 2, 3)),
+    ("sliced_cols_flat", lambda t: t.reshape(4, 6)[:, 1:4], (12,)),
+    ("sliced_cols_split", lambda t: t.reshape(4, 6)[:, 1:5], (4, 2, 2)),
+    ("sliced_rows_flat", lambda t: t.reshape(4, 6)[1:3], (12,)),
+    ("strided_rows_merge", lambda t: t.reshape(4, 6)[::2], (12,)),
+    ("strided_rows_split", lambda t: t.reshape(4, 6)[::2], (2, 2, 3)),
+    ("expanded", lambda t: t[:1].expand(3, 6), (18,)),
+    ("unit_dims", lambda t: t.reshape(1, 2, 3).permute(2, 0, 1), (3, 1, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", VIEW_CASES, ids=[c[0] for c in VIEW_CASES])
+def test_view_of_non_contiguous_is_a_view_or_refused(name, make, shape):
+    """view() either shares memory (a write through it reaches the base) or raises, as torch
+    decides; reshape() always works."""
+    n = 24 if name.startswith(("permuted", "sliced", "strided")) else 6
+    if name in ("expanded",):
+        n = 12
+    data = np.arange(n, dtype=np.float64).reshape(2, -1)
+    outcomes = []
+    for lib in (torch, kiln):
+        base = lib.tensor(data.copy())
+        source = make(base)
+        try:
+            v = source.view(shape)
+        except RuntimeError as e:
+            outcomes.append(("refused", str(e)))
+            np.testing.assert_array_equal(np.asarray(source.reshape(shape)),
+                                          np.asarray(make(lib.tensor(data))).reshape(shape))
+            continue
+        v.add_(100)
+        outcomes.append(("view", np.asarray(base).copy()))
+    (t_kind, t_val), (k_kind, k_val) = outcomes
+    assert k_kind == t_kind, (k_kind, t_kind, t_val, k_val)
+    if k_kind == "view":
+        np.testing.assert_array_equal(k_val, t_val)       # the write reached the base
+    else:
+        assert "view" in k_val and "Use .reshape(...) instead" in k_val, k_val
+
+
+def test_view_of_non_contiguous_keeps_gradients():
+    check_op(lambda lib, x: x.reshape(2, 3, 4).permute(2, 0, 1).view(4, 6) * x[0, 0],
+             [(4, 6)], dtype=np.float64)
+    check_op(lambda lib, x: x[:, 1:5].view(4, 2, 2).sum(2), [(4, 6)], dtype=np.float64)
