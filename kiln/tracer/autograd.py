@@ -75,9 +75,12 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node = Node()
     node.prim, node.inputs, node.attrs = prim, args, attrs
     node.out_data, node.out_dtype, node.out_device = result._data, result.dtype, result.device
-    node.versions = tuple(a._version[0] if isinstance(a, Tensor) else None for a in args)
-    node.out_version, node.out_at = result._version, result._version[0]
-    node.edges = edges_of(args)
+    # list comprehensions: a generator in tuple() costs more than the rest of this function
+    node.versions = [a._version[0] if isinstance(a, Tensor) else None for a in args]
+    node.out_version = version = result._version
+    node.out_at = version[0]
+    node.edges = [(a.grad_fn if a.grad_fn is not None else a)
+                  if isinstance(a, Tensor) and a.requires_grad else None for a in args]
     node.hooks = node.retained = node.out_trace = None
     result.grad_fn = node
     result.requires_grad = True
@@ -110,10 +113,26 @@ def history_of(result: Tensor):
 # a stale grad_fn (the counter moved on since it was set) and takes a fresh one from its base
 # the next time it is used (`refresh_view`, called by the dispatcher).
 
+def view_origin(view: Tensor) -> tuple:
+    """The tensor owning a view's memory, and the (primitive, attrs) steps from it to the view."""
+    steps = []
+    while view._base is not None:
+        view, prim, attrs = view._base[:3]
+        steps.append((prim, attrs))
+    return view, tuple(reversed(steps))
+
+
+def _stamp(view: Tensor) -> None:
+    """The view's grad_fn is right for the current contents of its memory."""
+    src, prim, attrs, _, tracked = view._base
+    view._base = (src, prim, attrs, view._version[0], tracked)
+
+
 def refresh_view(view: Tensor) -> None:
     """Give a view whose memory was written since its grad_fn was set a history taken anew from
     its base (and, while tracing, the base's current value)."""
-    root, steps, _, tracked = view._base
+    tracked = view._base[4]
+    root, steps = view_origin(view)
     if tracked and (root.requires_grad or STATE.tracer is not None):
         prev = STATE.grad_enabled
         STATE.grad_enabled = True         # a view's history does not depend on the grad mode
@@ -127,18 +146,19 @@ def refresh_view(view: Tensor) -> None:
             view.grad_fn, view.requires_grad = t.grad_fn, True
         if STATE.tracer is not None:
             view._trace = t._trace
-    view._base = (root, steps, view._version[0], tracked)
+    _stamp(view)
 
 
 def _fresh(t: Tensor) -> None:
     view = t._base
-    if view is not None and view[2] != t._version[0]:
+    if view is not None and view[3] != t._version[0]:
         refresh_view(t)
 
 
 def check_view_write(view: Tensor, op: str) -> None:
     """Refuse an in-place write through a view that PyTorch refuses (with grad mode on)."""
-    root, _, _, tracked = view._base
+    tracked = view._base[4]
+    root = view_origin(view)[0]
     if not (STATE.grad_enabled and root.requires_grad):
         return
     if root.grad_fn is None:
@@ -156,8 +176,8 @@ def check_view_write(view: Tensor, op: str) -> None:
 def rebase_view(view: Tensor, result: Tensor | None) -> None:
     """`result` was just written through `view` (None: with grad mode off): rebuild the
     histories of the view and of the tensor owning its memory around the write."""
-    root, steps, _, tracked = view._base
     if result is not None and result.requires_grad:
+        root, steps = view_origin(view)
         history = history_of(result)
         node = Node()
         node.prim = _COPY_SLICES
@@ -169,7 +189,7 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
         node.hooks = node.retained = node.out_trace = None
         root.grad_fn, root.requires_grad = node, True
         view.grad_fn, view.requires_grad = history, True
-    view._base = (root, steps, view._version[0], tracked)
+    _stamp(view)
 
 
 def _outside_region(root: Tensor, steps: tuple) -> Tensor:
@@ -310,8 +330,7 @@ def _check_versions(node: Node) -> None:
 def keep_saved_output(tensor: Tensor) -> None:
     """Before an in-place write into `tensor`: a node of the COPIES_OUTPUT kind whose output is
     this memory (the tensor's own grad_fn, or its base's) takes a copy of the output first."""
-    view = tensor._base
-    for t in (tensor, None if view is None else view[0]):
+    for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
         node = None if t is None else t.grad_fn
         if (node is not None and node.out_version is t._version
                 and node.prim.name in COPIES_OUTPUT and node.out_data is not None):

@@ -17,7 +17,7 @@ from kiln.runtime.device import Device, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
 from kiln.tracer.dispatch import op_error
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
 # ----------------------------------------------------------------------------- in-place
@@ -34,12 +34,12 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         # more than the write on parameter-sized tensors
         data[...] = result._data
         self._version[0] += 1
-        if STATE.tracer is not None:
+        if TRACING[0] and STATE.tracer is not None:
             STATE.tracer.write(self, result)
         return self
     view = self._base
     if view is not None:
-        if view[2] != self._version[0]:
+        if view[3] != self._version[0]:
             autograd.refresh_view(self)
         autograd.check_view_write(self, op)
     if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
