@@ -149,7 +149,8 @@ def refresh_view(view: Tensor) -> None:
     _stamp(view)
 
 
-def _fresh(t: Tensor) -> None:
+def refresh_if_stale(t: Tensor) -> None:
+    """Refresh `t`'s history if it is a view whose memory was written since it was set."""
     view = t._base
     if view is not None and view[3] != t._version[0]:
         refresh_view(t)
@@ -358,7 +359,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     roots, leaf_seeds = [], {}
     pending: dict[int, Tensor] = {}
     for t in list(outputs) + list(inputs or ()):
-        _fresh(t)
+        refresh_if_stale(t)
     for out, g in zip(outputs, grad_outputs):
         if out.grad_fn is None:
             if not out.requires_grad:
@@ -453,7 +454,7 @@ def _seed(out: Tensor, g) -> Tensor:
 
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph=False,
              inputs=None) -> None:
-    _fresh(tensor)
+    refresh_if_stale(tensor)
     if not tensor.requires_grad:
         raise op_error("backward", "element 0 of tensors does not require grad and does not "
                        "have a grad_fn")
@@ -479,7 +480,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     elif isinstance(grad_outputs, Tensor):
         grad_outputs = [grad_outputs]
     for t in outputs + inputs:
-        _fresh(t)
+        refresh_if_stale(t)
     for t in inputs:
         if not t.requires_grad:
             raise op_error("autograd.grad", "One of the differentiated Tensors does not "

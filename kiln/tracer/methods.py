@@ -103,6 +103,7 @@ def _inplace(fn, name):
 
 
 def setitem(self: Tensor, key, value) -> None:
+    autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
     if not tracked and STATE.tracer is None:
