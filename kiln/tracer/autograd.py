@@ -9,6 +9,7 @@ recorded (higher-order gradients), and under a trace they become the backward gr
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -48,6 +49,8 @@ class Node:
                  "__weakref__")
 
     def name(self) -> str:
+        if self.prim is _COPY_SLICES:
+            return "CopySlices"
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
 
     def __repr__(self) -> str:
@@ -94,6 +97,17 @@ def edges_of(args: tuple) -> tuple:
     """
     return tuple((a.grad_fn if a.grad_fn is not None else a)
                  if isinstance(a, Tensor) and a.requires_grad else None for a in args)
+
+
+def set_history(tensor: Tensor, node) -> None:
+    """Give `tensor` a new grad_fn (an in-place write, a view refreshed); a retained gradient
+    moves with it, so `.grad` is the gradient of the tensor's current value, as in PyTorch."""
+    if tensor._retains_grad:
+        old = tensor.grad_fn
+        if old is not None and old.retained is not None and old.retained() is tensor:
+            old.retained = None
+        node.retained = weakref.ref(tensor)
+    tensor.grad_fn, tensor.requires_grad = node, True
 
 
 def history_of(result: Tensor):
@@ -143,7 +157,7 @@ def refresh_view(view: Tensor) -> None:
         finally:
             STATE.grad_enabled = prev
         if root.requires_grad:
-            view.grad_fn, view.requires_grad = t.grad_fn, True
+            set_history(view, t.grad_fn)
         if STATE.tracer is not None:
             view._trace = t._trace
     _stamp(view)
@@ -188,8 +202,8 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
         node.out_version = node.out_at = None
         node.edges = (edges_of((root,))[0], history)
         node.hooks = node.retained = node.out_trace = None
-        root.grad_fn, root.requires_grad = node, True
-        view.grad_fn, view.requires_grad = history, True
+        set_history(root, node)
+        set_history(view, history)
     _stamp(view)
 
 

@@ -89,7 +89,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         # the tensor owning this memory changed too: its history is rebuilt around the write
         autograd.rebase_view(self, result if STATE.grad_enabled else None)
     elif result.requires_grad and STATE.grad_enabled:
-        self.grad_fn, self.requires_grad = autograd.history_of(result), True
+        autograd.set_history(self, autograd.history_of(result))
     if STATE.tracer is not None:
         STATE.tracer.write(self, result)
     return self

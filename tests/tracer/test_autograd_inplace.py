@@ -407,3 +407,18 @@ def test_view_read_after_its_base_is_written_compiles_like_eager():
         for a, b in zip(got, results[0]):
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(results[0][0], [1.0, 6.0, 15.0])
+
+
+@pytest.mark.parametrize("write", [lambda a: a.mul_(2), lambda a: a[1:3].mul_(2),
+                                   lambda a: a.t()[0].add_(1)], ids=["base", "slice", "column"])
+def test_retained_grad_follows_in_place_writes(write):
+    grads = []
+    for lib in (torch, kiln):
+        x = lib.tensor(np.arange(1.0, 7.0).reshape(2, 3), requires_grad=True)
+        a = x * 1
+        a.retain_grad()
+        write(a)
+        (a * a).sum().backward()
+        grads.append((a.grad.numpy(), x.grad.numpy()))
+    for k, t in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(k, t, rtol=1e-12)
