@@ -45,7 +45,8 @@ def set_tracer(tracer) -> None:
 class Tensor:
     # `_base`: None, or for a view (a movement op whose result shares its input's memory)
     # (the input, the primitive and its attrs, the shared version counter's value when the
-    # view's grad_fn was last right, whether grad mode was on when the view was taken)
+    # view's grad_fn was last right, False if it was taken of a tensor requiring grad with grad
+    # mode off); see kiln.tracer.autograd's "views" section
     __slots__ = ("_data", "dtype", "device", "requires_grad", "grad", "grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
