@@ -24,7 +24,8 @@ from kiln.tracer.tensor import STATE, Tensor
 _RULE_READS = {name: () for name in (
     "add", "sub", "neg", "reshape", "permute", "expand", "slice", "flip", "pad", "cat", "sum",
     "cast", "cumsum", "relu", "copy_slices")}
-_RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,)})
+_RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,),
+                    "div": (1,)})   # and div's output, which keep_saved_output protects
 
 # Primitives whose gradient rule reads their output, in two kinds. PyTorch saves the output of
 # the first kind too, so changing it in place before backward is an error there, and here (a
@@ -332,6 +333,11 @@ def _check_versions(node: Node) -> None:
             f"{node.out_version[0]}; expected version {node.out_at} instead. "
             "Hint: clone the tensor before modifying it in place.")
     reads = _RULE_READS.get(name)
+    if name == "mul":
+        # each factor is read only for the other's gradient: `h * 2` does not read h
+        x, y = node.inputs
+        reads = tuple(i for i, other in ((0, y), (1, x))
+                      if isinstance(other, Tensor) and other.requires_grad)
     for i, (a, v) in enumerate(zip(node.inputs, node.versions)):
         if isinstance(a, Tensor) and a._version[0] != v and (reads is None or i in reads):
             raise op_error(

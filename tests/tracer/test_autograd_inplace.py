@@ -422,3 +422,61 @@ def test_retained_grad_follows_in_place_writes(write):
         grads.append((a.grad.numpy(), x.grad.numpy()))
     for k, t in zip(grads[1], grads[0]):
         np.testing.assert_allclose(k, t, rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda lib, x: _then_write((x * 1.5), lambda a: a * 2),           # a literal factor
+    lambda lib, x: _then_write((x * 1.5), lambda a: a * x.detach()),  # a factor without grad
+    lambda lib, x: _then_write((x * 1.5), lambda a: a / x.detach()),  # div reads its divisor
+], ids=["mul_literal", "mul_constant", "div_numerator"])
+def test_writing_an_input_the_rule_does_not_read_is_allowed(fn):
+    check_op(fn, [(3, 4)], dtype=np.float64, low=0.5, high=2.0)
+
+
+def _then_write(a, use):
+    used = use(a)
+    a.mul_(3)
+    return used, a
+
+
+def _random_view_program(lib, x, seed: int):
+    """Views of views of one base, in-place writes through any of them, reads in between."""
+    rnd = np.random.default_rng(seed)
+    flat = x.reshape(-1)
+    tensors, total = [x * 1.5], 0
+    for step in range(8):
+        t = tensors[rnd.integers(len(tensors))]
+        kind = rnd.random()
+        if kind < 0.35 and t.ndim >= 1 and t.shape[0] > 1:
+            pick = rnd.integers(5)
+            if pick == 0:
+                v = t[1:]
+            elif pick == 1:
+                v = t[0]
+            elif pick == 2 and t.ndim == 2:
+                v = t[:, 1:3] if t.shape[1] >= 3 else t[:, :1]
+            elif pick == 3 and t.ndim == 2:
+                v = t.t()
+            else:
+                v = t[::2]
+            tensors.append(v)
+        elif kind < 0.75:
+            k = int(rnd.integers(1, 4))
+            op = rnd.integers(4)
+            if op == 0:
+                t.mul_(flat[k])
+            elif op == 1:
+                t.add_(flat[k] * 2)
+            elif op == 2:
+                t.mul_(k)
+            else:
+                t.sub_(flat[k + 1])
+        else:
+            total = total + (t * (step + 1)).sum()
+    return total + sum((u * (i + 1)).sum() for i, u in enumerate(tensors))
+
+
+def test_random_programs_writing_through_views_match_torch():
+    for seed in range(60):
+        check_op(lambda lib, x: _random_view_program(lib, x, seed), [(3, 4)], dtype=np.float64,
+                 low=0.5, high=1.5, seed=seed)
