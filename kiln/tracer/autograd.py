@@ -23,7 +23,8 @@ from kiln.tracer.tensor import STATE, Tensor
 # to any other input is harmless, so, like PyTorch, only these are version-checked.
 _RULE_READS = {name: () for name in (
     "add", "sub", "neg", "reshape", "permute", "expand", "slice", "flip", "pad", "cat", "sum",
-    "cast", "cumsum", "relu", "copy_slices")}
+    "cast", "cumsum", "relu", "copy_slices", "sign", "exp", "expm1", "sqrt", "tanh", "sigmoid",
+    "floor", "ceil", "trunc", "round", "fold")}
 _RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,),
                     "div": (1,)})   # and div's output, which keep_saved_output protects
 
