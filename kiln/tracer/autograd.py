@@ -13,17 +13,28 @@ import weakref
 
 import numpy as np
 
-from kiln.ir.ops import Primitive
-from kiln.runtime.device import is_writeable, to_device
-from kiln.tracer.dispatch import op_error
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P, Primitive
+from kiln.runtime.device import CPU, is_writeable, to_device
+from kiln.tracer.dispatch import apply, op_error
 from kiln.tracer.tensor import STATE, Tensor
 
 # The inputs whose values a primitive's gradient rule reads (default: all). An in-place change
 # to any other input is harmless, so, like PyTorch, only these are version-checked.
 _RULE_READS = {name: () for name in (
     "add", "sub", "neg", "reshape", "permute", "expand", "slice", "flip", "pad", "cat", "sum",
-    "cast", "cumsum", "relu")}
-_RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,)})
+    "cast", "cumsum", "relu", "copy_slices", "sign", "exp", "expm1", "sqrt", "tanh", "sigmoid",
+    "floor", "ceil", "trunc", "round", "fold")}
+_RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,),
+                    "div": (1,)})   # and div's output, which keep_saved_output protects
+
+# Primitives whose gradient rule reads their output, in two kinds. PyTorch saves the output of
+# the first kind too, so changing it in place before backward is an error there, and here (a
+# version check, as for inputs). For the second kind PyTorch's rule reads the inputs instead:
+# a write into such an output first gives the node its own copy (`keep_saved_output`), so the
+# gradient stays right and nothing raises where PyTorch would not.
+SAVES_OUTPUT = frozenset({"relu", "exp", "expm1", "sqrt", "tanh", "sigmoid", "pow"})
+COPIES_OUTPUT = frozenset({"div", "maximum", "minimum", "max", "batch_norm"})
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
@@ -36,9 +47,12 @@ class Node:
     """The grad_fn of a tensor: one recorded primitive call."""
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
-                 "edges", "hooks", "retained", "out_trace", "__weakref__")
+                 "out_version", "out_at", "edges", "hooks", "retained", "out_trace",
+                 "__weakref__")
 
     def name(self) -> str:
+        if self.prim is _COPY_SLICES:
+            return "CopySlices"
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
 
     def __repr__(self) -> str:
@@ -66,8 +80,12 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node = Node()
     node.prim, node.inputs, node.attrs = prim, args, attrs
     node.out_data, node.out_dtype, node.out_device = result._data, result.dtype, result.device
-    node.versions = tuple(a._version[0] if isinstance(a, Tensor) else None for a in args)
-    node.edges = edges_of(args)
+    # list comprehensions: a generator in tuple() costs more than the rest of this function
+    node.versions = [a._version[0] if isinstance(a, Tensor) else None for a in args]
+    node.out_version = version = result._version
+    node.out_at = version[0]
+    node.edges = [(a.grad_fn if a.grad_fn is not None else a)
+                  if isinstance(a, Tensor) and a.requires_grad else None for a in args]
     node.hooks = node.retained = node.out_trace = None
     result.grad_fn = node
     result.requires_grad = True
@@ -81,6 +99,138 @@ def edges_of(args: tuple) -> tuple:
     """
     return tuple((a.grad_fn if a.grad_fn is not None else a)
                  if isinstance(a, Tensor) and a.requires_grad else None for a in args)
+
+
+def set_history(tensor: Tensor, node) -> None:
+    """Give `tensor` a new grad_fn (an in-place write, a view refreshed); a retained gradient
+    moves with it, so `.grad` is the gradient of the tensor's current value, as in PyTorch."""
+    if tensor._retains_grad:
+        old = tensor.grad_fn
+        if old is not None and old.retained is not None and old.retained() is tensor:
+            old.retained = None
+        node.retained = weakref.ref(tensor)
+    tensor.grad_fn, tensor.requires_grad = node, True
+
+
+def history_of(result: Tensor):
+    """The grad_fn a tensor written with `result` takes: result's own, or for a leaf (`copy_`
+    of a leaf) an identity node, so the gradient reaches that leaf and not the written one."""
+    if result.grad_fn is None:
+        result = P.reshape(result, shape=tuple(result._data.shape))
+    return result.grad_fn
+
+
+# ----------------------------------------------------------------------------- views
+#
+# A view shares its base's memory and version counter. An in-place write through a view
+# changes the base, so the base's history is rebuilt around the write (PyTorch's CopySlices):
+# its new grad_fn passes the gradient outside the view's region to the base's old history and
+# routes the region's through the op that wrote it. Every other view of that memory then has
+# a stale grad_fn (the counter moved on since it was set) and takes a fresh one from its base
+# the next time it is used (`refresh_view`, called by the dispatcher).
+
+def view_origin(view: Tensor) -> tuple:
+    """The tensor owning a view's memory, and the (primitive, attrs) steps from it to the view."""
+    steps = []
+    while view._base is not None:
+        view, prim, attrs = view._base[:3]
+        steps.append((prim, attrs))
+    return view, tuple(reversed(steps))
+
+
+def _stamp(view: Tensor) -> None:
+    """The view's grad_fn is right for the current contents of its memory."""
+    src, prim, attrs, _, tracked = view._base
+    view._base = (src, prim, attrs, view._version[0], tracked)
+
+
+def refresh_view(view: Tensor) -> None:
+    """Give a view whose memory was written since its grad_fn was set a history taken anew from
+    its base (and, while tracing, the base's current value)."""
+    tracked = view._base[4]
+    root, steps = view_origin(view)
+    if tracked and (root.requires_grad or STATE.tracer is not None):
+        prev = STATE.grad_enabled
+        STATE.grad_enabled = True         # a view's history does not depend on the grad mode
+        try:
+            t = root
+            for prim, attrs in steps:
+                t = apply(prim, (t,), attrs)
+        finally:
+            STATE.grad_enabled = prev
+        if root.requires_grad:
+            set_history(view, t.grad_fn)
+        if STATE.tracer is not None:
+            view._trace = t._trace
+    _stamp(view)
+
+
+def refresh_if_stale(t: Tensor) -> None:
+    """Refresh `t`'s history if it is a view whose memory was written since it was set."""
+    view = t._base
+    if view is not None and view[3] != t._version[0]:
+        refresh_view(t)
+
+
+def check_view_write(view: Tensor, op: str) -> None:
+    """Refuse an in-place write through a view that PyTorch refuses (with grad mode on)."""
+    tracked = view._base[4]
+    root = view_origin(view)[0]
+    if not (STATE.grad_enabled and root.requires_grad):
+        return
+    if root.grad_fn is None:
+        raise op_error(op, "a view of a leaf Variable that requires grad is being used in an "
+                       "in-place operation.")
+    if not tracked:
+        raise op_error(op, "A view was created in no_grad mode and is being modified inplace "
+                       "with grad mode enabled. Given that this use case is ambiguous and "
+                       "error-prone, it is forbidden. You can clarify your code by moving both "
+                       "the view and the inplace either both inside the no_grad block (if you "
+                       "don't want the inplace to be tracked) or both outside (if you want the "
+                       "inplace to be tracked).")
+
+
+def rebase_view(view: Tensor, result: Tensor | None) -> None:
+    """`result` was just written through `view` (None: with grad mode off): rebuild the
+    histories of the view and of the tensor owning its memory around the write."""
+    if result is not None and result.requires_grad:
+        root, steps = view_origin(view)
+        history = history_of(result)
+        node = Node()
+        node.prim = _COPY_SLICES
+        node.inputs, node.versions = (None, None), (None, None)   # the rule reads no values
+        node.attrs = {"outside": _outside_region(root, steps), "steps": steps}
+        node.out_data, node.out_dtype, node.out_device = root._data, root.dtype, root.device
+        node.out_version = node.out_at = None
+        node.edges = (edges_of((root,))[0], history)
+        node.hooks = node.retained = node.out_trace = None
+        set_history(root, node)
+        set_history(view, history)
+    _stamp(view)
+
+
+def _outside_region(root: Tensor, steps: tuple) -> Tensor:
+    """A boolean tensor of root's shape: True where the view taken by `steps` does not reach."""
+    xp = np if root.device is CPU else root.device.xp
+    shape = root._data.shape
+    positions = xp.arange(root._data.size).reshape(shape)
+    for prim, attrs in steps:
+        positions = prim.impl(xp, positions, **attrs)
+    outside = xp.ones(root._data.size, dtype=bool)
+    outside[positions.reshape(-1)] = False
+    return Tensor._make(outside.reshape(shape), dt.bool_, root.device)
+
+
+def _copy_slices_grad(g, out, base, value, outside, steps):
+    g_view = g
+    for prim, attrs in steps:
+        g_view = apply(prim, (g_view,), attrs)
+    return P.where(outside, g, 0.0), g_view
+
+
+_COPY_SLICES = Primitive("copy_slices", "movement", None, None, _copy_slices_grad, 2,
+                         doc="the base of a view written in place: the view's region comes "
+                             "from the write, the rest from the base's previous value")
 
 
 # ----------------------------------------------------------------------------- grad modes
@@ -173,7 +323,22 @@ def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
 
 
 def _check_versions(node: Node) -> None:
-    reads = _RULE_READS.get(node.prim.name)
+    name = node.prim.name
+    if name in SAVES_OUTPUT and node.out_version is not None and (
+            node.out_version[0] != node.out_at) and (
+            name != "pow" or isinstance(node.inputs[1], Tensor)):   # x ** 2 reads only x
+        raise op_error(
+            "backward", "one of the variables needed for gradient computation has been "
+            f"modified by an inplace operation: [{node.out_dtype.name} "
+            f"{list(node.out_data.shape)}], which is output 0 of {node.name()}, is at version "
+            f"{node.out_version[0]}; expected version {node.out_at} instead. "
+            "Hint: clone the tensor before modifying it in place.")
+    reads = _RULE_READS.get(name)
+    if name == "mul":
+        # each factor is read only for the other's gradient: `h * 2` does not read h
+        x, y = node.inputs
+        reads = tuple(i for i, other in ((0, y), (1, x))
+                      if isinstance(other, Tensor) and other.requires_grad)
     for i, (a, v) in enumerate(zip(node.inputs, node.versions)):
         if isinstance(a, Tensor) and a._version[0] != v and (reads is None or i in reads):
             raise op_error(
@@ -193,6 +358,17 @@ def _moved_home(grad: Tensor, device) -> Tensor:
     moved = Tensor._make(to_device(grad._data, device), grad.dtype, device)
     moved._trace = grad._trace
     return moved
+
+
+def keep_saved_output(tensor: Tensor) -> None:
+    """Before an in-place write into `tensor`: a node of the COPIES_OUTPUT kind whose output is
+    this memory (the tensor's own grad_fn, or its base's) takes a copy of the output first."""
+    for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
+        node = None if t is None else t.grad_fn
+        if (node is not None and node.out_version is t._version
+                and node.prim.name in COPIES_OUTPUT and node.out_data is not None):
+            node.out_data = node.out_data.copy()
+            node.out_version = None       # its output no longer shares the tensor's memory
 
 
 def _owned(grad: Tensor) -> Tensor:
@@ -285,6 +461,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     """
     roots, leaf_seeds = [], {}
     pending: dict[int, Tensor] = {}
+    for t in list(outputs) + list(inputs or ()):
+        refresh_if_stale(t)
     for out, g in zip(outputs, grad_outputs):
         if out.grad_fn is None:
             if not out.requires_grad:
@@ -391,6 +569,7 @@ def _seed(out: Tensor, g) -> Tensor:
 
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph=False,
              inputs=None) -> None:
+    refresh_if_stale(tensor)
     if not tensor.requires_grad:
         raise op_error("backward", "element 0 of tensors does not require grad and does not "
                        "have a grad_fn")
@@ -415,6 +594,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, Tensor):
         grad_outputs = [grad_outputs]
+    for t in outputs + inputs:
+        refresh_if_stale(t)
     for t in inputs:
         if not t.requires_grad:
             raise op_error("autograd.grad", "One of the differentiated Tensors does not "

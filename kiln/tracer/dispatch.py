@@ -18,7 +18,7 @@ import numpy as np
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime.device import CPU, Device, to_device
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 _KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INFER_CACHE: dict = {}
@@ -80,6 +80,9 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     wants_grad = mixed = False
     for a in args:
         if isinstance(a, Tensor):
+            view = a._base
+            if view is not None and view[3] != a._version[0]:
+                _autograd.refresh_view(a)    # its memory was written since: take a new history
             data = a._data
             arrays.append(data)
             key.append(data.shape)
@@ -132,12 +135,25 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     if xp is np and type(out) is not np.ndarray:
         out = np.asarray(out)        # NumPy hands back scalars for 0-d results
     result = _new_tensor(out, dtype, device)
-    if prim.kind is _MOVEMENT and out.base is not None and len(arrays) == 1:
-        result._version = args[0]._version   # a view shares its base's version counter
+    src = None
+    if prim.kind is _MOVEMENT and len(arrays) == 1:
+        base = out.base
+        if base is not None and (base is arrays[0] or base is arrays[0].base):
+            src = args[0]                        # a view: it shares its input's memory
+            result._version = src._version       # and so its version counter
 
     if wants_grad and STATE.grad_enabled and prim.grad is not None:
         _autograd.record(prim, args, attrs, result)
-    if STATE.tracer is not None:
+    if src is not None:
+        # how the view was taken, so that an in-place write through it or through its base
+        # can rebuild the other's autograd history (autograd.rebase_view); a view taken of a
+        # tensor that requires grad with grad mode off is marked, as writes through it are
+        # refused
+        view = src._base
+        result._base = (src, prim, attrs, src._version[0],
+                        (result.requires_grad or not src.requires_grad)
+                        and (view is None or view[4]))
+    if TRACING[0] and STATE.tracer is not None:
         STATE.tracer.record(prim, args, attrs, result)
     return result
 

@@ -837,12 +837,21 @@ def count_nonzero(input, dim=None):
     return sum(ne(input, 0), dim)
 
 
+def _norm_root(total, root):
+    """root(total) with gradient 0 where total is 0, as PyTorch's norm has at x == 0: there
+    the root's derivative is infinite, and the chain rule would make it inf * 0 = NaN."""
+    if not total.requires_grad:
+        return root(total)
+    zero = P.eq(total, 0)
+    return P.where(zero, 0.0, root(P.where(zero, 1.0, total)))
+
+
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
         return _narrowed(norm(_widened(x), p, dim, keepdim), dt.float16)
     if p in ("fro", 2, 2.0, None):
-        return sqrt(sum(x * x, dim, keepdim))
+        return _norm_root(sum(x * x, dim, keepdim), sqrt)
     if p in (math.inf, "inf"):
         return amax(abs(x), dim, keepdim)
     if p == -math.inf:
@@ -851,7 +860,7 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
         return sum(abs(x), dim, keepdim)
     if p == 0:
         return sum(abs(sign(x)), dim, keepdim)    # differentiable (gradient 0), as in PyTorch
-    return pow(sum(pow(abs(x), p), dim, keepdim), 1.0 / p)
+    return _norm_root(sum(pow(abs(x), p), dim, keepdim), lambda t: pow(t, 1.0 / p))
 
 
 def dist(input, other, p=2):
@@ -922,7 +931,40 @@ def view(input, *shape):
     if len(shape) == 1 and isinstance(shape[0], dt.DType):
         raise op_error("view", "viewing as another dtype is not supported; use .to(dtype)",
                        NotImplementedError)
-    return P.reshape(input, shape=_infer_shape(_shape_arg(shape), input._data.size, "view"))
+    shape = _infer_shape(_shape_arg(shape), input._data.size, "view")
+    data = input._data
+    if not data.flags.c_contiguous and not _viewable(data, shape):
+        # the reshape would copy, and writes through the result would not reach `input`
+        raise op_error("view", f"view size is not compatible with input tensor's size and "
+                       f"stride (at least one dimension spans across two contiguous "
+                       f"subspaces): shape {list(data.shape)}, stride {list(input.stride())}, "
+                       f"view shape {list(shape)}. Use .reshape(...) instead.")
+    return P.reshape(input, shape=shape)
+
+
+def _viewable(data, shape: tuple) -> bool:
+    """Whether `shape` can view `data`'s memory without a copy: each run of old dims laid out
+    contiguously (stride[d-1] == size[d] * stride[d], size-1 dims aside) must split into whole
+    new dims (PyTorch's computeStride)."""
+    old, new = data.shape, shape
+    if data.size == 0 or not old:
+        return True
+    strides = [st // data.itemsize for st in data.strides]
+    view_d = len(new) - 1
+    chunk_stride = strides[-1]
+    tensor_numel = view_numel = 1
+    for d in range(len(old) - 1, -1, -1):
+        tensor_numel *= old[d]
+        if d == 0 or (old[d - 1] != 1 and strides[d - 1] != tensor_numel * chunk_stride):
+            while view_d >= 0 and (view_numel < tensor_numel or new[view_d] == 1):
+                view_numel *= new[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return False
+            if d > 0:
+                chunk_stride = strides[d - 1]
+                tensor_numel = view_numel = 1
+    return view_d == -1
 
 
 def view_as(input, other):

@@ -17,7 +17,7 @@ from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
 from kiln.tracer.dispatch import op_error
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
 # ----------------------------------------------------------------------------- in-place
@@ -28,18 +28,24 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     if (not result.requires_grad and result.dtype is self.dtype
             and result._data.shape == data.shape and not (self.requires_grad and
                                                           STATE.grad_enabled)
-            and is_writeable(data)):
+            and self.grad_fn is None and self._base is None and is_writeable(data)):
         # the common case, an optimizer's update or a running statistic: no autograd history
-        # to link, nothing to cast or broadcast; the checks below cost more than the write on
-        # parameter-sized tensors
+        # to link or protect, not a view, nothing to cast or broadcast; the checks below cost
+        # more than the write on parameter-sized tensors
         data[...] = result._data
         self._version[0] += 1
-        if STATE.tracer is not None:
+        if TRACING[0] and STATE.tracer is not None:
             STATE.tracer.write(self, result)
         return self
+    view = self._base
+    if view is not None:
+        if view[3] != self._version[0]:
+            autograd.refresh_view(self)
+        autograd.check_view_write(self, op)
     if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
         raise op_error(op, "a leaf Variable that requires grad is being used in an in-place "
                        "operation.")
+    autograd.keep_saved_output(self)
     if result.dtype is not self.dtype:
         if result.dtype.category > self.dtype.category:
             raise op_error(op, f"result type {result.dtype.name} can't be cast to the desired "
@@ -79,8 +85,11 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
                        "before performing the operation.")
     self._data[...] = result._data
     self._version[0] += 1
-    if result.requires_grad:
-        self.grad_fn, self.requires_grad = result.grad_fn, True
+    if view is not None:
+        # the tensor owning this memory changed too: its history is rebuilt around the write
+        autograd.rebase_view(self, result if STATE.grad_enabled else None)
+    elif result.requires_grad and STATE.grad_enabled:
+        autograd.set_history(self, autograd.history_of(result))
     if STATE.tracer is not None:
         STATE.tracer.write(self, result)
     return self
@@ -94,6 +103,7 @@ def _inplace(fn, name):
 
 
 def setitem(self: Tensor, key, value) -> None:
+    autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
     if not tracked and STATE.tracer is None:
@@ -163,6 +173,7 @@ class _DeviceCopy:
         self.out_data, self.out_dtype, self.out_device = out._data, out.dtype, out.device
         self.versions, self.hooks, self.retained, self.out_trace = (src._version[0],), None, \
             None, None
+        self.out_version = self.out_at = None
         self.edges = autograd.edges_of((src,))
 
     name = autograd.Node.name

@@ -18,7 +18,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.dispatch import user_location
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, Tensor, set_tracer
 
 
 class GraphBreak(Exception):
@@ -121,11 +121,11 @@ class Tracer:
     def __enter__(self) -> "Tracer":
         if STATE.tracer is not None:
             raise RuntimeError("kiln: a trace is already active (nested compile/trace)")
-        STATE.tracer = self
+        set_tracer(self)
         return self
 
     def __exit__(self, *exc) -> bool:
-        STATE.tracer = None
+        set_tracer(None)
         return False
 
     # ------------------------------------------------------------------ inputs
@@ -247,7 +247,7 @@ class Tracer:
         if self.on_break == "raise":
             raise brk
         if self.on_break == "abandon":
-            STATE.tracer = None          # stop watching; the function goes on eagerly
+            set_tracer(None)             # stop watching; the function goes on eagerly
             return
         self.programs.append(self._finish(outputs=None, complete=False))
         self._start_segment()
@@ -308,11 +308,12 @@ def untraced():
     optimizer's lazily created moments): the first call's trace is then the graph every later
     call would trace, and need not be traced again.
     """
-    tracer, STATE.tracer = STATE.tracer, None
+    tracer = STATE.tracer
+    set_tracer(None)
     try:
         yield
     finally:
-        STATE.tracer = tracer
+        set_tracer(tracer)
 
 
 def note_grad_cleared(tensor: Tensor) -> None:

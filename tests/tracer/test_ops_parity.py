@@ -702,8 +702,7 @@ def _view_write(x, y):
 
 
 # Known gaps, each a bug to fix: the test fails until it is (strict xfail).
-KNOWN_GAPS = {"inplace_on_view": "writing through a view does not yet rebase the base tensor's "
-                                 "autograd history (PyTorch's CopySlices)"}
+KNOWN_GAPS: dict[str, str] = {}
 PARAMS = [pytest.param(c, d, id=f"{c.name}-{np.dtype(d).name}", marks=[pytest.mark.xfail(
     reason=KNOWN_GAPS[c.name], strict=True)] if c.name in KNOWN_GAPS else [])
     for c in CASES for d in c.dtypes]
