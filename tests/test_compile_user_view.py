@@ -241,3 +241,19 @@ def test_a_method_compiled_in_its_class_sees_its_attributes_change():
                                    (model.lin(x) * model.scale).detach().numpy(), rtol=1e-6)
     compiled = DecoratedForward.__dict__["forward"]
     assert sum(e.calls for e in compiled.entries.values() if e.program is not None) >= 1
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_an_output_the_compiled_backward_reads_cannot_be_changed_in_place(backend):
+    def f(x):
+        return x.exp()
+    g = kiln.compile(f, backend=backend)
+    for step in range(3):
+        x = kiln.randn(4).requires_grad_()
+        y = g(x)
+        y.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+        z = g(x)                    # untouched, the compiled gradient is exp(x)
+        z.sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), np.exp(x.detach().numpy()), rtol=1e-6)

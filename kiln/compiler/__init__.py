@@ -896,10 +896,24 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
     """
     from kiln.ir.ops import Primitive
     from kiln.tracer.autograd import record
+    from kiln.tracer.dispatch import op_error
     diff = entry.joint.differentiable_outputs
     name = f"compiled_{entry.graph.name.removesuffix('_forward')}"
+    # outputs whose memory the backward reads (saved for it): an in-place write to one of them
+    # before backward() would change what the backward computes, so it raises, as eager does
+    saved_bases = {id(_base(a)) for a in saved}
+    read_back = [(j, u, u._version[0]) for j, u in enumerate(user)
+                 if id(_base(u._data)) in saved_bases]
     for k, i in enumerate(diff):
         def rule(g, out, *inputs, k=k):
+            for j, u, version in read_back:
+                if u._version[0] != version:
+                    raise op_error("backward", "one of the variables needed for gradient "
+                                   f"computation has been modified by an inplace operation: "
+                                   f"output {j} of the compiled {name[9:]} "
+                                   f"[{u.dtype.name} {list(u.shape)}] is at version "
+                                   f"{u._version[0]}; expected version {version} instead. "
+                                   "Hint: clone the tensor before modifying it in place.")
             xp = g.device.xp
             tangents = [xp.zeros(tuple(user[j].shape), user[j].dtype.np) for j in diff]
             tangents[k] = g._data
