@@ -269,7 +269,8 @@ def nccl_fake(r: int, n: int) -> None:
     """The collectives and a DDP run on cuda tensors through kiln's NCCL backend, over the
     stand-in NCCL (fake_nccl.py) and fake CUDA (tests/fake_cuda.py). Runs last: the fake CUDA
     patches kiln's device module for the rest of the process."""
-    import tests.fake_cuda  # noqa: F401  (cuda tensors hold NumPy arrays from here on)
+    import tests.fake_cuda
+    tests.fake_cuda.install()       # cuda tensors hold (strict) NumPy arrays from here on
     from kiln.distributed import process_group as pg
     from kiln.distributed.nccl_backend import NCCLBackend
     from tests.distributed.fake_nccl import FakeNccl, FakeNcclCommunicator, fake_cupy
