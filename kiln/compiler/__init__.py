@@ -445,9 +445,14 @@ class CompiledFunction:
         # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
-        objects = _object_arguments(args, kwargs)
-        before = guards.collect(self.fn, objects)
-        arg_state = guards.collect(None, _argument_roots(args, kwargs))
+        try:
+            before = guards.collect(self.fn, _object_arguments(args, kwargs))
+            arg_state = guards.collect(None, _argument_roots(args, kwargs))
+        except Exception as e:        # cannot say what a replay would assume: run eagerly
+            reason = f"reading what it can reach failed ({e!r})"
+            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+            self._note("guards", f"{_function_name(self.fn)}: {reason}; it runs eagerly")
+            return self.fn(*args, **kwargs)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
                                      watch=True)
