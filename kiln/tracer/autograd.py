@@ -508,8 +508,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             for edge, ga, a in zip(node.edges, grads, node.inputs):
                 if ga is None or edge is None:
                     continue
-                if ga.device is not a.device:
-                    ga = _moved_home(ga, a.device)
+                if isinstance(a, Tensor) and ga.device is not a.device:
+                    ga = _moved_home(ga, a.device)      # a 0-d CPU input of a cuda op
                 if isinstance(edge, Tensor):
                     _accumulate(leaf_grads, id(edge), edge, ga)
                 else:
