@@ -521,6 +521,13 @@ class _MultiProcessIter:
             try:
                 got, result = pickle.loads(frame)
             except Exception as e:
+                if isinstance(e, (OSError, EOFError)):
+                    # a tensor travels as shared memory, fetched from the worker while
+                    # unpickling: a worker killed meanwhile cannot hand it over
+                    self.workers[wid].join(timeout=1.0)
+                    if self.workers[wid].exitcode is not None:
+                        self._worker_died(wid, " while sending a batch (its tensors' shared "
+                                               "memory could not be fetched)")
                 pid = self.workers[wid].pid
                 self.close()
                 raise RuntimeError(
@@ -529,7 +536,7 @@ class _MultiProcessIter:
                     f"importable in the main process") from None
             self.ready[got] = result
 
-    def _worker_died(self, wid: int) -> None:
+    def _worker_died(self, wid: int, during: str = "") -> None:
         w = self.workers[wid]
         code = w.exitcode
         how = f"exit code {code}"
@@ -538,7 +545,7 @@ class _MultiProcessIter:
                 how = f"signal {signal.Signals(-code).name}"
             except ValueError:
                 how = f"signal {-code}"
-        partial = self.pipes[wid].partial()
+        partial = self.pipes[wid].partial() or during
         self.close()
         hint = " (SIGKILL is often the out-of-memory killer: try fewer workers or smaller " \
                "batches)" if code == -signal.SIGKILL else ""
