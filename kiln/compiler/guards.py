@@ -224,8 +224,6 @@ class _Walk:
     def __init__(self):
         self.guards: list[Guard] = []
         self.seen: set[int] = set()
-        self.objects: dict[int, object] = {}     # id -> every object guarded by identity
-        self.names: dict[int, str] = {}          # id(tensor) -> its first source
 
     def place(self, source: str, read, value, depth: int, names: set | None = None,
               lazy: bool = False, where: tuple | None = None) -> None:
@@ -237,9 +235,7 @@ class _Walk:
             self.guards.append(Guard(source, read, "id", MISSING, lazy))
             return
         self.guards.append(Guard(source, read, "id", value, lazy))
-        self.objects[id(value)] = value
         if isinstance(value, Tensor):
-            self.names.setdefault(id(value), source)
             return
         if id(value) in self.seen:
             return
