@@ -436,7 +436,7 @@ class CompiledFunction:
             return result
         outputs = flatten(result)[0]
         joint = None
-        if STATE.grad_enabled and any(t.requires_grad for t in outputs):
+        if STATE.grad_enabled and any(_differentiable(t) for t in outputs):
             joint = _trace_backward(tracer, outputs)      # the same trace, now with backward
         (program,) = tracer.finish(result if joint is None else list(outputs) + joint.grads)
         for gw in program.grad_writes:
@@ -584,6 +584,13 @@ class _Joint:
     grads: list
 
 
+def _differentiable(t: Tensor) -> bool:
+    """Whether a compiled output gets a backward: it requires grad and its graph is still there
+    (a loss the function already ran `.backward()` through, as a training step returns it, has
+    a freed graph, as in PyTorch, and no backward to derive)."""
+    return t.requires_grad and (t.grad_fn is None or t.grad_fn.inputs is not None)
+
+
 def _trace_backward(tracer: Tracer, outputs: list) -> _Joint:
     """Trace the gradients of `outputs` into `tracer`'s graph, as autograd.grad would compute
     them (nothing accumulates into `.grad`, the eager graph is kept for the user's backward)."""
@@ -592,7 +599,7 @@ def _trace_backward(tracer: Tracer, outputs: list) -> _Joint:
     from kiln.tracer.joint import JointInfo
     from kiln.tracer.trace import Binding
     graph = tracer.graph
-    diff = [i for i, o in enumerate(outputs) if o.requires_grad and o.dtype.is_floating_point]
+    diff = [i for i, o in enumerate(outputs) if _differentiable(o) and o.dtype.is_floating_point]
     with tracer:
         num_primals = len(graph.inputs)
         tangents = []
