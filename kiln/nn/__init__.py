@@ -25,3 +25,5 @@ from kiln.nn.loss import (  # noqa: F401
 from kiln.nn import functional, init, utils  # noqa: F401
 from kiln.nn.dropout import Dropout3d, AlphaDropout, FeatureAlphaDropout  # noqa: F401,E402
 from kiln.nn.pixelshuffle import PixelShuffle, PixelUnshuffle, ChannelShuffle  # noqa: F401,E402
+from kiln.nn.transformer_decoder import (  # noqa: F401,E402
+    Transformer, TransformerDecoder, TransformerDecoderLayer)
