@@ -586,9 +586,21 @@ class _Joint:
 
 def _differentiable(t: Tensor) -> bool:
     """Whether a compiled output gets a backward: it requires grad and its graph is still there
-    (a loss the function already ran `.backward()` through, as a training step returns it, has
-    a freed graph, as in PyTorch, and no backward to derive)."""
-    return t.requires_grad and (t.grad_fn is None or t.grad_fn.inputs is not None)
+    (a loss the function already ran `.backward()` through, as a training step returns it, or
+    an RNN's hidden state computed on the way to that loss, has a freed graph, as in PyTorch,
+    and no backward to derive)."""
+    if not t.requires_grad:
+        return False
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or isinstance(node, Tensor) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.inputs is None:
+            return False
+        stack.extend(node.edges)
+    return True
 
 
 def _trace_backward(tracer: Tracer, outputs: list) -> _Joint:

@@ -159,7 +159,7 @@ class Module:
         if isinstance(value, Parameter):
             if params is None:
                 raise AttributeError("cannot assign parameters before Module.__init__() call")
-            _forget(self, name)
+            _forget(self, name, keep="_parameters")
             self.register_parameter(name, value)
         elif params is not None and name in params:
             if value is not None:
@@ -169,7 +169,7 @@ class Module:
         elif isinstance(value, Module):
             if self.__dict__.get("_modules") is None:
                 raise AttributeError("cannot assign module before Module.__init__() call")
-            _forget(self, name)
+            _forget(self, name, keep="_modules")
             self._modules[name] = value
         elif self.__dict__.get("_modules") is not None and name in self._modules:
             if value is not None:
@@ -177,7 +177,7 @@ class Module:
                                 f"'{name}' (kiln.nn.Module or None expected)")
             self._modules[name] = None
         elif isinstance(value, Buffer):
-            _forget(self, name)
+            _forget(self, name, keep="_buffers")
             self.register_buffer(name, value, value.persistent)
         elif self.__dict__.get("_buffers") is not None and name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
@@ -509,9 +509,11 @@ def _check_name(module: Module, name: str, kind: str) -> None:
         raise KeyError(f"attribute '{name}' already exists")
 
 
-def _forget(module: Module, name: str) -> None:
-    """Drop `name` from every registry and the instance dict before it is re-registered."""
+def _forget(module: Module, name: str, keep: str | None = None) -> None:
+    """Drop `name` from the registries (but `keep`, where a re-assignment keeps its place, so
+    state_dict order stays PyTorch's) and the instance dict before it is re-registered."""
     for registry in ("_parameters", "_buffers", "_modules"):
-        module.__dict__.get(registry, {}).pop(name, None)
+        if registry != keep:
+            module.__dict__.get(registry, {}).pop(name, None)
     module.__dict__.pop(name, None)
     module.__dict__.get("_non_persistent_buffers_set", set()).discard(name)
