@@ -108,3 +108,30 @@ def _check_compiled(program: str, eager: dict, rtol: float = 1e-4, atol: float =
     np.testing.assert_allclose(compiled["losses"], eager["losses"], rtol=rtol, atol=atol,
                                err_msg=f"{program}: compiled kiln differs from eager kiln")
     return compiled
+
+
+def _as_array(value):
+    if hasattr(value, "detach"):
+        value = value.detach()
+    if hasattr(value, "numpy"):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
+def check_same_values(program: str, rtol: float = 1e-6, atol: float = 1e-7,
+                      **kwargs) -> tuple[dict, dict]:
+    """Scripts that compute rather than train: every entry of `values` (tensors, arrays,
+    numbers, strings) agrees between torch and kiln, in shape and value."""
+    t = run(program, "torch", seed=0, **kwargs)["values"]
+    k = run(program, "kiln", seed=0, **kwargs)["values"]
+    assert list(k) == list(t), f"{program}: the scripts computed different entries"
+    for name in t:
+        tv, kv = t[name], k[name]
+        if isinstance(tv, str) or isinstance(tv, bool):
+            assert kv == tv, f"{program}: {name}: kiln gives {kv!r}, torch {tv!r}"
+            continue
+        ta, ka = _as_array(tv), _as_array(kv)
+        assert ka.shape == ta.shape, f"{program}: {name}: shape {ka.shape} != {ta.shape}"
+        np.testing.assert_allclose(ka.astype(np.float64), ta.astype(np.float64), rtol=rtol,
+                                   atol=atol, err_msg=f"{program}: {name}")
+    return t, k
