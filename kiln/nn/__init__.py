@@ -27,3 +27,5 @@ from kiln.nn.dropout import Dropout3d, AlphaDropout, FeatureAlphaDropout  # noqa
 from kiln.nn.pixelshuffle import PixelShuffle, PixelUnshuffle, ChannelShuffle  # noqa: F401,E402
 from kiln.nn.transformer_decoder import (  # noqa: F401,E402
     Transformer, TransformerDecoder, TransformerDecoderLayer)
+from kiln.nn.activation import (  # noqa: F401,E402
+    CELU, Threshold, Hardshrink, Softshrink, Tanhshrink, PReLU, RReLU, Softmax2d)
