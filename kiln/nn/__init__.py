@@ -29,3 +29,7 @@ from kiln.nn.transformer_decoder import (  # noqa: F401,E402
     Transformer, TransformerDecoder, TransformerDecoderLayer)
 from kiln.nn.activation import (  # noqa: F401,E402
     CELU, Threshold, Hardshrink, Softshrink, Tanhshrink, PReLU, RReLU, Softmax2d)
+from kiln.nn.loss_margin import (  # noqa: F401,E402
+    NLLLoss2d, GaussianNLLLoss, MarginRankingLoss, HingeEmbeddingLoss, CosineEmbeddingLoss,
+    MultiLabelMarginLoss, MultiLabelSoftMarginLoss, SoftMarginLoss, MultiMarginLoss,
+    TripletMarginLoss, TripletMarginWithDistanceLoss, CTCLoss)

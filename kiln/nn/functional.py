@@ -1012,3 +1012,4 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
 # functions beyond the core set live in their own files and are re-exported here
 from kiln.nn.functional_spatial import *  # noqa: E402,F401,F403
 from kiln.nn.functional_activation import *  # noqa: E402,F401,F403
+from kiln.nn.functional_loss import *  # noqa: E402,F401,F403
