@@ -33,3 +33,17 @@ from kiln.nn.loss_margin import (  # noqa: F401,E402
     NLLLoss2d, GaussianNLLLoss, MarginRankingLoss, HingeEmbeddingLoss, CosineEmbeddingLoss,
     MultiLabelMarginLoss, MultiLabelSoftMarginLoss, SoftMarginLoss, MultiMarginLoss,
     TripletMarginLoss, TripletMarginWithDistanceLoss, CTCLoss)
+from kiln.nn.conv3d import Conv3d, ConvTranspose3d  # noqa: F401,E402
+from kiln.nn.fold import Fold, Unfold  # noqa: F401,E402
+from kiln.nn.padding import (  # noqa: F401,E402
+    ConstantPad1d, ConstantPad2d, ConstantPad3d, ZeroPad1d, ZeroPad2d, ZeroPad3d,
+    ReflectionPad1d, ReflectionPad2d, ReflectionPad3d, ReplicationPad1d, ReplicationPad2d,
+    ReplicationPad3d, CircularPad1d, CircularPad2d, CircularPad3d)
+from kiln.nn.pooling import (  # noqa: F401,E402
+    MaxPool3d, AvgPool3d, AdaptiveAvgPool3d, AdaptiveMaxPool1d, AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d, LPPool1d, LPPool2d, LPPool3d, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d)
+from kiln.nn.upsampling import Upsample, UpsamplingNearest2d, UpsamplingBilinear2d  # noqa
+from kiln.nn.instancenorm import (  # noqa: F401,E402
+    InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LocalResponseNorm, CrossMapLRN2d)
+from kiln.nn.distance import PairwiseDistance, CosineSimilarity  # noqa: F401,E402
+from kiln.nn.embedding_bag import EmbeddingBag  # noqa: F401,E402

@@ -560,10 +560,6 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     return out
 
 
-def local_response_norm(*args, **kwargs):
-    raise NotImplementedError("local_response_norm is not implemented in kiln")
-
-
 # ----------------------------------------------------------------------------- dropout, embedding
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
