@@ -47,3 +47,8 @@ from kiln.nn.instancenorm import (  # noqa: F401,E402
     InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LocalResponseNorm, CrossMapLRN2d)
 from kiln.nn.distance import PairwiseDistance, CosineSimilarity  # noqa: F401,E402
 from kiln.nn.embedding_bag import EmbeddingBag  # noqa: F401,E402
+from kiln.nn.parameter import UninitializedParameter, UninitializedBuffer  # noqa: F401,E402
+from kiln.nn.lazy import (  # noqa: F401,E402
+    LazyLinear, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose1d, LazyConvTranspose2d,
+    LazyConvTranspose3d, LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazyInstanceNorm1d,
+    LazyInstanceNorm2d, LazyInstanceNorm3d)
