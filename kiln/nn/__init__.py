@@ -52,3 +52,8 @@ from kiln.nn.lazy import (  # noqa: F401,E402
     LazyLinear, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose1d, LazyConvTranspose2d,
     LazyConvTranspose3d, LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazyInstanceNorm1d,
     LazyInstanceNorm2d, LazyInstanceNorm3d)
+from kiln.nn.linear_cross_entropy import (  # noqa: F401,E402
+    LinearCrossEntropyLoss, LinearCrossEntropyOptions)
+from kiln.nn.adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: F401,E402
+from kiln.nn.data_parallel import DataParallel, factory_kwargs  # noqa: F401,E402
+from kiln.nn.pooling import FractionalMaxPool2d, FractionalMaxPool3d  # noqa: F401,E402

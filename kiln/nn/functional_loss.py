@@ -18,7 +18,8 @@ from kiln import Tensor
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
            "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
            "multi_margin_loss", "cosine_embedding_loss", "pairwise_distance", "pdist",
-           "triplet_margin_loss", "triplet_margin_with_distance_loss", "ctc_loss"]
+           "triplet_margin_loss", "triplet_margin_with_distance_loss", "ctc_loss",
+           "linear_cross_entropy"]
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -287,3 +288,21 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
     if unbatched and reduction == "none":
         return loss.squeeze(0)
     return _reduce(loss, reduction)
+
+
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Tensor | None = None, weight: Tensor | None = None,
+                         reduction: str = "mean", ignore_index: int | None = None,
+                         label_smoothing: float = 0.0,
+                         options=None) -> Tensor:
+    """cross_entropy(input @ W^T + b, target), W of shape (C, d1, ..., dK, in_features)."""
+    classes_shape = tuple(linear_weight.shape[:-1])
+    flat = linear_weight.reshape(-1, linear_weight.shape[-1])
+    from kiln.nn import functional as F
+    logits = F.linear(input, flat)
+    logits = logits.reshape(*input.shape[:-1], *classes_shape)
+    if linear_bias is not None:
+        logits = logits + linear_bias
+    return F.cross_entropy(logits, target, weight=weight,
+                           ignore_index=-100 if ignore_index is None else ignore_index,
+                           reduction=reduction, label_smoothing=label_smoothing)

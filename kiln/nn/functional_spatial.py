@@ -26,7 +26,8 @@ __all__ = ["pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channe
            "lp_pool1d", "lp_pool2d", "lp_pool3d", "max_unpool1d", "max_unpool2d",
            "max_unpool3d", "unfold", "fold", "interpolate", "upsample", "upsample_nearest",
            "upsample_bilinear", "instance_norm", "local_response_norm", "embedding_bag",
-           "affine_grid", "grid_sample"]
+           "affine_grid", "grid_sample", "fractional_max_pool2d", "fractional_max_pool3d",
+           "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices"]
 
 
 def _ntuple(value, n: int, name: str = "argument") -> tuple:
@@ -725,3 +726,98 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
     return (sample(y0, x0) * (wy0 * wx0).unsqueeze(1) + sample(y0, x1) * (wy0 * wx1).unsqueeze(1)
             + sample(y1, x0) * (wy1 * wx0).unsqueeze(1)
             + sample(y1, x1) * (wy1 * wx1).unsqueeze(1))
+
+
+
+# ----------------------------------------------------------------------------- fractional pooling
+
+def _fractional_starts(size: int, out: int, kernel: int, sample: float, dtype) -> np.ndarray:
+    """Window starts of one dim for one random sample u (PyTorch's interval rule, computed in
+    the input's floating type): floor((i + u) * a) - floor(u * a), a = (size - k) / (out - 1),
+    and the last window flush with the end."""
+    starts = np.empty(out, dtype=np.int64)
+    if out > 1:
+        alpha = dtype((size - kernel) / (out - 1)) if dtype == np.float64 else \
+            dtype(dtype(size - kernel) / dtype(out - 1))
+        u = dtype(sample)
+        for i in range(out - 1):
+            starts[i] = int(dtype((i + u) * alpha)) - int(dtype(u * alpha))
+    starts[out - 1] = size - kernel
+    return starts
+
+
+def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
+                         return_indices: bool, samples: Tensor | None, dims: int):
+    unbatched = input.ndim == dims + 1
+    x = input.unsqueeze(0) if unbatched else input
+    n, c = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    k = _ntuple(kernel_size, dims, "kernel_size")
+    if output_size is None:
+        if output_ratio is None:
+            raise ValueError("fractional_max_pool requires specifying either an output_size or "
+                             "an output_ratio")
+        ratio = output_ratio if isinstance(output_ratio, (list, tuple)) else \
+            (output_ratio,) * dims
+        output_size = tuple(int(size * r) for size, r in zip(spatial, ratio))
+    out = _ntuple(output_size, dims, "output_size")
+    for size, kk, o in zip(spatial, k, out):
+        if o + kk - 1 > size:
+            raise RuntimeError(f"fractional_max_pool: output size {out} too large for input "
+                               f"{spatial} and kernel {k}")
+    if samples is None:
+        samples = kiln.rand((n, c, dims), dtype=x.dtype, device=x.device)
+    u = np.asarray(samples.detach().cpu().numpy())
+    dtype = np.float32 if x.dtype == kiln.float32 else np.float64
+    strides = np.cumprod((1,) + spatial[::-1])[:-1][::-1]
+    offsets = np.stack(np.meshgrid(*[np.arange(kk) for kk in k], indexing="ij"), -1)
+    offsets = offsets.reshape(-1, dims) @ strides                       # (K,)
+    table = np.empty((n, c, int(np.prod(out)), len(offsets)), dtype=np.int64)
+    for b in range(n):
+        for ch in range(c):
+            # PyTorch's sample order: (W, H) in 2-D, but (T, H, W) in 3-D
+            order = [1, 0] if dims == 2 else [0, 1, 2]
+            starts = [_fractional_starts(spatial[d], out[d], k[d], u[b, ch, order[d]], dtype)
+                      for d in range(dims)]
+            grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, dims)
+            table[b, ch] = (grid @ strides)[:, None] + offsets[None, :]
+    flat = x.reshape(n, c, -1)
+    index = kiln.tensor(table.reshape(n, c, -1), device=x.device)
+    windows = kiln.gather(flat, 2, index).reshape(n, c, -1, len(offsets))
+    best = windows.argmax(-1, keepdim=True)
+    values = kiln.gather(windows, 3, best).squeeze(-1).reshape(n, c, *out)
+    if unbatched:
+        values = values.squeeze(0)
+    if not return_indices:
+        return values
+    chosen = kiln.gather(index.reshape(n, c, -1, len(offsets)), 3, best).squeeze(-1)
+    chosen = chosen.reshape(n, c, *out)
+    return values, chosen.squeeze(0) if unbatched else chosen
+
+
+def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
+                          return_indices: bool = False, _random_samples: Tensor | None = None):
+    """Max pooling over pseudo-random overlapping windows that shrink the input by a
+    fractional factor (Graham, "Fractional Max-Pooling")."""
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, return_indices,
+                                _random_samples, 2)
+
+
+def fractional_max_pool3d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
+                          return_indices: bool = False, _random_samples: Tensor | None = None):
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, return_indices,
+                                _random_samples, 3)
+
+
+def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = True,
+                                       _random_samples: Tensor | None = None):
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, True,
+                                _random_samples, 2)
+
+
+def fractional_max_pool3d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = True,
+                                       _random_samples: Tensor | None = None):
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, True,
+                                _random_samples, 3)
