@@ -12,8 +12,10 @@ from kiln.optim.radam import RAdam
 from kiln.optim.asgd import ASGD
 from kiln.optim.rprop import Rprop
 from kiln.optim.lbfgs import LBFGS
+from kiln.optim.adafactor import Adafactor
+from kiln.optim.muon import Muon
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS"]
+           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon"]
 
 from kiln.optim import lr_scheduler  # noqa: E402,F401

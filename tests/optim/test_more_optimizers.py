@@ -108,3 +108,41 @@ def test_lbfgs_on_a_model_matches_torch():
 
         out[lib.__name__] = [opt.step(closure).item() for _ in range(3)]
     np.testing.assert_allclose(out["kiln"], out["torch"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(lr=0.05, beta2_decay=-0.5, d=1.5,
+                                                 weight_decay=0.1, maximize=True),
+                                    dict(eps=(1e-20, 1e-2))])
+def test_adafactor_matches_torch(kwargs):
+    grads = _grads()
+    kparams, kopt = _run(kiln, "Adafactor", kwargs, grads)
+    tparams, topt = _run(torch, "Adafactor", kwargs, grads)
+    _assert_same(kparams, tparams)
+    ks, ts = kopt.state_dict(), topt.state_dict()
+    for i in ts["state"]:
+        assert ks["state"][i].keys() == ts["state"][i].keys()
+
+
+def test_muon_follows_torch_within_bfloat16_rounding():
+    """torch runs Newton-Schulz in bfloat16 and kiln in float32, so the steps agree to about
+    bfloat16's precision; the update itself is near-orthogonal."""
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 4)).astype(np.float32)
+    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(3)]
+    results = {}
+    for lib in (torch, kiln):
+        p = lib.tensor(start.copy(), requires_grad=True)
+        opt = lib.optim.Muon([p], lr=0.02, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+        for g in grads:
+            p.grad = lib.tensor(g)
+            opt.step()
+        results[lib.__name__] = p.detach().numpy()
+    moved_t = results["torch"] - start
+    moved_k = results["kiln"] - start
+    np.testing.assert_allclose(moved_k, moved_t, rtol=0.05, atol=0.02 * np.abs(moved_t).max())
+    from kiln.optim.muon import _orthogonalize, _A, _B, _C
+    ortho = _orthogonalize(kiln.tensor(grads[0]), (_A, _B, _C), 5, 1e-7).numpy()
+    singular = np.linalg.svd(ortho, compute_uv=False)
+    assert np.all((singular > 0.6) & (singular < 1.25))
+    with pytest.raises(ValueError, match="2D"):
+        kiln.optim.Muon([kiln.zeros(3, requires_grad=True)])
