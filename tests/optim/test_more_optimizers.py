@@ -146,3 +146,26 @@ def test_muon_follows_torch_within_bfloat16_rounding():
     assert np.all((singular > 0.6) & (singular < 1.25))
     with pytest.raises(ValueError, match="2D"):
         kiln.optim.Muon([kiln.zeros(3, requires_grad=True)])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Adadelta"])
+def test_step_and_state_dict_hooks_run_like_torch(name):
+    events = {}
+    for lib in (torch, kiln):
+        p = lib.zeros(2, requires_grad=True)
+        opt = getattr(lib.optim, name)([p], lr=0.1)
+        log = []
+        opt.register_step_pre_hook(lambda o, a, k: log.append("pre"))
+        handle = opt.register_step_post_hook(lambda o, a, k: log.append("post"))
+        opt.register_state_dict_post_hook(lambda o, sd: dict(sd, note=1))
+        opt.register_load_state_dict_pre_hook(lambda o, sd: {k: v for k, v in sd.items()
+                                                             if k != "note"})
+        opt.register_load_state_dict_post_hook(lambda o: log.append("loaded"))
+        p.grad = lib.ones(2)
+        opt.step()
+        handle.remove()
+        opt.step()
+        sd = opt.state_dict()
+        opt.load_state_dict(sd)
+        events[lib.__name__] = (log, sd["note"])
+    assert events["kiln"] == events["torch"]
