@@ -57,3 +57,4 @@ from kiln.nn.linear_cross_entropy import (  # noqa: F401,E402
 from kiln.nn.adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: F401,E402
 from kiln.nn.data_parallel import DataParallel, factory_kwargs  # noqa: F401,E402
 from kiln.nn.pooling import FractionalMaxPool2d, FractionalMaxPool3d  # noqa: F401,E402
+from kiln.nn import modules  # noqa: F401,E402
