@@ -98,6 +98,7 @@ def test_fuse_conv_bn_eval_matches_torch(transpose):
     conv_cls = "ConvTranspose2d" if transpose else "Conv2d"
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 5))
     outs = []
+    t_conv = t_bn = None
     for lib in (torch, kiln):
         lib.manual_seed(0)
         conv = getattr(lib.nn, conv_cls)(3, 4, 3).double().eval()

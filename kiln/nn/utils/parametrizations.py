@@ -1,4 +1,4 @@
-"""Ready-made parametrizations: weight_norm and spectral_norm (`torch.nn.utils.parametrizations`)."""
+"""Ready-made parametrizations: weight_norm and spectral_norm (PyTorch's parametrizations)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ def main(seed=0, compile=False, initial_state=None):
     rng = np.random.default_rng(seed)
     centers = np.random.default_rng(5).normal(size=(10, 40)).astype(np.float32)
     y_np = rng.integers(0, 10, 128)
-    x = torch.from_numpy(np.abs(centers[y_np] + 0.5 * rng.normal(size=(128, 40))).astype(np.float32))
+    features = np.abs(centers[y_np] + 0.5 * rng.normal(size=(128, 40))).astype(np.float32)
+    x = torch.from_numpy(features)
     y = torch.from_numpy(y_np)
     net = Net([40, 32, 32])
     if initial_state is not None:

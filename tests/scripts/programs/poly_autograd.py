@@ -6,7 +6,6 @@ import torch
 
 def main(seed=0, compile=False, initial_state=None, steps=200):
     dtype = torch.float
-    device = "cpu"
     torch.manual_seed(seed)
     x = torch.linspace(-math.pi, math.pi, 200, dtype=dtype)
     y = torch.sin(x)

@@ -16,7 +16,8 @@ class Polynomial3(torch.nn.Module):
         return self.a + self.b * x + self.c * x ** 2 + self.d * x ** 3
 
     def string(self):
-        return f'y = {self.a.item()} + {self.b.item()} x + {self.c.item()} x^2 + {self.d.item()} x^3'
+        return (f'y = {self.a.item()} + {self.b.item()} x + {self.c.item()} x^2 '
+                f'+ {self.d.item()} x^3')
 
 
 def main(seed=0, compile=False, initial_state=None, steps=200):
