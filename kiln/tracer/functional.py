@@ -1486,7 +1486,7 @@ def getitem(input, key):
         if k is None:
             out_shape.append(1)
             continue
-        if isinstance(k, (list, np.ndarray)):
+        if isinstance(k, (list, range, np.ndarray)):     # x[range(n), y], as in PyTorch
             k = input.new_tensor(np.asarray(k))
             if k.dtype.is_floating_point and k.numel() == 0:
                 k = k.to(dt.int64)

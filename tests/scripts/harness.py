@@ -49,19 +49,14 @@ def run(program: str, lib: str, **kwargs) -> dict:
     return load(program, lib)["main"](**kwargs)
 
 
-def kiln_state(torch_state: dict) -> dict:
-    """A torch state_dict as kiln tensors (through NumPy, copied)."""
-    import kiln
-    return {k: kiln.tensor(v.detach().cpu().numpy().copy()) for k, v in torch_state.items()}
-
-
 def _convert_state(state):
-    if isinstance(state, dict) and state and all(isinstance(k, str) for k in state) and \
-            not any(isinstance(v, dict) for v in state.values()):
-        return kiln_state(state)
+    """torch's initial weights for the kiln run: a tensor, or (nested) dicts of them."""
+    import kiln
     if isinstance(state, dict):
         return {k: _convert_state(v) for k, v in state.items()}
-    raise TypeError(f"initial_state must be a state_dict or a dict of them, got {type(state)}")
+    if hasattr(state, "detach"):
+        return kiln.tensor(state.detach().cpu().numpy().copy())
+    raise TypeError(f"initial_state must hold tensors or dicts of them, got {type(state)}")
 
 
 def check_same_losses(program: str, rtol: float = 1e-5, atol: float = 1e-6,
