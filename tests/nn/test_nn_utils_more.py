@@ -153,3 +153,19 @@ def test_skip_init_leaves_the_random_stream_alone():
     kiln.manual_seed(3)
     np.testing.assert_array_equal(kiln.rand(3).numpy(), after)
     assert tuple(layer.weight.shape) == (5, 4)
+
+
+def test_clip_grad_norm_takes_a_generator_like_torch():
+    """model.parameters() is a generator: it must be read once for the norm and the clip."""
+    grads = [np.full((2, 2), 3.0), np.full((3,), -4.0)]
+    results = []
+    for lib in (torch, kiln):
+        model = lib.nn.Sequential(lib.nn.Linear(2, 2, bias=False), lib.nn.Linear(2, 3))
+        params = [model[0].weight, model[1].bias]
+        for p, g in zip(params, grads):
+            p.grad = lib.tensor(g, dtype=p.dtype)
+        total = lib.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        results.append((float(total), [p.grad.numpy().copy() for p in params]))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-6)
+    for k, t in zip(results[1][1], results[0][1]):
+        np.testing.assert_allclose(k, t, rtol=1e-5)

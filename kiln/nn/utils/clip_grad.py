@@ -22,6 +22,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
 
     Returns the joint norm before clipping, as a 0-d tensor.
     """
+    parameters = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     grads = _grads(parameters)
     if not grads:
         return kiln.tensor(0.0)
