@@ -189,3 +189,26 @@ def test_cross_map_lrn2d_values_match_torch_and_gradient_is_exact():
         d[i] = 1e-6
         numeric[i] = (f(x + d) - f(x - d)) / 2e-6
     np.testing.assert_allclose(k_in.grad.numpy(), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_remaining_functional_spellings_match_torch():
+    from tests.parity import check_op
+    f = lambda name, *a, **k: (lambda lib, *xs: getattr(lib.nn.functional, name)(*xs, *a, **k))
+    check_op(f("conv_tbc", pad=1), [(5, 2, 3), (3, 3, 4), (4,)], dtype=np.float64)
+    check_op(f("upsample_nearest", scale_factor=2), [(1, 2, 3, 3)], dtype=np.float64)
+    check_op(f("upsample_bilinear", size=(4, 5)), [(1, 2, 3, 3)], dtype=np.float64)
+    check_op(f("upsample", scale_factor=2, mode="bilinear"), [(1, 2, 3, 3)], dtype=np.float64)
+    check_op(f("interpolate", scale_factor=(1.5, 0.5), mode="nearest"), [(1, 2, 4, 6)],
+             dtype=np.float64)
+    check_op(f("channel_shuffle", 2), [(2, 4, 3)], dtype=np.float64)
+    check_op(f("native_channel_shuffle", 2), [(2, 4, 3)], dtype=np.float64, grad=False)
+    check_op(f("instance_norm", eps=1e-3), [(2, 3, 5)], dtype=np.float64)
+    check_op(f("local_response_norm", 3), [(2, 4, 5)], dtype=np.float64)
+    check_op(f("lp_pool2d", 2.0, 2, ceil_mode=True), [(1, 2, 5, 5)], dtype=np.float64,
+             low=0.1, high=2.0)
+    for name, shape in [("max_pool1d_with_indices", (2, 3, 8)),
+                        ("max_pool2d_with_indices", (2, 3, 6, 6)),
+                        ("max_pool3d_with_indices", (1, 2, 4, 4, 4))]:
+        check_op(f(name, 2), [shape], dtype=np.float64)
+    for dims, shape in [(1, (2, 3, 7)), (2, (2, 3, 5, 7)), (3, (1, 2, 4, 5, 3))]:
+        check_op(f(f"adaptive_max_pool{dims}d_with_indices", 2), [shape], dtype=np.float64)

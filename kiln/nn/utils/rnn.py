@@ -52,7 +52,7 @@ def invert_permutation(permutation: Tensor | None) -> Tensor | None:
     order = np.asarray(permutation.tolist(), dtype=np.int64)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    return kiln.tensor(inverse)
+    return kiln.tensor(inverse, device=permutation.device)
 
 
 def _lengths_list(lengths) -> list[int]:
@@ -78,13 +78,15 @@ def _packed_rows(lengths_sorted: Sequence[int], batch: int, batch_first: bool,
 
 def _pack_with_order(input: Tensor, lengths: list[int], order: np.ndarray,
                      batch_first: bool) -> PackedSequence:
-    x = kiln.index_select(input, 0 if batch_first else 1, kiln.tensor(order))
+    device = input.device
+    x = kiln.index_select(input, 0 if batch_first else 1, kiln.tensor(order, device=device))
     batch = len(lengths)
     steps = x.shape[1] if batch_first else x.shape[0]
     rows, batch_sizes = _packed_rows([lengths[i] for i in order], batch, batch_first, steps)
     flat = x.reshape(steps * batch, *x.shape[2:])
-    data = kiln.index_select(flat, 0, kiln.tensor(rows))
-    sorted_indices = kiln.tensor(order)
+    data = kiln.index_select(flat, 0, kiln.tensor(rows, device=device))
+    # batch_sizes stays on the CPU, the index permutations follow the data (PyTorch's rule)
+    sorted_indices = kiln.tensor(order, device=device)
     return PackedSequence(data, kiln.tensor(batch_sizes), sorted_indices,
                           invert_permutation(sorted_indices))
 
@@ -135,11 +137,11 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False,
     pad_row = kiln.full((1, *data.shape[1:]), padding_value, dtype=data.dtype,
                         device=data.device)
     table = kiln.cat([data, pad_row], 0)
-    padded = kiln.index_select(table, 0, kiln.tensor(source)).reshape(steps, batch,
-                                                                        *data.shape[1:])
+    rows = kiln.tensor(source, device=data.device)
+    padded = kiln.index_select(table, 0, rows).reshape(steps, batch, *data.shape[1:])
     lengths = np.asarray(lengths_sorted, dtype=np.int64)
     if sequence.unsorted_indices is not None:
-        padded = kiln.index_select(padded, 1, sequence.unsorted_indices)
+        padded = kiln.index_select(padded, 1, sequence.unsorted_indices.to(data.device))
         lengths = lengths[np.asarray(sequence.unsorted_indices.tolist(), dtype=np.int64)]
     if batch_first:
         padded = padded.transpose(0, 1)
