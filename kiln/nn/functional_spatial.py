@@ -9,7 +9,6 @@ autograd and tracing see through it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 

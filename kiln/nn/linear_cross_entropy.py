@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 
 from kiln import Tensor
-from kiln.nn import functional as F
 from kiln.nn.functional_loss import linear_cross_entropy
 from kiln.nn.linear import Linear
 from kiln.nn.module import Module
@@ -52,4 +51,3 @@ class LinearCrossEntropyLoss(Module):
                 f"out_features={self.out_features}, bias={self.linear.bias is not None}, "
                 f"reduction={self.reduction}, ignore_index={self.ignore_index}, "
                 f"label_smoothing={self.label_smoothing}, options={self.options}")
-

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kiln
-from tests.optim.test_optimizers import _assert_same, _grads, _initial, _run
+from tests.optim.test_optimizers import _assert_same, _grads, _run
 
 CASES = [
     ("Adadelta", dict()),

@@ -11,4 +11,3 @@ def test_poly_module_same_losses_as_torch():
     coefficients = lambda s: [float(w) for w in s.replace("y = ", "").replace(" x^3", "")
                               .replace(" x^2", "").replace(" x", "").split(" + ")]
     assert np.allclose(coefficients(k["string"]), coefficients(t["string"]), rtol=1e-4)
-
