@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import types
 import warnings
 from dataclasses import dataclass, field
 
@@ -364,7 +365,18 @@ class CompiledFunction:
     _stateful: list | None = None       # referenced modules and optimizers, found once
 
     def __post_init__(self):
-        functools.update_wrapper(self, self.fn)
+        # a function's name and doc; for a Module (or other object) not its __dict__, whose
+        # copies would go stale (`training`, the parameter registry) as the module changes
+        plain = isinstance(self.fn, (types.FunctionType, types.MethodType))
+        functools.update_wrapper(self, self.fn, updated=functools.WRAPPER_UPDATES if plain
+                                 else ())
+
+    def __getattr__(self, name: str):
+        """Everything else is the wrapped object's: `torch.compile(model)` keeps
+        `model.parameters()`, `.train()`, `.state_dict()` working, as PyTorch's wrapper does."""
+        if name.startswith("__") or name in ("fn", "entries", "warned"):
+            raise AttributeError(name)
+        return getattr(self.__dict__["fn"], name)
 
     def __get__(self, obj, objtype=None):
         return self if obj is None else functools.partial(self.__call__, obj)

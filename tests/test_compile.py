@@ -318,3 +318,30 @@ def test_training_step_that_returns_its_loss_after_backward_matches_eager():
     for pc, pe in zip(model_c.parameters(), model_e.parameters()):
         np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-5,
                                    atol=1e-7)
+
+
+def test_compiled_module_keeps_the_module_interface():
+    """`model = kiln.compile(model)` then `optimizer(model.parameters())`, `model.train()` /
+    `.eval()`, `.state_dict()` (PyTorch scripts' pattern): the compiled call trains exactly as
+    the eager module does, and train/eval switches reach the module."""
+    from kiln.optim import SGD
+
+    def make():
+        kiln.manual_seed(0)
+        return kiln.nn.Sequential(kiln.nn.Linear(4, 8), kiln.nn.Dropout(0.0), kiln.nn.ReLU(),
+                                  kiln.nn.Linear(8, 2))
+    eager, model = make(), make()
+    model = kiln.compile(model)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in eager.named_parameters()]
+    opts = [SGD(m.parameters(), lr=0.1) for m in (eager, model)]
+    x, y = kiln.randn(16, 4), kiln.randn(16, 2)
+    for _ in range(3):
+        for m, opt in zip((eager, model), opts):
+            opt.zero_grad()
+            kiln.nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+    model.eval()
+    assert model.training is False and model.fn.training is False
+    np.testing.assert_allclose(model(x).detach().numpy(), eager(x).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert list(model.state_dict()) == list(eager.state_dict())

@@ -1,5 +1,6 @@
-"""60-minute blitz classifier: conv/pool net, CrossEntropyLoss, SGD momentum, shuffled
-DataLoader (different shuffles per library), per-class accuracy via torch.max."""
+"""60-minute blitz classifier: conv/pool net (`net = torch.compile(net)` in the compiled run),
+CrossEntropyLoss, SGD momentum, shuffled DataLoader (different shuffles per library), per-class
+accuracy via torch.max."""
 
 from tests.scripts.harness import check_within_spread
 

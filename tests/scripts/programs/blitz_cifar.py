@@ -45,6 +45,8 @@ def main(seed=0, compile=False, initial_state=None, epochs=3):
     net = Net()
     if initial_state is not None:
         net.load_state_dict(initial_state)
+    if compile:
+        net = torch.compile(net)        # the compiled model, as PyTorch 2 scripts write it
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
@@ -56,8 +58,6 @@ def main(seed=0, compile=False, initial_state=None, epochs=3):
         optimizer.step()
         return loss
 
-    if compile:
-        train_step = torch.compile(train_step)
     losses = []
     for epoch in range(epochs):
         running_loss = 0.0
