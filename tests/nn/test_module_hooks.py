@@ -106,3 +106,29 @@ def test_set_submodule_to_empty_and_compile():
     model.compile()
     np.testing.assert_allclose(model(x).detach().numpy(), eager, rtol=1e-6)
     np.testing.assert_allclose(model(x).detach().numpy(), eager, rtol=1e-6)
+
+
+def test_parameter_dict_mapping_methods_match_torch():
+    results = {}
+    for lib in (torch, kiln):
+        d = lib.nn.ParameterDict({"a": lib.nn.Parameter(lib.ones(2)),
+                                  "b": lib.nn.Parameter(lib.zeros(3))})
+        got = [d.get("a") is d["a"], d.get("zz", 5)]
+        popped = d.pop("a")
+        got.append((tuple(popped.shape), list(d.keys())))
+        d.setdefault("c", lib.nn.Parameter(lib.ones(1)))
+        got.append(list(d.keys()))
+        copy = d.copy()
+        got.append((list(copy.keys()), copy["b"] is d["b"]))
+        key, value = d.popitem()
+        got.append((key, tuple(value.shape)))
+        got.append(list(d.fromkeys(["x", "y"], lib.nn.Parameter(lib.ones(1))).keys()))
+        d.clear()
+        got.append(len(d))
+        results[lib.__name__] = got
+    assert results["kiln"] == results["torch"]
+    norm = kiln.nn.RMSNorm(3)
+    with kiln.no_grad():
+        norm.weight.fill_(2.0)
+    norm.reset_parameters()
+    assert norm.weight.tolist() == [1.0, 1.0, 1.0]
