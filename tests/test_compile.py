@@ -290,3 +290,58 @@ def test_guards_separate_requires_grad_grad_mode_train_flags_and_kwargs():
                                rtol=1e-6)
     assert cf(x, 3.0).shape == (2, 4)               # keyword and positional: own entries
     assert len(cf.entries) == 6
+
+
+def test_training_step_that_returns_its_loss_after_backward_matches_eager():
+    """`loss.backward(); opt.step(); return loss` (PyTorch scripts' habit): the returned loss's
+    graph is already freed, so it gets no compiled backward, and the step still compiles."""
+    from kiln.optim import Adam
+
+    def make():
+        kiln.manual_seed(0)
+        model = kiln.nn.Sequential(kiln.nn.Linear(4, 8), kiln.nn.Tanh(), kiln.nn.Linear(8, 2))
+        opt = Adam(model.parameters(), lr=0.01)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = kiln.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        return model, step
+    x, y = kiln.randn(16, 4), kiln.randn(16, 2)
+    model_e, eager = make()
+    model_c, step = make()
+    compiled = kiln.compile(step, fullgraph=True)
+    for _ in range(4):
+        np.testing.assert_allclose(compiled(x, y).item(), eager(x, y).item(), rtol=1e-5)
+    for pc, pe in zip(model_c.parameters(), model_e.parameters()):
+        np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-5,
+                                   atol=1e-7)
+
+
+def test_compiled_module_keeps_the_module_interface():
+    """`model = kiln.compile(model)` then `optimizer(model.parameters())`, `model.train()` /
+    `.eval()`, `.state_dict()` (PyTorch scripts' pattern): the compiled call trains exactly as
+    the eager module does, and train/eval switches reach the module."""
+    from kiln.optim import SGD
+
+    def make():
+        kiln.manual_seed(0)
+        return kiln.nn.Sequential(kiln.nn.Linear(4, 8), kiln.nn.Dropout(0.0), kiln.nn.ReLU(),
+                                  kiln.nn.Linear(8, 2))
+    eager, model = make(), make()
+    model = kiln.compile(model)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in eager.named_parameters()]
+    opts = [SGD(m.parameters(), lr=0.1) for m in (eager, model)]
+    x, y = kiln.randn(16, 4), kiln.randn(16, 2)
+    for _ in range(3):
+        for m, opt in zip((eager, model), opts):
+            opt.zero_grad()
+            kiln.nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+    model.eval()
+    assert model.training is False and model.fn.training is False
+    np.testing.assert_allclose(model(x).detach().numpy(), eager(x).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert list(model.state_dict()) == list(eager.state_dict())

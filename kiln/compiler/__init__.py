@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import types
 import warnings
 from dataclasses import dataclass, field
 
@@ -380,8 +381,19 @@ class CompiledFunction:
     _effect_keys: set = field(default_factory=set)   # keys whose trace changed Python state
 
     def __post_init__(self):
-        functools.update_wrapper(self, self.fn)
+        # a function's name and doc; for a Module (or other object) not its __dict__, whose
+        # copies would go stale (`training`, the parameter registry) as the module changes
+        plain = isinstance(self.fn, (types.FunctionType, types.MethodType))
+        functools.update_wrapper(self, self.fn, updated=functools.WRAPPER_UPDATES if plain
+                                 else ())
         self._not_traceable = _not_traceable(self.fn)
+
+    def __getattr__(self, name: str):
+        """Everything else is the wrapped object's: `torch.compile(model)` keeps
+        `model.parameters()`, `.train()`, `.state_dict()` working, as PyTorch's wrapper does."""
+        if name.startswith("_") or name in ("fn", "entries", "warned"):
+            raise AttributeError(name)
+        return getattr(self.__dict__["fn"], name)
 
     def __get__(self, obj, objtype=None):
         return self if obj is None else functools.partial(self.__call__, obj)
@@ -508,7 +520,8 @@ class CompiledFunction:
         leaves_in = flatten(args)[0]
         outputs = flatten(result)[0]
         not_rebuilt = _unreplayable_return(flatten(result)[1])
-        consumed = [i for i, t in enumerate(outputs) if _graph_consumed(t)]
+        consumed = [i for i, t in enumerate(outputs)
+                    if t.requires_grad and t.grad_fn is not None and not _differentiable(t)]
         joint = None
         with _stage("deriving the backward"):
             if STATE.grad_enabled and any(t.requires_grad for i, t in enumerate(outputs)
@@ -785,11 +798,6 @@ def _unreplayable_return(tree) -> str | None:
     return None
 
 
-def _graph_consumed(t: Tensor) -> bool:
-    """Whether backward already ran through `t`'s graph (without retain_graph)."""
-    return t.grad_fn is not None and t.grad_fn.inputs is None
-
-
 def _mark_consumed(t: Tensor, prim) -> None:
     """Make a replayed output look like eager's after `backward()`: it requires grad, and its
     graph is spent, so another backward raises the same error eager does."""
@@ -858,6 +866,25 @@ def _grad_state_matches(program: TracedProgram, leaves: list) -> bool:
 class _Joint:
     info: object
     grads: list
+
+
+def _differentiable(t: Tensor) -> bool:
+    """Whether a compiled output gets a backward: it requires grad and its graph is still there
+    (a loss the function already ran `.backward()` through, as a training step returns it, or
+    an RNN's hidden state computed on the way to that loss, has a freed graph, as in PyTorch,
+    and no backward to derive)."""
+    if not t.requires_grad:
+        return False
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or isinstance(node, Tensor) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.inputs is None:
+            return False
+        stack.extend(node.edges)
+    return True
 
 
 def _trace_backward(tracer: Tracer, outputs: list, consumed: list = ()) -> _Joint:

@@ -26,3 +26,38 @@ from kiln.nn import functional, init, utils  # noqa: F401
 from kiln.nn import parallel  # noqa: F401,E402
 from kiln.nn.parallel import DataParallel  # noqa: F401,E402
 from kiln.nn.sync_batchnorm import SyncBatchNorm  # noqa: F401,E402
+from kiln.nn.dropout import Dropout3d, AlphaDropout, FeatureAlphaDropout  # noqa: F401,E402
+from kiln.nn.pixelshuffle import PixelShuffle, PixelUnshuffle, ChannelShuffle  # noqa: F401,E402
+from kiln.nn.transformer_decoder import (  # noqa: F401,E402
+    Transformer, TransformerDecoder, TransformerDecoderLayer)
+from kiln.nn.activation import (  # noqa: F401,E402
+    CELU, Threshold, Hardshrink, Softshrink, Tanhshrink, PReLU, RReLU, Softmax2d)
+from kiln.nn.loss_margin import (  # noqa: F401,E402
+    NLLLoss2d, GaussianNLLLoss, MarginRankingLoss, HingeEmbeddingLoss, CosineEmbeddingLoss,
+    MultiLabelMarginLoss, MultiLabelSoftMarginLoss, SoftMarginLoss, MultiMarginLoss,
+    TripletMarginLoss, TripletMarginWithDistanceLoss, CTCLoss)
+from kiln.nn.conv3d import Conv3d, ConvTranspose3d  # noqa: F401,E402
+from kiln.nn.fold import Fold, Unfold  # noqa: F401,E402
+from kiln.nn.padding import (  # noqa: F401,E402
+    ConstantPad1d, ConstantPad2d, ConstantPad3d, ZeroPad1d, ZeroPad2d, ZeroPad3d,
+    ReflectionPad1d, ReflectionPad2d, ReflectionPad3d, ReplicationPad1d, ReplicationPad2d,
+    ReplicationPad3d, CircularPad1d, CircularPad2d, CircularPad3d)
+from kiln.nn.pooling import (  # noqa: F401,E402
+    MaxPool3d, AvgPool3d, AdaptiveAvgPool3d, AdaptiveMaxPool1d, AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d, LPPool1d, LPPool2d, LPPool3d, MaxUnpool1d, MaxUnpool2d, MaxUnpool3d)
+from kiln.nn.upsampling import Upsample, UpsamplingNearest2d, UpsamplingBilinear2d  # noqa
+from kiln.nn.instancenorm import (  # noqa: F401,E402
+    InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LocalResponseNorm, CrossMapLRN2d)
+from kiln.nn.distance import PairwiseDistance, CosineSimilarity  # noqa: F401,E402
+from kiln.nn.embedding_bag import EmbeddingBag  # noqa: F401,E402
+from kiln.nn.parameter import UninitializedParameter, UninitializedBuffer  # noqa: F401,E402
+from kiln.nn.lazy import (  # noqa: F401,E402
+    LazyLinear, LazyConv1d, LazyConv2d, LazyConv3d, LazyConvTranspose1d, LazyConvTranspose2d,
+    LazyConvTranspose3d, LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazyInstanceNorm1d,
+    LazyInstanceNorm2d, LazyInstanceNorm3d)
+from kiln.nn.linear_cross_entropy import (  # noqa: F401,E402
+    LinearCrossEntropyLoss, LinearCrossEntropyOptions)
+from kiln.nn.adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: F401,E402
+from kiln.nn.data_parallel import factory_kwargs  # noqa: F401,E402
+from kiln.nn.pooling import FractionalMaxPool2d, FractionalMaxPool3d  # noqa: F401,E402
+from kiln.nn import modules  # noqa: F401,E402

@@ -637,10 +637,6 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     return out
 
 
-def local_response_norm(*args, **kwargs):
-    raise NotImplementedError("local_response_norm is not implemented in kiln")
-
-
 # ----------------------------------------------------------------------------- dropout, embedding
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
@@ -658,24 +654,96 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
     return out
 
 
-def _feature_dropout(input: Tensor, p: float, training: bool, batched_ndim: int) -> Tensor:
+def _feature_dropout(input: Tensor, p: float, training: bool) -> Tensor:
+    """PyTorch's feature_dropout: one draw per entry of the first two dims (sample, channel),
+    broadcast over the rest; a 2-D input therefore drops single elements, as PyTorch does."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return input
-    # one draw per (sample, channel): the mask broadcasts over the spatial dims
-    spatial = batched_ndim - 2 if input.ndim == batched_ndim else batched_ndim - 2
-    lead = tuple(input.shape[:input.ndim - spatial])
-    keep = kiln.rand(lead + (1,) * spatial, dtype=input.dtype, device=input.device) >= p
+    lead = tuple(input.shape[:2])
+    keep = kiln.rand(lead + (1,) * (input.ndim - 2), dtype=input.dtype,
+                     device=input.device) >= p
     return kiln.where(keep, input * (1.0 / (1.0 - p)), 0.0) if p < 1.0 else input * 0.0
+
+
+def _unbatched_feature_dropout(input: Tensor, p: float, training: bool, batched_ndim: int,
+                               name: str, inplace: bool) -> Tensor:
+    if input.ndim not in (batched_ndim - 1, batched_ndim):
+        raise RuntimeError(f"{name}: Expected {batched_ndim - 1}D or {batched_ndim}D input, but "
+                           f"received a {input.ndim}D input")
+    if not training or p == 0.0:
+        return input
+    if input.ndim == batched_ndim:
+        out = _feature_dropout(input, p, training)
+    else:
+        out = _feature_dropout(input.unsqueeze(0), p, training).squeeze(0)
+    return input.copy_(out) if inplace and out is not input else out
 
 
 def dropout1d(input: Tensor, p: float = 0.5, training: bool = True,
               inplace: bool = False) -> Tensor:
-    return _feature_dropout(input, p, training, 3)
+    """Channel dropout over (N, C, L) or unbatched (C, L) inputs."""
+    return _unbatched_feature_dropout(input, p, training, 3, "dropout1d", inplace)
 
 
 def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
               inplace: bool = False) -> Tensor:
-    return _feature_dropout(input, p, training, 4)
+    """Channel dropout over the first two dims, as PyTorch does for every input rank: a 3-D
+    input is read as (N, C, L) and a 2-D one as (N, C) (element-wise), each with its warning."""
+    if input.ndim not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {input.ndim}-D input to dropout2d, which is "
+                      "deprecated and will result in an error in a future release. To retain "
+                      "the behavior and silence this warning, please use dropout instead.",
+                      stacklevel=2)
+    if input.ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that "
+                      "channel-wise 1D dropout behavior is desired - input is interpreted as "
+                      "shape (N, C, L); use dropout1d to keep this behavior.", stacklevel=2)
+    out = _feature_dropout(input, p, training)
+    return input.copy_(out) if inplace and out is not input else out
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True,
+              inplace: bool = False) -> Tensor:
+    """Channel dropout over (N, C, D, H, W) or unbatched (C, D, H, W) inputs."""
+    if input.ndim not in (4, 5):
+        warnings.warn(f"dropout3d: Received a {input.ndim}-D input to dropout3d, which is "
+                      "deprecated and will result in an error in a future release; use "
+                      "dropout instead.", stacklevel=2)
+        out = _feature_dropout(input, p, training)
+        return input.copy_(out) if inplace and out is not input else out
+    return _unbatched_feature_dropout(input, p, training, 5, "dropout3d", inplace)
+
+
+def _alpha_dropout(input: Tensor, p: float, training: bool, feature: bool) -> Tensor:
+    """Dropout that keeps SELU's zero mean and unit variance: dropped entries take the
+    saturation value, then an affine map (a, b) restores the moments (PyTorch's formula)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    alpha = 1.7580993408473766
+    a = 1.0 / math.sqrt((alpha * alpha * p + 1) * (1 - p))
+    shape = tuple(input.shape)
+    if feature:
+        shape = shape[:2] + (1,) * (input.ndim - 2)
+    keep = (kiln.rand(shape, dtype=input.dtype, device=input.device) >= p).to(input.dtype)
+    return input * (keep * a) + ((keep - 1) * (alpha * a) + alpha * a * p)
+
+
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
+                  inplace: bool = False) -> Tensor:
+    out = _alpha_dropout(input, p, training, False)
+    return input.copy_(out) if inplace and out is not input else out
+
+
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
+                          inplace: bool = False) -> Tensor:
+    out = _alpha_dropout(input, p, training, True)
+    return input.copy_(out) if inplace and out is not input else out
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
@@ -1053,3 +1121,9 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
     n1 = kiln.sqrt((x1 * x1).sum(dim))
     n2 = kiln.sqrt((x2 * x2).sum(dim))
     return dot / kiln.clamp_min(n1 * n2, eps)
+
+
+# functions beyond the core set live in their own files and are re-exported here
+from kiln.nn.functional_spatial import *  # noqa: E402,F401,F403
+from kiln.nn.functional_activation import *  # noqa: E402,F401,F403
+from kiln.nn.functional_loss import *  # noqa: E402,F401,F403

@@ -69,6 +69,12 @@ class Module:
         object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_forward_hooks_with_kwargs", set())
         object.__setattr__(self, "_forward_pre_hooks_with_kwargs", set())
+        object.__setattr__(self, "_backward_hooks", OrderedDict())
+        object.__setattr__(self, "_backward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_state_dict_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_state_dict_hooks", OrderedDict())
+        object.__setattr__(self, "_load_state_dict_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_load_state_dict_post_hooks", OrderedDict())
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required '
@@ -85,6 +91,11 @@ class Module:
             result = hook(self, args)
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
+        backward = None
+        if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks"):
+            from kiln.nn.backward_hooks import BackwardHookCall
+            backward = BackwardHookCall(self, len(args))
+            args = backward.wrap_inputs(args)
         output = self.forward(*args, **kwargs)
         for hook_id, hook in list(self._forward_hooks.items()):
             if hook_id in self._forward_hooks_with_kwargs:
@@ -93,7 +104,80 @@ class Module:
                 result = hook(self, args, output)
             if result is not None:
                 output = result
+        if backward is not None:
+            output = backward.wrap_outputs(output)
         return output
+
+    def register_full_backward_pre_hook(self, hook: Callable, prepend: bool = False
+                                        ) -> RemovableHandle:
+        """`hook(module, grad_output)` runs when the output gradients are known; a non-None
+        result replaces them."""
+        return _add_hook(self, "_backward_pre_hooks", hook, prepend)
+
+    def register_full_backward_hook(self, hook: Callable, prepend: bool = False
+                                    ) -> RemovableHandle:
+        """`hook(module, grad_input, grad_output)` runs when the input gradients are known; a
+        non-None result replaces grad_input."""
+        return _add_hook(self, "_backward_hooks", hook, prepend)
+
+    def register_backward_hook(self, hook: Callable) -> RemovableHandle:
+        """The deprecated spelling; kiln gives it the full-hook semantics."""
+        return _add_hook(self, "_backward_hooks", hook, False)
+
+    def register_state_dict_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, prefix, keep_vars)` runs before this module's state_dict entries."""
+        return _add_hook(self, "_state_dict_pre_hooks", hook, False)
+
+    def register_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, state_dict, prefix, local_metadata)` runs after them; may edit it."""
+        return _add_hook(self, "_state_dict_hooks", hook, False)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
+        unexpected_keys, error_msgs)` runs before this module loads; may edit state_dict."""
+        return _add_hook(self, "_load_state_dict_pre_hooks", hook, False)
+
+    def register_load_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
+        """`hook(module, incompatible_keys)` runs after load_state_dict; may edit the keys."""
+        return _add_hook(self, "_load_state_dict_post_hooks", hook, False)
+
+    def get_extra_state(self):
+        """Override (with set_extra_state) to save non-tensor state as `<prefix>_extra_state`."""
+        raise RuntimeError("Reached a code path in Module.get_extra_state() that should never be "
+                           "called.")
+
+    def set_extra_state(self, state) -> None:
+        raise RuntimeError("Reached a code path in Module.set_extra_state() that should never be "
+                           "called.")
+
+    def _has_extra_state(self) -> bool:
+        return type(self).get_extra_state is not Module.get_extra_state
+
+    def set_submodule(self, target: str, module: "Module", strict: bool = False) -> None:
+        """Replace (or, unless strict, add) the submodule at dotted path `target`."""
+        if not target:
+            raise ValueError("Cannot set the submodule without a target name!")
+        *path, name = target.split(".")
+        parent = self.get_submodule(".".join(path)) if path else self
+        if strict and not hasattr(parent, name):
+            raise AttributeError(f"{parent._get_name()} has no attribute `{name}`")
+        if not isinstance(module, Module):
+            raise TypeError(f"`module` is not an nn.Module, found {type(module)}")
+        setattr(parent, name, module)
+
+    def to_empty(self, *, device=None, recurse: bool = True) -> "Module":
+        """Every parameter and buffer replaced by uninitialized memory on `device`."""
+        return self._apply(lambda t: kiln.empty(*t.shape, dtype=t.dtype,
+                                                device=device if device is not None
+                                                else t.device))
+
+    def share_memory(self) -> "Module":
+        """A no-op returning self: kiln.multiprocessing shares tensors when they are sent."""
+        return self
+
+    def compile(self, *args, **kwargs) -> None:
+        """Compile this module's forward in place with `kiln.compile`."""
+        object.__setattr__(self, "forward", kiln.compile(self.forward, *args, **kwargs))
 
     def register_forward_pre_hook(self, hook: Callable, *, prepend: bool = False,
                                   with_kwargs: bool = False) -> RemovableHandle:
@@ -159,7 +243,7 @@ class Module:
         if isinstance(value, Parameter):
             if params is None:
                 raise AttributeError("cannot assign parameters before Module.__init__() call")
-            _forget(self, name)
+            _forget(self, name, keep="_parameters")
             self.register_parameter(name, value)
         elif params is not None and name in params:
             if value is not None:
@@ -169,7 +253,7 @@ class Module:
         elif isinstance(value, Module):
             if self.__dict__.get("_modules") is None:
                 raise AttributeError("cannot assign module before Module.__init__() call")
-            _forget(self, name)
+            _forget(self, name, keep="_modules")
             self._modules[name] = value
         elif self.__dict__.get("_modules") is not None and name in self._modules:
             if value is not None:
@@ -177,7 +261,7 @@ class Module:
                                 f"'{name}' (kiln.nn.Module or None expected)")
             self._modules[name] = None
         elif isinstance(value, Buffer):
-            _forget(self, name)
+            _forget(self, name, keep="_buffers")
             self.register_buffer(name, value, value.persistent)
         elif self.__dict__.get("_buffers") is not None and name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
@@ -404,11 +488,19 @@ class Module:
                 keep_vars = args[2]
         if destination is None:
             destination = OrderedDict()
+        for hook in self.__dict__.get("_state_dict_pre_hooks", {}).values():
+            hook(self, prefix, keep_vars)
         self._save_to_state_dict(destination, prefix, keep_vars)
+        if self._has_extra_state():
+            destination[prefix + "_extra_state"] = self.get_extra_state()
         for name, module in self._modules.items():
             if module is not None:
                 module.state_dict(destination=destination, prefix=prefix + name + ".",
                                   keep_vars=keep_vars)
+        for hook in self.__dict__.get("_state_dict_hooks", {}).values():
+            result = hook(self, destination, prefix, {})
+            if result is not None:
+                destination = result
         return destination
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, missing: list,
@@ -451,24 +543,39 @@ class Module:
         if not isinstance(state_dict, dict):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}.")
         missing, errors, expected = [], [], set()
+        pre_unexpected: list = []
+        if any(m.__dict__.get("_load_state_dict_pre_hooks") for m in self.modules()):
+            state_dict = OrderedDict(state_dict)     # the hooks may edit it; keep the caller's
         for prefix_name, module in self.named_modules(remove_duplicate=False):
             prefix = prefix_name + "." if prefix_name else ""
+            for hook in module.__dict__.get("_load_state_dict_pre_hooks", {}).values():
+                hook(module, state_dict, prefix, {}, strict, missing, pre_unexpected, errors)
             module._load_from_state_dict(state_dict, prefix, missing, errors, assign)
+            if module._has_extra_state():
+                expected.add(prefix + "_extra_state")
+                if prefix + "_extra_state" in state_dict:
+                    module.set_extra_state(state_dict[prefix + "_extra_state"])
+                elif strict:
+                    missing.append(prefix + "_extra_state")
             expected.update(prefix + k for k, v in module._parameters.items() if v is not None)
             expected.update(prefix + k for k, v in module._buffers.items()
                             if v is not None and k not in module._non_persistent_buffers_set)
         unexpected = [k for k in state_dict if k not in expected]
-        if strict:
-            if unexpected:
+        result = _IncompatibleKeysResult(missing, unexpected)
+        for module in self.modules():
+            for hook in module.__dict__.get("_load_state_dict_post_hooks", {}).values():
+                hook(module, result)
+        if strict:      # after the post hooks, which may have cleared keys (as PyTorch)
+            if result.unexpected_keys:
                 errors.insert(0, "Unexpected key(s) in state_dict: {}. ".format(
-                    ", ".join(f'"{k}"' for k in unexpected)))
-            if missing:
+                    ", ".join(f'"{k}"' for k in result.unexpected_keys)))
+            if result.missing_keys:
                 errors.insert(0, "Missing key(s) in state_dict: {}. ".format(
-                    ", ".join(f'"{k}"' for k in missing)))
+                    ", ".join(f'"{k}"' for k in result.missing_keys)))
         if errors:
             raise RuntimeError("Error(s) in loading state_dict for {}:\n\t{}".format(
                 type(self).__name__, "\n\t".join(errors)))
-        return _IncompatibleKeysResult(missing, unexpected)
+        return result
 
     # ------------------------------------------------------------------ repr
     def extra_repr(self) -> str:
@@ -515,9 +622,23 @@ def _check_name(module: Module, name: str, kind: str) -> None:
         raise KeyError(f"attribute '{name}' already exists")
 
 
-def _forget(module: Module, name: str) -> None:
-    """Drop `name` from every registry and the instance dict before it is re-registered."""
+def _add_hook(module: Module, registry: str, hook: Callable, prepend: bool) -> RemovableHandle:
+    hooks = module.__dict__.get(registry)
+    if hooks is None:      # a module unpickled from before these registries existed
+        hooks = OrderedDict()
+        object.__setattr__(module, registry, hooks)
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
+
+
+def _forget(module: Module, name: str, keep: str | None = None) -> None:
+    """Drop `name` from the registries (but `keep`, where a re-assignment keeps its place, so
+    state_dict order stays PyTorch's) and the instance dict before it is re-registered."""
     for registry in ("_parameters", "_buffers", "_modules"):
-        module.__dict__.get(registry, {}).pop(name, None)
+        if registry != keep:
+            module.__dict__.get(registry, {}).pop(name, None)
     module.__dict__.pop(name, None)
     module.__dict__.get("_non_persistent_buffers_set", set()).discard(name)

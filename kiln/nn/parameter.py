@@ -66,5 +66,53 @@ class Buffer(Tensor):
         pass
 
 
+class UninitializedParameter(Parameter):
+    """A parameter whose shape is not known yet (lazy modules); `materialize` gives it one."""
+
+    __slots__ = ()
+    cls_to_become = Parameter
+
+    def __new__(cls, requires_grad: bool = True, device=None, dtype=None):
+        param = Parameter.__new__(cls, kiln.empty(0, device=device, dtype=dtype),
+                                  requires_grad)
+        return param
+
+    def __init__(self, requires_grad: bool = True, device=None, dtype=None):
+        pass
+
+    def materialize(self, shape, device=None, dtype=None) -> None:
+        """Become a real parameter of `shape` (uninitialized values), in place."""
+        data = kiln.empty(*shape, device=device or self.device, dtype=dtype or self.dtype)
+        self._data = data._data
+        self.dtype, self.device = data.dtype, data.device
+        self.__class__ = self.cls_to_become
+
+    def __repr__(self) -> str:
+        return "<UninitializedParameter>"
+
+
+class UninitializedBuffer(Tensor):
+    """A buffer whose shape is not known yet (lazy modules); `materialize` gives it one."""
+
+    __slots__ = ()
+    cls_to_become = Tensor
+
+    def __new__(cls, requires_grad: bool = False, device=None, dtype=None):
+        data = kiln.empty(0, device=device, dtype=dtype)
+        return Tensor._make(data._data, data.dtype, data.device, cls)
+
+    def __init__(self, requires_grad: bool = False, device=None, dtype=None):
+        pass
+
+    def materialize(self, shape, device=None, dtype=None) -> None:
+        data = kiln.empty(*shape, device=device or self.device, dtype=dtype or self.dtype)
+        self._data = data._data
+        self.dtype, self.device = data.dtype, data.device
+        self.__class__ = self.cls_to_become
+
+    def __repr__(self) -> str:
+        return "<UninitializedBuffer>"
+
+
 def is_lazy(param) -> bool:
-    return False
+    return isinstance(param, (UninitializedParameter, UninitializedBuffer))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import kiln
 from kiln import Tensor
 from kiln.nn import functional as F
@@ -50,6 +52,14 @@ def _time_steps(x: Tensor) -> list:
         return list(kiln.unbind(x, 0))
     half = steps // 2
     return _time_steps(x[:half]) + _time_steps(x[half:])
+
+
+def _keep_running(running: Tensor, new_state, old_state, lstm: bool):
+    """The new state where the sequence still runs, the old one where it has ended."""
+    if lstm:
+        return (kiln.where(running, new_state[0], old_state[0]),
+                kiln.where(running, new_state[1], old_state[1]))
+    return kiln.where(running, new_state, old_state)
 
 
 # ----------------------------------------------------------------------------- full sequences
@@ -119,7 +129,25 @@ class RNNBase(Module):
         return kiln.zeros(self.num_layers * directions, batch, self.hidden_size,
                           dtype=input.dtype, device=input.device)
 
-    def forward(self, input: Tensor, hx=None):
+    def flatten_parameters(self) -> None:
+        """A no-op: PyTorch compacts cuDNN's weight buffer here; kiln keeps no such buffer."""
+
+    def forward(self, input, hx=None):
+        from kiln.nn.utils.rnn import PackedSequence, _pack_with_order, pad_packed_sequence
+        if isinstance(input, PackedSequence):
+            # run the padded batch in its original order, each sequence's state frozen past
+            # its length; then repack the output in the input's order
+            padded, lengths = pad_packed_sequence(input)
+            output, state = self._forward(padded, hx, lengths.tolist())
+            order = (input.sorted_indices.tolist() if input.sorted_indices is not None
+                     else list(range(len(lengths))))
+            packed = _pack_with_order(output, lengths.tolist(), np.asarray(order), False)
+            if input.sorted_indices is None:
+                packed = packed._replace(sorted_indices=None, unsorted_indices=None)
+            return packed, state
+        return self._forward(input, hx, None)
+
+    def _forward(self, input: Tensor, hx, lengths: list | None):
         unbatched = input.ndim == 2
         if input.ndim not in (2, 3):
             raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
@@ -140,6 +168,11 @@ class RNNBase(Module):
                 h0 = h0.unsqueeze(1)
                 c0 = c0.unsqueeze(1) if lstm else None
         directions = 2 if self.bidirectional else 1
+        running = None
+        if lengths is not None:
+            # running[t]: (batch, 1) booleans, True while step t is inside the sequence
+            running = [kiln.tensor([[t < n] for n in lengths], device=x.device)
+                       for t in range(steps)]
         final_h, final_c = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -152,8 +185,13 @@ class RNNBase(Module):
                 order = range(steps - 1, -1, -1) if direction else range(steps)
                 hs = [None] * steps
                 for t in order:
-                    state = self._step(xw[t], state, w_hh, b_hh)
+                    new_state = self._step(xw[t], state, w_hh, b_hh)
+                    if running is not None:
+                        new_state = _keep_running(running[t], new_state, state, lstm)
+                    state = new_state
                     hs[t] = state[0] if lstm else state
+                    if running is not None:
+                        hs[t] = hs[t] * running[t].to(hs[t].dtype)
                 outputs.append(kiln.stack(hs, 0) if steps else layer_input[..., :0])
                 final_h.append(state[0] if lstm else state)
                 if lstm:

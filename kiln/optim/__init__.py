@@ -5,7 +5,17 @@ from kiln.optim.sgd import SGD
 from kiln.optim.adam import Adam, AdamW
 from kiln.optim.rmsprop import RMSprop
 from kiln.optim.adagrad import Adagrad
+from kiln.optim.adadelta import Adadelta
+from kiln.optim.adamax import Adamax
+from kiln.optim.nadam import NAdam
+from kiln.optim.radam import RAdam
+from kiln.optim.asgd import ASGD
+from kiln.optim.rprop import Rprop
+from kiln.optim.lbfgs import LBFGS
+from kiln.optim.adafactor import Adafactor
+from kiln.optim.muon import Muon
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
+           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon"]
 
 from kiln.optim import lr_scheduler  # noqa: E402,F401

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import functools
+from collections import OrderedDict, defaultdict
 from copy import deepcopy
 from itertools import chain
 import math
@@ -35,7 +36,18 @@ class Optimizer:
     `kiln.no_grad()` with in-place tensor ops only, so a traced training step can fuse them.
     """
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:
+            cls.step = _with_step_hooks(cls.__dict__["step"])
+
     def __init__(self, params: ParamsT, defaults: dict[str, Any]):
+        self._optimizer_step_pre_hooks: dict = OrderedDict()
+        self._optimizer_step_post_hooks: dict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: dict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: dict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: dict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: dict = OrderedDict()
         self.defaults = defaults
         self.state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         self.param_groups: list[dict[str, Any]] = []
@@ -114,8 +126,43 @@ class Optimizer:
         with kiln.enable_grad():
             return closure()
 
+    # ----------------------------------------------------------------------- hooks
+    def register_step_pre_hook(self, hook: Callable):
+        """`hook(optimizer, args, kwargs)` before each step; may return new (args, kwargs)."""
+        return _hook_handle(self, "_optimizer_step_pre_hooks", hook)
+
+    def register_step_post_hook(self, hook: Callable):
+        """`hook(optimizer, args, kwargs)` after each step."""
+        return _hook_handle(self, "_optimizer_step_post_hooks", hook)
+
+    def register_state_dict_pre_hook(self, hook: Callable, prepend: bool = False):
+        """`hook(optimizer)` before state_dict()."""
+        return _hook_handle(self, "_optimizer_state_dict_pre_hooks", hook, prepend)
+
+    def register_state_dict_post_hook(self, hook: Callable, prepend: bool = False):
+        """`hook(optimizer, state_dict)` after state_dict(); a non-None result replaces it."""
+        return _hook_handle(self, "_optimizer_state_dict_post_hooks", hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable, prepend: bool = False):
+        """`hook(optimizer, state_dict)` before loading; a non-None result is loaded instead."""
+        return _hook_handle(self, "_optimizer_load_state_dict_pre_hooks", hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook: Callable, prepend: bool = False):
+        """`hook(optimizer)` after loading."""
+        return _hook_handle(self, "_optimizer_load_state_dict_post_hooks", hook, prepend)
+
     # ----------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        for hook in list(_hooks(self, "_optimizer_state_dict_pre_hooks")):
+            hook(self)
+        result = self._state_dict()
+        for hook in list(_hooks(self, "_optimizer_state_dict_post_hooks")):
+            out = hook(self, result)
+            if out is not None:
+                result = out
+        return result
+
+    def _state_dict(self) -> dict[str, Any]:
         """`{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}`.
 
         Parameters are numbered in group order, as in PyTorch; the state tensors are the live
@@ -134,6 +181,15 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore state saved by `state_dict` into an optimizer over the same parameters."""
+        for hook in list(_hooks(self, "_optimizer_load_state_dict_pre_hooks")):
+            out = hook(self, state_dict)
+            if out is not None:
+                state_dict = out
+        self._load_state_dict(state_dict)
+        for hook in list(_hooks(self, "_optimizer_load_state_dict_post_hooks")):
+            hook(self)
+
+    def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_groups = deepcopy(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -172,6 +228,37 @@ class Optimizer:
             for key in sorted(k for k in group if k != "params"):
                 lines.append(f"    {key}: {group[key]}")
         return "\n".join(lines) + "\n)"
+
+
+def _hooks(optimizer: Optimizer, registry: str):
+    """The hooks in `registry` (an optimizer unpickled without the registries has none)."""
+    return optimizer.__dict__.get(registry, {}).values()
+
+
+def _hook_handle(optimizer: Optimizer, registry: str, hook: Callable, prepend: bool = False):
+    from kiln.nn.module import RemovableHandle
+    hooks = optimizer.__dict__.setdefault(registry, OrderedDict())
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
+
+
+def _with_step_hooks(step: Callable) -> Callable:
+    """`step` wrapped to run the optimizer's step pre- and post-hooks around it."""
+    @functools.wraps(step)
+    def hooked(self, *args, **kwargs):
+        for hook in list(_hooks(self, "_optimizer_step_pre_hooks")):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        out = step(self, *args, **kwargs)
+        for hook in list(_hooks(self, "_optimizer_step_post_hooks")):
+            hook(self, args, kwargs)
+        return out
+    hooked._with_hooks = True
+    return hooked
 
 
 def _cast_state(param: Tensor, key: str, value):
@@ -225,3 +312,6 @@ def _scalar_state(param: Tensor, value: float = 0.0) -> Tensor:
     """A step count: a float32 scalar on `param`'s device (PyTorch keeps it on the CPU, where it
     would meet the parameter's tensors in a traced step's bias corrections)."""
     return kiln.tensor(value, dtype=kiln.float32, device=param.device)
+
+
+Optimizer.step = _with_step_hooks(Optimizer.step)

@@ -1325,7 +1325,13 @@ def _py_any(it):
 
 
 def contiguous(input, memory_format=None):
-    return input
+    """`input` itself when its memory is row-major already, else a row-major copy (so `view`,
+    which never copies, works on the result as in PyTorch)."""
+    if input._data.flags.c_contiguous:
+        return input
+    out = P.cast(input, dtype=input.dtype)      # a copy autograd and the tracer see
+    out._data = out.device.xp.ascontiguousarray(out._data)
+    return out
 
 
 def clone(input, *, memory_format=None):
@@ -1681,7 +1687,7 @@ def getitem(input, key):
         if k is None:
             out_shape.append(1)
             continue
-        if isinstance(k, (list, np.ndarray)):
+        if isinstance(k, (list, range, np.ndarray)):     # x[range(n), y], as in PyTorch
             k = input.new_tensor(np.asarray(k))
             if k.dtype.is_floating_point and k.numel() == 0:
                 k = k.to(dt.int64)

@@ -279,3 +279,18 @@ def test_reprs_match_torch():
 def test_module_is_callable_and_forward_required():
     with pytest.raises(NotImplementedError, match="forward"):
         kiln.nn.Module()(kiln.ones(1))
+
+
+def test_reassigned_child_keeps_its_place_in_state_dict_like_torch():
+    def make(nn):
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = nn.Linear(2, 3)
+                self.decoder = nn.Linear(3, 2)
+                self.head = nn.Linear(2, 2)
+                self.encoder = nn.Linear(2, 3, bias=False)     # replaced in place
+                self.decoder.weight = nn.Parameter(self.decoder.weight.detach() * 2)
+        return Model()
+    import torch
+    assert list(make(kiln.nn).state_dict()) == list(make(torch.nn).state_dict())

@@ -512,6 +512,7 @@ def _at(where, idx):
 case("getitem_basic", lambda lib, x, key: x[key], _keyed)
 case("getitem_tensor", lambda lib, x, i, where: x[_at(where, i)], _tensor_key)
 case("getitem_list", lambda lib, x: x[[0, -1, 0]], one(min_dims=1, min_side=1))
+case("getitem_range", lambda lib, x: x[range(x.shape[0]), 0], one(min_dims=2, min_side=1))
 case("getitem_two_tensors", lambda lib, x, i, j, a, b: x[_at(a, i) + (slice(None),) * (b - a - 1)
                                                           + (j,)], _two_tensor_keys)
 case("getitem_tensor_and_slice", lambda lib, x, i: x[1:, i, None],

@@ -22,26 +22,13 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
 
     Returns the joint norm before clipping, as a 0-d tensor.
     """
+    parameters = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     grads = _grads(parameters)
-    max_norm, norm_type = float(max_norm), float(norm_type)
     if not grads:
         return kiln.tensor(0.0)
-    with kiln.no_grad():
-        if norm_type == math.inf:
-            norms = kiln.stack([g.abs().amax().to(grads[0].dtype) for g in grads])
-            total = norms.amax()
-        else:
-            norms = kiln.stack([kiln.norm(g, norm_type).to(grads[0].dtype) for g in grads])
-            total = kiln.norm(norms, norm_type)
-        if error_if_nonfinite and not bool(kiln.isfinite(total)):
-            raise RuntimeError(f"The total norm of order {norm_type} for gradients from "
-                               f"`parameters` is non-finite, so it cannot be clipped. To "
-                               f"disable this error and scale the gradients by the non-finite "
-                               f"norm anyway, set `error_if_nonfinite=False`")
-        # no data-dependent branch: a coefficient clamped to 1 leaves the gradients unchanged
-        coef = kiln.clamp_max(max_norm / (total + 1e-6), 1.0)
-        for g in grads:
-            g.mul_(coef.to(g.dtype))
+    total = get_total_norm(grads, norm_type, error_if_nonfinite)
+    # no data-dependent branch: a coefficient clamped to 1 leaves the gradients unchanged
+    clip_grads_with_norm_(parameters, max_norm, total)
     return total
 
 
@@ -55,3 +42,33 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,
     with kiln.no_grad():
         for g in _grads(parameters):
             g.clamp_(-clip_value, clip_value)
+
+
+def get_total_norm(tensors: Iterable[Tensor] | Tensor, norm_type: float = 2.0,
+                   error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
+    """The norm of the norms of `tensors` (their joint norm, as if concatenated)."""
+    tensors = [tensors] if isinstance(tensors, Tensor) else [t for t in tensors]
+    norm_type = float(norm_type)
+    if not tensors:
+        return kiln.tensor(0.0)
+    with kiln.no_grad():
+        if norm_type == math.inf:
+            total = kiln.stack([t.abs().amax().to(tensors[0].dtype) for t in tensors]).amax()
+        else:
+            norms = kiln.stack([kiln.norm(t, norm_type).to(tensors[0].dtype) for t in tensors])
+            total = kiln.norm(norms, norm_type)
+        if error_if_nonfinite and not bool(kiln.isfinite(total)):
+            raise RuntimeError(f"The total norm of order {norm_type} for gradients from "
+                               f"`parameters` is non-finite, so it cannot be clipped. To "
+                               f"disable this error and scale the gradients by the non-finite "
+                               f"norm anyway, set `error_if_nonfinite=False`")
+    return total
+
+
+def clip_grads_with_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
+                          total_norm: Tensor, foreach: bool | None = None) -> None:
+    """Scale the gradients by max_norm / total_norm when that is below 1."""
+    with kiln.no_grad():
+        coef = kiln.clamp_max(float(max_norm) / (total_norm + 1e-6), 1.0)
+        for g in _grads(parameters):
+            g.mul_(coef.to(g.dtype))

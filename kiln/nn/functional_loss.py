@@ -1,0 +1,308 @@
+"""Losses of `kiln.nn.functional` beyond the core set: margin and ranking losses, Gaussian NLL,
+multi-label losses, triplet losses, CTC, and the distances they use.
+
+Each follows PyTorch's formula and reduction; integer targets are read with NumPy to build
+masks (they carry no gradient), the rest is kiln tensor ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+import kiln
+from kiln import Tensor
+
+__all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
+           "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
+           "multi_margin_loss", "cosine_embedding_loss", "pairwise_distance", "pdist",
+           "triplet_margin_loss", "triplet_margin_with_distance_loss", "ctc_loss",
+           "linear_cross_entropy"]
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _legacy(size_average, reduce, reduction: str) -> str:
+    if size_average is None and reduce is None:
+        return reduction
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def _labels(target: Tensor) -> np.ndarray:
+    return np.asarray(target.detach().cpu().numpy())
+
+
+def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: bool = False,
+                      eps: float = 1e-6, reduction: str = "mean") -> Tensor:
+    """0.5 * (log(var) + (input - target)^2 / var), var clamped below at eps (the clamp is
+    invisible to autograd, as in PyTorch)."""
+    if not isinstance(var, Tensor):
+        var = kiln.full_like(input, float(var))
+    if var.shape != input.shape:
+        if tuple(input.shape[:-1]) == tuple(var.shape):
+            var = var.unsqueeze(-1)
+        elif not (tuple(input.shape[:-1]) == tuple(var.shape[:-1]) and var.shape[-1] == 1):
+            raise ValueError("var is of incorrect size")
+    if bool((var < 0).any()):
+        raise ValueError("var has negative entry/entries")
+    var = var + (var.clamp_min(eps) - var).detach()
+    loss = 0.5 * (kiln.log(var) + (input - target) ** 2 / var)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce(loss, reduction)
+
+
+def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
+                        size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    """max(0, -target * (input1 - input2) + margin)."""
+    loss = (-target * (input1 - input2) + margin).clamp_min(0)
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, size_average=None,
+                         reduce=None, reduction: str = "mean") -> Tensor:
+    """input where target == 1, max(0, margin - input) where target == -1."""
+    zeros = kiln.zeros_like(input)
+    margin_part = kiln.where(target != 1, (margin - input).clamp_min(0), zeros)
+    self_part = kiln.where(target != -1, input, zeros)
+    return _reduce(margin_part + self_part, _legacy(size_average, reduce, reduction))
+
+
+def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+                           reduction: str = "mean") -> Tensor:
+    """Per sample, sum over target classes j and other classes i of max(0, 1 - (x_j - x_i)),
+    divided by the number of classes; a target row lists classes up to its first -1."""
+    x = input if input.ndim == 2 else input.unsqueeze(0)
+    labels = _labels(target).reshape(x.shape[0], -1)
+    classes = x.shape[1]
+    is_target = np.zeros((x.shape[0], classes), dtype=bool)
+    for row, ys in enumerate(labels):
+        for y in ys:
+            if y < 0:
+                break
+            is_target[row, y] = True
+    pair = np.logical_and(is_target[:, :, None], ~is_target[:, None, :])
+    hinge = (1 - (x.unsqueeze(2) - x.unsqueeze(1))).clamp_min(0)
+    loss = kiln.where(kiln.tensor(pair, device=x.device), hinge,
+                      kiln.zeros_like(hinge)).sum((1, 2)) / classes
+    if input.ndim == 1:
+        loss = loss.squeeze(0)
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                                size_average=None, reduce=None,
+                                reduction: str = "mean") -> Tensor:
+    """Binary cross entropy with logits per class, averaged over the classes."""
+    logsig = _logsigmoid
+    loss = -(target * logsig(input) + (1 - target) * logsig(-input))
+    if weight is not None:
+        loss = loss * weight
+    loss = loss.sum(-1) / input.shape[-1]
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def _logsigmoid(x: Tensor) -> Tensor:
+    from kiln.nn.functional import logsigmoid
+    return logsigmoid(x)
+
+
+def soft_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+                     reduction: str = "mean") -> Tensor:
+    """log(1 + exp(-target * input))."""
+    loss = -_logsigmoid(target * input)
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float = 1.0,
+                      weight: Tensor | None = None, size_average=None, reduce=None,
+                      reduction: str = "mean") -> Tensor:
+    """Per sample, sum over classes i != y of max(0, margin - x_y + x_i)^p (times weight[y]),
+    divided by the number of classes."""
+    if p not in (1, 2):
+        raise ValueError("only p == 1 and p == 2 supported")
+    x = input if input.ndim == 2 else input.unsqueeze(0)
+    y = target.reshape(-1)
+    picked = kiln.gather(x, 1, y.unsqueeze(1))
+    hinge = (margin - picked + x).clamp_min(0)
+    if p == 2:
+        hinge = hinge * hinge
+    if weight is not None:
+        hinge = hinge * kiln.index_select(weight, 0, y).unsqueeze(1)
+    others = kiln.tensor(np.arange(x.shape[1])[None, :] != _labels(y)[:, None],
+                         device=x.device)
+    loss = kiln.where(others, hinge, kiln.zeros_like(hinge)).sum(1) / x.shape[1]
+    if input.ndim == 1:
+        loss = loss.squeeze(0)
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
+                          size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    """1 - cos(x1, x2) where target == 1, max(0, cos(x1, x2) - margin) where target == -1."""
+    eps = 1e-12
+    dot = (input1 * input2).sum(-1)
+    mag1 = (input1 * input1).sum(-1) + eps
+    mag2 = (input2 * input2).sum(-1) + eps
+    cos = dot / (mag1 * mag2).sqrt()
+    zeros = kiln.zeros_like(cos)
+    loss = kiln.where(target == 1, 1 - cos, zeros) + \
+        kiln.where(target == -1, (cos - margin).clamp_min(0), zeros)
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
+                      keepdim: bool = False) -> Tensor:
+    """||x1 - x2 + eps||_p over the last dim."""
+    diff = x1 - x2 + eps
+    if p == math.inf:
+        return diff.abs().amax(-1, keepdim=keepdim)
+    if p == 0:
+        return (diff != 0).to(diff.dtype).sum(-1, keepdim=keepdim)
+    return (diff.abs() ** p).sum(-1, keepdim=keepdim) ** (1.0 / p)
+
+
+def pdist(input: Tensor, p: float = 2) -> Tensor:
+    """The p-norm distances between the rows of an (N, M) input, upper triangle, row-major."""
+    n = input.shape[0]
+    rows, cols = np.triu_indices(n, 1)
+    if len(rows) == 0:
+        return input.new_zeros(0)
+    a = kiln.index_select(input, 0, kiln.tensor(rows, device=input.device))
+    b = kiln.index_select(input, 0, kiln.tensor(cols, device=input.device))
+    diff = (a - b).abs()
+    if p == math.inf:
+        return diff.amax(-1)
+    return (diff ** p).sum(-1) ** (1.0 / p)
+
+
+def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
+                        margin: float = 1.0, p: float = 2, eps: float = 1e-6,
+                        swap: bool = False, size_average=None, reduce=None,
+                        reduction: str = "mean") -> Tensor:
+    """max(0, margin + d(anchor, positive) - d(anchor, negative)), d the p-norm distance."""
+    d_pos = pairwise_distance(anchor, positive, p, eps)
+    d_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = kiln.minimum(d_neg, pairwise_distance(positive, negative, p, eps))
+    loss = (margin + d_pos - d_neg).clamp_min(0)
+    return _reduce(loss, _legacy(size_average, reduce, reduction))
+
+
+def triplet_margin_with_distance_loss(anchor: Tensor, positive: Tensor, negative: Tensor, *,
+                                      distance_function: Callable | None = None,
+                                      margin: float = 1.0, swap: bool = False,
+                                      reduction: str = "mean") -> Tensor:
+    if margin <= 0:
+        raise ValueError(f"TripletMarginWithDistanceLoss: expected margin to be greater than "
+                         f"0, got {margin} instead")
+    dist = distance_function if distance_function is not None else pairwise_distance
+    d_pos = dist(anchor, positive)
+    d_neg = dist(anchor, negative)
+    if swap:
+        d_neg = kiln.minimum(d_neg, dist(positive, negative))
+    loss = (margin + d_pos - d_neg).clamp_min(0)
+    return _reduce(loss, reduction)
+
+
+# ----------------------------------------------------------------------------- CTC
+
+_NEG = -1e30     # log(0) stand-in: -inf would make logsumexp of all-impossible paths NaN
+
+
+def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
+             blank: int = 0, reduction: str = "mean", zero_infinity: bool = False) -> Tensor:
+    """Connectionist temporal classification: -log of the summed probability of every
+    alignment of each target, by the forward (alpha) recursion over the blank-extended target.
+
+    log_probs: (T, N, C) or (T, C) log-probabilities; targets: (N, S) padded or 1-D
+    concatenated; the lengths as tensors or sequences of ints.
+    """
+    unbatched = log_probs.ndim == 2
+    lp = log_probs.unsqueeze(1) if unbatched else log_probs
+    steps, batch, _ = lp.shape
+    in_lengths = [int(v) for v in np.asarray(
+        input_lengths.tolist() if isinstance(input_lengths, Tensor) else input_lengths
+    ).reshape(-1)]
+    tgt_lengths = [int(v) for v in np.asarray(
+        target_lengths.tolist() if isinstance(target_lengths, Tensor) else target_lengths
+    ).reshape(-1)]
+    flat = _labels(targets)
+    if unbatched or flat.ndim == 1:
+        flat = flat.reshape(-1)
+        offsets = np.concatenate([[0], np.cumsum(tgt_lengths)])
+        sequences = [flat[offsets[i]:offsets[i] + tgt_lengths[i]] for i in range(batch)]
+    else:
+        sequences = [flat[i, :tgt_lengths[i]] for i in range(batch)]
+    width = 2 * max(tgt_lengths + [0]) + 1
+    extended = np.full((batch, width), blank, dtype=np.int64)
+    skip = np.zeros((batch, width), dtype=bool)
+    for i, seq in enumerate(sequences):
+        extended[i, 1:2 * len(seq):2] = seq
+        for s in range(3, 2 * len(seq), 2):
+            skip[i, s] = extended[i, s] != extended[i, s - 2]
+    ext = kiln.tensor(extended, device=lp.device)
+    skip_t = kiln.tensor(skip, device=lp.device)
+    neg = kiln.full((batch, width), _NEG, dtype=lp.dtype, device=lp.device)
+    start = np.zeros((batch, width), dtype=bool)
+    start[:, 0] = True
+    start[:, 1] = np.asarray(tgt_lengths) > 0 if width > 1 else False
+    emit = kiln.gather(lp[0], 1, ext)
+    alpha = kiln.where(kiln.tensor(start, device=lp.device), emit, neg)
+    pad1 = kiln.full((batch, 1), _NEG, dtype=lp.dtype, device=lp.device)
+    pad2 = kiln.full((batch, 2), _NEG, dtype=lp.dtype, device=lp.device)
+    for t in range(1, steps):
+        prev1 = kiln.cat([pad1, alpha[:, :-1]], 1)
+        prev2 = kiln.where(skip_t, kiln.cat([pad2, alpha[:, :-2]], 1), neg)
+        new = kiln.logsumexp(kiln.stack([alpha, prev1, prev2]), 0) + kiln.gather(lp[t], 1, ext)
+        running = kiln.tensor([[t < n] for n in in_lengths], device=lp.device)
+        alpha = kiln.where(running, new, alpha)
+    last = np.asarray([2 * n for n in tgt_lengths])
+    end1 = kiln.gather(alpha, 1, kiln.tensor(last[:, None], device=lp.device)).squeeze(1)
+    end2 = kiln.gather(alpha, 1, kiln.tensor(np.maximum(last - 1, 0)[:, None],
+                                             device=lp.device)).squeeze(1)
+    end2 = kiln.where(kiln.tensor(last > 0, device=lp.device), end2,
+                      kiln.full_like(end2, _NEG))
+    loss = -kiln.logsumexp(kiln.stack([end1, end2]), 0)
+    impossible = loss > -_NEG / 2
+    if zero_infinity:
+        loss = kiln.where(impossible, kiln.zeros_like(loss), loss)
+    else:
+        loss = kiln.where(impossible, kiln.full_like(loss, math.inf), loss)
+    if reduction == "mean":
+        lengths = kiln.tensor([max(n, 1) for n in tgt_lengths], dtype=loss.dtype,
+                              device=loss.device)
+        return (loss / lengths).mean()
+    if unbatched and reduction == "none":
+        return loss.squeeze(0)
+    return _reduce(loss, reduction)
+
+
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Tensor | None = None, weight: Tensor | None = None,
+                         reduction: str = "mean", ignore_index: int | None = None,
+                         label_smoothing: float = 0.0,
+                         options=None) -> Tensor:
+    """cross_entropy(input @ W^T + b, target), W of shape (C, d1, ..., dK, in_features)."""
+    classes_shape = tuple(linear_weight.shape[:-1])
+    flat = linear_weight.reshape(-1, linear_weight.shape[-1])
+    from kiln.nn import functional as F
+    logits = F.linear(input, flat)
+    logits = logits.reshape(*input.shape[:-1], *classes_shape)
+    if linear_bias is not None:
+        logits = logits + linear_bias
+    return F.cross_entropy(logits, target, weight=weight,
+                           ignore_index=-100 if ignore_index is None else ignore_index,
+                           reduction=reduction, label_smoothing=label_smoothing)

@@ -1,0 +1,822 @@
+"""Spatial functions of `kiln.nn.functional` beyond 2-D conv and pooling: pixel and channel
+shuffles, 3-D convolution and pooling, adaptive max pooling, LP pooling, fold/unfold,
+interpolation, unpooling, instance and local-response norms, distances and embedding bags.
+
+Each is a composition of kiln tensor ops (often of the 2-D functions in `functional`), so
+autograd and tracing see through it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import kiln
+from kiln import Tensor
+from kiln.nn import functional as F
+
+__all__ = ["pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+           "conv3d", "conv_transpose3d", "conv_tbc", "max_pool3d", "avg_pool3d",
+           "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+           "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+           "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
+           "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices",
+           "lp_pool1d", "lp_pool2d", "lp_pool3d", "max_unpool1d", "max_unpool2d",
+           "max_unpool3d", "unfold", "fold", "interpolate", "upsample", "upsample_nearest",
+           "upsample_bilinear", "instance_norm", "local_response_norm", "embedding_bag",
+           "affine_grid", "grid_sample", "fractional_max_pool2d", "fractional_max_pool3d",
+           "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices"]
+
+
+def _ntuple(value, n: int, name: str = "argument") -> tuple:
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return tuple(value) * n
+        if len(value) != n:
+            raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value}")
+        return tuple(int(v) for v in value)
+    return (int(value),) * n
+
+
+# ----------------------------------------------------------------------------- shuffles
+
+def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
+    """(*, C*r*r, H, W) -> (*, C, H*r, W*r): sub-pixel convolution's rearrangement."""
+    r = int(upscale_factor)
+    *lead, c, h, w = input.shape
+    if input.ndim < 3 or c % (r * r):
+        raise RuntimeError(f"pixel_shuffle expects its input's 'channel' dimension to be "
+                           f"divisible by the square of upscale_factor, but input.size(-3)={c} "
+                           f"is not divisible by {r * r}")
+    k = len(lead)
+    x = input.reshape(*lead, c // (r * r), r, r, h, w)
+    x = x.permute(*range(k), k, k + 3, k + 1, k + 4, k + 2)
+    return x.reshape(*lead, c // (r * r), h * r, w * r)
+
+
+def pixel_unshuffle(input: Tensor, downscale_factor: int) -> Tensor:
+    """(*, C, H*r, W*r) -> (*, C*r*r, H, W), the inverse of pixel_shuffle."""
+    r = int(downscale_factor)
+    *lead, c, h, w = input.shape
+    if input.ndim < 3 or h % r or w % r:
+        raise RuntimeError(f"pixel_unshuffle expects height and width to be divisible by "
+                           f"downscale_factor, but input.size(-2)={h}, input.size(-1)={w} and "
+                           f"downscale_factor={r}")
+    k = len(lead)
+    x = input.reshape(*lead, c, h // r, r, w // r, r)
+    x = x.permute(*range(k), k, k + 2, k + 4, k + 1, k + 3)
+    return x.reshape(*lead, c * r * r, h // r, w // r)
+
+
+def channel_shuffle(input: Tensor, groups: int) -> Tensor:
+    """(N, g*k, *) -> channels regrouped as k*g (ShuffleNet's shuffle)."""
+    n, c, *rest = input.shape
+    if c % groups:
+        raise RuntimeError(f"channel_shuffle: number of channels ({c}) must be divisible by "
+                           f"groups ({groups})")
+    x = input.reshape(n, groups, c // groups, *rest).transpose(1, 2)
+    return x.reshape(n, c, *rest)
+
+
+native_channel_shuffle = channel_shuffle
+
+
+# ----------------------------------------------------------------------------- 3-D convolution
+
+def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """3-D convolution as a sum over the kernel's depth of 2-D convolutions of depth slices."""
+    unbatched = input.ndim == 4
+    x = input.unsqueeze(0) if unbatched else input
+    if x.ndim != 5:
+        raise RuntimeError(f"conv3d: expected a 4-D or 5-D input, got shape {list(input.shape)}")
+    stride, dilation = _ntuple(stride, 3, "stride"), _ntuple(dilation, 3, "dilation")
+    kd, kh, kw = weight.shape[2:]
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            total = [d * (k - 1) for d, k in zip(dilation, (kd, kh, kw))]
+            pads = (total[2] // 2, total[2] - total[2] // 2, total[1] // 2,
+                    total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        else:
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of "
+                             "{'valid', 'same'}")
+    else:
+        pd, ph, pw = _ntuple(padding, 3, "padding")
+        pads = (pw, pw, ph, ph, pd, pd)
+    if any(pads):
+        x = F.pad(x, pads)
+    n, c, depth, h, w = x.shape
+    out_d = (depth - dilation[0] * (kd - 1) - 1) // stride[0] + 1
+    if out_d <= 0:
+        raise RuntimeError(f"conv3d: kernel size ({kd}x{kh}x{kw}) can't be greater than the "
+                           f"padded input size ({depth}x{h}x{w})")
+    out = None
+    for i in range(kd):
+        start = i * dilation[0]
+        # the depth slices this kernel plane meets, as one batch of 2-D images
+        planes = x[:, :, start:start + stride[0] * (out_d - 1) + 1:stride[0]]
+        planes = planes.transpose(1, 2).reshape(n * out_d, c, h, w)
+        part = F.conv2d(planes, weight[:, :, i], None, stride[1:], 0, dilation[1:], groups)
+        out = part if out is None else out + part
+    out = out.reshape(n, out_d, *out.shape[1:]).transpose(1, 2)
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1, 1)
+    return out.squeeze(0) if unbatched else out
+
+
+def _dilate_nd(x: Tensor, stride: tuple) -> Tensor:
+    """Insert (s - 1) zeros between the entries of the trailing len(stride) dims."""
+    k = len(stride)
+    for axis, s in zip(range(x.ndim - k, x.ndim), stride):
+        if s == 1:
+            continue
+        size = x.shape[axis]
+        x = x.unsqueeze(axis + 1)
+        pad = [0, 0] * (x.ndim - axis - 2) + [0, s - 1]
+        x = F.pad(x, pad)
+        shape = list(x.shape)
+        shape[axis:axis + 2] = [size * s]
+        x = x.reshape(shape)
+        x = x.narrow(axis, 0, (size - 1) * s + 1)
+    return x
+
+
+def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """A stride-1 3-D convolution of the zero-dilated input with the flipped kernel."""
+    unbatched = input.ndim == 4
+    x = input.unsqueeze(0) if unbatched else input
+    stride, padding = _ntuple(stride, 3, "stride"), _ntuple(padding, 3, "padding")
+    output_padding, dilation = _ntuple(output_padding, 3), _ntuple(dilation, 3)
+    in_ch, out_per_group, kd, kh, kw = weight.shape
+    x = _dilate_nd(x, stride)
+    p = [d * (k - 1) - q for d, k, q in zip(dilation, (kd, kh, kw), padding)]
+    x = F.pad(x, (p[2], p[2] + output_padding[2], p[1], p[1] + output_padding[1],
+                  p[0], p[0] + output_padding[0]))
+    w = weight.reshape(groups, in_ch // groups, out_per_group, kd, kh, kw).transpose(1, 2)
+    w = kiln.flip(w.reshape(groups * out_per_group, in_ch // groups, kd, kh, kw), (2, 3, 4))
+    out = conv3d(x, w, bias, 1, 0, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv_tbc(input: Tensor, weight: Tensor, bias: Tensor, pad: int = 0) -> Tensor:
+    """1-D convolution over a (time, batch, channels) input with a (k, in, out) weight."""
+    x = input.permute(1, 2, 0)
+    out = F.conv1d(x, weight.permute(2, 1, 0), bias, padding=pad)
+    return out.permute(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def _move_last(x: Tensor, axis: int) -> Tensor:
+    return x.movedim(axis, -1)
+
+
+def max_pool1d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = True):
+    return F.max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = True):
+    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """3-D max pooling, separably: 2-D over (H, W) per depth, then 1-D over depth. The first
+    maximum in (d, h, w) order wins, as in PyTorch's scan."""
+    unbatched = input.ndim == 4
+    x = input.unsqueeze(0) if unbatched else input
+    k = _ntuple(kernel_size, 3, "kernel_size")
+    s = k if stride is None or stride == [] or stride == () else _ntuple(stride, 3, "stride")
+    p, d = _ntuple(padding, 3, "padding"), _ntuple(dilation, 3, "dilation")
+    n, c, depth, h, w = x.shape
+    planes = x.reshape(n, c * depth, h, w)
+    hw, hw_idx = F.max_pool2d(planes, k[1:], s[1:], p[1:], d[1:], ceil_mode, True)
+    oh, ow = hw.shape[-2:]
+    cols = hw.reshape(n, c, depth, oh * ow).transpose(2, 3).reshape(n, c * oh * ow, depth)
+    out, d_idx = F.max_pool1d(cols, k[0], s[0], p[0], d[0], ceil_mode, True)
+    od = out.shape[-1]
+    out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
+    if unbatched:
+        out = out.squeeze(0)
+    if not return_indices:
+        return out
+    # the flat (h, w) index the 2-D pass chose at the depth the 1-D pass chose
+    hw_idx = hw_idx.reshape(n, c, depth, oh * ow).transpose(2, 3).reshape(n, c * oh * ow, depth)
+    chosen = kiln.gather(hw_idx, 2, d_idx)
+    indices = (d_idx * (h * w) + chosen).reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
+    return out, indices.squeeze(0) if unbatched else indices
+
+
+def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = True):
+    return max_pool3d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """3-D average pooling, separably: 2-D over (H, W), then 1-D over depth (each window's
+    divisor is the product of its per-dim sizes, so the composition is exact)."""
+    unbatched = input.ndim == 4
+    x = input.unsqueeze(0) if unbatched else input
+    k = _ntuple(kernel_size, 3, "kernel_size")
+    s = k if stride is None or stride == [] or stride == () else _ntuple(stride, 3, "stride")
+    p = _ntuple(padding, 3, "padding")
+    n, c, depth, h, w = x.shape
+    one = 1 if divisor_override else None
+    hw = F.avg_pool2d(x.reshape(n, c * depth, h, w), k[1:], s[1:], p[1:], ceil_mode,
+                      count_include_pad, one)
+    oh, ow = hw.shape[-2:]
+    cols = hw.reshape(n, c, depth, oh * ow).transpose(2, 3).reshape(n * c * oh * ow, 1, 1,
+                                                                     depth)
+    out = F.avg_pool2d(cols, (1, k[0]), (1, s[0]), (0, p[0]), ceil_mode, count_include_pad,
+                       one)
+    od = out.shape[-1]
+    out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
+    if divisor_override:
+        out = out / divisor_override
+    return out.squeeze(0) if unbatched else out
+
+
+def _adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def _output_size(output_size, dims: int, spatial: tuple) -> tuple:
+    sizes = _ntuple(output_size, dims, "output_size") if not (
+        isinstance(output_size, (list, tuple)) and None in output_size) else tuple(output_size)
+    return tuple(spatial[i] if o is None else int(o) for i, o in enumerate(sizes))
+
+
+def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
+    """Adaptive average pooling: one averaging matmul per spatial dim."""
+    out_size = _output_size(output_size, 3, tuple(input.shape[-3:]))
+    x = input
+    for axis, o in zip(range(-3, 0), out_size):
+        size = x.shape[axis]
+        m = np.zeros((size, o), dtype=x.dtype.np)
+        for j, (a, b) in enumerate(_adaptive_bins(size, o)):
+            m[a:b, j] = 1.0 / (b - a)
+        x = kiln.matmul(x.movedim(axis, -1), kiln.tensor(m, device=x.device)).movedim(-1, axis)
+    return x
+
+
+def _adaptive_max(input: Tensor, output_size, dims: int, return_indices: bool):
+    """Adaptive max pooling by gathering each output cell's window maximum (PyTorch's bins)."""
+    spatial = tuple(input.shape[-dims:])
+    lead = tuple(input.shape[:-dims])
+    out_size = _output_size(output_size, dims, spatial)
+    flat = input.reshape(*lead, -1)
+    strides = np.cumprod((1,) + spatial[::-1])[:-1][::-1]
+    bins = [_adaptive_bins(size, o) for size, o in zip(spatial, out_size)]
+    values, indices = [], []
+    for cell in np.ndindex(*out_size):
+        ranges = [np.arange(*bins[k][cell[k]]) for k in range(dims)]
+        grid = np.meshgrid(*ranges, indexing="ij")
+        positions = sum(g * st for g, st in zip(grid, strides)).reshape(-1)
+        window = kiln.index_select(flat, -1, kiln.tensor(positions, device=input.device))
+        local = window.argmax(-1, keepdim=True)
+        values.append(kiln.gather(window, -1, local))
+        table = kiln.tensor(positions, device=input.device).expand(*lead, len(positions))
+        indices.append(kiln.gather(table, -1, local))
+    out = kiln.cat(values, -1).reshape(*lead, *out_size)
+    if not return_indices:
+        return out
+    return out, kiln.cat(indices, -1).reshape(*lead, *out_size)
+
+
+def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False):
+    return _adaptive_max(input, output_size, 1, return_indices)
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    return _adaptive_max(input, output_size, 2, return_indices)
+
+
+def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False):
+    return _adaptive_max(input, output_size, 3, return_indices)
+
+
+def adaptive_max_pool1d_with_indices(input: Tensor, output_size, return_indices: bool = True):
+    return _adaptive_max(input, output_size, 1, True)
+
+
+def adaptive_max_pool2d_with_indices(input: Tensor, output_size, return_indices: bool = True):
+    return _adaptive_max(input, output_size, 2, True)
+
+
+def adaptive_max_pool3d_with_indices(input: Tensor, output_size, return_indices: bool = True):
+    return _adaptive_max(input, output_size, 3, True)
+
+
+def _lp_finish(out: Tensor, norm_type: float, window: int) -> Tensor:
+    return (kiln.sign(out) * F.relu(out.abs())).mul(window).pow(1.0 / norm_type)
+
+
+def lp_pool1d(input: Tensor, norm_type: float, kernel_size: int, stride=None,
+              ceil_mode: bool = False) -> Tensor:
+    """(sum over the window of x^p)^(1/p), through average pooling of x^p."""
+    out = F.avg_pool1d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
+    return _lp_finish(out, norm_type, int(_ntuple(kernel_size, 1)[0]))
+
+
+def lp_pool2d(input: Tensor, norm_type: float, kernel_size, stride=None,
+              ceil_mode: bool = False) -> Tensor:
+    kh, kw = _ntuple(kernel_size, 2)
+    out = F.avg_pool2d(input.pow(norm_type), (kh, kw), stride, 0, ceil_mode)
+    return _lp_finish(out, norm_type, kh * kw)
+
+
+def lp_pool3d(input: Tensor, norm_type: float, kernel_size, stride=None,
+              ceil_mode: bool = False) -> Tensor:
+    kd, kh, kw = _ntuple(kernel_size, 3)
+    out = avg_pool3d(input.pow(norm_type), (kd, kh, kw), stride, 0, ceil_mode)
+    return _lp_finish(out, norm_type, kd * kh * kw)
+
+
+def _max_unpool(input: Tensor, indices: Tensor, kernel_size, stride, padding, output_size,
+                dims: int) -> Tensor:
+    k = _ntuple(kernel_size, dims, "kernel_size")
+    s = k if stride is None else _ntuple(stride, dims, "stride")
+    p = _ntuple(padding, dims, "padding")
+    spatial = tuple(input.shape[-dims:])
+    if output_size is None:
+        out = tuple((i - 1) * st - 2 * pd + kk for i, st, pd, kk in zip(spatial, s, p, k))
+    else:
+        out = tuple(int(v) for v in tuple(output_size)[-dims:])
+    lead = tuple(input.shape[:-dims])
+    flat_in = input.reshape(*lead, -1)
+    target = kiln.zeros(*lead, int(np.prod(out)), dtype=input.dtype, device=input.device)
+    result = target.scatter(len(lead), indices.reshape(*lead, -1), flat_in)
+    return result.reshape(*lead, *out)
+
+
+def max_unpool1d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    """Put each pooled value back at the position max_pool1d took it from; zeros elsewhere."""
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 1)
+
+
+def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 2)
+
+
+def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 3)
+
+
+# ----------------------------------------------------------------------------- fold / unfold
+
+def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """im2col: (N, C, H, W) -> (N, C*kh*kw, L), channel-major then kernel position."""
+    unbatched = input.ndim == 3
+    x = input.unsqueeze(0) if unbatched else input
+    k, d = _ntuple(kernel_size, 2), _ntuple(dilation, 2)
+    p, s = _ntuple(padding, 2), _ntuple(stride, 2)
+    if any(p):
+        x = F.pad(x, (p[1], p[1], p[0], p[0]))
+    n, c, h, w = x.shape
+    oh = (h - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (w - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    windows = F._windows(x, k, s, d, (oh, ow))
+    out = kiln.stack(windows, 2).reshape(n, c * k[0] * k[1], oh * ow)
+    return out.squeeze(0) if unbatched else out
+
+
+def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """col2im, the adjoint of unfold: overlapping blocks are summed into (N, C, H, W)."""
+    unbatched = input.ndim == 2
+    x = input.unsqueeze(0) if unbatched else input
+    out_hw, k = _ntuple(output_size, 2), _ntuple(kernel_size, 2)
+    d, p, s = _ntuple(dilation, 2), _ntuple(padding, 2), _ntuple(stride, 2)
+    hp, wp = out_hw[0] + 2 * p[0], out_hw[1] + 2 * p[1]
+    oh = (hp - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (wp - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    n, ck, length = x.shape
+    if ck % (k[0] * k[1]) or length != oh * ow:
+        raise RuntimeError(f"fold: expected input of shape (N, C*{k[0] * k[1]}, {oh * ow}), got "
+                           f"{list(input.shape)}")
+    c = ck // (k[0] * k[1])
+    blocks = x.reshape(n, c, k[0] * k[1], oh, ow)
+    out = None
+    for i in range(k[0]):
+        for j in range(k[1]):
+            block = _dilate_nd(blocks[:, :, i * k[1] + j], s)
+            top, left = i * d[0], j * d[1]
+            placed = F.pad(block, (left, wp - left - block.shape[-1],
+                                   top, hp - top - block.shape[-2]))
+            out = placed if out is None else out + placed
+    out = out[:, :, p[0]:p[0] + out_hw[0], p[1]:p[1] + out_hw[1]]
+    return out.squeeze(0) if unbatched else out
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+def _source_scale(in_size: int, out_size: int, align_corners: bool, scale) -> float:
+    if align_corners:
+        return (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    return 1.0 / scale if scale is not None and scale > 0 else in_size / out_size
+
+
+def _resize_axis(x: Tensor, axis: int, out_size: int, mode: str, align_corners: bool,
+                 scale) -> Tensor:
+    """Resample one axis: nearest picks a source index, linear and cubic blend neighbours."""
+    in_size = x.shape[axis]
+    ratio = _source_scale(in_size, out_size, align_corners, scale)
+    dst = np.arange(out_size, dtype=np.float64)
+    device = x.device
+    take = lambda idx: kiln.index_select(x, axis, kiln.tensor(idx.astype(np.int64),
+                                                              device=device))
+    shape = [1] * x.ndim
+    shape[axis] = out_size
+    weight = lambda w: kiln.tensor(w.astype(x.dtype.np).reshape(shape), device=device)
+    if mode == "nearest":
+        src = np.minimum(np.floor(dst * np.float32(ratio)), in_size - 1)
+        return take(src)
+    if mode == "nearest-exact":
+        src = np.minimum(np.floor((dst + 0.5) * np.float32(ratio)), in_size - 1)
+        return take(src)
+    if mode == "linear":
+        src = dst * ratio if align_corners else np.maximum((dst + 0.5) * ratio - 0.5, 0.0)
+        low = np.minimum(np.floor(src), in_size - 1)
+        high = np.minimum(low + 1, in_size - 1)
+        lam = src - low
+        return take(low) * weight(1 - lam) + take(high) * weight(lam)
+    if mode == "cubic":
+        src = dst * ratio if align_corners else (dst + 0.5) * ratio - 0.5
+        base = np.floor(src)
+        t = src - base
+        a = -0.75
+
+        def near(z):       # |z| <= 1
+            return ((a + 2) * z - (a + 3)) * z * z + 1
+
+        def far(z):        # 1 < |z| < 2
+            return ((a * z - 5 * a) * z + 8 * a) * z - 4 * a
+        weights = [far(t + 1), near(t), near(1 - t), far(2 - t)]
+        out = None
+        for offset, wk in zip((-1, 0, 1, 2), weights):
+            part = take(np.clip(base + offset, 0, in_size - 1)) * weight(wk)
+            out = part if out is None else out + part
+        return out
+    raise ValueError(f"unsupported interpolation mode {mode!r}")
+
+
+def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+                align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                antialias: bool = False) -> Tensor:
+    """Resize the spatial dims (all but the first two) by `size` or `scale_factor`."""
+    dims = input.ndim - 2
+    if dims < 1:
+        raise ValueError(f"interpolate: expected a 3-D, 4-D or 5-D input, got "
+                         f"{input.ndim}-D")
+    if antialias:
+        raise NotImplementedError("interpolate: antialias=True is not supported in kiln")
+    linear_modes = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
+    if mode in linear_modes and linear_modes[mode] != dims:
+        raise NotImplementedError(f"Got {input.ndim}D input, but {mode} mode needs "
+                                  f"{linear_modes[mode] + 2}D input")
+    if align_corners is not None and mode not in linear_modes:
+        raise ValueError("align_corners option can only be set with the interpolating modes: "
+                         "linear | bilinear | bicubic | trilinear")
+    align = bool(align_corners)
+    spatial = tuple(input.shape[2:])
+    if (size is None) == (scale_factor is None):
+        raise ValueError("only one of size or scale_factor should be defined")
+    if size is not None:
+        out_size = _ntuple(size, dims, "size")
+        scales = [None] * dims
+    else:
+        scales = [float(f) for f in (scale_factor if isinstance(scale_factor, (list, tuple))
+                                     else [scale_factor] * dims)]
+        out_size = tuple(int(math.floor(n * f)) for n, f in zip(spatial, scales))
+        if recompute_scale_factor:
+            scales = [None] * dims
+    if mode == "area":
+        pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d,
+                3: adaptive_avg_pool3d}[dims]
+        return pool(input, out_size)
+    kind = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "linear",
+            "bilinear": "linear", "trilinear": "linear", "bicubic": "cubic"}.get(mode)
+    if kind is None:
+        raise NotImplementedError(f"interpolate: mode {mode!r} is not supported")
+    x = input
+    for k in range(dims):
+        x = _resize_axis(x, 2 + k, out_size[k], kind, align, scales[k])
+    return x
+
+
+def upsample(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+             align_corners: bool | None = None) -> Tensor:
+    return interpolate(input, size, scale_factor, mode, align_corners)
+
+
+def upsample_nearest(input: Tensor, size=None, scale_factor=None) -> Tensor:
+    return interpolate(input, size, scale_factor, mode="nearest")
+
+
+def upsample_bilinear(input: Tensor, size=None, scale_factor=None) -> Tensor:
+    return interpolate(input, size, scale_factor, mode="bilinear", align_corners=True)
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def instance_norm(input: Tensor, running_mean: Tensor | None = None,
+                  running_var: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalize each (sample, channel) over its spatial dims; with running statistics, update
+    them by the batch average of the per-instance statistics (unbiased variance)."""
+    axes = tuple(range(2, input.ndim))
+    shape = (1, -1) + (1,) * (input.ndim - 2)
+    if use_input_stats:
+        mean = input.mean(axes, keepdim=True)
+        var = ((input - mean) ** 2).mean(axes, keepdim=True)
+        if running_mean is not None and running_var is not None:
+            count = int(np.prod([input.shape[a] for a in axes]))
+            with kiln.no_grad():
+                batch_mean = mean.detach().reshape(input.shape[0], -1).mean(0)
+                unbiased = var.detach().reshape(input.shape[0], -1).mean(0) * (
+                    count / max(count - 1, 1))
+                running_mean.mul_(1 - momentum).add_(batch_mean * momentum)
+                running_var.mul_(1 - momentum).add_(unbiased * momentum)
+    else:
+        mean, var = running_mean.reshape(shape), running_var.reshape(shape)
+    out = (input - mean) / kiln.sqrt(var + eps)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> Tensor:
+    """x / (k + alpha * mean of x^2 over `size` neighbouring channels)^beta."""
+    if input.ndim < 3:
+        raise ValueError(f"Expected 3D or higher dimensionality input (got {input.ndim} "
+                         f"dimensions)")
+    squares = input * input
+    pad = [0, 0] * (input.ndim - 2) + [size // 2, (size - 1) // 2]
+    padded = F.pad(squares, pad)
+    channels = input.shape[1]
+    total = None
+    for i in range(size):
+        part = padded[:, i:i + channels]
+        total = part if total is None else total + part
+    div = (total / size * alpha + k) ** beta
+    return input / div
+
+
+# ----------------------------------------------------------------------------- embedding bags
+
+def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
+                  max_norm: float | None = None, norm_type: float = 2,
+                  scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
+                  per_sample_weights: Tensor | None = None, include_last_offset: bool = False,
+                  padding_idx: int | None = None) -> Tensor:
+    """Sum, mean or max of the embeddings of each bag: the rows of a 2-D input, or the slices
+    of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped."""
+    if max_norm is not None or scale_grad_by_freq:
+        raise NotImplementedError("embedding_bag: max_norm and scale_grad_by_freq are not "
+                                  "supported in kiln")
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. "
+                                  f"per_sample_weights is only supported for mode='sum' (got "
+                                  f"mode='{mode}'). Please open a feature request on GitHub.")
+    ids = _labels_of(input)
+    if input.ndim == 2:
+        bags = [(i * ids.shape[1], (i + 1) * ids.shape[1]) for i in range(ids.shape[0])]
+        flat_ids = ids.reshape(-1)
+    else:
+        if offsets is None:
+            raise ValueError("offsets has to be a 1D Tensor but got None")
+        starts = [int(o) for o in _labels_of(offsets).reshape(-1)]
+        flat_ids = ids
+        ends = starts[1:] + [len(ids)]
+        if include_last_offset:
+            starts, ends = starts[:-1], starts[1:]
+        bags = list(zip(starts, ends))
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += weight.shape[0]
+    keep = np.ones(len(flat_ids), dtype=bool) if padding_idx is None else \
+        flat_ids != padding_idx
+    member = np.zeros((len(bags), len(flat_ids)), dtype=np.float64)
+    for b, (start, end) in enumerate(bags):
+        member[b, start:end] = keep[start:end]
+    rows = kiln.index_select(weight, 0, kiln.tensor(flat_ids.astype(np.int64),
+                                                    device=weight.device))
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.reshape(-1, 1)
+    if mode == "max":
+        mask = kiln.tensor(member > 0, device=weight.device).unsqueeze(-1)
+        filled = kiln.where(mask, rows.unsqueeze(0), kiln.full_like(rows.unsqueeze(0),
+                                                                     -math.inf))
+        best = filled.amax(1)
+        empty = kiln.tensor(member.sum(1) == 0, device=weight.device).unsqueeze(-1)
+        return kiln.where(empty, kiln.zeros_like(best), best)
+    if mode == "mean":
+        counts = member.sum(1, keepdims=True)
+        member = member / np.maximum(counts, 1)
+    return kiln.matmul(kiln.tensor(member.astype(weight.dtype.np), device=weight.device), rows)
+
+
+def _labels_of(t: Tensor) -> np.ndarray:
+    return np.asarray(t.detach().cpu().numpy())
+
+
+# ----------------------------------------------------------------------------- sampling grids
+
+def _base_coords(size: int, align_corners: bool) -> np.ndarray:
+    if size <= 1:
+        return np.zeros(max(size, 1))
+    coords = np.linspace(-1.0, 1.0, size)
+    return coords if align_corners else coords * (size - 1) / size
+
+
+def affine_grid(theta: Tensor, size, align_corners: bool | None = None) -> Tensor:
+    """The (N, H, W, 2) or (N, D, H, W, 3) sampling grid of the affine maps `theta`."""
+    align = bool(align_corners)
+    size = [int(v) for v in size]
+    if len(size) == 4:
+        n, _, h, w = size
+        ys, xs = np.meshgrid(_base_coords(h, align), _base_coords(w, align), indexing="ij")
+        base = np.stack([xs, ys, np.ones_like(xs)], -1).reshape(1, h * w, 3)
+        out_shape = (n, h, w, 2)
+    elif len(size) == 5:
+        n, _, d, h, w = size
+        zs, ys, xs = np.meshgrid(_base_coords(d, align), _base_coords(h, align),
+                                 _base_coords(w, align), indexing="ij")
+        base = np.stack([xs, ys, zs, np.ones_like(xs)], -1).reshape(1, d * h * w, 4)
+        out_shape = (n, d, h, w, 3)
+    else:
+        raise NotImplementedError(f"affine_grid only supports 4D and 5D sizes, got {size}")
+    base_t = kiln.tensor(base.astype(theta.dtype.np), device=theta.device)
+    return kiln.matmul(base_t, theta.transpose(1, 2)).reshape(*out_shape)
+
+
+def _unnormalize(coord: Tensor, size: int, align_corners: bool) -> Tensor:
+    if align_corners:
+        return (coord + 1) / 2 * (size - 1)
+    return ((coord + 1) * size - 1) / 2
+
+
+def _reflect(coord: Tensor, low: float, high: float) -> Tensor:
+    """Reflect coordinates into [low, high] (PyTorch's reflect_coordinates)."""
+    if high <= low:
+        return kiln.zeros_like(coord)
+    span = high - low
+    x = (coord - low).abs()
+    flips = kiln.floor(x / span)
+    extra = x - flips * span
+    even = kiln.remainder(flips, 2) == 0
+    return kiln.where(even, extra + low, span - extra + low)
+
+
+def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
+                padding_mode: str = "zeros", align_corners: bool | None = None) -> Tensor:
+    """Sample a (N, C, H, W) input at the (N, Ho, Wo, 2) normalized points of `grid`
+    (bilinear or nearest; zeros, border or reflection padding)."""
+    if input.ndim != 4:
+        raise NotImplementedError("grid_sample: kiln supports 4-D inputs (N, C, H, W)")
+    if mode not in ("bilinear", "nearest"):
+        raise NotImplementedError(f"grid_sample: mode {mode!r} is not supported in kiln")
+    align = bool(align_corners)
+    n, c, h, w = input.shape
+    _, ho, wo, _ = grid.shape
+    x = _unnormalize(grid[..., 0], w, align)
+    y = _unnormalize(grid[..., 1], h, align)
+    if padding_mode == "border":
+        x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
+    elif padding_mode == "reflection":
+        if align:
+            x, y = _reflect(x, 0, w - 1), _reflect(y, 0, h - 1)
+        else:
+            x, y = _reflect(x, -0.5, w - 0.5), _reflect(y, -0.5, h - 0.5)
+        x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
+    elif padding_mode != "zeros":
+        raise ValueError(f"grid_sample: padding_mode must be zeros, border or reflection, got "
+                         f"{padding_mode!r}")
+    flat = input.reshape(n, c, h * w)
+
+    def sample(iy: Tensor, ix: Tensor) -> Tensor:
+        valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
+        index = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).long().reshape(n, 1, ho * wo)
+        values = kiln.gather(flat, 2, index.expand(n, c, ho * wo)).reshape(n, c, ho, wo)
+        return kiln.where(valid.unsqueeze(1), values, kiln.zeros_like(values))
+
+    if mode == "nearest":
+        return sample(kiln.round(y), kiln.round(x))
+    x0, y0 = kiln.floor(x), kiln.floor(y)
+    x1, y1 = x0 + 1, y0 + 1
+    wx1, wy1 = x - x0, y - y0
+    wx0, wy0 = 1 - wx1, 1 - wy1
+    return (sample(y0, x0) * (wy0 * wx0).unsqueeze(1) + sample(y0, x1) * (wy0 * wx1).unsqueeze(1)
+            + sample(y1, x0) * (wy1 * wx0).unsqueeze(1)
+            + sample(y1, x1) * (wy1 * wx1).unsqueeze(1))
+
+
+
+# ----------------------------------------------------------------------------- fractional pooling
+
+def _fractional_starts(size: int, out: int, kernel: int, sample: float, dtype) -> np.ndarray:
+    """Window starts of one dim for one random sample u (PyTorch's interval rule, computed in
+    the input's floating type): floor((i + u) * a) - floor(u * a), a = (size - k) / (out - 1),
+    and the last window flush with the end."""
+    starts = np.empty(out, dtype=np.int64)
+    if out > 1:
+        alpha = dtype((size - kernel) / (out - 1)) if dtype == np.float64 else \
+            dtype(dtype(size - kernel) / dtype(out - 1))
+        u = dtype(sample)
+        for i in range(out - 1):
+            starts[i] = int(dtype((i + u) * alpha)) - int(dtype(u * alpha))
+    starts[out - 1] = size - kernel
+    return starts
+
+
+def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
+                         return_indices: bool, samples: Tensor | None, dims: int):
+    unbatched = input.ndim == dims + 1
+    x = input.unsqueeze(0) if unbatched else input
+    n, c = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    k = _ntuple(kernel_size, dims, "kernel_size")
+    if output_size is None:
+        if output_ratio is None:
+            raise ValueError("fractional_max_pool requires specifying either an output_size or "
+                             "an output_ratio")
+        ratio = output_ratio if isinstance(output_ratio, (list, tuple)) else \
+            (output_ratio,) * dims
+        output_size = tuple(int(size * r) for size, r in zip(spatial, ratio))
+    out = _ntuple(output_size, dims, "output_size")
+    for size, kk, o in zip(spatial, k, out):
+        if o + kk - 1 > size:
+            raise RuntimeError(f"fractional_max_pool: output size {out} too large for input "
+                               f"{spatial} and kernel {k}")
+    if samples is None:
+        samples = kiln.rand((n, c, dims), dtype=x.dtype, device=x.device)
+    u = np.asarray(samples.detach().cpu().numpy())
+    dtype = np.float32 if x.dtype == kiln.float32 else np.float64
+    strides = np.cumprod((1,) + spatial[::-1])[:-1][::-1]
+    offsets = np.stack(np.meshgrid(*[np.arange(kk) for kk in k], indexing="ij"), -1)
+    offsets = offsets.reshape(-1, dims) @ strides                       # (K,)
+    table = np.empty((n, c, int(np.prod(out)), len(offsets)), dtype=np.int64)
+    for b in range(n):
+        for ch in range(c):
+            # PyTorch's sample order: (W, H) in 2-D, but (T, H, W) in 3-D
+            order = [1, 0] if dims == 2 else [0, 1, 2]
+            starts = [_fractional_starts(spatial[d], out[d], k[d], u[b, ch, order[d]], dtype)
+                      for d in range(dims)]
+            grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, dims)
+            table[b, ch] = (grid @ strides)[:, None] + offsets[None, :]
+    flat = x.reshape(n, c, -1)
+    index = kiln.tensor(table.reshape(n, c, -1), device=x.device)
+    windows = kiln.gather(flat, 2, index).reshape(n, c, -1, len(offsets))
+    best = windows.argmax(-1, keepdim=True)
+    values = kiln.gather(windows, 3, best).squeeze(-1).reshape(n, c, *out)
+    if unbatched:
+        values = values.squeeze(0)
+    if not return_indices:
+        return values
+    chosen = kiln.gather(index.reshape(n, c, -1, len(offsets)), 3, best).squeeze(-1)
+    chosen = chosen.reshape(n, c, *out)
+    return values, chosen.squeeze(0) if unbatched else chosen
+
+
+def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
+                          return_indices: bool = False, _random_samples: Tensor | None = None):
+    """Max pooling over pseudo-random overlapping windows that shrink the input by a
+    fractional factor (Graham, "Fractional Max-Pooling")."""
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, return_indices,
+                                _random_samples, 2)
+
+
+def fractional_max_pool3d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
+                          return_indices: bool = False, _random_samples: Tensor | None = None):
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, return_indices,
+                                _random_samples, 3)
+
+
+def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = True,
+                                       _random_samples: Tensor | None = None):
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, True,
+                                _random_samples, 2)
+
+
+def fractional_max_pool3d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = True,
+                                       _random_samples: Tensor | None = None):
+    return _fractional_max_pool(input, kernel_size, output_size, output_ratio, True,
+                                _random_samples, 3)

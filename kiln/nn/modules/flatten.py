@@ -1,0 +1,3 @@
+"""`torch.nn.modules.flatten` import path: kiln's classes under PyTorch's file name."""
+
+from kiln.nn.linear import Flatten, Unflatten  # noqa: F401

@@ -1,0 +1,72 @@
+"""RAdam: Adam whose adaptive step is switched on once the variance estimate is reliable."""
+
+from __future__ import annotations
+
+import kiln
+from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
+from kiln.tracer.trace import untraced
+
+
+class RAdam(Optimizer):
+    """`torch.optim.RAdam`, the single-tensor update."""
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize, capturable=capturable,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      differentiable=differentiable))
+
+    def _update(self, p, group) -> None:
+        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            with untraced():
+                state["step"] = _scalar_state(p)
+                state["exp_avg"] = kiln.zeros_like(p)
+                state["exp_avg_sq"] = kiln.zeros_like(p)
+        grad = _grad(p, group["maximize"])
+        state["step"].add_(1)
+        step = _step_count(state["step"])
+        if wd != 0:
+            if group["decoupled_weight_decay"]:
+                p.mul_(1 - lr * wd)
+            else:
+                grad = grad.add(p, alpha=wd)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        corrected = exp_avg / bias_correction1
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+        if isinstance(rho_t, float):
+            if rho_t > 5.0:
+                rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                        / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+                adaptive = (bias_correction2 ** 0.5) / exp_avg_sq.sqrt().add_(group["eps"])
+                p.add_(corrected * lr * adaptive * rect, alpha=-1.0)
+            else:
+                p.add_(corrected * lr, alpha=-1.0)
+            return
+        # traced: the step count is a tensor, so the rectification switch is a select
+        rect = ((rho_t - 4).clamp_min(0) * (rho_t - 2) * rho_inf
+                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).sqrt()
+        adaptive = bias_correction2.sqrt() / exp_avg_sq.sqrt().add_(group["eps"])
+        update = kiln.where(rho_t > 5.0, adaptive * rect, kiln.ones_like(adaptive))
+        p.add_(corrected * lr * update.to(p.dtype), alpha=-1.0)

@@ -1,0 +1,73 @@
+"""The activations beyond the core set, and the functional spellings with inplace=, against
+torch: values and gradients (float64)."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from tests.nn.layer_parity import check_layer
+
+LAYERS = [
+    (lambda nn: nn.CELU(0.7), [(3, 5)]),
+    (lambda nn: nn.Threshold(0.1, -2.0), [(3, 5)]),
+    (lambda nn: nn.Hardshrink(0.6), [(3, 5)]),
+    (lambda nn: nn.Softshrink(0.6), [(3, 5)]),
+    (lambda nn: nn.Tanhshrink(), [(3, 5)]),
+    (lambda nn: nn.PReLU(), [(3, 4, 2)]),
+    (lambda nn: nn.PReLU(4, init=0.1), [(3, 4, 2)]),
+    (lambda nn: nn.RReLU(0.1, 0.3), [(3, 5)]),          # eval: the mean slope
+    (lambda nn: nn.Softmax2d(), [(2, 3, 4, 4)]),
+    (lambda nn: nn.Softmax2d(), [(3, 4, 4)]),
+    (lambda nn: nn.ReLU6(), [(3, 5)]),
+    (lambda nn: nn.SELU(), [(3, 5)]),
+    (lambda nn: nn.Mish(), [(3, 5)]),
+]
+
+
+@pytest.mark.parametrize("make,inputs", LAYERS, ids=range(len(LAYERS)))
+def test_layer_matches_torch(make, inputs):
+    check_layer(make, inputs, low=-3, high=3)
+
+
+INPLACE = [("relu_", ()), ("elu_", (0.5,)), ("selu_", ()), ("celu_", (0.5,)),
+           ("leaky_relu_", (0.2,)), ("hardtanh_", (-0.5, 0.5)), ("threshold_", (0.2, 9.0)),
+           ("rrelu_", (0.1, 0.3, False))]
+
+
+@pytest.mark.parametrize("name,args", INPLACE)
+def test_inplace_functional_changes_its_input_like_torch(name, args):
+    x = np.random.default_rng(0).uniform(-2, 2, (4, 5))
+    t, k = torch.tensor(x), kiln.tensor(x)
+    t_out = getattr(torch.nn.functional, name)(t, *args)
+    k_out = getattr(kiln.nn.functional, name)(k, *args)
+    np.testing.assert_allclose(k.numpy(), t.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(k_out.numpy(), t_out.numpy(), rtol=1e-12)
+
+
+def test_functional_relu_accepts_inplace_keyword():
+    x = kiln.tensor([-1.0, 2.0])
+    assert kiln.nn.functional.relu(x, inplace=False).tolist() == [0.0, 2.0]
+    assert x.tolist() == [-1.0, 2.0]
+    kiln.nn.functional.relu(x, inplace=True)
+    assert x.tolist() == [0.0, 2.0]
+
+
+def test_rrelu_training_slopes_lie_in_range():
+    x = -kiln.ones(1000)
+    y = kiln.nn.functional.rrelu(x, 0.1, 0.3, training=True).numpy()
+    assert np.all((-y >= 0.1) & (-y <= 0.3)) and abs(-y.mean() - 0.2) < 0.01
+
+
+def test_gumbel_softmax_soft_and_hard():
+    kiln.manual_seed(0)
+    logits = kiln.tensor(np.log([[0.7, 0.2, 0.1]] * 4000))
+    soft = kiln.nn.functional.gumbel_softmax(logits, tau=0.5)
+    np.testing.assert_allclose(soft.numpy().sum(-1), 1.0, rtol=1e-9)
+    logits.requires_grad_(True)
+    hard = kiln.nn.functional.gumbel_softmax(logits, tau=1.0, hard=True)
+    counts = hard.detach().numpy().mean(0)
+    # Gumbel-max sampling: the one-hot frequencies are the softmax probabilities
+    np.testing.assert_allclose(counts, [0.7, 0.2, 0.1], atol=0.03)
+    (hard * kiln.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert logits.grad is not None and np.abs(logits.grad.numpy()).sum() > 0

@@ -1,0 +1,134 @@
+"""Module backward hooks, state_dict hooks, extra state, set_submodule, to_empty and
+Module.compile, against torch where torch defines the behaviour."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from tests.nn.layer_parity import torch_to_kiln_state
+
+
+def _record_backward(lib, replace=False):
+    lib.manual_seed(0)
+    layer = lib.nn.Linear(3, 2).double()
+    seen = {}
+
+    def pre_hook(module, grad_output):
+        seen["pre"] = [g.detach().numpy().copy() for g in grad_output]
+
+    def hook(module, grad_input, grad_output):
+        seen["in"] = [None if g is None else g.detach().numpy().copy() for g in grad_input]
+        seen["out"] = [g.detach().numpy().copy() for g in grad_output]
+        if replace:
+            return tuple(g * 2 for g in grad_input)
+    layer.register_full_backward_pre_hook(pre_hook)
+    handle = layer.register_full_backward_hook(hook)
+    return layer, seen, handle
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_full_backward_hooks_see_and_replace_gradients_like_torch(replace):
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    w = np.random.default_rng(1).normal(size=(4, 2))
+    results = []
+    t_layer, t_seen, _ = _record_backward(torch, replace)
+    k_layer, k_seen, _ = _record_backward(kiln, replace)
+    k_layer.load_state_dict(torch_to_kiln_state(t_layer))
+    for lib, layer in ((torch, t_layer), (kiln, k_layer)):
+        xin = lib.tensor(x, requires_grad=True)
+        (layer(xin) * lib.tensor(w)).sum().backward()
+        results.append(xin.grad.numpy())
+    for key in ("pre", "in", "out"):
+        for k, t in zip(k_seen[key], t_seen[key]):
+            np.testing.assert_allclose(k, t, rtol=1e-12)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-12)
+
+
+def test_backward_hook_without_input_gradients_reports_none_and_can_be_removed():
+    k_layer, k_seen, handle = _record_backward(kiln)
+    k_layer(kiln.ones(2, 3, dtype=kiln.float64)).sum().backward()
+    assert k_seen["in"] == [None] and len(k_seen["out"]) == 1
+    handle.remove()
+    k_seen.clear()
+    k_layer(kiln.ones(2, 3, dtype=kiln.float64)).sum().backward()
+    assert "in" not in k_seen
+
+
+def test_state_dict_hooks_and_extra_state():
+    class WithStep(kiln.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = kiln.nn.Linear(2, 2)
+            self.steps = 0
+
+        def get_extra_state(self):
+            return {"steps": self.steps}
+
+        def set_extra_state(self, state):
+            self.steps = state["steps"]
+
+    m = WithStep()
+    m.steps = 7
+    calls = []
+    m.register_state_dict_pre_hook(lambda mod, prefix, keep: calls.append(("pre", prefix)))
+    m.register_state_dict_post_hook(lambda mod, sd, prefix, meta: calls.append(("post",
+                                                                                 len(sd))))
+    sd = m.state_dict()
+    assert sd["_extra_state"] == {"steps": 7} and calls == [("pre", ""), ("post", 3)]
+    fresh = WithStep()
+
+    def rename(mod, state_dict, prefix, meta, strict, missing, unexpected, errors):
+        if "old.weight" in state_dict:
+            state_dict["lin.weight"] = state_dict.pop("old.weight")
+    fresh.register_load_state_dict_pre_hook(rename)
+    cleared = []
+    fresh.register_load_state_dict_post_hook(lambda mod, keys: cleared.append(list(
+        keys.unexpected_keys)))
+    renamed = {("old.weight" if k == "lin.weight" else k): v for k, v in sd.items()}
+    fresh.load_state_dict(renamed)
+    assert fresh.steps == 7 and cleared == [[]]
+    np.testing.assert_array_equal(fresh.lin.weight.detach().numpy(),
+                                  m.lin.weight.detach().numpy())
+
+
+def test_set_submodule_to_empty_and_compile():
+    for lib in (torch, kiln):
+        net = lib.nn.Sequential(lib.nn.Linear(2, 3), lib.nn.Sequential(lib.nn.ReLU()))
+        net.set_submodule("1.0", lib.nn.Tanh())
+        assert type(net[1][0]).__name__ == "Tanh"
+    net = kiln.nn.Linear(3, 2)
+    assert net.to_empty(device="cpu") is net and tuple(net.weight.shape) == (2, 3)
+    assert net.share_memory() is net
+    model = kiln.nn.Sequential(kiln.nn.Linear(3, 4), kiln.nn.Tanh())
+    x = kiln.randn(5, 3)
+    eager = model(x).detach().numpy()
+    model.compile()
+    np.testing.assert_allclose(model(x).detach().numpy(), eager, rtol=1e-6)
+    np.testing.assert_allclose(model(x).detach().numpy(), eager, rtol=1e-6)
+
+
+def test_parameter_dict_mapping_methods_match_torch():
+    results = {}
+    for lib in (torch, kiln):
+        d = lib.nn.ParameterDict({"a": lib.nn.Parameter(lib.ones(2)),
+                                  "b": lib.nn.Parameter(lib.zeros(3))})
+        got = [d.get("a") is d["a"], d.get("zz", 5)]
+        popped = d.pop("a")
+        got.append((tuple(popped.shape), list(d.keys())))
+        d.setdefault("c", lib.nn.Parameter(lib.ones(1)))
+        got.append(list(d.keys()))
+        copy = d.copy()
+        got.append((list(copy.keys()), copy["b"] is d["b"]))
+        key, value = d.popitem()
+        got.append((key, tuple(value.shape)))
+        got.append(list(d.fromkeys(["x", "y"], lib.nn.Parameter(lib.ones(1))).keys()))
+        d.clear()
+        got.append(len(d))
+        results[lib.__name__] = got
+    assert results["kiln"] == results["torch"]
+    norm = kiln.nn.RMSNorm(3)
+    with kiln.no_grad():
+        norm.weight.fill_(2.0)
+    norm.reset_parameters()
+    assert norm.weight.tolist() == [1.0, 1.0, 1.0]

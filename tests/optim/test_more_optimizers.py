@@ -1,0 +1,171 @@
+"""The optimizers beyond SGD/Adam/RMSprop/Adagrad against torch.optim: same gradients, same
+parameters (5-10 steps), same state keys, state_dict round trips; LBFGS with a closure."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from tests.optim.test_optimizers import _assert_same, _grads, _run
+
+CASES = [
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1)),
+    ("Adadelta", dict(maximize=True, foreach=False)),
+    ("Adamax", dict()),
+    ("Adamax", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, maximize=True)),
+    ("NAdam", dict()),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict()),
+    ("RAdam", dict(lr=0.01, betas=(0.5, 0.6), weight_decay=0.1)),   # rectified from step 3
+    ("RAdam", dict(lr=0.01, betas=(0.5, 0.6), weight_decay=0.1, decoupled_weight_decay=True)),
+    ("ASGD", dict()),
+    ("ASGD", dict(lr=0.05, lambd=1e-3, alpha=0.5, t0=3, weight_decay=0.01)),
+    ("Rprop", dict()),
+    ("Rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.1), maximize=True)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=[f"{n}-{sorted(k)}" for n, k in CASES])
+def test_same_parameters_as_torch(name, kwargs):
+    grads = _grads()
+    kparams, kopt = _run(kiln, name, kwargs, grads)
+    tparams, topt = _run(torch, name, kwargs, grads)
+    _assert_same(kparams, tparams)
+    ks, ts = kopt.state_dict(), topt.state_dict()
+    assert ks["param_groups"] == ts["param_groups"]
+    for i in ts["state"]:
+        assert ks["state"][i].keys() == ts["state"][i].keys()
+        for key, t_value in ts["state"][i].items():
+            np.testing.assert_allclose(np.asarray(ks["state"][i][key].numpy()),
+                                       t_value.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["Adadelta", "NAdam", "Rprop", "ASGD"])
+def test_state_dict_resume_matches_uninterrupted(name):
+    grads = _grads()
+    straight, _ = _run(kiln, name, {}, grads)
+    params, opt = _run(kiln, name, {}, grads[:4])
+    saved = opt.state_dict()
+    fresh = getattr(kiln.optim, name)(params)
+    fresh.load_state_dict(saved)
+    resumed, _ = _run(kiln, name, {}, grads[4:], params=params, opt=fresh)
+    _assert_same(resumed, straight)
+
+
+def _rosenbrock_run(lib, steps, **kwargs):
+    x = lib.tensor(np.array([-1.5, 2.0]), requires_grad=True)
+    opt = lib.optim.LBFGS([x], **kwargs)
+    losses = []
+
+    def closure():
+        opt.zero_grad()
+        loss = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        losses.append(opt.step(closure).item())
+    return x.detach().numpy(), losses
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.1, max_iter=5), dict(lr=1, max_iter=4,
+                                                                   history_size=3)])
+def test_lbfgs_iterates_match_torch(kwargs):
+    kx, klosses = _rosenbrock_run(kiln, 4, **kwargs)
+    tx, tlosses = _rosenbrock_run(torch, 4, **kwargs)
+    np.testing.assert_allclose(klosses, tlosses, rtol=1e-9)
+    np.testing.assert_allclose(kx, tx, rtol=1e-9, atol=1e-12)
+
+
+def test_lbfgs_strong_wolfe_reaches_the_minimum_like_torch():
+    kx, klosses = _rosenbrock_run(kiln, 10, line_search_fn="strong_wolfe")
+    tx, tlosses = _rosenbrock_run(torch, 10, line_search_fn="strong_wolfe")
+    np.testing.assert_allclose(tx, [1.0, 1.0], atol=1e-4)
+    np.testing.assert_allclose(kx, [1.0, 1.0], atol=1e-4)
+    assert klosses[0] == pytest.approx(tlosses[0])
+
+
+def test_lbfgs_on_a_model_matches_torch():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
+    w0, b0 = rng.normal(size=(1, 3)), rng.normal(size=(1,))
+    out = {}
+    for lib in (torch, kiln):
+        model = lib.nn.Linear(3, 1).double()
+        with lib.no_grad():
+            model.weight.copy_(lib.tensor(w0))
+            model.bias.copy_(lib.tensor(b0))
+        opt = lib.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
+        xs, ys = lib.tensor(x), lib.tensor(y)
+
+        def closure():
+            opt.zero_grad()
+            loss = lib.nn.functional.mse_loss(model(xs), ys)
+            loss.backward()
+            return loss
+
+        out[lib.__name__] = [opt.step(closure).item() for _ in range(3)]
+    np.testing.assert_allclose(out["kiln"], out["torch"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(lr=0.05, beta2_decay=-0.5, d=1.5,
+                                                 weight_decay=0.1, maximize=True),
+                                    dict(eps=(1e-20, 1e-2))])
+def test_adafactor_matches_torch(kwargs):
+    grads = _grads()
+    kparams, kopt = _run(kiln, "Adafactor", kwargs, grads)
+    tparams, topt = _run(torch, "Adafactor", kwargs, grads)
+    _assert_same(kparams, tparams)
+    ks, ts = kopt.state_dict(), topt.state_dict()
+    for i in ts["state"]:
+        assert ks["state"][i].keys() == ts["state"][i].keys()
+
+
+def test_muon_follows_torch_within_bfloat16_rounding():
+    """torch runs Newton-Schulz in bfloat16 and kiln in float32, so the steps agree to about
+    bfloat16's precision; the update itself is near-orthogonal."""
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 4)).astype(np.float32)
+    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(3)]
+    results = {}
+    for lib in (torch, kiln):
+        p = lib.tensor(start.copy(), requires_grad=True)
+        opt = lib.optim.Muon([p], lr=0.02, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+        for g in grads:
+            p.grad = lib.tensor(g)
+            opt.step()
+        results[lib.__name__] = p.detach().numpy()
+    moved_t = results["torch"] - start
+    moved_k = results["kiln"] - start
+    np.testing.assert_allclose(moved_k, moved_t, rtol=0.05, atol=0.02 * np.abs(moved_t).max())
+    from kiln.optim.muon import _orthogonalize, _A, _B, _C
+    ortho = _orthogonalize(kiln.tensor(grads[0]), (_A, _B, _C), 5, 1e-7).numpy()
+    singular = np.linalg.svd(ortho, compute_uv=False)
+    assert np.all((singular > 0.6) & (singular < 1.25))
+    with pytest.raises(ValueError, match="2D"):
+        kiln.optim.Muon([kiln.zeros(3, requires_grad=True)])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Adadelta"])
+def test_step_and_state_dict_hooks_run_like_torch(name):
+    events = {}
+    for lib in (torch, kiln):
+        p = lib.zeros(2, requires_grad=True)
+        opt = getattr(lib.optim, name)([p], lr=0.1)
+        log = []
+        opt.register_step_pre_hook(lambda o, a, k: log.append("pre"))
+        handle = opt.register_step_post_hook(lambda o, a, k: log.append("post"))
+        opt.register_state_dict_post_hook(lambda o, sd: dict(sd, note=1))
+        opt.register_load_state_dict_pre_hook(lambda o, sd: {k: v for k, v in sd.items()
+                                                             if k != "note"})
+        opt.register_load_state_dict_post_hook(lambda o: log.append("loaded"))
+        p.grad = lib.ones(2)
+        opt.step()
+        handle.remove()
+        opt.step()
+        sd = opt.state_dict()
+        opt.load_state_dict(sd)
+        events[lib.__name__] = (log, sd["note"])
+    assert events["kiln"] == events["torch"]
