@@ -66,3 +66,15 @@ def is_floating_point(input: Tensor) -> bool:
 def promote_types(type1, type2):
     from kiln.ir.dtypes import promote
     return promote(type1, type2)
+
+# torch's process-wide switches and device probes (api-torch)
+from kiln import accelerator, backends  # noqa: F401,E402
+from kiln.tracer.creation import set_default_device, get_default_device  # noqa: F401,E402
+from kiln.settings import (  # noqa: F401,E402
+    use_deterministic_algorithms, are_deterministic_algorithms_enabled,
+    is_deterministic_algorithms_warn_only_enabled, set_deterministic_debug_mode,
+    get_deterministic_debug_mode, set_float32_matmul_precision, get_float32_matmul_precision,
+    set_warn_always, is_warn_always_enabled, set_num_interop_threads, get_num_interop_threads,
+    set_flush_denormal, set_printoptions)
+from kiln.tracer.custom_function import (  # noqa: F401,E402
+    is_anomaly_enabled, is_anomaly_check_nan_enabled, set_anomaly_enabled)
