@@ -417,7 +417,7 @@ def randn_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
     return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
 
 
-def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
     # torch's forms: randint(high, size), randint(low, high, size), and either with size=
     if size is None:                    # randint(high, size)
         if high is None:
