@@ -118,3 +118,7 @@ def __getattr__(name: str):
         if fn is not None:
             return fn
     raise AttributeError(f"module 'kiln' has no attribute '{name}'")
+from kiln import linalg  # noqa: F401,E402
+globals().update(linalg.TORCH_FORMS)
+for _name, _fn in linalg.TORCH_FORMS.items():
+    setattr(Tensor, _name, _fn)

@@ -157,6 +157,8 @@ _group(T, COMPLEX, "imag cdouble cfloat chalf stft istft")
 _group(T, "kiln has no bfloat16/int8/int16 dtype", "bfloat16 char short")
 _group(T, COPY, "narrow_copy")
 _group(T, ATEN, "slice_inverse")
+_group(T, "functorch's first-class dimensions (torch.Tensor.index binds Dim objects)", "index")
+_group(T, "distributed-tensor internals of the PyTorch build", "is_distributed")
 _group(T, "legacy autograd.Variable leftovers (removed semantics)", "reinforce volatile")
 _group(T, "internals of torch's own machinery (subclassing, nn.Module.load_state_dict "
        "assign hooks, dtype of a grad override, output index of an autograd node)", """

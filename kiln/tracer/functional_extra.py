@@ -191,14 +191,20 @@ def expit(input):
     return F.sigmoid(input)
 
 
+def _x_times(x, log_y):
+    # x * log(y), taken as 0 where x == 0 even when log(y) is infinite; the gradient for x
+    # stays log(y) there, as in PyTorch
+    return x * F.where(F.logical_and(F.eq(x, 0), F.isinf(log_y)), 0.0, log_y)
+
+
 def xlogy(input, other):
     x, y = _promote_float(input, other)
-    return F.where(F.eq(x, 0), F.where(F.isnan(y), y, 0.0), x * F.log(y))
+    return _x_times(x, F.log(y))
 
 
 def xlog1py(input, other):
     x, y = _promote_float(input, other)
-    return F.where(F.eq(x, 0), F.where(F.isnan(y), y, 0.0), x * F.log1p(y))
+    return _x_times(x, F.log1p(y))
 
 
 def entr(input):
@@ -635,8 +641,7 @@ def searchsorted(sorted_sequence, input, *, out_int32=False, right=False, side=N
 
 
 def bucketize(input, boundaries, *, out_int32=False, right=False):
-    # bucketize's `right` is searchsorted's with the sides swapped
-    return searchsorted(boundaries, input, out_int32=out_int32, right=not right)
+    return searchsorted(boundaries, input, out_int32=out_int32, right=right)
 
 
 def histc(input, bins=100, min=0, max=0):

@@ -9,8 +9,22 @@ from kiln.ir import dtypes as dt
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
-from kiln.tracer.methods import _inplace, write_inplace
+from kiln.tracer.methods import write_inplace
 from kiln.tracer.tensor import STATE, Tensor
+
+def _inplace(fn, name):
+    """`x.name(...)` = `fn(x, ...)` written back into x. A composite reads x in several nodes,
+    and write_inplace keeps only the last node's inputs intact, so the op reads a snapshot of
+    x that carries x's history."""
+    def method(self, *args, **kwargs):
+        src = self
+        if self.requires_grad and STATE.grad_enabled and self.grad_fn is not None:
+            src = Tensor._make(self._data.copy(), self.dtype, self.device)
+            src.requires_grad, src.grad_fn, src._trace = True, self.grad_fn, self._trace
+        return write_inplace(self, fn(src, *args, **kwargs), name)
+    method.__name__ = name
+    return method
+
 
 _AS_METHODS = """
 asin acos atan atan2 sinh cosh asinh acosh atanh arcsin arccos arctan arctan2 arcsinh arccosh
@@ -90,9 +104,13 @@ _METHODS["log_normal_"] = _random_fill("log_normal_", lambda rng, s, mean=1.0, s
 def _reshaping_inplace(fn, name):
     """In-place ops that change the shape (t_, squeeze_, ...): the tensor becomes the view."""
     def method(self, *args, **kwargs):
-        result = fn(self, *args, **kwargs)
         if STATE.tracer is not None:
             STATE.tracer.graph_break(f"{name} changes a tensor's shape in place")
+        # the op reads an alias with the old shape: the tensor object itself changes shape
+        src = Tensor._make(self._data, self.dtype, self.device)
+        src.requires_grad, src.grad_fn, src._version = (self.requires_grad, self.grad_fn,
+                                                        self._version)
+        result = fn(src, *args, **kwargs)
         if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
             raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in "
                                "an in-place operation.")
