@@ -122,3 +122,4 @@ from kiln import linalg  # noqa: F401,E402
 globals().update(linalg.TORCH_FORMS)
 for _name, _fn in linalg.TORCH_FORMS.items():
     setattr(Tensor, _name, _fn)
+from kiln import special, fft  # noqa: F401,E402

@@ -175,6 +175,10 @@ householder_product ldl_factor ldl_factor_ex ldl_solve lu_factor lu_factor_ex lu
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
 _group("torch.linalg", COMPLEX + "; eig/eigvals of a general matrix return complex", "eig eigvals")
 _group("torch.fft", "docstring helper string, not an API", "common_args factory_common_args")
+_group("torch.fft", COMPLEX + ": the transforms return or take complex tensors (fftfreq, "
+       "rfftfreq, fftshift and ifftshift are provided)", """
+fft ifft rfft irfft fft2 ifft2 rfft2 irfft2 fftn ifftn rfftn irfftn
+""")
 _group("torch.fft", "Hermitian FFTs take complex input, and kiln has no complex dtype", """
 hfft hfft2 hfftn ihfft ihfft2 ihfftn
 """)

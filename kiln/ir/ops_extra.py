@@ -360,3 +360,14 @@ def _svd_grad(g, out, a, part):
 
 define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1)
 _ = _same_dtype
+
+
+# Bessel functions of the first kind (torch.special.bessel_j0 / bessel_j1)
+def _j1_grad(g, out, x):
+    # d/dx J1 = J0 - J1/x, which is 1/2 at x = 0
+    safe = P.where(P.eq(x, 0), 1.0, x)
+    return (g * P.where(P.eq(x, 0), 0.5, P.bessel_j0(x) - out / safe),)
+
+
+_special("bessel_j0", "j0", lambda g, out, x: (-(g * P.bessel_j1(x)),))
+_special("bessel_j1", "j1", _j1_grad)

@@ -209,8 +209,9 @@ def xlog1py(input, other):
 
 def entr(input):
     x = _f(input)
+    outside = F.where(F.eq(x, 0), F.zeros_like(x), _full_like(x, -math.inf))
     return F.where(F.gt(x, 0), -x * F.log(F.where(F.gt(x, 0), x, 1.0)),
-                   F.where(F.eq(x, 0), 0.0, -math.inf))
+                   F.where(F.isnan(x), x, outside))
 
 
 def sinc(input):
@@ -1251,7 +1252,7 @@ def binomial(count, prob, generator=None):
 
 
 def fill(input, value):
-    return F.full_like(input, value.item() if isinstance(value, Tensor) else value)
+    return _full_like(input, value.item() if isinstance(value, Tensor) else value)
 
 
 # ----------------------------------------------------------------------------- types and misc
@@ -1379,3 +1380,8 @@ def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
     H = namedtuple("histogramdd", ["hist", "bin_edges"])
     return H(_as_tensor(hist.astype(input.dtype.np), input),
              [_as_tensor(e.astype(input.dtype.np), input) for e in edges])
+
+
+def _full_like(input, value):
+    from kiln.tracer.creation import full_like
+    return full_like(input, value)
