@@ -123,3 +123,4 @@ globals().update(linalg.TORCH_FORMS)
 for _name, _fn in linalg.TORCH_FORMS.items():
     setattr(Tensor, _name, _fn)
 from kiln import special, fft  # noqa: F401,E402
+from kiln import distributions  # noqa: F401,E402

@@ -1,0 +1,17 @@
+"""`kiln.distributions`: probability distributions with sampling, log-densities, entropies and
+KL divergences (torch.distributions), built on kiln's tensor ops so log_prob, entropy and
+rsample are differentiable in the parameters."""
+
+from kiln.distributions import constraints  # noqa: F401
+from kiln.distributions.distribution import Distribution  # noqa: F401
+from kiln.distributions.continuous import (Beta, Dirichlet, Exponential, Gamma,  # noqa: F401
+                                           Laplace, LogNormal, MultivariateNormal, Normal,
+                                           Uniform)
+from kiln.distributions.discrete import (Bernoulli, Binomial, Categorical,  # noqa: F401
+                                         OneHotCategorical, Poisson)
+from kiln.distributions.transformed import (AffineTransform, ComposeTransform,  # noqa: F401
+                                            ExpTransform, Independent, SigmoidTransform,
+                                            TanhTransform, Transform, TransformedDistribution)
+from kiln.distributions.kl import kl_divergence, register_kl  # noqa: F401
+
+ExponentialFamily = Distribution

@@ -1,0 +1,246 @@
+"""kiln.distributions against torch.distributions: log_prob, entropy, mean, variance, stddev,
+cdf and KL values with float64 gradients in the parameters; shapes; argument validation; and
+the moments of 20,000 seeded samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from tests.parity import check_op
+
+R = np.random.default_rng(5)
+
+
+def pos(*shape):
+    return R.uniform(0.5, 2.5, size=shape)
+
+
+def real(*shape):
+    return R.uniform(-1.5, 1.5, size=shape)
+
+
+def unit(*shape):
+    return R.uniform(0.1, 0.9, size=shape)
+
+
+def simplex(*shape):
+    x = R.uniform(0.1, 1.0, size=shape)
+    return x / x.sum(-1, keepdims=True)
+
+
+def spd(lib, b):
+    return b @ b.mT + 3 * lib.eye(b.shape[-1], dtype=b.dtype)
+
+
+def summary(d, value, moments=True, entropy=True):
+    out = [d.log_prob(value)]
+    if entropy:
+        out.append(d.entropy())
+    if moments:
+        out += [d.mean, d.variance, d.stddev]
+    return tuple(out)
+
+
+CASES = [
+    ("Normal", lambda t, m, s, v: summary(t.distributions.Normal(m, s), v) + (
+        t.distributions.Normal(m, s).cdf(v),), [real(3), pos(3), real(2, 3)]),
+    ("Normal icdf", lambda t, m, s, u: t.distributions.Normal(m, s).icdf(u),
+     [real(3), pos(3), unit(3)]),
+    ("LogNormal", lambda t, m, s, v: summary(t.distributions.LogNormal(m, s), v),
+     [real(3), pos(3), pos(3)]),
+    ("Uniform", lambda t, lo, w, u: summary(t.distributions.Uniform(lo, lo + w), lo + w * u) + (
+        t.distributions.Uniform(lo, lo + w).cdf(lo + w * u),), [real(4), pos(4), unit(4)]),
+    ("Exponential", lambda t, r, v: summary(t.distributions.Exponential(r), v) + (
+        t.distributions.Exponential(r).cdf(v),), [pos(4), pos(4)]),
+    ("Laplace", lambda t, m, s, v: summary(t.distributions.Laplace(m, s), v) + (
+        t.distributions.Laplace(m, s).cdf(v),), [real(4), pos(4), real(4)]),
+    ("Gamma", lambda t, a, b, v: summary(t.distributions.Gamma(a, b), v), [pos(4), pos(4),
+                                                                           pos(4)]),
+    ("Beta", lambda t, a, b, v: summary(t.distributions.Beta(a, b), v), [pos(4), pos(4),
+                                                                         unit(4)]),
+    ("Dirichlet", lambda t, c, v: summary(t.distributions.Dirichlet(c), v), [pos(2, 3),
+                                                                             simplex(2, 3)]),
+    ("MultivariateNormal cov", lambda t, m, b, v: summary(
+        t.distributions.MultivariateNormal(m, covariance_matrix=spd(t, b)), v),
+     [real(2, 3), real(3, 3), real(4, 2, 3)]),
+    ("MultivariateNormal scale_tril", lambda t, m, b, v: summary(
+        t.distributions.MultivariateNormal(m, scale_tril=t.linalg.cholesky(spd(t, b))), v),
+     [real(3), real(3, 3), real(3)]),
+    ("MultivariateNormal precision", lambda t, m, b, v: summary(
+        t.distributions.MultivariateNormal(m, precision_matrix=spd(t, b)), v),
+     [real(3), real(3, 3), real(3)]),
+    ("Bernoulli probs", lambda t, p, v: summary(t.distributions.Bernoulli(probs=p), v),
+     [unit(4), np.array([0.0, 1.0, 1.0, 0.0])]),
+    ("Bernoulli logits", lambda t, lg, v: summary(t.distributions.Bernoulli(logits=lg), v),
+     [real(4), np.array([0.0, 1.0, 1.0, 0.0])]),
+    ("Categorical probs", lambda t, p, v: summary(t.distributions.Categorical(probs=p), v,
+                                                  moments=False),
+     [simplex(2, 4), np.array([[3, 0], [1, 2]])]),
+    ("Categorical logits", lambda t, lg, v: summary(t.distributions.Categorical(logits=lg), v,
+                                                    moments=False) + (
+        t.distributions.Categorical(logits=lg).probs,), [real(2, 4), np.array([3, 0])]),
+    ("OneHotCategorical", lambda t, lg, v: summary(t.distributions.OneHotCategorical(logits=lg),
+                                                   v), [real(2, 3), np.eye(3)[[2, 0]]]),
+    ("Poisson", lambda t, r, v: summary(t.distributions.Poisson(r), v, entropy=False),
+     [pos(4), np.array([0.0, 1.0, 3.0, 2.0])]),
+    ("Binomial", lambda t, p, v: summary(t.distributions.Binomial(10, probs=p), v),
+     [unit(3), np.array([0.0, 4.0, 10.0])]),
+    ("Binomial logits", lambda t, lg, v: summary(t.distributions.Binomial(
+        t.tensor([5.0, 7.0, 9.0], dtype=t.float64), logits=lg), v, entropy=False),
+     [real(3), np.array([1.0, 7.0, 3.0])]),
+    ("Independent", lambda t, m, s, v: summary(t.distributions.Independent(
+        t.distributions.Normal(m, s), 1), v), [real(2, 3), pos(2, 3), real(2, 3)]),
+    ("TransformedDistribution", lambda t, m, s, v: t.distributions.TransformedDistribution(
+        t.distributions.Normal(m, s), [t.distributions.ExpTransform(),
+                                       t.distributions.AffineTransform(1.0, 2.0)]).log_prob(v),
+     [real(3), pos(3), pos(3) + 1.0]),
+    ("TransformedDistribution sigmoid tanh", lambda t, m, s, v, w: (
+        t.distributions.TransformedDistribution(t.distributions.Normal(m, s),
+                                                t.distributions.SigmoidTransform()).log_prob(v),
+        t.distributions.TransformedDistribution(t.distributions.Normal(m, s),
+                                                t.distributions.TanhTransform()).log_prob(w)),
+     [real(3), pos(3), unit(3), unit(3) - 0.5]),
+    ("expand", lambda t, m, s, v: t.distributions.Normal(m, s).expand((2, 3)).log_prob(v),
+     [real(3), pos(3), real(2, 3)]),
+]
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in CASES])
+def test_distribution_matches_torch(fn, inputs) -> None:
+    check_op(fn, inputs, dtype=np.float64, atol=1e-9, rtol=1e-9)
+
+
+KL_CASES = [
+    ("Normal", lambda t, a, b, c, d: t.distributions.kl_divergence(
+        t.distributions.Normal(a, b), t.distributions.Normal(c, d)),
+     [real(3), pos(3), real(3), pos(3)]),
+    ("LogNormal", lambda t, a, b, c, d: t.distributions.kl_divergence(
+        t.distributions.LogNormal(a, b), t.distributions.LogNormal(c, d)),
+     [real(3), pos(3), real(3), pos(3)]),
+    ("Categorical", lambda t, a, b: t.distributions.kl_divergence(
+        t.distributions.Categorical(logits=a), t.distributions.Categorical(probs=b)),
+     [real(2, 4), simplex(2, 4)]),
+    ("OneHotCategorical", lambda t, a, b: t.distributions.kl_divergence(
+        t.distributions.OneHotCategorical(logits=a), t.distributions.OneHotCategorical(logits=b)),
+     [real(2, 4), real(2, 4)]),
+    ("Bernoulli", lambda t, a, b: t.distributions.kl_divergence(
+        t.distributions.Bernoulli(probs=a), t.distributions.Bernoulli(logits=b)),
+     [unit(4), real(4)]),
+    ("MultivariateNormal", lambda t, m1, b1, m2, b2: t.distributions.kl_divergence(
+        t.distributions.MultivariateNormal(m1, spd(t, b1)),
+        t.distributions.MultivariateNormal(m2, scale_tril=t.linalg.cholesky(spd(t, b2)))),
+     [real(2, 3), real(3, 3), real(3), real(2, 3, 3)]),
+    ("Independent", lambda t, a, b, c, d: t.distributions.kl_divergence(
+        t.distributions.Independent(t.distributions.Normal(a, b), 1),
+        t.distributions.Independent(t.distributions.Normal(c, d), 1)),
+     [real(2, 3), pos(2, 3), real(2, 3), pos(2, 3)]),
+    ("Uniform", lambda t, a, w, b, v: t.distributions.kl_divergence(
+        t.distributions.Uniform(a, a + w), t.distributions.Uniform(a - b, a + w + v)),
+     [real(3), pos(3), pos(3), pos(3)]),
+    ("Exponential", lambda t, a, b: t.distributions.kl_divergence(
+        t.distributions.Exponential(a), t.distributions.Exponential(b)), [pos(3), pos(3)]),
+    ("Gamma", lambda t, a, b, c, d: t.distributions.kl_divergence(
+        t.distributions.Gamma(a, b), t.distributions.Gamma(c, d)),
+     [pos(3), pos(3), pos(3), pos(3)]),
+    ("Beta", lambda t, a, b, c, d: t.distributions.kl_divergence(
+        t.distributions.Beta(a, b), t.distributions.Beta(c, d)),
+     [pos(3), pos(3), pos(3), pos(3)]),
+    ("Dirichlet", lambda t, a, b: t.distributions.kl_divergence(
+        t.distributions.Dirichlet(a), t.distributions.Dirichlet(b)), [pos(2, 3), pos(2, 3)]),
+    ("Laplace", lambda t, a, b, c, d: t.distributions.kl_divergence(
+        t.distributions.Laplace(a, b), t.distributions.Laplace(c, d)),
+     [real(3), pos(3), real(3), pos(3)]),
+    ("Poisson", lambda t, a, b: t.distributions.kl_divergence(
+        t.distributions.Poisson(a), t.distributions.Poisson(b)), [pos(3), pos(3)]),
+]
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in KL_CASES])
+def test_kl_divergence_matches_torch(fn, inputs) -> None:
+    check_op(fn, inputs, dtype=np.float64, atol=1e-9, rtol=1e-9)
+
+
+def test_shapes_match_torch() -> None:
+    for lib in (torch, kiln):
+        D = lib.distributions
+        loc = lib.zeros(4, 3, dtype=lib.float64)
+        cases = [D.Normal(loc, 1.0), D.Independent(D.Normal(loc, 1.0), 1),
+                 D.MultivariateNormal(loc, lib.eye(3, dtype=lib.float64)),
+                 D.Dirichlet(loc + 1), D.Categorical(logits=loc), D.OneHotCategorical(logits=loc)]
+        shapes = [(tuple(d.batch_shape), tuple(d.event_shape), tuple(d.sample((2,)).shape))
+                  for d in cases]
+        if lib is torch:
+            expected = shapes
+    assert shapes == expected
+
+
+def test_validation_raises_like_torch() -> None:
+    for lib in (torch, kiln):
+        D = lib.distributions
+        with pytest.raises(ValueError):
+            D.Normal(lib.tensor([0.0]), lib.tensor([-1.0]))
+        with pytest.raises(ValueError):
+            D.Exponential(lib.tensor([1.0])).log_prob(lib.tensor([-1.0]))
+        with pytest.raises(ValueError):
+            D.Bernoulli(probs=lib.tensor([0.5]), logits=lib.tensor([0.0]))
+        # validate_args=False lets the same values through
+        D.Normal(lib.tensor([0.0]), lib.tensor([-1.0]), validate_args=False)
+    assert kiln.distributions.Normal(0.0, 1.0).has_rsample
+    assert not kiln.distributions.Gamma(1.0, 1.0).has_rsample
+
+
+SAMPLED = [
+    ("Normal", lambda D: D.Normal(kiln.tensor(1.5), kiln.tensor(0.7)), 1.5, 0.49),
+    ("LogNormal", lambda D: D.LogNormal(kiln.tensor(0.1), kiln.tensor(0.4)),
+     math.exp(0.1 + 0.08), (math.exp(0.16) - 1) * math.exp(0.2 + 0.16)),
+    ("Uniform", lambda D: D.Uniform(kiln.tensor(-1.0), kiln.tensor(3.0)), 1.0, 16 / 12),
+    ("Exponential", lambda D: D.Exponential(kiln.tensor(2.0)), 0.5, 0.25),
+    ("Laplace", lambda D: D.Laplace(kiln.tensor(0.5), kiln.tensor(1.5)), 0.5, 4.5),
+    ("Gamma", lambda D: D.Gamma(kiln.tensor(3.0), kiln.tensor(2.0)), 1.5, 0.75),
+    ("Beta", lambda D: D.Beta(kiln.tensor(2.0), kiln.tensor(5.0)), 2 / 7, 10 / (49 * 8)),
+    ("Bernoulli", lambda D: D.Bernoulli(kiln.tensor(0.3)), 0.3, 0.21),
+    ("Poisson", lambda D: D.Poisson(kiln.tensor(4.0)), 4.0, 4.0),
+    ("Binomial", lambda D: D.Binomial(10, kiln.tensor(0.3)), 3.0, 2.1),
+    ("Categorical", lambda D: D.Categorical(kiln.tensor([0.2, 0.5, 0.3])), 1.1, 0.49),
+]
+
+
+@pytest.mark.parametrize("make,mean,var", [pytest.param(m, a, b, id=n)
+                                           for n, m, a, b in SAMPLED])
+def test_sample_moments(make, mean, var) -> None:
+    kiln.manual_seed(0)
+    x = make(kiln.distributions).sample((20000,)).double().numpy()
+    # 20k samples: the sample mean is within 5 standard errors; the variance within 5%
+    assert abs(x.mean() - mean) < 5 * math.sqrt(var / 20000)
+    assert abs(x.var() - var) < 0.05 * var
+
+
+def test_vector_sample_moments() -> None:
+    kiln.manual_seed(1)
+    D = kiln.distributions
+    cov = np.array([[2.0, 0.6], [0.6, 1.0]])
+    x = D.MultivariateNormal(kiln.tensor([1.0, -1.0], dtype=kiln.float64),
+                             kiln.tensor(cov)).sample((20000,)).numpy()
+    np.testing.assert_allclose(x.mean(0), [1.0, -1.0], atol=0.05)
+    np.testing.assert_allclose(np.cov(x.T), cov, atol=0.08)
+    c = np.array([2.0, 3.0, 5.0])
+    y = D.Dirichlet(kiln.tensor(c)).sample((20000,)).double().numpy()
+    np.testing.assert_allclose(y.mean(0), c / c.sum(), atol=0.01)
+    z = D.OneHotCategorical(kiln.tensor([0.2, 0.8])).sample((20000,)).numpy()
+    np.testing.assert_allclose(z.mean(0), [0.2, 0.8], atol=0.02)
+
+
+def test_rsample_is_differentiable_in_the_parameters() -> None:
+    kiln.manual_seed(2)
+    loc = kiln.tensor([0.5], dtype=kiln.float64, requires_grad=True)
+    scale = kiln.tensor([2.0], dtype=kiln.float64, requires_grad=True)
+    x = kiln.distributions.Normal(loc, scale).rsample((1000,))
+    x.mean().backward()
+    assert float(loc.grad) == pytest.approx(1.0)
+    eps = (x.detach() - 0.5) / 2.0
+    assert float(scale.grad) == pytest.approx(float(eps.mean()))
