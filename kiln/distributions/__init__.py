@@ -12,6 +12,12 @@ from kiln.distributions.discrete import (Bernoulli, Binomial, Categorical,  # no
 from kiln.distributions.transformed import (AffineTransform, ComposeTransform,  # noqa: F401
                                             ExpTransform, Independent, SigmoidTransform,
                                             TanhTransform, Transform, TransformedDistribution)
+from kiln.distributions.transformed import (AbsTransform, PowerTransform,  # noqa: F401
+                                            SoftmaxTransform, SoftplusTransform,
+                                            identity_transform)
+from kiln.distributions.more import (Cauchy, Chi2, Geometric, Gumbel, HalfCauchy,  # noqa: F401
+                                     HalfNormal, InverseGamma, MixtureSameFamily, Multinomial,
+                                     NegativeBinomial, Pareto, StudentT, Weibull)
 from kiln.distributions.kl import kl_divergence, register_kl  # noqa: F401
 
 ExponentialFamily = Distribution

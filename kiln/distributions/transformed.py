@@ -218,3 +218,60 @@ class TransformedDistribution(Distribution):
         base = _sum_rightmost(self.base_dist.log_prob(y),
                               event_dim - len(self.base_dist.event_shape))
         return base + log_prob
+
+
+class AbsTransform(Transform):
+    bijective = False
+    domain, codomain = constraints.real, constraints.positive
+
+    def _call(self, x):
+        return x.abs()
+
+    def _inverse(self, y):
+        return y
+
+
+class PowerTransform(Transform):
+    domain = codomain = constraints.positive
+
+    def __init__(self, exponent):
+        self.exponent = exponent
+
+    def _call(self, x):
+        return x.pow(self.exponent)
+
+    def _inverse(self, y):
+        return y.pow(1 / self.exponent)
+
+    def log_abs_det_jacobian(self, x, y):
+        return (self.exponent * y / x).abs().log()
+
+
+class SoftplusTransform(Transform):
+    domain, codomain = constraints.real, constraints.positive
+
+    def _call(self, x):
+        return F.softplus(x)
+
+    def _inverse(self, y):
+        return y + kiln.log(-kiln.expm1(-y))
+
+    def log_abs_det_jacobian(self, x, y):
+        return -F.softplus(-x)
+
+
+class SoftmaxTransform(Transform):
+    """x -> softmax(x) over the last dim; not bijective, so it has no log-determinant."""
+
+    bijective = False
+    event_dim = 1
+    domain, codomain = constraints.real_vector, constraints.simplex
+
+    def _call(self, x):
+        return kiln.softmax(x, -1)
+
+    def _inverse(self, y):
+        return y.log()
+
+
+identity_transform = ComposeTransform([])

@@ -244,3 +244,73 @@ def test_rsample_is_differentiable_in_the_parameters() -> None:
     assert float(loc.grad) == pytest.approx(1.0)
     eps = (x.detach() - 0.5) / 2.0
     assert float(scale.grad) == pytest.approx(float(eps.mean()))
+
+
+MORE = [
+    ("Cauchy", lambda t, m, s, v: (t.distributions.Cauchy(m, s).log_prob(v),
+                                   t.distributions.Cauchy(m, s).entropy(),
+                                   t.distributions.Cauchy(m, s).cdf(v)),
+     [real(3), pos(3), real(3)]),
+    ("Gumbel", lambda t, m, s, v: summary(t.distributions.Gumbel(m, s), v),
+     [real(3), pos(3), real(3)]),
+    ("HalfNormal", lambda t, s, v: summary(t.distributions.HalfNormal(s), v) + (
+        t.distributions.HalfNormal(s).cdf(v),), [pos(3), pos(3)]),
+    ("HalfCauchy", lambda t, s, v: (t.distributions.HalfCauchy(s).log_prob(v),
+                                    t.distributions.HalfCauchy(s).entropy()), [pos(3), pos(3)]),
+    ("Chi2", lambda t, df, v: summary(t.distributions.Chi2(df), v), [pos(3) + 1, pos(3)]),
+    ("StudentT", lambda t, df, m, s, v: summary(t.distributions.StudentT(df, m, s), v),
+     [pos(3) + 2.5, real(3), pos(3), real(3)]),
+    ("Pareto", lambda t, s, a, u: summary(t.distributions.Pareto(s, a + 2), s + u),
+     [pos(3), pos(3), pos(3)]),
+    ("Weibull", lambda t, s, k, v: summary(t.distributions.Weibull(s, k), v),
+     [pos(3), pos(3), pos(3)]),
+    ("InverseGamma", lambda t, a, b, v: summary(t.distributions.InverseGamma(a + 2, b), v),
+     [pos(3), pos(3), pos(3)]),
+    ("Geometric", lambda t, p, v: summary(t.distributions.Geometric(probs=p), v),
+     [unit(3), np.array([0.0, 2.0, 5.0])]),
+    ("Multinomial", lambda t, p, v: summary(t.distributions.Multinomial(6, probs=p), v,
+                                            entropy=False),
+     [simplex(2, 3), np.array([[1.0, 2.0, 3.0], [6.0, 0.0, 0.0]])]),
+    ("NegativeBinomial", lambda t, r, lg, v: summary(
+        t.distributions.NegativeBinomial(r, logits=lg), v, entropy=False),
+     [pos(3), real(3), np.array([0.0, 3.0, 1.0])]),
+    ("MixtureSameFamily", lambda t, lg, m, s, v: (lambda d: (d.log_prob(v), d.mean, d.variance))(
+        t.distributions.MixtureSameFamily(t.distributions.Categorical(logits=lg),
+                                          t.distributions.Normal(m, s))),
+     [real(2, 3), real(2, 3), pos(2, 3), real(4, 2)]),
+    ("more transforms", lambda t, m, s, v: (
+        t.distributions.TransformedDistribution(
+            t.distributions.Normal(m, s), [t.distributions.SoftplusTransform(),
+                                           t.distributions.PowerTransform(2.0)]).log_prob(v)),
+     [real(3), pos(3), pos(3)]),
+]
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in MORE])
+def test_more_distributions_match_torch(fn, inputs) -> None:
+    check_op(fn, inputs, dtype=np.float64, atol=1e-9, rtol=1e-9)
+
+
+MORE_SAMPLED = [
+    ("Gumbel", lambda D: D.Gumbel(kiln.tensor(1.0), kiln.tensor(2.0)), 1 + 2 * 0.5772156649,
+     math.pi ** 2 / 6 * 4),
+    ("HalfNormal", lambda D: D.HalfNormal(kiln.tensor(1.5)), 1.5 * math.sqrt(2 / math.pi),
+     2.25 * (1 - 2 / math.pi)),
+    ("Chi2", lambda D: D.Chi2(kiln.tensor(4.0)), 4.0, 8.0),
+    ("StudentT", lambda D: D.StudentT(kiln.tensor(8.0), kiln.tensor(1.0), kiln.tensor(2.0)),
+     1.0, 4 * 8 / 6),
+    ("Weibull", lambda D: D.Weibull(kiln.tensor(2.0), kiln.tensor(3.0)),
+     2 * math.gamma(1 + 1 / 3), 4 * (math.gamma(1 + 2 / 3) - math.gamma(1 + 1 / 3) ** 2)),
+    ("Pareto", lambda D: D.Pareto(kiln.tensor(1.0), kiln.tensor(5.0)), 1.25, 5 / (16 * 3)),
+    ("InverseGamma", lambda D: D.InverseGamma(kiln.tensor(6.0), kiln.tensor(2.0)), 0.4,
+     4 / (25 * 4)),
+    ("Geometric", lambda D: D.Geometric(kiln.tensor(0.3)), 1 / 0.3 - 1, (1 / 0.3 - 1) / 0.3),
+    ("NegativeBinomial", lambda D: D.NegativeBinomial(kiln.tensor(5.0), kiln.tensor(0.4)),
+     5 * 0.4 / 0.6, 5 * 0.4 / 0.36),
+]
+
+
+@pytest.mark.parametrize("make,mean,var", [pytest.param(m, a, b, id=n)
+                                           for n, m, a, b in MORE_SAMPLED])
+def test_more_sample_moments(make, mean, var) -> None:
+    test_sample_moments(make, mean, var)
