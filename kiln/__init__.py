@@ -124,3 +124,7 @@ for _name, _fn in linalg.TORCH_FORMS.items():
     setattr(Tensor, _name, _fn)
 from kiln import special, fft  # noqa: F401,E402
 from kiln import distributions  # noqa: F401,E402
+from kiln.tracer import grad_names as _grad_names  # noqa: E402
+import kiln.nn.functional as _nn_functional  # noqa: E402
+from kiln.tracer import functional as _core_functional  # noqa: E402
+_grad_names.apply_names(__import__("sys").modules[__name__], _core_functional, _nn_functional)

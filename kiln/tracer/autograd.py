@@ -34,9 +34,13 @@ class Node:
     """The grad_fn of a tensor: one recorded primitive call."""
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
-                 "edges", "hooks", "retained", "out_trace", "__weakref__")
+                 "edges", "hooks", "retained", "out_trace", "label", "__weakref__")
 
     def name(self) -> str:
+        # `label`: the PyTorch name a composite op gives its output's node (MeanBackward0)
+        label = getattr(self, "label", None)
+        if label is not None:
+            return label
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
 
     def __repr__(self) -> str:
