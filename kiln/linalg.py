@@ -43,7 +43,10 @@ def _check_square(A: Tensor, name: str) -> None:
 # ----------------------------------------------------------------------------- products
 
 matmul = F.matmul
-diagonal = lambda A, *, offset=0, dim1=-2, dim2=-1: F.diagonal(A, offset, dim1, dim2)  # noqa
+
+
+def diagonal(A, *, offset=0, dim1=-2, dim2=-1):
+    return F.diagonal(A, offset, dim1, dim2)
 
 
 def vecdot(x, y, *, dim=-1):
@@ -182,10 +185,8 @@ def solve_ex(A, B, *, left=True, check_errors=False):
 def solve_triangular(A, B, *, upper, left=True, unitriangular=False):
     T = F.triu(A) if upper else F.tril(A)
     if unitriangular:
-        n = A.shape[-1]
-        eye = F.eye(n, dtype=A.dtype, device=A.device) if hasattr(F, "eye") else None
         from kiln.tracer.creation import eye as _eye
-        eye = _eye(n, dtype=A.dtype, device=A.device)
+        eye = _eye(A.shape[-1], dtype=A.dtype, device=A.device)
         T = T * (1 - eye) + eye
     return solve(T, B, left=left)
 

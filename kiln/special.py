@@ -6,10 +6,7 @@ by scipy.special (cupyx.scipy.special on a GPU); the rest are compositions.
 
 from __future__ import annotations
 
-import math
-
 from kiln.ir.ops import P
-from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer.functional_extra import (  # noqa: F401
     digamma, entr, erfc, erfcx, erfinv, expit, gammainc, gammaincc, i0, i0e, i1, i1e, log_ndtr,
@@ -29,5 +26,3 @@ def bessel_j0(input):
 def bessel_j1(input):
     return P.bessel_j1(FX._f(input))
 
-
-_ = (F, math)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-from kiln.tracer import functional as F
 from kiln.tracer.dispatch import op_error
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.tensor import STATE, Tensor
@@ -161,5 +160,3 @@ class OutOfMemoryError(RuntimeError):
 class FatalError(Exception):
     """An unrecoverable error of the runtime."""
 
-
-_ = F

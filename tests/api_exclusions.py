@@ -151,7 +151,7 @@ _group(T, STRIDES, """
 as_strided as_strided_ as_strided_scatter new_empty_strided dim_order resize_ resize_as_
 resize
 """)
-_group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn is_mkldnn")
+_group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")
 _group(T, COMPLEX, "imag cdouble cfloat chalf stft istft")
 _group(T, "kiln has no bfloat16/int8/int16 dtype", "bfloat16 char short")
@@ -207,7 +207,7 @@ _group("torch.nn", "multi-GPU wrappers of torch's own process groups (kiln.distr
 _group("torch.nn", "legacy Lua-torch leftovers", "Container CrossMapLRN2d NLLLoss2d")
 _group("torch.nn", "factory_kwargs is an internal helper of module constructors",
        "factory_kwargs")
-_group("torch.nn.functional", "dispatch internals", """
+_group("torch.nn.functional", "__torch_function__ dispatch internals", """
 boolean_dispatch handle_torch_function has_torch_function has_torch_function_unary
 has_torch_function_variadic assert_int_or_pair
 """)

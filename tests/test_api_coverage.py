@@ -121,12 +121,15 @@ def coverage(ns: Namespace) -> tuple[list[str], list[str], list[str]]:
     return counted, missing, excluded
 
 
+# namespaces another branch brings to target: expected to fail until it is merged (the lead
+# empties this set then, so a later regression fails the suite)
+PENDING = {"torch.nn", "torch.nn.functional", "torch.nn.init", "torch.nn.utils",
+           "torch.nn.utils.rnn", "torch.optim", "torch.optim.lr_scheduler", "torch.utils.data"}
+
+
 def _case(ns: Namespace):
-    marks = ()
-    if ns.owner == "api-nn":
-        counted, missing, _ = coverage(ns)
-        if (len(counted) - len(missing)) < ns.target * len(counted):
-            marks = pytest.mark.xfail(strict=False, reason="api-nn branch")
+    marks = pytest.mark.xfail(strict=False, reason="api-nn branch") if ns.name in PENDING \
+        else ()
     return pytest.param(ns, id=ns.name, marks=marks)
 
 

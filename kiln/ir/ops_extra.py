@@ -15,8 +15,7 @@ import math
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import (P, ShapeError, _both, _compare, _elementwise, _float_unary, _same_dtype,
-                         define)
+from kiln.ir.ops import P, ShapeError, _both, _elementwise, _float_unary, define
 
 SPECIAL, SORT, LINALG = "special", "sort", "linalg"
 
@@ -121,7 +120,6 @@ define("signbit", SPECIAL, lambda shapes, dtypes: (shapes[0], dt.bool_),
        lambda xp, x: xp.signbit(x), None, arity=1)
 define("copysign", SPECIAL, _elementwise, lambda xp, x, y: xp.copysign(x, y),
        lambda g, out, x, y: _both(g * P.sign(x) * P.sign(out), g * 0, x, y), arity=2)
-_ = _compare
 
 
 # ----------------------------------------------------------------------------- sorting
@@ -335,7 +333,7 @@ def _svd_grad(g, out, a, part):
     if part == "S":
         return (P.matmul(P.mul(U, P.reshape(g, shape=row)), Vh),)
     S2 = P.mul(S, S)
-    eye = _eye_like(P.reshape(S, shape=col) if False else P.mul(_diag_embed(S), 1.0))
+    eye = _eye_like(_diag_embed(S))
     E = P.add(P.sub(P.reshape(S2, shape=row), P.reshape(S2, shape=col)), eye)
     if part == "U":
         UhgU = P.matmul(_mT(U), g)
@@ -359,7 +357,6 @@ def _svd_grad(g, out, a, part):
 
 
 define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1)
-_ = _same_dtype
 
 
 # Bessel functions of the first kind (torch.special.bessel_j0 / bessel_j1)

@@ -311,10 +311,6 @@ def positive(input):
 multiply, subtract = F.mul, F.sub
 
 
-def float_power_(input, exponent):
-    return F.float_power(input, exponent)
-
-
 # real-tensor forms of the complex helpers: kiln has no complex dtype
 def conj(input):
     return input
@@ -354,7 +350,8 @@ def is_signed(input) -> bool:
 
 def is_nonzero(input) -> bool:
     if input.numel() != 1:
-        raise op_error("is_nonzero", f"Boolean value of Tensor with {'no values' if input.numel() == 0 else 'more than one value'} is ambiguous")
+        what = "no values" if input.numel() == 0 else "more than one value"
+        raise op_error("is_nonzero", f"Boolean value of Tensor with {what} is ambiguous")
     return bool(input.reshape(()).item() != 0)
 
 
@@ -1113,7 +1110,7 @@ def cdist(x1, x2, p=2.0, compute_mode=None):
     diff_ = F.unsqueeze(x1, -2) - F.unsqueeze(x2, -3)
     if p == 2:
         sq = F.sum(diff_ * diff_, -1)
-        return F.sqrt(sq) if True else sq
+        return F.sqrt(sq)
     if p == 0:
         return F.sum(F.ne(diff_, 0), -1).to(x1.dtype)
     if math.isinf(p):

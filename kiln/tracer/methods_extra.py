@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.ir import dtypes as dt
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
@@ -153,4 +152,3 @@ _METHODS["polygamma_"] = _inplace(lambda self, n: FX.polygamma(n, self), "polyga
 for _name, _fn in _METHODS.items():
     if not hasattr(Tensor, _name) or _name in ("is_meta",):
         setattr(Tensor, _name, _fn)
-_ = dt
