@@ -280,7 +280,17 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
         else:
             tensor.grad._data += g._data
+        if POST_ACCUMULATE_HOOKS:
+            entry = POST_ACCUMULATE_HOOKS.get(id(tensor))
+            if entry is not None and entry[0]() is tensor:
+                for hook in tuple(entry[1]):
+                    hook(tensor)
     return None
+
+
+# id(leaf) -> (weakref to it, hooks run after backward has accumulated into its .grad);
+# Tensor.register_post_accumulate_grad_hook adds to it
+POST_ACCUMULATE_HOOKS: dict = {}
 
 
 def _seed(out: Tensor, g) -> Tensor:

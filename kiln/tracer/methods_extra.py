@@ -65,6 +65,32 @@ for _flag in ("is_xpu", "is_mps", "is_meta", "is_quantized", "is_sparse", "is_mk
     _METHODS[_flag.rstrip("_")] = property(lambda self: False)
 
 
+def register_post_accumulate_grad_hook(self, hook):
+    """`hook(tensor)` runs after a backward pass has accumulated into this leaf's .grad
+    (optimizers in backward use it)."""
+    import weakref
+    from kiln.tracer.autograd import POST_ACCUMULATE_HOOKS
+    if self.grad_fn is not None:
+        raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+    if not self.requires_grad:
+        raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+    key = id(self)
+    entry = POST_ACCUMULATE_HOOKS.get(key)
+    if entry is None or entry[0]() is not self:
+        entry = POST_ACCUMULATE_HOOKS[key] = (weakref.ref(
+            self, lambda _, key=key: POST_ACCUMULATE_HOOKS.pop(key, None)), [])
+    entry[1].append(hook)
+
+    class Handle:
+        def remove(self_handle):
+            if hook in entry[1]:
+                entry[1].remove(hook)
+    return Handle()
+
+
+_METHODS["register_post_accumulate_grad_hook"] = register_post_accumulate_grad_hook
+
+
 def fill_diagonal_(self, fill_value, wrap=False):
     """Fill the main diagonal; a tall matrix with wrap=True restarts it every cols+1 rows."""
     if self.ndim == 2:

@@ -205,3 +205,17 @@ def test_variable_anomaly_and_gradgradcheck_facade() -> None:
     kiln.autograd.set_detect_anomaly(False)
     z = kiln.tensor([0.3, 0.7], dtype=kiln.float64, requires_grad=True)
     assert kiln.autograd.gradgradcheck(lambda a: (a ** 3).sum(), (z,))
+
+
+def test_post_accumulate_grad_hook_sees_the_accumulated_grad_like_torch() -> None:
+    seen = {}
+    for lib in (torch, kiln):
+        w = lib.tensor([1.0, 2.0], requires_grad=True)
+        calls = []
+        handle = w.register_post_accumulate_grad_hook(lambda p: calls.append(p.grad.clone()))
+        (w * w).sum().backward()
+        (3 * w).sum().backward()
+        handle.remove()
+        (w * 5).sum().backward()
+        seen[lib.__name__] = [c.tolist() for c in calls] + [w.grad.tolist()]
+    assert seen["kiln"] == seen["torch"]
