@@ -128,3 +128,7 @@ from kiln.tracer import grad_names as _grad_names  # noqa: E402
 import kiln.nn.functional as _nn_functional  # noqa: E402
 from kiln.tracer import functional as _core_functional  # noqa: E402
 _grad_names.apply_names(__import__("sys").modules[__name__], _core_functional, _nn_functional)
+from kiln import amp  # noqa: F401,E402
+from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
+                      set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
+cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
