@@ -21,7 +21,7 @@ abs_ acos_ acosh_ arccos_ arccosh_ arcsin_ arcsinh_ arctan_ arctanh_ asin_ asinh
 ceil_ clamp_ clamp_max_ clamp_min_ clip_ cos_ cosh_ deg2rad_ erf_ erfc_ exp2_ exp_ expm1_ fix_
 floor_ frac_ gcd_ i0_ lcm_ ldexp_ log10_ log1p_ log2_ log_ logit_ nan_to_num_ neg_ negative_
 rad2deg_ reciprocal_ round_ rsqrt_ sigmoid_ sin_ sinc_ sinh_ sqrt_ square_ tan_ tanh_ trunc_
-xlogy_ index_put_ zero_ fill_ detach_ conj_physical_ resize_as_ relu_
+xlogy_ index_put_ zero_ fill_ detach_ conj_physical_ resize_as_ relu_ addmv_
 """.split()
 
 
@@ -135,10 +135,14 @@ def nn_forward(name: str):
             lambda input, weight, bias, running_mean, running_var, use_input_stats, momentum,
             eps, cudnn_enabled=True: base(input, running_mean, running_var, weight, bias,
                                           use_input_stats, momentum, eps))
+    if name in NN_CONTAINERS:
+        import kiln.nn
+        return getattr(kiln.nn, name, None)
     return None
 
 
-LAZY = set(NN_FORWARD) | set(NN_INPLACE) | set(LOSS_REDUCTION_POSITION) | {
+NN_CONTAINERS = ("ModuleDict", "ParameterDict", "BufferDict")    # torch re-exports these
+LAZY = set(NN_CONTAINERS) | set(NN_FORWARD) | set(NN_INPLACE) | set(LOSS_REDUCTION_POSITION) | {
     "embedding", "dropout", "batch_norm", "instance_norm"}
 
 

@@ -18,6 +18,11 @@ from kiln.distributions.transformed import (AbsTransform, PowerTransform,  # noq
 from kiln.distributions.more import (Cauchy, Chi2, Geometric, Gumbel, HalfCauchy,  # noqa: F401
                                      HalfNormal, InverseGamma, MixtureSameFamily, Multinomial,
                                      NegativeBinomial, Pareto, StudentT, Weibull)
+from kiln.distributions.relaxed import (ExpRelaxedCategorical, FisherSnedecor,  # noqa: F401
+                                        GeneralizedPareto, Kumaraswamy, LogitRelaxedBernoulli,
+                                        LowRankMultivariateNormal,
+                                        OneHotCategoricalStraightThrough, RelaxedBernoulli,
+                                        RelaxedOneHotCategorical, VonMises)
 from kiln.distributions.kl import kl_divergence, register_kl  # noqa: F401
 
 ExponentialFamily = Distribution

@@ -314,3 +314,80 @@ MORE_SAMPLED = [
                                            for n, m, a, b in MORE_SAMPLED])
 def test_more_sample_moments(make, mean, var) -> None:
     test_sample_moments(make, mean, var)
+
+
+RELAXED = [
+    ("RelaxedBernoulli", lambda t, lg, v: t.distributions.RelaxedBernoulli(
+        t.tensor(0.7, dtype=t.float64), logits=lg).log_prob(v), [real(3), unit(3)]),
+    ("RelaxedOneHotCategorical", lambda t, lg, v: t.distributions.RelaxedOneHotCategorical(
+        t.tensor(0.5, dtype=t.float64), logits=lg).log_prob(v), [real(2, 3), simplex(2, 3)]),
+    ("LowRankMultivariateNormal", lambda t, m, w, d, v: summary(
+        t.distributions.LowRankMultivariateNormal(m, w, d), v),
+     [real(2, 3), real(2, 3, 2), pos(2, 3), real(2, 3)]),
+    ("VonMises", lambda t, m, k, v: (t.distributions.VonMises(m, k).log_prob(v),
+                                     t.distributions.VonMises(m, k).variance),
+     [real(3), pos(3), real(3)]),
+    ("Kumaraswamy", lambda t, a, b, v: summary(t.distributions.Kumaraswamy(a, b), v),
+     [pos(3), pos(3), unit(3)]),
+    ("FisherSnedecor", lambda t, a, b, v: summary(t.distributions.FisherSnedecor(a, b + 4), v,
+                                                  entropy=False), [pos(3), pos(3), pos(3)]),
+]
+
+
+def test_generalized_pareto_matches_torch_in_float32() -> None:
+    # float32: torch's own GeneralizedPareto compares float64 parameters with a float32 zero
+    check_op(lambda t, m, s, c, u: (lambda d: (d.log_prob(m + u), d.entropy(), d.mean,
+                                               d.variance, d.icdf(u / 3)))(
+        t.distributions.GeneralizedPareto(m, s, c * 0.3)),
+        [x.astype(np.float32) for x in (real(3), pos(3), unit(3), pos(3))],
+        dtype=np.float32, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in RELAXED])
+def test_relaxed_and_other_distributions_match_torch(fn, inputs) -> None:
+    # VonMises: torch's log I0 is a polynomial approximation, kiln's is exact
+    check_op(fn, inputs, dtype=np.float64, atol=1e-6, rtol=1e-6)
+
+
+def test_straight_through_and_relaxed_samples() -> None:
+    kiln.manual_seed(3)
+    logits = kiln.tensor([0.2, -0.4, 1.0], dtype=kiln.float64, requires_grad=True)
+    d = kiln.distributions.OneHotCategoricalStraightThrough(logits=logits)
+    s = d.rsample((5,))
+    assert bool(((s == 0) | (s == 1)).all()) and bool((s.sum(-1) == 1).all())
+    (s * kiln.tensor([1.0, 2.0, 3.0], dtype=kiln.float64)).sum().backward()
+    probs = np.exp([0.2, -0.4, 1.0]) / np.exp([0.2, -0.4, 1.0]).sum()
+    w = np.array([1.0, 2.0, 3.0]) * 5
+    np.testing.assert_allclose(logits.grad.numpy(), probs * (w - (probs * w).sum()), rtol=1e-10)
+    r = kiln.distributions.RelaxedOneHotCategorical(kiln.tensor(0.3), logits=kiln.zeros(4))
+    x = r.rsample((2000,)).numpy()
+    np.testing.assert_allclose(x.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(x.mean(0), 0.25, atol=0.03)
+    b = kiln.distributions.RelaxedBernoulli(kiln.tensor(0.5), probs=kiln.tensor(0.8))
+    y = b.rsample((4000,)).numpy()
+    # float32 samples at a low temperature saturate to 0 or 1, as torch's do
+    assert 0 <= y.min() and y.max() <= 1 and abs((y > 0.5).mean() - 0.8) < 0.03
+
+
+MORE_SAMPLED_2 = [
+    ("VonMises", lambda D: D.VonMises(kiln.tensor(0.5), kiln.tensor(4.0)), 0.5, None),
+    ("Kumaraswamy", lambda D: D.Kumaraswamy(kiln.tensor(2.0), kiln.tensor(3.0)),
+     3 * math.gamma(1.5) * math.gamma(3) / math.gamma(4.5), None),
+    ("FisherSnedecor", lambda D: D.FisherSnedecor(kiln.tensor(5.0), kiln.tensor(10.0)),
+     10 / 8, 2 * 100 * 13 / (5 * 64 * 6)),
+    ("LowRankMultivariateNormal", lambda D: D.LowRankMultivariateNormal(
+        kiln.tensor([1.0]), kiln.tensor([[0.5]]), kiln.tensor([0.75])), 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("make,mean,var", [pytest.param(m, a, b, id=n)
+                                           for n, m, a, b in MORE_SAMPLED_2])
+def test_more_sample_means(make, mean, var) -> None:
+    kiln.manual_seed(4)
+    d = make(kiln.distributions)
+    x = (d.rsample((20000,)) if d.has_rsample else d.sample((20000,))).double().numpy()
+    v = var if var is not None else float(d.variance.double()) if d.variance.numel() == 1 \
+        else x.var()
+    assert abs(x.mean() - mean) < 5 * math.sqrt(v / 20000)
+    if var is not None:
+        assert abs(x.var() - var) < 0.06 * var

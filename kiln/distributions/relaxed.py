@@ -1,0 +1,339 @@
+"""Relaxed (Gumbel-softmax) distributions, the straight-through one-hot categorical, and
+LowRankMultivariateNormal, VonMises, Kumaraswamy, FisherSnedecor, GeneralizedPareto."""
+
+from __future__ import annotations
+
+import math
+
+import kiln
+from kiln.distributions import constraints
+from kiln.distributions.continuous import MultivariateNormal, Uniform
+from kiln.distributions.discrete import Categorical, OneHotCategorical, _one_of, _probs_to_logits
+from kiln.distributions.distribution import Distribution, _numpy_rng, broadcast_all
+from kiln.distributions.transformed import (AffineTransform, ExpTransform, PowerTransform,
+                                            SigmoidTransform, TransformedDistribution)
+
+EULER = 0.57721566490153286060
+
+
+def _clamped_uniform(shape, like):
+    eps = float(kiln.finfo(like.dtype).eps)
+    return kiln.rand(shape, dtype=like.dtype, device=like.device).clamp(eps, 1 - eps)
+
+
+class LogitRelaxedBernoulli(Distribution):
+    arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        _one_of(probs, logits)
+        self.temperature = temperature
+        if probs is not None:
+            (self.probs,) = broadcast_all(probs)
+            self.logits = _probs_to_logits(self.probs, True)
+        else:
+            (self.logits,) = broadcast_all(logits)
+            self.probs = kiln.sigmoid(self.logits)
+        super().__init__(self.logits.shape, validate_args=validate_args)
+
+    def rsample(self, sample_shape=()):
+        u = _clamped_uniform(tuple(sample_shape) + tuple(self.batch_shape), self.logits)
+        return (u.log() - kiln.log1p(-u) + self.logits) / self.temperature
+
+    def log_prob(self, value):
+        logits, value = kiln.broadcast_tensors(self.logits, value)
+        diff = logits - value * self.temperature
+        t = self.temperature
+        log_t = t.log() if isinstance(t, kiln.Tensor) else math.log(t)
+        return log_t + diff - 2 * kiln.log1p(diff.exp())
+
+
+class RelaxedBernoulli(TransformedDistribution):
+    """Bernoulli relaxed to (0, 1) at `temperature` (the sigmoid of a logistic sample)."""
+
+    arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        base = LogitRelaxedBernoulli(temperature, probs, logits)
+        super().__init__(base, SigmoidTransform(), validate_args=validate_args)
+
+    @property
+    def temperature(self):
+        return self.base_dist.temperature
+
+    @property
+    def logits(self):
+        return self.base_dist.logits
+
+    @property
+    def probs(self):
+        return self.base_dist.probs
+
+
+class ExpRelaxedCategorical(Distribution):
+    arg_constraints = {"probs": constraints.simplex, "logits": constraints.real_vector}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        self._categorical = Categorical(probs, logits)
+        self.temperature = temperature
+        super().__init__(self._categorical.batch_shape, self._categorical.param_shape[-1:],
+                         validate_args=validate_args)
+
+    @property
+    def logits(self):
+        return self._categorical.logits
+
+    @property
+    def probs(self):
+        return self._categorical.probs
+
+    def rsample(self, sample_shape=()):
+        shape = tuple(sample_shape) + tuple(self.batch_shape) + tuple(self.event_shape)
+        u = _clamped_uniform(shape, self.logits)
+        gumbels = -((-(u.log())).log())
+        scores = (self.logits + gumbels) / self.temperature
+        return scores - scores.logsumexp(-1, keepdim=True)
+
+    def log_prob(self, value):
+        K = self.event_shape[0]
+        t = self.temperature if isinstance(self.temperature, kiln.Tensor) else \
+            kiln.tensor(float(self.temperature), dtype=self.logits.dtype)
+        log_scale = kiln.lgamma(kiln.full_like(t, float(K))) - t.log() * (-(K - 1))
+        logits, value = kiln.broadcast_tensors(self.logits, value)
+        score = logits - value * t
+        score = (score - score.logsumexp(-1, keepdim=True)).sum(-1)
+        return score + log_scale
+
+
+class RelaxedOneHotCategorical(TransformedDistribution):
+    """OneHotCategorical relaxed to the simplex at `temperature` (Gumbel-softmax)."""
+
+    arg_constraints = {"probs": constraints.simplex, "logits": constraints.real_vector}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None):
+        base = ExpRelaxedCategorical(temperature, probs, logits)
+        super().__init__(base, ExpTransform(), validate_args=validate_args)
+
+    @property
+    def temperature(self):
+        return self.base_dist.temperature
+
+    @property
+    def logits(self):
+        return self.base_dist.logits
+
+    @property
+    def probs(self):
+        return self.base_dist.probs
+
+
+class OneHotCategoricalStraightThrough(OneHotCategorical):
+    """One-hot samples whose gradient is the probabilities' (the straight-through
+    estimator)."""
+
+    has_rsample = True
+
+    def rsample(self, sample_shape=()):
+        samples = self.sample(sample_shape)
+        probs = self._categorical.probs
+        return samples + (probs - probs.detach())
+
+
+class LowRankMultivariateNormal(MultivariateNormal):
+    """Normal with covariance cov_factor @ cov_factor.T + diag(cov_diag)."""
+
+    arg_constraints = {"loc": constraints.real_vector, "cov_factor": constraints.real,
+                       "cov_diag": constraints.positive}
+
+    def __init__(self, loc, cov_factor, cov_diag, validate_args=None):
+        self.cov_factor, self.cov_diag = cov_factor, cov_diag
+        cov = cov_factor @ cov_factor.mT + kiln.diag_embed(cov_diag)
+        super().__init__(loc, covariance_matrix=cov, validate_args=False)
+        if validate_args is not None:
+            self._validate_args = validate_args
+
+    @property
+    def variance(self):
+        return (self.cov_factor ** 2).sum(-1) + self.cov_diag
+
+    def rsample(self, sample_shape=()):
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        W = self.cov_factor
+        eps_w = kiln.randn(shape + (W.shape[-1],), dtype=W.dtype, device=W.device)
+        eps_d = kiln.randn(shape + tuple(self.event_shape), dtype=W.dtype, device=W.device)
+        return self.loc + (W @ eps_w.unsqueeze(-1)).squeeze(-1) + self.cov_diag.sqrt() * eps_d
+
+
+class VonMises(Distribution):
+    arg_constraints = {"loc": constraints.real, "concentration": constraints.positive}
+    support = constraints.real
+
+    def __init__(self, loc, concentration, validate_args=None):
+        self.loc, self.concentration = broadcast_all(loc, concentration)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @property
+    def mean(self):
+        return self.loc
+
+    @property
+    def mode(self):
+        return self.loc
+
+    @property
+    def variance(self):
+        k = self.concentration
+        return 1 - kiln.special.i1e(k) / kiln.special.i0e(k)
+
+    def sample(self, sample_shape=()):
+        rng = _numpy_rng()
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        draws = rng.vonmises(self.loc.detach().cpu().numpy(),
+                             self.concentration.detach().cpu().numpy(), size=shape or None)
+        return kiln.tensor(draws, dtype=self.loc.dtype, device=self.loc.device)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        k = self.concentration
+        # log I0(k) = log(i0e(k)) + k, exact where torch uses a polynomial approximation
+        return k * kiln.cos(value - self.loc) - math.log(2 * math.pi) - \
+            (kiln.special.i0e(k).log() + k)
+
+
+class Kumaraswamy(TransformedDistribution):
+    arg_constraints = {"concentration1": constraints.positive,
+                       "concentration0": constraints.positive}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, concentration1, concentration0, validate_args=None):
+        self.concentration1, self.concentration0 = broadcast_all(concentration1, concentration0)
+        base = Uniform(kiln.zeros_like(self.concentration0),
+                       kiln.ones_like(self.concentration0), validate_args=False)
+        transforms = [PowerTransform(self.concentration0.reciprocal()),
+                      AffineTransform(1.0, -1.0),
+                      PowerTransform(self.concentration1.reciprocal())]
+        super().__init__(base, transforms, validate_args=validate_args)
+
+    def _moment(self, n):
+        a, b = self.concentration1, self.concentration0
+        return (b.log() + kiln.lgamma(1 + n / a) + kiln.lgamma(b)
+                - kiln.lgamma(1 + n / a + b)).exp()
+
+    @property
+    def mean(self):
+        return self._moment(1)
+
+    @property
+    def variance(self):
+        return self._moment(2) - self._moment(1) ** 2
+
+    def log_prob(self, value):
+        a, b = self.concentration1, self.concentration0
+        return a.log() + b.log() + (a - 1) * value.log() + (b - 1) * kiln.log1p(-value.pow(a))
+
+    def entropy(self):
+        t1 = 1 - self.concentration1.reciprocal()
+        t0 = 1 - self.concentration0.reciprocal()
+        H0 = kiln.digamma(self.concentration0 + 1) + EULER
+        return t0 + t1 * H0 - self.concentration1.log() - self.concentration0.log()
+
+
+class FisherSnedecor(Distribution):
+    arg_constraints = {"df1": constraints.positive, "df2": constraints.positive}
+    support = constraints.positive
+
+    def __init__(self, df1, df2, validate_args=None):
+        self.df1, self.df2 = broadcast_all(df1, df2)
+        super().__init__(self.df1.shape, validate_args=validate_args)
+
+    @property
+    def mean(self):
+        df2 = self.df2
+        return kiln.where(df2 > 2, df2 / kiln.where(df2 > 2, df2 - 2, kiln.ones_like(df2)),
+                          kiln.full_like(df2, math.nan))
+
+    @property
+    def variance(self):
+        d1, d2 = self.df1, self.df2
+        safe = kiln.where(d2 > 4, d2, kiln.full_like(d2, 5.0))
+        v = 2 * safe ** 2 * (d1 + safe - 2) / (d1 * (safe - 2) ** 2 * (safe - 4))
+        return kiln.where(d2 > 4, v, kiln.full_like(v, math.nan))
+
+    def sample(self, sample_shape=()):
+        rng = _numpy_rng()
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        draws = rng.f(self.df1.detach().cpu().numpy(), self.df2.detach().cpu().numpy(),
+                      size=shape or None)
+        return kiln.tensor(draws, dtype=self.df1.dtype, device=self.df1.device)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        ct1, ct2 = self.df1 * 0.5, self.df2 * 0.5
+        ct3 = self.df1 / self.df2
+        t1 = kiln.lgamma(ct1 + ct2) - kiln.lgamma(ct1) - kiln.lgamma(ct2)
+        t2 = ct1 * ct3.log() + (ct1 - 1) * value.log()
+        t3 = (ct1 + ct2) * kiln.log1p(ct3 * value)
+        return t1 + t2 - t3
+
+
+class GeneralizedPareto(Distribution):
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive,
+                       "concentration": constraints.real}
+    has_rsample = True
+
+    def __init__(self, loc, scale, concentration, validate_args=None):
+        self.loc, self.scale, self.concentration = broadcast_all(loc, scale, concentration)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return constraints.greater_than(self.loc, strict=False)
+
+    def _safe_conc(self):
+        c = self.concentration
+        zero = c.abs() < 1e-8
+        return zero, kiln.where(zero, kiln.ones_like(c), c)
+
+    def rsample(self, sample_shape=()):
+        u = _clamped_uniform(tuple(sample_shape) + tuple(self.batch_shape), self.loc)
+        return self.icdf(u)
+
+    def icdf(self, value):
+        zero, c = self._safe_conc()
+        log1m = kiln.log1p(-value)
+        z = kiln.where(zero, -log1m, kiln.expm1(-c * log1m) / c)
+        return self.loc + self.scale * z
+
+    def log_prob(self, value):
+        z = (value - self.loc) / self.scale
+        zero, c = self._safe_conc()
+        y = 1 / c + 1
+        nonzero = kiln.where(y == 0, y, y * kiln.log1p(c * z))
+        return -self.scale.log() - kiln.where(zero, z, nonzero)
+
+    @property
+    def mean(self):
+        c = self.concentration
+        safe = kiln.where(c < 1, c, kiln.zeros_like(c))
+        return kiln.where(c < 1, self.loc + self.scale / (1 - safe),
+                          kiln.full_like(c, math.nan))
+
+    @property
+    def variance(self):
+        c = self.concentration
+        safe = kiln.where(c < 0.5, c, kiln.zeros_like(c))
+        v = self.scale ** 2 / ((1 - safe) ** 2 * (1 - 2 * safe))
+        return kiln.where(c < 0.5, v, kiln.full_like(c, math.nan))
+
+    def entropy(self):
+        return self.scale.log() + self.concentration + 1
