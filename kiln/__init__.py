@@ -132,3 +132,4 @@ from kiln import amp  # noqa: F401,E402
 from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
                       set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
 cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
+from kiln.tracer.creation import standard_gamma as _standard_gamma  # noqa: F401,E402

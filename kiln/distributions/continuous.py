@@ -1,10 +1,9 @@
 """Continuous distributions: Normal, LogNormal, Uniform, Exponential, Laplace, Gamma, Beta,
 Dirichlet, MultivariateNormal.
 
-Normal, LogNormal, Uniform, Exponential, Laplace and MultivariateNormal sample by
-reparameterization (rsample, differentiable in the parameters). Gamma, Beta and Dirichlet draw
-with NumPy's samplers and have no rsample (PyTorch's uses implicit reparameterization, which kiln
-does not implement): has_rsample is False for them.
+All of them sample by reparameterization (rsample, differentiable in the parameters): Gamma,
+Beta and Dirichlet through `kiln._standard_gamma`, an inverse-CDF sampler whose gradient in the
+concentration is the implicit-reparameterization one, as PyTorch's.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import math
 
 import kiln
 from kiln.distributions import constraints
-from kiln.distributions.distribution import Distribution, _numpy_rng, broadcast_all
+from kiln.distributions.distribution import Distribution, broadcast_all
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -259,7 +258,7 @@ class Laplace(Distribution):
 class Gamma(Distribution):
     arg_constraints = {"concentration": constraints.positive, "rate": constraints.positive}
     support = constraints.nonnegative
-    has_rsample = False
+    has_rsample = True
 
     def __init__(self, concentration, rate, validate_args=None):
         self.concentration, self.rate = broadcast_all(concentration, rate)
@@ -281,14 +280,11 @@ class Gamma(Distribution):
     def variance(self):
         return self.concentration / self.rate ** 2
 
-    def sample(self, sample_shape=()):
-        rng = _numpy_rng()
+    def rsample(self, sample_shape=()):
         shape = _shape(sample_shape, self.batch_shape)
-        a = self.concentration.detach().cpu().numpy()
-        draws = rng.standard_gamma(a, size=shape) if shape else rng.standard_gamma(a)
-        x = kiln.tensor(draws, dtype=self.rate.dtype, device=self.rate.device)
+        x = kiln._standard_gamma(self.concentration.expand(*shape))
         tiny = float(kiln.finfo(self.rate.dtype).tiny)
-        return (x / self.rate.detach()).clamp(min=tiny)
+        return (x / self.rate).clamp(min=tiny)
 
     def log_prob(self, value):
         if self._validate_args:
@@ -307,7 +303,7 @@ class Gamma(Distribution):
 class Dirichlet(Distribution):
     arg_constraints = {"concentration": constraints.positive}
     support = constraints.simplex
-    has_rsample = False
+    has_rsample = True
 
     def __init__(self, concentration, validate_args=None):
         if concentration.ndim < 1:
@@ -330,13 +326,10 @@ class Dirichlet(Distribution):
         c0 = c.sum(-1, keepdim=True)
         return c * (c0 - c) / (c0 ** 2 * (c0 + 1))
 
-    def sample(self, sample_shape=()):
-        rng = _numpy_rng()
+    def rsample(self, sample_shape=()):
         shape = _shape(sample_shape, self.batch_shape) + tuple(self.event_shape)
-        c = self.concentration.detach().cpu().numpy()
-        g = rng.standard_gamma(kiln.tensor(c).expand(*shape).numpy())
-        x = g / g.sum(-1, keepdims=True)
-        return kiln.tensor(x, dtype=self.concentration.dtype, device=self.concentration.device)
+        g = kiln._standard_gamma(self.concentration.expand(*shape))
+        return g / g.sum(-1, keepdim=True)
 
     def log_prob(self, value):
         if self._validate_args:
@@ -357,7 +350,7 @@ class Beta(Distribution):
     arg_constraints = {"concentration1": constraints.positive,
                        "concentration0": constraints.positive}
     support = constraints.unit_interval
-    has_rsample = False
+    has_rsample = True
 
     def __init__(self, concentration1, concentration0, validate_args=None):
         self.concentration1, self.concentration0 = broadcast_all(concentration1, concentration0)
@@ -378,8 +371,8 @@ class Beta(Distribution):
         total = self.concentration1 + self.concentration0
         return self.concentration1 * self.concentration0 / (total ** 2 * (total + 1))
 
-    def sample(self, sample_shape=()):
-        return self._dirichlet.sample(sample_shape).select(-1, 0)
+    def rsample(self, sample_shape=()):
+        return self._dirichlet.rsample(sample_shape).select(-1, 0)
 
     def log_prob(self, value):
         if self._validate_args:

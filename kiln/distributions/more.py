@@ -1,8 +1,8 @@
 """More distributions: Cauchy, HalfNormal, HalfCauchy, Gumbel, Geometric, Chi2, StudentT,
 Pareto, Weibull, InverseGamma, Multinomial, NegativeBinomial, MixtureSameFamily.
 
-Samplers that are closed-form transforms of uniform/normal draws are reparameterized (rsample);
-StudentT, InverseGamma and the discrete ones draw with NumPy and have no rsample.
+The continuous ones are reparameterized (rsample), StudentT and InverseGamma through Gamma's
+implicit reparameterization; the discrete ones draw with NumPy and have no rsample.
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ class StudentT(Distribution):
     arg_constraints = {"df": constraints.positive, "loc": constraints.real,
                        "scale": constraints.positive}
     support = constraints.real
+    has_rsample = True
 
     def __init__(self, df, loc=0.0, scale=1.0, validate_args=None):
         self.df, self.loc, self.scale = broadcast_all(df, loc, scale)
@@ -219,12 +220,12 @@ class StudentT(Distribution):
         v = _where_cond(df > 2, v, math.inf)
         return _where_cond(df > 1, v, math.nan)
 
-    def sample(self, sample_shape=()):
-        rng = _numpy_rng()
+    def rsample(self, sample_shape=()):
+        # X / sqrt(Z / df) with X standard normal and Z ~ Chi2(df) (= Gamma(df/2, 1/2))
         shape = tuple(sample_shape) + tuple(self.batch_shape)
-        t = rng.standard_t(self.df.detach().cpu().numpy(), size=shape or None)
-        x = kiln.tensor(t, dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc.detach() + self.scale.detach() * x
+        x = kiln.randn(shape, dtype=self.df.dtype, device=self.df.device)
+        z = 2 * kiln._standard_gamma((0.5 * self.df).expand(*shape))
+        return self.loc + self.scale * x * (z / self.df).rsqrt()
 
     def log_prob(self, value):
         if self._validate_args:
@@ -335,6 +336,7 @@ class Weibull(Distribution):
 class InverseGamma(Distribution):
     arg_constraints = {"concentration": constraints.positive, "rate": constraints.positive}
     support = constraints.positive
+    has_rsample = True
 
     def __init__(self, concentration, rate, validate_args=None):
         self.concentration, self.rate = broadcast_all(concentration, rate)
@@ -359,8 +361,8 @@ class InverseGamma(Distribution):
         a = self.concentration
         return _where_cond(a > 2, self.rate ** 2 / ((a - 1) ** 2 * (a - 2)), math.inf)
 
-    def sample(self, sample_shape=()):
-        return self._gamma.sample(sample_shape).reciprocal()
+    def rsample(self, sample_shape=()):
+        return self._gamma.rsample(sample_shape).reciprocal()
 
     def log_prob(self, value):
         if self._validate_args:

@@ -478,3 +478,9 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=N
 
 
 _ = Sequence
+
+
+def standard_gamma(alpha: Tensor, generator=None) -> Tensor:
+    """Gamma(alpha, 1) draws, differentiable in alpha by implicit reparameterization
+    (torch._standard_gamma)."""
+    return P.gamma_sample(alpha, _seed_tensor(generator, alpha.device))

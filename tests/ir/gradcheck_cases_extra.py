@@ -64,6 +64,7 @@ CASES_EXTRA = {
                    [pos(3)])],
     "bessel_j0": [("", lambda x: P.bessel_j0(x), [arg(5, high=6.0)])],
     "bessel_j1": [("", lambda x: P.bessel_j1(x), [arg(5, high=6.0)])],
+    "gamma_sample": [("fixed seed", lambda a: P.gamma_sample(a, kiln.tensor(7)), [pos(4)])],
     "copysign": [("", lambda x, y: P.copysign(x, y), [arg(4), arg(4, seed=1)])],
     "linalg_inv": [("batched", lambda b: P.linalg_inv(_sym(b)), [arg(2, 3, 3)])],
     "linalg_slogdet": [("logabsdet", lambda b: P.linalg_slogdet(_sym(b), part="logabsdet"),
