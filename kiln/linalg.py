@@ -153,10 +153,12 @@ def svd(A, full_matrices=True):
     A = _float(A)
     R = namedtuple("svd", ["U", "S", "Vh"])
     m, n = A.shape[-2], A.shape[-1]
-    if full_matrices and m != n:
-        raise op_error("linalg.svd", f"full_matrices=True of a {m}x{n} matrix is not "
-                       "supported by kiln; pass full_matrices=False (the reduced SVD)")
-    return R(P.linalg_svd(A, part="U"), P.linalg_svd(A, part="S"), P.linalg_svd(A, part="Vh"))
+    U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
+    if full_matrices and m > n:
+        U = F.cat([U, P.linalg_svd(A, part="U_rest")], -1)
+    elif full_matrices and n > m:
+        Vh = F.cat([Vh, P.linalg_svd(A, part="Vh_rest")], -2)
+    return R(U, S, Vh)
 
 
 def svdvals(A):
@@ -374,9 +376,7 @@ def torch_qr(A, some=True):
 
 def torch_svd(A, some=True, compute_uv=True):
     R = namedtuple("svd", ["U", "S", "V"])
-    if not some and A.shape[-1] != A.shape[-2]:
-        raise op_error("svd", "some=False of a non-square matrix is not supported by kiln")
-    U, S, Vh = svd(A, full_matrices=False)
+    U, S, Vh = svd(A, full_matrices=not some)
     return R(U, S, _mT(Vh))
 
 

@@ -62,6 +62,11 @@ CASES = [
      [general(4, 3)]),
     ("svd wide", lambda t, a: svd_invariants(*t.linalg.svd(a, full_matrices=False)),
      [general(2, 4)]),
+    # full_matrices: the added columns' signs are LAPACK's choice; U U^T = I is not
+    ("svd full", lambda t, a: (lambda U, S, Vh: (svd_invariants(U[:, :3], S, Vh),
+                                                 U @ U.mT))(*t.linalg.svd(a)), [general(5, 3)]),
+    ("svd full wide", lambda t, a: (lambda U, S, Vh: (Vh.mT @ Vh, S))(*t.linalg.svd(a)),
+     [general(2, 4)]),
     ("svdvals", lambda t, a: t.linalg.svdvals(a), [general(2, 3, 5)]),
     ("pinv", lambda t, a: t.linalg.pinv(a), [general(4, 3)]),
     ("lstsq", lambda t, a, b: t.linalg.lstsq(a, b).solution, [general(5, 3), general(5, 2)]),

@@ -315,17 +315,26 @@ def _svd_infer(shapes, dtypes, part):
         raise ShapeError(f"linalg.svd: the input must have at least 2 dimensions, got {list(s)}")
     m, n = s[-2], s[-1]
     k = min(m, n)
-    shape = {"U": s[:-2] + (m, k), "S": s[:-2] + (k,), "Vh": s[:-2] + (k, n)}[part]
+    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k
+    shape = {"U": s[:-2] + (m, k), "S": s[:-2] + (k,), "Vh": s[:-2] + (k, n),
+             "U_rest": s[:-2] + (m, m - k), "Vh_rest": s[:-2] + (n - k, n)}[part]
     return shape, dtypes[0]
 
 
 def _svd_impl(xp, a, part):
+    if part in ("U_rest", "Vh_rest"):
+        u, s, vh = xp.linalg.svd(a, full_matrices=True)
+        k = s.shape[-1]
+        return u[..., :, k:] if part == "U_rest" else vh[..., k:, :]
     u, s, vh = xp.linalg.svd(a, full_matrices=False)
     return {"U": u, "S": s, "Vh": vh}[part]
 
 
 def _svd_grad(g, out, a, part):
     # torch's svd_backward (real case), with only this part's gradient nonzero
+    if part in ("U_rest", "Vh_rest"):
+        # like torch, the gradient flows through the first k singular vectors only
+        return (P.mul(a, 0.0),)
     U, S, Vh = (P.linalg_svd(a, part=p) for p in ("U", "S", "Vh"))
     m, n, k = a.shape[-2], a.shape[-1], S.shape[-1]
     row = tuple(S.shape[:-1]) + (1, k)          # S as a row: scales columns

@@ -176,5 +176,5 @@ for _name in _INPLACE_FX:
 _METHODS["polygamma_"] = _inplace(lambda self, n: FX.polygamma(n, self), "polygamma_")
 
 for _name, _fn in _METHODS.items():
-    if not hasattr(Tensor, _name) or _name in ("is_meta",):
+    if not hasattr(Tensor, _name):
         setattr(Tensor, _name, _fn)

@@ -79,5 +79,8 @@ CASES_EXTRA = {
                      [_EIG_LEAF])],
     "linalg_svd": [("S", lambda a: P.linalg_svd(a, part="S"), [arg(4, 3)]),
                    ("U tall", lambda a: P.linalg_svd(a, part="U"), [arg(4, 3)]),
-                   ("Vh wide", lambda a: P.linalg_svd(a, part="Vh"), [arg(3, 4)])],
+                   ("Vh wide", lambda a: P.linalg_svd(a, part="Vh"), [arg(3, 4)]),
+                   ("U_rest is constant", lambda a: P.linalg_svd(a, part="S") + P.sum(
+                       P.linalg_svd(a, part="U_rest"), axes=(0, 1), keepdim=False) * 0,
+                    [arg(4, 3)])],
 }
