@@ -202,8 +202,6 @@ handle_torch_function has_torch_function is_tensor_like overload cast
 """)
 
 # nn-ish namespaces: names that are internals or need features kiln does not have
-_group("torch.nn", "multi-GPU wrappers of torch's own process groups (kiln.distributed has "
-       "its own DistributedDataParallel)", "DataParallel SyncBatchNorm")
 _group("torch.nn", "legacy Lua-torch leftovers", "Container CrossMapLRN2d NLLLoss2d")
 _group("torch.nn", "factory_kwargs is an internal helper of module constructors",
        "factory_kwargs")
