@@ -101,7 +101,8 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     cov, corrcoef, matrix_power, scalar_tensor, frombuffer, hann_window, hamming_window,
     blackman_window, bartlett_window, kaiser_window, poisson, binomial, fill, finfo, iinfo,
     can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, vmap, cond,
-    while_loop, nonzero_static, frobenius_norm, nuclear_norm, igamma, igammac)
+    while_loop, nonzero_static, frobenius_norm, nuclear_norm, igamma, igammac, from_dlpack,
+    to_dlpack)
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import AcceleratorError, OutOfMemoryError, FatalError  # noqa: F401,E402

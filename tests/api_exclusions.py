@@ -118,9 +118,6 @@ compiled_with_cxx11_abi prepare_multiprocessing_environment
 profiler_allow_cudagraph_cupti_lazy_reinit_cuda12 init_num_threads is_distributed
 get_device_module thread_safe_generator hash_tensor
 """)
-_group("torch", "DLPack exchange (share arrays through .numpy() / kiln.from_numpy)", """
-from_dlpack to_dlpack
-""")
 _group("torch", "kiln has no bfloat16/int8/int16 dtype", "BFloat16Tensor CharTensor ShortTensor")
 _group("torch", JIT, "ComplexType")
 _group("torch", STRIDES, "layout")

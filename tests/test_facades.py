@@ -123,3 +123,14 @@ def test_out_argument_writes_into_the_given_tensor() -> None:
     m = kiln.empty(0)
     kiln.matmul(kiln.ones(2, 3), kiln.ones(3, 2), out=m)
     assert tuple(m.shape) == (2, 2) and float(m.sum()) == 12.0
+
+
+def test_dlpack_shares_memory_with_torch_and_numpy() -> None:
+    t = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    k = kiln.from_dlpack(t)
+    t[0, 0] = 42.0
+    assert float(k[0, 0]) == 42.0 and tuple(k.shape) == (2, 3) and k.dtype is kiln.float64
+    back = torch.from_dlpack(kiln.to_dlpack(k))
+    np.testing.assert_array_equal(back.numpy(), t.numpy())
+    a = np.ones(3, dtype=np.float32)
+    assert kiln.from_dlpack(a).dtype is kiln.float32

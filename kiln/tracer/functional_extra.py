@@ -1382,3 +1382,34 @@ def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
 def _full_like(input, value):
     from kiln.tracer.creation import full_like
     return full_like(input, value)
+
+
+def from_dlpack(ext_tensor):
+    """A tensor sharing memory with any DLPack producer (a NumPy array, a torch or CuPy
+    tensor, a capsule from `to_dlpack`)."""
+    from kiln.tracer.creation import from_numpy
+    if hasattr(ext_tensor, "__dlpack_device__") and ext_tensor.__dlpack_device__()[0] == 2:
+        from kiln.runtime.device import Device, cupy_module
+        arr = cupy_module().from_dlpack(ext_tensor)
+        return Tensor(arr, device=Device("cuda"))
+    if not hasattr(ext_tensor, "__dlpack__"):         # a bare capsule
+        ext_tensor = _Capsule(ext_tensor)
+    return from_numpy(np.from_dlpack(ext_tensor))
+
+
+class _Capsule:
+    """A DLPack capsule with the protocol methods np.from_dlpack asks for (CPU memory)."""
+
+    def __init__(self, capsule):
+        self.capsule = capsule
+
+    def __dlpack__(self, **kwargs):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+
+def to_dlpack(tensor):
+    """A DLPack capsule of the tensor's memory."""
+    return tensor._data.__dlpack__()
