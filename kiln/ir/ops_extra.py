@@ -124,14 +124,14 @@ define("copysign", SPECIAL, _elementwise, lambda xp, x, y: xp.copysign(x, y),
 
 # ----------------------------------------------------------------------------- sorting
 
-def _argsort_infer(shapes, dtypes, axis, descending, stable):
+def _argsort_infer(shapes, dtypes, axis, descending):
     if not 0 <= axis < max(len(shapes[0]), 1):
         raise ShapeError(f"argsort: dim {axis} is out of range for shape {list(shapes[0])}",
                          IndexError)
     return shapes[0], dt.int64
 
 
-def _argsort_impl(xp, x, axis, descending, stable):
+def _argsort_impl(xp, x, axis, descending):
     if x.ndim == 0:
         return xp.zeros((), dtype=np.int64)
     if descending:
@@ -149,7 +149,8 @@ def _argsort_impl(xp, x, axis, descending, stable):
 
 
 define("argsort", SORT, _argsort_infer, _argsort_impl, None, arity=1,
-       doc="indices that sort along an axis (stable); NaN counts as the largest value")
+       doc="indices that sort along an axis, always stably (equal elements keep their order); "
+           "NaN counts as the largest value")
 
 
 # ----------------------------------------------------------------------------- linear algebra

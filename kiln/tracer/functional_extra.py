@@ -376,8 +376,8 @@ SortResult = namedtuple("sort", ["values", "indices"])
 def argsort(input, dim=-1, descending=False, *, stable=False):
     if input.ndim == 0:
         return F.zeros((), dtype=dt.int64, device=input.device)
-    return P.argsort(input, axis=_norm_dim(dim, input.ndim), descending=bool(descending),
-                     stable=True)
+    # always stable: torch's stable=True order, and a valid order for stable=False
+    return P.argsort(input, axis=_norm_dim(dim, input.ndim), descending=bool(descending))
 
 
 def sort(input, dim=-1, descending=False, *, stable=False):
