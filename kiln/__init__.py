@@ -67,9 +67,15 @@ def promote_types(type1, type2):
     from kiln.ir.dtypes import promote
     return promote(type1, type2)
 
-# torch's process-wide switches and device probes (api-torch)
+
+# ----------------------------------------------------------------------------- api-torch
+# the rest of the torch.* namespace (README, "API coverage"): process-wide switches and device
+# probes, functional_extra's ops and Tensor methods, torch-level forms of in-place methods and of
+# nn.functional, out= on common ops, linalg/fft/special/distributions/amp, grad_fn names
+import sys as _sys  # noqa: E402
 from kiln import accelerator, backends  # noqa: F401,E402
-from kiln.tracer.creation import set_default_device, get_default_device  # noqa: F401,E402
+from kiln.tracer.creation import (  # noqa: F401,E402
+    set_default_device, get_default_device, standard_gamma as _standard_gamma)
 from kiln.settings import (  # noqa: F401,E402
     use_deterministic_algorithms, are_deterministic_algorithms_enabled,
     is_deterministic_algorithms_warn_only_enabled, set_deterministic_debug_mode,
@@ -78,9 +84,6 @@ from kiln.settings import (  # noqa: F401,E402
     set_flush_denormal, set_printoptions)
 from kiln.tracer.custom_function import (  # noqa: F401,E402
     is_anomaly_enabled, is_anomaly_check_nan_enabled, set_anomaly_enabled)
-
-# more of the torch.* namespace (api-torch): functional_extra's ops, Tensor methods, torch-level
-# forms of in-place methods and of nn.functional, out= on common ops, linalg/fft/special
 from kiln.tracer import methods_extra as _methods_extra  # noqa: F401,E402
 from kiln.tracer.functional_extra import (  # noqa: F401,E402
     asin, acos, atan, atan2, sinh, cosh, asinh, acosh, atanh, arcsin, arccos, arctan, arctan2,
@@ -104,33 +107,28 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     while_loop, nonzero_static, frobenius_norm, nuclear_norm, igamma, igammac, from_dlpack,
     to_dlpack)
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
+from kiln import linalg, special, fft, distributions, amp  # noqa: F401,E402
+from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
+                      set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import AcceleratorError, OutOfMemoryError, FatalError  # noqa: F401,E402
+from kiln.tracer import grad_names as _grad_names  # noqa: E402
+from kiln.tracer import functional as _core_functional  # noqa: E402
+import kiln.nn.functional as _nn_functional  # noqa: E402
+
+globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
 for _name in _torch_namespace.OUT_FUNCTIONS:
     globals()[_name] = _torch_namespace.with_out(globals()[_name])
+_grad_names.apply_names(_sys.modules[__name__], _core_functional, _nn_functional)
 ByteTensor = HalfTensor = IntTensor = Tensor
+cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 
 
 def __getattr__(name: str):
-    # torch.conv2d and friends are nn.functional's, which imports this package first
+    # torch.conv2d and friends are nn.functional's, resolved on use: nn.functional gains ops
     if name in _torch_namespace.LAZY:
         fn = _torch_namespace.nn_forward(name)
         if fn is not None:
             return fn
     raise AttributeError(f"module 'kiln' has no attribute '{name}'")
-from kiln import linalg  # noqa: F401,E402
-globals().update(linalg.TORCH_FORMS)
-for _name, _fn in linalg.TORCH_FORMS.items():
-    setattr(Tensor, _name, _fn)
-from kiln import special, fft  # noqa: F401,E402
-from kiln import distributions  # noqa: F401,E402
-from kiln.tracer import grad_names as _grad_names  # noqa: E402
-import kiln.nn.functional as _nn_functional  # noqa: E402
-from kiln.tracer import functional as _core_functional  # noqa: E402
-_grad_names.apply_names(__import__("sys").modules[__name__], _core_functional, _nn_functional)
-from kiln import amp  # noqa: F401,E402
-from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
-                      set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
-cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
-from kiln.tracer.creation import standard_gamma as _standard_gamma  # noqa: F401,E402

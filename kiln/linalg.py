@@ -402,3 +402,12 @@ TORCH_FORMS = {"cholesky": torch_cholesky, "cholesky_inverse": cholesky_inverse,
                "slogdet": slogdet, "qr": torch_qr, "svd": torch_svd, "pinverse": pinverse,
                "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,
                "cross": torch_cross}
+
+
+def _bind_tensor_methods() -> None:
+    """`A.det()`, `A.inverse()`, `b.cholesky_solve(L)`, ...: the torch forms as Tensor methods."""
+    for name, fn in TORCH_FORMS.items():
+        setattr(Tensor, name, fn)
+
+
+_bind_tensor_methods()
