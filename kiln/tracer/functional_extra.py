@@ -555,7 +555,7 @@ def cummin(input, dim):
 def logcumsumexp(input, dim):
     x = _f(input)
     d = _norm_dim(dim, x.ndim) if x.ndim else 0
-    if x.ndim == 0:
+    if x.ndim == 0 or x.numel() == 0:
         return x.clone()
     m = F.amax(x, d, keepdim=True).detach()
     m = F.where(F.isinf(m), 0.0, m)
@@ -572,6 +572,8 @@ def diff(input, n=1, dim=-1, prepend=None, append=None):
                                                         tuple(x.shape[d + 1:])) for p in parts], d)
     for _ in range(n):
         length = x.shape[d]
+        if length == 0:
+            break                 # differences of nothing are nothing, as in torch
         hi, lo = F.narrow(x, d, 1, length - 1), F.narrow(x, d, 0, length - 1)
         x = F.logical_xor(hi, lo) if x.dtype is dt.bool_ else hi - lo
     return x
