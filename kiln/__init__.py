@@ -111,7 +111,8 @@ from kiln import linalg, special, fft, distributions, amp  # noqa: F401,E402
 from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
                       set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
-from kiln.torch_namespace import AcceleratorError, OutOfMemoryError, FatalError  # noqa: F401,E402
+from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
+                                  layout, strided)
 from kiln.tracer import grad_names as _grad_names  # noqa: E402
 from kiln.tracer import functional as _core_functional  # noqa: E402
 import kiln.nn.functional as _nn_functional  # noqa: E402

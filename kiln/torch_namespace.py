@@ -13,6 +13,7 @@ import functools
 
 from kiln.tracer.dispatch import op_error
 from kiln.tracer.methods import write_inplace
+from kiln.tracer.methods_extra import layout, strided  # noqa: F401  (torch.layout, strided)
 from kiln.tracer.tensor import STATE, Tensor
 
 # torch.X_(t, ...) is t.X_(...)
@@ -163,4 +164,5 @@ class OutOfMemoryError(RuntimeError):
 
 class FatalError(Exception):
     """An unrecoverable error of the runtime."""
+
 

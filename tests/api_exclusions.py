@@ -120,7 +120,6 @@ get_device_module thread_safe_generator hash_tensor
 """)
 _group("torch", "kiln has no bfloat16/int8/int16 dtype", "BFloat16Tensor CharTensor ShortTensor")
 _group("torch", JIT, "ComplexType")
-_group("torch", STRIDES, "layout")
 REMOVED = "removed from PyTorch: calling it raises there, pointing to torch.linalg"
 _group("torch", REMOVED, "symeig eig lstsq matrix_rank solve")
 _group("torch.Tensor", REMOVED, "symeig eig lstsq solve")

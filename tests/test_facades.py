@@ -114,6 +114,11 @@ def test_device_flags_of_a_tensor_match_torch() -> None:
         assert getattr(k, flag) == getattr(t, flag), flag
 
 
+def test_layout_is_strided() -> None:
+    assert kiln.ones(2).layout is kiln.strided and repr(kiln.strided) == "kiln.strided"
+    assert str(torch.ones(2).layout) == "torch.strided"
+
+
 def test_out_argument_writes_into_the_given_tensor() -> None:
     a, b = kiln.tensor([1.0, 2.0]), kiln.tensor([3.0, 4.0])
     out = kiln.empty(2)

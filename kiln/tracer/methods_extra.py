@@ -39,7 +39,20 @@ masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoe
 nonzero_static real igamma igammac
 """.split()
 
+class layout:
+    """A tensor's memory layout (torch.layout); kiln tensors are always dense and strided."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
+
+
+strided = layout("strided")
+
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
+_METHODS["layout"] = property(lambda self: strided)
 _METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
 _METHODS["ger"] = F.outer
 _METHODS["divide_"] = _inplace(F.div, "divide_")
