@@ -165,6 +165,67 @@ def svdvals(A):
     return P.linalg_svd(_float(A), part="S")
 
 
+def lu_factor(A, *, pivot=True):
+    if not pivot:
+        raise op_error("linalg.lu_factor", "pivot=False (LU without pivoting) is not supported "
+                       "by kiln on the CPU, nor by torch there")
+    A = _float(A)
+    R = namedtuple("lu_factor", ["LU", "pivots"])
+    return R(P.linalg_lu(A, part="LU"), P.linalg_lu(A, part="pivots"))
+
+
+def lu_factor_ex(A, *, pivot=True, check_errors=False):
+    R = namedtuple("lu_factor_ex", ["LU", "pivots", "info"])
+    LU, piv = lu_factor(A, pivot=pivot)
+    return R(LU, piv, F.zeros(tuple(A.shape[:-2]), dtype=dt.int32, device=A.device))
+
+
+def _unpack_factors(LU):
+    m, n = LU.shape[-2], LU.shape[-1]
+    k = min(m, n)
+    from kiln.tracer.creation import eye
+    L = F.tril(F.narrow(LU, -1, 0, k), -1) + eye(m, k, dtype=LU.dtype, device=LU.device)
+    U = F.triu(F.narrow(LU, -2, 0, k))
+    return L, U
+
+
+def _permutation_from_pivots(pivots, m, like):
+    """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
+    from kiln.ir.ops_extra import _pivots_to_permutation
+    piv = np.asarray(pivots._read("lu_unpack()")).astype(np.int64) - 1
+    flat = piv.reshape(-1, piv.shape[-1]) if piv.ndim else piv.reshape(1, -1)
+    mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
+        np.zeros((0, m, m))
+    from kiln.tracer.creation import tensor
+    return tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
+                  device=like.device)
+
+
+def lu(A, *, pivot=True):
+    A = _float(A)
+    R = namedtuple("lu", ["P", "L", "U"])
+    LU, _ = lu_factor(A, pivot=pivot)
+    L, U = _unpack_factors(LU)
+    return R(P.linalg_lu(A, part="P"), L, U)
+
+
+def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True):
+    R = namedtuple("lu_unpack", ["P", "L", "U"])
+    empty = F.zeros(0, dtype=LU_data.dtype, device=LU_data.device)
+    L, U = _unpack_factors(LU_data) if unpack_data else (empty, empty)
+    perm = _permutation_from_pivots(LU_pivots, LU_data.shape[-2], LU_data) if unpack_pivots \
+        else empty
+    return R(perm, L, U)
+
+
+def lu_solve(LU, pivots, B, *, left=True, adjoint=False):
+    perm, L, U = lu_unpack(LU, pivots)
+    A = F.matmul(F.matmul(perm, L), U)
+    if adjoint:
+        A = _mT(A)
+    return solve(A, B, left=left)
+
+
 # ----------------------------------------------------------------------------- solving
 
 def solve(A, B, *, left=True):
@@ -397,7 +458,19 @@ def torch_cross(input, other, dim=None):
     return cross(input, other, dim=dim)
 
 
-TORCH_FORMS = {"cholesky": torch_cholesky, "cholesky_inverse": cholesky_inverse,
+def torch_lu(A, pivot=True, get_infos=False):
+    LU, piv = lu_factor(A, pivot=pivot)
+    if get_infos:
+        return LU, piv, F.zeros(tuple(A.shape[:-2]), dtype=dt.int32, device=A.device)
+    return LU, piv
+
+
+def torch_lu_solve(b, LU_data, LU_pivots):
+    return lu_solve(LU_data, LU_pivots, b)
+
+
+TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpack,
+               "cholesky": torch_cholesky, "cholesky_inverse": cholesky_inverse,
                "cholesky_solve": cholesky_solve, "det": det, "inverse": inv, "logdet": logdet,
                "slogdet": slogdet, "qr": torch_qr, "svd": torch_svd, "pinverse": pinverse,
                "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,

@@ -90,6 +90,19 @@ CASES = [
     ("tensorinv", lambda t, a: t.linalg.tensorinv(a.reshape(4, 2, 2), ind=1), [general(4, 4)]),
     ("diagonal vander", lambda t, a, x: (t.linalg.diagonal(a), t.linalg.vander(x)),
      [general(2, 3, 3), R.normal(size=3)]),
+    ("lu_factor", lambda t, a: tuple(t.linalg.lu_factor(a)), [general(2, 3, 3)]),
+    ("lu_factor wide values", lambda t, a: tuple(t.linalg.lu_factor(a.detach())),
+     [general(3, 4)]),
+    ("lu", lambda t, a: tuple(t.linalg.lu(a)), [general(3, 3)]),
+    ("lu tall values", lambda t, a: tuple(t.linalg.lu(a.detach())), [general(4, 2)]),
+    ("lu_solve", lambda t, a, b: t.linalg.lu_solve(*t.linalg.lu_factor(a), b),
+     [general(3, 3), general(3, 2)]),
+    ("lu_solve adjoint right", lambda t, a, b: t.linalg.lu_solve(*t.linalg.lu_factor(a), b,
+                                                                 left=False, adjoint=True),
+     [general(3, 3), general(2, 3)]),
+    ("torch lu forms", lambda t, a, b: (tuple(t.lu(a)), tuple(t.lu_unpack(*t.lu(a))),
+                                        t.lu_solve(b, *t.lu(a)), a.lu_solve(*t.lu(a))),
+     [general(3, 3), general(3, 2)]),
     # torch-level forms
     ("torch forms", lambda t, a, b: (t.inverse(a), t.det(a), t.logdet(spd_of(t, a)),
                                      t.cholesky_solve(b, t.linalg.cholesky(spd_of(t, a))),
@@ -112,6 +125,15 @@ def test_cond_of_other_norms_matches_torch_values() -> None:
     # values only: torch's own backward of cond(A, "fro") fails (an in-place write)
     check_op(lambda t, a: [t.linalg.cond(a, p) for p in ("fro", "nuc", 1, float("inf"))],
              [general(3, 3)], dtype=np.float64, grad=False, atol=1e-8, rtol=1e-8)
+
+
+def test_unsupported_gradients_are_clear_errors() -> None:
+    import kiln
+    a = kiln.tensor(general(3, 4), requires_grad=True)
+    with pytest.raises(RuntimeError, match="square"):
+        kiln.linalg.lu_factor(a).LU.sum().backward()
+    with pytest.raises(RuntimeError, match="at least as many rows"):
+        kiln.linalg.qr(a).R.sum().backward()
 
 
 def test_singular_cholesky_is_a_clear_error() -> None:

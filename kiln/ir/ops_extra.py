@@ -266,8 +266,8 @@ def _qr_grad(g, out, a, part):
     # reduced QR with m >= n: M = R gR^T - gQ^T Q; A_bar = (gQ + Q copyltu(M)) R^-T
     Q, R = P.linalg_qr(a, part="Q"), P.linalg_qr(a, part="R")
     if a.shape[-2] < a.shape[-1]:
-        raise ShapeError("linalg.qr: the gradient is implemented for inputs with at least as "
-                         "many rows as columns")
+        raise RuntimeError(f"linalg.qr: kiln differentiates the QR of matrices with at least as "
+                           f"many rows as columns, got {a.shape[-2]}x{a.shape[-1]}")
     gQ = g if part == "Q" else P.mul(Q, 0.0)
     gR = g if part == "R" else P.mul(R, 0.0)
     M = P.sub(P.matmul(R, _mT(gR)), P.matmul(_mT(gQ), Q))
@@ -417,3 +417,75 @@ define("gamma_sample", RANDOM, _gamma_sample_infer, _gamma_sample_impl, _gamma_s
        doc="Gamma(alpha, 1) draws by inverse CDF, a pure function of the seed input")
 define("gammainc_dalpha", SPECIAL, _elementwise, _gammainc_dalpha_impl, None, arity=2,
        quiet=True)
+
+
+# ----------------------------------------------------------------------------- LU
+
+def _lu_infer(shapes, dtypes, part):
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError(f"linalg.lu_factor: the input must have at least 2 dimensions, got "
+                         f"{list(s)}")
+    if not dtypes[0].is_floating_point:
+        raise ShapeError(f"linalg.lu_factor: expected a floating point tensor, got "
+                         f"{dtypes[0].name}", TypeError)
+    m, n = s[-2], s[-1]
+    if part == "LU":
+        return s, dtypes[0]
+    if part == "pivots":
+        return s[:-2] + (min(m, n),), dt.int32
+    return s[:-2] + (m, m), dtypes[0]                  # "P": the row permutation matrix
+
+
+def _pivots_to_permutation(piv, m):
+    """LAPACK's row swaps (0-based) as the permutation matrix P with A = P L U."""
+    order = np.arange(m)
+    for i, j in enumerate(piv):
+        order[[i, j]] = order[[j, i]]
+    perm = np.zeros((m, m))
+    perm[order, np.arange(m)] = 1.0            # row i of L U is row order[i] of A
+    return perm
+
+
+def _lu_impl(xp, a, part):
+    import scipy.linalg
+    host = a if xp is np else xp.asnumpy(a)
+    m, n = host.shape[-2:]
+    flat = host.reshape((-1, m, n))
+    out = []
+    for mat in flat:
+        getrf, = scipy.linalg.get_lapack_funcs(("getrf",), (mat,))
+        lu, piv, _ = getrf(mat)
+        if part == "LU":
+            out.append(lu)
+        elif part == "pivots":
+            out.append(piv.astype(np.int32) + 1)          # LAPACK's 1-based pivots, as torch
+        else:
+            out.append(_pivots_to_permutation(piv, m))
+    shape = {"LU": host.shape, "pivots": host.shape[:-2] + (min(m, n),),
+             "P": host.shape[:-2] + (m, m)}[part]
+    result = np.stack(out).reshape(shape) if out else np.zeros(shape)
+    return result if xp is np else xp.asarray(result)
+
+
+def _lu_grad(g, out, a, part):
+    # square A = P L U (torch's linalg_lu_backward): gA = P L^-T (tril(L^T gL, -1)
+    # + triu(gU U^T)) U^-T, with gL, gU the strict-lower and upper parts of the packed gradient
+    if part != "LU":
+        return (P.mul(a, 0.0),)
+    if a.shape[-1] != a.shape[-2]:
+        raise RuntimeError(f"linalg.lu_factor: kiln differentiates the LU of square matrices "
+                           f"only, got {a.shape[-2]}x{a.shape[-1]}")
+    low = _tril(out, -1)
+    L, U = P.add(low, _eye_like(a)), P.sub(out, low)
+    g_low = _tril(g, -1)
+    gL, gU = g_low, P.sub(g, g_low)
+    upper_part = P.matmul(gU, _mT(U))
+    phi = P.add(_tril(P.matmul(_mT(L), gL), -1), P.sub(upper_part, _tril(upper_part, -1)))
+    perm = P.linalg_lu(a, part="P")
+    inner = P.matmul(P.matmul(_mT(P.linalg_inv(L)), phi), _mT(P.linalg_inv(U)))
+    return (P.matmul(perm, inner),)
+
+
+define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1,
+       doc="LU factorization with partial pivoting (LAPACK getrf): packed LU, pivots or P")
