@@ -14,7 +14,12 @@ from kiln.distributions.transformed import (AffineTransform, ComposeTransform,  
                                             TanhTransform, Transform, TransformedDistribution)
 from kiln.distributions.transformed import (AbsTransform, PowerTransform,  # noqa: F401
                                             SoftmaxTransform, SoftplusTransform,
-                                            identity_transform)
+                                            identity_transform, StickBreakingTransform,
+                                            LowerCholeskyTransform, PositiveDefiniteTransform,
+                                            CumulativeDistributionTransform,
+                                            IndependentTransform, ReshapeTransform,
+                                            CatTransform, StackTransform, biject_to,
+                                            transform_to, LogisticNormal)
 from kiln.distributions.more import (Cauchy, Chi2, Geometric, Gumbel, HalfCauchy,  # noqa: F401
                                      HalfNormal, InverseGamma, MixtureSameFamily, Multinomial,
                                      NegativeBinomial, Pareto, StudentT, Weibull)

@@ -84,6 +84,10 @@ class Transform:
     def log_abs_det_jacobian(self, x, y):
         raise NotImplementedError
 
+    def forward_shape(self, shape):
+        """The shape of the output for an input of `shape`."""
+        return tuple(shape)
+
     def __repr__(self) -> str:
         return type(self).__name__ + "()"
 
@@ -164,6 +168,11 @@ class ComposeTransform(Transform):
             y = p.inv(y)
         return y
 
+    def forward_shape(self, shape):
+        for p in self.parts:
+            shape = p.forward_shape(shape)
+        return tuple(shape)
+
     def log_abs_det_jacobian(self, x, y):
         total = 0
         for p in self.parts:
@@ -186,6 +195,8 @@ class TransformedDistribution(Distribution):
         event_dim = max([len(base_distribution.event_shape)] +
                         [t.event_dim for t in self.transforms])
         shape = tuple(base_distribution.batch_shape) + tuple(base_distribution.event_shape)
+        for t in self.transforms:
+            shape = t.forward_shape(shape)      # stick-breaking adds a coordinate, ...
         super().__init__(shape[:len(shape) - event_dim], shape[len(shape) - event_dim:],
                          validate_args=validate_args)
 
@@ -275,3 +286,231 @@ class SoftmaxTransform(Transform):
 
 
 identity_transform = ComposeTransform([])
+
+
+class StickBreakingTransform(Transform):
+    """Real vectors of length K-1 to the K-simplex: each coordinate takes a sigmoid share of
+    the stick left (shifted by log of the coordinates still to come, so 0 maps to uniform)."""
+
+    event_dim = 1
+    domain, codomain = constraints.real_vector, constraints.simplex
+
+    @staticmethod
+    def _offset(k, like):
+        # K-1, K-2, ..., 1: the number of coordinates after each one, plus one
+        return (k - kiln.arange(k, dtype=like.dtype, device=like.device)).log()
+
+    def _call(self, x):
+        z = kiln.sigmoid(x - self._offset(x.shape[-1], x))
+        rest = kiln.cumprod(1 - z, -1)
+        return F.pad(z, (0, 1), value=1.0) * F.pad(rest, (1, 0), value=1.0)
+
+    def _inverse(self, y):
+        head = y[..., :-1]
+        left = (1 - kiln.cumsum(head, -1)).clamp(min=float(kiln.finfo(y.dtype).tiny))
+        return head.log() - left.log() + self._offset(head.shape[-1], y)
+
+    def log_abs_det_jacobian(self, x, y):
+        shifted = x - self._offset(x.shape[-1], x)
+        return (-shifted + F.logsigmoid(shifted) + y[..., :-1].log()).sum(-1)
+
+    def forward_shape(self, shape):
+        return tuple(shape[:-1]) + (shape[-1] + 1,)
+
+
+class LowerCholeskyTransform(Transform):
+    """Square matrices to lower-triangular ones with a positive (exponentiated) diagonal."""
+
+    event_dim = 2
+    domain, codomain = constraints.real, constraints.lower_cholesky
+
+    def _call(self, x):
+        return x.tril(-1) + kiln.diag_embed(kiln.diagonal(x, 0, -2, -1).exp())
+
+    def _inverse(self, y):
+        return y.tril(-1) + kiln.diag_embed(kiln.diagonal(y, 0, -2, -1).log())
+
+
+class PositiveDefiniteTransform(Transform):
+    """Square matrices to positive-definite ones, L L^T of their lower-Cholesky image."""
+
+    event_dim = 2
+    domain, codomain = constraints.real, constraints.positive_definite
+
+    def _call(self, x):
+        L = LowerCholeskyTransform()(x)
+        return L @ L.mT
+
+    def _inverse(self, y):
+        return LowerCholeskyTransform().inv(kiln.linalg.cholesky(y))
+
+
+class CumulativeDistributionTransform(Transform):
+    """x -> distribution.cdf(x); its log-Jacobian is the density's log."""
+
+    codomain = constraints.unit_interval
+
+    def __init__(self, distribution):
+        self.distribution = distribution
+
+    @property
+    def domain(self):
+        return self.distribution.support
+
+    def _call(self, x):
+        return self.distribution.cdf(x)
+
+    def _inverse(self, y):
+        return self.distribution.icdf(y)
+
+    def log_abs_det_jacobian(self, x, y):
+        return self.distribution.log_prob(x)
+
+
+class IndependentTransform(Transform):
+    """`base_transform` with its rightmost `reinterpreted_batch_ndims` dims treated as event
+    dims: the log-Jacobian is summed over them."""
+
+    def __init__(self, base_transform, reinterpreted_batch_ndims):
+        self.base_transform = base_transform
+        self.reinterpreted_batch_ndims = reinterpreted_batch_ndims
+        self.event_dim = base_transform.event_dim + reinterpreted_batch_ndims
+
+    def _call(self, x):
+        return self.base_transform(x)
+
+    def _inverse(self, y):
+        return self.base_transform.inv(y)
+
+    def log_abs_det_jacobian(self, x, y):
+        return _sum_rightmost(self.base_transform.log_abs_det_jacobian(x, y),
+                              self.reinterpreted_batch_ndims)
+
+
+class ReshapeTransform(Transform):
+    """Reshapes the rightmost dims from `in_shape` to `out_shape` (a volume-preserving map)."""
+
+    def __init__(self, in_shape, out_shape):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        if math.prod(self.in_shape) != math.prod(self.out_shape):
+            raise ValueError("in_shape, out_shape have different numbers of elements")
+        self.event_dim = len(self.in_shape)
+
+    def _call(self, x):
+        batch = tuple(x.shape[:x.ndim - len(self.in_shape)])
+        return x.reshape(*batch, *self.out_shape)
+
+    def _inverse(self, y):
+        batch = tuple(y.shape[:y.ndim - len(self.out_shape)])
+        return y.reshape(*batch, *self.in_shape)
+
+    def log_abs_det_jacobian(self, x, y):
+        batch = tuple(x.shape[:x.ndim - len(self.in_shape)])
+        return kiln.zeros(batch, dtype=x.dtype, device=x.device)
+
+    def forward_shape(self, shape):
+        return tuple(shape[:len(shape) - len(self.in_shape)]) + self.out_shape
+
+
+class CatTransform(Transform):
+    """Applies `tseq[i]` to the i-th block (of `lengths[i]` along `dim`) and concatenates."""
+
+    def __init__(self, tseq, dim=0, lengths=None):
+        self.transforms = list(tseq)
+        self.lengths = list(lengths) if lengths is not None else [1] * len(self.transforms)
+        self.dim = dim
+        self.event_dim = max((t.event_dim for t in self.transforms), default=0)
+
+    def _blocks(self, x):
+        return kiln.split(x, self.lengths, self.dim)
+
+    def _call(self, x):
+        return kiln.cat([t(b) for t, b in zip(self.transforms, self._blocks(x))], self.dim)
+
+    def _inverse(self, y):
+        return kiln.cat([t.inv(b) for t, b in zip(self.transforms, self._blocks(y))], self.dim)
+
+    def log_abs_det_jacobian(self, x, y):
+        parts = []
+        for t, bx, by in zip(self.transforms, self._blocks(x), self._blocks(y)):
+            ld = t.log_abs_det_jacobian(bx, by)
+            if not isinstance(ld, kiln.Tensor):
+                ld = kiln.full_like(bx, float(ld))
+            parts.append(_sum_rightmost(ld, self.event_dim - t.event_dim))
+        return kiln.cat(parts, self.dim)
+
+
+class StackTransform(Transform):
+    """Applies `tseq[i]` to the i-th slice along `dim` and stacks the results."""
+
+    def __init__(self, tseq, dim=0):
+        self.transforms, self.dim = list(tseq), dim
+
+    def _call(self, x):
+        return kiln.stack([t(s) for t, s in zip(self.transforms, x.unbind(self.dim))], self.dim)
+
+    def _inverse(self, y):
+        return kiln.stack([t.inv(s) for t, s in zip(self.transforms, y.unbind(self.dim))],
+                          self.dim)
+
+    def log_abs_det_jacobian(self, x, y):
+        return kiln.stack([t.log_abs_det_jacobian(a, b) for t, a, b in
+                           zip(self.transforms, x.unbind(self.dim), y.unbind(self.dim))],
+                          self.dim)
+
+
+def _to_constraint(constraint, kind):
+    """The transform from unconstrained reals onto `constraint` (biject_to / transform_to)."""
+    if constraint is constraints.real or constraint is constraints.real_vector:
+        return identity_transform
+    if constraint is constraints.positive or constraint is constraints.nonnegative:
+        return ExpTransform()
+    if constraint is constraints.unit_interval:
+        return SigmoidTransform()
+    if constraint is constraints.simplex:
+        return StickBreakingTransform()
+    if constraint is constraints.lower_cholesky:
+        return LowerCholeskyTransform()
+    if constraint is constraints.positive_definite:
+        return PositiveDefiniteTransform()
+    if isinstance(constraint, constraints._GreaterThan):
+        return ComposeTransform([ExpTransform(), AffineTransform(constraint.lower_bound, 1.0)])
+    if isinstance(constraint, constraints._Interval):
+        lo, hi = constraint.lower_bound, constraint.upper_bound
+        return ComposeTransform([SigmoidTransform(), AffineTransform(lo, hi - lo)])
+    raise NotImplementedError(f"Cannot {kind} {constraint!r}")
+
+
+def biject_to(constraint):
+    return _to_constraint(constraint, "biject_to")
+
+
+def transform_to(constraint):
+    # onto the simplex transform_to uses softmax (not bijective), biject_to stick-breaking
+    if constraint is constraints.simplex:
+        return SoftmaxTransform()
+    return _to_constraint(constraint, "transform_to")
+
+
+class LogisticNormal(TransformedDistribution):
+    """A normal vector pushed onto the simplex by stick-breaking."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, loc, scale, validate_args=None):
+        from kiln.distributions.continuous import Normal
+        base = Normal(loc, scale, validate_args=validate_args)
+        if not base.batch_shape:
+            base = base.expand((1,))
+        super().__init__(Independent(base, 1), StickBreakingTransform(),
+                         validate_args=validate_args)
+
+    @property
+    def loc(self):
+        return self.base_dist.base_dist.loc
+
+    @property
+    def scale(self):
+        return self.base_dist.base_dist.scale

@@ -422,3 +422,47 @@ def test_more_sample_means(make, mean, var) -> None:
     assert abs(x.mean() - mean) < 5 * math.sqrt(v / 20000)
     if var is not None:
         assert abs(x.var() - var) < 0.06 * var
+
+
+def _transform_summary(t, T, x):
+    y = T(x)
+    return y, T.inv(y), T.log_abs_det_jacobian(x, y)
+
+
+TRANSFORMS = [
+    ("StickBreaking", lambda t, x: _transform_summary(
+        t, t.distributions.StickBreakingTransform(), x), [real(2, 3)]),
+    ("LowerCholesky", lambda t, x: (lambda T: (T(x), T.inv(T(x))))(
+        t.distributions.LowerCholeskyTransform()), [real(2, 3, 3)]),
+    ("PositiveDefinite", lambda t, x: (lambda T: (T(x), T.inv(T(x))))(
+        t.distributions.PositiveDefiniteTransform()), [real(3, 3)]),
+    ("CumulativeDistribution", lambda t, m, s, x: _transform_summary(
+        t, t.distributions.CumulativeDistributionTransform(t.distributions.Normal(m, s)), x),
+     [real(3), pos(3), real(3)]),
+    ("Independent", lambda t, x: _transform_summary(
+        t, t.distributions.IndependentTransform(t.distributions.ExpTransform(), 1), x),
+     [real(2, 3)]),
+    ("Reshape", lambda t, x: _transform_summary(
+        t, t.distributions.ReshapeTransform((2, 3), (3, 2)), x), [real(4, 2, 3)]),
+    ("Cat", lambda t, x: _transform_summary(
+        t, t.distributions.CatTransform([t.distributions.ExpTransform(),
+                                         t.distributions.SigmoidTransform()], 0, [2, 1]), x),
+     [real(3, 2)]),
+    ("Stack", lambda t, x: _transform_summary(
+        t, t.distributions.StackTransform([t.distributions.ExpTransform(),
+                                           t.distributions.TanhTransform()], 1), x),
+     [real(3, 2)]),
+    ("biject_to", lambda t, x: [t.distributions.biject_to(c)(x) for c in (
+        t.distributions.constraints.positive, t.distributions.constraints.unit_interval,
+        t.distributions.constraints.real, t.distributions.constraints.greater_than(1.5),
+        t.distributions.constraints.interval(-1.0, 3.0))]
+     + [t.distributions.transform_to(t.distributions.constraints.simplex)(x)], [real(2, 3)]),
+    ("LogisticNormal", lambda t, m, s, v: (lambda d: (d.log_prob(v), tuple(d.batch_shape),
+                                                      tuple(d.event_shape)))(
+        t.distributions.LogisticNormal(m, s)), [real(2, 3), pos(2, 3), simplex(2, 4)]),
+]
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in TRANSFORMS])
+def test_transforms_match_torch(fn, inputs) -> None:
+    check_op(fn, inputs, dtype=np.float64, atol=1e-9, rtol=1e-9)
