@@ -38,7 +38,7 @@ NAMESPACES = [
     Namespace("torch.fft", "callables", 0.90, "api-torch"),
     Namespace("torch.special", "callables", 0.90, "api-torch"),
     Namespace("torch.autograd", "callables", 0.80, "api-torch"),
-    Namespace("torch.distributions", "classes", 0.60, "api-torch"),
+    Namespace("torch.distributions", "classes", 0.90, "api-torch"),
     Namespace("torch.nn", "classes", 0.95, "api-nn"),
     Namespace("torch.nn.functional", "callables", 0.95, "api-nn"),
     Namespace("torch.nn.init", "callables", 0.95, "api-nn"),
