@@ -23,7 +23,8 @@ from kiln.distributions.transformed import (AbsTransform, PowerTransform,  # noq
 from kiln.distributions.more import (Cauchy, Chi2, Geometric, Gumbel, HalfCauchy,  # noqa: F401
                                      HalfNormal, InverseGamma, MixtureSameFamily, Multinomial,
                                      NegativeBinomial, Pareto, StudentT, Weibull)
-from kiln.distributions.relaxed import (ExpRelaxedCategorical, FisherSnedecor,  # noqa: F401
+from kiln.distributions.relaxed import (ContinuousBernoulli, ExpRelaxedCategorical,  # noqa: F401
+                                        FisherSnedecor,
                                         GeneralizedPareto, Kumaraswamy, LogitRelaxedBernoulli,
                                         LowRankMultivariateNormal,
                                         OneHotCategoricalStraightThrough, RelaxedBernoulli,

@@ -337,3 +337,94 @@ class GeneralizedPareto(Distribution):
 
     def entropy(self):
         return self.scale.log() + self.concentration + 1
+
+
+class ContinuousBernoulli(Distribution):
+    """The density C(p) p^x (1-p)^(1-x) on [0, 1], C(p) = 2 atanh(1-2p) / (1-2p).
+
+    Near p = 1/2 the closed forms divide 0 by 0, so inside (0.499, 0.501] the normalizer, mean
+    and variance use their Taylor expansions in (p - 1/2)^2, as torch does there.
+    """
+
+    arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
+    support = constraints.unit_interval
+    has_rsample = True
+    _lims = (0.499, 0.501)
+
+    def __init__(self, probs=None, logits=None, lims=(0.499, 0.501), validate_args=None):
+        _one_of(probs, logits)
+        self._lims = lims
+        if probs is not None:
+            (self.probs,) = broadcast_all(probs)
+            self.logits = _probs_to_logits(self.probs, True)
+        else:
+            (self.logits,) = broadcast_all(logits)
+            eps = float(kiln.finfo(self.logits.dtype).eps)
+            self.probs = kiln.sigmoid(self.logits).clamp(eps, 1 - eps)
+        super().__init__(self.probs.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(probs=self.probs.expand(*batch_shape), lims=self._lims,
+                          validate_args=False)
+
+    def _stable(self):
+        return (self.probs <= self._lims[0]) | (self.probs > self._lims[1])
+
+    def _cut_probs(self):
+        return kiln.where(self._stable(), self.probs, kiln.full_like(self.probs, self._lims[0]))
+
+    def _log_normalizer(self):
+        p = self._cut_probs()
+        below = kiln.where(p <= 0.5, p, kiln.zeros_like(p))
+        above = kiln.where(p >= 0.5, p, kiln.ones_like(p))
+        # log C = log|log(1-p) - log p| - log|1 - 2p|
+        exact = (kiln.log1p(-p) - p.log()).abs().log() - kiln.where(
+            p <= 0.5, kiln.log1p(-2.0 * below), (2.0 * above - 1.0).log())
+        x = (self.probs - 0.5) ** 2
+        taylor = math.log(2.0) + (4.0 / 3.0 + 104.0 / 45.0 * x) * x
+        return kiln.where(self._stable(), exact, taylor)
+
+    @property
+    def mean(self):
+        p = self._cut_probs()
+        exact = p / (2.0 * p - 1.0) + 1.0 / (kiln.log1p(-p) - p.log())
+        d = self.probs - 0.5
+        taylor = 0.5 + (1.0 / 3.0 + 16.0 / 45.0 * d ** 2) * d
+        return kiln.where(self._stable(), exact, taylor)
+
+    @property
+    def variance(self):
+        p = self._cut_probs()
+        exact = p * (p - 1.0) / (1.0 - 2.0 * p) ** 2 + 1.0 / (kiln.log1p(-p) - p.log()) ** 2
+        x = (self.probs - 0.5) ** 2
+        taylor = 1.0 / 12.0 - (1.0 / 15.0 - 128.0 / 945.0 * x) * x
+        return kiln.where(self._stable(), exact, taylor)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = kiln.broadcast_tensors(self.logits, value)
+        return -kiln.nn.functional.binary_cross_entropy_with_logits(
+            logits, value, reduction="none") + self._log_normalizer()
+
+    def cdf(self, value):
+        p = self._cut_probs()
+        exact = (p.pow(value) * (1.0 - p).pow(1.0 - value) + p - 1.0) / (2.0 * p - 1.0)
+        inner = kiln.where(self._stable(), exact, value)
+        return kiln.where(value <= 0, kiln.zeros_like(inner),
+                          kiln.where(value >= 1, kiln.ones_like(inner), inner))
+
+    def icdf(self, value):
+        p = self._cut_probs()
+        exact = (kiln.log1p(-p + value * (2.0 * p - 1.0)) - kiln.log1p(-p)) / (
+            p.log() - kiln.log1p(-p))
+        return kiln.where(self._stable(), exact, value)
+
+    def rsample(self, sample_shape=()):
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        u = kiln.rand(shape, dtype=self.probs.dtype, device=self.probs.device)
+        return self.icdf(u)
+
+    def entropy(self):
+        log0, log1 = kiln.log1p(-self.probs), self.probs.log()
+        return self.mean * (log0 - log1) - self._log_normalizer() - log0

@@ -360,6 +360,11 @@ RELAXED = [
      [real(3), pos(3), real(3)]),
     ("Kumaraswamy", lambda t, a, b, v: summary(t.distributions.Kumaraswamy(a, b), v),
      [pos(3), pos(3), unit(3)]),
+    ("ContinuousBernoulli", lambda t, p, v: summary(t.distributions.ContinuousBernoulli(p), v)
+     + (t.distributions.ContinuousBernoulli(p).cdf(v), t.distributions.ContinuousBernoulli(p)
+        .icdf(v)), [np.array([0.1, 0.3, 0.4995, 0.5003, 0.7, 0.95]), unit(6)]),
+    ("ContinuousBernoulli logits", lambda t, lg, v: summary(
+        t.distributions.ContinuousBernoulli(logits=lg), v), [real(4), unit(4)]),
     ("FisherSnedecor", lambda t, a, b, v: summary(t.distributions.FisherSnedecor(a, b + 4), v,
                                                   entropy=False), [pos(3), pos(3), pos(3)]),
 ]
