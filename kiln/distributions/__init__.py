@@ -19,12 +19,13 @@ from kiln.distributions.transformed import (AbsTransform, PowerTransform,  # noq
                                             CumulativeDistributionTransform,
                                             IndependentTransform, ReshapeTransform,
                                             CatTransform, StackTransform, biject_to,
-                                            transform_to, LogisticNormal)
+                                            transform_to, LogisticNormal,
+                                            CorrCholeskyTransform)
 from kiln.distributions.more import (Cauchy, Chi2, Geometric, Gumbel, HalfCauchy,  # noqa: F401
                                      HalfNormal, InverseGamma, MixtureSameFamily, Multinomial,
                                      NegativeBinomial, Pareto, StudentT, Weibull)
 from kiln.distributions.relaxed import (ContinuousBernoulli, ExpRelaxedCategorical,  # noqa: F401
-                                        FisherSnedecor,
+                                        FisherSnedecor, LKJCholesky,
                                         GeneralizedPareto, Kumaraswamy, LogitRelaxedBernoulli,
                                         LowRankMultivariateNormal,
                                         OneHotCategoricalStraightThrough, RelaxedBernoulli,

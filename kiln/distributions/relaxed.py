@@ -428,3 +428,51 @@ class ContinuousBernoulli(Distribution):
     def entropy(self):
         log0, log1 = kiln.log1p(-self.probs), self.probs.log()
         return self.mean * (log0 - log1) - self._log_normalizer() - log0
+
+
+class LKJCholesky(Distribution):
+    """Cholesky factors L of D x D correlation matrices with density proportional to
+    det(L L^T)^(concentration - 1) (Lewandowski, Kurowicka and Joe, 2009); sampled by the onion
+    method: row i is a uniform direction scaled by the square root of a Beta draw."""
+
+    arg_constraints = {"concentration": constraints.positive}
+    support = constraints.lower_cholesky
+
+    def __init__(self, dim, concentration=1.0, validate_args=None):
+        if dim < 2:
+            raise ValueError(f"Expected dim to be an integer greater than or equal to 2. "
+                             f"Found dim={dim}.")
+        self.dim = dim
+        (self.concentration,) = broadcast_all(concentration)
+        batch = tuple(self.concentration.shape)
+        super().__init__(batch, (dim, dim), validate_args=validate_args)
+        marginal = self.concentration + 0.5 * (dim - 2)
+        offset = kiln.cat([kiln.zeros(1, dtype=marginal.dtype),
+                           kiln.arange(dim - 1, dtype=marginal.dtype)])
+        from kiln.distributions.continuous import Beta
+        self._beta = Beta(offset + 0.5, marginal.unsqueeze(-1) - 0.5 * offset,
+                          validate_args=False)
+
+    def sample(self, sample_shape=()):
+        with kiln.no_grad():
+            shape = tuple(sample_shape) + tuple(self.batch_shape) + (self.dim, self.dim)
+            y = self._beta.sample(sample_shape).unsqueeze(-1)
+            u = kiln.randn(shape, dtype=y.dtype).tril(-1)
+            norm = kiln.linalg.vector_norm(u, dim=-1, keepdim=False).unsqueeze(-1)
+            u = u / kiln.where(norm > 0, norm, kiln.ones_like(norm))
+            w = y.sqrt() * u
+            diag = (1 - (w * w).sum(-1)).clamp(min=float(kiln.finfo(y.dtype).tiny)).sqrt()
+            return w + kiln.diag_embed(diag)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        d = self.dim
+        diag = kiln.diagonal(value, 0, -2, -1)[..., 1:]
+        order = 2 * (self.concentration - 1).unsqueeze(-1) + d - kiln.arange(
+            2, d + 1, dtype=value.dtype)
+        unnormalized = (order * diag.log()).sum(-1)
+        alpha = self.concentration + 0.5 * (d - 1)
+        normalizer = (0.5 * (d - 1) * math.log(math.pi) + kiln.mvlgamma(alpha - 0.5, d - 1)
+                      - kiln.lgamma(alpha) * (d - 1))
+        return unnormalized - normalizer

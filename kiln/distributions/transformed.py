@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import kiln
 import kiln.nn.functional as F
 from kiln.distributions import constraints
@@ -514,3 +516,61 @@ class LogisticNormal(TransformedDistribution):
     @property
     def scale(self):
         return self.base_dist.base_dist.scale
+
+
+def _tril_positions(n: int, diag: int):
+    rows, cols = np.tril_indices(n, diag)
+    return rows * n + cols                     # row-major flat positions
+
+
+def _vec_to_tril(vec, n: int, diag: int):
+    """(..., N) -> (..., n, n) with vec filling the triangle below `diag`, row by row."""
+    pos = kiln.tensor(_tril_positions(n, diag), device=vec.device)
+    flat = kiln.zeros(*vec.shape[:-1], n * n, dtype=vec.dtype, device=vec.device)
+    return flat.index_copy(-1, pos, vec).reshape(*vec.shape[:-1], n, n)
+
+
+def _tril_to_vec(mat, diag: int):
+    n = mat.shape[-1]
+    pos = kiln.tensor(_tril_positions(n, diag), device=mat.device)
+    return mat.reshape(*mat.shape[:-2], n * n).index_select(-1, pos)
+
+
+class CorrCholeskyTransform(Transform):
+    """Real vectors of length D(D-1)/2 to Cholesky factors of D x D correlation matrices:
+    tanh squashes each entry to (-1, 1), and each row is scaled by the stick left over from the
+    entries before it, so every row has unit norm."""
+
+    event_dim = 1
+    domain = constraints.real_vector
+
+    @staticmethod
+    def _size(n_entries: int) -> int:
+        d = int(round((1 + math.sqrt(1 + 8 * n_entries)) / 2))
+        if d * (d - 1) // 2 != n_entries:
+            raise ValueError(f"CorrCholeskyTransform: {n_entries} is not D(D-1)/2 for any D")
+        return d
+
+    def _call(self, x):
+        eps = float(kiln.finfo(x.dtype).eps)
+        r = _vec_to_tril(x.tanh().clamp(-1 + eps, 1 - eps), self._size(x.shape[-1]), -1)
+        left = (1 - r * r).sqrt().cumprod(-1)          # stick left after each entry of a row
+        d = r.shape[-1]
+        r = r + kiln.eye(d, dtype=r.dtype, device=r.device)
+        return r * F.pad(left[..., :-1], (1, 0), value=1.0)
+
+    def _inverse(self, y):
+        left = 1 - (y * y).cumsum(-1)
+        left_before = F.pad(left[..., :-1], (1, 0), value=1.0)
+        t = _tril_to_vec(y, -1) / _tril_to_vec(left_before, -1).sqrt()
+        return kiln.atanh(t)
+
+    def log_abs_det_jacobian(self, x, y):
+        left = 1 - (y * y).cumsum(-1)
+        stick = 0.5 * _tril_to_vec(left, -2).log().sum(-1)
+        tanh = -2 * (x + F.softplus(-2 * x) - math.log(2.0)).sum(-1)
+        return stick + tanh
+
+    def forward_shape(self, shape):
+        d = self._size(shape[-1])
+        return tuple(shape[:-1]) + (d, d)

@@ -462,6 +462,10 @@ TRANSFORMS = [
         t.distributions.constraints.real, t.distributions.constraints.greater_than(1.5),
         t.distributions.constraints.interval(-1.0, 3.0))]
      + [t.distributions.transform_to(t.distributions.constraints.simplex)(x)], [real(2, 3)]),
+    ("CorrCholesky", lambda t, x: _transform_summary(
+        t, t.distributions.CorrCholeskyTransform(), x), [real(2, 6)]),
+    ("LKJCholesky", lambda t, c, x: t.distributions.LKJCholesky(4, c).log_prob(
+        t.distributions.CorrCholeskyTransform()(x)), [pos(2) + 0.5, real(2, 6)]),
     ("LogisticNormal", lambda t, m, s, v: (lambda d: (d.log_prob(v), tuple(d.batch_shape),
                                                       tuple(d.event_shape)))(
         t.distributions.LogisticNormal(m, s)), [real(2, 3), pos(2, 3), simplex(2, 4)]),
@@ -493,3 +497,16 @@ def test_compiled_log_prob_without_validation_is_one_graph_and_matches_eager() -
     for value, grad in results[1:]:
         assert value == pytest.approx(results[0][0], rel=1e-12)
         np.testing.assert_allclose(grad, results[0][1], rtol=1e-10)
+
+
+def test_lkj_samples_are_correlation_factors_with_the_lkj_marginal() -> None:
+    # off-diagonal correlations r of LKJ(eta) in D dims: (r + 1) / 2 ~ Beta(b, b) with
+    # b = eta - 1 + D / 2, so Var r = 1 / (2 eta + D - 1)
+    kiln.manual_seed(9)
+    L = kiln.distributions.LKJCholesky(3, kiln.tensor(1.5, dtype=kiln.float64)).sample((20000,))
+    C = (L @ L.mT).numpy()
+    np.testing.assert_allclose(np.diagonal(C, axis1=-2, axis2=-1), 1.0, rtol=1e-10)
+    assert np.all(np.triu(L.numpy(), 1) == 0)
+    r = C[:, 1, 0]
+    assert abs(r.mean()) < 5 * math.sqrt(0.2 / 20000)
+    assert abs(r.var() - 0.2) < 0.05 * 0.2
