@@ -25,7 +25,7 @@ from kiln.distributions.more import (Cauchy, Chi2, Geometric, Gumbel, HalfCauchy
                                      HalfNormal, InverseGamma, MixtureSameFamily, Multinomial,
                                      NegativeBinomial, Pareto, StudentT, Weibull)
 from kiln.distributions.relaxed import (ContinuousBernoulli, ExpRelaxedCategorical,  # noqa: F401
-                                        FisherSnedecor, LKJCholesky,
+                                        FisherSnedecor, LKJCholesky, Wishart,
                                         GeneralizedPareto, Kumaraswamy, LogitRelaxedBernoulli,
                                         LowRankMultivariateNormal,
                                         OneHotCategoricalStraightThrough, RelaxedBernoulli,

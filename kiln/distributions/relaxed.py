@@ -476,3 +476,97 @@ class LKJCholesky(Distribution):
         normalizer = (0.5 * (d - 1) * math.log(math.pi) + kiln.mvlgamma(alpha - 0.5, d - 1)
                       - kiln.lgamma(alpha) * (d - 1))
         return unnormalized - normalizer
+
+
+class Wishart(Distribution):
+    """Positive-definite p x p matrices X = sum of df outer products of N(0, Sigma) vectors
+    (for integer df), given Sigma as covariance_matrix, precision_matrix or scale_tril.
+    rsample by the Bartlett decomposition X = L A A^T L^T, A lower-triangular with chi
+    diagonals (Gamma draws, reparameterized) and standard normals below."""
+
+    arg_constraints = {"df": constraints.positive,
+                       "covariance_matrix": constraints.positive_definite,
+                       "precision_matrix": constraints.positive_definite,
+                       "scale_tril": constraints.lower_cholesky}
+    support = constraints.positive_definite
+    has_rsample = True
+
+    def __init__(self, df, covariance_matrix=None, precision_matrix=None, scale_tril=None,
+                 validate_args=None):
+        if (covariance_matrix is not None) + (precision_matrix is not None) + \
+                (scale_tril is not None) != 1:
+            raise ValueError("Exactly one of covariance_matrix or precision_matrix or "
+                             "scale_tril may be specified.")
+        if scale_tril is not None:
+            L = scale_tril
+        elif covariance_matrix is not None:
+            L = kiln.linalg.cholesky(covariance_matrix)
+        else:
+            L = kiln.linalg.cholesky(kiln.linalg.inv(precision_matrix))
+        p = L.shape[-1]
+        (df,) = broadcast_all(df)
+        batch = kiln.broadcast_shapes(tuple(L.shape[:-2]), tuple(df.shape))
+        self.df = df.expand(*batch)
+        self.scale_tril = L.expand(*batch, p, p)
+        super().__init__(batch, (p, p), validate_args=validate_args)
+        if self._validate_args and not bool((self.df > p - 1).all()):
+            raise ValueError(f"Value of df={df} expected to be greater than ndim - 1 = {p - 1}.")
+
+    @property
+    def covariance_matrix(self):
+        return self.scale_tril @ self.scale_tril.mT
+
+    @property
+    def precision_matrix(self):
+        return kiln.linalg.inv(self.covariance_matrix)
+
+    def expand(self, batch_shape, _instance=None):
+        p = self.event_shape[0]
+        return type(self)(self.df.expand(*batch_shape),
+                          scale_tril=self.scale_tril.expand(*batch_shape, p, p),
+                          validate_args=False)
+
+    @property
+    def mean(self):
+        return self.df.unsqueeze(-1).unsqueeze(-1) * self.covariance_matrix
+
+    @property
+    def mode(self):
+        p = self.event_shape[0]
+        factor = (self.df - p - 1).unsqueeze(-1).unsqueeze(-1)
+        return factor * self.covariance_matrix
+
+    @property
+    def variance(self):
+        S = self.covariance_matrix
+        d = kiln.diagonal(S, 0, -2, -1)
+        return self.df.unsqueeze(-1).unsqueeze(-1) * (S * S + d.unsqueeze(-1) * d.unsqueeze(-2))
+
+    def rsample(self, sample_shape=()):
+        p = self.event_shape[0]
+        shape = tuple(sample_shape) + tuple(self.batch_shape)
+        # chi^2(df - i) = 2 Gamma((df - i) / 2) for the i-th diagonal entry
+        dof = self.df.unsqueeze(-1) - kiln.arange(p, dtype=self.df.dtype)
+        chi2 = 2 * kiln._standard_gamma((0.5 * dof).expand(*shape, p))
+        noise = kiln.randn(shape + (p, p), dtype=self.df.dtype).tril(-1)
+        A = noise + kiln.diag_embed(chi2.sqrt())
+        LA = self.scale_tril @ A
+        return LA @ LA.mT
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        nu, p = self.df, self.event_shape[0]
+        L = self.scale_tril
+        log_det_L = kiln.diagonal(L, 0, -2, -1).log().sum(-1)
+        trace = kiln.diagonal(kiln.cholesky_solve(value, L), 0, -2, -1).sum(-1)
+        return (-nu * (p * math.log(2.0) / 2 + log_det_L) - kiln.mvlgamma(nu / 2, p)
+                + (nu - p - 1) / 2 * kiln.linalg.slogdet(value).logabsdet - trace / 2)
+
+    def entropy(self):
+        nu, p = self.df, self.event_shape[0]
+        log_det_L = kiln.diagonal(self.scale_tril, 0, -2, -1).log().sum(-1)
+        mv_digamma = kiln.digamma(nu.unsqueeze(-1) / 2 - kiln.arange(p, dtype=nu.dtype) / 2
+                                  ).sum(-1)
+        return ((p + 1) * (p * math.log(2.0) / 2 + log_det_L) + kiln.mvlgamma(nu / 2, p)
+                - (nu - p - 1) / 2 * mv_digamma + nu * p / 2)

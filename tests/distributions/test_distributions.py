@@ -466,6 +466,11 @@ TRANSFORMS = [
         t, t.distributions.CorrCholeskyTransform(), x), [real(2, 6)]),
     ("LKJCholesky", lambda t, c, x: t.distributions.LKJCholesky(4, c).log_prob(
         t.distributions.CorrCholeskyTransform()(x)), [pos(2) + 0.5, real(2, 6)]),
+    ("Wishart", lambda t, df, b, x: summary(t.distributions.Wishart(
+        df + 3, covariance_matrix=spd(t, b)), spd(t, x)), [pos(2), real(3, 3), real(2, 3, 3)]),
+    ("Wishart scale_tril", lambda t, df, b, x: t.distributions.Wishart(
+        df + 3, scale_tril=t.linalg.cholesky(spd(t, b))).log_prob(spd(t, x)),
+     [pos(1), real(3, 3), real(3, 3)]),
     ("LogisticNormal", lambda t, m, s, v: (lambda d: (d.log_prob(v), tuple(d.batch_shape),
                                                       tuple(d.event_shape)))(
         t.distributions.LogisticNormal(m, s)), [real(2, 3), pos(2, 3), simplex(2, 4)]),
@@ -510,3 +515,13 @@ def test_lkj_samples_are_correlation_factors_with_the_lkj_marginal() -> None:
     r = C[:, 1, 0]
     assert abs(r.mean()) < 5 * math.sqrt(0.2 / 20000)
     assert abs(r.var() - 0.2) < 0.05 * 0.2
+
+
+def test_wishart_samples_have_its_mean_and_a_gradient() -> None:
+    kiln.manual_seed(10)
+    cov = np.array([[2.0, 0.5], [0.5, 1.0]])
+    df = kiln.tensor(5.0, dtype=kiln.float64, requires_grad=True)
+    X = kiln.distributions.Wishart(df, kiln.tensor(cov)).rsample((20000,))
+    np.testing.assert_allclose(X.detach().numpy().mean(0), 5.0 * cov, rtol=0.03, atol=0.03)
+    X.mean(0)[0, 0].backward()          # d E[X_00] / d df = cov_00
+    assert abs(float(df.grad) - 2.0) < 0.1
