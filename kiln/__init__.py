@@ -68,3 +68,70 @@ def promote_types(type1, type2):
     return promote(type1, type2)
 from kiln import export  # noqa: F401,E402  (`kiln.export.export`, as torch.export)
 from kiln import onnx  # noqa: F401,E402  (`torch.onnx.export`; imports the onnx package lazily)
+
+
+# ----------------------------------------------------------------------------- api-torch
+# the rest of the torch.* namespace (README, "API coverage"): process-wide switches and device
+# probes, functional_extra's ops and Tensor methods, torch-level forms of in-place methods and of
+# nn.functional, out= on common ops, linalg/fft/special/distributions/amp, grad_fn names
+import sys as _sys  # noqa: E402
+from kiln import accelerator, backends  # noqa: F401,E402
+from kiln.tracer.creation import (  # noqa: F401,E402
+    set_default_device, get_default_device, standard_gamma as _standard_gamma)
+from kiln.settings import (  # noqa: F401,E402
+    use_deterministic_algorithms, are_deterministic_algorithms_enabled,
+    is_deterministic_algorithms_warn_only_enabled, set_deterministic_debug_mode,
+    get_deterministic_debug_mode, set_float32_matmul_precision, get_float32_matmul_precision,
+    set_warn_always, is_warn_always_enabled, set_num_interop_threads, get_num_interop_threads,
+    set_flush_denormal, set_printoptions)
+from kiln.tracer.custom_function import (  # noqa: F401,E402
+    is_anomaly_enabled, is_anomaly_check_nan_enabled, set_anomaly_enabled)
+from kiln.tracer import methods_extra as _methods_extra  # noqa: F401,E402
+from kiln.tracer.functional_extra import (  # noqa: F401,E402
+    asin, acos, atan, atan2, sinh, cosh, asinh, acosh, atanh, arcsin, arccos, arctan, arctan2,
+    arcsinh, arccosh, arctanh, deg2rad, rad2deg, lgamma, digamma, polygamma, mvlgamma, erfc,
+    erfinv, i0, logit, xlogy, sinc, logaddexp, logaddexp2, sgn, signbit, copysign, heaviside,
+    ldexp, frexp, nextafter, gcd, lcm, bitwise_left_shift, bitwise_right_shift, fmax, fmin,
+    positive, multiply, subtract, conj, conj_physical, resolve_conj, resolve_neg, real, angle,
+    is_complex, is_conj, is_neg, isreal, is_signed, is_nonzero, is_same_size, is_inference,
+    is_inference_mode_enabled, argsort, sort, msort, topk, kthvalue, median, nanmedian, mode,
+    quantile, nanquantile, cummax, cummin, logcumsumexp, diff, gradient, trapezoid, trapz,
+    cumulative_trapezoid, searchsorted, bucketize, histc, histogram, histogramdd, bincount,
+    unique, unique_consecutive, isin, aminmax, atleast_1d, atleast_2d, atleast_3d, column_stack,
+    row_stack, dstack, hsplit, vsplit, dsplit, split_with_sizes, unsafe_split, unsafe_chunk,
+    unsafe_split_with_sizes, ravel, rot90, diag_embed, diagflat, diagonal_scatter,
+    select_scatter, slice_scatter, block_diag, cartesian_prod, combinations, meshgrid,
+    tril_indices, triu_indices, unravel_index, vander, index_put, index_reduce, scatter_reduce,
+    masked_scatter, put, renorm, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,
+    cov, corrcoef, matrix_power, scalar_tensor, frombuffer, hann_window, hamming_window,
+    blackman_window, bartlett_window, kaiser_window, poisson, binomial, fill, finfo, iinfo,
+    can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, vmap, cond,
+    while_loop, nonzero_static, frobenius_norm, nuclear_norm, igamma, igammac, from_dlpack,
+    to_dlpack)
+from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
+from kiln import linalg, special, fft, distributions, amp  # noqa: F401,E402
+from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
+                      set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
+from kiln import torch_namespace as _torch_namespace  # noqa: E402
+from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
+                                  layout, strided)
+from kiln.tracer import grad_names as _grad_names  # noqa: E402
+from kiln.tracer import functional as _core_functional  # noqa: E402
+import kiln.nn.functional as _nn_functional  # noqa: E402
+
+globals().update(linalg.TORCH_FORMS)
+globals().update(_torch_namespace.exports())
+for _name in _torch_namespace.OUT_FUNCTIONS:
+    globals()[_name] = _torch_namespace.with_out(globals()[_name])
+_grad_names.apply_names(_sys.modules[__name__], _core_functional, _nn_functional)
+ByteTensor = HalfTensor = IntTensor = Tensor
+cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
+
+
+def __getattr__(name: str):
+    # torch.conv2d and friends are nn.functional's, resolved on use: nn.functional gains ops
+    if name in _torch_namespace.LAZY:
+        fn = _torch_namespace.nn_forward(name)
+        if fn is not None:
+            return fn
+    raise AttributeError(f"module 'kiln' has no attribute '{name}'")

@@ -1015,3 +1015,6 @@ def _rand_impl(xp, seed, shape, dtype):
 
 define("rand", RANDOM, _rand_infer, _rand_impl, None, arity=1,
        doc="uniform [0, 1) numbers, a pure function of the seed input (so replays match eager)")
+
+# more primitives (special functions, sorting, linear algebra) register themselves on import
+from kiln.ir import ops_extra as _ops_extra  # noqa: E402,F401

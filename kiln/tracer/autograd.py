@@ -47,10 +47,14 @@ class Node:
     """The grad_fn of a tensor: one recorded primitive call."""
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
-                 "out_version", "out_at", "edges", "hooks", "retained", "out_trace",
+                 "out_version", "out_at", "edges", "hooks", "retained", "out_trace", "label",
                  "__weakref__")
 
     def name(self) -> str:
+        # `label`: the PyTorch name a composite op gives its output's node (MeanBackward0)
+        label = getattr(self, "label", None)
+        if label is not None:
+            return label
         if self.prim is _COPY_SLICES:
             return "CopySlices"
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
@@ -551,6 +555,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     finally:
         _QUEUED.clear()
     return None
+
+
 
 
 def _seed(out: Tensor, g) -> Tensor:

@@ -6,6 +6,7 @@ drawn from a generator here, so a tracer can lift it to a graph input and replay
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Sequence
 
@@ -15,11 +16,24 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.tracer.dispatch import op_error
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, Size, Tensor
+
+
+_DEFAULT_DEVICE = [CPU]     # set by `kiln.set_default_device`
 
 
 def _device(device) -> Device:
-    return CPU if device is None else Device(device)
+    return _DEFAULT_DEVICE[0] if device is None else Device(device)
+
+
+def set_default_device(device) -> None:
+    """Where factory functions put tensors when no device is given (torch.set_default_device);
+    None restores the CPU."""
+    _DEFAULT_DEVICE[0] = CPU if device is None else Device(device)
+
+
+def get_default_device() -> Device:
+    return _DEFAULT_DEVICE[0]
 
 
 def _dtype(dtype) -> dt.DType | None:
@@ -91,7 +105,23 @@ def _check_ragged(data, depth=0):
             _check_ragged(x, depth + 1)
 
 
+def _as_lists(data):
+    """Nested Python sequences other than lists and tuples (deque, range, array.array) as
+    lists, as torch.tensor reads any sequence; strings and mappings are not sequences of
+    numbers."""
+    if isinstance(data, (list, tuple)):
+        return type(data)(_as_lists(x) for x in data)
+    if isinstance(data, (str, bytes, dict, np.ndarray, Tensor)) or \
+            hasattr(data, "__cuda_array_interface__"):
+        return data
+    if isinstance(data, Sequence) or isinstance(data, collections.deque) or \
+            (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        return [_as_lists(x) for x in data]
+    return data
+
+
 def _to_array(data, dtype: dt.DType | None):
+    data = _as_lists(data)
     if isinstance(data, Tensor):
         arr = to_device(data._data, CPU)
         return arr, dtype or data.dtype
@@ -125,7 +155,7 @@ def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
     dtype = _dtype(dtype)
     arr, kind = _to_array(data, dtype)
     dev = _device(device) if device is not None else (
-        data.device if isinstance(data, Tensor) else CPU)
+        data.device if isinstance(data, Tensor) else _device(None))
     arr = np.array(arr, dtype=kind.np, copy=True) if isinstance(arr, np.ndarray) else \
         arr.astype(kind.np, copy=True)
     out = Tensor._make(to_device(arr, dev), kind, dev)
@@ -387,9 +417,17 @@ def randn_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
     return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
 
 
-def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+    # torch's forms: randint(high, size), randint(low, high, size), and either with size=
     if size is None:                    # randint(high, size)
+        if high is None:
+            raise TypeError("randint() missing the required argument 'size' (forms: "
+                            "randint(high, size), randint(low, high, size))")
         low, high, size = 0, low, high
+    elif high is None:                  # randint(high, size=...)
+        low, high = 0, low
+    if isinstance(size, int) or not isinstance(size, (tuple, list, Size)):
+        raise TypeError(f"randint(): size must be a tuple of ints, got {type(size).__name__}")
     if high <= low:
         raise op_error("randint", f"random_ expects 'from' to be less than 'to', but got "
                        f"from={low} >= to={high}")
@@ -440,3 +478,9 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=N
 
 
 _ = Sequence
+
+
+def standard_gamma(alpha: Tensor, generator=None) -> Tensor:
+    """Gamma(alpha, 1) draws, differentiable in alpha by implicit reparameterization
+    (torch._standard_gamma)."""
+    return P.gamma_sample(alpha, _seed_tensor(generator, alpha.device))

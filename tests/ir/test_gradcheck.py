@@ -14,22 +14,7 @@ import kiln
 from kiln.ir.ops import PRIMITIVES, P
 
 
-def arg(*shape, low=-2.0, high=2.0, seed=0, away_from_int=False):
-    """A float64 leaf that requires grad; `away_from_int` keeps values off the jumps of
-    floor/round/mod, where finite differences are meaningless."""
-    rng = np.random.default_rng(seed + 7 * len(shape))
-    values = rng.uniform(low, high, size=shape)
-    if away_from_int:
-        values = np.floor(values) + rng.uniform(0.2, 0.4, size=shape)
-    return kiln.tensor(values, dtype=kiln.float64, requires_grad=True)
-
-
-def pos(*shape, seed=0):
-    return arg(*shape, low=0.3, high=2.0, seed=seed)
-
-
-def index(*values):
-    return kiln.tensor(list(values), dtype=kiln.int64)
+from tests.ir.gradcheck_helpers import arg, index, pos  # noqa: E402
 
 
 # each case: (description, function of the inputs, inputs)
@@ -118,6 +103,9 @@ CASES = {
                ("one side needs grad", lambda a: P.matmul(a, kiln.ones(3, 2, dtype=kiln.float64)),
                 [arg(2, 3)])],
 }
+
+from tests.ir.gradcheck_cases_extra import CASES_EXTRA  # noqa: E402
+CASES.update(CASES_EXTRA)
 
 PARAMS = [pytest.param(name, fn, inputs, id=f"{name}-{desc}" if desc else name)
           for name, cases in CASES.items() for desc, fn, inputs in cases]

@@ -1,0 +1,3 @@
+"""`kiln.autograd.graph`: the grad_fn node type (torch.autograd.graph.Node)."""
+
+from kiln.tracer.autograd import Node  # noqa: F401

@@ -1,0 +1,38 @@
+"""`kiln.backends`: the flags scripts set or probe on torch.backends (cudnn, cuda, mps, openmp).
+
+kiln has no cuDNN, MPS or TF32 paths, so the flags are stored for scripts that set and read
+them back and change nothing in kiln's kernels; the `is_available()` probes answer truthfully.
+"""
+
+from __future__ import annotations
+
+import types
+
+
+def _flags(doc: str, **values) -> types.SimpleNamespace:
+    ns = types.SimpleNamespace(**values)
+    ns.__doc__ = doc
+    return ns
+
+
+def _cuda_available() -> bool:
+    from kiln.runtime.device import cuda_is_available
+    return cuda_is_available()
+
+
+cudnn = _flags("cuDNN flags (stored; kiln's GPU path uses Triton and cuBLAS, not cuDNN)",
+               enabled=True, benchmark=False, deterministic=False, allow_tf32=True,
+               is_available=lambda: False, version=lambda: None)
+mps = _flags("Apple MPS: kiln has no MPS backend", is_available=lambda: False,
+             is_built=lambda: False)
+openmp = _flags("OpenMP: kiln's compiled C kernels use it", is_available=lambda: True)
+mkldnn = _flags("oneDNN: not used by kiln", enabled=False, is_available=lambda: False)
+cuda = _flags("CUDA matmul flags (stored; kiln does not switch precision)",
+              matmul=_flags("matmul flags", allow_tf32=False,
+                            allow_fp16_reduced_precision_reduction=True,
+                            allow_bf16_reduced_precision_reduction=True),
+              is_built=_cuda_available,
+              enable_flash_sdp=lambda enabled: None, flash_sdp_enabled=lambda: False,
+              enable_math_sdp=lambda enabled: None, math_sdp_enabled=lambda: True,
+              enable_mem_efficient_sdp=lambda enabled: None,
+              mem_efficient_sdp_enabled=lambda: False)

@@ -1,0 +1,136 @@
+"""The Distribution base class: shapes, argument validation, sample/rsample and expand."""
+
+from __future__ import annotations
+
+import kiln
+from kiln.distributions import constraints
+
+
+def broadcast_all(*values):
+    """Tensors and Python numbers broadcast to one shape (numbers become tensors of the
+    tensors' dtype, or the default float dtype)."""
+    like = next((v for v in values if isinstance(v, kiln.Tensor)), None)
+    dtype = like.dtype if like is not None and like.dtype.is_floating_point else \
+        kiln.get_default_dtype()
+    device = like.device if like is not None else None
+    tensors = [v if isinstance(v, kiln.Tensor) else kiln.tensor(float(v), dtype=dtype,
+                                                                 device=device)
+               for v in values]
+    return kiln.broadcast_tensors(*tensors)
+
+
+class Distribution:
+    """Base class of probability distributions (torch.distributions.Distribution)."""
+
+    has_rsample = False
+    has_enumerate_support = False
+    arg_constraints: dict = {}
+    support = None
+    _validate_args = True
+
+    @staticmethod
+    def set_default_validate_args(value: bool) -> None:
+        Distribution._validate_args = bool(value)
+
+    def __init__(self, batch_shape=(), event_shape=(), validate_args=None):
+        self._batch_shape = kiln.Size(tuple(batch_shape))
+        self._event_shape = kiln.Size(tuple(event_shape))
+        if validate_args is not None:
+            self._validate_args = validate_args
+        if self._validate_args:
+            for name, constraint in self.arg_constraints.items():
+                # only the parameters given (a lazily derived one, like probs from logits,
+                # is valid by construction)
+                if constraint is constraints.dependent or name not in self.__dict__:
+                    continue
+                value = self.__dict__[name]
+                if not isinstance(value, kiln.Tensor):
+                    continue
+                if not bool(constraint.check(value).all()):
+                    raise ValueError(f"Expected parameter {name} ({type(value).__name__} of "
+                                     f"shape {tuple(value.shape)}) of distribution "
+                                     f"{type(self).__name__} to satisfy the constraint "
+                                     f"{constraint!r}, but found invalid values:\n{value}")
+
+    @property
+    def batch_shape(self):
+        return self._batch_shape
+
+    @property
+    def event_shape(self):
+        return self._event_shape
+
+    def _extended_shape(self, sample_shape=()):
+        return kiln.Size(tuple(sample_shape) + tuple(self._batch_shape) +
+                         tuple(self._event_shape))
+
+    def _validate_sample(self, value) -> None:
+        if not isinstance(value, kiln.Tensor):
+            raise ValueError("The value argument to log_prob must be a Tensor")
+        support = self.support
+        if support is None or support is constraints.dependent:
+            return
+        if not bool(support.check(value).all()):
+            raise ValueError(f"Expected value argument ({type(value).__name__} of shape "
+                             f"{tuple(value.shape)}) to be within the support ({support!r}) "
+                             f"of the distribution {type(self).__name__}, but found invalid "
+                             f"values:\n{value}")
+
+    def sample(self, sample_shape=()):
+        with kiln.no_grad():
+            return self.rsample(sample_shape)
+
+    def rsample(self, sample_shape=()):
+        raise NotImplementedError(f"{type(self).__name__} has no reparameterized sampler "
+                                  "(has_rsample is False): use sample()")
+
+    def sample_n(self, n):
+        return self.sample((n,))
+
+    def log_prob(self, value):
+        raise NotImplementedError
+
+    def cdf(self, value):
+        raise NotImplementedError
+
+    def icdf(self, value):
+        raise NotImplementedError
+
+    def entropy(self):
+        raise NotImplementedError
+
+    def perplexity(self):
+        return kiln.exp(self.entropy())
+
+    @property
+    def mean(self):
+        raise NotImplementedError
+
+    @property
+    def mode(self):
+        raise NotImplementedError
+
+    @property
+    def variance(self):
+        raise NotImplementedError
+
+    @property
+    def stddev(self):
+        return self.variance.sqrt()
+
+    def expand(self, batch_shape, _instance=None):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}: {tuple(getattr(self, k).shape)}"
+                           for k in self.arg_constraints if isinstance(
+                               getattr(self, k, None), kiln.Tensor))
+        return f"{type(self).__name__}({params})"
+
+
+def _numpy_rng(generator=None):
+    """A NumPy generator seeded from kiln's generator (for samplers NumPy has and kiln's random
+    primitive has not: gamma, poisson, binomial)."""
+    import numpy as np
+    from kiln.tracer.creation import default_generator
+    return np.random.default_rng((generator or default_generator).next_seed())

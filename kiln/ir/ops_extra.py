@@ -1,0 +1,491 @@
+"""More primitives: special functions, sorting and dense linear algebra, run as library calls.
+
+These are not fused: in a compiled graph each is an extern call (like matmul) running the same
+array code as eager mode. Special functions use `scipy.special` on the CPU and
+`cupyx.scipy.special` on a GPU; linear algebra uses `numpy.linalg` / `cupy.linalg`. An op with
+several results (an SVD's U, S and Vh) is one primitive per result, told apart by a `part`
+attribute, so every primitive keeps one output; each part's gradient rule covers that part.
+Gradient rules are written with tensor ops, as in `kiln.ir.ops`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import RANDOM, P, ShapeError, _both, _elementwise, _float_unary, define
+
+SPECIAL, SORT, LINALG = "special", "sort", "linalg"
+
+
+def _scipy_special(xp, name):
+    if xp is np:
+        try:
+            import scipy.special
+        except ImportError as err:   # pragma: no cover - scipy is a declared dependency
+            raise RuntimeError(f"kiln's {name} needs scipy (pip install scipy)") from err
+        return getattr(scipy.special, name)
+    import cupyx.scipy.special  # GPU path only
+    return getattr(cupyx.scipy.special, name)
+
+
+def _special(name, scipy_name, grad, arity=1, infer=None, **extra):
+    def impl(xp, *args, **attrs):
+        fn = _scipy_special(xp, scipy_name)
+        if attrs:
+            return fn(*attrs.values(), *args)
+        return fn(*args)
+    if infer is None:
+        infer = _float_unary if arity == 1 else _elementwise
+    define(name, SPECIAL, infer, impl, grad, arity=arity, quiet=True, **extra)
+
+
+SQRT_PI, SQRT_2PI = math.sqrt(math.pi), math.sqrt(2 * math.pi)
+
+# inverse trigonometric and hyperbolic functions (NumPy's ufuncs)
+define("atan", SPECIAL, _float_unary, lambda xp, x: xp.arctan(x),
+       lambda g, out, x: (g / (x * x + 1),), arity=1, quiet=True)
+define("asin", SPECIAL, _float_unary, lambda xp, x: xp.arcsin(x),
+       lambda g, out, x: (g / P.sqrt(1 - x * x),), arity=1, quiet=True)
+define("atan2", SPECIAL, _elementwise, lambda xp, y, x: xp.arctan2(y, x),
+       lambda g, out, y, x: _both(g * x / (x * x + y * y), -(g * y) / (x * x + y * y), y, x),
+       arity=2, quiet=True)
+define("asinh", SPECIAL, _float_unary, lambda xp, x: xp.arcsinh(x),
+       lambda g, out, x: (g / P.sqrt(x * x + 1),), arity=1, quiet=True)
+define("acosh", SPECIAL, _float_unary, lambda xp, x: xp.arccosh(x),
+       lambda g, out, x: (g / P.sqrt(x * x - 1),), arity=1, quiet=True)
+define("atanh", SPECIAL, _float_unary, lambda xp, x: xp.arctanh(x),
+       lambda g, out, x: (g / (1 - x * x),), arity=1, quiet=True)
+
+# gamma-family and error-function family (scipy.special)
+_special("lgamma", "gammaln", lambda g, out, x: (g * P.digamma(x),))
+_special("digamma", "psi", lambda g, out, x: (g * P.polygamma(x, n=1),))
+_special("polygamma", "polygamma", lambda g, out, x, n: (g * P.polygamma(x, n=n + 1),),
+         infer=lambda shapes, dtypes, n: _float_unary(shapes, dtypes))
+_special("erfc", "erfc", lambda g, out, x: (g * (-2 / SQRT_PI) * P.exp(-(x * x)),))
+_special("erfcx", "erfcx", lambda g, out, x: (g * (2 * x * out - 2 / SQRT_PI),))
+_special("erfinv", "erfinv", lambda g, out, x: (g * (SQRT_PI / 2) * P.exp(out * out),))
+_special("ndtri", "ndtri", lambda g, out, x: (g * SQRT_2PI * P.exp(out * out / 2),))
+_special("log_ndtr", "log_ndtr",
+         lambda g, out, x: (g * P.exp(-(x * x) / 2 - out) / SQRT_2PI,))
+_special("i0", "i0", lambda g, out, x: (g * P.i1(x),))
+_special("i0e", "i0e", lambda g, out, x: (g * (P.i1e(x) - P.sign(x) * out),))
+
+
+def _i1_grad(g, out, x):
+    # d/dx I1 = I0 - I1/x, which is 1/2 at x = 0
+    safe = P.where(P.eq(x, 0), 1.0, x)
+    return (g * P.where(P.eq(x, 0), 0.5, P.i0(x) - out / safe),)
+
+
+def _i1e_grad(g, out, x):
+    safe = P.where(P.eq(x, 0), 1.0, x)
+    return (g * P.where(P.eq(x, 0), 0.5, P.i0e(x) - out * (P.sign(x) + 1 / safe)),)
+
+
+_special("i1", "i1", _i1_grad)
+_special("i1e", "i1e", _i1e_grad)
+
+
+def _gammainc_grad(upper):
+    def rule(g, out, a, x):
+        # d/dx P(a, x) = x^(a-1) e^-x / Gamma(a); PyTorch has no gradient for `a` either
+        dx = P.exp((a - 1) * P.log(x) - x - P.lgamma(a))
+        return _both(None, -(g * dx) if upper else g * dx, a, x)
+    return rule
+
+
+_special("gammainc", "gammainc", _gammainc_grad(False), arity=2)
+_special("gammaincc", "gammaincc", _gammainc_grad(True), arity=2)
+_special("zeta", "zeta", None, arity=2)
+define("nextafter", SPECIAL, _elementwise, lambda xp, x, y: xp.nextafter(x, y), None, arity=2)
+
+
+def _integer_binary(shapes, dtypes):
+    shape, dtype = _elementwise(shapes, dtypes)
+    if dtype.is_floating_point or dtype is dt.bool_:
+        raise ShapeError(f"expected integer inputs, got {dtype.name}", TypeError)
+    return shape, dtype
+
+
+define("gcd", SPECIAL, _integer_binary, lambda xp, x, y: xp.gcd(x, y), None, arity=2)
+define("lcm", SPECIAL, _integer_binary, lambda xp, x, y: xp.lcm(x, y), None, arity=2)
+define("bitwise_left_shift", SPECIAL, _integer_binary, lambda xp, x, y: xp.left_shift(x, y),
+       None, arity=2)
+define("bitwise_right_shift", SPECIAL, _integer_binary, lambda xp, x, y: xp.right_shift(x, y),
+       None, arity=2)
+define("signbit", SPECIAL, lambda shapes, dtypes: (shapes[0], dt.bool_),
+       lambda xp, x: xp.signbit(x), None, arity=1)
+define("copysign", SPECIAL, _elementwise, lambda xp, x, y: xp.copysign(x, y),
+       lambda g, out, x, y: _both(g * P.sign(x) * P.sign(out), g * 0, x, y), arity=2)
+
+
+# ----------------------------------------------------------------------------- sorting
+
+def _argsort_infer(shapes, dtypes, axis, descending):
+    if not 0 <= axis < max(len(shapes[0]), 1):
+        raise ShapeError(f"argsort: dim {axis} is out of range for shape {list(shapes[0])}",
+                         IndexError)
+    return shapes[0], dt.int64
+
+
+def _argsort_impl(xp, x, axis, descending):
+    if x.ndim == 0:
+        return xp.zeros((), dtype=np.int64)
+    if descending:
+        # argsort of -x is stable for ties; NaN (torch's largest value) is then moved first
+        if x.dtype == bool:
+            return xp.argsort(~x, axis=axis, kind="stable")
+        key = -x if x.dtype.kind == "f" else -x.astype(np.int64)
+        order = xp.argsort(key, axis=axis, kind="stable")
+        if x.dtype.kind == "f":
+            nan_last = ~xp.isnan(xp.take_along_axis(x, order, axis=axis))
+            order = xp.take_along_axis(order, xp.argsort(nan_last, axis=axis, kind="stable"),
+                                       axis=axis)
+        return order
+    return xp.argsort(x, axis=axis, kind="stable")
+
+
+define("argsort", SORT, _argsort_infer, _argsort_impl, None, arity=1,
+       doc="indices that sort along an axis, always stably (equal elements keep their order); "
+           "NaN counts as the largest value")
+
+
+# ----------------------------------------------------------------------------- linear algebra
+
+def _square_infer(shapes, dtypes, **attrs):
+    s = shapes[0]
+    if len(s) < 2 or s[-1] != s[-2]:
+        raise ShapeError(f"A must be batches of square matrices, but they are "
+                         f"{'x'.join(map(str, s[-2:]))} matrices")
+    if not dtypes[0].is_floating_point:
+        raise ShapeError(f"Expected a floating point tensor as input, got {dtypes[0].name}",
+                         TypeError)
+    return s, dtypes[0]
+
+
+def _mT(t):
+    perm = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
+    return P.permute(t, perm=perm)
+
+
+def _diag_embed(v):
+    """(..., n) -> (..., n, n) with v on the diagonal (eye * v)."""
+    n = v.shape[-1]
+    eye = P.cast(P.eq(P.reshape(P.arange(start=0, stop=n, step=1, dtype=dt.int64,
+                                          device=v.device), shape=(n, 1)),
+                      P.reshape(P.arange(start=0, stop=n, step=1, dtype=dt.int64,
+                                         device=v.device), shape=(1, n))), dtype=v.dtype)
+    return P.mul(P.reshape(v, shape=tuple(v.shape) + (1,)), eye)
+
+
+def _eye_like(a):
+    n = a.shape[-1]
+    ones = P.full(shape=(n,), value=1.0, dtype=a.dtype, device=a.device)
+    return _diag_embed(ones)
+
+
+def _tril(a, k=0):
+    n, m = a.shape[-2], a.shape[-1]
+    rows = P.reshape(P.arange(start=0, stop=n, step=1, dtype=dt.int64, device=a.device),
+                     shape=(n, 1))
+    cols = P.reshape(P.arange(start=0, stop=m, step=1, dtype=dt.int64, device=a.device),
+                     shape=(1, m))
+    return P.where(P.le(P.sub(cols, rows), k), a, 0.0)
+
+
+define("linalg_inv", LINALG, _square_infer, lambda xp, a: xp.linalg.inv(a),
+       lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1)
+
+
+def _slogdet_infer(shapes, dtypes, part):
+    s, d = _square_infer(shapes, dtypes)
+    return s[:-2], d
+
+
+def _slogdet_impl(xp, a, part):
+    sign, logabs = xp.linalg.slogdet(a)
+    return sign if part == "sign" else logabs
+
+
+def _slogdet_grad(g, out, a, part):
+    if part == "sign":
+        return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), 0.0) + P.mul(a, 0.0),)
+    return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), _mT(P.linalg_inv(a))),)
+
+
+define("linalg_slogdet", LINALG, _slogdet_infer, _slogdet_impl, _slogdet_grad, arity=1)
+
+
+def _cholesky_grad(g, out, a):
+    # Murray (2016): A_bar = L^-T Phi(L^T L_bar) L^-1, symmetrized; Phi keeps the lower
+    # triangle and halves the diagonal
+    L = out
+    phi = _tril(P.matmul(_mT(L), g))
+    phi = phi - _diag_embed(P.mul(_diagonal(phi), 0.5))
+    Linv = P.linalg_inv(L)
+    s = P.matmul(P.matmul(_mT(Linv), phi), Linv)
+    return (P.mul(P.add(s, _mT(s)), 0.5),)
+
+
+def _diagonal(a):
+    n = a.shape[-1]
+    eye = _eye_like(a)
+    return P.sum(P.mul(a, eye), axes=(a.ndim - 1,), keepdim=False) if n else \
+        P.sum(a, axes=(a.ndim - 1,), keepdim=False)
+
+
+def _cholesky_impl(xp, a):
+    try:
+        return xp.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        raise ValueError("linalg.cholesky: The factorization could not be completed because "
+                         "the input is not positive-definite") from None
+
+
+define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad, arity=1)
+
+
+def _qr_infer(shapes, dtypes, part):
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError(f"linalg.qr: the input must have at least 2 dimensions, got {list(s)}")
+    m, n = s[-2], s[-1]
+    k = min(m, n)
+    return (s[:-2] + ((m, k) if part == "Q" else (k, n))), dtypes[0]
+
+
+def _qr_impl(xp, a, part):
+    q, r = xp.linalg.qr(a, mode="reduced")
+    return q if part == "Q" else r
+
+
+def _qr_grad(g, out, a, part):
+    # reduced QR with m >= n: M = R gR^T - gQ^T Q; A_bar = (gQ + Q copyltu(M)) R^-T
+    Q, R = P.linalg_qr(a, part="Q"), P.linalg_qr(a, part="R")
+    if a.shape[-2] < a.shape[-1]:
+        raise RuntimeError(f"linalg.qr: kiln differentiates the QR of matrices with at least as "
+                           f"many rows as columns, got {a.shape[-2]}x{a.shape[-1]}")
+    gQ = g if part == "Q" else P.mul(Q, 0.0)
+    gR = g if part == "R" else P.mul(R, 0.0)
+    M = P.sub(P.matmul(R, _mT(gR)), P.matmul(_mT(gQ), Q))
+    low = _tril(M, -1)
+    copyltu = P.add(P.add(low, _mT(low)), _diag_embed(_diagonal(M)))
+    lhs = P.add(gQ, P.matmul(Q, copyltu))
+    return (P.matmul(lhs, _mT(P.linalg_inv(R))),)
+
+
+define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1)
+
+
+def _eigh_infer(shapes, dtypes, part, upper):
+    s, d = _square_infer(shapes, dtypes)
+    return (s[:-1] if part == "L" else s), d
+
+
+def _eigh_impl(xp, a, part, upper):
+    w, v = xp.linalg.eigh(a, UPLO="U" if upper else "L")
+    return w if part == "L" else v
+
+
+def _eigh_grad(g, out, a, part, upper):
+    # gA = V (diag(gL) + skew(V^T gV) / E) V^T, E_ij = L_j - L_i (as torch's eigh backward)
+    L = P.linalg_eigh(a, part="L", upper=upper)
+    V = P.linalg_eigh(a, part="V", upper=upper)
+    if part == "L":
+        inner = _diag_embed(g)
+    else:
+        VtgV = P.matmul(_mT(V), g)
+        skew = P.mul(P.sub(VtgV, _mT(VtgV)), 0.5)
+        n = L.shape[-1]
+        E = P.sub(P.reshape(L, shape=tuple(L.shape[:-1]) + (1, n)),
+                  P.reshape(L, shape=tuple(L.shape) + (1,)))
+        eye = _eye_like(a)
+        inner = P.div(P.mul(skew, P.sub(1.0, eye)), P.add(E, eye))
+    return (P.matmul(P.matmul(V, inner), _mT(V)),)
+
+
+define("linalg_eigh", LINALG, _eigh_infer, _eigh_impl, _eigh_grad, arity=1)
+
+
+def _svd_infer(shapes, dtypes, part):
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError(f"linalg.svd: the input must have at least 2 dimensions, got {list(s)}")
+    m, n = s[-2], s[-1]
+    k = min(m, n)
+    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k
+    shape = {"U": s[:-2] + (m, k), "S": s[:-2] + (k,), "Vh": s[:-2] + (k, n),
+             "U_rest": s[:-2] + (m, m - k), "Vh_rest": s[:-2] + (n - k, n)}[part]
+    return shape, dtypes[0]
+
+
+def _svd_impl(xp, a, part):
+    if part in ("U_rest", "Vh_rest"):
+        u, s, vh = xp.linalg.svd(a, full_matrices=True)
+        k = s.shape[-1]
+        return u[..., :, k:] if part == "U_rest" else vh[..., k:, :]
+    u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    return {"U": u, "S": s, "Vh": vh}[part]
+
+
+def _svd_grad(g, out, a, part):
+    # torch's svd_backward (real case), with only this part's gradient nonzero
+    if part in ("U_rest", "Vh_rest"):
+        # like torch, the gradient flows through the first k singular vectors only
+        return (P.mul(a, 0.0),)
+    U, S, Vh = (P.linalg_svd(a, part=p) for p in ("U", "S", "Vh"))
+    m, n, k = a.shape[-2], a.shape[-1], S.shape[-1]
+    row = tuple(S.shape[:-1]) + (1, k)          # S as a row: scales columns
+    col = tuple(S.shape) + (1,)                 # S as a column: scales rows
+    if part == "S":
+        return (P.matmul(P.mul(U, P.reshape(g, shape=row)), Vh),)
+    S2 = P.mul(S, S)
+    eye = _eye_like(_diag_embed(S))
+    E = P.add(P.sub(P.reshape(S2, shape=row), P.reshape(S2, shape=col)), eye)
+    if part == "U":
+        UhgU = P.matmul(_mT(U), g)
+        skew = P.sub(UhgU, _mT(UhgU))
+        gA = P.div(P.mul(skew, P.reshape(S, shape=row)), E)
+        gA = P.matmul(U, gA)
+        if m > k:
+            gUSinv = P.div(g, P.reshape(S, shape=row))
+            gA = P.add(gA, P.sub(gUSinv, P.matmul(U, P.matmul(_mT(U), gUSinv))))
+        return (P.matmul(gA, Vh),)
+    V = _mT(Vh)
+    gV = _mT(g)
+    VhgV = P.matmul(Vh, gV)
+    skew = P.sub(VhgV, _mT(VhgV))
+    gA = P.div(P.mul(P.reshape(S, shape=col), skew), E)
+    gA = P.matmul(gA, Vh)
+    if n > k:
+        gVSinv = P.div(gV, P.reshape(S, shape=row))
+        gA = P.add(gA, _mT(P.sub(gVSinv, P.matmul(V, P.matmul(Vh, gVSinv)))))
+    return (P.matmul(U, gA),)
+
+
+define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1)
+
+
+# Bessel functions of the first kind (torch.special.bessel_j0 / bessel_j1)
+def _j1_grad(g, out, x):
+    # d/dx J1 = J0 - J1/x, which is 1/2 at x = 0
+    safe = P.where(P.eq(x, 0), 1.0, x)
+    return (g * P.where(P.eq(x, 0), 0.5, P.bessel_j0(x) - out / safe),)
+
+
+_special("bessel_j0", "j0", lambda g, out, x: (-(g * P.bessel_j1(x)),))
+_special("bessel_j1", "j1", _j1_grad)
+
+
+# ----------------------------------------------------------------------------- gamma sampling
+
+def _gamma_sample_infer(shapes, dtypes):
+    if dtypes[1] is not dt.int64 or shapes[1] != ():
+        raise ShapeError("gamma_sample: the seed must be a 0-d int64 tensor")
+    return _float_unary(shapes[:1], dtypes[:1])
+
+
+def _gamma_sample_impl(xp, alpha, seed):
+    # inverse-CDF sampling, x = P^-1(alpha, u): a smooth function of alpha for a fixed seed,
+    # which the implicit-reparameterization gradient below differentiates
+    gen = np.random.Generator(np.random.Philox(key=int(seed)))
+    u = gen.random(alpha.shape)
+    u = u if xp is np else xp.asarray(u)
+    x = _scipy_special(xp, "gammaincinv")(alpha, u)
+    return xp.maximum(x, np.finfo(alpha.dtype).tiny).astype(alpha.dtype)
+
+
+def _gamma_sample_grad(g, out, alpha, seed):
+    # implicit reparameterization: F(x; alpha) = u fixed, so dx/dalpha = -(dF/dalpha) / pdf(x)
+    log_pdf = (alpha - 1) * P.log(out) - out - P.lgamma(alpha)
+    return (-(g * P.gammainc_dalpha(alpha, out)) / P.exp(log_pdf), None)
+
+
+def _gammainc_dalpha_impl(xp, alpha, x):
+    # d/dalpha of the regularized lower incomplete gamma function: no closed form; a central
+    # difference of scipy's gammainc (step ~1e-5 alpha: ~1e-9 relative error)
+    fn = _scipy_special(xp, "gammainc")
+    h = 1e-5 * xp.maximum(alpha, 1.0)
+    return (fn(alpha + h, x) - fn(alpha - h, x)) / (2 * h)
+
+
+define("gamma_sample", RANDOM, _gamma_sample_infer, _gamma_sample_impl, _gamma_sample_grad,
+       arity=2, quiet=True,
+       doc="Gamma(alpha, 1) draws by inverse CDF, a pure function of the seed input")
+define("gammainc_dalpha", SPECIAL, _elementwise, _gammainc_dalpha_impl, None, arity=2,
+       quiet=True)
+
+
+# ----------------------------------------------------------------------------- LU
+
+def _lu_infer(shapes, dtypes, part):
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError(f"linalg.lu_factor: the input must have at least 2 dimensions, got "
+                         f"{list(s)}")
+    if not dtypes[0].is_floating_point:
+        raise ShapeError(f"linalg.lu_factor: expected a floating point tensor, got "
+                         f"{dtypes[0].name}", TypeError)
+    m, n = s[-2], s[-1]
+    if part == "LU":
+        return s, dtypes[0]
+    if part == "pivots":
+        return s[:-2] + (min(m, n),), dt.int32
+    return s[:-2] + (m, m), dtypes[0]                  # "P": the row permutation matrix
+
+
+def _pivots_to_permutation(piv, m):
+    """LAPACK's row swaps (0-based) as the permutation matrix P with A = P L U."""
+    order = np.arange(m)
+    for i, j in enumerate(piv):
+        order[[i, j]] = order[[j, i]]
+    perm = np.zeros((m, m))
+    perm[order, np.arange(m)] = 1.0            # row i of L U is row order[i] of A
+    return perm
+
+
+def _lu_impl(xp, a, part):
+    import scipy.linalg
+    host = a if xp is np else xp.asnumpy(a)
+    m, n = host.shape[-2:]
+    flat = host.reshape((-1, m, n))
+    out = []
+    for mat in flat:
+        getrf, = scipy.linalg.get_lapack_funcs(("getrf",), (mat,))
+        lu, piv, _ = getrf(mat)
+        if part == "LU":
+            out.append(lu)
+        elif part == "pivots":
+            out.append(piv.astype(np.int32) + 1)          # LAPACK's 1-based pivots, as torch
+        else:
+            out.append(_pivots_to_permutation(piv, m))
+    shape = {"LU": host.shape, "pivots": host.shape[:-2] + (min(m, n),),
+             "P": host.shape[:-2] + (m, m)}[part]
+    result = np.stack(out).reshape(shape) if out else np.zeros(shape)
+    return result if xp is np else xp.asarray(result)
+
+
+def _lu_grad(g, out, a, part):
+    # square A = P L U (torch's linalg_lu_backward): gA = P L^-T (tril(L^T gL, -1)
+    # + triu(gU U^T)) U^-T, with gL, gU the strict-lower and upper parts of the packed gradient
+    if part != "LU":
+        return (P.mul(a, 0.0),)
+    if a.shape[-1] != a.shape[-2]:
+        raise RuntimeError(f"linalg.lu_factor: kiln differentiates the LU of square matrices "
+                           f"only, got {a.shape[-2]}x{a.shape[-1]}")
+    low = _tril(out, -1)
+    L, U = P.add(low, _eye_like(a)), P.sub(out, low)
+    g_low = _tril(g, -1)
+    gL, gU = g_low, P.sub(g, g_low)
+    upper_part = P.matmul(gU, _mT(U))
+    phi = P.add(_tril(P.matmul(_mT(L), gL), -1), P.sub(upper_part, _tril(upper_part, -1)))
+    perm = P.linalg_lu(a, part="P")
+    inner = P.matmul(P.matmul(_mT(P.linalg_inv(L)), phi), _mT(P.linalg_inv(U)))
+    return (P.matmul(perm, inner),)
+
+
+define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1,
+       doc="LU factorization with partial pivoting (LAPACK getrf): packed LU, pivots or P")

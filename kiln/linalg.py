@@ -1,0 +1,486 @@
+"""`kiln.linalg`: dense linear algebra (torch.linalg), differentiable.
+
+Factorizations are the `linalg_*` primitives of `kiln.ir.ops_extra` (NumPy/CuPy's LAPACK, with
+gradient rules written with tensor ops); everything else (solve, det, norms, pinv, lstsq,
+matrix_exp, ...) is composed from them and ordinary tensor ops, so autograd and tracing see
+through it. Gradients of eigenvectors and singular vectors divide by eigenvalue gaps: like
+PyTorch's, they are only meaningful for distinct eigenvalues / singular values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.tracer import functional as F
+from kiln.tracer import functional_extra as FX
+from kiln.tracer.dispatch import op_error
+from kiln.tracer.tensor import Tensor
+
+
+class LinAlgError(RuntimeError):
+    """A matrix had no factorization or inverse (singular, not positive-definite)."""
+
+
+def _float(A: Tensor) -> Tensor:
+    return A if A.dtype.is_floating_point else A.to(dt.get_default_dtype())
+
+
+def _mT(A: Tensor) -> Tensor:
+    return F.transpose(A, -2, -1)
+
+
+def _check_square(A: Tensor, name: str) -> None:
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
+        raise op_error(f"linalg.{name}", f"A must be batches of square matrices, but they are "
+                       f"{'x'.join(map(str, A.shape[-2:]))} matrices")
+
+
+# ----------------------------------------------------------------------------- products
+
+matmul = F.matmul
+
+
+def diagonal(A, *, offset=0, dim1=-2, dim2=-1):
+    return F.diagonal(A, offset, dim1, dim2)
+
+
+def vecdot(x, y, *, dim=-1):
+    return F.sum(x * y, dim)
+
+
+def cross(input, other, *, dim=-1):
+    a, b = F.broadcast_tensors(input, other)
+    d = dim % a.ndim
+    if a.shape[d] != 3:
+        raise op_error("linalg.cross", f"inputs dimension {dim} must have length 3, got "
+                       f"{a.shape[d]}")
+    a0, a1, a2 = F.unbind(a, d)
+    b0, b1, b2 = F.unbind(b, d)
+    return F.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], d)
+
+
+def multi_dot(tensors):
+    ts = list(tensors)
+    if len(ts) < 2:
+        raise op_error("linalg.multi_dot", "expected at least 2 tensors")
+    first_vec, last_vec = ts[0].ndim == 1, ts[-1].ndim == 1
+    if first_vec:
+        ts[0] = F.unsqueeze(ts[0], 0)
+    if last_vec:
+        ts[-1] = F.unsqueeze(ts[-1], 1)
+    out = ts[0]
+    for t in ts[1:]:
+        out = F.matmul(out, t)
+    if first_vec:
+        out = F.squeeze(out, 0)
+    if last_vec:
+        out = F.squeeze(out, -1)
+    return out
+
+
+# ----------------------------------------------------------------------------- factorizations
+
+def inv(A):
+    A = _float(A)
+    _check_square(A, "inv")
+    if A.shape[-1] == 0:
+        return A.clone()
+    return P.linalg_inv(A)
+
+
+def inv_ex(A, *, check_errors=False):
+    R = namedtuple("inv_ex", ["inverse", "info"])
+    return R(inv(A), F.zeros(tuple(A.shape[:-2]), dtype=dt.int32, device=A.device))
+
+
+def slogdet(A):
+    A = _float(A)
+    _check_square(A, "slogdet")
+    R = namedtuple("slogdet", ["sign", "logabsdet"])
+    return R(P.linalg_slogdet(A, part="sign"), P.linalg_slogdet(A, part="logabsdet"))
+
+
+def det(A):
+    sign, logabs = slogdet(A)
+    return sign * F.exp(logabs)
+
+
+def cholesky(A, *, upper=False):
+    A = _float(A)
+    _check_square(A, "cholesky")
+    L = P.linalg_cholesky(A)
+    return _mT(L) if upper else L
+
+
+def cholesky_ex(A, *, upper=False, check_errors=False):
+    R = namedtuple("cholesky_ex", ["L", "info"])
+    return R(cholesky(A, upper=upper), F.zeros(tuple(A.shape[:-2]), dtype=dt.int32,
+                                                device=A.device))
+
+
+def qr(A, mode="reduced"):
+    A = _float(A)
+    R = namedtuple("qr", ["Q", "R"])
+    if mode not in ("reduced", "r"):
+        raise op_error("linalg.qr", f"mode {mode!r} is not supported by kiln (use 'reduced' "
+                       "or 'r')")
+    r = P.linalg_qr(A, part="R")
+    if mode == "r":
+        return R(F.zeros(0, dtype=A.dtype, device=A.device), r)
+    return R(P.linalg_qr(A, part="Q"), r)
+
+
+def eigh(A, UPLO="L"):
+    A = _float(A)
+    _check_square(A, "eigh")
+    R = namedtuple("eigh", ["eigenvalues", "eigenvectors"])
+    upper = UPLO == "U"
+    return R(P.linalg_eigh(A, part="L", upper=upper), P.linalg_eigh(A, part="V", upper=upper))
+
+
+def eigvalsh(A, UPLO="L"):
+    A = _float(A)
+    _check_square(A, "eigvalsh")
+    return P.linalg_eigh(A, part="L", upper=UPLO == "U")
+
+
+def svd(A, full_matrices=True):
+    A = _float(A)
+    R = namedtuple("svd", ["U", "S", "Vh"])
+    m, n = A.shape[-2], A.shape[-1]
+    U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
+    if full_matrices and m > n:
+        U = F.cat([U, P.linalg_svd(A, part="U_rest")], -1)
+    elif full_matrices and n > m:
+        Vh = F.cat([Vh, P.linalg_svd(A, part="Vh_rest")], -2)
+    return R(U, S, Vh)
+
+
+def svdvals(A):
+    return P.linalg_svd(_float(A), part="S")
+
+
+def lu_factor(A, *, pivot=True):
+    if not pivot:
+        raise op_error("linalg.lu_factor", "pivot=False (LU without pivoting) is not supported "
+                       "by kiln on the CPU, nor by torch there")
+    A = _float(A)
+    R = namedtuple("lu_factor", ["LU", "pivots"])
+    return R(P.linalg_lu(A, part="LU"), P.linalg_lu(A, part="pivots"))
+
+
+def lu_factor_ex(A, *, pivot=True, check_errors=False):
+    R = namedtuple("lu_factor_ex", ["LU", "pivots", "info"])
+    LU, piv = lu_factor(A, pivot=pivot)
+    return R(LU, piv, F.zeros(tuple(A.shape[:-2]), dtype=dt.int32, device=A.device))
+
+
+def _unpack_factors(LU):
+    m, n = LU.shape[-2], LU.shape[-1]
+    k = min(m, n)
+    from kiln.tracer.creation import eye
+    L = F.tril(F.narrow(LU, -1, 0, k), -1) + eye(m, k, dtype=LU.dtype, device=LU.device)
+    U = F.triu(F.narrow(LU, -2, 0, k))
+    return L, U
+
+
+def _permutation_from_pivots(pivots, m, like):
+    """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
+    from kiln.ir.ops_extra import _pivots_to_permutation
+    piv = np.asarray(pivots._read("lu_unpack()")).astype(np.int64) - 1
+    flat = piv.reshape(-1, piv.shape[-1]) if piv.ndim else piv.reshape(1, -1)
+    mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
+        np.zeros((0, m, m))
+    from kiln.tracer.creation import tensor
+    return tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
+                  device=like.device)
+
+
+def lu(A, *, pivot=True):
+    A = _float(A)
+    R = namedtuple("lu", ["P", "L", "U"])
+    LU, _ = lu_factor(A, pivot=pivot)
+    L, U = _unpack_factors(LU)
+    return R(P.linalg_lu(A, part="P"), L, U)
+
+
+def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True):
+    R = namedtuple("lu_unpack", ["P", "L", "U"])
+    empty = F.zeros(0, dtype=LU_data.dtype, device=LU_data.device)
+    L, U = _unpack_factors(LU_data) if unpack_data else (empty, empty)
+    perm = _permutation_from_pivots(LU_pivots, LU_data.shape[-2], LU_data) if unpack_pivots \
+        else empty
+    return R(perm, L, U)
+
+
+def lu_solve(LU, pivots, B, *, left=True, adjoint=False):
+    perm, L, U = lu_unpack(LU, pivots)
+    A = F.matmul(F.matmul(perm, L), U)
+    if adjoint:
+        A = _mT(A)
+    return solve(A, B, left=left)
+
+
+# ----------------------------------------------------------------------------- solving
+
+def solve(A, B, *, left=True):
+    A, B = _float(A), _float(B)
+    _check_square(A, "solve")
+    if not left:                        # X A = B  <=>  A^T X^T = B^T
+        return _mT(solve(_mT(A), _mT(B)))
+    vector = B.ndim == A.ndim - 1 or (B.ndim == 1)
+    Bm = F.unsqueeze(B, -1) if vector else B
+    X = F.matmul(inv(A), Bm)
+    return F.squeeze(X, -1) if vector else X
+
+
+def solve_ex(A, B, *, left=True, check_errors=False):
+    R = namedtuple("solve_ex", ["result", "info"])
+    return R(solve(A, B, left=left), F.zeros(tuple(A.shape[:-2]), dtype=dt.int32,
+                                             device=A.device))
+
+
+def solve_triangular(A, B, *, upper, left=True, unitriangular=False):
+    T = F.triu(A) if upper else F.tril(A)
+    if unitriangular:
+        from kiln.tracer.creation import eye as _eye
+        eye = _eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        T = T * (1 - eye) + eye
+    return solve(T, B, left=left)
+
+
+def pinv(A, *, atol=None, rtol=None, hermitian=False):
+    A = _float(A)
+    U, S, Vh = svd(A, full_matrices=False)
+    cutoff = _cutoff(A, S, atol, rtol)
+    inv_s = F.where(F.gt(S, cutoff), 1.0 / F.where(F.gt(S, cutoff), S, 1.0), 0.0)
+    return F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+
+
+def _cutoff(A, S, atol, rtol):
+    smax = F.amax(S, -1, keepdim=True) if S.shape[-1] else S
+    if rtol is None:
+        rtol = 0.0 if atol is not None and atol > 0 else \
+            max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
+    tol = smax * rtol
+    if atol is not None:
+        tol = F.maximum(tol, F.full_like(tol, atol))
+    return tol
+
+
+def lstsq(A, B, rcond=None, *, driver=None):
+    R = namedtuple("lstsq", ["solution", "residuals", "rank", "singular_values"])
+    A, B = _float(A), _float(B)
+    vector = B.ndim == 1
+    Bm = F.unsqueeze(B, -1) if vector else B
+    X = F.matmul(pinv(A, rtol=rcond), Bm)
+    if vector:
+        X = F.squeeze(X, -1)
+    empty = F.zeros(0, dtype=A.dtype, device=A.device)
+    return R(X, empty, F.zeros(0, dtype=dt.int64, device=A.device), empty)
+
+
+def matrix_rank(A, *, atol=None, rtol=None, hermitian=False, tol=None):
+    if tol is not None:
+        atol, rtol = tol, 0.0
+    S = svdvals(A)
+    return F.sum(F.gt(S, _cutoff(A, S, atol, rtol)), -1)
+
+
+def tensorinv(A, ind=2):
+    out_shape = tuple(A.shape[ind:]) + tuple(A.shape[:ind])
+    rows = int(np.prod(A.shape[:ind]))
+    return F.reshape(inv(F.reshape(A, (rows, -1))), out_shape)
+
+
+def tensorsolve(A, B, dims=None):
+    if dims is not None:
+        A = F.movedim(A, dims, tuple(range(A.ndim - len(dims), A.ndim)))
+    n = B.numel()
+    x_shape = tuple(A.shape[B.ndim:])
+    return F.reshape(solve(F.reshape(A, (n, -1)), F.reshape(B, (n,))), x_shape)
+
+
+# ----------------------------------------------------------------------------- powers, norms
+
+def matrix_power(A, n):
+    _check_square(A, "matrix_power")
+    if n == 0:
+        from kiln.tracer.creation import eye
+        return F.expand(eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+    if n < 0:
+        A, n = inv(A), -n
+    result, base = None, A
+    while n:
+        if n & 1:
+            result = base if result is None else F.matmul(result, base)
+        n >>= 1
+        if n:
+            base = F.matmul(base, base)
+    return result
+
+
+def matrix_exp(A):
+    """exp(A) by scaling and squaring with a degree-18 Taylor polynomial (float64-accurate
+    after scaling A's 1-norm below 1/2); differentiable, as it is matmuls and sums."""
+    A = _float(A)
+    _check_square(A, "matrix_exp")
+    norm = float(F.amax(F.sum(F.abs(A.detach()), -2))) if A.numel() else 0.0
+    s = max(0, int(math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0)
+    X = A / (2 ** s)
+    from kiln.tracer.creation import eye
+    term = F.expand(eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+    total = term
+    for k in range(1, 19):
+        term = F.matmul(term, X) / k
+        total = total + term
+    for _ in range(s):
+        total = F.matmul(total, total)
+    return total
+
+
+def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    x = _float(x) if dtype is None else x.to(dtype)
+    if dim is None:
+        x, dim = F.reshape(x, (-1,)), 0
+        if keepdim:
+            raise op_error("linalg.vector_norm", "keepdim=True with dim=None is not supported "
+                           "by kiln; pass dim")
+    a = F.abs(x)
+    if ord == math.inf:
+        return F.amax(a, dim, keepdim)
+    if ord == -math.inf:
+        return F.amin(a, dim, keepdim)
+    if ord == 0:
+        return F.sum(F.ne(x, 0), dim, keepdim).to(x.dtype)
+    if ord == 1:
+        return F.sum(a, dim, keepdim)
+    if ord == 2:
+        return F.sqrt(F.sum(x * x, dim, keepdim))
+    return F.pow(F.sum(F.pow(a, float(ord)), dim, keepdim), 1.0 / ord)
+
+
+def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
+    A = _float(A) if dtype is None else A.to(dtype)
+    d0, d1 = (d % A.ndim for d in dim)
+    if ord == "fro":
+        return F.sqrt(F.sum(A * A, (d0, d1), keepdim))
+    if ord in ("nuc", 2, -2):
+        M = F.movedim(A, (d0, d1), (-2, -1))
+        S = svdvals(M)
+        out = F.sum(S, -1) if ord == "nuc" else (F.amax(S, -1) if ord == 2 else F.amin(S, -1))
+        if keepdim:
+            out = F.unsqueeze(F.unsqueeze(out, min(d0, d1)), max(d0, d1))
+        return out
+    if ord in (1, -1, math.inf, -math.inf):
+        sum_dim, pick_dim = (d0, d1) if ord in (1, -1) else (d1, d0)
+        sums = F.sum(F.abs(A), sum_dim, keepdim=True)
+        out = (F.amax if ord > 0 else F.amin)(sums, pick_dim, keepdim=True)
+        if not keepdim:
+            out = F.squeeze(F.squeeze(out, max(d0, d1)), min(d0, d1))
+        return out
+    raise op_error("linalg.matrix_norm", f"Order {ord} not supported.", ValueError)
+
+
+def norm(A, ord=None, dim=None, keepdim=False, *, dtype=None):
+    if isinstance(ord, str) or (dim is not None and not isinstance(dim, int) and
+                                len(dim) == 2) or (ord is not None and dim is None and
+                                                   A.ndim == 2):
+        return matrix_norm(A, "fro" if ord is None else ord, (-2, -1) if dim is None else dim,
+                           keepdim, dtype=dtype)
+    return vector_norm(A, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
+
+
+def cond(A, p=None):
+    if p is None or p == 2 or p == -2:
+        S = svdvals(A)
+        big, small = F.amax(S, -1), F.amin(S, -1)
+        return small / big if p == -2 else big / small
+    return matrix_norm(A, p) * matrix_norm(inv(A), p)
+
+
+def vander(x, *, N=None):
+    return FX.vander(x, N, increasing=True)
+
+
+# ----------------------------------------------------------------------------- torch.* forms
+
+def torch_cholesky(A, upper=False):
+    return cholesky(A, upper=upper)
+
+
+def cholesky_inverse(L, upper=False):
+    T = _mT(L) if upper else L
+    return inv(F.matmul(T, _mT(T)))
+
+
+def cholesky_solve(B, L, upper=False):
+    T = _mT(L) if upper else L
+    return F.matmul(cholesky_inverse(T), B)
+
+
+def logdet(A):
+    sign, logabs = slogdet(A)
+    return F.where(F.lt(sign, 0), math.nan, F.where(F.eq(sign, 0), -math.inf, logabs))
+
+
+def torch_qr(A, some=True):
+    if not some:
+        raise op_error("qr", "some=False (the complete QR) is not supported by kiln")
+    return qr(A)
+
+
+def torch_svd(A, some=True, compute_uv=True):
+    R = namedtuple("svd", ["U", "S", "V"])
+    U, S, Vh = svd(A, full_matrices=not some)
+    return R(U, S, _mT(Vh))
+
+
+def pinverse(input, rcond=1e-15):
+    return pinv(input, rtol=rcond)
+
+
+def triangular_solve(b, A, upper=True, transpose=False, unitriangular=False):
+    R = namedtuple("triangular_solve", ["solution", "cloned_coefficient"])
+    T = _mT(A) if transpose else A
+    return R(solve_triangular(T, b, upper=upper != transpose, unitriangular=unitriangular),
+             A.clone())
+
+
+def torch_cross(input, other, dim=None):
+    if dim is None:
+        dim = next(i for i, s in enumerate(input.shape) if s == 3)
+    return cross(input, other, dim=dim)
+
+
+def torch_lu(A, pivot=True, get_infos=False):
+    LU, piv = lu_factor(A, pivot=pivot)
+    if get_infos:
+        return LU, piv, F.zeros(tuple(A.shape[:-2]), dtype=dt.int32, device=A.device)
+    return LU, piv
+
+
+def torch_lu_solve(b, LU_data, LU_pivots):
+    return lu_solve(LU_data, LU_pivots, b)
+
+
+TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpack,
+               "cholesky": torch_cholesky, "cholesky_inverse": cholesky_inverse,
+               "cholesky_solve": cholesky_solve, "det": det, "inverse": inv, "logdet": logdet,
+               "slogdet": slogdet, "qr": torch_qr, "svd": torch_svd, "pinverse": pinverse,
+               "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,
+               "cross": torch_cross}
+
+
+def _bind_tensor_methods() -> None:
+    """`A.det()`, `A.inverse()`, `b.cholesky_solve(L)`, ...: the torch forms as Tensor methods."""
+    for name, fn in TORCH_FORMS.items():
+        setattr(Tensor, name, fn)
+
+
+_bind_tensor_methods()

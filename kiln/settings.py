@@ -1,0 +1,84 @@
+"""Process-wide switches torch scripts flip: determinism, matmul precision, warnings, printing.
+
+kiln's eager ops are deterministic (NumPy), so the determinism switches are stored and read
+back; `set_printoptions` sets NumPy's, which kiln's tensor repr uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_STATE = {"deterministic": False, "warn_only": False, "matmul_precision": "highest",
+          "warn_always": False, "anomaly": False, "anomaly_check_nan": True,
+          "interop_threads": 1}
+
+
+def use_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None:
+    _STATE["deterministic"], _STATE["warn_only"] = bool(mode), bool(warn_only)
+
+
+def are_deterministic_algorithms_enabled() -> bool:
+    return _STATE["deterministic"]
+
+
+def is_deterministic_algorithms_warn_only_enabled() -> bool:
+    return _STATE["warn_only"]
+
+
+def set_deterministic_debug_mode(mode) -> None:
+    level = {"default": 0, "warn": 1, "error": 2}.get(mode, mode)
+    use_deterministic_algorithms(level > 0, warn_only=level == 1)
+
+
+def get_deterministic_debug_mode() -> int:
+    if not _STATE["deterministic"]:
+        return 0
+    return 1 if _STATE["warn_only"] else 2
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    if precision not in ("highest", "high", "medium"):
+        raise ValueError(f"set_float32_matmul_precision: expected 'highest', 'high' or "
+                         f"'medium', got {precision!r}")
+    _STATE["matmul_precision"] = precision
+
+
+def get_float32_matmul_precision() -> str:
+    return _STATE["matmul_precision"]
+
+
+def set_warn_always(b: bool) -> None:
+    _STATE["warn_always"] = bool(b)
+
+
+def is_warn_always_enabled() -> bool:
+    return _STATE["warn_always"]
+
+
+def set_num_interop_threads(n: int) -> None:
+    _STATE["interop_threads"] = int(n)
+
+
+def get_num_interop_threads() -> int:
+    return _STATE["interop_threads"]
+
+
+def set_flush_denormal(mode: bool) -> bool:
+    """torch returns False where the CPU cannot flush denormals; NumPy never does."""
+    return False
+
+
+def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=None,
+                     profile=None, sci_mode=None) -> None:
+    options = {"precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80}
+    if profile == "short":
+        options = {"precision": 2, "threshold": 1000, "edgeitems": 2, "linewidth": 80}
+    elif profile == "full":
+        options = {"precision": 4, "threshold": np.inf, "edgeitems": 3, "linewidth": 80}
+    for key, value in (("precision", precision), ("threshold", threshold),
+                       ("edgeitems", edgeitems), ("linewidth", linewidth)):
+        if value is not None:
+            options[key] = value
+    if sci_mode is not None:
+        options["suppress"] = not sci_mode
+    np.set_printoptions(**options)

@@ -1,0 +1,248 @@
+"""Custom autograd functions: `Function` subclasses with static forward/backward and `.apply`.
+
+A custom Function's forward runs under no_grad on the caller's tensors; its outputs get one
+autograd node per output whose gradient rule calls the user's `backward`. Several outputs:
+each output's node calls `backward` with that output's gradient and zeros (or None, with
+`ctx.set_materialize_grads(False)`) for the others; backward is linear in the output
+gradients, so the inputs' gradients sum to the same result as one call with all of them.
+
+Under `@kiln.compile` a custom Function is a graph break: its backward is arbitrary Python the
+traced backward graph could not contain.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from kiln.ir.ops import Primitive
+from kiln.tracer import autograd
+from kiln.tracer.dispatch import op_error
+from kiln.tracer.tensor import STATE, Tensor
+
+
+class FunctionCtx:
+    """The `ctx` a custom Function's forward and backward share."""
+
+    def __init__(self, args: tuple):
+        self.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        self._saved: tuple = ()
+        self._non_differentiable: set[int] = set()
+        self._dirty: set[int] = set()
+        self.materialize_grads = True
+
+    def save_for_backward(self, *tensors) -> None:
+        for t in tensors:
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"save_for_backward can only save tensors (or None), got "
+                                f"{type(t).__name__}; store other values as ctx attributes")
+        self._saved = tensors
+
+    @property
+    def saved_tensors(self) -> tuple:
+        return self._saved
+
+    def mark_non_differentiable(self, *tensors) -> None:
+        self._non_differentiable.update(id(t) for t in tensors)
+
+    def mark_dirty(self, *tensors) -> None:
+        self._dirty.update(id(t) for t in tensors)
+
+    def set_materialize_grads(self, value: bool) -> None:
+        self.materialize_grads = bool(value)
+
+
+class _FunctionNode:
+    """grad_fn of one output of a custom Function (the engine's Node interface)."""
+
+    def __init__(self, fn_cls, ctx, inputs, index, outputs, out):
+        self.ctx, self.index, self.fn_cls = ctx, index, fn_cls
+        self.out_shapes = [(tuple(o.shape), o.dtype, o.device) if isinstance(o, Tensor) else None
+                           for o in outputs]
+        self.prim = Primitive(f"{fn_cls.__name__}", "custom", None, None, self._rule,
+                              len(inputs))
+        self.inputs, self.attrs = inputs, {}
+        self.out_data, self.out_dtype, self.out_device = out._data, out.dtype, out.device
+        self.versions = tuple(a._version[0] for a in inputs)
+        self.hooks = self.retained = self.out_trace = None
+        self.edges = autograd.edges_of(inputs)
+
+    def name(self) -> str:
+        return f"{self.fn_cls.__name__}Backward"
+
+    def __repr__(self) -> str:
+        return f"<{self.name()} object at {hex(id(self))}>"
+
+    output = autograd.Node.output
+    register_hook = autograd.Node.register_hook
+    next_functions = autograd.Node.next_functions
+
+    def _rule(self, g, out, *inputs):
+        grads_out = []
+        for i, spec in enumerate(self.out_shapes):
+            if i == self.index:
+                grads_out.append(g)
+            elif spec is None or not self.ctx.materialize_grads:
+                grads_out.append(None)
+            else:
+                from kiln.tracer.creation import zeros
+                grads_out.append(zeros(spec[0], dtype=spec[1], device=spec[2]))
+        result = self.fn_cls.backward(self.ctx, *grads_out)
+        if not isinstance(result, tuple):
+            result = (result,)
+        n_args = len(self.ctx.needs_input_grad)
+        if len(result) != n_args:
+            raise op_error(self.name(), f"function backward returned an incorrect number of "
+                           f"gradients (expected {n_args}, got {len(result)})")
+        grads = []
+        for arg_index in self.tensor_positions:
+            ga = result[arg_index]
+            x = self.inputs[len(grads)]
+            if ga is not None:
+                if not isinstance(ga, Tensor):
+                    raise TypeError(f"{self.name()}: backward returned a {type(ga).__name__} "
+                                    f"for input {arg_index}; expected a Tensor or None")
+                if tuple(ga.shape) != tuple(x.shape):
+                    try:
+                        ga = ga.sum_to_size(tuple(x.shape))
+                    except Exception:
+                        raise op_error(self.name(), f"returned an invalid gradient at index "
+                                       f"{arg_index} - got {list(ga.shape)} but expected shape "
+                                       f"compatible with {list(x.shape)}") from None
+            grads.append(ga)
+        return tuple(grads)
+
+
+class FunctionMeta(type):
+    pass
+
+
+class Function(metaclass=FunctionMeta):
+    """Base class of custom autograd operations (torch.autograd.Function).
+
+        class Exp(Function):
+            @staticmethod
+            def forward(ctx, x):
+                y = x.exp(); ctx.save_for_backward(y); return y
+            @staticmethod
+            def backward(ctx, g):
+                y, = ctx.saved_tensors; return g * y
+        Exp.apply(x)
+    """
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError("a custom Function must define a static forward(ctx, ...)")
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise NotImplementedError("a custom Function must define a static backward(ctx, ...) "
+                                  "to be differentiated")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        return None
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        if STATE.tracer is not None:
+            STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}): its "
+                                     "backward is Python the backward graph cannot contain")
+        ctx = FunctionCtx(args)
+        with autograd.no_grad():
+            if cls.setup_context is not Function.setup_context:
+                output = cls.forward(*args, **kwargs)
+                cls.setup_context(ctx, args, output)
+            else:
+                output = cls.forward(ctx, *args, **kwargs)
+        single = not isinstance(output, tuple)
+        outputs = (output,) if single else output
+        positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+        inputs = tuple(args[i] for i in positions)
+        tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
+        results = []
+        for i, o in enumerate(outputs):
+            if not isinstance(o, Tensor):
+                results.append(o)
+                continue
+            is_input = any(o is a for a in inputs)
+            if is_input and id(o) not in ctx._dirty:
+                o = o.view_as(o) if hasattr(o, "view_as") else o   # a new tensor, like torch
+                with autograd.no_grad():
+                    o = o.detach()
+            elif not is_input:
+                o = o.detach() if o.requires_grad else o
+            if tracked and id(outputs[i]) not in ctx._non_differentiable \
+                    and o.dtype.is_floating_point:
+                node = _FunctionNode(cls, ctx, inputs, i, outputs, o)
+                node.tensor_positions = positions
+                o.grad_fn, o.requires_grad = node, True
+            results.append(o)
+        return results[0] if single else tuple(results)
+
+
+def once_differentiable(fn):
+    """A backward that is not itself differentiable: runs with grad mode off."""
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        with autograd.no_grad():
+            return fn(ctx, *args)
+    return wrapper
+
+
+class _VariableMeta(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, Tensor)
+
+
+class Variable(metaclass=_VariableMeta):
+    """The pre-0.4 wrapper, kept as PyTorch keeps it: `Variable(t)` is the tensor itself."""
+
+    def __new__(cls, data, requires_grad: bool = False, volatile: bool = False):
+        if requires_grad and not data.requires_grad:
+            data = data.detach().requires_grad_(True)
+        return data
+
+
+_ANOMALY = {"enabled": False, "check_nan": True}
+
+
+class set_detect_anomaly:
+    """Stores the anomaly-detection flag (torch.autograd.set_detect_anomaly). kiln does not
+    trace NaNs back to the forward op that made them: the flag changes nothing else."""
+
+    def __init__(self, mode: bool, check_nan: bool = True):
+        self.prev = dict(_ANOMALY)
+        _ANOMALY["enabled"], _ANOMALY["check_nan"] = bool(mode), bool(check_nan)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _ANOMALY.update(self.prev)
+        return False
+
+
+class detect_anomaly(set_detect_anomaly):
+    """`with detect_anomaly():` sets the anomaly flag for the block (a no-op check in kiln)."""
+
+    def __init__(self, check_nan: bool = True):
+        super().__init__(True, check_nan)
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with detect_anomaly(_ANOMALY["check_nan"]):
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+def is_anomaly_enabled() -> bool:
+    return _ANOMALY["enabled"]
+
+
+def is_anomaly_check_nan_enabled() -> bool:
+    return _ANOMALY["check_nan"]
+
+
+def set_anomaly_enabled(enabled: bool, check_nan: bool = True) -> None:
+    _ANOMALY["enabled"], _ANOMALY["check_nan"] = bool(enabled), bool(check_nan)

@@ -1,0 +1,169 @@
+"""More Tensor methods: `functional_extra`'s ops as methods, more in-place twins, device flags
+and the small metadata helpers PyTorch tensors have."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.tracer import creation
+from kiln.tracer import functional as F
+from kiln.tracer import functional_extra as FX
+from kiln.tracer.methods import write_inplace
+from kiln.tracer.tensor import STATE, Tensor
+
+def _inplace(fn, name):
+    """`x.name(...)` = `fn(x, ...)` written back into x. A composite reads x in several nodes,
+    and write_inplace keeps only the last node's inputs intact, so the op reads a snapshot of
+    x that carries x's history."""
+    def method(self, *args, **kwargs):
+        src = self
+        if self.requires_grad and STATE.grad_enabled and self.grad_fn is not None:
+            src = Tensor._make(self._data.copy(), self.dtype, self.device)
+            src.requires_grad, src.grad_fn, src._trace = True, self.grad_fn, self._trace
+        return write_inplace(self, fn(src, *args, **kwargs), name)
+    method.__name__ = name
+    return method
+
+
+_AS_METHODS = """
+asin acos atan atan2 sinh cosh asinh acosh atanh arcsin arccos arctan arctan2 arcsinh arccosh
+arctanh deg2rad rad2deg lgamma digamma mvlgamma erfc erfinv i0 logit xlogy sinc logaddexp
+logaddexp2 sgn signbit copysign heaviside ldexp frexp nextafter gcd lcm bitwise_left_shift
+bitwise_right_shift fmax fmin positive multiply subtract conj conj_physical resolve_conj
+resolve_neg angle is_complex is_conj is_neg isreal is_signed is_nonzero is_same_size is_inference
+argsort sort msort topk kthvalue median nanmedian mode quantile nanquantile cummax cummin
+logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hsplit vsplit
+dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
+diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
+masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoef matrix_power
+nonzero_static real igamma igammac
+""".split()
+
+class layout:
+    """A tensor's memory layout (torch.layout); kiln tensors are always dense and strided."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
+
+
+strided = layout("strided")
+
+_METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
+_METHODS["layout"] = property(lambda self: strided)
+_METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
+_METHODS["ger"] = F.outer
+_METHODS["divide_"] = _inplace(F.div, "divide_")
+_METHODS["ndimension"] = lambda self: self.ndim
+_METHODS["nbytes"] = property(lambda self: self.numel() * self.element_size())
+_METHODS["itemsize"] = property(lambda self: self.element_size())
+_METHODS["mH"] = property(lambda self: F.transpose(self, -2, -1))
+_METHODS["retains_grad"] = property(lambda self: bool(self._retains_grad))
+_METHODS["bernoulli"] = lambda self, p=None, *, generator=None: creation.bernoulli(
+    self, p, generator=generator)
+_METHODS["multinomial"] = lambda self, num_samples, replacement=False, *, generator=None: \
+    creation.multinomial(self, num_samples, replacement, generator=generator)
+_METHODS["new"] = lambda self, *args: (creation.tensor(args[0], dtype=self.dtype,
+                                                       device=self.device)
+                                       if len(args) == 1 and not isinstance(args[0], int)
+                                       else creation.empty(*args, dtype=self.dtype,
+                                                           device=self.device))
+_METHODS["to_dense"] = lambda self, dtype=None, *, masked_grad=None: \
+    self if dtype is None else self.to(dtype)
+
+for _flag in ("is_xpu", "is_mps", "is_meta", "is_quantized", "is_sparse", "is_mkldnn_",
+              "is_ipu", "is_mtia", "is_maia", "is_xla", "is_vulkan"):
+    _METHODS[_flag.rstrip("_")] = property(lambda self: False)
+
+
+
+
+def fill_diagonal_(self, fill_value, wrap=False):
+    """Fill the main diagonal; a tall matrix with wrap=True restarts it every cols+1 rows."""
+    if self.ndim == 2:
+        rows, cols = self.shape
+        end = rows * cols if wrap and rows > cols else min(rows, cols) * (cols + 1)
+        positions = list(range(0, end, cols + 1))
+    else:
+        step = sum(int(np.prod(self.shape[i + 1:])) for i in range(self.ndim))
+        positions = [i * step for i in range(min(self.shape))]
+    flat = F.reshape(self, (-1,))
+    idx = creation.tensor(np.asarray(positions, dtype=np.int64), device=self.device)
+    filled = F.index_fill(flat, 0, idx, fill_value)
+    return write_inplace(self, F.reshape(filled, tuple(self.shape)), "fill_diagonal_")
+
+
+_METHODS["fill_diagonal_"] = fill_diagonal_
+
+
+def _random_fill(name, draw):
+    def method(self, *args, generator=None):
+        gen = generator or creation.default_generator
+        rng = np.random.default_rng(gen.next_seed())
+        values = draw(rng, tuple(self.shape), *args).astype(self.dtype.np)
+        return write_inplace(self, creation.tensor(values, device=self.device), name)
+    method.__name__ = name
+    return method
+
+
+_METHODS["geometric_"] = _random_fill("geometric_", lambda rng, s, p: rng.geometric(p, s))
+_METHODS["cauchy_"] = _random_fill("cauchy_", lambda rng, s, median=0.0, sigma=1.0:
+                                   median + sigma * rng.standard_cauchy(s))
+_METHODS["log_normal_"] = _random_fill("log_normal_", lambda rng, s, mean=1.0, std=2.0:
+                                       rng.lognormal(mean, std, s))
+
+
+def _reshaping_inplace(fn, name):
+    """In-place ops that change the shape (t_, squeeze_, ...): the tensor becomes the view."""
+    def method(self, *args, **kwargs):
+        if STATE.tracer is not None:
+            STATE.tracer.graph_break(f"{name} changes a tensor's shape in place")
+        # the op reads an alias with the old shape: the tensor object itself changes shape
+        src = Tensor._make(self._data, self.dtype, self.device)
+        src.requires_grad, src.grad_fn, src._version = (self.requires_grad, self.grad_fn,
+                                                        self._version)
+        result = fn(src, *args, **kwargs)
+        if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
+            raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in "
+                               "an in-place operation.")
+        self._data = result._data
+        if result.requires_grad:
+            self.grad_fn = result.grad_fn
+        self._version[0] += 1
+        return self
+    method.__name__ = name
+    return method
+
+
+for _name, _fn in (("t_", F.t), ("transpose_", F.transpose), ("swapaxes_", F.swapaxes),
+                   ("swapdims_", F.swapdims), ("squeeze_", F.squeeze),
+                   ("unsqueeze_", F.unsqueeze)):
+    _METHODS[_name] = _reshaping_inplace(_fn, _name)
+
+# in-place twins of the ops that have a method but no `_` form yet
+_INPLACE_F = """
+absolute addmm baddbmm bitwise_not cumprod erf exp2 fix float_power hypot log10 log2 negative
+""".split()
+_INPLACE_COMPARE = {"greater_": F.gt, "greater_equal_": F.ge, "less_": F.lt,
+                    "less_equal_": F.le, "not_equal_": F.ne}
+_INPLACE_FX = """
+asin acos atan atan2 sinh cosh asinh acosh atanh arcsin arccos arctan arctan2 arcsinh arccosh
+arctanh deg2rad rad2deg lgamma digamma erfc erfinv i0 logit xlogy sinc sgn copysign heaviside
+ldexp nextafter gcd lcm bitwise_left_shift bitwise_right_shift conj_physical index_put
+index_reduce scatter_reduce masked_scatter put renorm addmv addr addbmm mvlgamma multiply
+subtract diagonal_scatter igamma igammac
+""".split()
+
+for _name in _INPLACE_F:
+    _METHODS.setdefault(_name + "_", _inplace(getattr(F, _name), _name + "_"))
+for _name, _fn in _INPLACE_COMPARE.items():
+    _METHODS.setdefault(_name, _inplace(_fn, _name))
+for _name in _INPLACE_FX:
+    _METHODS.setdefault(_name + "_", _inplace(getattr(FX, _name), _name + "_"))
+_METHODS["polygamma_"] = _inplace(lambda self, n: FX.polygamma(n, self), "polygamma_")
+
+for _name, _fn in _METHODS.items():
+    if not hasattr(Tensor, _name):
+        setattr(Tensor, _name, _fn)

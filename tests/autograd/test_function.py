@@ -1,0 +1,221 @@
+"""Custom autograd Functions, autograd.functional and the autograd facade, against PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+
+def _exp_function(lib):
+    class Exp(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = x.exp()
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            y, = ctx.saved_tensors
+            return g * y
+    return Exp
+
+
+def _linear_function(lib, seen):
+    class Linear(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b, scale):
+            ctx.save_for_backward(x, w)
+            ctx.scale = scale
+            return (x @ w.t() + b) * scale
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            seen.append(tuple(ctx.needs_input_grad))
+            gx = g @ w * ctx.scale if ctx.needs_input_grad[0] else None
+            gw = (g.t() @ x) * ctx.scale if ctx.needs_input_grad[1] else None
+            gb = g.sum(0) * ctx.scale if ctx.needs_input_grad[2] else None
+            return gx, gw, gb, None
+    return Linear
+
+
+def _pair(shape, rng, requires_grad=True):
+    a = rng.normal(size=shape)
+    return (torch.tensor(a, requires_grad=requires_grad),
+            kiln.tensor(a, requires_grad=requires_grad))
+
+
+def test_custom_exp_matches_torch_values_and_gradients() -> None:
+    rng = np.random.default_rng(0)
+    xt, xk = _pair((3, 4), rng)
+    yt, yk = _exp_function(torch).apply(xt), _exp_function(kiln).apply(xk)
+    np.testing.assert_allclose(yk.detach().numpy(), yt.detach().numpy())
+    (yt * yt).sum().backward()
+    (yk * yk).sum().backward()
+    np.testing.assert_allclose(xk.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
+    assert yk.grad_fn.name() == yt.grad_fn.name() == "ExpBackward"
+
+
+@pytest.mark.parametrize("grads", [(True, True, True), (False, True, False), (True, False, True)])
+def test_custom_linear_sees_needs_input_grad_like_torch(grads) -> None:
+    rng = np.random.default_rng(1)
+    pairs = [_pair(s, rng, r) for s, r in zip([(5, 3), (2, 3), (2,)], grads)]
+    seen_t, seen_k = [], []
+    yt = _linear_function(torch, seen_t).apply(*[p[0] for p in pairs], 0.5)
+    yk = _linear_function(kiln, seen_k).apply(*[p[1] for p in pairs], 0.5)
+    np.testing.assert_allclose(yk.detach().numpy(), yt.detach().numpy(), rtol=1e-12)
+    yt.pow(2).sum().backward()
+    yk.pow(2).sum().backward()
+    assert seen_k == seen_t
+    for (t, k) in pairs:
+        if t.requires_grad:
+            np.testing.assert_allclose(k.grad.numpy(), t.grad.numpy(), rtol=1e-12)
+        else:
+            assert k.grad is None
+
+
+def test_several_outputs_non_differentiable_and_materialized_grads() -> None:
+    def make(lib):
+        class SortWithIndex(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                idx = x.argsort()
+                ctx.mark_non_differentiable(idx)
+                ctx.save_for_backward(idx)
+                return x * 2, x * x, idx
+
+            @staticmethod
+            def backward(ctx, g_double, g_square, g_idx):
+                return g_double * 2 + g_square * 0 + 1 * 0
+
+        return SortWithIndex
+    rng = np.random.default_rng(2)
+    xt, xk = _pair((4,), rng)
+    at, bt, it = make(torch).apply(xt)
+    ak, bk, ik = make(kiln).apply(xk)
+    assert not ik.requires_grad and not it.requires_grad
+    (at.sum() + bt.sum()).backward()
+    (ak.sum() + bk.sum()).backward()
+    np.testing.assert_allclose(xk.grad.numpy(), xt.grad.numpy())
+
+
+def test_wrong_number_of_gradients_is_a_clear_error() -> None:
+    class Bad(kiln.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            return x * y
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+    x = kiln.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="incorrect number of gradients"):
+        Bad.apply(x, x).sum().backward()
+
+
+def test_once_differentiable_and_double_backward_through_a_custom_function() -> None:
+    from kiln.autograd.function import once_differentiable
+
+    class Square(kiln.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return 2 * x * g
+    x = kiln.tensor([1.0, 3.0], requires_grad=True)
+    g, = kiln.autograd.grad(Square.apply(x).sum(), [x], create_graph=True)
+    np.testing.assert_allclose(g.detach().numpy(), [2.0, 6.0])
+    assert not g.requires_grad      # once_differentiable: no graph for the gradient
+
+    class Cube(kiln.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x ** 3
+
+        @staticmethod
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return 3 * x * x * g
+    y = Cube.apply(x).sum()
+    g, = kiln.autograd.grad(y, [x], create_graph=True)
+    gg, = kiln.autograd.grad(g.sum(), [x])
+    np.testing.assert_allclose(gg.numpy(), [6.0, 18.0])
+
+
+def test_custom_function_is_a_graph_break_under_compile() -> None:
+    Exp = _exp_function(kiln)
+
+    @kiln.compile(fullgraph=True)
+    def f(x):
+        return Exp.apply(x).sum()
+    with pytest.raises(Exception, match="custom autograd.Function"):
+        f(kiln.ones(3))
+
+    @kiln.compile
+    def g(x):
+        return Exp.apply(x * 2).sum()
+    x = kiln.tensor([0.1, 0.2], requires_grad=True)
+    with pytest.warns(Warning):
+        y = g(x)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.exp([0.2, 0.4]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["jacobian", "hessian"])
+def test_autograd_functional_matches_torch(name) -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(3,))
+    fn = (lambda lib: lambda x: (x.exp() * x.sin())) if name == "jacobian" else \
+        (lambda lib: lambda x: (x.exp() * x.sin()).sum() + (x * x).prod())
+    t = getattr(torch.autograd.functional, name)(fn(torch), torch.tensor(a))
+    k = getattr(kiln.autograd.functional, name)(fn(kiln), kiln.tensor(a))
+    np.testing.assert_allclose(k.numpy(), t.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vjp", "jvp", "hvp"])
+def test_autograd_vector_products_match_torch(name) -> None:
+    rng = np.random.default_rng(4)
+    a, v = rng.normal(size=(3,)), rng.normal(size=(3,))
+    fn = (lambda x: (x.exp() * x.sin()).sum()) if name == "hvp" else (lambda x: x.exp() * x[0])
+    t_out, t_vec = getattr(torch.autograd.functional, name)(fn, torch.tensor(a), torch.tensor(v))
+    k_out, k_vec = getattr(kiln.autograd.functional, name)(fn, kiln.tensor(a), kiln.tensor(v))
+    np.testing.assert_allclose(k_out.numpy(), t_out.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(k_vec.numpy(), t_vec.numpy(), rtol=1e-10)
+
+
+def test_variable_anomaly_and_gradgradcheck_facade() -> None:
+    x = kiln.autograd.Variable(kiln.ones(2), requires_grad=True)
+    assert isinstance(x, kiln.Tensor) and x.requires_grad
+    assert isinstance(kiln.ones(1), kiln.autograd.Variable)
+    with kiln.autograd.detect_anomaly():
+        assert kiln.is_anomaly_enabled()
+    assert not kiln.is_anomaly_enabled()
+    kiln.autograd.set_detect_anomaly(True)
+    assert kiln.is_anomaly_enabled()
+    kiln.autograd.set_detect_anomaly(False)
+    z = kiln.tensor([0.3, 0.7], dtype=kiln.float64, requires_grad=True)
+    assert kiln.autograd.gradgradcheck(lambda a: (a ** 3).sum(), (z,))
+
+
+def test_post_accumulate_grad_hook_sees_the_accumulated_grad_like_torch() -> None:
+    seen = {}
+    for lib in (torch, kiln):
+        w = lib.tensor([1.0, 2.0], requires_grad=True)
+        calls = []
+        handle = w.register_post_accumulate_grad_hook(lambda p: calls.append(p.grad.clone()))
+        (w * w).sum().backward()
+        (3 * w).sum().backward()
+        handle.remove()
+        (w * 5).sum().backward()
+        seen[lib.__name__] = [c.tolist() for c in calls] + [w.grad.tolist()]
+    assert seen["kiln"] == seen["torch"]

@@ -1,0 +1,90 @@
+"""Finite-difference cases for the primitives of `kiln.ir.ops_extra` (special functions and
+linear algebra); `tests/ir/test_gradcheck.py` adds them to its table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import kiln
+from kiln.ir.ops import P
+from tests.ir.gradcheck_helpers import arg, pos
+
+
+def spd(n, seed=0, batch=()):
+    """A symmetric positive-definite matrix built from a leaf (gradients flow through)."""
+    b = arg(*batch, n, n, seed=seed)
+    return b
+
+
+def _sym(b):
+    return P.add(P.matmul(b, P.permute(b, perm=tuple(range(b.ndim - 2)) + (b.ndim - 1,
+                                                                             b.ndim - 2))),
+                 P.mul(kiln.eye(b.shape[-1], dtype=kiln.float64), float(b.shape[-1])))
+
+
+def _wide_gaps(n, seed):
+    """A symmetric matrix with well-separated eigenvalues (eigenvector gradients divide by gaps),
+    as a differentiable function of a leaf."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    base = q @ np.diag(np.arange(1.0, n + 1) * 2) @ q.T
+    return kiln.tensor(base, dtype=kiln.float64), arg(n, n, seed=seed, low=-0.1, high=0.1)
+
+
+_EIG_BASE, _EIG_LEAF = _wide_gaps(4, 3)
+
+
+def _eig_input(d):
+    return P.add(_EIG_BASE, P.add(d, P.permute(d, perm=(1, 0))))
+
+
+CASES_EXTRA = {
+    "atan": [("", lambda x: P.atan(x), [arg(5)])],
+    "asin": [("", lambda x: P.asin(x), [arg(5, low=-0.9, high=0.9)])],
+    "atan2": [("broadcast", lambda y, x: P.atan2(y, x), [arg(2, 3), pos(3, seed=1)])],
+    "asinh": [("", lambda x: P.asinh(x), [arg(5)])],
+    "acosh": [("", lambda x: P.acosh(x), [arg(5, low=1.2, high=3.0)])],
+    "atanh": [("", lambda x: P.atanh(x), [arg(5, low=-0.9, high=0.9)])],
+    "lgamma": [("", lambda x: P.lgamma(x), [pos(5)])],
+    "digamma": [("", lambda x: P.digamma(x), [pos(5)])],
+    "polygamma": [("n=1", lambda x: P.polygamma(x, n=1), [pos(5)])],
+    "erfc": [("", lambda x: P.erfc(x), [arg(5)])],
+    "erfcx": [("", lambda x: P.erfcx(x), [arg(5)])],
+    "erfinv": [("", lambda x: P.erfinv(x), [arg(5, low=-0.9, high=0.9)])],
+    "ndtri": [("", lambda x: P.ndtri(x), [arg(5, low=0.05, high=0.95)])],
+    "log_ndtr": [("", lambda x: P.log_ndtr(x), [arg(5)])],
+    "i0": [("", lambda x: P.i0(x), [arg(5)])],
+    "i0e": [("", lambda x: P.i0e(x), [arg(5)])],
+    "i1": [("", lambda x: P.i1(x), [arg(5)])],
+    "i1e": [("", lambda x: P.i1e(x), [arg(5)])],
+    "gammainc": [("x only", lambda x: P.gammainc(kiln.tensor([0.5, 2.0, 3.0], dtype=kiln.float64),
+                                                  x), [pos(3)])],
+    "gammaincc": [("x only", lambda x: P.gammaincc(kiln.tensor([0.5, 2.0, 3.0],
+                                                                dtype=kiln.float64), x),
+                   [pos(3)])],
+    "bessel_j0": [("", lambda x: P.bessel_j0(x), [arg(5, high=6.0)])],
+    "bessel_j1": [("", lambda x: P.bessel_j1(x), [arg(5, high=6.0)])],
+    "gamma_sample": [("fixed seed", lambda a: P.gamma_sample(a, kiln.tensor(7)), [pos(4)])],
+    "linalg_lu": [("LU", lambda b: P.linalg_lu(_sym(b), part="LU"), [arg(3, 3)]),
+                  ("batched", lambda a: P.linalg_lu(P.add(a, P.mul(kiln.eye(3, dtype=kiln.float64),
+                                                                   4.0)), part="LU"),
+                   [arg(2, 3, 3)])],
+    "copysign": [("", lambda x, y: P.copysign(x, y), [arg(4), arg(4, seed=1)])],
+    "linalg_inv": [("batched", lambda b: P.linalg_inv(_sym(b)), [arg(2, 3, 3)])],
+    "linalg_slogdet": [("logabsdet", lambda b: P.linalg_slogdet(_sym(b), part="logabsdet"),
+                        [arg(2, 3, 3)]),
+                       ("sign", lambda b: P.linalg_slogdet(_sym(b), part="sign"), [arg(3, 3)])],
+    "linalg_cholesky": [("", lambda b: P.linalg_cholesky(_sym(b)), [arg(3, 3)])],
+    "linalg_qr": [("Q", lambda a: P.linalg_qr(a, part="Q"), [arg(4, 3)]),
+                  ("R", lambda a: P.linalg_qr(a, part="R"), [arg(3, 3)])],
+    "linalg_eigh": [("L", lambda d: P.linalg_eigh(_eig_input(d), part="L", upper=False),
+                     [_EIG_LEAF]),
+                    ("V", lambda d: P.linalg_eigh(_eig_input(d), part="V", upper=False),
+                     [_EIG_LEAF])],
+    "linalg_svd": [("S", lambda a: P.linalg_svd(a, part="S"), [arg(4, 3)]),
+                   ("U tall", lambda a: P.linalg_svd(a, part="U"), [arg(4, 3)]),
+                   ("Vh wide", lambda a: P.linalg_svd(a, part="Vh"), [arg(3, 4)]),
+                   ("U_rest is constant", lambda a: P.linalg_svd(a, part="S") + P.sum(
+                       P.linalg_svd(a, part="U_rest"), axes=(0, 1), keepdim=False) * 0,
+                    [arg(4, 3)])],
+}

@@ -1,0 +1,70 @@
+"""GradScaler against torch.amp.GradScaler on the CPU (where both scale for real), and the
+autocast facade."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+
+def _run(lib, losses_scale):
+    w = lib.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    opt = lib.optim.SGD([w], lr=0.1)
+    scaler = lib.amp.GradScaler("cpu", init_scale=8.0, growth_interval=2)
+    scales = []
+    for k in losses_scale:
+        opt.zero_grad()
+        loss = (w * w).sum() * k          # k = inf makes the gradients non-finite
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    return w.detach().numpy().copy(), scales
+
+
+def test_grad_scaler_matches_torch_including_skipped_steps() -> None:
+    ks = [1.0, 1.0, float("inf"), 1.0, 1.0, 1.0]
+    kw, ks_k = _run(kiln, ks)
+    tw, ks_t = _run(torch, ks)
+    np.testing.assert_allclose(kw, tw, rtol=1e-6)
+    assert ks_k == ks_t
+
+
+def test_grad_scaler_unscale_then_clip_matches_torch() -> None:
+    out = {}
+    for lib in (torch, kiln):
+        w = lib.tensor([3.0, 4.0], requires_grad=True)
+        opt = lib.optim.SGD([w], lr=1.0)
+        scaler = lib.amp.GradScaler("cpu", init_scale=4.0)
+        scaler.scale((w * w).sum()).backward()
+        scaler.unscale_(opt)
+        lib.nn.utils.clip_grad_norm_([w], 1.0)
+        scaler.step(opt)
+        scaler.update()
+        out[lib.__name__] = (w.detach().numpy().copy(), scaler.state_dict()["scale"])
+    np.testing.assert_allclose(out["kiln"][0], out["torch"][0], rtol=1e-6)
+    assert out["kiln"][1] == out["torch"][1]
+
+
+def test_cuda_scaler_without_cuda_disables_itself_like_torch() -> None:
+    if kiln.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.warns(UserWarning):
+        scaler = kiln.cuda.amp.GradScaler()
+    assert not scaler.is_enabled()
+    loss = kiln.tensor(2.0, requires_grad=True)
+    assert scaler.scale(loss) is loss
+
+
+def test_autocast_is_accepted_and_reported_without_changing_dtypes() -> None:
+    x = kiln.ones(2, 2)
+    with kiln.autocast("cpu", enabled=False):
+        assert not kiln.is_autocast_enabled()
+    with pytest.warns(UserWarning, match="no automatic mixed precision"):
+        with kiln.autocast("cpu", dtype=kiln.float16):
+            assert kiln.is_autocast_enabled()
+            assert (x @ x).dtype is kiln.float32
+    assert not kiln.is_autocast_enabled()

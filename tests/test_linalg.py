@@ -1,0 +1,172 @@
+"""kiln.linalg against torch.linalg: values and gradients in float64 on well-conditioned random
+matrices (symmetric positive-definite where the op needs it, distinct eigenvalues and singular
+values where gradients divide by their gaps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.parity import check_op
+
+R = np.random.default_rng(7)
+
+
+def general(*shape):
+    """Random matrices shifted towards the identity: comfortably invertible."""
+    a = R.normal(size=shape) * 0.5
+    return a + 2 * np.eye(shape[-1]) if shape[-1] == shape[-2] else a
+
+
+def spd_of(lib, b):
+    """A symmetric positive-definite matrix made differentiably from `b`."""
+    n = b.shape[-1]
+    return b @ b.transpose(-2, -1) + n * lib.eye(n, dtype=b.dtype)
+
+
+def sym_of(b):
+    return b + b.transpose(-2, -1)
+
+
+def _distinct_sym():
+    q, _ = np.linalg.qr(R.normal(size=(4, 4)))
+    return q @ np.diag([1.0, 2.5, 4.0, 6.0]) @ q.T
+
+
+DISTINCT = _distinct_sym()
+
+
+def svd_invariants(U, S, Vh):
+    """Singular vectors are defined up to sign (LAPACK builds differ): compare what is not."""
+    return S, U * U, Vh * Vh, (U * S.unsqueeze(-2)) @ Vh
+
+
+CASES = [
+    ("inv", lambda t, a: t.linalg.inv(a), [general(2, 3, 3)]),
+    ("det", lambda t, a: t.linalg.det(a), [general(2, 3, 3)]),
+    ("slogdet", lambda t, a: tuple(t.linalg.slogdet(a)), [general(3, 3)]),
+    ("solve", lambda t, a, b: t.linalg.solve(a, b), [general(3, 3), general(3, 2)]),
+    ("solve vector", lambda t, a, b: t.linalg.solve(a, b), [general(3, 3), R.normal(size=3)]),
+    ("solve right", lambda t, a, b: t.linalg.solve(a, b, left=False),
+     [general(3, 3), general(2, 3)]),
+    ("cholesky", lambda t, b: t.linalg.cholesky(spd_of(t, b)), [general(3, 3)]),
+    ("cholesky upper", lambda t, b: t.linalg.cholesky(spd_of(t, b), upper=True),
+     [general(2, 3, 3)]),
+    ("qr", lambda t, a: tuple(t.linalg.qr(a)), [general(4, 3)]),
+    ("eigh", lambda t, d: [v ** p for v, p in zip(
+        t.linalg.eigh(t.tensor(DISTINCT) + 0.05 * sym_of(d)), (1, 2))],
+     [R.normal(size=(4, 4))]),
+    ("eigvalsh", lambda t, b: t.linalg.eigvalsh(sym_of(b)), [general(3, 3)]),
+    ("svd", lambda t, a: svd_invariants(*t.linalg.svd(a, full_matrices=False)),
+     [general(4, 3)]),
+    ("svd wide", lambda t, a: svd_invariants(*t.linalg.svd(a, full_matrices=False)),
+     [general(2, 4)]),
+    # full_matrices: the added columns' signs are LAPACK's choice; U U^T = I is not
+    ("svd full", lambda t, a: (lambda U, S, Vh: (svd_invariants(U[:, :3], S, Vh),
+                                                 U @ U.mT))(*t.linalg.svd(a)), [general(5, 3)]),
+    ("svd full wide", lambda t, a: (lambda U, S, Vh: (Vh.mT @ Vh, S))(*t.linalg.svd(a)),
+     [general(2, 4)]),
+    ("svdvals", lambda t, a: t.linalg.svdvals(a), [general(2, 3, 5)]),
+    ("pinv", lambda t, a: t.linalg.pinv(a), [general(4, 3)]),
+    ("lstsq", lambda t, a, b: t.linalg.lstsq(a, b).solution, [general(5, 3), general(5, 2)]),
+    ("matrix_rank", lambda t, a: t.linalg.matrix_rank(a), [general(4, 3) @ general(3, 5)]),
+    ("matrix_power", lambda t, a: [t.linalg.matrix_power(a, n) for n in (-2, 0, 1, 5)],
+     [general(3, 3)]),
+    ("matrix_exp", lambda t, a: t.linalg.matrix_exp(a), [R.normal(size=(2, 3, 3))]),
+    ("vector_norm", lambda t, x: [t.linalg.vector_norm(x, o, dim=1) for o in
+                                  (1, 2, 3.5, float("inf"), -float("inf"))], [general(3, 4)]),
+    ("matrix_norm", lambda t, a: [t.linalg.matrix_norm(a, o) for o in
+                                  ("fro", "nuc", 2, -2, 1, -1, float("inf"))], [general(2, 3, 4)]),
+    ("norm", lambda t, x, a: (t.linalg.norm(x), t.linalg.norm(a), t.linalg.norm(a, 2)),
+     [R.normal(size=5), general(3, 3)]),
+    ("cond", lambda t, a: t.linalg.cond(a), [general(3, 3)]),
+    ("cross", lambda t, a, b: t.linalg.cross(a, b), [R.normal(size=(4, 3)),
+                                                     R.normal(size=(1, 3))]),
+    ("vecdot multi_dot", lambda t, a, b, c: (t.linalg.vecdot(a, a), t.linalg.multi_dot([a, b, c])),
+     [R.normal(size=(2, 3)), R.normal(size=(3, 4)), R.normal(size=(4,))]),
+    ("solve_triangular", lambda t, a, b: t.linalg.solve_triangular(a, b, upper=False),
+     [general(3, 3), general(3, 2)]),
+    ("tensorinv", lambda t, a: t.linalg.tensorinv(a.reshape(4, 2, 2), ind=1), [general(4, 4)]),
+    ("diagonal vander", lambda t, a, x: (t.linalg.diagonal(a), t.linalg.vander(x)),
+     [general(2, 3, 3), R.normal(size=3)]),
+    ("lu_factor", lambda t, a: tuple(t.linalg.lu_factor(a)), [general(2, 3, 3)]),
+    ("lu_factor wide values", lambda t, a: tuple(t.linalg.lu_factor(a.detach())),
+     [general(3, 4)]),
+    ("lu", lambda t, a: tuple(t.linalg.lu(a)), [general(3, 3)]),
+    ("lu tall values", lambda t, a: tuple(t.linalg.lu(a.detach())), [general(4, 2)]),
+    ("lu_solve", lambda t, a, b: t.linalg.lu_solve(*t.linalg.lu_factor(a), b),
+     [general(3, 3), general(3, 2)]),
+    ("lu_solve adjoint right", lambda t, a, b: t.linalg.lu_solve(*t.linalg.lu_factor(a), b,
+                                                                 left=False, adjoint=True),
+     [general(3, 3), general(2, 3)]),
+    ("torch lu forms", lambda t, a, b: (tuple(t.lu(a)), tuple(t.lu_unpack(*t.lu(a))),
+                                        t.lu_solve(b, *t.lu(a)), a.lu_solve(*t.lu(a))),
+     [general(3, 3), general(3, 2)]),
+    # torch-level forms
+    ("torch forms", lambda t, a, b: (t.inverse(a), t.det(a), t.logdet(spd_of(t, a)),
+                                     t.cholesky_solve(b, t.linalg.cholesky(spd_of(t, a))),
+                                     t.cholesky_inverse(t.linalg.cholesky(spd_of(t, a))),
+                                     t.pinverse(a), a.slogdet().logabsdet),
+     [general(3, 3), general(3, 2)]),
+    ("torch svd qr", lambda t, a: (svd_invariants(t.svd(a).U, t.svd(a).S, t.svd(a).V.mT),
+                                   tuple(t.qr(a))), [general(4, 3)]),
+    ("triangular_solve", lambda t, b, a: tuple(t.triangular_solve(b, a, upper=True)),
+     [general(3, 2), general(3, 3)]),
+]
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in CASES])
+def test_linalg_matches_torch(fn, inputs) -> None:
+    check_op(fn, inputs, dtype=np.float64, atol=1e-8, rtol=1e-8)
+
+
+def test_cond_of_other_norms_matches_torch_values() -> None:
+    # values only: torch's own backward of cond(A, "fro") fails (an in-place write)
+    check_op(lambda t, a: [t.linalg.cond(a, p) for p in ("fro", "nuc", 1, float("inf"))],
+             [general(3, 3)], dtype=np.float64, grad=False, atol=1e-8, rtol=1e-8)
+
+
+def test_unsupported_gradients_are_clear_errors() -> None:
+    import kiln
+    a = kiln.tensor(general(3, 4), requires_grad=True)
+    with pytest.raises(RuntimeError, match="square"):
+        kiln.linalg.lu_factor(a).LU.sum().backward()
+    with pytest.raises(RuntimeError, match="at least as many rows"):
+        kiln.linalg.qr(a).R.sum().backward()
+
+
+def test_singular_cholesky_is_a_clear_error() -> None:
+    import kiln
+    with pytest.raises(ValueError, match="positive-definite"):
+        kiln.linalg.cholesky(kiln.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(RuntimeError, match="square"):
+        kiln.linalg.inv(kiln.ones(2, 3))
+    _ = torch
+
+
+def test_compiled_linear_algebra_matches_eager_with_gradients() -> None:
+    import kiln
+
+    def loss(a, b):
+        spd = a @ a.mT + 3 * kiln.eye(3, dtype=a.dtype)
+        L = kiln.linalg.cholesky(spd)
+        s = kiln.linalg.svdvals(b)
+        w = kiln.linalg.eigvalsh(spd)
+        return (kiln.linalg.inv(spd).sum() + kiln.linalg.slogdet(spd).logabsdet + L.sum()
+                + s.sum() + w.sum() + kiln.lgamma(a.abs() + 1).sum() + a.sort(1).values[:, 0]
+                .sum())
+
+    compiled = kiln.compile(loss, fullgraph=True)
+    a0, b0 = general(3, 3), general(4, 3)
+    results = []
+    for fn in (loss, compiled, compiled):      # eager, the tracing call, a replay
+        a = kiln.tensor(a0, requires_grad=True)
+        b = kiln.tensor(b0, requires_grad=True)
+        out = fn(a, b)
+        out.backward()
+        results.append((out.item(), a.grad.numpy().copy(), b.grad.numpy().copy()))
+    for got in results[1:]:
+        np.testing.assert_allclose(got[0], results[0][0], rtol=1e-10)
+        np.testing.assert_allclose(got[1], results[0][1], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got[2], results[0][2], rtol=1e-9, atol=1e-12)

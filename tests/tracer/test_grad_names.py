@@ -1,0 +1,55 @@
+"""grad_fn names of composite ops read as PyTorch's (MeanBackward0, not DivBackward0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+X = np.random.default_rng(0).normal(size=(3, 4))
+TARGET = np.array([0, 3, 1])
+
+CALLS = [
+    ("mean", lambda t, F, x: x.mean()),
+    ("mean dim", lambda t, F, x: t.mean(x, 1)),
+    ("sum", lambda t, F, x: x.sum()),
+    ("softmax", lambda t, F, x: x.softmax(1)),
+    ("log_softmax", lambda t, F, x: F.log_softmax(x, 1)),
+    ("var std", lambda t, F, x: x.var() + 0 * x.std()),
+    ("logsumexp", lambda t, F, x: t.logsumexp(x, 1)),
+    ("cross_entropy", lambda t, F, x: F.cross_entropy(x, t.tensor(TARGET))),
+    ("nll_loss", lambda t, F, x: F.nll_loss(x, t.tensor(TARGET))),
+    ("CrossEntropyLoss", lambda t, F, x: t.nn.CrossEntropyLoss()(x, t.tensor(TARGET))),
+    ("mse_loss", lambda t, F, x: F.mse_loss(x, x.detach() * 2)),
+    ("l1_loss", lambda t, F, x: F.l1_loss(x, x.detach() * 2)),
+    ("bce", lambda t, F, x: F.binary_cross_entropy(x.sigmoid(), (x.detach() > 0).double())),
+    ("bce with logits", lambda t, F, x: F.binary_cross_entropy_with_logits(
+        x, (x.detach() > 0).double())),
+    ("smooth_l1", lambda t, F, x: F.smooth_l1_loss(x, x.detach() * 0)),
+    ("gelu silu", lambda t, F, x: F.gelu(x)),
+    ("silu", lambda t, F, x: F.silu(x)),
+    ("leaky_relu", lambda t, F, x: F.leaky_relu(x)),
+    ("elu", lambda t, F, x: F.elu(x)),
+    ("softplus", lambda t, F, x: F.softplus(x)),
+    ("layer_norm", lambda t, F, x: F.layer_norm(x, (4,))),
+    ("relu sigmoid tanh", lambda t, F, x: x.relu()),
+    ("exp", lambda t, F, x: x.exp()),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=n) for n, c in CALLS])
+def test_grad_fn_name_matches_torch(call) -> None:
+    t = call(torch, torch.nn.functional, torch.tensor(X, requires_grad=True))
+    k = call(kiln, kiln.nn.functional, kiln.tensor(X, requires_grad=True))
+    assert k.grad_fn.name() == t.grad_fn.name()
+    assert repr(k.grad_fn).startswith(f"<{t.grad_fn.name()} object at")
+
+
+def test_names_do_not_change_gradients() -> None:
+    x = kiln.tensor(X, requires_grad=True)
+    kiln.nn.functional.cross_entropy(x, kiln.tensor(TARGET)).backward()
+    xt = torch.tensor(X, requires_grad=True)
+    torch.nn.functional.cross_entropy(xt, torch.tensor(TARGET)).backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
