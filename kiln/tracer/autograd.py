@@ -27,6 +27,9 @@ _RULE_READS = {name: () for name in (
     "floor", "ceil", "trunc", "round", "fold")}
 _RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,),
                     "div": (1,)})   # and div's output, which keep_saved_output protects
+# kiln.ir.ops_extra's: rules written with their output only, or reading only the shape input
+_RULE_READS.update({"erfinv": (), "ndtri": (), "linalg_inv": (), "linalg_cholesky": (),
+                    "gamma_sample": (0,)})
 
 # Primitives whose gradient rule reads their output, in two kinds. PyTorch saves the output of
 # the first kind too, so changing it in place before backward is an error there, and here (a
@@ -34,7 +37,11 @@ _RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where":
 # a write into such an output first gives the node its own copy (`keep_saved_output`), so the
 # gradient stays right and nothing raises where PyTorch would not.
 SAVES_OUTPUT = frozenset({"relu", "exp", "expm1", "sqrt", "tanh", "sigmoid", "pow"})
-COPIES_OUTPUT = frozenset({"div", "maximum", "minimum", "max", "batch_norm"})
+COPIES_OUTPUT = frozenset({"div", "maximum", "minimum", "max", "batch_norm",
+                           # kiln.ir.ops_extra's special functions and linear algebra
+                           "bessel_j1", "copysign", "erfcx", "erfinv", "gamma_sample", "i0e",
+                           "i1", "i1e", "linalg_cholesky", "linalg_inv", "linalg_lu",
+                           "log_ndtr", "ndtri"})
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "

@@ -8,9 +8,6 @@ constants, doc-string fragments) are not counted at all; see `public_names` in t
 EXCLUSIONS: dict[str, dict[str, str]] = {
     "nn": {
         "Container": "deprecated since PyTorch 0.4 (warns on use); nn.Module replaces it",
-        "SyncBatchNorm": "synchronizes batch statistics across processes: belongs with "
-                         "kiln.distributed (another branch); a single-process copy of "
-                         "BatchNorm would silently skip the synchronization",
     },
     "nn.functional": {
         "assert_int_or_pair": "internal argument check of torch's functional module",
