@@ -72,14 +72,14 @@ class ArtifactPart:
         """Every generated kernel's source, exactly as built and launched, in launch order,
         each under a `---- step i: ...` line; for C, first what the translation unit built
         holds before the kernels (includes, helpers)."""
-        parts = []
         kernels = self.kernels
-        if self.module_source is not None and kernels:
-            parts.append(self.module_source[:self.module_source.index(kernels[0].source)])
-        for i, s in enumerate(self.steps):
-            if s.source is not None:
-                parts.append(f"{_comment(self.target)} ---- {s.header(i)}\n{s.source}")
-        return "\n".join(parts) or "(no generated kernels)"
+        if not kernels:
+            return "(no generated kernels)"
+        before = ""
+        if self.module_source is not None:
+            before = self.module_source[:self.module_source.index(kernels[0].source)]
+        return before + "\n".join(f"{_comment(self.target)} ---- {s.header(i)}\n{s.source}"
+                                   for i, s in enumerate(self.steps) if s.source is not None)
 
     def dot(self) -> str | None:
         if self.schedule is None:
