@@ -22,13 +22,14 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "fn"
 
 
-def program_sections(program, artifact=None) -> list[tuple[str, str]]:
+def program_sections(program, artifact=None, eager: bool = False) -> list[tuple[str, str]]:
     """(title, text) sections describing one captured program, in pipeline order.
 
     `artifact`: the CompiledArtifact of the compiled entry that runs `program`; what it prints
     (optimized graphs, launch order, buffers, kernel sources) is read off the executors that
     run, never rendered again. A program no compiled function holds (a `kiln.compiler.trace`
-    segment) is compiled here, once for C and once for Triton, and those artifacts printed.
+    segment) is compiled here, once for C and once for Triton, and those artifacts printed;
+    unless `eager`: a compiled function runs it eagerly (a graph break), so nothing is built.
     """
     sections = [("traced graph", str(program.graph))]
     bindings = []
@@ -42,6 +43,9 @@ def program_sections(program, artifact=None) -> list[tuple[str, str]]:
         sections.append(("note", "this graph ends at a graph break; see the report's breaks"))
     if artifact is not None:
         return sections + artifact_sections(artifact)
+    if eager:
+        return sections + [("not compiled", "this graph runs eagerly: no kernels are built "
+                            "or launched for it (the guards section says why)")]
     from kiln.compiler.artifact import compile_artifact
     try:
         c, triton = compile_artifact(program, "c"), compile_artifact(program, "triton")
@@ -101,7 +105,9 @@ def write_programs(directory, name: str, programs: list, formats=FORMATS,
     written = []
     for i, program in enumerate(programs):
         stem = _slug(name) + (f".{i}" if len(programs) > 1 else "")
-        sections = program_sections(program, artifact_of(compiled, program)) + list(notes or [])
+        artifact = artifact_of(compiled, program)
+        sections = program_sections(program, artifact, eager=compiled is not None and
+                                    artifact is None) + list(notes or [])
         text = "\n\n".join(f"== {title} ==\n{body}" for title, body in sections)
         if breaks:
             text += "\n\n== graph breaks ==\n" + "\n".join(

@@ -54,7 +54,8 @@ class ArtifactPart:
     def stats_text(self) -> str:
         lines = [f"{'pass':<16} {'nodes':>5}"] + [str(s) for s in self.stats]
         if self.stats:
-            lines.append(f"{'total':<16} {self.stats[0].nodes_before:>5} -> {len(self.graph.nodes)}")
+            before = self.stats[0].nodes_before
+            lines.append(f"{'total':<16} {before:>5} -> {len(self.graph.nodes)}")
         return "\n".join(lines)
 
     def steps_text(self) -> str:
