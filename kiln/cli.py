@@ -48,7 +48,8 @@ def _dump(script: str, script_args: list, out: str, formats: tuple) -> int:
         if name.startswith("__breaks__"):
             continue
         written += dump.write_programs(out, name, programs, formats,
-                                       notes=dump.compiled_notes(compiled_of[name]))
+                                       notes=dump.compiled_notes(compiled_of[name]),
+                                       compiled=compiled_of[name])
         for reason in dict.fromkeys(captured.get("__breaks__" + name, [])):
             print(f"kiln dump: {name} runs eagerly: {reason}")
     if not captured:

@@ -1,7 +1,9 @@
 """Writes what the compiler captured, per compiled function: listings, DOT, SVG and HTML.
 
 Used by `kiln dump script.py` and by `KILN_DUMP=DIR` for any program. Each stage of the
-pipeline adds a section to the same report: the traced graph, then what the passes made of it.
+pipeline adds a section to the same report: the traced graph, then the compiled entry's
+CompiledArtifact (`kiln.compiler.artifact`): per part the optimized graph, the launch order and
+the exact kernel sources its executor built and launches.
 """
 
 from __future__ import annotations
@@ -20,8 +22,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "fn"
 
 
-def program_sections(program) -> list[tuple[str, str]]:
-    """(title, text) sections describing one captured program, in pipeline order."""
+def program_sections(program, artifact=None, eager: bool = False) -> list[tuple[str, str]]:
+    """(title, text) sections describing one captured program, in pipeline order.
+
+    `artifact`: the CompiledArtifact of the compiled entry that runs `program`; what it prints
+    (optimized graphs, launch order, buffers, kernel sources) is read off the executors that
+    run, never rendered again. A program no compiled function holds (a `kiln.compiler.trace`
+    segment) is compiled here, once for C and once for Triton, and those artifacts printed;
+    unless `eager`: a compiled function runs it eagerly (a graph break), so nothing is built.
+    """
     sections = [("traced graph", str(program.graph))]
     bindings = []
     for v, b in zip(program.graph.inputs, program.bindings):
@@ -32,47 +41,42 @@ def program_sections(program) -> list[tuple[str, str]]:
         sections.append(("inputs", "\n".join(bindings)))
     if not program.complete:
         sections.append(("note", "this graph ends at a graph break; see the report's breaks"))
-    report = pass_report(program)
-    if isinstance(report, str):
-        sections.append(("passes failed", report))
-    else:
-        sections += report.sections()
-        sections.append(("generated kernels (Triton)", kernel_sources(report.schedule)))
-        sections.append(("generated kernels (C)", c_kernel_sources(report.schedule)))
-        sections.append(("fusion groups (DOT)", report.dot()))
+    if artifact is not None:
+        return sections + artifact_sections(artifact)
+    if eager:
+        return sections + [("not compiled", "this graph runs eagerly: no kernels are built "
+                            "or launched for it (the guards section says why)")]
+    from kiln.compiler.artifact import compile_artifact
+    try:
+        c, triton = compile_artifact(program, "c"), compile_artifact(program, "triton")
+    except Exception as e:          # report it: the dump is how one debugs the passes
+        return sections + [("passes failed", f"{type(e).__name__}: {e}")]
+    sections.append(("note", "not run by a compiled function: compiled here for C and for "
+                     "Triton (on the CPU); these are the kernels each would build and launch"))
+    sections += artifact_sections(c)
+    sections.append(("generated kernels (Triton)", triton.parts[0].kernels_text()))
     return sections
 
 
-def kernel_sources(schedule) -> str:
-    """The Triton source of every fused kernel, rendered whether or not a GPU is present."""
-    from kiln.codegen.kernel import LoweringError
-    from kiln.runtime.triton_launch import render
-    parts = []
-    for i, kernel in enumerate(schedule.kernels):
-        try:
-            parts.append(f"# ---- k{i}\n{render(kernel.subgraph).source}")
-        except LoweringError as e:
-            parts.append(f"# ---- k{i} {kernel.name}: not lowered to Triton ({e}); it runs on "
-                         "the array executor")
-    return "\n\n".join(parts) if parts else "(no fused kernels: only extern calls)"
+def artifact_sections(artifact) -> list[tuple[str, str]]:
+    """The artifact's own sections, and each part's fusion groups as DOT."""
+    sections = artifact.sections()
+    for part in artifact.parts:
+        dot = part.dot()
+        if dot is not None:
+            pre = "" if part.name in ("program", "forward") else f"{part.name}: "
+            sections.append((f"{pre}fusion groups (DOT)", dot))
+    return sections
 
 
-def c_kernel_sources(schedule) -> str:
-    """The C translation unit of the fused kernels, named k0, k1, ... like the Triton ones."""
-    from kiln.codegen.c import c_module, render_c
-    from kiln.codegen.kernel import LoweringError, lower
-    rendered, skipped = [], []
-    for i, kernel in enumerate(schedule.kernels):
-        try:
-            k = lower(kernel.subgraph)
-            rendered.append(render_c(k, name=f"k{i}_{k.name}"))
-        except LoweringError as e:
-            skipped.append(f"// ---- k{i} {kernel.name}: not lowered to C ({e}); it runs on "
-                           "the array executor")
-    if not rendered and not skipped:
-        return "(no fused kernels: only extern calls)"
-    title = f"kernels of graph {schedule.graph.name!r}"
-    return "\n".join(skipped + ([c_module(rendered, title)] if rendered else []))
+def artifact_of(compiled, program):
+    """The CompiledArtifact of the entry of `compiled` that traced `program`, or None."""
+    if compiled is None:
+        return None
+    for entry in compiled.entries.values():
+        if entry.traced is program:
+            return entry.artifact
+    return None
 
 
 def compiled_notes(compiled) -> list[tuple[str, str]]:
@@ -91,24 +95,19 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
     return [("guards", "\n".join(lines))] if lines else []
 
 
-def pass_report(program):
-    """The passes' PassReport for a program, or the error text: a dump never fails on them."""
-    from kiln.passes.pipeline import run_passes
-    try:
-        return run_passes(program.graph)
-    except Exception as e:          # report it: the dump is how one debugs the passes
-        return f"{type(e).__name__}: {e}"
-
-
 def write_programs(directory, name: str, programs: list, formats=FORMATS,
-                   breaks: list | None = None, notes: list | None = None) -> list[Path]:
-    """Write the report files for one function's programs; returns the paths written."""
+                   breaks: list | None = None, notes: list | None = None,
+                   compiled=None) -> list[Path]:
+    """Write the report files for one function's programs; returns the paths written.
+    `compiled`: the CompiledFunction that traced them, whose artifacts are printed."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i, program in enumerate(programs):
         stem = _slug(name) + (f".{i}" if len(programs) > 1 else "")
-        sections = program_sections(program) + list(notes or [])
+        artifact = artifact_of(compiled, program)
+        sections = program_sections(program, artifact, eager=compiled is not None and
+                                    artifact is None) + list(notes or [])
         text = "\n\n".join(f"== {title} ==\n{body}" for title, body in sections)
         if breaks:
             text += "\n\n== graph breaks ==\n" + "\n".join(
@@ -159,7 +158,7 @@ def _html(name: str, sections, svg) -> str:
              "</title><body style='font-family:sans-serif'>",
              f"<h1>{html.escape(name)}</h1>"]
     for title, body in sections:
-        if title == "generated kernels (C)":
+        if title == "generated kernels (C)" and "generated kernels (Triton)" in dict(sections):
             continue                    # shown beside the Triton source
         block = f"<h2>{html.escape(title)}</h2><pre>{html.escape(body)}</pre>"
         if title == "generated kernels (Triton)" and "generated kernels (C)" in dict(sections):

@@ -9,7 +9,7 @@ def test_dump_sections_have_c_beside_triton(tmp_path):
     program = trace(lambda x: kiln.softmax(x * 2, -1) + x.tanh(), kiln.randn(3, 5)).programs[0]
     sections = dict(dump.program_sections(program))
     triton, c = sections["generated kernels (Triton)"], sections["generated kernels (C)"]
-    assert "# ---- k0" in triton and "@triton.jit" in triton
+    assert "# ---- step 0: k0 triton kernel" in triton and "@triton.jit" in triton
     assert "void k0_" in c and "#pragma omp" in c and "static inline float kiln_expf" in c
     (page,) = [p for p in dump.write_programs(tmp_path, "f", [program], formats=("html",))
                if p.suffix == ".html"]

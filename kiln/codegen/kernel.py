@@ -17,7 +17,7 @@ from typing import Union
 
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
-from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.graph import Graph, Node, Value, format_call, kernel_name
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE, PRIMITIVES
 
 
@@ -75,7 +75,31 @@ def add(a: Expr, b: Expr) -> Expr:
         return b
     if b == Const(0):
         return a
+    whole = _digits_sum(a, b)
+    if whole is not None:
+        return whole
+    if isinstance(a, BinOp) and a.op == "+":    # ... + x // k * k, then + x % k
+        whole = _digits_sum(a.b, b)
+        if whole is not None:
+            return add(a.a, whole)
     return BinOp("+", a, b)
+
+
+def _digits_sum(a: Expr, b: Expr) -> Expr | None:
+    """`x // k * k + x % k` is `x`, and `x // k % m * k + x % k` is `x % (k * m)` (x >= 0,
+    as every index is): a coordinate split by `unravel` and joined again by `linearize`."""
+    for hi, lo in ((a, b), (b, a)):
+        if not (isinstance(lo, BinOp) and lo.op == "%" and isinstance(lo.b, Const) and
+                isinstance(hi, BinOp) and hi.op == "*" and hi.b == lo.b):
+            continue
+        x, k = lo.a, lo.b.value
+        if hi.a == BinOp("//", x, lo.b):
+            return x
+        q = hi.a
+        if isinstance(q, BinOp) and q.op == "%" and isinstance(q.b, Const) and \
+                q.a == BinOp("//", x, lo.b):
+            return mod(x, k * q.b.value)
+    return None
 
 
 def mul(a: Expr, b: Expr | int) -> Expr:
@@ -411,12 +435,8 @@ class _Lowering:
             if self._scope_of(offset) == ELEM:
                 scope = ELEM
             self.body.append(Store(i, offset, src, v.dtype, scope))
-        ops = []
-        for n in self.graph.nodes:
-            if n.prim.kind != MOVEMENT and n.op not in ops:
-                ops.append(n.op)
         if name is None:
-            name = "fused_" + "_".join(ops[:6] or ["copy"]) + ("_etc" if len(ops) > 6 else "")
+            name = kernel_name(self.graph.nodes)
         used = set()
         for s in self.body:
             if isinstance(s, (Load, Store)):
@@ -689,10 +709,7 @@ def _reshape_coords(coords: tuple, out_shape: tuple, in_shape: tuple) -> tuple:
 
 
 def _note(n: Node) -> str:
-    args = ", ".join(x.ref if isinstance(x, Value) else repr(x) for x in n.inputs)
-    attrs = "".join(f", {k}={v}" for k, v in n.attrs if not isinstance(v, DType)) + "".join(
-        f", {k}={v.short}" for k, v in n.attrs if isinstance(v, DType))
-    return f"{n.out.ref} = {n.op}({args}{attrs})"
+    return f"{n.out.ref} = {format_call(n)}"
 
 
 def _arg_name(v: Value, prefix: str, i: int) -> str:

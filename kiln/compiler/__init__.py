@@ -173,12 +173,15 @@ def trace(fn, *args, _snapshot: bool = False, **kwargs) -> TraceResult:
 
 @dataclass
 class ExplainOutput:
-    """A report in the spirit of torch._dynamo.explain."""
+    """A report in the spirit of torch._dynamo.explain: the graphs captured, the breaks, the
+    guards, and per graph the CompiledArtifact that runs it (None when it runs eagerly)."""
 
     graphs: list
     breaks: list
     name: str = ""
     guards: list = field(default_factory=list)     # Guard: what a replay would check
+    artifacts: list = field(default_factory=list)  # per graph: CompiledArtifact or None
+    eager_reason: str | None = None                # why the function runs eagerly, if it does
 
     @property
     def graph_count(self) -> int:
@@ -192,18 +195,6 @@ class ExplainOutput:
     def op_count(self) -> int:
         return sum(len(g.nodes) for g in self.graphs)
 
-    @functools.cached_property
-    def passes(self) -> list:
-        """Per graph, what the passes made of it (a PassReport), or why they failed (a str)."""
-        from kiln.passes.pipeline import run_passes
-        reports = []
-        for g in self.graphs:
-            try:
-                reports.append(run_passes(g))
-            except Exception as e:      # explain reports a pass failure instead of hiding it
-                reports.append(f"passes failed: {type(e).__name__}: {e}")
-        return reports
-
     def __str__(self) -> str:
         lines = [f"kiln.compiler.explain: {self.name}",
                  f"  graphs: {self.graph_count}   graph breaks: {self.graph_break_count}   "
@@ -214,21 +205,40 @@ class ExplainOutput:
         if self.guards:
             lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
             lines += [f"    {g.describe()}" for g in self.guards]
-        for g, report in zip(self.graphs, self.passes):
-            lines.append("")
-            lines.append(str(g))
-            sections = [("passes", report)] if isinstance(report, str) else report.sections()
-            for title, body in sections:
+        for i, g in enumerate(self.graphs):
+            artifact = self.artifacts[i] if i < len(self.artifacts) else None
+            lines += ["", str(g)]
+            if artifact is None:
+                lines += ["", f"-- runs eagerly: {self.eager_reason or 'not compiled'} --"]
+                continue
+            for title, body in artifact.sections():
                 lines += ["", f"-- {title} --", body]
         return "\n".join(lines)
 
 
 def explain(fn, *args, **kwargs) -> ExplainOutput:
-    """Trace `fn` on these arguments and print what was captured and where it broke."""
+    """Compile `fn` once on these arguments (running it, as a compiled function's first call
+    does) and print what was captured, where it broke, and the compiled artifact that runs.
+
+    When the call does not compile (a graph break, a Python effect), `fn` is traced once more,
+    split at each break, to list every graph; those run eagerly, so no artifact is printed.
+    """
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
-    captured = trace(target, *args, **kwargs)
-    out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target),
-                        guards.collect(target).guards)
+    compiled = CompiledFunction(target, getattr(fn, "backend", "auto"))
+    with warnings.catch_warnings():     # a break or a fallback is in the report itself
+        warnings.simplefilter("ignore")
+        compiled(*args, **kwargs)
+    done = [e for e in compiled.entries.values() if e.artifact is not None]
+    if done:
+        entry = done[-1]
+        out = ExplainOutput([entry.traced.graph], [], _function_name(target), entry.guards,
+                            [entry.artifact])
+    else:
+        reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
+        captured = trace(target, *args, **kwargs)
+        out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target),
+                            guards.collect(target).guards, [None] * len(captured.graphs),
+                            reasons[0] if reasons else None)
     print(out)
     return out
 
@@ -255,6 +265,20 @@ class CompiledEntry:
     guards: list = field(default_factory=list)       # Guard: the Python state it assumes
     lifted_bases: frozenset = frozenset()            # buffers of the state it reads
     _check: object = None                            # guards.checker(guards), made once
+    traced: object = None               # the TracedProgram compiled (kept if replays fail)
+    compiled: object = None             # CompiledProgram: what the passes made of it
+    target: str = ""                    # "c", "triton" or "numpy"
+    _artifact: object = None
+
+    @property
+    def artifact(self):
+        """The CompiledArtifact: what was traced, compiled and runs (None when eager). Read
+        off the executors once, on first use (after their C build: a failed build shows)."""
+        if self._artifact is None and self.compiled is not None:
+            from kiln.compiler.artifact import build_artifact
+            executors = {"forward": self.executor, "backward": self.backward}
+            self._artifact = build_artifact(self.traced, self.compiled, executors, self.target)
+        return self._artifact
 
     def valid(self, leaves) -> bool:
         """Whether this entry may run for a call with tensors `leaves`: every guard holds, each
@@ -578,6 +602,7 @@ class CompiledFunction:
                 stage)
             if compiled.backward is not None:
                 entry.joint, entry.partition = joint.info, compiled.partition
+            entry.traced, entry.compiled, entry.target = program, compiled, target
             forward = compiled.forward
             entry.graph, entry.pass_stats = forward.graph, forward.stats
             entry.schedule = forward.schedule
@@ -988,5 +1013,5 @@ def _dump_if_requested(compiled: CompiledFunction, programs: list) -> None:
         sink(compiled, programs)
     if directory and not _DUMP_SINKS:
         dump.write_programs(directory, _function_name(compiled.fn), programs,
-                            notes=dump.compiled_notes(compiled))
+                            notes=dump.compiled_notes(compiled), compiled=compiled)
 

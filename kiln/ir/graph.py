@@ -223,8 +223,7 @@ class Graph(Deferred):
             lines.append(f"  {v.ref}: {v.type_str} = constant {_preview(array)}")
         rows = []
         for n in self.nodes:
-            args = [_fmt_input(v) for v in n.inputs] + [f"{k}={_fmt_attr(a)}" for k, a in n.attrs]
-            rows.append((f"  {n.out.ref}: {n.out.type_str} = {n.op}({', '.join(args)})", n.loc))
+            rows.append((f"  {n.out.ref}: {n.out.type_str} = {format_call(n)}", n.loc))
         width = min(max((len(r) for r, _ in rows), default=0), 72)
         for text, loc in rows:
             lines.append(f"{text.ljust(width)}  # {_short_loc(loc)}" if loc else text)
@@ -446,6 +445,24 @@ def from_json_value(x):
     if isinstance(x, list):
         return [from_json_value(v) for v in x]
     return x
+
+
+def format_call(n: Node) -> str:
+    """`op(%a, 2.0, axes=(1), keepdim=True)`: how every listing (graphs, kernel comments)
+    spells a node's operation, inputs and attributes."""
+    args = [_fmt_input(v) for v in n.inputs] + [f"{k}={_fmt_attr(a)}" for k, a in n.attrs]
+    return f"{n.op}({', '.join(args)})"
+
+
+def kernel_name(nodes: list) -> str:
+    """The name of a fused kernel of `nodes` (schedules, C and Triton functions alike): its
+    distinct operations but data movement, in order, at most five, `fused_exp_sum_and_2_more`;
+    a kernel of views only is named after them."""
+    from kiln.ir.ops import MOVEMENT
+    ops = [n.op for n in nodes if n.prim.kind != MOVEMENT] or [n.op for n in nodes]
+    distinct = list(dict.fromkeys(ops)) or ["copy"]
+    name = "fused_" + "_".join(distinct[:5])
+    return name + (f"_and_{len(distinct) - 5}_more" if len(distinct) > 5 else "")
 
 
 def _fmt_input(v) -> str:

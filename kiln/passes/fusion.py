@@ -31,7 +31,7 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from kiln.ir.graph import Deferred, Graph, Node, Value
+from kiln.ir.graph import Deferred, Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
 from kiln.passes.layout import transpose_matmul_outputs
@@ -461,28 +461,28 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
             members[v] = node
             stack.extend(node.value_inputs)
     ordered = sorted(members.values(), key=lambda n: fuser.index[n.out])
-    sub = Graph(_kernel_name(group.nodes))
+    sub = Graph(kernel_name(ordered))
     inner: dict = {}
     inputs = []
     for n in ordered:
         for v in n.value_inputs:
             if v not in members and v not in inner:
-                inner[v] = sub.add_input(v.shape, v.dtype, v.name or f"in{len(inputs)}")
+                inner[v] = sub.add_input(v.shape, v.dtype, v.name)
                 inputs.append(v)
     for n in ordered:
         ins = tuple(inner[v] if isinstance(v, Value) else v for v in n.inputs)
         inner[n.out] = sub.add_node(n.op, ins, n.attr_dict, n.out.shape, n.out.dtype, n.loc)
+    # each value keeps the program's number, so a kernel's listing and the comments in its
+    # generated source say %5 where the program's listing does
+    for outer, v in inner.items():
+        v.id = outer.id
+    sub._next_id = max((v.id + 1 for v in inner.values()), default=0)
     outputs = [n.out for n in group.nodes
                if any(r is None or r.out not in own for r in readers.get(n.out, []))]
     sub.outputs = [inner[v] for v in outputs]
     return FusedKernel(sub.name, sub, inputs, outputs, list(group.nodes))
 
 
-def _kernel_name(nodes: list) -> str:
-    ops = [n.op for n in nodes if n.prim.kind != MOVEMENT] or [n.op for n in nodes]
-    distinct = list(dict.fromkeys(ops))
-    name = "fused_" + "_".join(distinct[:5])
-    return name + (f"_and_{len(distinct) - 5}_more" if len(distinct) > 5 else "")
 
 
 __all__ = ["FusedKernel", "ExternStep", "Schedule", "fuse", "gathers_as_externs", "run_schedule",

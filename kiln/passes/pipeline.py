@@ -1,8 +1,9 @@
 """The pass pipeline as one call: cleanup, fusion and memory planning, with a readable report.
 
-`run_passes(graph)` is what `kiln dump` and `explain` show; `compile_passes` is what the
-compiler runs between tracing and codegen (the same passes, after the forward/backward
-partition of a joint graph, without the report).
+`compile_passes` is what the compiler runs between tracing and codegen (after the
+forward/backward partition of a joint graph); `run_passes(graph)` runs the same passes on one
+graph with a report and a `passes.memory` plan, for studying the passes (benchmarks, tests).
+`kiln dump` and `explain` print the compiled entry's artifact instead (`kiln.compiler.artifact`).
 """
 
 from __future__ import annotations

@@ -120,6 +120,35 @@ class ScheduleExecutor:
         this one's layout and C kernels; nothing for Triton kernels."""
         return self._layout if self.target == "c" else {}
 
+    def launch_plan(self) -> list:
+        """What this executor runs, per step in launch order (after its C build, so a failed
+        build shows as array steps): dicts with `kind` ("c", "triton", "matmul", "view",
+        "array"), `name`, `source` (the generated source built and launched, else None),
+        `why` (a kernel not lowered), `step` (the schedule's step), `ins`/`outs` (slots) and
+        `spares` (kept array per output, or None: allocated per call) and `number` (the fused
+        kernel's, k0, k6a, ...). Read by the compiler's CompiledArtifact, which `kiln dump` and
+        `explain` print."""
+        self.wait()
+        runnable, numbers = _runnable(self.schedule)
+        why = iter([k[2] for k in self.kernels if len(k) == 3])
+        plan = []
+        for (kind, _, ins, outs, _, _), planned, step, number in zip(
+                self.steps, self._layout.steps, runnable.steps, numbers):
+            name, source, reason, spares = getattr(step, "name", None), None, None, None
+            if kind == "c":
+                ck = self._layout.kernels[planned[1]]
+                name, source = ck.name, ck.source
+                spares = tuple(spec[0] for spec in planned[4][1])
+            elif kind == "triton":
+                name, source = planned[1].name, planned[1].source
+            elif kind == "matmul":
+                spares = (planned[4][0],)
+            elif isinstance(step, FusedKernel):
+                reason = next(why, None)
+            plan.append(dict(kind=kind, name=name, source=source, why=reason, step=step,
+                             ins=tuple(ins), outs=tuple(outs), spares=spares, number=number))
+        return plan
+
     # -------------------------------------------------------------- C kernels
     def _write_callers_arrays_last(self) -> None:
         """Let steps write the caller's arrays (write-backs in place, `into`) only after the last

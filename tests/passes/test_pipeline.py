@@ -37,8 +37,10 @@ def test_dump_sections_and_fused_dot_file(tmp_path):
     (program,) = kiln.compiler.trace(step, x).programs
     titles = [t for t, _ in program_sections(program)]
     assert titles[0] == "traced graph"
-    assert {"optimized graph", "pass statistics", "fusion groups", "memory plan",
+    assert {"optimized graph", "pass statistics", "fusion groups", "launch order (c)",
+            "executor buffers", "generated kernels (C)", "generated kernels (Triton)",
             "fusion groups (DOT)"} <= set(titles)
+    assert "memory plan" not in titles          # no executor runs passes.memory's plan
     written = write_programs(tmp_path, "step", [program], formats=("text", "dot"))
     names = sorted(p.name for p in written)
     assert names == ["step.dot", "step.fused.dot", "step.txt"]
@@ -52,5 +54,6 @@ def test_explain_prints_the_optimized_graph_and_fusion_groups(capsys):
     out = kiln.compiler.explain(step, x)
     printed = capsys.readouterr().out
     assert "-- optimized graph --" in printed and "-- fusion groups --" in printed
-    (report,) = out.passes
-    assert len(report.schedule.kernels) == 2 and len(report.schedule.externs) == 2
+    (artifact,) = out.artifacts
+    schedule = artifact.parts[0].schedule
+    assert len(schedule.kernels) == 2 and len(schedule.externs) == 2
