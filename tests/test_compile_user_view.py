@@ -257,3 +257,26 @@ def test_an_output_the_compiled_backward_reads_cannot_be_changed_in_place(backen
         z = g(x)                    # untouched, the compiled gradient is exp(x)
         z.sum().backward()
         np.testing.assert_allclose(x.grad.numpy(), np.exp(x.detach().numpy()), rtol=1e-6)
+
+
+def test_two_param_groups_with_their_own_learning_rates_compile_to_c_kernels():
+    """Each group's lr is a program input of its own (one named `lr` twice did not build)."""
+    def run(compiled):
+        kiln.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = kiln.optim.Adam([{"params": m[0].parameters(), "lr": 0.01},
+                               {"params": m[2].parameters()}], lr=0.1)
+
+        def step(x, y):
+            loss = F.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        fn = kiln.compile(step, backend="c") if compiled else step
+        x, y = kiln.randn(6, 4), kiln.randint(0, 2, (6,))
+        return [fn(x, y).item() for _ in range(4)]
+    eager = run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(run(True), eager, rtol=1e-5)

@@ -177,7 +177,8 @@ class Tracer:
         if t is None:
             t = Tensor._make(to_device(np.array(float(container[key])), device), dt.float64,
                              device)
-            self._input(t, str(key), Binding("scalar", path=(container, key)))
+            name = str(key) if not self.scalars else f"{key}{len(self.scalars)}"
+            self._input(t, name, Binding("scalar", path=(container, key)))
             self.scalars[k] = t
             self._keep.append(container)
         return t
