@@ -36,6 +36,11 @@ def _abort(rank: int, message: str) -> None:
     sys.stderr.write(f"kiln.distributed.run: rank {rank} failed: {message}; aborting the "
                      "other ranks\n")
     sys.stderr.flush()
+    run_dir = os.environ.get("KILN_DISTRIBUTED_RUN_DIR")
+    if run_dir and os.path.isdir(run_dir):
+        # mpiexec may drop the line above as it tears the job down: the launcher reads this
+        with open(os.path.join(run_dir, f"failed.{rank}"), "w") as f:
+            f.write(message)
     try:
         from mpi4py import MPI
         MPI.COMM_WORLD.Abort(1)

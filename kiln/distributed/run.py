@@ -110,15 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             return 130
         if code != 0:
-            ranks = {}
-            for name in os.listdir(pids):
+            ranks, reasons = {}, []
+            for name in sorted(os.listdir(pids)):
                 with open(os.path.join(pids, name)) as f:
-                    ranks[name] = f.read().strip()
+                    text = f.read().strip()
+                if name.startswith("failed."):      # what a rank said as it aborted the job
+                    reasons.append(f"rank {name[7:]} failed: {text}")
+                else:
+                    ranks[name] = text
             who = ", ".join(f"rank {ranks[p]} (pid {p})" if p in ranks else f"pid {p}"
                             for p in failed)
+            said = "; ".join(reasons) or "see the failing rank's message above"
             sys.stderr.write(f"kiln.distributed.run: the job failed (mpiexec exit status {code})"
-                             + (f"; {who} died first" if who else
-                                "; see the failing rank's message above") + "\n")
+                             + (f"; {who} died first" if who else "") + f"; {said}\n")
     return code
 
 
