@@ -178,6 +178,9 @@ class ExplainOutput:
     breaks: list
     name: str = ""
     guards: list = field(default_factory=list)     # Guard: what a replay would check
+    # how each fused group of the compiled function's programs runs (C or NumPy) and why,
+    # decided by timing both on its first replays; empty before those replays
+    kernel_choices: list = field(default_factory=list)
 
     @property
     def graph_count(self) -> int:
@@ -213,6 +216,9 @@ class ExplainOutput:
         if self.guards:
             lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
             lines += [f"    {g.describe()}" for g in self.guards]
+        if self.kernel_choices:
+            lines.append("  kernels of the compiled programs, as their trial replays decided:")
+            lines += [f"    {line}" for line in self.kernel_choices]
         for g, report in zip(self.graphs, self.passes):
             lines.append("")
             lines.append(str(g))
@@ -227,9 +233,20 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
     captured = trace(target, *args, **kwargs)
     out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target),
-                        guards.collect(target).guards)
+                        guards.collect(target).guards, kernel_choices(fn))
     print(out)
     return out
+
+
+def kernel_choices(fn) -> list:
+    """Per fused group of a compiled function's programs so far, whether it runs as generated
+    C or on NumPy and the trial times behind that (lines; none before the trials are over)."""
+    lines = []
+    for entry in getattr(fn, "entries", {}).values():
+        for part, executor in (("forward", entry.executor), ("backward", entry.backward)):
+            for choice in getattr(executor, "choices", ()):
+                lines.append(f"{part} {choice.describe()}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- compile
