@@ -11,6 +11,7 @@ Compiled code is never slower than eager by design, not by hope: on its first re
 (`TRIAL_RUNS`) a C executor also runs each C kernel's subgraph on the array executor, times
 both on the same inputs (the C result is the one used), and from then on runs each group the way
 that measured faster, switching to NumPy only when it is clearly faster (`SWITCH_MARGIN`).
+A new `kiln.set_num_threads` count starts the trials again: what wins depends on it.
 `ScheduleExecutor.choices` records each decision and its times; `kiln.compiler.explain` prints
 them. The environment variable KILN_KERNEL_CHOICE=c keeps every generated kernel (no trials).
 """
@@ -30,6 +31,7 @@ from kiln.ir.ops import PRIMITIVES
 from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_externs
 from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
+from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.executor import ArrayExecutor
 
 
@@ -187,6 +189,8 @@ class ScheduleExecutor:
         self._trials = None         # _KernelTrials while they run
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
             os.environ.get("KILN_KERNEL_CHOICE", "measure") != "c" else 0
+        self._linked_steps = None   # the steps with every C kernel, kept for new trials
+        self._trial_threads = None  # the thread setting the choices were measured with
 
     @property
     def rendered(self):
@@ -245,6 +249,12 @@ class ScheduleExecutor:
         return self._subgraphs
 
     def _start_trials(self) -> None:
+        if self._linked_steps is None:
+            self._linked_steps = self.steps
+        else:                       # measured again: from the C kernels
+            self.steps, self.choices = self._linked_steps, []
+            self._write_callers_arrays_last()
+        self._trial_threads = _threads_setting()
         subgraphs = self._step_subgraphs()
         self._trials = _KernelTrials({i: ArrayExecutor(subgraphs[i], self.xp)
                                       for i, st in enumerate(self.steps) if st[0] == "c"})
@@ -287,8 +297,10 @@ class ScheduleExecutor:
         if not self._ready:
             self._link()
         trials = None
-        if self._trials_left:
+        if self._trials_left or (self._linked_steps is not None and
+                                 self._trial_threads != _threads_setting()):
             if self._trials is None:
+                self._trials_left = TRIAL_RUNS
                 self._start_trials()
             trials = self._trials
         xp = self.xp

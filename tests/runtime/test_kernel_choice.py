@@ -81,6 +81,31 @@ def test_slow_kernel_switches_to_numpy_with_same_values(capsys):
 
 
 @needs_cc
+def test_a_new_thread_count_measures_again(monkeypatch):
+    x = kiln.from_numpy(np.linspace(0, 1, 200, dtype=np.float32))
+
+    def f(x):
+        return (x.sin() + 2).sqrt()
+
+    cf = kiln.compile(f, backend="c")
+    cf(x)
+    executor = _executor(cf)
+    _slow_all_c_steps(executor)
+    for _ in range(se.TRIAL_RUNS):
+        cf(x)
+    assert [c.runs for c in executor.choices] == ["numpy"]
+    # as kiln.set_num_threads(7) would: the trials start again from the (slowed) C kernel
+    monkeypatch.setattr(c_build, "_threads", 7)
+    cf(x)
+    assert executor.choices == [] and [st[0] for st in executor.steps].count("c") == 1
+    for _ in range(se.TRIAL_RUNS - 1):
+        got = cf(x)
+    assert [c.runs for c in executor.choices] == ["numpy"]
+    np.testing.assert_allclose(got.numpy(), np.sqrt(np.sin(np.linspace(0, 1, 200)) + 2),
+                               rtol=1e-6)
+
+
+@needs_cc
 def test_slow_numpy_keeps_generated_kernels(monkeypatch):
     class SlowArrayExecutor(se.ArrayExecutor):
         def run(self, inputs):
