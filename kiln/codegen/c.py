@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, operand_dtype,
                                  row_passes, source_loc)
-from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
-                                 Reduce, Store)
+from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
+                                 LoweringError, Reduce, Store, Var, add, mul)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 
@@ -441,6 +441,7 @@ class _Renderer:
             self.params.append(p)
         self.dtype_of = {s.dest: s.dtype for s in kernel.body if not isinstance(s, Store)}
         self.work = max(1, sum(isinstance(s, Compute) for s in kernel.body))
+        self.loops = None           # a pointwise kernel's loop nest: (var, size, stride) each
 
     # -------------------------------------------------------------- pointwise
     def pointwise(self) -> list:
@@ -477,6 +478,7 @@ class _Renderer:
                        + (" {" if inner else ""))
         linear = " + ".join(var if s == 1 else f"{var} * {s}" for var, _, s in loops)
         body = [f"const int64_t xindex = {linear};"]
+        self.loops = [tuple(loop) for loop in loops]
         # an output written over an input is stored once every load has been done
         last = [s for s in self.k.body if isinstance(s, Store) and s.buffer in self.stored_over]
         for s in self.k.body:
@@ -724,7 +726,7 @@ class _Renderer:
     def _stmt(self, s) -> list:
         if isinstance(s, Load):
             ptr = self.params[s.buffer]
-            value = f"{ptr}[{_expr(s.offset)}]"
+            value = f"{ptr}[{self._index(s.offset)}]"
             if s.dtype is dt.float16:
                 value = f"(float){value}"
             return [f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};"]
@@ -733,15 +735,21 @@ class _Renderer:
             value = self._name(s.src) if isinstance(s.src, str) else _literal(s.src, s.dtype)
             if s.dtype is dt.float16:
                 value = f"(_Float16){value}"
-            return [f"{ptr}[{_expr(s.offset)}] = {value};"]
+            return [f"{ptr}[{self._index(s.offset)}] = {value};"]
         if isinstance(s, Reduce):
             raise AssertionError("reductions are rendered by the pass that accumulates them")
         return self._comment(s) + [
             f"const {ctype(s.dtype)} {self._name(s.dest)} = {self._compute(s)};"]
 
+    def _index(self, e: Expr) -> str:
+        """An index expression in C; in a loop nest, digits of xindex read from the loops."""
+        if self.loops is not None:
+            e = loop_digits(e, self.loops, self.k.numel)
+        return _expr(e)
+
     def _compute(self, s: Compute) -> str:
         if s.op == "index":
-            return _expr(s.args[0])
+            return self._index(s.args[0])
         if s.op == "full":
             return _literal(s.args[0].value, s.dtype)
         if s.op == "arange":
@@ -860,6 +868,36 @@ def _literal(value, d: DType | None) -> str:
     if v == -2 ** 63:
         return "INT64_MIN"
     return f"{v}" if -2 ** 31 < v < 2 ** 31 else f"{v}LL"
+
+
+def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Expr:
+    """`e` with each `linear // d % m`, `linear // d` or `linear % m` that a run of the loop
+    nest spells out written as those loops' variables: in a loop nest over (16, 32, 676),
+    `xindex % 676` is the inner loop's `g2`, and the inner loop then has no division left to
+    keep it from vectorizing. `loops` holds (var, size, stride) from outer to inner."""
+    if not isinstance(e, BinOp):
+        return e
+    d = m = None
+    if e.op == "%" and isinstance(e.b, Const):
+        m = e.b.value
+        if e.a == Var(linear):
+            d = 1
+        elif isinstance(e.a, BinOp) and e.a.op == "//" and e.a.a == Var(linear) and \
+                isinstance(e.a.b, Const):
+            d = e.a.b.value
+    elif e.op == "//" and e.a == Var(linear) and isinstance(e.b, Const):
+        d = e.b.value
+    if d is not None:
+        strides = {stride for _, _, stride in loops}
+        top = numel if m is None else d * m
+        if d in strides and (top in strides or top >= numel) and numel % d == 0:
+            out: Expr = Const(0)
+            for var, _, stride in loops:
+                if d <= stride < top:
+                    out = add(out, mul(Var(var), stride // d))
+            return out
+    return BinOp(e.op, loop_digits(e.a, loops, numel, linear),
+                 loop_digits(e.b, loops, numel, linear))
 
 
 def _expr(e: Expr) -> str:
