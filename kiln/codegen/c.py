@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, operand_dtype,
                                  row_passes, source_loc)
 from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
-                                 LoweringError, Reduce, Store, Var, add, mul)
+                                 LoweringError, Reduce, Store, Var, _linear_terms, add, mul,
+                                 variables)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 
@@ -442,6 +443,7 @@ class _Renderer:
         self.dtype_of = {s.dest: s.dtype for s in kernel.body if not isinstance(s, Store)}
         self.work = max(1, sum(isinstance(s, Compute) for s in kernel.body))
         self.loops = None           # a pointwise kernel's loop nest: (var, size, stride) each
+        self.hoisted: dict = {}     # offset -> its C text, where parts are computed outside
 
     # -------------------------------------------------------------- pointwise
     def pointwise(self) -> list:
@@ -546,6 +548,26 @@ class _Renderer:
         elem_vars = [f"const int64_t {v.name} = {_expr(v.expr())};"
                      for v in self.k.index_vars if v.scope == ELEM]
 
+        # each offset split into a part per row, computed once per block into an array, and a
+        # part per rindex, computed once per sweep step: no division in the inner loop
+        row_names = {v.name for v in self.k.index_vars if v.scope == ROW} | {"row"}
+        elem_names = {v.name for v in self.k.index_vars if v.scope == ELEM} | {"rindex"}
+        split = {}                  # offset -> (row part, rindex part)
+        for st in body:
+            if isinstance(st, (Load, Store)) and st.offset not in split:
+                parts = _split_offset(st.offset, row_names, elem_names)
+                if parts is not None and variables(parts[0]) - {"row"}:
+                    split[st.offset] = parts
+        per_row = [f"int64_t row_offset{k}[{block}];" for k in range(len(split))]
+        if split:
+            per_row += [f"for (int64_t row = {lo}; row < {hi}; row++) {{"] + _indent(
+                row_vars + [f"row_offset{k}[{at}] = {_expr(r)};"
+                            for k, (r, _) in enumerate(split.values())]) + ["}"]
+        per_step = elem_vars + [f"const int64_t step_offset{k} = {_expr(e)};"
+                                for k, (_, e) in enumerate(split.values())] if split else []
+        in_sweep = {off: f"row_offset{k}[{at}] + step_offset{k}"
+                    for k, off in enumerate(split)}
+
         def compute(targets) -> list:
             """The statements the targets need, a finished reduction read from its array."""
             need = closure(by_dest, targets)
@@ -561,7 +583,7 @@ class _Renderer:
                     lines += self._stmt(st)
             return lines
 
-        out = []
+        out = list(per_row)
         for st in reductions:
             out += _column_accumulators(st, block, ctype(self.dtype_of[st.src]))
         for i, (group, stores) in enumerate(sweeps):
@@ -572,16 +594,18 @@ class _Renderer:
                 out += [f"for (int64_t row = {lo}; row < {hi}; row++) {{"] + _indent(init) + ["}"]
             what = ", ".join(["reduce " + ", ".join(st.dest for st in group)] * bool(group) +
                              ["write"] * bool(stores))
+            self.hoisted = in_sweep
             inner = row_vars + elem_vars + compute([st.src for st in group + stores])
             for st in group:
                 inner += _column_accumulate(st, self._name(st.src), at,
                                             self.dtype_of[st.src].is_floating_point)
             for st in stores:
                 inner += self._stmt(st)
+            self.hoisted = {}
             out += [f"/* sweep {i + 1}: {what} */",
-                    f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{",
-                    "    #pragma omp simd",
-                    f"    for (int64_t row = {lo}; row < {hi}; row++) {{"]
+                    f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{"]
+            out += _indent(per_step) + ["    #pragma omp simd",
+                                        f"    for (int64_t row = {lo}; row < {hi}; row++) {{"]
             out += _indent(inner, 2) + ["    }", "}"]
         if row_stores:
             finish = row_vars + compute([st.src for st in row_stores])
@@ -743,6 +767,8 @@ class _Renderer:
 
     def _index(self, e: Expr) -> str:
         """An index expression in C; in a loop nest, digits of xindex read from the loops."""
+        if e in self.hoisted:
+            return self.hoisted[e]
         if self.loops is not None:
             e = loop_digits(e, self.loops, self.k.numel)
         return _expr(e)
@@ -868,6 +894,25 @@ def _literal(value, d: DType | None) -> str:
     if v == -2 ** 63:
         return "INT64_MIN"
     return f"{v}" if -2 ** 31 < v < 2 ** 31 else f"{v}LL"
+
+
+def _split_offset(e: Expr, row_names: set, elem_names: set) -> tuple | None:
+    """(the part of offset `e` that depends on the row, the rest) when it is a sum of terms
+    each depending on the row or on the reduction index but not both; else None."""
+    terms: dict = {}
+    const = _linear_terms(e, 1, terms)
+    row: Expr = Const(0)
+    elem: Expr = Const(const)
+    for t, c in terms.items():
+        names = variables(t)
+        term = mul(t, c) if c != -1 else BinOp("-", Const(0), t)
+        if names <= row_names:
+            row = add(row, term) if c > 0 else BinOp("-", row, mul(t, -c))
+        elif names <= elem_names:
+            elem = add(elem, term) if c > 0 else BinOp("-", elem, mul(t, -c))
+        else:
+            return None
+    return row, elem
 
 
 def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Expr:
