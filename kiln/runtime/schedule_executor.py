@@ -94,6 +94,23 @@ class _KernelTrials:
             self.c_times[i].append(time.perf_counter() - self._start)
 
 
+class _Unaliased:
+    """An array executor whose results never share memory with its inputs: a C kernel's outputs
+    are fresh arrays, and a later C kernel may write over one of these inputs in place."""
+
+    def __init__(self, executor: ArrayExecutor):
+        self.executor = executor
+
+    def run(self, inputs: list) -> tuple:
+        results, mutations = self.executor.run(inputs)
+        roots = {id(a if a.base is None else a.base) for a in inputs
+                 if isinstance(a, np.ndarray)}
+        results = [r.copy() if isinstance(r, np.ndarray) and
+                   (id(r) in roots or id(r if r.base is None else r.base) in roots) else r
+                   for r in results]
+        return results, mutations
+
+
 @dataclass
 class ExecutorLayout:
     """What a ScheduleExecutor derives from its schedule, as data: buffer slots, steps, what to
@@ -273,8 +290,10 @@ class ScheduleExecutor:
                                         min(np_t) * 1e3))
             if runs == "numpy":
                 # the same subgraph on the array executor: outputs in fresh arrays, written
-                # back by the caller as for any array step
-                steps[i] = ("array", trials.alternatives[i], ins, outs, None, None)
+                # back by the caller as for any array step. Kind "numpy", not "array": it
+                # cannot raise (a kernel's subgraph has no bounds checks, and its trials ran),
+                # so earlier C kernels still write the caller's arrays in place
+                steps[i] = ("numpy", _Unaliased(trials.alternatives[i]), ins, outs, None, None)
         self.steps = steps
         self.choices = choices
         self._write_callers_arrays_last()

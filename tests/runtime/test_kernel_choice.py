@@ -73,6 +73,7 @@ def test_slow_kernel_switches_to_numpy_with_same_values(capsys):
     assert executor.choices and all(c.runs == "numpy" for c in executor.choices)
     assert all(c.c_ms >= DELAY * 1e3 > c.numpy_ms for c in executor.choices)
     assert not any(st[0] == "c" for st in executor.steps)
+    assert sum(st[0] == "numpy" for st in executor.steps) == len(executor.choices)
     for _ in range(2):                               # now on the array executor
         np.testing.assert_allclose(cf(x).numpy(), f(x).numpy(), rtol=1e-5, atol=1e-6)
     out = compiler.explain(cf, x)
@@ -176,3 +177,18 @@ def test_training_step_after_switching_matches_eager():
     for pe, pc in zip(eager_model.parameters(), comp_model.parameters()):
         np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_switched_groups_never_return_views_of_their_inputs():
+    """A group moved to NumPy hands back fresh memory where NumPy would return a view of an
+    input (a later C kernel may write over that input in place); its other views stay views."""
+    from kiln.compiler import trace
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    graph = trace(lambda x: (x.reshape(6), (x * 2).permute(1, 0)), kiln.from_numpy(a)).graphs[0]
+    plain = se.ArrayExecutor(graph)
+    assert np.shares_memory(plain.run([a])[0][0], a)        # what NumPy alone gives
+    (flat, doubled), _ = se._Unaliased(plain).run([a])
+    assert not np.shares_memory(flat, a) and not np.shares_memory(doubled, a)
+    np.testing.assert_array_equal(flat, a.reshape(6))
+    np.testing.assert_array_equal(doubled, (a * 2).T)
+    assert not doubled.flags.c_contiguous                     # still NumPy's permuted view
