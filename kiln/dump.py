@@ -76,7 +76,8 @@ def c_kernel_sources(schedule) -> str:
 
 
 def compiled_notes(compiled) -> list[tuple[str, str]]:
-    """Guards of each compiled entry and why any of them runs eagerly."""
+    """Guards of each compiled entry, why any of them runs eagerly, and which way each fused
+    group runs after its trial replays."""
     lines = []
     for i, ((key, _), entry) in enumerate(compiled.entries.items()):
         tensors, aliases, grad_mode, tree = key
@@ -88,7 +89,13 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
         lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
         lines += [f"  guard: {g.describe()}" for g in entry.guards]
-    return [("guards", "\n".join(lines))] if lines else []
+    notes = [("guards", "\n".join(lines))] if lines else []
+    from kiln.compiler import kernel_choices
+    choices = kernel_choices(compiled)     # known once the trial replays ran (`kiln dump`)
+    if choices:
+        notes.append(("kernels: generated C or NumPy, as the trial replays measured",
+                      "\n".join(choices)))
+    return notes
 
 
 def pass_report(program):
