@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 import kiln
-import kiln.nn.functional as KF
 import kiln.optim  # noqa: F401
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -7,13 +7,13 @@ in the background when the executor is created, OpenMP on the CPU). A kernel the
 generator cannot lower runs through the array executor instead, and so do all the C kernels of
 a schedule whose build fails (with a warning), so every schedule runs.
 
-Compiled code is never slower than eager by design, not by hope: on its first replays
-(`TRIAL_RUNS`) a C executor also runs each C kernel's subgraph on the array executor, times
-both on the same inputs (the C result is the one used), and from then on runs each group the way
-that measured faster, switching to NumPy only when it is clearly faster (`SWITCH_MARGIN`).
-A new `kiln.set_num_threads` count starts the trials again: what wins depends on it.
-`ScheduleExecutor.choices` records each decision and its times; `kiln.compiler.explain` prints
-them. The environment variable KILN_KERNEL_CHOICE=c keeps every generated kernel (no trials).
+A generated C kernel is kept only where NumPy is not clearly faster: on its first replays
+(`TRIAL_RUNS`) a C executor also runs each C kernel's subgraph on the array executor and times
+both on the same inputs (the C result is the one used); from then on a group runs on NumPy when
+that measured faster by more than `SWITCH_MARGIN`. A new `kiln.set_num_threads` count starts the
+trials again: what wins depends on it. `ScheduleExecutor.choices` records each decision and its
+times (`kiln.compiler.explain` and `kiln dump` print them); KILN_KERNEL_CHOICE=c keeps every
+generated kernel (no trials).
 """
 
 from __future__ import annotations
@@ -72,12 +72,11 @@ class _KernelTrials:
         self.alternatives = alternatives            # step index -> ArrayExecutor
         self.c_times = {i: [] for i in alternatives}
         self.numpy_times = {i: [] for i in alternatives}
-        self.runs = 0
         self._start = 0.0
 
     def before_c(self, i: int, env: list, ins: list) -> None:
-        """Run step i's alternative on the step's inputs (it writes none of them: graph inputs
-        are never computed over), then start the C kernel's clock."""
+        """Run step i's alternative on the step's inputs (the array executor writes none of its
+        inputs), then start the C kernel's clock."""
         alt = self.alternatives.get(i)
         if alt is not None:
             t0 = time.perf_counter()
@@ -279,7 +278,6 @@ class ScheduleExecutor:
     def _finish_trials(self) -> None:
         """Run each C step from now on the way its trials measured faster; record why."""
         trials, self._trials, self._trials_left = self._trials, None, 0
-        subgraphs = self._step_subgraphs()
         steps, choices = list(self.steps), []
         for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps):
             if kind != "c" or not trials.c_times.get(i) or not trials.numpy_times.get(i):
