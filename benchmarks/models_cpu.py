@@ -10,6 +10,11 @@ stepped eagerly and a copy stepped through `kiln.compile` (the first call traces
 ones replay) must give the same losses and parameters. Then the three (four) steps are timed
 interleaved, one call of each per round, so a busy machine slows them alike; the table gives
 medians and ratios, and the load average at the start and end of the run.
+
+Both libraries' OpenMP threads sleep when idle here (OMP_WAIT_POLICY=PASSIVE unless set): with
+one process calling both, PyTorch's threads spinning after its step would otherwise hold the
+cores that kiln's next call needs (and the other way round), and 2-thread steps of either
+library then ran 5-50x slower than 1-thread ones.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import statistics
 import sys
 import time
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")    # before torch and kiln load OpenMP
 
-import kiln
-import kiln.optim  # noqa: F401
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import kiln  # noqa: E402
+import kiln.optim  # noqa: E402,F401
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -313,7 +320,7 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     print(f"models_cpu: {os.cpu_count()} CPUs, load average {_load()} (1/5/15 min) at start; "
           f"{repeat} interleaved rounds per row, medians in ms; ratios > 1: kiln compiled "
-          f"faster")
+          f"faster; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     prepared = {}
     for name in rows:
         t0 = time.perf_counter()
