@@ -80,7 +80,8 @@ def artifact_of(compiled, program):
 
 
 def compiled_notes(compiled) -> list[tuple[str, str]]:
-    """Guards of each compiled entry and why any of them runs eagerly."""
+    """Guards of each compiled entry, why any of them runs eagerly, and which way each fused
+    group runs after its trial replays."""
     lines = []
     for i, ((key, _), entry) in enumerate(compiled.entries.items()):
         tensors, aliases, grad_mode, tree = key
@@ -92,7 +93,13 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
         lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
         lines += [f"  guard: {g.describe()}" for g in entry.guards]
-    return [("guards", "\n".join(lines))] if lines else []
+    notes = [("guards", "\n".join(lines))] if lines else []
+    from kiln.compiler import kernel_choices
+    choices = kernel_choices(compiled)     # known once the trial replays ran (`kiln dump`)
+    if choices:
+        notes.append(("kernels: generated C or NumPy, as the trial replays measured",
+                      "\n".join(choices)))
+    return notes
 
 
 def write_programs(directory, name: str, programs: list, formats=FORMATS,

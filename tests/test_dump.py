@@ -30,7 +30,14 @@ def test_kiln_dump_writes_listing_dot_and_html(tmp_path):
     done = _run(["-m", "kiln", "dump", str(EXAMPLE), "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
     assert "final loss" in done.stdout
-    _check_listing((tmp_path / "train_step.txt").read_text())
+    text = (tmp_path / "train_step.txt").read_text()
+    _check_listing(text)
+    from kiln.runtime import c_build
+    if c_build.compiler_problem() is None:     # 30 steps: the kernel trials are over
+        choices = text.split("== kernels: generated C or NumPy, as the trial replays measured ==")
+        assert len(choices) == 2, text[-2000:]
+        assert re.search(r"forward k\d+\w*: runs as (generated C|NumPy \(array executor\)); "
+                         r"trial replays: C [\d.]+ ms, NumPy [\d.]+ ms", choices[1])
     dot = (tmp_path / "train_step.dot").read_text()
     assert dot.startswith('digraph "train_step"') and "->" in dot
     assert (tmp_path / "train_step.html").read_text().startswith("<!doctype html>")

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, operand_dtype,
                                  row_passes, source_loc)
-from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
-                                 Reduce, Store)
+from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
+                                 LoweringError, Reduce, Store, Var, _linear_terms, add, mul,
+                                 variables)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 
@@ -441,6 +442,8 @@ class _Renderer:
             self.params.append(p)
         self.dtype_of = {s.dest: s.dtype for s in kernel.body if not isinstance(s, Store)}
         self.work = max(1, sum(isinstance(s, Compute) for s in kernel.body))
+        self.loops = None           # a pointwise kernel's loop nest: (var, size, stride) each
+        self.hoisted: dict = {}     # offset -> its C text, where parts are computed outside
 
     # -------------------------------------------------------------- pointwise
     def pointwise(self) -> list:
@@ -477,6 +480,7 @@ class _Renderer:
                        + (" {" if inner else ""))
         linear = " + ".join(var if s == 1 else f"{var} * {s}" for var, _, s in loops)
         body = [f"const int64_t xindex = {linear};"]
+        self.loops = [tuple(loop) for loop in loops]
         # an output written over an input is stored once every load has been done
         last = [s for s in self.k.body if isinstance(s, Store) and s.buffer in self.stored_over]
         for s in self.k.body:
@@ -544,6 +548,26 @@ class _Renderer:
         elem_vars = [f"const int64_t {v.name} = {_expr(v.expr())};"
                      for v in self.k.index_vars if v.scope == ELEM]
 
+        # each offset split into a part per row, computed once per block into an array, and a
+        # part per rindex, computed once per sweep step: no division in the inner loop
+        row_names = {v.name for v in self.k.index_vars if v.scope == ROW} | {"row"}
+        elem_names = {v.name for v in self.k.index_vars if v.scope == ELEM} | {"rindex"}
+        split = {}                  # offset -> (row part, rindex part)
+        for st in body:
+            if isinstance(st, (Load, Store)) and st.offset not in split:
+                parts = _split_offset(st.offset, row_names, elem_names)
+                if parts is not None and variables(parts[0]) - {"row"}:
+                    split[st.offset] = parts
+        per_row = [f"int64_t row_offset{k}[{block}];" for k in range(len(split))]
+        if split:
+            per_row += [f"for (int64_t row = {lo}; row < {hi}; row++) {{"] + _indent(
+                row_vars + [f"row_offset{k}[{at}] = {_expr(r)};"
+                            for k, (r, _) in enumerate(split.values())]) + ["}"]
+        per_step = elem_vars + [f"const int64_t step_offset{k} = {_expr(e)};"
+                                for k, (_, e) in enumerate(split.values())] if split else []
+        in_sweep = {off: f"row_offset{k}[{at}] + step_offset{k}"
+                    for k, off in enumerate(split)}
+
         def compute(targets) -> list:
             """The statements the targets need, a finished reduction read from its array."""
             need = closure(by_dest, targets)
@@ -559,7 +583,7 @@ class _Renderer:
                     lines += self._stmt(st)
             return lines
 
-        out = []
+        out = list(per_row)
         for st in reductions:
             out += _column_accumulators(st, block, ctype(self.dtype_of[st.src]))
         for i, (group, stores) in enumerate(sweeps):
@@ -570,16 +594,18 @@ class _Renderer:
                 out += [f"for (int64_t row = {lo}; row < {hi}; row++) {{"] + _indent(init) + ["}"]
             what = ", ".join(["reduce " + ", ".join(st.dest for st in group)] * bool(group) +
                              ["write"] * bool(stores))
+            self.hoisted = in_sweep
             inner = row_vars + elem_vars + compute([st.src for st in group + stores])
             for st in group:
                 inner += _column_accumulate(st, self._name(st.src), at,
                                             self.dtype_of[st.src].is_floating_point)
             for st in stores:
                 inner += self._stmt(st)
+            self.hoisted = {}
             out += [f"/* sweep {i + 1}: {what} */",
-                    f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{",
-                    "    #pragma omp simd",
-                    f"    for (int64_t row = {lo}; row < {hi}; row++) {{"]
+                    f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{"]
+            out += _indent(per_step) + ["    #pragma omp simd",
+                                        f"    for (int64_t row = {lo}; row < {hi}; row++) {{"]
             out += _indent(inner, 2) + ["    }", "}"]
         if row_stores:
             finish = row_vars + compute([st.src for st in row_stores])
@@ -724,7 +750,7 @@ class _Renderer:
     def _stmt(self, s) -> list:
         if isinstance(s, Load):
             ptr = self.params[s.buffer]
-            value = f"{ptr}[{_expr(s.offset)}]"
+            value = f"{ptr}[{self._index(s.offset)}]"
             if s.dtype is dt.float16:
                 value = f"(float){value}"
             return [f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};"]
@@ -733,15 +759,23 @@ class _Renderer:
             value = self._name(s.src) if isinstance(s.src, str) else _literal(s.src, s.dtype)
             if s.dtype is dt.float16:
                 value = f"(_Float16){value}"
-            return [f"{ptr}[{_expr(s.offset)}] = {value};"]
+            return [f"{ptr}[{self._index(s.offset)}] = {value};"]
         if isinstance(s, Reduce):
             raise AssertionError("reductions are rendered by the pass that accumulates them")
         return self._comment(s) + [
             f"const {ctype(s.dtype)} {self._name(s.dest)} = {self._compute(s)};"]
 
+    def _index(self, e: Expr) -> str:
+        """An index expression in C; in a loop nest, digits of xindex read from the loops."""
+        if e in self.hoisted:
+            return self.hoisted[e]
+        if self.loops is not None:
+            e = loop_digits(e, self.loops, self.k.numel)
+        return _expr(e)
+
     def _compute(self, s: Compute) -> str:
         if s.op == "index":
-            return _expr(s.args[0])
+            return self._index(s.args[0])
         if s.op == "full":
             return _literal(s.args[0].value, s.dtype)
         if s.op == "arange":
@@ -860,6 +894,55 @@ def _literal(value, d: DType | None) -> str:
     if v == -2 ** 63:
         return "INT64_MIN"
     return f"{v}" if -2 ** 31 < v < 2 ** 31 else f"{v}LL"
+
+
+def _split_offset(e: Expr, row_names: set, elem_names: set) -> tuple | None:
+    """(the part of offset `e` that depends on the row, the rest) when it is a sum of terms
+    each depending on the row or on the reduction index but not both; else None."""
+    terms: dict = {}
+    const = _linear_terms(e, 1, terms)
+    row: Expr = Const(0)
+    elem: Expr = Const(const)
+    for t, c in terms.items():
+        names = variables(t)
+        term = mul(t, c) if c != -1 else BinOp("-", Const(0), t)
+        if names <= row_names:
+            row = add(row, term) if c > 0 else BinOp("-", row, mul(t, -c))
+        elif names <= elem_names:
+            elem = add(elem, term) if c > 0 else BinOp("-", elem, mul(t, -c))
+        else:
+            return None
+    return row, elem
+
+
+def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Expr:
+    """`e` with each `linear // d % m`, `linear // d` or `linear % m` that a run of the loop
+    nest spells out written as those loops' variables: in a loop nest over (16, 32, 676),
+    `xindex % 676` is the inner loop's `g2`, and the inner loop then has no division left to
+    keep it from vectorizing. `loops` holds (var, size, stride) from outer to inner."""
+    if not isinstance(e, BinOp):
+        return e
+    d = m = None
+    if e.op == "%" and isinstance(e.b, Const):
+        m = e.b.value
+        if e.a == Var(linear):
+            d = 1
+        elif isinstance(e.a, BinOp) and e.a.op == "//" and e.a.a == Var(linear) and \
+                isinstance(e.a.b, Const):
+            d = e.a.b.value
+    elif e.op == "//" and e.a == Var(linear) and isinstance(e.b, Const):
+        d = e.b.value
+    if d is not None:
+        strides = {stride for _, _, stride in loops}
+        top = numel if m is None else d * m
+        if d in strides and (top in strides or top >= numel) and numel % d == 0:
+            out: Expr = Const(0)
+            for var, _, stride in loops:
+                if d <= stride < top:
+                    out = add(out, mul(Var(var), stride // d))
+            return out
+    return BinOp(e.op, loop_digits(e.a, loops, numel, linear),
+                 loop_digits(e.b, loops, numel, linear))
 
 
 def _expr(e: Expr) -> str:

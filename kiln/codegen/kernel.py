@@ -408,7 +408,7 @@ class _Lowering:
             if prim.kind not in (ELEMENTWISE, REDUCE, MOVEMENT, CREATION):
                 raise LoweringError(f"{n.op} ({prim.kind}) cannot be fused into a generated "
                                     f"kernel")
-            if n.op in ("cumsum", "pad", "cat"):
+            if n.op in ("cumsum", "cat"):
                 raise LoweringError(f"{n.op} is not supported by the kernel generator yet")
         if graph.constants:
             raise LoweringError("a fused subgraph must take constants as buffer inputs")
@@ -576,6 +576,8 @@ class _Lowering:
         kind = n.prim.kind
         attrs = n.attr_dict
         if kind == MOVEMENT:
+            if n.op == "pad":
+                return self._pad(n, coords)
             return self.emit(n.inputs[0], _move(n, coords))
         note = _note(n)
         if kind == CREATION:
@@ -604,6 +606,43 @@ class _Lowering:
         self.body.append(Compute(dest, n.op, tuple(args), n.attrs, n.out.dtype,
                                  tuple(arg_dtypes), scope, note, n.loc))
         return dest, scope, level
+
+    def _pad(self, n: Node, coords: tuple) -> tuple:
+        """A constant pad: the input read at coordinates wrapped into range (so every load is
+        in bounds), kept where all coordinates fall inside the input, the pad value elsewhere."""
+        attrs = n.attr_dict
+        pads, src = attrs["pads"], n.inputs[0].shape
+        if any(lo < 0 or hi < 0 for lo, hi in pads):
+            raise LoweringError(f"{_note(n)}: a pad that crops is not generated")
+        inner, inside, scope = [], None, ROW
+        for c, (lo, hi), d in zip(coords, pads, src):
+            if lo == 0 and hi == 0:
+                inner.append(c)
+                continue
+            # (c - lo) mod d, written with a non-negative left side
+            inner.append(mod(add(c, Const(-lo % d)), d) if d > 1 else Const(0))
+            idx = self._index_value(c)
+            for op, bound in (("ge", lo),) * (lo > 0) + (("lt", lo + d),) * (hi > 0):
+                test = f"inside{len(self.body)}"
+                self.body.append(Compute(test, op, (idx, Literal(bound)), (), dt.bool_,
+                                         (dt.int64, None), self._scope_of(c)))
+                if inside is not None:
+                    both = f"inside{len(self.body)}"
+                    self.body.append(Compute(both, "bitwise_and", (inside, test), (),
+                                             dt.bool_, (dt.bool_, dt.bool_),
+                                             ELEM if ELEM in (scope, self._scope_of(c))
+                                             else ROW))
+                    test = both
+                inside = test
+            scope = ELEM if self._scope_of(c) == ELEM else scope
+        value, vscope, level = self.emit(n.inputs[0], tuple(inner))
+        if inside is None:
+            return value, vscope, level
+        dest = self._fresh(n.out)
+        self.body.append(Compute(dest, "where", (inside, value, Literal(attrs["value"])), (),
+                                 n.out.dtype, (dt.bool_, n.out.dtype, None),
+                                 ELEM if ELEM in (scope, vscope) else ROW, _note(n), n.loc))
+        return dest, ELEM if ELEM in (scope, vscope) else ROW, level
 
     def _index_value(self, e: Expr) -> str:
         """An SSA name holding the integer index expression `e` (for arange)."""

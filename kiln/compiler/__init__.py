@@ -182,6 +182,9 @@ class ExplainOutput:
     guards: list = field(default_factory=list)     # Guard: what a replay would check
     artifacts: list = field(default_factory=list)  # per graph: CompiledArtifact or None
     eager_reason: str | None = None                # why the function runs eagerly, if it does
+    # how each fused group of the compiled function's programs runs (C or NumPy) and why,
+    # decided by timing both on its first replays; empty before those replays
+    kernel_choices: list = field(default_factory=list)
 
     @property
     def graph_count(self) -> int:
@@ -205,6 +208,9 @@ class ExplainOutput:
         if self.guards:
             lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
             lines += [f"    {g.describe()}" for g in self.guards]
+        if self.kernel_choices:
+            lines.append("  kernels of the compiled programs, as their trial replays decided:")
+            lines += [f"    {line}" for line in self.kernel_choices]
         for i, g in enumerate(self.graphs):
             artifact = self.artifacts[i] if i < len(self.artifacts) else None
             lines += ["", str(g)]
@@ -232,15 +238,26 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
     if done:
         entry = done[-1]
         out = ExplainOutput([entry.traced.graph], [], _function_name(target), entry.guards,
-                            [entry.artifact])
+                            [entry.artifact], kernel_choices=kernel_choices(fn))
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
         out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target),
                             guards.collect(target).guards, [None] * len(captured.graphs),
-                            reasons[0] if reasons else None)
+                            reasons[0] if reasons else None, kernel_choices(fn))
     print(out)
     return out
+
+
+def kernel_choices(fn) -> list:
+    """Per fused group of a compiled function's programs so far, whether it runs as generated
+    C or on NumPy and the trial times behind that (lines; none before the trials are over)."""
+    lines = []
+    for entry in getattr(fn, "entries", {}).values():
+        for part, executor in (("forward", entry.executor), ("backward", entry.backward)):
+            for choice in getattr(executor, "choices", ()):
+                lines.append(f"{part} {choice.describe()}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- compile
@@ -265,6 +282,7 @@ class CompiledEntry:
     guards: list = field(default_factory=list)       # Guard: the Python state it assumes
     lifted_bases: frozenset = frozenset()            # buffers of the state it reads
     _check: object = None                            # guards.checker(guards), made once
+    _artifact_at: tuple = ()                         # the kernel choices it was read at
     traced: object = None               # the TracedProgram compiled (kept if replays fail)
     compiled: object = None             # CompiledProgram: what the passes made of it
     target: str = ""                    # "c", "triton" or "numpy"
@@ -274,10 +292,16 @@ class CompiledEntry:
     def artifact(self):
         """The CompiledArtifact: what was traced, compiled and runs (None when eager). Read
         off the executors once, on first use (after their C build: a failed build shows)."""
-        if self._artifact is None and self.compiled is not None:
+        if self.compiled is None:
+            return None
+        executors = {"forward": self.executor, "backward": self.backward}
+        # the kernel trials (schedule_executor) may move a group to NumPy after a few replays:
+        # what runs then is read again
+        decided = tuple(id(getattr(ex, "choices", None)) for ex in executors.values())
+        if self._artifact is None or self._artifact_at != decided:
             from kiln.compiler.artifact import build_artifact
-            executors = {"forward": self.executor, "backward": self.backward}
             self._artifact = build_artifact(self.traced, self.compiled, executors, self.target)
+            self._artifact_at = decided
         return self._artifact
 
     def valid(self, leaves) -> bool:

@@ -170,6 +170,8 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
         elif kind == "view" or s["why"] == "views only: no copy needed":
             kind, what = "view", "view (no copy)"
             buffers = ("a view of its input",) * len(outs)
+        elif kind == "numpy":
+            what = "array executor (NumPy beat its C kernel in the trial replays)"
         elif hasattr(step, "node"):
             kind, what = "extern", f"extern {step.node.op}"
         else:

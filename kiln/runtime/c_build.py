@@ -312,6 +312,11 @@ def set_num_threads(n: int) -> None:
         _apply_threads(lib)
 
 
+def threads_setting() -> int | None:
+    """The thread count `kiln.set_num_threads` asked for, or None (OpenMP's default)."""
+    return _threads
+
+
 def _apply_threads(lib: ctypes.CDLL) -> None:
     try:
         lib.omp_set_num_threads(ctypes.c_int(_threads))

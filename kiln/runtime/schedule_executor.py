@@ -6,10 +6,20 @@ launched on CuPy's current stream) and C (`target="c"`; one shared object per sc
 in the background when the executor is created, OpenMP on the CPU). A kernel the code
 generator cannot lower runs through the array executor instead, and so do all the C kernels of
 a schedule whose build fails (with a warning), so every schedule runs.
+
+A generated C kernel is kept only where NumPy is not clearly faster: on its first replays
+(`TRIAL_RUNS`) a C executor also runs each C kernel's subgraph on the array executor and times
+both on the same inputs (the C result is the one used); from then on a group runs on NumPy when
+that measured faster by more than `SWITCH_MARGIN`. A new `kiln.set_num_threads` count starts the
+trials again: what wins depends on it. `ScheduleExecutor.choices` records each decision and its
+times (`kiln.compiler.explain` and `kiln dump` print them); KILN_KERNEL_CHOICE=c keeps every
+generated kernel (no trials).
 """
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
 from dataclasses import dataclass
 from sys import getrefcount
@@ -21,7 +31,83 @@ from kiln.ir.ops import PRIMITIVES
 from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_externs
 from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
+from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.executor import ArrayExecutor
+
+
+# Replays on which a C executor times its kernels against the array executor, and how much
+# faster (as a fraction of the C time) NumPy must be before a group switches to it: a group
+# that is about as fast either way keeps its generated kernel.
+TRIAL_RUNS = 3
+SWITCH_MARGIN = 0.9
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """How one fused group runs after the trials, and why: `runs` is "c" or "numpy"; the times
+    are the fastest of the trial replays, in milliseconds (the C time includes converting its
+    inputs to contiguous arrays, which the array executor does not need)."""
+
+    kernel: str             # the kernel's name, as `kiln dump` lists it
+    runs: str
+    c_ms: float
+    numpy_ms: float
+
+    def describe(self) -> str:
+        way = "generated C" if self.runs == "c" else "NumPy (array executor)"
+        return (f"{self.kernel}: runs as {way}; trial replays: C {self.c_ms:.3f} ms, "
+                f"NumPy {self.numpy_ms:.3f} ms")
+
+
+def choose_kernel(c_times: list, numpy_times: list, margin: float = SWITCH_MARGIN) -> str:
+    """"numpy" when the array executor's fastest trial beats the C kernel's fastest by the
+    margin, else "c". Fastest, not median: a busy machine only ever adds time."""
+    return "numpy" if min(numpy_times) < margin * min(c_times) else "c"
+
+
+class _KernelTrials:
+    """Times each C step and its subgraph on the array executor during the trial replays."""
+
+    def __init__(self, alternatives: dict):
+        self.alternatives = alternatives            # step index -> ArrayExecutor
+        self.c_times = {i: [] for i in alternatives}
+        self.numpy_times = {i: [] for i in alternatives}
+        self._start = 0.0
+
+    def before_c(self, i: int, env: list, ins: list) -> None:
+        """Run step i's alternative on the step's inputs (the array executor writes none of its
+        inputs), then start the C kernel's clock."""
+        alt = self.alternatives.get(i)
+        if alt is not None:
+            t0 = time.perf_counter()
+            try:
+                alt.run([env[s] for s in ins])
+            except Exception:        # e.g. a bounds check: the C kernel decides what happens
+                del self.alternatives[i], self.c_times[i], self.numpy_times[i]
+            else:
+                self.numpy_times[i].append(time.perf_counter() - t0)
+        self._start = time.perf_counter()
+
+    def after_c(self, i: int) -> None:
+        if i in self.c_times:
+            self.c_times[i].append(time.perf_counter() - self._start)
+
+
+class _Unaliased:
+    """An array executor whose results never share memory with its inputs: a C kernel's outputs
+    are fresh arrays, and a later C kernel may write over one of these inputs in place."""
+
+    def __init__(self, executor: ArrayExecutor):
+        self.executor = executor
+
+    def run(self, inputs: list) -> tuple:
+        results, mutations = self.executor.run(inputs)
+        roots = {id(a if a.base is None else a.base) for a in inputs
+                 if isinstance(a, np.ndarray)}
+        results = [r.copy() if isinstance(r, np.ndarray) and
+                   (id(r) in roots or id(r if r.base is None else r.base) in roots) else r
+                   for r in results]
+        return results, mutations
 
 
 @dataclass
@@ -79,11 +165,13 @@ class ScheduleExecutor:
         self.constants = [(s, a if xp is np else xp.asarray(a))
                           for s, a in zip(layout.constant_slots, graph.constants.values())]
         self.c_kernels = []         # CKernel per C step, in order
+        self._c_names = {}          # step index -> its C kernel's name
         steps = []
         for kind, what, ins, outs, extra in layout.steps:
             if kind == "c":
                 ck = layout.kernels[what]
                 self.c_kernels.append(ck)
+                self._c_names[len(steps)] = ck.name
                 steps.append((kind, ck, ins, outs, None, extra))
             elif kind == "matmul":
                 steps.append((kind, xp.matmul, ins, outs, None, extra))
@@ -113,6 +201,12 @@ class ScheduleExecutor:
         self._ready = self._build is None
         # the arrays C kernels wrote last time, reused once nothing else holds them
         self._spares = [None] * layout.num_spares
+        self.choices: list = []     # KernelChoice per C kernel, once the trials are over
+        self._trials = None         # _KernelTrials while they run
+        self._trials_left = TRIAL_RUNS if self.c_kernels and \
+            os.environ.get("KILN_KERNEL_CHOICE", "measure") != "c" else 0
+        self._linked_steps = None   # the steps with every C kernel, kept for new trials
+        self._trial_threads = None  # the thread setting the choices were measured with
 
     @property
     def rendered(self):
@@ -191,6 +285,46 @@ class ScheduleExecutor:
         self._write_callers_arrays_last()
         self._ready = True
 
+    def _step_subgraphs(self) -> list:
+        """The subgraph per step (None for externs), derived again when the layout came from
+        the program cache."""
+        if self._subgraphs is None:
+            self._subgraphs = [st.subgraph if isinstance(st, FusedKernel) else None
+                               for st in _runnable(self.schedule)[0].steps]
+        return self._subgraphs
+
+    def _start_trials(self) -> None:
+        if self._linked_steps is None:
+            self._linked_steps = self.steps
+        else:                       # measured again: from the C kernels
+            self.steps, self.choices = self._linked_steps, []
+            self._write_callers_arrays_last()
+        self._trial_threads = _threads_setting()
+        subgraphs = self._step_subgraphs()
+        self._trials = _KernelTrials({i: ArrayExecutor(subgraphs[i], self.xp)
+                                      for i, st in enumerate(self.steps) if st[0] == "c"})
+
+    def _finish_trials(self) -> None:
+        """Run each C step from now on the way its trials measured faster; record why."""
+        trials, self._trials, self._trials_left = self._trials, None, 0
+        steps, choices = list(self.steps), []
+        for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps):
+            if kind != "c" or not trials.c_times.get(i) or not trials.numpy_times.get(i):
+                continue
+            c_t, np_t = trials.c_times[i], trials.numpy_times[i]
+            runs = choose_kernel(c_t, np_t)
+            choices.append(KernelChoice(self._c_names[i], runs, min(c_t) * 1e3,
+                                        min(np_t) * 1e3))
+            if runs == "numpy":
+                # the same subgraph on the array executor: outputs in fresh arrays, written
+                # back by the caller as for any array step. Kind "numpy", not "array": it
+                # cannot raise (a kernel's subgraph has no bounds checks, and its trials ran),
+                # so earlier C kernels still write the caller's arrays in place
+                steps[i] = ("numpy", _Unaliased(trials.alternatives[i]), ins, outs, None, None)
+        self.steps = steps
+        self.choices = choices
+        self._write_callers_arrays_last()
+
     def wait(self) -> "ScheduleExecutor":
         """Finish building (and loading) the C kernels now rather than on the first run."""
         if not self._ready:
@@ -208,6 +342,13 @@ class ScheduleExecutor:
         """
         if not self._ready:
             self._link()
+        trials = None
+        if self._trials_left or (self._linked_steps is not None and
+                                 self._trial_threads != _threads_setting()):
+            if self._trials is None:
+                self._trials_left = TRIAL_RUNS
+                self._start_trials()
+            trials = self._trials
         xp = self.xp
         spares = self._spares
         env = [None] * self.num_slots
@@ -221,8 +362,11 @@ class ScheduleExecutor:
             if spec is not None and getattr(a, "shape", None) == spec[1] and \
                     _free_to_write(a, spec[2], env, spec[3]):
                 dests[spec[0]] = a
-        for (kind, runner, ins, outs, sub, extra), free in zip(self.steps, self.free):
+        for i, ((kind, runner, ins, outs, sub, extra), free) in enumerate(zip(self.steps,
+                                                                              self.free)):
             if kind == "c":
+                if trials is not None:
+                    trials.before_c(i, env, ins)
                 in_dtypes, out_specs = extra
                 # `args` keeps converted copies alive until the kernel has read them
                 args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
@@ -246,6 +390,8 @@ class ScheduleExecutor:
                     env[s] = spares[k]
                     pointers.append(data_pointer(spares[k]))
                 runner(*pointers)
+                if trials is not None:
+                    trials.after_c(i)
             elif kind == "matmul":
                 k, shape, d = extra
                 dest = dests.get(outs[0])
@@ -270,6 +416,10 @@ class ScheduleExecutor:
                     env[s] = r
             for s in free:
                 env[s] = None
+        if trials is not None:
+            self._trials_left -= 1
+            if not self._trials_left:
+                self._finish_trials()
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
 
 

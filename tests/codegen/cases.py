@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -105,6 +106,13 @@ CASES = [
          (((2, 200), F32), ((200,), F32), ((200,), F32)), atol=1e-5,
          options={"persistent_limit": 64, "loop_rblock": 64}),
     # every dim of size 1: an element output's offset folds to 0 (Triton needs a block)
+    Case("pad_sum_of_slices", lambda a, b: F.pad(a, (0, 0, 2, 1)) + F.pad(b, (0, 0, 0, 3)) * 2.0,
+         (((3, 4), F32), ((3, 4), F32))),
+    Case("pad_both_dims_inf", lambda x: F.pad(x.exp(), (1, 2, 3, 0), value=-math.inf),
+         (((2, 5, 3), F32),)),
+    Case("pad_then_reduce", lambda x: F.pad(x, (2, 1)).amax(-1) + F.pad(x, (0, 3)).sum(-1),
+         (((4, 6), F32),)),
+    Case("pad_int", lambda x: F.pad(x, (1, 1), value=7) * 3, (((2, 3), I64),)),
     Case("size_one_dims", lambda x: ((x * 2.0).reshape(1, 1).tanh(), kiln.softmax(x, 0)),
          (((1,), F32),)),
 ]

@@ -177,6 +177,48 @@ def test_pointwise_loops_follow_the_indices_used():
     assert bcast.count("for (") == 3 and "xindex = x0 * 15 + x1 * 5 + x2" in bcast
 
 
+def test_pointwise_loop_nest_reads_channels_last_without_division():
+    """A conv's bias + ReLU: the GEMM's (N*H*W, C) output read as NCHW. The merged (H, W) loop
+    is the load's digit, so the inner loop indexes with no division or remainder."""
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal((2 * 5 * 7, 3)).astype(np.float32),
+              rng.standard_normal(3).astype(np.float32)]
+    graph = _graph(lambda y, b: (y.reshape(2, 5, 7, 3).permute(0, 3, 1, 2) +
+                                 b.reshape(1, 3, 1, 1)).relu(), arrays)
+    ck = cgen.render_c(lower(graph))
+    loads = [line for line in ck.source.splitlines() if "_ptr[" in line and "= " in line]
+    assert loads and not any("/" in ln.split("[", 1)[1] or "%" in ln for ln in loads), loads
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, arrays)
+    for g, w in zip(_run(ck, lib, graph, arrays), want):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+def test_column_reduction_offsets_split_per_row_and_per_step():
+    """Max-pooling a channels-last GEMM output (windows leading): each load's offset is a part
+    per row, computed once per block of rows, plus a part per reduction step, so the inner loop
+    divides nothing."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((2 * 4 * 6, 5)).astype(np.float32)]
+
+    def pool(y):
+        w = y.reshape(2, 2, 2, 3, 2, 5).permute(2, 4, 0, 5, 1, 3).reshape(4, 2, 5, 2, 3)
+        return (w + 0.5).relu().amax(0), w.sum(0)
+    graph = _graph(pool, arrays)
+    kernel = lower(graph)
+    assert kernel.reduced_leading
+    src = cgen.render_c(kernel).source
+    assert "row_offset0[" in src and "step_offset0 = " in src
+    loads = [ln for ln in src.splitlines() if "= y_ptr[" in ln]
+    assert loads and all("row_offset" in ln and "/" not in ln and "%" not in ln
+                         for ln in loads), loads
+    ck = cgen.render_c(kernel)
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, arrays)
+    for g, w in zip(_run(ck, lib, graph, arrays), want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("fn, arrays, match", [
     (lambda x: kiln.round(x, decimals=2), [np.ones(3, np.float32)], "decimals"),
     (lambda a, b: a ** b, [np.ones(3, np.int64), np.ones(3, np.int64)], "tensor exponent"),

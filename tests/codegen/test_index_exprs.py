@@ -91,3 +91,53 @@ def test_a_transposed_channels_last_read_loads_without_division():
     want, _ = interpret(program.graph, arrays)
     got = run_kernel(program.graph, arrays)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def _loop_nest(shape: tuple, groups: tuple) -> list:
+    """(var, size, stride) per loop, as the C renderer nests a pointwise kernel over `shape`
+    with the dims of each group (consecutive dim indices) merged into one loop."""
+    loops = []
+    for g in groups:
+        size = math.prod(shape[i] for i in g)
+        loops.append((f"g{g[0]}", size, math.prod(shape[g[-1] + 1:])))
+    return loops
+
+
+@pytest.mark.parametrize("shape, groups", [
+    ((4, 3, 5), ((0,), (1,), (2,))),
+    ((4, 3, 5), ((0,), (1, 2))),
+    ((2, 3, 4, 5), ((0, 1), (2,), (3,))),
+    ((2, 1, 6, 4), ((0,), (1, 2), (3,))),
+])
+def test_loop_digits_keep_every_value(shape, groups):
+    from kiln.codegen.c import loop_digits
+    numel = math.prod(shape)
+    loops = _loop_nest(shape, groups)
+    strides = [s for _, _, s in loops]
+    bounds = sorted(set(strides) | {numel})
+    x = Var("xindex")
+    spelled = [BinOp("%", x, Const(m)) for m in bounds[1:]]
+    spelled += [BinOp("//", x, Const(d)) for d in strides]
+    spelled += [BinOp("%", BinOp("//", x, Const(d)), Const(top // d))
+                for d in strides for top in bounds if top > d]
+    spelled.append(add(mul(BinOp("%", x, Const(bounds[1])), 7), Const(3)))
+    others = [BinOp("%", x, Const(7)), BinOp("//", x, Const(7))]   # no run of loops spells these
+    for e in spelled + others:
+        rewritten = loop_digits(e, loops, numel)
+        for linear in range(numel):
+            env = {"xindex": linear}
+            for var, size, stride in loops:
+                env[var] = linear // stride % size
+            assert _value(rewritten, env) == _value(e, env), (e, rewritten, linear)
+        if e in spelled:
+            assert not _has_division(rewritten) and "xindex" not in _names(rewritten), rewritten
+        else:
+            assert rewritten == e
+
+
+def _names(e) -> set:
+    if isinstance(e, Var):
+        return {e.name}
+    if isinstance(e, BinOp):
+        return _names(e.a) | _names(e.b)
+    return set()
