@@ -56,7 +56,11 @@ def test_design_user_view_compiled_matches_eager_for_10_steps():
 
 OPTIMIZERS = [(kiln.optim.SGD, {"momentum": 0.9}), (kiln.optim.SGD, {}),
               (kiln.optim.Adam, {}), (kiln.optim.AdamW, {"weight_decay": 0.1}),
-              (kiln.optim.RMSprop, {}), (kiln.optim.Adagrad, {})]
+              (kiln.optim.RMSprop, {}), (kiln.optim.Adagrad, {}), (kiln.optim.Adadelta, {}),
+              (kiln.optim.Adamax, {}), (kiln.optim.NAdam, {}),
+              (kiln.optim.NAdam, {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+              (kiln.optim.RAdam, {}), (kiln.optim.RAdam, {"weight_decay": 0.1,
+                                                          "decoupled_weight_decay": True})]
 
 
 @pytest.mark.parametrize("opt_cls,kwargs", OPTIMIZERS,

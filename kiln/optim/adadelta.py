@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _grad, _hyper,
+                                  _scalar_state)
 from kiln.tracer.trace import untraced
 
 
@@ -43,4 +44,4 @@ class Adadelta(Optimizer):
         std = square_avg.add(eps).sqrt_()
         delta = acc_delta.add(eps).sqrt_().div_(std).mul_(grad)
         acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-        p.add_(delta, alpha=-group["lr"])
+        _add_scaled(p, delta, -_hyper(group, "lr", p))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
+from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
+                                  _step_count)
 from kiln.tracer.trace import untraced
 
 
@@ -43,5 +44,5 @@ class Adamax(Optimizer):
         exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_inf.copy_(kiln.maximum(exp_inf.mul_(beta2), grad.abs().add_(group["eps"])))
-        clr = group["lr"] / (1 - beta1 ** _step_count(state["step"]))
+        clr = _hyper(group, "lr", p) / (1 - beta1 ** _step_count(state["step"]))
         p.add_(exp_avg / exp_inf * -clr)

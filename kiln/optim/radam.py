@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
+from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
+                                  _step_count)
 from kiln.tracer.trace import untraced
 
 
@@ -32,7 +33,7 @@ class RAdam(Optimizer):
 
     def _update(self, p, group) -> None:
         beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = _hyper(group, "lr", p), group["weight_decay"]
         state = self.state[p]
         if not state:
             with untraced():
