@@ -1,7 +1,7 @@
 """A compiled training step on synthetic data: `kiln dump examples/compiled_step.py` shows it."""
 
 import kiln
-from kiln.tracer import functional as F
+import kiln.nn.functional as F
 
 kiln.manual_seed(0)
 w1 = (kiln.randn(16, 32) * 0.2).requires_grad_()
@@ -20,7 +20,7 @@ def train_step(x, y):
         for p in params:
             p -= 0.1 * p.grad
             p.grad = None
-    return loss.detach()
+    return loss
 
 
 x = kiln.randn(64, 16)
