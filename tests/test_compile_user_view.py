@@ -284,3 +284,31 @@ def test_two_param_groups_with_their_own_learning_rates_compile_to_c_kernels():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(run(True), eager, rtol=1e-5)
+
+
+def test_traces_on_two_threads_watch_their_own_effects_and_restore_print():
+    import builtins
+    import sys
+    import threading
+    original_print, original_stdout = builtins.print, sys.stdout
+    results = {}
+
+    def work(name, prints):
+        def f(x):
+            if prints:
+                print(f"{name} step")
+            return (x * 2).exp()
+        cf = kiln.compile(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(4):
+                cf(kiln.ones(3))
+        results[name] = [e.program is None for e in cf.entries.values()]
+    threads = [threading.Thread(target=work, args=(f"t{i}", i % 2 == 0)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["t0"] == results["t2"] == [True]      # printing: eager
+    assert results["t1"] == results["t3"] == [False]     # quiet: compiled, whatever t0 printed
+    assert builtins.print is original_print and sys.stdout is original_stdout

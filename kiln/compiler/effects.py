@@ -4,8 +4,8 @@ A replay runs the captured tensor program and nothing else, so anything else the
 did in Python would happen once, at trace time, and never again. Two mechanisms find them:
 
 - `EffectWatch` swaps in watched versions of `print`, `input`, `open`, `sys.stdout` and
-  `sys.stderr` for the duration of the traced call, and reports a call made from the user's
-  code (not from kiln) on the tracing thread, with its line;
+  `sys.stderr` while any thread traces, and reports a call made from the user's code (not
+  from kiln) to the watch of the thread that made it, with its line;
 - `random_states` / `random_draws` compare the state of Python's and NumPy's global random
   generators, and of every generator the guards reached, before and after the call (a draw
   changes the state; NumPy's generators are Cython, invisible to any Python-level hook).
@@ -52,71 +52,95 @@ def user_frame(frame):
 
 
 class _WatchedStream:
-    """sys.stdout / sys.stderr while a call is traced: writes are reported, then done."""
+    """sys.stdout / sys.stderr while some thread traces: a write is reported to that thread's
+    watch, then done."""
 
-    def __init__(self, stream, watch: "EffectWatch", name: str):
-        self._stream, self._watch, self._name = stream, watch, name
+    def __init__(self, stream, name: str):
+        self._stream, self._name = stream, name
 
     def write(self, text):
-        self._watch.saw(f"writing to sys.{self._name}")
+        _saw(f"writing to sys.{self._name}")
         return self._stream.write(text)
 
     def writelines(self, lines):
-        self._watch.saw(f"writing to sys.{self._name}")
+        _saw(f"writing to sys.{self._name}")
         return self._stream.writelines(lines)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
 
 
+_BUILTINS = {"print": "print() writes to stdout", "input": "input() reads from stdin",
+             "open": "open() opens a file"}
+_ACTIVE: dict = {}            # thread id -> its EffectWatch, while that thread traces
+_LOCK = threading.Lock()
+_SAVED: dict = {}             # what the watched versions replaced, while any thread traces
+
+
+def _saw(what: str) -> None:
+    watch = _ACTIVE.get(threading.get_ident())
+    if watch is not None:
+        watch.saw(what, sys._getframe(2))
+
+
+def _watched(name: str, original):
+    def watched(*args, **kwargs):
+        _saw(_BUILTINS[name])
+        return original(*args, **kwargs)
+    watched.__wrapped__ = original
+    return watched
+
+
+def _install() -> None:
+    _SAVED.update({name: getattr(builtins, name) for name in _BUILTINS})
+    _SAVED.update(stdout=sys.stdout, stderr=sys.stderr)
+    for name in _BUILTINS:
+        setattr(builtins, name, _watched(name, _SAVED[name]))
+    sys.stdout = _WatchedStream(sys.stdout, "stdout")
+    sys.stderr = _WatchedStream(sys.stderr, "stderr")
+
+
+def _uninstall() -> None:
+    for name in _BUILTINS:
+        if getattr(getattr(builtins, name), "__wrapped__", None) is _SAVED[name]:
+            setattr(builtins, name, _SAVED[name])
+    for name in ("stdout", "stderr"):       # unless the user's code replaced it meanwhile
+        if isinstance(getattr(sys, name), _WatchedStream):
+            setattr(sys, name, _SAVED[name])
+    _SAVED.clear()
+
+
 class EffectWatch:
     """While active (`with EffectWatch(report):`), calls `report(what, "file:line")` for the
     first output or input call (`print`, `input`, `open`, writes to sys.stdout/stderr) the
-    user's code makes on this thread."""
-
-    _BUILTINS = {"print": "print() writes to stdout", "input": "input() reads from stdin",
-                 "open": "open() opens a file"}
+    user's code makes on this thread. The watched versions are installed once, while any
+    thread traces, and report to the watch of the thread that calls them."""
 
     def __init__(self, report):
         self.report = report
         self.done = False
-        self.thread = threading.get_ident()
 
-    def saw(self, what: str) -> None:
-        if self.done or threading.get_ident() != self.thread:
+    def saw(self, what: str, frame) -> None:
+        if self.done:
             return
-        where = user_frame(sys._getframe(2))
+        where = user_frame(frame)
         if where is None:
             return
         self.done = True
         self.report(what, f"{where.f_code.co_filename}:{where.f_lineno}")
 
-    def _watched(self, name: str):
-        original = getattr(builtins, name)
-        what = self._BUILTINS[name]
-
-        def watched(*args, **kwargs):
-            self.saw(what)
-            return original(*args, **kwargs)
-        watched.__wrapped__ = original
-        return watched
-
     def __enter__(self) -> "EffectWatch":
-        self.saved = {name: getattr(builtins, name) for name in self._BUILTINS}
-        self.streams = (sys.stdout, sys.stderr)
-        for name in self._BUILTINS:
-            setattr(builtins, name, self._watched(name))
-        sys.stdout = _WatchedStream(sys.stdout, self, "stdout")
-        sys.stderr = _WatchedStream(sys.stderr, self, "stderr")
+        with _LOCK:
+            if not _ACTIVE:
+                _install()
+            _ACTIVE[threading.get_ident()] = self
         return self
 
     def __exit__(self, *exc) -> bool:
-        for name, original in self.saved.items():
-            setattr(builtins, name, original)
-        if isinstance(sys.stdout, _WatchedStream) and sys.stdout._watch is self:
-            sys.stdout = self.streams[0]
-        if isinstance(sys.stderr, _WatchedStream) and sys.stderr._watch is self:
-            sys.stderr = self.streams[1]
+        with _LOCK:
+            _ACTIVE.pop(threading.get_ident(), None)
+            if not _ACTIVE:
+                _uninstall()
         return False
 
 
