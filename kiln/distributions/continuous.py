@@ -22,6 +22,7 @@ def _shape(sample_shape, batch):
 
 
 class Normal(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
     has_rsample = True
@@ -29,10 +30,6 @@ class Normal(Distribution):
     def __init__(self, loc, scale, validate_args=None):
         self.loc, self.scale = broadcast_all(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.loc.expand(*batch_shape), self.scale.expand(*batch_shape),
-                          validate_args=False)
 
     @property
     def mean(self):
@@ -72,6 +69,7 @@ class Normal(Distribution):
 
 
 class LogNormal(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.positive
     has_rsample = True
@@ -80,10 +78,6 @@ class LogNormal(Distribution):
         self.base_dist = Normal(loc, scale, validate_args=validate_args)
         self.loc, self.scale = self.base_dist.loc, self.base_dist.scale
         super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.loc.expand(*batch_shape), self.scale.expand(*batch_shape),
-                          validate_args=False)
 
     @property
     def mean(self):
@@ -112,6 +106,7 @@ class LogNormal(Distribution):
 
 
 class Uniform(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"low": constraints.dependent, "high": constraints.dependent}
     has_rsample = True
 
@@ -124,10 +119,6 @@ class Uniform(Distribution):
     @property
     def support(self):
         return constraints.interval(self.low, self.high)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.low.expand(*batch_shape), self.high.expand(*batch_shape),
-                          validate_args=False)
 
     @property
     def mean(self):
@@ -164,6 +155,7 @@ class Uniform(Distribution):
 
 
 class Exponential(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"rate": constraints.positive}
     support = constraints.nonnegative
     has_rsample = True
@@ -171,9 +163,6 @@ class Exponential(Distribution):
     def __init__(self, rate, validate_args=None):
         (self.rate,) = broadcast_all(rate)
         super().__init__(self.rate.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.rate.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):
@@ -208,6 +197,7 @@ class Exponential(Distribution):
 
 
 class Laplace(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
     has_rsample = True
@@ -215,10 +205,6 @@ class Laplace(Distribution):
     def __init__(self, loc, scale, validate_args=None):
         self.loc, self.scale = broadcast_all(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.loc.expand(*batch_shape), self.scale.expand(*batch_shape),
-                          validate_args=False)
 
     @property
     def mean(self):
@@ -256,6 +242,7 @@ class Laplace(Distribution):
 
 
 class Gamma(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"concentration": constraints.positive, "rate": constraints.positive}
     support = constraints.nonnegative
     has_rsample = True
@@ -263,10 +250,6 @@ class Gamma(Distribution):
     def __init__(self, concentration, rate, validate_args=None):
         self.concentration, self.rate = broadcast_all(concentration, rate)
         super().__init__(self.concentration.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.concentration.expand(*batch_shape),
-                          self.rate.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):
@@ -347,6 +330,7 @@ class Dirichlet(Distribution):
 
 
 class Beta(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"concentration1": constraints.positive,
                        "concentration0": constraints.positive}
     support = constraints.unit_interval
@@ -357,10 +341,6 @@ class Beta(Distribution):
         self._dirichlet = Dirichlet(kiln.stack([self.concentration1, self.concentration0], -1),
                                     validate_args=validate_args)
         super().__init__(self._dirichlet.batch_shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.concentration1.expand(*batch_shape),
-                          self.concentration0.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):

@@ -214,15 +214,13 @@ class OneHotCategorical(Distribution):
 
 
 class Poisson(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"rate": constraints.nonnegative}
     support = constraints.nonnegative_integer
 
     def __init__(self, rate, validate_args=None):
         (self.rate,) = broadcast_all(rate)
         super().__init__(self.rate.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.rate.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):

@@ -119,7 +119,15 @@ class Distribution:
         return self.variance.sqrt()
 
     def expand(self, batch_shape, _instance=None):
-        raise NotImplementedError
+        """The same distribution over a larger batch. A class whose constructor takes exactly
+        the tensors named in `arg_constraints`, in that order, sets `expands_params` and is
+        rebuilt from them expanded to `batch_shape`; others define their own."""
+        batch_shape = tuple(batch_shape)
+        params = [getattr(self, k) for k in self.arg_constraints]
+        if not getattr(self, "expands_params", False):
+            raise NotImplementedError(f"{type(self).__name__}.expand")
+        return type(self)(*(p.expand(*batch_shape, *p.shape[len(self.batch_shape):])
+                            for p in params), validate_args=False)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}: {tuple(getattr(self, k).shape)}"

@@ -31,6 +31,7 @@ def _where_cond(cond, value, other):
 
 
 class _LocScale(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
     has_rsample = True
@@ -38,10 +39,6 @@ class _LocScale(Distribution):
     def __init__(self, loc, scale, validate_args=None):
         self.loc, self.scale = broadcast_all(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.loc.expand(*batch_shape), self.scale.expand(*batch_shape),
-                          validate_args=False)
 
     def _checked(self, value):
         if self._validate_args:
@@ -106,6 +103,7 @@ class Gumbel(_LocScale):
 
 
 class HalfNormal(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"scale": constraints.positive}
     support = constraints.nonnegative
     has_rsample = True
@@ -114,9 +112,6 @@ class HalfNormal(Distribution):
         (self.scale,) = broadcast_all(scale)
         self.base_dist = Normal(0.0 * self.scale, self.scale, validate_args=False)
         super().__init__(self.scale.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.scale.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):
@@ -143,6 +138,7 @@ class HalfNormal(Distribution):
 
 
 class HalfCauchy(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"scale": constraints.positive}
     support = constraints.nonnegative
     has_rsample = True
@@ -151,9 +147,6 @@ class HalfCauchy(Distribution):
         (self.scale,) = broadcast_all(scale)
         self.base_dist = Cauchy(0.0 * self.scale, self.scale, validate_args=False)
         super().__init__(self.scale.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.scale.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):
@@ -180,6 +173,7 @@ class HalfCauchy(Distribution):
 
 
 class Chi2(Gamma):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"df": constraints.positive}
 
     def __init__(self, df, validate_args=None):
@@ -187,11 +181,9 @@ class Chi2(Gamma):
         self.df = df
         super().__init__(0.5 * df, kiln.full_like(df, 0.5), validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.df.expand(*batch_shape), validate_args=False)
-
 
 class StudentT(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"df": constraints.positive, "loc": constraints.real,
                        "scale": constraints.positive}
     support = constraints.real
@@ -200,10 +192,6 @@ class StudentT(Distribution):
     def __init__(self, df, loc=0.0, scale=1.0, validate_args=None):
         self.df, self.loc, self.scale = broadcast_all(df, loc, scale)
         super().__init__(self.df.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.df.expand(*batch_shape), self.loc.expand(*batch_shape),
-                          self.scale.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):
@@ -292,6 +280,7 @@ class Pareto(Distribution):
 
 
 class Weibull(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"scale": constraints.positive, "concentration": constraints.positive}
     support = constraints.positive
     has_rsample = True
@@ -299,10 +288,6 @@ class Weibull(Distribution):
     def __init__(self, scale, concentration, validate_args=None):
         self.scale, self.concentration = broadcast_all(scale, concentration)
         super().__init__(self.scale.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.scale.expand(*batch_shape),
-                          self.concentration.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):
@@ -334,6 +319,7 @@ class Weibull(Distribution):
 
 
 class InverseGamma(Distribution):
+    expands_params = True        # Distribution.expand rebuilds it
     arg_constraints = {"concentration": constraints.positive, "rate": constraints.positive}
     support = constraints.positive
     has_rsample = True
@@ -342,10 +328,6 @@ class InverseGamma(Distribution):
         self.concentration, self.rate = broadcast_all(concentration, rate)
         self._gamma = Gamma(self.concentration, self.rate, validate_args=False)
         super().__init__(self.concentration.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return type(self)(self.concentration.expand(*batch_shape),
-                          self.rate.expand(*batch_shape), validate_args=False)
 
     @property
     def mean(self):

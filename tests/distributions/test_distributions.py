@@ -525,3 +525,22 @@ def test_wishart_samples_have_its_mean_and_a_gradient() -> None:
     np.testing.assert_allclose(X.detach().numpy().mean(0), 5.0 * cov, rtol=0.03, atol=0.03)
     X.mean(0)[0, 0].backward()          # d E[X_00] / d df = cov_00
     assert abs(float(df.grad) - 2.0) < 0.1
+
+
+EXPANDED = {"Normal": (0., 1.), "Beta": (2., 3.), "Exponential": (2.,), "Gamma": (2., 3.),
+            "Laplace": (0., 1.), "LogNormal": (0., 1.), "Uniform": (0., 1.), "Poisson": (3.,),
+            "Chi2": (3.,), "HalfCauchy": (1.,), "HalfNormal": (1.,), "InverseGamma": (2., 3.),
+            "StudentT": (3., 0., 1.), "Weibull": (1., 2.), "Cauchy": (0., 1.),
+            "Gumbel": (0., 1.)}
+
+
+@pytest.mark.parametrize("name", sorted(EXPANDED))
+def test_expand_rebuilds_from_the_parameters_as_torch(name):
+    """Distribution.expand, shared by the classes that set `expands_params`."""
+    args = EXPANDED[name]
+    k = getattr(kiln.distributions, name)(*[kiln.tensor(v) for v in args]).expand((4,))
+    t = getattr(torch.distributions, name)(*[torch.tensor(v) for v in args]).expand((4,))
+    x = 2.0 if name == "Poisson" else 0.5
+    assert tuple(k.batch_shape) == tuple(t.batch_shape) == (4,)
+    np.testing.assert_allclose(k.log_prob(kiln.full((4,), x)).numpy(),
+                               t.log_prob(torch.full((4,), x)).numpy(), rtol=1e-5)
