@@ -103,10 +103,10 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     select_scatter, slice_scatter, block_diag, cartesian_prod, combinations, meshgrid,
     tril_indices, triu_indices, unravel_index, vander, index_put, index_reduce, scatter_reduce,
     masked_scatter, put, renorm, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,
-    cov, corrcoef, matrix_power, scalar_tensor, frombuffer, hann_window, hamming_window,
+    cov, corrcoef, scalar_tensor, frombuffer, hann_window, hamming_window,
     blackman_window, bartlett_window, kaiser_window, poisson, binomial, fill, finfo, iinfo,
     can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, vmap, cond,
-    while_loop, nonzero_static, frobenius_norm, nuclear_norm, igamma, igammac, from_dlpack,
+    while_loop, nonzero_static, frobenius_norm, igamma, igammac, from_dlpack,
     to_dlpack)
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
 from kiln import linalg, special, fft, distributions, amp  # noqa: F401,E402

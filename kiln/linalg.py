@@ -18,7 +18,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
-from kiln.tracer.dispatch import op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import Tensor
 
 
@@ -465,6 +465,11 @@ def torch_lu(A, pivot=True, get_infos=False):
     return LU, piv
 
 
+def torch_nuclear_norm(input, dim=(-2, -1), keepdim=False):
+    """torch.nuclear_norm: the sum of the singular values over `dim`."""
+    return matrix_norm(input, "nuc", dim, keepdim)
+
+
 def torch_lu_solve(b, LU_data, LU_pivots):
     return lu_solve(LU_data, LU_pivots, b)
 
@@ -474,13 +479,16 @@ TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpac
                "cholesky_solve": cholesky_solve, "det": det, "inverse": inv, "logdet": logdet,
                "slogdet": slogdet, "qr": torch_qr, "svd": torch_svd, "pinverse": pinverse,
                "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,
-               "cross": torch_cross}
+               "cross": torch_cross, "matrix_power": matrix_power,
+               "nuclear_norm": torch_nuclear_norm}
+_NOT_METHODS = ("nuclear_norm",)        # torch.nuclear_norm has no Tensor method
 
 
 def _bind_tensor_methods() -> None:
     """`A.det()`, `A.inverse()`, `b.cholesky_solve(L)`, ...: the torch forms as Tensor methods."""
     for name, fn in TORCH_FORMS.items():
-        setattr(Tensor, name, fn)
+        if name not in _NOT_METHODS:
+            setattr(Tensor, name, fn)
 
 
 _bind_tensor_methods()

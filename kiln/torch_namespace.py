@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from kiln.tracer.dispatch import op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.methods_extra import layout, strided  # noqa: F401  (torch.layout, strided)
 from kiln.tracer.tensor import STATE, Tensor

@@ -25,7 +25,8 @@ from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.tensor import STATE, Tensor
-from kiln.tracer.trace import GraphBreak, TracedProgram, Tracer, flatten, unflatten  # noqa: F401
+from kiln.tracer.errors import GraphBreak  # noqa: F401  (kiln.compiler.GraphBreak)
+from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
 
@@ -977,7 +978,7 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
     """
     from kiln.ir.ops import Primitive
     from kiln.tracer.autograd import record
-    from kiln.tracer.dispatch import op_error
+    from kiln.tracer.errors import op_error
     diff = entry.joint.differentiable_outputs
     name = f"compiled_{entry.graph.name.removesuffix('_forward')}"
     # outputs whose memory the backward reads (saved for it): an in-place write to one of them

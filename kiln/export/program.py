@@ -339,7 +339,8 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
 def _trace(fn, args, kwargs, arg_names):
     """(the one TracedProgram of `fn(*args, **kwargs)` under no_grad, its result)."""
     from kiln.tracer.autograd import no_grad
-    from kiln.tracer.trace import GraphBreak, Tracer, flatten
+    from kiln.tracer.errors import GraphBreak
+    from kiln.tracer.trace import Tracer, flatten
     leaves, _ = flatten((args, kwargs))
     names = _parameter_names(fn)
     tracer = Tracer(getattr(fn, "__name__", type(fn).__name__), on_break="raise", names=names)

@@ -16,7 +16,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, Primitive
 from kiln.runtime.device import CPU, is_writeable, to_device
-from kiln.tracer.dispatch import apply, op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
 # The inputs whose values a primitive's gradient rule reads (default: all). An in-place change
@@ -166,7 +166,7 @@ def refresh_view(view: Tensor) -> None:
         try:
             t = root
             for prim, attrs in steps:
-                t = apply(prim, (t,), attrs)
+                t = P.dispatch(prim, (t,), attrs)
         finally:
             STATE.grad_enabled = prev
         if root.requires_grad:
@@ -235,7 +235,7 @@ def _outside_region(root: Tensor, steps: tuple) -> Tensor:
 def _copy_slices_grad(g, out, base, value, outside, steps):
     g_view = g
     for prim, attrs in steps:
-        g_view = apply(prim, (g_view,), attrs)
+        g_view = P.dispatch(prim, (g_view,), attrs)
     return P.where(outside, g, 0.0), g_view
 
 

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
+from kiln.ir.ops import P, PRIMITIVES
 from kiln.runtime.device import CPU, Device, to_device
-from kiln.tracer.dispatch import op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
 
 
@@ -207,7 +207,6 @@ def full(*size, fill_value=None, dtype=None, device=None, requires_grad=False) -
         fill_value = fill_value.item()
     shape = _size(size)
     kind = _dtype(dtype) or dt.scalar_dtype(fill_value)
-    from kiln.ir.ops import PRIMITIVES
     return _creation(PRIMITIVES["full"], device, requires_grad, shape=shape,
                      value=_cast_value(fill_value, kind), dtype=kind)
 
@@ -272,7 +271,6 @@ def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
         raise op_error("arange", "upper bound and larger bound inconsistent with step sign")
     floats = any(isinstance(v, float) for v in (start, end, step))
     kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
-    from kiln.ir.ops import PRIMITIVES
     return _creation(PRIMITIVES["arange"], device, requires_grad, start=start,
                      stop=end, step=step, dtype=kind)
 
@@ -285,8 +283,7 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False)
     step = (end - start) / (steps - 1)
     # PyTorch fills the second half from the end, which makes the last value exact
     half = steps // 2
-    from kiln.tracer.functional import where
-    values = where(i < half, i * step + start, end - (steps - 1 - i) * step)
+    values = P.where(i < half, i * step + start, end - (steps - 1 - i) * step)
     out = values.to(kind)
     if requires_grad:
         out.requires_grad_(True)

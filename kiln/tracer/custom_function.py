@@ -16,7 +16,7 @@ import functools
 
 from kiln.ir.ops import Primitive
 from kiln.tracer import autograd
-from kiln.tracer.dispatch import op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
 

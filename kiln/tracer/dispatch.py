@@ -10,41 +10,17 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime.device import CPU, Device, to_device
+from kiln.tracer import autograd as _autograd
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
-_KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INFER_CACHE: dict = {}
 _INFER_CACHE_LIMIT = 50_000
-
-
-_IN_KILN: dict = {}             # a code object's file name -> whether it is in the kiln package
-
-
-def user_location(skip_kiln: bool = True) -> str:
-    """`file:line` of the innermost frame outside the kiln package: the user's line."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        path = frame.f_code.co_filename
-        inside = _IN_KILN.get(path)
-        if inside is None:          # a tracer asks for every op: abspath once per file
-            inside = _IN_KILN[path] = os.path.abspath(path).startswith(_KILN_DIR)
-        if not (skip_kiln and inside):
-            return f"{path}:{frame.f_lineno}"
-        frame = frame.f_back
-    return "<unknown>"
-
-
-def op_error(op: str, message: str, kind: type = RuntimeError) -> Exception:
-    """An exception for the user: which op, what went wrong, and where in their code."""
-    return kind(f"{op}: {message} (at {user_location()})")
 
 
 # NumPy >= 2 keeps its floating-point error state in a context variable; setting it directly
@@ -184,6 +160,3 @@ _MOVEMENT = ir_ops.MOVEMENT
 
 
 P.dispatch = apply
-
-# autograd imports this module (for op_error), so it is bound last, once op_error exists
-from kiln.tracer import autograd as _autograd  # noqa: E402

@@ -15,7 +15,8 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, ShapeError, broadcast_shapes, normalize_axis
-from kiln.tracer.dispatch import op_error
+from kiln.tracer import creation
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
 _NUMBER = (int, float, bool)
@@ -35,8 +36,7 @@ def _number(x):
 def _as_tensor(x, like: Tensor | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x
-    from kiln.tracer.creation import tensor
-    return tensor(x, device=like.device if like is not None else None)
+    return creation.tensor(x, device=like.device if like is not None else None)
 
 
 def result_type(*operands) -> dt.DType:
@@ -2053,26 +2053,21 @@ def softmin(input, dim=None, dtype=None):
 # (the public creation functions live in kiln.tracer.creation; these are used above)
 
 def arange(*args, **kwargs):
-    from kiln.tracer.creation import arange as _arange
     kwargs.setdefault("dtype", dt.int64)
-    return _arange(*args, **kwargs)
+    return creation.arange(*args, **kwargs)
 
 
 def full(size, fill_value, *, dtype=None, device=None):
-    from kiln.tracer.creation import full as _full
-    return _full(size, fill_value, dtype=dtype, device=device)
+    return creation.full(size, fill_value, dtype=dtype, device=device)
 
 
 def zeros(*size, dtype=None, device=None):
-    from kiln.tracer.creation import zeros as _zeros
-    return _zeros(*size, dtype=dtype, device=device)
+    return creation.zeros(*size, dtype=dtype, device=device)
 
 
 def zeros_like(input, dtype=None):
-    from kiln.tracer.creation import zeros_like as _zl
-    return _zl(input, dtype=dtype)
+    return creation.zeros_like(input, dtype=dtype)
 
 
 def ones_like(input, dtype=None):
-    from kiln.tracer.creation import ones_like as _ol
-    return _ol(input, dtype=dtype)
+    return creation.ones_like(input, dtype=dtype)

@@ -20,7 +20,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
-from kiln.tracer.dispatch import op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary, _floating, _norm_dim
 from kiln.tracer.tensor import Tensor
 
@@ -1156,11 +1156,6 @@ def corrcoef(input):
     return F.clamp(c / F.unsqueeze(d, 1) / F.unsqueeze(d, 0), -1, 1)
 
 
-def matrix_power(input, n):
-    from kiln import linalg
-    return linalg.matrix_power(input, n)
-
-
 # ----------------------------------------------------------------------------- creation
 
 def scalar_tensor(s, *, dtype=None, device=None, requires_grad=False):
@@ -1365,11 +1360,6 @@ def nonzero_static(input, *, size, fill_value=-1):
 
 def frobenius_norm(input, dim=(-2, -1), keepdim=False):
     return F.sqrt(F.sum(input * input, dim, keepdim))
-
-
-def nuclear_norm(input, dim=(-2, -1), keepdim=False):
-    from kiln import linalg
-    return linalg.matrix_norm(input, "nuc", dim, keepdim)
 
 
 def histogramdd(input, bins=10, *, range=None, weight=None, density=False):

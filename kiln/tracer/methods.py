@@ -16,7 +16,7 @@ from kiln.ir.ops import P
 from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
-from kiln.tracer.dispatch import op_error
+from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 

@@ -35,7 +35,7 @@ argsort sort msort topk kthvalue median nanmedian mode quantile nanquantile cumm
 logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hsplit vsplit
 dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
 diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
-masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoef matrix_power
+masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoef
 nonzero_static real igamma igammac
 """.split()
 

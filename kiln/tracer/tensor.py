@@ -13,6 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.runtime.device import CPU, Device, device_of_array, to_device
+from kiln.tracer.errors import op_error
 
 
 class _State(threading.local):
@@ -189,7 +190,6 @@ class Tensor:
 
     def item(self):
         if self._data.size != 1:
-            from kiln.tracer.dispatch import op_error   # dispatch imports this module
             raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
                            "converted to Scalar")
         return to_device(self._read("item()"), CPU).reshape(()).item()

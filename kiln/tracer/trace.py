@@ -17,16 +17,8 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
-from kiln.tracer.dispatch import user_location
+from kiln.tracer.errors import GraphBreak, user_location
 from kiln.tracer.tensor import STATE, Tensor, set_tracer
-
-
-class GraphBreak(Exception):
-    """The traced function read a tensor's value into Python at `location`."""
-
-    def __init__(self, reason: str, location: str):
-        super().__init__(f"{reason} at {location}")
-        self.reason, self.location = reason, location
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""Errors for the user, and where in their code they happened: the tracer's leaf module.
+
+Every other tracer module raises through these, so this file imports nothing of kiln (a leaf
+breaks what was once a dispatch/autograd/tensor import cycle).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_IN_KILN: dict = {}             # a code object's file name -> whether it is in the kiln package
+
+
+def user_location(skip_kiln: bool = True) -> str:
+    """`file:line` of the innermost frame outside the kiln package: the user's line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        inside = _IN_KILN.get(path)
+        if inside is None:          # a tracer asks for every op: abspath once per file
+            inside = _IN_KILN[path] = os.path.abspath(path).startswith(_KILN_DIR)
+        if not (skip_kiln and inside):
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+def op_error(op: str, message: str, kind: type = RuntimeError) -> Exception:
+    """An exception for the user: which op, what went wrong, and where in their code."""
+    return kind(f"{op}: {message} (at {user_location()})")
+
+
+class GraphBreak(Exception):
+    """The traced function read a tensor's value into Python at `location`."""
+
+    def __init__(self, reason: str, location: str):
+        super().__init__(f"{reason} at {location}")
+        self.reason, self.location = reason, location
