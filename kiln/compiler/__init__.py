@@ -22,6 +22,8 @@ import numpy as np
 
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
+from kiln.compiler.hooks import (is_compiling, note_grad_cleared, scalar_input,  # noqa: F401
+                                 untraced)
 from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.tensor import STATE, Tensor

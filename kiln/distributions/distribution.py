@@ -140,5 +140,4 @@ def _numpy_rng(generator=None):
     """A NumPy generator seeded from kiln's generator (for samplers NumPy has and kiln's random
     primitive has not: gamma, poisson, binomial)."""
     import numpy as np
-    from kiln.tracer.creation import default_generator
-    return np.random.default_rng((generator or default_generator).next_seed())
+    return np.random.default_rng((generator or kiln.default_generator).next_seed())

@@ -11,13 +11,13 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
-from kiln.ir.ops import P
-from kiln.tracer import functional as _core
-from kiln.tracer.dispatch import op_error
-from kiln.tracer.tensor import STATE
+from kiln import ops as _core
+from kiln.compiler import is_compiling
+from kiln.ops import op_error
+from kiln.ops import prims as P
 
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
-from kiln.tracer.functional import (  # noqa: F401
+from kiln.ops import (  # noqa: F401
     relu, relu6, hardtanh, leaky_relu, elu, selu, gelu, silu, mish, softplus, logsigmoid,
     hardsigmoid, hardswish, softsign, tanhshrink, softmin, pad, one_hot)
 
@@ -42,12 +42,12 @@ def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int,
     """Out-of-range class indices (other than `ignore_index`) raise IndexError, as in PyTorch;
     returns the target to use. Traced, the check is a graph node (`check_index`), so every
     replay makes it too."""
-    if STATE.tracer is not None:
+    if is_compiling():
         return P.check_index(target, size=num_classes, op=op, kind="IndexError",
                              negative=False, ignore=ignore_index)
     if target.numel() == 0:
         return target
-    data = target._data
+    data = target.numpy(force=True)
     valid = data[data != ignore_index]
     if valid.size == 0:
         return target
@@ -378,7 +378,7 @@ def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple,
     n, c = x.shape[:2]
     if x.shape[2] != oh * kh or x.shape[3] != ow * kw:
         x = x[:, :, :oh * kh, :ow * kw]
-    if _channels_last(x._data):
+    if _channels_last(x):
         # a channels-last image (a conv's output) stacks channels-last, copying runs of C
         # values (3-8x faster than gathering NCHW). Split through (N, H, W, C), a view of its
         # memory, the gradient's reshape back to the image copies channels-last too (an NCHW
@@ -390,10 +390,13 @@ def _pool_windows(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple,
     return x.permute(3, 5, 0, 1, 2, 4).reshape(kh * kw, n, c, oh, ow)
 
 
-def _channels_last(data) -> bool:
-    """Whether an (N, C, ...) array's channels are its innermost axis in memory."""
-    return data.ndim >= 3 and data.shape[1] > 1 and data.strides[1] == data.itemsize and all(
-        st > data.itemsize for st, size in zip(data.strides[2:], data.shape[2:]) if size > 1)
+def _channels_last(x: Tensor) -> bool:
+    """Whether an (N, C, ...) tensor's channels are its innermost axis in memory."""
+    if x.ndim < 3 or x.shape[1] <= 1:
+        return False
+    strides = x.stride()
+    return strides[1] == 1 and all(st > 1 for st, size in zip(strides[2:], x.shape[2:])
+                                   if size > 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -970,9 +973,10 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
 def _check_probabilities(t: Tensor, name: str) -> None:
     """binary_cross_entropy's input and target must lie in [0, 1] (NaN does not), as PyTorch
     checks: outside, the loss is NaN or silently wrong. Eager only, one min and one max."""
-    if STATE.tracer is not None or t.numel() == 0:
+    if is_compiling() or t.numel() == 0:
         return
-    low, high = t._data.min(), t._data.max()
+    t = t.detach()
+    low, high = t.min().item(), t.max().item()
     if not (low >= 0 and high <= 1):        # NaN propagates into min and max, and fails both
         raise op_error("binary_cross_entropy", f"all elements of {name} should be between 0 "
                        f"and 1; got {name} values in [{float(low)}, {float(high)}] (shape "
@@ -1020,7 +1024,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0
     safe = kiln.where(ignored, 0, target)
-    picked = _core._gather(input, class_dim, safe.unsqueeze(class_dim), op,
+    picked = _core.gather_along(input, class_dim, safe.unsqueeze(class_dim), op,
                            checked=True).squeeze(class_dim)
     w = (kiln.ones((), dtype=input.dtype, device=input.device) if weight is None
          else P.take(weight, safe.reshape(-1), axis=0).reshape(tuple(safe.shape)))

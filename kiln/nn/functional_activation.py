@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import kiln
 from kiln import Tensor
-from kiln.tracer import functional as _core
+from kiln import ops as _core
 
 __all__ = ["relu", "relu_", "relu6", "elu", "elu_", "selu", "selu_", "celu", "celu_",
            "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "silu", "mish", "hardsigmoid",

@@ -7,8 +7,8 @@ from typing import Callable, Iterator
 
 import kiln
 from kiln import Tensor
+from kiln.compiler import note_grad_cleared
 from kiln.nn.parameter import Buffer, Parameter
-from kiln.tracer.trace import note_grad_cleared
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 import kiln
+from kiln.compiler import untraced
 from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
-from kiln.tracer.trace import untraced
 
 
 class Adafactor(Optimizer):

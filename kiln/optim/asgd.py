@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import kiln
+from kiln.compiler import untraced
 from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
-from kiln.tracer.trace import untraced
 
 
 class ASGD(Optimizer):

@@ -7,8 +7,8 @@ import math
 
 import kiln
 from kiln import Tensor
+from kiln.compiler import untraced
 from kiln.optim.optimizer import Optimizer, ParamsT
-from kiln.tracer.trace import untraced
 
 _A, _B, _C = 3.4445, -4.7750, 2.0315
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import kiln
+from kiln.compiler import untraced
 from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
                                   _step_count)
-from kiln.tracer.trace import untraced
 
 
 class NAdam(Optimizer):

@@ -11,8 +11,7 @@ from typing import Any, Callable, Iterable
 
 import kiln
 from kiln import Tensor
-from kiln.tracer.tensor import STATE
-from kiln.tracer.trace import note_grad_cleared
+from kiln.compiler import is_compiling, note_grad_cleared, scalar_input
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -281,8 +280,8 @@ def _grad(param: Tensor, maximize: bool) -> Tensor:
 def _step_count(step: Tensor):
     """The step count for bias corrections: a Python float in eager mode (as PyTorch reads it),
     a float64 tensor while tracing, so a traced step never reads a value into Python."""
-    if STATE.tracer is None:
-        return float(step._data)
+    if not is_compiling():
+        return float(step.item())
     return step.to(kiln.float64)
 
 
@@ -290,10 +289,7 @@ def _hyper(group: dict, key: str, param: Tensor):
     """A hyperparameter of `group` as the update reads it: the Python number in eager mode; while
     tracing, a float64 scalar tensor that a compiled step reads from `group[key]` on every call,
     so a scheduler that changes it between steps does not make the step trace again."""
-    value = group[key]
-    if STATE.tracer is None or type(value) is not float:
-        return value
-    return STATE.tracer.scalar_input(group, key, param.device)
+    return scalar_input(group, key, param.device)
 
 
 def _add_scaled(p: Tensor, t: Tensor, scale) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import kiln
+from kiln.compiler import untraced
 from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _grad, _hyper, _scalar_state
-from kiln.tracer.trace import untraced
 
 
 class RMSprop(Optimizer):

@@ -1,0 +1,51 @@
+"""What library code above the compiler (nn, optim, utils) may ask of a trace in progress.
+
+These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the public API):
+`kiln.compiler.is_compiling()` as in `torch.compiler`, `untraced()` for state made once,
+`note_grad_cleared()` for `zero_grad(set_to_none=True)`, and `scalar_input()` for a number a
+compiled program reads afresh on every call (a learning rate a scheduler changes).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from kiln.runtime.device import Device
+from kiln.tracer import trace as _trace
+from kiln.tracer.tensor import STATE, Tensor
+
+
+def is_compiling() -> bool:
+    """Whether this thread is tracing a function for `kiln.compile` (torch.compiler's name)."""
+    return STATE.tracer is not None
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Run a block eagerly and unrecorded, inside a trace or not.
+
+    Tensors the block makes are, to the trace, state from outside: the compiled program reads
+    and writes them by identity, as it does parameters. For state that, once made, stays (an
+    optimizer's lazily created moments), so the first call's trace is what every later call
+    would trace.
+    """
+    with _trace.untraced():
+        yield
+
+
+def note_grad_cleared(tensor: Tensor) -> None:
+    """`tensor.grad` is being set to None (zero_grad(set_to_none=True)): a compiled replay
+    must clear it too. Does nothing outside a trace."""
+    _trace.note_grad_cleared(tensor)
+
+
+def scalar_input(container: dict, key, device: Device):
+    """`container[key]`, a Python float, as the code should read it: the number itself in eager
+    mode; while tracing, a float64 scalar tensor that the compiled program reads from
+    `container[key]` on every call, so changing it between calls does not retrace."""
+    value = container[key]
+    tracer = STATE.tracer
+    if tracer is None or type(value) is not float:
+        return value
+    return tracer.scalar_input(container, key, device)

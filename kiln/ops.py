@@ -1,0 +1,16 @@
+"""`kiln.ops`: the tracer's vocabulary that `kiln.nn.functional` builds on (torch.ops's role).
+
+`nn`, `optim` and `utils` use only the public API (DESIGN.md); the public tensor functions
+(`kiln.add`, `Tensor.reshape`, ...) cover nearly all they need. What they need beyond it comes
+through this one module, so that door stays visible: the primitives by name
+(`kiln.ops.prims.unfold(x, kernel=..., stride=..., dilation=...)`, as `torch.ops.prims`), the
+core composites nn.functional re-exports under PyTorch's names, index lookups that report the
+op the user called, and `op_error` for messages that name the op and the user's line.
+"""
+
+from kiln.ir.ops import P as prims  # noqa: F401  (every primitive, called through the dispatcher)
+from kiln.tracer.errors import op_error  # noqa: F401
+from kiln.tracer.functional import (  # noqa: F401
+    elu, gelu, hardsigmoid, hardswish, hardtanh, leaky_relu, logsigmoid, mish, one_hot, pad,
+    relu, relu6, select_rows, selu, silu, softmin, softplus, softsign, tanhshrink)
+from kiln.tracer.functional import _gather as gather_along  # noqa: F401
