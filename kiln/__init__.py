@@ -44,11 +44,13 @@ uint8 = uint8
 FloatTensor = DoubleTensor = LongTensor = BoolTensor = Tensor
 __version__ = "0.1.0"
 
-from kiln import nn  # noqa: F401,E402  (after the aliases above: nn uses the public surface)
-from kiln import optim  # noqa: F401,E402  (`torch.optim.Adam` without a separate import)
-from kiln import utils  # noqa: F401,E402  (`torch.utils.data.DataLoader`)
-from kiln import metrics  # noqa: F401,E402
-from kiln.serialization import save, load  # noqa: F401,E402
+# nn, optim, utils, metrics, distributions and serialization are written against this module
+# (they `import kiln`), so it loads them on first use (PEP 562 `__getattr__` below) rather than
+# here: `kiln.nn.Linear`, `torch.optim.Adam` after `import kiln as torch`, and `import kiln.nn`
+# all work, and no import cycle runs through the root (tests/test_layers.py).
+_ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
+                 "metrics": "kiln.metrics", "distributions": "kiln.distributions",
+                 "save": "kiln.serialization", "load": "kiln.serialization"}
 
 
 def is_tensor(obj) -> bool:
@@ -109,7 +111,7 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     while_loop, nonzero_static, frobenius_norm, igamma, igammac, from_dlpack,
     to_dlpack)
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
-from kiln import linalg, special, fft, distributions, amp  # noqa: F401,E402
+from kiln import linalg, special, fft, amp  # noqa: F401,E402
 from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
                       set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
@@ -117,21 +119,30 @@ from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError
                                   layout, strided)
 from kiln.tracer import grad_names as _grad_names  # noqa: E402
 from kiln.tracer import functional as _core_functional  # noqa: E402
-import kiln.nn.functional as _nn_functional  # noqa: E402
 
 globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
 for _name in _torch_namespace.OUT_FUNCTIONS:
     globals()[_name] = _torch_namespace.with_out(globals()[_name])
-_grad_names.apply_names(_sys.modules[__name__], _core_functional, _nn_functional)
+_grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 ByteTensor = HalfTensor = IntTensor = Tensor
 cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 
 
 def __getattr__(name: str):
+    if name in _ON_FIRST_USE:
+        import importlib
+        module = importlib.import_module(_ON_FIRST_USE[name])
+        value = module if module.__name__ == f"kiln.{name}" else getattr(module, name)
+        globals()[name] = value
+        return value
     # torch.conv2d and friends are nn.functional's, resolved on use: nn.functional gains ops
     if name in _torch_namespace.LAZY:
         fn = _torch_namespace.nn_forward(name)
         if fn is not None:
             return fn
     raise AttributeError(f"module 'kiln' has no attribute '{name}'")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_ON_FIRST_USE))

@@ -5,7 +5,8 @@
 through this one module, so that door stays visible: the primitives by name
 (`kiln.ops.prims.unfold(x, kernel=..., stride=..., dilation=...)`, as `torch.ops.prims`), the
 core composites nn.functional re-exports under PyTorch's names, index lookups that report the
-op the user called, and `op_error` for messages that name the op and the user's line.
+op the user called, `op_error` for messages that name the op and the user's line, and
+`apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites).
 """
 
 from kiln.ir.ops import P as prims  # noqa: F401  (every primitive, called through the dispatcher)
@@ -14,3 +15,4 @@ from kiln.tracer.functional import (  # noqa: F401
     elu, gelu, hardsigmoid, hardswish, hardtanh, leaky_relu, logsigmoid, mish, one_hot, pad,
     relu, relu6, select_rows, selu, silu, softmin, softplus, softsign, tanhshrink)
 from kiln.tracer.functional import _gather as gather_along  # noqa: F401
+from kiln.tracer.grad_names import apply_nn_names as apply_nn_grad_names  # noqa: F401

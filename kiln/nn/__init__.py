@@ -60,4 +60,12 @@ from kiln.nn.linear_cross_entropy import (  # noqa: F401,E402
 from kiln.nn.adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: F401,E402
 from kiln.nn.data_parallel import factory_kwargs  # noqa: F401,E402
 from kiln.nn.pooling import FractionalMaxPool2d, FractionalMaxPool3d  # noqa: F401,E402
-from kiln.nn import modules  # noqa: F401,E402
+
+
+def __getattr__(name: str):
+    # `torch.nn.modules` (PyTorch's file paths, re-exporting the names above) loads on first
+    # use: it imports this package, which therefore does not import it (no import cycle)
+    if name == "modules":
+        import importlib
+        return importlib.import_module("kiln.nn.modules")
+    raise AttributeError(f"module 'kiln.nn' has no attribute '{name}'")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import warnings
 from typing import Sequence
 
@@ -1131,3 +1132,5 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
 from kiln.nn.functional_spatial import *  # noqa: E402,F401,F403
 from kiln.nn.functional_activation import *  # noqa: E402,F401,F403
 from kiln.nn.functional_loss import *  # noqa: E402,F401,F403
+
+_core.apply_nn_grad_names(sys.modules[__name__])  # MseLossBackward0, as PyTorch names them

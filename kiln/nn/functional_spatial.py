@@ -14,7 +14,13 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
-from kiln.nn import functional as F
+
+
+def _F():
+    """`kiln.nn.functional` (its 2-D convolutions and pools), read at call time: that module
+    re-exports this file's functions at its end, so this file does not import it."""
+    return kiln.nn.functional
+
 
 __all__ = ["pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
            "conv3d", "conv_transpose3d", "conv_tbc", "max_pool3d", "avg_pool3d",
@@ -109,7 +115,7 @@ def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         pd, ph, pw = _ntuple(padding, 3, "padding")
         pads = (pw, pw, ph, ph, pd, pd)
     if any(pads):
-        x = F.pad(x, pads)
+        x = _F().pad(x, pads)
     n, c, depth, h, w = x.shape
     out_d = (depth - dilation[0] * (kd - 1) - 1) // stride[0] + 1
     if out_d <= 0:
@@ -121,7 +127,7 @@ def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         # the depth slices this kernel plane meets, as one batch of 2-D images
         planes = x[:, :, start:start + stride[0] * (out_d - 1) + 1:stride[0]]
         planes = planes.transpose(1, 2).reshape(n * out_d, c, h, w)
-        part = F.conv2d(planes, weight[:, :, i], None, stride[1:], 0, dilation[1:], groups)
+        part = _F().conv2d(planes, weight[:, :, i], None, stride[1:], 0, dilation[1:], groups)
         out = part if out is None else out + part
     out = out.reshape(n, out_d, *out.shape[1:]).transpose(1, 2)
     if bias is not None:
@@ -138,7 +144,7 @@ def _dilate_nd(x: Tensor, stride: tuple) -> Tensor:
         size = x.shape[axis]
         x = x.unsqueeze(axis + 1)
         pad = [0, 0] * (x.ndim - axis - 2) + [0, s - 1]
-        x = F.pad(x, pad)
+        x = _F().pad(x, pad)
         shape = list(x.shape)
         shape[axis:axis + 2] = [size * s]
         x = x.reshape(shape)
@@ -156,7 +162,7 @@ def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     in_ch, out_per_group, kd, kh, kw = weight.shape
     x = _dilate_nd(x, stride)
     p = [d * (k - 1) - q for d, k, q in zip(dilation, (kd, kh, kw), padding)]
-    x = F.pad(x, (p[2], p[2] + output_padding[2], p[1], p[1] + output_padding[1],
+    x = _F().pad(x, (p[2], p[2] + output_padding[2], p[1], p[1] + output_padding[1],
                   p[0], p[0] + output_padding[0]))
     w = weight.reshape(groups, in_ch // groups, out_per_group, kd, kh, kw).transpose(1, 2)
     w = kiln.flip(w.reshape(groups * out_per_group, in_ch // groups, kd, kh, kw), (2, 3, 4))
@@ -167,7 +173,7 @@ def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
 def conv_tbc(input: Tensor, weight: Tensor, bias: Tensor, pad: int = 0) -> Tensor:
     """1-D convolution over a (time, batch, channels) input with a (k, in, out) weight."""
     x = input.permute(1, 2, 0)
-    out = F.conv1d(x, weight.permute(2, 1, 0), bias, padding=pad)
+    out = _F().conv1d(x, weight.permute(2, 1, 0), bias, padding=pad)
     return out.permute(2, 0, 1)
 
 
@@ -179,12 +185,12 @@ def _move_last(x: Tensor, axis: int) -> Tensor:
 
 def max_pool1d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                             ceil_mode: bool = False, return_indices: bool = True):
-    return F.max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+    return _F().max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
 
 def max_pool2d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                             ceil_mode: bool = False, return_indices: bool = True):
-    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+    return _F().max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
 
 def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
@@ -198,10 +204,10 @@ def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     p, d = _ntuple(padding, 3, "padding"), _ntuple(dilation, 3, "dilation")
     n, c, depth, h, w = x.shape
     planes = x.reshape(n, c * depth, h, w)
-    hw, hw_idx = F.max_pool2d(planes, k[1:], s[1:], p[1:], d[1:], ceil_mode, True)
+    hw, hw_idx = _F().max_pool2d(planes, k[1:], s[1:], p[1:], d[1:], ceil_mode, True)
     oh, ow = hw.shape[-2:]
     cols = hw.reshape(n, c, depth, oh * ow).transpose(2, 3).reshape(n, c * oh * ow, depth)
-    out, d_idx = F.max_pool1d(cols, k[0], s[0], p[0], d[0], ceil_mode, True)
+    out, d_idx = _F().max_pool1d(cols, k[0], s[0], p[0], d[0], ceil_mode, True)
     od = out.shape[-1]
     out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
     if unbatched:
@@ -231,12 +237,12 @@ def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     p = _ntuple(padding, 3, "padding")
     n, c, depth, h, w = x.shape
     one = 1 if divisor_override else None
-    hw = F.avg_pool2d(x.reshape(n, c * depth, h, w), k[1:], s[1:], p[1:], ceil_mode,
+    hw = _F().avg_pool2d(x.reshape(n, c * depth, h, w), k[1:], s[1:], p[1:], ceil_mode,
                       count_include_pad, one)
     oh, ow = hw.shape[-2:]
     cols = hw.reshape(n, c, depth, oh * ow).transpose(2, 3).reshape(n * c * oh * ow, 1, 1,
                                                                      depth)
-    out = F.avg_pool2d(cols, (1, k[0]), (1, s[0]), (0, p[0]), ceil_mode, count_include_pad,
+    out = _F().avg_pool2d(cols, (1, k[0]), (1, s[0]), (0, p[0]), ceil_mode, count_include_pad,
                        one)
     od = out.shape[-1]
     out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
@@ -317,20 +323,20 @@ def adaptive_max_pool3d_with_indices(input: Tensor, output_size, return_indices:
 
 
 def _lp_finish(out: Tensor, norm_type: float, window: int) -> Tensor:
-    return (kiln.sign(out) * F.relu(out.abs())).mul(window).pow(1.0 / norm_type)
+    return (kiln.sign(out) * _F().relu(out.abs())).mul(window).pow(1.0 / norm_type)
 
 
 def lp_pool1d(input: Tensor, norm_type: float, kernel_size: int, stride=None,
               ceil_mode: bool = False) -> Tensor:
     """(sum over the window of x^p)^(1/p), through average pooling of x^p."""
-    out = F.avg_pool1d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
+    out = _F().avg_pool1d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
     return _lp_finish(out, norm_type, int(_ntuple(kernel_size, 1)[0]))
 
 
 def lp_pool2d(input: Tensor, norm_type: float, kernel_size, stride=None,
               ceil_mode: bool = False) -> Tensor:
     kh, kw = _ntuple(kernel_size, 2)
-    out = F.avg_pool2d(input.pow(norm_type), (kh, kw), stride, 0, ceil_mode)
+    out = _F().avg_pool2d(input.pow(norm_type), (kh, kw), stride, 0, ceil_mode)
     return _lp_finish(out, norm_type, kh * kw)
 
 
@@ -383,11 +389,11 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     k, d = _ntuple(kernel_size, 2), _ntuple(dilation, 2)
     p, s = _ntuple(padding, 2), _ntuple(stride, 2)
     if any(p):
-        x = F.pad(x, (p[1], p[1], p[0], p[0]))
+        x = _F().pad(x, (p[1], p[1], p[0], p[0]))
     n, c, h, w = x.shape
     oh = (h - d[0] * (k[0] - 1) - 1) // s[0] + 1
     ow = (w - d[1] * (k[1] - 1) - 1) // s[1] + 1
-    windows = F._windows(x, k, s, d, (oh, ow))
+    windows = _F()._windows(x, k, s, d, (oh, ow))
     out = kiln.stack(windows, 2).reshape(n, c * k[0] * k[1], oh * ow)
     return out.squeeze(0) if unbatched else out
 
@@ -412,7 +418,7 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
         for j in range(k[1]):
             block = _dilate_nd(blocks[:, :, i * k[1] + j], s)
             top, left = i * d[0], j * d[1]
-            placed = F.pad(block, (left, wp - left - block.shape[-1],
+            placed = _F().pad(block, (left, wp - left - block.shape[-1],
                                    top, hp - top - block.shape[-2]))
             out = placed if out is None else out + placed
     out = out[:, :, p[0]:p[0] + out_hw[0], p[1]:p[1] + out_hw[1]]
@@ -502,7 +508,7 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
         if recompute_scale_factor:
             scales = [None] * dims
     if mode == "area":
-        pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d,
+        pool = {1: _F().adaptive_avg_pool1d, 2: _F().adaptive_avg_pool2d,
                 3: adaptive_avg_pool3d}[dims]
         return pool(input, out_size)
     kind = {"nearest": "nearest", "nearest-exact": "nearest-exact", "linear": "linear",
@@ -567,7 +573,7 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
                          f"dimensions)")
     squares = input * input
     pad = [0, 0] * (input.ndim - 2) + [size // 2, (size - 1) // 2]
-    padded = F.pad(squares, pad)
+    padded = _F().pad(squares, pad)
     channels = input.shape[1]
     total = None
     for i in range(size):

@@ -60,13 +60,19 @@ NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
           "logsigmoid": "LogSigmoidBackward0"}
 
 
-def apply_names(kiln_module, functional_module, nn_functional_module) -> None:
+def apply_names(kiln_module, functional_module, nn_functional_module=None) -> None:
     for name, label in TENSOR_OPS.items():
         for owner in (functional_module, kiln_module):
             if hasattr(owner, name):
                 setattr(owner, name, named(getattr(owner, name), label))
         if hasattr(Tensor, name):
             setattr(Tensor, name, named(getattr(Tensor, name), label))
+    if nn_functional_module is not None:
+        apply_nn_names(nn_functional_module)
+
+
+def apply_nn_names(nn_functional_module) -> None:
+    """PyTorch's grad_fn names on nn.functional's composites (it calls this once, when built)."""
     for name, label in NN_OPS.items():
         if hasattr(nn_functional_module, name):
             setattr(nn_functional_module, name, named(getattr(nn_functional_module, name),
