@@ -50,7 +50,9 @@ __version__ = "0.1.0"
 # all work, and no import cycle runs through the root (tests/test_layers.py).
 _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "metrics": "kiln.metrics", "distributions": "kiln.distributions",
-                 "save": "kiln.serialization", "load": "kiln.serialization"}
+                 "distributed": "kiln.distributed", "ops": "kiln.ops",
+                 "serialization": "kiln.serialization", "save": "kiln.serialization",
+                 "load": "kiln.serialization"}
 
 
 def is_tensor(obj) -> bool:
