@@ -25,6 +25,7 @@ from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel,
                                  variables)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
+from kiln.ir.ops import CHEAP, EXPENSIVE, PRIMITIVES
 
 # Work (elements times statements) below which a loop runs on one thread: starting a team
 # costs a few microseconds, about what one thread does with this much work.
@@ -39,9 +40,6 @@ PARALLEL_ROWS = 8
 COLUMN_BLOCK = 256
 # rows up to this long keep expensive values for later passes in a scratch array on the stack
 SCRATCH_LIMIT = 16384
-# ops worth a store and a load to avoid computing twice
-EXPENSIVE = frozenset(["exp", "log", "log1p", "expm1", "tanh", "erf", "sigmoid", "sin", "cos",
-                       "pow", "floordiv", "mod"])
 
 
 @dataclass(frozen=True)
@@ -635,7 +633,7 @@ class _Renderer:
             if name not in expensive:
                 st = by_dest.get(name)
                 expensive[name] = st is not None and st.scope == ELEM and isinstance(
-                    st, Compute) and (st.op in EXPENSIVE or any(
+                    st, Compute) and (_cost(st.op) == EXPENSIVE or any(
                         costly(a) for a in st.args if isinstance(a, str)))
             return expensive[name]
 
@@ -811,6 +809,12 @@ class _Renderer:
             if f"{call}(" in text and h not in self.helpers:
                 self.helpers.append(h)
         return text
+
+
+def _cost(op: str) -> str:
+    """An op's cost class (kernel-internal ops such as `index` are cheap)."""
+    prim = PRIMITIVES.get(op)
+    return prim.cost if prim is not None else CHEAP
 
 
 # A column reduction's accumulators, one array per reduction for a block of rows: `acc` holds
