@@ -23,10 +23,11 @@ from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, literal
 from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
                                  LoweringError, Reduce, Store, Var, _linear_terms, add, mul,
                                  variables)
-from kiln.codegen.scalar import DECOMPOSITIONS, Decomposition, Dialect, function_body
+from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import CHEAP, EXPENSIVE, PRIMITIVES
+from kiln.ir.primitive import ScalarMath
 
 # Work (elements times statements) below which a loop runs on one thread: starting a team
 # costs a few microseconds, about what one thread does with this much work.
@@ -89,9 +90,9 @@ def _by_dtype(f32: str, f64: str, integer=None):
 LIBM_DOUBLE = {"erf": "erf", "log1p": "log1p", "tanh": "tanh"}
 
 
-def _decomposed(op: str, integer=None):
-    """An op computed by its scalar decomposition (kiln.codegen.scalar): kiln_<op>f for float;
-    for double the C library's function where it has one, else kiln_<op>."""
+def _scalar(op: str, integer=None):
+    """An op computed by its primitive's scalar math: kiln_<op>f for float; for double the C
+    library's function where it has one, else kiln_<op>."""
     return _by_dtype(f"kiln_{op}f", LIBM_DOUBLE.get(op, f"kiln_{op}"), integer)
 
 
@@ -159,17 +160,14 @@ OPS = {
     "abs": _float_or(_by_dtype("fabsf", "fabs"),
                      lambda a, d, s: a[0] if d is dt.bool_ else f"{a[0]} < 0 ? -{a[0]} : {a[0]}"),
     "relu": lambda a, d, s: f"{a[0]} <= 0 ? 0 : {a[0]}",     # NaN fails <= and passes
-    "sign": _float_or(_decomposed("sign"), lambda a, d, s: f"({a[0]} > 0) - ({a[0]} < 0)"),
+    # an op with scalar math (Primitive.scalar) needs no entry, unless integers differ
+    "sign": _float_or(_scalar("sign"), lambda a, d, s: f"({a[0]} > 0) - ({a[0]} < 0)"),
     "exp": _by_dtype("kiln_expf", "exp"),
     "log": _by_dtype("kiln_logf", "log"),
-    "log1p": _decomposed("log1p"),
     "expm1": _by_dtype("kiln_expm1f", "expm1"),
-    "tanh": _decomposed("tanh"),
-    "erf": _decomposed("erf"),
     "sqrt": _by_dtype("sqrtf", "sqrt"),
     "sin": _by_dtype("sinf", "sin"),
     "cos": _by_dtype("cosf", "cos"),
-    "sigmoid": _float_or(_decomposed("sigmoid"), _no_int("sigmoid")),
     "floor": _by_dtype("floorf", "floor", lambda a: a[0]),
     "ceil": _by_dtype("ceilf", "ceil", lambda a: a[0]),
     "trunc": _by_dtype("truncf", "trunc", lambda a: a[0]),
@@ -323,37 +321,44 @@ _HELPER_OF = {"kiln_floordiv": "kiln_floordivf", "kiln_mod": "kiln_floordivf",
               "kiln_mod_i64": "kiln_floordiv_i64"}
 
 
-# The scalar decompositions shared with the Triton renderer (kiln.codegen.scalar), as C
-# functions over float (kiln_erff) and double (kiln_erf) on the base functions above.
-def _c_number(suffix: str):
-    return lambda text: text + suffix
-
-
+# Primitives' scalar math (`Primitive.scalar`, spelled by kiln.codegen.scalar), as C functions
+# over float (kiln_erff) and double (kiln_sign; the C library's where it has the function) on
+# the base functions above.
 def _c_where(c: str, a: str, b: str) -> str:
     return f"{c} ? {a} : {b}"
 
 
+def _double_helper(op: str) -> str:
+    return LIBM_DOUBLE.get(op, f"kiln_{op}")
+
+
 C_FLOAT = Dialect({"exp": "kiln_expf", "log": "kiln_logf", "expm1": "kiln_expm1f",
-                   "abs": "fabsf"}, _c_where, False, _c_number("f"), "INFINITY")
-C_DOUBLE = Dialect({"exp": "exp", "log": "log", "expm1": "expm1", "abs": "fabs"}, _c_where,
-                   False, _c_number(""), "INFINITY")
+                   "abs": "fabsf"}, lambda op: f"kiln_{op}f", _c_where, False,
+                  lambda text: text + "f", "INFINITY")
+C_DOUBLE = Dialect({"exp": "exp", "log": "log", "expm1": "expm1", "abs": "fabs"},
+                   _double_helper, _c_where, False, lambda text: text, "INFINITY")
 
 
-def _c_helper(name: str, d: Decomposition, ctype_: str, dialect: Dialect) -> str:
-    params = ", ".join(f"{ctype_} {p}" for p in d.params)
-    body = [f"    {line};" for line in function_body(d, dialect, declare=f"{ctype_} ")]
-    return "\n".join([f"/* {d.comment} */", f"static inline {ctype_} {name}({params}) {{"]
-                     + body + ["}"]) + "\n"
+def _c_helper(name: str, rule: ScalarMath, ctype_: str, dialect: Dialect) -> str:
+    params = ", ".join(f"{ctype_} {p}" for p in rule.params)
+    body = [f"    {line};" for line in function_body(rule, dialect, declare=f"{ctype_} ")]
+    return "\n".join([f"/* {rule.comment or name} */",
+                      f"static inline {ctype_} {name}({params}) {{"] + body + ["}"]) + "\n"
 
 
-for _op, _d in DECOMPOSITIONS.items():
-    for _name, _ctype, _dialect in ((f"kiln_{_op}f", "float", C_FLOAT),
-                                    (f"kiln_{_op}", "double", C_DOUBLE)):
-        if _ctype == "double" and _op in LIBM_DOUBLE:
-            continue
-        HELPERS[_name] = _c_helper(_name, _d, _ctype, _dialect)
-        HELPER_DEPS[_name] = tuple(h for h in ("kiln_expf", "kiln_logf", "kiln_expm1f")
-                                   if f"{h}(" in HELPERS[_name])
+def scalar_helpers() -> None:
+    """Add a helper (float and double) to HELPERS for every primitive with scalar math that
+    has none yet, with the helpers it calls as its dependencies."""
+    for op, rule in decompositions().items():
+        for name, ctype_, dialect in ((f"kiln_{op}f", "float", C_FLOAT),
+                                      (_double_helper(op), "double", C_DOUBLE)):
+            if name in HELPERS or name in LIBM_DOUBLE.values():
+                continue
+            HELPERS[name] = source = _c_helper(name, rule, ctype_, dialect)
+            HELPER_DEPS[name] = tuple(h for h in HELPERS if h != name and f"{h}(" in source)
+
+
+scalar_helpers()
 
 PREAMBLE = """\
 #include <math.h>
@@ -790,8 +795,13 @@ class _Renderer:
 
     def _compute(self, s: Compute) -> str:
         spelling = OPS.get(s.op)
+        if spelling is None and getattr(PRIMITIVES.get(s.op), "scalar", None) is not None:
+            if f"kiln_{s.op}f" not in HELPERS:
+                scalar_helpers()                 # a primitive defined after this module
+            spelling = _scalar(s.op)
         if spelling is None:
-            raise LoweringError(f"{s.op} has no C spelling (kiln.codegen.c.OPS)")
+            raise LoweringError(f"{s.op} has no C spelling (kiln.codegen.c.OPS) and no scalar "
+                                f"math (Primitive.scalar)")
         args = []
         for i, a in enumerate(s.args):
             if isinstance(a, str):

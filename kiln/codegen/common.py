@@ -18,14 +18,16 @@ KERNEL_OPS = frozenset(["index"])
 
 def computed_primitives() -> list:
     """The primitives a generated kernel computes with a `Compute` statement (elementwise ops
-    and creations): each needs a spelling in every renderer's `OPS` table, or a group holding
-    it cannot be generated and runs on NumPy instead."""
+    and creations): each needs scalar math or a spelling in every renderer's `OPS` table, or
+    a group holding it cannot be generated and runs on NumPy instead."""
     return sorted(name for name, p in PRIMITIVES.items() if p.kind in (ELEMENTWISE, CREATION))
 
 
 def missing_spellings(table: dict) -> list:
-    """The computed primitives a renderer's op table has no entry for."""
-    return [name for name in computed_primitives() if name not in table]
+    """The computed primitives a renderer cannot spell: no entry in its op table and no scalar
+    math of their own (`Primitive.scalar`, which every renderer spells)."""
+    return [name for name in computed_primitives()
+            if name not in table and PRIMITIVES[name].scalar is None]
 
 
 # ops spelled `a op b` in Triton, C and Python alike

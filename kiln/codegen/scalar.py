@@ -1,11 +1,12 @@
-"""Scalar decompositions of the transcendental helpers, written once and spelled by every renderer.
+"""Spelling the scalar math of elementwise primitives (`Primitive.scalar`) in a renderer's language.
 
-A helper such as erf or tanh is a few lines of scalar math over a handful of base functions
-(`exp`, `log`, `expm1`, `abs`, `where`). Each is written here once, as Python-syntax
-expressions, and each renderer turns it into a function of its own language with a `Dialect`:
-the C renderer into `static inline float kiln_erff(float a)`, the Triton one into a
-`@triton.jit def _erf(a)`. The base functions are the renderer's own (C's are branch-free
-Cephes polynomials on float bits, Triton's are `tl.exp` and friends).
+An op such as erf or tanh is a few lines of scalar math over a handful of base functions
+(`exp`, `log`, `expm1`, `abs`, `where`), written once beside the primitive as a `ScalarMath`.
+Each renderer turns it into a helper function of its own language with a `Dialect`: the C
+renderer into `static inline float kiln_erff(float a)`, the Triton one into a `@triton.jit def
+_erf(a)`. The base functions are the renderer's own (C's are branch-free Cephes polynomials on
+float bits, Triton's are `tl.exp` and friends); a call to another primitive with scalar math
+(`log1p(exp(x))`) calls that primitive's helper.
 """
 
 from __future__ import annotations
@@ -14,56 +15,15 @@ import ast
 from dataclasses import dataclass
 from typing import Callable
 
+from kiln.ir.ops import PRIMITIVES
+from kiln.ir.primitive import ScalarMath
 
-@dataclass(frozen=True)
-class Decomposition:
-    """`result` computed from `params` through `steps`, each `(name, expression)` in order (a
-    name may be assigned again: `r = r * t - 1.0`)."""
-
-    params: tuple
-    steps: tuple
-    result: str
-    comment: str
+BASE_FUNCTIONS = ("exp", "log", "expm1", "abs")
 
 
-DECOMPOSITIONS: dict[str, Decomposition] = {
-    "erf": Decomposition(("a",), (
-        ("t", "abs(a)"),
-        ("s", "a * a"),
-        ("r", "-1.72853470e-5 * t + 3.83197126e-4"),
-        ("u", "-3.88396438e-3 * t + 2.42546219e-2"),
-        ("r", "r * s + u"),
-        ("r", "r * t - 1.06777877e-1"),
-        ("r", "r * t - 6.34846687e-1"),
-        ("r", "r * t - 1.28717512e-1"),
-        ("r", "r * t - t"),
-        ("big", "1.0 - exp(r)"),
-        ("big", "where(a < 0.0, -big, big)"),
-        ("p", "-5.96761703e-4 * s + 4.99119423e-3"),
-        ("p", "p * s - 2.67681349e-2"),
-        ("p", "p * s + 1.12819925e-1"),
-        ("p", "p * s - 3.76125336e-1"),
-        ("p", "p * s + 1.28379166e-1"),
-        ("small", "p * a + a"),
-    ), "where(t > 0.927734375, big, small)",
-        "erf(x): minimax approximations (N. Juffa), about 1 float32 ulp on each branch"),
-    "log1p": Decomposition(("x",), (
-        ("u", "1.0 + x"),
-        ("d", "u - 1.0"),
-        ("r", "log(u) * (x / d)"),
-        ("r", "where(d == 0.0, x, r)"),
-    ), "where(u == inf, u, r)",
-        "log(1 + x) by Kahan's trick: log(u) * x / (u - 1) cancels the rounding of u = 1 + x"),
-    "tanh": Decomposition(("x",), (
-        ("e", "expm1(-2.0 * abs(x))"),
-        ("t", "-e / (2.0 + e)"),
-    ), "where(x < 0.0, -t, t)",
-        "tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), with the sign of x"),
-    "sigmoid": Decomposition(("x",), (), "1.0 / (1.0 + exp(-x))", "1 / (1 + exp(-x))"),
-    "sign": Decomposition(("x",), (
-        ("s", "where(x > 0.0, 1.0, where(x < 0.0, -1.0, 0.0))"),
-    ), "where(x != x, x, s)", "sign(x), NaN kept"),
-}
+def decompositions() -> dict:
+    """Every primitive's scalar math, by primitive name: the one table both renderers spell."""
+    return {name: p.scalar for name, p in PRIMITIVES.items() if p.scalar is not None}
 
 
 @dataclass(frozen=True)
@@ -72,6 +32,7 @@ class Dialect:
 
     Args:
         calls: base function name -> the function it calls (`exp` -> `kiln_expf`).
+        helper: a primitive's name -> the name of the helper function computing it.
         where: (condition, if true, if false) -> text.
         where_is_call: whether `where` reads as a call (Triton) or an operator of the lowest
             precedence (C's `?:`), which needs parentheses inside other expressions.
@@ -80,6 +41,7 @@ class Dialect:
     """
 
     calls: dict
+    helper: Callable
     where: Callable
     where_is_call: bool
     number: Callable
@@ -130,11 +92,18 @@ def _spell(node, dialect: Dialect, source: str) -> tuple:
                 return dialect.where(*(text for text, _ in args)), 4
             texts = [text if prec >= 0 else f"({text})" for text, prec in args]
             return dialect.where(*texts), -1
-        return f"{dialect.calls[name]}({', '.join(text for text, _ in args)})", 4
+        if name in dialect.calls:
+            fn = dialect.calls[name]
+        elif getattr(PRIMITIVES.get(name), "scalar", None) is not None:
+            fn = dialect.helper(name)
+        else:
+            raise ValueError(f"scalar math: {name}() is neither a base function "
+                             f"{BASE_FUNCTIONS} nor a primitive with scalar math")
+        return f"{fn}({', '.join(text for text, _ in args)})", 4
     raise ValueError(f"scalar decomposition: cannot spell {ast.dump(node)}")
 
 
-def function_body(d: Decomposition, dialect: Dialect, declare: str = "") -> list:
+def function_body(d: ScalarMath, dialect: Dialect, declare: str = "") -> list:
     """The statements computing `d` (a `return` last); `declare` prefixes a name's first
     assignment (C's type), and each statement ends as the dialect's statements end."""
     seen = set(d.params)
@@ -147,4 +116,4 @@ def function_body(d: Decomposition, dialect: Dialect, declare: str = "") -> list
     return lines
 
 
-__all__ = ["DECOMPOSITIONS", "Decomposition", "Dialect", "function_body", "spell"]
+__all__ = ["BASE_FUNCTIONS", "Dialect", "decompositions", "function_body", "spell"]

@@ -15,9 +15,10 @@ from kiln.codegen.common import (INFIX, compute_dtype, literal_dtype, operand_dt
                                  row_passes, source_loc)
 from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
                                  Reduce, Store, variables)
-from kiln.codegen.scalar import DECOMPOSITIONS, Dialect, function_body
+from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
+from kiln.ir.ops import PRIMITIVES
 
 PERSISTENT_LIMIT = 4096        # rows up to this long are reduced in one block
 LOOP_RBLOCK = 1024
@@ -60,8 +61,8 @@ def _no_int(op):
     return fail
 
 
-def _decomposed(op: str):
-    """An op computed by its scalar decomposition (kiln.codegen.scalar), as helper `_<op>`."""
+def _scalar(op: str):
+    """An op computed by its primitive's scalar math, as the helper `_<op>`."""
     return lambda a, d, s: f"_{op}({a[0]})"
 
 
@@ -97,18 +98,15 @@ OPS = {
     "bitwise_not": lambda a, d, s: f"{a[0]} == 0" if d is dt.bool_ else f"~{a[0]}",
     "abs": lambda a, d, s: f"tl.abs({a[0]})",
     "relu": lambda a, d, s: f"tl.where({a[0]} <= 0, 0, {a[0]})",   # NaN fails <= and passes
-    "sign": _float_or(_decomposed("sign"),
+    # an op with scalar math (Primitive.scalar) needs no entry, unless integers differ
+    "sign": _float_or(_scalar("sign"),
                       lambda a, d, s: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0))"),
     "exp": lambda a, d, s: f"tl.exp({a[0]})",
     "log": lambda a, d, s: f"tl.log({a[0]})",
     "sqrt": lambda a, d, s: f"tl.sqrt({a[0]})",
     "sin": lambda a, d, s: f"tl.sin({a[0]})",
     "cos": lambda a, d, s: f"tl.cos({a[0]})",
-    "log1p": _decomposed("log1p"),
     "expm1": lambda a, d, s: f"_expm1({a[0]})",
-    "tanh": _decomposed("tanh"),
-    "sigmoid": _decomposed("sigmoid"),
-    "erf": _decomposed("erf"),
     "floor": _float_or(lambda a, d, s: f"tl.floor({a[0]})", lambda a, d, s: a[0]),
     "ceil": _float_or(lambda a, d, s: f"tl.ceil({a[0]})", lambda a, d, s: a[0]),
     "trunc": _float_or(lambda a, d, s: f"_trunc({a[0]})", lambda a, d, s: a[0]),
@@ -208,17 +206,29 @@ def _argmax_combine(v1, i1, v2, i2):
 }
 
 
-# The scalar decompositions shared with the C renderer (kiln.codegen.scalar), as @triton.jit
+# Primitives' scalar math (`Primitive.scalar`, spelled by kiln.codegen.scalar), as @triton.jit
 # functions over the base functions of triton.language (and _expm1 above).
 TRITON = Dialect({"exp": "tl.exp", "log": "tl.log", "expm1": "_expm1", "abs": "tl.abs"},
-                 lambda c, a, b: f"tl.where({c}, {a}, {b})", True, lambda text: text,
-                 'float("inf")')
+                 lambda op: f"_{op}", lambda c, a, b: f"tl.where({c}, {a}, {b})", True,
+                 lambda text: text, 'float("inf")')
 HELPER_DEPS: dict = {}
-for _op, _d in DECOMPOSITIONS.items():
-    HELPERS[f"_{_op}"] = "\n".join(
-        ["", "@triton.jit", f"def _{_op}({', '.join(_d.params)}):", f"    # {_d.comment}"]
-        + [f"    {line}" for line in function_body(_d, TRITON)]) + "\n"
-    HELPER_DEPS[f"_{_op}"] = tuple(h for h in ("_expm1",) if f"{h}(" in HELPERS[f"_{_op}"])
+
+
+def scalar_helpers() -> None:
+    """Add a helper to HELPERS for every primitive with scalar math that has none yet, with the
+    helpers it calls as its dependencies."""
+    for op, rule in decompositions().items():
+        name = f"_{op}"
+        if name in HELPERS:
+            continue
+        HELPERS[name] = source = "\n".join(
+            ["", "@triton.jit", f"def {name}({', '.join(rule.params)}):",
+             f"    # {rule.comment or op}"]
+            + [f"    {line}" for line in function_body(rule, TRITON)]) + "\n"
+        HELPER_DEPS[name] = tuple(h for h in HELPERS if h != name and f"{h}(" in source)
+
+
+scalar_helpers()
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -262,13 +272,16 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
 
 
 def _close_helpers(used: list) -> list:
+    """The helpers `used` call, each after the helpers it calls itself."""
     out: list = []
-    for h in used:
+
+    def add(h):
         for dep in HELPER_DEPS.get(h, ()):
-            if dep not in out:
-                out.append(dep)
+            add(dep)
         if h not in out:
             out.append(h)
+    for h in used:
+        add(h)
     return out
 
 
@@ -388,8 +401,13 @@ class _Renderer:
 
     def _compute(self, s: Compute) -> str:
         spelling = OPS.get(s.op)
+        if spelling is None and getattr(PRIMITIVES.get(s.op), "scalar", None) is not None:
+            if f"_{s.op}" not in HELPERS:
+                scalar_helpers()                 # a primitive defined after this module
+            spelling = _scalar(s.op)
         if spelling is None:
-            raise LoweringError(f"{s.op} has no Triton spelling (kiln.codegen.triton.OPS)")
+            raise LoweringError(f"{s.op} has no Triton spelling (kiln.codegen.triton.OPS) and "
+                                f"no scalar math (Primitive.scalar)")
         args = [a if isinstance(a, str) else
                 _literal(a.value, literal_dtype(s, i)) if isinstance(a, Literal) else _expr(a)
                 for i, a in enumerate(s.args)]

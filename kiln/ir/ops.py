@@ -20,7 +20,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.primitive import (  # noqa: F401  (re-exported: the registry's names)
     CHEAP, COPIED, CREATION, ELEMENTWISE, EXPENSIVE, INDEX, MATMUL, MOVEMENT, NORMALIZE,
-    PRIMITIVES, RANDOM, REDUCE, SAVED, P, Primitive, ShapeError, define)
+    PRIMITIVES, RANDOM, REDUCE, SAVED, P, Primitive, ScalarMath, ShapeError, define)
 
 
 # ----------------------------------------------------------------------------- shape rules
@@ -133,7 +133,8 @@ define("neg", ELEMENTWISE, _unary, lambda xp, x: -x if x.dtype != bool else ~x,
 define("abs", ELEMENTWISE, _unary, None, lambda g, out, x: (g * P.sign(x),), arity=1,
        ufunc="absolute")
 define("sign", ELEMENTWISE, _unary, None, lambda g, out, x: (g * 0,), arity=1, reads=(),
-       ufunc="sign")
+       ufunc="sign", scalar=ScalarMath("where(x != x, x, s)", (
+           ("s", "where(x > 0.0, 1.0, where(x < 0.0, -1.0, 0.0))"),), comment="sign(x), NaN kept"))
 
 
 def _relu_infer(shapes, dtypes):
@@ -150,7 +151,14 @@ define("relu", ELEMENTWISE, _relu_infer, lambda xp, x: xp.maximum(x, 0),
 _quiet_unary("exp", None, lambda g, out, x: (g * out,), reads=(), output=SAVED,
              cost=EXPENSIVE, ufunc="exp")
 _quiet_unary("log", None, lambda g, out, x: (g / x,), cost=EXPENSIVE, ufunc="log")
-_quiet_unary("log1p", None, lambda g, out, x: (g / (x + 1),), cost=EXPENSIVE, ufunc="log1p")
+_quiet_unary("log1p", None, lambda g, out, x: (g / (x + 1),), cost=EXPENSIVE, ufunc="log1p",
+             scalar=ScalarMath("where(u == inf, u, r)", (
+                 ("u", "1.0 + x"),
+                 ("d", "u - 1.0"),
+                 ("r", "log(u) * (x / d)"),
+                 ("r", "where(d == 0.0, x, r)")),
+                 comment="log(1 + x) by Kahan's trick: log(u) * x / (u - 1) cancels the "
+                         "rounding of u = 1 + x"))
 _quiet_unary("expm1", None, lambda g, out, x: (g * (out + 1),), reads=(), output=SAVED,
              cost=EXPENSIVE, ufunc="expm1")
 _quiet_unary("sqrt", None, lambda g, out, x: (g / (out * 2),), reads=(), output=SAVED,
@@ -158,12 +166,37 @@ _quiet_unary("sqrt", None, lambda g, out, x: (g / (out * 2),), reads=(), output=
 _quiet_unary("sin", None, lambda g, out, x: (g * P.cos(x),), cost=EXPENSIVE, ufunc="sin")
 _quiet_unary("cos", None, lambda g, out, x: (-(g * P.sin(x)),), cost=EXPENSIVE, ufunc="cos")
 _quiet_unary("tanh", None, lambda g, out, x: (g * (1 - out * out),), reads=(), output=SAVED,
-             cost=EXPENSIVE, ufunc="tanh")
+             cost=EXPENSIVE, ufunc="tanh",
+             scalar=ScalarMath("where(x < 0.0, -t, t)", (
+                 ("e", "expm1(-2.0 * abs(x))"),
+                 ("t", "-e / (2.0 + e)")),
+                 comment="tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), with the sign of x"))
 _quiet_unary("sigmoid", lambda xp, x: 1 / (1 + xp.exp(-x)),
-             lambda g, out, x: (g * out * (1 - out),), reads=(), output=SAVED, cost=EXPENSIVE)
+             lambda g, out, x: (g * out * (1 - out),), reads=(), output=SAVED, cost=EXPENSIVE,
+             scalar=ScalarMath("1.0 / (1.0 + exp(-x))", comment="1 / (1 + exp(-x))"))
 _quiet_unary("erf", lambda xp, x: _erf(xp, x),
              lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * P.exp(-(x * x)),),
-             cost=EXPENSIVE)
+             cost=EXPENSIVE,
+             scalar=ScalarMath("where(t > 0.927734375, big, small)", (
+                 ("t", "abs(a)"),
+                 ("s", "a * a"),
+                 ("r", "-1.72853470e-5 * t + 3.83197126e-4"),
+                 ("u", "-3.88396438e-3 * t + 2.42546219e-2"),
+                 ("r", "r * s + u"),
+                 ("r", "r * t - 1.06777877e-1"),
+                 ("r", "r * t - 6.34846687e-1"),
+                 ("r", "r * t - 1.28717512e-1"),
+                 ("r", "r * t - t"),
+                 ("big", "1.0 - exp(r)"),
+                 ("big", "where(a < 0.0, -big, big)"),
+                 ("p", "-5.96761703e-4 * s + 4.99119423e-3"),
+                 ("p", "p * s - 2.67681349e-2"),
+                 ("p", "p * s + 1.12819925e-1"),
+                 ("p", "p * s - 3.76125336e-1"),
+                 ("p", "p * s + 1.28379166e-1"),
+                 ("small", "p * a + a")), params=("a",),
+                 comment="erf(x): minimax approximations (N. Juffa), about 1 float32 ulp on "
+                         "each branch"))
 def _rounding(fn):
     return lambda xp, x: x if x.dtype.kind in "biu" else getattr(xp, fn)(x)
 

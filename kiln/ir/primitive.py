@@ -22,6 +22,22 @@ CHEAP, EXPENSIVE = "cheap", "expensive"
 SAVED, COPIED = "saved", "copied"
 
 
+@dataclass(frozen=True)
+class ScalarMath:
+    """An elementwise op as scalar math, which every kernel renderer spells (kiln.codegen.scalar).
+
+    `result` is computed from the op's inputs `params` through `steps`, each `(name,
+    expression)` in order (a name may be assigned again). Expressions are Python syntax: float
+    constants, `+ - * /`, comparisons, `where(cond, a, b)`, the base functions `exp`, `log`,
+    `expm1`, `abs`, and any primitive that has ScalarMath itself (`log1p(exp(x))`).
+    """
+
+    result: str
+    steps: tuple = ()
+    params: tuple = ("x",)
+    comment: str = ""
+
+
 class ShapeError(Exception):
     """An op got inputs whose shapes or dtypes it cannot take; the dispatcher adds the op name
     and the user's source line and re-raises it as the matching Python exception."""
@@ -52,6 +68,9 @@ class Primitive:
             *inputs, **attrs)` appends a node.
         ufunc: the name of the NumPy ufunc computing the op (`np.<ufunc>(..., out=)`), which
             lets the NumPy executor write into a dead buffer.
+        scalar: the op as scalar math (ScalarMath), from which the C and Triton renderers
+            write a helper function; an elementwise op without it needs an entry in each
+            renderer's op table.
     """
 
     name: str
@@ -67,6 +86,7 @@ class Primitive:
     cost: str = CHEAP
     decompose: Callable | None = None
     ufunc: str | None = None
+    scalar: ScalarMath | None = None
 
     def __repr__(self) -> str:
         return f"<primitive {self.name}>"
@@ -100,8 +120,8 @@ def define(name: str, kind: str, infer: Callable, impl: Callable | None,
            grad: Callable | None = None, arity: int | None = None, quiet: bool = False,
            doc: str = "", **facts) -> Primitive:
     """Register a primitive and make `P.<name>` call it. `facts` are the optional fields of
-    `Primitive` (reads, output, cost, decompose, ufunc). With `impl=None` the op is computed by
-    its NumPy/CuPy ufunc, `xp.<ufunc>(*arrays)`."""
+    `Primitive` (reads, output, cost, decompose, ufunc, scalar). With `impl=None` the op is
+    computed by its NumPy/CuPy ufunc, `xp.<ufunc>(*arrays)`."""
     if name in PRIMITIVES:
         raise ValueError(f"primitive {name!r} is defined twice")
     if impl is None:

@@ -11,11 +11,12 @@ from kiln.codegen import c as cgen
 from kiln.codegen import triton as tgen
 from kiln.codegen.common import KERNEL_OPS, computed_primitives, missing_spellings
 from kiln.codegen.kernel import LoweringError, lower
-from kiln.codegen.scalar import DECOMPOSITIONS, Dialect, function_body
+from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.compiler import trace
 from kiln.ir.ops import (CHEAP, COPIED, ELEMENTWISE, EXPENSIVE, PRIMITIVES, SAVED, P,
                          _float_unary, define)
-from kiln.ir.primitive import undefine
+from kiln.ir.primitive import ScalarMath, undefine
+from kiln.runtime import c_build
 
 RENDERERS = {"c": cgen.OPS, "triton": tgen.OPS}
 
@@ -64,27 +65,52 @@ def test_a_primitive_without_a_spelling_is_caught():
     assert all(missing_spellings(t) == [] for t in RENDERERS.values())
 
 
+def test_a_primitive_with_scalar_math_needs_no_table_entry():
+    """Scalar math on the primitive is spelled by both renderers: a helper in each, computing
+    the op (the C one checked against NumPy)."""
+    define("fake_softsign", ELEMENTWISE, _float_unary, lambda xp, x: x / (1 + xp.abs(x)),
+           None, arity=1, scalar=ScalarMath("x / (1.0 + abs(x))"))
+    try:
+        assert all(missing_spellings(t) == [] for t in RENDERERS.values())
+        x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+        graph = trace(lambda t: P.fake_softsign(t * 2.0) + 1.0, kiln.tensor(x)).graphs[0]
+        kernel = lower(graph)
+        ck = cgen.render_c(kernel)
+        assert "kiln_fake_softsignf(" in ck.source and "kiln_fake_softsignf" in ck.helpers
+        assert "def _fake_softsign(x):" in tgen.render_triton(kernel).source
+        lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+        out = np.empty_like(x)
+        fn = c_build.kernel_function(lib, ck.name, 2)
+        fn(c_build.data_pointer(x), c_build.data_pointer(out))
+        np.testing.assert_allclose(out, 2 * x / (1 + np.abs(2 * x)) + 1, rtol=1e-6)
+    finally:
+        undefine("fake_softsign")
+    assert all(missing_spellings(t) == [] for t in RENDERERS.values())
+
+
 # ----------------------------------------------------------------------------- decompositions
 
 NUMPY = Dialect({"exp": "np.exp", "log": "np.log", "expm1": "np.expm1", "abs": "np.abs"},
-                lambda c, a, b: f"np.where({c}, {a}, {b})", True, lambda text: text, "np.inf")
+                lambda op: f"np_{op}", lambda c, a, b: f"np.where({c}, {a}, {b})", True, lambda text: text, "np.inf")
 REFERENCE = {"erf": np.vectorize(math.erf, otypes=[np.float64]), "log1p": np.log1p,
              "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "sign": np.sign}
 
 
 def _numpy_function(name):
-    d = DECOMPOSITIONS[name]
-    body = "\n".join(f"    {line}" for line in function_body(d, NUMPY))
+    """The primitive's scalar math as a NumPy function (calls to other primitives' scalar
+    math included)."""
     scope = {"np": np}
-    exec(f"def f({', '.join(d.params)}):\n{body}\n", scope)
-    return scope["f"]
+    for op, rule in decompositions().items():
+        body = "\n".join(f"    {line}" for line in function_body(rule, NUMPY))
+        exec(f"def np_{op}({', '.join(rule.params)}):\n{body}\n", scope)
+    return scope[f"np_{name}"]
 
 
-@pytest.mark.parametrize("name", sorted(DECOMPOSITIONS))
+@pytest.mark.parametrize("name", sorted(decompositions()))
 def test_scalar_decomposition_computes_its_function(name):
     """Each shared decomposition, spelled as NumPy and run in float32, is within 4 float32 ulps
     of the float64 result (NaN and infinities kept)."""
-    assert name in REFERENCE, f"add a reference for the decomposition {name}"
+    assert name in REFERENCE, f"add a NumPy reference for the scalar math of {name}"
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(5000) * s for s in (1e-3, 0.3, 1, 4, 30)]
                        + [[0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -1e-30]])
@@ -103,7 +129,7 @@ def test_scalar_decomposition_computes_its_function(name):
     assert err.max() <= 4, (name, err.max())
 
 
-@pytest.mark.parametrize("name", sorted(DECOMPOSITIONS))
+@pytest.mark.parametrize("name", sorted(decompositions()))
 def test_each_decomposition_is_a_helper_of_both_renderers(name):
     assert f"static inline float kiln_{name}f(" in cgen.HELPERS[f"kiln_{name}f"]
     assert f"def _{name}(" in tgen.HELPERS[f"_{name}"]
