@@ -91,7 +91,8 @@ def test_a_primitive_with_scalar_math_needs_no_table_entry():
 # ----------------------------------------------------------------------------- decompositions
 
 NUMPY = Dialect({"exp": "np.exp", "log": "np.log", "expm1": "np.expm1", "abs": "np.abs"},
-                lambda op: f"np_{op}", lambda c, a, b: f"np.where({c}, {a}, {b})", True, lambda text: text, "np.inf")
+                lambda op: f"np_{op}", lambda c, a, b: f"np.where({c}, {a}, {b})", True,
+                lambda text: text, "np.inf")
 REFERENCE = {"erf": np.vectorize(math.erf, otypes=[np.float64]), "log1p": np.log1p,
              "tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "sign": np.sign}
 
