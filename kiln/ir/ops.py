@@ -733,11 +733,8 @@ define("index_put", INDEX, _scatter_infer, _index_put_impl, _index_put_grad, ari
 # with its own batch statistics. As a composite it cost ~50 dispatches and ~17 full-size passes
 # per layer (the statistics' gradient alone takes ~8); here the forward is one call, and the
 # backward one call in the closed form dx = invstd * (g - mean(g) - xhat * mean(g * xhat)).
-# The work runs on x as a (rows, C) matrix, channels innermost (a view of a conv's
-# channels-last output): reductions over rows are one BLAS product with a vector of ones, and
-# per-channel operands are tiled across rows of several pixels (NumPy runs its inner loop per
-# row: over 16 channels it is 2-3x slower). The statistics for the running averages come from
-# batch_stats, which has no gradient.
+# The statistics for the running averages come from batch_stats, which has no gradient. (The
+# NumPy backend, kiln.runtime.numpy_backend, runs these on x as a (rows, C) matrix.)
 
 def _bn_check(shapes, dtypes, name):
     if len(shapes[0]) < 2:
@@ -766,60 +763,30 @@ def _bn_stats_infer(shapes, dtypes):
     return (2, shapes[0][1]), dtypes[0]
 
 
-def _channel_rows(xp, x):
-    """x (N, C, ...) as a (rows, C) matrix: a view when its channels are innermost in memory."""
-    moved = x.transpose((0,) + tuple(range(2, x.ndim)) + (1,))
-    return xp.ascontiguousarray(moved).reshape(-1, x.shape[1])
-
-
-def _from_channel_rows(rows, like):
-    """The inverse of _channel_rows: an (N, C, ...) view of a (rows, C) matrix."""
-    moved = rows.reshape(like.shape[:1] + like.shape[2:] + like.shape[1:2])
-    return moved.transpose((0, like.ndim - 1) + tuple(range(1, like.ndim - 1)))
-
-
-def _per_channel(xp, ufunc, rows, v):
-    """ufunc(rows, v) for a (rows, C) matrix and a (C,) vector, run over rows of k*C values."""
-    m, c = rows.shape
-    k = 1
-    while k * c < 1024 and m % (2 * k) == 0:
-        k *= 2
-    tiled = xp.empty((k, c), v.dtype)
-    tiled[...] = v
-    return ufunc(rows.reshape(m // k, k * c), tiled.reshape(k * c)).reshape(m, c)
-
-
-def _bn_statistics(xp, rows):
-    """(mean, centered rows, biased variance) of a (rows, C) matrix, per channel."""
-    n = rows.shape[0]
-    ones = xp.ones(n, rows.dtype)
-    mean = (ones @ rows) / n
-    centered = _per_channel(xp, xp.subtract, rows, mean)
-    return mean, centered, (ones @ (centered * centered)) / n
+def _bn_moments(xp, x):
+    """(mean, centered x, biased variance) per channel, keepdim, over every dim but 1."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    return mean, centered, (centered * centered).mean(axis=axes, keepdims=True)
 
 
 def _bn_impl(xp, x, eps):
-    mean, centered, var = _bn_statistics(xp, _channel_rows(xp, x))
-    invstd = 1 / xp.sqrt(var + eps)
-    return _from_channel_rows(_per_channel(xp, xp.multiply, centered, invstd), x)
+    _, centered, var = _bn_moments(xp, x)
+    return centered * (1 / xp.sqrt(var + eps))
 
 
 def _bn_backward_impl(xp, g, xhat, x, eps):
-    mean, centered, var = _bn_statistics(xp, _channel_rows(xp, x))
-    invstd = 1 / xp.sqrt(var + eps)
-    g, xhat = _channel_rows(xp, g), _channel_rows(xp, xhat)
-    n = g.shape[0]
-    ones = xp.ones(n, g.dtype)
-    mean_g, mean_gx = (ones @ g) / n, (ones @ (g * xhat)) / n
-    # invstd * (g - mean_g - xhat * mean_gx), each per-channel factor applied once
-    out = g - _per_channel(xp, xp.multiply, xhat, mean_gx)
-    out = _per_channel(xp, xp.subtract, out, mean_g)
-    return _from_channel_rows(_per_channel(xp, xp.multiply, out, invstd), x)
+    _, _, var = _bn_moments(xp, x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean_g = g.mean(axis=axes, keepdims=True)
+    mean_gx = (g * xhat).mean(axis=axes, keepdims=True)
+    return (g - mean_g - xhat * mean_gx) * (1 / xp.sqrt(var + eps))
 
 
 def _bn_stats_impl(xp, x):
-    mean, centered, var = _bn_statistics(xp, _channel_rows(xp, x))
-    return xp.stack([mean, var])
+    mean, _, var = _bn_moments(xp, x)
+    return xp.stack([mean.reshape(x.shape[1]), var.reshape(x.shape[1])])
 
 
 def _bn_backward_grad(h, dx, g, xhat, x, eps):

@@ -61,3 +61,23 @@ def test_sum_matches_the_primitive(shape, axes, layout, keepdim):
     got = FAST_PATHS["sum"](np, x, axes, keepdim)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _channels_last(a):
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)).transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 5, 6), (32, 3), (4, 5, 7)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_fast_paths_match_the_primitives(shape, layout):
+    arrays = [RNG.standard_normal(shape) * 3 + 1 for _ in range(3)]
+    if layout == "channels_last":
+        arrays = [_channels_last(a) for a in arrays]
+    x, g, xhat = arrays
+    for name, args, attrs in (("batch_norm", (x,), {"eps": 1e-5}),
+                              ("batch_norm_backward", (g, xhat, x), {"eps": 1e-5}),
+                              ("batch_stats", (x,), {})):
+        want = PRIMITIVES[name].impl(np, *args, **attrs)
+        got = FAST_PATHS[name](np, *args, **attrs)
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
