@@ -177,21 +177,10 @@ def kiln_imports():
     return _Read((modules, read_imports(modules)))
 
 
-def _is_ops_cycle(chain: str) -> bool:
-    return chain.startswith("kiln.ir.ops")
-
-
 def test_no_module_level_cycles(kiln_imports):
     modules, imports = kiln_imports
-    found = [c for c in cycles(imports, modules) if not _is_ops_cycle(c)]
+    found = cycles(imports, modules)
     assert not found, "import cycles in kiln/:\n" + "\n".join(found)
-
-
-@pytest.mark.xfail(strict=True, reason="ir.ops/ops_extra cycle: being fixed on branch ops")
-def test_no_cycle_between_ir_ops_and_ops_extra(kiln_imports):
-    modules, imports = kiln_imports
-    found = [c for c in cycles(imports, modules) if _is_ops_cycle(c)]
-    assert not found, "import cycles in kiln/ir:\n" + "\n".join(found)
 
 
 def _violations_of(imports, importers) -> list[str]:

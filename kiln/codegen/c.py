@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, operand_dtype,
-                                 row_passes, source_loc)
+from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, literal_dtype,
+                                 operand_dtype, row_passes, source_loc)
 from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
                                  LoweringError, Reduce, Store, Var, _linear_terms, add, mul,
                                  variables)
+from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
+from kiln.ir.ops import CHEAP, EXPENSIVE, PRIMITIVES
+from kiln.ir.primitive import ScalarMath
 
 # Work (elements times statements) below which a loop runs on one thread: starting a team
 # costs a few microseconds, about what one thread does with this much work.
@@ -39,9 +42,6 @@ PARALLEL_ROWS = 8
 COLUMN_BLOCK = 256
 # rows up to this long keep expensive values for later passes in a scratch array on the stack
 SCRATCH_LIMIT = 16384
-# ops worth a store and a load to avoid computing twice
-EXPENSIVE = frozenset(["exp", "log", "log1p", "expm1", "tanh", "erf", "sigmoid", "sin", "cos",
-                       "pow", "floordiv", "mod"])
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,12 @@ def ctype(d: DType) -> str:
 
 # ----------------------------------------------------------------------------- op table
 
+# Each entry: (rendered args, operand dtype as computed, the Compute statement) -> C expression.
+# The statement gives the result's dtype and the attributes (`cast`, `arange`, `round`).
+
 def _by_dtype(f32: str, f64: str, integer=None):
     """A unary math function: float32 and float64 spellings; integers pass through or fail."""
-    def text(a, d):
+    def text(a, d, s):
         if d.is_floating_point:
             return f"{f64 if d is dt.float64 else f32}({a[0]})"
         if integer is None:
@@ -83,18 +86,28 @@ def _by_dtype(f32: str, f64: str, integer=None):
     return text
 
 
+# double ops the C library computes (more accurately than float32's formulas would)
+LIBM_DOUBLE = {"erf": "erf", "log1p": "log1p", "tanh": "tanh"}
+
+
+def _scalar(op: str, integer=None):
+    """An op computed by its primitive's scalar math: kiln_<op>f for float; for double the C
+    library's function where it has one, else kiln_<op>."""
+    return _by_dtype(f"kiln_{op}f", LIBM_DOUBLE.get(op, f"kiln_{op}"), integer)
+
+
 def _float_or(fn_float, fn_int):
-    return lambda a, d: fn_float(a, d) if d.is_floating_point else fn_int(a, d)
+    return lambda a, d, s: fn_float(a, d, s) if d.is_floating_point else fn_int(a, d, s)
 
 
 def _no_int(op):
-    def fail(a, d):
+    def fail(a, d, s):
         raise LoweringError(f"{op} of {d.name} tensors is not generated in C")
     return fail
 
 
 def _int_helper(name):
-    def text(a, d):
+    def text(a, d, s):
         if d is dt.bool_:
             raise LoweringError(f"{name} of bool tensors is not generated in C")
         return f"kiln_{name}_i64({a[0]}, {a[1]})"
@@ -106,42 +119,64 @@ def _f(d: DType) -> str:
     return "" if d is dt.float64 else "f"
 
 
-# op -> (rendered args, operand dtype) -> C expression
+def _cast(a, d, s):
+    if s.dtype is dt.bool_:
+        return f"{a[0]} != 0"
+    if s.dtype is dt.float16:
+        return f"(float)(_Float16){a[0]}"      # round to half, keep computing in float
+    return f"({C_TYPE[s.dtype]}){a[0]}"        # narrowing integers wrap, as NumPy's
+
+
+def _arange(a, d, s):
+    start, step = s.attr("start"), s.attr("step")
+    if isinstance(start, float) or isinstance(step, float):
+        return f"({ctype(s.dtype)})({float(start)!r} + (double){a[0]} * {float(step)!r})"
+    return f"({ctype(s.dtype)})({int(start)} + {a[0]} * {int(step)})"
+
+
+def _round(a, d, s):
+    if s.attr("decimals", 0):
+        raise LoweringError("round with decimals is not generated in C")
+    return _by_dtype("nearbyintf", "nearbyint", lambda a: a[0])(a, d, s)   # ties to even
+
+
 OPS = {
-    **{op: (lambda a, d, sym=sym: f"{a[0]} {sym} {a[1]}") for op, sym in INFIX.items()},
-    "div": _float_or(lambda a, d: f"{a[0]} / {a[1]}", _no_int("div")),
-    "floordiv": _float_or(lambda a, d: f"kiln_floordiv{_f(d)}({a[0]}, {a[1]})",
+    **{op: (lambda a, d, s, sym=sym: f"{a[0]} {sym} {a[1]}") for op, sym in INFIX.items()},
+    "div": _float_or(lambda a, d, s: f"{a[0]} / {a[1]}", _no_int("div")),
+    "floordiv": _float_or(lambda a, d, s: f"kiln_floordiv{_f(d)}({a[0]}, {a[1]})",
                           _int_helper("floordiv")),
-    "mod": _float_or(lambda a, d: f"kiln_mod{_f(d)}({a[0]}, {a[1]})", _int_helper("mod")),
-    "pow": lambda a, d: _pow(a, d),
+    "mod": _float_or(lambda a, d, s: f"kiln_mod{_f(d)}({a[0]}, {a[1]})", _int_helper("mod")),
+    "pow": lambda a, d, s: _pow(a, d),
     # NumPy's maximum/minimum: a NaN on either side wins
-    "maximum": _float_or(lambda a, d: f"({a[0]} >= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
-                         lambda a, d: f"{a[0]} >= {a[1]} ? {a[0]} : {a[1]}"),
-    "minimum": _float_or(lambda a, d: f"({a[0]} <= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
-                         lambda a, d: f"{a[0]} <= {a[1]} ? {a[0]} : {a[1]}"),
-    "where": lambda a, d: f"{a[0]} ? {a[1]} : {a[2]}",
-    "neg": lambda a, d: f"!{a[0]}" if d is dt.bool_ else f"-{a[0]}",
-    "bitwise_not": lambda a, d: f"!{a[0]}" if d is dt.bool_ else f"~{a[0]}",
+    "maximum": _float_or(
+        lambda a, d, s: f"({a[0]} >= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
+        lambda a, d, s: f"{a[0]} >= {a[1]} ? {a[0]} : {a[1]}"),
+    "minimum": _float_or(
+        lambda a, d, s: f"({a[0]} <= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
+        lambda a, d, s: f"{a[0]} <= {a[1]} ? {a[0]} : {a[1]}"),
+    "where": lambda a, d, s: f"{a[0]} ? {a[1]} : {a[2]}",
+    "neg": lambda a, d, s: f"!{a[0]}" if d is dt.bool_ else f"-{a[0]}",
+    "bitwise_not": lambda a, d, s: f"!{a[0]}" if d is dt.bool_ else f"~{a[0]}",
     "abs": _float_or(_by_dtype("fabsf", "fabs"),
-                     lambda a, d: a[0] if d is dt.bool_ else f"{a[0]} < 0 ? -{a[0]} : {a[0]}"),
-    "relu": lambda a, d: f"{a[0]} <= 0 ? 0 : {a[0]}",     # NaN fails <= and passes
-    "sign": _float_or(lambda a, d: f"kiln_sign{_f(d)}({a[0]})",
-                      lambda a, d: f"({a[0]} > 0) - ({a[0]} < 0)"),
+                     lambda a, d, s: a[0] if d is dt.bool_ else f"{a[0]} < 0 ? -{a[0]} : {a[0]}"),
+    "relu": lambda a, d, s: f"{a[0]} <= 0 ? 0 : {a[0]}",     # NaN fails <= and passes
+    # an op with scalar math (Primitive.scalar) needs no entry, unless integers differ
+    "sign": _float_or(_scalar("sign"), lambda a, d, s: f"({a[0]} > 0) - ({a[0]} < 0)"),
     "exp": _by_dtype("kiln_expf", "exp"),
     "log": _by_dtype("kiln_logf", "log"),
-    "log1p": _by_dtype("kiln_log1pf", "log1p"),
     "expm1": _by_dtype("kiln_expm1f", "expm1"),
-    "tanh": _by_dtype("kiln_tanhf", "tanh"),
-    "erf": _by_dtype("kiln_erff", "erf"),
     "sqrt": _by_dtype("sqrtf", "sqrt"),
     "sin": _by_dtype("sinf", "sin"),
     "cos": _by_dtype("cosf", "cos"),
-    "sigmoid": _float_or(lambda a, d: f"1.0 / (1.0 + exp(-{a[0]}))" if d is dt.float64
-                         else f"1.0f / (1.0f + kiln_expf(-{a[0]}))", _no_int("sigmoid")),
     "floor": _by_dtype("floorf", "floor", lambda a: a[0]),
     "ceil": _by_dtype("ceilf", "ceil", lambda a: a[0]),
     "trunc": _by_dtype("truncf", "trunc", lambda a: a[0]),
-    "round": _by_dtype("nearbyintf", "nearbyint", lambda a: a[0]),   # ties to even, as NumPy
+    "round": _round,
+    "cast": _cast,
+    # creation ops, and `index`: a kernel's integer index expression (arange's position)
+    "full": lambda a, d, s: a[0],
+    "arange": _arange,
+    "index": lambda a, d, s: a[0],
 }
 
 
@@ -241,60 +276,6 @@ static inline float kiln_expm1f(float x) {
     return (x < -0.34657359f || x > 0.34657359f) ? big : small;
 }
 ''',
-    "kiln_log1pf": r'''
-/* log(1 + x) by Kahan's trick: log(u) * x / (u - 1) cancels the rounding of u = 1 + x */
-static inline float kiln_log1pf(float x) {
-    float u = 1.0f + x;
-    float d = u - 1.0f;
-    float r = kiln_logf(u) * (x / d);
-    r = d == 0.0f ? x : r;
-    return u == INFINITY ? u : r;
-}
-''',
-    "kiln_tanhf": r'''
-/* tanh(x): 1 - 2 / (exp(2|x|) + 1) with the sign of x, or Cephes' odd polynomial for
-   |x| <= 0.625 where that would cancel */
-static inline float kiln_tanhf(float x) {
-    float a = fabsf(x);
-    float big = 1.0f - 2.0f / (kiln_expf(2.0f * a) + 1.0f);
-    big = x < 0.0f ? -big : big;
-    float z = x * x;
-    float p = -5.70498872745e-3f;
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
-    float small = p * z * x + x;
-    return a > 0.625f ? big : small;
-}
-''',
-    "kiln_erff": r'''
-/* erf(x): minimax approximations (N. Juffa), about 1 float32 ulp on each branch */
-static inline float kiln_erff(float a) {
-    float t = fabsf(a);
-    float s = a * a;
-    float r = -1.72853470e-5f * t + 3.83197126e-4f;
-    float u = -3.88396438e-3f * t + 2.42546219e-2f;
-    r = r * s + u;
-    r = r * t - 1.06777877e-1f;
-    r = r * t - 6.34846687e-1f;
-    r = r * t - 1.28717512e-1f;
-    r = r * t - t;
-    float big = 1.0f - kiln_expf(r);
-    big = a < 0.0f ? -big : big;
-    float p = -5.96761703e-4f * s + 4.99119423e-3f;
-    p = p * s - 2.67681349e-2f;
-    p = p * s + 1.12819925e-1f;
-    p = p * s - 3.76125336e-1f;
-    p = p * s + 1.28379166e-1f;
-    float small = p * a + a;
-    return t > 0.927734375f ? big : small;
-}
-''',
-    "kiln_signf": r'''
-static inline float kiln_signf(float x) { return x != x ? x : (float)((x > 0) - (x < 0)); }
-static inline double kiln_sign(double x) { return x != x ? x : (double)((x > 0) - (x < 0)); }
-''',
     "kiln_floordivf": r'''
 /* NumPy's floor_divide and remainder for floats (npy_divmod): fmod, the remainder moved to
    the divisor's sign, the quotient snapped to the nearest integer */
@@ -334,11 +315,50 @@ static inline int64_t kiln_mod_i64(int64_t a, int64_t b) {
 ''',
 }
 HELPER_DEPS = {"kiln_expf": ("kiln_bits",), "kiln_logf": ("kiln_bits",),
-               "kiln_expm1f": ("kiln_expf",), "kiln_log1pf": ("kiln_logf",),
-               "kiln_tanhf": ("kiln_expf",), "kiln_erff": ("kiln_expf",)}
+               "kiln_expm1f": ("kiln_expf",)}
 # a call to one of these names needs the helper that defines it
-_HELPER_OF = {"kiln_sign": "kiln_signf", "kiln_floordiv": "kiln_floordivf",
-              "kiln_mod": "kiln_floordivf", "kiln_mod_i64": "kiln_floordiv_i64"}
+_HELPER_OF = {"kiln_floordiv": "kiln_floordivf", "kiln_mod": "kiln_floordivf",
+              "kiln_mod_i64": "kiln_floordiv_i64"}
+
+
+# Primitives' scalar math (`Primitive.scalar`, spelled by kiln.codegen.scalar), as C functions
+# over float (kiln_erff) and double (kiln_sign; the C library's where it has the function) on
+# the base functions above.
+def _c_where(c: str, a: str, b: str) -> str:
+    return f"{c} ? {a} : {b}"
+
+
+def _double_helper(op: str) -> str:
+    return LIBM_DOUBLE.get(op, f"kiln_{op}")
+
+
+C_FLOAT = Dialect({"exp": "kiln_expf", "log": "kiln_logf", "expm1": "kiln_expm1f",
+                   "abs": "fabsf"}, lambda op: f"kiln_{op}f", _c_where, False,
+                  lambda text: text + "f", "INFINITY")
+C_DOUBLE = Dialect({"exp": "exp", "log": "log", "expm1": "expm1", "abs": "fabs"},
+                   _double_helper, _c_where, False, lambda text: text, "INFINITY")
+
+
+def _c_helper(name: str, rule: ScalarMath, ctype_: str, dialect: Dialect) -> str:
+    params = ", ".join(f"{ctype_} {p}" for p in rule.params)
+    body = [f"    {line};" for line in function_body(rule, dialect, declare=f"{ctype_} ")]
+    return "\n".join([f"/* {rule.comment or name} */",
+                      f"static inline {ctype_} {name}({params}) {{"] + body + ["}"]) + "\n"
+
+
+def scalar_helpers() -> None:
+    """Add a helper (float and double) to HELPERS for every primitive with scalar math that
+    has none yet, with the helpers it calls as its dependencies."""
+    for op, rule in decompositions().items():
+        for name, ctype_, dialect in ((f"kiln_{op}f", "float", C_FLOAT),
+                                      (_double_helper(op), "double", C_DOUBLE)):
+            if name in HELPERS or name in LIBM_DOUBLE.values():
+                continue
+            HELPERS[name] = source = _c_helper(name, rule, ctype_, dialect)
+            HELPER_DEPS[name] = tuple(h for h in HELPERS if h != name and f"{h}(" in source)
+
+
+scalar_helpers()
 
 PREAMBLE = """\
 #include <math.h>
@@ -635,7 +655,7 @@ class _Renderer:
             if name not in expensive:
                 st = by_dest.get(name)
                 expensive[name] = st is not None and st.scope == ELEM and isinstance(
-                    st, Compute) and (st.op in EXPENSIVE or any(
+                    st, Compute) and (_cost(st.op) == EXPENSIVE or any(
                         costly(a) for a in st.args if isinstance(a, str)))
             return expensive[name]
 
@@ -774,43 +794,33 @@ class _Renderer:
         return _expr(e)
 
     def _compute(self, s: Compute) -> str:
-        if s.op == "index":
-            return self._index(s.args[0])
-        if s.op == "full":
-            return _literal(s.args[0].value, s.dtype)
-        if s.op == "arange":
-            a = dict(s.attrs)
-            start, step = a["start"], a["step"]
-            idx = self._name(s.args[0])
-            if isinstance(start, float) or isinstance(step, float):
-                return f"({ctype(s.dtype)})({float(start)!r} + (double){idx} * {float(step)!r})"
-            return f"({ctype(s.dtype)})({int(start)} + {idx} * {int(step)})"
-        if s.op == "cast":
-            x = self._name(s.args[0])
-            if s.dtype is dt.bool_:
-                return f"{x} != 0"
-            if s.dtype is dt.float16:
-                return f"(float)(_Float16){x}"      # round to half, keep computing in float
-            return f"({C_TYPE[s.dtype]}){x}"        # narrowing integers wrap, as NumPy's
-        if s.op == "round" and dict(s.attrs).get("decimals", 0):
-            raise LoweringError("round with decimals is not generated in C")
-        if s.op not in OPS:
-            raise LoweringError(f"{s.op} has no C spelling yet")
-        operand = operand_dtype(s)
+        spelling = OPS.get(s.op)
+        if spelling is None and getattr(PRIMITIVES.get(s.op), "scalar", None) is not None:
+            if f"kiln_{s.op}f" not in HELPERS:
+                scalar_helpers()                 # a primitive defined after this module
+            spelling = _scalar(s.op)
+        if spelling is None:
+            raise LoweringError(f"{s.op} has no C spelling (kiln.codegen.c.OPS) and no scalar "
+                                f"math (Primitive.scalar)")
         args = []
         for i, a in enumerate(s.args):
             if isinstance(a, str):
                 args.append(self._name(a))
+            elif isinstance(a, Literal):
+                args.append(_literal(a.value, literal_dtype(s, i)))
             else:
-                d = operand if s.op != "where" else s.dtype if i else dt.bool_
-                args.append(_literal(a.value, d))
-        if operand is None:
-            raise LoweringError(f"{s.op} of literals only is not generated")
-        text = OPS[s.op](args, compute_dtype(operand))
+                args.append(self._index(a))
+        text = spelling(args, compute_dtype(operand_dtype(s) or s.dtype), s)
         for call, h in [(h, h) for h in HELPERS] + list(_HELPER_OF.items()):
             if f"{call}(" in text and h not in self.helpers:
                 self.helpers.append(h)
         return text
+
+
+def _cost(op: str) -> str:
+    """An op's cost class (kernel-internal ops such as `index` are cheap)."""
+    prim = PRIMITIVES.get(op)
+    return prim.cost if prim is not None else CHEAP
 
 
 # A column reduction's accumulators, one array per reduction for a block of rows: `acc` holds

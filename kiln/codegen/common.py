@@ -9,6 +9,26 @@ from dataclasses import dataclass, field
 from kiln.codegen.kernel import ELEM, ROW, Compute, Kernel, Reduce, Store
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
+from kiln.ir.ops import CREATION, ELEMENTWISE, PRIMITIVES
+
+# Ops a kernel computes that are not primitives: `index`, an integer index expression
+# (arange's position, a pad's bounds test)
+KERNEL_OPS = frozenset(["index"])
+
+
+def computed_primitives() -> list:
+    """The primitives a generated kernel computes with a `Compute` statement (elementwise ops
+    and creations): each needs scalar math or a spelling in every renderer's `OPS` table, or
+    a group holding it cannot be generated and runs on NumPy instead."""
+    return sorted(name for name, p in PRIMITIVES.items() if p.kind in (ELEMENTWISE, CREATION))
+
+
+def missing_spellings(table: dict) -> list:
+    """The computed primitives a renderer cannot spell: no entry in its op table and no scalar
+    math of their own (`Primitive.scalar`, which every renderer spells)."""
+    return [name for name in computed_primitives()
+            if name not in table and PRIMITIVES[name].scalar is None]
+
 
 # ops spelled `a op b` in Triton, C and Python alike
 INFIX = {"add": "+", "sub": "-", "mul": "*", "bitwise_and": "&", "bitwise_or": "|",
@@ -34,6 +54,15 @@ def operand_dtype(s: Compute) -> DType | None:
     if s.op == "where":
         return s.arg_dtypes[1] or s.arg_dtypes[2]
     return next((d for d in s.arg_dtypes if d is not None), None)
+
+
+def literal_dtype(s: Compute, i: int) -> DType | None:
+    """The dtype literal argument `i` of `s` is written in: `where`'s condition is bool and its
+    values have the result's dtype; otherwise the op's operand dtype, or the result's for an op
+    of literals only (`full`)."""
+    if s.op == "where":
+        return dt.bool_ if i == 0 else s.dtype
+    return operand_dtype(s) or s.dtype
 
 
 # ----------------------------------------------------------------------------- row passes

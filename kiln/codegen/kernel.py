@@ -291,13 +291,17 @@ class Compute:
 
     dest: str
     op: str
-    args: tuple                 # SSA names (str) or Literal
+    args: tuple                 # SSA names (str), Literal, or an index Expr (op `index`)
     attrs: tuple
     dtype: DType                # result dtype
     arg_dtypes: tuple           # dtype of each argument (None for literals)
     scope: str
     note: str = ""
     loc: str = ""
+
+    def attr(self, name: str, default=None):
+        """The value of attribute `name` (a renderer's table entry reads `decimals`, `start`)."""
+        return dict(self.attrs).get(name, default)
 
     def __str__(self) -> str:
         args = ", ".join(map(str, self.args))

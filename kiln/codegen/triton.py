@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kiln.codegen.common import INFIX, compute_dtype, operand_dtype, row_passes, source_loc
-from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Load, LoweringError, Reduce,
-                                 Store, variables)
+from kiln.codegen.common import (INFIX, compute_dtype, literal_dtype, operand_dtype,
+                                 row_passes, source_loc)
+from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
+                                 Reduce, Store, variables)
+from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
+from kiln.ir.ops import PRIMITIVES
 
 PERSISTENT_LIMIT = 4096        # rows up to this long are reduced in one block
 LOOP_RBLOCK = 1024
@@ -44,50 +47,77 @@ POINTER = {dt.float16: "*fp16", dt.float32: "*fp32", dt.float64: "*fp64", dt.int
 
 # ----------------------------------------------------------------------------- op table
 
+# Each entry: (rendered args, operand dtype, the Compute statement) -> Triton expression. The
+# statement gives the result's dtype and the attributes (`cast`, `arange`, `round`).
+
 def _float_or(fn_float, fn_int):
-    return lambda a, d: fn_float(a, d) if d[0] is None or d[0].is_floating_point else fn_int(a, d)
+    return lambda a, d, s: fn_float(a, d, s) if d is None or d.is_floating_point else \
+        fn_int(a, d, s)
 
 
 def _no_int(op):
-    def fail(a, d):
+    def fail(a, d, s):
         raise LoweringError(f"{op} of integer tensors is not generated")
     return fail
 
 
+def _scalar(op: str):
+    """An op computed by its primitive's scalar math, as the helper `_<op>`."""
+    return lambda a, d, s: f"_{op}({a[0]})"
+
+
+def _cast(a, d, s):
+    if s.dtype is dt.bool_:
+        return f"{a[0]} != 0"
+    text = f"{a[0]}.to({TL_TYPE[s.dtype]})"
+    if s.dtype is dt.float16:
+        text += ".to(tl.float32)"          # round to half, keep computing in float
+    return text
+
+
+def _round(a, d, s):
+    if s.attr("decimals", 0):
+        raise LoweringError("round with decimals is not generated in Triton")
+    return _float_or(lambda a, d, s: f"_round_half_even({a[0]})", lambda a, d, s: a[0])(a, d, s)
+
+
 NAN = "tl.PropagateNan.ALL"
 
-# op -> (args rendered, their dtypes) -> Triton expression text
 OPS = {
-    **{op: (lambda a, d, sym=sym: f"{a[0]} {sym} {a[1]}") for op, sym in INFIX.items()},
-    "div": _float_or(lambda a, d: f"{a[0]} / {a[1]}", _no_int("div")),
-    "floordiv": _float_or(lambda a, d: f"tl.floor({a[0]} / {a[1]})", _no_int("floordiv")),
-    "mod": _float_or(lambda a, d: f"_mod({a[0]}, {a[1]})", _no_int("mod")),
-    "pow": lambda a, d: _pow(a, d),
-    "maximum": _float_or(lambda a, d: f"tl.maximum({a[0]}, {a[1]}, propagate_nan={NAN})",
-                         lambda a, d: f"tl.maximum({a[0]}, {a[1]})"),
-    "minimum": _float_or(lambda a, d: f"tl.minimum({a[0]}, {a[1]}, propagate_nan={NAN})",
-                         lambda a, d: f"tl.minimum({a[0]}, {a[1]})"),
-    "where": lambda a, d: f"tl.where({a[0]}, {a[1]}, {a[2]})",
-    "neg": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"-{a[0]}",
-    "bitwise_not": lambda a, d: f"{a[0]} == 0" if d[0] is dt.bool_ else f"~{a[0]}",
-    "abs": lambda a, d: f"tl.abs({a[0]})",
-    "relu": lambda a, d: f"tl.where({a[0]} <= 0, 0, {a[0]})",   # NaN fails <= and passes
-    "sign": _float_or(lambda a, d: f"_sign({a[0]})",
-                      lambda a, d: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0))"),
-    "exp": lambda a, d: f"tl.exp({a[0]})",
-    "log": lambda a, d: f"tl.log({a[0]})",
-    "sqrt": lambda a, d: f"tl.sqrt({a[0]})",
-    "sin": lambda a, d: f"tl.sin({a[0]})",
-    "cos": lambda a, d: f"tl.cos({a[0]})",
-    "log1p": lambda a, d: f"_log1p({a[0]})",
-    "expm1": lambda a, d: f"_expm1({a[0]})",
-    "tanh": lambda a, d: f"_tanh({a[0]})",
-    "sigmoid": lambda a, d: f"1 / (1 + tl.exp(-{a[0]}))",
-    "erf": lambda a, d: f"_erf({a[0]})",
-    "floor": _float_or(lambda a, d: f"tl.floor({a[0]})", lambda a, d: a[0]),
-    "ceil": _float_or(lambda a, d: f"tl.ceil({a[0]})", lambda a, d: a[0]),
-    "trunc": _float_or(lambda a, d: f"_trunc({a[0]})", lambda a, d: a[0]),
-    "round": _float_or(lambda a, d: f"_round_half_even({a[0]})", lambda a, d: a[0]),
+    **{op: (lambda a, d, s, sym=sym: f"{a[0]} {sym} {a[1]}") for op, sym in INFIX.items()},
+    "div": _float_or(lambda a, d, s: f"{a[0]} / {a[1]}", _no_int("div")),
+    "floordiv": _float_or(lambda a, d, s: f"tl.floor({a[0]} / {a[1]})", _no_int("floordiv")),
+    "mod": _float_or(lambda a, d, s: f"_mod({a[0]}, {a[1]})", _no_int("mod")),
+    "pow": lambda a, d, s: _pow(a, d),
+    "maximum": _float_or(lambda a, d, s: f"tl.maximum({a[0]}, {a[1]}, propagate_nan={NAN})",
+                         lambda a, d, s: f"tl.maximum({a[0]}, {a[1]})"),
+    "minimum": _float_or(lambda a, d, s: f"tl.minimum({a[0]}, {a[1]}, propagate_nan={NAN})",
+                         lambda a, d, s: f"tl.minimum({a[0]}, {a[1]})"),
+    "where": lambda a, d, s: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+    "neg": lambda a, d, s: f"{a[0]} == 0" if d is dt.bool_ else f"-{a[0]}",
+    "bitwise_not": lambda a, d, s: f"{a[0]} == 0" if d is dt.bool_ else f"~{a[0]}",
+    "abs": lambda a, d, s: f"tl.abs({a[0]})",
+    "relu": lambda a, d, s: f"tl.where({a[0]} <= 0, 0, {a[0]})",   # NaN fails <= and passes
+    # an op with scalar math (Primitive.scalar) needs no entry, unless integers differ
+    "sign": _float_or(_scalar("sign"),
+                      lambda a, d, s: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0))"),
+    "exp": lambda a, d, s: f"tl.exp({a[0]})",
+    "log": lambda a, d, s: f"tl.log({a[0]})",
+    "sqrt": lambda a, d, s: f"tl.sqrt({a[0]})",
+    "sin": lambda a, d, s: f"tl.sin({a[0]})",
+    "cos": lambda a, d, s: f"tl.cos({a[0]})",
+    "expm1": lambda a, d, s: f"_expm1({a[0]})",
+    "floor": _float_or(lambda a, d, s: f"tl.floor({a[0]})", lambda a, d, s: a[0]),
+    "ceil": _float_or(lambda a, d, s: f"tl.ceil({a[0]})", lambda a, d, s: a[0]),
+    "trunc": _float_or(lambda a, d, s: f"_trunc({a[0]})", lambda a, d, s: a[0]),
+    "round": _round,
+    "cast": _cast,
+    # creation ops, and `index`: a kernel's integer index expression (arange's position)
+    "full": lambda a, d, s: f"tl.full([], {_literal(s.args[0].value, s.dtype)}, "
+                            f"{TL_TYPE[compute_dtype(s.dtype)]})",
+    "arange": lambda a, d, s: f"({s.attr('start')} + {a[0]} * {s.attr('step')})"
+                              f".to({TL_TYPE[compute_dtype(s.dtype)]})",
+    "index": lambda a, d, s: a[0],
 }
 
 
@@ -117,51 +147,6 @@ def _expm1(x):
     u = tl.exp(x)
     um1 = u - 1.0
     return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / tl.log(u)))
-''',
-    "_log1p": '''
-@triton.jit
-def _log1p(x):
-    # Kahan's trick: log(1 + x) * x / ((1 + x) - 1) cancels the rounding of 1 + x
-    # (u = inf: the quotient is inf / inf, so inf is returned as it is)
-    u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.where(u == float("inf"), u, tl.log(u) * x / (u - 1.0)))
-''',
-    "_tanh": '''
-@triton.jit
-def _tanh(x):
-    # tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), with the sign of x
-    e = _expm1(-2.0 * tl.abs(x))
-    t = -e / (2.0 + e)
-    return tl.where(x < 0, -t, t)
-''',
-    "_erf": '''
-@triton.jit
-def _erf(a):
-    # minimax approximations (N. Juffa), max error about 1 float32 ulp on each branch
-    t = tl.abs(a)
-    s = a * a
-    r = -1.72853470e-5 * t + 3.83197126e-4
-    u = -3.88396438e-3 * t + 2.42546219e-2
-    r = r * s + u
-    r = r * t - 1.06777877e-1
-    r = r * t - 6.34846687e-1
-    r = r * t - 1.28717512e-1
-    r = r * t - t
-    big = 1.0 - tl.exp(r)
-    big = tl.where(a < 0, -big, big)
-    p = -5.96761703e-4 * s + 4.99119423e-3
-    p = p * s - 2.67681349e-2
-    p = p * s + 1.12819925e-1
-    p = p * s - 3.76125336e-1
-    p = p * s + 1.28379166e-1
-    small = p * a + a
-    return tl.where(t > 0.927734375, big, small)
-''',
-    "_sign": '''
-@triton.jit
-def _sign(x):
-    s = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
-    return tl.where(x != x, x, s)
 ''',
     "_trunc": '''
 @triton.jit
@@ -219,7 +204,31 @@ def _argmax_combine(v1, i1, v2, i2):
     return tl.where(pick1, v1, v2), tl.where(pick1, i1, i2)
 ''',
 }
-HELPER_DEPS = {"_tanh": ("_expm1",)}
+
+
+# Primitives' scalar math (`Primitive.scalar`, spelled by kiln.codegen.scalar), as @triton.jit
+# functions over the base functions of triton.language (and _expm1 above).
+TRITON = Dialect({"exp": "tl.exp", "log": "tl.log", "expm1": "_expm1", "abs": "tl.abs"},
+                 lambda op: f"_{op}", lambda c, a, b: f"tl.where({c}, {a}, {b})", True,
+                 lambda text: text, 'float("inf")')
+HELPER_DEPS: dict = {}
+
+
+def scalar_helpers() -> None:
+    """Add a helper to HELPERS for every primitive with scalar math that has none yet, with the
+    helpers it calls as its dependencies."""
+    for op, rule in decompositions().items():
+        name = f"_{op}"
+        if name in HELPERS:
+            continue
+        HELPERS[name] = source = "\n".join(
+            ["", "@triton.jit", f"def {name}({', '.join(rule.params)}):",
+             f"    # {rule.comment or op}"]
+            + [f"    {line}" for line in function_body(rule, TRITON)]) + "\n"
+        HELPER_DEPS[name] = tuple(h for h in HELPERS if h != name and f"{h}(" in source)
+
+
+scalar_helpers()
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -263,13 +272,16 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
 
 
 def _close_helpers(used: list) -> list:
+    """The helpers `used` call, each after the helpers it calls itself."""
     out: list = []
-    for h in used:
+
+    def add(h):
         for dep in HELPER_DEPS.get(h, ()):
-            if dep not in out:
-                out.append(dep)
+            add(dep)
         if h not in out:
             out.append(h)
+    for h in used:
+        add(h)
     return out
 
 
@@ -388,33 +400,18 @@ class _Renderer:
         return text
 
     def _compute(self, s: Compute) -> str:
-        cd = compute_dtype(s.dtype)
-        if s.op == "index":
-            return _expr(s.args[0])
-        if s.op == "full":
-            return f"tl.full([], {_literal(s.args[0].value, s.dtype)}, {TL_TYPE[cd]})"
-        if s.op == "arange":
-            a = dict(s.attrs)
-            return f"({a['start']} + {s.args[0]} * {a['step']}).to({TL_TYPE[cd]})"
-        if s.op == "cast":
-            x = s.args[0]
-            if s.dtype is dt.bool_:
-                return f"{x} != 0"
-            text = f"{x}.to({TL_TYPE[s.dtype]})"
-            if s.dtype is dt.float16:
-                text += ".to(tl.float32)"          # round to half, keep computing in float
-            return text
-        if s.op == "round" and dict(s.attrs).get("decimals", 0):
-            raise LoweringError("round with decimals is not generated in Triton")
-        if s.op not in OPS:
-            raise LoweringError(f"{s.op} has no Triton spelling yet")
-        operand = next((d for d in s.arg_dtypes if d is not None), None)
-        args = [a if isinstance(a, str) else _literal(a.value, operand) for a in s.args]
-        if s.op == "where":
-            operand = operand_dtype(s)
-            args = [args[0]] + [a if isinstance(a, str) else _literal(a.value, s.dtype)
-                                for a in (s.args[1], s.args[2])]
-        text = OPS[s.op](args, [operand] + list(s.arg_dtypes[1:]))
+        spelling = OPS.get(s.op)
+        if spelling is None and getattr(PRIMITIVES.get(s.op), "scalar", None) is not None:
+            if f"_{s.op}" not in HELPERS:
+                scalar_helpers()                 # a primitive defined after this module
+            spelling = _scalar(s.op)
+        if spelling is None:
+            raise LoweringError(f"{s.op} has no Triton spelling (kiln.codegen.triton.OPS) and "
+                                f"no scalar math (Primitive.scalar)")
+        args = [a if isinstance(a, str) else
+                _literal(a.value, literal_dtype(s, i)) if isinstance(a, Literal) else _expr(a)
+                for i, a in enumerate(s.args)]
+        text = spelling(args, operand_dtype(s), s)
         for h in HELPERS:
             if f"{h}(" in text and h not in self.helpers:
                 self.helpers.append(h)

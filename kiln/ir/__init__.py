@@ -1,1 +1,5 @@
 """The IR vocabulary: dtypes, the primitive ops (shape, dtype and gradient rules) and graphs."""
+
+# every primitive is registered once kiln.ir is imported: the core set, then the library calls
+# (ops_extra imports ops, never the other way)
+from kiln.ir import ops, ops_extra  # noqa: E402,F401

@@ -14,69 +14,13 @@ shape () and dtype None. Attributes are hashable (tuples, numbers, dtypes).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from kiln.ir import dtypes as dt
-
-ELEMENTWISE, REDUCE, MOVEMENT, INDEX, MATMUL, CREATION, RANDOM, NORMALIZE = (
-    "elementwise", "reduce", "movement", "index", "matmul", "creation", "random", "normalize")
-
-
-class ShapeError(Exception):
-    """An op got inputs whose shapes or dtypes it cannot take; the dispatcher adds the op name
-    and the user's source line and re-raises it as the matching Python exception."""
-
-    def __init__(self, message: str, kind: type = RuntimeError):
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True, eq=False)
-class Primitive:
-    name: str
-    kind: str
-    infer: Callable
-    impl: Callable
-    grad: Callable | None            # None: not differentiable (outputs never require grad)
-    arity: int | None = None         # None: variadic (cat)
-    quiet: bool = False              # impl may hit NaN/inf; silence NumPy's warnings
-    doc: str = field(default="", compare=False)
-
-    def __repr__(self) -> str:
-        return f"<primitive {self.name}>"
-
-
-PRIMITIVES: dict[str, Primitive] = {}
-
-
-class _PrimitiveCalls:
-    """`P.mul(a, b)` applies a primitive through the dispatcher the tracer installs.
-
-    Gradient rules and composite ops call primitives this way, so `ir` never imports the layer
-    that executes it.
-    """
-
-    dispatch: Callable | None = None
-
-
-P = _PrimitiveCalls()
-
-
-def define(name, kind, infer, impl, grad=None, arity=None, quiet=False, doc=""):
-    prim = Primitive(name, kind, infer, impl, grad, arity, quiet, doc)
-    PRIMITIVES[name] = prim
-
-    def call(*args, device=None, **attrs):
-        # `device`: where an op with no tensor input (a creation) puts its result; an op with
-        # tensor inputs runs on theirs
-        return P.dispatch(prim, args, attrs, device)
-
-    call.__name__ = name
-    setattr(P, name, call)
-    return prim
+from kiln.ir.primitive import (  # noqa: F401  (re-exported: the registry's names)
+    CHEAP, COPIED, CREATION, ELEMENTWISE, EXPENSIVE, INDEX, MATMUL, MOVEMENT, NORMALIZE,
+    PRIMITIVES, RANDOM, REDUCE, SAVED, P, Primitive, ScalarMath, ShapeError, define)
 
 
 # ----------------------------------------------------------------------------- shape rules
@@ -180,16 +124,17 @@ def unbroadcast(g, shape: tuple):
 
 # ----------------------------------------------------------------------------- elementwise
 
-def _quiet_unary(name, fn, grad, infer=_float_unary, doc=""):
-    define(name, ELEMENTWISE, infer, fn, grad, arity=1, quiet=True, doc=doc)
+def _quiet_unary(name, fn, grad, infer=_float_unary, doc="", **facts):
+    define(name, ELEMENTWISE, infer, fn, grad, arity=1, quiet=True, doc=doc, **facts)
 
 
 define("neg", ELEMENTWISE, _unary, lambda xp, x: -x if x.dtype != bool else ~x,
-       lambda g, out, x: (-g,), arity=1)
-define("abs", ELEMENTWISE, _unary, lambda xp, x: xp.abs(x),
-       lambda g, out, x: (g * P.sign(x),), arity=1)
-define("sign", ELEMENTWISE, _unary, lambda xp, x: xp.sign(x),
-       lambda g, out, x: (g * 0,), arity=1)
+       lambda g, out, x: (-g,), arity=1, reads=(), ufunc="negative")
+define("abs", ELEMENTWISE, _unary, None, lambda g, out, x: (g * P.sign(x),), arity=1,
+       ufunc="absolute")
+define("sign", ELEMENTWISE, _unary, None, lambda g, out, x: (g * 0,), arity=1, reads=(),
+       ufunc="sign", scalar=ScalarMath("where(x != x, x, s)", (
+           ("s", "where(x > 0.0, 1.0, where(x < 0.0, -1.0, 0.0))"),), comment="sign(x), NaN kept"))
 
 
 def _relu_infer(shapes, dtypes):
@@ -201,38 +146,67 @@ def _relu_infer(shapes, dtypes):
 # A primitive, not where(x <= 0, 0, x): the most common activation is one dispatch in eager
 # mode (benchmarks/eager_overhead.py) and one scalar op in a kernel. NaN propagates (maximum
 # keeps it); the gradient passes where the output is not <= 0, NaN included, as PyTorch's.
-def _relu_impl(xp, x):
-    if xp is not np or x.size < 4096:
-        return xp.maximum(x, 0)
-    # NumPy's maximum against a scalar runs ~2x slower than against an array of zeros (its
-    # SIMD loop wants two strided operands); the zeros, laid out like x, take the result
-    out = np.zeros_like(x)
-    return np.maximum(x, out, out=out)
-
-
-define("relu", ELEMENTWISE, _relu_infer, _relu_impl,
-       lambda g, out, x: (P.where(P.le(out, 0), 0, g),), arity=1)
-_quiet_unary("exp", lambda xp, x: xp.exp(x), lambda g, out, x: (g * out,))
-_quiet_unary("log", lambda xp, x: xp.log(x), lambda g, out, x: (g / x,))
-_quiet_unary("log1p", lambda xp, x: xp.log1p(x), lambda g, out, x: (g / (x + 1),))
-_quiet_unary("expm1", lambda xp, x: xp.expm1(x), lambda g, out, x: (g * (out + 1),))
-_quiet_unary("sqrt", lambda xp, x: xp.sqrt(x), lambda g, out, x: (g / (out * 2),))
-_quiet_unary("sin", lambda xp, x: xp.sin(x), lambda g, out, x: (g * P.cos(x),))
-_quiet_unary("cos", lambda xp, x: xp.cos(x), lambda g, out, x: (-(g * P.sin(x)),))
-_quiet_unary("tanh", lambda xp, x: xp.tanh(x), lambda g, out, x: (g * (1 - out * out),))
+define("relu", ELEMENTWISE, _relu_infer, lambda xp, x: xp.maximum(x, 0),
+       lambda g, out, x: (P.where(P.le(out, 0), 0, g),), arity=1, reads=(), output=SAVED)
+_quiet_unary("exp", None, lambda g, out, x: (g * out,), reads=(), output=SAVED,
+             cost=EXPENSIVE, ufunc="exp")
+_quiet_unary("log", None, lambda g, out, x: (g / x,), cost=EXPENSIVE, ufunc="log")
+_quiet_unary("log1p", None, lambda g, out, x: (g / (x + 1),), cost=EXPENSIVE, ufunc="log1p",
+             scalar=ScalarMath("where(u == inf, u, r)", (
+                 ("u", "1.0 + x"),
+                 ("d", "u - 1.0"),
+                 ("r", "log(u) * (x / d)"),
+                 ("r", "where(d == 0.0, x, r)")),
+                 comment="log(1 + x) by Kahan's trick: log(u) * x / (u - 1) cancels the "
+                         "rounding of u = 1 + x"))
+_quiet_unary("expm1", None, lambda g, out, x: (g * (out + 1),), reads=(), output=SAVED,
+             cost=EXPENSIVE, ufunc="expm1")
+_quiet_unary("sqrt", None, lambda g, out, x: (g / (out * 2),), reads=(), output=SAVED,
+             ufunc="sqrt")
+_quiet_unary("sin", None, lambda g, out, x: (g * P.cos(x),), cost=EXPENSIVE, ufunc="sin")
+_quiet_unary("cos", None, lambda g, out, x: (-(g * P.sin(x)),), cost=EXPENSIVE, ufunc="cos")
+_quiet_unary("tanh", None, lambda g, out, x: (g * (1 - out * out),), reads=(), output=SAVED,
+             cost=EXPENSIVE, ufunc="tanh",
+             scalar=ScalarMath("where(x < 0.0, -t, t)", (
+                 ("e", "expm1(-2.0 * abs(x))"),
+                 ("t", "-e / (2.0 + e)")),
+                 comment="tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), with the sign of x"))
 _quiet_unary("sigmoid", lambda xp, x: 1 / (1 + xp.exp(-x)),
-             lambda g, out, x: (g * out * (1 - out),))
+             lambda g, out, x: (g * out * (1 - out),), reads=(), output=SAVED, cost=EXPENSIVE,
+             scalar=ScalarMath("1.0 / (1.0 + exp(-x))", comment="1 / (1 + exp(-x))"))
 _quiet_unary("erf", lambda xp, x: _erf(xp, x),
-             lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * P.exp(-(x * x)),))
+             lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * P.exp(-(x * x)),),
+             cost=EXPENSIVE,
+             scalar=ScalarMath("where(t > 0.927734375, big, small)", (
+                 ("t", "abs(a)"),
+                 ("s", "a * a"),
+                 ("r", "-1.72853470e-5 * t + 3.83197126e-4"),
+                 ("u", "-3.88396438e-3 * t + 2.42546219e-2"),
+                 ("r", "r * s + u"),
+                 ("r", "r * t - 1.06777877e-1"),
+                 ("r", "r * t - 6.34846687e-1"),
+                 ("r", "r * t - 1.28717512e-1"),
+                 ("r", "r * t - t"),
+                 ("big", "1.0 - exp(r)"),
+                 ("big", "where(a < 0.0, -big, big)"),
+                 ("p", "-5.96761703e-4 * s + 4.99119423e-3"),
+                 ("p", "p * s - 2.67681349e-2"),
+                 ("p", "p * s + 1.12819925e-1"),
+                 ("p", "p * s - 3.76125336e-1"),
+                 ("p", "p * s + 1.28379166e-1"),
+                 ("small", "p * a + a")), params=("a",),
+                 comment="erf(x): minimax approximations (N. Juffa), about 1 float32 ulp on "
+                         "each branch"))
 def _rounding(fn):
     return lambda xp, x: x if x.dtype.kind in "biu" else getattr(xp, fn)(x)
 
 
 for _name in ("floor", "ceil", "trunc"):
-    define(_name, ELEMENTWISE, _unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1)
+    define(_name, ELEMENTWISE, _unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1,
+           reads=())
 define("round", ELEMENTWISE, lambda shapes, dtypes, decimals=0: (shapes[0], dtypes[0]),
        lambda xp, x, decimals=0: xp.round(x, decimals),
-       lambda g, out, x, decimals=0: (g * 0,), arity=1)
+       lambda g, out, x, decimals=0: (g * 0,), arity=1, reads=())
 define("bitwise_not", ELEMENTWISE, _unary, lambda xp, x: ~x, None, arity=1)
 
 
@@ -267,8 +241,8 @@ def _pow_grad(g, out, x, y):
     return _both(gx, gy, x, y)
 
 
-def _binary(name, impl, grad, infer=_elementwise, quiet=False):
-    define(name, ELEMENTWISE, infer, impl, grad, arity=2, quiet=quiet)
+def _binary(name, impl, grad, infer=_elementwise, quiet=False, **facts):
+    define(name, ELEMENTWISE, infer, impl, grad, arity=2, quiet=quiet, **facts)
 
 
 def _both(gx, gy, x, y):
@@ -309,14 +283,27 @@ def _div_grad(g, out, x, y):
             -(unbroadcast(g * out, y.shape) / y) if _wanted(y) else None)
 
 
-_binary("add", lambda xp, x, y: x + y, _add_grad)
-_binary("sub", lambda xp, x, y: x - y, _sub_grad)
-_binary("mul", lambda xp, x, y: x * y, _mul_grad)
-_binary("div", lambda xp, x, y: x / y, _div_grad, quiet=True)
-_binary("floordiv", lambda xp, x, y: xp.floor_divide(x, y), None, quiet=True)
-_binary("mod", lambda xp, x, y: xp.remainder(x, y),
-        lambda g, out, x, y: _both(g, -(g * P.floordiv(x, y)), x, y), quiet=True)
-_binary("pow", lambda xp, x, y: xp.power(x, y), _pow_grad, quiet=True)
+def _mul_reads(inputs) -> tuple:
+    # each factor is read only for the other's gradient: `h * 2` does not read h
+    x, y = inputs
+    return tuple(i for i, other in ((0, y), (1, x)) if _wanted(other))
+
+
+_binary("add", lambda xp, x, y: x + y, _add_grad, reads=(), ufunc="add")
+_binary("sub", lambda xp, x, y: x - y, _sub_grad, reads=(), ufunc="subtract")
+_binary("mul", lambda xp, x, y: x * y, _mul_grad, reads=_mul_reads, ufunc="multiply")
+# div's rule also reads its output, which a write in place first copies (output=COPIED)
+_binary("div", lambda xp, x, y: x / y, _div_grad, quiet=True, reads=(1,), output=COPIED,
+        ufunc="true_divide")
+_binary("floordiv", None, None, quiet=True, cost=EXPENSIVE, ufunc="floor_divide")
+_binary("mod", None, lambda g, out, x, y: _both(g, -(g * P.floordiv(x, y)), x, y), quiet=True,
+        cost=EXPENSIVE, ufunc="remainder")
+def _pow_output(inputs) -> str | None:
+    # x ** y reads its output only for y's gradient: x ** 2 reads just x
+    return SAVED if _shape(inputs[1]) is not None else None
+
+
+_binary("pow", None, _pow_grad, quiet=True, output=_pow_output, cost=EXPENSIVE, ufunc="power")
 
 
 def _max_grad(g, out, x, y):
@@ -325,8 +312,8 @@ def _max_grad(g, out, x, y):
     return _both(g * share, g * (1 - share), x, y)
 
 
-_binary("maximum", lambda xp, x, y: xp.maximum(x, y), _max_grad)
-_binary("minimum", lambda xp, x, y: xp.minimum(x, y), _max_grad)
+_binary("maximum", None, _max_grad, output=COPIED, ufunc="maximum")
+_binary("minimum", None, _max_grad, output=COPIED, ufunc="minimum")
 _binary("bitwise_and", lambda xp, x, y: x & y, None)
 _binary("bitwise_or", lambda xp, x, y: x | y, None)
 _binary("bitwise_xor", lambda xp, x, y: x ^ y, None)
@@ -350,56 +337,8 @@ def _where_grad(g, out, cond, x, y):
             unbroadcast(gy, y.shape) if gy is not None else None)
 
 
-def _where_impl(xp, c, x, y):
-    if xp is not np or c.size < 4096:
-        return xp.where(c, x, y)
-    # NumPy's where branches per element: on a mask that is not sorted (ReLU, dropout) it
-    # runs ~8x slower than this branch-free bit select, out = y ^ ((x ^ y) & -c), done on
-    # unsigned integers as wide as the result dtype, laid out like a full-size operand (a
-    # permuted view in, a permuted result out, as NumPy's ufuncs do). A +0 side, common
-    # (ReLU's gradient, masked_fill), takes two passes: y & (c - 1) or x & -c. The mask is
-    # negated on its bytes (a bool is one byte, 0 or 1) straight into the wide integers,
-    # ~2x cheaper than converting it first; this runs often enough that the checks below
-    # avoid NumPy's slower helpers (broadcast_shapes, 0-d arrays for the literals).
-    dtype = np.result_type(x, y)
-    bits, signed = _BIT_TYPES[dtype.itemsize]
-    sx, sy = np.shape(x), np.shape(y)
-    shape = c.shape if sx in (c.shape, ()) and sy in (c.shape, ()) else \
-        np.broadcast_shapes(c.shape, sx, sy)
-    # the layout to follow: a full-size operand's, preferring one that is not a broadcast view
-    like = next((a for a in (y, x, c) if np.shape(a) == shape and 0 not in a.strides), None)
-    if like is None:
-        like = next((a for a in (y, x, c) if np.shape(a) == shape), None)
-    out = np.empty_like(like, bits) if like is not None else np.empty(shape, bits)
-    mask = c.view(np.int8)
-    if _is_plus_zero(x):
-        np.subtract(mask, 1, out=out.view(signed), casting="unsafe")    # 1 -> 0, 0 -> ~0
-        np.bitwise_and(out, _as_bits(y, dtype, bits), out=out)
-    elif _is_plus_zero(y):
-        np.negative(mask, out=out.view(signed), casting="unsafe")       # 1 -> ~0, 0 -> 0
-        np.bitwise_and(out, _as_bits(x, dtype, bits), out=out)
-    else:
-        yb = _as_bits(y, dtype, bits)
-        np.negative(mask, out=out.view(signed), casting="unsafe")
-        np.bitwise_and(out, np.bitwise_xor(_as_bits(x, dtype, bits), yb), out=out)
-        np.bitwise_xor(out, yb, out=out)
-    return out.view(dtype)
-
-
-_BIT_TYPES = {size: (np.dtype(f"u{size}"), np.dtype(f"i{size}")) for size in (1, 2, 4, 8)}
-
-
-def _is_plus_zero(v) -> bool:
-    """Whether `v` is a Python number whose bits are all zero (+0, not -0.0)."""
-    return type(v) in (int, float, bool) and v == 0 and math.copysign(1.0, v) > 0
-
-
-def _as_bits(a, dtype, bits):
-    """`a` (an array or a Python number) in `dtype`, its bits read as the unsigned `bits`."""
-    return np.asarray(a, dtype).view(bits) if np.ndim(a) else np.asarray(a, dtype)[()].view(bits)
-
-
-define("where", ELEMENTWISE, _where_infer, _where_impl, _where_grad, arity=3)
+define("where", ELEMENTWISE, _where_infer, lambda xp, c, x, y: xp.where(c, x, y), _where_grad,
+       arity=3, reads=(0,))
 
 
 def _cast_grad(g, out, x, dtype):
@@ -409,7 +348,7 @@ def _cast_grad(g, out, x, dtype):
 # quiet: a float beyond float16's range becomes inf and NaN becomes some integer, as in
 # PyTorch, which does not warn either
 define("cast", ELEMENTWISE, lambda shapes, dtypes, dtype: (shapes[0], dtype),
-       lambda xp, x, dtype: x.astype(dtype.np), _cast_grad, arity=1, quiet=True)
+       lambda xp, x, dtype: x.astype(dtype.np), _cast_grad, arity=1, quiet=True, reads=())
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -443,37 +382,12 @@ def _sum_impl(xp, x, axes, keepdim):
         # accumulated in float32, as PyTorch and kiln's generated kernels do; a long half sum
         # otherwise stops growing once each addend is below half an ulp of the running total
         return x.sum(axis=axes, keepdims=keepdim, dtype=np.float32).astype(np.float16)
-    if (xp is not np or x.size < 4096 or x.dtype not in _BLAS_FLOATS or not axes
-            or len(axes) == x.ndim):
-        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
-    # NumPy's sum runs its inner loop once per contiguous run: fast when the reduced axes lie
-    # outside a long kept block (it adds whole slabs), slow on short runs, as when batch-norm
-    # statistics and bias gradients sum NCHW over (0, 2, 3) (runs of H*W, or of C for a
-    # channels-last view). Then: einsum when the innermost axis is reduced (2-4x faster), and
-    # when it is kept and short, the array as a (kept, reduced) matrix times a vector of ones,
-    # one BLAS call (more accurate than einsum's running sum over thousands of rows).
-    strides = [abs(st) if n > 1 else math.inf for st, n in zip(x.strides, x.shape)]
-    kept = [d for d in range(x.ndim) if d not in axes]
-    out_shape = reduced_shape(x.shape, axes, keepdim)
-    kept_block = math.prod(x.shape[d] for d in kept)
-    if kept_block >= 64 and min(strides[d] for d in axes) > max(
-            (strides[d] for d in kept if x.shape[d] > 1), default=0):
-        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
-    inner = strides.index(min(strides))
-    if inner in axes:
-        letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
-        result = "".join(letters[d] for d in kept)
-        return np.einsum(f"{letters}->{result}", x).reshape(out_shape)
-    if x.shape[inner] >= 64:
-        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
-    m = x.transpose(kept + list(axes)).reshape(kept_block, x.size // kept_block)
-    return (m @ np.ones(m.shape[1], x.dtype)).reshape(out_shape)
+    return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
 
 
-_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-define("sum", REDUCE, _reduce, _sum_impl, _sum_grad, arity=1)
+define("sum", REDUCE, _reduce, _sum_impl, _sum_grad, arity=1, reads=())
 define("max", REDUCE, _nonempty_reduce, lambda xp, x, axes, keepdim:
-       x.max(axis=axes, keepdims=keepdim), _max_reduce_grad, arity=1)
+       x.max(axis=axes, keepdims=keepdim), _max_reduce_grad, arity=1, output=COPIED)
 define("prod", REDUCE, _reduce, lambda xp, x, axes, keepdim:
        x.prod(axis=axes, keepdims=keepdim, dtype=x.dtype), _prod_grad, arity=1)
 
@@ -492,7 +406,8 @@ def _cumsum_grad(g, out, x, axis):
 
 
 define("cumsum", REDUCE, lambda shapes, dtypes, axis: (shapes[0], dtypes[0]),
-       lambda xp, x, axis: xp.cumsum(x, axis=axis, dtype=x.dtype), _cumsum_grad, arity=1)
+       lambda xp, x, axis: xp.cumsum(x, axis=axis, dtype=x.dtype), _cumsum_grad, arity=1,
+       reads=())
 
 
 # ----------------------------------------------------------------------------- movement
@@ -505,7 +420,7 @@ def _reshape_infer(shapes, dtypes, shape):
 
 
 define("reshape", MOVEMENT, _reshape_infer, lambda xp, x, shape: x.reshape(shape),
-       lambda g, out, x, shape: (P.reshape(g, shape=x.shape),), arity=1)
+       lambda g, out, x, shape: (P.reshape(g, shape=x.shape),), arity=1, reads=())
 
 
 def _permute_infer(shapes, dtypes, perm):
@@ -523,7 +438,7 @@ def _inverse(perm):
 
 
 define("permute", MOVEMENT, _permute_infer, lambda xp, x, perm: x.transpose(perm),
-       lambda g, out, x, perm: (P.permute(g, perm=_inverse(perm)),), arity=1)
+       lambda g, out, x, perm: (P.permute(g, perm=_inverse(perm)),), arity=1, reads=())
 
 
 def _expand_infer(shapes, dtypes, shape):
@@ -540,7 +455,7 @@ def _expand_infer(shapes, dtypes, shape):
 
 
 define("expand", MOVEMENT, _expand_infer, lambda xp, x, shape: xp.broadcast_to(x, shape),
-       lambda g, out, x, shape: (unbroadcast(g, x.shape),), arity=1)
+       lambda g, out, x, shape: (unbroadcast(g, x.shape),), arity=1, reads=())
 
 
 def _slice_infer(shapes, dtypes, starts, stops, steps):
@@ -570,10 +485,10 @@ def _flat_positions(shape, starts, stops, steps, like):
 
 define("slice", MOVEMENT, _slice_infer,
        lambda xp, x, starts, stops, steps: x[tuple(map(slice, starts, stops, steps))],
-       _slice_grad, arity=1)
+       _slice_grad, arity=1, reads=())
 define("flip", MOVEMENT, lambda shapes, dtypes, axes: (shapes[0], dtypes[0]),
        lambda xp, x, axes: xp.flip(x, axis=axes),
-       lambda g, out, x, axes: (P.flip(g, axes=axes),), arity=1)
+       lambda g, out, x, axes: (P.flip(g, axes=axes),), arity=1, reads=())
 
 
 def _pad_infer(shapes, dtypes, pads, value):
@@ -607,7 +522,7 @@ def _pad_impl(xp, x, pads, value):
     return out
 
 
-define("pad", MOVEMENT, _pad_infer, _pad_impl, _pad_grad, arity=1)
+define("pad", MOVEMENT, _pad_infer, _pad_impl, _pad_grad, arity=1, reads=())
 
 
 def _cat_infer(shapes, dtypes, axis):
@@ -634,7 +549,7 @@ def _cat_grad(g, out, *xs, axis):
 
 
 define("cat", MOVEMENT, _cat_infer, lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
-       _cat_grad)
+       _cat_grad, reads=())
 
 
 # ----------------------------------------------------------------------------- indexing
@@ -728,14 +643,14 @@ define("unfold", INDEX, _unfold_infer, _unfold_impl,
 define("fold", INDEX, _fold_infer, _fold_impl,
        lambda g, out, cols, size, kernel, stride, dilation: (
            P.unfold(g, kernel=kernel, stride=stride, dilation=dilation),),
-       arity=1, doc="the adjoint of unfold: windows summed back into an NCHW image")
+       arity=1, reads=(), doc="the adjoint of unfold: windows summed back into an NCHW image")
 
 
 define("take", INDEX, _take_infer, _take_impl,
        lambda g, out, x, idx, axis: (
            P.index_add(P.full(shape=x.shape, value=0, dtype=g.dtype, device=g.device), idx, g,
                        axis=axis), None),
-       arity=2, doc="out = x indexed along `axis` by an integer tensor of any shape")
+       arity=2, reads=(1,), doc="out = x indexed along `axis` by an integer tensor of any shape")
 
 
 def _check_index_infer(shapes, dtypes, size, op, kind, negative, ignore):
@@ -788,10 +703,7 @@ def _scatter_infer(shapes, dtypes, axis):
 def _index_add_impl(xp, base, idx, src, axis):
     out = base.copy()
     where = (slice(None),) * axis + (idx,)
-    if xp is np:
-        np.add.at(out, where, src)
-    else:
-        xp.add.at(out, where, src)
+    xp.add.at(out, where, src)
     return out
 
 
@@ -810,8 +722,8 @@ def _index_put_grad(g, out, base, idx, src, axis):
 
 define("index_add", INDEX, _scatter_infer, _index_add_impl,
        lambda g, out, base, idx, src, axis: (g, None, P.take(g, idx, axis=axis)), arity=3,
-       doc="out = base, plus src added at the positions idx names along `axis`")
-define("index_put", INDEX, _scatter_infer, _index_put_impl, _index_put_grad, arity=3,
+       reads=(1,), doc="out = base, plus src added at the positions idx names along `axis`")
+define("index_put", INDEX, _scatter_infer, _index_put_impl, _index_put_grad, arity=3, reads=(1,),
        doc="out = base, with src written at the positions idx names along `axis`")
 
 
@@ -821,11 +733,8 @@ define("index_put", INDEX, _scatter_infer, _index_put_impl, _index_put_grad, ari
 # with its own batch statistics. As a composite it cost ~50 dispatches and ~17 full-size passes
 # per layer (the statistics' gradient alone takes ~8); here the forward is one call, and the
 # backward one call in the closed form dx = invstd * (g - mean(g) - xhat * mean(g * xhat)).
-# The work runs on x as a (rows, C) matrix, channels innermost (a view of a conv's
-# channels-last output): reductions over rows are one BLAS product with a vector of ones, and
-# per-channel operands are tiled across rows of several pixels (NumPy runs its inner loop per
-# row: over 16 channels it is 2-3x slower). The statistics for the running averages come from
-# batch_stats, which has no gradient.
+# The statistics for the running averages come from batch_stats, which has no gradient. (The
+# NumPy backend, kiln.runtime.numpy_backend, runs these on x as a (rows, C) matrix.)
 
 def _bn_check(shapes, dtypes, name):
     if len(shapes[0]) < 2:
@@ -854,60 +763,30 @@ def _bn_stats_infer(shapes, dtypes):
     return (2, shapes[0][1]), dtypes[0]
 
 
-def _channel_rows(xp, x):
-    """x (N, C, ...) as a (rows, C) matrix: a view when its channels are innermost in memory."""
-    moved = x.transpose((0,) + tuple(range(2, x.ndim)) + (1,))
-    return xp.ascontiguousarray(moved).reshape(-1, x.shape[1])
-
-
-def _from_channel_rows(rows, like):
-    """The inverse of _channel_rows: an (N, C, ...) view of a (rows, C) matrix."""
-    moved = rows.reshape(like.shape[:1] + like.shape[2:] + like.shape[1:2])
-    return moved.transpose((0, like.ndim - 1) + tuple(range(1, like.ndim - 1)))
-
-
-def _per_channel(xp, ufunc, rows, v):
-    """ufunc(rows, v) for a (rows, C) matrix and a (C,) vector, run over rows of k*C values."""
-    m, c = rows.shape
-    k = 1
-    while k * c < 1024 and m % (2 * k) == 0:
-        k *= 2
-    tiled = xp.empty((k, c), v.dtype)
-    tiled[...] = v
-    return ufunc(rows.reshape(m // k, k * c), tiled.reshape(k * c)).reshape(m, c)
-
-
-def _bn_statistics(xp, rows):
-    """(mean, centered rows, biased variance) of a (rows, C) matrix, per channel."""
-    n = rows.shape[0]
-    ones = xp.ones(n, rows.dtype)
-    mean = (ones @ rows) / n
-    centered = _per_channel(xp, xp.subtract, rows, mean)
-    return mean, centered, (ones @ (centered * centered)) / n
+def _bn_moments(xp, x):
+    """(mean, centered x, biased variance) per channel, keepdim, over every dim but 1."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    return mean, centered, (centered * centered).mean(axis=axes, keepdims=True)
 
 
 def _bn_impl(xp, x, eps):
-    mean, centered, var = _bn_statistics(xp, _channel_rows(xp, x))
-    invstd = 1 / xp.sqrt(var + eps)
-    return _from_channel_rows(_per_channel(xp, xp.multiply, centered, invstd), x)
+    _, centered, var = _bn_moments(xp, x)
+    return centered * (1 / xp.sqrt(var + eps))
 
 
 def _bn_backward_impl(xp, g, xhat, x, eps):
-    mean, centered, var = _bn_statistics(xp, _channel_rows(xp, x))
-    invstd = 1 / xp.sqrt(var + eps)
-    g, xhat = _channel_rows(xp, g), _channel_rows(xp, xhat)
-    n = g.shape[0]
-    ones = xp.ones(n, g.dtype)
-    mean_g, mean_gx = (ones @ g) / n, (ones @ (g * xhat)) / n
-    # invstd * (g - mean_g - xhat * mean_gx), each per-channel factor applied once
-    out = g - _per_channel(xp, xp.multiply, xhat, mean_gx)
-    out = _per_channel(xp, xp.subtract, out, mean_g)
-    return _from_channel_rows(_per_channel(xp, xp.multiply, out, invstd), x)
+    _, _, var = _bn_moments(xp, x)
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean_g = g.mean(axis=axes, keepdims=True)
+    mean_gx = (g * xhat).mean(axis=axes, keepdims=True)
+    return (g - mean_g - xhat * mean_gx) * (1 / xp.sqrt(var + eps))
 
 
 def _bn_stats_impl(xp, x):
-    mean, centered, var = _bn_statistics(xp, _channel_rows(xp, x))
-    return xp.stack([mean, var])
+    mean, _, var = _bn_moments(xp, x)
+    return xp.stack([mean.reshape(x.shape[1]), var.reshape(x.shape[1])])
 
 
 def _bn_backward_grad(h, dx, g, xhat, x, eps):
@@ -926,14 +805,55 @@ def _bn_backward_grad(h, dx, g, xhat, x, eps):
     return grad_g, grad_xhat, grad_x
 
 
+# Their decompositions, for the compiler: the statistics become sums fused with the passes
+# around them (to the fusion pass these primitives would be opaque externs), in the order each
+# primitive computes. `b.op(name, *inputs, **attrs)` appends a node to the graph being rewritten.
+
+def _channel_mean(b, x):
+    """The mean of `x` (N, C, ...) over every dim but 1, as (1, C, 1, ...)."""
+    total = b.op("sum", x, axes=(0,) + tuple(range(2, len(x.shape))), keepdim=True)
+    return b.op("mul", total, 1.0 / (math.prod(x.shape) // x.shape[1]))
+
+
+def _bn_ops_statistics(b, x, eps):
+    """(centered x, 1 / sqrt(biased variance + eps)), per channel."""
+    centered = b.op("sub", x, _channel_mean(b, x))
+    var = _channel_mean(b, b.op("mul", centered, centered))
+    return centered, b.op("div", 1.0, b.op("sqrt", b.op("add", var, eps)))
+
+
+def _bn_decompose(b, x, eps):
+    centered, invstd = _bn_ops_statistics(b, x, eps)
+    return b.op("mul", centered, invstd)
+
+
+def _bn_backward_decompose(b, g, xhat, x, eps):
+    # invstd * (g - xhat * mean(g * xhat) - mean(g)), in the order the primitive computes it
+    _, invstd = _bn_ops_statistics(b, x, eps)
+    out = b.op("sub", g, b.op("mul", xhat, _channel_mean(b, b.op("mul", g, xhat))))
+    out = b.op("sub", out, _channel_mean(b, g))
+    return b.op("mul", out, invstd)
+
+
+def _bn_stats_decompose(b, x):
+    # the same keepdim mean and variance nodes as _bn_decompose's, so CSE merges the two
+    mean = _channel_mean(b, x)
+    centered = b.op("sub", x, mean)
+    var = _channel_mean(b, b.op("mul", centered, centered))
+    rows = (b.op("reshape", v, shape=(1, x.shape[1])) for v in (mean, var))
+    return b.op("cat", *rows, axis=0)
+
+
 define("batch_norm", NORMALIZE, _bn_infer, _bn_impl,
        lambda g, out, x, eps: (P.batch_norm_backward(g, out, x, eps=eps),), arity=1,
+       output=COPIED, decompose=_bn_decompose,
        doc="x normalized per channel (dim 1) by its batch mean and variance: training-mode "
            "batch norm without the affine part")
 define("batch_norm_backward", NORMALIZE, _bn_backward_infer, _bn_backward_impl,
-       _bn_backward_grad, arity=3,
+       _bn_backward_grad, arity=3, decompose=_bn_backward_decompose,
        doc="batch_norm's input gradient from (output gradient, output, input)")
 define("batch_stats", NORMALIZE, _bn_stats_infer, _bn_stats_impl, None, arity=1,
+       decompose=_bn_stats_decompose,
        doc="(2, C): per-channel batch mean and biased variance of x (N, C, ...)")
 
 
@@ -1015,6 +935,3 @@ def _rand_impl(xp, seed, shape, dtype):
 
 define("rand", RANDOM, _rand_infer, _rand_impl, None, arity=1,
        doc="uniform [0, 1) numbers, a pure function of the seed input (so replays match eager)")
-
-# more primitives (special functions, sorting, linear algebra) register themselves on import
-from kiln.ir import ops_extra as _ops_extra  # noqa: E402,F401

@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import RANDOM, P, ShapeError, _both, _elementwise, _float_unary, define
+from kiln.ir.ops import _both, _elementwise, _float_unary
+from kiln.ir.primitive import COPIED, RANDOM, P, ShapeError, define
 
 SPECIAL, SORT, LINALG = "special", "sort", "linalg"
 
@@ -31,7 +32,7 @@ def _scipy_special(xp, name):
     return getattr(cupyx.scipy.special, name)
 
 
-def _special(name, scipy_name, grad, arity=1, infer=None, **extra):
+def _special(name, scipy_name, grad, arity=1, infer=None, **facts):
     def impl(xp, *args, **attrs):
         fn = _scipy_special(xp, scipy_name)
         if attrs:
@@ -39,7 +40,7 @@ def _special(name, scipy_name, grad, arity=1, infer=None, **extra):
         return fn(*args)
     if infer is None:
         infer = _float_unary if arity == 1 else _elementwise
-    define(name, SPECIAL, infer, impl, grad, arity=arity, quiet=True, **extra)
+    define(name, SPECIAL, infer, impl, grad, arity=arity, quiet=True, **facts)
 
 
 SQRT_PI, SQRT_2PI = math.sqrt(math.pi), math.sqrt(2 * math.pi)
@@ -65,13 +66,15 @@ _special("digamma", "psi", lambda g, out, x: (g * P.polygamma(x, n=1),))
 _special("polygamma", "polygamma", lambda g, out, x, n: (g * P.polygamma(x, n=n + 1),),
          infer=lambda shapes, dtypes, n: _float_unary(shapes, dtypes))
 _special("erfc", "erfc", lambda g, out, x: (g * (-2 / SQRT_PI) * P.exp(-(x * x)),))
-_special("erfcx", "erfcx", lambda g, out, x: (g * (2 * x * out - 2 / SQRT_PI),))
-_special("erfinv", "erfinv", lambda g, out, x: (g * (SQRT_PI / 2) * P.exp(out * out),))
-_special("ndtri", "ndtri", lambda g, out, x: (g * SQRT_2PI * P.exp(out * out / 2),))
+_special("erfcx", "erfcx", lambda g, out, x: (g * (2 * x * out - 2 / SQRT_PI),), output=COPIED)
+_special("erfinv", "erfinv", lambda g, out, x: (g * (SQRT_PI / 2) * P.exp(out * out),),
+         reads=(), output=COPIED)
+_special("ndtri", "ndtri", lambda g, out, x: (g * SQRT_2PI * P.exp(out * out / 2),),
+         reads=(), output=COPIED)
 _special("log_ndtr", "log_ndtr",
-         lambda g, out, x: (g * P.exp(-(x * x) / 2 - out) / SQRT_2PI,))
+         lambda g, out, x: (g * P.exp(-(x * x) / 2 - out) / SQRT_2PI,), output=COPIED)
 _special("i0", "i0", lambda g, out, x: (g * P.i1(x),))
-_special("i0e", "i0e", lambda g, out, x: (g * (P.i1e(x) - P.sign(x) * out),))
+_special("i0e", "i0e", lambda g, out, x: (g * (P.i1e(x) - P.sign(x) * out),), output=COPIED)
 
 
 def _i1_grad(g, out, x):
@@ -85,8 +88,8 @@ def _i1e_grad(g, out, x):
     return (g * P.where(P.eq(x, 0), 0.5, P.i0e(x) - out * (P.sign(x) + 1 / safe)),)
 
 
-_special("i1", "i1", _i1_grad)
-_special("i1e", "i1e", _i1e_grad)
+_special("i1", "i1", _i1_grad, output=COPIED)
+_special("i1e", "i1e", _i1e_grad, output=COPIED)
 
 
 def _gammainc_grad(upper):
@@ -119,7 +122,8 @@ define("bitwise_right_shift", SPECIAL, _integer_binary, lambda xp, x, y: xp.righ
 define("signbit", SPECIAL, lambda shapes, dtypes: (shapes[0], dt.bool_),
        lambda xp, x: xp.signbit(x), None, arity=1)
 define("copysign", SPECIAL, _elementwise, lambda xp, x, y: xp.copysign(x, y),
-       lambda g, out, x, y: _both(g * P.sign(x) * P.sign(out), g * 0, x, y), arity=2)
+       lambda g, out, x, y: _both(g * P.sign(x) * P.sign(out), g * 0, x, y), arity=2,
+       output=COPIED)
 
 
 # ----------------------------------------------------------------------------- sorting
@@ -197,7 +201,8 @@ def _tril(a, k=0):
 
 
 define("linalg_inv", LINALG, _square_infer, lambda xp, a: xp.linalg.inv(a),
-       lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1)
+       lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1, reads=(),
+       output=COPIED)
 
 
 def _slogdet_infer(shapes, dtypes, part):
@@ -245,7 +250,8 @@ def _cholesky_impl(xp, a):
                          "the input is not positive-definite") from None
 
 
-define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad, arity=1)
+define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad, arity=1,
+       reads=(), output=COPIED)
 
 
 def _qr_infer(shapes, dtypes, part):
@@ -377,7 +383,7 @@ def _j1_grad(g, out, x):
 
 
 _special("bessel_j0", "j0", lambda g, out, x: (-(g * P.bessel_j1(x)),))
-_special("bessel_j1", "j1", _j1_grad)
+_special("bessel_j1", "j1", _j1_grad, output=COPIED)
 
 
 # ----------------------------------------------------------------------------- gamma sampling
@@ -413,7 +419,7 @@ def _gammainc_dalpha_impl(xp, alpha, x):
 
 
 define("gamma_sample", RANDOM, _gamma_sample_infer, _gamma_sample_impl, _gamma_sample_grad,
-       arity=2, quiet=True,
+       arity=2, quiet=True, reads=(0,), output=COPIED,
        doc="Gamma(alpha, 1) draws by inverse CDF, a pure function of the seed input")
 define("gammainc_dalpha", SPECIAL, _elementwise, _gammainc_dalpha_impl, None, arity=2,
        quiet=True)
@@ -487,5 +493,5 @@ def _lu_grad(g, out, a, part):
     return (P.matmul(perm, inner),)
 
 
-define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1,
+define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1, output=COPIED,
        doc="LU factorization with partial pivoting (LAPACK getrf): packed LU, pivots or P")

@@ -14,15 +14,7 @@ import numpy as np
 from kiln.ir import ops as ir_ops
 from kiln.ir.graph import Graph, Value
 from kiln.ir.ops import PRIMITIVES
-
-# Elementwise primitives NumPy can compute into a given buffer (`out=`). This is the NumPy
-# backend's spelling of those ops; everything else calls the primitive's own impl.
-UFUNCS = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
-    "neg": np.negative, "abs": np.absolute, "exp": np.exp, "log": np.log, "log1p": np.log1p,
-    "expm1": np.expm1, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
-    "maximum": np.maximum, "minimum": np.minimum, "pow": np.power,
-}
+from kiln.runtime.numpy_backend import numpy_impl
 
 # Movement ops whose NumPy result may be a view sharing its input's buffer.
 _VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
@@ -64,7 +56,9 @@ class ArrayExecutor:
             dying = [v for v in dict.fromkeys(n.value_inputs)
                      if last_use.get(v) == i and v not in pinned]
             free = tuple(slot[v] for v in dying)
-            ufunc = UFUNCS.get(n.op) if xp is np and prim.kind == ir_ops.ELEMENTWISE else None
+            # an elementwise op with a NumPy ufunc can compute into a given buffer (`out=`)
+            ufunc = getattr(np, prim.ufunc) if xp is np and prim.ufunc is not None and \
+                prim.kind == ir_ops.ELEMENTWISE else None
             # write in place into an input that dies here and owns its buffer outright
             reuse = None
             if ufunc is not None:
@@ -74,7 +68,8 @@ class ArrayExecutor:
                             and v.shape == n.out.shape and v.dtype is n.out.dtype):
                         reuse = slot[v]
                         break
-            self.steps.append((prim.impl, ufunc, reuse, args, n.attr_dict,
+            impl = numpy_impl(prim) if xp is np else prim.impl
+            self.steps.append((impl, ufunc, reuse, args, n.attr_dict,
                                np.dtype(n.out.dtype.np), slot[n.out], free))
         self.output_slots = [slot[v] for v in graph.outputs]
         self.mutation_slots = [slot[new] for _, new in graph.mutations]

@@ -14,34 +14,10 @@ import weakref
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P, Primitive
+from kiln.ir.ops import COPIED, SAVED, P, Primitive
 from kiln.runtime.device import CPU, is_writeable, to_device
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
-
-# The inputs whose values a primitive's gradient rule reads (default: all). An in-place change
-# to any other input is harmless, so, like PyTorch, only these are version-checked.
-_RULE_READS = {name: () for name in (
-    "add", "sub", "neg", "reshape", "permute", "expand", "slice", "flip", "pad", "cat", "sum",
-    "cast", "cumsum", "relu", "copy_slices", "sign", "exp", "expm1", "sqrt", "tanh", "sigmoid",
-    "floor", "ceil", "trunc", "round", "fold")}
-_RULE_READS.update({"take": (1,), "index_add": (1,), "index_put": (1,), "where": (0,),
-                    "div": (1,)})   # and div's output, which keep_saved_output protects
-# kiln.ir.ops_extra's: rules written with their output only, or reading only the shape input
-_RULE_READS.update({"erfinv": (), "ndtri": (), "linalg_inv": (), "linalg_cholesky": (),
-                    "gamma_sample": (0,)})
-
-# Primitives whose gradient rule reads their output, in two kinds. PyTorch saves the output of
-# the first kind too, so changing it in place before backward is an error there, and here (a
-# version check, as for inputs). For the second kind PyTorch's rule reads the inputs instead:
-# a write into such an output first gives the node its own copy (`keep_saved_output`), so the
-# gradient stays right and nothing raises where PyTorch would not.
-SAVES_OUTPUT = frozenset({"relu", "exp", "expm1", "sqrt", "tanh", "sigmoid", "pow"})
-COPIES_OUTPUT = frozenset({"div", "maximum", "minimum", "max", "batch_norm",
-                           # kiln.ir.ops_extra's special functions and linear algebra
-                           "bessel_j1", "copysign", "erfcx", "erfinv", "gamma_sample", "i0e",
-                           "i1", "i1e", "linalg_cholesky", "linalg_inv", "linalg_lu",
-                           "log_ndtr", "ndtri"})
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
@@ -239,7 +215,7 @@ def _copy_slices_grad(g, out, base, value, outside, steps):
     return P.where(outside, g, 0.0), g_view
 
 
-_COPY_SLICES = Primitive("copy_slices", "movement", None, None, _copy_slices_grad, 2,
+_COPY_SLICES = Primitive("copy_slices", "movement", None, None, _copy_slices_grad, 2, reads=(),
                          doc="the base of a view written in place: the view's region comes "
                              "from the write, the rest from the base's previous value")
 
@@ -334,22 +310,17 @@ def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
 
 
 def _check_versions(node: Node) -> None:
-    name = node.prim.name
-    if name in SAVES_OUTPUT and node.out_version is not None and (
-            node.out_version[0] != node.out_at) and (
-            name != "pow" or isinstance(node.inputs[1], Tensor)):   # x ** 2 reads only x
+    # which of its inputs and output the gradient rule reads: facts of the primitive
+    prim = node.prim
+    if prim.output_of(node.inputs) == SAVED and node.out_version is not None and (
+            node.out_version[0] != node.out_at):
         raise op_error(
             "backward", "one of the variables needed for gradient computation has been "
             f"modified by an inplace operation: [{node.out_dtype.name} "
             f"{list(node.out_data.shape)}], which is output 0 of {node.name()}, is at version "
             f"{node.out_version[0]}; expected version {node.out_at} instead. "
             "Hint: clone the tensor before modifying it in place.")
-    reads = _RULE_READS.get(name)
-    if name == "mul":
-        # each factor is read only for the other's gradient: `h * 2` does not read h
-        x, y = node.inputs
-        reads = tuple(i for i, other in ((0, y), (1, x))
-                      if isinstance(other, Tensor) and other.requires_grad)
+    reads = prim.reads_of(node.inputs)
     for i, (a, v) in enumerate(zip(node.inputs, node.versions)):
         if isinstance(a, Tensor) and a._version[0] != v and (reads is None or i in reads):
             raise op_error(
@@ -372,12 +343,12 @@ def _moved_home(grad: Tensor, device) -> Tensor:
 
 
 def keep_saved_output(tensor: Tensor) -> None:
-    """Before an in-place write into `tensor`: a node of the COPIES_OUTPUT kind whose output is
+    """Before an in-place write into `tensor`: a node whose primitive's output is COPIED and is
     this memory (the tensor's own grad_fn, or its base's) takes a copy of the output first."""
     for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
         node = None if t is None else t.grad_fn
         if (node is not None and node.out_version is t._version
-                and node.prim.name in COPIES_OUTPUT and node.out_data is not None):
+                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None):
             node.out_data = node.out_data.copy()
             node.out_version = None       # its output no longer shares the tensor's memory
 

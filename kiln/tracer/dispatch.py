@@ -15,6 +15,7 @@ import numpy as np
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime.device import CPU, Device, to_device
+from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, TRACING, Tensor
@@ -91,18 +92,20 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     dtype = rule[1]
 
     xp = np if device is CPU else device.xp
+    # on the CPU, the NumPy backend's faster spelling of the op where it has one
+    impl = prim.impl if xp is not np else _NUMPY_FAST.get(prim.name, prim.impl)
     try:
         if not prim.quiet:
-            out = prim.impl(xp, *arrays, **attrs)
+            out = impl(xp, *arrays, **attrs)
         elif _NP_ERRSTATE is not None:   # impl may hit NaN/inf: silence NumPy's warnings
             token = _NP_ERRSTATE.set(_IGNORE_ALL)
             try:
-                out = prim.impl(xp, *arrays, **attrs)
+                out = impl(xp, *arrays, **attrs)
             finally:
                 _NP_ERRSTATE.reset(token)
         else:                            # pragma: no cover - NumPy 1.x
             with np.errstate(all="ignore"):
-                out = prim.impl(xp, *arrays, **attrs)
+                out = impl(xp, *arrays, **attrs)
     except (IndexError, ValueError, TypeError) as e:
         raise op_error(prim.name, str(e), type(e)) from None
     np_dtype = dtype.np_dtype

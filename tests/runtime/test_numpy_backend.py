@@ -1,0 +1,83 @@
+"""The NumPy backend's fast paths give exactly what their primitive's own impl gives."""
+
+import numpy as np
+import pytest
+
+from kiln.ir.ops import PRIMITIVES
+from kiln.runtime.numpy_backend import FAST_PATHS, numpy_impl
+
+RNG = np.random.default_rng(0)
+
+
+def test_every_fast_path_is_a_primitive_and_is_picked():
+    for name, fast in FAST_PATHS.items():
+        assert name in PRIMITIVES, name
+        assert numpy_impl(PRIMITIVES[name]) is fast
+    assert numpy_impl(PRIMITIVES["exp"]) is PRIMITIVES["exp"].impl
+
+
+@pytest.mark.parametrize("shape", [(7,), (64, 96), (3, 70, 41)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_the_primitive(shape, dtype):
+    x = RNG.standard_normal(shape).astype(dtype)
+    x.flat[::5] = np.nan
+    x.flat[1::7] = -0.0
+    want = PRIMITIVES["relu"].impl(np, x)
+    got = FAST_PATHS["relu"](np, x)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == want.dtype
+
+
+@pytest.mark.parametrize("shape", [(9,), (80, 70)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.float16])
+@pytest.mark.parametrize("sides", ["arrays", "zero_left", "zero_right", "broadcast", "permuted"])
+def test_where_matches_the_primitive(shape, dtype, sides):
+    c = RNG.random(shape) < 0.4
+    x = (RNG.standard_normal(shape) * 10).astype(dtype)
+    y = (RNG.standard_normal(shape) * 10).astype(dtype)
+    if sides == "zero_left":
+        x = 0.0 if np.dtype(dtype).kind == "f" else 0
+    elif sides == "zero_right":
+        y = 0.0 if np.dtype(dtype).kind == "f" else 0
+    elif sides == "broadcast":
+        y = y[..., :1]
+    elif sides == "permuted":
+        c, x, y = c.T, x.T, y.T
+    want = PRIMITIVES["where"].impl(np, c, x, y)
+    got = FAST_PATHS["where"](np, c, x, y)
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
+
+
+@pytest.mark.parametrize("shape,axes", [((16, 8, 9, 7), (0, 2, 3)), ((64, 128), (1,)),
+                                        ((256, 32), (0,)), ((8, 8, 100), (0, 1)),
+                                        ((5, 3), (0,))])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_sum_matches_the_primitive(shape, axes, layout, keepdim):
+    x = RNG.standard_normal(shape)
+    if layout == "channels_last" and x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    want = PRIMITIVES["sum"].impl(np, x, axes, keepdim)
+    got = FAST_PATHS["sum"](np, x, axes, keepdim)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _channels_last(a):
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)).transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 5, 6), (32, 3), (4, 5, 7)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_fast_paths_match_the_primitives(shape, layout):
+    arrays = [RNG.standard_normal(shape) * 3 + 1 for _ in range(3)]
+    if layout == "channels_last":
+        arrays = [_channels_last(a) for a in arrays]
+    x, g, xhat = arrays
+    for name, args, attrs in (("batch_norm", (x,), {"eps": 1e-5}),
+                              ("batch_norm_backward", (g, xhat, x), {"eps": 1e-5}),
+                              ("batch_stats", (x,), {})):
+        want = PRIMITIVES[name].impl(np, *args, **attrs)
+        got = FAST_PATHS[name](np, *args, **attrs)
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
