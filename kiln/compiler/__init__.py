@@ -26,6 +26,8 @@ from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.trace import GraphBreak, TracedProgram, Tracer, flatten, unflatten  # noqa: F401
+# public hooks for layers above the tracer (nn): a composite's traced nodes carry its name
+from kiln.tracer.provenance import composite, scope  # noqa: F401
 
 RECOMPILE_LIMIT = 8
 

@@ -14,6 +14,7 @@ from kiln import Tensor
 from kiln.ir.ops import P
 from kiln.tracer import functional as _core
 from kiln.tracer.dispatch import op_error
+from kiln.compiler import composite
 from kiln.tracer.tensor import STATE
 
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
@@ -105,11 +106,13 @@ def _softmax_dim(input: Tensor, dim: int | None) -> int:
     return 0 if input.ndim in (0, 1, 3) else 1
 
 
+@composite
 def glu(input: Tensor, dim: int = -1) -> Tensor:
     a, b = kiln.chunk(input, 2, dim)
     return a * kiln.sigmoid(b)
 
 
+@composite
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     norm = kiln.norm(input, p, dim, keepdim=True)
     return input / kiln.clamp_min(norm, eps)
@@ -117,6 +120,7 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
 
 # ----------------------------------------------------------------------------- linear
 
+@composite
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if weight.ndim == 2 and input.ndim >= 1 and input.shape[-1] != weight.shape[1]:
         rows = input.numel() // input.shape[-1] if input.shape[-1] else 0
@@ -129,6 +133,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out + bias if bias is not None else out
 
 
+@composite
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor,
              bias: Tensor | None = None) -> Tensor:
     # out[..., o] = x1[..., i] W[o, i, j] x2[..., j]
@@ -543,6 +548,7 @@ def _check_batch_norm_sizes(input: Tensor, *per_channel: Tensor | None) -> None:
                            f"(num_features)", RuntimeError)
 
 
+@composite
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
@@ -581,6 +587,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     return out
 
 
+@composite
 def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -604,6 +611,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     return out
 
 
+@composite
 def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
              eps: float | None = None) -> Tensor:
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -615,6 +623,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     return out * weight if weight is not None else out
 
 
+@composite
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     n, c = input.shape[0], input.shape[1]
@@ -639,6 +648,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
 
 # ----------------------------------------------------------------------------- dropout, embedding
 
+@composite
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
             inplace: bool = False) -> Tensor:
     if not 0.0 <= p <= 1.0:
@@ -746,6 +756,7 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
     return input.copy_(out) if inplace and out is not input else out
 
 
+@composite
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
               max_norm: float | None = None, norm_type: float = 2.0,
               scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
@@ -764,6 +775,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
 
 # ----------------------------------------------------------------------------- attention
 
+@composite
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Tensor | None = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: float | None = None,
@@ -891,6 +903,7 @@ def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
                       f"same size.", stacklevel=3)
 
 
+@composite
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     _check_same_size(input, target, "mse_loss")
@@ -901,6 +914,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     return _weighted_mean_or_sum(loss, reduction)
 
 
+@composite
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     _check_same_size(input, target, "l1_loss")
@@ -910,6 +924,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     return _weighted_mean_or_sum(loss, reduction)
 
 
+@composite
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
     _check_same_size(input, target, "smooth_l1_loss")
@@ -922,6 +937,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None
     return _weighted_mean_or_sum(loss, reduction)
 
 
+@composite
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
                weight: Tensor | None = None) -> Tensor:
     _check_same_size(input, target, "huber_loss")
@@ -932,6 +948,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     return _weighted_mean_or_sum(loss, reduction)
 
 
+@composite
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
     if tuple(input.shape) != tuple(target.shape):
@@ -949,6 +966,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     return _weighted_mean_or_sum(loss, reduction)
 
 
+@composite
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None, size_average=None,
                                      reduce=None, reduction: str = "mean",
@@ -985,6 +1003,7 @@ def _class_last_shape(input: Tensor) -> tuple:
     return (-1,) + (1,) * (input.ndim - 2) if input.ndim >= 2 else (-1,)
 
 
+@composite
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of class indices; 'mean' divides by the summed target weights."""
@@ -1033,6 +1052,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     return loss.sum() / w.sum()
 
 
+@composite
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
@@ -1082,6 +1102,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     return nll * (1 - label_smoothing) + smooth * (label_smoothing / num_classes)
 
 
+@composite
 def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
            reduction: str = "mean", log_target: bool = False) -> Tensor:
     """KL(target || exp(input)) pointwise; 'batchmean' divides the sum by the batch size."""
@@ -1102,6 +1123,7 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
     return _reduce(loss, reduction)
 
 
+@composite
 def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
                      size_average=None, eps: float = 1e-8, reduce=None,
                      reduction: str = "mean") -> Tensor:
@@ -1116,6 +1138,7 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
     return _weighted_mean_or_sum(loss, reduction)
 
 
+@composite
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     dot = (x1 * x2).sum(dim)
     n1 = kiln.sqrt((x1 * x1).sum(dim))

@@ -8,6 +8,7 @@ recorded (higher-order gradients), and under a trace they become the backward gr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 
@@ -17,7 +18,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, Primitive
 from kiln.runtime.device import CPU, is_writeable, to_device
 from kiln.tracer.dispatch import apply, op_error
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 # The inputs whose values a primitive's gradient rule reads (default: all). An in-place change
 # to any other input is harmless, so, like PyTorch, only these are version-checked.
@@ -515,17 +516,18 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if id(node) in wanted:
                 captured[id(node)] = g
             _check_versions(node)
-            grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
-            for edge, ga, a in zip(node.edges, grads, node.inputs):
-                if ga is None or edge is None:
-                    continue
-                if isinstance(a, Tensor) and ga.device is not a.device:
-                    ga = _moved_home(ga, a.device)      # a 0-d CPU input of a cuda op
-                if isinstance(edge, Tensor):
-                    _accumulate(leaf_grads, id(edge), edge, ga)
-                else:
-                    key = id(edge)
-                    pending[key] = ga if key not in pending else pending[key] + ga
+            with _grad_scope(node):         # under a trace: `grad of %7 mul` at %7's line
+                grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
+                for edge, ga, a in zip(node.edges, grads, node.inputs):
+                    if ga is None or edge is None:
+                        continue
+                    if isinstance(a, Tensor) and ga.device is not a.device:
+                        ga = _moved_home(ga, a.device)      # a 0-d CPU input of a cuda op
+                    if isinstance(edge, Tensor):
+                        _accumulate(leaf_grads, id(edge), edge, ga)
+                    else:
+                        key = id(edge)
+                        pending[key] = ga if key not in pending else pending[key] + ga
             if early:
                 for edge in node.edges:
                     if isinstance(edge, Tensor) and id(edge) in early:
@@ -564,6 +566,22 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     return None
 
 
+
+
+def _grad_scope(node: Node):
+    """The provenance scope of `node`'s gradient rule while a trace records it: `grad of %7
+    mul`, located at the line that traced %7 (not at the `backward()` call); else nothing."""
+    tracer = STATE.tracer if TRACING[0] else None
+    v = node.out_trace
+    if tracer is None or v is None:
+        return _NO_SCOPE
+    loc = tracer.loc_of.get(id(v))
+    if loc is None:                 # a node from before this trace (or its segment)
+        return _NO_SCOPE
+    return tracer.scope(f"grad of {v.ref} {node.prim.name}", loc)
+
+
+_NO_SCOPE = contextlib.nullcontext()
 
 
 def _seed(out: Tensor, g) -> Tensor:
