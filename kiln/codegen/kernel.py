@@ -18,6 +18,7 @@ from typing import Union
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.graph import Graph, Node, Value, format_call, kernel_name
+from kiln.ir.printer import scope_label
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE, PRIMITIVES
 
 
@@ -748,7 +749,9 @@ def _reshape_coords(coords: tuple, out_shape: tuple, in_shape: tuple) -> tuple:
 
 
 def _note(n: Node) -> str:
-    return f"{n.out.ref} = {format_call(n)}"
+    """A statement's comment: the IR node it computes, and the composite (or the forward node's
+    gradient) it was traced in, `%8 = mul(%7, 0.044715)  [gelu]`."""
+    return f"{n.out.ref} = {format_call(n)}" + (f"  [{scope_label(n.scope)}]" if n.scope else "")
 
 
 def _arg_name(v: Value, prefix: str, i: int) -> str:

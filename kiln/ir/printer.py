@@ -43,6 +43,11 @@ def short_loc(loc: str) -> str:
     return f"{path.rsplit('/', 1)[-1]}:{line}" if path else loc
 
 
+def scope_label(scope: tuple) -> str:
+    """A provenance scope on one line, outermost first: `cross_entropy > log_softmax`."""
+    return " > ".join(scope)
+
+
 def scope_headers(scope: tuple, before: tuple, loc: str) -> list:
     """The headers opening `scope` after a node of scope `before`: one per level they do not
     share, `(depth, "gelu @ model.py:12")`, outermost first."""

@@ -1587,6 +1587,7 @@ def take_along_dim(input, indices, dim=None):
     return _gather(input, d, indices, "take_along_dim")
 
 
+@composite
 def one_hot(tensor, num_classes=-1):
     if tensor.dtype is not dt.int64:
         raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
