@@ -18,7 +18,6 @@ from typing import Union
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.graph import Graph, Node, Value, format_call, kernel_name
-from kiln.ir.printer import scope_label
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE, PRIMITIVES
 
 
@@ -299,6 +298,7 @@ class Compute:
     scope: str
     note: str = ""
     loc: str = ""
+    group: tuple = ()           # the node's provenance scope (`("gelu",)`), for comment headers
 
     def __str__(self) -> str:
         args = ", ".join(map(str, self.args))
@@ -315,6 +315,7 @@ class Reduce:
     level: int                  # reductions of level k read results of levels < k only
     note: str = ""
     loc: str = ""
+    group: tuple = ()
 
     @property
     def scope(self) -> str:
@@ -585,13 +586,18 @@ class _Lowering:
             dest = self._fresh(n.out)
             if n.op == "full":
                 self.body.append(Compute(dest, "full", (Literal(attrs["value"]),), (),
-                                         n.out.dtype, (None,), ROW, note, n.loc))
+                                         n.out.dtype, (None,), ROW, note, n.loc, n.scope))
                 return dest, ROW, -1
             start, step = attrs["start"], attrs["step"]
+            if n.out.dtype is dt.int64 and type(start) is int and type(step) is int and \
+                    (start, step) == (0, 1):     # the index itself: no `0 + idx * 1`
+                self.body.append(Compute(dest, "index", (coords[0],), (), dt.int64, (None,),
+                                         self._scope_of(coords[0]), note, n.loc, n.scope))
+                return dest, self._scope_of(coords[0]), -1
             idx = self._index_value(coords[0])
             self.body.append(Compute(dest, "arange", (idx,), (("start", start), ("step", step)),
                                      n.out.dtype, (dt.int64,), self._scope_of(coords[0]),
-                                     note, n.loc))
+                                     note, n.loc, n.scope))
             return dest, self._scope_of(coords[0]), -1
         if kind == REDUCE:
             return self._reduce(n, coords, note)
@@ -605,7 +611,7 @@ class _Lowering:
             level = max(level, lv)
         dest = self._fresh(n.out)
         self.body.append(Compute(dest, n.op, tuple(args), n.attrs, n.out.dtype,
-                                 tuple(arg_dtypes), scope, note, n.loc))
+                                 tuple(arg_dtypes), scope, note, n.loc, n.scope))
         return dest, scope, level
 
     def _pad(self, n: Node, coords: tuple) -> tuple:
@@ -642,7 +648,8 @@ class _Lowering:
         dest = self._fresh(n.out)
         self.body.append(Compute(dest, "where", (inside, value, Literal(attrs["value"])), (),
                                  n.out.dtype, (dt.bool_, n.out.dtype, None),
-                                 ELEM if ELEM in (scope, vscope) else ROW, _note(n), n.loc))
+                                 ELEM if ELEM in (scope, vscope) else ROW, _note(n), n.loc,
+                                 n.scope))
         return dest, ELEM if ELEM in (scope, vscope) else ROW, level
 
     def _index_value(self, e: Expr) -> str:
@@ -673,7 +680,7 @@ class _Lowering:
         if n.out.dtype is dt.bool_ or n.inputs[0].dtype is dt.bool_:
             raise LoweringError(f"{note}: reductions of bool tensors are not generated")
         dest = self._fresh(n.out)
-        self.body.append(Reduce(dest, op, src, n.out.dtype, level + 1, note, n.loc))
+        self.body.append(Reduce(dest, op, src, n.out.dtype, level + 1, note, n.loc, n.scope))
         self.memo[key] = (dest, ROW, level + 1)
         return self.memo[key]
 
@@ -749,9 +756,7 @@ def _reshape_coords(coords: tuple, out_shape: tuple, in_shape: tuple) -> tuple:
 
 
 def _note(n: Node) -> str:
-    """A statement's comment: the IR node it computes, and the composite (or the forward node's
-    gradient) it was traced in, `%8 = mul(%7, 0.044715)  [gelu]`."""
-    return f"{n.out.ref} = {format_call(n)}" + (f"  [{scope_label(n.scope)}]" if n.scope else "")
+    return f"{n.out.ref} = {format_call(n)}"
 
 
 def _arg_name(v: Value, prefix: str, i: int) -> str:
