@@ -23,7 +23,7 @@ from kiln.tracer.functional import (  # noqa: F401
 
 _REDUCTIONS = ("none", "mean", "sum")
 # the public hook that names a composite's traced nodes (`# layer_norm @ model.py:12` in listings)
-composite = kiln.compiler.composite
+_composite = kiln.compiler.composite
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,13 +107,13 @@ def _softmax_dim(input: Tensor, dim: int | None) -> int:
     return 0 if input.ndim in (0, 1, 3) else 1
 
 
-@composite
+@_composite
 def glu(input: Tensor, dim: int = -1) -> Tensor:
     a, b = kiln.chunk(input, 2, dim)
     return a * kiln.sigmoid(b)
 
 
-@composite
+@_composite
 def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     norm = kiln.norm(input, p, dim, keepdim=True)
     return input / kiln.clamp_min(norm, eps)
@@ -121,7 +121,7 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
 
 # ----------------------------------------------------------------------------- linear
 
-@composite
+@_composite
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if weight.ndim == 2 and input.ndim >= 1 and input.shape[-1] != weight.shape[1]:
         rows = input.numel() // input.shape[-1] if input.shape[-1] else 0
@@ -134,7 +134,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out + bias if bias is not None else out
 
 
-@composite
+@_composite
 def bilinear(input1: Tensor, input2: Tensor, weight: Tensor,
              bias: Tensor | None = None) -> Tensor:
     # out[..., o] = x1[..., i] W[o, i, j] x2[..., j]
@@ -549,7 +549,7 @@ def _check_batch_norm_sizes(input: Tensor, *per_channel: Tensor | None) -> None:
                            f"(num_features)", RuntimeError)
 
 
-@composite
+@_composite
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
@@ -588,7 +588,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     return out
 
 
-@composite
+@_composite
 def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -612,7 +612,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     return out
 
 
-@composite
+@_composite
 def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
              eps: float | None = None) -> Tensor:
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -624,7 +624,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     return out * weight if weight is not None else out
 
 
-@composite
+@_composite
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     n, c = input.shape[0], input.shape[1]
@@ -649,7 +649,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
 
 # ----------------------------------------------------------------------------- dropout, embedding
 
-@composite
+@_composite
 def dropout(input: Tensor, p: float = 0.5, training: bool = True,
             inplace: bool = False) -> Tensor:
     if not 0.0 <= p <= 1.0:
@@ -757,7 +757,7 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
     return input.copy_(out) if inplace and out is not input else out
 
 
-@composite
+@_composite
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
               max_norm: float | None = None, norm_type: float = 2.0,
               scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
@@ -776,7 +776,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
 
 # ----------------------------------------------------------------------------- attention
 
-@composite
+@_composite
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  attn_mask: Tensor | None = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: float | None = None,
@@ -904,7 +904,7 @@ def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
                       f"same size.", stacklevel=3)
 
 
-@composite
+@_composite
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     _check_same_size(input, target, "mse_loss")
@@ -915,7 +915,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     return _weighted_mean_or_sum(loss, reduction)
 
 
-@composite
+@_composite
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     _check_same_size(input, target, "l1_loss")
@@ -925,7 +925,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
     return _weighted_mean_or_sum(loss, reduction)
 
 
-@composite
+@_composite
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
     _check_same_size(input, target, "smooth_l1_loss")
@@ -938,7 +938,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None
     return _weighted_mean_or_sum(loss, reduction)
 
 
-@composite
+@_composite
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
                weight: Tensor | None = None) -> Tensor:
     _check_same_size(input, target, "huber_loss")
@@ -949,7 +949,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     return _weighted_mean_or_sum(loss, reduction)
 
 
-@composite
+@_composite
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
     if tuple(input.shape) != tuple(target.shape):
@@ -967,7 +967,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     return _weighted_mean_or_sum(loss, reduction)
 
 
-@composite
+@_composite
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None, size_average=None,
                                      reduce=None, reduction: str = "mean",
@@ -1004,7 +1004,7 @@ def _class_last_shape(input: Tensor) -> tuple:
     return (-1,) + (1,) * (input.ndim - 2) if input.ndim >= 2 else (-1,)
 
 
-@composite
+@_composite
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of class indices; 'mean' divides by the summed target weights."""
@@ -1053,7 +1053,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     return loss.sum() / w.sum()
 
 
-@composite
+@_composite
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
@@ -1103,7 +1103,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     return nll * (1 - label_smoothing) + smooth * (label_smoothing / num_classes)
 
 
-@composite
+@_composite
 def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
            reduction: str = "mean", log_target: bool = False) -> Tensor:
     """KL(target || exp(input)) pointwise; 'batchmean' divides the sum by the batch size."""
@@ -1124,7 +1124,7 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
     return _reduce(loss, reduction)
 
 
-@composite
+@_composite
 def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
                      size_average=None, eps: float = 1e-8, reduce=None,
                      reduction: str = "mean") -> Tensor:
@@ -1139,7 +1139,7 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
     return _weighted_mean_or_sum(loss, reduction)
 
 
-@composite
+@_composite
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     dot = (x1 * x2).sum(dim)
     n1 = kiln.sqrt((x1 * x1).sum(dim))

@@ -516,7 +516,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if id(node) in wanted:
                 captured[id(node)] = g
             _check_versions(node)
-            with _grad_scope(node):         # under a trace: `grad of %7 mul` at %7's line
+            # under a trace, the rule's nodes are `grad of %7 mul`, at %7's line
+            with _grad_scope(node) if TRACING[0] else _NO_SCOPE:
                 grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
                 for edge, ga, a in zip(node.edges, grads, node.inputs):
                     if ga is None or edge is None:
@@ -571,7 +572,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 def _grad_scope(node: Node):
     """The provenance scope of `node`'s gradient rule while a trace records it: `grad of %7
     mul`, located at the line that traced %7 (not at the `backward()` call); else nothing."""
-    tracer = STATE.tracer if TRACING[0] else None
+    tracer = STATE.tracer
     v = node.out_trace
     if tracer is None or v is None:
         return _NO_SCOPE
