@@ -36,6 +36,9 @@ def _check_provenance(text: str):
     grads = re.findall(r"^  # grad of %(\d+) (\w+) @ compiled_step\.py:(\d+)$", traced, re.M)
     assert {op for _, op, _ in grads} >= {"neg", "div", "sum", "exp", "log", "matmul", "tanh"}
     assert all(line in ("15", "16", "17") for _, _, line in grads)  # not loss.backward()'s 18
+    groups = text.split("== fusion groups ==")[1].split("\n\n")[0]
+    assert re.search(r"^  k\d+ fused_\w+\(.*\) -> \(.*\)    \[\d+ nodes: .*\]  from gelu", groups,
+                     re.M)
     kernels = text.split("== generated kernels")[1]
     assert "// gelu @ compiled_step.py:15\n" in kernels
     assert re.search(r"//   %\d+ = tanh\(%\d+\)    \(compiled_step\.py:15\)", kernels)

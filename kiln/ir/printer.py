@@ -48,6 +48,15 @@ def scope_label(scope: tuple) -> str:
     return " > ".join(scope)
 
 
+def scope_summary(nodes: list, limit: int = 4) -> str:
+    """Where a group of nodes comes from, for one-line summaries (fusion groups): the distinct
+    outermost scopes in order, `gelu, grad of %11 tanh` (at most `limit`, then `and 3 more`);
+    empty when none of them is in a scope."""
+    outer = list(dict.fromkeys(n.scope[0] for n in nodes if getattr(n, "scope", ())))
+    more = f", and {len(outer) - limit} more" if len(outer) > limit else ""
+    return ", ".join(outer[:limit]) + more
+
+
 def scope_headers(scope: tuple, before: tuple, loc: str) -> list:
     """The headers opening `scope` after a node of scope `before`: one per level they do not
     share, `(depth, "gelu @ model.py:12")`, outermost first."""

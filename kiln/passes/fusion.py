@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Deferred, Graph, Node, Value, kernel_name
+from kiln.ir.printer import scope_summary
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
 from kiln.passes.layout import transpose_matmul_outputs
@@ -70,7 +71,9 @@ class FusedKernel:
         for n in self.nodes:
             counts[n.op] = counts.get(n.op, 0) + 1
         ops = " ".join(op if k == 1 else f"{op}*{k}" for op, k in counts.items())
-        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]"
+        where = scope_summary(self.nodes)
+        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]" + (
+            f"  from {where}" if where else "")
 
 
 @dataclass(eq=False)
