@@ -92,12 +92,9 @@ def trace_backward(tracer: Tracer, outputs: list, consumed=(), tangents: list | 
                 wrt.append(tensor)
         grads = run_backward([outputs[i] for i in diff], seeds, retain_graph=True,
                              inputs=wrt) if diff else [None] * len(wrt)
-        grads = [g if g is not None else zeros(*w.shape, dtype=w.dtype, device=w.device)
-                 for g, w in zip(grads, wrt)]
-    for t, g in zip(wrt, grads):
-        if g.dtype is not t.dtype:
-            raise TypeError(f"kiln: the gradient of a {t.dtype.name}{list(t.shape)} input came "
-                            f"out {g.dtype.name} (a gradient rule's dtype is wrong)")
+        # an input's gradient has its dtype, as eager autograd stores it in `.grad`
+        grads = [zeros(*w.shape, dtype=w.dtype, device=w.device) if g is None else
+                 g if g.dtype is w.dtype else g.to(w.dtype) for g, w in zip(grads, wrt)]
     return Joint(JointInfo(num_primals, len(diff), len(outputs), grad_inputs, diff), grads)
 
 

@@ -57,3 +57,17 @@ def test_given_tangents_seed_the_backward():
     (ta.sin() * 3.0).backward(torch.from_numpy(tangent))
     np.testing.assert_allclose(outs[1], ta.grad.numpy(), rtol=1e-6)
     np.testing.assert_allclose(info.eager_grads[0], ta.grad.numpy(), rtol=1e-6)
+
+
+def test_each_gradient_has_its_inputs_dtype_as_eager_autograd_stores_it():
+    a = kiln.randn(3, dtype=kiln.float16).requires_grad_()
+    b = kiln.randn(3).requires_grad_()
+    graph, info = trace_joint(lambda a, b: (a * b).sum(), a, b)
+    assert [graph.outputs[1].dtype, graph.outputs[2].dtype] == [kiln.float16, kiln.float32]
+    outs, _ = interpret(graph, info.snapshots + info.tangent_values)
+    ta = torch.from_numpy(a.detach().numpy()).requires_grad_()
+    tb = torch.from_numpy(b.detach().numpy()).requires_grad_()
+    (ta * tb).sum().backward()
+    assert outs[1].dtype == np.float16
+    np.testing.assert_allclose(outs[1], ta.grad.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(outs[2], tb.grad.numpy(), rtol=1e-3)
