@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kiln.codegen.common import (INFIX, Comments, compute_dtype, operand_dtype, row_passes)
+from kiln.codegen.common import INFIX, Comments, compute_dtype, operand_dtype, row_passes
 from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Load, LoweringError, Reduce,
                                  Store, variables)
 from kiln.ir import dtypes as dt

@@ -24,11 +24,11 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
-from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.joint import trace_backward
-from kiln.tracer.trace import GraphBreak, TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 # public hooks for layers above the tracer (nn): a composite's traced nodes carry its name
 from kiln.tracer.provenance import composite, scope  # noqa: F401
+from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.trace import GraphBreak, TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
 

@@ -17,6 +17,7 @@ the style of Thunder's traces, and indents the group's nodes under it:
 from __future__ import annotations
 
 from kiln.ir.dtypes import DType
+from kiln.ir.ops import MOVEMENT
 
 
 def format_call(n) -> str:
@@ -30,7 +31,6 @@ def kernel_name(nodes: list) -> str:
     """The name of a fused kernel of `nodes` (schedules, C and Triton functions alike): its
     distinct operations but data movement, in order, at most five, `fused_exp_sum_and_2_more`;
     a kernel of views only is named after them."""
-    from kiln.ir.ops import MOVEMENT
     ops = [n.op for n in nodes if n.prim.kind != MOVEMENT] or [n.op for n in nodes]
     distinct = list(dict.fromkeys(ops)) or ["copy"]
     name = "fused_" + "_".join(distinct[:5])
