@@ -43,7 +43,7 @@ from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
 from kiln.runtime.schedule_executor import ExecutorLayout
 
-FORMAT = 4          # bump when the layout of an entry changes
+FORMAT = 5          # bump when the layout of an entry changes
 
 
 # ----------------------------------------------------------------------------- keys
@@ -81,7 +81,7 @@ def program_key(graph: Graph, joint, target: str) -> str:
     It describes everything the passes read: ops, attributes, literals, shapes, dtypes,
     constants (by digest: a large one must not become a larger text), value ids and names
     (generated code names values by them, and the partition report points into the graph by
-    them) and source lines.
+    them) and source lines and provenance scopes (kernel comments print both).
     """
     joint_desc = None if joint is None else (
         joint.num_primals, joint.num_tangents, joint.num_forward_outputs,
@@ -95,7 +95,7 @@ def program_key(graph: Graph, joint, target: str) -> str:
               hashlib.sha256(np.ascontiguousarray(a)).hexdigest())
              for v, a in graph.constants.items()],
             [(n.op, tuple(map(ref, n.inputs, n.inputs)), repr(n.attrs), n.out.id, n.out.name,
-              n.out.shape, n.out.dtype.name, n.loc) for n in graph.nodes],
+              n.out.shape, n.out.dtype.name, n.loc, n.scope) for n in graph.nodes],
             [ref(v) for v in graph.outputs], [(ref(a), ref(b)) for a, b in graph.mutations])
     try:
         # marshal's version 0 writes no sharing or interning marks, so equal descriptions give

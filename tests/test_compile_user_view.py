@@ -99,7 +99,7 @@ def test_scheduler_every_step_does_not_retrace(opt_cls, kwargs):
 
 
 @pytest.mark.parametrize("stage,target", [
-    ("deriving the backward", "_trace_backward"),
+    ("deriving the backward", "trace_backward"),
     ("optimizing the graph", "compile_program"),
 ])
 def test_a_failure_after_the_trace_falls_back_to_eager_naming_the_stage(monkeypatch, stage,

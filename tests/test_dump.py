@@ -26,12 +26,34 @@ def _check_listing(text: str):
     assert "matmul(%x, %w1)" in text
 
 
+def _check_provenance(text: str):
+    """Composites and backward nodes print under group headers (the example's gelu is on line
+    15, its log_softmax on 16), kernel comments name the scope, and index expressions come out
+    simplified (issue 15)."""
+    traced = text.split("== traced graph ==")[1].split("== inputs ==")[0]
+    assert "  # gelu @ compiled_step.py:15\n    %" in traced
+    assert "  # log_softmax @ compiled_step.py:16\n    %" in traced
+    grads = re.findall(r"^  # grad of %(\d+) (\w+) @ compiled_step\.py:(\d+)$", traced, re.M)
+    assert {op for _, op, _ in grads} >= {"neg", "div", "sum", "exp", "log", "matmul", "tanh"}
+    assert all(line in ("15", "16", "17") for _, _, line in grads)  # not loss.backward()'s 18
+    groups = text.split("== fusion groups ==")[1].split("\n\n")[0]
+    assert re.search(r"^  k\d+ fused_\w+\(.*\) -> \(.*\)    \[\d+ nodes: .*\]  from gelu", groups,
+                     re.M)
+    kernels = text.split("== generated kernels")[1]
+    assert "// gelu @ compiled_step.py:15\n" in kernels
+    assert re.search(r"//   %\d+ = tanh\(%\d+\)    \(compiled_step\.py:15\)", kernels)
+    assert re.search(r"// grad of %\d+ \w+ @ compiled_step\.py:1[567]\n\s*//   %", kernels)
+    assert "(0 + " not in kernels and " * 1)" not in kernels     # arange(0, n, 1) is the index
+    assert not re.search(r"(\w+) // (\d+) \* \2 \+ \1 % \2", kernels)
+
+
 def test_kiln_dump_writes_listing_dot_and_html(tmp_path):
     done = _run(["-m", "kiln", "dump", str(EXAMPLE), "--out", str(tmp_path)])
     assert done.returncode == 0, done.stderr
     assert "final loss" in done.stdout
     text = (tmp_path / "train_step.txt").read_text()
     _check_listing(text)
+    _check_provenance(text)
     from kiln.runtime import c_build
     if c_build.compiler_problem() is None:     # 30 steps: the kernel trials are over
         choices = text.split("== kernels: generated C or NumPy, as the trial replays measured ==")

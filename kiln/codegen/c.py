@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kiln.codegen.common import (INFIX, RowPass, closure, compute_dtype, literal_dtype,
-                                 operand_dtype, row_passes, source_loc)
+from kiln.codegen.common import (INFIX, Comments, RowPass, closure, compute_dtype,
+                                 literal_dtype, operand_dtype, row_passes)
 from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
                                  LoweringError, Reduce, Store, Var, _linear_terms, add, mul,
                                  variables)
@@ -449,6 +449,7 @@ def _indent(lines: list, n: int = 1) -> list:
 class _Renderer:
     def __init__(self, kernel: Kernel, parallel_min: int = PARALLEL_MIN, in_place: tuple = ()):
         self.k = kernel
+        self.comments = Comments("//")
         self.parallel_min = parallel_min
         self.stored_over = {o for o, _ in in_place}     # outputs written over an input
         self.helpers: list = []
@@ -764,8 +765,7 @@ class _Renderer:
         return f"v_{ssa}"
 
     def _comment(self, s) -> list:
-        return [f"// {s.note}    {source_loc(s.loc)}".rstrip()] \
-            if s.note else []
+        return self.comments(s)
 
     def _stmt(self, s) -> list:
         if isinstance(s, Load):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from kiln.codegen.kernel import ELEM, ROW, Compute, Kernel, Reduce, Store
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
+from kiln.ir.printer import scope_headers
 from kiln.ir.ops import CREATION, ELEMENTWISE, PRIMITIVES
 
 # Ops a kernel computes that are not primitives: `index`, an integer index expression
@@ -39,6 +40,26 @@ INFIX = {"add": "+", "sub": "-", "mul": "*", "bitwise_and": "&", "bitwise_or": "
 def compute_dtype(d: DType) -> DType:
     """The dtype a value is held in while computing: float16 widens to float32."""
     return dt.float32 if d is dt.float16 else d
+
+
+class Comments:
+    """The comments of one kernel's statements, in the order they are written: the IR node and
+    the user's line, `%8 = mul(%7, 0.044715)    (model.py:15)`, indented under a header naming
+    the node's provenance where it changes, `gelu @ model.py:15` or `grad of %7 mul @ ...`."""
+
+    def __init__(self, mark: str):
+        self.mark = mark            # "//" or "#"
+        self.last: tuple = ()       # the group of the statement commented last
+
+    def __call__(self, s) -> list:
+        if not s.note:
+            return []
+        group = getattr(s, "group", ())
+        lines = [f"{self.mark} {'  ' * depth}{text}"
+                 for depth, text in scope_headers(group, self.last, s.loc)]
+        self.last = group
+        note = f"{'  ' * len(group)}{s.note}"
+        return lines + [f"{self.mark} {note}    {source_loc(s.loc)}".rstrip()]
 
 
 def source_loc(loc: str) -> str:

@@ -298,6 +298,7 @@ class Compute:
     scope: str
     note: str = ""
     loc: str = ""
+    group: tuple = ()           # the node's provenance scope (`("gelu",)`), for comment headers
 
     def attr(self, name: str, default=None):
         """The value of attribute `name` (a renderer's table entry reads `decimals`, `start`)."""
@@ -318,6 +319,7 @@ class Reduce:
     level: int                  # reductions of level k read results of levels < k only
     note: str = ""
     loc: str = ""
+    group: tuple = ()
 
     @property
     def scope(self) -> str:
@@ -588,13 +590,18 @@ class _Lowering:
             dest = self._fresh(n.out)
             if n.op == "full":
                 self.body.append(Compute(dest, "full", (Literal(attrs["value"]),), (),
-                                         n.out.dtype, (None,), ROW, note, n.loc))
+                                         n.out.dtype, (None,), ROW, note, n.loc, n.scope))
                 return dest, ROW, -1
             start, step = attrs["start"], attrs["step"]
+            if n.out.dtype is dt.int64 and type(start) is int and type(step) is int and \
+                    (start, step) == (0, 1):     # the index itself: no `0 + idx * 1`
+                self.body.append(Compute(dest, "index", (coords[0],), (), dt.int64, (None,),
+                                         self._scope_of(coords[0]), note, n.loc, n.scope))
+                return dest, self._scope_of(coords[0]), -1
             idx = self._index_value(coords[0])
             self.body.append(Compute(dest, "arange", (idx,), (("start", start), ("step", step)),
                                      n.out.dtype, (dt.int64,), self._scope_of(coords[0]),
-                                     note, n.loc))
+                                     note, n.loc, n.scope))
             return dest, self._scope_of(coords[0]), -1
         if kind == REDUCE:
             return self._reduce(n, coords, note)
@@ -608,7 +615,7 @@ class _Lowering:
             level = max(level, lv)
         dest = self._fresh(n.out)
         self.body.append(Compute(dest, n.op, tuple(args), n.attrs, n.out.dtype,
-                                 tuple(arg_dtypes), scope, note, n.loc))
+                                 tuple(arg_dtypes), scope, note, n.loc, n.scope))
         return dest, scope, level
 
     def _pad(self, n: Node, coords: tuple) -> tuple:
@@ -645,7 +652,8 @@ class _Lowering:
         dest = self._fresh(n.out)
         self.body.append(Compute(dest, "where", (inside, value, Literal(attrs["value"])), (),
                                  n.out.dtype, (dt.bool_, n.out.dtype, None),
-                                 ELEM if ELEM in (scope, vscope) else ROW, _note(n), n.loc))
+                                 ELEM if ELEM in (scope, vscope) else ROW, _note(n), n.loc,
+                                 n.scope))
         return dest, ELEM if ELEM in (scope, vscope) else ROW, level
 
     def _index_value(self, e: Expr) -> str:
@@ -676,7 +684,7 @@ class _Lowering:
         if n.out.dtype is dt.bool_ or n.inputs[0].dtype is dt.bool_:
             raise LoweringError(f"{note}: reductions of bool tensors are not generated")
         dest = self._fresh(n.out)
-        self.body.append(Reduce(dest, op, src, n.out.dtype, level + 1, note, n.loc))
+        self.body.append(Reduce(dest, op, src, n.out.dtype, level + 1, note, n.loc, n.scope))
         self.memo[key] = (dest, ROW, level + 1)
         return self.memo[key]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kiln.codegen.common import (INFIX, compute_dtype, literal_dtype, operand_dtype,
-                                 row_passes, source_loc)
+from kiln.codegen.common import (INFIX, Comments, compute_dtype, literal_dtype, operand_dtype,
+                                 row_passes)
 from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
                                  Reduce, Store, variables)
 from kiln.codegen.scalar import Dialect, decompositions, function_body
@@ -296,6 +296,7 @@ def _xblock(numel: int) -> int:
 class _Renderer:
     def __init__(self, kernel: Kernel):
         self.k = kernel
+        self.comments = Comments("#")
         self.helpers: list = []
         self.wide = kernel.numel * max(kernel.reduced_numel, 1) >= 2 ** 31 or any(
             math.prod(b.shape) >= 2 ** 31 for b in kernel.inputs + kernel.outputs)
@@ -355,7 +356,7 @@ class _Renderer:
                     inner += self._stmt(s, "rmask")
                 out += ["    " + x for x in inner]
             for s in p.reductions:
-                out.append(f"# {s.note}    {source_loc(s.loc)}".rstrip())
+                out += self.comments(s)
                 out.append(f"{s.dest} = " + self._reduce_text(s, f"{s.dest}_acc"))
         for s in row_stores:
             out += self._stmt(s, None)
@@ -384,10 +385,9 @@ class _Renderer:
                     + (f", mask={mask})" if masked else ")")]
         if isinstance(s, Reduce):
             ident = self._identity(s)
-            return [f"# {s.note}    {source_loc(s.loc)}".rstrip(),
-                    f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
-        return [f"# {s.note}    {source_loc(s.loc)}".rstrip(), f"{s.dest} = {self._compute(s)}"] \
-            if s.note else [f"{s.dest} = {self._compute(s)}"]
+            return self.comments(s) + [
+                f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
+        return self.comments(s) + [f"{s.dest} = {self._compute(s)}"]
 
     def _offset(self, s, mask: str | None) -> str:
         """A load's or store's offset; under `mask` a block like the mask, even where the offset

@@ -22,10 +22,11 @@ import numpy as np
 
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
-from kiln.compiler.hooks import (is_compiling, note_grad_cleared, scalar_input,  # noqa: F401
+from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared, scalar_input,  # noqa: F401
                                  untraced)
 from kiln.runtime.device import to_device
 from kiln.runtime.executor import ArrayExecutor
+from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.errors import GraphBreak  # noqa: F401  (kiln.compiler.GraphBreak)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
@@ -577,7 +578,7 @@ class CompiledFunction:
         with _stage("deriving the backward"):
             if STATE.grad_enabled and any(t.requires_grad for i, t in enumerate(outputs)
                                           if i not in consumed):
-                joint = _trace_backward(tracer, outputs, consumed)
+                joint = trace_backward(tracer, outputs, consumed)
         with _stage("finishing the trace"):
             (program,) = tracer.finish(result if joint is None
                                        else list(outputs) + joint.grads)
@@ -914,12 +915,6 @@ def _grad_state_matches(program: TracedProgram, leaves: list) -> bool:
                for gw in program.grad_writes)
 
 
-@dataclass
-class _Joint:
-    info: object
-    grads: list
-
-
 def _differentiable(t: Tensor) -> bool:
     """Whether a compiled output gets a backward: it requires grad and its graph is still there
     (a loss the function already ran `.backward()` through, as a training step returns it, or
@@ -937,39 +932,6 @@ def _differentiable(t: Tensor) -> bool:
             return False
         stack.extend(node.edges)
     return True
-
-
-def _trace_backward(tracer: Tracer, outputs: list, consumed: list = ()) -> _Joint:
-    """Trace the gradients of `outputs` into `tracer`'s graph, as autograd.grad would compute
-    them (nothing accumulates into `.grad`, the eager graph is kept for the user's backward).
-    Outputs in `consumed` (their graph was already spent by a backward) get none."""
-    from kiln.tracer.autograd import run_backward
-    from kiln.tracer.creation import zeros
-    from kiln.tracer.joint import JointInfo
-    from kiln.tracer.trace import Binding
-    graph = tracer.graph
-    diff = [i for i, o in enumerate(outputs)
-            if o.requires_grad and o.dtype.is_floating_point and i not in consumed]
-    with tracer:
-        num_primals = len(graph.inputs)
-        tangents = []
-        for k, i in enumerate(diff):
-            o = outputs[i]
-            t = Tensor._make(o.device.xp.ones(tuple(o.shape), o.dtype.np), o.dtype, o.device)
-            tracer._input(t, f"tangent{k}", Binding("arg", path=None))
-            tangents.append(t)
-        grad_inputs, wrt = [], []
-        for tensor, v in list(tracer.input_of.values()):
-            idx = graph.inputs.index(v)
-            if idx < num_primals and tensor.requires_grad and graph.input_kinds[idx] != "seed":
-                grad_inputs.append(idx)
-                wrt.append(tensor)
-        grads = run_backward([outputs[i] for i in diff], tangents, retain_graph=True,
-                             inputs=wrt)
-        grads = [g if g is not None else zeros(*w.shape, dtype=w.dtype, device=w.device)
-                 for g, w in zip(grads, wrt)]
-    info = JointInfo(num_primals, len(diff), len(outputs), grad_inputs, diff)
-    return _Joint(info, grads)
 
 
 def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -> None:

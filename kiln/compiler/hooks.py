@@ -3,7 +3,9 @@
 These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the public API):
 `kiln.compiler.is_compiling()` as in `torch.compiler`, `untraced()` for state made once,
 `note_grad_cleared()` for `zero_grad(set_to_none=True)`, and `scalar_input()` for a number a
-compiled program reads afresh on every call (a learning rate a scheduler changes).
+compiled program reads afresh on every call (a learning rate a scheduler changes). `composite`
+names the nodes a function built of several ops records (`# layer_norm @ model.py:12` in
+listings).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Iterator
 
 from kiln.runtime.device import Device
 from kiln.tracer import trace as _trace
+from kiln.tracer.provenance import composite, scope  # noqa: F401  (re-exported hooks)
 from kiln.tracer.tensor import STATE, Tensor
 
 

@@ -262,7 +262,7 @@ class _Generator:
             for k, n in enumerate(step.subgraph.nodes):
                 outer = n.out if n.out not in inner else inner[n.out]
                 ins = tuple(inner.get(v, v) if isinstance(v, Value) else v for v in n.inputs)
-                node = type(n)(n.op, ins, n.attrs, outer, n.loc)
+                node = type(n)(n.op, ins, n.attrs, outer, n.loc, n.scope)
                 inner[n.out] = outer
                 if n.op in C_EXTERNS:
                     self._extern(node)

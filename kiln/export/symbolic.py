@@ -117,6 +117,6 @@ def concretize(graph: Graph, templates: dict, input_shapes: list, sizes: dict) -
             sizes_text = ", ".join(f"{k}={v}" for k, v in sizes.items())
             raise ValueError(f"kiln.export: at {sizes_text}, node {n.out.ref} = {n.op} (from "
                              f"{n.loc}) rejects its inputs: {e}") from None
-        new[n.out] = g.add_node(n.op, ins, dict(attrs), shape, dtype, n.loc)
+        new[n.out] = g.add_node(n.op, ins, dict(attrs), shape, dtype, n.loc, n.scope)
     g.outputs = [new[v] for v in graph.outputs]
     return g

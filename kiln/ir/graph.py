@@ -19,6 +19,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import PRIMITIVES, ShapeError
+from kiln.ir.printer import format_call, format_nodes, kernel_name  # noqa: F401  (re-exported)
 
 INPUT_KINDS = ("arg", "lifted", "grad", "seed", "scalar")
 
@@ -92,6 +93,7 @@ class Node:
     attrs: tuple            # sorted (name, value) pairs: hashable
     out: Value
     loc: str = ""
+    scope: tuple = ()       # provenance: the composites (or "grad of %N op") it was traced in
 
     @property
     def attr_dict(self) -> dict:
@@ -134,10 +136,11 @@ class Graph(Deferred):
         self.constants[v] = array
         return v
 
-    def add_node(self, op: str, inputs: tuple, attrs: dict, shape, dtype, loc: str = "") -> Value:
+    def add_node(self, op: str, inputs: tuple, attrs: dict, shape, dtype, loc: str = "",
+                 scope: tuple = ()) -> Value:
         out = self.new_value(shape, dtype)
         self.nodes.append(Node(op, tuple(inputs), tuple(sorted(attrs.items())) if attrs else (),
-                               out, loc))
+                               out, loc, scope))
         return out
 
     def producers(self) -> dict:
@@ -221,12 +224,7 @@ class Graph(Deferred):
         lines = [f"graph {self.name}({args})"]
         for v, array in self.constants.items():
             lines.append(f"  {v.ref}: {v.type_str} = constant {_preview(array)}")
-        rows = []
-        for n in self.nodes:
-            rows.append((f"  {n.out.ref}: {n.out.type_str} = {format_call(n)}", n.loc))
-        width = min(max((len(r) for r, _ in rows), default=0), 72)
-        for text, loc in rows:
-            lines.append(f"{text.ljust(width)}  # {_short_loc(loc)}" if loc else text)
+        lines += format_nodes(self.nodes)
         lines.append("  return (" + ", ".join(v.ref for v in self.outputs) + ")")
         for src, new in self.mutations:
             lines.append(f"  write {new.ref} -> {src.ref}")
@@ -304,7 +302,8 @@ class Graph(Deferred):
                            a.dtype.str] for v, a in self.constants.items()],
             "nodes": [{"op": n.op, "inputs": [val(v) for v in n.inputs],
                        "attrs": [[k, to_json_value(a)] for k, a in n.attrs],
-                       "out": _value_json(n.out), "loc": n.loc} for n in self.nodes],
+                       "out": _value_json(n.out), "loc": n.loc,
+                       **({"scope": list(n.scope)} if n.scope else {})} for n in self.nodes],
             "outputs": [index[v] for v in self.outputs],
             "mutations": [[index[a], index[b]] for a, b in self.mutations],
         }
@@ -408,7 +407,7 @@ def _decode_nodes(g: Graph, docs: list, values: list, known: dict) -> Graph:
             out = Value(spec["id"], tuple(spec["shape"]), dt.from_name(spec["dtype"]),
                         spec["name"])
         append(out)
-        nodes.append(Node(nd["op"], ins, attrs, out, nd["loc"]))
+        nodes.append(Node(nd["op"], ins, attrs, out, nd["loc"], tuple(nd.get("scope", ()))))
     return g
 
 
@@ -445,41 +444,6 @@ def from_json_value(x):
     if isinstance(x, list):
         return [from_json_value(v) for v in x]
     return x
-
-
-def format_call(n: Node) -> str:
-    """`op(%a, 2.0, axes=(1), keepdim=True)`: how every listing (graphs, kernel comments)
-    spells a node's operation, inputs and attributes."""
-    args = [_fmt_input(v) for v in n.inputs] + [f"{k}={_fmt_attr(a)}" for k, a in n.attrs]
-    return f"{n.op}({', '.join(args)})"
-
-
-def kernel_name(nodes: list) -> str:
-    """The name of a fused kernel of `nodes` (schedules, C and Triton functions alike): its
-    distinct operations but data movement, in order, at most five, `fused_exp_sum_and_2_more`;
-    a kernel of views only is named after them."""
-    from kiln.ir.ops import MOVEMENT
-    ops = [n.op for n in nodes if n.prim.kind != MOVEMENT] or [n.op for n in nodes]
-    distinct = list(dict.fromkeys(ops)) or ["copy"]
-    name = "fused_" + "_".join(distinct[:5])
-    return name + (f"_and_{len(distinct) - 5}_more" if len(distinct) > 5 else "")
-
-
-def _fmt_input(v) -> str:
-    return v.ref if isinstance(v, Value) else repr(v)
-
-
-def _fmt_attr(a) -> str:
-    if isinstance(a, DType):
-        return a.short
-    if isinstance(a, tuple):
-        return "(" + ",".join(_fmt_attr(x) for x in a) + ")"
-    return repr(a)
-
-
-def _short_loc(loc: str) -> str:
-    path, _, line = loc.rpartition(":")
-    return f"{path.rsplit('/', 1)[-1]}:{line}" if path else loc
 
 
 def _preview(array: np.ndarray) -> str:

@@ -12,6 +12,8 @@ __all__ = ["relu", "relu_", "relu6", "elu", "elu_", "selu", "selu_", "celu", "ce
            "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "silu", "mish", "hardsigmoid",
            "hardswish", "threshold", "threshold_", "hardshrink", "softshrink", "prelu", "rrelu",
            "rrelu_", "gumbel_softmax"]
+# the public hook that names a composite's traced nodes (`# celu @ model.py:12` in listings)
+_composite = kiln.compiler.composite
 
 
 def _maybe_inplace(input: Tensor, out: Tensor, inplace: bool) -> Tensor:
@@ -46,6 +48,7 @@ def selu_(input: Tensor) -> Tensor:
     return selu(input, inplace=True)
 
 
+@_composite
 def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
     if alpha == 0:
@@ -101,11 +104,13 @@ def threshold_(input: Tensor, threshold: float, value: float) -> Tensor:
     return globals()["threshold"](input, threshold, value, inplace=True)
 
 
+@_composite
 def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
     """x where |x| > lambd, else 0."""
     return kiln.where(input.abs() > lambd, input, kiln.zeros_like(input))
 
 
+@_composite
 def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
     """x - lambd above lambd, x + lambd below -lambd, 0 between."""
     if lambd < 0:
@@ -114,6 +119,7 @@ def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
                       kiln.where(input < -lambd, input + lambd, kiln.zeros_like(input)))
 
 
+@_composite
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """Leaky ReLU with a learned slope: one, or one per channel (dim 1)."""
     if weight.numel() != 1:
@@ -128,6 +134,7 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
     return kiln.where(input > 0, input, input * weight)
 
 
+@_composite
 def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3,
           training: bool = False, inplace: bool = False) -> Tensor:
     """Randomized leaky ReLU: a slope drawn from U(lower, upper) per element when training,
@@ -146,6 +153,7 @@ def rrelu_(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3,
     return rrelu(input, lower, upper, training, inplace=True)
 
 
+@_composite
 def gumbel_softmax(logits: Tensor, tau: float = 1, hard: bool = False, eps: float = 1e-10,
                    dim: int = -1) -> Tensor:
     """Samples from the Gumbel-softmax distribution; `hard` returns one-hot samples whose

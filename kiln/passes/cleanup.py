@@ -50,7 +50,7 @@ def _substitute(graph: Graph, replace: dict) -> Graph:
         if n.out in replace:
             continue
         ins = tuple(find(v) for v in n.inputs)
-        nodes.append(n if ins == n.inputs else Node(n.op, ins, n.attrs, n.out, n.loc))
+        nodes.append(n if ins == n.inputs else Node(n.op, ins, n.attrs, n.out, n.loc, n.scope))
     g = copy_graph(graph, nodes)
     g.outputs = [find(v) for v in graph.outputs]
     g.mutations = [(src, find(new)) for src, new in graph.mutations]
@@ -145,7 +145,7 @@ def fold_constants(graph: Graph, limit: int = FOLD_LIMIT) -> Graph:
         if flat.size > 1 and (flat == flat[0]).all():
             # a uniform result stays a `full`: no buffer, and it fuses into its consumers
             attrs = (("dtype", n.out.dtype), ("shape", n.out.shape), ("value", flat[0].item()))
-            g.nodes.append(Node("full", (), attrs, n.out, n.loc))
+            g.nodes.append(Node("full", (), attrs, n.out, n.loc, n.scope))
         else:
             g.constants[n.out] = array
     if not folded:
@@ -234,7 +234,7 @@ def simplify(graph: Graph) -> Graph:
         return v
     for n in graph.nodes:
         ins = tuple(find(v) for v in n.inputs)
-        n = n if ins == n.inputs else Node(n.op, ins, n.attrs, n.out, n.loc)
+        n = n if ins == n.inputs else Node(n.op, ins, n.attrs, n.out, n.loc, n.scope)
         n = _rewrite(n, producers)
         same = _identity_of(n, producers)
         if same is not None:
@@ -254,13 +254,13 @@ def _rewrite(n: Node, producers: dict) -> Node:
     first = n.inputs[0] if n.inputs else None
     inner = producers.get(first) if isinstance(first, Value) else None
     if n.op == "reshape" and inner is not None and inner.op == "reshape":
-        return Node("reshape", (inner.inputs[0],), n.attrs, n.out, n.loc)
+        return Node("reshape", (inner.inputs[0],), n.attrs, n.out, n.loc, n.scope)
     if n.op == "permute" and inner is not None and inner.op == "permute":
         p1, p2 = inner.attr_dict["perm"], attrs["perm"]
         perm = tuple(p1[i] for i in p2)
-        return Node("permute", (inner.inputs[0],), (("perm", perm),), n.out, n.loc)
+        return Node("permute", (inner.inputs[0],), (("perm", perm),), n.out, n.loc, n.scope)
     if n.op == "expand" and inner is not None and inner.op == "expand":
-        return Node("expand", (inner.inputs[0],), n.attrs, n.out, n.loc)
+        return Node("expand", (inner.inputs[0],), n.attrs, n.out, n.loc, n.scope)
     if n.prim.kind == ELEMENTWISE and len(n.inputs) >= 2:
         # an elementwise op broadcasts by itself: reading expand(x) is reading x
         ins = list(n.inputs)
@@ -273,12 +273,12 @@ def _rewrite(n: Node, producers: dict) -> Node:
             if _infer_ok(n.op, tuple(trial), attrs, n.out):
                 ins, changed = trial, True
         if changed:
-            return Node(n.op, tuple(ins), n.attrs, n.out, n.loc)
+            return Node(n.op, tuple(ins), n.attrs, n.out, n.loc, n.scope)
     if n.op == "sub" and len(n.inputs) == 2 and n.inputs[0] is n.inputs[1] and \
             n.out.dtype in _INTEGER:
         # x - x is 0 only where x is finite, so only integers qualify
         return Node("full", (), (("dtype", n.out.dtype), ("shape", n.out.shape), ("value", 0)),
-                    n.out, n.loc)
+                    n.out, n.loc, n.scope)
     return n
 
 

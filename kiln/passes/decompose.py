@@ -17,16 +17,17 @@ from kiln.passes.cleanup import _substitute, copy_graph
 
 
 class _Builder:
-    """Appends nodes to a graph under one source location, typed by each op's own rule."""
+    """Appends nodes to a graph under one source location and provenance scope, typed by each
+    op's own rule."""
 
-    def __init__(self, graph: Graph, loc: str):
-        self.graph, self.loc = graph, loc
+    def __init__(self, graph: Graph, loc: str, scope: tuple = ()):
+        self.graph, self.loc, self.scope = graph, loc, scope
 
     def op(self, name: str, *inputs, **attrs) -> Value:
         shapes = tuple(v.shape if isinstance(v, Value) else () for v in inputs)
         dtypes = tuple(v.dtype if isinstance(v, Value) else None for v in inputs)
         shape, dtype = PRIMITIVES[name].infer(shapes, dtypes, **attrs)
-        return self.graph.add_node(name, inputs, attrs, shape, dtype, self.loc)
+        return self.graph.add_node(name, inputs, attrs, shape, dtype, self.loc, self.scope)
 
 
 def decomposable() -> frozenset:
@@ -45,7 +46,7 @@ def decompose(graph: Graph) -> Graph:
         if rule is None:
             g.nodes.append(n)
             continue
-        value = rule(_Builder(g, n.loc), *n.inputs, **n.attr_dict)
+        value = rule(_Builder(g, n.loc, n.scope), *n.inputs, **n.attr_dict)
         assert value.shape == n.out.shape and value.dtype is n.out.dtype, n
         replace[n.out] = value
     return _substitute(g, replace)

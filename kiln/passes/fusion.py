@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Deferred, Graph, Node, Value, kernel_name
+from kiln.ir.printer import scope_summary
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
 from kiln.passes.layout import transpose_matmul_outputs
@@ -70,7 +71,9 @@ class FusedKernel:
         for n in self.nodes:
             counts[n.op] = counts.get(n.op, 0) + 1
         ops = " ".join(op if k == 1 else f"{op}*{k}" for op, k in counts.items())
-        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]"
+        where = scope_summary(self.nodes)
+        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]" + (
+            f"  from {where}" if where else "")
 
 
 @dataclass(eq=False)
@@ -98,7 +101,7 @@ class ExternStep:
         inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in self.inputs}
         ins = tuple(inner[v] if isinstance(v, Value) else v for v in self.node.inputs)
         g.outputs = [g.add_node(self.node.op, ins, self.node.attr_dict, self.node.out.shape,
-                                self.node.out.dtype, self.node.loc)]
+                                self.node.out.dtype, self.node.loc, self.node.scope)]
         return g
 
     def __str__(self) -> str:
@@ -435,7 +438,7 @@ def gathers_as_externs(kernel: FusedKernel) -> list:
         else:
             n = st.node
             steps.append(ExternStep(Node(n.op, tuple(out(v) for v in n.inputs), n.attrs,
-                                         out(n.out), n.loc)))
+                                         out(n.out), n.loc, n.scope)))
     return steps
 
 
@@ -471,7 +474,8 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
                 inputs.append(v)
     for n in ordered:
         ins = tuple(inner[v] if isinstance(v, Value) else v for v in n.inputs)
-        inner[n.out] = sub.add_node(n.op, ins, n.attr_dict, n.out.shape, n.out.dtype, n.loc)
+        inner[n.out] = sub.add_node(n.op, ins, n.attr_dict, n.out.shape, n.out.dtype, n.loc,
+                                    n.scope)
     # each value keeps the program's number, so a kernel's listing and the comments in its
     # generated source say %5 where the program's listing does
     for outer, v in inner.items():

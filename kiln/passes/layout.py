@@ -55,7 +55,8 @@ def transpose_matmul_outputs(graph: Graph) -> Graph:
             a, b = rewrite[n].inputs
             bt = _transposed(g, b, n, kept_producers)
             at = _transposed(g, a, n, kept_producers)
-            n = Node("matmul", (bt, at), (), n.out, rewrite[n].loc)
+            n = Node("matmul", (bt, at), (), n.out, rewrite[n].loc,
+                     rewrite[n].scope)
         g.nodes.append(n)
         kept_producers[n.out] = n
     return dce(g)           # the transposes the matmuls used to read may be dead now
@@ -69,7 +70,7 @@ def _transposed(g: Graph, v: Value, near: Node, producers: dict) -> Value:
         return p.inputs[0]
     shape = v.shape[:-2] + (v.shape[-1], v.shape[-2])
     out = g.new_value(shape, v.dtype)
-    g.nodes.append(Node("permute", (v,), near.attrs, out, near.loc))
+    g.nodes.append(Node("permute", (v,), near.attrs, out, near.loc, near.scope))
     return out
 
 

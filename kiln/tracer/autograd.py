@@ -8,6 +8,7 @@ recorded (higher-order gradients), and under a trace they become the backward gr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 
@@ -17,7 +18,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, SAVED, P, Primitive
 from kiln.runtime.device import CPU, is_writeable, to_device
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
@@ -486,17 +487,19 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if id(node) in wanted:
                 captured[id(node)] = g
             _check_versions(node)
-            grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
-            for edge, ga, a in zip(node.edges, grads, node.inputs):
-                if ga is None or edge is None:
-                    continue
-                if isinstance(a, Tensor) and ga.device is not a.device:
-                    ga = _moved_home(ga, a.device)      # a 0-d CPU input of a cuda op
-                if isinstance(edge, Tensor):
-                    _accumulate(leaf_grads, id(edge), edge, ga)
-                else:
-                    key = id(edge)
-                    pending[key] = ga if key not in pending else pending[key] + ga
+            # under a trace, the rule's nodes are `grad of %7 mul`, at %7's line
+            with _grad_scope(node) if TRACING[0] else _NO_SCOPE:
+                grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
+                for edge, ga, a in zip(node.edges, grads, node.inputs):
+                    if ga is None or edge is None:
+                        continue
+                    if isinstance(a, Tensor) and ga.device is not a.device:
+                        ga = _moved_home(ga, a.device)      # a 0-d CPU input of a cuda op
+                    if isinstance(edge, Tensor):
+                        _accumulate(leaf_grads, id(edge), edge, ga)
+                    else:
+                        key = id(edge)
+                        pending[key] = ga if key not in pending else pending[key] + ga
             if early:
                 for edge in node.edges:
                     if isinstance(edge, Tensor) and id(edge) in early:
@@ -535,6 +538,22 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     return None
 
 
+
+
+def _grad_scope(node: Node):
+    """The provenance scope of `node`'s gradient rule while a trace records it: `grad of %7
+    mul`, located at the line that traced %7 (not at the `backward()` call); else nothing."""
+    tracer = STATE.tracer
+    v = node.out_trace
+    if tracer is None or v is None:
+        return _NO_SCOPE
+    loc = tracer.loc_of.get(id(v))
+    if loc is None:                 # a node from before this trace (or its segment)
+        return _NO_SCOPE
+    return tracer.scope(f"grad of {v.ref} {node.prim.name}", loc)
+
+
+_NO_SCOPE = contextlib.nullcontext()
 
 
 def _seed(out: Tensor, g) -> Tensor:

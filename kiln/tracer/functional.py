@@ -17,6 +17,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, ShapeError, broadcast_shapes, normalize_axis
 from kiln.tracer import creation
 from kiln.tracer.errors import op_error
+from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
 
 _NUMBER = (int, float, bool)
@@ -364,18 +365,22 @@ def clamp_max(input, max):
     return clamp(input, max=max)
 
 
+@composite
 def lerp(input, end, weight):
     return input + weight * (end - input)
 
 
+@composite
 def addcmul(input, tensor1, tensor2, *, value=1):
     return input + value * tensor1 * tensor2 if value != 1 else input + tensor1 * tensor2
 
 
+@composite
 def addcdiv(input, tensor1, tensor2, *, value=1):
     return input + value * (tensor1 / tensor2) if value != 1 else input + tensor1 / tensor2
 
 
+@composite
 def hypot(input, other):
     return sqrt(input * input + other * other)
 
@@ -495,6 +500,7 @@ def isfinite(input):
     return P.lt(P.abs(input), math.inf)
 
 
+@composite
 def nan_to_num(input, nan=0.0, posinf=None, neginf=None):
     if not input.dtype.is_floating_point:
         return input.clone()
@@ -510,6 +516,7 @@ def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False) -> bool:
     return bool(isclose(input, other, rtol, atol, equal_nan).all())
 
 
+@composite
 def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
     a, b = _promoted(input, other)
     close = le(abs(a - b), atol + rtol * abs(b))
@@ -529,10 +536,12 @@ def relu(input):
     return P.relu(input)
 
 
+@composite
 def relu6(input):
     return hardtanh(input, 0.0, 6.0)
 
 
+@composite
 def hardtanh(input, min_val=-1.0, max_val=1.0):
     # not clamp: PyTorch passes hardtanh's gradient strictly inside (min, max) and clamp's
     # on the closed interval; NaN falls through both comparisons and propagates
@@ -540,14 +549,17 @@ def hardtanh(input, min_val=-1.0, max_val=1.0):
                    P.where(P.ge(input, max_val), max_val, input))
 
 
+@composite
 def leaky_relu(input, negative_slope=0.01):
     return P.where(P.gt(input, 0), input, input * negative_slope)
 
 
+@composite
 def elu(input, alpha=1.0):
     return P.where(P.gt(input, 0), input, P.expm1(input) * alpha)
 
 
+@composite
 def selu(input):
     alpha, scale = 1.6732632423543772, 1.0507009873554805
     return elu(input, alpha) * scale
@@ -566,6 +578,7 @@ def _times_gate(x, gate):
     return P.where(P.gt(x, _GATE_FLOOR), x, _GATE_FLOOR) * gate
 
 
+@composite
 def gelu(input, approximate="none"):
     x = _floating(input)
     if approximate == "tanh":
@@ -577,36 +590,44 @@ def gelu(input, approximate="none"):
     return _times_gate(x, (P.erf(x * (1 / math.sqrt(2))) + 1) * 0.5)
 
 
+@composite
 def silu(input):
     return _times_gate(input, P.sigmoid(input))
 
 
+@composite
 def mish(input):
     return _times_gate(input, tanh(softplus(input)))
 
 
+@composite
 def softplus(input, beta=1.0, threshold=20.0):
     scaled = input * beta if beta != 1 else input
     soft = P.log1p(P.exp(scaled)) / beta if beta != 1 else P.log1p(P.exp(scaled))
     return P.where(P.gt(scaled, threshold), input, soft)
 
 
+@composite
 def logsigmoid(input):
     return -softplus(-input)
 
 
+@composite
 def hardsigmoid(input):
     return clamp(input / 6 + 0.5, 0.0, 1.0)
 
 
+@composite
 def hardswish(input):
     return _times_gate(input, hardsigmoid(input))
 
 
+@composite
 def softsign(input):
     return input / (P.abs(input) + 1)
 
 
+@composite
 def tanhshrink(input):
     return input - P.tanh(input)
 
@@ -670,6 +691,7 @@ def nansum(input, dim=None, keepdim=False, *, dtype=None):
     return sum(where(isnan(input), 0.0, input), dim, keepdim, dtype=dtype)
 
 
+@composite
 def mean(input, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         input = input.to(dtype)
@@ -688,6 +710,7 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     return total / count if count else total * math.nan
 
 
+@composite
 def nanmean(input, dim=None, keepdim=False):
     if input.dtype is dt.float16:
         return _narrowed(nanmean(_widened(input), dim, keepdim), dt.float16)
@@ -771,6 +794,7 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
     return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
 
 
+@composite
 def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
@@ -784,6 +808,7 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
 
 
+@composite
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(input, Tensor) and input.dtype is dt.float16:
         return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
@@ -794,16 +819,19 @@ def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return P.where(zero, 0.0, sqrt(P.where(zero, 1.0, v)))
 
 
+@composite
 def var_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return (var(input, dim, unbiased, keepdim, correction=correction),
             mean(input, dim, keepdim))
 
 
+@composite
 def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return (std(input, dim, unbiased, keepdim, correction=correction),
             mean(input, dim, keepdim))
 
 
+@composite
 def logsumexp(input, dim=None, keepdim=False):
     x = _floating(input)
     if x.dtype is dt.float16:
@@ -846,6 +874,7 @@ def _norm_root(total, root):
     return P.where(zero, 0.0, root(P.where(zero, 1.0, total)))
 
 
+@composite
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
@@ -863,6 +892,7 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     return _norm_root(sum(pow(abs(x), p), dim, keepdim), lambda t: pow(t, 1.0 / p))
 
 
+@composite
 def dist(input, other, p=2):
     return norm(input - other, p)
 
@@ -879,6 +909,7 @@ def cumsum(input, dim, *, dtype=None):
     return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
 
 
+@composite
 def cumprod(input, dim):
     # exp(cumsum(log)) loses signs and zeros; a running product from cumsum over log|x| with a
     # sign and zero count keeps both, and every step stays a primitive.
@@ -1556,6 +1587,7 @@ def take_along_dim(input, indices, dim=None):
     return _gather(input, d, indices, "take_along_dim")
 
 
+@composite
 def one_hot(tensor, num_classes=-1):
     if tensor.dtype is not dt.int64:
         raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
@@ -1931,6 +1963,7 @@ def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
     return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
 
 
+@composite
 def einsum(equation, *operands):
     """Einstein summation for up to two operands, lowered to permute, reshape, mul and matmul."""
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -2005,6 +2038,7 @@ def _einsum_pair(terms, rhs, operands, sizes):
     return permute(out, tuple(order.index(c) for c in rhs)) if order != list(rhs) else out
 
 
+@composite
 def tensordot(a, b, dims=2):
     if isinstance(dims, int):
         dims_a, dims_b = list(range(a.ndim - dims, a.ndim)), list(range(dims))
@@ -2021,6 +2055,7 @@ def tensordot(a, b, dims=2):
 
 # ----------------------------------------------------------------------------- softmax family
 
+@composite
 def softmax(input, dim=None, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
@@ -2034,6 +2069,7 @@ def softmax(input, dim=None, dtype=None):
     return P.div(e, P.sum(e, axes=(d,), keepdim=True))
 
 
+@composite
 def log_softmax(input, dim=None, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
@@ -2045,6 +2081,7 @@ def log_softmax(input, dim=None, dtype=None):
     return shifted - P.log(P.sum(P.exp(shifted), axes=(d,), keepdim=True))
 
 
+@composite
 def softmin(input, dim=None, dtype=None):
     return softmax(-input, dim, dtype)
 

@@ -22,6 +22,7 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary, _floating, _norm_dim
+from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import Tensor
 
 _py_max, _py_min, _py_sum, _py_abs = builtins.max, builtins.min, builtins.sum, builtins.abs
@@ -51,24 +52,29 @@ def atan2(input, other):
     return _binary(P.atan2, a, b if isinstance(b, Tensor) else float(b), float_only=True)
 
 
+@composite
 def sinh(input):
     x = _f(input)
     return (P.expm1(x) - P.expm1(-x)) * 0.5
 
 
+@composite
 def cosh(input):
     x = _f(input)
     return (P.exp(x) + P.exp(-x)) * 0.5
 
 
+@composite
 def asinh(input):
     return P.asinh(_f(input))
 
 
+@composite
 def acosh(input):
     return P.acosh(_f(input))
 
 
+@composite
 def atanh(input):
     return P.atanh(_f(input))
 
@@ -180,6 +186,7 @@ def _promote_float(a, b):
     return F.expand(a, shape), F.expand(b, shape)
 
 
+@composite
 def logit(input, eps=None):
     x = _f(input)
     if eps is not None:
@@ -197,16 +204,19 @@ def _x_times(x, log_y):
     return x * F.where(F.logical_and(F.eq(x, 0), F.isinf(log_y)), 0.0, log_y)
 
 
+@composite
 def xlogy(input, other):
     x, y = _promote_float(input, other)
     return _x_times(x, F.log(y))
 
 
+@composite
 def xlog1py(input, other):
     x, y = _promote_float(input, other)
     return _x_times(x, F.log1p(y))
 
 
+@composite
 def entr(input):
     x = _f(input)
     outside = F.where(F.eq(x, 0), F.zeros_like(x), _full_like(x, -math.inf))
@@ -214,6 +224,7 @@ def entr(input):
                    F.where(F.isnan(x), x, outside))
 
 
+@composite
 def sinc(input):
     x = _f(input)
     px = x * math.pi
@@ -221,6 +232,7 @@ def sinc(input):
     return F.where(F.eq(x, 0), 1.0, F.sin(safe) / safe)
 
 
+@composite
 def logaddexp(input, other):
     a, b = _promote_float(input, other)
     m = F.maximum(a, b)
@@ -228,6 +240,7 @@ def logaddexp(input, other):
     return finite + F.log(F.exp(a - finite) + F.exp(b - finite))
 
 
+@composite
 def logaddexp2(input, other):
     a, b = _promote_float(input, other)
     return logaddexp(a * math.log(2), b * math.log(2)) / math.log(2)
@@ -552,6 +565,7 @@ def cummin(input, dim):
     return _cum_extreme(input, dim, False)
 
 
+@composite
 def logcumsumexp(input, dim):
     x = _f(input)
     d = _norm_dim(dim, x.ndim) if x.ndim else 0

@@ -1,8 +1,15 @@
 """Joint forward+backward tracing: one graph computing a function's outputs and their gradients.
 
-`trace_joint` traces `fn`, adds one tangent input per differentiable output, and traces the
-backward pass (the primitives' gradient rules) into the same graph. The partitioner
-(`kiln.passes.partition`) then splits it into a forward and a backward program.
+`trace_backward` is the one implementation: after a function has been traced, it adds one
+tangent input per differentiable output and traces the backward pass (the primitives' gradient
+rules, as `autograd.grad` would run them) into the same graph. `@kiln.compile` calls it on its
+trace; `trace_joint` traces a function and its backward for tests and tools. The partitioner
+(`kiln.passes.partition`) then splits the joint graph into a forward and a backward program.
+
+Which tensors get a gradient follows PyTorch: floating-point outputs that require grad (and whose
+graph was not spent by a `backward()` inside the function), with respect to floating-point
+inputs that require grad. A non-float tensor never has a gradient, even where kiln's eager
+autograd lets one require grad (`x.long()` of an `x` that does).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import numpy as np
 from kiln.ir.graph import Graph
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.autograd import run_backward
+from kiln.tracer.creation import zeros
+from kiln.tracer.tensor import Tensor
 from kiln.tracer.trace import Binding, Tracer, flatten
 
 
@@ -39,61 +48,78 @@ class JointInfo:
         return list(range(self.num_primals, self.num_primals + self.num_tangents))
 
 
+@dataclass
+class Joint:
+    """What `trace_backward` added to a trace: its bookkeeping, and the gradient tensors (one
+    per `info.grad_inputs` entry), to be appended to the graph's outputs."""
+
+    info: JointInfo
+    grads: list
+
+
+def trace_backward(tracer: Tracer, outputs: list, consumed=(), tangents: list | None = None
+                   ) -> Joint:
+    """Trace the gradients of `outputs` into `tracer`'s graph, as autograd.grad computes them:
+    nothing accumulates into `.grad`, and the eager graph is kept for the user's backward.
+
+    Args:
+        tracer: the trace of the function that computed `outputs` (not active now).
+        outputs: the function's output tensors, flattened.
+        consumed: indices of outputs whose graph a backward inside the function already spent:
+            they get no tangent.
+        tangents: arrays seeding the backward, one per differentiable output; ones by default.
+    """
+    graph = tracer.graph
+    diff = [i for i, o in enumerate(outputs)
+            if o.requires_grad and o.dtype.is_floating_point and i not in consumed]
+    with tracer:
+        num_primals = len(graph.inputs)
+        seeds = []
+        for k, i in enumerate(diff):
+            o = outputs[i]
+            xp = o.device.xp
+            data = xp.ones(tuple(o.shape), o.dtype.np) if tangents is None else \
+                to_device(np.asarray(tangents[k], dtype=o.dtype.np), o.device)
+            t = Tensor._make(data, o.dtype, o.device)
+            tracer._input(t, f"tangent{k}", Binding("arg", path=None))
+            seeds.append(t)
+        grad_inputs, wrt = [], []
+        for tensor, v in list(tracer.input_of.values()):
+            idx = graph.inputs.index(v)
+            if idx < num_primals and tensor.requires_grad and tensor.dtype.is_floating_point \
+                    and graph.input_kinds[idx] != "seed":
+                grad_inputs.append(idx)
+                wrt.append(tensor)
+        grads = run_backward([outputs[i] for i in diff], seeds, retain_graph=True,
+                             inputs=wrt) if diff else [None] * len(wrt)
+        # an input's gradient has its dtype, as eager autograd stores it in `.grad`
+        grads = [zeros(*w.shape, dtype=w.dtype, device=w.device) if g is None else
+                 g if g.dtype is w.dtype else g.to(w.dtype) for g, w in zip(grads, wrt)]
+    return Joint(JointInfo(num_primals, len(diff), len(outputs), grad_inputs, diff), grads)
+
+
 def trace_joint(fn, *args, tangents: list | None = None, name: str | None = None,
                 ) -> tuple[Graph, JointInfo]:
-    """Trace `fn(*args)` and its backward into one graph.
+    """Trace `fn(*args)` and its backward (`trace_backward`) into one graph.
 
     Args:
         fn: a function of tensors returning a tensor or a nest of tensors.
         tangents: arrays seeding the backward, one per differentiable (floating, requiring
             grad) output; ones by default.
-    """
-    from kiln.tracer.tensor import Tensor
 
+    Returns the joint graph and its JointInfo, with the primal and tangent values of the trace
+    and the gradients the eager run computed.
+    """
     tracer = Tracer(name or getattr(fn, "__name__", "joint"), on_break="raise", snapshot=True)
     leaves, _ = flatten(args)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, f"arg{i}", i)
     with tracer:
-        result = fn(*args)
-        outs, _ = flatten(result)
-        diff = [i for i, o in enumerate(outs) if o.requires_grad and o.dtype.is_floating_point]
-        graph = tracer.graph
-        num_primals = len(graph.inputs)
-        seeds = []
-        for k, i in enumerate(diff):
-            o = outs[i]
-            data = (np.ones(o.shape, o.dtype.np) if tangents is None
-                    else np.asarray(tangents[k], dtype=o.dtype.np))
-            t = Tensor._make(to_device(data, o.device), o.dtype, o.device)
-            tracer._input(t, f"tangent{k}", Binding("arg", path=len(leaves) + k))
-            seeds.append(t)
-        grad_inputs = []
-        wrt = []
-        for idx, v in enumerate(graph.inputs[:num_primals]):
-            tensor = _tensor_of(tracer, v)
-            if tensor is not None and tensor.requires_grad and tensor.dtype.is_floating_point \
-                    and graph.input_kinds[idx] != "seed":
-                grad_inputs.append(idx)
-                wrt.append(tensor)
-        grads = run_backward([outs[i] for i in diff], seeds, inputs=wrt) if diff else \
-            [None] * len(wrt)
-        from kiln.tracer import creation
-        grads = [g if g is not None else creation.zeros(*w.shape, dtype=w.dtype, device=w.device)
-                 for g, w in zip(grads, wrt)]
-    for t, g in zip(wrt, grads):
-        if g.dtype is not t.dtype:
-            raise TypeError(f"gradient of {list(t.shape)} input has dtype {g.dtype.name}")
-    (program,) = tracer.finish(list(outs) + list(grads))
-    info = JointInfo(num_primals, len(diff), len(outs), grad_inputs, diff,
-                     snapshots=program.snapshots[:num_primals],
-                     tangent_values=program.snapshots[num_primals:],
-                     eager_grads=[to_device(g._data, CPU).copy() for g in grads])
+        outs, _ = flatten(fn(*args))
+    joint = trace_backward(tracer, outs, tangents=tangents)
+    (program,) = tracer.finish(list(outs) + joint.grads)
+    info = joint.info
+    info.snapshots = program.snapshots[:info.num_primals]
+    info.tangent_values = program.snapshots[info.num_primals:]
+    info.eager_grads = [to_device(g._data, CPU).copy() for g in joint.grads]
     return program.graph, info
-
-
-def _tensor_of(tracer: Tracer, v):
-    for tensor, value in tracer.input_of.values():
-        if value is v:
-            return tensor
-    return None

@@ -93,6 +93,10 @@ class Tracer:
         self.snapshot = snapshot      # keep a copy of every input's value (tests, debugging)
         self.breaks: list[GraphBreak] = []
         self.programs: list[TracedProgram] = []
+        # the provenance stack (`kiln.tracer.provenance`): every node records the scopes open
+        # when it is traced; `scope_loc` (a backward node's forward line) replaces the caller's
+        self.scopes: tuple = ()
+        self.scope_loc: str | None = None
         self._start_segment()
 
     # ------------------------------------------------------------------ lifecycle
@@ -101,6 +105,7 @@ class Tracer:
         self.graph = Graph(self.name + suffix)
         self.bindings: list[Binding] = []
         self.known: set[int] = set()          # ids of Values of the current graph
+        self.loc_of: dict[int, str] = {}      # id(Value of a node) -> its source line
         self.input_of: dict[int, tuple] = {}  # id(tensor) -> (tensor, input Value)
         self.alias_of: dict[int, Tensor] = {}
         self.grads_before: dict[int, object] = {}
@@ -119,6 +124,19 @@ class Tracer:
     def __exit__(self, *exc) -> bool:
         set_tracer(None)
         return False
+
+    @contextmanager
+    def scope(self, name: str, loc: str | None = None):
+        """Nodes traced inside are in provenance scope `name` (nested in the open ones); with
+        `loc`, they point at that source line rather than at the line running them."""
+        saved = self.scopes, self.scope_loc
+        self.scopes = self.scopes + (name,)
+        if loc is not None:
+            self.scope_loc = loc
+        try:
+            yield
+        finally:
+            self.scopes, self.scope_loc = saved
 
     # ------------------------------------------------------------------ inputs
     def add_arg(self, tensor: Tensor, name: str, path: int) -> None:
@@ -195,8 +213,9 @@ class Tracer:
                 # the same after a JSON round trip and prints the same in generated code
                 attrs = {**attrs, k: tuple(a)}
         v = self.graph.add_node(prim.name, tuple(inputs), attrs, result._data.shape,
-                                result.dtype, user_location())
+                                result.dtype, self.scope_loc or user_location(), self.scopes)
         self.known.add(id(v))
+        self.loc_of[id(v)] = self.graph.nodes[-1].loc
         result._trace = v
         if result.grad_fn is not None:
             result.grad_fn.out_trace = v

@@ -161,7 +161,9 @@ def test_source_is_readable():
     src = ck.source
     assert ck.name == "fused_max_sub_exp_sum_div"
     assert f"void {ck.name}(const float *restrict x_ptr, float *restrict out0_ptr)" in src
-    assert "// %2 = sub(%x, %1)" in src and "// %3 = exp(%2)" in src
+    # the IR nodes, under a header naming the composite they come from (issue 15)
+    assert "// softmax @ cases.py:" in src
+    assert "//   %2 = sub(%x, %1)" in src and "//   %3 = exp(%2)" in src
     assert "cases.py:" in src                     # the user's source line
     assert "/* pass 1: reduce" in src and "/* pass 3: write */" in src
     assert "#pragma omp simd reduction(+:acc_" in src

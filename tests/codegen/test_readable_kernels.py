@@ -68,7 +68,7 @@ def test_c_kernels_name_and_comment_as_the_program_does():
         # a kernel split around a gather, k1a and k1b, are named after their own nodes)
         if step.number in names:
             assert step.name == f"{step.number}_{names[step.number]}"
-        comments = re.findall(r"// (%\w+) = (.*)    \(", step.source)
+        comments = re.findall(r"//\s+(%\w+) = (.*)    \(", step.source)   # under headers
         assert comments
         for ref, call in comments:       # the program's own numbers and spelling
             assert listing[ref] == call

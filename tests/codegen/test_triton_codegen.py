@@ -53,7 +53,9 @@ def test_source_is_readable():
     src = tk.source
     assert tk.name == "fused_max_sub_exp_sum_div"
     assert f"def {tk.name}(" in src
-    assert "# %2 = sub(%x, %1)" in src and "# %3 = exp(%2)" in src
+    # the IR nodes, under a header naming the composite they come from (issue 15)
+    assert "# softmax @ cases.py:" in src
+    assert "#   %2 = sub(%x, %1)" in src and "#   %3 = exp(%2)" in src
     assert "cases.py:" in src                      # the user's source line
     assert "libdevice" not in src
 
