@@ -134,7 +134,7 @@ class Tracer:
         return False
 
     @contextmanager
-    def scope(self, name, loc: str | None = None):
+    def scope(self, name: str | tuple, loc: str | None = None):
         """Nodes traced inside are in provenance scope `name` (a str, or a tuple of nested
         ones), within the open ones; with `loc`, they point at that source line rather than at
         the line running them."""
