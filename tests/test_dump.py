@@ -33,9 +33,12 @@ def _check_provenance(text: str):
     traced = text.split("== traced graph ==")[1].split("== inputs ==")[0]
     assert "  # gelu @ compiled_step.py:15\n    %" in traced
     assert "  # log_softmax @ compiled_step.py:16\n    %" in traced
-    grads = re.findall(r"^  # grad of %(\d+) (\w+) @ compiled_step\.py:(\d+)$", traced, re.M)
+    grads = re.findall(r"^ +# grad of %(\d+) (\w+) @ compiled_step\.py:(\d+)$", traced, re.M)
     assert {op for _, op, _ in grads} >= {"neg", "div", "sum", "exp", "log", "matmul", "tanh"}
     assert all(line in ("15", "16", "17") for _, _, line in grads)  # not loss.backward()'s 18
+    # the gradients of a composite's nodes are grouped under the composite's gradient
+    assert re.search(r"^  # grad of gelu @ compiled_step\.py:15\n    # grad of %\d+ mul @ "
+                     r"compiled_step\.py:15\n      %", traced, re.M)
     groups = text.split("== fusion groups ==")[1].split("\n\n")[0]
     assert re.search(r"^  k\d+ fused_\w+\(.*\) -> \(.*\)    \[\d+ nodes: .*\]  from gelu", groups,
                      re.M)

@@ -4,7 +4,8 @@ provenance group headers.
 Every listing (a graph's `str`, the dump, kernel comments) spells a node through `format_call`,
 so a node reads the same everywhere. A node's `scope` is the tracer's provenance stack when it
 was recorded: the composites it came from (`("cross_entropy", "log_softmax")`), or, for a node
-of the backward, `("grad of %7 mul",)`. A listing prints a header where the scope changes, in
+of the backward, the forward node whose gradient it computes, within its composites' gradients
+(`("grad of gelu", "grad of %7 mul")`). A listing prints a header where the scope changes, in
 the style of Thunder's traces, and indents the group's nodes under it:
 
 ```

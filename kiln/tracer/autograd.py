@@ -542,15 +542,17 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
 def _grad_scope(node: Node):
     """The provenance scope of `node`'s gradient rule while a trace records it: `grad of %7
-    mul`, located at the line that traced %7 (not at the `backward()` call); else nothing."""
+    mul`, inside `grad of gelu` when %7 was traced inside gelu, located at the line that traced
+    %7 (not at the `backward()` call); else nothing."""
     tracer = STATE.tracer
     v = node.out_trace
     if tracer is None or v is None:
         return _NO_SCOPE
-    loc = tracer.loc_of.get(id(v))
-    if loc is None:                 # a node from before this trace (or its segment)
+    forward = tracer.node_of.get(id(v))
+    if forward is None:             # a node from before this trace (or its segment)
         return _NO_SCOPE
-    return tracer.scope(f"grad of {v.ref} {node.prim.name}", loc)
+    return tracer.scope(tuple(f"grad of {s}" for s in forward.scope) +
+                        (f"grad of {v.ref} {node.prim.name}",), forward.loc)
 
 
 _NO_SCOPE = contextlib.nullcontext()

@@ -4,8 +4,8 @@ A composite tensor function (`gelu`, `layer_norm`, `cross_entropy`: several prim
 marked `@composite`; while a trace is active, the nodes it records carry its name in their
 `scope` (nested composites give nested scopes), and listings print them under a header
 `# gelu @ model.py:12`. The backward engine opens `grad of %7 mul` around each gradient rule it
-traces, located at the forward node's line (`kiln.tracer.autograd`). Outside a trace a
-composite costs one check.
+traces (inside `grad of gelu` when %7 came from gelu), located at the forward node's line
+(`kiln.tracer.autograd`). Outside a trace a composite costs one check (about 0.1 us).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ class Tracer:
         self.graph = Graph(self.name + suffix)
         self.bindings: list[Binding] = []
         self.known: set[int] = set()          # ids of Values of the current graph
-        self.loc_of: dict[int, str] = {}      # id(Value of a node) -> its source line
+        self.node_of: dict[int, object] = {}  # id(Value of a node) -> its Node
         self.input_of: dict[int, tuple] = {}  # id(tensor) -> (tensor, input Value)
         self.alias_of: dict[int, Tensor] = {}
         self.grads_before: dict[int, object] = {}
@@ -126,11 +126,12 @@ class Tracer:
         return False
 
     @contextmanager
-    def scope(self, name: str, loc: str | None = None):
-        """Nodes traced inside are in provenance scope `name` (nested in the open ones); with
-        `loc`, they point at that source line rather than at the line running them."""
+    def scope(self, name: str | tuple, loc: str | None = None):
+        """Nodes traced inside are in provenance scope `name` (a str, or a tuple of nested
+        ones), within the open ones; with `loc`, they point at that source line rather than at
+        the line running them."""
         saved = self.scopes, self.scope_loc
-        self.scopes = self.scopes + (name,)
+        self.scopes = self.scopes + ((name,) if isinstance(name, str) else tuple(name))
         if loc is not None:
             self.scope_loc = loc
         try:
@@ -215,7 +216,7 @@ class Tracer:
         v = self.graph.add_node(prim.name, tuple(inputs), attrs, result._data.shape,
                                 result.dtype, self.scope_loc or user_location(), self.scopes)
         self.known.add(id(v))
-        self.loc_of[id(v)] = self.graph.nodes[-1].loc
+        self.node_of[id(v)] = self.graph.nodes[-1]
         result._trace = v
         if result.grad_fn is not None:
             result.grad_fn.out_trace = v

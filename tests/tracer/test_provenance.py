@@ -135,6 +135,10 @@ def test_passes_fusion_and_the_json_round_trip_keep_the_scopes():
                 inner = [n.scope for n in step.subgraph.nodes]
                 assert ("gelu",) in inner or any(s and s[0].startswith("grad of") for s in inner)
     assert kept > 5
+    # the gradients of gelu's nodes are grouped under `grad of gelu`
+    tanh = next(n for n in joint.nodes if n.op == "tanh")
+    assert tanh.scope == ("gelu",)
+    assert any(n.scope == ("grad of gelu", f"grad of {tanh.out.ref} tanh") for n in joint.nodes)
     again = Graph.from_json(joint.to_json())
     assert [n.scope for n in again.nodes] == [n.scope for n in joint.nodes]
     assert str(again) == str(joint)
