@@ -169,13 +169,15 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
         return ArtifactPart(label, "numpy", graph, tuple(part.stats), None, (step,), None,
                             pipeline=pipeline)
     steps = []
+    into = {spec[0] for spec in part.lowered.into.values()}
     for s in executor.launch_plan():
         kind, lowered = s["kind"], s["lowered"]
         buffers = []
-        for b, over in zip(s["buffers"], lowered.in_place or (None,) * len(s["outputs"])):
+        for b, o, over in zip(s["buffers"], lowered.outs,
+                              lowered.in_place or (None,) * len(s["outputs"])):
             if b is not None:
-                buffers.append(f"buffer {b} of the memory plan, kept from call to call "
-                               "(unless computed into the caller's array)")
+                buffers.append(f"buffer {b} of the memory plan" + (
+                    ", or the caller's array (run(into=))" if o in into else ""))
             elif over is not None and kind == "c":
                 buffers.append("its source's memory (in place), else allocated per call")
             else:

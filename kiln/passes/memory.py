@@ -63,8 +63,10 @@ def plan_buffers(program) -> MemoryPlan:
     into its `buffer_of` buffer; `free[i]` are the slots it drops after step i. The only
     liveness planner the executors use.
 
-    An output of a step that may return a view of its input (`may_alias`: views, the array
-    executor) keeps that input's buffer alive as long as it is read.
+    An output of a step that may return a view of its input (views, the array executor) keeps
+    that input's buffer alive as long as it is read. A value that leaves the program (an output,
+    a write-back) gets a buffer of its own: the caller may still hold it on the next call, and
+    a buffer something else holds is replaced by fresh memory, not written over.
     """
     steps = [(s.ins, s.outs) for s in program.steps]
     external = set(program.input_slots) | set(program.constant_slots)
@@ -73,14 +75,16 @@ def plan_buffers(program) -> MemoryPlan:
     aliases = [s.kind in ("view", "array") for s in program.steps]
     shapes, dtypes = program.shapes, program.dtypes
     return _plan(steps, external, escapes,
-                 lambda x: math.prod(shapes[x]) * dtypes[x].itemsize, planned, aliases)
+                 lambda x: math.prod(shapes[x]) * dtypes[x].itemsize, planned, aliases,
+                 own_escapes=True)
 
 
 def _plan(steps: list, external: set, escapes: set, nbytes, planned=None,
-          aliases=None) -> MemoryPlan:
+          aliases=None, own_escapes: bool = False) -> MemoryPlan:
     """Lifetimes of the values `steps` ([(inputs, outputs)]) compute, the values dropped after
     each step, and buffers (best fit) for the `planned` ones (all when None). `aliases[i]`: step
-    i's outputs may share memory with its inputs."""
+    i's outputs may share memory with its inputs; `own_escapes`: a value that leaves the program
+    shares its buffer with no other."""
     end = len(steps)
     life: dict = {}
     root: dict = {}             # value -> the computed values whose memory it may share
@@ -119,7 +123,10 @@ def _plan(steps: list, external: set, escapes: set, nbytes, planned=None,
                 continue
             need = nbytes(v)
             fits = [b for b in free if plan.buffer_bytes[b] >= need]
-            if fits:
+            if own_escapes and v in escapes:
+                b = len(plan.buffer_bytes)
+                plan.buffer_bytes.append(need)
+            elif fits:
                 b = min(fits, key=lambda b: plan.buffer_bytes[b])
             elif free:
                 b = max(free, key=lambda b: plan.buffer_bytes[b])
