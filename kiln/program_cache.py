@@ -44,6 +44,8 @@ from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
 
 FORMAT = 5          # bump when the layout of an entry changes
+# False: every compile runs the pipeline (`kiln dump --passes`, which prints each step's result)
+READ = True
 
 
 # ----------------------------------------------------------------------------- keys
@@ -124,7 +126,7 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
     What a warm process does not need (the programs' nodes and schedule steps) is decoded when
     first read, from the checked payload.
     """
-    payload = _store().get("programs", key)
+    payload = _store().get("programs", key) if READ else None
     if payload is None:
         return None
     head, newline, rest = payload.partition(b"\n")

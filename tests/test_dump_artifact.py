@@ -138,12 +138,21 @@ def _check_memory_plan(part, executor, inputs) -> None:
         return
     (head, *lines) = part.memory.splitlines()
     printed = {}
+    drops = {}
     for line in lines:
         m = re.match(r"  buffer (\d+): (\d+) bytes, holds (.*)$", line)
-        printed[int(m.group(1))] = (int(m.group(2)), re.findall(r"(%\w+) \(step", m.group(3)))
+        if m:
+            printed[int(m.group(1))] = (int(m.group(2)),
+                                        re.findall(r"(%\w+) \(step", m.group(3)))
+        else:
+            m = re.match(r"  after step (\d+): drop (.*)$", line)
+            drops[int(m.group(1))] = m.group(2).split(", ")
     assert head.startswith(f"memory plan: {len(printed)} kept buffers")
     assert sorted(printed) == list(range(len(executor._buffers)))
     program = executor.program
+    # the slots it drops after each step are the printed ones
+    assert drops == {i: [program.refs[x] for x in free]
+                     for i, free in enumerate(executor.free) if free}
     into = {program.refs[spec[0]] for spec in program.into.values()}
     for b, (nbytes, refs) in printed.items():
         buf = executor._buffers[b]

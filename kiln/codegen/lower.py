@@ -112,6 +112,8 @@ class LoweredProgram:
                  f"{sum(self.buffer_bytes)} bytes"]
         lines += [f"  buffer {b}: {n} bytes, holds {', '.join(holds.get(b, []))}"
                   for b, n in enumerate(self.buffer_bytes)]
+        lines += [f"  after step {i}: drop {', '.join(self.refs[x] for x in free)}"
+                  for i, free in enumerate(self.free) if free]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -119,7 +121,8 @@ class LoweredProgram:
         for i, s in enumerate(self.steps):
             args = f"({', '.join(self.refs[x] for x in s.ins)}) -> " \
                    f"{', '.join(self.refs[x] for x in s.outs)}"
-            what = " ".join(t for t in (s.number, s.kind, s.name) if t)
+            what = " ".join(t for t in (s.number, s.kind, s.name if s.name != s.kind else "")
+                            if t)
             why = f"    [{s.why}]" if s.why else ""
             lines.append(f"  step {i}: {what} {args}{why}")
         return "\n".join(lines)

@@ -94,12 +94,17 @@ class Schedule(Deferred):
         return out
 
     def __str__(self) -> str:
+        return self.listing()
+
+    def listing(self, numbers: list | None = None) -> str:
+        """The schedule, one step a line; kernels numbered k0, k1, ... or by `numbers` (per
+        step, as `kiln.passes.fusion.split_gathers` gives them)."""
         lines = [f"schedule {self.graph.name}: {len(self.graph.nodes)} nodes -> "
                  f"{len(self.kernels)} kernels + {len(self.externs)} extern calls"]
         k = 0
-        for step in self.steps:
+        for i, step in enumerate(self.steps):
             if isinstance(step, FusedKernel):
-                lines.append(f"  k{k} {step}")
+                lines.append(f"  {numbers[i] if numbers else f'k{k}'} {step}")
                 k += 1
             else:
                 lines.append(f"  {step}")

@@ -73,7 +73,22 @@ class CompiledPart:
 
     def steps_text(self) -> list[tuple[str, str]]:
         """(step name, what it made, printed) per pipeline step this part ran."""
-        return [(name, _snapshot_text(name, made)) for name, made in self.snapshots]
+        out, before = [], None
+        for name, made in self.snapshots:
+            out.append((name, "(unchanged: nothing to do)" if made is before else
+                        _snapshot_text(name, made)))
+            before = made
+        return out
+
+
+class _Listing:
+    """A schedule printed with its kernels' numbers (k1a, k1b: the parts of a split k1)."""
+
+    def __init__(self, schedule: Schedule, numbers: list):
+        self.schedule, self.numbers = schedule, numbers
+
+    def __str__(self) -> str:
+        return self.schedule.listing(self.numbers)
 
 
 def _snapshot_text(name: str, made) -> str:
@@ -129,7 +144,8 @@ def lower_part(part: CompiledPart, lower) -> CompiledPart:
     """The pipeline's last steps on a fused part: split the gathers, lower (`lower`: a
     `lower_schedule` bound to its target) and plan the lowered program's memory."""
     split, numbers = split_gathers(part.schedule)
-    part.snapshots.append(("split gathers", split))
+    part.snapshots.append(("split gathers", split if split is part.schedule else
+                           _Listing(split, numbers)))
     lowered = lower(split, numbers=numbers, in_place=in_place_updates(split),
                     reads=inputs_read(split))
     part.snapshots.append(("lower", lowered))

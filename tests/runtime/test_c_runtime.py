@@ -18,6 +18,7 @@ import pytest
 
 import kiln
 from kiln import compiler
+from kiln.compiler import lower_program
 from kiln.codegen.c import c_module, render_c
 from kiln.codegen.kernel import lower
 from kiln.ir import dtypes as dt
@@ -25,7 +26,6 @@ from kiln.ir.graph import Graph
 from kiln.passes.fusion import fuse
 from kiln.runtime import c_build
 from kiln.runtime.executor import ArrayExecutor
-from kiln.compiler import lower_program
 from kiln.runtime.schedule_executor import ScheduleExecutor
 from tests.codegen.cases import BY_NAME
 
