@@ -129,6 +129,8 @@ for _name in _torch_namespace.OUT_FUNCTIONS:
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 ByteTensor = HalfTensor = IntTensor = Tensor
 cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
+# one generator draws for every device; attached here so that runtime imports no tracer
+cuda.manual_seed = cuda.manual_seed_all = manual_seed
 
 
 def __getattr__(name: str):

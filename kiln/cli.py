@@ -23,8 +23,22 @@ def _demo() -> int:
     return 0
 
 
-def _dump(script: str, script_args: list, out: str, formats: tuple) -> int:
-    """Run a script; write a report for every `@kiln.compile` function it called."""
+def _dump(script: str, script_args: list, out: str, formats: tuple,
+          passes: bool = False) -> int:
+    """Run a script; write a report for every `@kiln.compile` function it called; with
+    `passes`, the report holds (and stdout shows) what each step of the pipeline made."""
+    from kiln import compiler, dump, program_cache
+    reading = program_cache.READ
+    if passes:          # each step must run in this process to be shown
+        program_cache.READ = False
+    try:
+        return _dump_script(script, script_args, out, formats, passes)
+    finally:
+        program_cache.READ = reading
+
+
+def _dump_script(script: str, script_args: list, out: str, formats: tuple,
+                 passes: bool) -> int:
     from kiln import compiler, dump
     captured: dict = {}
     compiled_of: dict = {}
@@ -49,7 +63,11 @@ def _dump(script: str, script_args: list, out: str, formats: tuple) -> int:
             continue
         written += dump.write_programs(out, name, programs, formats,
                                        notes=dump.compiled_notes(compiled_of[name]),
-                                       compiled=compiled_of[name])
+                                       compiled=compiled_of[name], passes=passes)
+        if passes:
+            for program in programs:
+                for title, body in dump.pipeline_sections(program, compiled_of[name]):
+                    print(f"== {name}: {title} ==\n{body}\n")
         for reason in dict.fromkeys(captured.get("__breaks__" + name, [])):
             print(f"kiln dump: {name} runs eagerly: {reason}")
     if not captured:
@@ -107,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     dump_p.add_argument("--out", default="kiln_dump", help="output folder (default kiln_dump)")
     dump_p.add_argument("--format", default="text,dot,svg,html",
                         help="comma-separated: text, dot, svg, html")
+    dump_p.add_argument("--passes", action="store_true",
+                        help="also print (and write) the graph each named pipeline step made: "
+                        "partition, decompose, cleanup, fuse, split gathers, lower, plan memory")
     export_p = sub.add_parser("export", help="build a saved exported program (kiln.export) into "
                               "a C library (a folder) or an ONNX file")
     export_p.add_argument("--target", choices=("c", "onnx"), default="c")
@@ -126,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         parser.error(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
-    return _dump(args.script, rest, args.out, formats)
+    return _dump(args.script, rest, args.out, formats, args.passes)

@@ -102,11 +102,27 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
     return notes
 
 
+def pipeline_sections(program, compiled=None) -> list[tuple[str, str]]:
+    """(title, text) per named step of the compiler's pipeline (`kiln.passes.pipeline.STEPS`)
+    and part: the graph, schedule or lowered program that step made, for the compiled entry of
+    `compiled` that traced `program` (compiled here for C when none did)."""
+    artifact = artifact_of(compiled, program)
+    if artifact is None:
+        if compiled is not None:
+            return [("pipeline", "this graph runs eagerly: no pipeline step ran for it")]
+        from kiln.compiler.artifact import compile_artifact
+        artifact = compile_artifact(program, "c")
+    sections = artifact.pipeline_sections()
+    return sections or [("pipeline", "the steps ran in another process (their results were "
+                         "read from the program cache): rerun with `kiln dump --passes`")]
+
+
 def write_programs(directory, name: str, programs: list, formats=FORMATS,
                    breaks: list | None = None, notes: list | None = None,
-                   compiled=None) -> list[Path]:
+                   compiled=None, passes: bool = False) -> list[Path]:
     """Write the report files for one function's programs; returns the paths written.
-    `compiled`: the CompiledFunction that traced them, whose artifacts are printed."""
+    `compiled`: the CompiledFunction that traced them, whose artifacts are printed; `passes`:
+    add what each pipeline step made (`pipeline_sections`)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -115,6 +131,8 @@ def write_programs(directory, name: str, programs: list, formats=FORMATS,
         artifact = artifact_of(compiled, program)
         sections = program_sections(program, artifact, eager=compiled is not None and
                                     artifact is None) + list(notes or [])
+        if passes:
+            sections += pipeline_sections(program, compiled)
         text = "\n\n".join(f"== {title} ==\n{body}" for title, body in sections)
         if breaks:
             text += "\n\n== graph breaks ==\n" + "\n".join(

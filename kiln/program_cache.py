@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.codegen.c import CKernel
+from kiln.codegen.lower import LoweredProgram, LoweredStep
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, from_json_value, to_json_value
 from kiln.ir.ops import PRIMITIVES
@@ -41,9 +42,10 @@ from kiln.passes.cleanup import PassStat
 from kiln.passes.fusion import ExternStep, FusedKernel, Schedule
 from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
-from kiln.runtime.schedule_executor import ExecutorLayout
 
-FORMAT = 5          # bump when the layout of an entry changes
+FORMAT = 6          # bump when the layout of an entry changes
+# False: every compile runs the pipeline (`kiln dump --passes`, which prints each step's result)
+READ = True
 
 
 # ----------------------------------------------------------------------------- keys
@@ -119,12 +121,12 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
     it cannot be trusted or decoded.
 
     `traced` is the graph just traced (the partition report points into it); the forward
-    program must take its first `num_primals` inputs (all of them when None). The layouts are
-    {"forward": ExecutorLayout or None, "backward": ...}, for `ScheduleExecutor(rendered=)`.
+    program must take its first `num_primals` inputs (all of them when None). The lowered
+    programs are {"forward": LoweredProgram or None, "backward": ...} (C kernels only).
     What a warm process does not need (the programs' nodes and schedule steps) is decoded when
     first read, from the checked payload.
     """
-    payload = _store().get("programs", key)
+    payload = _store().get("programs", key) if READ else None
     if payload is None:
         return None
     head, newline, rest = payload.partition(b"\n")
@@ -136,8 +138,11 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
             return None
         later = _Later(rest)
         program = _decode(doc, later, traced)
-        layouts = {part: None if found is None else _decode_layout(found)
-                   for part, found in doc["layouts"].items()}
+        layouts = {}
+        for name, found in doc["layouts"].items():
+            part = getattr(program, name)
+            layouts[name] = None if found is None or part is None or part.schedule is None \
+                else _decode_lowered(found, later, name, part.schedule.graph)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None             # decodes to nothing sensible: compile afresh, rewrite it
     expected = [(v.shape, v.dtype) for v in traced.inputs[:num_primals]]
@@ -151,26 +156,31 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
     return program, layouts
 
 
-def _fits(layout: ExecutorLayout, graph: Graph) -> bool:
-    """Whether `layout` can run `graph`: a slot per input, constant, output and write-back, and
-    every slot a step names in range."""
+def _fits(layout: LoweredProgram, graph: Graph) -> bool:
+    """Whether `layout` can run `graph`: a slot per input, constant, output and write-back, every
+    slot a step names in range, a free list per step and every buffer it names planned."""
     if (len(layout.input_slots), len(layout.constant_slots), len(layout.output_slots),
             len(layout.mutation_slots)) != (len(graph.inputs), len(graph.constants),
                                             len(graph.outputs), len(graph.mutations)):
         return False
-    n = layout.num_slots
-    return all(0 <= s < n for _, _, ins, outs, _ in layout.steps for s in (*ins, *outs))
+    n, nb = layout.num_slots, len(layout.buffer_bytes)
+    return len(layout.free) == len(layout.steps) and \
+        all(0 <= s < n for st in layout.steps for s in (*st.ins, *st.outs)) and \
+        all(b is None or 0 <= b < nb for st in layout.steps for b in st.buffers)
 
 
 def store(key: str, program: CompiledProgram, layouts: dict) -> None:
-    """Write `program` and its executors' layouts (`rendered`: an ExecutorLayout, or {} when
-    there is nothing to keep), as `load` returns them, under `key`; a program this module cannot
-    describe is not stored."""
+    """Write `program` and its lowered programs (`layouts`: part -> a LoweredProgram, or None
+    when there is nothing to keep), as `load` returns them, under `key`; a program this module
+    cannot describe is not stored."""
     try:
         head, rest = _encode(program)
-        head = {"format": FORMAT, "key": key, **head,
-                "layouts": {part: _encode_layout(found) if isinstance(found, ExecutorLayout)
-                            else None for part, found in layouts.items()}}
+        lowered = {}
+        for part, found in layouts.items():
+            lowered[part] = None
+            if isinstance(found, LoweredProgram):
+                lowered[part], rest[part]["lowered"] = _encode_lowered(found)
+        head = {"format": FORMAT, "key": key, **head, "layouts": lowered}
         # the head first, on one line: a warm process parses only that much
         payload = json.dumps(head).encode() + b"\n" + json.dumps(rest).encode()
     except (_Unsupported, KeyError, TypeError, ValueError):
@@ -191,9 +201,11 @@ class _Unsupported(Exception):
 _FIELDS = {Schedule: ("graph", "steps"), FusedKernel: ("name", "subgraph", "inputs", "outputs",
                                                       "nodes"), ExternStep: ("node",),
            CKernel: ("name", "source", "helpers", "arg_dtypes", "in_place"),
-           ExecutorLayout: ("kernels", "steps", "listing", "num_slots", "input_slots",
-                            "constant_slots", "free", "output_slots", "mutation_slots", "into",
-                            "num_spares")}
+           LoweredProgram: ("name", "target", "steps", "refs", "shapes", "dtypes", "input_slots",
+                            "constant_slots", "output_slots", "mutation_slots", "into",
+                            "module_source", "free", "buffer_bytes", "graph"),
+           LoweredStep: ("kind", "ins", "outs", "name", "number", "kernel", "graph", "view",
+                         "why", "in_dtypes", "in_place", "kept", "buffers")}
 
 
 def _values(graph: Graph) -> list:
@@ -272,66 +284,75 @@ def _decode_kernel(doc: list) -> CKernel:
                    tuple(tuple(pair) for pair in in_place))
 
 
-def _encode_layout(layout: ExecutorLayout) -> dict:
-    steps = []
-    for kind, what, ins, outs, extra in layout.steps:
-        if kind == "c":
-            in_dtypes, out_specs = extra
-            extra = [[d.str for d in in_dtypes],
-                     [[k, list(shape), d.str, s, None if over is None else
-                       [over[0], over[1], list(over[2])]]
-                      for k, shape, d, s, over in out_specs]]
-        elif kind == "matmul":
-            k, shape, d = extra
-            extra = [k, list(shape), d.str]
-        elif kind == "view":
-            op, attrs = what
-            what = [op, [[name, to_json_value(a)] for name, a in attrs]]
-        elif kind == "array":
-            what = what.to_doc()
-        else:
-            raise _Unsupported(f"an executor step of kind {kind!r}")
-        steps.append([kind, what, list(ins), list(outs), extra])
-    return {"kernels": {number: _encode_kernel(k) for number, k in layout.kernels.items()},
-            "steps": steps,
-            "listing": [k if isinstance(k, str) else list(k) for k in layout.listing],
-            "num_slots": layout.num_slots, "input_slots": layout.input_slots,
-            "constant_slots": layout.constant_slots, "free": [list(f) for f in layout.free],
-            "output_slots": layout.output_slots, "mutation_slots": layout.mutation_slots,
+def _encode_lowered(program: LoweredProgram) -> tuple:
+    """(head, rest) of a lowered C program: the C kernels' subgraphs' nodes (read only for the
+    kernel trials or a failed build) go in the rest."""
+    steps, nodes = [], []
+    for st in program.steps:
+        doc = {"kind": st.kind, "ins": list(st.ins), "outs": list(st.outs), "name": st.name,
+               "number": st.number, "why": st.why, "kept": list(st.kept),
+               "buffers": list(st.buffers)}
+        if st.kind == "c":
+            doc["kernel"] = _encode_kernel(st.kernel)
+            doc["in_dtypes"] = [d.str for d in st.in_dtypes]
+            doc["in_place"] = [None if over is None else [over[0], over[1], list(over[2])]
+                               for over in st.in_place]
+            doc["graph"], sub_nodes = _graph_halves(st.graph)
+            doc["nodes_at"] = len(nodes)
+            nodes.append(sub_nodes)
+        elif st.kind == "view":
+            op, attrs = st.view
+            doc["view"] = [op, [[name, to_json_value(a)] for name, a in attrs]]
+        elif st.kind == "array":
+            doc["graph"] = st.graph.to_doc()
+        elif st.kind != "matmul":
+            raise _Unsupported(f"a lowered step of kind {st.kind!r}")
+        steps.append(doc)
+    head = {"name": program.name, "target": program.target, "steps": steps,
+            "refs": list(program.refs), "shapes": [list(x) for x in program.shapes],
+            "dtypes": [d.str for d in program.dtypes],
+            "input_slots": list(program.input_slots),
+            "constant_slots": list(program.constant_slots),
+            "output_slots": list(program.output_slots),
+            "mutation_slots": list(program.mutation_slots),
             "into": [[i, s, list(shape), d.str, list(others)]
-                     for i, (s, shape, d, others) in layout.into.items()],
-            "num_spares": layout.num_spares}
+                     for i, (s, shape, d, others) in program.into.items()],
+            "module_source": program.module_source, "free": [list(f) for f in program.free],
+            "buffer_bytes": list(program.buffer_bytes)}
+    return head, nodes
 
 
-def _decode_layout(doc: dict) -> ExecutorLayout:
-    kernels = {number: _decode_kernel(k) for number, k in doc["kernels"].items()}
+def _decode_lowered(doc: dict, later: "_Later", part: str, graph: Graph) -> LoweredProgram:
     steps = []
-    for kind, what, ins, outs, extra in doc["steps"]:
+    for st in doc["steps"]:
+        kind, extra = st["kind"], {}
         if kind == "c":
-            in_dtypes, out_specs = extra
-            extra = (tuple(np.dtype(d) for d in in_dtypes),
-                     tuple((k, tuple(shape), np.dtype(d), s, None if over is None else
-                            (over[0], over[1], tuple(over[2])))
-                           for k, shape, d, s, over in out_specs))
-            kernels[what]                               # a kernel it has
-        elif kind == "matmul":
-            k, shape, d = extra
-            extra = (k, tuple(shape), np.dtype(d))
+            extra["kernel"] = _decode_kernel(st["kernel"])
+            extra["in_dtypes"] = tuple(np.dtype(d) for d in st["in_dtypes"])
+            extra["in_place"] = tuple(None if o is None else (o[0], o[1], tuple(o[2]))
+                                      for o in st["in_place"])
+            extra["graph"] = Graph.from_doc(st["graph"], nodes=functools.partial(
+                later.get, part, "lowered", st["nodes_at"]))
         elif kind == "view":
-            op, attrs = what
+            op, attrs = st["view"]
             PRIMITIVES[op]                              # an op this kiln has
-            what = (op, tuple((name, from_json_value(a)) for name, a in attrs))
+            extra["view"] = (op, tuple((name, from_json_value(a)) for name, a in attrs))
         elif kind == "array":
-            what = Graph.from_doc(what)
-        else:
-            raise ValueError(f"an executor step of kind {kind!r}")
-        steps.append((kind, what, ins, outs, extra))
-    return ExecutorLayout(
-        kernels, steps, [k if isinstance(k, str) else tuple(k) for k in doc["listing"]],
-        doc["num_slots"], doc["input_slots"], doc["constant_slots"],
-        [tuple(f) for f in doc["free"]], doc["output_slots"], doc["mutation_slots"],
+            extra["graph"] = Graph.from_doc(st["graph"])
+        elif kind != "matmul":
+            raise ValueError(f"a lowered step of kind {kind!r}")
+        steps.append(LoweredStep(kind, tuple(st["ins"]), tuple(st["outs"]), st["name"],
+                                 st["number"], why=st["why"], kept=tuple(st["kept"]),
+                                 buffers=tuple(st["buffers"]), **extra))
+    return LoweredProgram(
+        doc["name"], doc["target"], tuple(steps), tuple(doc["refs"]),
+        tuple(tuple(x) for x in doc["shapes"]), tuple(np.dtype(d) for d in doc["dtypes"]),
+        tuple(doc["input_slots"]), tuple(doc["constant_slots"]), tuple(doc["output_slots"]),
+        tuple(doc["mutation_slots"]),
         {i: (s, tuple(shape), np.dtype(d), tuple(others))
-         for i, s, shape, d, others in doc["into"]}, doc["num_spares"])
+         for i, s, shape, d, others in doc["into"]},
+        doc["module_source"], tuple(tuple(f) for f in doc["free"]),
+        tuple(doc["buffer_bytes"]), graph=graph)
 
 
 class _Later:

@@ -10,6 +10,7 @@ import pytest
 import kiln
 from kiln import dump
 from kiln.runtime import c_build, triton_launch
+from kiln.runtime.schedule_executor import ScheduleExecutor
 from kiln.tracer.trace import flatten
 from tests.test_compile_corpus import _compare
 from tests.tracer.test_trace_corpus import CASES
@@ -48,6 +49,13 @@ class Launches:
         monkeypatch.setattr(c_build, "start_build", start_build)
         monkeypatch.setattr(c_build, "kernel_function", kernel_function)
         monkeypatch.setattr(triton_launch, "launch", triton)
+        self.inputs = {}            # executor -> the inputs of its last run
+        run = ScheduleExecutor.run
+
+        def recorded(executor, inputs, *a, **k):
+            self.inputs[executor] = list(inputs)
+            return run(executor, inputs, *a, **k)
+        monkeypatch.setattr(ScheduleExecutor, "run", recorded)
 
 
 def _printed_kernels(body: str) -> tuple[str, list]:
@@ -118,21 +126,50 @@ def test_dump_prints_exactly_the_kernels_launched(backend, name, monkeypatch, tm
     assert record.launched == printed
     assert printed or all(s.kind == "view" for s in artifact.parts[0].steps)
 
-    # every buffer printed is one the executor writes: a kept array of the right shape
+    # every memory-plan buffer printed is one the executor allocates, of the printed size, and
+    # the outputs printed in a buffer are computed in its memory
     for part, executor in zip(artifact.parts, (entry.executor, entry.backward)):
-        values = {v.ref: v for v in part.graph.inputs}
-        values.update({n.out.ref: n.out for n in part.graph.nodes})
-        kept = {}
-        for s in part.steps:
-            for ref, buf in zip(s.outputs, s.buffers):
-                m = re.match(r"array (\d+), kept", buf)
-                if m:
-                    kept[int(m.group(1))] = values[ref]
-        spares = getattr(executor, "_spares", [])
-        assert sorted(kept) == list(range(len(spares)))
-        for k, v in kept.items():
-            if spares[k] is not None:
-                assert spares[k].shape == v.shape and spares[k].dtype == np.dtype(v.dtype.np)
+        _check_memory_plan(part, executor, record.inputs.get(executor))
+
+
+def _check_memory_plan(part, executor, inputs) -> None:
+    if part.target == "numpy":
+        assert not part.memory
+        return
+    (head, *lines) = part.memory.splitlines()
+    printed = {}
+    drops = {}
+    for line in lines:
+        m = re.match(r"  buffer (\d+): (\d+) bytes, holds (.*)$", line)
+        if m:
+            printed[int(m.group(1))] = (int(m.group(2)),
+                                        re.findall(r"(%\w+) \(step", m.group(3)))
+        else:
+            m = re.match(r"  after step (\d+): drop (.*)$", line)
+            drops[int(m.group(1))] = m.group(2).split(", ")
+    assert head.startswith(f"memory plan: {len(printed)} kept buffers")
+    assert sorted(printed) == list(range(len(executor._buffers)))
+    program = executor.program
+    # the slots it drops after each step are the printed ones
+    assert drops == {i: [program.refs[x] for x in free]
+                     for i, free in enumerate(executor.free) if free}
+    into = {program.refs[spec[0]] for spec in program.into.values()}
+    for b, (nbytes, refs) in printed.items():
+        buf = executor._buffers[b]
+        if buf is None:     # never needed: each value it holds went into the caller's array
+            assert set(refs) <= into, (b, refs)
+            continue
+        assert buf.dtype == np.uint8 and buf.nbytes == nbytes
+    in_buffers = {ref: int(m.group(1)) for s in part.steps for ref, text in
+                  zip(s.outputs, s.buffers) for m in [re.match(r"buffer (\d+) of", text)] if m}
+    assert in_buffers == {ref: b for b, (_, refs) in printed.items() for ref in refs}
+    # run once more and look at what the program returns: an output printed in a buffer (not
+    # written into a caller's array) is a view of that very buffer
+    got, _ = executor.run(inputs)
+    for out, slot in zip(got, program.output_slots):
+        b = in_buffers.get(program.refs[slot])
+        if b is not None:
+            assert out.base is executor._buffers[b]
 
 
 def test_dump_of_a_partitioned_entry_shows_both_parts_and_the_partition(tmp_path):

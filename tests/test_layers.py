@@ -195,23 +195,7 @@ def test_layer_rules(kiln_imports, layers):
 
 
 def test_runtime_imports_only_ir_and_codegen(kiln_imports):
-    imports = [i for i in kiln_imports[1] if layer_of(i.importer) == "runtime"
-               and not _lower_branch(i)]
-    found = layer_violations(imports)
-    assert not found, "layer rule broken:\n" + "\n".join(found)
-
-
-def _lower_branch(imp: Import) -> bool:
-    # runtime reaching passes (schedule_executor re-fusing gather kernels) or the tracer
-    # (cuda.py making tensors): the work of branch `lower`, checked on its own below
-    return layer_of(imp.target) in ("passes", "tracer")
-
-
-@pytest.mark.xfail(strict=True, reason="runtime imports passes/tracer: being fixed on branch "
-                                       "lower (lower_schedule in codegen)")
-def test_runtime_imports_neither_passes_nor_tracer(kiln_imports):
-    found = layer_violations([i for i in kiln_imports[1]
-                              if layer_of(i.importer) == "runtime" and _lower_branch(i)])
+    found = _violations_of(kiln_imports[1], ("runtime",))
     assert not found, "layer rule broken:\n" + "\n".join(found)
 
 

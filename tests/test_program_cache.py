@@ -172,15 +172,20 @@ def _wrong_input_shapes(doc):
 
 
 def _unknown_step_kind(doc):
-    doc["layouts"]["forward"]["steps"][0][0] = "teleport"
+    doc["layouts"]["forward"]["steps"][0]["kind"] = "teleport"
 
 
 def _missing_kernel(doc):
-    doc["layouts"]["forward"]["kernels"].popitem()
+    next(s for s in doc["layouts"]["forward"]["steps"] if s["kind"] == "c").pop("kernel")
 
 
 def _slot_out_of_range(doc):
-    doc["layouts"]["forward"]["steps"][-1][2][0] = doc["layouts"]["forward"]["num_slots"]
+    doc["layouts"]["forward"]["steps"][-1]["outs"][0] = len(doc["layouts"]["forward"]["refs"])
+
+
+def _buffer_not_planned(doc):
+    step = next(s for s in doc["layouts"]["forward"]["steps"] if s["kind"] == "c")
+    step["buffers"][0] = len(doc["layouts"]["forward"]["buffer_bytes"])
 
 
 def _input_slot_missing(doc):
@@ -189,7 +194,7 @@ def _input_slot_missing(doc):
 
 DAMAGES = {"decoding": _drop_forward_graph, "shapes": _wrong_input_shapes,
            "step": _unknown_step_kind, "kernel": _missing_kernel, "slot": _slot_out_of_range,
-           "inputs": _input_slot_missing}
+           "inputs": _input_slot_missing, "buffer": _buffer_not_planned}
 
 
 @pytest.mark.parametrize("damage", ["bytes", "truncated", "no rest", *DAMAGES])
@@ -371,8 +376,8 @@ def test_a_warm_training_step_replays_a_cold_compile(cache_dir, passes_run, monk
     kinds = [step[0] for step in b.executor.steps]
     assert {"c", "matmul", "view", "array"} <= set(kinds)
     assert kinds == [step[0] for step in a.executor.steps]
-    assert program_cache._encode_layout(a.executor.rendered) == \
-        program_cache._encode_layout(b.executor.rendered)
+    assert program_cache._encode_lowered(a.executor.rendered) == \
+        program_cache._encode_lowered(b.executor.rendered)
     assert (a.executor.free, a.executor.output_slots, a.executor._into) == \
         (b.executor.free, b.executor.output_slots, b.executor._into)
     # running it needed neither the programs' nodes nor the schedule's steps; read now, they

@@ -372,42 +372,59 @@ def kernel_target(backend: str, device) -> str:
 
 
 def compile_program(graph, joint, target: str, xp, stage: list | None = None) -> tuple:
-    """Compile traced `graph` (`joint`: its JointInfo, or None) for `target`.
+    """Compile traced `graph` (`joint`: its JointInfo, or None) for `target`: the pipeline's
+    named steps (`kiln.passes.pipeline.STEPS`), ending in `lower_schedule(schedule, target)`.
 
     Returns:
         (CompiledProgram, forward executor, backward executor or None). What the passes make
-        of the graph and its executors' layouts (C kernels included) come from the program
-        cache when this graph was compiled before, and go there when not.
+        of the graph and its lowered programs (C kernels included) come from the program cache
+        when this graph was compiled before, and go there when not.
     """
+    # codegen and the passes load on the first compile, not at `import kiln` (~40 ms)
     from kiln import program_cache
+    from kiln.codegen.lower import lower_schedule
+    from kiln.passes import pipeline
+    lower = None if target == "numpy" else functools.partial(lower_schedule, target=target)
     key = program_cache.program_key(graph, joint, target)
     found = program_cache.load(key, graph, None if joint is None else joint.num_primals)
     if found is not None:
-        compiled, prepared = found
+        compiled, lowered = found
+        for name, part in (("forward", compiled.forward), ("backward", compiled.backward)):
+            if part is not None and part.schedule is not None:
+                part.lowered = lowered.get(name)
+                if part.lowered is None:        # Triton kernels are not kept: lower again
+                    pipeline.lower_part(part, lower)
     else:
-        from kiln.passes.pipeline import compile_passes
-        compiled, prepared = compile_passes(graph, joint, fused=target != "numpy"), {}
+        if stage is not None:
+            stage[0] = f"running the passes and generating {target} kernels"
+        compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower)
     if stage is not None:
-        stage[0] = f"generating and building {target} kernels"
-    executors = {"forward": build_executor(compiled.forward, target, xp,
-                                           prepared.get("forward"))}
+        stage[0] = f"building {target} kernels"
+    executors = {"forward": build_executor(compiled.forward, xp)}
     if compiled.backward is not None:
-        executors["backward"] = build_executor(compiled.backward, target, xp,
-                                               prepared.get("backward"))
+        executors["backward"] = build_executor(compiled.backward, xp)
     if found is None:
-        program_cache.store(key, compiled, {part: getattr(ex, "rendered", {})
+        program_cache.store(key, compiled, {part: getattr(ex, "rendered", None)
                                             for part, ex in executors.items()})
     return compiled, executors["forward"], executors.get("backward")
 
 
-def build_executor(part, target: str, xp, rendered=None):
-    """The executor of one compiled program (a `CompiledPart`): its fused kernels as `target`
-    code (`rendered`: the ExecutorLayout an earlier executor of it made), or the NumPy (CuPy)
-    executor of its optimized graph when it was not fused."""
-    if part.schedule is None:
+def lower_program(schedule, target: str):
+    """The LoweredProgram (with its memory plan) of a fused `schedule` for `target` ("c" or
+    "triton"): the pipeline's last steps, for running a schedule built by hand (tests)."""
+    from kiln.codegen.lower import lower_schedule
+    from kiln.passes import pipeline
+    part = pipeline.CompiledPart(schedule.graph, [], schedule)
+    return pipeline.lower_part(part, functools.partial(lower_schedule, target=target)).lowered
+
+
+def build_executor(part, xp):
+    """The executor of one compiled program (a `CompiledPart`): its lowered program, or the
+    NumPy (CuPy) executor of its optimized graph when it was not fused."""
+    if part.lowered is None:
         return ArrayExecutor(part.graph, xp)
-    from kiln.runtime.schedule_executor import ScheduleExecutor
-    return ScheduleExecutor(part.schedule, xp, target, rendered)
+    from kiln.runtime.schedule_executor import ScheduleExecutor     # see compile_program
+    return ScheduleExecutor(part.lowered, xp)
 
 
 _NO_COMPILER_NOTED: list = []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kiln.codegen.lower import VIEWS_ONLY
+
 
 @dataclass(frozen=True)
 class LaunchStep:
@@ -45,6 +47,8 @@ class ArtifactPart:
     schedule: object            # the fusion Schedule, or None on the array executor
     steps: tuple                # LaunchStep, in launch order
     module_source: str | None   # the C translation unit built, for target "c"
+    memory: str = ""            # the memory plan: the kept buffers the executor allocates
+    pipeline: tuple = ()        # (step name, its result printed) per pipeline step run
 
     @property
     def kernels(self) -> tuple:
@@ -121,7 +125,20 @@ class CompiledArtifact:
                 out.append((f"{pre}fusion groups", str(p.schedule)))
             out.append((f"{pre}launch order ({p.target})", p.steps_text()))
             out.append((f"{pre}executor buffers", p.buffers_text()))
+            if p.memory:
+                out.append((f"{pre}memory plan", p.memory))
             out.append((f"{pre}generated kernels ({_TARGET_TITLE[p.target]})", p.kernels_text()))
+        return out
+
+
+    def pipeline_sections(self) -> list[tuple[str, str]]:
+        """(title, text) per named pipeline step and part: the graph (or schedule, or lowered
+        program) each step made, in order: what `kiln dump --passes` prints."""
+        out = []
+        for p in self.parts:
+            pre = "" if p.name == "program" else f"{p.name}: "
+            out += [(f"{pre}step {i} {name}", text) for i, (name, text) in
+                    enumerate(p.pipeline)]
         return out
 
 
@@ -144,42 +161,47 @@ def build_artifact(traced, compiled, executors: dict, target: str) -> CompiledAr
 
 def _part(label: str, target: str, part, executor) -> ArtifactPart:
     graph = part.graph
-    if part.schedule is None or not hasattr(executor, "launch_plan"):
+    pipeline = tuple(part.steps_text()) if hasattr(part, "steps_text") else ()
+    if part.lowered is None or not hasattr(executor, "launch_plan"):
         step = LaunchStep("array", graph.name, None, tuple(v.ref for v in graph.inputs),
                           tuple(v.ref for v in graph.outputs), what="array executor runs graph",
                           buffers=("allocated per call",) * len(graph.outputs))
-        return ArtifactPart(label, "numpy", graph, tuple(part.stats), None, (step,), None)
+        return ArtifactPart(label, "numpy", graph, tuple(part.stats), None, (step,), None,
+                            pipeline=pipeline)
     steps = []
+    into = {spec[0] for spec in part.lowered.into.values()}
     for s in executor.launch_plan():
-        step = s["step"]
-        ins = tuple(v.ref for v in step.inputs)
-        outs = tuple(v.ref for v in step.outputs)
-        spares = s["spares"]
-        if spares is not None:
-            buffers = tuple(f"array {k}, kept from call to call (unless computed into the "
-                            "caller's array)" for k in spares)
-        elif s["kind"] == "view":
-            buffers = ("a view of its input",)
-        else:
-            buffers = ("allocated per call",) * len(outs)
-        kind = s["kind"]
+        kind, lowered = s["kind"], s["lowered"]
+        buffers = []
+        for b, o, over in zip(s["buffers"], lowered.outs,
+                              lowered.in_place or (None,) * len(s["outputs"])):
+            if b is not None:
+                buffers.append(f"buffer {b} of the memory plan" + (
+                    ", or the caller's array (run(into=))" if o in into else ""))
+            elif over is not None and kind == "c":
+                buffers.append("its source's memory (in place), else allocated per call")
+            else:
+                buffers.append("allocated per call")
         if kind in ("c", "triton"):
             what = f"{kind} kernel"
         elif kind == "matmul":
-            kind, what = "extern", "extern matmul (into a kept array)"
-        elif kind == "view" or s["why"] == "views only: no copy needed":
+            kind, what = "extern", "extern matmul"
+            if s["buffers"][0] is not None:
+                what += " (into a kept buffer)"
+        elif kind == "view" or s["why"] == VIEWS_ONLY:
             kind, what = "view", "view (no copy)"
-            buffers = ("a view of its input",) * len(outs)
+            buffers = ["a view of its input"] * len(s["outputs"])
         elif kind == "numpy":
             what = "array executor (NumPy beat its C kernel in the trial replays)"
-        elif hasattr(step, "node"):
-            kind, what = "extern", f"extern {step.node.op}"
+        elif not s["number"]:
+            kind, what = "extern", f"extern {s['name']}"
         else:
             what = f"array executor ({s['why']})"
         steps.append(LaunchStep(kind, s["name"] if kind != "extern" else "", s["source"],
-                                ins, outs, what, buffers, s["number"] or ""))
+                                s["inputs"], s["outputs"], what, tuple(buffers), s["number"]))
     return ArtifactPart(label, executor.target, graph, tuple(part.stats), part.schedule,
-                        tuple(steps), executor.module_source)
+                        tuple(steps), executor.module_source, part.lowered.memory_text(),
+                        pipeline)
 
 
 def compile_artifact(program, target: str) -> CompiledArtifact:

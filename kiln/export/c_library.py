@@ -189,11 +189,11 @@ def _write_weights(path: Path, arrays: list) -> None:
 
 class _Generator:
     def __init__(self, ep, graph, name: str):
+        from kiln.passes.fusion import split_gathers
         from kiln.passes.pipeline import compile_passes
-        from kiln.runtime.schedule_executor import _runnable
         self.ep, self.name = ep, name
         compiled = compile_passes(graph, None, fused=True)
-        schedule, self.numbers = _runnable(compiled.forward.schedule)
+        schedule, self.numbers = split_gathers(compiled.forward.schedule)
         self.graph = g = schedule.graph
         self.steps = schedule.steps
         n_args = len(ep.input_specs)

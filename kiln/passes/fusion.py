@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from kiln.ir.graph import Deferred, Graph, Node, Value, kernel_name
-from kiln.ir.printer import scope_summary
+from kiln.ir.graph import Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
+from kiln.ir.schedule import STRIDED_VIEWS, ExternStep, FusedKernel, Schedule
 from kiln.passes.layout import transpose_matmul_outputs
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
 # fusible kinds that still run as a library call: a scan, and a multi-input concatenation
 EXTERN_OPS = frozenset(["cumsum", "cat"])
 VIEW_KINDS = frozenset([MOVEMENT, CREATION])
-# movement ops NumPy (and CuPy) compute as strided views of their input, without a copy
-STRIDED_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
 
 
 def is_fusible(node: Node, gathers: bool = True) -> bool:
@@ -53,100 +51,6 @@ def is_fusible(node: Node, gathers: bool = True) -> bool:
 
 
 # ----------------------------------------------------------------------------- schedule
-
-@dataclass(eq=False)
-class FusedKernel:
-    """One generated kernel: `subgraph` computes `outputs` from `inputs` (outer Values)."""
-
-    name: str
-    subgraph: Graph
-    inputs: list
-    outputs: list
-    nodes: list                  # the outer graph's nodes it computes
-
-    def __str__(self) -> str:
-        ins = ", ".join(v.ref for v in self.inputs)
-        outs = ", ".join(v.ref for v in self.outputs)
-        counts: dict = {}
-        for n in self.nodes:
-            counts[n.op] = counts.get(n.op, 0) + 1
-        ops = " ".join(op if k == 1 else f"{op}*{k}" for op, k in counts.items())
-        where = scope_summary(self.nodes)
-        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]" + (
-            f"  from {where}" if where else "")
-
-
-@dataclass(eq=False)
-class ExternStep:
-    """One node run as a library call (matmul, indexing, random, cat, cumsum)."""
-
-    node: Node
-
-    @property
-    def name(self) -> str:
-        return self.node.op
-
-    @property
-    def inputs(self) -> list:
-        return list(dict.fromkeys(self.node.value_inputs))
-
-    @property
-    def outputs(self) -> list:
-        return [self.node.out]
-
-    @property
-    def subgraph(self) -> Graph:
-        """The node alone as a graph over its own inputs (built afresh), like a FusedKernel's."""
-        g = Graph(self.node.op)
-        inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in self.inputs}
-        ins = tuple(inner[v] if isinstance(v, Value) else v for v in self.node.inputs)
-        g.outputs = [g.add_node(self.node.op, ins, self.node.attr_dict, self.node.out.shape,
-                                self.node.out.dtype, self.node.loc, self.node.scope)]
-        return g
-
-    def __str__(self) -> str:
-        ins = ", ".join(v.ref if isinstance(v, Value) else repr(v) for v in self.node.inputs)
-        return f"extern {self.node.op}({ins}) -> {self.node.out.ref}"
-
-
-@dataclass(eq=False)
-class Schedule(Deferred):
-    """The fused program: `steps` run in order compute `graph`'s outputs and write-backs.
-
-    A schedule read from the program cache decodes its steps when they are first read.
-    """
-
-    graph: Graph
-    steps: list = field(default_factory=list)
-
-    @property
-    def kernels(self) -> list:
-        return [s for s in self.steps if isinstance(s, FusedKernel)]
-
-    @property
-    def externs(self) -> list:
-        return [s for s in self.steps if isinstance(s, ExternStep)]
-
-    def groups(self) -> dict:
-        """Value -> kernel index, for `Graph.to_dot(groups=...)` (externs stay uncoloured)."""
-        out = {}
-        for i, k in enumerate(self.kernels):
-            for n in k.nodes:
-                out.setdefault(n.out, i)
-        return out
-
-    def __str__(self) -> str:
-        lines = [f"schedule {self.graph.name}: {len(self.graph.nodes)} nodes -> "
-                 f"{len(self.kernels)} kernels + {len(self.externs)} extern calls"]
-        k = 0
-        for step in self.steps:
-            if isinstance(step, FusedKernel):
-                lines.append(f"  k{k} {step}")
-                k += 1
-            else:
-                lines.append(f"  {step}")
-        return "\n".join(lines)
-
 
 def run_schedule(schedule: Schedule, inputs: list) -> tuple[list, list]:
     """Execute a schedule step by step with the interpreter; same results as `interpret`."""
@@ -442,6 +346,34 @@ def gathers_as_externs(kernel: FusedKernel) -> list:
     return steps
 
 
+def split_gathers(schedule: Schedule) -> tuple[Schedule, list]:
+    """(the schedule with each kernel that gathers split around its `take` calls, kernel number
+    or None per step).
+
+    No code generator gathers yet, so a kernel with a `take` runs as kernels around a `take`
+    extern call rather than all on the array executor; its parts keep its number (k6a, k6b).
+    Kernels are numbered k0, k1, ... in the order `str(schedule)` lists them. This is the
+    pipeline's step before `kiln.codegen.lower.lower_schedule`, at compile time.
+    """
+    flat, numbers, index = [], [], 0
+    for step in schedule.steps:
+        parts = [step]
+        if isinstance(step, FusedKernel) and any(n.op == "take" for n in step.subgraph.nodes):
+            parts = gathers_as_externs(step)
+        kernels = [p for p in parts if isinstance(p, FusedKernel)]
+        for p in parts:
+            number = None
+            if isinstance(p, FusedKernel):
+                number = f"k{index}" if len(kernels) == 1 else \
+                    f"k{index}{chr(ord('a') + kernels.index(p))}"
+            flat.append(p)
+            numbers.append(number)
+        index += isinstance(step, FusedKernel)
+    if len(flat) == len(schedule.steps):
+        return schedule, numbers
+    return Schedule(schedule.graph, flat), numbers
+
+
 def _outside_readers(graph: Graph) -> dict:
     """Value -> the nodes reading it; outputs and write-backs read it from outside (None)."""
     readers: dict = {}
@@ -489,5 +421,5 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
 
 
 
-__all__ = ["FusedKernel", "ExternStep", "Schedule", "fuse", "gathers_as_externs", "run_schedule",
-           "is_fusible"]
+__all__ = ["STRIDED_VIEWS", "FusedKernel", "ExternStep", "Schedule", "fuse", "gathers_as_externs",
+           "run_schedule", "is_fusible", "split_gathers"]

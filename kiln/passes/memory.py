@@ -13,10 +13,11 @@ nothing reads the old value afterwards, instead of into a temporary copied back 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Graph
-from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel
+from kiln.ir.schedule import STRIDED_VIEWS, FusedKernel
 
 
 @dataclass
@@ -28,6 +29,7 @@ class MemoryPlan:
     lifetimes: dict = field(default_factory=dict)     # Value -> (first step, last step)
     naive_bytes: int = 0          # every value its own buffer
     peak_live_bytes: int = 0      # most bytes live at once: no plan can do better
+    free: list = field(default_factory=list)          # per step, the values dropped after it
 
     @property
     def planned_bytes(self) -> int:
@@ -47,12 +49,45 @@ def _steps(program) -> tuple[Graph, list]:
 
 
 def plan_memory(program) -> MemoryPlan:
-    """Plan buffers for a `Schedule` (kernel outputs and extern results) or a `Graph`."""
+    """Plan buffers for a `Schedule` (kernel outputs and extern results) or a `Graph`: every
+    computed value gets one. (What an executor runs is planned by `plan_buffers`.)"""
     graph, steps = _steps(program)
     external = set(graph.inputs) | set(graph.constants)
-    end = len(steps)
     escapes = set(graph.outputs) | {new for _, new in graph.mutations}
+    return _plan(steps, external, escapes, lambda v: v.nbytes)
+
+
+def plan_buffers(program) -> MemoryPlan:
+    """The memory of a lowered program (`kiln.codegen.lower.LoweredProgram`): the executor keeps
+    one buffer per `buffer_bytes` entry from call to call and writes each output a step `kept`
+    into its `buffer_of` buffer; `free[i]` are the slots it drops after step i. The only
+    liveness planner the executors use.
+
+    An output of a step that may return a view of its input (views, the array executor) keeps
+    that input's buffer alive as long as it is read. A value that leaves the program (an output,
+    a write-back) gets a buffer of its own: the caller may still hold it on the next call, and
+    a buffer something else holds is replaced by fresh memory, not written over.
+    """
+    steps = [(s.ins, s.outs) for s in program.steps]
+    external = set(program.input_slots) | set(program.constant_slots)
+    escapes = set(program.output_slots) | set(program.mutation_slots)
+    planned = {o for s in program.steps for o, k in zip(s.outs, s.kept) if k}
+    aliases = [s.kind in ("view", "array") for s in program.steps]
+    shapes, dtypes = program.shapes, program.dtypes
+    return _plan(steps, external, escapes,
+                 lambda x: math.prod(shapes[x]) * dtypes[x].itemsize, planned, aliases,
+                 own_escapes=True)
+
+
+def _plan(steps: list, external: set, escapes: set, nbytes, planned=None,
+          aliases=None, own_escapes: bool = False) -> MemoryPlan:
+    """Lifetimes of the values `steps` ([(inputs, outputs)]) compute, the values dropped after
+    each step, and buffers (best fit) for the `planned` ones (all when None). `aliases[i]`: step
+    i's outputs may share memory with its inputs; `own_escapes`: a value that leaves the program
+    shares its buffer with no other."""
+    end = len(steps)
     life: dict = {}
+    root: dict = {}             # value -> the computed values whose memory it may share
     for i, (ins, outs) in enumerate(steps):
         for v in ins:
             if v in life:
@@ -60,23 +95,38 @@ def plan_memory(program) -> MemoryPlan:
         for v in outs:
             if v not in external and v not in life:
                 life[v] = (i, i)
+            if aliases is not None and aliases[i]:
+                root[v] = {r for x in ins for r in root.get(x, (x,)) if r in life}
     for v in escapes:
         if v in life:
             life[v] = (life[v][0], end)
-
-    plan = MemoryPlan(lifetimes=life, naive_bytes=sum(v.nbytes for v in life))
-    free: list = []               # buffer indices not holding a live value
-    dying: dict = {}              # step -> values whose last read is that step
+    # a buffer lives while any value sharing its memory is read
+    held = dict(life)
+    for v, rs in root.items():
+        for r in rs:
+            if v in life and r in held:
+                held[r] = (held[r][0], max(held[r][1], life[v][1]))
+    planned = set(life) if planned is None else planned & set(life)
+    plan = MemoryPlan(lifetimes=life, naive_bytes=sum(nbytes(v) for v in planned))
+    plan.free = [[] for _ in steps]
     for v, (_, last) in life.items():
-        dying.setdefault(last, []).append(v)
+        if v not in escapes:
+            plan.free[last].append(v)
+    free: list = []               # buffer indices not holding a live value
+    dying: dict = {}              # step -> values whose memory is last read at that step
+    for v in planned:
+        dying.setdefault(held[v][1], []).append(v)
     live_bytes = 0
     for i, (_, outs) in enumerate(steps):
         for v in outs:
-            if v not in life or life[v][0] != i or v in plan.buffer_of:
+            if v not in planned or life[v][0] != i or v in plan.buffer_of:
                 continue
-            need = v.nbytes
+            need = nbytes(v)
             fits = [b for b in free if plan.buffer_bytes[b] >= need]
-            if fits:
+            if own_escapes and v in escapes:
+                b = len(plan.buffer_bytes)
+                plan.buffer_bytes.append(need)
+            elif fits:
                 b = min(fits, key=lambda b: plan.buffer_bytes[b])
             elif free:
                 b = max(free, key=lambda b: plan.buffer_bytes[b])
@@ -92,7 +142,8 @@ def plan_memory(program) -> MemoryPlan:
         # values read for the last time here are free for the steps after this one
         for v in dying.get(i, []):
             free.append(plan.buffer_of[v])
-            live_bytes -= v.nbytes
+            live_bytes -= nbytes(v)
+    plan.free = [tuple(f) for f in plan.free]
     return plan
 
 

@@ -1,20 +1,21 @@
-"""The pass pipeline as one call: cleanup, fusion and memory planning, with a readable report.
+"""The compiler's pipeline as one straight list of named steps (`STEPS`), from trace to lowered.
 
-`compile_passes` is what the compiler runs between tracing and codegen (after the
-forward/backward partition of a joint graph); `run_passes(graph)` runs the same passes on one
-graph with a report and a `passes.memory` plan, for studying the passes (benchmarks, tests).
-`kiln dump` and `explain` print the compiled entry's artifact instead (`kiln.compiler.artifact`).
+`compile_passes` is what the compiler runs on a traced graph: partition (a joint trace),
+decompose, cleanup, fuse, split gathers, lower (`kiln.codegen.lower.lower_schedule`, handed in)
+and plan memory (`kiln.passes.memory.plan_buffers`), keeping each step's result as a snapshot
+(`kiln dump --passes` prints them). `run_passes(graph)` runs the graph passes on one graph with
+a report, for studying them (benchmarks, tests).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat, optimize
 from kiln.passes.decompose import decompose
-from kiln.passes.fusion import Schedule, fuse
-from kiln.passes.memory import MemoryPlan, plan_memory
+from kiln.passes.fusion import Schedule, fuse, split_gathers
+from kiln.passes.memory import MemoryPlan, in_place_updates, inputs_read, plan_buffers, plan_memory
 from kiln.passes.partition import PartitionReport, partition
 
 
@@ -52,13 +53,48 @@ def run_passes(graph: Graph) -> PassReport:
     return PassReport(graph, optimized, stats, schedule, plan_memory(schedule))
 
 
+# The compiler's pipeline, in order; each step's result is kept as a snapshot (`kiln dump
+# --passes` prints them). "partition" runs only on a joint forward+backward trace, then the rest
+# once per program; "lower" is `kiln.codegen.lower.lower_schedule`, handed in by the compiler
+# (passes import no codegen).
+STEPS = ("partition", "decompose", "cleanup", "fuse", "split gathers", "lower", "plan memory")
+
+
 @dataclass
 class CompiledPart:
-    """One program the compiler runs: its optimized graph, how it got there, how it is fused."""
+    """One program the compiler runs: its optimized graph, how it got there, how it is fused,
+    and what runs (the lowered program, with its memory plan)."""
 
     graph: Graph                        # the optimized graph
     stats: list                         # PassStat per pass application
     schedule: Schedule | None = None    # the fused program; None for the NumPy executor
+    lowered: object = None              # LoweredProgram (kiln.codegen.lower): what runs
+    snapshots: list = field(default_factory=list)   # (step name, its result) in STEPS order
+
+    def steps_text(self) -> list[tuple[str, str]]:
+        """(step name, what it made, printed) per pipeline step this part ran."""
+        out, before = [], None
+        for name, made in self.snapshots:
+            out.append((name, "(unchanged: nothing to do)" if made is before else
+                        _snapshot_text(name, made)))
+            before = made
+        return out
+
+
+class _Listing:
+    """A schedule printed with its kernels' numbers (k1a, k1b: the parts of a split k1)."""
+
+    def __init__(self, schedule: Schedule, numbers: list):
+        self.schedule, self.numbers = schedule, numbers
+
+    def __str__(self) -> str:
+        return self.schedule.listing(self.numbers)
+
+
+def _snapshot_text(name: str, made) -> str:
+    if name == "plan memory":
+        return made.memory_text()
+    return str(made)
 
 
 @dataclass
@@ -71,19 +107,51 @@ class CompiledProgram:
     partition: PartitionReport | None = None
 
 
-def compile_passes(graph: Graph, joint=None, fused: bool = True) -> CompiledProgram:
-    """Partition a joint graph (`joint`: its JointInfo), then optimize and, when `fused`, fuse
-    each program."""
+def compile_passes(graph: Graph, joint=None, fused: bool = True,
+                   lower=None) -> CompiledProgram:
+    """Run the pipeline's STEPS on a traced graph: partition a joint graph (`joint`: its
+    JointInfo), then per program decompose, clean up and, when `fused`, fuse; with `lower` (a
+    `lower_schedule` bound to its target), also split the gathers, lower and plan memory."""
     backward = report = None
     if joint is not None:
         graph, bw, report = partition(graph, joint)
-        backward = _optimize_and_fuse(bw, fused)
-    return CompiledProgram(_optimize_and_fuse(graph, fused), backward, report)
+        backward = compile_part(bw, fused, lower, [("partition", bw)])
+    forward = compile_part(graph, fused, lower, [("partition", graph)] if joint else [])
+    return CompiledProgram(forward, backward, report)
 
 
-def _optimize_and_fuse(graph: Graph, fused: bool) -> CompiledPart:
-    optimized, stats = _optimize(graph, fused)
-    return CompiledPart(optimized, stats, fuse(optimized) if fused else None)
+def compile_part(graph: Graph, fused: bool = True, lower=None,
+                 snapshots: list | None = None) -> CompiledPart:
+    """The pipeline's steps after "partition" on one program; see `compile_passes`."""
+    snapshots = list(snapshots or [])
+    if not fused:
+        optimized, stats = optimize(graph)
+        return CompiledPart(optimized, stats, snapshots=snapshots + [("cleanup", optimized)])
+    decomposed = decompose(graph)
+    snapshots.append(("decompose", decomposed))
+    optimized, stats = optimize(decomposed)
+    snapshots.append(("cleanup", optimized))
+    stats = [PassStat("decompose", len(graph.nodes), len(decomposed.nodes))] + stats
+    schedule = fuse(optimized)
+    snapshots.append(("fuse", schedule))
+    part = CompiledPart(optimized, stats, schedule, snapshots=snapshots)
+    if lower is not None:
+        lower_part(part, lower)
+    return part
+
+
+def lower_part(part: CompiledPart, lower) -> CompiledPart:
+    """The pipeline's last steps on a fused part: split the gathers, lower (`lower`: a
+    `lower_schedule` bound to its target) and plan the lowered program's memory."""
+    split, numbers = split_gathers(part.schedule)
+    part.snapshots.append(("split gathers", split if split is part.schedule else
+                           _Listing(split, numbers)))
+    lowered = lower(split, numbers=numbers, in_place=in_place_updates(split),
+                    reads=inputs_read(split))
+    part.snapshots.append(("lower", lowered))
+    part.lowered = lowered.with_memory(plan_buffers(lowered))
+    part.snapshots.append(("plan memory", part.lowered))
+    return part
 
 
 def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
@@ -96,5 +164,5 @@ def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
     return optimized, [PassStat("decompose", before, len(graph.nodes))] + stats
 
 
-__all__ = ["CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_passes",
-           "run_passes"]
+__all__ = ["STEPS", "CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_part",
+           "compile_passes", "lower_part", "run_passes"]

@@ -1,4 +1,7 @@
-"""`kiln.cuda`: whether a CUDA GPU is usable, and a few of torch.cuda's helpers."""
+"""`kiln.cuda`: whether a CUDA GPU is usable, and a few of torch.cuda's helpers.
+
+`kiln.cuda.manual_seed` (and `manual_seed_all`) is `kiln.manual_seed`, attached by the package
+root: one generator draws for every device, and runtime imports no tracer."""
 
 from kiln.runtime.device import cuda_is_available
 
@@ -19,10 +22,3 @@ def synchronize() -> None:
         from kiln.runtime.device import cupy_module
         cupy_module().cuda.get_current_stream().synchronize()
 
-
-def manual_seed(seed: int) -> None:
-    from kiln.tracer.creation import manual_seed as _seed
-    _seed(seed)
-
-
-manual_seed_all = manual_seed

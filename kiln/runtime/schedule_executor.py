@@ -1,11 +1,13 @@
-"""Runs a fused Schedule: each FusedKernel as one generated kernel, externs as array calls.
+"""Runs a LoweredProgram: allocates its planned buffers, launches its kernels, calls its externs.
 
-Two kinds of generated kernel: Triton (`target="triton"`; on NumPy memory they run in Triton's
-interpreter, slow, for tests and for reading the kernels; on CuPy memory they are compiled and
-launched on CuPy's current stream) and C (`target="c"`; one shared object per schedule, built
-in the background when the executor is created, OpenMP on the CPU). A kernel the code
-generator cannot lower runs through the array executor instead, and so do all the C kernels of
-a schedule whose build fails (with a warning), so every schedule runs.
+What runs is decided at compile time (`kiln.codegen.lower.lower_schedule`: which kernels are
+generated, which are views, the gathers split out; `kiln.passes.memory.plan_buffers`: the kept
+buffers and what to free after each step); this module only carries it out. Two kinds of
+generated kernel: Triton (on NumPy memory they run in Triton's interpreter, slow, for tests and
+for reading the kernels; on CuPy memory they are compiled and launched on CuPy's current
+stream) and C (one shared object per program, built in the background when the executor is
+created, OpenMP on the CPU). All the C kernels of a program whose build fails run on the array
+executor instead (with a warning), so every program runs.
 
 A generated C kernel is kept only where NumPy is not clearly faster: on its first replays
 (`TRIAL_RUNS`) a C executor also runs each C kernel's subgraph on the array executor and times
@@ -26,10 +28,9 @@ from sys import getrefcount
 
 import numpy as np
 
-from kiln.codegen.kernel import LoweringError, lower
+from kiln.codegen.lower import LoweredProgram
 from kiln.ir.ops import PRIMITIVES
-from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_externs
-from kiln.passes.memory import in_place_updates, inputs_read
+from kiln.runtime import c_build
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.executor import ArrayExecutor
@@ -110,97 +111,63 @@ class _Unaliased:
         return results, mutations
 
 
-@dataclass
-class ExecutorLayout:
-    """What a ScheduleExecutor derives from its schedule, as data: buffer slots, steps, what to
-    free after each, the outputs it may compute into the caller's arrays, and the C kernels it
-    rendered. The program cache keeps it, so an executor of the same schedule in a new process
-    starts from it: no lowering, rendering, re-fusing of gathers or liveness analysis.
-
-    `steps` holds `(kind, what, ins, outs, extra)` per step, `ins` and `outs` being slots:
-    "c" (`what` its kernel number in `kernels`; `extra` the argument dtypes and output specs),
-    "matmul" (`extra`: its spare array, shape and dtype), "view" (`what`: (op, attrs)), "array"
-    (`what`: the Graph the array executor runs) and "triton" (`what` the kernel, `extra` its
-    subgraph).
-    """
-
-    kernels: dict           # kernel number -> CKernel
-    steps: list
-    listing: list           # ScheduleExecutor.kernels, a C kernel by its number
-    num_slots: int
-    input_slots: list
-    constant_slots: list    # per graph constant, in order
-    free: list              # per step, the slots no later step reads
-    output_slots: list
-    mutation_slots: list
-    into: dict              # output index -> (slot, shape, dtype, slots it must not share)
-    num_spares: int         # arrays kept from call to call for C kernels and matmuls
-
-
 class ScheduleExecutor:
-    """Executes `schedule` on `xp` memory; `kernels` lists (name, kernel source or None[, why]).
+    """Runs a LoweredProgram (`kiln.codegen.lower`) on `xp` memory: allocates what its memory
+    plan says, launches its kernels, calls its externs and frees each slot after its last use.
+    It decides nothing the program does not say, except which way each C kernel runs after the
+    trial replays; `kernels` lists (name, kernel source or None[, why]) per fused kernel.
 
     Args:
-        schedule: the fused program (`kiln.passes.fusion.fuse`).
+        program: the lowered program (`lower_schedule`, then `kiln.passes.memory.plan_buffers`).
         xp: numpy, or cupy for Triton kernels on a GPU.
-        target: "triton" or "c": what the fused kernels are rendered to.
-        rendered: what an earlier executor of this very schedule prepared (its `rendered`: an
-            ExecutorLayout, kept by the program cache), used instead of deriving it again; or
-            C kernels rendered for it before, by kernel number.
     """
 
-    def __init__(self, schedule, xp=np, target: str = "triton", rendered=None):
-        if target not in ("triton", "c"):
-            raise ValueError(f"unknown kernel target {target!r}; expected 'triton' or 'c'")
-        self.schedule, self.xp, self.target = schedule, xp, target
+    def __init__(self, program: LoweredProgram, xp=np):
+        self.program, self.xp, self.target = program, xp, program.target
         self.backend = "interpreter" if xp is np else "cuda"
-        graph = self.graph = schedule.graph
-        if isinstance(rendered, ExecutorLayout) and target == "c":
-            layout, self._subgraphs = rendered, None        # found when a build fails
-        else:
-            layout, self._subgraphs = _plan(schedule, target, rendered or {})
-        self._layout = layout
-        self.num_slots = layout.num_slots
-        self.input_slots = layout.input_slots
+        self.num_slots = program.num_slots
+        self.input_slots = list(program.input_slots)
         self.constants = [(s, a if xp is np else xp.asarray(a))
-                          for s, a in zip(layout.constant_slots, graph.constants.values())]
+                          for s, a in zip(program.constant_slots,
+                                          program.graph.constants.values())]
+        shapes, dtypes = program.shapes, program.dtypes
         self.c_kernels = []         # CKernel per C step, in order
         self._c_names = {}          # step index -> its C kernel's name
         steps = []
-        for kind, what, ins, outs, extra in layout.steps:
-            if kind == "c":
-                ck = layout.kernels[what]
-                self.c_kernels.append(ck)
-                self._c_names[len(steps)] = ck.name
-                steps.append((kind, ck, ins, outs, None, extra))
-            elif kind == "matmul":
-                steps.append((kind, xp.matmul, ins, outs, None, extra))
-            elif kind == "view":
-                op, attrs = what
-                steps.append((kind, PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
-            elif kind == "array":
-                steps.append((kind, ArrayExecutor(what, xp), ins, outs, None, None))
+        for st in program.steps:
+            ins, outs = list(st.ins), list(st.outs)
+            if st.kind == "c":
+                self.c_kernels.append(st.kernel)
+                self._c_names[len(steps)] = st.kernel.name
+                specs = tuple((b, shapes[o], dtypes[o], o, over) for b, o, over in
+                              zip(st.buffers, st.outs, st.in_place))
+                steps.append(("c", st.kernel, ins, outs, None, (st.in_dtypes, specs)))
+            elif st.kind == "matmul":
+                (o,) = st.outs
+                steps.append(("matmul", xp.matmul, ins, outs, None,
+                              (st.buffers[0], shapes[o], dtypes[o])))
+            elif st.kind == "view":
+                op, attrs = st.view
+                steps.append(("view", PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
+            elif st.kind == "array":
+                steps.append(("array", ArrayExecutor(st.graph, xp), ins, outs, None, None))
             else:
-                steps.append((kind, what, ins, outs, extra, None))
+                steps.append(("triton", st.kernel, ins, outs, st.graph, None))
         self.steps = steps
-        # (kernel name, source or None when it was not lowered[, why])
-        self.kernels = [(layout.kernels[k].name, layout.kernels[k].source)
-                        if isinstance(k, str) else k for k in layout.listing]
-        self.module_source = None   # the C translation unit, for target "c"
-        self._build = None
-        if self.c_kernels:
-            from kiln.codegen.c import c_module
-            from kiln.runtime import c_build
-            self.module_source = c_module(self.c_kernels, f"kernels of graph {graph.name!r}")
-            self._build = c_build.start_build(self.module_source)
-        self.free = layout.free
-        self.output_slots = layout.output_slots
-        self.mutation_slots = layout.mutation_slots
-        self._into_all = layout.into
+        # (kernel name, source or None when it was not generated[, why]) per fused kernel
+        self.kernels = [(st.name, st.kernel.source) if st.kernel is not None else
+                        (st.name, None, st.why) for st in program.steps if st.number]
+        self.module_source = program.module_source  # the C translation unit, for target "c"
+        self._build = c_build.start_build(self.module_source) if self.c_kernels else None
+        self.free = list(program.free)
+        self.output_slots = list(program.output_slots)
+        self.mutation_slots = list(program.mutation_slots)
+        self._into_all = program.into
         self._write_callers_arrays_last()
         self._ready = self._build is None
-        # the arrays C kernels wrote last time, reused once nothing else holds them
-        self._spares = [None] * layout.num_spares
+        # the kept buffers of the memory plan; one is replaced by a fresh one when something
+        # outside still holds it (an output the caller kept from the last call)
+        self._buffers = [None] * len(program.buffer_bytes)
         self.choices: list = []     # KernelChoice per C kernel, once the trials are over
         self._trials = None         # _KernelTrials while they run
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
@@ -210,38 +177,36 @@ class ScheduleExecutor:
 
     @property
     def rendered(self):
-        """What an executor of this very schedule in a new process may start from (`rendered=`):
-        this one's layout and C kernels; nothing for Triton kernels."""
-        return self._layout if self.target == "c" else {}
+        """What the program cache keeps of this executor: its lowered program (C kernels
+        included) for target "c"; nothing for Triton kernels."""
+        return self.program if self.target == "c" else None
 
     def launch_plan(self) -> list:
         """What this executor runs, per step in launch order (after its C build, so a failed
         build shows as array steps): dicts with `kind` ("c", "triton", "matmul", "view",
-        "array"), `name`, `source` (the generated source built and launched, else None),
-        `why` (a kernel not lowered), `step` (the schedule's step), `ins`/`outs` (slots) and
-        `spares` (kept array per output, or None: allocated per call) and `number` (the fused
-        kernel's, k0, k6a, ...). Read by the compiler's CompiledArtifact, which `kiln dump` and
-        `explain` print."""
+        "array", "numpy"), `name`, `source` (the generated source built and launched, else
+        None), `why` (a fused kernel not generated), `number` (the fused kernel's, k0, k6a, or
+        ""), `inputs`/`outputs` (value refs), `buffers` (per output: the kept buffer of the
+        memory plan, or None: allocated per call) and `lowered` (the LoweredStep). Read by the
+        compiler's CompiledArtifact, which `kiln dump` and `explain` print."""
         self.wait()
-        runnable, numbers = _runnable(self.schedule)
-        why = iter([k[2] for k in self.kernels if len(k) == 3])
+        refs = self.program.refs
         plan = []
-        for (kind, _, ins, outs, _, _), planned, step, number in zip(
-                self.steps, self._layout.steps, runnable.steps, numbers):
-            name, source, reason, spares = getattr(step, "name", None), None, None, None
-            if kind == "c":
-                ck = self._layout.kernels[planned[1]]
-                name, source = ck.name, ck.source
-                spares = tuple(spec[0] for spec in planned[4][1])
-            elif kind == "triton":
-                name, source = planned[1].name, planned[1].source
-            elif kind == "matmul":
-                spares = (planned[4][0],)
-            elif isinstance(step, FusedKernel):
-                reason = next(why, None)
-            plan.append(dict(kind=kind, name=name, source=source, why=reason, step=step,
-                             ins=tuple(ins), outs=tuple(outs), spares=spares, number=number))
+        for (kind, _, ins, outs, _, _), st in zip(self.steps, self.program.steps):
+            source = st.kernel.source if kind in ("c", "triton") else None
+            why = st.why if kind == st.kind else self._why.get(st.number, st.why)
+            plan.append(dict(kind=kind, name=st.name, source=source, why=why, number=st.number,
+                             inputs=tuple(refs[x] for x in st.ins),
+                             outputs=tuple(refs[x] for x in st.outs),
+                             buffers=st.buffers if kind == st.kind else (None,) * len(outs),
+                             lowered=st))
         return plan
+
+    @property
+    def _why(self) -> dict:
+        """number -> why a C kernel does not run (a failed build)."""
+        return {st.number: k[2] for st, k in zip([s for s in self.program.steps if s.number],
+                                                 self.kernels) if len(k) == 3}
 
     # -------------------------------------------------------------- C kernels
     def _write_callers_arrays_last(self) -> None:
@@ -262,7 +227,6 @@ class ScheduleExecutor:
 
     def _link(self) -> None:
         """Wait for the C build and bind each C step to its function; on failure, fall back."""
-        from kiln.runtime import c_build
         try:
             lib = c_build.load(self._build)
             steps = []
@@ -271,27 +235,17 @@ class ScheduleExecutor:
                     runner = c_build.kernel_function(lib, runner.name, len(ins) + len(outs))
                 steps.append((kind, runner, ins, outs, sub, extra))
         except c_build.BuildError as e:
-            warnings.warn(f"kiln: building the C kernels of {self.graph.name!r} failed, they run "
-                          f"on the NumPy executor instead: {e}", stacklevel=4)
-            if self._subgraphs is None:      # the layout came from the program cache
-                self._subgraphs = [st.subgraph if isinstance(st, FusedKernel) else None
-                                   for st in _runnable(self.schedule)[0].steps]
-            steps = [("array", ArrayExecutor(self._subgraphs[i], self.xp), ins, outs, None,
+            warnings.warn(f"kiln: building the C kernels of {self.program.name!r} failed, they "
+                          f"run on the NumPy executor instead: {e}", stacklevel=4)
+            steps = [("array", ArrayExecutor(lowered.graph, self.xp), ins, outs, None,
                       None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
-                     for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps)]
+                     for (kind, runner, ins, outs, sub, extra), lowered in
+                     zip(self.steps, self.program.steps)]
             self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
                             for k in self.kernels]
         self.steps = steps
         self._write_callers_arrays_last()
         self._ready = True
-
-    def _step_subgraphs(self) -> list:
-        """The subgraph per step (None for externs), derived again when the layout came from
-        the program cache."""
-        if self._subgraphs is None:
-            self._subgraphs = [st.subgraph if isinstance(st, FusedKernel) else None
-                               for st in _runnable(self.schedule)[0].steps]
-        return self._subgraphs
 
     def _start_trials(self) -> None:
         if self._linked_steps is None:
@@ -300,9 +254,10 @@ class ScheduleExecutor:
             self.steps, self.choices = self._linked_steps, []
             self._write_callers_arrays_last()
         self._trial_threads = _threads_setting()
-        subgraphs = self._step_subgraphs()
-        self._trials = _KernelTrials({i: ArrayExecutor(subgraphs[i], self.xp)
-                                      for i, st in enumerate(self.steps) if st[0] == "c"})
+        self._trials = _KernelTrials({i: ArrayExecutor(lowered.graph, self.xp)
+                                      for i, (st, lowered) in enumerate(zip(self.steps,
+                                                                            self.program.steps))
+                                      if st[0] == "c"})
 
     def _finish_trials(self) -> None:
         """Run each C step from now on the way its trials measured faster; record why."""
@@ -350,7 +305,7 @@ class ScheduleExecutor:
                 self._start_trials()
             trials = self._trials
         xp = self.xp
-        spares = self._spares
+        buffers, sizes = self._buffers, self.program.buffer_bytes
         env = [None] * self.num_slots
         for s, a in zip(self.input_slots, inputs):
             env[s] = a
@@ -371,7 +326,7 @@ class ScheduleExecutor:
                 # `args` keeps converted copies alive until the kernel has read them
                 args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
                 pointers = [data_pointer(a) for a in args]
-                for k, shape, d, s, over in out_specs:
+                for b, shape, d, s, over in out_specs:
                     dest = dests.get(s)
                     if dest is None and over is not None:
                         src_slot, arg, others = over
@@ -383,27 +338,32 @@ class ScheduleExecutor:
                         env[s] = dest
                         pointers.append(data_pointer(dest))
                         continue
-                    # the last call's array, when only this list still refers to it: the
-                    # caller dropped it, and fresh memory would cost a page fault per 4 KiB
-                    if getrefcount(spares[k]) != 2:
-                        spares[k] = np.empty(shape, d)
-                    env[s] = spares[k]
-                    pointers.append(data_pointer(spares[k]))
+                    if b is None:
+                        out = np.empty(shape, d)
+                    else:
+                        # the kept buffer, when only this list still refers to it (the caller
+                        # dropped what it held last call): fresh memory would cost a page fault
+                        # per 4 KiB
+                        if getrefcount(buffers[b]) != 2:
+                            buffers[b] = _new_buffer(b, sizes[b])
+                        out = np.ndarray(shape, d, buffers[b])
+                    env[s] = out
+                    pointers.append(data_pointer(out))
                 runner(*pointers)
                 if trials is not None:
                     trials.after_c(i)
             elif kind == "matmul":
-                k, shape, d = extra
+                b, shape, d = extra
                 dest = dests.get(outs[0])
-                if dest is None:
-                    if getrefcount(spares[k]) != 2:
-                        spares[k] = xp.empty(shape, d)
-                    dest = spares[k]
+                if dest is None and b is not None:
+                    if getrefcount(buffers[b]) != 2:
+                        buffers[b] = _new_buffer(b, sizes[b])
+                    dest = np.ndarray(shape, d, buffers[b])
                 env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
-                from kiln.runtime.triton_launch import launch
+                from kiln.runtime.triton_launch import launch   # imports Triton: on demand
                 args = [xp.ascontiguousarray(env[s], dtype=v.dtype.np)
                         for s, v in zip(ins, sub.inputs)]
                 results = [xp.empty(v.shape, dtype=v.dtype.np) for v in sub.outputs]
@@ -424,152 +384,10 @@ class ScheduleExecutor:
 
 
 
-# ----------------------------------------------------------------------------- planning
-
-def _runnable(schedule) -> tuple:
-    """(the schedule as the executor runs it, kernel number or None per step).
-
-    No code generator gathers yet: a kernel with a `take` runs as kernels around a `take` call,
-    not all on the array executor; its parts keep its number (k6a, k6b). Kernels are numbered
-    k0, k1, ... as `kiln dump` lists them.
-    """
-    flat, numbers, index = [], [], 0
-    for step in schedule.steps:
-        parts = [step]
-        if isinstance(step, FusedKernel) and any(n.op == "take" for n in step.subgraph.nodes):
-            parts = gathers_as_externs(step)
-        kernels = [p for p in parts if isinstance(p, FusedKernel)]
-        for p in parts:
-            number = None
-            if isinstance(p, FusedKernel):
-                number = f"k{index}" if len(kernels) == 1 else \
-                    f"k{index}{chr(ord('a') + kernels.index(p))}"
-            flat.append(p)
-            numbers.append(number)
-        index += isinstance(step, FusedKernel)
-    graph = schedule.graph
-    return (Schedule(graph, flat) if len(flat) != len(schedule.steps) else schedule), numbers
-
-
-def _plan(schedule, target: str, known: dict) -> tuple:
-    """(ExecutorLayout, subgraph per step or None) of running `schedule` with `target` kernels;
-    `known`: C kernels rendered for it before, by number."""
-    graph = schedule.graph
-    runnable, numbers = _runnable(schedule)
-    slot: dict = {}
-    for v in list(graph.inputs) + list(graph.constants):
-        slot.setdefault(v, len(slot))
-    for step in runnable.steps:
-        for v in step.outputs:
-            slot.setdefault(v, len(slot))
-    calls_blas = any(getattr(st, "node", None) is not None and st.node.op == "matmul"
-                     for st in schedule.steps)
-    # write-backs C kernels may compute over their source (see in_place_updates), and the
-    # graph inputs that must not share its memory then: those read from that step on
-    over: dict = {}
-    read = inputs_read(runnable)
-    step_of = {v: i for i, st in enumerate(runnable.steps) for v in st.outputs}
-    if target == "c":
-        for new, src in in_place_updates(runnable).items():
-            others = tuple(slot[v] for v in read[step_of[new]] if v is not src)
-            over[new] = (src, slot[src], others)
-    steps, subgraphs, listing, kernels = [], [], [], {}
-    num_spares = 0
-    for step, number in zip(runnable.steps, numbers):
-        ins = [slot[v] for v in step.inputs]
-        outs = [slot[v] for v in step.outputs]
-        if isinstance(step, FusedKernel):      # the rest are extern nodes
-            sub = step.subgraph
-            subgraphs.append(sub)
-            if all(n.op in STRIDED_VIEWS for n in sub.nodes):
-                # only views (a transposed weight or activation before a matmul): NumPy and
-                # CuPy make them without copying, and the matmul reads them as they are
-                listing.append((step.name, None, "views only: no copy needed"))
-                if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
-                    (n,) = sub.nodes
-                    steps.append(("view", (n.op, n.attrs), ins, outs, None))
-                else:
-                    steps.append(("array", sub, ins, outs, None))
-                continue
-            try:
-                if target == "c":
-                    ck, extra = _c_step(number, step, known, over, outs, calls_blas,
-                                        num_spares)
-                    kernels[number] = ck
-                    listing.append(number)
-                    steps.append(("c", number, ins, outs, extra))
-                    num_spares += len(sub.outputs)
-                else:
-                    from kiln.codegen.triton import render_triton
-                    tk = render_triton(lower(sub))
-                    listing.append((tk.name, tk.source))
-                    steps.append(("triton", tk, ins, outs, sub))
-                continue
-            except LoweringError as e:
-                listing.append((step.name, None, str(e)))
-        elif step.node.op == "matmul":
-            # into the last call's result when nothing else holds it (as C kernels do): a
-            # fresh megabyte costs a page fault per 4 KiB on every call
-            out = step.node.out
-            steps.append(("matmul", None, [slot[v] for v in step.node.inputs], outs,
-                          (num_spares, out.shape, np.dtype(out.dtype.np))))
-            subgraphs.append(None)
-            num_spares += 1
-            continue
-        else:
-            sub = step.subgraph
-            subgraphs.append(sub)
-        steps.append(("array", sub, ins, outs, None))
-    # buffers no later step reads are dropped after the step that last reads them
-    input_slots = [slot[v] for v in graph.inputs]
-    constant_slots = [slot[v] for v in graph.constants]
-    mutation_slots = [slot[new] for _, new in graph.mutations]
-    pinned = set(input_slots) | set(constant_slots) | {slot[v] for v in graph.outputs} | \
-        set(mutation_slots)
-    last: dict = {}
-    for i, step in enumerate(steps):
-        for s in step[2]:
-            last[s] = i
-    free = [tuple(s for s in dict.fromkeys(step[2]) if last[s] == i and s not in pinned)
-            for i, step in enumerate(steps)]
-    # outputs that `run(..., into=...)` may compute straight into a caller's array: those a C
-    # kernel or a matmul writes, returned once and not written back; with the inputs that
-    # must not share that array's memory
-    written = {s for kind, _, _, outs, _ in steps if kind in ("c", "matmul") for s in outs}
-    into = {}
-    for i, v in enumerate(graph.outputs):
-        if slot[v] in written and graph.outputs.count(v) == 1 and \
-                slot[v] not in mutation_slots:
-            into[i] = (slot[v], v.shape, np.dtype(v.dtype.np),
-                       tuple(slot[x] for x in read[step_of[v]]))
-    layout = ExecutorLayout(kernels, steps, listing, len(slot), input_slots, constant_slots,
-                            free, [slot[v] for v in graph.outputs], mutation_slots, into,
-                            num_spares)
-    return layout, subgraphs
-
-
-def _c_step(number: str, step: FusedKernel, known: dict, over: dict, outs: list,
-            calls_blas: bool, first_spare: int) -> tuple:
-    """(CKernel, the step's argument dtypes and output specs) of one generated C kernel."""
-    from kiln.codegen.c import PARALLEL_MIN, PARALLEL_MIN_NEAR_BLAS, render_c
-    sub = step.subgraph
-    over = {j: over[v] for j, v in enumerate(step.outputs) if v in over}
-    ck = known.get(number)
-    if ck is None:
-        kernel = lower(sub)
-        ck = render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
-            PARALLEL_MIN_NEAR_BLAS if calls_blas else PARALLEL_MIN), in_place={
-                j: step.inputs.index(src) for j, (src, _, _) in over.items()
-                if src in step.inputs})
-    paired = dict(ck.in_place)
-    out_specs = []
-    for j, (v, s) in enumerate(zip(sub.outputs, outs)):
-        # (source slot, its argument position or None, inputs it must not share with)
-        target = None
-        if j in over and (paired.get(j) is not None or over[j][0] not in step.inputs):
-            target = (over[j][1], paired.get(j), over[j][2])
-        out_specs.append((first_spare + j, v.shape, np.dtype(v.dtype.np), s, target))
-    return ck, (tuple(np.dtype(v.dtype.np) for v in sub.inputs), tuple(out_specs))
+def _new_buffer(index: int, nbytes: int) -> np.ndarray:
+    """Memory for kept buffer `index` of a program's memory plan (bytes; each value it holds
+    is a typed view of it)."""
+    return np.empty(nbytes, np.uint8)
 
 
 def _free_to_write(a, dtype, env: list, others: tuple) -> bool:

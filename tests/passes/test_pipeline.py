@@ -40,7 +40,9 @@ def test_dump_sections_and_fused_dot_file(tmp_path):
     assert {"optimized graph", "pass statistics", "fusion groups", "launch order (c)",
             "executor buffers", "generated kernels (C)", "generated kernels (Triton)",
             "fusion groups (DOT)"} <= set(titles)
-    assert "memory plan" not in titles          # no executor runs passes.memory's plan
+    # the memory plan printed is the executor's: its kept buffers (a matmul's, the kernels')
+    plan = dict(program_sections(program))["memory plan"]
+    assert plan.startswith("memory plan: ") and "buffer 0: " in plan
     written = write_programs(tmp_path, "step", [program], formats=("text", "dot"))
     names = sorted(p.name for p in written)
     assert names == ["step.dot", "step.fused.dot", "step.txt"]

@@ -18,6 +18,7 @@ import pytest
 
 import kiln
 from kiln import compiler
+from kiln.compiler import lower_program
 from kiln.codegen.c import c_module, render_c
 from kiln.codegen.kernel import lower
 from kiln.ir import dtypes as dt
@@ -219,7 +220,7 @@ def test_write_backs_are_computed_over_the_callers_arrays(cache_dir):
     half = g.add_node("mul", (p, 0.5), {}, (64,), dt.float32)
     g.mutations = [(p, g.add_node("add", (half, q), {}, (64,), dt.float32))]
     g.outputs = [g.add_node("mul", (q, 3.0), {}, (64,), dt.float32)]
-    ex = ScheduleExecutor(fuse(g), target="c").wait()
+    ex = ScheduleExecutor(lower_program(fuse(g), "c")).wait()
     assert "*restrict p_ptr" not in ex.module_source        # p is read and written over
 
     def run(pa, qa):
@@ -248,7 +249,7 @@ def test_outputs_go_into_the_callers_arrays_when_asked(cache_dir):
     at = g.add_node("permute", (a,), {"perm": (1, 0)}, (4, 8), dt.float32)
     g.outputs = [g.add_node("matmul", (at, b), {}, (4, 6), dt.float32),    # an extern
                  g.add_node("mul", (a, 2.0), {}, (8, 4), dt.float32)]      # a kernel
-    ex = ScheduleExecutor(fuse(g), target="c").wait()
+    ex = ScheduleExecutor(lower_program(fuse(g), "c")).wait()
     rng = np.random.default_rng(0)
     aa, ba = rng.standard_normal((8, 4), dtype=np.float32), rng.standard_normal((8, 6),
                                                                                dtype=np.float32)
@@ -298,7 +299,7 @@ def test_no_write_over_the_callers_arrays_before_a_step_that_may_raise(cache_dir
     g.mutations = [(p, g.add_node("mul", (p, 0.5), {}, (6,), dt.float32))]
     q = g.add_input((6,), dt.float32, "q")
     g.outputs = [g.add_node("take", (q, idx), {"axis": 0}, (3,), dt.float32)]
-    ex = ScheduleExecutor(fuse(g, gathers=False), target="c").wait()
+    ex = ScheduleExecutor(lower_program(fuse(g, gathers=False), "c")).wait()
     assert [kind for kind, *_ in ex.steps] == ["c", "array"]
     pa = np.arange(6, dtype=np.float32)
     with pytest.raises(IndexError):

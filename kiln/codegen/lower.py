@@ -1,0 +1,253 @@
+"""Lowering: a fused Schedule -> the LoweredProgram an executor runs, all decided at compile time.
+
+`lower_schedule(schedule, target)` is the last step of the compiler's pipeline (see
+`kiln.passes.pipeline.STEPS`). It decides, per step of the schedule, how it runs: a generated
+kernel (C or Triton, rendered here with its build options: the parallel threshold, which
+outputs may overwrite an input), a BLAS matmul, a strided view that needs no copy (a kernel made
+of views only is never launched), or the array executor (externs, and a kernel the renderers
+cannot spell, with the reason). It numbers the slots every value lives in. The runtime only
+allocates, launches and frees what this describes; `kiln dump` and `explain` print it.
+
+Its inputs come from the passes, so that codegen imports only `ir`: the schedule (`kiln.ir.
+schedule` types) already split around its gathers (`kiln.passes.fusion.split_gathers`), the
+in-place write-backs and the graph inputs each step reads (`kiln.passes.memory`). Its memory,
+what to free after each step and which kept buffer each output goes into, is planned afterwards
+by `kiln.passes.memory.plan_buffers` and recorded with `LoweredProgram.with_memory`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kiln.codegen import c as c_codegen
+from kiln.codegen.kernel import LoweringError, lower
+from kiln.ir.schedule import STRIDED_VIEWS, FusedKernel, Schedule
+
+VIEWS_ONLY = "views only: no copy needed"
+STEP_KINDS = ("c", "triton", "matmul", "view", "array")
+
+
+@dataclass(frozen=True)
+class LoweredStep:
+    """One step in launch order. `kind`: "c" or "triton" (a generated kernel: `kernel` holds its
+    exact source), "matmul" (BLAS), "view" (a one-node strided view, no copy) or "array" (the
+    array executor runs `graph`: an extern call, views only, or a kernel not generated, `why`).
+    `ins`/`outs` are slots of the program."""
+
+    kind: str
+    ins: tuple
+    outs: tuple
+    name: str = ""              # the kernel's, the extern op's, or the subgraph's name
+    number: str = ""            # a fused kernel's number (k0, k6a), else ""
+    kernel: object = None       # CKernel or TritonKernel: the rendered source it launches
+    graph: object = None        # the subgraph: what "array" runs; a kernel's NumPy alternative
+    view: tuple | None = None   # "view": (op, attrs)
+    why: str = ""               # why a fused kernel is not generated
+    in_dtypes: tuple = ()       # "c": the dtype each input is converted to
+    in_place: tuple = ()        # "c": per output None, or (source slot, argument position or
+                                # None, slots it must not share memory with): an update the
+                                # kernel may compute into its source's memory
+    kept: tuple = ()            # per output: whether the executor writes it into a kept
+                                # buffer (planned memory), not memory allocated per call
+    buffers: tuple = ()         # per output: its kept buffer's index (memory plan), or None
+
+    @property
+    def may_alias_inputs(self) -> bool:
+        """Whether an output may be a view of an input's memory (NumPy views, array steps)."""
+        return self.kind in ("view", "array")
+
+
+@dataclass(frozen=True)
+class LoweredProgram:
+    """What an executor runs for one fused program: steps in launch order over numbered slots,
+    and its memory (frees and kept buffers, from `kiln.passes.memory.plan_buffers`)."""
+
+    name: str
+    target: str                 # "c" or "triton"
+    steps: tuple                # LoweredStep
+    refs: tuple                 # per slot: the value's ref (`%5`) in the scheduled graph
+    shapes: tuple               # per slot
+    dtypes: tuple               # per slot: a NumPy dtype
+    input_slots: tuple
+    constant_slots: tuple       # per graph constant, in order
+    output_slots: tuple
+    mutation_slots: tuple
+    into: dict                  # output index -> (slot, shape, dtype, slots it must not share):
+                                # outputs that may be computed into a caller's array
+    module_source: str | None = None    # "c": the translation unit built
+    free: tuple = ()            # per step: the slots dropped after it
+    buffer_bytes: tuple = ()    # per kept buffer: its size
+    graph: object = field(default=None, compare=False)  # the scheduled graph (its constants)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.refs)
+
+    @property
+    def kernels(self) -> dict:
+        """number -> CKernel of every C step."""
+        return {s.number: s.kernel for s in self.steps if s.kind == "c"}
+
+    def with_memory(self, plan) -> "LoweredProgram":
+        """This program with `plan`'s frees and buffers (a `kiln.passes.memory.MemoryPlan` of
+        it: `free` per step, `buffer_of` slot -> buffer, `buffer_bytes`)."""
+        steps = tuple(dataclasses.replace(s, buffers=tuple(
+            plan.buffer_of.get(o) if kept else None
+            for o, kept in zip(s.outs, s.kept or (False,) * len(s.outs))))
+            for s in self.steps)
+        return dataclasses.replace(self, steps=steps, free=tuple(plan.free),
+                                   buffer_bytes=tuple(plan.buffer_bytes))
+
+    def memory_text(self) -> str:
+        """The kept buffers: which values each holds, by step."""
+        holds: dict = {}
+        for i, s in enumerate(self.steps):
+            for o, b in zip(s.outs, s.buffers):
+                if b is not None:
+                    holds.setdefault(b, []).append(f"{self.refs[o]} (step {i})")
+        lines = [f"memory plan: {len(self.buffer_bytes)} kept buffers, "
+                 f"{sum(self.buffer_bytes)} bytes"]
+        lines += [f"  buffer {b}: {n} bytes, holds {', '.join(holds.get(b, []))}"
+                  for b, n in enumerate(self.buffer_bytes)]
+        lines += [f"  after step {i}: drop {', '.join(self.refs[x] for x in free)}"
+                  for i, free in enumerate(self.free) if free]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        lines = [f"lowered {self.name} ({self.target}): {len(self.steps)} steps"]
+        for i, s in enumerate(self.steps):
+            args = f"({', '.join(self.refs[x] for x in s.ins)}) -> " \
+                   f"{', '.join(self.refs[x] for x in s.outs)}"
+            what = " ".join(t for t in (s.number, s.kind, s.name if s.name != s.kind else "")
+                            if t)
+            why = f"    [{s.why}]" if s.why else ""
+            lines.append(f"  step {i}: {what} {args}{why}")
+        return "\n".join(lines)
+
+
+def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
+                   in_place: dict | None = None, reads: list | None = None,
+                   known: dict | None = None) -> LoweredProgram:
+    """Decide how each step of `schedule` runs with `target` ("c" or "triton") kernels.
+
+    Args:
+        schedule: a fused program whose kernels do not gather (`passes.fusion.split_gathers`).
+        numbers: per step, its fused kernel's number (k0, k6a) or None; counted when omitted.
+        in_place: `new -> src` write-backs a C kernel may compute into src's memory
+            (`passes.memory.in_place_updates`); none when omitted.
+        reads: per step, the graph inputs read from it on (`passes.memory.inputs_read`); every
+            input when omitted.
+        known: C kernels rendered for this schedule before, by number (program cache).
+    """
+    if target not in ("triton", "c"):
+        raise ValueError(f"unknown kernel target {target!r}; expected 'triton' or 'c'")
+    graph = schedule.graph
+    steps_in = schedule.steps
+    if numbers is None:
+        count = iter(range(len(steps_in)))
+        numbers = [f"k{next(count)}" if isinstance(s, FusedKernel) else None for s in steps_in]
+    reads = reads if reads is not None else [set(graph.inputs)] * len(steps_in)
+    known = known or {}
+    slot: dict = {}
+    for v in list(graph.inputs) + list(graph.constants):
+        slot.setdefault(v, len(slot))
+    for step in steps_in:
+        for v in step.outputs:
+            slot.setdefault(v, len(slot))
+    values = list(slot)
+    step_of = {v: i for i, st in enumerate(steps_in) for v in st.outputs}
+    over: dict = {}
+    if target == "c":
+        for new, src in (in_place or {}).items():
+            others = tuple(slot[v] for v in reads[step_of[new]] if v is not src)
+            over[new] = (src, slot[src], others)
+    calls_blas = any(getattr(st, "node", None) is not None and st.node.op == "matmul"
+                     for st in steps_in)
+    steps = []
+    for step, number in zip(steps_in, numbers):
+        ins = tuple(slot[v] for v in step.inputs)
+        outs = tuple(slot[v] for v in step.outputs)
+        if not isinstance(step, FusedKernel):           # an extern node
+            node = step.node
+            if node.op == "matmul":
+                # on the CPU into a kept buffer, as C kernels do: a fresh megabyte costs a page
+                # fault per 4 KiB on every call (CuPy's memory pool reuses its blocks itself)
+                steps.append(LoweredStep("matmul", tuple(slot[v] for v in node.inputs), outs,
+                                         name="matmul", kept=(target == "c",)))
+            else:
+                steps.append(LoweredStep("array", ins, outs, name=node.op,
+                                         graph=step.subgraph))
+            continue
+        sub = step.subgraph
+        if all(n.op in STRIDED_VIEWS for n in sub.nodes):
+            # only views (a transposed weight or activation before a matmul): NumPy and CuPy
+            # make them without copying, and the matmul reads them as they are
+            if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
+                (n,) = sub.nodes
+                steps.append(LoweredStep("view", ins, outs, step.name, number, graph=sub,
+                                         view=(n.op, n.attrs), why=VIEWS_ONLY))
+            else:
+                steps.append(LoweredStep("array", ins, outs, step.name, number, graph=sub,
+                                         why=VIEWS_ONLY))
+            continue
+        try:
+            if target == "c":
+                steps.append(_c_step(number, step, known, over, ins, outs, calls_blas))
+            else:
+                from kiln.codegen.triton import render_triton   # Triton's renderer, on demand
+                tk = render_triton(lower(sub))
+                steps.append(LoweredStep("triton", ins, outs, tk.name, number, tk, sub))
+        except LoweringError as e:
+            steps.append(LoweredStep("array", ins, outs, step.name, number, graph=sub,
+                                     why=str(e)))
+    input_slots = tuple(slot[v] for v in graph.inputs)
+    mutation_slots = tuple(slot[new] for _, new in graph.mutations)
+    # outputs `run(..., into=...)` may compute straight into a caller's array: those a C kernel
+    # or a matmul writes, returned once and not written back; with the inputs that must not
+    # share that array's memory
+    written = {o for s in steps if s.kind in ("c", "matmul") for o in s.outs}
+    into = {}
+    for i, v in enumerate(graph.outputs):
+        if slot[v] in written and graph.outputs.count(v) == 1 and \
+                slot[v] not in mutation_slots:
+            into[i] = (slot[v], v.shape, np.dtype(v.dtype.np),
+                       tuple(slot[x] for x in reads[step_of[v]]))
+    c_kernels = [s.kernel for s in steps if s.kind == "c"]
+    module = c_codegen.c_module(c_kernels, f"kernels of graph {graph.name!r}") \
+        if c_kernels else None
+    return LoweredProgram(
+        graph.name, target, tuple(steps), tuple(v.ref for v in values),
+        tuple(v.shape for v in values), tuple(np.dtype(v.dtype.np) for v in values),
+        input_slots, tuple(slot[v] for v in graph.constants),
+        tuple(slot[v] for v in graph.outputs), mutation_slots, into, module, graph=graph)
+
+
+def _c_step(number: str, step: FusedKernel, known: dict, over: dict, ins: tuple, outs: tuple,
+            calls_blas: bool) -> LoweredStep:
+    """A generated C kernel's step: rendered (or `known`), with its in-place outputs."""
+    sub = step.subgraph
+    over = {j: over[v] for j, v in enumerate(step.outputs) if v in over}
+    ck = known.get(number)
+    if ck is None:
+        kernel = lower(sub)
+        ck = c_codegen.render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
+            c_codegen.PARALLEL_MIN_NEAR_BLAS if calls_blas else c_codegen.PARALLEL_MIN),
+            in_place={j: step.inputs.index(src) for j, (src, _, _) in over.items()
+                      if src in step.inputs})
+    paired = dict(ck.in_place)
+    specs = []
+    for j in range(len(outs)):
+        # (source slot, its argument position or None, inputs it must not share with)
+        target = None
+        if j in over and (paired.get(j) is not None or over[j][0] not in step.inputs):
+            target = (over[j][1], paired.get(j), over[j][2])
+        specs.append(target)
+    return LoweredStep("c", ins, outs, ck.name, number, ck, sub,
+                       in_dtypes=tuple(np.dtype(v.dtype.np) for v in sub.inputs),
+                       in_place=tuple(specs), kept=tuple(spec is None for spec in specs))
+
+
+__all__ = ["LoweredProgram", "LoweredStep", "VIEWS_ONLY", "lower_schedule"]

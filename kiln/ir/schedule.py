@@ -1,0 +1,117 @@
+"""The fused program's data types: a Schedule of FusedKernels and ExternSteps.
+
+`kiln.passes.fusion` makes them; `kiln.codegen.lower` lowers them to what runs; the program
+cache stores them. They live in `ir` so that codegen, which imports only `ir`, can read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kiln.ir.graph import Deferred, Graph, Node, Value
+from kiln.ir.printer import scope_summary
+
+# movement ops NumPy (and CuPy) compute as strided views of their input, without a copy
+STRIDED_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
+
+
+@dataclass(eq=False)
+class FusedKernel:
+    """One generated kernel: `subgraph` computes `outputs` from `inputs` (outer Values)."""
+
+    name: str
+    subgraph: Graph
+    inputs: list
+    outputs: list
+    nodes: list                  # the outer graph's nodes it computes
+
+    def __str__(self) -> str:
+        ins = ", ".join(v.ref for v in self.inputs)
+        outs = ", ".join(v.ref for v in self.outputs)
+        counts: dict = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        ops = " ".join(op if k == 1 else f"{op}*{k}" for op, k in counts.items())
+        where = scope_summary(self.nodes)
+        return f"{self.name}({ins}) -> ({outs})    [{len(self.nodes)} nodes: {ops}]" + (
+            f"  from {where}" if where else "")
+
+
+@dataclass(eq=False)
+class ExternStep:
+    """One node run as a library call (matmul, indexing, random, cat, cumsum)."""
+
+    node: Node
+
+    @property
+    def name(self) -> str:
+        return self.node.op
+
+    @property
+    def inputs(self) -> list:
+        return list(dict.fromkeys(self.node.value_inputs))
+
+    @property
+    def outputs(self) -> list:
+        return [self.node.out]
+
+    @property
+    def subgraph(self) -> Graph:
+        """The node alone as a graph over its own inputs (built afresh), like a FusedKernel's."""
+        g = Graph(self.node.op)
+        inner = {v: g.add_input(v.shape, v.dtype, v.name) for v in self.inputs}
+        ins = tuple(inner[v] if isinstance(v, Value) else v for v in self.node.inputs)
+        g.outputs = [g.add_node(self.node.op, ins, self.node.attr_dict, self.node.out.shape,
+                                self.node.out.dtype, self.node.loc, self.node.scope)]
+        return g
+
+    def __str__(self) -> str:
+        ins = ", ".join(v.ref if isinstance(v, Value) else repr(v) for v in self.node.inputs)
+        return f"extern {self.node.op}({ins}) -> {self.node.out.ref}"
+
+
+@dataclass(eq=False)
+class Schedule(Deferred):
+    """The fused program: `steps` run in order compute `graph`'s outputs and write-backs.
+
+    A schedule read from the program cache decodes its steps when they are first read.
+    """
+
+    graph: Graph
+    steps: list = field(default_factory=list)
+
+    @property
+    def kernels(self) -> list:
+        return [s for s in self.steps if isinstance(s, FusedKernel)]
+
+    @property
+    def externs(self) -> list:
+        return [s for s in self.steps if isinstance(s, ExternStep)]
+
+    def groups(self) -> dict:
+        """Value -> kernel index, for `Graph.to_dot(groups=...)` (externs stay uncoloured)."""
+        out = {}
+        for i, k in enumerate(self.kernels):
+            for n in k.nodes:
+                out.setdefault(n.out, i)
+        return out
+
+    def __str__(self) -> str:
+        return self.listing()
+
+    def listing(self, numbers: list | None = None) -> str:
+        """The schedule, one step a line; kernels numbered k0, k1, ... or by `numbers` (per
+        step, as `kiln.passes.fusion.split_gathers` gives them)."""
+        lines = [f"schedule {self.graph.name}: {len(self.graph.nodes)} nodes -> "
+                 f"{len(self.kernels)} kernels + {len(self.externs)} extern calls"]
+        k = 0
+        for i, step in enumerate(self.steps):
+            if isinstance(step, FusedKernel):
+                lines.append(f"  {numbers[i] if numbers else f'k{k}'} {step}")
+                k += 1
+            else:
+                lines.append(f"  {step}")
+        return "\n".join(lines)
+
+
+__all__ = ["STRIDED_VIEWS", "ExternStep", "FusedKernel", "Schedule"]
