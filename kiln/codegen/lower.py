@@ -27,7 +27,6 @@ from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.schedule import STRIDED_VIEWS, FusedKernel, Schedule
 
 VIEWS_ONLY = "views only: no copy needed"
-STEP_KINDS = ("c", "triton", "matmul", "view", "array")
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,8 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
             if target == "c":
                 steps.append(_c_step(number, step, known, over, ins, outs, calls_blas))
             else:
-                from kiln.codegen.triton import render_triton   # Triton's renderer, on demand
+                # imported here: ~15 ms a process lowering only C kernels never spends
+                from kiln.codegen.triton import render_triton
                 tk = render_triton(lower(sub))
                 steps.append(LoweredStep("triton", ins, outs, tk.name, number, tk, sub))
         except LoweringError as e:

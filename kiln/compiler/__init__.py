@@ -395,8 +395,8 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
                 if part.lowered is None:        # Triton kernels are not kept: lower again
                     pipeline.lower_part(part, lower)
     else:
-        if stage is not None:
-            stage[0] = f"running the passes and generating {target} kernels"
+        if stage is not None and lower is not None:
+            stage[0] = f"optimizing the graph and generating {target} kernels"
         compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower)
     if stage is not None:
         stage[0] = f"building {target} kernels"

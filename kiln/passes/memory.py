@@ -1,5 +1,9 @@
 """Memory planning: assigns the buffers a program computes to reusable memory by liveness.
 
+`plan_buffers` plans a lowered program (`kiln.codegen.lower`): what the executor drops after
+each step and the kept buffers it allocates; it is the only liveness planner the executors of
+fused programs use. `plan_memory` plans a Schedule or Graph, for studying the passes.
+
 A value lives from the step that writes it to the last step that reads it; outputs and
 write-back values live to the end (they leave the program). Once dead, its buffer may hold a
 value written by a later step, of any dtype, when it is large enough (best fit; a free buffer
