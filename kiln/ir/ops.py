@@ -7,6 +7,11 @@ rejects bad input), and `grad(g, out, *inputs, **attrs)` maps the output gradien
 gradient per input, written with tensor ops so that eager autograd, higher-order gradients and
 backward tracing all run the same rule.
 
+Every other fact about an op is given in the same `define` call, as a field of its
+`Primitive` (kiln.ir.primitive): which inputs the gradient rule reads, whether it reads the
+output, the cost class, a decomposition for the compiler, the NumPy ufunc, and for an
+elementwise op its scalar math, from which every kernel renderer writes it.
+
 Inputs of a primitive are tensors or Python numbers ("literals"); in shape rules a literal has
 shape () and dtype None. Attributes are hashable (tuples, numbers, dtypes).
 """
