@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 
 from kiln.ir.graph import Deferred, Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
-from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
+from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, PRIMITIVES, REDUCE
 from kiln.passes.layout import transpose_matmul_outputs
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
-# fusible kinds that still run as a library call: a scan, and a multi-input concatenation
-EXTERN_OPS = frozenset(["cumsum", "cat"])
+# fusible kinds that still run as a library call (Primitive.extern: a scan, a concatenation)
+EXTERN_OPS = frozenset(name for name, p in PRIMITIVES.items() if p.extern)
 VIEW_KINDS = frozenset([MOVEMENT, CREATION])
-# movement ops NumPy (and CuPy) compute as strided views of their input, without a copy
-STRIDED_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
+# movement ops NumPy (and CuPy) compute as strided views of their input (Primitive.view)
+STRIDED_VIEWS = frozenset(name for name, p in PRIMITIVES.items() if p.view)
 
 
 def is_fusible(node: Node, gathers: bool = True) -> bool:

@@ -13,8 +13,8 @@ from kiln.codegen.common import KERNEL_OPS, computed_primitives, missing_spellin
 from kiln.codegen.kernel import LoweringError, lower
 from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.compiler import trace
-from kiln.ir.ops import (CHEAP, COPIED, ELEMENTWISE, EXPENSIVE, PRIMITIVES, SAVED, P,
-                         _float_unary, define)
+from kiln.ir.ops import (CHEAP, COPIED, CREATION, ELEMENTWISE, EXPENSIVE, MOVEMENT, PRIMITIVES,
+                         REDUCE, SAVED, P, _float_unary, define)
 from kiln.ir.primitive import ScalarMath, undefine
 from kiln.runtime import c_build
 
@@ -146,5 +146,7 @@ def test_primitive_facts_are_well_formed():
             assert isinstance(getattr(np, p.ufunc, None), np.ufunc), (name, p.ufunc)
         if isinstance(p.reads, tuple) and p.arity is not None:
             assert all(0 <= i < p.arity for i in p.reads), name
+        assert not p.view or p.kind == MOVEMENT, name
+        assert not p.extern or p.kind in (ELEMENTWISE, REDUCE, MOVEMENT, CREATION), name
         if p.decompose is not None:
             assert p.decompose.__code__.co_argcount >= 1 + (p.arity or 0), name   # b, inputs
