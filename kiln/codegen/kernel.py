@@ -414,7 +414,7 @@ class _Lowering:
             if prim.kind not in (ELEMENTWISE, REDUCE, MOVEMENT, CREATION):
                 raise LoweringError(f"{n.op} ({prim.kind}) cannot be fused into a generated "
                                     f"kernel")
-            if n.op in ("cumsum", "cat"):
+            if prim.extern:
                 raise LoweringError(f"{n.op} is not supported by the kernel generator yet")
         if graph.constants:
             raise LoweringError("a fused subgraph must take constants as buffer inputs")

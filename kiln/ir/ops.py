@@ -7,6 +7,11 @@ rejects bad input), and `grad(g, out, *inputs, **attrs)` maps the output gradien
 gradient per input, written with tensor ops so that eager autograd, higher-order gradients and
 backward tracing all run the same rule.
 
+Every other fact about an op is given in the same `define` call, as a field of its
+`Primitive` (kiln.ir.primitive): which inputs the gradient rule reads, whether it reads the
+output, the cost class, a decomposition for the compiler, the NumPy ufunc, and for an
+elementwise op its scalar math, from which every kernel renderer writes it.
+
 Inputs of a primitive are tensors or Python numbers ("literals"); in shape rules a literal has
 shape () and dtype None. Attributes are hashable (tuples, numbers, dtypes).
 """
@@ -407,7 +412,7 @@ def _cumsum_grad(g, out, x, axis):
 
 define("cumsum", REDUCE, lambda shapes, dtypes, axis: (shapes[0], dtypes[0]),
        lambda xp, x, axis: xp.cumsum(x, axis=axis, dtype=x.dtype), _cumsum_grad, arity=1,
-       reads=())
+       reads=(), extern=True)
 
 
 # ----------------------------------------------------------------------------- movement
@@ -420,7 +425,7 @@ def _reshape_infer(shapes, dtypes, shape):
 
 
 define("reshape", MOVEMENT, _reshape_infer, lambda xp, x, shape: x.reshape(shape),
-       lambda g, out, x, shape: (P.reshape(g, shape=x.shape),), arity=1, reads=())
+       lambda g, out, x, shape: (P.reshape(g, shape=x.shape),), arity=1, reads=(), view=True)
 
 
 def _permute_infer(shapes, dtypes, perm):
@@ -438,7 +443,8 @@ def _inverse(perm):
 
 
 define("permute", MOVEMENT, _permute_infer, lambda xp, x, perm: x.transpose(perm),
-       lambda g, out, x, perm: (P.permute(g, perm=_inverse(perm)),), arity=1, reads=())
+       lambda g, out, x, perm: (P.permute(g, perm=_inverse(perm)),), arity=1, reads=(),
+       view=True)
 
 
 def _expand_infer(shapes, dtypes, shape):
@@ -455,7 +461,7 @@ def _expand_infer(shapes, dtypes, shape):
 
 
 define("expand", MOVEMENT, _expand_infer, lambda xp, x, shape: xp.broadcast_to(x, shape),
-       lambda g, out, x, shape: (unbroadcast(g, x.shape),), arity=1, reads=())
+       lambda g, out, x, shape: (unbroadcast(g, x.shape),), arity=1, reads=(), view=True)
 
 
 def _slice_infer(shapes, dtypes, starts, stops, steps):
@@ -485,10 +491,10 @@ def _flat_positions(shape, starts, stops, steps, like):
 
 define("slice", MOVEMENT, _slice_infer,
        lambda xp, x, starts, stops, steps: x[tuple(map(slice, starts, stops, steps))],
-       _slice_grad, arity=1, reads=())
+       _slice_grad, arity=1, reads=(), view=True)
 define("flip", MOVEMENT, lambda shapes, dtypes, axes: (shapes[0], dtypes[0]),
        lambda xp, x, axes: xp.flip(x, axis=axes),
-       lambda g, out, x, axes: (P.flip(g, axes=axes),), arity=1, reads=())
+       lambda g, out, x, axes: (P.flip(g, axes=axes),), arity=1, reads=(), view=True)
 
 
 def _pad_infer(shapes, dtypes, pads, value):
@@ -549,7 +555,7 @@ def _cat_grad(g, out, *xs, axis):
 
 
 define("cat", MOVEMENT, _cat_infer, lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
-       _cat_grad, reads=())
+       _cat_grad, reads=(), extern=True)
 
 
 # ----------------------------------------------------------------------------- indexing

@@ -68,6 +68,10 @@ class Primitive:
             *inputs, **attrs)` appends a node.
         ufunc: the name of the NumPy ufunc computing the op (`np.<ufunc>(..., out=)`), which
             lets the NumPy executor write into a dead buffer.
+        view: NumPy and CuPy compute it as a strided view of its input (no copy), so its
+            result shares the input's buffer.
+        extern: of a fusible kind, but runs as a library call between kernels (a scan, a
+            concatenation of several inputs).
         scalar: the op as scalar math (ScalarMath), from which the C and Triton renderers
             write a helper function; an elementwise op without it needs an entry in each
             renderer's op table.
@@ -86,6 +90,8 @@ class Primitive:
     cost: str = CHEAP
     decompose: Callable | None = None
     ufunc: str | None = None
+    view: bool = False
+    extern: bool = False
     scalar: ScalarMath | None = None
 
     def __repr__(self) -> str:
@@ -120,8 +126,8 @@ def define(name: str, kind: str, infer: Callable, impl: Callable | None,
            grad: Callable | None = None, arity: int | None = None, quiet: bool = False,
            doc: str = "", **facts) -> Primitive:
     """Register a primitive and make `P.<name>` call it. `facts` are the optional fields of
-    `Primitive` (reads, output, cost, decompose, ufunc, scalar). With `impl=None` the op is
-    computed by its NumPy/CuPy ufunc, `xp.<ufunc>(*arrays)`."""
+    `Primitive` (reads, output, cost, decompose, ufunc, view, extern, scalar). With
+    `impl=None` the op is computed by its NumPy/CuPy ufunc, `xp.<ufunc>(*arrays)`."""
     if name in PRIMITIVES:
         raise ValueError(f"primitive {name!r} is defined twice")
     if impl is None:

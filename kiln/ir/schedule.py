@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Deferred, Graph, Node, Value
+from kiln.ir.ops import PRIMITIVES
 from kiln.ir.printer import scope_summary
 
-# movement ops NumPy (and CuPy) compute as strided views of their input, without a copy
-STRIDED_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
+# movement ops NumPy (and CuPy) compute as strided views of their input (Primitive.view)
+STRIDED_VIEWS = frozenset(name for name, p in PRIMITIVES.items() if p.view)
 
 
 @dataclass(eq=False)

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 from kiln.ir.graph import Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
-from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
+from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, PRIMITIVES, REDUCE
 from kiln.ir.schedule import STRIDED_VIEWS, ExternStep, FusedKernel, Schedule
 from kiln.passes.layout import transpose_matmul_outputs
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
-# fusible kinds that still run as a library call: a scan, and a multi-input concatenation
-EXTERN_OPS = frozenset(["cumsum", "cat"])
+# fusible kinds that still run as a library call (Primitive.extern: a scan, a concatenation)
+EXTERN_OPS = frozenset(name for name, p in PRIMITIVES.items() if p.extern)
 VIEW_KINDS = frozenset([MOVEMENT, CREATION])
 
 

@@ -16,9 +16,6 @@ from kiln.ir.graph import Graph, Value
 from kiln.ir.ops import PRIMITIVES
 from kiln.runtime.numpy_backend import numpy_impl
 
-# Movement ops whose NumPy result may be a view sharing its input's buffer.
-_VIEWS = frozenset(["reshape", "permute", "expand", "slice", "flip"])
-
 
 class ArrayExecutor:
     """Executes one graph with `xp` (NumPy or CuPy)."""
@@ -41,7 +38,7 @@ class ArrayExecutor:
         # a view keeps its base alive: track, per buffer, the values that may alias it
         root = {v: v for v in slot}
         for n in graph.nodes:
-            if n.op in _VIEWS:
+            if n.prim.view:            # its result may share its input's buffer
                 root[n.out] = root[n.inputs[0]]
         owners: dict = {}
         for v, r in root.items():

@@ -348,7 +348,7 @@ def keep_saved_output(tensor: Tensor) -> None:
     this memory (the tensor's own grad_fn, or its base's) takes a copy of the output first."""
     for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
         node = None if t is None else t.grad_fn
-        if (node is not None and node.out_version is t._version
+        if (node is not None and node.out_version is t._version and node.inputs is not None
                 and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None):
             node.out_data = node.out_data.copy()
             node.out_version = None       # its output no longer shares the tensor's memory

@@ -13,10 +13,12 @@ from kiln.codegen.common import KERNEL_OPS, computed_primitives, missing_spellin
 from kiln.codegen.kernel import LoweringError, lower
 from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.compiler import trace
-from kiln.ir.ops import (CHEAP, COPIED, ELEMENTWISE, EXPENSIVE, PRIMITIVES, SAVED, P,
-                         _float_unary, define)
+from kiln.ir.ops import (CHEAP, COPIED, CREATION, ELEMENTWISE, EXPENSIVE, MOVEMENT, PRIMITIVES,
+                         REDUCE, SAVED, P, _float_unary, define)
 from kiln.ir.primitive import ScalarMath, undefine
+from kiln.ir.interpreter import interpret
 from kiln.runtime import c_build
+from kiln.runtime.triton_launch import run_kernel
 
 RENDERERS = {"c": cgen.OPS, "triton": tgen.OPS}
 
@@ -88,6 +90,90 @@ def test_a_primitive_with_scalar_math_needs_no_table_entry():
     assert all(missing_spellings(t) == [] for t in RENDERERS.values())
 
 
+# ----------------------------------------------------------------------------- every spelling runs
+
+# attributes a primitive needs, and pow's exponent (renderers take literal exponents only)
+ATTRS = {"cast": {"dtype": kiln.float64}}
+LITERAL_SECOND = {"pow": 3.0}
+
+
+def _sample_inputs(prim) -> list:
+    """Arrays a primitive accepts: float32 in [-2, 2) away from 0, or in [0.5, 2) where that
+    gives NaN (log, sqrt), else int32 in [1, 9); `where` gets a bool condition."""
+    rng = np.random.default_rng(len(prim.name))
+    floats = [rng.uniform(0.5, 2.0, (3, 5)).astype(np.float32) for _ in range(prim.arity)]
+    signed = [a * np.where(rng.random(a.shape) < 0.5, -1, 1).astype(np.float32) for a in floats]
+    try:
+        with np.errstate(all="ignore"):
+            out = prim.impl(np, *signed, **ATTRS.get(prim.name, {}))
+        if prim.name != "where" and not np.isnan(np.asarray(out, float)).any():
+            floats = signed
+    except TypeError:                   # not a float op (bitwise): int32 below
+        pass
+    if prim.name == "where":
+        return [floats[0] > 1.2] + floats[1:]
+    ints = [rng.integers(1, 9, (3, 5)).astype(np.int32) for _ in range(prim.arity)]
+    for arrays in (floats, ints):
+        try:
+            with np.errstate(all="ignore"):
+                prim.impl(np, *arrays, **ATTRS.get(prim.name, {}))
+            prim.infer(tuple(a.shape for a in arrays),
+                       tuple(kiln.tensor(a).dtype for a in arrays), **ATTRS.get(prim.name, {}))
+            return arrays
+        except Exception:               # noqa: BLE001 - this dtype is not one the op takes
+            continue
+    raise AssertionError(f"no sample inputs for {prim.name}")
+
+
+@pytest.fixture(scope="module")
+def elementwise_graphs() -> dict:
+    """Per elementwise primitive, a traced graph `op(inputs) * 1` and its input arrays."""
+    graphs = {}
+    for name in computed_primitives():
+        prim = PRIMITIVES[name]
+        if prim.kind != ELEMENTWISE:
+            continue                    # creations are covered by tests/codegen/cases.py
+        arrays = _sample_inputs(prim)
+        if name in LITERAL_SECOND:
+            arrays = arrays[:1]
+
+        def call(*ts, name=name):
+            args = ts + ((LITERAL_SECOND[name],) if name in LITERAL_SECOND else ())
+            return getattr(P, name)(*args, **ATTRS.get(name, {})) * 1
+        graphs[name] = (trace(call, *[kiln.tensor(a) for a in arrays]).graphs[0], arrays)
+    return graphs
+
+
+def _assert_matches(name, got, graph, arrays):
+    want, _ = interpret(graph, arrays)
+    assert got.shape == want[0].shape and got.dtype == want[0].dtype, name
+    if want[0].dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want[0], err_msg=name)
+    else:
+        np.testing.assert_allclose(got, want[0], rtol=2e-6, atol=1e-6, err_msg=name)
+
+
+def test_every_elementwise_primitive_computes_its_definition_in_c(elementwise_graphs):
+    """Each elementwise primitive's C kernel equals the IR interpreter (the primitive's impl)."""
+    kernels = {name: cgen.render_c(lower(g), name=f"k_{name}")
+               for name, (g, _) in elementwise_graphs.items()}
+    lib = c_build.load(c_build.start_build(cgen.c_module(list(kernels.values()))))
+    for name, (graph, arrays) in elementwise_graphs.items():
+        out = np.empty(graph.outputs[0].shape, graph.outputs[0].dtype.np)
+        fn = c_build.kernel_function(lib, kernels[name].name, len(arrays) + 1)
+        ins = [np.ascontiguousarray(a) for a in arrays]
+        fn(*[c_build.data_pointer(a) for a in ins + [out]])
+        _assert_matches(name, out, graph, arrays)
+
+
+def test_every_elementwise_primitive_computes_its_definition_in_triton(elementwise_graphs):
+    """The same in Triton's interpreter."""
+    assert len(elementwise_graphs) > 30
+    for name, (graph, arrays) in elementwise_graphs.items():
+        (got,) = run_kernel(graph, arrays)
+        _assert_matches(name, got, graph, arrays)
+
+
 # ----------------------------------------------------------------------------- decompositions
 
 NUMPY = Dialect({"exp": "np.exp", "log": "np.log", "expm1": "np.expm1", "abs": "np.abs"},
@@ -146,5 +232,7 @@ def test_primitive_facts_are_well_formed():
             assert isinstance(getattr(np, p.ufunc, None), np.ufunc), (name, p.ufunc)
         if isinstance(p.reads, tuple) and p.arity is not None:
             assert all(0 <= i < p.arity for i in p.reads), name
+        assert not p.view or p.kind == MOVEMENT, name
+        assert not p.extern or p.kind in (ELEMENTWISE, REDUCE, MOVEMENT, CREATION), name
         if p.decompose is not None:
             assert p.decompose.__code__.co_argcount >= 1 + (p.arity or 0), name   # b, inputs

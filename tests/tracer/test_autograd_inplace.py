@@ -537,3 +537,18 @@ def _refused_or_exact(x0, seed, eps=1e-6):
             with kiln.no_grad():
                 numeric.flat[i] += sign * float(_random_view_program(kiln, to_kiln(shifted), seed))
     np.testing.assert_allclose(x.grad.numpy(), numeric / (2 * eps), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", [lambda x: x ** x, lambda x: x / 2.0, lambda x: x.exp()])
+def test_writing_an_output_after_its_graph_is_freed(op):
+    """After backward frees the graph, writing the output in place is allowed, as in PyTorch."""
+    results = []
+    for lib in (torch, kiln):
+        x = lib.tensor([0.5, 1.5, 2.0], dtype=lib.float64, requires_grad=True)
+        y = op(x)
+        y.sum().backward()
+        with lib.no_grad():
+            y.mul_(3)
+        results.append((y.detach().numpy().copy(), x.grad.numpy().copy()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-12)
