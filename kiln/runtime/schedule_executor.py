@@ -165,6 +165,7 @@ class ScheduleExecutor:
         self._into_all = program.into
         self._write_callers_arrays_last()
         self._ready = self._build is None
+        self._build_failed = ""     # why the C kernels run on the array executor, if they do
         # the kept buffers of the memory plan; one is replaced by a fresh one when something
         # outside still holds it (an output the caller kept from the last call)
         self._buffers = [None] * len(program.buffer_bytes)
@@ -194,19 +195,13 @@ class ScheduleExecutor:
         plan = []
         for (kind, _, ins, outs, _, _), st in zip(self.steps, self.program.steps):
             source = st.kernel.source if kind in ("c", "triton") else None
-            why = st.why if kind == st.kind else self._why.get(st.number, st.why)
+            why = st.why if kind == st.kind else self._build_failed
             plan.append(dict(kind=kind, name=st.name, source=source, why=why, number=st.number,
                              inputs=tuple(refs[x] for x in st.ins),
                              outputs=tuple(refs[x] for x in st.outs),
                              buffers=st.buffers if kind == st.kind else (None,) * len(outs),
                              lowered=st))
         return plan
-
-    @property
-    def _why(self) -> dict:
-        """number -> why a C kernel does not run (a failed build)."""
-        return {st.number: k[2] for st, k in zip([s for s in self.program.steps if s.number],
-                                                 self.kernels) if len(k) == 3}
 
     # -------------------------------------------------------------- C kernels
     def _write_callers_arrays_last(self) -> None:
@@ -241,7 +236,8 @@ class ScheduleExecutor:
                       None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
                      for (kind, runner, ins, outs, sub, extra), lowered in
                      zip(self.steps, self.program.steps)]
-            self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
+            self._build_failed = f"C build failed: {e}"
+            self.kernels = [(k[0], None, self._build_failed) if len(k) == 2 else k
                             for k in self.kernels]
         self.steps = steps
         self._write_callers_arrays_last()
