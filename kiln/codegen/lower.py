@@ -52,6 +52,8 @@ class LoweredStep:
     kept: tuple = ()            # per output: whether the executor writes it into a kept
                                 # buffer (planned memory), not memory allocated per call
     buffers: tuple = ()         # per output: its kept buffer's index (memory plan), or None
+    node_plan: tuple = ()       # "array", "c": the memory of running `graph` on the array
+                                # executor (`kiln.passes.memory.plan_nodes`)
 
     @property
     def may_alias_inputs(self) -> bool:
@@ -92,11 +94,11 @@ class LoweredProgram:
 
     def with_memory(self, plan) -> "LoweredProgram":
         """This program with `plan`'s frees and buffers (a `kiln.passes.memory.MemoryPlan` of
-        it: `free` per step, `buffer_of` slot -> buffer, `buffer_bytes`)."""
+        it: `free` per step, `buffer_of` slot -> buffer, `buffer_bytes`, `node_plans`)."""
         steps = tuple(dataclasses.replace(s, buffers=tuple(
             plan.buffer_of.get(o) if kept else None
-            for o, kept in zip(s.outs, s.kept or (False,) * len(s.outs))))
-            for s in self.steps)
+            for o, kept in zip(s.outs, s.kept or (False,) * len(s.outs))),
+            node_plan=plan.node_plans.get(i, ())) for i, s in enumerate(self.steps))
         return dataclasses.replace(self, steps=steps, free=tuple(plan.free),
                                    buffer_bytes=tuple(plan.buffer_bytes))
 

@@ -418,7 +418,8 @@ def build_executor(part, xp):
     """The executor of one compiled program (a `CompiledPart`): its lowered program, or the
     NumPy (CuPy) executor of its optimized graph when it was not fused."""
     if part.lowered is None:
-        return ArrayExecutor(part.graph, xp)
+        from kiln.passes.memory import plan_nodes       # see compile_program
+        return ArrayExecutor(part.graph, xp, plan_nodes(part.graph))
     from kiln.runtime.schedule_executor import ScheduleExecutor     # see compile_program
     return ScheduleExecutor(part.lowered, xp)
 

@@ -150,7 +150,8 @@ class ScheduleExecutor:
                 op, attrs = st.view
                 steps.append(("view", PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
             elif st.kind == "array":
-                steps.append(("array", ArrayExecutor(st.graph, xp), ins, outs, None, None))
+                steps.append(("array", ArrayExecutor(st.graph, xp, st.node_plan), ins, outs,
+                              None, None))
             else:
                 steps.append(("triton", st.kernel, ins, outs, st.graph, None))
         self.steps = steps
@@ -232,8 +233,8 @@ class ScheduleExecutor:
         except c_build.BuildError as e:
             warnings.warn(f"kiln: building the C kernels of {self.program.name!r} failed, they "
                           f"run on the NumPy executor instead: {e}", stacklevel=4)
-            steps = [("array", ArrayExecutor(lowered.graph, self.xp), ins, outs, None,
-                      None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
+            steps = [("array", ArrayExecutor(lowered.graph, self.xp, lowered.node_plan), ins,
+                      outs, None, None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
                      for (kind, runner, ins, outs, sub, extra), lowered in
                      zip(self.steps, self.program.steps)]
             self._build_failed = f"C build failed: {e}"
@@ -250,7 +251,8 @@ class ScheduleExecutor:
             self.steps, self.choices = self._linked_steps, []
             self._write_callers_arrays_last()
         self._trial_threads = _threads_setting()
-        self._trials = _KernelTrials({i: ArrayExecutor(lowered.graph, self.xp)
+        self._trials = _KernelTrials({i: ArrayExecutor(lowered.graph, self.xp,
+                                                       lowered.node_plan)
                                       for i, (st, lowered) in enumerate(zip(self.steps,
                                                                             self.program.steps))
                                       if st[0] == "c"})
