@@ -78,7 +78,7 @@ def plan_buffers(program) -> MemoryPlan:
     external = set(program.input_slots) | set(program.constant_slots)
     escapes = set(program.output_slots) | set(program.mutation_slots)
     planned = {o for s in program.steps for o, k in zip(s.outs, s.kept) if k}
-    aliases = [s.kind in ("view", "array") for s in program.steps]
+    aliases = [s.may_alias_inputs for s in program.steps]
     shapes, dtypes = program.shapes, program.dtypes
     plan = _plan(steps, external, escapes,
                  lambda x: math.prod(shapes[x]) * dtypes[x].itemsize, planned, aliases,
