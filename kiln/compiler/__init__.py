@@ -394,7 +394,7 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
         if stage is not None and lower is not None:
             stage[0] = f"optimizing the graph and generating {target} kernels"
         compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower)
-    if stage is not None:
+    if stage is not None and lower is not None:
         stage[0] = f"building {target} kernels"
     executors = {"forward": build_executor(compiled.forward, xp)}
     if compiled.backward is not None:
