@@ -27,7 +27,7 @@ def _dump(script: str, script_args: list, out: str, formats: tuple,
           passes: bool = False) -> int:
     """Run a script; write a report for every `@kiln.compile` function it called; with
     `passes`, the report holds (and stdout shows) what each step of the pipeline made."""
-    from kiln import compiler, dump, program_cache
+    from kiln import program_cache
     reading = program_cache.READ
     if passes:          # each step must run in this process to be shown
         program_cache.READ = False

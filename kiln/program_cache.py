@@ -205,7 +205,7 @@ _FIELDS = {Schedule: ("graph", "steps"), FusedKernel: ("name", "subgraph", "inpu
                             "constant_slots", "output_slots", "mutation_slots", "into",
                             "module_source", "free", "buffer_bytes", "graph"),
            LoweredStep: ("kind", "ins", "outs", "name", "number", "kernel", "graph", "view",
-                         "why", "in_dtypes", "in_place", "kept", "buffers")}
+                         "why", "in_dtypes", "in_place", "kept", "buffers", "node_plan")}
 
 
 def _values(graph: Graph) -> list:
@@ -291,7 +291,8 @@ def _encode_lowered(program: LoweredProgram) -> tuple:
     for st in program.steps:
         doc = {"kind": st.kind, "ins": list(st.ins), "outs": list(st.outs), "name": st.name,
                "number": st.number, "why": st.why, "kept": list(st.kept),
-               "buffers": list(st.buffers)}
+               "buffers": list(st.buffers),
+               "node_plan": [[list(free), reuse] for free, reuse in st.node_plan]}
         if st.kind == "c":
             doc["kernel"] = _encode_kernel(st.kernel)
             doc["in_dtypes"] = [d.str for d in st.in_dtypes]
@@ -343,7 +344,9 @@ def _decode_lowered(doc: dict, later: "_Later", part: str, graph: Graph) -> Lowe
             raise ValueError(f"a lowered step of kind {kind!r}")
         steps.append(LoweredStep(kind, tuple(st["ins"]), tuple(st["outs"]), st["name"],
                                  st["number"], why=st["why"], kept=tuple(st["kept"]),
-                                 buffers=tuple(st["buffers"]), **extra))
+                                 buffers=tuple(st["buffers"]), node_plan=tuple(
+                                     (tuple(free), reuse) for free, reuse in st["node_plan"]),
+                                 **extra))
     return LoweredProgram(
         doc["name"], doc["target"], tuple(steps), tuple(doc["refs"]),
         tuple(tuple(x) for x in doc["shapes"]), tuple(np.dtype(d) for d in doc["dtypes"]),

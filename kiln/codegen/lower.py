@@ -52,6 +52,8 @@ class LoweredStep:
     kept: tuple = ()            # per output: whether the executor writes it into a kept
                                 # buffer (planned memory), not memory allocated per call
     buffers: tuple = ()         # per output: its kept buffer's index (memory plan), or None
+    node_plan: tuple = ()       # "array", "c": the memory of running `graph` on the array
+                                # executor (`kiln.passes.memory.plan_nodes`)
 
     @property
     def may_alias_inputs(self) -> bool:
@@ -85,18 +87,13 @@ class LoweredProgram:
     def num_slots(self) -> int:
         return len(self.refs)
 
-    @property
-    def kernels(self) -> dict:
-        """number -> CKernel of every C step."""
-        return {s.number: s.kernel for s in self.steps if s.kind == "c"}
-
     def with_memory(self, plan) -> "LoweredProgram":
         """This program with `plan`'s frees and buffers (a `kiln.passes.memory.MemoryPlan` of
-        it: `free` per step, `buffer_of` slot -> buffer, `buffer_bytes`)."""
+        it: `free` per step, `buffer_of` slot -> buffer, `buffer_bytes`, `node_plans`)."""
         steps = tuple(dataclasses.replace(s, buffers=tuple(
             plan.buffer_of.get(o) if kept else None
-            for o, kept in zip(s.outs, s.kept or (False,) * len(s.outs))))
-            for s in self.steps)
+            for o, kept in zip(s.outs, s.kept or (False,) * len(s.outs))),
+            node_plan=plan.node_plans.get(i, ())) for i, s in enumerate(self.steps))
         return dataclasses.replace(self, steps=steps, free=tuple(plan.free),
                                    buffer_bytes=tuple(plan.buffer_bytes))
 
@@ -128,8 +125,7 @@ class LoweredProgram:
 
 
 def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
-                   in_place: dict | None = None, reads: list | None = None,
-                   known: dict | None = None) -> LoweredProgram:
+                   in_place: dict | None = None, reads: list | None = None) -> LoweredProgram:
     """Decide how each step of `schedule` runs with `target` ("c" or "triton") kernels.
 
     Args:
@@ -139,7 +135,6 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
             (`passes.memory.in_place_updates`); none when omitted.
         reads: per step, the graph inputs read from it on (`passes.memory.inputs_read`); every
             input when omitted.
-        known: C kernels rendered for this schedule before, by number (program cache).
     """
     if target not in ("triton", "c"):
         raise ValueError(f"unknown kernel target {target!r}; expected 'triton' or 'c'")
@@ -149,7 +144,6 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
         count = iter(range(len(steps_in)))
         numbers = [f"k{next(count)}" if isinstance(s, FusedKernel) else None for s in steps_in]
     reads = reads if reads is not None else [set(graph.inputs)] * len(steps_in)
-    known = known or {}
     slot: dict = {}
     for v in list(graph.inputs) + list(graph.constants):
         slot.setdefault(v, len(slot))
@@ -194,7 +188,7 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
             continue
         try:
             if target == "c":
-                steps.append(_c_step(number, step, known, over, ins, outs, calls_blas))
+                steps.append(_c_step(number, step, over, ins, outs, calls_blas))
             else:
                 # imported here: ~15 ms a process lowering only C kernels never spends
                 from kiln.codegen.triton import render_triton
@@ -225,18 +219,16 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
         tuple(slot[v] for v in graph.outputs), mutation_slots, into, module, graph=graph)
 
 
-def _c_step(number: str, step: FusedKernel, known: dict, over: dict, ins: tuple, outs: tuple,
+def _c_step(number: str, step: FusedKernel, over: dict, ins: tuple, outs: tuple,
             calls_blas: bool) -> LoweredStep:
-    """A generated C kernel's step: rendered (or `known`), with its in-place outputs."""
+    """A generated C kernel's step: rendered with its build options and in-place outputs."""
     sub = step.subgraph
     over = {j: over[v] for j, v in enumerate(step.outputs) if v in over}
-    ck = known.get(number)
-    if ck is None:
-        kernel = lower(sub)
-        ck = c_codegen.render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
-            c_codegen.PARALLEL_MIN_NEAR_BLAS if calls_blas else c_codegen.PARALLEL_MIN),
-            in_place={j: step.inputs.index(src) for j, (src, _, _) in over.items()
-                      if src in step.inputs})
+    kernel = lower(sub)
+    ck = c_codegen.render_c(kernel, name=f"{number}_{kernel.name}", parallel_min=(
+        c_codegen.PARALLEL_MIN_NEAR_BLAS if calls_blas else c_codegen.PARALLEL_MIN),
+        in_place={j: step.inputs.index(src) for j, (src, _, _) in over.items()
+                  if src in step.inputs})
     paired = dict(ck.in_place)
     specs = []
     for j in range(len(outs)):

@@ -398,7 +398,7 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
         if stage is not None and lower is not None:
             stage[0] = f"optimizing the graph and generating {target} kernels"
         compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower)
-    if stage is not None:
+    if stage is not None and lower is not None:
         stage[0] = f"building {target} kernels"
     executors = {"forward": build_executor(compiled.forward, xp)}
     if compiled.backward is not None:
@@ -422,7 +422,8 @@ def build_executor(part, xp):
     """The executor of one compiled program (a `CompiledPart`): its lowered program, or the
     NumPy (CuPy) executor of its optimized graph when it was not fused."""
     if part.lowered is None:
-        return ArrayExecutor(part.graph, xp)
+        from kiln.passes.memory import plan_nodes       # see compile_program
+        return ArrayExecutor(part.graph, xp, plan_nodes(part.graph))
     from kiln.runtime.schedule_executor import ScheduleExecutor     # see compile_program
     return ScheduleExecutor(part.lowered, xp)
 

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Graph
+from kiln.ir.ops import ELEMENTWISE
 from kiln.ir.schedule import STRIDED_VIEWS, FusedKernel
 
 
@@ -34,6 +35,7 @@ class MemoryPlan:
     naive_bytes: int = 0          # every value its own buffer
     peak_live_bytes: int = 0      # most bytes live at once: no plan can do better
     free: list = field(default_factory=list)          # per step, the values dropped after it
+    node_plans: dict = field(default_factory=dict)    # step -> plan_nodes of the graph it runs
 
     @property
     def planned_bytes(self) -> int:
@@ -76,11 +78,59 @@ def plan_buffers(program) -> MemoryPlan:
     external = set(program.input_slots) | set(program.constant_slots)
     escapes = set(program.output_slots) | set(program.mutation_slots)
     planned = {o for s in program.steps for o, k in zip(s.outs, s.kept) if k}
-    aliases = [s.kind in ("view", "array") for s in program.steps]
+    aliases = [s.may_alias_inputs for s in program.steps]
     shapes, dtypes = program.shapes, program.dtypes
-    return _plan(steps, external, escapes,
+    plan = _plan(steps, external, escapes,
                  lambda x: math.prod(shapes[x]) * dtypes[x].itemsize, planned, aliases,
                  own_escapes=True)
+    # the graphs the array executor may run: array steps, and a C kernel's subgraph (its
+    # NumPy alternative in the trial replays, or after a failed build)
+    plan.node_plans = {i: plan_nodes(s.graph) for i, s in enumerate(program.steps)
+                       if s.kind in ("array", "c") and s.graph is not None}
+    return plan
+
+
+def plan_nodes(graph: Graph) -> tuple:
+    """The memory of running `graph` one primitive at a time (the array executor): per node,
+    `(slots dropped after it, slot of a dying input it may be computed into, or None)`, slots
+    numbering the graph's inputs, constants and node outputs in that order.
+
+    An input may take the result when it dies at that node, is not pinned (an input, constant,
+    output or write-back), owns its memory outright (no view shares it: movement ops may be
+    views) and has the result's shape and dtype; only an elementwise node's, and the executor
+    uses it only where its array module computes that op into a given buffer.
+    """
+    values = list(graph.inputs) + list(graph.constants) + [n.out for n in graph.nodes]
+    slot = {v: i for i, v in enumerate(values)}
+    last_use: dict = {}
+    for i, n in enumerate(graph.nodes):
+        for v in n.value_inputs:
+            last_use[v] = i
+    pinned = set(graph.outputs) | {new for _, new in graph.mutations} | \
+        set(graph.inputs) | set(graph.constants)
+    # a view keeps its base alive: per buffer, the values that may alias it
+    root = {v: v for v in values}
+    for n in graph.nodes:
+        if n.op in STRIDED_VIEWS:
+            root[n.out] = root[n.inputs[0]]
+    owners: dict = {}
+    for v, r in root.items():
+        owners.setdefault(r, set()).add(v)
+    pinned_roots = {root[v] for v in pinned}
+    plan = []
+    for i, n in enumerate(graph.nodes):
+        dying = [v for v in dict.fromkeys(n.value_inputs)
+                 if last_use.get(v) == i and v not in pinned]
+        reuse = None
+        if n.prim.kind == ELEMENTWISE:
+            for v in dying:
+                r = root[v]
+                if (r is v and r not in pinned_roots and owners[r] == {v}
+                        and v.shape == n.out.shape and v.dtype is n.out.dtype):
+                    reuse = slot[v]
+                    break
+        plan.append((tuple(slot[v] for v in dying), reuse))
+    return tuple(plan)
 
 
 def _plan(steps: list, external: set, escapes: set, nbytes, planned=None,

@@ -1,10 +1,11 @@
 """The array-module executor: runs a Graph as a precompiled list of primitive calls.
 
 It means the same as `kiln.ir.interpreter.interpret` but prepares everything once (slots
-instead of dict lookups, attribute dicts built ahead, constants moved to the device), frees
-each intermediate after its last use, and lets elementwise ops write into buffers that died
-(often the op's own input), so a replay allocates little and costs little more than the
-arithmetic itself.
+instead of dict lookups, attribute dicts built ahead, constants moved to the device), and with
+the compile-time memory plan of its graph (`kiln.passes.memory.plan_nodes`) frees each
+intermediate after its last use and lets elementwise ops write into buffers that died (often
+the op's own input), so a replay allocates little and costs little more than the arithmetic
+itself.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from kiln.runtime.numpy_backend import numpy_impl
 
 
 class ArrayExecutor:
-    """Executes one graph with `xp` (NumPy or CuPy)."""
+    """Executes one graph with `xp` (NumPy or CuPy).
 
-    def __init__(self, graph: Graph, xp=np):
+    `plan` (`kiln.passes.memory.plan_nodes(graph)`, made at compile time) says what to drop
+    after each node and which dying input an elementwise result may be computed into; without
+    one, every value is kept to the end and each result is a new array.
+    """
+
+    def __init__(self, graph: Graph, xp=np, plan: tuple | None = None):
         self.graph, self.xp = graph, xp
         slot: dict = {}
         for v in list(graph.inputs) + list(graph.constants) + [n.out for n in graph.nodes]:
@@ -29,45 +35,20 @@ class ArrayExecutor:
         self.input_slots = [slot[v] for v in graph.inputs]
         self.constants = [(slot[v], a if xp is np else xp.asarray(a))
                           for v, a in graph.constants.items()]
-        last_use: dict = {}
-        for i, n in enumerate(graph.nodes):
-            for v in n.value_inputs:
-                last_use[v] = i
-        pinned = set(graph.outputs) | {new for _, new in graph.mutations} | \
-            set(graph.inputs) | set(graph.constants)
-        # a view keeps its base alive: track, per buffer, the values that may alias it
-        root = {v: v for v in slot}
-        for n in graph.nodes:
-            if n.prim.view:            # its result may share its input's buffer
-                root[n.out] = root[n.inputs[0]]
-        owners: dict = {}
-        for v, r in root.items():
-            owners.setdefault(r, set()).add(v)
-        pinned_roots = {root[v] for v in pinned}
-
         self.steps = []
         for i, n in enumerate(graph.nodes):
             prim = PRIMITIVES[n.op]
             args = tuple((True, slot[v]) if isinstance(v, Value) else (False, v)
                          for v in n.inputs)
-            dying = [v for v in dict.fromkeys(n.value_inputs)
-                     if last_use.get(v) == i and v not in pinned]
-            free = tuple(slot[v] for v in dying)
+            free, reuse = plan[i] if plan else ((), None)
             # an elementwise op with a NumPy ufunc can compute into a given buffer (`out=`)
             ufunc = getattr(np, prim.ufunc) if xp is np and prim.ufunc is not None and \
                 prim.kind == ir_ops.ELEMENTWISE else None
-            # write in place into an input that dies here and owns its buffer outright
-            reuse = None
-            if ufunc is not None:
-                for v in dying:
-                    r = root[v]
-                    if (r is v and r not in pinned_roots and owners[r] == {v}
-                            and v.shape == n.out.shape and v.dtype is n.out.dtype):
-                        reuse = slot[v]
-                        break
+            if ufunc is None:       # only a ufunc computes into a given buffer
+                reuse = None
             impl = numpy_impl(prim) if xp is np else prim.impl
             self.steps.append((impl, ufunc, reuse, args, n.attr_dict,
-                               np.dtype(n.out.dtype.np), slot[n.out], free))
+                               np.dtype(n.out.dtype.np), slot[n.out], tuple(free)))
         self.output_slots = [slot[v] for v in graph.outputs]
         self.mutation_slots = [slot[new] for _, new in graph.mutations]
 

@@ -150,7 +150,8 @@ class ScheduleExecutor:
                 op, attrs = st.view
                 steps.append(("view", PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
             elif st.kind == "array":
-                steps.append(("array", ArrayExecutor(st.graph, xp), ins, outs, None, None))
+                steps.append(("array", ArrayExecutor(st.graph, xp, st.node_plan), ins, outs,
+                              None, None))
             else:
                 steps.append(("triton", st.kernel, ins, outs, st.graph, None))
         self.steps = steps
@@ -165,6 +166,7 @@ class ScheduleExecutor:
         self._into_all = program.into
         self._write_callers_arrays_last()
         self._ready = self._build is None
+        self._build_failed = ""     # why the C kernels run on the array executor, if they do
         # the kept buffers of the memory plan; one is replaced by a fresh one when something
         # outside still holds it (an output the caller kept from the last call)
         self._buffers = [None] * len(program.buffer_bytes)
@@ -194,19 +196,13 @@ class ScheduleExecutor:
         plan = []
         for (kind, _, ins, outs, _, _), st in zip(self.steps, self.program.steps):
             source = st.kernel.source if kind in ("c", "triton") else None
-            why = st.why if kind == st.kind else self._why.get(st.number, st.why)
+            why = st.why if kind == st.kind else self._build_failed
             plan.append(dict(kind=kind, name=st.name, source=source, why=why, number=st.number,
                              inputs=tuple(refs[x] for x in st.ins),
                              outputs=tuple(refs[x] for x in st.outs),
                              buffers=st.buffers if kind == st.kind else (None,) * len(outs),
                              lowered=st))
         return plan
-
-    @property
-    def _why(self) -> dict:
-        """number -> why a C kernel does not run (a failed build)."""
-        return {st.number: k[2] for st, k in zip([s for s in self.program.steps if s.number],
-                                                 self.kernels) if len(k) == 3}
 
     # -------------------------------------------------------------- C kernels
     def _write_callers_arrays_last(self) -> None:
@@ -237,11 +233,12 @@ class ScheduleExecutor:
         except c_build.BuildError as e:
             warnings.warn(f"kiln: building the C kernels of {self.program.name!r} failed, they "
                           f"run on the NumPy executor instead: {e}", stacklevel=4)
-            steps = [("array", ArrayExecutor(lowered.graph, self.xp), ins, outs, None,
-                      None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
+            steps = [("array", ArrayExecutor(lowered.graph, self.xp, lowered.node_plan), ins,
+                      outs, None, None) if kind == "c" else (kind, runner, ins, outs, sub, extra)
                      for (kind, runner, ins, outs, sub, extra), lowered in
                      zip(self.steps, self.program.steps)]
-            self.kernels = [(k[0], None, f"C build failed: {e}") if len(k) == 2 else k
+            self._build_failed = f"C build failed: {e}"
+            self.kernels = [(k[0], None, self._build_failed) if len(k) == 2 else k
                             for k in self.kernels]
         self.steps = steps
         self._write_callers_arrays_last()
@@ -254,7 +251,8 @@ class ScheduleExecutor:
             self.steps, self.choices = self._linked_steps, []
             self._write_callers_arrays_last()
         self._trial_threads = _threads_setting()
-        self._trials = _KernelTrials({i: ArrayExecutor(lowered.graph, self.xp)
+        self._trials = _KernelTrials({i: ArrayExecutor(lowered.graph, self.xp,
+                                                       lowered.node_plan)
                                       for i, (st, lowered) in enumerate(zip(self.steps,
                                                                             self.program.steps))
                                       if st[0] == "c"})

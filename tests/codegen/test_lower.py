@@ -184,4 +184,4 @@ def test_a_lowered_step_names_its_fields():
     # the program cache writes these fields; a new one must be written there too
     assert [f.name for f in dataclasses.fields(LoweredStep)] == [
         "kind", "ins", "outs", "name", "number", "kernel", "graph", "view", "why",
-        "in_dtypes", "in_place", "kept", "buffers"]
+        "in_dtypes", "in_place", "kept", "buffers", "node_plan"]
