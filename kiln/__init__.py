@@ -130,7 +130,14 @@ _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.function
 ByteTensor = HalfTensor = IntTensor = Tensor
 cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 # one generator draws for every device; attached here so that runtime imports no tracer
-cuda.manual_seed = cuda.manual_seed_all = manual_seed
+
+
+def _cuda_manual_seed(seed: int) -> None:
+    """torch.cuda.manual_seed: seeds the generator (shared by every device); returns None."""
+    manual_seed(seed)
+
+
+cuda.manual_seed = cuda.manual_seed_all = _cuda_manual_seed
 
 
 def __getattr__(name: str):
