@@ -21,6 +21,12 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 
+# Faster CPU code for a few primitives' NumPy work, installed by the runtime layer when it loads
+# (kiln/runtime/conv_cpu.py), so `ir` imports nothing of it: op name -> fn(*arrays, **attrs)
+# returning the result, or None to decline (the NumPy code here then runs). Each must give
+# exactly the NumPy code's values.
+CPU_KERNELS: dict[str, Callable] = {}
+
 ELEMENTWISE, REDUCE, MOVEMENT, INDEX, MATMUL, CREATION, RANDOM, NORMALIZE = (
     "elementwise", "reduce", "movement", "index", "matmul", "creation", "random", "normalize")
 
@@ -676,6 +682,10 @@ def _unfold_infer(shapes, dtypes, kernel, stride, dilation):
 
 
 def _unfold_impl(xp, x, kernel, stride, dilation):
+    if xp is np and "unfold" in CPU_KERNELS:
+        out = CPU_KERNELS["unfold"](x, kernel, stride, dilation)
+        if out is not None:
+            return out
     n, c, h, w = x.shape
     (oh, ow), (kh, kw) = _windows_geometry((h, w), kernel, stride, dilation), kernel
     # copied from a channels-last image, a window row (kw pixels of c channels) is one
@@ -698,6 +708,10 @@ def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
 
 
 def _fold_impl(xp, cols, size, kernel, stride, dilation):
+    if xp is np and "fold" in CPU_KERNELS:
+        out = CPU_KERNELS["fold"](cols, size, kernel, stride, dilation)
+        if out is not None:
+            return out
     n, oh, ow, kh, kw, c = cols.shape
     # summed channels-last, so each add runs over rows of ow*c contiguous values (in NCHW the
     # inner rows are ow long: 4x slower on small feature maps); returned as an NCHW view.

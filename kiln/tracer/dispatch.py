@@ -17,6 +17,7 @@ import numpy as np
 
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
+from kiln.runtime import conv_cpu as _conv_cpu  # noqa: F401  (installs ir.ops' C fold kernel)
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 

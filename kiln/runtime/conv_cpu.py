@@ -1,0 +1,120 @@
+"""C kernels for the convolution primitives' NumPy work (fold), installed into `ir.ops`.
+
+A convolution's input gradient ends in `fold` (col2im): the windows of an (N, oh, ow, kh, kw, C)
+gradient summed back into the (N, H, W, C) image. NumPy can only do that as kh*kw strided adds
+that each read runs of C values (32 floats for a 3x3 conv of 32 channels), which costs several
+times the memory traffic; the C kernel here sums each output pixel's windows in one pass, in the
+same order (window row, then column) and the same precision as the NumPy loop, so its result is
+bit-identical and which route ran never shows in the values.
+
+The kernels build once per machine with the system C compiler (`c_build`, cached on disk), on
+the first use. Without a working compiler, or for dtypes and layouts the kernels do not take,
+`fold_kernel` returns None and `ir.ops` runs its NumPy code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from kiln.ir import ops as ir_ops
+
+SOURCE = r"""
+/* fold (col2im), channels-last: out[b, y, x, :] = the sum over window positions (i, j) that
+   cover (y, x) of cols[b, oy, ox, i, j, :], with y = oy*sh + i*dh and x = ox*sw + j*dw; summed
+   from zero in (i, j) order, as the NumPy route adds whole windows one position at a time. */
+#define KILN_FOLD(NAME, T)                                                                   \
+void NAME(const T *cols, T *out, long n, long oh, long ow, long kh, long kw, long c,         \
+          long h, long w, long sh, long sw, long dh, long dw) {                              \
+    _Pragma("omp parallel for collapse(2) schedule(static)")                                 \
+    for (long b = 0; b < n; b++)                                                             \
+    for (long y = 0; y < h; y++) {                                                           \
+        for (long x = 0; x < w; x++) {                                                       \
+            T *o = out + ((b * h + y) * w + x) * c;                                          \
+            for (long k = 0; k < c; k++) o[k] = 0;                                           \
+            for (long i = 0; i < kh; i++) {                                                  \
+                long yy = y - i * dh;                                                        \
+                if (yy < 0 || yy % sh) continue;                                             \
+                long oy = yy / sh;                                                           \
+                if (oy >= oh) continue;                                                      \
+                for (long j = 0; j < kw; j++) {                                              \
+                    long xx = x - j * dw;                                                    \
+                    if (xx < 0 || xx % sw) continue;                                         \
+                    long ox = xx / sw;                                                       \
+                    if (ox >= ow) continue;                                                  \
+                    const T *s = cols + ((((b * oh + oy) * ow + ox) * kh + i) * kw + j) * c; \
+                    for (long k = 0; k < c; k++) o[k] += s[k];                               \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+}
+KILN_FOLD(kiln_fold_f32, float)
+KILN_FOLD(kiln_fold_f64, double)
+"""
+
+_LOCK = threading.Lock()
+_state: dict = {}             # "build": the Build under way; "fns": dtype -> C function, or None
+
+
+def start(*_) -> None:
+    """Begin building the kernels in the background, if that has not begun (a convolution's
+    unfold calls this, so its backward's fold rarely waits for the compiler)."""
+    if _state:
+        return
+    from kiln.runtime import c_build     # on first use: it loads the code generators
+    with _LOCK:
+        if "build" in _state or "fns" in _state:
+            return
+        if c_build.compiler_problem() is not None:
+            _state["fns"] = None
+            return
+        _state["build"] = c_build.start_build(SOURCE)
+
+
+def _functions() -> dict | None:
+    """dtype -> the fold function, once built; None when the kernels cannot be built."""
+    fns = _state.get("fns", False)
+    if fns is not False:
+        return fns
+    start()
+    from kiln.runtime import c_build
+    with _LOCK:
+        if "fns" in _state:
+            return _state["fns"]
+        try:
+            lib = c_build.load(_state["build"])
+            fns = {}
+            for dtype, name in ((np.dtype(np.float32), "kiln_fold_f32"),
+                                (np.dtype(np.float64), "kiln_fold_f64")):
+                fn = getattr(lib, name)
+                fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 12
+                fn.restype = None
+                fns[dtype] = fn
+        except c_build.BuildError:
+            fns = None                  # no compiler after all: NumPy from now on
+        _state["fns"] = fns
+        return fns
+
+
+def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
+                dilation: tuple) -> np.ndarray | None:
+    """`fold` in C: an (N, C, H, W) view of a channels-last result, or None to decline (a dtype
+    other than float32/float64, windows not contiguous, or no C compiler)."""
+    if cols.dtype.kind != "f" or not cols.flags.c_contiguous or cols.size == 0:
+        return None
+    fns = _functions()
+    fn = fns.get(cols.dtype) if fns is not None else None
+    if fn is None:
+        return None
+    n, oh, ow, kh, kw, c = cols.shape
+    out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
+    fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1],
+                    stride[0], stride[1], dilation[0], dilation[1])
+    return out.transpose(0, 3, 1, 2)
+
+
+ir_ops.CPU_KERNELS["fold"] = fold_kernel
+ir_ops.CPU_KERNELS["unfold"] = start          # declines (returns None), after starting the build
