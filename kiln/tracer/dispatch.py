@@ -19,8 +19,10 @@ from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime import conv_cpu as _conv_cpu  # noqa: F401  (installs ir.ops' C fold kernel)
 from kiln.runtime.device import CPU, Device, to_device
+from kiln.runtime.host_memory import keep_freed_memory
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
+keep_freed_memory()             # an eager step's large temporaries reuse the last step's pages
 _KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INFER_CACHE: dict = {}
 _INFER_CACHE_LIMIT = 50_000
