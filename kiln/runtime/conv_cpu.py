@@ -1,15 +1,17 @@
-"""C kernels for the convolution primitives' NumPy work (fold), installed into `ir.ops`.
+"""C kernels for the convolution primitives' NumPy work (unfold, fold), installed in `ir.ops`.
 
 A convolution's input gradient ends in `fold` (col2im): the windows of an (N, oh, ow, kh, kw, C)
 gradient summed back into the (N, H, W, C) image. NumPy can only do that as kh*kw strided adds
 that each read runs of C values (32 floats for a 3x3 conv of 32 channels), which costs several
 times the memory traffic; the C kernel here sums each output pixel's windows in one pass, in the
 same order (window row, then column) and the same precision as the NumPy loop, so its result is
-bit-identical and which route ran never shows in the values.
+bit-identical and which route ran never shows in the values. `unfold` (im2col) is a copy either
+way; the C kernel copies each window row (kw pixels of C channels) with one memcpy, about twice
+as fast as NumPy's copy of the strided view, and both run on `kiln.set_num_threads` threads.
 
 The kernels build once per machine with the system C compiler (`c_build`, cached on disk), on
 the first use. Without a working compiler, or for dtypes and layouts the kernels do not take,
-`fold_kernel` returns None and `ir.ops` runs its NumPy code.
+the kernels decline (return None) and `ir.ops` runs its NumPy code.
 """
 
 from __future__ import annotations
@@ -22,6 +24,33 @@ import numpy as np
 from kiln.ir import ops as ir_ops
 
 SOURCE = r"""
+#include <string.h>
+
+/* unfold (im2col) from a channels-last image (strides in bytes; a channel is `item` bytes and
+   the channels of a pixel are adjacent): out[b, y, x, i, j, :] = image[b, y*sh + i*dh,
+   x*sw + j*dw, :], one memcpy per window row when its pixels are adjacent too. */
+void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh, long kw,
+                 long c, long item, long sh, long sw, long dh, long dw, long sn, long sy,
+                 long sx) {
+    long run = c * item;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (long b = 0; b < n; b++)
+    for (long y = 0; y < oh; y++)
+        for (long x = 0; x < ow; x++) {
+            char *o = out + ((b * oh + y) * ow + x) * kh * kw * run;
+            for (long i = 0; i < kh; i++) {
+                const char *row = image + b * sn + (y * sh + i * dh) * sy + x * sw * sx;
+                if (dw * sx == run) {
+                    memcpy(o, row, kw * run);
+                    o += kw * run;
+                } else {
+                    for (long j = 0; j < kw; j++, o += run)
+                        memcpy(o, row + j * dw * sx, run);
+                }
+            }
+        }
+}
+
 /* fold (col2im), channels-last: out[b, y, x, :] = the sum over window positions (i, j) that
    cover (y, x) of cols[b, oy, ox, i, j, :], with y = oy*sh + i*dh and x = ox*sw + j*dw; summed
    from zero in (i, j) order, as the NumPy route adds whole windows one position at a time. */
@@ -56,12 +85,11 @@ KILN_FOLD(kiln_fold_f64, double)
 """
 
 _LOCK = threading.Lock()
-_state: dict = {}             # "build": the Build under way; "fns": dtype -> C function, or None
+_state: dict = {}             # "build": the Build under way; "fns": name -> C function, or None
 
 
-def start(*_) -> None:
-    """Begin building the kernels in the background, if that has not begun (a convolution's
-    unfold calls this, so its backward's fold rarely waits for the compiler)."""
+def start() -> None:
+    """Begin building the kernels in the background, if that has not begun."""
     if _state:
         return
     from kiln.runtime import c_build     # on first use: it loads the code generators
@@ -75,7 +103,7 @@ def start(*_) -> None:
 
 
 def _functions() -> dict | None:
-    """dtype -> the fold function, once built; None when the kernels cannot be built."""
+    """name -> C function, once built (waiting for the build); None when it cannot be built."""
     fns = _state.get("fns", False)
     if fns is not False:
         return fns
@@ -87,12 +115,12 @@ def _functions() -> dict | None:
         try:
             lib = c_build.load(_state["build"])
             fns = {}
-            for dtype, name in ((np.dtype(np.float32), "kiln_fold_f32"),
-                                (np.dtype(np.float64), "kiln_fold_f64")):
+            for name, nlongs in (("kiln_fold_f32", 12), ("kiln_fold_f64", 12),
+                                 ("kiln_unfold", 14)):
                 fn = getattr(lib, name)
-                fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 12
+                fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
                 fn.restype = None
-                fns[dtype] = fn
+                fns[name] = fn
         except c_build.BuildError:
             fns = None                  # no compiler after all: NumPy from now on
         _state["fns"] = fns
@@ -105,10 +133,12 @@ def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
     other than float32/float64, windows not contiguous, or no C compiler)."""
     if cols.dtype.kind != "f" or not cols.flags.c_contiguous or cols.size == 0:
         return None
-    fns = _functions()
-    fn = fns.get(cols.dtype) if fns is not None else None
-    if fn is None:
+    if cols.dtype not in _FOLD_NAMES:
         return None
+    fns = _functions()
+    if fns is None:
+        return None
+    fn = fns[_FOLD_NAMES[cols.dtype]]
     n, oh, ow, kh, kw, c = cols.shape
     out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
     fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1],
@@ -116,5 +146,29 @@ def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
     return out.transpose(0, 3, 1, 2)
 
 
+_FOLD_NAMES = {np.dtype(np.float32): "kiln_fold_f32", np.dtype(np.float64): "kiln_fold_f64"}
+
+
+def unfold_kernel(x: np.ndarray, kernel: tuple, stride: tuple,
+                  dilation: tuple) -> np.ndarray | None:
+    """`unfold` in C: the (N, oh, ow, kh, kw, C) windows of an (N, C, H, W) array (of any dtype),
+    or None to decline (nothing to copy, or no C compiler)."""
+    if x.size == 0 or x.dtype.hasobject:
+        return None
+    fns = _functions()
+    if fns is None:
+        return None
+    n, c, h, w = x.shape
+    oh, ow = ir_ops._windows_geometry((h, w), kernel, stride, dilation)
+    image = x.transpose(0, 2, 3, 1)
+    if c > 1 and image.strides[3] != image.itemsize:
+        image = np.ascontiguousarray(image)   # an NCHW image: its channels made adjacent
+    out = np.empty((n, oh, ow) + tuple(kernel) + (c,), dtype=x.dtype)
+    fns["kiln_unfold"](image.ctypes.data, out.ctypes.data, n, oh, ow, kernel[0], kernel[1], c,
+                       image.itemsize, stride[0], stride[1], dilation[0], dilation[1],
+                       *image.strides[:3])
+    return out
+
+
 ir_ops.CPU_KERNELS["fold"] = fold_kernel
-ir_ops.CPU_KERNELS["unfold"] = start          # declines (returns None), after starting the build
+ir_ops.CPU_KERNELS["unfold"] = unfold_kernel

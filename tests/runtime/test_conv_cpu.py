@@ -14,6 +14,12 @@ needs_cc = pytest.mark.skipif(c_build.compiler_problem() is not None,
                               reason="no working C compiler")
 
 
+def _numpy_unfold(x, kernel, stride, dilation, monkeypatch):
+    with monkeypatch.context() as m:
+        m.delitem(ir_ops.CPU_KERNELS, "unfold")
+        return PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation)
+
+
 def _numpy_fold(cols, size, kernel, stride, dilation, monkeypatch):
     with monkeypatch.context() as m:
         m.delitem(ir_ops.CPU_KERNELS, "fold")
@@ -59,9 +65,50 @@ def test_c_fold_declines_what_it_does_not_take(monkeypatch):
     assert _same_bits(out, want)
 
 
-def test_without_a_compiler_fold_runs_on_numpy(monkeypatch):
+def test_without_a_compiler_fold_and_unfold_run_on_numpy(monkeypatch):
     monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
+    x = np.random.default_rng(3).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
+    assert _same_bits(PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)),
+                      _numpy_unfold(x, (2, 2), (1, 1), (1, 1), monkeypatch))
     cols = np.random.default_rng(3).normal(size=(2, 3, 3, 2, 2, 4)).astype(np.float32)
     assert conv_cpu.fold_kernel(cols, (4, 4), (2, 2), (1, 1), (1, 1)) is None
     want = _numpy_fold(cols, (4, 4), (2, 2), (1, 1), (1, 1), monkeypatch)
     assert _same_bits(PRIMITIVES["fold"].impl(np, cols, (4, 4), (2, 2), (1, 1), (1, 1)), want)
+
+
+def _layouts(a: np.ndarray) -> dict:
+    """`a` (N, C, H, W) as NCHW, as a channels-last view, as a window into a larger image and
+    flipped (negative strides)."""
+    n, c, h, w = a.shape
+    big = np.zeros((n, h + 3, w + 2, c), a.dtype)
+    big[:, 1:h + 1, 2:, :] = a.transpose(0, 2, 3, 1)
+    return {"nchw": a, "channels_last": np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+            .transpose(0, 3, 1, 2), "window": big[:, 1:h + 1, 2:, :].transpose(0, 3, 1, 2),
+            "flipped": a[:, ::-1, ::-1, :]}
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64, np.bool_])
+@pytest.mark.parametrize("shape,kernel,stride,dilation", [
+    ((4, 32, 12, 12), (3, 3), (1, 1), (1, 1)),
+    ((2, 1, 9, 8), (3, 3), (1, 1), (1, 1)),               # one channel (conv1 of a CNN)
+    ((2, 5, 11, 10), (3, 2), (2, 3), (2, 1)),             # strided and dilated
+    ((3, 3, 7, 7), (1, 1), (2, 2), (1, 1))])
+def test_c_unfold_gives_the_numpy_bits(shape, kernel, stride, dilation, dtype, monkeypatch):
+    a = (np.random.default_rng(4).normal(size=shape) * 4).astype(dtype)
+    for name, x in _layouts(a).items():
+        out = conv_cpu.unfold_kernel(x, kernel, stride, dilation)
+        assert out is not None, name
+        want = _numpy_unfold(x, kernel, stride, dilation, monkeypatch)
+        assert _same_bits(out, want), name
+        assert _same_bits(PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation), want)
+
+
+def test_c_unfold_values_are_the_windows():
+    x = np.arange(2 * 3 * 6 * 7, dtype=np.float32).reshape(2, 3, 6, 7)
+    out = conv_cpu.unfold_kernel(x, (2, 3), (2, 1), (1, 2))
+    if out is None:
+        pytest.skip("no working C compiler")
+    for y, xo, i, j in [(0, 0, 0, 0), (1, 2, 1, 2), (2, 0, 1, 1)]:
+        np.testing.assert_array_equal(out[:, y, xo, i, j, :], x[:, :, y * 2 + i, xo + j * 2])
