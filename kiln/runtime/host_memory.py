@@ -5,11 +5,14 @@ windows, their gradient). glibc's malloc gives such memory back to the system on
 about twice the last large block is free at the top of its heap, and the next step then takes a
 page fault for every 4 KiB it touches again: on the 28x28 CNN at batch 16 that was ~4,000
 faults and ~10 ms of system time per ~35 ms step. Raising the trim threshold keeps the memory for
-the next step. Setting it turns off glibc's moving mmap threshold, so that is pinned at its
-largest dynamic value (blocks above it are mapped and unmapped per call, as before).
+the next step. Blocks over 32 MiB (the largest mmap threshold glibc allows; at batch 64 the
+unfolded windows are 42 MB) would still be mapped and unmapped per call, and NumPy's huge pages
+make the kernel zero 2 MiB per fault, so large blocks come from the heap too (no mmap). The
+price: memory freed in the middle of the heap stays with the process for reuse, as in a caching
+allocator, rather than going back to the system.
 
 Only with glibc, and not when the user tuned malloc through its environment variables
-(`MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TOP_PAD_`) or set
+(`MALLOC_TRIM_THRESHOLD_`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_MMAP_MAX_`, `MALLOC_TOP_PAD_`) or set
 `KILN_KEEP_FREED_MEMORY=0`.
 """
 
@@ -19,9 +22,8 @@ import ctypes
 import ctypes.util
 import os
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-TRIM_THRESHOLD = 256 << 20      # freed memory the heap keeps before returning it to the system
-MMAP_THRESHOLD = 32 << 20       # glibc's own ceiling for its dynamic threshold (64-bit)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+TRIM_THRESHOLD = 256 << 20      # freed memory the heap keeps at its top before returning it
 
 _applied: bool | None = None
 
@@ -34,7 +36,7 @@ def keep_freed_memory() -> bool:
     _applied = False
     if os.environ.get("KILN_KEEP_FREED_MEMORY", "1") == "0" or any(
             k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
-                                      "MALLOC_TOP_PAD_")):
+                                      "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")):
         return False
     try:
         libc = ctypes.CDLL(None)
@@ -44,6 +46,5 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _applied = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
