@@ -6,8 +6,8 @@ that each read runs of C values (32 floats for a 3x3 conv of 32 channels), which
 times the memory traffic; the C kernel here sums each output pixel's windows in one pass, in the
 same order (window row, then column) and the same precision as the NumPy loop, so its result is
 bit-identical and which route ran never shows in the values. `unfold` (im2col) is a copy either
-way; the C kernel copies each window row (kw pixels of C channels) with one memcpy, about twice
-as fast as NumPy's copy of the strided view, and both run on `kiln.set_num_threads` threads.
+way; the C kernel copies each window row (kw pixels of C channels) with one memcpy, faster than
+NumPy's copy of the strided view, and both kernels run on `kiln.set_num_threads` threads.
 
 The kernels build once per machine with the system C compiler (`c_build`, cached on disk), on
 the first use. Without a working compiler, or for dtypes and layouts the kernels do not take,
@@ -85,46 +85,36 @@ KILN_FOLD(kiln_fold_f64, double)
 """
 
 _LOCK = threading.Lock()
-_state: dict = {}             # "build": the Build under way; "fns": name -> C function, or None
-
-
-def start() -> None:
-    """Begin building the kernels in the background, if that has not begun."""
-    if _state:
-        return
-    from kiln.runtime import c_build     # on first use: it loads the code generators
-    with _LOCK:
-        if "build" in _state or "fns" in _state:
-            return
-        if c_build.compiler_problem() is not None:
-            _state["fns"] = None
-            return
-        _state["build"] = c_build.start_build(SOURCE)
+_state: dict = {}             # "fns": name -> C function, or None when there are none
 
 
 def _functions() -> dict | None:
-    """name -> C function, once built (waiting for the build); None when it cannot be built."""
+    """name -> C function, built on the first call (it waits for the compiler, once per
+    machine: the build is cached on disk); None when the kernels cannot be built."""
     fns = _state.get("fns", False)
     if fns is not False:
         return fns
-    start()
-    from kiln.runtime import c_build
+    from kiln.runtime import c_build     # on first use: it loads the code generators
     with _LOCK:
-        if "fns" in _state:
-            return _state["fns"]
-        try:
-            lib = c_build.load(_state["build"])
-            fns = {}
-            for name, nlongs in (("kiln_fold_f32", 12), ("kiln_fold_f64", 12),
-                                 ("kiln_unfold", 14)):
-                fn = getattr(lib, name)
-                fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
-                fn.restype = None
-                fns[name] = fn
-        except c_build.BuildError:
-            fns = None                  # no compiler after all: NumPy from now on
-        _state["fns"] = fns
+        if "fns" not in _state:
+            _state["fns"] = _load_functions(c_build)
+        return _state["fns"]
+
+
+def _load_functions(c_build) -> dict | None:
+    try:
+        if c_build.compiler_problem() is not None:
+            return None
+        lib = c_build.load(c_build.start_build(SOURCE))
+        fns = {}
+        for name, nlongs in (("kiln_fold_f32", 12), ("kiln_fold_f64", 12), ("kiln_unfold", 14)):
+            fn = getattr(lib, name)
+            fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
+            fn.restype = None
+            fns[name] = fn
         return fns
+    except (c_build.BuildError, OSError):
+        return None             # no compiler, or no cache directory to build in: NumPy it is
 
 
 def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,

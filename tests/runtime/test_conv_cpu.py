@@ -112,3 +112,15 @@ def test_c_unfold_values_are_the_windows():
         pytest.skip("no working C compiler")
     for y, xo, i, j in [(0, 0, 0, 0), (1, 2, 1, 2), (2, 0, 1, 1)]:
         np.testing.assert_array_equal(out[:, y, xo, i, j, :], x[:, :, y * 2 + i, xo + j * 2])
+
+
+def test_without_a_cache_directory_fold_and_unfold_run_on_numpy(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("KILN_CACHE_DIR", str(blocker / "cache"))     # cannot be created
+    monkeypatch.setattr(conv_cpu, "_state", {})
+    monkeypatch.setattr(conv_cpu, "SOURCE", conv_cpu.SOURCE + "/* not in any cache */\n")
+    x = np.random.default_rng(5).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
+    assert _same_bits(PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)),
+                      _numpy_unfold(x, (2, 2), (1, 1), (1, 1), monkeypatch))
