@@ -121,9 +121,7 @@ def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
                 dilation: tuple) -> np.ndarray | None:
     """`fold` in C: an (N, C, H, W) view of a channels-last result, or None to decline (a dtype
     other than float32/float64, windows not contiguous, or no C compiler)."""
-    if cols.dtype.kind != "f" or not cols.flags.c_contiguous or cols.size == 0:
-        return None
-    if cols.dtype not in _FOLD_NAMES:
+    if cols.dtype not in _FOLD_NAMES or not cols.flags.c_contiguous or cols.size == 0:
         return None
     fns = _functions()
     if fns is None:
@@ -131,8 +129,8 @@ def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
     fn = fns[_FOLD_NAMES[cols.dtype]]
     n, oh, ow, kh, kw, c = cols.shape
     out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
-    fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1],
-                    stride[0], stride[1], dilation[0], dilation[1])
+    fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1], stride[0],
+       stride[1], dilation[0], dilation[1])
     return out.transpose(0, 3, 1, 2)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
-from kiln.runtime import conv_cpu as _conv_cpu  # noqa: F401  (installs ir.ops' C fold kernel)
+from kiln.runtime import conv_cpu as _conv_cpu  # noqa: F401  (installs C unfold/fold kernels)
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.tracer.tensor import STATE, TRACING, Tensor
