@@ -10,13 +10,15 @@ way; the C kernel copies each window row (kw pixels of C channels) with one memc
 NumPy's copy of the strided view, and both kernels run on `kiln.set_num_threads` threads.
 
 The kernels build once per machine with the system C compiler (`c_build`, cached on disk), on
-the first use. Without a working compiler, or for dtypes and layouts the kernels do not take,
-the kernels decline (return None) and `ir.ops` runs its NumPy code.
+the first use. Without a working compiler, for dtypes and layouts the kernels do not take, and
+in forked child processes (OpenMP's threads do not survive a fork), the kernels decline (return
+None) and `ir.ops` runs its NumPy code.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 import numpy as np
@@ -158,5 +160,14 @@ def unfold_kernel(x: np.ndarray, kernel: tuple, stride: tuple,
     return out
 
 
+def _after_fork_in_child() -> None:
+    # GNU OpenMP cannot run a parallel region in a process forked after its threads started (the
+    # child waits forever for threads it does not have): a forked child (a DataLoader worker)
+    # convolves with NumPy, which gives the same values
+    _state["fns"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 ir_ops.CPU_KERNELS["fold"] = fold_kernel
 ir_ops.CPU_KERNELS["unfold"] = unfold_kernel

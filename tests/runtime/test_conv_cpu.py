@@ -3,6 +3,10 @@ do not take (the NumPy route then runs)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -124,3 +128,30 @@ def test_without_a_cache_directory_fold_and_unfold_run_on_numpy(monkeypatch, tmp
     assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
     assert _same_bits(PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)),
                       _numpy_unfold(x, (2, 2), (1, 1), (1, 1), monkeypatch))
+
+
+FORK_SCRIPT = """
+import os
+import numpy as np
+import kiln
+from kiln.ir.ops import PRIMITIVES
+kiln.set_num_threads(2)                     # the parent starts OpenMP's threads
+cols = np.random.default_rng(0).normal(size=(4, 6, 6, 3, 3, 8)).astype(np.float32)
+fold = PRIMITIVES["fold"].impl
+want = fold(np, cols, (8, 8), (3, 3), (1, 1), (1, 1))
+pid = os.fork()
+if pid == 0:
+    import signal
+    signal.alarm(30)                        # a hung child must not outlive the test
+    got = fold(np, cols, (8, 8), (3, 3), (1, 1), (1, 1))
+    os._exit(0 if np.array_equal(got, want) else 3)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@needs_cc
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_folds_without_hanging():
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.split() == ["0"], out.stderr
