@@ -721,8 +721,10 @@ def _fold_impl(xp, cols, size, kernel, stride, dilation):
     by_position = xp.ascontiguousarray(cols.transpose(3, 4, 0, 1, 2, 5)) \
         if cols.nbytes <= _FOLD_COPY_BYTES else cols.transpose(3, 4, 0, 1, 2, 5)
     out = xp.zeros((n,) + tuple(size) + (c,), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
+    # last window position first: each pixel then sums its windows in the order of their rows
+    # in `cols` (the order a kernel streaming through `cols` adds them: runtime/conv_cpu.py)
+    for i in reversed(range(kh)):
+        for j in reversed(range(kw)):
             r, q = i * dilation[0], j * dilation[1]
             out[:, r:r + stride[0] * (oh - 1) + 1:stride[0],
                 q:q + stride[1] * (ow - 1) + 1:stride[1], :] += by_position[i, j]

@@ -89,8 +89,8 @@ def test_fold_sums_windows_back_into_the_image(cols_shape, size, stride, dilatio
     cols = np.random.default_rng(0).normal(size=cols_shape).astype(np.float32)
     n, oh, ow, kh, kw, c = cols_shape
     want = np.zeros((n, c) + size, np.float32)
-    for i in range(kh):
-        for j in range(kw):
+    for i in reversed(range(kh)):              # each pixel sums its windows in `cols` order
+        for j in reversed(range(kw)):
             for y in range(oh):
                 r = y * stride[0] + i * dilation[0]
                 want[:, :, r, j * dilation[1]:j * dilation[1] + stride[1] * (ow - 1) + 1:
