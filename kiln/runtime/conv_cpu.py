@@ -28,6 +28,10 @@ from kiln.ir import ops as ir_ops
 SOURCE = r"""
 #include <string.h>
 
+/* work smaller than this (bytes of windows) runs on the calling thread: waking the others
+   costs more than it saves */
+#define KILN_SERIAL_BYTES (256L << 10)
+
 /* unfold (im2col) from a channels-last image (strides in bytes; a channel is `item` bytes and
    the channels of a pixel are adjacent): out[b, y, x, i, j, :] = image[b, y*sh + i*dh,
    x*sw + j*dw, :], one memcpy per window row when its pixels are adjacent too. */
@@ -35,7 +39,8 @@ void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh
                  long c, long item, long sh, long sw, long dh, long dw, long sn, long sy,
                  long sx) {
     long run = c * item;
-    #pragma omp parallel for collapse(2) schedule(static)
+    long bytes = n * oh * ow * kh * kw * run;
+    #pragma omp parallel for collapse(2) schedule(static) if (bytes > KILN_SERIAL_BYTES)
     for (long b = 0; b < n; b++)
     for (long y = 0; y < oh; y++)
         for (long x = 0; x < ow; x++) {
@@ -61,7 +66,8 @@ void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh
 #define KILN_FOLD(NAME, T)                                                                   \
 void NAME(const T *cols, T *out, long n, long oh, long ow, long kh, long kw, long c,         \
           long h, long w, long sh, long sw, long dh, long dw) {                              \
-    _Pragma("omp parallel for schedule(static)")                                             \
+    long bytes = n * oh * ow * kh * kw * c * (long)sizeof(T);                                \
+    _Pragma("omp parallel for schedule(static) if (bytes > KILN_SERIAL_BYTES)")              \
     for (long b = 0; b < n; b++) {                                                           \
         T *image = out + b * h * w * c;                                                      \
         memset(image, 0, h * w * c * sizeof(T));                                             \

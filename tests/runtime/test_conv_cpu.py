@@ -136,14 +136,15 @@ import numpy as np
 import kiln
 from kiln.ir.ops import PRIMITIVES
 kiln.set_num_threads(2)                     # the parent starts OpenMP's threads
-cols = np.random.default_rng(0).normal(size=(4, 6, 6, 3, 3, 8)).astype(np.float32)
+# 660 KB of windows: past the size the kernel runs on one thread
+cols = np.random.default_rng(0).normal(size=(8, 12, 12, 3, 3, 16)).astype(np.float32)
 fold = PRIMITIVES["fold"].impl
-want = fold(np, cols, (8, 8), (3, 3), (1, 1), (1, 1))
+want = fold(np, cols, (14, 14), (3, 3), (1, 1), (1, 1))
 pid = os.fork()
 if pid == 0:
     import signal
     signal.alarm(30)                        # a hung child must not outlive the test
-    got = fold(np, cols, (8, 8), (3, 3), (1, 1), (1, 1))
+    got = fold(np, cols, (14, 14), (3, 3), (1, 1), (1, 1))
     os._exit(0 if np.array_equal(got, want) else 3)
 print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
