@@ -19,6 +19,7 @@ shape () and dtype None. Attributes are hashable (tuples, numbers, dtypes).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,12 @@ from kiln.ir import dtypes as dt
 from kiln.ir.primitive import (  # noqa: F401  (re-exported: the registry's names)
     CHEAP, COPIED, CREATION, ELEMENTWISE, EXPENSIVE, INDEX, MATMUL, MOVEMENT, NORMALIZE,
     PRIMITIVES, RANDOM, REDUCE, SAVED, P, Primitive, ScalarMath, ShapeError, define)
+
+# Faster CPU code for a few primitives' NumPy work, installed by the runtime layer when it loads
+# (kiln/runtime/conv_cpu.py), so `ir` imports nothing of it: op name -> fn(*arrays, **attrs)
+# returning the result, or None to decline (the NumPy code here then runs). Each must give
+# exactly the NumPy code's values.
+CPU_KERNELS: dict[str, Callable] = {}
 
 
 # ----------------------------------------------------------------------------- shape rules
@@ -597,6 +604,10 @@ def _unfold_infer(shapes, dtypes, kernel, stride, dilation):
 
 
 def _unfold_impl(xp, x, kernel, stride, dilation):
+    if xp is np and "unfold" in CPU_KERNELS:
+        out = CPU_KERNELS["unfold"](x, kernel, stride, dilation)
+        if out is not None:
+            return out
     n, c, h, w = x.shape
     (oh, ow), (kh, kw) = _windows_geometry((h, w), kernel, stride, dilation), kernel
     # copied from a channels-last image, a window row (kw pixels of c channels) is one
@@ -619,6 +630,10 @@ def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
 
 
 def _fold_impl(xp, cols, size, kernel, stride, dilation):
+    if xp is np and "fold" in CPU_KERNELS:
+        out = CPU_KERNELS["fold"](cols, size, kernel, stride, dilation)
+        if out is not None:
+            return out
     n, oh, ow, kh, kw, c = cols.shape
     # summed channels-last, so each add runs over rows of ow*c contiguous values (in NCHW the
     # inner rows are ow long: 4x slower on small feature maps); returned as an NCHW view.
@@ -628,8 +643,10 @@ def _fold_impl(xp, cols, size, kernel, stride, dilation):
     by_position = xp.ascontiguousarray(cols.transpose(3, 4, 0, 1, 2, 5)) \
         if cols.nbytes <= _FOLD_COPY_BYTES else cols.transpose(3, 4, 0, 1, 2, 5)
     out = xp.zeros((n,) + tuple(size) + (c,), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
+    # last window position first: each pixel then sums its windows in the order of their rows
+    # in `cols` (the order a kernel streaming through `cols` adds them: runtime/conv_cpu.py)
+    for i in reversed(range(kh)):
+        for j in reversed(range(kw)):
             r, q = i * dilation[0], j * dilation[1]
             out[:, r:r + stride[0] * (oh - 1) + 1:stride[0],
                 q:q + stride[1] * (ow - 1) + 1:stride[1], :] += by_position[i, j]

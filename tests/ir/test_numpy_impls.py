@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
+from kiln.ir import ops
 from kiln.ir.ops import PRIMITIVES
 
 SHAPE = (8, 16, 8, 8)                      # 8192 elements: past the fast paths' threshold
@@ -80,12 +81,16 @@ def test_pad_matches_numpy_and_keeps_a_permuted_layout():
     ((64, 4, 4, 3, 3, 16), (6, 6), (1, 1), (1, 1)),       # copied window-position-major
     ((2, 3, 3, 3, 2, 5), (7, 6), (2, 1), (1, 2)),
     ((8, 30, 30, 3, 3, 32), (32, 32), (1, 1), (1, 1))])   # past the copy's size limit
-def test_fold_sums_windows_back_into_the_image(cols_shape, size, stride, dilation):
+@pytest.mark.parametrize("route", ["numpy", "installed"])     # the runtime's C kernel, if any
+def test_fold_sums_windows_back_into_the_image(cols_shape, size, stride, dilation, route,
+                                               monkeypatch):
+    if route == "numpy":
+        monkeypatch.setattr(ops, "CPU_KERNELS", {})
     cols = np.random.default_rng(0).normal(size=cols_shape).astype(np.float32)
     n, oh, ow, kh, kw, c = cols_shape
     want = np.zeros((n, c) + size, np.float32)
-    for i in range(kh):
-        for j in range(kw):
+    for i in reversed(range(kh)):              # each pixel sums its windows in `cols` order
+        for j in reversed(range(kw)):
             for y in range(oh):
                 r = y * stride[0] + i * dilation[0]
                 want[:, :, r, j * dilation[1]:j * dilation[1] + stride[1] * (ow - 1) + 1:

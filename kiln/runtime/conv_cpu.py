@@ -1,0 +1,172 @@
+"""C kernels for the convolution primitives' NumPy work (unfold, fold), installed in `ir.ops`.
+
+A convolution's input gradient ends in `fold` (col2im): the windows of an (N, oh, ow, kh, kw, C)
+gradient summed back into the (N, H, W, C) image. NumPy can only do that as kh*kw strided adds
+that each read runs of C values (32 floats for a 3x3 conv of 32 channels), which costs several
+times the memory traffic; the C kernel here streams through the windows once, adding each into
+its image (which stays in cache), in the same order and precision as the NumPy loop, so its
+result is bit-identical and which route ran never shows in the values. `unfold` (im2col) is a
+copy either way; the C kernel copies each window row (kw pixels of C channels) with one memcpy,
+faster than NumPy's copy of the strided view. Both run on `kiln.set_num_threads` threads.
+
+The kernels build once per machine with the system C compiler (`c_build`, cached on disk), on
+the first use. Without a working compiler, for dtypes and layouts the kernels do not take, and
+in forked child processes (OpenMP's threads do not survive a fork), the kernels decline (return
+None) and `ir.ops` runs its NumPy code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import numpy as np
+
+from kiln.ir import ops as ir_ops
+
+SOURCE = r"""
+#include <string.h>
+
+/* work smaller than this (bytes of windows) runs on the calling thread: waking the others
+   costs more than it saves */
+#define KILN_SERIAL_BYTES (256L << 10)
+
+/* unfold (im2col) from a channels-last image (strides in bytes; a channel is `item` bytes and
+   the channels of a pixel are adjacent): out[b, y, x, i, j, :] = image[b, y*sh + i*dh,
+   x*sw + j*dw, :], one memcpy per window row when its pixels are adjacent too. */
+void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh, long kw,
+                 long c, long item, long sh, long sw, long dh, long dw, long sn, long sy,
+                 long sx) {
+    long run = c * item;
+    long bytes = n * oh * ow * kh * kw * run;
+    #pragma omp parallel for collapse(2) schedule(static) if (bytes > KILN_SERIAL_BYTES)
+    for (long b = 0; b < n; b++)
+    for (long y = 0; y < oh; y++)
+        for (long x = 0; x < ow; x++) {
+            char *o = out + ((b * oh + y) * ow + x) * kh * kw * run;
+            for (long i = 0; i < kh; i++) {
+                const char *row = image + b * sn + (y * sh + i * dh) * sy + x * sw * sx;
+                if (dw * sx == run) {
+                    memcpy(o, row, kw * run);
+                    o += kw * run;
+                } else {
+                    for (long j = 0; j < kw; j++, o += run)
+                        memcpy(o, row + j * dw * sx, run);
+                }
+            }
+        }
+}
+
+/* fold (col2im), channels-last: out[b, oy*sh + i*dh, ox*sw + j*dw, :] += cols[b, oy, ox, i, j, :]
+   for every window, streaming through `cols` in memory order (an image's output, a few hundred
+   KB, stays in cache while its windows are read once, front to back). A pixel thus sums its
+   windows starting from zero in the order of their rows in `cols`, last window position
+   first, as the NumPy route adds them. Images in parallel: each writes only its own pixels. */
+#define KILN_FOLD(NAME, T)                                                                   \
+void NAME(const T *cols, T *out, long n, long oh, long ow, long kh, long kw, long c,         \
+          long h, long w, long sh, long sw, long dh, long dw) {                              \
+    long bytes = n * oh * ow * kh * kw * c * (long)sizeof(T);                                \
+    _Pragma("omp parallel for schedule(static) if (bytes > KILN_SERIAL_BYTES)")              \
+    for (long b = 0; b < n; b++) {                                                           \
+        T *image = out + b * h * w * c;                                                      \
+        memset(image, 0, h * w * c * sizeof(T));                                             \
+        const T *s = cols + b * oh * ow * kh * kw * c;                                       \
+        for (long oy = 0; oy < oh; oy++)                                                     \
+        for (long ox = 0; ox < ow; ox++)                                                     \
+        for (long i = 0; i < kh; i++)                                                        \
+        for (long j = 0; j < kw; j++, s += c) {                                              \
+            T *o = image + ((oy * sh + i * dh) * w + ox * sw + j * dw) * c;                  \
+            for (long k = 0; k < c; k++) o[k] += s[k];                                       \
+        }                                                                                    \
+    }                                                                                        \
+}
+KILN_FOLD(kiln_fold_f32, float)
+KILN_FOLD(kiln_fold_f64, double)
+"""
+
+_LOCK = threading.Lock()
+_state: dict = {}             # "fns": name -> C function, or None when there are none
+
+
+def _functions() -> dict | None:
+    """name -> C function, built on the first call (it waits for the compiler, once per
+    machine: the build is cached on disk); None when the kernels cannot be built."""
+    fns = _state.get("fns", False)
+    if fns is not False:
+        return fns
+    from kiln.runtime import c_build     # on first use: it loads the code generators
+    with _LOCK:
+        if "fns" not in _state:
+            _state["fns"] = _load_functions(c_build)
+        return _state["fns"]
+
+
+def _load_functions(c_build) -> dict | None:
+    try:
+        if c_build.compiler_problem() is not None:
+            return None
+        lib = c_build.load(c_build.start_build(SOURCE))
+        fns = {}
+        for name, nlongs in (("kiln_fold_f32", 12), ("kiln_fold_f64", 12), ("kiln_unfold", 14)):
+            fn = getattr(lib, name)
+            fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
+            fn.restype = None
+            fns[name] = fn
+        return fns
+    except (c_build.BuildError, OSError):
+        return None             # no compiler, or no cache directory to build in: NumPy it is
+
+
+def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
+                dilation: tuple) -> np.ndarray | None:
+    """`fold` in C: an (N, C, H, W) view of a channels-last result, or None to decline (a dtype
+    other than float32/float64, windows not contiguous, or no C compiler)."""
+    if cols.dtype not in _FOLD_NAMES or not cols.flags.c_contiguous or cols.size == 0:
+        return None
+    fns = _functions()
+    if fns is None:
+        return None
+    fn = fns[_FOLD_NAMES[cols.dtype]]
+    n, oh, ow, kh, kw, c = cols.shape
+    out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
+    fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1], stride[0],
+       stride[1], dilation[0], dilation[1])
+    return out.transpose(0, 3, 1, 2)
+
+
+_FOLD_NAMES = {np.dtype(np.float32): "kiln_fold_f32", np.dtype(np.float64): "kiln_fold_f64"}
+
+
+def unfold_kernel(x: np.ndarray, kernel: tuple, stride: tuple,
+                  dilation: tuple) -> np.ndarray | None:
+    """`unfold` in C: the (N, oh, ow, kh, kw, C) windows of an (N, C, H, W) array (of any dtype),
+    or None to decline (nothing to copy, or no C compiler)."""
+    if x.size == 0 or x.dtype.hasobject:
+        return None
+    fns = _functions()
+    if fns is None:
+        return None
+    n, c, h, w = x.shape
+    oh, ow = ir_ops._windows_geometry((h, w), kernel, stride, dilation)
+    image = x.transpose(0, 2, 3, 1)
+    if c > 1 and image.strides[3] != image.itemsize:
+        image = np.ascontiguousarray(image)   # an NCHW image: its channels made adjacent
+    out = np.empty((n, oh, ow) + tuple(kernel) + (c,), dtype=x.dtype)
+    fns["kiln_unfold"](image.ctypes.data, out.ctypes.data, n, oh, ow, kernel[0], kernel[1], c,
+                       image.itemsize, stride[0], stride[1], dilation[0], dilation[1],
+                       *image.strides[:3])
+    return out
+
+
+def _after_fork_in_child() -> None:
+    # GNU OpenMP cannot run a parallel region in a process forked after its threads started (the
+    # child waits forever for threads it does not have): a forked child (a DataLoader worker)
+    # convolves with NumPy, which gives the same values
+    _state["fns"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+ir_ops.CPU_KERNELS["fold"] = fold_kernel
+ir_ops.CPU_KERNELS["unfold"] = unfold_kernel
