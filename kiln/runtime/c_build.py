@@ -40,7 +40,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-m
 
 _LOCK = threading.Lock()
 _LIBS: dict = {}              # cache key -> loaded ctypes.CDLL
-_PROBES: dict = {}            # compiler command -> None (works) or the reason it does not
+_PROBES: dict = {}            # (compiler command, cache dir) -> None (works) or why not
 _threads: int | None = None   # set by kiln.set_num_threads
 
 
@@ -116,13 +116,15 @@ int kiln_probe(void) { int n = 0;
 def compiler_problem() -> str | None:
     """None when the C compiler builds and loads an OpenMP kernel; else why not.
 
-    The answer is kept in memory per compiler and, when positive, on disk, so a new process
+    The answer is kept in memory per compiler and cache directory and, when positive, on disk, so a new process
     does not pay for the probe again.
     """
     cc = compiler_command()
+    # the answer depends on where builds go too: an unusable cache directory fails the probe
+    where = (cc, str(cache_dir()))
     with _LOCK:
-        if cc in _PROBES:
-            return _PROBES[cc]
+        if where in _PROBES:
+            return _PROBES[where]
     ident = compiler_identity(cc)
     if ident is None:
         problem = f"the C compiler {cc!r} was not found (set CC to a working compiler)"
@@ -141,7 +143,7 @@ def compiler_problem() -> str | None:
             if problem is None:
                 write_atomic(marker, b"ok\n")
     with _LOCK:
-        _PROBES[cc] = problem
+        _PROBES[where] = problem
     return problem
 
 

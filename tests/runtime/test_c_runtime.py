@@ -305,3 +305,17 @@ def test_no_write_over_the_callers_arrays_before_a_step_that_may_raise(cache_dir
     with pytest.raises(IndexError):
         ex.run([pa, np.array([0, 9, 1]), np.ones(6, np.float32)])
     np.testing.assert_array_equal(pa, np.arange(6))      # a rerun in eager mode sees it intact
+
+
+@needs_cc
+def test_an_unusable_cache_directory_does_not_turn_c_off_for_later_ones(tmp_path, monkeypatch):
+    # the probe's answer depends on where builds go: a failure under one cache directory (a
+    # path under a regular file) must not be remembered for the compiler everywhere
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    c_build.clear_memory_cache()
+    monkeypatch.setenv("KILN_CACHE_DIR", str(blocker / "cache"))
+    assert c_build.compiler_problem() is not None
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "usable"))
+    assert c_build.compiler_problem() is None
+    assert compiler.kernel_target("auto", kiln.ones(1).device) == "c"
