@@ -152,7 +152,7 @@ def div(input, other, *, rounding_mode=None):
         q = P.floordiv(a, b)
         # floor rounds toward -inf; trunc toward 0 differs when the signs differ and r != 0
         fix = logical_and(ne(P.mod(a, b), 0), ne(lt(a, 0), lt(b, 0)))
-        return where(fix, q + 1, q)
+        return P.where(fix, q + 1, q)    # fix is bool, q + 1 has q's dtype: where() adds nothing
     return _binary(P.div, input, other, float_only=True)
 
 
