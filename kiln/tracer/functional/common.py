@@ -134,7 +134,7 @@ def _norm_dim(dim, ndim: int) -> int:
 
 # ----------------------------------------------------------------------------- creation helpers
 
-# (the public creation functions live in kiln.tracer.creation; these are used above)
+# (the public creation functions live in kiln.tracer.creation; these serve the families)
 
 def arange(*args, **kwargs):
     kwargs.setdefault("dtype", dt.int64)
