@@ -6,9 +6,9 @@ import math
 
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error
-from kiln.tracer.provenance import composite
 from kiln.tracer.functional.common import _floating
 from kiln.tracer.functional.elementwise import clamp, tanh
+from kiln.tracer.provenance import composite
 
 
 # ----------------------------------------------------------------------------- activations

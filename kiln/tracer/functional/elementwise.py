@@ -11,10 +11,10 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error
-from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
                                            ones_like, zeros_like)
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import STATE, Tensor
 
 
 # ----------------------------------------------------------------------------- arithmetic

@@ -10,11 +10,11 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error
-from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, zeros)
 from kiln.tracer.functional.shapes import broadcast_tensors, expand, reshape, unsqueeze
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import STATE, Tensor
 
 
 # ----------------------------------------------------------------------------- indexing

@@ -6,10 +6,10 @@ import math
 
 from kiln.ir.ops import P, ShapeError, broadcast_shapes
 from kiln.tracer.errors import op_error
-from kiln.tracer.provenance import composite
 from kiln.tracer.functional.common import _py_max
 from kiln.tracer.functional.reductions import sum
 from kiln.tracer.functional.shapes import permute, reshape, squeeze, unsqueeze
+from kiln.tracer.provenance import composite
 
 
 # ----------------------------------------------------------------------------- matmul

@@ -9,14 +9,14 @@ from collections import namedtuple
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error
-from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import Tensor
 from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, zeros
 from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, log, logical_not,
                                                 lt, maximum, minimum, ne, pow, remainder, sign,
                                                 sqrt)
 from kiln.tracer.functional.indexing import gather, where
 from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import Tensor
 
 
 # ----------------------------------------------------------------------------- reductions

@@ -11,9 +11,9 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
+from kiln.tracer.tensor import STATE, Tensor
 
 
 # ----------------------------------------------------------------------------- shapes, movement

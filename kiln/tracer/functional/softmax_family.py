@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
-from kiln.tracer.provenance import composite
 from kiln.tracer.functional.common import _floating, _norm_dim
 from kiln.tracer.functional.reductions import _narrowed, _widened
 from kiln.tracer.functional.shapes import reshape
+from kiln.tracer.provenance import composite
 
 
 # ----------------------------------------------------------------------------- softmax family

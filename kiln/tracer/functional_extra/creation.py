@@ -11,8 +11,8 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.functional import _as_tensor
-from kiln.tracer.tensor import Tensor
 from kiln.tracer.functional_extra.common import _full_like
+from kiln.tracer.tensor import Tensor
 
 
 # ----------------------------------------------------------------------------- creation

@@ -7,9 +7,9 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
 from kiln.tracer.functional import _norm_dim
+from kiln.tracer.functional_extra.common import _f, values_indices
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import Tensor
-from kiln.tracer.functional_extra.common import _f, values_indices
 
 
 # ----------------------------------------------------------------------------- cumulative

@@ -15,9 +15,9 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary
+from kiln.tracer.functional_extra.common import _f, _full_like
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import Tensor
-from kiln.tracer.functional_extra.common import _f, _full_like
 
 
 # ----------------------------------------------------------------------------- elementwise math

@@ -13,8 +13,8 @@ from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
-from kiln.tracer.tensor import Tensor
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
+from kiln.tracer.tensor import Tensor
 
 
 # ----------------------------------------------------------------------------- shapes

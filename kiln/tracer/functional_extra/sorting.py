@@ -13,8 +13,8 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
-from kiln.tracer.tensor import Tensor
 from kiln.tracer.functional_extra.common import _f, values_indices
+from kiln.tracer.tensor import Tensor
 
 
 # ----------------------------------------------------------------------------- sorting
