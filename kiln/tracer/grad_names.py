@@ -9,6 +9,7 @@ modules and on Tensor. Only the name changes: the node and its gradient rule are
 from __future__ import annotations
 
 import functools
+import sys
 
 from kiln.tracer.tensor import Tensor
 
@@ -62,7 +63,10 @@ NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
 
 def apply_names(kiln_module, functional_module, nn_functional_module=None) -> None:
     for name, label in TENSOR_OPS.items():
-        for owner in (functional_module, kiln_module):
+        # and the family module that defines it, whose own callers then get the name too
+        # (`var_mean` returns var's and mean's results)
+        home = sys.modules.get(getattr(getattr(functional_module, name, None), "__module__", ""))
+        for owner in (functional_module, kiln_module) + ((home,) if home is not None else ()):
             if hasattr(owner, name):
                 setattr(owner, name, named(getattr(owner, name), label))
         if hasattr(Tensor, name):

@@ -1,0 +1,113 @@
+"""Activation functions (`relu`, `gelu`, `silu`, `softplus`, ...), built on the elementwise ops."""
+
+from __future__ import annotations
+
+import math
+
+from kiln.ir.ops import P
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional.common import _floating
+from kiln.tracer.functional.elementwise import clamp, tanh
+from kiln.tracer.provenance import composite
+
+
+# ----------------------------------------------------------------------------- activations
+
+def relu(input):
+    return P.relu(input)
+
+
+@composite
+def relu6(input):
+    return hardtanh(input, 0.0, 6.0)
+
+
+@composite
+def hardtanh(input, min_val=-1.0, max_val=1.0):
+    # not clamp: PyTorch passes hardtanh's gradient strictly inside (min, max) and clamp's
+    # on the closed interval; NaN falls through both comparisons and propagates
+    return P.where(P.le(input, min_val), min_val,
+                   P.where(P.ge(input, max_val), max_val, input))
+
+
+@composite
+def leaky_relu(input, negative_slope=0.01):
+    return P.where(P.gt(input, 0), input, input * negative_slope)
+
+
+@composite
+def elu(input, alpha=1.0):
+    return P.where(P.gt(input, 0), input, P.expm1(input) * alpha)
+
+
+@composite
+def selu(input):
+    alpha, scale = 1.6732632423543772, 1.0507009873554805
+    return elu(input, alpha) * scale
+
+
+# Below this, each gate that _times_gate multiplies by (Phi(x), sigmoid(x), tanh(softplus(x)),
+# hardsigmoid(x)) is exactly 0 in every float dtype; and it is finite even in float16
+_GATE_FLOOR = -6e4
+
+
+def _times_gate(x, gate):
+    """x * gate(x), for a gate that goes to 0 as x goes to -inf (gelu, silu, mish, hardswish):
+    at x = -inf the result is the limit, -0, where x * gate would be -inf * 0 = NaN. x is
+    raised to the floor first (a where, whose gradient is one op; NaN stays NaN through the
+    gate)."""
+    return P.where(P.gt(x, _GATE_FLOOR), x, _GATE_FLOOR) * gate
+
+
+@composite
+def gelu(input, approximate="none"):
+    x = _floating(input)
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
+        return _times_gate(x, (P.tanh(inner) + 1) * 0.5)
+    if approximate != "none":
+        raise op_error("gelu", f"approximate argument must be either none or tanh, got "
+                       f"{approximate!r}", ValueError)
+    return _times_gate(x, (P.erf(x * (1 / math.sqrt(2))) + 1) * 0.5)
+
+
+@composite
+def silu(input):
+    return _times_gate(input, P.sigmoid(input))
+
+
+@composite
+def mish(input):
+    return _times_gate(input, tanh(softplus(input)))
+
+
+@composite
+def softplus(input, beta=1.0, threshold=20.0):
+    scaled = input * beta if beta != 1 else input
+    soft = P.log1p(P.exp(scaled)) / beta if beta != 1 else P.log1p(P.exp(scaled))
+    return P.where(P.gt(scaled, threshold), input, soft)
+
+
+@composite
+def logsigmoid(input):
+    return -softplus(-input)
+
+
+@composite
+def hardsigmoid(input):
+    return clamp(input / 6 + 0.5, 0.0, 1.0)
+
+
+@composite
+def hardswish(input):
+    return _times_gate(input, hardsigmoid(input))
+
+
+@composite
+def softsign(input):
+    return input / (P.abs(input) + 1)
+
+
+@composite
+def tanhshrink(input):
+    return input - P.tanh(input)

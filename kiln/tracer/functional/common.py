@@ -1,0 +1,157 @@
+"""What every family of `kiln.tracer.functional` shares: operand conversion, type promotion,
+broadcasting, dim normalisation, and creation shorthands. Imports no other family."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P, ShapeError, broadcast_shapes, normalize_axis
+from kiln.tracer import creation
+from kiln.tracer.errors import op_error
+from kiln.tracer.tensor import Tensor
+
+
+_NUMBER = (int, float, bool)
+_py_max, _py_min, _py_sum, _py_abs, _py_round = (builtins.max, builtins.min, builtins.sum,
+                                                builtins.abs, builtins.round)
+
+
+def _number(x):
+    """Python number of a literal operand; NumPy scalars count as Python numbers."""
+    if isinstance(x, _NUMBER):
+        return x
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    return None
+
+
+def _as_tensor(x, like: Tensor | None = None) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    return creation.tensor(x, device=like.device if like is not None else None)
+
+
+def result_type(*operands) -> dt.DType:
+    """PyTorch's promoted dtype of tensors and Python numbers (torch.result_type)."""
+    dims, zero_dims, scalars = [], [], []
+    for x in operands:
+        if isinstance(x, Tensor):
+            (dims if x._data.ndim else zero_dims).append(x.dtype)
+        else:
+            scalars.append(dt.scalar_dtype(_number(x) if _number(x) is not None else x))
+    return dt.result_type(tuple(dims), tuple(zero_dims), tuple(scalars))
+
+
+def _cast_operand(x, dtype):
+    if isinstance(x, Tensor):
+        return x if x.dtype is dtype else P.cast(x, dtype=dtype)
+    if dtype is dt.bool_:
+        return bool(x)
+    return float(x) if dtype.is_floating_point else int(x)
+
+
+def _promoted(a, b, float_only: bool = False):
+    """Both operands converted to their common dtype, literals left as Python numbers."""
+    na, nb = _number(a), _number(b)
+    if na is not None:
+        a = na
+    elif not isinstance(a, Tensor):
+        a = _as_tensor(a, b if isinstance(b, Tensor) else None)
+    if nb is not None:
+        b = nb
+    elif not isinstance(b, Tensor):
+        b = _as_tensor(b, a if isinstance(a, Tensor) else None)
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype is b.dtype:
+        dtype = a.dtype
+    else:
+        dtype = result_type(a, b)
+    if float_only and not dtype.is_floating_point:
+        dtype = dt.get_default_dtype()
+    return _cast_operand(a, dtype), _cast_operand(b, dtype)
+
+
+def _binary(prim, a, b, float_only=False):
+    # Fast path for the common cases, where promotion keeps the tensor's dtype and `_promoted`
+    # would hand back the same operands: two tensors of one dtype, or a floating tensor and a
+    # Python int or float (which `_cast_operand` makes a float).
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            if a.dtype is b.dtype and (not float_only or a.dtype.category == dt.FLOAT):
+                return prim(a, b)
+        elif (type(b) is float or type(b) is int) and a.dtype.category == dt.FLOAT:
+            return prim(a, float(b))
+    elif (type(a) is float or type(a) is int) and isinstance(b, Tensor) and \
+            b.dtype.category == dt.FLOAT:
+        return prim(float(a), b)
+    a, b = _promoted(a, b, float_only)
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError(f"{prim.__name__}: expected at least one tensor, got "
+                        f"{type(a).__name__} and {type(b).__name__}")
+    return prim(a, b)
+
+
+def _broadcast(op: str, *shapes: tuple) -> tuple:
+    """The broadcast of `shapes`; on a mismatch, the user-facing error names `op`."""
+    try:
+        return broadcast_shapes(*shapes)
+    except ShapeError as e:
+        raise op_error(op, str(e), e.kind) from None
+
+
+def _floating(x: Tensor) -> Tensor:
+    """Integer and bool inputs of float functions (exp, sin, mean) become the default float."""
+    if not isinstance(x, Tensor):
+        x = _as_tensor(x)
+    return x if x.dtype.is_floating_point else P.cast(x, dtype=dt.get_default_dtype())
+
+
+
+def _axes(dim, ndim: int) -> tuple:
+    if dim is None:
+        return tuple(range(ndim))
+    if isinstance(dim, (list, tuple)):
+        if len(dim) == 0:
+            return tuple(range(ndim))
+        axes = tuple(sorted({_norm_dim(d, ndim) for d in dim}))
+        if len(axes) != len(dim):
+            raise op_error("reduction", f"dim {list(dim)} appears multiple times in the list "
+                           "of dims")
+        return axes
+    return (_norm_dim(dim, ndim),)
+
+
+def _norm_dim(dim, ndim: int) -> int:
+    if type(dim) is int and -ndim <= dim < ndim:     # the common case, no checks needed
+        return dim + ndim if dim < 0 else dim
+    try:
+        return normalize_axis(int(dim), ndim)
+    except ShapeError as e:
+        raise op_error("dim", str(e), IndexError) from None
+
+
+# ----------------------------------------------------------------------------- creation helpers
+
+# (the public creation functions live in kiln.tracer.creation; these serve the families)
+
+def arange(*args, **kwargs):
+    kwargs.setdefault("dtype", dt.int64)
+    return creation.arange(*args, **kwargs)
+
+
+def full(size, fill_value, *, dtype=None, device=None):
+    return creation.full(size, fill_value, dtype=dtype, device=device)
+
+
+def zeros(*size, dtype=None, device=None):
+    return creation.zeros(*size, dtype=dtype, device=device)
+
+
+def zeros_like(input, dtype=None):
+    return creation.zeros_like(input, dtype=dtype)
+
+
+def ones_like(input, dtype=None):
+    return creation.ones_like(input, dtype=dtype)

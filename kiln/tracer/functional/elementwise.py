@@ -1,0 +1,409 @@
+"""Elementwise arithmetic, comparison and logic (`add`, `div`, `clamp`, `eq`, `logical_and`,
+`isnan`, `isclose`, ...). One module because the two call each other: `div` and `clamp` compare,
+`isclose` takes `abs`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
+                                           ones_like, zeros_like)
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import STATE, Tensor
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+def add(input, other, *, alpha=1):
+    if alpha != 1:
+        other = mul(other, alpha)
+    return _binary(P.add, input, other)
+
+
+def sub(input, other, *, alpha=1):
+    if isinstance(input, Tensor) and input.dtype is dt.bool_ and isinstance(other, Tensor) \
+            and other.dtype is dt.bool_:
+        raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
+                       "supported. Use the `^` or `logical_xor()` operator instead.")
+    if alpha != 1:
+        other = mul(other, alpha)
+    return _binary(P.sub, input, other)
+
+
+def rsub(input, other, *, alpha=1):
+    return sub(other, input, alpha=alpha)
+
+
+def mul(input, other):
+    return _binary(P.mul, input, other)
+
+
+def div(input, other, *, rounding_mode=None):
+    if rounding_mode == "floor":
+        _refuse_integer_division_by_zero("div", input, other)
+        return floor_divide(input, other)
+    if rounding_mode == "trunc":
+        _refuse_integer_division_by_zero("div", input, other)
+        a, b = _promoted(input, other)
+        if a.dtype.is_floating_point if isinstance(a, Tensor) else b.dtype.is_floating_point:
+            return trunc(P.div(a, b))
+        q = P.floordiv(a, b)
+        # floor rounds toward -inf; trunc toward 0 differs when the signs differ and r != 0
+        fix = logical_and(ne(P.mod(a, b), 0), ne(lt(a, 0), lt(b, 0)))
+        return P.where(fix, q + 1, q)    # fix is bool, q + 1 has q's dtype: where() adds nothing
+    return _binary(P.div, input, other, float_only=True)
+
+
+true_divide = divide = div
+multiply, subtract = mul, sub
+
+
+def _refuse_integer_division_by_zero(op: str, a, b) -> None:
+    """Integer `//`, `%`, fmod and rounded div by zero raise, as in PyTorch (NumPy, and so kiln
+    before this check, gave 0). One pass over the divisor; a float operand divides by zero to
+    inf or NaN instead. A tensor divisor is checked in eager mode only (a trace cannot read
+    its values)."""
+    for x in (a, b):
+        if isinstance(x, Tensor) and x.dtype.is_floating_point or isinstance(x, float):
+            return
+    if isinstance(a, Tensor) and a._data.size == 0:
+        return                            # nothing is divided: PyTorch returns the empty result
+    if isinstance(b, Tensor):
+        if STATE.tracer is not None or b._data.size == 0 or b._data.all():
+            return
+        what = f"the divisor ({b.dtype.name}, shape {list(b.shape)}) has a zero"
+    elif b == 0:
+        what = "the divisor is the number 0"
+    else:
+        return
+    dividend = f"an {a.dtype.name} tensor of shape {list(a.shape)}" \
+        if isinstance(a, Tensor) else f"the number {a}"
+    raise op_error(op, f"ZeroDivisionError: integer division by zero: {what} (the dividend is "
+                   f"{dividend}); divide floating-point tensors, or replace the zeros first",
+                   RuntimeError)
+
+
+def floor_divide(input, other):
+    _refuse_integer_division_by_zero("floor_divide", input, other)
+    return _binary(P.floordiv, input, other)
+
+
+def remainder(input, other):
+    _refuse_integer_division_by_zero("remainder", input, other)
+    return _binary(P.mod, input, other)
+
+
+def fmod(input, other):
+    _refuse_integer_division_by_zero("fmod", input, other)
+    a, b = _promoted(input, other)
+    return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
+
+
+def _is_float(a, b) -> bool:
+    return (a if isinstance(a, Tensor) else b).dtype.is_floating_point
+
+
+def pow(input, exponent):
+    if isinstance(input, Tensor) and _number(exponent) is not None:
+        e = _number(exponent)
+        if e == 2 and (input.dtype.is_floating_point or not isinstance(e, float)):
+            return input * input      # the common square, exactly as PyTorch rounds it
+        if isinstance(e, float) and not input.dtype.is_floating_point:
+            input = _floating(input)
+    return _binary(P.pow, input, exponent)
+
+
+def float_power(input, exponent):
+    return pow(_as_tensor(input).to(dt.float64), exponent)
+
+
+def neg(input):
+    if input.dtype is dt.bool_:
+        raise op_error("neg", "Negation, the `-` operator, on a bool tensor is not supported. "
+                       "If you are trying to invert a mask, use the `~` or `logical_not()` "
+                       "operator instead.")
+    return P.neg(input)
+
+
+negative = neg
+
+
+def abs(input):
+    return P.abs(input)
+
+
+absolute = abs
+
+
+def sign(input):
+    return P.sign(input)
+
+
+def reciprocal(input):
+    return P.div(1.0, _floating(input))
+
+
+def square(input):
+    return input * input
+
+
+def _float_unary(name):
+    prim = getattr(P, name)
+
+    def op(input):
+        return prim(_floating(input))
+    op.__name__ = name
+    return op
+
+
+exp, log, log1p, expm1, sqrt = (_float_unary(n) for n in ("exp", "log", "log1p", "expm1", "sqrt"))
+sin, cos, tanh, sigmoid, erf = (_float_unary(n) for n in ("sin", "cos", "tanh", "sigmoid", "erf"))
+
+
+def rsqrt(input):
+    return P.div(1.0, sqrt(input))
+
+
+def tan(input):
+    x = _floating(input)
+    return P.sin(x) / P.cos(x)
+
+
+def exp2(input):
+    return P.pow(2.0, _floating(input))
+
+
+def log2(input):
+    return P.log(_floating(input)) * (1 / math.log(2))
+
+
+def log10(input):
+    return P.log(_floating(input)) * (1 / math.log(10))
+
+
+def floor(input):
+    return P.floor(input)
+
+
+def ceil(input):
+    return P.ceil(input)
+
+
+def trunc(input):
+    return P.trunc(input)
+
+
+fix = trunc
+
+
+def round(input, *, decimals=0):
+    if input.dtype.is_floating_point and decimals:
+        return P.round(input, decimals=decimals)
+    return P.round(input)
+
+
+def frac(input):
+    return input - trunc(input)
+
+
+def maximum(input, other):
+    return _binary(P.maximum, input, other)
+
+
+def minimum(input, other):
+    return _binary(P.minimum, input, other)
+
+
+def clamp(input, min=None, max=None):
+    if min is None and max is None:
+        raise op_error("clamp", "At least one of 'min' or 'max' must not be None")
+    out = input
+    # where() rather than maximum/minimum: PyTorch passes the gradient where min <= x <= max
+    if min is not None:
+        lo, x = _promoted(min, out)
+        out = P.where(lt(x, lo), lo, x) if isinstance(lo, Tensor) else P.where(P.lt(x, lo), lo, x)
+    if max is not None:
+        hi, x = _promoted(max, out)
+        out = P.where(gt(x, hi), hi, x) if isinstance(hi, Tensor) else P.where(P.gt(x, hi), hi, x)
+    return out
+
+
+clip = clamp
+
+
+def clamp_min(input, min):
+    return clamp(input, min=min)
+
+
+def clamp_max(input, max):
+    return clamp(input, max=max)
+
+
+@composite
+def lerp(input, end, weight):
+    return input + weight * (end - input)
+
+
+@composite
+def addcmul(input, tensor1, tensor2, *, value=1):
+    return input + value * tensor1 * tensor2 if value != 1 else input + tensor1 * tensor2
+
+
+@composite
+def addcdiv(input, tensor1, tensor2, *, value=1):
+    return input + value * (tensor1 / tensor2) if value != 1 else input + tensor1 / tensor2
+
+
+@composite
+def hypot(input, other):
+    return sqrt(input * input + other * other)
+
+
+def atan(input):
+    # arctan from a rational approximation would lose accuracy; NumPy is exact here
+    x = _floating(input)
+    return _atan_series(x)
+
+
+def _atan_series(x):
+    # atan(x) = 2 * atan(x / (1 + sqrt(1 + x^2))) halves the angle; after two halvings |y| < 0.42
+    # and 12 Taylor terms reach float64 accuracy. Built from primitives, so it differentiates.
+    y = x
+    for _ in range(2):
+        y = y / (1 + sqrt(1 + y * y))
+    term, total, y2 = y, y, y * y
+    for k in range(1, 14):
+        term = -term * y2
+        total = total + term / (2 * k + 1)
+    return total * 4
+
+
+# ----------------------------------------------------------------------------- comparison, logic
+
+def eq(input, other):
+    return _binary(P.eq, input, other)
+
+
+def ne(input, other):
+    return _binary(P.ne, input, other)
+
+
+def lt(input, other):
+    return _binary(P.lt, input, other)
+
+
+def le(input, other):
+    return _binary(P.le, input, other)
+
+
+def gt(input, other):
+    return _binary(P.gt, input, other)
+
+
+def ge(input, other):
+    return _binary(P.ge, input, other)
+
+
+less, less_equal, greater, greater_equal, not_equal = lt, le, gt, ge, ne
+
+
+def _bool(x):
+    x = _as_tensor(x)
+    return x if x.dtype is dt.bool_ else P.ne(x, 0)
+
+
+def logical_not(input):
+    return P.bitwise_not(_bool(input))
+
+
+def logical_and(input, other):
+    return P.bitwise_and(_bool(input), _bool(other))
+
+
+def logical_or(input, other):
+    return P.bitwise_or(_bool(input), _bool(other))
+
+
+def logical_xor(input, other):
+    return P.bitwise_xor(_bool(input), _bool(other))
+
+
+def _bitwise(prim, name):
+    def op(input, other):
+        a, b = _promoted(input, other)
+        dtype = (a if isinstance(a, Tensor) else b).dtype
+        if dtype.is_floating_point:
+            raise op_error(name, f"\"{name}_cpu\" not implemented for '{dtype.name}'", TypeError)
+        return prim(a, b)
+    op.__name__ = name
+    return op
+
+
+bitwise_and = _bitwise(P.bitwise_and, "bitwise_and")
+bitwise_or = _bitwise(P.bitwise_or, "bitwise_or")
+bitwise_xor = _bitwise(P.bitwise_xor, "bitwise_xor")
+
+
+def bitwise_not(input):
+    if input.dtype.is_floating_point:
+        raise op_error("bitwise_not", f"not implemented for '{input.dtype.name}'", TypeError)
+    return P.bitwise_not(input)
+
+
+def isnan(input):
+    return P.ne(input, input) if input.dtype.is_floating_point else zeros_like(input, dt.bool_)
+
+
+def isinf(input):
+    if not input.dtype.is_floating_point:
+        return zeros_like(input, dt.bool_)
+    return P.eq(P.abs(input), math.inf)
+
+
+def isposinf(input):
+    return eq(input, math.inf)
+
+
+def isneginf(input):
+    return eq(input, -math.inf)
+
+
+def isfinite(input):
+    if not input.dtype.is_floating_point:
+        return ones_like(input, dt.bool_)
+    return P.lt(P.abs(input), math.inf)
+
+
+@composite
+def nan_to_num(input, nan=0.0, posinf=None, neginf=None):
+    if not input.dtype.is_floating_point:
+        return input.clone()
+    info = np.finfo(input.dtype.np)
+    posinf = float(info.max) if posinf is None else posinf
+    neginf = float(info.min) if neginf is None else neginf
+    out = P.where(P.ne(input, input), nan, input)
+    out = P.where(P.eq(out, math.inf), posinf, out)
+    return P.where(P.eq(out, -math.inf), neginf, out)
+
+
+def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False) -> bool:
+    return bool(isclose(input, other, rtol, atol, equal_nan).all())
+
+
+@composite
+def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
+    a, b = _promoted(input, other)
+    close = le(abs(a - b), atol + rtol * abs(b))
+    close = logical_or(close, eq(a, b))
+    if equal_nan:
+        close = logical_or(close, logical_and(isnan(a), isnan(b)))
+    return close
+
+
+def equal(input, other) -> bool:
+    return tuple(input.shape) == tuple(other.shape) and bool(eq(input, other).all())

@@ -1,0 +1,505 @@
+"""Indexing and selection: `where`, index_select, gather/scatter, index_add/fill/copy, masked
+ops, take, one_hot, nonzero, repeat_interleave, and `getitem`/`index_put` behind `Tensor[...]`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
+                                           _py_sum, arange, full, zeros)
+from kiln.tracer.functional.shapes import broadcast_tensors, expand, reshape, unsqueeze
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import STATE, Tensor
+
+
+# ----------------------------------------------------------------------------- indexing
+
+# PyTorch's C++ names of dtypes, which some of its messages use
+_TORCH_DTYPE_NAMES = {"bool": "Bool", "uint8": "Byte", "int32": "Int", "int64": "Long",
+                      "float16": "Half", "float32": "Float", "float64": "Double"}
+
+
+def where(condition, input=None, other=None):
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
+    if not isinstance(condition, Tensor):
+        condition = _as_tensor(condition)
+    if condition.dtype is not dt.bool_:
+        if condition.dtype is not dt.uint8:     # PyTorch still takes uint8 masks (deprecated)
+            raise op_error("where", f"where expected condition to be a boolean tensor, but got "
+                           f"a tensor with dtype {_TORCH_DTYPE_NAMES[condition.dtype.name]} "
+                           f"({condition.dtype.name}, shape {list(condition.shape)}); pass a "
+                           f"comparison such as `condition != 0`")
+        condition = P.ne(condition, 0)
+    if isinstance(input, Tensor) and isinstance(other, Tensor) and input.dtype is other.dtype:
+        x, y = input, other          # what _promoted would give, found quicker
+    else:
+        x, y = _promoted(input, other)
+    return P.where(condition, x, y)
+
+
+def repeat_interleave(input, repeats, dim=None):
+    if dim is None:
+        input, dim = reshape(input, (-1,)), 0
+    d = _norm_dim(dim, input.ndim)
+    if isinstance(repeats, Tensor):
+        idx = np.repeat(np.arange(input.shape[d]), repeats.tolist())
+        return index_select(input, d, input.new_tensor(idx, dtype=dt.int64))
+    shape = tuple(input.shape)
+    x = unsqueeze(input, d + 1)
+    x = expand(x, shape[:d + 1] + (repeats,) + shape[d + 1:])
+    return reshape(x, shape[:d] + (shape[d] * repeats,) + shape[d + 1:])
+
+
+
+def index_select(input, dim, index):
+    return select_rows(input, dim, index, "index_select")
+
+
+def select_rows(input, dim, index, op: str):
+    """index_select under the name of the op the user called (`embedding` looks rows up this
+    way): a negative or too large index is PyTorch's IndexError "index out of range in self"
+    (index_select does not count negative indices from the end)."""
+    d = _norm_dim(dim, input.ndim)
+    if index.ndim > 1:
+        raise op_error(op, "index_select(): Index is supposed to be a vector", IndexError)
+    index = _wrap_index(index, input.shape[d], op, IndexError, dim=d, negative=False,
+                        what="index out of range in self")
+    return P.take(input, index, axis=d)
+
+
+def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexError, *,
+                dim: int | None = None, negative: bool = True, what: str = "") -> Tensor:
+    """`index` checked against a dim of size `n`: out-of-range values raise `kind`, naming
+    `op`, the first offending value and the size. With `negative`, indices in [-n, 0) count
+    from the end, as in Python (tensor indexing, take, index_fill); without, they are out of
+    range (gather, scatter, index_select, embedding), as in PyTorch. Eager only, one min and
+    one max per call. Traced, the check is a graph node (`check_index`, which the executors run
+    on every replay), since a trace cannot read index values into Python."""
+    if index.dtype is not dt.int64 and index.dtype is not dt.int32:
+        raise op_error(op, f"tensors used as indices must be long, int or bool tensors, "
+                       f"got {index.dtype.name}", IndexError)
+    if STATE.tracer is None:
+        data = index._data
+        if not data.size:
+            return index
+        low, high = data.min(), data.max()
+        lowest = -n if negative else 0
+        if low < lowest or high >= n:
+            flat = data.reshape(-1)
+            bad = int(flat[((flat < lowest) | (flat >= n)).argmax()])   # the first, as torch
+            where = f"a tensor of {n} elements" if dim is None else \
+                f"dimension {dim} with size {n}"
+            raise op_error(op, (f"{what}: " if what else "") +
+                           f"index {bad} is out of bounds for {where}", kind)
+        if low >= 0:
+            return index
+    else:                             # a replay checks the indices it is given, as eager does
+        index = P.check_index(index, size=n, op=op, kind=kind.__name__, negative=negative,
+                              ignore=None)
+    if not negative:
+        return index
+    return P.where(P.lt(index, 0), index + n, index)
+
+
+def _gather_positions(input_shape, dim, index, op="gather", checked=False):
+    """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere.
+    `checked`: the caller has bounds-checked `index` already."""
+    strides = [math.prod(input_shape[i + 1:]) for i in range(len(input_shape))]
+    if checked:
+        lin = index * strides[dim]
+    else:
+        lin = _wrap_index(index, input_shape[dim], op, RuntimeError, dim=dim,
+                          negative=False) * strides[dim]
+    for i, n in enumerate(index.shape):
+        if i == dim:
+            continue
+        if n > input_shape[i]:
+            raise op_error(op, f"Size does not match at dimension {i} expected index "
+                           f"{list(index.shape)} to be smaller than self {list(input_shape)} "
+                           f"apart from dimension {dim}", RuntimeError)
+        shape = [1] * index.ndim
+        shape[i] = n
+        lin = lin + P.reshape(arange(n, device=index.device), shape=tuple(shape)) * strides[i]
+    return lin
+
+
+def gather(input, dim, index, *, sparse_grad=False):
+    return _gather(input, dim, index, "gather")
+
+
+def _gather(input, dim, index, op, checked=False):
+    """gather under the name of the op the user called; `checked`: `index` is known to be in
+    [0, size) already (nll_loss checked its targets)."""
+    d = _norm_dim(dim, input.ndim)
+    if index.ndim != input.ndim:
+        raise op_error(op, f"Index tensor must have the same number of dimensions as "
+                       f"input tensor ({index.ndim} vs {input.ndim})")
+    lin = _gather_positions(tuple(input.shape), d, index, op, checked=checked)
+    return P.take(reshape(input, (-1,)), lin, axis=0)
+
+
+def _scatter(input, dim, index, src, prim, op):
+    d = _norm_dim(dim, input.ndim)
+    if isinstance(src, Tensor) and src.dtype is not input.dtype:
+        src = src.to(input.dtype)
+    if not isinstance(src, Tensor):
+        src = full(tuple(index.shape), src, dtype=input.dtype, device=input.device)
+    elif tuple(src.shape) != tuple(index.shape):
+        src = P.slice(src, starts=(0,) * src.ndim, stops=tuple(index.shape),
+                      steps=(1,) * src.ndim)
+    if index.ndim != input.ndim:
+        raise op_error(op, f"Index tensor must have the same number of dimensions as "
+                       f"self tensor ({index.ndim} vs {input.ndim})")
+    lin = _gather_positions(tuple(input.shape), d, index, op)
+    flat = prim(reshape(input, (-1,)), reshape(lin, (-1,)), reshape(src, (-1,)), axis=0)
+    return reshape(flat, tuple(input.shape))
+
+
+def scatter(input, dim, index, src=None, *, value=None, reduce=None):
+    if reduce not in (None, "add"):     # not ignored: that would write instead of reducing
+        raise op_error("scatter", f"reduce={reduce!r} is not supported in kiln (only 'add'); "
+                       "use scatter_add, or scatter into a copy and combine", NotImplementedError)
+    if reduce == "add":
+        return _scatter(input, dim, index, src if src is not None else value, P.index_add,
+                        "scatter")
+    return _scatter(input, dim, index, src if src is not None else value, P.index_put,
+                    "scatter")
+
+
+def scatter_add(input, dim, index, src):
+    return _scatter(input, dim, index, src, P.index_add, "scatter_add")
+
+
+def index_add(input, dim, index, source, *, alpha=1):
+    d = _norm_dim(dim, input.ndim)
+    src = source * alpha if alpha != 1 else source
+    index = _wrap_index(index, input.shape[d], "index_add", RuntimeError, dim=d, negative=False)
+    return P.index_add(input, index, src.to(input.dtype), axis=d)
+
+
+def index_fill(input, dim, index, value):
+    d = _norm_dim(dim, input.ndim)
+    shape = tuple(input.shape)
+    src = full(shape[:d] + tuple(index.shape) + shape[d + 1:], value, dtype=input.dtype,
+               device=input.device)
+    return P.index_put(input, _wrap_index(index, shape[d], "index_fill", dim=d), src, axis=d)
+
+
+def index_copy(input, dim, index, source):
+    d = _norm_dim(dim, input.ndim)
+    index = _wrap_index(index, input.shape[d], "index_copy", dim=d, negative=False)
+    return P.index_put(input, index, source.to(input.dtype), axis=d)
+
+
+def masked_fill(input, mask, value):
+    if isinstance(value, Tensor):
+        value = value.to(input.dtype)
+    elif input.dtype.category != dt.FLOAT and isinstance(value, float):
+        value = int(value)
+    if mask.dtype is not dt.bool_:
+        raise op_error("masked_fill", f"masked_fill_ only supports boolean masks, but got mask "
+                       f"with dtype {mask.dtype.name}")
+    return P.where(mask, value, input)
+
+
+def masked_select(input, mask):
+    input, mask = broadcast_tensors(input, mask)
+    return getitem(input, mask)
+
+
+def take(input, index):
+    return P.take(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), axis=0)
+
+
+def take_along_dim(input, indices, dim=None):
+    if dim is None:
+        return take(input, indices)
+    d = _norm_dim(dim, input.ndim)
+    # every dim but `dim` broadcasts between input and indices
+    a, b = list(input.shape), list(indices.shape)
+    a[d] = b[d] = 1
+    common = _broadcast("take_along_dim", tuple(a), tuple(b))
+    input = expand(input, common[:d] + (input.shape[d],) + common[d + 1:])
+    indices = expand(indices, common[:d] + (indices.shape[d],) + common[d + 1:])
+    return _gather(input, d, indices, "take_along_dim")
+
+
+@composite
+def one_hot(tensor, num_classes=-1):
+    if tensor.dtype is not dt.int64:
+        raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
+                       RuntimeError)
+    if STATE.tracer is None and tensor._data.size:
+        # a class outside [0, num_classes) would give a row of zeros: PyTorch refuses it
+        low, high = int(tensor._data.min()), int(tensor._data.max())
+        if low < 0:
+            raise op_error("one_hot", f"Class values must be non-negative. Got {low} in a "
+                           f"tensor of shape {list(tensor.shape)}")
+        if num_classes != -1 and high >= num_classes:
+            raise op_error("one_hot", f"Class values must be smaller than num_classes. Got "
+                           f"class {high} with num_classes={num_classes}")
+    if num_classes == -1:
+        num_classes = int(tensor.max().item()) + 1 if tensor.numel() else 0
+    classes = arange(num_classes, device=tensor.device)
+    return P.cast(P.eq(unsqueeze(tensor, -1), classes), dtype=dt.int64)
+
+
+def nonzero(input, *, as_tuple=False):
+    data = input._read("nonzero()")
+    xp = input.device.xp
+    idx = xp.stack(xp.nonzero(data), axis=1) if data.ndim else xp.zeros(
+        (int(bool(data)), 0), dtype=np.int64)
+    out = Tensor._make(idx.astype(np.int64), dt.int64, input.device)
+    if as_tuple:
+        if not data.ndim:      # a 0-d input has one position, index 0, when it is nonzero
+            return (zeros(out.shape[0], dtype=dt.int64, device=out.device),)
+        return tuple(out[:, i] for i in range(out.shape[1]))
+    return out
+
+
+def argwhere(input):
+    return nonzero(input)
+
+
+def _normalize_key(key, ndim):
+    """Split an index into per-dim items, expanding `...`; None stays as 'new axis'."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    items = []
+    for k in key:
+        if isinstance(k, (list, np.ndarray)) or (isinstance(k, Tensor)):
+            items.append(k)
+        else:
+            items.append(k)
+    consumed = 0
+    for k in items:
+        if k is None or k is Ellipsis:
+            continue
+        if isinstance(k, Tensor) and k.dtype is dt.bool_:
+            consumed += k.ndim
+        elif isinstance(k, (list, np.ndarray)) and np.asarray(k).dtype == np.bool_:
+            consumed += np.asarray(k).ndim
+        else:
+            consumed += 1
+    if consumed > ndim:
+        raise op_error("index", f"too many indices for tensor of dimension {ndim}", IndexError)
+    if _py_sum(1 for k in items if k is Ellipsis) > 1:
+        raise op_error("index", "an index can only have a single ellipsis ('...')", IndexError)
+    if Ellipsis in [k for k in items if not isinstance(k, (Tensor, list, np.ndarray))]:
+        at = next(i for i, k in enumerate(items) if k is Ellipsis)
+        items = items[:at] + [slice(None)] * (ndim - consumed) + items[at + 1:]
+    else:
+        items = items + [slice(None)] * (ndim - consumed)
+    return items
+
+
+def _basic_getitem(input, key):
+    """`input[key]` for the common keys, made of in-range ints and slices with positive int
+    steps (at most one per dim), as one slice (and, for int items, one reshape); None for any
+    other key, which `getitem` then handles (and reports errors for) in general."""
+    shape = input._data.shape
+    if type(key) is slice and shape and (key.step is None or type(key.step) is int
+                                         and key.step > 0):
+        # x[a:b:s], the most common key: one slice of dim 0
+        a, b, step = key.indices(shape[0])
+        b = _py_max(a, b)
+        if a == 0 and b == shape[0] and step == 1:
+            return input
+        rest = len(shape) - 1
+        return P.slice(input, starts=(a,) + (0,) * rest, stops=(b,) + shape[1:],
+                       steps=(step,) + (1,) * rest)
+    items = key if type(key) is tuple else (key,)
+    if len(items) > len(shape):
+        return None
+    starts, stops, steps, out_shape = [], [], [], []
+    whole = True                # every item so far takes its whole dim
+    for k, n in zip(items, shape):
+        if type(k) is slice:
+            step = k.step
+            if step is not None and (type(step) is not int or step <= 0):
+                return None
+            a, b, step = k.indices(n)
+            b = _py_max(a, b)
+            out_shape.append((b - a + step - 1) // step)
+        elif type(k) is int and -n <= k < n:
+            a = k % n
+            b, step = a + 1, 1          # the dim is dropped: nothing goes into out_shape
+        else:
+            return None
+        if a != 0 or b != n or step != 1:
+            whole = False
+        starts.append(a)
+        stops.append(b)
+        steps.append(step)
+    rest = shape[len(items):]       # dims the key does not name are taken whole
+    x = input
+    if not whole:
+        x = P.slice(x, starts=tuple(starts) + (0,) * len(rest), stops=tuple(stops) + rest,
+                    steps=tuple(steps) + (1,) * len(rest))
+    if len(out_shape) != len(items):
+        x = P.reshape(x, shape=tuple(out_shape) + rest)
+    return x
+
+
+def getitem(input, key):
+    """`tensor[key]`: ints, slices with steps, None, ..., integer tensors and boolean masks."""
+    x = _basic_getitem(input, key)
+    if x is not None:
+        return x
+    items = _normalize_key(key, input.ndim)
+    x = input
+    shape = tuple(input.shape)
+    starts, stops, steps, out_shape = [], [], [], []
+    advanced = []          # (position in the sliced result, index tensor)
+    dim = 0
+    for k in items:
+        if k is None:
+            out_shape.append(1)
+            continue
+        if isinstance(k, (list, range, np.ndarray)):     # x[range(n), y], as in PyTorch
+            k = input.new_tensor(np.asarray(k))
+            if k.dtype.is_floating_point and k.numel() == 0:
+                k = k.to(dt.int64)
+        if isinstance(k, Tensor):
+            if k.device is not input.device and k.device.type == "cpu":
+                k = k.to(input.device)   # as PyTorch: indices on the CPU for a tensor anywhere
+            if k.dtype is dt.bool_ and k.ndim == 0:
+                # a 0-d mask adds a dim of size 1 and keeps it (True) or empties it (False)
+                out_shape.append(1)
+                advanced.append((len(out_shape) - 1, zeros(int(bool(k)), dtype=dt.int64,
+                                                           device=input.device)))
+                continue
+            if k.dtype is dt.bool_:
+                if tuple(k.shape) != shape[dim:dim + k.ndim]:
+                    raise op_error("index", f"The shape of the mask {list(k.shape)} at index "
+                                   f"{dim} does not match the shape of the indexed tensor "
+                                   f"{list(shape[dim:dim + k.ndim])}", IndexError)
+                nz = nonzero(k, as_tuple=False)
+                for j in range(k.ndim):
+                    starts.append(0)
+                    stops.append(shape[dim])
+                    steps.append(1)
+                    advanced.append((len(out_shape), nz[:, j] if k.ndim else nz[:, 0]))
+                    out_shape.append(shape[dim])
+                    dim += 1
+                continue
+            if k.dtype.is_floating_point:
+                raise op_error("index", "tensors used as indices must be long, int or bool "
+                               "tensors", IndexError)
+            starts.append(0)
+            stops.append(shape[dim])
+            steps.append(1)
+            advanced.append((len(out_shape), k))
+            out_shape.append(shape[dim])
+            dim += 1
+            continue
+        if isinstance(k, slice):
+            n = shape[dim]
+            step = 1 if k.step is None else int(k.step)
+            if step <= 0:
+                raise op_error("index", "step must be greater than zero", ValueError)
+            a, b, _ = slice(k.start, k.stop, step).indices(n)
+            b = _py_max(a, b)
+            starts.append(a)
+            stops.append(b)
+            steps.append(step)
+            out_shape.append((b - a + step - 1) // step)
+            dim += 1
+            continue
+        if isinstance(k, bool) or k is True or k is False:
+            raise op_error("index", "indexing with a Python bool is not supported", IndexError)
+        try:
+            i = int(k.__index__() if isinstance(k, Tensor) else k)
+        except (TypeError, AttributeError):
+            raise op_error("index", f"only integers, slices (`:`), ellipsis (`...`), None and "
+                           f"long or byte Variables are valid indices (got "
+                           f"{type(k).__name__})", IndexError) from None
+        n = shape[dim]
+        if not -n <= i < n:
+            raise op_error("index", f"index {i} is out of bounds for dimension {dim} with size "
+                           f"{n}", IndexError)
+        i %= n
+        starts.append(i)
+        stops.append(i + 1)
+        steps.append(1)
+        out_shape.append(None)      # dropped after slicing
+        dim += 1
+    if (tuple(starts), tuple(stops), tuple(steps)) != ((0,) * len(shape), shape,
+                                                      (1,) * len(shape)):
+        x = P.slice(x, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    # the shape with ints dropped and None added; advanced positions refer into it
+    keep = [s for s in out_shape if s is not None]
+    positions = {}
+    at = 0
+    for i, s in enumerate(out_shape):
+        if s is not None:
+            positions[i] = at
+            at += 1
+    if tuple(keep) != tuple(x.shape):
+        x = P.reshape(x, shape=tuple(keep))
+    if not advanced:
+        return x
+    return _advanced_index(x, [(positions[p], idx) for p, idx in advanced])
+
+
+def _advanced_index(x, advanced):
+    """Integer-tensor indexing (NumPy rules) over the dims named in `advanced`."""
+    dims = [d for d, _ in advanced]
+    shape = tuple(x.shape)
+    if len(advanced) == 1:
+        d, idx = advanced[0]
+        return P.take(x, _wrap_index(idx, shape[d], dim=d), axis=d)
+    idx_shape = _broadcast("index", *(tuple(i.shape) for _, i in advanced))
+    # move the indexed dims to the front, flatten them into one, and take by linear position
+    rest = [i for i in range(len(shape)) if i not in dims]
+    moved = P.permute(x, perm=tuple(dims + rest)) if dims + rest != list(range(len(shape))) else x
+    lin = None
+    stride = 1
+    for d, idx in reversed(advanced):
+        term = _wrap_index(idx, shape[d], dim=d)
+        term = term * stride if stride != 1 else term
+        lin = term if lin is None else lin + term
+        stride *= shape[d]
+    lin = expand(lin, idx_shape)
+    flat = P.reshape(moved, shape=(stride,) + tuple(shape[i] for i in rest))
+    out = P.take(flat, lin, axis=0)
+    adjacent = dims == list(range(dims[0], dims[0] + len(dims)))
+    if adjacent and dims[0] != 0:
+        # NumPy keeps the result dims where the (adjacent) indexed dims were
+        k = len(idx_shape)
+        before = list(range(k, k + dims[0]))
+        perm = before + list(range(k)) + list(range(k + dims[0], out.ndim))
+        out = P.permute(out, perm=tuple(perm))
+    return out
+
+
+def _flat_positions(input, key):
+    """Flat element positions that `input[key]` selects, shaped like `input[key]`."""
+    positions = P.reshape(arange(input.numel(), device=input.device), shape=tuple(input.shape))
+    return getitem(positions, key)
+
+
+def index_put(input, indices, values, accumulate=False):
+    pos = _flat_positions(input, tuple(indices))
+    return _put_at(input, pos, values, P.index_add if accumulate else P.index_put)
+
+
+def _put_at(input, pos, values, prim):
+    if not isinstance(values, Tensor):
+        values = full((), values, dtype=input.dtype, device=input.device)
+    elif values.dtype is not input.dtype:
+        values = values.to(input.dtype)
+    values = expand(values, tuple(pos.shape))
+    flat = prim(reshape(input, (-1,)), reshape(pos, (-1,)), reshape(values, (-1,)), axis=0)
+    return reshape(flat, tuple(input.shape))
+
+
+def setitem_functional(input, key, value):
+    """The value of `input` after `input[key] = value`, as a new tensor (for autograd/tracing)."""
+    return _put_at(input, _flat_positions(input, key), value, P.index_put)

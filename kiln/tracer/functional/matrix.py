@@ -1,0 +1,203 @@
+"""Matrix products: matmul, mm, bmm, mv, dot, outer, addmm, baddbmm, einsum, tensordot."""
+
+from __future__ import annotations
+
+import math
+
+from kiln.ir.ops import P, ShapeError, broadcast_shapes
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional.common import _py_max
+from kiln.tracer.functional.reductions import sum
+from kiln.tracer.functional.shapes import permute, reshape, squeeze, unsqueeze
+from kiln.tracer.provenance import composite
+
+
+# ----------------------------------------------------------------------------- matmul
+
+def matmul(input, other):
+    a, b = input, other
+    if a.ndim == 2 and b.ndim == 2 and a.dtype is b.dtype and \
+            a._data.shape[1] == b._data.shape[0]:
+        return P.matmul(a, b)     # the common case, which every check below lets through
+    if a.ndim == 0 or b.ndim == 0:
+        raise op_error("matmul", f"both arguments to matmul need to be at least 1D, but they "
+                       f"are {a.ndim}D and {b.ndim}D")
+    if a.dtype is not b.dtype:
+        raise op_error("matmul", f"expected m1 and m2 to have the same dtype, but got: "
+                       f"{a.dtype.name} != {b.dtype.name}")
+    if a.ndim == 1 and b.ndim == 1:
+        if a.shape[0] != b.shape[0]:
+            raise op_error("matmul", f"inconsistent tensor size, expected tensor [{a.shape[0]}]"
+                           f" and src [{b.shape[0]}] to have the same number of elements")
+        return reshape(P.matmul(reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
+    if a.ndim == 1:
+        return squeeze(matmul(unsqueeze(a, 0), b), -2)
+    if b.ndim == 1:
+        return squeeze(matmul(a, unsqueeze(b, -1)), -1)
+    if a.shape[-1] != b.shape[-2]:
+        whole = f" (operand shapes {list(a.shape)} and {list(b.shape)})" \
+            if a.ndim > 2 or b.ndim > 2 else ""
+        raise op_error("matmul", f"mat1 and mat2 shapes cannot be multiplied "
+                       f"({'x'.join(map(str, a.shape[-2:]))} and "
+                       f"{'x'.join(map(str, b.shape[-2:]))}){whole}")
+    if b.ndim == 2 and a.ndim > 2:
+        # (..., m, k) @ (k, n): one 2-D product over the flattened batch
+        lead = tuple(a.shape[:-1])
+        out = P.matmul(reshape(a, (-1, a.shape[-1])), b)
+        return reshape(out, lead + (b.shape[-1],))
+    if a.shape[:-2] == b.shape[:-2]:
+        return P.matmul(a, b)
+    try:
+        batch = broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    except ShapeError:
+        raise op_error("matmul", f"the batch dimensions {list(a.shape[:-2])} and "
+                       f"{list(b.shape[:-2])} of operands of shapes {list(a.shape)} and "
+                       f"{list(b.shape)} do not broadcast (each batch size must match or be 1)"
+                       ) from None
+    if tuple(a.shape[:-2]) != batch:
+        a = P.expand(a, shape=batch + tuple(a.shape[-2:]))
+    if tuple(b.shape[:-2]) != batch:
+        b = P.expand(b, shape=batch + tuple(b.shape[-2:]))
+    return P.matmul(a, b)
+
+
+def mm(input, mat2):
+    if input.ndim != 2 or mat2.ndim != 2:
+        raise op_error("mm", f"self must be a matrix (got {input.ndim}-D and {mat2.ndim}-D)")
+    return matmul(input, mat2)
+
+
+def bmm(input, mat2):
+    if input.ndim != 3 or mat2.ndim != 3:
+        raise op_error("bmm", f"batch1 and batch2 must be 3D tensors (got {input.ndim}-D and "
+                       f"{mat2.ndim}-D)")
+    if input.shape[0] != mat2.shape[0]:
+        raise op_error("bmm", f"batch1 and batch2 must have same number of batches, got "
+                       f"{input.shape[0]} and {mat2.shape[0]} (shapes {list(input.shape)} and "
+                       f"{list(mat2.shape)})")
+    if input.shape[2] != mat2.shape[1]:
+        raise op_error("bmm", f"Expected size for first two dimensions of batch2 tensor to be: "
+                       f"[{input.shape[0]}, {input.shape[2]}] but got: [{mat2.shape[0]}, "
+                       f"{mat2.shape[1]}] (shapes {list(input.shape)} and {list(mat2.shape)})")
+    return matmul(input, mat2)
+
+
+def mv(input, vec):
+    return matmul(input, vec)
+
+
+def dot(input, other):
+    if input.ndim != 1 or other.ndim != 1:
+        raise op_error("dot", f"1D tensors expected, but got {input.ndim}D and {other.ndim}D "
+                       "tensors")
+    return matmul(input, other)
+
+
+inner = dot
+
+
+def outer(input, vec2):
+    return unsqueeze(input, 1) * unsqueeze(vec2, 0)
+
+
+ger = outer
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1):
+    prod_ = mm(mat1, mat2)
+    return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    prod_ = bmm(batch1, batch2)
+    return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
+
+
+@composite
+def einsum(equation, *operands):
+    """Einstein summation for up to two operands, lowered to permute, reshape, mul and matmul."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    lhs, _, rhs = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        raise op_error("einsum", f"{len(terms)} operand terms but {len(operands)} operands")
+    if not _:
+        counts = {}
+        for c in "".join(terms):
+            counts[c] = counts.get(c, 0) + 1
+        rhs = "".join(sorted(c for c, n in counts.items() if n == 1))
+    # multiply by broadcasting every operand into the union of labels, then sum the rest
+    labels = []
+    for term in terms:
+        for c in term:
+            if c not in labels:
+                labels.append(c)
+    sizes = {}
+    for term, op in zip(terms, operands):
+        for c, n in zip(term, op.shape):
+            sizes[c] = _py_max(sizes.get(c, 1), n)
+    if len(operands) == 2 and set(rhs) <= set(labels):
+        return _einsum_pair(terms, rhs, operands, sizes)
+    product = None
+    for term, op in zip(terms, operands):
+        aligned = _align(op, term, labels)
+        product = aligned if product is None else product * aligned
+    summed = [i for i, c in enumerate(labels) if c not in rhs]
+    out = sum(product, tuple(summed)) if summed else product
+    kept = [c for c in labels if c in rhs]
+    return permute(out, tuple(kept.index(c) for c in rhs)) if kept != list(rhs) else out
+
+
+def _align(op, term, labels):
+    """Permute and reshape an operand so its dims follow `labels` (size 1 where absent)."""
+    if len(set(term)) != len(term):
+        raise op_error("einsum", f"repeated subscript in {term!r} (diagonals) is not supported")
+    order = sorted(range(len(term)), key=lambda i: labels.index(term[i]))
+    x = permute(op, tuple(order)) if order != list(range(len(term))) else op
+    present = {c: op.shape[i] for i, c in enumerate(term)}
+    return reshape(x, tuple(present.get(c, 1) for c in labels))
+
+
+def _einsum_pair(terms, rhs, operands, sizes):
+    ta, tb = terms
+    a, b = operands
+    batch = [c for c in ta if c in tb and c in rhs]
+    contract = [c for c in ta if c in tb and c not in rhs]
+    only_a = [c for c in ta if c not in tb]
+    only_b = [c for c in tb if c not in ta]
+    # labels that appear in one operand only and not in the output are summed out first
+    for c in [c for c in only_a if c not in rhs]:
+        a = sum(a, ta.index(c), keepdim=True)
+    for c in [c for c in only_b if c not in rhs]:
+        b = sum(b, tb.index(c), keepdim=True)
+    free_a = [c for c in only_a if c in rhs]
+    free_b = [c for c in only_b if c in rhs]
+
+    def arrange(x, term, groups):
+        order = [term.index(c) for g in groups for c in g]
+        rest = [i for i in range(len(term)) if i not in order]   # summed-out singleton dims
+        x = permute(x, tuple(order + rest))
+        return reshape(x, tuple(math.prod(sizes[c] for c in g) for g in groups))
+
+    A = arrange(a, ta, [batch, free_a, contract])
+    B = arrange(b, tb, [batch, contract, free_b])
+    out = matmul(A, B)
+    out = reshape(out, tuple(sizes[c] for c in batch + free_a + free_b))
+    order = batch + free_a + free_b
+    return permute(out, tuple(order.index(c) for c in rhs)) if order != list(rhs) else out
+
+
+@composite
+def tensordot(a, b, dims=2):
+    if isinstance(dims, int):
+        dims_a, dims_b = list(range(a.ndim - dims, a.ndim)), list(range(dims))
+    else:
+        dims_a, dims_b = [list(d) if isinstance(d, (list, tuple)) else [d] for d in dims]
+    free_a = [i for i in range(a.ndim) if i not in dims_a]
+    free_b = [i for i in range(b.ndim) if i not in dims_b]
+    k = math.prod(a.shape[i] for i in dims_a)
+    A = reshape(permute(a, tuple(free_a + dims_a)), (-1, k))
+    B = reshape(permute(b, tuple(dims_b + free_b)), (k, -1))
+    return reshape(matmul(A, B), tuple(a.shape[i] for i in free_a) +
+                   tuple(b.shape[i] for i in free_b))

@@ -1,0 +1,291 @@
+"""Reductions: sum, mean, amax/max/argmax, prod, var/std, logsumexp, all/any, norm, trace,
+and the cumulative cumsum/cumprod."""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, zeros
+from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, log, logical_not,
+                                                lt, maximum, minimum, ne, pow, remainder, sign,
+                                                sqrt)
+from kiln.tracer.functional.indexing import gather, where
+from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import Tensor
+
+
+# ----------------------------------------------------------------------------- reductions
+
+def _widened(x: Tensor) -> Tensor:
+    """x as float32 when it is float16: PyTorch accumulates reductions of half values in float
+    (the sum of 4096 values near 100 overflows float16's 65504 on the way to a mean of 100).
+    A cast, not a wider accumulator inside the primitive, so a trace records it and every
+    backend computes in float32 too."""
+    return P.cast(x, dtype=dt.float32) if x.dtype is dt.float16 else x
+
+
+def _narrowed(out: Tensor, dtype: dt.DType) -> Tensor:
+    """A result computed on `_widened` input, back in the input's dtype."""
+    return out if out.dtype is dtype else P.cast(out, dtype=dtype)
+
+
+def sum(input, dim=None, keepdim=False, *, dtype=None):
+    if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim \
+            and input.dtype is not dt.float16:
+        return P.sum(input, axes=tuple(range(input._data.ndim)), keepdim=bool(keepdim))
+    if dtype is None and input.dtype is dt.float16 and input._data.ndim:
+        return _narrowed(sum(_widened(input), dim, keepdim), dt.float16)
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
+        input = P.cast(input, dtype=dt.int64)     # PyTorch sums bools and ints as int64
+    ndim = input._data.ndim
+    axes = _axes(dim, ndim)
+    if ndim == 0:
+        return input.clone()
+    return P.sum(input, axes=axes, keepdim=bool(keepdim))
+
+
+def nansum(input, dim=None, keepdim=False, *, dtype=None):
+    return sum(where(isnan(input), 0.0, input), dim, keepdim, dtype=dtype)
+
+
+@composite
+def mean(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    if not input.dtype.is_floating_point:
+        raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
+                       f"floating point or complex dtype. Got: {input.dtype.name}")
+    if input.dtype is dt.float16:
+        return _narrowed(mean(_widened(input), dim, keepdim), dt.float16)
+    axes = _axes(dim, input.ndim)
+    if input.ndim:
+        shape = input._data.shape
+        count = math.prod(shape[a] for a in axes)
+        total = P.sum(input, axes=axes, keepdim=bool(keepdim))
+    else:
+        count, total = 1, input.clone()
+    return total / count if count else total * math.nan
+
+
+@composite
+def nanmean(input, dim=None, keepdim=False):
+    if input.dtype is dt.float16:
+        return _narrowed(nanmean(_widened(input), dim, keepdim), dt.float16)
+    keep = logical_not(isnan(input))
+    return nansum(input, dim, keepdim) / sum(keep, dim, keepdim)
+
+
+ReturnTypes = namedtuple("values_indices", ["values", "indices"])
+
+
+def _values_indices(values, indices):
+    return ReturnTypes(values, indices)
+
+
+def amax(input, dim=None, keepdim=False):
+    if input.ndim == 0:
+        return input.clone()
+    return P.max(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
+
+
+def amin(input, dim=None, keepdim=False):
+    if input.dtype is dt.bool_:
+        return logical_not(amax(logical_not(input), dim, keepdim))
+    return P.neg(amax(P.neg(input), dim, keepdim))
+
+
+def max(input, dim=None, keepdim=False, *, other=None):
+    if isinstance(dim, Tensor):
+        return maximum(input, dim)
+    if dim is None:
+        return amax(input)
+    return _at_indices(input, dim, keepdim, argmax(input, dim, keepdim=True))
+
+
+def _at_indices(input, dim, keepdim, indices):
+    """(values, indices) of max/min along `dim`: the values gathered at the indices, so the
+    gradient goes to the chosen element only, as in PyTorch (amax splits it among ties)."""
+    if input.ndim == 0:
+        return _values_indices(input.clone(), reshape(indices, ()))
+    d = _norm_dim(dim, input.ndim)
+    values = gather(input, d, indices)
+    if not keepdim:
+        values, indices = squeeze(values, d), squeeze(indices, d)
+    return _values_indices(values, indices)
+
+
+def min(input, dim=None, keepdim=False):
+    if isinstance(dim, Tensor):
+        return minimum(input, dim)
+    if dim is None:
+        return amin(input)
+    return _at_indices(input, dim, keepdim, argmin(input, dim, keepdim=True))
+
+
+def argmax(input, dim=None, keepdim=False):
+    if dim is None:
+        flat = reshape(input, (-1,))
+        out = P.argmax(flat, axis=0, keepdim=False)
+        return reshape(out, (1,) * input.ndim) if keepdim else out
+    if input.ndim == 0:
+        return zeros((), dtype=dt.int64, device=input.device)
+    return P.argmax(input, axis=_norm_dim(dim, input.ndim), keepdim=bool(keepdim))
+
+
+def argmin(input, dim=None, keepdim=False):
+    x = input if input.dtype is not dt.bool_ else input.to(dt.int64)
+    return argmax(P.neg(x) if x.dtype.category != dt.INT else -x, dim, keepdim)
+
+
+def prod(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category != dt.FLOAT:
+        input = P.cast(input, dtype=dt.int64)
+    if input.ndim == 0:
+        return input.clone()
+    if input.dtype is dt.float16:
+        return _narrowed(prod(_widened(input), dim, keepdim), dt.float16)
+    if dim is None:
+        return P.prod(reshape(input, (-1,)), axes=(0,), keepdim=False)
+    return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
+
+
+@composite
+def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    x = _floating(input)
+    if x.dtype is dt.float16:
+        return _narrowed(var(_widened(x), dim, unbiased, keepdim, correction=correction),
+                         dt.float16)
+    axes = _axes(dim, x.ndim)
+    n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
+    centered = x - mean(x, axes if x.ndim else None, keepdim=True)
+    return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
+
+
+@composite
+def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(input, Tensor) and input.dtype is dt.float16:
+        return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
+                         dt.float16)
+    v = var(input, dim, unbiased, keepdim, correction=correction)
+    # where the variance is 0, sqrt's gradient is infinite; PyTorch defines std's as 0 there
+    zero = P.eq(v, 0)
+    return P.where(zero, 0.0, sqrt(P.where(zero, 1.0, v)))
+
+
+@composite
+def var_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return (var(input, dim, unbiased, keepdim, correction=correction),
+            mean(input, dim, keepdim))
+
+
+@composite
+def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return (std(input, dim, unbiased, keepdim, correction=correction),
+            mean(input, dim, keepdim))
+
+
+@composite
+def logsumexp(input, dim=None, keepdim=False):
+    x = _floating(input)
+    if x.dtype is dt.float16:
+        return _narrowed(logsumexp(_widened(x), dim, keepdim), dt.float16)
+    axes = _axes(dim, x.ndim)
+    if x.ndim == 0:
+        return x.clone()
+    if _py_any(x.shape[a] == 0 for a in axes):
+        m = zeros(1, dtype=x.dtype, device=x.device)     # an empty sum: log(0) = -inf
+    else:
+        m = P.max(x, axes=axes, keepdim=True).detach()
+        m = P.where(P.eq(P.abs(m), math.inf), 0.0, m)     # all -inf rows stay -inf, not nan
+    out = P.log(P.sum(P.exp(x - m), axes=axes, keepdim=True)) + m
+    return out if keepdim else squeeze(out, axes)
+
+
+def all(input, dim=None, keepdim=False):
+    return logical_not(any(logical_not(input), dim, keepdim))
+
+
+def any(input, dim=None, keepdim=False):
+    b = _bool(input)
+    if b.ndim == 0:
+        return b.clone()
+    return P.gt(P.max(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim), keepdim=bool(keepdim))
+                if b.numel() else P.sum(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim),
+                                        keepdim=bool(keepdim)), 0)
+
+
+def count_nonzero(input, dim=None):
+    return sum(ne(input, 0), dim)
+
+
+def _norm_root(total, root):
+    """root(total) with gradient 0 where total is 0, as PyTorch's norm has at x == 0: there
+    the root's derivative is infinite, and the chain rule would make it inf * 0 = NaN."""
+    if not total.requires_grad:
+        return root(total)
+    zero = P.eq(total, 0)
+    return P.where(zero, 0.0, root(P.where(zero, 1.0, total)))
+
+
+@composite
+def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
+    x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype is dt.float16:
+        return _narrowed(norm(_widened(x), p, dim, keepdim), dt.float16)
+    if p in ("fro", 2, 2.0, None):
+        return _norm_root(sum(x * x, dim, keepdim), sqrt)
+    if p in (math.inf, "inf"):
+        return amax(abs(x), dim, keepdim)
+    if p == -math.inf:
+        return amin(abs(x), dim, keepdim)
+    if p == 1:
+        return sum(abs(x), dim, keepdim)
+    if p == 0:
+        return sum(abs(sign(x)), dim, keepdim)    # differentiable (gradient 0), as in PyTorch
+    return _norm_root(sum(pow(abs(x), p), dim, keepdim), lambda t: pow(t, 1.0 / p))
+
+
+@composite
+def dist(input, other, p=2):
+    return norm(input - other, p)
+
+
+def cumsum(input, dim, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category != dt.FLOAT:
+        input = input.to(dt.int64)
+    if input.ndim == 0:
+        return input.clone()
+    if input.dtype is dt.float16:
+        return _narrowed(cumsum(_widened(input), dim), dt.float16)
+    return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
+
+
+@composite
+def cumprod(input, dim):
+    # exp(cumsum(log)) loses signs and zeros; a running product from cumsum over log|x| with a
+    # sign and zero count keeps both, and every step stays a primitive.
+    x = _floating(input)
+    d = _norm_dim(dim, x.ndim)
+    is_zero = eq(x, 0)
+    mag = exp(cumsum(log(where(is_zero, 1.0, abs(x))), d))
+    negatives = cumsum(lt(x, 0).to(dt.int64), d)
+    zero_seen = gt(cumsum(is_zero.to(dt.int64), d), 0)
+    signed = where(eq(remainder(negatives, 2), 1), -mag, mag)
+    return where(zero_seen, 0.0, signed)
+
+
+def trace(input):
+    return sum(diagonal(input))

@@ -1,0 +1,133 @@
+"""Counting and searching: searchsorted, bucketize, histc, histogram, bincount, unique, isin,
+aminmax. Sizes that depend on the data read values into Python (a graph break when compiled)."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.tracer import functional as F
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional_extra.common import _f
+from kiln.tracer.tensor import Tensor
+
+
+# ----------------------------------------------------------------------------- counting
+
+def searchsorted(sorted_sequence, input, *, out_int32=False, right=False, side=None,
+                 sorter=None):
+    if side is not None:
+        right = side == "right"
+    seq = sorted_sequence
+    if sorter is not None:
+        seq = F.gather(seq, seq.ndim - 1, sorter)
+    scalar = not isinstance(input, Tensor)
+    values = _as_tensor(input, seq) if scalar else input
+    if seq.ndim == 1:
+        cmp = F.le if right else F.lt
+        counts = F.sum(cmp(seq, F.unsqueeze(values, -1)), -1)
+    else:
+        cmp = F.le if right else F.lt
+        counts = F.sum(cmp(F.unsqueeze(seq, -2), F.unsqueeze(values, -1)), -1)
+    return counts.to(dt.int32 if out_int32 else dt.int64)
+
+
+def bucketize(input, boundaries, *, out_int32=False, right=False):
+    return searchsorted(boundaries, input, out_int32=out_int32, right=right)
+
+
+def histc(input, bins=100, min=0, max=0):
+    x = _f(input).detach()
+    lo, hi = float(min), float(max)
+    if lo == hi:
+        lo, hi = float(F.amin(x)), float(F.amax(x))
+        if lo == hi:
+            lo, hi = lo - 1, hi + 1
+    inside = F.logical_and(F.ge(x, lo), F.le(x, hi))
+    idx = F.floor((x - lo) * (bins / (hi - lo))).to(dt.int64)
+    idx = F.clamp(idx, 0, bins - 1)
+    hits = F.logical_and(F.eq(F.unsqueeze(F.reshape(idx, (-1,)), -1),
+                              F.arange(bins, device=x.device)),
+                         F.unsqueeze(F.reshape(inside, (-1,)), -1))
+    return F.sum(hits, 0).to(x.dtype)
+
+
+def histogram(input, bins=100, *, range=None, weight=None, density=False):
+    data = input._read("histogram()")
+    w = None if weight is None else weight._read("histogram()")
+    edges_arg = bins._read("histogram()") if isinstance(bins, Tensor) else bins
+    hist, edges = np.histogram(np.asarray(data), bins=edges_arg, range=range,
+                               weights=None if w is None else np.asarray(w), density=density)
+    H = namedtuple("histogram", ["hist", "bin_edges"])
+    return H(_as_tensor(hist.astype(input.dtype.np), input),
+             _as_tensor(edges.astype(input.dtype.np), input))
+
+
+def bincount(input, weights=None, minlength=0):
+    data = np.asarray(input._read("bincount()"))
+    if data.ndim != 1 or (data.size and data.min() < 0):
+        raise op_error("bincount", "bincount only supports 1-d non-negative integral inputs.")
+    w = None if weights is None else np.asarray(weights._read("bincount()"))
+    out = np.bincount(data, weights=w, minlength=minlength)
+    kind = dt.int64 if weights is None else (weights.dtype if weights.dtype.is_floating_point
+                                             else dt.float64)
+    return _as_tensor(out.astype(kind.np), input)
+
+
+def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=None):
+    data = np.asarray(input._read("unique()"))
+    if dim is None:
+        values, inverse, counts = np.unique(data.reshape(-1), return_inverse=True,
+                                            return_counts=True)
+        inverse = inverse.reshape(data.shape)
+    else:
+        d = _norm_dim(dim, input.ndim)
+        values, inverse, counts = np.unique(data, return_inverse=True, return_counts=True,
+                                            axis=d)
+        inverse = inverse.reshape(-1)
+    out = [_as_tensor(values.astype(input.dtype.np), input)]
+    if return_inverse:
+        out.append(_as_tensor(inverse.astype(np.int64), input))
+    if return_counts:
+        out.append(_as_tensor(counts.astype(np.int64), input))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def unique_consecutive(input, return_inverse=False, return_counts=False, dim=None):
+    data = np.asarray(input._read("unique_consecutive()"))
+    if dim is None:
+        flat = data.reshape(-1)
+        starts = np.ones(flat.shape[0], dtype=bool)
+        starts[1:] = flat[1:] != flat[:-1]
+        values = flat[starts]
+        inverse = (np.cumsum(starts) - 1).reshape(data.shape)
+    else:
+        d = _norm_dim(dim, input.ndim)
+        moved = np.moveaxis(data, d, 0)
+        starts = np.ones(moved.shape[0], dtype=bool)
+        starts[1:] = np.any((moved[1:] != moved[:-1]).reshape(moved.shape[0] - 1, -1), axis=1)
+        values = np.moveaxis(moved[starts], 0, d)
+        inverse = np.cumsum(starts) - 1
+    counts = np.diff(np.append(np.flatnonzero(starts), starts.shape[0]))
+    out = [_as_tensor(np.ascontiguousarray(values).astype(input.dtype.np), input)]
+    if return_inverse:
+        out.append(_as_tensor(inverse.astype(np.int64), input))
+    if return_counts:
+        out.append(_as_tensor(counts.astype(np.int64), input))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def isin(elements, test_elements, *, assume_unique=False, invert=False):
+    e = elements if isinstance(elements, Tensor) else _as_tensor(elements)
+    t = test_elements if isinstance(test_elements, Tensor) else _as_tensor(test_elements, e)
+    hit = F.any(F.eq(F.unsqueeze(e, -1), F.reshape(t, (-1,))), -1) if t.numel() else \
+        F.zeros(tuple(e.shape), dtype=dt.bool_, device=e.device)
+    return F.logical_not(hit) if invert else hit
+
+
+def aminmax(input, *, dim=None, keepdim=False):
+    R = namedtuple("aminmax", ["min", "max"])
+    return R(F.amin(input, dim, keepdim), F.amax(input, dim, keepdim))

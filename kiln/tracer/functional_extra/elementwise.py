@@ -1,0 +1,368 @@
+"""Elementwise math beyond `functional`: inverse trigonometric and hyperbolic functions, special
+functions (lgamma, digamma, erfinv, i0, ndtr, igamma, zeta, ...), logit/xlogy/entr, logaddexp,
+sign and bit tricks (copysign, ldexp, frexp, gcd, shifts), fmax/fmin, and real-tensor forms of
+the complex helpers (conj, real, angle, is_complex)."""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
+from kiln.tracer import functional as F
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional import _as_tensor, _binary
+from kiln.tracer.functional_extra.common import _f, _full_like
+from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import Tensor
+
+
+# ----------------------------------------------------------------------------- elementwise math
+
+def asin(input):
+    return P.asin(_f(input))
+
+
+def acos(input):
+    return math.pi / 2 - P.asin(_f(input))
+
+
+def atan(input):
+    return P.atan(_f(input))
+
+
+def atan2(input, other):
+    a, b = _f(input), other
+    return _binary(P.atan2, a, b if isinstance(b, Tensor) else float(b), float_only=True)
+
+
+@composite
+def sinh(input):
+    x = _f(input)
+    return (P.expm1(x) - P.expm1(-x)) * 0.5
+
+
+@composite
+def cosh(input):
+    x = _f(input)
+    return (P.exp(x) + P.exp(-x)) * 0.5
+
+
+@composite
+def asinh(input):
+    return P.asinh(_f(input))
+
+
+@composite
+def acosh(input):
+    return P.acosh(_f(input))
+
+
+@composite
+def atanh(input):
+    return P.atanh(_f(input))
+
+
+arcsin, arccos, arctan, arctan2, arcsinh, arccosh, arctanh = (asin, acos, atan, atan2, asinh,
+                                                              acosh, atanh)
+
+
+def deg2rad(input):
+    return _f(input) * (math.pi / 180)
+
+
+def rad2deg(input):
+    return _f(input) * (180 / math.pi)
+
+
+def lgamma(input):
+    return P.lgamma(_f(input))
+
+
+def digamma(input):
+    return P.digamma(_f(input))
+
+
+psi = digamma
+
+
+def polygamma(n, input):
+    return P.polygamma(_f(input), n=int(n))
+
+
+def mvlgamma(input, p):
+    x = _f(input)
+    total = 0
+    for j in range(int(p)):
+        total = total + P.lgamma(x - j / 2)
+    return total + p * (p - 1) / 4 * math.log(math.pi)
+
+
+multigammaln = mvlgamma
+
+
+def erfc(input):
+    return P.erfc(_f(input))
+
+
+def erfcx(input):
+    return P.erfcx(_f(input))
+
+
+def erfinv(input):
+    return P.erfinv(_f(input))
+
+
+def i0(input):
+    return P.i0(_f(input))
+
+
+def i0e(input):
+    return P.i0e(_f(input))
+
+
+def i1(input):
+    return P.i1(_f(input))
+
+
+def i1e(input):
+    return P.i1e(_f(input))
+
+
+def ndtr(input):
+    return (1 + F.erf(_f(input) * (1 / math.sqrt(2)))) * 0.5
+
+
+def ndtri(input):
+    return P.ndtri(_f(input))
+
+
+def log_ndtr(input):
+    return P.log_ndtr(_f(input))
+
+
+def igamma(input, other):
+    a, x = _promote_float(input, other)
+    return P.gammainc(a, x)
+
+
+def igammac(input, other):
+    a, x = _promote_float(input, other)
+    return P.gammaincc(a, x)
+
+
+gammainc, gammaincc = igamma, igammac
+
+
+def zeta(input, other):
+    a, x = _promote_float(input, other)
+    return P.zeta(a, x)
+
+
+def _promote_float(a, b):
+    a = a if isinstance(a, Tensor) else _as_tensor(float(a), b if isinstance(b, Tensor) else None)
+    b = b if isinstance(b, Tensor) else _as_tensor(float(b), a)
+    kind = dt.promote(a.dtype, b.dtype)
+    if not kind.is_floating_point:
+        kind = dt.get_default_dtype()
+    a, b = a.to(kind), b.to(kind)
+    shape = tuple(np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
+    return F.expand(a, shape), F.expand(b, shape)
+
+
+@composite
+def logit(input, eps=None):
+    x = _f(input)
+    if eps is not None:
+        x = F.clamp(x, eps, 1 - eps)
+    return F.log(x / (1 - x))
+
+
+def expit(input):
+    return F.sigmoid(input)
+
+
+def _x_times(x, log_y):
+    # x * log(y), taken as 0 where x == 0 even when log(y) is infinite; the gradient for x
+    # stays log(y) there, as in PyTorch
+    return x * F.where(F.logical_and(F.eq(x, 0), F.isinf(log_y)), 0.0, log_y)
+
+
+@composite
+def xlogy(input, other):
+    x, y = _promote_float(input, other)
+    return _x_times(x, F.log(y))
+
+
+@composite
+def xlog1py(input, other):
+    x, y = _promote_float(input, other)
+    return _x_times(x, F.log1p(y))
+
+
+@composite
+def entr(input):
+    x = _f(input)
+    outside = F.where(F.eq(x, 0), F.zeros_like(x), _full_like(x, -math.inf))
+    return F.where(F.gt(x, 0), -x * F.log(F.where(F.gt(x, 0), x, 1.0)),
+                   F.where(F.isnan(x), x, outside))
+
+
+@composite
+def sinc(input):
+    x = _f(input)
+    px = x * math.pi
+    safe = F.where(F.eq(x, 0), 1.0, px)
+    return F.where(F.eq(x, 0), 1.0, F.sin(safe) / safe)
+
+
+@composite
+def logaddexp(input, other):
+    a, b = _promote_float(input, other)
+    m = F.maximum(a, b)
+    finite = F.where(F.isinf(m), 0.0, m)
+    return finite + F.log(F.exp(a - finite) + F.exp(b - finite))
+
+
+@composite
+def logaddexp2(input, other):
+    a, b = _promote_float(input, other)
+    return logaddexp(a * math.log(2), b * math.log(2)) / math.log(2)
+
+
+def sgn(input):
+    return F.sign(input)
+
+
+def signbit(input):
+    return P.signbit(input if input.dtype.is_floating_point else input.to(dt.float32))
+
+
+def copysign(input, other):
+    a, b = _promote_float(input, other)
+    return P.copysign(a, b)
+
+
+def heaviside(input, values):
+    return F.where(F.eq(input, 0), F.expand(values, tuple(input.shape)) if isinstance(
+        values, Tensor) else values, F.gt(input, 0).to(input.dtype))
+
+
+def ldexp(input, other):
+    return _f(input) * F.pow(2.0, other.to(_f(input).dtype) if isinstance(other, Tensor)
+                             else float(other))
+
+
+def frexp(input):
+    x = _f(input)
+    data = x._read("frexp()")
+    mantissa, exponent = x.device.xp.frexp(data)
+    Mant = namedtuple("frexp", ["mantissa", "exponent"])
+    return Mant(Tensor._make(mantissa.astype(x.dtype.np), x.dtype, x.device),
+                Tensor._make(exponent.astype(np.int32), dt.int32, x.device))
+
+
+def nextafter(input, other):
+    a, b = _promote_float(input, other)
+    return P.nextafter(a, b)
+
+
+def _integer_pair(a, b):
+    a = a if isinstance(a, Tensor) else _as_tensor(int(a), b)
+    b = b if isinstance(b, Tensor) else _as_tensor(int(b), a)
+    kind = dt.promote(a.dtype, b.dtype)
+    return a.to(kind), b.to(kind)
+
+
+def gcd(input, other):
+    return P.gcd(*_integer_pair(input, other))
+
+
+def lcm(input, other):
+    return P.lcm(*_integer_pair(input, other))
+
+
+def bitwise_left_shift(input, other):
+    return P.bitwise_left_shift(*_integer_pair(input, other))
+
+
+def bitwise_right_shift(input, other):
+    return P.bitwise_right_shift(*_integer_pair(input, other))
+
+
+def fmax(input, other):
+    """Maximum that ignores NaN (NaN only where both are NaN)."""
+    return F.where(F.isnan(input), other, F.where(F.isnan(other), input,
+                                                   F.maximum(input, other)))
+
+
+def fmin(input, other):
+    return F.where(F.isnan(input), other, F.where(F.isnan(other), input,
+                                                   F.minimum(input, other)))
+
+
+def positive(input):
+    return input
+
+
+multiply, subtract = F.mul, F.sub
+
+
+# real-tensor forms of the complex helpers: kiln has no complex dtype
+def conj(input):
+    return input
+
+
+conj_physical = resolve_conj = resolve_neg = conj
+
+
+def real(input):
+    return input
+
+
+def angle(input):
+    x = _f(input)
+    return F.where(F.lt(x, 0), math.pi, F.where(F.isnan(x), x, 0.0))
+
+
+def is_complex(input) -> bool:
+    return False
+
+
+def is_conj(input) -> bool:
+    return False
+
+
+def is_neg(input) -> bool:
+    return False
+
+
+def isreal(input):
+    return F.ones_like(input, dtype=dt.bool_)
+
+
+def is_signed(input) -> bool:
+    return input.dtype not in (dt.bool_, dt.uint8)
+
+
+def is_nonzero(input) -> bool:
+    if input.numel() != 1:
+        what = "no values" if input.numel() == 0 else "more than one value"
+        raise op_error("is_nonzero", f"Boolean value of Tensor with {what} is ambiguous")
+    return bool(input.reshape(()).item() != 0)
+
+
+def is_same_size(input, other) -> bool:
+    return tuple(input.shape) == tuple(other.shape)
+
+
+def is_inference(input) -> bool:
+    return False
+
+
+def is_inference_mode_enabled() -> bool:
+    from kiln.tracer.tensor import STATE
+    return bool(STATE.inference)

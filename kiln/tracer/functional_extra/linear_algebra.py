@@ -1,0 +1,102 @@
+"""Linear-algebra shortcuts of the torch namespace: addmv, addr, addbmm, adjoint, chain_matmul,
+vdot, kron, cdist, cov, corrcoef."""
+
+from __future__ import annotations
+
+import math
+
+from kiln.tracer import functional as F
+from kiln.tracer.functional_extra.common import _f, _py_max
+
+
+# ----------------------------------------------------------------------------- linear algebra
+
+def addmv(input, mat, vec, *, beta=1, alpha=1):
+    return _scaled(input, beta) + F.mv(mat, vec) * alpha
+
+
+def addr(input, vec1, vec2, *, beta=1, alpha=1):
+    return _scaled(input, beta) + F.outer(vec1, vec2) * alpha
+
+
+def addbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    return _scaled(input, beta) + F.sum(F.bmm(batch1, batch2), 0) * alpha
+
+
+def _scaled(input, beta):
+    if beta == 0:
+        return F.zeros_like(input)
+    return input * beta if beta != 1 else input
+
+
+def adjoint(input):
+    return F.transpose(input, -2, -1)
+
+
+def chain_matmul(*matrices):
+    out = matrices[0]
+    for m in matrices[1:]:
+        out = F.matmul(out, m)
+    return out
+
+
+def vdot(input, other):
+    return F.dot(input, other)
+
+
+def kron(input, other):
+    a, b = input, other
+    nd = _py_max(a.ndim, b.ndim)
+    a = F.reshape(a, (1,) * (nd - a.ndim) + tuple(a.shape))
+    b = F.reshape(b, (1,) * (nd - b.ndim) + tuple(b.shape))
+    ai = F.reshape(a, tuple(s for d in a.shape for s in (d, 1)))
+    bi = F.reshape(b, tuple(s for d in b.shape for s in (1, d)))
+    return F.reshape(ai * bi, tuple(x * y for x, y in zip(a.shape, b.shape)))
+
+
+def cdist(x1, x2, p=2.0, compute_mode=None):
+    diff_ = F.unsqueeze(x1, -2) - F.unsqueeze(x2, -3)
+    if p == 2:
+        sq = F.sum(diff_ * diff_, -1)
+        return F.sqrt(sq)
+    if p == 0:
+        return F.sum(F.ne(diff_, 0), -1).to(x1.dtype)
+    if math.isinf(p):
+        return F.amax(F.abs(diff_), -1)
+    if p == 1:
+        return F.sum(F.abs(diff_), -1)
+    return F.pow(F.sum(F.pow(F.abs(diff_), p), -1), 1.0 / p)
+
+
+def cov(input, *, correction=1, fweights=None, aweights=None):
+    x = _f(input)
+    if x.ndim == 1:
+        x = F.unsqueeze(x, 0)
+    n = x.shape[1]
+    w = None
+    if fweights is not None:
+        w = fweights.to(x.dtype)
+    if aweights is not None:
+        w = aweights.to(x.dtype) if w is None else w * aweights.to(x.dtype)
+    if w is None:
+        mean = F.mean(x, 1, keepdim=True)
+        xc = x - mean
+        c = F.matmul(xc, F.transpose(xc, 0, 1)) / (n - correction)
+    else:
+        wsum = F.sum(w)
+        mean = F.sum(x * w, 1, keepdim=True) / wsum
+        xc = x - mean
+        if aweights is None:
+            norm = wsum - correction
+        else:
+            norm = wsum - correction * F.sum(w * aweights.to(x.dtype)) / wsum
+        c = F.matmul(xc * w, F.transpose(xc, 0, 1)) / norm
+    return F.squeeze(c) if input.ndim == 1 else c
+
+
+def corrcoef(input):
+    c = cov(input)
+    if c.ndim == 0:
+        return c / c
+    d = F.sqrt(F.diagonal(c))
+    return F.clamp(c / F.unsqueeze(d, 1) / F.unsqueeze(d, 0), -1, 1)

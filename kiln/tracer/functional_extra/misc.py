@@ -1,0 +1,166 @@
+"""Types and the rest: finfo/iinfo, can_cast, broadcast_shapes, typename, vmap/cond/while_loop,
+nonzero_static, histogramdd, DLPack."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.tracer import functional as F
+from kiln.tracer.functional import _as_tensor
+from kiln.tracer.tensor import Tensor
+
+
+# ----------------------------------------------------------------------------- types and misc
+
+class finfo:
+    """Machine limits of a floating dtype (torch.finfo)."""
+
+    def __init__(self, type=None):
+        kind = type or dt.get_default_dtype()
+        info = np.finfo(kind.np)
+        self.dtype = kind.name
+        self.bits, self.eps, self.max, self.min = info.bits, float(info.eps), float(info.max), \
+            float(info.min)
+        self.tiny = self.smallest_normal = float(info.tiny)
+        self.resolution = float(info.resolution)
+
+    def __repr__(self) -> str:
+        return f"finfo(resolution={self.resolution}, min={self.min}, max={self.max}, " \
+               f"eps={self.eps}, smallest_normal={self.tiny}, tiny={self.tiny}, " \
+               f"dtype={self.dtype})"
+
+
+class iinfo:
+    """Limits of an integer dtype (torch.iinfo)."""
+
+    def __init__(self, type):
+        info = np.iinfo(type.np)
+        self.dtype, self.bits, self.max, self.min = type.name, info.bits, int(info.max), \
+            int(info.min)
+
+
+def can_cast(from_, to) -> bool:
+    order = [dt.bool_, dt.uint8, dt.int32, dt.int64, dt.float16, dt.float32, dt.float64]
+    cat = {d: (0 if d is dt.bool_ else 1 if not d.is_floating_point else 2) for d in order}
+    return cat[from_] <= cat[to]
+
+
+def broadcast_shapes(*shapes):
+    from kiln.tracer.tensor import Size
+    return Size(np.broadcast_shapes(*[tuple(s) if not isinstance(s, int) else (s,)
+                                      for s in shapes]))
+
+
+def typename(obj) -> str:
+    if isinstance(obj, Tensor):
+        return obj.type()
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def get_device(input) -> int:
+    return -1 if input.device.type == "cpu" else (input.device.index or 0)
+
+
+def set_default_tensor_type(t) -> None:
+    name = t if isinstance(t, str) else getattr(t, "__name__", "")
+    if "Double" in name:
+        dt.set_default_dtype(dt.float64)
+    elif "Float" in name:
+        dt.set_default_dtype(dt.float32)
+    else:
+        raise TypeError(f"set_default_tensor_type: only floating-point types are supported, "
+                        f"got {t}")
+
+
+def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
+    """Map `func` over a batch dimension by calling it once per slice and stacking (a loop,
+    not torch's batching rules: the same results, at the cost of one call per element)."""
+    def mapped(*args):
+        dims = in_dims if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
+        sizes = {a.shape[d] for a, d in zip(args, dims) if isinstance(a, Tensor) and d is not None}
+        if len(sizes) != 1:
+            raise ValueError(f"vmap: expected all mapped inputs to have the same size along the "
+                             f"mapped dim, got sizes {sorted(sizes)}")
+        n = sizes.pop()
+        results = []
+        for i in range(n):
+            call = [F.select(a, d, i) if isinstance(a, Tensor) and d is not None else a
+                    for a, d in zip(args, dims)]
+            results.append(func(*call))
+        first = results[0]
+        if isinstance(first, tuple):
+            od = out_dims if isinstance(out_dims, (tuple, list)) else (out_dims,) * len(first)
+            return tuple(F.stack([r[j] for r in results], od[j]) for j in range(len(first)))
+        return F.stack(results, out_dims)
+    return mapped
+
+
+def cond(pred, true_fn, false_fn, operands=()):
+    """torch.cond in eager form: the branch `pred` picks, called on `operands` (a compiled
+    function reading a tensor predicate reports a graph break)."""
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
+def while_loop(cond_fn, body_fn, carried_inputs):
+    """torch.while_loop in eager form: apply `body_fn` while `cond_fn` holds."""
+    values = tuple(carried_inputs)
+    while bool(cond_fn(*values)):
+        out = body_fn(*values)
+        values = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    return values
+
+
+def nonzero_static(input, *, size, fill_value=-1):
+    idx = F.nonzero(input)
+    n = idx.shape[0]
+    if n >= size:
+        return F.narrow(idx, 0, 0, size)
+    pad = F.full((size - n, idx.shape[1]), fill_value, dtype=dt.int64, device=input.device)
+    return F.cat([idx, pad], 0)
+
+
+def frobenius_norm(input, dim=(-2, -1), keepdim=False):
+    return F.sqrt(F.sum(input * input, dim, keepdim))
+
+
+def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
+    data = np.asarray(input._read("histogramdd()"))
+    w = None if weight is None else np.asarray(weight._read("histogramdd()"))
+    hist, edges = np.histogramdd(data, bins=bins, range=range, weights=w, density=density)
+    H = namedtuple("histogramdd", ["hist", "bin_edges"])
+    return H(_as_tensor(hist.astype(input.dtype.np), input),
+             [_as_tensor(e.astype(input.dtype.np), input) for e in edges])
+
+
+def from_dlpack(ext_tensor):
+    """A tensor sharing memory with any DLPack producer (a NumPy array, a torch or CuPy
+    tensor, a capsule from `to_dlpack`)."""
+    from kiln.tracer.creation import from_numpy
+    if hasattr(ext_tensor, "__dlpack_device__") and ext_tensor.__dlpack_device__()[0] == 2:
+        from kiln.runtime.device import Device, cupy_module
+        arr = cupy_module().from_dlpack(ext_tensor)
+        return Tensor(arr, device=Device("cuda"))
+    if not hasattr(ext_tensor, "__dlpack__"):         # a bare capsule
+        ext_tensor = _Capsule(ext_tensor)
+    return from_numpy(np.from_dlpack(ext_tensor))
+
+
+class _Capsule:
+    """A DLPack capsule with the protocol methods np.from_dlpack asks for (CPU memory)."""
+
+    def __init__(self, capsule):
+        self.capsule = capsule
+
+    def __dlpack__(self, **kwargs):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+
+def to_dlpack(tensor):
+    """A DLPack capsule of the tensor's memory."""
+    return tensor._data.__dlpack__()

@@ -1,0 +1,342 @@
+"""Shape helpers and scatters of the torch namespace: atleast_nd, column/row/dstack, h/v/dsplit,
+ravel, rot90, diag_embed, *_scatter, block_diag, meshgrid, tril_indices, vander, index_put,
+index_reduce, scatter_reduce, renorm, unfold."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.tracer import functional as F
+from kiln.tracer.errors import op_error
+from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional_extra.common import _py_abs, _py_sum
+from kiln.tracer.tensor import Tensor
+
+
+# ----------------------------------------------------------------------------- shapes
+
+def atleast_1d(*tensors):
+    out = [F.reshape(t, (1,)) if t.ndim == 0 else t for t in _flat_args(tensors)]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def atleast_2d(*tensors):
+    out = [F.reshape(t, (1,) * (2 - t.ndim) + tuple(t.shape)) if t.ndim < 2 else t
+           for t in _flat_args(tensors)]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def atleast_3d(*tensors):
+    out = []
+    for t in _flat_args(tensors):
+        if t.ndim == 0:
+            t = F.reshape(t, (1, 1, 1))
+        elif t.ndim == 1:
+            t = F.reshape(t, (1, t.shape[0], 1))
+        elif t.ndim == 2:
+            t = F.unsqueeze(t, -1)
+        out.append(t)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def _flat_args(tensors):
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        return list(tensors[0])
+    return list(tensors)
+
+
+def column_stack(tensors):
+    return F.hstack([F.reshape(t, (-1, 1)) if t.ndim <= 1 else t for t in tensors])
+
+
+def row_stack(tensors):
+    return F.vstack(tensors)
+
+
+def dstack(tensors):
+    return F.cat(list(atleast_3d(*tensors)) if len(tensors) > 1 else [atleast_3d(tensors[0])],
+                 2)
+
+
+def _split_sections(input, sections, dim, name):
+    if isinstance(sections, int):
+        if input.shape[dim] % sections:
+            raise op_error(name, f"torch.{name} attempted to split along dimension {dim}, but "
+                           f"the size of the dimension {input.shape[dim]} is not divisible by "
+                           f"the split_size {sections}!")
+    return F.tensor_split(input, sections, dim)
+
+
+def hsplit(input, sections):
+    return _split_sections(input, sections, 1 if input.ndim > 1 else 0, "hsplit")
+
+
+def vsplit(input, sections):
+    return _split_sections(input, sections, 0, "vsplit")
+
+
+def dsplit(input, sections):
+    return _split_sections(input, sections, 2, "dsplit")
+
+
+def split_with_sizes(input, split_sizes, dim=0):
+    return F.split(input, list(split_sizes), dim)
+
+
+unsafe_split, unsafe_chunk = F.split, F.chunk
+
+
+def unsafe_split_with_sizes(input, split_sizes, dim=0):
+    return split_with_sizes(input, split_sizes, dim)
+
+
+def ravel(input):
+    return F.reshape(input, (-1,))
+
+
+def rot90(input, k=1, dims=(0, 1)):
+    d0, d1 = (_norm_dim(d, input.ndim) for d in dims)
+    k = k % 4
+    if k == 0:
+        return input.clone()
+    if k == 1:
+        return F.transpose(F.flip(input, (d1,)), d0, d1)
+    if k == 2:
+        return F.flip(input, (d0, d1))
+    return F.flip(F.transpose(input, d0, d1), (d1,))
+
+
+def diag_embed(input, offset=0, dim1=-2, dim2=-1):
+    """out[..., i, i + offset] = input[..., i], the other entries zero."""
+    m = input.shape[-1]
+    n = m + _py_abs(offset)
+    rows = F.unsqueeze(F.arange(n, device=input.device), 1)
+    cols = F.unsqueeze(F.arange(n, device=input.device), 0)
+    padded = F.pad(input, (0, n - m)) if n > m else input
+    # the value of row i (offset >= 0) or of column j (offset < 0)
+    values = F.unsqueeze(padded, -1) if offset >= 0 else F.unsqueeze(padded, -2)
+    mat = F.where(F.eq(rows + offset, cols), values, 0)
+    out_ndim = input.ndim + 1
+    d1, d2 = _norm_dim(dim1, out_ndim), _norm_dim(dim2, out_ndim)
+    if (d1, d2) == (out_ndim - 2, out_ndim - 1):
+        return mat
+    return F.movedim(mat, (-2, -1), (d1, d2))
+
+
+def diagflat(input, offset=0):
+    return diag_embed(F.reshape(input, (-1,)), offset)
+
+
+def diagonal_scatter(input, src, offset=0, dim1=0, dim2=1):
+    d1, d2 = _norm_dim(dim1, input.ndim), _norm_dim(dim2, input.ndim)
+    x = F.movedim(input, (d1, d2), (-2, -1))
+    rows, cols = x.shape[-2], x.shape[-1]
+    mask = F.eq(F.unsqueeze(F.arange(rows, device=x.device), 1) + offset,
+                F.unsqueeze(F.arange(cols, device=x.device), 0))
+    n = src.shape[-1]
+    if offset >= 0:
+        vals = F.unsqueeze(F.pad(src, (0, rows - n)) if rows > n else F.narrow(src, -1, 0, rows),
+                           -1)
+    else:
+        vals = F.unsqueeze(F.pad(src, (0, cols - n)) if cols > n else F.narrow(src, -1, 0, cols),
+                           -2)
+    out = F.where(mask, vals, x)
+    return F.movedim(out, (-2, -1), (d1, d2))
+
+
+def select_scatter(input, src, dim, index):
+    d = _norm_dim(dim, input.ndim)
+    n = input.shape[d]
+    index = index % n
+    mask = F.reshape(F.eq(F.arange(n, device=input.device), index),
+                     (n,) + (1,) * (input.ndim - d - 1))
+    return F.where(mask, F.unsqueeze(src, d), input)
+
+
+def slice_scatter(input, src, dim=0, start=None, end=None, step=1):
+    d = _norm_dim(dim, input.ndim)
+    n = input.shape[d]
+    positions = list(range(n))[slice(start, end, step)]
+    out = input
+    idx = _as_tensor(np.asarray(positions, dtype=np.int64), input)
+    return F.index_copy(out, d, idx, src) if positions else input.clone()
+
+
+def block_diag(*tensors):
+    mats = [F.reshape(t, (1, -1)) if t.ndim == 1 else (F.reshape(t, (1, 1)) if t.ndim == 0
+                                                       else t) for t in tensors]
+    cols = _py_sum(m.shape[1] for m in mats)
+    kind = mats[0].dtype
+    for m in mats[1:]:
+        kind = dt.promote(kind, m.dtype)
+    rows, left = [], 0
+    for m in mats:
+        right = cols - left - m.shape[1]
+        rows.append(F.pad(m.to(kind), (left, right)))
+        left += m.shape[1]
+    return F.cat(rows, 0)
+
+
+def cartesian_prod(*tensors):
+    if len(tensors) == 1:
+        return tensors[0]
+    grids = meshgrid(*tensors, indexing="ij")
+    return F.stack([F.reshape(g, (-1,)) for g in grids], 1)
+
+
+def combinations(input, r=2, with_replacement=False):
+    n = input.shape[0]
+    pick = itertools.combinations_with_replacement if with_replacement else \
+        itertools.combinations
+    combos = list(pick(range(n), r))
+    if not combos:
+        return F.zeros((0,) if r == 0 else (0, r), dtype=input.dtype, device=input.device)
+    idx = _as_tensor(np.asarray(combos, dtype=np.int64), input)
+    return F.reshape(F.index_select(input, 0, F.reshape(idx, (-1,))), (len(combos), r))
+
+
+def meshgrid(*tensors, indexing=None):
+    ts = _flat_args(tensors)
+    indexing = indexing or "ij"
+    shape = tuple(t.numel() for t in ts)
+    if indexing == "xy" and len(ts) >= 2:
+        shape = (shape[1], shape[0]) + shape[2:]
+    out = []
+    for i, t in enumerate(ts):
+        pos = i
+        if indexing == "xy" and len(ts) >= 2 and i < 2:
+            pos = 1 - i
+        view = [1] * len(ts)
+        view[pos] = t.numel()
+        out.append(F.expand(F.reshape(t, tuple(view)), shape))
+    return tuple(out)
+
+
+def tril_indices(row, col, offset=0, *, dtype=None, device=None):
+    r, c = np.tril_indices(row, offset, col)
+    from kiln.tracer.creation import tensor
+    return tensor(np.stack([r, c]).astype(np.int64), dtype=dtype or dt.int64, device=device)
+
+
+def triu_indices(row, col, offset=0, *, dtype=None, device=None):
+    r, c = np.triu_indices(row, offset, col)
+    from kiln.tracer.creation import tensor
+    return tensor(np.stack([r, c]).astype(np.int64), dtype=dtype or dt.int64, device=device)
+
+
+def unravel_index(indices, shape):
+    shape = tuple(shape) if not isinstance(shape, int) else (shape,)
+    idx = indices if isinstance(indices, Tensor) else _as_tensor(indices)
+    out, rest = [], idx
+    for size in reversed(shape):
+        out.append(F.remainder(rest, size))
+        rest = F.floor_divide(rest, size)
+    return tuple(reversed(out))
+
+
+def vander(x, N=None, increasing=False):
+    n = x.shape[0] if N is None else N
+    powers = F.arange(n, device=x.device)
+    if not increasing:
+        powers = F.flip(powers, (0,))
+    base = x if x.dtype.is_floating_point else x.to(dt.int64)
+    return F.pow(F.unsqueeze(base, -1), powers.to(base.dtype))
+
+
+def index_put(input, indices, values, accumulate=False):
+    return F.index_put(input, indices, values, accumulate)
+
+
+def index_reduce(input, dim, index, source, reduce, *, include_self=True):
+    return scatter_reduce(input, dim, _expand_index(index, source, dim), source, reduce,
+                          include_self=include_self)
+
+
+def _expand_index(index, source, dim):
+    d = _norm_dim(dim, source.ndim)
+    shape = [1] * source.ndim
+    shape[d] = index.shape[0]
+    return F.expand(F.reshape(index, tuple(shape)), tuple(source.shape))
+
+
+def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
+    """`reduce` (sum, prod, mean, amax, amin) of src's values into input's positions along
+    `dim` named by `index`; index must match input in the other dims."""
+    d = _norm_dim(dim, input.ndim)
+    for i in range(input.ndim):
+        if i != d and index.shape[i] != input.shape[i]:
+            raise op_error("scatter_reduce", f"kiln needs index to match input outside dim {d}: "
+                           f"index {list(index.shape)}, input {list(input.shape)}")
+    src = src[tuple(slice(0, k) for k in index.shape)]
+    n = input.shape[d]
+    hit = F.movedim(F.eq(F.unsqueeze(index, -1), F.arange(n, device=input.device)), d, -2)
+    vals = F.unsqueeze(F.movedim(src, d, -1), -1)             # ..., k, 1
+    base = F.movedim(input, d, -1)                            # ..., n
+    count = F.sum(hit, -2)
+    if reduce in ("sum", "mean"):
+        total = F.sum(F.where(hit, vals, 0), -2)
+        if include_self:
+            total, count = total + base, count + 1
+        if reduce == "mean":
+            safe = F.clamp(count, min=1)
+            total = total / safe.to(total.dtype) if total.dtype.is_floating_point else \
+                F.floor_divide(total, safe)
+        out = F.where(F.gt(count, 0), total, base)
+    elif reduce == "prod":
+        total = F.prod(F.where(hit, vals, 1), -2)
+        out = total * base if include_self else F.where(F.gt(count, 0), total, base)
+    elif reduce in ("amax", "amin"):
+        if vals.dtype.is_floating_point:
+            fill = -math.inf if reduce == "amax" else math.inf
+        else:
+            info = np.iinfo(vals.dtype.np)
+            fill = int(info.min if reduce == "amax" else info.max)
+        best = (F.amax if reduce == "amax" else F.amin)(F.where(hit, vals, fill), -2)
+        if include_self:
+            best = (F.maximum if reduce == "amax" else F.minimum)(best, base)
+        out = F.where(F.gt(count, 0), best, base)
+    else:
+        raise op_error("scatter_reduce", f"reduce argument must be either sum, prod, mean, amax "
+                       f"or amin, got {reduce}", ValueError)
+    return F.movedim(out.to(input.dtype), -1, d)
+
+
+def masked_scatter(input, mask, source):
+    m = F.expand(mask, tuple(input.shape)) if tuple(mask.shape) != tuple(input.shape) else mask
+    flat_mask = F.reshape(m, (-1,))
+    positions = F.cumsum(flat_mask.to(dt.int64), 0) - 1
+    count = int(F.sum(flat_mask))
+    src = F.narrow(F.reshape(source, (-1,)), 0, 0, count) if count else F.reshape(source, (-1,))
+    picked = F.take(src, F.clamp(positions, min=0)) if count else F.reshape(input, (-1,))
+    return F.reshape(F.where(flat_mask, picked, F.reshape(input, (-1,))), tuple(input.shape))
+
+
+def put(input, index, source, accumulate=False):
+    flat = F.reshape(input, (-1,))
+    out = F.index_put(flat, (F.reshape(index, (-1,)),), F.reshape(source, (-1,)), accumulate)
+    return F.reshape(out, tuple(input.shape))
+
+
+def renorm(input, p, dim, maxnorm):
+    d = _norm_dim(dim, input.ndim)
+    others = tuple(i for i in range(input.ndim) if i != d)
+    norms = F.norm(input, p, others, keepdim=True)
+    scale = F.where(F.gt(norms, maxnorm), maxnorm / (norms + 1e-7), 1.0)
+    return input * scale
+
+
+def unfold(input, dimension, size, step):
+    """Tensor.unfold: every `size`-long window along `dimension`, `step` apart, as a new last
+    dim."""
+    d = _norm_dim(dimension, input.ndim) if input.ndim else 0
+    n = input.shape[d] if input.ndim else 1
+    count = (n - size) // step + 1
+    starts = np.arange(count) * step
+    idx = (starts[:, None] + np.arange(size)[None, :]).reshape(-1)
+    taken = F.index_select(input, d, _as_tensor(idx.astype(np.int64), input))
+    shape = tuple(input.shape[:d]) + (count, size) + tuple(input.shape[d + 1:])
+    return F.movedim(F.reshape(taken, shape), d + 1, -1)
