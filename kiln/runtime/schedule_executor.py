@@ -33,6 +33,7 @@ from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.executor import ArrayExecutor
+from kiln.runtime.triton_launch import TritonStep
 
 
 # Replays on which a C executor times its kernels against the array executor, and how much
@@ -207,6 +208,7 @@ class ScheduleExecutor:
             os.environ.get("KILN_KERNEL_CHOICE", "measure") != "c" else 0
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
         self._trial_threads = None  # the thread setting the choices were measured with
+        self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
 
     @property
     def rendered(self):
@@ -403,12 +405,10 @@ class ScheduleExecutor:
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
-                from kiln.runtime.triton_launch import launch
-                args = [xp.ascontiguousarray(env[s], dtype=v.dtype.np)
-                        for s, v in zip(ins, sub.inputs)]
-                results = [xp.empty(v.shape, dtype=v.dtype.np) for v in sub.outputs]
-                launch(runner, args, results, self.backend)
-                for s, r in zip(outs, results):
+                step = self.triton_steps.get(i)
+                if step is None:        # prepared on its first launch, then kept
+                    step = self.triton_steps[i] = TritonStep(runner, sub, self.backend, xp)
+                for s, r in zip(outs, step.run([env[s] for s in ins])):
                     env[s] = r
             else:
                 results, _ = runner.run([env[s] for s in ins])

@@ -1,7 +1,8 @@
 """Loading, compiling, caching and launching generated Triton kernels, with no torch anywhere.
 
 On CPU arrays a kernel runs in Triton's interpreter on NumPy memory; on CuPy arrays it is
-JIT-compiled and launched on CuPy's current stream through `kiln.runtime.triton_cuda`.
+compiled once and launched on CuPy's current stream through `kiln.runtime.triton_cuda`, by the
+compiled kernel's own launcher with arguments prepared once (`kernel_launcher` decides which).
 `compile_for_gpu` builds PTX ahead of time for any sm_XX without a GPU. Source files and
 compiled PTX live in a cache on disk (`KILN_CACHE_DIR`, default `~/.cache/kiln`) keyed by
 source hash, target and Triton version; entries are written atomically and checked on read,
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from sys import getrefcount
 
 import numpy as np
 
@@ -174,28 +176,157 @@ def _numpy_arg(array: np.ndarray) -> ArrayArg:
     return ArrayArg(array, array.ctypes.data)
 
 
-def _cupy_arg(array) -> ArrayArg:
-    return ArrayArg(array, int(array.data.ptr))
-
-
 # ----------------------------------------------------------------------------- launching
 
 def launch(tk: TritonKernel, inputs: list, outputs: list, backend: str = "interpreter") -> None:
-    """Run a rendered kernel: inputs and outputs are contiguous arrays (outputs are written)."""
+    """Run a rendered kernel: inputs and outputs are contiguous arrays (outputs are written).
+
+    A one-off launch; executors keep a `kernel_launcher` per kernel instead, which prepares
+    its arguments once.
+    """
     if backend == "interpreter":
         fn = load_kernel(tk, interpret=True)
         args = [_numpy_arg(a) for a in list(inputs) + list(outputs)]
         with np.errstate(all="ignore"):    # masked-off lanes may compute log(0) and the like
             fn[tk.grid](*args, **tk.constexprs)
         return
+    kernel_launcher(tk, backend)(inputs, outputs)
+
+
+def kernel_launcher(tk: TritonKernel, backend: str):
+    """The one place that decides how a kernel runs: a callable `(inputs, outputs)`.
+
+    "interpreter": Triton's interpreter on NumPy memory (through `launch`, looked up at each
+    call, so tests may wrap it). "cuda": the compiled kernel's own launcher, called directly on
+    CuPy's current stream with arguments prepared once (`CudaKernelLauncher`).
+    """
+    if backend == "interpreter":
+        return InterpretedLauncher(tk)
     if backend == "cuda":
-        from kiln.runtime.triton_cuda import activate_cupy_driver
-        activate_cupy_driver()
-        fn = load_kernel(tk, interpret=False)
-        args = [_cupy_arg(a) for a in list(inputs) + list(outputs)]
-        fn[tk.grid](*args, num_warps=tk.num_warps, **tk.constexprs)
-        return
+        return CudaKernelLauncher(tk)
     raise ValueError(f"unknown Triton backend {backend!r}; expected 'interpreter' or 'cuda'")
+
+
+class InterpretedLauncher:
+    """A kernel in Triton's interpreter, on NumPy arrays (slow; tests and reading kernels)."""
+
+    def __init__(self, tk: TritonKernel):
+        self.tk = tk
+
+    def __call__(self, inputs: list, outputs: list) -> None:
+        launch(self.tk, inputs, outputs, "interpreter")
+
+
+class CudaKernelLauncher:
+    """A compiled kernel launched on a GPU without `JITFunction.run`.
+
+    The argument tuple (device pointers, then the constexpr values Triton's launcher expects
+    in the parameter list) and the grid are prepared once and reused while the arrays' device
+    pointers stay the same (an executor keeps its output arrays from call to call); a new
+    pointer prepares them again, and a new 16-byte alignment pattern (what Triton specializes
+    pointers on) fetches the kernel built for it. `prepared` counts the preparations.
+    """
+
+    def __init__(self, tk: TritonKernel):
+        from kiln.runtime.device import cupy_module
+        self.tk = tk
+        self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
+        self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
+        self._current_stream = cupy_module().cuda.get_current_stream
+        self._pointers = None
+        self._aligned = None
+        self._args = ()
+        self._run = self._function = self._metadata = None
+        self.prepared = 0
+
+    def __call__(self, inputs: list, outputs: list) -> None:
+        pointers = tuple([a.data.ptr for a in inputs] + [a.data.ptr for a in outputs])
+        if pointers != self._pointers:
+            self.num_outputs = len(outputs)
+            self._prepare(pointers, list(inputs) + list(outputs))
+        gx, gy, gz = self.grid
+        self._run(gx, gy, gz, self._current_stream().ptr, self._function, self._metadata,
+                  None, None, None, *self._args)
+
+    def _prepare(self, pointers: tuple, arrays: list) -> None:
+        aligned = tuple(p % 16 == 0 for p in pointers)
+        if aligned != self._aligned:
+            kernel = compiled_kernel(self.tk, aligned,
+                                     [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays],
+                                     len(arrays) - self.num_outputs)
+            self._run = kernel.run              # first: it loads the binary on the device
+            self._function, self._metadata = kernel.function, kernel.packed_metadata
+            self._aligned = aligned
+        self._args = pointers + self.constexpr_values
+        self._pointers = pointers
+        self.prepared += 1
+
+
+class _SpecializationArg:
+    """What `JITFunction.run(..., warmup=True)` reads of a pointer argument to pick the kernel:
+    its dtype, and an address with the argument's 16-byte alignment (nothing is launched)."""
+
+    def __init__(self, dtype: np.dtype, aligned: bool):
+        self.dtype = dtype.name
+        self._ptr = 1 << 20 if aligned else (1 << 20) + 4
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+_COMPILED: dict = {}    # (source hash, alignment pattern) -> Triton's CompiledKernel
+
+
+def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
+    """The kernel built for the GPU for arguments with this 16-byte alignment pattern (Triton's
+    CompiledKernel, with `run`, `function` and `packed_metadata`); `specs`: (shape, dtype) per
+    argument, the first `num_inputs` read, the rest written. Built on first use (Triton's own
+    disk cache keeps the binary)."""
+    key = (source_hash(tk.source), aligned)
+    with _LOCK:
+        kernel = _COMPILED.get(key)
+    if kernel is not None:
+        return kernel
+    from kiln.runtime.triton_cuda import activate_cupy_driver
+    activate_cupy_driver()
+    fn = load_kernel(tk, interpret=False)
+    args = [_SpecializationArg(dtype, a) for (_, dtype), a in zip(specs, aligned)]
+    kernel = fn.run(*args, grid=tk.grid, warmup=True, num_warps=tk.num_warps, **tk.constexprs)
+    with _LOCK:
+        _COMPILED[key] = kernel
+    return kernel
+
+
+class TritonStep:
+    """One fused kernel of an executor, prepared once: its launcher, the dtypes its inputs must
+    have, and its output arrays, kept from call to call and written again once nothing but
+    this step holds them (fresh device memory per call costs an allocation, and on the CPU a
+    page fault per 4 KiB)."""
+
+    def __init__(self, tk: TritonKernel, subgraph: Graph, backend: str, xp):
+        self.tk, self.xp = tk, xp
+        self.launcher = kernel_launcher(tk, backend)
+        self.in_dtypes = [np.dtype(v.dtype.np) for v in subgraph.inputs]
+        self.out_specs = [(tuple(v.shape), np.dtype(v.dtype.np)) for v in subgraph.outputs]
+        self.outputs: list = [None] * len(self.out_specs)
+
+    def run(self, inputs: list) -> list:
+        """Launch on `inputs` (converted to contiguous arrays of the kernel's dtypes where they
+        are not); returns the output arrays."""
+        xp = self.xp
+        args = [a if type(a) is xp.ndarray and a.dtype == d and a.flags.c_contiguous
+                else xp.ascontiguousarray(xp.asarray(a), dtype=d)
+                for a, d in zip(inputs, self.in_dtypes)]
+        outputs = self.outputs
+        for k, (shape, d) in enumerate(self.out_specs):
+            if getrefcount(outputs[k]) != 2:    # handed out and still held: a new array
+                outputs[k] = xp.empty(shape, d)
+        self.launcher(args, outputs)
+        return list(outputs)
+
+    def release(self) -> None:
+        """Forget the kept output arrays (the next run allocates them again)."""
+        self.outputs = [None] * len(self.out_specs)
 
 
 def render(subgraph: Graph, **options) -> TritonKernel:
@@ -269,3 +400,4 @@ def clear_memory_cache() -> None:
     with _LOCK:
         _MODULES.clear()
         _PTX.clear()
+        _COMPILED.clear()
