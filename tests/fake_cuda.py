@@ -761,6 +761,15 @@ class FakeCompiledKernel:
                    arrays[:n], arrays[n:], _STREAMS[stream])
 
 
+def _fake_build_kernel(tk, aligned: tuple, specs: list, num_inputs: int) -> FakeCompiledKernel:
+    """Stands for building a kernel for the GPU (kiln.runtime.triton_launch._build_kernel)."""
+    from kiln.runtime import triton_launch
+    kernel = FakeCompiledKernel(tk, aligned, specs, num_inputs)
+    with triton_launch._LOCK:
+        triton_launch._COMPILED[(triton_launch.source_hash(tk.source), aligned)] = kernel
+    return kernel
+
+
 def _memory_at(pointer: int, shape: tuple, dtype) -> np.ndarray:
     """A NumPy array over the memory at a (fake) device address."""
     dtype = np.dtype(dtype)
@@ -814,7 +823,7 @@ def install() -> None:
 
     # Triton kernels built "for the GPU" run in the interpreter, on the memory at the device
     # pointers kiln's launcher passes (so stale or wrong pointers read the wrong memory here too)
-    triton_launch.compiled_kernel = FakeCompiledKernel
+    triton_launch._build_kernel = _fake_build_kernel
 
 
 def pytest_configure(config) -> None:

@@ -33,7 +33,7 @@ from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.executor import ArrayExecutor
-from kiln.runtime.triton_launch import TritonStep
+from kiln.runtime.triton_launch import TritonStep, prebuild
 
 
 # Replays on which a C executor times its kernels against the array executor, and how much
@@ -209,6 +209,8 @@ class ScheduleExecutor:
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
         self._trial_threads = None  # the thread setting the choices were measured with
         self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
+        if self.backend == "cuda":     # build the kernels for this GPU now, in the background
+            prebuild([(st[1], st[4]) for st in self.steps if st[0] == "triton"])
 
     @property
     def rendered(self):

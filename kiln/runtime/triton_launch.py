@@ -3,7 +3,9 @@
 On CPU arrays a kernel runs in Triton's interpreter on NumPy memory; on CuPy arrays it is
 compiled once and launched on CuPy's current stream through `kiln.runtime.triton_cuda`, by the
 compiled kernel's own launcher with arguments prepared once (`kernel_launcher` decides which).
-`compile_for_gpu` builds PTX ahead of time for any sm_XX without a GPU. Source files and
+`compile_for_gpu` builds PTX ahead of time for any sm_XX without a GPU; `build_for_gpu` builds
+a program's kernels (PTX and cubin) in parallel, and `prebuild` starts building an executor's
+kernels for the GPU at hand in the background. Source files and
 compiled PTX live in a cache on disk (`KILN_CACHE_DIR`, default `~/.cache/kiln`) keyed by
 source hash, target and Triton version; entries are written atomically and checked on read,
 so a corrupt or half-written entry is rebuilt, never trusted.
@@ -18,6 +20,8 @@ import os
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from sys import getrefcount
 
@@ -275,6 +279,7 @@ class _SpecializationArg:
 
 
 _COMPILED: dict = {}    # (source hash, alignment pattern) -> Triton's CompiledKernel
+_BUILDING: dict = {}    # the same key -> Future of a build `prebuild` started
 
 
 def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
@@ -285,15 +290,29 @@ def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: i
     key = (source_hash(tk.source), aligned)
     with _LOCK:
         kernel = _COMPILED.get(key)
+        building = _BUILDING.get(key)
     if kernel is not None:
         return kernel
+    if building is not None:
+        try:
+            return building.result()        # started by `prebuild`: wait for it
+        except Exception:
+            pass                             # build here, raising where the launch is
+        finally:
+            with _LOCK:
+                _BUILDING.pop(key, None)
+    return _build_kernel(tk, aligned, specs, num_inputs)
+
+
+def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
+    """Build (or fetch from Triton's own caches) the kernel for this GPU; kept in memory."""
     from kiln.runtime.triton_cuda import activate_cupy_driver
     activate_cupy_driver()
     fn = load_kernel(tk, interpret=False)
     args = [_SpecializationArg(dtype, a) for (_, dtype), a in zip(specs, aligned)]
     kernel = fn.run(*args, grid=tk.grid, warmup=True, num_warps=tk.num_warps, **tk.constexprs)
     with _LOCK:
-        _COMPILED[key] = kernel
+        _COMPILED[(source_hash(tk.source), aligned)] = kernel
     return kernel
 
 
@@ -395,9 +414,86 @@ def compile_for_gpu(kernel: TritonKernel | Kernel, arch: int, cache: KernelCache
     return ptx
 
 
+@dataclass(frozen=True)
+class GpuBuild:
+    """One kernel built ahead of time for an NVIDIA GPU: its PTX and cubin (the binary the
+    driver loads), and whether they came from the disk cache."""
+
+    kernel: str
+    arch: int
+    ptx: str
+    cubin: bytes
+    cached: bool
+
+
+def _aligned_attrs(tk: TritonKernel) -> dict:
+    """Triton's attributes for pointers on 16-byte boundaries (what CuPy's allocations give and
+    what the runtime specializes on), so the build ahead of time is the kernel that runs."""
+    pointers = [i for i, name in enumerate(tk.signature) if tk.signature[name] != "constexpr"]
+    return {(i,): [["tt.divisibility", 16]] for i in pointers}
+
+
+def build_one_for_gpu(tk: TritonKernel, arch: int, cache: KernelCache | None = None
+                      ) -> GpuBuild:
+    """PTX and cubin of one kernel for compute capability `arch`, from the disk cache when an
+    intact entry is there (keyed by source, target, launch options and Triton version)."""
+    cache = cache or KernelCache()
+    key = hashlib.sha256(json.dumps(
+        [tk.source, f"cuda:{arch}", tk.num_warps, tk.signature, tk.constexprs, "aligned",
+         triton_version()], sort_keys=True).encode()).hexdigest()[:32]
+    ptx, cubin = cache.get("aot_ptx", key), cache.get("aot_cubin", key)
+    if ptx is not None and cubin is not None:
+        return GpuBuild(tk.name, arch, ptx.decode(), cubin, True)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    fn = load_kernel(tk, interpret=False)
+    src = triton.compiler.ASTSource(fn=fn, signature=dict(tk.signature),
+                                    constexprs=dict(tk.constexprs), attrs=_aligned_attrs(tk))
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": tk.num_warps, "enable_fp_fusion": True})
+    ptx, cubin = compiled.asm["ptx"], bytes(compiled.asm["cubin"])
+    cache.put("aot_ptx", key, ptx.encode())
+    cache.put("aot_cubin", key, cubin)
+    return GpuBuild(tk.name, arch, ptx, cubin, False)
+
+
+def build_for_gpu(kernels: list, arch: int = 90, workers: int | None = None,
+                  cache: KernelCache | None = None) -> list[GpuBuild]:
+    """Build a program's Triton kernels for an NVIDIA GPU ahead of time, in parallel; needs no
+    GPU. Threads, not processes: Triton's front end holds the GIL, but its LLVM passes and
+    ptxas (a subprocess) do not, and kernels already in the disk cache cost a read."""
+    tks = list(dict.fromkeys(kernels))          # a kernel used twice is built once
+    if not tks:
+        return []
+    workers = workers or min(len(tks), os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(workers, thread_name_prefix="kiln-triton-build") as pool:
+        return list(pool.map(lambda tk: build_one_for_gpu(tk, arch, cache), tks))
+
+
+def prebuild(kernels: list) -> None:
+    """Start building an executor's kernels for this process's GPU in the background, in
+    parallel, for 16-byte aligned arguments (CuPy's allocations), so its first call finds them
+    built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs."""
+    for tk, subgraph in kernels:
+        specs = [(tuple(v.shape), np.dtype(v.dtype.np))
+                 for v in list(subgraph.inputs) + list(subgraph.outputs)]
+        num_inputs = len(subgraph.inputs)
+        aligned = (True,) * len(specs)
+        key = (source_hash(tk.source), aligned)
+        with _LOCK:
+            if key in _COMPILED or key in _BUILDING:
+                continue
+            # looked up now, not at import: the fake CUDA of the tests replaces it
+            _BUILDING[key] = _BUILDERS.submit(_build_kernel, tk, aligned, specs, num_inputs)
+
+
+_BUILDERS = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="kiln-prebuild")
+
+
 def clear_memory_cache() -> None:
     """Forget kernels held in memory (the disk cache stays)."""
     with _LOCK:
         _MODULES.clear()
         _PTX.clear()
         _COMPILED.clear()
+        _BUILDING.clear()

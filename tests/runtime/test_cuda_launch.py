@@ -30,6 +30,13 @@ def test_launch_arguments_are_prepared_once_and_reused():
     want = _chain(x, w).cpu().numpy()
     compiled = kiln.compile(_chain)
     compiled(x, w)                                  # traces
+    # making the executor started building its kernels for the GPU, in the background
+    (entry,) = compiled.entries.values()
+    for kind, tk, _, _, sub, _ in entry.executor.steps:
+        if kind == "triton":
+            key = (triton_launch.source_hash(tk.source),
+                   (True,) * (len(sub.inputs) + len(sub.outputs)))
+            assert key in triton_launch._COMPILED or key in triton_launch._BUILDING
     compiled(x, w)                                  # first replay: prepares every launch
     launchers = _launchers(compiled)
     assert launchers and all(isinstance(la, triton_launch.CudaKernelLauncher)
