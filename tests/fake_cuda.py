@@ -253,7 +253,7 @@ def _root_memory(a) -> np.ndarray:
     x = a.view(np.ndarray) if isinstance(a, CudaArray) else a
     while isinstance(np.ndarray.base.__get__(x), np.ndarray):
         x = np.ndarray.base.__get__(x)
-    return x
+    return x if type(x) is np.ndarray else x.view(np.ndarray)
 
 
 def _arrays_in(values) -> list:
@@ -551,11 +551,11 @@ class CudaArray(np.ndarray):
         if out is not None:
             kwargs["out"] = _unwrap(tuple(out))
         writes = tuple(out) if out is not None else (inputs[0],) if method == "at" else ()
-        result = _on_device(lambda: getattr(ufunc, method)(*_unwrap(inputs), **kwargs),
+        result = _on_device(lambda: _wrap(getattr(ufunc, method)(*_unwrap(inputs), **kwargs)),
                             inputs, writes)
         if out is not None:
             return out[0] if len(out) == 1 else out
-        return _wrap(result)
+        return result
 
     def __array_function__(self, func, types_, args, kwargs):
         fake = _fake_function(func)
@@ -645,10 +645,10 @@ class FakeUfunc:
             raise TypeError(f"{where} needs a cupy.ndarray to write to")
         out = kwargs.get("out")
         writes = (out,) if out is not None else (args[0],) if method == "at" else ()
-        result = _on_device(lambda: getattr(self._ufunc, method)(
-            *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}),
+        result = _on_device(lambda: _wrap(getattr(self._ufunc, method)(
+            *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})),
             tuple(args) + tuple(kwargs.values()), writes)
-        return out if out is not None else _wrap(result)
+        return out if out is not None else result
 
     def __call__(self, *args, **kwargs):
         return self._run("__call__", args, kwargs)

@@ -32,6 +32,7 @@ from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, Schedule, gathers_as_
 from kiln.passes.memory import in_place_updates, inputs_read
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
+from kiln.runtime.cuda_graph import CudaGraphRunner
 from kiln.runtime.executor import ArrayExecutor
 from kiln.runtime.triton_launch import TritonStep, prebuild
 
@@ -209,8 +210,10 @@ class ScheduleExecutor:
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
         self._trial_threads = None  # the thread setting the choices were measured with
         self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
+        self.cuda_graph = None         # CudaGraphRunner on a GPU (kiln.runtime.cuda_graph)
         if self.backend == "cuda":     # build the kernels for this GPU now, in the background
             prebuild([(st[1], st[4]) for st in self.steps if st[0] == "triton"])
+            self.cuda_graph = CudaGraphRunner(self)
 
     @property
     def rendered(self):
@@ -336,8 +339,22 @@ class ScheduleExecutor:
         return self
 
     # -------------------------------------------------------------- running
+    def release_buffers(self) -> None:
+        """Forget the arrays kept from call to call (a CUDA graph's capture makes its own)."""
+        self._spares = [None] * len(self._spares)
+        for step in self.triton_steps.values():
+            step.release()
+
     def run(self, inputs: list, into: dict | None = None) -> tuple[list, list]:
-        """Arrays for graph.outputs and for the new values of graph.mutations.
+        """Arrays for graph.outputs and for the new values of graph.mutations; on a GPU, by
+        replaying a CUDA graph once one is captured (`cuda_graph`)."""
+        if self.cuda_graph is not None:
+            return self.cuda_graph.run(inputs, into)
+        return self.run_steps(inputs, into)
+
+    def run_steps(self, inputs: list, into: dict | None = None) -> tuple[list, list]:
+        """Arrays for graph.outputs and for the new values of graph.mutations, launching each
+        step.
 
         Args:
             into: output index -> an array of the caller's (the `.grad` a compiled backward
