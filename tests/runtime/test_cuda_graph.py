@@ -80,6 +80,11 @@ def test_training_step_replays_as_a_cuda_graph_and_matches_eager(loss_fn, target
     assert any(runner._in_graph) == (targets == "values")
     lines = kiln.compiler.cuda_graph_notes(compiled)
     assert any(line.startswith("forward cuda graph: captured (") for line in lines)
+    if targets == "values":             # explain prints it (and runs one more traced step)
+        x, y = next(_batches(5, targets))
+        report = str(kiln.compiler.explain(compiled, x, y))
+        assert "CUDA graphs of the compiled programs on a GPU:" in report
+        assert "forward cuda graph: captured (" in report
 
 
 @pytest.mark.gpu

@@ -1,7 +1,9 @@
 """The lean launch path on a GPU: each generated kernel's launch arguments are prepared once per
 executor and reused while its arrays stay where they are, the compiled kernel's own launcher is
-called (no `JITFunction.run` per call), and results equal eager. GPU-marked: skipped without a
-GPU, and run on the CPU under the strict fake CUDA by tests/test_fake_cuda.py."""
+called (no `JITFunction.run` per call), and results equal eager (with CUDA graphs off: the plain
+launches a program runs when it is not captured; graphs: tests/runtime/test_cuda_graph.py).
+GPU-marked: skipped without a GPU, and run on the CPU under the strict fake CUDA by
+tests/test_fake_cuda.py."""
 
 import numpy as np
 import pytest
