@@ -27,6 +27,7 @@ def _mlp_step(loss_fn):
         loss.backward()
         opt.step()
         return loss
+    step.optimizer = opt
     return step, model
 
 
@@ -132,3 +133,23 @@ def test_graphs_turn_off_with_the_environment(monkeypatch):
     (runner,) = _runners(compiled)[-1:]
     assert runner.graph is None and runner.describe() == \
         "cuda graph: not captured: turned off (KILN_CUDA_GRAPHS=0)"
+
+
+@pytest.mark.gpu
+def test_a_moved_parameter_and_a_new_learning_rate_reach_the_graph():
+    eager, eager_model = _mlp_step(F.mse_loss)
+    step, model = _mlp_step(F.mse_loss)
+    compiled = kiln.compile(step)
+    batches = list(_batches(4, "values"))
+    for i, (x, y) in enumerate(batches):
+        if i == 4:      # after the capture: a new learning rate, a weight in new memory
+            for o in (eager.optimizer, step.optimizer):
+                o.param_groups[0]["lr"] = 3e-3
+            for m in (eager_model, model):
+                m[0].weight.data = m[0].weight.data.clone()
+        np.testing.assert_allclose(compiled(x, y).item(), eager(x, y).item(), rtol=1e-5)
+    for p, q in zip(eager_model.parameters(), model.parameters()):
+        np.testing.assert_allclose(q.detach().cpu().numpy(), p.detach().cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    runner = _runners(compiled)[-1]
+    assert runner.graph is not None and runner.captures == 2, runner.describe()
