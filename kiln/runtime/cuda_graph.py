@@ -115,13 +115,16 @@ class CudaGraphRunner:
         self._stream = stream = cp.cuda.Stream(non_blocking=True)
         executor.release_buffers()          # the graph's buffers come from its own pool
         try:
-            with stream, cp.cuda.using_allocator(pool.malloc):
+            # the static buffers are filled on the caller's stream, where the inputs were made
+            # (the capture does not run anything; the graph is launched on that stream too)
+            with cp.cuda.using_allocator(pool.malloc):
                 statics = [None if s else cp.empty(a.shape, a.dtype)
                            for a, s in zip(inputs, stable)]
-                run_inputs = [a if s else st for a, s, st in zip(inputs, stable, statics)]
                 for a, st in zip(inputs, statics):
                     if st is not None:
-                        st[...] = a             # (the replay after the capture copies again)
+                        st[...] = a
+            run_inputs = [a if s else st for a, s, st in zip(inputs, stable, statics)]
+            with stream, cp.cuda.using_allocator(pool.malloc):
                 checks = []
                 stream.begin_capture()
                 try:
@@ -155,7 +158,7 @@ class CudaGraphRunner:
         self._checks = (bad, checks) if checks else None
         self.kernels = _count_kernels(executor) + sum(in_graph)
         self.nbytes = pool.total_bytes()
-        return self._replay(inputs)
+        return self._replay(inputs, filled=True)
 
     def _write_back(self, cp, inputs: list, stable: list, mutations: list,
                     allowed: bool) -> list:
@@ -173,9 +176,9 @@ class CudaGraphRunner:
             in_graph.append(done)
         return in_graph
 
-    def _replay(self, inputs: list) -> tuple[list, list]:
+    def _replay(self, inputs: list, filled: bool = False) -> tuple[list, list]:
         for a, static in zip(inputs, self._statics):
-            if static is not None and _address(a) != _address(static):
+            if static is not None and not filled and _address(a) != _address(static):
                 static[...] = a
         self.graph.launch(self.executor.xp.cuda.get_current_stream())
         self.replays += 1
