@@ -17,8 +17,8 @@ and every later call replays the graph on the caller's stream:
   (the compiler then has nothing to copy); other outputs are copied out of the graph's memory
   after each replay, so results the caller keeps are never overwritten by the next replay;
 - index bounds checks, which read the host in eager mode, are evaluated on the device inside
-  the graph and read once after each replay (the only synchronization), raising the same error
-  as eager before anything is written back.
+  the graph (the write-backs are masked by their result) and read once after each replay (the
+  only synchronization), raising the same error as eager with nothing written back.
 
 Where capture is impossible (a host read or synchronization inside the program, an input that is
 not a device array, an error from CUDA) the program runs with plain launches, and `describe()`
@@ -60,6 +60,7 @@ class CudaGraphRunner:
         self.nbytes = 0             # memory the graph's own pool holds
         self.replays = 0
         self._previous = None       # input addresses at the last plain run
+        self._mutated = _mutated_inputs(executor)   # input index per mutation
         self._reset()
 
     def _reset(self) -> None:
@@ -137,7 +138,7 @@ class CudaGraphRunner:
                     for flag, _, _ in checks:
                         bad = flag if bad is None else bad | flag
                     in_graph = self._write_back(cp, run_inputs, stable, mutations,
-                                                allowed=not checks)
+                                                None if bad is None else ~bad)
                 except BaseException:
                     try:
                         stream.end_capture()    # invalidated: CUDA says so, which we know
@@ -160,19 +161,21 @@ class CudaGraphRunner:
         self.nbytes = pool.total_bytes()
         return self._replay(inputs, filled=True)
 
-    def _write_back(self, cp, inputs: list, stable: list, mutations: list,
-                    allowed: bool) -> list:
+    def _write_back(self, cp, inputs: list, stable: list, mutations: list, ok) -> list:
         """Copy, inside the graph, each new value of a stable input into that input; per
         mutation, whether it was (a replay then returns the input itself: nothing to copy).
-        Not `allowed` when bounds checks are read after the replay: an out-of-range index must
-        raise before anything is written, as in eager mode."""
+        `ok`: None, or a 0-d device bool that is false when a bounds check failed: then nothing
+        is written, and the error raised after the replay finds the state as it was, as in
+        eager mode."""
         in_graph = []
-        for new, i in zip(mutations, _mutated_inputs(self.executor)):
+        for new, i in zip(mutations, self._mutated):
             target = inputs[i]
-            done = allowed and stable[i] and new is not target and \
+            done = stable[i] and new is not target and \
                 getattr(new, "shape", None) == target.shape and new.dtype == target.dtype
-            if done:
+            if done and ok is None:
                 cp.copyto(target, new)
+            elif done:
+                cp.copyto(target, new, where=ok)
             in_graph.append(done)
         return in_graph
 
@@ -189,7 +192,7 @@ class CudaGraphRunner:
                     check(*args)
         outputs = [o.copy() for o in self._outputs]
         mutations = [inputs[i] if done else new for new, i, done in zip(
-            self._mutations, _mutated_inputs(self.executor), self._in_graph)]
+            self._mutations, self._mutated, self._in_graph)]
         return outputs, mutations
 
 
