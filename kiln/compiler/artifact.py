@@ -155,7 +155,10 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
         ins = tuple(v.ref for v in step.inputs)
         outs = tuple(v.ref for v in step.outputs)
         spares = s["spares"]
-        if spares is not None:
+        if s["kind"] == "triton" and spares is not None:
+            buffers = ("kept from call to call (a new array when the last is still held)",) * \
+                len(outs)
+        elif spares is not None:
             buffers = tuple(f"array {k}, kept from call to call (unless computed into the "
                             "caller's array)" for k in spares)
         elif s["kind"] == "view":

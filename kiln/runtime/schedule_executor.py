@@ -242,6 +242,7 @@ class ScheduleExecutor:
                 spares = tuple(spec[0] for spec in planned[4][1])
             elif kind == "triton":
                 name, source = planned[1].name, planned[1].source
+                spares = ("triton",) * len(outs)     # kept by its TritonStep
             elif kind == "matmul":
                 spares = (planned[4][0],)
             elif isinstance(step, FusedKernel):
