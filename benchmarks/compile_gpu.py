@@ -1,15 +1,19 @@
 """kiln compiled (auto backend: Triton kernels on CUDA tensors) vs PyTorch eager vs torch.compile
 (Inductor) on one CUDA GPU, side by side in one process, with kiln eager (CuPy) for reference.
 
-Run: PYTHONPATH=. python benchmarks/compile_gpu.py [--quick] [--no-inductor]
-Rows: GELU (tanh form) on 64M floats, softmax and layer_norm on 16384x4096, and a training step
-of an MLP (784-512-512-10, Adam, cross entropy) at batch 4096; each is checked against PyTorch
-once, then timed (median ms per call, and ratios). Then every fused kernel kiln generated for
-them runs alone on random inputs: bytes read and written, time, and bandwidth as a fraction of a
-device-to-device copy measured in the same run. Targets: kernels moving 1 MB or more at 80% of
-copy bandwidth or better; kiln compiled at least as fast as PyTorch eager on every row.
-`--quick` divides the sizes by 8 and takes fewer repeats; `--no-inductor` skips torch.compile.
-Without a CUDA GPU, CuPy or a CUDA build of PyTorch it says so and exits with status 2.
+Run: PYTHONPATH=. python benchmarks/compile_gpu.py [--quick] [--no-inductor] [--only ROWS]
+Rows: GELU (tanh form) on 64M floats, softmax and layer_norm on 16384x4096, a training step of
+an MLP (784-512-512-10, Adam, cross entropy) at batch 4096 and 512, and of a CNN (conv 1->32->64
+k3 on 28x28, max-pool 4, fc 2304->128->10, Adam) at batch 64 and 512; each is checked against
+PyTorch once, then timed (median ms per call, and ratios), with torch.compile in its default mode
+and in mode="reduce-overhead" (CUDA graphs, as kiln replays its compiled programs). Then every
+fused kernel kiln generated for them runs alone on random inputs: bytes read and written, time,
+and bandwidth as a fraction of a device-to-device copy measured in the same run. Targets:
+kernels moving 1 MB or more at 80% of copy bandwidth or better; kiln compiled at least as fast
+as PyTorch eager on every row. `--quick` divides the sizes by 8 and takes fewer repeats;
+`--no-inductor` skips torch.compile; `--only functions` or `--only steps` runs those rows alone
+(`--no-kernels` skips the per-kernel bandwidth part). Without a CUDA GPU, CuPy or a CUDA build of
+PyTorch it says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -37,7 +41,32 @@ try:
 except ImportError:         # main() says what is missing and exits
     torch = None
 if torch is not None:       # the CPU benchmark's workloads and table; it imports torch itself
-    from compile_cpu import HEADER, _inductor, _mlp, _row, training_step, workloads
+    from compile_cpu import _mlp, training_step, workloads
+    from models_cpu import cnn28, make_step
+
+INDUCTOR_MODES = ("default", "reduce-overhead")
+HEADER = (f"{'workload':28s} {'kiln eager':>11s} {'kiln comp':>10s} {'torch':>9s} "
+          f"{'inductor':>9s} {'ind r-o':>9s} {'torch/comp':>11s} {'induct/comp':>12s} "
+          f"{'r-o/comp':>9s}")
+
+
+def _row(name: str, e: float, c: float, t: float, modes: dict) -> str:
+    """One table row: ms per call, then each reference's time over kiln compiled's."""
+    cells = [f"{name:28s} {e:10.3f}m {c:9.3f}m {t:8.3f}m"]
+    for mode in INDUCTOR_MODES:
+        i = modes.get(mode, math.nan)
+        cells.append(f"{i:8.3f}m" if not math.isnan(i) else f"{'-':>9s}")
+    cells.append(f"{t / c:10.2f}x")
+    for mode, width in zip(INDUCTOR_MODES, (11, 8)):
+        i = modes.get(mode, math.nan)
+        cells.append(f"{i / c:{width}.2f}x" if not math.isnan(i) else f"{'-':>{width + 1}s}")
+    return " ".join(cells)
+
+
+def _inductor(fn, mode: str):
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = 64
+    return torch.compile(fn) if mode == "default" else torch.compile(fn, mode=mode)
 
 BIG_KERNEL = 1_000_000       # bytes a kernel must move to count toward the bandwidth target
 TARGET_OF_COPY = 0.8
@@ -272,8 +301,29 @@ def triton_driver_for_torch():
         driver.set_active(kilns)
 
 
-def bench_function(data, kfn, tfn, repeat: int, inductor: bool) -> tuple:
-    """(kiln eager, kiln compiled, torch eager, torch.compile ms, the compiled function)."""
+def inductor_times(make, args, want, repeat: int, modes, check) -> dict:
+    """ms per call of torch.compile(make()) in each mode (NaN where it failed, with the error
+    printed: a mode PyTorch cannot run here must not hide the other columns); `check(result)`
+    compares a result with `want`."""
+    out = {}
+    for mode in modes:
+        try:
+            with triton_driver_for_torch():
+                tc = _inductor(make(), mode)
+                for _ in range(3):          # compiles; reduce-overhead records its graph
+                    result = tc(*args)
+                if want is not None:
+                    check(result)
+                out[mode] = wall_ms(lambda: tc(*args), repeat, warmup=3)
+        except Exception as exc:
+            print(f"  torch.compile(mode={mode!r}) failed: {type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else ''}")
+            out[mode] = math.nan
+    return out
+
+
+def bench_function(data, kfn, tfn, repeat: int, modes) -> tuple:
+    """(kiln eager, kiln compiled, torch eager, {inductor mode: ms}, the compiled function)."""
     kx, tx = kiln.from_numpy(data).cuda(), torch.from_numpy(data).cuda()
     compiled = kiln.compile(kfn)
     compiled(kx)                            # traces (runs eagerly) and compiles
@@ -286,59 +336,92 @@ def bench_function(data, kfn, tfn, repeat: int, inductor: bool) -> tuple:
     e = wall_ms(lambda: kfn(kx), repeat)
     c = wall_ms(lambda: compiled(kx), repeat)
     t = wall_ms(lambda: tfn(tx), repeat)
-    i = math.nan
-    if inductor:
-        with triton_driver_for_torch():
-            tc = _inductor(tfn)
-            tc(tx)
-            np.testing.assert_allclose(tc(tx).cpu().numpy(), want.cpu().numpy(), rtol=1e-4,
-                                       atol=1e-5)
-            i = wall_ms(lambda: tc(tx), repeat)
+    i = inductor_times(lambda: tfn, (tx,), want, repeat, modes, lambda r: np.testing.
+                       assert_allclose(r.cpu().numpy(), want.cpu().numpy(), rtol=1e-4,
+                                       atol=1e-5))
     return e, c, t, i, compiled
 
 
-def bench_mlp_step(batch: int, repeat: int, inductor: bool) -> tuple:
-    """The MLP + Adam step in kiln and in torch from the same weights, on the same batch: the
+def bench_step(k_model, make_torch_step, k_step, x, y, repeat: int, modes,
+               rtol: float) -> tuple:
+    """A training step in kiln (`k_step` training `k_model`) and in torch (`make_torch_step()`
+    builds a fresh model from kiln's initial weights and its step), on the same batch: the
     losses of the first steps agree, then each is timed. Returns what bench_function does."""
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((batch, 784), dtype=np.float32)
-    y = rng.integers(0, 10, batch)
-    kiln.manual_seed(0)
-    k_model = _mlp(kiln).cuda()
-    initial = [p.detach().cpu().numpy() for p in k_model.parameters()]
-
-    def torch_step():
-        model = _mlp(torch).cuda()
-        with torch.no_grad():
-            for p, w in zip(model.parameters(), initial, strict=True):
-                p.copy_(torch.from_numpy(w))
-        return training_step(torch, model, torch.optim.Adam, lr=1e-3)
-    k_step = training_step(kiln, k_model, kiln.optim.Adam, lr=1e-3)
     k_args = (kiln.from_numpy(x).cuda(), kiln.from_numpy(y).cuda())
-    t_step, t_args = torch_step(), (torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda())
+    t_step, t_args = make_torch_step(), (torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda())
     compiled = kiln.compile(k_step)
-    # five steps: the trace, any retrace once Adam's state exists, then replays
+    # five steps: the trace, any retrace once Adam's state exists, a warm-up replay, the CUDA
+    # graph's capture, replays
     got = [compiled(*k_args).item() for _ in range(5)]
     want = [t_step(*t_args).item() for _ in range(5)]
     reason = eager_reason(compiled)
     if reason:
         raise RuntimeError(f"kiln compiled ran eagerly: {reason}")
-    np.testing.assert_allclose(got, want, rtol=1e-4, err_msg="losses of the first 5 steps")
+    np.testing.assert_allclose(got, want, rtol=rtol, err_msg="losses of the first 5 steps")
     e = wall_ms(lambda: k_step(*k_args), repeat)
     c = wall_ms(lambda: compiled(*k_args), repeat)
     t = wall_ms(lambda: t_step(*t_args), repeat)
-    i = math.nan
-    if inductor:
-        with triton_driver_for_torch():
-            tc_step = _inductor(torch_step())
-            i = wall_ms(lambda: tc_step(*t_args), repeat, warmup=3)
+    i = inductor_times(make_torch_step, t_args, None, repeat, modes, None)
     return e, c, t, i, compiled
+
+
+def _torch_copy(make_model, k_model):
+    """A torch model from `make_model()` holding `k_model`'s weights, on the GPU."""
+    model = make_model().cuda()
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), k_model.parameters(), strict=True):
+            p.copy_(torch.from_numpy(w.detach().cpu().numpy()))
+    return model
+
+
+def bench_mlp_step(batch: int, repeat: int, modes) -> tuple:
+    """The MLP + Adam step (784-512-512-10, cross entropy)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, 784), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    kiln.manual_seed(0)
+    k_model = _mlp(kiln).cuda()
+    initial = _torch_copy(lambda: _mlp(torch), k_model).state_dict()
+
+    def torch_step():
+        model = _mlp(torch).cuda()
+        model.load_state_dict(initial)
+        return training_step(torch, model, torch.optim.Adam, lr=1e-3)
+    k_step = training_step(kiln, k_model, kiln.optim.Adam, lr=1e-3)
+    return bench_step(k_model, torch_step, k_step, x, y, repeat, modes, rtol=1e-4)
+
+
+def bench_cnn_step(batch: int, repeat: int, modes) -> tuple:
+    """The CNN + Adam step of benchmarks/models_cpu.py (`cnn28`: conv 1->32->64 k3 on 28x28,
+    max-pool 4, fc 2304->128->10, cross entropy). torch's convolutions and matmuls run without
+    TF32 here, so both compute in float32 and the losses can agree."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    kiln.manual_seed(0)
+    k_model, k_step = make_step(kiln, cnn28, batch)
+    k_model.cuda()
+    initial = _torch_copy(lambda: cnn28(torch, batch)[0], k_model).state_dict()
+
+    def torch_step():
+        model, step = make_step(torch, cnn28, batch)
+        model.cuda()
+        model.load_state_dict(initial)
+        return step
+    return bench_step(k_model, torch_step, k_step, x, y, repeat, modes, rtol=1e-3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="sizes / 8, fewer repeats")
     parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
+    parser.add_argument("--only", choices=("all", "functions", "steps"), default="all",
+                        help="the function rows (GELU, softmax, layer_norm) or the training "
+                             "steps alone")
+    parser.add_argument("--no-kernels", action="store_true",
+                        help="skip timing each fused kernel alone")
     args = parser.parse_args()
     problem = gpu_problem()
     if problem:
@@ -355,20 +438,30 @@ def main() -> None:
     print(f"\nGPU sizes{' (quick: / 8)' if args.quick else ''}")
     print(HEADER)
     print("-" * len(HEADER))
-    rows = [(name, functools.partial(bench_function, data, kfn, tfn))
-            for name, data, kfn, tfn in workloads(args.quick, "gpu")]
-    rows.append((f"mlp step {4096 // scale}x784 adam",
-                 functools.partial(bench_mlp_step, 4096 // scale)))
+    rows = []
+    if args.only in ("all", "functions"):
+        rows += [(name, functools.partial(bench_function, data, kfn, tfn))
+                 for name, data, kfn, tfn in workloads(args.quick, "gpu")]
+    if args.only in ("all", "steps"):
+        # the issue's headline rows first: a run cut short by its time limit still has them
+        for kind, batch in (("mlp", 4096), ("cnn", 64), ("mlp", 512), ("cnn", 512)):
+            batch = max(batch // scale, 8)
+            rows.append((f"mlp step {batch}x784 adam", functools.partial(bench_mlp_step, batch))
+                        if kind == "mlp" else (f"cnn step 28x28 b{batch} adam",
+                                               functools.partial(bench_cnn_step, batch)))
+    modes = () if args.no_inductor else INDUCTOR_MODES
     kernels, slower, failed = [], [], []
     for name, bench in rows:
         try:
-            e, c, t, i, compiled = bench(repeat, not args.no_inductor)
+            e, c, t, i, compiled = bench(repeat, modes)
         except Exception as exc:        # one broken row must not hide the others
             failed.append(name)
-            print(f"{name:24s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            print(f"{name:28s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             traceback.print_exc()
             continue
         print(_row(name, e, c, t, i))
+        for line in kiln.compiler.cuda_graph_notes(compiled):
+            print(f"    {line}")
         kernels += fused_kernels(name, compiled)
         if c > t:
             slower.append(f"{name} ({t / c:.2f}x)")
@@ -376,6 +469,8 @@ def main() -> None:
           ("on every row" if not slower and not failed else
            "not on " + ", ".join(slower + [f"{n} (failed)" for n in failed])))
 
+    if args.no_kernels:
+        sys.exit(1 if failed else 0)
     copies = copy_bandwidth((1 << 30) // scale, repeat)
     copy_gbs = max(copies.values())
     cp.get_default_memory_pool().free_all_blocks()      # the copy's 2 GiB

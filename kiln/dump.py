@@ -99,6 +99,10 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
     if choices:
         notes.append(("kernels: generated C or NumPy, as the trial replays measured",
                       "\n".join(choices)))
+    from kiln.compiler import cuda_graph_notes
+    graphs = cuda_graph_notes(compiled)     # on a GPU: replayed as a CUDA graph, or why not
+    if graphs:
+        notes.append(("cuda graphs", "\n".join(graphs)))
     return notes
 
 

@@ -24,8 +24,10 @@ in such a run.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import sys
+import threading
 import types
 import weakref
 
@@ -138,12 +140,266 @@ class FakeCudaDevice:
         pass
 
     def synchronize(self) -> None:
-        pass
+        _host_access("synchronizing the device")
 
 
-class _Stream:
+class CUDARuntimeError(RuntimeError):
+    """`cupy.cuda.runtime.CUDARuntimeError`."""
+
+
+_CURRENT = threading.local()        # the stack of streams made current with `with stream:`
+
+
+class FakeStream:
+    """`cupy.cuda.Stream`: a handle (`ptr`), a context manager making it current, and stream
+    capture (`begin_capture`, `end_capture` -> `FakeGraph`, `is_capturing`).
+
+    As in CUDA, work issued while a stream captures is recorded, not done: here it runs at once
+    (NumPy needs its results' shapes) and is recorded, and `end_capture` then puts back every
+    array that existed before the capture as it was, and fills every array made during it with
+    garbage (NaN), so only launching the graph computes anything. Reading device memory on the
+    host, synchronizing, copying host memory in, or issuing work on the legacy default stream
+    while a capture is under way raises CUDARuntimeError and invalidates the capture (its
+    `end_capture` raises too), as CUDA does.
+    """
+
+    _next = [0x1000]
+
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False):
+        if null:
+            self.ptr = 0
+        else:
+            self.ptr = self._next[0]
+            self._next[0] += 16
+        self.device_id = 0
+        self.capture = None         # _Capture while capturing
+        _STREAMS[self.ptr] = self
+
+    def __enter__(self):
+        stack = _stream_stack()
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _stream_stack().pop()
+        return False
+
+    def use(self):
+        stack = _stream_stack()
+        stack[:] = [self]
+        return self
+
     def synchronize(self) -> None:
+        if self.capture is not None or (self.ptr == 0 and _CAPTURES):
+            _capture_violation("synchronizing a stream")
+
+    def begin_capture(self, mode=None) -> None:
+        if self.ptr in (0, 1):
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if self.capture is not None:
+            raise CUDARuntimeError("cudaErrorIllegalState: the stream is already capturing")
+        self.capture = _Capture(self)
+        _CAPTURES.append(self.capture)
+
+    def end_capture(self) -> "FakeGraph":
+        capture = self.capture
+        if capture is None:
+            raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
+        self.capture = None
+        _CAPTURES.remove(capture)
+        capture.finish()
+        if capture.invalid:
+            raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due "
+                                   f"to a previous error during capture ({capture.invalid})")
+        return FakeGraph(capture.ops)
+
+    def is_capturing(self) -> bool:
+        return self.capture is not None
+
+
+_STREAMS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # ptr -> stream
+FakeStream.null = FakeStream(null=True)
+_CAPTURES: list = []          # the captures under way
+
+
+def _stream_stack() -> list:
+    stack = getattr(_CURRENT, "stack", None)
+    if stack is None:
+        stack = _CURRENT.stack = []
+    return stack
+
+
+def _current_stream() -> FakeStream:
+    stack = _stream_stack()
+    return stack[-1] if stack else FakeStream.null
+
+
+def _capture_violation(what: str):
+    """Raise as CUDA does for an operation a capture forbids, invalidating every capture."""
+    for capture in _CAPTURES:
+        capture.invalid = capture.invalid or what
+    raise CUDARuntimeError(f"cudaErrorStreamCaptureUnsupported: operation not permitted when "
+                           f"stream is capturing ({what}; fake CUDA)")
+
+
+def _host_access(what: str) -> None:
+    """A synchronous transfer between host and device: refused while anything captures."""
+    if _CAPTURES:
+        _capture_violation(what)
+
+
+def _root_memory(a) -> np.ndarray:
+    """The NumPy array owning the memory `a` views."""
+    x = a.view(np.ndarray) if isinstance(a, CudaArray) else a
+    while isinstance(np.ndarray.base.__get__(x), np.ndarray):
+        x = np.ndarray.base.__get__(x)
+    return x if type(x) is np.ndarray else x.view(np.ndarray)
+
+
+def _arrays_in(values) -> list:
+    """The arrays among `values` (in lists and tuples too), as plain NumPy views."""
+    out = []
+    for v in values:
+        if isinstance(v, np.ndarray):
+            out.append(v.view(np.ndarray))
+        elif type(v) in (list, tuple):
+            out += _arrays_in(v)
+    return out
+
+
+class _Capture:
+    """What one stream capture recorded: `ops` (closures, replayed in order by the graph), the
+    arrays made during it, and the prior contents of arrays it wrote that existed before."""
+
+    def __init__(self, stream: FakeStream):
+        self.stream, self.ops, self.fresh, self.saved, self.invalid = stream, [], [], [], None
+
+    def is_fresh(self, a) -> bool:
+        return any(np.may_share_memory(a, f) for f in self.fresh)
+
+    def before_write(self, arrays) -> None:
+        for a in arrays:
+            a = a.view(np.ndarray) if isinstance(a, CudaArray) else a
+            if not self.is_fresh(a):
+                self.saved.append((a, a.copy()))
+
+    def record(self, run, result, args) -> None:
+        """`run` made `result` from `args`: replay it, into the same memory when it is new."""
+        made = result.view(np.ndarray) if isinstance(result, np.ndarray) else None
+        if made is not None and any(np.may_share_memory(made, a) for a in _arrays_in(args)):
+            made = None
+        if made is None:
+            self.ops.append(run)
+            return
+        self.fresh.append(_root_memory(made))
+
+        def replay():
+            made[...] = np.asarray(run()).view(np.ndarray)
+        self.ops.append(replay)
+
+    def finish(self) -> None:
+        for a, before in reversed(self.saved):
+            a[...] = before
+        for f in self.fresh:
+            if f.dtype.kind in "fc":
+                f[...] = np.nan
+            elif f.dtype.kind == "b":
+                f[...] = True
+            elif f.size:
+                f[...] = np.iinfo(f.dtype).max // 3
+
+
+def _on_device(run, args=(), writes=(), stream=None):
+    """Run one piece of device work on the current stream: recorded if that stream captures;
+    refused on the legacy default stream while another stream captures. Work a piece does
+    inside (NumPy calling ufuncs on its arrays) is part of it, not recorded again."""
+    if getattr(_CURRENT, "inside", False):
+        return run()
+    stream = stream or _current_stream()
+    capture = stream.capture
+    if capture is None and not (_CAPTURES and stream.ptr == 0):
+        return _inside(run)
+    if capture is None:
+        _capture_violation("work on the legacy default stream")
+    capture.before_write(_arrays_in(writes))
+    result = _inside(run)
+    capture.record(lambda: _inside(run), result, args)
+    return result
+
+
+def _inside(run):
+    _CURRENT.inside = True
+    try:
+        return run()
+    finally:
+        _CURRENT.inside = False
+
+
+class FakeGraph:
+    """`cupy.cuda.graph.Graph`: `launch(stream=None)` replays what was captured, in order."""
+
+    def __init__(self, ops: list):
+        self._ops = ops
+
+    def launch(self, stream=None) -> None:
+        stream = stream if stream is not None else _current_stream()
+        capture = stream.capture
+        if capture is not None:        # a graph launched inside a capture becomes part of it
+            capture.ops.append(lambda: self.launch(FakeStream.null))
+            return
+        for op in self._ops:
+            op()
+
+    def upload(self, stream=None) -> None:
         pass
+
+
+class FakeMemoryPool:
+    """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator."""
+
+    def __init__(self, allocator=None):
+        self._arrays: list = []
+
+    def malloc(self, size: int):
+        raise NotImplementedError("fake CUDA: arrays are made by NumPy; use using_allocator")
+
+    def used_bytes(self) -> int:
+        return sum(r().nbytes for r in self._arrays if r() is not None)
+
+    def total_bytes(self) -> int:
+        return self.used_bytes()
+
+    def free_all_blocks(self, stream=None) -> None:
+        pass
+
+    def n_free_blocks(self) -> int:
+        return 0
+
+
+_ALLOCATOR = threading.local()
+
+
+class using_allocator:       # noqa: N801 (CuPy's name)
+    """`cupy.cuda.using_allocator(allocator)`: arrays made inside come from `allocator` (a
+    pool's `malloc`)."""
+
+    def __init__(self, allocator=None):
+        self.pool = getattr(allocator, "__self__", None)
+
+    def __enter__(self):
+        self.before = getattr(_ALLOCATOR, "pool", None)
+        _ALLOCATOR.pool = self.pool
+        return self
+
+    def __exit__(self, *exc):
+        _ALLOCATOR.pool = self.before
+        return False
+
+
+def _note_allocation(array) -> None:
+    pool = getattr(_ALLOCATOR, "pool", None)
+    if pool is not None:
+        pool._arrays.append(weakref.ref(array))
 
 
 def _refused(name: str) -> property:
@@ -196,6 +452,7 @@ def _wrap(x):
             out._cupy_base = owner._cupy_base if owner._cupy_base is not None else owner
         else:
             _OWNER_OF_BUFFER[id(buffer)] = out       # fresh memory: `out` owns it
+            _note_allocation(out)
         return out
     if isinstance(x, np.generic):
         return _wrap(np.asarray(x))
@@ -246,6 +503,7 @@ class CudaArray(np.ndarray):
         return dict(self.view(np.ndarray).__array_interface__, version=3)
 
     def get(self, stream=None, order="C", out=None, blocking=True) -> np.ndarray:
+        _host_access("copying device memory to the host")
         host = np.array(self.view(np.ndarray), order=order, copy=True)
         if out is not None:
             out[...] = host
@@ -253,12 +511,36 @@ class CudaArray(np.ndarray):
         return host
 
     def set(self, arr, stream=None) -> None:
+        _host_access("copying host memory to the device")
         self.view(np.ndarray)[...] = arr
 
     def __setitem__(self, key, value):
         if _is_host_array(value):
             raise _host_array_error("cupy.ndarray.__setitem__")
-        np.ndarray.__setitem__(self.view(np.ndarray), _unwrap(key), _unwrap(value))
+        target = self.view(np.ndarray)
+        _on_device(lambda: np.ndarray.__setitem__(target, _unwrap(key), _unwrap(value)),
+                   (key, value), (self[key] if _is_view_key(key) else self,))
+
+    def __getitem__(self, key):
+        view = self.view(np.ndarray)
+        return _on_device(lambda: _wrap(np.ndarray.__getitem__(view, _unwrap(key))),
+                          (self, key))
+
+    def __bool__(self):
+        _host_access("reading a device value on the host (bool)")
+        return bool(self.view(np.ndarray))
+
+    def __float__(self):
+        _host_access("reading a device value on the host (float)")
+        return float(self.view(np.ndarray))
+
+    def __int__(self):
+        _host_access("reading a device value on the host (int)")
+        return int(self.view(np.ndarray))
+
+    def __index__(self):
+        _host_access("reading a device value on the host (index)")
+        return np.ndarray.__index__(self.view(np.ndarray))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if ufunc.__name__ not in CUPY_NAMES:
@@ -268,10 +550,12 @@ class CudaArray(np.ndarray):
                               f"{ufunc.__name__}.{method}")
         if out is not None:
             kwargs["out"] = _unwrap(tuple(out))
-        result = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
+        writes = tuple(out) if out is not None else (inputs[0],) if method == "at" else ()
+        result = _on_device(lambda: _wrap(getattr(ufunc, method)(*_unwrap(inputs), **kwargs)),
+                            inputs, writes)
         if out is not None:
             return out[0] if len(out) == 1 else out
-        return _wrap(result)
+        return result
 
     def __array_function__(self, func, types_, args, kwargs):
         fake = _fake_function(func)
@@ -287,19 +571,60 @@ for _name in dir(np.ndarray):
 for _name in ("__array_interface__", "__array_struct__"):
     setattr(CudaArray, _name, _refused(_name))
 
+# cupy.ndarray's methods that read device memory on the host, and those that write their array
+_HOST_READS = frozenset({"item", "tolist", "tobytes", "tofile", "dump", "dumps"})
+_WRITES_SELF = frozenset({"fill", "put", "sort", "partition", "scatter_add", "scatter_max",
+                          "scatter_min"})
+
+
+def _device_method(name: str):
+    method = getattr(np.ndarray, name)
+
+    def call(self, *args, **kwargs):
+        if name in _HOST_READS:
+            _host_access(f"reading device memory on the host ({name})")
+            return method(self, *args, **kwargs)
+        writes = (self,) if name in _WRITES_SELF else (kwargs.get("out"),)
+        return _on_device(lambda: _wrap(method(self, *args, **kwargs)), (self,) + args,
+                          tuple(w for w in writes if w is not None))
+    call.__name__ = name
+    return call
+
+
+for _name in CUPY_NDARRAY_NAMES:
+    if callable(getattr(np.ndarray, _name, None)) and _name not in vars(CudaArray) and \
+            _name != "view" and \
+            not isinstance(getattr(np.ndarray, _name), type):
+        setattr(CudaArray, _name, _device_method(_name))
+
+
+def _is_view_key(key) -> bool:
+    """Whether indexing with `key` gives a view (basic indexing), whose writes land in place."""
+    keys = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, (int, slice, np.integer))
+               for k in keys)
+
 
 def _device_function(fn, name: str):
     """A NumPy function as the fake CuPy's: no NumPy array arguments, device arrays out."""
     host_ok = name in _HOST_TO_DEVICE
 
+    writes_first = name in ("copyto", "put", "place", "putmask", "fill_diagonal",
+                            "put_along_axis")
+
     def call(*args, **kwargs):
         if not host_ok:
             _check_no_host_arrays(args, f"cupy.{name}")
             _check_no_host_arrays(tuple(kwargs.values()), f"cupy.{name}")
-        if host_ok and args and _is_host_array(args[0]):
-            # a host array is copied to the device, never aliased
-            return _wrap(np.array(args[0], *args[1:2], copy=True, **kwargs))
-        return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        if host_ok and args and not isinstance(args[0], CudaArray):
+            # host data is copied to the device, never aliased
+            _host_access("copying host memory to the device")
+            if _is_host_array(args[0]):
+                return _wrap(np.array(args[0], *args[1:2], copy=True, **kwargs))
+        writes = (args[0],) if writes_first and args else (kwargs.get("out"),)
+        return _on_device(
+            lambda: _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})),
+            tuple(args) + tuple(kwargs.values()), tuple(w for w in writes if w is not None))
     call.__name__ = name
     return call
 
@@ -319,9 +644,11 @@ class FakeUfunc:
         if method == "at" and not isinstance(args[0], CudaArray):
             raise TypeError(f"{where} needs a cupy.ndarray to write to")
         out = kwargs.get("out")
-        result = getattr(self._ufunc, method)(*_unwrap(args),
-                                              **{k: _unwrap(v) for k, v in kwargs.items()})
-        return out if out is not None else _wrap(result)
+        writes = (out,) if out is not None else (args[0],) if method == "at" else ()
+        result = _on_device(lambda: _wrap(getattr(self._ufunc, method)(
+            *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})),
+            tuple(args) + tuple(kwargs.values()), writes)
+        return out if out is not None else result
 
     def __call__(self, *args, **kwargs):
         return self._run("__call__", args, kwargs)
@@ -366,6 +693,9 @@ def _build_module() -> types.ModuleType:
     cupy.ndarray = CudaArray
     cupy.asnumpy = lambda a, stream=None, order="C", out=None: \
         a.get(order=order, out=out) if isinstance(a, CudaArray) else np.asarray(a, order=order)
+
+    def device_synchronize():
+        _host_access("synchronizing the device")
     cupy.get_array_module = lambda *args: cupy if any(
         isinstance(a, CudaArray) for a in args) else np
     cupy.lib = _namespace("cupy.lib", stride_tricks=_namespace(
@@ -373,8 +703,12 @@ def _build_module() -> types.ModuleType:
             np.lib.stride_tricks.as_strided, "lib.stride_tricks.as_strided")))
     cupy.cuda = _namespace(
         "cupy.cuda", Device=FakeCudaDevice,
-        runtime=_namespace("cupy.cuda.runtime", getDeviceCount=lambda: 1),
-        get_current_stream=lambda: _Stream(),
+        runtime=_namespace("cupy.cuda.runtime", getDeviceCount=lambda: 1,
+                           deviceSynchronize=device_synchronize,
+                           CUDARuntimeError=CUDARuntimeError),
+        Stream=FakeStream, get_current_stream=_current_stream,
+        graph=_namespace("cupy.cuda.graph", Graph=FakeGraph),
+        MemoryPool=FakeMemoryPool, using_allocator=using_allocator,
         is_available=lambda: True)
     cupy.is_available = lambda: True
     cupy.random = _namespace("cupy.random")     # kiln draws on the host and copies
@@ -394,6 +728,56 @@ def _fake_function(func):
         space = getattr(space, part, None)
     fake = getattr(space, func.__name__, None)
     return fake if callable(fake) and not isinstance(fake, type) else None
+
+
+class FakeCompiledKernel:
+    """Triton's CompiledKernel for a kernel kiln launches on the fake GPU: `run` takes what
+    Triton's CUDA launcher takes (grid, stream, function, metadata, hooks, then every argument,
+    pointers as integers) and runs the kernel in Triton's interpreter on the memory at those
+    addresses. `specs`: (shape, dtype) per pointer argument."""
+
+    function = None
+
+    def __init__(self, tk, aligned: tuple, specs: list, num_inputs: int):
+        self.tk, self.specs, self.num_inputs = tk, list(specs), num_inputs
+        self.packed_metadata = ("fake", tk.name)
+
+    def run(self, gx, gy, gz, stream, function, metadata, launch_metadata, enter, exit_, *args):
+        from kiln.runtime import triton_launch
+        if metadata != self.packed_metadata or (gx, gy, gz) != tuple(self.tk.grid) + (1,) * (
+                3 - len(self.tk.grid)):
+            raise RuntimeError(f"fake CUDA: kernel {self.tk.name} launched with another "
+                               "kernel's metadata or grid")
+        pointers = args[:len(self.specs)]
+        if tuple(args[len(self.specs):]) != tuple(self.tk.constexprs.values()):
+            raise RuntimeError(f"fake CUDA: kernel {self.tk.name} got constexprs "
+                               f"{args[len(self.specs):]}, built with {self.tk.constexprs}")
+        arrays = [_memory_at(p, shape, dtype) for p, (shape, dtype) in zip(pointers, self.specs)]
+        n = self.num_inputs
+        if stream not in _STREAMS:
+            raise RuntimeError(f"fake CUDA: kernel {self.tk.name} launched on stream {stream}, "
+                               "which no cupy.cuda.Stream has")
+        _on_device(lambda: triton_launch.launch(self.tk, arrays[:n], arrays[n:], "interpreter"),
+                   arrays[:n], arrays[n:], _STREAMS[stream])
+
+
+def _fake_build_kernel(tk, aligned: tuple, specs: list, num_inputs: int) -> FakeCompiledKernel:
+    """Stands for building a kernel for the GPU (kiln.runtime.triton_launch._build_kernel)."""
+    from kiln.runtime import triton_launch
+    kernel = FakeCompiledKernel(tk, aligned, specs, num_inputs)
+    with triton_launch._LOCK:
+        triton_launch._COMPILED[(triton_launch.source_hash(tk.source), aligned)] = kernel
+    return kernel
+
+
+def _memory_at(pointer: int, shape: tuple, dtype) -> np.ndarray:
+    """A NumPy array over the memory at a (fake) device address."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    raw = (ctypes.c_char * nbytes).from_address(pointer)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 # The next three lend their code to kiln.runtime.device's functions (see `install`), so they run
@@ -437,14 +821,9 @@ def install() -> None:
     sys.modules.update({"cupy": cupy, "cupyx": cupyx, "cupyx.scipy": cupyx.scipy,
                         "cupyx.scipy.special": cupyx.scipy.special})
 
-    # Triton kernels on device arrays run in the interpreter, on NumPy's view of the memory
-    run = triton_launch.launch
-
-    def launch(tk, inputs, outputs, backend="interpreter"):
-        views = [a.view(np.ndarray) if isinstance(a, CudaArray) else a for a in inputs]
-        outs = [a.view(np.ndarray) if isinstance(a, CudaArray) else a for a in outputs]
-        return run(tk, views, outs, "interpreter")
-    triton_launch.launch = launch
+    # Triton kernels built "for the GPU" run in the interpreter, on the memory at the device
+    # pointers kiln's launcher passes (so stale or wrong pointers read the wrong memory here too)
+    triton_launch._build_kernel = _fake_build_kernel
 
 
 def pytest_configure(config) -> None:

@@ -20,6 +20,7 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.fake_cuda", "-p", "no:cacheprovider",
          "tests/test_compile_gpu.py", "tests/tracer/test_cuda_devices.py",
+         "tests/runtime/test_cuda_launch.py", "tests/runtime/test_cuda_graph.py",
          "tests/tracer/test_ops_parity.py::test_op_matches_torch_on_cuda",
          "tests/test_serialization.py::test_cuda_tensors_round_trip_and_map_location"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
@@ -87,3 +88,31 @@ def test_what_the_fake_cannot_see():
     # TypeError (implicit device-to-host conversion) the fake hands back a NumPy view
     a = _device_array()
     assert type(np.asarray(a)) is np.ndarray
+
+
+def test_fake_stream_capture_records_without_doing_and_refuses_host_reads():
+    from tests.fake_cuda import CUDARuntimeError
+    stream = cupy.cuda.Stream(non_blocking=True)
+    a = cupy.asarray(np.arange(4, dtype=np.float32))
+    with stream:
+        stream.begin_capture()
+        assert stream.is_capturing()
+        b = a * 2
+        a += 1
+        graph = stream.end_capture()
+    # as in CUDA, capturing did nothing: `a` is as it was, `b` holds garbage (NaN here)
+    assert a.get().tolist() == [0, 1, 2, 3] and np.isnan(b.get()).all()
+    graph.launch(stream)
+    assert a.get().tolist() == [1, 2, 3, 4] and b.get().tolist() == [0, 2, 4, 6]
+    graph.launch(stream)
+    assert a.get().tolist() == [2, 3, 4, 5] and b.get().tolist() == [2, 4, 6, 8]
+    with stream:
+        stream.begin_capture()
+        for read in (a.get, lambda: bool(a[0] > 0), lambda: float(a[0]), a.tolist,
+                     lambda: cupy.asarray(np.ones(2)), stream.synchronize):
+            with pytest.raises(CUDARuntimeError, match="capturing"):
+                read()
+        with pytest.raises(CUDARuntimeError, match="Invalidated"):
+            stream.end_capture()
+    with pytest.raises(RuntimeError, match="legacy"):
+        cupy.cuda.get_current_stream().begin_capture()

@@ -166,10 +166,11 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
         if not isinstance(step, FusedKernel):           # an extern node
             node = step.node
             if node.op == "matmul":
-                # on the CPU into a kept buffer, as C kernels do: a fresh megabyte costs a page
-                # fault per 4 KiB on every call (CuPy's memory pool reuses its blocks itself)
+                # into a kept buffer, as C kernels do: on the CPU a fresh megabyte costs a page
+                # fault per 4 KiB on every call; on a GPU the kernels reading it keep their
+                # prepared launch arguments (and a CUDA graph its addresses)
                 steps.append(LoweredStep("matmul", tuple(slot[v] for v in node.inputs), outs,
-                                         name="matmul", kept=(target == "c",)))
+                                         name="matmul", kept=(True,)))
             else:
                 steps.append(LoweredStep("array", ins, outs, name=node.op,
                                          graph=step.subgraph))

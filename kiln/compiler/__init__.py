@@ -189,6 +189,7 @@ class ExplainOutput:
     # how each fused group of the compiled function's programs runs (C or NumPy) and why,
     # decided by timing both on its first replays; empty before those replays
     kernel_choices: list = field(default_factory=list)
+    cuda_graphs: list = field(default_factory=list)   # cuda_graph_notes: per GPU program
 
     @property
     def graph_count(self) -> int:
@@ -215,6 +216,9 @@ class ExplainOutput:
         if self.kernel_choices:
             lines.append("  kernels of the compiled programs, as their trial replays decided:")
             lines += [f"    {line}" for line in self.kernel_choices]
+        if self.cuda_graphs:
+            lines.append("  CUDA graphs of the compiled programs on a GPU:")
+            lines += [f"    {line}" for line in self.cuda_graphs]
         for i, g in enumerate(self.graphs):
             artifact = self.artifacts[i] if i < len(self.artifacts) else None
             lines += ["", str(g)]
@@ -242,7 +246,8 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
     if done:
         entry = done[-1]
         out = ExplainOutput([entry.traced.graph], [], _function_name(target), entry.guards,
-                            [entry.artifact], kernel_choices=kernel_choices(fn))
+                            [entry.artifact], kernel_choices=kernel_choices(fn),
+                            cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled))
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
@@ -251,6 +256,18 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
                             reasons[0] if reasons else None, kernel_choices(fn))
     print(out)
     return out
+
+
+def cuda_graph_notes(fn) -> list:
+    """Per program of a compiled function that runs on a GPU, whether it replays as a CUDA graph
+    (`forward cuda graph: captured (N kernels, X MB; R replays)`) or why not."""
+    lines = []
+    for entry in getattr(fn, "entries", {}).values():
+        for part, executor in (("forward", entry.executor), ("backward", entry.backward)):
+            runner = getattr(executor, "cuda_graph", None)
+            if runner is not None:
+                lines.append(f"{part} {runner.describe()}")
+    return lines
 
 
 def kernel_choices(fn) -> list:
@@ -701,8 +718,9 @@ class CompiledFunction:
             targets = [(_bound_tensor(program, i, leaves), new)
                        for i, new in zip(entry.writebacks, new_values)]
             for tensor, new in targets:
-                tensor._data[...] = new if tensor.device is device else \
-                    to_device(new, tensor.device)
+                if new is not tensor._data:     # else a CUDA graph wrote it in place
+                    tensor._data[...] = new if tensor.device is device else \
+                        to_device(new, tensor.device)
                 tensor._version[0] += 1
         for gw in program.grad_writes:
             tensor = _bound_tensor(program, gw.input, leaves)

@@ -175,7 +175,10 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
         buffers = []
         for b, o, over in zip(s["buffers"], lowered.outs,
                               lowered.in_place or (None,) * len(s["outputs"])):
-            if b is not None:
+            if kind == "triton":
+                buffers.append("kept by its launcher from call to call (a new array when the "
+                               "last is still held)")
+            elif b is not None:
                 buffers.append(f"buffer {b} of the memory plan" + (
                     ", or the caller's array (run(into=))" if o in into else ""))
             elif over is not None and kind == "c":

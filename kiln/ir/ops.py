@@ -19,6 +19,7 @@ shape () and dtype None. Attributes are hashable (tuples, numbers, dtypes).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 import numpy as np
@@ -573,6 +574,22 @@ def _check_index(dtypes, name):
                          IndexError)
 
 
+# While a CUDA graph captures a program (kiln.runtime.cuda_graph) nothing may be read back to
+# the host: the capturing thread's bounds checks then append (whether any index is bad: a 0-d
+# device array, the check's function, its arguments) to its list instead, and the graph's
+# runner reads the flags after each replay and runs the check again where one is set, raising
+# the error eager mode raises.
+_DEFERRED = threading.local()
+
+
+def defer_index_checks(checks: list | None) -> list | None:
+    """Send this thread's index bounds checks to `checks` (None: check at once, as usual);
+    returns the list in place before."""
+    previous = getattr(_DEFERRED, "checks", None)
+    _DEFERRED.checks = checks
+    return previous
+
+
 def _take_infer(shapes, dtypes, axis):
     _check_index(dtypes, "take")
     x, idx = shapes
@@ -581,6 +598,11 @@ def _take_infer(shapes, dtypes, axis):
 
 def _take_impl(xp, x, idx, axis):
     n = x.shape[axis]
+    deferred = getattr(_DEFERRED, "checks", None)
+    if deferred is not None:        # capturing a CUDA graph: checked after it ran
+        if idx.size:
+            deferred.append((((idx < -n) | (idx >= n)).any(), _take_impl, (xp, x, idx, axis)))
+        return xp.take(x, idx, axis=axis)
     if idx.size and (idx.min() < -n or idx.max() >= n):
         bad = idx.max() if idx.max() >= n else idx.min()
         raise IndexError(f"index {int(bad)} is out of bounds for dimension {axis} with size {n}")
@@ -694,6 +716,11 @@ def _check_index_impl(xp, idx, size, op, kind, negative, ignore):
     bad = (idx < low) | (idx >= size)
     if ignore is not None:
         bad &= idx != ignore
+    deferred = getattr(_DEFERRED, "checks", None)
+    if deferred is not None:
+        deferred.append((bad.any(), _check_index_impl, (xp, idx, size, op, kind, negative,
+                                                         ignore)))
+        return out
     if bool(bad.any()):
         value = int(idx[bad].ravel()[0])
         raise _INDEX_ERRORS[kind](f"{op}: index {value} is out of bounds for dimension with "

@@ -20,6 +20,7 @@ generated kernel (no trials).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -33,7 +34,9 @@ from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import c_build
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
+from kiln.runtime.cuda_graph import CudaGraphRunner
 from kiln.runtime.executor import ArrayExecutor
+from kiln.runtime.triton_launch import TritonStep, prebuild
 
 
 # Replays on which a C executor times its kernels against the array executor, and how much
@@ -124,6 +127,7 @@ class ScheduleExecutor:
 
     def __init__(self, program: LoweredProgram, xp=np):
         self.program, self.xp, self.target = program, xp, program.target
+        self.graph = program.graph    # the scheduled graph: inputs, mutations, constants
         self.backend = "interpreter" if xp is np else "cuda"
         self.num_slots = program.num_slots
         self.input_slots = list(program.input_slots)
@@ -176,6 +180,11 @@ class ScheduleExecutor:
             os.environ.get("KILN_KERNEL_CHOICE", "measure") != "c" else 0
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
         self._trial_threads = None  # the thread setting the choices were measured with
+        self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
+        self.cuda_graph = None         # CudaGraphRunner on a GPU (kiln.runtime.cuda_graph)
+        if self.backend == "cuda":     # build the kernels for this GPU now, in the background
+            prebuild([(st[1], st[4]) for st in self.steps if st[0] == "triton"])
+            self.cuda_graph = CudaGraphRunner(self)
 
     @property
     def rendered(self):
@@ -285,8 +294,22 @@ class ScheduleExecutor:
         return self
 
     # -------------------------------------------------------------- running
+    def release_buffers(self) -> None:
+        """Forget the arrays kept from call to call (a CUDA graph's capture makes its own)."""
+        self._buffers = [None] * len(self._buffers)
+        for step in self.triton_steps.values():
+            step.release()
+
     def run(self, inputs: list, into: dict | None = None) -> tuple[list, list]:
-        """Arrays for graph.outputs and for the new values of graph.mutations.
+        """Arrays for graph.outputs and for the new values of graph.mutations; on a GPU, by
+        replaying a CUDA graph once one is captured (`cuda_graph`)."""
+        if self.cuda_graph is not None:
+            return self.cuda_graph.run(inputs, into)
+        return self.run_steps(inputs, into)
+
+    def run_steps(self, inputs: list, into: dict | None = None) -> tuple[list, list]:
+        """Arrays for graph.outputs and for the new values of graph.mutations, launching each
+        step.
 
         Args:
             into: output index -> an array of the caller's (the `.grad` a compiled backward
@@ -355,18 +378,16 @@ class ScheduleExecutor:
                 dest = dests.get(outs[0])
                 if dest is None and b is not None:
                     if getrefcount(buffers[b]) != 2:
-                        buffers[b] = _new_buffer(b, sizes[b])
-                    dest = np.ndarray(shape, d, buffers[b])
+                        buffers[b] = xp.empty(sizes[b], np.uint8)
+                    dest = _typed(buffers[b], shape, d)
                 env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
-                from kiln.runtime.triton_launch import launch   # imports Triton: on demand
-                args = [xp.ascontiguousarray(env[s], dtype=v.dtype.np)
-                        for s, v in zip(ins, sub.inputs)]
-                results = [xp.empty(v.shape, dtype=v.dtype.np) for v in sub.outputs]
-                launch(runner, args, results, self.backend)
-                for s, r in zip(outs, results):
+                step = self.triton_steps.get(i)
+                if step is None:        # prepared on its first launch, then kept
+                    step = self.triton_steps[i] = TritonStep(runner, sub, self.backend, xp)
+                for s, r in zip(outs, step.run([env[s] for s in ins])):
                     env[s] = r
             else:
                 results, _ = runner.run([env[s] for s in ins])
@@ -380,6 +401,14 @@ class ScheduleExecutor:
                 self._finish_trials()
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
 
+
+
+def _typed(buffer, shape: tuple, dtype: np.dtype):
+    """A kept buffer's bytes as an array of `shape` and `dtype` (NumPy or CuPy)."""
+    if type(buffer) is np.ndarray:
+        return np.ndarray(shape, dtype, buffer)
+    n = np.dtype(dtype).itemsize * math.prod(shape)
+    return buffer[:n].view(dtype).reshape(shape)
 
 
 def _new_buffer(index: int, nbytes: int) -> np.ndarray:

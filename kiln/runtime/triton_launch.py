@@ -1,8 +1,11 @@
 """Loading, compiling, caching and launching generated Triton kernels, with no torch anywhere.
 
 On CPU arrays a kernel runs in Triton's interpreter on NumPy memory; on CuPy arrays it is
-JIT-compiled and launched on CuPy's current stream through `kiln.runtime.triton_cuda`.
-`compile_for_gpu` builds PTX ahead of time for any sm_XX without a GPU. Source files and
+compiled once and launched on CuPy's current stream through `kiln.runtime.triton_cuda`, by the
+compiled kernel's own launcher with arguments prepared once (`kernel_launcher` decides which).
+`compile_for_gpu` builds PTX ahead of time for any sm_XX without a GPU; `build_for_gpu` builds
+a program's kernels (PTX and cubin) in parallel, and `prebuild` starts building an executor's
+kernels for the GPU at hand in the background. Source files and
 compiled PTX live in a cache on disk (`KILN_CACHE_DIR`, default `~/.cache/kiln`) keyed by
 source hash, target and Triton version; entries are written atomically and checked on read,
 so a corrupt or half-written entry is rebuilt, never trusted.
@@ -17,7 +20,10 @@ import os
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from sys import getrefcount
 
 import numpy as np
 
@@ -174,28 +180,172 @@ def _numpy_arg(array: np.ndarray) -> ArrayArg:
     return ArrayArg(array, array.ctypes.data)
 
 
-def _cupy_arg(array) -> ArrayArg:
-    return ArrayArg(array, int(array.data.ptr))
-
-
 # ----------------------------------------------------------------------------- launching
 
 def launch(tk: TritonKernel, inputs: list, outputs: list, backend: str = "interpreter") -> None:
-    """Run a rendered kernel: inputs and outputs are contiguous arrays (outputs are written)."""
+    """Run a rendered kernel: inputs and outputs are contiguous arrays (outputs are written).
+
+    A one-off launch; executors keep a `kernel_launcher` per kernel instead, which prepares
+    its arguments once.
+    """
     if backend == "interpreter":
         fn = load_kernel(tk, interpret=True)
         args = [_numpy_arg(a) for a in list(inputs) + list(outputs)]
         with np.errstate(all="ignore"):    # masked-off lanes may compute log(0) and the like
             fn[tk.grid](*args, **tk.constexprs)
         return
+    kernel_launcher(tk, backend)(inputs, outputs)
+
+
+def kernel_launcher(tk: TritonKernel, backend: str):
+    """The one place that decides how a kernel runs: a callable `(inputs, outputs)`.
+
+    "interpreter": Triton's interpreter on NumPy memory (through `launch`, looked up at each
+    call, so tests may wrap it). "cuda": the compiled kernel's own launcher, called directly on
+    CuPy's current stream with arguments prepared once (`CudaKernelLauncher`).
+    """
+    if backend == "interpreter":
+        return InterpretedLauncher(tk)
     if backend == "cuda":
-        from kiln.runtime.triton_cuda import activate_cupy_driver
-        activate_cupy_driver()
-        fn = load_kernel(tk, interpret=False)
-        args = [_cupy_arg(a) for a in list(inputs) + list(outputs)]
-        fn[tk.grid](*args, num_warps=tk.num_warps, **tk.constexprs)
-        return
+        return CudaKernelLauncher(tk)
     raise ValueError(f"unknown Triton backend {backend!r}; expected 'interpreter' or 'cuda'")
+
+
+class InterpretedLauncher:
+    """A kernel in Triton's interpreter, on NumPy arrays (slow; tests and reading kernels)."""
+
+    def __init__(self, tk: TritonKernel):
+        self.tk = tk
+
+    def __call__(self, inputs: list, outputs: list) -> None:
+        launch(self.tk, inputs, outputs, "interpreter")
+
+
+class CudaKernelLauncher:
+    """A compiled kernel launched on a GPU without `JITFunction.run`.
+
+    The argument tuple (device pointers, then the constexpr values Triton's launcher expects
+    in the parameter list) and the grid are prepared once and reused while the arrays' device
+    pointers stay the same (an executor keeps its output arrays from call to call); a new
+    pointer prepares them again, and a new 16-byte alignment pattern (what Triton specializes
+    pointers on) fetches the kernel built for it. `prepared` counts the preparations.
+    """
+
+    def __init__(self, tk: TritonKernel):
+        from kiln.runtime.device import cupy_module
+        self.tk = tk
+        self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
+        self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
+        self._current_stream = cupy_module().cuda.get_current_stream
+        self._pointers = None
+        self._aligned = None
+        self._args = ()
+        self._run = self._function = self._metadata = None
+        self.prepared = 0
+
+    def __call__(self, inputs: list, outputs: list) -> None:
+        pointers = tuple([a.data.ptr for a in inputs] + [a.data.ptr for a in outputs])
+        if pointers != self._pointers:
+            self.num_outputs = len(outputs)
+            self._prepare(pointers, list(inputs) + list(outputs))
+        gx, gy, gz = self.grid
+        self._run(gx, gy, gz, self._current_stream().ptr, self._function, self._metadata,
+                  None, None, None, *self._args)
+
+    def _prepare(self, pointers: tuple, arrays: list) -> None:
+        aligned = tuple(p % 16 == 0 for p in pointers)
+        if aligned != self._aligned:
+            kernel = compiled_kernel(self.tk, aligned,
+                                     [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays],
+                                     len(arrays) - self.num_outputs)
+            self._run = kernel.run              # first: it loads the binary on the device
+            self._function, self._metadata = kernel.function, kernel.packed_metadata
+            self._aligned = aligned
+        self._args = pointers + self.constexpr_values
+        self._pointers = pointers
+        self.prepared += 1
+
+
+class _SpecializationArg:
+    """What `JITFunction.run(..., warmup=True)` reads of a pointer argument to pick the kernel:
+    its dtype, and an address with the argument's 16-byte alignment (nothing is launched)."""
+
+    def __init__(self, dtype: np.dtype, aligned: bool):
+        self.dtype = dtype.name
+        self._ptr = 1 << 20 if aligned else (1 << 20) + 4
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+_COMPILED: dict = {}    # (source hash, alignment pattern) -> Triton's CompiledKernel
+_BUILDING: dict = {}    # the same key -> Future of a build `prebuild` started
+
+
+def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
+    """The kernel built for the GPU for arguments with this 16-byte alignment pattern (Triton's
+    CompiledKernel, with `run`, `function` and `packed_metadata`); `specs`: (shape, dtype) per
+    argument, the first `num_inputs` read, the rest written. Built on first use (Triton's own
+    disk cache keeps the binary)."""
+    key = (source_hash(tk.source), aligned)
+    with _LOCK:
+        kernel = _COMPILED.get(key)
+        building = _BUILDING.get(key)
+    if kernel is not None:
+        return kernel
+    if building is not None:
+        try:
+            return building.result()        # started by `prebuild`: wait for it
+        except Exception:
+            pass                             # build here, raising where the launch is
+        finally:
+            with _LOCK:
+                _BUILDING.pop(key, None)
+    return _build_kernel(tk, aligned, specs, num_inputs)
+
+
+def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
+    """Build (or fetch from Triton's own caches) the kernel for this GPU; kept in memory."""
+    from kiln.runtime.triton_cuda import activate_cupy_driver
+    activate_cupy_driver()
+    fn = load_kernel(tk, interpret=False)
+    args = [_SpecializationArg(dtype, a) for (_, dtype), a in zip(specs, aligned)]
+    kernel = fn.run(*args, grid=tk.grid, warmup=True, num_warps=tk.num_warps, **tk.constexprs)
+    with _LOCK:
+        _COMPILED[(source_hash(tk.source), aligned)] = kernel
+    return kernel
+
+
+class TritonStep:
+    """One fused kernel of an executor, prepared once: its launcher, the dtypes its inputs must
+    have, and its output arrays, kept from call to call and written again once nothing but
+    this step holds them (fresh device memory per call costs an allocation, and on the CPU a
+    page fault per 4 KiB)."""
+
+    def __init__(self, tk: TritonKernel, subgraph: Graph, backend: str, xp):
+        self.tk, self.xp = tk, xp
+        self.launcher = kernel_launcher(tk, backend)
+        self.in_dtypes = [np.dtype(v.dtype.np) for v in subgraph.inputs]
+        self.out_specs = [(tuple(v.shape), np.dtype(v.dtype.np)) for v in subgraph.outputs]
+        self.outputs: list = [None] * len(self.out_specs)
+
+    def run(self, inputs: list) -> list:
+        """Launch on `inputs` (converted to contiguous arrays of the kernel's dtypes where they
+        are not); returns the output arrays."""
+        xp = self.xp
+        args = [a if type(a) is xp.ndarray and a.dtype == d and a.flags.c_contiguous
+                else xp.ascontiguousarray(xp.asarray(a), dtype=d)
+                for a, d in zip(inputs, self.in_dtypes)]
+        outputs = self.outputs
+        for k, (shape, d) in enumerate(self.out_specs):
+            if getrefcount(outputs[k]) != 2:    # handed out and still held: a new array
+                outputs[k] = xp.empty(shape, d)
+        self.launcher(args, outputs)
+        return list(outputs)
+
+    def release(self) -> None:
+        """Forget the kept output arrays (the next run allocates them again)."""
+        self.outputs = [None] * len(self.out_specs)
 
 
 def render(subgraph: Graph, **options) -> TritonKernel:
@@ -264,8 +414,86 @@ def compile_for_gpu(kernel: TritonKernel | Kernel, arch: int, cache: KernelCache
     return ptx
 
 
+@dataclass(frozen=True)
+class GpuBuild:
+    """One kernel built ahead of time for an NVIDIA GPU: its PTX and cubin (the binary the
+    driver loads), and whether they came from the disk cache."""
+
+    kernel: str
+    arch: int
+    ptx: str
+    cubin: bytes
+    cached: bool
+
+
+def _aligned_attrs(tk: TritonKernel) -> dict:
+    """Triton's attributes for pointers on 16-byte boundaries (what CuPy's allocations give and
+    what the runtime specializes on), so the build ahead of time is the kernel that runs."""
+    pointers = [i for i, name in enumerate(tk.signature) if tk.signature[name] != "constexpr"]
+    return {(i,): [["tt.divisibility", 16]] for i in pointers}
+
+
+def build_one_for_gpu(tk: TritonKernel, arch: int, cache: KernelCache | None = None
+                      ) -> GpuBuild:
+    """PTX and cubin of one kernel for compute capability `arch`, from the disk cache when an
+    intact entry is there (keyed by source, target, launch options and Triton version)."""
+    cache = cache or KernelCache()
+    key = hashlib.sha256(json.dumps(
+        [tk.source, f"cuda:{arch}", tk.num_warps, tk.signature, tk.constexprs, "aligned",
+         triton_version()], sort_keys=True).encode()).hexdigest()[:32]
+    ptx, cubin = cache.get("aot_ptx", key), cache.get("aot_cubin", key)
+    if ptx is not None and cubin is not None:
+        return GpuBuild(tk.name, arch, ptx.decode(), cubin, True)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    fn = load_kernel(tk, interpret=False)
+    src = triton.compiler.ASTSource(fn=fn, signature=dict(tk.signature),
+                                    constexprs=dict(tk.constexprs), attrs=_aligned_attrs(tk))
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": tk.num_warps, "enable_fp_fusion": True})
+    ptx, cubin = compiled.asm["ptx"], bytes(compiled.asm["cubin"])
+    cache.put("aot_ptx", key, ptx.encode())
+    cache.put("aot_cubin", key, cubin)
+    return GpuBuild(tk.name, arch, ptx, cubin, False)
+
+
+def build_for_gpu(kernels: list, arch: int = 90, workers: int | None = None,
+                  cache: KernelCache | None = None) -> list[GpuBuild]:
+    """Build a program's Triton kernels for an NVIDIA GPU ahead of time, in parallel; needs no
+    GPU. Threads, not processes: Triton's front end holds the GIL, but its LLVM passes and
+    ptxas (a subprocess) do not, and kernels already in the disk cache cost a read."""
+    tks = list(dict.fromkeys(kernels))          # a kernel used twice is built once
+    if not tks:
+        return []
+    workers = workers or min(len(tks), os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(workers, thread_name_prefix="kiln-triton-build") as pool:
+        return list(pool.map(lambda tk: build_one_for_gpu(tk, arch, cache), tks))
+
+
+def prebuild(kernels: list) -> None:
+    """Start building an executor's kernels for this process's GPU in the background, in
+    parallel, for 16-byte aligned arguments (CuPy's allocations), so its first call finds them
+    built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs."""
+    for tk, subgraph in kernels:
+        specs = [(tuple(v.shape), np.dtype(v.dtype.np))
+                 for v in list(subgraph.inputs) + list(subgraph.outputs)]
+        num_inputs = len(subgraph.inputs)
+        aligned = (True,) * len(specs)
+        key = (source_hash(tk.source), aligned)
+        with _LOCK:
+            if key in _COMPILED or key in _BUILDING:
+                continue
+            # looked up now, not at import: the fake CUDA of the tests replaces it
+            _BUILDING[key] = _BUILDERS.submit(_build_kernel, tk, aligned, specs, num_inputs)
+
+
+_BUILDERS = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="kiln-prebuild")
+
+
 def clear_memory_cache() -> None:
     """Forget kernels held in memory (the disk cache stays)."""
     with _LOCK:
         _MODULES.clear()
         _PTX.clear()
+        _COMPILED.clear()
+        _BUILDING.clear()
