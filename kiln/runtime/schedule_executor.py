@@ -378,7 +378,7 @@ class ScheduleExecutor:
                 dest = dests.get(outs[0])
                 if dest is None and b is not None:
                     if getrefcount(buffers[b]) != 2:
-                        buffers[b] = xp.empty(sizes[b], np.uint8)
+                        buffers[b] = _new_buffer(b, sizes[b], xp)
                     dest = _typed(buffers[b], shape, d)
                 env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
             elif kind == "view":
@@ -411,10 +411,10 @@ def _typed(buffer, shape: tuple, dtype: np.dtype):
     return buffer[:n].view(dtype).reshape(shape)
 
 
-def _new_buffer(index: int, nbytes: int) -> np.ndarray:
+def _new_buffer(index: int, nbytes: int, xp=np):
     """Memory for kept buffer `index` of a program's memory plan (bytes; each value it holds
-    is a typed view of it)."""
-    return np.empty(nbytes, np.uint8)
+    is a typed view of it), from NumPy or CuPy."""
+    return xp.empty(nbytes, np.uint8)
 
 
 def _free_to_write(a, dtype, env: list, others: tuple) -> bool:
