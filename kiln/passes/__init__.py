@@ -3,7 +3,10 @@
 `decompose` (primitives kept for eager speed, such as batch norm's, rewritten into fusible ones
 before fusing), `cleanup` (dce, cse, fold_constants, simplify, optimize), `partition` (min-cut forward/backward
 split of a joint graph), `layout` (a matmul read only transposed produces the transpose; fusion
-applies it first), `fusion` (a Schedule of fused kernels and extern calls) and `memory` (a
+applies it first),
+`matmul_sums` (a sum of thin matmuls, as a weight used at every step of a loop gets for its
+gradient, becomes one matmul of concatenated operands),
+`fusion` (a Schedule of fused kernels and extern calls) and `memory` (a
 liveness-based buffer plan, and which write-backs may overwrite their source);
 `pipeline.run_passes` runs decomposition, cleanup, fusion and planning in one call. Each pass is a named function
 from plain data to plain data.

@@ -14,6 +14,7 @@ from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat, optimize
 from kiln.passes.decompose import decompose
 from kiln.passes.fusion import Schedule, fuse
+from kiln.passes.matmul_sums import merge_matmul_sums
 from kiln.passes.memory import MemoryPlan, plan_memory
 from kiln.passes.partition import PartitionReport, partition
 
@@ -87,13 +88,17 @@ def _optimize_and_fuse(graph: Graph, fused: bool) -> CompiledPart:
 
 
 def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
-    """Cleanup to a fixed point; before fusing, eager-only primitives are decomposed first."""
-    if not fused:
-        return optimize(graph)
-    before = len(graph.nodes)
-    graph = decompose(graph)
-    optimized, stats = optimize(graph)
-    return optimized, [PassStat("decompose", before, len(graph.nodes))] + stats
+    """Cleanup to a fixed point, then sums of thin matmuls merged into one; before fusing,
+    eager-only primitives are decomposed first."""
+    stats = []
+    if fused:
+        before = len(graph.nodes)
+        graph = decompose(graph)
+        stats.append(PassStat("decompose", before, len(graph.nodes)))
+    optimized, cleanup = optimize(graph)
+    merged = merge_matmul_sums(optimized)
+    return merged, stats + cleanup + [PassStat("merge_matmul_sums", len(optimized.nodes),
+                                               len(merged.nodes))]
 
 
 __all__ = ["CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_passes",
