@@ -17,6 +17,7 @@ from kiln.passes.fusion import Schedule, fuse
 from kiln.passes.matmul_sums import merge_matmul_sums
 from kiln.passes.memory import MemoryPlan, plan_memory
 from kiln.passes.partition import PartitionReport, partition
+from kiln.passes.slice_sinking import sink_slices
 
 
 @dataclass
@@ -89,13 +90,20 @@ def _optimize_and_fuse(graph: Graph, fused: bool) -> CompiledPart:
 
 def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
     """Cleanup to a fixed point, then sums of thin matmuls merged into one; before fusing,
-    eager-only primitives are decomposed first."""
+    eager-only primitives are decomposed first, and slices of elementwise results sunk into
+    the elementwise ops (then cleaned up again)."""
     stats = []
     if fused:
         before = len(graph.nodes)
         graph = decompose(graph)
         stats.append(PassStat("decompose", before, len(graph.nodes)))
     optimized, cleanup = optimize(graph)
+    if fused:
+        sunk = sink_slices(optimized)
+        stats += cleanup + [PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes))]
+        cleanup = []
+        if sunk is not optimized:
+            optimized, cleanup = optimize(sunk)
     merged = merge_matmul_sums(optimized)
     return merged, stats + cleanup + [PassStat("merge_matmul_sums", len(optimized.nodes),
                                                len(merged.nodes))]
