@@ -329,11 +329,22 @@ class _Fuser:
         self.quotient.contract(keep, gone)
         return keep
 
+    def _rows_stay_in_order(self, a: _Group, b: _Group) -> bool:
+        """A kernel with a reduction computes row by row: a permute of a value computed in the
+        same kernel would read it at other rows than the current one (which codegen cannot
+        lower), so such a permute starts a kernel of its own (a copy reading the buffer)."""
+        if a.red_key is None and b.red_key is None:
+            return True
+        for n in a.nodes + b.nodes:
+            if n.op == "permute" and self.group_of.get(n.inputs[0]) in (a, b):
+                return False
+        return True
+
     def try_merge(self, a: _Group, b: _Group) -> _Group | None:
         if a is b:
             return a
         if not _compatible(a, b) or not self._gathers_read_buffers(a, b) or \
-                self._creates_cycle(a, b):
+                not self._rows_stay_in_order(a, b) or self._creates_cycle(a, b):
             return None
         return self._merge(a, b)
 
