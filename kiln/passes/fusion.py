@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from kiln.ir.graph import Deferred, Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
-from kiln.passes.layout import transpose_matmul_outputs
+from kiln.passes.layout import transpose_matmul_outputs, transpose_thin_products
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
 # fusible kinds that still run as a library call: a scan, and a multi-input concatenation
@@ -408,15 +408,15 @@ class _Fuser:
 def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedule:
     """Group `graph`'s nodes into fused kernels and extern calls, in execution order.
 
-    Matmuls read only through a transpose first produce the transposed result directly
-    (`kiln.passes.layout`), so the kernels reading them walk memory in order; the schedule's
-    graph is that rewritten graph (same inputs, outputs and write-backs).
+    Matmuls read only through a transpose first produce the transposed result directly, and
+    thin products of a transposed matrix are computed transposed (`kiln.passes.layout`); the
+    schedule's graph is that rewritten graph (same inputs, outputs and write-backs).
 
     Args:
         horizontal: also merge independent kernels over one iteration space.
         gathers: let `take` fuse as a gather load (see the module docstring).
     """
-    graph = transpose_matmul_outputs(graph)
+    graph = transpose_thin_products(transpose_matmul_outputs(graph))
     fuser = _Fuser(graph, gathers)
     order = fuser.run(horizontal)
     consumers = _outside_readers(graph)
