@@ -10,7 +10,7 @@ call nothing (it reads them with a transpose flag), and a transpose of a transpo
 One exception goes the other way: a product with few rows, `h @ w.T` (an RNN's recurrent step,
 a small batch through a linear layer), runs markedly slower in OpenBLAS with its right
 operand transposed than as `(w @ h.T).T` (measured 61 vs 38 us for 20x128 @ 128x512, 43 vs 22
-for 16x128 @ 128x384); `transpose_thin_products` computes those transposed, the kernels that
+for 16x128 @ 128x384); `transpose_thin_products` computes those (of some size) transposed, the kernels that
 read them index the transposed buffer, and `transpose_matmul_outputs` leaves them so.
 
 The product is the same up to rounding: BLAS sums each dot product in its own blocked order,
@@ -24,12 +24,14 @@ from kiln.passes.cleanup import copy_graph, dce
 
 
 # A product (m x k) @ (k x n) whose right operand is a transposed matrix is "thin" when m is at
-# most this and n at least twice m: BLAS then computes its transpose faster.
+# most THIN_ROWS and n at least twice m: BLAS then computes its transpose faster. Below
+# THIN_MIN_WORK multiply-adds the difference is a microsecond, less than the extra view costs.
 THIN_ROWS = 32
+THIN_MIN_WORK = 1 << 19
 
 
-def _thin(m: int, n: int) -> bool:
-    return m <= THIN_ROWS and n >= 2 * m
+def _thin(m: int, k: int, n: int) -> bool:
+    return m <= THIN_ROWS and n >= 2 * m and m * k * n >= THIN_MIN_WORK
 
 
 def _is_last_two_swap(perm: tuple) -> bool:
@@ -56,7 +58,7 @@ def transpose_matmul_outputs(graph: Graph) -> Graph:
             continue
         readers = users.get(mm.out, [])
         a, b = mm.inputs
-        if len(a.shape) == 2 and _thin(b.shape[1], a.shape[0]) and \
+        if len(a.shape) == 2 and _thin(b.shape[1], b.shape[0], a.shape[0]) and \
                 _transpose_source(producers, a) is None:
             continue            # b.T @ a.T would be a thin product of a transposed matrix
         if all(r.op == "permute" and r.attrs == n.attrs for r in readers):
@@ -101,7 +103,8 @@ def transpose_thin_products(graph: Graph) -> Graph:
         if n.op != "matmul" or len(n.out.shape) != 2:
             continue
         h, wt = n.inputs
-        if _transpose_source(producers, wt) is not None and _thin(h.shape[0], wt.shape[1]):
+        if _transpose_source(producers, wt) is not None and \
+                _thin(h.shape[0], h.shape[1], wt.shape[1]):
             thin.append(n)
     if not thin:
         return graph
