@@ -7,6 +7,7 @@ applies it first),
 `matmul_sums` (a sum of thin matmuls, as a weight used at every step of a loop gets for its
 gradient, becomes one matmul of concatenated operands),
 `slice_sinking` (an elementwise result read only in disjoint slices is computed per slice),
+`pad_sums` (a sum of zero-padded pieces side by side is their concatenation),
 `fusion` (a Schedule of fused kernels and extern calls) and `memory` (a
 liveness-based buffer plan, and which write-backs may overwrite their source);
 `pipeline.run_passes` runs decomposition, cleanup, fusion and planning in one call. Each pass is a named function

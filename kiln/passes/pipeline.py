@@ -15,6 +15,7 @@ from kiln.passes.cleanup import PassStat, optimize
 from kiln.passes.decompose import decompose
 from kiln.passes.fusion import Schedule, fuse
 from kiln.passes.matmul_sums import merge_matmul_sums
+from kiln.passes.pad_sums import concatenate_padded_sums
 from kiln.passes.memory import MemoryPlan, plan_memory
 from kiln.passes.partition import PartitionReport, partition
 from kiln.passes.slice_sinking import sink_slices
@@ -89,9 +90,9 @@ def _optimize_and_fuse(graph: Graph, fused: bool) -> CompiledPart:
 
 
 def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
-    """Cleanup to a fixed point, then sums of thin matmuls merged into one; before fusing,
-    eager-only primitives are decomposed first, and slices of elementwise results sunk into
-    the elementwise ops (then cleaned up again)."""
+    """Cleanup to a fixed point, then sums of padded pieces concatenated and sums of thin
+    matmuls merged into one; before fusing, eager-only primitives are decomposed first, and
+    slices of elementwise results sunk into the elementwise ops (then cleaned up again)."""
     stats = []
     if fused:
         before = len(graph.nodes)
@@ -104,9 +105,11 @@ def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
         cleanup = []
         if sunk is not optimized:
             optimized, cleanup = optimize(sunk)
-    merged = merge_matmul_sums(optimized)
-    return merged, stats + cleanup + [PassStat("merge_matmul_sums", len(optimized.nodes),
-                                               len(merged.nodes))]
+    catted = concatenate_padded_sums(optimized)
+    merged = merge_matmul_sums(catted)
+    return merged, stats + cleanup + [
+        PassStat("concatenate_padded_sums", len(optimized.nodes), len(catted.nodes)),
+        PassStat("merge_matmul_sums", len(catted.nodes), len(merged.nodes))]
 
 
 __all__ = ["CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_passes",
