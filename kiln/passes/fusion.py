@@ -330,14 +330,21 @@ class _Fuser:
         return keep
 
     def _rows_stay_in_order(self, a: _Group, b: _Group) -> bool:
-        """A kernel with a reduction computes row by row: a permute of a value computed in the
-        same kernel would read it at other rows than the current one (which codegen cannot
-        lower), so such a permute starts a kernel of its own (a copy reading the buffer)."""
+        """A kernel with a reduction computes row by row: a permute of a value computed from a
+        reduction in the same kernel would read that reduction at other rows than the current
+        one (which codegen cannot lower), so such a permute starts a kernel of its own (a copy
+        reading the buffer). Permutes before the reductions are index arithmetic, as ever."""
         if a.red_key is None and b.red_key is None:
             return True
-        for n in a.nodes + b.nodes:
-            if n.op == "permute" and self.group_of.get(n.inputs[0]) in (a, b):
+        nodes = sorted(a.nodes + b.nodes, key=lambda n: self.index[n.out])
+        members = {n.out for n in nodes}
+        reduced: set = set()        # values computed from a reduction of this kernel
+        for n in nodes:
+            if n.op == "permute" and n.inputs[0] in reduced:
                 return False
+            if n.prim.kind == REDUCE or any(v in reduced for v in n.value_inputs
+                                            if v in members):
+                reduced.add(n.out)
         return True
 
     def try_merge(self, a: _Group, b: _Group) -> _Group | None:

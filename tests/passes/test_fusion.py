@@ -129,6 +129,10 @@ def test_a_permute_after_a_row_reduction_gets_its_own_kernel():
     for k in s.kernels:
         lower(k.subgraph)           # raises LoweringError for a permute inside the row kernel
     check_schedule(s, [x.numpy(), w.numpy(), b.numpy()], rtol=1e-5, atol=1e-6)
+    # a permute before the reduction is index arithmetic in the same kernel, as before
+    s = _schedule(lambda x: F.softmax(x.transpose(0, 1).exp(), -1), x)
+    assert len(s.kernels) == 1
+    lower(s.kernels[0].subgraph)
 
 
 @pytest.mark.parametrize("via", ["cross_entropy", "nll_take", "one_hot"])
