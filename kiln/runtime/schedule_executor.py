@@ -201,6 +201,7 @@ class ScheduleExecutor:
         self._ready = self._build is None
         # the arrays C kernels wrote last time, reused once nothing else holds them
         self._spares = [None] * layout.num_spares
+        self._spare_pointers = [0] * layout.num_spares     # each C spare's data pointer
         self.choices: list = []     # KernelChoice per C kernel, once the trials are over
         self._trials = None         # _KernelTrials while they run
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
@@ -350,8 +351,11 @@ class ScheduleExecutor:
                 self._start_trials()
             trials = self._trials
         xp = self.xp
-        spares = self._spares
+        spares, spare_pointers = self._spares, self._spare_pointers
         env = [None] * self.num_slots
+        # the data pointer of each slot a C kernel wrote in this call (a contiguous array of
+        # the kernel's output dtype): a later kernel reading it needs no conversion or lookup
+        pointer_of = [0] * self.num_slots
         for s, a in zip(self.input_slots, inputs):
             env[s] = a
         for s, a in self.constants:
@@ -369,8 +373,14 @@ class ScheduleExecutor:
                     trials.before_c(i, env, ins)
                 in_dtypes, out_specs = extra
                 # `args` keeps converted copies alive until the kernel has read them
-                args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
-                pointers = [data_pointer(a) for a in args]
+                args, pointers = [], []
+                for s, d in zip(ins, in_dtypes):
+                    a, p = env[s], pointer_of[s]
+                    if not p or a.dtype != d:
+                        a = np.ascontiguousarray(a, d)
+                        p = data_pointer(a)
+                    args.append(a)
+                    pointers.append(p)
                 for k, shape, d, s, over in out_specs:
                     dest = dests.get(s)
                     if dest is None and over is not None:
@@ -381,14 +391,17 @@ class ScheduleExecutor:
                             dest = None
                     if dest is not None:    # the caller's array: nothing to copy afterwards
                         env[s] = dest
-                        pointers.append(data_pointer(dest))
+                        pointer_of[s] = data_pointer(dest)
+                        pointers.append(pointer_of[s])
                         continue
                     # the last call's array, when only this list still refers to it: the
                     # caller dropped it, and fresh memory would cost a page fault per 4 KiB
                     if getrefcount(spares[k]) != 2:
                         spares[k] = np.empty(shape, d)
+                        spare_pointers[k] = data_pointer(spares[k])
                     env[s] = spares[k]
-                    pointers.append(data_pointer(spares[k]))
+                    pointer_of[s] = spare_pointers[k]
+                    pointers.append(pointer_of[s])
                 runner(*pointers)
                 if trials is not None:
                     trials.after_c(i)
