@@ -91,34 +91,47 @@ def merge_matmul_sums(graph: Graph) -> Graph:
         return graph
 
     g = copy_graph(graph, [])
+    cats: dict = {}             # frozenset of a row-wise cat's inputs -> that cat node
     for node in graph.nodes:
         if node in rewrites:
             matmuls, others = rewrites[node]
-            _emit_merged(g, node, matmuls, others, producers)
+            _emit_merged(g, node, matmuls, others, producers, cats)
         else:
             g.nodes.append(node)
+            if node.op == "cat" and node.attr_dict["axis"] == 0 and \
+                    len(set(node.inputs)) == len(node.inputs):
+                cats[frozenset(node.inputs)] = node
     return dce(g)       # the per-term matmuls, their transposes and the old adds are dead
 
 
-def _emit_merged(g: Graph, root: Node, matmuls: list, others: list, producers: dict) -> None:
+def _emit_merged(g: Graph, root: Node, matmuls: list, others: list, producers: dict,
+                 cats: dict) -> None:
     """Append to `g` the nodes computing `root.out` as one matmul of concatenations plus
-    `others`."""
+    `others`; `cats`: row-wise concatenations computed before, by their set of inputs."""
     loc = root.loc
     dtype = root.out.dtype
     m, n = root.out.shape
-    lhs = [mm.inputs[0] for mm in matmuls]
-    rhs = [mm.inputs[1] for mm in matmuls]
-    k = sum(a.shape[1] for a in lhs)
 
     def transposed_source(v: Value) -> Value | None:
         p = producers.get(v)
         if p is not None and p.op == "permute" and tuple(p.attr_dict["perm"]) == (1, 0):
             return p.inputs[0]
         return None
-    sources = [transposed_source(a) for a in lhs]
+    sources = [transposed_source(mm.inputs[0]) for mm in matmuls]
+    known = cats.get(frozenset(sources)) if len(set(sources)) == len(sources) else None
+    if known is not None:
+        # the same blocks are concatenated already (an RNN's per-step gradients, for its
+        # input weights): take the terms in that order and read that concatenation
+        order = {v: i for i, v in enumerate(known.inputs)}
+        matmuls = sorted(matmuls, key=lambda mm: order[transposed_source(mm.inputs[0])])
+        sources = list(known.inputs)
+    lhs = [mm.inputs[0] for mm in matmuls]
+    rhs = [mm.inputs[1] for mm in matmuls]
+    k = sum(a.shape[1] for a in lhs)
     if all(s is not None for s in sources):
         # cat(g_i.T, axis=1) == cat(g_i, axis=0).T: contiguous blocks, and a free transpose
-        stacked = g.add_node("cat", tuple(sources), {"axis": 0}, (k, m), dtype, loc)
+        stacked = known.out if known is not None else \
+            g.add_node("cat", tuple(sources), {"axis": 0}, (k, m), dtype, loc)
         a = g.add_node("permute", (stacked,), {"perm": (1, 0)}, (m, k), dtype, loc)
     else:
         a = g.add_node("cat", tuple(lhs), {"axis": 1}, (m, k), dtype, loc)

@@ -109,6 +109,10 @@ def test_compiled_lstm_training_step_matches_eager():
         # layer 1's weights and layer 0's recurrent one get their gradients from one product
         # each (not 7 per weight)
         assert len([n for n in _matmuls(graph) if n.out.shape == (64, 16)]) == 3
+        # the per-step gradients are concatenated once, for the input projection's gradient
+        # (kiln.passes.pad_sums), and the recurrent weight's product reads that
+        cats = [frozenset(n.inputs) for n in graph.nodes if n.op == "cat"]
+        assert len(cats) == len(set(cats))
     for p, q in zip(rnn.parameters(), eager_rnn.parameters()):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5,
                                    atol=1e-5)
