@@ -35,7 +35,7 @@ from kiln.ir.graph import Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, PRIMITIVES, REDUCE
 from kiln.ir.schedule import STRIDED_VIEWS, ExternStep, FusedKernel, Schedule
-from kiln.passes.layout import transpose_matmul_outputs
+from kiln.passes.layout import transpose_matmul_outputs, transpose_thin_products
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
 # fusible kinds that still run as a library call (Primitive.extern: a scan, a concatenation)
@@ -236,11 +236,29 @@ class _Fuser:
         self.quotient.contract(keep, gone)
         return keep
 
+    def _rows_stay_in_order(self, a: _Group, b: _Group) -> bool:
+        """A kernel with a reduction computes row by row: a permute of a value computed from a
+        reduction in the same kernel would read that reduction at other rows than the current
+        one (which codegen cannot lower), so such a permute starts a kernel of its own (a copy
+        reading the buffer). Permutes before the reductions are index arithmetic, as ever."""
+        if a.red_key is None and b.red_key is None:
+            return True
+        nodes = sorted(a.nodes + b.nodes, key=lambda n: self.index[n.out])
+        members = {n.out for n in nodes}
+        reduced: set = set()        # values computed from a reduction of this kernel
+        for n in nodes:
+            if n.op == "permute" and n.inputs[0] in reduced:
+                return False
+            if n.prim.kind == REDUCE or any(v in reduced for v in n.value_inputs
+                                            if v in members):
+                reduced.add(n.out)
+        return True
+
     def try_merge(self, a: _Group, b: _Group) -> _Group | None:
         if a is b:
             return a
         if not _compatible(a, b) or not self._gathers_read_buffers(a, b) or \
-                self._creates_cycle(a, b):
+                not self._rows_stay_in_order(a, b) or self._creates_cycle(a, b):
             return None
         return self._merge(a, b)
 
@@ -304,15 +322,15 @@ class _Fuser:
 def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedule:
     """Group `graph`'s nodes into fused kernels and extern calls, in execution order.
 
-    Matmuls read only through a transpose first produce the transposed result directly
-    (`kiln.passes.layout`), so the kernels reading them walk memory in order; the schedule's
-    graph is that rewritten graph (same inputs, outputs and write-backs).
+    Matmuls read only through a transpose first produce the transposed result directly, and
+    thin products of a transposed matrix are computed transposed (`kiln.passes.layout`); the
+    schedule's graph is that rewritten graph (same inputs, outputs and write-backs).
 
     Args:
         horizontal: also merge independent kernels over one iteration space.
         gathers: let `take` fuse as a gather load (see the module docstring).
     """
-    graph = transpose_matmul_outputs(graph)
+    graph = transpose_thin_products(transpose_matmul_outputs(graph))
     fuser = _Fuser(graph, gathers)
     order = fuser.run(horizontal)
     consumers = _outside_readers(graph)

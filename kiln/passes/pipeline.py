@@ -15,8 +15,11 @@ from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat, optimize
 from kiln.passes.decompose import decompose
 from kiln.passes.fusion import Schedule, fuse, split_gathers
+from kiln.passes.matmul_sums import merge_matmul_sums
 from kiln.passes.memory import MemoryPlan, in_place_updates, inputs_read, plan_buffers, plan_memory
+from kiln.passes.pad_sums import concatenate_padded_sums
 from kiln.passes.partition import PartitionReport, partition
+from kiln.passes.slice_sinking import sink_slices
 
 
 @dataclass
@@ -57,7 +60,8 @@ def run_passes(graph: Graph) -> PassReport:
 # --passes` prints them). "partition" runs only on a joint forward+backward trace, then the rest
 # once per program; "lower" is `kiln.codegen.lower.lower_schedule`, handed in by the compiler
 # (passes import no codegen).
-STEPS = ("partition", "decompose", "cleanup", "fuse", "split gathers", "lower", "plan memory")
+STEPS = ("partition", "decompose", "cleanup", "sink slices", "concatenate padded sums",
+         "merge matmul sums", "fuse", "split gathers", "lower", "plan memory")
 
 
 @dataclass
@@ -126,18 +130,39 @@ def compile_part(graph: Graph, fused: bool = True, lower=None,
     snapshots = list(snapshots or [])
     if not fused:
         optimized, stats = optimize(graph)
-        return CompiledPart(optimized, stats, snapshots=snapshots + [("cleanup", optimized)])
+        snapshots.append(("cleanup", optimized))
+        optimized = _sums(optimized, stats, snapshots)
+        return CompiledPart(optimized, stats, snapshots=snapshots)
     decomposed = decompose(graph)
     snapshots.append(("decompose", decomposed))
     optimized, stats = optimize(decomposed)
     snapshots.append(("cleanup", optimized))
     stats = [PassStat("decompose", len(graph.nodes), len(decomposed.nodes))] + stats
+    sunk = sink_slices(optimized)
+    stats.append(PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes)))
+    if sunk is not optimized:           # the per-slice ops leave work for cleanup
+        sunk, more = optimize(sunk)
+        stats += more
+    snapshots.append(("sink slices", sunk))
+    optimized = _sums(sunk, stats, snapshots)
     schedule = fuse(optimized)
     snapshots.append(("fuse", schedule))
     part = CompiledPart(optimized, stats, schedule, snapshots=snapshots)
     if lower is not None:
         lower_part(part, lower)
     return part
+
+
+def _sums(graph: Graph, stats: list, snapshots: list) -> Graph:
+    """The steps that merge sums: padded pieces side by side into a concatenation, thin
+    matmuls (a weight's gradient over a loop's steps) into one matmul."""
+    catted = concatenate_padded_sums(graph)
+    snapshots.append(("concatenate padded sums", catted))
+    merged = merge_matmul_sums(catted)
+    snapshots.append(("merge matmul sums", merged))
+    stats += [PassStat("concatenate_padded_sums", len(graph.nodes), len(catted.nodes)),
+              PassStat("merge_matmul_sums", len(catted.nodes), len(merged.nodes))]
+    return merged
 
 
 def lower_part(part: CompiledPart, lower) -> CompiledPart:
@@ -155,13 +180,26 @@ def lower_part(part: CompiledPart, lower) -> CompiledPart:
 
 
 def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
-    """Cleanup to a fixed point; before fusing, eager-only primitives are decomposed first."""
-    if not fused:
-        return optimize(graph)
-    before = len(graph.nodes)
-    graph = decompose(graph)
-    optimized, stats = optimize(graph)
-    return optimized, [PassStat("decompose", before, len(graph.nodes))] + stats
+    """Cleanup to a fixed point, then sums of padded pieces concatenated and sums of thin
+    matmuls merged into one; before fusing, eager-only primitives are decomposed first, and
+    slices of elementwise results sunk into the elementwise ops (then cleaned up again)."""
+    stats = []
+    if fused:
+        before = len(graph.nodes)
+        graph = decompose(graph)
+        stats.append(PassStat("decompose", before, len(graph.nodes)))
+    optimized, cleanup = optimize(graph)
+    if fused:
+        sunk = sink_slices(optimized)
+        stats += cleanup + [PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes))]
+        cleanup = []
+        if sunk is not optimized:
+            optimized, cleanup = optimize(sunk)
+    catted = concatenate_padded_sums(optimized)
+    merged = merge_matmul_sums(catted)
+    return merged, stats + cleanup + [
+        PassStat("concatenate_padded_sums", len(optimized.nodes), len(catted.nodes)),
+        PassStat("merge_matmul_sums", len(catted.nodes), len(merged.nodes))]
 
 
 __all__ = ["STEPS", "CompiledPart", "CompiledProgram", "PassReport", "PassStat", "compile_part",

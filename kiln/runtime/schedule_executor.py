@@ -328,6 +328,9 @@ class ScheduleExecutor:
         xp = self.xp
         buffers, sizes = self._buffers, self.program.buffer_bytes
         env = [None] * self.num_slots
+        # the data pointer of each slot a C kernel wrote in this call (a contiguous array of
+        # the kernel's output dtype): a later kernel reading it needs no conversion or lookup
+        pointer_of = [0] * self.num_slots
         for s, a in zip(self.input_slots, inputs):
             env[s] = a
         for s, a in self.constants:
@@ -345,8 +348,14 @@ class ScheduleExecutor:
                     trials.before_c(i, env, ins)
                 in_dtypes, out_specs = extra
                 # `args` keeps converted copies alive until the kernel has read them
-                args = [np.ascontiguousarray(env[s], d) for s, d in zip(ins, in_dtypes)]
-                pointers = [data_pointer(a) for a in args]
+                args, pointers = [], []
+                for s, d in zip(ins, in_dtypes):
+                    a, p = env[s], pointer_of[s]
+                    if not p or a.dtype != d:
+                        a = np.ascontiguousarray(a, d)
+                        p = data_pointer(a)
+                    args.append(a)
+                    pointers.append(p)
                 for b, shape, d, s, over in out_specs:
                     dest = dests.get(s)
                     if dest is None and over is not None:
@@ -357,7 +366,8 @@ class ScheduleExecutor:
                             dest = None
                     if dest is not None:    # the caller's array: nothing to copy afterwards
                         env[s] = dest
-                        pointers.append(data_pointer(dest))
+                        pointer_of[s] = data_pointer(dest)
+                        pointers.append(pointer_of[s])
                         continue
                     if b is None:
                         out = np.empty(shape, d)
@@ -369,7 +379,8 @@ class ScheduleExecutor:
                             buffers[b] = _new_buffer(b, sizes[b])
                         out = np.ndarray(shape, d, buffers[b])
                     env[s] = out
-                    pointers.append(data_pointer(out))
+                    pointer_of[s] = data_pointer(out)
+                    pointers.append(pointer_of[s])
                 runner(*pointers)
                 if trials is not None:
                     trials.after_c(i)

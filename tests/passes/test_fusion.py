@@ -115,6 +115,26 @@ def test_layer_norm_is_one_kernel():
     assert len(s.steps) == 1
 
 
+def test_a_permute_after_a_row_reduction_gets_its_own_kernel():
+    # a transformer layer's layer norm, then the (batch, seq) -> (seq, batch) transpose of
+    # nn.MultiheadAttention: the permute reads the normalized rows out of order, which the
+    # row-wise kernel cannot; as one kernel the group failed to lower and ran on NumPy
+    from kiln.codegen.kernel import lower
+    x, w, b = kiln.randn(4, 6, 16), kiln.randn(16), kiln.randn(16)
+    s = _schedule(lambda x, w, b: F.layer_norm(x, (16,), w, b).transpose(0, 1).exp(), x, w, b)
+    assert len(s.kernels) == 2
+    norm, copy = s.kernels
+    assert any(n.op == "sum" for n in norm.nodes) and not any(n.op == "permute" for n in norm.nodes)
+    assert [n.op for n in copy.nodes] == ["permute", "exp"]
+    for k in s.kernels:
+        lower(k.subgraph)           # raises LoweringError for a permute inside the row kernel
+    check_schedule(s, [x.numpy(), w.numpy(), b.numpy()], rtol=1e-5, atol=1e-6)
+    # a permute before the reduction is index arithmetic in the same kernel, as before
+    s = _schedule(lambda x: F.softmax(x.transpose(0, 1).exp(), -1), x)
+    assert len(s.kernels) == 1
+    lower(s.kernels[0].subgraph)
+
+
 @pytest.mark.parametrize("via", ["cross_entropy", "nll_take", "one_hot"])
 def test_cross_entropy_is_at_most_two_kernels(via):
     x, y = kiln.randn(8, 16), kiln.tensor([1, 2, 3, 4, 5, 6, 7, 0])

@@ -9,7 +9,7 @@ import kiln.nn as nn
 import kiln.nn.functional as F
 from kiln.passes.cleanup import optimize
 from kiln.passes.fusion import fuse
-from kiln.passes.layout import transpose_matmul_outputs
+from kiln.passes.layout import transpose_matmul_outputs, transpose_thin_products
 from tests.passes.helpers import CASES, assert_same_results, traced
 
 
@@ -61,7 +61,26 @@ def test_corpus_keeps_its_results():
     for name in sorted(CASES):
         graph, inputs = traced(name)
         optimized, _ = optimize(graph)
-        after = transpose_matmul_outputs(optimized)
+        after = transpose_thin_products(transpose_matmul_outputs(optimized))
         after.verify()
         assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
-        assert fuse(optimized).graph.structure() == after.structure()     # fuse applies it
+        assert fuse(optimized).graph.structure() == after.structure()     # fuse applies them
+
+
+def test_a_thin_product_of_a_transposed_matrix_is_computed_transposed():
+    # an RNN's recurrent step h @ w_hh.T, 20 rows: as (w_hh @ h.T).T, which OpenBLAS runs faster
+    w = kiln.randn(512, 128)
+    graph, inputs = _traced(lambda h: kiln.tanh(h @ w.T), kiln.randn(20, 128))
+    after = transpose_thin_products(graph)
+    after.verify()
+    (mm,) = [n for n in after.nodes if n.op == "matmul"]
+    assert mm.inputs[0] is graph.inputs[1] and mm.out.shape == (512, 20)     # w @ h.T
+    assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-6)
+    # the other rewrite leaves it so, and fuse applies both
+    assert transpose_matmul_outputs(after) is after
+    (mm,) = [n for n in fuse(graph).graph.nodes if n.op == "matmul"]
+    assert mm.out.shape == (512, 20)
+    # many rows, few columns, or little work: left as it is
+    for rows, v in ((64, w), (20, kiln.randn(30, 128)), (4, kiln.randn(120, 400))):
+        graph, _ = _traced(lambda h: h @ v.T, kiln.randn(rows, v.shape[1]))
+        assert transpose_thin_products(graph) is graph
