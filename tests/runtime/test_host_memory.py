@@ -42,9 +42,10 @@ def test_freed_memory_is_reused_without_page_faults():
         pytest.skip("not glibc")
     off, returned = _faults({"KILN_KEEP_FREED_MEMORY": "0"})
     assert off == "False"
-    # 10 rounds of 72 MB: thousands of faults when the memory goes back to the system each
-    # round, next to none when it is kept
-    assert returned > 2000 and kept < 200, (returned, kept)
+    # 10 rounds of 72 MB: a fault per page touched again when the memory goes back to the
+    # system each round (at least 36 a round even in 2 MiB transparent huge pages, 18,432 in
+    # 4 KiB pages: which one a machine gives varies), next to none when it is kept
+    assert returned >= 10 * 36 and kept * 5 < returned, (returned, kept)
 
 
 def test_the_users_malloc_settings_win(monkeypatch):
