@@ -221,6 +221,49 @@ def test_column_reduction_offsets_split_per_row_and_per_step():
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
 
+def _pool_relu_mask(y):
+    """conv output (N*H*W, C) channels-last -> bias-free ReLU -> 2x2 max-pool over windows
+    leading, plus the ReLU's backward mask in the NCHW layout (max_pool2d's fused forward)."""
+    a = (y.reshape(2, 4, 6, 5).permute(0, 3, 1, 2) + 0.5).relu()
+    w = a.reshape(2, 5, 2, 2, 3, 2).permute(3, 5, 0, 1, 2, 4).reshape(4, 2, 5, 2, 3)
+    return w.amax(0), a <= 0
+
+
+def _bias_grad_and_gemm_layout(g, m):
+    """ReLU backward, the bias gradient (a sum per channel) and the gradient handed to the conv
+    GEMM channels-last, (N*H*W, C): an element output that is a view of the domain's values."""
+    r = kiln.where(m, 0.0, g)
+    return r.sum((0, 2, 3)), r.permute(0, 2, 3, 1).reshape(48, 5)
+
+
+@pytest.mark.parametrize("fn, shapes", [
+    (_pool_relu_mask, [(48, 5)]),
+    (_bias_grad_and_gemm_layout, [(2, 5, 4, 6), (2, 5, 4, 6)]),
+], ids=["pool_relu_mask", "bias_grad_gemm_layout"])
+def test_element_outputs_of_another_layout_store_without_division(fn, shapes):
+    """An element output whose shape is not the reduction's domain but a reshape/permute of it
+    is stored where the domain's element lands, computed at the coordinates the reduction
+    reads, not at the domain's linear position re-split into the other layout's digits (a
+    division and remainder per digit per element), and the values are right."""
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(shapes[0]).astype(np.float32)] + [
+        rng.random(s) < 0.5 for s in shapes[1:]]
+    graph = _graph(fn, arrays)
+    ck = cgen.render_c(lower(graph))
+    if fn is _pool_relu_mask:
+        inner = ck.source.split("#pragma omp simd", 1)[1]
+        offsets = [ln.split("_ptr[", 1)[1] for ln in inner.splitlines() if "_ptr[" in ln]
+        assert offsets and not any("/" in o or "%" in o for o in offsets), offsets
+    else:           # every pass reads g where the sum does: no re-split offsets
+        reads = {ln.split("g_ptr[", 1)[1] for ln in ck.source.splitlines() if "g_ptr[" in ln}
+        assert len(reads) == 1, reads
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, arrays)
+    got = _run(ck, lib, graph, arrays)
+    for g, w in zip(got, want):
+        _check(g, w, 1e-6, 1e-6)
+
+
 @pytest.mark.parametrize("fn, arrays, match", [
     (lambda x: kiln.round(x, decimals=2), [np.ones(3, np.float32)], "decimals"),
     (lambda a, b: a ** b, [np.ones(3, np.int64), np.ones(3, np.int64)], "tensor exponent"),
