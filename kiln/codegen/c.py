@@ -40,6 +40,9 @@ PARALLEL_MIN_NEAR_BLAS = 1 << 24
 PARALLEL_ROWS = 8
 # a reduction over leading dims accumulates this many rows side by side (see column_reduction)
 COLUMN_BLOCK = 256
+# fewer rows than COLUMN_BLOCK are still split into blocks of a multiple of this many rows, so
+# that threads share them (64 channels: two blocks of 32)
+COLUMN_SPLIT = 32
 # rows up to this long keep expensive values for later passes in a scratch array on the stack
 SCRATCH_LIMIT = 16384
 
@@ -515,7 +518,7 @@ class _Renderer:
 
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
-        if self.k.reduced_leading and self.k.numel > 1:
+        if self.k.numel > 1 and (self.k.reduced_leading or self._stores_across_rows()):
             return self.column_reduction()
         rows, n = self.k.numel, self.k.reduced_numel
         passes, row_stores = row_passes(self.k)
@@ -540,6 +543,23 @@ class _Renderer:
         out += _indent(body) + ["}"]
         return out
 
+    def _stores_across_rows(self) -> bool:
+        """Whether an element output lies with neighbouring rows next to each other (a sum per
+        channel of an NCHW gradient that is also written channels-last for the conv's GEMM):
+        walking one row at a time would then write one element per cache line, over and over
+        the whole output, so the kernel walks the rows side by side instead."""
+        row_names = {v.name for v in self.k.index_vars if v.scope == ROW} | {"row"}
+        for st in self.k.body:
+            if not (isinstance(st, Store) and st.scope == ELEM):
+                continue
+            terms: dict = {}
+            _linear_terms(st.offset, 1, terms)
+            row = [abs(c) for t, c in terms.items() if variables(t) <= row_names]
+            elem = [abs(c) for t, c in terms.items() if not variables(t) & row_names]
+            if row and elem and min(row) < min(elem):
+                return True
+        return False
+
     def column_reduction(self) -> list:
         """A reduction over the leading dims (a bias gradient's sum over the batch).
 
@@ -556,13 +576,18 @@ class _Renderer:
         reductions = [s for s in body if isinstance(s, Reduce)]
         sweeps = [(p.reductions, list(p.stores)) for p in passes if p.reductions or p.stores]
         # a later sweep must not read what an output written over an input has overwritten
-        if len(sweeps) > 1 and sweeps[-1][0] == [] and not self.stored_over and not any(
+        if len(sweeps) > 1 and sweeps[-1][0] == [] and not any(
+                st.buffer in self.stored_over for st in sweeps[-1][1]) and not any(
                 isinstance(by_dest.get(d), Reduce)
                 for d in closure(by_dest, [st.src for st in sweeps[-1][1]])):
             sweeps[0][1].extend(sweeps.pop()[1])      # element outputs needing no reduction
+        big = rows * n * self.work >= self.parallel_min
         block = min(rows, COLUMN_BLOCK)
+        if big and 2 * COLUMN_SPLIT <= rows <= COLUMN_BLOCK:
+            # few rows (a bias gradient per channel): two blocks of them, shared among threads
+            block = -(-rows // 2 // COLUMN_SPLIT) * COLUMN_SPLIT
         blocked = block < rows
-        parallel = blocked and rows * n * self.work >= self.parallel_min
+        parallel = blocked and big
         lo, hi, at = ("c0", "c1", "row - c0") if blocked else ("0", str(rows), "row")
         row_vars = [f"const int64_t {v.name} = {_expr(v.expr())};"
                     for v in self.k.index_vars if v.scope == ROW]

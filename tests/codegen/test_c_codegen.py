@@ -140,6 +140,11 @@ BIG = [
     ("long_row_write", lambda x: x - x.mean(-1, keepdim=True), [(2, 300_000)]),
     ("column_sums", lambda x: x.sum(0), [(2000, 300)]),
     ("column_softmax", lambda x: kiln.softmax(x, 0), [(300, 700)]),
+    # a conv bias's gradient per channel, the gradient also written channels-last: 64 rows
+    # walked side by side in two blocks of 32, one per thread
+    ("channel_sums_channels_last", lambda g: (g.relu().sum((0, 2, 3)),
+                                              g.relu().permute(0, 2, 3, 1).reshape(-1, 64)),
+     [(8, 64, 24, 24)]),
 ]
 
 
@@ -257,6 +262,9 @@ def test_element_outputs_of_another_layout_store_without_division(fn, shapes):
     else:           # every pass reads g where the sum does: no re-split offsets
         reads = {ln.split("g_ptr[", 1)[1] for ln in ck.source.splitlines() if "g_ptr[" in ln}
         assert len(reads) == 1, reads
+        # channels-last stores: the rows (channels) are walked side by side, so each step
+        # writes neighbouring elements, not one element per row pass
+        assert "float acc_" in ck.source and "out1_ptr[row + rindex * 5]" in ck.source
     lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
     want, _ = interpret(graph, arrays)
     got = _run(ck, lib, graph, arrays)
