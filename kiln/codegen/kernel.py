@@ -513,7 +513,8 @@ class _Lowering:
         return (self.domain, kept, keep)
 
     def _output_place(self, v: Value) -> tuple:
-        """The coordinates an output is computed at and the offset it is stored to."""
+        """The coordinates an output is computed at and the offset it is stored to; or, for an
+        output stored as the view of another value it is, that value first."""
         if not self.reduced:
             if v.shape == self.domain:
                 return self.coords, self._offset(v.shape, self.coords)
@@ -542,13 +543,13 @@ class _Lowering:
         return coords, self._offset(v.shape, coords)
 
     def _aligned_place(self, v: Value) -> tuple | None:
-        """The value to compute, its coordinates and the offset of an element output of another shape than the domain,
-        stored where the domain's element lands rather than at the same linear position, when
-        reshapes and permutes (bijections) relate the two: each of its elements is still
-        written once, and it is computed at the coordinates the reduction already reads, with
-        no division to map one layout onto the other (max-pool's relu mask, stored in the
-        conv output's layout while the kernel walks the pooling windows). None if unrelated.
-        """
+        """(value to compute, its coordinates, offset) for an element output whose shape is
+        not the domain's: stored where the domain's element lands rather than at the same
+        linear position, when reshapes and permutes (bijections) relate the two. Each of its
+        elements is still written once, and it is computed at the coordinates the reduction
+        already reads, with no division to map one layout onto the other (max-pool's ReLU
+        mask, stored in the conv output's layout while the kernel walks the pooling windows;
+        the conv gradient written channels-last for its GEMM). None if unrelated."""
         # v is a view of a value of the domain's shape (a conv output's gradient handed to its
         # GEMM channels-last): that value at the kernel's coordinates, stored at v's place
         chain, w = [], v
