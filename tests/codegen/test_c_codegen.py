@@ -201,6 +201,31 @@ def test_pointwise_loop_nest_reads_channels_last_without_division():
         np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
+def test_strided_loads_are_staged_when_a_byte_mask_is_also_written():
+    """A conv's bias + ReLU reading the channels-last GEMM output in NCHW order, also writing
+    the ReLU's mask for the backward: the strided load is first copied, one inner loop's worth,
+    into a local array (GCC vectorizes no loop mixing it with byte stores), and the values are
+    those of the interpreter, at sizes that take the multi-threaded path too."""
+    rng = np.random.default_rng(7)
+    for n, c, h, w in ((2, 3, 5, 7), (16, 32, 26, 26)):
+        arrays = [rng.standard_normal((n * h * w, c)).astype(np.float32),
+                  rng.standard_normal(c).astype(np.float32)]
+
+        def bias_relu(y, b, n=n, c=c, h=h, w=w):
+            r = (y.reshape(n, h, w, c).permute(0, 3, 1, 2) + b.reshape(1, c, 1, 1)).relu()
+            return r, r <= 0
+        graph = _graph(bias_relu, arrays)
+        ck = cgen.render_c(lower(graph))
+        assert "stage_" in ck.source
+        staged = [ln for ln in ck.source.splitlines() if "= stage_" in ln]
+        assert staged and all("[g2]" in ln for ln in staged), staged
+        assert n == 2 or "#pragma omp parallel for collapse(2)" in ck.source
+        lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+        want, _ = interpret(graph, arrays)
+        for g, wnt in zip(_run(ck, lib, graph, arrays), want):
+            _check(g, wnt, 1e-6, 1e-6)
+
+
 def test_column_reduction_offsets_split_per_row_and_per_step():
     """Max-pooling a channels-last GEMM output (windows leading): each load's offset is a part
     per row, computed once per block of rows, plus a part per reduction step, so the inner loop
