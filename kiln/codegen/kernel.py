@@ -434,7 +434,10 @@ class _Lowering:
             while self.reduced and v.shape not in self._row_shapes() and \
                     getattr(self.producer.get(v), "op", None) == "reshape":
                 v = self.producer[v].inputs[0]
-            coords, offset = self._output_place(v)
+            place = self._output_place(v)
+            if len(place) == 3:         # stored as the view of another value it is
+                v, place = place[0], place[1:]
+            coords, offset = place
             src, scope, _ = self.emit(v, coords)
             # the store's lanes are the offset's: a constant stored across a block still
             # needs the block's mask
@@ -480,6 +483,7 @@ class _Lowering:
                     f"{list(n.inputs[0].shape)}")
         shape = src.shape
         self.domain, self.axes = tuple(shape), axes
+        self.reduce_sources = list(dict.fromkeys(n.inputs[0] for n in reductions))
         kept_axes = [a for a in range(len(shape)) if a not in axes]
         self.kept = tuple(shape[a] for a in kept_axes)
         self.reduced = tuple(shape[a] for a in axes)
@@ -509,7 +513,8 @@ class _Lowering:
         return (self.domain, kept, keep)
 
     def _output_place(self, v: Value) -> tuple:
-        """The coordinates an output is computed at and the offset it is stored to."""
+        """The coordinates an output is computed at and the offset it is stored to; or, for an
+        output stored as the view of another value it is, that value first."""
         if not self.reduced:
             if v.shape == self.domain:
                 return self.coords, self._offset(v.shape, self.coords)
@@ -526,6 +531,9 @@ class _Lowering:
         elif v.shape == kept_shape:
             coords = self.kept_coords
         elif math.prod(v.shape) == math.prod(self.domain):
+            aligned = self._aligned_place(v)
+            if aligned is not None:
+                return aligned
             # an element output of another shape: the domain's element at the same position
             linear = linearize(self.coords, self.domain)
             return unravel(linear, v.shape), linear
@@ -533,6 +541,41 @@ class _Lowering:
             raise LoweringError(f"output of shape {list(v.shape)} fits neither the rows nor "
                                 f"the elements of the reduction over {list(self.domain)}")
         return coords, self._offset(v.shape, coords)
+
+    def _aligned_place(self, v: Value) -> tuple | None:
+        """(value to compute, its coordinates, offset) for an element output whose shape is
+        not the domain's: stored where the domain's element lands rather than at the same
+        linear position, when reshapes and permutes (bijections) relate the two. Each of its
+        elements is still written once, and it is computed at the coordinates the reduction
+        already reads, with no division to map one layout onto the other (max-pool's ReLU
+        mask, stored in the conv output's layout while the kernel walks the pooling windows;
+        the conv gradient written channels-last for its GEMM). None if unrelated."""
+        # v is a view of a value of the domain's shape (a conv output's gradient handed to its
+        # GEMM channels-last): that value at the kernel's coordinates, stored at v's place
+        chain, w = [], v
+        while w.shape != self.domain:
+            n = self.producer.get(w)
+            if n is None or n.op not in ("reshape", "permute"):
+                break
+            chain.append(n)
+            w = n.inputs[0]
+        if w.shape == self.domain and chain:
+            coords = self.coords
+            for n in reversed(chain):
+                coords = _unmove(n, coords)
+            return w, self.coords, merge_digits(linearize(coords, v.shape), self.index_vars)
+        # the reductions' source is a view of a value of v's shape: compute v at the
+        # coordinates of that value that the reduction reads
+        for src in self.reduce_sources:
+            w, coords = src, self.coords
+            while w.shape != v.shape:
+                n = self.producer.get(w)
+                if n is None or n.op not in ("reshape", "permute"):
+                    break
+                coords, w = _move(n, coords), n.inputs[0]
+            if w.shape == v.shape and w is not src:
+                return v, coords, merge_digits(linearize(coords, v.shape), self.index_vars)
+        return None
 
     def _offset(self, shape: tuple, coords: tuple) -> Expr:
         """Offset of `coords` into a contiguous buffer of `shape`, with fast paths."""
@@ -725,6 +768,14 @@ def _move(n: Node, coords: tuple) -> tuple:
         return tuple(_flip(c, d) if i in axes else c for i, (c, d) in enumerate(zip(coords,
                                                                                   src)))
     raise LoweringError(f"{n.op} is not supported by the kernel generator yet")
+
+
+def _unmove(n: Node, coords: tuple) -> tuple:
+    """Coordinates into a reshape's or permute's output of its input's element at `coords`
+    (the inverse of `_move` for these bijections)."""
+    if n.op == "reshape":
+        return _reshape_coords(coords, n.inputs[0].shape, n.out.shape)
+    return tuple(coords[p] for p in n.attr_dict["perm"])
 
 
 def _flip(c: Expr, d: int) -> Expr:

@@ -13,7 +13,8 @@ a `CModule` starts the compiler, its first use waits for it.
 Kernels run on `kiln.set_num_threads(n)` threads when that was called, otherwise as OpenMP
 decides (`OMP_NUM_THREADS`, else one per core). Idle OpenMP threads spin only briefly
 (`GOMP_SPINCOUNT`, unless the user set it or `OMP_WAIT_POLICY`), so they leave the cores to the
-BLAS threads of the matmuls between kernels.
+BLAS threads of the matmuls between kernels. In a forked child (a DataLoader worker) kernels run
+on one thread: GNU OpenMP cannot start a team there once the parent has started its threads.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def _load(path: Path) -> ctypes.CDLL:
     if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT     # read when libgomp first loads
     lib = ctypes.CDLL(str(path))
-    if _threads is not None:
+    if _threads is not None or _forked:
         _apply_threads(lib)
     return lib
 
@@ -314,6 +315,21 @@ def set_num_threads(n: int) -> None:
         _apply_threads(lib)
 
 
+_forked = False               # this process is a fork of one that may have started OpenMP
+
+
+def _after_fork_in_child() -> None:
+    # GNU OpenMP cannot start a team in a process forked after its threads started (the child
+    # waits forever for threads it does not have): a forked child (a DataLoader worker calling
+    # a compiled model) runs every kernel on one thread, which needs no team
+    global _forked
+    _forked = True
+    with _LOCK:
+        libs = list(_LIBS.values())
+    for lib in libs[:1]:
+        _apply_threads(lib)
+
+
 def threads_setting() -> int | None:
     """The thread count `kiln.set_num_threads` asked for, or None (OpenMP's default)."""
     return _threads
@@ -321,9 +337,13 @@ def threads_setting() -> int | None:
 
 def _apply_threads(lib: ctypes.CDLL) -> None:
     try:
-        lib.omp_set_num_threads(ctypes.c_int(_threads))
+        lib.omp_set_num_threads(ctypes.c_int(1 if _forked else _threads))
     except AttributeError:
         pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def clear_memory_cache() -> None:

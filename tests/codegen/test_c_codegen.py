@@ -140,6 +140,11 @@ BIG = [
     ("long_row_write", lambda x: x - x.mean(-1, keepdim=True), [(2, 300_000)]),
     ("column_sums", lambda x: x.sum(0), [(2000, 300)]),
     ("column_softmax", lambda x: kiln.softmax(x, 0), [(300, 700)]),
+    # a conv bias's gradient per channel, the gradient also written channels-last: 64 rows
+    # walked side by side in two blocks of 32, one per thread
+    ("channel_sums_channels_last", lambda g: (g.relu().sum((0, 2, 3)),
+                                              g.relu().permute(0, 2, 3, 1).reshape(-1, 64)),
+     [(8, 64, 24, 24)]),
 ]
 
 
@@ -196,6 +201,31 @@ def test_pointwise_loop_nest_reads_channels_last_without_division():
         np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
+def test_strided_loads_are_staged_when_a_byte_mask_is_also_written():
+    """A conv's bias + ReLU reading the channels-last GEMM output in NCHW order, also writing
+    the ReLU's mask for the backward: the strided load is first copied, one inner loop's worth,
+    into a local array (GCC vectorizes no loop mixing it with byte stores), and the values are
+    those of the interpreter, at sizes that take the multi-threaded path too."""
+    rng = np.random.default_rng(7)
+    for n, c, h, w in ((2, 3, 5, 7), (16, 32, 26, 26)):
+        arrays = [rng.standard_normal((n * h * w, c)).astype(np.float32),
+                  rng.standard_normal(c).astype(np.float32)]
+
+        def bias_relu(y, b, n=n, c=c, h=h, w=w):
+            r = (y.reshape(n, h, w, c).permute(0, 3, 1, 2) + b.reshape(1, c, 1, 1)).relu()
+            return r, r <= 0
+        graph = _graph(bias_relu, arrays)
+        ck = cgen.render_c(lower(graph))
+        assert "stage_" in ck.source
+        staged = [ln for ln in ck.source.splitlines() if "= stage_" in ln]
+        assert staged and all("[g2]" in ln for ln in staged), staged
+        assert n == 2 or "#pragma omp parallel for collapse(2)" in ck.source
+        lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+        want, _ = interpret(graph, arrays)
+        for g, wnt in zip(_run(ck, lib, graph, arrays), want):
+            _check(g, wnt, 1e-6, 1e-6)
+
+
 def test_column_reduction_offsets_split_per_row_and_per_step():
     """Max-pooling a channels-last GEMM output (windows leading): each load's offset is a part
     per row, computed once per block of rows, plus a part per reduction step, so the inner loop
@@ -219,6 +249,52 @@ def test_column_reduction_offsets_split_per_row_and_per_step():
     want, _ = interpret(graph, arrays)
     for g, w in zip(_run(ck, lib, graph, arrays), want):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def _pool_relu_mask(y):
+    """conv output (N*H*W, C) channels-last -> bias-free ReLU -> 2x2 max-pool over windows
+    leading, plus the ReLU's backward mask in the NCHW layout (max_pool2d's fused forward)."""
+    a = (y.reshape(2, 4, 6, 5).permute(0, 3, 1, 2) + 0.5).relu()
+    w = a.reshape(2, 5, 2, 2, 3, 2).permute(3, 5, 0, 1, 2, 4).reshape(4, 2, 5, 2, 3)
+    return w.amax(0), a <= 0
+
+
+def _bias_grad_and_gemm_layout(g, m):
+    """ReLU backward, the bias gradient (a sum per channel) and the gradient handed to the conv
+    GEMM channels-last, (N*H*W, C): an element output that is a view of the domain's values."""
+    r = kiln.where(m, 0.0, g)
+    return r.sum((0, 2, 3)), r.permute(0, 2, 3, 1).reshape(48, 5)
+
+
+@pytest.mark.parametrize("fn, shapes", [
+    (_pool_relu_mask, [(48, 5)]),
+    (_bias_grad_and_gemm_layout, [(2, 5, 4, 6), (2, 5, 4, 6)]),
+], ids=["pool_relu_mask", "bias_grad_gemm_layout"])
+def test_element_outputs_of_another_layout_store_without_division(fn, shapes):
+    """An element output whose shape is not the reduction's domain but a reshape/permute of it
+    is stored where the domain's element lands, computed at the coordinates the reduction
+    reads, not at the domain's linear position re-split into the other layout's digits (a
+    division and remainder per digit per element), and the values are right."""
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(shapes[0]).astype(np.float32)] + [
+        rng.random(s) < 0.5 for s in shapes[1:]]
+    graph = _graph(fn, arrays)
+    ck = cgen.render_c(lower(graph))
+    if fn is _pool_relu_mask:
+        inner = ck.source.split("#pragma omp simd", 1)[1]
+        offsets = [ln.split("_ptr[", 1)[1] for ln in inner.splitlines() if "_ptr[" in ln]
+        assert offsets and not any("/" in o or "%" in o for o in offsets), offsets
+    else:           # every pass reads g where the sum does: no re-split offsets
+        reads = {ln.split("g_ptr[", 1)[1] for ln in ck.source.splitlines() if "g_ptr[" in ln}
+        assert len(reads) == 1, reads
+        # channels-last stores: the rows (channels) are walked side by side, so each step
+        # writes neighbouring elements, not one element per row pass
+        assert "float acc_" in ck.source and "out1_ptr[row + rindex * 5]" in ck.source
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, arrays)
+    got = _run(ck, lib, graph, arrays)
+    for g, w in zip(got, want):
+        _check(g, w, 1e-6, 1e-6)
 
 
 @pytest.mark.parametrize("fn, arrays, match", [

@@ -319,3 +319,33 @@ def test_an_unusable_cache_directory_does_not_turn_c_off_for_later_ones(tmp_path
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "usable"))
     assert c_build.compiler_problem() is None
     assert compiler.kernel_target("auto", kiln.ones(1).device) == "c"
+FORK_SCRIPT = """
+import os
+import numpy as np
+import kiln
+kiln.set_num_threads(2)                     # the parent runs kernels on a team of 2
+x = kiln.from_numpy(np.random.default_rng(0).normal(size=(1000, 600)).astype(np.float32))
+# 600k elements of tanh: past the size a generated loop is shared among threads
+f = kiln.compile(lambda x: (x * 0.5).tanh() + 1.0, backend="c")
+for _ in range(3):
+    want = f(x).numpy().copy()
+assert f.programs(), "the function did not compile"
+pid = os.fork()
+if pid == 0:
+    import signal
+    signal.alarm(30)                        # a hung child must not outlive the test
+    got = f(x).numpy()
+    os._exit(0 if np.allclose(got, want, rtol=1e-6) else 3)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@needs_cc
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_runs_compiled_kernels_without_hanging():
+    """GNU OpenMP cannot start a team in a child forked after the parent's threads started (a
+    DataLoader worker calling a compiled model): the child runs the kernels on one thread."""
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                         timeout=90, check=True, cwd=ROOT,
+                         env={**os.environ, "KILN_KERNEL_CHOICE": "c"})
+    assert out.stdout.split() == ["0"], out.stderr
