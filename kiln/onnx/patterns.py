@@ -1,16 +1,16 @@
 """Composites recovered from primitives for ONNX: Conv, Gemm, BatchNormalization, MaxPool,
 Softmax, LogSoftmax and LayerNormalization.
 
-The tracer records no composite provenance (a node knows its user line, not that `conv2d`
-made it), so a composite is recognized by the exact primitive chain kiln's implementation
-traces, read backwards from its last node (kiln/nn/functional.py: `conv2d`, `linear`,
-`batch_norm` in eval mode, `max_pool2d`, `softmax`, `log_softmax`, `layer_norm`). Max pooling's
-windows are a chain of reshapes and permutes whose meaning the shapes alone do not pin down:
-that chain is run on a numbered test image and compared with the windows of each candidate
-kernel and stride. A match emits one ONNX op for that node; the primitives inside the
-chain are still converted, and the exporter drops the ONNX nodes no output needs, so a chain
-value used elsewhere stays correct. Anything that does not match exactly goes through the
-primitive table.
+A node's provenance scope may name the composite that made it (`conv2d`), but not the
+arguments it was called with (stride, padding, which input is the weight), so a composite is
+recognized by the exact primitive chain kiln's implementation traces, read backwards from its
+last node (kiln/nn/functional.py: `conv2d`, `linear`, `batch_norm` in eval mode, `max_pool2d`,
+`softmax`, `log_softmax`, `layer_norm`). Max pooling's windows are a chain of reshapes and
+permutes whose meaning the shapes alone do not pin down: that chain is run on a numbered test
+image and compared with the windows of each candidate kernel and stride. A match emits one ONNX
+op for that node; the primitives inside the chain are still converted, and the exporter drops
+the ONNX nodes no output needs, so a chain value used elsewhere stays correct. Anything that
+does not match exactly goes through the primitive table.
 """
 
 from __future__ import annotations
