@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Value
+from kiln.ir.ops import PRIMITIVES
 
 
 def find_composites(graph: Graph) -> dict:
@@ -268,7 +269,6 @@ def _pool_emitter(windows, producer, out_shape):
     if (n, c, oh, ow) != tuple(out_shape) or x.shape[:2] != (n, c):
         return None
     import numpy as np
-    from kiln.ir.ops import PRIMITIVES
     image = np.arange(math.prod(x.shape), dtype=np.int64).reshape(x.shape)
     env = {x: image}
     for p in sorted(chain, key=lambda node: node.out.id):
