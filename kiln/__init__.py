@@ -7,6 +7,7 @@ re-exports; each name is defined in the layer that owns it (see DESIGN.md).
 from kiln.ir.dtypes import (bool_ as bool, uint8, int32, int64, float16, float32,  # noqa: F401
                             float64, DType as dtype, get_default_dtype, set_default_dtype)
 from kiln.runtime.device import Device as device  # noqa: F401
+from kiln.ir.dtypes import promote as _promote
 from kiln.tracer.tensor import Tensor, Size  # noqa: F401
 from kiln.tracer import methods as _methods  # noqa: F401  (binds ops onto Tensor)
 from kiln.tracer.autograd import (no_grad, enable_grad, set_grad_enabled,  # noqa: F401
@@ -68,8 +69,7 @@ def is_floating_point(input: Tensor) -> bool:
 
 
 def promote_types(type1, type2):
-    from kiln.ir.dtypes import promote
-    return promote(type1, type2)
+    return _promote(type1, type2)
 from kiln import export  # noqa: F401,E402  (`kiln.export.export`, as torch.export)
 from kiln import onnx  # noqa: F401,E402  (`torch.onnx.export`; imports the onnx package lazily)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import warnings
 
+from kiln.runtime.device import cuda_is_available as _cuda_is_available
+
 _AUTOCAST = {"enabled": False, "dtype": {"cpu": "bfloat16", "cuda": "float16"}}
 
 
@@ -71,8 +73,7 @@ class GradScaler:
     def __init__(self, device: str = "cuda", init_scale: float = 2.0 ** 16,
                  growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000, enabled: bool = True):
-        from kiln.runtime.device import cuda_is_available
-        if enabled and device == "cuda" and not cuda_is_available():
+        if enabled and device == "cuda" and not _cuda_is_available():
             warnings.warn("kiln.amp.GradScaler is enabled, but CUDA is not available. "
                           "Disabling.", stacklevel=2)
             enabled = False

@@ -8,6 +8,10 @@ import runpy
 import sys
 from pathlib import Path
 
+import kiln.onnx
+from kiln.export import load
+from kiln.export.c_library import build_c_library
+
 
 def _demo() -> int:
     """Train the digits CNN (examples/digits_cnn.py): about 10 s on 2 cores, >= 97% held out."""
@@ -82,7 +86,6 @@ def _dump_script(script: str, script_args: list, out: str, formats: tuple,
 
 def _export(target: str, program: str, out: str, sizes: list) -> int:
     """Turn a saved exported program into a C library (OUT a folder) or an ONNX file."""
-    from kiln.export import load
     parsed = {}
     for item in sizes:
         key, _, value = item.partition("=")
@@ -98,7 +101,6 @@ def _export(target: str, program: str, out: str, sizes: list) -> int:
         print(f"kiln export: {e}", file=sys.stderr)
         return 1
     if target == "c":
-        from kiln.export.c_library import build_c_library
         lib = build_c_library(ep, out, sizes=parsed or None)
         for path in (lib.source, lib.header, lib.weights, lib.library):
             print(f"kiln export: wrote {path}")
@@ -109,7 +111,6 @@ def _export(target: str, program: str, out: str, sizes: list) -> int:
         print("kiln export: --size applies to the C target; ONNX keeps the dynamic sizes",
               file=sys.stderr)
         return 2
-    import kiln.onnx
     kiln.onnx.export(ep, (), out)
     print(f"kiln export: wrote {out}")
     return 0

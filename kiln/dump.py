@@ -15,6 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from kiln.compiler import cuda_graph_notes, kernel_choices
+from kiln.compiler.artifact import compile_artifact
+
 FORMATS = ("text", "dot", "svg", "html")
 
 
@@ -46,7 +49,6 @@ def program_sections(program, artifact=None, eager: bool = False) -> list[tuple[
     if eager:
         return sections + [("not compiled", "this graph runs eagerly: no kernels are built "
                             "or launched for it (the guards section says why)")]
-    from kiln.compiler.artifact import compile_artifact
     try:
         c, triton = compile_artifact(program, "c"), compile_artifact(program, "triton")
     except Exception as e:          # report it: the dump is how one debugs the passes
@@ -94,12 +96,10 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
         lines += [f"  guard: {g.describe()}" for g in entry.guards]
     notes = [("guards", "\n".join(lines))] if lines else []
-    from kiln.compiler import kernel_choices
     choices = kernel_choices(compiled)     # known once the trial replays ran (`kiln dump`)
     if choices:
         notes.append(("kernels: generated C or NumPy, as the trial replays measured",
                       "\n".join(choices)))
-    from kiln.compiler import cuda_graph_notes
     graphs = cuda_graph_notes(compiled)     # on a GPU: replayed as a CUDA graph, or why not
     if graphs:
         notes.append(("cuda graphs", "\n".join(graphs)))
@@ -114,7 +114,6 @@ def pipeline_sections(program, compiled=None) -> list[tuple[str, str]]:
     if artifact is None:
         if compiled is not None:
             return [("pipeline", "this graph runs eagerly: no pipeline step ran for it")]
-        from kiln.compiler.artifact import compile_artifact
         artifact = compile_artifact(program, "c")
     sections = artifact.pipeline_sections()
     return sections or [("pipeline", "the steps ran in another process (their results were "

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
+from kiln.tracer.creation import arange as _arange
 
 
 def fftfreq(n, d=1.0, *, dtype=None, device=None, requires_grad=False):
     """Sample frequencies of an n-point FFT: [0, 1, ..., n//2 - 1 (or (n-1)//2), -n//2, ...,
     -1] / (d n)."""
-    from kiln.tracer.creation import arange
     kind = dtype or dt.get_default_dtype()
-    i = arange(n, dtype=dt.int64, device=device)
+    i = _arange(n, dtype=dt.int64, device=device)
     k = F.where(F.lt(i, (n + 1) // 2), i, i - n)
     out = k.to(kind) * (1.0 / (n * d))         # in the result's dtype, as torch computes it
     return out.requires_grad_(True) if requires_grad else out
@@ -24,9 +24,8 @@ def fftfreq(n, d=1.0, *, dtype=None, device=None, requires_grad=False):
 
 def rfftfreq(n, d=1.0, *, dtype=None, device=None, requires_grad=False):
     """Sample frequencies of rfft: [0, 1, ..., n//2] / (d n)."""
-    from kiln.tracer.creation import arange
     kind = dtype or dt.get_default_dtype()
-    out = arange(n // 2 + 1, dtype=kind, device=device) * (1.0 / (n * d))
+    out = _arange(n // 2 + 1, dtype=kind, device=device) * (1.0 / (n * d))
     return out.requires_grad_(True) if requires_grad else out
 
 

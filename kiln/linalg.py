@@ -16,8 +16,10 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.ir.ops_extra import _pivots_to_permutation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
+from kiln.tracer.creation import eye as _eye, tensor as _tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import Tensor
 
@@ -183,21 +185,18 @@ def lu_factor_ex(A, *, pivot=True, check_errors=False):
 def _unpack_factors(LU):
     m, n = LU.shape[-2], LU.shape[-1]
     k = min(m, n)
-    from kiln.tracer.creation import eye
-    L = F.tril(F.narrow(LU, -1, 0, k), -1) + eye(m, k, dtype=LU.dtype, device=LU.device)
+    L = F.tril(F.narrow(LU, -1, 0, k), -1) + _eye(m, k, dtype=LU.dtype, device=LU.device)
     U = F.triu(F.narrow(LU, -2, 0, k))
     return L, U
 
 
 def _permutation_from_pivots(pivots, m, like):
     """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
-    from kiln.ir.ops_extra import _pivots_to_permutation
     piv = np.asarray(pivots._read("lu_unpack()")).astype(np.int64) - 1
     flat = piv.reshape(-1, piv.shape[-1]) if piv.ndim else piv.reshape(1, -1)
     mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
         np.zeros((0, m, m))
-    from kiln.tracer.creation import tensor
-    return tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
+    return _tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
                   device=like.device)
 
 
@@ -248,7 +247,6 @@ def solve_ex(A, B, *, left=True, check_errors=False):
 def solve_triangular(A, B, *, upper, left=True, unitriangular=False):
     T = F.triu(A) if upper else F.tril(A)
     if unitriangular:
-        from kiln.tracer.creation import eye as _eye
         eye = _eye(A.shape[-1], dtype=A.dtype, device=A.device)
         T = T * (1 - eye) + eye
     return solve(T, B, left=left)
@@ -311,8 +309,7 @@ def tensorsolve(A, B, dims=None):
 def matrix_power(A, n):
     _check_square(A, "matrix_power")
     if n == 0:
-        from kiln.tracer.creation import eye
-        return F.expand(eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+        return F.expand(_eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
     if n < 0:
         A, n = inv(A), -n
     result, base = None, A
@@ -333,8 +330,7 @@ def matrix_exp(A):
     norm = float(F.amax(F.sum(F.abs(A.detach()), -2))) if A.numel() else 0.0
     s = max(0, int(math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0)
     X = A / (2 ** s)
-    from kiln.tracer.creation import eye
-    term = F.expand(eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+    term = F.expand(_eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
     total = term
     for k in range(1, 19):
         term = F.matmul(term, X) / k

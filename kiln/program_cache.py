@@ -42,6 +42,8 @@ from kiln.passes.cleanup import PassStat
 from kiln.passes.fusion import ExternStep, FusedKernel, Schedule
 from kiln.passes.partition import PartitionReport
 from kiln.passes.pipeline import CompiledPart, CompiledProgram
+from kiln.runtime.c_build import cache_root
+from kiln.runtime.triton_launch import KernelCache
 
 FORMAT = 6          # bump when the layout of an entry changes
 # False: every compile runs the pipeline (`kiln dump --passes`, which prints each step's result)
@@ -111,8 +113,6 @@ def program_key(graph: Graph, joint, target: str) -> str:
 # ----------------------------------------------------------------------------- disk
 
 def _store() -> "KernelCache":
-    from kiln.runtime.c_build import cache_root
-    from kiln.runtime.triton_launch import KernelCache
     return KernelCache(cache_root())
 
 

@@ -38,6 +38,9 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ir.dtypes import from_name
+from kiln.runtime.device import Device, cuda_is_available
+from kiln.tracer.tensor import Size
 
 __all__ = ["save", "load", "CheckpointError", "WeightsOnlyUnpicklingError", "add_safe_globals",
            "get_safe_globals", "clear_safe_globals", "safe_globals"]
@@ -127,9 +130,6 @@ def _global_name(entry) -> tuple[str, Any]:
 
 def _kiln_safe_globals() -> dict[str, Any]:
     """The globals a kiln pickle may need that are safe with any arguments."""
-    from kiln.ir.dtypes import from_name
-    from kiln.runtime.device import Device
-    from kiln.tracer.tensor import Size
     return {"collections.OrderedDict": OrderedDict, "kiln.tracer.tensor.Size": Size,
             # an optimizer's state is a defaultdict(dict)
             "collections.defaultdict": defaultdict, "builtins.dict": dict,
@@ -229,7 +229,7 @@ class _Encoder:
 
     def _tensor(self, t: Tensor, path: list[str]) -> dict:
         node: dict[str, Any] = {"tensor": self.tensor_name(t, path)}
-        from kiln.nn.parameter import Parameter
+        from kiln.nn.parameter import Parameter     # on use: saving tensors loads no kiln.nn
         if type(t) is Parameter:
             node["class"] = "Parameter"
         if t.requires_grad:
@@ -729,7 +729,6 @@ class _Placer:
                 raise _fail(self.name, f"a tensor's device {target!r} is not a device ({e})") \
                     from None
             if device.type != "cpu":
-                from kiln.runtime.device import cuda_is_available
                 if not cuda_is_available():
                     raise _fail(self.name, f"it holds a tensor saved on {saved} that would be "
                                 f"loaded onto {device}, but CUDA is not available; pass "

@@ -8,12 +8,12 @@ from kiln.tracer.custom_function import (Function, FunctionCtx, Variable,  # noq
                                          detect_anomaly, set_detect_anomaly, once_differentiable)
 from kiln.autograd import function, functional  # noqa: F401,E402
 from kiln.autograd import graph  # noqa: F401,E402
+from kiln.tracer.creation import tensor as _tensor
 
 
 def variable(*args, **kwargs):
     """`torch.autograd.variable` is `torch.tensor` (a deprecated spelling)."""
-    from kiln.tracer.creation import tensor
-    return tensor(*args, **kwargs)
+    return _tensor(*args, **kwargs)
 
 
 def gradgradcheck(func, inputs, grad_outputs=None, *, eps: float = 1e-6, atol: float = 1e-5,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import types
 
+from kiln.runtime.device import cuda_is_available as _cuda_is_available
+
 
 def _flags(doc: str, **values) -> types.SimpleNamespace:
     ns = types.SimpleNamespace(**values)
@@ -16,8 +18,7 @@ def _flags(doc: str, **values) -> types.SimpleNamespace:
 
 
 def _cuda_available() -> bool:
-    from kiln.runtime.device import cuda_is_available
-    return cuda_is_available()
+    return _cuda_is_available()
 
 
 cudnn = _flags("cuDNN flags (stored; kiln's GPU path uses Triton and cuBLAS, not cuDNN)",

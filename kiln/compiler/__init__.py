@@ -24,11 +24,14 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared, scalar_input,  # noqa: F401
                                  untraced)
-from kiln.runtime.device import to_device
+from kiln.ir.dtypes import DType
+from kiln.ir.ops import Primitive
+from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
+from kiln.tracer.autograd import Node, record
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
-from kiln.tracer.errors import GraphBreak  # noqa: F401  (kiln.compiler.GraphBreak)
+from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
@@ -866,8 +869,6 @@ def _unreplayable_return(tree) -> str | None:
     """Why a replay could not rebuild this return value, or None: every constant in it must be
     a Python scalar (or a type, slice, dtype or device); another object may be one the call made,
     or may change, and a replay would hand back the traced call's."""
-    from kiln.ir.dtypes import DType
-    from kiln.runtime.device import Device
     bad = []
 
     def walk(t):
@@ -890,7 +891,6 @@ def _unreplayable_return(tree) -> str | None:
 def _mark_consumed(t: Tensor, prim) -> None:
     """Make a replayed output look like eager's after `backward()`: it requires grad, and its
     graph is spent, so another backward raises the same error eager does."""
-    from kiln.tracer.autograd import Node
     node = Node()
     node.prim, node.inputs, node.attrs, node.edges, node.versions = prim, None, {}, (), ()
     node.out_data, node.out_dtype, node.out_device = None, t.dtype, t.device
@@ -911,7 +911,6 @@ _ONE_TENSOR = ("T",)          # flatten's tree for a function returning one tens
 
 
 def _cpu():
-    from kiln.runtime.device import CPU
     return CPU
 
 
@@ -976,9 +975,6 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
     With several differentiable outputs each runs the backward with its own tangent (the
     others zero): correct by linearity, k backward runs for k outputs.
     """
-    from kiln.ir.ops import Primitive
-    from kiln.tracer.autograd import record
-    from kiln.tracer.errors import op_error
     diff = entry.joint.differentiable_outputs
     name = f"compiled_{entry.graph.name.removesuffix('_forward')}"
     # outputs whose memory the backward reads (saved for it): an in-place write to one of them

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.codegen.lower import VIEWS_ONLY
+from kiln.compiler import compile_program
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,6 @@ def compile_artifact(program, target: str) -> CompiledArtifact:
     `kiln.compiler.trace`) for `target` on the CPU, and return its artifact."""
     import numpy as np
 
-    from kiln.compiler import compile_program
     compiled, forward, _ = compile_program(program.graph, None, target, np)
     return build_artifact(program, compiled, {"forward": forward}, target)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from kiln import Tensor
 from kiln.distributed import process_group as pg
+from kiln.distributed.nccl_backend import NCCLBackend
 from kiln.distributed.process_group import ReduceOp
 from kiln.tracer.tensor import STATE
 
@@ -81,7 +82,6 @@ def _start(what: str, tensors: list[Tensor], group, check: tuple | None):
             if not pg.is_nccl_available():
                 raise RuntimeError(f"{what}: cuda tensors go through NCCL, which needs CuPy with "
                                    "NCCL (cupy.cuda.nccl); move the tensors to the CPU for MPI")
-            from kiln.distributed.nccl_backend import NCCLBackend
             world.nccl = NCCLBackend.create(world.comm)
         backend = world.nccl
     else:

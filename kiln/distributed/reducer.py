@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from kiln import Tensor
 from kiln.distributed import process_group as pg
+from kiln.distributed.mpi_backend import MPIBackend
+from kiln.distributed.nccl_backend import NCCLBackend
 from kiln.distributed.process_group import ReduceOp
 from kiln.tracer import autograd
 from kiln.tracer.tensor import STATE
@@ -53,7 +55,6 @@ class Reducer:
         for b, bucket in enumerate(self.buckets):
             for i, p in enumerate(bucket.params):
                 self.where[id(p)] = (b, i)
-        from kiln.distributed.mpi_backend import MPIBackend
         self.mpi = MPIBackend(self.comm)
         self.handles = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
         # True between a DDP forward that will be followed by a synchronizing backward and the
@@ -64,7 +65,6 @@ class Reducer:
     def _backend(self, bucket: _Bucket):
         if bucket.params[0].device.type == "cuda":
             if self.world.nccl is None:
-                from kiln.distributed.nccl_backend import NCCLBackend
                 self.world.nccl = NCCLBackend.create(self.world.comm)
             return self.world.nccl
         return self.mpi

@@ -7,7 +7,7 @@ import math
 
 import kiln
 from kiln.distributions import constraints
-from kiln.distributions.continuous import MultivariateNormal, Uniform
+from kiln.distributions.continuous import Beta as _Beta, MultivariateNormal, Uniform
 from kiln.distributions.discrete import Categorical, OneHotCategorical, _one_of, _probs_to_logits
 from kiln.distributions.distribution import Distribution, _numpy_rng, broadcast_all
 from kiln.distributions.transformed import (AffineTransform, ExpTransform, PowerTransform,
@@ -449,8 +449,7 @@ class LKJCholesky(Distribution):
         marginal = self.concentration + 0.5 * (dim - 2)
         offset = kiln.cat([kiln.zeros(1, dtype=marginal.dtype),
                            kiln.arange(dim - 1, dtype=marginal.dtype)])
-        from kiln.distributions.continuous import Beta
-        self._beta = Beta(offset + 0.5, marginal.unsqueeze(-1) - 0.5 * offset,
+        self._beta = _Beta(offset + 0.5, marginal.unsqueeze(-1) - 0.5 * offset,
                           validate_args=False)
 
     def sample(self, sample_shape=()):

@@ -10,6 +10,7 @@ import numpy as np
 import kiln
 import kiln.nn.functional as F
 from kiln.distributions import constraints
+from kiln.distributions.continuous import Normal as _Normal
 from kiln.distributions.distribution import Distribution
 
 
@@ -502,8 +503,7 @@ class LogisticNormal(TransformedDistribution):
     has_rsample = True
 
     def __init__(self, loc, scale, validate_args=None):
-        from kiln.distributions.continuous import Normal
-        base = Normal(loc, scale, validate_args=validate_args)
+        base = _Normal(loc, scale, validate_args=validate_args)
         if not base.batch_shape:
             base = base.expand((1,))
         super().__init__(Independent(base, 1), StickBreakingTransform(),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.export.program import ExportedProgram, load
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Value
 
@@ -117,7 +118,6 @@ def build_c_library(program, out_dir, sizes: dict | None = None, name: str = "ki
         sizes: values of the program's dynamic sizes ({"batch": 64}); default: as traced.
         blas: use CBLAS for matmuls (default: when the C compiler finds it).
     """
-    from kiln.export.program import ExportedProgram, load
     ep = program if isinstance(program, ExportedProgram) else load(program)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

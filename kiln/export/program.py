@@ -19,11 +19,16 @@ import numpy as np
 
 from kiln.export.symbolic import (Affine, concretize, templates_from_json,
                                   templates_to_json)
+from kiln.compiler import _referenced_objects, _tensor_names, compile_program, kernel_target
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.graph import Graph, IRError
 from kiln.ir.interpreter import interpret
+from kiln.runtime.device import CPU
+from kiln.tracer.autograd import no_grad
+from kiln.tracer.errors import GraphBreak
 from kiln.tracer.tensor import Tensor
+from kiln.tracer.trace import Tracer, flatten, unflatten
 
 FORMAT = "kiln.export"
 VERSION = 1
@@ -126,8 +131,6 @@ class ExportedProgram:
     def _bind(self, args, kwargs) -> tuple:
         """(the graph for these inputs' sizes, arrays for every graph input); checks each
         input's dtype and shape against its spec."""
-        from kiln.runtime.device import CPU
-        from kiln.tracer.trace import flatten
         # NumPy arrays stand for tensors (deployments often hold NumPy data)
         args = tuple(Tensor._make(a, dt.from_numpy(a.dtype), CPU) if isinstance(a, np.ndarray)
                      else a for a in args)
@@ -169,8 +172,6 @@ class ExportedProgram:
                      or self.example_sizes else "")
 
     def _outputs(self, arrays: list):
-        from kiln.runtime.device import CPU
-        from kiln.tracer.trace import unflatten
         leaves = [Tensor._make(np.asarray(a), spec.dtype, CPU)
                   for a, spec in zip(arrays, self.output_specs)]
         return unflatten(tree_from_json(self.out_tree), leaves)
@@ -274,7 +275,6 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
     kwargs = dict(example_kwargs or {})
-    from kiln.tracer.trace import flatten
     leaves, tree = flatten((example_args, kwargs))
     in_tree = tree_to_json(tree)
     arg_names = _leaf_names(model_or_fn, example_args, kwargs)
@@ -338,9 +338,6 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
 
 def _trace(fn, args, kwargs, arg_names):
     """(the one TracedProgram of `fn(*args, **kwargs)` under no_grad, its result)."""
-    from kiln.tracer.autograd import no_grad
-    from kiln.tracer.errors import GraphBreak
-    from kiln.tracer.trace import Tracer, flatten
     leaves, _ = flatten((args, kwargs))
     names = _parameter_names(fn)
     tracer = Tracer(getattr(fn, "__name__", type(fn).__name__), on_break="raise", names=names)
@@ -376,7 +373,6 @@ def _modules(fn) -> list:
     if hasattr(fn, "named_modules"):
         return [m for _, m in fn.named_modules()]
     found = []
-    from kiln.compiler import _referenced_objects
     for obj in _referenced_objects(fn).values():
         if hasattr(obj, "named_modules"):
             found += [m for _, m in obj.named_modules()]
@@ -391,7 +387,6 @@ def _parameter_names(fn) -> dict:
         for n, t in list(fn.named_parameters()) + list(fn.named_buffers()):
             names.setdefault(id(t), n)
         return names
-    from kiln.compiler import _tensor_names
     return _tensor_names(fn)
 
 
@@ -415,7 +410,6 @@ def _bound_arguments(fn, args, kwargs) -> list:
 
 
 def _leaf_names(fn, args, kwargs) -> list:
-    from kiln.tracer.trace import flatten
     names = []
     for name, value in _bound_arguments(fn, args, kwargs):
         sub, _ = flatten(value)
@@ -427,7 +421,6 @@ def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves) -> dict:
     """leaf index -> {dim: symbol} from `dynamic_shapes`."""
     if not spec:
         return {}
-    from kiln.tracer.trace import flatten
     bound = _bound_arguments(fn, args, kwargs)
     if isinstance(spec, (tuple, list)):
         if len(spec) != len(bound):
@@ -463,7 +456,6 @@ def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves) -> dict:
 def _resized(obj, leaves, dims, sizes):
     """`obj` with each dynamic dim of its tensors made `sizes[symbol]` long, by repeating the
     example along that dim (so indices and such stay valid)."""
-    from kiln.tracer.trace import flatten, unflatten
     flat, tree = flatten(obj)
     out = []
     for i, t in enumerate(flat):
@@ -543,7 +535,5 @@ def _tree_constants(doc) -> list:
 def _build_executor(graph: Graph, backend: str):
     """The forward executor kiln's compiler builds for `graph` on the CPU."""
     import numpy
-    from kiln.compiler import compile_program, kernel_target
-    from kiln.runtime.device import CPU
     _, executor, _ = compile_program(graph, None, kernel_target(backend, CPU), numpy)
     return executor

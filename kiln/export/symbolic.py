@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.ir.graph import Graph, Value
+from kiln.ir.graph import Graph, Value, from_json_value, to_json_value
 from kiln.ir.ops import PRIMITIVES, ShapeError
 
 
@@ -68,7 +68,6 @@ def templates_from_json(doc: list) -> dict:
 
 
 def _enc(x):
-    from kiln.ir.graph import to_json_value
     if isinstance(x, Affine):
         return x.to_json()
     if isinstance(x, tuple):
@@ -79,7 +78,6 @@ def _enc(x):
 
 
 def _dec(x):
-    from kiln.ir.graph import from_json_value
     if isinstance(x, dict) and "affine" in x:
         return Affine.from_json(x)
     if isinstance(x, dict) and "value" in x:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable
 
 import numpy as np
 
@@ -28,12 +27,6 @@ from kiln.ir import dtypes as dt
 from kiln.ir.primitive import (  # noqa: F401  (re-exported: the registry's names)
     CHEAP, COPIED, CREATION, ELEMENTWISE, EXPENSIVE, INDEX, MATMUL, MOVEMENT, NORMALIZE,
     PRIMITIVES, RANDOM, REDUCE, SAVED, P, Primitive, ScalarMath, ShapeError, define)
-
-# Faster CPU code for a few primitives' NumPy work, installed by the runtime layer when it loads
-# (kiln/runtime/conv_cpu.py), so `ir` imports nothing of it: op name -> fn(*arrays, **attrs)
-# returning the result, or None to decline (the NumPy code here then runs). Each must give
-# exactly the NumPy code's values.
-CPU_KERNELS: dict[str, Callable] = {}
 
 
 # ----------------------------------------------------------------------------- shape rules
@@ -522,16 +515,8 @@ def _pad_grad(g, out, x, pads, value):
 
 def _pad_impl(xp, x, pads, value):
     # full + one slice assignment: xp.pad's generic machinery costs ~2x more on small arrays,
-    # and every slice's gradient is a pad
-    shape = tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads))
-    if x.flags.c_contiguous:
-        out = xp.full(shape, value, dtype=x.dtype)
-    else:
-        # laid out in x's memory order (a channels-last image stays channels-last): the copy
-        # reads x in runs, and a conv's unfold of the result needs no transposing copy
-        order = sorted(range(x.ndim), key=lambda d: -abs(x.strides[d]))
-        out = xp.full(tuple(shape[d] for d in order), value, dtype=x.dtype) \
-            .transpose(_inverse(order))
+    # and every slice's gradient is a pad (the NumPy backend keeps x's memory order)
+    out = xp.full(tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads)), value, dtype=x.dtype)
     out[tuple(slice(lo, lo + d) for d, (lo, hi) in zip(x.shape, pads))] = x
     return out
 
@@ -609,7 +594,8 @@ def _take_impl(xp, x, idx, axis):
     return xp.take(x, idx, axis=axis)
 
 
-def _windows_geometry(size, kernel, stride, dilation):
+def windows_geometry(size: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> tuple:
+    """How many (kernel, stride, dilation) windows fit along each dim of `size`."""
     return tuple((n - d * (k - 1) - 1) // s + 1
                  for n, k, s, d in zip(size, kernel, stride, dilation))
 
@@ -618,7 +604,7 @@ def _unfold_infer(shapes, dtypes, kernel, stride, dilation):
     (x,) = shapes
     if len(x) != 4:
         raise ShapeError(f"unfold: expected an (N, C, H, W) input, got shape {list(x)}")
-    oh, ow = _windows_geometry(x[2:], kernel, stride, dilation)
+    oh, ow = windows_geometry(x[2:], kernel, stride, dilation)
     if oh <= 0 or ow <= 0:
         raise ShapeError(f"unfold: kernel {list(kernel)} with dilation {list(dilation)} does "
                          f"not fit in an input of spatial size {list(x[2:])}")
@@ -626,16 +612,11 @@ def _unfold_infer(shapes, dtypes, kernel, stride, dilation):
 
 
 def _unfold_impl(xp, x, kernel, stride, dilation):
-    if xp is np and "unfold" in CPU_KERNELS:
-        out = CPU_KERNELS["unfold"](x, kernel, stride, dilation)
-        if out is not None:
-            return out
+    # out[n, y, x, i, j, c] = x[n, c, y*sh + i*dh, x*sw + j*dw]: the windows are a strided
+    # view of x, copied (the NumPy backend runs a C kernel, or copies x channels-last first)
     n, c, h, w = x.shape
-    (oh, ow), (kh, kw) = _windows_geometry((h, w), kernel, stride, dilation), kernel
-    # copied from a channels-last image, a window row (kw pixels of c channels) is one
-    # contiguous run (NumPy copies run by run: NCHW would give runs of one value)
-    x = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    sn, sh, sw, sc = x.strides
+    (oh, ow), (kh, kw) = windows_geometry((h, w), kernel, stride, dilation), kernel
+    sn, sc, sh, sw = x.strides
     view = xp.lib.stride_tricks.as_strided(
         x, (n, oh, ow, kh, kw, c),
         (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc))
@@ -644,7 +625,7 @@ def _unfold_impl(xp, x, kernel, stride, dilation):
 
 def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
     (cols,) = shapes
-    want = _windows_geometry(size, kernel, stride, dilation)
+    want = windows_geometry(size, kernel, stride, dilation)
     if len(cols) != 6 or tuple(cols[1:3]) != want or tuple(cols[3:5]) != tuple(kernel):
         raise ShapeError(f"fold: expected windows of shape [N, {want[0]}, {want[1]}, "
                          f"{kernel[0]}, {kernel[1]}, C] for size {list(size)}, got {list(cols)}")
@@ -652,30 +633,19 @@ def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
 
 
 def _fold_impl(xp, cols, size, kernel, stride, dilation):
-    if xp is np and "fold" in CPU_KERNELS:
-        out = CPU_KERNELS["fold"](cols, size, kernel, stride, dilation)
-        if out is not None:
-            return out
+    # out[n, c, y*sh + i*dh, x*sw + j*dw] += cols[n, y, x, i, j, c], one window position (i, j)
+    # at a time, the last first: each pixel then sums its windows in the order of their rows
+    # in `cols`, as the NumPy backend's routes do (its C kernel streams through `cols`), so
+    # every route gives the same bits
     n, oh, ow, kh, kw, c = cols.shape
-    # summed channels-last, so each add runs over rows of ow*c contiguous values (in NCHW the
-    # inner rows are ow long: 4x slower on small feature maps); returned as an NCHW view.
-    # Windows that fit in cache are first copied window-position-major, so each add also
-    # reads runs of ow*c values, not runs of c (64x4x4 windows of 3x3x16: ~1.5x faster);
-    # larger ones gain nothing from the extra copy
-    by_position = xp.ascontiguousarray(cols.transpose(3, 4, 0, 1, 2, 5)) \
-        if cols.nbytes <= _FOLD_COPY_BYTES else cols.transpose(3, 4, 0, 1, 2, 5)
-    out = xp.zeros((n,) + tuple(size) + (c,), dtype=cols.dtype)
-    # last window position first: each pixel then sums its windows in the order of their rows
-    # in `cols` (the order a kernel streaming through `cols` adds them: runtime/conv_cpu.py)
+    out = xp.zeros((n, c) + tuple(size), dtype=cols.dtype)
     for i in reversed(range(kh)):
         for j in reversed(range(kw)):
             r, q = i * dilation[0], j * dilation[1]
-            out[:, r:r + stride[0] * (oh - 1) + 1:stride[0],
-                q:q + stride[1] * (ow - 1) + 1:stride[1], :] += by_position[i, j]
-    return out.transpose(0, 3, 1, 2)
-
-
-_FOLD_COPY_BYTES = 4 << 20
+            out[:, :, r:r + stride[0] * (oh - 1) + 1:stride[0],
+                q:q + stride[1] * (ow - 1) + 1:stride[1]] += cols[:, :, :, i, j, :].transpose(
+                    0, 3, 1, 2)
+    return out
 
 
 # conv2d's im2col and its adjoint: unfold copies each (kh, kw) window of an (N, C, H, W)

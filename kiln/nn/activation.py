@@ -6,6 +6,7 @@ import kiln
 from kiln import Tensor
 from kiln.nn import functional as F
 from kiln.nn.module import Module
+from kiln.nn.parameter import Parameter
 
 
 class ReLU(Module):
@@ -221,7 +222,6 @@ class PReLU(Module):
     def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None,
                  dtype=None) -> None:
         super().__init__()
-        from kiln.nn.parameter import Parameter
         self.num_parameters, self.init = num_parameters, init
         self.weight = Parameter(kiln.full((num_parameters,), init, dtype=dtype,
                                           device=device))

@@ -219,6 +219,7 @@ def _check_conv_input(input: Tensor, weight: Tensor, groups: int, name: str, spa
                        f"got {c} channels instead", RuntimeError)
 
 
+@_composite
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
     """2-D convolution as im2col (kh*kw shifted views) followed by one matmul per group."""
@@ -268,6 +269,7 @@ def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
     return out.squeeze(0) if unbatched else out
 
 
+@_composite
 def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
     """1-D convolution: a 2-D one over a height-1 image."""
@@ -294,6 +296,7 @@ def _dilate(x: Tensor, stride: tuple) -> Tensor:
     return x[:, :, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
 
 
+@_composite
 def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
     """Transposed convolution: a stride-1 convolution of the zero-dilated input with the
@@ -320,6 +323,7 @@ def _conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride
     return out.squeeze(0) if unbatched else out
 
 
+@_composite
 def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
     _check_conv_input(input, weight, groups, "conv_transpose1d", 1, transposed=True)
@@ -418,6 +422,7 @@ def _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw) -> np
     return table.reshape(kernel[0] * kernel[1], oh, ow).astype(np.int64)
 
 
+@_composite
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Max pooling; the gradient goes to the first maximum of each window, as in PyTorch."""
@@ -454,6 +459,7 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     return out, indices.squeeze(0) if unbatched else indices
 
 
+@_composite
 def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     first = lambda v: v if isinstance(v, int) or v is None else v[0]
@@ -478,6 +484,7 @@ def _avg_pool_divisor(h, w, kernel, stride, padding, out_hw, count_include_pad) 
     return (sizes[0][:, None] * sizes[1][None, :]).astype(np.float64)
 
 
+@_composite
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     x, unbatched = _as_4d(input, "avg_pool2d")
@@ -495,6 +502,7 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     return out.squeeze(0) if unbatched else out
 
 
+@_composite
 def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True) -> Tensor:
     first = lambda v: v if isinstance(v, int) or v is None else v[0]
@@ -513,6 +521,7 @@ def _adaptive_matrix(size: int, out: int) -> np.ndarray:
     return m
 
 
+@_composite
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """Adaptive average pooling as two small matmuls with constant averaging matrices."""
     h, w = input.shape[-2:]
@@ -524,6 +533,7 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     return kiln.matmul(kiln.matmul(rows, input), cols)
 
 
+@_composite
 def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
     size = output_size if isinstance(output_size, int) else output_size[0]
     cols = _constant(_adaptive_matrix(input.shape[-1], size).T.astype(input.dtype.np), input)

@@ -16,6 +16,10 @@ import kiln
 from kiln import Tensor
 
 
+# the public hook that names a composite's traced nodes (`# conv3d @ model.py:12` in listings)
+_composite = kiln.compiler.composite
+
+
 def _F():
     """`kiln.nn.functional` (its 2-D convolutions and pools), read at call time: that module
     re-exports this file's functions at its end, so this file does not import it."""
@@ -90,6 +94,7 @@ native_channel_shuffle = channel_shuffle
 
 # ----------------------------------------------------------------------------- 3-D convolution
 
+@_composite
 def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
     """3-D convolution as a sum over the kernel's depth of 2-D convolutions of depth slices."""
@@ -152,6 +157,7 @@ def _dilate_nd(x: Tensor, stride: tuple) -> Tensor:
     return x
 
 
+@_composite
 def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
     """A stride-1 3-D convolution of the zero-dilated input with the flipped kernel."""
@@ -170,6 +176,7 @@ def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     return out.squeeze(0) if unbatched else out
 
 
+@_composite
 def conv_tbc(input: Tensor, weight: Tensor, bias: Tensor, pad: int = 0) -> Tensor:
     """1-D convolution over a (time, batch, channels) input with a (k, in, out) weight."""
     x = input.permute(1, 2, 0)
@@ -183,16 +190,19 @@ def _move_last(x: Tensor, axis: int) -> Tensor:
     return x.movedim(axis, -1)
 
 
+@_composite
 def max_pool1d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                             ceil_mode: bool = False, return_indices: bool = True):
     return _F().max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
 
+@_composite
 def max_pool2d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                             ceil_mode: bool = False, return_indices: bool = True):
     return _F().max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
 
+@_composite
 def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """3-D max pooling, separably: 2-D over (H, W) per depth, then 1-D over depth. The first
@@ -221,11 +231,13 @@ def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     return out, indices.squeeze(0) if unbatched else indices
 
 
+@_composite
 def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                             ceil_mode: bool = False, return_indices: bool = True):
     return max_pool3d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
 
+@_composite
 def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     """3-D average pooling, separably: 2-D over (H, W), then 1-D over depth (each window's
@@ -261,6 +273,7 @@ def _output_size(output_size, dims: int, spatial: tuple) -> tuple:
     return tuple(spatial[i] if o is None else int(o) for i, o in enumerate(sizes))
 
 
+@_composite
 def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
     """Adaptive average pooling: one averaging matmul per spatial dim."""
     out_size = _output_size(output_size, 3, tuple(input.shape[-3:]))
@@ -298,26 +311,32 @@ def _adaptive_max(input: Tensor, output_size, dims: int, return_indices: bool):
     return out, kiln.cat(indices, -1).reshape(*lead, *out_size)
 
 
+@_composite
 def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False):
     return _adaptive_max(input, output_size, 1, return_indices)
 
 
+@_composite
 def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
     return _adaptive_max(input, output_size, 2, return_indices)
 
 
+@_composite
 def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False):
     return _adaptive_max(input, output_size, 3, return_indices)
 
 
+@_composite
 def adaptive_max_pool1d_with_indices(input: Tensor, output_size, return_indices: bool = True):
     return _adaptive_max(input, output_size, 1, True)
 
 
+@_composite
 def adaptive_max_pool2d_with_indices(input: Tensor, output_size, return_indices: bool = True):
     return _adaptive_max(input, output_size, 2, True)
 
 
+@_composite
 def adaptive_max_pool3d_with_indices(input: Tensor, output_size, return_indices: bool = True):
     return _adaptive_max(input, output_size, 3, True)
 
@@ -326,6 +345,7 @@ def _lp_finish(out: Tensor, norm_type: float, window: int) -> Tensor:
     return (kiln.sign(out) * _F().relu(out.abs())).mul(window).pow(1.0 / norm_type)
 
 
+@_composite
 def lp_pool1d(input: Tensor, norm_type: float, kernel_size: int, stride=None,
               ceil_mode: bool = False) -> Tensor:
     """(sum over the window of x^p)^(1/p), through average pooling of x^p."""
@@ -333,6 +353,7 @@ def lp_pool1d(input: Tensor, norm_type: float, kernel_size: int, stride=None,
     return _lp_finish(out, norm_type, int(_ntuple(kernel_size, 1)[0]))
 
 
+@_composite
 def lp_pool2d(input: Tensor, norm_type: float, kernel_size, stride=None,
               ceil_mode: bool = False) -> Tensor:
     kh, kw = _ntuple(kernel_size, 2)
@@ -340,6 +361,7 @@ def lp_pool2d(input: Tensor, norm_type: float, kernel_size, stride=None,
     return _lp_finish(out, norm_type, kh * kw)
 
 
+@_composite
 def lp_pool3d(input: Tensor, norm_type: float, kernel_size, stride=None,
               ceil_mode: bool = False) -> Tensor:
     kd, kh, kw = _ntuple(kernel_size, 3)
@@ -364,17 +386,20 @@ def _max_unpool(input: Tensor, indices: Tensor, kernel_size, stride, padding, ou
     return result.reshape(*lead, *out)
 
 
+@_composite
 def max_unpool1d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
                  output_size=None) -> Tensor:
     """Put each pooled value back at the position max_pool1d took it from; zeros elsewhere."""
     return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 1)
 
 
+@_composite
 def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
                  output_size=None) -> Tensor:
     return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 2)
 
 
+@_composite
 def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
                  output_size=None) -> Tensor:
     return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 3)
@@ -382,6 +407,7 @@ def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
 
 # ----------------------------------------------------------------------------- fold / unfold
 
+@_composite
 def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """im2col: (N, C, H, W) -> (N, C*kh*kw, L), channel-major then kernel position."""
     unbatched = input.ndim == 3
@@ -398,6 +424,7 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     return out.squeeze(0) if unbatched else out
 
 
+@_composite
 def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """col2im, the adjoint of unfold: overlapping blocks are summed into (N, C, H, W)."""
     unbatched = input.ndim == 2
@@ -800,6 +827,7 @@ def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
     return values, chosen.squeeze(0) if unbatched else chosen
 
 
+@_composite
 def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
                           return_indices: bool = False, _random_samples: Tensor | None = None):
     """Max pooling over pseudo-random overlapping windows that shrink the input by a
@@ -808,12 +836,14 @@ def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_r
                                 _random_samples, 2)
 
 
+@_composite
 def fractional_max_pool3d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
                           return_indices: bool = False, _random_samples: Tensor | None = None):
     return _fractional_max_pool(input, kernel_size, output_size, output_ratio, return_indices,
                                 _random_samples, 3)
 
 
+@_composite
 def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=None,
                                        output_ratio=None, return_indices: bool = True,
                                        _random_samples: Tensor | None = None):
@@ -821,6 +851,7 @@ def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=N
                                 _random_samples, 2)
 
 
+@_composite
 def fractional_max_pool3d_with_indices(input: Tensor, kernel_size, output_size=None,
                                        output_ratio=None, return_indices: bool = True,
                                        _random_samples: Tensor | None = None):

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import kiln
 from kiln import Tensor
 from kiln.compiler import note_grad_cleared
+from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -93,7 +94,6 @@ class Module:
                 args = result if isinstance(result, tuple) else (result,)
         backward = None
         if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks"):
-            from kiln.nn.backward_hooks import BackwardHookCall
             backward = BackwardHookCall(self, len(args))
             args = backward.wrap_inputs(args)
         output = self.forward(*args, **kwargs)

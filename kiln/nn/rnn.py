@@ -12,6 +12,7 @@ from kiln.nn import functional as F
 from kiln.nn import init
 from kiln.nn.module import Module
 from kiln.nn.parameter import Parameter
+from kiln.nn.utils.rnn import PackedSequence, _pack_with_order, pad_packed_sequence
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -133,7 +134,6 @@ class RNNBase(Module):
         """A no-op: PyTorch compacts cuDNN's weight buffer here; kiln keeps no such buffer."""
 
     def forward(self, input, hx=None):
-        from kiln.nn.utils.rnn import PackedSequence, _pack_with_order, pad_packed_sequence
         if isinstance(input, PackedSequence):
             # run the padded batch in its original order, each sequence's state frozen past
             # its length; then repack the output in the input's order

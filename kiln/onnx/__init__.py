@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-from kiln.onnx.convert import UnsupportedOperatorError
+from kiln.export import ExportedProgram, export as export_program
+from kiln.onnx.convert import OnnxBuilder, UnsupportedOperatorError, convert_node, onnx_type
+from kiln.tracer.tensor import Tensor
 
 __all__ = ["UnsupportedOperatorError", "export"]
 
@@ -52,8 +54,6 @@ def export(model, args, f, export_params: bool = True, verbose: bool = False,
     except ImportError as e:
         raise ImportError("kiln.onnx.export needs the onnx package: pip install onnx "
                           "(or kiln[onnx])") from e
-    from kiln.export import ExportedProgram
-    from kiln.export import export as export_program
     opset = DEFAULT_OPSET if opset_version is None else int(opset_version)
     if opset < MIN_OPSET:
         raise ValueError(f"kiln.onnx.export: opset_version {opset} is too old; kiln writes "
@@ -65,7 +65,6 @@ def export(model, args, f, export_params: bool = True, verbose: bool = False,
     else:
         ep = export_program(model, args, dynamic_shapes=_dynamic_shapes(
             dynamic_axes, input_names, args))
-    from kiln.onnx.convert import OnnxBuilder, convert_node, onnx_type
     in_names = list(input_names or [s.name for s in ep.input_specs])
     in_names += [s.name for s in ep.input_specs[len(in_names):]]
     out_names = list(output_names or [s.name for s in ep.output_specs])
@@ -124,7 +123,6 @@ def _dynamic_shapes(dynamic_axes, input_names, args):
     entry per positional argument)."""
     if not dynamic_axes:
         return None
-    from kiln.tracer.tensor import Tensor
     names = list(input_names or [])
     spec = [None] * len(args)
     for key, axes in dynamic_axes.items():

@@ -1,10 +1,10 @@
 """An exported program's graph as ONNX nodes: one table entry per kiln primitive.
 
-kiln's IR holds primitives only (a composite such as `linear` or `conv2d` leaves no trace of
-itself in the graph, only its source line), so each primitive maps to the ONNX ops that compute
-it; a convolution arrives as pad + unfold + matmul and leaves as Pad + Slices + MatMul. Sizes
-that follow a dynamic dimension (`Affine`s) are computed in the ONNX graph from the input's
-`Shape`, so one file serves every batch size. Needs the `onnx` package (imported by the caller).
+kiln's IR holds primitives only (a composite such as `linear` or `conv2d` leaves at most its
+name in the nodes' provenance scope), so each primitive maps to the ONNX ops that compute it; a
+convolution arrives as pad + unfold + matmul and leaves as Pad + Slices + MatMul. Sizes that
+follow a dynamic dimension (`Affine`s) are computed in the ONNX graph from the input's `Shape`,
+so one file serves every batch size. Needs the `onnx` package (imported by the caller).
 """
 
 from __future__ import annotations

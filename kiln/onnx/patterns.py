@@ -1,16 +1,16 @@
 """Composites recovered from primitives for ONNX: Conv, Gemm, BatchNormalization, MaxPool,
 Softmax, LogSoftmax and LayerNormalization.
 
-The tracer records no composite provenance (a node knows its user line, not that `conv2d`
-made it), so a composite is recognized by the exact primitive chain kiln's implementation
-traces, read backwards from its last node (kiln/nn/functional.py: `conv2d`, `linear`,
-`batch_norm` in eval mode, `max_pool2d`, `softmax`, `log_softmax`, `layer_norm`). Max pooling's
-windows are a chain of reshapes and permutes whose meaning the shapes alone do not pin down:
-that chain is run on a numbered test image and compared with the windows of each candidate
-kernel and stride. A match emits one ONNX op for that node; the primitives inside the
-chain are still converted, and the exporter drops the ONNX nodes no output needs, so a chain
-value used elsewhere stays correct. Anything that does not match exactly goes through the
-primitive table.
+A node's provenance scope may name the composite that made it (`conv2d`), but not the
+arguments it was called with (stride, padding, which input is the weight), so a composite is
+recognized by the exact primitive chain kiln's implementation traces, read backwards from its
+last node (kiln/nn/functional.py: `conv2d`, `linear`, `batch_norm` in eval mode, `max_pool2d`,
+`softmax`, `log_softmax`, `layer_norm`). Max pooling's windows are a chain of reshapes and
+permutes whose meaning the shapes alone do not pin down: that chain is run on a numbered test
+image and compared with the windows of each candidate kernel and stride. A match emits one ONNX
+op for that node; the primitives inside the chain are still converted, and the exporter drops
+the ONNX nodes no output needs, so a chain value used elsewhere stays correct. Anything that
+does not match exactly goes through the primitive table.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from kiln.ir.graph import Graph, Value
+from kiln.ir.ops import PRIMITIVES
 
 
 def find_composites(graph: Graph) -> dict:
@@ -268,7 +269,6 @@ def _pool_emitter(windows, producer, out_shape):
     if (n, c, oh, ow) != tuple(out_shape) or x.shape[:2] != (n, c):
         return None
     import numpy as np
-    from kiln.ir.ops import PRIMITIVES
     image = np.arange(math.prod(x.shape), dtype=np.int64).reshape(x.shape)
     env = {x: image}
     for p in sorted(chain, key=lambda node: node.out.id):

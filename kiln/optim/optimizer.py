@@ -235,7 +235,7 @@ def _hooks(optimizer: Optimizer, registry: str):
 
 
 def _hook_handle(optimizer: Optimizer, registry: str, hook: Callable, prepend: bool = False):
-    from kiln.nn.module import RemovableHandle
+    from kiln.nn.module import RemovableHandle      # on use: kiln.optim loads no kiln.nn
     hooks = optimizer.__dict__.setdefault(registry, OrderedDict())
     handle = RemovableHandle(hooks)
     hooks[handle.id] = hook

@@ -1,18 +1,19 @@
-"""C kernels for the convolution primitives' NumPy work (unfold, fold), installed in `ir.ops`.
+"""C kernels for the convolution primitives' NumPy work (unfold, fold), run by the NumPy backend.
 
 A convolution's input gradient ends in `fold` (col2im): the windows of an (N, oh, ow, kh, kw, C)
 gradient summed back into the (N, H, W, C) image. NumPy can only do that as kh*kw strided adds
 that each read runs of C values (32 floats for a 3x3 conv of 32 channels), which costs several
 times the memory traffic; the C kernel here streams through the windows once, adding each into
-its image (which stays in cache), in the same order and precision as the NumPy loop, so its
-result is bit-identical and which route ran never shows in the values. `unfold` (im2col) is a
-copy either way; the C kernel copies each window row (kw pixels of C channels) with one memcpy,
-faster than NumPy's copy of the strided view. Both run on `kiln.set_num_threads` threads.
+its image (which stays in cache), in the same order and precision as the NumPy routes (the
+primitive's definition in `ir.ops` and the backend's), so its result is bit-identical and which
+route ran never shows in the values. `unfold` (im2col) is a copy either way; the C kernel
+copies each window row (kw pixels of C channels) with one memcpy, faster than NumPy's copy of
+the strided view. Both run on `kiln.set_num_threads` threads.
 
 The kernels build once per machine with the system C compiler (`c_build`, cached on disk), on
 the first use. Without a working compiler, for dtypes and layouts the kernels do not take, and
 in forked child processes (OpenMP's threads do not survive a fork), the kernels decline (return
-None) and `ir.ops` runs its NumPy code.
+None) and `kiln.runtime.numpy_backend` runs its NumPy code.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 
 import numpy as np
 
-from kiln.ir import ops as ir_ops
+from kiln.ir.ops import windows_geometry
 
 SOURCE = r"""
 #include <string.h>
@@ -148,7 +149,7 @@ def unfold_kernel(x: np.ndarray, kernel: tuple, stride: tuple,
     if fns is None:
         return None
     n, c, h, w = x.shape
-    oh, ow = ir_ops._windows_geometry((h, w), kernel, stride, dilation)
+    oh, ow = windows_geometry((h, w), kernel, stride, dilation)
     image = x.transpose(0, 2, 3, 1)
     if c > 1 and image.strides[3] != image.itemsize:
         image = np.ascontiguousarray(image)   # an NCHW image: its channels made adjacent
@@ -168,5 +169,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-ir_ops.CPU_KERNELS["fold"] = fold_kernel
-ir_ops.CPU_KERNELS["unfold"] = unfold_kernel

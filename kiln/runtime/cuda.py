@@ -3,7 +3,7 @@
 `kiln.cuda.manual_seed` (and `manual_seed_all`) is `kiln.manual_seed`, attached by the package
 root: one generator draws for every device, and runtime imports no tracer."""
 
-from kiln.runtime.device import cuda_is_available
+from kiln.runtime.device import cuda_is_available, cupy_module
 
 
 def is_available() -> bool:
@@ -13,12 +13,10 @@ def is_available() -> bool:
 def device_count() -> int:
     if not cuda_is_available():
         return 0
-    from kiln.runtime.device import cupy_module
     return cupy_module().cuda.runtime.getDeviceCount()
 
 
 def synchronize() -> None:
     if cuda_is_available():
-        from kiln.runtime.device import cupy_module
         cupy_module().cuda.get_current_stream().synchronize()
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 
 from kiln.ir import ops as ir_ops
+from kiln.runtime.device import cupy_module
 
 ENV = "KILN_CUDA_GRAPHS"
 WARMUP_CALLS = 1        # plain runs before the capture: kernels built and loaded, pointers seen
@@ -106,7 +107,6 @@ class CudaGraphRunner:
         return self.executor.run_steps(inputs, into)
 
     def _capture(self, inputs: list, addresses: list) -> tuple[list, list]:
-        from kiln.runtime.device import cupy_module
         cp = cupy_module()
         executor = self.executor
         if any(a is None for a in addresses):

@@ -4,8 +4,9 @@ NumPy executor.
 A primitive's own `impl` (in `kiln.ir.ops`) is its meaning, written once for NumPy and CuPy
 alike; it is what the IR interpreter and constant folding run. Where NumPy has a much faster
 way to compute the same values for large arrays (a bit select for `where`, a BLAS product for
-some sums and for batch norm's statistics), it lives here, keyed by primitive, and `numpy_impl` picks it. Each gives exactly
-the primitive's result (tests/runtime/test_numpy_backend.py compares them).
+some sums and for batch norm's statistics, channels-last copies and C kernels for a
+convolution's unfold and fold), it lives here, keyed by primitive, and `numpy_impl` picks it.
+Each gives exactly the primitive's result (tests/runtime/test_numpy_backend.py compares them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape
+from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape, windows_geometry
+from kiln.runtime.conv_cpu import fold_kernel, unfold_kernel
 
 
 def numpy_impl(prim: Primitive) -> Callable:
@@ -175,7 +177,68 @@ def _batch_stats(xp, x):
     return xp.stack([mean, var])
 
 
+# A convolution (nn.functional.conv2d) is pad, unfold, matmul; its input gradient ends in fold.
+# A conv's output is channels-last (a view of its (N*oh*ow, O) product), and these keep that
+# layout through the next layer: NumPy copies and adds run by run, and in NCHW order a window
+# row is runs of one value where channels-last gives runs of kw*C.
+
+def _pad(xp, x, pads, value):
+    if x.flags.c_contiguous:
+        return PRIMITIVES["pad"].impl(xp, x, pads, value)
+    # laid out in x's memory order (a channels-last image stays channels-last): the copy
+    # reads x in runs, and a conv's unfold of the result needs no transposing copy
+    order = sorted(range(x.ndim), key=lambda d: -abs(x.strides[d]))
+    shape = tuple(d + lo + hi for d, (lo, hi) in zip(x.shape, pads))
+    out = np.full(tuple(shape[d] for d in order), value, dtype=x.dtype).transpose(
+        np.argsort(order))
+    out[tuple(slice(lo, lo + d) for d, (lo, hi) in zip(x.shape, pads))] = x
+    return out
+
+
+def _unfold(xp, x, kernel, stride, dilation):
+    out = unfold_kernel(x, kernel, stride, dilation)
+    if out is not None:
+        return out
+    n, c, h, w = x.shape
+    (oh, ow), (kh, kw) = windows_geometry((h, w), kernel, stride, dilation), kernel
+    # copied from a channels-last image, a window row (kw pixels of c channels) is one
+    # contiguous run (NumPy copies run by run: NCHW would give runs of one value)
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    sn, sh, sw, sc = x.strides
+    view = np.lib.stride_tricks.as_strided(
+        x, (n, oh, ow, kh, kw, c),
+        (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc))
+    return np.ascontiguousarray(view)
+
+
+def _fold(xp, cols, size, kernel, stride, dilation):
+    out = fold_kernel(cols, size, kernel, stride, dilation)
+    if out is not None:
+        return out
+    n, oh, ow, kh, kw, c = cols.shape
+    # summed channels-last, so each add runs over rows of ow*c contiguous values (in NCHW the
+    # inner rows are ow long: 4x slower on small feature maps); returned as an NCHW view.
+    # Windows that fit in cache are first copied window-position-major, so each add also
+    # reads runs of ow*c values, not runs of c (64x4x4 windows of 3x3x16: ~1.5x faster);
+    # larger ones gain nothing from the extra copy
+    by_position = cols.transpose(3, 4, 0, 1, 2, 5)
+    if cols.nbytes <= _FOLD_COPY_BYTES:
+        by_position = np.ascontiguousarray(by_position)
+    out = np.zeros((n,) + tuple(size) + (c,), dtype=cols.dtype)
+    # last window position first, as the primitive's definition and the C kernel sum them
+    for i in reversed(range(kh)):
+        for j in reversed(range(kw)):
+            r, q = i * dilation[0], j * dilation[1]
+            out[:, r:r + stride[0] * (oh - 1) + 1:stride[0],
+                q:q + stride[1] * (ow - 1) + 1:stride[1], :] += by_position[i, j]
+    return out.transpose(0, 3, 1, 2)
+
+
+_FOLD_COPY_BYTES = 4 << 20
+
+
 # primitive name -> its faster NumPy spelling, (xp, *arrays, **attrs) -> array as `impl`
 FAST_PATHS: dict[str, Callable] = {
     "relu": _relu, "where": _where, "sum": _sum, "batch_norm": _batch_norm,
-    "batch_norm_backward": _batch_norm_backward, "batch_stats": _batch_stats}
+    "batch_norm_backward": _batch_norm_backward, "batch_stats": _batch_stats, "pad": _pad,
+    "unfold": _unfold, "fold": _fold}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 
+from kiln.runtime.device import cupy_module
+
 
 def _driver_class():
     from triton.backends.nvidia.driver import CudaDriver, CudaLauncher, CudaUtils
 
-    from kiln.runtime.device import cupy_module
 
     class CupyCudaDriver(CudaDriver):
         """Triton's CUDA driver and launcher, with CuPy as the source of device and stream."""
@@ -67,7 +68,6 @@ class _CupyScratch:
     """Global scratch memory Triton asks for (some kernels need it), allocated by CuPy."""
 
     def __init__(self, size: int):
-        from kiln.runtime.device import cupy_module
         self.memory = cupy_module().cuda.alloc(max(size, 1))
 
     def data_ptr(self) -> int:

@@ -30,6 +30,8 @@ import numpy as np
 from kiln.codegen.kernel import Kernel, lower
 from kiln.codegen.triton import TritonKernel, render_triton
 from kiln.ir.graph import Graph
+from kiln.runtime.device import cupy_module
+from kiln.runtime.triton_cuda import activate_cupy_driver
 
 _LOCK = threading.Lock()
 _MODULES: dict = {}           # (source hash, interpret) -> the @triton.jit function
@@ -232,7 +234,6 @@ class CudaKernelLauncher:
     """
 
     def __init__(self, tk: TritonKernel):
-        from kiln.runtime.device import cupy_module
         self.tk = tk
         self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
         self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
@@ -306,7 +307,6 @@ def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: i
 
 def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
     """Build (or fetch from Triton's own caches) the kernel for this GPU; kept in memory."""
-    from kiln.runtime.triton_cuda import activate_cupy_driver
     activate_cupy_driver()
     fn = load_kernel(tk, interpret=False)
     args = [_SpecializationArg(dtype, a) for (_, dtype), a in zip(specs, aligned)]
@@ -370,7 +370,6 @@ def run_kernel(subgraph: Graph, input_arrays: list, backend: str = "interpreter"
         inputs = [np.ascontiguousarray(a, dtype=v.dtype.np)
                   for a, v in zip(input_arrays, subgraph.inputs)]
     else:
-        from kiln.runtime.device import cupy_module
         xp = cupy_module()
         inputs = [xp.ascontiguousarray(xp.asarray(a, dtype=v.dtype.np))
                   for a, v in zip(input_arrays, subgraph.inputs)]

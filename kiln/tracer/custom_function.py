@@ -16,6 +16,7 @@ import functools
 
 from kiln.ir.ops import Primitive
 from kiln.tracer import autograd
+from kiln.tracer.creation import zeros
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -84,7 +85,6 @@ class _FunctionNode:
             elif spec is None or not self.ctx.materialize_grads:
                 grads_out.append(None)
             else:
-                from kiln.tracer.creation import zeros
                 grads_out.append(zeros(spec[0], dtype=spec[1], device=spec[2]))
         result = self.fn_cls.backward(self.ctx, *grads_out)
         if not isinstance(result, tuple):

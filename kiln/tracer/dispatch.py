@@ -14,7 +14,6 @@ import numpy as np
 
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
-from kiln.runtime import conv_cpu as _conv_cpu  # noqa: F401  (installs C unfold/fold kernels)
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST

@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
+from kiln.ir.ops import P, Primitive
 from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
@@ -166,7 +166,6 @@ class _DeviceCopy:
     """grad_fn of a copy between devices (not a primitive: no kernel, just a transfer)."""
 
     def __init__(self, src, out):
-        from kiln.ir.ops import Primitive
         self.prim = Primitive("to_device", "movement", None, None,
                               lambda g, out, x: (_to_device(g, x.device),), 1)
         self.inputs, self.attrs = (src,), {}

@@ -1,5 +1,5 @@
-"""The C kernels of kiln/runtime/conv_cpu.py give the NumPy routes' bits, and decline what they
-do not take (the NumPy route then runs)."""
+"""The C kernels of kiln/runtime/conv_cpu.py give the bits of the NumPy backend's own routes and
+of the primitives' definitions, and decline what they do not take (the NumPy route then runs)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,30 @@ import sys
 import numpy as np
 import pytest
 
-from kiln.ir import ops as ir_ops
 from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import c_build, conv_cpu
+from kiln.runtime.numpy_backend import numpy_impl
 
 needs_cc = pytest.mark.skipif(c_build.compiler_problem() is not None,
                               reason="no working C compiler")
 
 
+# what the NumPy backend runs for these primitives: the C kernel, else its own NumPy route
+UNFOLD, FOLD = numpy_impl(PRIMITIVES["unfold"]), numpy_impl(PRIMITIVES["fold"])
+
+
 def _numpy_unfold(x, kernel, stride, dilation, monkeypatch):
+    """The NumPy backend's unfold with the C kernels off."""
     with monkeypatch.context() as m:
-        m.delitem(ir_ops.CPU_KERNELS, "unfold")
-        return PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation)
+        m.setattr(conv_cpu, "_state", {"fns": None})
+        return UNFOLD(np, x, kernel, stride, dilation)
 
 
 def _numpy_fold(cols, size, kernel, stride, dilation, monkeypatch):
+    """The NumPy backend's fold with the C kernels off."""
     with monkeypatch.context() as m:
-        m.delitem(ir_ops.CPU_KERNELS, "fold")
-        return PRIMITIVES["fold"].impl(np, cols, size, kernel, stride, dilation)
+        m.setattr(conv_cpu, "_state", {"fns": None})
+        return FOLD(np, cols, size, kernel, stride, dilation)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -53,7 +59,8 @@ def test_c_fold_gives_the_numpy_bits(cols_shape, size, stride, dilation, dtype, 
     want = _numpy_fold(cols, size, kernel, stride, dilation, monkeypatch)
     assert out.shape == want.shape and out.strides[1] == out.itemsize     # channels-last view
     assert _same_bits(out, want)
-    # and the primitive takes this route when the runtime is loaded
+    # the backend takes this route, and the primitive's definition sums in the same order
+    assert _same_bits(FOLD(np, cols, size, kernel, stride, dilation), want)
     assert _same_bits(PRIMITIVES["fold"].impl(np, cols, size, kernel, stride, dilation), want)
 
 
@@ -63,7 +70,7 @@ def test_c_fold_declines_what_it_does_not_take(monkeypatch):
     strided = cols.astype(np.float32)[:, :, :, :, :, ::2]          # windows not contiguous
     assert conv_cpu.fold_kernel(strided, (4, 4), (2, 2), (1, 1), (1, 1)) is None
     # a declined call still gets the right values from the NumPy route
-    out = PRIMITIVES["fold"].impl(np, strided, (4, 4), (2, 2), (1, 1), (1, 1))
+    out = FOLD(np, strided, (4, 4), (2, 2), (1, 1), (1, 1))
     want = _numpy_fold(np.ascontiguousarray(strided), (4, 4), (2, 2), (1, 1), (1, 1),
                        monkeypatch)
     assert _same_bits(out, want)
@@ -73,12 +80,12 @@ def test_without_a_compiler_fold_and_unfold_run_on_numpy(monkeypatch):
     monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
     x = np.random.default_rng(3).normal(size=(2, 3, 5, 5)).astype(np.float32)
     assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
-    assert _same_bits(PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)),
-                      _numpy_unfold(x, (2, 2), (1, 1), (1, 1), monkeypatch))
+    assert _same_bits(UNFOLD(np, x, (2, 2), (1, 1), (1, 1)),
+                      PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)))
     cols = np.random.default_rng(3).normal(size=(2, 3, 3, 2, 2, 4)).astype(np.float32)
     assert conv_cpu.fold_kernel(cols, (4, 4), (2, 2), (1, 1), (1, 1)) is None
-    want = _numpy_fold(cols, (4, 4), (2, 2), (1, 1), (1, 1), monkeypatch)
-    assert _same_bits(PRIMITIVES["fold"].impl(np, cols, (4, 4), (2, 2), (1, 1), (1, 1)), want)
+    want = PRIMITIVES["fold"].impl(np, cols, (4, 4), (2, 2), (1, 1), (1, 1))
+    assert _same_bits(FOLD(np, cols, (4, 4), (2, 2), (1, 1), (1, 1)), want)
 
 
 def _layouts(a: np.ndarray) -> dict:
@@ -106,7 +113,8 @@ def test_c_unfold_gives_the_numpy_bits(shape, kernel, stride, dilation, dtype, m
         assert out is not None, name
         want = _numpy_unfold(x, kernel, stride, dilation, monkeypatch)
         assert _same_bits(out, want), name
-        assert _same_bits(PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation), want)
+        assert _same_bits(UNFOLD(np, x, kernel, stride, dilation), want), name
+        assert _same_bits(PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation), want), name
 
 
 def test_c_unfold_values_are_the_windows():
@@ -126,8 +134,8 @@ def test_without_a_cache_directory_fold_and_unfold_run_on_numpy(monkeypatch, tmp
     monkeypatch.setattr(conv_cpu, "SOURCE", conv_cpu.SOURCE + "/* not in any cache */\n")
     x = np.random.default_rng(5).normal(size=(2, 3, 5, 5)).astype(np.float32)
     assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
-    assert _same_bits(PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)),
-                      _numpy_unfold(x, (2, 2), (1, 1), (1, 1), monkeypatch))
+    assert _same_bits(UNFOLD(np, x, (2, 2), (1, 1), (1, 1)),
+                      PRIMITIVES["unfold"].impl(np, x, (2, 2), (1, 1), (1, 1)))
 
 
 FORK_SCRIPT = """
@@ -135,10 +143,11 @@ import os
 import numpy as np
 import kiln
 from kiln.ir.ops import PRIMITIVES
+from kiln.runtime.numpy_backend import numpy_impl
 kiln.set_num_threads(2)                     # the parent starts OpenMP's threads
 # 660 KB of windows: past the size the kernel runs on one thread
 cols = np.random.default_rng(0).normal(size=(8, 12, 12, 3, 3, 16)).astype(np.float32)
-fold = PRIMITIVES["fold"].impl
+fold = numpy_impl(PRIMITIVES["fold"])
 want = fold(np, cols, (14, 14), (3, 3), (1, 1), (1, 1))
 pid = os.fork()
 if pid == 0:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kiln.ir.ops import PRIMITIVES
+from kiln.runtime import conv_cpu
 from kiln.runtime.numpy_backend import FAST_PATHS, numpy_impl
 
 RNG = np.random.default_rng(0)
@@ -81,3 +82,35 @@ def test_batch_norm_fast_paths_match_the_primitives(shape, layout):
         got = FAST_PATHS[name](np, *args, **attrs)
         assert got.shape == want.shape, name
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def _image_layouts(a):
+    """An (N, C, H, W) array as NCHW, channels-last, a window into a larger image, flipped."""
+    big = np.zeros(a.shape[:2] + (a.shape[2] + 3, a.shape[3] + 2), a.dtype)
+    big[:, :, 1:-2, 2:] = a
+    return [a, _channels_last(a), big[:, :, 1:-2, 2:], a[:, ::-1, ::-1]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("kernels", ["c", "numpy"])      # the backend's C kernels on, or off
+@pytest.mark.parametrize("shape,kernel,stride,dilation", [
+    ((2, 5, 11, 10), (3, 2), (2, 3), (2, 1)), ((4, 16, 9, 9), (3, 3), (1, 1), (1, 1))])
+def test_unfold_and_fold_fast_paths_give_the_definitions_bits(shape, kernel, stride, dilation,
+                                                               dtype, kernels, monkeypatch):
+    if kernels == "numpy":
+        monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
+    for x in _image_layouts(RNG.standard_normal(shape).astype(dtype)):
+        want = PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation)
+        got = FAST_PATHS["unfold"](np, x, kernel, stride, dilation)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        # fold sums the windows of every pixel in one order on every route: the same bits
+        cols = RNG.standard_normal(want.shape).astype(dtype)
+        want = PRIMITIVES["fold"].impl(np, cols, shape[2:], kernel, stride, dilation)
+        got = FAST_PATHS["fold"](np, cols, shape[2:], kernel, stride, dilation)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert np.array_equal(_bits(got), _bits(want))
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)

@@ -129,3 +129,30 @@ def test_compiled_function_takes_a_0d_cpu_tensor_with_cuda_tensors():
         _same(w.grad, tw.grad, rtol=1e-5)
     entry, = compiled.entries.values()
     assert entry.program is not None and entry.calls == 2, entry.eager_reason
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"])
+def test_convolutions_and_pools_on_cuda_match_torch(op):
+    # unfold, fold and pad run their definitions (kiln.ir.ops) on CuPy: the NumPy backend's
+    # fast paths are for NumPy arrays only
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    w0 = rng.standard_normal((3, 4, 3, 2) if op == "conv_transpose2d" else (4, 3, 3, 2))
+    kx = kiln.tensor(x0, device="cuda", requires_grad=True)
+    tx = torch.tensor(x0, requires_grad=True)
+    kw = kiln.tensor(w0.astype(np.float32), device="cuda", requires_grad=True)
+    tw = torch.tensor(w0.astype(np.float32), requires_grad=True)
+    calls = {
+        "conv2d": lambda F, x, w: F.conv2d(x, w, stride=(2, 1), padding=1, dilation=(1, 2)),
+        "conv_transpose2d": lambda F, x, w: F.conv_transpose2d(x, w, stride=2, padding=1),
+        "max_pool2d": lambda F, x, w: F.max_pool2d(x, 3, stride=2, padding=1),
+        "avg_pool2d": lambda F, x, w: F.avg_pool2d(x, 2, stride=1)}
+    ko = calls[op](kiln.nn.functional, kx, kw)
+    to = calls[op](torch.nn.functional, tx, tw)
+    _same(ko.detach(), to.detach(), rtol=1e-5)
+    g = rng.standard_normal(tuple(to.shape)).astype(np.float32)
+    ko.backward(kiln.tensor(g, device="cuda"))
+    to.backward(torch.tensor(g))
+    _same(kx.grad, tx.grad, rtol=1e-4)
+    if op.startswith("conv"):
+        _same(kw.grad, tw.grad, rtol=1e-4)

@@ -57,6 +57,43 @@ def test_nested_composites_nest_their_scopes():
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
 
 
+# (name, input shape, weight shape or None, call): convolutions and pools are composites too
+SPATIAL = [
+    ("conv2d", (2, 3, 8, 7), (4, 3, 3, 2), lambda F, x, w: F.conv2d(x, w, padding=1, stride=2)),
+    ("conv1d", (2, 3, 9), (4, 3, 3), lambda F, x, w: F.conv1d(x, w, dilation=2)),
+    ("conv3d", (1, 2, 5, 4, 4), (3, 2, 2, 2, 2), lambda F, x, w: F.conv3d(x, w)),
+    ("conv_transpose2d", (2, 3, 4, 4), (3, 2, 3, 3),
+     lambda F, x, w: F.conv_transpose2d(x, w, stride=2)),
+    ("max_pool2d", (2, 3, 8, 8), None, lambda F, x, w: F.max_pool2d(x, 3, 2, padding=1)),
+    ("max_pool1d", (2, 3, 9), None, lambda F, x, w: F.max_pool1d(x, 2)),
+    ("avg_pool2d", (2, 3, 8, 8), None, lambda F, x, w: F.avg_pool2d(x, 2)),
+    ("adaptive_avg_pool2d", (2, 3, 7, 9), None, lambda F, x, w: F.adaptive_avg_pool2d(x, 3)),
+    ("adaptive_max_pool2d", (2, 3, 7, 9), None, lambda F, x, w: F.adaptive_max_pool2d(x, 3))]
+
+
+@pytest.mark.parametrize("name,shape,wshape,call", SPATIAL, ids=[c[0] for c in SPATIAL])
+def test_convolution_and_pooling_nodes_carry_their_scope(name, shape, wshape, call):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in (shape, wshape) if s]
+    x, w = [kiln.tensor(a) for a in arrays] + [None] * (2 - len(arrays))
+
+    def f(x, w):
+        return call(F, x, w) + 1.0
+    (graph,) = trace(f, x, w).graphs
+    outside = [n for n in graph.nodes if not n.scope]
+    assert [n.op for n in outside] == ["add"]         # only the caller's own op is outside
+    scoped = [n for n in graph.nodes if n.scope]
+    assert len(scoped) >= 2 and all(n.scope[0] == name for n in scoped), \
+        {n.scope for n in scoped}
+    if name == "conv2d":
+        assert {n.scope for n in scoped} == {("conv2d",)}
+        assert "unfold" in {n.op for n in scoped} and "matmul" in {n.op for n in scoped}
+    (got,), _ = interpret(graph, arrays)
+    want = call(torch.nn.functional, *[torch.from_numpy(a) for a in arrays],
+                *[None] * (2 - len(arrays))) + 1.0
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_the_listing_prints_a_header_per_group_and_indents_its_nodes():
     x = kiln.randn(3, 4)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import kiln
 from kiln import Tensor
 from kiln.nn import functional as F
+from kiln.nn.conv import _ConvTransposeNd
 from kiln.nn.module import Module
 from kiln.nn.utils import parametrize
 
@@ -99,7 +100,6 @@ def spectral_norm(module: Module, name: str = "weight", n_power_iterations: int 
     if not isinstance(weight, Tensor):
         raise ValueError(f"Module '{module}' has no parameter or buffer with name '{name}'")
     if dim is None:
-        from kiln.nn.conv import _ConvTransposeNd
         dim = 1 if isinstance(module, _ConvTransposeNd) else 0
     parametrize.register_parametrization(
         module, name, _SpectralNorm(weight, n_power_iterations, dim, eps))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import kiln
 from kiln import Tensor
 from kiln.nn import functional as F
+from kiln.nn.conv import _ConvTransposeNd
 from kiln.nn.module import Module
 from kiln.nn.parameter import Parameter
 from kiln.nn.utils.parametrizations import _norm_except_dim
@@ -88,7 +89,6 @@ class _SpectralNormHook:
 def spectral_norm(module: Module, name: str = "weight", n_power_iterations: int = 1,
                   eps: float = 1e-12, dim: int | None = None) -> Module:
     if dim is None:
-        from kiln.nn.conv import _ConvTransposeNd
         dim = 1 if isinstance(module, _ConvTransposeNd) else 0
     hook = _SpectralNormHook(name, n_power_iterations, dim, eps)
     weight = module._parameters[name]

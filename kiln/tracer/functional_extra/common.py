@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 
 from kiln.tracer import functional as F
+from kiln.tracer.creation import full_like
 from kiln.tracer.functional import _as_tensor, _floating
 from kiln.tracer.tensor import Tensor
 
@@ -19,5 +20,4 @@ def _f(x):
 
 
 def _full_like(input, value):
-    from kiln.tracer.creation import full_like
     return full_like(input, value)

@@ -10,6 +10,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
+from kiln.tracer.creation import _dtype, arange, default_generator, from_numpy, ones, tensor
 from kiln.tracer.functional import _as_tensor
 from kiln.tracer.functional_extra.common import _full_like
 from kiln.tracer.tensor import Tensor
@@ -18,14 +19,12 @@ from kiln.tracer.tensor import Tensor
 # ----------------------------------------------------------------------------- creation
 
 def scalar_tensor(s, *, dtype=None, device=None, requires_grad=False):
-    from kiln.tracer.creation import tensor
     return tensor(s, dtype=dtype or dt.get_default_dtype(), device=device,
                   requires_grad=requires_grad)
 
 
 def range_(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
     """torch.range (deprecated): like arange but includes `end`."""
-    from kiln.tracer.creation import arange
     if end is None:
         start, end = 0, start
     count = int(math.floor((end - start) / step)) + 1
@@ -34,7 +33,6 @@ def range_(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
 
 
 def frombuffer(buffer, *, dtype, count=-1, offset=0, requires_grad=False):
-    from kiln.tracer.creation import _dtype, from_numpy
     kind = _dtype(dtype)
     arr = np.frombuffer(buffer, dtype=kind.np, count=count, offset=offset)
     out = from_numpy(arr)
@@ -42,7 +40,6 @@ def frombuffer(buffer, *, dtype, count=-1, offset=0, requires_grad=False):
 
 
 def _window(name, n, periodic, fn, dtype, device, requires_grad):
-    from kiln.tracer.creation import arange, ones
     kind = dtype or dt.get_default_dtype()
     if n == 0:
         return ones(0, dtype=kind, device=device)
@@ -88,7 +85,6 @@ def kaiser_window(window_length, periodic=True, beta=12.0, *, dtype=None, device
 
 
 def poisson(input, generator=None):
-    from kiln.tracer.creation import default_generator
     gen = generator or default_generator
     rng = np.random.default_rng(gen.next_seed())
     rates = np.asarray(input.detach()._read("poisson()"))
@@ -96,7 +92,6 @@ def poisson(input, generator=None):
 
 
 def binomial(count, prob, generator=None):
-    from kiln.tracer.creation import default_generator
     gen = generator or default_generator
     rng = np.random.default_rng(gen.next_seed())
     n = np.asarray(count.detach()._read("binomial()"))

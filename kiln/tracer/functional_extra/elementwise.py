@@ -17,7 +17,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary
 from kiln.tracer.functional_extra.common import _f, _full_like
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, Tensor
 
 
 # ----------------------------------------------------------------------------- elementwise math
@@ -364,5 +364,4 @@ def is_inference(input) -> bool:
 
 
 def is_inference_mode_enabled() -> bool:
-    from kiln.tracer.tensor import STATE
     return bool(STATE.inference)

@@ -8,9 +8,11 @@ from collections import namedtuple
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.runtime.device import Device, cupy_module
 from kiln.tracer import functional as F
+from kiln.tracer.creation import from_numpy
 from kiln.tracer.functional import _as_tensor
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import Size, Tensor
 
 
 # ----------------------------------------------------------------------------- types and misc
@@ -49,7 +51,6 @@ def can_cast(from_, to) -> bool:
 
 
 def broadcast_shapes(*shapes):
-    from kiln.tracer.tensor import Size
     return Size(np.broadcast_shapes(*[tuple(s) if not isinstance(s, int) else (s,)
                                       for s in shapes]))
 
@@ -138,9 +139,7 @@ def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
 def from_dlpack(ext_tensor):
     """A tensor sharing memory with any DLPack producer (a NumPy array, a torch or CuPy
     tensor, a capsule from `to_dlpack`)."""
-    from kiln.tracer.creation import from_numpy
     if hasattr(ext_tensor, "__dlpack_device__") and ext_tensor.__dlpack_device__()[0] == 2:
-        from kiln.runtime.device import Device, cupy_module
         arr = cupy_module().from_dlpack(ext_tensor)
         return Tensor(arr, device=Device("cuda"))
     if not hasattr(ext_tensor, "__dlpack__"):         # a bare capsule

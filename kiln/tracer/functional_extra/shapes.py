@@ -11,6 +11,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
+from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
@@ -218,13 +219,11 @@ def meshgrid(*tensors, indexing=None):
 
 def tril_indices(row, col, offset=0, *, dtype=None, device=None):
     r, c = np.tril_indices(row, offset, col)
-    from kiln.tracer.creation import tensor
     return tensor(np.stack([r, c]).astype(np.int64), dtype=dtype or dt.int64, device=device)
 
 
 def triu_indices(row, col, offset=0, *, dtype=None, device=None):
     r, c = np.triu_indices(row, offset, col)
-    from kiln.tracer.creation import tensor
     return tensor(np.stack([r, c]).astype(np.int64), dtype=dtype or dt.int64, device=device)
 
 

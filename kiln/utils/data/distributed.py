@@ -11,6 +11,7 @@ import math
 from typing import Iterator, Sized
 
 import kiln
+import kiln.distributed as dist
 from kiln.utils.data.sampler import Sampler
 
 
@@ -22,7 +23,6 @@ class DistributedSampler(Sampler):
                  rank: int | None = None, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False) -> None:
         if num_replicas is None or rank is None:
-            import kiln.distributed as dist
             if not dist.is_initialized():
                 raise RuntimeError("DistributedSampler: pass num_replicas and rank, or call "
                                    "kiln.distributed.init_process_group() first")

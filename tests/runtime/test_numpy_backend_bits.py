@@ -1,8 +1,10 @@
-"""The NumPy fast paths inside primitive impls give the same bits as the plain NumPy call.
+"""The NumPy backend's fast paths give the same bits as the plain NumPy call or the primitive's
+definition.
 
-Some impls take a faster route for large NumPy arrays (where's bit select, relu against an array
-of zeros); the parity tests draw small shapes, so these run the large-array paths directly,
-over dtypes, memory layouts and the literals that take special routes (+0, -0.0).
+Some take a faster route for large NumPy arrays (where's bit select, relu against an array of
+zeros); the parity tests draw small shapes, so these run the large-array paths directly, over
+dtypes, memory layouts and the literals that take special routes (+0, -0.0). Fold sums each
+pixel's windows in one order on every route (definition, NumPy, C kernel).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import itertools
 import numpy as np
 import pytest
 
-from kiln.ir import ops
 from kiln.ir.ops import PRIMITIVES
+from kiln.runtime import conv_cpu
+from kiln.runtime.numpy_backend import numpy_impl
 
 SHAPE = (8, 16, 8, 8)                      # 8192 elements: past the fast paths' threshold
 
@@ -43,7 +46,7 @@ def test_where_matches_numpy_bit_for_bit(dtype):
     literals = [0, 0.0, -0.0, 1.5, 3, True]
     cond = base.astype(np.float64) > 0
     conds = [cond, _channels_last(cond), np.broadcast_to(cond[:1], SHAPE), cond[:, :1]]
-    where = PRIMITIVES["where"].impl
+    where = numpy_impl(PRIMITIVES["where"])
     for c, x, y in itertools.product(conds, arrays + literals, arrays + literals):
         if SHAPE not in (np.shape(c), np.shape(x), np.shape(y)):
             continue
@@ -53,13 +56,13 @@ def test_where_matches_numpy_bit_for_bit(dtype):
 
 def test_where_result_follows_a_dense_operand_layout():
     x = _channels_last(_values(np.float32))
-    out = PRIMITIVES["where"].impl(np, x > 0, x, 0.0)
+    out = numpy_impl(PRIMITIVES["where"])(np, x > 0, x, 0.0)
     assert out.strides == x.strides
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_relu_matches_numpy_maximum_bit_for_bit(dtype):
-    relu = PRIMITIVES["relu"].impl
+    relu = numpy_impl(PRIMITIVES["relu"])
     for x in (_values(dtype), _channels_last(_values(dtype))):
         out = relu(np, x)
         assert _same_bits(out, np.maximum(x, 0))
@@ -67,13 +70,14 @@ def test_relu_matches_numpy_maximum_bit_for_bit(dtype):
 
 
 def test_pad_matches_numpy_and_keeps_a_permuted_layout():
-    pad = PRIMITIVES["pad"].impl
     pads = ((0, 0), (0, 0), (1, 2), (2, 1))
     base = _values(np.float32)
-    for x in (base, _channels_last(base), base[:, :, ::2], np.broadcast_to(base[:1], SHAPE)):
-        out = pad(np, x, pads, 0.5)
-        assert _same_bits(out, np.pad(x, pads, constant_values=0.5))
-    out = pad(np, _channels_last(base), pads, 0.0)
+    for pad in (numpy_impl(PRIMITIVES["pad"]), PRIMITIVES["pad"].impl):
+        for x in (base, _channels_last(base), base[:, :, ::2], np.broadcast_to(base[:1], SHAPE),
+                  base[:, ::-1].transpose(0, 2, 1, 3)):
+            out = pad(np, x, pads, 0.5)
+            assert _same_bits(out, np.pad(x, pads, constant_values=0.5))
+    out = numpy_impl(PRIMITIVES["pad"])(np, _channels_last(base), pads, 0.0)
     assert out.strides[1] == out.itemsize          # still channels-last: unfold reads it as is
 
 
@@ -81,11 +85,12 @@ def test_pad_matches_numpy_and_keeps_a_permuted_layout():
     ((64, 4, 4, 3, 3, 16), (6, 6), (1, 1), (1, 1)),       # copied window-position-major
     ((2, 3, 3, 3, 2, 5), (7, 6), (2, 1), (1, 2)),
     ((8, 30, 30, 3, 3, 32), (32, 32), (1, 1), (1, 1))])   # past the copy's size limit
-@pytest.mark.parametrize("route", ["numpy", "installed"])     # the runtime's C kernel, if any
+# the primitive's definition, the backend's NumPy route, and the backend's C kernel, if any
+@pytest.mark.parametrize("route", ["definition", "numpy", "backend"])
 def test_fold_sums_windows_back_into_the_image(cols_shape, size, stride, dilation, route,
                                                monkeypatch):
     if route == "numpy":
-        monkeypatch.setattr(ops, "CPU_KERNELS", {})
+        monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
     cols = np.random.default_rng(0).normal(size=cols_shape).astype(np.float32)
     n, oh, ow, kh, kw, c = cols_shape
     want = np.zeros((n, c) + size, np.float32)
@@ -95,5 +100,6 @@ def test_fold_sums_windows_back_into_the_image(cols_shape, size, stride, dilatio
                 r = y * stride[0] + i * dilation[0]
                 want[:, :, r, j * dilation[1]:j * dilation[1] + stride[1] * (ow - 1) + 1:
                      stride[1]] += cols[:, y, :, i, j, :].transpose(0, 2, 1)
-    out = PRIMITIVES["fold"].impl(np, cols, size, (kh, kw), stride, dilation)
+    fold = PRIMITIVES["fold"].impl if route == "definition" else numpy_impl(PRIMITIVES["fold"])
+    out = fold(np, cols, size, (kh, kw), stride, dilation)
     assert _same_bits(out, want)
