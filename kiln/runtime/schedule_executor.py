@@ -148,7 +148,9 @@ class ScheduleExecutor:
                 steps.append(("c", st.kernel, ins, outs, None, (st.in_dtypes, specs)))
             elif st.kind == "matmul":
                 (o,) = st.outs
-                steps.append(("matmul", xp.matmul, ins, outs, None,
+                views = None if st.view is None else tuple(
+                    None if v is None else (PRIMITIVES[v[0]].impl, dict(v[1])) for v in st.view)
+                steps.append(("matmul", xp.matmul, ins, outs, views,
                               (st.buffers[0], shapes[o], dtypes[o])))
             elif st.kind == "view":
                 op, attrs = st.view
@@ -391,7 +393,14 @@ class ScheduleExecutor:
                     if getrefcount(buffers[b]) != 2:
                         buffers[b] = _new_buffer(b, sizes[b], xp)
                     dest = _typed(buffers[b], shape, d)
-                env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
+                a, b = env[ins[0]], env[ins[1]]
+                if sub is not None:     # views of the operands (LoweredStep.view)
+                    va, vb = sub
+                    if va is not None:
+                        a = va[0](xp, a, **va[1])
+                    if vb is not None:
+                        b = vb[0](xp, b, **vb[1])
+                env[outs[0]] = runner(a, b, out=dest)
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
