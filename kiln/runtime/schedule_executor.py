@@ -176,6 +176,9 @@ class ScheduleExecutor:
         # the kept buffers of the memory plan; one is replaced by a fresh one when something
         # outside still holds it (an output the caller kept from the last call)
         self._buffers = [None] * len(program.buffer_bytes)
+        # per kept buffer, its data pointer (NumPy memory; 0 until made): a C kernel's output
+        # or a matmul's written there needs no address lookup per call
+        self._pointers = [0] * len(program.buffer_bytes)
         self.choices: list = []     # KernelChoice per C kernel, once the trials are over
         self._trials = None         # _KernelTrials while they run
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
@@ -299,6 +302,7 @@ class ScheduleExecutor:
     def release_buffers(self) -> None:
         """Forget the arrays kept from call to call (a CUDA graph's capture makes its own)."""
         self._buffers = [None] * len(self._buffers)
+        self._pointers = [0] * len(self._buffers)
         for step in self.triton_steps.values():
             step.release()
 
@@ -328,7 +332,7 @@ class ScheduleExecutor:
                 self._start_trials()
             trials = self._trials
         xp = self.xp
-        buffers, sizes = self._buffers, self.program.buffer_bytes
+        buffers, sizes, addresses = self._buffers, self.program.buffer_bytes, self._pointers
         env = [None] * self.num_slots
         # the data pointer of each slot a C kernel wrote in this call (a contiguous array of
         # the kernel's output dtype): a later kernel reading it needs no conversion or lookup
@@ -379,7 +383,12 @@ class ScheduleExecutor:
                         # per 4 KiB
                         if getrefcount(buffers[b]) != 2:
                             buffers[b] = _new_buffer(b, sizes[b])
+                            addresses[b] = data_pointer(buffers[b])
                         out = np.ndarray(shape, d, buffers[b])
+                        env[s] = out
+                        pointer_of[s] = addresses[b]
+                        pointers.append(addresses[b])
+                        continue
                     env[s] = out
                     pointer_of[s] = data_pointer(out)
                     pointers.append(pointer_of[s])
@@ -392,15 +401,17 @@ class ScheduleExecutor:
                 if dest is None and b is not None:
                     if getrefcount(buffers[b]) != 2:
                         buffers[b] = _new_buffer(b, sizes[b], xp)
+                        addresses[b] = data_pointer(buffers[b]) if xp is np else 0
                     dest = _typed(buffers[b], shape, d)
-                a, b = env[ins[0]], env[ins[1]]
+                    pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype
+                x, y = env[ins[0]], env[ins[1]]
                 if sub is not None:     # views of the operands (LoweredStep.view)
-                    va, vb = sub
-                    if va is not None:
-                        a = va[0](xp, a, **va[1])
-                    if vb is not None:
-                        b = vb[0](xp, b, **vb[1])
-                env[outs[0]] = runner(a, b, out=dest)
+                    vx, vy = sub
+                    if vx is not None:
+                        x = vx[0](xp, x, **vx[1])
+                    if vy is not None:
+                        y = vy[0](xp, y, **vy[1])
+                env[outs[0]] = runner(x, y, out=dest)
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
