@@ -199,6 +199,31 @@ def test_the_executor_allocates_exactly_the_planned_buffers(cache_dir, monkeypat
     np.testing.assert_allclose(again, want[0], rtol=1e-5, atol=1e-6)
 
 
+@needs_cc
+def test_outputs_kept_between_calls_or_views_of_them_are_never_written_over(cache_dir,
+                                                                             monkeypatch):
+    g = _transposed_matmul()
+    lowered = lower_program(fusion.fuse(g), "c")
+    made = []
+    real = schedule_executor._new_buffer
+    monkeypatch.setattr(schedule_executor, "_new_buffer",
+                        lambda i, n, *xp: made.append(i) or real(i, n, *xp))
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((6, 5), np.float32), rng.standard_normal((4, 5), np.float32)
+    ex = _check_runs(g, lowered, [a, b])
+    kept = [ex.run([a * k, b])[0][0][::2].T for k in (1, 2, 3)]     # views of the outputs
+    for k, view in zip((1, 2, 3), kept):
+        want, _ = interpret(g, [a * k, b])
+        np.testing.assert_allclose(view, want[0][::2].T, rtol=1e-5, atol=1e-6)
+    assert len(made) == len(lowered.buffer_bytes) + 2       # the held output's buffer, twice
+    made.clear()
+    del kept, view
+    for _ in range(3):          # nothing held: the kept buffers serve every call
+        (out,), _ = ex.run([a, b])
+        del out
+    assert made == []
+
+
 def test_a_lowered_step_names_its_fields():
     # the program cache writes these fields; a new one must be written there too
     assert [f.name for f in dataclasses.fields(LoweredStep)] == [
