@@ -306,7 +306,12 @@ def _encode_lowered(program: LoweredProgram) -> tuple:
             doc["view"] = [op, [[name, to_json_value(a)] for name, a in attrs]]
         elif st.kind == "array":
             doc["graph"] = st.graph.to_doc()
-        elif st.kind != "matmul":
+        elif st.kind == "matmul":
+            if st.view is not None:     # views of its operands
+                doc["view"] = [None if v is None else
+                               [v[0], [[name, to_json_value(a)] for name, a in v[1]]]
+                               for v in st.view]
+        else:
             raise _Unsupported(f"a lowered step of kind {st.kind!r}")
         steps.append(doc)
     head = {"name": program.name, "target": program.target, "steps": steps,
@@ -340,7 +345,13 @@ def _decode_lowered(doc: dict, later: "_Later", part: str, graph: Graph) -> Lowe
             extra["view"] = (op, tuple((name, from_json_value(a)) for name, a in attrs))
         elif kind == "array":
             extra["graph"] = Graph.from_doc(st["graph"])
-        elif kind != "matmul":
+        elif kind == "matmul":
+            if st.get("view") is not None:
+                extra["view"] = tuple(
+                    None if v is None else
+                    (PRIMITIVES[v[0]].name, tuple((name, from_json_value(a)) for name, a in v[1]))
+                    for v in st["view"])
+        else:
             raise ValueError(f"a lowered step of kind {kind!r}")
         steps.append(LoweredStep(kind, tuple(st["ins"]), tuple(st["outs"]), st["name"],
                                  st["number"], why=st["why"], kept=tuple(st["kept"]),

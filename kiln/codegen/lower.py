@@ -43,7 +43,8 @@ class LoweredStep:
     number: str = ""            # a fused kernel's number (k0, k6a), else ""
     kernel: object = None       # CKernel or TritonKernel: the rendered source it launches
     graph: object = None        # the subgraph: what "array" runs; a kernel's NumPy alternative
-    view: tuple | None = None   # "view": (op, attrs)
+    view: tuple | None = None   # "view": (op, attrs); "matmul": per input, the (op, attrs)
+                                # of a view taken of it before the product, or None
     why: str = ""               # why a fused kernel is not generated
     in_dtypes: tuple = ()       # "c": the dtype each input is converted to
     in_place: tuple = ()        # "c": per output None, or (source slot, argument position or
@@ -115,7 +116,10 @@ class LoweredProgram:
     def __str__(self) -> str:
         lines = [f"lowered {self.name} ({self.target}): {len(self.steps)} steps"]
         for i, s in enumerate(self.steps):
-            args = f"({', '.join(self.refs[x] for x in s.ins)}) -> " \
+            ins = [self.refs[x] for x in s.ins]
+            if s.kind == "matmul" and s.view is not None:     # operands it takes views of
+                ins = [ref if v is None else f"{v[0]}({ref})" for ref, v in zip(ins, s.view)]
+            args = f"({', '.join(ins)}) -> " \
                    f"{', '.join(self.refs[x] for x in s.outs)}"
             what = " ".join(t for t in (s.number, s.kind, s.name if s.name != s.kind else "")
                             if t)
@@ -200,6 +204,7 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
                                      why=str(e)))
     input_slots = tuple(slot[v] for v in graph.inputs)
     mutation_slots = tuple(slot[new] for _, new in graph.mutations)
+    steps = _fold_views(steps, {slot[v] for v in graph.outputs} | set(mutation_slots))
     # outputs `run(..., into=...)` may compute straight into a caller's array: those a C kernel
     # or a matmul writes, returned once and not written back; with the inputs that must not
     # share that array's memory
@@ -218,6 +223,34 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
         tuple(v.shape for v in values), tuple(np.dtype(v.dtype.np) for v in values),
         input_slots, tuple(slot[v] for v in graph.constants),
         tuple(slot[v] for v in graph.outputs), mutation_slots, into, module, graph=graph)
+
+
+def _fold_views(steps: list, leaving: set) -> list:
+    """Steps with each one-node view read only by matmuls taken by those matmuls themselves
+    (`LoweredStep.view`: a transposed operand, as the layout pass makes an RNN step's thin
+    products read `h.T`): one executor step less per view, the same NumPy view made."""
+    readers: dict = {}
+    for i, st in enumerate(steps):
+        for x in st.ins:
+            readers.setdefault(x, []).append(i)
+    folded = {}                 # a view's output slot -> (its input slot, (op, attrs))
+    for st in steps:
+        if st.kind == "view" and st.outs[0] not in leaving and \
+                all(steps[i].kind == "matmul" for i in readers.get(st.outs[0], [None])
+                    if i is not None) and st.outs[0] in readers:
+            folded[st.outs[0]] = (st.ins[0], st.view)
+    if not folded:
+        return steps
+    out = []
+    for st in steps:
+        if st.kind == "view" and st.outs[0] in folded:
+            continue
+        if st.kind == "matmul" and any(x in folded for x in st.ins):
+            views = tuple(folded[x][1] if x in folded else None for x in st.ins)
+            st = dataclasses.replace(st, ins=tuple(folded[x][0] if x in folded else x
+                                                   for x in st.ins), view=views)
+        out.append(st)
+    return out
 
 
 def _c_step(number: str, step: FusedKernel, over: dict, ins: tuple, outs: tuple,

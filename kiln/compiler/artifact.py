@@ -190,6 +190,10 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
             what = f"{kind} kernel"
         elif kind == "matmul":
             kind, what = "extern", "extern matmul"
+            views = getattr(s["lowered"], "view", None)
+            if views is not None:
+                what += " of " + ", ".join("a " + v[0] for v in views if v is not None) + \
+                    " view of its operands"
             if s["buffers"][0] is not None:
                 what += " (into a kept buffer)"
         elif kind == "view" or s["why"] == VIEWS_ONLY:

@@ -20,6 +20,7 @@ from kiln.passes.memory import MemoryPlan, in_place_updates, inputs_read, plan_b
 from kiln.passes.pad_sums import concatenate_padded_sums
 from kiln.passes.partition import PartitionReport, partition
 from kiln.passes.slice_sinking import sink_slices
+from kiln.passes.stack_reshapes import concatenate_before_reshapes
 
 
 @dataclass
@@ -60,7 +61,8 @@ def run_passes(graph: Graph) -> PassReport:
 # --passes` prints them). "partition" runs only on a joint forward+backward trace, then the rest
 # once per program; "lower" is `kiln.codegen.lower.lower_schedule`, handed in by the compiler
 # (passes import no codegen).
-STEPS = ("partition", "decompose", "cleanup", "sink slices", "concatenate padded sums",
+STEPS = ("partition", "decompose", "cleanup", "sink slices", "concatenate before reshapes",
+         "concatenate padded sums",
          "merge matmul sums", "fuse", "split gathers", "lower", "plan memory")
 
 
@@ -154,13 +156,20 @@ def compile_part(graph: Graph, fused: bool = True, lower=None,
 
 
 def _sums(graph: Graph, stats: list, snapshots: list) -> Graph:
-    """The steps that merge sums: padded pieces side by side into a concatenation, thin
-    matmuls (a weight's gradient over a loop's steps) into one matmul."""
-    catted = concatenate_padded_sums(graph)
+    """The steps that merge concatenations and sums: a stack of reshaped steps into a reshape
+    of their concatenation, padded pieces side by side into a concatenation, thin matmuls (a
+    weight's gradient over a loop's steps) into one matmul."""
+    stacked = concatenate_before_reshapes(graph)
+    stats.append(PassStat("concatenate_before_reshapes", len(graph.nodes), len(stacked.nodes)))
+    if stacked is not graph:            # a reshape of the stack meets its readers' reshapes
+        stacked, more = optimize(stacked)
+        stats += more
+    snapshots.append(("concatenate before reshapes", stacked))
+    catted = concatenate_padded_sums(stacked)
     snapshots.append(("concatenate padded sums", catted))
     merged = merge_matmul_sums(catted)
     snapshots.append(("merge matmul sums", merged))
-    stats += [PassStat("concatenate_padded_sums", len(graph.nodes), len(catted.nodes)),
+    stats += [PassStat("concatenate_padded_sums", len(stacked.nodes), len(catted.nodes)),
               PassStat("merge_matmul_sums", len(catted.nodes), len(merged.nodes))]
     return merged
 
@@ -195,10 +204,16 @@ def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
         cleanup = []
         if sunk is not optimized:
             optimized, cleanup = optimize(sunk)
-    catted = concatenate_padded_sums(optimized)
+    stacked = concatenate_before_reshapes(optimized)
+    stats += cleanup + [PassStat("concatenate_before_reshapes", len(optimized.nodes),
+                                 len(stacked.nodes))]
+    cleanup = []
+    if stacked is not optimized:
+        stacked, cleanup = optimize(stacked)
+    catted = concatenate_padded_sums(stacked)
     merged = merge_matmul_sums(catted)
     return merged, stats + cleanup + [
-        PassStat("concatenate_padded_sums", len(optimized.nodes), len(catted.nodes)),
+        PassStat("concatenate_padded_sums", len(stacked.nodes), len(catted.nodes)),
         PassStat("merge_matmul_sums", len(catted.nodes), len(merged.nodes))]
 
 

@@ -148,7 +148,9 @@ class ScheduleExecutor:
                 steps.append(("c", st.kernel, ins, outs, None, (st.in_dtypes, specs)))
             elif st.kind == "matmul":
                 (o,) = st.outs
-                steps.append(("matmul", xp.matmul, ins, outs, None,
+                views = None if st.view is None else tuple(
+                    None if v is None else (PRIMITIVES[v[0]].impl, dict(v[1])) for v in st.view)
+                steps.append(("matmul", xp.matmul, ins, outs, views,
                               (st.buffers[0], shapes[o], dtypes[o])))
             elif st.kind == "view":
                 op, attrs = st.view
@@ -174,6 +176,10 @@ class ScheduleExecutor:
         # the kept buffers of the memory plan; one is replaced by a fresh one when something
         # outside still holds it (an output the caller kept from the last call)
         self._buffers = [None] * len(program.buffer_bytes)
+        # per kept buffer, its data pointer (NumPy memory; 0 until made): a C kernel's output
+        # or a matmul's written there needs no address lookup per call
+        self._pointers = [0] * len(program.buffer_bytes)
+        self._forget_typed()
         self.choices: list = []     # KernelChoice per C kernel, once the trials are over
         self._trials = None         # _KernelTrials while they run
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
@@ -297,8 +303,29 @@ class ScheduleExecutor:
     def release_buffers(self) -> None:
         """Forget the arrays kept from call to call (a CUDA graph's capture makes its own)."""
         self._buffers = [None] * len(self._buffers)
+        self._pointers = [0] * len(self._buffers)
+        self._forget_typed()
         for step in self.triton_steps.values():
             step.release()
+
+    def _forget_typed(self) -> None:
+        """Drop the typed views of the kept buffers that C steps' outputs keep between calls."""
+        # per step, per output: the array of its shape and dtype over its kept buffer, made
+        # once (400 ns a call otherwise); `_views_of[b]`: how many of them refer to buffer b
+        # and `_typed_keys[b]` which, so a buffer's reference count still says whether the
+        # caller holds its memory
+        self._typed = [None] * len(self.program.steps)
+        self._views_of = [0] * len(self.program.buffer_bytes)
+        self._typed_keys = [[] for _ in self.program.buffer_bytes]
+
+    def _replace_buffer(self, b: int, xp=np) -> None:
+        """Fresh memory for kept buffer b (the caller holds the old one); its typed views go."""
+        self._buffers[b] = _new_buffer(b, self.program.buffer_bytes[b], xp)
+        self._pointers[b] = data_pointer(self._buffers[b]) if xp is np else 0
+        for i, j in self._typed_keys[b]:
+            self._typed[i][j] = None
+        self._typed_keys[b] = []
+        self._views_of[b] = 0
 
     def run(self, inputs: list, into: dict | None = None) -> tuple[list, list]:
         """Arrays for graph.outputs and for the new values of graph.mutations; on a GPU, by
@@ -326,7 +353,8 @@ class ScheduleExecutor:
                 self._start_trials()
             trials = self._trials
         xp = self.xp
-        buffers, sizes = self._buffers, self.program.buffer_bytes
+        buffers, addresses = self._buffers, self._pointers
+        typed, views_of = self._typed, self._views_of
         env = [None] * self.num_slots
         # the data pointer of each slot a C kernel wrote in this call (a contiguous array of
         # the kernel's output dtype): a later kernel reading it needs no conversion or lookup
@@ -356,7 +384,7 @@ class ScheduleExecutor:
                         p = data_pointer(a)
                     args.append(a)
                     pointers.append(p)
-                for b, shape, d, s, over in out_specs:
+                for j, (b, shape, d, s, over) in enumerate(out_specs):
                     dest = dests.get(s)
                     if dest is None and over is not None:
                         src_slot, arg, others = over
@@ -375,23 +403,45 @@ class ScheduleExecutor:
                         # the kept buffer, when only this list still refers to it (the caller
                         # dropped what it held last call): fresh memory would cost a page fault
                         # per 4 KiB
-                        if getrefcount(buffers[b]) != 2:
-                            buffers[b] = _new_buffer(b, sizes[b])
-                        out = np.ndarray(shape, d, buffers[b])
+                        # (references: the list, the call's argument, its typed views; a
+                        # typed view's: its list, `out`, the argument; no local keeps a
+                        # buffer, which would count at its next use)
+                        cache = typed[i]
+                        if cache is None:
+                            cache = typed[i] = [None] * len(out_specs)
+                        out = cache[j]
+                        if getrefcount(buffers[b]) != 2 + views_of[b] or \
+                                (out is not None and getrefcount(out) != 3):
+                            self._replace_buffer(b)
+                            out = None
+                        if out is None:
+                            out = cache[j] = np.ndarray(shape, d, buffers[b])
+                            views_of[b] += 1
+                            self._typed_keys[b].append((i, j))
+                        env[s] = out
+                        pointer_of[s] = addresses[b]
+                        pointers.append(addresses[b])
+                        continue
                     env[s] = out
                     pointer_of[s] = data_pointer(out)
                     pointers.append(pointer_of[s])
                 runner(*pointers)
+                args = a = None     # a kept buffer they view is not held past the step
                 if trials is not None:
                     trials.after_c(i)
             elif kind == "matmul":
                 b, shape, d = extra
                 dest = dests.get(outs[0])
                 if dest is None and b is not None:
-                    if getrefcount(buffers[b]) != 2:
-                        buffers[b] = _new_buffer(b, sizes[b], xp)
+                    if getrefcount(buffers[b]) != 2 + views_of[b]:
+                        self._replace_buffer(b, xp)
                     dest = _typed(buffers[b], shape, d)
-                env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
+                    pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype
+                if sub is None:
+                    env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
+                else:                   # views of the operands (LoweredStep.view)
+                    env[outs[0]] = _viewed_matmul(runner, xp, sub, env[ins[0]], env[ins[1]],
+                                                  dest)
             elif kind == "view":
                 env[outs[0]] = runner(xp, env[ins[0]], **extra)
             elif kind == "triton":
@@ -412,6 +462,18 @@ class ScheduleExecutor:
                 self._finish_trials()
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
 
+
+
+def _viewed_matmul(matmul, xp, views: tuple, x, y, out):
+    """matmul(x, y) of views of x and y (per operand, (impl, attrs) or None), into `out`; a
+    function of its own so that no local of the executor's loop keeps the views (and so their
+    buffers) alive past the step."""
+    vx, vy = views
+    if vx is not None:
+        x = vx[0](xp, x, **vx[1])
+    if vy is not None:
+        y = vy[0](xp, y, **vy[1])
+    return matmul(x, y, out=out)
 
 
 def _typed(buffer, shape: tuple, dtype: np.dtype):

@@ -73,6 +73,7 @@ def _check_runs(graph: Graph, lowered: LoweredProgram, inputs: list) -> Schedule
 @pytest.mark.parametrize("target", ["c", "triton"])
 def test_views_only_kernels_are_views_not_launches(cache_dir, target):
     g = _transposed_matmul()
+    g.outputs.append(g.nodes[1].out)            # the permute leaves too: a step of its own
     schedule = fusion.fuse(g)
     views = [k for k in schedule.kernels if all(n.op == "permute" for n in k.subgraph.nodes)]
     assert len(views) == 1                      # fusion made a kernel of the lone permute
@@ -81,6 +82,8 @@ def test_views_only_kernels_are_views_not_launches(cache_dir, target):
     assert ("view", VIEWS_ONLY) in kinds
     (view,) = [s for s in lowered.steps if s.kind == "view"]
     assert view.kernel is None and view.view == ("permute", (("perm", (1, 0)),))
+    (matmul,) = [s for s in lowered.steps if s.kind == "matmul"]
+    assert matmul.view is None and view.outs[0] in matmul.ins
     generated = [s for s in lowered.steps if s.kind == target]
     assert generated and all("permute" not in s.name for s in generated)
     if target == "c":
@@ -89,6 +92,22 @@ def test_views_only_kernels_are_views_not_launches(cache_dir, target):
         a, b = rng.standard_normal((6, 5), np.float32), rng.standard_normal((4, 5), np.float32)
         ex = _check_runs(g, lowered, [a, b])
         assert [k for k, *_ in ex.steps].count("c") == len(generated)
+
+
+@needs_cc
+@pytest.mark.parametrize("target", ["c", "triton"])
+def test_a_view_read_only_by_matmuls_is_taken_by_the_matmul(cache_dir, target):
+    g = _transposed_matmul()                    # tanh(a) @ b.T * 2: b.T read only by the matmul
+    lowered = lower_program(fusion.fuse(g), target)
+    assert [s.kind for s in lowered.steps] == [target, "matmul", target]
+    matmul = lowered.steps[1]
+    assert matmul.view == (None, ("permute", (("perm", (1, 0)),)))
+    assert matmul.ins[1] == lowered.input_slots[1]          # b itself, transposed by the step
+    assert "permute(%b" in str(lowered)
+    if target == "c":
+        rng = np.random.default_rng(1)
+        a, b = rng.standard_normal((6, 5), np.float32), rng.standard_normal((4, 5), np.float32)
+        _check_runs(g, lowered, [a, b])
 
 
 @needs_cc
@@ -178,6 +197,31 @@ def test_the_executor_allocates_exactly_the_planned_buffers(cache_dir, monkeypat
     np.testing.assert_array_equal(kept, before)
     want, _ = interpret(g, [inputs[0] * 2, inputs[1]])
     np.testing.assert_allclose(again, want[0], rtol=1e-5, atol=1e-6)
+
+
+@needs_cc
+def test_outputs_kept_between_calls_or_views_of_them_are_never_written_over(cache_dir,
+                                                                             monkeypatch):
+    g = _transposed_matmul()
+    lowered = lower_program(fusion.fuse(g), "c")
+    made = []
+    real = schedule_executor._new_buffer
+    monkeypatch.setattr(schedule_executor, "_new_buffer",
+                        lambda i, n, *xp: made.append(i) or real(i, n, *xp))
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((6, 5), np.float32), rng.standard_normal((4, 5), np.float32)
+    ex = _check_runs(g, lowered, [a, b])
+    kept = [ex.run([a * k, b])[0][0][::2].T for k in (1, 2, 3)]     # views of the outputs
+    for k, view in zip((1, 2, 3), kept):
+        want, _ = interpret(g, [a * k, b])
+        np.testing.assert_allclose(view, want[0][::2].T, rtol=1e-5, atol=1e-6)
+    assert len(made) == len(lowered.buffer_bytes) + 2       # the held output's buffer, twice
+    made.clear()
+    del kept, view
+    for _ in range(3):          # nothing held: the kept buffers serve every call
+        (out,), _ = ex.run([a, b])
+        del out
+    assert made == []
 
 
 def test_a_lowered_step_names_its_fields():
