@@ -5,6 +5,8 @@ under `#pragma omp simd`, the outer ones are shared among threads with `#pragma 
 for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
+Many short rows (a pooling window, a few classes) are unrolled instead: a loop nest over the
+rows whose body is every pass written out element by element (`unrolled_reduction`).
 
 Each op's C spelling lives in one table (`OPS`). float32 exp, log, tanh, erf and friends are
 written out below as branch-free formulas (Cephes' polynomials) so that loops calling them
