@@ -576,7 +576,10 @@ class _Renderer:
 
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
+        # single-threaded only: GCC 12 took minutes over an OpenMP team's copy of the long
+        # unrolled body (a batch-64 pooling kernel), whether collapsed or not
         if self.k.reduced_numel <= UNROLL_LIMIT and self.k.numel >= UNROLL_MIN_ROWS and \
+                self.k.numel * self.k.reduced_numel * self.work < self.parallel_min and \
                 not any(isinstance(st, Reduce) and st.op == "argmax" for st in self.k.body):
             return self.unrolled_reduction()
         if self.k.numel > 1 and (self.k.reduced_leading or self._stores_across_rows()):
