@@ -5,6 +5,8 @@ under `#pragma omp simd`, the outer ones are shared among threads with `#pragma 
 for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
+Many short rows (a pooling window, a few classes) are unrolled instead: a loop nest over the
+rows whose body is every pass written out element by element (`unrolled_reduction`).
 
 Each op's C spelling lives in one table (`OPS`). float32 exp, log, tanh, erf and friends are
 written out below as branch-free formulas (Cephes' polynomials) so that loops calling them
@@ -21,8 +23,8 @@ from dataclasses import dataclass
 from kiln.codegen.common import (INFIX, Comments, RowPass, closure, compute_dtype,
                                  literal_dtype, operand_dtype, row_passes)
 from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
-                                 LoweringError, Reduce, Store, Var, _linear_terms, add, mul,
-                                 variables)
+                                 LoweringError, Reduce, Store, Var, _linear_terms, add,
+                                 contiguous_strides, floordiv, mod, mul, variables)
 from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
@@ -47,6 +49,11 @@ COLUMN_BLOCK = 256
 COLUMN_SPLIT = 32
 # rows up to this long keep expensive values for later passes in a scratch array on the stack
 SCRATCH_LIMIT = 16384
+# rows at most this long (a max-pool window, a softmax over a few classes) are unrolled: each
+# pass becomes straight-line code per row, one statement per element at a constant offset
+UNROLL_LIMIT = 16
+# ... when there are at least this many rows, a vector's worth to walk side by side
+UNROLL_MIN_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,10 @@ OPS = {
     "minimum": _float_or(
         lambda a, d, s: f"({a[0]} <= {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]}",
         lambda a, d, s: f"{a[0]} <= {a[1]} ? {a[0]} : {a[1]}"),
+    # bool `|` as a sum: GCC 12 folds `(x == m) | (x != x)` of floats into one unordered
+    # compare and then vectorizes no loop holding it ("no vectype" on the loop's first load)
+    "bitwise_or": lambda a, d, s: f"({a[0]} + {a[1]} != 0)" if d is dt.bool_ else
+    f"{a[0]} | {a[1]}",
     "where": lambda a, d, s: f"{a[0]} ? {a[1]} : {a[2]}",
     "neg": lambda a, d, s: f"!{a[0]}" if d is dt.bool_ else f"-{a[0]}",
     "bitwise_not": lambda a, d, s: f"!{a[0]}" if d is dt.bool_ else f"~{a[0]}",
@@ -470,6 +481,11 @@ class _Renderer:
         self.work = max(1, sum(isinstance(s, Compute) for s in kernel.body))
         self.loops = None           # a pointwise kernel's loop nest: (var, size, stride) each
         self.hoisted: dict = {}     # offset -> its C text, where parts are computed outside
+        # an unrolled row's element being written: (j, {index var: its value there})
+        self.unroll: tuple | None = None
+        self.row_loops = None       # an unrolled reduction's loops over its rows, as self.loops
+        self.elem_names = {s.dest for s in kernel.body
+                           if not isinstance(s, Store) and s.scope == ELEM}
 
     # -------------------------------------------------------------- pointwise
     def pointwise(self) -> list:
@@ -560,6 +576,12 @@ class _Renderer:
 
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
+        # single-threaded only: GCC 12 took minutes over an OpenMP team's copy of the long
+        # unrolled body (a batch-64 pooling kernel), whether collapsed or not
+        if self.k.reduced_numel <= UNROLL_LIMIT and self.k.numel >= UNROLL_MIN_ROWS and \
+                self.k.numel * self.k.reduced_numel * self.work < self.parallel_min and \
+                not any(isinstance(st, Reduce) and st.op == "argmax" for st in self.k.body):
+            return self.unrolled_reduction()
         if self.k.numel > 1 and (self.k.reduced_leading or self._stores_across_rows()):
             return self.column_reduction()
         rows, n = self.k.numel, self.k.reduced_numel
@@ -584,6 +606,125 @@ class _Renderer:
             body += self._stmt(s)
         out += _indent(body) + ["}"]
         return out
+
+    def unrolled_reduction(self) -> list:
+        """Short rows (a 2x2 or 4x4 pooling window and the masks its backward keeps): one
+        loop over the rows whose body is each pass written out element by element, every
+        element's index a constant added to the row's offsets. The passes share the element
+        values they recompute (each is computed once per row, as `v_NAME_J`), and no
+        `rindex / k % m` is left: the row-loop form ran such a kernel scalar through per-row
+        offset arrays at 5x NumPy's time."""
+        rows, n = self.k.numel, self.k.reduced_numel
+        passes, row_stores = row_passes(self.k)
+        parallel = rows * n * self.work >= self.parallel_min and rows >= PARALLEL_ROWS
+        out, body = self._row_nest(parallel)
+        elem_vars = [v for v in self.k.index_vars if v.scope == ELEM]
+        done: set = set()
+        try:
+            for i, p in enumerate(passes):
+                for s in p.before:
+                    body += self._stmt(s)
+                if not p.has_loop:
+                    continue
+                what = ("reduce " + ", ".join(s.dest for s in p.reductions) if p.reductions
+                        else "write")
+                body.append(f"/* pass {i + 1}: {what}, {n} elements */")
+                accs = []
+                for j in range(n):
+                    env = {"rindex": Const(j)}
+                    for v in elem_vars:
+                        env[v.name] = _substitute(v.expr(), env)
+                    self.unroll = (j, env)
+                    for s in p.elem:
+                        if (s.dest, j) not in done:
+                            done.add((s.dest, j))
+                            body += self._stmt(s)
+                    for k, s in enumerate(p.reductions):
+                        v = self._name(s.src)
+                        if j == 0:
+                            accs.append([v] if s.op == "sum" else v)
+                            continue
+                        if s.op == "sum":
+                            accs[k].append(v)
+                            continue
+                        prev, accs[k] = accs[k], f"a_{s.dest}_{j}"
+                        body.append(f"const {ctype(s.dtype)} {accs[k]} = "
+                                    f"{self._unrolled_step(s, prev, v)};")
+                    for s in p.stores:
+                        body += self._stmt(s)
+                self.unroll = None
+                for s, acc in zip(p.reductions, accs):
+                    body += self._comment(s)
+                    value = acc if s.op != "sum" else _numpy_sum(acc, self.k.reduced_leading)
+                    if s.op == "max" and s.dtype.is_floating_point:
+                        srcs = [self._unrolled_name(s.src, j) for j in range(n)]
+                        # a count, not `||` or `|`: see OPS["bitwise_or"]
+                        nan = " + ".join(f"({v} != {v})" for v in srcs)
+                        value = f"{nan} ? NAN : {acc}"
+                    body.append(f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};")
+        finally:
+            self.unroll = None
+        for s in row_stores:
+            body += self._stmt(s)
+        depth = sum(line.lstrip().startswith("for ") for line in out)
+        return out + _indent(body, depth) + ["    " * (depth - 1) + "}"]
+
+    def _row_nest(self, parallel: bool) -> tuple[list, list]:
+        """The loops over an unrolled reduction's rows, and the start of the body: one loop per
+        row coordinate, the innermost (`#pragma omp simd`) the one along which the most
+        element bytes lie next to each other (a channels-last input's channel), so that its
+        loads and stores vectorize; the others keep the rows' order."""
+        rows = self.k.numel
+        named = {(v.divisor, v.size): v.name for v in self.k.index_vars if v.scope == ROW}
+        loops = []                  # (var, size, stride), one per kept dim but those of size 1
+        for i, (d, stride) in enumerate(zip(self.k.kept, contiguous_strides(self.k.kept))):
+            if d != 1:
+                name = named.get((stride, d)) or named.get((stride, 0)) or f"g{i}"
+                loops.append((name, d, stride))
+        if len(loops) < 2:
+            head = ["#pragma omp parallel for simd schedule(static)"] if parallel else \
+                ["#pragma omp simd"]
+            return head + [f"for (int64_t row = 0; row < {rows}; row++) {{"], [
+                f"const int64_t {v.name} = {_expr(v.expr())};"
+                for v in self.k.index_vars if v.scope == ROW]
+        score = {name: 0 for name, _, _ in loops}
+        for st in self.k.body:
+            if isinstance(st, (Load, Store)) and st.scope == ELEM:
+                terms: dict = {}
+                _linear_terms(st.offset, 1, terms)
+                for t, c in terms.items():
+                    if abs(c) == 1 and isinstance(t, Var) and t.name in score:
+                        score[t.name] += st.dtype.itemsize
+        inner = max(reversed(loops), key=lambda loop: score[loop[0]])
+        order = [loop for loop in loops if loop is not inner] + [inner]
+        out = []
+        for depth, (name, size, _) in enumerate(order):
+            pad = "    " * depth
+            last = depth == len(order) - 1
+            if depth == 0 and parallel:
+                collapse = f" collapse({len(order) - 1})" if len(order) > 2 else ""
+                out.append(f"#pragma omp parallel for{collapse} schedule(static)")
+            elif last:
+                out.append(pad + "#pragma omp simd")
+            out.append(pad + f"for (int64_t {name} = 0; {name} < {size}; {name}++)"
+                       + (" {" if last else ""))
+        row = " + ".join(name if stride == 1 else f"{name} * {stride}"
+                         for name, _, stride in loops)
+        # `row / 6` in an offset is then read off the loops too (`x1 * 384 + x2 * 6 + x3`)
+        self.row_loops = loops
+        return out, [f"const int64_t row = {row};"]
+
+    def _unrolled_name(self, ssa, j: int) -> str:
+        return f"v_{ssa}_{j}" if ssa in self.elem_names else self._name(ssa)
+
+    @staticmethod
+    def _unrolled_step(s: Reduce, acc: str, v: str) -> str:
+        """One step of an unrolled reduction: the running value after element `v`."""
+        if s.op == "sum":
+            return f"{acc} + {v}"
+        if s.op == "prod":
+            return f"{acc} * {v}"
+        return f"{v} > {acc} ? {v} : {acc}"
 
     def _stores_across_rows(self) -> bool:
         """Whether an element output lies with neighbouring rows next to each other (a sum per
@@ -829,6 +970,8 @@ class _Renderer:
     def _name(self, ssa) -> str:
         if isinstance(ssa, Literal):
             return _literal(ssa.value, None)
+        if self.unroll is not None and ssa in self.elem_names:
+            return f"v_{ssa}_{self.unroll[0]}"
         return f"v_{ssa}"
 
     def _comment(self, s) -> list:
@@ -849,13 +992,17 @@ class _Renderer:
             return [f"{ptr}[{self._index(s.offset)}] = {value};"]
         if isinstance(s, Reduce):
             raise AssertionError("reductions are rendered by the pass that accumulates them")
-        return self._comment(s) + [
-            f"const {ctype(s.dtype)} {self._name(s.dest)} = {self._compute(s)};"]
+        comment = self._comment(s) if self.unroll is None or self.unroll[0] == 0 else []
+        return comment + [f"const {ctype(s.dtype)} {self._name(s.dest)} = {self._compute(s)};"]
 
     def _index(self, e: Expr) -> str:
         """An index expression in C; in a loop nest, digits of xindex read from the loops."""
         if e in self.hoisted:
             return self.hoisted[e]
+        if self.unroll is not None:
+            e = _substitute(e, self.unroll[1])
+        if self.row_loops is not None:
+            e = loop_digits(e, self.row_loops, self.k.numel, "row")
         if self.loops is not None:
             e = loop_digits(e, self.loops, self.k.numel)
         return _expr(e)
@@ -1020,6 +1167,48 @@ def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Exp
             return out
     return BinOp(e.op, loop_digits(e.a, loops, numel, linear),
                  loop_digits(e.b, loops, numel, linear))
+
+
+def _numpy_sum(values: list, leading: bool) -> str:
+    """The sum of `values` (C names) added in the order NumPy's eager sum adds them, so that
+    compiled and eager agree to the last bit: over leading dims one slab after another; along
+    a row, fewer than 8 in turn, else NumPy's pairwise form (8 running sums combined as a tree,
+    then the leftovers in turn)."""
+    if leading or len(values) < 8:
+        out = values[0]
+        for v in values[1:]:
+            out = f"({out} + {v})"
+        return out
+    r = list(values[:8])
+    i = 8
+    while i + 8 <= len(values):
+        r = [f"({a} + {b})" for a, b in zip(r, values[i:i + 8])]
+        i += 8
+    total = f"((({r[0]} + {r[1]}) + ({r[2]} + {r[3]})) + (({r[4]} + {r[5]}) + ({r[6]} + {r[7]})))"
+    for v in values[i:]:
+        total = f"({total} + {v})"
+    return total
+
+
+def _substitute(e: Expr, env: dict) -> Expr:
+    """`e` with the variables named in `env` replaced by those expressions, constant parts
+    folded (an unrolled element's `rindex / 4 * 24 + rindex % 4` is a number)."""
+    if isinstance(e, Var):
+        return env.get(e.name, e)
+    if not isinstance(e, BinOp):
+        return e
+    a, b = _substitute(e.a, env), _substitute(e.b, env)
+    if e.op == "+":
+        if isinstance(a, Const) and not isinstance(b, Const):
+            a, b = b, a                              # the constant last: `x0 * 96 + 5`
+        return add(a, b)
+    if e.op == "*":
+        return mul(a, b)
+    if isinstance(b, Const) and e.op in ("//", "%"):
+        return floordiv(a, b.value) if e.op == "//" else mod(a, b.value)
+    if isinstance(a, Const) and isinstance(b, Const) and e.op == "-":
+        return Const(a.value - b.value)
+    return BinOp(e.op, a, b)
 
 
 def _expr(e: Expr) -> str:

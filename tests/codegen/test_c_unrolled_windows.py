@@ -1,0 +1,107 @@
+"""The C renderer's unrolled form of short reductions (pooling windows, a few classes): each
+pass written out per element inside a loop nest over the rows, checked against the IR
+interpreter and, through `kiln.compile`, against eager kiln and PyTorch's max-pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+import kiln.nn.functional as F
+from kiln.codegen import c as cgen
+from kiln.codegen.kernel import lower
+from kiln.ir.interpreter import interpret
+from kiln.runtime import c_build
+from tests.codegen.test_c_codegen import _check, _graph, _run
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = kiln.get_num_threads()
+    kiln.set_num_threads(request.param)
+    yield request.param
+    kiln.set_num_threads(before)
+
+
+@pytest.mark.parametrize("k,channels_last", [(2, False), (2, True), (3, False), (3, True),
+                                             (4, True)])
+def test_unrolled_pool_matches_interpreter(k, channels_last, threads):
+    """bias + ReLU + max_pool2d's forward (the NaN-propagating window max, the first-max mask,
+    the pooled values) and the ReLU mask its backward keeps, as one kernel; NaN and ties
+    included."""
+    rng = np.random.default_rng(k)
+    shape = (2, 3 * k, 2 * k, 5) if channels_last else (2, 5, 3 * k, 2 * k)
+    x = rng.integers(-3, 4, shape).astype(np.float32)      # ties inside windows
+    x.flat[rng.integers(0, x.size, 6)] = np.nan
+    b = rng.standard_normal(5).astype(np.float32)
+
+    def pool(x, b):
+        if channels_last:
+            x = x.permute(0, 3, 1, 2)
+        r = (x + b.reshape(1, 5, 1, 1)).relu()
+        return F.max_pool2d(r, k), r <= 0
+    graph = _graph(pool, [x, b])
+    kernel = lower(graph)
+    assert kernel.reduced_numel == k * k <= cgen.UNROLL_LIMIT
+    ck = cgen.render_c(kernel)
+    assert "rindex" not in ck.source and f"{k * k} elements */" in ck.source
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, [x, b])
+    for g, w in zip(_run(ck, lib, graph, [x, b]), want):
+        _check(g, w, 1e-6, 1e-6)
+
+
+@pytest.mark.parametrize("op", ["sum", "prod", "amax", "softmax"])
+def test_unrolled_row_reductions(op, threads):
+    """Short trailing rows (a softmax over 10 classes and friends) take the unrolled form too."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((37, 10)).astype(np.float32)
+    x[3, 4] = np.nan
+    x[5] = -np.inf
+    fn = {"sum": lambda x: x.sum(-1), "prod": lambda x: (x * 0.5 + 1.0).prod(-1),
+          "amax": lambda x: x.amax(-1), "softmax": lambda x: F.softmax(x, -1)}[op]
+    graph = _graph(fn, [x])
+    ck = cgen.render_c(lower(graph))
+    assert "rindex" not in ck.source
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, [x])
+    for g, w in zip(_run(ck, lib, graph, [x]), want):
+        _check(g, w, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("k,channels_last", [(2, False), (4, True), (3, True)])
+def test_compiled_conv_pool_step_on_c(k, channels_last, threads, monkeypatch):
+    """A conv + bias + ReLU + max-pool forward and backward, every group forced onto its C
+    kernel: values and gradients equal eager kiln's and PyTorch's."""
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((3, 4, 13, 13)).astype(np.float32)
+    wt = rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3
+    bias = rng.standard_normal(6).astype(np.float32)
+
+    def step(x, wt, bias):
+        y = F.conv2d(x, wt, bias)
+        if channels_last:
+            y = y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        out = F.max_pool2d(F.relu(y), k)
+        (out * out).sum().backward()
+        return out
+
+    def run(fn):
+        ts = [kiln.tensor(a, requires_grad=i > 0) for i, a in enumerate((x, wt, bias))]
+        out = fn(*ts)
+        return [out.detach().numpy(), ts[1].grad.numpy(), ts[2].grad.numpy()]
+
+    compiled = kiln.compile(step, backend="c")
+    got = [run(compiled) for _ in range(2)]
+    eager = run(step)
+    tx, tw, tb = (torch.tensor(a, requires_grad=i > 0) for i, a in enumerate((x, wt, bias)))
+    tout = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(tx, tw, tb)), k)
+    (tout * tout).sum().backward()
+    ref = [tout.detach().numpy(), tw.grad.numpy(), tb.grad.numpy()]
+    for g in got:
+        for a, e, t in zip(g, eager, ref):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4)
