@@ -8,6 +8,7 @@ import numpy as np
 
 import kiln
 from kiln.ir.interpreter import interpret
+from kiln.passes.cleanup import optimize
 from tests.tracer.test_trace_corpus import CASES
 
 
@@ -51,3 +52,15 @@ def trace_random_program(program, seed):
     (prog,) = captured.programs
     assert len(flatten(captured.result)[0]) == prog.num_user_outputs
     return prog.graph, [np.array(a) for a in prog.snapshots]
+
+
+def traced_optimized(fn, *args):
+    """`fn` traced on `args` and cleaned up: (the optimized graph, its input arrays)."""
+    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
+    optimized, _ = optimize(program.graph)
+    return optimized, [np.array(a) for a in program.snapshots]
+
+
+def nodes_of(graph, op: str) -> list:
+    """The nodes of `graph` computing `op`."""
+    return [n for n in graph.nodes if n.op == op]

@@ -6,19 +6,8 @@ import numpy as np
 import kiln
 import kiln.nn as nn
 import kiln.nn.functional as F
-from kiln.passes.cleanup import optimize
 from kiln.passes.matmul_sums import merge_matmul_sums
-from tests.passes.helpers import CASES, assert_same_results, traced
-
-
-def _traced(fn, *args):
-    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
-    optimized, _ = optimize(program.graph)
-    return optimized, [np.array(a) for a in program.snapshots]
-
-
-def _matmuls(graph) -> list:
-    return [n for n in graph.nodes if n.op == "matmul"]
+from tests.passes.helpers import assert_same_results, nodes_of, traced_optimized
 
 
 def test_a_weight_used_at_every_step_gets_its_gradient_from_one_product():
@@ -32,12 +21,12 @@ def test_a_weight_used_at_every_step_gets_its_gradient_from_one_product():
             h = kiln.tanh(F.linear(xs[t], w) + h)
         h.sum().backward()
         return w.grad
-    graph, inputs = _traced(step, xs)
-    grad_terms = [n for n in _matmuls(graph) if n.out.shape == (32, 16)]
+    graph, inputs = traced_optimized(step, xs)
+    grad_terms = [n for n in nodes_of(graph, "matmul") if n.out.shape == (32, 16)]
     assert len(grad_terms) == 6
     after = merge_matmul_sums(graph)
     after.verify()
-    merged = [n for n in _matmuls(after) if n.out.shape == (32, 16)]
+    merged = [n for n in nodes_of(after, "matmul") if n.out.shape == (32, 16)]
     assert len(merged) == 1
     a, b = merged[0].inputs
     assert a.shape == (32, 24) and b.shape == (24, 16)      # the six batches side by side
@@ -49,11 +38,11 @@ def test_other_terms_of_the_sum_are_added_to_the_merged_product():
     a1, a2 = kiln.randn(40, 3), kiln.randn(40, 2)
     b1, b2 = kiln.randn(3, 30), kiln.randn(2, 30)
     c = kiln.randn(40, 30)
-    graph, inputs = _traced(lambda a1, b1, a2, b2, c: (a1 @ b1 + c) + a2 @ b2 * 1.0 + c.exp(),
+    graph, inputs = traced_optimized(lambda a1, b1, a2, b2, c: (a1 @ b1 + c) + a2 @ b2 * 1.0 + c.exp(),
                             a1, b1, a2, b2, c)
     after = merge_matmul_sums(graph)
     after.verify()
-    (mm,) = _matmuls(after)
+    (mm,) = nodes_of(after, "matmul")
     assert mm.inputs[0].shape == (40, 5)
     assert [n.op for n in after.nodes].count("add") == 2      # product + c + exp(c)
     assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
@@ -63,21 +52,13 @@ def test_thick_products_and_shared_products_stay_as_they_are():
     # inner dimension 64 for a 32x32 result: copying the operands would cost more than the
     # results it saves
     thick = [kiln.randn(32, 64), kiln.randn(64, 32), kiln.randn(32, 64), kiln.randn(64, 32)]
-    graph, _ = _traced(lambda a, b, c, d: a @ b + c @ d, *thick)
+    graph, _ = traced_optimized(lambda a, b, c, d: a @ b + c @ d, *thick)
     assert merge_matmul_sums(graph) is graph
     # a product read outside the sum must still be computed by itself
     thin = [kiln.randn(32, 2), kiln.randn(2, 32), kiln.randn(32, 2), kiln.randn(2, 32)]
-    graph, _ = _traced(lambda a, b, c, d: (a @ b + c @ d, (a @ b).exp()), *thin)
+    graph, _ = traced_optimized(lambda a, b, c, d: (a @ b + c @ d, (a @ b).exp()), *thin)
     assert merge_matmul_sums(graph) is graph
 
-
-def test_corpus_keeps_its_results():
-    for name in sorted(CASES):
-        graph, inputs = traced(name)
-        optimized, _ = optimize(graph)
-        after = merge_matmul_sums(optimized)
-        after.verify()
-        assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_lstm_training_step_matches_eager():
@@ -108,7 +89,7 @@ def test_compiled_lstm_training_step_matches_eager():
         graph = entry.compiled.forward.graph
         # layer 1's weights and layer 0's recurrent one get their gradients from one product
         # each (not 7 per weight)
-        assert len([n for n in _matmuls(graph) if n.out.shape == (64, 16)]) == 3
+        assert len([n for n in nodes_of(graph, "matmul") if n.out.shape == (64, 16)]) == 3
         # the per-step gradients are concatenated once, for the input projection's gradient
         # (kiln.passes.pad_sums), and the recurrent weight's product reads that
         cats = [frozenset(n.inputs) for n in graph.nodes if n.op == "cat"]

@@ -1,22 +1,9 @@
 """concatenate_padded_sums: the gradient of a tensor split into steps (a sum of zero-padded
 pieces, nested for kiln.nn.rnn's balanced split) becomes one concatenation; same results."""
 
-import numpy as np
-
 import kiln
-from kiln.passes.cleanup import optimize
 from kiln.passes.pad_sums import concatenate_padded_sums
-from tests.passes.helpers import CASES, assert_same_results, traced
-
-
-def _traced(fn, *args):
-    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
-    optimized, _ = optimize(program.graph)
-    return optimized, [np.array(a) for a in program.snapshots]
-
-
-def _ops(graph, op) -> list:
-    return [n for n in graph.nodes if n.op == op]
+from tests.passes.helpers import assert_same_results, nodes_of, traced_optimized
 
 
 def test_the_gradient_of_a_split_into_steps_is_one_concatenation():
@@ -28,12 +15,12 @@ def test_the_gradient_of_a_split_into_steps_is_one_concatenation():
         parts = [h[i] for h in halves for i in range(h.shape[0])]
         sum((p * w[i]).tanh().sum() for i, p in enumerate(parts)).backward()
         return x.grad
-    graph, inputs = _traced(step, x)
-    assert len(_ops(graph, "pad")) >= 7
+    graph, inputs = traced_optimized(step, x)
+    assert len(nodes_of(graph, "pad")) >= 7
     after = concatenate_padded_sums(graph)
     after.verify()
-    assert not _ops(after, "pad")
-    (cat,) = _ops(after, "cat")
+    assert not nodes_of(after, "pad")
+    (cat,) = nodes_of(after, "cat")
     assert len(cat.inputs) == 7 and cat.attr_dict["axis"] == 0
     assert_same_results(graph, after, inputs, rtol=1e-6)
 
@@ -44,10 +31,10 @@ def test_gaps_are_filled_with_zeros():
     def step(x):
         (x[0].exp().sum() + x[2:4].sin().sum() + x[5].cos().sum()).backward()
         return x.grad
-    graph, inputs = _traced(step, x)
+    graph, inputs = traced_optimized(step, x)
     after = concatenate_padded_sums(graph)
     after.verify()
-    (cat,) = _ops(after, "cat")
+    (cat,) = nodes_of(after, "cat")
     assert [v.shape for v in cat.inputs] == [(1, 4), (1, 4), (2, 4), (1, 4), (1, 4)]
     assert_same_results(graph, after, inputs, rtol=1e-6)
 
@@ -58,20 +45,12 @@ def test_overlapping_or_inner_axis_pieces_stay_pads():
     def overlapping(x):
         (x[:4].exp().sum() + x[2:].sin().sum()).backward()
         return x.grad
-    graph, _ = _traced(overlapping, x)
+    graph, _ = traced_optimized(overlapping, x)
     assert concatenate_padded_sums(graph) is graph
 
     def columns(x):                 # side by side within rows: left to a fused kernel
         (x[:, :2].exp().sum() + x[:, 2:].sin().sum()).backward()
         return x.grad
-    graph, _ = _traced(columns, x)
+    graph, _ = traced_optimized(columns, x)
     assert concatenate_padded_sums(graph) is graph
 
-
-def test_corpus_keeps_its_results():
-    for name in sorted(CASES):
-        graph, inputs = traced(name)
-        optimized, _ = optimize(graph)
-        after = concatenate_padded_sums(optimized)
-        after.verify()
-        assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)

@@ -1,20 +1,11 @@
 """sink_slices: an elementwise result read only in disjoint slices is computed slice by slice
 (an LSTM step's gate pre-activations), so the step fuses into one kernel; same results."""
 
-import numpy as np
-
 import kiln
 import kiln.nn.functional as F
-from kiln.passes.cleanup import optimize
 from kiln.passes.fusion import STRIDED_VIEWS, FusedKernel, fuse
 from kiln.passes.slice_sinking import sink_slices
-from tests.passes.helpers import CASES, assert_same_results, traced
-
-
-def _traced(fn, *args):
-    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
-    optimized, _ = optimize(program.graph)
-    return optimized, [np.array(a) for a in program.snapshots]
+from tests.passes.helpers import assert_same_results, traced_optimized
 
 
 def _lstm_cell(x, h, c, w, b):
@@ -32,7 +23,7 @@ def _computing_kernels(graph) -> int:
 def test_an_lstm_step_fuses_into_one_kernel_beside_its_matmul():
     args = (kiln.randn(5, 32), kiln.randn(5, 8), kiln.randn(5, 8), kiln.randn(32, 8),
             kiln.randn(32))
-    graph, inputs = _traced(_lstm_cell, *args)
+    graph, inputs = traced_optimized(_lstm_cell, *args)
     assert _computing_kernels(graph) == 2      # the (5, 32) sum, then the (5, 8) gate math
     after = sink_slices(graph)
     after.verify()
@@ -43,7 +34,7 @@ def test_an_lstm_step_fuses_into_one_kernel_beside_its_matmul():
 
 def test_broadcast_inputs_are_sliced_only_where_they_vary():
     x, b = kiln.randn(3, 4, 6), kiln.randn(4, 1)
-    graph, inputs = _traced(lambda x, b: ((x * b)[:, :, :2].exp(), (x * b)[:, :, 3:] + 1),
+    graph, inputs = traced_optimized(lambda x, b: ((x * b)[:, :, :2].exp(), (x * b)[:, :, 3:] + 1),
                             x, b)
     after = sink_slices(graph)
     after.verify()
@@ -56,17 +47,9 @@ def test_broadcast_inputs_are_sliced_only_where_they_vary():
 def test_overlapping_slices_or_other_readers_keep_the_whole_result():
     x = kiln.randn(4, 6)
     # overlapping: computing each slice would compute columns 2..3 twice
-    graph, _ = _traced(lambda x: (x.exp()[:, :4], x.exp()[:, 2:]), x)
+    graph, _ = traced_optimized(lambda x: (x.exp()[:, :4], x.exp()[:, 2:]), x)
     assert sink_slices(graph) is graph
     # read whole elsewhere too
-    graph, _ = _traced(lambda x: (x.exp()[:, :3], x.exp().sum()), x)
+    graph, _ = traced_optimized(lambda x: (x.exp()[:, :3], x.exp().sum()), x)
     assert sink_slices(graph) is graph
 
-
-def test_corpus_keeps_its_results():
-    for name in sorted(CASES):
-        graph, inputs = traced(name)
-        optimized, _ = optimize(graph)
-        after = sink_slices(optimized)
-        after.verify()
-        assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)

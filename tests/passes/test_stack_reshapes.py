@@ -5,19 +5,8 @@ compiled step runs fewer view steps."""
 import numpy as np
 
 import kiln
-from kiln.passes.cleanup import optimize
 from kiln.passes.stack_reshapes import concatenate_before_reshapes
-from tests.passes.helpers import CASES, assert_same_results, traced
-
-
-def _traced(fn, *args):
-    (program,) = kiln.compiler.trace(fn, *args, _snapshot=True).programs
-    optimized, _ = optimize(program.graph)
-    return optimized, [np.array(a) for a in program.snapshots]
-
-
-def _ops(graph, op) -> list:
-    return [n for n in graph.nodes if n.op == op]
+from tests.passes.helpers import assert_same_results, nodes_of, traced_optimized
 
 
 def _recurrence(x, w):
@@ -33,13 +22,13 @@ def test_a_stack_of_steps_is_a_reshape_of_their_concatenation():
 
     def step(x, w):
         return (kiln.stack(_recurrence(x, w), 0) * 2.0).sum(1)
-    graph, inputs = _traced(step, x, w)
-    (cat,) = _ops(graph, "cat")
+    graph, inputs = traced_optimized(step, x, w)
+    (cat,) = nodes_of(graph, "cat")
     producers = graph.producers()
     assert [producers[v].op for v in cat.inputs] == ["reshape"] * 6
     after = concatenate_before_reshapes(graph)
     after.verify()
-    (cat,) = _ops(after, "cat")
+    (cat,) = nodes_of(after, "cat")
     assert [v.shape for v in cat.inputs] == [(3, 4)] * 6 and cat.out.shape == (18, 4)
     producers = after.producers()
     assert all(producers[v].op != "reshape" for v in cat.inputs)
@@ -56,10 +45,10 @@ def test_pieces_of_any_reshape_alike_past_their_first_axis_are_concatenated():
     def step(x):            # pieces of 2 and 1 rows reshaped to (4, 3) and (2, 3)
         a, b = x[:2].exp(), x[2:3].sin()
         return kiln.cat([a.reshape(4, 3), b.reshape(2, 3)], 0) + 1.0
-    graph, inputs = _traced(step, x)
+    graph, inputs = traced_optimized(step, x)
     after = concatenate_before_reshapes(graph)
     after.verify()
-    (cat,) = _ops(after, "cat")
+    (cat,) = nodes_of(after, "cat")
     assert [v.shape for v in cat.inputs] == [(2, 6), (1, 6)]
     assert_same_results(graph, after, inputs, rtol=1e-6)
 
@@ -69,21 +58,13 @@ def test_inner_axes_or_unlike_pieces_stay():
 
     def inner(x, w):        # stacked along axis 1: not one block per step
         return kiln.stack(_recurrence(x, w), 1) * 2.0
-    graph, _ = _traced(inner, x, w)
+    graph, _ = traced_optimized(inner, x, w)
     assert concatenate_before_reshapes(graph) is graph
     y, z = kiln.randn(4, 4), kiln.randn(8)
 
     def unlike(y, z):       # (2, 4) and (8,) pieces cannot be concatenated themselves
         return kiln.cat([y[:2].exp().reshape(1, 8), z.sin().reshape(1, 8),
                          y[2:].cos().reshape(1, 8)], 0) + 1.0
-    graph, _ = _traced(unlike, y, z)
+    graph, _ = traced_optimized(unlike, y, z)
     assert concatenate_before_reshapes(graph) is graph
 
-
-def test_corpus_keeps_its_results():
-    for name in sorted(CASES):
-        graph, inputs = traced(name)
-        optimized, _ = optimize(graph)
-        after = concatenate_before_reshapes(optimized)
-        after.verify()
-        assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
