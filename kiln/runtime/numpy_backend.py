@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape, windows_geometry
+from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape
 from kiln.runtime.conv_cpu import fold_kernel, unfold_kernel
 
 
@@ -199,16 +199,10 @@ def _unfold(xp, x, kernel, stride, dilation):
     out = unfold_kernel(x, kernel, stride, dilation)
     if out is not None:
         return out
-    n, c, h, w = x.shape
-    (oh, ow), (kh, kw) = windows_geometry((h, w), kernel, stride, dilation), kernel
-    # copied from a channels-last image, a window row (kw pixels of c channels) is one
-    # contiguous run (NumPy copies run by run: NCHW would give runs of one value)
-    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    sn, sh, sw, sc = x.strides
-    view = np.lib.stride_tricks.as_strided(
-        x, (n, oh, ow, kh, kw, c),
-        (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc))
-    return np.ascontiguousarray(view)
+    # the definition's strided copy, from a channels-last image: a window row (kw pixels of c
+    # channels) is then one contiguous run (NumPy copies run by run: NCHW gives runs of one)
+    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    return PRIMITIVES["unfold"].impl(np, channels_last, kernel, stride, dilation)
 
 
 def _fold(xp, cols, size, kernel, stride, dilation):
