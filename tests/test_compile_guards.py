@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import math
 import random
 import types
 import warnings
@@ -74,6 +75,8 @@ def same(a, b, path="result"):
             same(a[k], b[k], f"{path}[{k!r}]")
     elif isinstance(a, float) and a != a:
         assert b != b, path
+    elif isinstance(a, float):  # a logged loss.item(): float32 sums, reassociated by fusion
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), f"{path}: {a!r} vs {b!r}"
     else:
         assert a == b, f"{path}: {a!r} vs {b!r}"
 
