@@ -262,6 +262,10 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
     constexprs.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     rows, cols = {"forward": (g.n * oh * ow, g.o), "weight_grad": (g.o, g.c * g.kh * g.kw),
                   "input_grad": (g.n * g.h * g.w, g.c)}[kind]
+    # the shape in the source's header: kernels are cached and built by their source text
+    # (`kiln.runtime.triton_launch`), so each specialization needs its own
+    source = source.replace("import triton\n", f"# {g.describe()}, {dtype}\n# " + ", ".join(
+        f"{k}={v}" for k, v in constexprs.items() if k not in sizes) + "\nimport triton\n", 1)
     signature = {p: DTYPES[dtype] for p in pointers}
     signature.update({k: "constexpr" for k in constexprs})
     grid = (math.ceil(rows / bm), math.ceil(cols / bn))
