@@ -36,6 +36,12 @@ INPUT_PRECISION = "tf32x3"
 # tile sizes per kernel kind: (rows, columns, reduction) of the product each program computes
 BLOCKS = {"forward": (64, 64, 32), "weight_grad": (32, 32, 64), "input_grad": (64, 32, 32)}
 
+# the weight gradient's sum is split until about this many programs run (a few per SM of an
+# H100/H200), each summing at least MIN_SPLIT_ROWS rows: a split adds atomically into dw, so
+# its order (and the last bits of dw) may vary from run to run, as with cuDNN's
+SPLIT_PROGRAMS = 512
+MIN_SPLIT_ROWS = 1024
+
 # the dtypes the kernels take (accumulating in float32); float64 stays on the unfold route
 DTYPES = {dt.float32: "*fp32", dt.float16: "*fp16"}
 
@@ -75,6 +81,14 @@ def contiguous_strides(shape: tuple) -> tuple:
         strides.append(step)
         step *= size
     return tuple(reversed(strides))
+
+
+@dataclass(frozen=True)
+class ConvKernel(TritonKernel):
+    """A convolution kernel: a TritonKernel whose outputs, with `zero_outputs`, must hold
+    zeros before the launch (a split weight gradient adds into them)."""
+
+    zero_outputs: bool = False
 
 
 # ----------------------------------------------------------------------------- kernel sources
@@ -126,8 +140,11 @@ def {name}(x_ptr, g_ptr, dw_ptr, {geometry},
         XSN: tl.constexpr, XSC: tl.constexpr, XSH: tl.constexpr, XSW: tl.constexpr,
         GSN: tl.constexpr, GSO: tl.constexpr, GSY: tl.constexpr, GSX: tl.constexpr,
         DSO: tl.constexpr, DSC: tl.constexpr, DSI: tl.constexpr, DSJ: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # dw[o, k] = sum over rows r = (n, y, x) of g[r, o] * windows[r, k], k = (c, i, j)
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        SPLIT_ROWS: tl.constexpr, SPLITS: tl.constexpr):
+    # dw[o, k] = sum over rows r = (n, y, x) of g[r, o] * windows[r, k], k = (c, i, j); the
+    # rows are long (every output position of the batch) and dw small, so the sum is split
+    # over SPLITS programs (grid axis 2), each adding its part into dw (zeroed before)
     M: tl.constexpr = N * OH * OW
     K: tl.constexpr = C * KH * KW
     ro = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -136,7 +153,8 @@ def {name}(x_ptr, g_ptr, dw_ptr, {geometry},
     i = (rk // KW) % KH
     j = rk % KW
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for r0 in range(0, M, BLOCK_K):
+    first = tl.program_id(2) * SPLIT_ROWS
+    for r0 in range(first, first + SPLIT_ROWS, BLOCK_K):
         rr = r0 + tl.arange(0, BLOCK_K)
         n = rr // (OH * OW)
         oy = (rr // OW) % OH
@@ -147,9 +165,11 @@ def {name}(x_ptr, g_ptr, dw_ptr, {geometry},
         b = tl.load(x_ptr + n[:, None] * XSN + c[None, :] * XSC + h * XSH + w * XSW,
                     mask=inside & (rr[:, None] < M) & (rk[None, :] < K), other=0.0)
         acc += tl.dot(a, b, input_precision="{precision}")
-    tl.store(dw_ptr + ro[:, None] * DSO + c[None, :] * DSC + i[None, :] * DSI
-             + j[None, :] * DSJ, acc.to(dw_ptr.dtype.element_ty),
-             mask=(ro[:, None] < O) & (rk[None, :] < K))
+    dw = dw_ptr + ro[:, None] * DSO + c[None, :] * DSC + i[None, :] * DSI + j[None, :] * DSJ
+    if SPLITS == 1:
+        tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=(ro[:, None] < O) & (rk[None, :] < K))
+    else:
+        tl.atomic_add(dw, acc, mask=(ro[:, None] < O) & (rk[None, :] < K))
 '''
 
 _INPUT_GRAD = '''
@@ -224,7 +244,7 @@ def kernel_source(kind: str, bias: bool = False, relu: bool = False) -> tuple[st
 
 
 def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strides: tuple,
-                       bias: bool = False, relu: bool = False) -> TritonKernel:
+                       bias: bool = False, relu: bool = False) -> ConvKernel:
     """One implicit-GEMM kernel for `geometry`, ready to launch or build.
 
     Args:
@@ -262,15 +282,24 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
     constexprs.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     rows, cols = {"forward": (g.n * oh * ow, g.o), "weight_grad": (g.o, g.c * g.kh * g.kw),
                   "input_grad": (g.n * g.h * g.w, g.c)}[kind]
+    grid = (math.ceil(rows / bm), math.ceil(cols / bn))
+    if kind == "weight_grad":
+        summed = g.n * oh * ow
+        splits = 1 if dtype is not dt.float32 else max(1, min(
+            SPLIT_PROGRAMS // (grid[0] * grid[1]), summed // MIN_SPLIT_ROWS))
+        split_rows = math.ceil(math.ceil(summed / splits) / bk) * bk
+        splits = math.ceil(summed / split_rows)
+        constexprs.update(SPLIT_ROWS=split_rows, SPLITS=splits)
+        grid += (splits,)
     # the shape in the source's header: kernels are cached and built by their source text
     # (`kiln.runtime.triton_launch`), so each specialization needs its own
     source = source.replace("import triton\n", f"# {g.describe()}, {dtype}\n# " + ", ".join(
         f"{k}={v}" for k, v in constexprs.items() if k not in sizes) + "\nimport triton\n", 1)
     signature = {p: DTYPES[dtype] for p in pointers}
     signature.update({k: "constexpr" for k in constexprs})
-    grid = (math.ceil(rows / bm), math.ceil(cols / bn))
-    return TritonKernel(name, source, tuple(pointers), signature, constexprs, grid, 4)
+    return ConvKernel(name, source, tuple(pointers), signature, constexprs, grid, 4,
+                      zero_outputs=constexprs.get("SPLITS", 1) > 1)
 
 
-__all__ = ["BLOCKS", "ConvGeometry", "DTYPES", "INPUT_PRECISION", "KINDS", "contiguous_strides",
-           "kernel_source", "render_conv_kernel"]
+__all__ = ["BLOCKS", "ConvGeometry", "ConvKernel", "DTYPES", "INPUT_PRECISION", "KINDS",
+           "contiguous_strides", "kernel_source", "render_conv_kernel"]

@@ -108,6 +108,23 @@ def test_kernels_read_and_write_the_unfold_routes_matrix_layouts():
     np.testing.assert_allclose(dx, want_dx, rtol=RTOL, atol=ATOL)
 
 
+def test_a_split_weight_gradient_adds_its_parts_into_zeroed_memory(monkeypatch):
+    """The weight gradient's long sum split over programs (as on a GPU for a real batch): each
+    part is added atomically, into an output the launch zeroes first."""
+    from kiln.codegen import conv_triton
+    monkeypatch.setattr(conv_triton, "MIN_SPLIT_ROWS", 16)
+    g, x, weight, bias, grad = _case((4, 2, 9, 9, 3, 3, 3, (1, 1), (1, 1), (1, 1)), seed=2)
+    _, want_dw, _ = _torch_reference(g, x, weight, bias, grad)
+    tk = render_conv_kernel("weight_grad", g, dt.float32,
+                            _strides(x.shape, grad.shape, weight.shape))
+    assert tk.zero_outputs and tk.constexprs["SPLITS"] > 2 and tk.grid[2] == \
+        tk.constexprs["SPLITS"]
+    assert tk.constexprs["SPLITS"] * tk.constexprs["SPLIT_ROWS"] >= grad.size // grad.shape[1]
+    dw = np.full(weight.shape, np.nan, np.float32)
+    launch(tk, [x, grad], [dw])
+    np.testing.assert_allclose(dw, want_dw, rtol=RTOL, atol=ATOL)
+
+
 def test_geometry_output_size_is_torchs():
     for shape in SHAPES:
         g, x, weight, bias, grad = _case(shape)
@@ -140,5 +157,7 @@ def test_each_kernel_builds_ahead_of_time_for_sm90(kind, tmp_path):
             tk = render_conv_kernel(kind, g, dtype, strides, **options)
             build = build_one_for_gpu(tk, 90, cache)
             assert build.cubin and f".entry {tk.name}" in build.ptx, tk.name
+            if kind == "weight_grad":       # batch 64: the sum is split, parts added atomically
+                assert tk.constexprs["SPLITS"] > 1 and "atom.global" in build.ptx
             # the products run on tensor cores (Hopper's wgmma or mma), not as scalar FMAs
             assert "wgmma" in build.ptx or "mma.sync" in build.ptx

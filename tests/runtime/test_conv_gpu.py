@@ -174,16 +174,24 @@ def test_float64_convolutions_stay_on_the_unfold_route():
 
 
 @pytest.mark.gpu
-def test_compiled_convolutions_on_cuda_launch_the_implicit_gemm_kernels():
+def test_compiled_convolutions_on_cuda_launch_the_implicit_gemm_kernels(monkeypatch):
+    from kiln.codegen import conv_triton
     from kiln.runtime.triton_launch import CudaKernelLauncher
+    # the first convolution's weight gradient split in parts added into zeroed memory, as
+    # for a real batch (replays: CUDA graphs, which must capture the zeroing too)
+    monkeypatch.setattr(conv_triton, "MIN_SPLIT_ROWS", 16)
     model = _net(kiln).cuda()
-    compiled, _ = _run_and_compare(model, device="cuda", calls=3)
-    launched = set()
+    compiled, _ = _run_and_compare(model, device="cuda", calls=4)
+    launched, split = set(), 0
     for entry in compiled.entries.values():
         for i, step in entry.executor.triton_steps.items():
             assert isinstance(step.launcher, CudaKernelLauncher)
             launched.add(step.tk.name)
-    assert KERNELS <= launched
+            split += step.launcher.zero_outputs
+    assert KERNELS <= launched and split == 1
+    graphs = [e.executor.cuda_graph for e in compiled.entries.values()]
+    assert any(g.graph is not None and g.replays for g in graphs), \
+        [g.describe() for g in graphs]
 
 
 @pytest.mark.gpu
