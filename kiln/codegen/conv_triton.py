@@ -24,6 +24,7 @@ ahead of time and cached like every generated kernel (`kiln.runtime.triton_launc
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 from kiln.codegen.triton import TritonKernel
@@ -105,7 +106,8 @@ _WINDOW_PIXELS = '''
 
 _FORWARD = '''
 @triton.jit
-def {name}(x_ptr, w_ptr, {bias_arg}out_ptr, {geometry},
+def {name}(x_ptr, w_ptr, {bias_arg}out_ptr,
+        {geometry},
         XSN: tl.constexpr, XSC: tl.constexpr, XSH: tl.constexpr, XSW: tl.constexpr,
         WSO: tl.constexpr, WSC: tl.constexpr, WSI: tl.constexpr, WSJ: tl.constexpr,
         OSN: tl.constexpr, OSO: tl.constexpr, OSY: tl.constexpr, OSX: tl.constexpr,
@@ -136,7 +138,8 @@ def {name}(x_ptr, w_ptr, {bias_arg}out_ptr, {geometry},
 
 _WEIGHT_GRAD = '''
 @triton.jit
-def {name}(x_ptr, g_ptr, dw_ptr, {geometry},
+def {name}(x_ptr, g_ptr, dw_ptr,
+        {geometry},
         XSN: tl.constexpr, XSC: tl.constexpr, XSH: tl.constexpr, XSW: tl.constexpr,
         GSN: tl.constexpr, GSO: tl.constexpr, GSY: tl.constexpr, GSX: tl.constexpr,
         DSO: tl.constexpr, DSC: tl.constexpr, DSI: tl.constexpr, DSJ: tl.constexpr,
@@ -174,7 +177,8 @@ def {name}(x_ptr, g_ptr, dw_ptr, {geometry},
 
 _INPUT_GRAD = '''
 @triton.jit
-def {name}(g_ptr, w_ptr, dx_ptr, {geometry},
+def {name}(g_ptr, w_ptr, dx_ptr,
+        {geometry},
         GSN: tl.constexpr, GSO: tl.constexpr, GSY: tl.constexpr, GSX: tl.constexpr,
         WSO: tl.constexpr, WSC: tl.constexpr, WSI: tl.constexpr, WSJ: tl.constexpr,
         DSN: tl.constexpr, DSC: tl.constexpr, DSH: tl.constexpr, DSW: tl.constexpr,
@@ -216,7 +220,8 @@ KINDS = ("forward", "weight_grad", "input_grad")
 def kernel_source(kind: str, bias: bool = False, relu: bool = False) -> tuple[str, str]:
     """(kernel name, Triton source) of one kernel kind; the forward's epilogue adds `bias` and
     applies ReLU when asked. The source is the same for every shape."""
-    geometry = ", ".join(f"{g}: tl.constexpr" for g in _GEOMETRY)
+    geometry = ",\n        ".join(", ".join(f"{g}: tl.constexpr" for g in _GEOMETRY[k:k + 5])
+                                 for k in range(0, len(_GEOMETRY), 5))
     if kind == "forward":
         name = "conv2d_igemm" + ("_bias" if bias else "") + ("_relu" if relu else "")
         epilogue = ""
@@ -237,9 +242,8 @@ def kernel_source(kind: str, bias: bool = False, relu: bool = False) -> tuple[st
         body = _INPUT_GRAD.format(name=name, geometry=geometry, precision=INPUT_PRECISION)
     else:
         raise ValueError(f"unknown convolution kernel kind {kind!r}; expected one of {KINDS}")
-    header = (f"# {name}: a 2-D convolution's {kind.replace('_', ' ')} as an implicit GEMM, "
-              "written by kiln (kiln/codegen/conv_triton.py)\nimport triton\n"
-              "import triton.language as tl\n\n")
+    header = (f"# {name}: conv2d's {kind.replace('_', ' ')} as an implicit GEMM "
+              "(kiln/codegen/conv_triton.py)\nimport triton\nimport triton.language as tl\n\n")
     return name, header + body.lstrip("\n")
 
 
@@ -293,8 +297,10 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
         grid += (splits,)
     # the shape in the source's header: kernels are cached and built by their source text
     # (`kiln.runtime.triton_launch`), so each specialization needs its own
-    source = source.replace("import triton\n", f"# {g.describe()}, {dtype}\n# " + ", ".join(
-        f"{k}={v}" for k, v in constexprs.items() if k not in sizes) + "\nimport triton\n", 1)
+    settings = textwrap.wrap(", ".join(f"{k}={v}" for k, v in constexprs.items()
+                                       if k not in sizes), 96)
+    source = source.replace("import triton\n", "".join(
+        f"# {line}\n" for line in [f"{g.describe()}, {dtype}"] + settings) + "import triton\n", 1)
     signature = {p: DTYPES[dtype] for p in pointers}
     signature.update({k: "constexpr" for k in constexprs})
     return ConvKernel(name, source, tuple(pointers), signature, constexprs, grid, 4,

@@ -101,6 +101,12 @@ def test_compiled_convolutions_run_implicit_gemm_kernels_and_match_eager_and_tor
     assert not {"unfold", "fold", "fused_pad"} & set(names), names
     whys = [why for name, why in _steps(compiled) if name in KERNELS]
     assert all("implicit GEMM" in w and "default on the GPU" in w for w in whys), whys
+    # explain (and kiln dump, from the same artifact) says which route each product took
+    x, y = _data()
+    text = str(kiln.compiler.explain(compiled, x, y))
+    assert "triton kernel (implicit GEMM, conv2d x[3,2,7,8] w[4,2,3,3] -> [3,4,7,8], stride " \
+           "[1, 1], padding [1, 1], dilation [1, 1]: the default on the GPU" in text
+    assert "def conv2d_igemm_input_grad(" in text
     # eager (the unfold route) against PyTorch
     t_model = _net(torch)
     _copy_into_torch(model, t_model)
@@ -122,6 +128,9 @@ def test_forced_and_measured_routes_keep_the_unfold_route_and_say_why(monkeypatc
     assert {"unfold", "fold"} <= {name for name, _ in steps}
     # each convolution's three products (x requires grad: both input gradients are made)
     forced = [why.split(" on ")[0] for _, why in steps if "route: KILN_CONV_ROUTE=unfold" in why]
+    x, y = _data()
+    assert "(conv2d weight grad on the unfold route: KILN_CONV_ROUTE=unfold)" in str(
+        kiln.compiler.explain(compiled, x, y))
     assert sorted(forced) == ["conv2d forward", "conv2d forward", "conv2d input grad",
                               "conv2d input grad", "conv2d weight grad", "conv2d weight grad"]
     # a measured choice for one product: that one stays on the unfold route, the others not
