@@ -182,6 +182,31 @@ def test_float64_convolutions_stay_on_the_unfold_route():
     assert any("no implicit-GEMM kernel for kiln.float64" in why for _, why in steps)
 
 
+def test_grouped_and_depthwise_convolutions_keep_their_own_routes():
+    """groups > 1 runs batched products (depthwise: a multiply-sum), no plain matrix product
+    of windows: nothing is rewritten and the result stays eager's."""
+    kiln.manual_seed(0)
+    model = kiln.nn.Sequential(kiln.nn.Conv2d(4, 6, 3, groups=2),
+                               kiln.nn.Conv2d(6, 6, 3, groups=6, padding=1))
+    rng = np.random.default_rng(3)
+    x = kiln.tensor(rng.standard_normal((2, 4, 6, 6)).astype(np.float32), requires_grad=True)
+
+    def step(x):
+        model.zero_grad()
+        out = model(x).square().sum()
+        out.backward()
+        return out.detach(), x.grad
+    compiled = kiln.compile(step, backend="triton")
+    for _ in range(2):
+        x.grad = None
+        got = [t.numpy().copy() for t in compiled(x)]
+        x.grad = None
+        want = [t.numpy().copy() for t in step(x)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert not KERNELS & {name for name, _ in _steps(compiled)}
+
+
 @pytest.mark.gpu
 def test_compiled_convolutions_on_cuda_launch_the_implicit_gemm_kernels(monkeypatch):
     from kiln.codegen import conv_triton
