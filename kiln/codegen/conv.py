@@ -153,6 +153,8 @@ class _Match:
     strides: tuple              # per kernel tensor (inputs, then the output), 4 strides each
     out_node: object            # the matmul (forward, weight grad) or the fold (input grad)
     nodes: list                 # every node from the inputs to out_node: the unfold route
+    windows_kept: bool = False  # the program returns the windows (for a backward program):
+                                # they are made anyway, and the matmul reads them
 
 
 def _windows(operand, producer: dict, held: set):
@@ -163,6 +165,17 @@ def _windows(operand, producer: dict, held: set):
                                                                          operand.shape):
         return None
     return unfold, chain
+
+
+def _kept(unfold, leaving: set, users: dict) -> bool:
+    """Whether the program returns the unfold's windows, or a view of them."""
+    todo = [unfold.out]
+    while todo:
+        v = todo.pop()
+        if v in leaving:
+            return True
+        todo += [u.out for u in users.get(v, []) if u.op in _VIEWS]
+    return False
 
 
 def _image(unfold, producer: dict, users: dict) -> tuple:
@@ -204,7 +217,8 @@ def _match(mm, producer: dict, users: dict, leaving: set, held: set) -> _Match |
         return _Match("forward", g, (x, w_root), (
             contiguous_strides(x.shape), (w[3], w[2], w[0], w[1]),
             (oh * ow * g.o, 1, ow * g.o, g.o)), mm,
-            [n for n in (pad, unfold) if n] + a_chain + w_chain + [mm])
+            [n for n in (pad, unfold) if n] + a_chain + w_chain + [mm],
+            _kept(unfold, leaving, users))
     if wgrad is not None:               # output gradient (O, rows) @ windows (rows, K)
         unfold, b_chain = wgrad
         x, padding, pad = _image(unfold, producer, users)
@@ -217,7 +231,8 @@ def _match(mm, producer: dict, users: dict, leaving: set, held: set) -> _Match |
         k = g.kh * g.kw * g.c
         return _Match("weight_grad", g, (x, g_root), (
             contiguous_strides(x.shape), (s[1], s[0], s[2], s[3]), (k, 1, g.kw * g.c, g.c)),
-            mm, [n for n in (pad, unfold) if n] + b_chain + g_chain + [mm])
+            mm, [n for n in (pad, unfold) if n] + b_chain + g_chain + [mm],
+            _kept(unfold, leaving, users))
     # output gradient (rows, O) @ weight rows (O, K), then the windows folded into an image
     v, chain = mm.out, []
     while v not in leaving and len(users.get(v, [])) == 1 and users[v][0].op in _VIEWS:
@@ -279,6 +294,9 @@ def rewrite_convolutions(steps: list, graph: Graph, slot: dict, leaving: set) ->
             continue
         dtype = match.out_node.out.dtype
         route, why = conv_route(match.kind, match.geometry, dtype)
+        if match.windows_kept and route == "implicit_gemm":
+            # (a compiled forward whose backward runs as its own program, which reads them)
+            route, why = "unfold", "its windows are made anyway, saved for the backward"
         if route == "unfold":
             steps[i] = dataclasses.replace(st, why=f"conv2d {match.kind.replace('_', ' ')} on "
                                                    f"the unfold route: {why}")

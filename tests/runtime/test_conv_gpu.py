@@ -65,7 +65,7 @@ def _steps(compiled):
     """(name, why) per step of the compiled programs (forward, and backward when separate)."""
     out = []
     for entry in compiled.entries.values():
-        for executor in (entry.executor, getattr(entry.backward, "executor", None)):
+        for executor in (entry.executor, entry.backward):     # the backward's executor
             if executor is not None:
                 out += [(s.name, s.why) for s in executor.program.steps]
     return out
@@ -180,6 +180,33 @@ def test_float64_convolutions_stay_on_the_unfold_route():
     steps = _steps(compiled)
     assert not KERNELS & {name for name, _ in steps}
     assert any("no implicit-GEMM kernel for kiln.float64" in why for _, why in steps)
+
+
+def test_a_compiled_forward_whose_windows_are_saved_for_the_backward_keeps_its_matmul():
+    """A compiled module with backward() outside: the forward program returns the windows for
+    the backward program's weight gradients, so its products read them (no second pass over
+    the image); the backward's input gradients still run as kernels."""
+    model = _net(kiln)
+    compiled = kiln.compile(model, backend="triton")
+    x, _ = _data()
+    for _ in range(2):
+        for p in model.parameters():
+            p.grad = None
+        x.grad = None
+        compiled(x).square().sum().backward()
+        got = [t.grad.numpy().copy() for t in [x] + list(model.parameters())]
+        for p in model.parameters():
+            p.grad = None
+        x.grad = None
+        model(x).square().sum().backward()
+        want = [t.grad.numpy().copy() for t in [x] + list(model.parameters())]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    steps = _steps(compiled)
+    assert [why for _, why in steps if "saved" in why] == [
+        "conv2d forward on the unfold route: its windows are made anyway, saved for the "
+        "backward"] * 2
+    assert [name for name, _ in steps if name in KERNELS] == ["conv2d_igemm_input_grad"] * 2
 
 
 def test_grouped_and_depthwise_convolutions_keep_their_own_routes():
