@@ -13,8 +13,9 @@ kernels moving 1 MB or more at 80% of copy bandwidth or better; kiln compiled at
 as PyTorch eager on every row. `--quick` divides the sizes by 8 and takes fewer repeats;
 `--no-inductor` skips torch.compile; `--only functions` or `--only steps` runs those rows alone
 (`--no-kernels` skips the per-kernel bandwidth part). `--only conv` (and a full run, first) times
-each convolution product of the CNN step alone: kiln's implicit-GEMM kernel, its unfold + matmul
-route and PyTorch's cuDNN, recording the faster kiln route for the compiler (on disk). Without a
+each convolution product of the CNN step alone: kiln's implicit-GEMM kernel (each candidate tile
+size), its unfold + matmul route and PyTorch's cuDNN, recording the faster kiln route and the
+fastest tiles for the compiler (on disk). Without a
 CUDA GPU, CuPy or a CUDA build of PyTorch it says so and exits with status 2.
 """
 
@@ -452,14 +453,15 @@ def bench_convolutions(batches: list, repeat: int) -> None:
     print(f"\nconvolutions of the CNN step alone (ms per call; route kept for the compiler, "
           f"saved in {routes_path()})")
     print(f"{'product':44s} {'igemm':>8s} {'unfold':>8s} {'torch':>8s} {'torch/igemm':>12s} "
-          "route")
+          "route (igemm tiles; each candidate's ms)")
     for batch in batches:
         for t in measure_conv_routes(cnn_conv_products(batch), repeat=repeat):
             g = t.geometry
             name = f"b{g.n} {g.c}->{g.o} {g.h}x{g.w} {t.kind}"
             torch_ms = _torch_conv_ms(t.kind, g, repeat)
+            tiles = ", ".join(f"{'x'.join(map(str, b))} {ms:.3f}" for b, ms in t.tiles_ms)
             print(f"{name:44s} {t.implicit_gemm_ms:8.3f} {t.unfold_ms:8.3f} {torch_ms:8.3f} "
-                  f"{torch_ms / t.implicit_gemm_ms:11.2f}x {t.route}")
+                  f"{torch_ms / t.implicit_gemm_ms:11.2f}x {t.route} ({tiles})")
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ into the kernel's window masks) and the views only it needed drop out of the pro
 
 `conv_route` is the one place that decides, per product and shape, between "implicit_gemm" and
 "unfold": `KILN_CONV_ROUTE` when set, else a choice measured on this machine's GPU
-(`kiln.runtime.conv_gpu.measure_conv_routes` records it, kept on disk), else implicit GEMM.
+(`kiln.runtime.conv_gpu.measure_conv_routes` records it, kept on disk), else implicit GEMM;
+`conv_blocks` gives the kernel's tile sizes measured fastest with it.
 The lowered program says which route each product took and why (`kiln dump`, `explain`).
 """
 
@@ -36,7 +37,8 @@ ROUTES = ("implicit_gemm", "unfold")
 _VIEWS = ("reshape", "permute")
 _INT32 = 2 ** 31 - 1        # the kernels index with 32-bit integers
 
-# (kind, geometry, dtype name) -> route measured on this machine's GPU
+# (kind, geometry, dtype name) -> {"route": measured on this machine's GPU, "blocks": the
+# fastest tile sizes measured for the kernel, or None}
 MEASURED_ROUTES: dict = {}
 _loaded = [False]
 
@@ -52,14 +54,16 @@ def route_key(kind: str, geometry: ConvGeometry, dtype) -> str:
     return f"{kind} {geometry.describe()} {dtype}"
 
 
-def record_route(kind: str, geometry: ConvGeometry, dtype, route: str, save: bool = True
-                 ) -> None:
-    """Remember the route measured for one product; with `save`, in the file on disk too
-    (written whole to a temporary file and renamed: a reader never sees half of it)."""
+def record_route(kind: str, geometry: ConvGeometry, dtype, route: str, save: bool = True,
+                 blocks: tuple | None = None) -> None:
+    """Remember the route measured for one product (and the kernel's fastest tile sizes, when
+    measured); with `save`, in the file on disk too (written whole to a temporary file and
+    renamed: a reader never sees half of it)."""
     if route not in ROUTES:
         raise ValueError(f"conv2d route {route!r}: expected one of {ROUTES}")
     _load_measured()
-    MEASURED_ROUTES[route_key(kind, geometry, dtype)] = route
+    MEASURED_ROUTES[route_key(kind, geometry, dtype)] = {
+        "route": route, "blocks": None if blocks is None else list(blocks)}
     if save:
         path = routes_path()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +81,22 @@ def _load_measured() -> None:
     except (OSError, ValueError):
         return              # none measured yet, or an unreadable file: measure again
     if isinstance(saved, dict):
-        MEASURED_ROUTES.update({k: v for k, v in saved.items() if v in ROUTES})
+        MEASURED_ROUTES.update({k: v for k, v in saved.items() if _valid_entry(v)})
+
+
+def _valid_entry(entry) -> bool:
+    blocks = entry.get("blocks") if isinstance(entry, dict) else None
+    return isinstance(entry, dict) and entry.get("route") in ROUTES and (
+        blocks is None or (isinstance(blocks, list) and len(blocks) == 3 and
+                           all(isinstance(b, int) and b >= 16 and not b & (b - 1)
+                               for b in blocks)))
+
+
+def conv_blocks(kind: str, geometry: ConvGeometry, dtype) -> tuple | None:
+    """The tile sizes measured fastest for this product's kernel, or None (the defaults)."""
+    _load_measured()
+    entry = MEASURED_ROUTES.get(route_key(kind, geometry, dtype))
+    return tuple(entry["blocks"]) if entry and entry.get("blocks") else None
 
 
 def conv_route(kind: str, geometry: ConvGeometry, dtype) -> tuple[str, str]:
@@ -97,7 +116,7 @@ def conv_route(kind: str, geometry: ConvGeometry, dtype) -> tuple[str, str]:
     _load_measured()
     measured = MEASURED_ROUTES.get(route_key(kind, geometry, dtype))
     if measured is not None:
-        return measured, f"measured on this GPU ({routes_path()})"
+        return measured["route"], f"measured on this GPU ({routes_path()})"
     return "implicit_gemm", "the default on the GPU (not measured for this shape)"
 
 
@@ -302,7 +321,8 @@ def rewrite_convolutions(steps: list, graph: Graph, slot: dict, leaving: set) ->
                                                    f"the unfold route: {why}")
             continue
         match.nodes.sort(key=lambda n: order[n.out])
-        tk = render_conv_kernel(match.kind, match.geometry, dtype, match.strides)
+        tk = render_conv_kernel(match.kind, match.geometry, dtype, match.strides,
+                                blocks=conv_blocks(match.kind, match.geometry, dtype))
         step = type(st)("triton", tuple(slot[v] for v in match.inputs),
                         (slot[match.out_node.out],), tk.name, "", tk, _route_graph(match),
                         why=f"implicit GEMM, {match.geometry.describe()}: {why}")
@@ -334,5 +354,5 @@ def _drop_unread(steps: list, leaving: set) -> list:
         steps = keep
 
 
-__all__ = ["MEASURED_ROUTES", "ROUTES", "conv_route", "record_route", "rewrite_convolutions",
-           "route_key", "routes_path"]
+__all__ = ["MEASURED_ROUTES", "ROUTES", "conv_blocks", "conv_route", "record_route",
+           "rewrite_convolutions", "route_key", "routes_path"]

@@ -34,8 +34,12 @@ from kiln.ir import dtypes as dt
 # plain TF32); Triton's interpreter computes them in float32
 INPUT_PRECISION = "tf32x3"
 
-# tile sizes per kernel kind: (rows, columns, reduction) of the product each program computes
+# tile sizes per kernel kind: (rows, columns, reduction) of the product each program computes;
+# a measured choice (`kiln.runtime.conv_gpu`) may replace them per shape, from the candidates
 BLOCKS = {"forward": (64, 64, 32), "weight_grad": (32, 32, 64), "input_grad": (64, 32, 32)}
+BLOCK_CANDIDATES = {"forward": ((64, 64, 32), (128, 64, 32), (64, 32, 64)),
+                    "weight_grad": ((32, 32, 64), (64, 64, 32), (64, 32, 64)),
+                    "input_grad": ((64, 32, 32), (128, 32, 32), (64, 64, 32))}
 
 # the weight gradient's sum is split until about this many programs run (a few per SM of an
 # H100/H200), each summing at least MIN_SPLIT_ROWS rows: a split adds atomically into dw, so
@@ -248,7 +252,8 @@ def kernel_source(kind: str, bias: bool = False, relu: bool = False) -> tuple[st
 
 
 def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strides: tuple,
-                       bias: bool = False, relu: bool = False) -> ConvKernel:
+                       bias: bool = False, relu: bool = False, blocks: tuple | None = None
+                       ) -> ConvKernel:
     """One implicit-GEMM kernel for `geometry`, ready to launch or build.
 
     Args:
@@ -258,6 +263,8 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
         strides: the element strides of the kernel's three tensors, in its pointer order
             (bias excepted), each as four numbers in the index order of the formulas above:
             x (n, c, h, w), w and dw (o, c, i, j), g and out (n, o, y, x), dx (n, c, h, w).
+        blocks: the tile (rows, columns, reduction), each a power of 2 >= 16; `BLOCKS[kind]`
+            when None.
     """
     if dtype not in DTYPES:
         raise ValueError(f"conv2d implicit GEMM: dtype {dtype} is not supported; expected one "
@@ -282,7 +289,10 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
     for prefix, suffix, tensor_strides in zip(prefixes, suffixes, strides):
         for letter, s in zip(suffix, tensor_strides):
             constexprs[f"{prefix}S{letter}"] = int(s)
-    bm, bn, bk = BLOCKS[kind]
+    bm, bn, bk = blocks or BLOCKS[kind]
+    if any(b < 16 or b & (b - 1) for b in (bm, bn, bk)):
+        raise ValueError(f"conv2d implicit GEMM: blocks {(bm, bn, bk)} must be powers of 2, "
+                         "16 or more (tl.dot's smallest tile)")
     constexprs.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     rows, cols = {"forward": (g.n * oh * ow, g.o), "weight_grad": (g.o, g.c * g.kh * g.kw),
                   "input_grad": (g.n * g.h * g.w, g.c)}[kind]
@@ -307,5 +317,5 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
                       zero_outputs=constexprs.get("SPLITS", 1) > 1)
 
 
-__all__ = ["BLOCKS", "ConvGeometry", "ConvKernel", "DTYPES", "INPUT_PRECISION", "KINDS",
-           "contiguous_strides", "kernel_source", "render_conv_kernel"]
+__all__ = ["BLOCKS", "BLOCK_CANDIDATES", "ConvGeometry", "ConvKernel", "DTYPES",
+           "INPUT_PRECISION", "KINDS", "contiguous_strides", "kernel_source", "render_conv_kernel"]

@@ -140,6 +140,8 @@ def test_unsupported_dtypes_and_kinds_are_refused_with_what_to_do():
         render_conv_kernel("forward", g, dt.float64, strides)
     with pytest.raises(ValueError, match="unknown convolution kernel kind 'backward'"):
         kernel_source("backward")
+    with pytest.raises(ValueError, match=r"blocks \(8, 16, 16\) must be powers of 2, 16 or"):
+        render_conv_kernel("forward", g, dt.float32, strides, blocks=(8, 16, 16))
 
 
 @pytest.mark.parametrize("kind", ["forward", "weight_grad", "input_grad"])

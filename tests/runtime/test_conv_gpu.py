@@ -147,12 +147,22 @@ def test_forced_and_measured_routes_keep_the_unfold_route_and_say_why(monkeypatc
 def test_measured_routes_are_kept_on_disk_and_a_bad_file_is_ignored(monkeypatch):
     g = ConvGeometry(2, 3, 9, 9, 4, 3, 3)
     conv.record_route("weight_grad", g, dt.float32, "unfold")
+    conv.record_route("forward", g, dt.float32, "implicit_gemm", blocks=(128, 64, 32))
     saved = json.loads(conv.routes_path().read_text())
-    assert saved == {conv.route_key("weight_grad", g, dt.float32): "unfold"}
+    assert saved == {conv.route_key("weight_grad", g, dt.float32): {"route": "unfold",
+                                                                    "blocks": None},
+                     conv.route_key("forward", g, dt.float32): {"route": "implicit_gemm",
+                                                                "blocks": [128, 64, 32]}}
+    # an entry a reader cannot trust is skipped, the others kept
+    saved["bad"] = {"route": "implicit_gemm", "blocks": [100, 64, 32]}
+    conv.routes_path().write_text(json.dumps(saved))
     monkeypatch.setattr(conv, "MEASURED_ROUTES", {})
     monkeypatch.setattr(conv, "_loaded", [False])
     assert conv.conv_route("weight_grad", g, dt.float32)[0] == "unfold"     # read back
     assert conv.conv_route("forward", g, dt.float32)[0] == "implicit_gemm"
+    assert conv.conv_blocks("forward", g, dt.float32) == (128, 64, 32)
+    assert conv.conv_blocks("weight_grad", g, dt.float32) is None and "bad" not in \
+        conv.MEASURED_ROUTES
     conv.routes_path().write_text("{not json")
     monkeypatch.setattr(conv, "MEASURED_ROUTES", {})
     monkeypatch.setattr(conv, "_loaded", [False])
@@ -256,15 +266,29 @@ def test_compiled_convolutions_on_cuda_launch_the_implicit_gemm_kernels(monkeypa
 
 
 @pytest.mark.gpu
-def test_measuring_records_the_faster_route_after_checking_both_agree():
+def test_measuring_records_the_faster_route_and_tiles_after_checking_they_agree():
     from kiln.runtime.conv_gpu import measure_conv_routes
-    g = ConvGeometry(2, 3, 6, 7, 4, 3, 2, (2, 1), (1, 1), (1, 2))
+    # the first convolution of _net, as its compiled program sees it (the pad folded in)
+    g = ConvGeometry(3, 2, 7, 8, 4, 3, 3, (1, 1), (1, 1), (1, 1))
+    tiles = {"forward": ((64, 16, 16), (16, 16, 32)), "weight_grad": ((16, 16, 64),),
+             "input_grad": ((32, 16, 16),)}
     products = [(kind, g, dt.float32) for kind in ("forward", "weight_grad", "input_grad")]
-    timings = measure_conv_routes(products, repeat=2)
+    timings = measure_conv_routes(products, repeat=2, candidates=tiles)
     assert [t.kind for t in timings] == ["forward", "weight_grad", "input_grad"]
     for t in timings:
         assert t.implicit_gemm_ms > 0 and t.unfold_ms > 0
+        assert [b for b, _ in t.tiles_ms] == list(tiles[t.kind])
+        assert (t.blocks, t.implicit_gemm_ms) == min(t.tiles_ms, key=lambda bt: bt[1])
         assert t.route == ("implicit_gemm" if t.implicit_gemm_ms <= t.unfold_ms else "unfold")
         route, why = conv.conv_route(t.kind, g, dt.float32)
         assert route == t.route and why.startswith("measured on this GPU")
+        assert conv.conv_blocks(t.kind, g, dt.float32) == t.blocks
     assert len(json.loads(conv.routes_path().read_text())) == 3
+    # a program compiled now takes the measured route, with the measured tiles
+    conv.record_route("forward", g, dt.float32, "implicit_gemm", blocks=timings[0].blocks)
+    compiled, _ = _run_and_compare(_net(kiln).cuda(), device="cuda", calls=1)
+    (entry,) = compiled.entries.values()
+    (tk,) = [st.kernel for st in entry.executor.program.steps if st.name == "conv2d_igemm" and
+             st.kernel.constexprs["C"] == 2]
+    assert (tk.constexprs["BLOCK_M"], tk.constexprs["BLOCK_N"], tk.constexprs["BLOCK_K"]) == \
+        timings[0].blocks
