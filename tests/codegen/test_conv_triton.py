@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.codegen.conv_triton import (ConvGeometry, contiguous_strides, kernel_source,
-                                      render_conv_kernel)
+from kiln.codegen.conv_triton import (BLOCK_CANDIDATES, ConvGeometry, contiguous_strides,
+                                      kernel_source, render_conv_kernel)
 from kiln.ir import dtypes as dt
 from kiln.runtime.triton_launch import KernelCache, build_one_for_gpu, launch
 
@@ -163,3 +163,7 @@ def test_each_kernel_builds_ahead_of_time_for_sm90(kind, tmp_path):
                 assert tk.constexprs["SPLITS"] > 1 and "atom.global" in build.ptx
             # the products run on tensor cores (Hopper's wgmma or mma), not as scalar FMAs
             assert "wgmma" in build.ptx or "mma.sync" in build.ptx
+    # the largest tiles a GPU run measures (`kiln.runtime.conv_gpu`) build too
+    largest = max(BLOCK_CANDIDATES[kind], key=lambda b: b[0] * b[1] * b[2])
+    tk = render_conv_kernel(kind, g, dt.float32, strides, blocks=largest)
+    assert build_one_for_gpu(tk, 90, cache).cubin
