@@ -16,6 +16,8 @@ import kiln.nn as nn
 from kiln.codegen import conv
 from kiln.codegen.conv_triton import ConvGeometry
 from kiln.ir import dtypes as dt
+from kiln.ir.interpreter import interpret
+from kiln.runtime import triton_launch
 
 KERNELS = {"conv2d_igemm", "conv2d_igemm_weight_grad", "conv2d_igemm_input_grad"}
 
@@ -101,6 +103,18 @@ def test_compiled_convolutions_run_implicit_gemm_kernels_and_match_eager_and_tor
     assert not {"unfold", "fold", "fused_pad"} & set(names), names
     whys = [why for name, why in _steps(compiled) if name in KERNELS]
     assert all("implicit GEMM" in w and "default on the GPU" in w for w in whys), whys
+    # each kernel step's graph is the unfold route it replaced: the IR interpreter running it
+    # gives the kernel's numbers
+    rng = np.random.default_rng(5)
+    for entry in compiled.entries.values():
+        for st in entry.executor.program.steps:
+            if st.name in KERNELS:
+                st.graph.verify()
+                ins = [rng.standard_normal(v.shape).astype(np.float32) for v in st.graph.inputs]
+                (want,), _ = interpret(st.graph, ins)
+                got = np.full(want.shape, np.nan, np.float32)
+                triton_launch.launch(st.kernel, ins, [got])    # guarded (conftest)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=st.name)
     # explain (and kiln dump, from the same artifact) says which route each product took
     x, y = _data()
     text = str(kiln.compiler.explain(compiled, x, y))
