@@ -205,6 +205,7 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
     input_slots = tuple(slot[v] for v in graph.inputs)
     mutation_slots = tuple(slot[new] for _, new in graph.mutations)
     if target == "triton":      # convolutions as implicit-GEMM kernels, where that is their route
+        # imported here, as render_triton above: it loads the Triton renderer
         from kiln.codegen.conv import rewrite_convolutions
         steps = rewrite_convolutions(steps, graph, slot,
                                      {slot[v] for v in graph.outputs} | set(mutation_slots))
