@@ -302,14 +302,20 @@ def rewrite_convolutions(steps: list, graph: Graph, slot: dict, leaving: set) ->
     value_of = {s: v for v, s in slot.items()}
     order = {n.out: i for i, n in enumerate(graph.nodes)}
     steps = list(steps)
-    out_values = {value_of[s] for s in leaving}
+    out_values, held = {value_of[s] for s in leaving}, set(slot)
     changed = False
     for i, st in enumerate(steps):
         if st.kind != "matmul":
             continue
         mm = producer.get(value_of[st.outs[0]])
-        match = mm and _match(mm, producer, users, out_values, set(slot))
-        if match is None or any(v not in slot for v in match.inputs):
+        match = mm and _match(mm, producer, users, out_values, held)
+        if match is None or any(v not in slot for v in match.inputs + (match.out_node.out,)):
+            continue
+        # the step computing the product's result: the matmul, or the fold's own step (a
+        # fold inside a fused kernel has none, and stays)
+        at = i if match.kind != "input_grad" else next(
+            (j for j, s in enumerate(steps) if s.outs == (slot[match.out_node.out],)), None)
+        if at is None:
             continue
         dtype = match.out_node.out.dtype
         route, why = conv_route(match.kind, match.geometry, dtype)
@@ -326,11 +332,7 @@ def rewrite_convolutions(steps: list, graph: Graph, slot: dict, leaving: set) ->
         step = type(st)("triton", tuple(slot[v] for v in match.inputs),
                         (slot[match.out_node.out],), tk.name, "", tk, _route_graph(match),
                         why=f"implicit GEMM, {match.geometry.describe()}: {why}")
-        if match.kind == "input_grad":      # in the fold's place; the matmul drops out
-            fold_step = next(j for j, s in enumerate(steps) if s.outs == step.outs)
-            steps[fold_step] = step
-        else:
-            steps[i] = step
+        steps[at] = step        # an input gradient's matmul then drops out, unread
         changed = True
     return _drop_unread(steps, leaving) if changed else steps
 
