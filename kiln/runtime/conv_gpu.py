@@ -116,6 +116,8 @@ def measure_conv_routes(products: list, repeat: int = 20, save: bool = True,
         RuntimeError: when a kernel disagrees with the unfold route (a kernel computing wrong
             numbers is never recorded as the faster route).
     """
+    if not products:
+        return []
     xp = cupy_module()
     candidates = candidates or BLOCK_CANDIDATES
     cases = []
