@@ -131,6 +131,23 @@ def test_a_split_weight_gradient_adds_its_parts_into_zeroed_memory(monkeypatch):
     np.testing.assert_allclose(dw, want_dw, rtol=RTOL, atol=ATOL)
 
 
+def test_float16_kernels_accumulate_in_float32():
+    """float16 in and out, float32 sums: each result within float16's rounding of float64's."""
+    g, x, weight, bias, grad = _case(SHAPES[1], seed=3)
+    x, weight, bias, grad = (a.astype(np.float16) for a in (x, weight, bias, grad))
+    want_out, want_dw, want_dx = _torch_reference(g, x, weight, bias, grad)
+    cases = [("forward", [x, weight, bias], want_out, (x.shape, weight.shape, grad.shape)),
+             ("weight_grad", [x, grad], want_dw, (x.shape, grad.shape, weight.shape)),
+             ("input_grad", [grad, weight], want_dx, (grad.shape, weight.shape, x.shape))]
+    for kind, ins, want, shapes in cases:
+        tk = render_conv_kernel(kind, g, dt.float16, _strides(*shapes), bias=kind == "forward")
+        got = np.full(want.shape, np.nan, np.float16)
+        _launch(tk, ins, [got])
+        # float16 keeps 11 bits: 2^-10 of the largest value, with room for the final rounding
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(want).max(),
+                                   err_msg=kind)
+
+
 def test_geometry_output_size_is_torchs():
     for shape in SHAPES:
         g, x, weight, bias, grad = _case(shape)
