@@ -17,8 +17,10 @@ as kiln's generated kernels are.
 
 Each tensor is addressed through four element strides given as constants, so the same kernel
 reads NCHW arrays, the (rows, channels) matrices of the unfold route, or a transposed view;
-`ConvGeometry` holds the sizes. `render_conv_kernel` returns a `TritonKernel`, launched, built
-ahead of time and cached like every generated kernel (`kiln.runtime.triton_launch`).
+`ConvGeometry` holds the sizes. `render_conv_kernel` returns a `ConvKernel`, a `TritonKernel`
+launched, built ahead of time and cached like every generated kernel
+(`kiln.runtime.triton_launch`), whose launch zeroes its output first when the weight gradient's
+sum is split over programs that add into it.
 """
 
 from __future__ import annotations
