@@ -12,8 +12,11 @@ and bandwidth as a fraction of a device-to-device copy measured in the same run.
 kernels moving 1 MB or more at 80% of copy bandwidth or better; kiln compiled at least as fast
 as PyTorch eager on every row. `--quick` divides the sizes by 8 and takes fewer repeats;
 `--no-inductor` skips torch.compile; `--only functions` or `--only steps` runs those rows alone
-(`--no-kernels` skips the per-kernel bandwidth part). Without a CUDA GPU, CuPy or a CUDA build of
-PyTorch it says so and exits with status 2.
+(`--no-kernels` skips the per-kernel bandwidth part). `--only conv` (and a full run, first) times
+each convolution product of the CNN step alone: kiln's implicit-GEMM kernel (each candidate tile
+size), its unfold + matmul route and PyTorch's cuDNN, recording the faster kiln route and the
+fastest tiles for the compiler (on disk). Without a
+CUDA GPU, CuPy or a CUDA build of PyTorch it says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -413,13 +416,62 @@ def bench_cnn_step(batch: int, repeat: int, modes) -> tuple:
     return bench_step(k_model, torch_step, k_step, x, y, repeat, modes, rtol=1e-3)
 
 
+def cnn_conv_products(batch: int) -> list:
+    """The convolution products of the CNN step (`cnn28`) at `batch`: conv1 (1 -> 32, 3x3 on
+    28x28; its input needs no gradient) forward and weight gradient, conv2 (32 -> 64, 3x3 on
+    26x26) forward, weight gradient and input gradient, in float32."""
+    from kiln.codegen.conv_triton import ConvGeometry
+    from kiln.ir import dtypes as dt
+    conv1 = ConvGeometry(batch, 1, 28, 28, 32, 3, 3)
+    conv2 = ConvGeometry(batch, 32, 26, 26, 64, 3, 3)
+    return [("forward", conv1, dt.float32), ("weight_grad", conv1, dt.float32),
+            ("forward", conv2, dt.float32), ("weight_grad", conv2, dt.float32),
+            ("input_grad", conv2, dt.float32)]
+
+
+def _torch_conv_ms(kind: str, g, repeat: int) -> float:
+    """PyTorch's time (cuDNN, float32 without TF32, as in the CNN step rows) for one product."""
+    torch.backends.cudnn.allow_tf32 = False
+    dev = "cuda"
+    x = torch.randn(g.n, g.c, g.h, g.w, device=dev)
+    w = torch.randn(g.o, g.c, g.kh, g.kw, device=dev)
+    grad = torch.randn((g.n, g.o) + g.out_size, device=dev)
+    args = dict(stride=g.stride, padding=g.padding, dilation=g.dilation)
+    run = {"forward": lambda: torch.nn.functional.conv2d(x, w, **args),
+           "weight_grad": lambda: torch.nn.grad.conv2d_weight(x, w.shape, grad, **args),
+           "input_grad": lambda: torch.nn.grad.conv2d_input(x.shape, w, grad, **args)}[kind]
+    with torch.no_grad():
+        return wall_ms(run, repeat)
+
+
+def bench_convolutions(batches: list, repeat: int) -> None:
+    """Each convolution product of the CNN step, alone: kiln's implicit-GEMM kernel against
+    its unfold + matmul route (`kiln.runtime.conv_gpu.measure_conv_routes`, which checks they
+    agree and records the faster for the compiler, on disk) and against PyTorch (cuDNN)."""
+    from kiln.codegen.conv import routes_path
+    from kiln.runtime.conv_gpu import measure_conv_routes
+    print(f"\nconvolutions of the CNN step alone (ms per call; route kept for the compiler, "
+          f"saved in {routes_path()})")
+    print(f"{'product':44s} {'igemm':>8s} {'unfold':>8s} {'torch':>8s} {'torch/igemm':>12s} "
+          "route (igemm tiles; each candidate's ms)")
+    for batch in batches:
+        for t in measure_conv_routes(cnn_conv_products(batch), repeat=repeat):
+            g = t.geometry
+            name = f"b{g.n} {g.c}->{g.o} {g.h}x{g.w} {t.kind}"
+            torch_ms = _torch_conv_ms(t.kind, g, repeat)
+            tiles = ", ".join(f"{'x'.join(map(str, b))} {ms:.3f}" for b, ms in t.tiles_ms)
+            print(f"{name:44s} {t.implicit_gemm_ms:8.3f} {t.unfold_ms:8.3f} {torch_ms:8.3f} "
+                  f"{torch_ms / t.implicit_gemm_ms:11.2f}x {t.route} ({tiles})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="sizes / 8, fewer repeats")
     parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
-    parser.add_argument("--only", choices=("all", "functions", "steps"), default="all",
-                        help="the function rows (GELU, softmax, layer_norm) or the training "
-                             "steps alone")
+    parser.add_argument("--only", choices=("all", "functions", "steps", "conv"), default="all",
+                        help="the function rows (GELU, softmax, layer_norm), the training "
+                             "steps, or the CNN's convolutions alone (not in --quick runs "
+                             "unless asked for: they build 10 kernels)")
     parser.add_argument("--no-kernels", action="store_true",
                         help="skip timing each fused kernel alone")
     args = parser.parse_args()
@@ -435,6 +487,11 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}: torch {torch.__version__}, CuPy {cp.__version__}, "
           f"Triton {triton.__version__}; repeat {repeat}, medians in ms; ratios > 1 mean kiln "
           "compiled is faster")
+    if args.only == "conv" or (args.only == "all" and not args.quick):
+        # first: the routes measured here are the ones the CNN step rows then compile with
+        bench_convolutions([max(64 // scale, 8), max(512 // scale, 8)], repeat)
+        if args.only == "conv":
+            return
     print(f"\nGPU sizes{' (quick: / 8)' if args.quick else ''}")
     print(HEADER)
     print("-" * len(HEADER))

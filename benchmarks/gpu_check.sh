@@ -2,14 +2,16 @@
 # One GPU check of kiln, for a machine with an NVIDIA GPU, CuPy and a CUDA build of PyTorch:
 # the GPU-marked tests; the quick GPU benchmark without torch.compile (every row, sizes / 8,
 # each fused kernel's bandwidth); the function rows (GELU, softmax, layer_norm) at full size
-# with torch.compile in its default and reduce-overhead modes; then the training steps (MLP
-# and CNN with Adam) at full size with both torch.compile modes. Each part has its own time
-# limit, so the whole check ends within 6 minutes; output is unbuffered, so a part cut short
+# with torch.compile in its default and reduce-overhead modes; the CNN's convolutions alone
+# (implicit GEMM vs unfold + matmul vs cuDNN; the faster kiln route is recorded, so the steps
+# after compile with it); then the training steps (MLP and CNN with Adam) at full size with
+# both torch.compile modes. Each part has its own time limit, so the whole check ends within
+# 6.6 minutes (the limits sum to 395 s); output is unbuffered, so a part cut short
 # still logs the rows it finished.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log,
 #                                            # compile_gpu_quick.log, compile_gpu_functions.log,
-#                                            # compile_gpu_steps.log
+#                                            # compile_gpu_conv.log, compile_gpu_steps.log
 #
 # Prints each part's exit code at the end (124: it ran out of time) and exits non-zero if any
 # part failed. Without a GPU the tests skip and compile_gpu.py exits 2 at once.
@@ -46,6 +48,8 @@ run_part "compile_gpu quick" 40 compile_gpu_quick.log \
     python -u benchmarks/compile_gpu.py --quick --no-inductor
 run_part "compile_gpu functions" 70 compile_gpu_functions.log \
     python -u benchmarks/compile_gpu.py --only functions
+run_part "compile_gpu conv" 45 compile_gpu_conv.log \
+    python -u benchmarks/compile_gpu.py --only conv
 run_part "compile_gpu steps" 120 compile_gpu_steps.log \
     python -u benchmarks/compile_gpu.py --only steps --no-kernels
 

@@ -204,6 +204,11 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
                                      why=str(e)))
     input_slots = tuple(slot[v] for v in graph.inputs)
     mutation_slots = tuple(slot[new] for _, new in graph.mutations)
+    if target == "triton":      # convolutions as implicit-GEMM kernels, where that is their route
+        # imported here, as render_triton above: it loads the Triton renderer
+        from kiln.codegen.conv import rewrite_convolutions
+        steps = rewrite_convolutions(steps, graph, slot,
+                                     {slot[v] for v in graph.outputs} | set(mutation_slots))
     steps = _fold_views(steps, {slot[v] for v in graph.outputs} | set(mutation_slots))
     # outputs `run(..., into=...)` may compute straight into a caller's array: those a C kernel
     # or a matmul writes, returned once and not written back; with the inputs that must not

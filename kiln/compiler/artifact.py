@@ -188,6 +188,8 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
                 buffers.append("allocated per call")
         if kind in ("c", "triton"):
             what = f"{kind} kernel"
+            if kind == "triton" and s["why"]:     # a convolution's route (kiln.codegen.conv)
+                what += f" ({s['why']})"
         elif kind == "matmul":
             kind, what = "extern", "extern matmul"
             views = getattr(s["lowered"], "view", None)
@@ -196,6 +198,8 @@ def _part(label: str, target: str, part, executor) -> ArtifactPart:
                     " view of its operands"
             if s["buffers"][0] is not None:
                 what += " (into a kept buffer)"
+            if s["why"]:                            # a convolution left on the unfold route
+                what += f" ({s['why']})"
         elif kind == "view" or s["why"] == VIEWS_ONLY:
             kind, what = "view", "view (no copy)"
             buffers = ["a view of its input"] * len(s["outputs"])

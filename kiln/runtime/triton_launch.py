@@ -192,6 +192,9 @@ def launch(tk: TritonKernel, inputs: list, outputs: list, backend: str = "interp
     """
     if backend == "interpreter":
         fn = load_kernel(tk, interpret=True)
+        if getattr(tk, "zero_outputs", False):     # a kernel adding into its outputs
+            for a in outputs:
+                a[...] = 0
         args = [_numpy_arg(a) for a in list(inputs) + list(outputs)]
         with np.errstate(all="ignore"):    # masked-off lanes may compute log(0) and the like
             fn[tk.grid](*args, **tk.constexprs)
@@ -237,6 +240,7 @@ class CudaKernelLauncher:
         self.tk = tk
         self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
         self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
+        self.zero_outputs = getattr(tk, "zero_outputs", False)  # kiln.codegen.conv_triton
         self._current_stream = cupy_module().cuda.get_current_stream
         self._pointers = None
         self._aligned = None
@@ -249,6 +253,9 @@ class CudaKernelLauncher:
         if pointers != self._pointers:
             self.num_outputs = len(outputs)
             self._prepare(pointers, list(inputs) + list(outputs))
+        if self.zero_outputs:       # a kernel adding into its outputs: zeros first, same stream
+            for a in outputs:
+                a.fill(0)
         gx, gy, gz = self.grid
         self._run(gx, gy, gz, self._current_stream().ptr, self._function, self._metadata,
                   None, None, None, *self._args)
