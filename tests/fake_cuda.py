@@ -766,7 +766,7 @@ def _fake_build_kernel(tk, aligned: tuple, specs: list, num_inputs: int) -> Fake
     from kiln.runtime import triton_launch
     kernel = FakeCompiledKernel(tk, aligned, specs, num_inputs)
     with triton_launch._LOCK:
-        triton_launch._COMPILED[(triton_launch.source_hash(tk.source), aligned)] = kernel
+        triton_launch._COMPILED[triton_launch._compiled_key(tk, aligned, specs)] = kernel
     return kernel
 
 

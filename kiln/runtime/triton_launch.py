@@ -286,8 +286,16 @@ class _SpecializationArg:
         return self._ptr
 
 
-_COMPILED: dict = {}    # (source hash, alignment pattern) -> Triton's CompiledKernel
+_COMPILED: dict = {}    # `_compiled_key` -> Triton's CompiledKernel
 _BUILDING: dict = {}    # the same key -> Future of a build `prebuild` started
+
+
+def _compiled_key(tk: TritonKernel, aligned: tuple, specs: list) -> tuple:
+    """What one built binary depends on: the source, and what its build specializes on beside
+    it (argument dtypes and 16-byte alignment, constexpr values, warps), so two kernels of one
+    source with other constants never share a binary."""
+    return (source_hash(tk.source), aligned, tuple(str(d) for _, d in specs),
+            tuple(sorted((k, repr(v)) for k, v in tk.constexprs.items())), tk.num_warps)
 
 
 def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
@@ -295,7 +303,7 @@ def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: i
     CompiledKernel, with `run`, `function` and `packed_metadata`); `specs`: (shape, dtype) per
     argument, the first `num_inputs` read, the rest written. Built on first use (Triton's own
     disk cache keeps the binary)."""
-    key = (source_hash(tk.source), aligned)
+    key = _compiled_key(tk, aligned, specs)
     with _LOCK:
         kernel = _COMPILED.get(key)
         building = _BUILDING.get(key)
@@ -319,7 +327,7 @@ def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int
     args = [_SpecializationArg(dtype, a) for (_, dtype), a in zip(specs, aligned)]
     kernel = fn.run(*args, grid=tk.grid, warmup=True, num_warps=tk.num_warps, **tk.constexprs)
     with _LOCK:
-        _COMPILED[(source_hash(tk.source), aligned)] = kernel
+        _COMPILED[_compiled_key(tk, aligned, specs)] = kernel
     return kernel
 
 
@@ -485,7 +493,7 @@ def prebuild(kernels: list) -> None:
                  for v in list(subgraph.inputs) + list(subgraph.outputs)]
         num_inputs = len(subgraph.inputs)
         aligned = (True,) * len(specs)
-        key = (source_hash(tk.source), aligned)
+        key = _compiled_key(tk, aligned, specs)
         with _LOCK:
             if key in _COMPILED or key in _BUILDING:
                 continue

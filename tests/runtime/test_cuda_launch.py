@@ -37,8 +37,9 @@ def test_launch_arguments_are_prepared_once_and_reused(monkeypatch):
     (entry,) = compiled.entries.values()
     for kind, tk, _, _, sub, _ in entry.executor.steps:
         if kind == "triton":
-            key = (triton_launch.source_hash(tk.source),
-                   (True,) * (len(sub.inputs) + len(sub.outputs)))
+            specs = [(tuple(v.shape), np.dtype(v.dtype.np))
+                     for v in list(sub.inputs) + list(sub.outputs)]
+            key = triton_launch._compiled_key(tk, (True,) * len(specs), specs)
             assert key in triton_launch._COMPILED or key in triton_launch._BUILDING
     compiled(x, w)                                  # first replay: prepares every launch
     launchers = _launchers(compiled)
@@ -91,3 +92,28 @@ def test_a_new_alignment_fetches_the_kernel_built_for_it(monkeypatch):
     np.testing.assert_array_equal(cp.asnumpy(out2), first)
     launcher([shifted_in], [out2])                    # same pointers: nothing prepared
     assert launcher.prepared == 2 and len(built) == 2
+
+
+def test_one_source_with_other_constants_is_another_binary():
+    # a kernel's build specializes on its constexprs, warps and argument dtypes beside its
+    # source: the in-memory table of built kernels must not hand one build to the other
+    from kiln.codegen.triton import TritonKernel
+    specs = [((16,), np.dtype(np.float32)), ((16,), np.dtype(np.float32))]
+    base = TritonKernel("k", "@triton.jit\ndef k(x, y, BLOCK: tl.constexpr): pass\n",
+                        ("x", "y", "BLOCK"), {"x": "*fp32", "y": "*fp32", "BLOCK": "constexpr"},
+                        {"BLOCK": 16}, (1,), 4)
+    aligned = (True, True)
+    key = triton_launch._compiled_key(base, aligned, specs)
+    assert key == triton_launch._compiled_key(base, aligned, list(specs))
+    other_block = TritonKernel(*[getattr(base, f) for f in
+                                 ("name", "source", "arg_names", "signature")],
+                               {"BLOCK": 32}, base.grid, base.num_warps)
+    other_warps = TritonKernel(*[getattr(base, f) for f in
+                                 ("name", "source", "arg_names", "signature", "constexprs",
+                                  "grid")], 8)
+    f64 = [((16,), np.dtype(np.float64))] * 2
+    keys = {key, triton_launch._compiled_key(other_block, aligned, specs),
+            triton_launch._compiled_key(other_warps, aligned, specs),
+            triton_launch._compiled_key(base, aligned, f64),
+            triton_launch._compiled_key(base, (True, False), specs)}
+    assert len(keys) == 5
