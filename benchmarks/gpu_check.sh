@@ -6,7 +6,7 @@
 # (implicit GEMM vs unfold + matmul vs cuDNN; the faster kiln route is recorded, so the steps
 # after compile with it); then the training steps (MLP and CNN with Adam) at full size with
 # both torch.compile modes. Each part has its own time limit, so the whole check ends within
-# 6.6 minutes (the limits sum to 395 s); output is unbuffered, so a part cut short
+# 6 minutes (the limits sum to 355 s); output is unbuffered, so a part cut short
 # still logs the rows it finished.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log,
@@ -43,14 +43,14 @@ run_part() {        # run_part NAME SECONDS LOG COMMAND...
     codes+=("$code")
 }
 
-run_part "gpu tests" 120 gpu_tests.log python -u -m pytest -q -m gpu
-run_part "compile_gpu quick" 40 compile_gpu_quick.log \
+run_part "gpu tests" 110 gpu_tests.log python -u -m pytest -q -m gpu
+run_part "compile_gpu quick" 30 compile_gpu_quick.log \
     python -u benchmarks/compile_gpu.py --quick --no-inductor
-run_part "compile_gpu functions" 70 compile_gpu_functions.log \
+run_part "compile_gpu functions" 60 compile_gpu_functions.log \
     python -u benchmarks/compile_gpu.py --only functions
-run_part "compile_gpu conv" 45 compile_gpu_conv.log \
+run_part "compile_gpu conv" 40 compile_gpu_conv.log \
     python -u benchmarks/compile_gpu.py --only conv
-run_part "compile_gpu steps" 120 compile_gpu_steps.log \
+run_part "compile_gpu steps" 115 compile_gpu_steps.log \
     python -u benchmarks/compile_gpu.py --only steps --no-kernels
 
 echo "== summary (logs in $out)"
