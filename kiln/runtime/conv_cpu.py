@@ -123,17 +123,27 @@ def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
                 dilation: tuple) -> np.ndarray | None:
     """`fold` in C: an (N, C, H, W) view of a channels-last result, or None to decline (a dtype
     other than float32/float64, windows not contiguous, or no C compiler)."""
-    if cols.dtype not in _FOLD_NAMES or not cols.flags.c_contiguous or cols.size == 0:
+    n, c = cols.shape[0], cols.shape[5]
+    out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
+    if not fold_into(cols, out, stride, dilation):
         return None
+    return out.transpose(0, 3, 1, 2)
+
+
+def fold_into(cols: np.ndarray, out: np.ndarray, stride: tuple, dilation: tuple) -> bool:
+    """`fold` in C of (N, oh, ow, kh, kw, C) windows into `out`, a C-contiguous channels-last
+    (N, H, W, C) array of their dtype (overwritten); False to decline, as `fold_kernel`."""
+    if cols.dtype not in _FOLD_NAMES or not cols.flags.c_contiguous or cols.size == 0 or \
+            out.dtype != cols.dtype or not out.flags.c_contiguous:
+        return False
     fns = _functions()
     if fns is None:
-        return None
-    fn = fns[_FOLD_NAMES[cols.dtype]]
+        return False
     n, oh, ow, kh, kw, c = cols.shape
-    out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
-    fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1], stride[0],
-       stride[1], dilation[0], dilation[1])
-    return out.transpose(0, 3, 1, 2)
+    fns[_FOLD_NAMES[cols.dtype]](cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c,
+                                 out.shape[1], out.shape[2], stride[0], stride[1], dilation[0],
+                                 dilation[1])
+    return True
 
 
 _FOLD_NAMES = {np.dtype(np.float32): "kiln_fold_f32", np.dtype(np.float64): "kiln_fold_f64"}
@@ -143,21 +153,28 @@ def unfold_kernel(x: np.ndarray, kernel: tuple, stride: tuple,
                   dilation: tuple) -> np.ndarray | None:
     """`unfold` in C: the (N, oh, ow, kh, kw, C) windows of an (N, C, H, W) array (of any dtype),
     or None to decline (nothing to copy, or no C compiler)."""
-    if x.size == 0 or x.dtype.hasobject:
-        return None
-    fns = _functions()
-    if fns is None:
-        return None
     n, c, h, w = x.shape
     oh, ow = windows_geometry((h, w), kernel, stride, dilation)
+    out = np.empty((n, oh, ow) + tuple(kernel) + (c,), dtype=x.dtype)
+    return out if unfold_into(x, out, stride, dilation) else None
+
+
+def unfold_into(x: np.ndarray, out: np.ndarray, stride: tuple, dilation: tuple) -> bool:
+    """`unfold` in C of an (N, C, H, W) array into `out`, a C-contiguous (N, oh, ow, kh, kw, C)
+    array of its dtype (a reused scratch buffer); False to decline, as `unfold_kernel`."""
+    if x.size == 0 or x.dtype.hasobject or out.dtype != x.dtype or not out.flags.c_contiguous:
+        return False
+    fns = _functions()
+    if fns is None:
+        return False
+    n, oh, ow, kh, kw, c = out.shape
     image = x.transpose(0, 2, 3, 1)
     if c > 1 and image.strides[3] != image.itemsize:
         image = np.ascontiguousarray(image)   # an NCHW image: its channels made adjacent
-    out = np.empty((n, oh, ow) + tuple(kernel) + (c,), dtype=x.dtype)
-    fns["kiln_unfold"](image.ctypes.data, out.ctypes.data, n, oh, ow, kernel[0], kernel[1], c,
+    fns["kiln_unfold"](image.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c,
                        image.itemsize, stride[0], stride[1], dilation[0], dilation[1],
                        *image.strides[:3])
-    return out
+    return True
 
 
 def _after_fork_in_child() -> None:
