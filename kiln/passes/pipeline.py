@@ -123,6 +123,8 @@ def compile_passes(graph: Graph, joint=None, fused: bool = True,
     the exported C library, which spells those and not the NumPy backend's fused products)."""
     backward = report = None
     if joint is not None:
+        if conv_products:           # before the cut: the backward then needs a conv's input,
+            graph = form_conv_products(graph)      # not its windows, from the forward
         graph, bw, report = partition(graph, joint)
         backward = compile_part(bw, fused, lower, [("partition", bw)], conv_products)
     forward = compile_part(graph, fused, lower, [("partition", graph)] if joint else [],

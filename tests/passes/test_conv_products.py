@@ -95,3 +95,25 @@ def test_compiled_conv_steps_match_eager_and_torch(backend, stride, padding, dil
     (entry,) = compiled.entries.values()
     ops = {n.op for n in entry.graph.nodes}
     assert {"unfold_matmul", "matmul_unfold", "matmul_fold"} <= ops and "unfold" not in ops
+
+
+def test_a_compiled_forward_saves_the_conv_input_not_its_windows():
+    # a joint trace (backward called outside the compiled function): the products are formed
+    # before the partition, so the forward saves the conv's input for the weight gradient
+    arrays = _conv_inputs(n=4, c=8, h=10, w=10, o=6, k=(3, 3), seed=2)
+    fn = kiln.compile(lambda x, w, b: (F.conv2d(x, w, b, padding=1).tanh() ** 2).sum(),
+                      backend="c")
+    grads = []
+    for f in (fn, fn, lambda x, w, b: (F.conv2d(x, w, b, padding=1).tanh() ** 2).sum()):
+        leaves = [kiln.tensor(a, requires_grad=True) for a in arrays]
+        loss = f(*leaves)
+        loss.backward()
+        grads.append([float(loss)] + [t.grad.numpy() for t in leaves])
+    for got in grads[:2]:               # the trace, then a replay, against eager
+        for g, e in zip(got, grads[2]):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+    (entry,) = fn.entries.values()
+    assert entry.partition is not None
+    windows_bytes = 4 * 100 * 9 * 8 * 4
+    assert all(v.nbytes < windows_bytes for v in entry.partition.saved)
+    assert "matmul_unfold" in {n.op for n in entry.compiled.backward.graph.nodes}
