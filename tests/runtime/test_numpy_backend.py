@@ -120,7 +120,8 @@ def _bits(a):
 @pytest.mark.parametrize("kernels", ["c", "numpy"])      # the backend's C kernels on, or off
 @pytest.mark.parametrize("chunk_images", [1, 2, 5])     # 5: all at once
 @pytest.mark.parametrize("shape,kernel,stride,dilation,out_ch", [
-    ((5, 3, 11, 10), (3, 2), (2, 3), (2, 1), 4), ((5, 16, 9, 9), (3, 3), (1, 1), (1, 1), 8)])
+    ((5, 3, 11, 10), (3, 2), (2, 3), (2, 1), 4), ((5, 16, 9, 9), (3, 3), (1, 1), (1, 1), 8),
+    ((5, 1, 12, 12), (3, 3), (1, 1), (1, 1), 16)])     # weight gradient taller than wide
 def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dilation, out_ch,
                                                       chunk_images, kernels, dtype,
                                                       monkeypatch):
