@@ -280,7 +280,8 @@ def _unfold_matmul(xp, x, w, kernel, stride, dilation):
     for b in range(0, n, step):
         e = min(n, b + step)
         cols = scratch[:e - b]
-        if not unfold_into(x[b:e], cols, stride, dilation):    # no C compiler: whole, in NumPy
+        if not unfold_into(x[b:e], cols, stride, dilation, parallel=False):
+            # no C compiler: the whole product, in NumPy
             return PRIMITIVES["unfold_matmul"].impl(xp, x, w, kernel, stride, dilation)
         np.matmul(cols.reshape((e - b) * m, k), w, out=out[b * m:e * m])
     return out
@@ -300,7 +301,8 @@ def _matmul_unfold(xp, a, x, kernel, stride, dilation):
     for b in range(0, n, step):
         e = min(n, b + step)
         cols = scratch[:e - b].reshape((e - b) * m, k)
-        if not unfold_into(x[b:e], scratch[:e - b], stride, dilation):
+        if not unfold_into(x[b:e], scratch[:e - b], stride, dilation,
+                           parallel=False):
             return PRIMITIVES["matmul_unfold"].impl(xp, a, x, kernel, stride, dilation)
         rows = a[:, b * m:e * m]
         if out is None:
@@ -326,7 +328,7 @@ def _matmul_fold(xp, a, b, size, kernel, stride, dilation):
         e = min(n, i + step)
         cols = scratch[:e - i]
         np.matmul(a[i * m:e * m], b, out=cols.reshape((e - i) * m, kh * kw * c))
-        if not fold_into(cols, out[i:e], stride, dilation):
+        if not fold_into(cols, out[i:e], stride, dilation, parallel=False):
             return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation)
     return out.transpose(0, 3, 1, 2)       # channels-last, as `fold`'s other routes
 
