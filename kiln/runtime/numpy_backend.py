@@ -12,6 +12,7 @@ Each gives exactly the primitive's result (tests/runtime/test_numpy_backend.py c
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Callable
 
@@ -242,7 +243,7 @@ _FOLD_COPY_BYTES = 4 << 20
 # Same products, rows computed apart; the weight gradient's sum over rows is added up chunk by
 # chunk (float rounding differs from one whole product by reassociation only).
 
-_CHUNK_BYTES = 2 << 20          # windows per chunk: L2 plus a share of L3 holds them
+_CHUNK_BYTES = 2 << 20          # windows per chunk and thread: L2 plus a share of L3 holds them
 _KEPT_SCRATCH_BYTES = 16 << 20  # larger buffers (images of ~1000x1000) are not kept between calls
 _SCRATCH = threading.local()
 
@@ -253,7 +254,16 @@ def _chunk_geometry(x_shape: tuple, kernel: tuple, stride: tuple, dilation: tupl
     n, c = x_shape[:2]
     oh, ow = windows_geometry(x_shape[2:], kernel, stride, dilation)
     per_image = oh * ow * kernel[0] * kernel[1] * c * itemsize
-    return max(1, min(n, _CHUNK_BYTES // max(per_image, 1))), oh * ow
+    # BLAS splits a chunk's rows among its threads: each thread's share is what stays in cache,
+    # and fewer, larger chunks mean fewer hand-offs between the threads
+    budget = _CHUNK_BYTES * _threads()
+    return max(1, min(n, budget // max(per_image, 1))), oh * ow
+
+
+def _threads() -> int:
+    """The threads `kiln.set_num_threads` asked for (else one per core)."""
+    from kiln.runtime import c_build     # here: it loads the code generators
+    return c_build.threads_setting() or os.cpu_count() or 1
 
 
 def _windows_scratch(images: int, x_shape: tuple, kernel: tuple, stride: tuple,

@@ -82,6 +82,7 @@ def test_compiled_conv_steps_match_eager_and_torch(backend, stride, padding, dil
     arrays = _conv_inputs(n=5, c=6, h=11, w=10, o=7, k=(3, 3), seed=1)
     per_image = 9 * 6 * 4 * 11 * 10          # at most this many bytes of windows per image
     monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES", 2 * per_image)
+    monkeypatch.setattr(numpy_backend, "_threads", lambda: 1)
     step = _conv_step(stride, padding, dilation)
     compiled = kiln.compile(step, backend=backend)
     want = _torch_step(*arrays, stride, padding, dilation)
