@@ -241,9 +241,11 @@ _FOLD_COPY_BYTES = 4 << 20
 # (`unfold_matmul`, and `matmul_unfold`, which sums the chunks' products); or BLAS writes a
 # chunk's windows there and they are folded into the chunk's images at once (`matmul_fold`).
 # Same products, rows computed apart; the weight gradient's sum over rows is added up chunk by
-# chunk (float rounding differs from one whole product by reassociation only).
+# chunk (float rounding differs from one whole product by reassociation only). A chunk's
+# unfold or fold runs on the calling thread between two GEMMs (`parallel`), a single
+# chunk's on the OpenMP team.
 
-_CHUNK_BYTES = 2 << 20          # windows per chunk and thread: L2 plus a share of L3 holds them
+_CHUNK_BYTES = 2 << 20          # windows per chunk: L2 plus a share of L3 holds them
 _KEPT_SCRATCH_BYTES = 16 << 20  # larger buffers (images of ~1000x1000) are not kept between calls
 _SCRATCH = threading.local()
 
@@ -253,11 +255,13 @@ def _chunk_geometry(x_shape: tuple, kernel: tuple, stride: tuple, dilation: tupl
     """(images per chunk, windows per image) for the windows of an (N, C, H, W) shape."""
     n, c = x_shape[:2]
     oh, ow = windows_geometry(x_shape[2:], kernel, stride, dilation)
+    if _threads() > 1:
+        # one chunk: each chunk's GEMM is a hand-off between BLAS's threads, and on cores that
+        # other jobs share each hand-off may wait a scheduler time slice for the other thread;
+        # on idle cores, threads reading the whole windows gain about what chunks would
+        return n, oh * ow
     per_image = oh * ow * kernel[0] * kernel[1] * c * itemsize
-    # BLAS splits a chunk's rows among its threads: each thread's share is what stays in cache,
-    # and fewer, larger chunks mean fewer hand-offs between the threads
-    budget = _CHUNK_BYTES * _threads()
-    return max(1, min(n, budget // max(per_image, 1))), oh * ow
+    return max(1, min(n, _CHUNK_BYTES // max(per_image, 1))), oh * ow
 
 
 def _threads() -> int:
@@ -290,7 +294,7 @@ def _unfold_matmul(xp, x, w, kernel, stride, dilation):
     for b in range(0, n, step):
         e = min(n, b + step)
         cols = scratch[:e - b]
-        if not unfold_into(x[b:e], cols, stride, dilation, parallel=False):
+        if not unfold_into(x[b:e], cols, stride, dilation, parallel=step >= n):
             # no C compiler: the whole product, in NumPy
             return PRIMITIVES["unfold_matmul"].impl(xp, x, w, kernel, stride, dilation)
         np.matmul(cols.reshape((e - b) * m, k), w, out=out[b * m:e * m])
@@ -312,7 +316,7 @@ def _matmul_unfold(xp, a, x, kernel, stride, dilation):
         e = min(n, b + step)
         cols = scratch[:e - b].reshape((e - b) * m, k)
         if not unfold_into(x[b:e], scratch[:e - b], stride, dilation,
-                           parallel=False):
+                           parallel=step >= n):
             return PRIMITIVES["matmul_unfold"].impl(xp, a, x, kernel, stride, dilation)
         rows = a[:, b * m:e * m]
         if out is None:
@@ -338,7 +342,7 @@ def _matmul_fold(xp, a, b, size, kernel, stride, dilation):
         e = min(n, i + step)
         cols = scratch[:e - i]
         np.matmul(a[i * m:e * m], b, out=cols.reshape((e - i) * m, kh * kw * c))
-        if not fold_into(cols, out[i:e], stride, dilation, parallel=False):
+        if not fold_into(cols, out[i:e], stride, dilation, parallel=step >= n):
             return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation)
     return out.transpose(0, 3, 1, 2)       # channels-last, as `fold`'s other routes
 
