@@ -62,8 +62,8 @@ def run_passes(graph: Graph) -> PassReport:
 # --passes` prints them). "partition" runs only on a joint forward+backward trace, then the rest
 # once per program; "lower" is `kiln.codegen.lower.lower_schedule`, handed in by the compiler
 # (passes import no codegen).
-STEPS = ("partition", "decompose", "cleanup", "form conv products", "sink slices", "concatenate before reshapes",
-         "concatenate padded sums",
+STEPS = ("partition", "decompose", "cleanup", "form conv products", "sink slices",
+         "concatenate before reshapes", "concatenate padded sums",
          "merge matmul sums", "fuse", "split gathers", "lower", "plan memory")
 
 

@@ -44,7 +44,8 @@ void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh
                  long sx, long parallel) {
     long run = c * item;
     long bytes = n * oh * ow * kh * kw * run;
-    #pragma omp parallel for collapse(2) schedule(static) if (parallel && bytes > KILN_SERIAL_BYTES)
+    #pragma omp parallel for collapse(2) schedule(static) \
+        if (parallel && bytes > KILN_SERIAL_BYTES)
     for (long b = 0; b < n; b++)
     for (long y = 0; y < oh; y++)
         for (long x = 0; x < ow; x++) {
