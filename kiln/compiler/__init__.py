@@ -417,7 +417,10 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
     else:
         if stage is not None and lower is not None:
             stage[0] = f"optimizing the graph and generating {target} kernels"
-        compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower)
+        # a GPU program's convolutions become implicit-GEMM kernels at lowering
+        # (codegen/conv.py), which looks for their unfold + matmul, not the CPU's products
+        compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower,
+                                           conv_products=target != "triton")
     if stage is not None and lower is not None:
         stage[0] = f"building {target} kernels"
     executors = {"forward": build_executor(compiled.forward, xp)}

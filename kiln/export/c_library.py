@@ -192,7 +192,7 @@ class _Generator:
         from kiln.passes.fusion import split_gathers
         from kiln.passes.pipeline import compile_passes
         self.ep, self.name = ep, name
-        compiled = compile_passes(graph, None, fused=True)
+        compiled = compile_passes(graph, None, fused=True, conv_products=False)
         schedule, self.numbers = split_gathers(compiled.forward.schedule)
         self.graph = g = schedule.graph
         self.steps = schedule.steps

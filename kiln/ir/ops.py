@@ -661,6 +661,111 @@ define("fold", INDEX, _fold_infer, _fold_impl,
        arity=1, reads=(), doc="the adjoint of unfold: windows summed back into an NCHW image")
 
 
+# A convolution's three products, each with its unfold or fold inside: `unfold_matmul` (the
+# forward, windows @ weight), `matmul_unfold` (the weight gradient, g^T @ windows) and
+# `matmul_fold` (the input gradient, fold(g @ weight^T)). The windows matrix of a conv is
+# kh*kw times its input and is only ever read by these products: as one primitive, the NumPy
+# backend makes it a few images at a time into a buffer that stays in cache, reads it while
+# it is there, and never keeps it (see kiln.passes.conv_products, which forms them in compiled
+# graphs). `windows` below is unfold(x) as a (N*oh*ow, kh*kw*C) matrix; each op's gradient is
+# one of the other two.
+
+def _window_rows(x, kernel, stride, dilation) -> tuple:
+    """(rows, columns) of the windows matrix of an (N, C, H, W) input shape."""
+    oh, ow = windows_geometry(x[2:], kernel, stride, dilation)
+    return x[0] * oh * ow, kernel[0] * kernel[1] * x[1]
+
+
+def _conv_operands(x, dtypes, kernel, stride, dilation) -> tuple:
+    _unfold_infer((x,), dtypes[:1], kernel, stride, dilation)      # its shape errors
+    return _window_rows(x, kernel, stride, dilation), _same_dtype(dtypes)
+
+
+def _unfold_matmul_infer(shapes, dtypes, kernel, stride, dilation):
+    x, w = shapes
+    (rows, cols), dtype = _conv_operands(x, dtypes, kernel, stride, dilation)
+    if len(w) != 2 or w[0] != cols:
+        raise ShapeError(f"unfold_matmul: the windows ({rows}x{cols}) of input {list(x)} "
+                         f"cannot be multiplied by a weight of shape {list(w)}")
+    return (rows, w[1]), dtype
+
+
+def _matmul_unfold_infer(shapes, dtypes, kernel, stride, dilation):
+    a, x = shapes
+    (rows, cols), dtype = _conv_operands(x, dtypes[::-1], kernel, stride, dilation)
+    if len(a) != 2 or a[1] != rows:
+        raise ShapeError(f"matmul_unfold: a matrix of shape {list(a)} cannot multiply the "
+                         f"windows ({rows}x{cols}) of input {list(x)}")
+    return (a[0], cols), dtype
+
+
+def _matmul_fold_infer(shapes, dtypes, size, kernel, stride, dilation):
+    a, b = shapes
+    oh, ow = windows_geometry(size, kernel, stride, dilation)
+    k = kernel[0] * kernel[1]
+    if len(a) != 2 or len(b) != 2 or a[1] != b[0] or oh <= 0 or ow <= 0 or \
+            a[0] % (oh * ow) or b[1] % k:
+        raise ShapeError(f"matmul_fold: a product of shapes {list(a)} and {list(b)} is not "
+                         f"the (N*{oh}*{ow}, {kernel[0]}*{kernel[1]}*C) windows of size "
+                         f"{list(size)}")
+    return (a[0] // (oh * ow), b[1] // k) + tuple(size), _same_dtype(dtypes)
+
+
+def _unfold_matmul_impl(xp, x, w, kernel, stride, dilation):
+    cols = _unfold_impl(xp, x, kernel, stride, dilation)
+    return xp.matmul(cols.reshape(-1, w.shape[0]), w)
+
+
+def _matmul_unfold_impl(xp, a, x, kernel, stride, dilation):
+    cols = _unfold_impl(xp, x, kernel, stride, dilation)
+    return xp.matmul(a, cols.reshape(a.shape[1], -1))
+
+
+def _matmul_fold_impl(xp, a, b, size, kernel, stride, dilation):
+    oh, ow = windows_geometry(size, kernel, stride, dilation)
+    cols = xp.matmul(a, b).reshape((a.shape[0] // (oh * ow), oh, ow) + tuple(kernel) + (-1,))
+    return _fold_impl(xp, cols, size, kernel, stride, dilation)
+
+
+def _t(m):
+    return P.permute(m, perm=(1, 0))
+
+
+def _unfold_matmul_grad(g, out, x, w, kernel, stride, dilation):
+    # out = windows(x) @ w
+    gx = P.matmul_fold(g, _t(w), size=tuple(x.shape[2:]), kernel=kernel, stride=stride,
+                       dilation=dilation) if _needs_grad(x) else None
+    gw = _t(P.matmul_unfold(_t(g), x, kernel=kernel, stride=stride, dilation=dilation)) \
+        if _needs_grad(w) else None
+    return gx, gw
+
+
+def _matmul_unfold_grad(g, out, a, x, kernel, stride, dilation):
+    # out = a @ windows(x)
+    ga = _t(P.unfold_matmul(x, _t(g), kernel=kernel, stride=stride, dilation=dilation)) \
+        if _needs_grad(a) else None
+    gx = P.matmul_fold(_t(a), g, size=tuple(x.shape[2:]), kernel=kernel, stride=stride,
+                       dilation=dilation) if _needs_grad(x) else None
+    return ga, gx
+
+
+def _matmul_fold_grad(g, out, a, b, size, kernel, stride, dilation):
+    # out = fold(a @ b): the adjoint of fold is unfold
+    ga = P.unfold_matmul(g, _t(b), kernel=kernel, stride=stride, dilation=dilation) \
+        if _needs_grad(a) else None
+    gb = P.matmul_unfold(_t(a), g, kernel=kernel, stride=stride, dilation=dilation) \
+        if _needs_grad(b) else None
+    return ga, gb
+
+
+define("unfold_matmul", MATMUL, _unfold_matmul_infer, _unfold_matmul_impl, _unfold_matmul_grad,
+       arity=2, doc="a convolution's product: unfold(x) as (N*oh*ow, kh*kw*C) rows @ w")
+define("matmul_unfold", MATMUL, _matmul_unfold_infer, _matmul_unfold_impl, _matmul_unfold_grad,
+       arity=2, doc="a @ unfold(x) as (N*oh*ow, kh*kw*C) rows: a conv's weight gradient")
+define("matmul_fold", MATMUL, _matmul_fold_infer, _matmul_fold_impl, _matmul_fold_grad,
+       arity=2, doc="fold(a @ b as (N, oh, ow, kh, kw, C) windows): a conv's input gradient")
+
+
 define("take", INDEX, _take_infer, _take_impl,
        lambda g, out, x, idx, axis: (
            P.index_add(P.full(shape=x.shape, value=0, dtype=g.dtype, device=g.device), idx, g,

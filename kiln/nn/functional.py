@@ -249,8 +249,16 @@ def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
     # weight is permuted to match, (O, kh, kw, C). The unfold primitive makes the windows in
     # one copy; kh*kw slices and a stack cost ~30 ops.
     k = kh * kw
-    cols = P.unfold(x, kernel=(kh, kw), stride=stride, dilation=dilation)
     rows = n * oh * ow
+    if groups == 1 and not is_compiling():
+        # eagerly, the product with its unfold inside (`unfold_matmul`): the NumPy backend
+        # unfolds a few images at a time into a cache-sized buffer, and autograd keeps x, not
+        # the kh*kw times larger windows. Traced, it stays unfold + matmul, the form exporters
+        # read; the compiler forms the same products itself (kiln.passes.conv_products)
+        out = P.unfold_matmul(x, weight.permute(0, 2, 3, 1).reshape(out_ch, k * c).t(),
+                              kernel=(kh, kw), stride=stride, dilation=dilation)
+        return _conv2d_epilogue(out, bias, n, oh, ow, out_ch, unbatched)
+    cols = P.unfold(x, kernel=(kh, kw), stride=stride, dilation=dilation)
     if groups == 1:
         out = kiln.matmul(cols.reshape(rows, k * c),
                           weight.permute(0, 2, 3, 1).reshape(out_ch, k * c).t())
@@ -263,6 +271,12 @@ def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
         w = weight.reshape(groups, out_ch // groups, in_per_group, k).transpose(2, 3) \
             .reshape(groups, out_ch // groups, k * in_per_group).transpose(1, 2)
         out = kiln.matmul(grouped, w).transpose(0, 1)           # (rows, G, O/G)
+    return _conv2d_epilogue(out, bias, n, oh, ow, out_ch, unbatched)
+
+
+def _conv2d_epilogue(out: Tensor, bias: Tensor | None, n: int, oh: int, ow: int, out_ch: int,
+                     unbatched: bool) -> Tensor:
+    """A conv's (N*oh*ow, O) product as an (N, O, oh, ow) view, plus the bias."""
     out = out.reshape(n, oh, ow, out_ch).permute(0, 3, 1, 2)
     if bias is not None:
         out = out + bias.reshape(1, out_ch, 1, 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from kiln.ir.graph import Graph
 from kiln.passes.cleanup import PassStat, optimize
+from kiln.passes.conv_products import form_conv_products
 from kiln.passes.decompose import decompose
 from kiln.passes.fusion import Schedule, fuse, split_gathers
 from kiln.passes.matmul_sums import merge_matmul_sums
@@ -61,8 +62,8 @@ def run_passes(graph: Graph) -> PassReport:
 # --passes` prints them). "partition" runs only on a joint forward+backward trace, then the rest
 # once per program; "lower" is `kiln.codegen.lower.lower_schedule`, handed in by the compiler
 # (passes import no codegen).
-STEPS = ("partition", "decompose", "cleanup", "sink slices", "concatenate before reshapes",
-         "concatenate padded sums",
+STEPS = ("partition", "decompose", "cleanup", "form conv products", "sink slices",
+         "concatenate before reshapes", "concatenate padded sums",
          "merge matmul sums", "fuse", "split gathers", "lower", "plan memory")
 
 
@@ -114,25 +115,32 @@ class CompiledProgram:
 
 
 def compile_passes(graph: Graph, joint=None, fused: bool = True,
-                   lower=None) -> CompiledProgram:
+                   lower=None, conv_products: bool = True) -> CompiledProgram:
     """Run the pipeline's STEPS on a traced graph: partition a joint graph (`joint`: its
     JointInfo), then per program decompose, clean up and, when `fused`, fuse; with `lower` (a
-    `lower_schedule` bound to its target), also split the gathers, lower and plan memory."""
+    `lower_schedule` bound to its target), also split the gathers, lower and plan memory.
+    `conv_products=False` leaves a convolution's unfold and fold apart from its products (for
+    the exported C library, which spells those and not the NumPy backend's fused products)."""
     backward = report = None
     if joint is not None:
+        if conv_products:           # before the cut: the backward then needs a conv's input,
+            graph = form_conv_products(graph)      # not its windows, from the forward
         graph, bw, report = partition(graph, joint)
-        backward = compile_part(bw, fused, lower, [("partition", bw)])
-    forward = compile_part(graph, fused, lower, [("partition", graph)] if joint else [])
+        backward = compile_part(bw, fused, lower, [("partition", bw)], conv_products)
+    forward = compile_part(graph, fused, lower, [("partition", graph)] if joint else [],
+                           conv_products)
     return CompiledProgram(forward, backward, report)
 
 
 def compile_part(graph: Graph, fused: bool = True, lower=None,
-                 snapshots: list | None = None) -> CompiledPart:
+                 snapshots: list | None = None, conv_products: bool = True) -> CompiledPart:
     """The pipeline's steps after "partition" on one program; see `compile_passes`."""
     snapshots = list(snapshots or [])
     if not fused:
         optimized, stats = optimize(graph)
         snapshots.append(("cleanup", optimized))
+        if conv_products:
+            optimized = _conv_products(optimized, stats, snapshots)
         optimized = _sums(optimized, stats, snapshots)
         return CompiledPart(optimized, stats, snapshots=snapshots)
     decomposed = decompose(graph)
@@ -140,6 +148,8 @@ def compile_part(graph: Graph, fused: bool = True, lower=None,
     optimized, stats = optimize(decomposed)
     snapshots.append(("cleanup", optimized))
     stats = [PassStat("decompose", len(graph.nodes), len(decomposed.nodes))] + stats
+    if conv_products:
+        optimized = _conv_products(optimized, stats, snapshots)
     sunk = sink_slices(optimized)
     stats.append(PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes)))
     if sunk is not optimized:           # the per-slice ops leave work for cleanup
@@ -153,6 +163,14 @@ def compile_part(graph: Graph, fused: bool = True, lower=None,
     if lower is not None:
         lower_part(part, lower)
     return part
+
+
+def _conv_products(graph: Graph, stats: list, snapshots: list) -> Graph:
+    """The step that makes a convolution's products with their unfold or fold one primitive."""
+    formed = form_conv_products(graph)
+    stats.append(PassStat("form_conv_products", len(graph.nodes), len(formed.nodes)))
+    snapshots.append(("form conv products", formed))
+    return formed
 
 
 def _sums(graph: Graph, stats: list, snapshots: list) -> Graph:
@@ -198,6 +216,9 @@ def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
         graph = decompose(graph)
         stats.append(PassStat("decompose", before, len(graph.nodes)))
     optimized, cleanup = optimize(graph)
+    formed = form_conv_products(optimized)
+    cleanup.append(PassStat("form_conv_products", len(optimized.nodes), len(formed.nodes)))
+    optimized = formed
     if fused:
         sunk = sink_slices(optimized)
         stats += cleanup + [PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes))]

@@ -30,7 +30,10 @@ SOURCE = r"""
 #include <string.h>
 
 /* work smaller than this (bytes of windows) runs on the calling thread: waking the others
-   costs more than it saves */
+   costs more than it saves. `parallel` = 0 keeps any work there: a convolution's products
+   (numpy_backend) unfold or fold a chunk between two BLAS calls, and OpenMP's threads waking
+   (or spinning) beside BLAS's own threads there, dozens of times a step, cost more than the
+   chunk's copy, on a busy machine many times more */
 #define KILN_SERIAL_BYTES (256L << 10)
 
 /* unfold (im2col) from a channels-last image (strides in bytes; a channel is `item` bytes and
@@ -38,10 +41,11 @@ SOURCE = r"""
    x*sw + j*dw, :], one memcpy per window row when its pixels are adjacent too. */
 void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh, long kw,
                  long c, long item, long sh, long sw, long dh, long dw, long sn, long sy,
-                 long sx) {
+                 long sx, long parallel) {
     long run = c * item;
     long bytes = n * oh * ow * kh * kw * run;
-    #pragma omp parallel for collapse(2) schedule(static) if (bytes > KILN_SERIAL_BYTES)
+    #pragma omp parallel for collapse(2) schedule(static) \
+        if (parallel && bytes > KILN_SERIAL_BYTES)
     for (long b = 0; b < n; b++)
     for (long y = 0; y < oh; y++)
         for (long x = 0; x < ow; x++) {
@@ -66,9 +70,9 @@ void kiln_unfold(const char *image, char *out, long n, long oh, long ow, long kh
    first, as the NumPy route adds them. Images in parallel: each writes only its own pixels. */
 #define KILN_FOLD(NAME, T)                                                                   \
 void NAME(const T *cols, T *out, long n, long oh, long ow, long kh, long kw, long c,         \
-          long h, long w, long sh, long sw, long dh, long dw) {                              \
+          long h, long w, long sh, long sw, long dh, long dw, long parallel) {               \
     long bytes = n * oh * ow * kh * kw * c * (long)sizeof(T);                                \
-    _Pragma("omp parallel for schedule(static) if (bytes > KILN_SERIAL_BYTES)")              \
+    _Pragma("omp parallel for schedule(static) if (parallel && bytes > KILN_SERIAL_BYTES)")  \
     for (long b = 0; b < n; b++) {                                                           \
         T *image = out + b * h * w * c;                                                      \
         memset(image, 0, h * w * c * sizeof(T));                                             \
@@ -109,7 +113,7 @@ def _load_functions(c_build) -> dict | None:
             return None
         lib = c_build.load(c_build.start_build(SOURCE))
         fns = {}
-        for name, nlongs in (("kiln_fold_f32", 12), ("kiln_fold_f64", 12), ("kiln_unfold", 14)):
+        for name, nlongs in (("kiln_fold_f32", 13), ("kiln_fold_f64", 13), ("kiln_unfold", 15)):
             fn = getattr(lib, name)
             fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
             fn.restype = None
@@ -123,17 +127,29 @@ def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
                 dilation: tuple) -> np.ndarray | None:
     """`fold` in C: an (N, C, H, W) view of a channels-last result, or None to decline (a dtype
     other than float32/float64, windows not contiguous, or no C compiler)."""
-    if cols.dtype not in _FOLD_NAMES or not cols.flags.c_contiguous or cols.size == 0:
+    n, c = cols.shape[0], cols.shape[5]
+    out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
+    if not fold_into(cols, out, stride, dilation):
         return None
+    return out.transpose(0, 3, 1, 2)
+
+
+def fold_into(cols: np.ndarray, out: np.ndarray, stride: tuple, dilation: tuple,
+              parallel: bool = True) -> bool:
+    """`fold` in C of (N, oh, ow, kh, kw, C) windows into `out`, a C-contiguous channels-last
+    (N, H, W, C) array of their dtype (overwritten); False to decline, as `fold_kernel`.
+    `parallel=False` runs it on the calling thread alone (between BLAS calls, see `SOURCE`)."""
+    if cols.dtype not in _FOLD_NAMES or not cols.flags.c_contiguous or cols.size == 0 or \
+            out.dtype != cols.dtype or not out.flags.c_contiguous:
+        return False
     fns = _functions()
     if fns is None:
-        return None
-    fn = fns[_FOLD_NAMES[cols.dtype]]
+        return False
     n, oh, ow, kh, kw, c = cols.shape
-    out = np.empty((n,) + tuple(size) + (c,), dtype=cols.dtype)
-    fn(cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c, size[0], size[1], stride[0],
-       stride[1], dilation[0], dilation[1])
-    return out.transpose(0, 3, 1, 2)
+    fns[_FOLD_NAMES[cols.dtype]](cols.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c,
+                                 out.shape[1], out.shape[2], stride[0], stride[1], dilation[0],
+                                 dilation[1], int(parallel))
+    return True
 
 
 _FOLD_NAMES = {np.dtype(np.float32): "kiln_fold_f32", np.dtype(np.float64): "kiln_fold_f64"}
@@ -143,21 +159,30 @@ def unfold_kernel(x: np.ndarray, kernel: tuple, stride: tuple,
                   dilation: tuple) -> np.ndarray | None:
     """`unfold` in C: the (N, oh, ow, kh, kw, C) windows of an (N, C, H, W) array (of any dtype),
     or None to decline (nothing to copy, or no C compiler)."""
-    if x.size == 0 or x.dtype.hasobject:
-        return None
-    fns = _functions()
-    if fns is None:
-        return None
     n, c, h, w = x.shape
     oh, ow = windows_geometry((h, w), kernel, stride, dilation)
+    out = np.empty((n, oh, ow) + tuple(kernel) + (c,), dtype=x.dtype)
+    return out if unfold_into(x, out, stride, dilation) else None
+
+
+def unfold_into(x: np.ndarray, out: np.ndarray, stride: tuple, dilation: tuple,
+                parallel: bool = True) -> bool:
+    """`unfold` in C of an (N, C, H, W) array into `out`, a C-contiguous (N, oh, ow, kh, kw, C)
+    array of its dtype (a reused scratch buffer); False to decline, as `unfold_kernel`.
+    `parallel=False` runs it on the calling thread alone (between BLAS calls, see `SOURCE`)."""
+    if x.size == 0 or x.dtype.hasobject or out.dtype != x.dtype or not out.flags.c_contiguous:
+        return False
+    fns = _functions()
+    if fns is None:
+        return False
+    n, oh, ow, kh, kw, c = out.shape
     image = x.transpose(0, 2, 3, 1)
     if c > 1 and image.strides[3] != image.itemsize:
         image = np.ascontiguousarray(image)   # an NCHW image: its channels made adjacent
-    out = np.empty((n, oh, ow) + tuple(kernel) + (c,), dtype=x.dtype)
-    fns["kiln_unfold"](image.ctypes.data, out.ctypes.data, n, oh, ow, kernel[0], kernel[1], c,
+    fns["kiln_unfold"](image.ctypes.data, out.ctypes.data, n, oh, ow, kh, kw, c,
                        image.itemsize, stride[0], stride[1], dilation[0], dilation[1],
-                       *image.strides[:3])
-    return out
+                       *image.strides[:3], int(parallel))
+    return True
 
 
 def _after_fork_in_child() -> None:

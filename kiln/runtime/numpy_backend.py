@@ -12,12 +12,14 @@ Each gives exactly the primitive's result (tests/runtime/test_numpy_backend.py c
 from __future__ import annotations
 
 import math
+import os
+import threading
 from typing import Callable
 
 import numpy as np
 
-from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape
-from kiln.runtime.conv_cpu import fold_kernel, unfold_kernel
+from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape, windows_geometry
+from kiln.runtime.conv_cpu import fold_into, fold_kernel, unfold_into, unfold_kernel
 
 
 def numpy_impl(prim: Primitive) -> Callable:
@@ -231,8 +233,123 @@ def _fold(xp, cols, size, kernel, stride, dilation):
 _FOLD_COPY_BYTES = 4 << 20
 
 
+# A convolution's products (`unfold_matmul`, `matmul_unfold`, `matmul_fold`, see kiln.ir.ops) a
+# few images at a time. The windows matrix is kh*kw times the input (42 MB for a 3x3 conv of
+# 32 channels on 64 26x26 images), so a product that reads or writes it whole is bound by
+# memory, and unfolding or folding it all is another pass over memory. Here each chunk of images
+# is unfolded into a buffer small enough to stay in cache, and BLAS reads it from there
+# (`unfold_matmul`, and `matmul_unfold`, which sums the chunks' products); or BLAS writes a
+# chunk's windows there and they are folded into the chunk's images at once (`matmul_fold`).
+# Same products, rows computed apart; the weight gradient's sum over rows is added up chunk by
+# chunk (float rounding differs from one whole product by reassociation only). A chunk's
+# unfold or fold runs on the calling thread between two GEMMs (`parallel`), a single
+# chunk's on the OpenMP team.
+
+_CHUNK_BYTES = 2 << 20          # windows per chunk: L2 plus a share of L3 holds them
+_KEPT_SCRATCH_BYTES = 16 << 20  # larger buffers (images of ~1000x1000) are not kept between calls
+_SCRATCH = threading.local()
+
+
+def _chunk_geometry(x_shape: tuple, kernel: tuple, stride: tuple, dilation: tuple,
+                    itemsize: int) -> tuple:
+    """(images per chunk, windows per image) for the windows of an (N, C, H, W) shape."""
+    n, c = x_shape[:2]
+    oh, ow = windows_geometry(x_shape[2:], kernel, stride, dilation)
+    if _threads() > 1:
+        # one chunk: each chunk's GEMM is a hand-off between BLAS's threads, and on cores that
+        # other jobs share each hand-off may wait a scheduler time slice for the other thread;
+        # on idle cores, threads reading the whole windows gain about what chunks would
+        return n, oh * ow
+    per_image = oh * ow * kernel[0] * kernel[1] * c * itemsize
+    return max(1, min(n, _CHUNK_BYTES // max(per_image, 1))), oh * ow
+
+
+def _threads() -> int:
+    """The threads `kiln.set_num_threads` asked for (else one per core)."""
+    from kiln.runtime import c_build     # here: it loads the code generators
+    return c_build.threads_setting() or os.cpu_count() or 1
+
+
+def _windows_scratch(images: int, x_shape: tuple, kernel: tuple, stride: tuple,
+                     dilation: tuple, dtype) -> np.ndarray:
+    """A C-contiguous (images, oh, ow, kh, kw, C) buffer, this thread's, reused across calls."""
+    oh, ow = windows_geometry(x_shape[2:], kernel, stride, dilation)
+    shape = (images, oh, ow) + tuple(kernel) + (x_shape[1],)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > _KEPT_SCRATCH_BYTES:
+        return np.empty(shape, dtype)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _SCRATCH.buf = np.empty(max(nbytes, 1 << 20), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _unfold_matmul(xp, x, w, kernel, stride, dilation):
+    if x.dtype not in _BLAS_FLOATS or w.dtype != x.dtype or x.size == 0:
+        return PRIMITIVES["unfold_matmul"].impl(xp, x, w, kernel, stride, dilation)
+    step, m = _chunk_geometry(x.shape, kernel, stride, dilation, x.itemsize)
+    n, k = x.shape[0], w.shape[0]
+    scratch = _windows_scratch(step, x.shape, kernel, stride, dilation, x.dtype)
+    out = np.empty((n * m, w.shape[1]), x.dtype)
+    for b in range(0, n, step):
+        e = min(n, b + step)
+        cols = scratch[:e - b]
+        if not unfold_into(x[b:e], cols, stride, dilation, parallel=step >= n):
+            # no C compiler: the whole product, in NumPy
+            return PRIMITIVES["unfold_matmul"].impl(xp, x, w, kernel, stride, dilation)
+        np.matmul(cols.reshape((e - b) * m, k), w, out=out[b * m:e * m])
+    return out
+
+
+def _matmul_unfold(xp, a, x, kernel, stride, dilation):
+    if x.dtype not in _BLAS_FLOATS or a.dtype != x.dtype or x.size == 0:
+        return PRIMITIVES["matmul_unfold"].impl(xp, a, x, kernel, stride, dilation)
+    step, m = _chunk_geometry(x.shape, kernel, stride, dilation, x.itemsize)
+    n = x.shape[0]
+    scratch = _windows_scratch(step, x.shape, kernel, stride, dilation, x.dtype)
+    k = scratch[0].size // m
+    # OpenBLAS makes a wide result markedly faster than a tall one over the same long inner
+    # dimension (a 1-channel conv's 32x9 weight gradient): a tall one is made transposed
+    tall = a.shape[0] > k
+    out = part = None
+    for b in range(0, n, step):
+        e = min(n, b + step)
+        cols = scratch[:e - b].reshape((e - b) * m, k)
+        if not unfold_into(x[b:e], scratch[:e - b], stride, dilation,
+                           parallel=step >= n):
+            return PRIMITIVES["matmul_unfold"].impl(xp, a, x, kernel, stride, dilation)
+        rows = a[:, b * m:e * m]
+        if out is None:
+            out = np.matmul(cols.T, rows.T) if tall else np.matmul(rows, cols)
+            part = np.empty_like(out)
+        else:
+            np.add(out, np.matmul(cols.T, rows.T, out=part) if tall else
+                   np.matmul(rows, cols, out=part), out=out)
+    return out.T if tall else out
+
+
+def _matmul_fold(xp, a, b, size, kernel, stride, dilation):
+    if a.dtype not in _BLAS_FLOATS or b.dtype != a.dtype or a.size == 0 or b.size == 0:
+        return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation)
+    kh, kw = kernel
+    oh, ow = windows_geometry(size, kernel, stride, dilation)
+    m, c = oh * ow, b.shape[1] // (kh * kw)
+    n = a.shape[0] // m
+    step, _ = _chunk_geometry((n, c) + tuple(size), kernel, stride, dilation, a.itemsize)
+    scratch = _windows_scratch(step, (n, c) + tuple(size), kernel, stride, dilation, a.dtype)
+    out = np.empty((n,) + tuple(size) + (c,), a.dtype)
+    for i in range(0, n, step):
+        e = min(n, i + step)
+        cols = scratch[:e - i]
+        np.matmul(a[i * m:e * m], b, out=cols.reshape((e - i) * m, kh * kw * c))
+        if not fold_into(cols, out[i:e], stride, dilation, parallel=step >= n):
+            return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation)
+    return out.transpose(0, 3, 1, 2)       # channels-last, as `fold`'s other routes
+
+
 # primitive name -> its faster NumPy spelling, (xp, *arrays, **attrs) -> array as `impl`
 FAST_PATHS: dict[str, Callable] = {
     "relu": _relu, "where": _where, "sum": _sum, "batch_norm": _batch_norm,
     "batch_norm_backward": _batch_norm_backward, "batch_stats": _batch_stats, "pad": _pad,
-    "unfold": _unfold, "fold": _fold}
+    "unfold": _unfold, "fold": _fold, "unfold_matmul": _unfold_matmul,
+    "matmul_unfold": _matmul_unfold, "matmul_fold": _matmul_fold}

@@ -94,6 +94,15 @@ CASES = {
               [arg(2, 3, 3, 3, 2, 2)]),
              ("strided, dilated", lambda c: P.fold(c, size=(7, 6), kernel=(3, 2), stride=(2, 1),
                                                    dilation=(1, 2)), [arg(1, 3, 4, 3, 2, 2)])],
+    # a convolution's products (x: 2 images of 3 channels, 7x6; windows 3x2, stride (2, 1),
+    # dilation (1, 2): 3x4 positions, so 24 rows of 18)
+    "unfold_matmul": [("strided, dilated", lambda x, w: P.unfold_matmul(
+        x, w, kernel=(3, 2), stride=(2, 1), dilation=(1, 2)), [arg(2, 3, 7, 6), arg(18, 4)])],
+    "matmul_unfold": [("strided, dilated", lambda a, x: P.matmul_unfold(
+        a, x, kernel=(3, 2), stride=(2, 1), dilation=(1, 2)), [arg(4, 24), arg(2, 3, 7, 6)])],
+    "matmul_fold": [("strided, dilated", lambda a, b: P.matmul_fold(
+        a, b, size=(7, 6), kernel=(3, 2), stride=(2, 1), dilation=(1, 2)),
+        [arg(24, 4), arg(4, 18)])],
     "batch_norm": [("4-d", lambda x: P.batch_norm(x, eps=1e-5), [arg(3, 2, 2, 2)]),
                    ("2-d", lambda x: P.batch_norm(x, eps=0.1), [arg(4, 3)])],
     "batch_norm_backward": [("", lambda g, o, x: P.batch_norm_backward(g, o, x, eps=1e-5),
@@ -119,7 +128,7 @@ def test_gradient_rule_matches_finite_differences(name, fn, inputs) -> None:
 # second derivatives: the rules are written with tensor ops, so they differentiate again
 SECOND_ORDER = ["exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "erf", "mul", "div",
                 "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum", "unfold",
-                "batch_norm"]
+                "batch_norm", "unfold_matmul", "matmul_unfold", "matmul_fold"]
 
 
 @pytest.mark.parametrize("name", SECOND_ORDER)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kiln.ir.ops import PRIMITIVES
-from kiln.runtime import conv_cpu
+from kiln.runtime import conv_cpu, numpy_backend
 from kiln.runtime.numpy_backend import FAST_PATHS, numpy_impl
 
 RNG = np.random.default_rng(0)
@@ -114,3 +114,36 @@ def test_unfold_and_fold_fast_paths_give_the_definitions_bits(shape, kernel, str
 
 def _bits(a):
     return np.ascontiguousarray(a).view(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernels", ["c", "numpy"])      # the backend's C kernels on, or off
+@pytest.mark.parametrize("chunk_images", [1, 2, 5])     # 5: all at once
+@pytest.mark.parametrize("shape,kernel,stride,dilation,out_ch", [
+    ((5, 3, 11, 10), (3, 2), (2, 3), (2, 1), 4), ((5, 16, 9, 9), (3, 3), (1, 1), (1, 1), 8),
+    ((5, 1, 12, 12), (3, 3), (1, 1), (1, 1), 16)])     # weight gradient taller than wide
+def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dilation, out_ch,
+                                                      chunk_images, kernels, dtype,
+                                                      monkeypatch):
+    # the images in chunks (the last one short when 2 do not divide 5), from every input layout;
+    # the weight gradient sums its chunks' products one after another: equal up to rounding
+    if kernels == "numpy":
+        monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
+    windows = PRIMITIVES["unfold"].impl(np, np.zeros(shape, dtype), kernel, stride, dilation)
+    rows, k = np.prod(windows.shape[:3]), np.prod(windows.shape[3:])
+    monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES",
+                        chunk_images * windows[0].size * windows.itemsize)
+    monkeypatch.setattr(numpy_backend, "_threads", lambda: 1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    w = RNG.standard_normal((out_ch, k)).astype(dtype)
+    g = RNG.standard_normal((rows, out_ch)).astype(dtype)
+    for x in _image_layouts(RNG.standard_normal(shape).astype(dtype)):
+        for name, args, attrs in [("unfold_matmul", (x, w.T), {}),
+                                  ("matmul_unfold", (g.T, x), {}),
+                                  ("matmul_fold", (g, w), {"size": shape[2:]})]:
+            want = PRIMITIVES[name].impl(np, *args, kernel=kernel, stride=stride,
+                                         dilation=dilation, **attrs)
+            got = FAST_PATHS[name](np, *args, kernel=kernel, stride=stride, dilation=dilation,
+                                   **attrs)
+            assert got.shape == want.shape and got.dtype == want.dtype, name
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
