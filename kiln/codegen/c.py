@@ -426,6 +426,7 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
     pairs = tuple((o, i) for o, i in (in_place or {}).items() if _writes_over(kernel, o, i))
     r = _Renderer(kernel, parallel_min, pairs)
     name = name or kernel.name
+    r.rows_function = f"{name}_rows"
     body = r.reduction() if kernel.is_reduction else r.pointwise()
     shared = {i for _, i in pairs} | {len(kernel.inputs) + o for o, _ in pairs}
     qualifiers = [" *" if k in shared else " *restrict "
@@ -440,7 +441,16 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
     header = [f"/* {name}: {kind}, from graph {kernel.source_graph!r}",
               " *   in:  " + ", ".join(map(str, kernel.inputs)),
               " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
-    lines = header + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + ["}", ""]
+    rows_part = []
+    if r.rows_body is not None:
+        # not inlined: GCC 12 spends minutes on a long unrolled body inside an OpenMP team's
+        # outlined function, and seconds on the same body in a function of its own
+        rows_part = [f"/* rows lo <= {r.rows_body[0]} < hi of {name}, for one thread */",
+                     f"static __attribute__((noinline)) void {r.rows_function}("
+                     f"{', '.join(params + ['const int64_t lo', 'const int64_t hi'])}) {{"]
+        rows_part += _indent(r.rows_body[1]) + ["}", ""]
+    lines = header + rows_part + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + \
+        ["}", ""]
     arg_dtypes = tuple(b.dtype for b in kernel.inputs + kernel.outputs)
     return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes, pairs)
 
@@ -484,6 +494,11 @@ class _Renderer:
         # an unrolled row's element being written: (j, {index var: its value there})
         self.unroll: tuple | None = None
         self.row_loops = None       # an unrolled reduction's loops over its rows, as self.loops
+        self.row_loops_order = None     # ... in the order they are nested, the simd one last
+        # a threaded unrolled reduction's rows run in a function of their own: its name, and
+        # (the outer loop's variable, the function's body) once rendered
+        self.rows_function = f"{kernel.name}_rows"
+        self.rows_body: tuple | None = None
         self.elem_names = {s.dest for s in kernel.body
                            if not isinstance(s, Store) and s.scope == ELEM}
 
@@ -576,10 +591,11 @@ class _Renderer:
 
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
-        # single-threaded only: GCC 12 took minutes over an OpenMP team's copy of the long
-        # unrolled body (a batch-64 pooling kernel), whether collapsed or not
+        # a threaded one needs a loop nest of two loops or more: its outer loop is shared
+        # among threads, each calling a function with the rest (see unrolled_reduction)
+        threaded = self.k.numel * self.k.reduced_numel * self.work >= self.parallel_min
         if self.k.reduced_numel <= UNROLL_LIMIT and self.k.numel >= UNROLL_MIN_ROWS and \
-                self.k.numel * self.k.reduced_numel * self.work < self.parallel_min and \
+                (not threaded or sum(d != 1 for d in self.k.kept) >= 2) and \
                 not any(isinstance(st, Reduce) and st.op == "argmax" for st in self.k.body):
             return self.unrolled_reduction()
         if self.k.numel > 1 and (self.k.reduced_leading or self._stores_across_rows()):
@@ -613,7 +629,10 @@ class _Renderer:
         element's index a constant added to the row's offsets. The passes share the element
         values they recompute (each is computed once per row, as `v_NAME_J`), and no
         `rindex / k % m` is left: the row-loop form ran such a kernel scalar through per-row
-        offset arrays at 5x NumPy's time."""
+        offset arrays at 5x NumPy's time.
+
+        With threads, the outer loop of the nest is shared among them, each iteration calling
+        a function (`rows_body`) that runs the rest of the nest for its part of that loop."""
         rows, n = self.k.numel, self.k.reduced_numel
         passes, row_stores = row_passes(self.k)
         parallel = rows * n * self.work >= self.parallel_min and rows >= PARALLEL_ROWS
@@ -667,7 +686,15 @@ class _Renderer:
         for s in row_stores:
             body += self._stmt(s)
         depth = sum(line.lstrip().startswith("for ") for line in out)
-        return out + _indent(body, depth) + ["    " * (depth - 1) + "}"]
+        nest = out + _indent(body, depth) + ["    " * (depth - 1) + "}"]
+        if not parallel:
+            return nest
+        var, size, _ = self.row_loops_order[0]
+        self.rows_body = (var, nest)
+        args = ", ".join(self.params + [var, f"{var} + 1"])
+        return ["#pragma omp parallel for schedule(static)",
+                f"for (int64_t {var} = 0; {var} < {size}; {var}++)",
+                f"    {self.rows_function}({args});"]
 
     def _row_nest(self, parallel: bool) -> tuple[list, list]:
         """The loops over an unrolled reduction's rows, and the start of the body: one loop per
@@ -681,10 +708,8 @@ class _Renderer:
             if d != 1:
                 name = named.get((stride, d)) or named.get((stride, 0)) or f"g{i}"
                 loops.append((name, d, stride))
-        if len(loops) < 2:
-            head = ["#pragma omp parallel for simd schedule(static)"] if parallel else \
-                ["#pragma omp simd"]
-            return head + [f"for (int64_t row = 0; row < {rows}; row++) {{"], [
+        if len(loops) < 2:           # single-threaded (see reduction)
+            return ["#pragma omp simd", f"for (int64_t row = 0; row < {rows}; row++) {{"], [
                 f"const int64_t {v.name} = {_expr(v.expr())};"
                 for v in self.k.index_vars if v.scope == ROW]
         score = {name: 0 for name, _, _ in loops}
@@ -701,17 +726,16 @@ class _Renderer:
         for depth, (name, size, _) in enumerate(order):
             pad = "    " * depth
             last = depth == len(order) - 1
-            if depth == 0 and parallel:
-                collapse = f" collapse({len(order) - 1})" if len(order) > 2 else ""
-                out.append(f"#pragma omp parallel for{collapse} schedule(static)")
-            elif last:
+            if last:
                 out.append(pad + "#pragma omp simd")
-            out.append(pad + f"for (int64_t {name} = 0; {name} < {size}; {name}++)"
+            # with threads, the outer loop runs over the part given to the rows function
+            start, stop = ("lo", "hi") if depth == 0 and parallel else ("0", size)
+            out.append(pad + f"for (int64_t {name} = {start}; {name} < {stop}; {name}++)"
                        + (" {" if last else ""))
         row = " + ".join(name if stride == 1 else f"{name} * {stride}"
                          for name, _, stride in loops)
         # `row / 6` in an offset is then read off the loops too (`x1 * 384 + x2 * 6 + x3`)
-        self.row_loops = loops
+        self.row_loops, self.row_loops_order = loops, order
         return out, [f"const int64_t row = {row};"]
 
     def _unrolled_name(self, ssa, j: int) -> str:
