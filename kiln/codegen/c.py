@@ -42,6 +42,11 @@ PARALLEL_MIN_NEAR_BLAS = 1 << 24
 PARALLEL_ROWS = 8
 # the longest inner loop of a pointwise kernel whose strided loads are staged (_staged_loads)
 STAGE_LIMIT = 4096
+# the elements a tile of the transposed form of a staged pointwise nest copies (see
+# _transpose_tile: 32 channels x 128 positions of float, 16 KiB, stay in L1), and the fewest
+# iterations of the inner loop a tile may hold
+TILE_ELEMENTS = 4096
+TILE_MIN = 16
 # a reduction over leading dims accumulates this many rows side by side (see column_reduction)
 COLUMN_BLOCK = 256
 # fewer rows than COLUMN_BLOCK are still split into blocks of a multiple of this many rows, so
@@ -525,6 +530,9 @@ class _Renderer:
             len(loops) > 1 or numel >= 2 * PARALLEL_ROWS)
         self.loops = [tuple(loop) for loop in loops]
         staged = self._staged_loads()
+        tile = self._transpose_tile(staged)
+        if tile:
+            return self._tiled_pointwise(staged, tile, parallel)
         out = []
         for depth, (var, size, _) in enumerate(loops):
             inner = depth == len(loops) - 1
@@ -588,6 +596,72 @@ class _Renderer:
                     variables(t) & {inner.name} and t != inner for t in terms):
                 staged.append(st)
         return staged
+
+    def _transpose_tile(self, staged: list) -> int:
+        """How many of the inner loop's iterations a tile of the transposed form holds (0: not
+        that form): when every staged load reads contiguously along the loop around the inner
+        one (a channels-last GEMM output read per channel), a tile of both loops is copied at
+        once, reading whole runs of channels instead of one value per 128-byte line."""
+        loops = self.loops
+        if not staged or len(loops) < 2:
+            return 0
+        outer = Var(loops[-2][0])
+        for st in staged:
+            terms: dict = {}
+            _linear_terms(loop_digits(st.offset, loops, self.k.numel), 1, terms)
+            if terms.get(outer) != 1:
+                return 0
+        tile = min(TILE_ELEMENTS // loops[-2][1], loops[-1][1])
+        return tile if tile >= TILE_MIN else 0
+
+    def _tiled_pointwise(self, staged: list, tile: int, parallel: bool) -> list:
+        """The pointwise loop nest with its two inner loops tiled: per tile of the inner loop,
+        each staged load is copied for every iteration of the loop around it (that loop
+        innermost: contiguous reads), then that loop runs over the tile, reading the copies
+        contiguously along the inner loop (see _staged_loads)."""
+        loops = self.loops
+        (ovar, osize, _), (ivar, isize, _) = loops[-2], loops[-1]
+        out = []
+        for depth, (var, size, _) in enumerate(loops[:-2]):
+            if depth == 0 and parallel:
+                out.append(f"#pragma omp parallel for collapse({len(loops) - 1}) "
+                           "schedule(static)")
+            out.append("    " * depth + f"for (int64_t {var} = 0; {var} < {size}; {var}++)")
+        if len(loops) == 2 and parallel:
+            out.append("#pragma omp parallel for schedule(static)")
+        pad = len(loops) - 2
+        out.append("    " * pad + f"for (int64_t t_{ivar} = 0; t_{ivar} < {isize}; "
+                   f"t_{ivar} += {tile}) {{")
+        body = [f"const int64_t end_{ivar} = t_{ivar} + {tile} < {isize} ? "
+                f"t_{ivar} + {tile} : {isize};"]
+        copy = []
+        for st in staged:
+            name = self._name(st.dest)
+            body.append(f"{ctype(st.dtype)} stage_{name}[{osize}][{tile}];")
+            load = self._stmt(st)[0].split(" = ", 1)[1]
+            copy.append(f"    stage_{name}[{ovar}][{ivar} - t_{ivar}] = {load}")
+        body += [f"for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{",
+                 "    #pragma omp simd",
+                 f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++)"]
+        body += _indent(copy) + ["}"]
+        body += [f"for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{",
+                 "    #pragma omp simd",
+                 f"    for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{"]
+        linear = " + ".join(var if st == 1 else f"{var} * {st}" for var, _, st in loops)
+        inner = [f"const int64_t xindex = {linear};"]
+        last = [st for st in self.k.body if isinstance(st, Store) and
+                st.buffer in self.stored_over]
+        for st in self.k.body:
+            if st in staged:
+                name = self._name(st.dest)
+                inner.append(f"const {ctype(st.dtype)} {name} = "
+                             f"stage_{name}[{ovar}][{ivar} - t_{ivar}];")
+            elif st not in last:
+                inner += self._stmt(st)
+        for st in last:
+            inner += self._stmt(st)
+        body += _indent(inner, 2) + ["    }", "}"]
+        return out + _indent(body, pad + 1) + ["    " * pad + "}"]
 
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
