@@ -782,10 +782,6 @@ class _Renderer:
             if d != 1:
                 name = named.get((stride, d)) or named.get((stride, 0)) or f"g{i}"
                 loops.append((name, d, stride))
-        if len(loops) < 2:           # single-threaded (see reduction)
-            return ["#pragma omp simd", f"for (int64_t row = 0; row < {rows}; row++) {{"], [
-                f"const int64_t {v.name} = {_expr(v.expr())};"
-                for v in self.k.index_vars if v.scope == ROW]
         score = {name: 0 for name, _, _ in loops}
         for st in self.k.body:
             if isinstance(st, (Load, Store)) and st.scope == ELEM:
@@ -794,7 +790,16 @@ class _Renderer:
                 for t, c in terms.items():
                     if abs(c) == 1 and isinstance(t, Var) and t.name in score:
                         score[t.name] += st.dtype.itemsize
-        inner = max(reversed(loops), key=lambda loop: score[loop[0]])
+        inner = max(reversed(loops), key=lambda loop: score[loop[0]]) if loops else None
+        # one loop over every row (single-threaded: see reduction) when there is one row
+        # coordinate, or when the inner one is the last and too short to fill a vector (an
+        # NCHW 2x2 pool's 4 columns); its digits are then divisions of `row`
+        if len(loops) < 2 or (not parallel and inner is loops[-1] and
+                              inner[1] < UNROLL_MIN_ROWS):
+            self.row_loops = self.row_loops_order = None
+            return ["#pragma omp simd", f"for (int64_t row = 0; row < {rows}; row++) {{"], [
+                f"const int64_t {v.name} = {_expr(v.expr())};"
+                for v in self.k.index_vars if v.scope == ROW]
         order = [loop for loop in loops if loop is not inner] + [inner]
         out = []
         for depth, (name, size, _) in enumerate(order):
