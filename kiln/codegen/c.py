@@ -647,7 +647,8 @@ class _Renderer:
         body += [f"for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{",
                  "    #pragma omp simd",
                  f"    for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{"]
-        linear = " + ".join(var if st == 1 else f"{var} * {st}" for var, _, st in loops)
+        linear = " + ".join(var if stride == 1 else f"{var} * {stride}"
+                            for var, _, stride in loops)
         inner = [f"const int64_t xindex = {linear};"]
         last = [st for st in self.k.body if isinstance(st, Store) and
                 st.buffer in self.stored_over]
