@@ -12,9 +12,9 @@ executor instead (with a warning), so every program runs.
 A generated C kernel is kept only where NumPy is not clearly faster: on its first replays
 (`TRIAL_RUNS`) a C executor also runs each C kernel's subgraph on the array executor and times
 both on the same inputs (the C result is the one used); from then on a group runs on NumPy when
-that measured faster by more than `SWITCH_MARGIN`. Each way is timed only on the replays where
-it runs first on the step's inputs, as it will once chosen: NumPy on even replays, C on odd
-ones. A new `kiln.set_num_threads` count starts the
+that measured faster by more than `SWITCH_MARGIN`. NumPy runs on the even replays only, so that
+on the odd ones the C kernel is also timed running first on the step's inputs, as it will once
+chosen. A new `kiln.set_num_threads` count starts the
 trials again: what wins depends on it. `ScheduleExecutor.choices` records each decision and its
 times (`kiln.compiler.explain` and `kiln dump` print them); KILN_KERNEL_CHOICE=c keeps every
 generated kernel (no trials).
@@ -41,8 +41,8 @@ from kiln.runtime.executor import ArrayExecutor
 from kiln.runtime.triton_launch import TritonStep, prebuild
 
 
-# Replays on which a C executor times its kernels against the array executor (each way on half
-# of them), and how much faster (as a fraction of the C time) NumPy must be before a group
+# Replays on which a C executor times its kernels against the array executor (which runs on
+# half of them), and how much faster (as a fraction of the C time) NumPy must be before a group
 # switches to it: a group that is about as fast either way keeps its generated kernel.
 TRIAL_RUNS = 4
 SWITCH_MARGIN = 0.9
@@ -74,11 +74,12 @@ def choose_kernel(c_times: list, numpy_times: list, margin: float = SWITCH_MARGI
 class _KernelTrials:
     """Times each C step and its subgraph on the array executor during the trial replays.
 
-    A way is timed only when it is the first to run on the step's inputs, as it will be once
-    chosen: the one that runs second finds the caches holding what the first one wrote (the
-    array executor's fresh outputs, 5 MB at the batch-64 CNN's conv layers) rather than what
-    the step's earlier kernels left there. NumPy goes first on the even replays (the C kernel
-    still runs after it: its results are the ones used), the C kernel alone on the odd ones."""
+    NumPy runs on the even replays, before the C kernel (whose results are the ones used); on
+    the odd ones the C kernel runs alone, first on the step's inputs as it will once chosen.
+    Run second, it finds the caches holding what NumPy read and wrote (5 MB arrays at the
+    batch-64 CNN's conv layers), which made it up to 1.4x slower there than in the step, or
+    faster (inputs NumPy already brought in); its fastest time over both kinds of replay is
+    the one compared."""
 
     def __init__(self, alternatives: dict):
         self.alternatives = alternatives            # step index -> ArrayExecutor
@@ -109,7 +110,7 @@ class _KernelTrials:
         self._start = time.perf_counter()
 
     def after_c(self, i: int) -> None:
-        if i in self.c_times and self.replay % 2 == 1:
+        if i in self.c_times:
             self.c_times[i].append(time.perf_counter() - self._start)
 
 

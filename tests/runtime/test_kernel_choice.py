@@ -195,10 +195,11 @@ def test_switched_groups_never_return_views_of_their_inputs():
 
 
 @needs_cc
-def test_each_way_is_timed_only_when_it_runs_first(monkeypatch):
-    """The trials time NumPy on the even replays (before the C kernel, whose results are used)
+def test_numpy_runs_on_half_of_the_trial_replays(monkeypatch):
+    """The trials run NumPy on the even replays (before the C kernel, whose results are used)
     and the C kernel alone on the odd ones: the array executor runs on half of the trial
-    replays, never after them, and every replay returns the C kernel's (eager's) values."""
+    replays, the C kernel is timed on all of them, and every replay returns the C kernel's
+    (eager's) values."""
     runs = []
 
     class CountingArrayExecutor(se.ArrayExecutor):
@@ -206,6 +207,13 @@ def test_each_way_is_timed_only_when_it_runs_first(monkeypatch):
             runs.append(len(runs))
             return super().run(inputs)
     monkeypatch.setattr(se, "ArrayExecutor", CountingArrayExecutor)
+    samples = []                                     # (C times, NumPy times) per kernel
+    choose = se.choose_kernel
+
+    def counting_choose(c_times, numpy_times):
+        samples.append((len(c_times), len(numpy_times)))
+        return choose(c_times, numpy_times)
+    monkeypatch.setattr(se, "choose_kernel", counting_choose)
     x = kiln.from_numpy(np.linspace(-2, 2, 600, dtype=np.float32).reshape(20, 30))
 
     def f(x):
@@ -220,3 +228,4 @@ def test_each_way_is_timed_only_when_it_runs_first(monkeypatch):
         np.testing.assert_allclose(cf(x).numpy(), f(x).numpy(), rtol=1e-5, atol=1e-6)
     assert len(executor.choices) == kernels >= 1
     assert len(runs) == kernels * ((se.TRIAL_RUNS + 1) // 2)
+    assert samples == [(se.TRIAL_RUNS, (se.TRIAL_RUNS + 1) // 2)] * kernels
