@@ -42,6 +42,11 @@ PARALLEL_MIN_NEAR_BLAS = 1 << 24
 PARALLEL_ROWS = 8
 # the longest inner loop of a pointwise kernel whose strided loads are staged (_staged_loads)
 STAGE_LIMIT = 4096
+# the elements a tile of the transposed form of a staged pointwise nest copies (see
+# _transpose_tile: 32 channels x 128 positions of float, 16 KiB, stay in L1), and the fewest
+# iterations of the inner loop a tile may hold
+TILE_ELEMENTS = 4096
+TILE_MIN = 16
 # a reduction over leading dims accumulates this many rows side by side (see column_reduction)
 COLUMN_BLOCK = 256
 # fewer rows than COLUMN_BLOCK are still split into blocks of a multiple of this many rows, so
@@ -426,6 +431,7 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
     pairs = tuple((o, i) for o, i in (in_place or {}).items() if _writes_over(kernel, o, i))
     r = _Renderer(kernel, parallel_min, pairs)
     name = name or kernel.name
+    r.rows_function = f"{name}_rows"
     body = r.reduction() if kernel.is_reduction else r.pointwise()
     shared = {i for _, i in pairs} | {len(kernel.inputs) + o for o, _ in pairs}
     qualifiers = [" *" if k in shared else " *restrict "
@@ -440,7 +446,16 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
     header = [f"/* {name}: {kind}, from graph {kernel.source_graph!r}",
               " *   in:  " + ", ".join(map(str, kernel.inputs)),
               " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
-    lines = header + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + ["}", ""]
+    rows_part = []
+    if r.rows_body is not None:
+        # not inlined: GCC 12 spends minutes on a long unrolled body inside an OpenMP team's
+        # outlined function, and seconds on the same body in a function of its own
+        rows_part = [f"/* rows lo <= {r.rows_body[0]} < hi of {name}, for one thread */",
+                     f"static __attribute__((noinline)) void {r.rows_function}("
+                     f"{', '.join(params + ['const int64_t lo', 'const int64_t hi'])}) {{"]
+        rows_part += _indent(r.rows_body[1]) + ["}", ""]
+    lines = header + rows_part + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + \
+        ["}", ""]
     arg_dtypes = tuple(b.dtype for b in kernel.inputs + kernel.outputs)
     return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes, pairs)
 
@@ -484,6 +499,11 @@ class _Renderer:
         # an unrolled row's element being written: (j, {index var: its value there})
         self.unroll: tuple | None = None
         self.row_loops = None       # an unrolled reduction's loops over its rows, as self.loops
+        self.row_loops_order = None     # ... in the order they are nested, the simd one last
+        # a threaded unrolled reduction's rows run in a function of their own: its name, and
+        # (the outer loop's variable, the function's body) once rendered
+        self.rows_function = f"{kernel.name}_rows"
+        self.rows_body: tuple | None = None
         self.elem_names = {s.dest for s in kernel.body
                            if not isinstance(s, Store) and s.scope == ELEM}
 
@@ -510,6 +530,9 @@ class _Renderer:
             len(loops) > 1 or numel >= 2 * PARALLEL_ROWS)
         self.loops = [tuple(loop) for loop in loops]
         staged = self._staged_loads()
+        tile = self._transpose_tile(staged)
+        if tile:
+            return self._tiled_pointwise(staged, tile, parallel)
         out = []
         for depth, (var, size, _) in enumerate(loops):
             inner = depth == len(loops) - 1
@@ -574,12 +597,80 @@ class _Renderer:
                 staged.append(st)
         return staged
 
+    def _transpose_tile(self, staged: list) -> int:
+        """How many of the inner loop's iterations a tile of the transposed form holds (0: not
+        that form): when every staged load reads contiguously along the loop around the inner
+        one (a channels-last GEMM output read per channel), a tile of both loops is copied at
+        once, reading whole runs of channels instead of one value per 128-byte line."""
+        loops = self.loops
+        if not staged or len(loops) < 2:
+            return 0
+        outer = Var(loops[-2][0])
+        for st in staged:
+            terms: dict = {}
+            _linear_terms(loop_digits(st.offset, loops, self.k.numel), 1, terms)
+            if terms.get(outer) != 1:
+                return 0
+        tile = min(TILE_ELEMENTS // loops[-2][1], loops[-1][1])
+        return tile if tile >= TILE_MIN else 0
+
+    def _tiled_pointwise(self, staged: list, tile: int, parallel: bool) -> list:
+        """The pointwise loop nest with its two inner loops tiled: per tile of the inner loop,
+        each staged load is copied for every iteration of the loop around it (that loop
+        innermost: contiguous reads), then that loop runs over the tile, reading the copies
+        contiguously along the inner loop (see _staged_loads)."""
+        loops = self.loops
+        (ovar, osize, _), (ivar, isize, _) = loops[-2], loops[-1]
+        out = []
+        for depth, (var, size, _) in enumerate(loops[:-2]):
+            if depth == 0 and parallel:
+                out.append(f"#pragma omp parallel for collapse({len(loops) - 1}) "
+                           "schedule(static)")
+            out.append("    " * depth + f"for (int64_t {var} = 0; {var} < {size}; {var}++)")
+        if len(loops) == 2 and parallel:
+            out.append("#pragma omp parallel for schedule(static)")
+        pad = len(loops) - 2
+        out.append("    " * pad + f"for (int64_t t_{ivar} = 0; t_{ivar} < {isize}; "
+                   f"t_{ivar} += {tile}) {{")
+        body = [f"const int64_t end_{ivar} = t_{ivar} + {tile} < {isize} ? "
+                f"t_{ivar} + {tile} : {isize};"]
+        copy = []
+        for st in staged:
+            name = self._name(st.dest)
+            body.append(f"{ctype(st.dtype)} stage_{name}[{osize}][{tile}];")
+            load = self._stmt(st)[0].split(" = ", 1)[1]
+            copy.append(f"    stage_{name}[{ovar}][{ivar} - t_{ivar}] = {load}")
+        body += [f"for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{",
+                 "    #pragma omp simd",
+                 f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++)"]
+        body += _indent(copy) + ["}"]
+        body += [f"for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{",
+                 "    #pragma omp simd",
+                 f"    for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{"]
+        linear = " + ".join(var if stride == 1 else f"{var} * {stride}"
+                            for var, _, stride in loops)
+        inner = [f"const int64_t xindex = {linear};"]
+        last = [st for st in self.k.body if isinstance(st, Store) and
+                st.buffer in self.stored_over]
+        for st in self.k.body:
+            if st in staged:
+                name = self._name(st.dest)
+                inner.append(f"const {ctype(st.dtype)} {name} = "
+                             f"stage_{name}[{ovar}][{ivar} - t_{ivar}];")
+            elif st not in last:
+                inner += self._stmt(st)
+        for st in last:
+            inner += self._stmt(st)
+        body += _indent(inner, 2) + ["    }", "}"]
+        return out + _indent(body, pad + 1) + ["    " * pad + "}"]
+
     # -------------------------------------------------------------- reductions
     def reduction(self) -> list:
-        # single-threaded only: GCC 12 took minutes over an OpenMP team's copy of the long
-        # unrolled body (a batch-64 pooling kernel), whether collapsed or not
+        # a threaded one needs a loop nest of two loops or more: its outer loop is shared
+        # among threads, each calling a function with the rest (see unrolled_reduction)
+        threaded = self.k.numel * self.k.reduced_numel * self.work >= self.parallel_min
         if self.k.reduced_numel <= UNROLL_LIMIT and self.k.numel >= UNROLL_MIN_ROWS and \
-                self.k.numel * self.k.reduced_numel * self.work < self.parallel_min and \
+                (not threaded or sum(d != 1 for d in self.k.kept) >= 2) and \
                 not any(isinstance(st, Reduce) and st.op == "argmax" for st in self.k.body):
             return self.unrolled_reduction()
         if self.k.numel > 1 and (self.k.reduced_leading or self._stores_across_rows()):
@@ -613,7 +704,10 @@ class _Renderer:
         element's index a constant added to the row's offsets. The passes share the element
         values they recompute (each is computed once per row, as `v_NAME_J`), and no
         `rindex / k % m` is left: the row-loop form ran such a kernel scalar through per-row
-        offset arrays at 5x NumPy's time."""
+        offset arrays at 5x NumPy's time.
+
+        With threads, the outer loop of the nest is shared among them, each iteration calling
+        a function (`rows_body`) that runs the rest of the nest for its part of that loop."""
         rows, n = self.k.numel, self.k.reduced_numel
         passes, row_stores = row_passes(self.k)
         parallel = rows * n * self.work >= self.parallel_min and rows >= PARALLEL_ROWS
@@ -667,7 +761,15 @@ class _Renderer:
         for s in row_stores:
             body += self._stmt(s)
         depth = sum(line.lstrip().startswith("for ") for line in out)
-        return out + _indent(body, depth) + ["    " * (depth - 1) + "}"]
+        nest = out + _indent(body, depth) + ["    " * (depth - 1) + "}"]
+        if not parallel:
+            return nest
+        var, size, _ = self.row_loops_order[0]
+        self.rows_body = (var, nest)
+        args = ", ".join(self.params + [var, f"{var} + 1"])
+        return ["#pragma omp parallel for schedule(static)",
+                f"for (int64_t {var} = 0; {var} < {size}; {var}++)",
+                f"    {self.rows_function}({args});"]
 
     def _row_nest(self, parallel: bool) -> tuple[list, list]:
         """The loops over an unrolled reduction's rows, and the start of the body: one loop per
@@ -681,12 +783,6 @@ class _Renderer:
             if d != 1:
                 name = named.get((stride, d)) or named.get((stride, 0)) or f"g{i}"
                 loops.append((name, d, stride))
-        if len(loops) < 2:
-            head = ["#pragma omp parallel for simd schedule(static)"] if parallel else \
-                ["#pragma omp simd"]
-            return head + [f"for (int64_t row = 0; row < {rows}; row++) {{"], [
-                f"const int64_t {v.name} = {_expr(v.expr())};"
-                for v in self.k.index_vars if v.scope == ROW]
         score = {name: 0 for name, _, _ in loops}
         for st in self.k.body:
             if isinstance(st, (Load, Store)) and st.scope == ELEM:
@@ -695,23 +791,31 @@ class _Renderer:
                 for t, c in terms.items():
                     if abs(c) == 1 and isinstance(t, Var) and t.name in score:
                         score[t.name] += st.dtype.itemsize
-        inner = max(reversed(loops), key=lambda loop: score[loop[0]])
+        inner = max(reversed(loops), key=lambda loop: score[loop[0]]) if loops else None
+        # one loop over every row (single-threaded: see reduction) when there is one row
+        # coordinate, or when the inner one is the last and too short to fill a vector (an
+        # NCHW 2x2 pool's 4 columns); its digits are then divisions of `row`
+        if len(loops) < 2 or (not parallel and inner is loops[-1] and
+                              inner[1] < UNROLL_MIN_ROWS):
+            self.row_loops = self.row_loops_order = None
+            return ["#pragma omp simd", f"for (int64_t row = 0; row < {rows}; row++) {{"], [
+                f"const int64_t {v.name} = {_expr(v.expr())};"
+                for v in self.k.index_vars if v.scope == ROW]
         order = [loop for loop in loops if loop is not inner] + [inner]
         out = []
         for depth, (name, size, _) in enumerate(order):
             pad = "    " * depth
             last = depth == len(order) - 1
-            if depth == 0 and parallel:
-                collapse = f" collapse({len(order) - 1})" if len(order) > 2 else ""
-                out.append(f"#pragma omp parallel for{collapse} schedule(static)")
-            elif last:
+            if last:
                 out.append(pad + "#pragma omp simd")
-            out.append(pad + f"for (int64_t {name} = 0; {name} < {size}; {name}++)"
+            # with threads, the outer loop runs over the part given to the rows function
+            start, stop = ("lo", "hi") if depth == 0 and parallel else ("0", size)
+            out.append(pad + f"for (int64_t {name} = {start}; {name} < {stop}; {name}++)"
                        + (" {" if last else ""))
         row = " + ".join(name if stride == 1 else f"{name} * {stride}"
                          for name, _, stride in loops)
         # `row / 6` in an offset is then read off the loops too (`x1 * 384 + x2 * 6 + x3`)
-        self.row_loops = loops
+        self.row_loops, self.row_loops_order = loops, order
         return out, [f"const int64_t row = {row};"]
 
     def _unrolled_name(self, ssa, j: int) -> str:

@@ -25,12 +25,14 @@ def threads(request):
     kiln.set_num_threads(before)
 
 
-@pytest.mark.parametrize("k,channels_last", [(2, False), (2, True), (3, False), (3, True),
-                                             (4, True)])
-def test_unrolled_pool_matches_interpreter(k, channels_last, threads):
+@pytest.mark.parametrize("k,channels_last,parallel_min", [
+    (2, False, cgen.PARALLEL_MIN), (2, True, cgen.PARALLEL_MIN), (3, False, cgen.PARALLEL_MIN),
+    (3, True, cgen.PARALLEL_MIN), (4, True, cgen.PARALLEL_MIN), (2, False, 0), (4, True, 0)])
+def test_unrolled_pool_matches_interpreter(k, channels_last, parallel_min, threads):
     """bias + ReLU + max_pool2d's forward (the NaN-propagating window max, the first-max mask,
     the pooled values) and the ReLU mask its backward keeps, as one kernel; NaN and ties
-    included."""
+    included. With parallel_min=0 the rows are shared among threads, each running its part
+    of the outer loop in a function of its own."""
     rng = np.random.default_rng(k)
     shape = (2, 3 * k, 2 * k, 5) if channels_last else (2, 5, 3 * k, 2 * k)
     x = rng.integers(-3, 4, shape).astype(np.float32)      # ties inside windows
@@ -45,8 +47,14 @@ def test_unrolled_pool_matches_interpreter(k, channels_last, threads):
     graph = _graph(pool, [x, b])
     kernel = lower(graph)
     assert kernel.reduced_numel == k * k <= cgen.UNROLL_LIMIT
-    ck = cgen.render_c(kernel)
+    ck = cgen.render_c(kernel, parallel_min=parallel_min)
     assert "rindex" not in ck.source and f"{k * k} elements */" in ck.source
+    threaded = f"{ck.name}_rows(" in ck.source
+    assert threaded == (parallel_min == 0) == ("#pragma omp parallel for" in ck.source)
+    # NCHW: the pooled rows' last coordinate (2 columns) is too short for a vector, so one
+    # loop runs over every row
+    one_loop = f"for (int64_t row = 0; row < {kernel.numel}; row++)" in ck.source
+    assert one_loop == (not channels_last and not threaded)
     lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
     want, _ = interpret(graph, [x, b])
     for g, w in zip(_run(ck, lib, graph, [x, b]), want):
@@ -104,4 +112,42 @@ def test_compiled_conv_pool_step_on_c(k, channels_last, threads, monkeypatch):
     for g in got:
         for a, e, t in zip(g, eager, ref):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4)
+
+
+def test_threaded_pool_window_at_cnn_batch_64(threads, monkeypatch):
+    """The batch-64 CNN's bias + ReLU + 4x4 max-pool over a channels-last GEMM output
+    (64 x 64 x 24 x 24), forward and backward, compiled with every group on its C kernel: the
+    pooling kernel takes the threaded unrolled form, and values and gradients equal eager
+    kiln's and PyTorch's."""
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    rng = np.random.default_rng(64)
+    gemm = rng.standard_normal((64 * 24 * 24, 64)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32) * 0.1
+
+    def step(gemm, bias):
+        y = gemm.reshape(64, 24, 24, 64).permute(0, 3, 1, 2)
+        out = F.max_pool2d(F.relu(y + bias.reshape(1, 64, 1, 1)), 4)
+        (out * out).sum().backward()
+        return out
+
+    def run(fn):
+        ts = [kiln.tensor(a, requires_grad=True) for a in (gemm, bias)]
+        out = fn(*ts)
+        return [out.detach().numpy(), ts[0].grad.numpy(), ts[1].grad.numpy()]
+
+    compiled = kiln.compile(step, backend="c")
+    got = [run(compiled) for _ in range(2)]     # the first call traces, the second replays
+    sources = [src for entry in compiled.entries.values()
+               for _, src, *_ in entry.executor.kernels if src]
+    assert any("max_pool2d" in src and "_rows(" in src for src in sources)
+    eager = run(step)
+    tg, tb = (torch.tensor(a, requires_grad=True) for a in (gemm, bias))
+    y = tg.reshape(64, 24, 24, 64).permute(0, 3, 1, 2)
+    tout = torch.nn.functional.max_pool2d(torch.relu(y + tb.reshape(1, 64, 1, 1)), 4)
+    (tout * tout).sum().backward()
+    ref = [tout.detach().numpy(), tg.grad.numpy(), tb.grad.numpy()]
+    for g in got:
+        for a, e, t in zip(g, eager, ref):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4)

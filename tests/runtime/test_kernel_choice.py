@@ -192,3 +192,40 @@ def test_switched_groups_never_return_views_of_their_inputs():
     np.testing.assert_array_equal(flat, a.reshape(6))
     np.testing.assert_array_equal(doubled, (a * 2).T)
     assert not doubled.flags.c_contiguous                     # still NumPy's permuted view
+
+
+@needs_cc
+def test_numpy_runs_on_half_of_the_trial_replays(monkeypatch):
+    """The trials run NumPy on the even replays (before the C kernel, whose results are used)
+    and the C kernel alone on the odd ones: the array executor runs on half of the trial
+    replays, the C kernel is timed on all of them, and every replay returns the C kernel's
+    (eager's) values."""
+    runs = []
+
+    class CountingArrayExecutor(se.ArrayExecutor):
+        def run(self, inputs):
+            runs.append(len(runs))
+            return super().run(inputs)
+    monkeypatch.setattr(se, "ArrayExecutor", CountingArrayExecutor)
+    samples = []                                     # (C times, NumPy times) per kernel
+    choose = se.choose_kernel
+
+    def counting_choose(c_times, numpy_times):
+        samples.append((len(c_times), len(numpy_times)))
+        return choose(c_times, numpy_times)
+    monkeypatch.setattr(se, "choose_kernel", counting_choose)
+    x = kiln.from_numpy(np.linspace(-2, 2, 600, dtype=np.float32).reshape(20, 30))
+
+    def f(x):
+        return (x * x + 1).log().sum(-1)
+
+    cf = kiln.compile(f, backend="c")
+    cf(x)                                            # traces
+    executor = _executor(cf)
+    kernels = sum(st[0] == "c" for st in executor.steps)
+    assert not any(st[0] == "array" for st in executor.steps)   # only the trials count
+    for _ in range(se.TRIAL_RUNS):
+        np.testing.assert_allclose(cf(x).numpy(), f(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert len(executor.choices) == kernels >= 1
+    assert len(runs) == kernels * ((se.TRIAL_RUNS + 1) // 2)
+    assert samples == [(se.TRIAL_RUNS, (se.TRIAL_RUNS + 1) // 2)] * kernels
