@@ -906,6 +906,20 @@ class _Renderer:
                  f"    const int64_t c1 = c0 + {block} < {rows} ? c0 + {block} : {rows};"]
         return head + _indent(out) + ["}"]
 
+    def _staged_row_loads(self, p: RowPass) -> list:
+        """The gathered loads a pass of a row's loop nest first copies, one inner loop's worth,
+        into a local array (as `_staged_loads` does for pointwise nests), when the pass also
+        reads or writes elements of another size: there is no byte gather instruction, and
+        GCC vectorizes no loop that mixes a gather with bytes (a max-pool's window mask read
+        per pixel by its backward); a loop of only the copies runs scalar and the rest,
+        reading the copies contiguously, vectorizes. A pass of float gathers alone vectorizes
+        as it is (a channels-last batch-norm input)."""
+        if self.rindex_loops is None or self.rindex_loops[-1][1] > STAGE_LIMIT:
+            return []
+        gathers = [st for st in p.elem if isinstance(st, Load) and self._gathered(st)]
+        sizes = {st.dtype.itemsize for st in p.elem + p.stores if isinstance(st, (Load, Store))}
+        return gathers if len(sizes) > 1 or 1 in sizes else []
+
     def _gathered(self, st: Load) -> bool:
         """Whether a row pass reads load `st` other than contiguously (or at one place) along
         its inner loop: a stride, or a division or remainder of the inner loop's variable."""
@@ -1009,24 +1023,41 @@ class _Renderer:
             f"#pragma omp parallel for simd schedule(static){reduction}" if split else
             f"#pragma omp simd{reduction}")
         loops = self.rindex_loops or [("rindex", n, 1)]
+        staged = self._staged_row_loads(p)
+        inner_var, inner_size = loops[-1][:2]
+        digits = []
+        if self.rindex_loops is not None:
+            digits.append("const int64_t rindex = " + " + ".join(
+                var if stride == 1 else f"{var} * {stride}" for var, _, stride in loops) + ";")
+        digits += [f"const int64_t {v.name} = {self._index(v.expr())};"
+                   for v in self.k.index_vars if v.scope == ELEM and
+                   v.name not in {var for var, _, _ in loops}]
         for depth, (var, size, _) in enumerate(loops):
             last = depth == len(loops) - 1
+            pad = "    " * depth
+            if last and staged:
+                for st in staged:
+                    decl, load = self._stmt(st)[0].split(" = ", 1)
+                    out.append(pad + f"{storage_type(st.dtype)} stage_{st.dest}[{inner_size}];")
+                    if st.dtype.itemsize > 1:
+                        out.append(pad + "#pragma omp simd")
+                    out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++) {{")
+                    out += _indent(digits + [f"stage_{st.dest}[{var}] = {load}"], depth + 1)
+                    out.append(pad + "}")
             if last and pragma:
-                out.append("    " * depth + pragma)
-            out.append("    " * depth + f"for (int64_t {var} = 0; {var} < {size}; {var}++)" +
-                       (" {" if last else ""))
-        inner = []
-        if self.rindex_loops is not None:
-            inner.append("const int64_t rindex = " + " + ".join(
-                var if stride == 1 else f"{var} * {stride}" for var, _, stride in loops) + ";")
-        inner += [f"const int64_t {v.name} = {self._index(v.expr())};"
-                  for v in self.k.index_vars if v.scope == ELEM and
-                  v.name not in {var for var, _, _ in loops}]
+                out.append(pad + pragma)
+            out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++)" +
+                       (" {" if last or (staged and depth == len(loops) - 2) else ""))
+        inner = list(digits)
         for name in p.loads:
             inner.append(f"const {ctype(self.dtype_of[name])} {self._name(name)} = "
                          f"scratch_{name}[rindex];")
         for s in p.elem:
-            inner += self._stmt(s)
+            if s in staged:
+                inner.append(f"const {ctype(s.dtype)} {self._name(s.dest)} = "
+                             f"stage_{s.dest}[{inner_var}];")
+            else:
+                inner += self._stmt(s)
         for name in p.saves:
             inner.append(f"scratch_{name}[rindex] = {self._name(name)};")
         for s in p.reductions:
@@ -1047,6 +1078,8 @@ class _Renderer:
         for s in p.stores:
             inner += self._stmt(s)
         out += _indent(inner, len(loops)) + ["    " * (len(loops) - 1) + "}"]
+        if staged:
+            out.append("    " * (len(loops) - 2) + "}")
         for s, value in finish:
             out += self._comment(s)
             out.append(f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};")

@@ -115,15 +115,19 @@ def test_nchw_rows_walk_a_loop_nest_without_division():
                 assert "/" not in index and "%" not in index, ln
 
 
-def test_gathered_values_are_kept_in_scratch_and_the_write_pass_merged():
-    """The pool-routed gradient is read through divisions of the pixel index: the first pass
-    keeps what it computes from it in a scratch array the later pass reads; the input
-    gradient is written by the pass summing it (no third pass)."""
+def test_gathered_values_are_staged_kept_in_scratch_and_the_write_pass_merged():
+    """The pool-routed gradient and its byte mask are read through divisions of the pixel
+    index: the first pass copies them, one inner loop's worth, into local arrays its main
+    loop reads in order, and keeps what it computes from them in a scratch array the later
+    pass reads; the input gradient is written by the pass summing it (no third pass)."""
     shapes = [(2, 3, 4, 4), (4, 2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 1, 1)]
     graph = _graph(_pool_grad_backward, _arrays(shapes, [1, 2], 3))
     src = cgen.render_c(lower(graph)).source
     assert "scratch_" in src and "/* pass 2: reduce" in src and "/* pass 3" not in src
-    second = _inner_loops(src)[1]
+    first, second = _inner_loops(src)
+    assert "uint8_t stage_" in first and "float stage_" in first
+    main = first.split("#pragma omp simd reduction", 1)[1]
+    assert "= stage_" in main and "gp_ptr[" not in main and "pm_ptr[" not in main
     assert "= scratch_" in second and "gp_ptr[" not in second and "pm_ptr[" not in second
 
 
