@@ -1,8 +1,10 @@
 """The C renderer's loop nests for reductions over dims around the row (batch norm's sums over
 N, H and W of an NCHW tensor): each pass walks a row as one loop per reduced dim with a
 division-free inner loop, values read through gathers are kept in a scratch array, and a write
-pass that needs no last-level sum joins the pass before it. Checked against the IR
-interpreter, and a batch-norm training step compiled onto C against eager kiln and PyTorch."""
+pass that needs no last-level sum joins the pass before it; a row output of another shape
+(a max-pool's result flattened for dropout) is part of the reduction's kernel. Checked against
+the IR interpreter, and a batch-norm training step compiled onto C against eager kiln and
+PyTorch."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 import kiln
 import kiln.nn.functional as F
 from kiln.codegen import c as cgen
-from kiln.codegen.kernel import lower
+from kiln.codegen.kernel import Store, Var, lower
 from kiln.ir.interpreter import interpret
 from kiln.runtime import c_build
 from tests.codegen.test_c_codegen import _check, _graph, _run
@@ -62,6 +64,9 @@ CASES = [
      [1]),
     ("pool_grad_backward", _pool_grad_backward,
      [(2, 3, 4, 4), (4, 2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 8, 8), (1, 3, 1, 1)], [1, 2]),
+    ("pool_flatten_dropout", lambda x, r: kiln.where(
+        r >= 0.25, F.max_pool2d(x, 2).flatten(1) * (1 / 0.75), 0.0), [(3, 4, 6, 6), (3, 36)],
+     []),
     ("amax_sum_around_rows", lambda x: (x.amax((0, 2)), (x * x).sum((0, 2))),
      [(3, 2, 17, 5)], []),
 ]
@@ -131,6 +136,16 @@ def test_gathered_values_are_staged_kept_in_scratch_and_the_write_pass_merged():
     assert "= scratch_" in second and "gp_ptr[" not in second and "pm_ptr[" not in second
 
 
+def test_row_outputs_of_another_shape_join_the_reduction():
+    """max-pool, flattened, then dropout's mask and scale: one kernel, the dropout values
+    stored at the row's own position."""
+    graph = _graph(lambda x, r: kiln.where(r >= 0.25, F.max_pool2d(x, 2).flatten(1) * 2.0, 0.0),
+                   _arrays([(3, 4, 6, 6), (3, 36)], [], 4))
+    kernel = lower(graph)
+    assert kernel.kept == (3, 4, 3, 3)
+    assert any(st.offset == Var("row") for st in kernel.body if isinstance(st, Store))
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_compiled_batch_norm_step_on_c(layout, monkeypatch):
     """conv + batch norm (training) + ReLU + max-pool, forward and backward, every group forced
@@ -142,9 +157,12 @@ def test_compiled_batch_norm_step_on_c(layout, monkeypatch):
     wt = (rng.standard_normal((5, 3, 3, 3)) * 0.3).astype(np.float32)
     gamma = (1 + 0.1 * rng.standard_normal(5)).astype(np.float32)
     beta = (0.1 * rng.standard_normal(5)).astype(np.float32)
+    keep = rng.random((6, 5 * 4 * 4)) >= 0.25        # a dropout mask, given
 
     def make(lib):
         mean, var = lib.zeros(5), lib.ones(5)
+
+        mask = lib.tensor(keep)
 
         def step(x, wt, gamma, beta):
             y = lib.nn.functional.conv2d(x, wt, padding=1)
@@ -152,7 +170,8 @@ def test_compiled_batch_norm_step_on_c(layout, monkeypatch):
                 y = y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
             y = lib.nn.functional.batch_norm(y, mean, var, gamma, beta, training=True)
             out = lib.nn.functional.max_pool2d(lib.relu(y), 2)
-            (out * out).sum().backward()
+            h = lib.where(mask, lib.flatten(out, 1) * (1 / 0.75), 0.0)
+            (h * h).sum().backward()
             return out
         return step, mean, var
 
