@@ -5,6 +5,10 @@ under `#pragma omp simd`, the outer ones are shared among threads with `#pragma 
 for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
+When the reduced dims lie around the row's (batch norm's N, H and W of NCHW), each walk is a
+loop nest over them whose inner loop divides nothing (`_rindex_loops`); values read through a
+gather are kept in a row scratch array for the later walks, and a write that needs no
+last-level sum is done by the walk before.
 Many short rows (a pooling window, a few classes) are unrolled instead: a loop nest over the
 rows whose body is every pass written out element by element (`unrolled_reduction`).
 
@@ -1037,7 +1041,7 @@ class _Renderer:
             pad = "    " * depth
             if last and staged:
                 for st in staged:
-                    decl, load = self._stmt(st)[0].split(" = ", 1)
+                    load = self._stmt(st)[0].split(" = ", 1)[1]
                     out.append(pad + f"{storage_type(st.dtype)} stage_{st.dest}[{inner_size}];")
                     if st.dtype.itemsize > 1:
                         out.append(pad + "#pragma omp simd")

@@ -749,7 +749,9 @@ def _digit_form(e: Expr) -> Expr:
         return e
     a, k = _digit_form(e.a), e.b.value
     if isinstance(a, BinOp) and isinstance(a.b, Const) and a.op == "%" and a.b.value % k == 0:
-        return mod(floordiv(a.a, k), a.b.value // k) if e.op == "//" else mod(a.a, k)
+        if e.op == "//":
+            return mod(_digit_form(floordiv(a.a, k)), a.b.value // k)
+        return _digit_form(mod(a.a, k))
     if isinstance(a, BinOp) and isinstance(a.b, Const) and a.op == "//" and e.op == "//":
         return floordiv(a.a, a.b.value * k)
     return floordiv(a, k) if e.op == "//" else mod(a, k)
