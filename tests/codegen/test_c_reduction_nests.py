@@ -96,6 +96,27 @@ def test_reduction_nest_matches_interpreter(name, fn, shapes, masks):
         _check(g, w, 2e-5, 2e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_nests_shared_among_threads(threads):
+    """Rows big enough to be shared among threads (`#pragma omp parallel for`): each thread's
+    scratch and staged arrays are its own, and the values are the interpreter's."""
+    before = kiln.get_num_threads()
+    kiln.set_num_threads(threads)
+    try:
+        shapes = [(16, 32, 4, 4), (4, 16, 32, 4, 4), (16, 32, 8, 8), (16, 32, 8, 8),
+                  (1, 32, 1, 1)]
+        arrays = _arrays(shapes, [1, 2], 7)
+        graph = _graph(_pool_grad_backward, arrays)
+        ck = cgen.render_c(lower(graph))
+        assert "#pragma omp parallel for" in ck.source and "stage_" in ck.source
+        lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+        want, _ = interpret(graph, arrays)
+        for g, w in zip(_run(ck, lib, graph, arrays), want):
+            _check(g, w, 2e-5, 2e-4)
+    finally:
+        kiln.set_num_threads(before)
+
+
 def _inner_loops(src: str) -> list:
     """The body of each pass's innermost loop over the reduced dims."""
     out = []
