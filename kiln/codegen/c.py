@@ -492,6 +492,8 @@ class _Renderer:
         self.unroll: tuple | None = None
         self.row_loops = None       # an unrolled reduction's loops over its rows, as self.loops
         self.rindex_loops = None    # a row's loop nest over the reduced dims, as self.loops
+        self.stage_tables: list = []    # lines before the row loop: byte gathers' offset tables
+        self.stage_offsets: dict = {}   # staged load's offset -> C text reading its table
         self.elem_names = {s.dest for s in kernel.body
                            if not isinstance(s, Store) and s.scope == ELEM}
 
@@ -616,7 +618,7 @@ class _Renderer:
         for s in row_stores:
             body += self._stmt(s)
         out += _indent(body) + ["}"]
-        return out
+        return self.stage_tables + out
 
     def _rindex_loops(self) -> list | None:
         """A row's loop nest over the reduced dims, when an offset splits `rindex` into digits
@@ -924,6 +926,36 @@ class _Renderer:
         sizes = {st.dtype.itemsize for st in p.elem + p.stores if isinstance(st, (Load, Store))}
         return gathers if len(sizes) > 1 or 1 in sizes else []
 
+    def _stage_load(self, st: Load) -> str:
+        """The C text loading staged `st` (`ptr[offset];`). A byte gather's copy loop runs
+        scalar, its offset arithmetic (a max-pool mask's `h % 2 * 2 + w % 2` plane and `h / 2`,
+        `w / 2` position) costing more than the load: the part that moves along the inner
+        loop, the same for every row and outer step, is then read from a table made once
+        before the rows."""
+        load = self._stmt(st)[0].split(" = ", 1)[1]
+        if st.dtype.itemsize != 1:
+            return load
+        key = (st.buffer, st.offset)
+        if key not in self.stage_offsets:
+            loops, n = self.rindex_loops, self.k.reduced_numel
+            var, size, _ = loops[-1]
+            env = {v.name: nest_digits(v.expr(), loops, n, "rindex") for v in self.k.index_vars
+                   if v.scope == ELEM and v.name not in {x for x, _, _ in loops}}
+            offset = _substitute(nest_digits(st.offset, loops, n, "rindex"), env)
+            parts = _split_offset(offset, variables(offset) - {var}, {var})
+            if parts is None:
+                self.stage_offsets[key] = None
+            else:
+                table = f"stage_offset{len(self.stage_offsets)}"
+                self.stage_tables += [
+                    f"int64_t {table}[{size}];    /* where the byte gathers read, per {var} */",
+                    f"for (int64_t {var} = 0; {var} < {size}; {var}++)",
+                    f"    {table}[{var}] = {_expr(parts[1])};"]
+                self.stage_offsets[key] = f"{_expr(parts[0])} + {table}[{var}]"
+        if self.stage_offsets[key] is None:
+            return load
+        return f"{self.params[st.buffer]}[{self.stage_offsets[key]}];"
+
     def _gathered(self, st: Load) -> bool:
         """Whether a row pass reads load `st` other than contiguously (or at one place) along
         its inner loop: a stride, or a division or remainder of the inner loop's variable."""
@@ -1041,7 +1073,7 @@ class _Renderer:
             pad = "    " * depth
             if last and staged:
                 for st in staged:
-                    load = self._stmt(st)[0].split(" = ", 1)[1]
+                    load = self._stage_load(st)
                     out.append(pad + f"{storage_type(st.dtype)} stage_{st.dest}[{inner_size}];")
                     if st.dtype.itemsize > 1:
                         out.append(pad + "#pragma omp simd")

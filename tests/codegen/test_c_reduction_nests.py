@@ -152,6 +152,9 @@ def test_gathered_values_are_staged_kept_in_scratch_and_the_write_pass_merged():
     assert "scratch_" in src and "/* pass 2: reduce" in src and "/* pass 3" not in src
     first, second = _inner_loops(src)
     assert "uint8_t stage_" in first and "float stage_" in first
+    # the byte gather's offset within the inner loop comes from a table made before the rows
+    assert src.index("int64_t stage_offset0[") < src.index("for (int64_t row = 0")
+    assert "pm_ptr[r0 * 48 + row * 16 + stage_offset0[q1]]" in first
     main = first.split("#pragma omp simd reduction", 1)[1]
     assert "= stage_" in main and "gp_ptr[" not in main and "pm_ptr[" not in main
     assert "= scratch_" in second and "gp_ptr[" not in second and "pm_ptr[" not in second
