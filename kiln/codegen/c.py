@@ -491,11 +491,14 @@ class _Renderer:
         # an unrolled row's element being written: (j, {index var: its value there})
         self.unroll: tuple | None = None
         self.row_loops = None       # an unrolled reduction's loops over its rows, as self.loops
-        self.rindex_loops = None    # a row's loop nest over the reduced dims, as self.loops
-        self.stage_tables: list = []    # lines before the row loop: byte gathers' offset tables
-        self.stage_offsets: dict = {}   # staged load's offset -> C text reading its table
         self.elem_names = {s.dest for s in kernel.body
                            if not isinstance(s, Store) and s.scope == ELEM}
+        # a row reduction's loop nest over its reduced dims (as self.loops), and the offset
+        # tables of its byte gathers: lines before the row loop, and per staged load's
+        # (buffer, offset) the C text reading its table
+        self.rindex_loops = None
+        self.stage_tables: list = []
+        self.stage_offsets: dict = {}
 
     # -------------------------------------------------------------- pointwise
     def pointwise(self) -> list:
