@@ -5,6 +5,10 @@ under `#pragma omp simd`, the outer ones are shared among threads with `#pragma 
 for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
+When the reduced dims lie around the row's (batch norm's N, H and W of NCHW), each walk is a
+loop nest over them whose inner loop divides nothing (`_rindex_loops`); values read through a
+gather are kept in a row scratch array for the later walks, and a write that needs no
+last-level sum is done by the walk before.
 Many short rows (a pooling window, a few classes) are unrolled instead: a loop nest over the
 rows whose body is every pass written out element by element (`unrolled_reduction`).
 
@@ -59,6 +63,9 @@ SCRATCH_LIMIT = 16384
 UNROLL_LIMIT = 16
 # ... when there are at least this many rows, a vector's worth to walk side by side
 UNROLL_MIN_ROWS = 16
+# the shortest inner loop of a row's nest over its reduced dims (_rindex_loops): shorter
+# trailing loops merge into one, their digits taken from its variable by shifts
+NEST_INNER = 16
 
 
 @dataclass(frozen=True)
@@ -506,6 +513,12 @@ class _Renderer:
         self.rows_body: tuple | None = None
         self.elem_names = {s.dest for s in kernel.body
                            if not isinstance(s, Store) and s.scope == ELEM}
+        # a row reduction's loop nest over its reduced dims (as self.loops), and the offset
+        # tables of its byte gathers: lines before the row loop, and per staged load's
+        # (buffer, offset) the C text reading its table
+        self.rindex_loops = None
+        self.stage_tables: list = []
+        self.stage_offsets: dict = {}
 
     # -------------------------------------------------------------- pointwise
     def pointwise(self) -> list:
@@ -680,6 +693,9 @@ class _Renderer:
         big = rows * n * self.work >= self.parallel_min
         split_rows = big and rows >= PARALLEL_ROWS
         split_row = big and not split_rows and n * self.work >= self.parallel_min
+        if not split_row:
+            self.rindex_loops = self._rindex_loops()
+            passes = self._merge_write_pass(passes)
         out = []
         if split_rows:
             out.append("#pragma omp parallel for schedule(static)")
@@ -696,7 +712,57 @@ class _Renderer:
         for s in row_stores:
             body += self._stmt(s)
         out += _indent(body) + ["}"]
-        return out
+        return self.stage_tables + out
+
+    def _rindex_loops(self) -> list | None:
+        """A row's loop nest over the reduced dims, when an offset splits `rindex` into digits
+        (batch norm's sums over N, H and W of an NCHW tensor: `rindex / 64`, `rindex % 64`):
+        one loop per reduced dim some index uses, neighbouring unused dims merged, and the
+        innermost loops merged until it is at least NEST_INNER long. Each pass then walks
+        the row as those loops, its inner loop contiguous in the NCHW offsets and free of
+        division; None when `rindex` is used whole (a trailing reduction: one flat loop)."""
+        if not any(_splits(st.offset, "rindex") for st in self.k.body
+                   if isinstance(st, (Load, Store)) and st.scope == ELEM) and not any(
+                v.scope == ELEM for v in self.k.index_vars):
+            return None
+        named = {(v.divisor, v.size): v.name for v in self.k.index_vars if v.scope == ELEM}
+        used = {v.name for v in self.k.index_vars if v.scope == ELEM}
+        loops: list = []            # [var, size, stride]
+        for i, (d, stride) in enumerate(zip(self.k.reduced, contiguous_strides(self.k.reduced))):
+            if d == 1:
+                continue
+            name = named.get((stride, d)) or named.get((stride, 0))
+            if name in used or not loops or loops[-1][0] in used:
+                loops.append([name if name in used else f"g{i}", d, stride])
+            else:                   # an unused dim joins the unused group before it
+                loops[-1][1] *= d
+                loops[-1][2] = stride
+        while len(loops) > 1 and loops[-1][1] < NEST_INNER:
+            var, size, stride = loops.pop()
+            loops[-1] = [f"q{len(loops) - 1}", loops[-1][1] * size, stride]
+        if len(loops) < 2:
+            return None
+        return [tuple(loop) for loop in loops]
+
+    def _merge_write_pass(self, passes: list) -> list:
+        """The last pass's element stores moved into the pass before it when they need none of
+        that pass's reductions (batch norm's input gradient needs the first level of sums, not
+        the bias gradient's sum of it): one walk over the row fewer. The last pass keeps its
+        row values, for the row outputs."""
+        if len(passes) < 2 or passes[-1].reductions or not passes[-1].stores or \
+                not passes[-2].reductions:
+            return passes
+        last, prev = passes[-1], passes[-2]
+        by_dest = {s.dest: s for s in self.k.body if not isinstance(s, Store)}
+        need = closure(by_dest, [st.src for st in last.stores])
+        late = {s.dest for s in last.before} | {s.dest for s in prev.reductions}
+        if need & late:
+            return passes
+        want = {s.dest for s in prev.elem} | {s.dest for s in last.elem}
+        merged = RowPass(prev.before, prev.reductions,
+                         [s for s in self.k.body if getattr(s, "dest", None) in want],
+                         prev.stores + last.stores)
+        return passes[:-2] + [merged, RowPass(last.before, [], [], [])]
 
     def unrolled_reduction(self) -> list:
         """Short rows (a 2x2 or 4x4 pooling window and the masks its backward keeps): one
@@ -953,10 +1019,74 @@ class _Renderer:
                  f"    const int64_t c1 = c0 + {block} < {rows} ? c0 + {block} : {rows};"]
         return head + _indent(out) + ["}"]
 
+    def _staged_row_loads(self, p: RowPass) -> list:
+        """The gathered loads a pass of a row's loop nest first copies, one inner loop's worth,
+        into a local array (as `_staged_loads` does for pointwise nests), when the pass also
+        reads or writes elements of another size: there is no byte gather instruction, and
+        GCC vectorizes no loop that mixes a gather with bytes (a max-pool's window mask read
+        per pixel by its backward); a loop of only the copies runs scalar and the rest,
+        reading the copies contiguously, vectorizes. A pass of float gathers alone vectorizes
+        as it is (a channels-last batch-norm input)."""
+        if self.rindex_loops is None or self.rindex_loops[-1][1] > STAGE_LIMIT:
+            return []
+        gathers = [st for st in p.elem if isinstance(st, Load) and self._gathered(st)]
+        sizes = {st.dtype.itemsize for st in p.elem + p.stores if isinstance(st, (Load, Store))}
+        return gathers if len(sizes) > 1 or 1 in sizes else []
+
+    def _stage_load(self, st: Load) -> str:
+        """The C text loading staged `st` (`ptr[offset];`). A byte gather's copy loop runs
+        scalar, its offset arithmetic (a max-pool mask's `h % 2 * 2 + w % 2` plane and `h / 2`,
+        `w / 2` position) costing more than the load: the part that moves along the inner
+        loop, the same for every row and outer step, is then read from a table made once
+        before the rows."""
+        load = self._stmt(st)[0].split(" = ", 1)[1]
+        if st.dtype.itemsize != 1:
+            return load
+        key = (st.buffer, st.offset)
+        if key not in self.stage_offsets:
+            loops, n = self.rindex_loops, self.k.reduced_numel
+            var, size, _ = loops[-1]
+            env = {v.name: nest_digits(v.expr(), loops, n, "rindex") for v in self.k.index_vars
+                   if v.scope == ELEM and v.name not in {x for x, _, _ in loops}}
+            offset = _substitute(nest_digits(st.offset, loops, n, "rindex"), env)
+            parts = _split_offset(offset, variables(offset) - {var}, {var})
+            if parts is None:
+                self.stage_offsets[key] = None
+            else:
+                table = f"stage_offset{len(self.stage_offsets)}"
+                self.stage_tables += [
+                    f"int64_t {table}[{size}];    /* where the byte gathers read, per {var} */",
+                    f"for (int64_t {var} = 0; {var} < {size}; {var}++)",
+                    f"    {table}[{var}] = {_expr(parts[1])};"]
+                self.stage_offsets[key] = f"{_expr(parts[0])} + {table}[{var}]"
+        if self.stage_offsets[key] is None:
+            return load
+        return f"{self.params[st.buffer]}[{self.stage_offsets[key]}];"
+
+    def _gathered(self, st: Load) -> bool:
+        """Whether a row pass reads load `st` other than contiguously (or at one place) along
+        its inner loop: a stride, or a division or remainder of the inner loop's variable."""
+        loops = self.rindex_loops or [("rindex", self.k.reduced_numel, 1)]
+        inner = loops[-1][0]
+        moving = {inner} | {v.name for v in self.k.index_vars if v.scope == ELEM and inner in
+                            variables(nest_digits(v.expr(), loops, self.k.reduced_numel,
+                                                  "rindex"))}
+        offset = nest_digits(st.offset, loops, self.k.reduced_numel, "rindex")
+        terms: dict = {}
+        _linear_terms(offset, 1, terms)
+        for t, c in terms.items():
+            if variables(t) & moving and (t != Var(inner) or c != 1):
+                return True
+        return False
+
     def _keep_in_scratch(self, passes: list) -> tuple[list, list]:
         """Keep expensive element values (an exp, a tanh) that a later pass needs again in a
         per-row scratch array instead of recomputing them: softmax's write pass then reads
         exp(x - max) back rather than calling exp a second time.
+
+        Values read through a gather (a channels-last input walked along NCHW rows, a pooling
+        mask read per pixel) are kept too: a loop with a gather in it mostly stays scalar, one
+        reading the scratch array vectorizes.
 
         Returns the passes, each with `elem` narrowed to what it still computes and `loads` /
         `saves` naming the values it reads from / writes to scratch, and the kept names.
@@ -967,9 +1097,10 @@ class _Renderer:
         def costly(name) -> bool:
             if name not in expensive:
                 st = by_dest.get(name)
-                expensive[name] = st is not None and st.scope == ELEM and isinstance(
-                    st, Compute) and (_cost(st.op) == EXPENSIVE or any(
-                        costly(a) for a in st.args if isinstance(a, str)))
+                expensive[name] = st is not None and st.scope == ELEM and (
+                    isinstance(st, Compute) and (_cost(st.op) == EXPENSIVE or any(
+                        costly(a) for a in st.args if isinstance(a, str))) or
+                    isinstance(st, Load) and self._gathered(st))
             return expensive[name]
 
         computed: dict = {}          # name -> index of the first pass computing it
@@ -1031,20 +1162,45 @@ class _Renderer:
                 else "write")
         out.append(f"/* pass {i + 1}: {what} */")
         reduction = "".join(f" reduction({c})" for c in _merge_clauses(clauses))
-        if argmax:
-            pass                             # first index wins: a sequential scan
-        elif split:
-            out.append(f"#pragma omp parallel for simd schedule(static){reduction}")
-        else:
-            out.append(f"#pragma omp simd{reduction}")
-        out.append(f"for (int64_t rindex = 0; rindex < {n}; rindex++) {{")
-        inner = [f"const int64_t {v.name} = {_expr(v.expr())};"
-                 for v in self.k.index_vars if v.scope == ELEM]
+        pragma = None if argmax else (         # argmax: the first index wins, in order
+            f"#pragma omp parallel for simd schedule(static){reduction}" if split else
+            f"#pragma omp simd{reduction}")
+        loops = self.rindex_loops or [("rindex", n, 1)]
+        staged = self._staged_row_loads(p)
+        inner_var, inner_size = loops[-1][:2]
+        digits = []
+        if self.rindex_loops is not None:
+            digits.append("const int64_t rindex = " + " + ".join(
+                var if stride == 1 else f"{var} * {stride}" for var, _, stride in loops) + ";")
+        digits += [f"const int64_t {v.name} = {self._index(v.expr())};"
+                   for v in self.k.index_vars if v.scope == ELEM and
+                   v.name not in {var for var, _, _ in loops}]
+        for depth, (var, size, _) in enumerate(loops):
+            last = depth == len(loops) - 1
+            pad = "    " * depth
+            if last and staged:
+                for st in staged:
+                    load = self._stage_load(st)
+                    out.append(pad + f"{storage_type(st.dtype)} stage_{st.dest}[{inner_size}];")
+                    if st.dtype.itemsize > 1:
+                        out.append(pad + "#pragma omp simd")
+                    out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++) {{")
+                    out += _indent(digits + [f"stage_{st.dest}[{var}] = {load}"], depth + 1)
+                    out.append(pad + "}")
+            if last and pragma:
+                out.append(pad + pragma)
+            out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++)" +
+                       (" {" if last or (staged and depth == len(loops) - 2) else ""))
+        inner = list(digits)
         for name in p.loads:
             inner.append(f"const {ctype(self.dtype_of[name])} {self._name(name)} = "
                          f"scratch_{name}[rindex];")
         for s in p.elem:
-            inner += self._stmt(s)
+            if s in staged:
+                inner.append(f"const {ctype(s.dtype)} {self._name(s.dest)} = "
+                             f"stage_{s.dest}[{inner_var}];")
+            else:
+                inner += self._stmt(s)
         for name in p.saves:
             inner.append(f"scratch_{name}[rindex] = {self._name(name)};")
         for s in p.reductions:
@@ -1064,7 +1220,9 @@ class _Renderer:
                     inner.append(f"{acc}_nan |= {v} != {v};")
         for s in p.stores:
             inner += self._stmt(s)
-        out += _indent(inner) + ["}"]
+        out += _indent(inner, len(loops)) + ["    " * (len(loops) - 1) + "}"]
+        if staged:
+            out.append("    " * (len(loops) - 2) + "}")
         for s, value in finish:
             out += self._comment(s)
             out.append(f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};")
@@ -1107,6 +1265,8 @@ class _Renderer:
             e = _substitute(e, self.unroll[1])
         if self.row_loops is not None:
             e = loop_digits(e, self.row_loops, self.k.numel, "row")
+        if self.rindex_loops is not None:
+            e = nest_digits(e, self.rindex_loops, self.k.reduced_numel, "rindex")
         if self.loops is not None:
             e = loop_digits(e, self.loops, self.k.numel)
         return _expr(e)
@@ -1271,6 +1431,56 @@ def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Exp
             return out
     return BinOp(e.op, loop_digits(e.a, loops, numel, linear),
                  loop_digits(e.b, loops, numel, linear))
+
+
+def nest_digits(e: Expr, loops: list, numel: int, linear: str) -> Expr:
+    """`e` with `linear` and its digits (`linear // d % m`, `linear // d`, `linear % m`) written
+    in the variables of a loop nest that spells `linear` out, as `loop_digits` does, and also
+    digits that lie inside one loop: with loops (r0: 64, q1: 64), `rindex // 8 % 8` is
+    `q1 // 8`, a shift of the inner loop's variable rather than a division of the whole."""
+    if e == Var(linear):
+        out: Expr = Const(0)
+        for var, _, stride in loops:
+            out = add(out, mul(Var(var), stride))
+        return out
+    if not isinstance(e, BinOp):
+        return e
+    d = m = None
+    if e.op == "%" and isinstance(e.b, Const):
+        m = e.b.value
+        if e.a == Var(linear):
+            d = 1
+        elif isinstance(e.a, BinOp) and e.a.op == "//" and e.a.a == Var(linear) and \
+                isinstance(e.a.b, Const):
+            d = e.a.b.value
+    elif e.op == "//" and e.a == Var(linear) and isinstance(e.b, Const):
+        d = e.b.value
+    if d is not None:
+        whole = loop_digits(e, loops, numel, linear)
+        if whole != e:
+            return whole
+        top = numel if m is None else d * m
+        for var, size, stride in loops:
+            end = stride * size
+            if stride <= d and d % stride == 0 and top <= end and (
+                    end % top == 0 if m is not None else end >= numel):
+                digit = floordiv(Var(var), d // stride)
+                return digit if top == end else mod(digit, m)
+    return BinOp(e.op, nest_digits(e.a, loops, numel, linear),
+                 nest_digits(e.b, loops, numel, linear))
+
+
+def _splits(e: Expr, linear: str) -> bool:
+    """Whether `e` divides or takes the remainder of the linear index `linear`."""
+    if not isinstance(e, BinOp):
+        return False
+    if e.op in ("//", "%") and Var(linear) in _subexprs(e.a):
+        return True
+    return _splits(e.a, linear) or _splits(e.b, linear)
+
+
+def _subexprs(e: Expr) -> list:
+    return [e] + (_subexprs(e.a) + _subexprs(e.b) if isinstance(e, BinOp) else [])
 
 
 def _numpy_sum(values: list, leading: bool) -> str:

@@ -537,6 +537,10 @@ class _Lowering:
             # an element output of another shape: the domain's element at the same position
             linear = linearize(self.coords, self.domain)
             return unravel(linear, v.shape), linear
+        elif math.prod(v.shape) == math.prod(kept_shape):
+            # a row output of another shape (a max-pool's result flattened, then dropout): the
+            # row's value at the same row-major position
+            return unravel(Var("row"), v.shape), Var("row")
         else:
             raise LoweringError(f"output of shape {list(v.shape)} fits neither the rows nor "
                                 f"the elements of the reduction over {list(self.domain)}")
@@ -714,6 +718,9 @@ class _Lowering:
             kept = tuple(c for i, c in enumerate(coords) if i not in axes)
         else:
             kept = coords
+        # a row coordinate spelled out as its digit of `row` (read through a reshape of the rows)
+        digit = {v.expr(): Var(v.name) for v in self.index_vars if v.scope == ROW}
+        kept = tuple(digit.get(_digit_form(c), c) for c in kept)
         if kept != self.kept_coords:
             raise LoweringError(f"{note}: its result is read at other rows than the kernel "
                                 f"computes it for (a view between reductions)")
@@ -733,6 +740,22 @@ class _Lowering:
 
 
 # ----------------------------------------------------------------------------- coordinate maps
+
+def _digit_form(e: Expr) -> Expr:
+    """`e` with remainders and quotients of a non-negative index combined into one digit,
+    `a // k % m`: `(a % 128) // 4` is `a // 4 % 32`, `(a % 128) % 2` is `a % 2`, and
+    `a // 2 // 4` is `a // 8` (the rows' digits as a reshape of the rows spells them)."""
+    if not isinstance(e, BinOp) or e.op not in ("//", "%") or not isinstance(e.b, Const):
+        return e
+    a, k = _digit_form(e.a), e.b.value
+    if isinstance(a, BinOp) and isinstance(a.b, Const) and a.op == "%" and a.b.value % k == 0:
+        if e.op == "//":
+            return mod(_digit_form(floordiv(a.a, k)), a.b.value // k)
+        return _digit_form(mod(a.a, k))
+    if isinstance(a, BinOp) and isinstance(a.b, Const) and a.op == "//" and e.op == "//":
+        return floordiv(a.a, a.b.value * k)
+    return floordiv(a, k) if e.op == "//" else mod(a, k)
+
 
 def _axes(n: Node) -> tuple:
     attrs = n.attr_dict

@@ -115,6 +115,12 @@ CASES = [
     Case("pad_int", lambda x: F.pad(x, (1, 1), value=7) * 3, (((2, 3), I64),)),
     Case("size_one_dims", lambda x: ((x * 2.0).reshape(1, 1).tanh(), kiln.softmax(x, 0)),
          (((1,), F32),)),
+    # batch norm's statistics per channel of NCHW (sums over N, H, W around the row)
+    Case("norm_around_rows", lambda x: (x - x.mean((0, 2, 3), keepdim=True)) /
+         (x.var((0, 2, 3), keepdim=True) + 1e-5).sqrt(), (((3, 4, 5, 6), F32),), atol=1e-5),
+    # a max-pool's rows flattened, then dropout's mask and scale: a row output of another shape
+    Case("pool_flatten_mask", lambda x, m: kiln.where(m, F.max_pool2d(x, 2).flatten(1) * 2.0,
+                                                      0.0), (((2, 3, 4, 6), F32), ((2, 18), np.bool_))),
 ]
 
 BY_NAME = {c.name: c for c in CASES}
