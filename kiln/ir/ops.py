@@ -665,10 +665,10 @@ define("fold", INDEX, _fold_infer, _fold_impl,
 # forward, windows @ weight), `matmul_unfold` (the weight gradient, g^T @ windows) and
 # `matmul_fold` (the input gradient, fold(g @ weight^T)). The windows matrix of a conv is
 # kh*kw times its input and is only ever read by these products: as one primitive, the NumPy
-# backend makes it a few images at a time into a buffer that stays in cache, reads it while
-# it is there, and never keeps it (see kiln.passes.conv_products, which forms them in compiled
-# graphs). `windows` below is unfold(x) as a (N*oh*ow, kh*kw*C) matrix; each op's gradient is
-# one of the other two.
+# backend (on one thread) makes it a few images at a time into a buffer that stays in cache and
+# reads it while it is there, and no windows are kept from the forward for the backward (see
+# kiln.passes.conv_products, which forms them in compiled graphs). `windows` below is unfold(x)
+# as a (N*oh*ow, kh*kw*C) matrix; each op's gradient is one of the other two.
 
 def _window_rows(x, kernel, stride, dilation) -> tuple:
     """(rows, columns) of the windows matrix of an (N, C, H, W) input shape."""
