@@ -18,6 +18,7 @@ import numpy as np
 
 from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape
 from kiln.runtime.conv_cpu import fold_kernel, unfold_kernel
+from kiln.runtime.scatter_cpu import index_add_kernel
 
 
 def numpy_impl(prim: Primitive) -> Callable:
@@ -231,8 +232,14 @@ def _fold(xp, cols, size, kernel, stride, dilation):
 _FOLD_COPY_BYTES = 4 << 20
 
 
+def _index_add(xp, base, idx, src, axis):
+    out = index_add_kernel(base, idx, src, axis)
+    return out if out is not None else PRIMITIVES["index_add"].impl(np, base, idx, src, axis)
+
+
 # primitive name -> its faster NumPy spelling, (xp, *arrays, **attrs) -> array as `impl`
 FAST_PATHS: dict[str, Callable] = {
     "relu": _relu, "where": _where, "sum": _sum, "batch_norm": _batch_norm,
     "batch_norm_backward": _batch_norm_backward, "batch_stats": _batch_stats, "pad": _pad,
     "unfold": _unfold, "fold": _fold}
+FAST_PATHS["index_add"] = _index_add     # kiln.runtime.scatter_cpu
