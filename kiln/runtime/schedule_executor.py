@@ -185,6 +185,8 @@ class ScheduleExecutor:
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
             os.environ.get("KILN_KERNEL_CHOICE", "measure") != "c" else 0
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
+        self._plan = None           # `self.steps` as run_steps walks them (_prepare_plan)
+        self._plan_of = None        # the `self.steps` list the plan was made from
         self._trial_threads = None  # the thread setting the choices were measured with
         self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
         self.cuda_graph = None         # CudaGraphRunner on a GPU (kiln.runtime.cuda_graph)
@@ -318,6 +320,26 @@ class ScheduleExecutor:
         self._views_of = [0] * len(self.program.buffer_bytes)
         self._typed_keys = [[] for _ in self.program.buffer_bytes]
 
+    def _prepare_plan(self) -> None:
+        """Per step, what `run_steps` reads: the step, the slots to free after it, and for a C
+        kernel that can take the fast branch, (inputs as (slot, dtype, whether the slot's own
+        dtype is that dtype), outputs as (kept buffer or None, shape, dtype, slot), whether an
+        output may be computed into a caller's array (`into`)); else None."""
+        dtypes = self.program.dtypes
+        into_slots = {spec[0] for spec in self._into.values()}
+        plan = []
+        for (kind, runner, ins, outs, sub, extra), free in zip(self.steps, self.free):
+            fast = None
+            if kind == "c" and self.xp is np:
+                in_dtypes, out_specs = extra
+                if all(over is None for *_, over in out_specs):
+                    fast = (tuple((s, d, np.dtype(dtypes[s]) == d)
+                                  for s, d in zip(ins, in_dtypes)),
+                            tuple(spec[:4] for spec in out_specs),
+                            any(s in into_slots for s in outs))
+            plan.append((kind, runner, ins, outs, sub, extra, tuple(free), fast))
+        self._plan, self._plan_of = plan, self.steps
+
     def _replace_buffer(self, b: int, xp=np) -> None:
         """Fresh memory for kept buffer b (the caller holds the old one); its typed views go."""
         self._buffers[b] = _new_buffer(b, self.program.buffer_bytes[b], xp)
@@ -369,9 +391,58 @@ class ScheduleExecutor:
             if spec is not None and getattr(a, "shape", None) == spec[1] and \
                     _free_to_write(a, spec[2], env, spec[3]):
                 dests[spec[0]] = a
-        for i, ((kind, runner, ins, outs, sub, extra), free) in enumerate(zip(self.steps,
-                                                                              self.free)):
-            if kind == "c":
+        if self._plan_of is not self.steps:
+            self._prepare_plan()
+        for i, (kind, runner, ins, outs, sub, extra, free, fast) in enumerate(self._plan):
+            if fast is not None and (not dests or not fast[2]):
+                # a C kernel none of whose outputs may go to the caller's arrays or over one of
+                # its inputs (`_prepare_plan`): the general branch below, less what cannot
+                # happen. `pointer_of` is also set here for an input that needed no conversion
+                # (contiguous, of its slot's dtype), so its later readers skip the check.
+                if trials is not None:
+                    trials.before_c(i, env, ins)
+                in_info, out_info, _ = fast
+                pointers = []
+                copies = None       # converted inputs, kept alive until the kernel has run
+                for s, d, same in in_info:
+                    p = pointer_of[s]
+                    if not p or not same:
+                        a = env[s]
+                        if not p or a.dtype != d:
+                            c = np.ascontiguousarray(a, d)
+                            p = data_pointer(c)
+                            if c is not a:
+                                copies = (c, copies)
+                            elif same:
+                                pointer_of[s] = p
+                    pointers.append(p)
+                cache = typed[i]
+                if cache is None:
+                    cache = typed[i] = [None] * len(out_info)
+                for j, (b, shape, d, s) in enumerate(out_info):
+                    if b is None:
+                        out = env[s] = np.empty(shape, d)
+                        p = pointer_of[s] = data_pointer(out)
+                        pointers.append(p)
+                        continue
+                    # the kept buffer, when only this executor refers to it: see below
+                    out = cache[j]
+                    if getrefcount(buffers[b]) != 2 + views_of[b] or \
+                            (out is not None and getrefcount(out) != 3):
+                        self._replace_buffer(b)
+                        out = None
+                    if out is None:
+                        out = cache[j] = np.ndarray(shape, d, buffers[b])
+                        views_of[b] += 1
+                        self._typed_keys[b].append((i, j))
+                    env[s] = out
+                    p = pointer_of[s] = addresses[b]
+                    pointers.append(p)
+                runner(*pointers)
+                out = a = c = copies = None     # no local holds a kept buffer past the step
+                if trials is not None:
+                    trials.after_c(i)
+            elif kind == "c":
                 if trials is not None:
                     trials.before_c(i, env, ins)
                 in_dtypes, out_specs = extra
