@@ -187,6 +187,9 @@ class ScheduleExecutor:
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
         self._plan = None           # `self.steps` as run_steps walks them (_prepare_plan)
         self._plan_of = None        # the `self.steps` list the plan was made from
+        self._stack_bytes = []      # per stack (`_stacks`): its size in bytes
+        self._stack_memory = []     # per stack: its memory (uint8), made on the first call
+        self._stack_pointers = []   # per stack: the address of its memory
         self._trial_threads = None  # the thread setting the choices were measured with
         self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
         self.cuda_graph = None         # CudaGraphRunner on a GPU (kiln.runtime.cuda_graph)
@@ -323,22 +326,93 @@ class ScheduleExecutor:
     def _prepare_plan(self) -> None:
         """Per step, what `run_steps` reads: the step, the slots to free after it, and for a C
         kernel that can take the fast branch, (inputs as (slot, dtype, whether the slot's own
-        dtype is that dtype), outputs as (kept buffer or None, shape, dtype, slot), whether an
-        output may be computed into a caller's array (`into`)); else None."""
+        dtype is that dtype), outputs as (kept buffer or None, shape, dtype, slot, stack
+        position or None), whether an output may be computed into a caller's array (`into`));
+        else None. A `cat` step whose pieces `_stacks` places gets (stack, shape, dtype) as its
+        extra and kind "stacked"."""
         dtypes = self.program.dtypes
         into_slots = {spec[0] for spec in self._into.values()}
-        plan = []
-        for (kind, runner, ins, outs, sub, extra), free in zip(self.steps, self.free):
-            fast = None
+        fast_of = {}
+        for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps):
             if kind == "c" and self.xp is np:
                 in_dtypes, out_specs = extra
                 if all(over is None for *_, over in out_specs):
-                    fast = (tuple((s, d, np.dtype(dtypes[s]) == d)
-                                  for s, d in zip(ins, in_dtypes)),
-                            tuple(spec[:4] for spec in out_specs),
-                            any(s in into_slots for s in outs))
+                    fast_of[i] = (tuple((s, d, np.dtype(dtypes[s]) == d)
+                                        for s, d in zip(ins, in_dtypes)),
+                                  out_specs, any(s in into_slots for s in outs))
+        stacks, place = self._stacks(fast_of)
+        plan = []
+        for i, ((kind, runner, ins, outs, sub, extra), free) in enumerate(zip(self.steps,
+                                                                                self.free)):
+            fast = fast_of.get(i)
+            if fast is not None:
+                fast = (fast[0], tuple(spec[:4] + (place.get(spec[3]),) for spec in fast[1]),
+                        fast[2])
+            elif i in stacks:
+                kind, extra = "stacked", stacks[i]
             plan.append((kind, runner, ins, outs, sub, extra, tuple(free), fast))
         self._plan, self._plan_of = plan, self.steps
+        self._stack_memory = [None] * len(self._stack_bytes)      # made on the next call
+        self._stack_pointers = [0] * len(self._stack_bytes)
+
+    def _stacks(self, fast_of: dict) -> tuple[dict, dict]:
+        """The concatenations whose pieces C kernels can write in place: a `cat` along the first
+        axis of values of its dtype that fast-branch C kernels produce (an LSTM's hidden states
+        stacked into its output sequence, its per-step gate gradients stacked for the weight
+        gradient). Each such piece is computed straight into its block of memory of the
+        executor's own (a "stack", never shared with another value), and the cat is a view of
+        it. Not done where a kernel writes over one of these values in place (its pieces are
+        then views of memory another reader still needs). Returns ({cat step: (stack, shape,
+        dtype)}, {piece slot: (stack, byte offset)}); `_stack_bytes` gets each stack's size."""
+        shapes, dtypes = self.program.shapes, self.program.dtypes
+        producer = {}
+        for i, st in enumerate(self.steps):
+            for s in st[3]:
+                producer[s] = i
+        written_over = {over[0] for kind, _, _, _, _, extra in self.steps if kind == "c"
+                        for *_, over in extra[1] if over is not None}
+        # and what shares memory with them: a view step's result, or an array step's (which
+        # may return a view of its input); a stack is not made where any of these is written
+        shares = {}
+        for kind, _, ins, outs, _, _ in self.steps:
+            if kind in ("view", "array", "numpy"):
+                for s in ins:
+                    shares.setdefault(s, []).extend(outs)
+
+        def written_over_through_views(slots) -> bool:
+            seen, todo = set(), list(slots)
+            while todo:
+                s = todo.pop()
+                if s in written_over:
+                    return True
+                if s not in seen:
+                    seen.add(s)
+                    todo.extend(shares.get(s, ()))
+            return False
+
+        stacks, place, sizes = {}, {}, []
+        for i, (st, lowered) in enumerate(zip(self.steps, self.program.steps)):
+            if st[0] != "array" or lowered.graph is None or len(lowered.graph.nodes) != 1:
+                continue
+            node = lowered.graph.nodes[0]
+            pieces, (out,) = st[2], st[3]
+            if node.op != "cat" or node.attr_dict.get("axis") != 0 or \
+                    len(set(pieces)) != len(pieces):
+                continue
+            dtype = np.dtype(dtypes[out])
+            if not all(producer.get(s) in fast_of and not fast_of[producer[s]][2] and
+                       s not in place and np.dtype(dtypes[s]) == dtype for s in pieces) or \
+                    written_over_through_views([out, *pieces]):
+                continue
+            offset, at = 0, {}
+            for s in pieces:
+                at[s] = (len(sizes), offset)
+                offset += math.prod(shapes[s]) * dtype.itemsize
+            place.update(at)
+            stacks[i] = (len(sizes), shapes[out], dtype)
+            sizes.append(offset)
+        self._stack_bytes = sizes
+        return stacks, place
 
     def _replace_buffer(self, b: int, xp=np) -> None:
         """Fresh memory for kept buffer b (the caller holds the old one); its typed views go."""
@@ -393,6 +467,13 @@ class ScheduleExecutor:
                 dests[spec[0]] = a
         if self._plan_of is not self.steps:
             self._prepare_plan()
+        stack_memory, stack_pointers = self._stack_memory, self._stack_pointers
+        for k in range(len(stack_memory)):
+            # fresh memory when the caller still holds last call's (a piece or the whole):
+            # the references are then more than the list's and the argument's
+            if stack_memory[k] is None or getrefcount(stack_memory[k]) != 2:
+                stack_memory[k] = np.empty(self._stack_bytes[k], np.uint8)
+                stack_pointers[k] = data_pointer(stack_memory[k])
         for i, (kind, runner, ins, outs, sub, extra, free, fast) in enumerate(self._plan):
             if fast is not None and (not dests or not fast[2]):
                 # a C kernel none of whose outputs may go to the caller's arrays or over one of
@@ -419,7 +500,13 @@ class ScheduleExecutor:
                 cache = typed[i]
                 if cache is None:
                     cache = typed[i] = [None] * len(out_info)
-                for j, (b, shape, d, s) in enumerate(out_info):
+                for j, (b, shape, d, s, stacked) in enumerate(out_info):
+                    if stacked is not None:         # its block of a stack (`_stacks`)
+                        k, offset = stacked
+                        env[s] = np.ndarray(shape, d, stack_memory[k], offset)
+                        p = pointer_of[s] = stack_pointers[k] + offset
+                        pointers.append(p)
+                        continue
                     if b is None:
                         out = env[s] = np.empty(shape, d)
                         p = pointer_of[s] = data_pointer(out)
@@ -442,6 +529,10 @@ class ScheduleExecutor:
                 out = a = c = copies = None     # no local holds a kept buffer past the step
                 if trials is not None:
                     trials.after_c(i)
+            elif kind == "stacked":     # a cat whose pieces were computed in place
+                k, shape, d = extra
+                env[outs[0]] = np.ndarray(shape, d, stack_memory[k])
+                pointer_of[outs[0]] = stack_pointers[k]
             elif kind == "c":
                 if trials is not None:
                     trials.before_c(i, env, ins)

@@ -1,7 +1,8 @@
 """The C executor's per-step bookkeeping (`ScheduleExecutor.run_steps`, its prepared plan): inputs
-converted or read in place, outputs in kept buffers replaced when the caller holds them, results
-equal to eager over repeated replays; and an LSTM language-model training step compiled ==
-eager == PyTorch (loss, gradients, parameters)."""
+converted or read in place, outputs in kept buffers replaced when the caller holds them, the
+pieces of a concatenation computed in place (`_stacks`), results equal to eager over repeated
+replays; and an LSTM language-model training step compiled == eager == PyTorch (loss,
+gradients, parameters)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,38 @@ def test_lstm_language_model_step_compiled_matches_eager_and_torch():
             np.testing.assert_allclose(pc.detach().numpy(), named[name].detach().numpy(),
                                        rtol=1e-4, atol=1e-6, err_msg=f"step {i}: {name}")
     assert steps[1].programs(), "the step compiled"
+    executor = _executor(steps[1])
+    assert any(p[0] == "stacked" for p in executor._plan), "hidden states computed in place"
+
+
+def _recurrence(x, w):
+    """h_{t+1} = tanh(h_t @ w + x_t): each h_t a kernel's output (a matmul between them), all
+    stacked into the result and a second value computed from the stack."""
+    h = x[0].tanh()
+    hs = [h]
+    for t in range(1, x.shape[0]):
+        h = (h @ w + x[t]).tanh()
+        hs.append(h)
+    out = kiln.cat(hs, 0)
+    return out, (out * out).sum(0)
+
+
+@needs_cc
+def test_stacked_pieces_match_eager_and_survive_the_next_call():
+    rng = np.random.default_rng(2)
+    w = kiln.from_numpy(rng.standard_normal((6, 6)).astype(np.float32) * 0.5)
+    cf = kiln.compile(_recurrence, backend="c")
+    xs = [kiln.from_numpy(rng.standard_normal((5, 4, 6)).astype(np.float32))
+          for _ in range(se.TRIAL_RUNS + 4)]
+    kept = []
+    for x in xs:
+        got = cf(x, w)
+        want = _recurrence(x, w)
+        for g, e in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
+        kept.append((got, want))
+    for got, want in kept:           # each call's stack is still what that call computed
+        for g, e in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
+    executor = _executor(cf)
+    assert any(p[0] == "stacked" for p in executor._plan), "the cat is computed in place"
