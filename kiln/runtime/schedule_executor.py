@@ -209,14 +209,20 @@ class ScheduleExecutor:
         "array", "numpy"), `name`, `source` (the generated source built and launched, else
         None), `why` (a fused kernel not generated), `number` (the fused kernel's, k0, k6a, or
         ""), `inputs`/`outputs` (value refs), `buffers` (per output: the kept buffer of the
-        memory plan, or None: allocated per call) and `lowered` (the LoweredStep). Read by the
-        compiler's CompiledArtifact, which `kiln dump` and `explain` print."""
+        memory plan, or None: allocated per call) and `lowered` (the LoweredStep). A cat whose
+        pieces are computed in place (`_stacks`) shows as a "view". Read by the compiler's
+        CompiledArtifact, which `kiln dump` and `explain` print."""
         self.wait()
+        if self._plan_of is not self.steps:
+            self._prepare_plan()
         refs = self.program.refs
         plan = []
-        for (kind, _, ins, outs, _, _), st in zip(self.steps, self.program.steps):
+        for (kind, _, ins, outs, _, _), st, ran in zip(self.steps, self.program.steps,
+                                                       self._plan):
             source = st.kernel.source if kind in ("c", "triton") else None
             why = st.why if kind == st.kind else self._build_failed
+            if ran[0] == "stacked":
+                kind, why = "view", "a view of the stack its pieces were computed into"
             plan.append(dict(kind=kind, name=st.name, source=source, why=why, number=st.number,
                              inputs=tuple(refs[x] for x in st.ins),
                              outputs=tuple(refs[x] for x in st.outs),

@@ -170,3 +170,5 @@ def test_stacked_pieces_match_eager_and_survive_the_next_call():
             np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-6)
     executor = _executor(cf)
     assert any(p[0] == "stacked" for p in executor._plan), "the cat is computed in place"
+    cat = [s for s in executor.launch_plan() if s["name"] == "cat"]
+    assert [s["kind"] for s in cat] == ["view"], "explain and dump show what runs"
