@@ -1049,7 +1049,7 @@ def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
 # Compiled nll_loss / cross_entropy over at least this many classes pick the targets' values
 # by a one-hot sum (`_nll_loss`); with fewer, the gather and its scatter are a few KB either way
 # and the graph keeps its gather.
-ONE_HOT_PICK_MIN_CLASSES = 64
+_ONE_HOT_PICK_MIN_CLASSES = 64
 
 
 def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
@@ -1062,7 +1062,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     # ignored targets may hold any value; point them at class 0
     safe = kiln.where(ignored, 0, target)
     if is_compiling() and input.ndim >= 2 and \
-            input.shape[class_dim] >= ONE_HOT_PICK_MIN_CLASSES:
+            input.shape[class_dim] >= _ONE_HOT_PICK_MIN_CLASSES:
         # compiled, the target's value is picked by a one-hot sum (exactly that value, and
         # exactly its gradient), which fuses into the log_softmax kernels as one more row
         # reduction and one more term: a gather's gradient would be a scatter into zeros as

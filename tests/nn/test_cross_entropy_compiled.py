@@ -11,7 +11,7 @@ import torch
 import kiln
 import kiln.nn.functional as F
 
-C = F.ONE_HOT_PICK_MIN_CLASSES      # the fewest classes picked by a one-hot sum
+C = F._ONE_HOT_PICK_MIN_CLASSES      # the fewest classes picked by a one-hot sum
 
 RNG = np.random.default_rng(0)
 
