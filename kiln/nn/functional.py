@@ -1060,6 +1060,12 @@ def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
                    RuntimeError)
 
 
+# Compiled nll_loss / cross_entropy over at least this many classes pick the targets' values
+# by a one-hot sum (`_nll_loss`); with fewer, the gather and its scatter are a few KB either way
+# and the graph keeps its gather.
+_ONE_HOT_PICK_MIN_CLASSES = 64
+
+
 def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
               reduction: str, op: str) -> Tensor:
     _check_reduction(reduction)
@@ -1069,8 +1075,18 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0
     safe = kiln.where(ignored, 0, target)
-    picked = _core.gather_along(input, class_dim, safe.unsqueeze(class_dim), op,
-                           checked=True).squeeze(class_dim)
+    if is_compiling() and input.ndim >= 2 and \
+            input.shape[class_dim] >= _ONE_HOT_PICK_MIN_CLASSES:
+        # compiled, the target's value is picked by a one-hot sum (exactly that value, and
+        # exactly its gradient), which fuses into the log_softmax kernels as one more row
+        # reduction and one more term: a gather's gradient would be a scatter into zeros as
+        # large as the input (700k values for a 35x20-token batch over 1000 words)
+        classes = kiln.arange(input.shape[class_dim], device=input.device).reshape(
+            _class_last_shape(input))
+        picked = kiln.where(safe.unsqueeze(class_dim) == classes, input, 0.0).sum(class_dim)
+    else:
+        picked = _core.gather_along(input, class_dim, safe.unsqueeze(class_dim), op,
+                               checked=True).squeeze(class_dim)
     w = (kiln.ones((), dtype=input.dtype, device=input.device) if weight is None
          else P.take(weight, safe.reshape(-1), axis=0).reshape(tuple(safe.shape)))
     w = kiln.where(ignored, 0.0, w)

@@ -181,11 +181,18 @@ class RNNBase(Module):
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
                 index = layer * directions + direction
                 state = (h0[index], c0[index]) if lstm else h0[index]
-                xw = _time_steps(F.linear(layer_input, w_ih, b_ih))
+                xw = F.linear(layer_input, w_ih, b_ih)
+                step_bias = b_hh
+                if b_hh is not None and self.mode != "GRU":
+                    # b_hh joins the input projection once, for every time step (GRU's stays in
+                    # its step: the reset gate scales it): the steps then add no bias, and its
+                    # gradient is one sum over the sequence instead of one per step
+                    xw, step_bias = xw + b_hh, None
+                xw = _time_steps(xw)
                 order = range(steps - 1, -1, -1) if direction else range(steps)
                 hs = [None] * steps
                 for t in order:
-                    new_state = self._step(xw[t], state, w_hh, b_hh)
+                    new_state = self._step(xw[t], state, w_hh, step_bias)
                     if running is not None:
                         new_state = _keep_running(running[t], new_state, state, lstm)
                     state = new_state

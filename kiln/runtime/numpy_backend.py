@@ -20,6 +20,7 @@ import numpy as np
 
 from kiln.ir.ops import PRIMITIVES, Primitive, reduced_shape, windows_geometry
 from kiln.runtime.conv_cpu import fold_into, fold_kernel, unfold_into, unfold_kernel
+from kiln.runtime.scatter_cpu import index_add_kernel
 
 
 def numpy_impl(prim: Primitive) -> Callable:
@@ -347,9 +348,14 @@ def _matmul_fold(xp, a, b, size, kernel, stride, dilation):
     return out.transpose(0, 3, 1, 2)       # channels-last, as `fold`'s other routes
 
 
+def _index_add(xp, base, idx, src, axis):
+    out = index_add_kernel(base, idx, src, axis)
+    return out if out is not None else PRIMITIVES["index_add"].impl(np, base, idx, src, axis)
+
+
 # primitive name -> its faster NumPy spelling, (xp, *arrays, **attrs) -> array as `impl`
 FAST_PATHS: dict[str, Callable] = {
     "relu": _relu, "where": _where, "sum": _sum, "batch_norm": _batch_norm,
     "batch_norm_backward": _batch_norm_backward, "batch_stats": _batch_stats, "pad": _pad,
     "unfold": _unfold, "fold": _fold, "unfold_matmul": _unfold_matmul,
-    "matmul_unfold": _matmul_unfold, "matmul_fold": _matmul_fold}
+    "matmul_unfold": _matmul_unfold, "matmul_fold": _matmul_fold, "index_add": _index_add}

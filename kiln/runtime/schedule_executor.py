@@ -202,6 +202,11 @@ class ScheduleExecutor:
         self._trials_left = TRIAL_RUNS if self.c_kernels and \
             os.environ.get("KILN_KERNEL_CHOICE", "measure") != "c" else 0
         self._linked_steps = None   # the steps with every C kernel, kept for new trials
+        self._plan = None           # `self.steps` as run_steps walks them (_prepare_plan)
+        self._plan_of = None        # the `self.steps` list the plan was made from
+        self._stack_bytes = []      # per stack (`_stacks`): its size in bytes
+        self._stack_memory = []     # per stack: its memory (uint8), made on the first call
+        self._stack_pointers = []   # per stack: the address of its memory
         self._trial_threads = None  # the thread setting the choices were measured with
         self.triton_steps: dict = {}   # step index -> TritonStep (kiln.runtime.triton_launch)
         self.cuda_graph = None         # CudaGraphRunner on a GPU (kiln.runtime.cuda_graph)
@@ -221,14 +226,20 @@ class ScheduleExecutor:
         "array", "numpy"), `name`, `source` (the generated source built and launched, else
         None), `why` (a fused kernel not generated), `number` (the fused kernel's, k0, k6a, or
         ""), `inputs`/`outputs` (value refs), `buffers` (per output: the kept buffer of the
-        memory plan, or None: allocated per call) and `lowered` (the LoweredStep). Read by the
-        compiler's CompiledArtifact, which `kiln dump` and `explain` print."""
+        memory plan, or None: allocated per call) and `lowered` (the LoweredStep). A cat whose
+        pieces are computed in place (`_stacks`) shows as a "view". Read by the compiler's
+        CompiledArtifact, which `kiln dump` and `explain` print."""
         self.wait()
+        if self._plan_of is not self.steps:
+            self._prepare_plan()
         refs = self.program.refs
         plan = []
-        for (kind, _, ins, outs, _, _), st in zip(self.steps, self.program.steps):
+        for (kind, _, ins, outs, _, _), st, ran in zip(self.steps, self.program.steps,
+                                                       self._plan):
             source = st.kernel.source if kind in ("c", "triton") else None
             why = st.why if kind == st.kind else self._build_failed
+            if ran[0] == "stacked":
+                kind, why = "view", "a view of the stack its pieces were computed into"
             plan.append(dict(kind=kind, name=st.name, source=source, why=why, number=st.number,
                              inputs=tuple(refs[x] for x in st.ins),
                              outputs=tuple(refs[x] for x in st.outs),
@@ -335,6 +346,97 @@ class ScheduleExecutor:
         self._views_of = [0] * len(self.program.buffer_bytes)
         self._typed_keys = [[] for _ in self.program.buffer_bytes]
 
+    def _prepare_plan(self) -> None:
+        """Per step, what `run_steps` reads: the step, the slots to free after it, and for a C
+        kernel that can take the fast branch, (inputs as (slot, dtype, whether the slot's own
+        dtype is that dtype), outputs as (kept buffer or None, shape, dtype, slot, stack
+        position or None), whether an output may be computed into a caller's array (`into`));
+        else None. A `cat` step whose pieces `_stacks` places gets (stack, shape, dtype) as its
+        extra and kind "stacked"."""
+        dtypes = self.program.dtypes
+        into_slots = {spec[0] for spec in self._into.values()}
+        fast_of = {}
+        for i, (kind, runner, ins, outs, sub, extra) in enumerate(self.steps):
+            if kind == "c" and self.xp is np:
+                in_dtypes, out_specs = extra
+                if all(over is None for *_, over in out_specs):
+                    fast_of[i] = (tuple((s, d, np.dtype(dtypes[s]) == d)
+                                        for s, d in zip(ins, in_dtypes)),
+                                  out_specs, any(s in into_slots for s in outs))
+        stacks, place = self._stacks(fast_of)
+        plan = []
+        for i, ((kind, runner, ins, outs, sub, extra), free) in enumerate(zip(self.steps,
+                                                                                self.free)):
+            fast = fast_of.get(i)
+            if fast is not None:
+                fast = (fast[0], tuple(spec[:4] + (place.get(spec[3]),) for spec in fast[1]),
+                        fast[2])
+            elif i in stacks:
+                kind, extra = "stacked", stacks[i]
+            plan.append((kind, runner, ins, outs, sub, extra, tuple(free), fast))
+        self._plan, self._plan_of = plan, self.steps
+        self._stack_memory = [None] * len(self._stack_bytes)      # made on the next call
+        self._stack_pointers = [0] * len(self._stack_bytes)
+
+    def _stacks(self, fast_of: dict) -> tuple[dict, dict]:
+        """The concatenations whose pieces C kernels can write in place: a `cat` along the first
+        axis of values of its dtype that fast-branch C kernels produce (an LSTM's hidden states
+        stacked into its output sequence, its per-step gate gradients stacked for the weight
+        gradient). Each such piece is computed straight into its block of memory of the
+        executor's own (a "stack", never shared with another value), and the cat is a view of
+        it. Not done where a kernel writes over one of these values in place (its pieces are
+        then views of memory another reader still needs). Returns ({cat step: (stack, shape,
+        dtype)}, {piece slot: (stack, byte offset)}); `_stack_bytes` gets each stack's size."""
+        shapes, dtypes = self.program.shapes, self.program.dtypes
+        producer = {}
+        for i, st in enumerate(self.steps):
+            for s in st[3]:
+                producer[s] = i
+        written_over = {over[0] for kind, _, _, _, _, extra in self.steps if kind == "c"
+                        for *_, over in extra[1] if over is not None}
+        # and what shares memory with them: a view step's result, or an array step's (which
+        # may return a view of its input); a stack is not made where any of these is written
+        shares = {}
+        for kind, _, ins, outs, _, _ in self.steps:
+            if kind in ("view", "array", "numpy"):
+                for s in ins:
+                    shares.setdefault(s, []).extend(outs)
+
+        def written_over_through_views(slots) -> bool:
+            seen, todo = set(), list(slots)
+            while todo:
+                s = todo.pop()
+                if s in written_over:
+                    return True
+                if s not in seen:
+                    seen.add(s)
+                    todo.extend(shares.get(s, ()))
+            return False
+
+        stacks, place, sizes = {}, {}, []
+        for i, (st, lowered) in enumerate(zip(self.steps, self.program.steps)):
+            if st[0] != "array" or lowered.graph is None or len(lowered.graph.nodes) != 1:
+                continue
+            node = lowered.graph.nodes[0]
+            pieces, (out,) = st[2], st[3]
+            if node.op != "cat" or node.attr_dict.get("axis") != 0 or \
+                    len(set(pieces)) != len(pieces):
+                continue
+            dtype = np.dtype(dtypes[out])
+            if not all(producer.get(s) in fast_of and not fast_of[producer[s]][2] and
+                       s not in place and np.dtype(dtypes[s]) == dtype for s in pieces) or \
+                    written_over_through_views([out, *pieces]):
+                continue
+            offset, at = 0, {}
+            for s in pieces:
+                at[s] = (len(sizes), offset)
+                offset += math.prod(shapes[s]) * dtype.itemsize
+            place.update(at)
+            stacks[i] = (len(sizes), shapes[out], dtype)
+            sizes.append(offset)
+        self._stack_bytes = sizes
+        return stacks, place
+
     def _replace_buffer(self, b: int, xp=np) -> None:
         """Fresh memory for kept buffer b (the caller holds the old one); its typed views go."""
         self._buffers[b] = _new_buffer(b, self.program.buffer_bytes[b], xp)
@@ -386,9 +488,75 @@ class ScheduleExecutor:
             if spec is not None and getattr(a, "shape", None) == spec[1] and \
                     _free_to_write(a, spec[2], env, spec[3]):
                 dests[spec[0]] = a
-        for i, ((kind, runner, ins, outs, sub, extra), free) in enumerate(zip(self.steps,
-                                                                              self.free)):
-            if kind == "c":
+        if self._plan_of is not self.steps:
+            self._prepare_plan()
+        stack_memory, stack_pointers = self._stack_memory, self._stack_pointers
+        for k in range(len(stack_memory)):
+            # fresh memory when the caller still holds last call's (a piece or the whole):
+            # the references are then more than the list's and the argument's
+            if stack_memory[k] is None or getrefcount(stack_memory[k]) != 2:
+                stack_memory[k] = np.empty(self._stack_bytes[k], np.uint8)
+                stack_pointers[k] = data_pointer(stack_memory[k])
+        for i, (kind, runner, ins, outs, sub, extra, free, fast) in enumerate(self._plan):
+            if fast is not None and (not dests or not fast[2]):
+                # a C kernel none of whose outputs may go to the caller's arrays or over one of
+                # its inputs (`_prepare_plan`): the general branch below, less what cannot
+                # happen. `pointer_of` is also set here for an input that needed no conversion
+                # (contiguous, of its slot's dtype), so its later readers skip the check.
+                if trials is not None:
+                    trials.before_c(i, env, ins)
+                in_info, out_info, _ = fast
+                pointers = []
+                copies = None       # converted inputs, kept alive until the kernel has run
+                for s, d, same in in_info:
+                    p = pointer_of[s]
+                    if not p or not same:
+                        a = env[s]
+                        if not p or a.dtype != d:
+                            c = np.ascontiguousarray(a, d)
+                            p = data_pointer(c)
+                            if c is not a:
+                                copies = (c, copies)
+                            elif same:
+                                pointer_of[s] = p
+                    pointers.append(p)
+                cache = typed[i]
+                if cache is None:
+                    cache = typed[i] = [None] * len(out_info)
+                for j, (b, shape, d, s, stacked) in enumerate(out_info):
+                    if stacked is not None:         # its block of a stack (`_stacks`)
+                        k, offset = stacked
+                        env[s] = np.ndarray(shape, d, stack_memory[k], offset)
+                        p = pointer_of[s] = stack_pointers[k] + offset
+                        pointers.append(p)
+                        continue
+                    if b is None:
+                        out = env[s] = np.empty(shape, d)
+                        p = pointer_of[s] = data_pointer(out)
+                        pointers.append(p)
+                        continue
+                    # the kept buffer, when only this executor refers to it: see below
+                    out = cache[j]
+                    if getrefcount(buffers[b]) != 2 + views_of[b] or \
+                            (out is not None and getrefcount(out) != 3):
+                        self._replace_buffer(b)
+                        out = None
+                    if out is None:
+                        out = cache[j] = np.ndarray(shape, d, buffers[b])
+                        views_of[b] += 1
+                        self._typed_keys[b].append((i, j))
+                    env[s] = out
+                    p = pointer_of[s] = addresses[b]
+                    pointers.append(p)
+                runner(*pointers)
+                out = a = c = copies = None     # no local holds a kept buffer past the step
+                if trials is not None:
+                    trials.after_c(i)
+            elif kind == "stacked":     # a cat whose pieces were computed in place
+                k, shape, d = extra
+                env[outs[0]] = np.ndarray(shape, d, stack_memory[k])
+                pointer_of[outs[0]] = stack_pointers[k]
+            elif kind == "c":
                 if trials is not None:
                     trials.before_c(i, env, ins)
                 in_dtypes, out_specs = extra
