@@ -1022,3 +1022,30 @@ def test_compiled_equals_eager_as_the_world_changes(name, backend):
     check = getattr(build, "check", None)
     if check is not None:
         check(fn)
+
+
+def test_a_replay_checks_the_entry_that_held_last_first():
+    # a training step traces twice (its first call runs before Adam has state and while the
+    # grads are None); every later call must not pay for checking the stale first entry
+    model = nn.Linear(4, 2)
+    opt = kiln.optim.Adam(model.parameters(), lr=0.01)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    compiled = kiln.compile(step)
+    x, y = kiln.randn(6, 4), kiln.randint(0, 2, (6,))
+    for _ in range(4):
+        compiled(x, y)
+    assert len(compiled.entries) == 2
+    checked = []
+    for full, entry in compiled.entries.items():
+        valid = entry.valid
+        entry.valid = lambda leaves, valid=valid, full=full: checked.append(full) or \
+            valid(leaves)
+    for _ in range(3):
+        compiled(x, y)
+    assert len(checked) == 3 and len(set(checked)) == 1, checked

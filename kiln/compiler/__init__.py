@@ -519,9 +519,12 @@ class CompiledFunction:
         key, leaves = self._guard_key(args, kwargs)
         chain = self._chains.get(key)
         if chain is not None:
-            for full in chain:
+            for i, full in enumerate(chain):
                 entry = self.entries[full]
                 if entry.valid(leaves):
+                    if i:       # checked first next call: a training step's first entry (traced
+                        chain.insert(0, chain.pop(i))   # before the optimizer had state)
+                                                        # would fail its guards every call
                     entry.calls += 1
                     if entry.program is None:
                         return self.fn(*args, **kwargs)
