@@ -172,6 +172,28 @@ class _Fuser:
         self.readers = graph.users()
         leaving = set(graph.outputs) | {new for _, new in graph.mutations}
         self.escaping = {n for n in graph.nodes if n.out in leaving}
+        self.recompute = {n for n in graph.nodes if self._is_cheap_broadcast(n)}
+
+    def _is_cheap_broadcast(self, node: Node) -> bool:
+        """An elementwise node that only broadcasts smaller values up (a max-pool's window mask
+        `ranks == best`, from one byte per output): every kernel reading it computes it again
+        from those values instead of reading its larger buffer, so the smaller values are
+        what crosses between kernels (the forward stores one byte per pool output, not K)."""
+        if node.prim.kind != ELEMENTWISE or node.op in EXTERN_OPS or node in self.escaping:
+            return False
+        size = math.prod(node.out.shape)
+        if not node.value_inputs or any(math.prod(v.shape) >= size for v in node.value_inputs):
+            return False
+        readers = self.readers.get(node.out, [])
+        return bool(readers) and all(r.prim.kind == ELEMENTWISE and r.op not in EXTERN_OPS
+                                     and math.prod(r.out.shape) == size for r in readers)
+
+    def _sources(self, v) -> list:
+        """The values `v` is computed from where it is recomputed by its readers, else [v]."""
+        node = self.producer.get(v)
+        if node is None or node not in self.recompute:
+            return [v]
+        return [s for u in node.value_inputs for s in self._sources(u)]
 
     def _new_group(self, node: Node, kind: str) -> _Group:
         red = _reduce_key(node) if node.prim.kind == REDUCE and kind == "kernel" else None
@@ -179,7 +201,7 @@ class _Fuser:
                    self.index[node.out])
         self.next_id += 1
         self.quotient.add(g)
-        for v in node.value_inputs:
+        for v in (s for u in node.value_inputs for s in self._sources(u)):
             src = self.group_of.get(v)
             if src is not None:
                 self.quotient.add_edge(src, g)
@@ -249,8 +271,8 @@ class _Fuser:
         for n in nodes:
             if n.op == "permute" and n.inputs[0] in reduced:
                 return False
-            if n.prim.kind == REDUCE or any(v in reduced for v in n.value_inputs
-                                            if v in members):
+            if n.prim.kind == REDUCE or any(s in reduced for v in n.value_inputs
+                                            for s in self._sources(v) if s in members):
                 reduced.add(n.out)
         return True
 
@@ -264,6 +286,8 @@ class _Fuser:
 
     def run(self, horizontal: bool = True) -> list:
         for node in self.graph.nodes:
+            if node in self.recompute:          # no group: inlined into each kernel reading it
+                continue
             if not is_fusible(node, self.gathers):
                 self._new_group(node, "extern")
                 continue
@@ -278,7 +302,7 @@ class _Fuser:
                 continue
             group = self._new_group(node, "kernel")
             producers = []
-            for v in node.value_inputs:
+            for v in (s for u in node.value_inputs for s in self._sources(u)):
                 src = self.group_of.get(v)
                 if src is not None and src.kind == "kernel" and src is not group and \
                         src not in producers:
@@ -408,9 +432,10 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
     members = {n.out: n for n in group.nodes}
     stack = [v for n in group.nodes for v in n.value_inputs]
     while stack:          # pull in the views the kernel reads (index arithmetic on loads)
-        v = stack.pop()
+        v = stack.pop()   # and the cheap broadcasts it computes again
         node = fuser.producer.get(v)
-        if node is not None and fuser.group_of[v].kind == "view" and v not in members:
+        if node is not None and v not in members and \
+                (node in fuser.recompute or fuser.group_of[v].kind == "view"):
             members[v] = node
             stack.extend(node.value_inputs)
     ordered = sorted(members.values(), key=lambda n: fuser.index[n.out])
@@ -431,10 +456,16 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
     for outer, v in inner.items():
         v.id = outer.id
     sub._next_id = max((v.id + 1 for v in inner.values()), default=0)
-    outputs = [n.out for n in group.nodes
-               if any(r is None or r.out not in own for r in readers.get(n.out, []))]
+
+    def read_outside(v) -> bool:       # through the broadcasts each reader computes again
+        return any(r is None or (read_outside(r.out) if r in fuser.recompute else r.out not in own)
+                   for r in readers.get(v, []))
+
+    outputs = [n.out for n in group.nodes if read_outside(n.out)]
     sub.outputs = [inner[v] for v in outputs]
-    return FusedKernel(sub.name, sub, inputs, outputs, list(group.nodes))
+    computed = sorted(group.nodes + [n for n in members.values() if n in fuser.recompute],
+                      key=lambda n: fuser.index[n.out])
+    return FusedKernel(sub.name, sub, inputs, outputs, computed)
 
 
 
