@@ -14,6 +14,9 @@ The contract with codegen (what a `FusedKernel` promises):
   node's output then has D or R elements (row-wise work, as in softmax and layer_norm).
   A movement or creation node reading only outer buffers may have any size: it is index
   arithmetic on a load, and may appear in several kernels (it is never a reduction).
+* An elementwise node whose inputs are all smaller than its output (a broadcast, e.g. a
+  max-pool's window mask `ranks == best`) and whose readers are elementwise nodes of its size is
+  computed again in every kernel reading it: its smaller inputs cross between kernels, not it.
 * With `fuse(..., gathers=True)` (the default) a kernel may contain `take(x, idx)`: a gather,
   i.e. a load from `x` at computed positions. `x` is then always a kernel input (a buffer),
   never a value computed in the same kernel; `idx` may be computed in the kernel. Pass
@@ -41,6 +44,10 @@ FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
 # fusible kinds that still run as a library call (Primitive.extern: a scan, a concatenation)
 EXTERN_OPS = frozenset(name for name, p in PRIMITIVES.items() if p.extern)
 VIEW_KINDS = frozenset([MOVEMENT, CREATION])
+# elementwise ops cheap enough to compute again in each kernel reading their broadcast result
+CHEAP_BROADCASTS = frozenset(["eq", "ne", "lt", "le", "gt", "ge", "where", "cast", "neg", "add",
+                              "sub", "mul", "maximum", "minimum", "bitwise_and", "bitwise_or",
+                              "bitwise_xor", "bitwise_not"])
 
 
 def is_fusible(node: Node, gathers: bool = True) -> bool:
@@ -179,7 +186,7 @@ class _Fuser:
         `ranks == best`, from one byte per output): every kernel reading it computes it again
         from those values instead of reading its larger buffer, so the smaller values are
         what crosses between kernels (the forward stores one byte per pool output, not K)."""
-        if node.prim.kind != ELEMENTWISE or node.op in EXTERN_OPS or node in self.escaping:
+        if node.op not in CHEAP_BROADCASTS or node in self.escaping:
             return False
         size = math.prod(node.out.shape)
         if not node.value_inputs or any(math.prod(v.shape) >= size for v in node.value_inputs):
