@@ -457,9 +457,13 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         # (one-byte ranks while they fit: the where, max and compare move 4x less memory)
         k = stacked.shape[0]
         rank_dtype = kiln.uint8 if k < 256 else kiln.int32
-        rank = kiln.where(is_max, kiln.arange(k, 0, -1, device=x.device, dtype=rank_dtype)
-                          .reshape(-1, 1, 1, 1, 1), 0)
-        first = rank == rank.amax(0)
+        ranks = kiln.arange(k, 0, -1, device=x.device, dtype=rank_dtype).reshape(-1, 1, 1, 1, 1)
+        best = kiln.where(is_max, ranks, 0).amax(0)     # k - (first maximum's position), >= 1
+        # the mask from the constant ranks and the one-per-output `best` (not from the window
+        # ranks): the compiled forward saves `best` (one byte per output while k < 256) for
+        # the backward, which recomputes this compare in its kernels instead of reading a
+        # k-byte mask
+        first = ranks == best
     out = kiln.where(first, stacked, 0.0).sum(0)
     if unbatched:
         out = out.squeeze(0)
@@ -467,8 +471,7 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         return out
     table = _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw)
     table = _constant(np.moveaxis(table, 0, -1), x)                 # (oh, ow, K)
-    positions = kiln.arange(stacked.shape[0], device=x.device).reshape(-1, 1, 1, 1, 1)
-    chosen = (first.long() * positions).sum(0).unsqueeze(-1)        # (N, C, oh, ow, 1)
+    chosen = (k - best.long()).unsqueeze(-1)                        # (N, C, oh, ow, 1)
     indices = kiln.gather(table.expand(n, c, *table.shape), -1, chosen).squeeze(-1)
     return out, indices.squeeze(0) if unbatched else indices
 

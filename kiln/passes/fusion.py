@@ -14,6 +14,9 @@ The contract with codegen (what a `FusedKernel` promises):
   node's output then has D or R elements (row-wise work, as in softmax and layer_norm).
   A movement or creation node reading only outer buffers may have any size: it is index
   arithmetic on a load, and may appear in several kernels (it is never a reduction).
+* An elementwise node whose inputs are all smaller than its output (a broadcast, e.g. a
+  max-pool's window mask `ranks == best`) and whose readers are elementwise nodes of its size is
+  computed again in every kernel reading it: its smaller inputs cross between kernels, not it.
 * With `fuse(..., gathers=True)` (the default) a kernel may contain `take(x, idx)`: a gather,
   i.e. a load from `x` at computed positions. `x` is then always a kernel input (a buffer),
   never a value computed in the same kernel; `idx` may be computed in the kernel. Pass
@@ -41,6 +44,10 @@ FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
 # fusible kinds that still run as a library call (Primitive.extern: a scan, a concatenation)
 EXTERN_OPS = frozenset(name for name, p in PRIMITIVES.items() if p.extern)
 VIEW_KINDS = frozenset([MOVEMENT, CREATION])
+# elementwise ops cheap enough to compute again in each kernel reading their broadcast result
+CHEAP_BROADCASTS = frozenset(["eq", "ne", "lt", "le", "gt", "ge", "where", "cast", "neg", "add",
+                              "sub", "mul", "maximum", "minimum", "bitwise_and", "bitwise_or",
+                              "bitwise_xor", "bitwise_not"])
 
 
 def is_fusible(node: Node, gathers: bool = True) -> bool:
@@ -172,6 +179,28 @@ class _Fuser:
         self.readers = graph.users()
         leaving = set(graph.outputs) | {new for _, new in graph.mutations}
         self.escaping = {n for n in graph.nodes if n.out in leaving}
+        self.recompute = {n for n in graph.nodes if self._is_cheap_broadcast(n)}
+
+    def _is_cheap_broadcast(self, node: Node) -> bool:
+        """An elementwise node that only broadcasts smaller values up (a max-pool's window mask
+        `ranks == best`, from one byte per output): every kernel reading it computes it again
+        from those values instead of reading its larger buffer, so the smaller values are
+        what crosses between kernels (the forward stores one byte per pool output, not K)."""
+        if node.op not in CHEAP_BROADCASTS or node in self.escaping:
+            return False
+        size = math.prod(node.out.shape)
+        if not node.value_inputs or any(math.prod(v.shape) >= size for v in node.value_inputs):
+            return False
+        readers = self.readers.get(node.out, [])
+        return bool(readers) and all(r.prim.kind == ELEMENTWISE and r.op not in EXTERN_OPS
+                                     and math.prod(r.out.shape) == size for r in readers)
+
+    def _sources(self, v) -> list:
+        """The values `v` is computed from where it is recomputed by its readers, else [v]."""
+        node = self.producer.get(v)
+        if node is None or node not in self.recompute:
+            return [v]
+        return [s for u in node.value_inputs for s in self._sources(u)]
 
     def _new_group(self, node: Node, kind: str) -> _Group:
         red = _reduce_key(node) if node.prim.kind == REDUCE and kind == "kernel" else None
@@ -179,7 +208,7 @@ class _Fuser:
                    self.index[node.out])
         self.next_id += 1
         self.quotient.add(g)
-        for v in node.value_inputs:
+        for v in (s for u in node.value_inputs for s in self._sources(u)):
             src = self.group_of.get(v)
             if src is not None:
                 self.quotient.add_edge(src, g)
@@ -249,8 +278,8 @@ class _Fuser:
         for n in nodes:
             if n.op == "permute" and n.inputs[0] in reduced:
                 return False
-            if n.prim.kind == REDUCE or any(v in reduced for v in n.value_inputs
-                                            if v in members):
+            if n.prim.kind == REDUCE or any(s in reduced for v in n.value_inputs
+                                            for s in self._sources(v) if s in members):
                 reduced.add(n.out)
         return True
 
@@ -264,6 +293,8 @@ class _Fuser:
 
     def run(self, horizontal: bool = True) -> list:
         for node in self.graph.nodes:
+            if node in self.recompute:          # no group: inlined into each kernel reading it
+                continue
             if not is_fusible(node, self.gathers):
                 self._new_group(node, "extern")
                 continue
@@ -278,7 +309,7 @@ class _Fuser:
                 continue
             group = self._new_group(node, "kernel")
             producers = []
-            for v in node.value_inputs:
+            for v in (s for u in node.value_inputs for s in self._sources(u)):
                 src = self.group_of.get(v)
                 if src is not None and src.kind == "kernel" and src is not group and \
                         src not in producers:
@@ -408,9 +439,10 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
     members = {n.out: n for n in group.nodes}
     stack = [v for n in group.nodes for v in n.value_inputs]
     while stack:          # pull in the views the kernel reads (index arithmetic on loads)
-        v = stack.pop()
+        v = stack.pop()   # and the cheap broadcasts it computes again
         node = fuser.producer.get(v)
-        if node is not None and fuser.group_of[v].kind == "view" and v not in members:
+        if node is not None and v not in members and \
+                (node in fuser.recompute or fuser.group_of[v].kind == "view"):
             members[v] = node
             stack.extend(node.value_inputs)
     ordered = sorted(members.values(), key=lambda n: fuser.index[n.out])
@@ -431,10 +463,16 @@ def _build_kernel(group: _Group, fuser: _Fuser, readers: dict) -> FusedKernel:
     for outer, v in inner.items():
         v.id = outer.id
     sub._next_id = max((v.id + 1 for v in inner.values()), default=0)
-    outputs = [n.out for n in group.nodes
-               if any(r is None or r.out not in own for r in readers.get(n.out, []))]
+
+    def read_outside(v) -> bool:       # through the broadcasts each reader computes again
+        return any(r is None or (read_outside(r.out) if r in fuser.recompute else r.out not in own)
+                   for r in readers.get(v, []))
+
+    outputs = [n.out for n in group.nodes if read_outside(n.out)]
     sub.outputs = [inner[v] for v in outputs]
-    return FusedKernel(sub.name, sub, inputs, outputs, list(group.nodes))
+    computed = sorted(group.nodes + [n for n in members.values() if n in fuser.recompute],
+                      key=lambda n: fuser.index[n.out])
+    return FusedKernel(sub.name, sub, inputs, outputs, computed)
 
 
 

@@ -12,7 +12,7 @@ import kiln
 import kiln.nn as nn
 import kiln.nn.functional as F
 from kiln.ir.interpreter import interpret
-from kiln.ir.ops import CREATION, MOVEMENT, REDUCE
+from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
 from kiln.passes.cleanup import optimize
 from kiln.passes.fusion import FusedKernel, fuse, is_fusible, run_schedule
 from tests.passes.helpers import CASES, trace_random_program, traced
@@ -36,9 +36,13 @@ def check_schedule(schedule, inputs, rtol=1e-6, atol=1e-6):
             assert not is_fusible(step.node, gathers=False)
             computed[step.node.out] = computed.get(step.node.out, 0) + 1
     for n in graph.nodes:
-        # nothing but views is computed twice; a reduction or a matmul never is
+        # nothing but views and broadcasts of smaller values (a pool's window mask from one
+        # byte per output) is computed twice; a reduction or a matmul never is
         if n.prim.kind in (MOVEMENT, CREATION):
             assert computed.get(n.out, 0) <= 1
+        elif n.prim.kind == ELEMENTWISE and all(math.prod(v.shape) < math.prod(n.out.shape)
+                                                for v in n.value_inputs):
+            assert computed.get(n.out, 0) >= 1, n.op
         else:
             assert computed.get(n.out) == 1, n.op
 
