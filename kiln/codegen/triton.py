@@ -22,6 +22,7 @@ from kiln.ir.ops import PRIMITIVES
 
 PERSISTENT_LIMIT = 4096        # rows up to this long are reduced in one block
 LOOP_RBLOCK = 1024
+SPLIT_TAIL_MIN = 4096          # pointwise kernels longer than this split off their last block
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,13 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def split_tail(numel: int) -> bool:
+    """Whether a pointwise kernel over `numel` elements runs its full blocks unmasked: when the
+    mask would break 16-byte vectors (numel not a multiple of 16) and there is more than one
+    block's worth of elements (small kernels are launch-bound: one body is enough)."""
+    return numel % 16 != 0 and numel > SPLIT_TAIL_MIN
+
+
 def _xblock(numel: int) -> int:
     return min(1024, max(16, _next_power_of_2(numel)))
 
@@ -304,12 +312,24 @@ class _Renderer:
     # -------------------------------------------------------------- kernel shapes
     def pointwise(self) -> list:
         pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
-        out = [f"xindex = {pid} * XBLOCK + tl.arange(0, XBLOCK)",
-               f"xmask = xindex < {self.k.numel}"]
-        out += self._index_vars(ELEM)
+        n = self.k.numel
+        if not split_tail(n):
+            out = [f"xindex = {pid} * XBLOCK + tl.arange(0, XBLOCK)", f"xmask = xindex < {n}"]
+            out += self._index_vars(ELEM)
+            for s in self.k.body:
+                out += self._stmt(s, "xmask")
+            return out
+        # Triton vectorizes a masked access only when the mask is constant over 16 bytes, which
+        # `xindex < n` is not for n off a multiple of 16: full blocks go unmasked (16-byte loads
+        # and stores), the one partial block at the end masked
+        full, tail = self._index_vars(ELEM), self._index_vars(ELEM)
         for s in self.k.body:
-            out += self._stmt(s, "xmask")
-        return out
+            full += self._stmt(s, None)
+            tail += self._stmt(s, "xmask")
+        return ([f"xoffset = {pid} * XBLOCK", "xindex = xoffset + tl.arange(0, XBLOCK)",
+                 f"if xoffset + XBLOCK <= {n}:", "    # a full block"]
+                + [f"    {x}" for x in full]
+                + ["else:", f"    xmask = xindex < {n}"] + [f"    {x}" for x in tail])
 
     def persistent(self) -> list:
         n = self.k.reduced_numel
