@@ -8,6 +8,7 @@ and rounded back on store and on casts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -36,6 +37,21 @@ class TritonKernel:
     constexprs: dict = field(hash=False)      # constexpr arg name -> value
     grid: tuple
     num_warps: int
+    layout: str = ""            # "pointwise", "persistent", "looped"; "" for other kernels
+    numel: int = 0              # pointwise: elements; reductions: the reduced row's length
+
+    def with_config(self, block: int, num_warps: int) -> "TritonKernel":
+        """The same source launched with block size `block` (its one constexpr) and
+        `num_warps` warps: a pointwise kernel's grid follows the block."""
+        (name,) = self.constexprs
+        grid = (math.ceil(self.numel / block),) if self.layout == "pointwise" else self.grid
+        return dataclasses.replace(self, constexprs={name: block}, grid=grid,
+                                   num_warps=num_warps)
+
+    @property
+    def config(self) -> tuple:
+        """(block size, warps) this kernel launches with."""
+        return (next(iter(self.constexprs.values())), self.num_warps)
 
 
 # ----------------------------------------------------------------------------- dtype tables
@@ -247,14 +263,17 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
         body, block, constexpr = r.pointwise(), _xblock(kernel.numel), "XBLOCK"
         grid = (math.ceil(kernel.numel / block),)
         num_warps = 8 if block >= 2048 else 4
+        layout, numel = "pointwise", kernel.numel
     elif kernel.reduced_numel <= persistent_limit:
         block = _next_power_of_2(kernel.reduced_numel)
         body, constexpr, grid = r.persistent(), "RBLOCK", (kernel.numel,)
         num_warps = min(16, max(1, block // 256))
+        layout, numel = "persistent", kernel.reduced_numel
     else:
         block, constexpr, grid = loop_rblock, "RBLOCK", (kernel.numel,)
         body = r.looped()
         num_warps = min(8, max(1, block // 256))
+        layout, numel = "looped", kernel.reduced_numel
     args = [f"{b.name}_ptr" for b in kernel.inputs] + [f"{b.name}_ptr" for b in kernel.outputs]
     signature = {f"{b.name}_ptr": POINTER[b.dtype] for b in kernel.inputs + kernel.outputs}
     signature[constexpr] = "constexpr"
@@ -269,7 +288,28 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
     lines = ["@triton.jit", f"def {kernel.name}({params}):"] + [f"    {x}" for x in body]
     source = "\n".join(header) + "\n\n" + "".join(helpers) + "\n".join(lines) + "\n"
     return TritonKernel(kernel.name, source, tuple(args), signature, {constexpr: block}, grid,
-                        num_warps)
+                        num_warps, layout, numel)
+
+
+def tuning_candidates(tk: TritonKernel) -> list[tuple]:
+    """(block size, warps) configurations worth timing for `tk` on a GPU, its own first; one
+    (its own) for kernels with nothing to tune. Its source is the same for each: the block is
+    a constexpr, and a pointwise kernel's grid follows it (`TritonKernel.with_config`)."""
+    own = tk.config
+    if tk.layout == "pointwise":
+        # small blocks fill the GPU's SMs on a 1 MB kernel, large ones amortize each program's
+        # index math on 100 MB; every thread keeps at least one 16-byte vector per access
+        more = [(512, 4), (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8)]
+        more = [(b, w) for b, w in more if b <= max(_next_power_of_2(tk.numel), own[0])]
+    elif tk.layout == "persistent":
+        block = own[0]                  # the whole row: fixed
+        more = [(block, w) for w in (own[1] // 2, own[1] * 2) if 1 <= w <= 16 and block >= 32 * w]
+    elif tk.layout == "looped":
+        more = [(512, 2), (1024, 4), (1024, 8), (2048, 8), (4096, 8), (4096, 16)]
+        more = [(b, w) for b, w in more if b <= max(_next_power_of_2(tk.numel), own[0])]
+    else:
+        more = []
+    return list(dict.fromkeys([own] + more))
 
 
 def _close_helpers(used: list) -> list:

@@ -28,8 +28,9 @@ from sys import getrefcount
 import numpy as np
 
 from kiln.codegen.kernel import Kernel, lower
-from kiln.codegen.triton import TritonKernel, render_triton
+from kiln.codegen.triton import TritonKernel, render_triton, tuning_candidates
 from kiln.ir.graph import Graph
+from kiln.runtime import triton_tune
 from kiln.runtime.device import cupy_module
 from kiln.runtime.triton_cuda import activate_cupy_driver
 
@@ -234,21 +235,36 @@ class CudaKernelLauncher:
     pointers stay the same (an executor keeps its output arrays from call to call); a new
     pointer prepares them again, and a new 16-byte alignment pattern (what Triton specializes
     pointers on) fetches the kernel built for it. `prepared` counts the preparations.
+
+    With `tune`, the first launch outside a CUDA graph capture settles the kernel's block size
+    and warps on this GPU (`kiln.runtime.triton_tune.settle`: recorded, or timed now); `tuning`
+    says how (None: not on a GPU, or nothing to choose).
     """
 
-    def __init__(self, tk: TritonKernel):
-        self.tk = tk
-        self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
-        self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
-        self.zero_outputs = getattr(tk, "zero_outputs", False)  # kiln.codegen.conv_triton
+    def __init__(self, tk: TritonKernel, tune: bool = True):
+        self._settle = tune and len(tuning_candidates(tk)) > 1
+        self.tuning = None
+        self._set_kernel(tk)
         self._current_stream = cupy_module().cuda.get_current_stream
-        self._pointers = None
-        self._aligned = None
         self._args = ()
         self._run = self._function = self._metadata = None
         self.prepared = 0
 
+    def _set_kernel(self, tk: TritonKernel) -> None:
+        self.tk = tk
+        self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
+        self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
+        self.zero_outputs = getattr(tk, "zero_outputs", False)  # kiln.codegen.conv_triton
+        self._pointers = self._aligned = None           # fetch the kernel built for it
+
     def __call__(self, inputs: list, outputs: list) -> None:
+        if self._settle and not self._capturing():
+            self._settle = False
+            tk, self.tuning = triton_tune.settle(
+                self.tk, inputs, outputs, lambda k: CudaKernelLauncher(k, tune=False),
+                self._builder(inputs, outputs))
+            if tk is not self.tk:
+                self._set_kernel(tk)
         pointers = tuple([a.data.ptr for a in inputs] + [a.data.ptr for a in outputs])
         if pointers != self._pointers:
             self.num_outputs = len(outputs)
@@ -259,6 +275,21 @@ class CudaKernelLauncher:
         gx, gy, gz = self.grid
         self._run(gx, gy, gz, self._current_stream().ptr, self._function, self._metadata,
                   None, None, None, *self._args)
+
+    def _capturing(self) -> bool:
+        """Whether the current stream is capturing a CUDA graph (no timing then)."""
+        try:
+            return bool(self._current_stream().is_capturing())
+        except Exception:
+            return True             # cannot tell: do not time anything now
+
+    @staticmethod
+    def _builder(inputs: list, outputs: list):
+        """Builds a candidate kernel for these arrays' dtypes and alignment."""
+        arrays = list(inputs) + list(outputs)
+        aligned = tuple(a.data.ptr % 16 == 0 for a in arrays)
+        specs = [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays]
+        return lambda k: compiled_kernel(k, aligned, specs, len(inputs))
 
     def _prepare(self, pointers: tuple, arrays: list) -> None:
         aligned = tuple(p % 16 == 0 for p in pointers)
