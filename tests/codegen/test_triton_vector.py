@@ -12,10 +12,10 @@ import pytest
 
 import kiln
 from kiln.codegen.kernel import lower
-from kiln.codegen.triton import render_triton, split_tail
+from kiln.codegen.triton import render_triton, split_tail, tuning_candidates
 from kiln.compiler import trace
 from kiln.ir.interpreter import interpret
-from kiln.runtime.triton_launch import build_one_for_gpu, run_kernel
+from kiln.runtime.triton_launch import build_for_gpu, build_one_for_gpu, launch, run_kernel
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,3 +104,58 @@ def test_sm90_ptx_loads_and_stores_16_bytes(n, dtype):
         assert len(loads) >= 2 and len(stores) >= 1
     else:
         assert all(a[1] == ".v4" for a in accesses), accesses
+
+
+# ----------------------------------------------------------------------------- tuning candidates
+
+TUNED = {   # name -> (function, input specs, render options)
+    "pointwise": (_gelu_add, [((4099,), kiln.float32), ((4099,), kiln.float32)], {}),
+    "persistent": (lambda x: kiln.nn.functional.softmax(x, -1), [((5, 700), kiln.float32)], {}),
+    "looped": (lambda x: kiln.nn.functional.log_softmax(x, -1), [((3, 5000), kiln.float32)],
+               {}),
+}
+
+
+@pytest.mark.parametrize("name", TUNED)
+def test_every_tuning_candidate_computes_what_the_ir_interpreter_does(name):
+    fn, specs, options = TUNED[name]
+    graph = _graph(fn, *specs)
+    tk = render_triton(lower(graph), **options)
+    assert tk.layout == name
+    candidates = tuning_candidates(tk)
+    assert candidates[0] == tk.config and len(candidates) == len(set(candidates)) >= 3
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(v.shape).astype(v.dtype.np) for v in graph.inputs]
+    (want,), _ = interpret(graph, arrays)
+    for block, warps in candidates:
+        k = tk.with_config(block, warps)
+        assert k.source == tk.source and k.num_warps == warps
+        assert k.grid == ((-(-tk.numel // block),) if name == "pointwise" else tk.grid)
+        out = np.empty_like(want)
+        launch(k, [np.ascontiguousarray(a) for a in arrays], [out])
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6, err_msg=str((block, warps)))
+
+
+def test_kernels_with_nothing_to_tune_have_one_candidate():
+    from kiln.codegen.triton import TritonKernel
+    conv_like = TritonKernel("k", "", ("x",), {"x": "*fp32"}, {"BLOCK_M": 64}, (4,), 4)
+    assert tuning_candidates(conv_like) == [(64, 4)]
+    # a row of 64: one warp per 32 elements at most, the block stays the row's
+    tk = render_triton(lower(_graph(lambda x: x.sum(-1), ((8, 64), kiln.float32))))
+    assert {b for b, _ in tuning_candidates(tk)} == {64}
+    assert all(32 * w <= 64 for _, w in tuning_candidates(tk))
+
+
+def test_tuning_candidates_build_for_sm90():
+    problem = _nvidia_problem()
+    if problem:
+        pytest.skip(problem)
+    fn, specs, _ = TUNED["looped"]
+    tk = render_triton(lower(_graph(fn, *specs)))
+    kernels = [tk.with_config(*c) for c in tuning_candidates(tk)]
+    builds = build_for_gpu(kernels, arch=90, workers=2)
+    assert len(builds) == len(kernels)
+    assert all(f".entry {tk.name}" in b.ptx and b.cubin[:4] == b"\x7fELF" for b in builds)
+    # each with its own warp count: 32 threads per warp
+    assert sorted(int(re.search(r"\.(?:req|max)ntid (\d+)", b.ptx).group(1)) for b in builds) == \
+        sorted(32 * k.num_warps for k in kernels)
