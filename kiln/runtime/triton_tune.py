@@ -110,34 +110,67 @@ def tuning_enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+_GPU_NAMES: dict = {}    # device id -> name (reading the properties takes a while)
+
+
 def gpu_name() -> str | None:
     """The current CUDA device's name ("NVIDIA H200"), or None where there is none to read
     (the tests' fake CUDA has no device properties)."""
     try:
         runtime = cupy_module().cuda.runtime
-        name = runtime.getDeviceProperties(runtime.getDevice())["name"]
+        device = runtime.getDevice()
+        name = _GPU_NAMES.get(device)
+        if name is None:
+            name = runtime.getDeviceProperties(device)["name"]
+            name = _GPU_NAMES[device] = name.decode() if isinstance(name, bytes) else str(name)
     except Exception:
         return None
-    return name.decode() if isinstance(name, bytes) else str(name)
+    return name
+
+
+SPIN_SOURCE = r"""
+extern "C" __global__ void kiln_spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
+_SPIN: list = []
 
 
 def event_timer(tk: TritonKernel, run: Callable[[], None]) -> float:
-    """Milliseconds per launch of `run` on the current stream, by CUDA events: the fastest of
-    three batches of `REPEAT` launches, after one launch that loads the kernel."""
+    """Milliseconds per launch of `run` on the current stream, by CUDA events around `REPEAT`
+    launches back to back: the fastest of three batches, after one launch that loads the kernel.
+
+    A spin kernel queued before each batch holds the GPU while Python queues the launches, so
+    the events time the kernels and not the launch overhead between them (a kernel of a few
+    microseconds would otherwise time the host); the spin doubles until it covers the queueing.
+    """
     cp = cupy_module()
     stream = cp.cuda.get_current_stream()
     run()
     stream.synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    best = float("inf")
-    for _ in range(3):
+    if not _SPIN:
+        runtime = cp.cuda.runtime
+        props = runtime.getDeviceProperties(runtime.getDevice())
+        # CUDA 13 dropped clockRate: 2 GHz is above any GPU's clock, so the spin is no shorter
+        _SPIN.append((cp.RawKernel(SPIN_SOURCE, "kiln_spin"),
+                      int(props.get("clockRate") or 2_000_000)))
+    spin, khz = _SPIN[0]
+    spin_ms, samples = 0.5, []
+    while len(samples) < 3:
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        spin((1,), (1,), (np.int64(spin_ms * khz),))
         start.record(stream)
         for _ in range(REPEAT):
             run()
         end.record(stream)
+        covered = not start.done        # still spinning: the launches went out back to back
         end.synchronize()
-        best = min(best, cp.cuda.get_elapsed_time(start, end) / REPEAT)
-    return best
+        if covered or spin_ms >= 64:
+            samples.append(cp.cuda.get_elapsed_time(start, end) / REPEAT)
+        else:
+            spin_ms *= 2
+    return min(samples)
 
 
 TIMER = event_timer     # (candidate kernel, run) -> ms; tests put a fake timer here
