@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -518,18 +519,22 @@ def build_for_gpu(kernels: list, arch: int = 90, workers: int | None = None,
 def prebuild(kernels: list) -> None:
     """Start building an executor's kernels for this process's GPU in the background, in
     parallel, for 16-byte aligned arguments (CuPy's allocations), so its first call finds them
-    built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs."""
+    built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs. A kernel's
+    launch configuration recorded on this GPU is built in place of its own, and every candidate
+    of one its first launch will time (`triton_tune.kernels_to_build`)."""
     for tk, subgraph in kernels:
         specs = [(tuple(v.shape), np.dtype(v.dtype.np))
                  for v in list(subgraph.inputs) + list(subgraph.outputs)]
         num_inputs = len(subgraph.inputs)
         aligned = (True,) * len(specs)
-        key = _compiled_key(tk, aligned, specs)
-        with _LOCK:
-            if key in _COMPILED or key in _BUILDING:
-                continue
-            # looked up now, not at import: the fake CUDA of the tests replaces it
-            _BUILDING[key] = _BUILDERS.submit(_build_kernel, tk, aligned, specs, num_inputs)
+        nbytes = sum(math.prod(shape) * d.itemsize for shape, d in specs)
+        for k in triton_tune.kernels_to_build(tk, nbytes):
+            key = _compiled_key(k, aligned, specs)
+            with _LOCK:
+                if key in _COMPILED or key in _BUILDING:
+                    continue
+                # looked up now, not at import: the fake CUDA of the tests replaces it
+                _BUILDING[key] = _BUILDERS.submit(_build_kernel, k, aligned, specs, num_inputs)
 
 
 _BUILDERS = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="kiln-prebuild")

@@ -209,6 +209,21 @@ def settle(tk: TritonKernel, inputs: list, outputs: list,
     return tk.with_config(*tuning.chosen), tuning
 
 
+def kernels_to_build(tk: TritonKernel, nbytes: int) -> list[TritonKernel]:
+    """The configurations of `tk` its first launch on this GPU will need built, for a kernel
+    moving `nbytes`: the recorded one, every candidate when it will be timed, else its own."""
+    candidates = tuning_candidates(tk)
+    gpu = gpu_name() if len(candidates) > 1 else None
+    if gpu is None:
+        return [tk]
+    saved = recorded_config(tk, gpu)
+    if saved is not None:
+        return [tk.with_config(*saved)]
+    if tuning_enabled() and nbytes >= MIN_BYTES:
+        return [tk.with_config(*c) for c in candidates]
+    return [tk]
+
+
 def _tune(tk: TritonKernel, gpu: str, kernels: list, inputs: list, outputs: list,
           launcher_for: Callable, build: Callable | None) -> Tuning:
     xp = cupy_module()
@@ -261,4 +276,5 @@ def _agree(xp, want: list, got: list) -> bool:
 
 
 __all__ = ["TIMER", "TUNED_CONFIGS", "Tuning", "config_key", "configs_path", "event_timer",
-           "gpu_name", "record_config", "recorded_config", "settle", "tuning_enabled"]
+           "gpu_name", "kernels_to_build", "record_config", "recorded_config", "settle",
+           "tuning_enabled"]

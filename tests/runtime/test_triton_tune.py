@@ -14,6 +14,7 @@ import pytest
 
 import kiln
 import kiln.nn.functional as F
+from kiln.codegen.triton import tuning_candidates
 from kiln.runtime import triton_launch, triton_tune
 
 N = 5000                    # elements: 2 blocks of 4096 at most, the last one partial
@@ -227,3 +228,39 @@ def test_the_fake_cuda_has_no_gpu_name():
     if "fake" not in cp.__version__:
         pytest.skip("a real GPU: tests/runtime/test_triton_tune_gpu.py tunes on it")
     assert triton_tune.gpu_name() is None
+
+
+@pytest.mark.gpu
+def test_the_executor_builds_ahead_the_configurations_its_first_launch_needs(timer, monkeypatch):
+    def started(compiled) -> tuple:
+        """(the program's Triton kernel, the configurations of it built or being built)."""
+        (entry,) = compiled.entries.values()
+        ((tk, sub),) = [(st[1], st[4]) for st in entry.executor.steps if st[0] == "triton"]
+        specs = [(tuple(v.shape), np.dtype(v.dtype.np))
+                 for v in list(sub.inputs) + list(sub.outputs)]
+        aligned = (True,) * len(specs)
+        with triton_launch._LOCK:
+            keys = set(triton_launch._COMPILED) | set(triton_launch._BUILDING)
+        return tk, {c for c in tuning_candidates(tk)
+                    if triton_launch._compiled_key(tk.with_config(*c), aligned, specs) in keys}
+
+    def later_process():
+        for future in list(triton_launch._BUILDING.values()):
+            future.result()
+        triton_launch.clear_memory_cache()
+        monkeypatch.setattr(triton_tune, "TUNED_CONFIGS", {})
+        monkeypatch.setattr(triton_tune, "_loaded", [False])
+    later_process()
+    x, y = _inputs()
+    compiled = kiln.compile(_fn)
+    compiled(x, y)                          # traces; making the executor starts the builds
+    tk, built = started(compiled)
+    assert built == set(tuning_candidates(tk))              # all: the first launch times them
+    compiled(x, y)
+    later_process()
+    compiled = kiln.compile(_fn)
+    compiled(x, y)
+    assert started(compiled)[1] == {FAST}                   # the recorded one only
+    np.testing.assert_allclose(compiled(x, y).cpu().numpy(), _fn(x, y).cpu().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert len(timer.timed) == len(tuning_candidates(tk))
