@@ -159,3 +159,25 @@ def test_tuning_candidates_build_for_sm90():
     # each with its own warp count: 32 threads per warp
     assert sorted(int(re.search(r"\.(?:req|max)ntid (\d+)", b.ptx).group(1)) for b in builds) == \
         sorted(32 * k.num_warps for k in kernels)
+
+
+def test_float32_tanh_is_within_2_ulp_of_torch_in_float64():
+    # Triton's own float32 tanh (`_tanh32`: a polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1)
+    # above), about half the instructions of the portable expm1 formula
+    torch = pytest.importorskip("torch")
+    x = np.concatenate([np.linspace(-20, 20, 40001), np.linspace(-0.7, 0.7, 20001),
+                        [0.0, 1e-30, -1e-30, 1e-5, 100.0, -100.0, np.inf, -np.inf, np.nan]]
+                       ).astype(np.float32)
+    graph = _graph(lambda t: t.tanh(), ((x.size,), kiln.float32))
+    src = render_triton(lower(graph)).source
+    assert "_tanh32(" in src and "_expm1" not in src
+    (got,) = run_kernel(graph, [x])
+    want = torch.tanh(torch.from_numpy(x.astype(np.float64))).numpy()
+    finite = np.isfinite(want)
+    ulp = np.spacing(np.abs(want[finite]).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[finite] - want[finite]) / ulp) <= 2
+    np.testing.assert_array_equal(got[~finite], want[~finite])         # NaN stays NaN
+    assert got[-3:-1].tolist() == [1.0, -1.0]                            # tanh(+-inf)
+    # float64 keeps the portable formula
+    assert "_tanh32" not in render_triton(lower(_graph(
+        lambda t: t.tanh(), ((16,), kiln.float64)))).source
