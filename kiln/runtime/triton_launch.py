@@ -237,9 +237,11 @@ class CudaKernelLauncher:
     pointer prepares them again, and a new 16-byte alignment pattern (what Triton specializes
     pointers on) fetches the kernel built for it. `prepared` counts the preparations.
 
-    With `tune`, the first launch outside a CUDA graph capture settles the kernel's block size
-    and warps on this GPU (`kiln.runtime.triton_tune.settle`: recorded, or timed now); `tuning`
-    says how (None: not on a GPU, or nothing to choose).
+    With `tune`, a launch outside a CUDA graph capture settles the kernel's block size and
+    warps on this GPU (`kiln.runtime.triton_tune.settle`: recorded, or timed once the
+    candidates are built; until then the kernel's own configuration launches and their builds
+    run in the background, so no call waits for them); `settled` says whether it is done and
+    `tuning` how (None: not on a GPU, or nothing to choose).
     """
 
     def __init__(self, tk: TritonKernel, tune: bool = True):
@@ -260,12 +262,7 @@ class CudaKernelLauncher:
 
     def __call__(self, inputs: list, outputs: list) -> None:
         if self._settle and not self._capturing():
-            self._settle = False
-            tk, self.tuning = triton_tune.settle(
-                self.tk, inputs, outputs, lambda k: CudaKernelLauncher(k, tune=False),
-                self._builder(inputs, outputs))
-            if tk is not self.tk:
-                self._set_kernel(tk)
+            self.settle(inputs, outputs, wait=False)
         pointers = tuple([a.data.ptr for a in inputs] + [a.data.ptr for a in outputs])
         if pointers != self._pointers:
             self.num_outputs = len(outputs)
@@ -284,13 +281,32 @@ class CudaKernelLauncher:
         except Exception:
             return True             # cannot tell: do not time anything now
 
-    @staticmethod
-    def _builder(inputs: list, outputs: list):
-        """Builds a candidate kernel for these arrays' dtypes and alignment."""
+    @property
+    def settled(self) -> bool:
+        """Whether the launch configuration is settled (nothing left to tune)."""
+        return not self._settle
+
+    def settle(self, inputs: list, outputs: list, wait: bool = True) -> bool:
+        """Settle the launch configuration on these arrays now (`wait`: for the candidates'
+        builds too; else only if they are built, starting those that are not). Whether it is
+        settled; outputs are not written."""
+        if not self._settle:
+            return True
         arrays = list(inputs) + list(outputs)
         aligned = tuple(a.data.ptr % 16 == 0 for a in arrays)
         specs = [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays]
-        return lambda k: compiled_kernel(k, aligned, specs, len(inputs))
+        n = len(inputs)
+        result = triton_tune.settle(
+            self.tk, inputs, outputs, lambda k: CudaKernelLauncher(k, tune=False),
+            lambda k: compiled_kernel(k, aligned, specs, n),
+            None if wait else lambda ks: builds_ready(ks, aligned, specs, n))
+        if result is None:
+            return False
+        self._settle = False
+        tk, self.tuning = result
+        if tk is not self.tk:
+            self._set_kernel(tk)
+        return True
 
     def _prepare(self, pointers: tuple, arrays: list) -> None:
         aligned = tuple(p % 16 == 0 for p in pointers)
@@ -350,6 +366,24 @@ def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: i
             with _LOCK:
                 _BUILDING.pop(key, None)
     return _build_kernel(tk, aligned, specs, num_inputs)
+
+
+def builds_ready(kernels: list, aligned: tuple, specs: list, num_inputs: int) -> bool:
+    """Whether every kernel is built for these arguments, without waiting: those not built
+    and not being built start building in the background."""
+    ready = True
+    with _LOCK:
+        for k in kernels:
+            key = _compiled_key(k, aligned, specs)
+            if key in _COMPILED:
+                continue
+            building = _BUILDING.get(key)
+            if building is None:
+                _BUILDING[key] = _BUILDERS.submit(_build_kernel, k, aligned, specs, num_inputs)
+                ready = False
+            elif not building.done():
+                ready = False
+    return ready
 
 
 def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):

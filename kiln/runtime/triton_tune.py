@@ -3,12 +3,15 @@ with, once per kernel and GPU, kept on disk for later processes.
 
 A pointwise or reduction kernel's source does not depend on its block size (a constexpr) or
 its warps, so `kiln.codegen.triton.tuning_candidates` offers a few (BLOCK, num_warps) pairs,
-its own first. On the first launch of a kernel on a real GPU (`CudaKernelLauncher`, which never
-settles while a CUDA graph is being captured: the warm-up call before the capture does it):
+its own first. On a kernel's first launch on a real GPU (`CudaKernelLauncher`, never while a
+CUDA graph is captured):
 
 - a configuration recorded for this kernel's source and this GPU's name is used as it is;
-- otherwise, when the kernel moves at least `MIN_BYTES` and `KILN_TRITON_TUNE` is not 0, each
-  candidate is built (in parallel), launched on the call's own inputs into scratch outputs,
+- otherwise, when the kernel moves at least `MIN_BYTES` and `KILN_TRITON_TUNE` is not 0, its
+  candidates are built in the background (executors start those builds when they are made) and
+  the kernel launches its own configuration, without waiting, until a launch finds them built
+  (`CudaGraphRunner` captures a program only once its kernels are settled); then each
+  candidate is launched on that call's inputs into scratch outputs,
   checked against the default's results and timed with CUDA events; the fastest is recorded
   (`triton_configs.json` beside the conv routes, through `kiln.codegen.tuned`) and used from
   then on. A candidate replaces the default only when `MARGIN` faster, so noise never does;
@@ -178,16 +181,19 @@ TIMER = event_timer     # (candidate kernel, run) -> ms; tests put a fake timer 
 
 def settle(tk: TritonKernel, inputs: list, outputs: list,
            launcher_for: Callable[[TritonKernel], Callable],
-           build: Callable[[TritonKernel], object] | None = None
-           ) -> tuple[TritonKernel, Tuning | None]:
+           build: Callable[[TritonKernel], object] | None = None,
+           ready: Callable[[list], bool] | None = None
+           ) -> tuple[TritonKernel, Tuning | None] | None:
     """The kernel to launch from now on in place of `tk` (itself, or the same source with
     another block size and warps), and how it was chosen (None: not on a GPU, or nothing to
-    choose).
+    choose); or None when the candidates are still being built (`ready` said so).
 
     Args:
-        inputs, outputs: the first launch's device arrays (outputs are not written here).
+        inputs, outputs: the launch's device arrays (outputs are not written here).
         launcher_for: a plain launcher `(inputs, outputs)` for a candidate kernel.
         build: builds a candidate for the GPU (called for all of them in parallel first).
+        ready: whether these candidates are built, without waiting (and starting the builds
+            of those that are not); None: wait for them.
     """
     candidates = tuning_candidates(tk)
     if len(candidates) < 2:
@@ -202,8 +208,10 @@ def settle(tk: TritonKernel, inputs: list, outputs: list,
         return tk.with_config(*saved), tuning
     if not tuning_enabled() or sum(a.nbytes for a in list(inputs) + list(outputs)) < MIN_BYTES:
         return tk, None
-    tuning = _tune(tk, gpu, [tk.with_config(*c) for c in candidates], inputs, outputs,
-                   launcher_for, build)
+    kernels = [tk.with_config(*c) for c in candidates]
+    if ready is not None and not ready(kernels):
+        return None
+    tuning = _tune(tk, gpu, kernels, inputs, outputs, launcher_for, build)
     record_config(tk, gpu, tuning.chosen)
     TUNINGS[tk.name] = tuning
     return tk.with_config(*tuning.chosen), tuning

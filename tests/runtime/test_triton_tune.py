@@ -49,6 +49,8 @@ def timer(monkeypatch, tmp_path):
     monkeypatch.setattr(triton_tune, "MIN_BYTES", 0)
     fake = FakeTimer()
     monkeypatch.setattr(triton_tune, "TIMER", fake)
+    _wait_for_builds()
+    triton_launch.clear_memory_cache()      # no kernel built by another test
     return fake
 
 
@@ -57,10 +59,17 @@ def _inputs(seed=0):
     return [kiln.tensor(rng.standard_normal(N, dtype=np.float32)).cuda() for _ in range(2)]
 
 
+def _wait_for_builds():
+    for future in list(triton_launch._BUILDING.values()):
+        future.result()
+
+
 def _run(inputs):
-    """(compiled result, eager result, the compiled program's Triton launchers)."""
+    """(compiled result, eager result, the compiled program's Triton launchers), its kernels'
+    builds (started when the executor is made) finished before the program's first run."""
     compiled = kiln.compile(_fn)
     compiled(*inputs)                   # traces
+    _wait_for_builds()
     got = compiled(*inputs)             # the first run of the compiled program
     (entry,) = compiled.entries.values()
     launchers = [s.launcher for s in entry.executor.triton_steps.values()]
@@ -207,8 +216,15 @@ def test_nothing_is_timed_during_capture_for_small_kernels_or_when_turned_off(ti
     graph.launch(stream)
     stream.synchronize()
     np.testing.assert_allclose(out.get(), _fn(x, y).cpu().numpy(), rtol=1e-5, atol=1e-6)
+    # outside it: the candidates are not built yet, so the kernel launches as it is and their
+    # builds start, without waiting; a launch that finds them built settles
     launcher([x._data, y._data], [out])
-    assert len(timer.timed) == 6 and launcher.tk.config == FAST
+    assert timer.timed == [] and not launcher.settled and launcher.tk.config == (1024, 4)
+    np.testing.assert_allclose(out.get(), _fn(x, y).cpu().numpy(), rtol=1e-5, atol=1e-6)
+    _wait_for_builds()
+    out[...] = 0
+    launcher([x._data, y._data], [out])
+    assert len(timer.timed) == 6 and launcher.settled and launcher.tk.config == FAST
     np.testing.assert_allclose(out.get(), _fn(x, y).cpu().numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -264,3 +280,35 @@ def test_the_executor_builds_ahead_the_configurations_its_first_launch_needs(tim
     np.testing.assert_allclose(compiled(x, y).cpu().numpy(), _fn(x, y).cpu().numpy(),
                                rtol=1e-5, atol=1e-6)
     assert len(timer.timed) == len(tuning_candidates(tk))
+
+
+@pytest.mark.gpu
+def test_a_graph_is_captured_once_the_kernels_are_settled(timer, monkeypatch):
+    import threading
+    monkeypatch.setenv("KILN_CUDA_GRAPHS", "1")
+    release = threading.Event()
+    build = triton_launch._build_kernel
+
+    def slow_build(tk, *args):          # the candidates' builds take until the test says
+        if tk.config != (1024, 4):
+            assert release.wait(30)
+        return build(tk, *args)
+    monkeypatch.setattr(triton_launch, "_build_kernel", slow_build)
+    compiled = kiln.compile(_fn)
+    batches = [_inputs(seed) for seed in range(6)]
+    compiled(*batches[0])               # traces; the executor starts the builds
+    (entry,) = compiled.entries.values()
+    for x, y in batches[1:3]:           # plain runs: the kernel waits for its candidates
+        np.testing.assert_allclose(compiled(x, y).cpu().numpy(), _fn(x, y).cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        assert entry.executor.cuda_graph.graph is None
+    ((launcher,),) = [[s.launcher for s in entry.executor.triton_steps.values()]]
+    assert not launcher.settled and timer.timed == []
+    release.set()
+    _wait_for_builds()
+    for i, (x, y) in enumerate(batches[3:]):   # settled in a plain run, then captured
+        np.testing.assert_allclose(compiled(x, y).cpu().numpy(), _fn(x, y).cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        assert launcher.settled and launcher.tk.config == FAST
+        assert (entry.executor.cuda_graph.graph is not None) == (i > 0)
+    assert len(timer.timed) == 6
