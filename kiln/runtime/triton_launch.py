@@ -246,6 +246,7 @@ class CudaKernelLauncher:
 
     def __init__(self, tk: TritonKernel, tune: bool = True):
         self._settle = tune and len(tuning_candidates(tk)) > 1
+        self.wait_for_builds = False    # set: the next launch waits for the candidates' builds
         self.tuning = None
         self._set_kernel(tk)
         self._current_stream = cupy_module().cuda.get_current_stream
@@ -262,7 +263,7 @@ class CudaKernelLauncher:
 
     def __call__(self, inputs: list, outputs: list) -> None:
         if self._settle and not self._capturing():
-            self.settle(inputs, outputs, wait=False)
+            self.settle(inputs, outputs, wait=self.wait_for_builds)
         pointers = tuple([a.data.ptr for a in inputs] + [a.data.ptr for a in outputs])
         if pointers != self._pointers:
             self.num_outputs = len(outputs)

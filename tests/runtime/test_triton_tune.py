@@ -312,3 +312,36 @@ def test_a_graph_is_captured_once_the_kernels_are_settled(timer, monkeypatch):
         assert launcher.settled and launcher.tk.config == FAST
         assert (entry.executor.cuda_graph.graph is not None) == (i > 0)
     assert len(timer.timed) == 6
+
+
+@pytest.mark.gpu
+def test_after_a_few_unsettled_calls_one_waits_for_the_builds_then_the_graph_is_captured(
+        timer, monkeypatch):
+    import threading
+
+    from kiln.runtime import cuda_graph
+    monkeypatch.setenv("KILN_CUDA_GRAPHS", "1")
+    monkeypatch.setattr(cuda_graph, "MAX_UNSETTLED_CALLS", 2)
+    release = threading.Event()
+    build = triton_launch._build_kernel
+
+    def slow_build(tk, *args):
+        if tk.config != (1024, 4):
+            assert release.wait(30)
+        return build(tk, *args)
+    monkeypatch.setattr(triton_launch, "_build_kernel", slow_build)
+    compiled = kiln.compile(_fn)
+    batches = [_inputs(seed) for seed in range(7)]
+    compiled(*batches[0])               # traces
+    (entry,) = compiled.entries.values()
+    graphs = []
+    for k, (x, y) in enumerate(batches[1:]):
+        if k == 3:                      # this call waits: the builds end while it does
+            threading.Timer(0.2, release.set).start()
+        np.testing.assert_allclose(compiled(x, y).cpu().numpy(), _fn(x, y).cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        graphs.append(entry.executor.cuda_graph.graph is not None)
+    (launcher,) = [s.launcher for s in entry.executor.triton_steps.values()]
+    # warm-up, 2 plain calls waiting, 1 that waits for the builds and times, then the graph
+    assert graphs == [False, False, False, False, True, True]
+    assert launcher.settled and launcher.tk.config == FAST and len(timer.timed) == 6
