@@ -556,20 +556,24 @@ def prebuild(kernels: list) -> None:
     parallel, for 16-byte aligned arguments (CuPy's allocations), so its first call finds them
     built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs. A kernel's
     launch configuration recorded on this GPU is built in place of its own, and every candidate
-    of one its first launch will time (`triton_tune.kernels_to_build`)."""
+    of one its first launch will time (`triton_tune.kernels_to_build`): those after every
+    kernel's first, which the first call waits for (the builders take them in order)."""
+    first, later = [], []
     for tk, subgraph in kernels:
         specs = [(tuple(v.shape), np.dtype(v.dtype.np))
                  for v in list(subgraph.inputs) + list(subgraph.outputs)]
-        num_inputs = len(subgraph.inputs)
-        aligned = (True,) * len(specs)
         nbytes = sum(math.prod(shape) * d.itemsize for shape, d in specs)
-        for k in triton_tune.kernels_to_build(tk, nbytes):
-            key = _compiled_key(k, aligned, specs)
-            with _LOCK:
-                if key in _COMPILED or key in _BUILDING:
-                    continue
-                # looked up now, not at import: the fake CUDA of the tests replaces it
-                _BUILDING[key] = _BUILDERS.submit(_build_kernel, k, aligned, specs, num_inputs)
+        head, *rest = triton_tune.kernels_to_build(tk, nbytes)
+        first.append((head, specs, len(subgraph.inputs)))
+        later += [(k, specs, len(subgraph.inputs)) for k in rest]
+    for k, specs, num_inputs in first + later:
+        aligned = (True,) * len(specs)
+        key = _compiled_key(k, aligned, specs)
+        with _LOCK:
+            if key in _COMPILED or key in _BUILDING:
+                continue
+            # looked up now, not at import: the fake CUDA of the tests replaces it
+            _BUILDING[key] = _BUILDERS.submit(_build_kernel, k, aligned, specs, num_inputs)
 
 
 _BUILDERS = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="kiln-prebuild")

@@ -345,3 +345,30 @@ def test_after_a_few_unsettled_calls_one_waits_for_the_builds_then_the_graph_is_
     # warm-up, 2 plain calls waiting, 1 that waits for the builds and times, then the graph
     assert graphs == [False, False, False, False, True, True]
     assert launcher.settled and launcher.tk.config == FAST and len(timer.timed) == 6
+
+
+@pytest.mark.gpu
+def test_prebuild_starts_every_kernels_own_configuration_before_any_candidate(timer,
+                                                                              monkeypatch):
+    from concurrent.futures import Future
+
+    from kiln.compiler import trace
+    order = []
+
+    class Recording:
+        def submit(self, fn, tk, *args):
+            order.append((tk.name, tk.config))
+            done = Future()
+            done.set_result(None)
+            return done
+    monkeypatch.setattr(triton_launch, "_BUILDERS", Recording())
+    graphs = [trace(_fn, *[kiln.randn(N)] * 2).graphs[0],
+              trace(lambda x: F.softmax(x, -1), kiln.randn(40, 500)).graphs[0]]
+    kernels = [(triton_launch.render(g), g) for g in graphs]
+    triton_launch.prebuild(kernels)
+    (a, _), (b, _) = kernels
+    assert order[:2] == [(a.name, a.config), (b.name, b.config)]
+    assert sorted(order[2:]) == sorted(
+        [(a.name, c) for c in tuning_candidates(a)[1:]] +
+        [(b.name, c) for c in tuning_candidates(b)[1:]])
+    triton_launch.clear_memory_cache()
