@@ -4,6 +4,11 @@ Each op's spelling lives in one table (`OPS`). Only `triton.language` functions 
 formulas are used (tanh, erf, expm1, log1p are written with exp/log), so the same source runs
 in Triton's interpreter and compiles for NVIDIA GPUs. float16 is loaded, computed in float32
 and rounded back on store and on casts.
+
+Accesses are written so Triton can move 16 bytes at a time (block offsets, no division in the
+contiguous case, full blocks unmasked where a mask would break the vectors). A kernel's block
+size is a constexpr and its warps a launch option, so the same source launches with any of
+`tuning_candidates` (`TritonKernel.with_config`); `kiln.runtime.triton_tune` picks one per GPU.
 """
 
 from __future__ import annotations

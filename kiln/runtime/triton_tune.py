@@ -234,6 +234,7 @@ def kernels_to_build(tk: TritonKernel, nbytes: int) -> list[TritonKernel]:
 
 def _tune(tk: TritonKernel, gpu: str, kernels: list, inputs: list, outputs: list,
           launcher_for: Callable, build: Callable | None) -> Tuning:
+    """Time `kernels` (the candidates, `tk`'s own first) on the launch's arrays; the choice."""
     xp = cupy_module()
     if build is not None:
         def build_quietly(k):
