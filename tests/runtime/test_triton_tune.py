@@ -104,6 +104,10 @@ def test_first_launch_times_the_candidates_and_keeps_the_fastest(timer):
         np.testing.assert_allclose(compiled_again(x, y).cpu().numpy(), _fn(x, y).cpu().numpy(),
                                    rtol=1e-5, atol=1e-6)
     assert len(timer.timed) == len(candidates)
+    # `kiln dump` and explain list the choice with the program's CUDA graph note
+    notes = kiln.compiler.cuda_graph_notes(compiled_again)
+    assert f"forward launch configuration {launcher.tk.name}: block 2048, 8 warps (recorded)" \
+        in notes
 
 
 @pytest.mark.gpu
