@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from kiln.codegen.common import (INFIX, Comments, compute_dtype, literal_dtype, operand_dtype,
                                  row_passes)
-from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
-                                 Reduce, Store, variables)
+from kiln.codegen.kernel import (ELEM, ROW, Compute, Const, Expr, Kernel, Literal, Load,
+                                 LoweringError, Reduce, Store, Var, variables)
 from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
@@ -42,14 +42,16 @@ class TritonKernel:
     constexprs: dict = field(hash=False)      # constexpr arg name -> value
     grid: tuple
     num_warps: int
-    layout: str = ""            # "pointwise", "persistent", "looped"; "" for other kernels
-    numel: int = 0              # pointwise: elements; reductions: the reduced row's length
+    layout: str = ""            # "pointwise", "persistent", "rows", "looped"; "" for others
+    numel: int = 0              # pointwise: elements; "rows": rows; others: the row's length
+    rblock: int = 0             # "rows": the block each row is reduced in
 
     def with_config(self, block: int, num_warps: int) -> "TritonKernel":
         """The same source launched with block size `block` (its one constexpr) and
         `num_warps` warps: a pointwise kernel's grid follows the block."""
         (name,) = self.constexprs
-        grid = (math.ceil(self.numel / block),) if self.layout == "pointwise" else self.grid
+        grid = (math.ceil(self.numel / block),) if self.layout in ("pointwise", "rows") \
+            else self.grid
         return dataclasses.replace(self, constexprs={name: block}, grid=grid,
                                    num_warps=num_warps)
 
@@ -289,6 +291,12 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
         grid = (math.ceil(kernel.numel / block),)
         num_warps = 8 if block >= 2048 else 4
         layout, numel = "pointwise", kernel.numel
+    elif kernel.reduced_numel <= persistent_limit and _rows_per_program(kernel) > 1:
+        rblock, block = _next_power_of_2(kernel.reduced_numel), _rows_per_program(kernel)
+        body, constexpr = r.persistent_rows(rblock), "XBLOCK"
+        grid = (math.ceil(kernel.numel / block),)
+        num_warps = min(8, max(1, block * rblock // 256))
+        layout, numel = "rows", kernel.numel
     elif kernel.reduced_numel <= persistent_limit:
         block = _next_power_of_2(kernel.reduced_numel)
         body, constexpr, grid = r.persistent(), "RBLOCK", (kernel.numel,)
@@ -313,7 +321,57 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
     lines = ["@triton.jit", f"def {kernel.name}({params}):"] + [f"    {x}" for x in body]
     source = "\n".join(header) + "\n\n" + "".join(helpers) + "\n".join(lines) + "\n"
     return TritonKernel(kernel.name, source, tuple(args), signature, {constexpr: block}, grid,
-                        num_warps, layout, numel)
+                        num_warps, layout, numel,
+                        _next_power_of_2(kernel.reduced_numel) if layout == "rows" else 0)
+
+
+ROWS_ELEMENTS = 8192        # a program reducing several rows holds at most this many elements
+
+
+def _rows_per_program(kernel: Kernel) -> int:
+    """How many rows one program of a reduction that fits one block reduces: 1 (a row each),
+    or more where a row each would waste the GPU's memory system: rows of at most 64 elements
+    (a program would move a few hundred bytes), or rows that are columns in memory (each load
+    `rindex * stride + row`: a program per column reads 4 of every 32 bytes it fetches, several
+    neighbouring columns per program read whole sectors). Not for argmax (its reduce pairs
+    values with indices) nor a single row."""
+    n, rows = kernel.reduced_numel, kernel.numel
+    if rows <= 1 or any(isinstance(s, Reduce) and s.op == "argmax" for s in kernel.body):
+        return 1
+    rblock = _next_power_of_2(n)
+    strided = any(isinstance(s, Load) and s.scope == ELEM and _strided(kernel, s.offset)
+                  for s in kernel.body)
+    if n > 64 and not strided:
+        return 1
+    # enough programs to fill the GPU where the rows allow; whole 32-byte sectors of columns
+    xblock = _next_power_of_2(max(1, rows // 256))
+    if strided:
+        xblock = max(xblock, 8)
+    return max(1, min(xblock, ROWS_ELEMENTS // rblock, _next_power_of_2(rows)))
+
+
+def _strided(kernel: Kernel, offset: Expr) -> bool:
+    """Whether an offset steps by more than 1 along the row (rindex) but by 1 from row to row:
+    the reduction runs down columns."""
+    def at(row: int, rindex: int) -> int:
+        env = {"row": row, "rindex": rindex}
+        for v in kernel.index_vars:
+            env[v.name] = _evaluate(v.expr(), env)
+        return _evaluate(offset, env)
+    if kernel.reduced_numel < 2:
+        return False
+    base = at(0, 0)
+    return at(0, 1) - base != 1 and at(1, 0) - base == 1
+
+
+def _evaluate(e: Expr, env: dict) -> int:
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return env[e.name]
+    a, b = _evaluate(e.a, env), _evaluate(e.b, env)
+    return {"+": a + b, "-": a - b, "*": a * b, "//": a // b if b else 0,
+            "%": a % b if b else 0}[e.op]
 
 
 def tuning_candidates(tk: TritonKernel) -> list[tuple]:
@@ -329,6 +387,11 @@ def tuning_candidates(tk: TritonKernel) -> list[tuple]:
     elif tk.layout == "persistent":
         block = own[0]                  # the whole row: fixed
         more = [(block, w) for w in (own[1] // 2, own[1] * 2) if 1 <= w <= 16 and block >= 32 * w]
+    elif tk.layout == "rows":
+        more = [(b, w) for b in (own[0] // 2, own[0] * 2, own[0] * 4) for w in (own[1],)
+                if 1 <= b <= max(_next_power_of_2(tk.numel), own[0]) and
+                b * tk.rblock <= 2 * ROWS_ELEMENTS]
+        more += [(own[0], w) for w in (own[1] // 2, own[1] * 2) if 1 <= w <= 16]
     elif tk.layout == "looped":
         more = [(512, 2), (1024, 4), (1024, 8), (2048, 8), (4096, 8), (4096, 16)]
         more = [(b, w) for b, w in more if b <= max(_next_power_of_2(tk.numel), own[0])]
@@ -371,6 +434,7 @@ class _Renderer:
         self.k = kernel
         self.comments = Comments("#")
         self.helpers: list = []
+        self.rows = False           # several rows per program (`persistent_rows`)
         self.wide = kernel.numel * max(kernel.reduced_numel, 1) >= 2 ** 31 or any(
             math.prod(b.shape) >= 2 ** 31 for b in kernel.inputs + kernel.outputs)
 
@@ -400,6 +464,21 @@ class _Renderer:
         n = self.k.reduced_numel
         pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
         out = [f"row = {pid}", "rindex = tl.arange(0, RBLOCK)", f"rmask = rindex < {n}"]
+        out += self._index_vars(ROW) + self._index_vars(ELEM)
+        for s in self.k.body:
+            out += self._stmt(s, "rmask")
+        return out
+
+    def persistent_rows(self, rblock: int) -> list:
+        """XBLOCK rows per program, each reduced in one block of `rblock`: values are
+        [XBLOCK, rblock] tiles, a row's values [XBLOCK, 1]."""
+        self.rows = True
+        n = self.k.reduced_numel
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        out = [f"row = ({pid} * XBLOCK + tl.arange(0, XBLOCK))[:, None]",
+               f"xmask = row < {self.k.numel}",
+               f"rindex = tl.arange(0, {rblock})[None, :]", f"rmask = rindex < {n}",
+               "rxmask = rmask & xmask"]
         out += self._index_vars(ROW) + self._index_vars(ELEM)
         for s in self.k.body:
             out += self._stmt(s, "rmask")
@@ -452,6 +531,8 @@ class _Renderer:
         return [f"{v.name} = {v.expr()}" for v in self.k.index_vars if v.scope == scope]
 
     def _stmt(self, s, mask: str | None) -> list:
+        if self.rows and isinstance(s, (Load, Store)):
+            return self._rows_access(s)
         if isinstance(s, Load):
             buf = self.k.inputs[s.buffer]
             masked = s.scope == ELEM and mask
@@ -473,6 +554,33 @@ class _Renderer:
             return self.comments(s) + [
                 f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
         return self.comments(s) + [f"{s.dest} = {self._compute(s)}"]
+
+    def _rows_access(self, s) -> list:
+        """A load or store of a program of several rows: element accesses as [XBLOCK, RBLOCK]
+        tiles under both masks; a row's, under the row mask where it depends on the row."""
+        text = _expr(s.offset)
+        names = variables(s.offset)
+        row_vars = {"row"} | {v.name for v in self.k.index_vars if v.scope == ROW}
+        elem_vars = {"rindex"} | {v.name for v in self.k.index_vars if v.scope == ELEM}
+        if s.scope == ELEM:
+            mask = "rxmask"
+            text += "" if names & elem_vars else " + 0 * rindex"
+            text += "" if names & row_vars else " + 0 * row"
+        else:
+            mask = "xmask" if names & row_vars else None
+        if isinstance(s, Load):
+            buf = self.k.inputs[s.buffer]
+            load = f"tl.load({buf.name}_ptr + {text}" + (
+                f", mask={mask}, other=0)" if mask else ")")
+            if s.dtype is dt.float16:
+                load += ".to(tl.float32)"
+            return [f"{s.dest} = {load}"]
+        buf = self.k.outputs[s.buffer]
+        value = s.src if isinstance(s.src, str) else str(s.src)
+        if s.dtype is dt.float16:
+            value = f"{value}.to(tl.float16)"
+        return [f"tl.store({buf.name}_ptr + {text}, {value}"
+                + (f", mask={mask})" if mask else ")")]
 
     def _offset(self, s, mask: str | None) -> str:
         """A load's or store's offset; under `mask` a block like the mask, even where the offset
@@ -520,6 +628,8 @@ class _Renderer:
             self.helpers.append(combine)
         if s.op == "argmax":
             return f"tl.reduce(({src}, rindex), 0, {combine})[1].to(tl.int64)"
+        if self.rows:
+            return f"tl.reduce({src}, 1, {combine}, keep_dims=True)"
         return f"tl.reduce({src}, 0, {combine})"
 
 

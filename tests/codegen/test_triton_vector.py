@@ -113,6 +113,7 @@ TUNED = {   # name -> (function, input specs, render options)
     "persistent": (lambda x: kiln.nn.functional.softmax(x, -1), [((5, 700), kiln.float32)], {}),
     "looped": (lambda x: kiln.nn.functional.log_softmax(x, -1), [((3, 5000), kiln.float32)],
                {}),
+    "rows": (lambda x: (x * x).sum(0), [((300, 70), kiln.float32)], {}),      # column sums
 }
 
 
@@ -130,7 +131,8 @@ def test_every_tuning_candidate_computes_what_the_ir_interpreter_does(name):
     for block, warps in candidates:
         k = tk.with_config(block, warps)
         assert k.source == tk.source and k.num_warps == warps
-        assert k.grid == ((-(-tk.numel // block),) if name == "pointwise" else tk.grid)
+        assert k.grid == ((-(-tk.numel // block),) if name in ("pointwise", "rows")
+                          else tk.grid)
         out = np.empty_like(want)
         launch(k, [np.ascontiguousarray(a) for a in arrays], [out])
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6, err_msg=str((block, warps)))
@@ -181,3 +183,60 @@ def test_float32_tanh_is_within_2_ulp_of_torch_in_float64():
     # float64 keeps the portable formula
     assert "_tanh32" not in render_triton(lower(_graph(
         lambda t: t.tanh(), ((16,), kiln.float64)))).source
+
+
+
+# ----------------------------------------------------------------------------- several rows
+
+def test_column_sums_and_short_rows_take_several_rows_per_program():
+    F = kiln.nn.functional
+    col = render_triton(lower(_graph(lambda x: x.sum(0), ((512, 64), kiln.float32))))
+    assert col.layout == "rows" and col.constexprs == {"XBLOCK": 8} and col.grid == (8,)
+    assert "row = (tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK))[:, None]" in col.source
+    assert "tl.reduce(" in col.source and ", 1, _sum_combine, keep_dims=True)" in col.source
+    short = render_triton(lower(_graph(lambda x: F.softmax(x, -1), ((4096, 10), kiln.float32))))
+    assert short.layout == "rows" and short.grid == (256,)              # 16 rows each
+    for fn, shape in ((lambda x: x.sum(-1), (512, 300)), (lambda x: x.argmax(-1), (512, 10)),
+                      (lambda x: x.sum(0), (512, 1))):
+        assert render_triton(lower(_graph(fn, (shape, kiln.float32)))).layout == "persistent"
+
+
+@pytest.mark.parametrize("xblock", [4, 32])
+def test_every_reduction_case_in_several_rows_per_program_matches_the_ir_interpreter(
+        monkeypatch, xblock):
+    from kiln.codegen import triton as renderer
+    from tests.codegen.cases import CASES
+    monkeypatch.setattr(renderer, "_rows_per_program", lambda k: 1 if k.numel <= 1 or any(
+        getattr(s, "op", None) == "argmax" for s in k.body) else xblock)
+    checked = 0
+    for case in CASES:
+        graph = case.graph()
+        try:
+            tk = render_triton(lower(graph), **case.options)
+        except Exception:
+            continue                        # not generated: test_triton_codegen says why
+        if tk.layout != "rows":
+            continue
+        arrays = case.arrays(seed=1)
+        want, _ = interpret(graph, arrays)
+        for g, w in zip(run_kernel(graph, arrays, **case.options), want):
+            if w.dtype.kind in "biu":
+                np.testing.assert_array_equal(g, w, err_msg=case.name)
+            else:
+                np.testing.assert_allclose(g, w, rtol=case.rtol, atol=case.atol,
+                                           err_msg=case.name)
+        checked += 1
+    assert checked >= 15
+
+
+def test_sm90_column_sums_load_16_bytes_with_several_rows_per_program(monkeypatch):
+    problem = _nvidia_problem()
+    if problem:
+        pytest.skip(problem)
+    from kiln.codegen import triton as renderer
+    graph = _graph(lambda x: x.sum(0), ((512, 64), kiln.float32))
+    tiles = build_one_for_gpu(render_triton(lower(graph)), 90).ptx
+    assert any(a[0] == "ld" and a[1] for a in _accesses(tiles)), _accesses(tiles)
+    monkeypatch.setattr(renderer, "_rows_per_program", lambda k: 1)     # a column each
+    columns = build_one_for_gpu(render_triton(lower(graph)), 90).ptx
+    assert not any(a[0] == "ld" and a[1] for a in _accesses(columns)), _accesses(columns)
