@@ -202,6 +202,7 @@ class KernelTiming:
     subgraph: object        # the fused group it computes: its inputs and outputs are buffers
     nbytes: int = 0         # read and written per launch
     ms: float = math.nan
+    config: tuple = ()      # (block, warps) it launched with
 
     @property
     def kind(self) -> str:
@@ -241,12 +242,20 @@ def kernel_arrays(subgraph, xp) -> tuple[list, list]:
 
 
 def time_kernel(fk: KernelTiming, xp, backend: str, timer) -> None:
-    """Launch the kernel alone on random inputs; set its bytes moved and `timer(run)` in ms."""
+    """Launch the kernel alone on random inputs; set its bytes moved and `timer(run)` in ms.
+
+    One launcher, as the executors keep: its first launch compiles the kernel (or loads it from
+    the cache) and, on a GPU, settles its block size and warps (`kiln.runtime.triton_tune`:
+    recorded when the workload ran, or timed now), so what is timed is the tuned kernel."""
     inputs, outputs = kernel_arrays(fk.subgraph, xp)
+    launcher = triton_launch.kernel_launcher(fk.kernel, backend)
 
     def run():
-        triton_launch.launch(fk.kernel, inputs, outputs, backend)
-    run()                   # compiles it (or loads it from the cache)
+        launcher(inputs, outputs)
+    if hasattr(launcher, "settle"):
+        launcher.settle(inputs, outputs)        # waiting for the candidates' builds
+    run()
+    fk.config = launcher.tk.config
     fk.nbytes = sum(a.nbytes for a in inputs + outputs)
     fk.ms = timer(run)
 
@@ -254,15 +263,17 @@ def time_kernel(fk: KernelTiming, xp, backend: str, timer) -> None:
 def print_kernels(kernels: list[KernelTiming], copy_gbs: float, how: str) -> None:
     print(f"\nfused kernels launched alone ({how}); bandwidth = bytes read and written / time; "
           f"copy = {copy_gbs:.0f} GB/s")
-    header = (f"  {'workload':24s} {'part':8s} {'kernel':44s} {'kind':9s} {'MB':>9s} "
-              f"{'us':>9s} {'GB/s':>7s} {'of copy':>8s}")
+    header = (f"  {'workload':24s} {'part':8s} {'kernel':44s} {'kind':9s} {'block/warps':>11s} "
+              f"{'MB':>9s} {'us':>9s} {'GB/s':>7s} {'of copy':>8s}")
     print(header)
     print("  " + "-" * (len(header) - 2))
     for fk in kernels:
         gbs = fk.nbytes / (fk.ms * 1e-3) / 1e9
         small = "   (< 1 MB: not in the summary)" if fk.nbytes < BIG_KERNEL else ""
+        config = "/".join(map(str, fk.config))
         print(f"  {fk.workload:24s} {fk.part:8s} {fk.kernel.name[:44]:44s} {fk.kind:9s} "
-              f"{fk.nbytes / 1e6:9.2f} {fk.ms * 1e3:9.1f} {gbs:7.0f} {gbs / copy_gbs:8.0%}{small}")
+              f"{config:>11s} {fk.nbytes / 1e6:9.2f} {fk.ms * 1e3:9.1f} {gbs:7.0f} "
+              f"{gbs / copy_gbs:8.0%}{small}")
     big = [fk for fk in kernels if fk.nbytes >= BIG_KERNEL]
     if not big:
         return

@@ -21,7 +21,6 @@ The lowered program says which route each product took and why (`kiln dump`, `ex
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from kiln.codegen.conv_triton import DTYPES, ConvGeometry, contiguous_strides, \
     render_conv_kernel
+from kiln.codegen.tuned import load_choices, save_choices, tuning_root
 from kiln.ir.graph import Graph
 from kiln.ir.ops import PRIMITIVES
 
@@ -45,9 +45,7 @@ _loaded = [False]
 
 def routes_path() -> Path:
     """The file the measured routes are kept in (beside the kernel cache)."""
-    root = os.environ.get("KILN_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "kiln")
-    return Path(root) / "conv_routes.json"
+    return tuning_root() / "conv_routes.json"
 
 
 def route_key(kind: str, geometry: ConvGeometry, dtype) -> str:
@@ -65,23 +63,15 @@ def record_route(kind: str, geometry: ConvGeometry, dtype, route: str, save: boo
     MEASURED_ROUTES[route_key(kind, geometry, dtype)] = {
         "route": route, "blocks": None if blocks is None else list(blocks)}
     if save:
-        path = routes_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(MEASURED_ROUTES, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        save_choices(routes_path(), MEASURED_ROUTES, _valid_entry)
 
 
 def _load_measured() -> None:
     if _loaded[0]:
         return
     _loaded[0] = True
-    try:
-        saved = json.loads(routes_path().read_text())
-    except (OSError, ValueError):
-        return              # none measured yet, or an unreadable file: measure again
-    if isinstance(saved, dict):
-        MEASURED_ROUTES.update({k: v for k, v in saved.items() if _valid_entry(v)})
+    # none measured yet, or an unreadable file: nothing (measure again)
+    MEASURED_ROUTES.update(load_choices(routes_path(), _valid_entry))
 
 
 def _valid_entry(entry) -> bool:

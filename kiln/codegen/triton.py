@@ -4,17 +4,23 @@ Each op's spelling lives in one table (`OPS`). Only `triton.language` functions 
 formulas are used (tanh, erf, expm1, log1p are written with exp/log), so the same source runs
 in Triton's interpreter and compiles for NVIDIA GPUs. float16 is loaded, computed in float32
 and rounded back on store and on casts.
+
+Accesses are written so Triton can move 16 bytes at a time (block offsets, no division in the
+contiguous case, full blocks unmasked where a mask would break the vectors). A kernel's block
+size is a constexpr and its warps a launch option, so the same source launches with any of
+`tuning_candidates` (`TritonKernel.with_config`); `kiln.runtime.triton_tune` picks one per GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from kiln.codegen.common import (INFIX, Comments, compute_dtype, literal_dtype, operand_dtype,
                                  row_passes)
-from kiln.codegen.kernel import (ELEM, ROW, Compute, Expr, Kernel, Literal, Load, LoweringError,
-                                 Reduce, Store, variables)
+from kiln.codegen.kernel import (ELEM, ROW, Compute, Const, Expr, Kernel, Literal, Load,
+                                 LoweringError, Reduce, Store, Var, variables)
 from kiln.codegen.scalar import Dialect, decompositions, function_body
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
@@ -22,6 +28,7 @@ from kiln.ir.ops import PRIMITIVES
 
 PERSISTENT_LIMIT = 4096        # rows up to this long are reduced in one block
 LOOP_RBLOCK = 1024
+SPLIT_TAIL_MIN = 4096          # pointwise kernels longer than this split off their last block
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,23 @@ class TritonKernel:
     constexprs: dict = field(hash=False)      # constexpr arg name -> value
     grid: tuple
     num_warps: int
+    layout: str = ""            # "pointwise", "persistent", "rows", "looped"; "" for others
+    numel: int = 0              # pointwise: elements; "rows": rows; others: the row's length
+    rblock: int = 0             # "rows": the block each row is reduced in
+
+    def with_config(self, block: int, num_warps: int) -> "TritonKernel":
+        """The same source launched with block size `block` (its one constexpr) and
+        `num_warps` warps: a pointwise kernel's grid follows the block."""
+        (name,) = self.constexprs
+        grid = (math.ceil(self.numel / block),) if self.layout in ("pointwise", "rows") \
+            else self.grid
+        return dataclasses.replace(self, constexprs={name: block}, grid=grid,
+                                   num_warps=num_warps)
+
+    @property
+    def config(self) -> tuple:
+        """(block size, warps) this kernel launches with."""
+        return (next(iter(self.constexprs.values())), self.num_warps)
 
 
 # ----------------------------------------------------------------------------- dtype tables
@@ -102,6 +126,8 @@ OPS = {
     "sign": _float_or(_scalar("sign"),
                       lambda a, d, s: f"tl.where({a[0]} > 0, 1, tl.where({a[0]} < 0, -1, 0))"),
     "exp": lambda a, d, s: f"tl.exp({a[0]})",
+    # float32 tanh in half the instructions of the portable formula (float64 keeps that one)
+    "tanh": lambda a, d, s: f"_tanh({a[0]})" if s.dtype is dt.float64 else f"_tanh32({a[0]})",
     "log": lambda a, d, s: f"tl.log({a[0]})",
     "sqrt": lambda a, d, s: f"tl.sqrt({a[0]})",
     "sin": lambda a, d, s: f"tl.sin({a[0]})",
@@ -147,6 +173,24 @@ def _expm1(x):
     u = tl.exp(x)
     um1 = u - 1.0
     return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / tl.log(u)))
+''',
+    "_tanh32": '''
+@triton.jit
+def _tanh32(x):
+    # float32 tanh within 2 ulp: an odd polynomial (least-squares fit of tanh(x) / x on
+    # [0, 0.625], made minimax by reweighting) below 0.625, where 1 - 2 / (exp(2|x|) + 1)
+    # would cancel; that formula above (exp overflows to inf for large |x|: the result is 1)
+    a = tl.abs(x)
+    s = x * x
+    p = -5.70498872e-3
+    p = p * s + 2.06390899e-2
+    p = p * s - 5.37397154e-2
+    p = p * s + 1.33314416e-1
+    p = p * s - 3.33332807e-1
+    small = a + a * s * p
+    big = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
+    t = tl.where(a < 0.625, small, big)
+    return tl.where(x < 0.0, -t, t)
 ''',
     "_trunc": '''
 @triton.jit
@@ -246,14 +290,23 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
         body, block, constexpr = r.pointwise(), _xblock(kernel.numel), "XBLOCK"
         grid = (math.ceil(kernel.numel / block),)
         num_warps = 8 if block >= 2048 else 4
+        layout, numel = "pointwise", kernel.numel
+    elif kernel.reduced_numel <= persistent_limit and _rows_per_program(kernel) > 1:
+        rblock, block = _next_power_of_2(kernel.reduced_numel), _rows_per_program(kernel)
+        body, constexpr = r.persistent_rows(rblock), "XBLOCK"
+        grid = (math.ceil(kernel.numel / block),)
+        num_warps = min(8, max(1, block * rblock // 256))
+        layout, numel = "rows", kernel.numel
     elif kernel.reduced_numel <= persistent_limit:
         block = _next_power_of_2(kernel.reduced_numel)
         body, constexpr, grid = r.persistent(), "RBLOCK", (kernel.numel,)
         num_warps = min(16, max(1, block // 256))
+        layout, numel = "persistent", kernel.reduced_numel
     else:
         block, constexpr, grid = loop_rblock, "RBLOCK", (kernel.numel,)
         body = r.looped()
         num_warps = min(8, max(1, block // 256))
+        layout, numel = "looped", kernel.reduced_numel
     args = [f"{b.name}_ptr" for b in kernel.inputs] + [f"{b.name}_ptr" for b in kernel.outputs]
     signature = {f"{b.name}_ptr": POINTER[b.dtype] for b in kernel.inputs + kernel.outputs}
     signature[constexpr] = "constexpr"
@@ -268,7 +321,83 @@ def render_triton(kernel: Kernel, persistent_limit: int = PERSISTENT_LIMIT,
     lines = ["@triton.jit", f"def {kernel.name}({params}):"] + [f"    {x}" for x in body]
     source = "\n".join(header) + "\n\n" + "".join(helpers) + "\n".join(lines) + "\n"
     return TritonKernel(kernel.name, source, tuple(args), signature, {constexpr: block}, grid,
-                        num_warps)
+                        num_warps, layout, numel,
+                        _next_power_of_2(kernel.reduced_numel) if layout == "rows" else 0)
+
+
+ROWS_ELEMENTS = 8192        # a program reducing several rows holds at most this many elements
+
+
+def _rows_per_program(kernel: Kernel) -> int:
+    """How many rows one program of a reduction that fits one block reduces: 1 (a row each),
+    or more where a row each would waste the GPU's memory system: rows of at most 64 elements
+    (a program would move a few hundred bytes), or rows that are columns in memory (each load
+    `rindex * stride + row`: a program per column reads 4 of every 32 bytes it fetches, several
+    neighbouring columns per program read whole sectors). Not for argmax (its reduce pairs
+    values with indices) nor a single row."""
+    n, rows = kernel.reduced_numel, kernel.numel
+    if rows <= 1 or any(isinstance(s, Reduce) and s.op == "argmax" for s in kernel.body):
+        return 1
+    rblock = _next_power_of_2(n)
+    strided = any(isinstance(s, Load) and s.scope == ELEM and _strided(kernel, s.offset)
+                  for s in kernel.body)
+    if n > 64 and not strided:
+        return 1
+    # enough programs to fill the GPU where the rows allow; whole 32-byte sectors of columns
+    xblock = _next_power_of_2(max(1, rows // 256))
+    if strided:
+        xblock = max(xblock, 8)
+    return max(1, min(xblock, ROWS_ELEMENTS // rblock, _next_power_of_2(rows)))
+
+
+def _strided(kernel: Kernel, offset: Expr) -> bool:
+    """Whether an offset steps by more than 1 along the row (rindex) but by 1 from row to row:
+    the reduction runs down columns."""
+    def at(row: int, rindex: int) -> int:
+        env = {"row": row, "rindex": rindex}
+        for v in kernel.index_vars:
+            env[v.name] = _evaluate(v.expr(), env)
+        return _evaluate(offset, env)
+    if kernel.reduced_numel < 2:
+        return False
+    base = at(0, 0)
+    return at(0, 1) - base != 1 and at(1, 0) - base == 1
+
+
+def _evaluate(e: Expr, env: dict) -> int:
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return env[e.name]
+    a, b = _evaluate(e.a, env), _evaluate(e.b, env)
+    return {"+": a + b, "-": a - b, "*": a * b, "//": a // b if b else 0,
+            "%": a % b if b else 0}[e.op]
+
+
+def tuning_candidates(tk: TritonKernel) -> list[tuple]:
+    """(block size, warps) configurations worth timing for `tk` on a GPU, its own first; one
+    (its own) for kernels with nothing to tune. Its source is the same for each: the block is
+    a constexpr, and a pointwise kernel's grid follows it (`TritonKernel.with_config`)."""
+    own = tk.config
+    if tk.layout == "pointwise":
+        # small blocks fill the GPU's SMs on a 1 MB kernel, large ones amortize each program's
+        # index math on 100 MB; every thread keeps at least one 16-byte vector per access
+        more = [(512, 4), (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8)]
+        more = [(b, w) for b, w in more if b <= max(_next_power_of_2(tk.numel), own[0])]
+    elif tk.layout == "persistent":
+        block = own[0]                  # the whole row: fixed
+        more = [(block, w) for w in (own[1] // 2, own[1] * 2) if 1 <= w <= 16 and block >= 32 * w]
+    elif tk.layout == "rows":
+        more = [(b, w) for b in (own[0] // 2, own[0] * 2, own[0] * 4) for w in (own[1],)
+                if 1 <= b <= max(_next_power_of_2(tk.numel), own[0]) and
+                b * tk.rblock <= 2 * ROWS_ELEMENTS]
+        more += [(own[0], w) for w in (own[1] // 2, own[1] * 2) if 1 <= w <= 16]
+    elif tk.layout == "looped":
+        more = [(512, 2), (1024, 4), (1024, 8), (2048, 8), (4096, 8), (4096, 16)]
+        more = [(b, w) for b, w in more if b <= max(_next_power_of_2(tk.numel), own[0])]
+    else:
+        more = []
+    return list(dict.fromkeys([own] + more))
 
 
 def _close_helpers(used: list) -> list:
@@ -289,6 +418,13 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def split_tail(numel: int) -> bool:
+    """Whether a pointwise kernel over `numel` elements runs its full blocks unmasked: when the
+    mask would break 16-byte vectors (numel not a multiple of 16) and there is more than one
+    block's worth of elements (small kernels are launch-bound: one body is enough)."""
+    return numel % 16 != 0 and numel > SPLIT_TAIL_MIN
+
+
 def _xblock(numel: int) -> int:
     return min(1024, max(16, _next_power_of_2(numel)))
 
@@ -298,23 +434,51 @@ class _Renderer:
         self.k = kernel
         self.comments = Comments("#")
         self.helpers: list = []
+        self.rows = False           # several rows per program (`persistent_rows`)
         self.wide = kernel.numel * max(kernel.reduced_numel, 1) >= 2 ** 31 or any(
             math.prod(b.shape) >= 2 ** 31 for b in kernel.inputs + kernel.outputs)
 
     # -------------------------------------------------------------- kernel shapes
     def pointwise(self) -> list:
         pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
-        out = [f"xindex = {pid} * XBLOCK + tl.arange(0, XBLOCK)",
-               f"xmask = xindex < {self.k.numel}"]
-        out += self._index_vars(ELEM)
+        n = self.k.numel
+        if not split_tail(n):
+            out = [f"xindex = {pid} * XBLOCK + tl.arange(0, XBLOCK)", f"xmask = xindex < {n}"]
+            out += self._index_vars(ELEM)
+            for s in self.k.body:
+                out += self._stmt(s, "xmask")
+            return out
+        # Triton vectorizes a masked access only when the mask is constant over 16 bytes, which
+        # `xindex < n` is not for n off a multiple of 16: full blocks go unmasked (16-byte loads
+        # and stores), the one partial block at the end masked
+        full, tail = self._index_vars(ELEM), self._index_vars(ELEM)
         for s in self.k.body:
-            out += self._stmt(s, "xmask")
-        return out
+            full += self._stmt(s, None)
+            tail += self._stmt(s, "xmask")
+        return ([f"xoffset = {pid} * XBLOCK", "xindex = xoffset + tl.arange(0, XBLOCK)",
+                 f"if xoffset + XBLOCK <= {n}:", "    # a full block"]
+                + [f"    {x}" for x in full]
+                + ["else:", f"    xmask = xindex < {n}"] + [f"    {x}" for x in tail])
 
     def persistent(self) -> list:
         n = self.k.reduced_numel
         pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
         out = [f"row = {pid}", "rindex = tl.arange(0, RBLOCK)", f"rmask = rindex < {n}"]
+        out += self._index_vars(ROW) + self._index_vars(ELEM)
+        for s in self.k.body:
+            out += self._stmt(s, "rmask")
+        return out
+
+    def persistent_rows(self, rblock: int) -> list:
+        """XBLOCK rows per program, each reduced in one block of `rblock`: values are
+        [XBLOCK, rblock] tiles, a row's values [XBLOCK, 1]."""
+        self.rows = True
+        n = self.k.reduced_numel
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        out = [f"row = ({pid} * XBLOCK + tl.arange(0, XBLOCK))[:, None]",
+               f"xmask = row < {self.k.numel}",
+               f"rindex = tl.arange(0, {rblock})[None, :]", f"rmask = rindex < {n}",
+               "rxmask = rmask & xmask"]
         out += self._index_vars(ROW) + self._index_vars(ELEM)
         for s in self.k.body:
             out += self._stmt(s, "rmask")
@@ -367,6 +531,8 @@ class _Renderer:
         return [f"{v.name} = {v.expr()}" for v in self.k.index_vars if v.scope == scope]
 
     def _stmt(self, s, mask: str | None) -> list:
+        if self.rows and isinstance(s, (Load, Store)):
+            return self._rows_access(s)
         if isinstance(s, Load):
             buf = self.k.inputs[s.buffer]
             masked = s.scope == ELEM and mask
@@ -388,6 +554,33 @@ class _Renderer:
             return self.comments(s) + [
                 f"{s.dest} = " + self._reduce_text(s, f"tl.where(rmask, {s.src}, {ident})")]
         return self.comments(s) + [f"{s.dest} = {self._compute(s)}"]
+
+    def _rows_access(self, s) -> list:
+        """A load or store of a program of several rows: element accesses as [XBLOCK, RBLOCK]
+        tiles under both masks; a row's, under the row mask where it depends on the row."""
+        text = _expr(s.offset)
+        names = variables(s.offset)
+        row_vars = {"row"} | {v.name for v in self.k.index_vars if v.scope == ROW}
+        elem_vars = {"rindex"} | {v.name for v in self.k.index_vars if v.scope == ELEM}
+        if s.scope == ELEM:
+            mask = "rxmask"
+            text += "" if names & elem_vars else " + 0 * rindex"
+            text += "" if names & row_vars else " + 0 * row"
+        else:
+            mask = "xmask" if names & row_vars else None
+        if isinstance(s, Load):
+            buf = self.k.inputs[s.buffer]
+            load = f"tl.load({buf.name}_ptr + {text}" + (
+                f", mask={mask}, other=0)" if mask else ")")
+            if s.dtype is dt.float16:
+                load += ".to(tl.float32)"
+            return [f"{s.dest} = {load}"]
+        buf = self.k.outputs[s.buffer]
+        value = s.src if isinstance(s.src, str) else str(s.src)
+        if s.dtype is dt.float16:
+            value = f"{value}.to(tl.float16)"
+        return [f"tl.store({buf.name}_ptr + {text}, {value}"
+                + (f", mask={mask})" if mask else ")")]
 
     def _offset(self, s, mask: str | None) -> str:
         """A load's or store's offset; under `mask` a block like the mask, even where the offset
@@ -435,6 +628,8 @@ class _Renderer:
             self.helpers.append(combine)
         if s.op == "argmax":
             return f"tl.reduce(({src}, rindex), 0, {combine})[1].to(tl.int64)"
+        if self.rows:
+            return f"tl.reduce({src}, 1, {combine}, keep_dims=True)"
         return f"tl.reduce({src}, 0, {combine})"
 
 

@@ -263,13 +263,18 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
 
 def cuda_graph_notes(fn) -> list:
     """Per program of a compiled function that runs on a GPU, whether it replays as a CUDA graph
-    (`forward cuda graph: captured (N kernels, X MB; R replays)`) or why not."""
+    (`forward cuda graph: captured (N kernels, X MB; R replays)`) or why not, then the launch
+    configuration of each kernel tuned on this GPU (`kiln.runtime.triton_tune`)."""
     lines = []
     for entry in getattr(fn, "entries", {}).values():
         for part, executor in (("forward", entry.executor), ("backward", entry.backward)):
             runner = getattr(executor, "cuda_graph", None)
             if runner is not None:
                 lines.append(f"{part} {runner.describe()}")
+            for step in getattr(executor, "triton_steps", {}).values():
+                tuning = getattr(step.launcher, "tuning", None)
+                if tuning is not None:
+                    lines.append(f"{part} launch configuration {tuning.describe()}")
     return lines
 
 

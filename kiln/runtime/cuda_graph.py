@@ -2,10 +2,12 @@
 kernel, matmul and copy.
 
 A `CudaGraphRunner` stands in front of a ScheduleExecutor whose kernels run on a GPU. Its first
-call runs the executor plainly (the warm-up: kernels get built and loaded); the second captures
-the executor's run into a CUDA graph on a CuPy stream of its own, with every array the run
-makes coming from a memory pool of the graph's own (so nothing else is ever handed that memory),
-and every later call replays the graph on the caller's stream:
+call runs the executor plainly (the warm-up: kernels get built and loaded, and their launch
+configurations settled, `kiln.runtime.triton_tune`; a kernel still waiting for its candidates'
+builds keeps the program on plain runs, `MAX_UNSETTLED_CALLS` at most, then one run waits for
+them); the next captures the executor's run into a CUDA graph on a CuPy stream of its own, with
+every array the run makes coming from a memory pool of the graph's own (so nothing else is ever
+handed that memory), and every later call replays the graph on the caller's stream:
 
 - inputs whose device address did not change between the warm-up and the capture (parameters,
   optimizer state: "stable") are read where they are; the others (a new batch each call, a
@@ -36,6 +38,7 @@ from kiln.runtime.device import cupy_module
 ENV = "KILN_CUDA_GRAPHS"
 WARMUP_CALLS = 1        # plain runs before the capture: kernels built and loaded, pointers seen
 MAX_CAPTURES = 3        # captures before a program whose stable inputs keep moving runs plainly
+MAX_UNSETTLED_CALLS = 20    # plain runs waiting for kernels' launch configurations, at most
 
 
 def graphs_enabled() -> bool:
@@ -62,6 +65,7 @@ class CudaGraphRunner:
         self.replays = 0
         self._previous = None       # input addresses at the last plain run
         self._mutated = _mutated_inputs(executor)   # input index per mutation
+        self._waited = False        # a plain run waited for the kernels' builds (`_settled`)
         self._reset()
 
     def _reset(self) -> None:
@@ -97,7 +101,7 @@ class CudaGraphRunner:
                 self.reason = (f"inputs the program reads in place moved {self.captures} "
                                "times (captured again each time, then gave up)")
         if self.graph is None and self.reason is None and self._previous is not None and \
-                self.calls > WARMUP_CALLS:
+                self.calls > WARMUP_CALLS and self._settled():
             try:
                 return self._capture(inputs, addresses)
             except CaptureImpossible as e:
@@ -105,6 +109,21 @@ class CudaGraphRunner:
                 self.reason = str(e)
         self._previous = addresses
         return self.executor.run_steps(inputs, into)
+
+    def _settled(self) -> bool:
+        """Whether every kernel's launch configuration is settled (`CudaKernelLauncher`: tuned
+        kernels wait in plain runs for their candidates' builds; a graph keeps what it
+        captured). After `MAX_UNSETTLED_CALLS` plain runs, the next one waits for the builds
+        and the one after captures, settled or not."""
+        steps = getattr(self.executor, "triton_steps", {})
+        waiting = [s.launcher for s in steps.values() if not getattr(s.launcher, "settled", True)]
+        if not waiting or self._waited:
+            return True
+        if self.calls > WARMUP_CALLS + MAX_UNSETTLED_CALLS:
+            for launcher in waiting:
+                launcher.wait_for_builds = True
+            self._waited = True
+        return False
 
     def _capture(self, inputs: list, addresses: list) -> tuple[list, list]:
         cp = cupy_module()

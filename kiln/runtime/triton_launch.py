@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -28,8 +29,9 @@ from sys import getrefcount
 import numpy as np
 
 from kiln.codegen.kernel import Kernel, lower
-from kiln.codegen.triton import TritonKernel, render_triton
+from kiln.codegen.triton import TritonKernel, render_triton, tuning_candidates
 from kiln.ir.graph import Graph
+from kiln.runtime import triton_tune
 from kiln.runtime.device import cupy_module
 from kiln.runtime.triton_cuda import activate_cupy_driver
 
@@ -234,21 +236,34 @@ class CudaKernelLauncher:
     pointers stay the same (an executor keeps its output arrays from call to call); a new
     pointer prepares them again, and a new 16-byte alignment pattern (what Triton specializes
     pointers on) fetches the kernel built for it. `prepared` counts the preparations.
+
+    With `tune`, a launch outside a CUDA graph capture settles the kernel's block size and
+    warps on this GPU (`kiln.runtime.triton_tune.settle`: recorded, or timed once the
+    candidates are built; until then the kernel's own configuration launches and their builds
+    run in the background, so no call waits for them); `settled` says whether it is done and
+    `tuning` how (None: not on a GPU, or nothing to choose).
     """
 
-    def __init__(self, tk: TritonKernel):
-        self.tk = tk
-        self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
-        self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
-        self.zero_outputs = getattr(tk, "zero_outputs", False)  # kiln.codegen.conv_triton
+    def __init__(self, tk: TritonKernel, tune: bool = True):
+        self._settle = tune and len(tuning_candidates(tk)) > 1
+        self.wait_for_builds = False    # set: the next launch waits for the candidates' builds
+        self.tuning = None
+        self._set_kernel(tk)
         self._current_stream = cupy_module().cuda.get_current_stream
-        self._pointers = None
-        self._aligned = None
         self._args = ()
         self._run = self._function = self._metadata = None
         self.prepared = 0
 
+    def _set_kernel(self, tk: TritonKernel) -> None:
+        self.tk = tk
+        self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
+        self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
+        self.zero_outputs = getattr(tk, "zero_outputs", False)  # kiln.codegen.conv_triton
+        self._pointers = self._aligned = None           # fetch the kernel built for it
+
     def __call__(self, inputs: list, outputs: list) -> None:
+        if self._settle and not self._capturing():
+            self.settle(inputs, outputs, wait=self.wait_for_builds)
         pointers = tuple([a.data.ptr for a in inputs] + [a.data.ptr for a in outputs])
         if pointers != self._pointers:
             self.num_outputs = len(outputs)
@@ -259,6 +274,40 @@ class CudaKernelLauncher:
         gx, gy, gz = self.grid
         self._run(gx, gy, gz, self._current_stream().ptr, self._function, self._metadata,
                   None, None, None, *self._args)
+
+    def _capturing(self) -> bool:
+        """Whether the current stream is capturing a CUDA graph (no timing then)."""
+        try:
+            return bool(self._current_stream().is_capturing())
+        except Exception:
+            return True             # cannot tell: do not time anything now
+
+    @property
+    def settled(self) -> bool:
+        """Whether the launch configuration is settled (nothing left to tune)."""
+        return not self._settle
+
+    def settle(self, inputs: list, outputs: list, wait: bool = True) -> bool:
+        """Settle the launch configuration on these arrays now (`wait`: for the candidates'
+        builds too; else only if they are built, starting those that are not). Whether it is
+        settled; outputs are not written."""
+        if not self._settle:
+            return True
+        arrays = list(inputs) + list(outputs)
+        aligned = tuple(a.data.ptr % 16 == 0 for a in arrays)
+        specs = [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays]
+        n = len(inputs)
+        result = triton_tune.settle(
+            self.tk, inputs, outputs, lambda k: CudaKernelLauncher(k, tune=False),
+            lambda k: compiled_kernel(k, aligned, specs, n),
+            None if wait else lambda ks: builds_ready(ks, aligned, specs, n))
+        if result is None:
+            return False
+        self._settle = False
+        tk, self.tuning = result
+        if tk is not self.tk:
+            self._set_kernel(tk)
+        return True
 
     def _prepare(self, pointers: tuple, arrays: list) -> None:
         aligned = tuple(p % 16 == 0 for p in pointers)
@@ -318,6 +367,24 @@ def compiled_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: i
             with _LOCK:
                 _BUILDING.pop(key, None)
     return _build_kernel(tk, aligned, specs, num_inputs)
+
+
+def builds_ready(kernels: list, aligned: tuple, specs: list, num_inputs: int) -> bool:
+    """Whether every kernel is built for these arguments, without waiting: those not built
+    and not being built start building in the background."""
+    ready = True
+    with _LOCK:
+        for k in kernels:
+            key = _compiled_key(k, aligned, specs)
+            if key in _COMPILED:
+                continue
+            building = _BUILDING.get(key)
+            if building is None:
+                _BUILDING[key] = _BUILDERS.submit(_build_kernel, k, aligned, specs, num_inputs)
+                ready = False
+            elif not building.done():
+                ready = False
+    return ready
 
 
 def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
@@ -487,18 +554,26 @@ def build_for_gpu(kernels: list, arch: int = 90, workers: int | None = None,
 def prebuild(kernels: list) -> None:
     """Start building an executor's kernels for this process's GPU in the background, in
     parallel, for 16-byte aligned arguments (CuPy's allocations), so its first call finds them
-    built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs."""
+    built: `kernels` holds (TritonKernel, the fused subgraph it computes) pairs. A kernel's
+    launch configuration recorded on this GPU is built in place of its own, and every candidate
+    of one its first launch will time (`triton_tune.kernels_to_build`): those after every
+    kernel's first, which the first call waits for (the builders take them in order)."""
+    first, later = [], []
     for tk, subgraph in kernels:
         specs = [(tuple(v.shape), np.dtype(v.dtype.np))
                  for v in list(subgraph.inputs) + list(subgraph.outputs)]
-        num_inputs = len(subgraph.inputs)
+        nbytes = sum(math.prod(shape) * d.itemsize for shape, d in specs)
+        head, *rest = triton_tune.kernels_to_build(tk, nbytes)
+        first.append((head, specs, len(subgraph.inputs)))
+        later += [(k, specs, len(subgraph.inputs)) for k in rest]
+    for k, specs, num_inputs in first + later:
         aligned = (True,) * len(specs)
-        key = _compiled_key(tk, aligned, specs)
+        key = _compiled_key(k, aligned, specs)
         with _LOCK:
             if key in _COMPILED or key in _BUILDING:
                 continue
             # looked up now, not at import: the fake CUDA of the tests replaces it
-            _BUILDING[key] = _BUILDERS.submit(_build_kernel, tk, aligned, specs, num_inputs)
+            _BUILDING[key] = _BUILDERS.submit(_build_kernel, k, aligned, specs, num_inputs)
 
 
 _BUILDERS = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="kiln-prebuild")
