@@ -768,7 +768,7 @@ class _Renderer:
         """Short rows (a 2x2 or 4x4 pooling window and the masks its backward keeps): one
         loop over the rows whose body is each pass written out element by element, every
         element's index a constant added to the row's offsets. The passes share the element
-        values they recompute (each is computed once per row, as `v_NAME_J`), and no
+        values they recompute (each is computed once per row, as `eJ_NAME`), and no
         `rindex / k % m` is left: the row-loop form ran such a kernel scalar through per-row
         offset arrays at 5x NumPy's time.
 
@@ -885,7 +885,11 @@ class _Renderer:
         return out, [f"const int64_t row = {row};"]
 
     def _unrolled_name(self, ssa, j: int) -> str:
-        return f"v_{ssa}_{j}" if ssa in self.elem_names else self._name(ssa)
+        """Element j's value of `ssa` in an unrolled row: `e{j}_{ssa}`, a prefix of its own. Not
+        `v_{ssa}_{j}`: the lowering names a value recomputed at other coordinates `{ssa}_{k}`
+        (a max-pool's window mask also stored as 9 slices reads `v61_1` .. `v61_9` at rindex
+        0 .. 8 once per row), whose `v_v61_1` was element 1's name too: a C redefinition."""
+        return f"e{j}_{ssa}" if ssa in self.elem_names else self._name(ssa)
 
     @staticmethod
     def _unrolled_step(s: Reduce, acc: str, v: str) -> str:
@@ -1233,7 +1237,7 @@ class _Renderer:
         if isinstance(ssa, Literal):
             return _literal(ssa.value, None)
         if self.unroll is not None and ssa in self.elem_names:
-            return f"v_{ssa}_{self.unroll[0]}"
+            return self._unrolled_name(ssa, self.unroll[0])
         return f"v_{ssa}"
 
     def _comment(self, s) -> list:

@@ -151,3 +151,46 @@ def test_threaded_pool_window_at_cnn_batch_64(threads, monkeypatch):
         for a, e, t in zip(g, eager, ref):
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 2, 1), (3, 1, 0), (2, 1, 0)])
+def test_overlapping_pool_step_builds_on_c(k, stride, padding, threads, monkeypatch, recwarn):
+    """Overlapping windows (a ResNet stem's 3x3/2 pool with padding 1, 3x3/1, 2x2/1): the
+    backward keeps the window mask as one slice per element, which the unrolled kernel
+    stores from row-scope copies (`v61_1` .. `v61_9`) beside the mask's unrolled elements.
+    Their C names once collided (`redefinition of 'v_v61_4'`), and the whole step fell back
+    to NumPy with a warning; now it builds, and output and gradient equal eager kiln's and
+    PyTorch's."""
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    rng = np.random.default_rng(k * 10 + stride)
+    x = rng.standard_normal((3, 4, 9, 9)).astype(np.float32)
+    x[:, :, ::3, :] = np.round(x[:, :, ::3, :])         # ties inside windows
+    s = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+
+    def step(x, scale):
+        out = F.max_pool2d((x * scale.reshape(1, 4, 1, 1)).relu(), k, stride, padding)
+        (out * out).sum().backward()
+        return out
+
+    def run(fn):
+        xs, scale = kiln.tensor(x), kiln.tensor(s, requires_grad=True)
+        out = fn(xs, scale)
+        return [out.detach().numpy(), scale.grad.numpy()]
+
+    compiled = kiln.compile(step, backend="c")
+    got = [run(compiled) for _ in range(2)]     # the first call traces, the second replays
+    failed = [w for w in recwarn if "building the C kernels" in str(w.message)]
+    assert not failed, str(failed[0].message)
+    sources = [src for entry in compiled.entries.values()
+               for _, src, *_ in entry.executor.kernels if src]
+    assert any(f"{k * k} elements */" in src for src in sources)
+    eager = run(step)
+    tx, ts = torch.tensor(x), torch.tensor(s, requires_grad=True)
+    tout = torch.nn.functional.max_pool2d(torch.relu(tx * ts.reshape(1, 4, 1, 1)), k, stride,
+                                          padding)
+    (tout * tout).sum().backward()
+    ref = [tout.detach().numpy(), ts.grad.numpy()]
+    for g in got:
+        for a, e, t in zip(g, eager, ref):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-5)
