@@ -222,15 +222,17 @@ def _mean_of(v, axes, count, producer):
 
 
 def _max_pool(n, producer):
-    """sum(where(rank == max(rank), S, 0), 0) with rank = where((S == max(S)) | (S != S),
-    arange(K, 0, -1), 0): max pooling's first maximum of the windows S of x."""
+    """sum(where(ranks == best, S, 0), 0) with best = max(where((S == max(S)) | (S != S),
+    ranks, 0), 0) and ranks = arange(K, 0, -1): max pooling's first maximum of the windows S
+    of x (kiln/nn/functional.py `max_pool2d`)."""
     if n.op != "sum" or n.attr_dict["axes"] != (0,) or n.attr_dict["keepdim"]:
         return None
     pick = _made_by(n.inputs[0], "where", producer)
     if pick is None or pick.inputs[2] != 0 or not isinstance(pick.inputs[1], Value):
         return None
     first = _made_by(pick.inputs[0], "eq", producer)
-    rank = first and _made_by(first.inputs[0], "where", producer)
+    best = first and _made_by(first.inputs[1], "max", producer)
+    rank = best and _made_by(best.inputs[0], "where", producer)
     marks = rank and _made_by(rank.inputs[0], "bitwise_or", producer)
     is_top = marks and _made_by(marks.inputs[0], "eq", producer)
     windows = pick.inputs[1]
