@@ -15,6 +15,13 @@ whose image it is (a permuted view of channels-last memory, which the product re
 copy). The values are exactly the same: each element is computed by the same op from the same
 operands; only where it is stored changes.
 
+The backward's mirror image: a convolution's input gradient (`matmul_fold`) is channels-last
+memory too (the NumPy backend folds into (N, H, W, C) images), which the ReLU mask and the bias
+gradient then read as NCHW, so a kernel reading it had to copy it first. A fold read only by
+fused ops is asked for its (N, H, W, C) result (`channels_last=True`) and read through a
+permute, which the ops after it then sink; a reduction of a rewritten result (the bias
+gradient's sum) reduces the same axes of its source when only dims of size 1 move after it.
+
 Done only where it pays: a chain of rewritten ops is kept when the permute at its end is read
 only by such readers (or by further rewritten ops), never when it would leave the graph or feed
 another library call (a matmul would then read a strided view). An op that reads a rewritten
@@ -32,6 +39,8 @@ from kiln.passes.cleanup import copy_graph, dce
 # a convolution product -> the position of its image operand, which it reads channels-last
 CONV_IMAGE_INPUT = {"unfold_matmul": 0, "matmul_unfold": 1}
 CHANNELS_LAST_AS_NCHW = (0, 3, 1, 2)
+# reductions of a rewritten op's result: reduced over the same axes of its source instead
+REDUCTIONS = ("sum", "max")
 
 
 def _inverse(perm: tuple) -> tuple:
@@ -51,6 +60,8 @@ def sink_permutes(graph: Graph) -> Graph:
     module docstring). Returns a new graph (or `graph` itself when nothing matched); each
     rewritten op's output Value keeps its identity, now computed by the permute.
     """
+    original = graph
+    graph = _channels_last_folds(graph)
     producers = graph.producers()
     users = graph.users()
     leaving = set(graph.outputs) | {new for _, new in graph.mutations}
@@ -100,6 +111,8 @@ def sink_permutes(graph: Graph) -> Graph:
                     all(v is not n.out or i == CONV_IMAGE_INPUT[r.op]
                         for i, v in enumerate(r.inputs)):
                 good += 1
+            elif r.op in REDUCTIONS and _reduction_in_order(r, perm)[3]:
+                own.append(r)               # reduced in the source's order (below)
             elif r.prim.kind in (ELEMENTWISE, REDUCE) or \
                     (r.prim.kind == MOVEMENT and r.op == "permute"):
                 fused += 1
@@ -113,7 +126,8 @@ def sink_permutes(graph: Graph) -> Graph:
         if n not in candidates:
             continue
         own, good, fused, other = readers_of(n)
-        pays[n] = not other and not fused and (good > 0 or any(pays[r] for r in own))
+        pays[n] = not other and not fused and \
+            (good > 0 or any(pays.get(r, False) for r in own))
     # kept: a paying op, or one reading a kept op's result (so that result's permute is read
     # by rewritten ops only); each kept op's full-size operands are permutes or kept results
     kept: dict = {}
@@ -124,11 +138,15 @@ def sink_permutes(graph: Graph) -> Graph:
         if (pays[n] or reads_kept) and eligible(n, kept) == candidates[n]:
             kept[n] = candidates[n]
     if not kept:
-        return graph
+        return original if graph is original else dce(graph)
 
     g = copy_graph(graph, [])
     inner: dict = {}                # a kept op's output -> its value in the source's order
     for n in graph.nodes:
+        if n.op in REDUCTIONS and n.inputs[0] in inner and \
+                _reduction_in_order(n, kept[producers[n.inputs[0]]])[3]:
+            _reduce_in_order(g, n, inner[n.inputs[0]], kept[producers[n.inputs[0]]])
+            continue
         if n not in kept:
             g.nodes.append(n)
             continue
@@ -149,6 +167,57 @@ def sink_permutes(graph: Graph) -> Graph:
         g.nodes.append(Node("permute", (out,), (("perm", perm),), n.out, n.loc, n.scope))
         inner[n.out] = out
     return dce(g)
+
+
+def _channels_last_folds(graph: Graph) -> Graph:
+    """Each `matmul_fold` read only by fused ops made channels-last, read through a permute:
+    what the NumPy backend computes (its result is channels-last memory viewed as NCHW), now
+    visible to the rewrites above and to the kernels, which then read it with no copy."""
+    users = graph.users()
+    leaving = set(graph.outputs) | {new for _, new in graph.mutations}
+    folds = [n for n in graph.nodes if n.op == "matmul_fold" and n.out not in leaving and
+             not n.attr_dict.get("channels_last") and users.get(n.out) and
+             all(r.prim.kind in (ELEMENTWISE, REDUCE) for r in users[n.out])]
+    if not folds:
+        return graph
+    g = copy_graph(graph, [])
+    for n in graph.nodes:
+        if n in folds:
+            b, c, h, w = n.out.shape
+            out = g.new_value((b, h, w, c), n.out.dtype)
+            attrs = tuple(sorted(n.attrs + (("channels_last", True),)))
+            g.nodes.append(Node(n.op, n.inputs, attrs, out, n.loc, n.scope))
+            n = Node("permute", (out,), (("perm", CHANNELS_LAST_AS_NCHW),), n.out, n.loc,
+                     n.scope)
+        g.nodes.append(n)
+    return g
+
+
+def _reduction_in_order(n: Node, perm: tuple) -> tuple:
+    """For `n`, a reduction of `permute(x, perm)`: (the axes of x it reduces, the shape of that
+    reduction of x, the permute that puts its dims in `n`'s order, whether that permute only
+    moves dims of size 1, i.e. is a reshape: a bias gradient's sum)."""
+    attrs = n.attr_dict
+    keepdim = attrs["keepdim"]
+    axes = sorted(perm[a] for a in attrs["axes"])
+    source = [n.value_inputs[0].shape[perm.index(i)] for i in range(len(perm))]
+    shape = tuple(1 if i in axes else d for i, d in enumerate(source) if keepdim or
+                  i not in axes)
+    kept_dims = [i for i in range(len(perm)) if keepdim or perm[i] not in axes]
+    remaining = [i for i in range(len(perm)) if keepdim or i not in axes]
+    order = tuple(remaining.index(perm[i]) for i in kept_dims)   # n's dims in out's order
+    moved = [o for o in order if shape[o] != 1]
+    return tuple(axes), shape, order, moved == sorted(moved)
+
+
+def _reduce_in_order(g: Graph, n: Node, source: Value, perm: tuple) -> None:
+    """Append `n` (a reduction of `permute(source, perm)`) as the reduction of `source` over
+    the same axes, then the reshape that puts its result's dims in `n`'s order."""
+    axes, shape, _, _ = _reduction_in_order(n, perm)
+    out = g.new_value(shape, n.out.dtype)
+    attrs = tuple(sorted({**n.attr_dict, "axes": axes}.items()))
+    g.nodes.append(Node(n.op, (source,), attrs, out, n.loc, n.scope))
+    g.nodes.append(Node("reshape", (out,), (("shape", n.out.shape),), n.out, n.loc, n.scope))
 
 
 def _broadcast_operand(g: Graph, v: Value, rank: int, inv: tuple, near: Node) -> Value:

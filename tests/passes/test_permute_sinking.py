@@ -44,6 +44,28 @@ def test_bias_and_relu_run_channels_last_and_the_next_conv_reads_a_view():
     assert_same_results(graph, after, inputs, rtol=0, atol=0)       # the same ops, moved
 
 
+def test_a_conv_backward_runs_channels_last_from_its_input_gradient():
+    x, w1, b1, w2 = _conv_args(1)
+    for t in (x, w1, b1, w2):
+        t.requires_grad_(True)
+
+    def step(x, w1, b1, w2):
+        _two_convs(x, w1, b1, w2).backward()
+        return x.grad, w1.grad, b1.grad, w2.grad
+    graph, inputs = traced_optimized(step, x, w1, b1, w2)
+    graph = form_conv_products(graph)
+    after, _ = pipeline.optimize(sink_permutes(graph))
+    after.verify()
+    folds = nodes_of(after, "matmul_fold")
+    # conv2's input gradient feeds the ReLU's backward: made channels-last; conv1's is x.grad,
+    # returned as it is
+    assert sorted(f.attr_dict.get("channels_last", False) for f in folds) == [False, True]
+    where, = [n for n in nodes_of(after, "where") if n.out.shape == (2, 6, 5, 5)]
+    bias_grad, = [n for n in nodes_of(after, "sum") if n.out.shape == (1, 1, 1, 5)]
+    assert bias_grad.inputs[0] is where.out
+    assert_same_results(graph, after, inputs, rtol=1e-6, atol=1e-6)
+
+
 def test_a_permute_undone_by_its_reader_cancels():
     x = kiln.randn(3, 4, 5)
     b = kiln.randn(5, 1, 4)         # its dims in another order under the inverse: permuted
