@@ -12,6 +12,7 @@ import kiln.nn.functional as F
 from kiln import program_cache
 from kiln.passes import pipeline
 from kiln.passes.conv_products import form_conv_products
+from kiln.passes.decompose import decompose
 from kiln.passes.permute_sinking import sink_permutes
 from kiln.runtime import conv_cpu
 from tests.passes.helpers import assert_same_results, nodes_of, traced_optimized
@@ -79,6 +80,19 @@ def test_a_permute_undone_by_its_reader_cancels():
     assert [n.out.shape for n in nodes_of(after, "add")] == [(3, 4, 5)]
     assert [n.out.shape for n in nodes_of(after, "permute")] == [(1, 4, 5)]    # b's
     assert_same_results(graph, after, inputs, rtol=0, atol=0)
+
+
+def test_batch_norm_statistics_keep_their_layout():
+    # the mean and variance are broadcast back over the values they were reduced from: that
+    # reduce-and-broadcast runs slower channels-last, so the conv's bias add stays NCHW
+    x, w1, b1, w2 = _conv_args(2)
+
+    def fn(x, w1, b1, w2):
+        y = F.relu(F.batch_norm(F.conv2d(x, w1, b1), None, None, training=True))
+        return F.conv2d(y, w2).sum()
+    graph, _ = traced_optimized(fn, x, w1, b1, w2)
+    graph, _ = pipeline.optimize(form_conv_products(decompose(graph)))
+    assert sink_permutes(graph) is graph
 
 
 @pytest.mark.parametrize("case", ["output", "matmul", "other reader"])
