@@ -632,19 +632,23 @@ def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
     return (cols[0], cols[5]) + tuple(size), dtypes[0]
 
 
-def _fold_impl(xp, cols, size, kernel, stride, dilation):
+def _fold_impl(xp, cols, size, kernel, stride, dilation, channels_last=False):
     # out[n, c, y*sh + i*dh, x*sw + j*dw] += cols[n, y, x, i, j, c], one window position (i, j)
     # at a time, the last first: each pixel then sums its windows in the order of their rows
     # in `cols`, as the NumPy backend's routes do (its C kernel streams through `cols`), so
-    # every route gives the same bits
+    # every route gives the same bits. `channels_last`: into an (N, H, W, C) image instead
     n, oh, ow, kh, kw, c = cols.shape
-    out = xp.zeros((n, c) + tuple(size), dtype=cols.dtype)
+    out = xp.zeros(((n,) + tuple(size) + (c,)) if channels_last else ((n, c) + tuple(size)),
+                   dtype=cols.dtype)
     for i in reversed(range(kh)):
         for j in reversed(range(kw)):
             r, q = i * dilation[0], j * dilation[1]
-            out[:, :, r:r + stride[0] * (oh - 1) + 1:stride[0],
-                q:q + stride[1] * (ow - 1) + 1:stride[1]] += cols[:, :, :, i, j, :].transpose(
-                    0, 3, 1, 2)
+            ys = slice(r, r + stride[0] * (oh - 1) + 1, stride[0])
+            xs = slice(q, q + stride[1] * (ow - 1) + 1, stride[1])
+            if channels_last:
+                out[:, ys, xs, :] += cols[:, :, :, i, j, :]
+            else:
+                out[:, :, ys, xs] += cols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
     return out
 
 
@@ -726,8 +730,7 @@ def _matmul_unfold_impl(xp, a, x, kernel, stride, dilation):
 def _matmul_fold_impl(xp, a, b, size, kernel, stride, dilation, channels_last=False):
     oh, ow = windows_geometry(size, kernel, stride, dilation)
     cols = xp.matmul(a, b).reshape((a.shape[0] // (oh * ow), oh, ow) + tuple(kernel) + (-1,))
-    out = _fold_impl(xp, cols, size, kernel, stride, dilation)
-    return xp.ascontiguousarray(out.transpose(0, 2, 3, 1)) if channels_last else out
+    return _fold_impl(xp, cols, size, kernel, stride, dilation, channels_last)
 
 
 def _t(m):
