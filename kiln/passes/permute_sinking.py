@@ -117,6 +117,11 @@ def sink_permutes(graph: Graph) -> Graph:
                 return True
         return False
 
+    def absorbs(r: Node, perm: tuple) -> bool:
+        """Whether reduction `r` of a rewritten result is rewritten to reduce its source."""
+        return r.op in REDUCTIONS and _reduction_in_order(r, perm)[3] and \
+            not feeds_candidates(r)
+
     def readers_of(n: Node) -> tuple:
         """(rewritten readers, readers the permute pays off for, other fusible readers,
         whether anything else reads it) of a candidate's result."""
@@ -130,8 +135,7 @@ def sink_permutes(graph: Graph) -> Graph:
                     all(v is not n.out or i == CONV_IMAGE_INPUT[r.op]
                         for i, v in enumerate(r.inputs)):
                 good += 1
-            elif r.op in REDUCTIONS and _reduction_in_order(r, perm)[3] and \
-                    not feeds_candidates(r):
+            elif absorbs(r, perm):
                 own.append(r)               # reduced in the source's order (below)
             elif r.prim.kind in (ELEMENTWISE, REDUCE) or \
                     (r.prim.kind == MOVEMENT and r.op == "permute"):
@@ -164,7 +168,7 @@ def sink_permutes(graph: Graph) -> Graph:
     inner: dict = {}                # a kept op's output -> its value in the source's order
     for n in graph.nodes:
         if n.op in REDUCTIONS and n.inputs[0] in inner and \
-                _reduction_in_order(n, kept[producers[n.inputs[0]]])[3]:
+                absorbs(n, kept[producers[n.inputs[0]]]):
             _reduce_in_order(g, n, inner[n.inputs[0]], kept[producers[n.inputs[0]]])
             continue
         if n not in kept:
