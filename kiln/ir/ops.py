@@ -632,19 +632,23 @@ def _fold_infer(shapes, dtypes, size, kernel, stride, dilation):
     return (cols[0], cols[5]) + tuple(size), dtypes[0]
 
 
-def _fold_impl(xp, cols, size, kernel, stride, dilation):
+def _fold_impl(xp, cols, size, kernel, stride, dilation, channels_last=False):
     # out[n, c, y*sh + i*dh, x*sw + j*dw] += cols[n, y, x, i, j, c], one window position (i, j)
     # at a time, the last first: each pixel then sums its windows in the order of their rows
     # in `cols`, as the NumPy backend's routes do (its C kernel streams through `cols`), so
-    # every route gives the same bits
+    # every route gives the same bits. `channels_last`: into an (N, H, W, C) image instead
     n, oh, ow, kh, kw, c = cols.shape
-    out = xp.zeros((n, c) + tuple(size), dtype=cols.dtype)
+    out = xp.zeros(((n,) + tuple(size) + (c,)) if channels_last else ((n, c) + tuple(size)),
+                   dtype=cols.dtype)
     for i in reversed(range(kh)):
         for j in reversed(range(kw)):
             r, q = i * dilation[0], j * dilation[1]
-            out[:, :, r:r + stride[0] * (oh - 1) + 1:stride[0],
-                q:q + stride[1] * (ow - 1) + 1:stride[1]] += cols[:, :, :, i, j, :].transpose(
-                    0, 3, 1, 2)
+            ys = slice(r, r + stride[0] * (oh - 1) + 1, stride[0])
+            xs = slice(q, q + stride[1] * (ow - 1) + 1, stride[1])
+            if channels_last:
+                out[:, ys, xs, :] += cols[:, :, :, i, j, :]
+            else:
+                out[:, :, ys, xs] += cols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
     return out
 
 
@@ -699,7 +703,7 @@ def _matmul_unfold_infer(shapes, dtypes, kernel, stride, dilation):
     return (a[0], cols), dtype
 
 
-def _matmul_fold_infer(shapes, dtypes, size, kernel, stride, dilation):
+def _matmul_fold_infer(shapes, dtypes, size, kernel, stride, dilation, channels_last=False):
     a, b = shapes
     oh, ow = windows_geometry(size, kernel, stride, dilation)
     k = kernel[0] * kernel[1]
@@ -708,7 +712,9 @@ def _matmul_fold_infer(shapes, dtypes, size, kernel, stride, dilation):
         raise ShapeError(f"matmul_fold: a product of shapes {list(a)} and {list(b)} is not "
                          f"the (N*{oh}*{ow}, {kernel[0]}*{kernel[1]}*C) windows of size "
                          f"{list(size)}")
-    return (a[0] // (oh * ow), b[1] // k) + tuple(size), _same_dtype(dtypes)
+    n, c = a[0] // (oh * ow), b[1] // k
+    return ((n,) + tuple(size) + (c,) if channels_last else (n, c) + tuple(size)), \
+        _same_dtype(dtypes)
 
 
 def _unfold_matmul_impl(xp, x, w, kernel, stride, dilation):
@@ -721,10 +727,10 @@ def _matmul_unfold_impl(xp, a, x, kernel, stride, dilation):
     return xp.matmul(a, cols.reshape(a.shape[1], -1))
 
 
-def _matmul_fold_impl(xp, a, b, size, kernel, stride, dilation):
+def _matmul_fold_impl(xp, a, b, size, kernel, stride, dilation, channels_last=False):
     oh, ow = windows_geometry(size, kernel, stride, dilation)
     cols = xp.matmul(a, b).reshape((a.shape[0] // (oh * ow), oh, ow) + tuple(kernel) + (-1,))
-    return _fold_impl(xp, cols, size, kernel, stride, dilation)
+    return _fold_impl(xp, cols, size, kernel, stride, dilation, channels_last)
 
 
 def _t(m):
@@ -749,8 +755,10 @@ def _matmul_unfold_grad(g, out, a, x, kernel, stride, dilation):
     return ga, gx
 
 
-def _matmul_fold_grad(g, out, a, b, size, kernel, stride, dilation):
+def _matmul_fold_grad(g, out, a, b, size, kernel, stride, dilation, channels_last=False):
     # out = fold(a @ b): the adjoint of fold is unfold
+    if channels_last:           # g is (N, H, W, C): the NCHW gradient it is a view of
+        g = P.permute(g, perm=(0, 3, 1, 2))
     ga = P.unfold_matmul(g, _t(b), kernel=kernel, stride=stride, dilation=dilation) \
         if _needs_grad(a) else None
     gb = P.matmul_unfold(_t(a), g, kernel=kernel, stride=stride, dilation=dilation) \
@@ -763,7 +771,8 @@ define("unfold_matmul", MATMUL, _unfold_matmul_infer, _unfold_matmul_impl, _unfo
 define("matmul_unfold", MATMUL, _matmul_unfold_infer, _matmul_unfold_impl, _matmul_unfold_grad,
        arity=2, doc="a @ unfold(x) as (N*oh*ow, kh*kw*C) rows: a conv's weight gradient")
 define("matmul_fold", MATMUL, _matmul_fold_infer, _matmul_fold_impl, _matmul_fold_grad,
-       arity=2, doc="fold(a @ b as (N, oh, ow, kh, kw, C) windows): a conv's input gradient")
+       arity=2, doc="fold(a @ b as (N, oh, ow, kh, kw, C) windows): a conv's input gradient "
+       "(NCHW; (N, H, W, C) with channels_last=True)")
 
 
 define("take", INDEX, _take_infer, _take_impl,

@@ -20,6 +20,7 @@ from kiln.passes.matmul_sums import merge_matmul_sums
 from kiln.passes.memory import MemoryPlan, in_place_updates, inputs_read, plan_buffers, plan_memory
 from kiln.passes.pad_sums import concatenate_padded_sums
 from kiln.passes.partition import PartitionReport, partition
+from kiln.passes.permute_sinking import sink_permutes
 from kiln.passes.slice_sinking import sink_slices
 from kiln.passes.stack_reshapes import concatenate_before_reshapes
 
@@ -62,8 +63,8 @@ def run_passes(graph: Graph) -> PassReport:
 # --passes` prints them). "partition" runs only on a joint forward+backward trace, then the rest
 # once per program; "lower" is `kiln.codegen.lower.lower_schedule`, handed in by the compiler
 # (passes import no codegen).
-STEPS = ("partition", "decompose", "cleanup", "form conv products", "sink slices",
-         "concatenate before reshapes", "concatenate padded sums",
+STEPS = ("partition", "decompose", "cleanup", "form conv products", "sink permutes",
+         "sink slices", "concatenate before reshapes", "concatenate padded sums",
          "merge matmul sums", "fuse", "split gathers", "lower", "plan memory")
 
 
@@ -150,6 +151,7 @@ def compile_part(graph: Graph, fused: bool = True, lower=None,
     stats = [PassStat("decompose", len(graph.nodes), len(decomposed.nodes))] + stats
     if conv_products:
         optimized = _conv_products(optimized, stats, snapshots)
+    optimized = _permutes(optimized, stats, snapshots)
     sunk = sink_slices(optimized)
     stats.append(PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes)))
     if sunk is not optimized:           # the per-slice ops leave work for cleanup
@@ -171,6 +173,18 @@ def _conv_products(graph: Graph, stats: list, snapshots: list) -> Graph:
     stats.append(PassStat("form_conv_products", len(graph.nodes), len(formed.nodes)))
     snapshots.append(("form conv products", formed))
     return formed
+
+
+def _permutes(graph: Graph, stats: list, snapshots: list) -> Graph:
+    """The step that runs elementwise ops in the order of the permuted values they read, so
+    the permute meets its reader (a conv product's image, an inverse permute) below them."""
+    sunk = sink_permutes(graph)
+    stats.append(PassStat("sink_permutes", len(graph.nodes), len(sunk.nodes)))
+    if sunk is not graph:               # permutes of permutes, reshapes of reshapes
+        sunk, more = optimize(sunk)
+        stats += more
+    snapshots.append(("sink permutes", sunk))
+    return sunk
 
 
 def _sums(graph: Graph, stats: list, snapshots: list) -> Graph:
@@ -220,6 +234,7 @@ def _optimize(graph: Graph, fused: bool) -> tuple[Graph, list]:
     cleanup.append(PassStat("form_conv_products", len(optimized.nodes), len(formed.nodes)))
     optimized = formed
     if fused:
+        optimized = _permutes(optimized, cleanup, [])
         sunk = sink_slices(optimized)
         stats += cleanup + [PassStat("sink_slices", len(optimized.nodes), len(sunk.nodes))]
         cleanup = []

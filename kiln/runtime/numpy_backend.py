@@ -329,9 +329,10 @@ def _matmul_unfold(xp, a, x, kernel, stride, dilation):
     return out.T if tall else out
 
 
-def _matmul_fold(xp, a, b, size, kernel, stride, dilation):
+def _matmul_fold(xp, a, b, size, kernel, stride, dilation, channels_last=False):
     if a.dtype not in _BLAS_FLOATS or b.dtype != a.dtype or a.size == 0 or b.size == 0:
-        return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation)
+        return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation,
+                                              channels_last)
     kh, kw = kernel
     oh, ow = windows_geometry(size, kernel, stride, dilation)
     m, c = oh * ow, b.shape[1] // (kh * kw)
@@ -344,8 +345,10 @@ def _matmul_fold(xp, a, b, size, kernel, stride, dilation):
         cols = scratch[:e - i]
         np.matmul(a[i * m:e * m], b, out=cols.reshape((e - i) * m, kh * kw * c))
         if not fold_into(cols, out[i:e], stride, dilation, parallel=step >= n):
-            return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation)
-    return out.transpose(0, 3, 1, 2)       # channels-last, as `fold`'s other routes
+            return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation,
+                                                  channels_last)
+    # channels-last, as `fold`'s other routes; `channels_last`: as (N, H, W, C) itself
+    return out if channels_last else out.transpose(0, 3, 1, 2)
 
 
 def _index_add(xp, base, idx, src, axis):

@@ -102,7 +102,10 @@ CASES = {
         a, x, kernel=(3, 2), stride=(2, 1), dilation=(1, 2)), [arg(4, 24), arg(2, 3, 7, 6)])],
     "matmul_fold": [("strided, dilated", lambda a, b: P.matmul_fold(
         a, b, size=(7, 6), kernel=(3, 2), stride=(2, 1), dilation=(1, 2)),
-        [arg(24, 4), arg(4, 18)])],
+        [arg(24, 4), arg(4, 18)]),
+        ("channels-last", lambda a, b: P.matmul_fold(
+            a, b, size=(7, 6), kernel=(3, 2), stride=(2, 1), dilation=(1, 2),
+            channels_last=True), [arg(24, 4), arg(4, 18)])],
     "batch_norm": [("4-d", lambda x: P.batch_norm(x, eps=1e-5), [arg(3, 2, 2, 2)]),
                    ("2-d", lambda x: P.batch_norm(x, eps=0.1), [arg(4, 3)])],
     "batch_norm_backward": [("", lambda g, o, x: P.batch_norm_backward(g, o, x, eps=1e-5),

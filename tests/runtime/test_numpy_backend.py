@@ -140,10 +140,17 @@ def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dil
     for x in _image_layouts(RNG.standard_normal(shape).astype(dtype)):
         for name, args, attrs in [("unfold_matmul", (x, w.T), {}),
                                   ("matmul_unfold", (g.T, x), {}),
-                                  ("matmul_fold", (g, w), {"size": shape[2:]})]:
+                                  ("matmul_fold", (g, w), {"size": shape[2:]}),
+                                  ("matmul_fold", (g, w), {"size": shape[2:],
+                                                           "channels_last": True})]:
             want = PRIMITIVES[name].impl(np, *args, kernel=kernel, stride=stride,
                                          dilation=dilation, **attrs)
             got = FAST_PATHS[name](np, *args, kernel=kernel, stride=stride, dilation=dilation,
                                    **attrs)
             assert got.shape == want.shape and got.dtype == want.dtype, name
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+            if attrs.get("channels_last"):      # (N, H, W, C): the NCHW result, transposed
+                nchw = PRIMITIVES[name].impl(np, *args, kernel=kernel, stride=stride,
+                                             dilation=dilation, size=shape[2:])
+                np.testing.assert_array_equal(want, nchw.transpose(0, 2, 3, 1))
+                assert got.flags.c_contiguous
