@@ -714,8 +714,8 @@ class _Renderer:
             copy.append(f"    stage_{name}[{ovar}][{ivar} - t_{ivar}] = {load}")
         body += [f"for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{",
                  "    #pragma omp simd",
-                 f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++)"]
-        body += _indent(copy) + ["}"]
+                 f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{"]
+        body += _indent(copy) + ["    }", "}"]
         body += [f"for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{",
                  "    #pragma omp simd",
                  f"    for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{"]
