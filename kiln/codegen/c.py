@@ -558,14 +558,16 @@ class _Renderer:
                 out.append(f"/* {var} in [{lo}, {hi}): one piece, its selects decided */")
                 self.comments.last = ()
                 out += self._nest(_decide_piece(self.k.body, self._ranges(var, lo, hi)), [],
-                                  parallel, {var: lo}, {var: hi})
-            return out
+                                  parallel, {var: lo}, {var: hi}, in_team=parallel)
+            # one team shares every piece's loops (the pieces write apart: no barrier between)
+            return ["#pragma omp parallel", "{"] + _indent(out) + ["}"] if parallel else out
         return self._nest(self.k.body, staged, parallel)
 
     def _nest(self, body: tuple, staged: list, parallel: bool, start: dict | None = None,
-              end: dict | None = None) -> list:
+              end: dict | None = None, in_team: bool = False) -> list:
         """The pointwise loop nest over `body`, each loop from `start` (default 0) to `end`
-        (default its size)."""
+        (default its size); `in_team`: inside a parallel region, whose threads share the outer
+        loop without waiting for each other at its end."""
         loops = self.loops
         start, end = start or {}, end or {}
         out = []
@@ -574,8 +576,9 @@ class _Renderer:
             pad = "    " * depth
             if depth == 0 and parallel:
                 collapse = f" collapse({len(loops) - 1})" if len(loops) > 2 else ""
-                out.append("#pragma omp parallel for simd schedule(static)" if inner else
-                           f"#pragma omp parallel for{collapse} schedule(static)")
+                head, wait = ("for", " nowait") if in_team else ("parallel for", "")
+                out.append(f"#pragma omp {head} simd schedule(static){wait}" if inner else
+                           f"#pragma omp {head}{collapse} schedule(static){wait}")
             elif inner:
                 out.append(pad + "#pragma omp simd")
             out.append(pad + f"for (int64_t {var} = {start.get(var, 0)}; "
@@ -614,8 +617,10 @@ class _Renderer:
         index against constants, as a concatenation spelled as a sum of zero-padded pieces
         does (a backward through slices: `x1 < 128`, `x1 >= 128 & x1 < 256`, ...): the nest is
         then written once per stretch between cuts, where every test is decided, every select
-        gone and every `x1 % 128` a shifted `x1`, so the inner loop vectorizes. Else None (the
-        innermost such loop is taken; a test of another loop stays a select)."""
+        gone and every `x1 % 128` a shifted `x1`, so the inner loop vectorizes. Else None.
+        The innermost such loop is taken whose stretches all decide their tests; the inner
+        loop only when each stretch is PIECE_MIN long or more (a conv's one-wide pad would
+        make loops of one iteration). A test of another loop stays a select."""
         index = {s.dest: s.args[0].name for s in self.k.body if isinstance(s, Compute) and
                  s.op == "index" and isinstance(s.args[0], Var)}
         sizes = {var: size for var, size, _ in self.loops}
@@ -1514,6 +1519,7 @@ def _decide_piece(body: tuple, ranges: dict) -> list:
     """`body` over one stretch of a loop (see _Renderer._piece_bounds): index tests decided
     there become constants, selects on them their chosen value, offsets lose the divisions
     the stretch makes constant, and statements no output needs any more are dropped."""
+    dtypes = {s.dest: s.dtype for s in body if not isinstance(s, Store)}
     known: dict = {}        # SSA name -> Literal (a decided test) or the name it stands for
     exprs: dict = {}        # an `index` value's SSA name -> its expression
     out = []
@@ -1544,7 +1550,8 @@ def _decide_piece(body: tuple, ranges: dict) -> list:
                 if low == high:
                     known[s.dest] = Literal(low)
                     continue
-        elif s.op == "where" and isinstance(args[0], Literal):
+        elif s.op == "where" and isinstance(args[0], Literal) and all(
+                isinstance(a, Literal) or dtypes.get(a) is s.dtype for a in args[1:]):
             known[s.dest] = args[1] if args[0].value else args[2]
             continue
         elif s.op == "bitwise_and" and s.dtype is dt.bool_ and any(

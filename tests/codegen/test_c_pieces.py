@@ -106,3 +106,38 @@ def test_gates_pieces_load_only_their_own_input(rendered):
     for piece, own in zip(pieces, ("a", "b", "c", "d")):
         loads = re.findall(r"= (\w)_ptr\[", piece)
         assert loads == ([own] if own != "c" else ["c", "d"])
+
+
+EDGES = [
+    # a piece that is only padding: its store is the pad value itself
+    ("zero_tail", lambda a: F.pad(a, (0, 16)), [((3, 8), np.float32)]),
+    ("int64_pieces", lambda a, b: F.pad(a, (0, 9)) + F.pad(b * 2, (8, 0)),
+     [((3, 8), np.int64), ((3, 9), np.int64)]),
+    ("float16_pieces", lambda a, b: F.pad(a, (0, 9)) + F.pad(b, (8, 0)),
+     [((3, 8), np.float16), ((3, 9), np.float16)]),
+    # big enough for threads: each piece's nest is shared among them
+    ("threaded", lambda a, b: (F.pad(a, (0, 300)) + F.pad(b, (200, 0))).tanh(),
+     [((600, 200), np.float32), ((600, 300), np.float32)]),
+]
+
+
+def test_piece_edge_cases_match_ir_interpreter():
+    rng = np.random.default_rng(6)
+    items = []
+    for i, (name, fn, specs) in enumerate(EDGES):
+        arrays = [(rng.standard_normal(s) * 4).astype(d) for s, d in specs]
+        graph = trace(fn, *[kiln.tensor(a) for a in arrays]).graphs[0]
+        ck = cgen.render_c(lower(graph), name=f"edge{i}")
+        assert "one piece" in ck.source, name
+        items.append((name, graph, arrays, ck))
+    # one team for all the pieces, each piece's loop shared without a barrier after it
+    threaded = items[-1][-1].source
+    assert threaded.count("#pragma omp parallel\n") == 1 and threaded.count("nowait") == 2
+    lib = c_build.load(c_build.start_build(cgen.c_module([x[-1] for x in items])))
+    for name, graph, arrays, ck in items:
+        want, _ = interpret(graph, arrays)
+        for g, w in zip(_run(ck, lib, graph, arrays), want):
+            if name == "threaded":       # kiln's float32 tanh is within a couple of ulps
+                np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+            else:
+                np.testing.assert_array_equal(g, w)
