@@ -2,7 +2,8 @@
 
 A pointwise kernel is a loop nest over its output: the innermost loop walks contiguous memory
 under `#pragma omp simd`, the outer ones are shared among threads with `#pragma omp parallel
-for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
+for`. A loop whose index is tested against constants (a concatenation spelled as zero-padded
+pieces) is cut there, one nest per piece with its tests decided (`_piece_bounds`). A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
 When the reduced dims lie around the row's (batch norm's N, H and W of NCHW), each walk is a
@@ -1585,8 +1586,9 @@ def _live(body: list) -> list:
 
 
 def _decided(body: tuple, ranges: dict, var: str) -> bool:
-    """Whether over `ranges` every test of an index with a constant is decided and no offset
-    still divides `var` (the stretch renders with no select and no division on it)."""
+    """Whether over `ranges` every test of `var`'s index with a constant is decided and no
+    offset still divides an expression of `var` (the stretch renders with no select and no
+    division on it)."""
     tested = {s.dest for s in body if isinstance(s, Compute) and s.op == "index" and
               var in variables(s.args[0])}
     for s in _decide_piece(body, ranges):
