@@ -3,7 +3,8 @@
 A pointwise kernel is a loop nest over its output: the innermost loop walks contiguous memory
 under `#pragma omp simd`, the outer ones are shared among threads with `#pragma omp parallel
 for`. A loop whose index is tested against constants (a concatenation spelled as zero-padded
-pieces) is cut there, one nest per piece with its tests decided (`_piece_bounds`). A reduction kernel runs one row per outer iteration and walks the row once per reduction
+pieces) is cut there, one nest per piece with its tests decided (`_piece_bounds`).
+A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
 When the reduced dims lie around the row's (batch norm's N, H and W of NCHW), each walk is a
