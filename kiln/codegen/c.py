@@ -2,7 +2,9 @@
 
 A pointwise kernel is a loop nest over its output: the innermost loop walks contiguous memory
 under `#pragma omp simd`, the outer ones are shared among threads with `#pragma omp parallel
-for`. A reduction kernel runs one row per outer iteration and walks the row once per reduction
+for`. A loop whose index is tested against constants (a concatenation spelled as zero-padded
+pieces) is cut there, one nest per piece with its tests decided (`_piece_bounds`).
+A reduction kernel runs one row per outer iteration and walks the row once per reduction
 level, then once more to write (as the Triton renderer's looped reductions do); a few long rows
 are split among threads instead, each thread summing its part (OpenMP's `reduction` clause).
 When the reduced dims lie around the row's (batch norm's N, H and W of NCHW), each walk is a
@@ -42,6 +44,10 @@ PARALLEL_MIN = 1 << 17
 # after each matmul, so an OpenMP team started then waits for a core (on 2 cores a 50 us kernel
 # took 4 ms): only kernels big enough to repay that get threads.
 PARALLEL_MIN_NEAR_BLAS = 1 << 24
+# the most stretches a pointwise loop is cut into, one loop nest each (see _piece_bounds)
+PIECES_MAX = 16
+# ... and the shortest stretch of an inner loop that is cut (a vector's worth)
+PIECE_MIN = 8
 # rows at least this many are shared among threads; fewer, longer rows are split instead
 PARALLEL_ROWS = 8
 # the longest inner loop of a pointwise kernel whose strided loads are staged (_staged_loads)
@@ -546,17 +552,39 @@ class _Renderer:
         tile = self._transpose_tile(staged)
         if tile:
             return self._tiled_pointwise(staged, tile, parallel)
+        pieces = None if staged else self._piece_bounds()
+        if pieces:
+            var, cuts = pieces
+            out = []
+            for lo, hi in zip(cuts, cuts[1:]):
+                out.append(f"/* {var} in [{lo}, {hi}): one piece, its selects decided */")
+                self.comments.last = ()
+                out += self._nest(_decide_piece(self.k.body, self._ranges(var, lo, hi)), [],
+                                  parallel, {var: lo}, {var: hi}, in_team=parallel)
+            # one team shares every piece's loops (the pieces write apart: no barrier between)
+            return ["#pragma omp parallel", "{"] + _indent(out) + ["}"] if parallel else out
+        return self._nest(self.k.body, staged, parallel)
+
+    def _nest(self, body: tuple, staged: list, parallel: bool, start: dict | None = None,
+              end: dict | None = None, in_team: bool = False) -> list:
+        """The pointwise loop nest over `body`, each loop from `start` (default 0) to `end`
+        (default its size); `in_team`: inside a parallel region, whose threads share the outer
+        loop without waiting for each other at its end."""
+        loops = self.loops
+        start, end = start or {}, end or {}
         out = []
         for depth, (var, size, _) in enumerate(loops):
             inner = depth == len(loops) - 1
             pad = "    " * depth
             if depth == 0 and parallel:
                 collapse = f" collapse({len(loops) - 1})" if len(loops) > 2 else ""
-                out.append("#pragma omp parallel for simd schedule(static)" if inner else
-                           f"#pragma omp parallel for{collapse} schedule(static)")
+                head, wait = ("for", " nowait") if in_team else ("parallel for", "")
+                out.append(f"#pragma omp {head} simd schedule(static){wait}" if inner else
+                           f"#pragma omp {head}{collapse} schedule(static){wait}")
             elif inner:
                 out.append(pad + "#pragma omp simd")
-            out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++)"
+            out.append(pad + f"for (int64_t {var} = {start.get(var, 0)}; "
+                       f"{var} < {end.get(var, size)}; {var}++)"
                        + (" {" if inner or (staged and depth == len(loops) - 2) else ""))
             if staged and depth == len(loops) - 2:
                 ivar, isize, _ = loops[-1]
@@ -568,23 +596,61 @@ class _Renderer:
                                     f"for (int64_t {ivar} = 0; {ivar} < {isize}; {ivar}++)",
                                     f"    stage_{name}[{ivar}] = {load}"], depth + 1)
         linear = " + ".join(var if s == 1 else f"{var} * {s}" for var, _, s in loops)
-        body = [f"const int64_t xindex = {linear};"]
+        lines = [f"const int64_t xindex = {linear};"]
         # an output written over an input is stored once every load has been done
-        last = [s for s in self.k.body if isinstance(s, Store) and s.buffer in self.stored_over]
+        last = [s for s in body if isinstance(s, Store) and s.buffer in self.stored_over]
         inner_var = loops[-1][0]
-        for s in self.k.body:
+        for s in body:
             if s in staged:
                 name = self._name(s.dest)
-                body.append(f"const {ctype(s.dtype)} {name} = stage_{name}[{inner_var}];")
+                lines.append(f"const {ctype(s.dtype)} {name} = stage_{name}[{inner_var}];")
             elif s not in last:
-                body += self._stmt(s)
+                lines += self._stmt(s)
         for s in last:
-            body += self._stmt(s)
-        out += _indent(body, len(loops))
+            lines += self._stmt(s)
+        out += _indent(lines, len(loops))
         out.append("    " * (len(loops) - 1) + "}")
         if staged:
             out.append("    " * (len(loops) - 2) + "}")
         return out
+
+    def _piece_bounds(self) -> tuple | None:
+        """(loop variable, its cuts 0 = c0 < c1 < ... = size) when the kernel tests that loop's
+        index against constants, as a concatenation spelled as a sum of zero-padded pieces
+        does (a backward through slices: `x1 < 128`, `x1 >= 128 & x1 < 256`, ...): the nest is
+        then written once per stretch between cuts, where every test is decided, every select
+        gone and every `x1 % 128` a shifted `x1`, so the inner loop vectorizes. Else None.
+        The innermost such loop is taken whose stretches all decide their tests; the inner
+        loop only when each stretch is PIECE_MIN long or more (a conv's one-wide pad would
+        make loops of one iteration). A test of another loop stays a select."""
+        index = {s.dest: s.args[0].name for s in self.k.body if isinstance(s, Compute) and
+                 s.op == "index" and isinstance(s.args[0], Var)}
+        sizes = {var: size for var, size, _ in self.loops}
+        cuts: dict = {}
+        for s in self.k.body:
+            if isinstance(s, Compute) and s.op in _DECIDED and s.args[0] in index and \
+                    isinstance(s.args[1], Literal) and type(s.args[1].value) is int:
+                var = index[s.args[0]]
+                cut = s.args[1].value + (s.op in ("gt", "le"))
+                if var in sizes and 0 < cut < sizes[var]:
+                    cuts.setdefault(var, set()).add(cut)
+        for var, _, _ in reversed(self.loops):
+            if var in cuts and len(cuts[var]) < PIECES_MAX:
+                bounds = [0] + sorted(cuts[var]) + [sizes[var]]
+                if var == self.loops[-1][0] and min(
+                        hi - lo for lo, hi in zip(bounds, bounds[1:])) < PIECE_MIN:
+                    continue        # a conv's one-wide pad: loops too short to pay
+                if all(_decided(self.k.body, self._ranges(var, lo, hi), var)
+                       for lo, hi in zip(bounds, bounds[1:])):
+                    return var, bounds
+        return None
+
+    def _ranges(self, var: str, lo: int, hi: int) -> dict:
+        """Each loop variable's (least, greatest) value, `var`'s in [lo, hi)."""
+        ranges = {v: (0, size - 1) for v, size, _ in self.loops}
+        ranges[var] = (lo, hi - 1)
+        ranges["xindex"] = (0, self.k.numel - 1)
+        return ranges
 
     def _staged_loads(self) -> list:
         """The loads a pointwise loop nest first copies, one inner loop's worth, into a local
@@ -655,8 +721,8 @@ class _Renderer:
             copy.append(f"    stage_{name}[{ovar}][{ivar} - t_{ivar}] = {load}")
         body += [f"for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{",
                  "    #pragma omp simd",
-                 f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++)"]
-        body += _indent(copy) + ["}"]
+                 f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{"]
+        body += _indent(copy) + ["    }", "}"]
         body += [f"for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{",
                  "    #pragma omp simd",
                  f"    for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{"]
@@ -1386,6 +1452,164 @@ def _literal(value, d: DType | None) -> str:
     if v == -2 ** 63:
         return "INT64_MIN"
     return f"{v}" if -2 ** 31 < v < 2 ** 31 else f"{v}LL"
+
+
+# comparisons of an index with a constant that a stretch of a loop decides (see _piece_bounds)
+_DECIDED = {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+            "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+
+
+def _bounds(e: Expr, ranges: dict) -> tuple | None:
+    """(least, greatest) value of index expression `e` with its variables in `ranges`; None
+    when a variable's range is unknown."""
+    if isinstance(e, Const):
+        return e.value, e.value
+    if isinstance(e, Var):
+        return ranges.get(e.name)
+    a, b = _bounds(e.a, ranges), _bounds(e.b, ranges)
+    if a is None or b is None:
+        return None
+    if e.op == "+":
+        return a[0] + b[0], a[1] + b[1]
+    if e.op == "-":
+        return a[0] - b[1], a[1] - b[0]
+    if e.op == "*":
+        products = [x * y for x in a for y in b]
+        return min(products), max(products)
+    if b[0] != b[1] or b[0] <= 0 or a[0] < 0:
+        return None
+    m = b[0]
+    if e.op == "//":
+        return a[0] // m, a[1] // m
+    return (a[0] % m, a[1] % m) if a[0] // m == a[1] // m else (0, m - 1)
+
+
+def _narrowed(e: Expr, ranges: dict) -> Expr:
+    """`e` with each `a // m` and `a % m` whose `a` stays within one multiple of m over `ranges`
+    written without division: `x1 // 128` is 3 and `x1 % 128` is `x1 - 384` for x1 in
+    [384, 512)."""
+    if not isinstance(e, BinOp):
+        return e
+    a, b = _narrowed(e.a, ranges), _narrowed(e.b, ranges)
+    if e.op in ("//", "%") and isinstance(b, Const):
+        span = _bounds(a, ranges)
+        if span is not None and span[0] >= 0 and span[0] // b.value == span[1] // b.value:
+            q = span[0] // b.value
+            return Const(q) if e.op == "//" else _flat(a, -q * b.value)
+    return _substitute(BinOp(e.op, a, b), {})
+
+
+def _flat(e: Expr, c: int = 0) -> Expr:
+    """`e + c` as a sum of its terms with the constants gathered: `x0 * 128 + x1 - 384` rather
+    than `x0 * 128 + (x1 - 384)`."""
+    terms: dict = {}
+    const = _linear_terms(e, 1, terms) + c
+    if any(k <= 0 for k in terms.values()):
+        return e if c == 0 else BinOp("+", e, Const(c)) if c > 0 else BinOp("-", e, Const(-c))
+    out: Expr = Const(0)
+    for t, k in terms.items():
+        out = add(out, mul(t, k))
+    return add(out, Const(const)) if const >= 0 else BinOp("-", out, Const(-const))
+
+
+def _piece_offset(e: Expr, ranges: dict) -> Expr:
+    narrowed = _narrowed(e, ranges)
+    return e if narrowed == e else _flat(narrowed)
+
+
+def _decide_piece(body: tuple, ranges: dict) -> list:
+    """`body` over one stretch of a loop (see _Renderer._piece_bounds): index tests decided
+    there become constants, selects on them their chosen value, offsets lose the divisions
+    the stretch makes constant, and statements no output needs any more are dropped."""
+    dtypes = {s.dest: s.dtype for s in body if not isinstance(s, Store)}
+    known: dict = {}        # SSA name -> Literal (a decided test) or the name it stands for
+    exprs: dict = {}        # an `index` value's SSA name -> its expression
+    out = []
+
+    def arg(a):
+        return known.get(a, a) if isinstance(a, str) else a
+
+    for s in body:
+        if isinstance(s, Load):
+            out.append(Load(s.dest, s.buffer, _piece_offset(s.offset, ranges), s.dtype, s.scope))
+            continue
+        if isinstance(s, Store):
+            src = arg(s.src)
+            out.append(Store(s.buffer, _piece_offset(s.offset, ranges),
+                             src.value if isinstance(src, Literal) else src, s.dtype, s.scope))
+            continue
+        if not isinstance(s, Compute):
+            out.append(s)
+            continue
+        args = tuple(arg(a) for a in s.args)
+        if s.op == "index":
+            exprs[s.dest] = s.args[0]
+            args = (_piece_offset(s.args[0], ranges),)
+        elif s.op in _DECIDED and s.args[0] in exprs and isinstance(args[1], Literal):
+            span = _bounds(exprs[s.args[0]], ranges)
+            if span is not None:
+                low, high = (_DECIDED[s.op](v, args[1].value) for v in span)
+                if low == high:
+                    known[s.dest] = Literal(low)
+                    continue
+        elif s.op == "where" and isinstance(args[0], Literal) and all(
+                isinstance(a, Literal) or dtypes.get(a) is s.dtype for a in args[1:]):
+            known[s.dest] = args[1] if args[0].value else args[2]
+            continue
+        elif s.op == "bitwise_and" and s.dtype is dt.bool_ and any(
+                isinstance(a, Literal) for a in args):
+            falses = [a for a in args if isinstance(a, Literal) and not a.value]
+            rest = [a for a in args if not isinstance(a, Literal)]
+            known[s.dest] = Literal(False) if falses else rest[0] if rest else Literal(True)
+            continue
+        out.append(Compute(s.dest, s.op, args, s.attrs, s.dtype, s.arg_dtypes, s.scope, s.note,
+                           s.loc, s.group))
+    return _live(out)
+
+
+def _live(body: list) -> list:
+    """The statements of `body` that a store needs."""
+    need: set = set()
+    keep = []
+    for s in reversed(body):
+        if isinstance(s, Store):
+            if isinstance(s.src, str):
+                need.add(s.src)
+        elif s.dest in need:
+            if isinstance(s, Compute):
+                need.update(a for a in s.args if isinstance(a, str))
+            elif isinstance(s, Reduce):
+                need.add(s.src)
+        else:
+            continue
+        keep.append(s)
+    return keep[::-1]
+
+
+def _decided(body: tuple, ranges: dict, var: str) -> bool:
+    """Whether over `ranges` every test of `var`'s index with a constant is decided and no
+    offset still divides an expression of `var` (the stretch renders with no select and no
+    division on it)."""
+    tested = {s.dest for s in body if isinstance(s, Compute) and s.op == "index" and
+              var in variables(s.args[0])}
+    for s in _decide_piece(body, ranges):
+        if isinstance(s, Compute) and s.op in _DECIDED and s.args[0] in tested:
+            return False
+        offsets = [s.offset] if isinstance(s, (Load, Store)) else \
+            [a for a in s.args if not isinstance(a, (str, Literal))] if isinstance(s, Compute) \
+            else []
+        if any(_divides(e, var) for e in offsets):
+            return False
+    return True
+
+
+def _divides(e: Expr, var: str) -> bool:
+    """Whether `e` divides or takes a remainder of an expression holding `var`."""
+    if not isinstance(e, BinOp):
+        return False
+    if e.op in ("//", "%") and var in variables(e.a):
+        return True
+    return _divides(e.a, var) or _divides(e.b, var)
 
 
 def _split_offset(e: Expr, row_names: set, elem_names: set) -> tuple | None:

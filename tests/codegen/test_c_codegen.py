@@ -343,3 +343,24 @@ def test_float32_math_helpers_are_accurate():
             want = reference[h](x.astype(np.float64))
             assert np.array_equal(np.isnan(y), np.isnan(want.astype(np.float32))), h
             assert _ulps(y, want).max() <= 4, h
+
+
+def test_two_staged_loads_in_one_tile_are_each_copied():
+    """Two channels-last GEMM outputs read in NCHW order beside a byte mask: both strided loads
+    are copied per tile, each inside the copy loop (once, only the first one was, and the
+    kernel did not compile)."""
+    rng = np.random.default_rng(8)
+    n, c, h, w = 2, 16, 5, 7
+    arrays = [rng.standard_normal((n * h * w, c)).astype(np.float32) for _ in range(2)]
+
+    def sum_relu(y, z):
+        r = (y.reshape(n, h, w, c).permute(0, 3, 1, 2) +
+             z.reshape(n, h, w, c).permute(0, 3, 1, 2)).relu()
+        return r, r <= 0
+    graph = _graph(sum_relu, arrays)
+    ck = cgen.render_c(lower(graph))
+    assert ck.source.count("= stage_") == 2 and "t_g2" in ck.source
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, arrays)
+    for g, wnt in zip(_run(ck, lib, graph, arrays), want):
+        _check(g, wnt, 0, 0)
