@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 
 import numpy as np
 
 from kiln.ir.ops import windows_geometry
+from kiln.runtime.c_helpers import HelperKernels
 
 SOURCE = r"""
 #include <string.h>
@@ -90,37 +90,19 @@ KILN_FOLD(kiln_fold_f32, float)
 KILN_FOLD(kiln_fold_f64, double)
 """
 
-_LOCK = threading.Lock()
-_state: dict = {}             # "fns": name -> C function, or None when there are none
+def _bind(lib) -> dict:
+    fns = {}
+    for name, nlongs in (("kiln_fold_f32", 13), ("kiln_fold_f64", 13), ("kiln_unfold", 15)):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
+        fn.restype = None
+        fns[name] = fn
+    return fns
 
 
-def _functions() -> dict | None:
-    """name -> C function, built on the first call (it waits for the compiler, once per
-    machine: the build is cached on disk); None when the kernels cannot be built."""
-    fns = _state.get("fns", False)
-    if fns is not False:
-        return fns
-    from kiln.runtime import c_build     # on first use: it loads the code generators
-    with _LOCK:
-        if "fns" not in _state:
-            _state["fns"] = _load_functions(c_build)
-        return _state["fns"]
-
-
-def _load_functions(c_build) -> dict | None:
-    try:
-        if c_build.compiler_problem() is not None:
-            return None
-        lib = c_build.load(c_build.start_build(SOURCE))
-        fns = {}
-        for name, nlongs in (("kiln_fold_f32", 13), ("kiln_fold_f64", 13), ("kiln_unfold", 15)):
-            fn = getattr(lib, name)
-            fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * nlongs
-            fn.restype = None
-            fns[name] = fn
-        return fns
-    except (c_build.BuildError, OSError):
-        return None             # no compiler, or no cache directory to build in: NumPy it is
+# name -> C function, or None when there are none
+_KERNELS = HelperKernels(SOURCE, _bind)
+_functions = _KERNELS.functions
 
 
 def fold_kernel(cols: np.ndarray, size: tuple, kernel: tuple, stride: tuple,
@@ -189,7 +171,7 @@ def _after_fork_in_child() -> None:
     # GNU OpenMP cannot run a parallel region in a process forked after its threads started (the
     # child waits forever for threads it does not have): a forked child (a DataLoader worker)
     # convolves with NumPy, which gives the same values
-    _state["fns"] = None
+    _KERNELS.disable()
 
 
 if hasattr(os, "register_at_fork"):

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import math
-import threading
 
 import numpy as np
+
+from kiln.runtime.c_helpers import HelperKernels
 
 SOURCE = r"""
 #include <stdint.h>
@@ -48,41 +49,23 @@ KILN_INDEX_ADD(kiln_index_add_f32_i32, float, int32_t)
 KILN_INDEX_ADD(kiln_index_add_f64_i32, double, int32_t)
 """
 
-_LOCK = threading.Lock()
-_state: dict = {}             # "fns": (value dtype, index dtype) -> C function, or None
-
 _TYPES = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _INDEX_TYPES = {np.dtype(np.int64): "i64", np.dtype(np.int32): "i32"}
 
 
-def _functions() -> dict | None:
-    """(value dtype, index dtype) -> C function, built on the first call (the build is cached
-    on disk); None when the kernel cannot be built."""
-    fns = _state.get("fns", False)
-    if fns is not False:
-        return fns
-    from kiln.runtime import c_build
-    with _LOCK:
-        if "fns" not in _state:
-            _state["fns"] = _load_functions(c_build)
-        return _state["fns"]
+def _bind(lib) -> dict:
+    fns = {}
+    for dtype, t in _TYPES.items():
+        for itype, i in _INDEX_TYPES.items():
+            fn = getattr(lib, f"kiln_index_add_{t}_{i}")
+            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4
+            fn.restype = ctypes.c_int
+            fns[dtype, itype] = fn
+    return fns
 
 
-def _load_functions(c_build) -> dict | None:
-    try:
-        if c_build.compiler_problem() is not None:
-            return None
-        lib = c_build.load(c_build.start_build(SOURCE))
-        fns = {}
-        for dtype, t in _TYPES.items():
-            for itype, i in _INDEX_TYPES.items():
-                fn = getattr(lib, f"kiln_index_add_{t}_{i}")
-                fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4
-                fn.restype = ctypes.c_int
-                fns[dtype, itype] = fn
-        return fns
-    except (c_build.BuildError, OSError):
-        return None             # no compiler, or no cache directory: NumPy it is
+# (value dtype, index dtype) -> C function, or None when the kernel cannot be built
+_functions = HelperKernels(SOURCE, _bind).functions
 
 
 def index_add_kernel(base: np.ndarray, idx: np.ndarray, src: np.ndarray,

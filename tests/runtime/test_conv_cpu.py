@@ -12,6 +12,7 @@ import pytest
 
 from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import c_build, conv_cpu
+from kiln.runtime.c_helpers import HelperKernels
 from kiln.runtime.numpy_backend import numpy_impl
 
 needs_cc = pytest.mark.skipif(c_build.compiler_problem() is not None,
@@ -25,14 +26,14 @@ UNFOLD, FOLD = numpy_impl(PRIMITIVES["unfold"]), numpy_impl(PRIMITIVES["fold"])
 def _numpy_unfold(x, kernel, stride, dilation, monkeypatch):
     """The NumPy backend's unfold with the C kernels off."""
     with monkeypatch.context() as m:
-        m.setattr(conv_cpu, "_state", {"fns": None})
+        m.setattr(conv_cpu, "_functions", lambda: None)
         return UNFOLD(np, x, kernel, stride, dilation)
 
 
 def _numpy_fold(cols, size, kernel, stride, dilation, monkeypatch):
     """The NumPy backend's fold with the C kernels off."""
     with monkeypatch.context() as m:
-        m.setattr(conv_cpu, "_state", {"fns": None})
+        m.setattr(conv_cpu, "_functions", lambda: None)
         return FOLD(np, cols, size, kernel, stride, dilation)
 
 
@@ -77,7 +78,7 @@ def test_c_fold_declines_what_it_does_not_take(monkeypatch):
 
 
 def test_without_a_compiler_fold_and_unfold_run_on_numpy(monkeypatch):
-    monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
+    monkeypatch.setattr(conv_cpu, "_functions", lambda: None)
     x = np.random.default_rng(3).normal(size=(2, 3, 5, 5)).astype(np.float32)
     assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
     assert _same_bits(UNFOLD(np, x, (2, 2), (1, 1), (1, 1)),
@@ -130,8 +131,8 @@ def test_without_a_cache_directory_fold_and_unfold_run_on_numpy(monkeypatch, tmp
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("KILN_CACHE_DIR", str(blocker / "cache"))     # cannot be created
-    monkeypatch.setattr(conv_cpu, "_state", {})
-    monkeypatch.setattr(conv_cpu, "SOURCE", conv_cpu.SOURCE + "/* not in any cache */\n")
+    fresh = HelperKernels(conv_cpu.SOURCE + "/* not in any cache */\n", conv_cpu._bind)
+    monkeypatch.setattr(conv_cpu, "_functions", fresh.functions)
     x = np.random.default_rng(5).normal(size=(2, 3, 5, 5)).astype(np.float32)
     assert conv_cpu.unfold_kernel(x, (2, 2), (1, 1), (1, 1)) is None
     assert _same_bits(UNFOLD(np, x, (2, 2), (1, 1), (1, 1)),

@@ -98,7 +98,7 @@ def _image_layouts(a):
 def test_unfold_and_fold_fast_paths_give_the_definitions_bits(shape, kernel, stride, dilation,
                                                                dtype, kernels, monkeypatch):
     if kernels == "numpy":
-        monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
+        monkeypatch.setattr(conv_cpu, "_functions", lambda: None)
     for x in _image_layouts(RNG.standard_normal(shape).astype(dtype)):
         want = PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation)
         got = FAST_PATHS["unfold"](np, x, kernel, stride, dilation)
@@ -128,7 +128,7 @@ def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dil
     # the images in chunks (the last one short when 2 do not divide 5), from every input layout;
     # the weight gradient sums its chunks' products one after another: equal up to rounding
     if kernels == "numpy":
-        monkeypatch.setattr(conv_cpu, "_state", {"fns": None})
+        monkeypatch.setattr(conv_cpu, "_functions", lambda: None)
     windows = PRIMITIVES["unfold"].impl(np, np.zeros(shape, dtype), kernel, stride, dilation)
     rows, k = np.prod(windows.shape[:3]), np.prod(windows.shape[3:])
     monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES",
