@@ -1631,13 +1631,9 @@ def _split_offset(e: Expr, row_names: set, elem_names: set) -> tuple | None:
     return row, elem
 
 
-def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Expr:
-    """`e` with each `linear // d % m`, `linear // d` or `linear % m` that a run of the loop
-    nest spells out written as those loops' variables: in a loop nest over (16, 32, 676),
-    `xindex % 676` is the inner loop's `g2`, and the inner loop then has no division left to
-    keep it from vectorizing. `loops` holds (var, size, stride) from outer to inner."""
-    if not isinstance(e, BinOp):
-        return e
+def _digit_of(e: BinOp, linear: str) -> tuple:
+    """(d, m) when `e` is a digit of the linear index `linear`: `linear // d % m`,
+    `linear % m` (d = 1) or `linear // d` (m None); else (None, None)."""
     d = m = None
     if e.op == "%" and isinstance(e.b, Const):
         m = e.b.value
@@ -1648,6 +1644,17 @@ def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Exp
             d = e.a.b.value
     elif e.op == "//" and e.a == Var(linear) and isinstance(e.b, Const):
         d = e.b.value
+    return d, m
+
+
+def loop_digits(e: Expr, loops: list, numel: int, linear: str = "xindex") -> Expr:
+    """`e` with each `linear // d % m`, `linear // d` or `linear % m` that a run of the loop
+    nest spells out written as those loops' variables: in a loop nest over (16, 32, 676),
+    `xindex % 676` is the inner loop's `g2`, and the inner loop then has no division left to
+    keep it from vectorizing. `loops` holds (var, size, stride) from outer to inner."""
+    if not isinstance(e, BinOp):
+        return e
+    d, m = _digit_of(e, linear)
     if d is not None:
         strides = {stride for _, _, stride in loops}
         top = numel if m is None else d * m
@@ -1673,16 +1680,7 @@ def nest_digits(e: Expr, loops: list, numel: int, linear: str) -> Expr:
         return out
     if not isinstance(e, BinOp):
         return e
-    d = m = None
-    if e.op == "%" and isinstance(e.b, Const):
-        m = e.b.value
-        if e.a == Var(linear):
-            d = 1
-        elif isinstance(e.a, BinOp) and e.a.op == "//" and e.a.a == Var(linear) and \
-                isinstance(e.a.b, Const):
-            d = e.a.b.value
-    elif e.op == "//" and e.a == Var(linear) and isinstance(e.b, Const):
-        d = e.b.value
+    d, m = _digit_of(e, linear)
     if d is not None:
         whole = loop_digits(e, loops, numel, linear)
         if whole != e:
