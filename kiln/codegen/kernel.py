@@ -408,6 +408,7 @@ class _Lowering:
         self.memo: dict = {}            # (Value, coords) -> (ssa name, scope, level)
         self.loads: dict = {}           # (buffer index, offset) -> ssa name
         self.names: dict = {}           # Value -> how many times it has been emitted
+        self.taken: set = set()         # every name `_fresh` handed out
         self.input_index = {v: i for i, v in enumerate(graph.inputs)}
         for n in graph.nodes:
             prim = PRIMITIVES[n.op]
@@ -608,8 +609,13 @@ class _Lowering:
     def _fresh(self, v: Value) -> str:
         base = v.name if v.name.isidentifier() else f"v{v.id}"
         k = self.names.get(v, 0)
+        name = base if k == 0 else f"{base}_{k}"
+        while name in self.taken:       # another value's name or copy ("x_1" beside x's copy)
+            k += 1
+            name = f"{base}_{k}"
         self.names[v] = k + 1
-        return base if k == 0 else f"{base}_{k}"
+        self.taken.add(name)
+        return name
 
     def _scope_of(self, e: Expr) -> str:
         elem = {"xindex", "rindex"} | {iv.name for iv in self.index_vars if iv.scope == ELEM}

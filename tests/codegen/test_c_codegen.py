@@ -364,3 +364,19 @@ def test_two_staged_loads_in_one_tile_are_each_copied():
     want, _ = interpret(graph, arrays)
     for g, wnt in zip(_run(ck, lib, graph, arrays), want):
         _check(g, wnt, 0, 0)
+
+
+def test_a_value_read_twice_beside_an_input_named_like_its_copy():
+    # the second load of `x` would be named `x_1`, the name of the other input: each C name
+    # is handed out once
+    def f(x, x_1):
+        return x[:, :-1] * x[:, 1:] + x_1
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((4, 9)).astype(np.float32),
+              rng.standard_normal((4, 8)).astype(np.float32)]
+    graph = _graph(f, arrays)
+    assert [v.name for v in graph.inputs] == ["x", "x_1"]
+    ck = cgen.render_c(lower(graph))
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    want, _ = interpret(graph, arrays)
+    np.testing.assert_array_equal(_run(ck, lib, graph, arrays)[0], want[0])
