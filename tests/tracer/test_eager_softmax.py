@@ -1,0 +1,111 @@
+"""Eager softmax and log_softmax run as one NumPy expression with one autograd node
+(`kiln.tracer.functional.softmax_family`): the same values as the traced composite, PyTorch's
+values and gradients (first and second order), PyTorch's grad_fn names, and the composite
+still recorded under a trace."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.tracer.functional import softmax_family
+from tests.parity import check_op
+
+CASES = [((4, 7), -1), ((3, 5, 6), 1), ((2, 3), 0), ((5,), 0), ((2, 1, 4), 1)]
+OPS = {"softmax": (kiln.softmax, torch.softmax),
+       "log_softmax": (kiln.log_softmax, torch.log_softmax)}
+
+
+def _composite(monkeypatch):
+    """Turn the fast path off: the op runs as its primitives, as before it existed."""
+    monkeypatch.setattr(softmax_family, "_fast_input", lambda *args: None)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,dim", CASES)
+def test_fast_path_matches_torch(name, dtype, shape, dim):
+    check_op(lambda lib, x: getattr(lib, name)(x, dim), [shape], dtype=dtype, low=-4, high=4)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # the composite's inf - inf
+def test_fast_path_values_are_the_composites_bitwise(name, dtype, monkeypatch):
+    a = np.random.default_rng(1).normal(0, 5, (6, 9)).astype(dtype)
+    a[2, 3] = np.inf                                   # a row of NaN, silently, both ways
+    a[4] = -np.inf
+    fast = OPS[name][0](kiln.tensor(a), -1).numpy()
+    _composite(monkeypatch)
+    slow = OPS[name][0](kiln.tensor(a), -1).numpy()
+    np.testing.assert_array_equal(fast, slow)
+    assert np.isnan(fast[2]).all() and np.isnan(fast[4]).all()
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_one_node_with_pytorchs_name(name):
+    x = kiln.randn(3, 4, requires_grad=True)
+    y = OPS[name][0](x, 1)
+    ty = OPS[name][1](torch.randn(3, 4, requires_grad=True), 1)
+    assert y.grad_fn.name() == type(ty.grad_fn).__name__
+    assert [e for e, _ in y.grad_fn.next_functions] == ["AccumulateGrad"]   # straight to x
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_second_order_gradient_matches_torch(name):
+    a = np.random.default_rng(2).normal(0, 2, (3, 5))
+    w = np.random.default_rng(3).normal(0, 1, (3, 5))
+    grads = []
+    for lib, fn in zip((kiln, torch), OPS[name]):
+        x = lib.tensor(a, requires_grad=True)
+        (g,) = lib.autograd.grad((fn(x, 1) * lib.tensor(w)).sum(), x, create_graph=True)
+        (gg,) = lib.autograd.grad((g * g).sum(), x)
+        grads.append((g.detach().numpy(), gg.numpy()))
+    for k, t in zip(*grads):
+        np.testing.assert_allclose(k, t, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_output_written_in_place_keeps_the_mathematical_gradient(name):
+    a = np.random.default_rng(4).normal(0, 1, (4, 3))
+    grads = []
+    for lib, fn in zip((kiln, torch), OPS[name]):
+        x = lib.tensor(a, requires_grad=True)
+        out = fn(x, 1)
+        if lib is torch:                   # PyTorch refuses the write; kiln keeps a copy
+            out = out.clone()
+        out.mul_(3).sum().backward()
+        grads.append(x.grad.numpy())
+    np.testing.assert_allclose(*grads, rtol=1e-10, atol=1e-12)
+
+
+def test_no_grad_records_nothing():
+    x = kiln.randn(2, 3, requires_grad=True)
+    with kiln.no_grad():
+        y = kiln.softmax(x, -1)
+    assert y.grad_fn is None and not y.requires_grad
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_compiled_records_the_composite_and_equals_eager(name, monkeypatch):
+    fn = OPS[name][0]
+    eager_calls = []
+    for helper in ("_eager_softmax", "_eager_log_softmax"):
+        original = getattr(softmax_family, helper)
+        monkeypatch.setattr(softmax_family, helper,
+                            lambda x, d, original=original: eager_calls.append(1) or original(x, d))
+
+    def step(x):
+        return (fn(x * 2, -1) ** 2).sum()
+
+    a = np.random.default_rng(5).normal(0, 1, (4, 6)).astype(np.float32)
+    results = []
+    for run in (step, kiln.compile(step, backend="numpy")):
+        eager_calls.clear()
+        x = kiln.tensor(a, requires_grad=True)
+        loss = run(x)
+        loss.backward()
+        results.append((loss.item(), x.grad.numpy(), len(eager_calls)))
+    assert results[0][2] == 1 and results[1][2] == 0     # the trace took the composite
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
