@@ -6,8 +6,13 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+import numpy as np
+
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
+from kiln.ir.ops import PRIMITIVES, P, Primitive
+from kiln.runtime.device import CPU
+from kiln.runtime.numpy_backend import numpy_impl
+from kiln.tracer import autograd as _autograd
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, zeros
 from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, log, logical_not,
@@ -16,7 +21,7 @@ from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, 
 from kiln.tracer.functional.indexing import gather, where
 from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -55,8 +60,58 @@ def nansum(input, dim=None, keepdim=False, *, dtype=None):
     return sum(where(isnan(input), 0.0, input), dim, keepdim, dtype=dtype)
 
 
+# Eager mean's fast path: sum then divide as the composite below does, with the same NumPy
+# calls (so bitwise the same values) but one dispatch-free step and one autograd node instead
+# of two dispatches and two nodes (~7.9 us -> ~3 us on 16 elements). A trace still records the
+# composite; this node's "primitive" exists only for autograd, like softmax's.
+
+def _mean_grad(g, out, x, axes, keepdim, count):
+    # the composite's gradient, in its order: div's (g / count), then sum's (broadcast back)
+    keep = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    return (P.expand(P.reshape(P.div(g, count), shape=keep), shape=tuple(x.shape)),)
+
+
+_MEAN = Primitive("mean", "custom", None, None, _mean_grad, 1, reads=(),
+                  doc="eager mean's autograd node (never traced)")
+_NUMPY_SUM = numpy_impl(PRIMITIVES["sum"])        # the sum the dispatcher runs
+
+
+def _eager_mean(input, dim, keepdim):
+    """mean of an eager CPU float32/float64 tensor without dispatches, or None where the
+    composite must run (a trace, another dtype or device, 0-d, an empty reduction, a stale
+    view)."""
+    if type(input) is not Tensor or (TRACING[0] and STATE.tracer is not None) or \
+            input.device is not CPU or (input.dtype is not dt.float32 and
+                                        input.dtype is not dt.float64):
+        return None
+    data = input._data
+    if not data.ndim or (input._base is not None and input._base[3] != input._version[0]):
+        return None
+    axes = _axes(dim, data.ndim)
+    shape = data.shape
+    count = math.prod(shape[a] for a in axes)
+    if not count:
+        return None
+    keepdim = bool(keepdim)
+    count = float(count)
+    out = _NUMPY_SUM(np, data, axes, keepdim) / count
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)                      # NumPy hands back scalars for 0-d results
+    if out.dtype != data.dtype:                    # pragma: no cover - NumPy 1.x promotion
+        out = out.astype(data.dtype)
+    result = Tensor._make(out, input.dtype, CPU)
+    if input.requires_grad and STATE.grad_enabled:
+        _autograd.record(_MEAN, (input,), {"axes": axes, "keepdim": keepdim, "count": count},
+                         result)
+    return result
+
+
 @composite
 def mean(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is None:
+        result = _eager_mean(input, dim, keepdim)
+        if result is not None:
+            return result
     if dtype is not None:
         input = input.to(dtype)
     if not input.dtype.is_floating_point:

@@ -45,6 +45,17 @@ _LOG_SOFTMAX = Primitive("log_softmax", "custom", None, None, _log_softmax_grad,
                          output=COPIED, doc="eager log_softmax's autograd node (never traced)")
 _FAST_DTYPES = (dt.float32, dt.float64)
 _sum = numpy_impl(PRIMITIVES["sum"])       # the sum the dispatcher runs, so values match
+_SMALL = 4096     # below this `_sum` and `max` are NumPy's plain reductions: the ufuncs' own
+                  # reduce skips the ndarray methods' Python wrappers (same values, ~0.4 us less)
+
+
+def _row_max(data, d):
+    return np.maximum.reduce(data, d, None, None, True) if data.size < _SMALL else \
+        data.max(axis=(d,), keepdims=True)
+
+
+def _row_sum(e, d):
+    return np.add.reduce(e, d, None, None, True) if e.size < _SMALL else _sum(np, e, (d,), True)
 
 
 # NumPy's warnings silenced as the dispatcher does it for quiet primitives (its comment: the
@@ -98,8 +109,8 @@ def _eager_softmax(x, d) -> Tensor:
     data = x._data
     token = _quiet()                     # inf inputs give NaN, silently, as the primitives do
     try:
-        e = np.exp(data - data.max(axis=(d,), keepdims=True))
-        out = e / _sum(np, e, (d,), True)
+        e = np.exp(data - _row_max(data, d))
+        out = e / _row_sum(e, d)
     finally:
         _loud(token)
     return _finish(_SOFTMAX, x, out, d)
@@ -109,8 +120,8 @@ def _eager_log_softmax(x, d) -> Tensor:
     data = x._data
     token = _quiet()
     try:
-        shifted = data - data.max(axis=(d,), keepdims=True)
-        out = shifted - np.log(_sum(np, np.exp(shifted), (d,), True))
+        shifted = data - _row_max(data, d)
+        out = shifted - np.log(_row_sum(np.exp(shifted), d))
     finally:
         _loud(token)
     return _finish(_LOG_SOFTMAX, x, out, d)

@@ -1,14 +1,14 @@
-"""Eager softmax and log_softmax run as one NumPy expression with one autograd node
-(`kiln.tracer.functional.softmax_family`): the same values as the traced composite, PyTorch's
-values and gradients (first and second order), PyTorch's grad_fn names, and the composite
-still recorded under a trace."""
+"""Eager fast paths: softmax, log_softmax and mean run as one NumPy expression with one
+autograd node (`kiln.tracer.functional.softmax_family`, `reductions`): the same values as the
+composite they stand for, PyTorch's values and gradients (first and second order), PyTorch's
+grad_fn names, and the composite still recorded under a trace."""
 
 import numpy as np
 import pytest
 import torch
 
 import kiln
-from kiln.tracer.functional import softmax_family
+from kiln.tracer.functional import reductions, softmax_family
 from tests.parity import check_op
 
 CASES = [((4, 7), -1), ((3, 5, 6), 1), ((2, 3), 0), ((5,), 0), ((2, 1, 4), 1)]
@@ -30,9 +30,10 @@ def test_fast_path_matches_torch(name, dtype, shape, dim):
 
 @pytest.mark.parametrize("name", sorted(OPS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 9), (64, 80)])   # below and above NumPy's fast-sum size
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # the composite's inf - inf
-def test_fast_path_values_are_the_composites_bitwise(name, dtype, monkeypatch):
-    a = np.random.default_rng(1).normal(0, 5, (6, 9)).astype(dtype)
+def test_fast_path_values_are_the_composites_bitwise(name, dtype, shape, monkeypatch):
+    a = np.random.default_rng(1).normal(0, 5, shape).astype(dtype)
     a[2, 3] = np.inf                                   # a row of NaN, silently, both ways
     a[4] = -np.inf
     fast = OPS[name][0](kiln.tensor(a), -1).numpy()
@@ -109,3 +110,54 @@ def test_compiled_records_the_composite_and_equals_eager(name, monkeypatch):
     assert results[0][2] == 1 and results[1][2] == 0     # the trace took the composite
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- mean
+
+MEAN_CASES = [(None, False), (-1, False), (1, True), ((0, 2), False), ((2, 0), True)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dim,keepdim", MEAN_CASES)
+def test_mean_fast_path_matches_torch(dtype, dim, keepdim):
+    def fn(lib, x):
+        return x.mean() if dim is None else x.mean(dim, keepdim=keepdim)
+    check_op(fn, [(3, 4, 5)], dtype=dtype)
+
+
+@pytest.mark.parametrize("dim,keepdim", MEAN_CASES)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (20, 30, 8)])
+def test_mean_fast_path_is_the_composite_bitwise(dim, keepdim, shape, monkeypatch):
+    a = np.random.default_rng(6).normal(0, 3, shape).astype(np.float32)
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(reductions, "_eager_mean", lambda *args: None)
+        x = kiln.tensor(a, requires_grad=True)
+        y = x.mean() if dim is None else x.mean(dim, keepdim=keepdim)
+        y.backward(kiln.tensor(np.random.default_rng(7).normal(0, 1, y.shape).astype(np.float32)))
+        runs.append((y.detach().numpy(), x.grad.numpy(), y.grad_fn.name()))
+    for fast_value, slow_value in zip(*runs):
+        np.testing.assert_array_equal(fast_value, slow_value)
+
+
+def test_mean_under_a_trace_is_the_composite(monkeypatch):
+    calls = []
+    original = reductions._eager_mean
+    monkeypatch.setattr(reductions, "_eager_mean",
+                        lambda *args: calls.append(original(*args)) or calls[-1])
+
+    def step(x):
+        return (x.mean(-1) ** 2).sum()
+
+    a = np.random.default_rng(8).normal(0, 1, (4, 6)).astype(np.float32)
+    results = []
+    for run in (step, kiln.compile(step, backend="numpy")):
+        calls.clear()
+        x = kiln.tensor(a, requires_grad=True)
+        loss = run(x)
+        loss.backward()
+        results.append((loss.item(), x.grad.numpy(), [r is not None for r in calls]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    assert results[0][2] == [True] and results[1][2] and not any(results[1][2])
