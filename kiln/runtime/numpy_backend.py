@@ -88,6 +88,10 @@ def _as_bits(a, dtype, bits):
 
 def _sum(xp, x, axes, keepdim):
     if x.size < 4096 or x.dtype not in _BLAS_FLOATS or not axes or len(axes) == x.ndim:
+        if x.dtype in _BLAS_FLOATS:
+            # what x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype) runs, without its two
+            # Python wrappers (~0.5 us of a 16-element eager sum's ~4 us); same values
+            return np.add.reduce(x, axes, x.dtype, None, keepdim)
         return _generic_sum(xp, x, axes, keepdim)
     # NumPy's sum runs its inner loop once per contiguous run: fast when the reduced axes lie
     # outside a long kept block (it adds whole slabs), slow on short runs, as when batch-norm
