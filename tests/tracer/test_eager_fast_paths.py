@@ -161,3 +161,41 @@ def test_mean_under_a_trace_is_the_composite(monkeypatch):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
     assert results[0][2] == [True] and results[1][2] and not any(results[1][2])
+
+
+# ----------------------------------------------------------------------------- sum of all
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16,), (3, 4, 5), (0, 3)])
+def test_sum_fast_path_matches_torch(dtype, shape):
+    check_op(lambda lib, x: x.sum(), [shape], dtype=dtype)
+    check_op(lambda lib, x: lib.sum(x) * 2, [shape], dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (70, 90)])
+def test_sum_fast_path_is_the_dispatchers_bitwise(shape, monkeypatch):
+    a = np.random.default_rng(9).normal(0, 3, shape).astype(np.float32)
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(reductions, "_eager_ok", lambda x: False)
+        x = kiln.tensor(a, requires_grad=True)
+        y = x.sum()
+        y.backward(kiln.tensor(np.float32(0.7)))
+        runs.append((y.detach().numpy(), x.grad.numpy(), y.grad_fn.name()))
+    for fast_value, slow_value in zip(*runs):
+        np.testing.assert_array_equal(fast_value, slow_value)
+    assert runs[0][2] == "SumBackward0"
+
+
+def test_sum_of_a_stale_view_takes_its_new_history():
+    for lib in (kiln, torch):
+        x = lib.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+        base = x * 1
+        view = base[1:]
+        base.mul_(x)                    # view's history is stale: it now reads x * x
+        view.sum().backward()
+        if lib is kiln:
+            got = x.grad.numpy()
+        else:
+            np.testing.assert_allclose(got, x.grad.numpy())
