@@ -25,23 +25,37 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 # fuses its primitives and needs no softmax op of its own. The node's "primitive" below exists
 # only for autograd (like `copy_slices`); it is never registered, traced or compiled.
 
-def _softmax_grad(g, out, x, dim):
-    # PyTorch's rule: out * (g - sum(g * out)); written with primitives, so create_graph works
-    gout = P.mul(g, out)
-    return (P.mul(out, P.sub(g, P.sum(gout, axes=(dim,), keepdim=True))),)
+def _softmax_grad(g, out, x, e, s, dim):
+    if STATE.grad_enabled:
+        # create_graph: PyTorch's rule, out * (g - sum(g * out)), differentiable through out
+        gout = P.mul(g, out)
+        return (P.mul(out, P.sub(g, P.sum(gout, axes=(dim,), keepdim=True))), None, None)
+    # first order: the composite's own rules (div, sum, exp, sub) in the order the backward
+    # engine runs them, on the saved e = exp(x - max) and s = sum(e), so the gradient is
+    # bitwise the composite's, and compiled code (traced from the composite) matches eager
+    # as closely as before
+    ge = P.div(g, s)
+    gs = P.neg(P.div(P.mul(g, out).sum_to_size(tuple(s.shape)), s))
+    ge = P.add(ge, P.expand(P.reshape(gs, shape=tuple(s.shape)), shape=tuple(e.shape)))
+    return (P.mul(ge, e), None, None)
 
 
-def _log_softmax_grad(g, out, x, dim):
-    # PyTorch's rule: g - exp(out) * sum(g)
-    return (P.sub(g, P.mul(P.exp(out), P.sum(g, axes=(dim,), keepdim=True))),)
+def _log_softmax_grad(g, out, x, e, s, dim):
+    if STATE.grad_enabled:
+        # create_graph: PyTorch's rule, g - exp(out) * sum(g)
+        return (P.sub(g, P.mul(P.exp(out), P.sum(g, axes=(dim,), keepdim=True))), None, None)
+    # first order: the composite's rules (sub, log, sum, exp, sub), as for softmax
+    gs = P.div(P.neg(g.sum_to_size(tuple(s.shape))), s)
+    ge = P.expand(P.reshape(gs, shape=tuple(s.shape)), shape=tuple(e.shape))
+    return (P.add(g, P.mul(ge, e)), None, None)
 
 
 # output COPIED: the composite's own rules never read the returned tensor, so kiln allows an
 # in-place write into it (PyTorch refuses); such a write first gives the node its own copy,
 # and the gradient stays the mathematical one
-_SOFTMAX = Primitive("softmax", "custom", None, None, _softmax_grad, 1, reads=(), output=COPIED,
+_SOFTMAX = Primitive("softmax", "custom", None, None, _softmax_grad, 3, reads=(), output=COPIED,
                      doc="eager softmax's autograd node (never traced)")
-_LOG_SOFTMAX = Primitive("log_softmax", "custom", None, None, _log_softmax_grad, 1, reads=(),
+_LOG_SOFTMAX = Primitive("log_softmax", "custom", None, None, _log_softmax_grad, 3, reads=(),
                          output=COPIED, doc="eager log_softmax's autograd node (never traced)")
 _FAST_DTYPES = (dt.float32, dt.float64)
 _sum = numpy_impl(PRIMITIVES["sum"])       # the sum the dispatcher runs, so values match
@@ -98,10 +112,12 @@ def _fast_input(x, dim, dtype):
     return d if data.shape[d] else None
 
 
-def _finish(prim, x, out, d) -> Tensor:
+def _finish(prim, x, out, e, s, d) -> Tensor:
     result = Tensor._make(out, x.dtype, CPU)
     if x.requires_grad and STATE.grad_enabled:
-        _autograd.record(prim, (x,), {"dim": d}, result)
+        # e and s ride along as inputs that need no gradient (their edges are None)
+        saved = (Tensor._make(e, x.dtype, CPU), Tensor._make(s, x.dtype, CPU))
+        _autograd.record(prim, (x,) + saved, {"dim": d}, result)
     return result
 
 
@@ -110,10 +126,11 @@ def _eager_softmax(x, d) -> Tensor:
     token = _quiet()                     # inf inputs give NaN, silently, as the primitives do
     try:
         e = np.exp(data - _row_max(data, d))
-        out = e / _row_sum(e, d)
+        total = _row_sum(e, d)
+        out = e / total
     finally:
         _loud(token)
-    return _finish(_SOFTMAX, x, out, d)
+    return _finish(_SOFTMAX, x, out, e, total, d)
 
 
 def _eager_log_softmax(x, d) -> Tensor:
@@ -121,10 +138,12 @@ def _eager_log_softmax(x, d) -> Tensor:
     token = _quiet()
     try:
         shifted = data - _row_max(data, d)
-        out = shifted - np.log(_row_sum(np.exp(shifted), d))
+        e = np.exp(shifted)
+        total = _row_sum(e, d)
+        out = shifted - np.log(total)
     finally:
         _loud(token)
-    return _finish(_LOG_SOFTMAX, x, out, d)
+    return _finish(_LOG_SOFTMAX, x, out, e, total, d)
 
 
 # ----------------------------------------------------------------------------- softmax family
