@@ -50,9 +50,9 @@ def _log_softmax_grad(g, out, x, e, s, dim):
     return (P.add(g, P.mul(ge, e)), None, None)
 
 
-# output COPIED: the composite's own rules never read the returned tensor, so kiln allows an
-# in-place write into it (PyTorch refuses); such a write first gives the node its own copy,
-# and the gradient stays the mathematical one
+# output COPIED, as the composite's last div has it: kiln allows an in-place write into the
+# result (PyTorch refuses), and such a write first gives the node its own copy of the output,
+# so the gradient stays the mathematical one
 _SOFTMAX = Primitive("softmax", "custom", None, None, _softmax_grad, 3, reads=(), output=COPIED,
                      doc="eager softmax's autograd node (never traced)")
 _LOG_SOFTMAX = Primitive("log_softmax", "custom", None, None, _log_softmax_grad, 3, reads=(),
