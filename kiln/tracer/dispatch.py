@@ -82,22 +82,21 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
 
     key = tuple(key)
     try:
-        rule = _INFER_CACHE.get(key)
+        facts = _INFER_CACHE.get(key)
     except TypeError:            # an unhashable attribute: compute without caching
-        rule, key = None, None
-    if rule is None:
-        rule = infer(prim, args, attrs)
+        facts, key = None, None
+    if facts is None:
+        facts = _facts(prim, infer(prim, args, attrs))
         if key is not None:
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing
                 _INFER_CACHE.clear()
-            _INFER_CACHE[key] = rule
-    dtype = rule[1]
+            _INFER_CACHE[key] = facts
+    dtype, np_dtype, numpy_impl, quiet, movement, differentiable = facts
 
     xp = np if device is CPU else device.xp
-    # on the CPU, the NumPy backend's faster spelling of the op where it has one
-    impl = prim.impl if xp is not np else _NUMPY_FAST.get(prim.name, prim.impl)
+    impl = numpy_impl if xp is np else prim.impl
     try:
-        if not prim.quiet:
+        if not quiet:
             out = impl(xp, *arrays, **attrs)
         elif _NP_ERRSTATE is not None:   # impl may hit NaN/inf: silence NumPy's warnings
             token = _NP_ERRSTATE.set(_IGNORE_ALL)
@@ -110,20 +109,19 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                 out = impl(xp, *arrays, **attrs)
     except (IndexError, ValueError, TypeError) as e:
         raise op_error(prim.name, str(e), type(e)) from None
-    np_dtype = dtype.np_dtype
     if out.dtype is not np_dtype and out.dtype != np_dtype:
         out = out.astype(np_dtype)
     if xp is np and type(out) is not np.ndarray:
         out = np.asarray(out)        # NumPy hands back scalars for 0-d results
     result = _new_tensor(out, dtype, device)
     src = None
-    if prim.kind is _MOVEMENT and len(arrays) == 1:
+    if movement and len(arrays) == 1:
         base = out.base
         if base is not None and (base is arrays[0] or base is arrays[0].base):
             src = args[0]                        # a view: it shares its input's memory
             result._version = src._version       # and so its version counter
 
-    if wants_grad and STATE.grad_enabled and prim.grad is not None:
+    if wants_grad and differentiable and STATE.grad_enabled:
         _autograd.record(prim, args, attrs, result)
     if src is not None:
         # how the view was taken, so that an in-place write through it or through its base
@@ -137,6 +135,16 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     if TRACING[0] and STATE.tracer is not None:
         STATE.tracer.record(prim, args, attrs, result)
     return result
+
+
+def _facts(prim: Primitive, rule: tuple) -> tuple:
+    """What `apply` needs of one op on inputs of given shapes and dtypes, found once per
+    signature (the cache's value): the result's dtype and NumPy dtype, the NumPy backend's
+    faster spelling of the op where it has one, and the primitive's flags, so that a cached
+    call reads no attribute of the frozen dataclass."""
+    dtype = rule[1]
+    return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl), prim.quiet,
+            prim.kind is _MOVEMENT, prim.grad is not None)
 
 
 def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device) -> Device:

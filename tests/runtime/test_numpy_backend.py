@@ -154,3 +154,14 @@ def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dil
                                              dilation=dilation, size=shape[2:])
                 np.testing.assert_array_equal(want, nchw.transpose(0, 2, 3, 1))
                 assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize("shape,starts,stops,steps", [
+    ((16,), (1,), (15,), (1,)), ((16,), (3,), (16,), (4,)), ((5, 6), (1, 0), (4, 6), (2, 1)),
+    ((5, 6), (0, 2), (5, 2), (1, 3)), ((3, 4, 5), (1, 0, 2), (3, 4, 5), (1, 2, 2))])
+def test_slice_matches_the_primitive(shape, starts, stops, steps):
+    x = RNG.standard_normal(shape)
+    got = FAST_PATHS["slice"](np, x, starts, stops, steps)
+    want = PRIMITIVES["slice"].impl(np, x, starts, stops, steps)
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == want.shape and got.strides == want.strides and got.base is x

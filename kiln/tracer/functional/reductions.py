@@ -6,8 +6,13 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 
+import numpy as np
+
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
+from kiln.ir.ops import PRIMITIVES, P, Primitive
+from kiln.runtime.device import CPU
+from kiln.runtime.numpy_backend import numpy_impl
+from kiln.tracer import autograd as _autograd
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, zeros
 from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, log, logical_not,
@@ -16,7 +21,7 @@ from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, 
 from kiln.tracer.functional.indexing import gather, where
 from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -37,6 +42,8 @@ def _narrowed(out: Tensor, dtype: dt.DType) -> Tensor:
 def sum(input, dim=None, keepdim=False, *, dtype=None):
     if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim \
             and input.dtype is not dt.float16:
+        if _eager_ok(input):
+            return _eager_sum_all(input, bool(keepdim))
         return P.sum(input, axes=tuple(range(input._data.ndim)), keepdim=bool(keepdim))
     if dtype is None and input.dtype is dt.float16 and input._data.ndim:
         return _narrowed(sum(_widened(input), dim, keepdim), dt.float16)
@@ -55,8 +62,82 @@ def nansum(input, dim=None, keepdim=False, *, dtype=None):
     return sum(where(isnan(input), 0.0, input), dim, keepdim, dtype=dtype)
 
 
+# Eager mean's fast path: sum then divide as the composite below does, with the same NumPy
+# calls (so bitwise the same values) but one dispatch-free step and one autograd node instead
+# of two dispatches and two nodes (~7.9 us -> ~3 us on 16 elements). A trace still records the
+# composite; this node's "primitive" exists only for autograd, like softmax's.
+
+def _mean_grad(g, out, x, axes, keepdim, count):
+    # the composite's gradient, in its order: div's (g / count), then sum's (broadcast back)
+    keep = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    return (P.expand(P.reshape(P.div(g, count), shape=keep), shape=tuple(x.shape)),)
+
+
+_MEAN = Primitive("mean", "custom", None, None, _mean_grad, 1, reads=(),
+                  doc="eager mean's autograd node (never traced)")
+_NUMPY_SUM = numpy_impl(PRIMITIVES["sum"])        # the sum the dispatcher runs
+
+
+def _eager_ok(input) -> bool:
+    """Whether a reduction of `input` may skip the dispatcher: an eager (no trace) CPU
+    float32/float64 tensor of at least one dimension whose autograd history is current (a
+    stale view takes the dispatcher's path, which refreshes it)."""
+    return type(input) is Tensor and not (TRACING[0] and STATE.tracer is not None) and \
+        input.device is CPU and (input.dtype is dt.float32 or input.dtype is dt.float64) and \
+        input._data.ndim > 0 and (input._base is None or input._base[3] == input._version[0])
+
+
+def _eager_sum_all(input, keepdim: bool) -> Tensor:
+    """`P.sum` over every dim, as the dispatcher runs it (the same NumPy call and the same
+    autograd node, SumBackward0) without its per-call rule lookup (~1 us of a 16-element
+    sum's ~3.5 us)."""
+    data = input._data
+    axes = _ALL_AXES[data.ndim] if data.ndim < len(_ALL_AXES) else tuple(range(data.ndim))
+    out = _NUMPY_SUM(np, data, axes, keepdim)
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)                      # NumPy hands back scalars for 0-d results
+    result = Tensor._make(out, input.dtype, CPU)
+    if input.requires_grad and STATE.grad_enabled:
+        _autograd.record(_SUM, (input,), {"axes": axes, "keepdim": keepdim}, result)
+    return result
+
+
+_ALL_AXES = [tuple(range(n)) for n in range(9)]
+_SUM = PRIMITIVES["sum"]
+
+
+def _eager_mean(input, dim, keepdim):
+    """mean of an eager CPU float32/float64 tensor without dispatches, or None where the
+    composite must run (a trace, another dtype or device, 0-d, an empty reduction, a stale
+    view)."""
+    if not _eager_ok(input):
+        return None
+    data = input._data
+    axes = _axes(dim, data.ndim)
+    shape = data.shape
+    count = math.prod(shape[a] for a in axes)
+    if not count:
+        return None
+    keepdim = bool(keepdim)
+    count = float(count)
+    out = _NUMPY_SUM(np, data, axes, keepdim) / count
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)                      # NumPy hands back scalars for 0-d results
+    if out.dtype != data.dtype:                    # pragma: no cover - NumPy 1.x promotion
+        out = out.astype(data.dtype)
+    result = Tensor._make(out, input.dtype, CPU)
+    if input.requires_grad and STATE.grad_enabled:
+        _autograd.record(_MEAN, (input,), {"axes": axes, "keepdim": keepdim, "count": count},
+                         result)
+    return result
+
+
 @composite
 def mean(input, dim=None, keepdim=False, *, dtype=None):
+    if dtype is None:
+        result = _eager_mean(input, dim, keepdim)
+        if result is not None:
+            return result
     if dtype is not None:
         input = input.to(dtype)
     if not input.dtype.is_floating_point:

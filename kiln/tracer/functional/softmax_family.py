@@ -2,18 +2,157 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
+from kiln.ir.ops import COPIED, PRIMITIVES, P, Primitive
+from kiln.runtime.device import CPU
+from kiln.runtime.numpy_backend import numpy_impl
+from kiln.tracer import autograd as _autograd
 from kiln.tracer.functional.common import _floating, _norm_dim
 from kiln.tracer.functional.reductions import _narrowed, _widened
 from kiln.tracer.functional.shapes import reshape
 from kiln.tracer.provenance import composite
+from kiln.tracer.tensor import STATE, TRACING, Tensor
+
+
+# ----------------------------------------------------------------------------- eager fast path
+#
+# Eagerly, softmax as its five primitives costs five dispatches and up to four autograd nodes
+# (~16 us on 16 elements against PyTorch's ~1.4 us). Outside a trace the same NumPy calls run
+# here directly, in the same order, so the values are bitwise today's, and one autograd node
+# with the whole op's gradient is recorded. A trace still records the composite: the compiler
+# fuses its primitives and needs no softmax op of its own. The node's "primitive" below exists
+# only for autograd (like `copy_slices`); it is never registered, traced or compiled.
+
+def _softmax_grad(g, out, x, e, s, dim):
+    if STATE.grad_enabled:
+        # create_graph: PyTorch's rule, out * (g - sum(g * out)), differentiable through out
+        gout = P.mul(g, out)
+        return (P.mul(out, P.sub(g, P.sum(gout, axes=(dim,), keepdim=True))), None, None)
+    # first order: the composite's own rules (div, sum, exp, sub) in the order the backward
+    # engine runs them, on the saved e = exp(x - max) and s = sum(e), so the gradient is
+    # bitwise the composite's, and compiled code (traced from the composite) matches eager
+    # as closely as before
+    ge = P.div(g, s)
+    gs = P.neg(P.div(P.mul(g, out).sum_to_size(tuple(s.shape)), s))
+    ge = P.add(ge, P.expand(P.reshape(gs, shape=tuple(s.shape)), shape=tuple(e.shape)))
+    return (P.mul(ge, e), None, None)
+
+
+def _log_softmax_grad(g, out, x, e, s, dim):
+    if STATE.grad_enabled:
+        # create_graph: PyTorch's rule, g - exp(out) * sum(g)
+        return (P.sub(g, P.mul(P.exp(out), P.sum(g, axes=(dim,), keepdim=True))), None, None)
+    # first order: the composite's rules (sub, log, sum, exp, sub), as for softmax
+    gs = P.div(P.neg(g.sum_to_size(tuple(s.shape))), s)
+    ge = P.expand(P.reshape(gs, shape=tuple(s.shape)), shape=tuple(e.shape))
+    return (P.add(g, P.mul(ge, e)), None, None)
+
+
+# output COPIED, as the composite's last div has it: kiln allows an in-place write into the
+# result (PyTorch refuses), and such a write first gives the node its own copy of the output,
+# so the gradient stays the mathematical one
+_SOFTMAX = Primitive("softmax", "custom", None, None, _softmax_grad, 3, reads=(), output=COPIED,
+                     doc="eager softmax's autograd node (never traced)")
+_LOG_SOFTMAX = Primitive("log_softmax", "custom", None, None, _log_softmax_grad, 3, reads=(),
+                         output=COPIED, doc="eager log_softmax's autograd node (never traced)")
+_FAST_DTYPES = (dt.float32, dt.float64)
+_sum = numpy_impl(PRIMITIVES["sum"])       # the sum the dispatcher runs, so values match
+_SMALL = 4096     # below this `_sum` and `max` are NumPy's plain reductions: the ufuncs' own
+                  # reduce skips the ndarray methods' Python wrappers (same values, ~0.4 us less)
+
+
+def _row_max(data, d):
+    return np.maximum.reduce(data, d, None, None, True) if data.size < _SMALL else \
+        data.max(axis=(d,), keepdims=True)
+
+
+def _row_sum(e, d):
+    return np.add.reduce(e, d, None, None, True) if e.size < _SMALL else _sum(np, e, (d,), True)
+
+
+# NumPy's warnings silenced as the dispatcher does it for quiet primitives (its comment: the
+# context variable costs a fifth of `np.errstate`)
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _NP_ERRSTATE
+    from numpy._core._ufunc_config import _make_extobj
+    _IGNORE_ALL = _make_extobj(all="ignore")
+except ImportError:                      # pragma: no cover - NumPy 1.x
+    _NP_ERRSTATE = None
+
+if _NP_ERRSTATE is not None:
+    def _quiet():
+        return _NP_ERRSTATE.set(_IGNORE_ALL)
+
+    _loud = _NP_ERRSTATE.reset
+else:                                     # pragma: no cover - NumPy 1.x
+    def _quiet():
+        state = np.errstate(all="ignore")
+        state.__enter__()
+        return state
+
+    def _loud(state):
+        state.__exit__(None, None, None)
+
+
+def _fast_input(x, dim, dtype):
+    """The normalized dim when softmax of `x` can take the eager fast path, else None: an
+    eager CPU float32/float64 tensor of at least one dimension, not empty along `dim`, whose
+    autograd history is current (a stale view takes the dispatcher's path)."""
+    if dtype is not None or type(x) is not Tensor or (TRACING[0] and STATE.tracer is not None):
+        return None
+    if x.dtype not in _FAST_DTYPES or x.device is not CPU:
+        return None
+    data = x._data
+    ndim = data.ndim
+    if not ndim or (x._base is not None and x._base[3] != x._version[0]):
+        return None
+    d = _norm_dim(-1 if dim is None else dim, ndim)
+    return d if data.shape[d] else None
+
+
+def _finish(prim, x, out, e, s, d) -> Tensor:
+    result = Tensor._make(out, x.dtype, CPU)
+    if x.requires_grad and STATE.grad_enabled:
+        # e and s ride along as inputs that need no gradient (their edges are None)
+        saved = (Tensor._make(e, x.dtype, CPU), Tensor._make(s, x.dtype, CPU))
+        _autograd.record(prim, (x,) + saved, {"dim": d}, result)
+    return result
+
+
+def _eager_softmax(x, d) -> Tensor:
+    data = x._data
+    token = _quiet()                     # inf inputs give NaN, silently, as the primitives do
+    try:
+        e = np.exp(data - _row_max(data, d))
+        total = _row_sum(e, d)
+        out = e / total
+    finally:
+        _loud(token)
+    return _finish(_SOFTMAX, x, out, e, total, d)
+
+
+def _eager_log_softmax(x, d) -> Tensor:
+    data = x._data
+    token = _quiet()
+    try:
+        shifted = data - _row_max(data, d)
+        e = np.exp(shifted)
+        total = _row_sum(e, d)
+        out = shifted - np.log(total)
+    finally:
+        _loud(token)
+    return _finish(_LOG_SOFTMAX, x, out, e, total, d)
 
 
 # ----------------------------------------------------------------------------- softmax family
 
 @composite
 def softmax(input, dim=None, dtype=None):
+    d = _fast_input(input, dim, dtype)
+    if d is not None:
+        return _eager_softmax(input, d)
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
         return _narrowed(softmax(_widened(x), dim), dt.float16)
@@ -28,6 +167,9 @@ def softmax(input, dim=None, dtype=None):
 
 @composite
 def log_softmax(input, dim=None, dtype=None):
+    d = _fast_input(input, dim, dtype)
+    if d is not None:
+        return _eager_log_softmax(input, d)
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
         return _narrowed(log_softmax(_widened(x), dim), dt.float16)
