@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.codegen.conv_triton import DTYPES, ConvGeometry, contiguous_strides, \
-    render_conv_kernel
+from kiln.codegen.conv_triton import DTYPES, ConvGeometry, render_conv_kernel
+from kiln.codegen.kernel import contiguous_strides
 from kiln.codegen.tuned import load_choices, save_choices, tuning_root
 from kiln.ir.graph import Graph
 from kiln.ir.ops import PRIMITIVES

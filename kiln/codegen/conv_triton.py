@@ -29,6 +29,7 @@ import math
 import textwrap
 from dataclasses import dataclass
 
+from kiln.codegen.kernel import contiguous_strides
 from kiln.codegen.triton import TritonKernel
 from kiln.ir import dtypes as dt
 
@@ -79,15 +80,6 @@ class ConvGeometry:
         return (f"conv2d x[{self.n},{self.c},{self.h},{self.w}] w[{self.o},{self.c},{self.kh},"
                 f"{self.kw}] -> [{self.n},{self.o},{oh},{ow}], stride {list(self.stride)}, "
                 f"padding {list(self.padding)}, dilation {list(self.dilation)}")
-
-
-def contiguous_strides(shape: tuple) -> tuple:
-    """Element strides of a C-contiguous array of `shape`."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
 
 
 @dataclass(frozen=True)
@@ -320,4 +312,4 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
 
 
 __all__ = ["BLOCKS", "BLOCK_CANDIDATES", "ConvGeometry", "ConvKernel", "DTYPES",
-           "INPUT_PRECISION", "KINDS", "contiguous_strides", "kernel_source", "render_conv_kernel"]
+           "INPUT_PRECISION", "KINDS", "kernel_source", "render_conv_kernel"]

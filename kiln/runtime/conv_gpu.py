@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kiln.codegen.conv import record_route, route_key
-from kiln.codegen.conv_triton import BLOCK_CANDIDATES, ConvGeometry, contiguous_strides, \
-    render_conv_kernel
+from kiln.codegen.conv_triton import BLOCK_CANDIDATES, ConvGeometry, render_conv_kernel
+from kiln.codegen.kernel import contiguous_strides
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES
 from kiln.runtime.device import cupy_module

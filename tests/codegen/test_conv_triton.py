@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.codegen.conv_triton import (BLOCK_CANDIDATES, ConvGeometry, contiguous_strides,
-                                      kernel_source, render_conv_kernel)
+from kiln.codegen.conv_triton import (BLOCK_CANDIDATES, ConvGeometry, kernel_source,
+                                      render_conv_kernel)
+from kiln.codegen.kernel import contiguous_strides
 from kiln.ir import dtypes as dt
 from kiln.runtime import triton_launch
 from kiln.runtime.triton_launch import KernelCache, build_one_for_gpu
