@@ -1,0 +1,104 @@
+"""Device calls per eager training step on cuda tensors, counted on the fake CUDA (no GPU needed).
+
+Eager mode on a GPU is host-bound: each CuPy call or kernel launch costs the host a few to tens
+of microseconds, more than a small kernel runs. This counts the device calls (CuPy functions,
+operators, methods and views, and Triton launches) that kiln makes in one eager step of
+`benchmarks/models_cpu.py`'s rows, split into forward + loss, backward and optimizer step, and
+names the kiln lines that make the most. It runs on the CPU with `tests/fake_cuda.py` standing
+in for CuPy, so it counts calls, not time (views are host-only on a real GPU but still counted).
+
+    python benchmarks/gpu_eager_calls.py [--rows cnn28_b16,mlp,lenet] [--top 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import traceback
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+from tests import fake_cuda  # noqa: E402
+
+fake_cuda.install()
+
+import kiln  # noqa: E402
+from models_cpu import ROWS  # noqa: E402
+
+
+class CallCounter:
+    """Counts the fake's outermost device calls, by phase and by the kiln line that made them."""
+
+    def __init__(self):
+        self.phase = None
+        self.by_phase: collections.Counter = collections.Counter()
+        self.by_line: collections.Counter = collections.Counter()
+        self._real = fake_cuda._on_device
+
+    def __enter__(self):
+        fake_cuda._on_device = self._count
+        return self
+
+    def __exit__(self, *exc):
+        fake_cuda._on_device = self._real
+        return False
+
+    def _count(self, run, args=(), writes=(), stream=None):
+        if self.phase is not None and not getattr(fake_cuda._CURRENT, "inside", False):
+            self.by_phase[self.phase] += 1
+            frames = [f for f in traceback.extract_stack()[:-1] if "/kiln/" in f.filename]
+            if frames:
+                f = frames[-1]
+                self.by_line[f"{f.filename.split('/kiln/')[-1]}:{f.lineno} {f.name}"] += 1
+        return self._real(run, args, writes, stream)
+
+
+def count_row(name: str) -> CallCounter:
+    maker, batch, make_batch, _ = ROWS[name]
+    data = [kiln.from_numpy(a).cuda() for a in make_batch(np.random.default_rng(0))]
+    kiln.manual_seed(0)
+    model, opt, loss_fn = maker(kiln, batch)
+    model.cuda()
+
+    def step(counter=None):
+        for phase, work in (("forward + loss", lambda: loss_fn(model, *data)),
+                            ("zero_grad", opt.zero_grad), ("backward", None),
+                            ("optimizer step", opt.step)):
+            if counter is not None:
+                counter.phase = phase
+            if work is None:
+                loss.backward()
+            else:
+                out = work()
+                loss = out if phase == "forward + loss" else loss
+            if counter is not None:
+                counter.phase = None
+    for _ in range(2):      # the optimizer's state exists from the first step on
+        step()
+    with CallCounter() as counter:
+        step(counter)
+    return counter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="cnn28_b16,mlp,lenet",
+                        help="rows of benchmarks/models_cpu.py")
+    parser.add_argument("--top", type=int, default=15, help="lines to name per row")
+    args = parser.parse_args()
+    for name in args.rows.split(","):
+        counter = count_row(name)
+        total = sum(counter.by_phase.values())
+        parts = ", ".join(f"{phase} {n}" for phase, n in counter.by_phase.items())
+        print(f"{name}: {total} device calls per eager step ({parts})")
+        for line, n in counter.by_line.most_common(args.top):
+            print(f"  {n:5d}  {line}")
+
+
+if __name__ == "__main__":
+    main()
