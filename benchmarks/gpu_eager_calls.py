@@ -4,7 +4,9 @@ Eager mode on a GPU is host-bound: each CuPy call or kernel launch costs the hos
 of microseconds, more than a small kernel runs. This counts the device calls (CuPy functions,
 operators, methods and views, and Triton launches) that kiln makes in one eager step of
 `benchmarks/models_cpu.py`'s rows, split into forward + loss, backward and optimizer step, and
-names the kiln lines that make the most. It runs on the CPU with `tests/fake_cuda.py` standing
+names the kiln lines that make the most. It also counts host transfers: a read of device memory
+on the host (`.item()`, `bool(x)`, `.get()`) makes the host wait for the GPU, so an eager step
+with one cannot run ahead of the device; a copy from the host costs a transfer. It runs on the CPU with `tests/fake_cuda.py` standing
 in for CuPy, so it counts calls, not time (views are host-only on a real GPU but still counted).
 
     python benchmarks/gpu_eager_calls.py [--rows cnn28_b16,mlp,lenet] [--top 15]
@@ -38,15 +40,24 @@ class CallCounter:
         self.phase = None
         self.by_phase: collections.Counter = collections.Counter()
         self.by_line: collections.Counter = collections.Counter()
-        self._real = fake_cuda._on_device
+        self.transfers: collections.Counter = collections.Counter()
+        self._real, self._real_host = fake_cuda._on_device, fake_cuda._host_access
 
     def __enter__(self):
-        fake_cuda._on_device = self._count
+        fake_cuda._on_device, fake_cuda._host_access = self._count, self._count_host
         return self
 
     def __exit__(self, *exc):
-        fake_cuda._on_device = self._real
+        fake_cuda._on_device, fake_cuda._host_access = self._real, self._real_host
         return False
+
+    def _count_host(self, what: str) -> None:
+        if self.phase is not None:
+            frames = [f for f in traceback.extract_stack()[:-1] if "/kiln/" in f.filename]
+            where = f" at {frames[-1].filename.split('/kiln/')[-1]}:{frames[-1].lineno}" \
+                if frames else ""
+            self.transfers[f"{what}{where}"] += 1
+        self._real_host(what)
 
     def _count(self, run, args=(), writes=(), stream=None):
         if self.phase is not None and not getattr(fake_cuda._CURRENT, "inside", False):
@@ -98,6 +109,9 @@ def main() -> None:
         print(f"{name}: {total} device calls per eager step ({parts})")
         for line, n in counter.by_line.most_common(args.top):
             print(f"  {n:5d}  {line}")
+        print(f"  host transfers: {sum(counter.transfers.values())}")
+        for what, n in counter.transfers.most_common(args.top):
+            print(f"  {n:5d}  {what}")
 
 
 if __name__ == "__main__":
