@@ -57,6 +57,24 @@ def test_fake_arrays_have_only_cupys_flags_and_attributes():
     assert not hasattr(cupy, "errstate") and not hasattr(cupy, "frompyfunc")
 
 
+@pytest.mark.gpu
+def test_fake_names_are_real_cupys():
+    # the fake's lists of CuPy's names were written from CuPy's sources; on a machine with CuPy
+    # (benchmarks/gpu_check.sh runs the gpu-marked tests there) every name the fake offers must
+    # be real CuPy's. Checked against cupy-cuda13x 14.2.0 when written.
+    real = pytest.importorskip("cupy")
+    if getattr(real, "__file__", None) is None:
+        pytest.skip("cupy is tests/fake_cuda.py's stand-in in this process")
+    from tests.fake_cuda import CUPY_NAMES, CUPY_NDARRAY_NAMES
+    assert sorted(CUPY_NAMES - set(dir(real))) == []
+    assert sorted(CUPY_NDARRAY_NAMES - set(dir(real.ndarray))) == []
+    flags = {n for n in dir(real._core.flags.Flags) if not n.startswith("_")}
+    assert {"c_contiguous", "f_contiguous", "owndata"} <= flags and "writeable" not in flags
+    for name in ("begin_capture", "end_capture", "is_capturing", "synchronize", "use"):
+        assert hasattr(real.cuda.Stream, name), name
+    assert hasattr(real.cuda.graph.Graph, "launch") and hasattr(real.cuda.graph.Graph, "upload")
+
+
 def test_fake_arrays_refuse_numpy_arrays_as_cupy_does():
     a, host = _device_array(), np.ones((2, 3), np.float32)
     for mix in (lambda: a + host, lambda: host * a, lambda: np.maximum(a, host),
