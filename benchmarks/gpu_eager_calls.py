@@ -10,6 +10,10 @@ with one cannot run ahead of the device; a copy from the host costs a transfer. 
 in for CuPy, so it counts calls, not time (views are host-only on a real GPU but still counted).
 
     python benchmarks/gpu_eager_calls.py [--rows cnn28_b16,mlp,lenet] [--top 15]
+
+For comparison it counts PyTorch's ATen calls in the same step on the CPU (with Adam's and SGD's
+multi-tensor `foreach` implementation, PyTorch's default on CUDA), split into views (no kernel)
+and the others (about one CUDA kernel each; a foreach op launches one or a few for all tensors).
 """
 
 from __future__ import annotations
@@ -96,17 +100,68 @@ def count_row(name: str) -> CallCounter:
     return counter
 
 
+def torch_counts(name: str) -> collections.Counter:
+    """PyTorch's ATen calls per phase of one step of row `name`: (phase, "views"/"others")."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.phase, self.counts = None, collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if self.phase is not None and not func.__name__.startswith("_record_function"):
+                self.counts[self.phase, "views" if func.is_view else "others"] += 1
+            return func(*args, **(kwargs or {}))
+
+    maker, batch, make_batch, _ = ROWS[name]
+    torch.manual_seed(0)
+    model, opt, loss_fn = maker(torch, batch)
+    opt.defaults["foreach"] = True
+    for group in opt.param_groups:
+        group["foreach"] = True
+    data = [torch.from_numpy(a) for a in make_batch(np.random.default_rng(0))]
+
+    def step(mode=None):
+        def phase(name):
+            if mode is not None:
+                mode.phase = name
+        phase("forward + loss")
+        loss = loss_fn(model, *data)
+        phase("zero_grad")
+        opt.zero_grad()
+        phase("backward")
+        loss.backward()
+        phase("optimizer step")
+        opt.step()
+        phase(None)
+    for _ in range(2):
+        step()
+    with Count() as mode:
+        step(mode)
+    return mode.counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="cnn28_b16,mlp,lenet",
                         help="rows of benchmarks/models_cpu.py")
     parser.add_argument("--top", type=int, default=15, help="lines to name per row")
+    parser.add_argument("--torch", action="store_true",
+                        help="also count PyTorch's ATen calls in the same step")
     args = parser.parse_args()
     for name in args.rows.split(","):
         counter = count_row(name)
         total = sum(counter.by_phase.values())
         parts = ", ".join(f"{phase} {n}" for phase, n in counter.by_phase.items())
         print(f"{name}: {total} device calls per eager step ({parts})")
+        if args.torch:
+            counts = torch_counts(name)
+            phases = dict.fromkeys(phase for phase, _ in counts)
+            print("  PyTorch ATen calls (views + others): " + ", ".join(
+                f"{phase} {counts[phase, 'views']} + {counts[phase, 'others']}"
+                for phase in phases))
         for line, n in counter.by_line.most_common(args.top):
             print(f"  {n:5d}  {line}")
         print(f"  host transfers: {sum(counter.transfers.values())}")
