@@ -153,6 +153,45 @@ def test_zero_grad_inside_the_step_compiles_once():
     assert [e.calls for e in compiled.entries.values()] == [2]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_training_step_that_returns_nothing_replays(backend):
+    """A step written without `return` replays like one that returns its loss: replays once
+    raised a TypeError rebuilding the None result."""
+    import kiln.nn as nn
+
+    def make():
+        kiln.manual_seed(3)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        return model, kiln.optim.Adam(model.parameters(), lr=1e-2)
+
+    def step_of(model, opt):
+        def step(x, y):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+        return step
+    (mc, oc), (me, oe) = make(), make()
+    compiled, eager = kiln.compile(step_of(mc, oc), backend=backend), step_of(me, oe)
+    x, y = kiln.randn(16, 4), kiln.randn(16, 2)
+    for _ in range(4):
+        assert compiled(x, y) is None and eager(x, y) is None
+    for pc, pe in zip(mc.parameters(), me.parameters()):
+        np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-5,
+                                   atol=1e-7)
+    (entry,) = compiled.entries.values()
+    assert entry.program is not None and entry.calls >= 2, entry.eager_reason
+
+
+def test_in_place_function_returning_nothing_replays():
+    def bump(a):
+        a.add_(1)
+    compiled = kiln.compile(bump)
+    b = kiln.zeros(3)
+    assert [compiled(b) for _ in range(3)] == [None] * 3
+    np.testing.assert_array_equal(b.numpy(), [3.0, 3.0, 3.0])
+
+
 @pytest.mark.parametrize("make_opt", [
     lambda ps: kiln.optim.Adam(ps, lr=1e-2),
     lambda ps: kiln.optim.AdamW(ps, lr=1e-2, amsgrad=True),

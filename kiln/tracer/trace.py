@@ -274,7 +274,7 @@ class Tracer:
     def _finish(self, outputs, complete: bool) -> TracedProgram:
         g = self.graph
         program = TracedProgram(g, self.bindings, complete=complete, snapshots=self.snapshots)
-        if outputs is not None:
+        if complete:                    # the function's return value, None included
             leaves, tree = flatten(outputs)
             for t in leaves:
                 g.outputs.append(self.value(t))
