@@ -166,11 +166,11 @@ class FusedUpdate:
     """Launches one fused kernel kind on lists of arrays, keeping what does not change between
     steps: the kernels (and their launchers) per configuration, and the program tables on the
     device per list of tensor lengths. `builds` counts the kernels rendered (each is built
-    once for the GPU, by its first launch)."""
+    once for the GPU, by its first launch), `launches` the launches."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self.builds = 0
+        self.builds = self.launches = 0
         self._launchers: dict = {}      # (dtype, flags, num_programs, device module) -> launcher
         self._programs: dict = {}       # (numels, device module) -> program table on the device
 
@@ -202,6 +202,7 @@ class FusedUpdate:
         # the table is copied to the device asynchronously on the current stream, in order
         # with the launches before it, so it needs no buffer of its own kept between steps
         launcher([xp.asarray(table), programs], [])
+        self.launches += 1
 
 
 def _address(array, xp) -> int:
