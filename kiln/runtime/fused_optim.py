@@ -48,34 +48,63 @@ import triton.language as tl
 
 
 @triton.jit
-def _pointer(row, slot):
+def _pointer(row, slot, ALIGNED: tl.constexpr):
     """The address in slot `slot` of a tensor's row, as a pointer to its elements."""
-    return tl.load(row + slot).to(tl.pointer_type({element}))
+    pointer = tl.load(row + slot).to(tl.pointer_type({element}))
+    if ALIGNED:     # every address on a 16-byte boundary (checked): loads move 16 bytes
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
 
 
 @triton.jit
 def _hyper(row, slot):
     """The float64 hyperparameter in slot `slot` of a tensor's row, in the compute type."""
     return tl.load(row + slot).to(tl.float64, bitcast=True).to({compute})
+
+
+@triton.jit
+def _load(pointer, mask):
+    """A block in the compute type; `mask` None for a full block (16-byte moves then)."""
+    if mask is None:
+        x = tl.load(pointer)
+    else:
+        x = tl.load(pointer, mask=mask, other=0.0)
+    return x.to({compute})
+
+
+@triton.jit
+def _store(pointer, value, mask):
+    if mask is None:
+        tl.store(pointer, value.to({element}))
+    else:
+        tl.store(pointer, value.to({element}), mask=mask)
+
+
+@triton.jit
+def _div(a, b):
+    return {div}
+
+
+@triton.jit
+def _sqrt(x):
+    return {sqrt}
 '''
 
 # The update reads as the per-op one in kiln.optim.adam does, operation for operation
 _ADAM = _HEADER + '''
 
 @triton.jit
-def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
-           AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr):
+def _adam_block(row, offsets, mask, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                WEIGHT_DECAY: tl.constexpr, ALIGNED: tl.constexpr):
     # WEIGHT_DECAY: 0 none, 1 L2 (added to the gradient), 2 decoupled (AdamW)
-    pid = tl.program_id(0)
-    row = tensors + tl.load(programs + 2 * pid) * {row}
-    offsets = tl.load(programs + 2 * pid + 1) + tl.arange(0, BLOCK)
-    mask = offsets < tl.load(row + 5)
-    param, grad = _pointer(row, 0) + offsets, _pointer(row, 1) + offsets
-    exp_avg, exp_avg_sq = _pointer(row, 2) + offsets, _pointer(row, 3) + offsets
-    p = tl.load(param, mask=mask, other=0.0).to({compute})
-    g = tl.load(grad, mask=mask, other=0.0).to({compute})
-    m = tl.load(exp_avg, mask=mask, other=0.0).to({compute})
-    v = tl.load(exp_avg_sq, mask=mask, other=0.0).to({compute})
+    param = _pointer(row, 0, ALIGNED) + offsets
+    grad = _pointer(row, 1, ALIGNED) + offsets
+    exp_avg = _pointer(row, 2, ALIGNED) + offsets
+    exp_avg_sq = _pointer(row, 3, ALIGNED) + offsets
+    p = _load(param, mask)
+    g = _load(grad, mask)
+    m = _load(exp_avg, mask)
+    v = _load(exp_avg_sq, mask)
     if MAXIMIZE:
         g = -g
     if WEIGHT_DECAY == 1:
@@ -85,51 +114,78 @@ def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
     m = m + _hyper(row, 6) * (g - m)
     v = v * _hyper(row, 7) + _hyper(row, 10) * g * g
     if AMSGRAD:
-        max_exp_avg_sq = _pointer(row, 4) + offsets
-        vmax = tl.load(max_exp_avg_sq, mask=mask, other=0.0).to({compute})
-        vmax = tl.maximum(vmax, v, propagate_nan=tl.PropagateNan.ALL)
-        tl.store(max_exp_avg_sq, vmax.to({element}), mask=mask)
-        denom = tl.div_rn(tl.sqrt_rn(vmax), _hyper(row, 11)) + _hyper(row, 12)
+        max_exp_avg_sq = _pointer(row, 4, ALIGNED) + offsets
+        vmax = tl.maximum(_load(max_exp_avg_sq, mask), v, propagate_nan=tl.PropagateNan.ALL)
+        _store(max_exp_avg_sq, vmax, mask)
+        denom = _div(_sqrt(vmax), _hyper(row, 11)) + _hyper(row, 12)
     else:
-        denom = tl.div_rn(tl.sqrt_rn(v), _hyper(row, 11)) + _hyper(row, 12)
-    p = p + tl.div_rn(m, denom) * _hyper(row, 13)
-    tl.store(exp_avg, m.to({element}), mask=mask)
-    tl.store(exp_avg_sq, v.to({element}), mask=mask)
-    tl.store(param, p.to({element}), mask=mask)
+        denom = _div(_sqrt(v), _hyper(row, 11)) + _hyper(row, 12)
+    p = p + _div(m, denom) * _hyper(row, 13)
+    _store(exp_avg, m, mask)
+    _store(exp_avg_sq, v, mask)
+    _store(param, p, mask)
+
+
+@triton.jit
+def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
+           AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+           ALIGNED: tl.constexpr):
+    pid = tl.program_id(0)
+    row = tensors + tl.load(programs + 2 * pid) * {row}
+    start = tl.load(programs + 2 * pid + 1)
+    # blocks start at multiples of BLOCK: with the pointers' alignment, 16-byte moves
+    offsets = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
+    numel = tl.load(row + 5)
+    if start + BLOCK <= numel:      # a full block: no mask, so loads and stores vectorize
+        _adam_block(row, offsets, None, AMSGRAD, MAXIMIZE, WEIGHT_DECAY, ALIGNED)
+    else:
+        _adam_block(row, offsets, offsets < numel, AMSGRAD, MAXIMIZE, WEIGHT_DECAY,
+                    ALIGNED)
 '''
 
 # as kiln.optim.sgd's per-op update; slot 4 (momentum buffer) is read only with MOMENTUM
 _SGD = _HEADER + '''
 
 @triton.jit
-def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
-           MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
-           WEIGHT_DECAY: tl.constexpr):
-    pid = tl.program_id(0)
-    row = tensors + tl.load(programs + 2 * pid) * {row}
-    offsets = tl.load(programs + 2 * pid + 1) + tl.arange(0, BLOCK)
-    mask = offsets < tl.load(row + 5)
-    param, grad = _pointer(row, 0) + offsets, _pointer(row, 1) + offsets
-    p = tl.load(param, mask=mask, other=0.0).to({compute})
-    g = tl.load(grad, mask=mask, other=0.0).to({compute})
+def _sgd_block(row, offsets, mask, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+               MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, ALIGNED: tl.constexpr):
+    param, grad = _pointer(row, 0, ALIGNED) + offsets, _pointer(row, 1, ALIGNED) + offsets
+    p = _load(param, mask)
+    g = _load(grad, mask)
     if MAXIMIZE:
         g = -g
     if WEIGHT_DECAY:
         g = g + p * _hyper(row, 8)
     if MOMENTUM:
-        buffer = _pointer(row, 4) + offsets
+        buffer = _pointer(row, 4, ALIGNED) + offsets
         if _hyper(row, 10) != 0:        # the first step: the buffer starts as the gradient
             b = g
         else:
-            b = tl.load(buffer, mask=mask, other=0.0).to({compute})
-            b = b * _hyper(row, 7) + g * _hyper(row, 9)
-        tl.store(buffer, b.to({element}), mask=mask)
+            b = _load(buffer, mask) * _hyper(row, 7) + g * _hyper(row, 9)
+        _store(buffer, b, mask)
         if NESTEROV:
             g = g + b * _hyper(row, 7)
         else:
             g = b
     p = p + g * _hyper(row, 6)
-    tl.store(param, p.to({element}), mask=mask)
+    _store(param, p, mask)
+
+
+@triton.jit
+def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
+           MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+           WEIGHT_DECAY: tl.constexpr, ALIGNED: tl.constexpr):
+    pid = tl.program_id(0)
+    row = tensors + tl.load(programs + 2 * pid) * {row}
+    start = tl.load(programs + 2 * pid + 1)
+    # blocks start at multiples of BLOCK: with the pointers' alignment, 16-byte moves
+    offsets = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
+    numel = tl.load(row + 5)
+    if start + BLOCK <= numel:      # a full block: no mask, so loads and stores vectorize
+        _sgd_block(row, offsets, None, MOMENTUM, NESTEROV, MAXIMIZE, WEIGHT_DECAY, ALIGNED)
+    else:
+        _sgd_block(row, offsets, offsets < numel, MOMENTUM, NESTEROV, MAXIMIZE,
+                   WEIGHT_DECAY, ALIGNED)
 '''
 
 _SOURCES = {"adam": _ADAM, "sgd": _SGD}
@@ -138,13 +194,19 @@ _SOURCES = {"adam": _ADAM, "sgd": _SGD}
 def render(kind: str, dtype: str, flags: dict, num_programs: int) -> TritonKernel:
     """The fused `kind` ("adam" or "sgd") kernel for tensors of NumPy dtype `dtype`, with the
     update's `flags` (constexprs: AMSGRAD, MAXIMIZE, WEIGHT_DECAY for Adam; MOMENTUM, NESTEROV,
-    MAXIMIZE, WEIGHT_DECAY for SGD) and `num_programs` blocks to update."""
+    MAXIMIZE, WEIGHT_DECAY for SGD; ALIGNED for both: every array on a 16-byte boundary) and
+    `num_programs` blocks to update."""
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"fused {kind} update: tensors of dtype {dtype} are not supported "
                         f"(expected one of {sorted(SUPPORTED_DTYPES)})")
     name = f"kiln_fused_{kind}_{dtype}"
+    # float32's division and square root in Triton are approximate unless asked to round
+    # correctly; float64's always round correctly (and have no _rn forms)
+    rounded = _COMPUTE[dtype] == "tl.float32"
     source = _SOURCES[kind].format(name=name, row=ROW, element=_ELEMENT[dtype],
-                                   compute=_COMPUTE[dtype])
+                                   compute=_COMPUTE[dtype],
+                                   div="tl.div_rn(a, b)" if rounded else "a / b",
+                                   sqrt="tl.sqrt_rn(x)" if rounded else "tl.sqrt(x)")
     constexprs = {"NUM_PROGRAMS": num_programs, "BLOCK": BLOCK,
                   **{k: int(v) for k, v in flags.items()}}
     signature = {"tensors": "*i64", "programs": "*i64", **{k: "constexpr" for k in constexprs}}
@@ -153,7 +215,7 @@ def render(kind: str, dtype: str, flags: dict, num_programs: int) -> TritonKerne
                         num_warps=NUM_WARPS)
 
 
-def program_table(numels: list[int]) -> np.ndarray:
+def program_table(numels: tuple) -> np.ndarray:
     """(tensor index, first element) of every BLOCK-long block of tensors of these lengths."""
     blocks = [math.ceil(n / BLOCK) for n in numels]
     which = np.repeat(np.arange(len(numels), dtype=np.int64), blocks)
@@ -171,27 +233,41 @@ class FusedUpdate:
     def __init__(self, kind: str):
         self.kind = kind
         self.builds = self.launches = 0
-        self._launchers: dict = {}      # (dtype, flags, num_programs, device module) -> launcher
-        self._programs: dict = {}       # (numels, device module) -> program table on the device
+        self._launchers: dict = {}      # (dtype, flags, num_programs, device) -> launcher
+        self._programs: dict = {}       # (numels, device) -> program table on the device
 
     def __call__(self, arrays: list[list], hyper: np.ndarray, flags: dict, xp) -> None:
-        """Update in place: `arrays[i]` are tensor i's arrays by slot (param, grad, state
-        arrays; None for a slot the update does not read), all contiguous, of one dtype, on
-        one device (`xp`: cupy, or numpy to run in Triton's interpreter); `hyper[i]` are its
-        float64 hyperparameters for slots 6 on."""
+        """Update in place: `arrays[i]` are tensor i's arrays by slot (param, grad, then up to
+        three state arrays; None for a slot the update does not read), all contiguous, of one
+        dtype, on one device (`xp`: cupy, or numpy to run in Triton's interpreter);
+        `hyper[i]` are its float64 hyperparameters, for slots 6 on."""
         if not arrays:
             return
-        numels = tuple(int(a[0].size) for a in arrays)
+        if xp is np:
+            self._launch(arrays, hyper, flags, xp, "cpu")
+            return
+        device = arrays[0][0].device
+        with device:                # the arrays' GPU, whichever is current
+            self._launch(arrays, hyper, flags, xp, device.id)
+
+    def _launch(self, arrays, hyper, flags, xp, device) -> None:
+        numels = tuple([a[0].size for a in arrays])
         table = np.zeros((len(arrays), ROW), np.int64)
-        for i, slots in enumerate(arrays):
-            table[i, :len(slots)] = [0 if a is None else _address(a, xp) for a in slots]
+        address = _host_address if xp is np else _device_address
+        table[:, :5] = np.array([[address(a) for a in slots] + [0] * (5 - len(slots))
+                                 for slots in arrays], np.int64)
         table[:, 5] = numels
         table[:, 6:6 + hyper.shape[1]] = hyper.view(np.int64)
-        programs = self._programs.get((numels, xp))
+        programs = self._programs.get((numels, device))
         if programs is None:
-            programs = self._programs[(numels, xp)] = xp.asarray(program_table(list(numels)))
-        dtype = np.dtype(arrays[0][0].dtype).name
-        key = (dtype, tuple(sorted(flags.items())), len(programs), xp)
+            if len(self._programs) >= _KEEP:        # lists of lengths that come and go
+                self._programs.clear()
+            programs = self._programs[(numels, device)] = xp.asarray(program_table(numels))
+        dtype = arrays[0][0].dtype.name
+        # the kernel may move 16 bytes at a time when every array starts on such a boundary
+        # (CuPy's allocations do; a parameter viewing into another array may not)
+        flags = dict(flags, ALIGNED=not (table[:, :5] % 16).any())
+        key = (dtype, tuple(sorted(flags.items())), len(programs), device)
         launcher = self._launchers.get(key)
         if launcher is None:
             tk = render(self.kind, dtype, flags, len(programs))
@@ -205,8 +281,15 @@ class FusedUpdate:
         self.launches += 1
 
 
-def _address(array, xp) -> int:
-    return array.ctypes.data if xp is np else array.data.ptr
+_KEEP = 64      # program tables kept per update kind
+
+
+def _host_address(array) -> int:
+    return 0 if array is None else array.ctypes.data
+
+
+def _device_address(array) -> int:
+    return 0 if array is None else array.data.ptr
 
 
 ADAM = FusedUpdate("adam")

@@ -127,16 +127,13 @@ def _check_common(name: str, params, grads, grad_scale, found_inf) -> None:
         raise TypeError(f"{name}: parameters of dtype {dtype.name} are not supported (float16, "
                         "float32 or float64)")
     for i, (p, g) in enumerate(zip(params, grads)):
-        if p.device != device or p.dtype is not dtype:
+        if p.dtype is not dtype or not (p.device is device or p.device == device):
             raise ValueError(f"{name}: all parameters must share one device and dtype; "
                              f"params[0] is {dtype.name} on {device}, params[{i}] is "
                              f"{p.dtype.name} on {p.device}")
-        if not isinstance(g, Tensor) or g.device != device or g.dtype is not dtype \
-                or tuple(g.shape) != tuple(p.shape):
-            got = f"{g.dtype.name}{list(g.shape)} on {g.device}" if isinstance(g, Tensor) \
-                else type(g).__name__
+        if not _like(g, p):
             raise ValueError(f"{name}: grads[{i}] must match params[{i}] "
-                             f"({dtype.name}{list(p.shape)} on {device}), got {got}")
+                             f"({dtype.name}{list(p.shape)} on {device}), got {_describe(g)}")
         if not p._data.flags.c_contiguous:
             raise ValueError(f"{name}: params[{i}] {list(p.shape)} is not contiguous; use the "
                              "per-op update (fused=False)")
@@ -147,12 +144,23 @@ def _check_state(name: str, what: str, params, states) -> None:
         raise ValueError(f"{name}: expected one of {what} per parameter, got {len(states)} "
                          f"for {len(params)} parameters")
     for i, (p, s) in enumerate(zip(params, states)):
-        if not isinstance(s, Tensor) or s.device != p.device or s.dtype is not p.dtype \
-                or tuple(s.shape) != tuple(p.shape) or not s._data.flags.c_contiguous:
-            got = f"{s.dtype.name}{list(s.shape)} on {s.device}" if isinstance(s, Tensor) \
-                else type(s).__name__
+        if not (_like(s, p) and s._data.flags.c_contiguous):
             raise ValueError(f"{name}: {what}[{i}] must be a contiguous tensor like params[{i}] "
-                             f"({p.dtype.name}{list(p.shape)} on {p.device}), got {got}")
+                             f"({p.dtype.name}{list(p.shape)} on {p.device}), got "
+                             f"{_describe(s)}")
+
+
+def _like(t, p: Tensor) -> bool:
+    """Whether `t` is a tensor of `p`'s shape, dtype and device."""
+    return (isinstance(t, Tensor) and t.dtype is p.dtype and t._data.shape == p._data.shape
+            and (t.device is p.device or t.device == p.device))
+
+
+def _describe(t) -> str:
+    if not isinstance(t, Tensor):
+        return type(t).__name__
+    layout = "" if t._data.flags.c_contiguous else " (not contiguous)"
+    return f"{t.dtype.name}{list(t.shape)} on {t.device}{layout}"
 
 
 def _check_leaf(name: str, p: Tensor) -> None:

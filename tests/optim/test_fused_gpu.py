@@ -5,6 +5,7 @@ changes, PyTorch-compatible state dicts, and the kernels build for sm_90 ahead o
 GPU-marked tests run on the CPU under the fake CUDA (tests/test_fake_cuda.py)."""
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -225,6 +226,53 @@ def test_per_op_checkpoint_and_compiled_steps_meet_the_fused_update():
     _assert_close(params, straight, 1e-6)
 
 
+@pytest.mark.gpu
+def test_mixed_dtypes_devices_and_layouts_in_one_group():
+    """float32 and float64 cuda parameters launch once per dtype; a CPU parameter and a
+    non-contiguous one take the per-op update; a transposed gradient is made contiguous."""
+    rng = np.random.default_rng(5)
+    init = [rng.normal(size=(4, 6)).astype(np.float32), rng.normal(size=(9,)),
+            rng.normal(size=(5,)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)]
+    grads = [[rng.normal(size=a.shape[::-1] if i == 0 else a.shape).astype(a.dtype)
+              for i, a in enumerate(init)] for _ in range(STEPS)]
+    devices = ["cuda", "cuda", "cpu", "cuda"]
+
+    def run(lib, on_gpu):
+        params = [lib.tensor(a, device=d if on_gpu else "cpu", requires_grad=True)
+                  for a, d in zip(init, devices)]
+        if lib is kiln and on_gpu:      # a non-contiguous parameter (a transposed view's data)
+            params[3] = kiln.tensor(init[3].T.copy(), device="cuda").t().detach()
+            params[3].requires_grad_(True)
+        opt = lib.optim.Adam(params, lr=0.01, weight_decay=0.1)
+        for step in grads:
+            for p, g in zip(params, step):
+                g = lib.tensor(g, device=p.device)
+                p.grad = g.t() if g.shape != p.shape else g
+            opt.step()
+        return params
+    launches = fused_optim.ADAM.launches
+    gpu = run(kiln, True)
+    assert fused_optim.ADAM.launches - launches == 2 * STEPS
+    _assert_close(gpu, run(kiln, False), 1e-6)
+    _assert_close(gpu, run(torch, False), 1e-5)
+
+
+@pytest.mark.gpu
+def test_a_parameter_off_a_16_byte_boundary_takes_the_unaligned_kernel():
+    memory = kiln.tensor(np.arange(1 + 1500, dtype=np.float32) / 1500, device="cuda")
+    p = memory[1:].detach().requires_grad_(True)      # 4 bytes past an allocation's start
+    q = kiln.tensor(p.detach().cpu().numpy(), requires_grad=True)
+    kopt, copt = kiln.optim.Adam([p], lr=0.01), kiln.optim.Adam([q], lr=0.01)
+    for g in _grads()[:2]:
+        p.grad, q.grad = kiln.tensor(g[1], device="cuda"), kiln.tensor(g[1])
+        kopt.step()
+        copt.step()
+    aligned = [dict(key[1])["ALIGNED"] for key in fused_optim.ADAM._launchers
+               if key[2] == 2]
+    assert 0 in aligned
+    _assert_close([p], [q], 1e-6)
+
+
 def test_fused_flags_choose_the_path_and_refuse_what_torch_refuses():
     p = kiln.ones(3, requires_grad=True)
     with pytest.raises(RuntimeError, match="differentiable"):
@@ -274,13 +322,20 @@ def test_fused_kernels_build_for_sm90(tmp_path, monkeypatch):
     if problem:
         pytest.skip(problem)
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
-    kernels = [fused_optim.render("adam", "float32", dict(AMSGRAD=1, MAXIMIZE=1, WEIGHT_DECAY=2),
+    kernels = [fused_optim.render("adam", "float32", dict(AMSGRAD=1, MAXIMIZE=1, WEIGHT_DECAY=2, ALIGNED=1),
                                   4),
-               fused_optim.render("adam", "float16", dict(AMSGRAD=0, MAXIMIZE=0, WEIGHT_DECAY=1),
+               fused_optim.render("adam", "float16", dict(AMSGRAD=0, MAXIMIZE=0, WEIGHT_DECAY=1, ALIGNED=1),
+                                  4),
+               fused_optim.render("adam", "float64", dict(AMSGRAD=0, MAXIMIZE=0, WEIGHT_DECAY=0, ALIGNED=0),
                                   4),
                fused_optim.render("sgd", "float32", dict(MOMENTUM=1, NESTEROV=1, MAXIMIZE=0,
-                                                         WEIGHT_DECAY=1), 4)]
+                                                         WEIGHT_DECAY=1, ALIGNED=1), 4)]
     builds = triton_launch.build_for_gpu(kernels, arch=90, workers=2)
     for tk, b in zip(kernels, builds):
         assert ".target sm_90" in b.ptx and f".entry {tk.name}" in b.ptx
         assert b.cubin[:4] == b"\x7fELF"
+        # full blocks of aligned arrays move 16 bytes at a time; float32 divides and takes
+        # square roots correctly rounded (Triton's defaults are approximate)
+        vectors = re.search(r"ld\.global\.v[24]\.b(32|64)", b.ptx) is not None
+        assert vectors == bool(tk.constexprs["ALIGNED"]), tk.name
+        assert "approx" not in b.ptx, tk.name
