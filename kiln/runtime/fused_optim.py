@@ -16,7 +16,8 @@ launch:
 The host computes the hyperparameters in float64 (Python floats), exactly as the per-op update
 does, and the kernel rounds them to the compute dtype (float32 for float16 and float32
 tensors, float64 for float64 ones), so the fused and the per-op updates agree to rounding.
-Division and square roots are the correctly rounded ones (`div_rn`, `sqrt_rn`), as on the CPU.
+Division and square roots round correctly (`div_rn` and `sqrt_rn` in float32, where Triton's
+defaults are approximate), as on the CPU.
 
 The kernels go through kiln's launcher (`kiln.runtime.triton_launch`): pointer arguments and
 constexprs only. Each launch configuration's constexprs hold its number of programs (the
@@ -241,7 +242,7 @@ class FusedUpdate:
         three state arrays; None for a slot the update does not read), all contiguous, of one
         dtype, on one device (`xp`: cupy, or numpy to run in Triton's interpreter);
         `hyper[i]` are its float64 hyperparameters, for slots 6 on."""
-        if not arrays:
+        if not any(a[0].size for a in arrays):     # nothing to update (and no grid to launch)
             return
         if xp is np:
             self._launch(arrays, hyper, flags, xp, "cpu")
