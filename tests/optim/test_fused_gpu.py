@@ -115,7 +115,10 @@ def test_float16_parameters_compute_in_float32_as_torch_fused():
 
 @pytest.mark.gpu
 def test_one_launch_no_host_sync_and_no_rebuild_per_step(monkeypatch):
+    from kiln.runtime.device import cupy_module
     from tests import fake_cuda
+    if cupy_module() is not fake_cuda.cupy:
+        pytest.skip("counts the fake CUDA's device calls and host transfers")
     params = [kiln.tensor(a, device="cuda", requires_grad=True) for a in _initial()]
     opt = kiln.optim.Adam(params, lr=0.01, amsgrad=True)
     sched = kiln.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
@@ -140,7 +143,6 @@ def test_one_launch_no_host_sync_and_no_rebuild_per_step(monkeypatch):
             p.grad = g
         opt.step()
         sched.step()
-    monkeypatch.undo()
     steps = len(grads) - 1
     assert opt.param_groups[0]["lr"] == 0.01 * 0.5 ** len(grads)
     assert len(calls) == steps                                    # one launch per step
