@@ -319,7 +319,9 @@ def _use_fused(group: dict, hypers: tuple) -> bool:
     fused = group.get("fused")
     if fused is False or (fused is None and group.get("foreach") is False):
         return False
-    return not any(isinstance(group[k], Tensor) for k in hypers)
+    values = [v for k in hypers for v in (group[k] if isinstance(group[k], tuple) else
+                                           (group[k],))]   # betas: a tuple
+    return not any(isinstance(v, Tensor) for v in values)
 
 
 def _fusable(p: Tensor) -> bool:
