@@ -68,7 +68,7 @@ class Adam(Optimizer):
         for p in params:
             state = self.state[p]
             if not state:
-                state["step"] = kiln.tensor(0.0, dtype=kiln.float32)   # on the CPU
+                state["step"] = kiln.tensor(0.0, dtype=kiln.float32, device="cpu")
                 state["exp_avg"] = kiln.zeros_like(p)
                 state["exp_avg_sq"] = kiln.zeros_like(p)
                 if group["amsgrad"]:

@@ -288,6 +288,33 @@ def test_fused_flags_choose_the_path_and_refuse_what_torch_refuses():
     _assert_close(kparams, tparams, 1e-5)
 
 
+def test_fused_ops_on_cpu_tensors_run_in_the_interpreter_as_the_per_op_update():
+    """The ops themselves also take CPU tensors (Triton's interpreter; the optimizers keep the
+    per-op update there): `kiln._fused_adamw_` and `_fused_sgd_` equal AdamW's and SGD's."""
+    grads = _grads(steps=2)
+    params = [kiln.tensor(a) for a in _initial()]
+    exp_avgs, exp_avg_sqs = [kiln.zeros_like(p) for p in params], [kiln.zeros_like(p) for p in
+                                                                   params]
+    maxes, steps = [kiln.zeros_like(p) for p in params], [kiln.tensor(0.0) for _ in params]
+    buffers = [kiln.empty_like(p) for p in params]
+    sgd_params = [kiln.tensor(a) for a in _initial()]
+    for k, step in enumerate(grads):
+        for s in steps:
+            s.add_(1)
+        kiln._fused_adamw_(params, [kiln.tensor(g) for g in step], exp_avgs, exp_avg_sqs, maxes,
+                           steps, lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.1, eps=1e-8,
+                           amsgrad=True, maximize=True)
+        kiln._fused_sgd_(sgd_params, [kiln.tensor(g) for g in step], buffers, weight_decay=0.1,
+                         momentum=0.9, lr=0.1, dampening=0.0, nesterov=True, maximize=False,
+                         is_first_step=k == 0)
+    adamw, _ = _run(kiln, "AdamW", dict(lr=0.01, betas=(0.9, 0.99), weight_decay=0.1,
+                                        amsgrad=True, maximize=True), grads, schedule=False)
+    sgd, _ = _run(kiln, "SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+                  grads, schedule=False)
+    _assert_close(params, adamw, 1e-6)
+    _assert_close(sgd_params, sgd, 1e-6)
+
+
 def test_fused_op_checks_its_arguments():
     a, b = kiln.ones(3), kiln.ones(3, dtype=kiln.float64)
     step = kiln.tensor(1.0)
