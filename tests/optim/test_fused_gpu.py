@@ -351,12 +351,10 @@ def test_fused_kernels_build_for_sm90(tmp_path, monkeypatch):
     if problem:
         pytest.skip(problem)
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
-    kernels = [fused_optim.render("adam", "float32", dict(AMSGRAD=1, MAXIMIZE=1, WEIGHT_DECAY=2, ALIGNED=1),
-                                  4),
-               fused_optim.render("adam", "float16", dict(AMSGRAD=0, MAXIMIZE=0, WEIGHT_DECAY=1, ALIGNED=1),
-                                  4),
-               fused_optim.render("adam", "float64", dict(AMSGRAD=0, MAXIMIZE=0, WEIGHT_DECAY=0, ALIGNED=0),
-                                  4),
+    adam = dict(AMSGRAD=1, MAXIMIZE=1, WEIGHT_DECAY=2, ALIGNED=1)
+    kernels = [fused_optim.render("adam", "float32", adam, 4),
+               fused_optim.render("adam", "float16", dict(adam, AMSGRAD=0, WEIGHT_DECAY=1), 4),
+               fused_optim.render("adam", "float64", dict(adam, ALIGNED=0), 4),
                fused_optim.render("sgd", "float32", dict(MOMENTUM=1, NESTEROV=1, MAXIMIZE=0,
                                                          WEIGHT_DECAY=1, ALIGNED=1), 4)]
     builds = triton_launch.build_for_gpu(kernels, arch=90, workers=2)
