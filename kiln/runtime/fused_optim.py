@@ -190,6 +190,9 @@ def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
 '''
 
 _SOURCES = {"adam": _ADAM, "sgd": _SGD}
+# each kernel's flags (constexprs), in the order of its parameters
+_FLAGS = {"adam": ("AMSGRAD", "MAXIMIZE", "WEIGHT_DECAY", "ALIGNED"),
+          "sgd": ("MOMENTUM", "NESTEROV", "MAXIMIZE", "WEIGHT_DECAY", "ALIGNED")}
 
 
 def render(kind: str, dtype: str, flags: dict, num_programs: int) -> TritonKernel:
@@ -208,8 +211,12 @@ def render(kind: str, dtype: str, flags: dict, num_programs: int) -> TritonKerne
                                    compute=_COMPUTE[dtype],
                                    div="tl.div_rn(a, b)" if rounded else "a / b",
                                    sqrt="tl.sqrt_rn(x)" if rounded else "tl.sqrt(x)")
+    if set(flags) != set(_FLAGS[kind]):
+        raise ValueError(f"fused {kind} update: flags {sorted(flags)}, expected "
+                         f"{sorted(_FLAGS[kind])}")
+    # in parameter order: the launcher passes the constexprs' values after the pointers
     constexprs = {"NUM_PROGRAMS": num_programs, "BLOCK": BLOCK,
-                  **{k: int(v) for k, v in flags.items()}}
+                  **{k: int(flags[k]) for k in _FLAGS[kind]}}
     signature = {"tensors": "*i64", "programs": "*i64", **{k: "constexpr" for k in constexprs}}
     return TritonKernel(name=name, source=source, arg_names=tuple(signature),
                         signature=signature, constexprs=constexprs, grid=(num_programs,),
