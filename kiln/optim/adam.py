@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import kiln
-from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state, _sqrt,
-                                  _step_count)
+from kiln.compiler import is_compiling, untraced
+from kiln.optim.optimizer import (Optimizer, ParamsT, _fusable, _fused_buckets, _grad, _hyper,
+                                  _scalar_state, _sqrt, _step_count, _use_fused)
+
+_HYPERS = ("lr", "betas", "eps", "weight_decay")
 
 
 class Adam(Optimizer):
-    """`torch.optim.Adam`, the single-tensor (for-loop) update."""
+    """`torch.optim.Adam`.
+
+    On cuda parameters in eager mode the update is fused (`kiln._fused_adam_`: one kernel launch
+    per group and dtype, no host sync; see `_use_fused` for when), with the step count kept on
+    the CPU, as PyTorch's default (foreach) update keeps it, so reading it costs no sync. CPU
+    parameters, `foreach=False`/`fused=False` and a traced step take the single-tensor
+    (for-loop) update.
+    """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
@@ -25,11 +34,69 @@ class Adam(Optimizer):
                 raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if fused:
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, foreach=foreach, capturable=capturable,
                                       differentiable=differentiable, fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
+
+    def step(self, closure=None):
+        loss = self._run_closure(closure)
+        with kiln.no_grad():
+            for group in self.param_groups:
+                fused = _use_fused(group, _HYPERS)
+                batch = []
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if fused and _fusable(p):
+                        batch.append(p)
+                    else:
+                        self._update(p, group)
+                for params in _fused_buckets(batch):
+                    self._fused_update(params, group)
+        return loss
+
+    def _fused_update(self, params: list, group: dict) -> None:
+        """One fused launch for `params` (one device and dtype, all with gradients)."""
+        steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = kiln.tensor(0.0, dtype=kiln.float32, device="cpu")
+                state["exp_avg"] = kiln.zeros_like(p)
+                state["exp_avg_sq"] = kiln.zeros_like(p)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = kiln.zeros_like(p)
+            elif state["step"].is_cuda:     # made by the per-op update: one read, once
+                state["step"] = state["step"].cpu()
+            state["step"].add_(1)
+            steps.append(state["step"])
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+        beta1, beta2 = group["betas"]
+        update = kiln._fused_adamw_ if group["decoupled_weight_decay"] else kiln._fused_adam_
+        update(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+               eps=group["eps"], amsgrad=group["amsgrad"], maximize=group["maximize"])
+
+    def _load_state_dict(self, state_dict) -> None:
+        super()._load_state_dict(state_dict)
+        # step counts of parameters the fused update takes live on the CPU (read now, once,
+        # rather than at the first step)
+        for group in self.param_groups:
+            if _use_fused(group, _HYPERS):
+                for p in group["params"]:
+                    step = self.state.get(p, {}).get("step")
+                    if p.is_cuda and step is not None and step.is_cuda:
+                        self.state[p]["step"] = step.cpu()
 
     def _update(self, p, group) -> None:
         beta1, beta2 = group["betas"]
@@ -42,6 +109,9 @@ class Adam(Optimizer):
                 state["exp_avg_sq"] = kiln.zeros_like(p)
                 if group["amsgrad"]:
                     state["max_exp_avg_sq"] = kiln.zeros_like(p)
+        elif is_compiling() and state["step"].device != p.device:
+            with untraced():        # a CPU step count of the fused update meets p's tensors
+                state["step"] = state["step"].to(p.device)
         grad = _grad(p, group["maximize"])
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         state["step"].add_(1)

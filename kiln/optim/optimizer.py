@@ -304,6 +304,41 @@ def _sqrt(x):
     return math.sqrt(x) if isinstance(x, float) else x.sqrt()
 
 
+# the dtypes the fused updates take (kiln.runtime.fused_optim)
+_FUSED_DTYPES = (kiln.float16, kiln.float32, kiln.float64)
+
+
+def _use_fused(group: dict, hypers: tuple) -> bool:
+    """Whether `group`'s cuda parameters take the fused update (one kernel launch per group and
+    dtype, no host sync): in eager mode (a traced step keeps the per-op update, which the
+    compiler fuses into the step's program), when `fused` is True, or when it is None and
+    `foreach` is not False (PyTorch's multi-tensor default on cuda); never with
+    `differentiable`, `capturable` or a hyperparameter given as a tensor."""
+    if is_compiling() or group.get("differentiable") or group.get("capturable"):
+        return False
+    fused = group.get("fused")
+    if fused is False or (fused is None and group.get("foreach") is False):
+        return False
+    values = [v for k in hypers for v in (group[k] if isinstance(group[k], tuple) else
+                                           (group[k],))]   # betas: a tuple
+    return not any(isinstance(v, Tensor) for v in values)
+
+
+def _fusable(p: Tensor) -> bool:
+    """Whether parameter `p` (with a gradient) can be updated by a fused kernel."""
+    g = p.grad
+    return (p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous()
+            and g.dtype == p.dtype and g.device == p.device and g.shape == p.shape)
+
+
+def _fused_buckets(params: list) -> list[list[Tensor]]:
+    """`params` split by device and dtype, the unit of one fused launch."""
+    buckets: dict = {}
+    for p in params:
+        buckets.setdefault((str(p.device), p.dtype), []).append(p)
+    return list(buckets.values())
+
+
 def _scalar_state(param: Tensor, value: float = 0.0) -> Tensor:
     """A step count: a float32 scalar on `param`'s device (PyTorch keeps it on the CPU, where it
     would meet the parameter's tensors in a traced step's bias corrections)."""

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _grad, _hyper
+from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _fusable, _fused_buckets,
+                                  _grad, _hyper, _use_fused)
+
+_HYPERS = ("lr", "momentum", "dampening", "weight_decay")
 
 
 class SGD(Optimizer):
-    """`torch.optim.SGD`, the single-tensor (for-loop) update."""
+    """`torch.optim.SGD`.
+
+    On cuda parameters in eager mode the update is fused (`kiln._fused_sgd_`: one kernel launch
+    per group and dtype; see `_use_fused` for when); CPU parameters, `foreach=False`/
+    `fused=False` and a traced step take the single-tensor (for-loop) update.
+    """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
@@ -21,6 +29,11 @@ class SGD(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if fused:
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, foreach=foreach,
@@ -31,8 +44,13 @@ class SGD(Optimizer):
         with kiln.no_grad():
             for group in self.param_groups:
                 momentum = group["momentum"]
+                fused = _use_fused(group, _HYPERS)
+                batch = []
                 for p in group["params"]:
                     if p.grad is None:
+                        continue
+                    if fused and _fusable(p):
+                        batch.append(p)
                         continue
                     lr = _hyper(group, "lr", p)
                     grad = _grad(p, group["maximize"])
@@ -48,4 +66,27 @@ class SGD(Optimizer):
                             buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
                         grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
                     _add_scaled(p, grad, -lr)
+                for params in _fused_buckets(batch):
+                    self._fused_update(params, group)
         return loss
+
+    def _fused_update(self, params: list, group: dict) -> None:
+        """Fused launches for `params` (one device and dtype, all with gradients): one, or two
+        on a step where some momentum buffers are made (a new buffer takes the gradient)."""
+        momentum = group["momentum"]
+        first, later = [], []
+        for p in params:
+            state = self.state[p]
+            if momentum != 0 and state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = kiln.empty_like(p)
+                first.append(p)
+            else:
+                later.append(p)
+        for batch, is_first in ((later, False), (first, True)):
+            if batch:
+                buffers = [self.state[p]["momentum_buffer"] for p in batch] if momentum else []
+                kiln._fused_sgd_(batch, [p.grad for p in batch], buffers,
+                                 weight_decay=group["weight_decay"], momentum=momentum,
+                                 lr=group["lr"], dampening=group["dampening"],
+                                 nesterov=group["nesterov"], maximize=group["maximize"],
+                                 is_first_step=is_first)
