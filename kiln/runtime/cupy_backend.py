@@ -18,17 +18,17 @@ own impl runs.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable
 
 from kiln.codegen import conv as conv_routes
 from kiln.codegen.conv_triton import DTYPES, ConvGeometry, render_conv_kernel
-from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES, Primitive, windows_geometry
 from kiln.runtime.triton_launch import CudaKernelLauncher
 
 _FLOATS = {d.np_dtype: d for d in DTYPES}
 
-# (kind, shapes, strides, dtype, window attributes, routing state) -> the prepared launcher,
+# (kind, shapes, strides, dtype, window attributes, routing state, thread) -> the launcher,
 # or None where the product stays on its impl; a shape that keeps changing makes new entries,
 # so the table is emptied past a limit
 _LAUNCHERS: dict = {}
@@ -68,8 +68,10 @@ def _dense(xp, a) -> tuple:
 def _launcher(kind: str, key: tuple, make: Callable) -> CudaKernelLauncher | None:
     """The launcher kept for `key`, made (route chosen, kernel rendered) on first use: `make()`
     -> (geometry, dtype, kernel strides) of the product."""
-    # the route may be forced (KILN_CONV_ROUTE) or measured (conv_gpu) after a first call
-    key = key + (os.environ.get("KILN_CONV_ROUTE"), len(conv_routes.MEASURED_ROUTES))
+    # the route may be forced (KILN_CONV_ROUTE) or measured (conv_gpu) after a first call; a
+    # launcher keeps the last call's arguments, so each thread has its own
+    key = key + (os.environ.get("KILN_CONV_ROUTE"), len(conv_routes.MEASURED_ROUTES),
+                 threading.get_ident())
     try:
         return _LAUNCHERS[key]
     except KeyError:

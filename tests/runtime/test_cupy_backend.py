@@ -20,7 +20,7 @@ from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import cupy_backend
 from kiln.runtime.device import cupy_module
 from kiln.runtime.numpy_backend import numpy_impl
-from kiln.runtime.triton_launch import CudaKernelLauncher
+from kiln.runtime.triton_launch import CudaKernelLauncher, KernelCache, build_one_for_gpu
 from kiln.tracer import dispatch
 
 pytestmark = pytest.mark.gpu
@@ -178,7 +178,8 @@ def test_products_take_any_dense_layout_and_a_channels_last_fold(dtype, launches
     oh, ow = (h - 2 - 1) // 1 + 1, (w - 2 - 1) // 2 + 1
     k = 6 * c
     arrays = {"x": rng.standard_normal((n, c, h, w + 2)), "wt": rng.standard_normal((o, k)),
-              "a": rng.standard_normal((o, n * oh * ow)), "g": rng.standard_normal((n * oh * ow, o))}
+              "a": rng.standard_normal((o, n * oh * ow)),
+              "g": rng.standard_normal((n * oh * ow, o))}
     arrays = {name: a.astype(dtype) for name, a in arrays.items()}
     on = {name: xp.asarray(a) for name, a in arrays.items()}
     x, x_gpu = arrays["x"][..., 1:-1], on["x"][..., 1:-1]         # sliced: not dense
@@ -262,3 +263,17 @@ def test_compiled_programs_are_unchanged_by_the_eager_kernels(monkeypatch):
     np.testing.assert_array_equal(with_kernels[0], without[0])
     assert with_kernels[1] == without[1]
     assert with_kernels[2] == without[2]
+
+
+def test_the_eager_kernels_build_ahead_of_time_for_sm90(tmp_path):
+    """The kernels eager mode renders (its own operand layouts: a transposed weight matrix, a
+    transposed output gradient) build for a GPU, on tensor cores."""
+    x_shape, w_shape, bias, kwargs = CASES["split weight gradient"]
+    _conv_both(x_shape, w_shape, bias, **kwargs)
+    kernels = [launcher.tk for launcher in cupy_backend._LAUNCHERS.values()]
+    assert sorted(tk.name for tk in kernels) == sorted([FORWARD, WEIGHT_GRAD, INPUT_GRAD])
+    cache = KernelCache(tmp_path)
+    for tk in kernels:
+        build = build_one_for_gpu(tk, 90, cache)
+        assert build.cubin and f".entry {tk.name}" in build.ptx, tk.name
+        assert "wgmma" in build.ptx or "mma.sync" in build.ptx, tk.name
