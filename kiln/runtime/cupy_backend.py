@@ -11,8 +11,9 @@ gradient; `matmul_fold`, the input gradient) run as one implicit-GEMM Triton ker
 (`kiln.codegen.conv_triton`, the kernels compiled programs use), where `conv_route` chooses that
 route for the shape: no windows made in memory, and no fold of kh*kw window positions. The
 kernel for a shape and layout is rendered and its launcher prepared once, then reused.
-Elsewhere (float64, a route measured as "unfold", sizes past 32-bit indexing) the primitive's
-own impl runs.
+Elsewhere (float64, a route forced or measured as "unfold", sizes past 32-bit indexing) the
+product stays unfold + matmul, and a `fold` (that input gradient's, or a grouped convolution's)
+is one launch of `conv_triton`'s fold kernel instead of kh*kw adds.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import threading
 from typing import Callable
 
 from kiln.codegen import conv as conv_routes
-from kiln.codegen.conv_triton import DTYPES, ConvGeometry, render_conv_kernel
+from kiln.codegen.conv_triton import (DTYPES, FOLD_DTYPES, ConvGeometry, render_conv_kernel,
+                                      render_fold_kernel)
 from kiln.ir.ops import PRIMITIVES, Primitive, windows_geometry
 from kiln.runtime.triton_launch import CudaKernelLauncher
 
-_FLOATS = {d.np_dtype: d for d in DTYPES}
+_FLOATS = {d.np_dtype: d for d in DTYPES}             # the implicit-GEMM kernels' dtypes
+_FOLD_FLOATS = {d.np_dtype: d for d in FOLD_DTYPES}    # the fold kernel's
+_INT32 = 2 ** 31 - 1        # the fold kernel indexes with 32-bit integers
 
 # (kind, shapes, strides, dtype, window attributes, routing state, thread) -> the launcher,
 # or None where the product stays on its impl; a shape that keeps changing makes new entries,
@@ -65,28 +69,36 @@ def _dense(xp, a) -> tuple:
     return a, strides
 
 
-def _launcher(kind: str, key: tuple, make: Callable) -> CudaKernelLauncher | None:
-    """The launcher kept for `key`, made (route chosen, kernel rendered) on first use: `make()`
-    -> (geometry, dtype, kernel strides) of the product."""
-    # the route may be forced (KILN_CONV_ROUTE) or measured (conv_gpu) after a first call; a
-    # launcher keeps the last call's arguments, so each thread has its own
-    key = key + (os.environ.get("KILN_CONV_ROUTE"), len(conv_routes.MEASURED_ROUTES),
-                 threading.get_ident())
+def _cached(key: tuple, make: Callable) -> CudaKernelLauncher | None:
+    """The launcher kept for `key`, from `make()` on first use (None: no kernel for it)."""
+    # a launcher keeps its last call's arguments: each thread has its own
+    key = key + (threading.get_ident(),)
     try:
         return _LAUNCHERS[key]
     except KeyError:
         pass
-    geometry, dtype, strides = make()
-    route, _ = conv_routes.conv_route(kind, geometry, dtype)
-    launcher = None
-    if route == "implicit_gemm":        # (conv_route keeps sizes past 32-bit indexing off it)
-        tk = render_conv_kernel(kind, geometry, dtype, strides,
-                                blocks=conv_routes.conv_blocks(kind, geometry, dtype))
-        launcher = CudaKernelLauncher(tk)
+    launcher = make()
     if len(_LAUNCHERS) >= _LAUNCHERS_LIMIT:
         _LAUNCHERS.clear()
     _LAUNCHERS[key] = launcher
     return launcher
+
+
+def _launcher(kind: str, key: tuple, make: Callable) -> CudaKernelLauncher | None:
+    """The launcher of a product's implicit-GEMM kernel, or None where `conv_route` keeps the
+    product on the unfold route; made (route chosen, kernel rendered) on first use: `make()`
+    -> (geometry, dtype, kernel strides) of the product."""
+    def build():
+        geometry, dtype, strides = make()
+        route, _ = conv_routes.conv_route(kind, geometry, dtype)
+        if route != "implicit_gemm":    # (conv_route keeps sizes past 32-bit indexing off it)
+            return None
+        return CudaKernelLauncher(render_conv_kernel(
+            kind, geometry, dtype, strides, blocks=conv_routes.conv_blocks(kind, geometry,
+                                                                           dtype)))
+    # the route may be forced (KILN_CONV_ROUTE) or measured (conv_gpu) after a first call
+    return _cached(key + (os.environ.get("KILN_CONV_ROUTE"), len(conv_routes.MEASURED_ROUTES)),
+                   build)
 
 
 def _usable(*arrays) -> bool:
@@ -150,39 +162,59 @@ def _matmul_unfold(xp, a, x, kernel, stride, dilation):
 def _matmul_fold(xp, a, b, size, kernel, stride, dilation, channels_last=False):
     # out[n, c, h, w] = sum over (o, i, j) of a[(n, y, x), o] * b[o, (i, j, c)] where pixel
     # (h, w) is offset (i, j) of the window at (y, x)
-    if not _usable(a, b):
+    if a.dtype != b.dtype or not a.size or not b.size:
         return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation,
                                               channels_last)
-    a, as_ = _dense(xp, a)
-    b, bs = _dense(xp, b)
     oh, ow = windows_geometry(size, kernel, stride, dilation)
     o = a.shape[1]
     n, c = a.shape[0] // (oh * ow), b.shape[1] // (kernel[0] * kernel[1])
     h, wd = size
     shape = (n, h, wd, c) if channels_last else (n, c, h, wd)
+    launch = None
+    if _usable(a, b):
+        a, as_ = _dense(xp, a)
+        b, bs = _dense(xp, b)
 
-    def make():
-        g = ConvGeometry(n, c, h, wd, o, kernel[0], kernel[1], tuple(stride), (0, 0),
-                         tuple(dilation))
-        sr, so = as_                    # a[(n, y, x), o] read as g[n, o, y, x]
-        to, tk = bs                     # b[o, (i, j, c)] read as w[o, c, i, j]
-        out = (h * wd * c, 1, wd * c, c) if channels_last else (c * h * wd, h * wd, wd, 1)
-        return g, _FLOATS[a.dtype], ((oh * ow * sr, so, ow * sr, sr),
-                                     (to, tk, kernel[1] * c * tk, c * tk), out)
-    launch = _launcher("input_grad", ("input_grad", a.shape, as_, b.shape, bs, a.dtype, size,
-                                      kernel, stride, dilation, channels_last), make)
-    if launch is None:
-        return PRIMITIVES["matmul_fold"].impl(xp, a, b, size, kernel, stride, dilation,
-                                              channels_last)
+        def make():
+            g = ConvGeometry(n, c, h, wd, o, kernel[0], kernel[1], tuple(stride), (0, 0),
+                             tuple(dilation))
+            sr, so = as_                # a[(n, y, x), o] read as g[n, o, y, x]
+            to, tk = bs                 # b[o, (i, j, c)] read as w[o, c, i, j]
+            out = (h * wd * c, 1, wd * c, c) if channels_last else (c * h * wd, h * wd, wd, 1)
+            return g, _FLOATS[a.dtype], ((oh * ow * sr, so, ow * sr, sr),
+                                         (to, tk, kernel[1] * c * tk, c * tk), out)
+        launch = _launcher("input_grad", ("input_grad", a.shape, as_, b.shape, bs, a.dtype,
+                                          size, kernel, stride, dilation, channels_last), make)
+    if launch is None:      # float64, or the unfold route: the product, then one fold
+        cols = xp.matmul(a, b).reshape((n, oh, ow) + tuple(kernel) + (c,))
+        return _fold(xp, cols, size, kernel, stride, dilation, channels_last)
     out = xp.empty(shape, a.dtype)
     launch([a, b], [out])
+    return out
+
+
+def _fold(xp, cols, size, kernel, stride, dilation, channels_last=False):
+    # one launch where `ir.ops`' fold makes kh*kw adds (and as many views of each operand)
+    n, oh, ow, kh, kw, c = cols.shape
+    out_shape = (n,) + tuple(size) + (c,) if channels_last else (n, c) + tuple(size)
+    if cols.dtype not in _FOLD_FLOATS or not cols.size or \
+            max(cols.size, n * c * size[0] * size[1]) > _INT32:
+        return PRIMITIVES["fold"].impl(xp, cols, size, kernel, stride, dilation, channels_last)
+    if not cols.flags.c_contiguous:
+        cols = xp.ascontiguousarray(cols)
+    launch = _cached(("fold", cols.shape, cols.dtype, size, stride, dilation, channels_last),
+                     lambda: CudaKernelLauncher(render_fold_kernel(
+                         cols.shape, size, stride, dilation, _FOLD_FLOATS[cols.dtype],
+                         channels_last)))
+    out = xp.empty(out_shape, cols.dtype)
+    launch([cols], [out])
     return out
 
 
 # primitive name -> its CuPy spelling, (xp, *arrays, **attrs) -> array as `impl`
 CUPY_PATHS: dict[str, Callable] = {
     "unfold_matmul": _unfold_matmul, "matmul_unfold": _matmul_unfold,
-    "matmul_fold": _matmul_fold}
+    "matmul_fold": _matmul_fold, "fold": _fold}
 
 
 __all__ = ["CUPY_PATHS", "cupy_impl"]

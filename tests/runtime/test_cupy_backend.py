@@ -14,7 +14,7 @@ import torch
 
 import kiln
 from kiln.codegen import conv
-from kiln.codegen.conv_triton import ConvGeometry
+from kiln.codegen.conv_triton import ConvGeometry, render_fold_kernel
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import cupy_backend
@@ -135,7 +135,7 @@ def test_repeated_eager_convolutions_render_and_prepare_their_kernels_once(monke
     assert rendered[3:] == ["forward"] and launches[9:] == [FORWARD]
 
 
-ROUTED_ELSEWHERE = {    # why a convolution keeps the primitives' own impls
+ROUTED_ELSEWHERE = {    # why a convolution stays on unfold + matmul
     "float64": ((2, 3, 8, 7), (4, 3, 3, 3), True, np.float64, dict(padding=1)),
     "groups": ((2, 4, 7, 6), (6, 2, 3, 2), True, np.float32, dict(groups=2, stride=(1, 2))),
     "forced unfold route": ((2, 3, 8, 7), (4, 3, 3, 3), False, np.float32, dict(dilation=2)),
@@ -144,8 +144,9 @@ ROUTED_ELSEWHERE = {    # why a convolution keeps the primitives' own impls
 
 
 @pytest.mark.parametrize("case", list(ROUTED_ELSEWHERE))
-def test_convolutions_off_the_kernel_route_run_the_primitives_and_match_torch(
+def test_convolutions_off_the_kernel_route_fold_in_one_launch_and_match_torch(
         case, launches, monkeypatch):
+    """Unfold + matmul, and the input gradient's windows folded by one kernel launch."""
     x_shape, w_shape, bias, dtype, kwargs = ROUTED_ELSEWHERE[case]
     if case == "forced unfold route":
         monkeypatch.setenv("KILN_CONV_ROUTE", "unfold")
@@ -154,7 +155,7 @@ def test_convolutions_off_the_kernel_route_run_the_primitives_and_match_torch(
             conv.record_route(kind, ConvGeometry(2, 3, 8, 7, 4, 3, 3), dt.float32, "unfold",
                               save=False)
     pairs = _conv_both(x_shape, w_shape, bias, dtype=dtype, **kwargs)
-    assert launches == []
+    assert launches == ["fold_windows"]
     if dtype == np.float64:
         _assert_match(pairs, rtol=1e-10, atol=1e-12)
     else:
@@ -162,6 +163,7 @@ def test_convolutions_off_the_kernel_route_run_the_primitives_and_match_torch(
     # the route is read per call: back on the kernels once it is no longer forced
     monkeypatch.delenv("KILN_CONV_ROUTE", raising=False)
     if case == "forced unfold route":
+        launches.clear()
         _assert_match(_conv_both(x_shape, w_shape, bias, dtype=dtype, **kwargs), 1e-4, 1e-5)
         assert sorted(launches) == sorted([FORWARD, WEIGHT_GRAD, INPUT_GRAD])
 
@@ -230,6 +232,30 @@ def test_the_fold_on_cuda_adds_each_window_position_in_place_and_keeps_the_bits(
         assert counted["writes"] == 6 and counted["other"] <= 1 + 3 * 6, counted
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_fold_kernel_sums_as_the_primitive_does_in_one_launch(dtype, channels_last,
+                                                                  launches):
+    """The fold on cuda (an input gradient off the kernel route, a grouped convolution's
+    backward): one launch, each pixel summing its windows in the primitive's order, so the
+    bits are those of the NumPy backend; windows in another layout are copied first."""
+    xp = cupy_module()
+    rng = np.random.default_rng(6)
+    attrs = dict(size=(10, 7), kernel=(3, 2), stride=(2, 3), dilation=(2, 1))
+    fold = cupy_backend.cupy_impl(PRIMITIVES["fold"])
+    for cols in (rng.standard_normal((2, 3, 2, 3, 2, 4)),
+                 rng.standard_normal((4, 3, 2, 3, 2, 2)).transpose(5, 1, 2, 3, 4, 0)):
+        cols = cols.astype(dtype)
+        launches.clear()
+        got = fold(xp, xp.asarray(cols), channels_last=channels_last, **attrs)
+        want = PRIMITIVES["fold"].impl(np, cols, channels_last=channels_last, **attrs)
+        assert launches == ["fold_windows"] and got.dtype == dtype
+        np.testing.assert_array_equal(got.get(), want)
+        if not channels_last:
+            np.testing.assert_array_equal(
+                got.get(), numpy_impl(PRIMITIVES["fold"])(np, cols, **attrs))
+
+
 def test_compiled_programs_are_unchanged_by_the_eager_kernels(monkeypatch):
     """The compiled conv step on cuda lowers, routes and explains the same with the eager
     kernels as without them (tracing runs the unfold + matmul spelling either way)."""
@@ -267,13 +293,16 @@ def test_compiled_programs_are_unchanged_by_the_eager_kernels(monkeypatch):
 
 def test_the_eager_kernels_build_ahead_of_time_for_sm90(tmp_path):
     """The kernels eager mode renders (its own operand layouts: a transposed weight matrix, a
-    transposed output gradient) build for a GPU, on tensor cores."""
+    transposed output gradient) build for a GPU, the products on tensor cores; so does the
+    fold kernel."""
     x_shape, w_shape, bias, kwargs = CASES["split weight gradient"]
     _conv_both(x_shape, w_shape, bias, **kwargs)
     kernels = [launcher.tk for launcher in cupy_backend._LAUNCHERS.values()]
     assert sorted(tk.name for tk in kernels) == sorted([FORWARD, WEIGHT_GRAD, INPUT_GRAD])
+    kernels += [render_fold_kernel((2, 8, 8, 3, 3, 4), (10, 10), (1, 1), (1, 1), dtype)
+                for dtype in (dt.float32, dt.float64)]
     cache = KernelCache(tmp_path)
     for tk in kernels:
         build = build_one_for_gpu(tk, 90, cache)
         assert build.cubin and f".entry {tk.name}" in build.ptx, tk.name
-        assert "wgmma" in build.ptx or "mma.sync" in build.ptx, tk.name
+        assert tk.name == "fold_windows" or "wgmma" in build.ptx or "mma.sync" in build.ptx
