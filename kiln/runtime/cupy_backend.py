@@ -49,6 +49,9 @@ def _element_strides(a) -> tuple | None:
     or a permutation of it: a transposed matrix), else None. The kernels take any such layout
     as compile-time strides; the memory a launch hands over is that span."""
     item = a.itemsize
+    flags = a.flags
+    if flags.c_contiguous or flags.f_contiguous:        # the common cases, found quickly
+        return tuple([s // item for s in a.strides])
     strides = tuple(s // item for s in a.strides)
     if any(s * item != b or s < 0 for s, b in zip(strides, a.strides)):
         return None
