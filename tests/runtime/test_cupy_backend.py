@@ -7,6 +7,7 @@ tests/test_fake_cuda.py runs them under the strict fake CUDA, the kernels in Tri
 interpreter (so the shapes stay small)."""
 
 import collections
+import threading
 
 import numpy as np
 import pytest
@@ -133,6 +134,28 @@ def test_repeated_eager_convolutions_render_and_prepare_their_kernels_once(monke
     want = torch.nn.functional.conv2d(torch.tensor(x.cpu().numpy()), torch.ones(w_shape))
     np.testing.assert_allclose(out.cpu().numpy(), want.numpy(), rtol=1e-6)
     assert rendered[3:] == ["forward"] and launches[9:] == [FORWARD]
+
+
+def test_each_thread_launches_its_own_prepared_kernels(launches):
+    """A launcher keeps its last call's arguments: threads convolving the same shapes each get
+    their own. (The threads take turns: Triton's interpreter, which runs the fake's kernels,
+    cannot run two kernels at once; all stay alive to the end, so none reuses another's id.)"""
+    x_shape, w_shape, bias, kwargs = CASES["plain"]
+    results, turn, end = {}, threading.Lock(), threading.Barrier(3)
+
+    def run(seed):
+        with turn:
+            results[seed] = _conv_both(x_shape, w_shape, bias, seed=seed, **kwargs)
+        end.wait(timeout=60)
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    run(0)
+    for thread in threads:
+        thread.join()
+    for seed in range(3):
+        _assert_match(results[seed], rtol=1e-4, atol=1e-5)
+    assert len(cupy_backend._LAUNCHERS) == 3 * 3 and len(launches) == 3 * 3
 
 
 ROUTED_ELSEWHERE = {    # why a convolution stays on unfold + matmul
