@@ -34,7 +34,60 @@ from tests import fake_cuda  # noqa: E402
 fake_cuda.install()
 
 import kiln  # noqa: E402
+from kiln.codegen.conv_triton import ConvKernel  # noqa: E402
+from kiln.runtime import triton_launch  # noqa: E402
 from models_cpu import ROWS  # noqa: E402
+
+
+def _conv_kernel_in_numpy(tk, inputs: list, outputs: list) -> None:
+    """What an implicit-GEMM convolution kernel (kiln/codegen/conv_triton.py) computes, in NumPy:
+    Triton's interpreter takes minutes over these rows' convolutions, and the count is the same
+    (the fake counts a launch as one call, whatever runs it). Its tests run the kernels."""
+    k = tk.constexprs
+    view = lambda a, shape, p: np.lib.stride_tricks.as_strided(   # noqa: E731
+        a.reshape(-1), shape, tuple(k[f"{p}S{x}"] * a.itemsize for x in
+                                    {"X": "NCHW", "W": "OCIJ", "G": "NOYX", "O": "NOYX",
+                                     "D": "OCIJ" if tk.name.endswith("weight_grad")
+                                     else "NCHW"}[p]))
+    image, weight = (k["N"], k["C"], k["H"], k["W"]), (k["O"], k["C"], k["KH"], k["KW"])
+    rows = (k["N"], k["O"], k["OH"], k["OW"])
+    pads = ((0, 0), (0, 0), (k["PH"], k["PH"]), (k["PW"], k["PW"]))
+
+    def windows(x):                 # (N, C, OH, OW, KH, KW) of the padded image
+        x = np.pad(x, pads)
+        sn, sc, sh, sw = x.strides
+        return np.lib.stride_tricks.as_strided(
+            x, (k["N"], k["C"], k["OH"], k["OW"], k["KH"], k["KW"]),
+            (sn, sc, sh * k["SH"], sw * k["SW"], sh * k["DH"], sw * k["DW"]))
+    if tk.name.endswith("weight_grad"):
+        x, g = view(inputs[0], image, "X"), view(inputs[1], rows, "G")
+        view(outputs[0], weight, "D")[...] = np.einsum("ncyxij,noyx->ocij", windows(x), g)
+    elif tk.name.endswith("input_grad"):
+        g, w = view(inputs[0], rows, "G"), view(inputs[1], weight, "W")
+        cols = np.einsum("noyx,ocij->ncyxij", g, w)
+        full = np.zeros((k["N"], k["C"], k["H"] + 2 * k["PH"], k["W"] + 2 * k["PW"]),
+                        cols.dtype)
+        for i in range(k["KH"]):
+            for j in range(k["KW"]):
+                r, q = i * k["DH"], j * k["DW"]
+                full[:, :, r:r + k["SH"] * (k["OH"] - 1) + 1:k["SH"],
+                     q:q + k["SW"] * (k["OW"] - 1) + 1:k["SW"]] += cols[..., i, j]
+        view(outputs[0], image, "D")[...] = full[:, :, k["PH"]:k["PH"] + k["H"],
+                                                 k["PW"]:k["PW"] + k["W"]]
+    else:
+        x, w = view(inputs[0], image, "X"), view(inputs[1], weight, "W")
+        out = np.einsum("ncyxij,ocij->noyx", windows(x), w)
+        if "b_ptr" in tk.arg_names:
+            out += inputs[2].reshape(1, -1, 1, 1)
+        if tk.name.endswith("_relu"):
+            out = np.maximum(out, 0)
+        view(outputs[-1], rows, "O")[...] = out
+
+
+_interpret = triton_launch.launch
+triton_launch.launch = lambda tk, inputs, outputs, backend="interpreter": (
+    _conv_kernel_in_numpy(tk, inputs, outputs) if isinstance(tk, ConvKernel)
+    else _interpret(tk, inputs, outputs, backend))
 
 
 class CallCounter:

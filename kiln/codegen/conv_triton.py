@@ -20,7 +20,9 @@ reads NCHW arrays, the (rows, channels) matrices of the unfold route, or a trans
 `ConvGeometry` holds the sizes. `render_conv_kernel` returns a `ConvKernel`, a `TritonKernel`
 launched, built ahead of time and cached like every generated kernel
 (`kiln.runtime.triton_launch`), whose launch zeroes its output first when the weight gradient's
-sum is split over programs that add into it.
+sum is split over programs that add into it. `render_fold_kernel` is the fold of the unfold
+route's windows back into an image, in one launch (eager mode on CuPy runs it where these
+kernels do not apply, `kiln.runtime.cupy_backend`).
 """
 
 from __future__ import annotations
@@ -311,5 +313,76 @@ def render_conv_kernel(kind: str, geometry: ConvGeometry, dtype: dt.DType, strid
                       zero_outputs=constexprs.get("SPLITS", 1) > 1)
 
 
-__all__ = ["BLOCKS", "BLOCK_CANDIDATES", "ConvGeometry", "ConvKernel", "DTYPES",
-           "INPUT_PRECISION", "KINDS", "kernel_source", "render_conv_kernel"]
+# ----------------------------------------------------------------------------- the fold
+# Where no implicit-GEMM kernel applies (float64, grouped convolutions, the unfold route), a
+# convolution's input gradient still folds windows back into an image: this kernel does it in
+# one launch, each pixel gathering the windows that cover it, the last window position first,
+# as `kiln.ir.ops`' fold and the NumPy backend add them (so the sums round alike).
+
+_FOLD = '''
+@triton.jit
+def {name}(cols_ptr, out_ptr,
+        N: tl.constexpr, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+        OH: tl.constexpr, OW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+        CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    # out[n, c, h, w] = sum over (i, j) of cols[n, y, x, i, j, c], where h = y*SH + i*DH and
+    # w = x*SW + j*DW; out is (N, C, H, W), or (N, H, W, C) with CHANNELS_LAST
+    TOTAL: tl.constexpr = N * C * H * W
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    if CHANNELS_LAST:
+        c = offs % C
+        w = (offs // C) % W
+        h = (offs // (C * W)) % H
+    else:
+        w = offs % W
+        h = (offs // W) % H
+        c = (offs // (W * H)) % C
+    n = offs // (C * H * W)
+    acc = tl.full((BLOCK,), 0.0, out_ptr.dtype.element_ty)
+    for r in tl.static_range(KH * KW):
+        i = KH - 1 - r // KW
+        j = KW - 1 - r % KW
+        ty = h - i * DH
+        tx = w - j * DW
+        y = ty // SH
+        x = tx // SW
+        hit = (ty >= 0) & (tx >= 0) & (ty % SH == 0) & (tx % SW == 0) & (y < OH) & (x < OW)
+        acc += tl.load(cols_ptr + ((((n * OH + y) * OW + x) * KH + i) * KW + j) * C + c,
+                       mask=hit & (offs < TOTAL), other=0.0)
+    tl.store(out_ptr + offs, acc, mask=offs < TOTAL)
+'''
+
+# the dtypes the fold kernel takes (it adds in the windows' dtype)
+FOLD_DTYPES = {dt.float64: "*fp64", dt.float32: "*fp32", dt.float16: "*fp16"}
+FOLD_BLOCK = 1024
+
+
+def render_fold_kernel(cols_shape: tuple, size: tuple, stride: tuple, dilation: tuple,
+                       dtype: dt.DType, channels_last: bool = False) -> TritonKernel:
+    """The kernel folding C-contiguous (N, OH, OW, KH, KW, C) windows into a C-contiguous
+    (N, C, H, W) image of `size` (H, W), or (N, H, W, C) with `channels_last`, in one launch:
+    inputs (windows,), outputs (image,)."""
+    if dtype not in FOLD_DTYPES:
+        raise ValueError(f"fold kernel: dtype {dtype} is not supported; expected one of "
+                         f"{sorted(str(d) for d in FOLD_DTYPES)}")
+    n, oh, ow, kh, kw, c = cols_shape
+    name = "fold_windows"
+    constexprs = dict(N=n, C=c, H=size[0], W=size[1], OH=oh, OW=ow, KH=kh, KW=kw,
+                      SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
+                      CHANNELS_LAST=bool(channels_last), BLOCK=FOLD_BLOCK)
+    # the shape in the header: kernels are cached and built by their source text
+    header = (f"# {name}: windows [{n},{oh},{ow},{kh},{kw},{c}] summed into an image "
+              f"{list(size)}, stride {list(stride)}, dilation {list(dilation)}, {dtype}"
+              f"{', channels last' if channels_last else ''} (kiln/codegen/conv_triton.py)\n"
+              "import triton\nimport triton.language as tl\n\n")
+    signature = {"cols_ptr": FOLD_DTYPES[dtype], "out_ptr": FOLD_DTYPES[dtype]}
+    signature.update({k: "constexpr" for k in constexprs})
+    grid = (max(1, math.ceil(n * c * size[0] * size[1] / FOLD_BLOCK)),)
+    return TritonKernel(name, header + _FOLD.format(name=name).lstrip("\n"),
+                        ("cols_ptr", "out_ptr"), signature, constexprs, grid, 4)
+
+
+__all__ = ["BLOCKS", "BLOCK_CANDIDATES", "ConvGeometry", "ConvKernel", "DTYPES", "FOLD_DTYPES",
+           "INPUT_PRECISION", "KINDS", "kernel_source", "render_conv_kernel",
+           "render_fold_kernel"]

@@ -636,7 +636,8 @@ def _fold_impl(xp, cols, size, kernel, stride, dilation, channels_last=False):
     # out[n, c, y*sh + i*dh, x*sw + j*dw] += cols[n, y, x, i, j, c], one window position (i, j)
     # at a time, the last first: each pixel then sums its windows in the order of their rows
     # in `cols`, as the NumPy backend's routes do (its C kernel streams through `cols`), so
-    # every route gives the same bits. `channels_last`: into an (N, H, W, C) image instead
+    # every route gives the same bits. Each position adds in place (one add, with no copy
+    # back as `out[...] += ...` makes). `channels_last`: into an (N, H, W, C) image instead
     n, oh, ow, kh, kw, c = cols.shape
     out = xp.zeros(((n,) + tuple(size) + (c,)) if channels_last else ((n, c) + tuple(size)),
                    dtype=cols.dtype)
@@ -646,9 +647,10 @@ def _fold_impl(xp, cols, size, kernel, stride, dilation, channels_last=False):
             ys = slice(r, r + stride[0] * (oh - 1) + 1, stride[0])
             xs = slice(q, q + stride[1] * (ow - 1) + 1, stride[1])
             if channels_last:
-                out[:, ys, xs, :] += cols[:, :, :, i, j, :]
+                at, window = out[:, ys, xs, :], cols[:, :, :, i, j, :]
             else:
-                out[:, :, ys, xs] += cols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
+                at, window = out[:, :, ys, xs], cols[:, :, :, i, j, :].transpose(0, 3, 1, 2)
+            xp.add(at, window, out=at)
     return out
 
 

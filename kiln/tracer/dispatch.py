@@ -14,6 +14,7 @@ import numpy as np
 
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
+from kiln.runtime.cupy_backend import CUPY_PATHS as _CUPY_FAST
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
@@ -91,10 +92,10 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing
                 _INFER_CACHE.clear()
             _INFER_CACHE[key] = facts
-    dtype, np_dtype, numpy_impl, quiet, movement, differentiable = facts
+    dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable = facts
 
     xp = np if device is CPU else device.xp
-    impl = numpy_impl if xp is np else prim.impl
+    impl = numpy_impl if xp is np else cupy_impl
     try:
         if not quiet:
             out = impl(xp, *arrays, **attrs)
@@ -140,11 +141,12 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
 def _facts(prim: Primitive, rule: tuple) -> tuple:
     """What `apply` needs of one op on inputs of given shapes and dtypes, found once per
     signature (the cache's value): the result's dtype and NumPy dtype, the NumPy backend's
-    faster spelling of the op where it has one, and the primitive's flags, so that a cached
-    call reads no attribute of the frozen dataclass."""
+    faster spelling of the op where it has one, the CuPy backend's likewise, and the
+    primitive's flags, so that a cached call reads no attribute of the frozen dataclass."""
     dtype = rule[1]
-    return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl), prim.quiet,
-            prim.kind is _MOVEMENT, prim.grad is not None)
+    return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl),
+            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, prim.kind is _MOVEMENT,
+            prim.grad is not None)
 
 
 def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device) -> Device:

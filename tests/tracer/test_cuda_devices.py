@@ -18,10 +18,10 @@ def _pair(values, dtype=np.float32):
     return kiln.tensor(a, device="cuda"), torch.tensor(a)
 
 
-def _same(k, t, rtol=1e-6):
+def _same(k, t, rtol=1e-6, atol=1e-7):
     assert k.device.type == "cuda", k.device
     assert k.dtype.name == str(t.dtype).removeprefix("torch."), (k.dtype, t.dtype)
-    np.testing.assert_allclose(k.cpu().numpy(), t.numpy(), rtol=rtol, atol=1e-7)
+    np.testing.assert_allclose(k.cpu().numpy(), t.numpy(), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("op", ["add_", "mul_", "sub_", "div_", "clamp_", "zero_", "fill_",
@@ -133,8 +133,8 @@ def test_compiled_function_takes_a_0d_cpu_tensor_with_cuda_tensors():
 
 @pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"])
 def test_convolutions_and_pools_on_cuda_match_torch(op):
-    # unfold, fold and pad run their definitions (kiln.ir.ops) on CuPy: the NumPy backend's
-    # fast paths are for NumPy arrays only
+    # pad and the pools' ops run their definitions (kiln.ir.ops) on CuPy, the convolution's
+    # products kiln.runtime.cupy_backend's kernels: the NumPy backend's paths are for NumPy
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     w0 = rng.standard_normal((3, 4, 3, 2) if op == "conv_transpose2d" else (4, 3, 3, 2))
@@ -149,7 +149,9 @@ def test_convolutions_and_pools_on_cuda_match_torch(op):
         "avg_pool2d": lambda F, x, w: F.avg_pool2d(x, 2, stride=1)}
     ko = calls[op](kiln.nn.functional, kx, kw)
     to = calls[op](torch.nn.functional, tx, tw)
-    _same(ko.detach(), to.detach(), rtol=1e-5)
+    # (conv2d's implicit-GEMM kernel sums its 18 products in another order than PyTorch: a
+    # float32 rounding of the terms' size, ~1e-7, where they cancel)
+    _same(ko.detach(), to.detach(), rtol=1e-5, atol=1e-6)
     g = rng.standard_normal(tuple(to.shape)).astype(np.float32)
     ko.backward(kiln.tensor(g, device="cuda"))
     to.backward(torch.tensor(g))
