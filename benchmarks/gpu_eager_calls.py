@@ -134,18 +134,18 @@ def count_row(name: str) -> CallCounter:
     model.cuda()
 
     def step(counter=None):
-        for phase, work in (("forward + loss", lambda: loss_fn(model, *data)),
-                            ("zero_grad", opt.zero_grad), ("backward", None),
-                            ("optimizer step", opt.step)):
+        def phase(name):
             if counter is not None:
-                counter.phase = phase
-            if work is None:
-                loss.backward()
-            else:
-                out = work()
-                loss = out if phase == "forward + loss" else loss
-            if counter is not None:
-                counter.phase = None
+                counter.phase = name
+        phase("forward + loss")
+        loss = loss_fn(model, *data)
+        phase("zero_grad")
+        opt.zero_grad()
+        phase("backward")
+        loss.backward()
+        phase("optimizer step")
+        opt.step()
+        phase(None)
     for _ in range(2):      # the optimizer's state exists from the first step on
         step()
     with CallCounter() as counter:

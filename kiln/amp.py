@@ -118,16 +118,20 @@ class GradScaler:
                                "last update().")
         import kiln
         inv = 1.0 / self._scale
-        found = False
+        # one flag per device, read once at the end: reading each gradient's on the host
+        # would make the host wait for the GPU once per parameter
+        finite: dict = {}
         with kiln.no_grad():
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     if p.grad is None:
                         continue
                     p.grad.mul_(inv)
-                    if not bool(kiln.isfinite(p.grad).all()):
-                        found = True
-        state["unscaled"], state["found_inf"] = True, found
+                    ok = kiln.isfinite(p.grad).all()
+                    key = str(ok.device)
+                    finite[key] = ok if key not in finite else kiln.logical_and(finite[key], ok)
+        state["unscaled"] = True
+        state["found_inf"] = not all(bool(ok) for ok in finite.values())
 
     def step(self, optimizer, *args, **kwargs):
         if not self._enabled:

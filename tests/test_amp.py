@@ -68,3 +68,27 @@ def test_autocast_is_accepted_and_reported_without_changing_dtypes() -> None:
             assert kiln.is_autocast_enabled()
             assert (x @ x).dtype is kiln.float32
     assert not kiln.is_autocast_enabled()
+
+
+@pytest.mark.gpu
+def test_unscale_reads_the_device_once_per_step(monkeypatch) -> None:
+    # a host read of a device value waits for the GPU; unscale_ reads one flag for all the
+    # gradients of a device (it read one per parameter), and still skips a non-finite step
+    from kiln.runtime.device import cupy_module
+    from tests import fake_cuda
+    if cupy_module() is not fake_cuda.cupy:
+        pytest.skip("counts the fake CUDA's host transfers")
+    reads = []
+    real = fake_cuda._host_access
+    monkeypatch.setattr(fake_cuda, "_host_access", lambda what: reads.append(what) or real(what))
+    for k, skipped in ((1.0, False), (float("inf"), True)):
+        ws = [kiln.tensor([1.0, -2.0], device="cuda", requires_grad=True) for _ in range(4)]
+        opt = kiln.optim.SGD(ws, lr=0.1, foreach=False)
+        scaler = kiln.amp.GradScaler("cuda", init_scale=8.0)
+        scaler.scale(sum((w * w).sum() for w in ws) * k).backward()
+        reads.clear()
+        scaler.unscale_(opt)
+        assert len([r for r in reads if "reading" in r or "to the host" in r]) == 1, reads
+        scaler.step(opt)
+        moved = ws[0].detach().cpu().numpy()
+        np.testing.assert_allclose(moved, [1.0, -2.0] if skipped else [0.8, -1.6], rtol=1e-6)
