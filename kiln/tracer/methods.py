@@ -13,6 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, Primitive
+from kiln.runtime import pending_checks
 from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
@@ -154,6 +155,8 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
         # replay would read the tensor this call made
         STATE.tracer.graph_break(f"a copy from {self.device} to {device} (a compiled program "
                                  "runs on one device)")
+    if device.type == "cpu":
+        pending_checks.flush()      # the copy waits for the GPU: read its queued index checks
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way

@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
-from kiln.tracer.errors import op_error
+from kiln.ir.ops import P, defer_device_index_checks
+from kiln.runtime import pending_checks
+from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, zeros)
 from kiln.tracer.functional.shapes import broadcast_tensors, expand, reshape, unsqueeze
@@ -88,8 +89,16 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         data = index._data
         if not data.size:
             return index
-        low, high = data.min(), data.max()
         lowest = -n if negative else 0
+        if index.device.type != "cpu":
+            # on a GPU the check stays on the device until the host next reads its memory;
+            # whether any index is negative is not known here, so all are wrapped
+            where = f"a tensor of {n} elements" if dim is None else \
+                f"dimension {dim} with size {n}"
+            check_bounds_later(index, lowest, n, op, kind, (f"{what}: " if what else "") +
+                               f"index {{}} is out of bounds for {where}")
+            return P.mod(index, n) if negative else index
+        low, high = data.min(), data.max()
         if low < lowest or high >= n:
             flat = data.reshape(-1)
             bad = int(flat[((flat < lowest) | (flat >= n)).argmax()])   # the first, as torch
@@ -105,6 +114,27 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
     if not negative:
         return index
     return P.where(P.lt(index, 0), index + n, index)
+
+
+def check_bounds_later(index: Tensor, lowest: int, size: int, op: str, kind: type,
+                       message: str) -> None:
+    """Check that every value of `index` (on a GPU) lies in [lowest, size) without making the
+    host wait: its minimum and maximum are queued on the device (`kiln.runtime.pending_checks`)
+    and read at the next host read of device memory, which then raises `kind` naming `op`, the
+    caller's line and `message` (with `{}` where the offending value goes)."""
+    data = index._data
+    if data.size:
+        pending_checks.defer(data.min(), data.max(), lowest, size, op, kind, message,
+                             user_location())
+
+
+def _queue_device_check(low, high, lowest: int, size: int, op: str, kind: type,
+                        message: str) -> None:
+    pending_checks.defer(low, high, lowest, size, op, kind, message, user_location())
+
+
+# the primitives' own checks on device arrays (take's) are queued the same way
+defer_device_index_checks(_queue_device_check)
 
 
 def _gather_positions(input_shape, dim, index, op="gather", checked=False):
