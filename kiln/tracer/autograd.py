@@ -360,9 +360,8 @@ def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
     reach shares. `exclusive`: nothing but the backward pass holds `grad` (`_held_once`), so
     its memory is taken as it is when no other array or tensor holds it either (PyTorch's
     AccumulateGrad steals such a gradient too); otherwise it is copied."""
-    data = grad._data
-    if not (exclusive and _memory_unshared(grad)):
-        data = data.copy()
+    # (no local holds grad's array before the check: it counts the references to it)
+    data = grad._data if exclusive and _memory_unshared(grad) else grad._data.copy()
     owned = Tensor._make(data, grad.dtype, grad.device)
     owned._trace = grad._trace
     return owned

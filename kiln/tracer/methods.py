@@ -319,6 +319,8 @@ def sum_to_size(self: Tensor, *size) -> Tensor:
     lead = self.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
                                       if s == 1 and self.shape[lead + i] != 1)
+    if axes and len(axes) == lead:      # only leading dims go: no size-1 dims to keep
+        return P.sum(self, axes=axes, keepdim=False)
     out = P.sum(self, axes=axes, keepdim=True) if axes else self
     return P.reshape(out, shape=shape) if tuple(out.shape) != shape else out
 

@@ -141,11 +141,11 @@ def _gather_positions(input_shape, dim, index, op="gather", checked=False):
     """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere.
     `checked`: the caller has bounds-checked `index` already."""
     strides = [math.prod(input_shape[i + 1:]) for i in range(len(input_shape))]
-    if checked:
-        lin = index * strides[dim]
-    else:
-        lin = _wrap_index(index, input_shape[dim], op, RuntimeError, dim=dim,
-                          negative=False) * strides[dim]
+    if not checked:
+        index = _wrap_index(index, input_shape[dim], op, RuntimeError, dim=dim, negative=False)
+    # (fewer ops for the eager path on a GPU, where each costs a launch: no multiplication by
+    # a stride of 1, and the other dims' positions made as a strided arange)
+    lin = index * strides[dim] if strides[dim] != 1 else index
     for i, n in enumerate(index.shape):
         if i == dim:
             continue
@@ -155,7 +155,10 @@ def _gather_positions(input_shape, dim, index, op="gather", checked=False):
                            f"apart from dimension {dim}", RuntimeError)
         shape = [1] * index.ndim
         shape[i] = n
-        lin = lin + P.reshape(arange(n, device=index.device), shape=tuple(shape)) * strides[i]
+        step = strides[i]
+        positions = arange(0, n * step, step, device=index.device) if step else \
+            arange(n, device=index.device) * 0
+        lin = lin + P.reshape(positions, shape=tuple(shape))
     return lin
 
 
