@@ -582,16 +582,16 @@ def _take_infer(shapes, dtypes, axis):
 
 
 # Eager on a GPU, reading a bounds check on the host would make the host wait for the whole
-# queue of kernels. With a sink set (the tracer sets kiln.runtime.pending_checks' queue, with the
-# user's line), a check on device arrays hands the sink the index's minimum and maximum as 0-d
-# device arrays, its range and message instead, and the sink reports a bad index at the next
-# read of device memory on the host.
+# queue of kernels. With a sink set (the tracer sets one that queues the check in
+# kiln.runtime.pending_checks, with the user's line, or drops it where the caller checked the
+# indices already), a check on device arrays hands the sink the index, its range and message
+# instead, and a bad index is reported at the next read of device memory on the host.
 _DEVICE_CHECK_SINK = [None]
 
 
 def defer_device_index_checks(sink) -> object:
-    """Send bounds checks on device arrays to `sink(low, high, lowest, size, op, kind,
-    message)` (None: check at once); returns the sink in place before."""
+    """Send bounds checks on device arrays to `sink(idx, lowest, size, op, kind, message)`
+    (None: check at once); returns the sink in place before."""
     previous = _DEVICE_CHECK_SINK[0]
     _DEVICE_CHECK_SINK[0] = sink
     return previous
@@ -607,7 +607,7 @@ def _take_impl(xp, x, idx, axis):
     sink = _DEVICE_CHECK_SINK[0]
     if sink is not None and xp is not np:      # eager on a GPU: checked at the next host read
         if idx.size:
-            sink(idx.min(), idx.max(), -n, n, "take", IndexError,
+            sink(idx, -n, n, "take", IndexError,
                  f"index {{}} is out of bounds for dimension {axis} with size {n}")
         return xp.take(x, idx, axis=axis)
     if idx.size and (idx.min() < -n or idx.max() >= n):

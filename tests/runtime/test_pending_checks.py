@@ -54,6 +54,9 @@ BAD_INDEX_CASES = {
     "gather": (lambda x, i: kiln.gather(x, 1, i.reshape(2, 1)), [0, -1], "gather: index -1 is "
                "out of bounds for dimension 1 with size 4"),
 }
+BAD_INDEX_CASES["take_primitive"] = (      # no caller's check: the primitive's own
+    lambda x, i: kiln.ops.prims.take(x, i, axis=0), [0, 5],
+    "take: index 5 is out of bounds for dimension 0 with size 3")
 KINDS = {"gather": RuntimeError}         # PyTorch's kind for gather's bad index, as on the CPU
 
 
@@ -97,7 +100,8 @@ def test_queued_checks_are_read_in_one_transfer_and_at_most_max_pending_wait(tra
     i = _cuda([1, 9, -10], np.int64)
     transfers.clear()
     x[i]
-    per_op = pending_checks.pending()             # the index's check, and take's own
+    per_op = pending_checks.pending()
+    assert per_op == 1                # the index's check; take's own would check it again
     while pending_checks.pending() + per_op < 8:
         x[i]
     assert transfers == [], transfers

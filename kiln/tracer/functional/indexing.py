@@ -4,6 +4,7 @@ ops, take, one_hot, nonzero, repeat_interleave, and `getitem`/`index_put` behind
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def select_rows(input, dim, index, op: str):
         raise op_error(op, "index_select(): Index is supposed to be a vector", IndexError)
     index = _wrap_index(index, input.shape[d], op, IndexError, dim=d, negative=False,
                         what="index out of range in self")
-    return P.take(input, index, axis=d)
+    return _take_checked(input, index, d)
 
 
 def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexError, *,
@@ -128,13 +129,30 @@ def check_bounds_later(index: Tensor, lowest: int, size: int, op: str, kind: typ
                              user_location())
 
 
-def _queue_device_check(low, high, lowest: int, size: int, op: str, kind: type,
-                        message: str) -> None:
-    pending_checks.defer(low, high, lowest, size, op, kind, message, user_location())
+# Set while `_take_checked` runs take on indices its caller has checked already.
+_CALLER_CHECKED = threading.local()
+
+
+def _queue_device_check(idx, lowest: int, size: int, op: str, kind: type, message: str) -> None:
+    if not getattr(_CALLER_CHECKED, "on", False):
+        pending_checks.defer(idx.min(), idx.max(), lowest, size, op, kind, message,
+                             user_location())
 
 
 # the primitives' own checks on device arrays (take's) are queued the same way
 defer_device_index_checks(_queue_device_check)
+
+
+def _take_checked(input: Tensor, index: Tensor, axis: int) -> Tensor:
+    """P.take of indices whose bounds the caller checked (with `_wrap_index`, or nll_loss its
+    targets): on a GPU, take's own check of them would be two more reductions."""
+    if index.device.type == "cpu":
+        return P.take(input, index, axis=axis)
+    _CALLER_CHECKED.on = True
+    try:
+        return P.take(input, index, axis=axis)
+    finally:
+        _CALLER_CHECKED.on = False
 
 
 def _gather_positions(input_shape, dim, index, op="gather", checked=False):
@@ -174,7 +192,7 @@ def _gather(input, dim, index, op, checked=False):
         raise op_error(op, f"Index tensor must have the same number of dimensions as "
                        f"input tensor ({index.ndim} vs {input.ndim})")
     lin = _gather_positions(tuple(input.shape), d, index, op, checked=checked)
-    return P.take(reshape(input, (-1,)), lin, axis=0)
+    return _take_checked(reshape(input, (-1,)), lin, 0)
 
 
 def _scatter(input, dim, index, src, prim, op):
@@ -247,7 +265,7 @@ def masked_select(input, mask):
 
 
 def take(input, index):
-    return P.take(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), axis=0)
+    return _take_checked(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), 0)
 
 
 def take_along_dim(input, indices, dim=None):
@@ -487,7 +505,7 @@ def _advanced_index(x, advanced):
     shape = tuple(x.shape)
     if len(advanced) == 1:
         d, idx = advanced[0]
-        return P.take(x, _wrap_index(idx, shape[d], dim=d), axis=d)
+        return _take_checked(x, _wrap_index(idx, shape[d], dim=d), d)
     idx_shape = _broadcast("index", *(tuple(i.shape) for _, i in advanced))
     # move the indexed dims to the front, flatten them into one, and take by linear position
     rest = [i for i in range(len(shape)) if i not in dims]
@@ -501,7 +519,7 @@ def _advanced_index(x, advanced):
         stride *= shape[d]
     lin = expand(lin, idx_shape)
     flat = P.reshape(moved, shape=(stride,) + tuple(shape[i] for i in rest))
-    out = P.take(flat, lin, axis=0)
+    out = _take_checked(flat, lin, 0)
     adjacent = dims == list(range(dims[0], dims[0] + len(dims)))
     if adjacent and dims[0] != 0:
         # NumPy keeps the result dims where the (adjacent) indexed dims were
