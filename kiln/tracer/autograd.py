@@ -473,10 +473,10 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
     """Run the leaf's tensor hooks on `g` and accumulate it into `tensor.grad`. `exclusive`:
     nothing but the backward pass holds `g`, whose memory `.grad` may then take."""
     if tensor._hooks:
+        exclusive = False           # a hook may keep the gradient it is given, or returns
         for hook in tensor._hooks:
             replaced = hook(g)
-            if replaced is not None:
-                g, exclusive = replaced, False      # the hook may keep what it returned
+            g = replaced if replaced is not None else g
     if g.dtype is not tensor.dtype:
         g = g.to(tensor.dtype)
     if tensor.grad is None:

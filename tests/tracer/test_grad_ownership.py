@@ -27,6 +27,19 @@ def test_one_gradient_reaching_two_leaves_and_the_seed_is_copied_for_each():
     np.testing.assert_array_equal(a.grad.numpy(), ta.grad.numpy() + 1)
 
 
+def test_a_gradient_a_leaf_hook_kept_is_not_taken_by_grad():
+    b, tb = kiln.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    kept, tkept = [], []
+    b.register_hook(kept.append)
+    tb.register_hook(tkept.append)
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    (kiln.tensor(x) + b).square().sum().backward()      # b's gradient: a fresh sum
+    (torch.tensor(x) + tb).square().sum().backward()
+    assert not _shares(b.grad, kept[0])
+    b.grad.zero_()
+    np.testing.assert_array_equal(kept[0].numpy(), tkept[0].numpy())
+
+
 def test_retained_and_hooked_gradients_are_not_aliased_with_leaf_grads():
     x = kiln.ones(2, 3, requires_grad=True)
     tx = torch.ones(2, 3, requires_grad=True)

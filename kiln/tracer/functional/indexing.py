@@ -80,9 +80,10 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
     """`index` checked against a dim of size `n`: out-of-range values raise `kind`, naming
     `op`, the first offending value and the size. With `negative`, indices in [-n, 0) count
     from the end, as in Python (tensor indexing, take, index_fill); without, they are out of
-    range (gather, scatter, index_select, embedding), as in PyTorch. Eager only, one min and
-    one max per call. Traced, the check is a graph node (`check_index`, which the executors run
-    on every replay), since a trace cannot read index values into Python."""
+    range (gather, scatter, index_select, embedding), as in PyTorch. Eager, one min and one
+    max per call: read at once on the CPU, queued on a GPU (`check_bounds_later`). Traced, the
+    check is a graph node (`check_index`, which the executors run on every replay), since a
+    trace cannot read index values into Python."""
     if index.dtype is not dt.int64 and index.dtype is not dt.int32:
         raise op_error(op, f"tensors used as indices must be long, int or bool tensors, "
                        f"got {index.dtype.name}", IndexError)
