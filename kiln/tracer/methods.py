@@ -122,13 +122,19 @@ _INTO_SELF = {
 _INTO_SELF_DTYPES = (dt.float32, dt.float64)
 
 
+def _writes_plainly(self: Tensor) -> bool:
+    """Whether an in-place write into `self` is a plain write into its memory: write_inplace's
+    fast path, for a floating tensor (whose ops with Python numbers keep its dtype)."""
+    return not (TRACING[0] or self.grad_fn is not None or self._base is not None
+                or self.dtype not in _INTO_SELF_DTYPES
+                or self.requires_grad and STATE.grad_enabled or not is_writeable(self._data))
+
+
 def _inplace_into_self(fn, name: str, ufunc: str, operand):
     def method(self, *args, **kwargs):
-        data = self._data
-        if (TRACING[0] or self.grad_fn is not None or self._base is not None
-                or self.dtype not in _INTO_SELF_DTYPES
-                or self.requires_grad and STATE.grad_enabled or not is_writeable(data)):
+        if not _writes_plainly(self):
             return write_inplace(self, fn(self, *args, **kwargs), name)
+        data = self._data
         x = operand(self, *args, **kwargs)
         if isinstance(x, Tensor):
             xd = x._data
@@ -147,6 +153,22 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
         return self
     method.__name__ = name
     return method
+
+
+def fill_(self: Tensor, value) -> Tensor:
+    if (type(value) is float or type(value) is int) and _writes_plainly(self):
+        self._data.fill(value)      # what full() then a copy would write, in one call
+        self._version[0] += 1
+        return self
+    return write_inplace(self, _fill(self, value), "fill_")
+
+
+def zero_(self: Tensor) -> Tensor:
+    if _writes_plainly(self):
+        self._data.fill(0)
+        self._version[0] += 1
+        return self
+    return write_inplace(self, _fill(self, 0), "zero_")
 
 
 def setitem(self: Tensor, key, value) -> None:
@@ -404,8 +426,7 @@ _METHODS = {
     "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
-    "zero_": lambda self: write_inplace(self, _fill(self, 0), "zero_"),
-    "fill_": lambda self, value: write_inplace(self, _fill(self, value), "fill_"),
+    "zero_": zero_, "fill_": fill_,
     "copy_": lambda self, src, non_blocking=False: write_inplace(
         self, src.to(self.device) if isinstance(src, Tensor) else _fill(self, src), "copy_"),
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,

@@ -1,5 +1,6 @@
 """In-place updates that write their result straight into the tensor's memory (`add_`, `sub_`,
-`mul_`, `addcmul_`, `addcdiv_`, `lerp_` on the fast path: no autograd history, not a view)
+`mul_`, `addcmul_`, `addcdiv_`, `lerp_`, `fill_`, `zero_` on the fast path: no autograd
+history, not a view)
 give the out-of-place op's bits and PyTorch's values, bump the version counter, and leave
 every other case (autograd, views, casts, broadcasts, overlap) to the general path."""
 
@@ -24,6 +25,8 @@ CASES = {
     "lerp_": (lambda x, a, b: x.lerp_(a, 0.25), lambda x, a, b: x.lerp(a, 0.25)),
     "iadd": (lambda x, a, b: x.__iadd__(a), lambda x, a, b: x + a),
     "self_operand": (lambda x, a, b: x.mul_(x), lambda x, a, b: x * x),
+    "fill_": (lambda x, a, b: x.fill_(0.3), lambda x, a, b: kiln.full_like(x, 0.3)),
+    "zero_": (lambda x, a, b: x.zero_(), lambda x, a, b: kiln.zeros_like(x)),
 }
 
 
@@ -61,7 +64,13 @@ def test_overlapping_and_cast_operands_take_the_general_path():
     i, ti = kiln.tensor([1, 2]), torch.tensor([1, 2])
     i.mul_(3)
     ti.mul_(3)
+    i.fill_(7.9)                      # an integer tensor: the general path's cast
+    ti.fill_(7.9)
     np.testing.assert_array_equal(i.numpy(), ti.numpy())
+    z, tz = kiln.ones(2, requires_grad=True) * 2, torch.ones(2, requires_grad=True) * 2
+    z.zero_()                         # history: a zero gradient, through the general path
+    tz.zero_()
+    assert z.grad_fn is not None and tz.grad_fn is not None
     with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
         kiln.ones(3).add_(kiln.ones(2, 3))
 
@@ -108,3 +117,6 @@ def test_an_update_on_cuda_is_one_device_call(monkeypatch):
     assert len(calls) == 2            # one ufunc each, into x: no temporary, no copy
     x.addcmul_(a, b, value=0.1)       # the operand's two products, then the add into x
     assert len(calls) == 5
+    x.zero_()
+    x.fill_(2.0)
+    assert len(calls) == 7
