@@ -54,10 +54,13 @@ BAD_INDEX_CASES = {
     "gather": (lambda x, i: kiln.gather(x, 1, i.reshape(2, 1)), [0, -1], "gather: index -1 is "
                "out of bounds for dimension 1 with size 4"),
 }
+BAD_INDEX_CASES["one_hot"] = (
+    lambda x, i: F.one_hot(i, 4), [3, 4], "one_hot: Class values must be non-negative and "
+    "smaller than num_classes=4. Got class 4")
 BAD_INDEX_CASES["take_primitive"] = (      # no caller's check: the primitive's own
     lambda x, i: kiln.ops.prims.take(x, i, axis=0), [0, 5],
     "take: index 5 is out of bounds for dimension 0 with size 3")
-KINDS = {"gather": RuntimeError}         # PyTorch's kind for gather's bad index, as on the CPU
+KINDS = {"gather": RuntimeError, "one_hot": RuntimeError}         # PyTorch's kind for gather's bad index, as on the CPU
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INDEX_CASES))
@@ -130,6 +133,8 @@ def test_good_indices_on_cuda_give_torch_values_and_gradients(transfers):
              device="cuda")
     check_op(lambda lib, x, t: lib.nn.functional.cross_entropy(x, t, ignore_index=1),
              [(5, 4), np.array([0, 3, 1, 2, 1])], device="cuda")
+    check_op(lambda lib, x, t: lib.nn.functional.one_hot(t, 5) * x, [(3, 5), np.array([4, 0, 2])],
+             device="cuda")
 
 
 def test_cross_entropy_step_on_cuda_matches_cpu_and_reads_nothing_until_item(transfers):

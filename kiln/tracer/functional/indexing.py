@@ -287,7 +287,13 @@ def one_hot(tensor, num_classes=-1):
     if tensor.dtype is not dt.int64:
         raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
                        RuntimeError)
-    if STATE.tracer is None and tensor._data.size:
+    if STATE.tracer is None and tensor._data.size and tensor.device.type != "cpu" and \
+            num_classes != -1:
+        # on a GPU the check waits on the device for the next host read
+        check_bounds_later(tensor, 0, num_classes, "one_hot", RuntimeError, "Class values must "
+                           f"be non-negative and smaller than num_classes={num_classes}. Got "
+                           "class {}")
+    elif STATE.tracer is None and tensor._data.size:
         # a class outside [0, num_classes) would give a row of zeros: PyTorch refuses it
         low, high = int(tensor._data.min()), int(tensor._data.max())
         if low < 0:
