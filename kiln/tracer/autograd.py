@@ -390,9 +390,9 @@ def _view_refs(array) -> int:
     if refs is None:
         base = array.reshape(-1)[:1].copy()     # a fresh array of the same kind, once
         before = _refs(base)
-        view = base.reshape(1)
+        held = [base.reshape(1)]                # a view of base, alive while counting
         refs = _VIEW_REFS[kind] = _refs(base) - before
-        del view
+        held.clear()
     return refs
 
 
