@@ -10,53 +10,68 @@ import torch
 import kiln
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
 def _shares(a: kiln.Tensor, b: kiln.Tensor) -> bool:
-    return np.shares_memory(a.detach().cpu().numpy(), b.detach().cpu().numpy())
+    """Whether two tensors' memory overlaps (on a GPU: their byte ranges)."""
+    if a.device.type == "cpu":
+        return np.shares_memory(a.detach().numpy(), b.detach().numpy())
+    lo_a, lo_b = a.data_ptr(), b.data_ptr()
+    return lo_a < lo_b + b._data.nbytes and lo_b < lo_a + a._data.nbytes
 
 
-def test_one_gradient_reaching_two_leaves_and_the_seed_is_copied_for_each():
-    a, b = kiln.ones(3, requires_grad=True), kiln.ones(3, requires_grad=True)
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_gradient_reaching_two_leaves_and_the_seed_is_copied_for_each(device):
+    a = kiln.ones(3, requires_grad=True, device=device)
+    b = kiln.ones(3, requires_grad=True, device=device)
     ta, tb = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
-    seed = kiln.tensor([1.0, 2.0, 3.0])
+    seed = kiln.tensor([1.0, 2.0, 3.0], device=device)
     (a + b).backward(seed)
     (ta + tb).backward(torch.tensor([1.0, 2.0, 3.0]))
     assert not _shares(a.grad, b.grad) and not _shares(a.grad, seed)
     a.grad += 1                    # the user's in-place change reaches only a.grad
-    np.testing.assert_array_equal(b.grad.numpy(), tb.grad.numpy())
-    np.testing.assert_array_equal(seed.numpy(), [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(a.grad.numpy(), ta.grad.numpy() + 1)
+    np.testing.assert_array_equal(_np(b.grad), tb.grad.numpy())
+    np.testing.assert_array_equal(_np(seed), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(_np(a.grad), ta.grad.numpy() + 1)
 
 
-def test_a_gradient_a_leaf_hook_kept_is_not_taken_by_grad():
-    b, tb = kiln.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_gradient_a_leaf_hook_kept_is_not_taken_by_grad(device):
+    b = kiln.zeros(3, requires_grad=True, device=device)
+    tb = torch.zeros(3, requires_grad=True)
     kept, tkept = [], []
     b.register_hook(kept.append)
     tb.register_hook(tkept.append)
     x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
-    (kiln.tensor(x) + b).square().sum().backward()      # b's gradient: a fresh sum
+    (kiln.tensor(x, device=device) + b).square().sum().backward()   # b's gradient: a fresh sum
     (torch.tensor(x) + tb).square().sum().backward()
     assert not _shares(b.grad, kept[0])
     b.grad.zero_()
-    np.testing.assert_array_equal(kept[0].numpy(), tkept[0].numpy())
+    np.testing.assert_array_equal(_np(kept[0]), tkept[0].numpy())
 
 
-def test_retained_and_hooked_gradients_are_not_aliased_with_leaf_grads():
-    x = kiln.ones(2, 3, requires_grad=True)
-    tx = torch.ones(2, 3, requires_grad=True)
-    kept = []
-    x.register_hook(lambda g: kept.append(g))
-    y, ty = x.t(), tx.t()
-    y.retain_grad()
-    ty.retain_grad()
+@pytest.mark.parametrize("device", DEVICES)
+def test_retained_gradients_are_not_aliased_with_leaf_grads(device):
     w = np.arange(6.0, dtype=np.float32).reshape(3, 2)
-    (y * kiln.tensor(w)).sum().backward()
-    (ty * torch.tensor(w)).sum().backward()
-    assert not _shares(x.grad, y.grad) and not _shares(x.grad, kept[0])
-    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
-    np.testing.assert_array_equal(y.grad.numpy(), ty.grad.numpy())
+    for make_view in (lambda x: x.t(), lambda x: x * 1):    # x's gradient: a view, a fresh one
+        x = kiln.ones(2, 3, requires_grad=True, device=device)
+        tx = torch.ones(2, 3, requires_grad=True)
+        y, ty = make_view(x).reshape(3, 2), make_view(tx).reshape(3, 2)
+        y.retain_grad()
+        ty.retain_grad()
+        (y * kiln.tensor(w, device=device)).sum().backward()
+        (ty * torch.tensor(w)).sum().backward()
+        assert not _shares(x.grad, y.grad)
+        np.testing.assert_array_equal(_np(x.grad), tx.grad.numpy())
+        np.testing.assert_array_equal(_np(y.grad), ty.grad.numpy())
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", DEVICES)
 def test_linear_gradients_are_taken_without_a_copy_and_accumulate_right(device, monkeypatch):
     from kiln.tracer import autograd
     taken = []
