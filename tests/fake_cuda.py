@@ -720,6 +720,18 @@ def _build_module() -> types.ModuleType:
 cupy = _build_module()
 
 
+def _take_wrapping(a, indices, axis=None, out=None):
+    return np.take(a, indices, axis=axis, out=out, mode="wrap")
+
+
+# CuPy's take (`cupy.take`, `ndarray.take`, no `mode`) wraps an index outside [-n, n) around
+# (its kernel computes `index % n`) where NumPy's raises: the fake takes as CuPy does, so an
+# unchecked index shows as wrong values, never as an error a GPU would not raise.
+cupy.take = _device_function(_take_wrapping, "take")
+CudaArray.take = lambda self, indices, axis=None, out=None: cupy.take(self, indices, axis=axis,
+                                                                       out=out)
+
+
 def _fake_function(func):
     """The fake CuPy's counterpart of a NumPy function (found by its module path, as CuPy's
     `__array_function__` does), or None where CuPy has none."""

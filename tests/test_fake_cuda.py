@@ -24,6 +24,8 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
          "tests/runtime/test_conv_gpu.py", "tests/runtime/test_triton_tune.py",
          "tests/optim/test_fused_gpu.py", "tests/runtime/test_cupy_backend.py",
          "tests/test_amp.py::test_unscale_reads_the_device_once_per_step",
+         "tests/runtime/test_pending_checks.py", "tests/tracer/test_grad_ownership.py",
+         "tests/tracer/test_inplace_into_self.py",
          "tests/runtime/test_triton_runtime.py::test_cuda_launch_on_cupy_stream",
          "tests/tracer/test_ops_parity.py::test_op_matches_torch_on_cuda",
          "tests/test_serialization.py::test_cuda_tensors_round_trip_and_map_location"],
@@ -103,6 +105,17 @@ def test_fake_results_are_device_arrays_with_cupys_base():
     assert view.base is a and view[1:].base is a and not view.flags.owndata
     assert a.T.base is a and cupy.broadcast_to(a[0], (4, 3)).base is a
     assert cupy.lib.stride_tricks.as_strided(a, (3,), (4,)).base is a
+
+
+def test_fake_take_wraps_an_out_of_range_index_as_cupys_kernel_does():
+    # CuPy's take computes `index % n` (no `mode`, no error); NumPy's would raise
+    a = _device_array()
+    taken = cupy.take(a, cupy.asarray(np.array([4, -4, 1])), axis=1)
+    assert isinstance(taken, CudaArray)
+    np.testing.assert_array_equal(taken.get(), [[1, 2, 1], [4, 5, 4]])
+    np.testing.assert_array_equal(a.take(cupy.asarray(np.array([7]))).get(), [1])
+    with pytest.raises(TypeError):
+        cupy.take(a, cupy.asarray(np.array([0])), mode="clip")
 
 
 def test_what_the_fake_cannot_see():

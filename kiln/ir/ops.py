@@ -581,12 +581,34 @@ def _take_infer(shapes, dtypes, axis):
     return x[:axis] + idx + x[axis + 1:], dtypes[0]
 
 
+# Eager on a GPU, reading a bounds check on the host would make the host wait for the whole
+# queue of kernels. With a sink set (the tracer sets one that queues the check in
+# kiln.runtime.pending_checks, with the user's line, or drops it where the caller checked the
+# indices already), a check on device arrays hands the sink the index, its range and message
+# instead, and a bad index is reported at the next read of device memory on the host.
+_DEVICE_CHECK_SINK = [None]
+
+
+def defer_device_index_checks(sink) -> object:
+    """Send bounds checks on device arrays to `sink(idx, lowest, size, op, kind, message)`
+    (None: check at once); returns the sink in place before."""
+    previous = _DEVICE_CHECK_SINK[0]
+    _DEVICE_CHECK_SINK[0] = sink
+    return previous
+
+
 def _take_impl(xp, x, idx, axis):
     n = x.shape[axis]
     deferred = getattr(_DEFERRED, "checks", None)
     if deferred is not None:        # capturing a CUDA graph: checked after it ran
         if idx.size:
             deferred.append((((idx < -n) | (idx >= n)).any(), _take_impl, (xp, x, idx, axis)))
+        return xp.take(x, idx, axis=axis)
+    sink = _DEVICE_CHECK_SINK[0]
+    if sink is not None and xp is not np:      # eager on a GPU: checked at the next host read
+        if idx.size:
+            sink(idx, -n, n, "take", IndexError,
+                 f"index {{}} is out of bounds for dimension {axis} with size {n}")
         return xp.take(x, idx, axis=axis)
     if idx.size and (idx.min() < -n or idx.max() >= n):
         bad = idx.max() if idx.max() >= n else idx.min()

@@ -48,8 +48,8 @@ def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int,
     if is_compiling():
         return P.check_index(target, size=num_classes, op=op, kind="IndexError",
                              negative=False, ignore=ignore_index)
-    if target.numel() == 0:
-        return target
+    if target.numel() == 0 or target.device.type != "cpu":
+        return target       # on a GPU: `_nll_loss` queues the check on the device instead
     data = target.numpy(force=True)
     valid = data[data != ignore_index]
     if valid.size == 0:
@@ -1078,6 +1078,12 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0
     safe = kiln.where(ignored, 0, target)
+    if target.device.type != "cpu" and not is_compiling():
+        # the CPU checked above; a GPU checks on the device, read at the next host read
+        num_classes = input.shape[class_dim]
+        _core.check_bounds_later(safe, 0, num_classes, op, IndexError, "Target {} is out of "
+                                 f"bounds (expected class indices in [0, {num_classes}) or the "
+                                 "ignore_index)")
     if is_compiling() and input.ndim >= 2 and \
             input.shape[class_dim] >= _ONE_HOT_PICK_MIN_CLASSES:
         # compiled, the target's value is picked by a one-hot sum (exactly that value, and

@@ -3,6 +3,7 @@
 `kiln.cuda.manual_seed` (and `manual_seed_all`) is `kiln.manual_seed`, attached by the package
 root: one generator draws for every device, and runtime imports no tracer."""
 
+from kiln.runtime import pending_checks
 from kiln.runtime.device import cuda_is_available, cupy_module
 
 
@@ -19,4 +20,5 @@ def device_count() -> int:
 def synchronize() -> None:
     if cuda_is_available():
         cupy_module().cuda.get_current_stream().synchronize()
+        pending_checks.flush()      # eager index checks queued on the GPU, read now
 

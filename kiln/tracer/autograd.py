@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import weakref
 
 import numpy as np
@@ -354,14 +355,79 @@ def keep_saved_output(tensor: Tensor) -> None:
             node.out_version = None       # its output no longer shares the tensor's memory
 
 
-def _owned(grad: Tensor) -> Tensor:
-    """A gradient safe to store in `.grad`: its own writeable memory, not a view of another."""
-    data = grad._data
-    if getattr(data, "base", None) is not None or not is_writeable(data):
-        data = data.copy()
+def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
+    """A gradient safe to store in `.grad`: writeable memory that nothing else the user can
+    reach shares. `exclusive`: nothing but the backward pass holds `grad` (`_held_once`), so
+    its memory is taken as it is when no other array or tensor holds it either (PyTorch's
+    AccumulateGrad steals such a gradient too); otherwise it is copied."""
+    # (no local holds grad's array before the check: it counts the references to it)
+    data = grad._data if exclusive and _memory_unshared(grad) else grad._data.copy()
     owned = Tensor._make(data, grad.dtype, grad.device)
     owned._trace = grad._trace
     return owned
+
+
+# Whether a gradient's memory is referenced by nothing but the gradient itself is told by
+# reference counts, compared with those of a probe held the same way (so the interpreter's own
+# counting, which differs between Python versions, cancels out).
+
+def _refs(x) -> int:
+    return sys.getrefcount(x)
+
+
+def _probe_refs() -> int:
+    probe = object()
+    return _refs(probe)
+
+
+_HELD_ONCE = _probe_refs()          # `_refs(x)` of an object held by one local of the caller
+_VIEW_REFS: dict = {}               # array type -> references a view of an array adds to it
+
+
+def _view_refs(array) -> int:
+    kind = type(array)
+    refs = _VIEW_REFS.get(kind)
+    if refs is None:
+        base = array.reshape(-1)[:1].copy()     # a fresh array of the same kind, once
+        before = _refs(base)
+        held = [base.reshape(1)]                # a view of base, alive while counting
+        refs = _VIEW_REFS[kind] = _refs(base) - before
+        held.clear()
+    return refs
+
+
+def _held_once(g: Tensor) -> bool:
+    """Whether the caller's one local is the only reference to `g` (the caller adds itself:
+    `_held_once` is called with the gradient it holds, as `_probe_refs` calls `_refs`)."""
+    return _refs(g) == _HELD_ONCE + 1
+
+
+def _memory_unshared(grad: Tensor) -> bool:
+    """Whether `grad`'s memory is writeable, contiguous, and held by no array or tensor but
+    `grad` and the chain of views it was taken through (each of which only it holds)."""
+    data = grad._data
+    if not (data.size and data.flags.c_contiguous and is_writeable(data)):
+        return False
+    root = getattr(data, "base", None)
+    if root is None:
+        return _refs(data) == _HELD_ONCE + 1       # grad._data, and this function's `data`
+    if type(root) is not type(data) or root.base is not None or root.size != data.size:
+        return False                  # memory owned by something else, or wider than grad
+    view_refs = _view_refs(root)
+    expected = view_refs              # `data` is a view of root
+    t = grad
+    while t._base is not None:        # the tensors grad was viewed from, each held only by
+        t = t._base[0]                # its view's `_base` (and here by `t`)
+        if _refs(t) != _HELD_ONCE + 1:
+            return False
+        if t._data is root:
+            expected += 1
+        elif getattr(t._data, "base", None) is root:
+            expected += view_refs
+        else:
+            return False
+    del t
+    return _refs(root) == _HELD_ONCE + expected
 
 
 # Hooks run once a leaf's `.grad` holds this backward's whole gradient (PyTorch's
@@ -402,16 +468,19 @@ def queue_callback(fn) -> None:
     _QUEUED.append(fn)
 
 
-def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool) -> None:
-    """Run the leaf's tensor hooks on `g` and accumulate it into `tensor.grad`."""
+def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
+                     exclusive: bool = False) -> None:
+    """Run the leaf's tensor hooks on `g` and accumulate it into `tensor.grad`. `exclusive`:
+    nothing but the backward pass holds `g`, whose memory `.grad` may then take."""
     if tensor._hooks:
+        exclusive = False           # a hook may keep the gradient it is given, or returns
         for hook in tensor._hooks:
             replaced = hook(g)
             g = replaced if replaced is not None else g
     if g.dtype is not tensor.dtype:
         g = g.to(tensor.dtype)
     if tensor.grad is None:
-        tensor.grad = g if create_graph else _owned(g)
+        tensor.grad = g if create_graph else _owned(g, exclusive)
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
     else:
@@ -526,9 +595,12 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 result.append(hit[1] if hit is not None else None)
         return result
 
+    g = grads = ga = None      # this frame's last references to gradients, besides `leaf_grads`
     try:
-        for tensor, g in leaf_grads.values():
-            _store_leaf_grad(tensor, g, create_graph)
+        for key in list(leaf_grads):
+            tensor, g = leaf_grads.pop(key)
+            exclusive = not create_graph and STATE.tracer is None and _held_once(g)
+            _store_leaf_grad(tensor, g, create_graph, exclusive)
             if _POST_ACCUMULATE:
                 _post_accumulate(tensor)
         while _QUEUED:

@@ -13,6 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, Primitive
+from kiln.runtime import pending_checks
 from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation
 from kiln.tracer import functional as F
@@ -102,6 +103,74 @@ def _inplace(fn, name):
     return method
 
 
+# In-place ops whose result is `self <ufunc> operand` (an optimizer's updates, mostly): on the
+# fast path of write_inplace (no autograd history to link or protect, not a view, no trace,
+# nothing to cast or broadcast) the operand is computed with tensor ops as the out-of-place op
+# computes it, and the ufunc writes into self's memory (`out=`): no temporary result and no
+# copy, one device call less per op on a GPU. The same ufunc on the same operands: same bits.
+_INTO_SELF = {
+    "add_": ("add", lambda self, other, *, alpha=1: other if alpha == 1 else F.mul(other, alpha)),
+    "sub_": ("subtract", lambda self, other, *, alpha=1:
+             other if alpha == 1 else F.mul(other, alpha)),
+    "mul_": ("multiply", lambda self, other: other),
+    "addcmul_": ("add", lambda self, tensor1, tensor2, *, value=1:
+                 value * tensor1 * tensor2 if value != 1 else tensor1 * tensor2),
+    "addcdiv_": ("add", lambda self, tensor1, tensor2, *, value=1:
+                 value * (tensor1 / tensor2) if value != 1 else tensor1 / tensor2),
+    "lerp_": ("add", lambda self, end, weight: weight * (end - self)),
+}
+_INTO_SELF_DTYPES = (dt.float32, dt.float64)
+
+
+def _writes_plainly(self: Tensor) -> bool:
+    """Whether an in-place write into `self` is a plain write into its memory: write_inplace's
+    fast path, for a floating tensor (whose ops with Python numbers keep its dtype)."""
+    return not (TRACING[0] or self.grad_fn is not None or self._base is not None
+                or self.dtype not in _INTO_SELF_DTYPES
+                or self.requires_grad and STATE.grad_enabled or not is_writeable(self._data))
+
+
+def _inplace_into_self(fn, name: str, ufunc: str, operand):
+    def method(self, *args, **kwargs):
+        if not _writes_plainly(self):
+            return write_inplace(self, fn(self, *args, **kwargs), name)
+        data = self._data
+        x = operand(self, *args, **kwargs)
+        if isinstance(x, Tensor):
+            xd = x._data
+            fits = (x.dtype is self.dtype and x.device is self.device and not x.requires_grad
+                    and (xd is data or x._version is not self._version)   # no partial overlap
+                    and xd.ndim <= data.ndim and all(
+                        n == 1 or n == m for n, m in zip(xd.shape[::-1], data.shape[::-1])))
+        else:
+            xd = x
+            fits = type(x) is float or type(x) is int
+        if not fits:                 # a cast, a broadcast, autograd: the general path
+            return write_inplace(self, fn(self, *args, **kwargs), name)
+        xp = np if self.device.type == "cpu" else self.device.xp
+        getattr(xp, ufunc)(data, xd, out=data)
+        self._version[0] += 1
+        return self
+    method.__name__ = name
+    return method
+
+
+def fill_(self: Tensor, value) -> Tensor:
+    if (type(value) is float or type(value) is int) and _writes_plainly(self):
+        self._data.fill(value)      # what full() then a copy would write, in one call
+        self._version[0] += 1
+        return self
+    return write_inplace(self, _fill(self, value), "fill_")
+
+
+def zero_(self: Tensor) -> Tensor:
+    if _writes_plainly(self):
+        self._data.fill(0)
+        self._version[0] += 1
+        return self
+    return write_inplace(self, _fill(self, 0), "zero_")
+
+
 def setitem(self: Tensor, key, value) -> None:
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
@@ -154,6 +223,8 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
         # replay would read the tensor this call made
         STATE.tracer.graph_break(f"a copy from {self.device} to {device} (a compiled program "
                                  "runs on one device)")
+    if device.type == "cpu":
+        pending_checks.flush()      # the copy waits for the GPU: read its queued index checks
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way
@@ -270,6 +341,8 @@ def sum_to_size(self: Tensor, *size) -> Tensor:
     lead = self.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
                                       if s == 1 and self.shape[lead + i] != 1)
+    if axes and len(axes) == lead:      # only leading dims go: no size-1 dims to keep
+        return P.sum(self, axes=axes, keepdim=False)
     out = P.sum(self, axes=axes, keepdim=True) if axes else self
     return P.reshape(out, shape=shape) if tuple(out.shape) != shape else out
 
@@ -353,8 +426,7 @@ _METHODS = {
     "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
-    "zero_": lambda self: write_inplace(self, _fill(self, 0), "zero_"),
-    "fill_": lambda self, value: write_inplace(self, _fill(self, value), "fill_"),
+    "zero_": zero_, "fill_": fill_,
     "copy_": lambda self, src, non_blocking=False: write_inplace(
         self, src.to(self.device) if isinstance(src, Tensor) else _fill(self, src), "copy_"),
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
@@ -398,6 +470,8 @@ index_add scatter scatter_add tril triu cumsum hardtanh
 
 for _name in _INPLACE:
     _METHODS[_name + "_"] = _inplace(getattr(F, _name), _name + "_")
+for _name, (_ufunc, _operand) in _INTO_SELF.items():
+    _METHODS[_name] = _inplace_into_self(getattr(F, _name[:-1]), _name, _ufunc, _operand)
 
 _METHODS["__iadd__"] = _METHODS["add_"]
 _METHODS["__isub__"] = _METHODS["sub_"]

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, device_of_array, to_device
 from kiln.tracer.errors import op_error
 
@@ -169,9 +170,12 @@ class Tensor:
 
     # ------------------------------------------------------------------ conversion
     def _read(self, what: str):
-        """Every read of values into Python passes here, so a tracer can report it."""
+        """Every read of values into Python passes here, so a tracer can report it, and a
+        GPU's queued index checks are read first (the host waits for the GPU here anyway)."""
         if STATE.tracer is not None:
             STATE.tracer.value_read(self, what)
+        if self.device.type != "cpu":
+            pending_checks.flush()
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
@@ -228,6 +232,8 @@ class Tensor:
 
     # ------------------------------------------------------------------ repr
     def __repr__(self) -> str:
+        if self.device.type != "cpu":
+            pending_checks.flush()
         data = to_device(self._data, CPU)
         body = _format_array(data, self.dtype)
         extras = []

@@ -4,12 +4,14 @@ ops, take, one_hot, nonzero, repeat_interleave, and `getitem`/`index_put` behind
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import P
-from kiln.tracer.errors import op_error
+from kiln.ir.ops import P, defer_device_index_checks
+from kiln.runtime import pending_checks
+from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, zeros)
 from kiln.tracer.functional.shapes import broadcast_tensors, expand, reshape, unsqueeze
@@ -70,7 +72,7 @@ def select_rows(input, dim, index, op: str):
         raise op_error(op, "index_select(): Index is supposed to be a vector", IndexError)
     index = _wrap_index(index, input.shape[d], op, IndexError, dim=d, negative=False,
                         what="index out of range in self")
-    return P.take(input, index, axis=d)
+    return _take_checked(input, index, d)
 
 
 def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexError, *,
@@ -78,9 +80,10 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
     """`index` checked against a dim of size `n`: out-of-range values raise `kind`, naming
     `op`, the first offending value and the size. With `negative`, indices in [-n, 0) count
     from the end, as in Python (tensor indexing, take, index_fill); without, they are out of
-    range (gather, scatter, index_select, embedding), as in PyTorch. Eager only, one min and
-    one max per call. Traced, the check is a graph node (`check_index`, which the executors run
-    on every replay), since a trace cannot read index values into Python."""
+    range (gather, scatter, index_select, embedding), as in PyTorch. Eager, one min and one
+    max per call: read at once on the CPU, queued on a GPU (`check_bounds_later`). Traced, the
+    check is a graph node (`check_index`, which the executors run on every replay), since a
+    trace cannot read index values into Python."""
     if index.dtype is not dt.int64 and index.dtype is not dt.int32:
         raise op_error(op, f"tensors used as indices must be long, int or bool tensors, "
                        f"got {index.dtype.name}", IndexError)
@@ -88,8 +91,16 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         data = index._data
         if not data.size:
             return index
-        low, high = data.min(), data.max()
         lowest = -n if negative else 0
+        if index.device.type != "cpu":
+            # on a GPU the check stays on the device until the host next reads its memory;
+            # whether any index is negative is not known here, so all are wrapped
+            where = f"a tensor of {n} elements" if dim is None else \
+                f"dimension {dim} with size {n}"
+            check_bounds_later(index, lowest, n, op, kind, (f"{what}: " if what else "") +
+                               f"index {{}} is out of bounds for {where}")
+            return P.mod(index, n) if negative else index
+        low, high = data.min(), data.max()
         if low < lowest or high >= n:
             flat = data.reshape(-1)
             bad = int(flat[((flat < lowest) | (flat >= n)).argmax()])   # the first, as torch
@@ -107,15 +118,53 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
     return P.where(P.lt(index, 0), index + n, index)
 
 
+def check_bounds_later(index: Tensor, lowest: int, size: int, op: str, kind: type,
+                       message: str) -> None:
+    """Check that every value of `index` (on a GPU) lies in [lowest, size) without making the
+    host wait: its minimum and maximum are queued on the device (`kiln.runtime.pending_checks`)
+    and read at the next host read of device memory, which then raises `kind` naming `op`, the
+    caller's line and `message` (with `{}` where the offending value goes)."""
+    data = index._data
+    if data.size:
+        pending_checks.defer(data.min(), data.max(), lowest, size, op, kind, message,
+                             user_location())
+
+
+# Set while `_take_checked` runs take on indices its caller has checked already.
+_CALLER_CHECKED = threading.local()
+
+
+def _queue_device_check(idx, lowest: int, size: int, op: str, kind: type, message: str) -> None:
+    if not getattr(_CALLER_CHECKED, "on", False):
+        pending_checks.defer(idx.min(), idx.max(), lowest, size, op, kind, message,
+                             user_location())
+
+
+# the primitives' own checks on device arrays (take's) are queued the same way
+defer_device_index_checks(_queue_device_check)
+
+
+def _take_checked(input: Tensor, index: Tensor, axis: int) -> Tensor:
+    """P.take of indices whose bounds the caller checked (with `_wrap_index`, or nll_loss its
+    targets): on a GPU, take's own check of them would be two more reductions."""
+    if index.device.type == "cpu":
+        return P.take(input, index, axis=axis)
+    _CALLER_CHECKED.on = True
+    try:
+        return P.take(input, index, axis=axis)
+    finally:
+        _CALLER_CHECKED.on = False
+
+
 def _gather_positions(input_shape, dim, index, op="gather", checked=False):
     """Flat positions into `input` for gather/scatter: index along `dim`, arange elsewhere.
     `checked`: the caller has bounds-checked `index` already."""
     strides = [math.prod(input_shape[i + 1:]) for i in range(len(input_shape))]
-    if checked:
-        lin = index * strides[dim]
-    else:
-        lin = _wrap_index(index, input_shape[dim], op, RuntimeError, dim=dim,
-                          negative=False) * strides[dim]
+    if not checked:
+        index = _wrap_index(index, input_shape[dim], op, RuntimeError, dim=dim, negative=False)
+    # (fewer ops for the eager path on a GPU, where each costs a launch: no multiplication by
+    # a stride of 1, and the other dims' positions made as a strided arange)
+    lin = index * strides[dim] if strides[dim] != 1 else index
     for i, n in enumerate(index.shape):
         if i == dim:
             continue
@@ -125,7 +174,10 @@ def _gather_positions(input_shape, dim, index, op="gather", checked=False):
                            f"apart from dimension {dim}", RuntimeError)
         shape = [1] * index.ndim
         shape[i] = n
-        lin = lin + P.reshape(arange(n, device=index.device), shape=tuple(shape)) * strides[i]
+        step = strides[i]
+        positions = arange(0, n * step, step, device=index.device) if step else \
+            arange(n, device=index.device) * 0
+        lin = lin + P.reshape(positions, shape=tuple(shape))
     return lin
 
 
@@ -141,7 +193,7 @@ def _gather(input, dim, index, op, checked=False):
         raise op_error(op, f"Index tensor must have the same number of dimensions as "
                        f"input tensor ({index.ndim} vs {input.ndim})")
     lin = _gather_positions(tuple(input.shape), d, index, op, checked=checked)
-    return P.take(reshape(input, (-1,)), lin, axis=0)
+    return _take_checked(reshape(input, (-1,)), lin, 0)
 
 
 def _scatter(input, dim, index, src, prim, op):
@@ -214,7 +266,7 @@ def masked_select(input, mask):
 
 
 def take(input, index):
-    return P.take(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), axis=0)
+    return _take_checked(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), 0)
 
 
 def take_along_dim(input, indices, dim=None):
@@ -235,7 +287,13 @@ def one_hot(tensor, num_classes=-1):
     if tensor.dtype is not dt.int64:
         raise op_error("one_hot", "one_hot is only applicable to index tensor of type int64",
                        RuntimeError)
-    if STATE.tracer is None and tensor._data.size:
+    if STATE.tracer is None and tensor._data.size and tensor.device.type != "cpu" and \
+            num_classes != -1:
+        # on a GPU the check waits on the device for the next host read
+        check_bounds_later(tensor, 0, num_classes, "one_hot", RuntimeError, "Class values must "
+                           f"be non-negative and smaller than num_classes={num_classes}. Got "
+                           "class {}")
+    elif STATE.tracer is None and tensor._data.size:
         # a class outside [0, num_classes) would give a row of zeros: PyTorch refuses it
         low, high = int(tensor._data.min()), int(tensor._data.max())
         if low < 0:
@@ -454,7 +512,7 @@ def _advanced_index(x, advanced):
     shape = tuple(x.shape)
     if len(advanced) == 1:
         d, idx = advanced[0]
-        return P.take(x, _wrap_index(idx, shape[d], dim=d), axis=d)
+        return _take_checked(x, _wrap_index(idx, shape[d], dim=d), d)
     idx_shape = _broadcast("index", *(tuple(i.shape) for _, i in advanced))
     # move the indexed dims to the front, flatten them into one, and take by linear position
     rest = [i for i in range(len(shape)) if i not in dims]
@@ -468,7 +526,7 @@ def _advanced_index(x, advanced):
         stride *= shape[d]
     lin = expand(lin, idx_shape)
     flat = P.reshape(moved, shape=(stride,) + tuple(shape[i] for i in rest))
-    out = P.take(flat, lin, axis=0)
+    out = _take_checked(flat, lin, 0)
     adjacent = dims == list(range(dims[0], dims[0] + len(dims)))
     if adjacent and dims[0] != 0:
         # NumPy keeps the result dims where the (adjacent) indexed dims were

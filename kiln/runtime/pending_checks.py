@@ -1,0 +1,105 @@
+"""Index bounds checks of eager ops on a GPU, kept on the device until the host next reads it.
+
+Reading a check's result on the host (`bool(idx.max() >= n)`) makes the host wait for every
+kernel queued before it, so an eager step with one cannot run ahead of the GPU. Instead, an op
+that indexes by a tensor's values on a GPU queues its index's minimum and maximum here, still on
+the device (two reductions, no transfer), with what to say if they are out of range; the
+checks are read, all in one transfer per device, at the next point where the host reads device
+memory anyway (`Tensor.item()`, `.tolist()`, `.numpy()`, `.cpu()`, `bool(t)`, printing,
+`kiln.cuda.synchronize()`), and at the latest once `MAX_PENDING` checks are queued. A bad index
+then raises its op's error (`IndexError` naming the op, the value, the dimension and the line
+that called the op) at that read.
+
+What ran between the bad index and the read has run: CuPy's `take` wraps an out-of-range index
+around (its values are those of some other row), so values computed after it may be garbage,
+which the read never returns, since it raises instead. PyTorch reports a bad index on CUDA
+asynchronously too, and its CUDA context is then unusable; kiln's stays usable, and the
+checks queued after the bad one are dropped with it. On the CPU every check is made at once.
+
+Checks are per thread, as the ops that queue them are.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+from kiln.runtime.device import cupy_module
+
+# Checks queued before one host read is forced to look at them: a bound on the memory they hold
+# (two 0-d device arrays each) and on how late an error is reported.
+MAX_PENDING = 128
+
+
+class PendingCheck(NamedTuple):
+    """One queued bounds check: every value of an index lies in [lowest, size)."""
+
+    low: object           # the index's minimum, a 0-d device array
+    high: object          # and its maximum
+    lowest: int
+    size: int
+    op: str               # the op the user called
+    kind: type            # the exception to raise
+    message: str          # what went wrong, with `{}` where the offending value goes
+    where: str            # the user's `file:line` that called the op
+
+
+class _Queue(threading.local):
+    def __init__(self):
+        self.checks = []
+
+
+_QUEUE = _Queue()
+
+
+def defer(low, high, lowest: int, size: int, op: str, kind: type, message: str,
+          where: str) -> None:
+    """Queue the check that `lowest <= low` and `high < size` (0-d device arrays: an index's
+    minimum and maximum); when `MAX_PENDING` are queued, read them all now."""
+    checks = _QUEUE.checks
+    checks.append(PendingCheck(low, high, lowest, size, op, kind, message, where))
+    if len(checks) >= MAX_PENDING:
+        flush()
+
+
+def pending() -> int:
+    """How many checks this thread has queued and not read yet."""
+    return len(_QUEUE.checks)
+
+
+def flush() -> None:
+    """Read every queued check (one transfer per device) and raise the first that failed."""
+    checks = _QUEUE.checks
+    if not checks:
+        return
+    _QUEUE.checks = []
+    cp = cupy_module()
+    by_device: dict = {}
+    for c in checks:
+        by_device.setdefault(c.low.device.id, []).append(c)
+    values = {}
+    for device, group in by_device.items():
+        with cp.cuda.Device(device):
+            host = cp.stack([v for c in group for v in (c.low, c.high)]).get().tolist()
+        for i, c in enumerate(group):
+            values[id(c)] = host[2 * i], host[2 * i + 1]
+    failed = [c for c in checks if not _in_range(c, *values[id(c)])]
+    if failed:
+        raise _error(failed[0], *values[id(failed[0])])
+
+
+def discard() -> None:
+    """Forget this thread's queued checks without reading them."""
+    _QUEUE.checks = []
+
+
+def _in_range(check: PendingCheck, low: int, high: int) -> bool:
+    return check.lowest <= low and high < check.size
+
+
+def _error(check: PendingCheck, low: int, high: int) -> Exception:
+    bad = low if low < check.lowest else high
+    return check.kind(
+        f"{check.op}: {check.message.format(bad)} (at {check.where}; checked on the GPU "
+        f"without stopping it and reported at this read of device memory: values computed "
+        f"after that op may be wrong)")

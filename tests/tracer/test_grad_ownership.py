@@ -1,0 +1,114 @@
+"""`.grad` owns its memory: a gradient that nothing else holds is stored as it is (a view too,
+when nothing else holds its base: no copy, as PyTorch's AccumulateGrad steals it), and one
+that the user can reach (the gradient passed to backward, a retained or hooked gradient, the
+same gradient reaching two leaves) is copied. Values against PyTorch; aliasing by memory."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _shares(a: kiln.Tensor, b: kiln.Tensor) -> bool:
+    """Whether two tensors' memory overlaps (on a GPU: their byte ranges)."""
+    if a.device.type == "cpu":
+        return np.shares_memory(a.detach().numpy(), b.detach().numpy())
+    lo_a, lo_b = a.data_ptr(), b.data_ptr()
+    return lo_a < lo_b + b._data.nbytes and lo_b < lo_a + a._data.nbytes
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_gradient_reaching_two_leaves_and_the_seed_is_copied_for_each(device):
+    a = kiln.ones(3, requires_grad=True, device=device)
+    b = kiln.ones(3, requires_grad=True, device=device)
+    ta, tb = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    seed = kiln.tensor([1.0, 2.0, 3.0], device=device)
+    (a + b).backward(seed)
+    (ta + tb).backward(torch.tensor([1.0, 2.0, 3.0]))
+    assert not _shares(a.grad, b.grad) and not _shares(a.grad, seed)
+    a.grad += 1                    # the user's in-place change reaches only a.grad
+    np.testing.assert_array_equal(_np(b.grad), tb.grad.numpy())
+    np.testing.assert_array_equal(_np(seed), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(_np(a.grad), ta.grad.numpy() + 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_gradient_a_leaf_hook_kept_is_not_taken_by_grad(device):
+    b = kiln.zeros(3, requires_grad=True, device=device)
+    tb = torch.zeros(3, requires_grad=True)
+    kept, tkept = [], []
+    b.register_hook(kept.append)
+    tb.register_hook(tkept.append)
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    (kiln.tensor(x, device=device) + b).square().sum().backward()   # b's gradient: a fresh sum
+    (torch.tensor(x) + tb).square().sum().backward()
+    assert not _shares(b.grad, kept[0])
+    b.grad.zero_()
+    np.testing.assert_array_equal(_np(kept[0]), tkept[0].numpy())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_retained_gradients_are_not_aliased_with_leaf_grads(device):
+    w = np.arange(6.0, dtype=np.float32).reshape(3, 2)
+    for make_view in (lambda x: x.t(), lambda x: x * 1):    # x's gradient: a view, a fresh one
+        x = kiln.ones(2, 3, requires_grad=True, device=device)
+        tx = torch.ones(2, 3, requires_grad=True)
+        y, ty = make_view(x).reshape(3, 2), make_view(tx).reshape(3, 2)
+        y.retain_grad()
+        ty.retain_grad()
+        (y * kiln.tensor(w, device=device)).sum().backward()
+        (ty * torch.tensor(w)).sum().backward()
+        assert not _shares(x.grad, y.grad)
+        np.testing.assert_array_equal(_np(x.grad), tx.grad.numpy())
+        np.testing.assert_array_equal(_np(y.grad), ty.grad.numpy())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_gradients_are_taken_without_a_copy_and_accumulate_right(device, monkeypatch):
+    from kiln.tracer import autograd
+    taken = []
+    check = autograd._memory_unshared
+    monkeypatch.setattr(autograd, "_memory_unshared", lambda g: taken.append(check(g)) or
+                        taken[-1])
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((5, 4)).astype(np.float32)
+    w_np = rng.standard_normal((3, 4)).astype(np.float32)
+    b_np = rng.standard_normal(3).astype(np.float32)
+    w = kiln.tensor(w_np, device=device, requires_grad=True)
+    b = kiln.tensor(b_np, device=device, requires_grad=True)
+    tw = torch.tensor(w_np, requires_grad=True)
+    tb = torch.tensor(b_np, requires_grad=True)
+    x, tx = kiln.tensor(x_np, device=device), torch.tensor(x_np)
+    out = kiln.nn.functional.linear(x, w, b)
+    out.square().sum().backward()
+    # the weight's gradient is a transposed view of a fresh product, and the bias's a fresh
+    # sum: nothing else holds their memory, so `.grad` takes it as it is
+    assert taken == [True, True]
+    assert w.grad._data.base is not None and w.grad._data.flags.c_contiguous
+    first = w.grad
+    kiln.nn.functional.linear(x, w, b).sum().backward()      # accumulates in place
+    assert w.grad is first
+    torch.nn.functional.linear(tx, tw, tb).square().sum().backward()
+    torch.nn.functional.linear(tx, tw, tb).sum().backward()
+    np.testing.assert_allclose(w.grad.cpu().numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.grad.cpu().numpy(), tb.grad.numpy(), rtol=1e-5, atol=1e-5)
+    assert not _shares(w.grad, x) and not _shares(w.grad, out)
+
+
+def test_autograd_grad_and_create_graph_leave_grads_as_before():
+    x = kiln.tensor([1.0, 2.0], requires_grad=True)
+    tx = torch.tensor([1.0, 2.0], requires_grad=True)
+    (g,) = kiln.autograd.grad((x * x).sum(), x, create_graph=True)
+    (tg,) = torch.autograd.grad((tx * tx).sum(), tx, create_graph=True)
+    np.testing.assert_array_equal(g.detach().numpy(), tg.detach().numpy())
+    g.sum().backward()
+    tg.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
