@@ -361,7 +361,8 @@ def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
     its memory is taken as it is when no other array or tensor holds it either (PyTorch's
     AccumulateGrad steals such a gradient too); otherwise it is copied."""
     # (no local holds grad's array before the check: it counts the references to it)
-    data = grad._data if exclusive and _memory_unshared(grad) else grad._data.copy()
+    data = grad._data if exclusive and _COUNTS_HOLD and _memory_unshared(grad) else \
+        grad._data.copy()
     owned = Tensor._make(data, grad.dtype, grad.device)
     owned._trace = grad._trace
     return owned
@@ -380,6 +381,12 @@ def _probe_refs() -> int:
     return _refs(probe)
 
 
+# Only where these counts were checked (tests/tracer/test_grad_ownership.py): CPython with its
+# GIL, before 3.14, whose interpreter may borrow references to locals without counting them; a
+# count that came out low would let `.grad` share memory the user holds, so elsewhere every
+# gradient is copied, as before
+_COUNTS_HOLD = (sys.implementation.name == "cpython" and sys.version_info < (3, 14)
+                and getattr(sys, "_is_gil_enabled", lambda: True)())
 _HELD_ONCE = _probe_refs()          # `_refs(x)` of an object held by one local of the caller
 _VIEW_REFS: dict = {}               # array type -> references a view of an array adds to it
 

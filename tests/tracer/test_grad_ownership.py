@@ -74,6 +74,8 @@ def test_retained_gradients_are_not_aliased_with_leaf_grads(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_gradients_are_taken_without_a_copy_and_accumulate_right(device, monkeypatch):
     from kiln.tracer import autograd
+    if not autograd._COUNTS_HOLD:
+        pytest.skip("this Python's reference counts are not trusted: every gradient is copied")
     taken = []
     check = autograd._memory_unshared
     monkeypatch.setattr(autograd, "_memory_unshared", lambda g: taken.append(check(g)) or
