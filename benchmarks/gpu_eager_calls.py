@@ -126,6 +126,22 @@ class CallCounter:
         return self._real(run, args, writes, stream)
 
 
+def training_step(model, opt, loss_fn, data, counter=None) -> None:
+    """One step as users write it, naming each phase on `counter` (its `phase`) as it starts."""
+    def phase(name):
+        if counter is not None:
+            counter.phase = name
+    phase("forward + loss")
+    loss = loss_fn(model, *data)
+    phase("zero_grad")
+    opt.zero_grad()
+    phase("backward")
+    loss.backward()
+    phase("optimizer step")
+    opt.step()
+    phase(None)
+
+
 def count_row(name: str) -> CallCounter:
     maker, batch, make_batch, _ = ROWS[name]
     data = [kiln.from_numpy(a).cuda() for a in make_batch(np.random.default_rng(0))]
@@ -134,18 +150,7 @@ def count_row(name: str) -> CallCounter:
     model.cuda()
 
     def step(counter=None):
-        def phase(name):
-            if counter is not None:
-                counter.phase = name
-        phase("forward + loss")
-        loss = loss_fn(model, *data)
-        phase("zero_grad")
-        opt.zero_grad()
-        phase("backward")
-        loss.backward()
-        phase("optimizer step")
-        opt.step()
-        phase(None)
+        training_step(model, opt, loss_fn, data, counter)
     for _ in range(2):      # the optimizer's state exists from the first step on
         step()
     with CallCounter() as counter:
@@ -177,18 +182,7 @@ def torch_counts(name: str) -> collections.Counter:
     data = [torch.from_numpy(a) for a in make_batch(np.random.default_rng(0))]
 
     def step(mode=None):
-        def phase(name):
-            if mode is not None:
-                mode.phase = name
-        phase("forward + loss")
-        loss = loss_fn(model, *data)
-        phase("zero_grad")
-        opt.zero_grad()
-        phase("backward")
-        loss.backward()
-        phase("optimizer step")
-        opt.step()
-        phase(None)
+        training_step(model, opt, loss_fn, data, mode)
     for _ in range(2):
         step()
     with Count() as mode:
