@@ -1071,9 +1071,21 @@ def _arange_infer(shapes, dtypes, start, stop, step, dtype):
     return (max(0, math.ceil((stop - start) / step)),), dtype
 
 
-define("arange", CREATION, _arange_infer,
-       lambda xp, start, stop, step, dtype: xp.arange(start, stop, step).astype(dtype.np),
-       None, arity=0)
+def _arange_impl(xp, start, stop, step, dtype):
+    # integers into an integer dtype they fit: made in it (on a GPU, one kernel instead of an
+    # int64 arange and a cast); otherwise made as NumPy/CuPy's arange and cast, which keeps
+    # floating steps' values exactly as they were
+    np_dtype = np.dtype(dtype.np)
+    if np_dtype.kind in "iu" and all(type(v) is int for v in (start, stop, step)):
+        n = max(0, -(-(stop - start) // step))
+        info = np.iinfo(np_dtype)
+        if not n or info.min <= min(start, start + (n - 1) * step) and \
+                max(start, start + (n - 1) * step) <= info.max:
+            return xp.arange(start, stop, step, dtype=np_dtype)
+    return xp.arange(start, stop, step).astype(np_dtype, copy=False)
+
+
+define("arange", CREATION, _arange_infer, _arange_impl, None, arity=0)
 
 
 def _rand_infer(shapes, dtypes, shape, dtype):

@@ -227,3 +227,18 @@ def test_bounds_checks_are_eager_only_and_compiled_code_still_runs():
     compiled = kiln.compile(fn, backend="numpy", fullgraph=True)
     for _ in range(2):
         np.testing.assert_array_equal(compiled(x, idx).numpy(), fn(x, idx).numpy())
+
+
+@pytest.mark.parametrize("args,dtype", [
+    ((10,), "int64"), ((16, 0, -1), "uint8"), ((0, 300, 7), "uint8"), ((5, -7, -3), "int32"),
+    ((0,), "int64"), ((0, 1, 0.1), "float32"), ((3, 11, 2), "float64"), ((-5, 3), "uint8"),
+    ((2**31 - 3, 2**31 + 2), "int64")])
+def test_arange_values_and_dtypes_match_torch(args, dtype):
+    # integer ranges are made in their dtype where they fit, the rest made wide and cast
+    # (uint8 from negative starts wraps, as torch's does)
+    want = torch.arange(*args, dtype=getattr(torch, "int64" if dtype == "uint8" else dtype))
+    if dtype == "uint8":
+        want = want.to(torch.uint8)
+    got = kiln.arange(*args, dtype=getattr(kiln, dtype))
+    assert str(got.dtype) == f"kiln.{dtype}" and got.shape == tuple(want.shape)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
