@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check of kiln, for a machine with an NVIDIA GPU, CuPy and a CUDA build of PyTorch:
-# the GPU-marked tests; the quick GPU benchmark without torch.compile (every row, sizes / 8,
+# the GPU-marked tests (in 4 concurrent shards: a cold run is mostly kernel builds on the host);
+# the quick GPU benchmark without torch.compile (every row, sizes / 8,
 # each fused kernel's bandwidth); the function rows (GELU, softmax, layer_norm) at full size
 # with torch.compile in its default and reduce-overhead modes; the CNN's convolutions alone
 # (implicit GEMM vs unfold + matmul vs cuDNN; the faster kiln route is recorded, so the steps
@@ -9,7 +10,8 @@
 # 6 minutes (the limits sum to 355 s); output is unbuffered, so a part cut short
 # still logs the rows it finished.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log,
+#   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log (gpu_tests_shard.log.K
+#                                            # per shard),
 #                                            # compile_gpu_quick.log, compile_gpu_functions.log,
 #                                            # compile_gpu_conv.log, compile_gpu_steps.log
 #
@@ -43,7 +45,8 @@ run_part() {        # run_part NAME SECONDS LOG COMMAND...
     codes+=("$code")
 }
 
-run_part "gpu tests" 110 gpu_tests.log python -u -m pytest -q -m gpu
+run_part "gpu tests" 110 gpu_tests.log \
+    python -u benchmarks/gpu_tests.py --shards 4 --log "$out/gpu_tests_shard.log"
 run_part "compile_gpu quick" 30 compile_gpu_quick.log \
     python -u benchmarks/compile_gpu.py --quick --no-inductor
 run_part "compile_gpu functions" 60 compile_gpu_functions.log \
