@@ -25,8 +25,8 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
 def _gathered(src: Tensor, arg: Tensor, geometry: tuple) -> Tensor:
-    """`src` (N, C, H, W) at the pixels the forward chose: max pooling's forward values when
-    `src` is its input, and the gradient of its backward; differentiable under grad mode."""
+    """`src` (N, C, H, W) at the pixels the forward chose (the gradient of its backward, under
+    create_graph); differentiable in turn under grad mode, its gradient being the backward."""
     data = pool_gpu.gather(src.device.xp, src._data, arg._data, geometry)
     result = Tensor._make(data, src.dtype, src.device)
     if src.requires_grad and STATE.grad_enabled:
@@ -87,5 +87,6 @@ def eager_max_pool2d(x: Tensor, out_hw: tuple, kernel: tuple, stride: tuple, pad
     if not return_indices:
         return out
     return out, Tensor._make(arrays[2], dt.int64, x.device)
+
 
 __all__ = ["eager_max_pool2d"]
