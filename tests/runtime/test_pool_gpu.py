@@ -121,6 +121,13 @@ def test_half_and_double_equal_torch(dtype, launches):
     assert launches == [FORWARD, BACKWARD]
 
 
+def test_max_pool1d_takes_the_fast_path_too(launches):
+    check_op(lambda lib, x: lib.nn.functional.max_pool1d(x, 3, stride=2, padding=1,
+                                                         return_indices=True), [(2, 3, 9)],
+             device="cuda")
+    assert launches == [FORWARD, BACKWARD]
+
+
 def test_channels_last_and_transposed_layouts_are_read_in_place(launches):
     rng = np.random.default_rng(4)
     a = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
