@@ -444,6 +444,13 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     n, c, h, w = x.shape
     kernel, stride, padding, dilation, out_hw = _pool_geometry(
         h, w, kernel_size, stride, padding, dilation, ceil_mode)
+    # eager on a GPU: one kernel launch each way and one autograd node, the same values; a
+    # trace (and the CPU) records the composite below, which the compiler fuses
+    fast = _core.eager_max_pool2d(x, out_hw, kernel, stride, padding, dilation, return_indices)
+    if fast is not None:
+        if not unbatched:
+            return fast
+        return (fast[0].squeeze(0), fast[1].squeeze(0)) if return_indices else fast.squeeze(0)
     x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, -math.inf)
     stacked = _pool_windows(x, kernel, stride, dilation, out_hw)
     # the gradient goes to the first maximum of each window only (amax would split it among
