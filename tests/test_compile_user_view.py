@@ -98,6 +98,78 @@ def test_scheduler_every_step_does_not_retrace(opt_cls, kwargs):
     assert sum(e.calls for e in fn.entries.values()) >= 10
 
 
+SCHEDULERS = {
+    "StepLR": lambda opt: kiln.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    # (cycling the momentum rewrites Adam's betas, which a compiled step reads as constants:
+    # that runs eagerly, with a message naming them)
+    "OneCycleLR": lambda opt: kiln.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, total_steps=12, cycle_momentum=False),
+    "CosineAnnealingLR": lambda opt: kiln.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5),
+    "LambdaLR": lambda opt: kiln.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k)),
+    "SequentialLR": lambda opt: kiln.optim.lr_scheduler.SequentialLR(
+        opt, [kiln.optim.lr_scheduler.LinearLR(opt, start_factor=0.2, total_iters=4),
+              kiln.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8)], milestones=[4]),
+}
+
+
+def _steps_with_scheduler_inside(make_sched, compiled: bool, order: str = "opt, sched",
+                                 steps: int = 12):
+    kiln.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = kiln.optim.Adam(model.parameters(), lr=0.05)
+    sched = make_sched(opt)
+
+    def train_step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if order == "sched, opt":
+            sched.step()
+        opt.step()
+        if order == "opt, sched":
+            sched.step()
+        return loss
+    fn = kiln.compile(train_step) if compiled else train_step
+    x, y = kiln.randn(10, 6), kiln.randint(0, 3, (10,))
+    losses, lrs = [], []
+    for _ in range(steps):
+        losses.append(fn(x, y).item())
+        lrs.append(opt.param_groups[0]["lr"])
+    return losses, lrs, [p.detach().numpy() for p in model.parameters()], fn
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_scheduler_stepped_inside_the_compiled_step_steps_on_every_replay(name):
+    # a replay used to skip the scheduler's Python: its learning rate stayed at the traced
+    # call's, silently (compiled losses drifted from eager after the first decay)
+    eager, eager_lrs, eager_params, _ = _steps_with_scheduler_inside(SCHEDULERS[name], False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # no fallback, no graph break
+        got, lrs, params, fn = _steps_with_scheduler_inside(SCHEDULERS[name], True)
+    assert lrs == eager_lrs and len(set(lrs)) > 2
+    np.testing.assert_allclose(got, eager, rtol=1e-5)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+    assert sum(e.calls for e in fn.entries.values() if e.program is not None) >= 9
+
+
+def test_scheduler_stepped_before_the_optimizer_inside_runs_eagerly_with_a_message():
+    # opt.step() would read the rate sched.step() just set; a replay reads its inputs first,
+    # so this order cannot replay: it runs eagerly, saying why, and equals eager
+    make = SCHEDULERS["StepLR"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # PyTorch's order warning, if any, is not the point
+        eager, eager_lrs, eager_params, _ = _steps_with_scheduler_inside(make, False,
+                                                                         "sched, opt")
+    with pytest.warns(UserWarning, match=r"read after StepLR.step\(\)"):
+        got, lrs, params, fn = _steps_with_scheduler_inside(make, True, "sched, opt")
+    assert lrs == eager_lrs
+    np.testing.assert_allclose(got, eager, rtol=1e-6)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+    assert all(e.program is None for e in fn.entries.values())
+
+
 @pytest.mark.parametrize("stage,target", [
     ("deriving the backward", "trace_backward"),
     ("optimizing the graph", "compile_program"),

@@ -22,8 +22,8 @@ import numpy as np
 
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
-from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared, scalar_input,  # noqa: F401
-                                 untraced)
+from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
+                                 replay_after, scalar_input, untraced)
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
@@ -585,6 +585,11 @@ class CompiledFunction:
             return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    if not g.lazy]
+        if tracer.after_replay:
+            # numbers the program reads on every call (a learning rate) that a Python step it
+            # repeats after each replay (the scheduler's) changed: the replay changes them too
+            read = {(c, key) for c, key, _ in tracer.scalars}
+            effects = [g for g in effects if g.place not in read]
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
@@ -756,6 +761,8 @@ class CompiledFunction:
             _attach_backward(entry, user, outs[program.num_user_outputs:], wrt)
         for i, prim in program.consumed.items():
             _mark_consumed(user[i], prim)
+        for _, call in program.after_replay:     # the Python steps the traced call made
+            call()
         tree = program.output_tree
         if tree == _ONE_TENSOR:
             return user[0]

@@ -2,8 +2,10 @@
 
 These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the public API):
 `kiln.compiler.is_compiling()` as in `torch.compiler`, `untraced()` for state made once,
-`note_grad_cleared()` for `zero_grad(set_to_none=True)`, and `scalar_input()` for a number a
-compiled program reads afresh on every call (a learning rate a scheduler changes). `composite`
+`note_grad_cleared()` for `zero_grad(set_to_none=True)`, `scalar_input()` for a number a
+compiled program reads afresh on every call (a learning rate a scheduler changes), and
+`replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
+compiled function). `composite`
 names the nodes a function built of several ops records (`# layer_norm @ model.py:12` in
 listings).
 """
@@ -52,3 +54,13 @@ def scalar_input(container: dict, key, device: Device):
     if tracer is None or type(value) is not float:
         return value
     return tracer.scalar_input(container, key, device)
+
+
+def replay_after(name: str, call) -> None:
+    """While tracing: `call()`, a pure-Python step the traced call is making (it changes the
+    numbers `scalar_input` reads, as `lr_scheduler.step()` does), is to be made again by every
+    replay, after the program runs; a replay would otherwise skip it. `name` says it in
+    messages. Does nothing outside a trace."""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.replay_after(name, call)

@@ -3,17 +3,26 @@
 `step()` uses the chainable form (the new rate from the group's current one) and
 `step(epoch)` the closed form, exactly as `torch.optim.lr_scheduler` does, so sequences agree
 to the last bit with PyTorch's.
+
+A scheduler stepped inside a compiled function (`opt.step(); sched.step()` in the training
+step) is pure Python that a replay of the program would skip: each scheduler's `step` tells the
+trace (`kiln.compiler.replay_after`), and every replay steps the scheduler again after the
+program ran, so the next call reads the new rate.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import types
 import warnings
 from bisect import bisect_right
 from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
+from kiln import Tensor
+from kiln.compiler import is_compiling, replay_after
 from kiln.optim.optimizer import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
@@ -37,10 +46,39 @@ def _per_group(name: str, optimizer: Optimizer, value) -> list:
     return [value] * len(optimizer.param_groups)
 
 
+_STEPPING = threading.local()       # inside some scheduler's step (SequentialLR steps others)
+
+
+def _replayed(step):
+    """`step` of a scheduler class, made again by every replay of a compiled function whose
+    traced call made it (the outermost scheduler's step only: it steps the ones it holds)."""
+    @functools.wraps(step)
+    def stepped(self, *args, **kwargs):
+        outer = not getattr(_STEPPING, "on", False)
+        if outer and is_compiling() and not self._is_initial and not any(
+                isinstance(a, Tensor) for a in (*args, *kwargs.values())):
+            # (a tensor argument, ReduceLROnPlateau's metric, is read into Python: a graph
+            # break, so no replay repeats this)
+            replay_after(f"{type(self).__name__}.step()",
+                         functools.partial(stepped, self, *args, **kwargs))
+        _STEPPING.on = True
+        try:
+            return step(self, *args, **kwargs)
+        finally:
+            if outer:
+                _STEPPING.on = False
+    return stepped
+
+
 class LRScheduler:
     """Base class: keeps `last_epoch`, `base_lrs` and the last rates it set."""
 
     _is_initial = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:
+            cls.step = _replayed(cls.__dict__["step"])
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
@@ -103,6 +141,9 @@ class LRScheduler:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
+
+
+LRScheduler.step = _replayed(LRScheduler.step)
 
 
 class StepLR(LRScheduler):

@@ -70,6 +70,9 @@ class TracedProgram:
     complete: bool = True                  # False for a segment cut by a graph break
     snapshots: list = field(default_factory=list)     # input values at trace time, if kept
     consumed: dict = field(default_factory=dict)      # output index -> prim: graph spent
+    # pure-Python calls the traced call made that a replay repeats after the program has run
+    # (an lr scheduler's step: `after_replay`), each with a name for listings
+    after_replay: list = field(default_factory=list)
 
 
 class Tracer:
@@ -97,6 +100,7 @@ class Tracer:
         # when it is traced; `scope_loc` (a backward node's forward line) replaces the caller's
         self.scopes: tuple = ()
         self.scope_loc: str | None = None
+        self.after_replay: list = []      # (name, call): see `replay_after`
         self._start_segment()
 
     # ------------------------------------------------------------------ lifecycle
@@ -183,6 +187,11 @@ class Tracer:
     def scalar_input(self, container, key, device) -> Tensor:
         """`container[key]` (a Python number) as a float64 scalar input on `device`, which a replay
         reads afresh from the container on every call."""
+        if self.after_replay:
+            # a replay reads its inputs before it runs, and repeats the calls after it ran
+            self.graph_break(f"a value an optimizer reads on every call (its {key!r}) is read "
+                             f"after {self.after_replay[-1][0]} in the same call; a replay would "
+                             "read it before that step")
         k = (id(container), key, device)
         t = self.scalars.get(k)
         if t is None:
@@ -193,6 +202,11 @@ class Tracer:
             self.scalars[k] = t
             self._keep.append(container)
         return t
+
+    def replay_after(self, name: str, call) -> None:
+        """`call()` (pure Python: it changes numbers an optimizer reads, such as a learning
+        rate) ran in this call; every replay makes it again, after the program runs."""
+        self.after_replay.append((name, call))
 
     def random_seed(self, seed: Tensor, generator) -> None:
         self._input(seed, f"seed{sum(b.kind == 'seed' for b in self.bindings)}",
@@ -275,6 +289,7 @@ class Tracer:
         g = self.graph
         program = TracedProgram(g, self.bindings, complete=complete, snapshots=self.snapshots)
         if complete:                    # the function's return value, None included
+            program.after_replay = list(self.after_replay)
             leaves, tree = flatten(outputs)
             for t in leaves:
                 g.outputs.append(self.value(t))
