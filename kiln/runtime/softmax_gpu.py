@@ -1,0 +1,118 @@
+"""Eager softmax and log_softmax on CuPy arrays: one Triton kernel launch forward, one backward.
+
+The kernels are `kiln.codegen.softmax_triton`'s. For each shape, layout and dtype the kernel is
+rendered and its launcher (`CudaKernelLauncher`, which prepares its arguments once) made on
+first use, then reused; a launcher keeps its last call's arguments, so each thread has its own
+(as in `kiln.runtime.cupy_backend`). An array is read in place when its dimensions before and
+after the softmax dimension each merge into one stride (C order, a transpose that keeps them
+apart, a slice, a broadcast gradient); another layout is copied to C order first.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from kiln.codegen.softmax_triton import DTYPES, render_softmax_kernel
+from kiln.ir import dtypes as dt
+from kiln.runtime.triton_launch import CudaKernelLauncher
+
+_INT32 = 2 ** 31 - 1      # the kernels index with 32-bit integers
+_BY_NUMPY = {d.np_dtype: d for d in DTYPES}
+
+# (kind, backward, shape, dim, strides, dtype, thread) -> launcher; a shape that keeps
+# changing makes new entries, so the table is emptied past a limit
+_LAUNCHERS: dict = {}
+_LAUNCHERS_LIMIT = 1024
+
+
+def supported(shape: tuple, dtype: dt.DType) -> bool:
+    """Whether the kernels take a tensor of this shape and dtype: float16/32/64, not empty,
+    within 32-bit indexing."""
+    if dtype not in DTYPES or not shape:
+        return False
+    size = 1
+    for n in shape:
+        size *= n
+    return 0 < size <= _INT32
+
+
+def _merged(shape: tuple, strides: tuple) -> int | None:
+    """The one element stride of dimensions `shape` (with element `strides`) read as one, or
+    None when they do not merge; 0 for no dimensions (or only length-1 ones)."""
+    dims = [(n, s) for n, s in zip(shape, strides) if n != 1]
+    if not dims:
+        return 0
+    for (_, outer), (n, inner) in zip(dims, dims[1:]):
+        if outer != inner * n:
+            return None
+    return dims[-1][1]
+
+
+def _row_strides(a, d: int) -> tuple | None:
+    """`a`'s element strides (outer, R, inner) around dimension `d`, or None when its layout
+    has no such view (or a stride is negative or not a whole number of elements)."""
+    item = a.itemsize
+    if any(s < 0 or s % item for s in a.strides):
+        return None
+    strides = [s // item for s in a.strides]
+    shape = a.shape
+    outer = _merged(shape[:d], strides[:d])
+    inner = _merged(shape[d + 1:], strides[d + 1:])
+    if outer is None or inner is None:
+        return None
+    return (outer, strides[d], inner)
+
+
+def _readable(xp, a, d: int) -> tuple:
+    """(a, or a C-order copy of it, its (outer, R, inner) element strides)."""
+    strides = _row_strides(a, d)
+    if strides is None:
+        a = xp.ascontiguousarray(a)
+        strides = _row_strides(a, d)
+    return a, strides
+
+
+def _rows(shape: tuple, d: int) -> tuple:
+    outer = inner = 1
+    for n in shape[:d]:
+        outer *= n
+    for n in shape[d + 1:]:
+        inner *= n
+    return (outer, shape[d], inner)
+
+
+def _launcher(kind: str, backward: bool, shape: tuple, d: int, strides: tuple,
+              dtype) -> CudaKernelLauncher:
+    key = (kind, backward, shape, d, strides, dtype, threading.get_ident())
+    try:
+        return _LAUNCHERS[key]
+    except KeyError:
+        pass
+    launcher = CudaKernelLauncher(render_softmax_kernel(
+        kind, backward, _rows(shape, d), strides, _BY_NUMPY[dtype]), tune=False)
+    if len(_LAUNCHERS) >= _LAUNCHERS_LIMIT:
+        _LAUNCHERS.clear()
+    _LAUNCHERS[key] = launcher
+    return launcher
+
+
+def softmax_forward(xp, x, d: int, kind: str = "softmax"):
+    """softmax (or log_softmax, `kind`) of CuPy array `x` along dimension `d`, in one launch:
+    a new C-contiguous array of x's shape and dtype (see `supported`)."""
+    x, xs = _readable(xp, x, d)
+    y = xp.empty(x.shape, x.dtype)
+    _launcher(kind, False, x.shape, d, (xs,), x.dtype)([x], [y])
+    return y
+
+
+def softmax_backward(xp, g, y, d: int, kind: str = "softmax"):
+    """The gradient of softmax (or log_softmax, `kind`) along dimension `d` from the output
+    gradient `g` and the output `y` (arrays of one shape and dtype), in one launch."""
+    g, gs = _readable(xp, g, d)
+    y, ys = _readable(xp, y, d)
+    dx = xp.empty(y.shape, y.dtype)
+    _launcher(kind, True, y.shape, d, (gs, ys), y.dtype)([g, y], [dx])
+    return dx
+
+
+__all__ = ["softmax_backward", "softmax_forward", "supported"]
