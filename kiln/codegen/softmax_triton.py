@@ -7,7 +7,7 @@ compiled program never uses them (a trace records the primitives, which the comp
 
 A tensor is read as (outer, R, inner) around the softmax dimension, of length R: row q = o *
 inner + i holds the elements (o, r, i) for r < R, and each array is addressed through its own
-three element strides (so a transposed, sliced or broadcast gradient is read in place). Each
+three element strides (so a transposed array is read in place). Each
 program reduces ROWS rows as a [ROWS, BLOCK] tile; a row longer than BLOCK (up to MAX_BLOCK) is
 reduced in passes over its blocks inside the same program: its max, then its sum of exp, then
 the output. Outputs are C-contiguous. Every size and stride is a compile-time constant, so one
@@ -38,20 +38,13 @@ MAX_BLOCK = 4096        # a row up to this long is reduced in one block, longer 
 TILE = 4096             # elements a program holds of each array: ROWS * BLOCK
 KINDS = ("softmax", "log_softmax")
 
-# reductions go through tl.reduce with these combiners (tl.max and tl.sum are @triton.jit
-# functions, which Triton's interpreter cannot call from a kernel loaded as kiln loads it);
-# the max propagates NaN, as NumPy's does
-_COMBINERS = '''
-@triton.jit
-def _max_combine(a, b):
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def _sum_combine(a, b):
-    return a + b
-
-'''
+# The row reductions are `tl.reduce` with the combiners `tl.max` and `tl.sum` use: those two
+# are @triton.jit functions, which Triton's interpreter cannot call from a kernel loaded as kiln
+# loads it, while its reduce runs these combiners as NumPy's max and (pairwise) sum; any other
+# combiner it runs element by element in Python, adding in sequence. The max ignores NaN (a NaN
+# entry still makes its row NaN, through x - m).
+_MAX = "tl.standard._elementwise_max"
+_SUM = "tl.standard._sum_combine"
 
 _INDEXING = '''
     # rows q = o * INNER + i of the (outer, R, inner) view; element r of row q is at
@@ -75,9 +68,9 @@ def {name}(x_ptr, y_ptr,
     if R <= BLOCK:
         ok = q_ok & (cols < R)
         x = tl.load(x_row + cols * X_R, mask=ok, other=float("-inf")).to({compute})
-        shifted = x - tl.reduce(x, 1, _max_combine)[:, None]
+        shifted = x - tl.reduce(x, 1, {max})[:, None]
         e = tl.where(ok, tl.exp(shifted), 0.0)
-        total = tl.reduce(e, 1, _sum_combine)[:, None]
+        total = tl.reduce(e, 1, {sum})[:, None]
         if LOG:
             y = shifted - tl.log(total)
         else:
@@ -89,14 +82,14 @@ def {name}(x_ptr, y_ptr,
         for start in range(0, R, BLOCK):
             ok = q_ok & (start + cols < R)
             x = tl.load(x_row + (start + cols) * X_R, mask=ok, other=float("-inf"))
-            m = _max_combine(m, tl.reduce(x.to({compute}), 1, _max_combine))
+            m = tl.maximum(m, tl.reduce(x.to({compute}), 1, {max}))
         m = m[:, None]
         total = tl.full((ROWS,), 0.0, {compute})
         for start in range(0, R, BLOCK):
             ok = q_ok & (start + cols < R)
             x = tl.load(x_row + (start + cols) * X_R, mask=ok, other=float("-inf"))
             e = tl.where(ok, tl.exp(x.to({compute}) - m), 0.0)
-            total += tl.reduce(e, 1, _sum_combine)
+            total += tl.reduce(e, 1, {sum})
         total = total[:, None]
         log_total = tl.log(total)
         for start in range(0, R, BLOCK):
@@ -127,9 +120,9 @@ def {name}(g_ptr, y_ptr, dx_ptr,
         g = tl.load(g_row + cols * G_R, mask=ok, other=0.0).to({compute})
         y = tl.load(y_row + cols * Y_R, mask=ok, other=0.0).to({compute})
         if LOG:
-            dx = g - tl.exp(y) * tl.reduce(g, 1, _sum_combine)[:, None]
+            dx = g - tl.exp(y) * tl.reduce(g, 1, {sum})[:, None]
         else:
-            dx = y * (g - tl.reduce(g * y, 1, _sum_combine)[:, None])
+            dx = y * (g - tl.reduce(g * y, 1, {sum})[:, None])
         tl.store(dx_row + cols * INNER, dx.to(dx_ptr.dtype.element_ty), mask=ok)
     else:
         # the row in passes over its blocks: the sum, then the gradient
@@ -138,10 +131,10 @@ def {name}(g_ptr, y_ptr, dx_ptr,
             ok = q_ok & (start + cols < R)
             g = tl.load(g_row + (start + cols) * G_R, mask=ok, other=0.0).to({compute})
             if LOG:
-                total += tl.reduce(g, 1, _sum_combine)
+                total += tl.reduce(g, 1, {sum})
             else:
                 y = tl.load(y_row + (start + cols) * Y_R, mask=ok, other=0.0).to({compute})
-                total += tl.reduce(g * y, 1, _sum_combine)
+                total += tl.reduce(g * y, 1, {sum})
         total = total[:, None]
         for start in range(0, R, BLOCK):
             ok = q_ok & (start + cols < R)
@@ -182,10 +175,10 @@ def render_softmax_kernel(kind: str, backward: bool, rows: tuple, strides: tuple
     divide = "tl.div_rn(e, total)" if compute == "tl.float32" else "e / total"
     template = _BACKWARD if backward else _FORWARD
     body = template.format(name=name, indexing=_INDEXING.strip("\n"), compute=compute,
-                           divide=divide).lstrip("\n")
+                           divide=divide, max=_MAX, sum=_SUM).lstrip("\n")
     header = (f"# {name}: {kind} {'gradient ' if backward else ''}along the rows of an "
               "(outer, R, inner) view (kiln/codegen/softmax_triton.py)\n"
-              "import triton\nimport triton.language as tl\n" + _COMBINERS)
+              "import triton\nimport triton.language as tl\n\n")
     pointers = ("g_ptr", "y_ptr", "dx_ptr") if backward else ("x_ptr", "y_ptr")
     constexprs = dict(NUM_ROWS=outer * inner, R=r, INNER=inner)
     for prefix, (s_o, s_r, s_i) in zip(("G", "Y") if backward else ("X",), strides):

@@ -4,8 +4,9 @@ The kernels are `kiln.codegen.softmax_triton`'s. For each shape, layout and dtyp
 rendered and its launcher (`CudaKernelLauncher`, which prepares its arguments once) made on
 first use, then reused; a launcher keeps its last call's arguments, so each thread has its own
 (as in `kiln.runtime.cupy_backend`). An array is read in place when its dimensions before and
-after the softmax dimension each merge into one stride (C order, a transpose that keeps them
-apart, a slice, a broadcast gradient); another layout is copied to C order first.
+after the softmax dimension each merge into one stride and its elements fill the memory they
+span (C order, a transpose that keeps those dimensions apart); another layout (a slice, a
+broadcast gradient) is copied to C order first.
 """
 
 from __future__ import annotations
@@ -48,14 +49,27 @@ def _merged(shape: tuple, strides: tuple) -> int | None:
     return dims[-1][1]
 
 
+def _fills_span(shape: tuple, strides: tuple) -> bool:
+    """Whether elements of these element strides fill exactly the memory they span: C order
+    or a permutation of it (a launch hands over that span, and the kernel reads only it)."""
+    expect = 1
+    for s, n in sorted((s, n) for s, n in zip(strides, shape) if n > 1):
+        if s != expect:
+            return False
+        expect *= n
+    return True
+
+
 def _row_strides(a, d: int) -> tuple | None:
     """`a`'s element strides (outer, R, inner) around dimension `d`, or None when its layout
-    has no such view (or a stride is negative or not a whole number of elements)."""
+    has no such view, or its elements do not fill their span (a slice, a broadcast)."""
     item = a.itemsize
     if any(s < 0 or s % item for s in a.strides):
         return None
     strides = [s // item for s in a.strides]
     shape = a.shape
+    if not (a.flags.c_contiguous or _fills_span(shape, strides)):
+        return None
     outer = _merged(shape[:d], strides[:d])
     inner = _merged(shape[d + 1:], strides[d + 1:])
     if outer is None or inner is None:
