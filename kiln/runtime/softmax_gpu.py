@@ -2,8 +2,9 @@
 
 The kernels are `kiln.codegen.softmax_triton`'s. For each shape, layout and dtype the kernel is
 rendered and its launcher (`CudaKernelLauncher`, which prepares its arguments once) made on
-first use, then reused; a launcher keeps its last call's arguments, so each thread has its own
-(as in `kiln.runtime.cupy_backend`). An array is read in place when its dimensions before and
+first use, then reused, so a call costs the host one table lookup, the output's allocation and
+the launch; a launcher keeps its last call's arguments, so each thread has its own (as in
+`kiln.runtime.cupy_backend`). An array is read in place when its dimensions before and
 after the softmax dimension each merge into one stride and its elements fill the memory they
 span (C order, a transpose that keeps those dimensions apart); another layout (a slice, a
 broadcast gradient) is copied to C order first.
@@ -20,21 +21,17 @@ from kiln.runtime.triton_launch import CudaKernelLauncher
 _INT32 = 2 ** 31 - 1      # the kernels index with 32-bit integers
 _BY_NUMPY = {d.np_dtype: d for d in DTYPES}
 
-# (kind, backward, shape, dim, strides, dtype, thread) -> launcher; a shape that keeps
-# changing makes new entries, so the table is emptied past a limit
+# (kind, backward, dim, thread, (shape, strides, dtype) per array) -> (launcher, the arrays
+# to copy first or None); a shape that keeps changing makes new entries, so the table is
+# emptied past a limit
 _LAUNCHERS: dict = {}
 _LAUNCHERS_LIMIT = 1024
 
 
-def supported(shape: tuple, dtype: dt.DType) -> bool:
-    """Whether the kernels take a tensor of this shape and dtype: float16/32/64, not empty,
-    within 32-bit indexing."""
-    if dtype not in DTYPES or not shape:
-        return False
-    size = 1
-    for n in shape:
-        size *= n
-    return 0 < size <= _INT32
+def supported(array, dtype: dt.DType) -> bool:
+    """Whether the kernels take this CuPy array of kiln dtype `dtype`: float16/32/64, of at
+    least one dimension, not empty, within 32-bit indexing."""
+    return dtype in DTYPES and array.ndim > 0 and 0 < array.size <= _INT32
 
 
 def _merged(shape: tuple, strides: tuple) -> int | None:
@@ -77,15 +74,6 @@ def _row_strides(a, d: int) -> tuple | None:
     return (outer, strides[d], inner)
 
 
-def _readable(xp, a, d: int) -> tuple:
-    """(a, or a C-order copy of it, its (outer, R, inner) element strides)."""
-    strides = _row_strides(a, d)
-    if strides is None:
-        a = xp.ascontiguousarray(a)
-        strides = _row_strides(a, d)
-    return a, strides
-
-
 def _rows(shape: tuple, d: int) -> tuple:
     outer = inner = 1
     for n in shape[:d]:
@@ -95,38 +83,51 @@ def _rows(shape: tuple, d: int) -> tuple:
     return (outer, shape[d], inner)
 
 
-def _launcher(kind: str, backward: bool, shape: tuple, d: int, strides: tuple,
-              dtype) -> CudaKernelLauncher:
-    key = (kind, backward, shape, d, strides, dtype, threading.get_ident())
-    try:
-        return _LAUNCHERS[key]
-    except KeyError:
-        pass
+def _prepare(kind: str, backward: bool, arrays: tuple, d: int) -> tuple:
+    """(launcher, which arrays to copy to C order first) for arrays of these layouts."""
+    copies, strides = [], []
+    for a in arrays:
+        s = _row_strides(a, d)
+        copies.append(s is None)
+        _, r, inner = _rows(a.shape, d)
+        strides.append(s if s is not None else (r * inner, inner, 1))    # its C-order copy's
+    shape = arrays[0].shape
     launcher = CudaKernelLauncher(render_softmax_kernel(
-        kind, backward, _rows(shape, d), strides, _BY_NUMPY[dtype]), tune=False)
-    if len(_LAUNCHERS) >= _LAUNCHERS_LIMIT:
-        _LAUNCHERS.clear()
-    _LAUNCHERS[key] = launcher
-    return launcher
+        kind, backward, _rows(shape, d), tuple(strides), _BY_NUMPY[arrays[0].dtype]),
+        tune=False)
+    return launcher, tuple(copies) if any(copies) else None
+
+
+def _launch(xp, kind: str, backward: bool, arrays: tuple, d: int):
+    """Run the kernel on `arrays` (inputs of one shape and dtype): its new C-order output."""
+    # one lookup per call once a layout has been seen: the layouts and the thread (a launcher
+    # keeps its last call's arguments, so each thread has its own)
+    key = (kind, backward, d, threading.get_ident()) + tuple(
+        [(a.shape, a.strides, a.dtype) for a in arrays])
+    entry = _LAUNCHERS.get(key)
+    if entry is None:
+        entry = _prepare(kind, backward, arrays, d)
+        if len(_LAUNCHERS) >= _LAUNCHERS_LIMIT:
+            _LAUNCHERS.clear()
+        _LAUNCHERS[key] = entry
+    launcher, copies = entry
+    if copies is not None:
+        arrays = [xp.ascontiguousarray(a) if c else a for a, c in zip(arrays, copies)]
+    out = xp.empty(arrays[0].shape, arrays[0].dtype)
+    launcher(list(arrays), [out])
+    return out
 
 
 def softmax_forward(xp, x, d: int, kind: str = "softmax"):
     """softmax (or log_softmax, `kind`) of CuPy array `x` along dimension `d`, in one launch:
     a new C-contiguous array of x's shape and dtype (see `supported`)."""
-    x, xs = _readable(xp, x, d)
-    y = xp.empty(x.shape, x.dtype)
-    _launcher(kind, False, x.shape, d, (xs,), x.dtype)([x], [y])
-    return y
+    return _launch(xp, kind, False, (x,), d)
 
 
 def softmax_backward(xp, g, y, d: int, kind: str = "softmax"):
     """The gradient of softmax (or log_softmax, `kind`) along dimension `d` from the output
     gradient `g` and the output `y` (arrays of one shape and dtype), in one launch."""
-    g, gs = _readable(xp, g, d)
-    y, ys = _readable(xp, y, d)
-    dx = xp.empty(y.shape, y.dtype)
-    _launcher(kind, True, y.shape, d, (gs, ys), y.dtype)([g, y], [dx])
-    return dx
+    return _launch(xp, kind, True, (g, y), d)
 
 
 __all__ = ["softmax_backward", "softmax_forward", "supported"]

@@ -92,6 +92,16 @@ def test_float16_is_computed_in_float32(name, shape, dim, launches, monkeypatch)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
+def test_float16_with_a_float32_dtype(name, launches):
+    """softmax(x, dim, dtype=float32) of a float16 tensor: the cast, then the float32 kernels;
+    the gradient comes back to float16, as PyTorch's."""
+    def fn(lib, x):
+        return getattr(lib, name)(x, 1, dtype=lib.float32)
+    check_op(fn, [(3, 5, 4)], dtype=np.float16, device="cuda")
+    assert launches == [f"{name}_forward_float32", f"{name}_backward_float32"]
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-6), (np.float64, 1e-14)])
 @pytest.mark.parametrize("shape,dim", [((6, 9), -1), ((4, 5, 3), 1), ((3, LONG), -1)])
 def test_equals_the_composite_to_a_few_ulp(name, dtype, rtol, shape, dim, monkeypatch):

@@ -107,7 +107,7 @@ def _fast_input(x, dim, dtype):
     if x.device is CPU:
         if x.dtype not in _FAST_DTYPES:
             return None
-    elif x.device.type != "cuda" or not softmax_gpu.supported(x._data.shape, x.dtype):
+    elif x.device.type != "cuda" or not softmax_gpu.supported(x._data, x.dtype):
         return None
     data = x._data
     ndim = data.ndim
@@ -179,6 +179,13 @@ _LOG_SOFTMAX_CUDA = Primitive("log_softmax", "custom", None, None, _cuda_grad("l
                               doc="eager log_softmax's autograd node on cuda (never traced)")
 
 
+def _cast_on_cuda(x, dtype) -> bool:
+    """Whether softmax(x, dtype=...) casts first and then takes the kernels: a cuda tensor,
+    eager, to a floating dtype (the composite casts first too)."""
+    return type(x) is Tensor and x.device is not CPU and \
+        getattr(dtype, "is_floating_point", False) and not (TRACING[0] and STATE.tracer is not None)
+
+
 def _cuda_softmax(x, d, kind, prim) -> Tensor:
     y = softmax_gpu.softmax_forward(x.device.xp, x._data, d, kind)
     result = Tensor._make(y, x.dtype, x.device)
@@ -191,6 +198,8 @@ def _cuda_softmax(x, d, kind, prim) -> Tensor:
 
 @composite
 def softmax(input, dim=None, dtype=None):
+    if dtype is not None and _cast_on_cuda(input, dtype):
+        input, dtype = input.to(dtype), None
     d = _fast_input(input, dim, dtype)
     if d is not None:
         if input.device is not CPU:
@@ -210,6 +219,8 @@ def softmax(input, dim=None, dtype=None):
 
 @composite
 def log_softmax(input, dim=None, dtype=None):
+    if dtype is not None and _cast_on_cuda(input, dtype):
+        input, dtype = input.to(dtype), None
     d = _fast_input(input, dim, dtype)
     if d is not None:
         if input.device is not CPU:
