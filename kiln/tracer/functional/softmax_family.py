@@ -161,7 +161,8 @@ def _eager_log_softmax(x, d) -> Tensor:
 def _cuda_grad(kind):
     def grad(g, out, x, dim):
         if STATE.grad_enabled or g.dtype is not out.dtype or g.device is not out.device:
-            # create_graph: PyTorch's differentiable rules, as on the CPU
+            # create_graph (or a gradient of another dtype or device): PyTorch's rules as
+            # differentiable ops, as on the CPU
             if kind == "softmax":
                 gout = P.mul(g, out)
                 return (P.mul(out, P.sub(g, P.sum(gout, axes=(dim,), keepdim=True))),)
