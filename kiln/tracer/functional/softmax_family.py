@@ -6,6 +6,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, P, Primitive
+from kiln.runtime import softmax_gpu
 from kiln.runtime.device import CPU
 from kiln.runtime.numpy_backend import numpy_impl
 from kiln.tracer import autograd as _autograd
@@ -97,12 +98,16 @@ else:                                     # pragma: no cover - NumPy 1.x
 
 
 def _fast_input(x, dim, dtype):
-    """The normalized dim when softmax of `x` can take the eager fast path, else None: an
-    eager CPU float32/float64 tensor of at least one dimension, not empty along `dim`, whose
-    autograd history is current (a stale view takes the dispatcher's path)."""
+    """The normalized dim when softmax of `x` can take an eager fast path, else None: an eager
+    CPU float32/float64 tensor (or a cuda float16/32/64 one the kernels take) of at least one
+    dimension, not empty along `dim`, whose autograd history is current (a stale view takes
+    the dispatcher's path)."""
     if dtype is not None or type(x) is not Tensor or (TRACING[0] and STATE.tracer is not None):
         return None
-    if x.dtype not in _FAST_DTYPES or x.device is not CPU:
+    if x.device is CPU:
+        if x.dtype not in _FAST_DTYPES:
+            return None
+    elif x.device.type != "cuda" or not softmax_gpu.supported(x._data, x.dtype):
         return None
     data = x._data
     ndim = data.ndim
@@ -146,12 +151,60 @@ def _eager_log_softmax(x, d) -> Tensor:
     return _finish(_LOG_SOFTMAX, x, out, e, total, d)
 
 
+# ----------------------------------------------------------------------------- on a GPU
+#
+# On cuda the composite costs five or six CuPy calls each way, each microseconds of host time
+# on a GPU. Outside a trace, one kernel launch computes the whole op (`kiln.runtime.
+# softmax_gpu`) and one autograd node, whose first-order gradient is one launch too, is
+# recorded; float16 is computed in float32 inside the kernels, as the composite computes it.
+
+def _cuda_grad(kind):
+    def grad(g, out, x, dim):
+        if STATE.grad_enabled or g.dtype is not out.dtype or g.device is not out.device:
+            # create_graph (or a gradient of another dtype or device): PyTorch's rules as
+            # differentiable ops, as on the CPU
+            if kind == "softmax":
+                gout = P.mul(g, out)
+                return (P.mul(out, P.sub(g, P.sum(gout, axes=(dim,), keepdim=True))),)
+            return (P.sub(g, P.mul(P.exp(out), P.sum(g, axes=(dim,), keepdim=True))),)
+        dx = softmax_gpu.softmax_backward(out.device.xp, g._data, out._data, dim, kind)
+        return (Tensor._make(dx, out.dtype, out.device),)
+    return grad
+
+
+# the rule reads only the output, which an in-place write copies first (COPIED, as above)
+_SOFTMAX_CUDA = Primitive("softmax", "custom", None, None, _cuda_grad("softmax"), 1, reads=(),
+                          output=COPIED, doc="eager softmax's autograd node on cuda (never traced)")
+_LOG_SOFTMAX_CUDA = Primitive("log_softmax", "custom", None, None, _cuda_grad("log_softmax"), 1,
+                              reads=(), output=COPIED,
+                              doc="eager log_softmax's autograd node on cuda (never traced)")
+
+
+def _cast_on_cuda(x, dtype) -> bool:
+    """Whether softmax(x, dtype=...) casts first and then takes the kernels: a cuda tensor,
+    eager, to a floating dtype (the composite casts first too)."""
+    return type(x) is Tensor and x.device is not CPU and \
+        getattr(dtype, "is_floating_point", False) and not (TRACING[0] and STATE.tracer is not None)
+
+
+def _cuda_softmax(x, d, kind, prim) -> Tensor:
+    y = softmax_gpu.softmax_forward(x.device.xp, x._data, d, kind)
+    result = Tensor._make(y, x.dtype, x.device)
+    if x.requires_grad and STATE.grad_enabled:
+        _autograd.record(prim, (x,), {"dim": d}, result)
+    return result
+
+
 # ----------------------------------------------------------------------------- softmax family
 
 @composite
 def softmax(input, dim=None, dtype=None):
+    if dtype is not None and _cast_on_cuda(input, dtype):
+        input, dtype = input.to(dtype), None
     d = _fast_input(input, dim, dtype)
     if d is not None:
+        if input.device is not CPU:
+            return _cuda_softmax(input, d, "softmax", _SOFTMAX_CUDA)
         return _eager_softmax(input, d)
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
@@ -167,8 +220,12 @@ def softmax(input, dim=None, dtype=None):
 
 @composite
 def log_softmax(input, dim=None, dtype=None):
+    if dtype is not None and _cast_on_cuda(input, dtype):
+        input, dtype = input.to(dtype), None
     d = _fast_input(input, dim, dtype)
     if d is not None:
+        if input.device is not CPU:
+            return _cuda_softmax(input, d, "log_softmax", _LOG_SOFTMAX_CUDA)
         return _eager_log_softmax(input, d)
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype is dt.float16:
