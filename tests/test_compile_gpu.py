@@ -105,6 +105,62 @@ def test_compiled_mlp_adam_on_cuda_matches_eager():
     _assert_runs_triton_on_cuda(compiled)
 
 
+def _small_cnn(lib):
+    """conv 1->4 k3, ReLU, conv 4->8 k3 (padding 1), ReLU, max-pool 2, fc 72->10: the CNN
+    step's layers (issue 16) at shapes Triton's interpreter runs quickly under the fake."""
+    nn_ = lib.nn
+    return nn_.Sequential(nn_.Conv2d(1, 4, 3), nn_.ReLU(), nn_.Conv2d(4, 8, 3, padding=1),
+                          nn_.ReLU(), nn_.MaxPool2d(2), nn_.Flatten(), nn_.Linear(72, 10))
+
+
+@pytest.mark.gpu
+def test_cnn_adam_ten_steps_on_cuda_eager_matches_torch_and_compiled_matches_eager():
+    import torch
+    kiln.manual_seed(0)
+    initial = _small_cnn(kiln).state_dict()
+    rng = np.random.default_rng(5)
+    x_np = rng.standard_normal((6, 1, 8, 8), dtype=np.float32)
+    y_np = rng.integers(0, 10, 6)
+
+    def make(lib, device):
+        model = _small_cnn(lib)
+        state = {k: lib.tensor(v.cpu().numpy()) for k, v in initial.items()}
+        model.load_state_dict(state)
+        model.to(device)
+        # optimizer after the move, with a scheduler stepping every step, as users write it
+        opt = lib.optim.Adam(model.parameters(), lr=1e-2)
+        sched = lib.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+        def step(xb, yb):
+            opt.zero_grad()
+            loss = lib.nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            return loss
+        return model, step
+    (model_e, eager), (model_c, step_c), (model_t, step_t) = (
+        make(kiln, "cuda"), make(kiln, "cuda"), make(torch, "cpu"))
+    compiled = kiln.compile(step_c)
+    x, y = kiln.from_numpy(x_np).cuda(), kiln.from_numpy(y_np).cuda()
+    xt, yt = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    losses = [(compiled(x, y).item(), eager(x, y).item(), step_t(xt, yt).item())
+              for _ in range(10)]
+    got, want, ref = (np.array(v) for v in zip(*losses))
+    np.testing.assert_allclose(got, want, rtol=1e-4)         # compiled == eager on the GPU
+    np.testing.assert_allclose(want, ref, rtol=1e-4)         # eager on the GPU == PyTorch
+    assert ref[-1] < ref[0]                                  # it trains
+    for (name, pe), (_, pc), (_, pt) in zip(model_e.named_parameters(),
+                                            model_c.named_parameters(),
+                                            model_t.named_parameters()):
+        e = pe.detach().cpu().numpy()
+        np.testing.assert_allclose(pc.detach().cpu().numpy(), e, rtol=1e-3, atol=1e-5,
+                                   err_msg=name)
+        np.testing.assert_allclose(e, pt.detach().numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
+    _assert_really_compiled(compiled)
+    _assert_runs_triton_on_cuda(compiled)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5, 5)], ids=["NC", "NCHW"])
 def test_batch_norm_primitives_on_cuda_match_cpu(shape):
