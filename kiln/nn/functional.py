@@ -1030,6 +1030,13 @@ def _check_probabilities(t: Tensor, name: str) -> None:
     if is_compiling() or t.numel() == 0:
         return
     t = t.detach()
+    if t.device.type != "cpu":          # on a GPU: queued, read at the next host read
+        _core.check_bounds_later(t, 0.0, 1.0, "binary_cross_entropy", RuntimeError,
+                                 f"all elements of {name} should be between 0 and 1; got "
+                                 f"{{}} (shape {list(t.shape)}). For logits, use "
+                                 "binary_cross_entropy_with_logits (BCEWithLogitsLoss)",
+                                 inclusive=True)
+        return
     low, high = t.min().item(), t.max().item()
     if not (low >= 0 and high <= 1):        # NaN propagates into min and max, and fails both
         raise op_error("binary_cross_entropy", f"all elements of {name} should be between 0 "

@@ -42,6 +42,7 @@ class PendingCheck(NamedTuple):
     kind: type            # the exception to raise
     message: str          # what went wrong, with `{}` where the offending value goes
     where: str            # the user's `file:line` that called the op
+    inclusive: bool = False   # `high <= size` (a closed range of values: probabilities)
 
 
 class _Queue(threading.local):
@@ -52,12 +53,13 @@ class _Queue(threading.local):
 _QUEUE = _Queue()
 
 
-def defer(low, high, lowest: int, size: int, op: str, kind: type, message: str,
-          where: str) -> None:
-    """Queue the check that `lowest <= low` and `high < size` (0-d device arrays: an index's
-    minimum and maximum); when `MAX_PENDING` are queued, read them all now."""
+def defer(low, high, lowest, size, op: str, kind: type, message: str, where: str,
+          inclusive: bool = False) -> None:
+    """Queue the check that `lowest <= low` and `high < size` (`high <= size` if `inclusive`;
+    0-d device arrays: an index's minimum and maximum); when `MAX_PENDING` are queued, read
+    them all now. A NaN fails the check."""
     checks = _QUEUE.checks
-    checks.append(PendingCheck(low, high, lowest, size, op, kind, message, where))
+    checks.append(PendingCheck(low, high, lowest, size, op, kind, message, where, inclusive))
     if len(checks) >= MAX_PENDING:
         flush()
 
@@ -93,12 +95,12 @@ def discard() -> None:
     _QUEUE.checks = []
 
 
-def _in_range(check: PendingCheck, low: int, high: int) -> bool:
-    return check.lowest <= low and high < check.size
+def _in_range(check: PendingCheck, low, high) -> bool:
+    return check.lowest <= low and (high <= check.size if check.inclusive else high < check.size)
 
 
 def _error(check: PendingCheck, low: int, high: int) -> Exception:
-    bad = low if low < check.lowest else high
+    bad = low if not check.lowest <= low else high
     return check.kind(
         f"{check.op}: {check.message.format(bad)} (at {check.where}; checked on the GPU "
         f"without stopping it and reported at this read of device memory: values computed "

@@ -380,12 +380,25 @@ def _seed_tensor(generator: Generator | None, device) -> Tensor:
     return seed_t
 
 
+def _uniform(generator: Generator | None, device, shape: tuple, dtype) -> Tensor:
+    """Uniform draws in [0, 1) from the generator's next seed. Draws are made on the host (the
+    same numbers on every device); eagerly on a GPU the seed stays on the host and the values
+    alone are copied over (a seed on the device would be read back: a wait for the GPU)."""
+    dev = _device(device)
+    if STATE.tracer is None and dev is not CPU:
+        gen = generator or default_generator
+        seed = Tensor._make(np.array(gen.next_seed(), dtype=np.int64), dt.int64, CPU)
+        values = P.rand(seed, shape=shape, dtype=dtype)
+        return Tensor._make(to_device(values._data, dev), dtype, dev)
+    return P.rand(_seed_tensor(generator, device), shape=shape, dtype=dtype)
+
+
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
     if not kind.is_floating_point:
         raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
                        TypeError)
-    out = P.rand(_seed_tensor(generator, device), shape=_size(size), dtype=kind)
+    out = _uniform(generator, device, _size(size), kind)
     if requires_grad:
         out.requires_grad_(True)
     return out
@@ -395,8 +408,8 @@ def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -
     kind = _dtype(dtype) or dt.get_default_dtype()
     shape = _size(size)
     # Box-Muller in float64 from two uniform draws
-    u1 = P.rand(_seed_tensor(generator, device), shape=shape, dtype=dt.float64)
-    u2 = P.rand(_seed_tensor(generator, device), shape=shape, dtype=dt.float64)
+    u1 = _uniform(generator, device, shape, dt.float64)
+    u2 = _uniform(generator, device, shape, dt.float64)
     radius = P.sqrt(P.log(1.0 - u1) * -2.0)
     out = P.cast(radius * P.cos(u2 * (2 * math.pi)), dtype=kind)
     if requires_grad:
@@ -428,7 +441,7 @@ def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=N
     if high <= low:
         raise op_error("randint", f"random_ expects 'from' to be less than 'to', but got "
                        f"from={low} >= to={high}")
-    u = P.rand(_seed_tensor(generator, device), shape=_size((size,)), dtype=dt.float64)
+    u = _uniform(generator, device, _size((size,)), dt.float64)
     values = P.floor(u * float(high - low)) + float(low)
     return P.cast(values, dtype=_dtype(dtype) or dt.int64)
 

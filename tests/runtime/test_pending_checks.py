@@ -161,3 +161,29 @@ def test_cross_entropy_step_on_cuda_matches_cpu_and_reads_nothing_until_item(tra
     # the cuda gradient is log_softmax's one backward kernel (PyTorch's rule), the CPU's the
     # composite's chain of rules: equal to a few ulp, not bitwise
     np.testing.assert_allclose(results["cuda"][1], results["cpu"][1], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("bad,shown", [(1.5, "1.5"), (-0.25, "-0.25"), (float("nan"), "nan")])
+def test_binary_cross_entropy_range_check_waits_for_a_host_read(transfers, bad, shown):
+    # probabilities outside [0, 1] (or NaN) raise as PyTorch does, at the next read of device
+    # memory; 0 and 1 themselves are allowed
+    p = _cuda([0.0, 0.5, bad, 1.0], np.float32)
+    t = _cuda([0.0, 1.0, 1.0, 1.0], np.float32)
+    transfers.clear()
+    loss = F.binary_cross_entropy(p, t)
+    assert not [w for w in transfers if "to the host" in w or "reading" in w]
+    with pytest.raises(RuntimeError, match=rf"binary_cross_entropy: all elements of input "
+                       rf"should be between 0 and 1; got {shown}.*test_pending_checks.py"):
+        loss.item()
+
+
+def test_binary_cross_entropy_on_cuda_matches_torch_and_reads_nothing(transfers):
+    rng = np.random.default_rng(3)
+    p = np.concatenate([[0.0, 1.0], rng.uniform(0.01, 0.99, 6)]).astype(np.float32)
+    t = rng.uniform(0, 1, 8).astype(np.float32)
+    transfers.clear()
+    loss = F.binary_cross_entropy(_cuda(p), _cuda(t), reduction="sum")
+    assert not [w for w in transfers if "to the host" in w or "reading" in w]
+    want = torch.nn.functional.binary_cross_entropy(torch.tensor(p), torch.tensor(t),
+                                                    reduction="sum")
+    np.testing.assert_allclose(loss.item(), want.item(), rtol=1e-6)

@@ -158,3 +158,23 @@ def test_convolutions_and_pools_on_cuda_match_torch(op):
     _same(kx.grad, tx.grad, rtol=1e-4)
     if op.startswith("conv"):
         _same(kw.grad, tw.grad, rtol=1e-4)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda **d: kiln.rand(3, 4, **d), lambda **d: kiln.randn(5, **d),
+    lambda **d: kiln.randint(0, 7, (6,), **d),
+    lambda **d: kiln.nn.functional.dropout(kiln.ones(8, **d), 0.5)])
+def test_random_draws_on_cuda_equal_the_cpus_and_read_nothing_back(draw, monkeypatch):
+    # draws are made on the host from the generator's seed, the same numbers on every device;
+    # eagerly on a GPU only the values go over (the seed went over and was read back: a wait)
+    from tests import fake_cuda
+    kiln.manual_seed(11)
+    host = draw(device="cpu").numpy()
+    reads = []
+    real = fake_cuda._host_access
+    monkeypatch.setattr(fake_cuda, "_host_access", lambda what: reads.append(what) or real(what))
+    kiln.manual_seed(11)
+    got = draw(device="cuda")
+    assert got.device.type == "cuda"
+    assert not [r for r in reads if "to the host" in r or "reading" in r], reads
+    np.testing.assert_array_equal(got.cpu().numpy(), host)

@@ -118,16 +118,17 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
     return P.where(P.lt(index, 0), index + n, index)
 
 
-def check_bounds_later(index: Tensor, lowest: int, size: int, op: str, kind: type,
-                       message: str) -> None:
+def check_bounds_later(index: Tensor, lowest, size, op: str, kind: type, message: str,
+                       inclusive: bool = False) -> None:
     """Check that every value of `index` (on a GPU) lies in [lowest, size) without making the
     host wait: its minimum and maximum are queued on the device (`kiln.runtime.pending_checks`)
     and read at the next host read of device memory, which then raises `kind` naming `op`, the
-    caller's line and `message` (with `{}` where the offending value goes)."""
+    caller's line and `message` (with `{}` where the offending value goes). `inclusive`: the
+    values may equal `size` too (a closed range, such as probabilities in [0, 1])."""
     data = index._data
     if data.size:
         pending_checks.defer(data.min(), data.max(), lowest, size, op, kind, message,
-                             user_location())
+                             user_location(), inclusive)
 
 
 # Set while `_take_checked` runs take on indices its caller has checked already.
