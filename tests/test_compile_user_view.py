@@ -100,10 +100,9 @@ def test_scheduler_every_step_does_not_retrace(opt_cls, kwargs):
 
 SCHEDULERS = {
     "StepLR": lambda opt: kiln.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
-    # (cycling the momentum rewrites Adam's betas, which a compiled step reads as constants:
-    # that runs eagerly, with a message naming them)
-    "OneCycleLR": lambda opt: kiln.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=0.1, total_steps=12, cycle_momentum=False),
+    # (it cycles Adam's betas too, each step a new tuple: read on every call as the rate is)
+    "OneCycleLR": lambda opt: kiln.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1,
+                                                                 total_steps=12),
     "CosineAnnealingLR": lambda opt: kiln.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5),
     "LambdaLR": lambda opt: kiln.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + k)),
     "SequentialLR": lambda opt: kiln.optim.lr_scheduler.SequentialLR(
@@ -151,6 +150,43 @@ def test_scheduler_stepped_inside_the_compiled_step_steps_on_every_replay(name):
     for p, q in zip(params, eager_params):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
     assert sum(e.calls for e in fn.entries.values() if e.program is not None) >= 9
+
+
+@pytest.mark.parametrize("opt_cls", [kiln.optim.Adam, kiln.optim.AdamW])
+def test_one_cycle_cycling_betas_between_calls_does_not_retrace(opt_cls):
+    # OneCycleLR's default cycles the momentum: for Adam it puts a new betas tuple in the group
+    # every step; the compiled step reads the betas on every call, as it reads the rate, where
+    # it traced again on each call until the recompile limit and then ran eagerly
+    def run(compiled):
+        kiln.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = opt_cls(model.parameters(), lr=0.05)
+        sched = kiln.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=15)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        fn = kiln.compile(step) if compiled else step
+        x, y = kiln.randn(10, 6), kiln.randint(0, 3, (10,))
+        losses, betas = [], []
+        for _ in range(12):
+            losses.append(fn(x, y).item())
+            sched.step()
+            betas.append(opt.param_groups[0]["betas"])
+        return losses, betas, [p.detach().numpy() for p in model.parameters()], fn
+    eager, eager_betas, eager_params, _ = run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, betas, params, fn = run(True)
+    assert betas == eager_betas and len({b[0] for b in betas}) > 5
+    np.testing.assert_allclose(got, eager, rtol=1e-5)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+    assert len(fn.entries) <= 2
+    assert sum(e.calls for e in fn.entries.values()) >= 10
 
 
 def test_scheduler_stepped_before_the_optimizer_inside_runs_eagerly_with_a_message():

@@ -367,7 +367,7 @@ def _fetch_plan(program: TracedProgram, n: int, device) -> list:
         elif b.kind == "grad":
             plan.append((_GRAD, i))
         elif b.kind == "scalar":
-            plan.append((_SCALAR, (b.path[0], b.path[1], device.xp)))
+            plan.append((_SCALAR, (*b.path, device.xp)))
         else:
             plan.append((_LIFTED, b.tensor))
     return plan
@@ -588,7 +588,7 @@ class CompiledFunction:
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it
             # repeats after each replay (the scheduler's) changed: the replay changes them too
-            read = {(c, key) for c, key, _ in tracer.scalars}
+            read = {(c, key) for c, key, _, _ in tracer.scalars}
             effects = [g for g in effects if g.place not in read]
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
@@ -713,8 +713,9 @@ class CompiledFunction:
                                         seed_device))
                 continue
             elif kind == _SCALAR:
-                container, key, xp = where
-                inputs.append(xp.asarray(float(container[key]), dtype=np.float64))
+                container, key, index, xp = where
+                value = container[key] if index is None else container[key][index]
+                inputs.append(xp.asarray(float(value), dtype=np.float64))
                 continue
             else:
                 t = _bound_tensor(program, where, leaves)

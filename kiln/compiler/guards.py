@@ -234,7 +234,7 @@ class _Walk:
         if value is MISSING:
             self.guards.append(Guard(source, read, "id", MISSING, lazy))
             return
-        self.guards.append(Guard(source, read, "id", value, lazy))
+        self.guards.append(Guard(source, read, "id", value, lazy, where))
         if isinstance(value, Tensor):
             return
         if id(value) in self.seen:
@@ -320,12 +320,19 @@ def tensor_guards(tensors: list, names: dict) -> list[Guard]:
 
 
 def read_at_run_time(guards: list[Guard], places: set) -> list[Guard]:
-    """`guards` with each value guard on one of `places` ((id(container), key): a number the
-    program reads as an input on every call, such as a learning rate) relaxed to its type."""
+    """`guards` with each guard on one of `places` ((id(container), key): a number the program
+    reads as an input on every call, such as a learning rate, or a tuple of such numbers, such
+    as Adam's betas, which a scheduler replaces) relaxed to its type."""
     if not places:
         return guards
-    return [Guard(g.source, g.read, "type", g.expected[0], g.lazy, g.place)
-            if g.kind == "value" and g.place in places else g for g in guards]
+    relaxed = []
+    for g in guards:
+        if g.place in places and g.kind == "value":
+            g = Guard(g.source, g.read, "type", g.expected[0], g.lazy, g.place)
+        elif g.place in places and g.kind == "id" and type(g.expected) is tuple:
+            g = Guard(g.source, g.read, "type", tuple, g.lazy, g.place)
+        relaxed.append(g)
+    return relaxed
 
 
 def checker(guards: list[Guard]):

@@ -45,15 +45,16 @@ def note_grad_cleared(tensor: Tensor) -> None:
     _trace.note_grad_cleared(tensor)
 
 
-def scalar_input(container: dict, key, device: Device):
-    """`container[key]`, a Python float, as the code should read it: the number itself in eager
-    mode; while tracing, a float64 scalar tensor that the compiled program reads from
-    `container[key]` on every call, so changing it between calls does not retrace."""
-    value = container[key]
+def scalar_input(container: dict, key, device: Device, index: int | None = None):
+    """`container[key]` (or `container[key][index]`: one of Adam's betas), a Python float, as the
+    code should read it: the number itself in eager mode; while tracing, a float64 scalar tensor
+    that the compiled program reads from that place on every call, so changing it between calls
+    (a scheduler's rate, OneCycleLR's betas) does not retrace."""
+    value = container[key] if index is None else container[key][index]
     tracer = STATE.tracer
     if tracer is None or type(value) is not float:
         return value
-    return tracer.scalar_input(container, key, device)
+    return tracer.scalar_input(container, key, device, index)
 
 
 def replay_after(name: str, call) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import is_compiling, untraced
+from kiln import Tensor
 from kiln.optim.optimizer import (Optimizer, ParamsT, _fusable, _fused_buckets, _grad, _hyper,
-                                  _scalar_state, _sqrt, _step_count, _use_fused)
+                                  _hyper_pair, _scalar_state, _sqrt, _step_count, _use_fused)
 
 _HYPERS = ("lr", "betas", "eps", "weight_decay")
 
@@ -99,7 +100,7 @@ class Adam(Optimizer):
                         self.state[p]["step"] = step.cpu()
 
     def _update(self, p, group) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = _hyper_pair(group, "betas", p)
         lr, wd = _hyper(group, "lr", p), group["weight_decay"]
         state = self.state[p]
         if not state:
@@ -121,7 +122,10 @@ class Adam(Optimizer):
             else:
                 grad = grad.add(p, alpha=wd)
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if isinstance(beta2, Tensor):       # traced: addcmul_ takes a number (as PyTorch's)
+            exp_avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
+        else:
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step = _step_count(state["step"])
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = _sqrt(1 - beta2 ** step)

@@ -292,6 +292,12 @@ def _hyper(group: dict, key: str, param: Tensor):
     return scalar_input(group, key, param.device)
 
 
+def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
+    """`group[key]`, a pair such as Adam's betas, read as `_hyper` reads a number (OneCycleLR
+    replaces the pair each step when it cycles the momentum)."""
+    return tuple(scalar_input(group, key, param.device, i) for i in range(2))
+
+
 def _add_scaled(p: Tensor, t: Tensor, scale) -> None:
     """p += t * scale, for a Python or a traced (tensor) scale."""
     if isinstance(scale, Tensor):

@@ -116,7 +116,7 @@ class Tracer:
         self.grad_owner: dict[int, int] = {}  # id(.grad tensor) -> index of its owner input
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
-        self.scalars: dict = {}               # (id(container), key, device) -> its tensor
+        self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
         self._keep: list = []                 # keeps tensors alive so ids stay unique
 
     def __enter__(self) -> "Tracer":
@@ -184,21 +184,22 @@ class Tracer:
         self.known.add(id(v))
         tensor._trace = v
 
-    def scalar_input(self, container, key, device) -> Tensor:
-        """`container[key]` (a Python number) as a float64 scalar input on `device`, which a replay
-        reads afresh from the container on every call."""
+    def scalar_input(self, container, key, device, index: int | None = None) -> Tensor:
+        """`container[key]` (or `container[key][index]`; a Python number) as a float64 scalar
+        input on `device`, which a replay reads afresh from the container on every call."""
         if self.after_replay:
             # a replay reads its inputs before it runs, and repeats the calls after it ran
             self.graph_break(f"a value an optimizer reads on every call (its {key!r}) is read "
                              f"after {self.after_replay[-1][0]} in the same call; a replay would "
                              "read it before that step")
-        k = (id(container), key, device)
+        k = (id(container), key, index, device)
         t = self.scalars.get(k)
         if t is None:
-            t = Tensor._make(to_device(np.array(float(container[key])), device), dt.float64,
-                             device)
-            name = str(key) if not self.scalars else f"{key}{len(self.scalars)}"
-            self._input(t, name, Binding("scalar", path=(container, key)))
+            value = container[key] if index is None else container[key][index]
+            t = Tensor._make(to_device(np.array(float(value)), device), dt.float64, device)
+            label = str(key) if index is None else f"{key}{index}"
+            name = label if not self.scalars else f"{label}{len(self.scalars)}"
+            self._input(t, name, Binding("scalar", path=(container, key, index)))
             self.scalars[k] = t
             self._keep.append(container)
         return t
