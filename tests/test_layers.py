@@ -41,7 +41,8 @@ PUBLIC_ONLY = {"nn", "optim", "utils", "distributions", "metrics"}
 PUBLIC_PACKAGES = {"kiln", "nn", "optim", "utils", "autograd", "distributed", "distributions",
                    "linalg", "special", "fft", "amp", "metrics", "serialization", "compiler",
                    "ops"}
-COMPILER_HOOKS = {"compile", "composite", "is_compiling", "untraced", "note_grad_cleared", "scalar_input"}
+COMPILER_HOOKS = {"compile", "composite", "is_compiling", "untraced", "note_grad_cleared",
+                  "scalar_input", "replay_after"}
 
 # Imports allowed despite the rules: (importer, imported module) -> why. Keep it short; every
 # entry is a debt with its reason.
