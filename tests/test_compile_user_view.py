@@ -152,15 +152,21 @@ def test_scheduler_stepped_inside_the_compiled_step_steps_on_every_replay(name):
     assert sum(e.calls for e in fn.entries.values() if e.program is not None) >= 9
 
 
-@pytest.mark.parametrize("opt_cls", [kiln.optim.Adam, kiln.optim.AdamW])
-def test_one_cycle_cycling_betas_between_calls_does_not_retrace(opt_cls):
-    # OneCycleLR's default cycles the momentum: for Adam it puts a new betas tuple in the group
-    # every step; the compiled step reads the betas on every call, as it reads the rate, where
-    # it traced again on each call until the recompile limit and then ran eagerly
+CYCLED = {"Adam": lambda ps: kiln.optim.Adam(ps, lr=0.05),
+          "AdamW": lambda ps: kiln.optim.AdamW(ps, lr=0.05),
+          "SGD-momentum": lambda ps: kiln.optim.SGD(ps, lr=0.05, momentum=0.9),
+          "SGD-nesterov": lambda ps: kiln.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True)}
+
+
+@pytest.mark.parametrize("name", sorted(CYCLED))
+def test_one_cycle_cycling_momentum_between_calls_does_not_retrace(name):
+    # OneCycleLR's default cycles the momentum: Adam's betas (a new tuple every step), SGD's
+    # momentum; the compiled step reads them on every call, as it reads the rate, where it
+    # traced again on each call until the recompile limit and then ran eagerly
     def run(compiled):
         kiln.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-        opt = opt_cls(model.parameters(), lr=0.05)
+        opt = CYCLED[name](model.parameters())
         sched = kiln.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=15)
 
         def step(x, y):
@@ -171,22 +177,52 @@ def test_one_cycle_cycling_betas_between_calls_does_not_retrace(opt_cls):
             return loss
         fn = kiln.compile(step) if compiled else step
         x, y = kiln.randn(10, 6), kiln.randint(0, 3, (10,))
-        losses, betas = [], []
+        losses, momenta = [], []
+        key = "betas" if "betas" in opt.param_groups[0] else "momentum"
         for _ in range(12):
             losses.append(fn(x, y).item())
             sched.step()
-            betas.append(opt.param_groups[0]["betas"])
-        return losses, betas, [p.detach().numpy() for p in model.parameters()], fn
-    eager, eager_betas, eager_params, _ = run(False)
+            momenta.append(opt.param_groups[0][key])
+        return losses, momenta, [p.detach().numpy() for p in model.parameters()], fn
+    eager, eager_momenta, eager_params, _ = run(False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got, betas, params, fn = run(True)
-    assert betas == eager_betas and len({b[0] for b in betas}) > 5
+        got, momenta, params, fn = run(True)
+    assert momenta == eager_momenta and len(set(momenta)) > 5
     np.testing.assert_allclose(got, eager, rtol=1e-5)
     for p, q in zip(params, eager_params):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
     assert len(fn.entries) <= 2
     assert sum(e.calls for e in fn.entries.values()) >= 10
+
+
+def test_momentum_set_to_zero_between_calls_changes_the_update_as_eagerly():
+    # a number read on every call keeps a guard on whether it is 0: SGD without momentum is
+    # another update (no buffer), so the step traces again there and equals eager
+    def run(compiled):
+        kiln.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
+
+        def step(x, y):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        fn = kiln.compile(step) if compiled else step
+        x, y = kiln.randn(8, 4), kiln.randn(8, 2)
+        losses = []
+        for i in range(8):
+            opt.param_groups[0]["momentum"] = 0.0 if i >= 4 else 0.9
+            losses.append(fn(x, y).item())
+        return losses, [p.detach().numpy() for p in model.parameters()], fn
+    eager, eager_params, _ = run(False)
+    got, params, fn = run(True)
+    np.testing.assert_allclose(got, eager, rtol=1e-6)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+    assert 2 <= len(fn.entries) <= 3
 
 
 def test_scheduler_stepped_before_the_optimizer_inside_runs_eagerly_with_a_message():

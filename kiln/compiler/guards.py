@@ -57,6 +57,8 @@ def _same(kind: str, expected, value) -> bool:
         return value == expected
     if kind == "type":
         return type(value) is expected
+    if kind == "number":            # (type, is zero): a number read on every call
+        return type(value) is expected[0] and (value == 0) == expected[1]
     if kind == "array":
         return (isinstance(value, np.ndarray) and value.shape == expected.shape and
                 value.dtype == expected.dtype and np.array_equal(value, expected, equal_nan=True))
@@ -95,6 +97,9 @@ class Guard:
             return f"{self.source} == {self.expected}"
         if self.kind == "type":
             return f"{self.source} is a {self.expected.__name__} (read on every call)"
+        if self.kind == "number":
+            return (f"{self.source} is a {self.expected[0].__name__}, "
+                    f"{'0' if self.expected[1] else 'not 0'} (read on every call)")
         return f"{self.source} holds the same values"
 
 
@@ -322,13 +327,17 @@ def tensor_guards(tensors: list, names: dict) -> list[Guard]:
 def read_at_run_time(guards: list[Guard], places: set) -> list[Guard]:
     """`guards` with each guard on one of `places` ((id(container), key): a number the program
     reads as an input on every call, such as a learning rate, or a tuple of such numbers, such
-    as Adam's betas, which a scheduler replaces) relaxed to its type."""
+    as Adam's betas, which a scheduler replaces) relaxed to its type, and a number's to its
+    type and whether it is 0 (SGD's `momentum != 0` decides the update's form)."""
     if not places:
         return guards
     relaxed = []
     for g in guards:
         if g.place in places and g.kind == "value":
-            g = Guard(g.source, g.read, "type", g.expected[0], g.lazy, g.place)
+            t = g.expected[0]
+            number = (t, g.expected[1] == 0) if t in (int, float) else None
+            g = Guard(g.source, g.read, "number" if number else "type", number or t, g.lazy,
+                      g.place)
         elif g.place in places and g.kind == "id" and type(g.expected) is tuple:
             g = Guard(g.source, g.read, "type", tuple, g.lazy, g.place)
         relaxed.append(g)

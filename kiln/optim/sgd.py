@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import kiln
+from kiln import Tensor
 from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _fusable, _fused_buckets,
                                   _grad, _hyper, _use_fused)
 
@@ -57,14 +58,21 @@ class SGD(Optimizer):
                     if group["weight_decay"] != 0:
                         grad = grad.add(p, alpha=group["weight_decay"])
                     if momentum != 0:
+                        # (traced: a number the step reads on every call, which OneCycleLR
+                        # cycles; `momentum != 0` above stays guarded)
+                        m = _hyper(group, "momentum", p)
                         state = self.state[p]
                         buf = state.get("momentum_buffer")
                         if buf is None:
                             buf = grad.clone().detach()
                             state["momentum_buffer"] = buf
                         else:
-                            buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-                        grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+                            buf.mul_(m).add_(grad, alpha=1 - group["dampening"])
+                        if group["nesterov"]:
+                            grad = grad + buf * m if isinstance(m, Tensor) else \
+                                grad.add(buf, alpha=m)
+                        else:
+                            grad = buf
                     _add_scaled(p, grad, -lr)
                 for params in _fused_buckets(batch):
                     self._fused_update(params, group)
