@@ -21,7 +21,7 @@ from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import cupy_backend
 from kiln.runtime.device import cupy_module
 from kiln.runtime.numpy_backend import numpy_impl
-from kiln.runtime.triton_launch import CudaKernelLauncher, KernelCache, build_one_for_gpu
+from kiln.runtime.triton_launch import KernelCache, build_one_for_gpu
 from kiln.tracer import dispatch
 
 pytestmark = pytest.mark.gpu
@@ -38,19 +38,6 @@ def _fresh_routes(monkeypatch, tmp_path):
     monkeypatch.setattr(conv, "MEASURED_ROUTES", {})
     monkeypatch.setattr(conv, "_loaded", [False])
     monkeypatch.setattr(cupy_backend, "_LAUNCHERS", {})
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """The names of the Triton kernels launched on the GPU, in order."""
-    seen = []
-    call = CudaKernelLauncher.__call__
-
-    def counted(self, inputs, outputs):
-        seen.append(self.tk.name)
-        return call(self, inputs, outputs)
-    monkeypatch.setattr(CudaKernelLauncher, "__call__", counted)
-    return seen
 
 
 def _fake_cuda():

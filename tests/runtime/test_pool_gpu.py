@@ -16,7 +16,7 @@ from kiln.codegen import pool_triton
 from kiln.ir import dtypes as dt
 from kiln.runtime import cupy_backend
 from kiln.runtime.device import cupy_module
-from kiln.runtime.triton_launch import CudaKernelLauncher, KernelCache, build_one_for_gpu
+from kiln.runtime.triton_launch import KernelCache, build_one_for_gpu
 from tests.parity import check_op
 
 pytestmark = pytest.mark.gpu
@@ -41,19 +41,6 @@ def _fresh_launchers(monkeypatch, tmp_path):
     """No launchers prepared by earlier tests, kernels cached in the test's own folder."""
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cupy_backend, "_LAUNCHERS", {})
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """The names of the Triton kernels launched on the GPU, in order."""
-    seen = []
-    call = CudaKernelLauncher.__call__
-
-    def counted(self, inputs, outputs):
-        seen.append(self.tk.name)
-        return call(self, inputs, outputs)
-    monkeypatch.setattr(CudaKernelLauncher, "__call__", counted)
-    return seen
 
 
 def _pool(kwargs, indices=False):
