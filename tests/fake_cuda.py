@@ -836,6 +836,11 @@ def install() -> None:
     # Triton kernels built "for the GPU" run in the interpreter, on the memory at the device
     # pointers kiln's launcher passes (so stale or wrong pointers read the wrong memory here too)
     triton_launch._build_kernel = _fake_build_kernel
+    # a fake kernel maps the memory at its pointers by the shapes it was built for, so it is
+    # built (and found) per shape too; a GPU's binary is the same for every shape
+    key = triton_launch._compiled_key
+    triton_launch._compiled_key = lambda tk, aligned, specs: key(tk, aligned, specs) + (
+        tuple(shape for shape, _ in specs),)
 
 
 def pytest_configure(config) -> None:

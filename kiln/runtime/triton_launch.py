@@ -259,7 +259,7 @@ class CudaKernelLauncher:
         self.grid = tuple(tk.grid) + (1,) * (3 - len(tk.grid))
         self.constexpr_values = tuple(tk.constexprs.values())   # after the pointers
         self.zero_outputs = getattr(tk, "zero_outputs", False)  # kiln.codegen.conv_triton
-        self._pointers = self._aligned = None           # fetch the kernel built for it
+        self._pointers = self._aligned = self._specs = None  # fetch the kernel built for it
 
     def __call__(self, inputs: list, outputs: list) -> None:
         if self._settle and not self._capturing():
@@ -311,13 +311,14 @@ class CudaKernelLauncher:
 
     def _prepare(self, pointers: tuple, arrays: list) -> None:
         aligned = tuple(p % 16 == 0 for p in pointers)
-        if aligned != self._aligned:
-            kernel = compiled_kernel(self.tk, aligned,
-                                     [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays],
-                                     len(arrays) - self.num_outputs)
+        specs = [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays]
+        if aligned != self._aligned or specs != self._specs:
+            # (a GPU's binary depends on the alignment and dtypes only, so another shape finds
+            # the same one; the fake CUDA's kernels map memory by shape)
+            kernel = compiled_kernel(self.tk, aligned, specs, len(arrays) - self.num_outputs)
             self._run = kernel.run              # first: it loads the binary on the device
             self._function, self._metadata = kernel.function, kernel.packed_metadata
-            self._aligned = aligned
+            self._aligned, self._specs = aligned, specs
         self._args = pointers + self.constexpr_values
         self._pointers = pointers
         self.prepared += 1
