@@ -225,6 +225,42 @@ def test_momentum_set_to_zero_between_calls_changes_the_update_as_eagerly():
     assert 2 <= len(fn.entries) <= 3
 
 
+@pytest.mark.parametrize("use", ["return", "scale"])
+def test_a_rate_the_step_reads_into_python_is_never_stale(use):
+    # the rate is a program input read on every call, so its guard is relaxed to its type; a
+    # step that also reads it into Python (returns it, scales a tensor by it) would bake the
+    # traced call's value in, so that call keeps a guard on the value: no stale number
+    def run(compiled):
+        kiln.manual_seed(0)
+        model = nn.Linear(4, 2)
+        opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+        sched = kiln.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+        def step(x, y):
+            loss = F.mse_loss(model(x), y)
+            lr = opt.param_groups[0]["lr"]
+            opt.zero_grad()
+            (loss * (lr * 10) if use == "scale" else loss).backward()
+            opt.step()
+            return loss, lr
+        fn = kiln.compile(step) if compiled else step
+        x, y = kiln.randn(8, 4), kiln.randn(8, 2)
+        out = []
+        for _ in range(5):
+            loss, lr = fn(x, y)
+            out.append((loss.item(), lr))
+            sched.step()
+        return out, [p.detach().numpy() for p in model.parameters()]
+    eager, eager_params = run(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # it may trace on every call: correct, slower
+        got, params = run(True)
+    assert [lr for _, lr in got] == [lr for _, lr in eager] == [0.1 * 0.5 ** i for i in range(5)]
+    np.testing.assert_allclose([v for v, _ in got], [v for v, _ in eager], rtol=1e-6)
+    for p, q in zip(params, eager_params):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_scheduler_stepped_before_the_optimizer_inside_runs_eagerly_with_a_message():
     # opt.step() would read the rate sched.step() just set; a replay reads its inputs first,
     # so this order cannot replay: it runs eagerly, saying why, and equals eager
@@ -456,3 +492,21 @@ def test_traces_on_two_threads_watch_their_own_effects_and_restore_print():
     assert results["t0"] == results["t2"] == [True]      # printing: eager
     assert results["t1"] == results["t3"] == [False]     # quiet: compiled, whatever t0 printed
     assert builtins.print is original_print and sys.stdout is original_stdout
+
+
+def test_explain_names_the_scheduler_step_each_replay_repeats():
+    model = nn.Linear(4, 2)
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+    sched = kiln.optim.lr_scheduler.StepLR(opt, step_size=2)
+
+    def step(x, y):
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss
+    out = kiln.compiler.explain(step, kiln.randn(3, 4), kiln.randn(3, 2))
+    assert out.after_replay == ["StepLR.step()"]
+    assert "after each replay, as the traced call did: StepLR.step()" in str(out)
+    assert sched.last_epoch == 1            # explain ran the call once, as a first call does

@@ -42,7 +42,7 @@ PUBLIC_PACKAGES = {"kiln", "nn", "optim", "utils", "autograd", "distributed", "d
                    "linalg", "special", "fft", "amp", "metrics", "serialization", "compiler",
                    "ops"}
 COMPILER_HOOKS = {"compile", "composite", "is_compiling", "untraced", "note_grad_cleared",
-                  "scalar_input", "replay_after"}
+                  "scalar_input", "replay_after", "note_python_read"}
 
 # Imports allowed despite the rules: (importer, imported module) -> why. Keep it short; every
 # entry is a debt with its reason.

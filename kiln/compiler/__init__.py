@@ -23,7 +23,7 @@ import numpy as np
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
-                                 replay_after, scalar_input, untraced)
+                                 note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
@@ -193,6 +193,7 @@ class ExplainOutput:
     # decided by timing both on its first replays; empty before those replays
     kernel_choices: list = field(default_factory=list)
     cuda_graphs: list = field(default_factory=list)   # cuda_graph_notes: per GPU program
+    after_replay: list = field(default_factory=list)  # names of Python steps replays repeat
 
     @property
     def graph_count(self) -> int:
@@ -216,6 +217,9 @@ class ExplainOutput:
         if self.guards:
             lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
             lines += [f"    {g.describe()}" for g in self.guards]
+        if self.after_replay:
+            lines.append("  after each replay, as the traced call did: " +
+                         ", ".join(self.after_replay))
         if self.kernel_choices:
             lines.append("  kernels of the compiled programs, as their trial replays decided:")
             lines += [f"    {line}" for line in self.kernel_choices]
@@ -250,7 +254,8 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
         entry = done[-1]
         out = ExplainOutput([entry.traced.graph], [], _function_name(target), entry.guards,
                             [entry.artifact], kernel_choices=kernel_choices(fn),
-                            cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled))
+                            cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled),
+                            after_replay=[name for name, _ in entry.program.after_replay])
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
@@ -588,7 +593,7 @@ class CompiledFunction:
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it
             # repeats after each replay (the scheduler's) changed: the replay changes them too
-            read = {(c, key) for c, key, _, _ in tracer.scalars}
+            read = {(c, key) for c, key, _, _ in tracer.scalars} - tracer.python_reads
             effects = [g for g in effects if g.place not in read]
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
@@ -653,7 +658,9 @@ class CompiledFunction:
                 return result
         entry = CompiledEntry(program)
         lifted = [b.tensor for b in program.bindings if b.kind == "lifted"]
-        inputs = {(id(b.path[0]), b.path[1]) for b in program.bindings if b.kind == "scalar"}
+        # (a number user code also read into Python keeps its value guard: it may be baked in)
+        inputs = {(id(b.path[0]), b.path[1]) for b in program.bindings
+                  if b.kind == "scalar"} - tracer.python_reads
         entry.guards = (guards.collect(self.fn, _object_arguments(args, kwargs)).guards +
                         guards.tensor_guards(lifted, names_after))
         entry.guards = guards.read_at_run_time(entry.guards, inputs)

@@ -5,7 +5,7 @@ These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the 
 `note_grad_cleared()` for `zero_grad(set_to_none=True)`, `scalar_input()` for a number a
 compiled program reads afresh on every call (a learning rate a scheduler changes), and
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
-compiled function). `composite`
+compiled function), and `note_python_read()` for a user's read of such a number. `composite`
 names the nodes a function built of several ops records (`# layer_norm @ model.py:12` in
 listings).
 """
@@ -55,6 +55,15 @@ def scalar_input(container: dict, key, device: Device, index: int | None = None)
     if tracer is None or type(value) is not float:
         return value
     return tracer.scalar_input(container, key, device, index)
+
+
+def note_python_read(container, key) -> None:
+    """While tracing: code other than the optimizer's read `container[key]`, a number the
+    compiled program would read on every call (`scalar_input`), into Python, where the trace may
+    bake it in; the call's guards then keep its value. Does nothing outside a trace."""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.python_reads.add((id(container), key))
 
 
 def replay_after(name: str, call) -> None:

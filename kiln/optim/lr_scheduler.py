@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from kiln import Tensor
 from kiln.compiler import is_compiling, replay_after
-from kiln.optim.optimizer import Optimizer
+from kiln.optim.optimizer import Optimizer, _stepping
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LambdaLR", "OneCycleLR", "ReduceLROnPlateau", "MultiplicativeLR", "ConstantLR",
@@ -63,7 +63,7 @@ def _replayed(step):
                          functools.partial(stepped, self, *args, **kwargs))
         _STEPPING.on = True
         try:
-            return step(self, *args, **kwargs)
+            return _stepping(step)(self, *args, **kwargs)
         finally:
             if outer:
                 _STEPPING.on = False

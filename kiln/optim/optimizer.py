@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict, defaultdict
 from copy import deepcopy
 from itertools import chain
@@ -11,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import kiln
 from kiln import Tensor
-from kiln.compiler import is_compiling, note_grad_cleared, scalar_input
+from kiln.compiler import is_compiling, note_grad_cleared, note_python_read, scalar_input
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -24,6 +25,46 @@ class _Required:
 
 
 required = _Required()
+
+# Numbers a compiled step reads from a group on every call (`_hyper`), so that a scheduler
+# changing them does not retrace. Code other than the optimizer's and the schedulers' steps
+# that reads one while tracing (to log it, return it, scale a loss by it) may bake it into the
+# trace, so a group tells the trace, and that call keeps a guard on its value instead.
+_RUN_TIME_KEYS = frozenset({"lr", "betas", "momentum"})
+_INSIDE = threading.local()        # depth of optimizer and scheduler steps on this thread
+
+
+class _ParamGroup(dict):
+    """A parameter group (a dict, as PyTorch's): reads of its run-time numbers by user code
+    while tracing are told to the trace (`note_python_read`)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        if key in _RUN_TIME_KEYS and not getattr(_INSIDE, "depth", 0) and is_compiling():
+            note_python_read(self, key)
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __reduce_ex__(self, protocol):           # pickles as a plain dict (safe loaders)
+        return dict, (dict(self),)
+
+    def __deepcopy__(self, memo):
+        return _ParamGroup(deepcopy(dict(self), memo))
+
+
+def _stepping(step: Callable) -> Callable:
+    """`step` (an optimizer's or a scheduler's), inside which group reads are the library's."""
+    @functools.wraps(step)
+    def inside(*args, **kwargs):
+        _INSIDE.depth = getattr(_INSIDE, "depth", 0) + 1
+        try:
+            return step(*args, **kwargs)
+        finally:
+            _INSIDE.depth -= 1
+    return inside
 _SET_MESSAGE = ("optimizer parameters need to be organized in ordered collections, but the "
                 "ordering of tensors in sets will change between runs. Please use a list instead.")
 
@@ -79,7 +120,7 @@ class Optimizer:
                                 f"{type(p).__name__}")
             if not p.is_leaf:
                 raise ValueError("can't optimize a non-leaf Tensor")
-        group = dict(param_group, params=params)
+        group = _ParamGroup(param_group, params=params)
         for name, default in self.defaults.items():
             if default is required and name not in group:
                 raise ValueError(f"parameter group didn't specify a value of required "
@@ -210,7 +251,7 @@ class Optimizer:
             s["params"] = g["params"]
             if isinstance(s.get("betas"), list):   # a JSON round trip turns tuples into lists
                 s["betas"] = tuple(s["betas"])
-        self.param_groups = saved_groups
+        self.param_groups = [_ParamGroup(s) for s in saved_groups]
         self.state = state
 
     def __getstate__(self) -> dict[str, Any]:
@@ -252,7 +293,7 @@ def _with_step_hooks(step: Callable) -> Callable:
             result = hook(self, args, kwargs)
             if result is not None:
                 args, kwargs = result
-        out = step(self, *args, **kwargs)
+        out = _stepping(step)(self, *args, **kwargs)
         for hook in list(_hooks(self, "_optimizer_step_post_hooks")):
             hook(self, args, kwargs)
         return out
@@ -288,13 +329,19 @@ def _step_count(step: Tensor):
 def _hyper(group: dict, key: str, param: Tensor):
     """A hyperparameter of `group` as the update reads it: the Python number in eager mode; while
     tracing, a float64 scalar tensor that a compiled step reads from `group[key]` on every call,
-    so a scheduler that changes it between steps does not make the step trace again."""
+    so a scheduler that changes it between steps does not make the step trace again. (A group
+    that is not the optimizer's own `_ParamGroup`, put in by hand, cannot tell the trace of
+    other reads: its number is baked in and guarded by value.)"""
+    if type(group) is not _ParamGroup:
+        return group[key]
     return scalar_input(group, key, param.device)
 
 
 def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
     """`group[key]`, a pair such as Adam's betas, read as `_hyper` reads a number (OneCycleLR
     replaces the pair each step when it cycles the momentum)."""
+    if type(group) is not _ParamGroup:
+        return tuple(group[key])
     return tuple(scalar_input(group, key, param.device, i) for i in range(2))
 
 

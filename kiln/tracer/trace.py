@@ -101,6 +101,7 @@ class Tracer:
         self.scopes: tuple = ()
         self.scope_loc: str | None = None
         self.after_replay: list = []      # (name, call): see `replay_after`
+        self.python_reads: set = set()    # (id(container), key) read into Python by user code
         self._start_segment()
 
     # ------------------------------------------------------------------ lifecycle
