@@ -225,7 +225,7 @@ def test_momentum_set_to_zero_between_calls_changes_the_update_as_eagerly():
     assert 2 <= len(fn.entries) <= 3
 
 
-@pytest.mark.parametrize("use", ["return", "scale"])
+@pytest.mark.parametrize("use", ["return", "scale", "get_last_lr"])
 def test_a_rate_the_step_reads_into_python_is_never_stale(use):
     # the rate is a program input read on every call, so its guard is relaxed to its type; a
     # step that also reads it into Python (returns it, scales a tensor by it) would bake the
@@ -238,7 +238,7 @@ def test_a_rate_the_step_reads_into_python_is_never_stale(use):
 
         def step(x, y):
             loss = F.mse_loss(model(x), y)
-            lr = opt.param_groups[0]["lr"]
+            lr = sched.get_last_lr()[0] if use == "get_last_lr" else opt.param_groups[0]["lr"]
             opt.zero_grad()
             (loss * (lr * 10) if use == "scale" else loss).backward()
             opt.step()

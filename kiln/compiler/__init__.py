@@ -663,7 +663,10 @@ class CompiledFunction:
                   if b.kind == "scalar"} - tracer.python_reads
         entry.guards = (guards.collect(self.fn, _object_arguments(args, kwargs)).guards +
                         guards.tensor_guards(lifted, names_after))
-        entry.guards = guards.read_at_run_time(entry.guards, inputs)
+        entry.guards = guards.read_at_run_time(entry.guards, inputs) + [
+            guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
+                         functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
+            for obj, attr, value in tracer.object_reads]
         entry.lifted_bases = _lifted_bases(program)
         if not_rebuilt is not None:
             entry.program, entry.eager_reason = None, not_rebuilt

@@ -57,13 +57,19 @@ def scalar_input(container: dict, key, device: Device, index: int | None = None)
     return tracer.scalar_input(container, key, device, index)
 
 
-def note_python_read(container, key) -> None:
-    """While tracing: code other than the optimizer's read `container[key]`, a number the
-    compiled program would read on every call (`scalar_input`), into Python, where the trace may
-    bake it in; the call's guards then keep its value. Does nothing outside a trace."""
+def note_python_read(container, key, value=None) -> None:
+    """While tracing: user code read `container[key]` (a dict: a number the compiled program
+    reads on every call, `scalar_input`) or `container.key` (another object: `value`, which the
+    library changes between calls, such as a scheduler's last rates) into Python, where the trace
+    may bake it in. The call's guards then keep it: the dict item's value, or the attribute's
+    identity as read. Does nothing outside a trace."""
     tracer = STATE.tracer
-    if tracer is not None:
+    if tracer is None:
+        return
+    if isinstance(container, dict):
         tracer.python_reads.add((id(container), key))
+    else:
+        tracer.object_reads.append((container, key, value))
 
 
 def replay_after(name: str, call) -> None:

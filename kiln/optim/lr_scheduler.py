@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from kiln import Tensor
 from kiln.compiler import is_compiling, replay_after
-from kiln.optim.optimizer import Optimizer, _stepping
+from kiln.optim.optimizer import Optimizer, _stepping, _user_read
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LambdaLR", "OneCycleLR", "ReduceLROnPlateau", "MultiplicativeLR", "ConstantLR",
@@ -111,7 +111,10 @@ class LRScheduler:
         raise NotImplementedError
 
     def get_last_lr(self) -> list[float]:
-        """The rates the last `step()` set, one per param group."""
+        """The rates the last `step()` set, one per param group. (Read while tracing, the list
+        is guarded by identity: each step makes a new one, and a replay would return the
+        traced call's numbers.)"""
+        _user_read(self, "_last_lr", self._last_lr)
         return self._last_lr
 
     def step(self, epoch: int | None = None) -> None:

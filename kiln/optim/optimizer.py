@@ -41,8 +41,8 @@ class _ParamGroup(dict):
     __slots__ = ()
 
     def __getitem__(self, key):
-        if key in _RUN_TIME_KEYS and not getattr(_INSIDE, "depth", 0) and is_compiling():
-            note_python_read(self, key)
+        if key in _RUN_TIME_KEYS:
+            _user_read(self, key)
         return dict.__getitem__(self, key)
 
     def get(self, key, default=None):
@@ -53,6 +53,13 @@ class _ParamGroup(dict):
 
     def __deepcopy__(self, memo):
         return _ParamGroup(deepcopy(dict(self), memo))
+
+
+def _user_read(container, key, value=None) -> None:
+    """Tell a trace in progress that user code (not an optimizer's or a scheduler's step) read
+    `container[key]` or `container.key` (`value`) into Python."""
+    if not getattr(_INSIDE, "depth", 0) and is_compiling():
+        note_python_read(container, key, value)
 
 
 def _stepping(step: Callable) -> Callable:

@@ -102,6 +102,7 @@ class Tracer:
         self.scope_loc: str | None = None
         self.after_replay: list = []      # (name, call): see `replay_after`
         self.python_reads: set = set()    # (id(container), key) read into Python by user code
+        self.object_reads: list = []      # (object, attribute, value as read) likewise
         self._start_segment()
 
     # ------------------------------------------------------------------ lifecycle
