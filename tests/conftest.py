@@ -57,6 +57,19 @@ def _guard_interpreter_writes(monkeypatch):
     monkeypatch.setattr(triton_launch, "launch", guarded)
 
 
+@pytest.fixture
+def nvidia_backend():
+    """For a test that builds kernels for an NVIDIA GPU ahead of time (no GPU needed): skips it
+    where this Triton build cannot target CUDA."""
+    try:
+        import triton.backends
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+    except Exception as e:          # pragma: no cover - depends on the Triton build
+        pytest.skip(f"this Triton cannot build for CUDA: {e!r}")
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton build has no NVIDIA backend")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _session_kernel_cache(tmp_path_factory):
     """Compiled kernels go to one temporary cache for the session (subprocesses included):

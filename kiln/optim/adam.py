@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import kiln
-from kiln.compiler import is_compiling, untraced
 from kiln import Tensor
-from kiln.optim.optimizer import (Optimizer, ParamsT, _fusable, _fused_buckets, _grad, _hyper,
-                                  _hyper_pair, _scalar_state, _sqrt, _step_count, _use_fused)
+from kiln.compiler import is_compiling, untraced
+from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _hyper_pair, _scalar_state,
+                                  _sqrt, _step_count, _use_fused)
 
-_HYPERS = ("lr", "betas", "eps", "weight_decay")
 
 
 class Adam(Optimizer):
@@ -20,6 +19,8 @@ class Adam(Optimizer):
     parameters, `foreach=False`/`fused=False` and a traced step take the single-tensor
     (for-loop) update.
     """
+
+    _fused_hypers = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, betas: tuple = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *,
@@ -45,23 +46,6 @@ class Adam(Optimizer):
                                       maximize=maximize, foreach=foreach, capturable=capturable,
                                       differentiable=differentiable, fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
-
-    def step(self, closure=None):
-        loss = self._run_closure(closure)
-        with kiln.no_grad():
-            for group in self.param_groups:
-                fused = _use_fused(group, _HYPERS)
-                batch = []
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if fused and _fusable(p):
-                        batch.append(p)
-                    else:
-                        self._update(p, group)
-                for params in _fused_buckets(batch):
-                    self._fused_update(params, group)
-        return loss
 
     def _fused_update(self, params: list, group: dict) -> None:
         """One fused launch for `params` (one device and dtype, all with gradients)."""
@@ -93,7 +77,7 @@ class Adam(Optimizer):
         # step counts of parameters the fused update takes live on the CPU (read now, once,
         # rather than at the first step)
         for group in self.param_groups:
-            if _use_fused(group, _HYPERS):
+            if _use_fused(group, self._fused_hypers):
                 for p in group["params"]:
                     step = self.state.get(p, {}).get("step")
                     if p.is_cuda and step is not None and step.is_cuda:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 import types
 import warnings
 from bisect import bisect_right
@@ -23,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from kiln import Tensor
 from kiln.compiler import is_compiling, replay_after
-from kiln.optim.optimizer import Optimizer, _stepping, _user_read
+from kiln.optim.optimizer import _LIBRARY_STEP, Optimizer, _library_depth, _user_read
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
            "LambdaLR", "OneCycleLR", "ReduceLROnPlateau", "MultiplicativeLR", "ConstantLR",
@@ -46,27 +45,19 @@ def _per_group(name: str, optimizer: Optimizer, value) -> list:
     return [value] * len(optimizer.param_groups)
 
 
-_STEPPING = threading.local()       # inside some scheduler's step (SequentialLR steps others)
-
-
 def _replayed(step):
     """`step` of a scheduler class, made again by every replay of a compiled function whose
     traced call made it (the outermost scheduler's step only: it steps the ones it holds)."""
     @functools.wraps(step)
     def stepped(self, *args, **kwargs):
-        outer = not getattr(_STEPPING, "on", False)
-        if outer and is_compiling() and not self._is_initial and not any(
+        if not _library_depth() and is_compiling() and not self._is_initial and not any(
                 isinstance(a, Tensor) for a in (*args, *kwargs.values())):
             # (a tensor argument, ReduceLROnPlateau's metric, is read into Python: a graph
             # break, so no replay repeats this)
             replay_after(f"{type(self).__name__}.step()",
                          functools.partial(stepped, self, *args, **kwargs))
-        _STEPPING.on = True
-        try:
-            return _stepping(step)(self, *args, **kwargs)
-        finally:
-            if outer:
-                _STEPPING.on = False
+        with _LIBRARY_STEP:
+            return step(self, *args, **kwargs)
     return stepped
 
 

@@ -55,23 +55,32 @@ class _ParamGroup(dict):
         return _ParamGroup(deepcopy(dict(self), memo))
 
 
+def _library_depth() -> int:
+    """How many optimizer and scheduler steps this thread is inside (SequentialLR steps the
+    schedulers it holds; 0: user code)."""
+    return getattr(_INSIDE, "depth", 0)
+
+
 def _user_read(container, key, value=None) -> None:
     """Tell a trace in progress that user code (not an optimizer's or a scheduler's step) read
     `container[key]` or `container.key` (`value`) into Python."""
-    if not getattr(_INSIDE, "depth", 0) and is_compiling():
+    if not _library_depth() and is_compiling():
         note_python_read(container, key, value)
 
 
-def _stepping(step: Callable) -> Callable:
-    """`step` (an optimizer's or a scheduler's), inside which group reads are the library's."""
-    @functools.wraps(step)
-    def inside(*args, **kwargs):
+class _LibraryStep:
+    """`with _LIBRARY_STEP:` around an optimizer's or a scheduler's step: its group reads are the
+    library's, not user code's."""
+
+    def __enter__(self) -> None:
         _INSIDE.depth = getattr(_INSIDE, "depth", 0) + 1
-        try:
-            return step(*args, **kwargs)
-        finally:
-            _INSIDE.depth -= 1
-    return inside
+
+    def __exit__(self, *exc) -> None:
+        _INSIDE.depth -= 1
+
+
+_LIBRARY_STEP = _LibraryStep()
+
 _SET_MESSAGE = ("optimizer parameters need to be organized in ordered collections, but the "
                 "ordering of tensors in sets will change between runs. Please use a list instead.")
 
@@ -154,14 +163,27 @@ class Optimizer:
                         p.grad.requires_grad_(False)
                     p.grad.zero_()
 
+    # an optimizer with a fused update on cuda (`_fused_update(params, group)`: one launch for
+    # a device's and dtype's parameters) names the hyperparameters it reads (`_use_fused`)
+    _fused_hypers: tuple | None = None
+
     def step(self, closure: Callable[[], Any] | None = None):
-        """One update of every parameter that has a gradient, through `_update(p, group)`."""
+        """One update of every parameter that has a gradient: through `_update(p, group)`, or
+        `_fused_update` for the parameters a fused update takes (see `_use_fused`)."""
         loss = self._run_closure(closure)
         with kiln.no_grad():
             for group in self.param_groups:
+                fused = self._fused_hypers is not None and _use_fused(group, self._fused_hypers)
+                batch = []
                 for p in group["params"]:
-                    if p.grad is not None:
+                    if p.grad is None:
+                        continue
+                    if fused and _fusable(p):
+                        batch.append(p)
+                    else:
                         self._update(p, group)
+                for params in _fused_buckets(batch):
+                    self._fused_update(params, group)
         return loss
 
     def _update(self, p: Tensor, group: dict) -> None:
@@ -300,7 +322,8 @@ def _with_step_hooks(step: Callable) -> Callable:
             result = hook(self, args, kwargs)
             if result is not None:
                 args, kwargs = result
-        out = _stepping(step)(self, *args, **kwargs)
+        with _LIBRARY_STEP:
+            out = step(self, *args, **kwargs)
         for hook in list(_hooks(self, "_optimizer_step_post_hooks")):
             hook(self, args, kwargs)
         return out

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln import Tensor
-from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _fusable, _fused_buckets,
-                                  _grad, _hyper, _use_fused)
+from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _grad, _hyper
 
-_HYPERS = ("lr", "momentum", "dampening", "weight_decay")
 
 
 class SGD(Optimizer):
@@ -17,6 +15,8 @@ class SGD(Optimizer):
     per group and dtype; see `_use_fused` for when); CPU parameters, `foreach=False`/
     `fused=False` and a traced step take the single-tensor (for-loop) update.
     """
+
+    _fused_hypers = ("lr", "momentum", "dampening", "weight_decay")
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
@@ -40,43 +40,27 @@ class SGD(Optimizer):
                                       maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))
 
-    def step(self, closure=None):
-        loss = self._run_closure(closure)
-        with kiln.no_grad():
-            for group in self.param_groups:
-                momentum = group["momentum"]
-                fused = _use_fused(group, _HYPERS)
-                batch = []
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if fused and _fusable(p):
-                        batch.append(p)
-                        continue
-                    lr = _hyper(group, "lr", p)
-                    grad = _grad(p, group["maximize"])
-                    if group["weight_decay"] != 0:
-                        grad = grad.add(p, alpha=group["weight_decay"])
-                    if momentum != 0:
-                        # (traced: a number the step reads on every call, which OneCycleLR
-                        # cycles; `momentum != 0` above stays guarded)
-                        m = _hyper(group, "momentum", p)
-                        state = self.state[p]
-                        buf = state.get("momentum_buffer")
-                        if buf is None:
-                            buf = grad.clone().detach()
-                            state["momentum_buffer"] = buf
-                        else:
-                            buf.mul_(m).add_(grad, alpha=1 - group["dampening"])
-                        if group["nesterov"]:
-                            grad = grad + buf * m if isinstance(m, Tensor) else \
-                                grad.add(buf, alpha=m)
-                        else:
-                            grad = buf
-                    _add_scaled(p, grad, -lr)
-                for params in _fused_buckets(batch):
-                    self._fused_update(params, group)
-        return loss
+    def _update(self, p, group) -> None:
+        lr = _hyper(group, "lr", p)
+        grad = _grad(p, group["maximize"])
+        if group["weight_decay"] != 0:
+            grad = grad.add(p, alpha=group["weight_decay"])
+        if group["momentum"] != 0:
+            # (traced: a number the step reads on every call, which OneCycleLR cycles; whether
+            # it is 0 stays guarded)
+            m = _hyper(group, "momentum", p)
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = grad.clone().detach()
+                state["momentum_buffer"] = buf
+            else:
+                buf.mul_(m).add_(grad, alpha=1 - group["dampening"])
+            if group["nesterov"]:
+                grad = grad + buf * m if isinstance(m, Tensor) else grad.add(buf, alpha=m)
+            else:
+                grad = buf
+        _add_scaled(p, grad, -lr)
 
     def _fused_update(self, params: list, group: dict) -> None:
         """Fused launches for `params` (one device and dtype, all with gradients): one, or two

@@ -75,23 +75,10 @@ def _accesses(ptx: str) -> list:
     return re.findall(r"\b(ld|st)\.global(\.v\d)?\.b(\d+)", ptx)
 
 
-def _nvidia_problem() -> str | None:
-    try:
-        import triton.backends
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-    except Exception as e:          # pragma: no cover - depends on the Triton build
-        return f"this Triton cannot build for CUDA: {e!r}"
-    if "nvidia" not in triton.backends.backends:
-        return "this Triton build has no NVIDIA backend"
-    return None
-
 
 @pytest.mark.parametrize("n, dtype", [(1 << 20, kiln.float32), (1000003, kiln.float32),
                                       (1000003, kiln.float16)], ids=["aligned", "odd", "half"])
-def test_sm90_ptx_loads_and_stores_16_bytes(n, dtype):
-    problem = _nvidia_problem()
-    if problem:
-        pytest.skip(problem)
+def test_sm90_ptx_loads_and_stores_16_bytes(n, dtype, nvidia_backend):
     tk = render_triton(lower(_graph(_gelu_add, ((n,), dtype), ((n,), dtype))))
     ptx = build_one_for_gpu(tk, 90).ptx
     accesses = _accesses(ptx)
@@ -148,10 +135,7 @@ def test_kernels_with_nothing_to_tune_have_one_candidate():
     assert all(32 * w <= 64 for _, w in tuning_candidates(tk))
 
 
-def test_tuning_candidates_build_for_sm90():
-    problem = _nvidia_problem()
-    if problem:
-        pytest.skip(problem)
+def test_tuning_candidates_build_for_sm90(nvidia_backend):
     fn, specs, _ = TUNED["looped"]
     tk = render_triton(lower(_graph(fn, *specs)))
     kernels = [tk.with_config(*c) for c in tuning_candidates(tk)]
@@ -229,10 +213,8 @@ def test_every_reduction_case_in_several_rows_per_program_matches_the_ir_interpr
     assert checked >= 15
 
 
-def test_sm90_column_sums_load_16_bytes_with_several_rows_per_program(monkeypatch):
-    problem = _nvidia_problem()
-    if problem:
-        pytest.skip(problem)
+def test_sm90_column_sums_load_16_bytes_with_several_rows_per_program(monkeypatch,
+                                                                       nvidia_backend):
     from kiln.codegen import triton as renderer
     graph = _graph(lambda x: x.sum(0), ((512, 64), kiln.float32))
     tiles = build_one_for_gpu(render_triton(lower(graph)), 90).ptx

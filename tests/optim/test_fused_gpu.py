@@ -335,21 +335,8 @@ def test_fused_op_checks_its_arguments():
                          nesterov=False, maximize=False, is_first_step=False)
 
 
-def _nvidia_backend_problem():
-    try:
-        import triton.backends
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-    except Exception as e:          # pragma: no cover - depends on the Triton build
-        return f"this Triton cannot build for CUDA: {e!r}"
-    if "nvidia" not in triton.backends.backends:
-        return "this Triton build has no NVIDIA backend"
-    return None
 
-
-def test_fused_kernels_build_for_sm90(tmp_path, monkeypatch):
-    problem = _nvidia_backend_problem()
-    if problem:
-        pytest.skip(problem)
+def test_fused_kernels_build_for_sm90(tmp_path, monkeypatch, nvidia_backend):
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
     adam = dict(AMSGRAD=1, MAXIMIZE=1, WEIGHT_DECAY=2, ALIGNED=1)
     kernels = [fused_optim.render("adam", "float32", adam, 4),

@@ -22,13 +22,7 @@ from kiln.runtime import triton_launch
 KERNELS = {"conv2d_igemm", "conv2d_igemm_weight_grad", "conv2d_igemm_input_grad"}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_routes(monkeypatch, tmp_path):
-    """No measured routes but the test's own, kept in a file of its own."""
-    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("KILN_CONV_ROUTE", raising=False)
-    monkeypatch.setattr(conv, "MEASURED_ROUTES", {})
-    monkeypatch.setattr(conv, "_loaded", [False])
+pytestmark = pytest.mark.usefixtures("fresh_conv_routes")
 
 
 def _net(lib, dtype=None):

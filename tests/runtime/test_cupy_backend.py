@@ -24,20 +24,10 @@ from kiln.runtime.numpy_backend import numpy_impl
 from kiln.runtime.triton_launch import KernelCache, build_one_for_gpu
 from kiln.tracer import dispatch
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("fresh_conv_routes")]
 
 FORWARD, WEIGHT_GRAD, INPUT_GRAD = \
     "conv2d_igemm", "conv2d_igemm_weight_grad", "conv2d_igemm_input_grad"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_routes(monkeypatch, tmp_path):
-    """No measured routes but the test's own, and no kernels prepared by earlier tests."""
-    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("KILN_CONV_ROUTE", raising=False)
-    monkeypatch.setattr(conv, "MEASURED_ROUTES", {})
-    monkeypatch.setattr(conv, "_loaded", [False])
-    monkeypatch.setattr(cupy_backend, "_LAUNCHERS", {})
 
 
 def _fake_cuda():

@@ -314,23 +314,10 @@ def test_compiled_records_the_composite_and_equals_eager(name, launches):
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
 
 
-def _nvidia_backend_problem():
-    try:
-        import triton.backends
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-    except Exception as e:          # pragma: no cover - depends on the Triton build
-        return f"this Triton cannot build for CUDA: {e!r}"
-    if "nvidia" not in triton.backends.backends:
-        return "this Triton build has no NVIDIA backend"
-    return None
 
-
-def test_kernels_build_for_sm90(tmp_path):
+def test_kernels_build_for_sm90(tmp_path, nvidia_backend):
     """Each kernel (forward and backward, both kinds, each dtype, one block and several, the
     softmax dimension last or not) builds for sm_90; float32 divides correctly rounded."""
-    problem = _nvidia_backend_problem()
-    if problem:
-        pytest.skip(problem)
     cache = KernelCache(tmp_path)
     kernels = [
         render_softmax_kernel("softmax", False, (64, 10, 1), ((10, 1, 0),), dt.float32),

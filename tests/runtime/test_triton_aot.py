@@ -3,7 +3,6 @@ without a GPU, in parallel, into kiln's disk cache: PTX and cubin per kernel, an
 reads them back instead of compiling again."""
 
 import numpy as np
-import pytest
 
 import kiln
 import kiln.nn.functional as F
@@ -27,22 +26,9 @@ def _program_kernels() -> list:
     return kernels
 
 
-def _nvidia_backend_problem() -> str | None:
-    try:
-        import triton.backends
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-    except Exception as e:          # pragma: no cover - depends on the Triton build
-        return f"this Triton cannot build for CUDA: {e!r}"
-    if "nvidia" not in triton.backends.backends:
-        return "this Triton build has no NVIDIA backend"
-    return None
-
 
 def test_program_kernels_build_for_sm90_in_parallel_and_come_back_from_the_cache(
-        tmp_path, monkeypatch):
-    problem = _nvidia_backend_problem()
-    if problem:
-        pytest.skip(problem)
+        tmp_path, monkeypatch, nvidia_backend):
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path))
     kernels = _program_kernels()
     assert len(kernels) >= 3
