@@ -127,21 +127,6 @@ def _adam_block(row, offsets, mask, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexp
     _store(param, p, mask)
 
 
-@triton.jit
-def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
-           AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-           ALIGNED: tl.constexpr):
-    pid = tl.program_id(0)
-    row = tensors + tl.load(programs + 2 * pid) * {row}
-    start = tl.load(programs + 2 * pid + 1)
-    # blocks start at multiples of BLOCK: with the pointers' alignment, 16-byte moves
-    offsets = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
-    numel = tl.load(row + 5)
-    if start + BLOCK <= numel:      # a full block: no mask, so loads and stores vectorize
-        _adam_block(row, offsets, None, AMSGRAD, MAXIMIZE, WEIGHT_DECAY, ALIGNED)
-    else:
-        _adam_block(row, offsets, offsets < numel, AMSGRAD, MAXIMIZE, WEIGHT_DECAY,
-                    ALIGNED)
 '''
 
 # as kiln.optim.sgd's per-op update; slot 4 (momentum buffer) is read only with MOMENTUM
@@ -172,27 +157,31 @@ def _sgd_block(row, offsets, mask, MOMENTUM: tl.constexpr, NESTEROV: tl.constexp
     _store(param, p, mask)
 
 
+'''
+
+# each program updates one BLOCK of one tensor, through the kind's `_<kind>_block`
+_ENTRY = '''
 @triton.jit
-def {name}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
-           MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
-           WEIGHT_DECAY: tl.constexpr, ALIGNED: tl.constexpr):
+def {{name}}(tensors, programs, NUM_PROGRAMS: tl.constexpr, BLOCK: tl.constexpr,
+        {params}):
     pid = tl.program_id(0)
-    row = tensors + tl.load(programs + 2 * pid) * {row}
+    row = tensors + tl.load(programs + 2 * pid) * {{row}}
     start = tl.load(programs + 2 * pid + 1)
     # blocks start at multiples of BLOCK: with the pointers' alignment, 16-byte moves
     offsets = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
     numel = tl.load(row + 5)
     if start + BLOCK <= numel:      # a full block: no mask, so loads and stores vectorize
-        _sgd_block(row, offsets, None, MOMENTUM, NESTEROV, MAXIMIZE, WEIGHT_DECAY, ALIGNED)
+        _{kind}_block(row, offsets, None, {args})
     else:
-        _sgd_block(row, offsets, offsets < numel, MOMENTUM, NESTEROV, MAXIMIZE,
-                   WEIGHT_DECAY, ALIGNED)
+        _{kind}_block(row, offsets, offsets < numel, {args})
 '''
 
-_SOURCES = {"adam": _ADAM, "sgd": _SGD}
 # each kernel's flags (constexprs), in the order of its parameters
 _FLAGS = {"adam": ("AMSGRAD", "MAXIMIZE", "WEIGHT_DECAY", "ALIGNED"),
           "sgd": ("MOMENTUM", "NESTEROV", "MAXIMIZE", "WEIGHT_DECAY", "ALIGNED")}
+_SOURCES = {kind: block + _ENTRY.format(
+    kind=kind, params=", ".join(f"{f}: tl.constexpr" for f in flags), args=", ".join(flags))
+    for (kind, flags), block in zip(_FLAGS.items(), (_ADAM, _SGD))}
 
 
 def render(kind: str, dtype: str, flags: dict, num_programs: int) -> TritonKernel:
