@@ -1,11 +1,19 @@
 """What each rank runs under `kiln.distributed.run`: torchrun's environment variables set from
 MPI's, then the user's script as `__main__`. An exception or a non-zero exit on one rank aborts
-every rank (otherwise the others would wait for it in their next collective forever)."""
+every rank (otherwise the others would wait for it in their next collective forever).
+
+On Linux the script runs in a child process and this one watches it, as torchrun's agent watches
+its workers: a script killed by a signal (SIGKILL, a segfault) cannot say so itself, so the
+watcher writes `rank N failed: killed by signal 9 (SIGKILL)` for the launcher before mpiexec
+tears the job down. mpiexec's own report cannot be trusted for that: once it kills the other
+ranks it may name one of them. The child dies with its watcher (PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import runpy
+import signal
 import sys
 import traceback
 
@@ -32,15 +40,23 @@ def set_environment() -> int:
     return int(env["RANK"])
 
 
-def _abort(rank: int, message: str) -> None:
+def _run_dir() -> str | None:
+    run_dir = os.environ.get("KILN_DISTRIBUTED_RUN_DIR")
+    return run_dir if run_dir and os.path.isdir(run_dir) else None
+
+
+def _report(rank: int, message: str) -> None:
     sys.stderr.write(f"kiln.distributed.run: rank {rank} failed: {message}; aborting the "
                      "other ranks\n")
     sys.stderr.flush()
-    run_dir = os.environ.get("KILN_DISTRIBUTED_RUN_DIR")
-    if run_dir and os.path.isdir(run_dir):
-        # mpiexec may drop the line above as it tears the job down: the launcher reads this
-        with open(os.path.join(run_dir, f"failed.{rank}"), "w") as f:
+    run_dir = _run_dir()
+    if run_dir:     # mpiexec may drop the line above as it tears the job down: the launcher
+        with open(os.path.join(run_dir, f"failed.{rank}"), "w") as f:     # reads this
             f.write(message)
+
+
+def _abort(rank: int, message: str) -> None:
+    _report(rank, message)
     try:
         from mpi4py import MPI
         MPI.COMM_WORLD.Abort(1)
@@ -49,10 +65,52 @@ def _abort(rank: int, message: str) -> None:
     os._exit(1)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (the watcher) dies."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:          # the watcher died before prctl took effect
+        os._exit(1)
+
+
+def _watch(rank: int, child: int) -> int:
+    """Wait for the script's process; report a death it could not report itself. Signals that
+    stop a job (mpiexec forwards Ctrl-C as SIGINT) are passed on to the script."""
+    stopped = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        os.kill(child, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except ChildProcessError:
+            return 1
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        if not stopped:         # not a signal the job was sent: the script died of it
+            _report(rank, f"killed by signal {signum} ({signal.Signals(signum).name})")
+        return 128 + signum
+    code = os.WEXITSTATUS(status)
+    run_dir = _run_dir()
+    if code and not stopped and not (run_dir and os.path.exists(
+            os.path.join(run_dir, f"failed.{rank}"))):
+        _report(rank, f"exit status {code}")        # os._exit(n): the script said nothing
+    return code
+
+
 def main() -> None:
     rank = set_environment()
-    run_dir = os.environ.get("KILN_DISTRIBUTED_RUN_DIR")
-    if run_dir and os.path.isdir(run_dir):     # lets the launcher name a rank that dies
+    run_dir = _run_dir()
+    if run_dir:     # lets the launcher name a rank that dies (mpiexec reports this pid)
         with open(os.path.join(run_dir, str(os.getpid())), "w") as f:
             f.write(str(rank))
     if len(sys.argv) < 2:
@@ -60,6 +118,13 @@ def main() -> None:
     as_module = sys.argv[1] == "-m"
     target = sys.argv[2] if as_module else sys.argv[1]
     sys.argv = sys.argv[(2 if as_module else 1):]
+    if sys.platform.startswith("linux"):    # elsewhere the script runs in this process
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent, child = os.getpid(), os.fork()
+        if child:
+            os._exit(_watch(rank, child))
+        _die_with_parent(parent)
     try:
         if as_module:
             runpy.run_module(target, run_name="__main__", alter_sys=True)

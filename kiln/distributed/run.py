@@ -7,7 +7,8 @@ kiln's ranks talk through MPI, so the launcher runs `mpiexec` (the one the `mpic
 installs, else the first on PATH) and each rank sets RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from MPI's environment before running the script
 as `__main__`. A rank that raises or exits non-zero aborts the whole job: the launcher returns
-non-zero and says which rank failed. The hostfile is MPICH's (`host:slots` per line).
+non-zero and says which rank failed and how (an exception, an exit status, or the signal that
+killed it). The hostfile is MPICH's (`host:slots` per line).
 """
 
 from __future__ import annotations
@@ -118,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
                     reasons.append(f"rank {name[7:]} failed: {text}")
                 else:
                     ranks[name] = text
+            # what the ranks said comes first: once a rank dies mpiexec kills the others, and
+            # under load its report can name one of those instead of the rank that died
             who = ", ".join(f"rank {ranks[p]} (pid {p})" if p in ranks else f"pid {p}"
                             for p in failed)
-            said = "; ".join(reasons) or "see the failing rank's message above"
+            said = ("; ".join(reasons) if reasons else
+                    (f"mpiexec reported {who}; " if who else "")
+                    + "see the failing rank's message above")
             sys.stderr.write(f"kiln.distributed.run: the job failed (mpiexec exit status {code})"
-                             + (f"; {who} died first" if who else "") + f"; {said}\n")
+                             f"; {said}\n")
     return code
 
 

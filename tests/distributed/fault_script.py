@@ -1,11 +1,14 @@
 """A tiny job for the launcher and fault tests: `fault_script.py MODE [args]`.
 
 ok: all-reduce each rank's number and print the sum; raise / exit / kill: rank 1 raises, calls
-sys.exit(4), or is killed by SIGKILL before the all-reduce the other rank waits in."""
+sys.exit(4), or is killed by SIGKILL before the all-reduce the other rank waits in; orphan:
+rank 1 writes its pid to the file named by the next argument, SIGKILLs the launcher's watcher
+process above it and sleeps (it must not outlive the watcher)."""
 
 import os
 import signal
 import sys
+import time
 
 import kiln
 import kiln.distributed as dist
@@ -28,6 +31,11 @@ if rank == 1:
         sys.exit(4)
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "orphan":
+        with open(sys.argv[2], "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)
 t = kiln.tensor([float(rank + 1)])
 dist.all_reduce(t)
 print(f"rank {rank} sum {t.item():.0f}", flush=True)

@@ -46,7 +46,7 @@ def test_plain_mpiexec_works():
 @pytest.mark.parametrize("mode, says", [
     ("raise", "rank 1 failed: ValueError: rank one is broken"),
     ("exit", "rank 1 failed: exit status 4"),
-    ("kill", "rank 1 (pid"),
+    ("kill", "rank 1 failed: killed by signal 9 (SIGKILL)"),
 ])
 def test_a_failing_rank_ends_the_job_quickly_and_is_named(mode, says):
     start = time.monotonic()
@@ -56,6 +56,27 @@ def test_a_failing_rank_ends_the_job_quickly_and_is_named(mode, says):
     assert elapsed < 30
     assert says in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert "rank 0 sum" not in proc.stdout
+
+
+def test_a_rank_dies_with_its_watcher(tmp_path):
+    # the script runs under a watcher process (it reports the signal that kills the script);
+    # when the watcher itself is killed, the script must go too, not train on as an orphan
+    pid_file = tmp_path / "pid"
+    start = time.monotonic()
+    proc = launch.launcher(["--nproc-per-node", "2", SCRIPT, "orphan", str(pid_file)],
+                           timeout=30)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 30
+    # nobody was left to say which rank died: the launcher passes on mpiexec's report, which
+    # may name rank 0 (killed in the clean-up) rather than rank 1
+    assert re.search(r"the job failed .*; mpiexec reported rank [01] \(pid \d+\)", proc.stderr), \
+        proc.stdout + proc.stderr
+    pid = int(pid_file.read_text())
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the script outlived its watcher"
 
 
 def test_plain_mpiexec_rank_raising_aborts_the_job():
