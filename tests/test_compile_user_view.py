@@ -4,6 +4,7 @@ step, and what a compile failure or a user's exception does."""
 from __future__ import annotations
 
 import traceback
+import os
 import warnings
 
 import numpy as np
@@ -492,6 +493,46 @@ def test_traces_on_two_threads_watch_their_own_effects_and_restore_print():
     assert results["t0"] == results["t2"] == [True]      # printing: eager
     assert results["t1"] == results["t3"] == [False]     # quiet: compiled, whatever t0 printed
     assert builtins.print is original_print and sys.stdout is original_stdout
+
+
+_PRINT_WHILE_TRACING = """
+import sys, threading, warnings
+import kiln
+sys.setswitchinterval(1e-6)          # switch threads as often as possible: hit the race
+warnings.simplefilter("ignore")
+stop = False
+def printer():
+    while not stop:
+        print("p" * 20, "q", sep=" ", end="\\n")
+def tracer():
+    for k in range(80):
+        kiln.compile(lambda x: (x * (k + 2)).exp())(kiln.ones(3))
+printers = [threading.Thread(target=printer) for _ in range(2)]
+tracers = [threading.Thread(target=tracer) for _ in range(2)]
+for t in printers + tracers:
+    t.start()
+for t in tracers:
+    t.join()
+stop = True
+for t in printers:
+    t.join()
+sys.stderr.write("survived")
+"""
+
+
+def test_printing_while_other_threads_start_and_end_traces_does_not_crash(tmp_path):
+    # each trace swaps sys.stdout for a watching wrapper and back; CPython 3.11's print()
+    # holds sys.stdout borrowed between its writes, so a wrapper freed by another thread's
+    # swap-back mid-print was a segfault (seen in CI); the subprocess keeps one from ending pytest
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(tmp_path / "out.txt", "w") as out:       # a real file, as pytest's capture
+        proc = subprocess.run([sys.executable, "-c", _PRINT_WHILE_TRACING], stdout=out,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.endswith("survived"), \
+        (proc.returncode, proc.stderr[-2000:])
 
 
 def test_explain_names_the_scheduler_step_each_replay_repeats():

@@ -91,13 +91,28 @@ def _watched(name: str, original):
     return watched
 
 
+# Every _WatchedStream ever installed, by the stream it wraps, never freed. CPython 3.11's
+# print() holds sys.stdout as a borrowed reference across the writes of one call: if another
+# thread's _uninstall dropped the last reference to the wrapper between them, print wrote through
+# freed memory (a segfault in CI, two threads tracing). One wrapper per stream, kept, is also
+# reused by the next install.
+_WRAPPERS: dict = {}
+
+
+def _wrapper(stream, name: str) -> _WatchedStream:
+    key = (id(stream), name)        # the wrapper keeps the stream alive, so its id stays its own
+    if key not in _WRAPPERS:
+        _WRAPPERS[key] = _WatchedStream(stream, name)
+    return _WRAPPERS[key]
+
+
 def _install() -> None:
     _SAVED.update({name: getattr(builtins, name) for name in _BUILTINS})
     _SAVED.update(stdout=sys.stdout, stderr=sys.stderr)
     for name in _BUILTINS:
         setattr(builtins, name, _watched(name, _SAVED[name]))
-    sys.stdout = _WatchedStream(sys.stdout, "stdout")
-    sys.stderr = _WatchedStream(sys.stderr, "stderr")
+    sys.stdout = _wrapper(sys.stdout, "stdout")
+    sys.stderr = _wrapper(sys.stderr, "stderr")
 
 
 def _uninstall() -> None:
