@@ -43,7 +43,9 @@ from kiln.tracer.fused_optim import _fused_adam_, _fused_adamw_, _fused_sgd_  # 
 
 half, float, double, long, int, short = float16, float32, float64, int64, int32, int32
 uint8 = uint8
-FloatTensor = DoubleTensor = LongTensor = BoolTensor = Tensor
+from kiln.tracer.creation import legacy_type as _legacy_type  # noqa: E402
+FloatTensor, DoubleTensor = _legacy_type("FloatTensor", float32), _legacy_type("DoubleTensor", float64)
+LongTensor, BoolTensor = _legacy_type("LongTensor", int64), _legacy_type("BoolTensor", bool)
 __version__ = "0.1.0"
 
 # nn, optim, utils, metrics, distributions and serialization are written against this module
@@ -119,7 +121,9 @@ from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E
                       set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
-                                  layout, strided)
+                                  layout, sparse_coo, strided)
+from kiln.tracer.sparse import sparse_coo_tensor, spmm  # noqa: F401,E402
+from kiln import sparse  # noqa: F401,E402  (torch.sparse: mm, sum)
 from kiln.tracer import grad_names as _grad_names  # noqa: E402
 from kiln.tracer import functional as _core_functional  # noqa: E402
 
@@ -128,7 +132,8 @@ globals().update(_torch_namespace.exports())
 for _name in _torch_namespace.OUT_FUNCTIONS:
     globals()[_name] = _torch_namespace.with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
-ByteTensor = HalfTensor = IntTensor = Tensor
+ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)
+IntTensor = _legacy_type("IntTensor", int32)
 cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 # one generator draws for every device; attached here so that runtime imports no tracer
 

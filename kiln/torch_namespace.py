@@ -13,7 +13,7 @@ import functools
 
 from kiln.tracer.errors import op_error
 from kiln.tracer.methods import write_inplace
-from kiln.tracer.methods_extra import layout, strided  # noqa: F401  (torch.layout, strided)
+from kiln.tracer.methods_extra import layout, sparse_coo, strided  # noqa: F401  (torch.layout)
 from kiln.tracer.tensor import STATE, Tensor
 
 # torch.X_(t, ...) is t.X_(...)

@@ -92,10 +92,11 @@ diagonal_copy expand_copy indices_copy narrow_copy permute_copy row_indices_copy
 slice_copy split_copy split_with_sizes_copy squeeze_copy t_copy transpose_copy unbind_copy
 unfold_copy unsqueeze_copy values_copy view_as_complex_copy view_as_real_copy view_copy
 """)
-SPARSE = "sparse layouts (kiln tensors are dense)"
+SPARSE = ("sparse layouts other than COO, and sparse-only operations (kiln.sparse_coo_tensor, "
+          "to_sparse, spmm and torch.sparse.mm are provided)")
 _group("torch", SPARSE, """
-sparse_bsc_tensor sparse_bsr_tensor sparse_compressed_tensor sparse_coo_tensor
-sparse_csc_tensor sparse_csr_tensor dsmm hsmm hspmm smm spmm sspaddmm saddmm resize_as_sparse_
+sparse_bsc_tensor sparse_bsr_tensor sparse_compressed_tensor
+sparse_csc_tensor sparse_csr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_as_sparse_
 """)
 STRIDES = "user-visible strides and memory formats (kiln arrays have no user-set strides)"
 _group("torch", STRIDES, """
@@ -133,10 +134,10 @@ _group(T, QUANT, """
 dequantize int_repr q_per_channel_axis q_per_channel_scales q_per_channel_zero_points q_scale
 q_zero_point qscheme
 """)
-_group(T, SPARSE, """
+_group(T, SPARSE + "; the COO ones are SparseTensor's methods, not a dense tensor's", """
 ccol_indices coalesce col_indices crow_indices dense_dim indices is_coalesced is_sparse_csr
 row_indices smm sparse_dim sparse_mask sparse_resize_ sparse_resize_and_clear_ sspaddmm
-to_sparse to_sparse_bsc to_sparse_bsr to_sparse_coo to_sparse_csc to_sparse_csr values
+to_sparse_bsc to_sparse_bsr to_sparse_csc to_sparse_csr values
 resize_as_sparse_ to_padded_tensor is_nested
 """)
 _group(T, STORAGE, """

@@ -31,6 +31,7 @@ from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autograd import Node, record
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.sparse import SparseTensor
 from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
@@ -502,7 +503,8 @@ class CompiledFunction:
         return self if obj is None else functools.partial(self.__call__, obj)
 
     def _guard_key(self, args, kwargs) -> tuple:
-        """(key, leaves): what an entry is specialized to, and the tensors of this call.
+        """(key, leaves): what an entry is specialized to, and the tensors of this call; key
+        None when a sparse tensor is among them.
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
         memory, the grad mode, and the non-tensor arguments by type and value. What the
@@ -514,6 +516,8 @@ class CompiledFunction:
         else:
             leaves, tree = flatten((args, kwargs))
             tree = _typed_tree(tree)
+            if any(type(t) is SparseTensor for t in leaves):
+                return None, leaves
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
         return (tensors, _alias_pattern(leaves), STATE.grad_enabled, tree), leaves
 
@@ -527,6 +531,13 @@ class CompiledFunction:
                        "runs eagerly")
             return self.fn(*args, **kwargs)
         key, leaves = self._guard_key(args, kwargs)
+        if key is None:                         # a sparse tensor among the arguments
+            message = (f"{_function_name(self.fn)} takes a sparse tensor argument, which "
+                       "compiled programs do not take")
+            if self.fullgraph:
+                raise GraphBreak(message, _where(self.fn))
+            self._note("sparse", message + "; it runs eagerly")
+            return self.fn(*args, **kwargs)
         chain = self._chains.get(key)
         if chain is not None:
             for i, full in enumerate(chain):

@@ -50,6 +50,16 @@ def _dtype(dtype) -> dt.DType | None:
     return dt.from_numpy(dtype)
 
 
+def _size_arg(size: tuple, size_kw: dict, name: str) -> tuple:
+    """The shape given positionally, or as PyTorch's `size=` keyword."""
+    if size_kw:
+        if size or set(size_kw) != {"size"}:
+            bad = sorted(set(size_kw) - {"size"}) or ["size"]
+            raise TypeError(f"{name}() got an unexpected keyword argument {bad[0]!r}")
+        return (size_kw["size"],)
+    return size
+
+
 def _size(size) -> tuple:
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
@@ -150,6 +160,38 @@ def _unwrap_tensors(data):
     return data
 
 
+def legacy_new(args: tuple, dtype: dt.DType, device, name: str) -> Tensor:
+    """What torch.Tensor(...) and torch.FloatTensor(...)-style constructors make: a tensor of
+    the given shape (ints or a Size; zeros), a copy of data in `dtype`, or an empty one."""
+    if not args:
+        return zeros(0, dtype=dtype, device=device)
+    if all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in args) or (
+            len(args) == 1 and isinstance(args[0], Size)):
+        return zeros(_size(args), dtype=dtype, device=device)
+    if len(args) == 1:
+        data = args[0]
+        if isinstance(data, Tensor) and data.dtype is dtype and device is None:
+            return data                  # PyTorch's legacy constructor aliases its tensor
+        return tensor(data, dtype=dtype, device=device)
+    raise TypeError(f"{name}(): takes a shape (ints or a kiln.Size) or one sequence of data, "
+                    f"got {', '.join(type(a).__name__ for a in args)}")
+
+
+class LegacyTensorType(type):
+    """torch.FloatTensor, LongTensor, ...: calling one makes a tensor of its dtype
+    (`legacy_new`); isinstance(x, kiln.FloatTensor) asks whether x is a float32 tensor."""
+
+    def __call__(cls, *args, device=None):
+        return legacy_new(args, cls.dtype, device, cls.__name__)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor) and obj.dtype is cls.dtype
+
+
+def legacy_type(name: str, dtype: dt.DType) -> type:
+    return LegacyTensorType(name, (), {"dtype": dtype, "__module__": "kiln"})
+
+
 def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
     """A new tensor holding a copy of `data` (nested lists, numbers, arrays or tensors)."""
     dtype = _dtype(dtype)
@@ -200,7 +242,9 @@ def _creation(prim, device, requires_grad, **attrs) -> Tensor:
     return out
 
 
-def full(*size, fill_value=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+def full(*size, fill_value=None, dtype=None, device=None, requires_grad=False,
+         **size_kw) -> Tensor:
+    size = _size_arg(size, size_kw, "full")
     if fill_value is None:               # full(size, value) positional form
         size, fill_value = size[:-1], size[-1]
     if isinstance(fill_value, Tensor):
@@ -219,17 +263,21 @@ def _cast_value(value, kind: dt.DType):
     return int(value)
 
 
-def zeros(*size, dtype=None, device=None, requires_grad=False, out=None) -> Tensor:
+def zeros(*size, dtype=None, device=None, requires_grad=False, out=None, **size_kw) -> Tensor:
+    size = _size_arg(size, size_kw, "zeros")
     return full(_size(size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(), device=device,
                 requires_grad=requires_grad)
 
 
-def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+def ones(*size, dtype=None, device=None, requires_grad=False, **size_kw) -> Tensor:
+    size = _size_arg(size, size_kw, "ones")
     return full(_size(size), 1, dtype=_dtype(dtype) or dt.get_default_dtype(), device=device,
                 requires_grad=requires_grad)
 
 
-def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None) -> Tensor:
+def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None,
+          **size_kw) -> Tensor:
+    size = _size_arg(size, size_kw, "empty")
     return zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
@@ -393,7 +441,9 @@ def _uniform(generator: Generator | None, device, shape: tuple, dtype) -> Tensor
     return P.rand(_seed_tensor(generator, device), shape=shape, dtype=dtype)
 
 
-def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+def rand(*size, generator=None, dtype=None, device=None, requires_grad=False,
+         **size_kw) -> Tensor:
+    size = _size_arg(size, size_kw, "rand")
     kind = _dtype(dtype) or dt.get_default_dtype()
     if not kind.is_floating_point:
         raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
@@ -404,7 +454,9 @@ def rand(*size, generator=None, dtype=None, device=None, requires_grad=False) ->
     return out
 
 
-def randn(*size, generator=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+def randn(*size, generator=None, dtype=None, device=None, requires_grad=False,
+          **size_kw) -> Tensor:
+    size = _size_arg(size, size_kw, "randn")
     kind = _dtype(dtype) or dt.get_default_dtype()
     shape = _size(size)
     # Box-Muller in float64 from two uniform draws

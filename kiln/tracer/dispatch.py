@@ -20,6 +20,7 @@ from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
 from kiln.tracer.errors import op_error
+from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 keep_freed_memory()             # an eager step's large temporaries reuse the last step's pages
@@ -109,6 +110,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             with np.errstate(all="ignore"):
                 out = impl(xp, *arrays, **attrs)
     except (IndexError, ValueError, TypeError) as e:
+        if any(getattr(a, "is_sparse", False) for a in args):
+            raise op_error(prim.name, _SPARSE_UNSUPPORTED, NotImplementedError) from None
         raise op_error(prim.name, str(e), type(e)) from None
     if out.dtype is not np_dtype and out.dtype != np_dtype:
         out = out.astype(np_dtype)

@@ -8,6 +8,7 @@ import numpy as np
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
+from kiln.tracer import sparse
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -40,7 +41,8 @@ nonzero_static real igamma igammac
 """.split()
 
 class layout:
-    """A tensor's memory layout (torch.layout); kiln tensors are always dense and strided."""
+    """A tensor's memory layout (torch.layout): strided (dense), or sparse_coo for a
+    kiln.tracer.sparse.SparseTensor."""
 
     def __init__(self, name: str):
         self.name = name
@@ -50,6 +52,7 @@ class layout:
 
 
 strided = layout("strided")
+sparse.sparse_coo = sparse_coo = layout("sparse_coo")
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
@@ -72,6 +75,8 @@ _METHODS["new"] = lambda self, *args: (creation.tensor(args[0], dtype=self.dtype
                                                            device=self.device))
 _METHODS["to_dense"] = lambda self, dtype=None, *, masked_grad=None: \
     self if dtype is None else self.to(dtype)
+_METHODS["to_sparse"] = sparse.to_sparse
+_METHODS["to_sparse_coo"] = sparse.to_sparse
 
 for _flag in ("is_xpu", "is_mps", "is_meta", "is_quantized", "is_sparse", "is_mkldnn_",
               "is_ipu", "is_mtia", "is_maia", "is_xla", "is_vulkan"):

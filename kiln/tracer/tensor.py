@@ -53,17 +53,15 @@ class Tensor:
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
 
-    def __init__(self, data, dtype: dt.DType | None = None, device: Device | None = None,
-                 requires_grad: bool = False):
-        """Wrap an array. Prefer `kiln.tensor(...)`, which copies and infers like PyTorch."""
-        if isinstance(data, Tensor):
-            data = data._data
-        if device is not None and device != device_of_array(data):
-            data = to_device(data, device)
-        self._data = data
-        self.dtype = dtype if dtype is not None else dt.from_numpy(data.dtype)
-        self.device = device_of_array(data) if device is None else Device(device)
-        self.requires_grad = requires_grad
+    def __init__(self, *args, device=None):
+        """`torch.Tensor(...)`, PyTorch's legacy constructor: Tensor(2, 3) or Tensor(size) is a
+        float32 tensor of that shape (zeros: PyTorch leaves the memory uninitialized),
+        Tensor(data) a float32 copy of a list or array (a float32 tensor itself), Tensor() an
+        empty one. Prefer kiln.tensor / kiln.zeros."""
+        from kiln.tracer.creation import legacy_new
+        made = legacy_new(args, dt.float32, device, "Tensor")
+        self._data, self.dtype, self.device = made._data, made.dtype, made.device
+        self.requires_grad = False
         self.grad = None
         self.grad_fn = None
         self._version = [0]

@@ -141,7 +141,7 @@ def from_dlpack(ext_tensor):
     tensor, a capsule from `to_dlpack`)."""
     if hasattr(ext_tensor, "__dlpack_device__") and ext_tensor.__dlpack_device__()[0] == 2:
         arr = cupy_module().from_dlpack(ext_tensor)
-        return Tensor(arr, device=Device("cuda"))
+        return Tensor._make(arr, dt.from_numpy(arr.dtype), Device("cuda"))
     if not hasattr(ext_tensor, "__dlpack__"):         # a bare capsule
         ext_tensor = _Capsule(ext_tensor)
     return from_numpy(np.from_dlpack(ext_tensor))
