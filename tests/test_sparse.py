@@ -250,15 +250,23 @@ def test_compiled_gcn_step_equals_eager():
     np.testing.assert_allclose(compiled, _gcn_losses(kiln), rtol=1e-5, atol=1e-6)
 
 
-def test_a_sparse_argument_runs_eagerly_with_a_warning():
+def test_a_sparse_argument_is_two_inputs_of_the_compiled_program():
     adj = kiln.tensor(np.eye(4, k=1, dtype=np.float32) + np.eye(4, dtype=np.float32)).to_sparse()
     x = kiln.randn(4, 3)
-    f = kiln.compile(lambda a, x: kiln.spmm(a, x).relu().sum())
-    with pytest.warns(UserWarning, match="takes a sparse tensor argument.*runs eagerly"):
-        out = f(adj, x)
-    np.testing.assert_allclose(k2n(out), k2n(kiln.spmm(adj, x).relu().sum()), rtol=1e-6)
-    with pytest.raises(kiln.compiler.GraphBreak, match="sparse tensor argument"):
-        kiln.compile(lambda a, x: kiln.spmm(a, x), fullgraph=True)(adj, x)
+    f = kiln.compile(lambda a, x: kiln.spmm(a, x).relu().sum(), fullgraph=True)
+    np.testing.assert_allclose(k2n(f(adj, x)), k2n(kiln.spmm(adj, x).relu().sum()), rtol=1e-6)
+    other = adj * -2                     # same size and pattern, other values: a replay
+    np.testing.assert_allclose(k2n(f(other, x)), k2n(kiln.spmm(other, x).relu().sum()),
+                               rtol=1e-6)
+    assert len(f.entries) == 1
+    wider = kiln.sparse_coo_tensor([[0, 1, 2], [1, 1, 3]], [1.0, 2.0, 3.0], (4, 4))
+    np.testing.assert_allclose(k2n(f(wider, x)), k2n(kiln.spmm(wider, x).relu().sum()),
+                               rtol=1e-6)        # another nnz: traced again
+    assert len(f.entries) == 2
+    g = kiln.compile(lambda a: a * 3)           # a sparse result comes back sparse
+    out = g(adj)
+    assert out.is_sparse and tuple(out.shape) == (4, 4)
+    np.testing.assert_allclose(k2n(out.to_dense()), k2n(adj.to_dense()) * 3)
 
 
 def test_a_replaced_sparse_global_is_not_stale():
@@ -269,3 +277,11 @@ def test_a_replaced_sparse_global_is_not_stale():
     np.testing.assert_allclose(k2n(f(x)), k2n(x.sum(0)), rtol=1e-6)
     ADJ = ADJ * 3
     np.testing.assert_allclose(k2n(f(x)), k2n(x.sum(0) * 3), rtol=1e-6)
+
+
+def test_export_refuses_a_sparse_argument_clearly():
+    class SpMM(knn.Module):
+        def forward(self, a, x):
+            return kiln.spmm(a, x)
+    with pytest.raises(TypeError, match="sparse tensor argument or result cannot be exported"):
+        kiln.export.export(SpMM(), (kiln.eye(3).to_sparse(), kiln.ones(3, 2)))

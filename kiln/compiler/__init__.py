@@ -31,7 +31,6 @@ from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autograd import Node, record
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
-from kiln.tracer.sparse import SparseTensor
 from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
@@ -503,8 +502,7 @@ class CompiledFunction:
         return self if obj is None else functools.partial(self.__call__, obj)
 
     def _guard_key(self, args, kwargs) -> tuple:
-        """(key, leaves): what an entry is specialized to, and the tensors of this call; key
-        None when a sparse tensor is among them.
+        """(key, leaves): what an entry is specialized to, and the tensors of this call.
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
         memory, the grad mode, and the non-tensor arguments by type and value. What the
@@ -516,8 +514,6 @@ class CompiledFunction:
         else:
             leaves, tree = flatten((args, kwargs))
             tree = _typed_tree(tree)
-            if any(type(t) is SparseTensor for t in leaves):
-                return None, leaves
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
         return (tensors, _alias_pattern(leaves), STATE.grad_enabled, tree), leaves
 
@@ -531,13 +527,6 @@ class CompiledFunction:
                        "runs eagerly")
             return self.fn(*args, **kwargs)
         key, leaves = self._guard_key(args, kwargs)
-        if key is None:                         # a sparse tensor among the arguments
-            message = (f"{_function_name(self.fn)} takes a sparse tensor argument, which "
-                       "compiled programs do not take")
-            if self.fullgraph:
-                raise GraphBreak(message, _where(self.fn))
-            self._note("sparse", message + "; it runs eagerly")
-            return self.fn(*args, **kwargs)
         chain = self._chains.get(key)
         if chain is not None:
             for i, full in enumerate(chain):
@@ -841,7 +830,7 @@ def _typed_tree(tree):
     and -0.0; NaN equals NaN), hashable when its constants are."""
     def walk(t):
         tag = t[0]
-        if tag == "T":
+        if tag == "T" or tag == "S":          # a sparse tensor's size and coalesced flag
             return t
         if tag == "C":
             x = t[1]
@@ -913,7 +902,7 @@ def _unreplayable_return(tree) -> str | None:
 
     def walk(t):
         tag = t[0]
-        if tag == "T":
+        if tag == "T" or tag == "S":
             return
         if tag == "C":
             x = t[1]

@@ -487,6 +487,9 @@ def tree_to_json(tree):
     if tree == ("T",):
         return "T"
     tag = tree[0]
+    if tag == "S":
+        raise TypeError("kiln.export: a sparse tensor argument or result cannot be exported; "
+                        "pass its .to_dense() or its indices and values")
     if tag == "C":
         value = tree[1]
         if value is not None and not isinstance(value, (bool, int, float, str)):

@@ -101,7 +101,7 @@ class SparseTensor(Tensor):
         keys, inverse = unique(self._flat_index(), sorted=True, return_inverse=True)
         values = self._vals.new_zeros((keys.shape[0],) + tuple(self._vals.shape[1:]))
         values = values.index_add(0, inverse, self._vals)
-        return _make(_unflatten(keys, self.shape[:self.sparse_dim()]), values, self.shape,
+        return make(_unflatten(keys, self.shape[:self.sparse_dim()]), values, self.shape,
                      coalesced=True)
 
     def to_dense(self, dtype=None, *, masked_grad=None) -> Tensor:
@@ -122,7 +122,7 @@ class SparseTensor(Tensor):
     def to(self, *args, **kwargs) -> "SparseTensor":
         values = self._vals.to(*args, **kwargs)
         indices = self._idx.to(values.device)
-        return _make(indices, values, self.shape, coalesced=self._coalesced)
+        return make(indices, values, self.shape, coalesced=self._coalesced)
 
     def cpu(self) -> "SparseTensor":
         return self.to("cpu")
@@ -155,7 +155,7 @@ class SparseTensor(Tensor):
         return self
 
     def clone(self, *, memory_format=None) -> "SparseTensor":
-        return _make(self._idx.clone(), self._vals.clone(), self.shape, self._coalesced)
+        return make(self._idx.clone(), self._vals.clone(), self.shape, self._coalesced)
 
     def to_sparse(self, sparse_dim=None) -> "SparseTensor":
         return self
@@ -208,7 +208,7 @@ class SparseTensor(Tensor):
         order[d0], order[d1] = order[d1], order[d0]
         shape = list(self.shape)
         shape[d0], shape[d1] = shape[d1], shape[d0]
-        return _make(self._idx[order], self._vals, tuple(shape), coalesced=False)
+        return make(self._idx[order], self._vals, tuple(shape), coalesced=False)
 
     @property
     def T(self) -> "SparseTensor":
@@ -246,7 +246,7 @@ class SparseTensor(Tensor):
         return add(self, -(other * alpha))
 
     def __neg__(self) -> "SparseTensor":
-        return _make(self._idx, -self._vals, self.shape, self._coalesced)
+        return make(self._idx, -self._vals, self.shape, self._coalesced)
 
     def __mul__(self, other) -> "SparseTensor":
         return mul(self, other)
@@ -261,7 +261,7 @@ class SparseTensor(Tensor):
             raise NotImplementedError("dividing by a sparse tensor is not supported in kiln")
         if isinstance(other, Tensor) and other.ndim:
             return mul(self, 1 / other)
-        return _make(self._idx, self._vals / other, self.shape, self._coalesced)
+        return make(self._idx, self._vals / other, self.shape, self._coalesced)
 
     div = __truediv__
 
@@ -282,7 +282,8 @@ def _no_grad():
         "sparse @ dense, not to the sparse tensor's values")
 
 
-def _make(indices: Tensor, values: Tensor, shape, coalesced: bool) -> SparseTensor:
+def make(indices: Tensor, values: Tensor, shape, coalesced: bool) -> SparseTensor:
+    """A sparse tensor of these indices and values (no checks: the caller's are valid)."""
     t = Tensor._make(_NoDenseMemory(tuple(int(s) for s in shape), values._data.dtype),
                      values.dtype, values.device, SparseTensor)
     t._idx, t._vals, t._coalesced = indices, values, coalesced
@@ -340,7 +341,7 @@ def sparse_coo_tensor(indices, values, size=None, *, dtype=None, device=None,
         if h >= s:
             raise RuntimeError(f"sparse_coo_tensor: size is inconsistent with indices: for "
                                f"dim {d}, size is {s} but found index {h}")
-    return _make(indices, values, size, coalesced=bool(is_coalesced) or nnz <= 1)
+    return make(indices, values, size, coalesced=bool(is_coalesced) or nnz <= 1)
 
 
 def to_sparse(self: Tensor, sparse_dim=None, *, layout=None, blocksize=None,
@@ -360,7 +361,7 @@ def to_sparse(self: Tensor, sparse_dim=None, *, layout=None, blocksize=None,
     indices = nonzero.nonzero().t()
     values = self.detach()[tuple(indices)] if indices.shape[1] else \
         self.detach().new_zeros((0,) + tuple(self.shape[sparse_dim:]))
-    return _make(indices, values, self.shape, coalesced=True)
+    return make(indices, values, self.shape, coalesced=True)
 
 
 # ----------------------------------------------------------------------------- products
@@ -405,7 +406,7 @@ def add(a, b):
                                f"{list(b.shape)}")
         from kiln.tracer.functional import cat
         values_dtype = dt.promote(a.dtype, b.dtype)
-        both = _make(cat([a._idx, b._idx], 1),
+        both = make(cat([a._idx, b._idx], 1),
                      cat([a._vals.to(values_dtype), b._vals.to(values_dtype)]),
                      a.shape, coalesced=False)
         return both.coalesce()
@@ -425,8 +426,8 @@ def mul(a: SparseTensor, other) -> SparseTensor:
             raise NotImplementedError("sparse (with dense dims) * tensor is not supported in "
                                       "kiln")
         full = other.expand(tuple(a.shape))
-        return _make(a._idx, a._vals * full[tuple(a._idx)], a.shape, a._coalesced)
-    return _make(a._idx, a._vals * other, a.shape, a._coalesced)
+        return make(a._idx, a._vals * full[tuple(a._idx)], a.shape, a._coalesced)
+    return make(a._idx, a._vals * other, a.shape, a._coalesced)
 
 
 def sum(input: SparseTensor, dim=None, *, dtype=None):
@@ -441,7 +442,7 @@ def sum(input: SparseTensor, dim=None, *, dtype=None):
     kept = [d for d in range(input.ndim) if d not in dims]
     if not kept:
         return values.sum()
-    part = _make(input._idx[kept], values, tuple(input.shape[d] for d in kept), False)
+    part = make(input._idx[kept], values, tuple(input.shape[d] for d in kept), False)
     return to_sparse(part.to_dense())
 
 

@@ -18,6 +18,8 @@ from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.errors import GraphBreak, user_location
+from kiln.tracer import sparse
+from kiln.tracer.sparse import SparseTensor
 from kiln.tracer.tensor import STATE, Tensor, set_tracer
 
 
@@ -356,11 +358,15 @@ def note_grad_cleared(tensor: Tensor) -> None:
 # ----------------------------------------------------------------------------- pytrees
 
 def flatten(obj):
-    """Tensors in a nested tuple/list/dict, and a tree that `unflatten` rebuilds from them."""
+    """Tensors in a nested tuple/list/dict, and a tree that `unflatten` rebuilds from them. A
+    sparse tensor is two leaves, its indices and values, and ("S", its size, coalesced)."""
     leaves: list = []
 
     def walk(x):
         if isinstance(x, Tensor):
+            if type(x) is SparseTensor:
+                leaves.extend((x._idx, x._vals))
+                return ("S", tuple(x.shape), x._coalesced)
             leaves.append(x)
             return ("T",)
         if isinstance(x, (tuple, list)):
@@ -380,6 +386,9 @@ def unflatten(tree, leaves):
             return next(it)
         if tag == "C":
             return t[1]
+        if tag == "S":
+            indices = next(it)
+            return sparse.make(indices, next(it), t[1], t[2])
         if tag is dict:
             return {k: build(v) for k, v in t[1]}
         items = [build(v) for v in t[1]]
