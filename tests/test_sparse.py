@@ -192,9 +192,9 @@ def _graph(lib, nodes=40, feats=12, classes=3, seed=0):
     return features.to_sparse(), adj.to_sparse(), labels
 
 
-def _gcn_losses(lib, steps=8, compiled=False):
+def _gcn_losses(lib, steps=8, compiled=False, device="cpu"):
     lib.manual_seed(0)
-    features, adj, labels = _graph(lib)
+    features, adj, labels = (t.to(device) for t in _graph(lib))
 
     class GraphConv(lib.nn.Module):
         def __init__(self, fan_in, fan_out):
@@ -219,9 +219,10 @@ def _gcn_losses(lib, steps=8, compiled=False):
     with lib.no_grad():          # the same starting weights in both libraries
         for p in model.parameters():
             p.copy_(lib.tensor(init.standard_normal(tuple(p.shape)).astype(np.float32) * 0.3))
+    model.to(device)
     opt = lib.optim.Adam(model.parameters(), lr=0.05, weight_decay=5e-4)
     criterion = lib.nn.NLLLoss()
-    train = lib.arange(0, 30)
+    train = lib.arange(0, 30, device=device)
 
     def step():
         model.train()
@@ -248,6 +249,15 @@ def test_compiled_gcn_step_equals_eager():
         warnings.simplefilter("error")
         compiled = _gcn_losses(kiln, compiled=True)
     np.testing.assert_allclose(compiled, _gcn_losses(kiln), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gcn_on_cuda_matches_the_cpu(compiled):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cuda = _gcn_losses(kiln, compiled=compiled, device="cuda")
+    np.testing.assert_allclose(cuda, _gcn_losses(kiln), rtol=1e-4, atol=1e-5)
 
 
 def test_a_sparse_argument_is_two_inputs_of_the_compiled_program():
