@@ -191,6 +191,10 @@ class _Encoder:
         if kind in (bytes, bytearray):
             return self._add({kind.__name__: base64.b64encode(obj).decode("ascii")})
         if isinstance(obj, Tensor):
+            if obj.is_sparse:
+                raise TypeError(f"kiln.save: the sparse tensor at {_where(path)} is not held by "
+                                "kiln's format; save its .coalesce().indices(), .values() and "
+                                "size, or its .to_dense()")
             return self._add(self._tensor(obj, path), obj)
         if kind is np.ndarray and _code_of(obj.dtype) is not None:
             return self._add({"ndarray": self._array(obj, path)}, obj)

@@ -295,3 +295,19 @@ def test_export_refuses_a_sparse_argument_clearly():
             return kiln.spmm(a, x)
     with pytest.raises(TypeError, match="sparse tensor argument or result cannot be exported"):
         kiln.export.export(SpMM(), (kiln.eye(3).to_sparse(), kiln.ones(3, 2)))
+
+
+def test_copies_pickles_and_a_clear_save_error():
+    import copy
+    import pickle
+    s = kiln.sparse_coo_tensor([[0, 2, 0], [1, 1, 1]], [1.0, 2.0, 3.0], (3, 3))
+    for twin in (copy.deepcopy(s), copy.copy(s), pickle.loads(pickle.dumps(s))):
+        assert twin.is_sparse and not twin.is_coalesced()
+        np.testing.assert_array_equal(k2n(twin.to_dense()), k2n(s.to_dense()))
+    deep = copy.deepcopy(s)
+    assert deep._values() is not s._values()
+    assert s in [s] and hash(s) == hash(s)          # identity, as for any tensor
+    with pytest.raises(NotImplementedError, match="comparing sparse tensors"):
+        s == s
+    with pytest.raises(TypeError, match=r"kiln.save: the sparse tensor at obj\[.adj.\]"):
+        kiln.save({"adj": s}, "unused.kiln")      # refused before any file is written

@@ -42,6 +42,8 @@ class _NoDenseMemory:
         raise TypeError(f"the tensor is sparse: {_SUPPORTED}")
 
     def __getattr__(self, name):
+        if name.startswith("__"):       # protocol probes (copy, NumPy) see an ordinary absence
+            raise AttributeError(name)
         raise TypeError(f"the tensor is sparse (no dense .{name}): {_SUPPORTED}")
 
 
@@ -164,6 +166,24 @@ class SparseTensor(Tensor):
         if requires_grad:
             _no_grad()
         return self
+
+    def __reduce_ex__(self, protocol):         # pickle (DataLoader workers, multiprocessing)
+        return (make, (self._idx, self._vals, tuple(self.shape), self._coalesced))
+
+    def __deepcopy__(self, memo) -> "SparseTensor":
+        import copy
+        return make(copy.deepcopy(self._idx, memo), copy.deepcopy(self._vals, memo),
+                    self.shape, self._coalesced)
+
+    def __copy__(self) -> "SparseTensor":
+        return make(self._idx, self._vals, self.shape, self._coalesced)
+
+    def _compare(self, other):
+        raise NotImplementedError(f"comparing sparse tensors is not supported in kiln; "
+                                  f"{_SUPPORTED}")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _compare
+    __hash__ = Tensor.__hash__
 
     def numpy(self, *, force=False):
         raise TypeError("can't convert Sparse layout tensor to numpy. Use Tensor.to_dense() "
