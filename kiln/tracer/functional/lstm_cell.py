@@ -1,0 +1,110 @@
+"""An LSTM cell's pointwise part in one step, eagerly: (gates, c) -> (h, c').
+
+The composite (`chunk` into i, f, g, o; three sigmoids, two tanh, three products and a sum)
+is eleven dispatches and as many autograd nodes per time step, and its backward pads each of
+the four chunks' gradients back to the gates' size and adds them: an eager LSTM on the CPU
+spent most of its step in that Python, and on a GPU each is a device call. Outside a trace
+the same array expressions run here directly (so the values are bitwise the composite's) and
+two autograd nodes are recorded: c' = sigmoid(f) * c + sigmoid(i) * tanh(g) and
+h = sigmoid(o) * tanh(c'), each with its whole gradient. A trace still records the composite,
+which the compiler fuses; the nodes' primitives below are never registered or traced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+from kiln.ir.ops import Primitive
+from kiln.tracer import autograd as _autograd
+from kiln.tracer.tensor import STATE, TRACING, Tensor
+
+_DTYPES = (dt.float32, dt.float64)
+
+
+def fused(gates: Tensor, c: Tensor):
+    """(h, c') for `gates` (..., 4H) and `c` (..., H), or None where the composite must run: in
+    a trace, for subclasses, other dtypes or devices, or a stale view."""
+    if (TRACING[0] and STATE.tracer is not None) or type(gates) is not Tensor or \
+            type(c) is not Tensor or gates.dtype not in _DTYPES or c.dtype is not gates.dtype \
+            or c.device is not gates.device:
+        return None
+    for t in (gates, c):
+        if t._base is not None and t._base[3] != t._version[0]:
+            return None
+    gd, cd = gates._data, c._data
+    hidden = cd.shape[-1] if cd.ndim else 0
+    if gd.shape != cd.shape[:-1] + (4 * hidden,) or not hidden:
+        return None
+    xp = np if gates.device.type == "cpu" else gates.device.xp
+    with np.errstate(all="ignore"):        # exp overflow: sigmoid is 0 there, as the primitive
+        si = 1 / (1 + xp.exp(-gd[..., :hidden]))
+        sf = 1 / (1 + xp.exp(-gd[..., hidden:2 * hidden]))
+        tg = xp.tanh(gd[..., 2 * hidden:3 * hidden])
+        so = 1 / (1 + xp.exp(-gd[..., 3 * hidden:]))
+        c_new = sf * cd + si * tg
+        tc = xp.tanh(c_new)
+        h = so * tc
+    make = Tensor._make
+    kind, device = gates.dtype, gates.device
+    c_out, h_out = make(c_new, kind, device), make(h, kind, device)
+    if STATE.grad_enabled and (gates.requires_grad or c.requires_grad):
+        saved = lambda a: make(a, kind, device)
+        _autograd.record(_CELL_C, (gates, c, saved(si), saved(sf), saved(tg)), {}, c_out)
+        _autograd.record(_CELL_H, (gates, c_out, saved(so), saved(tc)), {}, h_out)
+    return h_out, c_out
+
+
+def _first_order(g: Tensor, like: Tensor) -> bool:
+    """Whether a gradient is computed on the arrays: not while building a graph of the backward
+    (create_graph), and only for a gradient of the output's dtype and device."""
+    return not STATE.grad_enabled and g.dtype is like.dtype and g.device is like.device
+
+
+def _cell_c_grad(g, out, gates, c, si, sf, tg):
+    if _first_order(g, c):
+        xp = np if g.device.type == "cpu" else g.device.xp
+        gd = g._data
+        di = gd * tg._data * si._data * (1 - si._data)
+        df = gd * c._data * sf._data * (1 - sf._data)
+        dg = gd * si._data * (1 - tg._data * tg._data)
+        zeros = xp.zeros_like(di)
+        dgates = xp.concatenate([di, df, dg, zeros], axis=-1)
+        make = Tensor._make
+        return (make(dgates, gates.dtype, gates.device), make(gd * sf._data, c.dtype, c.device),
+                None, None, None)
+    # create_graph: the composite's rules as differentiable ops of the gates themselves
+    from kiln.tracer import functional as F
+    i, f, gg, _ = F.chunk(gates, 4, -1)
+    si, sf, tg = F.sigmoid(i), F.sigmoid(f), F.tanh(gg)
+    di = g * tg * si * (1 - si)
+    df = g * c * sf * (1 - sf)
+    dg = g * si * (1 - tg * tg)
+    return (F.cat([di, df, dg, F.zeros_like(di)], -1), g * sf, None, None, None)
+
+
+def _cell_h_grad(g, out, gates, c_new, so, tc):
+    if _first_order(g, c_new):
+        xp = np if g.device.type == "cpu" else g.device.xp
+        gd = g._data
+        do = gd * tc._data * so._data * (1 - so._data)
+        dc = gd * so._data * (1 - tc._data * tc._data)
+        zeros = xp.zeros(do.shape[:-1] + (3 * do.shape[-1],), dtype=do.dtype)
+        make = Tensor._make
+        return (make(xp.concatenate([zeros, do], axis=-1), gates.dtype, gates.device),
+                make(dc, c_new.dtype, c_new.device), None, None)
+    from kiln.tracer import functional as F
+    o = F.chunk(gates, 4, -1)[3]
+    so, tc = F.sigmoid(o), F.tanh(c_new)
+    do = g * tc * so * (1 - so)
+    zeros = F.zeros_like(do)
+    return (F.cat([zeros, zeros, zeros, do], -1), g * so * (1 - tc * tc), None, None)
+
+
+# Each rule reads the saved activations (private tensors no one writes) and, for c', the
+# previous cell state: an in-place write to c before backward is an error, as in PyTorch.
+_CELL_C = Primitive("lstm_cell_c", "custom", None, None, _cell_c_grad, 5, reads=(1, 2, 3, 4),
+                    doc="eager LSTM cell state c' = sigmoid(f) c + sigmoid(i) tanh(g) (never "
+                        "traced)")
+_CELL_H = Primitive("lstm_cell_h", "custom", None, None, _cell_h_grad, 4, reads=(2, 3),
+                    doc="eager LSTM cell output h = sigmoid(o) tanh(c') (never traced)")

@@ -1,0 +1,115 @@
+"""The eager LSTM cell step (kiln/tracer/functional/lstm_cell.py) against the composite it
+stands for (bitwise: values and gradients) and against PyTorch (nn.LSTM, LSTMCell, double
+backward); an in-place write to the cell state before backward is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.tracer.functional import lstm_cell
+
+
+def composite(gates, c):
+    i, f, g, o = kiln.chunk(gates, 4, -1)
+    c = kiln.sigmoid(f) * c + kiln.sigmoid(i) * kiln.tanh(g)
+    return kiln.sigmoid(o) * kiln.tanh(c), c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_values_and_gradients_are_bitwise_the_composites(dtype):
+    rng = np.random.default_rng(0)
+    gates0 = (rng.standard_normal((5, 12)) * 3).astype(dtype)
+    c0 = rng.standard_normal((5, 3)).astype(dtype)
+    dh, dc = rng.standard_normal((2, 5, 3)).astype(dtype)
+
+    def run(step):
+        gates = kiln.tensor(gates0, requires_grad=True)
+        c = kiln.tensor(c0, requires_grad=True)
+        h, c_new = step(gates, c)
+        (h * kiln.tensor(dh)).sum().add((c_new * kiln.tensor(dc)).sum()).backward()
+        return [t.detach().numpy() for t in (h, c_new, gates.grad, c.grad)]
+    fused = run(lstm_cell.fused)
+    for a, b in zip(fused, run(composite)):
+        np.testing.assert_array_equal(a, b)
+    assert lstm_cell.fused(kiln.tensor(gates0), kiln.tensor(c0)) is not None
+
+
+def test_the_composite_runs_where_the_step_does_not_apply():
+    assert lstm_cell.fused(kiln.ones(2, 8, dtype=kiln.float16), kiln.ones(2, 2,
+                                                                     dtype=kiln.float16)) is None
+    assert lstm_cell.fused(kiln.ones(2, 8), kiln.ones(2, 3)) is None        # not 4H
+    seen = []
+    kiln.compile(lambda g, c: seen.append(lstm_cell.fused(g, c)) or g.sum())(
+        kiln.ones(2, 8), kiln.ones(2, 2))
+    assert seen == [None]                                                   # in a trace
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_nn_lstm_and_its_double_backward_match_torch(bidirectional):
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=bidirectional).double()
+    mine = kiln.nn.LSTM(4, 5, num_layers=2, bidirectional=bidirectional).double()
+    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    x = np.random.default_rng(1).standard_normal((6, 3, 4))
+
+    def run(lib, model):
+        inp = lib.tensor(x, requires_grad=True)
+        out, (h, c) = model(inp)
+        loss = (out ** 2).sum() + (c ** 3).sum()
+        params = list(model.parameters())
+        grads = lib.autograd.grad(loss, [inp] + params, create_graph=True)
+        penalty = sum((g ** 2).sum() for g in grads)     # a gradient penalty: second order
+        second = lib.autograd.grad(penalty, [inp] + params)
+        return [t.detach().numpy() for t in (out, c, *grads, *second)]
+    for a, b in zip(run(kiln, mine), run(torch, ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_lstm_cell_module_matches_torch():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTMCell(3, 4)
+    mine = kiln.nn.LSTMCell(3, 4)
+    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    x = np.random.default_rng(2).standard_normal((5, 2, 3)).astype(np.float32)
+
+    def run(lib, cell):
+        inp = lib.tensor(x, requires_grad=True)
+        h = c = None
+        total = 0
+        for t in range(5):
+            h, c = cell(inp[t]) if h is None else cell(inp[t], (h, c))
+            total = total + h.sum() * (t + 1)
+        total.backward()
+        return [a.detach().numpy() for a in (h, c, inp.grad, cell.weight_hh.grad)]
+    for a, b in zip(run(kiln, mine), run(torch, ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_writing_the_cell_state_before_backward_is_refused():
+    gates = kiln.randn(2, 8, requires_grad=True)
+    c = kiln.randn(2, 2) * 1          # not a leaf: may be written in place
+    h, c_new = lstm_cell.fused(gates, c)
+    c.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        c_new.sum().backward()
+
+
+@pytest.mark.gpu
+def test_on_cuda_matches_the_cpu():
+    rng = np.random.default_rng(3)
+    gates0, c0 = rng.standard_normal((4, 16)).astype(np.float32), \
+        rng.standard_normal((4, 4)).astype(np.float32)
+
+    def run(device):
+        gates = kiln.tensor(gates0, device=device, requires_grad=True)
+        c = kiln.tensor(c0, device=device, requires_grad=True)
+        h, c_new = lstm_cell.fused(gates, c)
+        (h.sum() + (c_new * 2).sum()).backward()
+        return [t.detach().cpu().numpy() for t in (h, c_new, gates.grad, c.grad)]
+    for a, b in zip(run("cuda"), run("cpu")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
