@@ -97,19 +97,3 @@ def test_writing_the_cell_state_before_backward_is_refused():
     c.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         c_new.sum().backward()
-
-
-@pytest.mark.gpu
-def test_on_cuda_matches_the_cpu():
-    rng = np.random.default_rng(3)
-    gates0, c0 = rng.standard_normal((4, 16)).astype(np.float32), \
-        rng.standard_normal((4, 4)).astype(np.float32)
-
-    def run(device):
-        gates = kiln.tensor(gates0, device=device, requires_grad=True)
-        c = kiln.tensor(c0, device=device, requires_grad=True)
-        h, c_new = lstm_cell.fused(gates, c)
-        (h.sum() + (c_new * 2).sum()).backward()
-        return [t.detach().cpu().numpy() for t in (h, c_new, gates.grad, c.grad)]
-    for a, b in zip(run("cuda"), run("cpu")):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

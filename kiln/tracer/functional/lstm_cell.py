@@ -7,7 +7,8 @@ spent most of its step in that Python, and on a GPU each is a device call. Outsi
 the same array expressions run here directly (so the values are bitwise the composite's) and
 two autograd nodes are recorded: c' = sigmoid(f) * c + sigmoid(i) * tanh(g) and
 h = sigmoid(o) * tanh(c'), each with its whole gradient. A trace still records the composite,
-which the compiler fuses; the nodes' primitives below are never registered or traced.
+which the compiler fuses; the nodes' primitives below are never registered or traced. On cuda
+the step and each node's gradient are one Triton launch each (`kiln.runtime.lstm_gpu`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import Primitive
+from kiln.runtime import lstm_gpu
 from kiln.tracer import autograd as _autograd
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
@@ -36,14 +38,15 @@ def fused(gates: Tensor, c: Tensor):
     hidden = cd.shape[-1] if cd.ndim else 0
     if gd.shape != cd.shape[:-1] + (4 * hidden,) or not hidden:
         return None
-    xp = np if gates.device.type == "cpu" else gates.device.xp
+    if gates.device.type != "cpu":
+        return _on_cuda(gates, c) if lstm_gpu.supported(gd, cd) else None
     with np.errstate(all="ignore"):        # exp overflow: sigmoid is 0 there, as the primitive
-        si = 1 / (1 + xp.exp(-gd[..., :hidden]))
-        sf = 1 / (1 + xp.exp(-gd[..., hidden:2 * hidden]))
-        tg = xp.tanh(gd[..., 2 * hidden:3 * hidden])
-        so = 1 / (1 + xp.exp(-gd[..., 3 * hidden:]))
+        si = 1 / (1 + np.exp(-gd[..., :hidden]))
+        sf = 1 / (1 + np.exp(-gd[..., hidden:2 * hidden]))
+        tg = np.tanh(gd[..., 2 * hidden:3 * hidden])
+        so = 1 / (1 + np.exp(-gd[..., 3 * hidden:]))
         c_new = sf * cd + si * tg
-        tc = xp.tanh(c_new)
+        tc = np.tanh(c_new)
         h = so * tc
     make = Tensor._make
     kind, device = gates.dtype, gates.device
@@ -55,6 +58,36 @@ def fused(gates: Tensor, c: Tensor):
     return h_out, c_out
 
 
+def _on_cuda(gates: Tensor, c: Tensor):
+    """The step as one kernel launch (`kiln.runtime.lstm_gpu`), and nodes whose gradients are
+    one launch each; they recompute the activations from the gates."""
+    xp = gates.device.xp
+    h, c_new = lstm_gpu.forward(xp, gates._data, c._data)
+    make = Tensor._make
+    kind, device = gates.dtype, gates.device
+    c_out, h_out = make(c_new, kind, device), make(h, kind, device)
+    if STATE.grad_enabled and (gates.requires_grad or c.requires_grad):
+        _autograd.record(_CELL_C_CUDA, (gates, c), {}, c_out)
+        _autograd.record(_CELL_H_CUDA, (gates, c_out), {}, h_out)
+    return h_out, c_out
+
+
+def _cuda_grad_c(g, out, gates, c):
+    if _first_order(g, c):
+        dgates, dc = lstm_gpu.grad_c(g.device.xp, gates._data, c._data, g._data)
+        return (Tensor._make(dgates, gates.dtype, gates.device),
+                Tensor._make(dc, c.dtype, c.device))
+    return _cell_c_grad(g, out, gates, c, None, None, None)[:2]
+
+
+def _cuda_grad_h(g, out, gates, c_new):
+    if _first_order(g, c_new):
+        dgates, dc = lstm_gpu.grad_h(g.device.xp, gates._data, c_new._data, g._data)
+        return (Tensor._make(dgates, gates.dtype, gates.device),
+                Tensor._make(dc, c_new.dtype, c_new.device))
+    return _cell_h_grad(g, out, gates, c_new, None, None)[:2]
+
+
 def _first_order(g: Tensor, like: Tensor) -> bool:
     """Whether a gradient is computed on the arrays: not while building a graph of the backward
     (create_graph), and only for a gradient of the output's dtype and device."""
@@ -62,14 +95,12 @@ def _first_order(g: Tensor, like: Tensor) -> bool:
 
 
 def _cell_c_grad(g, out, gates, c, si, sf, tg):
-    if _first_order(g, c):
-        xp = np if g.device.type == "cpu" else g.device.xp
+    if si is not None and _first_order(g, c):
         gd = g._data
         di = gd * tg._data * si._data * (1 - si._data)
         df = gd * c._data * sf._data * (1 - sf._data)
         dg = gd * si._data * (1 - tg._data * tg._data)
-        zeros = xp.zeros_like(di)
-        dgates = xp.concatenate([di, df, dg, zeros], axis=-1)
+        dgates = np.concatenate([di, df, dg, np.zeros_like(di)], axis=-1)
         make = Tensor._make
         return (make(dgates, gates.dtype, gates.device), make(gd * sf._data, c.dtype, c.device),
                 None, None, None)
@@ -84,14 +115,13 @@ def _cell_c_grad(g, out, gates, c, si, sf, tg):
 
 
 def _cell_h_grad(g, out, gates, c_new, so, tc):
-    if _first_order(g, c_new):
-        xp = np if g.device.type == "cpu" else g.device.xp
+    if so is not None and _first_order(g, c_new):
         gd = g._data
         do = gd * tc._data * so._data * (1 - so._data)
         dc = gd * so._data * (1 - tc._data * tc._data)
-        zeros = xp.zeros(do.shape[:-1] + (3 * do.shape[-1],), dtype=do.dtype)
+        zeros = np.zeros(do.shape[:-1] + (3 * do.shape[-1],), dtype=do.dtype)
         make = Tensor._make
-        return (make(xp.concatenate([zeros, do], axis=-1), gates.dtype, gates.device),
+        return (make(np.concatenate([zeros, do], axis=-1), gates.dtype, gates.device),
                 make(dc, c_new.dtype, c_new.device), None, None)
     from kiln.tracer import functional as F
     o = F.chunk(gates, 4, -1)[3]
@@ -108,3 +138,8 @@ _CELL_C = Primitive("lstm_cell_c", "custom", None, None, _cell_c_grad, 5, reads=
                         "traced)")
 _CELL_H = Primitive("lstm_cell_h", "custom", None, None, _cell_h_grad, 4, reads=(2, 3),
                     doc="eager LSTM cell output h = sigmoid(o) tanh(c') (never traced)")
+# on cuda the rules recompute the activations from the gates (and read c, c')
+_CELL_C_CUDA = Primitive("lstm_cell_c", "custom", None, None, _cuda_grad_c, 2, reads=(0, 1),
+                         doc="eager LSTM cell state on cuda (never traced)")
+_CELL_H_CUDA = Primitive("lstm_cell_h", "custom", None, None, _cuda_grad_h, 2, reads=(0, 1),
+                         doc="eager LSTM cell output on cuda (never traced)")
