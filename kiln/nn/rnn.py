@@ -13,7 +13,6 @@ from kiln.nn import init
 from kiln.nn.module import Module
 from kiln.nn.parameter import Parameter
 from kiln.nn.utils.rnn import PackedSequence, _pack_with_order, pad_packed_sequence
-from kiln.tracer.functional import lstm_cell
 
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
@@ -30,7 +29,7 @@ def _rnn_step(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, relu: bo
 def _lstm_step(xw: Tensor, state: tuple, w_hh: Tensor, b_hh: Tensor | None) -> tuple:
     h, c = state
     gates = xw + F.linear(h, w_hh, b_hh)
-    done = lstm_cell.fused(gates, c)        # eagerly: the pointwise part in one step
+    done = kiln._lstm_cell(gates, c)        # eagerly: the pointwise part in one step
     if done is not None:
         return done
     i, f, g, o = kiln.chunk(gates, 4, -1)
