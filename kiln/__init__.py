@@ -45,7 +45,8 @@ from kiln.tracer.functional.lstm_cell import fused as _lstm_cell  # noqa: F401  
 half, float, double, long, int, short = float16, float32, float64, int64, int32, int32
 uint8 = uint8
 from kiln.tracer.creation import legacy_type as _legacy_type  # noqa: E402
-FloatTensor, DoubleTensor = _legacy_type("FloatTensor", float32), _legacy_type("DoubleTensor", float64)
+FloatTensor = _legacy_type("FloatTensor", float32)
+DoubleTensor = _legacy_type("DoubleTensor", float64)
 LongTensor, BoolTensor = _legacy_type("LongTensor", int64), _legacy_type("BoolTensor", bool)
 __version__ = "0.1.0"
 

@@ -13,7 +13,8 @@ The kernels are pointwise over the N = rows * H elements of c (C-contiguous arra
 is column k % H of row k // H, whose four gates sit at row * 4H + k % H + {0, H, 2H, 3H}.
 
     forward          c' = sf * c + si * tg          h = so * tanh(c')
-    gradient of c'   dgates = [dc tg si(1-si) | dc c sf(1-sf) | dc si (1-tg^2) | 0]   dc_prev = dc sf
+    gradient of c'   dgates = [dc tg si(1-si) | dc c sf(1-sf) | dc si (1-tg^2) | 0]
+                     dc_prev = dc sf
     gradient of h    dgates = [0 | 0 | 0 | dh tc so(1-so)]   dc' = dh so (1 - tc^2),  tc = tanh(c')
 
 float32 divides correctly rounded (`div_rn`) and uses kiln's float32 tanh (within 2 ulp);
