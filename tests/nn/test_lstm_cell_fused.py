@@ -97,3 +97,67 @@ def test_writing_the_cell_state_before_backward_is_refused():
     c.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         c_new.sum().backward()
+
+
+# ----------------------------------------------------------------------------- GRU
+
+def gru_composite(xw, hw, h):
+    x_r, x_z, x_n = kiln.chunk(xw, 3, -1)
+    h_r, h_z, h_n = kiln.chunk(hw, 3, -1)
+    r, z = kiln.sigmoid(x_r + h_r), kiln.sigmoid(x_z + h_z)
+    return (1 - z) * kiln.tanh(x_n + r * h_n) + z * h
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_values_and_gradients_are_bitwise_the_composites(dtype):
+    rng = np.random.default_rng(4)
+    xw0, hw0 = (rng.standard_normal((2, 5, 9)) * 2).astype(dtype)
+    h0, dh = rng.standard_normal((2, 5, 3)).astype(dtype)
+
+    def run(step):
+        xw, hw, h = (kiln.tensor(a, requires_grad=True) for a in (xw0, hw0, h0))
+        out = step(xw, hw, h)
+        (out * kiln.tensor(dh)).sum().backward()
+        return [t.detach().numpy() for t in (out, xw.grad, hw.grad, h.grad)]
+    for a, b in zip(run(lstm_cell.gru), run(gru_composite)):
+        np.testing.assert_array_equal(a, b)
+    assert lstm_cell.gru(kiln.tensor(xw0), kiln.tensor(hw0), kiln.tensor(h0)) is not None
+
+
+def test_nn_gru_and_its_double_backward_match_torch():
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True).double()
+    mine = kiln.nn.GRU(4, 5, num_layers=2, bidirectional=True).double()
+    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    x = np.random.default_rng(5).standard_normal((6, 3, 4))
+
+    def run(lib, model):
+        inp = lib.tensor(x, requires_grad=True)
+        out, h = model(inp)
+        loss = (out ** 2).sum() + (h ** 3).sum()
+        params = list(model.parameters())
+        grads = lib.autograd.grad(loss, [inp] + params, create_graph=True)
+        second = lib.autograd.grad(sum((g ** 2).sum() for g in grads), [inp] + params)
+        return [t.detach().numpy() for t in (out, h, *grads, *second)]
+    for a, b in zip(run(kiln, mine), run(torch, ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_gru_cell_module_matches_torch():
+    torch.manual_seed(0)
+    ref, mine = torch.nn.GRUCell(3, 4), kiln.nn.GRUCell(3, 4)
+    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    x = np.random.default_rng(6).standard_normal((5, 2, 3)).astype(np.float32)
+
+    def run(lib, cell):
+        inp = lib.tensor(x, requires_grad=True)
+        h, total = None, 0
+        for t in range(5):
+            h = cell(inp[t]) if h is None else cell(inp[t], h)
+            total = total + h.sum() * (t + 1)
+        total.backward()
+        return [a.detach().numpy() for a in (h, inp.grad, cell.weight_hh.grad)]
+    for a, b in zip(run(kiln, mine), run(torch, ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""An LSTM cell's pointwise part in one step, eagerly: (gates, c) -> (h, c').
+"""Recurrent cells' pointwise part in one step, eagerly: LSTM (gates, c) -> (h, c') and GRU
+(x W_ih + b_ih, h W_hh + b_hh, h) -> h'.
 
 The composite (`chunk` into i, f, g, o; three sigmoids, two tanh, three products and a sum)
 is eleven dispatches and as many autograd nodes per time step, and its backward pads each of
@@ -9,6 +10,9 @@ two autograd nodes are recorded: c' = sigmoid(f) * c + sigmoid(i) * tanh(g) and
 h = sigmoid(o) * tanh(c'), each with its whole gradient. A trace still records the composite,
 which the compiler fuses; the nodes' primitives below are never registered or traced. On cuda
 the step and each node's gradient are one Triton launch each (`kiln.runtime.lstm_gpu`).
+
+The GRU step (`gru`) is the same idea with one node, h' = (1 - z) n + z h, on the CPU only (on
+cuda the composite runs).
 """
 
 from __future__ import annotations
@@ -143,3 +147,62 @@ _CELL_C_CUDA = Primitive("lstm_cell_c", "custom", None, None, _cuda_grad_c, 2, r
                          doc="eager LSTM cell state on cuda (never traced)")
 _CELL_H_CUDA = Primitive("lstm_cell_h", "custom", None, None, _cuda_grad_h, 2, reads=(0, 1),
                          doc="eager LSTM cell output on cuda (never traced)")
+
+
+# ----------------------------------------------------------------------------- GRU
+
+def gru(xw: Tensor, hw: Tensor, h: Tensor):
+    """h' of a GRU step from the input and hidden projections xw, hw (..., 3H: r, z, n) and h
+    (..., H), or None where the composite must run (as for `fused`, and off the CPU)."""
+    if (TRACING[0] and STATE.tracer is not None) or type(xw) is not Tensor or \
+            type(hw) is not Tensor or type(h) is not Tensor or xw.dtype not in _DTYPES or \
+            hw.dtype is not xw.dtype or h.dtype is not xw.dtype or xw.device.type != "cpu" \
+            or hw.device is not xw.device or h.device is not xw.device:
+        return None
+    for t in (xw, hw, h):
+        if t._base is not None and t._base[3] != t._version[0]:
+            return None
+    xd, hd, h0 = xw._data, hw._data, h._data
+    hidden = h0.shape[-1] if h0.ndim else 0
+    if not hidden or xd.shape != hd.shape or xd.shape != h0.shape[:-1] + (3 * hidden,):
+        return None
+    two = 2 * hidden
+    with np.errstate(all="ignore"):
+        r = 1 / (1 + np.exp(-(xd[..., :hidden] + hd[..., :hidden])))
+        z = 1 / (1 + np.exp(-(xd[..., hidden:two] + hd[..., hidden:two])))
+        n = np.tanh(xd[..., two:] + r * hd[..., two:])
+        out = (1 - z) * n + z * h0
+    result = Tensor._make(out, xw.dtype, xw.device)
+    if STATE.grad_enabled and (xw.requires_grad or hw.requires_grad or h.requires_grad):
+        make = lambda a: Tensor._make(a, xw.dtype, xw.device)
+        _autograd.record(_GRU, (xw, hw, h, make(r), make(z), make(n)), {}, result)
+    return result
+
+
+def _gru_grad(g, out, xw, hw, h, r, z, n):
+    if r is not None and _first_order(g, h):
+        gd, rd, zd, nd = g._data, r._data, z._data, n._data
+        hidden = nd.shape[-1]
+        h_n = hw._data[..., 2 * hidden:]
+        dn = gd * (1 - zd) * (1 - nd * nd)
+        dz = (gd * h._data - gd * nd) * zd * (1 - zd)      # the composite's two terms, summed
+        dr = dn * h_n * rd * (1 - rd)
+        make = Tensor._make
+        return (make(np.concatenate([dr, dz, dn], axis=-1), xw.dtype, xw.device),
+                make(np.concatenate([dr, dz, dn * rd], axis=-1), hw.dtype, hw.device),
+                make(gd * zd, h.dtype, h.device), None, None, None)
+    # create_graph: the composite's rules as differentiable ops of the inputs
+    from kiln.tracer import functional as F
+    x_r, x_z, x_n = F.chunk(xw, 3, -1)
+    h_r, h_z, h_n = F.chunk(hw, 3, -1)
+    r, z = F.sigmoid(x_r + h_r), F.sigmoid(x_z + h_z)
+    n = F.tanh(x_n + r * h_n)
+    dn = g * (1 - z) * (1 - n * n)
+    dz = (g * h - g * n) * z * (1 - z)
+    dr = dn * h_n * r * (1 - r)
+    return (F.cat([dr, dz, dn], -1), F.cat([dr, dz, dn * r], -1), g * z, None, None, None)
+
+
+# the rule reads the hidden projection (h_n) and h, and the saved activations
+_GRU = Primitive("gru_cell", "custom", None, None, _gru_grad, 6, reads=(1, 2, 3, 4, 5),
+                 doc="eager GRU cell h' = (1 - z) n + z h (never traced)")
