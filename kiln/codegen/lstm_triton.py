@@ -1,5 +1,5 @@
-"""Triton kernels for an eager LSTM cell step on a GPU: forward in one launch, each of its two
-gradient nodes in one launch.
+"""Triton kernels for eager LSTM and GRU cell steps on a GPU: forward in one launch, each
+gradient node in one launch.
 
 The step is (gates, c) -> (h, c') with gates = [i | f | g | o] along the last dimension (each H
 wide) and c' = sigmoid(f) c + sigmoid(i) tanh(g), h = sigmoid(o) tanh(c'), as
@@ -17,6 +17,11 @@ is column k % H of row k // H, whose four gates sit at row * 4H + k % H + {0, H,
                      dc_prev = dc sf
     gradient of h    dgates = [0 | 0 | 0 | dh tc so(1-so)]   dc' = dh so (1 - tc^2),  tc = tanh(c')
 
+The GRU step is (xw, hw, h) -> h' with xw, hw = [r | z | n] (each H wide), r = sigmoid(x_r +
+h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r h_n), h' = (1 - z) n + z h; its one gradient
+kernel writes dxw = [dr | dz | dn], dhw = [dr | dz | dn r] and dh = dh' z, with
+dn = dh' (1 - z)(1 - n^2), dz = (dh' h - dh' n) z (1 - z), dr = dn h_n r (1 - r).
+
 float32 divides correctly rounded (`div_rn`) and uses kiln's float32 tanh (within 2 ulp);
 float64 uses the portable formulas. Both need no libdevice, so Triton's interpreter runs them.
 """
@@ -28,13 +33,13 @@ from kiln.ir import dtypes as dt
 
 DTYPES = {dt.float32: ("*fp32", "tl.float32", "_tanh32"),
           dt.float64: ("*fp64", "tl.float64", "_tanh")}
-KINDS = ("forward", "grad_c", "grad_h")
+KINDS = ("forward", "grad_c", "grad_h", "gru_forward", "gru_grad")
 BLOCK = 1024
 
 _LOAD = '''
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = k < N
-    gate = (k // H) * (4 * H) + k % H
+    gate = (k // H) * (GATES * H) + k % H
     one = tl.full([BLOCK], 1.0, {compute})
 '''
 
@@ -71,6 +76,35 @@ _BODIES = {
     tl.store(dgates_ptr + gate + 3 * H, dh * tc * so * (one - so), mask=ok)
     tl.store(dc_new_ptr + k, dh * so * (one - tc * tc), mask=ok)
 '''),
+    "gru_forward": ('(xw_ptr, hw_ptr, h_ptr, out_ptr', '''
+    r = {sigmoid}(tl.load(xw_ptr + gate, mask=ok, other=0.0)
+                  + tl.load(hw_ptr + gate, mask=ok, other=0.0))
+    z = {sigmoid}(tl.load(xw_ptr + gate + H, mask=ok, other=0.0)
+                  + tl.load(hw_ptr + gate + H, mask=ok, other=0.0))
+    n = {tanh}(tl.load(xw_ptr + gate + 2 * H, mask=ok, other=0.0)
+               + r * tl.load(hw_ptr + gate + 2 * H, mask=ok, other=0.0))
+    tl.store(out_ptr + k, (one - z) * n + z * tl.load(h_ptr + k, mask=ok, other=0.0), mask=ok)
+'''),
+    "gru_grad": ('(xw_ptr, hw_ptr, h_ptr, dout_ptr, dxw_ptr, dhw_ptr, dh_ptr', '''
+    r = {sigmoid}(tl.load(xw_ptr + gate, mask=ok, other=0.0)
+                  + tl.load(hw_ptr + gate, mask=ok, other=0.0))
+    z = {sigmoid}(tl.load(xw_ptr + gate + H, mask=ok, other=0.0)
+                  + tl.load(hw_ptr + gate + H, mask=ok, other=0.0))
+    h_n = tl.load(hw_ptr + gate + 2 * H, mask=ok, other=0.0)
+    n = {tanh}(tl.load(xw_ptr + gate + 2 * H, mask=ok, other=0.0) + r * h_n)
+    h = tl.load(h_ptr + k, mask=ok, other=0.0)
+    g = tl.load(dout_ptr + k, mask=ok, other=0.0)
+    dn = g * (one - z) * (one - n * n)
+    dz = (g * h - g * n) * z * (one - z)
+    dr = dn * h_n * r * (one - r)
+    tl.store(dxw_ptr + gate, dr, mask=ok)
+    tl.store(dxw_ptr + gate + H, dz, mask=ok)
+    tl.store(dxw_ptr + gate + 2 * H, dn, mask=ok)
+    tl.store(dhw_ptr + gate, dr, mask=ok)
+    tl.store(dhw_ptr + gate + H, dz, mask=ok)
+    tl.store(dhw_ptr + gate + 2 * H, dn * r, mask=ok)
+    tl.store(dh_ptr + k, g * z, mask=ok)
+'''),
 }
 
 _SIGMOID = '''
@@ -91,16 +125,18 @@ def _helpers(name: str) -> list:
 
 
 def render_lstm_kernel(kind: str, rows: int, hidden: int, dtype: dt.DType) -> TritonKernel:
-    """The kernel `kind` ("forward", "grad_c" or "grad_h") for `rows` rows of `hidden` cells:
-    forward takes (gates, c) and writes (h, c'); grad_c takes (gates, c, dc) and writes
-    (dgates, dc_prev); grad_h takes (gates, c', dh) and writes (dgates, dc')."""
+    """The kernel `kind` for `rows` rows of `hidden` cells. LSTM: forward takes (gates, c) and
+    writes (h, c'); grad_c takes (gates, c, dc) and writes (dgates, dc_prev); grad_h takes
+    (gates, c', dh) and writes (dgates, dc'). GRU: gru_forward takes (xw, hw, h) and writes h';
+    gru_grad takes (xw, hw, h, dh') and writes (dxw, dhw, dh)."""
     if kind not in KINDS:
         raise ValueError(f"lstm kernel: kind {kind!r} is not one of {KINDS}")
     if dtype not in DTYPES:
         raise ValueError(f"lstm kernel: dtype {dtype} is not supported; expected float32 or "
                          "float64")
     pointer, compute, tanh = DTYPES[dtype]
-    name = f"lstm_cell_{kind}_{dtype.name}"
+    name = (f"gru_cell_{kind[4:]}" if kind.startswith("gru") else f"lstm_cell_{kind}") + \
+        f"_{dtype.name}"
     sigmoid = f"_sigmoid_{dtype.name}"
     divide = "tl.div_rn(one, one + tl.exp(-x))" if dtype is dt.float32 else \
         "one / (one + tl.exp(-x))"
@@ -110,12 +146,13 @@ def render_lstm_kernel(kind: str, rows: int, hidden: int, dtype: dt.DType) -> Tr
               "import triton\nimport triton.language as tl\n" + helpers
               + _SIGMOID.format(name=sigmoid, compute=compute, divide=divide)
               + f"\n\n@triton.jit\ndef {name}{params}, N: tl.constexpr, H: tl.constexpr, "
-              "BLOCK: tl.constexpr):"
+              "GATES: tl.constexpr, BLOCK: tl.constexpr):"
               + _LOAD.format(compute=compute).rstrip("\n")
               + body.format(sigmoid=sigmoid, tanh=tanh))
     pointers = tuple(p.strip() for p in params.strip("(").split(","))
     numel = rows * hidden
-    constexprs = dict(N=numel, H=hidden, BLOCK=BLOCK)
+    gates = 3 if kind.startswith("gru") else 4
+    constexprs = dict(N=numel, H=hidden, GATES=gates, BLOCK=BLOCK)
     signature = {p: pointer for p in pointers}
     signature.update({k: "constexpr" for k in constexprs})
     grid = (max(1, -(-numel // BLOCK)),)

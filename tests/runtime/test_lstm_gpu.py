@@ -79,3 +79,43 @@ def test_kernels_build_for_sm90(tmp_path, nvidia_backend):
             assert b.cubin[:4] == b"\x7fELF", tk.name
     assert "div.rn.f32" in build_one_for_gpu(render_lstm_kernel("forward", 20, 128, dt.float32),
                                              90, cache).ptx
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [kiln.float32, kiln.float64])
+def test_gru_on_cuda_matches_the_cpu_with_one_launch_per_step_each_way(dtype, launches):
+    cuda = kiln.nn.GRU(4, 6, 2, bidirectional=True).to(dtype=dtype, device="cuda")
+    cpu = kiln.nn.GRU(4, 6, 2, bidirectional=True).to(dtype)
+    cpu.load_state_dict({k: v.cpu() for k, v in cuda.state_dict().items()})
+    x = np.random.default_rng(2).standard_normal((5, 3, 4))
+    results = []
+    for model, device in ((cuda, "cuda"), (cpu, "cpu")):
+        launches.clear()
+        inp = kiln.tensor(x, dtype=dtype, device=device, requires_grad=True)
+        out, h = model(inp)
+        (out.pow(2).sum() + h.sum()).backward()
+        results.append([t.detach().cpu().numpy() for t in (out, h, inp.grad,
+                                                            model.weight_hh_l1.grad)])
+        if device == "cuda":
+            cells = [k for k in launches if k.startswith("gru_cell")]
+            assert cells.count(f"gru_cell_forward_{dtype.name}") == 20
+            assert cells.count(f"gru_cell_grad_{dtype.name}") == 20
+    tol = 1e-5 if dtype is kiln.float32 else 1e-12
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+def test_gru_double_backward_on_cuda_matches_the_cpu():
+    cuda = kiln.nn.GRU(4, 5).to(dtype=kiln.float64, device="cuda")
+    cpu = kiln.nn.GRU(4, 5).to(kiln.float64)
+    cpu.load_state_dict({k: v.cpu() for k, v in cuda.state_dict().items()})
+    x = np.random.default_rng(3).standard_normal((4, 2, 4))
+    results = []
+    for model, device in ((cuda, "cuda"), (cpu, "cpu")):
+        inp = kiln.tensor(x, dtype=kiln.float64, device=device, requires_grad=True)
+        (g,) = kiln.autograd.grad(model(inp)[0].pow(2).sum(), inp, create_graph=True)
+        g.pow(2).sum().backward()
+        results.append([g.detach().cpu().numpy(), model.weight_hh_l0.grad.cpu().numpy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -11,8 +11,8 @@ h = sigmoid(o) * tanh(c'), each with its whole gradient. A trace still records t
 which the compiler fuses; the nodes' primitives below are never registered or traced. On cuda
 the step and each node's gradient are one Triton launch each (`kiln.runtime.lstm_gpu`).
 
-The GRU step (`gru`) is the same idea with one node, h' = (1 - z) n + z h, on the CPU only (on
-cuda the composite runs).
+The GRU step (`gru`) is the same idea with one node, h' = (1 - z) n + z h; on cuda its forward
+and its gradient are one launch each too.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def gru(xw: Tensor, hw: Tensor, h: Tensor):
     (..., H), or None where the composite must run (as for `fused`, and off the CPU)."""
     if (TRACING[0] and STATE.tracer is not None) or type(xw) is not Tensor or \
             type(hw) is not Tensor or type(h) is not Tensor or xw.dtype not in _DTYPES or \
-            hw.dtype is not xw.dtype or h.dtype is not xw.dtype or xw.device.type != "cpu" \
-            or hw.device is not xw.device or h.device is not xw.device:
+            hw.dtype is not xw.dtype or h.dtype is not xw.dtype or hw.device is not xw.device \
+            or h.device is not xw.device:
         return None
     for t in (xw, hw, h):
         if t._base is not None and t._base[3] != t._version[0]:
@@ -166,6 +166,8 @@ def gru(xw: Tensor, hw: Tensor, h: Tensor):
     hidden = h0.shape[-1] if h0.ndim else 0
     if not hidden or xd.shape != hd.shape or xd.shape != h0.shape[:-1] + (3 * hidden,):
         return None
+    if xw.device.type != "cpu":
+        return _gru_on_cuda(xw, hw, h) if lstm_gpu.supported(xd, h0) else None
     two = 2 * hidden
     with np.errstate(all="ignore"):
         r = 1 / (1 + np.exp(-(xd[..., :hidden] + hd[..., :hidden])))
@@ -177,6 +179,21 @@ def gru(xw: Tensor, hw: Tensor, h: Tensor):
         make = lambda a: Tensor._make(a, xw.dtype, xw.device)
         _autograd.record(_GRU, (xw, hw, h, make(r), make(z), make(n)), {}, result)
     return result
+
+
+def _gru_on_cuda(xw: Tensor, hw: Tensor, h: Tensor) -> Tensor:
+    out = lstm_gpu.gru_forward(xw.device.xp, xw._data, hw._data, h._data)
+    result = Tensor._make(out, xw.dtype, xw.device)
+    if STATE.grad_enabled and (xw.requires_grad or hw.requires_grad or h.requires_grad):
+        _autograd.record(_GRU_CUDA, (xw, hw, h), {}, result)
+    return result
+
+
+def _cuda_gru_grad(g, out, xw, hw, h):
+    if _first_order(g, h):
+        grads = lstm_gpu.gru_grad(g.device.xp, xw._data, hw._data, h._data, g._data)
+        return tuple(Tensor._make(a, t.dtype, t.device) for a, t in zip(grads, (xw, hw, h)))
+    return _gru_grad(g, out, xw, hw, h, None, None, None)[:3]
 
 
 def _gru_grad(g, out, xw, hw, h, r, z, n):
@@ -206,3 +223,5 @@ def _gru_grad(g, out, xw, hw, h, r, z, n):
 # the rule reads the hidden projection (h_n) and h, and the saved activations
 _GRU = Primitive("gru_cell", "custom", None, None, _gru_grad, 6, reads=(1, 2, 3, 4, 5),
                  doc="eager GRU cell h' = (1 - z) n + z h (never traced)")
+_GRU_CUDA = Primitive("gru_cell", "custom", None, None, _cuda_gru_grad, 3, reads=(0, 1, 2),
+                      doc="eager GRU cell on cuda (never traced)")
