@@ -40,8 +40,8 @@ from kiln.compiler import compile  # noqa: F401
 from kiln.runtime import cuda  # noqa: F401
 from kiln.runtime.threads import set_num_threads, get_num_threads  # noqa: F401
 from kiln.tracer.fused_optim import _fused_adam_, _fused_adamw_, _fused_sgd_  # noqa: F401
-from kiln.tracer.functional.lstm_cell import fused as _lstm_cell  # noqa: F401  (nn.LSTM)
-from kiln.tracer.functional.lstm_cell import gru as _gru_cell  # noqa: F401  (nn.GRU)
+from kiln.tracer.functional.rnn_cells import lstm as _lstm_cell  # noqa: F401  (nn.LSTM)
+from kiln.tracer.functional.rnn_cells import gru as _gru_cell  # noqa: F401  (nn.GRU)
 
 half, float, double, long, int, short = float16, float32, float64, int64, int32, int32
 uint8 = uint8

@@ -29,7 +29,7 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
          "tests/tracer/test_inplace_into_self.py",
          "tests/runtime/test_softmax_gpu.py",
          "tests/test_sparse.py::test_gcn_on_cuda_matches_the_cpu",
-         "tests/runtime/test_lstm_gpu.py",
+         "tests/runtime/test_rnn_cell_gpu.py",
          "tests/runtime/test_triton_runtime.py::test_cuda_launch_on_cupy_stream",
          "tests/tracer/test_ops_parity.py::test_op_matches_torch_on_cuda",
          "tests/test_serialization.py::test_cuda_tensors_round_trip_and_map_location"],

@@ -3,7 +3,7 @@ gradient node in one launch.
 
 The step is (gates, c) -> (h, c') with gates = [i | f | g | o] along the last dimension (each H
 wide) and c' = sigmoid(f) c + sigmoid(i) tanh(g), h = sigmoid(o) tanh(c'), as
-`kiln.tracer.functional.lstm_cell` computes it on the CPU. Eagerly on a GPU the composite was
+`kiln.tracer.functional.rnn_cells` computes it on the CPU. Eagerly on a GPU the composite was
 about 18 CuPy calls forward and 40 backward per step; these kernels do the forward in one
 launch and each gradient node (c' and h, see lstm_cell) in one, recomputing the activations
 from the gates instead of saving them. A compiled program never uses them (a trace records the
@@ -124,7 +124,7 @@ def _helpers(name: str) -> list:
     return out + [name]
 
 
-def render_lstm_kernel(kind: str, rows: int, hidden: int, dtype: dt.DType) -> TritonKernel:
+def render_rnn_cell_kernel(kind: str, rows: int, hidden: int, dtype: dt.DType) -> TritonKernel:
     """The kernel `kind` for `rows` rows of `hidden` cells. LSTM: forward takes (gates, c) and
     writes (h, c'); grad_c takes (gates, c, dc) and writes (dgates, dc_prev); grad_h takes
     (gates, c', dh) and writes (dgates, dc'). GRU: gru_forward takes (xw, hw, h) and writes h';
@@ -142,7 +142,7 @@ def render_lstm_kernel(kind: str, rows: int, hidden: int, dtype: dt.DType) -> Tr
         "one / (one + tl.exp(-x))"
     params, body = _BODIES[kind]
     helpers = "".join(HELPERS[h] for h in _helpers(tanh))
-    source = (f"# {name}: an LSTM cell step's {kind} (kiln/codegen/lstm_triton.py)\n"
+    source = (f"# {name}: an LSTM cell step's {kind} (kiln/codegen/rnn_cell_triton.py)\n"
               "import triton\nimport triton.language as tl\n" + helpers
               + _SIGMOID.format(name=sigmoid, compute=compute, divide=divide)
               + f"\n\n@triton.jit\ndef {name}{params}, N: tl.constexpr, H: tl.constexpr, "
@@ -159,4 +159,4 @@ def render_lstm_kernel(kind: str, rows: int, hidden: int, dtype: dt.DType) -> Tr
     return TritonKernel(name, source, pointers, signature, constexprs, grid, 4)
 
 
-__all__ = ["DTYPES", "KINDS", "render_lstm_kernel"]
+__all__ = ["DTYPES", "KINDS", "render_rnn_cell_kernel"]

@@ -1,6 +1,7 @@
-"""Eager LSTM cell steps on cuda (kiln/codegen/lstm_triton.py, kiln/runtime/lstm_gpu.py): one
-launch forward and one per gradient node, the same values and gradients as the CPU (first and
-second order), the composite inside a trace, and every kernel builds for sm_90."""
+"""Eager LSTM and GRU cell steps on cuda (kiln/codegen/rnn_cell_triton.py,
+kiln/runtime/rnn_cell_gpu.py): one launch forward and one per gradient node, the same values
+and gradients as the CPU (first and second order), the composite inside a trace, and every
+kernel builds for sm_90."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import kiln
-from kiln.codegen.lstm_triton import KINDS, render_lstm_kernel
+from kiln.codegen.rnn_cell_triton import KINDS, render_rnn_cell_kernel
 from kiln.ir import dtypes as dt
 from kiln.runtime.triton_launch import KernelCache, build_one_for_gpu
 
@@ -73,11 +74,11 @@ def test_kernels_build_for_sm90(tmp_path, nvidia_backend):
     cache = KernelCache(tmp_path)
     for kind in KINDS:
         for dtype in (dt.float32, dt.float64):
-            tk = render_lstm_kernel(kind, 20, 128, dtype)
+            tk = render_rnn_cell_kernel(kind, 20, 128, dtype)
             b = build_one_for_gpu(tk, 90, cache)
             assert ".target sm_90" in b.ptx and f".entry {tk.name}" in b.ptx, tk.name
             assert b.cubin[:4] == b"\x7fELF", tk.name
-    assert "div.rn.f32" in build_one_for_gpu(render_lstm_kernel("forward", 20, 128, dt.float32),
+    assert "div.rn.f32" in build_one_for_gpu(render_rnn_cell_kernel("forward", 20, 128, dt.float32),
                                              90, cache).ptx
 
 

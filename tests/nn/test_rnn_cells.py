@@ -1,6 +1,7 @@
-"""The eager LSTM cell step (kiln/tracer/functional/lstm_cell.py) against the composite it
-stands for (bitwise: values and gradients) and against PyTorch (nn.LSTM, LSTMCell, double
-backward); an in-place write to the cell state before backward is refused."""
+"""The eager LSTM and GRU cell steps (kiln/tracer/functional/rnn_cells.py) against the
+composites they stand for (bitwise: values and gradients) and against PyTorch (nn.LSTM,
+LSTMCell, nn.GRU, GRUCell, double backward); an in-place write to the cell state before
+backward is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.tracer.functional import lstm_cell
+from kiln.tracer.functional import rnn_cells
 
 
 def composite(gates, c):
@@ -31,18 +32,18 @@ def test_values_and_gradients_are_bitwise_the_composites(dtype):
         h, c_new = step(gates, c)
         (h * kiln.tensor(dh)).sum().add((c_new * kiln.tensor(dc)).sum()).backward()
         return [t.detach().numpy() for t in (h, c_new, gates.grad, c.grad)]
-    fused = run(lstm_cell.fused)
+    fused = run(rnn_cells.lstm)
     for a, b in zip(fused, run(composite)):
         np.testing.assert_array_equal(a, b)
-    assert lstm_cell.fused(kiln.tensor(gates0), kiln.tensor(c0)) is not None
+    assert rnn_cells.lstm(kiln.tensor(gates0), kiln.tensor(c0)) is not None
 
 
 def test_the_composite_runs_where_the_step_does_not_apply():
-    assert lstm_cell.fused(kiln.ones(2, 8, dtype=kiln.float16), kiln.ones(2, 2,
+    assert rnn_cells.lstm(kiln.ones(2, 8, dtype=kiln.float16), kiln.ones(2, 2,
                                                                      dtype=kiln.float16)) is None
-    assert lstm_cell.fused(kiln.ones(2, 8), kiln.ones(2, 3)) is None        # not 4H
+    assert rnn_cells.lstm(kiln.ones(2, 8), kiln.ones(2, 3)) is None        # not 4H
     seen = []
-    kiln.compile(lambda g, c: seen.append(lstm_cell.fused(g, c)) or g.sum())(
+    kiln.compile(lambda g, c: seen.append(rnn_cells.lstm(g, c)) or g.sum())(
         kiln.ones(2, 8), kiln.ones(2, 2))
     assert seen == [None]                                                   # in a trace
 
@@ -93,7 +94,7 @@ def test_lstm_cell_module_matches_torch():
 def test_writing_the_cell_state_before_backward_is_refused():
     gates = kiln.randn(2, 8, requires_grad=True)
     c = kiln.randn(2, 2) * 1          # not a leaf: may be written in place
-    h, c_new = lstm_cell.fused(gates, c)
+    h, c_new = rnn_cells.lstm(gates, c)
     c.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         c_new.sum().backward()
@@ -119,9 +120,9 @@ def test_gru_values_and_gradients_are_bitwise_the_composites(dtype):
         out = step(xw, hw, h)
         (out * kiln.tensor(dh)).sum().backward()
         return [t.detach().numpy() for t in (out, xw.grad, hw.grad, h.grad)]
-    for a, b in zip(run(lstm_cell.gru), run(gru_composite)):
+    for a, b in zip(run(rnn_cells.gru), run(gru_composite)):
         np.testing.assert_array_equal(a, b)
-    assert lstm_cell.gru(kiln.tensor(xw0), kiln.tensor(hw0), kiln.tensor(h0)) is not None
+    assert rnn_cells.gru(kiln.tensor(xw0), kiln.tensor(hw0), kiln.tensor(h0)) is not None
 
 
 def test_nn_gru_and_its_double_backward_match_torch():

@@ -1,4 +1,4 @@
-"""Eager LSTM and GRU cell steps on CuPy arrays: `kiln.codegen.lstm_triton`'s kernels, one
+"""Eager LSTM and GRU cell steps on CuPy arrays: `kiln.codegen.rnn_cell_triton`'s kernels, one
 launch each.
 
 For each kind, shape and dtype the kernel is rendered and its launcher (`CudaKernelLauncher`)
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from kiln.codegen.lstm_triton import DTYPES, render_lstm_kernel
+from kiln.codegen.rnn_cell_triton import DTYPES, render_rnn_cell_kernel
 from kiln.runtime.triton_launch import CudaKernelLauncher
 
 _BY_NUMPY = {d.np_dtype: d for d in DTYPES}
@@ -34,7 +34,7 @@ def _launch(xp, kind: str, inputs: tuple, out_shapes: tuple, c):
     if launcher is None:
         if len(_LAUNCHERS) >= _LAUNCHERS_LIMIT:
             _LAUNCHERS.clear()
-        launcher = _LAUNCHERS[key] = CudaKernelLauncher(render_lstm_kernel(
+        launcher = _LAUNCHERS[key] = CudaKernelLauncher(render_rnn_cell_kernel(
             kind, c.size // hidden, hidden, _BY_NUMPY[c.dtype]), tune=False)
     inputs = [a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in inputs]
     outs = [xp.empty(shape, c.dtype) for shape in out_shapes]

@@ -9,7 +9,7 @@ the same array expressions run here directly (so the values are bitwise the comp
 two autograd nodes are recorded: c' = sigmoid(f) * c + sigmoid(i) * tanh(g) and
 h = sigmoid(o) * tanh(c'), each with its whole gradient. A trace still records the composite,
 which the compiler fuses; the nodes' primitives below are never registered or traced. On cuda
-the step and each node's gradient are one Triton launch each (`kiln.runtime.lstm_gpu`).
+the step and each node's gradient are one Triton launch each (`kiln.runtime.rnn_cell_gpu`).
 
 The GRU step (`gru`) is the same idea with one node, h' = (1 - z) n + z h; on cuda its forward
 and its gradient are one launch each too.
@@ -21,14 +21,14 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import Primitive
-from kiln.runtime import lstm_gpu
+from kiln.runtime import rnn_cell_gpu
 from kiln.tracer import autograd as _autograd
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 _DTYPES = (dt.float32, dt.float64)
 
 
-def fused(gates: Tensor, c: Tensor):
+def lstm(gates: Tensor, c: Tensor):
     """(h, c') for `gates` (..., 4H) and `c` (..., H), or None where the composite must run: in
     a trace, for subclasses, other dtypes or devices, or a stale view."""
     if (TRACING[0] and STATE.tracer is not None) or type(gates) is not Tensor or \
@@ -43,7 +43,7 @@ def fused(gates: Tensor, c: Tensor):
     if gd.shape != cd.shape[:-1] + (4 * hidden,) or not hidden:
         return None
     if gates.device.type != "cpu":
-        return _on_cuda(gates, c) if lstm_gpu.supported(gd, cd) else None
+        return _on_cuda(gates, c) if rnn_cell_gpu.supported(gd, cd) else None
     with np.errstate(all="ignore"):        # exp overflow: sigmoid is 0 there, as the primitive
         si = 1 / (1 + np.exp(-gd[..., :hidden]))
         sf = 1 / (1 + np.exp(-gd[..., hidden:2 * hidden]))
@@ -63,10 +63,10 @@ def fused(gates: Tensor, c: Tensor):
 
 
 def _on_cuda(gates: Tensor, c: Tensor):
-    """The step as one kernel launch (`kiln.runtime.lstm_gpu`), and nodes whose gradients are
+    """The step as one kernel launch (`kiln.runtime.rnn_cell_gpu`), and nodes whose gradients are
     one launch each; they recompute the activations from the gates."""
     xp = gates.device.xp
-    h, c_new = lstm_gpu.forward(xp, gates._data, c._data)
+    h, c_new = rnn_cell_gpu.forward(xp, gates._data, c._data)
     make = Tensor._make
     kind, device = gates.dtype, gates.device
     c_out, h_out = make(c_new, kind, device), make(h, kind, device)
@@ -78,7 +78,7 @@ def _on_cuda(gates: Tensor, c: Tensor):
 
 def _cuda_grad_c(g, out, gates, c):
     if _first_order(g, c):
-        dgates, dc = lstm_gpu.grad_c(g.device.xp, gates._data, c._data, g._data)
+        dgates, dc = rnn_cell_gpu.grad_c(g.device.xp, gates._data, c._data, g._data)
         return (Tensor._make(dgates, gates.dtype, gates.device),
                 Tensor._make(dc, c.dtype, c.device))
     return _cell_c_grad(g, out, gates, c, None, None, None)[:2]
@@ -86,7 +86,7 @@ def _cuda_grad_c(g, out, gates, c):
 
 def _cuda_grad_h(g, out, gates, c_new):
     if _first_order(g, c_new):
-        dgates, dc = lstm_gpu.grad_h(g.device.xp, gates._data, c_new._data, g._data)
+        dgates, dc = rnn_cell_gpu.grad_h(g.device.xp, gates._data, c_new._data, g._data)
         return (Tensor._make(dgates, gates.dtype, gates.device),
                 Tensor._make(dc, c_new.dtype, c_new.device))
     return _cell_h_grad(g, out, gates, c_new, None, None)[:2]
@@ -153,7 +153,7 @@ _CELL_H_CUDA = Primitive("lstm_cell_h", "custom", None, None, _cuda_grad_h, 2, r
 
 def gru(xw: Tensor, hw: Tensor, h: Tensor):
     """h' of a GRU step from the input and hidden projections xw, hw (..., 3H: r, z, n) and h
-    (..., H), or None where the composite must run (as for `fused`, and off the CPU)."""
+    (..., H), or None where the composite must run (as for `lstm`)."""
     if (TRACING[0] and STATE.tracer is not None) or type(xw) is not Tensor or \
             type(hw) is not Tensor or type(h) is not Tensor or xw.dtype not in _DTYPES or \
             hw.dtype is not xw.dtype or h.dtype is not xw.dtype or hw.device is not xw.device \
@@ -167,7 +167,7 @@ def gru(xw: Tensor, hw: Tensor, h: Tensor):
     if not hidden or xd.shape != hd.shape or xd.shape != h0.shape[:-1] + (3 * hidden,):
         return None
     if xw.device.type != "cpu":
-        return _gru_on_cuda(xw, hw, h) if lstm_gpu.supported(xd, h0) else None
+        return _gru_on_cuda(xw, hw, h) if rnn_cell_gpu.supported(xd, h0) else None
     two = 2 * hidden
     with np.errstate(all="ignore"):
         r = 1 / (1 + np.exp(-(xd[..., :hidden] + hd[..., :hidden])))
@@ -182,7 +182,7 @@ def gru(xw: Tensor, hw: Tensor, h: Tensor):
 
 
 def _gru_on_cuda(xw: Tensor, hw: Tensor, h: Tensor) -> Tensor:
-    out = lstm_gpu.gru_forward(xw.device.xp, xw._data, hw._data, h._data)
+    out = rnn_cell_gpu.gru_forward(xw.device.xp, xw._data, hw._data, h._data)
     result = Tensor._make(out, xw.dtype, xw.device)
     if STATE.grad_enabled and (xw.requires_grad or hw.requires_grad or h.requires_grad):
         _autograd.record(_GRU_CUDA, (xw, hw, h), {}, result)
@@ -191,7 +191,7 @@ def _gru_on_cuda(xw: Tensor, hw: Tensor, h: Tensor) -> Tensor:
 
 def _cuda_gru_grad(g, out, xw, hw, h):
     if _first_order(g, h):
-        grads = lstm_gpu.gru_grad(g.device.xp, xw._data, hw._data, h._data, g._data)
+        grads = rnn_cell_gpu.gru_grad(g.device.xp, xw._data, hw._data, h._data, g._data)
         return tuple(Tensor._make(a, t.dtype, t.device) for a, t in zip(grads, (xw, hw, h)))
     return _gru_grad(g, out, xw, hw, h, None, None, None)[:3]
 
