@@ -50,17 +50,13 @@ def _dtype(dtype) -> dt.DType | None:
     return dt.from_numpy(dtype)
 
 
-def _size_arg(size: tuple, size_kw: dict, name: str) -> tuple:
-    """The shape given positionally, or as PyTorch's `size=` keyword."""
-    if size_kw:
-        if size or set(size_kw) != {"size"}:
-            bad = sorted(set(size_kw) - {"size"}) or ["size"]
-            raise TypeError(f"{name}() got an unexpected keyword argument {bad[0]!r}")
-        return (size_kw["size"],)
-    return size
-
-
-def _size(size) -> tuple:
+def _size(size, keyword=None) -> tuple:
+    """A factory's shape: its positional ints (or one sequence of them), or what it got as
+    PyTorch's `size=` keyword."""
+    if keyword is not None:
+        if size:
+            raise TypeError("the shape was given both as arguments and as size=")
+        size = (keyword,)
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
     out = []
@@ -242,14 +238,13 @@ def _creation(prim, device, requires_grad, **attrs) -> Tensor:
     return out
 
 
-def full(*size, fill_value=None, dtype=None, device=None, requires_grad=False,
-         **size_kw) -> Tensor:
-    size = _size_arg(size, size_kw, "full")
+def full(*shape, size=None, fill_value=None, dtype=None, device=None,
+         requires_grad=False) -> Tensor:
     if fill_value is None:               # full(size, value) positional form
-        size, fill_value = size[:-1], size[-1]
+        shape, fill_value = shape[:-1], shape[-1]
     if isinstance(fill_value, Tensor):
         fill_value = fill_value.item()
-    shape = _size(size)
+    shape = _size(shape, size)
     kind = _dtype(dtype) or dt.scalar_dtype(fill_value)
     return _creation(PRIMITIVES["full"], device, requires_grad, shape=shape,
                      value=_cast_value(fill_value, kind), dtype=kind)
@@ -263,22 +258,19 @@ def _cast_value(value, kind: dt.DType):
     return int(value)
 
 
-def zeros(*size, dtype=None, device=None, requires_grad=False, out=None, **size_kw) -> Tensor:
-    size = _size_arg(size, size_kw, "zeros")
-    return full(_size(size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(), device=device,
-                requires_grad=requires_grad)
+def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False, out=None) -> Tensor:
+    return full(_size(shape, size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(),
+                device=device, requires_grad=requires_grad)
 
 
-def ones(*size, dtype=None, device=None, requires_grad=False, **size_kw) -> Tensor:
-    size = _size_arg(size, size_kw, "ones")
-    return full(_size(size), 1, dtype=_dtype(dtype) or dt.get_default_dtype(), device=device,
-                requires_grad=requires_grad)
+def ones(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return full(_size(shape, size), 1, dtype=_dtype(dtype) or dt.get_default_dtype(),
+                device=device, requires_grad=requires_grad)
 
 
-def empty(*size, dtype=None, device=None, requires_grad=False, memory_format=None,
-          **size_kw) -> Tensor:
-    size = _size_arg(size, size_kw, "empty")
-    return zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
+def empty(*shape, size=None, dtype=None, device=None, requires_grad=False,
+          memory_format=None) -> Tensor:
+    return zeros(_size(shape, size), dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def _like(input: Tensor, dtype, device):
@@ -441,24 +433,22 @@ def _uniform(generator: Generator | None, device, shape: tuple, dtype) -> Tensor
     return P.rand(_seed_tensor(generator, device), shape=shape, dtype=dtype)
 
 
-def rand(*size, generator=None, dtype=None, device=None, requires_grad=False,
-         **size_kw) -> Tensor:
-    size = _size_arg(size, size_kw, "rand")
+def rand(*shape, size=None, generator=None, dtype=None, device=None,
+         requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
     if not kind.is_floating_point:
         raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
                        TypeError)
-    out = _uniform(generator, device, _size(size), kind)
+    out = _uniform(generator, device, _size(shape, size), kind)
     if requires_grad:
         out.requires_grad_(True)
     return out
 
 
-def randn(*size, generator=None, dtype=None, device=None, requires_grad=False,
-          **size_kw) -> Tensor:
-    size = _size_arg(size, size_kw, "randn")
+def randn(*shape, size=None, generator=None, dtype=None, device=None,
+          requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
-    shape = _size(size)
+    shape = _size(shape, size)
     # Box-Muller in float64 from two uniform draws
     u1 = _uniform(generator, device, shape, dt.float64)
     u2 = _uniform(generator, device, shape, dt.float64)

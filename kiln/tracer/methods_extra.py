@@ -9,6 +9,7 @@ from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer import sparse
+from kiln.tracer.sparse import layout, sparse_coo, strided  # noqa: F401  (re-exported)
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -40,19 +41,6 @@ masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoe
 nonzero_static real igamma igammac
 """.split()
 
-class layout:
-    """A tensor's memory layout (torch.layout): strided (dense), or sparse_coo for a
-    kiln.tracer.sparse.SparseTensor."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"kiln.{self.name}"
-
-
-strided = layout("strided")
-sparse.sparse_coo = sparse_coo = layout("sparse_coo")
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)

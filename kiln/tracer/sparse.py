@@ -29,6 +29,21 @@ _SUPPORTED = ("kiln's sparse COO tensors support to_dense(), coalesce(), indices
 UNSUPPORTED = "not supported on a sparse tensor; " + _SUPPORTED   # the dispatcher's error
 
 
+class layout:
+    """A tensor's memory layout (torch.layout): strided (every dense tensor) or sparse_coo (a
+    SparseTensor)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
+
+
+strided = layout("strided")
+sparse_coo = layout("sparse_coo")
+
+
 class _NoDenseMemory:
     """The `_data` of a SparseTensor: its shape and dtype, and no elements to compute on."""
 
@@ -101,16 +116,18 @@ class SparseTensor(Tensor):
             return self
         from kiln.tracer.functional_extra.counting import unique
         keys, inverse = unique(self._flat_index(), sorted=True, return_inverse=True)
-        values = self._vals.new_zeros((keys.shape[0],) + tuple(self._vals.shape[1:]))
-        values = values.index_add(0, inverse, self._vals)
-        return make(_unflatten(keys, self.shape[:self.sparse_dim()]), values, self.shape,
-                     coalesced=True)
+        return make(_unflatten(keys, self.shape[:self.sparse_dim()]),
+                    self._summed(keys.shape[0], inverse), self.shape, coalesced=True)
 
     def to_dense(self, dtype=None, *, masked_grad=None) -> Tensor:
-        sparse_shape = tuple(self.shape[:self.sparse_dim()])
-        rows = self._vals.new_zeros((math.prod(sparse_shape),) + tuple(self._vals.shape[1:]))
-        dense = rows.index_add(0, self._flat_index(), self._vals).reshape(tuple(self.shape))
+        positions = math.prod(self.shape[:self.sparse_dim()])
+        dense = self._summed(positions, self._flat_index()).reshape(tuple(self.shape))
         return dense if dtype is None else dense.to(dtype)
+
+    def _summed(self, rows: int, index: Tensor) -> Tensor:
+        """`rows` rows of values, row r the sum of the entries whose `index` is r."""
+        zeros = self._vals.new_zeros((rows,) + tuple(self._vals.shape[1:]))
+        return zeros.index_add(0, index, self._vals)
 
     def _flat_index(self) -> Tensor:
         """Each entry's position in the row-major flattening of the sparse dims."""
@@ -286,14 +303,12 @@ class SparseTensor(Tensor):
     div = __truediv__
 
     def sum(self, dim=None, keepdim=False, dtype=None):
-        return sum(self, dim, dtype=dtype) if not keepdim else _keepdim_error()
+        if keepdim:
+            raise NotImplementedError("sum(keepdim=True) of a sparse tensor is not supported "
+                                      "in kiln")
+        return sum(self, dim, dtype=dtype)
 
 
-sparse_coo = None      # set below: the layout object, made where `strided` is
-
-
-def _keepdim_error():
-    raise NotImplementedError("sum(keepdim=True) of a sparse tensor is not supported in kiln")
 
 
 def _no_grad():

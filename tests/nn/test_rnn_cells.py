@@ -48,45 +48,50 @@ def test_the_composite_runs_where_the_step_does_not_apply():
     assert seen == [None]                                                   # in a trace
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_nn_lstm_and_its_double_backward_match_torch(bidirectional):
+def _twins(name, *args, **kwargs):
+    """torch's and kiln's module `name` with the same weights."""
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=bidirectional).double()
-    mine = kiln.nn.LSTM(4, 5, num_layers=2, bidirectional=bidirectional).double()
+    ref, mine = getattr(torch.nn, name)(*args, **kwargs), getattr(kiln.nn, name)(*args, **kwargs)
     mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
                           ref.state_dict().items()})
+    return ref, mine
+
+
+@pytest.mark.parametrize("name, bidirectional", [("LSTM", False), ("LSTM", True),
+                                                 ("GRU", True)])
+def test_nn_rnn_and_its_double_backward_match_torch(name, bidirectional):
+    ref, mine = _twins(name, 4, 5, num_layers=2, bidirectional=bidirectional)
+    ref, mine = ref.double(), mine.double()
     x = np.random.default_rng(1).standard_normal((6, 3, 4))
 
     def run(lib, model):
         inp = lib.tensor(x, requires_grad=True)
-        out, (h, c) = model(inp)
-        loss = (out ** 2).sum() + (c ** 3).sum()
+        out, state = model(inp)
+        last = state[1] if name == "LSTM" else state            # c, or the GRU's h
+        loss = (out ** 2).sum() + (last ** 3).sum()
         params = list(model.parameters())
         grads = lib.autograd.grad(loss, [inp] + params, create_graph=True)
         penalty = sum((g ** 2).sum() for g in grads)     # a gradient penalty: second order
         second = lib.autograd.grad(penalty, [inp] + params)
-        return [t.detach().numpy() for t in (out, c, *grads, *second)]
+        return [t.detach().numpy() for t in (out, last, *grads, *second)]
     for a, b in zip(run(kiln, mine), run(torch, ref)):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
-def test_lstm_cell_module_matches_torch():
-    torch.manual_seed(0)
-    ref = torch.nn.LSTMCell(3, 4)
-    mine = kiln.nn.LSTMCell(3, 4)
-    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
-                          ref.state_dict().items()})
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell"])
+def test_cell_modules_match_torch(name):
+    ref, mine = _twins(name, 3, 4)
     x = np.random.default_rng(2).standard_normal((5, 2, 3)).astype(np.float32)
 
     def run(lib, cell):
         inp = lib.tensor(x, requires_grad=True)
-        h = c = None
-        total = 0
+        state, total = None, 0
         for t in range(5):
-            h, c = cell(inp[t]) if h is None else cell(inp[t], (h, c))
-            total = total + h.sum() * (t + 1)
+            state = cell(inp[t]) if state is None else cell(inp[t], state)
+            states = list(state) if name == "LSTMCell" else [state]     # (h, c) or h
+            total = total + states[0].sum() * (t + 1)
         total.backward()
-        return [a.detach().numpy() for a in (h, c, inp.grad, cell.weight_hh.grad)]
+        return [a.detach().numpy() for a in (*states, inp.grad, cell.weight_hh.grad)]
     for a, b in zip(run(kiln, mine), run(torch, ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -123,42 +128,3 @@ def test_gru_values_and_gradients_are_bitwise_the_composites(dtype):
     for a, b in zip(run(rnn_cells.gru), run(gru_composite)):
         np.testing.assert_array_equal(a, b)
     assert rnn_cells.gru(kiln.tensor(xw0), kiln.tensor(hw0), kiln.tensor(h0)) is not None
-
-
-def test_nn_gru_and_its_double_backward_match_torch():
-    torch.manual_seed(0)
-    ref = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True).double()
-    mine = kiln.nn.GRU(4, 5, num_layers=2, bidirectional=True).double()
-    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
-                          ref.state_dict().items()})
-    x = np.random.default_rng(5).standard_normal((6, 3, 4))
-
-    def run(lib, model):
-        inp = lib.tensor(x, requires_grad=True)
-        out, h = model(inp)
-        loss = (out ** 2).sum() + (h ** 3).sum()
-        params = list(model.parameters())
-        grads = lib.autograd.grad(loss, [inp] + params, create_graph=True)
-        second = lib.autograd.grad(sum((g ** 2).sum() for g in grads), [inp] + params)
-        return [t.detach().numpy() for t in (out, h, *grads, *second)]
-    for a, b in zip(run(kiln, mine), run(torch, ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
-
-
-def test_gru_cell_module_matches_torch():
-    torch.manual_seed(0)
-    ref, mine = torch.nn.GRUCell(3, 4), kiln.nn.GRUCell(3, 4)
-    mine.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
-                          ref.state_dict().items()})
-    x = np.random.default_rng(6).standard_normal((5, 2, 3)).astype(np.float32)
-
-    def run(lib, cell):
-        inp = lib.tensor(x, requires_grad=True)
-        h, total = None, 0
-        for t in range(5):
-            h = cell(inp[t]) if h is None else cell(inp[t], h)
-            total = total + h.sum() * (t + 1)
-        total.backward()
-        return [a.detach().numpy() for a in (h, inp.grad, cell.weight_hh.grad)]
-    for a, b in zip(run(kiln, mine), run(torch, ref)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

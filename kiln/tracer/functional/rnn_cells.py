@@ -28,20 +28,29 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 _DTYPES = (dt.float32, dt.float64)
 
 
-def lstm(gates: Tensor, c: Tensor):
-    """(h, c') for `gates` (..., 4H) and `c` (..., H), or None where the composite must run: in
-    a trace, for subclasses, other dtypes or devices, or a stale view."""
-    if (TRACING[0] and STATE.tracer is not None) or type(gates) is not Tensor or \
-            type(c) is not Tensor or gates.dtype not in _DTYPES or c.dtype is not gates.dtype \
-            or c.device is not gates.device:
+def _hidden(state: Tensor, projections: tuple, parts: int) -> int | None:
+    """H when a cell step applies to `state` (..., H) and `projections` (each (..., parts * H)):
+    outside a trace, plain tensors of one float32/float64 dtype and one device, none a stale
+    view; else None (the composite runs)."""
+    if TRACING[0] and STATE.tracer is not None:
         return None
-    for t in (gates, c):
-        if t._base is not None and t._base[3] != t._version[0]:
+    for t in (state, *projections):
+        if type(t) is not Tensor or t.dtype is not state.dtype or t.device is not state.device \
+                or (t._base is not None and t._base[3] != t._version[0]):
             return None
-    gd, cd = gates._data, c._data
-    hidden = cd.shape[-1] if cd.ndim else 0
-    if gd.shape != cd.shape[:-1] + (4 * hidden,) or not hidden:
+    if state.dtype not in _DTYPES or not state._data.ndim or not state._data.shape[-1]:
         return None
+    hidden = state._data.shape[-1]
+    wide = state._data.shape[:-1] + (parts * hidden,)
+    return hidden if all(p._data.shape == wide for p in projections) else None
+
+
+def lstm(gates: Tensor, c: Tensor):
+    """(h, c') for `gates` (..., 4H) and `c` (..., H), or None where the composite must run."""
+    hidden = _hidden(c, (gates,), 4)
+    if hidden is None:
+        return None
+    gd, cd = gates._data, c._data
     if gates.device.type != "cpu":
         return _on_cuda(gates, c) if rnn_cell_gpu.supported(gd, cd) else None
     with np.errstate(all="ignore"):        # exp overflow: sigmoid is 0 there, as the primitive
@@ -153,19 +162,11 @@ _CELL_H_CUDA = Primitive("lstm_cell_h", "custom", None, None, _cuda_grad_h, 2, r
 
 def gru(xw: Tensor, hw: Tensor, h: Tensor):
     """h' of a GRU step from the input and hidden projections xw, hw (..., 3H: r, z, n) and h
-    (..., H), or None where the composite must run (as for `lstm`)."""
-    if (TRACING[0] and STATE.tracer is not None) or type(xw) is not Tensor or \
-            type(hw) is not Tensor or type(h) is not Tensor or xw.dtype not in _DTYPES or \
-            hw.dtype is not xw.dtype or h.dtype is not xw.dtype or hw.device is not xw.device \
-            or h.device is not xw.device:
+    (..., H), or None where the composite must run."""
+    hidden = _hidden(h, (xw, hw), 3)
+    if hidden is None:
         return None
-    for t in (xw, hw, h):
-        if t._base is not None and t._base[3] != t._version[0]:
-            return None
     xd, hd, h0 = xw._data, hw._data, h._data
-    hidden = h0.shape[-1] if h0.ndim else 0
-    if not hidden or xd.shape != hd.shape or xd.shape != h0.shape[:-1] + (3 * hidden,):
-        return None
     if xw.device.type != "cpu":
         return _gru_on_cuda(xw, hw, h) if rnn_cell_gpu.supported(xd, h0) else None
     two = 2 * hidden
