@@ -732,6 +732,138 @@ def set_add_effect():
     return world(f, lambda i, g: g(x), after=lambda: len(seen))
 
 
+# ----------------------------------------------------------------------------- flags a call sets
+
+def _batchnorm_net():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    return model, kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def _model_state(model):
+    return [model.training] + [m.training for m in model.modules()] + \
+        [v.detach() for v in model.state_dict().values()]
+
+
+@case
+def train_inside_the_step_eval_between():
+    # the tutorials' loop: each epoch trains (the step calls model.train()), then evaluates
+    # eagerly under model.eval(); the step replays, and sets the flags back, as eager does
+    model, opt = _batchnorm_net()
+
+    def step(x, y):
+        model.train()
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(16, 4), kiln.randint(0, 2, (16,))
+
+    def call(i, g):
+        loss = g(x, y)
+        if i % 3 == 2:
+            model.eval()
+            with kiln.no_grad():
+                return loss, model(x), model.training
+        return loss, model.training
+    return world(step, call, after=lambda: _model_state(model))
+
+
+train_inside_the_step_eval_between.calls = 12
+train_inside_the_step_eval_between.check = expect_replays(8)
+
+
+@case
+def eval_inside_the_evaluation():
+    model, opt = _batchnorm_net()
+
+    def evaluate(x):
+        model.eval()
+        with kiln.no_grad():
+            return model(x).softmax(-1)
+    x, y = kiln.randn(16, 4), kiln.randint(0, 2, (16,))
+
+    def call(i, g):
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        return g(x), model.training
+    return world(evaluate, call, after=lambda: _model_state(model))
+
+
+eval_inside_the_evaluation.calls = 6
+eval_inside_the_evaluation.check = expect_replays(4)
+
+
+@case
+def flag_read_then_set():
+    # the value read before the assignment decides the result: each replay needs that value
+    ns = exec_world("FIRST = True\ndef f(x):\n    global FIRST\n    y = x * 3 if FIRST else "
+                    "x * 2\n    FIRST = False\n    return y\n")
+    x = kiln.ones(3)
+
+    def call(i, g):
+        if i in (3, 5):
+            ns["FIRST"] = True
+        return g(x), ns["FIRST"]
+    return world(ns["f"], call, after=lambda: ns["FIRST"])
+
+
+flag_read_then_set.calls = 7
+flag_read_then_set.check = expect_replays(4)
+
+
+@case
+def flag_set_in_a_closure_and_on_an_object():
+    state = types.SimpleNamespace(mode="warm")
+    scale = 1.0
+
+    def f(x):
+        nonlocal scale
+        scale = 0.5
+        state.mode = "run"
+        return x * scale
+    x = kiln.ones(3)
+
+    def call(i, g):
+        nonlocal scale
+        if i == 2:
+            scale, state.mode = 1.0, "warm"
+        return g(x), scale, state.mode
+    return world(f, call, after=lambda: (scale, state.mode))
+
+
+flag_set_in_a_closure_and_on_an_object.calls = 5
+flag_set_in_a_closure_and_on_an_object.check = expect_replays(3)
+
+
+@case
+def learning_rate_set_inside_the_step():
+    # a number the optimizer reads on every call: the assignment stays a Python effect
+    model = nn.Linear(4, 1)
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+    ns = {"lr": 0.1}
+
+    def step(x, y):
+        for group in opt.param_groups:
+            group["lr"] = ns["lr"]
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(8, 4), kiln.randn(8, 1)
+
+    def call(i, g):
+        ns["lr"] = [0.1, 0.1, 0.05, 0.05, 0.01][i]
+        return g(x, y)
+    return world(step, call, after=lambda: [p.detach() for p in model.parameters()])
+
+
+learning_rate_set_inside_the_step.calls = 5
+
+
 @case
 def argument_list_appended():
     def f(x, out):
@@ -1049,3 +1181,33 @@ def test_a_replay_checks_the_entry_that_held_last_first():
     for _ in range(3):
         compiled(x, y)
     assert len(checked) == 3 and len(set(checked)) == 1, checked
+
+
+def test_a_step_that_sets_training_compiles_and_says_it_sets_the_flags_again(capsys):
+    model, opt = _batchnorm_net()
+
+    def step(net, x, y):            # the model reached twice: as a global and as an argument
+        net.train()
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(16, 4), kiln.randint(0, 2, (16,))
+    step(model, x, y)                           # the momentum buffers exist
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "runs eagerly" warning
+        out = kiln.compiler.explain(step, model, x, y)
+    assert out.graph_break_count == 0 and out.artifacts[0] is not None
+    assert "model.training = True" in str(out) or "argument 0.training = True" in str(out)
+    assert "_modules['1'].training = True" in str(out)
+    assert "training == False (bool)" in str(out)       # the replay needs what the trace found
+    compiled = kiln.compile(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(6):
+            model.eval()
+            compiled(model, x, y)
+            assert model.training and all(m.training for m in model.modules())
+    assert replays(compiled) >= 4

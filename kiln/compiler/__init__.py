@@ -482,6 +482,7 @@ class CompiledFunction:
     retraces: int = 0
     _chains: dict = field(default_factory=dict)      # guard key -> full keys of its entries
     _effect_keys: set = field(default_factory=set)   # keys whose trace changed Python state
+    _flags_set: dict = field(default_factory=dict)   # (key, place) -> value a trace set there
 
     def __post_init__(self):
         # a function's name and doc; for a Module (or other object) not its __dict__, whose
@@ -590,11 +591,20 @@ class CompiledFunction:
             return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    if not g.lazy]
+        run_time = {(c, k) for c, k, _, _ in tracer.scalars}
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it
             # repeats after each replay (the scheduler's) changed: the replay changes them too
-            read = {(c, key) for c, key, _, _ in tracer.scalars} - tracer.python_reads
+            read = run_time - tracer.python_reads
             effects = [g for g in effects if g.place not in read]
+        # flags the call set (`model.train()`): a replay sets them again, and runs only when
+        # each held what the trace found there. A place set to another value than an earlier
+        # trace of this key set it to is a counter, which stays an effect.
+        flags, effects = guards.flag_writes(effects, run_time)
+        counters = [g for at, (g, value) in flags.items()
+                    if self._flags_set.get((key, at), value) != value]
+        if counters:
+            effects, flags = effects + counters, {}
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
@@ -613,7 +623,7 @@ class CompiledFunction:
             return result
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs)
+                                        none_at_call, args, kwargs, flags)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -627,7 +637,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs):
+                        args, kwargs, flags=None):
         leaves_in = flatten(args)[0]
         outputs = flatten(result)[0]
         not_rebuilt = _unreplayable_return(flatten(result)[1])
@@ -667,6 +677,8 @@ class CompiledFunction:
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
             for obj, attr, value in tracer.object_reads]
+        if flags:
+            _replay_flags(self, key, entry, program, flags)
         entry.lifted_bases = _lifted_bases(program)
         if not_rebuilt is not None:
             entry.program, entry.eager_reason = None, not_rebuilt
@@ -862,6 +874,19 @@ def _alias_pattern(leaves) -> tuple:
     if len(set(ids)) == len(ids):
         return ()
     return tuple(ids.index(i) for i in ids)
+
+
+def _replay_flags(compiled: CompiledFunction, key, entry: CompiledEntry,
+                  program: TracedProgram, flags: list) -> None:
+    """Make `entry` replay the flags its traced call set: it runs only while each holds what the
+    call found there (reads before the assignment saw that), and sets each afterwards, as the
+    call did, next to the scheduler steps a replay repeats."""
+    entry.guards = [flags[g.read.at][0] if getattr(g.read, "at", None) in flags else g
+                    for g in entry.guards]
+    for at, (g, value) in flags.items():
+        compiled._flags_set[(key, at)] = value
+        program.after_replay.append((f"{g.source} = {value!r}",
+                                     functools.partial(g.read.write, value)))
 
 
 def _lifted_bases(program: TracedProgram) -> frozenset:

@@ -104,9 +104,18 @@ class Guard:
 
 
 # ----------------------------------------------------------------------------- readers
+# A reader of a place a call can assign (a global, a closure cell, an attribute, a dict or list
+# item) also carries `read.write(value)` and `read.at`, the place's identity: a call that sets a
+# flag there (`model.train()`) is replayed by setting it again (see `compiler`).
+
+def _writable(read, at: tuple, write):
+    read.at, read.write = at, write
+    return read
+
 
 def _global(glb: dict, name: str):
-    return lambda: glb.get(name, MISSING)
+    return _writable(lambda: glb.get(name, MISSING), (id(glb), name),
+                     functools.partial(glb.__setitem__, name))
 
 
 def _cell(cell):
@@ -115,12 +124,16 @@ def _cell(cell):
             return cell.cell_contents
         except ValueError:
             return MISSING
-    return read
+
+    def write(value):
+        cell.cell_contents = value
+    return _writable(read, (id(cell), None), write)
 
 
 def _attr(obj, name: str):
     d = obj.__dict__
-    return lambda: d.get(name, MISSING)
+    return _writable(lambda: d.get(name, MISSING), (id(d), name),
+                     functools.partial(d.__setitem__, name))
 
 
 def _item(container, key):
@@ -129,6 +142,9 @@ def _item(container, key):
             return container[key]
         except (KeyError, IndexError):
             return MISSING
+    if isinstance(container, (dict, list)):
+        return _writable(read, (id(container), key), functools.partial(container.__setitem__,
+                                                                         key))
     return read
 
 
@@ -380,3 +396,20 @@ def first_failure(guards: list[Guard]) -> Guard | None:
 def changed(before: list[Guard]) -> list[Guard]:
     """The guards, taken before a call, that the call itself broke."""
     return [g for g in before if not g.holds()]
+
+
+def flag_writes(effects: list[Guard], skip: set) -> tuple[list, list[Guard]]:
+    """Split the guards a call broke into the flags it set and the rest: a flag is a place that
+    held a Python scalar before the call and holds one after it (`module.training`, set by
+    `model.train()`), which a replay can set again, unless it is one of the places in `skip`
+    (numbers the program reads on every call). Returns ({place: (guard before, value after)},
+    rest); a place reached by two paths is one flag."""
+    flags, rest = {}, []
+    for g in effects:
+        at = getattr(g.read, "at", None)
+        after = g.read() if at is not None and g.kind == "value" else MISSING
+        if type(after) in SCALARS and at not in skip:
+            flags[at] = (g, after)
+        else:
+            rest.append(g)
+    return flags, rest
