@@ -732,6 +732,65 @@ def set_add_effect():
     return world(f, lambda i, g: g(x), after=lambda: len(seen))
 
 
+# ----------------------------------------------------------------------------- writes through views
+
+@case
+def chained_index_writes_to_a_local_tensor():
+    def f(x):
+        m = kiln.zeros(3, 4)
+        row = m[1]                      # read after the writes below: sees them
+        m[1][2] = 5
+        m[0][1:3] = x[:2]
+        m[:, 3].mul_(2).add_(x[3])      # a strided column
+        m.t()[0].fill_(-1)
+        return m * x.sum(), row + 0
+    return world(f, lambda i, g: g(kiln.arange(4.0) * (i + 1)))
+
+
+chained_index_writes_to_a_local_tensor.check = expect_replays(2)
+
+
+@case
+def writes_through_views_of_an_argument_and_a_global_buffer():
+    buf = kiln.zeros(2, 3, 4)
+
+    def f(x, out):
+        out[0][1:] = x[1:4]                 # an argument, written through a view
+        buf[1][2][:2] = x[4:6] * 2          # state, written through a view of a view
+        buf.view(-1)[0] += 1
+        return out.sum() + buf.sum()
+
+    def call(i, g):
+        out = kiln.ones(2, 4)
+        return g(kiln.arange(6.0) + i, out), out
+    return world(f, call, after=lambda: buf)
+
+
+writes_through_views_of_an_argument_and_a_global_buffer.check = expect_replays(2)
+
+
+@case
+def gradient_through_writes_to_views():
+    w = kiln.randn(3, 4, requires_grad=True)
+
+    def f(x):
+        h = w * x
+        h[0][1] = 0
+        h[1].mul_(3)
+        h[:, 2][1:] = h[:, 0][1:] * 2
+        loss = (h ** 2).sum()
+        loss.backward()
+        return loss
+
+    def call(i, g):
+        w.grad = None
+        return g(kiln.full((3, 4), 1.0 + i)), w.grad
+    return world(f, call)
+
+
+gradient_through_writes_to_views.check = expect_replays(2)
+
+
 # ----------------------------------------------------------------------------- flags a call sets
 
 def _batchnorm_net():

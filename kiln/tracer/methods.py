@@ -180,7 +180,13 @@ def setitem(self: Tensor, key, value) -> None:
         data = value._data if isinstance(value, Tensor) else value
         if isinstance(value, Tensor) and value.dtype is not self.dtype:
             data = data.astype(self.dtype.np)
-        self._data[_array_key(key)] = data
+        try:
+            self._data[_array_key(key)] = data
+        except ValueError:          # NumPy's broadcast error, said as PyTorch says it
+            into = list(self._data[_array_key(key)].shape)
+            raise op_error("setitem", f"shape mismatch: value tensor of shape "
+                           f"{list(np.shape(data))} cannot be broadcast to indexing result of "
+                           f"shape {into}") from None
         self._version[0] += 1
         return
     write_inplace(self, F.setitem_functional(self, key, value), "setitem")

@@ -251,7 +251,9 @@ class Tracer:
         """`tensor` now holds `result` (an in-place op): later reads see the new value."""
         target = self.alias_of.get(id(tensor), tensor)
         if id(target) not in self.input_of:
-            if getattr(target._data, "base", None) is not None:
+            if target._base is not None:
+                self._write_root(target, result)
+            elif getattr(target._data, "base", None) is not None:
                 self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of "
                                  f"shape {list(tensor.shape)}) also changes the tensor it views")
             else:
@@ -261,6 +263,24 @@ class Tracer:
         v = self.value(result)
         target._trace = v
         tensor._trace = v
+
+    def _write_root(self, view: Tensor, result: Tensor) -> None:
+        """A write through `view` (`m[1][2] = 5`, `x[0].mul_(2)`): the tensor owning its memory
+        now holds its old value with the view's elements put at their flat positions, which
+        the view's steps from it select (as `refresh_view` takes them again)."""
+        from kiln.ir.ops import P
+        from kiln.tracer import autograd
+        from kiln.tracer.functional.indexing import _put_at, arange
+        root, steps = autograd.view_origin(view)
+        prev, STATE.grad_enabled = STATE.grad_enabled, False    # the history is rebase_view's
+        try:
+            pos = P.reshape(arange(root.numel(), device=root.device), shape=tuple(root.shape))
+            for prim, attrs in steps:
+                pos = P.dispatch(prim, (pos,), attrs)
+            new_root = _put_at(root, pos, result, P.index_put)
+        finally:
+            STATE.grad_enabled = prev
+        self.write(root, new_root)
 
     def grad_cleared(self, tensor: Tensor) -> None:
         """`tensor.grad = None` ran (zero_grad); before the trace read `tensor`, this makes the

@@ -552,3 +552,13 @@ def test_writing_an_output_after_its_graph_is_freed(op):
         results.append((y.detach().numpy().copy(), x.grad.numpy().copy()))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("key", [(0, 1), (0, slice(0, 2)), (slice(None), 0)])
+def test_setitem_of_a_value_that_does_not_broadcast_raises_what_pytorch_raises(key):
+    for lib in (torch, kiln):
+        with pytest.raises(RuntimeError, match="shape mismatch|expand|must match|number of "):
+            lib.ones(3, 4)[key] = lib.arange(4.0)
+    with pytest.raises(RuntimeError, match=r"setitem: shape mismatch: value tensor of shape "
+                                           r"\[4\] cannot be broadcast"):
+        kiln.ones(3, 4)[key] = kiln.arange(4.0)
