@@ -161,7 +161,21 @@ def __getattr__(name: str):
         fn = _torch_namespace.nn_forward(name)
         if fn is not None:
             return fn
+    if name in _NOT_IN_KILN:        # still an AttributeError: `hasattr` stays False
+        raise AttributeError(f"module 'kiln' has no attribute '{name}': {_NOT_IN_KILN[name]}")
     raise AttributeError(f"module 'kiln' has no attribute '{name}'")
+
+
+# PyTorch namespaces kiln does not have, and what to use instead
+_NOT_IN_KILN = {
+    "jit": "kiln has no TorchScript; kiln.compile speeds a function or module up, and "
+           "kiln.export.export (a saved program or a C library) or kiln.onnx.export deploys a "
+           "model",
+    "hub": "kiln does not download models; build the model in Python and load its weights "
+           "with load_state_dict(kiln.load(path))",
+    "mps": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
+    "xpu": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
+}
 
 
 def __dir__() -> list:

@@ -139,3 +139,12 @@ def test_dlpack_shares_memory_with_torch_and_numpy() -> None:
     np.testing.assert_array_equal(back.numpy(), t.numpy())
     a = np.ones(3, dtype=np.float32)
     assert kiln.from_dlpack(a).dtype is kiln.float32
+
+
+@pytest.mark.parametrize("name, hint", [("jit", "kiln.compile"), ("hub", "load_state_dict"),
+                                        ("mps", "'cuda'"), ("xpu", "'cuda'")])
+def test_namespaces_kiln_does_not_have_say_what_to_use(name, hint) -> None:
+    assert hasattr(torch, name)
+    assert not hasattr(kiln, name)          # an AttributeError, as probes expect
+    with pytest.raises(AttributeError, match=f"no attribute '{name}': .*{hint}"):
+        getattr(kiln, name)
