@@ -156,7 +156,10 @@ def test_scheduler_stepped_inside_the_compiled_step_steps_on_every_replay(name):
 CYCLED = {"Adam": lambda ps: kiln.optim.Adam(ps, lr=0.05),
           "AdamW": lambda ps: kiln.optim.AdamW(ps, lr=0.05),
           "SGD-momentum": lambda ps: kiln.optim.SGD(ps, lr=0.05, momentum=0.9),
-          "SGD-nesterov": lambda ps: kiln.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True)}
+          "SGD-nesterov": lambda ps: kiln.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+          "NAdam": lambda ps: kiln.optim.NAdam(ps, lr=0.05),
+          "RAdam": lambda ps: kiln.optim.RAdam(ps, lr=0.05),
+          "Adamax": lambda ps: kiln.optim.Adamax(ps, lr=0.05)}
 
 
 @pytest.mark.parametrize("name", sorted(CYCLED))

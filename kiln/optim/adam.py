@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import kiln
-from kiln import Tensor
 from kiln.compiler import is_compiling, untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _hyper_pair, _scalar_state,
-                                  _sqrt, _step_count, _use_fused)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _decay_add_square, _grad, _hyper,
+                                  _hyper_pair, _scalar_state, _sqrt, _step_count, _use_fused)
 
 
 
@@ -106,10 +105,7 @@ class Adam(Optimizer):
             else:
                 grad = grad.add(p, alpha=wd)
         exp_avg.lerp_(grad, 1 - beta1)
-        if isinstance(beta2, Tensor):       # traced: addcmul_ takes a number (as PyTorch's)
-            exp_avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
-        else:
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        _decay_add_square(exp_avg_sq, grad, beta2)
         step = _step_count(state["step"])
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = _sqrt(1 - beta2 ** step)

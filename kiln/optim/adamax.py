@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
-                                  _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper,
+                                  _hyper_pair, _scalar_state, _step_count)
 
 
 class Adamax(Optimizer):
@@ -30,7 +30,7 @@ class Adamax(Optimizer):
                                       capturable=capturable))
 
     def _update(self, p, group) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = _hyper_pair(group, "betas", p)   # read on every call
         state = self.state[p]
         if not state:
             with untraced():

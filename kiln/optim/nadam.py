@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
-                                  _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _decay_add_square, _grad, _hyper,
+                                  _hyper_pair, _scalar_state, _step_count)
 
 
 class NAdam(Optimizer):
@@ -34,7 +34,7 @@ class NAdam(Optimizer):
                                       differentiable=differentiable))
 
     def _update(self, p, group) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = _hyper_pair(group, "betas", p)   # read on every call
         lr, wd = _hyper(group, "lr", p), group["weight_decay"]
         state = self.state[p]
         if not state:
@@ -59,7 +59,7 @@ class NAdam(Optimizer):
         mu_product = _step_count(state["mu_product"])
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        _decay_add_square(exp_avg_sq, grad, beta2)
         denom = (exp_avg_sq / bias_correction2).sqrt().add_(group["eps"])
         mu_product_next = mu_product * mu_next
         p.add_(grad / denom * (-lr * (1.0 - mu) / (1.0 - mu_product)))

@@ -375,6 +375,15 @@ def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
     return tuple(scalar_input(group, key, param.device, i) for i in range(2))
 
 
+def _decay_add_square(avg_sq: Tensor, grad: Tensor, beta2) -> None:
+    """avg_sq = avg_sq * beta2 + (1 - beta2) * grad * grad, in place, for a Python or a traced
+    (tensor) beta2: addcmul_ takes a number only, as PyTorch's does."""
+    if isinstance(beta2, Tensor):
+        avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
+    else:
+        avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+
 def _add_scaled(p: Tensor, t: Tensor, scale) -> None:
     """p += t * scale, for a Python or a traced (tensor) scale."""
     if isinstance(scale, Tensor):

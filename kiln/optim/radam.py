@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
-                                  _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _decay_add_square, _grad, _hyper,
+                                  _hyper_pair, _scalar_state, _step_count)
 
 
 class RAdam(Optimizer):
@@ -32,7 +32,7 @@ class RAdam(Optimizer):
                                       differentiable=differentiable))
 
     def _update(self, p, group) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = _hyper_pair(group, "betas", p)   # read on every call
         lr, wd = _hyper(group, "lr", p), group["weight_decay"]
         state = self.state[p]
         if not state:
@@ -50,7 +50,7 @@ class RAdam(Optimizer):
                 grad = grad.add(p, alpha=wd)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        _decay_add_square(exp_avg_sq, grad, beta2)
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
         corrected = exp_avg / bias_correction1
