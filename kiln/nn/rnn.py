@@ -51,13 +51,15 @@ def _gru_step(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tenso
 
 
 def _time_steps(x: Tensor) -> list:
-    """x[0], x[1], ... along dim 0, split as a balanced tree.
+    """x[0], x[1], ... along dim 0; traced, split as a balanced tree.
 
-    A slice's gradient is a zero-padded tensor of the full input's size, so unbinding T steps
-    directly costs O(T^2) in the backward; halving recursively costs O(T log T).
+    Eagerly, autograd adds each step's gradient into one buffer of the input's size
+    (`autograd._add_slice_grad`). A traced backward pads each slice's gradient to the input's
+    size instead, which costs O(T^2) for T steps unbound directly; halving recursively costs
+    O(T log T).
     """
     steps = x.shape[0]
-    if steps <= 4:
+    if steps <= 4 or not kiln.compiler.is_compiling():
         return list(kiln.unbind(x, 0))
     half = steps // 2
     return _time_steps(x[:half]) + _time_steps(x[half:])

@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.ir.ops import COPIED, SAVED, P, Primitive
+from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, is_writeable, to_device
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, TRACING, Tensor
@@ -543,6 +543,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
     prev_mode = STATE.grad_enabled
     STATE.grad_enabled = create_graph
+    plain = not create_graph and not TRACING[0]     # gradients are data: see _add_slice_grad
+    buffers: dict[int, Tensor] = {}
     try:
         order = _topological(roots)
         # leaves with post-accumulate hooks get their .grad once their last producer has run,
@@ -563,6 +565,12 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if id(node) in wanted:
                 captured[id(node)] = g
             _check_versions(node)
+            if node.prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
+                    and node.edges[0] is not None:
+                _add_slice_grad(pending, buffers, node, g)
+                if not retain_graph:
+                    node.inputs = node.out_data = None
+                continue
             # under a trace, the rule's nodes are `grad of %7 mul`, at %7's line
             with _grad_scope(node) if TRACING[0] else _NO_SCOPE:
                 grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
@@ -617,6 +625,29 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     return None
 
 
+
+
+_SLICE = PRIMITIVES["slice"]
+
+
+def _add_slice_grad(pending: dict, buffers: dict, node: Node, g: Tensor) -> None:
+    """The gradient of a slice, added into its input's pending gradient in place.
+
+    A slice's rule pads its gradient to the input's size, so the T slices of `unbind`, `chunk`
+    or an RNN's time steps would cost T full-size pads and sums. Eagerly (no graph to build),
+    the input's gradient is instead one zeros buffer that each slice's gradient is added into
+    where it came from: the same sums in the same order, so the same values.
+    """
+    key = id(node.edges[0])
+    region = tuple(map(slice, node.attrs["starts"], node.attrs["stops"], node.attrs["steps"]))
+    acc = pending.get(key)
+    if acc is None or buffers.get(key) is not acc:
+        data = g.device.xp.zeros(node.inputs[0].shape, dtype=g._data.dtype)
+        if acc is not None:
+            data += acc._data
+        acc = pending[key] = buffers[key] = Tensor._make(data, g.dtype, g.device)
+    into = acc._data[region]        # a view: `data[region] += g` would also copy it back
+    into += g._data
 
 
 def _grad_scope(node: Node):
