@@ -206,3 +206,74 @@ def test_sum_of_a_stale_view_takes_its_new_history():
             got = x.grad.numpy()
         else:
             np.testing.assert_allclose(got, x.grad.numpy())
+
+
+# ----------------------------------------------------------------------------- slice gradients
+
+def _slicing_loss(lib, x, w, create_graph=False):
+    """unbind, chunk, split, strided and overlapping slices of one tensor, and a gradient from
+    a non-slice use of it that arrives first: all summed into its gradient."""
+    y = x * w
+    loss = (y.exp() * 0.1).sum()
+    for i, part in enumerate(lib.unbind(y, 0)):
+        loss = loss + (part * (i + 1)).sum()
+    a, b, c = lib.chunk(y, 3, dim=2)
+    loss = loss + (a ** 2).sum() + (c * b).sum()
+    for i, part in enumerate(lib.split(y, [1, 2, 3], dim=0)):
+        loss = loss + part.tanh().sum() * (i + 1)
+    loss = loss + y[1:5, ::2].sum() + y[2:, :, 1:3].pow(2).sum() + y[:, -1, ::3].sum()
+    return loss
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_slice_gradients_summed_in_one_buffer_match_torch(dtype):
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((6, 4, 6)).astype(dtype)
+    ws = rng.standard_normal((6, 4, 6)).astype(dtype)
+    grads = []
+    for lib in (torch, kiln):
+        x = lib.tensor(xs, requires_grad=True)
+        w = lib.tensor(ws, requires_grad=True)
+        _slicing_loss(lib, x, w).backward()
+        grads.append((x.grad.detach().numpy(), w.grad.detach().numpy()))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for k, t in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(k, t, rtol=tol, atol=tol)
+
+
+def test_slice_gradients_in_place_equal_the_padded_rule_bitwise(monkeypatch):
+    from kiln.tracer import autograd
+    rng = np.random.default_rng(1)
+    xs, ws = rng.standard_normal((2, 6, 4, 6)).astype(np.float32)
+
+    def grads():
+        x = kiln.tensor(xs, requires_grad=True)
+        w = kiln.tensor(ws, requires_grad=True)
+        loss = _slicing_loss(kiln, x, w)
+        loss.backward(retain_graph=True)
+        first = (x.grad.numpy().copy(), w.grad.numpy().copy())
+        loss.backward()                   # the graph kept: the same gradients again
+        return first, (x.grad.numpy() - first[0], w.grad.numpy() - first[1])
+    added = []
+    monkeypatch.setattr(autograd, "_add_slice_grad",
+                        lambda *a, f=autograd._add_slice_grad: added.append(1) or f(*a))
+    fast = grads()
+    assert len(added) > 20
+    monkeypatch.setattr(autograd, "_SLICE", None)       # every slice through its padded rule
+    padded = grads()
+    for f, p in zip(fast, padded):
+        for a, b in zip(f, p):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_second_order_through_slices_takes_the_differentiable_rule():
+    rng = np.random.default_rng(2)
+    xs, ws = rng.standard_normal((2, 6, 4, 6))
+    out = []
+    for lib in (torch, kiln):
+        x = lib.tensor(xs, requires_grad=True)
+        w = lib.tensor(ws, requires_grad=True)
+        (gx,) = lib.autograd.grad(_slicing_loss(lib, x, w), x, create_graph=True)
+        (gw,) = lib.autograd.grad((gx ** 2).sum(), w)
+        out.append(gw.detach().numpy())
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-10, atol=1e-10)
