@@ -31,6 +31,8 @@ class Parameter(Tensor):
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
+    __str__ = __repr__          # print(param) shows the prefix too, as PyTorch's does
+
     def __reduce_ex__(self, protocol):
         return (_rebuild_parameter, (Tensor._make(self._data, self.dtype, self.device),
                                      self.requires_grad))

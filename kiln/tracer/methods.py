@@ -433,8 +433,11 @@ _METHODS = {
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
     "zero_": zero_, "fill_": fill_,
+    # copy_ casts to self's dtype whatever the categories (float into int truncates, as
+    # PyTorch's), where an in-place op's result may not move to a lower category
     "copy_": lambda self, src, non_blocking=False: write_inplace(
-        self, src.to(self.device) if isinstance(src, Tensor) else _fill(self, src), "copy_"),
+        self, src.to(self.device, self.dtype) if isinstance(src, Tensor) else _fill(self, src),
+        "copy_"),
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
     "random_": lambda self, low=0, high=None: write_inplace(
         self, creation.randint(low, high if high is not None else 2 ** 31,

@@ -67,6 +67,7 @@ def test_parameter_is_a_tensor_that_requires_grad():
     p = kiln.nn.Parameter(kiln.tensor([1.0, 2.0]))
     assert isinstance(p, kiln.Tensor) and p.requires_grad and p.is_leaf
     assert repr(p) == "Parameter containing:\ntensor([1., 2.], requires_grad=True)"
+    assert str(p) == repr(p)          # print(param) too, as in PyTorch
     assert not kiln.nn.Parameter(kiln.tensor([1.0]), requires_grad=False).requires_grad
     assert type(p * 2) is kiln.Tensor
     with pytest.raises(RuntimeError):

@@ -562,3 +562,32 @@ def test_setitem_of_a_value_that_does_not_broadcast_raises_what_pytorch_raises(k
     with pytest.raises(RuntimeError, match=r"setitem: shape mismatch: value tensor of shape "
                                            r"\[4\] cannot be broadcast"):
         kiln.ones(3, 4)[key] = kiln.arange(4.0)
+
+
+@pytest.mark.parametrize("dst", ["int64", "int32", "uint8", "bool", "float16", "float64"])
+def test_copy_casts_into_any_dtype_as_pytorch_does(dst):
+    src = np.array([1.7, 0.0, 3.2, -2.9, 200.5], dtype=np.float32)
+    if dst == "uint8":
+        src = np.abs(src)           # negative floats into uint8 are undefined in C
+    out = []
+    for lib in (torch, kiln):
+        t = lib.zeros(5, dtype=getattr(lib, dst))
+        t.copy_(lib.tensor(src))
+        out.append(t.numpy())
+    assert out[0].dtype == out[1].dtype
+    np.testing.assert_array_equal(out[1], out[0])
+
+
+def test_copy_from_another_float_dtype_passes_the_gradient_back_in_its_dtype():
+    src = np.array([0.5, -1.5, 2.0])
+    grads = []
+    for lib in (torch, kiln):
+        s = lib.tensor(src, dtype=lib.float64, requires_grad=True)
+        w = lib.ones(3, requires_grad=True)
+        y = (w * 2).clone()
+        y.copy_(s * 3)
+        (y * lib.tensor([1.0, 2.0, 3.0])).sum().backward()
+        grads.append((s.grad.dtype, s.grad.numpy(), w.grad.numpy()))
+    assert str(grads[1][0]).split(".")[-1] == str(grads[0][0]).split(".")[-1]
+    np.testing.assert_allclose(grads[1][1], grads[0][1])
+    np.testing.assert_allclose(grads[1][2], grads[0][2])
