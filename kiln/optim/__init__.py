@@ -19,3 +19,4 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"
            "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon"]
 
 from kiln.optim import lr_scheduler  # noqa: E402,F401
+from kiln.optim import swa_utils  # noqa: E402,F401

@@ -12,3 +12,4 @@ from kiln.nn.utils.fusion import (  # noqa: F401,E402
     fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_eval, fuse_linear_bn_weights)
 from kiln.nn.utils.module_init import (  # noqa: F401,E402
     skip_init, convert_conv2d_weight_memory_format, convert_conv3d_weight_memory_format)
+from kiln.nn.utils import prune  # noqa: F401,E402
