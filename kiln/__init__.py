@@ -59,7 +59,8 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "metrics": "kiln.metrics", "distributions": "kiln.distributions",
                  "distributed": "kiln.distributed", "ops": "kiln.ops",
                  "serialization": "kiln.serialization", "save": "kiln.serialization",
-                 "load": "kiln.serialization"}
+                 "load": "kiln.serialization", "testing": "kiln.testing",
+                 "profiler": "kiln.profiler", "multiprocessing": "kiln.multiprocessing"}
 
 
 def is_tensor(obj) -> bool:

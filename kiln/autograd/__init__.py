@@ -30,3 +30,11 @@ def gradgradcheck(func, inputs, grad_outputs=None, *, eps: float = 1e-6, atol: f
             seeds = grad_outputs or [kiln.ones_like(o) for o in outs]
             return grad(list(outs), list(xs), list(seeds), create_graph=True, allow_unused=True)
     return gradcheck(first, list(inputs), eps=eps, atol=atol, rtol=rtol)
+
+
+def __getattr__(name: str):
+    """`kiln.autograd.profiler` (torch.autograd.profiler's spelling), loaded on first use."""
+    if name == "profiler":
+        from kiln.profiler import legacy
+        return legacy
+    raise AttributeError(f"module 'kiln.autograd' has no attribute '{name}'")
