@@ -1,19 +1,9 @@
 """pytorch/examples REINFORCE: dropout policy, Categorical sample/log_prob, normalized returns.
 Sampling differs between libraries: kiln's late episode length must be within torch's spread."""
 
-import pytest
-
 from tests.scripts.harness import check_within_spread
 
-try:
-    import kiln.distributions  # noqa: F401
-    HAVE_DISTRIBUTIONS = True
-except ImportError:
-    HAVE_DISTRIBUTIONS = False
 
-
-@pytest.mark.xfail(not HAVE_DISTRIBUTIONS, strict=False,
-                   reason="needs api-torch branch (torch.distributions.Categorical)")
 def test_reinforce_learns_like_torch():
     # the episode loop reads actions into Python every step: nothing to compile
     check_within_spread("reinforce", key="late_length", compiled=False)
