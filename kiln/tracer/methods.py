@@ -69,10 +69,13 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         node, reads_self = result.grad_fn, True
     if reads_self:
         # the node read `self` (or a view of it) before this write; give it a snapshot of the
-        # old value, which this write does not change
+        # old value, which this write does not change, where its gradient rule reads the value
+        # (relu_'s reads only its output: no copy)
         snaps = {}
-        for a in node.inputs:
-            if isinstance(a, Tensor) and a._version is self._version and id(a) not in snaps:
+        read = node.prim.reads_of(node.inputs) if isinstance(node.prim, Primitive) else None
+        for i, a in enumerate(node.inputs):
+            if (isinstance(a, Tensor) and a._version is self._version and id(a) not in snaps
+                    and (read is None or i in read)):
                 snap = Tensor._make(a._data.copy(), a.dtype, a.device)
                 snap.requires_grad, snap.grad_fn, snap._trace = (a.requires_grad, a.grad_fn,
                                                                  a._trace)

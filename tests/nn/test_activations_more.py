@@ -45,6 +45,40 @@ def test_inplace_functional_changes_its_input_like_torch(name, args):
     np.testing.assert_allclose(k_out.numpy(), t_out.numpy(), rtol=1e-12)
 
 
+INPLACE_MODULES = [("ReLU", ()), ("ReLU6", ()), ("LeakyReLU", (0.2,)), ("ELU", (0.5,)),
+                   ("SELU", ()), ("CELU", (0.5,)), ("SiLU", ()), ("Mish", ()),
+                   ("Hardtanh", (-0.5, 0.5)), ("Hardsigmoid", ()), ("Hardswish", ()),
+                   ("Threshold", (0.2, 9.0)), ("RReLU", (0.1, 0.3))]
+
+
+@pytest.mark.parametrize("name,args", INPLACE_MODULES)
+def test_inplace_module_writes_its_input_and_backpropagates_like_torch(name, args):
+    # the module's result is its input, so code reading the input afterwards sees the
+    # activation, as in PyTorch (kiln used to ignore `inplace` in the modules)
+    x = np.random.default_rng(0).uniform(-2, 2, (4, 5))
+    seen = []
+    for lib in (torch, kiln):
+        w = lib.tensor(x, requires_grad=True)
+        h = w * 1.5
+        m = getattr(lib.nn, name)(*args, inplace=True).eval()
+        y = m(h)
+        assert y is h
+        (y * h).sum().backward()        # h is y: the square of the activation
+        seen.append((h.detach().numpy(), w.grad.numpy()))
+    for k, t in zip(seen[1], seen[0]):     # (PyTorch's hardsigmoid divides by 6 as a float32
+        np.testing.assert_allclose(k, t, rtol=1e-7, atol=1e-12)     # constant, in float64 too)
+
+
+@pytest.mark.parametrize("name", ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                                  "AlphaDropout", "FeatureAlphaDropout"])
+def test_inplace_dropout_modules_return_their_input(name):
+    shape = {"Dropout1d": (2, 3, 4), "Dropout3d": (2, 3, 4, 4, 2)}.get(name, (2, 3, 4, 4))
+    x = kiln.randn(*shape)
+    kept = x.clone()
+    y = getattr(kiln.nn, name)(0.5, inplace=True).train()(x)
+    assert y is x and not np.array_equal(x.numpy(), kept.numpy())
+
+
 def test_functional_relu_accepts_inplace_keyword():
     x = kiln.tensor([-1.0, 2.0])
     assert kiln.nn.functional.relu(x, inplace=False).tolist() == [0.0, 2.0]
