@@ -60,7 +60,8 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "distributed": "kiln.distributed", "ops": "kiln.ops",
                  "serialization": "kiln.serialization", "save": "kiln.serialization",
                  "load": "kiln.serialization", "testing": "kiln.testing",
-                 "profiler": "kiln.profiler", "multiprocessing": "kiln.multiprocessing"}
+                 "profiler": "kiln.profiler", "multiprocessing": "kiln.multiprocessing",
+                 "func": "kiln.func"}
 
 
 def is_tensor(obj) -> bool:

@@ -65,6 +65,7 @@ class _FunctionNode:
         self.out_data, self.out_dtype, self.out_device = out._data, out.dtype, out.device
         self.versions = tuple(a._version[0] for a in inputs)
         self.hooks = self.retained = self.out_trace = None
+        self.out_version = self.out_at = None   # the user's backward owns what it saved
         self.edges = autograd.edges_of(inputs)
 
     def name(self) -> str:

@@ -219,3 +219,24 @@ def test_post_accumulate_grad_hook_sees_the_accumulated_grad_like_torch() -> Non
         (w * 5).sum().backward()
         seen[lib.__name__] = [c.tolist() for c in calls] + [w.grad.tolist()]
     assert seen["kiln"] == seen["torch"]
+
+
+def test_an_in_place_op_on_a_custom_functions_output_backpropagates_like_torch():
+    grads = []
+    for lib in (torch, kiln):
+        class Square(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return 2 * x * g
+        x = lib.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        y = Square.apply(x)
+        y.mul_(3).relu_()               # crashed: the node had no out_version
+        (y * lib.tensor([1.0, 2.0, 3.0])).sum().backward()
+        grads.append(x.grad.numpy())
+    np.testing.assert_allclose(grads[1], grads[0])
