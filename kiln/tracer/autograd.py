@@ -49,10 +49,12 @@ class Node:
 
     @property
     def next_functions(self):
+        """((node, 0), ...) per input, as PyTorch's: the input's grad_fn, an AccumulateGrad
+        naming a leaf that requires grad (`.variable`), or None for an input without one."""
         if self.inputs is None:
             return ()
-        return tuple((e if isinstance(e, Node) else "AccumulateGrad", 0)
-                     for e in self.edges if e is not None)
+        return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0)
+                     for e in self.edges)
 
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
@@ -62,6 +64,36 @@ class Node:
         out = Tensor._make(self.out_data, self.out_dtype, self.out_device)
         out.grad_fn, out.requires_grad, out._trace = self, True, self.out_trace
         return out
+
+
+class AccumulateGrad:
+    """The node a leaf's gradient reaches in `next_functions`: `.variable` is the leaf. One per
+    leaf for the leaf's lifetime, so walking a graph meets the same object for the same leaf
+    (it holds the leaf weakly: the cache does not keep leaves alive)."""
+
+    _of: dict = {}                  # id(leaf) -> its AccumulateGrad, while the leaf lives
+    next_functions = ()
+
+    def __init__(self, variable: Tensor):
+        self._variable = weakref.ref(variable)
+
+    @property
+    def variable(self) -> Tensor | None:
+        return self._variable()
+
+    @classmethod
+    def of(cls, leaf: Tensor) -> "AccumulateGrad":
+        node = cls._of.get(id(leaf))
+        if node is None:
+            node = cls._of[id(leaf)] = cls(leaf)
+            weakref.finalize(leaf, cls._of.pop, id(leaf), None)
+        return node
+
+    def name(self) -> str:
+        return "torch::autograd::AccumulateGrad"
+
+    def __repr__(self) -> str:
+        return f"<AccumulateGrad object at {hex(id(self))}>"
 
 
 def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:

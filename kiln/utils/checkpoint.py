@@ -69,8 +69,8 @@ def _detached(x):
 
 def _leaves_read(outputs: list, arg_copies: list) -> list:
     """Tensors requiring grad, without history, that the graph of `outputs` reads, besides the
-    arguments' copies: the parameters `function` reached by itself. Walks the grad_fn nodes'
-    edges (kiln's Node has no AccumulateGrad objects naming their tensors, as torch's do)."""
+    arguments' copies: the parameters `function` reached by itself (the `variable` of each
+    AccumulateGrad in the graph's `next_functions`)."""
     copies = {id(t) for t in arg_copies}
     found: dict[int, kiln.Tensor] = {}
     seen: set[int] = set()
@@ -85,14 +85,13 @@ def _leaves_read(outputs: list, arg_copies: list) -> list:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        for edge in getattr(node, "edges", None) or ():
-            if edge is None:
-                continue
-            if isinstance(edge, kiln.Tensor):
-                if id(edge) not in copies:
-                    found[id(edge)] = edge
-            elif id(edge) not in seen:
-                stack.append(edge)
+        for n, _ in node.next_functions:
+            leaf = getattr(n, "variable", None)
+            if leaf is not None:
+                if id(leaf) not in copies:
+                    found[id(leaf)] = leaf
+            elif n is not None and id(n) not in seen:
+                stack.append(n)
     return list(found.values())
 
 

@@ -240,3 +240,25 @@ def test_an_in_place_op_on_a_custom_functions_output_backpropagates_like_torch()
         (y * lib.tensor([1.0, 2.0, 3.0])).sum().backward()
         grads.append(x.grad.numpy())
     np.testing.assert_allclose(grads[1], grads[0])
+
+
+def test_walking_next_functions_reaches_the_leaves_as_in_torch():
+    # torchviz-style: each leaf appears as one AccumulateGrad whose .variable is the leaf
+    reached = []
+    for lib in (torch, kiln):
+        a = lib.ones(3, requires_grad=True)
+        b = lib.ones(3, requires_grad=True)
+        c = lib.ones(3)                           # no grad: a None entry
+        y = ((a * b).sum() + (a * c).sum()).tanh()
+        leaves, seen, stack = {}, set(), [y.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if hasattr(node, "variable"):
+                leaves.setdefault(id(node.variable), set()).add(id(node))
+            stack.extend(n for n, _ in node.next_functions)
+        assert set(leaves) == {id(a), id(b)}
+        reached.append(sorted(len(ids) for ids in leaves.values()))
+    assert reached[1] == reached[0] == [1, 1]    # a reached twice, through one AccumulateGrad
