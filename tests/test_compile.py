@@ -384,3 +384,23 @@ def test_compiled_module_keeps_the_module_interface():
     np.testing.assert_allclose(model(x).detach().numpy(), eager(x).detach().numpy(), rtol=1e-5,
                                atol=1e-6)
     assert list(model.state_dict()) == list(eager.state_dict())
+
+
+@pytest.mark.parametrize("kwargs, compiled_as", [
+    (dict(backend="inductor"), "auto"), (dict(backend="cudagraphs"), "auto"),
+    (dict(backend="aot_eager"), "numpy"), (dict(mode="max-autotune", dynamic=False), "auto"),
+    (dict(options={"triton.cudagraphs": False}), "auto"), (dict(backend="eager"), None),
+    (dict(disable=True), None)])
+def test_torch_compile_spellings_are_accepted(kwargs, compiled_as):
+    model = kiln.nn.Linear(3, 2)
+    x = kiln.randn(4, 3)
+    for make in (lambda: kiln.compile(model, **kwargs), lambda: kiln.compile(**kwargs)(model)):
+        fn = make()
+        if compiled_as is None:
+            assert fn is model                  # not compiled, as torch.compile(disable=True)
+            continue
+        assert fn.backend == compiled_as
+        np.testing.assert_allclose(fn(x).detach().numpy(), model(x).detach().numpy(),
+                                   rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown backend 'tvm'.*inductor"):
+        kiln.compile(model, backend="tvm")

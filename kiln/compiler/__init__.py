@@ -1062,14 +1062,28 @@ def _device_of(outputs, args):
     return _cpu()
 
 
+# torch.compile's backend names, as kiln reads them: inductor's and cudagraphs' work is kiln's
+# default (generated kernels, CUDA graphs on a GPU); aot_eager runs the traced graph op by op
+_TORCH_BACKENDS = {"inductor": "auto", "cudagraphs": "auto", "aot_eager": "numpy"}
+
+
 def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=None,
-            mode=None):
-    """Compile a function (or Module): `@kiln.compile` or `kiln.compile(fn, backend=...)`."""
-    if backend not in ("auto", "c", "numpy", "triton"):
+            mode=None, options=None, disable: bool = False):
+    """Compile a function (or Module): `@kiln.compile` or `kiln.compile(fn, backend=...)`.
+
+    PyTorch's spellings are accepted: `backend="inductor"` (kiln's "auto"), "cudagraphs",
+    "aot_eager" (the traced graph run op by op: kiln's "numpy"), "eager" (not compiled, as
+    `disable=True`); `mode`, `dynamic` and `options` tune inductor and change nothing here.
+    """
+    backend = _TORCH_BACKENDS.get(backend, backend)
+    if backend not in ("auto", "c", "numpy", "triton", "eager"):
         raise ValueError(f"kiln.compile: unknown backend {backend!r}; use 'auto', 'c', "
-                         "'numpy' or 'triton'")
+                         "'numpy' or 'triton' (or PyTorch's 'inductor', 'cudagraphs', "
+                         "'aot_eager', 'eager')")
     if fn is None:
-        return lambda f: compile(f, backend=backend, fullgraph=fullgraph)
+        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, disable=disable)
+    if disable or backend == "eager":
+        return fn
     return CompiledFunction(fn, backend, fullgraph)
 
 
