@@ -791,6 +791,126 @@ def gradient_through_writes_to_views():
 gradient_through_writes_to_views.check = expect_replays(2)
 
 
+# ----------------------------------------------------------------------------- tensors a call stores
+
+def _pruned_net():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+    model[2] = nn.utils.weight_norm(model[2])
+    return model, kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+@case
+def pruned_and_weight_normed_training_step():
+    # their forward pre-hooks assign `module.weight` on every call: replays write the new one
+    model, opt = _pruned_net()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(10, 6), kiln.randint(0, 3, (10,))
+    return world(step, lambda i, g: (g(x, y), model[0].weight, model[2].weight),
+                 after=lambda: [p.detach() for p in model.parameters()])
+
+
+pruned_and_weight_normed_training_step.calls = 6
+pruned_and_weight_normed_training_step.check = expect_replays(4)
+
+
+@case
+def stored_weight_read_outside_the_compiled_forward():
+    # a penalty on the stored `module.weight` backpropagates to weight_orig through the
+    # compiled forward's backward, as through eager's history
+    model, opt = _pruned_net()
+    x, y = kiln.randn(10, 6), kiln.randint(0, 3, (10,))
+
+    def call(i, g):
+        opt.zero_grad()
+        loss = F.cross_entropy(g(x), y) + 0.1 * (model[0].weight ** 2).sum() \
+            + 0.1 * model[2].weight.abs().sum()
+        loss.backward()
+        opt.step()
+        return loss
+    return world(model, call, after=lambda: [p.detach() for p in model.parameters()])
+
+
+stored_weight_read_outside_the_compiled_forward.calls = 5
+stored_weight_read_outside_the_compiled_forward.check = expect_replays(3)
+
+
+@case
+def output_kept_on_the_module_and_returned():
+    class Keeps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.last = None
+
+        def forward(self, x):
+            self.last = self.fc(x).tanh()
+            self.attention = self.last.softmax(-1)      # kept, not returned
+            return self.last
+    model = Keeps()
+
+    def call(i, g):
+        out = g(kiln.randn(2, 4) + i)
+        return out, model.last is out, model.last, model.attention
+    return world(model, call)
+
+
+output_kept_on_the_module_and_returned.check = expect_replays(2)
+
+
+@case
+def state_read_then_replaced_stays_an_effect():
+    # the old tensor is read: a replay would read the traced call's, so this runs eagerly
+    state = types.SimpleNamespace(avg=kiln.zeros(3))
+
+    def f(x):
+        state.avg = state.avg * 0.9 + x * 0.1
+        return state.avg.sum()
+    return world(f, lambda i, g: (g(kiln.ones(3) * i), state.avg))
+
+
+state_read_then_replaced_stays_an_effect.calls = 5
+state_read_then_replaced_stays_an_effect.check = expect_eager
+
+
+@case
+def view_of_a_parameter_stored_stays_an_effect():
+    # eager's stored view shares the parameter's memory (an update shows through it); a
+    # replay's output would not
+    model = nn.Linear(3, 2)
+    state = types.SimpleNamespace(w_t=None)
+
+    def f(x):
+        state.w_t = model.weight.t()
+        return x @ state.w_t
+
+    def call(i, g):
+        out = g(kiln.ones(4, 3) * i)
+        with kiln.no_grad():
+            model.weight.add_(1.0)
+        return out, state.w_t
+    return world(f, call)
+
+
+view_of_a_parameter_stored_stays_an_effect.check = expect_eager
+
+
+@case
+def argument_stored_stays_an_effect():
+    state = types.SimpleNamespace(last=None)
+
+    def f(x):
+        state.last = x
+        return x * 2
+    return world(f, lambda i, g: (g(kiln.ones(3) * i), state.last))
+
+
 # ----------------------------------------------------------------------------- flags a call sets
 
 def _batchnorm_net():

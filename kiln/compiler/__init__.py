@@ -255,7 +255,9 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
         out = ExplainOutput([entry.traced.graph], [], _function_name(target), entry.guards,
                             [entry.artifact], kernel_choices=kernel_choices(fn),
                             cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled),
-                            after_replay=[name for name, _ in entry.program.after_replay])
+                            after_replay=[name for name, _ in entry.program.after_replay] +
+                            [f"{name} = (a tensor the program computes)"
+                             for name, _, _ in entry.program.attribute_writes])
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
@@ -605,6 +607,10 @@ class CompiledFunction:
                     if self._flags_set.get((key, at), value) != value]
         if counters:
             effects, flags = effects + counters, {}
+        # tensors the call computed and stored (a pruning hook's `module.weight`, an output
+        # kept on the module): outputs of the program, written there by each replay
+        writes, effects = guards.tensor_writes(effects, lambda t: _computed(tracer, t),
+                                               lambda t: id(t) in tracer.input_of)
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
@@ -623,7 +629,7 @@ class CompiledFunction:
             return result
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags)
+                                        none_at_call, args, kwargs, flags, writes)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -637,10 +643,15 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None):
+                        args, kwargs, flags=None, writes=None):
         leaves_in = flatten(args)[0]
-        outputs = flatten(result)[0]
-        not_rebuilt = _unreplayable_return(flatten(result)[1])
+        # what the program returns: the function's value, then each tensor it stored that the
+        # value does not hold
+        returned = flatten(result)[0]
+        extra = [t for _, t in (writes or {}).values() if all(t is not r for r in returned)]
+        traced = (result, extra) if writes else result
+        outputs = flatten(traced)[0]
+        not_rebuilt = _unreplayable_return(flatten(traced)[1])
         consumed = [i for i, t in enumerate(outputs)
                     if t.requires_grad and t.grad_fn is not None and not _differentiable(t)]
         joint = None
@@ -649,7 +660,7 @@ class CompiledFunction:
                                           if i not in consumed):
                 joint = trace_backward(tracer, outputs, consumed)
         with _stage("finishing the trace"):
-            (program,) = tracer.finish(result if joint is None
+            (program,) = tracer.finish(traced if joint is None
                                        else list(outputs) + joint.grads)
         program.consumed = {i: outputs[i].grad_fn.prim for i in consumed}
         for gw in program.grad_writes:
@@ -659,7 +670,9 @@ class CompiledFunction:
         for b, v in zip(program.bindings, program.graph.inputs):
             if b.kind == "lifted" and id(b.tensor) not in names_before:
                 v.name = names_after.get(id(b.tensor), v.name)   # state the call made
-        if any(t._trace is not None for i, t in reachable_after.items() if i not in reachable):
+        stored = {id(t) for _, t in (writes or {}).values()}
+        if any(t._trace is not None for i, t in reachable_after.items()
+               if i not in reachable and i not in stored):
             # the graph made tensors that outlive the call (SGD's momentum buffer, cloned from
             # the first gradient): a replay would make them afresh each time, so trace again
             # once they exist. State made `untraced` (Adam's moments) is an input already.
@@ -679,6 +692,11 @@ class CompiledFunction:
             for obj, attr, value in tracer.object_reads]
         if flags:
             _replay_flags(self, key, entry, program, flags)
+        if writes:      # the program never reads the old tensors there: no guard on them
+            entry.guards = [g for g in entry.guards if getattr(g.read, "at", None) not in writes]
+            position = {id(t): i for i, t in enumerate(returned + extra)}
+            program.attribute_writes = [(g.source, g.read.write, position[id(t)])
+                                        for g, t in writes.values()]
         entry.lifted_bases = _lifted_bases(program)
         if not_rebuilt is not None:
             entry.program, entry.eager_reason = None, not_rebuilt
@@ -695,7 +713,7 @@ class CompiledFunction:
                 self._add_entry(key, entry)
                 return result
         if joint is not None:
-            program.output_tree = flatten(result)[1]
+            program.output_tree = flatten(traced)[1]
             program.num_user_outputs = len(outputs)
         try:
             stage = ["optimizing the graph"]
@@ -789,7 +807,11 @@ class CompiledFunction:
         tree = program.output_tree
         if tree == _ONE_TENSOR:
             return user[0]
-        return unflatten(tree, user)
+        if not program.attribute_writes:
+            return unflatten(tree, user)
+        for _, write, i in program.attribute_writes:
+            write(user[i])
+        return unflatten(tree, user)[0]
 
     def programs(self) -> list:
         return [e.program for e in self.entries.values() if e.program is not None]
@@ -887,6 +909,13 @@ def _replay_flags(compiled: CompiledFunction, key, entry: CompiledEntry,
         compiled._flags_set[(key, at)] = value
         program.after_replay.append((f"{g.source} = {value!r}",
                                      functools.partial(g.read.write, value)))
+
+
+def _computed(tracer, t: Tensor) -> bool:
+    """Whether `t` is a value the trace computed in memory of its own: not one of its inputs,
+    and not a view or alias (a replay's output would not share the memory eager's did)."""
+    return (t._trace is not None and id(t._trace) in tracer.known and t._base is None
+            and id(t) not in tracer.input_of and id(t) not in tracer.alias_of)
 
 
 def _lifted_bases(program: TracedProgram) -> frozenset:

@@ -398,6 +398,23 @@ def changed(before: list[Guard]) -> list[Guard]:
     return [g for g in before if not g.holds()]
 
 
+def tensor_writes(effects: list[Guard], computed, read) -> tuple[dict, list[Guard]]:
+    """Split the guards a call broke into the places it set to a tensor it computed
+    (`computed(t)`), whose old value it did not read (`read(t)` false for it), and the rest.
+    Returns ({place: (guard before, tensor)}, rest)."""
+    writes, rest = {}, []
+    for g in effects:
+        at = getattr(g.read, "at", None)
+        after = g.read() if at is not None and g.kind == "id" else MISSING
+        old = g.expected
+        if isinstance(after, Tensor) and computed(after) and not (
+                isinstance(old, Tensor) and read(old)):
+            writes[at] = (g, after)
+        else:
+            rest.append(g)
+    return writes, rest
+
+
 def flag_writes(effects: list[Guard], skip: set) -> tuple[list, list[Guard]]:
     """Split the guards a call broke into the flags it set and the rest: a flag is a place that
     held a Python scalar before the call and holds one after it (`module.training`, set by

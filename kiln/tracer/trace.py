@@ -75,6 +75,11 @@ class TracedProgram:
     # pure-Python calls the traced call made that a replay repeats after the program has run
     # (an lr scheduler's step: `after_replay`), each with a name for listings
     after_replay: list = field(default_factory=list)
+    # places the traced call set to a tensor it computed (a pruning or weight-norm hook's
+    # `module.weight`): (name, write, output index) per place; the program outputs each such
+    # tensor (after the function's return value, unless that holds it) and a replay writes the
+    # new one there
+    attribute_writes: list = field(default_factory=list)
 
 
 class Tracer:
