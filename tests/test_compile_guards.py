@@ -865,18 +865,85 @@ output_kept_on_the_module_and_returned.check = expect_replays(2)
 
 
 @case
-def state_read_then_replaced_stays_an_effect():
-    # the old tensor is read: a replay would read the traced call's, so this runs eagerly
+def running_state_read_then_replaced():
+    # a running average kept by reassignment: each replay reads the tensor the last call stored
     state = types.SimpleNamespace(avg=kiln.zeros(3))
 
     def f(x):
         state.avg = state.avg * 0.9 + x * 0.1
         return state.avg.sum()
+
+    def call(i, g):
+        if i == 4:
+            state.avg = kiln.full((3,), 5.0)        # replaced by the user between calls
+        return g(kiln.ones(3) * i), state.avg
+    return world(f, call, after=lambda: state.avg)
+
+
+running_state_read_then_replaced.calls = 7
+running_state_read_then_replaced.check = expect_replays(4)
+
+
+@case
+def custom_batchnorm_reassigning_its_buffers():
+    class RunningNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", kiln.zeros(4))
+            self.register_buffer("var", kiln.ones(4))
+
+        def forward(self, x):
+            if self.training:
+                with kiln.no_grad():
+                    self.mean = 0.9 * self.mean + 0.1 * x.mean(0)
+                    self.var = 0.9 * self.var + 0.1 * x.var(0)
+            return (x - self.mean) / (self.var + 1e-5).sqrt()
+    model = nn.Sequential(nn.Linear(3, 4), RunningNorm(), nn.Linear(4, 2))
+    opt = kiln.optim.SGD(model.parameters(), lr=0.05)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    x, y = kiln.randn(8, 3), kiln.randn(8, 2)
+    return world(step, lambda i, g: (g(x, y), model[1].mean, model[1].var),
+                 after=lambda: [t.detach() for t in model.state_dict().values()])
+
+
+custom_batchnorm_reassigning_its_buffers.calls = 6
+custom_batchnorm_reassigning_its_buffers.check = expect_replays(3)
+
+
+@case
+def state_replaced_and_written_in_place_stays_eager():
+    state = types.SimpleNamespace(avg=kiln.zeros(3))
+
+    def f(x):
+        old = state.avg
+        state.avg = old * 0.9 + x * 0.1
+        old.add_(1)                     # the replaced tensor written too
+        return state.avg.sum() + old.sum()
     return world(f, lambda i, g: (g(kiln.ones(3) * i), state.avg))
 
 
-state_read_then_replaced_stays_an_effect.calls = 5
-state_read_then_replaced_stays_an_effect.check = expect_eager
+state_replaced_and_written_in_place_stays_eager.check = expect_eager
+
+
+@case
+def state_with_history_replaced_stays_an_effect():
+    # the stored tensor requires grad: its history would reach into the last call's graph
+    w = kiln.ones(3, requires_grad=True)
+    state = types.SimpleNamespace(h=kiln.zeros(3))
+
+    def f(x):
+        state.h = (state.h + x * w).tanh()
+        return state.h.sum()
+    return world(f, lambda i, g: (g(kiln.ones(3) * 0.1 * i), state.h.detach()))
+
+
+state_with_history_replaced_stays_an_effect.check = expect_eager
 
 
 @case

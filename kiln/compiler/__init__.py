@@ -11,6 +11,7 @@ them.
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import os
@@ -380,7 +381,7 @@ def _fetch_plan(program: TracedProgram, n: int, device) -> list:
     return plan
 
 
-_ARG, _LIFTED, _GRAD, _SEED, _SCALAR = range(5)
+_ARG, _LIFTED, _GRAD, _SEED, _SCALAR, _PLACE = range(6)
 
 
 def kernel_target(backend: str, device) -> str:
@@ -609,8 +610,11 @@ class CompiledFunction:
             effects, flags = effects + counters, {}
         # tensors the call computed and stored (a pruning hook's `module.weight`, an output
         # kept on the module): outputs of the program, written there by each replay
-        writes, effects = guards.tensor_writes(effects, lambda t: _computed(tracer, t),
-                                               lambda t: id(t) in tracer.input_of)
+        held = collections.Counter(id(g.expected) for g in before.guards + arg_state.guards
+                                   if g.kind == "id" and isinstance(g.expected, Tensor))
+        writes, effects = guards.tensor_writes(
+            effects, lambda t: _computed(tracer, t),
+            lambda t: id(t) in tracer.input_of and not (_carried(tracer, t) and held[id(t)] == 1))
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
@@ -680,7 +684,19 @@ class CompiledFunction:
             if self.retraces <= RECOMPILE_LIMIT:
                 return result
         entry = CompiledEntry(program)
-        lifted = [b.tensor for b in program.bindings if b.kind == "lifted"]
+        # state the call read and replaced (a running average): read from its place each replay
+        carried = {at: g for at, (g, _) in (writes or {}).items()
+                   if isinstance(g.expected, Tensor) and id(g.expected) in tracer.input_of}
+        if any(any(m is g.expected for m in program.mutated) for g in carried.values()):
+            entry.program, entry.eager_reason = None, ("it writes in place into state it also "
+                                                       "replaces")
+            self._note("effect", f"{_function_name(self.fn)} {entry.eager_reason}; it runs "
+                       "eagerly")
+            self._add_entry(key, entry)
+            return result
+        olds = {id(g.expected) for g in carried.values()}
+        lifted = [b.tensor for b in program.bindings
+                  if b.kind == "lifted" and id(b.tensor) not in olds]
         # (a number user code also read into Python keeps its value guard: it may be baked in)
         inputs = {(id(b.path[0]), b.path[1]) for b in program.bindings
                   if b.kind == "scalar"} - tracer.python_reads
@@ -697,6 +713,7 @@ class CompiledFunction:
             position = {id(t): i for i, t in enumerate(returned + extra)}
             program.attribute_writes = [(g.source, g.read.write, position[id(t)])
                                         for g, t in writes.values()]
+            entry.guards += [guards.carried_state_guard(g) for g in carried.values()]
         entry.lifted_bases = _lifted_bases(program)
         if not_rebuilt is not None:
             entry.program, entry.eager_reason = None, not_rebuilt
@@ -731,6 +748,10 @@ class CompiledFunction:
             index = {v: i for i, v in enumerate(entry.graph.inputs)}
             entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
             entry.fetch = _fetch_plan(program, len(entry.graph.inputs), device)
+            readers = {id(g.expected): g.read for g in carried.values()}
+            for i, b in enumerate(program.bindings[:len(entry.fetch)]):
+                if b.kind == "lifted" and id(b.tensor) in readers:
+                    entry.fetch[i] = (_PLACE, readers[id(b.tensor)])
             entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
         except Exception as e:        # a compiler bug must never cost the user a result
             raise _StageFailed(stage[0], e) from e
@@ -747,6 +768,8 @@ class CompiledFunction:
                 t = leaves[where]
             elif kind == _LIFTED:
                 t = where
+            elif kind == _PLACE:            # state the last call stored there
+                t = where()
             elif kind == _SEED:
                 generator, seed_device = where
                 inputs.append(to_device(np.array(generator.next_seed(), dtype=np.int64),
@@ -909,6 +932,15 @@ def _replay_flags(compiled: CompiledFunction, key, entry: CompiledEntry,
         compiled._flags_set[(key, at)] = value
         program.after_replay.append((f"{g.source} = {value!r}",
                                      functools.partial(g.read.write, value)))
+
+
+def _carried(tracer, t: Tensor) -> bool:
+    """Whether `t`, which the trace read, may be read from the place holding it on each replay
+    instead of by identity: a lifted tensor without autograd history (running state)."""
+    found = tracer.input_of.get(id(t))
+    if found is None or t.requires_grad or t.grad_fn is not None:
+        return False
+    return tracer.bindings[tracer.graph.inputs.index(found[1])].kind == "lifted"
 
 
 def _computed(tracer, t: Tensor) -> bool:

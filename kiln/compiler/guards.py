@@ -415,6 +415,20 @@ def tensor_writes(effects: list[Guard], computed, read) -> tuple[dict, list[Guar
     return writes, rest
 
 
+def carried_state_guard(g: Guard) -> Guard:
+    """The guard on a place whose tensor a replay reads and replaces (see `compiler`): not the
+    same object each call, but a tensor like the one `g` found there, without autograd."""
+    t = g.expected
+
+    def meta(read=g.read):
+        v = read()
+        if not isinstance(v, Tensor) or v.requires_grad:
+            return None
+        return (v._data.shape, v.dtype, v.device)
+    return Guard(f"{g.source} (replaced each call)", meta, "eq",
+                 (t._data.shape, t.dtype, t.device))
+
+
 def flag_writes(effects: list[Guard], skip: set) -> tuple[list, list[Guard]]:
     """Split the guards a call broke into the flags it set and the rest: a flag is a place that
     held a Python scalar before the call and holds one after it (`module.training`, set by
