@@ -978,6 +978,64 @@ def argument_stored_stays_an_effect():
     return world(f, lambda i, g: (g(kiln.ones(3) * i), state.last))
 
 
+# ----------------------------------------------------------------------------- returned .item()
+
+def _item_world(body: str):
+    ns = exec_world("import math\nmodel = nn.Linear(4, 2)\n"
+                    "opt = kiln.optim.SGD(model.parameters(), lr=0.1)\n"
+                    "def step(x, y):\n    opt.zero_grad()\n    out = model(x)\n"
+                    "    loss = F.cross_entropy(out, y)\n    loss.backward()\n    opt.step()\n"
+                    + body)
+    x, y = kiln.randn(8, 4), kiln.randint(0, 2, (8,))
+    return world(ns["step"], lambda i, g: g(x, y),
+                 after=lambda: [p.detach() for p in ns["model"].parameters()])
+
+
+@case
+def returns_loss_item():
+    # nothing in the function sees the number: a replay reads it from the program's output
+    return _item_world("    return loss.item()\n")
+
+
+returns_loss_item.check = expect_replays(2)
+
+
+@case
+def returns_items_in_a_tuple_and_a_dict():
+    return _item_world("    return loss.item(), {'acc': (out.argmax(1) == y).float().mean()"
+                       ".item(), 'n': len(y)}\n")
+
+
+returns_items_in_a_tuple_and_a_dict.check = expect_replays(2)
+
+
+@case
+def item_kept_in_a_local_is_a_graph_break():
+    return _item_world("    value = loss.item()\n    return value\n")
+
+
+item_kept_in_a_local_is_a_graph_break.check = expect_eager
+
+
+@case
+def item_used_before_return_is_a_graph_break():
+    return _item_world("    return loss.item() * 2, math.isfinite(loss.item()), "
+                       "{loss.item(): 1}\n")
+
+
+item_used_before_return_is_a_graph_break.check = expect_eager
+
+
+@case
+def item_returned_to_a_recursive_caller_is_a_graph_break():
+    ns = exec_world("def f(x, n):\n    if n == 0:\n        return x.sum().item()\n"
+                    "    return f(x * 2, n - 1) + 1.0\n")
+    return world(ns["f"], lambda i, g: g(kiln.ones(3) * i, 2))
+
+
+item_returned_to_a_recursive_caller_is_a_graph_break.check = expect_eager
+
+
 # ----------------------------------------------------------------------------- flags a call sets
 
 def _batchnorm_net():

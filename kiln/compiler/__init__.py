@@ -158,6 +158,7 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
+    tracer.top_code = _code_of(fn)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
     def effect(what: str, where: str) -> None:
@@ -175,7 +176,7 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
 def trace(fn, *args, _snapshot: bool = False, **kwargs) -> TraceResult:
     """Run `fn` eagerly while tracing; return every graph captured and every graph break."""
     tracer, result = _trace_call(fn, args, kwargs, "split", _snapshot)
-    programs = tracer.finish(result)
+    programs = tracer.finish(result, tracer.returned_items)
     return TraceResult(programs, tracer.breaks, result)
 
 
@@ -651,11 +652,12 @@ class CompiledFunction:
         leaves_in = flatten(args)[0]
         # what the program returns: the function's value, then each tensor it stored that the
         # value does not hold
-        returned = flatten(result)[0]
+        items = tracer.returned_items       # `return loss.item()`: the tensor is the output
+        returned = flatten(result, items)[0]
         extra = [t for _, t in (writes or {}).values() if all(t is not r for r in returned)]
         traced = (result, extra) if writes else result
-        outputs = flatten(traced)[0]
-        not_rebuilt = _unreplayable_return(flatten(traced)[1])
+        outputs, tree = flatten(traced, items)
+        not_rebuilt = _unreplayable_return(tree)
         consumed = [i for i, t in enumerate(outputs)
                     if t.requires_grad and t.grad_fn is not None and not _differentiable(t)]
         joint = None
@@ -665,7 +667,7 @@ class CompiledFunction:
                 joint = trace_backward(tracer, outputs, consumed)
         with _stage("finishing the trace"):
             (program,) = tracer.finish(traced if joint is None
-                                       else list(outputs) + joint.grads)
+                                       else list(outputs) + joint.grads, items)
         program.consumed = {i: outputs[i].grad_fn.prim for i in consumed}
         for gw in program.grad_writes:
             gw.none_at_call = none_at_call.get(id(gw.tensor))
@@ -730,7 +732,7 @@ class CompiledFunction:
                 self._add_entry(key, entry)
                 return result
         if joint is not None:
-            program.output_tree = flatten(traced)[1]
+            program.output_tree = tree
             program.num_user_outputs = len(outputs)
         try:
             stage = ["optimizing the graph"]
@@ -943,6 +945,13 @@ def _carried(tracer, t: Tensor) -> bool:
     return tracer.bindings[tracer.graph.inputs.index(found[1])].kind == "lifted"
 
 
+def _code_of(fn):
+    """The code object a traced call of `fn` runs first (a function's, a method's, a Module's
+    forward), or None."""
+    fn = getattr(fn, "forward", fn) if getattr(fn, "__code__", None) is None else fn
+    return getattr(getattr(fn, "__func__", fn), "__code__", None)
+
+
 def _computed(tracer, t: Tensor) -> bool:
     """Whether `t` is a value the trace computed in memory of its own: not one of its inputs,
     and not a view or alias (a replay's output would not share the memory eager's did)."""
@@ -988,7 +997,7 @@ def _unreplayable_return(tree) -> str | None:
 
     def walk(t):
         tag = t[0]
-        if tag == "T" or tag == "S":
+        if tag == "T" or tag == "S" or tag == "I":
             return
         if tag == "C":
             x = t[1]

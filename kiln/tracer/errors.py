@@ -13,18 +13,25 @@ _KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _IN_KILN: dict = {}             # a code object's file name -> whether it is in the kiln package
 
 
-def user_location(skip_kiln: bool = True) -> str:
-    """`file:line` of the innermost frame outside the kiln package: the user's line."""
-    frame = sys._getframe(1)
+def user_frame(skip_kiln: bool = True, frame=None):
+    """The innermost frame outside the kiln package (from `frame`, default the caller's), or
+    None: the user's code."""
+    frame = frame or sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
         inside = _IN_KILN.get(path)
         if inside is None:          # a tracer asks for every op: abspath once per file
             inside = _IN_KILN[path] = os.path.abspath(path).startswith(_KILN_DIR)
         if not (skip_kiln and inside):
-            return f"{path}:{frame.f_lineno}"
+            return frame
         frame = frame.f_back
-    return "<unknown>"
+    return None
+
+
+def user_location(skip_kiln: bool = True) -> str:
+    """`file:line` of the innermost frame outside the kiln package: the user's line."""
+    frame = user_frame(skip_kiln, sys._getframe(1))
+    return "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 def op_error(op: str, message: str, kind: type = RuntimeError) -> Exception:

@@ -194,6 +194,15 @@ class Tensor:
         if self._data.size != 1:
             raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
                            "converted to Scalar")
+        tracer = STATE.tracer
+        if tracer is not None and self.dtype.is_floating_point and tracer.returns_read():
+            # `return loss.item()`: nothing in the function sees the number, so no graph
+            # break; the compiled program outputs the tensor and a replay reads it
+            if self.device.type != "cpu":
+                pending_checks.flush()
+            value = float(to_device(self._data, CPU).reshape(()).item())
+            tracer.returned_items[id(value)] = (value, self)
+            return value
         return to_device(self._read("item()"), CPU).reshape(()).item()
 
     def tolist(self):

@@ -17,7 +17,8 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
-from kiln.tracer.errors import GraphBreak, user_location
+from kiln.tracer.bytecode import returned_unseen
+from kiln.tracer.errors import GraphBreak, user_frame, user_location
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
 from kiln.tracer.tensor import STATE, Tensor, set_tracer
@@ -109,6 +110,8 @@ class Tracer:
         self.scope_loc: str | None = None
         self.after_replay: list = []      # (name, call): see `replay_after`
         self.python_reads: set = set()    # (id(container), key) read into Python by user code
+        self.top_code = None                # the traced function's code (set by the compiler)
+        self.returned_items: dict = {}      # id(number) -> (number, tensor): `return t.item()`
         self.object_reads: list = []      # (object, attribute, value as read) likewise
         self._start_segment()
 
@@ -294,6 +297,19 @@ class Tracer:
             self.cleared.add(id(tensor))
             self._keep.append(tensor)
 
+    def returns_read(self) -> bool:
+        """Whether the user's line reading a value (`.item()`) returns it straight from the
+        traced function, so nothing in it can see the number (`kiln.tracer.bytecode`)."""
+        frame = user_frame()
+        if frame is None or frame.f_code is not self.top_code:
+            return False
+        outer = frame.f_back
+        while outer is not None:            # a recursive call: its caller sees the number
+            if outer.f_code is self.top_code:
+                return False
+            outer = outer.f_back
+        return returned_unseen(frame.f_code, frame.f_lasti)
+
     def value_read(self, tensor: Tensor, what: str) -> None:
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
                          "(data-dependent control flow)")
@@ -310,17 +326,18 @@ class Tracer:
         self._start_segment()
 
     # ------------------------------------------------------------------ finishing
-    def finish(self, outputs) -> list[TracedProgram]:
-        """Close the trace with the function's return value; returns every captured program."""
-        self.programs.append(self._finish(outputs, complete=True))
+    def finish(self, outputs, items: dict | None = None) -> list[TracedProgram]:
+        """Close the trace with the function's return value (`items`: numbers in it that are
+        a returned `.item()`, see `flatten`); returns every captured program."""
+        self.programs.append(self._finish(outputs, complete=True, items=items))
         return self.programs
 
-    def _finish(self, outputs, complete: bool) -> TracedProgram:
+    def _finish(self, outputs, complete: bool, items: dict | None = None) -> TracedProgram:
         g = self.graph
         program = TracedProgram(g, self.bindings, complete=complete, snapshots=self.snapshots)
         if complete:                    # the function's return value, None included
             program.after_replay = list(self.after_replay)
-            leaves, tree = flatten(outputs)
+            leaves, tree = flatten(outputs, items)
             for t in leaves:
                 g.outputs.append(self.value(t))
             program.num_user_outputs = len(leaves)
@@ -382,12 +399,17 @@ def note_grad_cleared(tensor: Tensor) -> None:
 
 # ----------------------------------------------------------------------------- pytrees
 
-def flatten(obj):
+def flatten(obj, items: dict | None = None):
     """Tensors in a nested tuple/list/dict, and a tree that `unflatten` rebuilds from them. A
-    sparse tensor is two leaves, its indices and values, and ("S", its size, coalesced)."""
+    sparse tensor is two leaves, its indices and values, and ("S", its size, coalesced). A
+    number in `items` (id -> (number, tensor): a traced `.item()` returned as it is) is its
+    tensor's leaf and ("I",): unflatten reads the number from it."""
     leaves: list = []
 
     def walk(x):
+        if items and type(x) is float and items.get(id(x), (None,))[0] is x:
+            leaves.append(items[id(x)][1])
+            return ("I",)
         if isinstance(x, Tensor):
             if type(x) is SparseTensor:
                 leaves.extend((x._idx, x._vals))
@@ -411,6 +433,8 @@ def unflatten(tree, leaves):
             return next(it)
         if tag == "C":
             return t[1]
+        if tag == "I":
+            return next(it).item()
         if tag == "S":
             indices = next(it)
             return sparse.make(indices, next(it), t[1], t[2])

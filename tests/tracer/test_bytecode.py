@@ -1,0 +1,51 @@
+"""kiln.tracer.bytecode: which returns leave a just-read number unseen by the function."""
+
+import sys
+
+import pytest
+
+from kiln.tracer.bytecode import returned_unseen
+
+
+class Probe:
+    """`.item()` answers whether its caller returns the number without looking at it."""
+
+    def item(self):
+        frame = sys._getframe(1)
+        return returned_unseen(frame.f_code, frame.f_lasti)
+
+
+p = Probe()
+CASES = {
+    # returned as it is, alone or packed (as a value)
+    "alone": (lambda: p.item(), True),
+    "tuple": (lambda: (p.item(), p.item()), (True, True)),
+    "dict": (lambda: {"loss": p.item(), "acc": p.item()}, {"loss": True, "acc": True}),
+    "list beside a call": (lambda: [p.item(), len("ab")], [True, 2]),
+    "conditional": (lambda: p.item() if len("a") else 0.0, True),
+    "beside arithmetic": (lambda: (p.item(), 2 * len("ab") > 3), (True, True)),
+    # seen: arithmetic, an argument, a dict key, a call of it
+    "arithmetic": (lambda: p.item() * 2, 0),
+    "argument": (lambda: float(p.item()), 0.0),
+    "keyword argument": (lambda: dict(loss=p.item()), {"loss": False}),
+    "dict key": (lambda: {p.item(): 1}, {False: 1}),
+    "compared": (lambda: p.item() > 0, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_returned_unseen(name):
+    fn, expected = CASES[name]
+    assert fn() == expected
+
+
+def test_stored_in_a_local_is_seen():
+    def f():
+        value = p.item()
+        return value
+    assert f() is False
+
+
+@pytest.mark.skipif(sys.version_info[:2] in ((3, 11), (3, 12)), reason="bytecode it knows")
+def test_an_unknown_python_says_seen():
+    assert (lambda: p.item())() is False
