@@ -1010,11 +1010,21 @@ returns_items_in_a_tuple_and_a_dict.check = expect_replays(2)
 
 
 @case
-def item_kept_in_a_local_is_a_graph_break():
-    return _item_world("    value = loss.item()\n    return value\n")
+def item_kept_in_a_local_then_returned():
+    return _item_world("    value = loss.item()\n    acc = (out.argmax(1) == y).float().mean()"
+                       ".item()\n    return value, acc\n")
 
 
-item_kept_in_a_local_is_a_graph_break.check = expect_eager
+item_kept_in_a_local_then_returned.check = expect_replays(2)
+
+
+@case
+def item_kept_in_a_local_and_used_is_a_graph_break():
+    return _item_world("    value = loss.item()\n    total = value + 1.0\n    return value, "
+                       "total\n")
+
+
+item_kept_in_a_local_and_used_is_a_graph_break.check = expect_eager
 
 
 @case

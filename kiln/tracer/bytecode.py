@@ -2,11 +2,12 @@
 
 A traced `.item()` is a graph break, because Python may branch on the number. But when the
 code returns the number straight away (`return loss.item()`, `return loss.item(), acc.item()`,
-`return {"loss": loss.item()}`), nothing in the function can see it, and a replay can read it
-from the program's output instead. `returned_unseen(code, offset)` reads the bytecode after the
-call at `offset` and follows the stack: the value may sit under other loads and calls (they
-cannot reach it), be packed into a tuple, list or dict (as a value, not a key), and must reach
-RETURN_VALUE that way. Any other instruction, and any Python version whose bytecode this does
+`return {"loss": loss.item()}`, `value = loss.item(); ...; return value`), nothing in the
+function can see it, and a replay can read it from the program's output instead.
+`returned_unseen(code, offset)` reads the bytecode after the call at `offset` and follows the
+stack: the value may sit under other loads and calls (they cannot reach it), be packed into a
+tuple, list or dict (as a value, not a key), or wait in a local through straight-line code
+that reads it back once, and must reach RETURN_VALUE that way. Any other instruction, and any Python version whose bytecode this does
 not know, answers False: the read stays a graph break.
 """
 
@@ -28,6 +29,16 @@ _OPERATE = {"BINARY_OP": 2, "COMPARE_OP": 2, "BINARY_SUBSCR": 2, "IS_OP": 2, "CO
             "UNARY_NEGATIVE": 1, "UNARY_NOT": 1, "UNARY_INVERT": 1, "UNARY_POSITIVE": 1}
 
 
+# while the value sits in a local: what may run before that local is read back (straight-line
+# code that cannot reach it: no jumps, no frame or namespace introspection)
+_WHILE_KEPT = set(_PUSH) | set(_OPERATE) | {
+    "LOAD_GLOBAL", "LOAD_METHOD", "LOAD_ATTR", "CALL", "BUILD_TUPLE", "BUILD_LIST", "BUILD_MAP",
+    "BUILD_CONST_KEY_MAP", "STORE_FAST", "POP_TOP", "STORE_ATTR", "STORE_SUBSCR"}
+_INTROSPECTION = {"locals", "vars", "eval", "exec", "globals", "f_locals", "_getframe",
+                  "currentframe", "stack", "getouterframes", "dir"}
+_LOADS = ("LOAD_FAST", "LOAD_FAST_CHECK")
+
+
 @functools.lru_cache(maxsize=1024)
 def returned_unseen(code, offset: int) -> bool:
     """Whether the value the call instruction at `offset` of `code` pushes is returned, alone
@@ -42,6 +53,8 @@ def returned_unseen(code, offset: int) -> bool:
         return False
     index = {ins.offset: i for i, ins in enumerate(instructions)}
     above = 0           # stack items above the value (or the container holding it)
+    local = None        # the local the value was stored in (`value = loss.item()`), if any
+    in_local = False    # whether the value is only there now, not on the stack
     i = at + 1
     while i < len(instructions):
         ins = instructions[i]
@@ -49,11 +62,22 @@ def returned_unseen(code, offset: int) -> bool:
         i += 1
         if name in _NOTHING:
             continue
+        if in_local:                # straight-line code that does not look at the local
+            if name in _LOADS and ins.argval == local:
+                in_local, above = False, 0          # on the stack again, once
+            elif (name not in _WHILE_KEPT or ins.argval == local
+                  or ins.argval in _INTROSPECTION):
+                return False
+            continue
+        if name in _LOADS and local is not None and ins.argval == local:
+            return False                            # a second copy of it
         if name == "JUMP_FORWARD":          # past the other arm of `a if c else b`
             i = index[ins.argval]
             continue
         if name in _PUSH:
             above += _PUSH[name]
+        elif name == "STORE_FAST" and above == 0 and local is None:
+            local, in_local = ins.argval, True      # `value = loss.item()`
         elif name == "LOAD_GLOBAL":
             above += 1 + (arg & 1)
         elif name in ("LOAD_METHOD", "LOAD_ATTR"):
@@ -89,4 +113,5 @@ def returned_unseen(code, offset: int) -> bool:
             return above == 0
         else:
             return False
+    return False
     return False

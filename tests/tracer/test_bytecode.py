@@ -39,11 +39,57 @@ def test_returned_unseen(name):
     assert fn() == expected
 
 
-def test_stored_in_a_local_is_seen():
-    def f():
-        value = p.item()
+def stored_then_returned():
+    value = p.item()
+    return value
+
+
+def stored_beside_other_work():
+    loss = p.item()
+    n = len("abc") * 2
+    acc = p.item()
+    return loss, {"acc": acc, "n": n}
+
+
+def stored_and_read_twice():
+    value = p.item()
+    return value, value
+
+
+def stored_and_used():
+    value = p.item()
+    return value * 2
+
+
+def stored_and_branched_on():
+    value = p.item()
+    if len("a"):
         return value
-    assert f() is False
+    return 0.0
+
+
+def stored_and_looked_at():
+    value = p.item()
+    names = locals()
+    return value, names
+
+
+def stored_and_overwritten():
+    value = p.item()
+    value = 1.0
+    return value
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (stored_then_returned, True), (stored_beside_other_work, (True, {"acc": True, "n": 6})),
+    (stored_and_read_twice, (False, False)), (stored_and_used, 0), (stored_and_branched_on, False),
+    (stored_and_overwritten, 1.0)], ids=lambda v: getattr(v, "__name__", ""))
+def test_a_number_kept_in_a_local(fn, expected):
+    assert fn() == expected
+
+
+def test_a_number_kept_in_a_local_and_looked_at():
+    assert stored_and_looked_at()[0] is False
 
 
 @pytest.mark.skipif(sys.version_info[:2] in ((3, 11), (3, 12)), reason="bytecode it knows")
