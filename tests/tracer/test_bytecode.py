@@ -12,11 +12,15 @@ known = pytest.mark.skipif(not bytecode._KNOWN, reason="a Python whose bytecode 
 
 
 class Probe:
-    """`.item()` answers whether its caller returns the number without looking at it."""
+    """`.item()` answers whether its caller returns the number without looking at it (and
+    keeps its answers, for callers that drop the number)."""
+
+    answers: list = []
 
     def item(self):
         frame = sys._getframe(1)
-        return returned_unseen(frame.f_code, frame.f_lasti)
+        self.answers.append(returned_unseen(frame.f_code, frame.f_lasti))
+        return self.answers[-1]
 
 
 p = Probe()
@@ -92,6 +96,13 @@ def stored_and_overwritten():
     (stored_and_overwritten, 1.0)], ids=lambda v: getattr(v, "__name__", ""))
 def test_a_number_kept_in_a_local(fn, expected):
     assert fn() == expected
+
+
+@known
+def test_a_number_kept_in_a_local_then_overwritten_is_not_returned():
+    Probe.answers.clear()
+    stored_and_overwritten()
+    assert Probe.answers == [False]
 
 
 @known

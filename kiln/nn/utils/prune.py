@@ -205,8 +205,8 @@ class Identity(BasePruningMethod):
         return super().apply(module, name)
 
 
-class RandomUnstructured(BasePruningMethod):
-    """Prune `amount` entries (a count, or a fraction of the tensor) chosen at random."""
+class _Unstructured(BasePruningMethod):
+    """Prune `amount` entries (a count, or a fraction of the tensor), those `_chosen` picks."""
 
     PRUNING_TYPE = "unstructured"
 
@@ -218,8 +218,15 @@ class RandomUnstructured(BasePruningMethod):
         count = _amount_to_count(self.amount, t.nelement())
         flat = default_mask.reshape(-1).clone()
         if count:
-            flat[kiln.randperm(t.nelement(), device=t.device)[:count]] = 0
+            flat[self._chosen(t, count)] = 0
         return flat.view(default_mask.shape)
+
+
+class RandomUnstructured(_Unstructured):
+    """Prune `amount` entries (a count, or a fraction of the tensor) chosen at random."""
+
+    def _chosen(self, t: Tensor, count: int) -> Tensor:
+        return kiln.randperm(t.nelement(), device=t.device)[:count]
 
     @classmethod
     def apply(cls, module: Module, name: str,  # type: ignore[override]
@@ -227,23 +234,12 @@ class RandomUnstructured(BasePruningMethod):
         return super().apply(module, name, amount=amount)
 
 
-class L1Unstructured(BasePruningMethod):
+class L1Unstructured(_Unstructured):
     """Prune the `amount` entries (a count, or a fraction of the tensor) of smallest absolute
     value."""
 
-    PRUNING_TYPE = "unstructured"
-
-    def __init__(self, amount: int | float) -> None:
-        _check_amount(amount)
-        self.amount = amount
-
-    def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        count = _amount_to_count(self.amount, t.nelement())
-        flat = default_mask.reshape(-1).clone()
-        if count:
-            smallest = kiln.topk(kiln.abs(t).reshape(-1), k=count, largest=False).indices
-            flat[smallest] = 0
-        return flat.view(default_mask.shape)
+    def _chosen(self, t: Tensor, count: int) -> Tensor:
+        return kiln.topk(kiln.abs(t).reshape(-1), k=count, largest=False).indices
 
     @classmethod
     def apply(cls, module: Module, name: str, amount: int | float,  # type: ignore[override]
