@@ -978,6 +978,83 @@ def argument_stored_stays_an_effect():
     return world(f, lambda i, g: (g(kiln.ones(3) * i), state.last))
 
 
+@case
+def stateful_lstm_keeps_its_detached_hidden_state():
+    # a stateful RNN (a time series cut into windows): the state carried to the next window is
+    # stored detached on the module; each replay reads the last one stored and stores a copy
+    class Stateful(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 5, batch_first=True)
+            self.fc = nn.Linear(5, 1)
+            self.h, self.c = kiln.zeros(1, 2, 5), kiln.zeros(1, 2, 5)
+
+        def forward(self, x):
+            out, (h, c) = self.lstm(x, (self.h, self.c))
+            self.h, self.c = h.detach(), c.detach()
+            return self.fc(out)
+    model = Stateful()
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def call(i, g):
+        if i == 4:
+            model.h.zero_()                 # the user resets the state in place between windows
+        return g(kiln.randn(2, 4, 3), kiln.randn(2, 4, 1)), model.h, model.c
+    return world(step, call, after=lambda: [p.detach() for p in model.parameters()])
+
+
+stateful_lstm_keeps_its_detached_hidden_state.calls = 6
+stateful_lstm_keeps_its_detached_hidden_state.check = expect_replays(3)
+
+
+@case
+def detached_result_stored_and_returned_stays_an_effect():
+    # eager's stored `h.detach()` shares memory with the returned `h`: a write to one shows in
+    # the other, and a replay's stored copy would not
+    state = types.SimpleNamespace(last=None)
+
+    def f(x):
+        h = (x * 2).tanh()
+        state.last = h.detach()
+        return h
+
+    def call(i, g):
+        out = g(kiln.ones(3) * i)
+        out.add_(1.0)
+        return out, state.last
+    return world(f, call)
+
+
+detached_result_stored_and_returned_stays_an_effect.check = expect_eager
+
+
+@case
+def detached_parameter_stored_stays_an_effect():
+    model = nn.Linear(3, 2)
+    state = types.SimpleNamespace(w=None)
+
+    def f(x):
+        state.w = model.weight.detach()
+        return model(x)
+
+    def call(i, g):
+        out = g(kiln.ones(4, 3) * i)
+        with kiln.no_grad():
+            model.weight.add_(1.0)
+        return out, state.w
+    return world(f, call)
+
+
+detached_parameter_stored_stays_an_effect.check = expect_eager
+
+
 # ----------------------------------------------------------------------------- returned .item()
 
 def _item_world(body: str):

@@ -259,7 +259,7 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
                             cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled),
                             after_replay=[name for name, _ in entry.program.after_replay] +
                             [f"{name} = (a tensor the program computes)"
-                             for name, _, _ in entry.program.attribute_writes])
+                             for name, *_ in entry.program.attribute_writes])
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
@@ -614,8 +614,13 @@ class CompiledFunction:
         held = collections.Counter(id(g.expected) for g in before.guards + arg_state.guards
                                    if g.kind == "id" and isinstance(g.expected, Tensor))
         writes, effects = guards.tensor_writes(
-            effects, lambda t: _computed(tracer, t),
+            effects, lambda t: _computed(tracer, t) or _detached_result(tracer, t),
             lambda t: id(t) in tracer.input_of and not (_carried(tracer, t) and held[id(t)] == 1))
+        # a stored `h.detach()` is replayed as a copy of its own: only sound where nothing
+        # else the caller gets shares that memory
+        shared = _shares_memory_with_others(tracer, writes, flatten(result,
+                                                                    tracer.returned_items)[0])
+        effects += [writes.pop(at)[0] for at in shared]
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
@@ -713,7 +718,8 @@ class CompiledFunction:
         if writes:      # the program never reads the old tensors there: no guard on them
             entry.guards = [g for g in entry.guards if getattr(g.read, "at", None) not in writes]
             position = {id(t): i for i, t in enumerate(returned + extra)}
-            program.attribute_writes = [(g.source, g.read.write, position[id(t)])
+            program.attribute_writes = [(g.source, g.read.write, position[id(t)],
+                                         id(t) in tracer.alias_of)
                                         for g, t in writes.values()]
             entry.guards += [guards.carried_state_guard(g) for g in carried.values()]
         entry.lifted_bases = _lifted_bases(program)
@@ -834,8 +840,8 @@ class CompiledFunction:
             return user[0]
         if not program.attribute_writes:
             return unflatten(tree, user)
-        for _, write, i in program.attribute_writes:
-            write(user[i])
+        for _, write, i, copy in program.attribute_writes:
+            write(make(outs[i].copy(), entry.out_dtypes[i], device) if copy else user[i])
         return unflatten(tree, user)[0]
 
     def programs(self) -> list:
@@ -957,6 +963,33 @@ def _computed(tracer, t: Tensor) -> bool:
     and not a view or alias (a replay's output would not share the memory eager's did)."""
     return (t._trace is not None and id(t._trace) in tracer.known and t._base is None
             and id(t) not in tracer.input_of and id(t) not in tracer.alias_of)
+
+
+def _detached_result(tracer, t: Tensor) -> bool:
+    """Whether `t` is `s.detach()` (or `s.data`) of a value `s` the trace computed: a replay
+    stores a copy of `s`'s output there (see `_shares_memory_with_others`)."""
+    source = tracer.alias_of.get(id(t))
+    return source is not None and t._base is None and _computed(tracer, source)
+
+
+def _memory_root(tracer, t: Tensor) -> int:
+    """The id of the tensor whose memory `t` uses: through aliases and views."""
+    t = tracer.alias_of.get(id(t), t)
+    while t._base is not None:
+        t = tracer.alias_of.get(id(t._base), t._base)
+    return id(t)
+
+
+def _shares_memory_with_others(tracer, writes: dict, returned: list) -> list:
+    """The places among `writes` holding a detached result whose memory something else the
+    caller gets also uses (a returned tensor, another stored one). Eager mode shares that
+    memory; a replay stores a copy, so such a place stays an effect. Where nothing else sees
+    the memory, the copy differs from eager only in the version counter it does not share (an
+    in-place write to it cannot invalidate the call's saved tensors)."""
+    roots = collections.Counter(_memory_root(tracer, t) for t in returned)
+    roots.update(_memory_root(tracer, t) for _, t in writes.values())
+    return [at for at, (_, t) in writes.items()
+            if id(t) in tracer.alias_of and roots[_memory_root(tracer, t)] > 1]
 
 
 def _lifted_bases(program: TracedProgram) -> frozenset:
