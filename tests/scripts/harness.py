@@ -19,6 +19,8 @@ Three comparisons, strongest first:
 from __future__ import annotations
 
 import builtins
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +38,16 @@ def load(program: str, lib: str) -> dict:
     """The script's namespace after running its top level with `torch` bound to `lib`."""
     path = PROGRAMS / f"{program}.py"
     code = compile(path.read_text(), str(path), "exec")
-    namespace = {"__name__": f"programs.{program}", "__file__": str(path)}
+    # a module of its own in sys.modules while it runs, as a script has (dataclasses and
+    # pickle look their classes' module up there)
+    module = types.ModuleType(f"programs.{program}")
+    module.__file__ = str(path)
+    namespace = module.__dict__
     if lib == "kiln":
         namespace["__builtins__"] = dict(vars(builtins), __import__=_kiln_import)
     elif lib != "torch":
         raise ValueError(f"lib must be 'torch' or 'kiln', got {lib!r}")
+    sys.modules[module.__name__] = module
     exec(code, namespace)
     return namespace
 
