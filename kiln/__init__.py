@@ -9,6 +9,8 @@ from kiln.ir.dtypes import (bool_ as bool, uint8, int32, int64, float16, float32
 from kiln.runtime.device import Device as device  # noqa: F401
 from kiln.ir.dtypes import promote as _promote
 from kiln.tracer.tensor import Tensor, Size  # noqa: F401
+from kiln.tracer.layout import (memory_format, contiguous_format, channels_last,  # noqa: F401
+                                channels_last_3d, preserve_format)
 from kiln.tracer import methods as _methods  # noqa: F401  (binds ops onto Tensor)
 from kiln.tracer.autograd import (no_grad, enable_grad, set_grad_enabled,  # noqa: F401
                                   inference_mode, is_grad_enabled)

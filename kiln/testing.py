@@ -407,8 +407,8 @@ def make_tensor(*shape: int | tuple | list, dtype: kiln.dtype, device: str | kil
             fewer than two elements).
         exclude_zero: replace zeros by 1 (bool, integers) or the dtype's smallest normal
             number (floating).
-        memory_format: kiln has no memory formats (every tensor it makes is row-major); only
-            None is accepted.
+        memory_format: lay the result out so (`kiln.channels_last` for 4 dims), as
+            `Tensor.to(memory_format=...)` does.
 
     Raises:
         ValueError: low >= high, low or high NaN, a range outside the dtype, requires_grad for
@@ -425,10 +425,6 @@ def make_tensor(*shape: int | tuple | list, dtype: kiln.dtype, device: str | kil
         raise ValueError(f"The parameters `noncontiguous` and `memory_format` are mutually "
                          f"exclusive, but got noncontiguous={noncontiguous} and "
                          f"memory_format={memory_format}")
-    if memory_format is not None:
-        raise NotImplementedError("make_tensor: kiln has no memory formats (its tensors are "
-                                  "row-major); leave memory_format out, or pass "
-                                  "noncontiguous=True for a strided tensor")
     if requires_grad and not dtype.is_floating_point:
         raise ValueError(f"`requires_grad=True` is not supported for boolean and integral "
                          f"dtypes, but got dtype={dtype}")
@@ -444,6 +440,8 @@ def make_tensor(*shape: int | tuple | list, dtype: kiln.dtype, device: str | kil
         result = kiln.randint(low, high, shape, dtype=dtype, device=device)
     if noncontiguous:
         result = result[..., 1::2]
+    if memory_format is not None:
+        result = result.to(memory_format=memory_format)
     if exclude_zero:
         result[result == 0] = kiln.finfo(dtype).tiny if dtype.is_floating_point else 1
     if requires_grad:

@@ -98,9 +98,10 @@ _group("torch", SPARSE, """
 sparse_bsc_tensor sparse_bsr_tensor sparse_compressed_tensor
 sparse_csc_tensor sparse_csr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_as_sparse_
 """)
-STRIDES = "user-visible strides and memory formats (kiln arrays have no user-set strides)"
+STRIDES = ("user-set strides (kiln lays tensors out row-major or in a memory format: "
+           "channels_last is provided)")
 _group("torch", STRIDES, """
-as_strided as_strided_ as_strided_scatter empty_strided empty_permuted memory_format
+as_strided as_strided_ as_strided_scatter empty_strided empty_permuted
 """)
 COMPLEX = "kiln has no complex dtype (real-tensor forms of conj/real/angle are provided)"
 _group("torch", COMPLEX, """

@@ -464,13 +464,22 @@ def test_make_tensor_errors_match_torch(dtype_name, kwargs):
     assert normalized(str(ours.value)) == normalized(str(theirs.value))
 
 
+def test_make_tensor_lays_out_a_memory_format_as_torch():
+    ours = kiln.testing.make_tensor(2, 3, 4, 5, dtype=kiln.float32, device="cpu",
+                                    memory_format=kiln.channels_last)
+    theirs = torch.testing.make_tensor(2, 3, 4, 5, dtype=torch.float32, device="cpu",
+                                       memory_format=torch.channels_last)
+    assert ours.stride() == theirs.stride()
+    assert ours.is_contiguous(memory_format=kiln.channels_last)
+
+
 def test_make_tensor_refusals():
     with pytest.raises(ValueError, match="mutually exclusive"):
         kiln.testing.make_tensor(3, dtype=kiln.float32, device="cpu", noncontiguous=True,
                                  memory_format="channels_last")
-    with pytest.raises(NotImplementedError, match="no memory formats"):
+    with pytest.raises(RuntimeError, match="rank 4"):
         kiln.testing.make_tensor(3, dtype=kiln.float32, device="cpu",
-                                 memory_format="channels_last")
+                                 memory_format=kiln.channels_last)
     with pytest.raises(TypeError, match="kiln dtype"):
         kiln.testing.make_tensor(3, dtype=np.float32, device="cpu")
     with pytest.warns(FutureWarning, match="low==high"):

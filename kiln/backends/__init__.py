@@ -6,15 +6,23 @@ them back and change nothing in kiln's kernels; the `is_available()` probes answ
 
 from __future__ import annotations
 
+import sys
 import types
 
 from kiln.runtime.device import cuda_is_available as _cuda_is_available
 
 
-def _flags(doc: str, **values) -> types.SimpleNamespace:
-    ns = types.SimpleNamespace(**values)
-    ns.__doc__ = doc
-    return ns
+def _flags(doc: str, name: str | None = None, **values):
+    """A namespace of flags; with `name`, a module `kiln.backends.<name>` that scripts import
+    (`import torch.backends.cudnn as cudnn`)."""
+    if name is None:
+        ns = types.SimpleNamespace(**values)
+        ns.__doc__ = doc
+        return ns
+    module = types.ModuleType(f"{__name__}.{name}", doc)
+    vars(module).update(values)
+    sys.modules[module.__name__] = module
+    return module
 
 
 def _cuda_available() -> bool:
@@ -22,13 +30,13 @@ def _cuda_available() -> bool:
 
 
 cudnn = _flags("cuDNN flags (stored; kiln's GPU path uses Triton and cuBLAS, not cuDNN)",
-               enabled=True, benchmark=False, deterministic=False, allow_tf32=True,
+               "cudnn", enabled=True, benchmark=False, deterministic=False, allow_tf32=True,
                is_available=lambda: False, version=lambda: None)
-mps = _flags("Apple MPS: kiln has no MPS backend", is_available=lambda: False,
+mps = _flags("Apple MPS: kiln has no MPS backend", "mps", is_available=lambda: False,
              is_built=lambda: False)
-openmp = _flags("OpenMP: kiln's compiled C kernels use it", is_available=lambda: True)
-mkldnn = _flags("oneDNN: not used by kiln", enabled=False, is_available=lambda: False)
-cuda = _flags("CUDA matmul flags (stored; kiln does not switch precision)",
+openmp = _flags("OpenMP: kiln's compiled C kernels use it", "openmp", is_available=lambda: True)
+mkldnn = _flags("oneDNN: not used by kiln", "mkldnn", enabled=False, is_available=lambda: False)
+cuda = _flags("CUDA matmul flags (stored; kiln does not switch precision)", "cuda",
               matmul=_flags("matmul flags", allow_tf32=False,
                             allow_fp16_reduced_precision_reduction=True,
                             allow_bf16_reduced_precision_reduction=True),

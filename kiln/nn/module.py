@@ -441,12 +441,17 @@ class Module:
             raise TypeError(f"nn.Module.to only accepts floating point dtypes, but got desired "
                             f"dtype={dtype}")
 
+        fmt = kwargs.get("memory_format")     # for 4-D (5-D) parameters and buffers
+
         def convert(t: Tensor) -> Tensor:
             out = t
             if device is not None:
                 out = out.to(device)
             if dtype is not None and out.dtype.is_floating_point:
                 out = out.to(dtype)
+            if fmt is not None and out.dim() == {kiln.channels_last: 4,
+                                                 kiln.channels_last_3d: 5}.get(fmt, out.dim()):
+                out = out.to(memory_format=fmt)
             return out
         return self._apply(convert)
 

@@ -15,9 +15,10 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, Primitive
 from kiln.runtime import pending_checks
 from kiln.runtime.device import Device, is_writeable, to_device
-from kiln.tracer import autograd, creation
+from kiln.tracer import autograd, creation, layout
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
+from kiln.tracer.functional import shapes
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
@@ -223,6 +224,12 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
         dtype = creation._dtype(dtype)
         if dtype is not out.dtype:
             out = P.cast(out, dtype=dtype)
+    fmt = kwargs.get("memory_format")
+    if fmt is not None and fmt is not layout.preserve_format:
+        # as PyTorch: a copy unless the strides are those of a tensor made in that format
+        layout.check(fmt, "to", out.ndim)
+        if out.stride() != layout.strides_of(out._data.shape, fmt):
+            out = shapes.clone(out, memory_format=fmt)
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, device_of_array, to_device
+from kiln.tracer import layout
 from kiln.tracer.errors import op_error
 
 
@@ -143,8 +144,11 @@ class Tensor:
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
-    def is_contiguous(self) -> bool:
-        return bool(self._data.flags.c_contiguous)
+    def is_contiguous(self, memory_format=None) -> bool:
+        if memory_format is None:
+            return bool(self._data.flags.c_contiguous)
+        layout.check(memory_format, "is_contiguous", self.ndim)
+        return layout.is_contiguous_as(self._data.shape, self.stride(), memory_format)
 
     def data_ptr(self) -> int:
         if self.device.type == "cpu":

@@ -10,6 +10,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.tracer import layout
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
@@ -436,17 +437,29 @@ def _py_any(it):
 
 
 def contiguous(input, memory_format=None):
-    """`input` itself when its memory is row-major already, else a row-major copy (so `view`,
-    which never copies, works on the result as in PyTorch)."""
-    if input._data.flags.c_contiguous:
+    """`input` itself when its memory is row-major already (or laid out as `memory_format`
+    says: `kiln.channels_last`), else such a copy (so `view`, which never copies, works on the
+    result as in PyTorch)."""
+    fmt = layout.contiguous_format if memory_format is None else memory_format
+    layout.check(fmt, "contiguous", input.ndim)
+    if fmt is layout.preserve_format:
+        raise RuntimeError("contiguous: preserve memory format is unsupported by the "
+                           "contiguous operator")
+    if layout.is_contiguous_as(input._data.shape, input.stride(), fmt):
         return input
     out = P.cast(input, dtype=input.dtype)      # a copy autograd and the tracer see
-    out._data = out.device.xp.ascontiguousarray(out._data)
+    out._data = layout.arrange(out.device.xp, out._data, fmt)
     return out
 
 
 def clone(input, *, memory_format=None):
-    return P.cast(input, dtype=input.dtype)
+    """A copy of `input`; row-major, or laid out as an explicit `memory_format` says (kiln
+    does not carry a channels-last input's layout over under the default preserve_format)."""
+    out = P.cast(input, dtype=input.dtype)
+    if memory_format is not None and memory_format is not layout.preserve_format:
+        layout.check(memory_format, "clone", input.ndim)
+        out._data = layout.arrange(out.device.xp, out._data, memory_format)
+    return out
 
 
 def _tri_mask(input, diagonal, upper):

@@ -1,0 +1,82 @@
+"""Memory formats (`torch.channels_last` and its kin): how a tensor's elements lie in memory.
+
+A layout never changes a value, only the strides: `x.to(memory_format=kiln.channels_last)`
+copies an NCHW tensor so that its channels vary fastest (strides (H*W*C, 1, W*C, C)), as
+PyTorch does, and `is_contiguous(memory_format=...)` answers from the strides. kiln's ops
+accept any strides and make row-major results (PyTorch carries channels-last through convs and
+elementwise ops; kiln does not), and a compiled program's results are row-major.
+"""
+
+from __future__ import annotations
+
+
+class memory_format:
+    """One of kiln.contiguous_format, channels_last, channels_last_3d, preserve_format."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
+
+    def __reduce__(self):       # pickles as the module constant it is
+        return self.name
+
+
+contiguous_format = memory_format("contiguous_format")
+channels_last = memory_format("channels_last")
+channels_last_3d = memory_format("channels_last_3d")
+preserve_format = memory_format("preserve_format")
+
+# per format: the order of dims from the fastest-varying to the slowest
+_CHANNELS_LAST_ORDER = {channels_last: (1, 3, 2, 0), channels_last_3d: (1, 4, 3, 2, 0)}
+
+
+def check(fmt, where: str, ndim: int) -> None:
+    """A clear error for what is not a memory format, or a channels-last format of the wrong
+    rank (PyTorch's rule: channels_last needs 4 dims, channels_last_3d 5)."""
+    if not isinstance(fmt, memory_format):
+        raise TypeError(f"{where}: memory_format must be a kiln memory format (such as "
+                        f"kiln.channels_last), got {fmt!r}")
+    order = _CHANNELS_LAST_ORDER.get(fmt)
+    if order is not None and ndim != len(order):
+        raise RuntimeError(f"{where}: required rank {len(order)} tensor to use {fmt.name} "
+                           f"format, got a tensor of rank {ndim}")
+
+
+def is_contiguous_as(shape: tuple, strides: tuple, fmt) -> bool:
+    """Whether elements at `strides` (in elements) lie densely in `fmt`'s order; dims of size 1
+    take any stride, as in PyTorch."""
+    order = _CHANNELS_LAST_ORDER.get(fmt, tuple(reversed(range(len(shape)))))
+    if len(order) != len(shape):
+        return False
+    expected = 1
+    for d in order:
+        if shape[d] != 1:
+            if strides[d] != expected:
+                return False
+            expected *= shape[d]
+    return True
+
+
+def strides_of(shape: tuple, fmt) -> tuple:
+    """The strides (in elements) of a dense tensor of `shape` laid out in `fmt`, size-1 dims
+    included (what PyTorch gives a tensor it makes in that format)."""
+    order = _CHANNELS_LAST_ORDER.get(fmt, tuple(reversed(range(len(shape)))))
+    strides, step = [0] * len(shape), 1
+    for d in order:
+        strides[d] = step
+        step *= max(shape[d], 1)
+    return tuple(strides)
+
+
+def arrange(xp, a, fmt):
+    """A copy of `a` laid out in `fmt`, with exactly `strides_of(a.shape, fmt)`."""
+    order = _CHANNELS_LAST_ORDER.get(fmt, tuple(reversed(range(a.ndim))))
+    slow_to_fast = tuple(reversed(order))
+    dense = xp.empty(tuple(a.shape[d] for d in slow_to_fast), a.dtype)
+    dense[...] = a.transpose(slow_to_fast)
+    back = [0] * a.ndim
+    for position, d in enumerate(slow_to_fast):
+        back[d] = position
+    return dense.transpose(back)
