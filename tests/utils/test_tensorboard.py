@@ -154,3 +154,44 @@ def test_default_log_dir_purge_step_and_bad_input(tmp_path, monkeypatch):
         SummaryWriter("bad").add_scalar("x", kiln.ones(3), 0)
     with pytest.raises(ValueError, match="dataformats"):
         SummaryWriter("bad").add_image("x", kiln.ones(3, 4), 0)
+
+
+def test_pr_curves_are_torchs(tmp_path):
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 200)
+    predictions = rng.random(200).astype(np.float32)
+    weights = rng.random(200)
+
+    def write(w, lib):
+        w.add_pr_curve("pr", lib.tensor(labels), lib.tensor(predictions), 0)
+        w.add_pr_curve("pr", labels, predictions, 1, num_thresholds=11, weights=weights)
+    t, k = _both(tmp_path, write)
+    for te, ke in zip(_load(t).Tensors("pr"), _load(k).Tensors("pr")):
+        assert ke.step == te.step
+        assert [d.size for d in ke.tensor_proto.tensor_shape.dim] == \
+            [d.size for d in te.tensor_proto.tensor_shape.dim]
+        np.testing.assert_allclose(ke.tensor_proto.float_val, te.tensor_proto.float_val,
+                                   rtol=1e-6)
+    tm, km = [_load(d).SummaryMetadata("pr").plugin_data for d in (t, k)]
+    assert (km.plugin_name, km.content) == (tm.plugin_name, tm.content)
+
+
+def test_embeddings_write_torchs_projector_files(tmp_path):
+    rng = np.random.default_rng(5)
+    points = rng.standard_normal((7, 4)).astype(np.float32)
+    images = rng.random((7, 1, 3, 3)).astype(np.float32)   # (torch fails on H != W)
+
+    def write(w, lib):
+        w.add_embedding(lib.tensor(points), metadata=list("abcdefg"),
+                        label_img=lib.tensor(images), global_step=3, tag="features")
+        w.add_embedding(points[:3], metadata=[[1, "x"], [2, "y"], [3, "z"]],
+                        metadata_header=["n", "c"])
+    t, k = _both(tmp_path, write)
+    for name in ["projector_config.pbtxt", "00003/features/tensors.tsv",
+                 "00003/features/metadata.tsv", "00000/default/tensors.tsv",
+                 "00000/default/metadata.tsv"]:
+        with open(os.path.join(t, name)) as a, open(os.path.join(k, name)) as b:
+            assert b.read() == a.read(), name
+    sprites = [np.asarray(Image.open(os.path.join(d, "00003/features/sprite.png")))
+               for d in (t, k)]
+    np.testing.assert_array_equal(sprites[1], sprites[0])

@@ -9,6 +9,7 @@ sessions and the graph of a model's traced forward.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -25,8 +26,11 @@ try:
     from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
     from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from tensorboard.plugins.pr_curve import metadata as pr_curve_metadata
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
     from tensorboard.plugins.text import metadata as text_metadata
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from google.protobuf import text_format
 except ImportError as e:        # as torch.utils.tensorboard without the package
     raise ImportError("kiln.utils.tensorboard needs the tensorboard package: pip install "
                       "tensorboard") from e
@@ -121,16 +125,41 @@ def _image_summary(tag: str, image: np.ndarray) -> summary_pb2.Summary:
                                   encoded_image_string=_png(image))))])
 
 
-def _grid(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) images tiled into one, up to 8 per row, as add_images shows them."""
+def _grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
+    """(N, H, W, C) images tiled into one, up to `cols` per row, as add_images shows them."""
     n, h, w, c = images.shape
-    cols = min(n, 8)
+    cols = min(n, cols)
     rows = -(-n // cols)
     grid = np.zeros((rows * h, cols * w, c), images.dtype)
     for i in range(n):
         r, q = divmod(i, cols)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
     return grid
+
+
+def _pr_curve(labels: np.ndarray, predictions: np.ndarray, num_thresholds: int,
+              weights) -> np.ndarray:
+    """(6, num_thresholds): true and false positives, true and false negatives, precision and
+    recall when predictions of at least each threshold k / (num_thresholds - 1) count as
+    positive (a prediction falls in bucket floor(p * (num_thresholds - 1)))."""
+    labels = labels.reshape(-1).astype(np.float64)
+    predictions = predictions.reshape(-1)
+    weights = np.broadcast_to(np.float64(1.0) if weights is None else _array(weights),
+                              labels.shape).reshape(-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"add_pr_curve: labels and predictions differ in size "
+                         f"({labels.size} and {predictions.size})")
+    if predictions.size and (predictions.min() < 0 or predictions.max() > 1):
+        raise ValueError("add_pr_curve: predictions must lie in [0, 1]")
+    buckets = np.floor(predictions * (num_thresholds - 1)).astype(np.int64)
+    positives = np.bincount(buckets, labels * weights, num_thresholds)
+    negatives = np.bincount(buckets, (1.0 - labels) * weights, num_thresholds)
+    tp = np.cumsum(positives[::-1])[::-1]          # predictions in this bucket or above
+    fp = np.cumsum(negatives[::-1])[::-1]
+    tn, fn = fp[0] - fp, tp[0] - tp
+    tiny = 1e-7                                     # no division by zero for empty rows
+    return np.stack([tp, fp, tn, fn, tp / np.maximum(tiny, tp + fp),
+                     tp / np.maximum(tiny, tp + fn)])
 
 
 def _hparam_value(value) -> tuple:
@@ -312,6 +341,70 @@ class SummaryWriter:
             self._add(summary_pb2.Summary(value=[summary_pb2.Summary.Value(
                 tag=tag, simple_value=float(_array(value).reshape(())))]), global_step, None,
                 directory)
+
+    def add_pr_curve(self, tag: str, labels, predictions, global_step=None,
+                     num_thresholds: int = 127, weights=None, walltime=None) -> None:
+        """A precision-recall curve of binary `labels` against `predictions` in [0, 1]."""
+        num_thresholds = min(num_thresholds, 127)
+        data = _pr_curve(_array(labels), _array(predictions).astype(np.float64),
+                         num_thresholds, weights)
+        meta = pr_curve_metadata.create_summary_metadata(display_name=tag, description="",
+                                                         num_thresholds=num_thresholds)
+        meta.display_name = ""          # as PyTorch writes it: TensorBoard shows the tag
+        tensor = tensor_pb2.TensorProto(dtype="DT_FLOAT", float_val=data.reshape(-1).tolist(),
+                                        tensor_shape=TensorShapeProto(dim=[
+                                            TensorShapeProto.Dim(size=n) for n in data.shape]))
+        self._add(summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=tag, metadata=meta, tensor=tensor)]), global_step, walltime)
+
+    def add_embedding(self, mat, metadata=None, label_img=None, global_step=None,
+                      tag: str = "default", metadata_header=None) -> None:
+        """Points for TensorBoard's projector: `<log_dir>/<step:05>/<tag>/tensors.tsv`, the
+        labels in metadata.tsv, the label images in sprite.png, and an entry appended to
+        projector_config.pbtxt."""
+        mat = _array(mat)
+        if mat.ndim != 2:
+            raise ValueError(f"add_embedding: mat must be 2-D (points x features), got shape "
+                             f"{list(mat.shape)}")
+        step = 0 if global_step is None else int(global_step)
+        sub = f"{step:05}/{tag}"
+        directory = os.path.join(self.log_dir, sub)
+        os.makedirs(directory, exist_ok=True)
+        entry = ProjectorConfig().embeddings.add(tensor_name=f"{tag}:{step:05}",
+                                                 tensor_path=f"{sub}/tensors.tsv")
+        with open(os.path.join(directory, "tensors.tsv"), "w") as f:
+            for row in mat.tolist():
+                f.write("\t".join(str(float(v)) for v in row) + "\n")
+        if metadata is not None:
+            if len(metadata) != mat.shape[0]:
+                raise ValueError(f"add_embedding: {len(metadata)} metadata rows for "
+                                 f"{mat.shape[0]} points")
+            lines = [] if metadata_header is None else \
+                ["\t".join(str(h) for h in metadata_header)]
+            lines += ["\t".join(str(v) for v in row) if metadata_header is not None else
+                      str(row) for row in metadata]
+            with open(os.path.join(directory, "metadata.tsv"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+            entry.metadata_path = f"{sub}/metadata.tsv"
+        if label_img is not None:
+            images = _array(label_img)
+            if images.ndim != 4 or images.shape[0] != mat.shape[0]:
+                raise ValueError(f"add_embedding: label_img must be (points, C, H, W) with one "
+                                 f"image per point, got shape {list(images.shape)}")
+            tiles = np.stack([_to_hwc(im, "CHW") for im in images])
+            grid = _grid(tiles, int(math.ceil(len(tiles) ** 0.5)))
+            square = np.zeros((grid.shape[1], grid.shape[1], grid.shape[2]), grid.dtype)
+            square[:grid.shape[0]] = grid[:square.shape[0]]
+            with open(os.path.join(directory, "sprite.png"), "wb") as f:
+                f.write(_png(_uint8(square)))
+            entry.sprite.image_path = f"{sub}/sprite.png"
+            entry.sprite.single_image_dim.extend(images.shape[2:4][::-1])
+        config = ProjectorConfig()
+        config.embeddings.append(entry)
+        os.makedirs(self.log_dir, exist_ok=True)
+        with open(os.path.join(self.log_dir, "projector_config.pbtxt"), "a") as f:
+            f.write(text_format.MessageToString(config))
+        self._writer()          # an events file, so TensorBoard lists the run
 
     def add_graph(self, model, input_to_model=None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:
