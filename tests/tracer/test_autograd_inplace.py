@@ -392,6 +392,40 @@ def test_view_of_non_contiguous_keeps_gradients():
     check_op(lambda lib, x: x[:, 1:5].view(4, 2, 2).sum(2), [(4, 6)], dtype=np.float64)
 
 
+def _conv_features(lib, x, w, inplace=False):
+    """A conv, pool and ReLU: kiln's result is laid out channels-last, PyTorch's contiguous."""
+    F = lib.nn.functional
+    y = F.max_pool2d(F.conv2d(x, w, lib.ones(w.shape[0], dtype=x.dtype)), 2)
+    return F.relu(y, inplace=inplace)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "relu_inplace"])
+def test_view_of_conv_features_flattens_as_in_torch(inplace):
+    """`x.view(-1, C*H*W)` after a conv (the LeNet/STN tutorials' flatten) is a view in
+    PyTorch; kiln relays its channels-last result out in place so it is one here too: values,
+    gradients, and a write through the view reaching the features."""
+    check_op(lambda lib, x, w: _conv_features(lib, x, w, inplace).view(-1, 36) * 2,
+             [(2, 1, 8, 8), (4, 1, 3, 3)], dtype=np.float64)
+    with torch.no_grad():
+        written = []
+        for lib in (torch, kiln):
+            feats = _conv_features(lib, lib.ones(2, 1, 8, 8), lib.ones(4, 1, 3, 3))
+            feats.view(2, -1)[0, 1] = -5.0
+            written.append(np.asarray(feats))
+    np.testing.assert_array_equal(written[1], written[0])
+
+
+def test_view_of_conv_features_seen_through_another_view_is_refused():
+    """A view taken earlier shares the channels-last memory: relaying out would cut it off, so
+    view() refuses (pointing to reshape) rather than lose writes."""
+    feats = _conv_features(kiln, kiln.ones(2, 1, 8, 8), kiln.ones(4, 1, 3, 3))
+    channel = feats[:, 0]
+    with pytest.raises(RuntimeError, match=r"Use \.reshape"):
+        feats.view(2, -1)
+    feats.reshape(2, -1)
+    assert channel.shape == (2, 3, 3)
+
+
 def test_setitem_on_view_whose_base_gained_history():
     """The view was taken before its base required grad; the write must still reach the
     base's new history."""

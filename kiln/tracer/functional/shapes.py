@@ -11,6 +11,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import layout
+from kiln.tracer.autograd import _COUNTS_HOLD, _HELD_ONCE, Node, _refs
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
@@ -57,14 +58,43 @@ def view(input, *shape):
         raise op_error("view", "viewing as another dtype is not supported; use .to(dtype)",
                        NotImplementedError)
     shape = _infer_shape(_shape_arg(shape), input._data.size, "view")
-    data = input._data
-    if not data.flags.c_contiguous and not _viewable(data, shape):
+    if not input._data.flags.c_contiguous and not _viewable(input._data, shape) \
+            and not _relayout_private(input):
         # the reshape would copy, and writes through the result would not reach `input`
+        data = input._data
         raise op_error("view", f"view size is not compatible with input tensor's size and "
                        f"stride (at least one dimension spans across two contiguous "
                        f"subspaces): shape {list(data.shape)}, stride {list(input.stride())}, "
                        f"view shape {list(shape)}. Use .reshape(...) instead.")
     return P.reshape(input, shape=shape)
+
+
+def _relayout_private(input) -> bool:
+    """Make `input` C-contiguous in place when no other tensor or array can see its memory.
+
+    kiln lays some fresh results out differently from PyTorch: a conv's output, and the
+    elementwise and pooling results that keep its layout, are channels-last where PyTorch's are
+    contiguous, so `x.view(-1, 320)` after a conv must work as it does there. Such a result owns
+    its memory (no NumPy base); when nothing but `input` and its own autograd node refers to
+    that array (no view, no `.data` alias), copying it to C order is invisible to the user.
+    """
+    data = input._data
+    if not _COUNTS_HOLD or getattr(data, "base", None) is not None:
+        return False
+    holders = 1                                 # input._data (and `data` here)
+    # the autograd node that made this memory keeps it for its backward (reading it there is
+    # unchanged by the copy); after in-place ops (ReLU(inplace=True)) it sits a few nodes back
+    frontier, seen = [input.grad_fn], set()
+    for _ in range(4):
+        frontier = [n for n in frontier if isinstance(n, Node) and id(n) not in seen]
+        seen.update(map(id, frontier))
+        holders += sum(n.out_data is data for n in frontier)
+        frontier = [e for n in frontier for e in (n.edges or ())]
+    del frontier
+    if _refs(data) != _HELD_ONCE + holders:
+        return False
+    input._data = input.device.xp.ascontiguousarray(data)
+    return True
 
 
 def _viewable(data, shape: tuple) -> bool:
