@@ -124,6 +124,10 @@ class Tensor:
         return self.device.type == "cuda"
 
     @property
+    def is_meta(self) -> bool:
+        return self.device.type == "meta"
+
+    @property
     def data(self) -> "Tensor":
         """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
         out = Tensor._make(self._data, self.dtype, self.device)
@@ -147,6 +151,8 @@ class Tensor:
         return bool(self._data.flags.c_contiguous)
 
     def data_ptr(self) -> int:
+        if self.device.type == "meta":
+            return 0
         if self.device.type == "cpu":
             return self._data.__array_interface__["data"][0]
         return self._data.data.ptr
@@ -173,6 +179,9 @@ class Tensor:
         if STATE.tracer is not None:
             STATE.tracer.value_read(self, what)
         if self.device.type != "cpu":
+            if self.device.type == "meta":
+                raise RuntimeError(f"Tensor.{what} cannot be called on meta tensors: a meta "
+                                   "tensor has a shape and dtype but no data")
             pending_checks.flush()
         return self._data
 
@@ -239,6 +248,15 @@ class Tensor:
 
     # ------------------------------------------------------------------ repr
     def __repr__(self) -> str:
+        if self.device.type == "meta":      # no values to show: PyTorch prints the size
+            extras = ["device='meta'", f"size={tuple(self._data.shape)}"]
+            if self.dtype is not dt.float32:
+                extras.append(f"dtype=kiln.{self.dtype.name}")
+            if self.grad_fn is not None:
+                extras.append(f"grad_fn=<{self.grad_fn.name()}>")
+            elif self.requires_grad:
+                extras.append("requires_grad=True")
+            return "tensor(..., " + ", ".join(extras) + ")"
         if self.device.type != "cpu":
             pending_checks.flush()
         data = to_device(self._data, CPU)
