@@ -637,6 +637,14 @@ case("einsum_bij_bjk", lambda lib, a, b: lib.einsum("bij,bjk->bik", a, b),
      fixed(((2, 3, 4), "any"), ((2, 4, 5), "any")))
 case("einsum_trace_like", lambda lib, a, b: lib.einsum("ij,ij->i", a, b),
      fixed(((3, 4), "any"), ((3, 4), "any")))
+# a label repeated within one operand takes its diagonal (the NTK tutorial's 'NMKK->NM')
+case("einsum_repeated_label_trace", lambda lib, a: lib.einsum("NMKK->NM", a),
+     fixed(((2, 3, 4, 4), "any")))
+case("einsum_repeated_label_diagonal", lambda lib, a: lib.einsum("NMKK->NMK", a),
+     fixed(((2, 3, 4, 4), "any")))
+case("einsum_implicit_trace", lambda lib, a: lib.einsum("ii", a), fixed(((4, 4), "any")))
+case("einsum_repeated_label_pair", lambda lib, a, b: lib.einsum("iji,j->ij", a, b),
+     fixed(((3, 2, 3), "any"), ((2,), "any")))
 case("int_matmul", lambda lib, a, b: a @ b, _matmuls, dtypes=INTS)
 
 
