@@ -191,6 +191,10 @@ case("addcmul", lambda lib, a, b, c: lib.addcmul(a, b, c, value=0.5), many("any"
 case("addcdiv", lambda lib, a, b, c: lib.addcdiv(a, b, c), many("any", "any", "nonzero"))
 case("where", lambda lib, c, a, b: lib.where(c, a, b), many("bool", "any", "any"))
 case("where_scalar", lambda lib, c, a: lib.where(c, a, 0.5), many("bool", "any"))
+# two Python numbers: the result takes their common dtype (float32, int64, bool)
+case("where_two_numbers", lambda lib, c: (lib.where(c, 1.0, -1.0), lib.where(c, 1, 0),
+                                          lib.where(c, 1, 0.5), lib.where(c, True, False)),
+     one("bool"))
 # Python numbers on either side
 case("add_scalar", lambda lib, x: x + 2)
 case("radd_scalar", lambda lib, x: 2.5 + x)
