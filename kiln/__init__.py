@@ -63,7 +63,8 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "serialization": "kiln.serialization", "save": "kiln.serialization",
                  "load": "kiln.serialization", "testing": "kiln.testing",
                  "profiler": "kiln.profiler", "multiprocessing": "kiln.multiprocessing",
-                 "func": "kiln.func"}
+                 "func": "kiln.func",
+                 "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
 
 
 def is_tensor(obj) -> bool:
@@ -119,7 +120,7 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     masked_scatter, put, renorm, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,
     cov, corrcoef, scalar_tensor, frombuffer, hann_window, hamming_window,
     blackman_window, bartlett_window, kaiser_window, poisson, binomial, fill, finfo, iinfo,
-    can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, vmap, cond,
+    can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, cond,
     while_loop, nonzero_static, frobenius_norm, igamma, igammac, from_dlpack,
     to_dlpack)
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001

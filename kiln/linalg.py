@@ -340,6 +340,35 @@ def matrix_exp(A):
     return total
 
 
+def householder_product(A, tau, *, out=None):
+    """The first n columns of H_1 H_2 ... H_k, H_i = I - tau_i v_i v_i^T, v_i the i-th column of
+    A below the diagonal with a 1 on it (LAPACK's orgqr, torch.linalg.householder_product).
+    Composed of matmuls, so it is differentiable in A's strictly lower part and in tau."""
+    A, tau = _float(A), _float(tau)
+    name = "torch.linalg.householder_product"
+    if A.ndim < 2:
+        raise op_error(name, f"input must have at least 2 dimensions, got {A.ndim}")
+    if tau.ndim != A.ndim - 1:
+        raise op_error(name, f"Expected tau to have one dimension less than input, but got "
+                       f"tau.ndim equal to {tau.ndim} and input.ndim is equal to {A.ndim}")
+    m, n, k = A.shape[-2], A.shape[-1], tau.shape[-1]
+    if m < n:
+        raise op_error(name, "input.shape[-2] must be greater than or equal to input.shape[-1]")
+    if n < k:
+        raise op_error(name, "input.shape[-1] must be greater than or equal to tau.shape[-1]")
+    eye = _eye(m, n, dtype=A.dtype, device=A.device)
+    reflectors = F.tril(A, -1) + eye                  # column i is v_i: zeros above row i
+    Q = F.expand(eye, tuple(A.shape))
+    for i in reversed(range(k)):                      # Q = H_1 (H_2 (... (H_k I)))
+        v = reflectors[..., :, i:i + 1]
+        t = F.unsqueeze(F.unsqueeze(tau[..., i], -1), -1)
+        Q = Q - t * F.matmul(v, F.matmul(_mT(v), Q))
+    if out is not None:
+        out.copy_(Q)
+        return out
+    return Q
+
+
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     x = _float(x) if dtype is None else x.to(dtype)
     if dim is None:

@@ -166,9 +166,9 @@ _group(T, "CPU-only Python callbacks run per element, unusable on a GPU", "apply
 _group(T, "LAPACK's low-level factorization outputs (use torch.linalg)", "geqrf orgqr ormqr")
 
 # ----------------------------------------------------------------------------- submodules
-_group("torch.linalg", "LAPACK's symmetric-indefinite (LDL) and Householder-reflector outputs, "
-       "rarely used in training scripts", """
-householder_product ldl_factor ldl_factor_ex ldl_solve
+_group("torch.linalg", "LAPACK's symmetric-indefinite (LDL) outputs, rarely used in training "
+       "scripts", """
+ldl_factor ldl_factor_ex ldl_solve
 """)
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
 _group("torch.linalg", COMPLEX + "; eig/eigvals of a general matrix return complex", "eig eigvals")

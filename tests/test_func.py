@@ -422,6 +422,16 @@ def test_vmap_errors():
         kf.vmap(lambda a, b: a * b)(kiln.ones(3), kiln.ones(4))
 
 
+def test_root_vmap_is_the_func_transform_and_maps_dicts_like_torch_vmap():
+    # torch.vmap is torch.func.vmap: `from torch import vmap` maps over dicts of tensors too
+    assert kiln.vmap is kf.vmap
+    w = random_array((3, 4, 2), np.float32)
+    results = [lib.vmap(lambda p, x: x @ p["w"] + p["b"], in_dims=({"w": 0, "b": None}, None))(
+        {"w": conv(w), "b": conv(np.ones(2, np.float32))}, conv(X)) for lib, _, _, conv in
+        both(lambda lib: None)]
+    assert_trees_close(*results, tol=TOL)
+
+
 def test_replace_all_batch_norm_modules_and_vmap_over_a_batch_norm_model():
     results = []
     for lib, F, _, conv in both(lambda lib: None):

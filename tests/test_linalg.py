@@ -74,6 +74,11 @@ CASES = [
     ("matrix_power", lambda t, a: [t.linalg.matrix_power(a, n) for n in (-2, 0, 1, 5)],
      [general(3, 3)]),
     ("matrix_exp", lambda t, a: t.linalg.matrix_exp(a), [R.normal(size=(2, 3, 3))]),
+    ("householder_product", lambda t, a, tau: t.linalg.householder_product(a, tau),
+     [R.normal(size=(5, 3)), R.normal(size=3)]),
+    ("householder_product batched, fewer reflectors",
+     lambda t, a, tau: t.linalg.householder_product(a, tau),
+     [R.normal(size=(2, 4, 4)), R.normal(size=(2, 2))]),
     ("vector_norm", lambda t, x: [t.linalg.vector_norm(x, o, dim=1) for o in
                                   (1, 2, 3.5, float("inf"), -float("inf"))], [general(3, 4)]),
     ("matrix_norm", lambda t, a: [t.linalg.matrix_norm(a, o) for o in

@@ -12,9 +12,9 @@ result differentiable: pass it as an argument.
 
 kiln has no forward-mode AD: `jvp` is the transpose of a vjp (a double backward), and
 `jacfwd` computes the Jacobian by reverse mode, one backward pass per output element, which
-gives the same values. `vmap` maps by calling the function once per slice and stacking
-(`kiln.vmap`), so it transforms any function, one that calls `grad` inside included
-(per-sample gradients), at the cost of one call per batch element.
+gives the same values. `vmap` (also `kiln.vmap`, as torch.vmap is torch.func.vmap) maps by
+calling the function once per slice and stacking, so it transforms any function, one that
+calls `grad` inside included (per-sample gradients), at the cost of one call per element.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import kiln
 from kiln.func.pytree import broadcast_prefix, tree_flatten, tree_map, tree_unflatten
+from kiln.tracer.functional_extra.misc import map_slices
 
 __all__ = ["functional_call", "stack_module_state", "grad", "grad_and_value", "vjp", "jvp",
            "linearize", "jacrev", "jacfwd", "hessian", "vmap", "functionalize", "debug_unwrap",
@@ -340,7 +341,7 @@ def hessian(func: Callable, argnums=0) -> Callable:
 def vmap(func: Callable, in_dims=0, out_dims=0, randomness: str = "error", *,
          chunk_size=None) -> Callable:
     """`func` mapped over a dimension of its inputs (torch.func.vmap), by calling it once per
-    slice and stacking the results (`kiln.vmap`'s loop, not batching rules).
+    slice and stacking the results (a loop, not batching rules). `kiln.vmap` is this function.
 
     Because the function really runs per slice, anything may happen inside it: a `grad`
     (per-sample gradients: `vmap(grad(loss), in_dims=(None, None, 0, 0))`), a
@@ -389,7 +390,7 @@ def vmap(func: Callable, in_dims=0, out_dims=0, randomness: str = "error", *,
             raise ValueError(f"{api}: at least one input must be mapped: in_dims is None "
                              f"for every tensor input")
         result_spec: list = []          # the first call's output structure and out dims
-        stack_dims: list = []           # out dims of the mapped outputs, read by kiln.vmap
+        stack_dims: list = []           # out dims of the mapped outputs, read by map_slices
         unmapped: dict[int, Any] = {}   # out_dims=None outputs, from the first call
         start_state = kiln.get_rng_state() if randomness != "different" else None
 
@@ -418,8 +419,8 @@ def vmap(func: Callable, in_dims=0, out_dims=0, randomness: str = "error", *,
                     unmapped.setdefault(k, o)
             return tuple(o for o, d in zip(outs, odims) if d is not None)
 
-        stacked = kiln.vmap(per_slice, in_dims=tuple(dims), out_dims=stack_dims,
-                            randomness=randomness)(*leaves)
+        stacked = map_slices(per_slice, in_dims=tuple(dims), out_dims=stack_dims,
+                             randomness=randomness)(*leaves)
         out_spec, odims = result_spec[0]
         results, it = [], iter(stacked)
         for k, d in enumerate(odims):

@@ -455,6 +455,14 @@ class Module:
             return out
         return self._apply(convert)
 
+    def to_empty(self, *, device, recurse: bool = True) -> "Module":
+        """Give every parameter and buffer new, uninitialized storage on `device` (zeros in
+        kiln), keeping shapes and dtypes: how a module built on the meta device gets memory."""
+        if not recurse:
+            raise NotImplementedError("Module.to_empty(recurse=False) is not supported: kiln "
+                                      "moves the whole module")
+        return self._apply(lambda t: kiln.empty_like(t, device=device))
+
     def cuda(self, device=None) -> "Module":
         return self.to(f"cuda:{device}" if isinstance(device, int) else (device or "cuda"))
 

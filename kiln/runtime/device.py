@@ -1,14 +1,17 @@
-"""Devices and their array modules: `cpu` computes with NumPy, `cuda` with CuPy."""
+"""Devices and their array modules: `cpu` computes with NumPy, `cuda` with CuPy; `meta` holds
+shapes and dtypes only (`MetaArray`), for module templates and shape checks."""
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 
 class Device:
-    """A place tensors live: `kiln.device("cpu")`, `kiln.device("cuda:0")`."""
+    """A place tensors live: `kiln.device("cpu")`, `kiln.device("cuda:0")`, or
+    `kiln.device("meta")` (shape and dtype, no data)."""
 
     __slots__ = ("type", "index")
 
@@ -18,8 +21,8 @@ class Device:
         if not isinstance(spec, str):
             raise TypeError(f"device: expected a string like 'cpu' or 'cuda:0', got {spec!r}")
         kind, _, idx = spec.partition(":")
-        if kind not in ("cpu", "cuda"):
-            raise RuntimeError(f"Expected one of cpu, cuda device type at start of device "
+        if kind not in ("cpu", "cuda", "meta"):
+            raise RuntimeError(f"Expected one of cpu, cuda, meta device type at start of device "
                                f"string: {spec}")
         if idx:
             index = int(idx)
@@ -30,6 +33,8 @@ class Device:
     @property
     def xp(self):
         """The array module computing on this device."""
+        if self.type == "meta":
+            raise NotImplementedError(_NO_META_DATA.format(what="computing with an array module"))
         return np if self.type == "cpu" else cupy_module()
 
     def __repr__(self) -> str:
@@ -59,6 +64,74 @@ def _intern(kind: str, index: int | None) -> Device:
 
 
 CPU = Device("cpu")
+META = Device("meta")
+
+_NO_META_DATA = ("{what}: a tensor on the meta device has a shape and dtype but no data. Use "
+                 "real tensors, or give a meta module real ones with Module.to_empty(device=...) "
+                 "and load_state_dict")
+
+
+class MetaArray:
+    """The storage of a meta tensor: a shape and a NumPy dtype, no memory. It answers what
+    describes an array (shape, ndim, size, strides of a C-contiguous layout) and refuses,
+    with the same message, everything that would need its values."""
+
+    __slots__ = ("shape", "dtype")
+    base = None
+
+    def __init__(self, shape: tuple, dtype):
+        self.shape, self.dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: math.prod(self.shape))
+    itemsize = property(lambda self: self.dtype.itemsize)
+    nbytes = property(lambda self: self.size * self.dtype.itemsize)
+
+    @property
+    def strides(self) -> tuple:
+        strides, step = [], self.dtype.itemsize
+        for n in reversed(self.shape):
+            strides.append(step)
+            step *= max(n, 1)
+        return tuple(reversed(strides))
+
+    @property
+    def flags(self):
+        return _META_FLAGS
+
+    def copy(self) -> "MetaArray":
+        return MetaArray(self.shape, self.dtype)
+
+    def astype(self, dtype, copy: bool = True) -> "MetaArray":
+        return MetaArray(self.shape, dtype)
+
+    def __deepcopy__(self, memo) -> "MetaArray":
+        return self.copy()
+
+    def __reduce__(self):
+        return (MetaArray, (self.shape, self.dtype.str))
+
+    def __array__(self, dtype=None, copy=None):
+        raise NotImplementedError(_NO_META_DATA.format(what="reading its values"))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        raise NotImplementedError(_NO_META_DATA.format(what=f"numpy.{ufunc.__name__}"))
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise NotImplementedError(_NO_META_DATA.format(what=f"numpy.{func.__name__}"))
+
+    def __getitem__(self, key):
+        raise NotImplementedError(_NO_META_DATA.format(what="indexing its memory"))
+
+    def __repr__(self) -> str:
+        return f"MetaArray(shape={self.shape}, dtype={self.dtype})"
+
+
+class _MetaFlags:
+    c_contiguous, f_contiguous, writeable, owndata = True, False, False, True
+
+
+_META_FLAGS = _MetaFlags()
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,11 +155,22 @@ def cuda_is_available() -> bool:
 def device_of_array(array) -> Device:
     if isinstance(array, np.ndarray):
         return CPU
+    if isinstance(array, MetaArray):
+        return META
     return Device("cuda", int(array.device.id))
 
 
 def to_device(array, device: Device):
-    """Copy an array to a device (no copy when it is already there)."""
+    """Copy an array to a device (no copy when it is already there). To the meta device only
+    the shape and dtype go; nothing comes back from it."""
+    if isinstance(array, MetaArray):
+        if device.type == "meta":
+            return array
+        raise NotImplementedError("Cannot copy out of meta tensor; no data! Please use "
+                                  "Module.to_empty() instead of Module.to() when moving a module "
+                                  "from meta to a different device.")
+    if device.type == "meta":
+        return MetaArray(array.shape, array.dtype)
     if device.type == "cpu":
         return array if isinstance(array, np.ndarray) else array.get()
     cp = cupy_module()

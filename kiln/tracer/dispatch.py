@@ -15,7 +15,7 @@ import numpy as np
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime.cupy_backend import CUPY_PATHS as _CUPY_FAST
-from kiln.runtime.device import CPU, Device, to_device
+from kiln.runtime.device import CPU, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
@@ -95,7 +95,13 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             _INFER_CACHE[key] = facts
     dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable = facts
 
-    xp = np if device is CPU else device.xp
+    if device is CPU:
+        xp = np
+    elif device.type == "meta":
+        return _apply_meta(prim, args, attrs, device, dtype, np_dtype,
+                           wants_grad and differentiable)
+    else:
+        xp = device.xp
     impl = numpy_impl if xp is np else cupy_impl
     try:
         if not quiet:
@@ -138,6 +144,18 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                         and (view is None or view[4]))
     if TRACING[0] and STATE.tracer is not None:
         STATE.tracer.record(prim, args, attrs, result)
+    return result
+
+
+def _apply_meta(prim: Primitive, args: tuple, attrs: dict, device: Device, dtype, np_dtype,
+                record: bool) -> Tensor:
+    """A primitive on meta tensors: the result's shape and dtype from the op's rule, and no
+    computation. Autograd records as usual, so a backward on meta tensors gives meta grads."""
+    if TRACING[0] and STATE.tracer is not None:
+        STATE.tracer.graph_break(f"{prim.name} on a meta tensor (no data to compile)")
+    result = _new_tensor(MetaArray(infer(prim, args, attrs)[0], np_dtype), dtype, device)
+    if record and STATE.grad_enabled:
+        _autograd.record(prim, args, attrs, result)
     return result
 
 

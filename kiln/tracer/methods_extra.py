@@ -66,7 +66,7 @@ _METHODS["to_dense"] = lambda self, dtype=None, *, masked_grad=None: \
 _METHODS["to_sparse"] = sparse.to_sparse
 _METHODS["to_sparse_coo"] = sparse.to_sparse
 
-for _flag in ("is_xpu", "is_mps", "is_meta", "is_quantized", "is_sparse", "is_mkldnn_",
+for _flag in ("is_xpu", "is_mps", "is_quantized", "is_sparse", "is_mkldnn_",
               "is_ipu", "is_mtia", "is_maia", "is_xla", "is_vulkan"):
     _METHODS[_flag.rstrip("_")] = property(lambda self: False)
 

@@ -125,6 +125,10 @@ class Tensor:
         return self.device.type == "cuda"
 
     @property
+    def is_meta(self) -> bool:
+        return self.device.type == "meta"
+
+    @property
     def data(self) -> "Tensor":
         """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
         out = Tensor._make(self._data, self.dtype, self.device)
@@ -151,6 +155,8 @@ class Tensor:
         return layout.is_contiguous_as(self._data.shape, self.stride(), memory_format)
 
     def data_ptr(self) -> int:
+        if self.device.type == "meta":
+            return 0
         if self.device.type == "cpu":
             return self._data.__array_interface__["data"][0]
         return self._data.data.ptr
@@ -177,6 +183,9 @@ class Tensor:
         if STATE.tracer is not None:
             STATE.tracer.value_read(self, what)
         if self.device.type != "cpu":
+            if self.device.type == "meta":
+                raise RuntimeError(f"Tensor.{what} cannot be called on meta tensors: a meta "
+                                   "tensor has a shape and dtype but no data")
             pending_checks.flush()
         return self._data
 
@@ -243,6 +252,15 @@ class Tensor:
 
     # ------------------------------------------------------------------ repr
     def __repr__(self) -> str:
+        if self.device.type == "meta":      # no values to show: PyTorch prints the size
+            extras = ["device='meta'", f"size={tuple(self._data.shape)}"]
+            if self.dtype is not dt.float32:
+                extras.append(f"dtype=kiln.{self.dtype.name}")
+            if self.grad_fn is not None:
+                extras.append(f"grad_fn=<{self.grad_fn.name()}>")
+            elif self.requires_grad:
+                extras.append("requires_grad=True")
+            return "tensor(..., " + ", ".join(extras) + ")"
         if self.device.type != "cpu":
             pending_checks.flush()
         data = to_device(self._data, CPU)

@@ -137,3 +137,23 @@ def check_same_values(program: str, rtol: float = 1e-6, atol: float = 1e-7,
         np.testing.assert_allclose(ka.astype(np.float64), ta.astype(np.float64), rtol=rtol,
                                    atol=atol, err_msg=f"{program}: {name}")
     return t, k
+
+
+class no_compile_fallback:
+    """A context in which a `kiln.compile` warning (a graph break, an eager fallback, a
+    recompile limit) fails the test; only a machine without a C compiler is excused."""
+
+    def __enter__(self):
+        import warnings
+        self._catcher = warnings.catch_warnings(record=True)
+        self.caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._catcher.__exit__(*exc)
+        notes = [str(w.message) for w in self.caught if str(w.message).startswith("kiln.compile")
+                 and "no working C compiler" not in str(w.message)]
+        if exc[0] is None:
+            assert not notes, f"the compiled step fell back to eager: {notes}"
+        return False

@@ -174,6 +174,11 @@ CASES = {
                               RuntimeError, ["where", "boolean", "Long", "int64"]),
     "where_float_condition": (lambda L: lambda: L.where(L.tensor([1.0, 0.0]), 1.0, L.zeros(2)),
                               RuntimeError, ["where", "boolean", "Float"]),
+    # einsum's repeated labels: a diagonal needs equal sizes; an output label appears once
+    "einsum_repeated_label_sizes": (lambda L: lambda: L.einsum("ii->i", L.ones(2, 3)),
+                                    RuntimeError, ["einsum", "'i'", "2 != 3"]),
+    "einsum_repeated_output_label": (lambda L: lambda: L.einsum("ij->ii", L.ones(2, 2)),
+                                     RuntimeError, ["einsum", "'ii'", "repeats"]),
 }
 
 _THIS_FILE = os.path.abspath(__file__)

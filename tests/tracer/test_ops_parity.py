@@ -191,6 +191,10 @@ case("addcmul", lambda lib, a, b, c: lib.addcmul(a, b, c, value=0.5), many("any"
 case("addcdiv", lambda lib, a, b, c: lib.addcdiv(a, b, c), many("any", "any", "nonzero"))
 case("where", lambda lib, c, a, b: lib.where(c, a, b), many("bool", "any", "any"))
 case("where_scalar", lambda lib, c, a: lib.where(c, a, 0.5), many("bool", "any"))
+# two Python numbers: the result takes their common dtype (float32, int64, bool)
+case("where_two_numbers", lambda lib, c: (lib.where(c, 1.0, -1.0), lib.where(c, 1, 0),
+                                          lib.where(c, 1, 0.5), lib.where(c, True, False)),
+     one("bool"))
 # Python numbers on either side
 case("add_scalar", lambda lib, x: x + 2)
 case("radd_scalar", lambda lib, x: 2.5 + x)
@@ -637,6 +641,14 @@ case("einsum_bij_bjk", lambda lib, a, b: lib.einsum("bij,bjk->bik", a, b),
      fixed(((2, 3, 4), "any"), ((2, 4, 5), "any")))
 case("einsum_trace_like", lambda lib, a, b: lib.einsum("ij,ij->i", a, b),
      fixed(((3, 4), "any"), ((3, 4), "any")))
+# a label repeated within one operand takes its diagonal (the NTK tutorial's 'NMKK->NM')
+case("einsum_repeated_label_trace", lambda lib, a: lib.einsum("NMKK->NM", a),
+     fixed(((2, 3, 4, 4), "any")))
+case("einsum_repeated_label_diagonal", lambda lib, a: lib.einsum("NMKK->NMK", a),
+     fixed(((2, 3, 4, 4), "any")))
+case("einsum_implicit_trace", lambda lib, a: lib.einsum("ii", a), fixed(((4, 4), "any")))
+case("einsum_repeated_label_pair", lambda lib, a, b: lib.einsum("iji,j->ij", a, b),
+     fixed(((3, 2, 3), "any"), ((2,), "any")))
 case("int_matmul", lambda lib, a, b: a @ b, _matmuls, dtypes=INTS)
 
 

@@ -13,7 +13,7 @@ from kiln.ir.ops import P, defer_device_index_checks
 from kiln.runtime import pending_checks
 from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
-                                           _py_sum, arange, full, zeros)
+                                           _py_sum, arange, full, result_type, zeros)
 from kiln.tracer.functional.shapes import broadcast_tensors, expand, reshape, unsqueeze
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
@@ -40,6 +40,10 @@ def where(condition, input=None, other=None):
         condition = P.ne(condition, 0)
     if isinstance(input, Tensor) and isinstance(other, Tensor) and input.dtype is other.dtype:
         x, y = input, other          # what _promoted would give, found quicker
+    elif not isinstance(input, Tensor) and not isinstance(other, Tensor):
+        # two Python numbers (where(mask, 1.0, -1.0)): their common dtype, on the mask's device
+        kind = result_type(input, other)
+        x, y = (full((), v, dtype=kind, device=condition.device) for v in (input, other))
     else:
         x, y = _promoted(input, other)
     return P.where(condition, x, y)

@@ -8,7 +8,7 @@ from kiln.ir.ops import P, ShapeError, broadcast_shapes
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _py_max
 from kiln.tracer.functional.reductions import sum
-from kiln.tracer.functional.shapes import permute, reshape, squeeze, unsqueeze
+from kiln.tracer.functional.shapes import diagonal, permute, reshape, squeeze, unsqueeze
 from kiln.tracer.provenance import composite
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
@@ -133,6 +133,9 @@ def einsum(equation, *operands):
         for c in "".join(terms):
             counts[c] = counts.get(c, 0) + 1
         rhs = "".join(sorted(c for c, n in counts.items() if n == 1))
+    if len(set(rhs)) != len(rhs):
+        raise op_error("einsum", f"output subscript {rhs!r} repeats a label")
+    terms, operands = zip(*(_distinct_labels(t, op) for t, op in zip(terms, operands)))
     # multiply by broadcasting every operand into the union of labels, then sum the rest
     labels = []
     for term in terms:
@@ -155,10 +158,24 @@ def einsum(equation, *operands):
     return permute(out, tuple(kept.index(c) for c in rhs)) if kept != list(rhs) else out
 
 
+def _distinct_labels(term, op):
+    """An operand whose term repeats a label ('ii', 'NMKK') as its diagonal over the repeated
+    dims, so that every label names one dim: ('NMKK', x) -> ('NMK', diagonal over the Ks)."""
+    while len(set(term)) != len(term):
+        c = next(c for c in term if term.count(c) > 1)
+        i = term.index(c)
+        j = term.index(c, i + 1)
+        if op.shape[i] != op.shape[j]:
+            raise op_error("einsum", f"subscript {c!r} is repeated for operand of shape "
+                           f"{list(op.shape)} but the sizes don't match, {op.shape[i]} != "
+                           f"{op.shape[j]}")
+        op = diagonal(op, 0, i, j)           # the diagonal becomes the last dim
+        term = term[:i] + term[i + 1:j] + term[j + 1:] + c
+    return term, op
+
+
 def _align(op, term, labels):
     """Permute and reshape an operand so its dims follow `labels` (size 1 where absent)."""
-    if len(set(term)) != len(term):
-        raise op_error("einsum", f"repeated subscript in {term!r} (diagonals) is not supported")
     order = sorted(range(len(term)), key=lambda i: labels.index(term[i]))
     x = permute(op, tuple(order)) if order != list(range(len(term))) else op
     present = {c: op.shape[i] for i, c in enumerate(term)}

@@ -68,6 +68,6 @@ from kiln.tracer.functional_extra.creation import (scalar_tensor, range_, frombu
                                                    binomial, fill)
 from kiln.tracer.functional_extra.misc import (finfo, iinfo, can_cast,  # noqa: F401
                                                broadcast_shapes, typename, get_device,
-                                               set_default_tensor_type, vmap, cond, while_loop,
+                                               set_default_tensor_type, cond, while_loop,
                                                nonzero_static, frobenius_norm, histogramdd,
                                                from_dlpack, to_dlpack)

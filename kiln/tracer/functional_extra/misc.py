@@ -76,9 +76,11 @@ def set_default_tensor_type(t) -> None:
                         f"got {t}")
 
 
-def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
-    """Map `func` over a batch dimension by calling it once per slice and stacking (a loop,
-    not torch's batching rules: the same results, at the cost of one call per element)."""
+def map_slices(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
+    """Map `func` over a batch dimension of its tensor arguments by calling it once per slice
+    and stacking (a loop, not torch's batching rules: the same results, at the cost of one call
+    per element). The engine of `kiln.func.vmap` (which is also `kiln.vmap`), which adds
+    pytrees of inputs and outputs, argument checks and randomness modes."""
     def mapped(*args):
         dims = in_dims if isinstance(in_dims, (tuple, list)) else (in_dims,) * len(args)
         sizes = {a.shape[d] for a, d in zip(args, dims) if isinstance(a, Tensor) and d is not None}

@@ -1,0 +1,133 @@
+"""The meta device against PyTorch's: tensors with a shape and dtype but no data, ops that give
+shapes without computing, clear errors where values are needed, and a meta module used as a
+stateless template with functional_call (the model-ensembling tutorial's pattern)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.func import functional_call
+from kiln.runtime.device import MetaArray
+
+
+def both(fn):
+    return fn(kiln), fn(torch)
+
+
+def test_meta_factories_and_metadata_match_torch():
+    for make in (lambda lib: lib.empty(3, 4, device="meta"),
+                 lambda lib: lib.zeros(2, 5, dtype=lib.float64, device="meta"),
+                 lambda lib: lib.ones(7, device="meta", dtype=lib.int64),
+                 lambda lib: lib.arange(6, device="meta"),
+                 lambda lib: lib.ones(2, 3).to("meta")):
+        k, t = both(make)
+        assert tuple(k.shape) == tuple(t.shape)
+        assert k.dtype.name == str(t.dtype).removeprefix("torch.")
+        assert str(k.device) == str(t.device) == "meta"
+        assert k.is_meta and t.is_meta and not k.is_cuda
+        assert k.stride() == t.stride() and k.numel() == t.numel() and k.dim() == t.dim()
+        assert isinstance(k._data, MetaArray)
+        assert repr(k).replace("kiln.", "torch.") == repr(t)
+
+
+def test_ops_on_meta_tensors_give_meta_results_of_torchs_shape_and_dtype():
+    def run(lib):
+        a = lib.empty(5, 4, device="meta")
+        b = lib.empty(4, 3, device="meta", dtype=lib.float64)
+        return [a @ b.float(), (a * 2 + 1).sum(0), a.t().reshape(2, 10), lib.softmax(a, -1),
+                lib.cat([a, a], 1), a[1:, ::2], a.unsqueeze(0).expand(3, 5, 4), a > 0,
+                a + lib.tensor(1.0)]          # a 0-d CPU tensor goes along with meta
+    for k, t in zip(*both(run)):
+        assert tuple(k.shape) == tuple(t.shape) and k.device.type == "meta"
+        assert k.dtype.name == str(t.dtype).removeprefix("torch.")
+
+
+def test_backward_through_meta_tensors_gives_meta_gradients():
+    def run(lib):
+        x = lib.empty(5, 3, device="meta", requires_grad=True)
+        lin = lib.nn.Linear(3, 2).to("meta")
+        lin(x).relu().sum().backward()
+        return x.grad, lin.weight.grad, lin.bias.grad
+    for k, t in zip(*both(run)):
+        assert tuple(k.shape) == tuple(t.shape) and k.is_meta and t.is_meta
+
+
+def test_reading_values_of_a_meta_tensor_raises_a_clear_error():
+    t = kiln.empty(2, 3, device="meta")
+    with pytest.raises(RuntimeError, match="cannot be called on meta tensors"):
+        t.tolist()
+    with pytest.raises(RuntimeError, match="cannot be called on meta tensors"):
+        float(t[0, 0])
+    with pytest.raises(TypeError, match="can't convert meta device type tensor to numpy"):
+        t.numpy()
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor; no data!"):
+        t.cpu()
+    with pytest.raises(NotImplementedError, match="no data"):
+        np.asarray(t._data)
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        t + kiln.ones(2, 3)
+    with pytest.raises(RuntimeError, match="Expected one of cpu, cuda, meta device type"):
+        kiln.device("mps")
+    # torch refuses the same things
+    tt = torch.empty(2, 3, device="meta")
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor; no data!"):
+        tt.cpu()
+
+
+def mlp(lib, seed):
+    rng = np.random.default_rng(seed)
+    model = lib.nn.Sequential(lib.nn.Linear(4, 6), lib.nn.BatchNorm1d(6), lib.nn.ReLU(),
+                              lib.nn.Linear(6, 3))
+    with lib.no_grad():
+        for p in model.parameters():
+            p.copy_(lib.tensor(rng.uniform(-0.8, 0.8, tuple(p.shape)).astype(np.float32)))
+    return model
+
+
+def test_module_to_meta_is_a_stateless_template_for_functional_call_and_vmap():
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    results = []
+    for lib, F in ((kiln, kiln.func), (torch, torch.func)):
+        models = [mlp(lib, s) for s in range(3)]
+        params, buffers = F.stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta")
+        assert all(p.is_meta for p in base.parameters()) and base[1].running_mean.is_meta
+        assert not models[0][0].weight.is_meta          # the copy went, not the original
+
+        def fmodel(params, buffers, x):
+            return F.functional_call(base, (params, buffers), (x,))
+        out = F.vmap(fmodel, in_dims=(0, 0, None))(params, buffers, lib.tensor(x))
+        assert base[0].weight.is_meta                   # put back after the call
+        results.append(out.detach().numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_to_empty_gives_a_meta_module_real_storage_for_load_state_dict():
+    source = mlp(kiln, 0)
+    shell = copy.deepcopy(source).to("meta").to_empty(device="cpu")
+    weight = shell[0].weight
+    assert not weight.is_meta and tuple(weight.shape) == (6, 4) and weight.requires_grad
+    shell.load_state_dict(source.state_dict())
+    x = kiln.ones(2, 4)
+    np.testing.assert_array_equal(shell.eval()(x).detach().numpy(),
+                                  source.eval()(x).detach().numpy())
+    assert shell[0].weight is weight                    # parameters keep their identity
+
+
+def test_meta_parameters_deepcopy_and_state_dict_keep_shapes():
+    base = kiln.nn.Linear(3, 2).to("meta")
+    clone = copy.deepcopy(base)
+    assert clone.weight.is_meta and tuple(clone.weight.shape) == (2, 3)
+    assert {k: tuple(v.shape) for k, v in base.state_dict().items()} == \
+        {"weight": (2, 3), "bias": (2,)}
+    assert repr(base.weight) == ("Parameter containing:\ntensor(..., device='meta', "
+                                 "size=(2, 3), requires_grad=True)")
+
+
+def test_functional_call_of_a_meta_module_without_all_tensors_names_the_device():
+    base = kiln.nn.Linear(3, 2).to("meta")
+    with pytest.raises(RuntimeError, match="same device"):
+        functional_call(base, {"weight": kiln.ones(2, 3)}, (kiln.ones(1, 3),))   # bias: meta
