@@ -29,7 +29,7 @@ from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
-from kiln.tracer.autograd import Node, record
+from kiln.tracer.autograd import SAVED_HOOKS, Node, record
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
@@ -524,6 +524,15 @@ class CompiledFunction:
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
+            return self.fn(*args, **kwargs)
+        if SAVED_HOOKS:
+            # a replay would save nothing through the user's pack/unpack hooks
+            if self.fullgraph:
+                raise GraphBreak("called inside saved_tensors_hooks, whose pack and unpack "
+                                 "hooks a compiled replay would not run", _where(self.fn))
+            self._note("saved_tensors_hooks", f"{_function_name(self.fn)} is called inside "
+                       "saved_tensors_hooks, whose pack and unpack hooks a compiled replay "
+                       "would not run; it runs eagerly while the hooks are active")
             return self.fn(*args, **kwargs)
         if self._not_traceable is not None:
             if self.fullgraph:

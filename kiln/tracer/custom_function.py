@@ -27,6 +27,7 @@ class FunctionCtx:
     def __init__(self, args: tuple):
         self.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         self._saved: tuple = ()
+        self._packed: tuple | None = None     # (packed, stand-in, edge) per saved tensor
         self._non_differentiable: set[int] = set()
         self._dirty: set[int] = set()
         self.materialize_grads = True
@@ -40,7 +41,20 @@ class FunctionCtx:
 
     @property
     def saved_tensors(self) -> tuple:
-        return self._saved
+        if self._packed is None:
+            return self._saved
+        # saved under saved_tensors_hooks: unpacked on each access, as in PyTorch
+        where = f"{self._fn_name}.saved_tensors"
+        return tuple(None if p is None else
+                     autograd.unpack_tensor(p[0], p[1], p[2], where) for p in self._packed)
+
+    def _pack_saved(self, fn_name: str) -> None:
+        """Hand the saved tensors to the active pack hook (the Function got a node)."""
+        self._fn_name = fn_name
+        self._packed = tuple(None if t is None else
+                             (autograd.pack_tensor(t), autograd.stand_in(t),
+                              autograd.edges_of((t,))[0]) for t in self._saved)
+        self._saved = ()
 
     def mark_non_differentiable(self, *tensors) -> None:
         self._non_differentiable.update(id(t) for t in tensors)
@@ -160,6 +174,8 @@ class Function(metaclass=FunctionMeta):
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         inputs = tuple(args[i] for i in positions)
         tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
+        if tracked and autograd.SAVED_HOOKS and ctx._saved:
+            ctx._pack_saved(cls.__name__)
         results = []
         for i, o in enumerate(outputs):
             if not isinstance(o, Tensor):
