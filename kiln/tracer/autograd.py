@@ -59,6 +59,44 @@ class Node:
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
 
+    # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
+    # where it was packed. kiln names only the common three: the first input (self), the
+    # second (other) and the output (result); PyTorch's op-specific names (mat2, exponent,
+    # ...) are not there.
+    @property
+    def _saved_self(self) -> Tensor:
+        return self._saved_input(0, "_saved_self")
+
+    @property
+    def _saved_other(self) -> Tensor:
+        return self._saved_input(1, "_saved_other")
+
+    @property
+    def _saved_result(self) -> Tensor:
+        if not isinstance(self.prim, Primitive) or self.inputs is None or \
+                self.prim.output_of(self.inputs) is None:
+            return self._not_saved("_saved_result")
+        if self.packed is not None and -1 in self.packed:
+            return _unpack_saved(self)[1]
+        return self.output()
+
+    def _saved_input(self, i: int, name: str) -> Tensor:
+        if self.inputs is None:
+            raise op_error(name, _FREED)
+        reads = self.prim.reads_of(self.inputs)
+        if i >= len(self.inputs) or not isinstance(self.inputs[i], Tensor) or (
+                reads is not None and i not in reads):
+            return self._not_saved(name)
+        if self.packed is not None and i in self.packed:
+            return unpack_tensor(self.packed[i], self.inputs[i], self.edges[i], self.name())
+        return self.inputs[i]
+
+    def _not_saved(self, name: str):
+        if self.inputs is None:
+            raise op_error(name, _FREED)
+        raise AttributeError(f"'{self.name()}' object has no attribute '{name}' (its gradient "
+                             "rule does not read that value)")
+
     def output(self) -> Tensor:
         """The node's output as a tensor that is still attached to this node."""
         out = Tensor._make(self.out_data, self.out_dtype, self.out_device)
@@ -878,8 +916,14 @@ class GradcheckError(RuntimeError):
 
 
 def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
-              raise_exception: bool = True) -> bool:
-    """Compare autograd's Jacobian of `func` with central finite differences (use float64)."""
+              raise_exception: bool = True, check_forward_ad: bool = False,
+              check_backward_ad: bool = True, check_undefined_grad: bool = True,
+              check_batched_grad: bool = False, check_batched_forward_grad: bool = False,
+              nondet_tol: float = 0.0, fast_mode: bool = False, masked=None) -> bool:
+    """Compare autograd's Jacobian of `func` with central finite differences (use float64):
+    reverse mode's (`check_backward_ad`) and forward mode's, column by column through dual
+    tensors (`check_forward_ad`). The undefined-grad, batched and fast-mode checks of
+    PyTorch's signature are accepted and not run: kiln compares the full Jacobians."""
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
 
@@ -887,6 +931,13 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
         out = func(*args)
         outs = (out,) if isinstance(out, Tensor) else tuple(out)
         return [o for o in outs if isinstance(o, Tensor)]
+
+    def mismatch(kind: str, k: int, i: int, numeric, analytic) -> bool:
+        if raise_exception:
+            raise GradcheckError(
+                f"Jacobian mismatch for output {k} with respect to input {i} ({kind} mode),\n"
+                f"numerical:{numeric}\nanalytical:{analytic}")
+        return False
 
     outs = flat_outputs(inputs)
     for k, out in enumerate(outs):
@@ -905,22 +956,44 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
                     minus = flat_outputs(inputs)[k]._data.astype(np.float64).reshape(-1)
                 flat[j] = orig
                 numeric[j] = (plus - minus) / (2 * eps)
-            analytic = np.zeros((x.numel(), n_out))
-            if out.requires_grad:
-                for m in range(n_out):
-                    seed = np.zeros(n_out)
-                    seed[m] = 1.0
-                    g = grad([out], [x], [out.new_tensor(seed.reshape(out.shape))],
-                             retain_graph=True, allow_unused=True)[0]
-                    if g is not None:
-                        analytic[:, m] = g._data.reshape(-1)
-            if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
-                if raise_exception:
-                    raise GradcheckError(
-                        f"Jacobian mismatch for output {k} with respect to input {i},\n"
-                        f"numerical:{numeric}\nanalytical:{analytic}")
-                return False
+            if check_backward_ad:
+                analytic = np.zeros((x.numel(), n_out))
+                if out.requires_grad:
+                    for m in range(n_out):
+                        seed = np.zeros(n_out)
+                        seed[m] = 1.0
+                        g = grad([out], [x], [out.new_tensor(seed.reshape(out.shape))],
+                                 retain_graph=True, allow_unused=True)[0]
+                        if g is not None:
+                            analytic[:, m] = g._data.reshape(-1)
+                if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
+                    return mismatch("backward", k, i, numeric, analytic)
+            if check_forward_ad:
+                forward = _forward_jacobian(flat_outputs, inputs, i, k, n_out)
+                if not np.allclose(forward, numeric, atol=atol, rtol=rtol):
+                    return mismatch("forward", k, i, numeric, forward)
     return True
+
+
+def _forward_jacobian(flat_outputs, inputs: tuple, i: int, k: int, n_out: int) -> np.ndarray:
+    """Output k's Jacobian with respect to input i, one row per input element, each the
+    tangent of the output for a one-hot tangent of the input (forward-mode AD)."""
+    from kiln.tracer import forward_ad
+    x = inputs[i]
+    rows = np.zeros((x.numel(), n_out))
+    for j in range(x.numel()):
+        onehot = np.zeros(x.numel(), dtype=x._data.dtype)
+        onehot[j] = 1
+        forward_ad.enter_dual_level()
+        try:
+            dual = forward_ad.make_dual(x, x.new_tensor(onehot.reshape(x.shape)))
+            args = inputs[:i] + (dual,) + inputs[i + 1:]
+            tangent = forward_ad.tangent_of(flat_outputs(args)[k])
+        finally:
+            forward_ad.exit_dual_level()
+        if tangent is not None:
+            rows[j] = tangent._data.astype(np.float64).reshape(-1)
+    return rows
 
 
 __all__ = ["Node", "queue_callback", "register_post_accumulate_grad_hook", "no_grad", "enable_grad", "set_grad_enabled", "inference_mode",

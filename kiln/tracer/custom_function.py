@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 
 from kiln.ir.ops import Primitive
-from kiln.tracer import autograd
+from kiln.tracer import autograd, forward_ad
 from kiln.tracer.creation import zeros
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
@@ -157,6 +157,14 @@ class Function(metaclass=FunctionMeta):
     def setup_context(ctx, inputs, output):
         return None
 
+    @staticmethod
+    def jvp(ctx, *grad_inputs):
+        """The outputs' tangents from the inputs' (forward-mode AD). Optional in kiln: without
+        it, forward AD derives the tangents from `backward` (which must then be
+        differentiable); with it, forward AD calls it right after `forward`, as PyTorch does."""
+        raise NotImplementedError("You must implement the jvp function for custom "
+                                  "autograd.Function to use it with forward mode AD.")
+
     @classmethod
     def apply(cls, *args, **kwargs):
         if STATE.tracer is not None:
@@ -194,7 +202,33 @@ class Function(metaclass=FunctionMeta):
                 node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)
+        if tracked and forward_ad.LEVEL.index is not None and cls.jvp is not Function.jvp:
+            _call_jvp(cls, ctx, args, results)
         return results[0] if single else tuple(results)
+
+
+def _call_jvp(cls, ctx, args: tuple, results: list) -> None:
+    """Give the outputs of a custom Function the tangents its `jvp` computes from the inputs'
+    (zeros for a floating-point input without one, None for a non-tensor argument)."""
+    tangents = [forward_ad.tangent_of(a) if isinstance(a, Tensor) else None for a in args]
+    if all(t is None for t in tangents):
+        return
+    tangents = [zeros(tuple(a.shape), dtype=a.dtype, device=a.device)
+                if t is None and isinstance(a, Tensor) and a.dtype.is_floating_point else t
+                for a, t in zip(args, tangents)]
+    with autograd.no_grad():
+        out = cls.jvp(ctx, *tangents)
+    out = out if isinstance(out, tuple) else (out,)
+    if len(out) != len(results):
+        raise RuntimeError(f"{cls.__name__}.jvp returned {len(out)} tangents for "
+                           f"{len(results)} outputs")
+    for o, t in zip(results, out):
+        if not isinstance(o, Tensor) or not isinstance(o.grad_fn, _FunctionNode):
+            continue
+        if t is not None and tuple(t.shape) != tuple(o.shape):
+            raise RuntimeError(f"{cls.__name__}.jvp returned a tangent of shape "
+                               f"{list(t.shape)} for an output of shape {list(o.shape)}")
+        forward_ad.set_tangent(o.grad_fn, None if t is None else t.detach())
 
 
 def once_differentiable(fn):

@@ -347,3 +347,24 @@ def test_compiled_function_called_inside_hooks_runs_eagerly():
     with pytest.raises(kiln.compiler.GraphBreak, match="saved_tensors_hooks"):
         with kiln.autograd.graph.saved_tensors_hooks(pack, unpack):
             kiln.compile(fullgraph=True)(lambda x: (x @ w).sum())(kiln.tensor(X))
+
+
+@pytest.mark.parametrize("lib", [kiln, torch], ids=["kiln", "torch"])
+def test_saved_attributes_of_grad_fn(lib):
+    a = lib.tensor(X, requires_grad=True)
+    b = lib.tensor(Y, requires_grad=True)
+    y = a * b
+    assert y.grad_fn._saved_self is a and y.grad_fn._saved_other is b
+    e = a.exp()
+    assert e.grad_fn._saved_result is not e and e.grad_fn._saved_result.equal(e)
+    with pytest.raises(AttributeError):
+        a.sin().grad_fn._saved_other
+    calls, pack, unpack = _counting()
+    with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+        y = a * b
+    np.testing.assert_allclose(y.grad_fn._saved_other.detach().numpy(), Y, rtol=0)
+    y.grad_fn._saved_self
+    assert calls == {"pack": 2, "unpack": 2}       # each access unpacks
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.grad_fn._saved_self
