@@ -219,6 +219,9 @@ def test_tangents_none_where_no_dual_and_dropped_at_exit(lib, fwad):
     assert fwad.unpack_dual(out).tangent is None
     assert fwad.unpack_dual(dual).tangent is None
     assert fwad.unpack_dual(3.0).tangent is None
+    with fwad.dual_level():                      # a new level knows nothing of the old one
+        assert fwad.unpack_dual(out).tangent is None
+        assert fwad.unpack_dual(dual * 2).tangent is None
 
 
 @pytest.mark.parametrize("lib,fwad", [(kiln, k_fwad), (torch, t_fwad)], ids=["kiln", "torch"])
@@ -259,6 +262,8 @@ def test_requires_grad_of_duals_and_backward_to_real_parameters():
             tangent = fwad.unpack_dual(loss).tangent
             primal = fwad.unpack_dual(loss).primal
             assert primal.requires_grad
+            assert fwad.unpack_dual(primal).tangent is None
+            assert fwad.unpack_dual(primal * 2).tangent is None
             loss.backward()
             assert x.grad is None and not x.requires_grad
         results.append((float(tangent.detach()), w.grad.numpy().copy()))
