@@ -15,7 +15,15 @@ import contextlib
 from typing import Any, Callable
 
 from kiln.tracer.autograd import HOOKS_DISABLED, SAVED_HOOKS, Node  # noqa: F401
+from kiln.tracer.custom_function import Variable  # noqa: F401
 from kiln.tracer.tensor import STATE, Tensor
+
+
+def increment_version(tensor) -> None:
+    """Mark `tensor` (or each tensor of an iterable) as modified in place, as an in-place op
+    would: a node that saved it then refuses to run backward with the changed value."""
+    for t in (tensor,) if isinstance(tensor, Tensor) else tensor:
+        t._version[0] += 1
 
 
 class saved_tensors_hooks:

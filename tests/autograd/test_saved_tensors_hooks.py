@@ -368,3 +368,16 @@ def test_saved_attributes_of_grad_fn(lib):
     y.sum().backward()
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         y.grad_fn._saved_self
+
+
+@pytest.mark.parametrize("lib", [kiln, torch], ids=["kiln", "torch"])
+def test_increment_version_invalidates_what_a_node_saved(lib):
+    x = lib.tensor(X, requires_grad=True)
+    y = x.exp()                                  # exp saves its output
+    z = (x * 2).sin()
+    lib.autograd.graph.increment_version([z])    # z is saved by nothing: harmless
+    lib.autograd.graph.increment_version(y)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    z.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * np.cos(2 * X), rtol=1e-12)
