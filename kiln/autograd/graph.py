@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable
 
-from kiln.tracer.autograd import HOOKS_DISABLED, SAVED_HOOKS, Node  # noqa: F401
+from kiln.tracer.autograd import (Node, pop_saved_hooks, push_saved_hooks,  # noqa: F401
+                                  saved_hooks_active)
 from kiln.tracer.custom_function import Variable  # noqa: F401
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -32,7 +33,8 @@ class saved_tensors_hooks:
 
     `pack_hook(tensor) -> Any` must not change the tensor; `unpack_hook(packed) -> Tensor` must
     give back a tensor of the saved value's shape (a different dtype or device is converted
-    back). Pack hooks run with grad mode off.
+    back). Pack hooks run with grad mode off. The hooks hold for the thread that entered the
+    block, as in PyTorch.
 
     Under `kiln.compile` the hooks are Python a compiled replay would skip, so entering this
     block in a compiled function is a graph break (the function runs eagerly, with a message),
@@ -44,16 +46,16 @@ class saved_tensors_hooks:
         self.pack_hook, self.unpack_hook = pack_hook, unpack_hook
 
     def __enter__(self) -> "saved_tensors_hooks":
-        if HOOKS_DISABLED:
-            raise RuntimeError(HOOKS_DISABLED[-1])
+        if STATE.hooks_disabled:
+            raise RuntimeError(STATE.hooks_disabled[-1])
         if STATE.tracer is not None:
             STATE.tracer.graph_break("saved_tensors_hooks: pack and unpack hooks are Python "
                                      "that a compiled replay would not run")
-        SAVED_HOOKS.append((self.pack_hook, self.unpack_hook))
+        push_saved_hooks(self.pack_hook, self.unpack_hook)
         return self
 
     def __exit__(self, *exc) -> bool:
-        SAVED_HOOKS.pop()
+        pop_saved_hooks()
         return False
 
 
@@ -81,10 +83,11 @@ def disable_saved_tensors_hooks(error_message: str):
     """Within the block (or the decorated function), entering `saved_tensors_hooks` raises
     RuntimeError(error_message); entering it while hooks are active raises the same, as in
     PyTorch: for code that cannot work with saved-tensor hooks."""
-    if SAVED_HOOKS:
+    if saved_hooks_active():
         raise RuntimeError(error_message)
-    HOOKS_DISABLED.append(error_message)
+    prev = STATE.hooks_disabled
+    STATE.hooks_disabled = prev + (error_message,)
     try:
         yield
     finally:
-        HOOKS_DISABLED.pop()
+        STATE.hooks_disabled = prev

@@ -146,7 +146,7 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node.edges = [(a.grad_fn if a.grad_fn is not None else a)
                   if isinstance(a, Tensor) and a.requires_grad else None for a in args]
     node.hooks = node.retained = node.out_trace = node.packed = None
-    if SAVED_HOOKS:
+    if HOOKED[0] and STATE.saved_hooks:
         _pack_saved(node, args, result)
     result.grad_fn = node
     result.requires_grad = True
@@ -189,14 +189,34 @@ def history_of(result: Tensor):
 # pack returned and a stand-in with the tensor's shape, dtype, version counter and autograd
 # links but not its memory; backward calls `unpack` and runs the rule on what it gives back.
 
-SAVED_HOOKS: list = []          # the active (pack, unpack) pairs, innermost last
-HOOKS_DISABLED: list = []       # messages of the active disable_saved_tensors_hooks blocks
+# The hooks are per thread (STATE.saved_hooks), as PyTorch's are; `record` reads this plain
+# count of threads with hooks first, so an op pays for no thread-local read while none has any.
+HOOKED = [0]
+
+
+def push_saved_hooks(pack, unpack) -> None:
+    if STATE.hooks_disabled:
+        raise RuntimeError(STATE.hooks_disabled[-1])
+    if not STATE.saved_hooks:
+        HOOKED[0] += 1
+    STATE.saved_hooks = STATE.saved_hooks + ((pack, unpack),)
+
+
+def pop_saved_hooks() -> None:
+    STATE.saved_hooks = STATE.saved_hooks[:-1]
+    if not STATE.saved_hooks:
+        HOOKED[0] -= 1
+
+
+def saved_hooks_active() -> bool:
+    """Whether this thread is inside a saved_tensors_hooks block."""
+    return bool(HOOKED[0] and STATE.saved_hooks)
 
 
 def pack_tensor(t: Tensor) -> tuple:
     """`t` through the innermost pack hook: (what pack returned, the paired unpack hook).
     Pack runs with grad mode off (as in PyTorch), so the ops of a hook record no nodes."""
-    pack, unpack = SAVED_HOOKS[-1]
+    pack, unpack = STATE.saved_hooks[-1]
     prev = STATE.grad_enabled
     STATE.grad_enabled = False
     try:
@@ -746,8 +766,9 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     node.inputs = node.out_data = None
                 continue
             # under a trace, the rule's nodes are `grad of %7 mul`, at %7's line
+            packed = getattr(node, "packed", None)
             with _grad_scope(node) if TRACING[0] else _NO_SCOPE:
-                if getattr(node, "packed", None) is None:
+                if packed is None:
                     saved, out = node.inputs, node.output()
                 else:
                     saved, out = _unpack_saved(node)
@@ -772,7 +793,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None
-                if getattr(node, "packed", None) is not None:
+                if packed is not None:
                     node.packed = None
     except BaseException:
         _QUEUED.clear()

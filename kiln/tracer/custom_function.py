@@ -182,7 +182,7 @@ class Function(metaclass=FunctionMeta):
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         inputs = tuple(args[i] for i in positions)
         tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
-        if tracked and autograd.SAVED_HOOKS and ctx._saved:
+        if tracked and ctx._saved and autograd.saved_hooks_active():
             ctx._pack_saved(cls.__name__)
         results = []
         for i, o in enumerate(outputs):

@@ -35,6 +35,9 @@ LEVEL = _Level()
 def enter_dual_level() -> int:
     if LEVEL.index is not None:
         raise RuntimeError("Nested forward mode AD is not supported at the moment")
+    if STATE.tracer is not None:
+        STATE.tracer.graph_break("forward AD (dual_level): tangents are found through the "
+                                 "eager autograd graph, which a compiled program does not keep")
     LEVEL.index, LEVEL.facts = 0, weakref.WeakKeyDictionary()
     return 0
 

@@ -323,3 +323,29 @@ def test_dual_level_works_as_a_decorator_and_gradcheck_checks_forward_ad():
     with pytest.raises(kiln.autograd.GradcheckError, match="forward"):
         kiln.autograd.gradcheck(WrongJvp.apply, (primal,), check_forward_ad=True,
                                 check_backward_ad=False)
+
+
+def test_compiled_functions_run_eagerly_under_forward_ad():
+    import warnings
+    w = kiln.tensor(B)
+
+    @kiln.compile
+    def f(x):
+        return (x @ w).tanh()
+
+    f(kiln.tensor(A))                                   # compiled outside the level
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with k_fwad.dual_level():
+            tangent = k_fwad.unpack_dual(f(k_fwad.make_dual(kiln.tensor(A),
+                                                            kiln.tensor(VA)))).tangent
+
+        @kiln.compile
+        def g(x, v):
+            with k_fwad.dual_level():
+                return k_fwad.unpack_dual((k_fwad.make_dual(x, v) @ w).tanh()).tangent
+        inside = [g(kiln.tensor(A), kiln.tensor(VA)) for _ in range(2)]
+    expected = (1 - np.tanh(A @ B) ** 2) * (VA @ B)
+    for t in [tangent] + inside:
+        np.testing.assert_allclose(t.numpy(), expected, **TOL)
+    assert any("dual_level" in str(c.message) for c in caught)

@@ -381,3 +381,30 @@ def test_increment_version_invalidates_what_a_node_saved(lib):
         y.sum().backward()
     z.sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), 2 * np.cos(2 * X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lib", [kiln, torch], ids=["kiln", "torch"])
+def test_hooks_hold_for_the_thread_that_entered_them(lib):
+    import threading
+    calls, pack, unpack = _counting()
+    entered, done = threading.Event(), threading.Event()
+    other = {}
+
+    def worker():
+        entered.wait()
+        x = lib.tensor(X, requires_grad=True)
+        (x * x).sum().backward()
+        other["grad"] = x.grad.numpy().copy()
+        done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    x = lib.tensor(X, requires_grad=True)
+    with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+        entered.set()
+        done.wait()
+        y = x.sin()
+    thread.join()
+    y.sum().backward()
+    assert calls == {"pack": 1, "unpack": 1}       # the other thread's x * x saved nothing here
+    np.testing.assert_allclose(other["grad"], 2 * X, rtol=1e-12)
