@@ -198,6 +198,11 @@ is_view_replay_enabled NestedIOFunction
 _group("torch.autograd", "__torch_function__ dispatch helpers", """
 handle_torch_function has_torch_function is_tensor_like overload cast
 """)
+_group("torch.autograd.graph", "dispatcher, CUDA-stream and torch.compile memory-budget "
+       "internals", """
+TorchDispatchMode set_override_stale_capture_stream set_warn_on_accumulate_grad_stream_mismatch
+region_activation_memory_budget
+""")
 
 # nn-ish namespaces: names that are internals or need features kiln does not have
 _group("torch.nn", "legacy Lua-torch leftovers", "Container")
@@ -221,3 +226,4 @@ TYPING = "a name from the typing module that the torch module happens to import,
 _group("torch.nn.functional", TYPING, "Optional")
 _group("torch.nn.init", TYPING, "Literal")
 _group("torch.nn.utils.rnn", TYPING, "Self")
+_group("torch.autograd.graph", TYPING, "Literal Optional TypeAlias Union")

@@ -19,6 +19,8 @@ import torch
 import torch.nn.utils.rnn  # noqa: F401  (submodules dir() lists only once imported)
 import torch.utils.data  # noqa: F401
 import torch.distributions  # noqa: F401
+import torch.autograd.forward_ad  # noqa: F401
+import torch.autograd.graph  # noqa: F401
 
 from tests.api_exclusions import EXCLUDED
 
@@ -38,6 +40,8 @@ NAMESPACES = [
     Namespace("torch.fft", "callables", 0.90, "api-torch"),
     Namespace("torch.special", "callables", 0.90, "api-torch"),
     Namespace("torch.autograd", "callables", 0.80, "api-torch"),
+    Namespace("torch.autograd.forward_ad", "callables", 1.0, "helper-autograd"),
+    Namespace("torch.autograd.graph", "callables", 0.5, "helper-autograd"),
     Namespace("torch.distributions", "classes", 0.90, "api-torch"),
     Namespace("torch.nn", "classes", 0.95, "api-nn"),
     Namespace("torch.nn.functional", "callables", 0.95, "api-nn"),

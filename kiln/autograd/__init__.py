@@ -8,6 +8,7 @@ from kiln.tracer.custom_function import (Function, FunctionCtx, Variable,  # noq
                                          detect_anomaly, set_detect_anomaly, once_differentiable)
 from kiln.autograd import function, functional  # noqa: F401,E402
 from kiln.autograd import graph  # noqa: F401,E402
+from kiln.autograd import forward_ad  # noqa: F401,E402
 from kiln.tracer.creation import tensor as _tensor
 
 

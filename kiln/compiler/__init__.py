@@ -29,7 +29,8 @@ from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
-from kiln.tracer.autograd import Node, record
+from kiln.tracer.autograd import Node, record, saved_hooks_active
+from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
@@ -524,6 +525,14 @@ class CompiledFunction:
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
+            return self.fn(*args, **kwargs)
+        eager_mode = _eager_autograd_mode()
+        if eager_mode is not None:
+            # a replay would neither pack saved tensors nor carry tangents
+            if self.fullgraph:
+                raise GraphBreak(f"called inside {eager_mode}", _where(self.fn))
+            self._note(eager_mode, f"{_function_name(self.fn)} is called inside {eager_mode}; "
+                       "it runs eagerly while that is active")
             return self.fn(*args, **kwargs)
         if self._not_traceable is not None:
             if self.fullgraph:
@@ -1042,6 +1051,16 @@ def _unreplayable_return(tree) -> str | None:
     walk(tree)
     if bad:
         return f"returns a {bad[0]} object, which a replay cannot rebuild"
+    return None
+
+
+def _eager_autograd_mode() -> str | None:
+    """The autograd mode active on this thread that compiled replays do not honour, if any."""
+    if saved_hooks_active():
+        return ("saved_tensors_hooks, whose pack and unpack hooks a compiled replay would not "
+                "run")
+    if DUAL_LEVEL.index is not None:
+        return "a forward AD dual_level, whose tangents a compiled program would not carry"
     return None
 
 

@@ -1049,7 +1049,14 @@ def _matmul_grad(g, out, a, b):
     return grad_a, P.matmul(_swap_last(a), g)
 
 
+def _matmul_reads(inputs) -> tuple:
+    # each factor is read only for the other's gradient: `x @ w` with a constant x reads x only
+    a, b = inputs
+    return tuple(i for i, other in ((0, b), (1, a)) if _needs_grad(other))
+
+
 define("matmul", MATMUL, _matmul_infer, lambda xp, a, b: xp.matmul(a, b), _matmul_grad, arity=2,
+       reads=_matmul_reads,
        doc="batched matrix product; batch dims equal, at least 2-D (callers broadcast)")
 
 

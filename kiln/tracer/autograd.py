@@ -33,7 +33,7 @@ class Node:
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
                  "out_version", "out_at", "edges", "hooks", "retained", "out_trace", "label",
-                 "__weakref__")
+                 "packed", "__weakref__")
 
     def name(self) -> str:
         # `label`: the PyTorch name a composite op gives its output's node (MeanBackward0)
@@ -58,6 +58,44 @@ class Node:
 
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
+
+    # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
+    # where it was packed. kiln names only the common three: the first input (self), the
+    # second (other) and the output (result); PyTorch's op-specific names (mat2, exponent,
+    # ...) are not there.
+    @property
+    def _saved_self(self) -> Tensor:
+        return self._saved_input(0, "_saved_self")
+
+    @property
+    def _saved_other(self) -> Tensor:
+        return self._saved_input(1, "_saved_other")
+
+    @property
+    def _saved_result(self) -> Tensor:
+        if not isinstance(self.prim, Primitive) or self.inputs is None or \
+                self.prim.output_of(self.inputs) is None:
+            return self._not_saved("_saved_result")
+        if self.packed is not None and -1 in self.packed:
+            return _unpack_saved(self)[1]
+        return self.output()
+
+    def _saved_input(self, i: int, name: str) -> Tensor:
+        if self.inputs is None:
+            raise op_error(name, _FREED)
+        reads = self.prim.reads_of(self.inputs)
+        if i >= len(self.inputs) or not isinstance(self.inputs[i], Tensor) or (
+                reads is not None and i not in reads):
+            return self._not_saved(name)
+        if self.packed is not None and i in self.packed:
+            return unpack_tensor(self.packed[i], self.inputs[i], self.edges[i], self.name())
+        return self.inputs[i]
+
+    def _not_saved(self, name: str):
+        if self.inputs is None:
+            raise op_error(name, _FREED)
+        raise AttributeError(f"'{self.name()}' object has no attribute '{name}' (its gradient "
+                             "rule does not read that value)")
 
     def output(self) -> Tensor:
         """The node's output as a tensor that is still attached to this node."""
@@ -107,7 +145,9 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node.out_at = version[0]
     node.edges = [(a.grad_fn if a.grad_fn is not None else a)
                   if isinstance(a, Tensor) and a.requires_grad else None for a in args]
-    node.hooks = node.retained = node.out_trace = None
+    node.hooks = node.retained = node.out_trace = node.packed = None
+    if HOOKED[0] and STATE.saved_hooks:
+        _pack_saved(node, args, result)
     result.grad_fn = node
     result.requires_grad = True
 
@@ -139,6 +179,125 @@ def history_of(result: Tensor):
     if result.grad_fn is None:
         result = P.reshape(result, shape=tuple(result._data.shape))
     return result.grad_fn
+
+
+# ----------------------------------------------------------------------------- saved tensors
+#
+# torch.autograd.graph.saved_tensors_hooks: while a (pack, unpack) pair is active, every tensor
+# a new node's gradient rule will read (the inputs its primitive `reads`, and its output where
+# the rule reads that) is handed to `pack` as the node is recorded. The node then keeps what
+# pack returned and a stand-in with the tensor's shape, dtype, version counter and autograd
+# links but not its memory; backward calls `unpack` and runs the rule on what it gives back.
+
+# The hooks are per thread (STATE.saved_hooks), as PyTorch's are; `record` reads this plain
+# count of threads with hooks first, so an op pays for no thread-local read while none has any.
+HOOKED = [0]
+
+
+def push_saved_hooks(pack, unpack) -> None:
+    if STATE.hooks_disabled:
+        raise RuntimeError(STATE.hooks_disabled[-1])
+    if not STATE.saved_hooks:
+        HOOKED[0] += 1
+    STATE.saved_hooks = STATE.saved_hooks + ((pack, unpack),)
+
+
+def pop_saved_hooks() -> None:
+    STATE.saved_hooks = STATE.saved_hooks[:-1]
+    if not STATE.saved_hooks:
+        HOOKED[0] -= 1
+
+
+def saved_hooks_active() -> bool:
+    """Whether this thread is inside a saved_tensors_hooks block."""
+    return bool(HOOKED[0] and STATE.saved_hooks)
+
+
+def pack_tensor(t: Tensor) -> tuple:
+    """`t` through the innermost pack hook: (what pack returned, the paired unpack hook).
+    Pack runs with grad mode off (as in PyTorch), so the ops of a hook record no nodes."""
+    pack, unpack = STATE.saved_hooks[-1]
+    prev = STATE.grad_enabled
+    STATE.grad_enabled = False
+    try:
+        return pack(t), unpack
+    finally:
+        STATE.grad_enabled = prev
+
+
+def stand_in(t: Tensor) -> Tensor:
+    """A tensor with `t`'s shape, dtype, device, version counter and autograd links whose
+    memory is one broadcast zero: what a node keeps of a tensor a pack hook took."""
+    xp = np if t.device is CPU else t.device.xp
+    data = xp.broadcast_to(xp.zeros((), dtype=t._data.dtype), t._data.shape)
+    s = Tensor._make(data, t.dtype, t.device)
+    s._version, s.requires_grad, s.grad_fn = t._version, t.requires_grad, t.grad_fn
+    return s
+
+
+def _pack_saved(node: Node, args: tuple, result: Tensor) -> None:
+    prim = node.prim
+    reads = prim.reads_of(args)
+    packed, inputs = {}, list(args)
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor) and (reads is None or i in reads):
+            packed[i] = pack_tensor(a)
+            inputs[i] = stand_in(a)
+    if prim.output_of(args) is not None:
+        packed[-1] = pack_tensor(result)
+        node.out_data = stand_in(result)._data
+    if packed:
+        node.inputs, node.packed = tuple(inputs), packed
+
+
+def unpack_tensor(packed: tuple, like: Tensor, edge, where: str) -> Tensor:
+    """The unpack hook's value for a tensor saved as `like` (a stand-in or the tensor), checked
+    and given the saved tensor's dtype, device and autograd link (`edge`: its grad_fn or leaf,
+    or None), so gradients of a create_graph backward still reach the saved tensor's history."""
+    value = packed[1](packed[0])
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{where}: Output of saved tensor unpack_hook expected to be a Tensor "
+                        f"but got result of type {type(value).__name__}")
+    if tuple(value.shape) != tuple(like.shape):
+        raise RuntimeError(f"{where}: the saved tensors unpack_hook returned a tensor of shape "
+                           f"{list(value.shape)} for a tensor saved with shape "
+                           f"{list(like.shape)}; unpack_hook must give back the value pack_hook "
+                           "was given")
+    data = value._data
+    if value.device is not like.device:
+        data = to_device(data, like.device)
+    if data.dtype != like._data.dtype:
+        data = data.astype(like._data.dtype)
+    out = Tensor._make(data, like.dtype, like.device)
+    if edge is not None:
+        alias = Node()
+        alias.prim, alias.inputs, alias.attrs, alias.versions = _ALIAS, (like,), {}, (None,)
+        alias.out_data, alias.out_dtype, alias.out_device = data, like.dtype, like.device
+        alias.out_version = alias.out_at = None
+        alias.edges = (edge,)
+        alias.hooks = alias.retained = alias.out_trace = alias.packed = None
+        out.grad_fn, out.requires_grad = alias, True
+    return out
+
+
+def _unpack_saved(node: Node) -> tuple:
+    """(inputs, output) for `node`'s gradient rule, the packed ones through their unpack hook."""
+    packed, where = node.packed, node.name()
+    inputs = list(node.inputs)
+    for i, p in packed.items():
+        if i >= 0:
+            inputs[i] = unpack_tensor(p, inputs[i], node.edges[i], where)
+    out = node.output()
+    if -1 in packed:
+        value = unpack_tensor(packed[-1], out, None, where)
+        value.grad_fn, value.requires_grad, value._trace = node, True, node.out_trace
+        out = value
+    return tuple(inputs), out
+
+
+# the identity, as the grad_fn that links an unpacked (or dual) tensor to the saved one's history
+_ALIAS = Primitive("alias", "movement", None, None, lambda g, out, x: (g,), 1, reads=(),
+                   doc="the same value under another tensor: its gradient passes through")
 
 
 # ----------------------------------------------------------------------------- views
@@ -224,7 +383,7 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
         node.out_data, node.out_dtype, node.out_device = root._data, root.dtype, root.device
         node.out_version = node.out_at = None
         node.edges = (edges_of((root,))[0], history)
-        node.hooks = node.retained = node.out_trace = None
+        node.hooks = node.retained = node.out_trace = node.packed = None
         set_history(root, node)
         set_history(view, history)
     _stamp(view)
@@ -346,7 +505,9 @@ def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
 def _check_versions(node: Node) -> None:
     # which of its inputs and output the gradient rule reads: facts of the primitive
     prim = node.prim
-    if prim.output_of(node.inputs) == SAVED and node.out_version is not None and (
+    packed = getattr(node, "packed", None)
+    saved_out = prim.output_of(node.inputs) == SAVED or (packed is not None and -1 in packed)
+    if saved_out and node.out_version is not None and (
             node.out_version[0] != node.out_at):
         raise op_error(
             "backward", "one of the variables needed for gradient computation has been "
@@ -382,7 +543,8 @@ def keep_saved_output(tensor: Tensor) -> None:
     for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
         node = None if t is None else t.grad_fn
         if (node is not None and node.out_version is t._version and node.inputs is not None
-                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None):
+                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None
+                and getattr(node, "packed", None) is None):   # packed: version-checked
             node.out_data = node.out_data.copy()
             node.out_version = None       # its output no longer shares the tensor's memory
 
@@ -604,9 +766,14 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     node.inputs = node.out_data = None
                 continue
             # under a trace, the rule's nodes are `grad of %7 mul`, at %7's line
+            packed = getattr(node, "packed", None)
             with _grad_scope(node) if TRACING[0] else _NO_SCOPE:
-                grads = node.prim.grad(g, node.output(), *node.inputs, **node.attrs)
-                for edge, ga, a in zip(node.edges, grads, node.inputs):
+                if packed is None:
+                    saved, out = node.inputs, node.output()
+                else:
+                    saved, out = _unpack_saved(node)
+                grads = node.prim.grad(g, out, *saved, **node.attrs)
+                for edge, ga, a in zip(node.edges, grads, saved):
                     if ga is None or edge is None:
                         continue
                     if isinstance(a, Tensor) and ga.device is not a.device:
@@ -626,6 +793,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None
+                if packed is not None:
+                    node.packed = None
     except BaseException:
         _QUEUED.clear()
         raise
@@ -768,8 +937,14 @@ class GradcheckError(RuntimeError):
 
 
 def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
-              raise_exception: bool = True) -> bool:
-    """Compare autograd's Jacobian of `func` with central finite differences (use float64)."""
+              raise_exception: bool = True, check_forward_ad: bool = False,
+              check_backward_ad: bool = True, check_undefined_grad: bool = True,
+              check_batched_grad: bool = False, check_batched_forward_grad: bool = False,
+              nondet_tol: float = 0.0, fast_mode: bool = False, masked=None) -> bool:
+    """Compare autograd's Jacobian of `func` with central finite differences (use float64):
+    reverse mode's (`check_backward_ad`) and forward mode's, column by column through dual
+    tensors (`check_forward_ad`). The undefined-grad, batched and fast-mode checks of
+    PyTorch's signature are accepted and not run: kiln compares the full Jacobians."""
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
 
@@ -777,6 +952,13 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
         out = func(*args)
         outs = (out,) if isinstance(out, Tensor) else tuple(out)
         return [o for o in outs if isinstance(o, Tensor)]
+
+    def mismatch(kind: str, k: int, i: int, numeric, analytic) -> bool:
+        if raise_exception:
+            raise GradcheckError(
+                f"Jacobian mismatch for output {k} with respect to input {i} ({kind} mode),\n"
+                f"numerical:{numeric}\nanalytical:{analytic}")
+        return False
 
     outs = flat_outputs(inputs)
     for k, out in enumerate(outs):
@@ -795,22 +977,44 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
                     minus = flat_outputs(inputs)[k]._data.astype(np.float64).reshape(-1)
                 flat[j] = orig
                 numeric[j] = (plus - minus) / (2 * eps)
-            analytic = np.zeros((x.numel(), n_out))
-            if out.requires_grad:
-                for m in range(n_out):
-                    seed = np.zeros(n_out)
-                    seed[m] = 1.0
-                    g = grad([out], [x], [out.new_tensor(seed.reshape(out.shape))],
-                             retain_graph=True, allow_unused=True)[0]
-                    if g is not None:
-                        analytic[:, m] = g._data.reshape(-1)
-            if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
-                if raise_exception:
-                    raise GradcheckError(
-                        f"Jacobian mismatch for output {k} with respect to input {i},\n"
-                        f"numerical:{numeric}\nanalytical:{analytic}")
-                return False
+            if check_backward_ad:
+                analytic = np.zeros((x.numel(), n_out))
+                if out.requires_grad:
+                    for m in range(n_out):
+                        seed = np.zeros(n_out)
+                        seed[m] = 1.0
+                        g = grad([out], [x], [out.new_tensor(seed.reshape(out.shape))],
+                                 retain_graph=True, allow_unused=True)[0]
+                        if g is not None:
+                            analytic[:, m] = g._data.reshape(-1)
+                if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
+                    return mismatch("backward", k, i, numeric, analytic)
+            if check_forward_ad:
+                forward = _forward_jacobian(flat_outputs, inputs, i, k, n_out)
+                if not np.allclose(forward, numeric, atol=atol, rtol=rtol):
+                    return mismatch("forward", k, i, numeric, forward)
     return True
+
+
+def _forward_jacobian(flat_outputs, inputs: tuple, i: int, k: int, n_out: int) -> np.ndarray:
+    """Output k's Jacobian with respect to input i, one row per input element, each the
+    tangent of the output for a one-hot tangent of the input (forward-mode AD)."""
+    from kiln.tracer import forward_ad
+    x = inputs[i]
+    rows = np.zeros((x.numel(), n_out))
+    for j in range(x.numel()):
+        onehot = np.zeros(x.numel(), dtype=x._data.dtype)
+        onehot[j] = 1
+        forward_ad.enter_dual_level()
+        try:
+            dual = forward_ad.make_dual(x, x.new_tensor(onehot.reshape(x.shape)))
+            args = inputs[:i] + (dual,) + inputs[i + 1:]
+            tangent = forward_ad.tangent_of(flat_outputs(args)[k])
+        finally:
+            forward_ad.exit_dual_level()
+        if tangent is not None:
+            rows[j] = tangent._data.astype(np.float64).reshape(-1)
+    return rows
 
 
 __all__ = ["Node", "queue_callback", "register_post_accumulate_grad_hook", "no_grad", "enable_grad", "set_grad_enabled", "inference_mode",

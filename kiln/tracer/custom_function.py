@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 
 from kiln.ir.ops import Primitive
-from kiln.tracer import autograd
+from kiln.tracer import autograd, forward_ad
 from kiln.tracer.creation import zeros
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
@@ -27,6 +27,7 @@ class FunctionCtx:
     def __init__(self, args: tuple):
         self.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         self._saved: tuple = ()
+        self._packed: tuple | None = None     # (packed, stand-in, edge) per saved tensor
         self._non_differentiable: set[int] = set()
         self._dirty: set[int] = set()
         self.materialize_grads = True
@@ -40,7 +41,20 @@ class FunctionCtx:
 
     @property
     def saved_tensors(self) -> tuple:
-        return self._saved
+        if self._packed is None:
+            return self._saved
+        # saved under saved_tensors_hooks: unpacked on each access, as in PyTorch
+        where = f"{self._fn_name}.saved_tensors"
+        return tuple(None if p is None else
+                     autograd.unpack_tensor(p[0], p[1], p[2], where) for p in self._packed)
+
+    def _pack_saved(self, fn_name: str) -> None:
+        """Hand the saved tensors to the active pack hook (the Function got a node)."""
+        self._fn_name = fn_name
+        self._packed = tuple(None if t is None else
+                             (autograd.pack_tensor(t), autograd.stand_in(t),
+                              autograd.edges_of((t,))[0]) for t in self._saved)
+        self._saved = ()
 
     def mark_non_differentiable(self, *tensors) -> None:
         self._non_differentiable.update(id(t) for t in tensors)
@@ -143,6 +157,14 @@ class Function(metaclass=FunctionMeta):
     def setup_context(ctx, inputs, output):
         return None
 
+    @staticmethod
+    def jvp(ctx, *grad_inputs):
+        """The outputs' tangents from the inputs' (forward-mode AD). Optional in kiln: without
+        it, forward AD derives the tangents from `backward` (which must then be
+        differentiable); with it, forward AD calls it right after `forward`, as PyTorch does."""
+        raise NotImplementedError("You must implement the jvp function for custom "
+                                  "autograd.Function to use it with forward mode AD.")
+
     @classmethod
     def apply(cls, *args, **kwargs):
         if STATE.tracer is not None:
@@ -160,6 +182,8 @@ class Function(metaclass=FunctionMeta):
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         inputs = tuple(args[i] for i in positions)
         tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
+        if tracked and ctx._saved and autograd.saved_hooks_active():
+            ctx._pack_saved(cls.__name__)
         results = []
         for i, o in enumerate(outputs):
             if not isinstance(o, Tensor):
@@ -178,7 +202,33 @@ class Function(metaclass=FunctionMeta):
                 node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)
+        if tracked and forward_ad.LEVEL.index is not None and cls.jvp is not Function.jvp:
+            _call_jvp(cls, ctx, args, results)
         return results[0] if single else tuple(results)
+
+
+def _call_jvp(cls, ctx, args: tuple, results: list) -> None:
+    """Give the outputs of a custom Function the tangents its `jvp` computes from the inputs'
+    (zeros for a floating-point input without one, None for a non-tensor argument)."""
+    tangents = [forward_ad.tangent_of(a) if isinstance(a, Tensor) else None for a in args]
+    if all(t is None for t in tangents):
+        return
+    tangents = [zeros(tuple(a.shape), dtype=a.dtype, device=a.device)
+                if t is None and isinstance(a, Tensor) and a.dtype.is_floating_point else t
+                for a, t in zip(args, tangents)]
+    with autograd.no_grad():
+        out = cls.jvp(ctx, *tangents)
+    out = out if isinstance(out, tuple) else (out,)
+    if len(out) != len(results):
+        raise RuntimeError(f"{cls.__name__}.jvp returned {len(out)} tangents for "
+                           f"{len(results)} outputs")
+    for o, t in zip(results, out):
+        if not isinstance(o, Tensor) or not isinstance(o.grad_fn, _FunctionNode):
+            continue
+        if t is not None and tuple(t.shape) != tuple(o.shape):
+            raise RuntimeError(f"{cls.__name__}.jvp returned a tangent of shape "
+                               f"{list(t.shape)} for an output of shape {list(o.shape)}")
+        forward_ad.set_tangent(o.grad_fn, None if t is None else t.detach())
 
 
 def once_differentiable(fn):

@@ -27,6 +27,8 @@ class _State(threading.local):
     grad_enabled = True
     inference = False
     tracer = None        # the active kiln.tracer.trace.Tracer, or None
+    saved_hooks = ()     # the thread's active saved_tensors_hooks (pack, unpack), innermost last
+    hooks_disabled = ()  # messages of the thread's disable_saved_tensors_hooks blocks
 
 
 STATE = _State()
