@@ -162,7 +162,8 @@ _group(T, "internals of torch's own machinery (subclassing, nn.Module.load_state
        "assign hooks, dtype of a grad override, output index of an autograd node)", """
 as_subclass module_load grad_dtype output_nr name hash_tensor
 """)
-_group(T, "CPU-only Python callbacks run per element, unusable on a GPU", "apply_ map_ map2_")
+_group(T, "a CPU-only Python callback on three tensors per element (apply_ and map_ are provided)",
+       "map2_")
 _group(T, "LAPACK's low-level factorization outputs (use torch.linalg)", "geqrf orgqr ormqr")
 
 # ----------------------------------------------------------------------------- submodules

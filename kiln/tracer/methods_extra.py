@@ -108,6 +108,27 @@ _METHODS["log_normal_"] = _random_fill("log_normal_", lambda rng, s, mean=1.0, s
                                        rng.lognormal(mean, std, s))
 
 
+def _python_map(self, name: str, fn, other=None):
+    """`fn` applied in Python to each element (and `other`'s, broadcast to self), written into
+    self: PyTorch's apply_/map_, for CPU tensors only as there."""
+    if self.device.type != "cpu" or (other is not None and other.device.type != "cpu"):
+        raise TypeError(f"{name} is only implemented on CPU tensors")
+    if STATE.tracer is not None:
+        STATE.tracer.graph_break(f"{name} calls a Python function on each element")
+    values = self._data.ravel().tolist()
+    if other is None:
+        out = [fn(v) for v in values]
+    else:
+        theirs = np.broadcast_to(other._data, self._data.shape).ravel().tolist()
+        out = [fn(v, w) for v, w in zip(values, theirs)]
+    result = np.asarray(out, dtype=self.dtype.np).reshape(self._data.shape)
+    return write_inplace(self, creation.tensor(result), name)
+
+
+_METHODS["apply_"] = lambda self, callable: _python_map(self, "apply_", callable)
+_METHODS["map_"] = lambda self, tensor, callable: _python_map(self, "map_", callable, tensor)
+
+
 def _reshaping_inplace(fn, name):
     """In-place ops that change the shape (t_, squeeze_, ...): the tensor becomes the view."""
     def method(self, *args, **kwargs):
