@@ -1036,6 +1036,40 @@ detached_result_stored_and_returned_stays_an_effect.check = expect_eager
 
 
 @case
+def detached_result_stored_while_a_view_of_it_is_returned_stays_an_effect():
+    # the returned row is a view of `h`, whose memory the stored `h.detach()` shares eagerly
+    state = types.SimpleNamespace(last=None)
+
+    def f(x):
+        h = (x * 2).tanh()
+        state.last = h.detach()
+        return h[0]
+
+    def call(i, g):
+        row = g(kiln.ones(2, 3) * i)
+        row.add_(1.0)
+        return row, state.last
+    return world(f, call)
+
+
+detached_result_stored_while_a_view_of_it_is_returned_stays_an_effect.check = expect_eager
+
+
+@case
+def detached_result_stored_beside_a_returned_view_of_another_value():
+    state = types.SimpleNamespace(last=None)
+
+    def f(x):
+        h = (x * 2).tanh()
+        state.last = h.detach()
+        return (x + 1)[0]
+    return world(f, lambda i, g: (g(kiln.ones(2, 3) * i), state.last))
+
+
+detached_result_stored_beside_a_returned_view_of_another_value.check = expect_replays(2)
+
+
+@case
 def detached_parameter_stored_stays_an_effect():
     model = nn.Linear(3, 2)
     state = types.SimpleNamespace(w=None)

@@ -984,8 +984,8 @@ def _detached_result(tracer, t: Tensor) -> bool:
 def _memory_root(tracer, t: Tensor) -> int:
     """The id of the tensor whose memory `t` uses: through aliases and views."""
     t = tracer.alias_of.get(id(t), t)
-    while t._base is not None:
-        t = tracer.alias_of.get(id(t._base), t._base)
+    while t._base is not None:              # (source, op, attrs, version, tracked)
+        t = tracer.alias_of.get(id(t._base[0]), t._base[0])
     return id(t)
 
 
