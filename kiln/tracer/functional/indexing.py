@@ -42,6 +42,9 @@ def where(condition, input=None, other=None):
         x, y = input, other          # what _promoted would give, found quicker
     else:
         x, y = _promoted(input, other)
+        if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+            # where(mask, 1, 0): two numbers, already of their promoted kind, as 0-d tensors
+            x, y = _as_tensor(x, condition), _as_tensor(y, condition)
     return P.where(condition, x, y)
 
 
