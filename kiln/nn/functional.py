@@ -21,7 +21,7 @@ from kiln.nn.functional_loss import _legacy
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
 from kiln.ops import (  # noqa: F401
     relu, relu6, hardtanh, leaky_relu, elu, selu, gelu, silu, mish, softplus, logsigmoid,
-    hardsigmoid, hardswish, softsign, tanhshrink, softmin, pad, one_hot)
+    hardsigmoid, hardswish, softsign, tanhshrink, pad, one_hot)
 
 _REDUCTIONS = ("none", "mean", "sum")
 # the public hook that names a composite's traced nodes (`# layer_norm @ model.py:12` in listings)
@@ -100,6 +100,11 @@ def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
 def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype=None) -> Tensor:
     return kiln.log_softmax(input, _softmax_dim(input, dim), dtype=dtype)
+
+
+def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
+            dtype=None) -> Tensor:
+    return _core.softmin(input, _softmax_dim(input, dim), dtype=dtype)
 
 
 def _softmax_dim(input: Tensor, dim: int | None) -> int:
