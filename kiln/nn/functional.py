@@ -16,11 +16,12 @@ from kiln import ops as _core
 from kiln.compiler import is_compiling
 from kiln.ops import op_error
 from kiln.ops import prims as P
+from kiln.nn.functional_loss import _legacy
 
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
 from kiln.ops import (  # noqa: F401
     relu, relu6, hardtanh, leaky_relu, elu, selu, gelu, silu, mish, softplus, logsigmoid,
-    hardsigmoid, hardswish, softsign, tanhshrink, softmin, pad, one_hot)
+    hardsigmoid, hardswish, softsign, tanhshrink, pad, one_hot)
 
 _REDUCTIONS = ("none", "mean", "sum")
 # the public hook that names a composite's traced nodes (`# layer_norm @ model.py:12` in listings)
@@ -99,6 +100,11 @@ def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
 def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype=None) -> Tensor:
     return kiln.log_softmax(input, _softmax_dim(input, dim), dtype=dtype)
+
+
+def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
+            dtype=None) -> Tensor:
+    return _core.softmin(input, _softmax_dim(input, dim), dtype=dtype)
 
 
 def _softmax_dim(input: Tensor, dim: int | None) -> int:
@@ -945,6 +951,7 @@ def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
 @_composite
 def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_same_size(input, target, "mse_loss")
     diff = input - target
     loss = diff * diff
@@ -956,6 +963,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
 @_composite
 def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_same_size(input, target, "l1_loss")
     loss = kiln.abs(input - target)
     if weight is not None:
@@ -966,6 +974,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
 @_composite
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_same_size(input, target, "smooth_l1_loss")
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
@@ -990,6 +999,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
 @_composite
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if tuple(input.shape) != tuple(target.shape):
         raise ValueError(f"Using a target size ({list(target.shape)}) that is different to the "
                          f"input size ({list(input.shape)}) is deprecated. Please ensure they "
@@ -1010,6 +1020,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None, size_average=None,
                                      reduce=None, reduction: str = "mean",
                                      pos_weight: Tensor | None = None) -> Tensor:
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if tuple(input.shape) != tuple(target.shape):
         raise ValueError(f"Target size ({list(target.shape)}) must be the same as input size "
                          f"({list(input.shape)})")
@@ -1054,6 +1065,7 @@ def _class_last_shape(input: Tensor) -> tuple:
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
              ignore_index: int = -100, reduce=None, reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of class indices; 'mean' divides by the summed target weights."""
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     return _nll_loss(input, target, weight, ignore_index, reduction, "nll_loss")
 
 
@@ -1126,6 +1138,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """log_softmax + nll_loss for class indices, or soft targets given as probabilities."""
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
@@ -1175,6 +1188,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
 def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
            reduction: str = "mean", log_target: bool = False) -> Tensor:
     """KL(target || exp(input)) pointwise; 'batchmean' divides the sum by the batch size."""
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_reduction(reduction, _REDUCTIONS + ("batchmean",))
     if reduction == "mean":
         warnings.warn("reduction: 'mean' divides the total loss by both the batch size and the "
@@ -1196,6 +1210,7 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
 def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
                      size_average=None, eps: float = 1e-8, reduce=None,
                      reduction: str = "mean") -> Tensor:
+    reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if log_input:
         loss = kiln.exp(input) - target * input
     else:

@@ -7,6 +7,7 @@ import torch
 
 import kiln
 from tests.nn.layer_parity import check_layer
+from tests.parity import check_op
 
 LAYERS = [
     (lambda nn: nn.CELU(0.7), [(3, 5)]),
@@ -105,3 +106,12 @@ def test_gumbel_softmax_soft_and_hard():
     np.testing.assert_allclose(counts, [0.7, 0.2, 0.1], atol=0.03)
     (hard * kiln.tensor([1.0, 2.0, 3.0])).sum().backward()
     assert logits.grad is not None and np.abs(logits.grad.numpy()).sum() > 0
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "softmin"])
+@pytest.mark.parametrize("shape", [(5,), (2, 3), (2, 3, 4), (2, 3, 4, 5)], ids=str)
+def test_softmax_family_implicit_dim_matches_torch(name, shape):
+    """`F.log_softmax(x)` with no dim (the spatial transformer tutorial's last line): PyTorch's
+    legacy choice, dim 0 for 0-, 1- and 3-d inputs and 1 otherwise; softmin took the last."""
+    check_op(lambda lib, x: getattr(lib.nn.functional, name)(x), [shape], dtype=np.float64)

@@ -181,6 +181,28 @@ def test_weighted_loss_modules_keep_weight_as_buffer():
              [(6, 3), _labels((6,), 3)], dtype=np.float64)
 
 
+# each with the reduction PyTorch maps it to (the test's id)
+LEGACY_FLAGS = [({"size_average": False}, "sum"), ({"size_average": True}, "mean"),
+                ({"reduce": False}, "none"), ({"size_average": False, "reduce": True}, "sum")]
+LEGACY_LOSSES = [("nll_loss", "class"), ("cross_entropy", "class"), ("mse_loss", "regress"),
+                 ("l1_loss", "regress"), ("smooth_l1_loss", "regress"),
+                 ("binary_cross_entropy", "prob"), ("binary_cross_entropy_with_logits", "logit"),
+                 ("kl_div", "kl"), ("poisson_nll_loss", "regress")]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")       # PyTorch's deprecation warnings
+@pytest.mark.parametrize("flags", [f for f, _ in LEGACY_FLAGS], ids=[r for _, r in LEGACY_FLAGS])
+@pytest.mark.parametrize("name,kind", LEGACY_LOSSES, ids=[n for n, _ in LEGACY_LOSSES])
+def test_functional_losses_honour_legacy_size_average_and_reduce(name, kind, flags):
+    """`F.nll_loss(output, target, size_average=False)` (the spatial transformer tutorial's
+    summed test loss) is reduction='sum', as in PyTorch; the flags were ignored before."""
+    inputs = {"regress": [(4, 3), (4, 3)], "prob": [_probs(4, 3), _probs(4, 3)],
+              "logit": [(4, 3), _probs(4, 3)], "class": [(5, 4), _labels((5,), 4)],
+              "kl": [np.log(_softmax_targets(4, 3)), _softmax_targets(4, 3)]}[kind]
+    check_op(lambda lib, x, y: getattr(lib.nn.functional, name)(x, y, **flags), inputs,
+             dtype=np.float64)
+
+
 def test_invalid_reduction_raises():
     with pytest.raises(ValueError, match="not a valid value for reduction"):
         kiln.nn.functional.mse_loss(kiln.randn(2), kiln.randn(2), reduction="avg")

@@ -195,6 +195,10 @@ case("where_scalar", lambda lib, c, a: lib.where(c, a, 0.5), many("bool", "any")
 case("where_two_numbers", lambda lib, c: (lib.where(c, 1.0, -1.0), lib.where(c, 1, 0),
                                           lib.where(c, 1, 0.5), lib.where(c, True, False)),
      one("bool"))
+# two numbers (siamese example's `torch.where(outputs > 0.5, 1, 0)`): their promoted dtype
+case("where_two_ints", lambda lib, x: lib.where(x > 0, 1, 0), grad=False)
+case("where_int_float", lambda lib, x: lib.where(x > 0, 2, 0.25), grad=False)
+case("where_two_bools", lambda lib, x: lib.where(x > 0, False, True), grad=False)
 # Python numbers on either side
 case("add_scalar", lambda lib, x: x + 2)
 case("radd_scalar", lambda lib, x: 2.5 + x)
