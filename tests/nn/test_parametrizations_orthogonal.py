@@ -129,3 +129,16 @@ def test_a_right_inverse_that_is_not_implemented_registers_as_the_identity():
         values.append((layer.parametrizations.weight.original, layer.weight))
     close(values[1][0], values[0][0])
     close(values[1][1], values[0][1])
+
+
+def test_stateless_functional_call_is_func_functional_call_and_warns_like_torch():
+    w = np.random.default_rng(3).standard_normal((3, 3))
+    x = np.ones((2, 3))
+    outputs = []
+    for lib in (torch, kiln):
+        layer = lib.nn.Linear(3, 3).double()
+        with pytest.warns(FutureWarning, match="torch.func.functional_call"):
+            out = lib.nn.utils.stateless.functional_call(layer, {"weight": lib.tensor(w)},
+                                                         (lib.tensor(x),))
+        outputs.append(out - layer.bias)       # the module's own bias took part
+    close(outputs[1], outputs[0])
