@@ -123,11 +123,17 @@ class MetaArray:
     def __getitem__(self, key):
         raise NotImplementedError(_NO_META_DATA.format(what="indexing its memory"))
 
+    def __setitem__(self, key, value) -> None:
+        # an in-place op on a meta tensor: its shape was checked, and there is nothing to write
+        if not isinstance(value, MetaArray):
+            raise NotImplementedError(_NO_META_DATA.format(what="writing values into it"))
+
     def __repr__(self) -> str:
         return f"MetaArray(shape={self.shape}, dtype={self.dtype})"
 
 
 class _MetaFlags:
+    # not writeable, so in-place ops take the general path, which writes nothing into meta
     c_contiguous, f_contiguous, writeable, owndata = True, False, False, True
 
 

@@ -131,3 +131,22 @@ def test_functional_call_of_a_meta_module_without_all_tensors_names_the_device()
     base = kiln.nn.Linear(3, 2).to("meta")
     with pytest.raises(RuntimeError, match="same device"):
         functional_call(base, {"weight": kiln.ones(2, 3)}, (kiln.ones(1, 3),))   # bias: meta
+
+
+def test_modules_built_on_meta_train_a_step_of_shapes_like_torch():
+    def run(lib):
+        emb = lib.nn.Embedding(10, 4, device="meta")          # initialized in place: no-ops
+        conv = lib.nn.Conv1d(4, 6, 3, device="meta")
+        head = lib.nn.Linear(6, 5, device="meta")
+        opt = lib.optim.SGD([*emb.parameters(), *conv.parameters(), *head.parameters()], lr=0.1)
+        tokens = lib.zeros(2, 7, dtype=lib.int64, device="meta")
+        h = conv(emb(tokens).transpose(1, 2)).relu().mean(-1)
+        loss = lib.nn.functional.cross_entropy(head(h), lib.zeros(2, dtype=lib.int64,
+                                                                  device="meta"))
+        loss.backward()
+        opt.step()
+        x = lib.empty(3, device="meta")
+        x.uniform_(-1, 1).add_(1).mul_(2)
+        return [h, loss, emb.weight.grad, conv.weight, head.bias.grad, x]
+    for k, t in zip(*both(run)):
+        assert tuple(k.shape) == tuple(t.shape) and k.is_meta and t.is_meta
