@@ -55,6 +55,16 @@ class Device:
     def __reduce__(self):
         return (Device, (str(self),))
 
+    def __enter__(self) -> "Device":
+        """`with kiln.device("meta"):` factories without a device= put tensors here (modules
+        built inside included), as kiln.set_default_device does until the block ends."""
+        _ENTERED.append(DEFAULT_DEVICE[0])
+        DEFAULT_DEVICE[0] = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        DEFAULT_DEVICE[0] = _ENTERED.pop()
+
 
 @functools.lru_cache(maxsize=None)
 def _intern(kind: str, index: int | None) -> Device:
@@ -65,6 +75,8 @@ def _intern(kind: str, index: int | None) -> Device:
 
 CPU = Device("cpu")
 META = Device("meta")
+DEFAULT_DEVICE = [CPU]      # where factories put tensors without a device= (set_default_device)
+_ENTERED: list = []         # the defaults that `with device:` blocks replaced, innermost last
 
 _NO_META_DATA = ("{what}: a tensor on the meta device has a shape and dtype but no data. Use "
                  "real tensors, or give a meta module real ones with Module.to_empty(device=...) "

@@ -150,3 +150,19 @@ def test_modules_built_on_meta_train_a_step_of_shapes_like_torch():
         return [h, loss, emb.weight.grad, conv.weight, head.bias.grad, x]
     for k, t in zip(*both(run)):
         assert tuple(k.shape) == tuple(t.shape) and k.is_meta and t.is_meta
+
+
+def test_a_device_block_builds_modules_and_tensors_there_like_torch():
+    def run(lib):
+        with lib.device("meta"):
+            model = lib.nn.Sequential(lib.nn.Linear(3, 4), lib.nn.LayerNorm(4))
+            made = [model[0].weight, model[1].bias, lib.zeros(2, 3), lib.tensor([1.0, 2.0])]
+            with lib.device("cpu"):
+                inner = lib.ones(2)
+        return made, inner, lib.ones(1)
+    (k_made, k_inner, k_after), (t_made, t_inner, t_after) = both(run)
+    for k, t in zip(k_made, t_made):
+        assert k.is_meta and t.is_meta and tuple(k.shape) == tuple(t.shape)
+    for k, t in ((k_inner, t_inner), (k_after, t_after)):
+        assert str(k.device) == str(t.device) == "cpu"
+        np.testing.assert_array_equal(k.numpy(), t.numpy())
