@@ -4,6 +4,8 @@ gradients, a few optimizer steps, assignment, state_dict keys and the errors. Wh
 completes a non-square weight's basis with random columns (the `base` buffer), kiln's run
 takes torch's buffer."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,34 @@ def test_stateless_functional_call_is_func_functional_call_and_warns_like_torch(
                                                          (lib.tensor(x),))
         outputs.append(out - layer.bias)       # the module's own bias took part
     close(outputs[1], outputs[0])
+
+
+@pytest.mark.parametrize("orthogonal_map", MAPS)
+def test_compiled_training_of_an_orthogonal_layer_repeats_eager(orthogonal_map):
+    w = np.random.default_rng(4).standard_normal((4, 4))
+    x = kiln.tensor(np.random.default_rng(5).standard_normal((3, 4)))
+
+    def run(compiled):
+        layer = orthogonal_linear(kiln, w, orthogonal_map=orthogonal_map)
+        opt = kiln.optim.SGD(layer.parameters(), lr=0.1)
+
+        def step():
+            opt.zero_grad()
+            loss = (layer(x) ** 3).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        step = kiln.compile(step) if compiled else step
+        return [float(step()) for _ in range(4)], layer.weight.detach().numpy()
+    eager = run(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = run(True)
+    notes = [str(w.message) for w in caught if "kiln.compile" in str(w.message)]
+    if orthogonal_map == "matrix_exp":
+        # the number of squarings follows the matrix's norm: read into Python, so eager
+        assert notes and "graph break" in notes[0] and "float()" in notes[0]
+    else:
+        assert not notes, notes
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-9)
+    np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-9, atol=1e-12)
