@@ -166,3 +166,19 @@ def test_a_device_block_builds_modules_and_tensors_there_like_torch():
     for k, t in ((k_inner, t_inner), (k_after, t_after)):
         assert str(k.device) == str(t.device) == "cpu"
         np.testing.assert_array_equal(k.numpy(), t.numpy())
+
+
+def test_a_meta_model_takes_real_weights_with_load_state_dict_assign():
+    state = mlp(torch, 0).state_dict()
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    outputs = []
+    for lib in (kiln, torch):
+        with lib.device("meta"):
+            model = lib.nn.Sequential(lib.nn.Linear(4, 6), lib.nn.BatchNorm1d(6),
+                                      lib.nn.ReLU(), lib.nn.Linear(6, 3))
+        given = state if lib is torch else {k: kiln.tensor(v.numpy()) for k, v in
+                                            state.items()}
+        model.load_state_dict(given, assign=True)
+        assert not any(p.is_meta for p in model.parameters())
+        outputs.append(model.eval()(lib.tensor(x)).detach().numpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
