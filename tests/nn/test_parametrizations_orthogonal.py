@@ -147,7 +147,8 @@ def test_stateless_functional_call_is_func_functional_call_and_warns_like_torch(
 
 
 @pytest.mark.parametrize("orthogonal_map", MAPS)
-def test_compiled_training_of_an_orthogonal_layer_repeats_eager(orthogonal_map):
+def test_compiled_training_of_an_orthogonal_layer_repeats_eager_without_a_fallback(
+        orthogonal_map):
     w = np.random.default_rng(4).standard_normal((4, 4))
     x = kiln.tensor(np.random.default_rng(5).standard_normal((3, 4)))
 
@@ -168,10 +169,6 @@ def test_compiled_training_of_an_orthogonal_layer_repeats_eager(orthogonal_map):
         warnings.simplefilter("always")
         compiled = run(True)
     notes = [str(w.message) for w in caught if "kiln.compile" in str(w.message)]
-    if orthogonal_map == "matrix_exp":
-        # the number of squarings follows the matrix's norm: read into Python, so eager
-        assert notes and "graph break" in notes[0] and "float()" in notes[0]
-    else:
-        assert not notes, notes
+    assert not notes, notes         # matrix_exp too: one extern, its squarings its own business
     np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-9)
     np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-9, atol=1e-12)
