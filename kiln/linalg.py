@@ -1,8 +1,8 @@
 """`kiln.linalg`: dense linear algebra (torch.linalg), differentiable.
 
-Factorizations are the `linalg_*` primitives of `kiln.ir.ops_extra` (NumPy/CuPy's LAPACK, with
-gradient rules written with tensor ops); everything else (solve, det, norms, pinv, lstsq,
-matrix_exp, ...) is composed from them and ordinary tensor ops, so autograd and tracing see
+Factorizations and matrix_exp are the `linalg_*` primitives of `kiln.ir.ops_extra` (NumPy/CuPy's
+LAPACK, with gradient rules written with tensor ops); everything else (solve, det, norms, pinv,
+lstsq, ...) is composed from them and ordinary tensor ops, so autograd and tracing see
 through it. Gradients of eigenvectors and singular vectors divide by eigenvalue gaps: like
 PyTorch's, they are only meaningful for distinct eigenvalues / singular values.
 """
@@ -323,21 +323,12 @@ def matrix_power(A, n):
 
 
 def matrix_exp(A):
-    """exp(A) by scaling and squaring with a degree-18 Taylor polynomial (float64-accurate
-    after scaling A's 1-norm below 1/2); differentiable, as it is matmuls and sums."""
+    """exp(A): the `linalg_matrix_exp` primitive (scaling and squaring of a degree-18 Taylor
+    polynomial; its gradient is the same primitive on a block matrix). One library call, so a
+    compiled function runs it as an extern, whatever the norm that sets its squarings."""
     A = _float(A)
     _check_square(A, "matrix_exp")
-    norm = float(F.amax(F.sum(F.abs(A.detach()), -2))) if A.numel() else 0.0
-    s = max(0, int(math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0)
-    X = A / (2 ** s)
-    term = F.expand(_eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
-    total = term
-    for k in range(1, 19):
-        term = F.matmul(term, X) / k
-        total = total + term
-    for _ in range(s):
-        total = F.matmul(total, total)
-    return total
+    return P.linalg_matrix_exp(A)
 
 
 def householder_product(A, tau, *, out=None):

@@ -160,7 +160,7 @@ def test_compiled_linear_algebra_matches_eager_with_gradients() -> None:
         w = kiln.linalg.eigvalsh(spd)
         return (kiln.linalg.inv(spd).sum() + kiln.linalg.slogdet(spd).logabsdet + L.sum()
                 + s.sum() + w.sum() + kiln.lgamma(a.abs() + 1).sum() + a.sort(1).values[:, 0]
-                .sum())
+                .sum() + kiln.linalg.matrix_exp(a - a.mT).trace())
 
     compiled = kiln.compile(loss, fullgraph=True)
     a0, b0 = general(3, 3), general(4, 3)

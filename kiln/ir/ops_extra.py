@@ -286,6 +286,38 @@ def _qr_grad(g, out, a, part):
 define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1)
 
 
+def _matrix_exp_impl(xp, a):
+    # scaling and squaring: a / 2^s has every column's 1-norm below 1/2 (s from the largest in
+    # the batch), where a degree-18 Taylor polynomial is float64-accurate; then s squarings
+    norm = float(xp.abs(a).sum(-2).max()) if a.size else 0.0
+    s = max(0, int(math.ceil(math.log2(norm / 0.5)))) if norm > 0.5 else 0
+    x = a / (2.0 ** s)
+    term = xp.broadcast_to(xp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+    total = term
+    for k in range(1, 19):
+        term = xp.matmul(term, x) / k
+        total = total + term
+    for _ in range(s):
+        total = xp.matmul(total, total)
+    return total
+
+
+def _matrix_exp_grad(g, out, a):
+    # the Frechet derivative of exp at a^T in the direction g: the upper-right block of
+    # exp([[a^T, g], [0, a^T]]) (as PyTorch's backward); a rule built on the primitive itself,
+    # so it differentiates again
+    n, last = a.shape[-1], a.ndim - 1
+    at = _mT(a)
+    block = P.cat(P.cat(at, g, axis=last), P.cat(P.mul(at, 0.0), at, axis=last), axis=last - 1)
+    big = P.linalg_matrix_exp(block)
+    batch = tuple(big.shape[:-2])
+    return (P.slice(big, starts=(0,) * len(batch) + (0, n), stops=batch + (n, 2 * n),
+                    steps=(1,) * (len(batch) + 2)),)
+
+
+define("linalg_matrix_exp", LINALG, _square_infer, _matrix_exp_impl, _matrix_exp_grad, arity=1)
+
+
 def _eigh_infer(shapes, dtypes, part, upper):
     s, d = _square_infer(shapes, dtypes)
     return (s[:-1] if part == "L" else s), d

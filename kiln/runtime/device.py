@@ -55,6 +55,16 @@ class Device:
     def __reduce__(self):
         return (Device, (str(self),))
 
+    def __enter__(self) -> "Device":
+        """`with kiln.device("meta"):` factories without a device= put tensors here (modules
+        built inside included), as kiln.set_default_device does until the block ends."""
+        _ENTERED.append(DEFAULT_DEVICE[0])
+        DEFAULT_DEVICE[0] = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        DEFAULT_DEVICE[0] = _ENTERED.pop()
+
 
 @functools.lru_cache(maxsize=None)
 def _intern(kind: str, index: int | None) -> Device:
@@ -65,6 +75,8 @@ def _intern(kind: str, index: int | None) -> Device:
 
 CPU = Device("cpu")
 META = Device("meta")
+DEFAULT_DEVICE = [CPU]      # where factories put tensors without a device= (set_default_device)
+_ENTERED: list = []         # the defaults that `with device:` blocks replaced, innermost last
 
 _NO_META_DATA = ("{what}: a tensor on the meta device has a shape and dtype but no data. Use "
                  "real tensors, or give a meta module real ones with Module.to_empty(device=...) "
@@ -123,11 +135,17 @@ class MetaArray:
     def __getitem__(self, key):
         raise NotImplementedError(_NO_META_DATA.format(what="indexing its memory"))
 
+    def __setitem__(self, key, value) -> None:
+        # an in-place op on a meta tensor: its shape was checked, and there is nothing to write
+        if not isinstance(value, MetaArray):
+            raise NotImplementedError(_NO_META_DATA.format(what="writing values into it"))
+
     def __repr__(self) -> str:
         return f"MetaArray(shape={self.shape}, dtype={self.dtype})"
 
 
 class _MetaFlags:
+    # not writeable, so in-place ops take the general path, which writes nothing into meta
     c_contiguous, f_contiguous, writeable, owndata = True, False, False, True
 
 

@@ -14,12 +14,12 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
-from kiln.runtime.device import CPU, Device, to_device
+from kiln.runtime.device import CPU, DEFAULT_DEVICE, Device, to_device
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
 
 
-_DEFAULT_DEVICE = [CPU]     # set by `kiln.set_default_device`
+_DEFAULT_DEVICE = DEFAULT_DEVICE     # set by kiln.set_default_device and `with kiln.device(...)`
 
 
 def _device(device) -> Device:

@@ -15,7 +15,7 @@ import numpy as np
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime.cupy_backend import CUPY_PATHS as _CUPY_FAST
-from kiln.runtime.device import CPU, Device, MetaArray, to_device
+from kiln.runtime.device import CPU, META, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
@@ -97,7 +97,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
 
     if device is CPU:
         xp = np
-    elif device.type == "meta":
+    elif device is META:                 # devices are interned: one object per device
         return _apply_meta(prim, args, attrs, device, dtype, np_dtype,
                            wants_grad and differentiable)
     else:

@@ -256,7 +256,7 @@ class Tensor:
     def __repr__(self) -> str:
         if self.device.type == "meta":      # no values to show: PyTorch prints the size
             extras = ["device='meta'", f"size={tuple(self._data.shape)}"]
-            if self.dtype is not dt.float32:
+            if self.dtype is not dt.get_default_dtype():
                 extras.append(f"dtype=kiln.{self.dtype.name}")
             if self.grad_fn is not None:
                 extras.append(f"grad_fn=<{self.grad_fn.name()}>")
@@ -270,8 +270,9 @@ class Tensor:
         extras = []
         if self.device.type != "cpu":
             extras.append(f"device='{self.device}'")
-        if self.dtype not in (dt.float32, dt.int64, dt.bool_) or data.size == 0 and (
-                self.dtype is not dt.float32):
+        default = dt.get_default_dtype()     # as PyTorch: the default dtype goes unnamed
+        if self.dtype not in (default, dt.int64, dt.bool_) or data.size == 0 and (
+                self.dtype is not default):
             extras.append(f"dtype=kiln.{self.dtype.name}")
         if self.grad_fn is not None:
             extras.append(f"grad_fn=<{self.grad_fn.name()}>")

@@ -131,7 +131,8 @@ def test_gradient_rule_matches_finite_differences(name, fn, inputs) -> None:
 # second derivatives: the rules are written with tensor ops, so they differentiate again
 SECOND_ORDER = ["exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "erf", "mul", "div",
                 "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum", "unfold",
-                "batch_norm", "unfold_matmul", "matmul_unfold", "matmul_fold"]
+                "batch_norm", "unfold_matmul", "matmul_unfold", "matmul_fold",
+                "linalg_matrix_exp"]
 
 
 @pytest.mark.parametrize("name", SECOND_ORDER)

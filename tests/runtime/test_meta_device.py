@@ -131,3 +131,54 @@ def test_functional_call_of_a_meta_module_without_all_tensors_names_the_device()
     base = kiln.nn.Linear(3, 2).to("meta")
     with pytest.raises(RuntimeError, match="same device"):
         functional_call(base, {"weight": kiln.ones(2, 3)}, (kiln.ones(1, 3),))   # bias: meta
+
+
+def test_modules_built_on_meta_train_a_step_of_shapes_like_torch():
+    def run(lib):
+        emb = lib.nn.Embedding(10, 4, device="meta")          # initialized in place: no-ops
+        conv = lib.nn.Conv1d(4, 6, 3, device="meta")
+        head = lib.nn.Linear(6, 5, device="meta")
+        opt = lib.optim.SGD([*emb.parameters(), *conv.parameters(), *head.parameters()], lr=0.1)
+        tokens = lib.zeros(2, 7, dtype=lib.int64, device="meta")
+        h = conv(emb(tokens).transpose(1, 2)).relu().mean(-1)
+        loss = lib.nn.functional.cross_entropy(head(h), lib.zeros(2, dtype=lib.int64,
+                                                                  device="meta"))
+        loss.backward()
+        opt.step()
+        x = lib.empty(3, device="meta")
+        x.uniform_(-1, 1).add_(1).mul_(2)
+        return [h, loss, emb.weight.grad, conv.weight, head.bias.grad, x]
+    for k, t in zip(*both(run)):
+        assert tuple(k.shape) == tuple(t.shape) and k.is_meta and t.is_meta
+
+
+def test_a_device_block_builds_modules_and_tensors_there_like_torch():
+    def run(lib):
+        with lib.device("meta"):
+            model = lib.nn.Sequential(lib.nn.Linear(3, 4), lib.nn.LayerNorm(4))
+            made = [model[0].weight, model[1].bias, lib.zeros(2, 3), lib.tensor([1.0, 2.0])]
+            with lib.device("cpu"):
+                inner = lib.ones(2)
+        return made, inner, lib.ones(1)
+    (k_made, k_inner, k_after), (t_made, t_inner, t_after) = both(run)
+    for k, t in zip(k_made, t_made):
+        assert k.is_meta and t.is_meta and tuple(k.shape) == tuple(t.shape)
+    for k, t in ((k_inner, t_inner), (k_after, t_after)):
+        assert str(k.device) == str(t.device) == "cpu"
+        np.testing.assert_array_equal(k.numpy(), t.numpy())
+
+
+def test_a_meta_model_takes_real_weights_with_load_state_dict_assign():
+    state = mlp(torch, 0).state_dict()
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    outputs = []
+    for lib in (kiln, torch):
+        with lib.device("meta"):
+            model = lib.nn.Sequential(lib.nn.Linear(4, 6), lib.nn.BatchNorm1d(6),
+                                      lib.nn.ReLU(), lib.nn.Linear(6, 3))
+        given = state if lib is torch else {k: kiln.tensor(v.numpy()) for k, v in
+                                            state.items()}
+        model.load_state_dict(given, assign=True)
+        assert not any(p.is_meta for p in model.parameters())
+        outputs.append(model.eval()(lib.tensor(x)).detach().numpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)

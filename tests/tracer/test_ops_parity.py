@@ -958,6 +958,21 @@ def test_repr_matches_torch(make) -> None:
     assert repr(make(kiln)) == repr(make(torch)).replace("torch.", "kiln.")
 
 
+@pytest.mark.parametrize("make", [
+    lambda lib: lib.ones(2), lambda lib: lib.ones(2, dtype=lib.float32), lambda lib: lib.zeros(0),
+    lambda lib: lib.zeros(0, dtype=lib.float32), lambda lib: lib.zeros(0, dtype=lib.int64),
+    lambda lib: lib.empty(2, device="meta"), lambda lib: lib.empty(2, device="meta",
+                                                                   dtype=lib.float32)])
+def test_repr_names_a_dtype_unless_it_is_the_default_one(make) -> None:
+    for lib in (torch, kiln):
+        lib.set_default_dtype(lib.float64)
+    try:
+        assert repr(make(kiln)) == repr(make(torch)).replace("torch.", "kiln.")
+    finally:
+        for lib in (torch, kiln):
+            lib.set_default_dtype(lib.float32)
+
+
 def test_repr_of_results_names_the_grad_fn() -> None:
     x = kiln.ones(2, requires_grad=True)
     text = repr(x * 2)

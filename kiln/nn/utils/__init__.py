@@ -1,5 +1,5 @@
 """`kiln.nn.utils`: gradient clipping, flattening parameters, weight/spectral normalization,
-parametrizations, RNN sequence packing and BatchNorm fusion."""
+parametrizations, RNN sequence packing, BatchNorm fusion and (stateless) functional_call."""
 
 from kiln.nn.utils.clip_grad import (  # noqa: F401
     clip_grad_norm_, clip_grad_value_, clip_grad_norm, clip_grads_with_norm_, get_total_norm)
@@ -13,3 +13,4 @@ from kiln.nn.utils.fusion import (  # noqa: F401,E402
 from kiln.nn.utils.module_init import (  # noqa: F401,E402
     skip_init, convert_conv2d_weight_memory_format, convert_conv3d_weight_memory_format)
 from kiln.nn.utils import prune  # noqa: F401,E402
+from kiln.nn.utils import stateless  # noqa: F401,E402

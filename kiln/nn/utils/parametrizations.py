@@ -129,7 +129,7 @@ def _householder_qr(A: Tensor) -> tuple[Tensor, Tensor]:
     """LAPACK's geqrf of a tall A, by Householder reflections: R on and above the diagonal,
     each reflector's vector (below its implicit leading 1) under it, and the taus."""
     A = A.clone()
-    n, k = A.shape[-2], A.shape[-1]
+    k = A.shape[-1]
     taus = []
     for j in range(k):
         alpha = A[..., j, j]

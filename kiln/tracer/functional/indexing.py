@@ -96,6 +96,8 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         if not data.size:
             return index
         lowest = -n if negative else 0
+        if index.device.type == "meta":       # no values to check: a meta result's shape
+            return P.where(P.lt(index, 0), index + n, index) if negative else index
         if index.device.type != "cpu":
             # on a GPU the check stays on the device until the host next reads its memory;
             # whether any index is negative is not known here, so all are wrapped
@@ -130,7 +132,7 @@ def check_bounds_later(index: Tensor, lowest, size, op: str, kind: type, message
     caller's line and `message` (with `{}` where the offending value goes). `inclusive`: the
     values may equal `size` too (a closed range, such as probabilities in [0, 1])."""
     data = index._data
-    if data.size:
+    if data.size and index.device.type != "meta":         # a meta index has no values
         pending_checks.defer(data.min(), data.max(), lowest, size, op, kind, message,
                              user_location(), inclusive)
 

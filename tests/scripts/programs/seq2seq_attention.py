@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import optim
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SOS_token = 0
 EOS_token = 1
 MAX_LENGTH = 7
@@ -102,7 +103,8 @@ class AttnDecoderRNN(nn.Module):
 
     def forward(self, encoder_outputs, encoder_hidden, target_tensor=None):
         batch_size = encoder_outputs.size(0)
-        decoder_input = torch.empty(batch_size, 1, dtype=torch.long).fill_(SOS_token)
+        decoder_input = torch.empty(batch_size, 1, dtype=torch.long,
+                                    device=device).fill_(SOS_token)
         decoder_hidden = encoder_hidden
         decoder_outputs = []
         attentions = []
@@ -138,7 +140,7 @@ def indexesFromSentence(lang, sentence):
 def tensorFromSentence(lang, sentence):
     indexes = indexesFromSentence(lang, sentence)
     indexes.append(EOS_token)
-    return torch.tensor(indexes, dtype=torch.long).view(1, -1)
+    return torch.tensor(indexes, dtype=torch.long, device=device).view(1, -1)
 
 
 def get_dataloader(pairs, input_lang, output_lang, batch_size):
@@ -152,7 +154,8 @@ def get_dataloader(pairs, input_lang, output_lang, batch_size):
         tgt_ids.append(EOS_token)
         input_ids[idx, :len(inp_ids)] = inp_ids
         target_ids[idx, :len(tgt_ids)] = tgt_ids
-    train_data = TensorDataset(torch.LongTensor(input_ids), torch.LongTensor(target_ids))
+    train_data = TensorDataset(torch.LongTensor(input_ids).to(device),
+                               torch.LongTensor(target_ids).to(device))
     train_sampler = RandomSampler(train_data)
     return DataLoader(train_data, sampler=train_sampler, batch_size=batch_size)
 
@@ -182,8 +185,8 @@ def main(seed=0, compile=False, initial_state=None, dropout=0.1, n_epochs=8, n_p
     pairs = make_pairs(np.random.default_rng(0), n_pairs)
     input_lang, output_lang = prepareData(pairs)
     train_dataloader = get_dataloader(pairs, input_lang, output_lang, batch_size)
-    encoder = EncoderRNN(input_lang.n_words, hidden_size, dropout)
-    decoder = AttnDecoderRNN(hidden_size, output_lang.n_words, dropout)
+    encoder = EncoderRNN(input_lang.n_words, hidden_size, dropout).to(device)
+    decoder = AttnDecoderRNN(hidden_size, output_lang.n_words, dropout).to(device)
     if initial_state is not None:
         encoder.load_state_dict(initial_state["encoder"])
         decoder.load_state_dict(initial_state["decoder"])
