@@ -391,18 +391,20 @@ def test_hooks_hold_for_the_thread_that_entered_them(lib):
     other = {}
 
     def worker():
-        entered.wait()
-        x = lib.tensor(X, requires_grad=True)
-        (x * x).sum().backward()
-        other["grad"] = x.grad.numpy().copy()
-        done.set()
+        try:
+            entered.wait(30)
+            x = lib.tensor(X, requires_grad=True)
+            (x * x).sum().backward()
+            other["grad"] = x.grad.numpy().copy()
+        finally:
+            done.set()
 
     thread = threading.Thread(target=worker)
     thread.start()
     x = lib.tensor(X, requires_grad=True)
     with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
         entered.set()
-        done.wait()
+        done.wait(30)
         y = x.sin()
     thread.join()
     y.sum().backward()
