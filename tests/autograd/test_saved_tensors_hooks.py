@@ -410,3 +410,26 @@ def test_hooks_hold_for_the_thread_that_entered_them(lib):
     y.sum().backward()
     assert calls == {"pack": 1, "unpack": 1}       # the other thread's x * x saved nothing here
     np.testing.assert_allclose(other["grad"], 2 * X, rtol=1e-12)
+
+
+@pytest.mark.parametrize("hooks", ["identity", "numpy"])
+def test_in_place_op_whose_old_value_a_hook_kept(hooks):
+    # h.mul_(w): w's gradient needs h's value before the write, which an identity pack hook
+    # kept as the very tensor the write then changes
+    results = []
+    for lib in (kiln, torch):
+        calls, count_pack, count_unpack = _counting()
+        pack, unpack = (lambda t: t, lambda t: t) if hooks == "identity" else \
+            _numpy_round_trip(lib)
+        x = lib.tensor(X, requires_grad=True)
+        w = lib.tensor(Y, requires_grad=True)
+        h = x * 1
+        with lib.autograd.graph.saved_tensors_hooks(lambda t: count_pack(pack(t)),
+                                                    lambda p: unpack(count_unpack(p))):
+            h.mul_(w)
+            h.exp_()
+        h.sum().backward()
+        results.append((calls, x.grad.numpy().copy(), w.grad.numpy().copy()))
+    assert results[0][0] == results[1][0] == {"pack": 3, "unpack": 3}
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], np.exp(X * Y) * X, rtol=1e-12)
