@@ -505,9 +505,7 @@ def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
 def _check_versions(node: Node) -> None:
     # which of its inputs and output the gradient rule reads: facts of the primitive
     prim = node.prim
-    packed = getattr(node, "packed", None)
-    saved_out = prim.output_of(node.inputs) == SAVED or (packed is not None and -1 in packed)
-    if saved_out and node.out_version is not None and (
+    if prim.output_of(node.inputs) == SAVED and node.out_version is not None and (
             node.out_version[0] != node.out_at):
         raise op_error(
             "backward", "one of the variables needed for gradient computation has been "
@@ -543,9 +541,14 @@ def keep_saved_output(tensor: Tensor) -> None:
     for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
         node = None if t is None else t.grad_fn
         if (node is not None and node.out_version is t._version and node.inputs is not None
-                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None
-                and getattr(node, "packed", None) is None):   # packed: version-checked
-            node.out_data = node.out_data.copy()
+                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None):
+            packed = getattr(node, "packed", None)
+            if packed is not None and -1 in packed:
+                # a saved_tensors_hooks pack took it, and what pack kept may share this memory
+                value = unpack_tensor(packed.pop(-1), node.output(), None, node.name())
+                node.out_data = value._data.copy()
+            else:
+                node.out_data = node.out_data.copy()
             node.out_version = None       # its output no longer shares the tensor's memory
 
 

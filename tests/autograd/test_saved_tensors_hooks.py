@@ -433,3 +433,21 @@ def test_in_place_op_whose_old_value_a_hook_kept(hooks):
     assert results[0][0] == results[1][0] == {"pack": 3, "unpack": 3}
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
     np.testing.assert_allclose(results[0][2], np.exp(X * Y) * X, rtol=1e-12)
+
+
+def test_in_place_write_into_an_output_a_hook_kept():
+    # kiln's div rule reads its output (torch's reads the inputs): writing into the quotient
+    # after an identity pack hook kept it must not change the gradients
+    results = []
+    for lib in (kiln, torch):
+        calls, pack, unpack = _counting()
+        x = lib.tensor(X, requires_grad=True)
+        z = lib.tensor(Y ** 2 + 1, requires_grad=True)
+        with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+            q = x / z
+        q.mul_(3)
+        q.sum().backward()
+        results.append((calls, x.grad.numpy().copy(), z.grad.numpy().copy()))
+    assert results[0][0] == results[1][0] == {"pack": 2, "unpack": 2}
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-12)
