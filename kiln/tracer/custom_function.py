@@ -182,8 +182,6 @@ class Function(metaclass=FunctionMeta):
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         inputs = tuple(args[i] for i in positions)
         tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
-        if tracked and ctx._saved and autograd.saved_hooks_active():
-            ctx._pack_saved(cls.__name__)
         results = []
         for i, o in enumerate(outputs):
             if not isinstance(o, Tensor):
@@ -202,6 +200,9 @@ class Function(metaclass=FunctionMeta):
                 node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)
+        if tracked and ctx._saved and autograd.saved_hooks_active():
+            # after the outputs got their nodes: a saved output keeps its link to its node
+            ctx._pack_saved(cls.__name__)
         if tracked and forward_ad.LEVEL.index is not None and cls.jvp is not Function.jvp:
             _call_jvp(cls, ctx, args, results)
         return results[0] if single else tuple(results)

@@ -451,3 +451,33 @@ def test_in_place_write_into_an_output_a_hook_kept():
     assert results[0][0] == results[1][0] == {"pack": 2, "unpack": 2}
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
     np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-12)
+
+
+def _exp_function(lib):
+    class Exp(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = x.exp()
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            y, = ctx.saved_tensors
+            return g * y
+    return Exp
+
+
+def test_custom_function_saving_its_output_double_backward():
+    results = []
+    for lib in (kiln, torch):
+        pack, unpack = _numpy_round_trip(lib)
+        x = lib.tensor(X, requires_grad=True)
+        with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+            y = _exp_function(lib).apply(x * 2)
+        g, = lib.autograd.grad(y.sum(), x, create_graph=True)
+        g2, = lib.autograd.grad(g.sum(), x)
+        results.append((g.detach().numpy(), g2.numpy()))
+    np.testing.assert_allclose(results[0][0], 2 * np.exp(2 * X), rtol=1e-12)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][1], 4 * np.exp(2 * X), rtol=1e-12)
