@@ -19,8 +19,16 @@ VB = RNG.standard_normal((4, 5))
 ROW = RNG.standard_normal(4)
 TOL = dict(rtol=1e-10, atol=1e-12)
 
+def _in_place(lib, a, b):
+    h = a * 1
+    h[1].mul_(3)                   # a write through a view: the base's history is rebuilt
+    h.add_(b[:3, :4])
+    return h.sin()
+
+
 # each case: (lib, a, b) -> output, with a and b dual
 CASES = {
+    "in_place": _in_place,
     "elementwise": lambda lib, a, b: (a.sin() * a.exp() + a / (1 + a * a)).tanh(),
     "broadcast_constant": lambda lib, a, b: a * lib.tensor(ROW) - lib.tensor(ROW).cos(),
     "matmul": lambda lib, a, b: a @ b,
