@@ -76,9 +76,13 @@ class Node:
         if not isinstance(self.prim, Primitive) or self.inputs is None or \
                 self.prim.output_of(self.inputs) is None:
             return self._not_saved("_saved_result")
-        if self.packed is not None and -1 in self.packed:
-            return _unpack_saved(self)[1]
-        return self.output()
+        packed = getattr(self, "packed", None)
+        out = self.output()
+        if packed is None or -1 not in packed:
+            return out
+        value = unpack_tensor(packed[-1], out, None, self.name())
+        value.grad_fn, value.requires_grad = self, True
+        return value
 
     def _saved_input(self, i: int, name: str) -> Tensor:
         if self.inputs is None:
@@ -87,8 +91,9 @@ class Node:
         if i >= len(self.inputs) or not isinstance(self.inputs[i], Tensor) or (
                 reads is not None and i not in reads):
             return self._not_saved(name)
-        if self.packed is not None and i in self.packed:
-            return unpack_tensor(self.packed[i], self.inputs[i], self.edges[i], self.name())
+        packed = getattr(self, "packed", None)
+        if packed is not None and i in packed:
+            return unpack_tensor(packed[i], self.inputs[i], self.edges[i], self.name())
         return self.inputs[i]
 
     def _not_saved(self, name: str):

@@ -365,6 +365,10 @@ def test_saved_attributes_of_grad_fn(lib):
     np.testing.assert_allclose(y.grad_fn._saved_other.detach().numpy(), Y, rtol=0)
     y.grad_fn._saved_self
     assert calls == {"pack": 2, "unpack": 2}       # each access unpacks
+    with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+        e = (a * 1).exp()                          # mul saves nothing: 1 * a needs no a
+    np.testing.assert_allclose(e.grad_fn._saved_result.detach().numpy(), np.exp(X), rtol=1e-12)
+    assert calls == {"pack": 3, "unpack": 3}
     y.sum().backward()
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         y.grad_fn._saved_self
