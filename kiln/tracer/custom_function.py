@@ -6,6 +6,11 @@ each output's node calls `backward` with that output's gradient and zeros (or No
 `ctx.set_materialize_grads(False)`) for the others; backward is linear in the output
 gradients, so the inputs' gradients sum to the same result as one call with all of them.
 
+Under saved_tensors_hooks what `ctx.save_for_backward` saved is packed once the outputs have
+their nodes and unpacked on each `ctx.saved_tensors`. In a forward AD dual level, a Function
+with a `jvp` staticmethod has it called right after forward; one without has the tangents of
+its outputs derived from its backward (kiln/tracer/forward_ad.py).
+
 Under `@kiln.compile` a custom Function is a graph break: its backward is arbitrary Python the
 traced backward graph could not contain.
 """

@@ -181,7 +181,8 @@ def test_nested_hooks_innermost_wins_like_torch():
         log = []
         x = lib.tensor(X, requires_grad=True)
         hooks = lib.autograd.graph.saved_tensors_hooks
-        with hooks(lambda t: log.append("pack outer") or t, lambda t: log.append("unpack outer") or t):
+        with hooks(lambda t: log.append("pack outer") or t,
+                   lambda t: log.append("unpack outer") or t):
             with hooks(lambda t: log.append("pack inner") or (t, "inner"),
                        lambda p: log.append("unpack inner") or p[0]):
                 h = x.sin()
@@ -273,7 +274,7 @@ def test_save_on_cpu_keeps_cuda_tensors_in_host_memory():
     w = kiln.tensor(W, requires_grad=True, device="cuda")
     hooks = kiln.autograd.graph.save_on_cpu()
     kept = []
-    pack, unpack = hooks.pack_hook, hooks.unpack_hook
+    pack = hooks.pack_hook
     hooks.pack_hook = lambda t: kept.append(pack(t)) or kept[-1]
     with hooks:
         out = (x @ w).sin().sum()
