@@ -486,3 +486,36 @@ def test_custom_function_saving_its_output_double_backward():
     np.testing.assert_allclose(results[0][0], 2 * np.exp(2 * X), rtol=1e-12)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
     np.testing.assert_allclose(results[0][1], 4 * np.exp(2 * X), rtol=1e-12)
+
+
+def test_raw_saved_tensor_register_hooks_like_torch():
+    results = []
+    for lib in (kiln, torch):
+        log = []
+        x = lib.tensor(X, requires_grad=True)
+        y = lib.tensor(Y, requires_grad=True)
+        z = x * y
+        e = z.exp()
+        z.grad_fn._raw_saved_other.register_hooks(lambda t: log.append("pack y") or t * 2,
+                                                  lambda t: log.append("unpack y") or t / 2)
+        e.grad_fn._raw_saved_result.register_hooks(
+            lambda t: log.append("pack e") or t.detach().numpy().copy(),
+            lambda a: log.append("unpack e") or lib.tensor(a))
+        assert log == ["pack y", "pack e"]                  # packed at registration
+        with pytest.raises(RuntimeError, match="hooks have already been set"):
+            z.grad_fn._raw_saved_other.register_hooks(lambda t: t, lambda t: t)
+        with pytest.raises(TypeError):
+            z.grad_fn._raw_saved_self.register_hooks(lambda t: t, 3)
+        np.testing.assert_allclose(z.grad_fn._raw_saved_other.unpack().detach().numpy(), Y,
+                                   rtol=1e-12)
+        e.sum().backward()
+        with pytest.raises(RuntimeError, match="after it has been freed|second time"):
+            z.grad_fn._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
+        results.append((log, x.grad.numpy().copy(), y.grad.numpy().copy()))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-12)
+    with kiln.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        s = kiln.tensor(X, requires_grad=True).sin()
+    with pytest.raises(RuntimeError, match="hooks have already been set"):
+        s.grad_fn._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
