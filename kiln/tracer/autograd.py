@@ -60,12 +60,24 @@ class Node:
         self.hooks = (self.hooks or ()) + (fn,)
 
     # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
-    # where it was packed. kiln names only the common three: the first input (self), the
-    # second (other) and the output (result); PyTorch's op-specific names (mat2, exponent,
-    # ...) are not there.
+    # where it was packed, and _raw_saved_<name>, the SavedTensor whose hooks can be set. kiln
+    # names only the common three: the first input (self), the second (other) and the output
+    # (result); PyTorch's op-specific names (mat2, exponent, ...) are not there.
     @property
     def _saved_self(self) -> Tensor:
         return self._saved_input(0, "_saved_self")
+
+    @property
+    def _raw_saved_self(self) -> "SavedTensor":
+        return SavedTensor(self, self._saved_position(0, "_raw_saved_self"))
+
+    @property
+    def _raw_saved_other(self) -> "SavedTensor":
+        return SavedTensor(self, self._saved_position(1, "_raw_saved_other"))
+
+    @property
+    def _raw_saved_result(self) -> "SavedTensor":
+        return SavedTensor(self, self._saved_position(-1, "_raw_saved_result"))
 
     @property
     def _saved_other(self) -> Tensor:
@@ -73,29 +85,38 @@ class Node:
 
     @property
     def _saved_result(self) -> Tensor:
-        if not isinstance(self.prim, Primitive) or self.inputs is None or \
-                self.prim.output_of(self.inputs) is None:
-            return self._not_saved("_saved_result")
-        if self.packed is not None and -1 in self.packed:
-            return _unpack_saved(self)[1]
-        return self.output()
+        self._saved_position(-1, "_saved_result")
+        packed = getattr(self, "packed", None)
+        out = self.output()
+        if packed is None or -1 not in packed:
+            return out
+        value = unpack_tensor(packed[-1], out, None, self.name())
+        value.grad_fn, value.requires_grad = self, True
+        return value
+
+    def _saved_position(self, i: int, name: str) -> int:
+        """`i` (an input's position, -1 for the output) if the rule reads that value and the
+        graph still holds it; else the error PyTorch gives."""
+        if self.inputs is None:
+            raise op_error(name, _FREED)
+        if i < 0:
+            saved = isinstance(self.prim, Primitive) and \
+                self.prim.output_of(self.inputs) is not None
+        else:
+            reads = self.prim.reads_of(self.inputs)
+            saved = i < len(self.inputs) and isinstance(self.inputs[i], Tensor) and (
+                reads is None or i in reads)
+        if not saved:
+            raise AttributeError(f"'{self.name()}' object has no attribute '{name}' (its "
+                                 "gradient rule does not read that value)")
+        return i
 
     def _saved_input(self, i: int, name: str) -> Tensor:
-        if self.inputs is None:
-            raise op_error(name, _FREED)
-        reads = self.prim.reads_of(self.inputs)
-        if i >= len(self.inputs) or not isinstance(self.inputs[i], Tensor) or (
-                reads is not None and i not in reads):
-            return self._not_saved(name)
-        if self.packed is not None and i in self.packed:
-            return unpack_tensor(self.packed[i], self.inputs[i], self.edges[i], self.name())
+        self._saved_position(i, name)
+        packed = getattr(self, "packed", None)
+        if packed is not None and i in packed:
+            return unpack_tensor(packed[i], self.inputs[i], self.edges[i], self.name())
         return self.inputs[i]
-
-    def _not_saved(self, name: str):
-        if self.inputs is None:
-            raise op_error(name, _FREED)
-        raise AttributeError(f"'{self.name()}' object has no attribute '{name}' (its gradient "
-                             "rule does not read that value)")
 
     def output(self) -> Tensor:
         """The node's output as a tensor that is still attached to this node."""
@@ -213,10 +234,10 @@ def saved_hooks_active() -> bool:
     return bool(HOOKED[0] and STATE.saved_hooks)
 
 
-def pack_tensor(t: Tensor) -> tuple:
-    """`t` through the innermost pack hook: (what pack returned, the paired unpack hook).
-    Pack runs with grad mode off (as in PyTorch), so the ops of a hook record no nodes."""
-    pack, unpack = STATE.saved_hooks[-1]
+def pack_tensor(t: Tensor, hooks: tuple | None = None) -> tuple:
+    """`t` through the innermost pack hook (or `hooks`' pack): (what pack returned, the paired
+    unpack hook). Pack runs with grad mode off (as in PyTorch): a hook's ops record no nodes."""
+    pack, unpack = STATE.saved_hooks[-1] if hooks is None else hooks
     prev = STATE.grad_enabled
     STATE.grad_enabled = False
     try:
@@ -293,6 +314,41 @@ def _unpack_saved(node: Node) -> tuple:
         value.grad_fn, value.requires_grad, value._trace = node, True, node.out_trace
         out = value
     return tuple(inputs), out
+
+
+class SavedTensor:
+    """`grad_fn._raw_saved_<name>`: one value a node saved, whose hooks can be set for it alone
+    (torch.autograd.SavedTensor): `register_hooks` packs it now, and backward unpacks it."""
+
+    def __init__(self, node: Node, position: int):
+        self._node, self._position = node, position      # position -1: the node's output
+
+    def register_hooks(self, pack_hook, unpack_hook) -> None:
+        if not (callable(pack_hook) and callable(unpack_hook)):
+            raise TypeError("register_hooks() expects two callables, pack_hook and unpack_hook")
+        node, i = self._node, self._position
+        if node.inputs is None:
+            raise RuntimeError("Calling register_hooks on a saved tensor after it has been "
+                               "freed. " + _FREED.split(". ", 1)[1])
+        packed = node.packed or {}
+        if i in packed:
+            raise RuntimeError("Calling register_hooks on a saved tensor whose hooks have "
+                               "already been set. Hint: only one pair of hooks is allowed at "
+                               "a time.")
+        if i >= 0:
+            tensor = node.inputs[i]
+            packed[i] = pack_tensor(tensor, (pack_hook, unpack_hook))
+            node.inputs = node.inputs[:i] + (stand_in(tensor),) + node.inputs[i + 1:]
+        else:
+            out = node.output()
+            packed[-1] = pack_tensor(out, (pack_hook, unpack_hook))
+            node.out_data = stand_in(out)._data
+        node.packed = packed
+
+    def unpack(self) -> Tensor:
+        """The saved value (through its unpack hook, if it has one)."""
+        return {0: Node._saved_self, 1: Node._saved_other,
+                -1: Node._saved_result}[self._position].fget(self._node)
 
 
 # the identity, as the grad_fn that links an unpacked (or dual) tensor to the saved one's history
@@ -505,9 +561,7 @@ def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
 def _check_versions(node: Node) -> None:
     # which of its inputs and output the gradient rule reads: facts of the primitive
     prim = node.prim
-    packed = getattr(node, "packed", None)
-    saved_out = prim.output_of(node.inputs) == SAVED or (packed is not None and -1 in packed)
-    if saved_out and node.out_version is not None and (
+    if prim.output_of(node.inputs) == SAVED and node.out_version is not None and (
             node.out_version[0] != node.out_at):
         raise op_error(
             "backward", "one of the variables needed for gradient computation has been "
@@ -543,9 +597,14 @@ def keep_saved_output(tensor: Tensor) -> None:
     for t in (tensor, None if tensor._base is None else view_origin(tensor)[0]):
         node = None if t is None else t.grad_fn
         if (node is not None and node.out_version is t._version and node.inputs is not None
-                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None
-                and getattr(node, "packed", None) is None):   # packed: version-checked
-            node.out_data = node.out_data.copy()
+                and node.prim.output_of(node.inputs) == COPIED and node.out_data is not None):
+            packed = getattr(node, "packed", None)
+            if packed is not None and -1 in packed:
+                # a saved_tensors_hooks pack took it, and what pack kept may share this memory
+                value = unpack_tensor(packed.pop(-1), node.output(), None, node.name())
+                node.out_data = value._data.copy()
+            else:
+                node.out_data = node.out_data.copy()
             node.out_version = None       # its output no longer shares the tensor's memory
 
 

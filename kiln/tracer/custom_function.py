@@ -6,6 +6,11 @@ each output's node calls `backward` with that output's gradient and zeros (or No
 `ctx.set_materialize_grads(False)`) for the others; backward is linear in the output
 gradients, so the inputs' gradients sum to the same result as one call with all of them.
 
+Under saved_tensors_hooks what `ctx.save_for_backward` saved is packed once the outputs have
+their nodes and unpacked on each `ctx.saved_tensors`. In a forward AD dual level, a Function
+with a `jvp` staticmethod has it called right after forward; one without has the tangents of
+its outputs derived from its backward (kiln/tracer/forward_ad.py).
+
 Under `@kiln.compile` a custom Function is a graph break: its backward is arbitrary Python the
 traced backward graph could not contain.
 """
@@ -182,8 +187,6 @@ class Function(metaclass=FunctionMeta):
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         inputs = tuple(args[i] for i in positions)
         tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
-        if tracked and ctx._saved and autograd.saved_hooks_active():
-            ctx._pack_saved(cls.__name__)
         results = []
         for i, o in enumerate(outputs):
             if not isinstance(o, Tensor):
@@ -202,6 +205,9 @@ class Function(metaclass=FunctionMeta):
                 node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)
+        if tracked and ctx._saved and autograd.saved_hooks_active():
+            # after the outputs got their nodes: a saved output keeps its link to its node
+            ctx._pack_saved(cls.__name__)
         if tracked and forward_ad.LEVEL.index is not None and cls.jvp is not Function.jvp:
             _call_jvp(cls, ctx, args, results)
         return results[0] if single else tuple(results)

@@ -77,7 +77,14 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         for i, a in enumerate(node.inputs):
             if (isinstance(a, Tensor) and a._version is self._version and id(a) not in snaps
                     and (read is None or i in read)):
-                snap = Tensor._make(a._data.copy(), a.dtype, a.device)
+                packed = getattr(node, "packed", None)
+                if packed and i in packed:
+                    # a saved_tensors_hooks pack took it, and what pack kept may share the
+                    # memory this write changes: the node keeps a copy of the unpacked value
+                    value = autograd.unpack_tensor(packed.pop(i), a, None, node.name())
+                    snap = Tensor._make(value._data.copy(), a.dtype, a.device)
+                else:
+                    snap = Tensor._make(a._data.copy(), a.dtype, a.device)
                 snap.requires_grad, snap.grad_fn, snap._trace = (a.requires_grad, a.grad_fn,
                                                                  a._trace)
                 snaps[id(a)] = snap

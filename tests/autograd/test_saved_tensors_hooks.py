@@ -181,7 +181,8 @@ def test_nested_hooks_innermost_wins_like_torch():
         log = []
         x = lib.tensor(X, requires_grad=True)
         hooks = lib.autograd.graph.saved_tensors_hooks
-        with hooks(lambda t: log.append("pack outer") or t, lambda t: log.append("unpack outer") or t):
+        with hooks(lambda t: log.append("pack outer") or t,
+                   lambda t: log.append("unpack outer") or t):
             with hooks(lambda t: log.append("pack inner") or (t, "inner"),
                        lambda p: log.append("unpack inner") or p[0]):
                 h = x.sin()
@@ -273,7 +274,7 @@ def test_save_on_cpu_keeps_cuda_tensors_in_host_memory():
     w = kiln.tensor(W, requires_grad=True, device="cuda")
     hooks = kiln.autograd.graph.save_on_cpu()
     kept = []
-    pack, unpack = hooks.pack_hook, hooks.unpack_hook
+    pack = hooks.pack_hook
     hooks.pack_hook = lambda t: kept.append(pack(t)) or kept[-1]
     with hooks:
         out = (x @ w).sin().sum()
@@ -365,6 +366,10 @@ def test_saved_attributes_of_grad_fn(lib):
     np.testing.assert_allclose(y.grad_fn._saved_other.detach().numpy(), Y, rtol=0)
     y.grad_fn._saved_self
     assert calls == {"pack": 2, "unpack": 2}       # each access unpacks
+    with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+        e = (a * 1).exp()                          # mul saves nothing: 1 * a needs no a
+    np.testing.assert_allclose(e.grad_fn._saved_result.detach().numpy(), np.exp(X), rtol=1e-12)
+    assert calls == {"pack": 3, "unpack": 3}
     y.sum().backward()
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         y.grad_fn._saved_self
@@ -391,20 +396,126 @@ def test_hooks_hold_for_the_thread_that_entered_them(lib):
     other = {}
 
     def worker():
-        entered.wait()
-        x = lib.tensor(X, requires_grad=True)
-        (x * x).sum().backward()
-        other["grad"] = x.grad.numpy().copy()
-        done.set()
+        try:
+            entered.wait(30)
+            x = lib.tensor(X, requires_grad=True)
+            (x * x).sum().backward()
+            other["grad"] = x.grad.numpy().copy()
+        finally:
+            done.set()
 
     thread = threading.Thread(target=worker)
     thread.start()
     x = lib.tensor(X, requires_grad=True)
     with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
         entered.set()
-        done.wait()
+        done.wait(30)
         y = x.sin()
     thread.join()
     y.sum().backward()
     assert calls == {"pack": 1, "unpack": 1}       # the other thread's x * x saved nothing here
     np.testing.assert_allclose(other["grad"], 2 * X, rtol=1e-12)
+
+
+@pytest.mark.parametrize("hooks", ["identity", "numpy"])
+def test_in_place_op_whose_old_value_a_hook_kept(hooks):
+    # h.mul_(w): w's gradient needs h's value before the write, which an identity pack hook
+    # kept as the very tensor the write then changes
+    results = []
+    for lib in (kiln, torch):
+        calls, count_pack, count_unpack = _counting()
+        pack, unpack = (lambda t: t, lambda t: t) if hooks == "identity" else \
+            _numpy_round_trip(lib)
+        x = lib.tensor(X, requires_grad=True)
+        w = lib.tensor(Y, requires_grad=True)
+        h = x * 1
+        with lib.autograd.graph.saved_tensors_hooks(lambda t: count_pack(pack(t)),
+                                                    lambda p: unpack(count_unpack(p))):
+            h.mul_(w)
+            h.exp_()
+        h.sum().backward()
+        results.append((calls, x.grad.numpy().copy(), w.grad.numpy().copy()))
+    assert results[0][0] == results[1][0] == {"pack": 3, "unpack": 3}
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], np.exp(X * Y) * X, rtol=1e-12)
+
+
+def test_in_place_write_into_an_output_a_hook_kept():
+    # kiln's div rule reads its output (torch's reads the inputs): writing into the quotient
+    # after an identity pack hook kept it must not change the gradients
+    results = []
+    for lib in (kiln, torch):
+        calls, pack, unpack = _counting()
+        x = lib.tensor(X, requires_grad=True)
+        z = lib.tensor(Y ** 2 + 1, requires_grad=True)
+        with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+            q = x / z
+        q.mul_(3)
+        q.sum().backward()
+        results.append((calls, x.grad.numpy().copy(), z.grad.numpy().copy()))
+    assert results[0][0] == results[1][0] == {"pack": 2, "unpack": 2}
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-12)
+
+
+def _exp_function(lib):
+    class Exp(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = x.exp()
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            y, = ctx.saved_tensors
+            return g * y
+    return Exp
+
+
+def test_custom_function_saving_its_output_double_backward():
+    results = []
+    for lib in (kiln, torch):
+        pack, unpack = _numpy_round_trip(lib)
+        x = lib.tensor(X, requires_grad=True)
+        with lib.autograd.graph.saved_tensors_hooks(pack, unpack):
+            y = _exp_function(lib).apply(x * 2)
+        g, = lib.autograd.grad(y.sum(), x, create_graph=True)
+        g2, = lib.autograd.grad(g.sum(), x)
+        results.append((g.detach().numpy(), g2.numpy()))
+    np.testing.assert_allclose(results[0][0], 2 * np.exp(2 * X), rtol=1e-12)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][1], 4 * np.exp(2 * X), rtol=1e-12)
+
+
+def test_raw_saved_tensor_register_hooks_like_torch():
+    results = []
+    for lib in (kiln, torch):
+        log = []
+        x = lib.tensor(X, requires_grad=True)
+        y = lib.tensor(Y, requires_grad=True)
+        z = x * y
+        e = z.exp()
+        z.grad_fn._raw_saved_other.register_hooks(lambda t: log.append("pack y") or t * 2,
+                                                  lambda t: log.append("unpack y") or t / 2)
+        e.grad_fn._raw_saved_result.register_hooks(
+            lambda t: log.append("pack e") or t.detach().numpy().copy(),
+            lambda a: log.append("unpack e") or lib.tensor(a))
+        assert log == ["pack y", "pack e"]                  # packed at registration
+        with pytest.raises(RuntimeError, match="hooks have already been set"):
+            z.grad_fn._raw_saved_other.register_hooks(lambda t: t, lambda t: t)
+        with pytest.raises(TypeError):
+            z.grad_fn._raw_saved_self.register_hooks(lambda t: t, 3)
+        np.testing.assert_allclose(z.grad_fn._raw_saved_other.unpack().detach().numpy(), Y,
+                                   rtol=1e-12)
+        e.sum().backward()
+        with pytest.raises(RuntimeError, match="after it has been freed|second time"):
+            z.grad_fn._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
+        results.append((log, x.grad.numpy().copy(), y.grad.numpy().copy()))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-12)
+    with kiln.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        s = kiln.tensor(X, requires_grad=True).sin()
+    with pytest.raises(RuntimeError, match="hooks have already been set"):
+        s.grad_fn._raw_saved_self.register_hooks(lambda t: t, lambda t: t)
