@@ -165,12 +165,6 @@ class Module:
             raise TypeError(f"`module` is not an nn.Module, found {type(module)}")
         setattr(parent, name, module)
 
-    def to_empty(self, *, device=None, recurse: bool = True) -> "Module":
-        """Every parameter and buffer replaced by uninitialized memory on `device`."""
-        return self._apply(lambda t: kiln.empty(*t.shape, dtype=t.dtype,
-                                                device=device if device is not None
-                                                else t.device))
-
     def share_memory(self) -> "Module":
         """A no-op returning self: kiln.multiprocessing shares tensors when they are sent."""
         return self
@@ -410,10 +404,11 @@ class Module:
         return self
 
     # ------------------------------------------------------------------ conversion
-    def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Module":
-        """Convert every parameter, gradient and buffer in place, keeping Parameter identity
-        (so an optimizer built before `.to()` still holds the same objects)."""
-        for module in self.modules():
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "Module":
+        """Convert every parameter, gradient and buffer in place (only this module's own with
+        recurse=False), keeping Parameter identity (so an optimizer built before `.to()` still
+        holds the same objects)."""
+        for module in self.modules() if recurse else (self,):
             for name, param in module._parameters.items():
                 if param is None:
                     continue
@@ -458,10 +453,7 @@ class Module:
     def to_empty(self, *, device, recurse: bool = True) -> "Module":
         """Give every parameter and buffer new, uninitialized storage on `device` (zeros in
         kiln), keeping shapes and dtypes: how a module built on the meta device gets memory."""
-        if not recurse:
-            raise NotImplementedError("Module.to_empty(recurse=False) is not supported: kiln "
-                                      "moves the whole module")
-        return self._apply(lambda t: kiln.empty_like(t, device=device))
+        return self._apply(lambda t: kiln.empty_like(t, device=device), recurse=recurse)
 
     def cuda(self, device=None) -> "Module":
         return self.to(f"cuda:{device}" if isinstance(device, int) else (device or "cuda"))

@@ -182,3 +182,16 @@ def test_a_meta_model_takes_real_weights_with_load_state_dict_assign():
         assert not any(p.is_meta for p in model.parameters())
         outputs.append(model.eval()(lib.tensor(x)).detach().numpy())
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+
+
+def test_to_empty_without_recursing_gives_storage_to_the_module_itself_only():
+    model = kiln.nn.Sequential(kiln.nn.Linear(3, 2), kiln.nn.Linear(2, 1)).to("meta")
+    model.register_parameter("scale", kiln.nn.Parameter(kiln.ones(2, device="meta")))
+    model.to_empty(device="cpu", recurse=False)
+    assert not model.scale.is_meta
+    assert model[0].weight.is_meta and model[1].bias.is_meta
+    tm = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)).to("meta")
+    tm.register_parameter("scale", torch.nn.Parameter(torch.ones(2, device="meta")))
+    tm.to_empty(device="cpu", recurse=False)
+    assert (tm.scale.is_meta, tm[0].weight.is_meta) == (model.scale.is_meta,
+                                                        model[0].weight.is_meta)
