@@ -14,7 +14,7 @@ from kiln.runtime import pending_checks
 from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, result_type, zeros)
-from kiln.tracer.functional.shapes import broadcast_tensors, expand, reshape, unsqueeze
+from kiln.tracer.functional.shapes import _own_memory, broadcast_tensors, expand, reshape, unsqueeze
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -59,7 +59,7 @@ def repeat_interleave(input, repeats, dim=None):
     shape = tuple(input.shape)
     x = unsqueeze(input, d + 1)
     x = expand(x, shape[:d + 1] + (repeats,) + shape[d + 1:])
-    return reshape(x, shape[:d] + (shape[d] * repeats,) + shape[d + 1:])
+    return _own_memory(reshape(x, shape[:d] + (shape[d] * repeats,) + shape[d + 1:]))
 
 
 

@@ -252,7 +252,7 @@ def repeat(input, *sizes):
     inter = tuple(v for r, d in zip(sizes, shape) for v in (1, d))
     target = tuple(v for r, d in zip(sizes, shape) for v in (r, d))
     out = P.expand(P.reshape(x, shape=inter), shape=target)
-    return P.reshape(out, shape=tuple(r * d for r, d in zip(sizes, shape)))
+    return _own_memory(P.reshape(out, shape=tuple(r * d for r, d in zip(sizes, shape))))
 
 
 def tile(input, dims):
@@ -382,10 +382,22 @@ def select(input, dim, index):
     return squeeze(_slice_dim(input, d, i, i + 1), d)
 
 
+def _own_memory(t):
+    """`t` in row-major memory of its own: the result of an op PyTorch defines as a copy
+    (flip, repeat, repeat_interleave) whose NumPy form may be a view of its input, through
+    which an in-place write would reach the input."""
+    if t._base is None and t._data.flags.owndata and t._data.flags.c_contiguous:
+        return t
+    out = P.cast(t, dtype=t.dtype)          # a copy autograd and the tracer see
+    if not out._data.flags.c_contiguous:
+        out._data = out.device.xp.ascontiguousarray(out._data)
+    return out
+
+
 def flip(input, dims):
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     axes = tuple(_norm_dim(a, input.ndim) for a in dims)
-    return P.flip(input, axes=axes) if input.ndim else input.clone()
+    return _own_memory(P.flip(input, axes=axes)) if input.ndim else input.clone()
 
 
 def fliplr(input):

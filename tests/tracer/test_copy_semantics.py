@@ -1,0 +1,56 @@
+"""Ops PyTorch defines as copies (flip, fliplr, flipud, rot90, repeat, tile, repeat_interleave)
+give memory of their own in kiln too: NumPy's forms of some are views, through which an
+in-place write reached the input (x.flip(0).add_(1) changed x) or was refused (repeat)."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+COPIES = {
+    "flip": lambda lib, x: x.flip(0),
+    "fliplr": lambda lib, x: lib.fliplr(x),
+    "flipud": lambda lib, x: lib.flipud(x),
+    "rot90": lambda lib, x: lib.rot90(x, 1, (0, 1)),
+    "rot90_2": lambda lib, x: lib.rot90(x, 2, (0, 1)),
+    "repeat_ones": lambda lib, x: x.repeat(1, 1),
+    "repeat_rows": lambda lib, x: x[:1].repeat(4, 1),
+    "tile": lambda lib, x: lib.tile(x, (1, 2)),
+    "repeat_interleave_1": lambda lib, x: x.repeat_interleave(1, 0),
+    "repeat_interleave_2": lambda lib, x: x.repeat_interleave(2, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COPIES))
+def test_a_write_into_the_result_leaves_the_input_alone_as_in_torch(name):
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+        y = COPIES[name](lib, x)
+        y.add_(100)
+        seen.append((x.tolist(), y.tolist(), tuple(y.stride())))
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("name", sorted(COPIES))
+def test_gradients_and_compiled_writes_through_the_copy(name):
+    def f(x):
+        y = COPIES[name](kiln, x * 1.0)
+        y.mul_(2)
+        return (y * y).sum() + x.sum()
+    data = np.random.default_rng(0).standard_normal((2, 3))
+    results = []
+    for fn in (f, kiln.compile(f), kiln.compile(f)):
+        x = kiln.tensor(data, requires_grad=True)
+        out = fn(x)
+        out.backward()
+        results.append((out.item(), x.grad.numpy().copy()))
+    tx = torch.tensor(data, requires_grad=True)
+    ty = COPIES[name](torch, tx * 1.0)
+    ty.mul_(2)
+    tout = (ty * ty).sum() + tx.sum()
+    tout.backward()
+    for value, grad in results:
+        np.testing.assert_allclose(value, tout.item(), rtol=1e-12)
+        np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-12)
