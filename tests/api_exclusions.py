@@ -151,7 +151,7 @@ resize
 """)
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")
-_group(T, COMPLEX, "imag cdouble cfloat chalf stft istft")
+_group(T, COMPLEX, "cdouble cfloat chalf stft istft")
 _group(T, "kiln has no bfloat16/int8/int16 dtype", "bfloat16 char short")
 _group(T, COPY, "narrow_copy")
 _group(T, ATEN, "slice_inverse")

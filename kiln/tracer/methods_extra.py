@@ -38,12 +38,21 @@ logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminma
 dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
 diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
 masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoef
-nonzero_static real igamma igammac
+nonzero_static igamma igammac
 """.split()
 
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
+
+
+def _imag(self):
+    raise RuntimeError("imag is not implemented for tensors with non-complex dtypes.")
+
+
+# attributes in PyTorch, not methods: a real tensor's real part is itself, it has no imag
+_METHODS["real"] = property(lambda self: self)
+_METHODS["imag"] = property(_imag)
 _METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
 _METHODS["ger"] = F.outer
 _METHODS["divide_"] = _inplace(F.div, "divide_")

@@ -54,3 +54,12 @@ def test_gradients_and_compiled_writes_through_the_copy(name):
     for value, grad in results:
         np.testing.assert_allclose(value, tout.item(), rtol=1e-12)
         np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-12)
+
+
+def test_real_is_an_attribute_and_imag_refuses_as_for_a_real_torch_tensor():
+    for lib in (torch, kiln):
+        x = lib.tensor([1.0, -2.0])
+        x.real.add_(1)                          # the real part of a real tensor is itself
+        assert x.tolist() == [2.0, -1.0]
+        with pytest.raises(RuntimeError, match="imag is not implemented"):
+            x.imag
