@@ -33,10 +33,11 @@ from kiln.tracer import autograd as _autograd
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-# what the forward keeps per time step for the rule, by mode (`prev_h`: the state h_{t-1} the
-# step read, in the direction's order)
-_SAVED = {"LSTM": ("prev_h", "prev_c", "si", "sf", "tg", "so", "tc"),
-          "GRU": ("prev_h", "r", "z", "n", "hw_n"),
+# what the forward keeps per time step for the rule, by mode: the state the step read (h_{t-1}
+# in the direction's order; c too), the sigmoids of all gates (LSTM: i, f, (g), o; GRU: r, z),
+# the tanh of LSTM's g and c' and GRU's n, GRU's W_hn h + b_hn, an RNN's output
+_SAVED = {"LSTM": ("prev_h", "prev_c", "sig", "tg", "tc"),
+          "GRU": ("prev_h", "rz", "n", "hw_n"),
           "RNN_TANH": ("prev_h", "act"), "RNN_RELU": ("prev_h", "act")}
 
 
@@ -71,6 +72,10 @@ class _Arrays:
     def t(w):
         return w.T
 
+    @staticmethod
+    def weight_t(w):
+        return np.ascontiguousarray(w.T)    # h @ W^T: a third faster than through the view
+
 
 class _TensorOps:
     """Differentiable tensor ops, for a rule that is itself differentiated."""
@@ -94,6 +99,8 @@ class _TensorOps:
     def t(w):
         return w.transpose(0, 1)
 
+    weight_t = t
+
 
 def _forward(ops, mode: str, reverse: bool, xw, h, c, w_hh, b_hh, running, alive):
     """The sequence: (outputs per time step, final h, final c, what the rule needs per time
@@ -101,7 +108,7 @@ def _forward(ops, mode: str, reverse: bool, xw, h, c, w_hh, b_hh, running, alive
     same as 0/1 in xw's dtype; past its end a sequence's state stays and its output is 0, as
     in the per-step path (`_keep_running`)."""
     steps, hidden = xw.shape[0], w_hh.shape[1]
-    w_t = ops.t(w_hh)
+    w_t = ops.weight_t(w_hh)
     outs = [None] * steps
     saved = {name: [None] * steps for name in _SAVED[mode]}
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
@@ -109,23 +116,20 @@ def _forward(ops, mode: str, reverse: bool, xw, h, c, w_hh, b_hh, running, alive
         saved["prev_h"][t] = h
         if mode == "LSTM":
             gates = x + h @ w_t
-            si, sf = ops.sigmoid(gates[..., :hidden]), ops.sigmoid(gates[..., hidden:2 * hidden])
-            tg, so = ops.tanh(gates[..., 2 * hidden:3 * hidden]), ops.sigmoid(
-                gates[..., 3 * hidden:])
-            new_c = sf * c + si * tg
+            sig = ops.sigmoid(gates)            # one call for i, f and o (g's is not used)
+            tg = ops.tanh(gates[..., 2 * hidden:3 * hidden])
+            new_c = sig[..., hidden:2 * hidden] * c + sig[..., :hidden] * tg
             tc = ops.tanh(new_c)
-            new_h = so * tc
-            saved["prev_c"][t], saved["si"][t], saved["sf"][t] = c, si, sf
-            saved["tg"][t], saved["so"][t], saved["tc"][t] = tg, so, tc
+            new_h = sig[..., 3 * hidden:] * tc
+            saved["prev_c"][t], saved["sig"][t], saved["tg"][t], saved["tc"][t] = c, sig, tg, tc
             c = new_c if running is None else ops.where(running[t], new_c, c)
         elif mode == "GRU":
             hw = h @ w_t if b_hh is None else h @ w_t + b_hh
-            r = ops.sigmoid(x[..., :hidden] + hw[..., :hidden])
-            z = ops.sigmoid(x[..., hidden:2 * hidden] + hw[..., hidden:2 * hidden])
-            hw_n = hw[..., 2 * hidden:]
-            n = ops.tanh(x[..., 2 * hidden:] + r * hw_n)
+            rz = ops.sigmoid(x[..., :2 * hidden] + hw[..., :2 * hidden])
+            z, hw_n = rz[..., hidden:], hw[..., 2 * hidden:]
+            n = ops.tanh(x[..., 2 * hidden:] + rz[..., :hidden] * hw_n)
             new_h = (1 - z) * n + z * h
-            saved["r"][t], saved["z"][t], saved["n"][t], saved["hw_n"][t] = r, z, n, hw_n
+            saved["rz"][t], saved["n"][t], saved["hw_n"][t] = rz, n, hw_n
         else:
             pre = x + h @ w_t
             new_h = ops.relu(pre) if mode == "RNN_RELU" else ops.tanh(pre)
@@ -135,13 +139,29 @@ def _forward(ops, mode: str, reverse: bool, xw, h, c, w_hh, b_hh, running, alive
     return outs, h, c, saved
 
 
-def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, prev_h, alive, d_out, dh, dc):
+def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, alive, d_out, dh, dc):
     """The gradients of xw (T, B, G*H), h0, c0 (LSTM), w_hh and b_hh (GRU) from those of the
-    outputs (`d_out`, per time step) and of the final h and c. `prev_h`: the states the steps
-    read, stacked (T, B, H); `alive`: as for `_forward`. W_hh's gradient is one matmul over all
-    T*B rows of the gate gradients."""
-    steps = len(saved["prev_h"])
+    outputs (`d_out`, per time step) and of the final h and c; `saved`: what `_forward` kept,
+    each stacked over time, and `alive` as for `_forward`. The pointwise factors are computed
+    for all steps at once, so each step is a few products and the matmul for h's gradient;
+    W_hh's gradient is one matmul over all T*B rows of the gate gradients."""
+    steps, hidden = saved["prev_h"].shape[0], w_hh.shape[1]
     lstm, gru = mode == "LSTM", mode == "GRU"
+    if lstm:
+        sig, tg, tc = saved["sig"], saved["tg"], saved["tc"]
+        si, sf, so = sig[..., :hidden], sig[..., hidden:2 * hidden], sig[..., 3 * hidden:]
+        f_o, f_c = tc * so * (1 - so), so * (1 - tc * tc)     # dh -> do, dh -> dc
+        f_i, f_f = tg * si * (1 - si), saved["prev_c"] * sf * (1 - sf)      # dc -> di, df
+        f_g = si * (1 - tg * tg)                                            # dc -> dg
+    elif gru:
+        rz, n = saved["rz"], saved["n"]
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        f_n = (1 - z) * (1 - n * n)                                         # dh -> dn
+        f_z = (saved["prev_h"] - n) * z * (1 - z)                           # dh -> dz
+        f_r = saved["hw_n"] * r * (1 - r)                                   # dn -> dr
+    else:
+        act = saved["act"]
+        f_act = ops.positive(act) if mode == "RNN_RELU" else 1 - act * act
     d_x = [None] * steps
     d_hw = [None] * steps if gru else d_x      # the gradient of h W_hh^T (+ b_hh) per step
     for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
@@ -152,25 +172,19 @@ def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, prev_h, alive, d
             if lstm:
                 skip_c, dc = dc * (1 - alive[t]), dc * alive[t]
         if lstm:
-            si, sf, tg = saved["si"][t], saved["sf"][t], saved["tg"][t]
-            so, tc = saved["so"][t], saved["tc"][t]
-            d_o = dh * tc * so * (1 - so)
-            dc = dc + dh * so * (1 - tc * tc)
-            d_x[t] = ops.cat([dc * tg * si * (1 - si), dc * saved["prev_c"][t] * sf * (1 - sf),
-                              dc * si * (1 - tg * tg), d_o])
-            dc = dc * sf
+            d_o = dh * f_o[t]
+            dc = dc + dh * f_c[t]
+            d_x[t] = ops.cat([dc * f_i[t], dc * f_f[t], dc * f_g[t], d_o])
+            dc = dc * sf[t]
             dh = d_x[t] @ w_hh
         elif gru:
-            r, z, n, hw_n = saved["r"][t], saved["z"][t], saved["n"][t], saved["hw_n"][t]
-            d_n = dh * (1 - z) * (1 - n * n)
-            d_z = (dh * saved["prev_h"][t] - dh * n) * z * (1 - z)
-            d_r = d_n * hw_n * r * (1 - r)
-            d_x[t] = ops.cat([d_r, d_z, d_n])
-            d_hw[t] = ops.cat([d_r, d_z, d_n * r])       # the reset gate scales W_hn h + b_hn
-            dh = dh * z + d_hw[t] @ w_hh
+            d_n = dh * f_n[t]
+            d_rz = ops.cat([d_n * f_r[t], dh * f_z[t]])
+            d_x[t] = ops.cat([d_rz, d_n])
+            d_hw[t] = ops.cat([d_rz, d_n * r[t]])       # the reset gate scales W_hn h + b_hn
+            dh = dh * z[t] + d_hw[t] @ w_hh
         else:
-            act = saved["act"][t]
-            d_x[t] = dh * (ops.positive(act) if mode == "RNN_RELU" else 1 - act * act)
+            d_x[t] = dh * f_act[t]
             dh = d_x[t] @ w_hh
         if alive is not None:
             dh = dh + skip_h
@@ -179,6 +193,7 @@ def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, prev_h, alive, d
     d_x = ops.stack(d_x)
     d_hw = ops.stack(d_hw) if gru else d_x
     rows = d_hw.reshape(-1, d_hw.shape[-1])
+    prev_h = saved["prev_h"]
     d_w = ops.t(rows) @ prev_h.reshape(-1, prev_h.shape[-1])
     return d_x, dh, dc if lstm else None, d_w, rows.sum(0) if gru else None
 
@@ -237,8 +252,8 @@ def _grad(g, out, xw, h0, c0, w_hh, b_hh, *kept, mode, reverse, running):
         alive = None if running is None else running.astype(gd.dtype)
         saved = {name: t._data for name, t in zip(_SAVED[mode], kept)}
         with np.errstate(all="ignore"):
-            grads = _backward(_Arrays, mode, reverse, w_hh._data, saved, saved["prev_h"],
-                              alive, gd[:steps], gd[steps], gd[steps + 1] if lstm else None)
+            grads = _backward(_Arrays, mode, reverse, w_hh._data, saved, alive, gd[:steps],
+                              gd[steps], gd[steps + 1] if lstm else None)
         grads = tuple(None if a is None else Tensor._make(a, xw.dtype, CPU) for a in grads)
     else:
         # the rule is itself differentiated (create_graph, forward-mode AD): the sequence
@@ -247,8 +262,9 @@ def _grad(g, out, xw, h0, c0, w_hh, b_hh, *kept, mode, reverse, running):
         mask = None if running is None else Tensor._make(running, dt.bool_, CPU)
         alive = None if mask is None else mask.to(xw.dtype)
         _, _, _, saved = _forward(ops, mode, reverse, xw, h0, c0, w_hh, b_hh, mask, alive)
-        grads = _backward(ops, mode, reverse, w_hh, saved, ops.stack(saved["prev_h"]), alive,
-                          g[:steps], g[steps], g[steps + 1] if lstm else None)
+        saved = {name: ops.stack(parts) for name, parts in saved.items()}
+        grads = _backward(ops, mode, reverse, w_hh, saved, alive, g[:steps], g[steps],
+                          g[steps + 1] if lstm else None)
     d_x, dh, dc, d_w, d_b = grads
     return (d_x, dh, dc, d_w, d_b) + (None,) * len(kept)
 
