@@ -114,11 +114,32 @@ def test_unbatched_input_and_no_grad_match_torch(mode):
     x = np.random.default_rng(2).standard_normal((5, 3))
     out, state = mine(kiln.tensor(x, requires_grad=True))
     want, want_state = ref(torch.tensor(x, requires_grad=True))
+    assert _sequence_nodes(out) == 2
     np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), rtol=1e-10)
     with kiln.no_grad():
         plain, _ = mine(kiln.tensor(x))
     assert plain.grad_fn is None
     np.testing.assert_allclose(plain.numpy(), want.detach().numpy(), rtol=1e-10)
+
+
+def test_dropout_between_layers_equals_the_per_step_path(monkeypatch):
+    """The same dropout masks (the node draws no random numbers): the same values and grads."""
+    x = np.random.default_rng(9).standard_normal((6, 3, 4)).astype(np.float32)
+
+    def run():
+        kiln.manual_seed(0)
+        model = kiln.nn.GRU(4, 5, num_layers=3, dropout=0.5, bidirectional=True)
+        inp = kiln.tensor(x, requires_grad=True)
+        out, h = model(inp)
+        (out.sum() + (h ** 2).sum()).backward()
+        return _sequence_nodes(out), [t.detach().numpy() for t in
+                                      (out, h, inp.grad, *(p.grad for p in model.parameters()))]
+    nodes, fused = run()
+    monkeypatch.setattr(kiln, "_rnn_sequence", lambda *args: None)
+    none, per_step = run()
+    assert (nodes, none) == (6, 0)
+    for a, b in zip(fused, per_step):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_double_backward_matches_torch():

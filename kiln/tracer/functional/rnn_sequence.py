@@ -12,10 +12,10 @@ projection x W_ih^T + b_ih (+ b_hh where it is not scaled by a gate) is computed
 one matmul for all steps, and its gradient is the gate gradients of all steps.
 
 The forward and the rule are written once (`_forward`, `_backward`) over an array namespace:
-NumPy arrays for the node, and differentiable tensor ops where the rule itself must be
-differentiated (backward with create_graph, forward-mode AD's double vjp): there the rule
-recomputes the sequence from the node's inputs with tensor ops and differentiates nothing
-itself, its result is the same formulas recorded op by op.
+NumPy for the node, and differentiable tensor ops where the rule itself is differentiated
+(backward with create_graph, forward-mode AD's double vjp). There the rule recomputes the
+sequence from the node's inputs with tensor ops and evaluates the same gradient formulas with
+them, so its result is recorded op by op and its own gradient follows.
 
 A trace (kiln.compile) still records the per-step composite, and cuda tensors keep their per-step
 Triton cells; while saved_tensors_hooks are active the per-step ops run too, so the hooks see
@@ -30,6 +30,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU
 from kiln.tracer import autograd as _autograd
+from kiln.tracer import functional as F
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -80,20 +81,19 @@ class _Arrays:
 class _TensorOps:
     """Differentiable tensor ops, for a rule that is itself differentiated."""
 
-    def __init__(self) -> None:
-        from kiln.tracer import functional as F      # functional imports this module
-        self.F = F
-        self.sigmoid, self.tanh, self.relu, self.where = F.sigmoid, F.tanh, F.relu, F.where
+    sigmoid, tanh, relu, where = (staticmethod(f) for f in (F.sigmoid, F.tanh, F.relu, F.where))
 
     @staticmethod
     def positive(x):
         return (x > 0).to(x.dtype)
 
-    def cat(self, parts):
-        return self.F.cat(parts, -1)
+    @staticmethod
+    def cat(parts):
+        return F.cat(parts, -1)
 
-    def stack(self, parts):
-        return self.F.stack(parts, 0)
+    @staticmethod
+    def stack(parts):
+        return F.stack(parts, 0)
 
     @staticmethod
     def t(w):
@@ -258,7 +258,7 @@ def _grad(g, out, xw, h0, c0, w_hh, b_hh, *kept, mode, reverse, running):
     else:
         # the rule is itself differentiated (create_graph, forward-mode AD): the sequence
         # recomputed from the inputs and the same formulas, as recorded tensor ops
-        ops = _TensorOps()
+        ops = _TensorOps
         mask = None if running is None else Tensor._make(running, dt.bool_, CPU)
         alive = None if mask is None else mask.to(xw.dtype)
         _, _, _, saved = _forward(ops, mode, reverse, xw, h0, c0, w_hh, b_hh, mask, alive)
