@@ -79,6 +79,7 @@ CASES = {
     "packed, 2 layers, h0 given, batch_first": dict(num_layers=2, batch_first=True, h0=True,
                                                     lengths=[6, 6, 1, 4]),
     "packed, sorted": dict(lengths=[6, 5, 3, 1], enforce_sorted=True),
+    "no bias, bidirectional": dict(bias=False, bidirectional=True),
 }
 
 
