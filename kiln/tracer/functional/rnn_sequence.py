@@ -40,6 +40,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 _SAVED = {"LSTM": ("prev_h", "prev_c", "sig", "tg", "tc"),
           "GRU": ("prev_h", "rz", "n", "hw_n"),
           "RNN_TANH": ("prev_h", "act"), "RNN_RELU": ("prev_h", "act")}
+_WIDTH = {"sig": 4, "rz": 2}            # in units of H; the others are H wide
 
 
 class _Arrays:
@@ -62,12 +63,17 @@ class _Arrays:
     where = staticmethod(np.where)
 
     @staticmethod
-    def cat(parts):
-        return np.concatenate(parts, -1)
+    def steps(n, shape, like):
+        """Room for n per-step arrays of `shape` (filled by `store[t] = ...`)."""
+        return np.empty((n,) + shape, like.dtype)
 
     @staticmethod
-    def stack(parts):
-        return np.stack(parts, 0)
+    def cat_into(store, t, parts):
+        np.concatenate(parts, -1, out=store[t])
+
+    @staticmethod
+    def stack(store):
+        return store                        # `steps` made it one array
 
     @staticmethod
     def t(w):
@@ -88,12 +94,16 @@ class _TensorOps:
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def cat(parts):
-        return F.cat(parts, -1)
+    def steps(n, shape, like):
+        return [None] * n
 
     @staticmethod
-    def stack(parts):
-        return F.stack(parts, 0)
+    def cat_into(store, t, parts):
+        store[t] = F.cat(parts, -1)
+
+    @staticmethod
+    def stack(store):
+        return F.stack(store, 0)
 
     @staticmethod
     def t(w):
@@ -103,14 +113,15 @@ class _TensorOps:
 
 
 def _forward(ops, mode: str, reverse: bool, xw, h, c, w_hh, b_hh, running, alive):
-    """The sequence: (outputs per time step, final h, final c, what the rule needs per time
-    step). `running` (T, B, 1 booleans) or None: where a sequence still runs, and `alive` the
-    same as 0/1 in xw's dtype; past its end a sequence's state stays and its output is 0, as
-    in the per-step path (`_keep_running`)."""
-    steps, hidden = xw.shape[0], w_hh.shape[1]
+    """The sequence: (the outputs of the steps, then the final h and, for an LSTM, c; what the
+    rule needs, per time step). `running` (T, B, 1 booleans) or None: where a sequence still
+    runs, and `alive` the same as 0/1 in xw's dtype; past its end a sequence's state stays and
+    its output is 0, as in the per-step path (`_keep_running`)."""
+    steps, batch, hidden = xw.shape[0], xw.shape[1], w_hh.shape[1]
     w_t = ops.weight_t(w_hh)
-    outs = [None] * steps
-    saved = {name: [None] * steps for name in _SAVED[mode]}
+    outs = ops.steps(steps + (2 if mode == "LSTM" else 1), (batch, hidden), xw)
+    saved = {name: ops.steps(steps, (batch, _WIDTH.get(name, 1) * hidden), xw)
+             for name in _SAVED[mode]}
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         x = xw[t]
         saved["prev_h"][t] = h
@@ -136,7 +147,10 @@ def _forward(ops, mode: str, reverse: bool, xw, h, c, w_hh, b_hh, running, alive
             saved["act"][t] = new_h
         h = new_h if running is None else ops.where(running[t], new_h, h)
         outs[t] = h if running is None else h * alive[t]
-    return outs, h, c, saved
+    outs[steps] = h
+    if mode == "LSTM":
+        outs[steps + 1] = c
+    return outs, saved
 
 
 def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, alive, d_out, dh, dc):
@@ -145,7 +159,8 @@ def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, alive, d_out, dh
     each stacked over time, and `alive` as for `_forward`. The pointwise factors are computed
     for all steps at once, so each step is a few products and the matmul for h's gradient;
     W_hh's gradient is one matmul over all T*B rows of the gate gradients."""
-    steps, hidden = saved["prev_h"].shape[0], w_hh.shape[1]
+    prev_h = saved["prev_h"]
+    steps, batch, hidden = prev_h.shape[0], prev_h.shape[1], w_hh.shape[1]
     lstm, gru = mode == "LSTM", mode == "GRU"
     if lstm:
         sig, tg, tc = saved["sig"], saved["tg"], saved["tc"]
@@ -162,8 +177,9 @@ def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, alive, d_out, dh
     else:
         act = saved["act"]
         f_act = ops.positive(act) if mode == "RNN_RELU" else 1 - act * act
-    d_x = [None] * steps
-    d_hw = [None] * steps if gru else d_x      # the gradient of h W_hh^T (+ b_hh) per step
+    d_x = ops.steps(steps, (batch, w_hh.shape[0]), prev_h)
+    # the gradient of h W_hh^T (+ b_hh) per step
+    d_hw = ops.steps(steps, (batch, w_hh.shape[0]), prev_h) if gru else d_x
     for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
         dh = dh + (d_out[t] if alive is None else d_out[t] * alive[t])
         if alive is not None:
@@ -174,14 +190,14 @@ def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, alive, d_out, dh
         if lstm:
             d_o = dh * f_o[t]
             dc = dc + dh * f_c[t]
-            d_x[t] = ops.cat([dc * f_i[t], dc * f_f[t], dc * f_g[t], d_o])
+            ops.cat_into(d_x, t, [dc * f_i[t], dc * f_f[t], dc * f_g[t], d_o])
             dc = dc * sf[t]
             dh = d_x[t] @ w_hh
         elif gru:
             d_n = dh * f_n[t]
-            d_rz = ops.cat([d_n * f_r[t], dh * f_z[t]])
-            d_x[t] = ops.cat([d_rz, d_n])
-            d_hw[t] = ops.cat([d_rz, d_n * r[t]])       # the reset gate scales W_hn h + b_hn
+            d_r, d_z = d_n * f_r[t], dh * f_z[t]
+            ops.cat_into(d_x, t, [d_r, d_z, d_n])
+            ops.cat_into(d_hw, t, [d_r, d_z, d_n * r[t]])   # the reset gate scales W_hn h + b_hn
             dh = dh * z[t] + d_hw[t] @ w_hh
         else:
             d_x[t] = dh * f_act[t]
@@ -193,7 +209,6 @@ def _backward(ops, mode: str, reverse: bool, w_hh, saved: dict, alive, d_out, dh
     d_x = ops.stack(d_x)
     d_hw = ops.stack(d_hw) if gru else d_x
     rows = d_hw.reshape(-1, d_hw.shape[-1])
-    prev_h = saved["prev_h"]
     d_w = ops.t(rows) @ prev_h.reshape(-1, prev_h.shape[-1])
     return d_x, dh, dc if lstm else None, d_w, rows.sum(0) if gru else None
 
@@ -236,10 +251,10 @@ def sequence(mode: str, reverse: bool, xw: Tensor, h0: Tensor, c0: Tensor | None
     bd = None if b_hh is None else b_hh._data
     alive = None if running is None else running.astype(xd.dtype)
     with np.errstate(all="ignore"):     # exp overflow: sigmoid is 0 there, as the primitive
-        outs, h, c, saved = _forward(_Arrays, mode, reverse, xd, hd, cd, wd, bd, running, alive)
-    out = Tensor._make(np.stack(outs + [h] + ([c] if lstm else [])), xw.dtype, CPU)
+        outs, saved = _forward(_Arrays, mode, reverse, xd, hd, cd, wd, bd, running, alive)
+    out = Tensor._make(outs, xw.dtype, CPU)
     if STATE.grad_enabled and any(t.requires_grad for t in tensors):
-        kept = tuple(Tensor._make(np.stack(saved[name]), xw.dtype, CPU) for name in _SAVED[mode])
+        kept = tuple(Tensor._make(saved[name], xw.dtype, CPU) for name in _SAVED[mode])
         _autograd.record(_SEQUENCE[mode], (xw, h0, c0, w_hh, b_hh) + kept,
                          {"reverse": reverse, "running": running}, out)
     return out[:steps], out[steps], out[steps + 1] if lstm else None
@@ -261,7 +276,7 @@ def _grad(g, out, xw, h0, c0, w_hh, b_hh, *kept, mode, reverse, running):
         ops = _TensorOps
         mask = None if running is None else Tensor._make(running, dt.bool_, CPU)
         alive = None if mask is None else mask.to(xw.dtype)
-        _, _, _, saved = _forward(ops, mode, reverse, xw, h0, c0, w_hh, b_hh, mask, alive)
+        _, saved = _forward(ops, mode, reverse, xw, h0, c0, w_hh, b_hh, mask, alive)
         saved = {name: ops.stack(parts) for name, parts in saved.items()}
         grads = _backward(ops, mode, reverse, w_hh, saved, alive, g[:steps], g[steps],
                           g[steps + 1] if lstm else None)
