@@ -244,3 +244,28 @@ def test_in_place_write_to_a_saved_input_is_refused_at_backward():
         start.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_node_matches_finite_differences_reverse_and_forward_mode(mode):
+    """The op itself, reversed, over sequences of unequal lengths (float64 gradcheck)."""
+    rng = np.random.default_rng(10)
+    gates = rnn_sequence.GATES[mode] * 2
+    c0 = kiln.tensor(rng.standard_normal((3, 2)), requires_grad=True) if mode == "LSTM" \
+        else None
+    b_hh = kiln.tensor(rng.standard_normal(gates), requires_grad=True) if mode == "GRU" \
+        else None
+    inputs = [kiln.tensor(rng.standard_normal((4, 3, gates)), requires_grad=True),
+              kiln.tensor(rng.standard_normal((3, 2)), requires_grad=True), c0,
+              kiln.tensor(rng.standard_normal((gates, 2)), requires_grad=True), b_hh]
+    running = np.array([[[t < n] for n in (4, 1, 3)] for t in range(4)])
+    given = [i for i, a in enumerate(inputs) if a is not None]
+
+    def f(*args):
+        full = list(inputs)
+        for i, a in zip(given, args):
+            full[i] = a
+        out = rnn_sequence.sequence(mode, True, *full, running)
+        assert out is not None
+        return tuple(o for o in out if o is not None)
+    assert kiln.autograd.gradcheck(f, [inputs[i] for i in given], check_forward_ad=True)
