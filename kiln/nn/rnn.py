@@ -147,7 +147,7 @@ class RNNBase(Module):
         if isinstance(input, PackedSequence):
             # run the padded batch in its original order, each sequence's state frozen past
             # its length; then repack the output in the input's order
-            # (padded as batch_first says: _forward reads it so)
+            # (padded batch-first when the module is: _forward reads its input that way)
             padded, lengths = pad_packed_sequence(input, self.batch_first)
             output, state = self._forward(padded, hx, lengths.tolist())
             order = (input.sorted_indices.tolist() if input.sorted_indices is not None
