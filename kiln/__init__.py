@@ -44,6 +44,7 @@ from kiln.runtime.threads import set_num_threads, get_num_threads  # noqa: F401
 from kiln.tracer.fused_optim import _fused_adam_, _fused_adamw_, _fused_sgd_  # noqa: F401
 from kiln.tracer.functional.rnn_cells import lstm as _lstm_cell  # noqa: F401  (nn.LSTM)
 from kiln.tracer.functional.rnn_cells import gru as _gru_cell  # noqa: F401  (nn.GRU)
+from kiln.tracer.functional.rnn_sequence import sequence as _rnn_sequence  # noqa: F401  (nn.RNN)
 
 half, float, double, long, int, short = float16, float32, float64, int64, int32, int32
 uint8 = uint8

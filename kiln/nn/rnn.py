@@ -147,11 +147,13 @@ class RNNBase(Module):
         if isinstance(input, PackedSequence):
             # run the padded batch in its original order, each sequence's state frozen past
             # its length; then repack the output in the input's order
-            padded, lengths = pad_packed_sequence(input)
+            # (padded batch-first when the module is: _forward reads its input that way)
+            padded, lengths = pad_packed_sequence(input, self.batch_first)
             output, state = self._forward(padded, hx, lengths.tolist())
             order = (input.sorted_indices.tolist() if input.sorted_indices is not None
                      else list(range(len(lengths))))
-            packed = _pack_with_order(output, lengths.tolist(), np.asarray(order), False)
+            packed = _pack_with_order(output, lengths.tolist(), np.asarray(order),
+                                      self.batch_first)
             if input.sorted_indices is None:
                 packed = packed._replace(sorted_indices=None, unsorted_indices=None)
             return packed, state
@@ -178,11 +180,11 @@ class RNNBase(Module):
                 h0 = h0.unsqueeze(1)
                 c0 = c0.unsqueeze(1) if lstm else None
         directions = 2 if self.bidirectional else 1
-        running = None
+        running = mask = None
         if lengths is not None:
-            # running[t]: (batch, 1) booleans, True while step t is inside the sequence
-            running = [kiln.tensor([[t < n] for n in lengths], device=x.device)
-                       for t in range(steps)]
+            # mask[t] (running[t] as a tensor): (batch, 1) booleans, True while step t is
+            # inside the sequence
+            mask = np.arange(steps)[:, None, None] < np.asarray(lengths)[None, :, None]
         final_h, final_c = [], []
         layer_input = x
         for layer in range(self.num_layers):
@@ -198,6 +200,19 @@ class RNNBase(Module):
                     # its step: the reset gate scales it): the steps then add no bias, and its
                     # gradient is one sum over the sequence instead of one per step
                     xw, step_bias = xw + b_hh, None
+                # eagerly on the CPU: the whole sequence as one autograd node (rnn_sequence)
+                done = kiln._rnn_sequence(self.mode, bool(direction), xw, state[0] if lstm
+                                          else state, state[1] if lstm else None, w_hh,
+                                          step_bias, mask)
+                if done is not None:
+                    out, h, c = done
+                    outputs.append(out)
+                    final_h.append(h)
+                    if lstm:
+                        final_c.append(c)
+                    continue
+                if mask is not None and running is None:
+                    running = [kiln.tensor(m, device=x.device) for m in mask]
                 xw = _time_steps(xw)
                 order = range(steps - 1, -1, -1) if direction else range(steps)
                 hs = [None] * steps
