@@ -195,3 +195,15 @@ def test_to_empty_without_recursing_gives_storage_to_the_module_itself_only():
     tm.to_empty(device="cpu", recurse=False)
     assert (tm.scale.is_meta, tm[0].weight.is_meta) == (model.scale.is_meta,
                                                         model[0].weight.is_meta)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_recurrent_layers_on_the_meta_device_give_torchs_shapes(cls):
+    shapes = []
+    for lib in (kiln, torch):
+        m = getattr(lib.nn, cls)(3, 4, 2, batch_first=True, bidirectional=True).to("meta")
+        out, state = m(lib.randn(2, 5, 3, device="meta"))
+        h = state[0] if cls == "LSTM" else state
+        assert out.is_meta and h.is_meta
+        shapes.append((tuple(out.shape), tuple(h.shape)))
+    assert shapes[0] == shapes[1]
