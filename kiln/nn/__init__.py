@@ -22,7 +22,7 @@ from kiln.nn.transformer import (  # noqa: F401
 from kiln.nn.loss import (  # noqa: F401
     MSELoss, L1Loss, SmoothL1Loss, HuberLoss, BCELoss, BCEWithLogitsLoss, CrossEntropyLoss,
     NLLLoss, KLDivLoss, PoissonNLLLoss)
-from kiln.nn import functional, init, utils  # noqa: F401
+from kiln.nn import functional, grad, init, utils  # noqa: F401
 from kiln.nn import parallel  # noqa: F401,E402
 from kiln.nn.parallel import DataParallel  # noqa: F401,E402
 from kiln.nn.sync_batchnorm import SyncBatchNorm  # noqa: F401,E402

@@ -110,6 +110,8 @@ class _FunctionNode:
         if not isinstance(result, tuple):
             result = (result,)
         n_args = len(self.ctx.needs_input_grad)
+        if len(result) > n_args and all(r is None for r in result[n_args:]):
+            result = result[:n_args]        # extra Nones are allowed, as in PyTorch
         if len(result) != n_args:
             raise op_error(self.name(), f"function backward returned an incorrect number of "
                            f"gradients (expected {n_args}, got {len(result)})")

@@ -117,6 +117,33 @@ def test_wrong_number_of_gradients_is_a_clear_error() -> None:
         Bad.apply(x, x).sum().backward()
 
 
+def test_extra_none_gradients_are_dropped_and_extra_tensors_refused_as_in_torch() -> None:
+    for lib in (torch, kiln):
+        class Scale(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, factor=2.0):
+                ctx.factor = factor
+                return x * factor
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * ctx.factor, None, None      # more than the inputs: all None
+
+        class TooMany(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x * 1
+
+            @staticmethod
+            def backward(ctx, g):
+                return g, g
+        x = lib.ones(2, requires_grad=True)
+        Scale.apply(x).sum().backward()
+        assert x.grad.tolist() == [2.0, 2.0]
+        with pytest.raises(RuntimeError, match="incorrect number of gradients"):
+            TooMany.apply(x).sum().backward()
+
+
 def test_once_differentiable_and_double_backward_through_a_custom_function() -> None:
     from kiln.autograd.function import once_differentiable
 
