@@ -207,3 +207,9 @@ def test_recurrent_layers_on_the_meta_device_give_torchs_shapes(cls):
         assert out.is_meta and h.is_meta
         shapes.append((tuple(out.shape), tuple(h.shape)))
     assert shapes[0] == shapes[1]
+
+
+def test_a_meta_tensor_takes_a_memory_format_and_stays_meta():
+    x = kiln.randn(1, 2, 3, 4, device="meta").to(memory_format=kiln.channels_last)
+    model = kiln.nn.Conv2d(2, 3, 3).to("meta").to(memory_format=kiln.channels_last)
+    assert x.is_meta and model.weight.is_meta and tuple(model.weight.shape) == (3, 2, 3, 3)

@@ -489,9 +489,14 @@ def contiguous(input, memory_format=None):
                            "contiguous operator")
     if layout.is_contiguous_as(input._data.shape, input.stride(), fmt):
         return input
-    out = P.cast(input, dtype=input.dtype)      # a copy autograd and the tracer see
-    out._data = layout.arrange(out.device.xp, out._data, fmt)
-    return out
+    return _laid_out(P.cast(input, dtype=input.dtype), fmt)   # a copy autograd and tracer see
+
+
+def _laid_out(t, fmt):
+    """`t` (a fresh copy) rearranged in memory as `fmt` says; a meta tensor has no memory."""
+    if t.device.type != "meta":
+        t._data = layout.arrange(t.device.xp, t._data, fmt)
+    return t
 
 
 def clone(input, *, memory_format=None):
@@ -500,7 +505,7 @@ def clone(input, *, memory_format=None):
     out = P.cast(input, dtype=input.dtype)
     if memory_format is not None and memory_format is not layout.preserve_format:
         layout.check(memory_format, "clone", input.ndim)
-        out._data = layout.arrange(out.device.xp, out._data, memory_format)
+        out = _laid_out(out, memory_format)
     return out
 
 
