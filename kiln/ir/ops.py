@@ -461,7 +461,17 @@ def _expand_infer(shapes, dtypes, shape):
     return shape, dtypes[0]
 
 
-define("expand", MOVEMENT, _expand_infer, lambda xp, x, shape: xp.broadcast_to(x, shape),
+def _expand_impl(xp, x, shape):
+    """A view of `x` at `shape`: a broadcast (read-only: its elements repeat) where a dim
+    grows, else a reshape (new leading dims of size 1), which in-place ops may write through,
+    as PyTorch allows when no element repeats."""
+    shape = tuple(shape)
+    if math.prod(shape) == x.size:
+        return x.reshape(shape)
+    return xp.broadcast_to(x, shape)
+
+
+define("expand", MOVEMENT, _expand_infer, _expand_impl,
        lambda g, out, x, shape: (unbroadcast(g, x.shape),), arity=1, reads=(), view=True)
 
 

@@ -63,3 +63,15 @@ def test_real_is_an_attribute_and_imag_refuses_as_for_a_real_torch_tensor():
         assert x.tolist() == [2.0, -1.0]
         with pytest.raises(RuntimeError, match="imag is not implemented"):
             x.imag
+
+
+def test_expand_that_repeats_nothing_can_be_written_through_as_in_torch():
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.zeros(3)
+        x.expand(1, 3).add_(1)                  # a new leading dim of size 1: no repeats
+        x[None].expand_as(lib.ones(1, 3)).mul_(2)
+        with pytest.raises(RuntimeError, match="more than one element"):
+            lib.zeros(1, 3).expand(2, 3).add_(1)
+        seen.append(x.tolist())
+    assert seen[0] == seen[1] == [2.0, 2.0, 2.0]
