@@ -388,10 +388,7 @@ def _own_memory(t):
     which an in-place write would reach the input."""
     if t._base is None and t._data.flags.owndata and t._data.flags.c_contiguous:
         return t
-    out = P.cast(t, dtype=t.dtype)          # a copy autograd and the tracer see
-    if not out._data.flags.c_contiguous:
-        out._data = out.device.xp.ascontiguousarray(out._data)
-    return out
+    return contiguous(P.cast(t, dtype=t.dtype))     # a copy autograd and the tracer see
 
 
 def flip(input, dims):
