@@ -371,7 +371,9 @@ def test_compiled_module_keeps_the_module_interface():
                                   kiln.nn.Linear(8, 2))
     eager, model = make(), make()
     model = kiln.compile(model)
-    assert [n for n, _ in model.named_parameters()] == [n for n, _ in eager.named_parameters()]
+    assert isinstance(model, kiln.nn.Module)
+    assert [n for n, _ in model.named_parameters()] == \
+        ["_orig_mod." + n for n, _ in eager.named_parameters()]      # as torch.compile's
     opts = [SGD(m.parameters(), lr=0.1) for m in (eager, model)]
     x, y = kiln.randn(16, 4), kiln.randn(16, 2)
     for _ in range(3):
@@ -383,7 +385,8 @@ def test_compiled_module_keeps_the_module_interface():
     assert model.training is False and model.fn.training is False
     np.testing.assert_allclose(model(x).detach().numpy(), eager(x).detach().numpy(), rtol=1e-5,
                                atol=1e-6)
-    assert list(model.state_dict()) == list(eager.state_dict())
+    assert list(model.state_dict()) == ["_orig_mod." + k for k in eager.state_dict()]
+    assert model._orig_mod is model.fn
 
 
 @pytest.mark.parametrize("kwargs, compiled_as", [
@@ -404,3 +407,38 @@ def test_torch_compile_spellings_are_accepted(kwargs, compiled_as):
                                    rtol=1e-6)
     with pytest.raises(ValueError, match="unknown backend 'tvm'.*inductor"):
         kiln.compile(model, backend="tvm")
+
+
+def test_compiled_module_exchanges_checkpoints_with_torch_compile(tmp_path):
+    """`torch.compile(model)` is a Module whose child is `_orig_mod`: its state_dict keys carry
+    that prefix. kiln's compiled module has the same keys, so a checkpoint (safetensors) saved
+    from a compiled torch model loads into a compiled kiln model and the other way, and a deep
+    copy compiles afresh and computes the same."""
+    import copy
+
+    torch = pytest.importorskip("torch")
+
+    def make(lib):
+        lib.manual_seed(0)
+        return lib.nn.Sequential(lib.nn.Linear(4, 8), lib.nn.ReLU(), lib.nn.Linear(8, 2))
+    t_model, k_model = torch.compile(make(torch)), kiln.compile(make(kiln))
+    assert list(k_model.state_dict()) == list(t_model.state_dict())
+    assert [n for n, _ in k_model.named_modules()] == [n for n, _ in t_model.named_modules()]
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch.save_file(t_model.state_dict(), tmp_path / "torch.safetensors")
+    k_model.load_state_dict(kiln.load(tmp_path / "torch.safetensors"))
+    with pytest.raises(RuntimeError, match="_orig_mod.0.weight"):
+        k_model.load_state_dict(k_model._orig_mod.state_dict())     # as torch: keys differ
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = t_model._orig_mod(torch.tensor(x)).numpy()        # eager torch, same weights
+    np.testing.assert_allclose(k_model(kiln.tensor(x)).detach().numpy(), expected, rtol=1e-5,
+                               atol=1e-6)
+    kiln.save(k_model.state_dict(), tmp_path / "kiln.safetensors")    # safetensors layout
+    t_model.load_state_dict(safetensors_torch.load_file(tmp_path / "kiln.safetensors"))
+    twin = copy.deepcopy(k_model)
+    assert twin._orig_mod is not k_model._orig_mod and twin.entries == {}
+    np.testing.assert_allclose(twin(kiln.tensor(x)).detach().numpy(), expected, rtol=1e-5,
+                               atol=1e-6)
+    k_model.eval()
+    assert k_model._orig_mod.training is False and k_model._orig_mod[0].training is False

@@ -247,6 +247,7 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
     When the call does not compile (a graph break, a Python effect), `fn` is traced once more,
     split at each break, to list every graph; those run eagerly, so no artifact is printed.
     """
+    fn = getattr(fn, "_compiled", fn)           # a compiled Module: its CompiledFunction
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
     compiled = CompiledFunction(target, getattr(fn, "backend", "auto"))
     with warnings.catch_warnings():     # a break or a fallback is in the report itself
@@ -1206,7 +1207,12 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
         return lambda f: compile(f, backend=backend, fullgraph=fullgraph, disable=disable)
     if disable or backend == "eager":
         return fn
-    return CompiledFunction(fn, backend, fullgraph)
+    compiled = CompiledFunction(fn, backend, fullgraph)
+    from kiln.nn.module import Module       # kiln.nn imports this module: import on use
+    if isinstance(fn, Module):              # a Module, as torch.compile returns it
+        from kiln.nn.compiled_module import OptimizedModule
+        return OptimizedModule(fn, compiled)
+    return compiled
 
 
 # ----------------------------------------------------------------------------- dump hook
