@@ -117,6 +117,10 @@ def _export(target: str, program: str, out: str, sizes: list) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"] and len(argv) > 1 and not argv[1].startswith("-"):
+        from kiln.as_torch import run_script        # the script's options are all its own
+        return run_script(argv[1], argv[2:])
     parser = argparse.ArgumentParser(prog="kiln", description="kiln command line")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="train a CNN on scikit-learn's 8x8 digits and print its held-out metrics")
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     dump_p.add_argument("--passes", action="store_true",
                         help="also print (and write) the graph each named pipeline step made: "
                         "partition, decompose, cleanup, fuse, split gathers, lower, plan memory")
+    run_p = sub.add_parser("run", help="run an unmodified PyTorch script on kiln: its torch "
+                           "(and torchvision) imports resolve to kiln's modules")
+    run_p.add_argument("script")
     export_p = sub.add_parser("export", help="build a saved exported program (kiln.export) into "
                               "a C library (a folder) or an ONNX file")
     export_p.add_argument("--target", choices=("c", "onnx"), default="c")
@@ -139,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         return _demo()
+    if args.command == "run":
+        from kiln.as_torch import run_script
+        return run_script(args.script, rest)
     if args.command == "export":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

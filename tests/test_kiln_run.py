@@ -1,0 +1,95 @@
+"""`python -m kiln run script.py [args]`: an unmodified PyTorch script runs on kiln, its torch
+imports resolved to kiln's modules (`kiln/as_torch.py`)."""
+
+import contextlib
+import io
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kiln
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "scripts" / "standalone" / "mnist_pattern.py"
+
+
+def kiln_run(script, *args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "kiln", "run", str(script), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def torch_run(script, *args, cwd) -> str:
+    """The script under real PyTorch, in this process (torch is imported here already)."""
+    pytest.importorskip("torch")
+    out, argv, here = io.StringIO(), sys.argv, os.getcwd()
+    sys.argv = [str(script), *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return out.getvalue()
+
+
+def final_losses(text):
+    return [float(v) for v in re.findall(r"Test set: Average loss: ([0-9.]+)", text)]
+
+
+def test_an_unmodified_mnist_style_script_trains_under_kiln_run(tmp_path):
+    """pytorch/examples mnist/main.py's pattern (argparse, torch.accelerator, Adadelta +
+    StepLR, `.item()` logging, torch.save): kiln's final test loss lies within the range torch
+    reaches over three seeds (dropout and shuffling draw from each library's own generator), the
+    log has torch's lines, and the checkpoint holds torch's keys."""
+    args = ("--epochs", "2", "--save-model")
+    torch_logs = [torch_run(SCRIPT, *args, "--seed", str(s), cwd=tmp_path) for s in (1, 2, 3)]
+    torch_final = [final_losses(log)[-1] for log in torch_logs]
+    import torch
+    torch_keys = sorted(torch.load(tmp_path / "mnist_cnn.pt"))
+    (tmp_path / "mnist_cnn.pt").unlink()
+
+    done = kiln_run(SCRIPT, *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kiln_losses = final_losses(done.stdout)
+    assert len(kiln_losses) == 2
+    low, high = min(torch_final), max(torch_final)
+    slack = 0.5 * (high - low) + 0.02 * high
+    assert low - slack <= kiln_losses[-1] <= high + slack, (kiln_losses, torch_final)
+    first_lines = [line.split("Loss")[0] for line in done.stdout.splitlines() if "Train" in line]
+    assert first_lines == [line.split("Loss")[0] for line in torch_logs[0].splitlines()
+                           if "Train" in line]
+    state = kiln.load(tmp_path / "mnist_cnn.pt")
+    assert sorted(state) == torch_keys
+    assert all(np.isfinite(v.numpy()).all() for v in state.values())
+
+
+def test_kiln_run_names_a_missing_torch_module_and_passes_arguments_and_exit_codes(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys, argparse\n"
+        "import torch, torch.nn as nn\n"
+        "from torch.utils.data import DataLoader\n"
+        "import torch.cuda\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--out'); a = p.parse_args()\n"
+        "print(torch is sys.modules['kiln'], nn.Linear is torch.nn.Linear, a.out,\n"
+        "      torch.cuda.is_available(), torch.__spec__.name, nn.__spec__.name)\n"
+        "if a.out == 'missing':\n"
+        "    import torch.no_such_module\n"
+        "sys.exit(3)\n")
+    done = kiln_run(script, "--out", "x", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == ["True", "True", "x", "False", "kiln", "kiln.nn"]
+    done = kiln_run(script, "--out", "missing", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "No module named 'torch.no_such_module'" in done.stderr
+    assert "kiln.no_such_module" in done.stderr and "probe.py\", line 9" in done.stderr
+    done = kiln_run(script, "--help", cwd=tmp_path)          # the script's own --help
+    assert done.returncode == 0 and "--out OUT" in done.stdout
