@@ -66,8 +66,9 @@ def test_compiled_forward_composes_with_eager_autograd(backend):
         x.grad, w.grad = None, None
         a2, b2 = f(x)
         ((a2.exp() * 2).sum() + (b2 * b2).sum()).backward()
-        np.testing.assert_allclose(gx, x.grad.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(gw, w.grad.numpy(), rtol=1e-5, atol=1e-6)
+        # atol: grads reach ~5; an entry near a cancellation differs by C's tanh/exp rounding
+        np.testing.assert_allclose(gx, x.grad.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(gw, w.grad.numpy(), rtol=1e-5, atol=1e-5)
         w.grad = None
     (entry,) = cf.entries.values()
     assert entry.backward is not None and entry.calls == 2

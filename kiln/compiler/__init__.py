@@ -367,14 +367,14 @@ class CompiledEntry:
 
 
 def _fetch_plan(program: TracedProgram, n: int, device) -> list:
-    """How a replay finds each of the first `n` graph inputs, resolved once per entry; a seed is
-    drawn on the host and moved to `device`, the program's."""
+    """How a replay finds each of the first `n` graph inputs, resolved once per entry; random
+    numbers are drawn on the host and moved to `device`, the program's."""
     plan = []
     for i, b in enumerate(program.bindings[:n]):
         if b.kind == "arg":
             plan.append((_ARG, b.path))
         elif b.kind == "seed":
-            plan.append((_SEED, (b.generator, device)))
+            plan.append((_SEED, (b.generator, b.draw, device)))
         elif b.kind == "grad":
             plan.append((_GRAD, i))
         elif b.kind == "scalar":
@@ -789,9 +789,8 @@ class CompiledFunction:
             elif kind == _PLACE:            # state the last call stored there
                 t = where()
             elif kind == _SEED:
-                generator, seed_device = where
-                inputs.append(to_device(np.array(generator.next_seed(), dtype=np.int64),
-                                        seed_device))
+                generator, draw, seed_device = where
+                inputs.append(to_device(draw(generator), seed_device))
                 continue
             elif kind == _SCALAR:
                 container, key, index, xp = where

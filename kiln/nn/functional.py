@@ -702,11 +702,17 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
         return input
     if p == 1.0:
         return input * 0.0
-    keep = kiln.rand(tuple(input.shape), dtype=input.dtype, device=input.device) >= p
-    out = kiln.where(keep, input * (1.0 / (1.0 - p)), 0.0)
+    noise = _dropout_noise(tuple(input.shape), p, input)
     if inplace:
-        return input.copy_(out)
-    return out
+        return input.mul_(noise)
+    return input * noise
+
+
+def _dropout_noise(shape: tuple, p: float, like: Tensor) -> Tensor:
+    """PyTorch's dropout noise: Bernoulli(1 - p) draws (one uniform double each) divided by
+    1 - p, in the input's dtype; the same numbers as PyTorch's for the same seed."""
+    noise = kiln.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p)
+    return noise.div_(1.0 - p)
 
 
 def _feature_dropout(input: Tensor, p: float, training: bool) -> Tensor:
@@ -716,10 +722,10 @@ def _feature_dropout(input: Tensor, p: float, training: bool) -> Tensor:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return input
+    if p == 1.0:
+        return input * 0.0
     lead = tuple(input.shape[:2])
-    keep = kiln.rand(lead + (1,) * (input.ndim - 2), dtype=input.dtype,
-                     device=input.device) >= p
-    return kiln.where(keep, input * (1.0 / (1.0 - p)), 0.0) if p < 1.0 else input * 0.0
+    return input * _dropout_noise(lead + (1,) * (input.ndim - 2), p, input)
 
 
 def _unbatched_feature_dropout(input: Tensor, p: float, training: bool, batched_ndim: int,
@@ -785,7 +791,7 @@ def _alpha_dropout(input: Tensor, p: float, training: bool, feature: bool) -> Te
     shape = tuple(input.shape)
     if feature:
         shape = shape[:2] + (1,) * (input.ndim - 2)
-    keep = (kiln.rand(shape, dtype=input.dtype, device=input.device) >= p).to(input.dtype)
+    keep = kiln.empty(shape, dtype=input.dtype, device=input.device).bernoulli_(1.0 - p)
     return input * (keep * a) + ((keep - 1) * (alpha * a) + alpha * a * p)
 
 

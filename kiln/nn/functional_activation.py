@@ -158,8 +158,7 @@ def gumbel_softmax(logits: Tensor, tau: float = 1, hard: bool = False, eps: floa
                    dim: int = -1) -> Tensor:
     """Samples from the Gumbel-softmax distribution; `hard` returns one-hot samples whose
     gradient is the soft sample's (straight-through)."""
-    uniform = kiln.rand(tuple(logits.shape), dtype=logits.dtype, device=logits.device)
-    gumbels = -kiln.log((-kiln.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
+    gumbels = -kiln.empty_like(logits).exponential_().log()       # Gumbel(0, 1), as torch
     y_soft = kiln.softmax((logits + gumbels) / tau, dim)
     if not hard:
         return y_soft

@@ -127,21 +127,38 @@ def kaiming_normal_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
 
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0, generator=None) -> Tensor:
-    """Normal(mean, std) restricted to [a, b], by redrawing the samples that fall outside."""
+    """Normal(mean, std) restricted to [a, b] by rejection, with PyTorch's draws: when [a, b]
+    holds more than 30% of the mass, whole-tensor normal draws replace the entries outside;
+    otherwise uniform proposals on [a, b] are accepted with the density's ratio to its peak."""
+    def cdf(x):
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    def log_ratio(values):                  # log of the density over its peak on [a, b]
+        return values.sub(mean).div_(std).pow_(2).mul_(-0.5).sub_(log_peak)
     with kiln.no_grad():
-        values = kiln.randn(*tensor.shape, generator=generator, dtype=kiln.float64,
-                            device=tensor.device) * std + mean
-        outside = (values < a) | (values > b)
-        # each round keeps ~P([a, b]) of the rest; a very narrow window still terminates
-        for _ in range(1000):
-            if not bool(outside.any()):
-                break
-            redraw = kiln.randn(*tensor.shape, generator=generator, dtype=kiln.float64,
-                                device=tensor.device) * std + mean
-            values = kiln.where(outside, redraw, values)
-            outside = (values < a) | (values > b)
-        values = kiln.clamp(values, a, b)
-    return _write(tensor, values)
+        if cdf((b - mean) / std) - cdf((a - mean) / std) > 0.3:
+            low, high = (kiln.tensor(v, dtype=tensor.dtype).item() for v in (a, b))
+            result = tensor.normal_(mean, std, generator=generator)
+            while True:
+                outside = (result < low) | (result > high)
+                if not bool(outside.any()):
+                    break
+                result = kiln.where(outside, kiln.empty_like(result).normal_(
+                    mean, std, generator=generator), result)
+            return tensor if result is tensor else tensor.copy_(result)
+        mode = max(a, min(mean, b))
+        log_peak = -0.5 * ((mode - mean) / std) ** 2
+        tensor.uniform_(a, b, generator=generator)
+        pending = kiln.empty_like(tensor).uniform_(generator=generator).log_() \
+            .gt(log_ratio(tensor))
+        result = tensor
+        while bool(pending.any()):
+            proposal = kiln.empty_like(tensor).uniform_(a, b, generator=generator)
+            result = kiln.where(pending, proposal, result)
+            accept = kiln.empty_like(tensor).uniform_(generator=generator).log_() \
+                .gt(log_ratio(proposal))
+            pending = kiln.where(pending, accept, pending)
+        return tensor if result is tensor else tensor.copy_(result)
 
 
 def orthogonal_(tensor: Tensor, gain: float = 1.0, generator=None) -> Tensor:
@@ -153,8 +170,9 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator=None) -> Tensor:
         return tensor
     rows, cols = tensor.shape[0], tensor.numel() // tensor.shape[0]
     with kiln.no_grad():
-        flat = kiln.randn(rows, cols, generator=generator, dtype=kiln.float64,
-                          device=tensor.device)
+        # PyTorch's draws (normal_ in the tensor's dtype); the basis is built in float64
+        flat = kiln.empty((rows, cols), dtype=tensor.dtype, device=tensor.device)
+        flat = flat.normal_(0, 1, generator=generator).double()
         a = flat.t() if rows < cols else flat               # tall: (n, k) with n >= k
         basis = []
         for j in range(a.shape[1]):
@@ -173,18 +191,17 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator=None) -> Tensor:
 
 
 def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator=None) -> Tensor:
+    """Normal(0, std) values with `ceil(sparsity * rows)` zeros per column, at rows a fresh
+    permutation picks (PyTorch's draws, the permutations from the global generator)."""
     if tensor.ndim != 2:
         raise ValueError("Only tensors with 2 dimensions are supported")
     rows, cols = tensor.shape
     zeros_per_col = int(math.ceil(sparsity * rows))
     with kiln.no_grad():
-        values = kiln.randn(rows, cols, generator=generator, dtype=kiln.float64,
-                            device=tensor.device) * std
-        # per column, zero the rows a random permutation ranks lowest
-        ranks = kiln.stack([kiln.randperm(rows, generator=generator) for _ in range(cols)],
-                           dim=1)
-        values = kiln.where(ranks < zeros_per_col, 0.0, values)
-    return _write(tensor, values)
+        tensor.normal_(0, std, generator=generator)
+        for col in range(cols):
+            tensor[kiln.randperm(rows)[:zeros_per_col], col] = 0
+    return tensor
 
 
 # PyTorch's deprecated spellings without the trailing underscore

@@ -15,6 +15,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
 from kiln.runtime.device import CPU, DEFAULT_DEVICE, Device, to_device
+from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
 
@@ -348,16 +349,20 @@ def eye(n, m=None, *, dtype=None, device=None, requires_grad=False) -> Tensor:
 # ----------------------------------------------------------------------------- randomness
 
 class Generator:
-    """A source of seeds for random ops (`torch.Generator`): `Generator().manual_seed(0)`."""
+    """A random stream (`torch.Generator`): PyTorch's CPU Mersenne Twister, so that
+    `manual_seed(s)` gives PyTorch's numbers (`kiln.runtime.mt19937`). Values are drawn on the
+    host for every device and copied there."""
+
+    DEFAULT_SEED = 67280421310721            # PyTorch's default seed
 
     def __init__(self, device="cpu"):
         self.device = _device(device)
-        self._initial = int(np.random.SeedSequence().entropy % (2 ** 63))
-        self._rng = np.random.default_rng(self._initial)
+        self._initial = self.DEFAULT_SEED
+        self._stream = TorchStream(self._initial)
 
     def manual_seed(self, seed: int) -> "Generator":
-        self._initial = int(seed)
-        self._rng = np.random.default_rng(int(seed) % (2 ** 64))
+        self._initial = int(seed) % (2 ** 64)
+        self._stream.seed(self._initial)
         return self
 
     def seed(self) -> int:
@@ -368,25 +373,21 @@ class Generator:
         return self._initial
 
     def next_seed(self) -> int:
-        return int(self._rng.integers(0, 2 ** 62))
+        """A seed for a sampler kiln keeps outside PyTorch's stream (Poisson, binomial,
+        gamma), drawn from this stream."""
+        return int(self._stream.words64(1)[0] >> np.uint64(2))
 
     def get_state(self) -> Tensor:
-        state = self._rng.bit_generator.state
-        words = [int(v) for v in state["state"]["state"].to_bytes(16, "little")] if isinstance(
-            state["state"]["state"], int) else []
-        return tensor(words + [state["has_uint32"], state["uinteger"]], dtype=dt.int64)
+        return Tensor._make(self._stream.get_state(), dt.uint8, CPU)
 
     def set_state(self, new_state: Tensor) -> "Generator":
-        values = new_state.tolist()
-        st = self._rng.bit_generator.state
-        st["state"]["state"] = int.from_bytes(bytes(values[:16]), "little")
-        st["has_uint32"], st["uinteger"] = values[16], values[17]
-        self._rng.bit_generator.state = st
+        if not isinstance(new_state, Tensor) or new_state.dtype is not dt.uint8:
+            raise TypeError("set_state: expected a kiln.uint8 tensor from get_state()")
+        self._stream.set_state(np.asarray(new_state.detach().cpu().numpy()))
         return self
 
 
 default_generator = Generator()
-default_generator.manual_seed(67280421310721)
 
 
 def manual_seed(seed: int) -> Generator:
@@ -410,27 +411,28 @@ def set_rng_state(state: Tensor) -> None:
     default_generator.set_state(state)
 
 
-def _seed_tensor(generator: Generator | None, device) -> Tensor:
+def random_values(generator: Generator | None, device, kind: dt.DType, draw) -> Tensor:
+    """The tensor `draw(stream)` makes from the generator's stream, on `device`.
+
+    Draws happen on the host, in PyTorch's element order. Under a trace the tensor becomes a
+    program input that each replay draws afresh with the same `draw`, in the order the eager
+    code drew, so a compiled function's random numbers are eager's."""
     gen = generator or default_generator
-    value = gen.next_seed()
     dev = _device(device)
-    seed_t = Tensor._make(to_device(np.array(value, dtype=np.int64), dev), dt.int64, dev)
+    out = Tensor._make(to_device(np.asarray(draw(gen._stream), dtype=kind.np), dev), kind, dev)
     if STATE.tracer is not None:
-        STATE.tracer.random_seed(seed_t, gen)
-    return seed_t
+        STATE.tracer.random_input(out, gen, lambda g: np.asarray(draw(g._stream), kind.np))
+    return out
 
 
-def _uniform(generator: Generator | None, device, shape: tuple, dtype) -> Tensor:
-    """Uniform draws in [0, 1) from the generator's next seed. Draws are made on the host (the
-    same numbers on every device); eagerly on a GPU the seed stays on the host and the values
-    alone are copied over (a seed on the device would be read back: a wait for the GPU)."""
-    dev = _device(device)
-    if STATE.tracer is None and dev is not CPU:
-        gen = generator or default_generator
-        seed = Tensor._make(np.array(gen.next_seed(), dtype=np.int64), dt.int64, CPU)
-        values = P.rand(seed, shape=shape, dtype=dtype)
-        return Tensor._make(to_device(values._data, dev), dtype, dev)
-    return P.rand(_seed_tensor(generator, device), shape=shape, dtype=dtype)
+def _seed_tensor(generator: Generator | None, device) -> Tensor:
+    """A 0-d int64 seed from the generator, for kiln's own samplers (gamma)."""
+    return random_values(generator, device, dt.int64,
+                         lambda stream: np.array(int(stream.words64(1)[0] >> np.uint64(2))))
+
+
+def _count(shape: tuple) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def rand(*shape, size=None, generator=None, dtype=None, device=None,
@@ -439,7 +441,9 @@ def rand(*shape, size=None, generator=None, dtype=None, device=None,
     if not kind.is_floating_point:
         raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
                        TypeError)
-    out = _uniform(generator, device, _size(shape, size), kind)
+    shape = _size(shape, size)
+    out = random_values(generator, device, kind,
+                        lambda stream: stream.uniform(_count(shape), kind.np).reshape(shape))
     if requires_grad:
         out.requires_grad_(True)
     return out
@@ -449,11 +453,8 @@ def randn(*shape, size=None, generator=None, dtype=None, device=None,
           requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
     shape = _size(shape, size)
-    # Box-Muller in float64 from two uniform draws
-    u1 = _uniform(generator, device, shape, dt.float64)
-    u2 = _uniform(generator, device, shape, dt.float64)
-    radius = P.sqrt(P.log(1.0 - u1) * -2.0)
-    out = P.cast(radius * P.cos(u2 * (2 * math.pi)), dtype=kind)
+    out = random_values(generator, device, kind,
+                        lambda stream: stream.normal(_count(shape), kind.np).reshape(shape))
     if requires_grad:
         out.requires_grad_(True)
     return out
@@ -483,9 +484,9 @@ def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=N
     if high <= low:
         raise op_error("randint", f"random_ expects 'from' to be less than 'to', but got "
                        f"from={low} >= to={high}")
-    u = _uniform(generator, device, _size((size,)), dt.float64)
-    values = P.floor(u * float(high - low)) + float(low)
-    return P.cast(values, dtype=_dtype(dtype) or dt.int64)
+    shape, kind = _size((size,)), _dtype(dtype) or dt.int64
+    return random_values(generator, device, kind, lambda stream: stream.integers(
+        _count(shape), int(low), int(high)).reshape(shape))
 
 
 def randint_like(input, low, high=None, *, dtype=None, device=None) -> Tensor:
@@ -494,30 +495,48 @@ def randint_like(input, low, high=None, *, dtype=None, device=None) -> Tensor:
 
 
 def randperm(n, *, generator=None, dtype=None, device=None) -> Tensor:
-    gen = generator or default_generator
-    perm = np.random.default_rng(gen.next_seed()).permutation(int(n))
     kind = _dtype(dtype) or dt.int64
-    dev = _device(device)
-    return Tensor._make(to_device(perm.astype(kind.np), dev), kind, dev)
+    return random_values(generator, device, kind, lambda stream: stream.permutation(int(n)))
 
 
 def multinomial(input, num_samples, replacement=False, *, generator=None) -> Tensor:
+    """PyTorch's CPU sampler: one draw or none repeated picks the largest `p / q` for
+    exponential `q` (top-k of them for several); draws with replacement search the normalized
+    cumulative sums with one uniform double each, row by row."""
     gen = generator or default_generator
-    rng = np.random.default_rng(gen.next_seed())
-    probs = np.asarray(input.detach().cpu().numpy(), dtype=np.float64)
+    probs = np.asarray(input.detach()._read("multinomial()"))
     rows = probs.reshape(-1, probs.shape[-1])
-    out = []
-    for row in rows:
-        p = row / row.sum()
-        out.append(rng.choice(len(p), size=num_samples, replace=replacement, p=p))
-    result = np.array(out, dtype=np.int64).reshape(probs.shape[:-1] + (num_samples,))
+    if np.any(rows < 0) or not np.all(np.isfinite(rows)) or np.any(rows.sum(-1) <= 0):
+        raise op_error("multinomial", "probability tensor contains either `inf`, `nan` or "
+                       "element < 0, or its rows sum to zero")
+    if not replacement and num_samples > rows.shape[-1]:
+        raise op_error("multinomial", "cannot sample n_sample > prob_dist.size(-1) samples "
+                       "without replacement")
+    if not replacement or num_samples == 1:
+        q = gen._stream.exponential(rows.size, rows.dtype).reshape(rows.shape)
+        scores = rows / q
+        picked = np.argsort(-scores, axis=-1, kind="stable")[:, :num_samples]
+    else:
+        cum = np.cumsum(rows.astype(np.float64), axis=-1)
+        cum /= cum[:, -1:]
+        picked = np.stack([np.searchsorted(row, gen._stream.fraction(num_samples, np.float64),
+                                           side="left") for row in cum])
+    result = picked.astype(np.int64).reshape(probs.shape[:-1] + (num_samples,))
     return Tensor._make(to_device(result, input.device), dt.int64, input.device)
 
 
 def bernoulli(input, p=None, *, generator=None) -> Tensor:
-    probs = input if p is None else full(tuple(input.shape), p, device=input.device)
-    return (rand(tuple(probs.shape), generator=generator, dtype=probs.dtype,
-                 device=probs.device) < probs).to(probs.dtype)
+    """1 where a uniform draw lies below the probability: a number `p` draws doubles, a
+    tensor of probabilities draws in its own precision (PyTorch's CPU kernels)."""
+    shape = tuple(input.shape)
+    if p is not None:
+        return random_values(generator, input.device, input.dtype, lambda stream:
+                             stream.bernoulli_scalar(_count(shape), float(p), input.dtype.np)
+                             .reshape(shape))
+    precision = np.float64 if input.dtype is dt.float64 else np.float32
+    u = random_values(generator, input.device, dt.from_numpy(precision),
+                      lambda stream: stream.fraction(_count(shape), precision).reshape(shape))
+    return (u < input).to(input.dtype)
 
 
 def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=None) -> Tensor:

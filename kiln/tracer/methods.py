@@ -376,24 +376,49 @@ def _fill(self: Tensor, value) -> Tensor:
     return creation.full(tuple(self.shape), value, dtype=self.dtype, device=self.device)
 
 
-def uniform_(self, a=0.0, b=1.0, generator=None):
+def _draw_into(self, name: str, generator, draw) -> Tensor:
+    """Write `draw(stream, count)` (numbers from the generator, in PyTorch's order) into self."""
+    shape, n = tuple(self.shape), self.numel()
     with autograd.no_grad():
-        r = creation.rand(tuple(self.shape), generator=generator, dtype=dt.float64,
-                          device=self.device)
-        return write_inplace(self, (r * (b - a) + a).to(self.dtype), "uniform_")
+        values = creation.random_values(generator, self.device, self.dtype,
+                                        lambda stream: draw(stream, n).reshape(shape))
+        return write_inplace(self, values, name)
+
+
+def uniform_(self, a=0.0, b=1.0, generator=None):
+    return _draw_into(self, "uniform_", generator,
+                      lambda stream, n: stream.uniform(n, self.dtype.np, a, b))
 
 
 def normal_(self, mean=0.0, std=1.0, generator=None):
-    with autograd.no_grad():
-        r = creation.randn(tuple(self.shape), generator=generator, dtype=dt.float64,
-                           device=self.device)
-        return write_inplace(self, (r * std + mean).to(self.dtype), "normal_")
+    return _draw_into(self, "normal_", generator,
+                      lambda stream, n: stream.normal(n, self.dtype.np, mean, std))
 
 
 def bernoulli_(self, p=0.5, generator=None):
-    with autograd.no_grad():
-        r = creation.rand(tuple(self.shape), generator=generator, device=self.device)
-        return write_inplace(self, (r < p).to(self.dtype), "bernoulli_")
+    if isinstance(p, Tensor):
+        return write_inplace(self, creation.bernoulli(p.expand(tuple(self.shape)),
+                                                      generator=generator).to(self.dtype),
+                             "bernoulli_")
+    return _draw_into(self, "bernoulli_", generator,
+                      lambda stream, n: stream.bernoulli_scalar(n, float(p), self.dtype.np))
+
+
+def random_(self, low=0, high=None, *, generator=None):
+    """`random_()`: [0, 2^mantissa] for floats, [0, max] for integers; `random_(to)`,
+    `random_(from, to)`: [from, to)."""
+    if high is None and low == 0:
+        return _draw_into(self, "random_", generator,
+                          lambda stream, n: stream.full_range(n, self.dtype.np))
+    if high is None:
+        low, high = 0, low
+    return _draw_into(self, "random_", generator,
+                      lambda stream, n: stream.integers(n, int(low), int(high)))
+
+
+def exponential_(self, lambd=1.0, *, generator=None):
+    return _draw_into(self, "exponential_", generator,
+                      lambda stream, n: stream.exponential(n, self.dtype.np, lambd))
 
 
 def _type(self, dtype=None):
@@ -456,12 +481,7 @@ _METHODS = {
         self, src.to(self.device, self.dtype) if isinstance(src, Tensor) else _fill(self, src),
         "copy_"),
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
-    "random_": lambda self, low=0, high=None: write_inplace(
-        self, creation.randint(low, high if high is not None else 2 ** 31,
-                               tuple(self.shape), device=self.device).to(self.dtype), "random_"),
-    "exponential_": lambda self, lambd=1.0: write_inplace(
-        self, (-F.log1p(-creation.rand(tuple(self.shape), dtype=self.dtype,
-                                       device=self.device)) / lambd), "exponential_"),
+    "random_": random_, "exponential_": exponential_,
     "masked_select": F.masked_select, "item": Tensor.item,
 }
 

@@ -31,7 +31,7 @@ class Binding:
     kind "arg": positional path `path` into the flattened arguments; "lifted": the tensor
     `tensor` itself (a parameter, buffer or state); "grad": the current `.grad` of graph input
     `path` (read when gradients accumulate; the `.grad` object may be replaced between calls);
-    "seed": a fresh draw from `generator`; "scalar": the Python number `path[0][path[1]]` (an
+    "seed": fresh random numbers, `draw(generator)` (an array); "scalar": the Python number `path[0][path[1]]` (an
     optimizer's learning rate, which a scheduler changes between calls), as a float64 scalar.
     """
 
@@ -39,6 +39,7 @@ class Binding:
     tensor: Tensor | None = None
     path: int | None = None
     generator: object = None
+    draw: object = None
 
 
 @dataclass
@@ -221,9 +222,11 @@ class Tracer:
         rate) ran in this call; every replay makes it again, after the program runs."""
         self.after_replay.append((name, call))
 
-    def random_seed(self, seed: Tensor, generator) -> None:
-        self._input(seed, f"seed{sum(b.kind == 'seed' for b in self.bindings)}",
-                    Binding("seed", generator=generator))
+    def random_input(self, values: Tensor, generator, draw) -> None:
+        """Random numbers the eager call drew from `generator`; a replay calls
+        `draw(generator)` for fresh ones (kind "seed")."""
+        self._input(values, f"random{sum(b.kind == 'seed' for b in self.bindings)}",
+                    Binding("seed", generator=generator, draw=draw))
 
     # ------------------------------------------------------------------ ops
     def record(self, prim, args: tuple, attrs: dict, result: Tensor) -> None:

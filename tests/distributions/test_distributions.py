@@ -426,7 +426,9 @@ def test_more_sample_means(make, mean, var) -> None:
         else x.var()
     assert abs(x.mean() - mean) < 5 * math.sqrt(v / 20000)
     if var is not None:
-        assert abs(x.var() - var) < 0.06 * var
+        # 5 standard errors of the sample variance (heavy tails, e.g. F(5, 14), make it wide)
+        se = math.sqrt(max(((x - x.mean()) ** 4).mean() - x.var() ** 2, 0.0) / x.size)
+        assert abs(x.var() - var) < max(0.06 * var, 5 * se)
 
 
 def _transform_summary(t, T, x):

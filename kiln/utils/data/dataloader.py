@@ -137,7 +137,8 @@ class DataLoader:
 
     def __iter__(self) -> Iterator:
         # drawn in both modes, so a seeded generator gives the same order with or without workers
-        base_seed = int(kiln.randint(0, 2 ** 31, (), generator=self.generator).item())
+        base_seed = int(kiln.empty((), dtype=kiln.int64).random_(generator=self.generator)
+                        .item())            # as PyTorch's iterator draws it (one 64-bit word)
         jobs = self._jobs()
         if self.num_workers == 0:
             fetcher = _Fetcher(self.dataset, self._iterable, self._auto_collation,

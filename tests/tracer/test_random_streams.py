@@ -1,0 +1,192 @@
+"""`kiln.manual_seed(s)` gives PyTorch's CPU random numbers (kiln/runtime/mt19937.py): the
+same uniforms, integers and permutations bit for bit, normals to the last bits of the math
+library's log/sin/cos (float64) and of PyTorch's AVX2 kernel (float32), so the same seed gives the same initial weights and the same
+DataLoader order as PyTorch 2.13."""
+
+import platform
+
+import numpy as np
+import pytest
+
+import kiln
+
+torch = pytest.importorskip("torch")
+
+SEEDS = [0, 1, 2 ** 40 + 7]
+
+
+def _intel_mkl() -> bool:
+    """PyTorch draws bernoulli_/exponential_ from MKL's own generator on Intel CPUs."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            intel = "GenuineIntel" in f.read()
+    except OSError:
+        intel = "Intel" in platform.processor()
+    return intel and torch.backends.mkl.is_available()
+
+
+mkl_stream = pytest.mark.skipif(_intel_mkl(), reason="PyTorch takes MKL's Bernoulli and "
+                                "exponential streams on Intel CPUs; kiln draws as elsewhere")
+
+
+def both(seed, fn):
+    kiln.manual_seed(seed)
+    torch.manual_seed(seed)
+    k, t = fn(kiln), fn(torch)
+    return ([np.asarray(v.detach().numpy()) for v in k], [v.detach().numpy() for v in t])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_uniform_integer_and_permutation_streams_are_torchs(seed):
+    def draws(lib):
+        return [lib.rand(37), lib.rand(5, dtype=lib.float64), lib.rand(3, dtype=lib.float16),
+                lib.empty(7).uniform_(-0.3, 0.7),
+                lib.empty(1000, dtype=lib.float64).uniform_(-2.0, 3.0),
+                lib.randint(-3, 17, (9,)), lib.randint(0, 2 ** 40, (4,)),
+                lib.randperm(1), lib.randperm(1000), lib.randint(5, (2, 3), dtype=lib.int32),
+                lib.empty(3, dtype=lib.int64).random_(), lib.empty(3).random_(),
+                lib.empty(4, dtype=lib.int32).random_(10), lib.empty(4).random_(2, 9),
+                lib.rand(2, 3, generator=lib.Generator().manual_seed(seed + 1))]
+    k, t = both(seed, draws)
+    for a, b in zip(k, t):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_normal_streams_are_torchs(seed):
+    """Fewer than 16 values: Box-Muller pairs in double whose second half waits in the
+    generator (so two lone draws are one pair); 16 or more: blocks of 16 from uniforms."""
+    def draws(lib):
+        return [lib.randn(1, dtype=lib.float64), lib.randn(1, dtype=lib.float64),
+                lib.randn(5, dtype=lib.float64), lib.randn(40, dtype=lib.float64),
+                lib.randn(17, dtype=lib.float64), lib.randn(3), lib.randn(15),
+                lib.randn(16), lib.randn(100), lib.empty(33).normal_(2.0, 0.5),
+                lib.randn(2, 3, dtype=lib.float64)]
+    k, t = both(seed, draws)
+    for a, b in zip(k, t):
+        assert a.dtype == b.dtype
+        if a.dtype == np.float64:       # libm and NumPy may differ in the last bit
+            np.testing.assert_allclose(a, b, rtol=4e-16, atol=1e-16)
+        else:       # PyTorch's AVX2 kernel rounds log/sin/cos in float32
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
+
+
+def test_same_seed_same_initial_weights_as_torch():
+    """Layers initialized by uniform_ (Linear, Conv, RNNs, attention) equal PyTorch's bit for
+    bit; by normal_ (Embedding), to float32 rounding."""
+    def build(lib):
+        nn = lib.nn
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(8, 5), nn.Embedding(30, 16),
+                             nn.LSTM(5, 7, 2), nn.GRU(4, 3), nn.MultiheadAttention(8, 2),
+                             nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0),
+                             nn.BatchNorm1d(4), nn.Bilinear(3, 4, 2))
+    kiln.manual_seed(3)
+    torch.manual_seed(3)
+    k, t = build(kiln).state_dict(), build(torch).state_dict()
+    assert list(k) == list(t)
+    for name in t:
+        if name.startswith("2."):                       # the embedding: normal_
+            np.testing.assert_allclose(k[name].numpy(), t[name].numpy(), rtol=2e-6, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(k[name].numpy(), t[name].numpy(), err_msg=name)
+    np.testing.assert_array_equal(kiln.rand(5).numpy(), torch.rand(5).numpy())   # in step
+
+
+def test_data_loading_order_is_torchs():
+    """A shuffled DataLoader draws its base seed, then its sampler's, as PyTorch's does: the
+    same batches over epochs; random_split and samplers with replacement too."""
+    kiln.manual_seed(11)
+    torch.manual_seed(11)
+    for lib_pair in [(kiln, torch)]:
+        loaders = [lib.utils.data.DataLoader(lib.utils.data.TensorDataset(lib.arange(25)),
+                                             batch_size=4, shuffle=True) for lib in lib_pair]
+        for _ in range(3):
+            k, t = ([b[0].tolist() for b in loader] for loader in loaders)
+            assert k == t
+    assert [list(s) for s in kiln.utils.data.random_split(range(20), [0.7, 0.3])] == \
+        [list(s) for s in torch.utils.data.random_split(range(20), [0.7, 0.3])]
+    k = list(kiln.utils.data.RandomSampler(range(10), replacement=True, num_samples=40))
+    t = list(torch.utils.data.RandomSampler(range(10), replacement=True, num_samples=40))
+    assert k == t
+
+
+def test_rng_state_round_trips_and_generators_are_independent():
+    g = kiln.Generator().manual_seed(5)
+    assert g.initial_seed() == 5 and kiln.Generator().initial_seed() == \
+        torch.Generator().initial_seed()
+    kiln.manual_seed(2)
+    kiln.randn(3, dtype=kiln.float64)                   # leaves a cached normal behind
+    state = kiln.get_rng_state()
+    first = [kiln.randn(1, dtype=kiln.float64).item(), kiln.rand(4).tolist()]
+    kiln.set_rng_state(state)
+    assert [kiln.randn(1, dtype=kiln.float64).item(), kiln.rand(4).tolist()] == first
+    a = kiln.rand(3, generator=g)
+    kiln.manual_seed(0)
+    np.testing.assert_array_equal(a.numpy(), kiln.rand(3, generator=kiln.Generator()
+                                                       .manual_seed(5)).numpy())
+    with pytest.raises(RuntimeError, match="state of 2509 bytes"):
+        kiln.set_rng_state(kiln.zeros(10, dtype=kiln.uint8))
+
+
+@mkl_stream
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bernoulli_dropout_and_sampling_streams_are_torchs(seed):
+    def draws(lib):
+        F = lib.nn.functional
+        x = lib.arange(1.0, 61.0).reshape(3, 4, 5)
+        probs = lib.tensor([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
+        return [lib.empty(30).bernoulli_(0.3), lib.bernoulli(lib.full((9,), 0.4)),
+                lib.bernoulli(lib.full((5,), 0.6, dtype=lib.float64)),
+                F.dropout(x, 0.3), F.dropout2d(x.unsqueeze(-1), 0.5), F.dropout1d(x, 0.25),
+                F.alpha_dropout(x, 0.2, True), lib.multinomial(probs, 2),
+                lib.multinomial(probs, 6, replacement=True), lib.multinomial(probs[0], 1)]
+    k, t = both(seed, draws)
+    for a, b in zip(k, t):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    k, t = both(seed, lambda lib: [lib.empty(20).exponential_(1.5),
+                                   lib.nn.functional.gumbel_softmax(lib.ones(2, 5), tau=0.5)])
+    for a, b in zip(k, t):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@mkl_stream
+def test_a_seeded_training_run_with_dropout_matches_torch_compiled_too():
+    """The same seed, no weights copied: a dropout MLP trained by PyTorch and by kiln (eager
+    and with the step compiled) gives the same losses, because initial weights, the shuffled
+    batches and every dropout mask are the same numbers."""
+    def run(lib, compiled=False):
+        lib.manual_seed(0)
+        nn = lib.nn
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        opt = lib.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        data = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+        labels = (data[:, 0] > 0).astype(np.int64) + (data[:, 1] > 0)
+        loader = lib.utils.data.DataLoader(lib.utils.data.TensorDataset(
+            lib.tensor(data), lib.tensor(labels)), batch_size=8, shuffle=True)
+
+        def step(x, y):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        step = lib.compile(step) if compiled else step
+        return [step(x, y).item() for _ in range(3) for x, y in loader]
+    expected = run(torch)
+    np.testing.assert_allclose(run(kiln), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(kiln, compiled=True), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("trunc_normal_", (0.5, 2.0, -1.0, 3.0)),          # wide window: normal draws redrawn
+    ("trunc_normal_", (0.0, 1.0, 1.0, 1.5)),           # narrow: uniform proposals accepted
+    ("orthogonal_", (1.5,)), ("sparse_", (0.3, 0.1)), ("xavier_normal_", (2.0,)),
+    ("kaiming_normal_", (0.1, "fan_out")), ("xavier_uniform_", ()), ("uniform_", (-2, 5))])
+def test_initializers_draw_torchs_numbers(name, args):
+    kiln.manual_seed(0)
+    torch.manual_seed(0)
+    k = getattr(kiln.nn.init, name)(kiln.empty(60, 9), *args).numpy()
+    t = getattr(torch.nn.init, name)(torch.empty(60, 9), *args).numpy()
+    np.testing.assert_allclose(k, t, rtol=2e-6, atol=1e-6)      # QR / AVX2 rounding
+    np.testing.assert_array_equal(kiln.rand(3).numpy(), torch.rand(3).numpy())   # in step
