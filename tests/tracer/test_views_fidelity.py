@@ -115,3 +115,67 @@ def test_compiled_unfold_equals_eager_and_torch(backend):
         for a, b in zip(got, want):
             np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-12)
         np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- view(dtype)
+
+def _dtype_cases(lib):
+    z = lib.tensor(np.arange(24, dtype=np.float32).reshape(4, 6) * 1.25 - 3)
+    b = lib.tensor(np.arange(16, dtype=np.uint8).reshape(2, 8))
+    return [
+        (z.t(), lib.int32), (z, lib.float32), (z.t(), lib.uint8), (z.t(), lib.float64),
+        (z, lib.float64), (z, lib.float16), (z[:, 2:], lib.float64), (z[:, 1:5], lib.float64),
+        (z.reshape(8, 3)[:, :2], lib.float64), (z[0, :5], lib.float64),
+        (z.reshape(-1)[::2], lib.float16), (z[0, 0], lib.uint8), (z[0, 0], lib.int32),
+        (lib.tensor([True, False, True]), lib.uint8), (b[:, 4:], lib.int32),
+        (b[:, 2:6], lib.int32), (b, lib.float32), (b.t(), lib.uint8), (b, lib.bool),
+        (lib.tensor([1.5, -2.0], dtype=lib.float64), lib.int64),
+        (lib.tensor([1.5, -2.0], dtype=lib.float16), lib.uint8),
+        (lib.tensor([[1.5, -2.0]], dtype=lib.float64), lib.float16),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_dtype_cases(torch))))
+def test_view_dtype_reinterprets_as_torch_does(case):
+    seen = []
+    for lib in (torch, kiln):
+        x, dtype = _dtype_cases(lib)[case]
+        try:
+            y = x.view(dtype)
+        except RuntimeError as e:
+            seen.append(("error", str(e).split(" (at ")[0].replace("view: ", "")))
+            continue
+        seen.append((tuple(y.shape), y.stride(), str(y.dtype).split(".")[1], y.tolist()))
+    assert seen[1] == seen[0]
+
+
+def test_view_dtype_shares_memory_and_is_outside_autograd():
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.zeros(2, 3)
+        y = x.view(lib.int32)
+        y[0, 0] = 1065353216                # the bits of 1.0
+        x[1, 1] = 2.0
+        y2 = x.view(dtype=lib.uint8)
+        w = lib.randn(3, requires_grad=True)
+        seen.append((x.tolist(), y.tolist(), y2.tolist(), tuple(y2.shape),
+                     w.view(lib.int32).requires_grad, w.view(lib.float32).requires_grad,
+                     w.view(lib.float32).grad_fn is None))
+    assert seen[1] == seen[0]
+
+
+def test_compiled_view_dtype_runs_eagerly_with_eagers_answer():
+    def f(x):
+        bits = (x * 2.0).view(kiln.int32)
+        return (bits & 0xFFFF).sum() + (x > 0).sum()
+    data = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    want = f(kiln.tensor(data)).item()
+    compiled = kiln.compile(f)
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # the graph break's one-time message
+            assert compiled(kiln.tensor(data)).item() == want
+    tx = torch.tensor(data)
+    assert want == ((tx * 2.0).view(torch.int32) & 0xFFFF).sum().item() + (tx > 0).sum().item()
+    with pytest.raises(Exception, match="reinterprets memory"):
+        kiln.compile(f, fullgraph=True)(kiln.tensor(data))
