@@ -179,3 +179,84 @@ def test_compiled_view_dtype_runs_eagerly_with_eagers_answer():
     assert want == ((tx * 2.0).view(torch.int32) & 0xFFFF).sum().item() + (tx > 0).sum().item()
     with pytest.raises(Exception, match="reinterprets memory"):
         kiln.compile(f, fullgraph=True)(kiln.tensor(data))
+
+
+# ----------------------------------------------------------------------------- methods
+
+@pytest.mark.parametrize("case", ["hardshrink", "hardshrink_lambd", "prelu_one", "prelu_channels",
+                                  "prelu_1d", "F_hardshrink", "F_prelu"])
+def test_hardshrink_and_prelu_methods_match_torch(case):
+    data = np.random.default_rng(5).standard_normal((2, 3, 4))
+    data[0, 0, :2] = (0.5, -0.5)                 # at the threshold: kept as 0, gradient 0
+    slopes = np.array([0.25, -0.1, 0.3])
+    calls = {
+        "hardshrink": lambda lib, x, w: x.hardshrink(),
+        "hardshrink_lambd": lambda lib, x, w: x.hardshrink(lambd=1.0),
+        "prelu_one": lambda lib, x, w: x.prelu(w[:1]),
+        "prelu_channels": lambda lib, x, w: x.prelu(w),
+        "prelu_1d": lambda lib, x, w: x[0, :, 0].prelu(w[1:2]),
+        "F_hardshrink": lambda lib, x, w: lib.nn.functional.hardshrink(x, 0.3),
+        "F_prelu": lambda lib, x, w: lib.nn.functional.prelu(x, w),
+    }
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.tensor(data, requires_grad=True)
+        w = lib.tensor(slopes, requires_grad=True)
+        y = calls[case](lib, x, w)
+        (y * lib.tensor(np.arange(y.numel(), dtype=np.float64).reshape(tuple(y.shape)))).sum() \
+            .backward()
+        seen.append((y.grad_fn.name(), y.detach().numpy(), x.grad.numpy(),
+                     None if w.grad is None else w.grad.numpy()))
+    assert seen[1][0] == seen[0][0]
+    for a, b in zip(seen[1][1:], seen[0][1:]):
+        if b is None:
+            assert a is None or not a.any()
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_prelu_counts_channels_as_torch_does():
+    for lib in (torch, kiln):
+        with pytest.raises(RuntimeError, match="Found parameter numbers = 3 and channel size = 1"):
+            lib.ones(3).prelu(lib.ones(3))
+        with pytest.raises(RuntimeError, match="Found parameter numbers = 2 and channel size = 3"):
+            lib.nn.functional.prelu(lib.ones(2, 3, 4), lib.ones(2))
+
+
+def test_resize_as_and_resize_keep_the_memory_as_torch_does():
+    seen = []
+    for lib in (torch, kiln):
+        out = []
+        a = lib.arange(6.0)
+        whole = a.view(6)
+        a.resize_as_(lib.zeros(2, 3))
+        out.append((a.tolist(), a.stride()))
+        a.resize_(3)                               # shrinks: the same memory, from the start
+        a[0] = -1.0
+        out.append((a.tolist(), a.stride(), whole.tolist()))
+        t = lib.arange(6.0).reshape(2, 3).t()
+        t.resize_as_(lib.zeros(3, 2))              # the same shape: strides kept
+        out.append((t.tolist(), t.stride()))
+        t.resize_(2, 3)                            # another: the memory in its order
+        out.append((t.tolist(), t.stride()))
+        v = lib.arange(6.0)[2:]
+        v.resize_(2)
+        out.append(v.tolist())
+        g = lib.zeros(2, 2, requires_grad=True)
+        with pytest.raises(RuntimeError, match="cannot resize variables that require grad"):
+            g.resize_as_(lib.zeros(4))
+        with pytest.warns(UserWarning, match="non-inplace resize_as is deprecated"):
+            r = lib.arange(6.0, requires_grad=True).resize_as(lib.zeros(3, 2))
+        out.append((r.tolist(), tuple(r.shape)))
+        with pytest.raises(RuntimeError, match="autograd's resize can only change the shape"):
+            with pytest.warns(UserWarning):
+                lib.arange(6.0).resize(4)
+        seen.append(out)
+    assert seen[1] == seen[0]
+
+
+def test_resize_past_the_memory_keeps_the_elements_it_had():
+    for lib in (torch, kiln):
+        v = lib.arange(6.0)[2:]
+        v.resize_(7)                    # PyTorch leaves the last three uninitialized
+        assert v[:4].tolist() == [2.0, 3.0, 4.0, 5.0] and tuple(v.shape) == (7,)
