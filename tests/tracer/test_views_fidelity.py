@@ -260,3 +260,39 @@ def test_resize_past_the_memory_keeps_the_elements_it_had():
         v = lib.arange(6.0)[2:]
         v.resize_(7)                    # PyTorch leaves the last three uninitialized
         assert v[:4].tolist() == [2.0, 3.0, 4.0, 5.0] and tuple(v.shape) == (7,)
+
+
+# ----------------------------------------------------------------------------- default device
+
+def _in_thread(fn):
+    import threading
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("v", fn()))
+    thread.start()
+    thread.join()
+    return out["v"]
+
+
+def test_the_default_device_is_per_thread_as_in_torch():
+    """torch keeps set_default_device and `with torch.device(...)` in thread-local state (its
+    `_GLOBAL_DEVICE_CONTEXT` is a threading.local, and modes are per thread): a thread starts
+    on the CPU whatever another set, and its own setting stays its own. (Not run against torch
+    here: torch aborts at interpreter exit after a thread set a default device.)"""
+    try:
+        kiln.set_default_device("meta")
+        assert kiln.zeros(2).device.type == "meta"
+        assert _in_thread(lambda: (kiln.zeros(2).device.type,
+                                   str(kiln.get_default_device()))) == ("cpu", "cpu")
+    finally:
+        kiln.set_default_device(None)
+    with kiln.device("meta"):
+        assert _in_thread(lambda: kiln.ones(1).device.type) == "cpu"
+        assert kiln.ones(1).device.type == "meta"
+
+    def set_in_thread():
+        kiln.set_default_device("meta")
+        with kiln.device("cpu"):
+            inner = kiln.zeros(1).device.type
+        return inner, kiln.zeros(1).device.type
+    assert _in_thread(set_in_thread) == ("cpu", "meta")
+    assert kiln.zeros(1).device.type == "cpu" and str(kiln.get_default_device()) == "cpu"
