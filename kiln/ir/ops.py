@@ -537,7 +537,7 @@ def _unfold_dim_impl(xp, x, axis, size, step):
         if xp is np else xp.lib.stride_tricks.as_strided(x, shape, strides)
 
 
-def _window_positions(count: int, size: int, step: int) -> np.ndarray:
+def window_positions(count: int, size: int, step: int) -> np.ndarray:
     """Along the unfolded axis, the input position of each (window, offset), windows first."""
     return (np.arange(count, dtype=np.int64)[:, None] * step
             + np.arange(size, dtype=np.int64)[None, :]).reshape(-1)
@@ -551,14 +551,14 @@ def _unfold_dim_grad(g, out, x, axis, size, step):
     moved = P.reshape(P.permute(g, perm=perm),
                       shape=tuple(x.shape[:axis]) + (count * size,) + tuple(x.shape[axis + 1:]))
     zeros = P.full(shape=tuple(x.shape), value=0.0, dtype=g.dtype, device=g.device)
-    return (P.index_add(zeros, g.new_tensor(_window_positions(count, size, step)), moved,
+    return (P.index_add(zeros, g.new_tensor(window_positions(count, size, step)), moved,
                         axis=axis),)
 
 
 def _unfold_dim_decompose(b, x, axis, size, step):
     count = (x.shape[axis] - size) // step + 1
     nd = len(x.shape)
-    idx = b.graph.add_constant(_window_positions(count, size, step), dt.int64)
+    idx = b.graph.add_constant(window_positions(count, size, step), dt.int64)
     taken = b.op("take", x, idx, axis=axis)
     split = b.op("reshape", taken, shape=x.shape[:axis] + (count, size) + x.shape[axis + 1:])
     perm = tuple(range(axis + 1)) + tuple(range(axis + 2, nd + 1)) + (axis + 1,)

@@ -296,3 +296,21 @@ def test_the_default_device_is_per_thread_as_in_torch():
         return inner, kiln.zeros(1).device.type
     assert _in_thread(set_in_thread) == ("cpu", "meta")
     assert kiln.zeros(1).device.type == "cpu" and str(kiln.get_default_device()) == "cpu"
+
+
+def test_unfold_exports_to_onnx_and_runs_as_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+
+    class Windows(kiln.nn.Module):
+        def forward(self, x):
+            return x.unfold(1, 3, 2).sum(-1) * 2 + x.unfold(0, 2, 1).amax(-1).sum()
+
+    x = kiln.tensor(np.random.default_rng(6).standard_normal((4, 9)).astype(np.float32))
+    model = Windows()
+    kiln.onnx.export(model, (x,), str(tmp_path / "w.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "w.onnx"))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    tx = torch.tensor(x.numpy())
+    want = tx.unfold(1, 3, 2).sum(-1) * 2 + tx.unfold(0, 2, 1).amax(-1).sum()
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(model(x).numpy(), want.numpy(), rtol=1e-6)
