@@ -279,16 +279,14 @@ def _take(b, n, x, a):
 
 
 def _unfold_dim(b, n, x, a):
-    """Tensor.unfold as a Gather of every window's positions along the axis, split into
-    (windows, size) and the size moved last."""
+    """Tensor.unfold as a Gather of every window's positions along the axis (a (windows,
+    size) index, so any other dim may be dynamic), the size then moved last."""
     axis, size, step = a["axis"], a["size"], a["step"]
-    out = n.out.shape
-    count, nd = out[axis], len(out) - 1
-    taken = b.op("Gather", [x[0], b.const(window_positions(count, size, step))], axis=axis)
-    split = b.op("Reshape", [taken, b.ints(tuple(out[:axis + 1]) + (size,) +
-                                           tuple(out[axis + 1:-1]))])
+    count, nd = n.out.shape[axis], len(n.out.shape) - 1
+    positions = window_positions(count, size, step).reshape(count, size)
+    taken = b.op("Gather", [x[0], b.const(positions)], axis=axis)
     perm = list(range(axis + 1)) + list(range(axis + 2, nd + 1)) + [axis + 1]
-    return b.op("Transpose", [split], perm=perm)
+    return b.op("Transpose", [taken], perm=perm)
 
 
 def _argmax(b, n, x, a):

@@ -314,3 +314,13 @@ def test_unfold_exports_to_onnx_and_runs_as_eager(tmp_path):
     want = tx.unfold(1, 3, 2).sum(-1) * 2 + tx.unfold(0, 2, 1).amax(-1).sum()
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
     np.testing.assert_allclose(model(x).numpy(), want.numpy(), rtol=1e-6)
+
+    class Rows(kiln.nn.Module):
+        def forward(self, x):
+            return x.unfold(1, 4, 3).sum(-1)
+
+    kiln.onnx.export(Rows(), (x[:2],), str(tmp_path / "r.onnx"), input_names=["x"],
+                     dynamic_axes={"x": {0: "batch"}})
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"))
+    (got,) = session.run(None, {"x": x.numpy()})       # a batch of 4, exported with 2
+    np.testing.assert_allclose(got, tx.unfold(1, 4, 3).sum(-1).numpy(), rtol=1e-6)
