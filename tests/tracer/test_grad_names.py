@@ -87,3 +87,21 @@ def test_next_functions_match_torchs_structure(call) -> None:
         y.sum().backward()
         seen.append((before, _structure(y.grad_fn)))
     assert seen[1] == seen[0]
+
+
+SHAPE_OPS = [
+    ("t", lambda x: x[0].t()), ("transpose", lambda x: x.transpose(0, 2)),
+    ("swapaxes", lambda x: x.swapaxes(1, 2)), ("mT", lambda x: x.mT),
+    ("unsqueeze", lambda x: x.unsqueeze(1)), ("squeeze", lambda x: x.squeeze()),
+    ("squeeze dim", lambda x: x.squeeze(1)), ("squeeze dims", lambda x: x.squeeze((1,))),
+    ("squeeze a dim > 1", lambda x: x.squeeze(0)), ("sum dim", lambda x: x.sum(1)),
+    ("sum dims", lambda x: x.sum((0, 2))), ("sum", lambda x: x.sum()),
+    ("flatten", lambda x: x.flatten(1)),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=n) for n, c in SHAPE_OPS])
+def test_shape_ops_name_their_nodes_as_torch(call) -> None:
+    data = np.random.default_rng(4).normal(size=(3, 1, 4))
+    names = [call(lib.tensor(data, requires_grad=True)).grad_fn.name() for lib in (torch, kiln)]
+    assert names[1] == names[0]

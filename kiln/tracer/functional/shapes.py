@@ -218,6 +218,15 @@ def unflatten(input, dim, sizes):
     return P.reshape(input, shape=shape[:d] + sizes + shape[d + 1:])
 
 
+def _labelled(out, name: str):
+    """`out`, its node reporting PyTorch's `name` for the op that made it (the primitive's
+    node would say ViewBackward0 or PermuteBackward0): one attribute store, no wrapper."""
+    node = out.grad_fn
+    if type(node) is Node:
+        node.label = name
+    return out
+
+
 def squeeze(input, dim=None):
     shape = tuple(input.shape)
     if dim is None:
@@ -226,15 +235,23 @@ def squeeze(input, dim=None):
         axes = tuple(a for a in _axes(dim if isinstance(dim, (tuple, list)) else (dim,),
                                       input.ndim) if input.ndim and shape[a] == 1)
     if not axes:
-        return input if STATE.tracer is None and not input.requires_grad else \
-            P.reshape(input, shape=shape)
-    return P.reshape(input, shape=tuple(s for i, s in enumerate(shape) if i not in axes))
+        if STATE.tracer is None and not input.requires_grad:
+            return input
+        out = P.reshape(input, shape=shape)
+    else:
+        out = P.reshape(input, shape=tuple(s for i, s in enumerate(shape) if i not in axes))
+    return _labelled(out, "SqueezeBackward0" if dim is None else
+                     "SqueezeBackward2" if isinstance(dim, (tuple, list)) else
+                     "SqueezeBackward1")
 
 
 def unsqueeze(input, dim):
     d = _norm_dim(dim, input.ndim + 1)
     shape = tuple(input.shape)
-    return P.reshape(input, shape=shape[:d] + (1,) + shape[d:])
+    out = P.reshape(input, shape=shape[:d] + (1,) + shape[d:])
+    if out.grad_fn is not None:         # inline _labelled: unsqueeze is a hot op
+        _labelled(out, "UnsqueezeBackward0")
+    return out
 
 
 def permute(input, *dims):
@@ -254,7 +271,10 @@ def transpose(input, dim0, dim1):
     a, b = _norm_dim(dim0, input.ndim), _norm_dim(dim1, input.ndim)
     perm = list(range(input.ndim))
     perm[a], perm[b] = perm[b], perm[a]
-    return P.permute(input, perm=tuple(perm))
+    out = P.permute(input, perm=tuple(perm))
+    if out.grad_fn is not None:
+        _labelled(out, "TransposeBackward0")
+    return out
 
 
 swapaxes = swapdims = transpose
@@ -264,7 +284,7 @@ def t(input):
     if input.ndim > 2:
         raise op_error("t", f"t() expects a tensor with <= 2 dimensions, but self is "
                        f"{input.ndim}D")
-    return transpose(input, 0, 1) if input.ndim == 2 else input
+    return _labelled(transpose(input, 0, 1), "TBackward0") if input.ndim == 2 else input
 
 
 def movedim(input, source, destination):
