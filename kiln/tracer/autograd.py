@@ -484,6 +484,10 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
 
 def _outside_region(root: Tensor, steps: tuple) -> Tensor:
     """A boolean tensor of root's shape: True where the view taken by `steps` does not reach."""
+    if STATE.tracer is not None:
+        # computed with traced ops: the backward reads it, and a tensor the trace did not make
+        # would be lifted into the backward as an input the forward program does not have
+        return _traced_outside_region(root, steps)
     xp = np if root.device is CPU else root.device.xp
     shape = root._data.shape
     positions = xp.arange(root._data.size).reshape(shape)
@@ -492,6 +496,24 @@ def _outside_region(root: Tensor, steps: tuple) -> Tensor:
     outside = xp.ones(root._data.size, dtype=bool)
     outside[positions.reshape(-1)] = False
     return Tensor._make(outside.reshape(shape), dt.bool_, root.device)
+
+
+def _traced_outside_region(root: Tensor, steps: tuple) -> Tensor:
+    shape, n = tuple(root._data.shape), root._data.size
+    prev, STATE.grad_enabled = STATE.grad_enabled, False
+    try:
+        positions = P.reshape(P.arange(start=0, stop=n, step=1, dtype=dt.int64,
+                                       device=root.device), shape=shape)
+        for prim, attrs in steps:
+            positions = P.dispatch(prim, (positions,), attrs)
+        k = positions._data.size
+        inside = P.reshape(positions, shape=(k,))
+        outside = P.index_put(P.full(shape=(n,), value=True, dtype=dt.bool_, device=root.device),
+                              inside, P.full(shape=(k,), value=False, dtype=dt.bool_,
+                                             device=root.device), axis=0)
+        return P.reshape(outside, shape=shape)
+    finally:
+        STATE.grad_enabled = prev
 
 
 def _copy_slices_grad(g, out, base, value, outside, steps):

@@ -324,3 +324,32 @@ def test_unfold_exports_to_onnx_and_runs_as_eager(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "r.onnx"))
     (got,) = session.run(None, {"x": x.numpy()})       # a batch of 4, exported with 2
     np.testing.assert_allclose(got, tx.unfold(1, 4, 3).sum(-1).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("view", ["slice", "unfold", "select"])
+def test_a_compiled_write_through_a_view_with_backward_compiles_and_equals_torch(view):
+    """The mask of the region a write through a view covers is computed inside the trace, so
+    the backward that reads it compiles (it used to be lifted into the backward as an input
+    the forward program lacked, and the function fell back to eager with a warning)."""
+    takes = {"slice": lambda y: y[:, 1:3], "unfold": lambda y: y.unfold(1, 2, 2),
+             "select": lambda y: y[1]}
+
+    def f(lib, x):
+        y = x * 1.0
+        w = takes[view](y)
+        w.mul_(3.0)
+        return (y * y).sum() + (w * x.sum()).sum()
+
+    data = np.random.default_rng(7).standard_normal((3, 6))
+    tx = torch.tensor(data, requires_grad=True)
+    want = f(torch, tx)
+    want.backward()
+    compiled = kiln.compile(lambda x: f(kiln, x))
+    for _ in range(2):
+        x = kiln.tensor(data, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = compiled(x)
+        got.backward()
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-12)
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12)
