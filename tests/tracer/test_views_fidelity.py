@@ -65,6 +65,21 @@ def test_unfold_gradients_match_torch(shape, dim, size, step):
     np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-12, atol=1e-12)
 
 
+def test_windows_of_a_base_written_later_carry_the_new_history():
+    data = np.random.default_rng(8).standard_normal((3, 10))
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.tensor(data, requires_grad=True)
+        y = x * 2.0
+        w = y.unfold(1, 4, 1)                   # overlapping windows of y
+        y.add_(x.exp())                         # y written after: w sees it, and its grad
+        loss = (w * w).sum()
+        loss.backward()
+        seen.append((loss.item(), x.grad.numpy()))
+    np.testing.assert_allclose(seen[1][0], seen[0][0], rtol=1e-12)
+    np.testing.assert_allclose(seen[1][1], seen[0][1], rtol=1e-12)
+
+
 def test_unfold_of_a_leaf_names_torchs_node_and_double_backward():
     results = []
     for lib in (torch, kiln):
