@@ -240,6 +240,9 @@ class _Encoder:
             node["requires_grad"] = True
         if t.device.type != "cpu":
             node["device"] = str(t.device)
+        order = dim_order_of(t)
+        if order is not None:
+            node["dim_order"] = list(order)
         return node
 
     def tensor_name(self, t: Tensor, path: list[str]) -> str:
@@ -294,7 +297,9 @@ class _Pickler(pickle.Pickler):
             from kiln.nn.parameter import Parameter
             name = self.encoder.tensor_name(obj, [str(len(self.encoder.arrays))])
             kind = "Parameter" if type(obj) is Parameter else "Tensor"
-            return ("kiln.tensor", name, kind, bool(obj.requires_grad), str(obj.device))
+            pid = ("kiln.tensor", name, kind, bool(obj.requires_grad), str(obj.device))
+            order = dim_order_of(obj)
+            return pid if order is None else pid + (order,)
         if type(obj) is np.ndarray and _code_of(obj.dtype) is not None:
             return ("kiln.ndarray", self.encoder._array(obj, [str(len(self.encoder.arrays))]))
         if isinstance(obj, np.generic) and obj.dtype.name in _NUMPY_SCALARS:
@@ -706,6 +711,45 @@ def _check_entries(header: dict, data_size: int, name: str) -> dict:
     return entries
 
 
+# ----------------------------------------------------------------------------- layouts
+#
+# The data section holds every tensor's elements in row-major order (what safetensors readers
+# expect). A tensor laid out densely in another order of its dims (channels_last, a
+# transpose's result) also records that order, PyTorch's `dim_order()` (outermost dim first),
+# and loads with the same strides, as torch.load gives back the strides torch.save saw.
+
+def dim_order_of(t: Tensor) -> tuple | None:
+    """The order of `t`'s dims, outermost first, when its elements lie densely in that order
+    and it is not row-major (a channels_last tensor: (0, 2, 3, 1)); else None."""
+    data = t._data
+    if t.device.type == "meta" or data.ndim < 2:
+        return None
+    strides = t.stride()
+    if data.flags.c_contiguous and strides == _dense_strides(data.shape, range(data.ndim)):
+        return None
+    # ties (dims of size 1) put the later dim inside, as PyTorch's channels_last strides have
+    order = tuple(sorted(range(data.ndim), key=lambda d: (-strides[d], -d)))
+    return order if _dense_strides(data.shape, order) == strides else None
+
+
+def _dense_strides(shape: tuple, order) -> tuple:
+    strides, step = [0] * len(shape), 1
+    for d in reversed(tuple(order)):
+        strides[d] = step
+        step *= max(shape[d], 1)
+    return tuple(strides)
+
+
+def in_dim_order(arr: np.ndarray, order: tuple) -> np.ndarray:
+    """A copy of `arr` whose elements lie densely in `order` (outermost dim first)."""
+    dense = np.empty(tuple(arr.shape[d] for d in order), arr.dtype)
+    dense[...] = arr.transpose(order)
+    back = [0] * arr.ndim
+    for position, d in enumerate(order):
+        back[d] = position
+    return dense.transpose(back)
+
+
 class _Placer:
     """Turns loaded arrays into tensors on the device `map_location` asks for."""
 
@@ -767,9 +811,18 @@ class _Arrays:
         saved, grad = attrs.get("device", "cpu"), attrs.get("requires_grad", False)
         if not isinstance(saved, str) or type(grad) is not bool:
             raise _fail(self.name, f"tensor {key!r} has a malformed device or requires_grad")
-        cache = (key, saved, grad, parameter)
+        order = attrs.get("dim_order")
+        if order is not None:
+            if not isinstance(order, (list, tuple)) or \
+                    sorted(order) != list(range(arr.ndim)) or \
+                    any(type(d) is not int for d in order):
+                raise _fail(self.name, f"tensor {key!r} has a dim_order {reprlib.repr(order)} "
+                            f"that is not an order of its {arr.ndim} dims")
+            order = tuple(order)
+        cache = (key, saved, grad, parameter, order)
         if cache not in self.built:
-            t = self.placer.place(arr, saved, grad)
+            t = self.placer.place(arr if order is None else in_dim_order(arr, order), saved,
+                                  grad)
             if parameter:
                 from kiln.nn.parameter import Parameter
                 if grad and not t.is_floating_point():
@@ -788,7 +841,7 @@ class _Arrays:
 
 # the node kinds a structure may contain, with the keys each may carry besides its kind
 _NODE_KEYS = {"list": (), "tuple": (), "set": (), "frozenset": (), "dict": (), "OrderedDict": (),
-              "tensor": ("class", "requires_grad", "device"), "ndarray": (),
+              "tensor": ("class", "requires_grad", "device", "dim_order"), "ndarray": (),
               "numpy": ("value",), "float": (), "complex": (), "bytes": (), "bytearray": (),
               "dtype": (), "device": (), "Size": ()}
 
@@ -1028,11 +1081,13 @@ class _TrustingUnpickler(pickle.Unpickler):
 
 
 def _persistent_load(pid: Any, arrays: _Arrays, name: str) -> Any:
-    if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "kiln.tensor" and \
+    if isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "kiln.tensor" and \
             pid[2] in ("Tensor", "Parameter"):
-        _, key, kind, grad, device = pid
-        return arrays.tensor(key, {"requires_grad": grad, "device": device},
-                             parameter=kind == "Parameter")
+        _, key, kind, grad, device = pid[:5]
+        attrs = {"requires_grad": grad, "device": device}
+        if len(pid) == 6:
+            attrs["dim_order"] = pid[5]
+        return arrays.tensor(key, attrs, parameter=kind == "Parameter")
     if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.ndarray":
         return arrays.ndarray(pid[1])
     if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "kiln.numpy" and \

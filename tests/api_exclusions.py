@@ -84,7 +84,10 @@ batch_norm_update_stats lstm lstm_cell gru gru_cell rnn_relu rnn_relu_cell rnn_t
 rnn_tanh_cell convolution conv_tbc affine_grid_generator grid_sampler grid_sampler_2d
 grid_sampler_3d embedding_renorm_ constant_pad_nd norm_except_dim segment_reduce
 feature_dropout feature_dropout_ feature_alpha_dropout_ alpha_dropout_ slice_inverse
+embedding_bag
 """)
+_group("torch", "a C++ binding of TorchScript's module internals (pybind object with only "
+       "contains/getattr/items/setattr), not a Python API", "BufferDict")
 COPY = "functionalization's *_copy twin of a view op (the view op itself is provided)"
 _group("torch", COPY, """
 alias_copy as_strided_copy ccol_indices_copy col_indices_copy crow_indices_copy detach_copy
@@ -146,8 +149,7 @@ storage storage_offset storage_type untyped_storage set_ is_set_to
 pin_memory is_pinned record_stream const_data_ptr
 """)
 _group(T, STRIDES, """
-as_strided as_strided_ as_strided_scatter new_empty_strided dim_order resize_ resize_as_
-resize
+as_strided as_strided_ as_strided_scatter new_empty_strided dim_order
 """)
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")

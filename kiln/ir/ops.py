@@ -508,6 +508,68 @@ define("flip", MOVEMENT, lambda shapes, dtypes, axes: (shapes[0], dtypes[0]),
        lambda g, out, x, axes: (P.flip(g, axes=axes),), arity=1, reads=(), view=True)
 
 
+# Tensor.unfold(dim, size, step): every `size`-long window along `axis`, `step` apart, as a new
+# last dim. A strided view as in PyTorch (windows may overlap, so one element of the input can
+# appear several times): the axis' stride becomes step times its own and the new dim gets the
+# axis' stride. Compiled, it is decomposed into a gather (`take`) the kernels index.
+
+def _unfold_dim_infer(shapes, dtypes, axis, size, step):
+    x = shapes[0]
+    if size < 0:
+        raise ShapeError(f"size is {size} but must be >= 0")
+    if step <= 0:
+        raise ShapeError(f"step is {step} but must be > 0")
+    if size > x[axis]:
+        raise ShapeError(f"maximum size for tensor at dimension {axis} is {x[axis]} but size is "
+                         f"{size}")
+    count = (x[axis] - size) // step + 1
+    return x[:axis] + (count,) + x[axis + 1:] + (size,), dtypes[0]
+
+
+def _unfold_dim_impl(xp, x, axis, size, step):
+    count = (x.shape[axis] - size) // step + 1
+    shape = x.shape[:axis] + (count,) + x.shape[axis + 1:] + (size,)
+    strides = (x.strides[:axis] + (x.strides[axis] * step,) + x.strides[axis + 1:]
+               + (x.strides[axis],))
+    # writeable as PyTorch's: a write into a window reaches the input (and, where windows
+    # overlap, every window holding that element)
+    return xp.lib.stride_tricks.as_strided(x, shape, strides, writeable=True) \
+        if xp is np else xp.lib.stride_tricks.as_strided(x, shape, strides)
+
+
+def window_positions(count: int, size: int, step: int) -> np.ndarray:
+    """Along the unfolded axis, the input position of each (window, offset), windows first."""
+    return (np.arange(count, dtype=np.int64)[:, None] * step
+            + np.arange(size, dtype=np.int64)[None, :]).reshape(-1)
+
+
+def _unfold_dim_grad(g, out, x, axis, size, step):
+    # each window's gradient added back at the positions it read (overlaps accumulate)
+    count = (x.shape[axis] - size) // step + 1
+    nd = len(x.shape)
+    perm = tuple(range(axis + 1)) + (nd,) + tuple(range(axis + 1, nd))
+    moved = P.reshape(P.permute(g, perm=perm),
+                      shape=tuple(x.shape[:axis]) + (count * size,) + tuple(x.shape[axis + 1:]))
+    zeros = P.full(shape=tuple(x.shape), value=0.0, dtype=g.dtype, device=g.device)
+    return (P.index_add(zeros, g.new_tensor(window_positions(count, size, step)), moved,
+                        axis=axis),)
+
+
+def _unfold_dim_decompose(b, x, axis, size, step):
+    count = (x.shape[axis] - size) // step + 1
+    nd = len(x.shape)
+    idx = b.graph.add_constant(window_positions(count, size, step), dt.int64)
+    taken = b.op("take", x, idx, axis=axis)
+    split = b.op("reshape", taken, shape=x.shape[:axis] + (count, size) + x.shape[axis + 1:])
+    perm = tuple(range(axis + 1)) + tuple(range(axis + 2, nd + 1)) + (axis + 1,)
+    return b.op("permute", split, perm=perm)
+
+
+define("unfold_dim", MOVEMENT, _unfold_dim_infer, _unfold_dim_impl, _unfold_dim_grad, arity=1,
+       reads=(), view=True, decompose=_unfold_dim_decompose,
+       doc="Tensor.unfold: windows of `size` along `axis`, `step` apart, as a last dim (a view)")
+
+
 def _pad_infer(shapes, dtypes, pads, value):
     if len(pads) != len(shapes[0]):
         raise ShapeError(f"pad: {len(pads)} (low, high) pairs for {len(shapes[0])} dims")

@@ -107,7 +107,7 @@ def threshold_(input: Tensor, threshold: float, value: float) -> Tensor:
 @_composite
 def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
     """x where |x| > lambd, else 0."""
-    return kiln.where(input.abs() > lambd, input, kiln.zeros_like(input))
+    return input.hardshrink(lambd)
 
 
 @_composite
@@ -122,16 +122,7 @@ def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
 @_composite
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """Leaky ReLU with a learned slope: one, or one per channel (dim 1)."""
-    if weight.numel() != 1:
-        channels = input.shape[1] if input.ndim >= 2 else input.shape[0]
-        if weight.numel() != channels:
-            raise RuntimeError(f"prelu: mismatch of parameter numbers and input channel size. "
-                               f"Found parameter numbers = {weight.numel()} and channel size = "
-                               f"{channels}.")
-        shape = [1] * input.ndim
-        shape[1 if input.ndim >= 2 else 0] = channels
-        weight = weight.reshape(shape)
-    return kiln.where(input > 0, input, input * weight)
+    return input.prelu(weight)
 
 
 @_composite

@@ -14,6 +14,7 @@ import numpy as np
 from kiln.export.symbolic import Affine
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Value
+from kiln.ir.ops import window_positions
 
 
 class UnsupportedOperatorError(RuntimeError):
@@ -277,6 +278,17 @@ def _take(b, n, x, a):
     return b.op("Gather", x, axis=a["axis"])
 
 
+def _unfold_dim(b, n, x, a):
+    """Tensor.unfold as a Gather of every window's positions along the axis (a (windows,
+    size) index, so any other dim may be dynamic), the size then moved last."""
+    axis, size, step = a["axis"], a["size"], a["step"]
+    count, nd = n.out.shape[axis], len(n.out.shape) - 1
+    positions = window_positions(count, size, step).reshape(count, size)
+    taken = b.op("Gather", [x[0], b.const(positions)], axis=axis)
+    perm = list(range(axis + 1)) + list(range(axis + 2, nd + 1)) + [axis + 1]
+    return b.op("Transpose", [taken], perm=perm)
+
+
 def _argmax(b, n, x, a):
     return b.op("ArgMax", x, axis=a["axis"], keepdims=int(bool(a["keepdim"])))
 
@@ -309,7 +321,7 @@ OPS = {
     "cat": lambda b, n, x, a: b.op("Concat", x, axis=a["axis"]),
     # ONNX has no error op; onnxruntime's Gather refuses an index out of range itself
     "check_index": lambda b, n, x, a: b.op("Identity", x),
-    "take": _take, "matmul": _binary("MatMul"), "unfold": _unfold,
+    "take": _take, "matmul": _binary("MatMul"), "unfold": _unfold, "unfold_dim": _unfold_dim,
     "full": _full, "arange": _arange,
 }
 

@@ -4,6 +4,7 @@ shapes and dtypes only (`MetaArray`), for module templates and shape checks."""
 from __future__ import annotations
 
 import functools
+import threading
 import math
 
 import numpy as np
@@ -58,12 +59,12 @@ class Device:
     def __enter__(self) -> "Device":
         """`with kiln.device("meta"):` factories without a device= put tensors here (modules
         built inside included), as kiln.set_default_device does until the block ends."""
-        _ENTERED.append(DEFAULT_DEVICE[0])
-        DEFAULT_DEVICE[0] = self
+        DEFAULTS.entered = DEFAULTS.entered + (DEFAULTS.device,)
+        DEFAULTS.device = self
         return self
 
     def __exit__(self, *exc) -> None:
-        DEFAULT_DEVICE[0] = _ENTERED.pop()
+        DEFAULTS.device, DEFAULTS.entered = DEFAULTS.entered[-1], DEFAULTS.entered[:-1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,8 +76,18 @@ def _intern(kind: str, index: int | None) -> Device:
 
 CPU = Device("cpu")
 META = Device("meta")
-DEFAULT_DEVICE = [CPU]      # where factories put tensors without a device= (set_default_device)
-_ENTERED: list = []         # the defaults that `with device:` blocks replaced, innermost last
+
+
+class _Defaults(threading.local):
+    """Where factories put tensors without a device= (kiln.set_default_device, `with
+    kiln.device(...)`), one per thread as PyTorch's: a thread starts on the CPU whatever
+    another thread set. The class attributes are each new thread's starting values."""
+
+    device = CPU
+    entered = ()        # the defaults that `with device:` blocks replaced, innermost last
+
+
+DEFAULTS = _Defaults()
 
 _NO_META_DATA = ("{what}: a tensor on the meta device has a shape and dtype but no data. Use "
                  "real tensors, or give a meta module real ones with Module.to_empty(device=...) "

@@ -42,6 +42,9 @@ class Node:
             return label
         if self.prim is _COPY_SLICES:
             return "CopySlices"
+        torch_name = _TORCH_NAMES.get(self.prim.name)
+        if torch_name is not None:
+            return torch_name(self) if callable(torch_name) else torch_name
         return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
 
     def __repr__(self) -> str:
@@ -51,10 +54,13 @@ class Node:
     def next_functions(self):
         """((node, 0), ...) per input, as PyTorch's: the input's grad_fn, an AccumulateGrad
         naming a leaf that requires grad (`.variable`), or None for an input without one."""
-        if self.inputs is None:
+        if self.edges is None:
             return ()
-        return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0)
-                     for e in self.edges)
+        edges = self.edges
+        shown = _SHOWN_INPUTS.get(self.prim)
+        if shown is not None:       # the rest are values the node keeps for its rule
+            edges = edges[:shown]
+        return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0) for e in edges)
 
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
@@ -123,6 +129,37 @@ class Node:
         out = Tensor._make(self.out_data, self.out_dtype, self.out_device)
         out.grad_fn, out.requires_grad, out._trace = self, True, self.out_trace
         return out
+
+
+def _matmul_name(node: Node) -> str:
+    # PyTorch's node for each case of matmul's ranks (a batched product's node is Bmm's,
+    # under PyTorch's UnsafeView of its result)
+    out = node.out_data.ndim if node.out_data is not None else None
+    ranks = tuple(getattr(e, "ndim", None) for e in node.inputs) if node.inputs else ()
+    if out == 0 or ranks == (1, 1):
+        return "DotBackward0"
+    if ranks == (2, 1):
+        return "MvBackward0"
+    if ranks == (2, 2):
+        return "MmBackward0"
+    return "BmmBackward0" if out is not None and out >= 3 else "MmBackward0"
+
+
+_MATMUL = PRIMITIVES["matmul"]
+# PyTorch's names for the nodes of primitives whose own names differ from its op's: kiln's
+# reshape is PyTorch's view (PyTorch has no ReshapeBackward0), and so on
+_TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": _matmul_name,
+                "batch_norm": "NativeBatchNormBackward0",
+                "max_pool2d_with_indices": "MaxPool2DWithIndicesBackward0"}
+
+# custom nodes whose rule also reads values passed as extra inputs (a fused softmax's saved
+# exponentials): next_functions shows only the first inputs, as PyTorch's node has them
+_SHOWN_INPUTS: dict = {}
+
+
+def show_inputs(prim: Primitive, count: int) -> None:
+    """Let next_functions of `prim`'s nodes show only their first `count` inputs."""
+    _SHOWN_INPUTS[prim] = count
 
 
 class AccumulateGrad:
@@ -447,6 +484,10 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
 
 def _outside_region(root: Tensor, steps: tuple) -> Tensor:
     """A boolean tensor of root's shape: True where the view taken by `steps` does not reach."""
+    if STATE.tracer is not None:
+        # computed with traced ops: the backward reads it, and a tensor the trace did not make
+        # would be lifted into the backward as an input the forward program does not have
+        return _traced_outside_region(root, steps)
     xp = np if root.device is CPU else root.device.xp
     shape = root._data.shape
     positions = xp.arange(root._data.size).reshape(shape)
@@ -455,6 +496,24 @@ def _outside_region(root: Tensor, steps: tuple) -> Tensor:
     outside = xp.ones(root._data.size, dtype=bool)
     outside[positions.reshape(-1)] = False
     return Tensor._make(outside.reshape(shape), dt.bool_, root.device)
+
+
+def _traced_outside_region(root: Tensor, steps: tuple) -> Tensor:
+    shape, n = tuple(root._data.shape), root._data.size
+    prev, STATE.grad_enabled = STATE.grad_enabled, False
+    try:
+        positions = P.reshape(P.arange(start=0, stop=n, step=1, dtype=dt.int64,
+                                       device=root.device), shape=shape)
+        for prim, attrs in steps:
+            positions = P.dispatch(prim, (positions,), attrs)
+        k = positions._data.size
+        inside = P.reshape(positions, shape=(k,))
+        outside = P.index_put(P.full(shape=(n,), value=True, dtype=dt.bool_, device=root.device),
+                              inside, P.full(shape=(k,), value=False, dtype=dt.bool_,
+                                             device=root.device), axis=0)
+        return P.reshape(outside, shape=shape)
+    finally:
+        STATE.grad_enabled = prev
 
 
 def _copy_slices_grad(g, out, base, value, outside, steps):
@@ -850,6 +909,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                             _store_leaf_grad(edge, leaf_grads.pop(id(edge))[1], create_graph)
                             _post_accumulate(edge)
             if not retain_graph:
+                if node.prim is _MATMUL:
+                    node.label = node.name()     # it is read from the shapes freed here
                 node.inputs = None
                 node.out_data = None
                 if packed is not None:

@@ -14,27 +14,24 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
-from kiln.runtime.device import CPU, DEFAULT_DEVICE, Device, to_device
+from kiln.runtime.device import CPU, DEFAULTS, Device, to_device
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
 
 
-_DEFAULT_DEVICE = DEFAULT_DEVICE     # set by kiln.set_default_device and `with kiln.device(...)`
-
-
 def _device(device) -> Device:
-    return _DEFAULT_DEVICE[0] if device is None else Device(device)
+    return DEFAULTS.device if device is None else Device(device)
 
 
 def set_default_device(device) -> None:
     """Where factory functions put tensors when no device is given (torch.set_default_device);
-    None restores the CPU."""
-    _DEFAULT_DEVICE[0] = CPU if device is None else Device(device)
+    None restores the CPU. As in PyTorch it holds for the calling thread only."""
+    DEFAULTS.device = CPU if device is None else Device(device)
 
 
 def get_default_device() -> Device:
-    return _DEFAULT_DEVICE[0]
+    return DEFAULTS.device
 
 
 def _dtype(dtype) -> dt.DType | None:

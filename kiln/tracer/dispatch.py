@@ -127,7 +127,9 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     src = None
     if movement and len(arrays) == 1:
         base = out.base
-        if base is not None and (base is arrays[0] or base is arrays[0].base):
+        if base is not None and (base is arrays[0] or base is arrays[0].base
+                                 or getattr(base, "base", None) is arrays[0]):
+            # (the last: NumPy's as_strided, whose result's base wraps the input)
             src = args[0]                        # a view: it shares its input's memory
             result._version = src._version       # and so its version counter
 

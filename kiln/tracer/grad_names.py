@@ -46,7 +46,8 @@ def _sum_name(args, kwargs):
 # function name -> PyTorch's node name, for the tensor ops (functional and Tensor methods)
 TENSOR_OPS = {"mean": _mean_name, "softmax": "SoftmaxBackward0",
               "log_softmax": "LogSoftmaxBackward0", "var": "VarBackward0",
-              "std": "StdBackward0", "logsumexp": "LogsumexpBackward0"}
+              "std": "StdBackward0", "logsumexp": "LogsumexpBackward0",
+              "unfold": "UnfoldBackward0"}
 # and for nn.functional
 NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
           "nll_loss": "NllLossBackward0", "cross_entropy": "NllLossBackward0",

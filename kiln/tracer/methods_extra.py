@@ -3,13 +3,18 @@ and the small metadata helpers PyTorch tensors have."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from kiln.runtime.device import MetaArray
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer import sparse
 from kiln.tracer.sparse import layout, sparse_coo, strided  # noqa: F401  (re-exported)
+from kiln.tracer.grad_names import named
+from kiln.tracer import layout as memory_layout
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -80,6 +85,126 @@ for _flag in ("is_xpu", "is_mps", "is_quantized", "is_sparse", "is_mkldnn_",
     _METHODS[_flag.rstrip("_")] = property(lambda self: False)
 
 
+
+
+# ----------------------------------------------------------------------------- activations
+# Tensor.hardshrink and Tensor.prelu; nn.functional's hardshrink and prelu call these.
+
+def _hardshrink(self, lambd=0.5):
+    """x where |x| > lambd, else 0."""
+    return F.where(F.gt(F.abs(self), lambd), self, F.zeros_like(self))
+
+
+def _prelu(self, weight):
+    """Leaky ReLU with a learned slope: one, or one per channel (dim 1), as PyTorch's."""
+    if weight.numel() != 1:
+        channels = self.shape[1] if self.ndim >= 2 else 1
+        if weight.numel() != channels:
+            raise RuntimeError(f"Mismatch of parameter numbers and input channel size. Found "
+                               f"parameter numbers = {weight.numel()} and channel size = "
+                               f"{channels}.")
+        shape = [1] * self.ndim
+        shape[1] = channels
+        weight = F.reshape(weight, tuple(shape))
+    return F.where(F.gt(self, 0), self, F.mul(self, weight))
+
+
+_METHODS["hardshrink"] = named(_hardshrink, "HardshrinkBackward0")
+_METHODS["prelu"] = named(_prelu, "PreluKernelBackward0")
+
+
+# ----------------------------------------------------------------------------- resize
+
+def _sizes(sizes) -> tuple:
+    one = len(sizes) == 1 and not isinstance(sizes[0], int)
+    return tuple(int(n) for n in (sizes[0] if one else sizes))
+
+
+def _resize_(self, *sizes, memory_format=None):
+    """PyTorch's resize_: the tensor takes the new shape in place. Its elements are the first
+    ones of its memory in row-major order (the memory of the array owning them, from the
+    tensor's first element, as PyTorch's storage); past the end of that memory the tensor gets
+    new memory, the old elements copied to its start and the rest zeros (PyTorch leaves them
+    uninitialized and grows the storage, which other views of it then share too)."""
+    shape = _sizes(sizes)
+    if self.requires_grad:
+        raise RuntimeError("cannot resize variables that require grad")
+    if any(n < 0 for n in shape):
+        raise RuntimeError(f"Trying to create tensor with negative dimension: {list(shape)}")
+    if STATE.tracer is not None:
+        STATE.tracer.graph_break("resize_ changes a tensor's shape in place")
+    data = self._data
+    fmt = memory_format if memory_format is not None else memory_layout.contiguous_format
+    memory_layout.check(fmt, "resize_", len(shape))
+    if tuple(shape) == data.shape and memory_format is None:
+        return self                           # as PyTorch: the strides stay
+    n = int(np.prod(shape))
+    if self.device.type == "meta":
+        new = MetaArray(shape, data.dtype)
+    else:
+        new = _resized(data, shape, n, self.device)
+        if fmt in (memory_layout.channels_last, memory_layout.channels_last_3d):
+            xp = np if self.device.type == "cpu" else self.device.xp
+            new = memory_layout.arrange(xp, new, fmt)
+    self._data = new
+    self._base = None         # the steps from a base no longer give this shape
+    self._version[0] += 1
+    return self
+
+
+def _resized(data, shape: tuple, n: int, device):
+    """`n` elements of `data`'s memory from its first, in row-major order, at `shape`."""
+    xp = np if device.type == "cpu" else device.xp
+    root, offset = data, 0
+    if isinstance(data, np.ndarray):
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        offset = (data.__array_interface__["data"][0]
+                  - root.__array_interface__["data"][0]) // data.itemsize
+    if root.flags.c_contiguous:
+        memory = root.reshape(-1)[offset:]
+    elif data.flags.c_contiguous:
+        memory = data.reshape(-1)
+    else:
+        memory = xp.ascontiguousarray(data).reshape(-1)
+    if n <= memory.size:
+        return memory[:n].reshape(shape)
+    new = xp.zeros(n, data.dtype)
+    new[:memory.size] = memory
+    return new.reshape(shape)
+
+
+def _resize_as_(self, the_template, memory_format=None):
+    return _resize_(self, tuple(the_template.shape), memory_format=memory_format)
+
+
+def _resize(self, *sizes):
+    """The deprecated out-of-place resize: a reshape that keeps the number of elements."""
+    warnings.warn("non-inplace resize is deprecated", UserWarning, stacklevel=2)
+    return _autograd_resize(self, _sizes(sizes))
+
+
+def _resize_as(self, tensor):
+    """The deprecated out-of-place resize_as: a reshape that keeps the number of elements."""
+    warnings.warn("non-inplace resize_as is deprecated", UserWarning, stacklevel=2)
+    return _autograd_resize(self, tuple(tensor.shape))
+
+
+def _autograd_resize(self, shape: tuple):
+    n = int(np.prod(shape))
+    if self.numel() != n:
+        raise RuntimeError(
+            f"requested resize to {'x'.join(map(str, shape))} ({n} elements in total), but the "
+            f"given tensor has a size of {'x'.join(map(str, self.shape))} ({self.numel()} "
+            "elements). autograd's resize can only change the shape of a given tensor, while "
+            "preserving the number of elements. ")
+    return F.reshape(F.clone(self), shape)
+
+
+_METHODS["resize_"] = _resize_
+_METHODS["resize_as_"] = _resize_as_
+_METHODS["resize"] = _resize
+_METHODS["resize_as"] = _resize_as
 
 
 def fill_diagonal_(self, fill_value, wrap=False):

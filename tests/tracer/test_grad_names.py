@@ -55,3 +55,53 @@ def test_names_do_not_change_gradients() -> None:
     xt = torch.tensor(X, requires_grad=True)
     torch.nn.functional.cross_entropy(xt, torch.tensor(TARGET)).backward()
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
+
+
+def _structure(node):
+    return (node.name(), [None if f is None else f.name() for f, _ in node.next_functions])
+
+
+M = np.random.default_rng(2).normal(size=(4, 5))
+B = np.random.default_rng(3).normal(size=(2, 4, 5))
+STRUCTURES = [
+    ("softmax", lambda t, F, x: x.softmax(-1)),
+    ("log_softmax", lambda t, F, x: x.log_softmax(-1)),
+    ("F.softmax", lambda t, F, x: F.softmax(x, dim=1)),
+    ("F.log_softmax of a result", lambda t, F, x: F.log_softmax(x * 2, dim=0)),
+    ("mm", lambda t, F, x: x @ t.tensor(M, requires_grad=True)),
+    ("bmm", lambda t, F, x: t.bmm(x.expand(2, 3, 4), t.tensor(B, requires_grad=True))),
+    ("view", lambda t, F, x: x.view(2, 6)),
+    ("flatten", lambda t, F, x: x.flatten()),
+    ("unfold", lambda t, F, x: x.unfold(1, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=n) for n, c in STRUCTURES])
+def test_next_functions_match_torchs_structure(call) -> None:
+    """The node's name and its next_functions (names and count; a fused node's saved values
+    are not inputs), before and after backward frees the node's saved values."""
+    seen = []
+    for lib in (torch, kiln):
+        y = call(lib, lib.nn.functional, lib.tensor(X, requires_grad=True))
+        before = _structure(y.grad_fn)
+        y.sum().backward()
+        seen.append((before, _structure(y.grad_fn)))
+    assert seen[1] == seen[0]
+
+
+SHAPE_OPS = [
+    ("t", lambda x: x[0].t()), ("transpose", lambda x: x.transpose(0, 2)),
+    ("swapaxes", lambda x: x.swapaxes(1, 2)), ("mT", lambda x: x.mT),
+    ("unsqueeze", lambda x: x.unsqueeze(1)), ("squeeze", lambda x: x.squeeze()),
+    ("squeeze dim", lambda x: x.squeeze(1)), ("squeeze dims", lambda x: x.squeeze((1,))),
+    ("squeeze a dim > 1", lambda x: x.squeeze(0)), ("sum dim", lambda x: x.sum(1)),
+    ("sum dims", lambda x: x.sum((0, 2))), ("sum", lambda x: x.sum()),
+    ("flatten", lambda x: x.flatten(1)),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=n) for n, c in SHAPE_OPS])
+def test_shape_ops_name_their_nodes_as_torch(call) -> None:
+    data = np.random.default_rng(4).normal(size=(3, 1, 4))
+    names = [call(lib.tensor(data, requires_grad=True)).grad_fn.name() for lib in (torch, kiln)]
+    assert names[1] == names[0]

@@ -62,6 +62,7 @@ _POOL = Primitive("max_pool2d_with_indices", "custom", None, None, _pool_grad, 2
 _POOL_BACKWARD = Primitive("max_pool2d_with_indices_backward", "custom", None, None,
                            _pool_backward_grad, 2, reads=(1,),
                            doc="its gradient's node under create_graph (never traced)")
+_autograd.show_inputs(_POOL, 1)        # the window indices are the rule's, not an input
 
 
 def eager_max_pool2d(x: Tensor, out_hw: tuple, kernel: tuple, stride: tuple, padding: tuple,

@@ -55,7 +55,11 @@ def sum(input, dim=None, keepdim=False, *, dtype=None):
     axes = _axes(dim, ndim)
     if ndim == 0:
         return input.clone()
-    return P.sum(input, axes=axes, keepdim=bool(keepdim))
+    out = P.sum(input, axes=axes, keepdim=bool(keepdim))
+    node = out.grad_fn
+    if dim is not None and type(node) is _autograd.Node:
+        node.label = "SumBackward1"     # PyTorch's node of sum over given dims
+    return out
 
 
 def nansum(input, dim=None, keepdim=False, *, dtype=None):

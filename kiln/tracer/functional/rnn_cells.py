@@ -158,6 +158,9 @@ _CELL_C_CUDA = Primitive("lstm_cell_c", "custom", None, None, _cuda_grad_c, 2, r
                          doc="eager LSTM cell state on cuda (never traced)")
 _CELL_H_CUDA = Primitive("lstm_cell_h", "custom", None, None, _cuda_grad_h, 2, reads=(0, 1),
                          doc="eager LSTM cell output on cuda (never traced)")
+# next_functions shows the gates and the cell state, not the saved activations
+_autograd.show_inputs(_CELL_C, 2)
+_autograd.show_inputs(_CELL_H, 2)
 
 
 # ----------------------------------------------------------------------------- GRU
@@ -230,3 +233,4 @@ _GRU = Primitive("gru_cell", "custom", None, None, _gru_grad, 6, reads=(1, 2, 3,
                  doc="eager GRU cell h' = (1 - z) n + z h (never traced)")
 _GRU_CUDA = Primitive("gru_cell", "custom", None, None, _cuda_gru_grad, 3, reads=(0, 1, 2),
                       doc="eager GRU cell on cuda (never traced)")
+_autograd.show_inputs(_GRU, 3)         # the projections and h, not the saved activations

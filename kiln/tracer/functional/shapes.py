@@ -10,6 +10,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.runtime.device import MetaArray
 from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, _HELD_ONCE, Node, _refs
 from kiln.tracer.errors import op_error
@@ -53,10 +54,13 @@ def reshape(input, *shape):
     return P.reshape(input, shape=shape)
 
 
-def view(input, *shape):
-    if len(shape) == 1 and isinstance(shape[0], dt.DType):
-        raise op_error("view", "viewing as another dtype is not supported; use .to(dtype)",
-                       NotImplementedError)
+def view(input, *shape, dtype=None):
+    if dtype is None and len(shape) == 1 and isinstance(shape[0], dt.DType):
+        dtype, shape = shape[0], ()
+    if dtype is not None:
+        if shape:
+            raise op_error("view", "takes a shape or a dtype, not both", TypeError)
+        return view_dtype(input, dtype)
     shape = _infer_shape(_shape_arg(shape), input._data.size, "view")
     if not input._data.flags.c_contiguous and not _viewable(input._data, shape) \
             and not _relayout_private(input):
@@ -67,6 +71,72 @@ def view(input, *shape):
                        f"subspaces): shape {list(data.shape)}, stride {list(input.stride())}, "
                        f"view shape {list(shape)}. Use .reshape(...) instead.")
     return P.reshape(input, shape=shape)
+
+
+# PyTorch's names of the dtypes, as its view(dtype) messages spell them
+_SCALAR_NAMES = {"bool": "Bool", "uint8": "Byte", "int8": "Char", "int16": "Short",
+                 "int32": "Int", "int64": "Long", "float16": "Half", "bfloat16": "BFloat16",
+                 "float32": "Float", "float64": "Double"}
+
+
+def view_dtype(input, dtype):
+    """`x.view(dtype)`: the same memory read as another dtype, as PyTorch's view(dtype) (a
+    view sharing `x`'s memory and version counter, outside autograd). Of the same element
+    size any layout works; of another, the last dim must have stride 1 and is scaled by the
+    ratio of the sizes (a float32 (2, 3) as uint8 is (2, 12)), with PyTorch's rules and
+    messages."""
+    if not isinstance(dtype, dt.DType):
+        raise op_error("view", f"expected a dtype, got {type(dtype).__name__}", TypeError)
+    old, new = input.dtype.itemsize, dtype.itemsize
+    data = input._data
+    if STATE.tracer is not None:
+        # a reinterpretation of bits has no IR op: the function runs this part eagerly
+        STATE.tracer.graph_break(f"Tensor.view({dtype.name}) reinterprets memory")
+    if old != new:
+        what = (f"to view {_SCALAR_NAMES.get(input.dtype.name, input.dtype.name)} as "
+                f"{_SCALAR_NAMES.get(dtype.name, dtype.name)} (different element sizes)")
+        if data.ndim == 0:
+            raise op_error("view", f"self.dim() cannot be 0 {what}")
+        strides = input.stride() if input.device.type != "meta" else None
+        if strides is not None and strides[-1] != 1:
+            raise op_error("view", f"self.stride(-1) must be 1 {what}, but got {strides[-1]}")
+        if new > old:
+            ratio = new // old
+            if data.shape[-1] % ratio:
+                raise op_error("view", f"self.size(-1) must be divisible by {ratio} {what}, "
+                               f"but got {data.shape[-1]}")
+            offset = _storage_offset(data)
+            if offset % ratio:
+                raise op_error("view", f"self.storage_offset() must be divisible by {ratio} "
+                               f"{what}, but got {offset}")
+            for d, st in enumerate((strides or ())[:-1]):
+                if st % ratio:
+                    raise op_error("view", f"self.stride({d}) must be divisible by {ratio} "
+                                   f"{what}, but got {st}")
+    if input.device.type == "meta":
+        last = data.shape[-1] * old // new if data.ndim else None
+        out = MetaArray(data.shape[:-1] + (last,) if data.ndim else (), dtype.np_dtype)
+    else:
+        out = data.view(dtype.np_dtype)
+    result = Tensor._make(out, dtype, input.device)
+    result._version = input._version       # writes through either are seen by both
+    return result
+
+
+def _storage_offset(data) -> int:
+    """The element offset of an array's first element in the memory of the array owning it
+    (PyTorch's storage_offset)."""
+    root = data
+    while isinstance(getattr(root, "base", None), type(data)):
+        root = root.base
+    try:
+        if isinstance(data, np.ndarray):
+            start = data.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        else:                               # CuPy: the pointer's offset in its allocation
+            start = data.data.ptr - data.data.mem.ptr
+    except AttributeError:                  # no memory (meta)
+        return 0
+    return start // data.itemsize
 
 
 def _relayout_private(input) -> bool:
@@ -148,6 +218,15 @@ def unflatten(input, dim, sizes):
     return P.reshape(input, shape=shape[:d] + sizes + shape[d + 1:])
 
 
+def _labelled(out, name: str):
+    """`out`, its node reporting PyTorch's `name` for the op that made it (the primitive's
+    node would say ViewBackward0 or PermuteBackward0): one attribute store, no wrapper."""
+    node = out.grad_fn
+    if type(node) is Node:
+        node.label = name
+    return out
+
+
 def squeeze(input, dim=None):
     shape = tuple(input.shape)
     if dim is None:
@@ -156,15 +235,23 @@ def squeeze(input, dim=None):
         axes = tuple(a for a in _axes(dim if isinstance(dim, (tuple, list)) else (dim,),
                                       input.ndim) if input.ndim and shape[a] == 1)
     if not axes:
-        return input if STATE.tracer is None and not input.requires_grad else \
-            P.reshape(input, shape=shape)
-    return P.reshape(input, shape=tuple(s for i, s in enumerate(shape) if i not in axes))
+        if STATE.tracer is None and not input.requires_grad:
+            return input
+        out = P.reshape(input, shape=shape)
+    else:
+        out = P.reshape(input, shape=tuple(s for i, s in enumerate(shape) if i not in axes))
+    return _labelled(out, "SqueezeBackward0" if dim is None else
+                     "SqueezeBackward2" if isinstance(dim, (tuple, list)) else
+                     "SqueezeBackward1")
 
 
 def unsqueeze(input, dim):
     d = _norm_dim(dim, input.ndim + 1)
     shape = tuple(input.shape)
-    return P.reshape(input, shape=shape[:d] + (1,) + shape[d:])
+    out = P.reshape(input, shape=shape[:d] + (1,) + shape[d:])
+    if out.grad_fn is not None:         # inline _labelled: unsqueeze is a hot op
+        _labelled(out, "UnsqueezeBackward0")
+    return out
 
 
 def permute(input, *dims):
@@ -184,7 +271,10 @@ def transpose(input, dim0, dim1):
     a, b = _norm_dim(dim0, input.ndim), _norm_dim(dim1, input.ndim)
     perm = list(range(input.ndim))
     perm[a], perm[b] = perm[b], perm[a]
-    return P.permute(input, perm=tuple(perm))
+    out = P.permute(input, perm=tuple(perm))
+    if out.grad_fn is not None:
+        _labelled(out, "TransposeBackward0")
+    return out
 
 
 swapaxes = swapdims = transpose
@@ -194,7 +284,7 @@ def t(input):
     if input.ndim > 2:
         raise op_error("t", f"t() expects a tensor with <= 2 dimensions, but self is "
                        f"{input.ndim}D")
-    return transpose(input, 0, 1) if input.ndim == 2 else input
+    return _labelled(transpose(input, 0, 1), "TBackward0") if input.ndim == 2 else input
 
 
 def movedim(input, source, destination):

@@ -58,6 +58,8 @@ _SOFTMAX = Primitive("softmax", "custom", None, None, _softmax_grad, 3, reads=()
                      doc="eager softmax's autograd node (never traced)")
 _LOG_SOFTMAX = Primitive("log_softmax", "custom", None, None, _log_softmax_grad, 3, reads=(),
                          output=COPIED, doc="eager log_softmax's autograd node (never traced)")
+_autograd.show_inputs(_SOFTMAX, 1)          # e and s are the rule's, not graph inputs
+_autograd.show_inputs(_LOG_SOFTMAX, 1)
 _FAST_DTYPES = (dt.float32, dt.float64)
 _sum = numpy_impl(PRIMITIVES["sum"])       # the sum the dispatcher runs, so values match
 _SMALL = 4096     # below this `_sum` and `max` are NumPy's plain reductions: the ufuncs' own

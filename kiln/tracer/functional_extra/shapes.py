@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
@@ -330,12 +331,15 @@ def renorm(input, p, dim, maxnorm):
 
 def unfold(input, dimension, size, step):
     """Tensor.unfold: every `size`-long window along `dimension`, `step` apart, as a new last
-    dim."""
-    d = _norm_dim(dimension, input.ndim) if input.ndim else 0
+    dim; a view of `input`, as in PyTorch (a 0-d tensor counts as one element along dim 0)."""
+    size, step = int(size), int(step)
+    d = _norm_dim(dimension, max(input.ndim, 1))
     n = input.shape[d] if input.ndim else 1
-    count = (n - size) // step + 1
-    starts = np.arange(count) * step
-    idx = (starts[:, None] + np.arange(size)[None, :]).reshape(-1)
-    taken = F.index_select(input, d, _as_tensor(idx.astype(np.int64), input))
-    shape = tuple(input.shape[:d]) + (count, size) + tuple(input.shape[d + 1:])
-    return F.movedim(F.reshape(taken, shape), d + 1, -1)
+    if size < 0 or step <= 0 or size > n:     # PyTorch's messages, under the op's own name
+        raise op_error("unfold", f"size is {size} but must be >= 0" if size < 0 else
+                       f"step is {step} but must be > 0" if step <= 0 else
+                       f"maximum size for tensor at dimension {d} is {n} but size is {size}")
+    if input.ndim == 0:
+        return P.reshape(P.unfold_dim(P.reshape(input, shape=(1,)), axis=0, size=size,
+                                      step=step), shape=(size,))
+    return P.unfold_dim(input, axis=d, size=size, step=step)
