@@ -225,6 +225,8 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
         elif isinstance(a, (str, Device)):
             device = a
     out = self
+    if dtype is not None and out.dtype is dt.bfloat16 and device is not None:
+        out = P.cast(out, dtype=creation._dtype(dtype))   # first: no bfloat16 on CUDA
     if device is not None and Device(device) != self.device:
         out = _to_device(out, Device(device))
     if dtype is not None:
@@ -438,6 +440,7 @@ _METHODS = {
         self, f"cuda:{device}" if isinstance(device, int) else (device or "cuda")),
     "float": lambda self: to(self, dt.float32), "double": lambda self: to(self, dt.float64),
     "half": lambda self: to(self, dt.float16), "long": lambda self: to(self, dt.int64),
+    "bfloat16": lambda self: to(self, dt.bfloat16),
     "int": lambda self: to(self, dt.int32), "bool": lambda self: to(self, dt.bool_),
     "byte": lambda self: to(self, dt.uint8), "type": _type,
     "type_as": lambda self, other: to(self, other.dtype),
