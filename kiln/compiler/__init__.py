@@ -25,6 +25,7 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_python_read, replay_after, scalar_input, untraced)
+from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
@@ -602,6 +603,17 @@ class CompiledFunction:
                        f"{b.reason} at {b.location}; this function runs eagerly")
             _dump_if_requested(self, tracer.programs)
             return result
+        if _computes_in_bfloat16(tracer.graph):
+            # kiln's kernels and passes have no bfloat16 (eager computes it in float32 and
+            # rounds each result, kiln.tracer.dispatch); running eagerly keeps those values
+            tracer.release()
+            reason = (f"{_function_name(self.fn)} computes with bfloat16 tensors (compiled "
+                      "code has no bfloat16)")
+            if self.fullgraph:
+                raise GraphBreak(reason, _where(self.fn))
+            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+            self._note("bfloat16", f"{reason}; this function runs eagerly")
+            return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    if not g.lazy]
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
@@ -859,6 +871,13 @@ class CompiledFunction:
     def guards(self) -> list:
         """Per traced entry, the guards a replay checks (`Guard.describe()` says each)."""
         return [e.guards for e in self.entries.values()]
+
+
+def _computes_in_bfloat16(graph) -> bool:
+    """Whether a traced graph has a bfloat16 input, constant or node."""
+    return any(v.dtype is dt.bfloat16 for v in graph.inputs) or \
+        any(v.dtype is dt.bfloat16 for v in graph.constants) or \
+        any(n.out.dtype is dt.bfloat16 for n in graph.nodes)
 
 
 class _StageFailed(Exception):
