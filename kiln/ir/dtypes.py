@@ -119,6 +119,11 @@ def cast_array(x, dtype: DType):
     return x.astype(dtype.np)
 
 
+def bfloat16_value(number) -> float:
+    """A Python number rounded to bfloat16 (through float32, as PyTorch converts it)."""
+    return float(np.float32(number).astype(bfloat16.np))
+
+
 def get_default_dtype() -> DType:
     return _default_float
 

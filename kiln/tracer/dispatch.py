@@ -199,7 +199,7 @@ def _widen_bfloat16(arrays: list, how: int) -> list:
             if a.dtype == _BF16_STORAGE:
                 a = a.astype(np.float32)
         elif how == _ROUNDS_LITERALS and (type(a) is float or type(a) is int):
-            a = float(np.float32(a).astype(_BF16_STORAGE))
+            a = dt.bfloat16_value(a)
         out.append(a)
     return out
 
