@@ -504,7 +504,7 @@ def randperm(n, *, generator=None, dtype=None, device=None) -> Tensor:
 def multinomial(input, num_samples, replacement=False, *, generator=None) -> Tensor:
     gen = generator or default_generator
     rng = np.random.default_rng(gen.next_seed())
-    probs = np.asarray(input.detach().cpu().numpy(), dtype=np.float64)
+    probs = np.asarray(input.detach().cpu().numpy(force=True), dtype=np.float64)
     rows = probs.reshape(-1, probs.shape[-1])
     out = []
     for row in rows:

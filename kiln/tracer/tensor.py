@@ -198,9 +198,9 @@ class Tensor:
         if self.device.type != "cpu" and not force:
             raise TypeError(f"can't convert {self.device} device type tensor to numpy. "
                             "Use Tensor.cpu() to copy the tensor to host memory first.")
-        if self.dtype is dt.bfloat16:
-            # PyTorch's message; NumPy has no bfloat16 of its own (kiln's storage is
-            # ml_dtypes', reachable through x.float().numpy() without loss)
+        if self.dtype is dt.bfloat16 and not force:
+            # PyTorch's message: NumPy has no bfloat16 of its own (force=True, kiln's own
+            # reads, gets the ml_dtypes array that stores it)
             raise TypeError("Got unsupported ScalarType BFloat16: convert the tensor first, "
                             "e.g. x.float().numpy()")
         data = self._read("numpy()")
