@@ -250,6 +250,9 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
                                  "runs on one device)")
     if device.type == "cpu":
         pending_checks.flush()      # the copy waits for the GPU: read its queued index checks
+    elif self.dtype is dt.bfloat16 and device.type == "cuda":
+        raise op_error("to", f"copying a bfloat16 tensor of shape {list(self.shape)} to "
+                       f"{device}: {dt.NO_CUDA_BFLOAT16}")
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way

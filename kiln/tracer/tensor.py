@@ -208,7 +208,7 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         if self.dtype is dt.bfloat16 and dtype is None:
-            self.numpy(force=True)           # raises PyTorch's TypeError
+            self.numpy()                     # raises PyTorch's TypeError
         data = to_device(self._read("__array__"), CPU)
         return data if dtype is None else data.astype(dtype)
 
