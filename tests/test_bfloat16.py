@@ -113,6 +113,12 @@ def test_python_values_and_numpy_as_torch():
     with pytest.raises(TypeError, match="BFloat16"):
         np.asarray(k)
     assert np.array_equal(k.float().numpy(), t.float().numpy())
+    # kiln.testing compares bfloat16 as torch.testing does (bfloat16 tolerances, promotion)
+    kiln.testing.assert_close(k.float(), k, check_dtype=False)
+    with pytest.raises(AssertionError):
+        kiln.testing.assert_close(k.float() * 1.02, k, check_dtype=False)
+    torch.testing.assert_close(t.float() * 1.01, t, check_dtype=False)
+    kiln.testing.assert_close(k.float() * 1.01, k, check_dtype=False)
 
 
 # ----------------------------------------------------------------------------- ops

@@ -49,8 +49,7 @@ def composite(fn=None, *, name: str | None = None):
 
         @functools.wraps(fn)
         def in_float32(*args, **kwargs):
-            first = args[0] if args else None
-            if type(first) is not Tensor or first.dtype is not dt.bfloat16:
+            if not args or getattr(args[0], "dtype", None) is not dt.bfloat16:
                 return traced_in_scope(*args, **kwargs)     # the common case: one check
             return _widened_call(traced_in_scope, args, kwargs)
         in_float32.composite = label
