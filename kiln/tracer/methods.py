@@ -403,7 +403,7 @@ def bernoulli_(self, p=0.5, generator=None):
 
 def _type(self, dtype=None):
     if dtype is None:
-        return f"kiln.{ {'float32': 'Float', 'float64': 'Double', 'float16': 'Half', 'int64': 'Long', 'int32': 'Int', 'bool': 'Bool', 'uint8': 'Byte'}[self.dtype.name]}Tensor"
+        return f"kiln.{ {'float32': 'Float', 'float64': 'Double', 'float16': 'Half', 'int64': 'Long', 'int32': 'Int', 'bool': 'Bool', 'uint8': 'Byte', 'bfloat16': 'BFloat16'}[self.dtype.name]}Tensor"
     return to(self, creation._dtype(dtype))
 
 
