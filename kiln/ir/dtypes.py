@@ -120,8 +120,10 @@ def cast_array(x, dtype: DType):
 
 
 def bfloat16_value(number) -> float:
-    """A Python number rounded to bfloat16 (through float32, as PyTorch converts it)."""
-    return float(np.float32(number).astype(bfloat16.np))
+    """A Python number rounded to bfloat16 (through float32, as PyTorch converts it); beyond
+    float32's range, an infinity, as in PyTorch, without NumPy's overflow warning."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(number).astype(bfloat16.np))
 
 
 def get_default_dtype() -> DType:
