@@ -98,6 +98,17 @@ def test_conversion_rounds_to_nearest_even_as_torch():
     # and to the integer and half types, through float32 as torch converts
     assert k[7:].long().tolist() == t[7:].long().tolist()
     assert np.array_equal(k.half().numpy(), t.half().numpy())
+    # a float64 reaches bfloat16 through float32 on every path, as torch converts it: just
+    # above a tie in float64, a tie (to even) in float32
+    v = 1 + 2 ** -8 + 2 ** -30
+    expected = torch.tensor([v], dtype=torch.float64).to(torch.bfloat16).item()
+    into = kiln.zeros(2, dtype=kiln.bfloat16)
+    into[0] = v
+    into[1] = kiln.tensor(v, dtype=kiln.float64)
+    assert kiln.tensor([v], dtype=kiln.float64).bfloat16().item() == expected
+    assert kiln.tensor([v], dtype=kiln.bfloat16).item() == expected
+    assert into.tolist() == [expected] * 2
+    assert torch.tensor(v, dtype=torch.bfloat16).item() == expected
 
 
 def test_python_values_and_numpy_as_torch():

@@ -190,7 +190,9 @@ def setitem(self: Tensor, key, value) -> None:
         # plain data write: NumPy's own setitem, no autograd involved
         data = value._data if isinstance(value, Tensor) else value
         if isinstance(value, Tensor) and value.dtype is not self.dtype:
-            data = data.astype(self.dtype.np)
+            data = dt.cast_array(data, self.dtype)
+        elif self.dtype is dt.bfloat16 and type(value) is float:
+            data = dt.bfloat16_value(value)       # through float32, as PyTorch converts
         try:
             self._data[_array_key(key)] = data
         except ValueError:          # NumPy's broadcast error, said as PyTorch says it
@@ -401,9 +403,13 @@ def bernoulli_(self, p=0.5, generator=None):
         return write_inplace(self, (r < p).to(self.dtype), "bernoulli_")
 
 
+_TYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "int64": "Long",
+               "int32": "Int", "bool": "Bool", "uint8": "Byte", "bfloat16": "BFloat16"}
+
+
 def _type(self, dtype=None):
     if dtype is None:
-        return f"kiln.{ {'float32': 'Float', 'float64': 'Double', 'float16': 'Half', 'int64': 'Long', 'int32': 'Int', 'bool': 'Bool', 'uint8': 'Byte', 'bfloat16': 'BFloat16'}[self.dtype.name]}Tensor"
+        return f"kiln.{_TYPE_NAMES[self.dtype.name]}Tensor"
     return to(self, creation._dtype(dtype))
 
 

@@ -27,8 +27,9 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 # ----------------------------------------------------------------------------- reductions
 
 def _widened(x: Tensor) -> Tensor:
-    """x as float32 when it is float16 or bfloat16 (dt.HALF): PyTorch accumulates reductions of half values in float
-    (the sum of 4096 values near 100 overflows float16's 65504 on the way to a mean of 100).
+    """x as float32 when it is float16 or bfloat16 (dt.HALF): PyTorch accumulates reductions
+    of half values in float (the sum of 4096 values near 100 overflows float16's 65504 on the
+    way to a mean of 100).
     A cast, not a wider accumulator inside the primitive, so a trace records it and every
     backend computes in float32 too."""
     return P.cast(x, dtype=dt.float32) if x.dtype in dt.HALF else x
