@@ -411,8 +411,10 @@ def test_without_ml_dtypes_the_name_exists_and_storing_says_what_to_install():
     code = """
 import sys
 sys.modules["ml_dtypes"] = None            # import ml_dtypes now raises ImportError
-import kiln
+import kiln, kiln.nn, kiln.optim, kiln.testing, kiln.serialization, kiln.distributions
 assert kiln.bfloat16.name == "bfloat16" and kiln.bfloat16.is_floating_point
+model = kiln.nn.Sequential(kiln.nn.Linear(3, 2), kiln.nn.LayerNorm(2))
+assert model(kiln.ones(4, 3)).sum(0).shape == (2,)
 d = {"float32": kiln.float32, "bfloat16": kiln.bfloat16}   # nanoGPT's first lines
 assert (kiln.ones(2) + 1).tolist() == [2.0, 2.0]
 for make in (lambda: kiln.zeros(2, dtype=kiln.bfloat16), lambda: kiln.ones(2).bfloat16(),
