@@ -142,6 +142,8 @@ for _name in _torch_namespace.OUT_FUNCTIONS:
     globals()[_name] = _torch_namespace.with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)
+from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
+BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
 IntTensor = _legacy_type("IntTensor", int32)
 cuda.amp = amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 # one generator draws for every device; attached here so that runtime imports no tracer

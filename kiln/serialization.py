@@ -38,6 +38,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ir import dtypes as _dtypes
 from kiln.ir.dtypes import from_name
 from kiln.runtime.device import Device, cuda_is_available
 from kiln.tracer.tensor import Size
@@ -49,6 +50,8 @@ FORMAT_VERSION = "2"
 # safetensors dtype codes kiln tensors can hold, and the extra ones a NumPy array may have
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
            "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+if _dtypes.HAS_BFLOAT16:            # safetensors' BF16, stored by ml_dtypes (optional)
+    _DTYPES["BF16"] = _dtypes.bfloat16.np
 _ARRAY_DTYPES = dict(_DTYPES, I16=np.int16, I8=np.int8, U64=np.uint64, U32=np.uint32,
                      U16=np.uint16)
 _CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}      # native byte order
@@ -247,7 +250,7 @@ class _Encoder:
 
     def tensor_name(self, t: Tensor, path: list[str]) -> str:
         if id(t) not in self.array_names:
-            self._array(t.detach().cpu().numpy(), path, key=t)
+            self._array(t.detach().cpu().numpy(force=True), path, key=t)
         return self.array_names[id(t)]
 
     def _array(self, arr: np.ndarray, path: list[str], key: Any = None) -> str:
@@ -675,6 +678,8 @@ def _check_entries(header: dict, data_size: int, name: str) -> dict:
         if not isinstance(entry, dict):
             raise _fail(name, f"header entry {key!r} is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype == "BF16" and not _dtypes.HAS_BFLOAT16:
+            raise _fail(name, f"tensor {key!r} is bfloat16: {_dtypes.NO_ML_DTYPES}")
         if not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
             raise _fail(name, f"tensor {key!r} has unknown dtype {dtype!r} (kiln reads "
                         f"{', '.join(_ARRAY_DTYPES)})")

@@ -19,11 +19,12 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ir import dtypes as _dtypes
 
 __all__ = ["assert_close", "make_tensor", "assert_allclose"]
 
-# (rtol, atol) by NumPy dtype name; integers and bool are compared exactly. bfloat16 is listed
-# for completeness (kiln has no bfloat16); complex types use their real type's tolerances.
+# (rtol, atol) by NumPy dtype name (bfloat16: ml_dtypes'); integers and bool are compared
+# exactly; complex types use their real type's tolerances.
 DEFAULT_TOLERANCES = {
     "float16": (1e-3, 1e-5),
     "bfloat16": (1.6e-2, 1e-5),
@@ -316,6 +317,8 @@ def _promote(a: np.dtype, b: np.dtype) -> np.dtype:
     complex) the higher category's type wins as it is (int64 and float16 give float16, where
     NumPy widens to float64); within a category, and from floating to complex, NumPy's rule
     agrees with PyTorch's."""
+    if "bfloat16" in (a.name, b.name):      # ml_dtypes' type, unknown to NumPy's promotion
+        return _dtypes.promote(_dtypes.from_numpy(a), _dtypes.from_numpy(b)).np_dtype
     low, high = sorted((a, b), key=lambda d: _CATEGORY[d.kind])
     if _CATEGORY[low.kind] < _CATEGORY[high.kind] and low.kind != "f":
         return high

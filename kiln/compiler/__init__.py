@@ -25,6 +25,7 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_python_read, replay_after, scalar_input, untraced)
+from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
@@ -566,6 +567,19 @@ class CompiledFunction:
             self.warned.add(tag)
             warnings.warn(f"kiln.compile: {message}", stacklevel=3)
 
+    def _run_bfloat16_eagerly(self, key, args, kwargs, run: bool = True):
+        """A function that computes with bfloat16 runs eagerly from now on (for this guard
+        key), with a warning: kiln's kernels and passes have no bfloat16, and eager computes
+        it as PyTorch's CPU kernels do (kiln.tracer.dispatch). Checked before tracing, as a
+        traced optimizer step takes other branches (tensor hyperparameters) than eager's."""
+        reason = (f"{_function_name(self.fn)} computes with bfloat16 tensors (compiled code "
+                  "has no bfloat16)")
+        if self.fullgraph:
+            raise GraphBreak(reason, _where(self.fn))
+        self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+        self._note("bfloat16", f"{reason}; this function runs eagerly")
+        return self.fn(*args, **kwargs) if run else None
+
     def _add_entry(self, key, entry: CompiledEntry) -> None:
         full = (key, len(self.entries))
         self.entries[full] = entry
@@ -586,6 +600,8 @@ class CompiledFunction:
             self._add_entry(key, CompiledEntry(None, eager_reason=reason))
             self._note("guards", f"{_function_name(self.fn)}: {reason}; it runs eagerly")
             return self.fn(*args, **kwargs)
+        if _reaches_bfloat16(args, kwargs, reachable):
+            return self._run_bfloat16_eagerly(key, args, kwargs)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
                                      watch=True)
@@ -602,6 +618,11 @@ class CompiledFunction:
             self._note("break:" + b.location, f"graph break in {_function_name(self.fn)}: "
                        f"{b.reason} at {b.location}; this function runs eagerly")
             _dump_if_requested(self, tracer.programs)
+            return result
+        if _computes_in_bfloat16(tracer.graph):
+            # bfloat16 made inside the function: the traced call ran eagerly, its result stands
+            tracer.release()
+            self._run_bfloat16_eagerly(key, args, kwargs, run=False)
             return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    if not g.lazy]
@@ -859,6 +880,27 @@ class CompiledFunction:
     def guards(self) -> list:
         """Per traced entry, the guards a replay checks (`Guard.describe()` says each)."""
         return [e.guards for e in self.entries.values()]
+
+
+def _reaches_bfloat16(args: tuple, kwargs: dict, reachable: dict) -> bool:
+    """Whether a call's arguments (tensors, modules, optimizers, nested in containers) or the
+    tensors its function reaches by name hold a bfloat16 tensor."""
+    tensors = list(reachable.values())
+    for v in flatten((args, kwargs))[0] + list(args) + list(kwargs.values()):
+        if isinstance(v, Tensor):
+            tensors.append(v)
+        elif hasattr(v, "named_parameters") and hasattr(v, "named_buffers"):
+            tensors += [t for _, t in v.named_parameters()] + [t for _, t in v.named_buffers()]
+        elif hasattr(v, "param_groups"):
+            tensors += [p for group in v.param_groups for p in group["params"]]
+    return any(isinstance(t, Tensor) and t.dtype is dt.bfloat16 for t in tensors)
+
+
+def _computes_in_bfloat16(graph) -> bool:
+    """Whether a traced graph has a bfloat16 input, constant or node."""
+    return any(v.dtype is dt.bfloat16 for v in graph.inputs) or \
+        any(v.dtype is dt.bfloat16 for v in graph.constants) or \
+        any(n.out.dtype is dt.bfloat16 for n in graph.nodes)
 
 
 class _StageFailed(Exception):

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+try:        # bfloat16's NumPy storage type; optional (`pip install ml_dtypes`, or kiln[bfloat16])
+    from ml_dtypes import bfloat16 as _np_bfloat16
+except ImportError:                      # pragma: no cover - exercised in a subprocess test
+    _np_bfloat16 = None
+
 
 @dataclass(frozen=True, eq=False)
 class DType:
@@ -34,6 +39,28 @@ class DType:
         return (from_name, (self.name,))
 
 
+HAS_BFLOAT16 = _np_bfloat16 is not None
+NO_CUDA_BFLOAT16 = ("kiln has no bfloat16 on CUDA devices (CuPy has no bfloat16 type): convert "
+                    "the tensor first, e.g. x.float() or x.half(), or keep it on the CPU")
+NO_ML_DTYPES = ("bfloat16 needs the ml_dtypes package, which stores its values in NumPy: "
+                "pip install ml_dtypes (or pip install kiln[bfloat16])")
+
+
+@dataclass(frozen=True, eq=False)
+class _UnstoredDType(DType):
+    """A dtype whose NumPy storage type is not installed (bfloat16 without ml_dtypes): the
+    name exists, so scripts that only mention it run; storing a value raises the install
+    hint."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "is_floating_point", self.category == FLOAT)
+
+    def __getattribute__(self, name):
+        if name in ("np", "np_dtype", "itemsize"):
+            raise RuntimeError(NO_ML_DTYPES)
+        return object.__getattribute__(self, name)
+
+
 BOOL, INT, FLOAT = 0, 1, 2
 
 bool_ = DType("bool", "b8", np.bool_, BOOL)
@@ -43,14 +70,22 @@ int64 = DType("int64", "i64", np.int64, INT)
 float16 = DType("float16", "f16", np.float16, FLOAT)
 float32 = DType("float32", "f32", np.float32, FLOAT)
 float64 = DType("float64", "f64", np.float64, FLOAT)
+# bfloat16: float32's exponent with an 8-bit significand, stored as ml_dtypes' NumPy type.
+# Arithmetic on it runs in float32 and rounds each result once (kiln.tracer.dispatch).
+bfloat16 = DType("bfloat16", "bf16", _np_bfloat16, FLOAT) if _np_bfloat16 is not None else \
+    _UnstoredDType("bfloat16", "bf16", None, FLOAT)
+# The floating types too narrow to compute in: reductions and normalizations widen them to
+# float32 and round the result once, as PyTorch's CPU kernels do.
+HALF = (float16, bfloat16)
 
-ALL = (bool_, uint8, int32, int64, float16, float32, float64)
+ALL = (bool_, uint8, int32, int64, float16, bfloat16, float32, float64)
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "half": float16, "float": float32, "double": float64,
                  "int": int32, "long": int64})
-_BY_NP = {np.dtype(d.np): d for d in ALL}
+_BY_NP = {np.dtype(d.np): d for d in ALL if d is not bfloat16 or _np_bfloat16 is not None}
 
-# Within a category the wider type wins; float16 < float32 < float64, uint8 < int32 < int64.
+# Within a category the wider type wins; float16 < float32 < float64, uint8 < int32 < int64;
+# float16 and bfloat16 (same width, neither holds the other) meet at float32 (`promote`).
 _RANK = {d: i for i, d in enumerate(ALL)}
 
 _default_float = float32
@@ -73,6 +108,22 @@ def from_numpy(dtype) -> DType:
     if dtype.kind == "b":
         return bool_
     raise TypeError(f"kiln has no dtype for NumPy dtype {dtype}")
+
+
+def cast_array(x, dtype: DType):
+    """Array `x` (NumPy or CuPy) in `dtype`'s storage type. A value reaches bfloat16 through
+    float32, as PyTorch converts it: a float64 or an int64 rounds to float32 first, then to
+    bfloat16 (to nearest, ties to even)."""
+    if dtype is bfloat16 and x.dtype.kind in "biuf" and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return x.astype(dtype.np)
+
+
+def bfloat16_value(number) -> float:
+    """A Python number rounded to bfloat16 (through float32, as PyTorch converts it); beyond
+    float32's range, an infinity, as in PyTorch, without NumPy's overflow warning."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(number).astype(bfloat16.np))
 
 
 def get_default_dtype() -> DType:
@@ -103,6 +154,8 @@ def promote(a: DType, b: DType) -> DType:
         return a
     if a.category != b.category:
         return a if a.category > b.category else b
+    if a in HALF and b in HALF:
+        return float32
     return a if _RANK[a] > _RANK[b] else b
 
 

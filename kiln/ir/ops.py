@@ -354,7 +354,7 @@ def _cast_grad(g, out, x, dtype):
 # quiet: a float beyond float16's range becomes inf and NaN becomes some integer, as in
 # PyTorch, which does not warn either
 define("cast", ELEMENTWISE, lambda shapes, dtypes, dtype: (shapes[0], dtype),
-       lambda xp, x, dtype: x.astype(dtype.np), _cast_grad, arity=1, quiet=True, reads=())
+       lambda xp, x, dtype: dt.cast_array(x, dtype), _cast_grad, arity=1, quiet=True, reads=())
 
 
 # ----------------------------------------------------------------------------- reductions

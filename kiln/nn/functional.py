@@ -572,10 +572,13 @@ def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
 
 # ----------------------------------------------------------------------------- normalization
 
+_HALF = (kiln.float16, kiln.bfloat16)
+
+
 def _float32(t: Tensor | None) -> Tensor | None:
-    """A float16 tensor as float32: the normalizations compute half input in float, as PyTorch
-    does (the statistics of half values overflow or lose their digits in half)."""
-    return t.float() if t is not None and t.dtype is kiln.float16 else t
+    """A float16 or bfloat16 tensor as float32: the normalizations compute half input in
+    float, as PyTorch does (the statistics of half values overflow or lose their digits)."""
+    return t.float() if t is not None and t.dtype in _HALF else t
 
 
 def _check_batch_norm_sizes(input: Tensor, *per_channel: Tensor | None) -> None:
@@ -600,9 +603,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     """Batch normalization over all dims but 1; in training, updates the running stats in place
     (unbiased variance, as PyTorch does)."""
     _check_batch_norm_sizes(input, running_mean, running_var, weight, bias)
-    if input.dtype is kiln.float16:
+    if input.dtype in _HALF:
         return batch_norm(input.float(), running_mean, running_var, _float32(weight),
-                          _float32(bias), training, momentum, eps).to(kiln.float16)
+                          _float32(bias), training, momentum, eps).to(input.dtype)
     shape = (1, -1) + (1,) * (input.ndim - 2)
     if training:
         count = input.numel() // input.shape[1]
@@ -641,9 +644,9 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                        f"input with shape [*, "
                        f"{', '.join(map(str, shape))}], but got input of size "
                        f"{list(input.shape)}", RuntimeError)
-    if input.dtype is kiln.float16:
+    if input.dtype in _HALF:
         return layer_norm(input.float(), shape, _float32(weight), _float32(bias),
-                          eps).to(kiln.float16)
+                          eps).to(input.dtype)
     axes = tuple(range(input.ndim - len(shape), input.ndim))
     mean = input.mean(axes, keepdim=True)
     centered = input - mean
@@ -662,8 +665,8 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     axes = tuple(range(input.ndim - len(shape), input.ndim))
     eps = eps if eps is not None else float(np.finfo(input.dtype.np).eps)
-    if input.dtype is kiln.float16:
-        return rms_norm(input.float(), shape, _float32(weight), eps).to(kiln.float16)
+    if input.dtype in _HALF:
+        return rms_norm(input.float(), shape, _float32(weight), eps).to(input.dtype)
     out = input * kiln.rsqrt((input * input).mean(axes, keepdim=True) + eps)
     return out * weight if weight is not None else out
 
@@ -675,9 +678,9 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     if c % num_groups:
         raise RuntimeError(f"group_norm: expected number of channels in input ({c}) to be "
                            f"divisible by num_groups ({num_groups})")
-    if input.dtype is kiln.float16:
+    if input.dtype in _HALF:
         return group_norm(input.float(), num_groups, _float32(weight), _float32(bias),
-                          eps).to(kiln.float16)
+                          eps).to(input.dtype)
     grouped = input.reshape(n, num_groups, -1)
     mean = grouped.mean(-1, keepdim=True)
     centered = grouped - mean

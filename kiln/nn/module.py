@@ -473,6 +473,9 @@ class Module:
     def half(self) -> "Module":
         return self.to(kiln.float16)
 
+    def bfloat16(self) -> "Module":
+        return self.to(kiln.bfloat16)
+
     # ------------------------------------------------------------------ state dict
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         for name, param in self._parameters.items():

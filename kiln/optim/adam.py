@@ -115,7 +115,11 @@ class Adam(Optimizer):
             denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
         else:
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        p.add_((exp_avg / denom) * neg_step_size)
+        if p.dtype is kiln.bfloat16 and not isinstance(neg_step_size, kiln.Tensor):
+            # PyTorch's addcdiv_, whose CPU kernel rounds a bfloat16 update once
+            p.addcdiv_(exp_avg, denom, value=neg_step_size)
+        else:
+            p.add_((exp_avg / denom) * neg_step_size)
 
 
 class AdamW(Adam):

@@ -15,7 +15,7 @@ _A, _B, _C = 3.4445, -4.7750, 2.0315
 
 def _orthogonalize(grad: Tensor, coefficients: tuple, steps: int, eps: float) -> Tensor:
     """The quintic Newton-Schulz iteration towards U V^T of grad = U S V^T. PyTorch runs it in
-    bfloat16; kiln (no bfloat16) runs it in float32, the more accurate of the two."""
+    bfloat16; kiln runs it in float32, the more accurate of the two."""
     if steps >= 100:
         raise ValueError("Number of steps must be less than 100 for computational efficiency")
     if grad.ndim != 2:

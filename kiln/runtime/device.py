@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from kiln.ir.dtypes import NO_CUDA_BFLOAT16
+
 
 class Device:
     """A place tensors live: `kiln.device("cpu")`, `kiln.device("cuda:0")`, or
@@ -202,6 +204,9 @@ def to_device(array, device: Device):
         return MetaArray(array.shape, array.dtype)
     if device.type == "cpu":
         return array if isinstance(array, np.ndarray) else array.get()
+    if array.dtype.name == "bfloat16":
+        raise RuntimeError(f"copying a bfloat16 tensor of shape {list(array.shape)} to "
+                           f"{device}: {NO_CUDA_BFLOAT16}")
     cp = cupy_module()
     with cp.cuda.Device(device.index):
         return cp.asarray(array)

@@ -890,7 +890,10 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     saved, out = node.inputs, node.output()
                 else:
                     saved, out = _unpack_saved(node)
-                grads = node.prim.grad(g, out, *saved, **node.attrs)
+                if not create_graph and g.dtype is dt.bfloat16 and _widens(node.prim):
+                    grads = _widened_rule(node, g, out, saved)
+                else:
+                    grads = node.prim.grad(g, out, *saved, **node.attrs)
                 for edge, ga, a in zip(node.edges, grads, saved):
                     if ga is None or edge is None:
                         continue
@@ -949,6 +952,28 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
 
 _SLICE = PRIMITIVES["slice"]
+def _widens(prim) -> bool:
+    """Whether the gradient rule of a bfloat16 node runs in float32 (`_widened_rule`): that of
+    every registered primitive but the movement ops, whose gradients move values without
+    rounding (custom Functions' and hooks' backward see the dtypes they were given)."""
+    return PRIMITIVES.get(getattr(prim, "name", None)) is prim and prim.kind != "movement"
+
+
+def _widened_rule(node, g: Tensor, out, saved: tuple) -> tuple:
+    """A first-order gradient rule of a primitive with a bfloat16 output, computed as PyTorch's
+    CPU backward kernels compute it: on float32 copies of the gradient, the output and the
+    bfloat16 inputs, each input's gradient rounded to bfloat16 once (tanh's g * (1 - y * y)
+    rounds once, not after each of its three ops)."""
+    def wide(t):
+        if isinstance(t, Tensor) and t.dtype is dt.bfloat16:
+            w = P.cast(t, dtype=dt.float32)         # grad mode is off: records no history
+            w.requires_grad = t.requires_grad       # rules skip inputs that want no gradient
+            return w
+        return t
+    grads = node.prim.grad(wide(g), wide(out), *[wide(a) for a in saved], **node.attrs)
+    return tuple(P.cast(ga, dtype=dt.bfloat16) if ga is not None and ga.dtype is dt.float32
+                 and isinstance(a, Tensor) and a.dtype is dt.bfloat16 else ga
+                 for ga, a in zip(grads, saved))
 
 
 def _add_slice_grad(pending: dict, buffers: dict, node: Node, g: Tensor) -> None:

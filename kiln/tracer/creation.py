@@ -139,11 +139,17 @@ def _to_array(data, dtype: dt.DType | None):
         _check_ragged(data)
         inferred = _infer_data_dtype(data)
         flat = _unwrap_tensors(data)
-        return np.array(flat, dtype=(dtype or inferred).np), dtype or inferred
+        return np.array(flat, dtype=_parsed_as(dtype or inferred)), dtype or inferred
     if isinstance(data, (bool, int, float)):
         inferred = dt.scalar_dtype(data)
-        return np.array(data, dtype=(dtype or inferred).np), dtype or inferred
+        return np.array(data, dtype=_parsed_as(dtype or inferred)), dtype or inferred
     raise TypeError(f"tensor(): could not convert data of type {type(data).__name__}")
+
+
+def _parsed_as(kind: dt.DType):
+    """The NumPy type Python numbers are read into for a tensor of `kind`: float32 for
+    bfloat16, which `tensor` then rounds, as PyTorch converts (through float32)."""
+    return np.float32 if kind is dt.bfloat16 else kind.np
 
 
 def _unwrap_tensors(data):
@@ -192,6 +198,8 @@ def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
     arr, kind = _to_array(data, dtype)
     dev = _device(device) if device is not None else (
         data.device if isinstance(data, Tensor) else _device(None))
+    if kind is dt.bfloat16 and arr.dtype != kind.np_dtype:
+        arr = dt.cast_array(arr, kind)          # a copy, rounded through float32
     arr = np.array(arr, dtype=kind.np, copy=True) if isinstance(arr, np.ndarray) else \
         arr.astype(kind.np, copy=True)
     out = Tensor._make(to_device(arr, dev), kind, dev)
@@ -502,6 +510,8 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
     cumulative sums with one uniform double each, row by row."""
     gen = generator or default_generator
     probs = np.asarray(input.detach()._read("multinomial()"))
+    if probs.dtype.itemsize == 2 and probs.dtype != np.float16:     # bfloat16: as float32
+        probs = probs.astype(np.float32)
     rows = probs.reshape(-1, probs.shape[-1])
     if np.any(rows < 0) or not np.all(np.isfinite(rows)) or np.any(rows.sum(-1) <= 0):
         raise op_error("multinomial", "probability tensor contains either `inf`, `nan` or "

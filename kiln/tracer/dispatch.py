@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kiln.ir import dtypes as dt
 from kiln.ir import ops as ir_ops
 from kiln.ir.ops import P, Primitive, ShapeError
 from kiln.runtime.cupy_backend import CUPY_PATHS as _CUPY_FAST
@@ -88,12 +89,14 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     except TypeError:            # an unhashable attribute: compute without caching
         facts, key = None, None
     if facts is None:
-        facts = _facts(prim, infer(prim, args, attrs))
+        facts = _facts(prim, infer(prim, args, attrs), args)
         if key is not None:
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing
                 _INFER_CACHE.clear()
             _INFER_CACHE[key] = facts
-    dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable = facts
+    dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable, widen = facts
+    if widen:
+        arrays = _widen_bfloat16(arrays, widen)
 
     if device is CPU:
         xp = np
@@ -102,6 +105,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                            wants_grad and differentiable)
     else:
         xp = device.xp
+        if dtype is dt.bfloat16 or widen:
+            raise op_error(prim.name, f"{dt.NO_CUDA_BFLOAT16} (on {device})")
     impl = numpy_impl if xp is np else cupy_impl
     try:
         if not quiet:
@@ -161,15 +166,44 @@ def _apply_meta(prim: Primitive, args: tuple, attrs: dict, device: Device, dtype
     return result
 
 
-def _facts(prim: Primitive, rule: tuple) -> tuple:
+def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
     """What `apply` needs of one op on inputs of given shapes and dtypes, found once per
     signature (the cache's value): the result's dtype and NumPy dtype, the NumPy backend's
-    faster spelling of the op where it has one, the CuPy backend's likewise, and the
-    primitive's flags, so that a cached call reads no attribute of the frozen dataclass."""
+    faster spelling of the op where it has one, the CuPy backend's likewise, the primitive's
+    flags, so that a cached call reads no attribute of the frozen dataclass, and whether its
+    bfloat16 inputs are widened to float32 first (below)."""
     dtype = rule[1]
+    movement = prim.kind is _MOVEMENT
+    widen = 0
+    if not movement and any(isinstance(a, Tensor) and a.dtype is dt.bfloat16 for a in args):
+        widen = _KEEPS_LITERALS if prim.name in ("mul", "div") else _ROUNDS_LITERALS
     return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl),
-            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, prim.kind is _MOVEMENT,
-            prim.grad is not None)
+            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement,
+            prim.grad is not None, widen)
+
+
+_KEEPS_LITERALS, _ROUNDS_LITERALS = 1, 2
+
+
+def _widen_bfloat16(arrays: list, how: int) -> list:
+    """The arrays an op on bfloat16 tensors computes with: each bfloat16 one as float32.
+
+    PyTorch's CPU kernels compute bfloat16 in float32 and round each result to bfloat16 once;
+    so does kiln: the op runs on float32 copies, and `apply` rounds its output to the result's
+    dtype (round to nearest even). A sum or a matmul then accumulates in float32, where NumPy
+    on ml_dtypes' bfloat16 would accumulate in bfloat16 (or hand back float32). Movement ops
+    (views) keep their input's memory and are never widened. A Python number operand is first
+    rounded to bfloat16, as PyTorch's CPU kernels take it (x + 0.3 adds bfloat16's 0.30078),
+    except in mul and div (`_KEEPS_LITERALS`), whose kernels read it as a float32."""
+    out = []
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            if a.dtype == _BF16_STORAGE:
+                a = a.astype(np.float32)
+        elif how == _ROUNDS_LITERALS and (type(a) is float or type(a) is int):
+            a = dt.bfloat16_value(a)
+        out.append(a)
+    return out
 
 
 def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device) -> Device:
@@ -195,6 +229,7 @@ def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device)
 
 _new_tensor = Tensor._make
 _MOVEMENT = ir_ops.MOVEMENT
+_BF16_STORAGE = dt.bfloat16.np_dtype if dt.HAS_BFLOAT16 else None
 
 
 # kiln.profiler swaps this slot for a timing wrapper while it records (and back when it stops):

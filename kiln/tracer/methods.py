@@ -190,7 +190,9 @@ def setitem(self: Tensor, key, value) -> None:
         # plain data write: NumPy's own setitem, no autograd involved
         data = value._data if isinstance(value, Tensor) else value
         if isinstance(value, Tensor) and value.dtype is not self.dtype:
-            data = data.astype(self.dtype.np)
+            data = dt.cast_array(data, self.dtype)
+        elif self.dtype is dt.bfloat16 and type(value) is float:
+            data = dt.bfloat16_value(value)       # through float32, as PyTorch converts
         try:
             self._data[_array_key(key)] = data
         except ValueError:          # NumPy's broadcast error, said as PyTorch says it
@@ -225,6 +227,8 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
         elif isinstance(a, (str, Device)):
             device = a
     out = self
+    if dtype is not None and out.dtype is dt.bfloat16 and device is not None:
+        out = P.cast(out, dtype=creation._dtype(dtype))   # first: no bfloat16 on CUDA
     if device is not None and Device(device) != self.device:
         out = _to_device(out, Device(device))
     if dtype is not None:
@@ -248,6 +252,9 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
                                  "runs on one device)")
     if device.type == "cpu":
         pending_checks.flush()      # the copy waits for the GPU: read its queued index checks
+    elif self.dtype is dt.bfloat16 and device.type == "cuda":
+        raise op_error("to", f"copying a bfloat16 tensor of shape {list(self.shape)} to "
+                       f"{device}: {dt.NO_CUDA_BFLOAT16}")
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way
@@ -421,9 +428,13 @@ def exponential_(self, lambd=1.0, *, generator=None):
                       lambda stream, n: stream.exponential(n, self.dtype.np, lambd))
 
 
+_TYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "int64": "Long",
+               "int32": "Int", "bool": "Bool", "uint8": "Byte", "bfloat16": "BFloat16"}
+
+
 def _type(self, dtype=None):
     if dtype is None:
-        return f"kiln.{ {'float32': 'Float', 'float64': 'Double', 'float16': 'Half', 'int64': 'Long', 'int32': 'Int', 'bool': 'Bool', 'uint8': 'Byte'}[self.dtype.name]}Tensor"
+        return f"kiln.{_TYPE_NAMES[self.dtype.name]}Tensor"
     return to(self, creation._dtype(dtype))
 
 
@@ -463,6 +474,7 @@ _METHODS = {
         self, f"cuda:{device}" if isinstance(device, int) else (device or "cuda")),
     "float": lambda self: to(self, dt.float32), "double": lambda self: to(self, dt.float64),
     "half": lambda self: to(self, dt.float16), "long": lambda self: to(self, dt.int64),
+    "bfloat16": lambda self: to(self, dt.bfloat16),
     "int": lambda self: to(self, dt.int32), "bool": lambda self: to(self, dt.bool_),
     "byte": lambda self: to(self, dt.uint8), "type": _type,
     "type_as": lambda self, other: to(self, other.dtype),

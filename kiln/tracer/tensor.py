@@ -198,10 +198,17 @@ class Tensor:
         if self.device.type != "cpu" and not force:
             raise TypeError(f"can't convert {self.device} device type tensor to numpy. "
                             "Use Tensor.cpu() to copy the tensor to host memory first.")
+        if self.dtype is dt.bfloat16 and not force:
+            # PyTorch's message: NumPy has no bfloat16 of its own (force=True, kiln's own
+            # reads, gets the ml_dtypes array that stores it)
+            raise TypeError("Got unsupported ScalarType BFloat16: convert the tensor first, "
+                            "e.g. x.float().numpy()")
         data = self._read("numpy()")
         return data if self.device.type == "cpu" else to_device(data, CPU)
 
     def __array__(self, dtype=None, copy=None):
+        if self.dtype is dt.bfloat16 and dtype is None:
+            self.numpy()                     # raises PyTorch's TypeError
         data = to_device(self._read("__array__"), CPU)
         return data if dtype is None else data.astype(dtype)
 
@@ -218,10 +225,10 @@ class Tensor:
             value = float(to_device(self._data, CPU).reshape(()).item())
             tracer.returned_items[id(value)] = (value, self)
             return value
-        return to_device(self._read("item()"), CPU).reshape(()).item()
+        return _python(to_device(self._read("item()"), CPU).reshape(())).item()
 
     def tolist(self):
-        return to_device(self._read("tolist()"), CPU).tolist()
+        return _python(to_device(self._read("tolist()"), CPU)).tolist()
 
     def __bool__(self) -> bool:
         if self._data.size != 1:
@@ -245,7 +252,7 @@ class Tensor:
         if self._data.size != 1:
             raise ValueError(f"only one element tensors can be converted to Python scalars "
                              f"(got {self._data.size} elements)")
-        return to_device(self._read(what), CPU).reshape(()).item()
+        return _python(to_device(self._read(what), CPU).reshape(())).item()
 
     def __format__(self, spec: str) -> str:
         if self._data.ndim == 0 and spec:
@@ -302,7 +309,13 @@ def _dim(dim: int, ndim: int) -> int:
     return dim % max(ndim, 1)
 
 
+def _python(data: np.ndarray) -> np.ndarray:
+    """A host array whose item()/tolist() give Python numbers: bfloat16 as float32 (exact)."""
+    return data.astype(np.float32) if data.dtype.name == "bfloat16" else data
+
+
 def _format_array(data: np.ndarray, dtype: dt.DType) -> str:
+    data = _python(data)                 # NumPy formats float32 (bfloat16's values exactly)
     if data.size == 0:
         return "[]" if data.ndim <= 1 else f"size={tuple(data.shape)}"
     if dtype.is_floating_point:

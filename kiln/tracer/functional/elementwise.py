@@ -21,8 +21,24 @@ from kiln.tracer.tensor import STATE, Tensor
 
 def add(input, other, *, alpha=1):
     if alpha != 1:
+        if _both_bfloat16(input, other):
+            return _scaled_in_float32(P.add, input, other, alpha)
         other = mul(other, alpha)
     return _binary(P.add, input, other)
+
+
+def _both_bfloat16(input, other) -> bool:
+    return isinstance(input, Tensor) and isinstance(other, Tensor) and \
+        input.dtype is dt.bfloat16 and other.dtype is dt.bfloat16
+
+
+def _scaled_in_float32(prim, input: Tensor, other: Tensor, alpha) -> Tensor:
+    """input + alpha * other (or -) on bfloat16 tensors as PyTorch's CPU kernel computes it:
+    in float32, with alpha rounded to bfloat16, the result rounded once (an optimizer's
+    `p.add_(g, alpha=-lr)` would otherwise round g * alpha first)."""
+    wide = prim(P.cast(input, dtype=dt.float32),
+                P.mul(P.cast(other, dtype=dt.float32), dt.bfloat16_value(alpha)))
+    return P.cast(wide, dtype=dt.bfloat16)
 
 
 def sub(input, other, *, alpha=1):
@@ -31,6 +47,8 @@ def sub(input, other, *, alpha=1):
         raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
                        "supported. Use the `^` or `logical_xor()` operator instead.")
     if alpha != 1:
+        if _both_bfloat16(input, other):
+            return _scaled_in_float32(P.sub, input, other, alpha)
         other = mul(other, alpha)
     return _binary(P.sub, input, other)
 

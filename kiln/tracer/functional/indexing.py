@@ -23,7 +23,8 @@ from kiln.tracer.tensor import STATE, Tensor
 
 # PyTorch's C++ names of dtypes, which some of its messages use
 _TORCH_DTYPE_NAMES = {"bool": "Bool", "uint8": "Byte", "int32": "Int", "int64": "Long",
-                      "float16": "Half", "float32": "Float", "float64": "Double"}
+                      "float16": "Half", "float32": "Float", "float64": "Double",
+                      "bfloat16": "BFloat16"}
 
 
 def where(condition, input=None, other=None):

@@ -27,11 +27,12 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 # ----------------------------------------------------------------------------- reductions
 
 def _widened(x: Tensor) -> Tensor:
-    """x as float32 when it is float16: PyTorch accumulates reductions of half values in float
-    (the sum of 4096 values near 100 overflows float16's 65504 on the way to a mean of 100).
+    """x as float32 when it is float16 or bfloat16 (dt.HALF): PyTorch accumulates reductions
+    of half values in float (the sum of 4096 values near 100 overflows float16's 65504 on the
+    way to a mean of 100).
     A cast, not a wider accumulator inside the primitive, so a trace records it and every
     backend computes in float32 too."""
-    return P.cast(x, dtype=dt.float32) if x.dtype is dt.float16 else x
+    return P.cast(x, dtype=dt.float32) if x.dtype in dt.HALF else x
 
 
 def _narrowed(out: Tensor, dtype: dt.DType) -> Tensor:
@@ -41,12 +42,12 @@ def _narrowed(out: Tensor, dtype: dt.DType) -> Tensor:
 
 def sum(input, dim=None, keepdim=False, *, dtype=None):
     if dim is None and dtype is None and input.dtype.is_floating_point and input._data.ndim \
-            and input.dtype is not dt.float16:
+            and input.dtype not in dt.HALF:
         if _eager_ok(input):
             return _eager_sum_all(input, bool(keepdim))
         return P.sum(input, axes=tuple(range(input._data.ndim)), keepdim=bool(keepdim))
-    if dtype is None and input.dtype is dt.float16 and input._data.ndim:
-        return _narrowed(sum(_widened(input), dim, keepdim), dt.float16)
+    if dtype is None and input.dtype in dt.HALF and input._data.ndim:
+        return _narrowed(sum(_widened(input), dim, keepdim), input.dtype)
     if dtype is not None:
         input = input.to(dtype)
     elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
@@ -147,8 +148,8 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
     if not input.dtype.is_floating_point:
         raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
                        f"floating point or complex dtype. Got: {input.dtype.name}")
-    if input.dtype is dt.float16:
-        return _narrowed(mean(_widened(input), dim, keepdim), dt.float16)
+    if input.dtype in dt.HALF:
+        return _narrowed(mean(_widened(input), dim, keepdim), input.dtype)
     axes = _axes(dim, input.ndim)
     if input.ndim:
         shape = input._data.shape
@@ -161,8 +162,8 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
 
 @composite
 def nanmean(input, dim=None, keepdim=False):
-    if input.dtype is dt.float16:
-        return _narrowed(nanmean(_widened(input), dim, keepdim), dt.float16)
+    if input.dtype in dt.HALF:
+        return _narrowed(nanmean(_widened(input), dim, keepdim), input.dtype)
     keep = logical_not(isnan(input))
     return nansum(input, dim, keepdim) / sum(keep, dim, keepdim)
 
@@ -236,8 +237,8 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
         input = P.cast(input, dtype=dt.int64)
     if input.ndim == 0:
         return input.clone()
-    if input.dtype is dt.float16:
-        return _narrowed(prod(_widened(input), dim, keepdim), dt.float16)
+    if input.dtype in dt.HALF:
+        return _narrowed(prod(_widened(input), dim, keepdim), input.dtype)
     if dim is None:
         return P.prod(reshape(input, (-1,)), axes=(0,), keepdim=False)
     return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
@@ -248,9 +249,9 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     x = _floating(input)
-    if x.dtype is dt.float16:
+    if x.dtype in dt.HALF:
         return _narrowed(var(_widened(x), dim, unbiased, keepdim, correction=correction),
-                         dt.float16)
+                         x.dtype)
     axes = _axes(dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
     centered = x - mean(x, axes if x.ndim else None, keepdim=True)
@@ -259,9 +260,9 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 @composite
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
-    if isinstance(input, Tensor) and input.dtype is dt.float16:
+    if isinstance(input, Tensor) and input.dtype in dt.HALF:
         return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
-                         dt.float16)
+                         input.dtype)
     v = var(input, dim, unbiased, keepdim, correction=correction)
     # where the variance is 0, sqrt's gradient is infinite; PyTorch defines std's as 0 there
     zero = P.eq(v, 0)
@@ -283,8 +284,8 @@ def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 @composite
 def logsumexp(input, dim=None, keepdim=False):
     x = _floating(input)
-    if x.dtype is dt.float16:
-        return _narrowed(logsumexp(_widened(x), dim, keepdim), dt.float16)
+    if x.dtype in dt.HALF:
+        return _narrowed(logsumexp(_widened(x), dim, keepdim), x.dtype)
     axes = _axes(dim, x.ndim)
     if x.ndim == 0:
         return x.clone()
@@ -326,8 +327,8 @@ def _norm_root(total, root):
 @composite
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
-    if x.dtype is dt.float16:
-        return _narrowed(norm(_widened(x), p, dim, keepdim), dt.float16)
+    if x.dtype in dt.HALF:
+        return _narrowed(norm(_widened(x), p, dim, keepdim), x.dtype)
     if p in ("fro", 2, 2.0, None):
         return _norm_root(sum(x * x, dim, keepdim), sqrt)
     if p in (math.inf, "inf"):
@@ -353,8 +354,8 @@ def cumsum(input, dim, *, dtype=None):
         input = input.to(dt.int64)
     if input.ndim == 0:
         return input.clone()
-    if input.dtype is dt.float16:
-        return _narrowed(cumsum(_widened(input), dim), dt.float16)
+    if input.dtype in dt.HALF:
+        return _narrowed(cumsum(_widened(input), dim), input.dtype)
     return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
 
 

@@ -209,8 +209,8 @@ def softmax(input, dim=None, dtype=None):
             return _cuda_softmax(input, d, "softmax", _SOFTMAX_CUDA)
         return _eager_softmax(input, d)
     x = _floating(input if dtype is None else input.to(dtype))
-    if x.dtype is dt.float16:
-        return _narrowed(softmax(_widened(x), dim), dt.float16)
+    if x.dtype in dt.HALF:
+        return _narrowed(softmax(_widened(x), dim), x.dtype)
     if x.ndim == 0:
         return reshape(softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)
@@ -230,8 +230,8 @@ def log_softmax(input, dim=None, dtype=None):
             return _cuda_softmax(input, d, "log_softmax", _LOG_SOFTMAX_CUDA)
         return _eager_log_softmax(input, d)
     x = _floating(input if dtype is None else input.to(dtype))
-    if x.dtype is dt.float16:
-        return _narrowed(log_softmax(_widened(x), dim), dt.float16)
+    if x.dtype in dt.HALF:
+        return _narrowed(log_softmax(_widened(x), dim), x.dtype)
     if x.ndim == 0:
         return reshape(log_softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)

@@ -28,6 +28,8 @@ class finfo:
             float(info.min)
         self.tiny = self.smallest_normal = float(info.tiny)
         self.resolution = float(info.resolution)
+        if kind is dt.bfloat16:             # ml_dtypes rounds 10**-2 to bfloat16; PyTorch not
+            self.resolution = 10.0 ** -info.precision
 
     def __repr__(self) -> str:
         return f"finfo(resolution={self.resolution}, min={self.min}, max={self.max}, " \

@@ -159,11 +159,11 @@ def nanquantile(input, q, dim=None, keepdim=False, *, interpolation="linear"):
     if not bool(F.any(F.isnan(x))):
         return quantile(x, q, dim, keepdim, interpolation=interpolation)
     if dim is None:
-        data = x.detach().numpy().reshape(-1)
+        data = x.detach().numpy(force=True).reshape(-1)
         return _as_tensor(np.nanquantile(data, q, method=interpolation).astype(x.dtype.np),
                           x)
     d = _norm_dim(dim, x.ndim)
-    data = x.detach().numpy()
+    data = x.detach().numpy(force=True)
     out = np.nanquantile(data, np.asarray(q.tolist() if isinstance(q, Tensor) else q), axis=d,
                          keepdims=keepdim, method=interpolation).astype(x.dtype.np)
     return _as_tensor(out, x)
