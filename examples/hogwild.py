@@ -22,7 +22,7 @@ STEPS = 100 if QUICK else 500
 def make_data(n: int = 1024):
     kiln.manual_seed(0)
     x = kiln.randn(n, 8)
-    teacher = kiln.randn(8, 1)
+    teacher = kiln.randn(8, 1) / 8 ** 0.5            # x @ teacher ~ N(0, 1): sin is learnable
     return x, kiln.sin(x @ teacher) + 0.05 * kiln.randn(n, 1)
 
 
