@@ -78,6 +78,8 @@ LOWER_CASES = {
     "linear mixed input": lambda L, F, T: F.linear(T(A, low=True), T(W)),
     "conv1d": lambda L, F, T: F.conv1d(T(X3), T(KER1), T(V[:5]), padding=1),
     "conv2d": lambda L, F, T: F.conv2d(T(IMG), T(KER), T(V[:5]), stride=2),
+    "conv3d": lambda L, F, T: F.conv3d(T(VOL), T(KER[:2, :2, :, :, None].repeat(2, 4))),
+    "conv_transpose1d": lambda L, F, T: F.conv_transpose1d(T(X3), T(KER1.transpose(1, 0, 2))),
     "conv_transpose2d": lambda L, F, T: F.conv_transpose2d(T(IMG), T(KER.transpose(1, 0, 2, 3))),
     "prelu": lambda L, F, T: F.prelu(T(A), T(np.array([0.25], np.float32))),
     "scaled_dot_product_attention": lambda L, F, T: F.scaled_dot_product_attention(
@@ -216,6 +218,42 @@ def test_float64_and_integer_tensors_are_never_cast(low) -> None:
         ints = kiln.tensor(TARGET)
         assert kiln.cat([ints, ints]).dtype is kiln.int64
     np.testing.assert_allclose((a @ a.T).numpy(), A.astype(np.float64) @ A.T, rtol=1e-12)
+
+
+def _seq():
+    return _rng().normal(size=(2, 5, 8)).astype(np.float32)
+
+
+MODULE_CASES = {      # a layer with torch's weights, called on the same input
+    "MultiheadAttention": (lambda L: L.nn.MultiheadAttention(8, 2, batch_first=True),
+                           lambda m, x: m(x, x, x)[0], _seq),
+    "TransformerEncoderLayer": (lambda L: L.nn.TransformerEncoderLayer(
+        8, 2, 16, dropout=0.0, batch_first=True), lambda m, x: m(x), _seq),
+    "LayerNorm": (lambda L: L.nn.LayerNorm(8), lambda m, x: m(x), _seq),
+    "BatchNorm1d": (lambda L: L.nn.BatchNorm1d(5), lambda m, x: m(x), _seq),
+    "Bilinear": (lambda L: L.nn.Bilinear(8, 8, 3), lambda m, x: m(x, x), _seq),
+    "GRU": (lambda L: L.nn.GRU(8, 4, batch_first=True), lambda m, x: m(x)[0], _seq),
+    "Conv3d": (lambda L: L.nn.Conv3d(5, 2, 3, padding=1), lambda m, x: m(x),
+               lambda: _rng().normal(size=(1, 5, 4, 4, 3)).astype(np.float32)),
+    "ConvTranspose1d": (lambda L: L.nn.ConvTranspose1d(5, 2, 3), lambda m, x: m(x), _seq),
+}
+
+
+@pytest.mark.parametrize("low", LOW_DTYPES)
+@pytest.mark.parametrize("case", sorted(MODULE_CASES))
+def test_layers_under_autocast_match_torch(case, low) -> None:
+    make, call, data = MODULE_CASES[case]
+    torch.manual_seed(0)
+    ref = make(torch)
+    layer = make(kiln)
+    layer.load_state_dict({k: kiln.tensor(v.detach().numpy())
+                           for k, v in ref.state_dict().items()})
+    x = data()
+    with torch.autocast("cpu", dtype=getattr(torch, low)):
+        t = call(ref, torch.tensor(x))
+    with kiln.autocast("cpu", dtype=getattr(kiln, low)):
+        k = call(layer, kiln.tensor(x))
+    _assert_same(k, t, low, case)
 
 
 # ----------------------------------------------------------------------------- the state

@@ -138,7 +138,7 @@ _CPU = {
         multi_margin_loss ctc_loss kl_div multilabel_margin_loss binary_cross_entropy_with_logits
         cholesky cholesky_inverse cholesky_solve inverse pinverse"""),
     PROMOTE: _names("stack cat concat concatenate index_copy"),
-    KEEP: _names("mv dot vdot outer ger addmv addr kron bilinear"),
+    KEEP: _names("mv dot vdot outer ger addmv addr kron"),
 }
 _CUDA = {
     LOWER: _names("""conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d
