@@ -225,6 +225,7 @@ class _CpuGradScaler:
 
     def __new__(cls, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
                 backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True):
+        _deprecated("torch.cpu.amp.GradScaler", "torch.amp.GradScaler('cpu', args...)")
         return GradScaler("cpu", init_scale, growth_factor, backoff_factor, growth_interval,
                           enabled)
 

@@ -200,13 +200,16 @@ def _cast_tensor(t: Tensor, dtype: dt.DType, device_type: str, lower: bool) -> T
     # PyTorch's heuristic: a float32 weight (a leaf that requires grad) used by several low
     # precision ops in one region is cast once. Not while tracing: a copy made before the trace
     # would enter the graph as a constant and go stale when the weight changes.
+    # Nor under no_grad: a cast with no history would cut the weight's gradient off later.
     cacheable = (lower and _cache_enabled[0] and t.dtype is dt.float32 and t.requires_grad
-                 and t.grad_fn is None and t._base is None
+                 and t.grad_fn is None and t._base is None and STATE.grad_enabled
                  and not (TRACING[0] and STATE.tracer is not None))
     if cacheable:
+        # a hit must still be the weight's (same object, unchanged since), and its cast node
+        # alive: a backward inside the region frees it, and the next op casts afresh
         hit = _cast_cache.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version[0] and \
-                hit[2].dtype is dtype:
+                hit[2].dtype is dtype and getattr(hit[2].grad_fn, "inputs", None) is not None:
             return hit[2]
     out = P.cast(t, dtype=dtype)
     if cacheable:
