@@ -51,6 +51,7 @@ VOL = R.uniform(-1, 1, (1, 2, 4, 4, 4)).astype(np.float32)
 LOGITS = R.uniform(-2, 2, (4, 6)).astype(np.float32)
 TARGET = np.array([0, 3, 5, 1])
 POS = R.uniform(0.1, 1, (4, 6)).astype(np.float32)
+SQUARE = (R.uniform(-1, 1, (4, 4)) + 4 * np.eye(4)).astype(np.float32)
 SIGNS = np.sign(R.uniform(-1, 1, (4, 6))).astype(np.float32)
 
 # name -> fn(lib, F, tensor) where tensor(array, low=False) builds that library's input, in the
@@ -76,6 +77,8 @@ LOWER_CASES = {
     "einsum": lambda L, F, T: L.einsum("ij,jk->ik", T(A), T(B)),
     "tensordot": lambda L, F, T: L.tensordot(T(A), T(B), dims=1),
     "nn.Linear": lambda L, F, T: _seeded_linear(L)(T(A)),
+    "linalg.multi_dot": lambda L, F, T: L.linalg.multi_dot([T(A), T(B), T(W)]),
+    "linalg.vecdot": lambda L, F, T: L.linalg.vecdot(T(A), T(A)),
 }
 
 FP32_CASES = {       # low-precision inputs come out in float32 (torch's CPU fp32 list)
@@ -107,6 +110,12 @@ FP32_CASES = {       # low-precision inputs come out in float32 (torch's CPU fp3
     "pad reflect": lambda L, F, T: F.pad(T(IMG, low=True), (1, 1, 2, 2), mode="reflect"),
     "pad replicate": lambda L, F, T: F.pad(T(IMG, low=True), (1, 1, 2, 2), mode="replicate"),
     "quantile": lambda L, F, T: L.quantile(T(A, low=True), 0.3),
+    "inverse": lambda L, F, T: L.inverse(T(SQUARE, low=True)),
+    "Tensor.inverse": lambda L, F, T: T(SQUARE, low=True).inverse(),
+    "linalg.inv": lambda L, F, T: L.linalg.inv(T(SQUARE, low=True)),
+    "linalg.solve": lambda L, F, T: L.linalg.solve(T(SQUARE, low=True), T(SQUARE[:, :2])),
+    "linalg.svdvals": lambda L, F, T: L.linalg.svdvals(T(SQUARE, low=True)),
+    "linalg.eigvalsh": lambda L, F, T: L.linalg.eigvalsh(T(SQUARE @ SQUARE.T, low=True)),
     "max_pool3d": lambda L, F, T: F.max_pool3d(T(VOL, low=True), 2),
     "avg_pool3d": lambda L, F, T: F.avg_pool3d(T(VOL, low=True), 2),
     "adaptive_avg_pool3d": lambda L, F, T: F.adaptive_avg_pool3d(T(VOL, low=True), 2),

@@ -136,7 +136,9 @@ _CPU = {
         cosine_embedding_loss nll_loss hinge_embedding_loss poisson_nll_loss smooth_l1_loss
         cross_entropy l1_loss huber_loss margin_ranking_loss soft_margin_loss triplet_margin_loss
         multi_margin_loss ctc_loss kl_div multilabel_margin_loss binary_cross_entropy_with_logits
-        cholesky cholesky_inverse cholesky_solve inverse pinverse"""),
+        cholesky cholesky_inverse cholesky_solve inverse pinverse lu_solve triangular_solve qr svd
+        inv inv_ex solve cholesky_ex svdvals eigvals eigh eigvalsh lstsq cond matrix_rank
+        householder_product tensorinv tensorsolve"""),
     PROMOTE: _names("stack cat concat concatenate index_copy"),
     KEEP: _names("mv dot vdot outer ger addmv addr kron"),
 }
@@ -151,7 +153,7 @@ _CUDA = {
         soft_margin_loss triplet_margin_loss multi_margin_loss binary_cross_entropy_with_logits
         dist pdist cdist renorm logsumexp interpolate upsample upsample_nearest upsample_bilinear
         norm nuclear_norm cumprod"""),
-    FP32_OPT: _names("prod softmax log_softmax softmin cumsum sum"),
+    FP32_OPT: _names("prod softmax log_softmax softmin cumsum sum vector_norm matrix_norm"),
     PROMOTE: _names("""addcdiv addcmul atan2 arctan2 bilinear cross dot vdot grid_sample index_put
         tensordot scatter_add"""),
     KEEP: _names("outer ger kron"),
