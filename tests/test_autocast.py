@@ -312,6 +312,23 @@ def test_nesting_enabled_false_and_decorator_restore_the_state_as_torch(low) -> 
     assert trace(kiln) == trace(torch)
 
 
+def test_the_state_is_per_thread_as_torch() -> None:
+    import threading
+    seen = {}
+
+    def other(lib):
+        x = lib.ones(2, 2)
+        seen[lib.__name__] = (lib.is_autocast_enabled("cpu"), _name((x @ x).dtype))
+
+    for lib in (torch, kiln):
+        with lib.autocast("cpu", dtype=lib.float16):
+            thread = threading.Thread(target=other, args=(lib,))
+            thread.start()
+            thread.join()
+            assert (lib.ones(2, 2) @ lib.ones(2, 2)).dtype is lib.float16
+    assert seen["kiln"] == seen["torch"] == (False, "float32")
+
+
 def test_set_autocast_enabled_and_dtype_as_torch() -> None:
     for lib in (torch, kiln):
         assert not lib.is_autocast_enabled("cpu")

@@ -29,7 +29,7 @@ from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
-from kiln.tracer.autocast import KEY as _AUTOCAST_KEY
+from kiln.tracer.autocast import key as _autocast_key
 from kiln.tracer.autograd import Node, record, saved_hooks_active
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
@@ -523,7 +523,7 @@ class CompiledFunction:
             leaves, tree = flatten((args, kwargs))
             tree = _typed_tree(tree)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
-        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _AUTOCAST_KEY[0],
+        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(),
                 tree), leaves
 
     def __call__(self, *args, **kwargs):

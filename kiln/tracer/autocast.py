@@ -17,7 +17,8 @@ with autocast suspended, so the ops it is composed of are not cast again; an op 
 runs as it is, and its parts meet the policy (kiln's composites match PyTorch's decompositions
 where PyTorch's are composites too: einsum, tensordot, multi-head attention). The casts are
 ordinary differentiable `cast` ops, so gradients come back in the inputs' dtypes and a compiled
-function records them in its graph; `KEY` is the state a compiled entry is specialized to.
+function records them in its graph; `key()` is the state a compiled entry is specialized to.
+The state is per thread, as PyTorch's.
 
 The wrappers are installed by table (`install`) on the namespaces that export the ops (the
 functional packages before Tensor's methods are bound to them, and nn.functional): the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import weakref
 
 from kiln.ir import dtypes as dt
@@ -37,14 +39,26 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 DEVICE_TYPES = ("cpu", "cuda")
 DEFAULT_DTYPE = {"cpu": "bfloat16", "cuda": "float16"}
 
-_enabled = {"cpu": False, "cuda": False}
-_dtype = dict(DEFAULT_DTYPE)        # by name: bfloat16 may not exist until it is used
-_cache_enabled = [True]
-_nesting = [0]
-_suspended = [False]                # an autocast op is running: its parts are not cast again
-LIVE = [False]                      # some device autocasts and no op is running: wrappers act
-KEY = [None]                        # ((device_type, dtype name), ...) of the enabled devices
-_cast_cache: dict = {}              # id(weight) -> (weakref, version, cast copy)
+
+class _ThreadState(threading.local):
+    """Autocast's state, one per thread as PyTorch's: a new thread starts with autocast off."""
+
+    def __init__(self):
+        self.enabled = {"cpu": False, "cuda": False}
+        self.dtype = dict(DEFAULT_DTYPE)   # by name: bfloat16 may not exist until it is used
+        self.cache_enabled = True
+        self.nesting = 0
+        self.suspended = False             # an autocast op is running: its parts are not cast
+        self.key = None                    # ((device_type, dtype name), ...) of the enabled
+        self.cast_cache = {}               # id(weight) -> (weakref, version, cast copy)
+
+
+_local = _ThreadState()
+# How many threads have some device autocasting. The wrappers read this plain counter first
+# and their thread's state only when it is not zero, so an op pays next to nothing while no
+# thread autocasts. Changed only by `_refresh`, under the lock.
+ACTIVE = [0]
+_ACTIVE_LOCK = threading.Lock()
 
 LOWER, FP32, FP32_OPT, PROMOTE, KEEP, BANNED = ("lower", "fp32", "fp32_opt", "promote", "keep",
                                                 "banned")
@@ -72,49 +86,57 @@ def resolve_dtype(name: str, device_type: str) -> dt.DType:
 
 
 def _refresh() -> None:
-    on = tuple((d, _dtype[d]) for d in DEVICE_TYPES if _enabled[d])
-    KEY[0] = on or None
-    LIVE[0] = bool(on) and not _suspended[0]
+    state = _local
+    key = tuple((d, state.dtype[d]) for d in DEVICE_TYPES if state.enabled[d]) or None
+    if (key is None) != (state.key is None):
+        with _ACTIVE_LOCK:
+            ACTIVE[0] += (key is not None) - (state.key is not None)
+    state.key = key
+
+
+def key():
+    """This thread's autocast state as a compiled entry's key: None while nothing autocasts."""
+    return _local.key if ACTIVE[0] else None
 
 
 def is_enabled(device_type: str) -> bool:
-    return _enabled[check_device_type(device_type)]
+    return _local.enabled[check_device_type(device_type)]
 
 
 def set_enabled(device_type: str, enabled: bool) -> None:
-    _enabled[check_device_type(device_type)] = bool(enabled)
+    _local.enabled[check_device_type(device_type)] = bool(enabled)
     _refresh()
 
 
 def dtype_name(device_type: str) -> str:
-    return _dtype[check_device_type(device_type)]
+    return _local.dtype[check_device_type(device_type)]
 
 
 def set_dtype(device_type: str, dtype) -> None:
-    _dtype[check_device_type(device_type)] = dtype if isinstance(dtype, str) else dtype.name
+    _local.dtype[check_device_type(device_type)] = dtype if isinstance(dtype, str) else dtype.name
     _refresh()
 
 
 def is_cache_enabled() -> bool:
-    return _cache_enabled[0]
+    return _local.cache_enabled
 
 
 def set_cache_enabled(enabled: bool) -> None:
-    _cache_enabled[0] = bool(enabled)
+    _local.cache_enabled = bool(enabled)
 
 
 def increment_nesting() -> int:
-    _nesting[0] += 1
-    return _nesting[0]
+    _local.nesting += 1
+    return _local.nesting
 
 
 def decrement_nesting() -> int:
-    _nesting[0] -= 1
-    return _nesting[0]
+    _local.nesting -= 1
+    return _local.nesting
 
 
 def clear_cache() -> None:
-    _cast_cache.clear()
+    _local.cast_cache.clear()
 
 
 # ----------------------------------------------------------------------------- policies
@@ -203,19 +225,20 @@ def _cast_tensor(t: Tensor, dtype: dt.DType, device_type: str, lower: bool) -> T
     # precision ops in one region is cast once. Not while tracing: a copy made before the trace
     # would enter the graph as a constant and go stale when the weight changes.
     # Nor under no_grad: a cast with no history would cut the weight's gradient off later.
-    cacheable = (lower and _cache_enabled[0] and t.dtype is dt.float32 and t.requires_grad
+    cache = _local.cast_cache
+    cacheable = (lower and _local.cache_enabled and t.dtype is dt.float32 and t.requires_grad
                  and t.grad_fn is None and t._base is None and STATE.grad_enabled
                  and not (TRACING[0] and STATE.tracer is not None))
     if cacheable:
         # a hit must still be the weight's (same object, unchanged since), and its cast node
         # alive: a backward inside the region frees it, and the next op casts afresh
-        hit = _cast_cache.get(id(t))
+        hit = cache.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version[0] and \
                 hit[2].dtype is dtype and getattr(hit[2].grad_fn, "inputs", None) is not None:
             return hit[2]
     out = P.cast(t, dtype=dtype)
     if cacheable:
-        _cast_cache[id(t)] = (weakref.ref(t), t._version[0], out)
+        cache[id(t)] = (weakref.ref(t), t._version[0], out)
     return out
 
 
@@ -258,12 +281,17 @@ def _dtype_position(fn) -> int | None:
 
 
 def _run(fn, name: str, dtype_at, args: tuple, kwargs: dict):
-    """One call of op `name` while some device autocasts (the wrappers' slow path)."""
+    """One call of op `name` while some thread autocasts (the wrappers' slow path)."""
+    state = _local
+    if state.suspended or state.key is None:
+        return fn(*args, **kwargs)
+    # the op's device: a GPU tensor's, where a 0-d CPU tensor rides along with GPU ones
     device_type = None
     for t in _tensors(args, kwargs):
         device_type = t.device.type
-        break
-    if device_type is None or not _enabled.get(device_type, False):
+        if device_type != "cpu":
+            break
+    if device_type is None or not state.enabled.get(device_type, False):
         return fn(*args, **kwargs)
     policy = POLICIES[device_type].get(name)
     if callable(policy):
@@ -278,19 +306,18 @@ def _run(fn, name: str, dtype_at, args: tuple, kwargs: dict):
         if args and _eligible(args[0], device_type) and not given:
             kwargs = dict(kwargs, dtype=dt.float32)
     elif policy is not KEEP:
-        low = resolve_dtype(_dtype[device_type], device_type)
+        low = resolve_dtype(state.dtype[device_type], device_type)
         to = {LOWER: low, FP32: dt.float32}.get(policy)
         if to is None:                                    # PROMOTE
             to = _widest(args, kwargs, device_type, low)
         lower = to is low
         args = tuple(_cast_all(a, to, device_type, lower) for a in args)
         kwargs = {k: _cast_all(v, to, device_type, lower) for k, v in kwargs.items()}
-    _suspended[0], LIVE[0] = True, False
+    state.suspended = True
     try:
         return fn(*args, **kwargs)
     finally:
-        _suspended[0] = False
-        _refresh()
+        state.suspended = False
 
 
 def autocast_op(fn, name: str):
@@ -301,7 +328,7 @@ def autocast_op(fn, name: str):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not LIVE[0]:
+        if not ACTIVE[0]:
             return fn(*args, **kwargs)
         return _run(fn, name, dtype_at, args, kwargs)
     wrapper._autocast_name = name
