@@ -507,6 +507,9 @@ def test_compiled_function_follows_the_autocast_state_of_each_call(low) -> None:
                                            e.detach().float().numpy(), rtol=rtol, atol=atol)
         assert got[0].dtype is (kd if autocasting else kiln.float32)
     assert len(compiled.entries) == 2        # one per autocast state, each replayed
+    from kiln import dump
+    guards = dict(dump.compiled_notes(compiled))["guards"]
+    assert "autocast off" in guards and f"autocast cpu {low}" in guards
 
 
 @pytest.mark.parametrize("low", LOW_DTYPES)
