@@ -555,6 +555,13 @@ CUDA_DTYPES = {   # op -> the result dtype for float32 ("f") and autocast-dtype 
     "gelu keeps": (lambda F, f, h: F.gelu(h), "low"),
     "mean keeps": (lambda F, f, h: h.mean(), "low"),
     "float64 untouched": (lambda F, f, h: kiln.exp(f.double()), "float64"),
+    "integer sum untouched": (lambda F, f, h: (f > 0).long().sum(), "int64"),
+    "interpolate": (lambda F, f, h: F.interpolate(h[None], scale_factor=2), "float32"),
+    "linalg.vector_norm": (lambda F, f, h: kiln.linalg.vector_norm(h), "float32"),
+    "scatter_add": (lambda F, f, h: h.scatter_add(0, kiln.zeros(1, 4, dtype=kiln.int64,
+                                                                device="cuda"), f[:1]),
+                    "float32"),
+    "einsum": (lambda F, f, h: kiln.einsum("ij,kj->ik", f, f), "low"),
 }
 
 

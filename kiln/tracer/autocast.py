@@ -218,7 +218,7 @@ def _eligible(t, device_type: str) -> bool:
             and t.device.type == device_type)
 
 
-def _cast_tensor(t: Tensor, dtype: dt.DType, device_type: str, lower: bool) -> Tensor:
+def _cast_tensor(t: Tensor, dtype: dt.DType, lower: bool) -> Tensor:
     if t.dtype is dtype:
         return t
     # PyTorch's heuristic: a float32 weight (a leaf that requires grad) used by several low
@@ -244,7 +244,7 @@ def _cast_tensor(t: Tensor, dtype: dt.DType, device_type: str, lower: bool) -> T
 
 def _cast_all(value, dtype: dt.DType, device_type: str, lower: bool):
     if isinstance(value, Tensor):
-        return _cast_tensor(value, dtype, device_type, lower) if _eligible(
+        return _cast_tensor(value, dtype, lower) if _eligible(
             value, device_type) else value
     if isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
         return type(value)(_cast_all(v, dtype, device_type, lower) for v in value)
