@@ -94,6 +94,8 @@ FP32_CASES = {       # low-precision inputs come out in float32 (torch's CPU fp3
                                                                    T(POS, low=True)),
     "binary_cross_entropy_with_logits": lambda L, F, T: F.binary_cross_entropy_with_logits(
         T(LOGITS, low=True), T(POS, low=True)),
+    "torch.binary_cross_entropy_with_logits": lambda L, F, T:
+        L.binary_cross_entropy_with_logits(T(LOGITS, low=True), T(POS, low=True)),
     "soft_margin_loss": lambda L, F, T: F.soft_margin_loss(T(A, low=True), T(SIGNS[:, :6])),
     "hinge_embedding_loss": lambda L, F, T: F.hinge_embedding_loss(T(A, low=True), T(SIGNS)),
     "poisson_nll_loss": lambda L, F, T: F.poisson_nll_loss(T(A, low=True), T(POS, low=True)),
@@ -278,6 +280,27 @@ def test_weight_cast_cache_keeps_gradients_and_fresh_values(low) -> None:
         second = kiln.tensor(A) @ w
     np.testing.assert_allclose(second.detach().float().numpy(),
                                2 * first.detach().float().numpy(), *TOL[low])
+
+
+def _wrapped_for_autocast(fn) -> bool:
+    while fn is not None:
+        if getattr(fn, "_autocast_name", None) is not None:
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+    return False
+
+
+def test_every_name_of_the_tables_reaches_a_kiln_op() -> None:
+    # a registry test: a misspelt name, or an op exported without its policy, fails here
+    from kiln.tracer import autocast
+    not_in_kiln = {"eigvals"}          # torch.linalg.eigvals: complex results
+    namespaces = (kiln, kiln.nn.functional, kiln.linalg, kiln.Tensor)
+    for name in sorted(autocast.policy_names() - not_in_kiln):
+        found = [getattr(ns, name) for ns in namespaces if callable(getattr(ns, name, None))]
+        assert found, f"autocast's tables name {name}, which kiln does not have"
+        assert any(_wrapped_for_autocast(fn) for fn in found), f"{name} has no autocast policy"
+    for name in not_in_kiln:
+        assert not any(hasattr(ns, name) for ns in namespaces), f"kiln has {name} now"
 
 
 # ----------------------------------------------------------------------------- the state
