@@ -57,6 +57,11 @@ class autocast:
             if device_type == "cuda" and not _cuda_is_available():
                 warnings.warn("CUDA is not available. Disabling autocast.", stacklevel=2)
                 enabled = False
+            elif device_type == "cuda" and name == "bfloat16":
+                # torch's answer on a GPU without bfloat16; kiln has none on CUDA (CuPy has no
+                # bfloat16 type)
+                raise RuntimeError("Current CUDA Device does not support bfloat16. Please switch "
+                                   "dtype to float16.")
             elif device_type == "cpu" and name not in _LOW_PRECISION:
                 warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling "
                               "autocast.\nCPU Autocast only supports dtypes of kiln.bfloat16, "

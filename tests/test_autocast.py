@@ -604,6 +604,14 @@ def test_cuda_policies_give_torchs_dtypes(case, low) -> None:
 
 
 @pytest.mark.gpu
+def test_cuda_autocast_in_bfloat16_is_refused_as_on_a_gpu_without_it() -> None:
+    with pytest.raises(RuntimeError, match="does not support bfloat16"):
+        kiln.autocast("cuda", dtype=getattr(kiln, "bfloat16", "bfloat16"))
+    with kiln.autocast("cuda", dtype=getattr(kiln, "bfloat16", "bfloat16"), enabled=False):
+        assert not kiln.is_autocast_enabled("cuda")
+
+
+@pytest.mark.gpu
 def test_cuda_autocast_leaves_cpu_tensors_and_bans_bce() -> None:
     x = kiln.tensor(A)
     with kiln.autocast("cuda"):

@@ -76,13 +76,19 @@ def check_device_type(device_type) -> str:
 
 
 def resolve_dtype(name: str, device_type: str) -> dt.DType:
-    """The kiln dtype called `name`; a clear error where this kiln has none (bfloat16)."""
+    """The kiln dtype called `name`; a clear error where this kiln has none (bfloat16), or has
+    its name but not the package that stores it."""
     try:
-        return dt.from_name(name)
+        dtype = dt.from_name(name)
+        dtype.np_dtype          # a dtype without its storage type raises its install hint here
     except KeyError:
         raise RuntimeError(f"autocast('{device_type}'): kiln has no {name} dtype, the default "
                            f"for this device; pass dtype=torch.float16 (kiln.float16) to "
                            f"autocast in float16") from None
+    except RuntimeError as e:
+        raise RuntimeError(f"autocast('{device_type}') in {name}: {e}; or pass "
+                           f"dtype=torch.float16 (kiln.float16)") from None
+    return dtype
 
 
 def _refresh() -> None:
