@@ -3,10 +3,10 @@ value each op's cast policy gives, nesting and enabled=False, gradients of a sma
 trained with GradScaler, compiled functions inside and outside autocast, and the CUDA policy
 (dtypes) under the fake CUDA.
 
-Every test is parametrized over `LOW_DTYPES`, the autocast dtypes kiln has (float16 today; a
-name added there, bfloat16, runs every case again). Values are compared in float32 with the
-tolerance of the low dtype (`TOL`): half precision rounds each product's inputs, and the two
-libraries accumulate differently.
+The tests are parametrized over `LOW_DTYPES`, the autocast dtypes kiln has (float16 today; a
+name added there, bfloat16, runs every case again; the CUDA cases take those kiln has on CUDA).
+Values are compared in float32 with the tolerance of the low dtype (`TOL`): half precision
+rounds each product's inputs, and the two libraries accumulate differently.
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def test_custom_fwd_casts_inputs_and_custom_bwd_replays_the_state(low) -> None:
 # ----------------------------------------------------------------------------- training
 
 def _models(lib):
-    """A small CNN and an MLP with torch's initial weights."""
+    """A small CNN with an MLP head (conv, pool, linear, GELU, LayerNorm), torch's weights."""
     torch.manual_seed(0)
     ref = (torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
                                torch.nn.MaxPool2d(2), torch.nn.Flatten(),
