@@ -10,6 +10,7 @@ PyTorch's, they are only meaningful for distinct eigenvalues / singular values.
 from __future__ import annotations
 
 import math
+import sys as _sys
 from collections import namedtuple
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.ir.ops_extra import _pivots_to_permutation
+from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer.creation import eye as _eye, tensor as _tensor
@@ -498,6 +500,9 @@ TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpac
                "cross": torch_cross, "matrix_power": matrix_power,
                "nuclear_norm": torch_nuclear_norm}
 _NOT_METHODS = ("nuclear_norm",)        # torch.nuclear_norm has no Tensor method
+# autocast's policy on the torch forms its tables name (torch.inverse, torch.cholesky, ...)
+TORCH_FORMS = {name: _autocast.autocast_op(fn, name) if name in _autocast.policy_names() else fn
+               for name, fn in TORCH_FORMS.items()}
 
 
 def _bind_tensor_methods() -> None:
@@ -508,3 +513,5 @@ def _bind_tensor_methods() -> None:
 
 
 _bind_tensor_methods()
+# and on this module's own (linalg.solve, linalg.svd, ...; linalg.lu_solve is not torch.lu_solve)
+_autocast.install(_sys.modules[__name__], _autocast.policy_names() - {"lu_solve"})

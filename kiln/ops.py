@@ -6,7 +6,8 @@ through this one module, so that door stays visible: the primitives by name
 (`kiln.ops.prims.unfold(x, kernel=..., stride=..., dilation=...)`, as `torch.ops.prims`), the
 core composites nn.functional re-exports under PyTorch's names, index lookups that report the
 op the user called, `op_error` for messages that name the op and the user's line, and
-`apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites).
+`apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites) and
+`install_autocast` (autocast's cast policy on the ops its tables name).
 """
 
 from kiln.ir.ops import P as prims  # noqa: F401  (every primitive, called through the dispatcher)
@@ -18,3 +19,4 @@ from kiln.tracer.functional import _gather as gather_along  # noqa: F401
 from kiln.tracer.functional.indexing import check_bounds_later  # noqa: F401
 from kiln.tracer.functional.pooling import eager_max_pool2d  # noqa: F401
 from kiln.tracer.grad_names import apply_nn_names as apply_nn_grad_names  # noqa: F401
+from kiln.tracer.autocast import install as install_autocast  # noqa: F401

@@ -30,6 +30,7 @@ from kiln.ir.dtypes import DType
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
+from kiln.tracer.autocast import key as _autocast_key
 from kiln.tracer.autograd import Node, record, saved_hooks_active
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
@@ -513,9 +514,10 @@ class CompiledFunction:
         """(key, leaves): what an entry is specialized to, and the tensors of this call.
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
-        memory, the grad mode, and the non-tensor arguments by type and value. What the
-        function reads from Python (globals, closures, modules, optimizers) is checked by each
-        entry's guards (`kiln.compiler.guards`).
+        memory, the grad mode, the autocast state (a trace records autocast's casts), and the
+        non-tensor arguments by type and value. What the function reads from Python (globals,
+        closures, modules, optimizers) is checked by each entry's guards
+        (`kiln.compiler.guards`).
         """
         if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
@@ -523,7 +525,8 @@ class CompiledFunction:
             leaves, tree = flatten((args, kwargs))
             tree = _typed_tree(tree)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
-        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, tree), leaves
+        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(),
+                tree), leaves
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline

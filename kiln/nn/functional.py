@@ -1245,3 +1245,4 @@ from kiln.nn.functional_activation import *  # noqa: E402,F401,F403
 from kiln.nn.functional_loss import *  # noqa: E402,F401,F403
 
 _core.apply_nn_grad_names(sys.modules[__name__])  # MseLossBackward0, as PyTorch names them
+_core.install_autocast(sys.modules[__name__])   # autocast's casts on linear, conv, losses

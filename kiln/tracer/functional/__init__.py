@@ -21,6 +21,8 @@ imports, tests/test_layers.py):
 This module only re-exports: every public name, and the few private helpers other tracer
 modules use (`_as_tensor`, `_binary`, `_floating`, `_norm_dim`, `_shape_arg`, `_gather`).
 Import from `kiln.tracer.functional`; inside the package, import from the family module.
+The names autocast's tables list are exported wrapped in their cast policy (`kiln.tracer.autocast`);
+the family modules keep the plain functions, which composites call.
 """
 
 from kiln.tracer.functional.common import (_as_tensor, result_type, _binary,  # noqa: F401
@@ -64,3 +66,8 @@ from kiln.tracer.functional.reductions import (sum, nansum, mean, nanmean,  # no
 from kiln.tracer.functional.matrix import (matmul, mm, bmm, mv, dot, inner, outer,  # noqa: F401
                                            ger, addmm, baddbmm, einsum, tensordot)
 from kiln.tracer.functional.softmax_family import softmax, log_softmax, softmin  # noqa: F401
+
+# autocast's policy on the ops its tables name, before Tensor's methods are bound to them
+import sys as _sys  # noqa: E402
+from kiln.tracer import autocast as _autocast  # noqa: E402
+_autocast.install(_sys.modules[__name__])

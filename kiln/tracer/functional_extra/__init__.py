@@ -71,3 +71,8 @@ from kiln.tracer.functional_extra.misc import (finfo, iinfo, can_cast,  # noqa: 
                                                set_default_tensor_type, cond, while_loop,
                                                nonzero_static, frobenius_norm, histogramdd,
                                                from_dlpack, to_dlpack)
+
+# autocast's policy on the ops its tables name, before Tensor's methods are bound to them
+import sys as _sys  # noqa: E402
+from kiln.tracer import autocast as _autocast  # noqa: E402
+_autocast.install(_sys.modules[__name__])
