@@ -19,7 +19,7 @@ import torch
 
 import kiln
 
-LOW_DTYPES = ["float16"]
+LOW_DTYPES = ["float16", "bfloat16"]
 CUDA_LOW_DTYPES = [d for d in LOW_DTYPES if d != "bfloat16"]     # kiln has no CUDA bfloat16
 # (rtol, atol) for values computed from inputs rounded to the low dtype
 TOL = {"float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
