@@ -86,6 +86,10 @@ LOSS_REDUCTION_POSITION = {"kl_div": 2, "binary_cross_entropy_with_logits": 4,
                            "margin_ranking_loss": 4, "triplet_margin_loss": 7,
                            "poisson_nll_loss": 5, "ctc_loss": 5}
 _REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
+# ... and these default to no reduction at the torch level (PyTorch 2.13), unlike nn.functional
+LOSS_UNREDUCED_BY_DEFAULT = {"kl_div", "binary_cross_entropy_with_logits",
+                             "cosine_embedding_loss", "hinge_embedding_loss",
+                             "margin_ranking_loss", "triplet_margin_loss"}
 
 
 def nn_forward(name: str):
@@ -112,6 +116,8 @@ def nn_forward(name: str):
             if len(args) > pos:
                 kwargs["reduction"] = args.pop(pos)
                 args = args[:pos]
+            if name in LOSS_UNREDUCED_BY_DEFAULT:
+                kwargs.setdefault("reduction", 0)
             if isinstance(kwargs.get("reduction"), int):
                 kwargs["reduction"] = _REDUCTIONS[kwargs["reduction"]]
             return base(*args, **kwargs)
