@@ -1,0 +1,314 @@
+"""kiln.vision.transforms against what torchvision computes with: Pillow for PIL images, NumPy,
+and torch 2.13 ops for tensors (torchvision itself cannot be installed beside the CPU torch)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageEnhance
+
+import kiln
+import kiln.vision.transforms as T
+import kiln.vision.transforms.functional as TF
+
+
+def rgb(h=20, w=30, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8))
+
+
+def gray(h=9, w=7, seed=1):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w), np.uint8))
+
+
+def as_torch(x):
+    return torch.from_numpy(x.numpy().copy())
+
+
+def reference_to_tensor(img):
+    """torchvision's ToTensor, rebuilt with NumPy and torch ops."""
+    array = np.array(img)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+# ---------------------------------------------------------------- conversions
+
+@pytest.mark.parametrize("img", [rgb(), gray(), rgb().convert("RGBA"), rgb().convert("LA")])
+def test_to_tensor_matches_torch_ops(img):
+    out = T.ToTensor()(img)
+    assert out.dtype == kiln.float32
+    assert torch.equal(as_torch(out), reference_to_tensor(img))
+
+
+def test_to_tensor_other_modes_and_arrays():
+    ints = Image.fromarray(np.arange(12, dtype=np.int32).reshape(3, 4) * 1000)
+    out = T.ToTensor()(ints)
+    assert out.dtype == kiln.int32
+    np.testing.assert_array_equal(out.numpy()[0], np.arange(12).reshape(3, 4) * 1000)
+    floats = Image.fromarray(np.linspace(-1, 3, 12, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(T.ToTensor()(floats).numpy()[0], np.array(floats))
+    bits = gray().convert("1")
+    np.testing.assert_array_equal(T.ToTensor()(bits).numpy()[0],
+                                  np.array(bits).astype(np.float32))
+    hwc = np.random.default_rng(2).integers(0, 256, (5, 6, 3), np.uint8)
+    assert torch.equal(as_torch(T.ToTensor()(hwc)),
+                       torch.from_numpy(hwc).permute(2, 0, 1).float() / 255)
+    floats_hwc = np.random.default_rng(3).normal(size=(5, 6, 2)).astype(np.float64)
+    out = T.ToTensor()(floats_hwc)            # not uint8: kept as is, only moved to CHW
+    assert out.dtype == kiln.float64
+    np.testing.assert_array_equal(out.numpy(), floats_hwc.transpose(2, 0, 1))
+    with pytest.raises(TypeError, match="PIL Image or an ndarray"):
+        T.ToTensor()(kiln.zeros(3, 4, 4))
+
+
+def test_pil_to_tensor_and_back():
+    img = rgb()
+    out = T.PILToTensor()(img)
+    assert out.dtype == kiln.uint8
+    np.testing.assert_array_equal(out.numpy(), np.array(img).transpose(2, 0, 1))
+    back = T.ToPILImage()(out)
+    assert back.mode == "RGB"
+    np.testing.assert_array_equal(np.array(back), np.array(img))
+
+
+def test_to_pil_image_scales_float_by_255_and_truncates():
+    x = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(0))
+    img = T.ToPILImage()(kiln.tensor(x.numpy()))
+    assert img.mode == "RGB" and img.size == (6, 5)
+    expected = x.mul(255).byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(np.array(img), expected)
+    one = T.ToPILImage()(kiln.tensor(x[0].numpy()))
+    assert one.mode == "L"
+    np.testing.assert_array_equal(np.array(one), expected[:, :, 0])
+    as_float = T.ToPILImage(mode="F")(kiln.tensor(x[:1].numpy()))
+    assert as_float.mode == "F"
+    np.testing.assert_array_equal(np.array(as_float), x[0].numpy())
+    assert T.ToPILImage()(kiln.rand(4, 5, 6)).mode == "RGBA"
+    with pytest.raises(ValueError, match="> 4 channels"):
+        T.ToPILImage()(kiln.zeros(5, 2, 2))
+
+
+def test_normalize_matches_torch_and_inplace():
+    x = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(1))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    k = kiln.tensor(x.numpy())
+    out = T.Normalize(mean, std)(k)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(k.numpy(), x.numpy())         # not in place
+    T.Normalize(mean, std, inplace=True)(k)
+    np.testing.assert_allclose(k.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
+    batch = kiln.tensor(x.numpy()).unsqueeze(0).expand(2, 3, 4, 5).clone()
+    np.testing.assert_allclose(T.Normalize(mean, std)(batch).numpy()[1], expected.numpy(),
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="std evaluated to zero"):
+        T.Normalize((0.5,), (0.0,))(kiln.ones(1, 2, 2))
+    with pytest.raises(TypeError, match="float tensor"):
+        T.Normalize((0.5,), (0.5,))(kiln.ones(1, 2, 2, dtype=kiln.uint8))
+
+
+# ---------------------------------------------------------------- resize
+
+def test_resize_pil_matches_pillow():
+    img = rgb(20, 30)
+    out = T.Resize(10)(img)                          # shorter side 20 -> 10, 30 -> int(15.0)
+    assert out.size == (15, 10)
+    np.testing.assert_array_equal(np.array(out),
+                                  np.array(img.resize((15, 10), Image.Resampling.BILINEAR)))
+    tall = rgb(31, 13)
+    out = T.Resize(7)(tall)                          # long side int(7 * 31 / 13) = 16
+    assert out.size == (7, 16)
+    out = T.Resize((8, 9), interpolation=T.InterpolationMode.NEAREST)(img)
+    np.testing.assert_array_equal(np.array(out),
+                                  np.array(img.resize((9, 8), Image.Resampling.NEAREST)))
+    out = T.Resize(10, interpolation=T.InterpolationMode.BICUBIC, max_size=12)(img)
+    assert out.size == (12, 8)                        # (15, 10) capped: int(12 * 10 / 15) = 8
+    np.testing.assert_array_equal(np.array(out),
+                                  np.array(img.resize((12, 8), Image.Resampling.BICUBIC)))
+    assert T.Resize(20)(img) is img                   # already the requested size
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("size", [(7, 11), (33, 50), (12, 45)])
+def test_resize_tensor_matches_torch_interpolate(mode, antialias, size):
+    x = torch.rand(2, 3, 19, 29, generator=torch.Generator().manual_seed(2))
+    out = T.Resize(size, interpolation=T.InterpolationMode(mode), antialias=antialias)(
+        kiln.tensor(x.numpy()))
+    expected = torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False,
+                                               antialias=antialias)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_resize_tensor_nearest_and_uint8():
+    x = torch.randint(0, 256, (3, 10, 14), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(3))
+    k = kiln.tensor(x.numpy())
+    out = T.Resize(4, interpolation=T.InterpolationMode.NEAREST)(k)
+    expected = torch.nn.functional.interpolate(x[None].float(), size=(4, 5), mode="nearest")
+    np.testing.assert_array_equal(out.numpy(), expected[0].byte().numpy())
+    out = T.Resize(4)(k)                               # uint8 in, uint8 out: rounded
+    assert out.dtype == kiln.uint8
+    expected = torch.nn.functional.interpolate(x[None].float(), size=(4, 5), mode="bilinear",
+                                               antialias=True)[0]
+    np.testing.assert_array_equal(out.numpy(), expected.round().byte().numpy())
+
+
+# ---------------------------------------------------------------- crops and flips
+
+def test_center_crop_pil_and_tensor():
+    img = rgb(20, 31)
+    out = T.CenterCrop((9, 10))(img)
+    top, left = int(round((20 - 9) / 2)), int(round((31 - 10) / 2))
+    np.testing.assert_array_equal(np.array(out), np.array(img)[top:top + 9, left:left + 10])
+    x = T.ToTensor()(img)
+    np.testing.assert_array_equal(T.CenterCrop((9, 10))(x).numpy(),
+                                  x.numpy()[:, top:top + 9, left:left + 10])
+    big = T.CenterCrop(25)(x)                          # larger than the image: zero padded
+    expected = np.pad(x.numpy(), ((0, 0), (2, 3), (0, 0)))
+    expected = expected[:, :, 3:28]
+    np.testing.assert_array_equal(big.numpy(), expected)
+    np.testing.assert_array_equal(np.array(T.CenterCrop(25)(img)),
+                                  (expected.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "symmetric"])
+def test_pad_modes_pil_and_tensor_match_numpy(mode):
+    img = rgb(6, 7)
+    padding = (1, 2, 3, 4)                           # left, top, right, bottom
+    widths = ((2, 4), (1, 3), (0, 0))
+    kwargs = {"constant_values": 9} if mode == "constant" else {}
+    expected = np.pad(np.array(img), widths, mode, **kwargs)
+    np.testing.assert_array_equal(np.array(T.Pad(padding, fill=9, padding_mode=mode)(img)),
+                                  expected)
+    x = T.PILToTensor()(img).float()
+    out = T.Pad(padding, fill=9, padding_mode=mode)(x)
+    np.testing.assert_array_equal(out.numpy(), expected.transpose(2, 0, 1).astype(np.float32))
+    two = T.Pad((2, 1), padding_mode=mode)(x)        # (left/right, top/bottom)
+    np.testing.assert_array_equal(two.numpy(), np.pad(x.numpy(), ((0, 0), (1, 1), (2, 2)),
+                                                      mode))
+
+
+def test_random_crop_draws_from_kiln_rng_and_pads():
+    img = rgb(20, 30)
+    x = T.ToTensor()(img)
+    crop = T.RandomCrop((8, 12), padding=2)
+    kiln.manual_seed(5)
+    out_pil = crop(img)
+    kiln.manual_seed(5)
+    out_tensor = crop(x)
+    kiln.manual_seed(5)
+    i = kiln.randint(0, 24 - 8 + 1, size=(1,)).item()
+    j = kiln.randint(0, 34 - 12 + 1, size=(1,)).item()
+    padded = np.pad(np.array(img), ((2, 2), (2, 2), (0, 0)))
+    np.testing.assert_array_equal(np.array(out_pil), padded[i:i + 8, j:j + 12])
+    np.testing.assert_array_equal(out_tensor.numpy(), np.pad(
+        x.numpy(), ((0, 0), (2, 2), (2, 2)))[:, i:i + 8, j:j + 12])
+    # pad_if_needed pads each side by the shortfall (as torchvision): 30 x 34, then crops
+    kiln.manual_seed(6)
+    small = T.RandomCrop((25, 32), pad_if_needed=True, fill=7)(img)
+    kiln.manual_seed(6)
+    i = kiln.randint(0, 30 - 25 + 1, size=(1,)).item()
+    j = kiln.randint(0, 34 - 32 + 1, size=(1,)).item()
+    padded = np.pad(np.array(img), ((5, 5), (2, 2), (0, 0)), constant_values=7)
+    np.testing.assert_array_equal(np.array(small), padded[i:i + 25, j:j + 32])
+    with pytest.raises(ValueError, match="larger than the input image"):
+        T.RandomCrop(40)(img)
+
+
+def test_random_resized_crop_is_a_resized_box():
+    img = rgb(24, 32)
+    t = T.RandomResizedCrop(10, scale=(0.2, 0.9))
+    for seed in range(5):
+        kiln.manual_seed(seed)
+        i, j, h, w = T.RandomResizedCrop.get_params(img, (0.2, 0.9), (3 / 4, 4 / 3))
+        assert 0 <= i <= 24 - h and 0 <= j <= 32 - w
+        assert 0.2 * 768 * 0.8 <= h * w <= 0.9 * 768 * 1.2
+        kiln.manual_seed(seed)
+        out = t(img)
+        expected = img.crop((j, i, j + w, i + h)).resize((10, 10), Image.Resampling.BILINEAR)
+        np.testing.assert_array_equal(np.array(out), np.array(expected))
+    # ratios that cannot fit fall back to the centered box of the closest ratio
+    assert T.RandomResizedCrop.get_params(rgb(10, 40), (0.99, 1.0), (1.0, 1.0)) == (0, 15, 10,
+                                                                                    10)
+
+
+def test_flips_with_probability():
+    img = rgb(5, 6)
+    x = T.ToTensor()(img)
+    np.testing.assert_array_equal(np.array(T.RandomHorizontalFlip(1.0)(img)),
+                                  np.array(img)[:, ::-1])
+    np.testing.assert_array_equal(np.array(T.RandomVerticalFlip(1.0)(img)),
+                                  np.array(img)[::-1])
+    np.testing.assert_array_equal(T.RandomHorizontalFlip(1.0)(x).numpy(), x.numpy()[:, :, ::-1])
+    np.testing.assert_array_equal(T.RandomVerticalFlip(1.0)(x).numpy(), x.numpy()[:, ::-1])
+    assert T.RandomHorizontalFlip(0.0)(img) is img
+    kiln.manual_seed(11)
+    flips = [T.RandomHorizontalFlip()(x) is not x for _ in range(40)]
+    kiln.manual_seed(11)
+    expected = [kiln.rand(1).item() < 0.5 for _ in range(40)]
+    assert flips == expected and 5 < sum(flips) < 35
+
+
+def test_grayscale_pil_and_tensor():
+    img = rgb()
+    np.testing.assert_array_equal(np.array(T.Grayscale()(img)), np.array(img.convert("L")))
+    three = T.Grayscale(3)(img)
+    assert three.mode == "RGB"
+    np.testing.assert_array_equal(np.array(three)[:, :, 2], np.array(img.convert("L")))
+    x = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(4))
+    expected = (0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+    out = T.Grayscale(3)(kiln.tensor(x.numpy()))
+    assert tuple(out.shape) == (3, 4, 5)
+    np.testing.assert_allclose(out.numpy(), expected.expand(3, 4, 5).numpy(), rtol=1e-6)
+
+
+def test_compose_lambda_and_seeded_pipeline():
+    pipeline = T.Compose([T.RandomResizedCrop(8), T.RandomHorizontalFlip(),
+                          T.ColorJitter(0.4, 0.4, 0.4, 0.1), T.RandomRotation(15),
+                          T.ToTensor(), T.Lambda(lambda t: t * 2),
+                          T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    img = rgb()
+    kiln.manual_seed(3)
+    first = pipeline(img)
+    kiln.manual_seed(3)
+    second = pipeline(img)
+    assert tuple(first.shape) == (3, 8, 8)
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+    assert "RandomResizedCrop" in repr(pipeline)
+
+
+def test_color_adjustments_match_pillow_and_torch_ops():
+    img = rgb()
+    for fn, enhancer in [(TF.adjust_brightness, ImageEnhance.Brightness),
+                         (TF.adjust_contrast, ImageEnhance.Contrast),
+                         (TF.adjust_saturation, ImageEnhance.Color)]:
+        np.testing.assert_array_equal(np.array(fn(img, 1.3)), np.array(enhancer(img).enhance(1.3)))
+    x = torch.rand(3, 6, 7, generator=torch.Generator().manual_seed(6))
+    k = kiln.tensor(x.numpy())
+    np.testing.assert_allclose(TF.adjust_brightness(k, 1.4).numpy(),
+                               (1.4 * x).clamp(0, 1).numpy(), rtol=1e-6)
+    gray_x = 0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    np.testing.assert_allclose(TF.adjust_saturation(k, 0.3).numpy(),
+                               (0.3 * x + 0.7 * gray_x).clamp(0, 1).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(TF.adjust_contrast(k, 0.6).numpy(),
+                               (0.6 * x + 0.4 * gray_x.mean()).clamp(0, 1).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    # hue: a quarter turn moves pure red's hue by 64 of 256 steps in Pillow's HSV
+    red = Image.new("RGB", (2, 2), (255, 0, 0))
+    hue = np.array(TF.adjust_hue(red, 0.25).convert("HSV"))[0, 0, 0]
+    assert hue == int(0.25 * 255)
+
+
+def test_random_rotation_is_pillow_rotate_with_the_drawn_angle():
+    img = rgb()
+    kiln.manual_seed(8)
+    out = T.RandomRotation((10, 30), fill=5)(img)
+    kiln.manual_seed(8)
+    angle = kiln.empty(1).uniform_(10, 30).item()
+    assert 10 <= angle <= 30 and not math.isclose(angle, 10)
+    expected = img.rotate(angle, Image.Resampling.NEAREST, False, None, fillcolor=(5, 5, 5))
+    np.testing.assert_array_equal(np.array(out), np.array(expected))
