@@ -371,16 +371,23 @@ class Generator:
         return int(self._rng.integers(0, 2 ** 62))
 
     def get_state(self) -> Tensor:
+        # PCG64's position (`state`) and its stream (`inc`, set by the seed): both, so that
+        # restoring after a `manual_seed` returns to the old stream, as torch's does
         state = self._rng.bit_generator.state
-        words = [int(v) for v in state["state"]["state"].to_bytes(16, "little")] if isinstance(
-            state["state"]["state"], int) else []
+        words = [int(v) for key in ("state", "inc")
+                 for v in state["state"][key].to_bytes(16, "little")]
         return tensor(words + [state["has_uint32"], state["uinteger"]], dtype=dt.int64)
 
     def set_state(self, new_state: Tensor) -> "Generator":
         values = new_state.tolist()
         st = self._rng.bit_generator.state
         st["state"]["state"] = int.from_bytes(bytes(values[:16]), "little")
-        st["has_uint32"], st["uinteger"] = values[16], values[17]
+        if len(values) == 34:
+            st["state"]["inc"] = int.from_bytes(bytes(values[16:32]), "little")
+        elif len(values) != 18:     # 18: the earlier layout, without the stream
+            raise ValueError(f"set_rng_state: expected a state from get_rng_state (34 values), "
+                             f"got {len(values)} values")
+        st["has_uint32"], st["uinteger"] = values[-2], values[-1]
         self._rng.bit_generator.state = st
         return self
 
