@@ -67,7 +67,7 @@ def test_mnist_main_matches_torch(tmp_path, capsys):
 def test_mnist_main_with_dropout_and_shuffle_trains(tmp_path):
     """The script as published (dropout, shuffled batches): kiln's seeded run repeats itself
     and its training loss falls on a learnable task (labels from the image mean)."""
-    written = write_mnist(tmp_path, n_train=64, n_test=16, seed=4)
+    written = write_mnist(tmp_path, n_train=48, n_test=8, seed=4)
     images, _ = written["train"]
     labels = (images.reshape(len(images), -1).mean(1) > images.mean()).astype(np.uint8)
     from tests.vision.files import idx_bytes
