@@ -204,3 +204,61 @@ def test_fake_data_is_repeatable_and_keeps_the_rng():
     assert tuple(first[0].shape) == (3, 6, 7) and len(ds) == 5
     with pytest.raises(IndexError):
         ds[5]
+
+
+def _local_mnist(mirror_dir, resources):
+    """An MNIST whose mirrors are a missing folder, then a local one (file:// URLs: no
+    network), with the given resources' md5s."""
+    class LocalMNIST(datasets.MNIST):
+        mirrors = [(mirror_dir / "missing").as_uri() + "/", mirror_dir.as_uri() + "/"]
+    LocalMNIST.resources = resources
+    LocalMNIST.__name__ = "MNIST"            # the same raw folder name
+    return LocalMNIST
+
+
+def test_mnist_download_checks_md5_and_skips_present_files(tmp_path, capsys):
+    import gzip
+    import hashlib
+    written = write_mnist(tmp_path / "source")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    resources = []
+    for path in sorted((tmp_path / "source" / "MNIST" / "raw").iterdir()):
+        gz = mirror / (path.name + ".gz")
+        gz.write_bytes(gzip.compress(path.read_bytes()))
+        resources.append((gz.name, hashlib.md5(gz.read_bytes()).hexdigest()))
+    ds = _local_mnist(mirror, resources)(tmp_path / "root", download=True)
+    np.testing.assert_array_equal(ds.data.numpy(), written["train"][0])
+    assert (tmp_path / "root" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+    assert "Downloading file://" in capsys.readouterr().out
+    # present files are not fetched again, even from mirrors that do not exist
+    missing = _local_mnist(tmp_path / "nowhere", resources)
+    assert len(missing(tmp_path / "root", download=True, train=False)) == 16
+    assert "Downloading" not in capsys.readouterr().out
+    bad = [(name, "0" * 32) for name, _ in resources]
+    with pytest.raises(RuntimeError, match="md5"):
+        _local_mnist(mirror, bad)(tmp_path / "other", download=True)
+
+
+def test_cifar_download_extracts_the_archive(tmp_path):
+    import hashlib
+    import tarfile
+    written, _ = write_cifar10(tmp_path / "source")
+    archive = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "source" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+
+    class LocalCIFAR10(datasets.CIFAR10):
+        url = archive.as_uri()
+        tgz_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    ds = LocalCIFAR10(tmp_path / "root", train=False, download=True)
+    assert ds.targets == written["test"][1]
+    # an archive member that escapes the folder is refused
+    evil = tmp_path / "mirror" / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(tmp_path / "source" / "cifar-10-batches-py" / "test_batch", arcname="../escape")
+    from kiln.vision.datasets.utils import extract_archive
+    with pytest.raises(RuntimeError, match="outside"):
+        extract_archive(str(evil), str(tmp_path / "out"))
+    assert not (tmp_path / "escape").exists()
