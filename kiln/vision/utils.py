@@ -84,5 +84,5 @@ def save_image(tensor: Tensor | list[Tensor], fp: Any, format: str | None = None
     """make_grid(tensor, **kwargs), scaled from [0, 1] to [0, 255] (rounded), saved with
     Pillow to a path or file object (`format` as Pillow names it; from the name if None)."""
     grid = make_grid(tensor, **kwargs)
-    array = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(kiln.uint8).numpy()
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to("cpu", kiln.uint8).numpy()
     pil_image().fromarray(array).save(fp, format=format)

@@ -312,3 +312,26 @@ def test_random_rotation_is_pillow_rotate_with_the_drawn_angle():
     assert 10 <= angle <= 30 and not math.isclose(angle, 10)
     expected = img.rotate(angle, Image.Resampling.NEAREST, False, None, fillcolor=(5, 5, 5))
     np.testing.assert_array_equal(np.array(out), np.array(expected))
+
+
+def test_tensor_transforms_compile_without_graph_breaks():
+    """Normalize checks a std given as numbers without reading a tensor, so a model that
+    normalizes its input compiles whole; the compiled result equals torch's."""
+    from tests.scripts.harness import no_compile_fallback
+    pipeline = kiln.nn.Sequential(T.CenterCrop(4), T.Normalize((0.1, 0.2, 0.3), (0.5, 0.6, 0.7)))
+    compiled = kiln.compile(pipeline, fullgraph=True)
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(9))
+    expected = (x[:, :, 1:5, 1:5] - torch.tensor([0.1, 0.2, 0.3]).view(-1, 1, 1)) / \
+        torch.tensor([0.5, 0.6, 0.7]).view(-1, 1, 1)
+    with no_compile_fallback():
+        for _ in range(2):
+            out = compiled(kiln.tensor(x.numpy()))
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_image_backend_is_pillow():
+    import kiln.vision
+    assert kiln.vision.get_image_backend() == "PIL"
+    kiln.vision.set_image_backend("PIL")
+    with pytest.raises(ValueError, match="Pillow only"):
+        kiln.vision.set_image_backend("accimage")

@@ -185,9 +185,16 @@ def normalize(tensor: Tensor, mean: Sequence[float], std: Sequence[float],
                          f"shape {tuple(tensor.shape)}")
     if not inplace:
         tensor = tensor.clone()
+    if isinstance(std, Tensor):
+        has_zero = bool((std.to(tensor.dtype) == 0).any())
+    else:
+        # numbers are checked in NumPy: no tensor read, so a compiled caller does not break
+        # (bfloat16 has float32's exponent range, so the same values underflow to zero)
+        like = {"float16": np.float16, "float64": np.float64}.get(tensor.dtype.name, np.float32)
+        has_zero = bool((np.asarray(std, dtype=np.float64).astype(like) == 0).any())
     mean = kiln.as_tensor(mean, dtype=tensor.dtype, device=tensor.device)
     std = kiln.as_tensor(std, dtype=tensor.dtype, device=tensor.device)
-    if bool((std == 0).any()):
+    if has_zero:
         raise ValueError(f"normalize: std evaluated to zero after conversion to {tensor.dtype}, "
                          f"leading to division by zero")
     if mean.ndim == 1:
