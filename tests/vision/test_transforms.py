@@ -335,3 +335,42 @@ def test_image_backend_is_pillow():
     kiln.vision.set_image_backend("PIL")
     with pytest.raises(ValueError, match="Pillow only"):
         kiln.vision.set_image_backend("accimage")
+
+
+def test_random_containers_draw_from_kiln_rng():
+    x = kiln.tensor(np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 24)
+    flip = T.Lambda(TF.hflip)                       # draws nothing itself
+    kiln.manual_seed(4)
+    outs = [T.RandomApply([flip, T.Lambda(lambda t: t * 2)], p=0.5)(x) for _ in range(12)]
+    kiln.manual_seed(4)
+    applied = [kiln.rand(1).item() <= 0.5 for _ in range(12)]
+    assert 0 < sum(applied) < 12
+    for out, yes in zip(outs, applied):
+        expected = x.numpy()[:, :, ::-1] * 2 if yes else x.numpy()
+        np.testing.assert_array_equal(out.numpy(), expected)
+    add = [T.Lambda(lambda t, k=k: t + k) for k in range(3)]
+    kiln.manual_seed(5)
+    order = kiln.randperm(3).tolist()
+    kiln.manual_seed(5)
+    log = []
+    T.RandomOrder([T.Lambda(lambda t, k=k: log.append(k) or t) for k in range(3)])(x)
+    assert log == order
+    kiln.manual_seed(6)
+    picks = [float(T.RandomChoice(add, p=[0.0, 1.0, 3.0])(kiln.zeros(1))) for _ in range(40)]
+    assert set(picks) == {1.0, 2.0} and picks.count(2.0) > picks.count(1.0)
+    img = rgb()
+    assert T.RandomGrayscale(1.0)(img).mode == "RGB"                  # keeps 3 channels
+    np.testing.assert_array_equal(np.array(T.RandomGrayscale(1.0)(img))[:, :, 0],
+                                  np.array(img.convert("L")))
+    assert T.RandomGrayscale(0.0)(img) is img
+
+
+def test_convert_image_dtype_matches_torchvision_scaling():
+    x = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8, generator=torch.Generator()
+                      .manual_seed(7))
+    out = T.ConvertImageDtype(kiln.float32)(kiln.tensor(x.numpy()))
+    np.testing.assert_array_equal(out.numpy(), (x.float() / 255).numpy())
+    back = T.ConvertImageDtype(kiln.uint8)(out)
+    # torchvision's float -> uint8: scale by 255.999 and truncate, so 1.0 maps to 255
+    np.testing.assert_array_equal(back.numpy(), (x.float() / 255).mul(256 - 1e-3).byte().numpy())
+    np.testing.assert_array_equal(back.numpy(), x.numpy())
