@@ -374,3 +374,57 @@ def test_convert_image_dtype_matches_torchvision_scaling():
     # torchvision's float -> uint8: scale by 255.999 and truncate, so 1.0 maps to 255
     np.testing.assert_array_equal(back.numpy(), (x.float() / 255).mul(256 - 1e-3).byte().numpy())
     np.testing.assert_array_equal(back.numpy(), x.numpy())
+
+
+def torch_gaussian_blur(x, ks, sigma):
+    """torchvision's tensor blur rebuilt with torch ops: separable normalized Gaussian,
+    reflect padding, depthwise conv2d."""
+    def k1d(k, s):
+        t = torch.linspace(-(k - 1) * 0.5, (k - 1) * 0.5, k, dtype=torch.float64)
+        pdf = torch.exp(-0.5 * (t / s) ** 2)
+        return pdf / pdf.sum()
+    kernel = torch.outer(k1d(ks[1], sigma[1]), k1d(ks[0], sigma[0])).float()
+    c = x.shape[-3]
+    y = torch.nn.functional.pad(x[None], [ks[0] // 2] * 2 + [ks[1] // 2] * 2, mode="reflect")
+    return torch.nn.functional.conv2d(y, kernel.expand(c, 1, *kernel.shape), groups=c)[0]
+
+
+def test_gaussian_blur_tensor_and_pil():
+    x = torch.rand(3, 9, 11, generator=torch.Generator().manual_seed(10))
+    out = TF.gaussian_blur(kiln.tensor(x.numpy()), [5, 3], [1.5, 0.7])
+    np.testing.assert_allclose(out.numpy(), torch_gaussian_blur(x, [5, 3], [1.5, 0.7]).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    img = rgb(9, 11)
+    blurred = TF.gaussian_blur(img, 3)                       # sigma = 3 * 0.15 + 0.35
+    as_float = torch.from_numpy(np.array(img)).permute(2, 0, 1).float()
+    expected = torch_gaussian_blur(as_float, [3, 3], [0.8, 0.8]).round().byte()
+    assert blurred.mode == "RGB"
+    np.testing.assert_array_equal(np.array(blurred), expected.permute(1, 2, 0).numpy())
+    kiln.manual_seed(1)
+    out = T.GaussianBlur(5, sigma=(0.5, 2.0))(kiln.tensor(x.numpy()))
+    kiln.manual_seed(1)
+    sigma = kiln.empty(1).uniform_(0.5, 2.0).item()
+    np.testing.assert_allclose(out.numpy(), torch_gaussian_blur(x, [5, 5], [sigma, sigma])
+                               .numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="odd"):
+        T.GaussianBlur(4)
+
+
+def test_random_erasing_replaces_the_drawn_box():
+    x = torch.rand(3, 16, 20, generator=torch.Generator().manual_seed(11))
+    k = kiln.tensor(x.numpy())
+    for value in (0, (0.1, 0.2, 0.3), "random"):
+        kiln.manual_seed(12)
+        out = T.RandomErasing(p=1.0, value=value)(k)
+        kiln.manual_seed(12)
+        kiln.rand(1)                                          # the p draw
+        v = None if value == "random" else [float(c) for c in np.atleast_1d(value)]
+        i, j, h, w, fill = T.RandomErasing.get_params(k, (0.02, 0.33), (0.3, 3.3), v)
+        expected = x.clone()
+        expected[:, i:i + h, j:j + w] = torch.from_numpy(fill.numpy())
+        np.testing.assert_array_equal(out.numpy(), expected.numpy())
+        assert 0 < h * w < 16 * 20 and not np.array_equal(out.numpy(), x.numpy())
+    np.testing.assert_array_equal(k.numpy(), x.numpy())       # not in place by default
+    assert T.RandomErasing(p=0.0)(k) is k
+    with pytest.raises(ValueError, match="1 or 3"):
+        T.RandomErasing(p=1.0, value=(1, 2))(k)

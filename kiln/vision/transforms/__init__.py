@@ -3,15 +3,15 @@
 from kiln.vision.transforms import functional
 from kiln.vision.transforms.functional import InterpolationMode
 from kiln.vision.transforms.transforms import (CenterCrop, ColorJitter, Compose,
-                                               ConvertImageDtype, Grayscale, Lambda, Normalize,
-                                               Pad, PILToTensor, RandomApply, RandomChoice,
-                                               RandomCrop, RandomGrayscale,
-                                               RandomHorizontalFlip, RandomOrder,
-                                               RandomResizedCrop, RandomRotation,
+                                               ConvertImageDtype, GaussianBlur, Grayscale,
+                                               Lambda, Normalize, Pad, PILToTensor, RandomApply,
+                                               RandomChoice, RandomCrop, RandomErasing,
+                                               RandomGrayscale, RandomHorizontalFlip,
+                                               RandomOrder, RandomResizedCrop, RandomRotation,
                                                RandomVerticalFlip, Resize, ToPILImage, ToTensor)
 
 __all__ = ["functional", "InterpolationMode", "CenterCrop", "ColorJitter", "Compose",
-           "ConvertImageDtype", "Grayscale", "Lambda", "Normalize", "Pad", "PILToTensor",
-           "RandomApply", "RandomChoice", "RandomCrop", "RandomGrayscale",
-           "RandomHorizontalFlip", "RandomOrder", "RandomResizedCrop", "RandomRotation",
-           "RandomVerticalFlip", "Resize", "ToPILImage", "ToTensor"]
+           "ConvertImageDtype", "GaussianBlur", "Grayscale", "Lambda", "Normalize", "Pad",
+           "PILToTensor", "RandomApply", "RandomChoice", "RandomCrop", "RandomErasing",
+           "RandomGrayscale", "RandomHorizontalFlip", "RandomOrder", "RandomResizedCrop",
+           "RandomRotation", "RandomVerticalFlip", "Resize", "ToPILImage", "ToTensor"]

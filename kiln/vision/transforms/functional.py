@@ -480,6 +480,75 @@ def _pad_symmetric(img: Tensor, left: int, top: int, right: int, bottom: int) ->
     return img.index_select(-2, rows).index_select(-1, cols)
 
 
+def _cast_to_float(img: Tensor) -> tuple[Tensor, Any, bool]:
+    """(a float (N, C, H, W) view of `img`, its dtype, whether a batch dim was added)."""
+    squeeze = img.ndim < 4
+    x = img.unsqueeze(0) if squeeze else img
+    return (x if x.is_floating_point() else x.to(kiln.float32)), img.dtype, squeeze
+
+
+def _cast_back(x: Tensor, dtype: Any, squeeze: bool) -> Tensor:
+    if x.dtype != dtype:
+        x = x.round().to(dtype)      # integer images are rounded, as torchvision does
+    return x.squeeze(0) if squeeze else x
+
+
+def _gaussian_kernel1d(size: int, sigma: float) -> np.ndarray:
+    x = np.linspace(-(size - 1) * 0.5, (size - 1) * 0.5, size)
+    pdf = np.exp(-0.5 * (x / sigma) ** 2)
+    return pdf / pdf.sum()
+
+
+def gaussian_blur(img: Any, kernel_size: Any, sigma: Any = None) -> Any:
+    """Blur with a Gaussian of odd `kernel_size` ([kx, ky] or an int) and `sigma` ([sx, sy],
+    a number, or None for 0.3 * ((k - 1) * 0.5 - 1) + 0.8); borders reflect. A PIL image is
+    blurred as its tensor and converted back, as torchvision does."""
+    if isinstance(kernel_size, int):
+        kernel_size = [kernel_size, kernel_size]
+    kernel_size = list(kernel_size)
+    if len(kernel_size) == 1:
+        kernel_size = kernel_size * 2
+    if len(kernel_size) != 2 or any(k <= 0 or k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"gaussian_blur: kernel_size should be odd and positive, got "
+                         f"{kernel_size}")
+    if sigma is None:
+        sigma = [k * 0.15 + 0.35 for k in kernel_size]
+    elif isinstance(sigma, numbers.Number):
+        sigma = [float(sigma), float(sigma)]
+    sigma = list(sigma) * (2 if len(sigma) == 1 else 1)
+    if len(sigma) != 2 or any(s <= 0 for s in sigma):
+        raise ValueError(f"gaussian_blur: sigma should be positive, got {sigma}")
+    _check_image(img, "gaussian_blur")
+    if is_pil_image(img):
+        return to_pil_image(gaussian_blur(pil_to_tensor(img), kernel_size, sigma),
+                            mode=img.mode)
+    x, dtype, squeeze = _cast_to_float(img)
+    kernel = np.outer(_gaussian_kernel1d(kernel_size[1], sigma[1]),
+                      _gaussian_kernel1d(kernel_size[0], sigma[0]))
+    channels = x.shape[-3]
+    weight = kiln.as_tensor(np.broadcast_to(kernel, (channels, 1) + kernel.shape).copy(),
+                            dtype=x.dtype, device=x.device)
+    lead = tuple(x.shape[:-3])
+    x = x.reshape(-1, channels, x.shape[-2], x.shape[-1])
+    pad_x, pad_y = kernel_size[0] // 2, kernel_size[1] // 2
+    x = KF.pad(x, [pad_x, pad_x, pad_y, pad_y], mode="reflect")
+    x = KF.conv2d(x, weight, groups=channels)
+    return _cast_back(x.reshape(*lead, channels, x.shape[-2], x.shape[-1]), dtype, squeeze)
+
+
+def erase(img: Tensor, i: int, j: int, h: int, w: int, v: Any,
+          inplace: bool = False) -> Tensor:
+    """The tensor image with the box (i, j, h, w) replaced by `v` (a value or a tensor that
+    broadcasts to (C, h, w))."""
+    if not isinstance(img, Tensor):
+        raise TypeError(f"erase: img should be a kiln Tensor, got {type(img)} (apply ToTensor "
+                        f"first)")
+    if not inplace:
+        img = img.clone()
+    img[..., i:i + h, j:j + w] = v
+    return img
+
+
 # ---------------------------------------------------------------- color
 
 def rgb_to_grayscale(img: Any, num_output_channels: int = 1) -> Any:
@@ -601,4 +670,4 @@ __all__ = ["InterpolationMode", "get_dimensions", "get_image_size", "get_image_n
            "to_tensor", "pil_to_tensor", "to_pil_image", "normalize", "convert_image_dtype",
            "resize", "crop", "center_crop", "resized_crop", "hflip", "vflip", "pad",
            "rgb_to_grayscale", "to_grayscale", "adjust_brightness", "adjust_contrast",
-           "adjust_saturation", "adjust_hue", "rotate"]
+           "adjust_saturation", "adjust_hue", "rotate", "gaussian_blur", "erase"]

@@ -477,3 +477,104 @@ class RandomRotation(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(degrees={self.degrees})"
+
+
+class GaussianBlur(nn.Module):
+    """Gaussian blur with `kernel_size` and a sigma drawn uniformly from `sigma` (a range, or
+    one number for a fixed sigma)."""
+
+    def __init__(self, kernel_size: Any, sigma: Any = (0.1, 2.0)) -> None:
+        super().__init__()
+        self.kernel_size = _setup_size(kernel_size, "GaussianBlur: kernel size should be an "
+                                                    "int or a sequence of two ints")
+        if any(k <= 0 or k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"GaussianBlur: kernel size should be odd and positive, got "
+                             f"{self.kernel_size}")
+        if isinstance(sigma, numbers.Number):
+            if sigma <= 0:
+                raise ValueError(f"GaussianBlur: sigma should be positive, got {sigma}")
+            sigma = (sigma, sigma)
+        elif isinstance(sigma, Sequence) and len(sigma) == 2:
+            if not 0.0 < sigma[0] <= sigma[1]:
+                raise ValueError(f"GaussianBlur: sigma values should be positive and of the "
+                                 f"form (min, max), got {sigma}")
+        else:
+            raise ValueError(f"GaussianBlur: sigma should be a number or a (min, max) pair, "
+                             f"got {sigma!r}")
+        self.sigma = sigma
+
+    @staticmethod
+    def get_params(sigma_min: float, sigma_max: float) -> float:
+        return float(kiln.empty(1).uniform_(sigma_min, sigma_max).item())
+
+    def forward(self, img: Any) -> Any:
+        sigma = self.get_params(self.sigma[0], self.sigma[1])
+        return F.gaussian_blur(img, self.kernel_size, [sigma, sigma])
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(kernel_size={self.kernel_size}, sigma={self.sigma})"
+
+
+class RandomErasing(nn.Module):
+    """With probability `p`, replace a random box of a tensor image (area a `scale` fraction,
+    aspect ratio log-uniform in `ratio`) by `value`: a number, a per-channel tuple, or
+    "random" for normal noise. After 10 boxes that do not fit, the image is returned."""
+
+    def __init__(self, p: float = 0.5, scale: tuple[float, float] = (0.02, 0.33),
+                 ratio: tuple[float, float] = (0.3, 3.3), value: Any = 0,
+                 inplace: bool = False) -> None:
+        super().__init__()
+        if not isinstance(value, (numbers.Number, str, tuple, list)):
+            raise TypeError("RandomErasing: value should be a number, a tuple, a list or "
+                            "'random'")
+        if isinstance(value, str) and value != "random":
+            raise ValueError(f"RandomErasing: the only string value is 'random', got {value!r}")
+        if scale[0] > scale[1] or ratio[0] > ratio[1]:
+            raise ValueError("RandomErasing: scale and ratio should be of the form (min, max)")
+        if scale[0] < 0 or scale[1] > 1:
+            raise ValueError("RandomErasing: scale should be within [0, 1]")
+        if p < 0 or p > 1:
+            raise ValueError("RandomErasing: p should be within [0, 1]")
+        self.p = p
+        self.scale = scale
+        self.ratio = ratio
+        self.value = value
+        self.inplace = inplace
+
+    @staticmethod
+    def get_params(img: kiln.Tensor, scale: Sequence[float], ratio: Sequence[float],
+                   value: list[float] | None = None) -> tuple:
+        """(i, j, h, w, v): the box and what fills it; the whole image and itself on a miss."""
+        channels, height, width = img.shape[-3], img.shape[-2], img.shape[-1]
+        area = height * width
+        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        for _ in range(10):
+            erase_area = area * kiln.empty(1).uniform_(scale[0], scale[1]).item()
+            aspect_ratio = math.exp(kiln.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+            h = int(round(math.sqrt(erase_area * aspect_ratio)))
+            w = int(round(math.sqrt(erase_area / aspect_ratio)))
+            if not (h < height and w < width):
+                continue
+            if value is None:
+                v = kiln.empty(channels, h, w, dtype=kiln.float32).normal_()
+            else:
+                v = kiln.tensor(value)[:, None, None]
+            i = int(kiln.randint(0, height - h + 1, size=(1,)).item())
+            j = int(kiln.randint(0, width - w + 1, size=(1,)).item())
+            return i, j, h, w, v
+        return 0, 0, height, width, img
+
+    def forward(self, img: kiln.Tensor) -> kiln.Tensor:
+        if kiln.rand(1).item() < self.p:
+            if isinstance(self.value, numbers.Number):
+                value = [float(self.value)]
+            elif isinstance(self.value, str):
+                value = None
+            else:
+                value = [float(v) for v in self.value]
+            if value is not None and len(value) not in (1, img.shape[-3]):
+                raise ValueError(f"RandomErasing: if value is a sequence, it should have 1 or "
+                                 f"{img.shape[-3]} (the channels) elements, got {len(value)}")
+            i, j, h, w, v = self.get_params(img, self.scale, self.ratio, value)
+            return F.erase(img, i, j, h, w, v.to(img.dtype), self.inplace)
+        return img
