@@ -428,3 +428,32 @@ def test_random_erasing_replaces_the_drawn_box():
     assert T.RandomErasing(p=0.0)(k) is k
     with pytest.raises(ValueError, match="1 or 3"):
         T.RandomErasing(p=1.0, value=(1, 2))(k)
+
+
+def test_adjust_hue_on_tensors_matches_colorsys():
+    import colorsys
+    x = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(13))
+    x[:, 0, 0] = 0.4                                           # a gray pixel keeps its value
+    for factor in (0.3, -0.45):
+        out = TF.adjust_hue(kiln.tensor(x.numpy()), factor).numpy()
+        a = x.numpy()
+        expected = np.zeros_like(a)
+        for i in range(5):
+            for j in range(6):
+                h, s, v = colorsys.rgb_to_hsv(*a[:, i, j])
+                expected[:, i, j] = colorsys.hsv_to_rgb((h + factor) % 1.0, s, v)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    jitter = T.ColorJitter(0.3, 0.3, 0.3, 0.2)                 # all four on a tensor
+    kiln.manual_seed(14)
+    out = jitter(kiln.tensor(x.numpy()))
+    kiln.manual_seed(14)
+    order, b, c, s, h = T.ColorJitter.get_params(jitter.brightness, jitter.contrast,
+                                                 jitter.saturation, jitter.hue)
+    expected = kiln.tensor(x.numpy())
+    steps = {0: (TF.adjust_brightness, b), 1: (TF.adjust_contrast, c),
+             2: (TF.adjust_saturation, s), 3: (TF.adjust_hue, h)}
+    for k in order.tolist():
+        fn, factor = steps[k]
+        expected = fn(expected, factor)
+    np.testing.assert_array_equal(out.numpy(), expected.numpy())
+    assert sorted(order.tolist()) == [0, 1, 2, 3] and -0.2 <= h <= 0.2

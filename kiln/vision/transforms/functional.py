@@ -635,13 +635,63 @@ def adjust_saturation(img: Any, saturation_factor: float) -> Any:
     return _blend(img, rgb_to_grayscale(img), saturation_factor)
 
 
+def _rgb_to_hsv(img: Tensor) -> Tensor:
+    """(..., 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1) (gray pixels: hue 0)."""
+    r, g, b = img.unbind(dim=-3)
+    maxc = kiln.maximum(kiln.maximum(r, g), b)
+    minc = kiln.minimum(kiln.minimum(r, g), b)
+    gray = maxc == minc
+    chroma = maxc - minc
+    ones = kiln.ones_like(maxc)
+    s = chroma / kiln.where(gray, ones, maxc)
+    divisor = kiln.where(gray, ones, chroma)
+    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    is_b = ~(maxc == g) & ~is_r
+    h = is_r.to(img.dtype) * (bc - gc) + is_g.to(img.dtype) * (2.0 + rc - bc) \
+        + is_b.to(img.dtype) * (4.0 + gc - rc)
+    h = kiln.remainder(h / 6.0 + 1.0, 1.0)
+    return kiln.stack((h, s, maxc), dim=-3)
+
+
+def _hsv_to_rgb(img: Tensor) -> Tensor:
+    h, s, v = img.unbind(dim=-3)
+    sector = kiln.floor(h * 6.0)
+    f = h * 6.0 - sector
+    sector = kiln.remainder(sector, 6.0)
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    # each channel picks one of (v, q, p, t) by the hue's sixth of the circle
+    table = ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))
+    channels = []
+    for choices in table:
+        out = kiln.zeros_like(v)
+        for k, value in enumerate(choices):
+            out = out + (sector == k).to(v.dtype) * value
+        channels.append(out)
+    return kiln.stack(channels, dim=-3)
+
+
 def adjust_hue(img: Any, hue_factor: float) -> Any:
-    """Hue rotated by `hue_factor` of a turn, in [-0.5, 0.5] (PIL images only)."""
+    """Hue rotated by `hue_factor` of a turn, in [-0.5, 0.5] (through HSV)."""
     if not -0.5 <= hue_factor <= 0.5:
         raise ValueError(f"adjust_hue: hue_factor ({hue_factor}) is not in [-0.5, 0.5]")
-    if not is_pil_image(img):
-        raise NotImplementedError("adjust_hue: kiln.vision adjusts hue on PIL images only; "
-                                  "apply ColorJitter(hue=...) before ToTensor")
+    _check_image(img, "adjust_hue")
+    if isinstance(img, Tensor):
+        if img.ndim < 3 or img.shape[-3] not in (1, 3):
+            raise TypeError(f"adjust_hue: expected a (..., 1 or 3, H, W) tensor, got shape "
+                            f"{tuple(img.shape)}")
+        if img.shape[-3] == 1:
+            return img
+        dtype = img.dtype
+        x = convert_image_dtype(img, kiln.float32) if not img.is_floating_point() else img
+        hsv = _rgb_to_hsv(x)
+        h, s, v = hsv.unbind(dim=-3)
+        h = kiln.remainder(h + hue_factor, 1.0)
+        rgb = _hsv_to_rgb(kiln.stack((h, s, v), dim=-3))
+        return convert_image_dtype(rgb, dtype) if dtype != rgb.dtype else rgb
     if img.mode in ("L", "1", "I", "F"):
         return img
     Image = pil_image()
