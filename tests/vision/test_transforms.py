@@ -457,3 +457,40 @@ def test_adjust_hue_on_tensors_matches_colorsys():
         expected = fn(expected, factor)
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
     assert sorted(order.tolist()) == [0, 1, 2, 3] and -0.2 <= h <= 0.2
+
+
+def test_rotate_tensor_matches_pillow_and_torch_affine_grid():
+    rng = np.random.default_rng(15)
+    square = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    img = Image.fromarray(square)
+    t = T.PILToTensor()(img)
+    for angle in (90, 180, -90):                     # exact on a square: the array rotated
+        np.testing.assert_array_equal(TF.rotate(t, angle).numpy().transpose(1, 2, 0),
+                                      np.rot90(square, angle // 90))
+    wide = Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8))
+    t = T.PILToTensor()(wide)
+    for angle, expand, center in [(30, False, None), (-47, True, None), (12.5, True, None),
+                                  (30, False, (3, 4))]:
+        out = TF.rotate(t, angle, expand=expand, center=center, fill=[9, 9, 9])
+        expected = np.array(wide.rotate(angle, Image.Resampling.NEAREST, expand, center,
+                                        fillcolor=(9, 9, 9)))
+        assert out.shape[1:] == expected.shape[:2]
+        # nearest sampling rounds a few pixel centers on the other side of a boundary
+        assert (out.numpy().transpose(1, 2, 0) != expected).any(-1).mean() < 0.04
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(16))
+    angle = 37.0
+    rad = np.radians(angle)
+    theta = torch.tensor([[[np.cos(rad), -np.sin(rad), 0.0], [np.sin(rad), np.cos(rad), 0.0]]],
+                         dtype=torch.float32).expand(2, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, (2, 3, 12, 12), align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    out = TF.rotate(kiln.tensor(x.numpy()), angle, T.InterpolationMode.BILINEAR)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    kiln.manual_seed(17)
+    out = T.RandomRotation(20, interpolation=T.InterpolationMode.BILINEAR)(
+        kiln.tensor(x.numpy()))
+    kiln.manual_seed(17)
+    drawn = T.RandomRotation.get_params([-20.0, 20.0])
+    np.testing.assert_allclose(out.numpy(), TF.rotate(kiln.tensor(x.numpy()), drawn,
+                                                      T.InterpolationMode.BILINEAR,
+                                                      fill=[0.0] * 3).numpy())

@@ -8,6 +8,7 @@ Pillow's; on a kiln tensor of shape (..., C, H, W) it is a composition of kiln t
 from __future__ import annotations
 
 import enum
+import math
 import numbers
 import sys
 from typing import Any, Sequence
@@ -704,14 +705,79 @@ def adjust_hue(img: Any, hue_factor: float) -> Any:
     return Image.merge("HSV", (h, s, v)).convert(mode)
 
 
+def _inverse_rotation(center: Sequence[float], angle: float) -> list[float]:
+    """The 2x3 affine map from output to input pixel coordinates (both relative to the image
+    center) of a counter-clockwise rotation by `angle` degrees about `center`."""
+    rot = math.radians(angle)
+    cx, cy = center
+    # inverse of rotating by `angle` in image coordinates (y pointing down)
+    matrix = [math.cos(rot), -math.sin(rot), 0.0, math.sin(rot), math.cos(rot), 0.0]
+    matrix[2] = matrix[0] * -cx + matrix[1] * -cy + cx
+    matrix[5] = matrix[3] * -cx + matrix[4] * -cy + cy
+    return matrix
+
+
+def _expanded_size(matrix: list[float], w: int, h: int) -> tuple[int, int]:
+    """(w, h) that holds the whole rotated image: the corners' extent in the input's pixel
+    coordinates, rounded to 1e-4 and then outward (so it equals Pillow's)."""
+    corners = np.array([[-0.5 * w, -0.5 * h, 1.0], [-0.5 * w, 0.5 * h, 1.0],
+                        [0.5 * w, 0.5 * h, 1.0], [0.5 * w, -0.5 * h, 1.0]])
+    points = corners @ np.array(matrix, dtype=np.float64).reshape(2, 3).T
+    points += np.array([0.5 * w, 0.5 * h])      # in [0, w] x [0, h], where Pillow rounds
+    tol = 1e-4                                   # so 15 - 1e-15 is not floored to 14
+    high = np.ceil(np.round(points.max(0) / tol) * tol)
+    low = np.floor(np.round(points.min(0) / tol) * tol)
+    size = high - low
+    return int(size[0]), int(size[1])
+
+
+def _rotate_tensor(img: Tensor, angle: float, mode: InterpolationMode, expand: bool,
+                   center: Sequence[int] | None, fill: Any) -> Tensor:
+    if mode not in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR):
+        raise ValueError(f"rotate: tensors support nearest and bilinear interpolation, got "
+                         f"{mode.value}")
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    center_f = [0.0, 0.0] if center is None else [c - s * 0.5 for c, s in zip(center, (w, h))]
+    # the sampling map takes output points to input points: the inverse of rotating by angle
+    matrix = _inverse_rotation(center_f, angle)
+    ow, oh = _expanded_size(matrix, w, h) if expand else (w, h)
+    # output pixel centers relative to the output's center, mapped, then normalized to the
+    # input's [-1, 1] (grid_sample with align_corners=False)
+    xs = np.linspace(-ow * 0.5 + 0.5, ow * 0.5 - 0.5, ow)
+    ys = np.linspace(-oh * 0.5 + 0.5, oh * 0.5 - 0.5, oh)
+    px, py = np.meshgrid(xs, ys)
+    sx = (matrix[0] * px + matrix[1] * py + matrix[2]) / (0.5 * w)
+    sy = (matrix[3] * px + matrix[4] * py + matrix[5]) / (0.5 * h)
+    x, dtype, squeeze = _cast_to_float(img)
+    lead = tuple(x.shape[:-3])
+    x = x.reshape(-1, x.shape[-3], h, w)
+    grid = kiln.as_tensor(np.stack([sx, sy], axis=-1)[None], dtype=x.dtype, device=x.device)
+    grid = grid.expand(x.shape[0], oh, ow, 2)
+    if fill is not None:
+        x = kiln.cat([x, kiln.ones_like(x[:, :1])], dim=1)
+    out = KF.grid_sample(x, grid, mode=mode.value, padding_mode="zeros", align_corners=False)
+    if fill is not None:
+        mask, out = out[:, -1:], out[:, :-1]
+        fills = [float(f) for f in (fill if isinstance(fill, (list, tuple)) else [fill])]
+        fill_img = kiln.as_tensor(fills, dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
+        if mode == InterpolationMode.NEAREST:
+            keep = (mask >= 0.5).to(out.dtype)
+            out = out * keep + fill_img * (1.0 - keep)
+        else:
+            out = out * mask + fill_img * (1.0 - mask)
+    out = out.reshape(*lead, out.shape[-3], oh, ow)
+    return _cast_back(out, dtype, squeeze)
+
+
 def rotate(img: Any, angle: float, interpolation: Any = InterpolationMode.NEAREST,
            expand: bool = False, center: Sequence[int] | None = None,
            fill: Any = None) -> Any:
-    """Rotate counter-clockwise by `angle` degrees about `center` (PIL images only)."""
-    if not is_pil_image(img):
-        raise NotImplementedError("rotate: kiln.vision rotates PIL images only; apply "
-                                  "RandomRotation before ToTensor")
+    """Rotate counter-clockwise by `angle` degrees about `center` (the image center by
+    default); `expand` grows the output to hold the whole image; `fill` paints the corners."""
+    _check_image(img, "rotate")
     mode = _interpolation(interpolation, "rotate")
+    if isinstance(img, Tensor):
+        return _rotate_tensor(img, angle, mode, expand, center, fill)
     return img.rotate(angle, _PIL_FILTERS[mode], expand, center,
                       fillcolor=_pil_fill(fill, img))
 

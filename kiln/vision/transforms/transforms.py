@@ -447,7 +447,7 @@ class ColorJitter(nn.Module):
 
 
 class RandomRotation(nn.Module):
-    """Rotate a PIL image by an angle drawn uniformly from `degrees` ((-d, d) for a number)."""
+    """Rotate by an angle drawn uniformly from `degrees` ((-d, d) for a number)."""
 
     def __init__(self, degrees: Any, interpolation: Any = InterpolationMode.NEAREST,
                  expand: bool = False, center: Sequence[int] | None = None,
@@ -472,8 +472,13 @@ class RandomRotation(nn.Module):
         return float(kiln.empty(1).uniform_(float(degrees[0]), float(degrees[1])).item())
 
     def forward(self, img: Any) -> Any:
+        fill = self.fill
+        if isinstance(img, kiln.Tensor):
+            channels = F.get_dimensions(img)[0]
+            fill = [float(fill)] * channels if isinstance(fill, (int, float)) \
+                else [float(f) for f in fill]
         angle = self.get_params(self.degrees)
-        return F.rotate(img, angle, self.interpolation, self.expand, self.center, self.fill)
+        return F.rotate(img, angle, self.interpolation, self.expand, self.center, fill)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(degrees={self.degrees})"
