@@ -494,3 +494,34 @@ def test_rotate_tensor_matches_pillow_and_torch_affine_grid():
     np.testing.assert_allclose(out.numpy(), TF.rotate(kiln.tensor(x.numpy()), drawn,
                                                       T.InterpolationMode.BILINEAR,
                                                       fill=[0.0] * 3).numpy())
+
+
+def test_v2_pipeline_on_samples():
+    from kiln.vision.transforms import v2
+    import kiln.vision.transforms.v2.functional as F2
+    img = rgb(20, 30)
+    pipeline = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(8, antialias=True),
+                           v2.RandomHorizontalFlip(), v2.ToDtype(kiln.float32, scale=True),
+                           v2.Normalize([0.5] * 3, [0.25] * 3)])
+    kiln.manual_seed(18)
+    alone = pipeline(img)
+    kiln.manual_seed(18)
+    image, label = pipeline(img, 7)                          # (image, label): label kept
+    kiln.manual_seed(18)
+    sample = pipeline({"image": img, "label": 7, "name": "x"})
+    assert label == 7 and sample["label"] == 7 and sample["name"] == "x"
+    np.testing.assert_array_equal(image.numpy(), alone.numpy())
+    np.testing.assert_array_equal(sample["image"].numpy(), alone.numpy())
+    # the v1 route gives the same pixels: crop and flip the PIL image, then ToTensor
+    kiln.manual_seed(18)
+    v1 = T.Compose([T.PILToTensor(), T.RandomResizedCrop(8), T.RandomHorizontalFlip(),
+                    T.ConvertImageDtype(kiln.float32), T.Normalize([0.5] * 3, [0.25] * 3)])
+    np.testing.assert_array_equal(v1(img).numpy(), alone.numpy())
+    as_uint8 = F2.to_image(img)
+    assert as_uint8.dtype == kiln.uint8
+    np.testing.assert_array_equal(as_uint8.numpy(), np.array(img).transpose(2, 0, 1))
+    scaled = F2.to_dtype(as_uint8, kiln.float32, scale=True)
+    np.testing.assert_array_equal(scaled.numpy(), reference_to_tensor(img).numpy())
+    assert F2.hflip is TF.hflip
+    with pytest.raises(NotImplementedError, match="one image per sample"):
+        v2.RandomHorizontalFlip()(img, img)

@@ -1,6 +1,6 @@
 """`torchvision.transforms` for kiln: image transforms on PIL images and kiln tensors."""
 
-from kiln.vision.transforms import functional
+from kiln.vision.transforms import functional, v2
 from kiln.vision.transforms.functional import InterpolationMode
 from kiln.vision.transforms.transforms import (CenterCrop, ColorJitter, Compose,
                                                ConvertImageDtype, GaussianBlur, Grayscale,
@@ -10,7 +10,7 @@ from kiln.vision.transforms.transforms import (CenterCrop, ColorJitter, Compose,
                                                RandomOrder, RandomResizedCrop, RandomRotation,
                                                RandomVerticalFlip, Resize, ToPILImage, ToTensor)
 
-__all__ = ["functional", "InterpolationMode", "CenterCrop", "ColorJitter", "Compose",
+__all__ = ["functional", "v2", "InterpolationMode", "CenterCrop", "ColorJitter", "Compose",
            "ConvertImageDtype", "GaussianBlur", "Grayscale", "Lambda", "Normalize", "Pad",
            "PILToTensor", "RandomApply", "RandomChoice", "RandomCrop", "RandomErasing",
            "RandomGrayscale", "RandomHorizontalFlip", "RandomOrder", "RandomResizedCrop",
