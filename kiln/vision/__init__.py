@@ -1,7 +1,7 @@
 """`torchvision` for kiln: the transforms, datasets, image utilities and models that typical
 training scripts use, returning kiln tensors (`import kiln.vision as torchvision`)."""
 
-from kiln.vision import datasets, models, transforms, utils
+from kiln.vision import datasets, io, models, transforms, utils
 
 __version__ = "0.28.0"
 
@@ -18,5 +18,5 @@ def set_image_backend(backend: str) -> None:
                          f"('PIL'), got {backend!r}")
 
 
-__all__ = ["datasets", "models", "transforms", "utils", "get_image_backend",
+__all__ = ["datasets", "io", "models", "transforms", "utils", "get_image_backend",
            "set_image_backend"]

@@ -82,3 +82,22 @@ def test_save_image_writes_the_rounded_grid(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "one.png")),
                                   x[0].mul(255).add(0.5).clamp(0, 255).byte()
                                   .permute(1, 2, 0).numpy())
+
+
+def test_io_read_and_write_images(tmp_path):
+    from kiln.vision import io
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (6, 7, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    out = io.read_image(str(tmp_path / "a.png"))
+    assert out.dtype == kiln.uint8
+    np.testing.assert_array_equal(out.numpy(), rgba.transpose(2, 0, 1))
+    rgb = io.read_image(tmp_path / "a.png", io.ImageReadMode.RGB)
+    np.testing.assert_array_equal(rgb.numpy(), rgba[:, :, :3].transpose(2, 0, 1))
+    gray = io.decode_image(io.read_file(str(tmp_path / "a.png")), mode=io.ImageReadMode.GRAY)
+    expected = np.array(Image.fromarray(rgba).convert("L"))
+    np.testing.assert_array_equal(gray.numpy(), expected[None])
+    io.write_png(rgb, str(tmp_path / "b.png"))
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "b.png")), rgba[:, :, :3])
+    with pytest.raises(ValueError, match="uint8"):
+        io.write_png(rgb.float(), str(tmp_path / "c.png"))
