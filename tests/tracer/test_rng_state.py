@@ -21,5 +21,5 @@ def test_set_rng_state_restores_the_stream_after_manual_seed():
     gen.manual_seed(99)
     gen.set_state(saved)
     np.testing.assert_array_equal(kiln.rand(3, generator=gen).numpy(), first)
-    with pytest.raises(ValueError, match="34 values"):
-        kiln.set_rng_state(kiln.zeros(5, dtype=kiln.int64))
+    with pytest.raises((TypeError, ValueError), match="get_rng_state|get_state"):
+        kiln.set_rng_state(kiln.zeros(5, dtype=kiln.int64))     # not a state it gave
