@@ -348,16 +348,34 @@ def test_random_containers_draw_from_kiln_rng():
     for out, yes in zip(outs, applied):
         expected = x.numpy()[:, :, ::-1] * 2 if yes else x.numpy()
         np.testing.assert_array_equal(out.numpy(), expected)
+    # v1's RandomOrder and RandomChoice draw from Python's random, as torchvision's v1 does
+    import random
+    from kiln.vision.transforms import v2
+    random.seed(5)
+    order = list(range(3))
+    random.shuffle(order)
+    random.seed(5)
+    log = []
+    T.RandomOrder([T.Lambda(lambda t, k=k: log.append(k) or t) for k in range(3)])(x)
+    assert log == order
     add = [T.Lambda(lambda t, k=k: t + k) for k in range(3)]
+    random.seed(6)
+    picks = [float(T.RandomChoice(add, p=[0.0, 1.0, 3.0])(kiln.zeros(1))) for _ in range(40)]
+    random.seed(6)
+    expected = [float(random.choices([0, 1, 2], weights=[0.0, 1.0, 3.0])[0]) for _ in range(40)]
+    assert picks == expected and set(picks) == {1.0, 2.0}
+    # v2's draw from kiln's generator
     kiln.manual_seed(5)
     order = kiln.randperm(3).tolist()
     kiln.manual_seed(5)
     log = []
-    T.RandomOrder([T.Lambda(lambda t, k=k: log.append(k) or t) for k in range(3)])(x)
+    v2.RandomOrder([T.Lambda(lambda t, k=k: log.append(k) or t) for k in range(3)])(x)
     assert log == order
     kiln.manual_seed(6)
-    picks = [float(T.RandomChoice(add, p=[0.0, 1.0, 3.0])(kiln.zeros(1))) for _ in range(40)]
-    assert set(picks) == {1.0, 2.0} and picks.count(2.0) > picks.count(1.0)
+    picks = [float(v2.RandomChoice(add, p=[0.0, 1.0, 3.0])(kiln.zeros(1))) for _ in range(40)]
+    kiln.manual_seed(6)
+    expected = [float(kiln.multinomial(kiln.tensor([0.0, 0.25, 0.75]), 1)) for _ in range(40)]
+    assert picks == expected and picks.count(2.0) > picks.count(1.0) > 0
     img = rgb()
     assert T.RandomGrayscale(1.0)(img).mode == "RGB"                  # keeps 3 channels
     np.testing.assert_array_equal(np.array(T.RandomGrayscale(1.0)(img))[:, :, 0],

@@ -1,7 +1,8 @@
 """The transform classes of `torchvision.transforms`: callables built from `functional`.
 
-Random transforms draw from kiln's generator (`kiln.rand`, `kiln.randint`, `kiln.randperm`),
-so `kiln.manual_seed` makes an augmentation pipeline repeat. As in torchvision, the transforms
+Random transforms draw from kiln's generator (`kiln.rand`, `kiln.randint`, `kiln.randperm`)
+with torchvision's calls, so `kiln.manual_seed` makes an augmentation pipeline repeat
+(RandomChoice and RandomOrder use Python's `random`, as torchvision's v1 does). As in torchvision, the transforms
 that act on tensors are `nn.Module`s (they can sit in an `nn.Sequential`); Compose, ToTensor,
 PILToTensor, ToPILImage and Lambda are plain callables.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import random
 from typing import Any, Callable, Sequence
 
 import kiln
@@ -247,10 +249,10 @@ class RandomResizedCrop(nn.Module):
         """(top, left, height, width) of a random box."""
         _, height, width = F.get_dimensions(img)
         area = height * width
-        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        log_ratio = kiln.log(kiln.tensor(ratio)).tolist()     # in float32, as torchvision
         for _ in range(10):
             target_area = area * kiln.empty(1).uniform_(scale[0], scale[1]).item()
-            aspect_ratio = math.exp(kiln.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+            aspect_ratio = kiln.exp(kiln.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
             w = int(round(math.sqrt(target_area * aspect_ratio)))
             h = int(round(math.sqrt(target_area / aspect_ratio)))
             if 0 < w <= width and 0 < h <= height:
@@ -286,7 +288,7 @@ class RandomHorizontalFlip(nn.Module):
         self.p = p
 
     def forward(self, img: Any) -> Any:
-        if kiln.rand(1).item() < self.p:
+        if bool(kiln.rand(1) < self.p):
             return F.hflip(img)
         return img
 
@@ -302,7 +304,7 @@ class RandomVerticalFlip(nn.Module):
         self.p = p
 
     def forward(self, img: Any) -> Any:
-        if kiln.rand(1).item() < self.p:
+        if bool(kiln.rand(1) < self.p):
             return F.vflip(img)
         return img
 
@@ -333,7 +335,7 @@ class RandomGrayscale(nn.Module):
 
     def forward(self, img: Any) -> Any:
         channels, _, _ = F.get_dimensions(img)
-        if kiln.rand(1).item() < self.p:
+        if bool(kiln.rand(1) < self.p):
             return F.rgb_to_grayscale(img, num_output_channels=channels)
         return img
 
@@ -347,7 +349,7 @@ class RandomApply(nn.Module):
         self.p = p
 
     def forward(self, img: Any) -> Any:
-        if self.p < kiln.rand(1).item():
+        if bool(self.p < kiln.rand(1)):
             return img
         for t in self.transforms:
             img = t(img)
@@ -355,29 +357,29 @@ class RandomApply(nn.Module):
 
 
 class RandomChoice:
-    """Apply one of `transforms`, chosen with probabilities `p` (uniform by default)."""
+    """Apply one of `transforms`, chosen with weights `p` (uniform by default). As in
+    torchvision's v1, the choice comes from Python's `random` module (`random.seed`)."""
 
     def __init__(self, transforms: Sequence[Callable], p: Sequence[float] | None = None):
-        if p is not None and len(p) != len(transforms):
-            raise ValueError(f"RandomChoice: got {len(p)} probabilities for "
-                             f"{len(transforms)} transforms")
+        if p is not None and not isinstance(p, Sequence):
+            raise TypeError("RandomChoice: p should be a sequence")
         self.transforms = transforms
-        total = sum(p) if p is not None else len(transforms)
-        self.p = [w / total for w in p] if p is not None else [1.0 / total] * len(transforms)
+        self.p = p
 
     def __call__(self, *args: Any) -> Any:
-        index = int(kiln.multinomial(kiln.tensor(self.p), 1).item())
-        return self.transforms[index](*args)
+        return random.choices(self.transforms, weights=self.p)[0](*args)
 
 
 class RandomOrder:
-    """Apply `transforms` in a random order."""
+    """Apply `transforms` in a random order (Python's `random.shuffle`, as torchvision's v1)."""
 
     def __init__(self, transforms: Sequence[Callable]) -> None:
         self.transforms = transforms
 
     def __call__(self, img: Any) -> Any:
-        for i in kiln.randperm(len(self.transforms)).tolist():
+        order = list(range(len(self.transforms)))
+        random.shuffle(order)
+        for i in order:
             img = self.transforms[i](img)
         return img
 
@@ -552,10 +554,10 @@ class RandomErasing(nn.Module):
         """(i, j, h, w, v): the box and what fills it; the whole image and itself on a miss."""
         channels, height, width = img.shape[-3], img.shape[-2], img.shape[-1]
         area = height * width
-        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        log_ratio = kiln.log(kiln.tensor(ratio)).tolist()     # in float32, as torchvision
         for _ in range(10):
             erase_area = area * kiln.empty(1).uniform_(scale[0], scale[1]).item()
-            aspect_ratio = math.exp(kiln.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+            aspect_ratio = kiln.exp(kiln.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
             h = int(round(math.sqrt(erase_area * aspect_ratio)))
             w = int(round(math.sqrt(erase_area / aspect_ratio)))
             if not (h < height and w < width):
@@ -570,7 +572,7 @@ class RandomErasing(nn.Module):
         return 0, 0, height, width, img
 
     def forward(self, img: kiln.Tensor) -> kiln.Tensor:
-        if kiln.rand(1).item() < self.p:
+        if bool(kiln.rand(1) < self.p):
             if isinstance(self.value, numbers.Number):
                 value = [float(self.value)]
             elif isinstance(self.value, str):

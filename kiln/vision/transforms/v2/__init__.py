@@ -10,7 +10,7 @@ them together with the same random parameters.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import kiln
 from kiln.vision._imaging import is_pil_image
@@ -137,14 +137,37 @@ RandomApply = _v2(v1.RandomApply)
 ConvertImageDtype = _v2(v1.ConvertImageDtype)
 
 
-class RandomChoice(v1.RandomChoice):
+class RandomChoice:
+    """Apply one of `transforms`, chosen with probabilities `p` (uniform by default), drawn
+    from kiln's generator (v2 draws with torch.multinomial)."""
+
+    def __init__(self, transforms: Sequence[Callable], p: Sequence[float] | None = None):
+        if p is None:
+            p = [1.0] * len(transforms)
+        elif len(p) != len(transforms):
+            raise ValueError(f"RandomChoice: got {len(p)} probabilities for {len(transforms)} "
+                             f"transforms")
+        self.transforms = transforms
+        total = sum(p)
+        self.p = [w / total for w in p]
+
     def __call__(self, *inputs: Any) -> Any:
-        return _transform_sample(super().__call__, inputs)
+        index = int(kiln.multinomial(kiln.tensor(self.p), 1))
+        return self.transforms[index](*inputs)
 
 
-class RandomOrder(v1.RandomOrder):
+class RandomOrder:
+    """Apply `transforms` in an order drawn with kiln.randperm."""
+
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        self.transforms = transforms
+
     def __call__(self, *inputs: Any) -> Any:
-        return _transform_sample(super().__call__, inputs)
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        for index in kiln.randperm(len(self.transforms)).tolist():
+            sample = self.transforms[index](*sample) if len(inputs) > 1 \
+                else self.transforms[index](sample)
+        return sample
 
 
 ToTensor = v1.ToTensor
