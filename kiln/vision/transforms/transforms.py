@@ -2,9 +2,9 @@
 
 Random transforms draw from kiln's generator (`kiln.rand`, `kiln.randint`, `kiln.randperm`)
 with torchvision's calls, so `kiln.manual_seed` makes an augmentation pipeline repeat
-(RandomChoice and RandomOrder use Python's `random`, as torchvision's v1 does). As in torchvision, the transforms
-that act on tensors are `nn.Module`s (they can sit in an `nn.Sequential`); Compose, ToTensor,
-PILToTensor, ToPILImage and Lambda are plain callables.
+(RandomChoice and RandomOrder use Python's `random`, as torchvision's v1 does). As in
+torchvision, the transforms that act on tensors are `nn.Module`s (they can sit in an
+`nn.Sequential`); Compose, ToTensor, PILToTensor, ToPILImage and Lambda are plain callables.
 """
 
 from __future__ import annotations
