@@ -543,3 +543,58 @@ def test_v2_pipeline_on_samples():
     assert F2.hflip is TF.hflip
     with pytest.raises(NotImplementedError, match="one image per sample"):
         v2.RandomHorizontalFlip()(img, img)
+
+
+def _kiln_streams_are_torchs():
+    kiln.manual_seed(0)
+    torch.manual_seed(0)
+    return kiln.rand(4).numpy().tolist() == torch.rand(4).numpy().tolist()
+
+
+@pytest.mark.skipif(not _kiln_streams_are_torchs(),
+                    reason="kiln's generator does not reproduce torch's CPU streams here")
+def test_random_parameters_equal_torchvisions_draws_under_the_same_seed():
+    """Where kiln's generator gives torch's streams, every random transform draws the numbers
+    torchvision draws (its get_params rebuilt with torch calls), so the same seed gives the same
+    crops, flips, angles and jitter factors."""
+    img = rgb(24, 32)
+
+    def torch_resized_crop(height, width, scale, ratio):
+        area = height * width
+        log_ratio = torch.log(torch.tensor(ratio))
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+            aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                i = torch.randint(0, height - h + 1, size=(1,)).item()
+                j = torch.randint(0, width - w + 1, size=(1,)).item()
+                return i, j, h, w
+        raise AssertionError("no fit in 10 tries")
+
+    for seed in range(6):
+        kiln.manual_seed(seed)
+        torch.manual_seed(seed)
+        assert T.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)) == \
+            torch_resized_crop(24, 32, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert T.RandomCrop.get_params(img, (10, 12)) == (
+            torch.randint(0, 15, size=(1,)).item(), torch.randint(0, 21, size=(1,)).item(),
+            10, 12)
+        assert (T.RandomHorizontalFlip()(img) is not img) == bool(torch.rand(1) < 0.5)
+        order, b, c, s, h = T.ColorJitter.get_params([0.6, 1.4], [0.6, 1.4], None, [-0.1, 0.1])
+        assert order.tolist() == torch.randperm(4).tolist()
+        assert b == float(torch.empty(1).uniform_(0.6, 1.4))
+        assert c == float(torch.empty(1).uniform_(0.6, 1.4)) and s is None
+        assert h == float(torch.empty(1).uniform_(-0.1, 0.1))
+        assert T.RandomRotation.get_params([-30.0, 30.0]) == \
+            float(torch.empty(1).uniform_(-30.0, 30.0).item())
+    # FakeData's items: torchvision seeds index + offset, draws randn, then the target
+    from kiln.vision import datasets
+    item, target = datasets.FakeData(size=4, image_size=(3, 5, 6), random_offset=7)[2]
+    torch.manual_seed(9)
+    noise = torch.randn(3, 5, 6)
+    assert target == torch.randint(0, 10, size=(1,), dtype=torch.long)[0].item()
+    inside = ((noise >= 0) & (noise < 1)).permute(1, 2, 0).numpy()
+    expected = noise.mul(255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(np.array(item)[inside], expected[inside])
