@@ -68,7 +68,7 @@ def test_mnist_main_matches_torch(tmp_path, capsys):
 def test_mnist_main_with_dropout_and_shuffle_trains(tmp_path):
     """The script as published (dropout, shuffled batches): kiln's seeded run repeats itself
     and its training loss falls on a learnable task (labels from the image mean)."""
-    written = write_mnist(tmp_path, n_train=48, n_test=8, seed=4)
+    written = write_mnist(tmp_path, n_train=32, n_test=8, seed=4)
     images, _ = written["train"]
     labels = (images.reshape(len(images), -1).mean(1) > images.mean()).astype(np.uint8)
     from tests.vision.files import idx_bytes
@@ -78,7 +78,7 @@ def test_mnist_main_with_dropout_and_shuffle_trains(tmp_path):
     main = load("kiln")["main"]
     first, second = main(argv), main(argv)
     assert first["losses"] == second["losses"]
-    assert np.mean(first["losses"][-4:]) < np.mean(first["losses"][:4])
+    assert np.mean(first["losses"][-2:]) < np.mean(first["losses"][:2])
 
 
 def _kiln_streams_are_torchs():
