@@ -69,7 +69,10 @@ def extract_archive(from_path: str, to_path: str | None = None,
     to_path = to_path or os.path.dirname(from_path)
     if from_path.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
         with tarfile.open(from_path) as archive:
-            archive.extractall(to_path, members=list(_safe_members(archive, to_path)))
+            members = list(_safe_members(archive, to_path))
+            # Python's own "data" filter too, where it has one (it also drops odd permissions)
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            archive.extractall(to_path, members=members, **extra)
     elif from_path.endswith(".zip"):
         with zipfile.ZipFile(from_path) as archive:
             for name in archive.namelist():
