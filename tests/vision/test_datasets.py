@@ -262,3 +262,19 @@ def test_cifar_download_extracts_the_archive(tmp_path):
     with pytest.raises(RuntimeError, match="outside"):
         extract_archive(str(evil), str(tmp_path / "out"))
     assert not (tmp_path / "escape").exists()
+
+
+def test_vision_dataset_transforms_and_repr(tmp_path):
+    from kiln.vision.datasets.vision import StandardTransform, VisionDataset
+    joint = StandardTransform(lambda x: x * 2, lambda y: y + 1)
+    assert joint(3, 4) == (6, 5)
+    ds = VisionDataset(str(tmp_path), transform=T.ToTensor())
+    assert isinstance(ds.transforms, StandardTransform) and ds.transforms.transform is \
+        ds.transform
+    with pytest.raises(ValueError, match="Only transforms or transform"):
+        VisionDataset(str(tmp_path), transforms=joint, transform=T.ToTensor())
+    write_mnist(tmp_path)
+    text = repr(datasets.MNIST(tmp_path, train=False, transform=T.ToTensor()))
+    assert text.splitlines()[:3] == ["Dataset MNIST", "    Number of datapoints: 16",
+                                     f"    Root location: {tmp_path}"]
+    assert "Split: Test" in text and "ToTensor()" in text

@@ -598,3 +598,22 @@ def test_random_parameters_equal_torchvisions_draws_under_the_same_seed():
     inside = ((noise >= 0) & (noise < 1)).permute(1, 2, 0).numpy()
     expected = noise.mul(255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(np.array(item)[inside], expected[inside])
+
+
+def test_to_pil_image_explicit_modes():
+    x = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8, generator=torch.Generator()
+                      .manual_seed(19))
+    k = kiln.tensor(x.numpy())
+    for mode in ("RGB", "HSV", "YCbCr"):
+        img = T.ToPILImage(mode=mode)(k)
+        assert img.mode == mode
+        np.testing.assert_array_equal(np.array(img), x.permute(1, 2, 0).numpy())
+    two = T.ToPILImage()(kiln.tensor(x[:2].numpy()))
+    assert two.mode == "LA"
+    np.testing.assert_array_equal(np.array(two), x[:2].permute(1, 2, 0).numpy())
+    hwc = x.permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(np.array(T.ToPILImage()(hwc)), hwc)     # ndarray, HWC
+    with pytest.raises(ValueError, match="only modes"):
+        T.ToPILImage(mode="RGBA")(k)
+    with pytest.raises(ValueError, match="incorrect mode"):
+        T.ToPILImage(mode="RGB")(kiln.tensor(x[:1].numpy()))

@@ -23,6 +23,15 @@ class StandardTransform:
             target = self.target_transform(target)
         return input, target
 
+    def __repr__(self) -> str:
+        body = [type(self).__name__]
+        for head, fn in (("Transform: ", self.transform),
+                         ("Target transform: ", self.target_transform)):
+            if fn is not None:
+                lines = repr(fn).splitlines()
+                body += [head + lines[0]] + [" " * len(head) + line for line in lines[1:]]
+        return "\n".join(body)
+
 
 class VisionDataset(Dataset):
     """A dataset under `root` whose items pass through `transform` / `target_transform`, or
