@@ -67,3 +67,23 @@ class Compose:
 
 datasets = SimpleNamespace(MNIST=MNIST)
 transforms = SimpleNamespace(ToTensor=ToTensor, Normalize=Normalize, Compose=Compose)
+
+
+def save_image(tensor, fp, nrow=8, padding=2, pad_value=0.0):
+    """torchvision's save_image (without normalize), rebuilt with torch ops and Pillow."""
+    b, c, h, w = tensor.shape
+    if c == 1:
+        tensor = torch.cat([tensor] * 3, 1)
+    cols = min(nrow, b)
+    rows = -(-b // cols)
+    grid = torch.full((3, rows * (h + padding) + padding, cols * (w + padding) + padding),
+                      float(pad_value))
+    for k in range(b):
+        y, x = divmod(k, cols)
+        top, left = y * (h + padding) + padding, x * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = tensor[k]
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    Image.fromarray(array).save(fp)
+
+
+utils = SimpleNamespace(save_image=save_image)
