@@ -10,15 +10,6 @@ from typing import Any
 class WeightsEnum(enum.Enum):
     """A named set of pretrained weights (the name only: kiln.vision holds no weights)."""
 
-    @classmethod
-    def verify(cls, obj: Any) -> Any:
-        if obj is None or isinstance(obj, cls):
-            return obj
-        if isinstance(obj, str):
-            return cls[obj.replace(cls.__name__ + ".", "")]
-        raise TypeError(f"Invalid Weight class provided; expected {cls.__name__} but received "
-                        f"{type(obj).__name__}")
-
 
 def _weights_enum(name: str, *members: str) -> type:
     values = {m: f"{name}.{m}" for m in members}
