@@ -278,3 +278,23 @@ def test_vision_dataset_transforms_and_repr(tmp_path):
     assert text.splitlines()[:3] == ["Dataset MNIST", "    Number of datapoints: 16",
                                      f"    Root location: {tmp_path}"]
     assert "Split: Test" in text and "ToTensor()" in text
+
+
+def test_svhn_mat_file(tmp_path):
+    import scipy.io
+    rng = np.random.default_rng(8)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)         # N, H, W, C
+    labels = np.array([[10], [1], [2], [10], [9]], dtype=np.uint8)
+    # the files hold X as (H, W, C, N) and y as (N, 1), with 10 for the digit 0
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0),
+                                                    "y": labels})
+    ds = datasets.SVHN(tmp_path, split="test", download=True)            # present: no fetch
+    assert len(ds) == 5 and ds.labels.tolist() == [0, 1, 2, 0, 9]
+    assert ds.data.shape == (5, 3, 32, 32)
+    img, target = ds[3]
+    assert img.mode == "RGB" and target == 0
+    np.testing.assert_array_equal(np.array(img), images[3])
+    with pytest.raises(ValueError, match="split"):
+        datasets.SVHN(tmp_path, split="valid")
+    with pytest.raises(RuntimeError, match="download=True"):
+        datasets.SVHN(tmp_path, split="train")
