@@ -617,3 +617,11 @@ def test_to_pil_image_explicit_modes():
         T.ToPILImage(mode="RGBA")(k)
     with pytest.raises(ValueError, match="incorrect mode"):
         T.ToPILImage(mode="RGB")(kiln.tensor(x[:1].numpy()))
+
+
+def test_resize_tensor_nearest_exact_matches_torch():
+    x = torch.rand(1, 2, 7, 9, generator=torch.Generator().manual_seed(20))
+    out = T.Resize((5, 13), interpolation=T.InterpolationMode.NEAREST_EXACT)(
+        kiln.tensor(x.numpy()))
+    expected = torch.nn.functional.interpolate(x, size=(5, 13), mode="nearest-exact")
+    np.testing.assert_array_equal(out.numpy(), expected.numpy())
