@@ -1,0 +1,42 @@
+"""AlexNet with torchvision's module names (`features.*`, `classifier.*`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln import Tensor, flatten, nn
+from kiln.vision.models._weights import _no_pretrained, _weights_enum
+
+
+class AlexNet(nn.Module):
+    """Five convolutions with max-pools, a 6x6 adaptive average pool, three linear layers."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2))
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = flatten(self.avgpool(self.features(x)), 1)
+        return self.classifier(x)
+
+
+AlexNet_Weights = _weights_enum("AlexNet_Weights", "IMAGENET1K_V1")
+
+
+def alexnet(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> AlexNet:
+    """AlexNet (weights=None only: kiln.vision has no pretrained weights)."""
+    _no_pretrained("alexnet", weights, kwargs)
+    return AlexNet(**kwargs)
