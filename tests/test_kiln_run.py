@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import kiln
+from tests.torch_streams import pytorch_uses_mkl_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "standalone" / "mnist_pattern.py"
@@ -48,16 +49,6 @@ def printed_losses(text):
     return [float(v) for v in re.findall(r"Loss: ([0-9.]+)", text)]
 
 
-def _intel_mkl() -> bool:
-    """PyTorch draws dropout masks from MKL's own generator on Intel CPUs."""
-    import torch
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "GenuineIntel" in f.read() and torch.backends.mkl.is_available()
-    except OSError:
-        return True
-
-
 def test_an_unmodified_mnist_style_script_trains_under_kiln_run(tmp_path):
     """pytorch/examples mnist/main.py's pattern (argparse, torch.accelerator, dropout, a
     shuffled DataLoader, Adadelta + StepLR, `.item()` logging, torch.save). kiln draws
@@ -75,7 +66,7 @@ def test_an_unmodified_mnist_style_script_trains_under_kiln_run(tmp_path):
     done = kiln_run(SCRIPT, *args, "--seed", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(final_losses(done.stdout)) == 2
-    if not _intel_mkl():
+    if not pytorch_uses_mkl_stream():
         np.testing.assert_allclose(printed_losses(done.stdout), printed_losses(reference),
                                    rtol=1e-5, atol=2e-6)
         np.testing.assert_allclose(final_losses(done.stdout), final_losses(reference),
@@ -113,3 +104,16 @@ def test_kiln_run_names_a_missing_torch_module_and_passes_arguments_and_exit_cod
     assert "kiln.no_such_module" in done.stderr and "probe.py\", line 9" in done.stderr
     done = kiln_run(script, "--help", cwd=tmp_path)          # the script's own --help
     assert done.returncode == 0 and "--out OUT" in done.stdout
+
+
+def test_kiln_run_resolves_torchvision_to_kiln_vision(tmp_path):
+    """mnist/main.py's torchvision imports (`datasets.MNIST`, `transforms`) resolve to
+    kiln.vision under `kiln run`; the script reads MNIST idx files and trains."""
+    from tests.vision.files import write_mnist
+    write_mnist(tmp_path, n_train=32, n_test=16, seed=1)
+    script = ROOT / "tests" / "vision" / "programs" / "mnist_main.py"
+    done = kiln_run(script, "--data", str(tmp_path), "--epochs", "1", "--batch-size", "16",
+                    "--test-batch-size", "16", "--no-accel", "--log-interval", "1",
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(printed_losses(done.stdout)) == 2 and len(final_losses(done.stdout)) == 1

@@ -3,30 +3,18 @@ same uniforms, integers and permutations bit for bit, normals to the last bits o
 library's log/sin/cos (float64) and of PyTorch's AVX2 kernel (float32), so the same seed gives the same initial weights and the same
 DataLoader order as PyTorch 2.13."""
 
-import platform
-
 import numpy as np
 import pytest
 
 import kiln
+from tests.torch_streams import MKL_REASON, pytorch_uses_mkl_stream
 
 torch = pytest.importorskip("torch")
 
 SEEDS = [0, 1, 2 ** 40 + 7]
 
 
-def _intel_mkl() -> bool:
-    """PyTorch draws bernoulli_/exponential_ from MKL's own generator on Intel CPUs."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            intel = "GenuineIntel" in f.read()
-    except OSError:
-        intel = "Intel" in platform.processor()
-    return intel and torch.backends.mkl.is_available()
-
-
-mkl_stream = pytest.mark.skipif(_intel_mkl(), reason="PyTorch takes MKL's Bernoulli and "
-                                "exponential streams on Intel CPUs; kiln draws as elsewhere")
+mkl_stream = pytest.mark.skipif(pytorch_uses_mkl_stream(), reason=MKL_REASON)
 
 
 def both(seed, fn):
