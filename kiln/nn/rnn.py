@@ -75,6 +75,24 @@ def _keep_running(running: Tensor, new_state, old_state, lstm: bool):
 
 # ----------------------------------------------------------------------------- full sequences
 
+
+def _packed_dropout_noise(padded: Tensor, p: float, lengths: list, order) -> Tensor:
+    """Dropout noise for a packed sequence's padded (T, B, F) layout, drawn as PyTorch draws
+    it: one row per packed row (time-major, each step's sequences in sorted order), so the
+    same seed drops the same elements. Padding positions get some row; they hold zeros."""
+    lengths = np.asarray(lengths)
+    order = np.asarray(order if order is not None else range(len(lengths)))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    steps = padded.shape[0]
+    sizes = (lengths[None, :] > np.arange(steps)[:, None]).sum(1)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rows = offsets[:, None] + rank[None, :]
+    rows[np.arange(steps)[:, None] >= lengths[None, :]] = 0
+    keep = kiln.empty((int(sizes.sum()), padded.shape[-1]), dtype=padded.dtype,
+                      device=padded.device).bernoulli_(1.0 - p).div_(1.0 - p)
+    return keep[kiln.tensor(rows, device=padded.device)]
+
 class RNNBase(Module):
     """Parameters and the layer/direction loop shared by RNN, LSTM and GRU."""
 
@@ -149,9 +167,9 @@ class RNNBase(Module):
             # its length; then repack the output in the input's order
             # (padded batch-first when the module is: _forward reads its input that way)
             padded, lengths = pad_packed_sequence(input, self.batch_first)
-            output, state = self._forward(padded, hx, lengths.tolist())
             order = (input.sorted_indices.tolist() if input.sorted_indices is not None
                      else list(range(len(lengths))))
+            output, state = self._forward(padded, hx, lengths.tolist(), order)
             packed = _pack_with_order(output, lengths.tolist(), np.asarray(order),
                                       self.batch_first)
             if input.sorted_indices is None:
@@ -159,7 +177,7 @@ class RNNBase(Module):
             return packed, state
         return self._forward(input, hx, None)
 
-    def _forward(self, input: Tensor, hx, lengths: list | None):
+    def _forward(self, input: Tensor, hx, lengths: list | None, order=None):
         unbatched = input.ndim == 2
         if input.ndim not in (2, 3):
             raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
@@ -230,7 +248,11 @@ class RNNBase(Module):
                     final_c.append(state[1])
             layer_input = outputs[0] if directions == 1 else kiln.cat(outputs, -1)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, True)
+                if lengths is None:
+                    layer_input = F.dropout(layer_input, self.dropout, True)
+                else:
+                    layer_input = layer_input * _packed_dropout_noise(
+                        layer_input, self.dropout, lengths, order)
         output = layer_input
         h_n = kiln.stack(final_h, 0)
         c_n = kiln.stack(final_c, 0) if lstm else None

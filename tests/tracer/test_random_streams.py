@@ -178,3 +178,23 @@ def test_initializers_draw_torchs_numbers(name, args):
     t = getattr(torch.nn.init, name)(torch.empty(60, 9), *args).numpy()
     np.testing.assert_allclose(k, t, rtol=2e-6, atol=1e-6)      # QR / AVX2 rounding
     np.testing.assert_array_equal(kiln.rand(3).numpy(), torch.rand(3).numpy())   # in step
+
+
+@mkl_stream
+@pytest.mark.parametrize("enforce_sorted, batch_first", [(True, False), (False, True)])
+def test_packed_rnn_dropout_draws_torchs_masks(enforce_sorted, batch_first):
+    """Between layers PyTorch drops elements of the packed data (time-major, sorted order);
+    kiln runs the padded layout and draws one noise row per packed row in that order."""
+    x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32)
+    x = x.transpose(1, 0, 2).copy() if batch_first else x
+    lengths = [6, 4, 2] if enforce_sorted else [2, 6, 4]
+
+    def out(lib):
+        lib.manual_seed(0)
+        gru = lib.nn.GRU(4, 5, 3, dropout=0.5, bidirectional=True, batch_first=batch_first)
+        rnn = lib.nn.utils.rnn
+        packed = rnn.pack_padded_sequence(lib.tensor(x), lengths, batch_first=batch_first,
+                                          enforce_sorted=enforce_sorted)
+        return rnn.pad_packed_sequence(gru(packed)[0], batch_first=batch_first)[0]
+    np.testing.assert_allclose(out(kiln).detach().numpy(), out(torch).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
