@@ -72,3 +72,24 @@ def test_text_classification_matches_torch():
     # (kiln compiles static shapes); the fixed-shape EmbeddingBag step compiles whole in
     # tests/nn/test_spatial_functional.py
     compiled_matches("text_classification", k, t, whole=False)
+
+
+def test_checkpointing_same_grads_and_losses_as_torch():
+    t, k = same_run("checkpointing")
+    assert k["values"]["same_grads_as_plain"] and k["values"]["dropout_recomputed_alike"]
+    compiled_matches("checkpointing", k, t)
+
+
+def test_warmstart_partial_and_meta_loading_match_torch():
+    t, k = same_run("warmstart")
+    v = k["values"]
+    assert v["missing"] == "hidden.weight,hidden.bias,out.weight,out.bias"
+    assert v["unexpected"] == "fc2.weight,fc2.bias" and v["strict_error"] is True
+    assert v["meta_device"] == "meta" and v["assigned_device"] == "cpu"
+    compiled_matches("warmstart", k, t)
+
+
+def test_sdpa_tutorial_matches_torch():
+    t, k = same_run("sdpa")
+    assert k["values"]["matches_manual"] and not k["values"]["flash_enabled_inside"]
+    compiled_matches("sdpa", k, t)
