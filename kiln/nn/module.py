@@ -83,7 +83,11 @@ class Module:
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
-        for hook_id, hook in list(self._forward_pre_hooks.items()):
+        # the global hooks (register_module_*_hook) run before the module's own, as in PyTorch
+        pre_hooks = self._forward_pre_hooks.items()
+        if _global_forward_pre_hooks:
+            pre_hooks = (*_global_forward_pre_hooks.items(), *pre_hooks)
+        for hook_id, hook in list(pre_hooks):
             if hook_id in self._forward_pre_hooks_with_kwargs:
                 result = hook(self, args, kwargs)
                 if result is not None:
@@ -93,12 +97,20 @@ class Module:
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
         backward = None
-        if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks"):
-            backward = BackwardHookCall(self, len(args))
+        if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks") \
+                or _global_backward_hooks or _global_backward_pre_hooks:
+            backward = BackwardHookCall(
+                self, len(args),
+                [*_global_backward_hooks.values(), *self._backward_hooks.values()],
+                [*_global_backward_pre_hooks.values(), *self._backward_pre_hooks.values()])
             args = backward.wrap_inputs(args)
         output = self.forward(*args, **kwargs)
-        for hook_id, hook in list(self._forward_hooks.items()):
-            if hook_id in self._forward_hooks_with_kwargs:
+        forward_hooks = self._forward_hooks.items()
+        if _global_forward_hooks:
+            forward_hooks = (*_global_forward_hooks.items(), *forward_hooks)
+        for hook_id, hook in list(forward_hooks):
+            if hook_id in self._forward_hooks_with_kwargs or \
+                    hook_id in _global_forward_hooks_with_kwargs:
                 result = hook(self, args, kwargs, output)
             else:
                 result = hook(self, args, output)
@@ -625,6 +637,54 @@ def _check_name(module: Module, name: str, kind: str) -> None:
     registry = "_parameters" if kind == "parameter" else "_buffers"
     if hasattr(module, name) and name not in getattr(module, registry):
         raise KeyError(f"attribute '{name}' already exists")
+
+
+# hooks every module runs (torch.nn.modules.module.register_module_*_hook), before its own
+_global_forward_pre_hooks: OrderedDict = OrderedDict()
+_global_forward_hooks: OrderedDict = OrderedDict()
+_global_forward_hooks_with_kwargs: set = set()
+_global_backward_pre_hooks: OrderedDict = OrderedDict()
+_global_backward_hooks: OrderedDict = OrderedDict()
+
+
+def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
+    """`hook(module, args)` runs before every module's forward (before the module's own
+    pre-hooks); a non-None result replaces the positional arguments."""
+    handle = RemovableHandle(_global_forward_pre_hooks)
+    _global_forward_pre_hooks[handle.id] = hook
+    return handle
+
+
+def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
+                                 always_call: bool = False) -> RemovableHandle:
+    """`hook(module, args, output)` (with_kwargs: `hook(module, args, kwargs, output)`) runs
+    after every module's forward, before the module's own forward hooks; a non-None result
+    replaces the output. `always_call` is accepted; kiln runs no hook after an exception."""
+    handle = RemovableHandle(_global_forward_hooks)
+    _global_forward_hooks[handle.id] = hook
+    if with_kwargs:
+        _global_forward_hooks_with_kwargs.add(handle.id)
+    return handle
+
+
+def register_module_full_backward_pre_hook(hook: Callable) -> RemovableHandle:
+    """`hook(module, grad_output)` for every module, before the module's own."""
+    handle = RemovableHandle(_global_backward_pre_hooks)
+    _global_backward_pre_hooks[handle.id] = hook
+    return handle
+
+
+def register_module_full_backward_hook(hook: Callable) -> RemovableHandle:
+    """`hook(module, grad_input, grad_output)` for every module, before the module's own."""
+    handle = RemovableHandle(_global_backward_hooks)
+    _global_backward_hooks[handle.id] = hook
+    return handle
+
+
+def register_module_backward_hook(hook: Callable) -> RemovableHandle:
+    """The deprecated spelling; kiln gives it the full-hook semantics (as the per-module
+    register_backward_hook)."""
+    return register_module_full_backward_hook(hook)
 
 
 def _add_hook(module: Module, registry: str, hook: Callable, prepend: bool) -> RemovableHandle:

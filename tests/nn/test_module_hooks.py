@@ -132,3 +132,46 @@ def test_parameter_dict_mapping_methods_match_torch():
         norm.weight.fill_(2.0)
     norm.reset_parameters()
     assert norm.weight.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_global_module_hooks_run_before_the_modules_own_like_torch():
+    """nn.modules.module.register_module_{forward_pre,forward,full_backward_pre,
+    full_backward}_hook: every module's call runs them, before its own hooks; their results
+    replace inputs, outputs and gradients; removing the handles stops them."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(4, 3)), rng.normal(size=(2, 4))
+    x = rng.normal(size=(5, 3))
+    results = {}
+    for lib in (torch, kiln):
+        model = lib.nn.Sequential(lib.nn.Linear(3, 4, bias=False), lib.nn.Tanh(),
+                                  lib.nn.Linear(4, 2, bias=False)).double()
+        with lib.no_grad():
+            model[0].weight.copy_(lib.tensor(w1))
+            model[2].weight.copy_(lib.tensor(w2))
+        log = []
+        mm = lib.nn.modules.module
+        handles = [
+            mm.register_module_forward_pre_hook(
+                lambda m, args: log.append("gpre:" + type(m).__name__)),
+            mm.register_module_forward_hook(
+                lambda m, args, kwargs, out: out * 2 if isinstance(m, lib.nn.Tanh) else None,
+                with_kwargs=True),
+            mm.register_module_full_backward_pre_hook(
+                lambda m, g: (g[0] * 3,) if isinstance(m, lib.nn.Linear) else None),
+            mm.register_module_full_backward_hook(
+                lambda m, gi, go: log.append("gbwd:" + type(m).__name__)),
+        ]
+        model[1].register_forward_pre_hook(lambda m, args: log.append("own_pre"))
+        model[1].register_full_backward_hook(lambda m, gi, go: log.append("own_bwd"))
+        inp = lib.tensor(x, requires_grad=True)
+        out = model(inp)
+        out.sum().backward()
+        for h in handles:
+            h.remove()
+        plain = model(lib.tensor(x)).detach().numpy()
+        results[lib.__name__] = (log, out.detach().numpy(), inp.grad.numpy(),
+                                 model[0].weight.grad.numpy(), plain)
+    k, t = results["kiln"], results["torch"]
+    assert k[0] == t[0]
+    for a, b in zip(k[1:], t[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -101,3 +101,11 @@ def test_autograd_function_under_torch_func_matches_torch():
     # (the step is functional: vmap(grad(...)) over functional_call)
     t, k = same_run("func_autograd_function")
     assert len(k["losses"]) == 12
+
+
+def test_module_hooks_match_torch():
+    t, k = same_run("module_hooks")
+    v = k["values"]
+    assert v["order"] == ",".join(["first", "halve_scale", "clamp_output"] * 2)  # two calls
+    assert v["seen"] == "Linear,Gate,Linear,Net" and v["hooks_left"] == 0
+    compiled_matches("module_hooks", k, t)
