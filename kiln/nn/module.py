@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import kiln
 from kiln import Tensor
+from kiln.__future__ import get_overwrite_module_params_on_conversion
 from kiln.compiler import note_grad_cleared
 from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
@@ -419,17 +420,24 @@ class Module:
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "Module":
         """Convert every parameter, gradient and buffer in place (only this module's own with
         recurse=False), keeping Parameter identity (so an optimizer built before `.to()` still
-        holds the same objects)."""
+        holds the same objects), unless
+        `kiln.__future__.set_overwrite_module_params_on_conversion(True)` asks for new ones."""
+        overwrite = get_overwrite_module_params_on_conversion()
         for module in self.modules() if recurse else (self,):
-            for name, param in module._parameters.items():
+            for name, param in list(module._parameters.items()):
                 if param is None:
                     continue
                 with kiln.no_grad():
                     converted = fn(param)
-                param.data = converted
-                if param.grad is not None:
+                grad = param.grad
+                if overwrite:
+                    param = Parameter(converted, param.requires_grad)
+                    module._parameters[name] = param
+                else:
+                    param.data = converted
+                if grad is not None:
                     with kiln.no_grad():
-                        param.grad = fn(param.grad)
+                        param.grad = fn(grad)
             for name, buf in module._buffers.items():
                 if buf is not None:
                     module._buffers[name] = fn(buf)
