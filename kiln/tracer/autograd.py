@@ -703,7 +703,10 @@ def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle
     key = id(tensor)
     entry = _POST_ACCUMULATE.get(key)
     if entry is None or entry[0]() is not tensor:
-        ref = weakref.ref(tensor, lambda _r, key=key: _POST_ACCUMULATE.pop(key, None))
+        # the table is bound now: at interpreter exit the module's globals may be gone (None)
+        # before the tensor is collected
+        ref = weakref.ref(tensor, lambda _r, key=key, table=_POST_ACCUMULATE:
+                          table.pop(key, None))
         entry = (ref, ())
     _POST_ACCUMULATE[key] = (entry[0], entry[1] + (hook,))
     return _PostHookHandle(key, hook)
