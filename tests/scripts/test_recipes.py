@@ -109,3 +109,11 @@ def test_module_hooks_match_torch():
     assert v["order"] == ",".join(["first", "halve_scale", "clamp_output"] * 2)  # two calls
     assert v["seen"] == "Linear,Gate,Linear,Net" and v["hooks_left"] == 0
     compiled_matches("module_hooks", k, t)
+
+
+def test_optimizer_step_in_backward_matches_torch():
+    # per-parameter Adams stepped by post-accumulate-grad hooks; saved-tensor hooks and
+    # save_on_cpu around two of the forwards; not compiled (the tutorial's loop has no step
+    # function: the optimizers run inside backward)
+    t, k = same_run("optimizer_in_backward")
+    assert k["values"]["same_as_plain_loop"] and k["values"]["grads_cleared"]
