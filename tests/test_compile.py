@@ -404,3 +404,30 @@ def test_torch_compile_spellings_are_accepted(kwargs, compiled_as):
                                    rtol=1e-6)
     with pytest.raises(ValueError, match="unknown backend 'tvm'.*inductor"):
         kiln.compile(model, backend="tvm")
+
+
+def test_reset_makes_every_compiled_function_trace_again():
+    """torch.compiler.reset() / torch._dynamo.reset(): the compiled functions forget their
+    entries (and recompile counts) and trace on their next call, giving the same values."""
+    import warnings
+    w = kiln.tensor([[1.0, -2.0], [0.5, 3.0]])
+
+    @kiln.compile
+    def f(x):
+        return (x @ w).relu().sum(1)
+
+    model = kiln.compile(kiln.nn.Linear(2, 1))
+    x = kiln.tensor([[1.0, 2.0], [3.0, 4.0]])
+    first, first_m = f(x).numpy().copy(), model(x).detach().numpy().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in range(3, 3 + kiln.compiler.RECOMPILE_LIMIT):     # reach the recompile limit
+            f(kiln.ones(n, 2))
+    assert len(f.entries) == kiln.compiler.RECOMPILE_LIMIT and len(model.entries) == 1
+    kiln.compiler.reset()
+    assert len(f.entries) == 0 and len(model.entries) == 0
+    np.testing.assert_array_equal(f(x).numpy(), first)
+    assert len(f.entries) == 1                  # traced again, under the limit again
+    kiln._dynamo.reset()
+    np.testing.assert_array_equal(model(x).detach().numpy(), first_m)
+    assert len(model.entries) == 1

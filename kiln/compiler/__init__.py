@@ -17,6 +17,7 @@ import inspect
 import os
 import types
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -496,6 +497,18 @@ class CompiledFunction:
         functools.update_wrapper(self, self.fn, updated=functools.WRAPPER_UPDATES if plain
                                  else ())
         self._not_traceable = _not_traceable(self.fn)
+        if len(_LIVE) >= 1024:      # drop the references of collected functions now and then
+            _LIVE[:] = [ref for ref in _LIVE if ref() is not None]
+        _LIVE.append(weakref.ref(self))
+
+    def forget(self) -> None:
+        """Drop every traced entry: the next call traces again (`reset()`)."""
+        self.entries.clear()
+        self._chains.clear()
+        self._effect_keys.clear()
+        self._flags_set.clear()
+        self.warned.clear()
+        self.retraces = 0
 
     def __getattr__(self, name: str):
         """Everything else is the wrapped object's: `torch.compile(model)` keeps
@@ -1187,6 +1200,21 @@ def _device_of(outputs, args):
 # torch.compile's backend names, as kiln reads them: inductor's and cudagraphs' work is kiln's
 # default (generated kernels, CUDA graphs on a GPU); aot_eager runs the traced graph op by op
 _TORCH_BACKENDS = {"inductor": "auto", "cudagraphs": "auto", "aot_eager": "numpy"}
+
+
+_LIVE: list = []     # weak references to every CompiledFunction made, for reset()
+
+
+def reset() -> None:
+    """Forget what every compiled function traced (torch.compiler.reset / torch._dynamo.reset):
+    each traces again on its next call, with its recompile count back at zero. The kernels
+    already built stay cached, keyed by their source."""
+    alive = [ref for ref in _LIVE if ref() is not None]
+    _LIVE[:] = alive
+    for ref in alive:
+        compiled = ref()
+        if compiled is not None:
+            compiled.forget()
 
 
 def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=None,
