@@ -1,14 +1,17 @@
 """kiln.nn.attention: sdpa_kernel sets and restores the same backend flags as torch's, the
 attention it runs under SDPBackend.MATH is torch's, and with MATH off kiln (which has only the
-math implementation) refuses to run instead of pretending."""
+math implementation) refuses to run instead of pretending; nn.attention.bias's causal masks
+give torch's attention."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.attention as tattn
+import torch.nn.attention.bias as tbias
 
 import kiln
 import kiln.nn.attention as kattn
+import kiln.nn.attention.bias as kbias
 
 FLAGS = ("math", "flash", "mem_efficient", "cudnn")
 
@@ -49,3 +52,29 @@ def test_sdpa_under_math_matches_torch_and_refuses_without_math():
     with pytest.raises(TypeError, match="SDPBackend"):
         with kattn.sdpa_kernel("math"):
             pass
+
+
+def test_causal_biases_give_torchs_attention_and_masks():
+    """nn.attention.bias: causal_upper_left (is_causal's mask) and causal_lower_right (aligned
+    to the last key) as attn_mask, for a query shorter than the keys and for equal lengths;
+    their materialized masks, outputs and gradients agree with torch's."""
+    rng = np.random.default_rng(1)
+    for lq, lk in ((3, 5), (4, 4)):
+        q, k, v = rng.normal(size=(2, 2, lq, 3)), rng.normal(size=(2, 2, lk, 3)), \
+            rng.normal(size=(2, 2, lk, 3))
+        for name in ("causal_upper_left", "causal_lower_right"):
+            outs = []
+            for lib, mod in ((torch, tbias), (kiln, kbias)):
+                bias = getattr(mod, name)(lq, lk)
+                args = [lib.tensor(a, requires_grad=True) for a in (q, k, v)]
+                out = lib.nn.functional.scaled_dot_product_attention(*args, bias)
+                (out * lib.tensor(np.arange(out.numel()).reshape(out.shape) / 7)).sum().backward()
+                outs.append([bias._materialize().numpy(), out.detach().numpy()] +
+                            [a.grad.numpy() for a in args])
+            for kv, tv in zip(outs[1], outs[0]):
+                np.testing.assert_allclose(kv, tv, rtol=1e-12, atol=1e-14,
+                                           err_msg=f"{name} {lq}x{lk}")
+    with pytest.raises(ValueError, match="causal=True"):
+        x = kiln.ones(1, 2, 3)
+        kiln.nn.functional.scaled_dot_product_attention(x, x, x, kbias.causal_upper_left(2, 2),
+                                                        is_causal=True)

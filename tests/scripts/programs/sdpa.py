@@ -1,6 +1,7 @@
 """scaled_dot_product_attention tutorial: F.scaled_dot_product_attention against the explicit
 softmax(q k^T / sqrt(d)) v with is_causal, a boolean and an additive attn_mask, an explicit
-scale, under torch.nn.attention.sdpa_kernel(SDPBackend.MATH); then a causal self-attention
+scale and the causal_upper_left / causal_lower_right biases, under
+torch.nn.attention.sdpa_kernel(SDPBackend.MATH); then a causal self-attention
 block (nanoGPT style: one c_attn projection split into q, k, v, heads, is_causal=True) trained a
 few steps as a tiny character-level language model."""
 import math
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
 
 class CausalSelfAttention(nn.Module):
@@ -76,6 +78,18 @@ def main(seed=0, compile=False, initial_state=None):
         bias = torch.from_numpy(rng.normal(size=(1, 3, 5, 5)).astype(np.float32))
         values["float_mask"] = F.scaled_dot_product_attention(query, key, value, attn_mask=bias,
                                                               scale=0.3)
+        # the causal biases for a query shorter than the keys (a decoding step over a cache)
+        q_short = query[:, :, :3]
+        upper_left_bias = causal_upper_left(3, 5)
+        lower_right_bias = causal_lower_right(3, 5)
+        values["out_upper_left"] = F.scaled_dot_product_attention(q_short, key, value,
+                                                                  upper_left_bias)
+        values["out_lower_right"] = F.scaled_dot_product_attention(q_short, key, value,
+                                                                   lower_right_bias)
+        values["out_is_causal"] = F.scaled_dot_product_attention(q_short, key, value,
+                                                                 is_causal=True)
+        values["upper_left_is_causal"] = bool(torch.allclose(values["out_upper_left"],
+                                                             values["out_is_causal"]))
     values["flash_enabled_after"] = torch.backends.cuda.flash_sdp_enabled()
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
     manual = torch.softmax(scores, dim=-1) @ value

@@ -14,6 +14,7 @@ import enum
 from typing import Iterator
 
 from kiln.backends import _sdp_enabled
+from kiln.nn.attention import bias  # noqa: F401  (torch.nn.attention.bias)
 
 __all__ = ["SDPBackend", "sdpa_kernel"]
 
