@@ -12,10 +12,10 @@ from kiln.compiler import note_grad_cleared
 from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
 
-_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What load_state_dict returns; prints as PyTorch's (`_IncompatibleKeys(missing_keys=...`
+    or `<All keys matched successfully>`)."""
 
-
-class _IncompatibleKeysResult(_IncompatibleKeys):
     def __repr__(self) -> str:
         if not self.missing_keys and not self.unexpected_keys:
             return "<All keys matched successfully>"
@@ -586,7 +586,7 @@ class Module:
             expected.update(prefix + k for k, v in module._buffers.items()
                             if v is not None and k not in module._non_persistent_buffers_set)
         unexpected = [k for k in state_dict if k not in expected]
-        result = _IncompatibleKeysResult(missing, unexpected)
+        result = _IncompatibleKeys(missing, unexpected)
         for module in self.modules():
             for hook in module.__dict__.get("_load_state_dict_post_hooks", {}).values():
                 hook(module, result)

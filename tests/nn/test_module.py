@@ -334,3 +334,17 @@ def test_swap_tensors_swaps_contents_and_keeps_identity_like_torch():
                               t.requires_grad, None if p.grad is None else p.grad.tolist(),
                               t.grad.tolist())
     assert seen["kiln"] == seen["torch"]
+
+
+def test_load_state_dict_result_prints_like_torchs():
+    """Scripts print what load_state_dict(strict=False) returns (the warmstarting recipe)."""
+    printed = {}
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        net = lib.nn.Linear(2, 2)
+        partial = net.load_state_dict({"weight": lib.ones(2, 2), "extra": lib.ones(1)},
+                                      strict=False)
+        full = net.load_state_dict(lib.nn.Linear(2, 2).state_dict())
+        printed[lib.__name__] = (repr(partial), str(partial), str(full), type(partial).__name__,
+                                 partial.missing_keys, partial.unexpected_keys, tuple(partial))
+    assert printed["kiln"] == printed["torch"]
