@@ -78,3 +78,8 @@ def test_causal_biases_give_torchs_attention_and_masks():
         x = kiln.ones(1, 2, 3)
         kiln.nn.functional.scaled_dot_product_attention(x, x, x, kbias.causal_upper_left(2, 2),
                                                         is_causal=True)
+
+
+
+def test_backend_prints_like_torch():
+    assert str(kattn.SDPBackend.MATH) == str(tattn.SDPBackend.MATH) == "SDPBackend.MATH"

@@ -147,6 +147,15 @@ def test_embedding_bag_matches_torch():
     np.testing.assert_allclose(k.numpy(), t.numpy(), rtol=1e-12)
 
 
+def test_embedding_bag_prints_like_torch():
+    import torch
+    import kiln
+    for kwargs in ({}, dict(mode="sum", padding_idx=0), dict(max_norm=1.0, norm_type=3.0,
+                                                            mode="max")):
+        assert repr(kiln.nn.EmbeddingBag(5, 2, **kwargs)) == \
+            repr(torch.nn.EmbeddingBag(5, 2, **kwargs))
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_embedding_bag_compiles_without_graph_break(mode):
     """The text-classification step (EmbeddingBag over ids + offsets, Linear, cross-entropy,
