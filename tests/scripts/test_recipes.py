@@ -117,3 +117,15 @@ def test_optimizer_step_in_backward_matches_torch():
     # function: the optimizers run inside backward)
     t, k = same_run("optimizer_in_backward")
     assert k["values"]["same_as_plain_loop"] and k["values"]["grads_cleared"]
+
+
+def test_nlp_bow_ngram_and_cbow_match_torch():
+    t, k = same_run("nlp_word_embeddings")
+    compiled_matches("nlp_word_embeddings", k, t)
+
+
+def test_nlp_lstm_tagger_matches_torch():
+    # the stepwise and whole-sequence LSTM outputs, the tagger's scores before and after
+    # training and its predicted tags are among the values
+    t, k = same_run("nlp_lstm_tagger")
+    compiled_matches("nlp_lstm_tagger", k, t)
