@@ -431,3 +431,60 @@ def test_reset_makes_every_compiled_function_trace_again():
     kiln._dynamo.reset()
     np.testing.assert_array_equal(model(x).detach().numpy(), first_m)
     assert len(model.entries) == 1
+
+
+def test_set_stance_disable_and_allow_in_graph_behave_as_torch_documents():
+    """torch.compiler.set_stance: force_eager runs eagerly (no new entry), eager_on_recompile
+    replays a valid entry and runs eagerly instead of tracing, fail_on_recompile raises
+    instead of tracing; as a context manager it restores the stance, as a decorator it applies
+    to the decorated calls only. disable(fn) is a graph break inside a compiled function;
+    allow_in_graph is the identity; _dynamo.explain(fn)(x) reports the graphs and breaks."""
+    import warnings
+
+    @kiln.compile
+    def f(x):
+        return x * 3 + 1
+
+    x, y = kiln.ones(2), kiln.ones(3, 3)
+    with kiln.compiler.set_stance("force_eager"):
+        assert f(x).tolist() == [4.0, 4.0] and len(f.entries) == 0
+    assert kiln.compiler.stance.current_stance() == "default"
+    with kiln.compiler.set_stance("fail_on_recompile"):
+        with pytest.raises(RuntimeError, match="fail_on_recompile"):
+            f(x)
+    f(x)
+    assert len(f.entries) == 1
+    with kiln.compiler.set_stance("eager_on_recompile"):
+        assert f(x).tolist() == [4.0, 4.0]               # the valid entry replays
+        np.testing.assert_array_equal(f(y).numpy(), np.full((3, 3), 4.0))   # no new trace
+    assert len(f.entries) == 1
+    kiln.compiler.set_stance("fail_on_recompile")        # a plain call holds until changed
+    try:
+        with pytest.raises(RuntimeError, match="recompile"):
+            f(y)
+    finally:
+        kiln.compiler.set_stance("default")
+
+    @kiln.compiler.set_stance("force_eager")
+    def run_eagerly(t):
+        return f(t)
+    assert kiln.compiler.stance.current_stance() == "default"
+    run_eagerly(kiln.ones(4))
+    assert len(f.entries) == 1
+
+    @kiln.compiler.disable
+    def helper(t):
+        return t + 1
+
+    @kiln.compile
+    def g(t):
+        return kiln.compiler.allow_in_graph(lambda u: u * 2)(helper(t))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert g(x).tolist() == [4.0, 4.0]
+    assert any("torch.compiler.disable" in str(w.message) for w in caught)
+    assert kiln.compiler.disable(f) is f._orig_mod
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = kiln._dynamo.explain(lambda t: t * 2 if t.sum() > 0 else t)(x)
+    assert (report.graph_count, report.graph_break_count) == (2, 1)

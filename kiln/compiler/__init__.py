@@ -24,6 +24,7 @@ import numpy as np
 
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
+from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir.dtypes import DType
@@ -501,6 +502,11 @@ class CompiledFunction:
             _LIVE[:] = [ref for ref in _LIVE if ref() is not None]
         _LIVE.append(weakref.ref(self))
 
+    @property
+    def _orig_mod(self):
+        """The compiled module (or function) itself, as torch's OptimizedModule names it."""
+        return self.fn
+
     def forget(self) -> None:
         """Drop every traced entry: the next call traces again (`reset()`)."""
         self.entries.clear()
@@ -539,6 +545,9 @@ class CompiledFunction:
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
             return self.fn(*args, **kwargs)
+        stance = current_stance()
+        if stance == "force_eager":
+            return self.fn(*args, **kwargs)
         eager_mode = _eager_autograd_mode()
         if eager_mode is not None:
             # a replay would neither pack saved tensors nor carry tangents
@@ -566,6 +575,12 @@ class CompiledFunction:
                     if entry.program is None:
                         return self.fn(*args, **kwargs)
                     return self._replay(entry, leaves, args, kwargs)
+        if stance == "eager_on_recompile":
+            return self.fn(*args, **kwargs)
+        if stance == "fail_on_recompile":
+            raise RuntimeError(f"Detected recompile when torch.compile stance is "
+                               f"'fail_on_recompile': {_function_name(self.fn)} has no "
+                               f"compiled entry valid for this call ({_where(self.fn)})")
         if len(self.entries) >= RECOMPILE_LIMIT:
             self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
                        f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now on"
@@ -1200,6 +1215,31 @@ def _device_of(outputs, args):
 # torch.compile's backend names, as kiln reads them: inductor's and cudagraphs' work is kiln's
 # default (generated kernels, CUDA graphs on a GPU); aot_eager runs the traced graph op by op
 _TORCH_BACKENDS = {"inductor": "auto", "cudagraphs": "auto", "aot_eager": "numpy"}
+
+
+def disable(fn=None, recursive: bool = True, *, reason: str | None = None):
+    """`fn` is never compiled (torch.compiler.disable): a compiled function that calls it has
+    a graph break there, so it runs eagerly (kiln does not split a function around a break);
+    given a compiled function, its eager original."""
+    if fn is None:
+        return lambda f: disable(f, recursive, reason=reason)
+    if isinstance(fn, CompiledFunction):
+        return fn.fn
+    why = f"{_function_name(fn)} is marked torch.compiler.disable" + \
+        (f" ({reason})" if reason else "")
+
+    @functools.wraps(fn)
+    def not_compiled(*args, **kwargs):
+        if STATE.tracer is not None:
+            STATE.tracer.graph_break(why)
+        return fn(*args, **kwargs)
+    return not_compiled
+
+
+def allow_in_graph(fn):
+    """`fn` itself (torch.compiler.allow_in_graph): kiln traces by running Python, so every
+    function's tensor ops are in the graph already."""
+    return fn
 
 
 _LIVE: list = []     # weak references to every CompiledFunction made, for reset()
