@@ -323,6 +323,7 @@ class CompiledEntry:
     guards: list = field(default_factory=list)       # Guard: the Python state it assumes
     lifted_bases: frozenset = frozenset()            # buffers of the state it reads
     _check: object = None                            # guards.checker(guards), made once
+    _grad_reads: tuple | None = None                 # the inputs bound to a `.grad`, made once
     _artifact_at: tuple = ()                         # the kernel choices it was read at
     traced: object = None               # the TracedProgram compiled (kept if replays fail)
     compiled: object = None             # CompiledProgram: what the passes made of it
@@ -359,6 +360,16 @@ class CompiledEntry:
             return True
         if program.grad_writes and not _grad_state_matches(program, leaves):
             return False
+        reads = self._grad_reads
+        if reads is None:
+            # inputs that are some tensor's `.grad` of the moment: (index, shape, dtype)
+            reads = self._grad_reads = tuple(
+                (i, program.graph.inputs[i].shape, program.graph.inputs[i].dtype)
+                for i, b in enumerate(program.bindings) if b.kind == "grad")
+        for i, shape, dtype in reads:
+            grad = _bound_tensor(program, i, leaves)
+            if grad is None or tuple(grad.shape) != shape or grad.dtype is not dtype:
+                return False
         if self.writebacks and self.lifted_bases:
             for t in leaves:
                 if id(_base(t._data)) in self.lifted_bases:

@@ -167,7 +167,16 @@ class Tracer:
         self.input_of[id(tensor)] = (tensor, v)
         self.grads_before[id(tensor)] = tensor.grad
         if tensor.grad is not None:
-            self.grad_owner[id(tensor.grad)] = len(self.graph.inputs) - 1
+            owner = len(self.graph.inputs) - 1
+            self.grad_owner[id(tensor.grad)] = owner
+            # the gradient was read before its tensor (an optimizer step computing from
+            # `p.grad` first): it too is that tensor's `.grad` of the moment, which a
+            # zero_grad(set_to_none=True) and a backward between calls replace
+            read = self.input_of.get(id(tensor.grad))
+            if read is not None:
+                i = next(i for i, x in enumerate(self.graph.inputs) if x is read[1])
+                if self.bindings[i].kind == "lifted":
+                    self.bindings[i] = Binding("grad", path=owner)
         self._keep.append(tensor)
         if self.snapshot:
             self.snapshots.append(tensor._data.copy())

@@ -129,3 +129,13 @@ def test_nlp_lstm_tagger_matches_torch():
     # training and its predicted tags are among the values
     t, k = same_run("nlp_lstm_tagger")
     compiled_matches("nlp_lstm_tagger", k, t)
+
+
+def test_compiling_optimizer_recipes_match_torch():
+    # only opt.step() compiled, zero_grad() replacing every .grad between calls (a replay read
+    # the first call's gradient before the fix); the tensor-rate + LinearLR half runs eagerly
+    # (the scheduler reads the rate into Python: a graph break), so only the first half is
+    # required to compile whole
+    t, k = same_run("compiling_optimizer")
+    assert k["rates"] == t["rates"] and k["values"]["lr_is_tensor"]
+    compiled_matches("compiling_optimizer", k, t, whole=False)
