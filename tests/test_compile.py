@@ -522,3 +522,30 @@ def test_compiled_optimizer_step_reads_each_calls_gradients(name, kwargs):
         trail.append(w.detach().numpy().copy())
         trails[lib.__name__] = trail
     np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_gradient_clipping_reads_each_calls_gradients():
+    """clip_grad_norm_ compiled on its own reads and scales `p.grad` without ever reading `p`:
+    each call must see (and scale) that call's gradients, not the traced call's."""
+    import torch
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(2, 3)).astype(np.float32)
+    xs = [rng.normal(size=(4, 3)).astype(np.float32) * (i + 1) for i in range(4)]
+    seen = {}
+    for lib in (torch, kiln):
+        model = lib.nn.Linear(3, 2, bias=False)
+        with lib.no_grad():
+            model.weight.copy_(lib.tensor(w0))
+
+        def clip():
+            return lib.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        if lib is kiln:
+            clip = kiln.compile(clip)
+        out = []
+        for x in xs:
+            model(lib.tensor(x)).pow(2).sum().backward()
+            norm = clip()
+            out.append([norm.item()] + model.weight.grad.flatten().tolist())
+            model.zero_grad()
+        seen[lib.__name__] = out
+    np.testing.assert_allclose(seen["kiln"], seen["torch"], rtol=1e-5)

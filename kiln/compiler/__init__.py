@@ -154,13 +154,17 @@ class TraceResult:
 
 
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
-                names: dict | None = None, watch: bool = False) -> tuple[Tracer, object]:
-    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it.
-    With `watch`, a Python effect a replay would skip is a graph break (`EffectWatch`)."""
+                names: dict | None = None, watch: bool = False,
+                reachable: dict | None = None) -> tuple[Tracer, object]:
+    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it
+    (and `reachable` the tensors it named). With `watch`, a Python effect a replay would skip
+    is a graph break (`EffectWatch`)."""
     leaves, _ = flatten((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
+    tracer.grad_holders = {id(t.grad): t for t in (reachable or {}).values()
+                           if t.grad is not None}
     tracer.top_code = _code_of(fn)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
@@ -626,7 +630,7 @@ class CompiledFunction:
             return self.fn(*args, **kwargs)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
-                                     watch=True)
+                                     watch=True, reachable=reachable)
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -1135,7 +1139,8 @@ def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
     if b.kind == "arg":
         return leaves[b.path]
     if b.kind == "grad":
-        return _bound_tensor(program, b.path, leaves).grad
+        owner = b.tensor if b.path is None else _bound_tensor(program, b.path, leaves)
+        return owner.grad
     return b.tensor
 
 

@@ -30,7 +30,8 @@ class Binding:
 
     kind "arg": positional path `path` into the flattened arguments; "lifted": the tensor
     `tensor` itself (a parameter, buffer or state); "grad": the current `.grad` of graph input
-    `path` (read when gradients accumulate; the `.grad` object may be replaced between calls);
+    `path`, or of `tensor` when `path` is None (read when gradients accumulate, or by an
+    optimizer step or a clipping; the `.grad` object may be replaced between calls);
     "seed": a fresh draw from `generator`; "scalar": the Python number `path[0][path[1]]` (an
     optimizer's learning rate, which a scheduler changes between calls), as a float64 scalar.
     """
@@ -126,6 +127,9 @@ class Tracer:
         self.alias_of: dict[int, Tensor] = {}
         self.grads_before: dict[int, object] = {}
         self.grad_owner: dict[int, int] = {}  # id(.grad tensor) -> index of its owner input
+        # id(.grad tensor) -> its owner, for tensors the function can reach (set by the
+        # compiler): a gradient read while its owner is never read is still its `.grad`
+        self.grad_holders: dict[int, Tensor] = {}
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
@@ -195,6 +199,10 @@ class Tracer:
         if owner is not None:
             return self._input(tensor, f"{self.graph.inputs[owner].name}_grad",
                                Binding("grad", path=owner))
+        holder = self.grad_holders.get(id(tensor))
+        if holder is not None and holder.grad is tensor:
+            name = self.names.get(id(holder)) or f"t{len(self.graph.inputs)}"
+            return self._input(tensor, f"{name}_grad", Binding("grad", tensor=holder))
         name = self.names.get(id(tensor)) or f"t{len(self.graph.inputs)}"
         return self._input(tensor, name, Binding("lifted", tensor=tensor))
 
