@@ -55,3 +55,24 @@ def test_names_do_not_change_gradients() -> None:
     xt = torch.tensor(X, requires_grad=True)
     torch.nn.functional.cross_entropy(xt, torch.tensor(TARGET)).backward()
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-12)
+
+
+def test_reflected_add_and_mul_keep_the_tensor_first_in_next_functions():
+    """`2 * b` and `1 + b` are b.mul(2) and b.add(1) in torch: the autograd tutorial walks
+    d.grad_fn.next_functions[0][0]... from d = 2 * sin(a) + 1 down to a's AccumulateGrad."""
+    import math
+
+    def chain(lib):
+        a = lib.linspace(0.0, 2 * math.pi, steps=5, requires_grad=True)
+        d = 1 + 2 * lib.sin(a)
+        def name(node):
+            return None if node is None else node.name().replace("torch::autograd::", "")
+        names, node = [], d.grad_fn
+        while node is not None:
+            names.append((name(node), [name(f) for f, _ in node.next_functions]))
+            node = node.next_functions[0][0] if node.next_functions else None
+        d.sum().backward()
+        return names, a.grad.tolist()
+    k, t = chain(kiln), chain(torch)
+    assert k[0] == t[0]
+    np.testing.assert_allclose(k[1], t[1], rtol=1e-6, atol=1e-6)
