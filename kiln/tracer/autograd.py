@@ -50,11 +50,12 @@ class Node:
     @property
     def next_functions(self):
         """((node, 0), ...) per input, as PyTorch's: the input's grad_fn, an AccumulateGrad
-        naming a leaf that requires grad (`.variable`), or None for an input without one."""
-        if self.inputs is None:
+        naming a leaf that requires grad (`.variable`), or None for an input without one.
+        Still there after a backward has freed the saved values, as in PyTorch."""
+        edges = getattr(self, "edges", None)
+        if edges is None:
             return ()
-        return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0)
-                     for e in self.edges)
+        return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0) for e in edges)
 
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
