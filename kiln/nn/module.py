@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict, namedtuple
 from typing import Callable, Iterator
 
@@ -29,13 +30,16 @@ class RemovableHandle:
 
     _next_id = 0
 
-    def __init__(self, hooks: dict):
+    def __init__(self, hooks: dict, extra: tuple = ()):
         self.hooks = hooks
+        self.extra = extra          # sets that also name the hook (with_kwargs, always_call)
         self.id = RemovableHandle._next_id
         RemovableHandle._next_id += 1
 
     def remove(self) -> None:
         self.hooks.pop(self.id, None)
+        for names in self.extra:
+            names.discard(self.id)
 
     def __enter__(self) -> "RemovableHandle":
         return self
@@ -84,6 +88,39 @@ class Module:
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
+        if self.__dict__.get("_forward_hooks_always_called") or \
+                _global_forward_hooks_always_called:
+            return self._call_always(args, kwargs)
+        return self._call_impl(args, kwargs)
+
+    def _call_always(self, args: tuple, kwargs: dict):
+        """A call with forward hooks registered with always_call=True: when forward (or a
+        hook) raises, those not yet run are run (with output None) before the error goes on;
+        an error of theirs is only warned about, as in PyTorch."""
+        called: set = set()
+        try:
+            return self._call_impl(args, kwargs, called)
+        except Exception:
+            own = self.__dict__.get("_forward_hooks_always_called") or set()
+            pending = [(i, h, i in _global_forward_hooks_with_kwargs)
+                       for i, h in _global_forward_hooks.items()
+                       if i in _global_forward_hooks_always_called and i not in called]
+            pending += [(i, h, i in self._forward_hooks_with_kwargs)
+                        for i, h in self._forward_hooks.items() if i in own and i not in called]
+            result = None
+            for _, hook, with_kwargs in pending:
+                try:
+                    out = hook(self, args, kwargs, result) if with_kwargs else \
+                        hook(self, args, result)
+                    if out is not None:
+                        result = out
+                except Exception as e:
+                    warnings.warn(f"module forward hook with ``always_call=True`` raised an "
+                                  f"exception that was silenced as another error was raised "
+                                  f"in forward: {e}", stacklevel=2)
+            raise
+
+    def _call_impl(self, args: tuple, kwargs: dict, called: set | None = None):
         # the global hooks (register_module_*_hook) run before the module's own, as in PyTorch
         pre_hooks = self._forward_pre_hooks.items()
         if _global_forward_pre_hooks:
@@ -110,6 +147,8 @@ class Module:
         if _global_forward_hooks:
             forward_hooks = (*_global_forward_hooks.items(), *forward_hooks)
         for hook_id, hook in list(forward_hooks):
+            if called is not None:
+                called.add(hook_id)
             if hook_id in self._forward_hooks_with_kwargs or \
                     hook_id in _global_forward_hooks_with_kwargs:
                 result = hook(self, args, kwargs, output)
@@ -207,6 +246,13 @@ class Module:
             self._forward_hooks_with_kwargs.add(handle.id)
         if prepend:
             self._forward_hooks.move_to_end(handle.id, last=False)
+        if always_call:
+            always = self.__dict__.get("_forward_hooks_always_called")
+            if always is None:
+                always = set()
+                object.__setattr__(self, "_forward_hooks_always_called", always)
+            always.add(handle.id)
+            handle.extra = (always,)
         return handle
 
     # ------------------------------------------------------------------ registration
@@ -651,6 +697,7 @@ def _check_name(module: Module, name: str, kind: str) -> None:
 _global_forward_pre_hooks: OrderedDict = OrderedDict()
 _global_forward_hooks: OrderedDict = OrderedDict()
 _global_forward_hooks_with_kwargs: set = set()
+_global_forward_hooks_always_called: set = set()
 _global_backward_pre_hooks: OrderedDict = OrderedDict()
 _global_backward_hooks: OrderedDict = OrderedDict()
 
@@ -667,11 +714,15 @@ def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
                                  always_call: bool = False) -> RemovableHandle:
     """`hook(module, args, output)` (with_kwargs: `hook(module, args, kwargs, output)`) runs
     after every module's forward, before the module's own forward hooks; a non-None result
-    replaces the output. `always_call` is accepted; kiln runs no hook after an exception."""
+    replaces the output. With `always_call`, it runs (with output None) even when forward
+    raises."""
     handle = RemovableHandle(_global_forward_hooks)
     _global_forward_hooks[handle.id] = hook
     if with_kwargs:
         _global_forward_hooks_with_kwargs.add(handle.id)
+    if always_call:
+        _global_forward_hooks_always_called.add(handle.id)
+    handle.extra = (_global_forward_hooks_with_kwargs, _global_forward_hooks_always_called)
     return handle
 
 

@@ -175,3 +175,42 @@ def test_global_module_hooks_run_before_the_modules_own_like_torch():
     assert k[0] == t[0]
     for a, b in zip(k[1:], t[1:]):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_always_call_forward_hooks_run_when_forward_raises_like_torch():
+    """register_forward_hook(always_call=True), own and global: when forward raises they run
+    with output None (in torch's order) and the error goes on; the other hooks do not run; a
+    failing always-call hook is a warning; removed, they stop."""
+    import warnings
+    seen = {}
+    for lib in (torch, kiln):
+        class Boom(lib.nn.Module):
+            def forward(self, x, fail=False):
+                if fail:
+                    raise ValueError("forward failed")
+                return x * 2
+        log = []
+        m = Boom()
+        g = lib.nn.modules.module.register_module_forward_hook(
+            lambda mod, args, out: log.append(("global", out is None)), always_call=True)
+        h1 = m.register_forward_hook(lambda mod, args, out: log.append(("plain", None)))
+        h2 = m.register_forward_hook(lambda mod, args, kwargs, out: log.append(
+            ("always", kwargs.get("fail"), out is None)), with_kwargs=True, always_call=True)
+
+        def broken(mod, args, out):
+            if out is None:             # fails only on the way out of a failed forward
+                raise KeyError("hook failed")
+        h3 = m.register_forward_hook(broken, always_call=True)
+        out = m(lib.ones(2))
+        log.append(("ok", out.tolist()))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError, match="forward failed"):
+                m(lib.ones(2), fail=True)
+        log.append(("warned", sum("always_call=True" in str(w.message) for w in caught)))
+        for h in (g, h1, h2, h3):
+            h.remove()
+        with pytest.raises(ValueError):
+            m(lib.ones(2), fail=True)
+        seen[lib.__name__] = log
+    assert seen["kiln"] == seen["torch"]
