@@ -524,9 +524,11 @@ def test_compiled_optimizer_step_reads_each_calls_gradients(name, kwargs):
     np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_gradient_clipping_reads_each_calls_gradients():
+@pytest.mark.parametrize("passed", [False, True])
+def test_compiled_gradient_clipping_reads_each_calls_gradients(passed):
     """clip_grad_norm_ compiled on its own reads and scales `p.grad` without ever reading `p`:
-    each call must see (and scale) that call's gradients, not the traced call's."""
+    each call must see (and scale) that call's gradients, not the traced call's, whether the
+    model is a closure variable or passed as an argument."""
     import torch
     rng = np.random.default_rng(1)
     w0 = rng.normal(size=(2, 3)).astype(np.float32)
@@ -539,12 +541,16 @@ def test_compiled_gradient_clipping_reads_each_calls_gradients():
 
         def clip():
             return lib.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+
+        def clip_given(net):
+            return lib.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        fn = clip_given if passed else clip
         if lib is kiln:
-            clip = kiln.compile(clip)
+            fn = kiln.compile(fn)
         out = []
         for x in xs:
             model(lib.tensor(x)).pow(2).sum().backward()
-            norm = clip()
+            norm = fn(model) if passed else fn()
             out.append([norm.item()] + model.weight.grad.flatten().tolist())
             model.zero_grad()
         seen[lib.__name__] = out

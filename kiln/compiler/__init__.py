@@ -157,14 +157,14 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
                 reachable: dict | None = None) -> tuple[Tracer, object]:
     """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it
-    (and `reachable` the tensors it named). With `watch`, a Python effect a replay would skip
-    is a graph break (`EffectWatch`)."""
+    (and `reachable` the tensors it named: their gradients are found, `_grad_holders`). With
+    `watch`, a Python effect a replay would skip is a graph break (`EffectWatch`)."""
     leaves, _ = flatten((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
-    tracer.grad_holders = {id(t.grad): t for t in (reachable or {}).values()
-                           if t.grad is not None}
+    if reachable is not None:
+        tracer.grad_holders = _grad_holders(fn, args, kwargs, reachable)
     tracer.top_code = _code_of(fn)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
@@ -1047,6 +1047,39 @@ def _shares_memory_with_others(tracer, writes: dict, returned: list) -> list:
 def _lifted_bases(program: TracedProgram) -> frozenset:
     return frozenset(id(_base(b.tensor._data)) for b in program.bindings
                      if b.kind == "lifted")
+
+
+def _grad_holders(fn, args, kwargs, reachable: dict) -> dict:
+    """id(.grad) -> its tensor, for every tensor with a gradient the call can reach: the
+    tensors `fn` names, and the parameters of the modules and optimizers it names or is passed
+    (one level into lists, tuples and dicts). A gradient the call reads is then bound to its
+    owner's `.grad` of the moment, which zero_grad() and backward replace between calls."""
+    holders = {}
+
+    def add(t) -> None:
+        if isinstance(t, Tensor) and t.grad is not None:
+            holders[id(t.grad)] = t
+
+    def visit(obj, level: int) -> None:
+        if hasattr(obj, "named_parameters") and hasattr(obj, "_parameters"):
+            for _, p in obj.named_parameters():
+                add(p)
+        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+            for group in obj.param_groups:
+                for p in group.get("params", ()):
+                    add(p)
+        elif isinstance(obj, (list, tuple)) and level > 0:
+            for item in obj[:256]:
+                visit(item, level - 1)
+        elif isinstance(obj, dict) and level > 0:
+            for item in list(obj.values())[:256]:
+                visit(item, level - 1)
+
+    for t in reachable.values():
+        add(t)
+    for obj in list(_referenced_objects(fn).values()) + list(args) + list(kwargs.values()):
+        visit(obj, 1)
+    return holders
 
 
 def _object_arguments(args, kwargs) -> list:
