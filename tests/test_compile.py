@@ -524,11 +524,12 @@ def test_compiled_optimizer_step_reads_each_calls_gradients(name, kwargs):
     np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("passed", [False, True])
+@pytest.mark.parametrize("passed", ["closure", "argument", "trainer"])
 def test_compiled_gradient_clipping_reads_each_calls_gradients(passed):
     """clip_grad_norm_ compiled on its own reads and scales `p.grad` without ever reading `p`:
     each call must see (and scale) that call's gradients, not the traced call's, whether the
-    model is a closure variable or passed as an argument."""
+    model is a closure variable, passed as an argument or held by a trainer object whose
+    method is compiled."""
     import torch
     rng = np.random.default_rng(1)
     w0 = rng.normal(size=(2, 3)).astype(np.float32)
@@ -544,13 +545,20 @@ def test_compiled_gradient_clipping_reads_each_calls_gradients(passed):
 
         def clip_given(net):
             return lib.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-        fn = clip_given if passed else clip
+
+        class Trainer:
+            def __init__(self, net):
+                self.net = net
+
+            def clip(self):
+                return lib.nn.utils.clip_grad_norm_(self.net.parameters(), 0.5)
+        fn = {"closure": clip, "argument": clip_given, "trainer": Trainer(model).clip}[passed]
         if lib is kiln:
             fn = kiln.compile(fn)
         out = []
         for x in xs:
             model(lib.tensor(x)).pow(2).sum().backward()
-            norm = fn(model) if passed else fn()
+            norm = fn(model) if passed == "argument" else fn()
             out.append([norm.item()] + model.weight.grad.flatten().tolist())
             model.zero_grad()
         seen[lib.__name__] = out

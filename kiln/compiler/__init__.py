@@ -1052,7 +1052,7 @@ def _lifted_bases(program: TracedProgram) -> frozenset:
 def _grad_holders(fn, args, kwargs, reachable: dict) -> dict:
     """id(.grad) -> its tensor, for every tensor with a gradient the call can reach: the
     tensors `fn` names, and the parameters of the modules and optimizers it names or is passed
-    (one level into lists, tuples and dicts). A gradient the call reads is then bound to its
+    (two levels into lists, tuples, dicts and plain objects). A gradient the call reads is then bound to its
     owner's `.grad` of the moment, which zero_grad() and backward replace between calls."""
     holders = {}
 
@@ -1074,11 +1074,16 @@ def _grad_holders(fn, args, kwargs, reachable: dict) -> dict:
         elif isinstance(obj, dict) and level > 0:
             for item in list(obj.values())[:256]:
                 visit(item, level - 1)
+        elif level > 0 and isinstance(getattr(obj, "__dict__", None), dict) and \
+                not isinstance(obj, (type, types.ModuleType, types.FunctionType)) and \
+                not guards._library_class(type(obj)):
+            for item in list(vars(obj).values())[:256]:     # a trainer's model and optimizer
+                visit(item, level - 1)
 
     for t in reachable.values():
         add(t)
     for obj in list(_referenced_objects(fn).values()) + list(args) + list(kwargs.values()):
-        visit(obj, 1)
+        visit(obj, 2)
     return holders
 
 
