@@ -1052,8 +1052,9 @@ def _lifted_bases(program: TracedProgram) -> frozenset:
 def _grad_holders(fn, args, kwargs, reachable: dict) -> dict:
     """id(.grad) -> its tensor, for every tensor with a gradient the call can reach: the
     tensors `fn` names, and the parameters of the modules and optimizers it names or is passed
-    (two levels into lists, tuples, dicts and plain objects). A gradient the call reads is then bound to its
-    owner's `.grad` of the moment, which zero_grad() and backward replace between calls."""
+    (two levels into lists, tuples, dicts and plain objects). A gradient the call reads is
+    then bound to its owner's `.grad` of the moment, which zero_grad() and backward replace
+    between calls."""
     holders = {}
 
     def add(t) -> None:
