@@ -139,3 +139,11 @@ def test_compiling_optimizer_recipes_match_torch():
     t, k = same_run("compiling_optimizer")
     assert k["rates"] == t["rates"] and k["values"]["lr_is_tensor"]
     compiled_matches("compiling_optimizer", k, t, whole=False)
+
+
+def test_introyt_autograd_matches_torch():
+    # values only, nothing compiled: the next_functions walk of 2 * sin(a) + 1 (the tensor is
+    # the first input of `2 * b`), vector backward, the functional API, accumulation
+    t, k = same_run("autograd_yt")
+    assert k["values"]["chain"] == t["values"]["chain"]
+    assert k["values"]["chain"].endswith("AccumulateGrad:") and k["values"]["leaf_is_a"]
