@@ -147,3 +147,10 @@ def test_introyt_autograd_matches_torch():
     t, k = same_run("autograd_yt")
     assert k["values"]["chain"] == t["values"]["chain"]
     assert k["values"]["chain"].endswith("AccumulateGrad:") and k["values"]["leaf_is_a"]
+
+
+def test_autoencoders_match_torch():
+    # linear, bottleneck and convolutional (strided Conv2d, Unflatten, ConvTranspose2d with
+    # output_padding) autoencoders; denoised outputs under inference_mode
+    t, k = same_run("autoencoders")
+    compiled_matches("autoencoders", k, t)
