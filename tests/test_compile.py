@@ -563,3 +563,29 @@ def test_compiled_gradient_clipping_reads_each_calls_gradients(passed):
             model.zero_grad()
         seen[lib.__name__] = out
     np.testing.assert_allclose(seen["kiln"], seen["torch"], rtol=1e-5)
+
+
+def test_compiled_optimizer_step_notices_a_parameter_gaining_a_gradient():
+    """An optimizer step skips parameters whose `.grad` is None: a compiled `opt.step()` traced
+    while one parameter had no gradient must not keep skipping it once it has one (the
+    weights follow torch's)."""
+    import torch
+    trails = {}
+    for lib in (torch, kiln):
+        a = lib.nn.Parameter(lib.ones(2))
+        b = lib.nn.Parameter(lib.ones(2))
+        opt = lib.optim.SGD([a, b], lr=0.1, momentum=0.5)
+
+        def step():
+            opt.step()
+        if lib is kiln:
+            step = kiln.compile(step)
+        trail = []
+        for i in range(5):
+            loss = (a * 2).sum() if i < 2 or i == 4 else (a * 2 + b * 3).sum()
+            loss.backward()
+            step()
+            opt.zero_grad()
+            trail.append(a.tolist() + b.tolist())
+        trails[lib.__name__] = trail
+    np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-6)

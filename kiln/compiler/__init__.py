@@ -155,16 +155,15 @@ class TraceResult:
 
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
-                reachable: dict | None = None) -> tuple[Tracer, object]:
-    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it
-    (and `reachable` the tensors it named: their gradients are found, `_grad_holders`). With
-    `watch`, a Python effect a replay would skip is a graph break (`EffectWatch`)."""
+                grad_holders: dict | None = None) -> tuple[Tracer, object]:
+    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it, and
+    `grad_holders` id(.grad) -> its tensor (`_grad_candidates`). With `watch`, a Python effect
+    a replay would skip is a graph break (`EffectWatch`)."""
     leaves, _ = flatten((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
-    if reachable is not None:
-        tracer.grad_holders = _grad_holders(fn, args, kwargs, reachable)
+    tracer.grad_holders = grad_holders or {}
     tracer.top_code = _code_of(fn)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
@@ -621,6 +620,7 @@ class CompiledFunction:
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
         try:
+            grad_candidates = _grad_candidates(self.fn, args, kwargs, reachable)
             before = guards.collect(self.fn, _object_arguments(args, kwargs))
             arg_state = guards.collect(None, _argument_roots(args, kwargs))
         except Exception as e:        # cannot say what a replay would assume: run eagerly
@@ -629,8 +629,11 @@ class CompiledFunction:
             self._note("guards", f"{_function_name(self.fn)}: {reason}; it runs eagerly")
             return self.fn(*args, **kwargs)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
-        tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
-                                     watch=True, reachable=reachable)
+        grad_state = _grad_presence(grad_candidates)
+        tracer, result = _trace_call(
+            self.fn, args, kwargs, mode, names=names_before, watch=True,
+            grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None})
+        tracer.grad_state = (grad_candidates, grad_state)
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -765,6 +768,16 @@ class CompiledFunction:
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
             for obj, attr, value in tracer.object_reads]
+        # which reachable tensors had a `.grad` when the call began (an optimizer step skips
+        # those without), but for those a zero_grad() in the call cleared before reading them
+        candidates, state = tracer.grad_state
+        kept = [i for i, t in enumerate(candidates) if id(t) not in tracer.cleared]
+        if kept:
+            tensors = [candidates[i] for i in kept]
+            entry.guards.append(guards.Guard(
+                f"which of {len(tensors)} tensors requiring grad have a .grad",
+                functools.partial(_grad_presence, tensors), "eq",
+                tuple(state[i] for i in kept)))
         if flags:
             _replay_flags(self, key, entry, program, flags)
         if writes:      # the program never reads the old tensors there: no guard on them
@@ -1049,17 +1062,19 @@ def _lifted_bases(program: TracedProgram) -> frozenset:
                      if b.kind == "lifted")
 
 
-def _grad_holders(fn, args, kwargs, reachable: dict) -> dict:
-    """id(.grad) -> its tensor, for every tensor with a gradient the call can reach: the
-    tensors `fn` names, and the parameters of the modules and optimizers it names or is passed
-    (two levels into lists, tuples, dicts and plain objects). A gradient the call reads is
-    then bound to its owner's `.grad` of the moment, which zero_grad() and backward replace
-    between calls."""
-    holders = {}
+def _grad_candidates(fn, args, kwargs, reachable: dict) -> list:
+    """Every tensor requiring grad (or holding a `.grad`) the call can reach: the tensors `fn`
+    names, and the parameters of the modules and optimizers it names or is passed (two levels
+    into lists, tuples, dicts and plain objects: a trainer's model and optimizer).
+
+    A gradient the call reads is bound to its owner's `.grad` of the moment (zero_grad() and
+    backward replace it between calls), and which of them have a `.grad` at all is guarded:
+    an optimizer step branches on `p.grad is None`."""
+    found: dict = {}
 
     def add(t) -> None:
-        if isinstance(t, Tensor) and t.grad is not None:
-            holders[id(t.grad)] = t
+        if isinstance(t, Tensor) and (t.requires_grad or t.grad is not None):
+            found.setdefault(id(t), t)
 
     def visit(obj, level: int) -> None:
         if hasattr(obj, "named_parameters") and hasattr(obj, "_parameters"):
@@ -1078,14 +1093,18 @@ def _grad_holders(fn, args, kwargs, reachable: dict) -> dict:
         elif level > 0 and isinstance(getattr(obj, "__dict__", None), dict) and \
                 not isinstance(obj, (type, types.ModuleType, types.FunctionType)) and \
                 not guards._library_class(type(obj)):
-            for item in list(vars(obj).values())[:256]:     # a trainer's model and optimizer
+            for item in list(vars(obj).values())[:256]:
                 visit(item, level - 1)
 
     for t in reachable.values():
         add(t)
     for obj in list(_referenced_objects(fn).values()) + list(args) + list(kwargs.values()):
         visit(obj, 2)
-    return holders
+    return list(found.values())
+
+
+def _grad_presence(tensors: list) -> tuple:
+    return tuple(t.grad is None for t in tensors)
 
 
 def _object_arguments(args, kwargs) -> list:

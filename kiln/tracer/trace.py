@@ -130,6 +130,8 @@ class Tracer:
         # id(.grad tensor) -> its owner, for tensors the function can reach (set by the
         # compiler): a gradient read while its owner is never read is still its `.grad`
         self.grad_holders: dict[int, Tensor] = {}
+        # (tensors, whether each .grad was None) when the call began, for the compiler's guard
+        self.grad_state: tuple = ((), ())
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
