@@ -10,6 +10,7 @@ import kiln
 from kiln import Tensor
 from kiln.__future__ import get_overwrite_module_params_on_conversion
 from kiln.compiler import note_grad_cleared
+from kiln.compiler import reset as reset_compiled
 from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
 
@@ -702,10 +703,25 @@ _global_backward_pre_hooks: OrderedDict = OrderedDict()
 _global_backward_hooks: OrderedDict = OrderedDict()
 
 
+class _GlobalHookHandle(RemovableHandle):
+    """A global hook's handle. Compiled functions replay without running hooks: registering or
+    removing a global hook makes every compiled function trace again (kiln.compiler.reset), as
+    torch.compile's guards on the global hook registries make it recompile."""
+
+    def __init__(self, hooks: dict, extra: tuple = ()):
+        super().__init__(hooks, extra)
+        reset_compiled()
+
+    def remove(self) -> None:
+        if self.id in self.hooks:
+            super().remove()
+            reset_compiled()
+
+
 def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
     """`hook(module, args)` runs before every module's forward (before the module's own
     pre-hooks); a non-None result replaces the positional arguments."""
-    handle = RemovableHandle(_global_forward_pre_hooks)
+    handle = _GlobalHookHandle(_global_forward_pre_hooks)
     _global_forward_pre_hooks[handle.id] = hook
     return handle
 
@@ -716,7 +732,7 @@ def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
     after every module's forward, before the module's own forward hooks; a non-None result
     replaces the output. With `always_call`, it runs (with output None) even when forward
     raises."""
-    handle = RemovableHandle(_global_forward_hooks)
+    handle = _GlobalHookHandle(_global_forward_hooks)
     _global_forward_hooks[handle.id] = hook
     if with_kwargs:
         _global_forward_hooks_with_kwargs.add(handle.id)
@@ -728,14 +744,14 @@ def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
 
 def register_module_full_backward_pre_hook(hook: Callable) -> RemovableHandle:
     """`hook(module, grad_output)` for every module, before the module's own."""
-    handle = RemovableHandle(_global_backward_pre_hooks)
+    handle = _GlobalHookHandle(_global_backward_pre_hooks)
     _global_backward_pre_hooks[handle.id] = hook
     return handle
 
 
 def register_module_full_backward_hook(hook: Callable) -> RemovableHandle:
     """`hook(module, grad_input, grad_output)` for every module, before the module's own."""
-    handle = RemovableHandle(_global_backward_hooks)
+    handle = _GlobalHookHandle(_global_backward_hooks)
     _global_backward_hooks[handle.id] = hook
     return handle
 

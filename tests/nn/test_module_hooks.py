@@ -214,3 +214,26 @@ def test_always_call_forward_hooks_run_when_forward_raises_like_torch():
             m(lib.ones(2), fail=True)
         seen[lib.__name__] = log
     assert seen["kiln"] == seen["torch"]
+
+
+def test_a_global_hook_registered_after_compiling_takes_effect():
+    """A compiled module replays without running Python hooks: registering (and removing) a
+    global forward hook must make it trace again, as torch.compile recompiles."""
+    m = kiln.nn.Linear(2, 1)
+    with kiln.no_grad():
+        m.weight.fill_(1.0)
+        m.bias.zero_()
+    compiled = kiln.compile(m)
+    x = kiln.ones(1, 2)
+    assert [compiled(x).item() for _ in range(2)] == [2.0, 2.0]
+    handle = kiln.nn.modules.module.register_module_forward_hook(lambda mod, a, out: out * 10)
+    try:
+        assert [compiled(x).item() for _ in range(2)] == [20.0, 20.0]
+    finally:
+        handle.remove()
+    assert [compiled(x).item() for _ in range(2)] == [2.0, 2.0]
+    pre = kiln.nn.modules.module.register_module_forward_pre_hook(lambda mod, a: (a[0] * 3,))
+    try:
+        assert compiled(x).item() == 6.0
+    finally:
+        pre.remove()
