@@ -589,3 +589,41 @@ def test_compiled_optimizer_step_notices_a_parameter_gaining_a_gradient():
             trail.append(a.tolist() + b.tolist())
         trails[lib.__name__] = trail
     np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-6)
+
+
+def test_a_gradient_hook_registered_after_compiling_takes_effect():
+    """register_hook / register_post_accumulate_grad_hook on a parameter after its train step
+    was compiled (and their removal): the replays run the new hooks, as eager calls do."""
+    trails = {}
+    for compiled in (False, True):
+        w = kiln.nn.Parameter(kiln.ones(2))
+        opt = kiln.optim.SGD([w], lr=0.1)
+        seen = []
+
+        def step(x):
+            opt.zero_grad()
+            loss = (w * x).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        if compiled:
+            step = kiln.compile(step)
+        x = kiln.tensor([1.0, 2.0])
+        trail = []
+        for i in range(2):
+            step(x)
+        trail.append(w.tolist())
+        h = w.register_hook(lambda g: g * 10)
+        step(x)
+        trail.append(w.tolist())
+        h.remove()
+        step(x)
+        trail.append(w.tolist())
+        post = w.register_post_accumulate_grad_hook(lambda p: p.grad.mul_(0.5))
+        step(x)
+        trail.append(w.tolist())
+        post.remove()
+        step(x)
+        trail.append(w.tolist())
+        trails[compiled] = trail
+    np.testing.assert_allclose(trails[True], trails[False], rtol=1e-6)

@@ -697,6 +697,13 @@ _POST_ACCUMULATE: dict[int, tuple] = {}     # id -> (weakref to the tensor, hook
 _QUEUED: list = []                          # callables to run when the current backward ends
 
 
+def grad_hooks_of(tensor: Tensor) -> tuple:
+    """(register_hook's hooks, post-accumulate-grad hooks) of a leaf, as a value that changes
+    when either changes (the compiler guards on it: a trace ran them into its backward)."""
+    post = _POST_ACCUMULATE.get(id(tensor))
+    return (tensor._hooks, None if post is None else post[1])
+
+
 def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle":
     """Call `hook(tensor)` each backward, as soon as `tensor.grad` is complete (a leaf only)."""
     if tensor.grad_fn is not None:
