@@ -86,12 +86,13 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
     group runs after its trial replays."""
     lines = []
     for i, ((key, _), entry) in enumerate(compiled.entries.items()):
-        tensors, aliases, grad_mode, tree = key
+        tensors, aliases, grad_mode, tree, default_dtype, default_device = key
         tensors = [(list(shape), dtype.name, str(device), requires_grad)
                    for shape, dtype, device, requires_grad in tensors]
         lines.append(f"entry {i}: tensors (shape, dtype, device, requires_grad) {tensors}; "
                      f"shared memory {list(aliases) or 'none'}; grad mode {grad_mode}; "
-                     f"python arguments {tree!r}")
+                     f"python arguments {tree!r}; default dtype {default_dtype.name}, "
+                     f"device {default_device}")
         lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
         lines += [f"  guard: {g.describe()}" for g in entry.guards]

@@ -627,3 +627,25 @@ def test_a_gradient_hook_registered_after_compiling_takes_effect():
         trail.append(w.tolist())
         trails[compiled] = trail
     np.testing.assert_allclose(trails[True], trails[False], rtol=1e-6)
+
+
+def test_default_dtype_is_part_of_what_a_replay_assumes():
+    """A compiled function that creates tensors (`kiln.ones(2)`, `kiln.arange(3) * 1.5`)
+    follows set_default_dtype changed after it was traced, as the eager call does."""
+    @kiln.compile
+    def f(x):
+        return x.sum() + kiln.ones(2).sum() / 3, kiln.arange(3) * 1.5
+
+    x = kiln.ones(2, dtype=kiln.float64)
+    results = []
+    try:
+        for default in (kiln.float32, kiln.float64, kiln.float32):
+            kiln.set_default_dtype(default)
+            for _ in range(2):
+                total, ramp = f(x)
+                results.append((total.item(), str(ramp.dtype)))
+    finally:
+        kiln.set_default_dtype(kiln.float32)
+    assert results[2:4] == [(2 + 2 / 3, "kiln.float64")] * 2
+    assert results[0][1] == results[4][1] == "kiln.float32"
+    assert results[0][0] == pytest.approx(2 + 2 / 3, rel=1e-6) and results[0][0] != 2 + 2 / 3

@@ -27,11 +27,12 @@ from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_python_read, replay_after, scalar_input, untraced)
-from kiln.ir.dtypes import DType
+from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autograd import Node, record, saved_hooks_active
+from kiln.tracer.creation import get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
@@ -544,7 +545,8 @@ class CompiledFunction:
         """(key, leaves): what an entry is specialized to, and the tensors of this call.
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
-        memory, the grad mode, and the non-tensor arguments by type and value. What the
+        memory, the grad mode, the non-tensor arguments by type and value, and the default
+        dtype and device. What the
         function reads from Python (globals, closures, modules, optimizers) is checked by each
         entry's guards (`kiln.compiler.guards`).
         """
@@ -554,7 +556,9 @@ class CompiledFunction:
             leaves, tree = flatten((args, kwargs))
             tree = _typed_tree(tree)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
-        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, tree), leaves
+        # the default dtype and device decide what `kiln.ones(3)` in the function makes
+        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, tree, get_default_dtype(),
+                get_default_device()), leaves
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
