@@ -4,7 +4,9 @@ kiln has one implementation of `F.scaled_dot_product_attention`: the math one, s
 scale + mask) v composed of primitives (the compiler fuses it like any composite). It is
 `SDPBackend.MATH`. `sdpa_kernel` sets and restores the same flags as
 `kiln.backends.cuda.enable_*_sdp`; the fused backends' flags are only stored, and a call made
-while MATH is turned off raises, since kiln has no other kernel to run.
+while MATH is turned off raises, since kiln has no other kernel to run (checked when the call
+runs eagerly or is traced: the replay of a compiled function traced with MATH on runs the
+attention it traced).
 """
 
 from __future__ import annotations
