@@ -190,3 +190,5 @@ _NOT_IN_KILN = {
 
 def __dir__() -> list:
     return sorted(set(globals()) | set(_ON_FIRST_USE))
+from kiln import __future__  # noqa: F401,E402  (torch.__future__: module conversion switches)
+from kiln import _dynamo  # noqa: F401,E402  (torch._dynamo.reset)

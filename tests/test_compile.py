@@ -443,3 +443,248 @@ def test_compiled_module_exchanges_checkpoints_with_torch_compile(tmp_path):
                                atol=1e-6)
     k_model.eval()
     assert k_model._orig_mod.training is False and k_model._orig_mod[0].training is False
+
+
+def test_reset_makes_every_compiled_function_trace_again():
+    """torch.compiler.reset() / torch._dynamo.reset(): the compiled functions forget their
+    entries (and recompile counts) and trace on their next call, giving the same values."""
+    import warnings
+    w = kiln.tensor([[1.0, -2.0], [0.5, 3.0]])
+
+    @kiln.compile
+    def f(x):
+        return (x @ w).relu().sum(1)
+
+    model = kiln.compile(kiln.nn.Linear(2, 1))
+    x = kiln.tensor([[1.0, 2.0], [3.0, 4.0]])
+    first, first_m = f(x).numpy().copy(), model(x).detach().numpy().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in range(3, 3 + kiln.compiler.RECOMPILE_LIMIT):     # reach the recompile limit
+            f(kiln.ones(n, 2))
+    assert len(f.entries) == kiln.compiler.RECOMPILE_LIMIT and len(model.entries) == 1
+    kiln.compiler.reset()
+    assert len(f.entries) == 0 and len(model.entries) == 0
+    np.testing.assert_array_equal(f(x).numpy(), first)
+    assert len(f.entries) == 1                  # traced again, under the limit again
+    kiln._dynamo.reset()
+    np.testing.assert_array_equal(model(x).detach().numpy(), first_m)
+    assert len(model.entries) == 1
+
+
+def test_set_stance_disable_and_allow_in_graph_behave_as_torch_documents():
+    """torch.compiler.set_stance: force_eager runs eagerly (no new entry), eager_on_recompile
+    replays a valid entry and runs eagerly instead of tracing, fail_on_recompile raises
+    instead of tracing; as a context manager it restores the stance, as a decorator it applies
+    to the decorated calls only. disable(fn) is a graph break inside a compiled function;
+    allow_in_graph is the identity; _dynamo.explain(fn)(x) reports the graphs and breaks."""
+    import warnings
+
+    @kiln.compile
+    def f(x):
+        return x * 3 + 1
+
+    x, y = kiln.ones(2), kiln.ones(3, 3)
+    with kiln.compiler.set_stance("force_eager"):
+        assert f(x).tolist() == [4.0, 4.0] and len(f.entries) == 0
+    assert kiln.compiler.stance.current_stance() == "default"
+    with kiln.compiler.set_stance("fail_on_recompile"):
+        with pytest.raises(RuntimeError, match="fail_on_recompile"):
+            f(x)
+    f(x)
+    assert len(f.entries) == 1
+    with kiln.compiler.set_stance("eager_on_recompile"):
+        assert f(x).tolist() == [4.0, 4.0]               # the valid entry replays
+        np.testing.assert_array_equal(f(y).numpy(), np.full((3, 3), 4.0))   # no new trace
+    assert len(f.entries) == 1
+    kiln.compiler.set_stance("fail_on_recompile")        # a plain call holds until changed
+    try:
+        with pytest.raises(RuntimeError, match="recompile"):
+            f(y)
+    finally:
+        kiln.compiler.set_stance("default")
+
+    @kiln.compiler.set_stance("force_eager")
+    def run_eagerly(t):
+        return f(t)
+    assert kiln.compiler.stance.current_stance() == "default"
+    run_eagerly(kiln.ones(4))
+    assert len(f.entries) == 1
+
+    @kiln.compiler.disable
+    def helper(t):
+        return t + 1
+
+    @kiln.compile
+    def g(t):
+        return kiln.compiler.allow_in_graph(lambda u: u * 2)(helper(t))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert g(x).tolist() == [4.0, 4.0]
+    assert any("torch.compiler.disable" in str(w.message) for w in caught)
+    assert kiln.compiler.disable(f) is f._orig_mod
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = kiln._dynamo.explain(lambda t: t * 2 if t.sum() > 0 else t)(x)
+    assert (report.graph_count, report.graph_break_count) == (2, 1)
+
+
+@pytest.mark.parametrize("name, kwargs", [("SGD", dict(lr=0.1)),
+                                          ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+                                          ("Adam", dict(lr=0.01)),
+                                          ("RMSprop", dict(lr=0.01))])
+def test_compiled_optimizer_step_reads_each_calls_gradients(name, kwargs):
+    """The compiling-the-optimizer recipe: only `opt.step()` is compiled; backward runs
+    eagerly and `zero_grad()` (set_to_none) replaces every `.grad` between calls. A step that
+    reads `p.grad` before `p` used to replay the first call's gradient; the weights must follow
+    torch's step by step. A call with no gradients then skips the update, as eagerly."""
+    import torch
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 4)).astype(np.float32)
+    xs = [rng.normal(size=(5, 4)).astype(np.float32) for _ in range(4)]
+    trails = {}
+    for lib in (torch, kiln):
+        w = lib.nn.Parameter(lib.tensor(w0.copy()))
+        opt = getattr(lib.optim, name)([w], **kwargs)
+
+        def step():
+            opt.step()
+        if lib is kiln:
+            step = kiln.compile(step)
+        trail = []
+        for x in xs:
+            (lib.tensor(x) @ w.T).tanh().pow(2).sum().backward()
+            step()
+            opt.zero_grad()
+            trail.append(w.detach().numpy().copy())
+        step()                                   # no gradient: nothing changes
+        trail.append(w.detach().numpy().copy())
+        trails[lib.__name__] = trail
+    np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("passed", ["closure", "argument", "trainer"])
+def test_compiled_gradient_clipping_reads_each_calls_gradients(passed):
+    """clip_grad_norm_ compiled on its own reads and scales `p.grad` without ever reading `p`:
+    each call must see (and scale) that call's gradients, not the traced call's, whether the
+    model is a closure variable, passed as an argument or held by a trainer object whose
+    method is compiled."""
+    import torch
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(2, 3)).astype(np.float32)
+    xs = [rng.normal(size=(4, 3)).astype(np.float32) * (i + 1) for i in range(4)]
+    seen = {}
+    for lib in (torch, kiln):
+        model = lib.nn.Linear(3, 2, bias=False)
+        with lib.no_grad():
+            model.weight.copy_(lib.tensor(w0))
+
+        def clip():
+            return lib.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+
+        def clip_given(net):
+            return lib.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+
+        class Trainer:
+            def __init__(self, net):
+                self.net = net
+
+            def clip(self):
+                return lib.nn.utils.clip_grad_norm_(self.net.parameters(), 0.5)
+        fn = {"closure": clip, "argument": clip_given, "trainer": Trainer(model).clip}[passed]
+        if lib is kiln:
+            fn = kiln.compile(fn)
+        out = []
+        for x in xs:
+            model(lib.tensor(x)).pow(2).sum().backward()
+            norm = fn(model) if passed == "argument" else fn()
+            out.append([norm.item()] + model.weight.grad.flatten().tolist())
+            model.zero_grad()
+        seen[lib.__name__] = out
+    np.testing.assert_allclose(seen["kiln"], seen["torch"], rtol=1e-5)
+
+
+def test_compiled_optimizer_step_notices_a_parameter_gaining_a_gradient():
+    """An optimizer step skips parameters whose `.grad` is None: a compiled `opt.step()` traced
+    while one parameter had no gradient must not keep skipping it once it has one (the
+    weights follow torch's)."""
+    import torch
+    trails = {}
+    for lib in (torch, kiln):
+        a = lib.nn.Parameter(lib.ones(2))
+        b = lib.nn.Parameter(lib.ones(2))
+        opt = lib.optim.SGD([a, b], lr=0.1, momentum=0.5)
+
+        def step():
+            opt.step()
+        if lib is kiln:
+            step = kiln.compile(step)
+        trail = []
+        for i in range(5):
+            loss = (a * 2).sum() if i < 2 or i == 4 else (a * 2 + b * 3).sum()
+            loss.backward()
+            step()
+            opt.zero_grad()
+            trail.append(a.tolist() + b.tolist())
+        trails[lib.__name__] = trail
+    np.testing.assert_allclose(trails["kiln"], trails["torch"], rtol=1e-6)
+
+
+def test_a_gradient_hook_registered_after_compiling_takes_effect():
+    """register_hook / register_post_accumulate_grad_hook on a parameter after its train step
+    was compiled (and their removal): the replays run the new hooks, as eager calls do."""
+    trails = {}
+    for compiled in (False, True):
+        w = kiln.nn.Parameter(kiln.ones(2))
+        opt = kiln.optim.SGD([w], lr=0.1)
+        seen = []
+
+        def step(x):
+            opt.zero_grad()
+            loss = (w * x).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        if compiled:
+            step = kiln.compile(step)
+        x = kiln.tensor([1.0, 2.0])
+        trail = []
+        for i in range(2):
+            step(x)
+        trail.append(w.tolist())
+        h = w.register_hook(lambda g: g * 10)
+        step(x)
+        trail.append(w.tolist())
+        h.remove()
+        step(x)
+        trail.append(w.tolist())
+        post = w.register_post_accumulate_grad_hook(lambda p: p.grad.mul_(0.5))
+        step(x)
+        trail.append(w.tolist())
+        post.remove()
+        step(x)
+        trail.append(w.tolist())
+        trails[compiled] = trail
+    np.testing.assert_allclose(trails[True], trails[False], rtol=1e-6)
+
+
+def test_default_dtype_is_part_of_what_a_replay_assumes():
+    """A compiled function that creates tensors (`kiln.ones(2)`, `kiln.arange(3) * 1.5`)
+    follows set_default_dtype changed after it was traced, as the eager call does."""
+    @kiln.compile
+    def f(x):
+        return x.sum() + kiln.ones(2).sum() / 3, kiln.arange(3) * 1.5
+
+    x = kiln.ones(2, dtype=kiln.float64)
+    results = []
+    try:
+        for default in (kiln.float32, kiln.float64, kiln.float32):
+            kiln.set_default_dtype(default)
+            for _ in range(2):
+                total, ramp = f(x)
+                results.append((total.item(), str(ramp.dtype)))
+    finally:
+        kiln.set_default_dtype(kiln.float32)
+    assert results[2:4] == [(2 + 2 / 3, "kiln.float64")] * 2
+    assert results[0][1] == results[4][1] == "kiln.float32"
+    assert results[0][0] == pytest.approx(2 + 2 / 3, rel=1e-6) and results[0][0] != 2 + 2 / 3

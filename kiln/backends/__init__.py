@@ -40,8 +40,26 @@ cuda = _flags("CUDA matmul flags (stored; kiln does not switch precision)", "cud
               matmul=_flags("matmul flags", allow_tf32=False,
                             allow_fp16_reduced_precision_reduction=True,
                             allow_bf16_reduced_precision_reduction=True),
-              is_built=_cuda_available,
-              enable_flash_sdp=lambda enabled: None, flash_sdp_enabled=lambda: False,
-              enable_math_sdp=lambda enabled: None, math_sdp_enabled=lambda: True,
-              enable_mem_efficient_sdp=lambda enabled: None,
-              mem_efficient_sdp_enabled=lambda: False)
+              is_built=_cuda_available)
+
+# scaled_dot_product_attention's backend flags, all allowed at first as in torch. kiln has one
+# implementation, the math one: F.scaled_dot_product_attention refuses to run with "math"
+# turned off; the fused backends' flags are stored for scripts and `kiln.nn.attention`.
+_sdp_enabled = {"flash": True, "mem_efficient": True, "math": True, "cudnn": True,
+                "overrideable": True}
+
+
+def _sdp_flag(name: str):
+    def enable(enabled: bool) -> None:
+        _sdp_enabled[name] = bool(enabled)
+
+    def is_enabled() -> bool:
+        return _sdp_enabled[name]
+    return enable, is_enabled
+
+
+for _name in ("flash", "mem_efficient", "math", "cudnn"):
+    _enable, _is_enabled = _sdp_flag(_name)
+    setattr(cuda, f"enable_{_name}_sdp", _enable)
+    setattr(cuda, f"{_name}_sdp_enabled", _is_enabled)
+del _name, _enable, _is_enabled

@@ -17,21 +17,24 @@ import inspect
 import os
 import types
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
+from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
-from kiln.ir.dtypes import DType
+from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autocast import key as _autocast_key
 from kiln.tracer.autograd import Node, record, saved_hooks_active
+from kiln.tracer.creation import get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
@@ -154,13 +157,16 @@ class TraceResult:
 
 
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
-                names: dict | None = None, watch: bool = False) -> tuple[Tracer, object]:
-    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it.
-    With `watch`, a Python effect a replay would skip is a graph break (`EffectWatch`)."""
+                names: dict | None = None, watch: bool = False,
+                grad_holders: dict | None = None) -> tuple[Tracer, object]:
+    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it, and
+    `grad_holders` id(.grad) -> its tensor (`_grad_candidates`). With `watch`, a Python effect
+    a replay would skip is a graph break (`EffectWatch`)."""
     leaves, _ = flatten((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
+    tracer.grad_holders = grad_holders or {}
     tracer.top_code = _code_of(fn)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
@@ -324,6 +330,7 @@ class CompiledEntry:
     guards: list = field(default_factory=list)       # Guard: the Python state it assumes
     lifted_bases: frozenset = frozenset()            # buffers of the state it reads
     _check: object = None                            # guards.checker(guards), made once
+    _grad_reads: tuple | None = None                 # the inputs bound to a `.grad`, made once
     _artifact_at: tuple = ()                         # the kernel choices it was read at
     traced: object = None               # the TracedProgram compiled (kept if replays fail)
     compiled: object = None             # CompiledProgram: what the passes made of it
@@ -360,6 +367,16 @@ class CompiledEntry:
             return True
         if program.grad_writes and not _grad_state_matches(program, leaves):
             return False
+        reads = self._grad_reads
+        if reads is None:
+            # inputs that are some tensor's `.grad` of the moment: (index, shape, dtype)
+            reads = self._grad_reads = tuple(
+                (i, program.graph.inputs[i].shape, program.graph.inputs[i].dtype)
+                for i, b in enumerate(program.bindings) if b.kind == "grad")
+        for i, shape, dtype in reads:
+            grad = _bound_tensor(program, i, leaves)
+            if grad is None or tuple(grad.shape) != shape or grad.dtype is not dtype:
+                return False
         if self.writebacks and self.lifted_bases:
             for t in leaves:
                 if id(_base(t._data)) in self.lifted_bases:
@@ -499,6 +516,23 @@ class CompiledFunction:
         functools.update_wrapper(self, self.fn, updated=functools.WRAPPER_UPDATES if plain
                                  else ())
         self._not_traceable = _not_traceable(self.fn)
+        if len(_LIVE) >= 1024:      # drop the references of collected functions now and then
+            _LIVE[:] = [ref for ref in _LIVE if ref() is not None]
+        _LIVE.append(weakref.ref(self))
+
+    @property
+    def _orig_mod(self):
+        """The compiled module (or function) itself, as torch's OptimizedModule names it."""
+        return self.fn
+
+    def forget(self) -> None:
+        """Drop every traced entry: the next call traces again (`reset()`)."""
+        self.entries.clear()
+        self._chains.clear()
+        self._effect_keys.clear()
+        self._flags_set.clear()
+        self.warned.clear()
+        self.retraces = 0
 
     def __getattr__(self, name: str):
         """Everything else is the wrapped object's: `torch.compile(model)` keeps
@@ -514,10 +548,10 @@ class CompiledFunction:
         """(key, leaves): what an entry is specialized to, and the tensors of this call.
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
-        memory, the grad mode, the autocast state (a trace records autocast's casts), and the
-        non-tensor arguments by type and value. What the function reads from Python (globals,
-        closures, modules, optimizers) is checked by each entry's guards
-        (`kiln.compiler.guards`).
+        memory, the grad mode, the autocast state (a trace records autocast's casts), the
+        non-tensor arguments by type and value, and the default dtype and device. What the
+        function reads from Python (globals, closures, modules, optimizers) is checked by each
+        entry's guards (`kiln.compiler.guards`).
         """
         if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
@@ -525,11 +559,15 @@ class CompiledFunction:
             leaves, tree = flatten((args, kwargs))
             tree = _typed_tree(tree)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
-        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(),
-                tree), leaves
+        # the default dtype and device decide what `kiln.ones(3)` in the function makes
+        return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(), tree,
+                get_default_dtype(), get_default_device()), leaves
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
+            return self.fn(*args, **kwargs)
+        stance = current_stance()
+        if stance == "force_eager":
             return self.fn(*args, **kwargs)
         eager_mode = _eager_autograd_mode()
         if eager_mode is not None:
@@ -558,6 +596,12 @@ class CompiledFunction:
                     if entry.program is None:
                         return self.fn(*args, **kwargs)
                     return self._replay(entry, leaves, args, kwargs)
+        if stance == "eager_on_recompile":
+            return self.fn(*args, **kwargs)
+        if stance == "fail_on_recompile":
+            raise RuntimeError(f"Detected recompile when torch.compile stance is "
+                               f"'fail_on_recompile': {_function_name(self.fn)} has no "
+                               f"compiled entry valid for this call ({_where(self.fn)})")
         if len(self.entries) >= RECOMPILE_LIMIT:
             self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
                        f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now on"
@@ -596,6 +640,7 @@ class CompiledFunction:
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
         try:
+            grad_candidates = _grad_candidates(self.fn, args, kwargs, reachable)
             before = guards.collect(self.fn, _object_arguments(args, kwargs))
             arg_state = guards.collect(None, _argument_roots(args, kwargs))
         except Exception as e:        # cannot say what a replay would assume: run eagerly
@@ -606,8 +651,11 @@ class CompiledFunction:
         if _reaches_bfloat16(args, kwargs, reachable):
             return self._run_bfloat16_eagerly(key, args, kwargs)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
-        tracer, result = _trace_call(self.fn, args, kwargs, mode, names=names_before,
-                                     watch=True)
+        grad_state = _grad_presence(grad_candidates)
+        tracer, result = _trace_call(
+            self.fn, args, kwargs, mode, names=names_before, watch=True,
+            grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None})
+        tracer.grad_state = (grad_candidates, grad_state)
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -747,6 +795,16 @@ class CompiledFunction:
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
             for obj, attr, value in tracer.object_reads]
+        # which reachable tensors had a `.grad` when the call began (an optimizer step skips
+        # those without), but for those a zero_grad() in the call cleared before reading them
+        candidates, state = tracer.grad_state
+        kept = [i for i, t in enumerate(candidates) if id(t) not in tracer.cleared]
+        if kept:
+            tensors = [candidates[i] for i in kept]
+            entry.guards.append(guards.Guard(
+                f"which of {len(tensors)} tensors requiring grad have a .grad",
+                functools.partial(_grad_presence, tensors), "eq",
+                tuple(state[i] for i in kept)))
         if flags:
             _replay_flags(self, key, entry, program, flags)
         if writes:      # the program never reads the old tensors there: no guard on them
@@ -1051,6 +1109,51 @@ def _lifted_bases(program: TracedProgram) -> frozenset:
                      if b.kind == "lifted")
 
 
+def _grad_candidates(fn, args, kwargs, reachable: dict) -> list:
+    """Every tensor requiring grad (or holding a `.grad`) the call can reach: the tensors `fn`
+    names, and the parameters of the modules and optimizers it names or is passed (two levels
+    into lists, tuples, dicts and plain objects: a trainer's model and optimizer).
+
+    A gradient the call reads is bound to its owner's `.grad` of the moment (zero_grad() and
+    backward replace it between calls), and which of them have a `.grad` at all is guarded:
+    an optimizer step branches on `p.grad is None`."""
+    found: dict = {}
+
+    def add(t) -> None:
+        if isinstance(t, Tensor) and (t.requires_grad or t.grad is not None):
+            found.setdefault(id(t), t)
+
+    def visit(obj, level: int) -> None:
+        if hasattr(obj, "named_parameters") and hasattr(obj, "_parameters"):
+            for _, p in obj.named_parameters():
+                add(p)
+        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+            for group in obj.param_groups:
+                for p in group.get("params", ()):
+                    add(p)
+        elif isinstance(obj, (list, tuple)) and level > 0:
+            for item in obj[:256]:
+                visit(item, level - 1)
+        elif isinstance(obj, dict) and level > 0:
+            for item in list(obj.values())[:256]:
+                visit(item, level - 1)
+        elif level > 0 and isinstance(getattr(obj, "__dict__", None), dict) and \
+                not isinstance(obj, (type, types.ModuleType, types.FunctionType)) and \
+                not guards._library_class(type(obj)):
+            for item in list(vars(obj).values())[:256]:
+                visit(item, level - 1)
+
+    for t in reachable.values():
+        add(t)
+    for obj in list(_referenced_objects(fn).values()) + list(args) + list(kwargs.values()):
+        visit(obj, 2)
+    return list(found.values())
+
+
+def _grad_presence(tensors: list) -> tuple:
+    return tuple(t.grad is None for t in tensors)
+
+
 def _object_arguments(args, kwargs) -> list:
     """Guard roots for the objects passed as arguments (`self` of a compiled method, a module
     or a config): the key holds them by identity, their guards hold what is inside."""
@@ -1141,7 +1244,8 @@ def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
     if b.kind == "arg":
         return leaves[b.path]
     if b.kind == "grad":
-        return _bound_tensor(program, b.path, leaves).grad
+        owner = b.tensor if b.path is None else _bound_tensor(program, b.path, leaves)
+        return owner.grad
     return b.tensor
 
 
@@ -1232,6 +1336,46 @@ def _device_of(outputs, args):
 # torch.compile's backend names, as kiln reads them: inductor's and cudagraphs' work is kiln's
 # default (generated kernels, CUDA graphs on a GPU); aot_eager runs the traced graph op by op
 _TORCH_BACKENDS = {"inductor": "auto", "cudagraphs": "auto", "aot_eager": "numpy"}
+
+
+def disable(fn=None, recursive: bool = True, *, reason: str | None = None):
+    """`fn` is never compiled (torch.compiler.disable): a compiled function that calls it has
+    a graph break there, so it runs eagerly (kiln does not split a function around a break);
+    given a compiled function, its eager original."""
+    if fn is None:
+        return lambda f: disable(f, recursive, reason=reason)
+    if isinstance(fn, CompiledFunction):
+        return fn.fn
+    why = f"{_function_name(fn)} is marked torch.compiler.disable" + \
+        (f" ({reason})" if reason else "")
+
+    @functools.wraps(fn)
+    def not_compiled(*args, **kwargs):
+        if STATE.tracer is not None:
+            STATE.tracer.graph_break(why)
+        return fn(*args, **kwargs)
+    return not_compiled
+
+
+def allow_in_graph(fn):
+    """`fn` itself (torch.compiler.allow_in_graph): kiln traces by running Python, so every
+    function's tensor ops are in the graph already."""
+    return fn
+
+
+_LIVE: list = []     # weak references to every CompiledFunction made, for reset()
+
+
+def reset() -> None:
+    """Forget what every compiled function traced (torch.compiler.reset / torch._dynamo.reset):
+    each traces again on its next call, with its recompile count back at zero. The kernels
+    already built stay cached, keyed by their source."""
+    alive = [ref for ref in _LIVE if ref() is not None]
+    _LIVE[:] = alive
+    for ref in alive:
+        compiled = ref()
+        if compiled is not None:
+            compiled.forget()
 
 
 def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=None,

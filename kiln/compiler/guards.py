@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kiln.tracer.autograd import grad_hooks_of
 from kiln.tracer.tensor import Tensor
 
 MISSING = object()          # a global, cell or attribute that does not exist (any more)
@@ -337,6 +338,10 @@ def tensor_guards(tensors: list, names: dict) -> list[Guard]:
         found.append(Guard(f"{name}.device", lambda t=t: t.device, "eq", t.device))
         found.append(Guard(f"{name}.requires_grad", lambda t=t: t.requires_grad, "value",
                            scalar_key(t.requires_grad)))
+        # the trace ran the tensor's gradient hooks (register_hook, post-accumulate-grad)
+        # into its backward: a hook added or removed since means tracing again
+        found.append(Guard(f"{name}'s gradient hooks", functools.partial(grad_hooks_of, t),
+                           "eq", grad_hooks_of(t)))
     return found
 
 

@@ -69,3 +69,4 @@ def __getattr__(name: str):
         import importlib
         return importlib.import_module("kiln.nn.modules")
     raise AttributeError(f"module 'kiln.nn' has no attribute '{name}'")
+from kiln.nn import attention  # noqa: F401,E402

@@ -15,8 +15,11 @@ from kiln import Tensor
 class BackwardHookCall:
     """The bookkeeping of one forward call of a module with backward hooks."""
 
-    def __init__(self, module, n_args: int) -> None:
+    def __init__(self, module, n_args: int, full_hooks: list, pre_hooks: list) -> None:
+        """`full_hooks` and `pre_hooks`: the global hooks, then the module's own, as they
+        stand at the forward call."""
         self.module = module
+        self.full_hooks, self.pre_hooks = full_hooks, pre_hooks
         self.n_args = n_args
         self.input_positions: list[int] = []
         self.grad_inputs: dict[int, Tensor] = {}
@@ -26,7 +29,7 @@ class BackwardHookCall:
 
     # inputs ---------------------------------------------------------------------------
     def wrap_inputs(self, args: tuple) -> tuple:
-        if not self.module._backward_hooks:
+        if not self.full_hooks:
             return args
         wrapped = list(args)
         for i, a in enumerate(args):
@@ -50,7 +53,7 @@ class BackwardHookCall:
     def _run_full_hooks(self, grad_input: tuple):
         grad_output = self.grad_output_tuple or ()
         result = None
-        for hook in list(self.module._backward_hooks.values()):
+        for hook in self.full_hooks:
             out = hook(self.module, grad_input if result is None else result, grad_output)
             if out is not None:
                 result = tuple(out) if isinstance(out, (tuple, list)) else (out,)
@@ -70,12 +73,12 @@ class BackwardHookCall:
         if len(self.grad_outputs) < self.n_outputs:
             return None
         grads = tuple(self.grad_outputs[k] for k in range(self.n_outputs))
-        for hook in list(self.module._backward_pre_hooks.values()):
+        for hook in self.pre_hooks:
             out = hook(self.module, grads)
             if out is not None:
                 grads = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         self.grad_output_tuple = grads
-        if not self.input_positions and self.module._backward_hooks:
+        if not self.input_positions and self.full_hooks:
             # no input needs a gradient: the hook reports None for each, as in PyTorch
             self._run_full_hooks((None,) * self.n_args)
         return grads[index]

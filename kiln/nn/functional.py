@@ -13,6 +13,7 @@ import numpy as np
 import kiln
 from kiln import Tensor
 from kiln import ops as _core
+from kiln.nn.attention.bias import CausalBias
 from kiln.compiler import is_compiling
 from kiln.ops import op_error
 from kiln.ops import prims as P
@@ -835,6 +836,13 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  is_causal: bool = False, scale: float | None = None,
                                  enable_gqa: bool = False) -> Tensor:
     """softmax(q k^T * scale + mask) v; a boolean mask marks the positions that take part."""
+    if not kiln.backends.cuda.math_sdp_enabled():
+        raise RuntimeError("scaled_dot_product_attention: no viable backend: kiln's only "
+                           "implementation is the math one (SDPBackend.MATH), which is turned "
+                           "off; enable it (sdpa_kernel([SDPBackend.MATH, ...]) or "
+                           "torch.backends.cuda.enable_math_sdp(True))")
+    if isinstance(attn_mask, CausalBias):
+        attn_mask, is_causal = attn_mask._sdpa_arguments(is_causal, query.device)
     lq, lk = query.shape[-2], key.shape[-2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if enable_gqa and query.shape[-3] != key.shape[-3]:

@@ -628,45 +628,46 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. "
                                   f"per_sample_weights is only supported for mode='sum' (got "
                                   f"mode='{mode}'). Please open a feature request on GitHub.")
-    ids = _labels_of(input)
+    # bag membership as a (bags, ids) 0/1 matrix built from tensor ops, so the ids and offsets
+    # are never read into Python and a compiled step traces through with no graph break
     if input.ndim == 2:
-        bags = [(i * ids.shape[1], (i + 1) * ids.shape[1]) for i in range(ids.shape[0])]
-        flat_ids = ids.reshape(-1)
+        bags, length = input.shape
+        flat_ids = input.reshape(-1)
+        position = kiln.arange(bags * length, device=weight.device)
+        bag = kiln.arange(bags, device=weight.device).unsqueeze(1)
+        member = (position.unsqueeze(0) // max(length, 1)) == bag
     else:
         if offsets is None:
             raise ValueError("offsets has to be a 1D Tensor but got None")
-        starts = [int(o) for o in _labels_of(offsets).reshape(-1)]
-        flat_ids = ids
-        ends = starts[1:] + [len(ids)]
+        flat_ids = input
+        offsets = offsets.reshape(-1).to(kiln.int64)
+        total = kiln.full((1,), input.shape[0], dtype=kiln.int64, device=weight.device)
         if include_last_offset:
-            starts, ends = starts[:-1], starts[1:]
-        bags = list(zip(starts, ends))
-    if padding_idx is not None and padding_idx < 0:
-        padding_idx += weight.shape[0]
-    keep = np.ones(len(flat_ids), dtype=bool) if padding_idx is None else \
-        flat_ids != padding_idx
-    member = np.zeros((len(bags), len(flat_ids)), dtype=np.float64)
-    for b, (start, end) in enumerate(bags):
-        member[b, start:end] = keep[start:end]
-    rows = kiln.index_select(weight, 0, kiln.tensor(flat_ids.astype(np.int64),
-                                                    device=weight.device))
+            starts, ends = offsets[:-1], offsets[1:]
+        else:
+            starts, ends = offsets, kiln.cat([offsets[1:], total])
+        position = kiln.arange(input.shape[0], device=weight.device).unsqueeze(0)
+        member = (position >= starts.unsqueeze(1)) & (position < ends.unsqueeze(1))
+    flat_ids = flat_ids.to(kiln.int64)
+    if padding_idx is not None:
+        if padding_idx < 0:
+            padding_idx += weight.shape[0]
+        member = member & (flat_ids != padding_idx).unsqueeze(0)
+    rows = kiln.index_select(weight, 0, flat_ids)
     if per_sample_weights is not None:
         rows = rows * per_sample_weights.reshape(-1, 1)
     if mode == "max":
-        mask = kiln.tensor(member > 0, device=weight.device).unsqueeze(-1)
-        filled = kiln.where(mask, rows.unsqueeze(0), kiln.full_like(rows.unsqueeze(0),
-                                                                     -math.inf))
+        filled = kiln.where(member.unsqueeze(-1), rows.unsqueeze(0),
+                            kiln.full_like(rows.unsqueeze(0), -math.inf))
         best = filled.amax(1)
-        empty = kiln.tensor(member.sum(1) == 0, device=weight.device).unsqueeze(-1)
+        empty = (member.sum(1) == 0).unsqueeze(-1)
         return kiln.where(empty, kiln.zeros_like(best), best)
+    summed = kiln.matmul(member.to(weight.dtype), rows)
     if mode == "mean":
-        counts = member.sum(1, keepdims=True)
-        member = member / np.maximum(counts, 1)
-    return kiln.matmul(kiln.tensor(member.astype(weight.dtype.np), device=weight.device), rows)
-
-
-def _labels_of(t: Tensor) -> np.ndarray:
-    return np.asarray(t.detach().cpu().numpy())
+        # the sum over the bag, then divided by its size, as PyTorch computes the mean
+        counts = member.sum(1, keepdim=True).clamp(min=1).to(weight.dtype)
+        return summed / counts
+    return summed
 
 
 # ----------------------------------------------------------------------------- sampling grids

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict, namedtuple
 from typing import Callable, Iterator
 
 import kiln
 from kiln import Tensor
+from kiln.__future__ import get_overwrite_module_params_on_conversion
 from kiln.compiler import note_grad_cleared
+from kiln.compiler import reset as reset_compiled
 from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
 
-_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What load_state_dict returns; prints as PyTorch's (`_IncompatibleKeys(missing_keys=...`
+    or `<All keys matched successfully>`)."""
 
-
-class _IncompatibleKeysResult(_IncompatibleKeys):
     def __repr__(self) -> str:
         if not self.missing_keys and not self.unexpected_keys:
             return "<All keys matched successfully>"
@@ -28,13 +31,16 @@ class RemovableHandle:
 
     _next_id = 0
 
-    def __init__(self, hooks: dict):
+    def __init__(self, hooks: dict, extra: tuple = ()):
         self.hooks = hooks
+        self.extra = extra          # sets that also name the hook (with_kwargs, always_call)
         self.id = RemovableHandle._next_id
         RemovableHandle._next_id += 1
 
     def remove(self) -> None:
         self.hooks.pop(self.id, None)
+        for names in self.extra:
+            names.discard(self.id)
 
     def __enter__(self) -> "RemovableHandle":
         return self
@@ -83,7 +89,44 @@ class Module:
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
-        for hook_id, hook in list(self._forward_pre_hooks.items()):
+        if self.__dict__.get("_forward_hooks_always_called") or \
+                _global_forward_hooks_always_called:
+            return self._call_always(args, kwargs)
+        return self._call_impl(args, kwargs)
+
+    def _call_always(self, args: tuple, kwargs: dict):
+        """A call with forward hooks registered with always_call=True: when forward (or a
+        hook) raises, those not yet run are run (with output None) before the error goes on;
+        an error of theirs is only warned about, as in PyTorch."""
+        called: set = set()
+        try:
+            return self._call_impl(args, kwargs, called)
+        except Exception:
+            own = self.__dict__.get("_forward_hooks_always_called") or set()
+            pending = [(i, h, i in _global_forward_hooks_with_kwargs)
+                       for i, h in _global_forward_hooks.items()
+                       if i in _global_forward_hooks_always_called and i not in called]
+            pending += [(i, h, i in self._forward_hooks_with_kwargs)
+                        for i, h in self._forward_hooks.items() if i in own and i not in called]
+            result = None
+            for _, hook, with_kwargs in pending:
+                try:
+                    out = hook(self, args, kwargs, result) if with_kwargs else \
+                        hook(self, args, result)
+                    if out is not None:
+                        result = out
+                except Exception as e:
+                    warnings.warn(f"module forward hook with ``always_call=True`` raised an "
+                                  f"exception that was silenced as another error was raised "
+                                  f"in forward: {e}", stacklevel=2)
+            raise
+
+    def _call_impl(self, args: tuple, kwargs: dict, called: set | None = None):
+        # the global hooks (register_module_*_hook) run before the module's own, as in PyTorch
+        pre_hooks = self._forward_pre_hooks.items()
+        if _global_forward_pre_hooks:
+            pre_hooks = (*_global_forward_pre_hooks.items(), *pre_hooks)
+        for hook_id, hook in list(pre_hooks):
             if hook_id in self._forward_pre_hooks_with_kwargs:
                 result = hook(self, args, kwargs)
                 if result is not None:
@@ -93,12 +136,22 @@ class Module:
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
         backward = None
-        if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks"):
-            backward = BackwardHookCall(self, len(args))
+        if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks") \
+                or _global_backward_hooks or _global_backward_pre_hooks:
+            backward = BackwardHookCall(
+                self, len(args),
+                [*_global_backward_hooks.values(), *self._backward_hooks.values()],
+                [*_global_backward_pre_hooks.values(), *self._backward_pre_hooks.values()])
             args = backward.wrap_inputs(args)
         output = self.forward(*args, **kwargs)
-        for hook_id, hook in list(self._forward_hooks.items()):
-            if hook_id in self._forward_hooks_with_kwargs:
+        forward_hooks = self._forward_hooks.items()
+        if _global_forward_hooks:
+            forward_hooks = (*_global_forward_hooks.items(), *forward_hooks)
+        for hook_id, hook in list(forward_hooks):
+            if called is not None:
+                called.add(hook_id)
+            if hook_id in self._forward_hooks_with_kwargs or \
+                    hook_id in _global_forward_hooks_with_kwargs:
                 result = hook(self, args, kwargs, output)
             else:
                 result = hook(self, args, output)
@@ -194,6 +247,13 @@ class Module:
             self._forward_hooks_with_kwargs.add(handle.id)
         if prepend:
             self._forward_hooks.move_to_end(handle.id, last=False)
+        if always_call:
+            always = self.__dict__.get("_forward_hooks_always_called")
+            if always is None:
+                always = set()
+                object.__setattr__(self, "_forward_hooks_always_called", always)
+            always.add(handle.id)
+            handle.extra = (always,)
         return handle
 
     # ------------------------------------------------------------------ registration
@@ -407,17 +467,24 @@ class Module:
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "Module":
         """Convert every parameter, gradient and buffer in place (only this module's own with
         recurse=False), keeping Parameter identity (so an optimizer built before `.to()` still
-        holds the same objects)."""
+        holds the same objects), unless
+        `kiln.__future__.set_overwrite_module_params_on_conversion(True)` asks for new ones."""
+        overwrite = get_overwrite_module_params_on_conversion()
         for module in self.modules() if recurse else (self,):
-            for name, param in module._parameters.items():
+            for name, param in list(module._parameters.items()):
                 if param is None:
                     continue
                 with kiln.no_grad():
                     converted = fn(param)
-                param.data = converted
-                if param.grad is not None:
+                grad = param.grad
+                if overwrite:
+                    param = Parameter(converted, param.requires_grad)
+                    module._parameters[name] = param
+                else:
+                    param.data = converted
+                if grad is not None:
                     with kiln.no_grad():
-                        param.grad = fn(param.grad)
+                        param.grad = fn(grad)
             for name, buf in module._buffers.items():
                 if buf is not None:
                     module._buffers[name] = fn(buf)
@@ -569,7 +636,7 @@ class Module:
             expected.update(prefix + k for k, v in module._buffers.items()
                             if v is not None and k not in module._non_persistent_buffers_set)
         unexpected = [k for k in state_dict if k not in expected]
-        result = _IncompatibleKeysResult(missing, unexpected)
+        result = _IncompatibleKeys(missing, unexpected)
         for module in self.modules():
             for hook in module.__dict__.get("_load_state_dict_post_hooks", {}).values():
                 hook(module, result)
@@ -628,6 +695,74 @@ def _check_name(module: Module, name: str, kind: str) -> None:
     registry = "_parameters" if kind == "parameter" else "_buffers"
     if hasattr(module, name) and name not in getattr(module, registry):
         raise KeyError(f"attribute '{name}' already exists")
+
+
+# hooks every module runs (torch.nn.modules.module.register_module_*_hook), before its own
+_global_forward_pre_hooks: OrderedDict = OrderedDict()
+_global_forward_hooks: OrderedDict = OrderedDict()
+_global_forward_hooks_with_kwargs: set = set()
+_global_forward_hooks_always_called: set = set()
+_global_backward_pre_hooks: OrderedDict = OrderedDict()
+_global_backward_hooks: OrderedDict = OrderedDict()
+
+
+class _GlobalHookHandle(RemovableHandle):
+    """A global hook's handle. Compiled functions replay without running hooks: registering or
+    removing a global hook makes every compiled function trace again (kiln.compiler.reset), as
+    torch.compile's guards on the global hook registries make it recompile."""
+
+    def __init__(self, hooks: dict, extra: tuple = ()):
+        super().__init__(hooks, extra)
+        reset_compiled()
+
+    def remove(self) -> None:
+        if self.id in self.hooks:
+            super().remove()
+            reset_compiled()
+
+
+def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
+    """`hook(module, args)` runs before every module's forward (before the module's own
+    pre-hooks); a non-None result replaces the positional arguments."""
+    handle = _GlobalHookHandle(_global_forward_pre_hooks)
+    _global_forward_pre_hooks[handle.id] = hook
+    return handle
+
+
+def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
+                                 always_call: bool = False) -> RemovableHandle:
+    """`hook(module, args, output)` (with_kwargs: `hook(module, args, kwargs, output)`) runs
+    after every module's forward, before the module's own forward hooks; a non-None result
+    replaces the output. With `always_call`, it runs (with output None) even when forward
+    raises."""
+    handle = _GlobalHookHandle(_global_forward_hooks)
+    _global_forward_hooks[handle.id] = hook
+    if with_kwargs:
+        _global_forward_hooks_with_kwargs.add(handle.id)
+    if always_call:
+        _global_forward_hooks_always_called.add(handle.id)
+    handle.extra = (_global_forward_hooks_with_kwargs, _global_forward_hooks_always_called)
+    return handle
+
+
+def register_module_full_backward_pre_hook(hook: Callable) -> RemovableHandle:
+    """`hook(module, grad_output)` for every module, before the module's own."""
+    handle = _GlobalHookHandle(_global_backward_pre_hooks)
+    _global_backward_pre_hooks[handle.id] = hook
+    return handle
+
+
+def register_module_full_backward_hook(hook: Callable) -> RemovableHandle:
+    """`hook(module, grad_input, grad_output)` for every module, before the module's own."""
+    handle = _GlobalHookHandle(_global_backward_hooks)
+    _global_backward_hooks[handle.id] = hook
+    return handle
+
+
+def register_module_backward_hook(hook: Callable) -> RemovableHandle:
+    """The deprecated spelling; kiln gives it the full-hook semantics (as the per-module
+    register_backward_hook)."""
+    return register_module_full_backward_hook(hook)
 
 
 def _add_hook(module: Module, registry: str, hook: Callable, prepend: bool) -> RemovableHandle:

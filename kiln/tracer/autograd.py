@@ -53,10 +53,11 @@ class Node:
     @property
     def next_functions(self):
         """((node, 0), ...) per input, as PyTorch's: the input's grad_fn, an AccumulateGrad
-        naming a leaf that requires grad (`.variable`), or None for an input without one."""
-        if self.edges is None:
+        naming a leaf that requires grad (`.variable`), or None for an input without one.
+        Still there after a backward has freed the saved values, as in PyTorch."""
+        edges = getattr(self, "edges", None)
+        if edges is None:
             return ()
-        edges = self.edges
         shown = _SHOWN_INPUTS.get(self.prim)
         if shown is not None:       # the rest are values the node keeps for its rule
             edges = edges[:shown]
@@ -755,6 +756,13 @@ _POST_ACCUMULATE: dict[int, tuple] = {}     # id -> (weakref to the tensor, hook
 _QUEUED: list = []                          # callables to run when the current backward ends
 
 
+def grad_hooks_of(tensor: Tensor) -> tuple:
+    """(register_hook's hooks, post-accumulate-grad hooks) of a leaf, as a value that changes
+    when either changes (the compiler guards on it: a trace ran them into its backward)."""
+    post = _POST_ACCUMULATE.get(id(tensor))
+    return (tensor._hooks, None if post is None else post[1])
+
+
 def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle":
     """Call `hook(tensor)` each backward, as soon as `tensor.grad` is complete (a leaf only)."""
     if tensor.grad_fn is not None:
@@ -762,7 +770,10 @@ def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle
     key = id(tensor)
     entry = _POST_ACCUMULATE.get(key)
     if entry is None or entry[0]() is not tensor:
-        ref = weakref.ref(tensor, lambda _r, key=key: _POST_ACCUMULATE.pop(key, None))
+        # the table is bound now: at interpreter exit the module's globals may be gone (None)
+        # before the tensor is collected
+        ref = weakref.ref(tensor, lambda _r, key=key, table=_POST_ACCUMULATE:
+                          table.pop(key, None))
         entry = (ref, ())
     _POST_ACCUMULATE[key] = (entry[0], entry[1] + (hook,))
     return _PostHookHandle(key, hook)

@@ -36,6 +36,17 @@ class FunctionCtx:
         self._non_differentiable: set[int] = set()
         self._dirty: set[int] = set()
         self.materialize_grads = True
+        self._saved_forward: tuple | None = None   # save_for_forward's, read by jvp
+        self._in_jvp = False
+
+    def save_for_forward(self, *tensors) -> None:
+        """Tensors for `jvp`, which reads them as `ctx.saved_tensors` (backward reads the
+        ones given to save_for_backward), as in PyTorch."""
+        for t in tensors:
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"save_for_forward can only save tensors (or None), got "
+                                f"{type(t).__name__}; store other values as ctx attributes")
+        self._saved_forward = tensors
 
     def save_for_backward(self, *tensors) -> None:
         for t in tensors:
@@ -46,6 +57,8 @@ class FunctionCtx:
 
     @property
     def saved_tensors(self) -> tuple:
+        if self._in_jvp and self._saved_forward is not None:
+            return self._saved_forward
         if self._packed is None:
             return self._saved
         # saved under saved_tensors_hooks: unpacked on each access, as in PyTorch
@@ -225,7 +238,11 @@ def _call_jvp(cls, ctx, args: tuple, results: list) -> None:
                 if t is None and isinstance(a, Tensor) and a.dtype.is_floating_point else t
                 for a, t in zip(args, tangents)]
     with autograd.no_grad():
-        out = cls.jvp(ctx, *tangents)
+        ctx._in_jvp = True
+        try:
+            out = cls.jvp(ctx, *tangents)
+        finally:
+            ctx._in_jvp = False
     out = out if isinstance(out, tuple) else (out,)
     if len(out) != len(results):
         raise RuntimeError(f"{cls.__name__}.jvp returned {len(out)} tangents for "

@@ -454,8 +454,10 @@ def _contains(self, element):
 
 _METHODS = {
     # arithmetic operators
-    "__add__": F.add, "__radd__": _reflected(F.add), "__sub__": F.sub,
-    "__rsub__": _reflected(F.sub), "__mul__": F.mul, "__rmul__": _reflected(F.mul),
+    # `2 * t` is t.mul(2), as in PyTorch: the tensor stays the first input of the node, so
+    # grad_fn.next_functions lists it first (tutorials walk next_functions[0][0])
+    "__add__": F.add, "__radd__": F.add, "__sub__": F.sub,
+    "__rsub__": _reflected(F.sub), "__mul__": F.mul, "__rmul__": F.mul,
     "__truediv__": F.div, "__rtruediv__": _reflected(F.div), "__floordiv__": F.floor_divide,
     "__rfloordiv__": _reflected(F.floor_divide), "__mod__": F.remainder,
     "__rmod__": _reflected(F.remainder), "__pow__": F.pow, "__rpow__": _reflected(F.pow),

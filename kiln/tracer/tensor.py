@@ -192,7 +192,9 @@ class Tensor:
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
-        if self.requires_grad and not force:
+        # as in PyTorch, refused only while grad mode is on: under no_grad (and so inside a
+        # custom Function's forward) a tensor that requires grad converts
+        if self.requires_grad and STATE.grad_enabled and not force:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
                                "Use tensor.detach().numpy() instead.")
         if self.device.type != "cpu" and not force:

@@ -30,9 +30,11 @@ class Binding:
 
     kind "arg": positional path `path` into the flattened arguments; "lifted": the tensor
     `tensor` itself (a parameter, buffer or state); "grad": the current `.grad` of graph input
-    `path` (read when gradients accumulate; the `.grad` object may be replaced between calls);
-    "seed": fresh random numbers, `draw(generator)` (an array); "scalar": the Python number `path[0][path[1]]` (an
-    optimizer's learning rate, which a scheduler changes between calls), as a float64 scalar.
+    `path`, or of `tensor` when `path` is None (read when gradients accumulate, or by an
+    optimizer step or a clipping; the `.grad` object may be replaced between calls);
+    "seed": fresh random numbers, `draw(generator)` (an array); "scalar": the Python number
+    `path[0][path[1]]` (an optimizer's learning rate, which a scheduler changes between
+    calls), as a float64 scalar.
     """
 
     kind: str
@@ -127,6 +129,11 @@ class Tracer:
         self.alias_of: dict[int, Tensor] = {}
         self.grads_before: dict[int, object] = {}
         self.grad_owner: dict[int, int] = {}  # id(.grad tensor) -> index of its owner input
+        # id(.grad tensor) -> its owner, for tensors the function can reach (set by the
+        # compiler): a gradient read while its owner is never read is still its `.grad`
+        self.grad_holders: dict[int, Tensor] = {}
+        # (tensors, whether each .grad was None) when the call began, for the compiler's guard
+        self.grad_state: tuple = ((), ())
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
@@ -168,7 +175,16 @@ class Tracer:
         self.input_of[id(tensor)] = (tensor, v)
         self.grads_before[id(tensor)] = tensor.grad
         if tensor.grad is not None:
-            self.grad_owner[id(tensor.grad)] = len(self.graph.inputs) - 1
+            owner = len(self.graph.inputs) - 1
+            self.grad_owner[id(tensor.grad)] = owner
+            # the gradient was read before its tensor (an optimizer step computing from
+            # `p.grad` first): it too is that tensor's `.grad` of the moment, which a
+            # zero_grad(set_to_none=True) and a backward between calls replace
+            read = self.input_of.get(id(tensor.grad))
+            if read is not None:
+                i = next(i for i, x in enumerate(self.graph.inputs) if x is read[1])
+                if self.bindings[i].kind == "lifted":
+                    self.bindings[i] = Binding("grad", path=owner)
         self._keep.append(tensor)
         if self.snapshot:
             self.snapshots.append(tensor._data.copy())
@@ -187,6 +203,10 @@ class Tracer:
         if owner is not None:
             return self._input(tensor, f"{self.graph.inputs[owner].name}_grad",
                                Binding("grad", path=owner))
+        holder = self.grad_holders.get(id(tensor))
+        if holder is not None and holder.grad is tensor:
+            name = self.names.get(id(holder)) or f"t{len(self.graph.inputs)}"
+            return self._input(tensor, f"{name}_grad", Binding("grad", tensor=holder))
         name = self.names.get(id(tensor)) or f"t{len(self.graph.inputs)}"
         return self._input(tensor, name, Binding("lifted", tensor=tensor))
 

@@ -1,11 +1,16 @@
 """`kiln.utils.benchmark`: time a Python statement the way torch.utils.benchmark's Timer does
-(timeit and blocked_autorange, giving a Measurement with per-run times and their median)."""
+(timeit and blocked_autorange, giving a Measurement with per-run times and their median), and
+tabulate Measurements as its Compare does."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import timeit as _timeit
 from typing import Callable
+
+
+_MIN_CONFIDENCE_INTERVAL = 25e-9       # a timer's resolution: no figure is finer than 25 ns
 
 
 def _format_time(seconds: float) -> str:
@@ -44,6 +49,16 @@ class Measurement:
             return 0.0
         q = statistics.quantiles(self.times, n=4, method="inclusive")
         return q[2] - q[0]
+
+    @property
+    def significant_figures(self) -> int:
+        """A rough count of the trustworthy digits of the median (1 to 4), from the spread of
+        the middle half of the times, as torch's Measurement estimates it (for Compare)."""
+        ordered = sorted(self.times)
+        middle = ordered[len(ordered) // 4:math.ceil(3 * len(ordered) / 4)]
+        spread = 1.645 * statistics.pstdev(middle) / math.sqrt(len(middle))
+        interval = max(spread, _MIN_CONFIDENCE_INTERVAL)
+        return min(max(math.floor(math.log10(self.median / interval)), 1), 4)
 
     @property
     def title(self) -> str:
@@ -111,3 +126,116 @@ class Timer:
             if callback is not None:
                 callback(number, took)
         return Measurement(number, raw, self._stmt, **self._info)
+
+
+_UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+_UNIT_NAMES = {"s": "seconds (s)", "ms": "milliseconds (ms)", "us": "microseconds (us)",
+               "ns": "nanoseconds (ns)"}
+
+
+def _trim_sigfig(x: float, figures: int) -> float:
+    """`x` rounded to `figures` significant figures (3.14159, 2 -> 3.1)."""
+    scale = 10.0 ** (math.ceil(math.log10(abs(x))) - figures)
+    return round(x / scale) * scale
+
+
+class Compare:
+    """A table of Measurements, as torch.utils.benchmark.Compare prints it: one block per
+    label, rows by num_threads then sub_label, columns by description, each cell a median in
+    the unit of the fastest one."""
+
+    def __init__(self, results: list[Measurement]) -> None:
+        self._results: list[Measurement] = []
+        self._trim = False
+        self._colorize: str | None = None     # None, "columnwise" or "rowwise"
+        self.extend_results(results)
+
+    def extend_results(self, results: list[Measurement]) -> None:
+        for r in results:
+            if not isinstance(r, Measurement):
+                raise ValueError(f"Expected an instance of `Measurement`, got {type(r)} "
+                                 "instead.")
+        self._results.extend(results)
+
+    def trim_significant_figures(self) -> None:
+        self._trim = True
+
+    def colorize(self, rowwise: bool = False) -> None:
+        self._colorize = "rowwise" if rowwise else "columnwise"
+
+    def highlight_warnings(self) -> None:
+        """Accepted: kiln's Measurements carry no noise warnings to highlight."""
+
+    def print(self) -> None:
+        print(str(self))
+
+    def __str__(self) -> str:
+        blocks = []
+        for label in dict.fromkeys(r.label for r in self._results):
+            blocks.append(self._render([r for r in self._results if r.label == label], label))
+        return "\n\n".join(blocks)
+
+    def _render(self, results: list[Measurement], label) -> str:
+        scale_name, scale = next(((name, s) for name, s in _UNITS
+                                  if min(r.median for r in results) >= s), _UNITS[-1])
+        columns = list(dict.fromkeys(r.description or "" for r in results))
+        rows = sorted(dict.fromkeys((r.num_threads, r.sub_label or r.stmt) for r in results),
+                      key=lambda row: row[0])
+        cell = {(r.num_threads, r.sub_label or r.stmt, r.description or ""): r.median / scale
+                for r in results}
+        by_key = {(r.num_threads, r.sub_label or r.stmt, r.description or ""): r
+                  for r in results}
+        text = {}
+        for c in columns:
+            members = [(key, m) for key, m in by_key.items() if key[2] == c]
+            leading = [math.ceil(math.log10(m.median / scale)) for _, m in members]
+            decimals = min(max(m.significant_figures - d, 0) for d, (_, m) in
+                           zip(leading, members)) if self._trim else 1
+            length = max(leading) + decimals + (1 if decimals else 0)
+            for key, m in members:
+                value = cell[key]
+                if self._trim:
+                    value = _trim_sigfig(value, m.significant_figures)
+                text[key] = f"{value:>{length}.{decimals}f}"
+        width = max([len(c) for c in columns] + [len(t) for t in text.values()] + [1])
+        row_width = max(len(str(name)) for _, name in rows) + 9
+        header = " " * row_width + "|" + "|".join(f"  {c:^{width}}  " for c in columns)
+        rule = f"[{'-' * max(1, (len(header) - len(str(label or '')) - 4) // 2)} {label or ''} "
+        rule += "-" * max(1, len(header) - len(rule) - 1) + "]"
+        lines = [rule, header]
+        threads = None
+        for n, name in rows:
+            if n != threads:
+                threads = n
+                lines.append(f"{n} threads: " + "-" * max(1, len(header) - 12))
+            values = [cell.get((n, name, c)) for c in columns]
+            shown = [self._paint(f"{text.get((n, name, c), ''):^{width}}", v,
+                                 self._peers(cell, n, name, c))
+                     for c, v in zip(columns, values)]
+            lines.append(f"      {str(name):<{row_width - 6}}|" +
+                         "|".join(f"  {s}  " for s in shown))
+        lines.append("")
+        lines.append(f"Times are in {_UNIT_NAMES[scale_name]}.")
+        return "\n".join(lines)
+
+    def _peers(self, cell: dict, n, name, column) -> list[float]:
+        """The values a cell is colored against: its row's or its column's (same threads)."""
+        if self._colorize == "rowwise":
+            return [v for (t, s, _), v in cell.items() if (t, s) == (n, name)]
+        return [v for (t, _, c), v in cell.items() if t == n and c == column]
+
+    def _paint(self, text: str, value: float | None, peers: list[float]) -> str:
+        """Green for the best of its row (or column) or within 1% of it, blue within 10%,
+        dim red from twice and bold red from five times as slow, as torch colors."""
+        if self._colorize is None or value is None:
+            return text
+        best = min(peers)
+        if value <= best * 1.01 or value <= best + 100e-9:
+            return f"\033[92m\033[1m{text}\033[0m\033[0m"
+        if value <= best * 1.1:
+            return f"\033[34m\033[1m{text}\033[0m\033[0m"
+        if value >= best * 5:
+            return f"\033[31m\033[1m{text}\033[0m\033[0m"
+        if value >= best * 2:
+            return f"\033[2m\033[91m{text}\033[0m\033[0m"
+        return text

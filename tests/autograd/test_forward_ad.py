@@ -360,3 +360,41 @@ def test_compiled_functions_run_eagerly_under_forward_ad():
     messages = [str(c.message) for c in caught]
     assert any("f is called inside a forward AD dual_level" in m for m in messages)
     assert any("graph break in" in m and "forward AD (dual_level)" in m for m in messages)
+
+
+def test_save_for_forward_tensors_are_what_jvp_reads_and_backward_reads_its_own():
+    """ctx.save_for_forward (setup_context style): jvp sees those tensors as saved_tensors,
+    backward the save_for_backward ones; the tangent and the gradient agree with torch's."""
+    results = {}
+    for lib, fwad in ((torch, t_fwad), (kiln, k_fwad)):
+        class ScaledExp(lib.autograd.Function):
+            # jvp's saved tensor is 2x, backward's is x: each reads its own
+            @staticmethod
+            def forward(x):
+                return x.exp()
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                x, = inputs
+                ctx.save_for_backward(output, x)
+                ctx.save_for_forward(output * 2)
+
+            @staticmethod
+            def backward(ctx, g):
+                result, x = ctx.saved_tensors
+                return g * result
+
+            @staticmethod
+            def jvp(ctx, x_t):
+                doubled, = ctx.saved_tensors
+                return x_t * doubled
+        x = lib.tensor(A, requires_grad=True)
+        with fwad.dual_level():
+            out = ScaledExp.apply(fwad.make_dual(x, lib.tensor(VA)))
+            tangent = fwad.unpack_dual(out).tangent.detach().numpy().copy()
+            out.sum().backward()
+        results[lib.__name__] = tangent, x.grad.numpy().copy()
+    np.testing.assert_allclose(results["kiln"][0], 2 * np.exp(A) * VA, **TOL)
+    np.testing.assert_allclose(results["kiln"][1], np.exp(A), **TOL)
+    for k, t in zip(results["kiln"], results["torch"]):
+        np.testing.assert_allclose(k, t, **TOL)

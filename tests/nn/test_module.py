@@ -295,3 +295,56 @@ def test_reassigned_child_keeps_its_place_in_state_dict_like_torch():
         return Model()
     import torch
     assert list(make(kiln.nn).state_dict()) == list(make(torch.nn).state_dict())
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_future_conversion_switches_decide_parameter_identity_like_torch(overwrite):
+    """torch.__future__: with overwrite on, .double() makes new Parameter objects (an old
+    reference keeps float32 values); by default (and with swap on) the objects stay, converted,
+    with their gradients."""
+    seen = {}
+    for lib in (torch, kiln):
+        lib.__future__.set_overwrite_module_params_on_conversion(overwrite)
+        lib.__future__.set_swap_module_params_on_conversion(not overwrite)
+        try:
+            m = lib.nn.Linear(2, 3)
+            m.weight.grad = lib.ones(3, 2)
+            w = m.weight
+            m.double()
+            seen[lib.__name__] = (w is m.weight, str(w.dtype)[-7:], str(m.weight.dtype)[-7:],
+                                  str(m.weight.grad.dtype)[-7:],
+                                  type(m.weight).__name__, m.weight.requires_grad,
+                                  lib.__future__.get_swap_module_params_on_conversion())
+        finally:
+            lib.__future__.set_overwrite_module_params_on_conversion(False)
+            lib.__future__.set_swap_module_params_on_conversion(False)
+    assert seen["kiln"] == seen["torch"]
+
+
+def test_swap_tensors_swaps_contents_and_keeps_identity_like_torch():
+    seen = {}
+    for lib in (torch, kiln):
+        p = lib.nn.Parameter(lib.tensor([1.0, 2.0]))
+        p.grad = lib.tensor([0.5, 0.5])
+        t = lib.tensor([[3.0], [4.0]], dtype=lib.float64)
+        p_ref, t_ref = p, t
+        lib.utils.swap_tensors(p, t)
+        seen[lib.__name__] = (p is p_ref, t is t_ref, type(p).__name__, type(t).__name__,
+                              p.tolist(), t.tolist(), str(p.dtype)[-7:], p.requires_grad,
+                              t.requires_grad, None if p.grad is None else p.grad.tolist(),
+                              t.grad.tolist())
+    assert seen["kiln"] == seen["torch"]
+
+
+def test_load_state_dict_result_prints_like_torchs():
+    """Scripts print what load_state_dict(strict=False) returns (the warmstarting recipe)."""
+    printed = {}
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        net = lib.nn.Linear(2, 2)
+        partial = net.load_state_dict({"weight": lib.ones(2, 2), "extra": lib.ones(1)},
+                                      strict=False)
+        full = net.load_state_dict(lib.nn.Linear(2, 2).state_dict())
+        printed[lib.__name__] = (repr(partial), str(partial), str(full), type(partial).__name__,
+                                 partial.missing_keys, partial.unexpected_keys, tuple(partial))
+    assert printed["kiln"] == printed["torch"]

@@ -132,3 +132,108 @@ def test_parameter_dict_mapping_methods_match_torch():
         norm.weight.fill_(2.0)
     norm.reset_parameters()
     assert norm.weight.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_global_module_hooks_run_before_the_modules_own_like_torch():
+    """nn.modules.module.register_module_{forward_pre,forward,full_backward_pre,
+    full_backward}_hook: every module's call runs them, before its own hooks; their results
+    replace inputs, outputs and gradients; removing the handles stops them."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(4, 3)), rng.normal(size=(2, 4))
+    x = rng.normal(size=(5, 3))
+    results = {}
+    for lib in (torch, kiln):
+        model = lib.nn.Sequential(lib.nn.Linear(3, 4, bias=False), lib.nn.Tanh(),
+                                  lib.nn.Linear(4, 2, bias=False)).double()
+        with lib.no_grad():
+            model[0].weight.copy_(lib.tensor(w1))
+            model[2].weight.copy_(lib.tensor(w2))
+        log = []
+        mm = lib.nn.modules.module
+        handles = [
+            mm.register_module_forward_pre_hook(
+                lambda m, args: log.append("gpre:" + type(m).__name__)),
+            mm.register_module_forward_hook(
+                lambda m, args, kwargs, out: out * 2 if isinstance(m, lib.nn.Tanh) else None,
+                with_kwargs=True),
+            mm.register_module_full_backward_pre_hook(
+                lambda m, g: (g[0] * 3,) if isinstance(m, lib.nn.Linear) else None),
+            mm.register_module_full_backward_hook(
+                lambda m, gi, go: log.append("gbwd:" + type(m).__name__)),
+        ]
+        model[1].register_forward_pre_hook(lambda m, args: log.append("own_pre"))
+        model[1].register_full_backward_hook(lambda m, gi, go: log.append("own_bwd"))
+        inp = lib.tensor(x, requires_grad=True)
+        out = model(inp)
+        out.sum().backward()
+        for h in handles:
+            h.remove()
+        plain = model(lib.tensor(x)).detach().numpy()
+        results[lib.__name__] = (log, out.detach().numpy(), inp.grad.numpy(),
+                                 model[0].weight.grad.numpy(), plain)
+    k, t = results["kiln"], results["torch"]
+    assert k[0] == t[0]
+    for a, b in zip(k[1:], t[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_always_call_forward_hooks_run_when_forward_raises_like_torch():
+    """register_forward_hook(always_call=True), own and global: when forward raises they run
+    with output None (in torch's order) and the error goes on; the other hooks do not run; a
+    failing always-call hook is a warning; removed, they stop."""
+    import warnings
+    seen = {}
+    for lib in (torch, kiln):
+        class Boom(lib.nn.Module):
+            def forward(self, x, fail=False):
+                if fail:
+                    raise ValueError("forward failed")
+                return x * 2
+        log = []
+        m = Boom()
+        g = lib.nn.modules.module.register_module_forward_hook(
+            lambda mod, args, out: log.append(("global", out is None)), always_call=True)
+        h1 = m.register_forward_hook(lambda mod, args, out: log.append(("plain", None)))
+        h2 = m.register_forward_hook(lambda mod, args, kwargs, out: log.append(
+            ("always", kwargs.get("fail"), out is None)), with_kwargs=True, always_call=True)
+
+        def broken(mod, args, out):
+            if out is None:             # fails only on the way out of a failed forward
+                raise KeyError("hook failed")
+        h3 = m.register_forward_hook(broken, always_call=True)
+        out = m(lib.ones(2))
+        log.append(("ok", out.tolist()))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError, match="forward failed"):
+                m(lib.ones(2), fail=True)
+        log.append(("warned", sum("always_call=True" in str(w.message) for w in caught)))
+        for h in (g, h1, h2, h3):
+            h.remove()
+        with pytest.raises(ValueError):
+            m(lib.ones(2), fail=True)
+        seen[lib.__name__] = log
+    assert seen["kiln"] == seen["torch"]
+
+
+def test_a_global_hook_registered_after_compiling_takes_effect():
+    """A compiled module replays without running Python hooks: registering (and removing) a
+    global forward hook must make it trace again, as torch.compile recompiles."""
+    m = kiln.nn.Linear(2, 1)
+    with kiln.no_grad():
+        m.weight.fill_(1.0)
+        m.bias.zero_()
+    compiled = kiln.compile(m)
+    x = kiln.ones(1, 2)
+    assert [compiled(x).item() for _ in range(2)] == [2.0, 2.0]
+    handle = kiln.nn.modules.module.register_module_forward_hook(lambda mod, a, out: out * 10)
+    try:
+        assert [compiled(x).item() for _ in range(2)] == [20.0, 20.0]
+    finally:
+        handle.remove()
+    assert [compiled(x).item() for _ in range(2)] == [2.0, 2.0]
+    pre = kiln.nn.modules.module.register_module_forward_pre_hook(lambda mod, a: (a[0] * 3,))
+    try:
+        assert compiled(x).item() == 6.0
+    finally:
+        pre.remove()

@@ -147,6 +147,47 @@ def test_embedding_bag_matches_torch():
     np.testing.assert_allclose(k.numpy(), t.numpy(), rtol=1e-12)
 
 
+def test_embedding_bag_prints_like_torch():
+    import torch
+    import kiln
+    for kwargs in ({}, dict(mode="sum", padding_idx=0), dict(max_norm=1.0, norm_type=3.0,
+                                                            mode="max")):
+        assert repr(kiln.nn.EmbeddingBag(5, 2, **kwargs)) == \
+            repr(torch.nn.EmbeddingBag(5, 2, **kwargs))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_compiles_without_graph_break(mode):
+    """The text-classification step (EmbeddingBag over ids + offsets, Linear, cross-entropy,
+    SGD) compiles whole: the ids and offsets are never read into Python. Its losses repeat
+    torch's eager ones."""
+    import torch
+    import kiln
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(12, 5)).astype(np.float32)
+    fc_w = rng.normal(size=(3, 5)).astype(np.float32)
+    batches = [(rng.integers(0, 12, 9), np.sort(rng.choice(9, 4, replace=False))
+                * (np.arange(4) > 0), rng.integers(0, 3, 4)) for _ in range(3)]
+    losses = {}
+    for lib in (torch, kiln):
+        bag = lib.nn.EmbeddingBag.from_pretrained(lib.tensor(weight), freeze=False, mode=mode)
+        fc = lib.nn.Linear(5, 3, bias=False)
+        with lib.no_grad():
+            fc.weight.copy_(lib.tensor(fc_w))
+        opt = lib.optim.SGD([bag.weight, fc.weight], lr=0.5)
+
+        def step(ids, offsets, labels):
+            opt.zero_grad()
+            loss = lib.nn.functional.cross_entropy(fc(bag(ids, offsets)), labels)
+            loss.backward()
+            opt.step()
+            return loss
+        if lib is kiln:
+            step = kiln.compile(step, fullgraph=True)
+        losses[lib.__name__] = [step(*[lib.tensor(a) for a in b]).item() for b in batches]
+    np.testing.assert_allclose(losses["kiln"], losses["torch"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])

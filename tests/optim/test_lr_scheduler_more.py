@@ -2,7 +2,9 @@
 step for step, state_dict round trips, and fractional epochs for warm restarts."""
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +93,42 @@ def test_old_base_class_name_and_errors():
     with pytest.raises(ValueError, match="one more"):
         kiln.optim.lr_scheduler.SequentialLR(
             opt, [kiln.optim.lr_scheduler.ConstantLR(opt)], milestones=[3])
+
+
+@pytest.mark.parametrize("schedule", ["LinearLR", "ExponentialLR", "StepLR"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_tensor_learning_rate_is_filled_in_place_and_compiles_correctly(schedule, compiled):
+    """The compiling-optimizer-with-LR-scheduler recipe: Adam(lr=tensor) and a scheduler
+    stepped inside the (compiled) step. The group's lr tensor is updated in place as in torch
+    (initial_lr keeps its own copy), and the weights and rates follow torch's step by step;
+    compiled (the scheduler's read of the rate is a graph break, so the step runs eagerly)
+    they still do."""
+    kwargs = {"LinearLR": dict(total_iters=4), "ExponentialLR": dict(gamma=0.8),
+              "StepLR": dict(step_size=2, gamma=0.5)}[schedule]
+    results = {}
+    for lib in (torch, kiln):
+        m = lib.nn.Linear(3, 1)
+        with lib.no_grad():
+            m.weight.fill_(0.5)
+            m.bias.fill_(0.1)
+        lr = lib.tensor(0.01)
+        opt = lib.optim.Adam(m.parameters(), lr=lr)
+        sched = getattr(lib.optim.lr_scheduler, schedule)(opt, **kwargs)
+
+        def step():
+            opt.step()
+            sched.step()
+        if lib is kiln and compiled:
+            step = kiln.compile(step)
+        trail = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(6):
+                m(lib.ones(4, 3)).pow(2).sum().backward()
+                step()
+                opt.zero_grad()
+                trail.append([m.weight.sum().item(), float(opt.param_groups[0]["lr"])])
+        assert opt.param_groups[0]["lr"] is lr
+        results[lib.__name__] = trail, float(opt.param_groups[0]["initial_lr"])
+    np.testing.assert_allclose(results["kiln"][0], results["torch"][0], rtol=1e-6)
+    assert results["kiln"][1] == results["torch"][1]

@@ -75,3 +75,32 @@ def test_expand_that_repeats_nothing_can_be_written_through_as_in_torch():
             lib.zeros(1, 3).expand(2, 3).add_(1)
         seen.append(x.tolist())
     assert seen[0] == seen[1] == [2.0, 2.0, 2.0]
+
+
+def test_numpy_of_a_tensor_that_requires_grad_is_refused_only_in_grad_mode():
+    """torch refuses numpy() on a tensor that requires grad only while grad mode is on: under
+    no_grad, and inside a custom Function's forward (which NumPy-backed Functions rely on), it
+    converts."""
+    for lib in (torch, kiln):
+        x = lib.tensor([1.0, 2.0], requires_grad=True)
+        with pytest.raises(RuntimeError, match="requires grad"):
+            x.numpy()
+        with lib.no_grad():
+            np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])
+
+        class Double(lib.autograd.Function):
+            @staticmethod
+            def forward(t):
+                return lib.tensor(t.numpy() * 2)
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                pass
+
+            @staticmethod
+            def backward(ctx, g):
+                return 2 * g
+        y = Double.apply(x)
+        y.sum().backward()
+        np.testing.assert_array_equal(y.detach().numpy(), [2.0, 4.0])
+        np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0])

@@ -105,3 +105,27 @@ def test_shape_ops_name_their_nodes_as_torch(call) -> None:
     data = np.random.default_rng(4).normal(size=(3, 1, 4))
     names = [call(lib.tensor(data, requires_grad=True)).grad_fn.name() for lib in (torch, kiln)]
     assert names[1] == names[0]
+
+
+def test_reflected_add_and_mul_keep_the_tensor_first_in_next_functions():
+    """`2 * b` and `1 + b` are b.mul(2) and b.add(1) in torch: the autograd tutorial walks
+    d.grad_fn.next_functions[0][0]... from d = 2 * sin(a) + 1 down to a's AccumulateGrad."""
+    import math
+
+    def chain(lib):
+        a = lib.linspace(0.0, 2 * math.pi, steps=5, requires_grad=True)
+        d = 1 + 2 * lib.sin(a)
+        def name(node):
+            return None if node is None else node.name().replace("torch::autograd::", "")
+        def walk():
+            names, node = [], d.grad_fn
+            while node is not None:
+                names.append((name(node), [name(f) for f, _ in node.next_functions]))
+                node = node.next_functions[0][0] if node.next_functions else None
+            return names
+        before = walk()
+        d.sum().backward()
+        return before, walk(), a.grad.tolist()     # the graph's shape outlives backward
+    k, t = chain(kiln), chain(torch)
+    assert k[:2] == t[:2]
+    np.testing.assert_allclose(k[2], t[2], rtol=1e-6, atol=1e-6)

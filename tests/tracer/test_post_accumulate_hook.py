@@ -46,3 +46,24 @@ def test_post_accumulate_hook_fires_before_the_rest_of_backward_and_can_be_remov
     handle.remove()
     loss().backward()
     assert len(events) == 1 and len(queue_hits) == 2
+
+
+def test_a_hooked_parameter_alive_at_exit_leaves_no_error_message(tmp_path):
+    """The optimizer-step-in-backward recipe keeps its hooked parameters until the interpreter
+    exits; their registry's cleanup then must not fail (it printed 'Exception ignored in ...
+    AttributeError: NoneType has no attribute pop')."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "hooked.py"
+    script.write_text("import kiln\n"
+                      "m = kiln.nn.Linear(3, 2)\n"
+                      "for p in m.parameters():\n"
+                      "    p.register_post_accumulate_grad_hook(lambda p: None)\n"
+                      "m(kiln.ones(1, 3)).sum().backward()\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr

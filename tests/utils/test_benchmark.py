@@ -31,3 +31,41 @@ def test_timer_runs_the_statement_with_its_globals_and_labels():
     assert len(m.raw_times) >= 3 and m.median > 0
     with pytest.raises(ValueError, match="Python statements only"):
         kb.Timer("x", language="c++")
+
+
+def test_compare_lays_out_the_table_like_torch():
+    """torch.utils.benchmark.Compare over the same measurements: the same rows (threads, then
+    sub_label), columns (description), cell values in the same unit after
+    trim_significant_figures, and the same colors (by ratio to the row's best)."""
+    import re
+    specs = [(1, "[2]", "sum", 2.1e-6), (1, "[2]", "mean", 3.52e-6), (1, "[40]", "sum", 1.5e-6),
+             (1, "[40]", "mean", 13.4e-6), (2, "[2]", "sum", 1.6e-6), (2, "[2]", "mean", 3.6e-6)]
+    measured = {
+        "kiln": [kb.Measurement(10, [median * 10], "x", label="reduce", sub_label=sub,
+                                description=desc, num_threads=n)
+                 for n, sub, desc, median in specs],
+        # torch's Measurement takes its metadata as a TaskSpec
+        "torch": [tb.Measurement(10, [median * 10], tb.TaskSpec(
+            "x", "pass", label="reduce", sub_label=sub, description=desc, num_threads=n))
+            for n, sub, desc, median in specs]}
+    tables = {}
+    for name, B in (("torch", tb), ("kiln", kb)):
+        compare = B.Compare(measured[name])
+        compare.trim_significant_figures()
+        compare.colorize(rowwise=True)
+        tables[name] = str(compare)
+
+    def cells(text):
+        rows = []
+        for line in text.splitlines():
+            if "|" in line:
+                rows.append([re.sub(r"\x1b\[[0-9;]*m", "", c).strip() for c in line.split("|")])
+            elif "threads:" in line:
+                rows.append([line.split(":")[0]])
+        return rows
+
+    def colors(text):
+        return re.findall(r"((?:\x1b\[[0-9;]*m)+)\s*([0-9.]+)", text)
+    assert cells(tables["kiln"]) == cells(tables["torch"])
+    assert colors(tables["kiln"]) == colors(tables["torch"])
+    assert "Times are in microseconds (us)." in tables["kiln"]

@@ -1,0 +1,59 @@
+"""`kiln.nn.attention`: choosing scaled_dot_product_attention's backend (`sdpa_kernel`).
+
+kiln has one implementation of `F.scaled_dot_product_attention`: the math one, softmax(q k^T *
+scale + mask) v composed of primitives (the compiler fuses it like any composite). It is
+`SDPBackend.MATH`. `sdpa_kernel` sets and restores the same flags as
+`kiln.backends.cuda.enable_*_sdp`; the fused backends' flags are only stored, and a call made
+while MATH is turned off raises, since kiln has no other kernel to run (checked when the call
+runs eagerly or is traced: the replay of a compiled function traced with MATH on runs the
+attention it traced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import Iterator
+
+from kiln.backends import _sdp_enabled
+from kiln.nn.attention import bias  # noqa: F401  (torch.nn.attention.bias)
+
+__all__ = ["SDPBackend", "sdpa_kernel"]
+
+
+class SDPBackend(enum.IntEnum):
+    """The backends PyTorch names (with its numbering); kiln implements MATH."""
+    ERROR = -1
+    MATH = 0
+    FLASH_ATTENTION = 1
+    EFFICIENT_ATTENTION = 2
+    CUDNN_ATTENTION = 3
+    OVERRIDEABLE = 4
+
+    def __str__(self) -> str:
+        return f"SDPBackend.{self.name}"    # as torch prints it (an IntEnum prints its number)
+
+
+_FLAG_OF = {SDPBackend.MATH: "math", SDPBackend.FLASH_ATTENTION: "flash",
+            SDPBackend.EFFICIENT_ATTENTION: "mem_efficient",
+            SDPBackend.CUDNN_ATTENTION: "cudnn", SDPBackend.OVERRIDEABLE: "overrideable"}
+
+
+@contextlib.contextmanager
+def sdpa_kernel(backends: list[SDPBackend] | SDPBackend,
+                set_priority: bool = False) -> Iterator[dict]:
+    """Within the block, only `backends` are enabled for scaled_dot_product_attention; the
+    previous flags come back on exit. `set_priority` is accepted and has nothing to order."""
+    if isinstance(backends, SDPBackend):
+        backends = [backends]
+    if not isinstance(backends, list) or \
+            not all(isinstance(b, SDPBackend) for b in backends):
+        raise TypeError(f"sdpa_kernel: backends must be an SDPBackend or a list of SDPBackend "
+                        f"members, got {backends!r}")
+    previous = dict(_sdp_enabled)
+    for backend, flag in _FLAG_OF.items():
+        _sdp_enabled[flag] = backend in backends
+    try:
+        yield {}
+    finally:
+        _sdp_enabled.update(previous)

@@ -1,0 +1,71 @@
+"""`kiln.nn.attention.bias`: causal masks scaled_dot_product_attention takes as `attn_mask`
+without materializing them (CausalBias, causal_upper_left, causal_lower_right).
+
+UPPER_LEFT is `is_causal=True`'s mask (query i sees keys 0..i); LOWER_RIGHT aligns the diagonal
+to the last key (query i sees keys 0..i + S - L), the mask of a decoding step over a cache.
+kiln's math implementation runs LOWER_RIGHT with the materialized boolean mask.
+"""
+
+from __future__ import annotations
+
+import warnings
+from enum import IntEnum
+
+import kiln
+from kiln import Tensor
+
+__all__ = ["CausalVariant", "CausalBias", "causal_upper_left", "causal_lower_right"]
+
+
+class CausalVariant(IntEnum):
+    """Where the causal mask's diagonal starts: the top-left or the bottom-right corner."""
+    UPPER_LEFT = 1
+    LOWER_RIGHT = 2
+
+
+class CausalBias:
+    """A causal mask of `seq_len_q` x `seq_len_kv`, described rather than stored."""
+
+    def __init__(self, variant: CausalVariant, seq_len_q: int, seq_len_kv: int) -> None:
+        if not isinstance(variant, CausalVariant):
+            raise TypeError(f"CausalBias: variant must be a CausalVariant, got "
+                            f"{type(variant).__name__}")
+        self.variant, self.seq_len_q, self.seq_len_kv = variant, seq_len_q, seq_len_kv
+        if seq_len_q > seq_len_kv and variant == CausalVariant.LOWER_RIGHT:
+            warnings.warn("Lower right causal bias will produce NaNs in the output when "
+                          "seq_len_q > seq_len_kv!", stacklevel=2)
+
+    def _materialize(self, device=None) -> Tensor:
+        """The boolean mask (True: the key takes part)."""
+        ones = kiln.ones(self.seq_len_q, self.seq_len_kv, dtype=kiln.bool,
+                         device=device if device is not None else "cpu")
+        if self.variant == CausalVariant.UPPER_LEFT:
+            return kiln.tril(ones)
+        return kiln.tril(ones, diagonal=self.seq_len_kv - self.seq_len_q)
+
+    def _sdpa_arguments(self, is_causal: bool, device) -> tuple[Tensor | None, bool]:
+        """(attn_mask, is_causal) to run scaled_dot_product_attention with in its place."""
+        if is_causal:
+            raise ValueError("CausalBias should not be used with causal=True")
+        if self.seq_len_q == self.seq_len_kv or self.variant == CausalVariant.UPPER_LEFT:
+            return None, True
+        return self._materialize(device), False
+
+    def __repr__(self) -> str:
+        return repr(self._materialize())
+
+
+def _size(size: tuple, name: str) -> tuple[int, int]:
+    if len(size) != 2:
+        raise ValueError(f"{name}: a causal bias is 2-D, got size {size}")
+    return int(size[0]), int(size[1])
+
+
+def causal_upper_left(*size) -> CausalBias:
+    """The mask of `is_causal=True`: query i attends to keys 0..i."""
+    return CausalBias(CausalVariant.UPPER_LEFT, *_size(size, "causal_upper_left"))
+
+
+def causal_lower_right(*size) -> CausalBias:
+    """The causal mask aligned to the last key: query i attends to keys 0..i + (S - L)."""
+    return CausalBias(CausalVariant.LOWER_RIGHT, *_size(size, "causal_lower_right"))
