@@ -40,9 +40,10 @@ PUBLIC_ONLY = {"nn", "optim", "utils", "distributions", "metrics"}
 # nn.functional builds on, as torch.nn.functional uses torch.ops.
 PUBLIC_PACKAGES = {"kiln", "nn", "optim", "utils", "autograd", "distributed", "distributions",
                    "linalg", "special", "fft", "amp", "metrics", "serialization", "compiler",
-                   "ops", "func"}
+                   "ops", "func", "backends", "__future__"}
 COMPILER_HOOKS = {"compile", "composite", "is_compiling", "untraced", "note_grad_cleared",
-                  "scalar_input", "replay_after", "note_python_read"}
+                  "scalar_input", "replay_after", "note_python_read", "note_grads_checked",
+                  "reset"}
 
 # Imports allowed despite the rules: (importer, imported module) -> why. Keep it short; every
 # entry is a debt with its reason.

@@ -26,7 +26,8 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
-                                 note_python_read, replay_after, scalar_input, untraced)
+                                 note_grads_checked, note_python_read, replay_after,
+                                 scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import Primitive
@@ -795,11 +796,13 @@ class CompiledFunction:
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
             for obj, attr, value in tracer.object_reads]
-        # which reachable tensors had a `.grad` when the call began (an optimizer step skips
-        # those without), but for those a zero_grad() in the call cleared before reading them
+        # which reachable tensors had a `.grad` when the call began, where the call branched
+        # on it (an optimizer step skips those without; a clipping gathers those with) or read
+        # a `.grad`; not for those a zero_grad() in the call cleared before reading them. A
+        # forward whose backward runs outside needs no such guard.
         candidates, state = tracer.grad_state
         kept = [i for i, t in enumerate(candidates) if id(t) not in tracer.cleared]
-        if kept:
+        if kept and (tracer.grads_checked or any(b.kind == "grad" for b in program.bindings)):
             tensors = [candidates[i] for i in kept]
             entry.guards.append(guards.Guard(
                 f"which of {len(tensors)} tensors requiring grad have a .grad",

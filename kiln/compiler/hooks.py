@@ -5,7 +5,8 @@ These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the 
 `note_grad_cleared()` for `zero_grad(set_to_none=True)`, `scalar_input()` for a number a
 compiled program reads afresh on every call (a learning rate a scheduler changes), and
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
-compiled function), and `note_python_read()` for a user's read of such a number. `composite`
+compiled function), `note_python_read()` for a user's read of such a number, and
+`note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
 names the nodes a function built of several ops records (`# layer_norm @ model.py:12` in
 listings).
 """
@@ -43,6 +44,14 @@ def note_grad_cleared(tensor: Tensor) -> None:
     """`tensor.grad` is being set to None (zero_grad(set_to_none=True)): a compiled replay
     must clear it too. Does nothing outside a trace."""
     _trace.note_grad_cleared(tensor)
+
+
+def note_grads_checked() -> None:
+    """Library code is about to branch on which parameters have a `.grad` (an optimizer step
+    skips those without, a clipping gathers those with): a replay must find the same ones, so
+    the compiled entry guards it. Does nothing outside a trace."""
+    if STATE.tracer is not None:
+        STATE.tracer.grads_checked = True
 
 
 def scalar_input(container: dict, key, device: Device, index: int | None = None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 
-from kiln.nn.module import Module
+from kiln.nn.module import _GLOBAL_HOOKS_SKIPPED, Module
 
 
 class OptimizedModule(Module):
@@ -23,7 +23,16 @@ class OptimizedModule(Module):
         object.__setattr__(self, "_compiled", compiled)    # not a submodule
 
     def forward(self, *args, **kwargs):
-        return self.__dict__["_compiled"](*args, **kwargs)
+        # global module hooks ran on this wrapper: the original's call skips them (torch fires
+        # them once, on the OptimizedModule)
+        inner = id(self._orig_mod)
+        skipped = inner in _GLOBAL_HOOKS_SKIPPED
+        _GLOBAL_HOOKS_SKIPPED.add(inner)
+        try:
+            return self.__dict__["_compiled"](*args, **kwargs)
+        finally:
+            if not skipped:
+                _GLOBAL_HOOKS_SKIPPED.discard(inner)
 
     def __getattr__(self, name: str):
         try:

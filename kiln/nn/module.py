@@ -124,7 +124,8 @@ class Module:
     def _call_impl(self, args: tuple, kwargs: dict, called: set | None = None):
         # the global hooks (register_module_*_hook) run before the module's own, as in PyTorch
         pre_hooks = self._forward_pre_hooks.items()
-        if _global_forward_pre_hooks:
+        globals_apply = id(self) not in _GLOBAL_HOOKS_SKIPPED
+        if _global_forward_pre_hooks and globals_apply:
             pre_hooks = (*_global_forward_pre_hooks.items(), *pre_hooks)
         for hook_id, hook in list(pre_hooks):
             if hook_id in self._forward_pre_hooks_with_kwargs:
@@ -136,16 +137,19 @@ class Module:
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
         backward = None
+        global_backward = (_global_backward_hooks or _global_backward_pre_hooks) and globals_apply
         if self.__dict__.get("_backward_hooks") or self.__dict__.get("_backward_pre_hooks") \
-                or _global_backward_hooks or _global_backward_pre_hooks:
+                or global_backward:
             backward = BackwardHookCall(
                 self, len(args),
-                [*_global_backward_hooks.values(), *self._backward_hooks.values()],
-                [*_global_backward_pre_hooks.values(), *self._backward_pre_hooks.values()])
+                [*(_global_backward_hooks.values() if globals_apply else ()),
+                 *self._backward_hooks.values()],
+                [*(_global_backward_pre_hooks.values() if globals_apply else ()),
+                 *self._backward_pre_hooks.values()])
             args = backward.wrap_inputs(args)
         output = self.forward(*args, **kwargs)
         forward_hooks = self._forward_hooks.items()
-        if _global_forward_hooks:
+        if _global_forward_hooks and globals_apply:
             forward_hooks = (*_global_forward_hooks.items(), *forward_hooks)
         for hook_id, hook in list(forward_hooks):
             if called is not None:
@@ -699,6 +703,10 @@ def _check_name(module: Module, name: str, kind: str) -> None:
 
 # hooks every module runs (torch.nn.modules.module.register_module_*_hook), before its own
 _global_forward_pre_hooks: OrderedDict = OrderedDict()
+# ids of modules whose call skips the global hooks: a compiled module's original while its
+# OptimizedModule wrapper (which runs them) calls it, so they fire once, on the wrapper, as
+# with torch.compile
+_GLOBAL_HOOKS_SKIPPED: set = set()
 _global_forward_hooks: OrderedDict = OrderedDict()
 _global_forward_hooks_with_kwargs: set = set()
 _global_forward_hooks_always_called: set = set()

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 import kiln
-from kiln.compiler import untraced
+from kiln.compiler import note_grads_checked, untraced
 from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
 
 
@@ -37,6 +37,7 @@ class Adafactor(Optimizer):
 
     def step(self, closure=None):
         loss = self._run_closure(closure)
+        note_grads_checked()
         with kiln.no_grad():
             for group in self.param_groups:
                 eps1 = group["eps"][0]

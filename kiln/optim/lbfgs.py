@@ -15,6 +15,7 @@ from typing import Callable
 
 import kiln
 from kiln import Tensor
+from kiln.compiler import note_grads_checked
 from kiln.optim.optimizer import Optimizer, ParamsT
 
 
@@ -71,6 +72,7 @@ class LBFGS(Optimizer):
         if closure is None:
             raise RuntimeError("LBFGS.step needs a closure that re-evaluates the model and "
                                "returns the loss")
+        note_grads_checked()
         with kiln.no_grad():
             return self._step(closure)
 

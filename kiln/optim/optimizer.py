@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable
 
 import kiln
 from kiln import Tensor
-from kiln.compiler import is_compiling, note_grad_cleared, note_python_read, scalar_input
+from kiln.compiler import (is_compiling, note_grad_cleared, note_grads_checked,
+                           note_python_read, scalar_input)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -171,6 +172,7 @@ class Optimizer:
         """One update of every parameter that has a gradient: through `_update(p, group)`, or
         `_fused_update` for the parameters a fused update takes (see `_use_fused`)."""
         loss = self._run_closure(closure)
+        note_grads_checked()
         with kiln.no_grad():
             for group in self.param_groups:
                 fused = self._fused_hypers is not None and _use_fused(group, self._fused_hypers)

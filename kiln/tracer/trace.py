@@ -134,6 +134,7 @@ class Tracer:
         self.grad_holders: dict[int, Tensor] = {}
         # (tensors, whether each .grad was None) when the call began, for the compiler's guard
         self.grad_state: tuple = ((), ())
+        self.grads_checked = False            # library code branched on which have a .grad
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor

@@ -15,7 +15,7 @@ import contextlib
 import enum
 from typing import Iterator
 
-from kiln.backends import _sdp_enabled
+import kiln.backends
 from kiln.nn.attention import bias  # noqa: F401  (torch.nn.attention.bias)
 
 __all__ = ["SDPBackend", "sdpa_kernel"]
@@ -50,10 +50,14 @@ def sdpa_kernel(backends: list[SDPBackend] | SDPBackend,
             not all(isinstance(b, SDPBackend) for b in backends):
         raise TypeError(f"sdpa_kernel: backends must be an SDPBackend or a list of SDPBackend "
                         f"members, got {backends!r}")
-    previous = dict(_sdp_enabled)
-    for backend, flag in _FLAG_OF.items():
-        _sdp_enabled[flag] = backend in backends
+    # the flags torch.backends.cuda's functions set (OVERRIDEABLE has none: nothing to set)
+    cuda = kiln.backends.cuda
+    flags = {b: f for b, f in _FLAG_OF.items() if hasattr(cuda, f"enable_{f}_sdp")}
+    previous = {flag: getattr(cuda, f"{flag}_sdp_enabled")() for flag in flags.values()}
+    for backend, flag in flags.items():
+        getattr(cuda, f"enable_{flag}_sdp")(backend in backends)
     try:
         yield {}
     finally:
-        _sdp_enabled.update(previous)
+        for flag, enabled in previous.items():
+            getattr(cuda, f"enable_{flag}_sdp")(enabled)

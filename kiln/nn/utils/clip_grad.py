@@ -7,11 +7,13 @@ from typing import Iterable
 
 import kiln
 from kiln import Tensor
+from kiln.compiler import note_grads_checked
 
 
 def _grads(parameters) -> list:
     if isinstance(parameters, Tensor):
         parameters = [parameters]
+    note_grads_checked()        # which have a .grad decides what is clipped: a replay's guard
     return [p.grad for p in parameters if p.grad is not None]
 
 
