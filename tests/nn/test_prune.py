@@ -319,3 +319,16 @@ def test_compiled_training_step_on_a_pruned_model_matches_eager():
     np.testing.assert_allclose(losses, eager_losses, rtol=1e-6)
     for key, value in eager_state.items():
         np.testing.assert_allclose(state[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_random_pruning_draws_torchs_masks():
+    """random_unstructured (top-k of uniform draws) and random_structured (channels above the
+    k-th smallest draw) pick PyTorch's entries for the same seed."""
+    def masks(lib):
+        lib.manual_seed(0)
+        linear, conv = lib.nn.Linear(6, 5), lib.nn.Conv2d(3, 6, 2)
+        lib.nn.utils.prune.random_unstructured(linear, "weight", amount=0.4)
+        lib.nn.utils.prune.random_structured(conv, "weight", amount=0.5, dim=0)
+        return linear.weight_mask.numpy(), conv.weight_mask.numpy()
+    for k, t in zip(masks(kiln), masks(torch)):
+        np.testing.assert_array_equal(k, t)

@@ -226,7 +226,8 @@ class RandomUnstructured(_Unstructured):
     """Prune `amount` entries (a count, or a fraction of the tensor) chosen at random."""
 
     def _chosen(self, t: Tensor, count: int) -> Tensor:
-        return kiln.randperm(t.nelement(), device=t.device)[:count]
+        # the entries with the largest of uniform draws, as PyTorch picks them (its numbers)
+        return kiln.topk(kiln.rand_like(t).reshape(-1), k=count).indices
 
     @classmethod
     def apply(cls, module: Module, name: str,  # type: ignore[override]
@@ -264,8 +265,9 @@ class RandomStructured(BasePruningMethod):
         count = _amount_to_count(self.amount, channels)
         if not count:
             return default_mask
-        keep = kiln.ones(channels, dtype=kiln.bool, device=t.device)
-        keep[kiln.randperm(channels, device=t.device)[:count]] = False
+        # a uniform draw per channel; those at or below the count-th smallest go (PyTorch's)
+        prob = kiln.rand(channels)
+        keep = (prob > kiln.kthvalue(prob, count).values).to(t.device)
         return _channel_mask(t, dim, keep) * default_mask.to(dtype=t.dtype)
 
     @classmethod

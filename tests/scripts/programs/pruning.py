@@ -63,6 +63,7 @@ def main(seed=0, compile=False, initial_state=None):
     values["buffers_after"] = ",".join(n for n, _ in module.named_buffers())
     values["random_zeros"] = int((module.weight == 0).sum())
     values["random_mask_sum"] = module.weight_mask.sum()
+    values["random_mask"] = module.weight_mask.clone()
     values["hooks"] = len(module._forward_pre_hooks)
     # the pruned weight is orig * mask, recomputed before every forward
     values["weight_is_orig_times_mask"] = bool(
