@@ -62,9 +62,10 @@ def test_swa_and_ema_match_torch():
 
 
 def test_text_classification_matches_torch():
-    # random_split draws from each library's generator: the kiln run replays torch's split
+    # random_split's permutation is PyTorch's (kiln draws its numbers): the same split
     t, k = same_run("text_classification")
     assert k["split_sizes"] == t["split_sizes"] == (152, 8) and k["disjoint"]
+    assert k["train_indices"] == t["train_indices"]
     assert k["accuracies"] == t["accuracies"] and k["test_acc"] == t["test_acc"]
     assert k["lrs"] == t["lrs"]
     # each batch's ids have their own length: past the recompile limit the step runs eagerly

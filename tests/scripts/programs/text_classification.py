@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torch.utils.data.dataset import random_split
 
 WORDS = ["w%d" % i for i in range(40)]
@@ -87,12 +87,7 @@ def main(seed=0, compile=False, initial_state=None, epochs=3):
         generator=torch.Generator().manual_seed(42))
     split_sizes = (len(split_train_), len(split_valid_))
     disjoint = not set(split_train_.indices) & set(split_valid_.indices)
-    initial["train_indices"] = torch.tensor(split_train_.indices)
-    initial["valid_indices"] = torch.tensor(split_valid_.indices)
-    if initial_state is not None:
-        # replay torch's split: the two libraries' generators draw different permutations
-        split_train_ = Subset(train_iter, initial_state["train_indices"].tolist())
-        split_valid_ = Subset(train_iter, initial_state["valid_indices"].tolist())
+    train_indices = list(split_train_.indices)
     train_dataloader = DataLoader(split_train_, batch_size=BATCH_SIZE, collate_fn=collate_batch)
     valid_dataloader = DataLoader(split_valid_, batch_size=BATCH_SIZE, collate_fn=collate_batch)
     test_dataloader = DataLoader(test_iter, batch_size=BATCH_SIZE, collate_fn=collate_batch)
@@ -143,7 +138,8 @@ def main(seed=0, compile=False, initial_state=None, epochs=3):
         lrs.append(scheduler.get_last_lr()[0])
     test_acc = evaluate(test_dataloader)
     return {"losses": losses, "accuracies": accuracies, "test_acc": test_acc, "lrs": lrs,
-            "split_sizes": split_sizes, "disjoint": disjoint, "initial_state": initial}
+            "split_sizes": split_sizes, "disjoint": disjoint, "train_indices": train_indices,
+            "initial_state": initial}
 
 
 if __name__ == "__main__":
