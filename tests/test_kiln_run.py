@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "standalone" / "mnist_pattern.py"
 
 
-def kiln_run(script, *args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def kiln_run(script, *args, cwd, extra_env=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **(extra_env or {}))
     return subprocess.run([sys.executable, "-m", "kiln", "run", str(script), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -117,3 +118,33 @@ def test_kiln_run_resolves_torchvision_to_kiln_vision(tmp_path):
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(printed_losses(done.stdout)) == 2 and len(final_losses(done.stdout)) == 1
+
+
+def test_kiln_dump_of_a_torch_script_through_kiln_run(tmp_path):
+    """`KILN_DUMP=dir python -m kiln run script.py`: a PyTorch script's `@torch.compile` step
+    is kiln's compiled function, and its listing (the script's own lines) is written."""
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import torch\n"
+        "import torch.nn as nn\n"
+        "import torch.nn.functional as F\n"
+        "torch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "@torch.compile\n"
+        "def train_step(x, y):\n"
+        "    loss = F.cross_entropy(model(x), y)\n"
+        "    opt.zero_grad()\n"
+        "    loss.backward()\n"
+        "    opt.step()\n"
+        "    return loss\n"
+        "x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))\n"
+        "for _ in range(5):\n"
+        "    print(train_step(x, y).item())\n")
+    done = kiln_run(script, cwd=tmp_path, extra_env={"KILN_DUMP": str(tmp_path / "dump")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [float(v) for v in done.stdout.split()]
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    listing = (tmp_path / "dump" / "train_step.txt").read_text()
+    assert "graph train_step(%x: f32[32,8], %y: i64[32]" in listing
+    assert "# step.py:9" in listing                       # the script's own line
