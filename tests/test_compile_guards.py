@@ -1587,30 +1587,46 @@ def test_compiled_equals_eager_as_the_world_changes(name, backend):
         check(fn)
 
 
+_LABEL_SMOOTHING = 0.0
+
+
 def test_a_replay_checks_the_entry_that_held_last_first():
-    # a training step traces twice (its first call runs before Adam has state and while the
-    # grads are None); every later call must not pay for checking the stale first entry
+    # a training step traced once (its zero_grad makes the grads' state at the call
+    # irrelevant), then again when a global it reads changes; every later call must not pay
+    # for checking the stale first entry
+    global _LABEL_SMOOTHING
     model = nn.Linear(4, 2)
     opt = kiln.optim.Adam(model.parameters(), lr=0.01)
 
     def step(x, y):
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x), y, label_smoothing=_LABEL_SMOOTHING)
         opt.zero_grad()
         loss.backward()
         opt.step()
         return loss
     compiled = kiln.compile(step)
     x, y = kiln.randn(6, 4), kiln.randint(0, 2, (6,))
-    for _ in range(4):
+    for _ in range(3):
         compiled(x, y)
+    assert len(compiled.entries) == 1
+    _LABEL_SMOOTHING = 0.1
+    try:
+        compiled(x, y)                  # traces the second entry
+        compiled(x, y)                  # the first no longer holds; the second does
+    except BaseException:
+        _LABEL_SMOOTHING = 0.0
+        raise
     assert len(compiled.entries) == 2
     checked = []
     for full, entry in compiled.entries.items():
         valid = entry.valid
         entry.valid = lambda leaves, valid=valid, full=full: checked.append(full) or \
             valid(leaves)
-    for _ in range(3):
-        compiled(x, y)
+    try:
+        for _ in range(3):
+            compiled(x, y)
+    finally:
+        _LABEL_SMOOTHING = 0.0
     assert len(checked) == 3 and len(set(checked)) == 1, checked
 
 
@@ -1642,3 +1658,33 @@ def test_a_step_that_sets_training_compiles_and_says_it_sets_the_flags_again(cap
             compiled(model, x, y)
             assert model.training and all(m.training for m in model.modules())
     assert replays(compiled) >= 4
+
+
+def test_the_usual_step_traces_once_whatever_the_grads_were():
+    """forward, zero_grad, backward, step (DESIGN.md's user view): the zero_grad() clears the
+    gradients before anything reads them, so how `.grad` stood at the call does not matter:
+    one entry, equal to eager also when gradients were left there from outside."""
+    def make():
+        kiln.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = kiln.optim.Adam(model.parameters(), lr=0.05)
+
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        return model, step
+    (m1, eager), (m2, step) = make(), make()
+    compiled = kiln.compile(step)
+    x, y = kiln.randn(6, 4), kiln.randint(0, 2, (6,))
+    for i in range(4):
+        if i == 2:                      # stray gradients from outside before a call
+            for m in (m1, m2):
+                m(x).sum().backward()
+        np.testing.assert_allclose(compiled(x, y).item(), eager(x, y).item(), rtol=1e-6)
+    assert len(compiled.entries) == 1
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-5,
+                                   atol=1e-7)

@@ -159,15 +159,19 @@ class TraceResult:
 
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
-                grad_holders: dict | None = None) -> tuple[Tracer, object]:
-    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it, and
-    `grad_holders` id(.grad) -> its tensor (`_grad_candidates`). With `watch`, a Python effect
-    a replay would skip is a graph break (`EffectWatch`)."""
+                grad_holders: dict | None = None,
+                grad_state: tuple | None = None) -> tuple[Tracer, object]:
+    """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it,
+    `grad_holders` id(.grad) -> its tensor (`_grad_candidates`) and `grad_state` those tensors
+    with whether each `.grad` was None at the call. With `watch`, a Python effect a replay
+    would skip is a graph break (`EffectWatch`)."""
     leaves, _ = flatten((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
     tracer.grad_holders = grad_holders or {}
+    if grad_state is not None:
+        tracer.grad_state = grad_state
     tracer.top_code = _code_of(fn)
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
@@ -655,8 +659,8 @@ class CompiledFunction:
         grad_state = _grad_presence(grad_candidates)
         tracer, result = _trace_call(
             self.fn, args, kwargs, mode, names=names_before, watch=True,
-            grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None})
-        tracer.grad_state = (grad_candidates, grad_state)
+            grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
+            grad_state=(grad_candidates, grad_state))
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -796,13 +800,13 @@ class CompiledFunction:
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
             for obj, attr, value in tracer.object_reads]
-        # which reachable tensors had a `.grad` when the call began, where the call branched
-        # on it (an optimizer step skips those without; a clipping gathers those with) or read
-        # a `.grad`; not for those a zero_grad() in the call cleared before reading them. A
-        # forward whose backward runs outside needs no such guard.
+        # which reachable tensors had a `.grad` when the call began, for those whose presence
+        # an optimizer step or a clipping branched on while it still was the call's start
+        # state (not after a zero_grad() or a backward in the call decided it): a forward
+        # whose backward runs outside, or a full training step, needs no such guard
         candidates, state = tracer.grad_state
-        kept = [i for i, t in enumerate(candidates) if id(t) not in tracer.cleared]
-        if kept and (tracer.grads_checked or any(b.kind == "grad" for b in program.bindings)):
+        kept = sorted(i for i in tracer.grads_depended if id(candidates[i]) not in tracer.cleared)
+        if kept:
             tensors = [candidates[i] for i in kept]
             entry.guards.append(guards.Guard(
                 f"which of {len(tensors)} tensors requiring grad have a .grad",

@@ -51,7 +51,7 @@ def note_grads_checked() -> None:
     skips those without, a clipping gathers those with): a replay must find the same ones, so
     the compiled entry guards it. Does nothing outside a trace."""
     if STATE.tracer is not None:
-        STATE.tracer.grads_checked = True
+        STATE.tracer.grads_checked()
 
 
 def scalar_input(container: dict, key, device: Device, index: int | None = None):

@@ -52,7 +52,8 @@ class GradWrite:
     either set a fresh gradient or accumulated into an existing one. `none_at_call` is whether
     it was None when the traced call began, which is what decides the Python path (a
     `zero_grad()` before the lift makes the two differ); a replay needs the same state as then,
-    unless `cleared`: a `zero_grad()` set it to None before the lift, whatever it was.
+    unless `cleared`: a `zero_grad()` set it to None before the trace read its old gradient,
+    whatever it was.
     """
 
     tensor: Tensor                  # the tensor at trace time (for lifted inputs, the same)
@@ -60,7 +61,7 @@ class GradWrite:
     input: int = -1
     was_none: bool = True
     none_at_call: bool | None = None     # None: not known, `was_none` stands in
-    cleared: bool = False           # set to None in the trace before the lift: any state will do
+    cleared: bool = False           # set to None before its old gradient was read: any state
 
 
 @dataclass
@@ -134,8 +135,10 @@ class Tracer:
         self.grad_holders: dict[int, Tensor] = {}
         # (tensors, whether each .grad was None) when the call began, for the compiler's guard
         self.grad_state: tuple = ((), ())
-        self.grads_checked = False            # library code branched on which have a .grad
-        self.cleared: set[int] = set()        # ids of tensors whose .grad was reset before lift
+        # indices into grad_state's tensors whose `.grad` presence, when library code branched
+        # on it, was still what it had been when the call began (the compiler guards those)
+        self.grads_depended: set[int] = set()
+        self.cleared: set[int] = set()        # ids of tensors whose .grad was reset, unread
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
         self._keep: list = []                 # keeps tensors alive so ids stay unique
@@ -315,11 +318,26 @@ class Tracer:
         self.write(root, new_root)
 
     def grad_cleared(self, tensor: Tensor) -> None:
-        """`tensor.grad = None` ran (zero_grad); before the trace read `tensor`, this makes the
-        gradient the program computes a fresh one, however `.grad` stood when the call began."""
-        if id(tensor) not in self.input_of:
-            self.cleared.add(id(tensor))
-            self._keep.append(tensor)
+        """`tensor.grad = None` ran (zero_grad); unless the trace read the old gradient first,
+        this makes the gradient the program computes a fresh one, however `.grad` stood when
+        the call began (the usual step: forward, zero_grad, backward, step)."""
+        known = self.input_of.get(id(tensor))
+        if known is not None:
+            index = self.graph.inputs.index(known[1])
+            if any(b.kind == "grad" and (b.path == index or b.tensor is tensor)
+                   for b in self.bindings):
+                return                      # its old gradient is a program input
+        self.cleared.add(id(tensor))
+        self._keep.append(tensor)
+
+    def grads_checked(self) -> None:
+        """Library code is about to branch on which tensors have a `.grad`: those whose presence
+        the call has not changed so far (no zero_grad, no backward gave them one) depend on how
+        the call began."""
+        candidates, at_start = self.grad_state
+        for i, t in enumerate(candidates):
+            if (t.grad is None) == at_start[i]:
+                self.grads_depended.add(i)
 
     def returns_read(self) -> bool:
         """Whether the user's line reading a value (`.item()`) returns it straight from the
