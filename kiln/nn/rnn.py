@@ -89,9 +89,9 @@ def _packed_dropout_noise(padded: Tensor, p: float, lengths: list, order) -> Ten
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     rows = offsets[:, None] + rank[None, :]
     rows[np.arange(steps)[:, None] >= lengths[None, :]] = 0
-    keep = kiln.empty((int(sizes.sum()), padded.shape[-1]), dtype=padded.dtype,
-                      device=padded.device).bernoulli_(1.0 - p).div_(1.0 - p)
+    keep = F._dropout_noise((int(sizes.sum()), padded.shape[-1]), p, padded)
     return keep[kiln.tensor(rows, device=padded.device)]
+
 
 class RNNBase(Module):
     """Parameters and the layer/direction loop shared by RNN, LSTM and GRU."""

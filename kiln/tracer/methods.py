@@ -403,12 +403,10 @@ def normal_(self, mean=0.0, std=1.0, generator=None):
 
 
 def bernoulli_(self, p=0.5, generator=None):
-    if isinstance(p, Tensor):
-        return write_inplace(self, creation.bernoulli(p.expand(tuple(self.shape)),
-                                                      generator=generator).to(self.dtype),
-                             "bernoulli_")
-    return _draw_into(self, "bernoulli_", generator,
-                      lambda stream, n: stream.bernoulli_scalar(n, float(p), self.dtype.np))
+    with autograd.no_grad():
+        drawn = creation.bernoulli(p.expand(tuple(self.shape)), generator=generator) \
+            if isinstance(p, Tensor) else creation.bernoulli(self, float(p), generator=generator)
+        return write_inplace(self, drawn.to(self.dtype), "bernoulli_")
 
 
 def random_(self, low=0, high=None, *, generator=None):
