@@ -1408,6 +1408,31 @@ def returns_loss_after_backward():
 
 
 @case
+def branches_on_which_params_have_a_grad():
+    """User code, no optimizer: a gradient-norm log over the parameters that have a `.grad`.
+    Which ones do changes between calls, from outside."""
+    model = nn.Linear(3, 2)
+
+    def f(x):
+        total = kiln.zeros(())
+        for p in model.parameters():
+            if p.grad is not None:
+                total = total + p.grad.pow(2).sum()
+        return model(x).sum() + total
+
+    def call(i, g):
+        if i in (1, 4):
+            model(kiln.ones(1, 3)).sum().backward()
+        if i == 3:
+            model.bias.grad = None
+        return g(kiln.randn(2, 3))
+    return world(f, call)
+
+
+branches_on_which_params_have_a_grad.calls = 6
+
+
+@case
 def returns_global_float():
     ns = exec_world("SCALE = 1.5\ndef f(x):\n    return x * 2, SCALE\n")
     x = kiln.randn(2)

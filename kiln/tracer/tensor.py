@@ -52,7 +52,7 @@ class Tensor:
     # (the input, the primitive and its attrs, the shared version counter's value when the
     # view's grad_fn was last right, False if it was taken of a tensor requiring grad with grad
     # mode off); see kiln.tracer.autograd's "views" section
-    __slots__ = ("_data", "dtype", "device", "requires_grad", "grad", "grad_fn", "_version",
+    __slots__ = ("_data", "dtype", "device", "requires_grad", "_grad", "grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
 
@@ -65,7 +65,7 @@ class Tensor:
         made = legacy_new(args, dt.float32, device, "Tensor")
         self._data, self.dtype, self.device = made._data, made.dtype, made.device
         self.requires_grad = False
-        self.grad = None
+        self._grad = None
         self.grad_fn = None
         self._version = [0]
         self._hooks = None
@@ -83,7 +83,7 @@ class Tensor:
         t.dtype = dtype
         t.device = device
         t.requires_grad = False
-        t.grad = None
+        t._grad = None
         t.grad_fn = None
         t._version = [0]
         t._hooks = None
@@ -93,6 +93,19 @@ class Tensor:
         return t
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def grad(self) -> "Tensor | None":
+        """The gradient accumulated by backward, or None. Under a trace a read is noted: code
+        that branches on `p.grad is None` depends on how the call began, and a replay must
+        check that again (the compiler's guard)."""
+        if TRACING[0] and STATE.tracer is not None:
+            STATE.tracer.grad_read(self)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: "Tensor | None") -> None:
+        self._grad = value
+
     @property
     def shape(self) -> "Size":
         return Size(self._data.shape)

@@ -138,6 +138,7 @@ class Tracer:
         # indices into grad_state's tensors whose `.grad` presence, when library code branched
         # on it, was still what it had been when the call began (the compiler guards those)
         self.grads_depended: set[int] = set()
+        self._candidate_at: dict[int, int] | None = None    # id(candidate) -> its index
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset, unread
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
@@ -177,14 +178,14 @@ class Tracer:
         self.bindings.append(binding)
         self.known.add(id(v))
         self.input_of[id(tensor)] = (tensor, v)
-        self.grads_before[id(tensor)] = tensor.grad
-        if tensor.grad is not None:
+        self.grads_before[id(tensor)] = tensor._grad
+        if tensor._grad is not None:
             owner = len(self.graph.inputs) - 1
-            self.grad_owner[id(tensor.grad)] = owner
+            self.grad_owner[id(tensor._grad)] = owner
             # the gradient was read before its tensor (an optimizer step computing from
             # `p.grad` first): it too is that tensor's `.grad` of the moment, which a
             # zero_grad(set_to_none=True) and a backward between calls replace
-            read = self.input_of.get(id(tensor.grad))
+            read = self.input_of.get(id(tensor._grad))
             if read is not None:
                 i = next(i for i, x in enumerate(self.graph.inputs) if x is read[1])
                 if self.bindings[i].kind == "lifted":
@@ -208,7 +209,7 @@ class Tracer:
             return self._input(tensor, f"{self.graph.inputs[owner].name}_grad",
                                Binding("grad", path=owner))
         holder = self.grad_holders.get(id(tensor))
-        if holder is not None and holder.grad is tensor:
+        if holder is not None and holder._grad is tensor:
             name = self.names.get(id(holder)) or f"t{len(self.graph.inputs)}"
             return self._input(tensor, f"{name}_grad", Binding("grad", tensor=holder))
         name = self.names.get(id(tensor)) or f"t{len(self.graph.inputs)}"
@@ -330,13 +331,25 @@ class Tracer:
         self.cleared.add(id(tensor))
         self._keep.append(tensor)
 
+    def grad_read(self, tensor: Tensor) -> None:
+        """Some code (the user's, an optimizer's) read `tensor.grad`: if the call has not changed
+        whether it has one, what the code did with it may depend on how the call began."""
+        candidates, at_start = self.grad_state
+        if not candidates:
+            return
+        if self._candidate_at is None:
+            self._candidate_at = {id(t): i for i, t in enumerate(candidates)}
+        i = self._candidate_at.get(id(tensor))
+        if i is not None and (tensor._grad is None) == at_start[i]:
+            self.grads_depended.add(i)
+
     def grads_checked(self) -> None:
         """Library code is about to branch on which tensors have a `.grad`: those whose presence
         the call has not changed so far (no zero_grad, no backward gave them one) depend on how
         the call began."""
         candidates, at_start = self.grad_state
         for i, t in enumerate(candidates):
-            if (t.grad is None) == at_start[i]:
+            if (t._grad is None) == at_start[i]:
                 self.grads_depended.add(i)
 
     def returns_read(self) -> bool:
@@ -393,7 +406,7 @@ class Tracer:
         for tensor, v in list(self.input_of.values()):
             if not tensor.requires_grad or self.bindings[g.inputs.index(v)].kind == "seed":
                 continue
-            grad = tensor.grad
+            grad = tensor._grad
             index = g.inputs.index(v)
             was_none = self.grads_before.get(id(tensor)) is None
             cleared = id(tensor) in self.cleared
