@@ -4,8 +4,8 @@
 re-exports; each name is defined in the layer that owns it (see DESIGN.md).
 """
 
-from kiln.ir.dtypes import (bool_ as bool, uint8, int32, int64, float16, float32,  # noqa: F401
-                            float64, DType as dtype, get_default_dtype, set_default_dtype)
+from kiln.ir.dtypes import (bool_ as bool, uint8, int8, int16, int32, int64,  # noqa: F401
+                            float16, float32, float64, DType as dtype, get_default_dtype, set_default_dtype)
 from kiln.runtime.device import Device as device  # noqa: F401
 from kiln.ir.dtypes import promote as _promote
 from kiln.tracer.tensor import Tensor, Size  # noqa: F401
@@ -46,7 +46,7 @@ from kiln.tracer.functional.rnn_cells import lstm as _lstm_cell  # noqa: F401  (
 from kiln.tracer.functional.rnn_cells import gru as _gru_cell  # noqa: F401  (nn.GRU)
 from kiln.tracer.functional.rnn_sequence import sequence as _rnn_sequence  # noqa: F401  (nn.RNN)
 
-half, float, double, long, int, short = float16, float32, float64, int64, int32, int32
+half, float, double, long, int, short = float16, float32, float64, int64, int32, int16
 uint8 = uint8
 from kiln.tracer.creation import legacy_type as _legacy_type  # noqa: E402
 FloatTensor = _legacy_type("FloatTensor", float32)
@@ -146,6 +146,7 @@ ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTe
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
 BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
 IntTensor = _legacy_type("IntTensor", int32)
+CharTensor, ShortTensor = _legacy_type("CharTensor", int8), _legacy_type("ShortTensor", int16)
 cuda.amp = amp.cuda_amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 cpu = _types.SimpleNamespace(amp=amp.cpu_amp)      # torch.cpu.amp.autocast, likewise
 # one generator draws for every device; attached here so that runtime imports no tracer

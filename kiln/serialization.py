@@ -49,10 +49,10 @@ __all__ = ["save", "load", "CheckpointError", "WeightsOnlyUnpicklingError", "add
 FORMAT_VERSION = "2"
 # safetensors dtype codes kiln tensors can hold, and the extra ones a NumPy array may have
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-           "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 if _dtypes.HAS_BFLOAT16:            # safetensors' BF16, stored by ml_dtypes (optional)
     _DTYPES["BF16"] = _dtypes.bfloat16.np
-_ARRAY_DTYPES = dict(_DTYPES, I16=np.int16, I8=np.int8, U64=np.uint64, U32=np.uint32,
+_ARRAY_DTYPES = dict(_DTYPES, U64=np.uint64, U32=np.uint32,
                      U16=np.uint16)
 _CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}      # native byte order
 # NumPy scalar types stored as data (a long double or a complex scalar goes to the pickle)

@@ -123,7 +123,6 @@ compiled_with_cxx11_abi prepare_multiprocessing_environment
 profiler_allow_cudagraph_cupti_lazy_reinit_cuda12 init_num_threads is_distributed
 get_device_module thread_safe_generator hash_tensor
 """)
-_group("torch", "kiln has no int8/int16 dtype", "CharTensor ShortTensor")
 _group("torch", JIT, "ComplexType")
 REMOVED = "removed from PyTorch: calling it raises there, pointing to torch.linalg"
 _group("torch", REMOVED, "symeig eig lstsq matrix_rank solve")
@@ -154,7 +153,6 @@ as_strided as_strided_ as_strided_scatter new_empty_strided dim_order
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")
 _group(T, COMPLEX, "cdouble cfloat chalf stft istft")
-_group(T, "kiln has no int8/int16 dtype", "char short")
 _group(T, COPY, "narrow_copy")
 _group(T, ATEN, "slice_inverse")
 _group(T, "functorch's first-class dimensions (torch.Tensor.index binds Dim objects)", "index")

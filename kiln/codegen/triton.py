@@ -64,9 +64,11 @@ class TritonKernel:
 # ----------------------------------------------------------------------------- dtype tables
 
 TL_TYPE = {dt.float16: "tl.float16", dt.float32: "tl.float32", dt.float64: "tl.float64",
-           dt.int32: "tl.int32", dt.int64: "tl.int64", dt.uint8: "tl.uint8", dt.bool_: "tl.int1"}
+           dt.int32: "tl.int32", dt.int64: "tl.int64", dt.uint8: "tl.uint8", dt.bool_: "tl.int1",
+           dt.int8: "tl.int8", dt.int16: "tl.int16"}
 POINTER = {dt.float16: "*fp16", dt.float32: "*fp32", dt.float64: "*fp64", dt.int32: "*i32",
-           dt.int64: "*i64", dt.uint8: "*u8", dt.bool_: "*i1"}
+           dt.int64: "*i64", dt.uint8: "*u8", dt.bool_: "*i1",
+           dt.int8: "*i8", dt.int16: "*i16"}
 
 
 # ----------------------------------------------------------------------------- op table

@@ -65,6 +65,8 @@ BOOL, INT, FLOAT = 0, 1, 2
 
 bool_ = DType("bool", "b8", np.bool_, BOOL)
 uint8 = DType("uint8", "u8", np.uint8, INT)
+int8 = DType("int8", "i8", np.int8, INT)
+int16 = DType("int16", "i16", np.int16, INT)
 int32 = DType("int32", "i32", np.int32, INT)
 int64 = DType("int64", "i64", np.int64, INT)
 float16 = DType("float16", "f16", np.float16, FLOAT)
@@ -78,14 +80,15 @@ bfloat16 = DType("bfloat16", "bf16", _np_bfloat16, FLOAT) if _np_bfloat16 is not
 # float32 and round the result once, as PyTorch's CPU kernels do.
 HALF = (float16, bfloat16)
 
-ALL = (bool_, uint8, int32, int64, float16, bfloat16, float32, float64)
+ALL = (bool_, uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64)
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "half": float16, "float": float32, "double": float64,
-                 "int": int32, "long": int64})
+                 "short": int16, "int": int32, "long": int64})
 _BY_NP = {np.dtype(d.np): d for d in ALL if d is not bfloat16 or _np_bfloat16 is not None}
 
-# Within a category the wider type wins; float16 < float32 < float64, uint8 < int32 < int64;
-# float16 and bfloat16 (same width, neither holds the other) meet at float32 (`promote`).
+# Within a category the wider type wins; float16 < float32 < float64, uint8 < int8 < int16 <
+# int32 < int64; float16 and bfloat16 (same width, neither holds the other) meet at float32, and
+# uint8 and int8 (neither holds the other) at int16 (`promote`).
 _RANK = {d: i for i, d in enumerate(ALL)}
 
 _default_float = float32
@@ -156,6 +159,8 @@ def promote(a: DType, b: DType) -> DType:
         return a if a.category > b.category else b
     if a in HALF and b in HALF:
         return float32
+    if {a, b} == {uint8, int8}:
+        return int16
     return a if _RANK[a] > _RANK[b] else b
 
 

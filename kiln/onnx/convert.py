@@ -26,6 +26,7 @@ def onnx_type(d):
     return {dt.float32: TensorProto.FLOAT, dt.float64: TensorProto.DOUBLE,
             dt.float16: TensorProto.FLOAT16, dt.int64: TensorProto.INT64,
             dt.int32: TensorProto.INT32, dt.uint8: TensorProto.UINT8,
+            dt.int16: TensorProto.INT16, dt.int8: TensorProto.INT8,
             dt.bool_: TensorProto.BOOL}[d]
 
 

@@ -232,8 +232,8 @@ def from_numpy(array: np.ndarray) -> Tensor:
     kind = dt.from_numpy(array.dtype)
     if np.dtype(kind.np) != array.dtype:
         raise TypeError(f"can't convert np.ndarray of type numpy.{array.dtype}. The only "
-                        "supported types are: float64, float32, float16, int64, int32, uint8, "
-                        "and bool.")
+                        "supported types are: float64, float32, float16, int64, int32, int16, "
+                        "int8, uint8, and bool.")
     return Tensor._make(array, kind, CPU)
 
 

@@ -427,7 +427,8 @@ def exponential_(self, lambd=1.0, *, generator=None):
 
 
 _TYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "int64": "Long",
-               "int32": "Int", "bool": "Bool", "uint8": "Byte", "bfloat16": "BFloat16"}
+               "int32": "Int", "bool": "Bool", "uint8": "Byte", "bfloat16": "BFloat16",
+               "int8": "Char", "int16": "Short"}
 
 
 def _type(self, dtype=None):
@@ -476,7 +477,8 @@ _METHODS = {
     "half": lambda self: to(self, dt.float16), "long": lambda self: to(self, dt.int64),
     "bfloat16": lambda self: to(self, dt.bfloat16),
     "int": lambda self: to(self, dt.int32), "bool": lambda self: to(self, dt.bool_),
-    "byte": lambda self: to(self, dt.uint8), "type": _type,
+    "byte": lambda self: to(self, dt.uint8), "char": lambda self: to(self, dt.int8),
+    "short": lambda self: to(self, dt.int16), "type": _type,
     "type_as": lambda self, other: to(self, other.dtype),
     "detach": detach, "detach_": detach_, "requires_grad_": requires_grad_,
     "retain_grad": retain_grad, "register_hook": register_hook,

@@ -312,6 +312,24 @@ for _name in _INPLACE_FX:
     _METHODS.setdefault(_name + "_", _inplace(getattr(FX, _name), _name + "_"))
 _METHODS["polygamma_"] = _inplace(lambda self, n: FX.polygamma(n, self), "polygamma_")
 
+
+def _reversed(self):
+    """`reversed(t)`: the tensor flipped along its first dimension (a 0-d tensor as it is)."""
+    return self if self.ndim == 0 else F.flip(self, (0,))
+
+
+# the shift operators, and the augmented assignments that write into the tensor (`mask &= m`
+# on a view changes its base, as in PyTorch; without these Python would rebind a new tensor)
+_METHODS.update({
+    "__lshift__": FX.bitwise_left_shift, "__rshift__": FX.bitwise_right_shift,
+    "__rlshift__": lambda self, other: FX.bitwise_left_shift(other, self),
+    "__rrshift__": lambda self, other: FX.bitwise_right_shift(other, self),
+    "__reversed__": _reversed})
+for _op, _method in (("and", "bitwise_and_"), ("or", "bitwise_or_"), ("xor", "bitwise_xor_"),
+                     ("mod", "remainder_"), ("pow", "pow_"), ("floordiv", "floor_divide_"),
+                     ("lshift", "bitwise_left_shift_"), ("rshift", "bitwise_right_shift_")):
+    _METHODS[f"__i{_op}__"] = getattr(Tensor, _method, None) or _METHODS[_method]
+
 for _name, _fn in _METHODS.items():
     if not hasattr(Tensor, _name):
         setattr(Tensor, _name, _fn)

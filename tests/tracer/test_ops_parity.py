@@ -780,7 +780,7 @@ def test_inplace_ops_bump_the_version_counter_as_torch_does(method, args) -> Non
 
 # ----------------------------------------------------------------------------- type promotion
 
-PROMOTION_DTYPES = ["bool", "uint8", "int32", "int64", "float16", "float32", "float64"]
+PROMOTION_DTYPES = ["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"]
 OPERANDS = {"tensor": lambda lib, d: lib.ones(2, dtype=getattr(lib, d)),
             "0-d": lambda lib, d: lib.tensor(1, dtype=getattr(lib, d))}
 SCALARS = {"int": 2, "float": 2.5, "bool": True}

@@ -15,6 +15,7 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary
+from kiln.tracer.functional.common import result_type
 from kiln.tracer.functional_extra.common import _f, _full_like
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
@@ -271,9 +272,10 @@ def nextafter(input, other):
 
 
 def _integer_pair(a, b):
+    """Both operands in their result type (a Python int or a 0-d tensor takes the other's)."""
+    kind = result_type(a, b)
     a = a if isinstance(a, Tensor) else _as_tensor(int(a), b)
     b = b if isinstance(b, Tensor) else _as_tensor(int(b), a)
-    kind = dt.promote(a.dtype, b.dtype)
     return a.to(kind), b.to(kind)
 
 

@@ -47,9 +47,7 @@ class iinfo:
 
 
 def can_cast(from_, to) -> bool:
-    order = [dt.bool_, dt.uint8, dt.int32, dt.int64, dt.float16, dt.float32, dt.float64]
-    cat = {d: (0 if d is dt.bool_ else 1 if not d.is_floating_point else 2) for d in order}
-    return cat[from_] <= cat[to]
+    return from_.category <= to.category
 
 
 def broadcast_shapes(*shapes):
