@@ -318,6 +318,34 @@ def _reversed(self):
     return self if self.ndim == 0 else F.flip(self, (0,))
 
 
+def _dlpack(self, *args, **kwargs):
+    """The DLPack capsule of the tensor's array (`np.from_dlpack(t)`, `cupy.from_dlpack(t)`)."""
+    if self.requires_grad:
+        raise BufferError("Can't export tensors that require gradient, use tensor.detach()")
+    return self._data.__dlpack__(*args, **kwargs)
+
+
+def _cuda_array_interface(self):
+    if self.device.type != "cuda":
+        raise AttributeError(f"Can't get __cuda_array_interface__ on non-CUDA tensor type: "
+                             f"{self.type()} If CUDA data is required use tensor.cuda() to copy "
+                             "tensor to device memory.")
+    if self.requires_grad:
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad. "
+                           "If gradients aren't required, use var.detach() to get Variable "
+                           "that doesn't require grad.")
+    return self._data.__cuda_array_interface__
+
+
+def _delitem(self, key):
+    raise TypeError("Tensor does not support deleting items")
+
+
+Tensor.__cuda_array_interface__ = property(_cuda_array_interface)
+_METHODS.update({"__dlpack__": _dlpack,
+                 "__dlpack_device__": lambda self: self._data.__dlpack_device__(),
+                 "__delitem__": _delitem})
+
 # the shift operators, and the augmented assignments that write into the tensor (`mask &= m`
 # on a view changes its base, as in PyTorch; without these Python would rebind a new tensor)
 _METHODS.update({
