@@ -1,12 +1,13 @@
 """Process-wide switches torch scripts flip: determinism, matmul precision, warnings, printing.
 
 kiln's eager ops are deterministic (NumPy), so the determinism switches are stored and read
-back; `set_printoptions` sets NumPy's, which kiln's tensor repr uses.
+back; `set_printoptions` sets the options kiln's tensor repr reads (not NumPy's).
 """
 
 from __future__ import annotations
 
-import numpy as np
+
+from kiln.tracer.tensor import PRINT_OPTS
 
 _STATE = {"deterministic": False, "warn_only": False, "matmul_precision": "highest",
           "warn_always": False, "anomaly": False, "anomaly_check_nan": True,
@@ -68,17 +69,23 @@ def set_flush_denormal(mode: bool) -> bool:
     return False
 
 
+_PROFILES = {"default": (4, 1000, 3, 80), "short": (2, 1000, 2, 80),
+             "full": (4, float("inf"), 3, 80)}
+
+
 def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=None,
                      profile=None, sci_mode=None) -> None:
-    options = {"precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80}
-    if profile == "short":
-        options = {"precision": 2, "threshold": 1000, "edgeitems": 2, "linewidth": 80}
-    elif profile == "full":
-        options = {"precision": 4, "threshold": np.inf, "edgeitems": 3, "linewidth": 80}
+    """How tensors print, as torch.set_printoptions: a profile resets the four counts, the
+    options given change, the others stay; `sci_mode` None is automatic. NumPy's own print
+    options are left alone."""
+    opts = PRINT_OPTS
+    if profile is not None:
+        if profile not in _PROFILES:
+            raise ValueError(f"set_printoptions: unknown profile {profile!r}; expected one of "
+                             f"{sorted(_PROFILES)}")
+        opts.precision, opts.threshold, opts.edgeitems, opts.linewidth = _PROFILES[profile]
     for key, value in (("precision", precision), ("threshold", threshold),
                        ("edgeitems", edgeitems), ("linewidth", linewidth)):
         if value is not None:
-            options[key] = value
-    if sci_mode is not None:
-        options["suppress"] = not sci_mode
-    np.set_printoptions(**options)
+            setattr(opts, key, value)
+    opts.sci_mode = sci_mode

@@ -292,6 +292,8 @@ class Tensor:
         extras = []
         if self.device.type != "cpu":
             extras.append(f"device='{self.device}'")
+        if data.size == 0 and data.ndim != 1:
+            extras.append(f"size={tuple(data.shape)}")
         default = dt.get_default_dtype()     # as PyTorch: the default dtype goes unnamed
         if self.dtype not in (default, dt.int64, dt.bool_) or data.size == 0 and (
                 self.dtype is not default):
@@ -300,8 +302,7 @@ class Tensor:
             extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
-        text = "tensor(" + body
-        return text + "".join(", " + e for e in extras) + ")"
+        return _with_suffixes("tensor(" + body, extras, len("tensor("))
 
     __str__ = __repr__
 
@@ -329,33 +330,130 @@ def _python(data: np.ndarray) -> np.ndarray:
     return data.astype(np.float32) if data.dtype.name == "bfloat16" else data
 
 
+class _PrintOptions:
+    """How tensors print (`kiln.set_printoptions`, PyTorch's defaults)."""
+    precision, threshold, edgeitems, linewidth = 4, 1000, 3, 80
+    sci_mode = None         # None: scientific notation when the values call for it
+
+
+PRINT_OPTS = _PrintOptions()
+
+
+def _with_suffixes(text: str, suffixes: list, indent: int) -> str:
+    """`text` closed with `, dtype=...` and the like, each on a new line where it would pass
+    the line width (PyTorch's layout)."""
+    last = len(text) - text.rfind("\n") + 1
+    for suffix in suffixes:
+        if last + len(suffix) + 2 > PRINT_OPTS.linewidth:
+            text += ",\n" + " " * indent + suffix
+            last = indent + len(suffix)
+        else:
+            text += ", " + suffix
+            last += len(suffix) + 2
+    return text + ")"
+
+
 def _format_array(data: np.ndarray, dtype: dt.DType) -> str:
+    """The body of a tensor's repr, laid out by PyTorch's rules (`PRINT_OPTS`): one width for
+    every element, chosen from the values shown; a row wrapped at the line width; past
+    `threshold` elements only `edgeitems` at each end of every dimension."""
     data = _python(data)                 # NumPy formats float32 (bfloat16's values exactly)
     if data.size == 0:
-        return "[]" if data.ndim <= 1 else f"size={tuple(data.shape)}"
-    if dtype.is_floating_point:
-        finite = data[np.isfinite(data)].astype(np.float64)
-        integral = finite.size == 0 or bool(np.all(finite == np.round(finite)))
-        # PyTorch's rule: scientific when the nonzero magnitudes span over 1000x or get large
-        # (or, for non-integers, small)
-        mags = np.abs(finite[finite != 0])
-        big = mags.size and (mags.max() / mags.min() > 1000 or mags.max() > 1e8 or
-                             (not integral and mags.min() < 1e-4))
-        if big:
-            fmt = lambda v: f"{v:.4e}"
-        elif integral:
-            fmt = lambda v: f"{v:.0f}." if np.isfinite(v) else str(v)
-        else:
-            fmt = lambda v: f"{v:.4f}"
-        # PyTorch right-aligns every element to the widest finite one, found among the extremes
-        width = max((len(fmt(float(v))) for v in (finite.min(), finite.max())) if finite.size
-                    else [0])
-        formatter = {"float_kind": lambda v: fmt(float(v)).rjust(width)}
-    elif dtype is dt.bool_:
-        width = 4 if bool(np.all(data)) else 5
-        formatter = {"bool": lambda v: ("True" if v else "False").rjust(width)}
+        return "[]"
+    summarize = data.size > PRINT_OPTS.threshold
+    shown = _summarized(data) if summarize else data
+    if data.dtype.kind == "c":          # a real and an imaginary column per element
+        formats = (_Formatter(shown.real), _Formatter(shown.imag))
     else:
-        width = max(len(str(data.min())), len(str(data.max())))
-        formatter = {"int": lambda v: str(v).rjust(width)}
-    return np.array2string(data, separator=", ", formatter=formatter, threshold=1000,
-                           edgeitems=3, max_line_width=80, prefix="tensor(")
+        formats = (_Formatter(shown),)
+    return _nested_str(data, len("tensor("), summarize, formats)
+
+
+class _Formatter:
+    """One element's text, padded to the widest of the values shown: integers as they are,
+    floats whole (`3.`), fixed (`precision` digits) or scientific when their magnitudes span
+    more than 1000x, pass 1e8 or fall under 1e-4 (or as `sci_mode` says)."""
+
+    def __init__(self, values: np.ndarray):
+        self.floating = values.dtype.kind in "fc"
+        self.whole, self.sci, self.width = True, False, 1
+        flat = values.reshape(-1)
+        if not self.floating:
+            self.width = max([len(self._plain(v)) for v in flat.tolist()] + [1])
+            return
+        flat = flat.astype(np.float64)
+        nonzero = flat[np.isfinite(flat) & (flat != 0)]
+        if nonzero.size == 0:
+            return
+        mags = np.abs(nonzero)
+        lo, hi = mags.min(), mags.max()
+        self.whole = bool(np.all(nonzero == np.ceil(nonzero)))
+        sci = PRINT_OPTS.sci_mode
+        self.sci = (hi / lo > 1000.0 or hi > 1.0e8 or lo < 1.0e-4) if sci is None else sci
+        self.width = max(len(self._text(v)) + (self.whole and not self.sci)
+                         for v in nonzero.tolist())
+
+    @staticmethod
+    def _plain(v) -> str:
+        return str(v)
+
+    def _text(self, v: float) -> str:
+        p = PRINT_OPTS.precision
+        if self.sci:
+            return f"{v:.{p}e}"
+        return f"{v:.0f}" if self.whole else f"{v:.{p}f}"
+
+    def format(self, v) -> str:
+        if not self.floating:
+            text = self._plain(v)
+        else:
+            text = self._text(v)
+            if self.whole and not self.sci and math.isfinite(v):
+                text += "."
+        return text.rjust(self.width)
+
+
+def _summarized(data: np.ndarray) -> np.ndarray:
+    """The values a summarized repr shows: `edgeitems` at each end of every dimension."""
+    e = PRINT_OPTS.edgeitems
+    if data.ndim == 0:
+        return data
+    if data.ndim > 1 and not e:
+        return data[(slice(0, 0),) * data.ndim]
+    if data.shape[0] > 2 * e:
+        data = np.concatenate([data[:e], data[-e:]])
+    return data if data.ndim == 1 else np.stack([_summarized(x) for x in data])
+
+
+def _element(v, formats: tuple) -> str:
+    if len(formats) == 1:
+        return formats[0].format(v)
+    real, imag = formats[0].format(v.real), (formats[1].format(v.imag) + "j").lstrip()
+    return real + imag if imag[0] in "+-" else real + "+" + imag
+
+
+def _nested_str(data: np.ndarray, indent: int, summarize: bool, formats: tuple) -> str:
+    e = PRINT_OPTS.edgeitems
+    cut = summarize and data.ndim and data.shape[0] > 2 * e
+    if data.ndim == 0:
+        return _element(data.item(), formats)
+    if data.ndim == 1:
+        width = formats[0].width + 2 + (formats[1].width + 1 if len(formats) > 1 else 0)
+        per_line = max(1, (PRINT_OPTS.linewidth - indent) // width)
+        if summarize and not e:
+            items = ["..."]
+        elif cut:
+            items = ([_element(v, formats) for v in data[:e].tolist()] + [" ..."] +
+                     [_element(v, formats) for v in data[-e:].tolist()])
+        else:
+            items = [_element(v, formats) for v in data.tolist()]
+        lines = [", ".join(items[i:i + per_line]) for i in range(0, len(items), per_line)]
+        return "[" + (",\n" + " " * (indent + 1)).join(lines) + "]"
+    rows = range(data.shape[0])
+    if cut:
+        parts = ([_nested_str(data[i], indent + 1, summarize, formats) for i in rows[:e]] +
+                 ["..."] +
+                 [_nested_str(data[i], indent + 1, summarize, formats) for i in rows[-e:]])
+    else:
+        parts = [_nested_str(data[i], indent + 1, summarize, formats) for i in rows]
+    return "[" + ("," + "\n" * (data.ndim - 1) + " " * (indent + 1)).join(parts) + "]"

@@ -973,6 +973,59 @@ def test_repr_names_a_dtype_unless_it_is_the_default_one(make) -> None:
             lib.set_default_dtype(lib.float32)
 
 
+PRINTOPTIONS = [dict(precision=3), dict(precision=2, sci_mode=True), dict(sci_mode=False),
+                dict(threshold=5), dict(threshold=5, edgeitems=1), dict(linewidth=20),
+                dict(profile="short"), dict(profile="full"), dict(precision=6, profile="short")]
+PRINTED = [lambda lib: lib.tensor(1.0986123), lambda lib: lib.tensor([1.0986123, 2.5, -3.0]),
+           lambda lib: lib.tensor([[1e-6, 1.0], [1e5, 2.0]]), lambda lib: lib.arange(10.0),
+           lambda lib: lib.arange(12).reshape(3, 4), lambda lib: lib.arange(2000.0),
+           lambda lib: lib.tensor([1.0, 2.0])]
+
+
+def _printed_values(kind: str, shape: tuple) -> np.ndarray:
+    rng = np.random.default_rng(len(shape) + len(kind))
+    n = int(np.prod(shape))
+    values = {"ints": lambda: rng.integers(-1000, 1000, n),
+              "bools": lambda: rng.random(n) > 0.5,
+              "huge": lambda: (rng.standard_normal(n) * 1e9).astype(np.float32),
+              "tiny": lambda: (rng.standard_normal(n) * 1e-5).astype(np.float32),
+              "whole": lambda: np.round(rng.standard_normal(n) * 100).astype(np.float32),
+              "float16": lambda: (rng.standard_normal(n) * 10).astype(np.float16),
+              "float64": lambda: rng.standard_normal(n) * 10}[kind]()
+    if kind in ("huge", "whole") and n > 2:
+        values[::3] = np.nan
+        values[1::5] = -np.inf
+    return values.reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (7, 3), (2, 3, 4), (1200,), (40, 40), (2, 2, 300),
+                                   (2, 0)], ids=str)
+@pytest.mark.parametrize("kind", ["ints", "bools", "huge", "tiny", "whole", "float16",
+                                  "float64"])
+def test_layout_matches_torch(kind, shape) -> None:
+    """Widths, wrapping, elided runs of a large tensor and where `dtype=` goes."""
+    a = _printed_values(kind, shape)
+    assert repr(kiln.tensor(a)) == repr(torch.tensor(a)).replace("torch.", "kiln.")
+
+
+@pytest.mark.parametrize("options", PRINTOPTIONS, ids=str)
+def test_printoptions_match_torch(options) -> None:
+    """set_printoptions changes what it is given (a profile resets the counts first) and keeps
+    the rest; every tensor prints as torch's does under the same options."""
+    try:
+        for lib in (torch, kiln):
+            lib.set_printoptions(**options)
+        for make in PRINTED:
+            assert repr(make(kiln)) == repr(make(torch)).replace("torch.", "kiln.")
+        for lib in (torch, kiln):               # a second call keeps the first's options
+            lib.set_printoptions(linewidth=60)
+        assert repr(PRINTED[5](kiln)) == repr(PRINTED[5](torch))
+    finally:
+        for lib in (torch, kiln):
+            lib.set_printoptions(profile="default")
+    assert np.get_printoptions()["precision"] == 8          # NumPy's own options untouched
+
+
 def test_repr_of_results_names_the_grad_fn() -> None:
     x = kiln.ones(2, requires_grad=True)
     text = repr(x * 2)
