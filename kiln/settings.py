@@ -6,7 +6,6 @@ back; `set_printoptions` sets the options kiln's tensor repr reads (not NumPy's)
 
 from __future__ import annotations
 
-
 from kiln.tracer.tensor import PRINT_OPTS
 
 _STATE = {"deterministic": False, "warn_only": False, "matmul_precision": "highest",
