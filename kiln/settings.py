@@ -9,7 +9,7 @@ from __future__ import annotations
 from kiln.tracer.tensor import PRINT_OPTS
 
 _STATE = {"deterministic": False, "warn_only": False, "matmul_precision": "highest",
-          "warn_always": False, "anomaly": False, "anomaly_check_nan": True,
+          "warn_always": False,
           "interop_threads": 1}
 
 

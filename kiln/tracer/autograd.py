@@ -33,7 +33,7 @@ class Node:
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
                  "out_version", "out_at", "edges", "hooks", "retained", "out_trace", "label",
-                 "packed", "__weakref__")
+                 "packed", "forward_stack", "__weakref__")
 
     def name(self) -> str:
         # `label`: the PyTorch name a composite op gives its output's node (MeanBackward0)
@@ -207,8 +207,44 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node.hooks = node.retained = node.out_trace = node.packed = None
     if HOOKED[0] and STATE.saved_hooks:
         _pack_saved(node, args, result)
+    if ANOMALY[0]:
+        node.forward_stack = _user_stack()
     result.grad_fn = node
     result.requires_grad = True
+
+
+# anomaly mode (torch.autograd.detect_anomaly): [enabled, check_nan]. Enabled, each node keeps
+# the user's stack of the forward call that made it, and a backward rule returning NaN raises
+# with that stack.
+ANOMALY = [False, True]
+_KILN_DIR = __file__.rsplit("/tracer/", 1)[0] + "/"
+
+
+def _user_stack() -> list:
+    """The stack of the forward call, without kiln's own frames."""
+    import traceback
+    return [f for f in traceback.extract_stack()[:-2] if not f.filename.startswith(_KILN_DIR)]
+
+
+def _check_anomaly(node, grads) -> None:
+    """PyTorch's anomaly check: a rule that returned NaN names itself and where its forward
+    op was called."""
+    for i, ga in enumerate(grads):
+        if isinstance(ga, Tensor) and ga.dtype.is_floating_point and bool(
+                ga.isnan().any()):
+            import traceback
+            import warnings
+            stack = getattr(node, "forward_stack", None)
+            where = "".join(traceback.format_list(stack)) if stack else \
+                "  (not recorded: the forward ran before anomaly detection was enabled)\n"
+            frame = sys._getframe(1)        # the warning points at the user's backward()
+            while frame.f_back is not None and frame.f_code.co_filename.startswith(_KILN_DIR):
+                frame = frame.f_back
+            warnings.warn_explicit(f"Error detected in {node.name()}. Traceback of forward call "
+                                   f"that caused the error:\n{where}", UserWarning,
+                                   frame.f_code.co_filename, frame.f_lineno)
+            raise RuntimeError(f"Function '{node.name()}' returned nan values in its {i}th "
+                               "output.")
 
 
 def edges_of(args: tuple) -> tuple:
@@ -905,6 +941,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     grads = _widened_rule(node, g, out, saved)
                 else:
                     grads = node.prim.grad(g, out, *saved, **node.attrs)
+                if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
+                    _check_anomaly(node, grads)
                 for edge, ga, a in zip(node.edges, grads, saved):
                     if ga is None or edge is None:
                         continue

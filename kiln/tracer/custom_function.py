@@ -18,6 +18,7 @@ traced backward graph could not contain.
 from __future__ import annotations
 
 import functools
+import warnings
 
 from kiln.ir.ops import Primitive
 from kiln.tracer import autograd, forward_ad
@@ -279,46 +280,50 @@ class Variable(metaclass=_VariableMeta):
         return data
 
 
-_ANOMALY = {"enabled": False, "check_nan": True}
-
-
 class set_detect_anomaly:
-    """Stores the anomaly-detection flag (torch.autograd.set_detect_anomaly). kiln does not
-    trace NaNs back to the forward op that made them: the flag changes nothing else."""
+    """Anomaly detection on or off (torch.autograd.set_detect_anomaly): while on, every autograd
+    node keeps the stack of the forward call that made it, and a backward rule that returns NaN
+    raises `RuntimeError: Function 'DivBackward0' returned nan values in its 0th output.` after
+    a warning showing that stack. As a context manager, the old state comes back on exit."""
 
     def __init__(self, mode: bool, check_nan: bool = True):
-        self.prev = dict(_ANOMALY)
-        _ANOMALY["enabled"], _ANOMALY["check_nan"] = bool(mode), bool(check_nan)
+        self.prev = list(autograd.ANOMALY)
+        autograd.ANOMALY[:] = [bool(mode), bool(check_nan)]
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        _ANOMALY.update(self.prev)
+        autograd.ANOMALY[:] = self.prev
         return False
 
 
 class detect_anomaly(set_detect_anomaly):
-    """`with detect_anomaly():` sets the anomaly flag for the block (a no-op check in kiln)."""
+    """`with detect_anomaly():` (or as a decorator): anomaly detection for the block."""
 
     def __init__(self, check_nan: bool = True):
+        warnings.warn("Anomaly Detection has been enabled. This mode will increase the runtime "
+                      "and should only be enabled for debugging.", UserWarning, stacklevel=2)
         super().__init__(True, check_nan)
 
     def __call__(self, fn):
+        check_nan = autograd.ANOMALY[1]
+        autograd.ANOMALY[:] = self.prev     # a decorator: on only while `fn` runs
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with detect_anomaly(_ANOMALY["check_nan"]):
+            with set_detect_anomaly(True, check_nan):
                 return fn(*args, **kwargs)
         return wrapper
 
 
 def is_anomaly_enabled() -> bool:
-    return _ANOMALY["enabled"]
+    return autograd.ANOMALY[0]
 
 
 def is_anomaly_check_nan_enabled() -> bool:
-    return _ANOMALY["check_nan"]
+    return autograd.ANOMALY[1]
 
 
 def set_anomaly_enabled(enabled: bool, check_nan: bool = True) -> None:
-    _ANOMALY["enabled"], _ANOMALY["check_nan"] = bool(enabled), bool(check_nan)
+    autograd.ANOMALY[:] = [bool(enabled), bool(check_nan)]
