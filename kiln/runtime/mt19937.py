@@ -107,13 +107,13 @@ class TorchStream:
             return np.array([self._small_normal() * std + mean for _ in range(n)],
                             dtype=np.float64).astype(dtype)
         work = np.float64 if dtype == np.float64 else np.float32
-
-        def uniforms(count):        # half types store their uniforms before the math
-            u = self.fraction(count, dtype)
-            return (u.astype(dtype) if dtype.itemsize == 2 else u).astype(work)
-        data = uniforms(n)
-        out = np.empty(n, dtype=work)
         whole = n - n % 16
+
+        def uniforms(count):        # half types draw float32's uniforms and compute in float
+            return self.fraction(count, work)
+        # float and double draw all n uniforms first; the half types only the whole blocks'
+        data = uniforms(n if dtype.itemsize > 2 else whole)
+        out = np.empty(n, dtype=work)
         self._fill16(data[:whole].reshape(-1, 16), out[:whole].reshape(-1, 16), mean, std)
         if n % 16:
             self._fill16(uniforms(16).reshape(1, 16), out[n - 16:].reshape(1, 16), mean, std)

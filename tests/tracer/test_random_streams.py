@@ -60,6 +60,20 @@ def test_normal_streams_are_torchs(seed):
             np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_half_normal_streams_are_torchs(seed):
+    """float16 and bfloat16 draw the whole blocks' uniforms only (float's kernel draws all n),
+    compute in float32 and round; a stream continues after them as torch's does."""
+    def draws(lib):
+        return [lib.randn(n, dtype=d).float() for d in (lib.float16, lib.bfloat16)
+                for n in (3, 16, 17, 40, 1000)] + [lib.rand(5)]
+    k, t = both(seed, draws)
+    for a, b in zip(k, t):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.sum(a != b) <= max(1, a.size // 100)  # a float32 ulp may round otherwise
+        np.testing.assert_allclose(a, b, rtol=8e-3)
+
+
 def test_same_seed_same_initial_weights_as_torch():
     """Layers initialized by uniform_ (Linear, Conv, RNNs, attention) equal PyTorch's bit for
     bit; by normal_ (Embedding), to float32 rounding."""
