@@ -148,3 +148,12 @@ def test_namespaces_kiln_does_not_have_say_what_to_use(name, hint) -> None:
     assert not hasattr(kiln, name)          # an AttributeError, as probes expect
     with pytest.raises(AttributeError, match=f"no attribute '{name}': .*{hint}"):
         getattr(kiln, name)
+
+
+@pytest.mark.parametrize("make", [
+    lambda lib: lib.device(type="cpu"), lambda lib: lib.device(type="cuda", index=1),
+    lambda lib: lib.device("cuda:2"), lambda lib: lib.device("cpu"),
+    lambda lib: lib.device("cuda", 3)], ids=range(5))
+def test_device_constructor_forms_match_torch(make) -> None:
+    assert repr(make(kiln)) == repr(make(torch))
+    assert str(make(kiln)) == str(make(torch))

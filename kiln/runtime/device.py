@@ -18,9 +18,15 @@ class Device:
 
     __slots__ = ("type", "index")
 
-    def __new__(cls, spec="cpu", index: int | None = None):
+    def __new__(cls, spec=None, index: int | None = None, *, type: str | None = None):
+        if type is not None:                # device(type="cuda", index=1)
+            spec = type
+        elif spec is None:
+            spec = "cpu"
         if isinstance(spec, Device):
             return spec
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            spec, index = "cuda", spec      # device(1): the accelerator's device 1, as torch
         if not isinstance(spec, str):
             raise TypeError(f"device: expected a string like 'cpu' or 'cuda:0', got {spec!r}")
         kind, _, idx = spec.partition(":")
