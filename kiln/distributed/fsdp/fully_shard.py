@@ -95,6 +95,11 @@ class FSDPState:
                 view._version = p.sharded._version
                 destination[key] = view
 
+    def load_pre_hook(self, module: Module, *_args) -> None:
+        """Before `load_state_dict`: register the shards, so the load writes into them."""
+        if self.group is not None:
+            self.group.reshard()
+
     def load_hook(self, module: Module, incompatible_keys) -> None:
         """After `load_state_dict(..., assign=True)` the modules hold new parameter objects:
         take their data as the shards and register the shards again."""
@@ -233,6 +238,7 @@ def fully_shard(module: Module, *, mesh: DeviceMesh | None = None,
     module.register_forward_pre_hook(state.pre_forward, prepend=True, with_kwargs=True)
     module.register_forward_hook(state.post_forward)
     module.register_state_dict_post_hook(state.state_dict_hook)
+    module.register_load_state_dict_pre_hook(state.load_pre_hook)
     module.register_load_state_dict_post_hook(state.load_hook)
     cls = type(module)
     if cls not in _CLASSES:

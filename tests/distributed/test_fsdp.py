@@ -1,0 +1,357 @@
+"""FSDP2 (`fully_shard`), DTensor and the distributed state dicts. Two ranks under mpiexec run
+tests/distributed/fsdp_ranks.py once; each test compares part of what they wrote with a
+single-process kiln run on the concatenated batch (float64), which is itself compared with
+torch. World-size-1 runs in this process check the rest."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+import kiln.distributed as dist
+import kiln.nn as nn
+import kiln.nn.functional as F
+from kiln.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    set_optimizer_state_dict)
+from kiln.distributed.fsdp import FSDPModule, fully_shard
+from kiln.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor, init_device_mesh
+from tests.distributed import fsdp_workloads as W
+from tests.distributed import launch
+
+N = 2
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_ranks")
+    proc = launch.mpiexec(N, [os.path.join(launch.HERE, "fsdp_ranks.py"), str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [dict(np.load(out / f"rank{r}.npz")) for r in range(N)]
+
+
+def _results(ranks, section: str) -> list[dict]:
+    for r in range(N):
+        assert f"error:{section}" not in ranks[r], str(ranks[r][f"error:{section}"])
+    return ranks
+
+
+def _prefixed(rank_out: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+
+
+@pytest.fixture
+def group():
+    """The default group in this process: world size 1."""
+    launch.mpi_or_skip()
+    dist.init_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- references
+
+@functools.lru_cache(maxsize=None)
+def reference_run(steps: int = W.STEPS):
+    """Single-process kiln on the concatenated batch: (each rank's half-batch loss before each
+    step [steps, N], the full batch's losses, the final state)."""
+    model = W.transformer(0)
+    opt = W.adam(model)
+    halves, full = [], []
+    for step in range(steps):
+        with kiln.no_grad():
+            halves.append([float(W.lm_loss(model, W.tokens(step, r))) for r in range(N)])
+        full += W.train(model, opt, 1, start=step)
+    return np.array(halves), np.array(full), W.state(model)
+
+
+class TorchAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        for name in ("wq", "wk", "wv", "wo"):
+            setattr(self, name, torch.nn.Linear(W.DIM, W.DIM, bias=False))
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        heads = [t.view(b, s, W.HEADS, W.DIM // W.HEADS).transpose(1, 2)
+                 for t in (self.wq(x), self.wk(x), self.wv(x))]
+        out = torch.nn.functional.scaled_dot_product_attention(*heads, is_causal=True)
+        return self.wo(out.transpose(1, 2).reshape(b, s, W.DIM))
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention_norm = torch.nn.LayerNorm(W.DIM)
+        self.attention = TorchAttention()
+        self.ffn_norm = torch.nn.LayerNorm(W.DIM)
+        self.w1 = torch.nn.Linear(W.DIM, W.HIDDEN)
+        self.w2 = torch.nn.Linear(W.HIDDEN, W.DIM)
+
+    def forward(self, x):
+        h = x + self.attention(self.attention_norm(x))
+        return h + self.w2(torch.nn.functional.gelu(self.w1(self.ffn_norm(h))))
+
+
+class TorchTransformer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok_embeddings = torch.nn.Embedding(W.VOCAB, W.DIM)
+        self.pos_embeddings = torch.nn.Embedding(W.SEQ, W.DIM)
+        self.layers = torch.nn.ModuleList([TorchBlock() for _ in range(W.LAYERS)])
+        self.norm = torch.nn.LayerNorm(W.DIM)
+        self.output = torch.nn.Linear(W.DIM, W.VOCAB, bias=False)
+
+    def forward(self, tokens):
+        h = self.tok_embeddings(tokens) + self.pos_embeddings(torch.arange(tokens.shape[1]))
+        for layer in self.layers:
+            h = layer(h)
+        return self.output(self.norm(h))
+
+
+def test_single_process_reference_matches_torch():
+    """The chain's first link: kiln's single-process run is torch's (same weights, data)."""
+    model = TorchTransformer().double()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in
+                           W.state(W.transformer(0)).items()})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(W.STEPS):
+        batch = torch.from_numpy(W.tokens(step))
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, W.VOCAB),
+                                                 batch[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    _, kiln_losses, kiln_state = reference_run()
+    np.testing.assert_allclose(kiln_losses, losses, rtol=1e-10)
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(kiln_state[key], value.numpy(), rtol=1e-8, atol=1e-10,
+                                   err_msg=key)
+
+
+# ----------------------------------------------------------------------------- two ranks
+
+def test_dtensor_shards_as_torch_chunk(ranks):
+    got = _results(ranks, "dtensor")
+    rank0 = np.arange(15.0).reshape(5, 3)
+    cols = np.arange(20.0).reshape(4, 5)
+    for r in range(N):
+        np.testing.assert_array_equal(got[r]["mesh"], [N, r, 1])
+        # torch.chunk: 5 rows on 2 ranks are 3 + 2; the data is rank 0's (src_data_rank=0)
+        np.testing.assert_array_equal(got[r]["dt_shard0_local"], rank0[[0, 1, 2]] if r == 0
+                                      else rank0[[3, 4]])
+        np.testing.assert_array_equal(got[r]["dt_shard0_full"], rank0)
+        np.testing.assert_array_equal(got[r]["dt_shard1_local"], cols[:, :3] if r == 0
+                                      else cols[:, 3:])
+        np.testing.assert_array_equal(got[r]["dt_shard1_full"], cols)
+        np.testing.assert_array_equal(got[r]["dt_replicate"], rank0)
+        np.testing.assert_array_equal(got[r]["dt_redistributed"], rank0)
+        np.testing.assert_array_equal(got[r]["dt_from_local"], [[0.0] * 3] * 2 + [[1.0] * 3] * 2)
+        np.testing.assert_array_equal(got[r]["dt_from_local_shape"], [4, 3])
+
+
+def test_transformer_on_two_ranks_equals_one_process_on_the_whole_batch(ranks):
+    got = _results(ranks, "transformer")
+    halves, _, reference = reference_run()
+    for r in range(N):
+        assert list(got[r]["transformer_classes"]) == ["FSDPTransformer", "FSDPBlock",
+                                                       "Attention"]
+        assert got[r]["transformer_all_dtensor"] and got[r]["transformer_is_fsdp"].all()
+        # each rank's loss is its own half of the batch, before each step
+        np.testing.assert_allclose(got[r]["transformer_losses"], halves[:, r], rtol=1e-10)
+        full = _prefixed(got[r], "transformer")
+        assert set(full) == set(reference)
+        for key, want in reference.items():
+            np.testing.assert_allclose(full[key], want, rtol=1e-9, atol=1e-12,
+                                       err_msg=f"rank {r} {key}")
+        # the 11-row output projection is split 6 + 5; the shards are the full tensor's rows
+        assert int(got[r]["output_weight_local_rows"]) == (6 if r == 0 else 5)
+        rows = slice(0, 6) if r == 0 else slice(6, 11)
+        np.testing.assert_array_equal(got[r]["tok_embeddings_local"],
+                                      got[r]["tok_embeddings_full"][rows])
+    # full + cpu_offload: rank 0 gets everything, the others an empty dict (as torch)
+    assert int(got[0]["offloaded_keys"]) == len(reference) and int(got[1]["offloaded_keys"]) == 0
+
+
+def test_uneven_shards_train_like_one_process(ranks):
+    got = _results(ranks, "uneven")
+    kiln.manual_seed(5)
+    model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+    w0 = model[0].weight.detach().numpy().copy()
+    # Linear(5, 3): weight rows 2 + 1, bias 2 + 1; Linear(3, 1): rank 1 holds nothing
+    assert got[0]["uneven_local_shapes"].tolist() == [[2, 5], [2, 0], [1, 3], [1, 0]]
+    assert got[1]["uneven_local_shapes"].tolist() == [[1, 5], [1, 0], [0, 3], [0, 0]]
+    np.testing.assert_array_equal(got[0]["uneven_local_values"], w0[:2])
+    np.testing.assert_array_equal(got[1]["uneven_local_values"], w0[2:])
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = W.mlp_data()
+    for _ in range(3):
+        loss = F.mse_loss(model(kiln.tensor(x[:, :5]).double()), kiln.tensor(y[:, :1]).double())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for r in range(N):
+        for key, want in W.state(model).items():
+            np.testing.assert_allclose(_prefixed(got[r], "uneven")[key], want, rtol=1e-10,
+                                       err_msg=f"rank {r} {key}")
+
+
+def test_mixed_precision_gathers_bfloat16_and_reduces_float32(ranks):
+    got = _results(ranks, "mixed_precision")
+    for r in range(N):
+        # inside forward: bfloat16 weights and inputs (cast by fully_shard), bfloat16 output
+        assert list(got[r]["mp_forward_dtypes"]) == ["bfloat16"] * 3
+        assert list(got[r]["mp_unsharded_dtypes"]) == ["bfloat16", "Parameter"]
+        assert got[r]["mp_resharded"]
+        assert list(got[r]["mp_grad_dtypes"]) == ["float32"] * 4
+    # the same arithmetic by hand: each rank's half through a bfloat16 copy of the weights,
+    # its bfloat16 gradients cast to float32 and averaged over the ranks
+    master = W.mlp()
+    grads = []
+    for r in range(N):
+        copy16 = copy.deepcopy(master).to(kiln.bfloat16)
+        x, y = W.mlp_data(r)
+        F.mse_loss(copy16(kiln.tensor(x).to(kiln.bfloat16)).float(), kiln.tensor(y)).backward()
+        grads.append([p.grad.float().numpy() for p in copy16.parameters()])
+    want = [(a + b) / 2 for a, b in zip(*grads)]
+    full32 = []
+    for r in range(N):
+        for i, w in enumerate(want):
+            np.testing.assert_allclose(got[r][f"mp_grad/{i}"], w, rtol=1e-6, atol=1e-7)
+    # and the bfloat16 rounding is there: float32 gradients differ
+    for r in range(N):
+        x, y = W.mlp_data(r)
+        m32 = copy.deepcopy(master)
+        F.mse_loss(m32(kiln.tensor(x)), kiln.tensor(y)).backward()
+        full32.append(m32[0].weight.grad.numpy())
+    assert not np.allclose(got[0]["mp_grad/0"], (full32[0] + full32[1]) / 2, rtol=1e-6)
+
+
+def test_gradient_accumulation_and_no_sync(ranks):
+    got = _results(ranks, "accumulation")
+    model = W.transformer(0)
+    for step in range(2):
+        W.lm_loss(model, W.tokens(step)).backward()
+    for r in range(N):
+        assert got[r]["no_sync_grads_none"]
+        for name, p in model.named_parameters():
+            want = p.grad.numpy()
+            np.testing.assert_allclose(got[r][f"accumulated/{name}"], want, rtol=1e-9,
+                                       atol=1e-13, err_msg=name)
+            np.testing.assert_allclose(got[r][f"no_sync/{name}"], want, rtol=1e-9,
+                                       atol=1e-13, err_msg=name)
+
+
+def test_state_dict_round_trips_resume_training_exactly(ranks):
+    got = _results(ranks, "state_dicts")
+    halves, _, reference = reference_run(4)
+    names = sorted(n for n, _ in W.transformer(0).named_parameters())
+    for r in range(N):
+        np.testing.assert_array_equal(got[r]["roundtrip_outputs_after"],
+                                      got[r]["roundtrip_outputs_before"])
+        assert sorted(got[r]["optim_sd_keys"]) == names
+        assert got[r]["optim_sd_exp_avg"].shape == (W.VOCAB, W.DIM)      # gathered
+        assert got[r]["sharded_osd_is_dtensor"]
+        np.testing.assert_allclose(got[r]["resumed_losses_uninterrupted"], halves[2:, r],
+                                   rtol=1e-10)
+        uninterrupted = _prefixed(got[r], "resumed_uninterrupted")
+        for how in ("full", "broadcast", "sharded"):
+            np.testing.assert_array_equal(got[r][f"resumed_losses_{how}"],
+                                          got[r]["resumed_losses_uninterrupted"], err_msg=how)
+            resumed = _prefixed(got[r], f"resumed_{how}")
+            for key, want in uninterrupted.items():
+                np.testing.assert_array_equal(resumed[key], want, err_msg=f"{how} {key}")
+        for key, want in reference.items():
+            np.testing.assert_allclose(uninterrupted[key], want, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- one process
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: kiln.optim.SGD(ps, lr=0.1, momentum=0.9),
+    lambda ps: kiln.optim.Adam(ps, lr=1e-2),
+    lambda ps: kiln.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)], ids=["sgd", "adam", "adamw"])
+def test_world_size_one_equals_the_plain_model(group, make_opt):
+    plain = W.transformer(0)
+    sharded = W.transformer(0)
+    for layer in sharded.layers:
+        fully_shard(layer)
+    fully_shard(sharded)
+    for model in (plain, sharded):
+        opt = make_opt(model.parameters())
+        for step in range(2):
+            W.lm_loss(model, W.tokens(step, 0)).backward()
+            opt.step()
+            opt.zero_grad()
+    got = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
+    for key, want in W.state(plain).items():
+        np.testing.assert_array_equal(got[key].numpy(), want, err_msg=key)
+
+
+def test_module_state_dict_holds_dtensors_and_loads_back(group):
+    model = fully_shard(nn.Linear(4, 3).double())
+    assert isinstance(model, FSDPModule) and type(model).__name__ == "FSDPLinear"
+    assert "FSDPLinear(in_features=4" in repr(model)
+    sd = model.state_dict()
+    assert all(isinstance(v, DTensor) and v.placements == (Shard(0),) for v in sd.values())
+    x = kiln.randn(2, 4, dtype=kiln.float64)
+    with kiln.no_grad():        # no backward to come: the root reshards after forward
+        before = model(x).numpy()
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    saved = {k: DTensor.from_local(v.to_local().clone(), v.device_mesh, v.placements)
+             for k, v in sd.items()}
+    with kiln.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    assert not np.allclose(model(x).detach().numpy(), before)
+    model.load_state_dict(saved)    # into the shards, not the copy the forward left gathered
+    np.testing.assert_array_equal(model(x).detach().numpy(), before)
+    model.reshard()
+    with kiln.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    model.load_state_dict(saved, assign=True)     # the shards adopt the new tensors
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    with kiln.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), before)
+    opt = kiln.optim.Adam(model.parameters())
+    osd = get_optimizer_state_dict(model, opt)   # initializes the state, as torch does
+    assert sorted(osd["state"]) == ["bias", "weight"]
+    assert osd["param_groups"][0]["params"] == ["weight", "bias"]
+    set_optimizer_state_dict(model, opt, osd)
+
+
+def test_mistakes_say_what_to_do(group):
+    with pytest.raises(ValueError, match="1-D mesh of all 1 rank"):
+        init_device_mesh("cpu", (2, 1))
+    model = fully_shard(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="already fully_shard'ed"):
+        fully_shard(model)
+    with pytest.raises(ValueError, match="shard_placement_fn"):
+        fully_shard(nn.Linear(2, 2), shard_placement_fn=lambda p: Shard(1))
+    with pytest.raises(RuntimeError, match=r"missing keys \['bias'\]"):
+        set_model_state_dict(model, {"weight": kiln.zeros(2, 2)},
+                             options=StateDictOptions(full_state_dict=True))
+    with pytest.raises(ValueError, match=r"is \[3, 2\], the model's is \[2, 2\]"):
+        set_model_state_dict(model, {"weight": kiln.zeros(3, 2), "bias": kiln.zeros(2)},
+                             options=StateDictOptions(full_state_dict=True))
+    with pytest.raises(TypeError, match="distribute_tensor"):
+        DTensor(kiln.zeros(2))
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(distribute_tensor(kiln.zeros(2), placements=[Replicate()]))
+
+
+def test_fully_shard_needs_the_process_group():
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        fully_shard(nn.Linear(2, 2))
