@@ -9,6 +9,8 @@ import copy
 import functools
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from kiln.distributed.fsdp import FSDPModule, fully_shard
 from kiln.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor, init_device_mesh
 from tests.distributed import fsdp_workloads as W
 from tests.distributed import launch
+from tests.distributed.fsdp_torch_ranks import lm_loss, twin
 
 N = 2
 
@@ -72,62 +75,13 @@ def reference_run(steps: int = W.STEPS):
     return np.array(halves), np.array(full), W.state(model)
 
 
-class TorchAttention(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        for name in ("wq", "wk", "wv", "wo"):
-            setattr(self, name, torch.nn.Linear(W.DIM, W.DIM, bias=False))
-
-    def forward(self, x):
-        b, s, _ = x.shape
-        heads = [t.view(b, s, W.HEADS, W.DIM // W.HEADS).transpose(1, 2)
-                 for t in (self.wq(x), self.wk(x), self.wv(x))]
-        out = torch.nn.functional.scaled_dot_product_attention(*heads, is_causal=True)
-        return self.wo(out.transpose(1, 2).reshape(b, s, W.DIM))
-
-
-class TorchBlock(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attention_norm = torch.nn.LayerNorm(W.DIM)
-        self.attention = TorchAttention()
-        self.ffn_norm = torch.nn.LayerNorm(W.DIM)
-        self.w1 = torch.nn.Linear(W.DIM, W.HIDDEN)
-        self.w2 = torch.nn.Linear(W.HIDDEN, W.DIM)
-
-    def forward(self, x):
-        h = x + self.attention(self.attention_norm(x))
-        return h + self.w2(torch.nn.functional.gelu(self.w1(self.ffn_norm(h))))
-
-
-class TorchTransformer(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.tok_embeddings = torch.nn.Embedding(W.VOCAB, W.DIM)
-        self.pos_embeddings = torch.nn.Embedding(W.SEQ, W.DIM)
-        self.layers = torch.nn.ModuleList([TorchBlock() for _ in range(W.LAYERS)])
-        self.norm = torch.nn.LayerNorm(W.DIM)
-        self.output = torch.nn.Linear(W.DIM, W.VOCAB, bias=False)
-
-    def forward(self, tokens):
-        h = self.tok_embeddings(tokens) + self.pos_embeddings(torch.arange(tokens.shape[1]))
-        for layer in self.layers:
-            h = layer(h)
-        return self.output(self.norm(h))
-
-
 def test_single_process_reference_matches_torch():
     """The chain's first link: kiln's single-process run is torch's (same weights, data)."""
-    model = TorchTransformer().double()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in
-                           W.state(W.transformer(0)).items()})
+    model = twin(W.state(W.transformer(0)), W.VOCAB, W.SEQ, W.LAYERS)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for step in range(W.STEPS):
-        batch = torch.from_numpy(W.tokens(step))
-        logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, W.VOCAB),
-                                                 batch[:, 1:].reshape(-1))
+        loss = lm_loss(model, torch.from_numpy(W.tokens(step)))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -181,6 +135,24 @@ def test_transformer_on_two_ranks_equals_one_process_on_the_whole_batch(ranks):
                                       got[r]["tok_embeddings_full"][rows])
     # full + cpu_offload: rank 0 gets everything, the others an empty dict (as torch)
     assert int(got[0]["offloaded_keys"]) == len(reference) and int(got[1]["offloaded_keys"]) == 0
+
+
+def test_torch_fully_shard_on_two_processes_equals_kiln_on_two_ranks(ranks, tmp_path):
+    """The strongest check: torch's own FSDP2 (gloo, two spawned processes) on the same
+    weights and batches gives every rank kiln's losses and the same final weights."""
+    got = _results(ranks, "transformer")
+    env = launch.env()
+    proc = subprocess.run([sys.executable, os.path.join(launch.HERE, "fsdp_torch_ranks.py"),
+                           str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=180, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for r in range(N):
+        theirs = dict(np.load(tmp_path / f"torch_rank{r}.npz"))
+        np.testing.assert_allclose(got[r]["transformer_losses"], theirs["losses"], rtol=1e-10)
+        ours = _prefixed(got[r], "transformer")
+        for key, want in _prefixed(theirs, "state").items():
+            np.testing.assert_allclose(ours[key], want, rtol=1e-8, atol=1e-10,
+                                       err_msg=f"rank {r} {key}")
 
 
 def test_uneven_shards_train_like_one_process(ranks):
