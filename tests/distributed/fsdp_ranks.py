@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import kiln  # noqa: E402
 import kiln.distributed as dist  # noqa: E402
+import kiln.distributed.checkpoint as dcp  # noqa: E402
 import kiln.nn as nn  # noqa: E402
 import kiln.nn.functional as F  # noqa: E402
 from kiln.distributed.checkpoint.state_dict import (  # noqa: E402
@@ -158,6 +159,26 @@ def check_state_dicts(r: int, n: int) -> None:
         save_full(f"resumed_{name}", get_model_state_dict(m, options=FULL))
 
 
+def check_dcp(r: int, n: int, out_dir: str) -> None:
+    """dcp.save of model + optimizer, loaded into a fresh sharded model: training resumes."""
+    model = sharded_transformer()
+    opt = W.adam(model)
+    W.train(model, opt, 2, rank=r)
+    path = os.path.join(out_dir, "dcp")
+    OUT["dcp_dir"] = np.array(path)
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+             checkpoint_id=path)
+    fresh = sharded_transformer(seed=1)
+    fresh_opt = W.adam(fresh)
+    state = {"model": get_model_state_dict(fresh), "optim": get_optimizer_state_dict(fresh,
+                                                                                      fresh_opt)}
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(fresh, state["model"])
+    set_optimizer_state_dict(fresh, fresh_opt, state["optim"])
+    OUT["dcp_losses_uninterrupted"] = np.array(W.train(model, opt, 2, rank=r, start=2))
+    OUT["dcp_losses_loaded"] = np.array(W.train(fresh, fresh_opt, 2, rank=r, start=2))
+
+
 def check_dtensor(r: int, n: int) -> None:
     mesh = init_device_mesh("cpu", (n,))
     OUT["mesh"] = np.array([mesh.size(), mesh.get_rank(), mesh.ndim])
@@ -183,10 +204,10 @@ def main() -> None:
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     for check in (check_dtensor, check_transformer, check_uneven, check_mixed_precision,
-                  check_accumulation, check_state_dicts):
+                  check_accumulation, check_state_dicts, check_dcp):
         name = check.__name__[len("check_"):]
         try:
-            check(r, n)
+            check(r, n, *([out_dir] if check is check_dcp else []))
         except Exception:
             OUT[f"error:{name}"] = np.array(traceback.format_exc())
     np.savez(os.path.join(out_dir, f"rank{r}.npz"), **OUT)

@@ -18,6 +18,7 @@ import torch
 
 import kiln
 import kiln.distributed as dist
+import kiln.distributed.checkpoint as dcp
 import kiln.nn as nn
 import kiln.nn.functional as F
 from kiln.distributed.checkpoint.state_dict import (
@@ -245,6 +246,33 @@ def test_state_dict_round_trips_resume_training_exactly(ranks):
                 np.testing.assert_array_equal(resumed[key], want, err_msg=f"{how} {key}")
         for key, want in reference.items():
             np.testing.assert_allclose(uninterrupted[key], want, rtol=1e-9, atol=1e-12)
+
+
+def test_dcp_checkpoint_resumes_on_two_ranks_and_loads_on_one(ranks, group):
+    got = _results(ranks, "dcp")
+    for r in range(N):
+        np.testing.assert_array_equal(got[r]["dcp_losses_loaded"],
+                                      got[r]["dcp_losses_uninterrupted"])
+    path = str(got[0]["dcp_dir"])
+    assert sorted(os.listdir(path)) == [".metadata", "__0_0.kiln", "__1_0.kiln"]
+    # this process is one rank: it reads both ranks' rows into a plain model
+    _, _, want = reference_run(2)
+    model = W.transformer(seed=4)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=path)
+    for key, value in want.items():
+        np.testing.assert_allclose(model.state_dict()[key].numpy(), value, rtol=1e-9,
+                                   atol=1e-12, err_msg=key)
+    # and into a model sharded over this one rank, with the optimizer's state
+    sharded = fully_shard(W.transformer(seed=4))
+    opt = W.adam(sharded)
+    state = {"model": get_model_state_dict(sharded), "optim": get_optimizer_state_dict(sharded,
+                                                                                        opt)}
+    dcp.load(state, checkpoint_id=path)
+    assert float(state["optim"]["state"]["output.weight"]["step"]) == 2.0
+    assert state["optim"]["param_groups"][0]["lr"] == 1e-2
+    with pytest.raises(kiln.serialization.CheckpointError, match="is missing"):
+        dcp.load(state, checkpoint_id=os.path.dirname(path))
 
 
 # ----------------------------------------------------------------------------- one process
