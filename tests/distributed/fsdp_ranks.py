@@ -64,6 +64,24 @@ def check_transformer(r: int, n: int) -> None:
     OUT["tok_embeddings_full"] = sharded["tok_embeddings.weight"].full_tensor().numpy()
 
 
+def check_meta_init(r: int, n: int) -> None:
+    """The FSDP2 example's pattern: build on the meta device, shard, give the shards memory,
+    load rank 0's full weights; and convert dtype after sharding (the shards convert)."""
+    with kiln.device("meta"):
+        model = W.Transformer()
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    model.to_empty(device="cpu")
+    weights = {k: kiln.tensor(v) for k, v in W.state(W.transformer(0).float()).items()}
+    set_model_state_dict(model, weights if r == 0 else {},
+                         options=StateDictOptions(full_state_dict=True,
+                                                  broadcast_from_rank0=True))
+    model.double()
+    OUT["meta_dtype"] = np.array(model.output.weight.dtype.name)
+    OUT["meta_losses"] = np.array(W.train(model, W.adam(model), 2, rank=r))
+
+
 def check_uneven(r: int, n: int) -> None:
     kiln.manual_seed(5)
     model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
@@ -203,8 +221,8 @@ def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
-    for check in (check_dtensor, check_transformer, check_uneven, check_mixed_precision,
-                  check_accumulation, check_state_dicts, check_dcp):
+    for check in (check_dtensor, check_transformer, check_meta_init, check_uneven,
+                  check_mixed_precision, check_accumulation, check_state_dicts, check_dcp):
         name = check.__name__[len("check_"):]
         try:
             check(r, n, *([out_dir] if check is check_dcp else []))

@@ -156,6 +156,14 @@ def test_torch_fully_shard_on_two_processes_equals_kiln_on_two_ranks(ranks, tmp_
                                        err_msg=f"rank {r} {key}")
 
 
+def test_meta_device_init_then_rank0_weights(ranks):
+    got = _results(ranks, "meta_init")
+    halves, _, _ = reference_run()
+    for r in range(N):
+        assert str(got[r]["meta_dtype"]) == "float64"
+        np.testing.assert_allclose(got[r]["meta_losses"], halves[:2, r], rtol=1e-10)
+
+
 def test_uneven_shards_train_like_one_process(ranks):
     got = _results(ranks, "uneven")
     kiln.manual_seed(5)

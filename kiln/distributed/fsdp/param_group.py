@@ -43,26 +43,40 @@ class FSDPParam:
     def __init__(self, owners: list[tuple], fqns: list[str], param: Parameter,
                  mesh: DeviceMesh, param_dtype, reduce_dtype):
         self.owners, self.fqns = owners, fqns           # [(module, attribute name)], names
-        self.device, self.orig_dtype = param.device, param.dtype
         self.global_shape = tuple(param.shape)
         self.rows = self.global_shape[0] if self.global_shape else 1
         self.row_shape = self.global_shape[1:]
         self.rowsize = math.prod(self.row_shape)
         world, rank = mesh.size(), mesh.get_rank()
         start, stop, self.chunk = chunk_bounds(self.rows, world, rank)
-        xp = self.device.xp
-        rows = param._data.reshape((self.rows,) + self.row_shape)
-        local = xp.ascontiguousarray(rows[start:stop]).copy()
-        self.sharded = DTensor._wrap(local, param.dtype, param.device, mesh, (Shard(0),),
+        rows = param.reshape((self.rows,) + self.row_shape)
+        local = rows[start:stop].detach().clone()
+        self.sharded = DTensor._wrap(local._data, param.dtype, param.device, mesh, (Shard(0),),
                                      self.global_shape, ShardedParameter, param.requires_grad)
-        self.param_dtype = param_dtype or param.dtype
-        # MPI has no 16-bit float sum: such reductions run in float32, then round
-        self.reduce_dtype = reduce_dtype or self.param_dtype
+        self._param_dtype, self._reduce_dtype = param_dtype, reduce_dtype
         self.unsharded = Parameter(kiln.empty(0, dtype=self.param_dtype, device=param.device),
                                    param.requires_grad)
-        self._empty = self.unsharded._data
         for module, name in owners:
             module._parameters[name] = self.sharded
+
+    # the shard's dtype and device are read at each use: `.to()`, `.double()` or `to_empty()`
+    # after fully_shard convert the shards in place (Module._apply keeps parameter identity)
+    @property
+    def orig_dtype(self) -> dt.DType:
+        return self.sharded.dtype
+
+    @property
+    def device(self):
+        return self.sharded.device
+
+    @property
+    def param_dtype(self) -> dt.DType:
+        return self._param_dtype or self.sharded.dtype
+
+    @property
+    def reduce_dtype(self) -> dt.DType:
+        # MPI has no 16-bit float sum: such reductions run in float32, then round
+        return self._reduce_dtype or self.param_dtype
 
     @property
     def padded_numel(self) -> int:
@@ -118,6 +132,7 @@ class FSDPParamGroup:
                 # the version counter is left alone: autograd saved this parameter in forward
                 # and must not take the re-gathered (identical) values for an in-place change
                 p.unsharded._data = full
+                p.unsharded.dtype, p.unsharded.device = p.param_dtype, device
         for p in self.params:
             p.install(unsharded=True)
         self.is_unsharded = True
@@ -128,7 +143,7 @@ class FSDPParamGroup:
             return
         for p in self.params:
             p.install(unsharded=False)
-            p.unsharded._data = p._empty
+            p.unsharded._data = kiln.empty(0, dtype=p.unsharded.dtype, device=p.device)._data
         self.is_unsharded = False
 
     # ------------------------------------------------------------------ backward
