@@ -187,7 +187,7 @@ def fully_shard(module: Module, *, mesh: DeviceMesh | None = None,
 
     Returns `module`, whose class is now `FSDP<Name>` and whose parameters are DTensors.
     `reshard_after_forward`: free the gathered parameters after forward (None: yes, except
-    for the root). Convert dtypes and devices (`.double()`, `.to()`) before calling it.
+    for the root). `.to()`, `.double()` and `to_empty()` afterwards convert the shards.
     """
     if isinstance(module, (list, tuple)):
         raise ValueError("fully_shard: kiln shards one module per call (grouping several "
