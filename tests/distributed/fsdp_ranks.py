@@ -217,12 +217,47 @@ def check_dtensor(r: int, n: int) -> None:
     OUT["dt_from_local_shape"] = np.array(list(joined.global_shape))
 
 
+def check_cuda_fake(r: int, n: int) -> None:
+    """The transformer on cuda tensors through kiln's NCCL backend, over the stand-in NCCL
+    (fake_nccl.py) and fake CUDA (tests/fake_cuda.py): checks that FSDP's buffers and
+    collectives go through the device's array module. Runs last: the fake CUDA patches kiln's
+    device module for the rest of the process."""
+    import tests.fake_cuda
+    tests.fake_cuda.install()
+    from kiln.distributed import process_group as pg
+    from kiln.distributed.nccl_backend import NCCLBackend
+    from tests.distributed.fake_nccl import FakeNccl, FakeNcclCommunicator, fake_cupy
+    nccl = FakeNccl()
+    pg._WORLD.nccl = NCCLBackend(FakeNcclCommunicator(pg._WORLD.comm.Dup(), nccl), r, n, nccl,
+                                 fake_cupy)
+    model = W.transformer(0).cuda()
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    opt = W.adam(model)
+    losses = []
+    for step in range(2):
+        logits = model(kiln.tensor(W.tokens(step, r)[:, :-1]).cuda())
+        loss = F.cross_entropy(logits.reshape(-1, W.VOCAB),
+                               kiln.tensor(W.tokens(step, r)[:, 1:]).cuda().reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    OUT["cuda_losses"] = np.array(losses)
+    OUT["cuda_device"] = np.array(str(model.output.weight.device))
+    OUT["cuda_nccl_calls"] = np.array(sorted(set(nccl.calls)))
+    save_full("cuda", {k: v.cpu() for k, v in
+                       get_model_state_dict(model, options=FULL).items()})
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     for check in (check_dtensor, check_transformer, check_meta_init, check_uneven,
-                  check_mixed_precision, check_accumulation, check_state_dicts, check_dcp):
+                  check_mixed_precision, check_accumulation, check_state_dicts, check_dcp,
+                  check_cuda_fake):
         name = check.__name__[len("check_"):]
         try:
             check(r, n, *([out_dir] if check is check_dcp else []))

@@ -56,7 +56,8 @@ class Transformer(nn.Module):
         self.output = nn.Linear(DIM, VOCAB, bias=False)
 
     def forward(self, tokens):
-        h = self.tok_embeddings(tokens) + self.pos_embeddings(kiln.arange(tokens.shape[1]))
+        h = self.tok_embeddings(tokens) + self.pos_embeddings(kiln.arange(tokens.shape[1],
+                                                                     device=tokens.device))
         for layer in self.layers:
             h = layer(h)
         return self.output(self.norm(h))

@@ -164,6 +164,20 @@ def test_meta_device_init_then_rank0_weights(ranks):
         np.testing.assert_allclose(got[r]["meta_losses"], halves[:2, r], rtol=1e-10)
 
 
+def test_cuda_tensors_go_through_nccl(ranks):
+    """On fake CUDA with the stand-in NCCL (no GPU here): the same numbers, through NCCL's
+    all-gather and reduce-scatter."""
+    got = _results(ranks, "cuda_fake")
+    halves, _, reference = reference_run(2)
+    for r in range(N):
+        assert str(got[r]["cuda_device"]) == "cuda:0"
+        assert list(got[r]["cuda_nccl_calls"]) == ["allGather", "reduceScatter"]
+        np.testing.assert_allclose(got[r]["cuda_losses"], halves[:, r], rtol=1e-10)
+        for key, want in reference.items():
+            np.testing.assert_allclose(_prefixed(got[r], "cuda")[key], want, rtol=1e-9,
+                                       atol=1e-12, err_msg=key)
+
+
 def test_uneven_shards_train_like_one_process(ranks):
     got = _results(ranks, "uneven")
     kiln.manual_seed(5)

@@ -162,13 +162,13 @@ def set_state_dict(model, optimizers, *, model_state_dict: dict, optim_state_dic
 
 def _init_optim_state(optim: Optimizer) -> None:
     """Create the optimizer's state if it has none, with one step at learning rate 0 on zero
-    gradients (as torch does before reading or loading it)."""
+    gradients (as torch does before reading or loading it). Left alone when some parameter
+    has a gradient: a stateless optimizer (plain SGD) after backward, as torch leaves it."""
     if optim.state:
         return
     params = [p for g in optim.param_groups for p in g["params"]]
     if any(p.grad is not None for p in params):
-        raise RuntimeError("_init_optim_state: the optimizer has no state yet but some "
-                           "parameters have gradients; step or zero_grad() first")
+        return
     for p in params:
         if p.requires_grad:
             p.grad = kiln.zeros_like(p)
