@@ -121,6 +121,29 @@ def check_mixed_precision(r: int, n: int) -> None:
     OUT["mp_grad_dtypes"] = np.array([p.grad.dtype.name for p in model.parameters()])
     for i, p in enumerate(model.parameters()):
         OUT[f"mp_grad/{i}"] = p.grad.full_tensor().numpy()
+    # float16 everywhere: the reduction runs in float32 (MPI has no 16-bit sum), then rounds
+    half = W.mlp()
+    fully_shard(half, mp_policy=MixedPrecisionPolicy(param_dtype=kiln.float16))
+    F.mse_loss(half(kiln.tensor(x)).float(), kiln.tensor(y)).backward()
+    for i, p in enumerate(half.parameters()):
+        OUT[f"fp16_grad/{i}"] = p.grad.full_tensor().numpy()
+
+
+def check_reshard_options(r: int, n: int) -> None:
+    """reshard_after_forward=False keeps the layers gathered from forward to backward; the
+    numbers do not change."""
+    model = sharded_transformer(reshard_after_forward=False)
+    logits = model(kiln.tensor(W.tokens(0, r)[:, :-1]))
+    OUT["kept_gathered"] = np.array([type(model.layers[0].w1.weight).__name__,
+                                     type(model.output.weight).__name__])
+    logits.sum().backward()
+    OUT["resharded_after_backward"] = np.array(all(isinstance(p, DTensor)
+                                                   for p in model.parameters()))
+    model = sharded_transformer(reshard_after_forward=True)
+    model(kiln.tensor(W.tokens(0, r)[:, :-1]))
+    OUT["root_resharded"] = np.array(type(model.output.weight).__name__)
+    model = sharded_transformer(reshard_after_forward=False)
+    OUT["kept_losses"] = np.array(W.train(model, W.adam(model), 2, rank=r))
 
 
 def check_accumulation(r: int, n: int) -> None:
@@ -255,7 +278,8 @@ def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
-    for check in (check_dtensor, check_transformer, check_meta_init, check_uneven,
+    for check in (check_dtensor, check_transformer, check_meta_init, check_reshard_options,
+                  check_uneven,
                   check_mixed_precision, check_accumulation, check_state_dicts, check_dcp,
                   check_cuda_fake):
         name = check.__name__[len("check_"):]

@@ -230,6 +230,28 @@ def test_mixed_precision_gathers_bfloat16_and_reduces_float32(ranks):
         F.mse_loss(m32(kiln.tensor(x)), kiln.tensor(y)).backward()
         full32.append(m32[0].weight.grad.numpy())
     assert not np.allclose(got[0]["mp_grad/0"], (full32[0] + full32[1]) / 2, rtol=1e-6)
+    # float16 params and reduce dtype: summed in float32, rounded to float16
+    grads = []
+    for r in range(N):
+        copy16 = copy.deepcopy(master).to(kiln.float16)
+        x, y = W.mlp_data(r)
+        F.mse_loss(copy16(kiln.tensor(x).to(kiln.float16)).float(), kiln.tensor(y)).backward()
+        grads.append([p.grad.float().numpy() for p in copy16.parameters()])
+    for i, (a, b) in enumerate(zip(*grads)):
+        want = ((a + b) / 2).astype(np.float16).astype(np.float32)
+        for r in range(N):
+            np.testing.assert_array_equal(got[r][f"fp16_grad/{i}"], want)
+
+
+def test_reshard_after_forward_options(ranks):
+    got = _results(ranks, "reshard_options")
+    halves, _, _ = reference_run()
+    for r in range(N):
+        # False: layers stay gathered after forward; None on the root: the root stays gathered
+        assert list(got[r]["kept_gathered"]) == ["Parameter", "Parameter"]
+        assert got[r]["resharded_after_backward"]
+        assert str(got[r]["root_resharded"]) == "ShardedParameter"       # True on the root
+        np.testing.assert_allclose(got[r]["kept_losses"], halves[:2, r], rtol=1e-10)
 
 
 def test_gradient_accumulation_and_no_sync(ranks):

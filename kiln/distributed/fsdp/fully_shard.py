@@ -53,6 +53,8 @@ class FSDPState:
     def pre_forward(self, module: Module, args: tuple, kwargs: dict):
         if self.is_root is None:
             self._lazy_init()
+        if self.is_root:
+            _IN_FORWARD.clear()      # left over only by a forward that raised
         _IN_FORWARD.append(self)
         mp = self.mp_policy
         if mp.cast_forward_inputs and mp.param_dtype is not None:
@@ -62,8 +64,8 @@ class FSDPState:
         return args, kwargs
 
     def post_forward(self, module: Module, args: tuple, output):
-        if _IN_FORWARD and _IN_FORWARD[-1] is self:
-            _IN_FORWARD.pop()
+        if self in _IN_FORWARD:
+            _IN_FORWARD.remove(self)
         group = self.group
         if group is not None:
             if self.reshard_after_forward or not kiln.is_grad_enabled():
