@@ -21,6 +21,7 @@ import kiln.distributed as dist
 import kiln.distributed.checkpoint as dcp
 import kiln.nn as nn
 import kiln.nn.functional as F
+import kiln.utils.checkpoint
 from kiln.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
     set_optimizer_state_dict)
@@ -340,6 +341,35 @@ def test_world_size_one_equals_the_plain_model(group, make_opt):
     got = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
     for key, want in W.state(plain).items():
         np.testing.assert_array_equal(got[key].numpy(), want, err_msg=key)
+
+
+class CalledThrice(nn.Module):
+    """One fully_shard'ed block used three times, once under activation checkpointing."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.block(self.block(x))
+        return self.head(kiln.utils.checkpoint.checkpoint(self.block, h, use_reentrant=False))
+
+
+def test_a_block_called_several_times_and_recomputed(group):
+    """Each call gathers and frees the block again; backward gathers it again for each use
+    (and for the recomputation) and reduces its gradient once, when it is complete."""
+    kiln.manual_seed(0)
+    plain = CalledThrice().double()
+    sharded = copy.deepcopy(plain)
+    fully_shard(sharded.block)
+    fully_shard(sharded)
+    x = kiln.randn(3, 4, dtype=kiln.float64)
+    for model in (plain, sharded):
+        model(x).pow(2).sum().backward()
+    for (name, want), got in zip(plain.named_parameters(), sharded.parameters()):
+        np.testing.assert_allclose(got.grad.full_tensor().numpy(), want.grad.numpy(),
+                                   rtol=1e-12, err_msg=name)
 
 
 def test_module_state_dict_holds_dtensors_and_loads_back(group):
