@@ -23,9 +23,9 @@ import kiln.nn as nn
 import kiln.nn.functional as F
 import kiln.utils.checkpoint
 from kiln.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
-    set_optimizer_state_dict)
-from kiln.distributed.fsdp import FSDPModule, fully_shard
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, get_state_dict,
+    set_model_state_dict, set_optimizer_state_dict, set_state_dict)
+from kiln.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 from kiln.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor, init_device_mesh
 from tests.distributed import fsdp_workloads as W
 from tests.distributed import launch
@@ -402,7 +402,16 @@ def test_module_state_dict_holds_dtensors_and_loads_back(group):
     osd = get_optimizer_state_dict(model, opt)   # initializes the state, as torch does
     assert sorted(osd["state"]) == ["bias", "weight"]
     assert osd["param_groups"][0]["params"] == ["weight", "bias"]
-    set_optimizer_state_dict(model, opt, osd)
+    assert float(osd["state"]["weight"]["step"]) == 1.0
+    # get_/set_state_dict together; frozen parameters left out on request
+    model.bias.requires_grad_(False)
+    msd, osd = get_state_dict(model, opt, options=StateDictOptions(ignore_frozen_params=True))
+    assert list(msd) == ["weight"]
+    keys = set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd,
+                          options=StateDictOptions(strict=False))
+    assert keys.missing_keys == ["bias"] and keys.unexpected_keys == []
+    with kiln.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), before)
 
 
 def test_mistakes_say_what_to_do(group):
@@ -419,6 +428,11 @@ def test_mistakes_say_what_to_do(group):
     with pytest.raises(ValueError, match=r"is \[3, 2\], the model's is \[2, 2\]"):
         set_model_state_dict(model, {"weight": kiln.zeros(3, 2), "bias": kiln.zeros(2)},
                              options=StateDictOptions(full_state_dict=True))
+    with pytest.raises(ValueError, match="one module per call"):
+        fully_shard([nn.Linear(2, 2), nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="reshard_after_forward must be"):
+        fully_shard(nn.Linear(2, 2), reshard_after_forward=2)
+    fully_shard(nn.Linear(2, 2), offload_policy=CPUOffloadPolicy())     # CPU: nothing to do
     with pytest.raises(TypeError, match="distribute_tensor"):
         DTensor(kiln.zeros(2))
     with pytest.raises(TypeError, match="cannot be pickled"):
