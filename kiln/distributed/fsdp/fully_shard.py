@@ -13,7 +13,6 @@ The module's class becomes `FSDP<Name>`, a subclass of its class and of `FSDPMod
 
 from __future__ import annotations
 
-import kiln
 from kiln import Tensor
 from kiln.distributed import process_group as pg
 from kiln.distributed.fsdp.api import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
@@ -68,11 +67,12 @@ class FSDPState:
             _IN_FORWARD.remove(self)
         group = self.group
         if group is not None:
-            if self.reshard_after_forward or not kiln.is_grad_enabled():
+            waiting = [t for t in _tensors(output) if t.requires_grad and t.grad_fn is not None]
+            # no backward will come through outputs that need no gradient (eval, no_grad)
+            if self.reshard_after_forward or not waiting:
                 group.reshard()
-            for t in _tensors(output):
-                if t.requires_grad and t.grad_fn is not None:
-                    t.register_hook(lambda g, group=group: group.pre_backward())
+            for t in waiting:
+                t.register_hook(lambda g, group=group: group.pre_backward())
         if self.mp_policy.output_dtype is not None:
             output = _cast_floats(output, self.mp_policy.output_dtype)
         return output
