@@ -372,6 +372,31 @@ def test_a_block_called_several_times_and_recomputed(group):
                                    rtol=1e-12, err_msg=name)
 
 
+class HalfUsed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_parameters_unused_in_forward_keep_no_gradient(group):
+    """A group whose gradients never all arrive is reduced when backward ends."""
+    kiln.manual_seed(0)
+    plain = nn.Sequential(HalfUsed(), nn.Tanh()).double()
+    sharded = copy.deepcopy(plain)
+    fully_shard(sharded[0])
+    fully_shard(sharded)
+    x = kiln.randn(4, 3, dtype=kiln.float64)
+    for model in (plain, sharded):
+        model(x).sum().backward()
+    assert sharded[0].unused.weight.grad is None and sharded[0].unused.bias.grad is None
+    assert isinstance(sharded[0].used.weight, DTensor)         # resharded at the end
+    np.testing.assert_array_equal(sharded[0].used.weight.grad.full_tensor().numpy(),
+                                  plain[0].used.weight.grad.numpy())
+
+
 def test_module_state_dict_holds_dtensors_and_loads_back(group):
     model = fully_shard(nn.Linear(4, 3).double())
     assert isinstance(model, FSDPModule) and type(model).__name__ == "FSDPLinear"

@@ -213,21 +213,19 @@ class FSDPParamGroup:
 # ----------------------------------------------------------------------------- end of backward
 
 _TOUCHED: list[FSDPParamGroup] = []     # groups with backward work since the last finish
-_QUEUED = [False]
 
 
 def _touched(group: FSDPParamGroup) -> None:
     if group not in _TOUCHED:
         _TOUCHED.append(group)
-    if not _QUEUED[0]:
-        _QUEUED[0] = True
+    # looked up in autograd's queue, not remembered here: a backward that raised drops it
+    if _finish_backward not in autograd._QUEUED:
         autograd.queue_callback(_finish_backward)
 
 
 def _finish_backward() -> None:
     """Backward is over: groups whose gradients were not all produced (parameters unused in
     this forward) reduce what they have; every group reshards."""
-    _QUEUED[0] = False
     groups = list(_TOUCHED)
     _TOUCHED.clear()
     for group in groups:
