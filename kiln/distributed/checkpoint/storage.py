@@ -1,0 +1,190 @@
+"""`kiln.distributed.checkpoint.save` / `load` (torch's dcp.save / dcp.load): a state dict of
+DTensors saved as a directory, each rank writing only its own shards, and loaded back on any
+number of ranks (each reads the rows it needs, whichever files hold them).
+
+Layout of `checkpoint_id/`:
+  `__<rank>_0.kiln`  that rank's shards (and, from rank 0, the plain tensors and non-tensor
+                     values), written with `kiln.save`: safetensors data, no pickle;
+  `.metadata`        JSON, written by rank 0 last: the world size and, per key, what it is
+                     (a DTensor's global shape, dtype and shard dim; a tensor; a value).
+Nested dicts (a model's and an optimizer's state dict under one dict) are flattened to
+dot-joined keys, as torch does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import kiln
+from kiln import Tensor
+from kiln.distributed import process_group as pg
+from kiln.distributed.tensor.api import DTensor, local_chunk
+from kiln.distributed.tensor.placement import chunk_bounds
+from kiln.serialization import CheckpointError
+
+FORMAT = "kiln-dcp-1"
+
+
+def save(state_dict: dict, *, checkpoint_id: str | os.PathLike, storage_writer=None,
+         planner=None, process_group=None, no_dist: bool = False) -> dict:
+    """Save `state_dict` under the directory `checkpoint_id` (every rank must call). Returns
+    the metadata written."""
+    _unsupported("save", storage_writer, planner, process_group)
+    rank, world = _rank_world(no_dist)
+    path = os.fspath(checkpoint_id)
+    os.makedirs(path, exist_ok=True)
+    mine, entries = {}, {}
+    for key, value in _flatten(state_dict).items():
+        if isinstance(value, DTensor):
+            placement = value.placements[0]
+            entries[key] = {"kind": "dtensor", "shape": list(value.global_shape),
+                            "dtype": value.dtype.name,
+                            "dim": placement.dim if placement.is_shard() else None}
+            if placement.is_shard() or rank == 0:
+                mine[key] = value.to_local().detach().clone()
+        elif isinstance(value, Tensor):
+            entries[key] = {"kind": "tensor", "shape": list(value.shape),
+                            "dtype": value.dtype.name}
+            if rank == 0:
+                mine[key] = value.detach().clone()
+        else:
+            entries[key] = {"kind": "value"}
+            if rank == 0:
+                mine[key] = value
+    kiln.save(mine, os.path.join(path, f"__{rank}_0.kiln"))
+    metadata = {"format": FORMAT, "world_size": world, "entries": entries}
+    _barrier(no_dist)                      # every rank's file is in place before the metadata
+    if rank == 0:
+        tmp = os.path.join(path, ".metadata.tmp")
+        with open(tmp, "w") as f:
+            json.dump(metadata, f, indent=1)
+        os.replace(tmp, os.path.join(path, ".metadata"))
+    _barrier(no_dist)
+    return metadata
+
+
+def load(state_dict: dict, *, checkpoint_id: str | os.PathLike, storage_reader=None,
+         planner=None, process_group=None, no_dist: bool = False) -> None:
+    """Fill `state_dict` in place from the checkpoint: each DTensor gets this rank's rows
+    (the saving world size may differ), tensors are copied into, other values replaced."""
+    _unsupported("load", storage_reader, planner, process_group)
+    rank, world = _rank_world(no_dist)
+    path = os.fspath(checkpoint_id)
+    meta_path = os.path.join(path, ".metadata")
+    try:
+        with open(meta_path) as f:
+            metadata = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"kiln.distributed.checkpoint.load: {meta_path} is missing: "
+                              "not a checkpoint directory, or its save did not finish") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"kiln.distributed.checkpoint.load: {meta_path} is corrupt "
+                              f"({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"kiln.distributed.checkpoint.load: {meta_path} is not a kiln "
+                              f"distributed checkpoint (format {metadata.get('format')!r})")
+    saved_world, entries = metadata["world_size"], metadata["entries"]
+    files: dict[int, dict] = {}
+
+    def read(r: int) -> dict:
+        if r not in files:
+            files[r] = kiln.load(os.path.join(path, f"__{r}_0.kiln"))
+        return files[r]
+
+    with kiln.no_grad():
+        for key, (parent, name, target) in _leaves(state_dict).items():
+            entry = entries.get(key)
+            if entry is None:
+                raise CheckpointError(f"kiln.distributed.checkpoint.load: {key!r} is not in "
+                                      f"the checkpoint {path}")
+            if entry["kind"] == "value":
+                parent[name] = read(0)[key]
+                continue
+            if not isinstance(target, Tensor):
+                raise TypeError(f"kiln.distributed.checkpoint.load: {key!r} is a tensor in the "
+                                f"checkpoint but {type(target).__name__} in the state dict")
+            shape = tuple(target.global_shape if isinstance(target, DTensor) else target.shape)
+            if tuple(entry["shape"]) != shape:
+                raise CheckpointError(f"kiln.distributed.checkpoint.load: {key!r} is "
+                                      f"{entry['shape']} in the checkpoint, {list(shape)} in "
+                                      "the state dict")
+            if entry["kind"] == "dtensor" and entry["dim"] is not None:
+                full = _rows(entry, key, saved_world, read, target, world, rank)
+            else:
+                full = read(0)[key]
+            data = full.to(target.device).to(target.dtype)._data
+            if isinstance(target, DTensor) and target.placements[0].is_shard():
+                if data.shape != target._data.shape:     # saved sharded along another dim
+                    data = local_chunk(data, target.placements[0].dim, world, rank)
+            target._data[...] = data
+            target._version[0] += 1
+
+
+def _rows(entry: dict, key: str, saved_world: int, read, target, world: int, rank: int):
+    """The saved DTensor's rows along its shard dim that `target` needs on this rank."""
+    dim, size = entry["dim"], entry["shape"][entry["dim"]]
+    if isinstance(target, DTensor) and target.placements[0].is_shard() and \
+            target.placements[0].dim % len(entry["shape"]) == dim:
+        start, stop, _ = chunk_bounds(size, world, rank)
+    else:
+        start, stop = 0, size
+    pieces = []
+    for r in range(saved_world):
+        lo, hi, _ = chunk_bounds(size, saved_world, r)
+        if hi > max(lo, start) and lo < stop:
+            piece = read(r)[key]
+            index = [slice(None)] * len(entry["shape"])
+            index[dim] = slice(max(lo, start) - lo, min(hi, stop) - lo)
+            pieces.append(piece[tuple(index)])
+    if not pieces:
+        shape = list(entry["shape"])
+        shape[dim] = 0
+        return kiln.empty(*shape, dtype=getattr(kiln, entry["dtype"]))
+    return kiln.cat(pieces, dim) if len(pieces) > 1 else pieces[0]
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    return {key: leaf for key, (_, _, leaf) in _leaves(tree, prefix).items()}
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """Dot-joined key -> (the dict or list holding it, its key there, the leaf). Lists are
+    walked only when they hold tensors (an optimizer's param_groups are one value)."""
+    out = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for name, value in items:
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) or (isinstance(value, list) and _has_tensor(value)):
+            out.update(_leaves(value, key + "."))
+        else:
+            out[key] = (tree, name, value)
+    return out
+
+
+def _has_tensor(value) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(_has_tensor(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_tensor(v) for v in value)
+    return False
+
+
+def _rank_world(no_dist: bool) -> tuple[int, int]:
+    if no_dist or not pg.is_initialized():
+        return 0, 1
+    return pg.get_rank(), pg.get_world_size()
+
+
+def _barrier(no_dist: bool) -> None:
+    if not no_dist and pg.is_initialized():
+        from kiln.distributed.collectives import barrier
+        barrier()
+
+
+def _unsupported(what: str, storage, planner, process_group) -> None:
+    if storage is not None or planner is not None or process_group is not None:
+        raise ValueError(f"kiln.distributed.checkpoint.{what}: custom storage, planners and "
+                         "process groups are not supported; pass checkpoint_id=<directory>")

@@ -1,0 +1,58 @@
+"""How a DTensor's global tensor is laid out over a mesh dimension: `Shard(dim)` (split along
+`dim` as `torch.chunk` splits it) or `Replicate()` (every rank holds all of it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Placement:
+    """Base class of the placements (torch.distributed.tensor.Placement)."""
+
+    def is_shard(self, dim: int | None = None) -> bool:
+        return False
+
+    def is_replicate(self) -> bool:
+        return False
+
+    def is_partial(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Shard(Placement):
+    """The global tensor split along `dim` into world-size chunks, rank r holding chunk r. As
+    torch.chunk: chunks of ceil(size / world) rows, so the last ranks may get fewer or none."""
+
+    dim: int = 0
+
+    def is_shard(self, dim: int | None = None) -> bool:
+        return dim is None or dim == self.dim
+
+    def __repr__(self) -> str:
+        return f"Shard(dim={self.dim})"
+
+    def __str__(self) -> str:
+        return f"S({self.dim})"
+
+
+@dataclass(frozen=True)
+class Replicate(Placement):
+    """Every rank holds the whole tensor."""
+
+    def is_replicate(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "Replicate()"
+
+    def __str__(self) -> str:
+        return "R"
+
+
+def chunk_bounds(size: int, world: int, rank: int) -> tuple[int, int, int]:
+    """(start, stop, chunk) of rank `rank`'s rows when `size` rows are split as torch.chunk
+    splits them into `world` chunks: every chunk but the last ones has `chunk` rows."""
+    chunk = -(-size // world) if size else 0
+    start = min(rank * chunk, size)
+    return start, min(start + chunk, size), chunk
