@@ -445,4 +445,4 @@ def _resolves(dotted: str, obj: Any) -> bool:
         value = getattr(value, part, None)
         if value is None:
             return False
-    return value is obj
+    return getattr(value, "__fx_original__", value) is obj

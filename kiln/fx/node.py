@@ -61,7 +61,9 @@ def qualified_name(fn: Callable) -> str:
         if module.startswith("kiln.nn"):
             spaces.insert(0, spaces.pop(1))         # F.gelu prints as kiln.nn.functional.gelu
         for space in spaces:
-            if getattr(space, name, None) is fn:
+            found = getattr(space, name, None)
+            # (while a tracer records, the namespace holds fn's proxy-aware wrapper)
+            if getattr(found, "__fx_original__", found) is fn:
                 return f"{space.__name__}.{name}"
     return f"{module}.{name}" if module else name
 

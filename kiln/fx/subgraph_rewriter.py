@@ -13,7 +13,7 @@ from kiln.fx.node import Node
 
 
 class Match(NamedTuple):
-    anchor: Node                 # the graph node the pattern's output matched
+    anchor: Node                 # the pattern's node the match was searched from (its output)
     nodes_map: dict              # pattern node -> graph node
 
 
@@ -110,7 +110,7 @@ def replace_pattern(gm: GraphModule, pattern: Callable | Graph | GraphModule,
         if any(n in used for n in computed):
             continue
         used.update(computed)
-        matches.append(Match(anchor=node, nodes_map=m))
+        matches.append(Match(anchor=matcher.anchor, nodes_map=m))
 
     rep_placeholders = [n for n in replacement_graph.nodes if n.op == "placeholder"]
     if len(rep_placeholders) != len(matcher.placeholders):
@@ -123,7 +123,7 @@ def replace_pattern(gm: GraphModule, pattern: Callable | Graph | GraphModule,
                 _copy_attr(replacement_module, gm, n.target)
     order = {n: i for i, n in enumerate(graph.nodes)}
     for match in matches:
-        anchor = match.anchor
+        anchor = match.nodes_map[match.anchor]
         val_map = {rp: match.nodes_map[pp] for rp, pp in zip(rep_placeholders,
                                                                matcher.placeholders)}
         users = sorted(anchor.users, key=lambda u: order.get(u, len(order)))
