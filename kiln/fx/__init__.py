@@ -6,11 +6,12 @@ call_method, call_module, output), not kiln's compiler IR (`kiln.ir`): a GraphMo
 ordinary kiln.nn.Module, so `kiln.compile` compiles it like any other.
 """
 
-from kiln.fx.node import Node, map_arg, map_aggregate  # noqa: F401
+from kiln.fx.node import Node, map_arg, map_aggregate, has_side_effect  # noqa: F401
 from kiln.fx.graph import Graph, PythonCode  # noqa: F401
 from kiln.fx.proxy import Proxy, Attribute, TraceError, GraphAppendingTracer  # noqa: F401
 from kiln.fx import proxy, node, graph  # noqa: F401
-from kiln.fx._symbolic_trace import Tracer, symbolic_trace, wrap  # noqa: F401
+from kiln.fx._symbolic_trace import (Tracer, symbolic_trace, wrap,  # noqa: F401
+                                     ProxyableClassMeta)
 from kiln.fx.graph_module import GraphModule  # noqa: F401
 from kiln.fx import graph_module  # noqa: F401
 from kiln.fx.interpreter import Interpreter, Transformer  # noqa: F401

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import kiln
 from kiln.fx.graph import Graph
 from kiln.fx.node import Argument
-from kiln.fx.proxy import (FUNCTION_PATCH, Patcher, TracerBase, patch_globals,
+from kiln.fx.proxy import (FUNCTION_PATCH, Patcher, TracerBase, find_proxy, patch_globals,
                            proxy_aware)
 
 _WRAPPED: list = []          # (module globals, function name) registered by `wrap`
@@ -30,6 +30,18 @@ def wrap(fn_or_name: str | Callable) -> str | Callable:
     if not any(g is frame.f_globals and n == name for g, n in _WRAPPED):
         _WRAPPED.append((frame.f_globals, name))
     return fn_or_name
+
+
+class ProxyableClassMeta(type):
+    """A metaclass whose classes, constructed from traced values during symbolic tracing,
+    become one call_function node (the class is the target) instead of running __init__ on
+    proxies: `class TensorPair(metaclass=ProxyableClassMeta)`."""
+
+    def __call__(cls, *args, **kwargs):
+        proxy = find_proxy(args, kwargs)
+        if proxy is not None:
+            return proxy.tracer.create_proxy("call_function", cls, args, kwargs)
+        return super().__call__(*args, **kwargs)
 
 
 def _math_functions(modules: tuple) -> dict:

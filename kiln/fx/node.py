@@ -6,6 +6,16 @@ from __future__ import annotations
 import builtins
 from typing import Any, Callable
 
+_SIDE_EFFECTFUL: set = set()
+
+
+def has_side_effect(fn: Callable) -> Callable:
+    """Mark `fn` as impure: dead-code elimination keeps its call_function nodes although
+    nothing reads their value (torch.fx.has_side_effect)."""
+    _SIDE_EFFECTFUL.add(fn)
+    return fn
+
+
 OPCODES = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 Target = Any
 Argument = Any
@@ -225,6 +235,8 @@ class Node:
         if self.op == "call_module":
             return False
         if self.op == "call_function":
+            if self.target in _SIDE_EFFECTFUL:
+                return True
             name = getattr(self.target, "__name__", "")
             return name.startswith("_assert") or (name.endswith("_") and not
                                                   name.endswith("__") and name != "and_"

@@ -386,6 +386,7 @@ def test_compiled_graph_module_equals_eager():
     x = kiln.tensor(np.random.default_rng(4).standard_normal((2, 2, 6, 6)).astype(np.float32))
     np.testing.assert_allclose(to_np(compiled(x)), to_np(km(x)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_np(compiled(x)), to_np(km(x)), rtol=1e-5, atol=1e-6)
+    assert "graphs: 1   graph breaks: 0" in str(kiln.compiler.explain(compiled, x))
 
 
 def make_controlled(fw):
@@ -476,3 +477,31 @@ def test_print_tabular_needs_tabulate(capsys):
     else:
         g.print_tabular()
         assert "call_method" in capsys.readouterr().out
+
+
+def test_has_side_effect_and_proxyable_class_meta_as_torch():
+    results = []
+    for fw, fx in ((torch, torch.fx), (kiln, kiln.fx)):
+        logged = fx.has_side_effect(lambda x: None)
+
+        class Pair(metaclass=fx.ProxyableClassMeta):
+            def __init__(self, a, b):
+                self.a, self.b = a, b
+
+        def fn(x):
+            logged(x)                      # its value is unused, but it must stay
+            pair = Pair(x, x * 2)
+            unused = x - 1                 # noqa: F841  (dead: eliminated)
+            return pair
+
+        gm = fx.symbolic_trace(fn)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        kinds = [(n.op, getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes]
+        out = gm(fw.tensor([1.0, 3.0]))
+        results.append((kinds, type(out).__name__, to_np(out.b)))
+    assert results[0][0] == results[1][0]
+    assert ("call_function", "Pair") in results[1][0] and ("call_function", "sub") not in \
+        results[1][0]
+    assert results[0][1] == results[1][1] == "Pair"
+    np.testing.assert_array_equal(results[0][2], results[1][2])
