@@ -62,7 +62,6 @@ class Tracer(TracerBase):
         self._autowrap = _math_functions(autowrap_modules)
         self._autowrap.update({id(f): f for f in autowrap_functions})
         self.param_shapes_constant = param_shapes_constant
-        self.proxy_buffer_attributes = True
         self.submodule_paths: dict | None = None
         self.root: kiln.nn.Module | None = None
         self.tensor_attrs: dict = {}

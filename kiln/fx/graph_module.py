@@ -4,6 +4,7 @@ compiles like any module."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import linecache
 import os
@@ -149,6 +150,65 @@ class GraphModule(kiln.nn.Module):
                f"'/state_dict.pt'), strict=False)\n\n{body}\n")
         (folder / "module.py").write_text(src)
         (folder / "__init__.py").write_text("from .module import *\n")
+
+    # ------------------------------------------------------------------ submodules
+    def add_submodule(self, target: str, m: kiln.nn.Module) -> bool:
+        """Install `m` at dotted path `target`, creating empty parent modules as needed;
+        False when a step of the path is something other than a module."""
+        *prefix, field = target.split(".")
+        mod = self
+        for item in prefix:
+            submod = getattr(mod, item, None)
+            if submod is None:
+                submod = kiln.nn.Module()
+                setattr(mod, item, submod)
+            if not isinstance(submod, kiln.nn.Module):
+                return False
+            mod = submod
+        mod.add_module(field, m)
+        return True
+
+    def delete_submodule(self, target: str) -> bool:
+        """Remove the submodule at dotted path `target`; False when there is none."""
+        *path, name = target.split(".")
+        mod = self
+        for item in path:
+            mod = getattr(mod, item, None)
+            if not isinstance(mod, kiln.nn.Module):
+                return False
+        if not isinstance(getattr(mod, name, None), kiln.nn.Module):
+            return False
+        delattr(mod, name)
+        return True
+
+    def delete_all_unused_submodules(self) -> None:
+        """Remove every submodule no call_module or get_attr node (or its children) uses."""
+        used: set = set()
+        for node in self._graph.nodes:
+            if node.op in ("call_module", "get_attr"):
+                parts = node.target.split(".")
+                used.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                if node.op == "call_module":
+                    module = self.get_submodule(node.target)
+                    used.update(f"{node.target}.{name}" for name, _ in module.named_modules()
+                                if name)
+        for name, _ in list(self.named_modules()):
+            if name and name not in used:
+                self.delete_submodule(name)
+
+    def __deepcopy__(self, memo: dict) -> "GraphModule":
+        # the attributes (modules, parameters, buffers) copied as any module's are, the graph
+        # copied node by node, and the forward generated anew for the copy
+        fake = kiln.nn.Module()
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_graph", "_code")}
+        fake.__dict__.update(copy.deepcopy(state, memo))
+        graph = copy.deepcopy(self._graph, memo)
+        result = GraphModule(fake, graph, type(self).__name__)
+        memo[id(self)] = result
+        return result
+
+    def __copy__(self) -> "GraphModule":
+        return GraphModule(self, self._graph, type(self).__name__)
 
     def __str__(self) -> str:
         return super().__str__() + "\n\n\n" + self._code

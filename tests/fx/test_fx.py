@@ -505,3 +505,65 @@ def test_has_side_effect_and_proxyable_class_meta_as_torch():
         results[1][0]
     assert results[0][1] == results[1][1] == "Pair"
     np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+def make_conv_bn(fw):
+    nn = fw.nn
+
+    class ConvBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+            self.head = nn.Sequential(nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+
+        def forward(self, x):
+            return self.head(fw.relu(self.bn(self.conv(x))))
+    return ConvBN()
+
+
+def fuse_conv_bn(fw, fx, model):
+    """The fx conv-bn fusion tutorial's pass, written once against either framework: each
+    BatchNorm2d that follows a Conv2d is folded into the conv's weights and removed."""
+    import copy
+    model = copy.deepcopy(model).eval()
+    gm = fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], fw.nn.BatchNorm2d):
+            continue
+        conv_node = node.args[0]
+        if conv_node.op != "call_module" or len(conv_node.users) > 1:
+            continue
+        conv, bn = modules[conv_node.target], modules[node.target]
+        scale = bn.weight / fw.sqrt(bn.running_var + bn.eps)
+        fused = copy.deepcopy(conv)
+        fused.weight = fw.nn.Parameter((conv.weight * scale.reshape(-1, 1, 1, 1)).detach())
+        bias = conv.bias if conv.bias is not None else fw.zeros_like(bn.running_mean)
+        fused.bias = fw.nn.Parameter(((bias - bn.running_mean) * scale + bn.bias).detach())
+        parent, _, name = conv_node.target.rpartition(".")
+        setattr(modules[parent] if parent else gm, name, fused)
+        node.replace_all_uses_with(conv_node)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm
+
+
+def test_conv_bn_fusion_pass_as_torch():
+    tm, km = make_conv_bn(torch), make_conv_bn(kiln)
+    rng = np.random.default_rng(6)
+    for name, value in tm.state_dict().items():        # non-trivial BatchNorm statistics
+        if value.dtype == torch.float32:
+            value.copy_(torch.tensor(rng.uniform(0.5, 1.5, tuple(value.shape)).astype(np.float32)))
+    same_weights(km, tm)
+    t_fused, k_fused = fuse_conv_bn(torch, torch.fx, tm), fuse_conv_bn(kiln, kiln.fx, km)
+    assert k_fused.code == kiln_text(t_fused.code)
+    assert [n for n, _ in k_fused.named_modules()] == [n for n, _ in t_fused.named_modules()]
+    assert list(k_fused.state_dict()) == list(t_fused.state_dict())
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    k_out = to_np(k_fused(kiln.tensor(x)))
+    np.testing.assert_allclose(k_out, to_np(t_fused(torch.tensor(x))), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(k_out, to_np(km.eval()(kiln.tensor(x))), rtol=1e-4, atol=1e-5)
+    assert isinstance(km.bn, kiln.nn.BatchNorm2d)       # the original model is untouched
