@@ -338,8 +338,10 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
     wrapped: dict = {}
 
     def add_global(hint: str, obj: Any) -> str:
-        if hint.startswith("kiln.") and _resolves(hint, obj):
-            return hint                                   # `kiln` is always bound
+        if (getattr(obj, "__module__", None) or "").startswith("kiln"):
+            dotted = qualified_name(obj)
+            if dotted.startswith("kiln.") and _resolves(dotted, obj):
+                return dotted                             # `kiln` is always bound
         name = namespace.create_name(hint, obj)
         if name in globals_ and globals_[name] is not obj:
             raise RuntimeError(f"generated code: global {name} bound to two objects")

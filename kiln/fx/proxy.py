@@ -383,8 +383,10 @@ def patch_globals(patcher: Patcher, g: dict, extra: dict, done: set) -> None:
     for name, value in list(g.items()):
         if name.startswith("__") or not callable(value) or hasattr(value, "__fx_original__"):
             continue
-        if FUNCTION_PATCH.is_kiln_function(value) or extra.get(id(value)) is value:
+        if FUNCTION_PATCH.is_kiln_function(value):
             patcher.set_item(g, name, proxy_aware(value))
+        elif extra.get(id(value)) is value:      # as torch, marked wrapped: code re-wraps it
+            patcher.set_item(g, name, proxy_aware(value, wrapped=True))
 
 
 _MISSING = object()

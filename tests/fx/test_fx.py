@@ -3,6 +3,7 @@ printed graph and generated code (torch's names read `kiln` for `torch`), and th
 graph edits in the patterns of pytorch/examples' fx scripts give torch's results."""
 
 import operator
+from math import sqrt
 
 import numpy as np
 import pytest
@@ -92,6 +93,33 @@ def test_trace_gives_torch_fx_nodes_graph_and_code():
         assert (kn.meta.get("nn_module_stack") is None) == (stack is None)
         if stack:
             assert list(kn.meta["nn_module_stack"]) == list(stack)
+
+
+def make_idioms(fw):
+    class Idioms(fw.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = fw.nn.Parameter(fw.ones(4, 2) * 0.25)
+            self.register_buffer("shift", fw.arange(2.0))
+
+        def forward(self, x):
+            h = x.view(x.size(0), -1)[:, 0:4] @ self.w + self.shift
+            h = (2.0 * h - fw.ones(2)) / sqrt(x.shape[1])       # a tensor constant, math.sqrt
+            h = fw.flatten(h.transpose(0, 1).contiguous(), 0) ** 2
+            return -h * (h > 0.1).float() + self.shift.sum()
+    return Idioms()
+
+
+def test_trace_of_shape_arithmetic_constants_and_reflected_operators_as_torch():
+    tm, km = make_idioms(torch), make_idioms(kiln)
+    tg, kg = torch.fx.symbolic_trace(tm), kiln.fx.symbolic_trace(km)
+    assert signature(kg.graph) == signature(tg.graph)
+    assert kg.code == kiln_text(tg.code)
+    assert "_tensor_constant0" in kg.code and "sqrt(" in kg.code
+    x = np.random.default_rng(7).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(to_np(kg(kiln.tensor(x))), to_np(tg(torch.tensor(x))),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(to_np(kg(kiln.tensor(x))), to_np(km(kiln.tensor(x))))
 
 
 def test_graph_module_runs_like_the_module_and_like_torch():
