@@ -109,10 +109,9 @@ class _NodeList:
         root = self._graph._root
         cur = root._prev if self._reverse else root._next
         while cur is not root:
-            nxt = cur._prev if self._reverse else cur._next
             if not cur._erased:
                 yield cur
-            cur = nxt
+            cur = cur._prev if self._reverse else cur._next
 
     def __len__(self) -> int:
         return self._graph._len

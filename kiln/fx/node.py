@@ -217,9 +217,10 @@ class Node:
         self._next.prepend(x)
 
     def _remove_from_list(self) -> None:
+        # the node keeps its own links: a loop over graph.nodes that erases the node it stands
+        # on goes on to the node that followed it
         p, n = self._prev, self._next
         p._next, n._prev = n, p
-        self._prev = self._next = self
 
     # ------------------------------------------------------------------ printing
     @property

@@ -278,9 +278,20 @@ def proxy_aware(fn: Callable, *, wrapped: bool = False) -> Callable:
     return call
 
 
-def _steps_aside(method: Callable) -> Callable:
+def _steps_aside(name: str, method: Callable) -> Callable:
     """A Tensor operator that returns NotImplemented for a Proxy operand, so Python asks the
-    Proxy's reflected operator (`t * proxy` is the Proxy's `__rmul__`)."""
+    Proxy's reflected operator (`t * proxy` is the Proxy's `__rmul__`); indexing, which has no
+    reflected form, records `t[proxy]` as a `__getitem__` method call."""
+    if name == "__getitem__":
+        @functools.wraps(method)
+        def index(self, key):
+            proxy = _proxy_in(key)
+            if proxy is not None:
+                return proxy.tracer.create_proxy("call_method", "__getitem__", (self, key),
+                                                 {})             # as torch records it
+            return method(self, key)
+        return index
+
     @functools.wraps(method)
     def call(self, other, *rest):
         if isinstance(other, Proxy):
@@ -367,7 +378,7 @@ class _FunctionPatch:
         for name in _TENSOR_OPERATORS:
             method = getattr(Tensor, name, None)
             if method is not None:
-                self._patcher.set_attr(Tensor, name, _steps_aside(method))
+                self._patcher.set_attr(Tensor, name, _steps_aside(name, method))
 
     def is_kiln_function(self, value: Any) -> bool:
         return self.originals.get(id(value)) is value

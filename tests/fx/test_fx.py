@@ -104,6 +104,7 @@ def make_idioms(fw):
 
         def forward(self, x):
             h = x.view(x.size(0), -1)[:, 0:4] @ self.w + self.shift
+            h = h + self.shift[fw.argmax(h[0], 0)]           # a tensor indexed by a traced value
             h = (2.0 * h - fw.ones(2)) / sqrt(x.shape[1])       # a tensor constant, math.sqrt
             h = fw.flatten(h.transpose(0, 1).contiguous(), 0) ** 2
             return -h * (h > 0.1).float() + self.shift.sum()
