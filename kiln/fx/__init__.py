@@ -11,7 +11,7 @@ from kiln.fx.graph import Graph, PythonCode  # noqa: F401
 from kiln.fx.proxy import Proxy, Attribute, TraceError, GraphAppendingTracer  # noqa: F401
 from kiln.fx import proxy, node, graph  # noqa: F401
 from kiln.fx._symbolic_trace import (Tracer, symbolic_trace, wrap,  # noqa: F401
-                                     ProxyableClassMeta)
+                                     ProxyableClassMeta, PH)
 from kiln.fx.graph_module import GraphModule  # noqa: F401
 from kiln.fx import graph_module  # noqa: F401
 from kiln.fx.interpreter import Interpreter, Transformer  # noqa: F401

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import math
+import warnings
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -30,6 +31,27 @@ def wrap(fn_or_name: str | Callable) -> str | Callable:
     if not any(g is frame.f_globals and n == name for g, n in _WRAPPED):
         _WRAPPED.append((frame.f_globals, name))
     return fn_or_name
+
+
+class PHBase:
+    """The type of `PH`: a `concrete_args` value that keeps its argument traced."""
+
+    def __repr__(self) -> str:
+        return "PH"
+
+
+PH = PHBase()
+
+
+def _assert(condition: Any, message: str) -> None:
+    """The runtime check a specialized graph makes (torch._assert)."""
+    if not bool(condition):
+        raise AssertionError(message)
+
+
+def _assert_is_none(value: Any, message: str) -> None:
+    if value is not None:
+        raise AssertionError(message)
 
 
 class ProxyableClassMeta(type):
@@ -148,18 +170,34 @@ class Tracer(TracerBase):
                 raise NotImplementedError(
                     f"kiln.fx.symbolic_trace: {fn.__qualname__} takes *{p.name}; trace a "
                     f"forward with named parameters")
-            if p.name in concrete:
-                # the value is baked into the graph; the parameter stays in the signature
-                self.create_proxy("placeholder", f"{p.name}_1", (), {})
-                args.append(concrete.pop(p.name))
-                continue
             default = () if p.default is inspect.Parameter.empty else (p.default,)
+            if p.name in concrete:
+                args.append(self._concrete_placeholder(p.name, concrete.pop(p.name), default))
+                continue
             args.append(self.create_proxy("placeholder", p.name, default, {},
                                           type_expr=fn.__annotations__.get(p.name)))
         if concrete:
             raise TypeError(f"kiln.fx.symbolic_trace: concrete_args names {sorted(concrete)} "
                             f"that {fn.__qualname__} does not take")
         return args
+
+    def _concrete_placeholder(self, name: str, value: Any, default: tuple) -> Any:
+        """A concrete argument: the traced forward sees `value` (the graph is specialized to
+        it); the parameter stays (`name_1`), and the graph asserts it gets that value again.
+        `PH` keeps the argument a traced one."""
+        out = self.create_proxy("placeholder", f"{name}_1", default, {})
+        if isinstance(value, PHBase):
+            return out
+        message = f"{name} has been specialized to have value {value} but got another value"
+        if type(value) in (bool, int, float, str):
+            self.create_proxy("call_function", _assert, (out == value, message), {})
+        elif value is None:
+            self.create_proxy("call_function", _assert_is_none, (out, message), {})
+        else:
+            warnings.warn(f"Was not able to add assertion to guarantee correct input {name} to "
+                          f"specialized function. It is up to the user to make sure that your "
+                          f"inputs match the inputs you specialized the function with.")
+        return value
 
     def trace(self, root: kiln.nn.Module | Callable,
               concrete_args: dict | None = None) -> Graph:

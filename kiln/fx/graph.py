@@ -9,10 +9,11 @@ import inspect
 import keyword
 import math
 import re
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from kiln.fx.node import Argument, Node, Target, map_arg, qualified_name
+from kiln.fx.node import Argument, Node, Target, map_arg, qualified_name, type_repr
 
 _ILLEGAL_CHARS = re.compile(r"[^0-9a-zA-Z_]+")
 _NAME = re.compile(r"^([a-zA-Z_][0-9a-zA-Z_]*?)(?:_(\d+))?$")
@@ -369,6 +370,14 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
             return add_global(qualified_name(arg), arg)
         return repr(arg)
 
+    def annotation(node: Node) -> str:
+        if node.type is None:
+            return ""
+        t = node.type
+        if isinstance(t, type) and not isinstance(t, types.GenericAlias):
+            return " : " + add_global(type_repr(t), t)
+        return f" : {type_repr(t)}"
+
     def fmt_args(args: tuple, kwargs: dict) -> str:
         return ", ".join([rep(a) for a in args] + [f"{k} = {rep(v)}" for k, v in kwargs.items()])
 
@@ -383,15 +392,18 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
 
     free_vars: list = []
     body: list = []
+    returns = ""
     for node in nodes:
         if node.op == "placeholder":
             default = f" = {rep(node.args[0])}" if node.args else ""
-            free_vars.append(f"{node.target}{default}")
+            free_vars.append(f"{node.target}{annotation(node)}{default}")
             raw = node.target.replace("*", "")
             if raw != node.name:
                 body.append(f"{node.name} = {raw}\n")
             continue
         if node.op == "output":
+            if node.type is not None:
+                returns = " -> " + annotation(node)[3:]
             body.append(f"return {rep(node.args[0])}\n")
             continue
         if node.op == "call_method":
@@ -431,7 +443,7 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
     code = "".join(body).lstrip("\n")
     code = "\n".join("    " + line for line in code.split("\n"))
     args = ", ".join([root_module] + free_vars)
-    src = f"\n{wrap_stmts}\n\ndef forward({args}):\n{code}"
+    src = f"\n{wrap_stmts}\n\ndef forward({args}){returns}:\n{code}"
     return PythonCode(src, globals_)
 
 

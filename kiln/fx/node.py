@@ -4,6 +4,7 @@ call_module or output), its arguments, its users, and torch.fx's helpers over ar
 from __future__ import annotations
 
 import builtins
+import types
 from typing import Any, Callable
 
 _SIDE_EFFECTFUL: set = set()
@@ -89,6 +90,18 @@ def pretty_target(target: Target) -> str:
     if module == "_operator" and name is not None:
         return f"operator.{name}"
     return qualified_name(target)
+
+
+def type_repr(obj: Any) -> str:
+    """A type annotation as fx prints it: `int`, `module.Class`, else repr."""
+    if isinstance(obj, type) and not isinstance(obj, types.GenericAlias):
+        return obj.__qualname__ if obj.__module__ == "builtins" else \
+            f"{obj.__module__}.{obj.__qualname__}"
+    if obj is ...:
+        return "..."
+    if isinstance(obj, types.FunctionType):
+        return obj.__name__
+    return repr(obj)
 
 
 def format_arg(arg: Argument) -> str:
@@ -246,7 +259,8 @@ class Node:
 
     def format_node(self) -> str:
         """One line of `str(graph)`, as torch.fx prints it."""
-        users = f"[num_users={len(self.users)}]"
+        users = (f"{type_repr(self.type)} " if self.type is not None else "") + \
+            f"[num_users={len(self.users)}]"
         if self.op == "placeholder":
             default = f"(default={self.args[0]})" if self.args else ""
             return f"%{self.name} : {users} = placeholder[target={self.target}]{default}"

@@ -431,16 +431,19 @@ def test_concrete_args_and_wrap():
     for flag in (True, False):
         t = torch.fx.symbolic_trace(make_controlled(torch), concrete_args={"flag": flag})
         k = kiln.fx.symbolic_trace(make_controlled(kiln), concrete_args={"flag": flag})
-        names = [(n.op, n.target if isinstance(n.target, str) else n.target.__name__)
+        names = [(n.op, n.name, n.target if isinstance(n.target, str) else n.target.__name__)
                  for n in k.graph.nodes]
-        assert ("call_function", "_helper_scale") in names
-        assert names == [(n.op, n.target if isinstance(n.target, str) else n.target.__name__)
-                         for n in t.graph.nodes
-                         if not (n.op == "call_function" and n.target.__name__ in
-                                 ("_assert", "eq"))]
+        assert ("call_function", "_helper_scale", "_helper_scale") in names
+        assert names == [(n.op, n.name, n.target if isinstance(n.target, str) else
+                          n.target.__name__) for n in t.graph.nodes]
+        own_assert = ("kiln._assert", "kiln.fx._symbolic_trace._assert")   # kiln has none
+        assert k.code == kiln_text(t.code).replace(*own_assert)
+        assert str(k.graph) == kiln_text(str(t.graph)).replace(*own_assert)
         assert 'wrap("' in k.code
         np.testing.assert_array_equal(to_np(k(kiln.tensor(x), flag, 3)),
                                       to_np(t(torch.tensor(x), flag, 3)))
+        with pytest.raises(AssertionError, match="flag has been specialized to have value"):
+            k(kiln.tensor(x), not flag, 3)
 
 
 def test_control_flow_and_len_on_proxies_raise_torch_errors():
