@@ -375,6 +375,15 @@ class _FunctionPatch:
                 if _patchable(name, value):
                     self.originals[id(value)] = value
                     self._patcher.set_item(d, name, proxy_aware(value))
+        import kiln
+        # `kiln.conv2d` and friends are resolved on each use (kiln.__getattr__), not stored in
+        # the namespace: their wrappers are stored for the window, and removed after it
+        for name in getattr(kiln, "_torch_namespace").LAZY:
+            value = getattr(kiln, name, None) if name not in vars(kiln) else None
+            value = getattr(value, "__fx_original__", value)     # (nn.functional's, wrapped)
+            if value is not None and _patchable(name, value):
+                self.originals[id(value)] = value
+                self._patcher.set_item(vars(kiln), name, proxy_aware(value))
         for name in _TENSOR_OPERATORS:
             method = getattr(Tensor, name, None)
             if method is not None:

@@ -599,3 +599,18 @@ def test_conv_bn_fusion_pass_as_torch():
     np.testing.assert_allclose(k_out, to_np(t_fused(torch.tensor(x))), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(k_out, to_np(km.eval()(kiln.tensor(x))), rtol=1e-4, atol=1e-5)
     assert isinstance(km.bn, kiln.nn.BatchNorm2d)       # the original model is untouched
+
+
+def test_functions_kiln_resolves_on_use_record_nodes():
+    """`torch.conv2d` is nn.functional's in kiln, looked up on each use (kiln.__getattr__):
+    while tracing it too records one call_function node."""
+    def fn_of(fw):
+        return lambda x, w: fw.conv2d(x, w, padding=1).relu()
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((1, 2, 5, 5)).astype(np.float32), \
+        rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    t, k = torch.fx.symbolic_trace(fn_of(torch)), kiln.fx.symbolic_trace(fn_of(kiln))
+    assert [(n.op, n.name) for n in k.graph.nodes] == [(n.op, n.name) for n in t.graph.nodes]
+    np.testing.assert_allclose(to_np(k(kiln.tensor(x), kiln.tensor(w))),
+                               to_np(t(torch.tensor(x), torch.tensor(w))), rtol=1e-5, atol=1e-5)
+    assert "conv2d" not in vars(kiln)                   # the namespace is kiln's own again
