@@ -51,6 +51,43 @@ def _assign_attr(obj: Any, to_module: kiln.nn.Module, target: str) -> None:
         setattr(to_module, field, obj)
 
 
+def _construction_lines(target: str, module: kiln.nn.Module, lines: list,
+                        root: bool = False) -> None:
+    """Python lines that rebuild `module`'s structure at `target` (values come from the
+    state_dict afterwards): a childless kiln.nn layer from its repr, any other module as an
+    empty Module holding its children, parameters and buffers."""
+    children = list(module.named_children())
+    layer = type(module).__module__.startswith("kiln.nn") and type(module) is not kiln.nn.Module
+    if not root and layer and not children:
+        text = repr(module)
+        if "\n" not in text:
+            lines.append(f"{target} = {text}")
+            return
+    if not root and (layer or isinstance(module, GraphModule) or
+                     type(module).forward is not kiln.nn.Module.forward):
+        raise NotImplementedError(f"GraphModule.to_folder: cannot write {target[5:]} "
+                                  f"({type(module).__name__}) as source; kiln pickles no "
+                                  f"modules")
+    if not root:
+        lines.append(f"{target} = kiln.nn.Module()")
+    for name, p in module._parameters.items():
+        if p is not None:
+            lines.append(f"{target}.{name} = kiln.nn.Parameter(kiln.empty({tuple(p.shape)}, "
+                         f"dtype={p.dtype!r}), requires_grad={p.requires_grad})")
+    for name, b in module._buffers.items():
+        if b is not None:
+            lines.append(f"{target}.register_buffer({name!r}, kiln.empty({tuple(b.shape)}, "
+                         f"dtype={b.dtype!r}))")
+    for name, child in children:
+        child_target = f"{target}.{name}" if name.isidentifier() else None
+        if child_target is None:
+            holder = f"_{len(lines)}"
+            _construction_lines(holder, child, lines)
+            lines.append(f"{target}.add_module({name!r}, {holder})")
+        else:
+            _construction_lines(child_target, child, lines)
+
+
 class GraphModule(kiln.nn.Module):
     """A module made from `root` (a Module, or a dict of name -> object) and `graph`: the
     graph's get_attr and call_module targets are copied from root, and `forward` is the
@@ -118,9 +155,14 @@ class GraphModule(kiln.nn.Module):
 
     def print_readable(self, print_output: bool = True) -> str:
         """The module as a class with its generated forward (and its GraphModule children)."""
-        body = self._code.lstrip("\n").rstrip()
+        body = self._code.lstrip("\n").rstrip().split("\n")
+        if not any(n.stack_trace for n in self._graph.nodes) and len(body) > 1:
+            # torch's verbose listing says where each group of nodes came from; kiln records
+            # no stack traces, so one line says so, as torch's does then
+            body.insert(body.index(next(line for line in body if line.startswith("def "))) + 1,
+                        "    # No stacktrace found for following nodes")
         lines = [f"class {type(self).__name__}(kiln.nn.Module):"]
-        lines += ["    " + line if line.strip() else "" for line in body.split("\n")]
+        lines += ["    " + line if line.strip() else "" for line in body]
         text = "\n".join(lines) + "\n"
         for name, child in self.named_children():
             if isinstance(child, GraphModule):
@@ -131,25 +173,26 @@ class GraphModule(kiln.nn.Module):
         return text
 
     def to_folder(self, folder: str | os.PathLike, module_name: str = "FxModule") -> None:
-        """Write `module.py` (the class with its forward) and `state_dict.pt` to `folder`, so
-        `from folder.module import FxModule` rebuilds this module without its source."""
+        """Write `folder/module.py` (a class `module_name` with the generated forward, whose
+        __init__ rebuilds the submodules) and `folder/state_dict.pt`, so that
+        `from folder.module import FxModule` gives this module without its source. A kiln.nn
+        layer is rebuilt from its repr; a module that cannot be (a layer with children, a
+        GraphModule) raises NotImplementedError, as kiln pickles no modules."""
         folder = Path(folder)
         folder.mkdir(exist_ok=True)
-        kiln.save(self.state_dict(), folder / "state_dict.pt")
-        submodules = []
-        for name, child in self.named_children():
-            if isinstance(child, GraphModule):
-                raise NotImplementedError("GraphModule.to_folder: a GraphModule child is not "
-                                          "supported yet")
-            submodules.append(f"        self.{name} = {child!r}")
+        lines: list = []
+        _construction_lines("self", self, lines, root=True)
+        init = "\n".join("        " + line for line in lines)
         body = "\n".join("    " + line for line in self._code.strip("\n").split("\n"))
-        src = (f"import kiln\nimport operator\nfrom kiln.nn import *\n\n\n"
+        src = ("import operator\nfrom pathlib import Path\n\nimport kiln\n"
+               "from kiln.nn import *  # noqa: F401,F403  (the layers' reprs name them)\n\n\n"
                f"class {module_name}(kiln.nn.Module):\n    def __init__(self):\n"
-               f"        super().__init__()\n" + "\n".join(submodules) + "\n"
-               f"        self.load_state_dict(kiln.load(__file__.rsplit('/', 1)[0] + "
-               f"'/state_dict.pt'), strict=False)\n\n{body}\n")
+               f"        super().__init__()\n{init}\n"
+               "        self.load_state_dict(kiln.load(Path(__file__).parent / "
+               "'state_dict.pt'))\n\n" + body.rstrip() + "\n")
+        kiln.save(self.state_dict(), folder / "state_dict.pt")
         (folder / "module.py").write_text(src)
-        (folder / "__init__.py").write_text("from .module import *\n")
+        (folder / "__init__.py").write_text("from .module import *  # noqa: F401,F403\n")
 
     # ------------------------------------------------------------------ submodules
     def add_submodule(self, target: str, m: kiln.nn.Module) -> bool:

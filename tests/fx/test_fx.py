@@ -614,3 +614,20 @@ def test_functions_kiln_resolves_on_use_record_nodes():
     np.testing.assert_allclose(to_np(k(kiln.tensor(x), kiln.tensor(w))),
                                to_np(t(torch.tensor(x), torch.tensor(w))), rtol=1e-5, atol=1e-5)
     assert "conv2d" not in vars(kiln)                   # the namespace is kiln's own again
+
+
+def test_print_readable_as_torch_and_to_folder_rebuilds_the_module(tmp_path):
+    import importlib.util
+    tm, km = make_conv_bn(torch), make_conv_bn(kiln)
+    same_weights(km, tm)
+    t, k = torch.fx.symbolic_trace(tm), kiln.fx.symbolic_trace(km)
+    assert k.print_readable(False) == kiln_text(t.print_readable(False))
+    k.to_folder(tmp_path / "saved", "Rebuilt")
+    spec = importlib.util.spec_from_file_location("saved_fx_module",
+                                                  tmp_path / "saved" / "module.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rebuilt = module.Rebuilt()
+    assert list(rebuilt.state_dict()) == list(k.state_dict())
+    x = kiln.tensor(np.random.default_rng(9).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    np.testing.assert_array_equal(to_np(rebuilt(x)), to_np(k(x)))
