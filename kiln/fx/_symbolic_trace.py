@@ -240,7 +240,9 @@ class Tracer(TracerBase):
     def _patch_modules_and_wraps(self, fn: Callable) -> None:
         patcher = self._patcher
         Module = kiln.nn.Module
-        orig_call, orig_getattr = Module.__call__, Module.__getattr__
+        # (a trace inside a traced forward finds the outer trace's wrappers: unwrap them)
+        orig_call = getattr(Module.__call__, "__fx_original__", Module.__call__)
+        orig_getattr = getattr(Module.__getattr__, "__fx_original__", Module.__getattr__)
         parameter_proxy_cache: dict = {}
         tracer = self
 
@@ -253,6 +255,8 @@ class Tracer(TracerBase):
             value = orig_getattr(mod, attr)
             return tracer.getattr(attr, value, parameter_proxy_cache)
 
+        module_call.__fx_original__ = orig_call
+        module_getattr.__fx_original__ = orig_getattr
         patcher.set_attr(Module, "__call__", module_call)
         patcher.set_attr(Module, "__getattr__", module_getattr)
         for g, name in _WRAPPED:

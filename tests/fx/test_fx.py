@@ -631,3 +631,28 @@ def test_print_readable_as_torch_and_to_folder_rebuilds_the_module(tmp_path):
     assert list(rebuilt.state_dict()) == list(k.state_dict())
     x = kiln.tensor(np.random.default_rng(9).standard_normal((2, 3, 5, 5)).astype(np.float32))
     np.testing.assert_array_equal(to_np(rebuilt(x)), to_np(k(x)))
+
+
+def test_a_trace_inside_a_traced_forward_records_into_its_own_graph():
+    def make(fw, fx):
+        class Inner(fw.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = fw.nn.Linear(2, 2)
+
+            def forward(self, x):
+                return self.lin(x) * 2
+
+        class Outer(fw.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = Inner()
+
+            def forward(self, x):
+                self.inner_code = fx.symbolic_trace(self.inner).code
+                return self.inner(x) + 1
+        return Outer()
+    t, k = make(torch, torch.fx), make(kiln, kiln.fx)
+    t_gm, k_gm = torch.fx.symbolic_trace(t), kiln.fx.symbolic_trace(k)
+    assert k_gm.code == kiln_text(t_gm.code)
+    assert k.inner_code == kiln_text(t.inner_code)
