@@ -106,6 +106,8 @@ def make_idioms(fw):
             h = x.view(x.size(0), -1)[:, 0:4] @ self.w + self.shift
             h = h + self.shift[fw.argmax(h[0], 0)]           # a tensor indexed by a traced value
             h = (2.0 * h - fw.ones(2)) / sqrt(x.shape[1])       # a tensor constant, math.sqrt
+            first, second = h.chunk(2, dim=1)                   # unpacking a traced value
+            h = fw.cat([second, first], 1)
             h = fw.flatten(h.transpose(0, 1).contiguous(), 0) ** 2
             return -h * (h > 0.1).float() + self.shift.sum()
     return Idioms()
