@@ -171,10 +171,6 @@ class Graph:
         if not isinstance(kwargs, dict):
             raise TypeError(f"Graph.create_node: kwargs must be a dict, got "
                             f"{type(kwargs).__name__}")
-        for n in map_arg_nodes((args, kwargs)):
-            if n.graph is not self:
-                raise RuntimeError(f"Graph.create_node({op}, {target}): argument node {n} "
-                                   f"belongs to another graph; copy it with node_copy first")
         candidate = name if name is not None else _target_to_str(target)
         unique = self._graph_namespace.create_name(candidate, None)
         node = Node(self, unique, op, target, args, kwargs, type_expr)
@@ -324,12 +320,6 @@ class Graph:
         writes it."""
         return _python_code(self, root_module)
 
-
-
-def map_arg_nodes(a: Argument) -> list:
-    found: list = []
-    map_arg(a, found.append)
-    return found
 
 
 def _python_code(graph: Graph, root_module: str) -> PythonCode:
