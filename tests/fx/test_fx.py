@@ -498,6 +498,10 @@ def test_interpreter_override_and_graph_editing_api():
     first.prepend(moved)                     # used before its input is defined
     with pytest.raises(RuntimeError, match="used before it has been defined"):
         copy.lint()
+    other = kiln.fx.Graph()
+    other.output(other.call_function(kiln.neg, (relu,)))      # relu is g's node
+    with pytest.raises(RuntimeError, match="does not belong to this Graph"):
+        other.lint()
 
 
 def test_print_tabular_needs_tabulate(capsys):
