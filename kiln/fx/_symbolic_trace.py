@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import math
+import types
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable
@@ -159,27 +160,42 @@ class Tracer(TracerBase):
         return super().create_arg(a)
 
     # ------------------------------------------------------------------ tracing
-    def create_args_for_root(self, fn: Callable, is_module: bool,
-                             concrete_args: dict | None) -> list:
-        sig = inspect.signature(fn)
-        params = list(sig.parameters.values())[1 if is_module else 0:]
+    def create_args_for_root(self, root_fn: Callable, is_module: bool,
+                             concrete_args: dict | None = None) -> tuple:
+        """(the function to run, its arguments): one placeholder Proxy per parameter, in the
+        order of the function's locals (positional, keyword-only, *args, **kwargs); a `*args`
+        or `**kwargs` parameter is one placeholder (`*args`) whose Proxy the function gets
+        whole, by a copy of it with plain parameters in their place."""
+        code = root_fn.__code__
+        n_plain = code.co_argcount + code.co_kwonlyargcount
+        varargs = bool(code.co_flags & inspect.CO_VARARGS)
+        varkw = bool(code.co_flags & inspect.CO_VARKEYWORDS)
+        names = code.co_varnames[:n_plain + varargs + varkw]
+        sig = inspect.signature(root_fn)
         concrete = dict(concrete_args or {})
-        args = []
-        for p in params:
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise NotImplementedError(
-                    f"kiln.fx.symbolic_trace: {fn.__qualname__} takes *{p.name}; trace a "
-                    f"forward with named parameters")
-            default = () if p.default is inspect.Parameter.empty else (p.default,)
-            if p.name in concrete:
-                args.append(self._concrete_placeholder(p.name, concrete.pop(p.name), default))
+        args = [self.root] if is_module else []
+        for i, name in enumerate(names[1 if is_module else 0:], 1 if is_module else 0):
+            if i >= n_plain:                     # *args, then **kwargs
+                star = "*" if varargs and i == n_plain else "**"
+                args.append(self.create_proxy("placeholder", star + name, (), {}))
                 continue
-            args.append(self.create_proxy("placeholder", p.name, default, {},
-                                          type_expr=fn.__annotations__.get(p.name)))
+            p = sig.parameters[name]
+            default = () if p.default is inspect.Parameter.empty else (p.default,)
+            if name in concrete:
+                args.append(self._concrete_placeholder(name, concrete.pop(name), default))
+                continue
+            args.append(self.create_proxy("placeholder", name, default, {},
+                                          type_expr=root_fn.__annotations__.get(name)))
         if concrete:
             raise TypeError(f"kiln.fx.symbolic_trace: concrete_args names {sorted(concrete)} "
-                            f"that {fn.__qualname__} does not take")
-        return args
+                            f"that {root_fn.__qualname__} does not take")
+        if varargs or varkw:
+            flat = code.replace(co_flags=code.co_flags & ~(inspect.CO_VARARGS |
+                                                           inspect.CO_VARKEYWORDS),
+                                co_argcount=len(names), co_kwonlyargcount=0)
+            root_fn = types.FunctionType(flat, root_fn.__globals__, root_fn.__name__, None,
+                                         root_fn.__closure__)
+        return root_fn, args
 
     def _concrete_placeholder(self, name: str, value: Any, default: tuple) -> Any:
         """A concrete argument: the traced forward sees `value` (the graph is specialized to
@@ -216,9 +232,8 @@ class Tracer(TracerBase):
         self._buffer_names = {id(b): n for n, b in self.root.named_buffers()}
         self.module_stack = OrderedDict()
         self._patched_globals: set = set()
-        args = self.create_args_for_root(fn, is_module, concrete_args)
-        if is_module:
-            args = [root] + args
+        annotations = fn.__annotations__
+        fn, args = self.create_args_for_root(fn, is_module, concrete_args)
         self._patcher = Patcher()
         FUNCTION_PATCH.enter()
         _ACTIVE.append(self)
@@ -226,7 +241,7 @@ class Tracer(TracerBase):
             self._patch_modules_and_wraps(fn)
             result = fn(*args)
             self.create_node("output", "output", (self.create_arg(result),), {},
-                             type_expr=fn.__annotations__.get("return"))
+                             type_expr=annotations.get("return"))
         finally:
             _ACTIVE.remove(self)
             self._patcher.restore()

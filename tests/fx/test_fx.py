@@ -662,3 +662,18 @@ def test_a_trace_inside_a_traced_forward_records_into_its_own_graph():
     t_gm, k_gm = torch.fx.symbolic_trace(t), kiln.fx.symbolic_trace(k)
     assert k_gm.code == kiln_text(t_gm.code)
     assert k.inner_code == kiln_text(t.inner_code)
+
+
+def test_varargs_and_kwargs_forwards_as_torch():
+    def make(fw):
+        class Star(fw.nn.Module):
+            def forward(self, x, *rest, scale=2.0, **named):
+                return x * scale + rest[0] - named["shift"]
+        return Star()
+    t, k = torch.fx.symbolic_trace(make(torch)), kiln.fx.symbolic_trace(make(kiln))
+    assert str(k.graph) == kiln_text(str(t.graph))
+    assert k.code == kiln_text(t.code)
+    values = [np.array([1.0, -2.0], np.float32), np.array([0.5, 0.25], np.float32), 3.0]
+    np.testing.assert_array_equal(
+        to_np(k(kiln.tensor(values[0]), 1.5, kiln.tensor(values[1]), shift=values[2])),
+        to_np(t(torch.tensor(values[0]), 1.5, torch.tensor(values[1]), shift=values[2])))
