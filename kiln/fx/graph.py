@@ -338,8 +338,9 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
         globals_[name] = obj
         return name
 
-    for name, obj in _custom_builtins().items():
-        add_global(name, obj)
+    for name, obj in _custom_builtins().items():      # bound in every generated forward
+        globals_[namespace.create_name(name, obj)] = obj
+    device = globals_["device"]
 
     def rep(arg: Argument) -> str:
         if isinstance(arg, Node):
@@ -358,6 +359,8 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
             return "{" + ", ".join(f"{k!r}: {rep(v)}" for k, v in arg.items()) + "}"
         if callable(arg) and hasattr(arg, "__name__") and not isinstance(arg, type):
             return add_global(qualified_name(arg), arg)
+        if isinstance(arg, device):
+            return f"device({str(arg)!r})"        # (kiln.device takes no `type=` keyword)
         return repr(arg)
 
     def annotation(node: Node) -> str:

@@ -677,3 +677,15 @@ def test_varargs_and_kwargs_forwards_as_torch():
     np.testing.assert_array_equal(
         to_np(k(kiln.tensor(values[0]), 1.5, kiln.tensor(values[1]), shift=values[2])),
         to_np(t(torch.tensor(values[0]), 1.5, torch.tensor(values[1]), shift=values[2])))
+
+
+def test_devices_dtypes_and_infinities_in_generated_code():
+    def fn_of(fw):
+        return lambda x: x.to(fw.device("cpu")).to(fw.float64).clamp(-float("inf"), 1.5)
+    t, k = torch.fx.symbolic_trace(fn_of(torch)), kiln.fx.symbolic_trace(fn_of(kiln))
+    # kiln.device takes the device string only (torch's repr spells type=)
+    assert k.code == kiln_text(t.code).replace("device(type='cpu')", "device('cpu')")
+    x = np.array([-1.0, 2.0], np.float32)
+    k_out, t_out = k(kiln.tensor(x)), t(torch.tensor(x))
+    assert str(k_out.dtype) == "kiln.float64" and str(t_out.dtype) == "torch.float64"
+    np.testing.assert_array_equal(to_np(k_out), to_np(t_out))
