@@ -317,12 +317,29 @@ class Graph:
     def python_code(self, root_module: str, *, verbose: bool = False) -> PythonCode:
         """The source of `def forward(self, ...)` for this graph, and the globals it needs:
         one line per node, each value dropped (`x = None`) after its last use, as torch.fx
-        writes it."""
-        return _python_code(self, root_module)
+        writes it. `verbose` annotates each value with its dtype and shape where a pass
+        (ShapeProp) recorded them (`conv1: "f32[2, 4, 6, 6]" = ...`)."""
+        return _python_code(self, root_module, verbose)
 
 
 
-def _python_code(graph: Graph, root_module: str) -> PythonCode:
+_DTYPE_ABBREVIATIONS = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16",
+                        "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8",
+                        "uint8": "u8", "bool": "b8", "complex64": "c64", "complex128": "c128"}
+
+
+def _meta_annotation(node: Node) -> str:
+    """`: "f32[2, 4]"` from the value's recorded metadata (verbose listings), else ''."""
+    meta = node.meta.get("val", node.meta.get("tensor_meta"))
+    shape, dtype = getattr(meta, "shape", None), getattr(meta, "dtype", None)
+    if shape is None or dtype is None or isinstance(meta, (tuple, list, dict)) and \
+            not hasattr(meta, "_fields"):
+        return ""
+    name = str(dtype).split(".")[-1]
+    return f': "{_DTYPE_ABBREVIATIONS.get(name, name)}[{", ".join(str(d) for d in shape)}]"'
+
+
+def _python_code(graph: Graph, root_module: str, verbose: bool = False) -> PythonCode:
     namespace = graph._graph_namespace.copy()
     globals_: dict = {}
     wrapped: dict = {}
@@ -364,6 +381,8 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
         return repr(arg)
 
     def annotation(node: Node) -> str:
+        if verbose and _meta_annotation(node):
+            return _meta_annotation(node)
         if node.type is None:
             return ""
         t = node.type
@@ -386,6 +405,7 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
     free_vars: list = []
     body: list = []
     returns = ""
+    said_no_stack_trace = False
     for node in nodes:
         if node.op == "placeholder":
             default = f" = {rep(node.args[0])}" if node.args else ""
@@ -399,27 +419,33 @@ def _python_code(graph: Graph, root_module: str) -> PythonCode:
                 returns = " -> " + annotation(node)[3:]
             body.append(f"return {rep(node.args[0])}\n")
             continue
+        if verbose and not said_no_stack_trace:
+            # torch's verbose listing heads each group of nodes with where it came from;
+            # kiln records no stack traces, so one line says so, as torch's does then
+            body.append("\n# No stacktrace found for following nodes\n")
+            said_no_stack_trace = True
+        target = f"{node.name}{annotation(node)}"
         if node.op == "call_method":
-            line = (f"{node.name} = {_format_target(rep(node.args[0]), node.target)}"
+            line = (f"{target} = {_format_target(rep(node.args[0]), node.target)}"
                     f"({fmt_args(node.args[1:], node.kwargs)})")
         elif node.op == "call_function":
             name = getattr(node.target, "__name__", "")
             if getattr(node.target, "__module__", "") == "_operator" and name in MAGIC:
-                line = f"{node.name} = " + MAGIC[name].format(*(rep(a) for a in node.args))
+                line = f"{target} = " + MAGIC[name].format(*(rep(a) for a in node.args))
             else:
                 global_name = add_global(qualified_name(node.target), node.target)
                 if global_name == "getattr" and len(node.args) == 2 and \
                         isinstance(node.args[1], str) and node.args[1].isidentifier():
-                    line = f"{node.name} = {_format_target(rep(node.args[0]), node.args[1])}"
+                    line = f"{target} = {_format_target(rep(node.args[0]), node.args[1])}"
                 else:
-                    line = f"{node.name} = {global_name}({fmt_args(node.args, node.kwargs)})"
+                    line = f"{target} = {global_name}({fmt_args(node.args, node.kwargs)})"
                 if node.meta.get("is_wrapped"):
                     wrapped.setdefault(global_name)
         elif node.op == "call_module":
-            line = (f"{node.name} = {_format_target(root_module, node.target)}"
+            line = (f"{target} = {_format_target(root_module, node.target)}"
                     f"({fmt_args(node.args, node.kwargs)})")
         else:                                              # get_attr
-            line = f"{node.name} = {_format_target(root_module, node.target)}"
+            line = f"{target} = {_format_target(root_module, node.target)}"
         dead = list(to_free.get(node, []))
         if not node.users:
             dead.append(node)

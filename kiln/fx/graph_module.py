@@ -154,13 +154,10 @@ class GraphModule(kiln.nn.Module):
         return python_code
 
     def print_readable(self, print_output: bool = True) -> str:
-        """The module as a class with its generated forward (and its GraphModule children)."""
-        body = self._code.lstrip("\n").rstrip().split("\n")
-        if not any(n.stack_trace for n in self._graph.nodes) and len(body) > 1:
-            # torch's verbose listing says where each group of nodes came from; kiln records
-            # no stack traces, so one line says so, as torch's does then
-            body.insert(body.index(next(line for line in body if line.startswith("def "))) + 1,
-                        "    # No stacktrace found for following nodes")
+        """The module as a class with its generated forward, each value annotated with the
+        dtype and shape a pass recorded (and its GraphModule children likewise)."""
+        code = self._graph.python_code(root_module="self", verbose=True).src
+        body = code.lstrip("\n").rstrip().split("\n")
         lines = [f"class {type(self).__name__}(kiln.nn.Module):"]
         lines += ["    " + line if line.strip() else "" for line in body]
         text = "\n".join(lines) + "\n"

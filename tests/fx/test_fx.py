@@ -370,6 +370,7 @@ def test_shape_prop_fills_torch_tensor_meta(factory, shape):
     x = np.zeros(shape, np.float32)
     TorchShapeProp(tg).propagate(torch.tensor(x))
     ShapeProp(kg).propagate(kiln.tensor(x))
+    assert kg.print_readable(False) == kiln_text(tg.print_readable(False))   # f32[2, 4, ...]
     for kn, tn in zip(kg.graph.nodes, tg.graph.nodes):
         tmeta, kmeta = tn.meta.get("tensor_meta"), kn.meta.get("tensor_meta")
         if isinstance(tmeta, dict):         # the output's dict of results
