@@ -45,12 +45,20 @@ PH = PHBase()
 
 
 def _assert(condition: Any, message: str) -> None:
-    """The runtime check a specialized graph makes (torch._assert)."""
+    """The runtime check a specialized graph makes (torch._assert); on a traced value, a
+    node of the graph."""
+    proxy = find_proxy((condition,), {})
+    if proxy is not None:
+        return proxy.tracer.create_proxy("call_function", _assert, (condition, message), {})
     if not bool(condition):
         raise AssertionError(message)
 
 
 def _assert_is_none(value: Any, message: str) -> None:
+    proxy = find_proxy((value,), {})
+    if proxy is not None:
+        return proxy.tracer.create_proxy("call_function", _assert_is_none, (value, message),
+                                         {})
     if value is not None:
         raise AssertionError(message)
 

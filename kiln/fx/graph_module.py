@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import kiln
-from kiln.fx.graph import Graph
+from kiln.fx.graph import Graph, _custom_builtins
 
 _SOURCE_IDS = itertools.count()
 
@@ -88,6 +88,38 @@ def _construction_lines(target: str, module: kiln.nn.Module, lines: list,
             _construction_lines(child_target, child, lines)
 
 
+def _import_block(globals_: dict) -> str:
+    """Import lines that bind a generated forward's globals again in another process."""
+    lines = []
+    builtins_ = _custom_builtins()
+    for name, obj in globals_.items():
+        if name in builtins_ and builtins_[name] is obj:
+            continue
+        module = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", "")
+        if module is None or "." in qualname or "<" in qualname:
+            raise TypeError(f"kiln.fx.GraphModule: cannot pickle a graph that calls {obj!r} "
+                            f"(not importable by name); use a module-level function")
+        lines.append(f"from {module} import {qualname} as {name}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _rebuild_graph_module(state: dict, src: str, class_name: str) -> "GraphModule":
+    """A pickled GraphModule: its attributes, and its graph traced again from the source."""
+    from kiln.fx._symbolic_trace import Tracer
+    globals_ = dict(_custom_builtins())
+    exec(compile(src, f"<kiln.fx unpickled forward {next(_SOURCE_IDS)}>", "exec",
+                 dont_inherit=True), globals_)
+    cls = type(class_name, (kiln.nn.Module,), {"forward": globals_["forward"]})
+    root = cls.__new__(cls)
+    root.__dict__.update(state)
+
+    class KeepModules(Tracer):
+        def is_leaf_module(self, m: kiln.nn.Module, qualname: str) -> bool:
+            return True
+    return GraphModule(root, KeepModules().trace(root), class_name)
+
+
 class GraphModule(kiln.nn.Module):
     """A module made from `root` (a Module, or a dict of name -> object) and `graph`: the
     graph's get_attr and call_module targets are copied from root, and `forward` is the
@@ -149,7 +181,7 @@ class GraphModule(kiln.nn.Module):
         linecache.cache[filename] = (len(python_code.src), None,
                                      python_code.src.splitlines(True), filename)
         globals_ = dict(python_code.globals)
-        exec(compile(python_code.src, filename, "exec"), globals_)
+        exec(compile(python_code.src, filename, "exec", dont_inherit=True), globals_)
         type(self).forward = globals_["forward"]
         return python_code
 
@@ -254,5 +286,9 @@ class GraphModule(kiln.nn.Module):
         return super().__str__() + "\n\n\n" + self._code
 
     def __reduce__(self):
-        raise TypeError("kiln.fx.GraphModule cannot be pickled; save its state_dict and "
-                        "trace the model again")
+        # as torch.fx: the attributes, and the forward's source with imports for its globals;
+        # unpickling runs that source and traces it again (every submodule kept whole)
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_graph", "_code")}
+        python_code = self._graph.python_code(root_module="self")
+        return (_rebuild_graph_module, (state, _import_block(python_code.globals) +
+                                        python_code.src, type(self).__name__))

@@ -690,3 +690,24 @@ def test_devices_dtypes_and_infinities_in_generated_code():
     k_out, t_out = k(kiln.tensor(x)), t(torch.tensor(x))
     assert str(k_out.dtype) == "kiln.float64" and str(t_out.dtype) == "torch.float64"
     np.testing.assert_array_equal(to_np(k_out), to_np(t_out))
+
+
+def test_pickled_graph_module_is_traced_again_as_torch_does():
+    import pickle
+    tm, km = make_net(torch), make_net(kiln)
+    same_weights(km, tm)
+    t = torch.fx.symbolic_trace(tm)
+    k = kiln.fx.symbolic_trace(km)
+    k.graph.eliminate_dead_code()
+    t2, k2 = pickle.loads(pickle.dumps(t)), pickle.loads(pickle.dumps(k))
+    assert k2.code == kiln_text(t2.code) == k.code
+    assert type(k2).__name__ == "Net" and list(k2.state_dict()) == list(k.state_dict())
+    x = np.random.default_rng(10).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(to_np(k2(kiln.tensor(x))["out"]), to_np(k(kiln.tensor(x))["out"]))
+    np.testing.assert_allclose(to_np(k2(kiln.tensor(x))["out"]),
+                               to_np(t2(torch.tensor(x))["out"]), rtol=1e-5, atol=1e-6)
+    specialized = kiln.fx.symbolic_trace(make_controlled(kiln), concrete_args={"flag": True})
+    again = pickle.loads(pickle.dumps(specialized))
+    assert again.code == specialized.code                  # wrap() and the _assert survive
+    with pytest.raises(AssertionError, match="flag has been specialized"):
+        again(kiln.tensor(x), False, 3)
