@@ -66,6 +66,7 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "profiler": "kiln.profiler", "multiprocessing": "kiln.multiprocessing",
                  "func": "kiln.func",
                  "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
+_ON_FIRST_USE["fx"] = "kiln.fx"      # torch.fx: symbolic tracing, Graph, GraphModule
 
 
 def is_tensor(obj) -> bool:

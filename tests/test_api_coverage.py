@@ -51,6 +51,7 @@ NAMESPACES = [
     Namespace("torch.optim", "classes", 0.95, "api-nn"),
     Namespace("torch.optim.lr_scheduler", "classes", 0.95, "api-nn"),
     Namespace("torch.utils.data", "callables", 0.95, "api-nn"),
+    Namespace("torch.fx", "callables", 0.90, "helper-fx"),
 ]
 
 # the distributions and KL pairs a script reaches for first; each must exist

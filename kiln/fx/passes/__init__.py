@@ -1,0 +1,1 @@
+"""Passes over kiln.fx graphs (torch.fx.passes): `shape_prop.ShapeProp`."""
