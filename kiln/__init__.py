@@ -39,7 +39,7 @@ from kiln.tracer.creation import (  # noqa: F401
 from kiln import autograd  # noqa: F401
 from kiln import compiler  # noqa: F401
 from kiln.compiler import compile  # noqa: F401
-from kiln.runtime import cuda  # noqa: F401
+from kiln import cuda  # noqa: F401  (torch.cuda; its amp and nccl are modules)
 from kiln.runtime.threads import set_num_threads, get_num_threads  # noqa: F401
 from kiln.tracer.fused_optim import _fused_adam_, _fused_adamw_, _fused_sgd_  # noqa: F401
 from kiln.tracer.functional.rnn_cells import lstm as _lstm_cell  # noqa: F401  (nn.LSTM)
@@ -146,17 +146,7 @@ ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTe
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
 BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
 IntTensor = _legacy_type("IntTensor", int32)
-cuda.amp = amp.cuda_amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
 cpu = _types.SimpleNamespace(amp=amp.cpu_amp)      # torch.cpu.amp.autocast, likewise
-# one generator draws for every device; attached here so that runtime imports no tracer
-
-
-def _cuda_manual_seed(seed: int) -> None:
-    """torch.cuda.manual_seed: seeds the generator (shared by every device); returns None."""
-    manual_seed(seed)
-
-
-cuda.manual_seed = cuda.manual_seed_all = _cuda_manual_seed
 
 
 def __getattr__(name: str):
@@ -192,3 +182,4 @@ def __dir__() -> list:
     return sorted(set(globals()) | set(_ON_FIRST_USE))
 from kiln import __future__  # noqa: F401,E402  (torch.__future__: module conversion switches)
 from kiln import _dynamo  # noqa: F401,E402  (torch._dynamo.reset)
+from kiln import random, version  # noqa: F401,E402  (torch.random, torch.version)

@@ -53,7 +53,8 @@ diff digitize divide divmod dot double dsplit dstack dtype e ediff1d einsum empt
 equal euler_gamma exp exp2 expand_dims expm1 extract eye fabs fft fill_diagonal finfo fix
 flatiter flatnonzero flip fliplr flipud float16 float32 float64 float_ float_power floating
 floor floor_divide fmax fmin fmod frexp from_dlpack frombuffer fromfile fromfunction fromiter
-fromstring full full_like fuse gcd generic get_array_module gradient greater greater_equal half
+fromstring full full_like fuse gcd generic get_array_module get_default_memory_pool gradient
+greater greater_equal half
 hamming hanning heaviside histogram histogram2d histogramdd hsplit hstack hypot i0 identity
 iinfo imag in1d index_exp indices inexact inf inner int16 int32 int64 int8 int_ intc integer
 interp intersect1d intp invert is_available isclose iscomplex iscomplexobj isdtype isfinite
@@ -354,17 +355,33 @@ class FakeGraph:
         pass
 
 
+class FakeMemory:
+    """What a fake pool's `malloc` hands out: the size of one array's memory, alive as long
+    as the array that holds it."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
 class FakeMemoryPool:
-    """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator."""
+    """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator
+    (`using_allocator`, or `set_allocator` for the default pool, `get_default_memory_pool()`)."""
 
     def __init__(self, allocator=None):
         self._arrays: list = []
+        self._memories: list = []
 
-    def malloc(self, size: int):
-        raise NotImplementedError("fake CUDA: arrays are made by NumPy; use using_allocator")
+    def malloc(self, size: int) -> FakeMemory:
+        # NumPy has made the array already; the allocator only learns its size (see
+        # _note_allocation), as CuPy's would before making it
+        memory = FakeMemory(size)
+        self._memories = [r for r in self._memories if r() is not None]
+        self._memories.append(weakref.ref(memory))
+        return memory
 
     def used_bytes(self) -> int:
-        return sum(r().nbytes for r in self._arrays if r() is not None)
+        return sum(r().nbytes for r in self._arrays if r() is not None) + \
+            sum(r().size for r in self._memories if r() is not None)
 
     def total_bytes(self) -> int:
         return self.used_bytes()
@@ -400,6 +417,24 @@ def _note_allocation(array) -> None:
     pool = getattr(_ALLOCATOR, "pool", None)
     if pool is not None:
         pool._arrays.append(weakref.ref(array))
+    elif _GLOBAL_ALLOCATOR[0] is not None and array.nbytes:
+        # the process-wide allocator (`set_allocator`): the array keeps its memory alive
+        array._fake_memory = _GLOBAL_ALLOCATOR[0](array.nbytes)
+
+
+_DEFAULT_POOL = FakeMemoryPool()
+_GLOBAL_ALLOCATOR = [_DEFAULT_POOL.malloc]       # CuPy's default: the default pool's malloc
+
+
+def set_allocator(allocator=None) -> None:
+    """`cupy.cuda.set_allocator`: the allocator every array made outside `using_allocator`
+    comes from."""
+    _GLOBAL_ALLOCATOR[0] = allocator
+
+
+def get_allocator():
+    """`cupy.cuda.get_allocator`."""
+    return _GLOBAL_ALLOCATOR[0]
 
 
 def _refused(name: str) -> property:
@@ -709,8 +744,10 @@ def _build_module() -> types.ModuleType:
         Stream=FakeStream, get_current_stream=_current_stream,
         graph=_namespace("cupy.cuda.graph", Graph=FakeGraph),
         MemoryPool=FakeMemoryPool, using_allocator=using_allocator,
+        set_allocator=set_allocator, get_allocator=get_allocator,
         is_available=lambda: True)
     cupy.is_available = lambda: True
+    cupy.get_default_memory_pool = lambda: _DEFAULT_POOL
     cupy.random = _namespace("cupy.random")     # kiln draws on the host and copies
     cupy.linalg = _namespace("cupy.linalg")
     cupy.__version__ = "14.0.0 (fake)"

@@ -11,3 +11,4 @@ from kiln.distributed.collectives import (  # noqa: F401
     Work, all_gather, all_gather_into_tensor, all_gather_object, all_reduce, all_to_all_single,
     barrier, broadcast, broadcast_object_list, gather, irecv, isend, recv, reduce,
     reduce_scatter, reduce_scatter_tensor, scatter, send)
+from kiln.distributed.process_group import get_default_backend_for_device  # noqa: F401,E402
