@@ -66,6 +66,7 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "profiler": "kiln.profiler", "multiprocessing": "kiln.multiprocessing",
                  "func": "kiln.func",
                  "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
+_ON_FIRST_USE.update(hub="kiln.hub", jit="kiln.jit")     # urllib and the exporter, on use
 
 
 def is_tensor(obj) -> bool:
@@ -168,11 +169,6 @@ def __getattr__(name: str):
 
 # PyTorch namespaces kiln does not have, and what to use instead
 _NOT_IN_KILN = {
-    "jit": "kiln has no TorchScript; kiln.compile speeds a function or module up, and "
-           "kiln.export.export (a saved program or a C library) or kiln.onnx.export deploys a "
-           "model",
-    "hub": "kiln does not download models; build the model in Python and load its weights "
-           "with load_state_dict(kiln.load(path))",
     "mps": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
     "xpu": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
 }
