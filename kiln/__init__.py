@@ -92,7 +92,6 @@ from kiln import onnx  # noqa: F401,E402  (`torch.onnx.export`; imports the onnx
 # probes, functional_extra's ops and Tensor methods, torch-level forms of in-place methods and of
 # nn.functional, out= on common ops, linalg/fft/special/distributions/amp, grad_fn names
 import sys as _sys  # noqa: E402
-import types as _types  # noqa: E402
 from kiln import accelerator, backends  # noqa: F401,E402
 from kiln.tracer.creation import (  # noqa: F401,E402
     set_default_device, get_default_device, standard_gamma as _standard_gamma)
@@ -147,7 +146,7 @@ ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTe
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
 BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
 IntTensor = _legacy_type("IntTensor", int32)
-cpu = _types.SimpleNamespace(amp=amp.cpu_amp)      # torch.cpu.amp.autocast, likewise
+from kiln import cpu  # noqa: F401,E402  (torch.cpu, with torch.cpu.amp.autocast)
 
 
 def __getattr__(name: str):

@@ -19,7 +19,6 @@ import collections.abc
 import copy
 import functools
 import math
-import types
 import warnings
 
 from kiln.ir import dtypes as _dt
@@ -370,5 +369,5 @@ class _CudaGradScaler(GradScaler):
                          enabled)
 
 
-# torch.cpu.amp: the older namespace (kiln.cpu.amp); torch.cuda.amp is the module kiln.cuda.amp
-cpu_amp = types.SimpleNamespace(autocast=_CpuAutocast, GradScaler=_CpuGradScaler)
+# torch.cuda.amp and torch.cpu.amp, the older namespaces, are the modules kiln.cuda.amp and
+# kiln.cpu.amp, which take their classes from here

@@ -30,12 +30,17 @@ def _future_warnings(make) -> list:
 
 
 def test_kiln_cuda_is_one_importable_module_with_amp_and_nccl_submodules() -> None:
-    for name in ("kiln.cuda", "kiln.cuda.amp", "kiln.cuda.nccl", "kiln.random", "kiln.version"):
+    for name in ("kiln.cuda", "kiln.cuda.amp", "kiln.cuda.nccl", "kiln.random", "kiln.version",
+                 "kiln.cpu", "kiln.cpu.amp", "kiln.jit", "kiln.jit.annotations", "kiln.hub",
+                 "kiln.utils.model_zoo"):
         module = importlib.import_module(name)
         assert sys.modules[name] is module
     assert kiln.cuda is sys.modules["kiln.cuda"] and kiln.cuda.amp is sys.modules["kiln.cuda.amp"]
     from kiln.cuda.amp import GradScaler, autocast, custom_bwd, custom_fwd  # noqa: F401
     assert kiln.accelerator.device_count() == kiln.cuda.device_count()
+    for name in ("is_available", "device_count", "current_device", "synchronize"):
+        assert getattr(kiln.cpu, name)() == getattr(torch.cpu, name)(), name
+    from kiln.cpu.amp import GradScaler as CpuScaler, autocast as cpu_autocast  # noqa: F401
 
 
 def test_older_cuda_amp_spellings_warn_with_torchs_messages() -> None:
@@ -243,3 +248,62 @@ def test_device_properties_are_read_from_cupys_runtime(monkeypatch) -> None:
     assert isinstance(name, str) and name == kiln.cuda.get_device_properties().name
     assert kiln.cuda.get_device_capability() == (kiln.cuda.get_device_properties(0).major,
                                                  kiln.cuda.get_device_properties(0).minor)
+
+
+# ----------------------------------------------------------------------------- under kiln run
+
+def test_the_amp_and_jit_pattern_script_runs_under_kiln_run_as_under_torch(tmp_path) -> None:
+    """tests/scripts/standalone/amp_jit_pattern.py: `from torch.cuda.amp import GradScaler,
+    autocast`, `Tensor | None` annotations, training, then torch.jit.trace + save + load. From
+    the same seed kiln prints torch's losses (it draws PyTorch's random numbers), and its
+    loaded program computes what the model does."""
+    from tests.test_kiln_run import ROOT, kiln_run, printed_losses, torch_run
+    script = ROOT / "tests" / "scripts" / "standalone" / "amp_jit_pattern.py"
+    reference = torch_run(script, "--out", str(tmp_path / "torch.pt"), cwd=tmp_path)
+    done = kiln_run(script, "--out", str(tmp_path / "kiln.pt"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(printed_losses(done.stdout)) == 3
+    np.testing.assert_allclose(printed_losses(done.stdout), printed_losses(reference),
+                               rtol=1e-4, atol=1e-5)
+    diff = float(done.stdout.split("Loaded model max difference: ")[1].split()[0])
+    assert diff <= 1e-5
+    assert "FutureWarning: `torch.cuda.amp.GradScaler(args...)` is deprecated" in done.stderr
+    assert (tmp_path / "kiln.pt").exists()
+
+
+def test_kiln_run_puts_the_scripts_folder_first_for_its_sibling_modules(tmp_path) -> None:
+    """pytorch/examples word_language_model's main.py imports `data` and `model` from its own
+    folder, under `if __name__ == "__main__":`; run from another working directory, as
+    `python main.py` would be."""
+    from tests.test_kiln_run import kiln_run
+    folder = tmp_path / "word_language_model"
+    folder.mkdir()
+    (folder / "model.py").write_text(
+        "import torch.nn as nn\n"
+        "from torch import Tensor\n"
+        "class Tiny(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed = nn.Embedding(10, 4)\n"
+        "    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:\n"
+        "        return self.embed(x).sum() if h is None else h\n")
+    (folder / "data.py").write_text("WORDS = [1, 2, 3]\n")
+    (folder / "main.py").write_text(
+        "import os, sys\n"
+        "import torch, torch.random, torch.version, torch.cuda.nccl, torch.hub\n"
+        "import data\n"
+        "import model\n"
+        "def main():\n"
+        "    torch.random.manual_seed(0)\n"
+        "    net = model.Tiny()\n"
+        "    out = net(torch.tensor(data.WORDS))\n"
+        "    print(sys.path[0] == os.path.dirname(os.path.abspath(__file__)), type(out).__name__,\n"
+        "          torch.version.cuda, torch.jit.is_scripting(), callable(torch.hub.get_dir))\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = kiln_run(folder / "main.py", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cuda = str(kiln.version.cuda)
+    assert done.stdout.split() == ["True", "Tensor", cuda, "False", "True"]
