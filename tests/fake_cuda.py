@@ -363,25 +363,29 @@ class FakeMemory:
         self.size = size
 
 
+def _release(counter: list, size: int) -> None:
+    counter[0] -= size
+
+
 class FakeMemoryPool:
     """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator
     (`using_allocator`, or `set_allocator` for the default pool, `get_default_memory_pool()`)."""
 
     def __init__(self, allocator=None):
         self._arrays: list = []
-        self._memories: list = []
+        self._malloced = [0]         # bytes of the live memory `malloc` handed out
 
     def malloc(self, size: int) -> FakeMemory:
         # NumPy has made the array already; the allocator only learns its size (see
         # _note_allocation), as CuPy's would before making it
         memory = FakeMemory(size)
-        self._memories = [r for r in self._memories if r() is not None]
-        self._memories.append(weakref.ref(memory))
+        counter = self._malloced
+        counter[0] += size
+        weakref.finalize(memory, _release, counter, size)
         return memory
 
     def used_bytes(self) -> int:
-        return sum(r().nbytes for r in self._arrays if r() is not None) + \
-            sum(r().size for r in self._memories if r() is not None)
+        return sum(r().nbytes for r in self._arrays if r() is not None) + self._malloced[0]
 
     def total_bytes(self) -> int:
         return self.used_bytes()

@@ -305,5 +305,6 @@ def test_kiln_run_puts_the_scripts_folder_first_for_its_sibling_modules(tmp_path
     elsewhere.mkdir()
     done = kiln_run(folder / "main.py", cwd=elsewhere)
     assert done.returncode == 0, done.stderr[-3000:]
-    cuda = str(kiln.version.cuda)
-    assert done.stdout.split() == ["True", "Tensor", cuda, "False", "True"]
+    first_dir, kind, cuda, scripting, hub = done.stdout.split()
+    assert (first_dir, kind, scripting, hub) == ("True", "Tensor", "False", "True")
+    assert cuda == "None" or cuda.replace(".", "").isdigit()      # CuPy's CUDA runtime, if any
