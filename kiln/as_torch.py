@@ -25,7 +25,7 @@ ALIASES = {"torch": "kiln", "torchvision": "kiln.vision"}
 
 def _kiln_module(name: str):
     """kiln's module for dotted `name` (`kiln.nn.functional`): imported, or reached as an
-    attribute where kiln keeps a module under another path (`kiln.cuda`)."""
+    attribute where kiln binds a module object into a package under another name."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:

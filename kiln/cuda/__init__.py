@@ -64,8 +64,10 @@ def current_device() -> int:
 
 
 def set_device(device) -> None:
-    """Make `device` (an index, "cuda:1" or a Device) the current GPU; a negative index does
-    nothing, as in torch."""
+    """Make `device` (an index, "cuda:1" or a Device) CuPy's current GPU, which the memory
+    counters, `current_device` and `synchronize` read; a negative index does nothing, as in
+    torch. Unlike torch, kiln's plain "cuda" device stays cuda:0: name the index ("cuda:1") to
+    put tensors on another GPU."""
     index = _index(device, "set_device", optional=False)
     if index < 0:
         return

@@ -141,6 +141,7 @@ class _Exportable:
     """What ScriptModule and ScriptFunction share: example inputs and exporting at them."""
 
     def _remember(self, args: tuple, kwargs: dict) -> None:
+        # the first call's inputs (held, not copied) are what `save` exports at
         if self._example is None:
             self._example = (args, kwargs)
 
@@ -354,7 +355,8 @@ def save(m, f, _extra_files=None) -> None:
 
 def load(f, map_location=None, _extra_files=None, _restore_shapes: bool = False):
     """torch.jit.load: read what `kiln.jit.save` wrote (a path or binary file). Nothing in the
-    file is executed: it holds a graph as JSON and tensors, no pickle.
+    file is executed: it holds a graph as JSON and tensors, no pickle. `map_location` is
+    accepted and has no effect: the loaded program runs on the CPU.
 
     Raises:
         CheckpointError: the file is not a saved kiln program (a TorchScript archive written by
