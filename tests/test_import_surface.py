@@ -79,7 +79,7 @@ def test_cuda_probes_without_a_gpu_answer_as_torch() -> None:
     for name, args in (("current_device", ()), ("set_device", (0,)), ("get_device_name", ()),
                        ("get_device_properties", (0,)), ("get_device_capability", ()),
                        ("synchronize", ()), ("reset_peak_memory_stats", ()),
-                       ("get_rng_state", ())):
+                       ("get_rng_state", ()), ("mem_get_info", ())):
         with pytest.raises(RuntimeError, match=f"torch.cuda.{name}: no CUDA GPU"):
             getattr(kiln.cuda, name)(*args)
         with pytest.raises(Exception):              # torch's CPU build: its own error types
@@ -248,6 +248,11 @@ def test_device_properties_are_read_from_cupys_runtime(monkeypatch) -> None:
     assert isinstance(name, str) and name == kiln.cuda.get_device_properties().name
     assert kiln.cuda.get_device_capability() == (kiln.cuda.get_device_properties(0).major,
                                                  kiln.cuda.get_device_properties(0).minor)
+    runtime_has = hasattr(runtime, "memGetInfo")
+    if not runtime_has:          # the fake GPU: CuPy's (free, total) pair
+        monkeypatch.setattr(runtime, "memGetInfo", lambda: (1_000, 85_000_000_000), raising=False)
+    free, total = kiln.cuda.mem_get_info()
+    assert 0 <= free <= total and (runtime_has or (free, total) == (1_000, 85_000_000_000))
 
 
 # ----------------------------------------------------------------------------- under kiln run

@@ -215,6 +215,14 @@ def reset_max_memory_allocated(device=None) -> None:
     reset_peak_memory_stats(device)
 
 
+def mem_get_info(device=None) -> tuple:
+    """(free, total) bytes of the device's memory, as the driver reports them."""
+    cp = _require("mem_get_info")
+    with cp.cuda.Device(_index(device, "mem_get_info")):
+        free, total = cp.cuda.runtime.memGetInfo()
+    return int(free), int(total)
+
+
 def empty_cache() -> None:
     """Give the pool's cached, unused blocks back to the driver."""
     if cuda_is_available():
