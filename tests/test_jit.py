@@ -4,6 +4,7 @@ pickle, no Python class needed), compared with torch.jit on the same weights and
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import warnings
@@ -85,7 +86,7 @@ def test_a_saved_program_loads_in_a_process_without_the_models_class(tmp_path) -
             f"np.save({str(tmp_path / 'y.npy')!r}, m(kiln.tensor(np.load("
             f"{str(tmp_path / 'x.npy')!r}))).numpy())\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
                                model(kiln.tensor(x)).detach().numpy(), rtol=1e-6)
