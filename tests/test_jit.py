@@ -198,3 +198,20 @@ def test_markers_and_probes_answer_as_torch_jit() -> None:
     assert WithFinal.size == 3
     with pytest.raises(RuntimeError, match="only implemented for modules in eval mode"):
         kiln.jit.freeze(kiln.jit.script(kiln.nn.Linear(2, 2)))
+
+
+@pytest.mark.gpu
+def test_a_module_on_the_gpu_is_traced_and_saved_from_a_cpu_copy(tmp_path) -> None:
+    """The saved program runs on the CPU: a GPU module is exported from a CPU copy, and stays
+    on its GPU; the loaded program takes GPU inputs and returns CPU tensors."""
+    model, _ = _pair()
+    model = model.to("cuda")
+    x = kiln.tensor(_inputs(3), device="cuda")
+    traced = kiln.jit.trace(model, x)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    traced.save(tmp_path / "gpu.pt")
+    loaded = kiln.jit.load(tmp_path / "gpu.pt")
+    out = loaded(x)
+    assert out.device.type == "cpu"
+    np.testing.assert_allclose(out.numpy(), model(x).detach().cpu().numpy(), rtol=1e-5,
+                               atol=1e-5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import os
 import tempfile
 import typing
@@ -32,7 +33,7 @@ from kiln.export import program as _program
 from kiln.export.program import ExportedProgram
 from kiln.nn.module import Module
 from kiln.tracer.tensor import Tensor
-from kiln.tracer.trace import flatten
+from kiln.tracer.trace import flatten, unflatten
 
 from kiln.jit import annotations  # noqa: F401  (torch.jit.annotations)
 
@@ -308,6 +309,7 @@ class RecursiveScriptModule:
         self._program, self.training = program, False
 
     def __call__(self, *args, **kwargs):
+        _, args, kwargs = _on_cpu(None, args, kwargs)     # the program runs on the CPU
         return self._program(*args, **kwargs)
 
     forward = __call__
@@ -386,9 +388,26 @@ def load(f, map_location=None, _extra_files=None, _restore_shapes: bool = False)
 
 # ----------------------------------------------------------------------------- helpers
 
+def _on_cpu(target, args: tuple, kwargs: dict) -> tuple:
+    """(target, args, kwargs) on the CPU, where the saved program runs: a module with weights on
+    a GPU is exported from a CPU copy (the user's module stays where it is)."""
+    leaves, tree = flatten((args, kwargs))
+    tensors = list(leaves)
+    if _isinstance(target, Module):
+        tensors += list(target.parameters()) + list(target.buffers())
+    if not any(_isinstance(t, Tensor) and t.device.type == "cuda" for t in tensors):
+        return target, args, kwargs
+    args, kwargs = unflatten(tree, [t.cpu() if _isinstance(t, Tensor) else t for t in leaves])
+    if _isinstance(target, Module):
+        target = copy.deepcopy(target).cpu()
+    return target, args, kwargs
+
+
 def _export_program(target, args: tuple, kwargs: dict) -> ExportedProgram:
-    """kiln.export of `target` at these inputs; with the inputs' shared leading dimension left
-    free (a batch) where the program can follow it, else at their sizes exactly."""
+    """kiln.export of `target` at these inputs (on the CPU); with the inputs' shared leading
+    dimension left free (a batch) where the program can follow it, else at their sizes
+    exactly."""
+    target, args, kwargs = _on_cpu(target, args, kwargs)
     _TRACING[0] = True
     try:
         tensors = [a for a in args if _isinstance(a, Tensor)]
@@ -424,7 +443,8 @@ def _check_outputs(func, program: ExportedProgram, args: tuple, kwargs: dict, to
     from kiln.tracer.autograd import no_grad
     with _eval_mode(func), no_grad():
         expected, _ = flatten(func(*args, **kwargs))
-    got, _ = flatten(program(*args, **kwargs))
+    _, cpu_args, cpu_kwargs = _on_cpu(None, args, kwargs)
+    got, _ = flatten(program(*cpu_args, **cpu_kwargs))
     if len(got) != len(expected):
         raise RuntimeError(f"kiln.jit.trace: {name}'s traced program returns {len(got)} "
                            f"outputs, the Python function {len(expected)}")
