@@ -28,6 +28,7 @@ import ctypes
 import math
 import sys
 import threading
+import time
 import types
 import weakref
 
@@ -216,6 +217,33 @@ class FakeStream:
 
     def is_capturing(self) -> bool:
         return self.capture is not None
+
+
+class FakeEvent:
+    """`cupy.cuda.Event`: `record` notes the host time (the fake's work is done when issued),
+    `get_elapsed_time(start, end)` their difference in milliseconds; timing must be on."""
+
+    def __init__(self, block: bool = False, disable_timing: bool = False,
+                 interprocess: bool = False):
+        self.disable_timing, self._at = disable_timing, None
+
+    def record(self, stream=None) -> None:
+        self._at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        _host_access("synchronizing an event")
+
+    @property
+    def done(self) -> bool:
+        return True
+
+
+def get_elapsed_time(start: FakeEvent, end: FakeEvent) -> float:
+    """`cupy.cuda.get_elapsed_time`."""
+    if start.disable_timing or end.disable_timing or start._at is None or end._at is None:
+        raise CUDARuntimeError("cudaErrorInvalidResourceHandle: an event was made without "
+                               "timing or never recorded")
+    return (end._at - start._at) * 1000.0
 
 
 _STREAMS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # ptr -> stream
@@ -749,6 +777,7 @@ def _build_module() -> types.ModuleType:
         graph=_namespace("cupy.cuda.graph", Graph=FakeGraph),
         MemoryPool=FakeMemoryPool, using_allocator=using_allocator,
         set_allocator=set_allocator, get_allocator=get_allocator,
+        Event=FakeEvent, get_elapsed_time=get_elapsed_time,
         is_available=lambda: True)
     cupy.is_available = lambda: True
     cupy.get_default_memory_pool = lambda: _DEFAULT_POOL

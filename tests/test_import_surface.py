@@ -79,7 +79,7 @@ def test_cuda_probes_without_a_gpu_answer_as_torch() -> None:
     for name, args in (("current_device", ()), ("set_device", (0,)), ("get_device_name", ()),
                        ("get_device_properties", (0,)), ("get_device_capability", ()),
                        ("synchronize", ()), ("reset_peak_memory_stats", ()),
-                       ("get_rng_state", ()), ("mem_get_info", ())):
+                       ("get_rng_state", ()), ("mem_get_info", ()), ("Event", ())):
         with pytest.raises(RuntimeError, match=f"torch.cuda.{name}: no CUDA GPU"):
             getattr(kiln.cuda, name)(*args)
         with pytest.raises(Exception):              # torch's CPU build: its own error types
@@ -313,3 +313,18 @@ def test_kiln_run_puts_the_scripts_folder_first_for_its_sibling_modules(tmp_path
     first_dir, kind, cuda, scripting, hub = done.stdout.split()
     assert (first_dir, kind, scripting, hub) == ("True", "Tensor", "False", "True")
     assert cuda == "None" or cuda.replace(".", "").isdigit()      # CuPy's CUDA runtime, if any
+
+
+@pytest.mark.gpu
+def test_events_time_the_work_between_them() -> None:
+    start, end = kiln.cuda.Event(enable_timing=True), kiln.cuda.Event(enable_timing=True)
+    start.record()
+    x = kiln.ones(256, 256, device="cuda")
+    for _ in range(3):
+        x = x @ x / 256
+    end.record()
+    end.synchronize()
+    assert end.query() and 0.0 <= start.elapsed_time(end) < 60_000
+    np.testing.assert_allclose(x.cpu().numpy(), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="enable_timing=True"):
+        kiln.cuda.Event().elapsed_time(end)

@@ -149,6 +149,35 @@ def synchronize(device=None) -> None:
     pending_checks.flush()      # eager index checks queued on the GPU, read now
 
 
+class Event:
+    """torch.cuda.Event on a CuPy event: `record()` marks the current stream (the one kiln's
+    kernels and CuPy's work are queued on), `elapsed_time(end)` gives the milliseconds between
+    two recorded events (both made with enable_timing=True)."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False,
+                 interprocess: bool = False):
+        cp = _require("Event")
+        self.enable_timing = enable_timing
+        self._event = cp.cuda.Event(block=blocking, disable_timing=not enable_timing,
+                                    interprocess=interprocess)
+
+    def record(self, stream=None) -> None:
+        self._event.record(stream)
+
+    def synchronize(self) -> None:
+        self._event.synchronize()
+
+    def query(self) -> bool:
+        """Whether the work before the record has finished."""
+        return bool(self._event.done)
+
+    def elapsed_time(self, end_event: "Event") -> float:
+        if not (self.enable_timing and end_event.enable_timing):
+            raise ValueError("torch.cuda.Event.elapsed_time: both events must be made with "
+                             "enable_timing=True")
+        return float(cupy_module().cuda.get_elapsed_time(self._event, end_event._event))
+
+
 # ----------------------------------------------------------------------------- memory
 
 _peak = {"allocated": 0, "reserved": 0, "tracking": False}
