@@ -39,7 +39,7 @@ from kiln.tracer.creation import (  # noqa: F401
 from kiln import autograd  # noqa: F401
 from kiln import compiler  # noqa: F401
 from kiln.compiler import compile  # noqa: F401
-from kiln.runtime import cuda  # noqa: F401
+from kiln import cuda  # noqa: F401  (torch.cuda; its amp and nccl are modules)
 from kiln.runtime.threads import set_num_threads, get_num_threads  # noqa: F401
 from kiln.tracer.fused_optim import _fused_adam_, _fused_adamw_, _fused_sgd_  # noqa: F401
 from kiln.tracer.functional.rnn_cells import lstm as _lstm_cell  # noqa: F401  (nn.LSTM)
@@ -67,6 +67,7 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "func": "kiln.func",
                  "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
 _ON_FIRST_USE["fx"] = "kiln.fx"      # torch.fx: symbolic tracing, Graph, GraphModule
+_ON_FIRST_USE.update(hub="kiln.hub", jit="kiln.jit")     # urllib and the exporter, on use
 
 
 def is_tensor(obj) -> bool:
@@ -92,7 +93,6 @@ from kiln import onnx  # noqa: F401,E402  (`torch.onnx.export`; imports the onnx
 # probes, functional_extra's ops and Tensor methods, torch-level forms of in-place methods and of
 # nn.functional, out= on common ops, linalg/fft/special/distributions/amp, grad_fn names
 import sys as _sys  # noqa: E402
-import types as _types  # noqa: E402
 from kiln import accelerator, backends  # noqa: F401,E402
 from kiln.tracer.creation import (  # noqa: F401,E402
     set_default_device, get_default_device, standard_gamma as _standard_gamma)
@@ -148,17 +148,7 @@ from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, wh
 BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
 IntTensor = _legacy_type("IntTensor", int32)
 CharTensor, ShortTensor = _legacy_type("CharTensor", int8), _legacy_type("ShortTensor", int16)
-cuda.amp = amp.cuda_amp      # torch.cuda.amp.GradScaler / autocast, the older spelling
-cpu = _types.SimpleNamespace(amp=amp.cpu_amp)      # torch.cpu.amp.autocast, likewise
-# one generator draws for every device; attached here so that runtime imports no tracer
-
-
-def _cuda_manual_seed(seed: int) -> None:
-    """torch.cuda.manual_seed: seeds the generator (shared by every device); returns None."""
-    manual_seed(seed)
-
-
-cuda.manual_seed = cuda.manual_seed_all = _cuda_manual_seed
+from kiln import cpu  # noqa: F401,E402  (torch.cpu, with torch.cpu.amp.autocast)
 
 
 def __getattr__(name: str):
@@ -180,11 +170,6 @@ def __getattr__(name: str):
 
 # PyTorch namespaces kiln does not have, and what to use instead
 _NOT_IN_KILN = {
-    "jit": "kiln has no TorchScript; kiln.compile speeds a function or module up, and "
-           "kiln.export.export (a saved program or a C library) or kiln.onnx.export deploys a "
-           "model",
-    "hub": "kiln does not download models; build the model in Python and load its weights "
-           "with load_state_dict(kiln.load(path))",
     "mps": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
     "xpu": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
 }
@@ -194,3 +179,4 @@ def __dir__() -> list:
     return sorted(set(globals()) | set(_ON_FIRST_USE))
 from kiln import __future__  # noqa: F401,E402  (torch.__future__: module conversion switches)
 from kiln import _dynamo  # noqa: F401,E402  (torch._dynamo.reset)
+from kiln import random, version  # noqa: F401,E402  (torch.random, torch.version)

@@ -19,7 +19,6 @@ import collections.abc
 import copy
 import functools
 import math
-import types
 import warnings
 
 from kiln.ir import dtypes as _dt
@@ -236,10 +235,14 @@ class _CpuGradScaler:
 
 
 def _cuda_custom_fwd(fwd=None, *, cast_inputs=None):
+    """torch.cuda.amp.custom_fwd: `custom_fwd(..., device_type="cuda")` (deprecated)."""
+    _deprecated("torch.cuda.amp.custom_fwd", "torch.amp.custom_fwd(args..., device_type='cuda')")
     return custom_fwd(fwd, device_type="cuda", cast_inputs=cast_inputs)
 
 
-def _cuda_custom_bwd(bwd=None):
+def _cuda_custom_bwd(bwd):
+    """torch.cuda.amp.custom_bwd: `custom_bwd(..., device_type="cuda")` (deprecated)."""
+    _deprecated("torch.cuda.amp.custom_bwd", "torch.amp.custom_bwd(args..., device_type='cuda')")
     return custom_bwd(bwd, device_type="cuda")
 
 
@@ -355,7 +358,16 @@ class GradScaler:
         self._growth_tracker = int(state_dict["_growth_tracker"])
 
 
-# torch.cuda.amp and torch.cpu.amp: the older namespaces (kiln.cuda.amp, kiln.cpu.amp)
-cuda_amp = types.SimpleNamespace(autocast=_CudaAutocast, GradScaler=GradScaler,
-                                 custom_fwd=_cuda_custom_fwd, custom_bwd=_cuda_custom_bwd)
-cpu_amp = types.SimpleNamespace(autocast=_CpuAutocast, GradScaler=_CpuGradScaler)
+class _CudaGradScaler(GradScaler):
+    """torch.cuda.amp.GradScaler: a GradScaler for "cuda" (its first argument is init_scale),
+    deprecated; without a GPU it disables itself, as GradScaler("cuda") does."""
+
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True):
+        _deprecated("torch.cuda.amp.GradScaler", "torch.amp.GradScaler('cuda', args...)")
+        super().__init__("cuda", init_scale, growth_factor, backoff_factor, growth_interval,
+                         enabled)
+
+
+# torch.cuda.amp and torch.cpu.amp, the older namespaces, are the modules kiln.cuda.amp and
+# kiln.cpu.amp, which take their classes from here

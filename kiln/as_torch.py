@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import runpy
 import sys
 import types
@@ -24,7 +25,7 @@ ALIASES = {"torch": "kiln", "torchvision": "kiln.vision"}
 
 def _kiln_module(name: str):
     """kiln's module for dotted `name` (`kiln.nn.functional`): imported, or reached as an
-    attribute where kiln keeps a module under another path (`kiln.cuda`)."""
+    attribute where kiln binds a module object into a package under another name."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
@@ -87,7 +88,13 @@ def run_script(script: str, args: list) -> int:
         return 2
     install()
     sys.argv = [script] + list(args)
-    sys.path.insert(0, str(path.resolve().parent))
+    # as `python script.py` has it: the script's folder first (its sibling modules import),
+    # in place of the working directory `python -m` put there
+    folder = str(path.resolve().parent)
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path[0] = folder
+    else:
+        sys.path.insert(0, folder)
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as done:          # argparse's --help, sys.exit(n) in the script

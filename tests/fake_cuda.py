@@ -28,6 +28,7 @@ import ctypes
 import math
 import sys
 import threading
+import time
 import types
 import weakref
 
@@ -53,7 +54,8 @@ diff digitize divide divmod dot double dsplit dstack dtype e ediff1d einsum empt
 equal euler_gamma exp exp2 expand_dims expm1 extract eye fabs fft fill_diagonal finfo fix
 flatiter flatnonzero flip fliplr flipud float16 float32 float64 float_ float_power floating
 floor floor_divide fmax fmin fmod frexp from_dlpack frombuffer fromfile fromfunction fromiter
-fromstring full full_like fuse gcd generic get_array_module gradient greater greater_equal half
+fromstring full full_like fuse gcd generic get_array_module get_default_memory_pool gradient
+greater greater_equal half
 hamming hanning heaviside histogram histogram2d histogramdd hsplit hstack hypot i0 identity
 iinfo imag in1d index_exp indices inexact inf inner int16 int32 int64 int8 int_ intc integer
 interp intersect1d intp invert is_available isclose iscomplex iscomplexobj isdtype isfinite
@@ -217,6 +219,33 @@ class FakeStream:
         return self.capture is not None
 
 
+class FakeEvent:
+    """`cupy.cuda.Event`: `record` notes the host time (the fake's work is done when issued),
+    `get_elapsed_time(start, end)` their difference in milliseconds; timing must be on."""
+
+    def __init__(self, block: bool = False, disable_timing: bool = False,
+                 interprocess: bool = False):
+        self.disable_timing, self._at = disable_timing, None
+
+    def record(self, stream=None) -> None:
+        self._at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        _host_access("synchronizing an event")
+
+    @property
+    def done(self) -> bool:
+        return True
+
+
+def get_elapsed_time(start: FakeEvent, end: FakeEvent) -> float:
+    """`cupy.cuda.get_elapsed_time`."""
+    if start.disable_timing or end.disable_timing or start._at is None or end._at is None:
+        raise CUDARuntimeError("cudaErrorInvalidResourceHandle: an event was made without "
+                               "timing or never recorded")
+    return (end._at - start._at) * 1000.0
+
+
 _STREAMS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # ptr -> stream
 FakeStream.null = FakeStream(null=True)
 _CAPTURES: list = []          # the captures under way
@@ -354,17 +383,37 @@ class FakeGraph:
         pass
 
 
+class FakeMemory:
+    """What a fake pool's `malloc` hands out: the size of one array's memory, alive as long
+    as the array that holds it."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def _release(counter: list, size: int) -> None:
+    counter[0] -= size
+
+
 class FakeMemoryPool:
-    """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator."""
+    """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator
+    (`using_allocator`, or `set_allocator` for the default pool, `get_default_memory_pool()`)."""
 
     def __init__(self, allocator=None):
         self._arrays: list = []
+        self._malloced = [0]         # bytes of the live memory `malloc` handed out
 
-    def malloc(self, size: int):
-        raise NotImplementedError("fake CUDA: arrays are made by NumPy; use using_allocator")
+    def malloc(self, size: int) -> FakeMemory:
+        # NumPy has made the array already; the allocator only learns its size (see
+        # _note_allocation), as CuPy's would before making it
+        memory = FakeMemory(size)
+        counter = self._malloced
+        counter[0] += size
+        weakref.finalize(memory, _release, counter, size)
+        return memory
 
     def used_bytes(self) -> int:
-        return sum(r().nbytes for r in self._arrays if r() is not None)
+        return sum(r().nbytes for r in self._arrays if r() is not None) + self._malloced[0]
 
     def total_bytes(self) -> int:
         return self.used_bytes()
@@ -400,6 +449,24 @@ def _note_allocation(array) -> None:
     pool = getattr(_ALLOCATOR, "pool", None)
     if pool is not None:
         pool._arrays.append(weakref.ref(array))
+    elif _GLOBAL_ALLOCATOR[0] is not None and array.nbytes:
+        # the process-wide allocator (`set_allocator`): the array keeps its memory alive
+        array._fake_memory = _GLOBAL_ALLOCATOR[0](array.nbytes)
+
+
+_DEFAULT_POOL = FakeMemoryPool()
+_GLOBAL_ALLOCATOR = [_DEFAULT_POOL.malloc]       # CuPy's default: the default pool's malloc
+
+
+def set_allocator(allocator=None) -> None:
+    """`cupy.cuda.set_allocator`: the allocator every array made outside `using_allocator`
+    comes from."""
+    _GLOBAL_ALLOCATOR[0] = allocator
+
+
+def get_allocator():
+    """`cupy.cuda.get_allocator`."""
+    return _GLOBAL_ALLOCATOR[0]
 
 
 def _refused(name: str) -> property:
@@ -709,8 +776,11 @@ def _build_module() -> types.ModuleType:
         Stream=FakeStream, get_current_stream=_current_stream,
         graph=_namespace("cupy.cuda.graph", Graph=FakeGraph),
         MemoryPool=FakeMemoryPool, using_allocator=using_allocator,
+        set_allocator=set_allocator, get_allocator=get_allocator,
+        Event=FakeEvent, get_elapsed_time=get_elapsed_time,
         is_available=lambda: True)
     cupy.is_available = lambda: True
+    cupy.get_default_memory_pool = lambda: _DEFAULT_POOL
     cupy.random = _namespace("cupy.random")     # kiln draws on the host and copies
     cupy.linalg = _namespace("cupy.linalg")
     cupy.__version__ = "14.0.0 (fake)"

@@ -88,6 +88,9 @@ def test_fake_names_are_real_cupys():
     for name in ("begin_capture", "end_capture", "is_capturing", "synchronize", "use"):
         assert hasattr(real.cuda.Stream, name), name
     assert hasattr(real.cuda.graph.Graph, "launch") and hasattr(real.cuda.graph.Graph, "upload")
+    for name in ("get_allocator", "set_allocator", "using_allocator", "MemoryPool", "Event",
+                 "get_elapsed_time"):
+        assert hasattr(real.cuda, name), name     # the memory counting of kiln.cuda uses them
 
 
 def test_fake_arrays_refuse_numpy_arrays_as_cupy_does():

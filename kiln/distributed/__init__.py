@@ -12,3 +12,4 @@ from kiln.distributed.collectives import (  # noqa: F401
     barrier, broadcast, broadcast_object_list, gather, irecv, isend, recv, reduce,
     reduce_scatter, reduce_scatter_tensor, scatter, send)
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh  # noqa: F401,E402
+from kiln.distributed.process_group import get_default_backend_for_device  # noqa: F401,E402

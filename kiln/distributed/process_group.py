@@ -236,3 +236,14 @@ class GroupMember:
 
 
 group = GroupMember       # torch.distributed.group.WORLD
+
+
+def get_default_backend_for_device(device) -> str:
+    """torch's default backend name for a device type: "gloo" for cpu (kiln's MPI), "nccl" for
+    cuda; both are names `init_process_group` takes."""
+    from kiln.runtime.device import Device
+    kind = device.type if isinstance(device, Device) else Device(device).type
+    backend = {"cpu": Backend.GLOO, "cuda": Backend.NCCL}.get(kind)
+    if backend is None:
+        raise ValueError(f"Default backend not registered for device : {device}")
+    return backend
