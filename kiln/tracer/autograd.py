@@ -903,6 +903,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     saved, out = _unpack_saved(node)
                 if not create_graph and g.dtype is dt.bfloat16 and _widens(node.prim):
                     grads = _widened_rule(node, g, out, saved)
+                elif g.dtype.is_complex and _conjugates(node.prim):
+                    grads = _conjugated_rule(node, g, out, saved)
                 else:
                     grads = node.prim.grad(g, out, *saved, **node.attrs)
                 for edge, ga, a in zip(node.edges, grads, saved):
@@ -987,6 +989,29 @@ def _widened_rule(node, g: Tensor, out, saved: tuple) -> tuple:
                  for ga, a in zip(grads, saved))
 
 
+def _conjugates(prim) -> bool:
+    """Whether a complex gradient reaches this node's rule through `_conjugated_rule`: every
+    registered primitive's but the movement ops' (linear maps with real coefficients, and the
+    views between real and complex, whose rules are written for complex gradients) and the
+    complex primitives' (kiln.ir.ops_complex: their rules are complex-aware)."""
+    return PRIMITIVES.get(getattr(prim, "name", None)) is prim and \
+        prim.kind not in ("movement", "complex")
+
+
+def _conjugated_rule(node, g: Tensor, out, saved: tuple) -> tuple:
+    """A real-number gradient rule applied to a complex gradient, PyTorch's way.
+
+    The rules are written as g * f'(x) (or g @ B^T, ...): linear in g, with the derivative of
+    a holomorphic op. PyTorch's gradient of a complex input is g * conj(f'(x)), which is
+    conj(rule(conj(g))); a real input of an op with a complex result (real * complex) gets the
+    real part of its gradient."""
+    grads = node.prim.grad(P.conj(g), out, *saved, **node.attrs)
+    return tuple(None if ga is None else
+                 (P.conj(ga) if a.dtype.is_complex else P.real(ga)) if ga.dtype.is_complex and
+                 isinstance(a, Tensor) else ga
+                 for ga, a in zip(grads, saved))
+
+
 def _add_slice_grad(pending: dict, buffers: dict, node: Node, g: Tensor) -> None:
     """The gradient of a slice, added into its input's pending gradient in place.
 
@@ -1030,6 +1055,10 @@ def _seed(out: Tensor, g) -> Tensor:
         if out.numel() != 1:
             raise op_error("backward", f"grad can be implicitly created only for scalar "
                            f"outputs; the output has shape {list(out.shape)}: pass `gradient=`")
+        if out.dtype.is_complex:
+            raise op_error("backward", "grad can be implicitly created only for real scalar "
+                           f"outputs, got {out.dtype.name}: take a real loss (.abs(), .real) "
+                           "or pass `gradient=`")
         return out.new_ones(out.shape)
     if not isinstance(g, Tensor):
         g = out.new_tensor(g)

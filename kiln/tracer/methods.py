@@ -296,7 +296,7 @@ def detach_(self: Tensor) -> Tensor:
 
 
 def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
-    if requires_grad and not self.dtype.is_floating_point:
+    if requires_grad and not self.dtype.is_floating_point and not self.dtype.is_complex:
         raise op_error("requires_grad_", "only Tensors of floating point dtype can require "
                        f"gradients, got {self.dtype.name}")
     if not requires_grad and self.grad_fn is not None:

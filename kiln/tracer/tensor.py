@@ -280,6 +280,8 @@ class Tensor:
         if self.device.type != "cpu":
             extras.append(f"device='{self.device}'")
         default = dt.get_default_dtype()     # as PyTorch: the default dtype goes unnamed
+        if self.dtype.is_complex:
+            default = dt.default_complex()
         if self.dtype not in (default, dt.int64, dt.bool_) or data.size == 0 and (
                 self.dtype is not default):
             extras.append(f"dtype=kiln.{self.dtype.name}")
@@ -316,28 +318,44 @@ def _python(data: np.ndarray) -> np.ndarray:
     return data.astype(np.float32) if data.dtype.name == "bfloat16" else data
 
 
+def _float_format(data: np.ndarray):
+    """How PyTorch prints the elements of a floating-point array: one format for all of them
+    (fixed or scientific, chosen from the finite values), right-aligned to one width."""
+    finite = data[np.isfinite(data)].astype(np.float64)
+    integral = finite.size == 0 or bool(np.all(finite == np.round(finite)))
+    # PyTorch's rule: scientific when the nonzero magnitudes span over 1000x or get large
+    # (or, for non-integers, small)
+    mags = np.abs(finite[finite != 0])
+    big = mags.size and (mags.max() / mags.min() > 1000 or mags.max() > 1e8 or
+                         (not integral and mags.min() < 1e-4))
+    if big:
+        fmt = lambda v: f"{v:.4e}"
+    elif integral:
+        fmt = lambda v: f"{v:.0f}." if np.isfinite(v) else str(v)
+    else:
+        fmt = lambda v: f"{v:.4f}"
+    # PyTorch right-aligns every element to the widest finite one, found among the extremes
+    width = max((len(fmt(float(v))) for v in (finite.min(), finite.max())) if finite.size
+                else [0])
+    return lambda v: fmt(v).rjust(width)
+
+
 def _format_array(data: np.ndarray, dtype: dt.DType) -> str:
     data = _python(data)                 # NumPy formats float32 (bfloat16's values exactly)
     if data.size == 0:
         return "[]" if data.ndim <= 1 else f"size={tuple(data.shape)}"
     if dtype.is_floating_point:
-        finite = data[np.isfinite(data)].astype(np.float64)
-        integral = finite.size == 0 or bool(np.all(finite == np.round(finite)))
-        # PyTorch's rule: scientific when the nonzero magnitudes span over 1000x or get large
-        # (or, for non-integers, small)
-        mags = np.abs(finite[finite != 0])
-        big = mags.size and (mags.max() / mags.min() > 1000 or mags.max() > 1e8 or
-                             (not integral and mags.min() < 1e-4))
-        if big:
-            fmt = lambda v: f"{v:.4e}"
-        elif integral:
-            fmt = lambda v: f"{v:.0f}." if np.isfinite(v) else str(v)
-        else:
-            fmt = lambda v: f"{v:.4f}"
-        # PyTorch right-aligns every element to the widest finite one, found among the extremes
-        width = max((len(fmt(float(v))) for v in (finite.min(), finite.max())) if finite.size
-                    else [0])
-        formatter = {"float_kind": lambda v: fmt(float(v)).rjust(width)}
+        fmt = _float_format(data)
+        formatter = {"float_kind": lambda v: fmt(float(v))}
+    elif dtype.is_complex:
+        # PyTorch's layout: the real parts aligned as a float tensor's, then the imaginary
+        # parts (formatted among themselves) with their sign and a j: 1.5000-2.0000j
+        fmt_re, fmt_im = _float_format(data.real), _float_format(data.imag)
+
+        def joined(v):
+            im = (fmt_im(float(v.imag)) + "j").lstrip()
+            return fmt_re(float(v.real)) + (im if im[0] in "+-" else "+" + im)
+        formatter = {"complex_kind": joined}
     elif dtype is dt.bool_:
         width = 4 if bool(np.all(data)) else 5
         formatter = {"bool": lambda v: ("True" if v else "False").rjust(width)}

@@ -50,7 +50,7 @@ def sum(input, dim=None, keepdim=False, *, dtype=None):
         return _narrowed(sum(_widened(input), dim, keepdim), input.dtype)
     if dtype is not None:
         input = input.to(dtype)
-    elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
+    elif input.dtype.category < dt.FLOAT and input.dtype is not dt.int64:
         input = P.cast(input, dtype=dt.int64)     # PyTorch sums bools and ints as int64
     ndim = input._data.ndim
     axes = _axes(dim, ndim)
@@ -145,7 +145,7 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
             return result
     if dtype is not None:
         input = input.to(dtype)
-    if not input.dtype.is_floating_point:
+    if not input.dtype.is_floating_point and not input.dtype.is_complex:
         raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
                        f"floating point or complex dtype. Got: {input.dtype.name}")
     if input.dtype in dt.HALF:
@@ -233,7 +233,7 @@ def argmin(input, dim=None, keepdim=False):
 def prod(input, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         input = input.to(dtype)
-    elif input.dtype.category != dt.FLOAT:
+    elif input.dtype.category < dt.FLOAT:
         input = P.cast(input, dtype=dt.int64)
     if input.ndim == 0:
         return input.clone()
@@ -350,7 +350,7 @@ def dist(input, other, p=2):
 def cumsum(input, dim, *, dtype=None):
     if dtype is not None:
         input = input.to(dtype)
-    elif input.dtype.category != dt.FLOAT:
+    elif input.dtype.category < dt.FLOAT:
         input = input.to(dt.int64)
     if input.ndim == 0:
         return input.clone()

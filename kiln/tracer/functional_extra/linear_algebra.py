@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.functional_extra.common import _f, _py_max
 
@@ -30,7 +31,8 @@ def _scaled(input, beta):
 
 
 def adjoint(input):
-    return F.transpose(input, -2, -1)
+    out = F.transpose(input, -2, -1)
+    return P.conj(out) if out.dtype.is_complex else out
 
 
 def chain_matmul(*matrices):
