@@ -72,7 +72,10 @@ class _UnstoredDType(DType):
 
     def __post_init__(self):
         object.__setattr__(self, "is_floating_point", self.category == FLOAT)
-        object.__setattr__(self, "is_complex", False)
+        object.__setattr__(self, "is_complex", self.category == COMPLEX)
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
 
     def __getattribute__(self, name):
         if name in ("np", "np_dtype", "itemsize"):

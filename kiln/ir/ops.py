@@ -258,7 +258,7 @@ def _pow_grad(g, out, x, y):
         gx = g * 0
     else:
         gx = g * y * P.pow(x, y - 1)
-    if _shape(y) is None or not y.dtype.is_floating_point:
+    if _shape(y) is None or not (y.dtype.is_floating_point or y.dtype.is_complex):
         gy = None
     elif _shape(x) is None:
         gy = g * out * math.log(x)

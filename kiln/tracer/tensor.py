@@ -241,6 +241,9 @@ class Tensor:
     def __float__(self) -> float:
         return float(self._scalar("float()"))
 
+    def __complex__(self) -> complex:
+        return complex(self._scalar("complex()"))
+
     def __int__(self) -> int:
         return int(self._scalar("int()"))
 
@@ -289,8 +292,18 @@ class Tensor:
             extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
-        text = "tensor(" + body
-        return text + "".join(", " + e for e in extras) + ")"
+        # PyTorch's suffixes: after a comma, or on a line of their own (indented past
+        # "tensor(") where the last line would pass 80 columns
+        parts = ["tensor(" + body]
+        last = len(parts[0]) - parts[0].rfind("\n") + 1
+        for e in extras:
+            if last + len(e) + 2 > 80:
+                parts.append(",\n" + " " * 7 + e)
+                last = 7 + len(e)
+            else:
+                parts.append(", " + e)
+                last += len(e) + 2
+        return "".join(parts) + ")"
 
     __str__ = __repr__
 

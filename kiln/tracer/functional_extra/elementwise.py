@@ -234,6 +234,10 @@ def logaddexp2(input, other):
 
 
 def sgn(input):
+    if input.dtype.is_complex:
+        # z / |z| (0 at 0), composed so that its gradient is PyTorch's sgn gradient
+        mag = P.abs(input)
+        return input / F.where(F.eq(mag, 0), 1.0, mag)
     return F.sign(input)
 
 
