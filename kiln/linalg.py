@@ -31,6 +31,11 @@ class LinAlgError(RuntimeError):
 
 
 def _float(A: Tensor) -> Tensor:
+    if A.dtype.is_complex:
+        raise op_error("linalg", f"kiln's factorizations and solvers take real matrices; got "
+                       f"{A.dtype.name} {list(A.shape)}. Complex matrices work with matmul, "
+                       "einsum, the norms and kiln.fft; for the rest, split real and imaginary "
+                       "parts into a real block matrix [[Re, -Im], [Im, Re]]")
     return A if A.dtype.is_floating_point else A.to(dt.get_default_dtype())
 
 
@@ -363,6 +368,8 @@ def householder_product(A, tau, *, out=None):
 
 
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if x.dtype.is_complex and dtype is None:
+        x = F.abs(x)                       # the norm of complex numbers is that of |x|
     x = _float(x) if dtype is None else x.to(dtype)
     if dim is None:
         x, dim = F.reshape(x, (-1,)), 0
@@ -384,6 +391,8 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
+    if A.dtype.is_complex and dtype is None and ord in ("fro", 1, -1, math.inf, -math.inf):
+        A = F.abs(A)                       # these norms read only the magnitudes
     A = _float(A) if dtype is None else A.to(dtype)
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":

@@ -161,6 +161,11 @@ UNARY = {
     "transpose_matmul": lambda L, x: x.t() @ x, "adjoint": lambda L, x: x.mH @ x,
     "real_times_complex": lambda L, x: x.real * x + 2.5,
     "python_complex": lambda L, x: (x + (1 - 2j)) * 1j - 3j / (x + 4),
+    "norm": lambda L, x: x.norm() + x.norm(p=1, dim=0).sum(),
+    "linalg_norms": lambda L, x: L.linalg.vector_norm(x, dim=1) + L.linalg.matrix_norm(x),
+    "var_std": lambda L, x: x.var(0) + x.std(),
+    "vdot": lambda L, x: L.vdot(x[0], x[1]),
+    "einsum": lambda L, x: L.einsum("ij,kj->ik", x, x.conj()),
 }
 
 
@@ -211,6 +216,13 @@ def test_comparisons_and_closeness(tdt, kdt):
     assert kiln.allclose(ka, kb) is torch.allclose(ta, tb) is False
     assert kiln.allclose(ka, ka + 1e-9) is torch.allclose(ta, ta + 1e-9) is True
     assert kiln.isreal(ka - ka.imag * 1j).tolist() == torch.isreal(ta - ta.imag * 1j).tolist()
+
+
+def test_linalg_factorizations_refuse_complex_matrices_clearly():
+    z = kiln.tensor(_z((3, 3)))
+    for op in (kiln.linalg.inv, kiln.linalg.det, kiln.linalg.svdvals, kiln.linalg.qr):
+        with pytest.raises(RuntimeError, match="take real matrices; got complex64"):
+            op(z)
 
 
 def test_complex_ordering_is_refused_as_torch_refuses_it():

@@ -255,6 +255,8 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     axes = _axes(dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
     centered = x - mean(x, axes if x.ndim else None, keepdim=True)
+    if centered.dtype.is_complex:      # the mean squared distance |x - mean|^2: real
+        centered = abs(centered)
     return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
 
 
@@ -327,6 +329,8 @@ def _norm_root(total, root):
 @composite
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype.is_complex:             # every p-norm of complex numbers is that of |x|
+        x = abs(x)
     if x.dtype in dt.HALF:
         return _narrowed(norm(_widened(x), p, dim, keepdim), x.dtype)
     if p in ("fro", 2, 2.0, None):

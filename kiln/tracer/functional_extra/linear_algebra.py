@@ -43,7 +43,7 @@ def chain_matmul(*matrices):
 
 
 def vdot(input, other):
-    return F.dot(input, other)
+    return F.dot(P.conj(input) if input.dtype.is_complex else input, other)
 
 
 def kron(input, other):
