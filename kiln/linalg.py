@@ -95,7 +95,7 @@ def multi_dot(tensors):
 # ----------------------------------------------------------------------------- factorizations
 
 def inv(A):
-    A = _float(A)
+    A = A if A.dtype.is_complex else _float(A)
     _check_square(A, "inv")
     if A.shape[-1] == 0:
         return A.clone()
@@ -150,6 +150,20 @@ def eigh(A, UPLO="L"):
     R = namedtuple("eigh", ["eigenvalues", "eigenvectors"])
     upper = UPLO == "U"
     return R(P.linalg_eigh(A, part="L", upper=upper), P.linalg_eigh(A, part="V", upper=upper))
+
+
+def eig(A):
+    """Eigenvalues and unit eigenvectors of a general square matrix (complex, as torch's)."""
+    _check_square(A, "eig")
+    if not A.dtype.is_complex:
+        A = _float(A)
+    R = namedtuple("eig", ["eigenvalues", "eigenvectors"])
+    return R(P.linalg_eig(A, part="L"), P.linalg_eig(A, part="V"))
+
+
+def eigvals(A):
+    _check_square(A, "eigvals")
+    return P.linalg_eig(A if A.dtype.is_complex else _float(A), part="L")
 
 
 def eigvalsh(A, UPLO="L"):

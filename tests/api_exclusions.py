@@ -171,8 +171,6 @@ _group("torch.linalg", "LAPACK's symmetric-indefinite (LDL) outputs, rarely used
 ldl_factor ldl_factor_ex ldl_solve
 """)
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
-_group("torch.linalg", "eig/eigvals of a general (non-symmetric) matrix: complex results kiln "
-       "does not compute yet (eigh/eigvalsh are provided)", "eig eigvals")
 _group("torch.fft", "docstring helper string, not an API", "common_args factory_common_args")
 _group("torch.special", "docstring helper string, not an API", "common_args multi_dim_common")
 _group("torch.special", "orthogonal polynomials and rare Bessel variants, outside what "

@@ -218,9 +218,37 @@ def test_comparisons_and_closeness(tdt, kdt):
     assert kiln.isreal(ka - ka.imag * 1j).tolist() == torch.isreal(ta - ta.imag * 1j).tolist()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+def test_linalg_eig_and_eigvals_match_torch(dtype):
+    """Eigenvalues in LAPACK's order, unit eigenvectors (equal up to each column's phase, which
+    is arbitrary), and the gradient of a loss that does not depend on those phases."""
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((2, 4, 4)) + (1j * rng.standard_normal((2, 4, 4))
+                                          if np.issubdtype(dtype, np.complexfloating) else 0)
+    a = a.astype(dtype)
+    w = rng.uniform(-1, 1, (2, 4, 4))
+    out = {}
+    for lib in (torch, kiln):
+        A = lib.tensor(a, requires_grad=True)
+        values, vectors = lib.linalg.eig(A)
+        loss = (values.real * values.imag).sum() + ((vectors.abs() ** 2) * lib.tensor(w)).sum() \
+            + lib.linalg.eigvals(A).abs().sum()
+        loss.backward()
+        out[lib.__name__] = _np(values), _np(vectors), _np(A.grad), _np(lib.linalg.inv(
+            A.detach().to(lib.complex128) * (1 + 1j)))
+    tol = 1e-4 if dtype in (np.float32, np.complex64) else 1e-9
+    (tv, tV, tg, ti), (kv, kV, kg, ki) = out["torch"], out["kiln"]
+    assert kv.dtype == tv.dtype and kV.dtype == tV.dtype and kg.dtype == tg.dtype
+    np.testing.assert_allclose(kv, tv, rtol=tol, atol=tol)
+    phases = np.abs(np.einsum("bij,bij->bj", kV.conj(), tV))     # |<kiln column, torch's>|
+    np.testing.assert_allclose(phases, 1.0, atol=tol)
+    np.testing.assert_allclose(kg, tg, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ki, ti, rtol=1e-9, atol=1e-9)     # inv of a complex matrix
+
+
 def test_linalg_factorizations_refuse_complex_matrices_clearly():
     z = kiln.tensor(_z((3, 3)))
-    for op in (kiln.linalg.inv, kiln.linalg.det, kiln.linalg.svdvals, kiln.linalg.qr):
+    for op in (kiln.linalg.det, kiln.linalg.svdvals, kiln.linalg.qr, kiln.linalg.cholesky):
         with pytest.raises(RuntimeError, match="take real matrices; got complex64"):
             op(z)
 

@@ -14,6 +14,8 @@ eagerly (kiln.compiler), so they only ever run through NumPy/CuPy.
 
 from __future__ import annotations
 
+import numpy as np
+
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import broadcast_shapes, unbroadcast
 from kiln.ir.primitive import MOVEMENT, P, ShapeError, define
@@ -230,3 +232,52 @@ define("fft_c2r", COMPLEX, _c2r_infer, _c2r_impl, _c2r_grad, arity=1, reads=(),
        doc="complex-to-real inverse FFT over `dims` of a one-sided spectrum "
            "(numpy.fft.irfftn), `n` points in the last")
 
+
+
+# ----------------------------------------------------------------------------- eig
+
+def _eig_infer(shapes, dtypes, part):
+    s = shapes[0]
+    if len(s) < 2 or s[-1] != s[-2]:
+        raise ShapeError(f"linalg.eig: A must be batches of square matrices, but they are "
+                         f"{'x'.join(map(str, s[-2:]))} matrices")
+    if dtypes[0] not in (dt.float32, dt.float64, dt.complex64, dt.complex128):
+        raise ShapeError(f"linalg.eig: expected a float, double or complex tensor, got "
+                         f"{dtypes[0].name}", TypeError)
+    return (s[:-1] if part == "L" else s), dtypes[0].to_complex()
+
+
+def _eig_impl(xp, a, part):
+    # LAPACK's geev through NumPy, as PyTorch's CPU eig (the same order of eigenvalues and
+    # unit-norm eigenvectors); CuPy has no general eigensolver, so a cuda input goes by the host
+    host = a if xp is np else a.get()
+    w, v = np.linalg.eig(host)
+    out = (w if part == "L" else v).astype(dt.from_numpy(a.dtype).to_complex().np)
+    return out if xp is np else xp.asarray(out)
+
+
+def _eig_grad(g, out, a, part):
+    # PyTorch's linalg_eig_backward, one part at a time (the rule is linear in (gL, gV)):
+    # gA = V^-H (diag(gL) + P(V^H gV) / conj(E)) V^H, E_ij = L_j - L_i off the diagonal, P the
+    # projection removing the part that changes with the eigenvectors' norms
+    n = a.shape[-1]
+    L, V = P.linalg_eig(a, part="L"), P.linalg_eig(a, part="V")
+    Vh = P.conj(P.permute(V, perm=tuple(range(V.ndim - 2)) + (V.ndim - 1, V.ndim - 2)))
+    k = P.arange(start=0, stop=n, step=1, dtype=dt.int64, device=a.device)
+    eye = P.eq(P.reshape(k, shape=(n, 1)), P.reshape(k, shape=(1, n)))
+    if part == "L":
+        inner = P.where(eye, P.reshape(g, shape=g.shape[:-1] + (1, n)), 0j)
+    else:
+        VhgV = Vh @ g
+        diag = P.sum(P.where(eye, VhgV, 0j), axes=(VhgV.ndim - 1,), keepdim=False)
+        VhgV = VhgV - Vh @ (V * P.reshape(P.real(diag), shape=diag.shape[:-1] + (1, n)))
+        Lc = P.conj(L)
+        gaps = P.reshape(Lc, shape=Lc.shape[:-1] + (1, n)) - \
+            P.reshape(Lc, shape=Lc.shape[:-1] + (n, 1))
+        inner = VhgV / P.where(eye, 1.0, gaps)
+    gA = P.linalg_inv(Vh) @ (inner @ Vh)
+    return (gA if a.dtype.is_complex else P.real(gA),)
+
+
+define("linalg_eig", COMPLEX, _eig_infer, _eig_impl, _eig_grad, arity=1,
+       doc="eigenvalues (part='L') or unit eigenvectors (part='V') of a general square matrix")

@@ -200,7 +200,14 @@ def _tril(a, k=0):
     return P.where(P.le(P.sub(cols, rows), k), a, 0.0)
 
 
-define("linalg_inv", LINALG, _square_infer, lambda xp, a: xp.linalg.inv(a),
+def _inv_infer(shapes, dtypes):
+    # complex too: inverse is holomorphic, and autograd conjugates its rule for complex inputs
+    if dtypes[0].is_complex:
+        return _square_infer(shapes, (dtypes[0].to_real(),))[0], dtypes[0]
+    return _square_infer(shapes, dtypes)
+
+
+define("linalg_inv", LINALG, _inv_infer, lambda xp, a: xp.linalg.inv(a),
        lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1, reads=(),
        output=COPIED)
 

@@ -36,4 +36,9 @@ CASES_COMPLEX = {
                  [arg(3, 4, 2)]),
                 ("odd n, two dims", lambda x: P.fft_c2r(_z(x), dims=(0, 1), n=7, norm="ortho"),
                  [arg(3, 4, 2)])],
+    # eigenvectors are defined up to a phase: the checks read phase-free values of them
+    "linalg_eig": [("eigenvalues of a real matrix", lambda a: P.view_as_real(
+        P.linalg_eig(a, part="L")), [arg(4, 4)]),
+        ("eigenvector magnitudes of a complex matrix", lambda x: P.abs(
+            P.linalg_eig(_z(x), part="V")), [arg(3, 3, 2)])],
 }
