@@ -7,6 +7,7 @@ an ordinary op followed by a write-back.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import numpy as np
@@ -234,6 +235,9 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
     if dtype is not None:
         dtype = creation._dtype(dtype)
         if dtype is not out.dtype:
+            if out.dtype.is_complex and not dtype.is_complex:
+                warnings.warn("Casting complex values to real discards the imaginary part",
+                              UserWarning, stacklevel=2)
             out = P.cast(out, dtype=dtype)
     fmt = kwargs.get("memory_format")
     if fmt is not None and fmt is not layout.preserve_format:
