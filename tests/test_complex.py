@@ -120,6 +120,16 @@ def test_randn_and_rand_draw_torchs_stream(tdt, kdt, n):
             np.testing.assert_allclose(_np(k), _np(t), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("tdt,kdt", PAIRS)
+def test_inplace_normal_and_uniform_on_complex_tensors_draw_torchs_stream(tdt, kdt):
+    for draw, args in (("normal_", (0.5, 2.0)), ("uniform_", (-1.0, 3.0))):
+        torch.manual_seed(5)
+        kiln.manual_seed(5)
+        t = getattr(torch.empty(2, 3, dtype=tdt), draw)(*args)
+        k = getattr(kiln.empty(2, 3, dtype=kdt), draw)(*args)
+        np.testing.assert_array_equal(_np(k), _np(t))
+
+
 # ----------------------------------------------------------------------------- python values
 
 @pytest.mark.parametrize("data", [[1 + 2j], [1.5 - 2j, -3.25 + 0j], [[1e-5 + 2j, 3 - 1j]],

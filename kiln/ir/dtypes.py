@@ -114,7 +114,8 @@ complex32 = _UnstoredDType("complex32", "c32", None, COMPLEX)
 ALL = (bool_, uint8, int32, int64, float16, bfloat16, float32, float64, complex64, complex128)
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "half": float16, "float": float32, "double": float64,
-                 "int": int32, "long": int64, "cfloat": complex64, "cdouble": complex128})
+                 "int": int32, "long": int64, "cfloat": complex64, "cdouble": complex128,
+                 "complex32": complex32, "chalf": complex32})
 _BY_NP = {np.dtype(d.np): d for d in ALL if d is not bfloat16 or _np_bfloat16 is not None}
 
 # Within a category the wider type wins; float16 < float32 < float64, uint8 < int32 < int64;

@@ -7,6 +7,7 @@ an ordinary op followed by a write-back.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 
@@ -397,11 +398,19 @@ def _draw_into(self, name: str, generator, draw) -> Tensor:
 
 
 def uniform_(self, a=0.0, b=1.0, generator=None):
+    if self.dtype.is_complex:       # PyTorch draws the real view: both parts in [a, b)
+        part = self.dtype.to_real().np
+        return _draw_into(self, "uniform_", generator, lambda stream, n: stream.uniform(
+            2 * n, part, a, b).view(self.dtype.np))
     return _draw_into(self, "uniform_", generator,
                       lambda stream, n: stream.uniform(n, self.dtype.np, a, b))
 
 
 def normal_(self, mean=0.0, std=1.0, generator=None):
+    if self.dtype.is_complex:       # the real view, each part with half the variance
+        part = self.dtype.to_real().np
+        return _draw_into(self, "normal_", generator, lambda stream, n: stream.normal(
+            2 * n, part, mean, std / math.sqrt(2)).view(self.dtype.np))
     return _draw_into(self, "normal_", generator,
                       lambda stream, n: stream.normal(n, self.dtype.np, mean, std))
 
