@@ -127,7 +127,11 @@ def test_inplace_normal_and_uniform_on_complex_tensors_draw_torchs_stream(tdt, k
         kiln.manual_seed(5)
         t = getattr(torch.empty(2, 3, dtype=tdt), draw)(*args)
         k = getattr(kiln.empty(2, 3, dtype=kdt), draw)(*args)
-        np.testing.assert_array_equal(_np(k), _np(t))
+        if draw == "uniform_":
+            np.testing.assert_array_equal(_np(k), _np(t))
+        else:                               # normals: to the last bits of the math
+            np.testing.assert_allclose(_np(k), _np(t), rtol=1e-6 if kdt is kiln.complex64
+                                       else 1e-14)
 
 
 # ----------------------------------------------------------------------------- python values
