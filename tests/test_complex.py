@@ -370,6 +370,12 @@ def test_complex_state_dict_round_trips_through_save_and_load(tmp_path):
     raw = safetensors.numpy.load_file(str(tmp_path / "w.kiln"))
     assert any(a.dtype == np.complex64 and np.array_equal(a, model.w.detach().numpy())
                for a in raw.values())
+    # and a torch complex tensor written by safetensors loads into kiln
+    import safetensors.torch
+    t = torch.randn(2, 3, dtype=torch.cfloat)
+    safetensors.torch.save_file({"t": t}, str(tmp_path / "t.safetensors"))
+    loaded = kiln.load(tmp_path / "t.safetensors")
+    assert loaded["t"].dtype is kiln.complex64 and np.array_equal(loaded["t"].numpy(), t.numpy())
 
 
 # ----------------------------------------------------------------------------- compile
