@@ -313,6 +313,20 @@ def test_real_imag_and_view_as_real_are_views_of_the_complex_memory():
     np.testing.assert_array_equal(_np(kiln.view_as_real(m.t())), _np(torch.view_as_real(tm.t())))
     with pytest.raises(RuntimeError, match="last dimension of size 2"):
         kiln.view_as_complex(kiln.ones(3, 3))
+    # a write through a part-view of a tensor with history: refused (kiln's autograd cannot
+    # route it), never a silently wrong gradient; a value requiring grad written into a fresh
+    # tensor's parts gets torch's gradient
+    y = kiln.tensor([1 + 2j], requires_grad=True) * 1
+    with pytest.raises(RuntimeError, match="cannot track an in-place write through .real"):
+        y.real.mul_(2)
+    grads = []
+    for lib in (torch, kiln):
+        v = lib.tensor([0.5, -2.0], requires_grad=True)
+        z = lib.zeros(2, dtype=lib.complex64)
+        z.imag.copy_(v * 3)
+        (z * lib.tensor([1 + 1j, 2 - 1j])).abs().sum().backward()
+        grads.append(_np(v.grad))
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- optimizers

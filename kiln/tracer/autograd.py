@@ -455,6 +455,11 @@ def check_view_write(view: Tensor, op: str) -> None:
     if root.grad_fn is None:
         raise op_error(op, "a view of a leaf Variable that requires grad is being used in an "
                        "in-place operation.")
+    if any(getattr(p, "name", None) in _PART_VIEWS for p, _ in view_origin(view)[1]):
+        raise op_error(op, "kiln cannot track an in-place write through .real, .imag, "
+                       "view_as_real or view_as_complex of a tensor that requires grad (the "
+                       "view's elements are parts of the base's): compute the new value out "
+                       "of place instead, e.g. z = kiln.complex(z.real * 2, z.imag)")
     if not tracked:
         raise op_error(op, "A view was created in no_grad mode and is being modified inplace "
                        "with grad mode enabled. Given that this use case is ambiguous and "
@@ -462,6 +467,10 @@ def check_view_write(view: Tensor, op: str) -> None:
                        "the view and the inplace either both inside the no_grad block (if you "
                        "don't want the inplace to be tracked) or both outside (if you want the "
                        "inplace to be tracked).")
+
+
+# views whose elements are parts of their base's (a complex number's real or imaginary part)
+_PART_VIEWS = ("real", "imag", "view_as_real", "view_as_complex")
 
 
 def rebase_view(view: Tensor, result: Tensor | None) -> None:
