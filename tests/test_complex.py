@@ -16,6 +16,9 @@ import kiln
 from tests.parity import check_op, random_array
 
 CDTYPES = [np.complex64, np.complex128]
+# check_op's tolerances (gradients get 10x): values to float32/float64 rounding of results
+TIGHT = {np.complex64: dict(atol=1e-7, rtol=1e-6), np.complex128: dict(atol=1e-13, rtol=1e-12),
+         np.float32: dict(atol=1e-7, rtol=1e-6), np.float64: dict(atol=1e-13, rtol=1e-12)}
 PAIRS = [(torch.complex64, kiln.complex64), (torch.complex128, kiln.complex128)]
 
 
@@ -186,7 +189,7 @@ UNARY = {
 @pytest.mark.parametrize("dtype", CDTYPES, ids=["c64", "c128"])
 @pytest.mark.parametrize("name", sorted(UNARY))
 def test_op_values_and_gradients_match_torch(name, dtype):
-    check_op(UNARY[name], [(3, 4)], dtype=dtype, low=-1.5, high=1.5, seed=1)
+    check_op(UNARY[name], [(3, 4)], dtype=dtype, low=-1.5, high=1.5, seed=1, **TIGHT[dtype])
 
 
 BINARY = {
@@ -201,19 +204,21 @@ BINARY = {
 @pytest.mark.parametrize("dtype", CDTYPES, ids=["c64", "c128"])
 @pytest.mark.parametrize("name", sorted(BINARY))
 def test_binary_op_values_and_gradients_match_torch(name, dtype):
-    check_op(BINARY[name], [(3, 4), (3, 4)], dtype=dtype, low=0.2, high=1.5, seed=2)
+    check_op(BINARY[name], [(3, 4), (3, 4)], dtype=dtype, low=0.2, high=1.5, seed=2,
+             **TIGHT[dtype])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_real_inputs_to_complex_results_match_torch(dtype):
     """polar, complex and a real tensor times a complex one give the real inputs real
     gradients, the real parts of the complex ones, as PyTorch."""
-    check_op(lambda L, r, a: L.polar(r, a), [(2, 3), (2, 3)], dtype=dtype, low=0.1)
+    tight = TIGHT[dtype]
+    check_op(lambda L, r, a: L.polar(r, a), [(2, 3), (2, 3)], dtype=dtype, low=0.1, **tight)
     check_op(lambda L, re, im: L.complex(re, im) * L.complex(im, re[0]), [(2, 3), (2, 3)],
-             dtype=dtype)
-    check_op(lambda L, x: L.view_as_complex(x) ** 2, [(4, 2)], dtype=dtype)
-    check_op(lambda L, x, y: x * L.view_as_complex(y), [(3,), (3, 2)], dtype=dtype)
-    check_op(lambda L, x: x.to(L.complex128).exp().angle(), [(5,)], dtype=dtype)
+             dtype=dtype, **tight)
+    check_op(lambda L, x: L.view_as_complex(x) ** 2, [(4, 2)], dtype=dtype, **tight)
+    check_op(lambda L, x, y: x * L.view_as_complex(y), [(3,), (3, 2)], dtype=dtype, **tight)
+    check_op(lambda L, x: x.to(L.complex128).exp().angle(), [(5,)], dtype=dtype, **tight)
 
 
 @pytest.mark.parametrize("tdt,kdt", PAIRS)
