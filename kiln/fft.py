@@ -56,7 +56,6 @@ def ifftshift(input, dim=None):
     return F.roll(input, tuple(-(input.shape[d] // 2) for d in dims), dims)
 
 
-
 # ----------------------------------------------------------------------------- transforms
 
 def _norm(norm, name: str) -> str:

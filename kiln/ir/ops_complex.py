@@ -153,12 +153,8 @@ def _c2c_infer(shapes, dtypes, dims, norm, forward):
     return shapes[0], dtypes[0]
 
 
-def _fft_module(xp):
-    return xp.fft
-
-
 def _c2c_impl(xp, x, dims, norm, forward):
-    fn = _fft_module(xp).fftn if forward else _fft_module(xp).ifftn
+    fn = xp.fft.fftn if forward else xp.fft.ifftn
     return fn(x, axes=dims, norm=norm).astype(x.dtype, copy=False)
 
 
@@ -179,7 +175,7 @@ def _r2c_infer(shapes, dtypes, dims, norm):
 
 
 def _r2c_impl(xp, x, dims, norm):
-    out = _fft_module(xp).rfftn(x, axes=dims, norm=norm)
+    out = xp.fft.rfftn(x, axes=dims, norm=norm)
     return out.astype(dt.from_numpy(x.dtype).to_complex().np, copy=False)
 
 
@@ -211,7 +207,7 @@ def _c2r_infer(shapes, dtypes, dims, n, norm):
 
 def _c2r_impl(xp, x, dims, n, norm):
     sizes = [x.shape[d] for d in dims[:-1]] + [n]
-    out = _fft_module(xp).irfftn(x, s=sizes, axes=dims, norm=norm)
+    out = xp.fft.irfftn(x, s=sizes, axes=dims, norm=norm)
     return out.astype(dt.from_numpy(x.dtype).to_real().np, copy=False)
 
 
