@@ -172,7 +172,7 @@ UNARY = {
     "sgn": lambda L, x: L.sgn(x), "view_as_real": lambda L, x: L.view_as_real(x) * 1,
     "sum": lambda L, x: x.sum(), "sum_dim": lambda L, x: x.sum(1, keepdim=True),
     "mean": lambda L, x: x.mean(0), "prod": lambda L, x: x.prod(1),
-    "cumsum": lambda L, x: x.cumsum(0),
+    "cumsum": lambda L, x: x.cumsum(0), "cumprod": lambda L, x: x.cumprod(1),
     "layout": lambda L, x: L.cat([x.reshape(4, 3).t()[1:], L.stack([x[0], x[1]])]).t()[:, :3],
     "index": lambda L, x: x[[0, 2], 1:] + x.view(-1)[:3].flip(0).unsqueeze(0).expand(2, 3),
     "transpose_matmul": lambda L, x: x.t() @ x, "adjoint": lambda L, x: x.mH @ x,

@@ -371,8 +371,11 @@ def cumprod(input, dim):
     d = _norm_dim(dim, x.ndim)
     is_zero = eq(x, 0)
     mag = exp(cumsum(log(where(is_zero, 1.0, abs(x))), d))
-    negatives = cumsum(lt(x, 0).to(dt.int64), d)
     zero_seen = gt(cumsum(is_zero.to(dt.int64), d), 0)
+    if x.dtype.is_complex:          # magnitudes multiply, arguments add
+        phase = cumsum(P.angle(where(is_zero, 1.0, x)), d)
+        return where(zero_seen, 0.0, P.complex(mag * P.cos(phase), mag * P.sin(phase)))
+    negatives = cumsum(lt(x, 0).to(dt.int64), d)
     signed = where(eq(remainder(negatives, 2), 1), -mag, mag)
     return where(zero_seen, 0.0, signed)
 
