@@ -173,6 +173,7 @@ UNARY = {
     "sum": lambda L, x: x.sum(), "sum_dim": lambda L, x: x.sum(1, keepdim=True),
     "mean": lambda L, x: x.mean(0), "prod": lambda L, x: x.prod(1),
     "cumsum": lambda L, x: x.cumsum(0), "cumprod": lambda L, x: x.cumprod(1),
+    "logsumexp": lambda L, x: L.logsumexp(x, 1),
     "layout": lambda L, x: L.cat([x.reshape(4, 3).t()[1:], L.stack([x[0], x[1]])]).t()[:, :3],
     "index": lambda L, x: x[[0, 2], 1:] + x.view(-1)[:3].flip(0).unsqueeze(0).expand(2, 3),
     "transpose_matmul": lambda L, x: x.t() @ x, "adjoint": lambda L, x: x.mH @ x,
@@ -274,7 +275,9 @@ def test_linalg_factorizations_refuse_complex_matrices_clearly():
 
 def test_complex_ordering_is_refused_as_torch_refuses_it():
     k, t = kiln.tensor([1 + 1j, 2j]), torch.tensor([1 + 1j, 2j])
-    for op in (lambda x: x < x, lambda x: x >= 1, lambda x: x.max(), lambda x: x.argmax()):
+    for op in (lambda x: x < x, lambda x: x >= 1, lambda x: x.max(), lambda x: x.argmax(),
+               lambda x: x.clamp(0, 1), lambda x: x.relu(), lambda x: x.sort(),
+               lambda x: x.floor(), lambda x: x.topk(1)):
         with pytest.raises(RuntimeError):
             op(t)
         with pytest.raises(RuntimeError, match="complex"):

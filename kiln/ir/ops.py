@@ -167,7 +167,21 @@ define("sign", ELEMENTWISE, _unary, None, lambda g, out, x: (g * 0,), arity=1, r
 def _relu_infer(shapes, dtypes):
     if dtypes[0] is dt.bool_:
         raise ShapeError("Boolean inputs not supported for relu")
+    _no_complex(dtypes[0], "relu (clamp)")
     return shapes[0], dtypes[0]
+
+
+def _real_unary(shapes, dtypes):
+    """A rounding op: complex numbers have no floor or ceiling (PyTorch refuses them)."""
+    _no_complex(dtypes[0], "rounding (floor, ceil, trunc, round)")
+    return shapes[0], dtypes[0]
+
+
+def _real_elementwise(shapes, dtypes):
+    for d in dtypes:
+        if d is not None:
+            _no_complex(d, "maximum/minimum (clamp)")
+    return _elementwise(shapes, dtypes)
 
 
 # A primitive, not where(x <= 0, 0, x): the most common activation is one dispatch in eager
@@ -229,9 +243,9 @@ def _rounding(fn):
 
 
 for _name in ("floor", "ceil", "trunc"):
-    define(_name, ELEMENTWISE, _unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1,
+    define(_name, ELEMENTWISE, _real_unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1,
            reads=())
-define("round", ELEMENTWISE, lambda shapes, dtypes, decimals=0: (shapes[0], dtypes[0]),
+define("round", ELEMENTWISE, lambda shapes, dtypes, decimals=0: _real_unary(shapes, dtypes),
        lambda xp, x, decimals=0: xp.round(x, decimals),
        lambda g, out, x, decimals=0: (g * 0,), arity=1, reads=())
 define("bitwise_not", ELEMENTWISE, _unary, lambda xp, x: ~x, None, arity=1)
@@ -339,8 +353,8 @@ def _max_grad(g, out, x, y):
     return _both(g * share, g * (1 - share), x, y)
 
 
-_binary("maximum", None, _max_grad, output=COPIED, ufunc="maximum")
-_binary("minimum", None, _max_grad, output=COPIED, ufunc="minimum")
+_binary("maximum", None, _max_grad, infer=_real_elementwise, output=COPIED, ufunc="maximum")
+_binary("minimum", None, _max_grad, infer=_real_elementwise, output=COPIED, ufunc="minimum")
 _binary("bitwise_and", lambda xp, x, y: x & y, None)
 _binary("bitwise_or", lambda xp, x, y: x | y, None)
 _binary("bitwise_xor", lambda xp, x, y: x ^ y, None)

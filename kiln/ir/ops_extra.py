@@ -129,6 +129,9 @@ define("copysign", SPECIAL, _elementwise, lambda xp, x, y: xp.copysign(x, y),
 # ----------------------------------------------------------------------------- sorting
 
 def _argsort_infer(shapes, dtypes, axis, descending):
+    if dtypes[0].is_complex:
+        raise ShapeError(f"Sort does not support complex dtypes ({dtypes[0].name}): complex "
+                         "numbers have no order; sort their .abs() or .real instead")
     if not 0 <= axis < max(len(shapes[0]), 1):
         raise ShapeError(f"argsort: dim {axis} is out of range for shape {list(shapes[0])}",
                          IndexError)

@@ -294,7 +294,8 @@ def logsumexp(input, dim=None, keepdim=False):
     if _py_any(x.shape[a] == 0 for a in axes):
         m = zeros(1, dtype=x.dtype, device=x.device)     # an empty sum: log(0) = -inf
     else:
-        m = P.max(x, axes=axes, keepdim=True).detach()
+        # complex: shifted by the largest real part, which sets the magnitudes
+        m = P.max(P.real(x) if x.dtype.is_complex else x, axes=axes, keepdim=True).detach()
         m = P.where(P.eq(P.abs(m), math.inf), 0.0, m)     # all -inf rows stay -inf, not nan
     out = P.log(P.sum(P.exp(x - m), axes=axes, keepdim=True)) + m
     return out if keepdim else squeeze(out, axes)
