@@ -53,6 +53,10 @@ def _view_as_real_infer(shapes, dtypes):
 
 def _view_as_real_impl(xp, x):
     part = x.real                                    # a view; its strides step over pairs
+    if x.ndim and x.strides[-1] == x.itemsize:
+        # adjacent elements (the usual case): a reinterpreting view, whose base NumPy/CuPy
+        # track, so the dispatcher sees a view (shared version counter, refused writes)
+        return x.view(part.dtype).reshape(x.shape + (2,))
     return xp.lib.stride_tricks.as_strided(part, shape=x.shape + (2,),
                                            strides=part.strides + (part.itemsize,))
 
