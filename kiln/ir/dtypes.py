@@ -32,7 +32,7 @@ class DType:
 
     @property
     def is_signed(self) -> bool:
-        return self.category != BOOL and self.np_dtype.kind != "u"
+        return self.name not in ("bool", "uint8")
 
     def to_real(self) -> "DType":
         """The real dtype of this dtype's parts (complex64 -> float32); a real dtype itself."""
