@@ -39,7 +39,7 @@ def _np(t):
 def test_complex_dtype_facts_match_torch(tdt, kdt):
     assert kdt.is_complex is tdt.is_complex is True
     assert kdt.is_floating_point is tdt.is_floating_point is False
-    assert kdt.itemsize == tdt.itemsize
+    assert kdt.itemsize == tdt.itemsize and kdt.is_signed is tdt.is_signed is True
     assert kdt.to_real().name == str(tdt.to_real()).replace("torch.", "")
     real = getattr(kiln, str(tdt.to_real()).replace("torch.", ""))
     assert real.to_complex() is kdt and kdt.to_complex() is kdt
