@@ -111,6 +111,7 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     erfinv, i0, logit, xlogy, sinc, logaddexp, logaddexp2, sgn, signbit, copysign, heaviside,
     ldexp, frexp, nextafter, gcd, lcm, bitwise_left_shift, bitwise_right_shift, fmax, fmin,
     positive, multiply, subtract, conj, conj_physical, resolve_conj, resolve_neg, real, angle,
+    imag, view_as_real, view_as_complex, complex, polar,
     is_complex, is_conj, is_neg, isreal, is_signed, is_nonzero, is_same_size, is_inference,
     is_inference_mode_enabled, argsort, sort, msort, topk, kthvalue, median, nanmedian, mode,
     quantile, nanquantile, cummax, cummin, logcumsumexp, diff, gradient, trapezoid, trapz,
@@ -145,6 +146,9 @@ for _name in _torch_namespace.OUT_FUNCTIONS:
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
+from kiln.ir.dtypes import complex64, complex128, complex32  # noqa: E402,F401
+cfloat, cdouble, chalf = complex64, complex128, complex32
+from kiln.fft import stft, istft  # noqa: E402,F401
 BFloat16Tensor = _legacy_type("BFloat16Tensor", bfloat16)
 IntTensor = _legacy_type("IntTensor", int32)
 CharTensor, ShortTensor = _legacy_type("CharTensor", int8), _legacy_type("ShortTensor", int16)

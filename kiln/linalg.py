@@ -31,6 +31,11 @@ class LinAlgError(RuntimeError):
 
 
 def _float(A: Tensor) -> Tensor:
+    if A.dtype.is_complex:
+        raise op_error("linalg", f"kiln's factorizations and solvers take real matrices; got "
+                       f"{A.dtype.name} {list(A.shape)}. Complex matrices work with matmul, "
+                       "einsum, the norms and kiln.fft; for the rest, split real and imaginary "
+                       "parts into a real block matrix [[Re, -Im], [Im, Re]]")
     return A if A.dtype.is_floating_point else A.to(dt.get_default_dtype())
 
 
@@ -90,7 +95,7 @@ def multi_dot(tensors):
 # ----------------------------------------------------------------------------- factorizations
 
 def inv(A):
-    A = _float(A)
+    A = A if A.dtype.is_complex else _float(A)
     _check_square(A, "inv")
     if A.shape[-1] == 0:
         return A.clone()
@@ -145,6 +150,20 @@ def eigh(A, UPLO="L"):
     R = namedtuple("eigh", ["eigenvalues", "eigenvectors"])
     upper = UPLO == "U"
     return R(P.linalg_eigh(A, part="L", upper=upper), P.linalg_eigh(A, part="V", upper=upper))
+
+
+def eig(A):
+    """Eigenvalues and unit eigenvectors of a general square matrix (complex, as torch's)."""
+    _check_square(A, "eig")
+    if not A.dtype.is_complex:
+        A = _float(A)
+    R = namedtuple("eig", ["eigenvalues", "eigenvectors"])
+    return R(P.linalg_eig(A, part="L"), P.linalg_eig(A, part="V"))
+
+
+def eigvals(A):
+    _check_square(A, "eigvals")
+    return P.linalg_eig(A if A.dtype.is_complex else _float(A), part="L")
 
 
 def eigvalsh(A, UPLO="L"):
@@ -363,6 +382,8 @@ def householder_product(A, tau, *, out=None):
 
 
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if x.dtype.is_complex and dtype is None:
+        x = F.abs(x)                       # the norm of complex numbers is that of |x|
     x = _float(x) if dtype is None else x.to(dtype)
     if dim is None:
         x, dim = F.reshape(x, (-1,)), 0
@@ -384,6 +405,8 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
+    if A.dtype.is_complex and dtype is None and ord in ("fro", 1, -1, math.inf, -math.inf):
+        A = F.abs(A)                       # these norms read only the magnitudes
     A = _float(A) if dtype is None else A.to(dtype)
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":

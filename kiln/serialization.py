@@ -49,7 +49,10 @@ __all__ = ["save", "load", "CheckpointError", "WeightsOnlyUnpicklingError", "add
 FORMAT_VERSION = "2"
 # safetensors dtype codes kiln tensors can hold, and the extra ones a NumPy array may have
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+           # complex64 is safetensors' C64; complex128 has no safetensors code, and kiln's
+           # C128 follows the same pattern (pairs of float64, real part first)
+           "C64": np.complex64, "C128": np.complex128}
 if _dtypes.HAS_BFLOAT16:            # safetensors' BF16, stored by ml_dtypes (optional)
     _DTYPES["BF16"] = _dtypes.bfloat16.np
 _ARRAY_DTYPES = dict(_DTYPES, U64=np.uint64, U32=np.uint32,

@@ -106,10 +106,7 @@ STRIDES = ("user-set strides (kiln lays tensors out row-major or in a memory for
 _group("torch", STRIDES, """
 as_strided as_strided_ as_strided_scatter empty_strided empty_permuted
 """)
-COMPLEX = "kiln has no complex dtype (real-tensor forms of conj/real/angle are provided)"
-_group("torch", COMPLEX, """
-complex polar view_as_complex view_as_real imag stft istft
-""")
+COMPLEX = "kiln has no complex32 (chalf): NumPy has no half-precision complex type"
 _group("torch", "autocast's internal bookkeeping (the counted API is torch.autocast)", """
 autocast_decrement_nesting autocast_increment_nesting clear_autocast_cache
 get_autocast_cpu_dtype get_autocast_gpu_dtype get_autocast_ipu_dtype get_autocast_xla_dtype
@@ -152,7 +149,7 @@ as_strided as_strided_ as_strided_scatter new_empty_strided dim_order
 """)
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")
-_group(T, COMPLEX, "cdouble cfloat chalf stft istft")
+_group(T, COMPLEX, "chalf")
 _group(T, COPY, "narrow_copy")
 _group(T, ATEN, "slice_inverse")
 _group(T, "functorch's first-class dimensions (torch.Tensor.index binds Dim objects)", "index")
@@ -172,15 +169,7 @@ _group("torch.linalg", "LAPACK's symmetric-indefinite (LDL) outputs, rarely used
 ldl_factor ldl_factor_ex ldl_solve
 """)
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
-_group("torch.linalg", COMPLEX + "; eig/eigvals of a general matrix return complex", "eig eigvals")
 _group("torch.fft", "docstring helper string, not an API", "common_args factory_common_args")
-_group("torch.fft", COMPLEX + ": the transforms return or take complex tensors (fftfreq, "
-       "rfftfreq, fftshift and ifftshift are provided)", """
-fft ifft rfft irfft fft2 ifft2 rfft2 irfft2 fftn ifftn rfftn irfftn
-""")
-_group("torch.fft", "Hermitian FFTs take complex input, and kiln has no complex dtype", """
-hfft hfft2 hfftn ihfft ihfft2 ihfftn
-""")
 _group("torch.special", "docstring helper string, not an API", "common_args multi_dim_common")
 _group("torch.special", "orthogonal polynomials and rare Bessel variants, outside what "
        "training scripts use", """

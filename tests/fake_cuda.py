@@ -783,6 +783,11 @@ def _build_module() -> types.ModuleType:
     cupy.get_default_memory_pool = lambda: _DEFAULT_POOL
     cupy.random = _namespace("cupy.random")     # kiln draws on the host and copies
     cupy.linalg = _namespace("cupy.linalg")
+    # cupy.fft's transforms (cuFFT), NumPy's behind the device-array checks
+    cupy.fft = _namespace("cupy.fft", **{
+        n: _device_function(getattr(np.fft, n), f"fft.{n}") for n in (
+            "fft ifft fft2 ifft2 fftn ifftn rfft irfft rfft2 irfft2 rfftn irfftn hfft ihfft "
+            "fftshift ifftshift").split()})
     cupy.__version__ = "14.0.0 (fake)"
     return cupy
 

@@ -17,9 +17,11 @@ import kiln
 DTYPES = {np.float32: (torch.float32, kiln.float32), np.float64: (torch.float64, kiln.float64),
           np.int64: (torch.int64, kiln.int64), np.int32: (torch.int32, kiln.int32),
           np.bool_: (torch.bool, kiln.bool), np.float16: (torch.float16, kiln.float16),
-          np.uint8: (torch.uint8, kiln.uint8)}
+          np.uint8: (torch.uint8, kiln.uint8), np.complex64: (torch.complex64, kiln.complex64),
+          np.complex128: (torch.complex128, kiln.complex128)}
 
-TOL = {np.float64: (1e-10, 1e-10), np.float32: (1e-5, 1e-5), np.float16: (1e-2, 1e-2)}
+TOL = {np.float64: (1e-10, 1e-10), np.float32: (1e-5, 1e-5), np.float16: (1e-2, 1e-2),
+       np.complex128: (1e-10, 1e-10), np.complex64: (1e-5, 1e-5)}
 
 
 def random_array(shape, dtype=np.float32, low=-2.0, high=2.0, rng=None):
@@ -28,6 +30,9 @@ def random_array(shape, dtype=np.float32, low=-2.0, high=2.0, rng=None):
         return rng.random(shape) > 0.5
     if np.issubdtype(dtype, np.integer):
         return rng.integers(int(low), int(high) + 1, size=shape).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):     # both parts uniform in [low, high)
+        return (rng.uniform(low, high, size=shape) +
+                1j * rng.uniform(low, high, size=shape)).astype(dtype)
     return rng.uniform(low, high, size=shape).astype(dtype)
 
 
@@ -53,7 +58,7 @@ def assert_close(k, t, atol, rtol, what="output"):
                                                  f"torch {tuple(t.shape)}"
         assert k.dtype.name == str(t.dtype).replace("torch.", ""), \
             f"{what}: dtype {k.dtype.name} != torch {t.dtype}"
-        kv, tv = k.detach().cpu().numpy(), t.detach().numpy()
+        kv, tv = k.detach().cpu().numpy(), t.detach().resolve_conj().numpy()
         if tv.dtype == np.bool_ or np.issubdtype(tv.dtype, np.integer):
             np.testing.assert_array_equal(kv, tv, err_msg=what)
         else:
@@ -78,11 +83,11 @@ def check_op(fn, inputs, *, dtype=np.float32, grad=True, atol=None, rtol=None, l
     rng = np.random.default_rng(seed)
     arrays = [random_array(x, dtype, low, high, rng) if isinstance(x, tuple) else np.asarray(x)
               for x in inputs]
-    floats = [np.issubdtype(a.dtype, np.floating) for a in arrays]
+    floats = [np.issubdtype(a.dtype, np.inexact) for a in arrays]     # complex too
     tt = [to_torch(a, grad and f) for a, f in zip(arrays, floats)]
     kt = [to_kiln(a, grad and f, device) for a, f in zip(arrays, floats)]
     t_out, k_out = fn(torch, *tt), fn(kiln, *kt)
-    base = min((a.dtype.type for a in arrays if np.issubdtype(a.dtype, np.floating)),
+    base = min((a.dtype.type for a in arrays if np.issubdtype(a.dtype, np.inexact)),
                key=lambda d: np.finfo(d).bits, default=np.float64)
     a_tol, r_tol = TOL.get(base, (1e-5, 1e-5))
     atol = a_tol if atol is None else atol
@@ -99,6 +104,8 @@ def check_op(fn, inputs, *, dtype=np.float32, grad=True, atol=None, rtol=None, l
         return k_out
     t_loss, k_loss = 0, 0
     for j, (k, t) in enumerate(diff_t):
+        if t.is_complex():        # a real loss of a complex output: weigh both parts
+            t, k = torch.view_as_real(t.resolve_conj()), kiln.view_as_real(k)
         w = random_array(tuple(t.shape), np.float64, -1, 1, np.random.default_rng(seed + j))
         t_loss = t_loss + (t * to_torch(w.astype(t.detach().numpy().dtype))).sum()
         k_loss = k_loss + (k * to_kiln(w.astype(t.detach().numpy().dtype), device=device)).sum()

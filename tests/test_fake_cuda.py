@@ -39,7 +39,8 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
          "tests/autograd/test_saved_tensors_hooks.py::"
          "test_save_on_cpu_keeps_cuda_tensors_in_host_memory",
          "tests/test_profiler.py::test_cuda_ops_are_recorded_as_cpu_side_dispatch",
-         "tests/test_bfloat16.py::test_bfloat16_on_cuda_is_refused_clearly"],
+         "tests/test_bfloat16.py::test_bfloat16_on_cuda_is_refused_clearly",
+         "tests/test_complex.py::test_complex_on_cuda_matches_the_cpu"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     summary = out.stdout.strip().splitlines()[-1]

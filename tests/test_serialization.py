@@ -632,8 +632,8 @@ _HOSTILE = {
                                        "data_offsets": [0, 1]}}, b"x"), "impossible shape"),
     "negative shape": (_craft({"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}}),
                        "invalid shape"),
-    "unknown dtype": (_craft({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}},
-                             bytes(8)), "unknown dtype 'C64'"),
+    "unknown dtype": (_craft({"a": {"dtype": "F8_E5M2", "shape": [1], "data_offsets": [0, 8]}},
+                             bytes(8)), "unknown dtype 'F8_E5M2'"),
     "duplicate tensor name": (_text_header('{"a": {"dtype": "U8", "shape": [1], "data_offsets": '
                                            '[0, 1]}, "a": {"dtype": "U8", "shape": [1], '
                                            '"data_offsets": [0, 1]}}', b"x"),

@@ -619,17 +619,19 @@ class CompiledFunction:
             self.warned.add(tag)
             warnings.warn(f"kiln.compile: {message}", stacklevel=3)
 
-    def _run_bfloat16_eagerly(self, key, args, kwargs, run: bool = True):
-        """A function that computes with bfloat16 runs eagerly from now on (for this guard
-        key), with a warning: kiln's kernels and passes have no bfloat16, and eager computes
-        it as PyTorch's CPU kernels do (kiln.tracer.dispatch). Checked before tracing, as a
-        traced optimizer step takes other branches (tensor hyperparameters) than eager's."""
-        reason = (f"{_function_name(self.fn)} computes with bfloat16 tensors (compiled code "
-                  "has no bfloat16)")
+    def _run_bfloat16_eagerly(self, key, args, kwargs, run: bool = True, kind: str = "bfloat16",
+                              what: str = ""):
+        """A function that computes with bfloat16 (or complex) tensors runs eagerly from now on
+        (for this guard key), with a warning: kiln's kernels and passes have no bfloat16 and no
+        complex numbers, and eager computes them as PyTorch's CPU kernels do
+        (kiln.tracer.dispatch). Checked before tracing, as a traced optimizer step takes other
+        branches (tensor hyperparameters) than eager's. `what` names the tensor found."""
+        reason = (f"{_function_name(self.fn)} computes with {kind} tensors{what} (compiled "
+                  f"code has no {kind})")
         if self.fullgraph:
             raise GraphBreak(reason, _where(self.fn))
         self._add_entry(key, CompiledEntry(None, eager_reason=reason))
-        self._note("bfloat16", f"{reason}; this function runs eagerly")
+        self._note(kind, f"{reason}; this function runs eagerly")
         return self.fn(*args, **kwargs) if run else None
 
     def _add_entry(self, key, entry: CompiledEntry) -> None:
@@ -655,6 +657,9 @@ class CompiledFunction:
             return self.fn(*args, **kwargs)
         if _reaches_bfloat16(args, kwargs, reachable):
             return self._run_bfloat16_eagerly(key, args, kwargs)
+        found = _reached_complex(args, kwargs, reachable, names_before)
+        if found is not None:
+            return self._run_bfloat16_eagerly(key, args, kwargs, kind="complex", what=found)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         grad_state = _grad_presence(grad_candidates)
         tracer, result = _trace_call(
@@ -679,6 +684,12 @@ class CompiledFunction:
             # bfloat16 made inside the function: the traced call ran eagerly, its result stands
             tracer.release()
             self._run_bfloat16_eagerly(key, args, kwargs, run=False)
+            return result
+        made = _complex_node(tracer.graph)
+        if made is not None:
+            # complex made inside (an rfft of a real input): likewise
+            tracer.release()
+            self._run_bfloat16_eagerly(key, args, kwargs, run=False, kind="complex", what=made)
             return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    if not g.lazy]
@@ -962,6 +973,41 @@ def _reaches_bfloat16(args: tuple, kwargs: dict, reachable: dict) -> bool:
         elif hasattr(v, "param_groups"):
             tensors += [p for group in v.param_groups for p in group["params"]]
     return any(isinstance(t, Tensor) and t.dtype is dt.bfloat16 for t in tensors)
+
+
+def _reached_complex(args: tuple, kwargs: dict, reachable: dict, names: dict) -> str | None:
+    """The first complex tensor a call's arguments or its function's reachable tensors hold,
+    described for the user (" (freqs_cis: complex64[8, 4])"), or None."""
+    def describe(name, t):
+        return f" ({name}: {t.dtype.name}{list(t.shape)})"
+    for i, v in enumerate(list(args) + list(kwargs.values())):
+        if isinstance(v, Tensor) and v.dtype.is_complex:
+            return describe(f"argument {i}", v)
+    for v in flatten((args, kwargs))[0] + list(args) + list(kwargs.values()):
+        if isinstance(v, Tensor) and v.dtype.is_complex:
+            return describe("an argument's tensor", v)
+        if hasattr(v, "named_parameters") and hasattr(v, "named_buffers"):
+            for n, t in list(v.named_parameters()) + list(v.named_buffers()):
+                if t.dtype.is_complex:
+                    return describe(n, t)
+        elif hasattr(v, "param_groups"):
+            for p in (p for group in v.param_groups for p in group["params"]):
+                if p.dtype.is_complex:
+                    return describe("an optimizer's parameter", p)
+    for key, t in reachable.items():
+        if isinstance(t, Tensor) and t.dtype.is_complex:
+            return describe(names.get(key, "a tensor it reaches"), t)
+    return None
+
+
+def _complex_node(graph) -> str | None:
+    """The first complex value a traced graph makes, described (" (%7 = rfft2(...), line)")."""
+    for n in graph.nodes:
+        if n.out.dtype.is_complex:
+            where = getattr(n, "loc", None)
+            return f" (made by {n.op} -> {n.out.dtype.name}{list(n.out.shape)}" + \
+                (f" at {where}" if where else "") + ")"
+    return None
 
 
 def _computes_in_bfloat16(graph) -> bool:

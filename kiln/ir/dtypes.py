@@ -19,14 +19,32 @@ class DType:
     name: str          # PyTorch's spelling: "float32"
     short: str         # the IR listing's spelling: "f32"
     np: type           # the NumPy scalar type that stores it
-    category: int      # 0 bool, 1 integer, 2 floating: promotion climbs categories
+    category: int      # 0 bool, 1 integer, 2 floating, 3 complex: promotion climbs categories
     # derived once, as plain attributes: the dispatcher reads them on every op
     np_dtype: np.dtype = field(init=False, repr=False)        # np.dtype(np)
     is_floating_point: bool = field(init=False, repr=False)   # category == FLOAT
+    is_complex: bool = field(init=False, repr=False)          # category == COMPLEX
 
     def __post_init__(self):
         object.__setattr__(self, "np_dtype", np.dtype(self.np))
         object.__setattr__(self, "is_floating_point", self.category == FLOAT)
+        object.__setattr__(self, "is_complex", self.category == COMPLEX)
+
+    @property
+    def is_signed(self) -> bool:
+        return self.name not in ("bool", "uint8")
+
+    def to_real(self) -> "DType":
+        """The real dtype of this dtype's parts (complex64 -> float32); a real dtype itself."""
+        return _TO_REAL.get(self, self)
+
+    def to_complex(self) -> "DType":
+        """The complex dtype with parts of this dtype (float32 -> complex64)."""
+        found = _TO_COMPLEX.get(self)
+        if found is None:
+            raise RuntimeError(f"to_complex: {self} has no complex counterpart (float16 would "
+                               "need complex32, which kiln does not have)")
+        return found
 
     @property
     def itemsize(self) -> int:
@@ -54,14 +72,19 @@ class _UnstoredDType(DType):
 
     def __post_init__(self):
         object.__setattr__(self, "is_floating_point", self.category == FLOAT)
+        object.__setattr__(self, "is_complex", self.category == COMPLEX)
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
 
     def __getattribute__(self, name):
         if name in ("np", "np_dtype", "itemsize"):
-            raise RuntimeError(NO_ML_DTYPES)
+            raise RuntimeError(NO_COMPLEX32 if object.__getattribute__(self, "name") ==
+                               "complex32" else NO_ML_DTYPES)
         return object.__getattribute__(self, name)
 
 
-BOOL, INT, FLOAT = 0, 1, 2
+BOOL, INT, FLOAT, COMPLEX = 0, 1, 2, 3
 
 bool_ = DType("bool", "b8", np.bool_, BOOL)
 uint8 = DType("uint8", "u8", np.uint8, INT)
@@ -79,11 +102,23 @@ bfloat16 = DType("bfloat16", "bf16", _np_bfloat16, FLOAT) if _np_bfloat16 is not
 # The floating types too narrow to compute in: reductions and normalizations widen them to
 # float32 and round the result once, as PyTorch's CPU kernels do.
 HALF = (float16, bfloat16)
+# complex: a pair of float32 (float64) parts, stored as NumPy's complex64 (complex128)
+complex64 = DType("complex64", "c64", np.complex64, COMPLEX)
+complex128 = DType("complex128", "c128", np.complex128, COMPLEX)
+_TO_REAL = {complex64: float32, complex128: float64}
+_TO_COMPLEX = {float32: complex64, float64: complex128, complex64: complex64,
+               complex128: complex128}
+NO_COMPLEX32 = ("kiln has no complex32 (chalf): NumPy has no half-precision complex type; use "
+                "complex64 (kiln.cfloat) instead")
+# the name exists (scripts that mention it import); making a tensor of it raises NO_COMPLEX32
+complex32 = _UnstoredDType("complex32", "c32", None, COMPLEX)
 
-ALL = (bool_, uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64)
+ALL = (bool_, uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64, complex64,
+       complex128)
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "half": float16, "float": float32, "double": float64,
-                 "short": int16, "int": int32, "long": int64})
+                 "short": int16, "int": int32, "long": int64, "cfloat": complex64,
+                 "cdouble": complex128, "complex32": complex32, "chalf": complex32})
 _BY_NP = {np.dtype(d.np): d for d in ALL if d is not bfloat16 or _np_bfloat16 is not None}
 
 # Within a category the wider type wins; float16 < float32 < float64, uint8 < int8 < int16 <
@@ -110,6 +145,8 @@ def from_numpy(dtype) -> DType:
         return int64
     if dtype.kind == "b":
         return bool_
+    if dtype.kind == "c":
+        return complex128
     raise TypeError(f"kiln has no dtype for NumPy dtype {dtype}")
 
 
@@ -117,6 +154,10 @@ def cast_array(x, dtype: DType):
     """Array `x` (NumPy or CuPy) in `dtype`'s storage type. A value reaches bfloat16 through
     float32, as PyTorch converts it: a float64 or an int64 rounds to float32 first, then to
     bfloat16 (to nearest, ties to even)."""
+    if x.dtype.kind == "c" and dtype.category != COMPLEX:
+        if dtype is bool_:
+            return x != 0
+        x = x.real                 # PyTorch drops the imaginary parts (NumPy would warn)
     if dtype is bfloat16 and x.dtype.kind in "biuf" and x.dtype != np.float32:
         x = x.astype(np.float32)
     return x.astype(dtype.np)
@@ -148,13 +189,25 @@ def scalar_dtype(value) -> DType:
         return int64
     if isinstance(value, (float, np.floating)):
         return _default_float
+    if isinstance(value, (complex, np.complexfloating)):
+        return default_complex()
     raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def default_complex() -> DType:
+    """The complex dtype of a Python complex number: the default float's complex counterpart."""
+    return complex128 if _default_float is float64 else complex64
 
 
 def promote(a: DType, b: DType) -> DType:
     """The smallest dtype both promote to (torch.promote_types)."""
     if a is b:
         return a
+    if a.is_complex or b.is_complex:
+        # complex meets a float by its parts: float64 + complex64 gives complex128
+        parts = promote(a.to_real(), b.to_real()) if a.category >= FLOAT and \
+            b.category >= FLOAT else (a if a.is_complex else b).to_real()
+        return complex128 if parts is float64 else complex64
     if a.category != b.category:
         return a if a.category > b.category else b
     if a in HALF and b in HALF:
@@ -192,6 +245,12 @@ def result_type(dims: tuple, zero_dims: tuple, scalars: tuple) -> DType:
             best = promote(best, d)
         if result is None:
             result = best
+        elif result.is_complex:
+            continue
+        elif best.is_complex:
+            # a lower class's complex keeps a float's precision: float64 tensor * 1j is
+            # complex128, float32 tensor + a 0-d complex128 tensor is complex64 (as PyTorch)
+            result = result.to_complex() if result.category == FLOAT else best
         elif best.category > result.category:
             result = best if not is_scalar else {INT: int64, FLOAT: _default_float}[best.category]
     _RESULT_CACHE[key] = result

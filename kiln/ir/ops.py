@@ -77,12 +77,28 @@ def _compare(shapes, dtypes):
     return broadcast_shapes(*shapes), dt.bool_
 
 
+def _order(shapes, dtypes):
+    """An ordering comparison: complex numbers have no order, so PyTorch refuses them."""
+    if any(d is not None and d.is_complex for d in dtypes):
+        raise ShapeError(f"comparison is not implemented for complex tensors "
+                         f"({[d.name for d in dtypes if d is not None]}): compare their "
+                         f".real, .imag or .abs() instead", RuntimeError)
+    return _compare(shapes, dtypes)
+
+
+def _no_complex(dtype, what: str) -> None:
+    if dtype.is_complex:
+        raise ShapeError(f"{what} is not supported for complex tensors ({dtype.name}): complex "
+                         "numbers have no order; reduce their .abs() or .real instead",
+                         RuntimeError)
+
+
 def _unary(shapes, dtypes):
     return shapes[0], dtypes[0]
 
 
 def _float_unary(shapes, dtypes):
-    if not dtypes[0].is_floating_point:
+    if not dtypes[0].is_floating_point and not dtypes[0].is_complex:
         raise ShapeError(f"expected a floating-point input, got {dtypes[0].name}", TypeError)
     return shapes[0], dtypes[0]
 
@@ -111,6 +127,7 @@ def _reduce(shapes, dtypes, axes, keepdim):
 
 
 def _nonempty_reduce(shapes, dtypes, axes, keepdim):
+    _no_complex(dtypes[0], "max/min/argmax")
     for a in axes:
         if len(shapes[0]) and shapes[0][a] == 0:
             raise ShapeError(f"cannot reduce over dimension {a} of size 0 (shape "
@@ -136,7 +153,11 @@ def _quiet_unary(name, fn, grad, infer=_float_unary, doc="", **facts):
 
 define("neg", ELEMENTWISE, _unary, lambda xp, x: -x if x.dtype != bool else ~x,
        lambda g, out, x: (-g,), arity=1, reads=(), ufunc="negative")
-define("abs", ELEMENTWISE, _unary, None, lambda g, out, x: (g * P.sign(x),), arity=1,
+def _abs_infer(shapes, dtypes):
+    return shapes[0], dtypes[0].to_real()       # a complex tensor's magnitudes are real
+
+
+define("abs", ELEMENTWISE, _abs_infer, None, lambda g, out, x: (g * P.sign(x),), arity=1,
        ufunc="absolute")
 define("sign", ELEMENTWISE, _unary, None, lambda g, out, x: (g * 0,), arity=1, reads=(),
        ufunc="sign", scalar=ScalarMath("where(x != x, x, s)", (
@@ -146,7 +167,21 @@ define("sign", ELEMENTWISE, _unary, None, lambda g, out, x: (g * 0,), arity=1, r
 def _relu_infer(shapes, dtypes):
     if dtypes[0] is dt.bool_:
         raise ShapeError("Boolean inputs not supported for relu")
+    _no_complex(dtypes[0], "relu (clamp)")
     return shapes[0], dtypes[0]
+
+
+def _real_unary(shapes, dtypes):
+    """A rounding op: complex numbers have no floor or ceiling (PyTorch refuses them)."""
+    _no_complex(dtypes[0], "rounding (floor, ceil, trunc, round)")
+    return shapes[0], dtypes[0]
+
+
+def _real_elementwise(shapes, dtypes):
+    for d in dtypes:
+        if d is not None:
+            _no_complex(d, "maximum/minimum (clamp)")
+    return _elementwise(shapes, dtypes)
 
 
 # A primitive, not where(x <= 0, 0, x): the most common activation is one dispatch in eager
@@ -208,9 +243,9 @@ def _rounding(fn):
 
 
 for _name in ("floor", "ceil", "trunc"):
-    define(_name, ELEMENTWISE, _unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1,
+    define(_name, ELEMENTWISE, _real_unary, _rounding(_name), lambda g, out, x: (g * 0,), arity=1,
            reads=())
-define("round", ELEMENTWISE, lambda shapes, dtypes, decimals=0: (shapes[0], dtypes[0]),
+define("round", ELEMENTWISE, lambda shapes, dtypes, decimals=0: _real_unary(shapes, dtypes),
        lambda xp, x, decimals=0: xp.round(x, decimals),
        lambda g, out, x, decimals=0: (g * 0,), arity=1, reads=())
 define("bitwise_not", ELEMENTWISE, _unary, lambda xp, x: ~x, None, arity=1)
@@ -227,7 +262,7 @@ def _erf(xp, x):
 
 
 def _shape(v):
-    return v.shape if not isinstance(v, (int, float, bool)) else None
+    return v.shape if not isinstance(v, (int, float, bool, complex)) else None
 
 
 def _pow_grad(g, out, x, y):
@@ -237,7 +272,7 @@ def _pow_grad(g, out, x, y):
         gx = g * 0
     else:
         gx = g * y * P.pow(x, y - 1)
-    if _shape(y) is None or not y.dtype.is_floating_point:
+    if _shape(y) is None or not (y.dtype.is_floating_point or y.dtype.is_complex):
         gy = None
     elif _shape(x) is None:
         gy = g * out * math.log(x)
@@ -318,15 +353,15 @@ def _max_grad(g, out, x, y):
     return _both(g * share, g * (1 - share), x, y)
 
 
-_binary("maximum", None, _max_grad, output=COPIED, ufunc="maximum")
-_binary("minimum", None, _max_grad, output=COPIED, ufunc="minimum")
+_binary("maximum", None, _max_grad, infer=_real_elementwise, output=COPIED, ufunc="maximum")
+_binary("minimum", None, _max_grad, infer=_real_elementwise, output=COPIED, ufunc="minimum")
 _binary("bitwise_and", lambda xp, x, y: x & y, None)
 _binary("bitwise_or", lambda xp, x, y: x | y, None)
 _binary("bitwise_xor", lambda xp, x, y: x ^ y, None)
 for _name, _fn in (("eq", lambda xp, x, y: x == y), ("ne", lambda xp, x, y: x != y),
                    ("lt", lambda xp, x, y: x < y), ("le", lambda xp, x, y: x <= y),
                    ("gt", lambda xp, x, y: x > y), ("ge", lambda xp, x, y: x >= y)):
-    _binary(_name, _fn, None, infer=_compare)
+    _binary(_name, _fn, None, infer=_compare if _name in ("eq", "ne") else _order)
 
 
 def _where_infer(shapes, dtypes):
@@ -348,7 +383,10 @@ define("where", ELEMENTWISE, _where_infer, lambda xp, c, x, y: xp.where(c, x, y)
 
 
 def _cast_grad(g, out, x, dtype):
-    return (P.cast(g, dtype=x.dtype) if x.dtype.is_floating_point else None,)
+    # real -> complex: the cast of a complex gradient to the real input's dtype keeps its real
+    # part (dtypes.cast_array), the gradient of a real input of a complex-valued map
+    return (P.cast(g, dtype=x.dtype) if x.dtype.is_floating_point or x.dtype.is_complex
+            else None,)
 
 
 # quiet: a float beyond float16's range becomes inf and NaN becomes some integer, as in

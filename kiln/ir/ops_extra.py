@@ -129,6 +129,9 @@ define("copysign", SPECIAL, _elementwise, lambda xp, x, y: xp.copysign(x, y),
 # ----------------------------------------------------------------------------- sorting
 
 def _argsort_infer(shapes, dtypes, axis, descending):
+    if dtypes[0].is_complex:
+        raise ShapeError(f"Sort does not support complex dtypes ({dtypes[0].name}): complex "
+                         "numbers have no order; sort their .abs() or .real instead")
     if not 0 <= axis < max(len(shapes[0]), 1):
         raise ShapeError(f"argsort: dim {axis} is out of range for shape {list(shapes[0])}",
                          IndexError)
@@ -200,7 +203,14 @@ def _tril(a, k=0):
     return P.where(P.le(P.sub(cols, rows), k), a, 0.0)
 
 
-define("linalg_inv", LINALG, _square_infer, lambda xp, a: xp.linalg.inv(a),
+def _inv_infer(shapes, dtypes):
+    # complex too: inverse is holomorphic, and autograd conjugates its rule for complex inputs
+    if dtypes[0].is_complex:
+        return _square_infer(shapes, (dtypes[0].to_real(),))[0], dtypes[0]
+    return _square_infer(shapes, dtypes)
+
+
+define("linalg_inv", LINALG, _inv_infer, lambda xp, a: xp.linalg.inv(a),
        lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1, reads=(),
        output=COPIED)
 

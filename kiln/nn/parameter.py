@@ -19,7 +19,7 @@ class Parameter(Tensor):
             data = kiln.empty(0)
         param = Tensor._make(data._data, data.dtype, data.device, cls)
         param._version = data._version      # same memory, same version counter
-        if requires_grad and not data.dtype.is_floating_point:
+        if requires_grad and not data.dtype.is_floating_point and not data.dtype.is_complex:
             raise RuntimeError("Only Tensors of floating point and complex dtype can require "
                                "gradients")
         param.requires_grad = requires_grad

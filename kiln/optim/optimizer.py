@@ -182,11 +182,31 @@ class Optimizer:
                         continue
                     if fused and _fusable(p):
                         batch.append(p)
+                    elif p.dtype.is_complex:
+                        self._update_as_real(p, group)
                     else:
                         self._update(p, group)
                 for params in _fused_buckets(batch):
                     self._fused_update(params, group)
         return loss
+
+    def _update_as_real(self, p: Tensor, group: dict) -> None:
+        """The update of a complex parameter, as PyTorch's optimizers make it: on the real views
+        (view_as_real) of the parameter, its gradient and its state, so that Adam's second
+        moment is per real and imaginary part, not a complex square. The views share memory
+        with the complex tensors, which stay what `state` holds (complex, as in PyTorch)."""
+        real = kiln.view_as_real(p)
+        real.grad = kiln.view_as_real(p.grad)
+        state = self.state.pop(p, {})
+        self.state[real] = {k: kiln.view_as_real(v) if isinstance(v, Tensor) and v.is_complex()
+                            else v for k, v in state.items()}
+        try:
+            self._update(real, group)
+        finally:
+            moved = self.state.pop(real, {})
+            self.state[p] = {k: kiln.view_as_complex(v) if isinstance(v, Tensor) and
+                             tuple(v.shape) == tuple(real.shape) and v.is_floating_point()
+                             else v for k, v in moved.items()}
 
     def _update(self, p: Tensor, group: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define step or _update")

@@ -491,6 +491,11 @@ def check_view_write(view: Tensor, op: str) -> None:
     if root.grad_fn is None:
         raise op_error(op, "a view of a leaf Variable that requires grad is being used in an "
                        "in-place operation.")
+    if any(getattr(p, "name", None) in _PART_VIEWS for p, _ in view_origin(view)[1]):
+        raise op_error(op, "kiln cannot track an in-place write through .real, .imag, "
+                       "view_as_real or view_as_complex of a tensor that requires grad (the "
+                       "view's elements are parts of the base's): compute the new value out "
+                       "of place instead, e.g. z = kiln.complex(z.real * 2, z.imag)")
     if not tracked:
         raise op_error(op, "A view was created in no_grad mode and is being modified inplace "
                        "with grad mode enabled. Given that this use case is ambiguous and "
@@ -498,6 +503,10 @@ def check_view_write(view: Tensor, op: str) -> None:
                        "the view and the inplace either both inside the no_grad block (if you "
                        "don't want the inplace to be tracked) or both outside (if you want the "
                        "inplace to be tracked).")
+
+
+# views whose elements are parts of their base's (a complex number's real or imaginary part)
+_PART_VIEWS = ("real", "imag", "view_as_real", "view_as_complex")
 
 
 def rebase_view(view: Tensor, result: Tensor | None) -> None:
@@ -939,6 +948,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     saved, out = _unpack_saved(node)
                 if not create_graph and g.dtype is dt.bfloat16 and _widens(node.prim):
                     grads = _widened_rule(node, g, out, saved)
+                elif g.dtype.is_complex and _conjugates(node.prim):
+                    grads = _conjugated_rule(node, g, out, saved)
                 else:
                     grads = node.prim.grad(g, out, *saved, **node.attrs)
                 if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
@@ -1025,6 +1036,29 @@ def _widened_rule(node, g: Tensor, out, saved: tuple) -> tuple:
                  for ga, a in zip(grads, saved))
 
 
+def _conjugates(prim) -> bool:
+    """Whether a complex gradient reaches this node's rule through `_conjugated_rule`: every
+    registered primitive's but the movement ops' (linear maps with real coefficients, and the
+    views between real and complex, whose rules are written for complex gradients) and the
+    complex primitives' (kiln.ir.ops_complex: their rules are complex-aware)."""
+    return PRIMITIVES.get(getattr(prim, "name", None)) is prim and \
+        prim.kind not in ("movement", "complex")
+
+
+def _conjugated_rule(node, g: Tensor, out, saved: tuple) -> tuple:
+    """A real-number gradient rule applied to a complex gradient, PyTorch's way.
+
+    The rules are written as g * f'(x) (or g @ B^T, ...): linear in g, with the derivative of
+    a holomorphic op. PyTorch's gradient of a complex input is g * conj(f'(x)), which is
+    conj(rule(conj(g))); a real input of an op with a complex result (real * complex) gets the
+    real part of its gradient."""
+    grads = node.prim.grad(P.conj(g), out, *saved, **node.attrs)
+    return tuple(None if ga is None else
+                 (P.conj(ga) if a.dtype.is_complex else P.real(ga)) if ga.dtype.is_complex and
+                 isinstance(a, Tensor) else ga
+                 for ga, a in zip(grads, saved))
+
+
 def _add_slice_grad(pending: dict, buffers: dict, node: Node, g: Tensor) -> None:
     """The gradient of a slice, added into its input's pending gradient in place.
 
@@ -1068,6 +1102,10 @@ def _seed(out: Tensor, g) -> Tensor:
         if out.numel() != 1:
             raise op_error("backward", f"grad can be implicitly created only for scalar "
                            f"outputs; the output has shape {list(out.shape)}: pass `gradient=`")
+        if out.dtype.is_complex:
+            raise op_error("backward", "grad can be implicitly created only for real scalar "
+                           f"outputs, got {out.dtype.name}: take a real loss (.abs(), .real) "
+                           "or pass `gradient=`")
         return out.new_ones(out.shape)
     if not isinstance(g, Tensor):
         g = out.new_tensor(g)

@@ -84,8 +84,8 @@ def _infer_data_dtype(data) -> dt.DType:
             kinds.add(dt.int64)
         elif isinstance(x, (float, np.floating)):
             kinds.add(dt.get_default_dtype())
-        elif isinstance(x, complex):
-            raise TypeError("kiln has no complex dtypes")
+        elif isinstance(x, (complex, np.complexfloating)):
+            kinds.add(dt.default_complex())
         else:
             raise TypeError(f"Could not infer dtype of {type(x).__name__}")
     walk(data)
@@ -140,7 +140,7 @@ def _to_array(data, dtype: dt.DType | None):
         inferred = _infer_data_dtype(data)
         flat = _unwrap_tensors(data)
         return np.array(flat, dtype=_parsed_as(dtype or inferred)), dtype or inferred
-    if isinstance(data, (bool, int, float)):
+    if isinstance(data, (bool, int, float, complex)):
         inferred = dt.scalar_dtype(data)
         return np.array(data, dtype=_parsed_as(dtype or inferred)), dtype or inferred
     raise TypeError(f"tensor(): could not convert data of type {type(data).__name__}")
@@ -261,6 +261,11 @@ def _cast_value(value, kind: dt.DType):
         return bool(value)
     if kind.is_floating_point:
         return float(value)
+    if kind.is_complex:
+        return complex(value)
+    if isinstance(value, complex):
+        raise TypeError(f"full: cannot fill a {kind.name} tensor with the complex value "
+                        f"{value!r}; give dtype=kiln.complex64 (or complex128)")
     return int(value)
 
 
@@ -443,12 +448,17 @@ def _count(shape: tuple) -> int:
 def rand(*shape, size=None, generator=None, dtype=None, device=None,
          requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
-    if not kind.is_floating_point:
+    if not kind.is_floating_point and not kind.is_complex:
         raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
                        TypeError)
     shape = _size(shape, size)
-    out = random_values(generator, device, kind,
-                        lambda stream: stream.uniform(_count(shape), kind.np).reshape(shape))
+    if kind.is_complex:        # PyTorch draws the real and imaginary parts, interleaved
+        part = kind.to_real().np
+        out = random_values(generator, device, kind, lambda stream: stream.uniform(
+            2 * _count(shape), part).view(kind.np).reshape(shape))
+    else:
+        out = random_values(generator, device, kind,
+                            lambda stream: stream.uniform(_count(shape), kind.np).reshape(shape))
     if requires_grad:
         out.requires_grad_(True)
     return out
@@ -458,8 +468,15 @@ def randn(*shape, size=None, generator=None, dtype=None, device=None,
           requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
     shape = _size(shape, size)
-    out = random_values(generator, device, kind,
-                        lambda stream: stream.normal(_count(shape), kind.np).reshape(shape))
+    if kind.is_complex:
+        # PyTorch's normal_ on a complex tensor: its real view (real and imaginary parts
+        # interleaved) drawn with std 1/sqrt(2), so that E|z|^2 = 1
+        part = kind.to_real().np
+        out = random_values(generator, device, kind, lambda stream: stream.normal(
+            2 * _count(shape), part, std=1 / math.sqrt(2)).view(kind.np).reshape(shape))
+    else:
+        out = random_values(generator, device, kind,
+                            lambda stream: stream.normal(_count(shape), kind.np).reshape(shape))
     if requires_grad:
         out.requires_grad_(True)
     return out

@@ -216,7 +216,7 @@ class Function(metaclass=FunctionMeta):
             elif not is_input:
                 o = o.detach() if o.requires_grad else o
             if tracked and id(outputs[i]) not in ctx._non_differentiable \
-                    and o.dtype.is_floating_point:
+                    and (o.dtype.is_floating_point or o.dtype.is_complex):
                 node = _FunctionNode(cls, ctx, inputs, i, outputs, o)
                 node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True

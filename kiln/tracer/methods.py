@@ -7,6 +7,8 @@ an ordinary op followed by a write-back.
 
 from __future__ import annotations
 
+import math
+import warnings
 import weakref
 
 import numpy as np
@@ -234,6 +236,9 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
     if dtype is not None:
         dtype = creation._dtype(dtype)
         if dtype is not out.dtype:
+            if out.dtype.is_complex and not dtype.is_complex:
+                warnings.warn("Casting complex values to real discards the imaginary part",
+                              UserWarning, stacklevel=2)
             out = P.cast(out, dtype=dtype)
     fmt = kwargs.get("memory_format")
     if fmt is not None and fmt is not layout.preserve_format:
@@ -296,7 +301,7 @@ def detach_(self: Tensor) -> Tensor:
 
 
 def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
-    if requires_grad and not self.dtype.is_floating_point:
+    if requires_grad and not self.dtype.is_floating_point and not self.dtype.is_complex:
         raise op_error("requires_grad_", "only Tensors of floating point dtype can require "
                        f"gradients, got {self.dtype.name}")
     if not requires_grad and self.grad_fn is not None:
@@ -393,11 +398,19 @@ def _draw_into(self, name: str, generator, draw) -> Tensor:
 
 
 def uniform_(self, a=0.0, b=1.0, generator=None):
+    if self.dtype.is_complex:       # PyTorch draws the real view: both parts in [a, b)
+        part = self.dtype.to_real().np
+        return _draw_into(self, "uniform_", generator, lambda stream, n: stream.uniform(
+            2 * n, part, a, b).view(self.dtype.np))
     return _draw_into(self, "uniform_", generator,
                       lambda stream, n: stream.uniform(n, self.dtype.np, a, b))
 
 
 def normal_(self, mean=0.0, std=1.0, generator=None):
+    if self.dtype.is_complex:       # the real view, each part with half the variance
+        part = self.dtype.to_real().np
+        return _draw_into(self, "normal_", generator, lambda stream, n: stream.normal(
+            2 * n, part, mean, std / math.sqrt(2)).view(self.dtype.np))
     return _draw_into(self, "normal_", generator,
                       lambda stream, n: stream.normal(n, self.dtype.np, mean, std))
 

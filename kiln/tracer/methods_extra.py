@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from kiln.ir import dtypes as dt
 from kiln.runtime.device import MetaArray
 from kiln.tracer import creation
 from kiln.tracer import functional as F
@@ -51,20 +52,25 @@ _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
 
 
-def _imag(self):
-    raise RuntimeError("imag is not implemented for tensors with non-complex dtypes.")
+def _set_part(part):
+    def setter(self, value):        # x.real = v writes the parts in place, as PyTorch
+        getattr(FX, part)(self).copy_(value)
+    return setter
 
 
-# attributes in PyTorch, not methods: a real tensor's real part is itself, it has no imag
-_METHODS["real"] = property(lambda self: self)
-_METHODS["imag"] = property(_imag)
+# attributes in PyTorch, not methods: views of a complex tensor's parts; a real tensor's real
+# part is itself, and it has no imag
+_METHODS["real"] = property(FX.real, _set_part("real"))
+_METHODS["imag"] = property(FX.imag, _set_part("imag"))
+_METHODS["cfloat"] = lambda self, memory_format=None: self.to(dt.complex64)
+_METHODS["cdouble"] = lambda self, memory_format=None: self.to(dt.complex128)
 _METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
 _METHODS["ger"] = F.outer
 _METHODS["divide_"] = _inplace(F.div, "divide_")
 _METHODS["ndimension"] = lambda self: self.ndim
 _METHODS["nbytes"] = property(lambda self: self.numel() * self.element_size())
 _METHODS["itemsize"] = property(lambda self: self.element_size())
-_METHODS["mH"] = property(lambda self: F.transpose(self, -2, -1))
+_METHODS["mH"] = property(lambda self: FX.conj(F.transpose(self, -2, -1)))
 _METHODS["retains_grad"] = property(lambda self: bool(self._retains_grad))
 _METHODS["bernoulli"] = lambda self, p=None, *, generator=None: creation.bernoulli(
     self, p, generator=generator)

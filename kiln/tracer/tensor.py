@@ -254,6 +254,9 @@ class Tensor:
     def __float__(self) -> float:
         return float(self._scalar("float()"))
 
+    def __complex__(self) -> complex:
+        return complex(self._scalar("complex()"))
+
     def __int__(self) -> int:
         return int(self._scalar("int()"))
 
@@ -295,6 +298,8 @@ class Tensor:
         if data.size == 0 and data.ndim != 1:
             extras.append(f"size={tuple(data.shape)}")
         default = dt.get_default_dtype()     # as PyTorch: the default dtype goes unnamed
+        if self.dtype.is_complex:
+            default = dt.default_complex()
         if self.dtype not in (default, dt.int64, dt.bool_) or data.size == 0 and (
                 self.dtype is not default):
             extras.append(f"dtype=kiln.{self.dtype.name}")

@@ -121,7 +121,9 @@ CASES = {
 }
 
 from tests.ir.gradcheck_cases_extra import CASES_EXTRA  # noqa: E402
+from tests.ir.gradcheck_cases_complex import CASES_COMPLEX  # noqa: E402
 CASES.update(CASES_EXTRA)
+CASES.update(CASES_COMPLEX)
 
 PARAMS = [pytest.param(name, fn, inputs, id=f"{name}-{desc}" if desc else name)
           for name, cases in CASES.items() for desc, fn, inputs in cases]

@@ -14,7 +14,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import Tensor
 
 
-_NUMBER = (int, float, bool)
+_NUMBER = (int, float, bool, complex)
 _py_max, _py_min, _py_sum, _py_abs, _py_round = (builtins.max, builtins.min, builtins.sum,
                                                 builtins.abs, builtins.round)
 
@@ -50,6 +50,8 @@ def _cast_operand(x, dtype):
         return x if x.dtype is dtype else P.cast(x, dtype=dtype)
     if dtype is dt.bool_:
         return bool(x)
+    if dtype.is_complex:
+        return complex(x)
     return float(x) if dtype.is_floating_point else int(x)
 
 
@@ -68,7 +70,7 @@ def _promoted(a, b, float_only: bool = False):
         dtype = a.dtype
     else:
         dtype = result_type(a, b)
-    if float_only and not dtype.is_floating_point:
+    if float_only and not dtype.is_floating_point and not dtype.is_complex:
         dtype = dt.get_default_dtype()
     return _cast_operand(a, dtype), _cast_operand(b, dtype)
 
@@ -105,7 +107,9 @@ def _floating(x: Tensor) -> Tensor:
     """Integer and bool inputs of float functions (exp, sin, mean) become the default float."""
     if not isinstance(x, Tensor):
         x = _as_tensor(x)
-    return x if x.dtype.is_floating_point else P.cast(x, dtype=dt.get_default_dtype())
+    if x.dtype.is_floating_point or x.dtype.is_complex:     # complex math stays complex
+        return x
+    return P.cast(x, dtype=dt.get_default_dtype())
 
 
 

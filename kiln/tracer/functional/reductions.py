@@ -50,7 +50,7 @@ def sum(input, dim=None, keepdim=False, *, dtype=None):
         return _narrowed(sum(_widened(input), dim, keepdim), input.dtype)
     if dtype is not None:
         input = input.to(dtype)
-    elif input.dtype.category != dt.FLOAT and input.dtype is not dt.int64:
+    elif input.dtype.category < dt.FLOAT and input.dtype is not dt.int64:
         input = P.cast(input, dtype=dt.int64)     # PyTorch sums bools and ints as int64
     ndim = input._data.ndim
     axes = _axes(dim, ndim)
@@ -145,7 +145,7 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
             return result
     if dtype is not None:
         input = input.to(dtype)
-    if not input.dtype.is_floating_point:
+    if not input.dtype.is_floating_point and not input.dtype.is_complex:
         raise op_error("mean", "could not infer output dtype. Input dtype must be either a "
                        f"floating point or complex dtype. Got: {input.dtype.name}")
     if input.dtype in dt.HALF:
@@ -233,7 +233,7 @@ def argmin(input, dim=None, keepdim=False):
 def prod(input, dim=None, keepdim=False, *, dtype=None):
     if dtype is not None:
         input = input.to(dtype)
-    elif input.dtype.category != dt.FLOAT:
+    elif input.dtype.category < dt.FLOAT:
         input = P.cast(input, dtype=dt.int64)
     if input.ndim == 0:
         return input.clone()
@@ -255,6 +255,8 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     axes = _axes(dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes) if x.ndim else 1
     centered = x - mean(x, axes if x.ndim else None, keepdim=True)
+    if centered.dtype.is_complex:      # the mean squared distance |x - mean|^2: real
+        centered = abs(centered)
     return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
 
 
@@ -292,7 +294,8 @@ def logsumexp(input, dim=None, keepdim=False):
     if _py_any(x.shape[a] == 0 for a in axes):
         m = zeros(1, dtype=x.dtype, device=x.device)     # an empty sum: log(0) = -inf
     else:
-        m = P.max(x, axes=axes, keepdim=True).detach()
+        # complex: shifted by the largest real part, which sets the magnitudes
+        m = P.max(P.real(x) if x.dtype.is_complex else x, axes=axes, keepdim=True).detach()
         m = P.where(P.eq(P.abs(m), math.inf), 0.0, m)     # all -inf rows stay -inf, not nan
     out = P.log(P.sum(P.exp(x - m), axes=axes, keepdim=True)) + m
     return out if keepdim else squeeze(out, axes)
@@ -327,6 +330,8 @@ def _norm_root(total, root):
 @composite
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     x = _floating(input if dtype is None else input.to(dtype))
+    if x.dtype.is_complex:             # every p-norm of complex numbers is that of |x|
+        x = abs(x)
     if x.dtype in dt.HALF:
         return _narrowed(norm(_widened(x), p, dim, keepdim), x.dtype)
     if p in ("fro", 2, 2.0, None):
@@ -350,7 +355,7 @@ def dist(input, other, p=2):
 def cumsum(input, dim, *, dtype=None):
     if dtype is not None:
         input = input.to(dtype)
-    elif input.dtype.category != dt.FLOAT:
+    elif input.dtype.category < dt.FLOAT:
         input = input.to(dt.int64)
     if input.ndim == 0:
         return input.clone()
@@ -367,8 +372,11 @@ def cumprod(input, dim):
     d = _norm_dim(dim, x.ndim)
     is_zero = eq(x, 0)
     mag = exp(cumsum(log(where(is_zero, 1.0, abs(x))), d))
-    negatives = cumsum(lt(x, 0).to(dt.int64), d)
     zero_seen = gt(cumsum(is_zero.to(dt.int64), d), 0)
+    if x.dtype.is_complex:          # magnitudes multiply, arguments add
+        phase = cumsum(P.angle(where(is_zero, 1.0, x)), d)
+        return where(zero_seen, 0.0, P.complex(mag * P.cos(phase), mag * P.sin(phase)))
+    negatives = cumsum(lt(x, 0).to(dt.int64), d)
     signed = where(eq(remainder(negatives, 2), 1), -mag, mag)
     return where(zero_seen, 0.0, signed)
 

@@ -37,6 +37,8 @@ from kiln.tracer.functional_extra.elementwise import (asin, acos, atan, atan2, s
                                                       bitwise_right_shift, fmax, fmin, positive,
                                                       multiply, subtract, conj, conj_physical,
                                                       resolve_conj, resolve_neg, real, angle,
+                                                      imag, view_as_real, view_as_complex,
+                                                      complex, polar,
                                                       is_complex, is_conj, is_neg, isreal,
                                                       is_signed, is_nonzero, is_same_size,
                                                       is_inference, is_inference_mode_enabled)

@@ -235,6 +235,10 @@ def logaddexp2(input, other):
 
 
 def sgn(input):
+    if input.dtype.is_complex:
+        # z / |z| (0 at 0), composed so that its gradient is PyTorch's sgn gradient
+        mag = P.abs(input)
+        return input / F.where(F.eq(mag, 0), 1.0, mag)
     return F.sign(input)
 
 
@@ -313,25 +317,66 @@ def positive(input):
 multiply, subtract = F.mul, F.sub
 
 
-# real-tensor forms of the complex helpers: kiln has no complex dtype
+# complex helpers; on a real tensor each is what PyTorch gives (conj and real: the tensor itself)
 def conj(input):
+    """The complex conjugate. PyTorch returns a lazy view with a conjugate bit; kiln computes
+    it (conj_physical), so `is_conj` is always False and resolve_conj is the identity."""
+    return P.conj(input) if input.dtype.is_complex else input
+
+
+def conj_physical(input):
+    return conj(input)
+
+
+def resolve_conj(input):
     return input
 
 
-conj_physical = resolve_conj = resolve_neg = conj
+resolve_neg = resolve_conj
 
 
 def real(input):
-    return input
+    """The real parts: a view of a complex tensor's memory (writing it changes the tensor)."""
+    return P.real(input) if input.dtype.is_complex else input
+
+
+def imag(input):
+    """The imaginary parts: a view of a complex tensor's memory."""
+    if not input.dtype.is_complex:
+        raise op_error("imag", "imag is not implemented for tensors with non-complex dtypes.")
+    return P.imag(input)
 
 
 def angle(input):
+    if input.dtype.is_complex:
+        return P.angle(input)
     x = _f(input)
     return F.where(F.lt(x, 0), math.pi, F.where(F.isnan(x), x, 0.0))
 
 
+def view_as_real(input):
+    if not input.dtype.is_complex:
+        raise op_error("view_as_real", f"view_as_real is only supported for complex tensors, "
+                       f"got {input.dtype.name}")
+    return P.view_as_real(input)
+
+
+def view_as_complex(input):
+    return P.view_as_complex(input)
+
+
+def complex(real, imag, *, out=None):
+    """The complex tensor real + i imag (both float32 or both float64; broadcast)."""
+    return P.complex(real, imag)
+
+
+def polar(abs, angle, *, out=None):
+    """The complex tensor abs * (cos(angle) + i sin(angle))."""
+    return P.complex(abs * F.cos(angle), abs * F.sin(angle))
+
+
 def is_complex(input) -> bool:
-    return False
+    return input.dtype.is_complex
 
 
 def is_conj(input) -> bool:
@@ -343,6 +388,8 @@ def is_neg(input) -> bool:
 
 
 def isreal(input):
+    if input.dtype.is_complex:
+        return F.eq(P.imag(input), 0)
     return F.ones_like(input, dtype=dt.bool_)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.functional_extra.common import _f, _py_max
 
@@ -30,7 +31,8 @@ def _scaled(input, beta):
 
 
 def adjoint(input):
-    return F.transpose(input, -2, -1)
+    out = F.transpose(input, -2, -1)
+    return P.conj(out) if out.dtype.is_complex else out
 
 
 def chain_matmul(*matrices):
@@ -41,7 +43,7 @@ def chain_matmul(*matrices):
 
 
 def vdot(input, other):
-    return F.dot(input, other)
+    return F.dot(P.conj(input) if input.dtype.is_complex else input, other)
 
 
 def kron(input, other):

@@ -21,7 +21,7 @@ class finfo:
     """Machine limits of a floating dtype (torch.finfo)."""
 
     def __init__(self, type=None):
-        kind = type or dt.get_default_dtype()
+        kind = (type or dt.get_default_dtype()).to_real()      # a complex type's parts
         info = np.finfo(kind.np)
         self.dtype = kind.name
         self.bits, self.eps, self.max, self.min = info.bits, float(info.eps), float(info.max), \
