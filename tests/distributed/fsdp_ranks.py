@@ -82,6 +82,21 @@ def check_meta_init(r: int, n: int) -> None:
     OUT["meta_losses"] = np.array(W.train(model, W.adam(model), 2, rank=r))
 
 
+def check_clip(r: int, n: int) -> None:
+    """clip_grad_norm_ over sharded gradients: the whole gradients' norm on every rank."""
+    for norm_type in (2.0, 1.0, float("inf")):
+        kiln.manual_seed(5)
+        model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        fully_shard(model)
+        x, y = W.mlp_data(r)
+        F.mse_loss(model(kiln.tensor(x[:, :5]).double()),
+                   kiln.tensor(y[:, :1]).double()).backward()
+        total = kiln.nn.utils.clip_grad_norm_(model.parameters(), 0.01, norm_type=norm_type)
+        OUT[f"clip_total_{norm_type}"] = total.numpy()
+        save_full(f"clip_{norm_type}", {k: p.grad.full_tensor()
+                                        for k, p in model.named_parameters()})
+
+
 def check_uneven(r: int, n: int) -> None:
     kiln.manual_seed(5)
     model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
@@ -279,7 +294,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     for check in (check_dtensor, check_transformer, check_meta_init, check_reshard_options,
-                  check_uneven,
+                  check_uneven, check_clip,
                   check_mixed_precision, check_accumulation, check_state_dicts, check_dcp,
                   check_cuda_fake):
         name = check.__name__[len("check_"):]

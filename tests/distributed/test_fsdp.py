@@ -179,6 +179,26 @@ def test_cuda_tensors_go_through_nccl(ranks):
                                        atol=1e-12, err_msg=key)
 
 
+def test_clip_grad_norm_over_shards_is_the_whole_gradients_norm(ranks):
+    """FSDP2's examples clip with torch.nn.utils.clip_grad_norm_: every rank gets the norm of
+    the whole (averaged) gradients and clips its piece by it, as one process would."""
+    got = _results(ranks, "clip")
+    for norm_type in (2.0, 1.0, float("inf")):
+        kiln.manual_seed(5)
+        model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
+        x, y = W.mlp_data()
+        F.mse_loss(model(kiln.tensor(x[:, :5]).double()),
+                   kiln.tensor(y[:, :1]).double()).backward()
+        total = kiln.nn.utils.clip_grad_norm_(model.parameters(), 0.01, norm_type=norm_type)
+        for r in range(N):
+            np.testing.assert_allclose(got[r][f"clip_total_{norm_type}"], total.numpy(),
+                                       rtol=1e-10, err_msg=f"rank {r} norm {norm_type}")
+            for key, p in model.named_parameters():
+                np.testing.assert_allclose(_prefixed(got[r], f"clip_{norm_type}")[key],
+                                           p.grad.numpy(), rtol=1e-9, atol=1e-15,
+                                           err_msg=f"rank {r} {key} norm {norm_type}")
+
+
 def test_uneven_shards_train_like_one_process(ranks):
     got = _results(ranks, "uneven")
     kiln.manual_seed(5)

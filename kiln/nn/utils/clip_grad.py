@@ -46,19 +46,50 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,
             g.clamp_(-clip_value, clip_value)
 
 
+def _sharded(t: Tensor) -> bool:
+    """A DTensor holding this rank's piece (FSDP's gradients): its norm needs every piece."""
+    return any(p.is_shard() for p in getattr(t, "placements", ()))
+
+
+def _sharded_part(tensors: list, norm_type: float, dtype) -> Tensor:
+    """Over every rank of the pieces' mesh: the largest |x| (inf norm) or the sum of |x|^p."""
+    import kiln.distributed as dist      # only FSDP's sharded gradients get here
+    zero = kiln.zeros((), dtype=dtype, device=tensors[0].device)
+    if norm_type == math.inf:
+        part = kiln.stack([t.abs().amax().to(dtype) if t.numel() else zero for t in tensors])
+        part, op = part.amax(), dist.ReduceOp.MAX
+    else:
+        part = kiln.stack([kiln.norm(t, norm_type).to(dtype) ** norm_type if t.numel() else zero
+                           for t in tensors]).sum()
+        op = dist.ReduceOp.SUM
+    part = part.clone()
+    dist.all_reduce(part, op, group=tensors[0].device_mesh.get_group())
+    return part
+
+
 def get_total_norm(tensors: Iterable[Tensor] | Tensor, norm_type: float = 2.0,
                    error_if_nonfinite: bool = False, foreach: bool | None = None) -> Tensor:
-    """The norm of the norms of `tensors` (their joint norm, as if concatenated)."""
+    """The norm of the norms of `tensors` (their joint norm, as if concatenated). Gradients
+    sharded over ranks (FSDP's DTensors) count with every rank's piece, so every rank gets the
+    same norm, the one of the whole gradients."""
     tensors = [tensors] if isinstance(tensors, Tensor) else [t for t in tensors]
     norm_type = float(norm_type)
     if not tensors:
         return kiln.tensor(0.0)
     with kiln.no_grad():
+        dtype = tensors[0].dtype
+        pieces = [t for t in tensors if _sharded(t)]
+        tensors = [t for t in tensors if not _sharded(t)]
         if norm_type == math.inf:
-            total = kiln.stack([t.abs().amax().to(tensors[0].dtype) for t in tensors]).amax()
+            parts = [t.abs().amax().to(dtype) for t in tensors]
+            if pieces:
+                parts.append(_sharded_part(pieces, norm_type, dtype))
+            total = kiln.stack(parts).amax()
         else:
-            norms = kiln.stack([kiln.norm(t, norm_type).to(tensors[0].dtype) for t in tensors])
-            total = kiln.norm(norms, norm_type)
+            parts = [kiln.norm(t, norm_type).to(dtype) for t in tensors]
+            if pieces:
+                parts.append(_sharded_part(pieces, norm_type, dtype) ** (1.0 / norm_type))
+            total = kiln.norm(kiln.stack(parts), norm_type)
         if error_if_nonfinite and not bool(kiln.isfinite(total)):
             raise RuntimeError(f"The total norm of order {norm_type} for gradients from "
                                f"`parameters` is non-finite, so it cannot be clipped. To "
