@@ -508,8 +508,10 @@ def load(f: str | os.PathLike | BinaryIO, map_location=None, pickle_module=None,
     optimizer, a user class) is rebuilt only from kiln's own types and the globals allowed
     with `add_safe_globals` / `safe_globals`, unless `weights_only=False`: then any class
     is rebuilt, which can run code from the file, so only use it for files you trust. A
-    bare pickle or a `torch.save` zip is refused, naming the file, as is a truncated or
-    corrupted one.
+    `torch.save` zip is read as PyTorch's `weights_only=True` reads it: tensors, parameters,
+    containers and numbers (a state dict, a checkpoint dict); one needing any other global is
+    refused by name and nothing in it runs. A bare pickle is refused, naming the file, as is
+    a truncated or corrupted one.
 
     Args:
         map_location: where tensors go: None (the device they were saved from), a device or
@@ -550,6 +552,10 @@ def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
     size = stream.seek(0, io.SEEK_END) - start
     stream.seek(start)
     head = stream.read(min(size, 4096))
+    if head[:4] == b"PK\x03\x04":      # a torch.save zip: tensors and containers only
+        from kiln.torch_checkpoint import load_torch_zip
+        stream.seek(start)
+        return load_torch_zip(stream, map_location, name)
     stream.seek(start + 8)
     if size < 8:
         _refuse_foreign(head, size, name)
@@ -633,10 +639,6 @@ def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
 
 def _refuse_foreign(head: bytes, size: int, name: str) -> None:
     """Name the kind of file this is when it is not a checkpoint at all."""
-    if head[:4] == b"PK\x03\x04":
-        raise _fail(name, "it is a zip archive, probably a torch.save checkpoint; kiln does "
-                    "not read those (they contain pickles, which can run code). Convert it in "
-                    "PyTorch with safetensors, or load it there and re-save the tensors")
     if head[:6] == b"\x93NUMPY":
         raise _fail(name, "it is a NumPy .npy file; read it with numpy.load")
     protocol = _pickle_protocol(head, size)

@@ -538,10 +538,45 @@ def test_tiny_text_pickle_is_recognised(tmp_path):
         load(tmp_path / "none.pkl")
 
 
-def test_torch_checkpoints_are_refused(tmp_path):
-    torch.save({"w": torch.ones(2)}, tmp_path / "t.pt")
-    with pytest.raises(CheckpointError, match=r"t\.pt.*zip archive"):
-        load(tmp_path / "t.pt")
+def test_a_torch_checkpoint_loads_its_tensors_and_numbers(tmp_path):
+    """`torch.save` of a training checkpoint (state dicts, numbers, strings) loads as PyTorch's
+    weights_only load reads it; a model and optimizer built in kiln take its state dicts."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.BatchNorm1d(4),
+                                torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(5, 3)).pow(2).sum().backward()
+    opt.step()
+    extra = {"int8": torch.arange(-2, 2, dtype=torch.int8), "c": torch.tensor([1 + 2j]),
+             "view": torch.arange(10.0)[2:8:2], "param": torch.nn.Parameter(torch.ones(2))}
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": 3,
+                "tag": "run-1", **extra}, tmp_path / "ck.pt")
+    ck = load(tmp_path / "ck.pt")
+    assert ck["epoch"] == 3 and ck["tag"] == "run-1"
+    for key, value in extra.items():
+        assert str(ck[key].dtype).split(".")[-1] == str(value.dtype).split(".")[-1]
+        np.testing.assert_array_equal(ck[key].detach().numpy(), value.detach().numpy())
+    assert isinstance(ck["param"], kiln.nn.Parameter) and ck["param"].requires_grad
+    kmodel = kiln.nn.Sequential(kiln.nn.Linear(3, 4), kiln.nn.ReLU(), kiln.nn.BatchNorm1d(4),
+                                kiln.nn.Linear(4, 2))
+    kmodel.load_state_dict(ck["model"])
+    kopt = kiln.optim.Adam(kmodel.parameters(), lr=0.01)
+    kopt.load_state_dict(ck["opt"])
+    x = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    for lib, m, o in ((torch, model, opt), (kiln, kmodel, kopt)):     # one more step each
+        o.zero_grad()
+        m(lib.tensor(x)).pow(2).sum().backward()
+        o.step()
+    for a, b in zip(kmodel.state_dict().values(), model.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)   # lr 0.01
+    moved = load(tmp_path / "ck.pt", map_location=lambda t, where: t.double())
+    assert moved["model"]["0.weight"].dtype is kiln.float64
+
+
+def test_torch_files_that_need_code_are_refused(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")       # a pickled module
+    with pytest.raises(CheckpointError, match=r"whole\.pt.*torch\.nn\.modules.*Linear"):
+        load(tmp_path / "whole.pt")
     torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     with pytest.raises(CheckpointError, match=r"legacy\.pt.*pickle \(protocol 2"):
         load(tmp_path / "legacy.pt")

@@ -1,0 +1,154 @@
+"""Reading a `torch.save` file (a zip holding a pickle and the tensors' bytes) without running
+code from it: the pickle may name only the storage types, `_rebuild_tensor_v2`,
+`_rebuild_parameter` and `OrderedDict`, so a state dict, or a checkpoint dict of state dicts and
+numbers, loads; anything else (a pickled model, a `torch.device`, a user class) is refused by
+name. Used by `kiln.load` and `kiln.hub`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import numpy as np
+
+import kiln
+
+_STORAGE_DTYPES = {"FloatStorage": "float32", "DoubleStorage": "float64",
+                   "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+                   "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
+                   "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+                   "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128"}
+
+
+class _StorageType:
+    """What a `torch.FloatStorage` global stands for in the pickle: its dtype."""
+
+    def __init__(self, name: str):
+        self.name, self.dtype = name, getattr(kiln, _STORAGE_DTYPES[name])
+
+
+def _rebuild_parameter(data, requires_grad, hooks=None, *state):
+    return kiln.nn.Parameter(data, requires_grad=bool(requires_grad))
+
+
+# the only globals a torch state dict's pickle may name besides the storage types and
+# _rebuild_tensor_v2 (the unpickler's own method): nothing else can be called while loading
+_ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
+            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Unpickles a torch.save file's data.pkl: storages are read from the archive's
+    `data/<key>` entries, tensors rebuilt from them, and no other global is found."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, name: str, map_location):
+        super().__init__(file)
+        self.archive, self.prefix, self.name = archive, prefix, name
+        self.map_location = map_location
+        self.storages: dict = {}                    # key -> (NumPy array, saved location)
+        big = f"{prefix}byteorder" in archive.namelist() and \
+            archive.read(f"{prefix}byteorder").strip() == b"big"
+        self.byteorder = ">" if big else "<"
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self.rebuild_tensor
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(
+            f"kiln: {self.name} is a torch.save file that needs {module}.{name} to load; "
+            "kiln reads only tensors, parameters and containers (a state dict) from torch "
+            "files, and runs no code from them. Save the model's state_dict() instead")
+
+    def persistent_load(self, saved_id):
+        if not (isinstance(saved_id, tuple) and saved_id and saved_id[0] == "storage"):
+            raise pickle.UnpicklingError(f"kiln: {self.name}: unknown persistent id "
+                                         f"{saved_id!r}")
+        _, storage_type, key, location, numel = saved_id
+        if key not in self.storages:
+            dtype = storage_type.dtype
+            raw = self.archive.read(f"{self.prefix}data/{key}")
+            array = np.frombuffer(raw, dtype=np.dtype(dtype.np).newbyteorder(self.byteorder),
+                                  count=int(numel))
+            self.storages[key] = (array.astype(dtype.np, copy=False), str(location))
+        return self.storages[key]
+
+    def rebuild_tensor(self, storage, offset, size, stride, requires_grad=False, hooks=None,
+                       metadata=None):
+        """torch._utils._rebuild_tensor_v2: a view of a storage, copied into a kiln tensor on
+        the device map_location names."""
+        array, location = storage
+        size, stride, offset = tuple(int(n) for n in size), tuple(int(n) for n in stride), \
+            int(offset)
+        last = offset + sum((n - 1) * st for n, st in zip(size, stride)) if all(size) else offset
+        if (len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0
+                or (all(size) and last >= len(array))):
+            # as_strided reads wherever it is told: a view past the storage is refused
+            raise pickle.UnpicklingError(f"kiln: {self.name}: a tensor of size {[*size]}"
+                                         f", stride {[*stride]} at offset {offset} lies "
+                                         f"outside its storage of {len(array)} elements")
+        view = np.lib.stride_tricks.as_strided(
+            array[offset:], shape=tuple(size), strides=tuple(s * array.itemsize for s in stride))
+        out = kiln.from_numpy(np.array(view))      # a copy: the file's bytes stay the file's
+        if callable(self.map_location) and not isinstance(self.map_location, kiln.device):
+            placed = self.map_location(out, location)
+            out = placed if placed is not None else out
+            return out.requires_grad_(True) if requires_grad else out
+        device = _target(self.map_location, location)
+        if device != "cpu":
+            out = out.to(device)
+        return out.requires_grad_(True) if requires_grad else out
+
+
+def load_torch_zip(path, map_location=None, name: str | None = None) -> Any:
+    """Read a `torch.save` zip holding tensors in containers (a state dict, or a dict of them
+    with numbers and strings), without running code from it: its pickle may name only
+    OrderedDict, tensors and parameters.
+
+    Args:
+        path: the file's path, or a seekable binary file object (then `name` names it).
+        map_location: None or "cpu" (tensors stay on the CPU), a device or device string to
+            move every tensor to, a dict mapping the saved location ("cuda:0") to one, or a
+            callable `fn(tensor_on_cpu, saved_location)` returning a tensor (None: the default).
+
+    Raises:
+        CheckpointError: the file is not a torch.save zip, or names another global.
+    """
+    from kiln.serialization import CheckpointError
+    if name is None:
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointError(f"kiln: {name} is a zip archive but not a torch.save "
+                                      "file (it has no single data.pkl)")
+            prefix = pickles[0][:-len("data.pkl")]
+            with archive.open(pickles[0]) as f:
+                return _WeightsUnpickler(f, archive, prefix, name, map_location).load()
+    except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
+        raise CheckpointError(f"kiln: cannot read {name} as a torch.save state dict: "
+                              f"{e}") from None
+
+
+def _target(map_location, location: str) -> str:
+    """Where a tensor saved from `location` goes: map_location's choice; without one, its own
+    device when kiln can use it, else the CPU."""
+    if map_location is None:
+        wanted = location
+    elif isinstance(map_location, dict):
+        wanted = map_location.get(location, location)
+    elif isinstance(map_location, (str, kiln.device)):
+        wanted = str(map_location)
+    else:
+        raise TypeError("kiln: map_location must be None, a device, a device string or a "
+                        f"dict of them, got {type(map_location).__name__}")
+    if wanted.startswith("cuda") and not kiln.cuda.is_available() and map_location is None:
+        return "cpu"
+    return wanted
