@@ -52,6 +52,7 @@ class _World:
     nccl: object = None          # the NCCL backend (cuda tensors), made on first use
     checks: bool = True          # exchange shape/dtype before each collective
     prev_excepthook: object = None
+    env_set: dict | None = None  # the RANK/WORLD_SIZE/... variables init set, for destroy
 
 
 _WORLD: _World | None = None
@@ -158,13 +159,16 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = local.Get_rank(), local.Get_size()
     local.Free()
+    set_here = {}                   # what destroy_process_group takes back
     for key, value in (("RANK", me), ("WORLD_SIZE", size), ("LOCAL_RANK", local_rank),
                        ("LOCAL_WORLD_SIZE", local_size)):
-        os.environ.setdefault(key, str(value))
+        if key not in os.environ:
+            os.environ[key] = set_here[key] = str(value)
     from kiln.distributed.mpi_backend import MPIBackend
     checks = os.environ.get("KILN_DISTRIBUTED_CHECKS", "1") not in ("0", "false", "off")
     world = _World(name, comm, me, size, local_rank, checks=checks)
     world.mpi = MPIBackend(comm)
+    world.env_set = set_here
     if name == Backend.NCCL:
         from kiln.distributed.nccl_backend import NCCLBackend
         world.nccl = NCCLBackend.create(comm)
@@ -192,6 +196,9 @@ def destroy_process_group(group=None) -> None:
     world.comm.Free()
     if sys.excepthook is _abort_on_uncaught:
         sys.excepthook = world.prev_excepthook
+    for key, value in (world.env_set or {}).items():    # a later init starts afresh
+        if os.environ.get(key) == value:
+            del os.environ[key]
     _WORLD = None
 
 

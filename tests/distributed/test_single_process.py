@@ -1,7 +1,8 @@
-"""What needs no second rank: DataParallel as a pass-through, and the errors for using
-kiln.distributed before init_process_group."""
+"""What needs no second rank: DataParallel as a pass-through, the errors for using
+kiln.distributed before init_process_group, and what init/destroy leave in the environment."""
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import kiln
 import kiln.distributed as dist
 import kiln.nn as nn
 from kiln.nn.parallel import DataParallel, DistributedDataParallel
+from tests.distributed import launch
 
 
 def test_data_parallel_is_the_module_with_prefixed_state_dict():
@@ -37,3 +39,18 @@ def test_using_the_group_before_init_says_so():
     with pytest.raises(RuntimeError, match="init_process_group"):
         DistributedDataParallel(nn.Linear(2, 2))
     assert dist.is_available() == (importlib.util.find_spec("mpi4py") is not None)
+
+
+def test_destroy_takes_back_the_environment_init_set(monkeypatch):
+    """init_process_group sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE where the
+    launcher did not, as torchrun would have; destroy_process_group removes those again, so a
+    later job started from this process (mpiexec -n 2) is not told its world size is 1."""
+    launch.mpi_or_skip()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")               # the launcher's own stays
+    dist.init_process_group()
+    assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0"
+    dist.destroy_process_group()
+    assert "WORLD_SIZE" not in os.environ and "RANK" not in os.environ
+    assert os.environ["LOCAL_RANK"] == "0"
