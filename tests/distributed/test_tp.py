@@ -33,7 +33,14 @@ RTOL, ATOL = 1e-9, 1e-12
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("tp_ranks")
-    proc = launch.mpiexec(N, [os.path.join(launch.HERE, "tp_ranks.py"), str(out)])
+    env = launch.env()
+    # a world-size-1 group in this pytest process (an earlier test's) leaves these set
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(key, None)
+    proc = subprocess.run([launch.mpi_or_skip(), "-n", str(N), sys.executable,
+                           os.path.join(launch.HERE, "tp_ranks.py"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=launch.ROOT,
+                          stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(N)]
 
@@ -46,6 +53,14 @@ def _results(ranks, section: str) -> list[dict]:
 
 def _prefixed(rank_out: dict, prefix: str) -> dict:
     return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+
+
+def _assert_grads(got: dict, prefix: str, want: dict, what: str) -> None:
+    """The gradients, DTensors on the ranks, and clip_grad_norm_'s norm over all of them."""
+    want = dict(want)
+    assert got[prefix + "_grad_dtensor"]
+    np.testing.assert_allclose(got[prefix + "_grad_norm"], want.pop("norm"), rtol=RTOL)
+    _assert_same(_prefixed(got, prefix + "_grad"), want, what)
 
 
 def _assert_same(got: dict, want: dict, what: str) -> None:
@@ -69,6 +84,7 @@ def _train(model, loss_fn) -> tuple[np.ndarray, dict, dict]:
         loss.backward()
         if step == 0:
             grads = _grads(model)
+            grads["norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), 1e9))
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))
@@ -155,7 +171,7 @@ def test_mlp_colwise_rowwise_equals_one_process(ranks):
         np.testing.assert_array_equal(got[r]["mlp_in_weight_local"],
                                       W.state(W.mlp())["in_proj.weight"][r * 16:(r + 1) * 16])
         np.testing.assert_allclose(got[r]["mlp_losses"], losses, rtol=RTOL)
-        _assert_same(_prefixed(got[r], "mlp_grad"), grads, f"rank {r} gradient")
+        _assert_grads(got[r], "mlp", grads, f"rank {r} gradient")
         _assert_same(_prefixed(got[r], "mlp_state"), state, f"rank {r} state")
 
 
@@ -166,7 +182,7 @@ def test_mlp_on_row_shards_equals_one_process_on_the_batch(ranks):
     shares, losses, grads, state = mlp_rows_reference()
     for r in range(N):
         np.testing.assert_allclose(got[r]["mlp_seq_losses"], shares[:, r], rtol=RTOL)
-        _assert_same(_prefixed(got[r], "mlp_seq_grad"), grads, f"rank {r} gradient")
+        _assert_grads(got[r], "mlp_seq", grads, f"rank {r} gradient")
         _assert_same(_prefixed(got[r], "mlp_seq_state"), state, f"rank {r} state")
     np.testing.assert_allclose(got[0]["mlp_seq_losses"] + got[1]["mlp_seq_losses"], losses,
                                rtol=RTOL)
@@ -188,7 +204,7 @@ def test_transformer_tensor_parallel_equals_one_process(ranks):
         assert "layers.0.attention.wo.weight:S(1):[8, 4]" in placements
         assert len(placements) == 2 + 7 * W.LAYERS      # the norms stay plain parameters
         np.testing.assert_allclose(got[r]["transformer_losses"], losses, rtol=RTOL)
-        _assert_same(_prefixed(got[r], "transformer_grad"), grads, f"rank {r} gradient")
+        _assert_grads(got[r], "transformer", grads, f"rank {r} gradient")
         _assert_same(_prefixed(got[r], "transformer_state"), state, f"rank {r} state")
 
 
@@ -201,7 +217,7 @@ def test_sequence_parallel_transformer_equals_one_process(ranks):
     for r in range(N):
         assert str(got[r]["sp_norm_placement"]) == "(Replicate(),)"
         np.testing.assert_allclose(got[r]["sp_losses"], losses, rtol=RTOL)
-        _assert_same(_prefixed(got[r], "sp_grad"), grads, f"rank {r} gradient")
+        _assert_grads(got[r], "sp", grads, f"rank {r} gradient")
         _assert_same(_prefixed(got[r], "sp_state"), state, f"rank {r} state")
 
 
@@ -224,6 +240,17 @@ def test_embeddings_rowwise_and_colwise_match_torch(ranks):
                                        rtol=RTOL, err_msg=name)
             np.testing.assert_allclose(got[r][f"emb_{name}_grad"], emb.weight.grad.numpy(),
                                        rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def test_full_state_dict_round_trip(ranks):
+    """set_model_state_dict(full) of a one-process checkpoint keeps each rank's pieces (the
+    rowwise weight's columns); get_model_state_dict(full) gathers them back."""
+    got = _results(ranks, "state_dicts")
+    weights = W.state(W.mlp(7))
+    for r in range(N):
+        _assert_same(_prefixed(got[r], "sd_full"), weights, f"rank {r}")
+        np.testing.assert_array_equal(got[r]["sd_out_weight_local"],
+                                      weights["out_proj.weight"][:, r * 16:(r + 1) * 16])
 
 
 def test_torch_parallelize_module_on_two_processes_equals_kiln(ranks, tmp_path):

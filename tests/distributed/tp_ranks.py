@@ -54,6 +54,12 @@ def train(prefix: str, model, loss_fn) -> None:
         loss.backward()
         if step == 0:
             save(prefix + "_grad", full_grads(model))
+            OUT[prefix + "_grad_dtensor"] = np.array(all(
+                isinstance(p.grad, DTensor) for p in model.parameters()
+                if isinstance(p, DTensor)))
+            # a max_norm no gradient reaches: the norm only (the gradients are scaled by 1)
+            OUT[prefix + "_grad_norm"] = np.array(float(nn.utils.clip_grad_norm_(
+                model.parameters(), 1e9)))
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))
@@ -133,13 +139,27 @@ def check_embedding(r: int, n: int, mesh) -> None:
         OUT[f"emb_{name}_grad"] = full_grads(emb)["weight"]
 
 
+def check_state_dicts(r: int, n: int, mesh) -> None:
+    """A single-process checkpoint loads into a parallelized model (each rank keeps its pieces)
+    and comes back whole, with kiln.distributed.checkpoint.state_dict."""
+    from kiln.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, set_model_state_dict)
+    full = StateDictOptions(full_state_dict=True)
+    model = tp.parallelize_module(W.mlp(), mesh, {"in_proj": tp.ColwiseParallel(),
+                                                  "out_proj": tp.RowwiseParallel()})
+    set_model_state_dict(model, {k: v.detach() for k, v in W.mlp(7).state_dict().items()},
+                         options=full)
+    save("sd_full", {k: v.numpy() for k, v in get_model_state_dict(model, options=full).items()})
+    OUT["sd_out_weight_local"] = model.out_proj.weight.to_local().numpy().copy()
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (n,))
     for check in (check_mlp, check_mlp_sequence, check_transformer, check_sequence_parallel,
-                  check_embedding):
+                  check_embedding, check_state_dicts):
         name = check.__name__[len("check_"):]
         try:
             check(r, n, mesh)

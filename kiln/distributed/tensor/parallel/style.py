@@ -67,9 +67,22 @@ def _distribute_param(module: Module, name: str, mesh: DeviceMesh, placement: Pl
             data, shape = param.detach()._data, tuple(param.shape)
     new = DTensor._wrap(data, param.dtype, param.device, mesh, (placement,), shape,
                         DTensorParameter, param.requires_grad)
-    if grad_all_reduce and new.requires_grad:
-        new.register_hook(all_reduce_grad)
+    if new.requires_grad:
+        if grad_all_reduce:
+            new.register_hook(all_reduce_grad)
+        new.register_post_accumulate_grad_hook(_grad_as_dtensor)
     module.register_parameter(name, new)
+
+
+def _grad_as_dtensor(param: DTensor) -> None:
+    """The gradient laid out as its parameter (torch's is a DTensor too): clip_grad_norm_ then
+    sums the sharded gradients' pieces over ranks and counts the replicated ones once."""
+    grad = param.grad
+    if grad is not None and not isinstance(grad, DTensor):
+        view = DTensor._wrap(grad._data, grad.dtype, grad.device, param.device_mesh,
+                             param.placements, param._global_shape)
+        view._version = grad._version
+        param.grad = view
 
 
 def _state_dict_hook(module: Module, destination: dict, prefix: str, _meta) -> None:
