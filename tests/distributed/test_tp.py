@@ -253,6 +253,21 @@ def test_full_state_dict_round_trip(ranks):
                                       weights["out_proj.weight"][:, r * 16:(r + 1) * 16])
 
 
+def test_prepare_module_input_output(ranks):
+    """Inputs (positional and keyword) gathered from Shard(1), outputs split back to Shard(1)
+    DTensors; the gradients reaching each rank's input halves are the whole ones' halves."""
+    got = _results(ranks, "prepare")
+    x, y, w, probe = W.prepare_data()
+    for r in range(N):
+        half = slice(2 * r, 2 * r + 2)
+        assert list(got[r]["prepare_out_dtensor"]) == ["True", "(Shard(dim=1),)", "[2, 4, 3]"]
+        np.testing.assert_allclose(got[r]["prepare_out"], (x * w + y)[:, half], rtol=RTOL)
+        np.testing.assert_allclose(got[r]["prepare_x_grad"], (probe * w)[:, half], rtol=RTOL)
+        np.testing.assert_allclose(got[r]["prepare_y_grad"], probe[:, half], rtol=RTOL)
+        assert list(got[r]["prepare_output_local"]) == ["Tensor"]
+        np.testing.assert_allclose(got[r]["prepare_output_values"], (x * w)[:, half], rtol=RTOL)
+
+
 def test_torch_parallelize_module_on_two_processes_equals_kiln(ranks, tmp_path):
     """The strongest check: torch's own parallelize_module (gloo, two spawned processes), with
     and without sequence parallelism, gives every rank kiln's losses and final weights."""

@@ -139,6 +139,45 @@ def check_embedding(r: int, n: int, mesh) -> None:
         OUT[f"emb_{name}_grad"] = full_grads(emb)["weight"]
 
 
+class Combine(nn.Module):
+    """x * w (+ y): a module without parameters for the Prepare* styles."""
+
+    def __init__(self, w: np.ndarray):
+        super().__init__()
+        self.w = kiln.tensor(w)
+
+    def forward(self, x, y=None):
+        return x * self.w if y is None else x * self.w + y
+
+
+def check_prepare(r: int, n: int, mesh) -> None:
+    """PrepareModuleInputOutput: each rank's Shard(1) half of x (and of the keyword y) is
+    gathered for the module, whose replicated output goes back to Shard(1) DTensors; the
+    local inputs' gradients are their halves of the whole."""
+    x, y, w, probe = W.prepare_data()
+    half = slice(2 * r, 2 * r + 2)
+    style = tp.PrepareModuleInputOutput(
+        input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+        input_kwarg_layouts={"y": Shard(1)}, desired_input_kwarg_layouts={"y": Replicate()},
+        output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),),
+        use_local_output=False)
+    module = tp.parallelize_module(Combine(w), mesh, style)
+    xl = kiln.tensor(x[:, half]).requires_grad_()
+    yl = kiln.tensor(y[:, half]).requires_grad_()
+    out = module(xl, y=yl)
+    OUT["prepare_out_dtensor"] = np.array([isinstance(out, DTensor), str(out.placements),
+                                           str(list(out.global_shape))])
+    (out * kiln.tensor(probe[:, half])).sum().backward()
+    OUT["prepare_out"] = out.detach().numpy().copy()
+    OUT["prepare_x_grad"], OUT["prepare_y_grad"] = xl.grad.numpy(), yl.grad.numpy()
+    # PrepareModuleOutput alone, to local tensors: a Replicate output to each rank's half
+    plain = tp.parallelize_module(Combine(w), mesh, tp.PrepareModuleOutput(
+        output_layouts=Replicate(), desired_output_layouts=Shard(1)))
+    local = plain(kiln.tensor(x))
+    OUT["prepare_output_local"] = np.array([type(local).__name__])
+    OUT["prepare_output_values"] = local.numpy()
+
+
 def check_state_dicts(r: int, n: int, mesh) -> None:
     """A single-process checkpoint loads into a parallelized model (each rank keeps its pieces)
     and comes back whole, with kiln.distributed.checkpoint.state_dict."""
@@ -159,7 +198,7 @@ def main() -> None:
     r, n = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (n,))
     for check in (check_mlp, check_mlp_sequence, check_transformer, check_sequence_parallel,
-                  check_embedding, check_state_dicts):
+                  check_embedding, check_state_dicts, check_prepare):
         name = check.__name__[len("check_"):]
         try:
             check(r, n, mesh)

@@ -148,6 +148,12 @@ def sp_plans(tp, Shard, Replicate):
     return top, block
 
 
+def prepare_data() -> tuple[np.ndarray, ...]:
+    """x, y, w, probe of the Prepare* check: (2, 4, 3) each, sequence dim 1 split 2 + 2."""
+    rng = np.random.default_rng(9)
+    return tuple(rng.normal(size=(2, 4, 3)) for _ in range(4))
+
+
 def adam(model) -> kiln.optim.Optimizer:
     return kiln.optim.Adam(model.parameters(), lr=1e-2)
 

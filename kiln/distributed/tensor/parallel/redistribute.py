@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from kiln import Tensor
 from kiln.distributed import collectives as C
-from kiln.distributed.tensor.api import all_gather_bytes, local_chunk
+from kiln.distributed.tensor.api import DTensor, all_gather_bytes, local_chunk
 from kiln.distributed.tensor.device_mesh import DeviceMesh
 from kiln.distributed.tensor.placement import Placement, Replicate, Shard
 from kiln.tracer.custom_function import Function
@@ -140,7 +140,6 @@ class _WrapDTensor(Function):
 
     @staticmethod
     def forward(ctx, x, mesh, placement):
-        from kiln.distributed.tensor.api import DTensor
         shape = list(x.shape)
         if placement.is_shard():
             shape[placement.dim % max(x.ndim, 1)] *= mesh.size()
