@@ -268,6 +268,23 @@ def test_prepare_module_input_output(ranks):
         np.testing.assert_allclose(got[r]["prepare_output_values"], (x * w)[:, half], rtol=RTOL)
 
 
+def test_colwise_on_uneven_row_shards_matches_torch(ranks):
+    got = _results(ranks, "uneven_rows")
+    x, probe = W.uneven_data()
+    kiln.manual_seed(6)
+    weights = W.state(nn.Linear(4, 6).double())
+    lin = torch.nn.Linear(4, 6).double()
+    lin.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    xt = torch.from_numpy(x).requires_grad_()
+    out = lin(xt)
+    (out * torch.from_numpy(probe)).sum().backward()
+    for r, rows in enumerate((slice(0, 3), slice(3, 5))):
+        np.testing.assert_allclose(got[r]["uneven_out"], out.detach().numpy(), rtol=RTOL)
+        np.testing.assert_allclose(got[r]["uneven_x_grad"], xt.grad.numpy()[rows], rtol=RTOL)
+        _assert_same(_prefixed(got[r], "uneven_grad"),
+                     {k: p.grad.numpy() for k, p in lin.named_parameters()}, f"rank {r}")
+
+
 def test_torch_parallelize_module_on_two_processes_equals_kiln(ranks, tmp_path):
     """The strongest check: torch's own parallelize_module (gloo, two spawned processes), with
     and without sequence parallelism, gives every rank kiln's losses and final weights."""

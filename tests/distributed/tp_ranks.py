@@ -139,6 +139,24 @@ def check_embedding(r: int, n: int, mesh) -> None:
         OUT[f"emb_{name}_grad"] = full_grads(emb)["weight"]
 
 
+def check_uneven_rows(r: int, n: int, mesh) -> None:
+    """A colwise Linear on Shard(0) input rows split 3 + 2 (torch.chunk of 5): the rows are
+    gathered, and the input gradient (partial on each rank) is reduced back to each rank's
+    rows."""
+    x, probe = W.uneven_data()
+    rows = slice(0, 3) if r == 0 else slice(3, 5)
+    kiln.manual_seed(6)
+    lin = tp.parallelize_module(nn.Linear(4, 6).double(), mesh,
+                                tp.ColwiseParallel(input_layouts=Shard(0),
+                                                   output_layouts=Replicate()))
+    xl = kiln.tensor(x[rows]).requires_grad_()
+    out = lin(xl)
+    (out * kiln.tensor(probe)).sum().backward()
+    OUT["uneven_out"] = out.detach().numpy()
+    OUT["uneven_x_grad"] = xl.grad.numpy()
+    save("uneven_grad", full_grads(lin))
+
+
 class Combine(nn.Module):
     """x * w (+ y): a module without parameters for the Prepare* styles."""
 
@@ -198,7 +216,8 @@ def main() -> None:
     r, n = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (n,))
     for check in (check_mlp, check_mlp_sequence, check_transformer, check_sequence_parallel,
-                  check_embedding, check_state_dicts, check_prepare):
+                  check_embedding, check_state_dicts, check_prepare,
+                  check_uneven_rows):
         name = check.__name__[len("check_"):]
         try:
             check(r, n, mesh)

@@ -154,6 +154,12 @@ def prepare_data() -> tuple[np.ndarray, ...]:
     return tuple(rng.normal(size=(2, 4, 3)) for _ in range(4))
 
 
+def uneven_data() -> tuple[np.ndarray, np.ndarray]:
+    """x (5 rows: 3 + 2 over two ranks) and a probe of the (5, 6) output."""
+    rng = np.random.default_rng(13)
+    return rng.normal(size=(5, 4)), rng.normal(size=(5, 6))
+
+
 def adam(model) -> kiln.optim.Optimizer:
     return kiln.optim.Adam(model.parameters(), lr=1e-2)
 

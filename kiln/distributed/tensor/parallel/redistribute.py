@@ -12,6 +12,7 @@ input gradient, so `replicate_input` all-reduces it in backward; everything else
     Shard(d) -> Replicate  all_gather        backward: this rank's chunk
     Replicate -> Shard(d)  this rank's chunk backward: all_gather
     Replicate (colwise)    identity          backward: all_reduce
+    Shard(d) (colwise)     all_gather        backward: reduce_scatter
 """
 
 from __future__ import annotations
@@ -109,6 +110,27 @@ class _AllGather(Function):
         return grad.narrow(ctx.dim, ctx.start, ctx.size).contiguous(), None, None
 
 
+class _AllGatherForColwise(Function):
+    """Shard(dim) -> Replicate as a colwise layer's input: each rank's share of the input
+    gradient is partial, so backward reduce-scatters it (the all-reduce of `_ReplicateInput`
+    and the chunk of `_AllGather` in one collective)."""
+
+    @staticmethod
+    def forward(ctx, x, dim, mesh):
+        out, sizes = _gathered(x, dim, mesh)
+        ctx.dim, ctx.mesh, ctx.sizes = dim, mesh, sizes
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if len(set(ctx.sizes)) == 1:
+            return _reduce_scattered(grad, ctx.dim, ctx.mesh), None, None
+        rank = ctx.mesh.get_rank()
+        start = sum(ctx.sizes[:rank])
+        return _all_reduced(grad).narrow(ctx.dim, start, ctx.sizes[rank]).contiguous(), \
+            None, None
+
+
 class _Chunk(Function):
     """Replicate -> Shard(dim); backward all-gathers the pieces' gradients."""
 
@@ -189,9 +211,15 @@ def redistribute(x: Tensor, src, dst: Placement, mesh: DeviceMesh) -> Tensor:
     return _Chunk.apply(x, dst.dim, mesh)
 
 
-def replicate_input(x: Tensor) -> Tensor:
-    """`x` (replicated) as the input of sharded weights: its gradient is all-reduced."""
-    if not (x.dtype.is_floating_point or x.dtype.is_complex):
+def replicate_input(x: Tensor, src, mesh: DeviceMesh) -> Tensor:
+    """`x` (laid out as `src`) replicated as the input of sharded weights, whose input
+    gradient is partial on each rank: all-reduced in backward (reduce-scattered when `x`
+    came as Shard(d))."""
+    src = normalize(src, x.ndim)
+    if src.is_shard() and mesh.size() > 1:
+        return _AllGatherForColwise.apply(x, src.dim, mesh)
+    x = redistribute(x, src, Replicate(), mesh)
+    if not (x.dtype.is_floating_point or x.dtype.is_complex) or mesh.size() == 1:
         return x
     return _ReplicateInput.apply(x)
 

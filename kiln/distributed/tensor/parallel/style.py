@@ -155,8 +155,8 @@ class ColwiseParallel(ParallelStyle):
 
     def _prepare_input(self, mesh: DeviceMesh, module: Module, inputs: tuple):
         x = _one_tensor_input("ColwiseParallel", module, inputs)
-        x = redistribute(x, placement_of(x, self.input_layouts[0]), Replicate(), mesh)
-        return (replicate_input(x),) + tuple(inputs[1:])
+        return (replicate_input(x, placement_of(x, self.input_layouts[0]), mesh),) + \
+            tuple(inputs[1:])
 
     def _prepare_output(self, mesh: DeviceMesh, module: Module, inputs: tuple, out: Tensor):
         layout = self.output_layouts[0]
