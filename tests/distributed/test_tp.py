@@ -336,6 +336,20 @@ def test_plan_errors_and_warnings(mesh):
         assert tp.parallelize_module(model, mesh, {}) is model
 
 
+def test_plan_paths_match_as_torch_fnmatch(mesh):
+    """Each dotted part of a key is an fnmatch pattern over child names; "" is the module."""
+    model = W.transformer(0)
+    tp.parallelize_module(model, mesh, {"layers.*.feed_forward.w[13]": tp.ColwiseParallel(),
+                                        "layers.1.attention.w?": tp.ColwiseParallel()})
+    tp.parallelize_module(model.output, mesh, {"": tp.RowwiseParallel()})
+    placed = {k: str(p.placements[0]) for k, p in model.named_parameters()
+              if isinstance(p, DTensor)}
+    want = {f"layers.{i}.feed_forward.w{j}.weight": "S(0)" for i in range(2) for j in (1, 3)}
+    want.update({f"layers.1.attention.w{c}.weight": "S(0)" for c in "qkvo"})
+    want["output.weight"] = "S(1)"
+    assert placed == want
+
+
 def test_one_rank_is_the_plain_model(mesh):
     """On a one-rank mesh every collective is the identity: the parallelized model computes
     (and differentiates) exactly what the plain one does, and its parameters are DTensors."""
