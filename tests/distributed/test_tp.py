@@ -285,6 +285,21 @@ def test_colwise_on_uneven_row_shards_matches_torch(ranks):
                      {k: p.grad.numpy() for k, p in lin.named_parameters()}, f"rank {r}")
 
 
+def test_bfloat16_row_shards_close_to_float64(ranks):
+    """bfloat16 parameters and activations (MPI has no bfloat16 sum: the collectives sum in
+    float32 and round): the loss and gradients are the float64 ones to bfloat16's precision."""
+    got = _results(ranks, "bfloat16")
+    shares, _, grads, _ = mlp_rows_reference()
+    grads = {k: v for k, v in grads.items() if k != "norm"}
+    for r in range(N):
+        assert str(got[r]["bf16_dtype"]) == "kiln.bfloat16"
+        np.testing.assert_allclose(got[r]["bf16_loss"], shares[0, r], rtol=2e-2)
+        ours = _prefixed(got[r], "bf16_grad")
+        assert set(ours) == set(grads)
+        for key, want in grads.items():
+            assert np.abs(ours[key] - want).max() <= 2e-2 * np.abs(want).max(), key
+
+
 def test_torch_parallelize_module_on_two_processes_equals_kiln(ranks, tmp_path):
     """The strongest check: torch's own parallelize_module (gloo, two spawned processes), with
     and without sequence parallelism, gives every rank kiln's losses and final weights."""

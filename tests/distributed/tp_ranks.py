@@ -31,7 +31,8 @@ def full_grads(model) -> dict[str, np.ndarray]:
         if isinstance(p, DTensor):
             g = DTensor._wrap(g._data, g.dtype, g.device, p.device_mesh, p.placements,
                               p._global_shape).full_tensor()
-        grads[name] = g.numpy().copy()
+        grads[name] = g.float().numpy().copy() if g.dtype == kiln.bfloat16 else \
+            g.numpy().copy()
     return grads
 
 
@@ -139,6 +140,22 @@ def check_embedding(r: int, n: int, mesh) -> None:
         OUT[f"emb_{name}_grad"] = full_grads(emb)["weight"]
 
 
+def check_bfloat16(r: int, n: int, mesh) -> None:
+    """The sequence-parallel MLP plan in bfloat16 (its all-reduce and reduce-scatter sum in
+    float32 on the wire): one forward and backward."""
+    plan = {"in_proj": tp.ColwiseParallel(input_layouts=Shard(0)),
+            "out_proj": tp.RowwiseParallel(output_layouts=Shard(0))}
+    model = tp.parallelize_module(W.mlp().to(kiln.bfloat16), mesh, plan)
+    x, y = W.mlp_data(n)
+    rows = slice(r * 4, (r + 1) * 4)
+    x, y = kiln.tensor(x[rows]).to(kiln.bfloat16), kiln.tensor(y[rows]).to(kiln.bfloat16)
+    loss = ((model(x) - y) ** 2).sum() / (n * y.numel())
+    loss.backward()
+    OUT["bf16_loss"] = np.array(float(loss))
+    OUT["bf16_dtype"] = np.array(str(model.out_proj.bias.grad.dtype))
+    save("bf16_grad", {k: v.astype(np.float64) for k, v in full_grads(model).items()})
+
+
 def check_uneven_rows(r: int, n: int, mesh) -> None:
     """A colwise Linear on Shard(0) input rows split 3 + 2 (torch.chunk of 5): the rows are
     gathered, and the input gradient (partial on each rank) is reduced back to each rank's
@@ -217,7 +234,7 @@ def main() -> None:
     mesh = init_device_mesh("cpu", (n,))
     for check in (check_mlp, check_mlp_sequence, check_transformer, check_sequence_parallel,
                   check_embedding, check_state_dicts, check_prepare,
-                  check_uneven_rows):
+                  check_uneven_rows, check_bfloat16):
         name = check.__name__[len("check_"):]
         try:
             check(r, n, mesh)

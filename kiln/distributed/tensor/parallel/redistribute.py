@@ -22,6 +22,7 @@ from kiln.distributed import collectives as C
 from kiln.distributed.tensor.api import DTensor, all_gather_bytes, local_chunk
 from kiln.distributed.tensor.device_mesh import DeviceMesh
 from kiln.distributed.tensor.placement import Placement, Replicate, Shard
+from kiln.ir import dtypes as dt
 from kiln.tracer.custom_function import Function
 
 PARTIAL = "partial"     # the local pieces sum to the global tensor (a rowwise matmul's output)
@@ -30,7 +31,13 @@ PARTIAL = "partial"     # the local pieces sum to the global tensor (a rowwise m
 # ----------------------------------------------------------------------------- array steps
 
 def _all_reduced(x: Tensor) -> Tensor:
-    out = Tensor._make(x.device.xp.array(x._data, copy=True, order="C"), x.dtype, x.device)
+    xp = x.device.xp
+    if x.dtype.is_floating_point and x.dtype.itemsize == 2:
+        # 16-bit floats are summed in float32 on the wire, then rounded (MPI has no bfloat16)
+        wide = Tensor._make(x._data.astype(xp.float32), dt.float32, x.device)
+        C.all_reduce(wide)
+        return Tensor._make(wide._data.astype(x._data.dtype), x.dtype, x.device)
+    out = Tensor._make(xp.array(x._data, copy=True, order="C"), x.dtype, x.device)
     C.all_reduce(out)
     return out
 
@@ -58,8 +65,8 @@ def _chunk(x: Tensor, dim: int, mesh: DeviceMesh) -> Tensor:
 
 def _reduce_scattered(x: Tensor, dim: int, mesh: DeviceMesh) -> Tensor:
     xp, world = x.device.xp, mesh.size()
-    if x.shape[dim] % world:
-        # uneven chunks: reduce_scatter_tensor needs equal slices
+    if x.shape[dim] % world or x.dtype.itemsize == 2 and x.dtype.is_floating_point:
+        # uneven chunks (reduce_scatter_tensor needs equal slices) or 16-bit floats
         return _chunk(_all_reduced(x), dim, mesh)
     rows = xp.ascontiguousarray(xp.moveaxis(x._data, dim, 0))
     out = xp.empty((rows.shape[0] // world,) + rows.shape[1:], dtype=rows.dtype)
