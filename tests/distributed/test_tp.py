@@ -384,3 +384,11 @@ def test_one_rank_is_the_plain_model(mesh):
         np.testing.assert_allclose(p.grad.numpy(), ref_grads[key], rtol=RTOL, atol=ATOL,
                                    err_msg=key)
     assert "ColwiseParallel(input_layouts=(Shard(dim=1),)" in repr(top["output"])
+
+
+def test_old_dtensor_import_path_is_kiln_distributed_tensor():
+    """pytorch/examples' TP scripts import init_device_mesh from torch.distributed._tensor."""
+    from kiln.distributed._tensor.device_mesh import init_device_mesh as old
+    from kiln.distributed._tensor.placement_types import Shard as OldShard
+    import kiln.distributed._tensor as shim
+    assert old is init_device_mesh and OldShard is Shard and shim.DTensor is DTensor
