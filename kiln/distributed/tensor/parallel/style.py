@@ -113,7 +113,7 @@ def _output(x: Tensor, layout: Placement, use_local_output: bool, mesh: DeviceMe
     return to_local(x) if use_local_output else wrap(x, layout, mesh)
 
 
-def _check_layout(style: str, what: str, layout) -> Placement:
+def _check_layout(style: str, what: str, layout) -> Placement | None:
     if layout is None:
         return None
     if isinstance(layout, tuple) and len(layout) == 1:
