@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -185,6 +186,7 @@ def _abort_on_uncaught(exc_type, exc, tb) -> None:
                      "every rank of the job\n" + "".join(traceback.format_exception(
                          exc_type, exc, tb)))
     sys.stderr.flush()
+    time.sleep(0.5)         # let mpiexec forward the message before Abort tears the job down
     mpi_module().COMM_WORLD.Abort(1)
 
 
