@@ -1,0 +1,149 @@
+"""kiln.vision's model zoo against torchvision's architectures transcribed in torch
+(tests/vision/zoo_reference.py): the same state_dict keys, order and shapes (so torchvision's
+pretrained files load), the same eval outputs from the same weights and BatchNorm statistics,
+the same training-step outputs and parameter gradients, and torchvision's parameter counts."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln.vision import models
+from kiln.vision.models.vgg import cfgs
+from tests.vision import zoo_reference as ref
+
+
+def shapes(state):
+    return [(k, tuple(v.shape)) for k, v in state.items()]
+
+
+def randomize_statistics(model, seed):
+    """Give every BatchNorm non-trivial running statistics and affine parameters, so that eval
+    mode exercises them (fresh ones are the identity)."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        array = value.numpy().copy()
+        if key.endswith("running_mean"):
+            array = rng.normal(0, 0.1, array.shape).astype(np.float32)
+        elif key.endswith("running_var"):
+            array = rng.uniform(0.5, 1.5, array.shape).astype(np.float32)
+        state[key] = kiln.tensor(array)
+    for name, module in model.named_modules():
+        if isinstance(module, kiln.nn.BatchNorm2d):
+            n = module.num_features
+            state[f"{name}.weight"] = kiln.tensor(rng.uniform(0.8, 1.2, n).astype(np.float32))
+            state[f"{name}.bias"] = kiln.tensor(rng.normal(0, 0.1, n).astype(np.float32))
+    model.load_state_dict(state)
+
+
+def to_torch(kiln_model, torch_model):
+    state = {k: torch.tensor(v.numpy()) for k, v in kiln_model.state_dict().items()}
+    torch_model.load_state_dict(state)
+
+
+def assert_close(actual, expected, rtol=1e-4, scale=1e-4):
+    """allclose with an absolute floor relative to the reference's magnitude."""
+    atol = scale * max(float(np.abs(expected).max()), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def check_against_torch(model, reference, size, seed=0, batch=2, step_dtype="float64"):
+    assert shapes(model.state_dict()) == shapes(reference.state_dict())
+    randomize_statistics(model, seed)
+    to_torch(model, reference)
+    x = np.random.default_rng(seed).normal(size=(batch, 3, size, size)).astype(np.float32)
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        expected = reference(torch.tensor(x)).numpy()
+    with kiln.no_grad():
+        assert_close(model(kiln.tensor(x)).numpy(), expected)
+    # One training step (batch statistics, every parameter's gradient), in float64: through
+    # dozens of BatchNorms over 2x2 maps the float32 gradients of torch itself are a few
+    # percent from its float64 ones, too far apart to compare two implementations.
+    if step_dtype is None:
+        return
+    model.train().to(getattr(kiln, step_dtype))
+    reference.train().to(getattr(torch, step_dtype))
+    tol = 1e-8 if step_dtype == "float64" else 1e-4
+    out = model(kiln.tensor(x, dtype=getattr(kiln, step_dtype)))
+    (out * out).mean().backward()
+    t_out = reference(torch.tensor(x, dtype=getattr(torch, step_dtype)))
+    (t_out * t_out).mean().backward()
+    assert_close(out.detach().numpy(), t_out.detach().numpy(), rtol=tol, scale=tol)
+    t_params = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        assert_close(p.grad.numpy(), t_params[name].grad.numpy(), rtol=100 * tol,
+                     scale=100 * tol)
+    t_buffers = dict(reference.named_buffers())
+    for name, b in model.named_buffers():
+        assert_close(b.numpy(), t_buffers[name].numpy(), rtol=tol, scale=tol)
+
+
+CASES = {
+    "squeezenet1_0": (lambda: models.squeezenet1_0(num_classes=10, dropout=0.0),
+                      lambda: ref.SqueezeNet("1_0", 10, 0.0), 32),
+    "squeezenet1_1": (lambda: models.squeezenet1_1(num_classes=10, dropout=0.0),
+                      lambda: ref.SqueezeNet("1_1", 10, 0.0), 32),
+    "mobilenet_v2": (lambda: models.mobilenet_v2(num_classes=10, dropout=0.0),
+                     lambda: ref.MobileNetV2(10, dropout=0.0), 32),
+    "mobilenet_v3_large": (lambda: models.mobilenet_v3_large(num_classes=10, dropout=0.0),
+                           lambda: ref.mobilenet_v3("large", 10, 0.0), 32),
+    "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(num_classes=10, dropout=0.0),
+                           lambda: ref.mobilenet_v3("small", 10, 0.0), 32),
+    "densenet121": (lambda: models.densenet121(num_classes=10),
+                    lambda: ref.DenseNet(num_classes=10), 64),
+    "efficientnet_b0": (lambda: models.efficientnet_b0(num_classes=10, dropout=0.0,
+                                                       stochastic_depth_prob=0.0),
+                        lambda: ref.efficientnet(1.0, 1.0, 10, 0.0), 48),
+    "resnext50_32x4d": (lambda: models.resnext50_32x4d(num_classes=10),
+                        lambda: ref.ResNet(ref.Bottleneck, [3, 4, 6, 3], 10, 32, 4), 48),
+    "shufflenet_v2_x1_0": (lambda: models.shufflenet_v2_x1_0(num_classes=10),
+                           lambda: ref.ShuffleNetV2([4, 8, 4], [24, 116, 232, 464, 1024], 10),
+                           48),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_architecture_matches_torchvision(name):
+    make, make_reference, size = CASES[name]
+    kiln.manual_seed(0)
+    check_against_torch(make(), make_reference(), size)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_vgg11_matches_torchvision(batch_norm):
+    """VGG's 25088x4096 classifier makes a float64 copy 1 GB and torchvision's N(0, 0.01)
+    init of it 10 s in kiln: nn.Linear's default init stands in (init_weights=False) and the
+    training step runs in float32, checked without BatchNorm (with it, float32 gradients
+    through BatchNorms over small maps disagree with their own float64 values by percents)."""
+    kiln.manual_seed(0)
+    build = models.vgg11_bn if batch_norm else models.vgg11
+    check_against_torch(build(num_classes=10, dropout=0.0, init_weights=False),
+                        ref.vgg(cfgs["A"], batch_norm, 10, 0.0), 32,
+                        step_dtype=None if batch_norm else "float32")
+
+
+# The other configurations of each family: names and shapes against the transcription
+LAYOUTS = {
+    "densenet161": (models.densenet161, lambda: ref.DenseNet(48, (6, 12, 36, 24), 96)),
+    "densenet169": (models.densenet169, lambda: ref.DenseNet(32, (6, 12, 32, 32), 64)),
+    "densenet201": (models.densenet201, lambda: ref.DenseNet(32, (6, 12, 48, 32), 64)),
+    "efficientnet_b1": (models.efficientnet_b1, lambda: ref.efficientnet(1.0, 1.1)),
+    "efficientnet_b2": (models.efficientnet_b2, lambda: ref.efficientnet(1.1, 1.2)),
+    "efficientnet_b3": (models.efficientnet_b3, lambda: ref.efficientnet(1.2, 1.4)),
+    "shufflenet_v2_x0_5": (models.shufflenet_v2_x0_5,
+                           lambda: ref.ShuffleNetV2([4, 8, 4], [24, 48, 96, 192, 1024])),
+    "shufflenet_v2_x2_0": (models.shufflenet_v2_x2_0,
+                           lambda: ref.ShuffleNetV2([4, 8, 4], [24, 244, 488, 976, 2048])),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_family_members_have_torchvision_layout_and_parameter_count(name):
+    build, make_reference = LAYOUTS[name]
+    model = build()
+    assert shapes(model.state_dict()) == shapes(make_reference().state_dict())
+    count = sum(p.numel() for p in model.parameters())
+    assert count == models.get_model_weights(name).DEFAULT.meta["num_params"]
