@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+import kiln
 from kiln import hub, nn
 from kiln.vision.models._meta import _IMAGENET_CATEGORIES
 from kiln.vision.transforms._presets import ImageClassification
@@ -107,9 +108,20 @@ def _ovewrite_named_param(kwargs: dict[str, Any], param: str, new_value: Any) ->
 
 
 def _load_weights(model: nn.Module, weights: WeightsEnum | None, progress: bool,
-                  check_hash: bool = True) -> nn.Module:
-    if weights is not None:
-        model.load_state_dict(weights.get_state_dict(progress=progress, check_hash=check_hash))
+                  rename: Callable[[dict], dict] | None = None) -> nn.Module:
+    """Load `weights` (when given) into `model`, as torchvision's builders do with
+    check_hash=True."""
+    if weights is None:
+        return model
+    state = weights.get_state_dict(progress=progress, check_hash=True)
+    if rename is not None:
+        state = rename(state)
+    # Files saved before PyTorch 0.4.1 have no BatchNorm `num_batches_tracked`; torch's
+    # BatchNorm fills in 0 for such unversioned files, and so does this.
+    for key in model.state_dict():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = kiln.tensor(0)
+    model.load_state_dict(state)
     return model
 
 

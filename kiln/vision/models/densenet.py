@@ -12,7 +12,7 @@ import kiln
 from kiln import Tensor, flatten, nn
 from kiln.nn import functional as F
 from kiln.vision.models._weights import (Weights, WeightsEnum, _classification, _imagenet_meta,
-                                         _ovewrite_named_param, register_model)
+                                         _load_weights, _ovewrite_named_param, register_model)
 
 
 class _DenseLayer(nn.Module):
@@ -160,10 +160,7 @@ def _densenet(growth_rate: int, block_config: tuple[int, ...], num_init_features
     if weights is not None:
         _ovewrite_named_param(kwargs, "num_classes", len(weights.meta["categories"]))
     model = DenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    if weights is not None:
-        state = weights.get_state_dict(progress=progress, check_hash=True)
-        model.load_state_dict(_rename_old_keys(state))
-    return model
+    return _load_weights(model, weights, progress, rename=_rename_old_keys)
 
 
 @register_model("densenet121", DenseNet121_Weights)
