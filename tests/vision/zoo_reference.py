@@ -326,11 +326,13 @@ class MBConv(nn.Module):
         return self.stochastic_depth(result) + x if self.use_res_connect else result
 
 
-def efficientnet(width_mult, depth_mult, num_classes=1000, dropout=0.2):
-    conf = partial(_MBConfig, width_mult=width_mult, depth_mult=depth_mult)
-    setting = [conf(1, 3, 1, 32, 16, 1), conf(6, 3, 2, 16, 24, 2), conf(6, 5, 2, 24, 40, 2),
-               conf(6, 3, 2, 40, 80, 3), conf(6, 5, 1, 80, 112, 3), conf(6, 5, 2, 112, 192, 4),
-               conf(6, 3, 1, 192, 320, 1)]
+B0_STAGES = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+             (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+             (6, 3, 1, 192, 320, 1)]
+
+
+def efficientnet(width_mult, depth_mult, num_classes=1000, dropout=0.2, stages=B0_STAGES):
+    setting = [_MBConfig(*stage, width_mult, depth_mult) for stage in stages]
     layers = [Conv2dNormActivation(3, setting[0].input_channels, 3, 2,
                                    activation_layer=nn.SiLU)]
     for cnf in setting:
