@@ -36,11 +36,11 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-def place(cache, weights, torch_model, rename=lambda key: key):
-    """torch.save the model's state dict where kiln.hub looks for `weights.url`."""
-    state = {rename(k): v for k, v in torch_model.state_dict().items()}
+def place(cache, weights, torch_model, legacy=False):
+    """torch.save the model's state dict where kiln.hub looks for `weights.url` (in the
+    pre-1.6 format with `legacy`, as torchvision's older files are)."""
     path = cache / os.path.basename(urlparse(weights.url).path)
-    torch.save(state, path)
+    torch.save(torch_model.state_dict(), path, _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -72,7 +72,7 @@ def assert_same_outputs(model, torch_model, size=64, seed=0):
 def test_weights_load_from_the_cache_as_torchvision_files(cache):
     torch.manual_seed(0)
     reference = randomized(ref.SqueezeNet("1_1"), 1)
-    place(cache, models.SqueezeNet1_1_Weights.IMAGENET1K_V1, reference)
+    place(cache, models.SqueezeNet1_1_Weights.IMAGENET1K_V1, reference, legacy=True)
     for weights in ("DEFAULT", "IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1",
                     models.SqueezeNet1_1_Weights.DEFAULT):
         assert_same_outputs(models.squeezenet1_1(weights=weights), reference)
@@ -110,7 +110,7 @@ def test_densenet_files_with_the_published_old_key_names_load(cache):
              for k, v in reference.state_dict().items()
              if not k.endswith("num_batches_tracked")}       # the files predate it too
     path = cache / "densenet121-a639ec97.pth"
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
     assert "features.denseblock1.denselayer1.norm.1.weight" in torch.load(path)
     assert_same_outputs(models.densenet121(weights=models.DenseNet121_Weights.DEFAULT),
                         reference)
@@ -165,7 +165,8 @@ def test_downloads_are_checked_against_the_hash_in_the_file_name(tmp_path, monke
 
 def test_weights_enums_and_registry_follow_torchvision():
     W = models.ResNet50_Weights
-    assert W.DEFAULT is W.IMAGENET1K_V2 and repr(W.IMAGENET1K_V1) == "ResNet50_Weights.IMAGENET1K_V1"
+    assert W.DEFAULT is W.IMAGENET1K_V2
+    assert repr(W.IMAGENET1K_V1) == "ResNet50_Weights.IMAGENET1K_V1"
     assert [w.name for w in W] == ["IMAGENET1K_V1", "IMAGENET1K_V2"]   # DEFAULT is an alias
     assert models.get_weight("ResNet50_Weights.IMAGENET1K_V2") is W.IMAGENET1K_V2
     assert models.get_weight("MobileNet_V3_Large_Weights.DEFAULT") is \

@@ -2,7 +2,6 @@
 keys and shapes (so torchvision checkpoints load), and the same outputs from the same weights."""
 
 import numpy as np
-import pytest
 import torch
 import torch.nn as tnn
 

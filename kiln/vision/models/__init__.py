@@ -37,4 +37,25 @@ from kiln.vision.models.vgg import (VGG, VGG11_BN_Weights, VGG11_Weights, VGG13_
                                     VGG19_BN_Weights, VGG19_Weights, vgg11, vgg11_bn, vgg13,
                                     vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = ["AlexNet", "AlexNet_Weights", "BasicBlock", "Bottleneck", "DenseNet",
+           "DenseNet121_Weights", "DenseNet161_Weights", "DenseNet169_Weights",
+           "DenseNet201_Weights", "EfficientNet", "EfficientNet_B0_Weights",
+           "EfficientNet_B1_Weights", "EfficientNet_B2_Weights", "EfficientNet_B3_Weights",
+           "MobileNetV2", "MobileNetV3", "MobileNet_V2_Weights", "MobileNet_V3_Large_Weights",
+           "MobileNet_V3_Small_Weights", "ResNeXt101_32X8D_Weights", "ResNeXt101_64X4D_Weights",
+           "ResNeXt50_32X4D_Weights", "ResNet", "ResNet101_Weights", "ResNet152_Weights",
+           "ResNet18_Weights", "ResNet34_Weights", "ResNet50_Weights", "ShuffleNetV2",
+           "ShuffleNet_V2_X0_5_Weights", "ShuffleNet_V2_X1_0_Weights",
+           "ShuffleNet_V2_X1_5_Weights", "ShuffleNet_V2_X2_0_Weights", "SqueezeNet",
+           "SqueezeNet1_0_Weights", "SqueezeNet1_1_Weights", "VGG", "VGG11_BN_Weights",
+           "VGG11_Weights", "VGG13_BN_Weights", "VGG13_Weights", "VGG16_BN_Weights",
+           "VGG16_Weights", "VGG19_BN_Weights", "VGG19_Weights", "Weights", "WeightsEnum",
+           "Wide_ResNet101_2_Weights", "Wide_ResNet50_2_Weights", "alexnet", "densenet121",
+           "densenet161", "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b1",
+           "efficientnet_b2", "efficientnet_b3", "get_model", "get_model_builder",
+           "get_model_weights", "get_weight", "list_models", "mobilenet_v2", "mobilenet_v3_large",
+           "mobilenet_v3_small", "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
+           "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d", "shufflenet_v2_x0_5",
+           "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0",
+           "squeezenet1_1", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+           "vgg19_bn", "wide_resnet101_2", "wide_resnet50_2"]
