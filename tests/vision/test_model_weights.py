@@ -237,3 +237,15 @@ def test_presets_carry_each_weights_sizes_and_interpolation():
     r18 = models.ResNet18_Weights.DEFAULT.transforms()
     assert (r18.crop_size, r18.resize_size, r18.mean, r18.std) == (
         [224], [256], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def test_googlenet_weights_drop_the_untrained_aux_heads_and_transform_inputs(cache):
+    torch.manual_seed(5)
+    reference = randomized(ref.GoogLeNet(transform_input=True), 6)
+    place(cache, models.GoogLeNet_Weights.IMAGENET1K_V1, reference, legacy=True)
+    model = models.googlenet(weights="DEFAULT")
+    assert model.aux1 is None and model.aux2 is None and model.transform_input
+    assert_same_outputs(model, reference)
+    with pytest.warns(UserWarning, match="auxiliary heads .* NOT pretrained"):
+        model = models.googlenet(weights="DEFAULT", aux_logits=True)
+    assert model.aux1 is not None

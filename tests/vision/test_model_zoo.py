@@ -55,6 +55,10 @@ def check_against_torch(model, reference, size, seed=0, batch=2, step_dtype="flo
         expected = reference(torch.tensor(x)).numpy()
     with kiln.no_grad():
         assert_close(model(kiln.tensor(x)).numpy(), expected)
+    step(model, reference, x, step_dtype)
+
+
+def step(model, reference, x, step_dtype):
     # One training step (batch statistics, every parameter's gradient), in float64: through
     # dozens of BatchNorms over 2x2 maps the float32 gradients of torch itself are a few
     # percent from its float64 ones, too far apart to compare two implementations.
@@ -63,11 +67,15 @@ def check_against_torch(model, reference, size, seed=0, batch=2, step_dtype="flo
     model.train().to(getattr(kiln, step_dtype))
     reference.train().to(getattr(torch, step_dtype))
     tol = 1e-8 if step_dtype == "float64" else 1e-4
-    out = model(kiln.tensor(x, dtype=getattr(kiln, step_dtype)))
-    (out * out).mean().backward()
-    t_out = reference(torch.tensor(x, dtype=getattr(torch, step_dtype)))
-    (t_out * t_out).mean().backward()
-    assert_close(out.detach().numpy(), t_out.detach().numpy(), rtol=tol, scale=tol)
+    outs = model(kiln.tensor(x, dtype=getattr(kiln, step_dtype)))
+    t_outs = reference(torch.tensor(x, dtype=getattr(torch, step_dtype)))
+    if not isinstance(outs, tuple):       # GoogLeNet's training outputs are a tuple
+        outs, t_outs = (outs,), (t_outs,)
+    sum((out * out).mean() for out in outs).backward()
+    sum((out * out).mean() for out in t_outs).backward()
+    assert len(outs) == len(t_outs)
+    for out, t_out in zip(outs, t_outs):
+        assert_close(out.detach().numpy(), t_out.detach().numpy(), rtol=tol, scale=tol)
     t_params = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         assert_close(p.grad.numpy(), t_params[name].grad.numpy(), rtol=100 * tol,
@@ -101,6 +109,9 @@ CASES = {
     "resnext": (lambda: models.ResNet(models.Bottleneck, [1, 1, 1, 1], num_classes=10,
                                       groups=32, width_per_group=4),
                 lambda: ref.ResNet(ref.Bottleneck, [1, 1, 1, 1], 10, 32, 4), 48),
+    "googlenet": (lambda: models.googlenet(num_classes=10, dropout=0.0, dropout_aux=0.0,
+                                           init_weights=True),
+                  lambda: ref.GoogLeNet(10, dropout=0.0, dropout_aux=0.0), 64),
     "shufflenet_v2_x0_5": (lambda: models.shufflenet_v2_x0_5(num_classes=10),
                            lambda: ref.ShuffleNetV2([4, 8, 4], [24, 48, 96, 192, 1024], 10),
                            48),
@@ -127,6 +138,7 @@ def test_vgg11_bn_matches_torchvision():
 # counts against torchvision's meta
 LAYOUTS = {
     "mobilenet_v2": (models.mobilenet_v2, ref.MobileNetV2),
+    "googlenet": (lambda: models.googlenet(init_weights=False), ref.GoogLeNet),
     "densenet121": (models.densenet121, ref.DenseNet),
     "efficientnet_b0": (models.efficientnet_b0, lambda: ref.efficientnet(1.0, 1.0)),
     "resnext50_32x4d": (models.resnext50_32x4d,
@@ -150,5 +162,6 @@ def test_family_members_have_torchvision_layout_and_parameter_count(name):
     build, make_reference = LAYOUTS[name]
     model = build()
     assert shapes(model.state_dict()) == shapes(make_reference().state_dict())
-    count = sum(p.numel() for p in model.parameters())
+    # torchvision counts GoogLeNet as its pretrained builder returns it: without the aux heads
+    count = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("aux"))
     assert count == models.get_model_weights(name).DEFAULT.meta["num_params"]
