@@ -249,3 +249,17 @@ def test_googlenet_weights_drop_the_untrained_aux_heads_and_transform_inputs(cac
     with pytest.warns(UserWarning, match="auxiliary heads .* NOT pretrained"):
         model = models.googlenet(weights="DEFAULT", aux_logits=True)
     assert model.aux1 is not None
+
+
+def test_inception_v3_weights_transform_inputs_and_keep_the_aux_head(cache):
+    torch.manual_seed(7)
+    reference = randomized(ref.Inception3(transform_input=True), 8)
+    place(cache, models.Inception_V3_Weights.IMAGENET1K_V1, reference)
+    model = models.inception_v3(weights="DEFAULT")
+    assert model.AuxLogits is not None and model.transform_input
+    assert_same_outputs(model, reference, size=75)
+    # torchvision refuses aux_logits=False with weights (the file has the head)
+    with pytest.raises(ValueError, match="'aux_logits' expected value True but got False"):
+        models.inception_v3(weights="DEFAULT", aux_logits=False)
+    preset = models.Inception_V3_Weights.DEFAULT.transforms()
+    assert (preset.crop_size, preset.resize_size) == ([299], [342])

@@ -44,11 +44,13 @@ def assert_close(actual, expected, rtol=1e-4, scale=1e-4):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
-def check_against_torch(model, reference, size, seed=0, batch=2, step_dtype="float64"):
+def check_against_torch(model, reference, size, seed=0, batch=2, step_dtype="float64",
+                        channels=3):
     assert shapes(model.state_dict()) == shapes(reference.state_dict())
     randomize_statistics(model, seed)
     to_torch(model, reference)
-    x = np.random.default_rng(seed).normal(size=(batch, 3, size, size)).astype(np.float32)
+    x = np.random.default_rng(seed).normal(size=(batch, channels, size, size))
+    x = x.astype(np.float32)
     model.eval()
     reference.eval()
     with torch.no_grad():
@@ -138,6 +140,7 @@ def test_vgg11_bn_matches_torchvision():
 # counts against torchvision's meta
 LAYOUTS = {
     "mobilenet_v2": (models.mobilenet_v2, ref.MobileNetV2),
+    "inception_v3": (lambda: models.inception_v3(init_weights=False), ref.Inception3),
     "googlenet": (lambda: models.googlenet(init_weights=False), ref.GoogLeNet),
     "densenet121": (models.densenet121, ref.DenseNet),
     "efficientnet_b0": (models.efficientnet_b0, lambda: ref.efficientnet(1.0, 1.0)),
@@ -165,3 +168,29 @@ def test_family_members_have_torchvision_layout_and_parameter_count(name):
     # torchvision counts GoogLeNet as its pretrained builder returns it: without the aux heads
     count = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("aux"))
     assert count == models.get_model_weights(name).DEFAULT.meta["num_params"]
+
+
+def test_inception_v3_matches_torchvision():
+    """The whole network in eval mode at its smallest input, 75x75 (its training step would
+    need 299x299 inputs for the aux head: the blocks' steps are checked one by one below)."""
+    kiln.manual_seed(0)
+    check_against_torch(models.inception_v3(num_classes=10, init_weights=False),
+                        ref.Inception3(10), 75, batch=1, step_dtype=None)
+
+
+INCEPTION_BLOCKS = {
+    "A": (lambda m: m.InceptionA(192, 32), lambda: ref.InceptionA(192, 32), 192, 9),
+    "B": (lambda m: m.InceptionB(288), lambda: ref.InceptionB(288), 288, 9),
+    "C": (lambda m: m.InceptionC(768, 128), lambda: ref.InceptionC(768, 128), 768, 5),
+    "D": (lambda m: m.InceptionD(768), lambda: ref.InceptionD(768), 768, 7),
+    "E": (lambda m: m.InceptionE(1280), lambda: ref.InceptionE(1280), 1280, 3),
+    "Aux": (lambda m: m.InceptionAux(768, 10), lambda: ref.InceptionAux(768, 10), 768, 17),
+}
+
+
+@pytest.mark.parametrize("name", list(INCEPTION_BLOCKS))
+def test_inception_blocks_match_torchvision(name):
+    from kiln.vision.models import inception
+    make, make_reference, channels, size = INCEPTION_BLOCKS[name]
+    kiln.manual_seed(0)
+    check_against_torch(make(inception), make_reference(), size, channels=channels)

@@ -14,6 +14,8 @@ from kiln.vision.models.efficientnet import (EfficientNet, EfficientNet_B0_Weigh
                                              efficientnet_b1, efficientnet_b2, efficientnet_b3)
 from kiln.vision.models.googlenet import (GoogLeNet, GoogLeNet_Weights, GoogLeNetOutputs,
                                           googlenet)
+from kiln.vision.models.inception import (Inception3, Inception_V3_Weights, InceptionOutputs,
+                                          inception_v3)
 from kiln.vision.models.mobilenetv2 import MobileNet_V2_Weights, MobileNetV2, mobilenet_v2
 from kiln.vision.models.mobilenetv3 import (MobileNet_V3_Large_Weights,
                                             MobileNet_V3_Small_Weights, MobileNetV3,
@@ -42,7 +44,9 @@ from kiln.vision.models.vgg import (VGG, VGG11_BN_Weights, VGG11_Weights, VGG13_
 __all__ = ["AlexNet", "AlexNet_Weights", "BasicBlock", "Bottleneck", "DenseNet",
            "DenseNet121_Weights", "DenseNet161_Weights", "DenseNet169_Weights",
            "DenseNet201_Weights", "EfficientNet", "EfficientNet_B0_Weights",
-           "EfficientNet_B1_Weights", "EfficientNet_B2_Weights", "EfficientNet_B3_Weights", "GoogLeNet", "GoogLeNet_Weights", "GoogLeNetOutputs", "googlenet",
+           "EfficientNet_B1_Weights", "EfficientNet_B2_Weights", "EfficientNet_B3_Weights",
+           "GoogLeNet", "GoogLeNet_Weights", "GoogLeNetOutputs", "googlenet", "Inception3",
+           "Inception_V3_Weights", "InceptionOutputs", "inception_v3",
            "MobileNetV2", "MobileNetV3", "MobileNet_V2_Weights", "MobileNet_V3_Large_Weights",
            "MobileNet_V3_Small_Weights", "ResNeXt101_32X8D_Weights", "ResNeXt101_64X4D_Weights",
            "ResNeXt50_32X4D_Weights", "ResNet", "ResNet101_Weights", "ResNet152_Weights",
