@@ -194,3 +194,38 @@ def test_inception_blocks_match_torchvision(name):
     make, make_reference, channels, size = INCEPTION_BLOCKS[name]
     kiln.manual_seed(0)
     check_against_torch(make(inception), make_reference(), size, channels=channels)
+
+
+def test_families_start_from_torchvision_initialization():
+    """Each family's init as torchvision writes it (statistics over the big tensors)."""
+    kiln.manual_seed(0)
+
+    def arr(t):
+        return t.detach().numpy()
+
+    m = models.mobilenet_v2()                   # Kaiming normal (fan_out), Linear N(0, 0.01)
+    w = arr(m.features[18][0].weight)           # 1280 x 320 x 1 x 1
+    assert abs(w.std() / np.sqrt(2 / 1280) - 1) < 0.02
+    assert abs(arr(m.classifier[1].weight).std() / 0.01 - 1) < 0.02
+    assert (arr(m.classifier[1].bias) == 0).all() and (arr(m.features[1].conv[0][1].weight)
+                                                       == 1).all()
+    e = models.efficientnet_b0()                # Linear uniform in +-1/sqrt(out_features)
+    fc = arr(e.classifier[1].weight)
+    assert fc.max() <= 1 / np.sqrt(1000) and fc.min() >= -1 / np.sqrt(1000)
+    assert abs(fc.std() / (1 / np.sqrt(3000)) - 1) < 0.02
+    s = models.squeezenet1_1()                  # Kaiming uniform (fan_in); final conv N(0, .01)
+    w = arr(s.features[12].expand3x3.weight)    # 256 x 64 x 3 x 3
+    assert np.abs(w).max() <= np.sqrt(6 / (64 * 9)) and abs(w.std() / np.sqrt(2 / 576) - 1) < 0.03
+    assert abs(arr(s.classifier[1].weight).std() / 0.01 - 1) < 0.03
+    d = models.densenet121()                    # Kaiming normal (fan_in), Linear bias 0
+    w = arr(d.features.denseblock4.denselayer16.conv2.weight)    # 32 x 128 x 3 x 3
+    assert abs(w.std() / np.sqrt(2 / (128 * 9)) - 1) < 0.03
+    assert (arr(d.classifier.bias) == 0).all()
+    g = models.googlenet(num_classes=10, init_weights=True)      # N(0, 0.01) truncated at +-2
+    assert abs(arr(g.inception5b.branch2[1].conv.weight).std() / 0.01 - 1) < 0.02
+    from kiln.vision.models.inception import InceptionAux
+    i = models.inception_v3(num_classes=10, init_weights=True)   # std 0.1; the aux fc 0.001
+    assert abs(arr(i.Mixed_7c.branch3x3dbl_2.conv.weight).std() / 0.1 - 1) < 0.02
+    assert isinstance(i.AuxLogits, InceptionAux)
+    assert abs(arr(i.AuxLogits.fc.weight).std() / 0.001 - 1) < 0.05
+    assert abs(arr(i.AuxLogits.conv1.conv.weight).std() / 0.1 - 1) < 0.02   # never 0.01
