@@ -263,3 +263,17 @@ def test_inception_v3_weights_transform_inputs_and_keep_the_aux_head(cache):
         models.inception_v3(weights="DEFAULT", aux_logits=False)
     preset = models.Inception_V3_Weights.DEFAULT.transforms()
     assert (preset.crop_size, preset.resize_size) == ([299], [342])
+
+
+@pytest.mark.parametrize("build, weights, make_reference, legacy", [
+    (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1,
+     lambda: ref.ResNet(ref.BasicBlock, [2, 2, 2, 2]), False),
+    (models.mobilenet_v2, models.MobileNet_V2_Weights.IMAGENET1K_V1, ref.MobileNetV2, True),
+    (models.shufflenet_v2_x1_0, models.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1,
+     lambda: ref.ShuffleNetV2([4, 8, 4], [24, 116, 232, 464, 1024]), True),
+])
+def test_more_builders_load_their_files(cache, build, weights, make_reference, legacy):
+    torch.manual_seed(8)
+    reference = randomized(make_reference(), 9)
+    place(cache, weights, reference, legacy=legacy)
+    assert_same_outputs(build(weights=weights), reference)
