@@ -10,6 +10,8 @@ files (VGG, DenseNet, SqueezeNet, ...) are in it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import os
 import pickle
 import zipfile
@@ -229,23 +231,33 @@ def is_legacy_torch_file(path) -> bool:
     nothing else unpickled)."""
     try:
         with open(path, "rb") as f:
-            return _PlainUnpickler(f).load() == _LEGACY_MAGIC
-    except Exception:       # any other file: not one
+            return is_legacy_torch_header(f.read(64))
+    except OSError:
+        return False
+
+
+def is_legacy_torch_header(head: bytes) -> bool:
+    """Whether a file's first bytes are the legacy torch.save magic number's pickle."""
+    try:
+        return _PlainUnpickler(io.BytesIO(head)).load() == _LEGACY_MAGIC
+    except Exception:       # any other bytes: not one
         return False
 
 
 def load_torch_legacy(path, map_location=None, name: str | None = None) -> Any:
     """Read a pre-1.6 `torch.save` file (`_use_new_zipfile_serialization=False`, and every file
     torchvision published before 2020) holding tensors in containers, by the same rules as
-    `load_torch_zip` (its arguments are the same).
+    `load_torch_zip` (its arguments are the same: a path, or a binary file object).
 
     Raises:
         CheckpointError: not such a file, or it names another global.
     """
     from kiln.serialization import CheckpointError
-    name = name or os.fspath(path)
+    if name is None:
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
     try:
-        with open(path, "rb") as f:
+        with (open(path, "rb") if isinstance(path, (str, os.PathLike))
+              else contextlib.nullcontext(path)) as f:
             if _PlainUnpickler(f).load() != _LEGACY_MAGIC:
                 raise CheckpointError(f"kiln: {name} is not a legacy torch.save file")
             protocol = _PlainUnpickler(f).load()

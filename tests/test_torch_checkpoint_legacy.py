@@ -91,3 +91,13 @@ def test_hub_loads_a_cached_legacy_file(tmp_path, monkeypatch):
     save_legacy({"w": torch.arange(3.0)}, folder / "old-0123abcd.pth")
     state = hub.load_state_dict_from_url("https://example.invalid/old-0123abcd.pth")
     np.testing.assert_array_equal(state["w"].numpy(), [0.0, 1.0, 2.0])
+
+
+def test_kiln_load_reads_legacy_files_by_the_same_rules(tmp_path):
+    path = save_legacy({"w": torch.arange(4.0).view(2, 2)}, tmp_path / "old.pth")
+    np.testing.assert_array_equal(kiln.load(path)["w"].numpy(), [[0.0, 1.0], [2.0, 3.0]])
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(kiln.load(f)["w"].numpy(), [[0.0, 1.0], [2.0, 3.0]])
+    save_legacy({"x": Boom()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="system"):
+        kiln.load(tmp_path / "evil.pth")
