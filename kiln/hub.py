@@ -25,6 +25,7 @@ from urllib.request import Request, urlopen
 
 import kiln
 from kiln.torch_checkpoint import load_torch_zip  # noqa: F401  (kiln.hub.load_torch_zip)
+from kiln.torch_checkpoint import is_legacy_torch_file, load_torch_legacy
 
 READ_DATA_CHUNK = 128 * 1024
 HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")     # torch's: `name-<sha256 prefix>.ext`
@@ -114,6 +115,8 @@ def load_state_dict_from_url(url: str, model_dir: str | None = None, map_locatio
         download_url_to_file(url, cached, hash_prefix, progress=progress)
     if zipfile.is_zipfile(cached):
         return load_torch_zip(cached, map_location)
+    if is_legacy_torch_file(cached):          # torch.save before 1.6 (older torchvision files)
+        return load_torch_legacy(cached, map_location)
     return kiln.load(cached, map_location=map_location, weights_only=weights_only)
 
 

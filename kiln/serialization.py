@@ -556,6 +556,10 @@ def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
         from kiln.torch_checkpoint import load_torch_zip
         stream.seek(start)
         return load_torch_zip(stream, map_location, name)
+    from kiln.torch_checkpoint import is_legacy_torch_header, load_torch_legacy
+    if is_legacy_torch_header(head):   # torch.save before 1.6: by the same rules
+        stream.seek(start)
+        return load_torch_legacy(stream, map_location, name)
     stream.seek(start + 8)
     if size < 8:
         _refuse_foreign(head, size, name)

@@ -2,12 +2,16 @@
 code from it: the pickle may name only the storage types, `_rebuild_tensor_v2`,
 `_rebuild_parameter` and `OrderedDict`, so a state dict, or a checkpoint dict of state dicts and
 numbers, loads; anything else (a pickled model, a `torch.device`, a user class) is refused by
-name. Used by `kiln.load` and `kiln.hub`.
+name. Used by `kiln.load` and `kiln.hub`. `load_torch_legacy` reads the pre-1.6 format (bare
+pickles followed by the storages' bytes) under the same rules: torchvision's older pretrained
+files (VGG, DenseNet, SqueezeNet, ...) are in it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import os
 import pickle
 import zipfile
@@ -152,3 +156,131 @@ def _target(map_location, location: str) -> str:
     if wanted.startswith("cuda") and not kiln.cuda.is_available() and map_location is None:
         return "cpu"
     return wanted
+
+
+# ----------------------------------------------------------------------------- legacy format
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C       # the first pickle of a pre-1.6 torch.save file
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """The legacy header's pickles (magic number, protocol, sys_info, storage keys): plain
+    values only."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"kiln: a legacy torch.save header names {module}.{name}")
+
+
+class _PendingTensor:
+    """A tensor (or, with `parameter`, a Parameter around one) of the legacy main pickle,
+    rebuilt once its storage's bytes (which follow the pickle in the file) are read."""
+
+    def __init__(self, *args, parameter: bool = False):
+        self.args, self.parameter = args, parameter
+
+
+class _LegacyUnpickler(_WeightsUnpickler):
+    """The main pickle of a legacy file: storages are allocated when first named and filled
+    from the bytes after the pickle; tensors wait for them."""
+
+    def __init__(self, file, name: str, map_location):
+        pickle.Unpickler.__init__(self, file)
+        self.name, self.map_location = name, map_location
+        self.storages = {}
+        self.byteorder = "<"
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"),
+                              ("torch._utils", "_rebuild_tensor")):      # torch < 0.4.1
+            return lambda *args: _PendingTensor(*args)
+        if (module, name) == ("torch._utils", "_rebuild_parameter"):
+            return lambda *args: _PendingTensor(*args, parameter=True)
+        return super().find_class(module, name)
+
+    def persistent_load(self, saved_id):
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 6 and saved_id[0] == "storage"
+                and isinstance(saved_id[1], _StorageType)):
+            raise pickle.UnpicklingError(f"kiln: {self.name}: unknown persistent id "
+                                         f"{saved_id!r}")
+        _, storage_type, key, location, numel, view_metadata = saved_id
+        if view_metadata is not None:
+            raise pickle.UnpicklingError(f"kiln: {self.name}: storage views (torch < 0.4) are "
+                                         "not supported")
+        if key not in self.storages:
+            self.storages[key] = (np.zeros(int(numel), storage_type.dtype.np), str(location))
+        return self.storages[key]
+
+    def finish(self, value: Any) -> Any:
+        """`value` with every pending tensor rebuilt (the storages are filled by now)."""
+        if isinstance(value, _PendingTensor) and value.parameter:
+            return _rebuild_parameter(self.finish(value.args[0]), *value.args[1:])
+        if isinstance(value, _PendingTensor):
+            return self.rebuild_tensor(*value.args)
+        if isinstance(value, dict):
+            out = type(value)((k, self.finish(v)) for k, v in value.items())
+            if hasattr(value, "_metadata"):
+                out._metadata = value._metadata
+            return out
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.finish(v) for v in value)
+        return value
+
+
+def is_legacy_torch_file(path) -> bool:
+    """Whether `path` starts with the legacy torch.save magic number (read as a plain pickle,
+    nothing else unpickled)."""
+    try:
+        with open(path, "rb") as f:
+            return is_legacy_torch_header(f.read(64))
+    except OSError:
+        return False
+
+
+def is_legacy_torch_header(head: bytes) -> bool:
+    """Whether a file's first bytes are the legacy torch.save magic number's pickle."""
+    try:
+        return _PlainUnpickler(io.BytesIO(head)).load() == _LEGACY_MAGIC
+    except Exception:       # any other bytes: not one
+        return False
+
+
+def load_torch_legacy(path, map_location=None, name: str | None = None) -> Any:
+    """Read a pre-1.6 `torch.save` file (`_use_new_zipfile_serialization=False`, and every file
+    torchvision published before 2020) holding tensors in containers, by the same rules as
+    `load_torch_zip` (its arguments are the same: a path, or a binary file object).
+
+    Raises:
+        CheckpointError: not such a file, or it names another global.
+    """
+    from kiln.serialization import CheckpointError
+    if name is None:
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else repr(path)
+    try:
+        with (open(path, "rb") if isinstance(path, (str, os.PathLike))
+              else contextlib.nullcontext(path)) as f:
+            if _PlainUnpickler(f).load() != _LEGACY_MAGIC:
+                raise CheckpointError(f"kiln: {name} is not a legacy torch.save file")
+            protocol = _PlainUnpickler(f).load()
+            if protocol != 1001:
+                raise CheckpointError(f"kiln: {name}: legacy torch.save protocol {protocol} "
+                                      "is not supported (1001 is)")
+            sys_info = _PlainUnpickler(f).load()
+            if not sys_info.get("little_endian", True):
+                raise CheckpointError(f"kiln: {name} was saved on a big-endian machine")
+            unpickler = _LegacyUnpickler(f, name, map_location)
+            result = unpickler.load()
+            for key in _PlainUnpickler(f).load():
+                array = unpickler.storages[key][0]
+                numel = int.from_bytes(f.read(8), "little")
+                if numel != array.size:
+                    raise CheckpointError(f"kiln: {name}: storage {key} holds {numel} "
+                                          f"elements where the pickle said {array.size}")
+                raw = f.read(numel * array.itemsize)
+                if len(raw) != numel * array.itemsize:
+                    raise CheckpointError(f"kiln: {name} ends inside storage {key}")
+                array[:] = np.frombuffer(raw, dtype=array.dtype.newbyteorder("<"))
+            return unpickler.finish(result)
+    except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError,
+            AttributeError) as e:
+        raise CheckpointError(f"kiln: cannot read {name} as a torch.save state dict: "
+                              f"{e}") from None

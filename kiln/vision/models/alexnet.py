@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from kiln import Tensor, flatten, nn
-from kiln.vision.models._weights import _no_pretrained, _weights_enum
+from kiln.vision.models._weights import (Weights, WeightsEnum, _classification, _imagenet_meta,
+                                         _load_weights, _ovewrite_named_param, register_model)
 
 
 class AlexNet(nn.Module):
@@ -33,10 +34,16 @@ class AlexNet(nn.Module):
         return self.classifier(x)
 
 
-AlexNet_Weights = _weights_enum("AlexNet_Weights", "IMAGENET1K_V1")
+class AlexNet_Weights(WeightsEnum):
+    IMAGENET1K_V1 = Weights("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                            _classification(224), _imagenet_meta(61100840, (63, 63)))
+    DEFAULT = IMAGENET1K_V1
 
 
-def alexnet(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> AlexNet:
-    """AlexNet (weights=None only: kiln.vision has no pretrained weights)."""
-    _no_pretrained("alexnet", weights, kwargs)
-    return AlexNet(**kwargs)
+@register_model("alexnet", AlexNet_Weights)
+def alexnet(*, weights: AlexNet_Weights | None = None, progress: bool = True,
+            **kwargs: Any) -> AlexNet:
+    """AlexNet; `weights` loads torchvision's pretrained file (through kiln.hub's cache)."""
+    if weights is not None:
+        _ovewrite_named_param(kwargs, "num_classes", len(weights.meta["categories"]))
+    return _load_weights(AlexNet(**kwargs), weights, progress)

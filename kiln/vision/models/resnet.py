@@ -1,12 +1,13 @@
-"""ResNet-18/34/50/101/152 with torchvision's module names, so a torchvision state_dict's keys
-and shapes match (`conv1`, `bn1`, `layer1.0.conv1`, ..., `layer4.1.downsample.0`, `fc`)."""
+"""ResNet-18/34/50/101/152, ResNeXt and Wide ResNet with torchvision's module names, so
+torchvision's pretrained files load (`conv1`, `bn1`, `layer1.0.conv1`, ..., `fc`)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from kiln import Tensor, flatten, nn
-from kiln.vision.models._weights import _no_pretrained, _weights_enum
+from kiln.vision.models._weights import (Weights, WeightsEnum, _classification, _imagenet_meta,
+                                         _load_weights, _ovewrite_named_param, register_model)
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1,
@@ -153,38 +154,154 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-ResNet18_Weights = _weights_enum("ResNet18_Weights", "IMAGENET1K_V1")
-ResNet34_Weights = _weights_enum("ResNet34_Weights", "IMAGENET1K_V1")
-ResNet50_Weights = _weights_enum("ResNet50_Weights", "IMAGENET1K_V2", "IMAGENET1K_V1")
-ResNet101_Weights = _weights_enum("ResNet101_Weights", "IMAGENET1K_V2", "IMAGENET1K_V1")
-ResNet152_Weights = _weights_enum("ResNet152_Weights", "IMAGENET1K_V2", "IMAGENET1K_V1")
+_URL = "https://download.pytorch.org/models/"
 
 
-def _resnet(name: str, block: type, layers: list[int], weights: Any, kwargs: dict) -> ResNet:
-    _no_pretrained(name, weights, kwargs)
-    return ResNet(block, layers, **kwargs)
+def _v1(file: str, num_params: int) -> Weights:
+    return Weights(_URL + file, _classification(224), _imagenet_meta(num_params, (1, 1)))
 
 
-def resnet18(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    """ResNet-18 (weights=None only: kiln.vision has no pretrained weights)."""
-    return _resnet("resnet18", BasicBlock, [2, 2, 2, 2], weights, kwargs)
+def _v2(file: str, num_params: int) -> Weights:
+    return Weights(_URL + file, _classification(224, 232), _imagenet_meta(num_params, (1, 1)))
 
 
-def resnet34(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    """ResNet-34 (weights=None only)."""
-    return _resnet("resnet34", BasicBlock, [3, 4, 6, 3], weights, kwargs)
+class ResNet18_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnet18-f37072fd.pth", 11689512)
+    DEFAULT = IMAGENET1K_V1
 
 
-def resnet50(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    """ResNet-50 (weights=None only)."""
-    return _resnet("resnet50", Bottleneck, [3, 4, 6, 3], weights, kwargs)
+class ResNet34_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnet34-b627a593.pth", 21797672)
+    DEFAULT = IMAGENET1K_V1
 
 
-def resnet101(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    """ResNet-101 (weights=None only)."""
-    return _resnet("resnet101", Bottleneck, [3, 4, 23, 3], weights, kwargs)
+class ResNet50_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnet50-0676ba61.pth", 25557032)
+    IMAGENET1K_V2 = _v2("resnet50-11ad3fa6.pth", 25557032)
+    DEFAULT = IMAGENET1K_V2
 
 
-def resnet152(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> ResNet:
-    """ResNet-152 (weights=None only)."""
-    return _resnet("resnet152", Bottleneck, [3, 8, 36, 3], weights, kwargs)
+class ResNet101_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnet101-63fe2227.pth", 44549160)
+    IMAGENET1K_V2 = _v2("resnet101-cd907fc2.pth", 44549160)
+    DEFAULT = IMAGENET1K_V2
+
+
+class ResNet152_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnet152-394f9c45.pth", 60192808)
+    IMAGENET1K_V2 = _v2("resnet152-f82ba261.pth", 60192808)
+    DEFAULT = IMAGENET1K_V2
+
+
+class ResNeXt50_32X4D_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnext50_32x4d-7cdf4587.pth", 25028904)
+    IMAGENET1K_V2 = _v2("resnext50_32x4d-1a0047aa.pth", 25028904)
+    DEFAULT = IMAGENET1K_V2
+
+
+class ResNeXt101_32X8D_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("resnext101_32x8d-8ba56ff5.pth", 88791336)
+    IMAGENET1K_V2 = _v2("resnext101_32x8d-110c445d.pth", 88791336)
+    DEFAULT = IMAGENET1K_V2
+
+
+class ResNeXt101_64X4D_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v2("resnext101_64x4d-173b62eb.pth", 83455272)
+    DEFAULT = IMAGENET1K_V1
+
+
+class Wide_ResNet50_2_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("wide_resnet50_2-95faca4d.pth", 68883240)
+    IMAGENET1K_V2 = _v2("wide_resnet50_2-9ba9bcbe.pth", 68883240)
+    DEFAULT = IMAGENET1K_V2
+
+
+class Wide_ResNet101_2_Weights(WeightsEnum):
+    IMAGENET1K_V1 = _v1("wide_resnet101_2-32ee1156.pth", 126886696)
+    IMAGENET1K_V2 = _v2("wide_resnet101_2-d733dc28.pth", 126886696)
+    DEFAULT = IMAGENET1K_V2
+
+
+def _resnet(block: type, layers: list[int], weights: WeightsEnum | None, progress: bool,
+            kwargs: dict) -> ResNet:
+    if weights is not None:
+        _ovewrite_named_param(kwargs, "num_classes", len(weights.meta["categories"]))
+    return _load_weights(ResNet(block, layers, **kwargs), weights, progress)
+
+
+@register_model("resnet18", ResNet18_Weights)
+def resnet18(*, weights: ResNet18_Weights | None = None, progress: bool = True,
+             **kwargs: Any) -> ResNet:
+    """ResNet-18; `weights` loads torchvision's pretrained file (through kiln.hub's cache)."""
+    return _resnet(BasicBlock, [2, 2, 2, 2], weights, progress, kwargs)
+
+
+@register_model("resnet34", ResNet34_Weights)
+def resnet34(*, weights: ResNet34_Weights | None = None, progress: bool = True,
+             **kwargs: Any) -> ResNet:
+    """ResNet-34."""
+    return _resnet(BasicBlock, [3, 4, 6, 3], weights, progress, kwargs)
+
+
+@register_model("resnet50", ResNet50_Weights)
+def resnet50(*, weights: ResNet50_Weights | None = None, progress: bool = True,
+             **kwargs: Any) -> ResNet:
+    """ResNet-50."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], weights, progress, kwargs)
+
+
+@register_model("resnet101", ResNet101_Weights)
+def resnet101(*, weights: ResNet101_Weights | None = None, progress: bool = True,
+              **kwargs: Any) -> ResNet:
+    """ResNet-101."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, kwargs)
+
+
+@register_model("resnet152", ResNet152_Weights)
+def resnet152(*, weights: ResNet152_Weights | None = None, progress: bool = True,
+              **kwargs: Any) -> ResNet:
+    """ResNet-152."""
+    return _resnet(Bottleneck, [3, 8, 36, 3], weights, progress, kwargs)
+
+
+@register_model("resnext50_32x4d", ResNeXt50_32X4D_Weights)
+def resnext50_32x4d(*, weights: ResNeXt50_32X4D_Weights | None = None, progress: bool = True,
+                    **kwargs: Any) -> ResNet:
+    """ResNeXt-50 32x4d: ResNet-50 with 32 groups of width 4 in each 3x3 convolution."""
+    _ovewrite_named_param(kwargs, "groups", 32)
+    _ovewrite_named_param(kwargs, "width_per_group", 4)
+    return _resnet(Bottleneck, [3, 4, 6, 3], weights, progress, kwargs)
+
+
+@register_model("resnext101_32x8d", ResNeXt101_32X8D_Weights)
+def resnext101_32x8d(*, weights: ResNeXt101_32X8D_Weights | None = None,
+                     progress: bool = True, **kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x8d."""
+    _ovewrite_named_param(kwargs, "groups", 32)
+    _ovewrite_named_param(kwargs, "width_per_group", 8)
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, kwargs)
+
+
+@register_model("resnext101_64x4d", ResNeXt101_64X4D_Weights)
+def resnext101_64x4d(*, weights: ResNeXt101_64X4D_Weights | None = None,
+                     progress: bool = True, **kwargs: Any) -> ResNet:
+    """ResNeXt-101 64x4d."""
+    _ovewrite_named_param(kwargs, "groups", 64)
+    _ovewrite_named_param(kwargs, "width_per_group", 4)
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, kwargs)
+
+
+@register_model("wide_resnet50_2", Wide_ResNet50_2_Weights)
+def wide_resnet50_2(*, weights: Wide_ResNet50_2_Weights | None = None, progress: bool = True,
+                    **kwargs: Any) -> ResNet:
+    """Wide ResNet-50-2: ResNet-50 with twice the channels inside each bottleneck."""
+    _ovewrite_named_param(kwargs, "width_per_group", 64 * 2)
+    return _resnet(Bottleneck, [3, 4, 6, 3], weights, progress, kwargs)
+
+
+@register_model("wide_resnet101_2", Wide_ResNet101_2_Weights)
+def wide_resnet101_2(*, weights: Wide_ResNet101_2_Weights | None = None,
+                     progress: bool = True, **kwargs: Any) -> ResNet:
+    """Wide ResNet-101-2."""
+    _ovewrite_named_param(kwargs, "width_per_group", 64 * 2)
+    return _resnet(Bottleneck, [3, 4, 23, 3], weights, progress, kwargs)
