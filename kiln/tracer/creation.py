@@ -14,7 +14,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
-from kiln.runtime.device import CPU, DEFAULTS, Device, to_device
+from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, to_device
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
@@ -421,6 +421,32 @@ def set_rng_state(state: Tensor) -> None:
     default_generator.set_state(state)
 
 
+class _MetaDraw:
+    """What a stream method returns for a meta tensor: the shape of the draw, no numbers."""
+
+    def __init__(self, shape: tuple, itemsize: int):
+        self.shape, self.itemsize = shape, itemsize
+
+    def reshape(self, *shape) -> "_MetaDraw":
+        shape = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        return _MetaDraw(tuple(shape), self.itemsize)
+
+    def view(self, dtype) -> "_MetaDraw":      # two float parts viewed as one complex number
+        size = np.dtype(dtype).itemsize
+        return _MetaDraw(self.shape[:-1] + (self.shape[-1] * self.itemsize // size,), size)
+
+
+class _MetaStream:
+    """Stands in for the generator's stream when the tensor is on the meta device: every draw
+    method takes the count first, and a dtype, when it has one, second."""
+
+    def __getattr__(self, name: str):
+        def draw(n, dtype=np.float64, *args, **kwargs) -> _MetaDraw:
+            size = np.dtype(dtype).itemsize if not isinstance(dtype, (int, float)) else 8
+            return _MetaDraw((int(n),), size)
+        return draw
+
+
 def random_values(generator: Generator | None, device, kind: dt.DType, draw) -> Tensor:
     """The tensor `draw(stream)` makes from the generator's stream, on `device`.
 
@@ -429,6 +455,9 @@ def random_values(generator: Generator | None, device, kind: dt.DType, draw) -> 
     code drew, so a compiled function's random numbers are eager's."""
     gen = generator or default_generator
     dev = _device(device)
+    if dev.type == "meta":      # as in PyTorch, a meta tensor draws nothing: the stream stays
+        shape = draw(_MetaStream()).shape
+        return Tensor._make(MetaArray(shape, kind.np), kind, dev)
     out = Tensor._make(to_device(np.asarray(draw(gen._stream), dtype=kind.np), dev), kind, dev)
     if STATE.tracer is not None:
         STATE.tracer.random_input(out, gen, lambda g: np.asarray(draw(g._stream), kind.np))
