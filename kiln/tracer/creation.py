@@ -521,7 +521,8 @@ def randn_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
     return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
 
 
-def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None,
+            requires_grad=False) -> Tensor:
     # torch's forms: randint(high, size), randint(low, high, size), and either with size=
     if size is None:                    # randint(high, size)
         if high is None:
@@ -536,8 +537,11 @@ def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=N
         raise op_error("randint", f"random_ expects 'from' to be less than 'to', but got "
                        f"from={low} >= to={high}")
     shape, kind = _size((size,)), _dtype(dtype) or dt.int64
-    return random_values(generator, device, kind, lambda stream: stream.integers(
+    out = random_values(generator, device, kind, lambda stream: stream.integers(
         _count(shape), int(low), int(high)).reshape(shape))
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
 
 
 def randint_like(input, low, high=None, *, dtype=None, device=None) -> Tensor:
