@@ -16,6 +16,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
 from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, to_device
 from kiln.runtime.mt19937 import TorchStream
+from kiln.tracer import layout
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
 
@@ -281,7 +282,37 @@ def ones(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Ten
 
 def empty(*shape, size=None, dtype=None, device=None, requires_grad=False,
           memory_format=None) -> Tensor:
-    return zeros(_size(shape, size), dtype=dtype, device=device, requires_grad=requires_grad)
+    out = zeros(_size(shape, size), dtype=dtype, device=device, requires_grad=requires_grad)
+    if memory_format is not None:
+        layout.check(memory_format, "empty", out.ndim)
+        if memory_format is layout.preserve_format:
+            raise op_error("empty", "preserve memory format is unsupported by the empty "
+                           "factory; give torch.contiguous_format or torch.channels_last")
+    return _in_format(out, memory_format)
+
+
+def _in_format(out: Tensor, fmt) -> Tensor:
+    """`out` (fresh) laid out in memory as a channels-last `fmt` says; other formats as it is."""
+    if fmt in (layout.channels_last, layout.channels_last_3d) and out.device.type != "meta":
+        out._data = layout.arrange(out.device.xp, out._data, fmt)
+    return out
+
+
+def _like_format(input: Tensor, fmt):
+    """The layout a `*_like` factory gives: an explicit format, or under preserve_format (the
+    default) the channels-last format `input` is dense in, as PyTorch keeps its strides."""
+    if fmt is not None and fmt is not layout.preserve_format:
+        layout.check(fmt, "empty_like", input.ndim)
+        return fmt
+    cl = {4: layout.channels_last, 5: layout.channels_last_3d}.get(input.ndim)
+    if cl is None or not isinstance(input, Tensor):
+        return None
+    shape, strides = tuple(input.shape), input.stride()
+    # exactly a channels-last tensor's strides, size-1 dims included (an N1HW tensor is dense
+    # either way: its strides say which it was made as)
+    if strides == layout.strides_of(shape, cl) != layout.strides_of(shape, None):
+        return cl
+    return None
 
 
 def _like(input: Tensor, dtype, device):
@@ -290,26 +321,28 @@ def _like(input: Tensor, dtype, device):
 
 def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
-    kind, dev = _like(input, dtype, device)
-    return full(tuple(input.shape), 0, dtype=kind, device=dev, requires_grad=requires_grad)
+    return full_like(input, 0, dtype=dtype, device=device, requires_grad=requires_grad,
+                     memory_format=memory_format)
 
 
 def ones_like(input, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
-    kind, dev = _like(input, dtype, device)
-    return full(tuple(input.shape), 1, dtype=kind, device=dev, requires_grad=requires_grad)
+    return full_like(input, 1, dtype=dtype, device=device, requires_grad=requires_grad,
+                     memory_format=memory_format)
 
 
 def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
     kind, dev = _like(input, dtype, device)
-    return full(tuple(input.shape), fill_value, dtype=kind, device=dev,
-                requires_grad=requires_grad)
+    out = full(tuple(input.shape), fill_value, dtype=kind, device=dev,
+               requires_grad=requires_grad)
+    return _in_format(out, _like_format(input, memory_format))
 
 
 def empty_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
-    return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad)
+    return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad,
+                      memory_format=memory_format)
 
 
 def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
