@@ -143,6 +143,8 @@ globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
 for _name in _torch_namespace.OUT_FUNCTIONS:
     globals()[_name] = _torch_namespace.with_out(globals()[_name])
+for _name in _torch_namespace.OUT_FACTORIES:
+    globals()[_name] = _torch_namespace.factory_with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)

@@ -130,6 +130,29 @@ def test_out_argument_writes_into_the_given_tensor() -> None:
     assert tuple(m.shape) == (2, 2) and float(m.sum()) == 12.0
 
 
+def test_factories_write_into_out_in_its_dtype_as_torch() -> None:
+    # introyt tensors tutorial: torch.rand(2, 2, out=c) fills c (kiln's rand had no out=)
+    def run(lib):
+        lib.manual_seed(0)
+        c = lib.zeros(2, 2)
+        same = lib.rand(2, 2, out=c) is c
+        d = lib.zeros(3, dtype=lib.float64)            # drawn as doubles: out's dtype
+        lib.randn(3, out=d)
+        made = [c, d, lib.randint(0, 10, (2, 3), out=lib.zeros(2, dtype=lib.int64)),
+                lib.randperm(5, out=lib.zeros(5, dtype=lib.int64)),
+                lib.arange(4, out=lib.zeros(4, dtype=lib.int32)),
+                lib.zeros(2, 2, out=lib.ones(4)), lib.ones(3, out=lib.zeros(3)),
+                lib.full((2,), 7.5, out=lib.zeros(2, dtype=lib.float64)),
+                lib.linspace(0, 1, 5, out=lib.zeros(5)), lib.eye(3, out=lib.zeros(1)),
+                lib.empty(2, 3, out=lib.zeros(6)).fill_(1)]
+        return same, made
+    (k_same, k_made), (t_same, t_made) = run(kiln), run(torch)
+    assert k_same and t_same
+    for k, t in zip(k_made, t_made):
+        assert k.dtype.name == str(t.dtype).removeprefix("torch.")
+        np.testing.assert_array_equal(k.numpy(), t.numpy())
+
+
 def test_dlpack_shares_memory_with_torch_and_numpy() -> None:
     t = torch.arange(6, dtype=torch.float64).reshape(2, 3)
     k = kiln.from_dlpack(t)

@@ -270,7 +270,7 @@ def _cast_value(value, kind: dt.DType):
     return int(value)
 
 
-def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False, out=None) -> Tensor:
+def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     return full(_size(shape, size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(),
                 device=device, requires_grad=requires_grad)
 
