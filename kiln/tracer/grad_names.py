@@ -47,7 +47,7 @@ def _sum_name(args, kwargs):
 TENSOR_OPS = {"mean": _mean_name, "softmax": "SoftmaxBackward0",
               "log_softmax": "LogSoftmaxBackward0", "var": "VarBackward0",
               "std": "StdBackward0", "logsumexp": "LogsumexpBackward0",
-              "unfold": "UnfoldBackward0"}
+              "unfold": "UnfoldBackward0", "clone": "CloneBackward0"}
 # and for nn.functional
 NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
           "nll_loss": "NllLossBackward0", "cross_entropy": "NllLossBackward0",

@@ -38,6 +38,9 @@ CALLS = [
     ("layer_norm", lambda t, F, x: F.layer_norm(x, (4,))),
     ("relu sigmoid tanh", lambda t, F, x: x.relu()),
     ("exp", lambda t, F, x: x.exp()),
+    # introyt tensors tutorial: b = a.clone() prints grad_fn=<CloneBackward0>
+    ("clone", lambda t, F, x: x.clone()),
+    ("torch.clone", lambda t, F, x: t.clone(x * 2)),
 ]
 
 
