@@ -68,6 +68,7 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
 _ON_FIRST_USE["fx"] = "kiln.fx"      # torch.fx: symbolic tracing, Graph, GraphModule
 _ON_FIRST_USE.update(hub="kiln.hub", jit="kiln.jit")     # urllib and the exporter, on use
+_ON_FIRST_USE["xpu"] = "kiln.xpu"     # torch.xpu's probes, answered as a build without XPU
 
 
 def is_tensor(obj) -> bool:
@@ -177,7 +178,6 @@ def __getattr__(name: str):
 # PyTorch namespaces kiln does not have, and what to use instead
 _NOT_IN_KILN = {
     "mps": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
-    "xpu": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
 }
 
 
