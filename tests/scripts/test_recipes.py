@@ -164,3 +164,14 @@ def test_channels_last_tutorial_trains_as_torch():
     v = k["values"]
     assert v["strides_made"] == str(((3072, 1, 96, 3),) * 4) and v["is_cl"] and v["weight_cl"]
     compiled_matches("channels_last_tutorial", k, t)
+
+
+def test_forward_ad_tutorial_matches_torch():
+    # forward_ad_usage tutorial: dual tensors, dual parameters through functional_call, a custom
+    # Function's jvp, and `import functorch as ft` (ft.jvp over make_functional_with_buffers),
+    # which kiln run could not import
+    t, k = same_run("forward_ad_tutorial")
+    v = k["values"]
+    assert v["tangent_kept"] and v["tangent_copied"] and v["tangent_gone"]
+    assert v["module_matches_call"] and v["gradcheck"]
+    compiled_matches("forward_ad_tutorial", k, t)
