@@ -54,11 +54,24 @@ def _linear_name(args, kwargs):
     return {1: "SqueezeBackward4", 2: "MmBackward0"}.get(ndim, "UnsafeViewBackward0")
 
 
+def _pow_name(args, kwargs):
+    # PyTorch names pow by which operands are tensors: (tensor, number), both, (number, tensor)
+    base = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+    if not isinstance(base, Tensor):
+        return "PowBackward2"
+    return "PowBackward1" if isinstance(exponent, Tensor) else "PowBackward0"
+
+
 # function name -> PyTorch's node name, for the tensor ops (functional and Tensor methods)
 TENSOR_OPS = {"mean": _mean_name, "softmax": "SoftmaxBackward0",
               "log_softmax": "LogSoftmaxBackward0", "var": "VarBackward0",
               "std": "StdBackward0", "logsumexp": "LogsumexpBackward0",
-              "unfold": "UnfoldBackward0", "clone": "CloneBackward0"}
+              "unfold": "UnfoldBackward0", "clone": "CloneBackward0",
+              # x ** 2 and square are a multiply in kiln (autogradqs tutorial: PowBackward0)
+              "pow": _pow_name, "square": "PowBackward0"}
+# and for Tensor's operators alone
+TENSOR_OPERATORS = {"__pow__": _pow_name, "__rpow__": "PowBackward2"}
 # and for nn.functional
 NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
           "nll_loss": "NllLossBackward0", "cross_entropy": "NllLossBackward0",
@@ -90,6 +103,8 @@ def apply_names(kiln_module, functional_module, nn_functional_module=None) -> No
                 setattr(owner, name, named(getattr(owner, name), label))
         if hasattr(Tensor, name):
             setattr(Tensor, name, named(getattr(Tensor, name), label))
+    for name, label in TENSOR_OPERATORS.items():
+        setattr(Tensor, name, named(getattr(Tensor, name), label))
     if nn_functional_module is not None:
         apply_nn_names(nn_functional_module)
 

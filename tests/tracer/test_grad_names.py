@@ -41,6 +41,13 @@ CALLS = [
     # introyt tensors tutorial: b = a.clone() prints grad_fn=<CloneBackward0>
     ("clone", lambda t, F, x: x.clone()),
     ("torch.clone", lambda t, F, x: t.clone(x * 2)),
+    # autogradqs tutorial: (inp + 1).pow(2) is PowBackward0 (kiln's multiply said MulBackward0)
+    ("x ** 2", lambda t, F, x: x ** 2),
+    ("pow 2", lambda t, F, x: (x + 1).pow(2)),
+    ("torch.pow", lambda t, F, x: t.pow(x, 3)),
+    ("pow tensor", lambda t, F, x: x.pow(x.detach())),
+    ("rpow", lambda t, F, x: 2 ** x),
+    ("square", lambda t, F, x: x.square()),
 ]
 
 
