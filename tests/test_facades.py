@@ -193,3 +193,13 @@ def test_xpu_probes_answer_as_a_torch_build_without_xpu() -> None:
 def test_device_constructor_forms_match_torch(make) -> None:
     assert repr(make(kiln)) == repr(make(torch))
     assert str(make(kiln)) == str(make(torch))
+
+
+def test_tensor_class_prints_under_its_public_name_as_torchs() -> None:
+    # introyt tensors tutorial: print(type(x)) shows <class 'torch.Tensor'>; kiln's showed
+    # <class 'kiln.tracer.tensor.Tensor'>
+    import pickle
+    assert repr(type(kiln.empty(3, 4))) == repr(type(torch.empty(3, 4))).replace("torch", "kiln")
+    assert kiln.Tensor.__module__ == "kiln" and kiln.Tensor.__qualname__ == "Tensor"
+    back = pickle.loads(pickle.dumps(kiln.arange(3.0)))
+    assert type(back) is kiln.Tensor and back.tolist() == [0.0, 1.0, 2.0]

@@ -55,6 +55,9 @@ class Tensor:
     __slots__ = ("_data", "dtype", "device", "requires_grad", "_grad", "grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
+    # the public name, as PyTorch's class is `torch.Tensor`: print(type(x)) shows <class
+    # 'kiln.Tensor'> (and `torch.Tensor` under kiln run's printouts), pickles name kiln.Tensor
+    __module__ = "kiln"
 
     def __init__(self, *args, device=None):
         """`torch.Tensor(...)`, PyTorch's legacy constructor: Tensor(2, 3) or Tensor(size) is a
