@@ -179,6 +179,20 @@ class Tensor:
             return self._data.__array_interface__["data"][0]
         return self._data.data.ptr
 
+    def storage_offset(self) -> int:
+        """Elements from the start of the memory this tensor views to its first element (a
+        view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
+        if self.device.type == "meta":
+            return 0
+        root = self._data
+        while isinstance(getattr(root, "base", None), type(self._data)):
+            root = root.base
+        if self.device.type == "cpu":
+            start = root.__array_interface__["data"][0]
+        else:
+            start = root.data.ptr
+        return (self.data_ptr() - start) // self._data.itemsize
+
     def stride(self, dim: int | None = None):
         strides = tuple(s // self._data.itemsize for s in self._data.strides)
         return strides if dim is None else strides[_dim(dim, self.ndim)]
