@@ -148,6 +148,8 @@ for _name in _torch_namespace.OUT_FUNCTIONS:
 for _name in _torch_namespace.OUT_FACTORIES:
     globals()[_name] = _torch_namespace.factory_with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
+from kiln import return_types  # noqa: E402  (torch.return_types: max(dim), sort, topk, svd...)
+return_types.install(_sys.modules[__name__], Tensor, linalg)
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
 from kiln.ir.dtypes import complex64, complex128, complex32  # noqa: E402,F401
