@@ -70,6 +70,7 @@ _ON_FIRST_USE["fx"] = "kiln.fx"      # torch.fx: symbolic tracing, Graph, GraphM
 _ON_FIRST_USE.update(hub="kiln.hub", jit="kiln.jit")     # urllib and the exporter, on use
 _ON_FIRST_USE["xpu"] = "kiln.xpu"     # torch.xpu's probes, answered as a build without XPU
 _ON_FIRST_USE["functional"] = "kiln.functional"   # torch.functional: einsum, meshgrid, split...
+_ON_FIRST_USE["_inductor"] = "kiln._inductor"     # torch._inductor.utils.fresh_inductor_cache
 
 
 def is_tensor(obj) -> bool:
