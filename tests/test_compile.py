@@ -759,29 +759,24 @@ def test_a_callable_backend_falls_back_with_a_warning_or_raises_with_fullgraph()
 
 def test_set_stance_inside_a_compiled_function_raises_as_torchs_does():
     # set_stance tutorial: changing the stance inside torch.compile (a `with` block or a
-    # decorated function called from it) is an error in torch; kiln ran it silently
-    import torch
+    # decorated function called from it) is an error in torch ("Attempt to trace forbidden
+    # callable set_stance"); kiln ran it silently. (torch's half is not run here: its failed
+    # dynamo frame leaves state behind that changes later tests in this process.)
+    @kiln.compiler.set_stance("force_eager")
+    def inner(x):
+        return x + 1
 
-    def run(lib):
-        @lib.compiler.set_stance("force_eager")
-        def inner(x):
+    def baz(x):
+        with kiln.compiler.set_stance("force_eager"):
             return x + 1
 
-        def baz(x):
-            with lib.compiler.set_stance("force_eager"):
-                return x + 1
-
-        caught = []
-        for fn in (baz, lambda x: inner(x)):
-            try:
-                lib.compile(fn)(lib.zeros(3))
-            except Exception as error:
-                caught.append(type(error).__name__)
-        outside = inner(lib.zeros(2))                  # outside a compiled region: fine
-        return caught, outside.tolist(), lib.compiler.set_stance is not None
-    k_caught, k_out, _ = run(kiln)
-    t_caught, t_out, _ = run(torch)
-    assert len(k_caught) == len(t_caught) == 2 and k_out == t_out == [1.0, 1.0]
+    for fn, where in ((baz, "called"), (lambda x: inner(x), "inner .decorated. called")):
+        with pytest.raises(RuntimeError, match=f"set_stance: {where} inside a compiled function"):
+            kiln.compile(fn)(kiln.zeros(3))
     with pytest.raises(RuntimeError, match="set_stance: called inside a compiled function"):
         kiln.compile(lambda x: kiln.compiler.set_stance("force_eager") and x)(kiln.zeros(1))
+    assert kiln.compiler.current_stance() == "default"
+    assert inner(kiln.zeros(2)).tolist() == [1.0, 1.0]      # outside a compiled region: fine
+    with kiln.compiler.set_stance("force_eager"):
+        assert kiln.compiler.current_stance() == "force_eager"
     assert kiln.compiler.current_stance() == "default"
