@@ -68,6 +68,10 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
 _ON_FIRST_USE["fx"] = "kiln.fx"      # torch.fx: symbolic tracing, Graph, GraphModule
 _ON_FIRST_USE.update(hub="kiln.hub", jit="kiln.jit")     # urllib and the exporter, on use
+_ON_FIRST_USE["xpu"] = "kiln.xpu"     # torch.xpu's probes, answered as a build without XPU
+_ON_FIRST_USE["functional"] = "kiln.functional"   # torch.functional: einsum, meshgrid, split...
+_ON_FIRST_USE["_inductor"] = "kiln._inductor"     # torch._inductor.utils.fresh_inductor_cache
+_ON_FIRST_USE["_logging"] = "kiln._logging"       # torch._logging.set_logs: compile logs
 
 
 def is_tensor(obj) -> bool:
@@ -143,7 +147,11 @@ globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
 for _name in _torch_namespace.OUT_FUNCTIONS:
     globals()[_name] = _torch_namespace.with_out(globals()[_name])
+for _name in _torch_namespace.OUT_FACTORIES:
+    globals()[_name] = _torch_namespace.factory_with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
+from kiln import return_types  # noqa: E402  (torch.return_types: max(dim), sort, topk, svd...)
+return_types.install(_sys.modules[__name__], Tensor, linalg)
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)
 from kiln.ir.dtypes import bfloat16  # noqa: E402,F401  (stored by ml_dtypes, when installed)
 from kiln.ir.dtypes import complex64, complex128, complex32  # noqa: E402,F401
@@ -175,7 +183,6 @@ def __getattr__(name: str):
 # PyTorch namespaces kiln does not have, and what to use instead
 _NOT_IN_KILN = {
     "mps": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
-    "xpu": "kiln runs on the CPU and on NVIDIA GPUs (device 'cuda') only",
 }
 
 

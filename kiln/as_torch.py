@@ -20,7 +20,7 @@ import sys
 import types
 from pathlib import Path
 
-ALIASES = {"torch": "kiln", "torchvision": "kiln.vision"}
+ALIASES = {"torch": "kiln", "torchvision": "kiln.vision", "functorch": "kiln.functorch"}
 
 
 def _kiln_module(name: str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys as _sys
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -22,7 +23,7 @@ from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer.creation import eye as _eye, tensor as _tensor
-from kiln.tracer.errors import op_error
+from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.tensor import Tensor
 
 
@@ -493,8 +494,18 @@ def triangular_solve(b, A, upper=True, transpose=False, unitriangular=False):
              A.clone())
 
 
+_CROSS_WARNED: list = []
+
+
 def torch_cross(input, other, dim=None):
     if dim is None:
+        if not _CROSS_WARNED:       # PyTorch warns once per process
+            _CROSS_WARNED.append(True)
+            warnings.warn("Using torch.cross without specifying the dim arg is deprecated.\n"
+                          "Please either pass the dim explicitly or simply use "
+                          "torch.linalg.cross.\nThe default value of dim will change to agree "
+                          "with that of linalg.cross in a future release.", UserWarning,
+                          stacklevel=user_stacklevel())
         dim = next(i for i, s in enumerate(input.shape) if s == 3)
     return cross(input, other, dim=dim)
 

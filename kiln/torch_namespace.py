@@ -57,6 +57,20 @@ def with_out(fn):
     return wrapper
 
 
+def factory_with_out(fn):
+    """A factory (`rand`, `zeros`, ...) taking `out=t`: made in `t`'s dtype and on its device
+    unless the call names them (so `rand(2, 2, out=double_t)` draws doubles, as PyTorch's
+    does), then written into `t` as `with_out` writes."""
+    @functools.wraps(fn)
+    def wrapper(*args, out=None, **kwargs):
+        if out is None:
+            return fn(*args, **kwargs)
+        kwargs.setdefault("dtype", out.dtype)
+        kwargs.setdefault("device", out.device)
+        return _write_out(out, fn(*args, **kwargs), fn.__name__)
+    return wrapper
+
+
 def _write_out(out: Tensor, result: Tensor, name: str) -> Tensor:
     if STATE.grad_enabled and (out.requires_grad or result.requires_grad):
         raise op_error(name, f"{name}(): functions with out=... arguments don't support "
@@ -70,6 +84,9 @@ OUT_FUNCTIONS = """
 add sub mul div matmul mm bmm mv cat stack sum mean prod exp log sqrt abs neg pow clamp clip
 maximum minimum where sin cos tanh sigmoid amax amin cumsum addmm sort topk argmax argmin
 """.split()
+
+# factories that take out= (torch.rand(2, 2, out=c) in the introyt tensors tutorial)
+OUT_FACTORIES = "zeros ones empty full rand randn randint randperm arange linspace eye".split()
 
 # torch.X that is nn.functional.X with the same leading arguments
 NN_FORWARD = """

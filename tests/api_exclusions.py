@@ -141,7 +141,7 @@ to_sparse_bsc to_sparse_bsr to_sparse_csc to_sparse_csr values
 resize_as_sparse_ to_padded_tensor is_nested
 """)
 _group(T, STORAGE, """
-storage storage_offset storage_type untyped_storage set_ is_set_to
+storage storage_type untyped_storage set_ is_set_to
 pin_memory is_pinned record_stream const_data_ptr
 """)
 _group(T, STRIDES, """

@@ -1,5 +1,7 @@
 """`@kiln.compile`: replays equal eager, guards recompile, fallbacks never give wrong numbers."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -693,3 +695,88 @@ def test_default_dtype_is_part_of_what_a_replay_assumes():
     assert results[2:4] == [(2 + 2 / 3, "kiln.float64")] * 2
     assert results[0][1] == results[4][1] == "kiln.float32"
     assert results[0][0] == pytest.approx(2 + 2 / 3, rel=1e-6) and results[0][0] != 2 + 2 / 3
+
+
+def test_a_callable_backend_gets_the_fx_graph_and_runs_it_as_torchs_does():
+    # torch.compile tutorial's custom_backend(gm, example_inputs): print the graph, return
+    # gm.forward (kiln raised "unknown backend <function ...>")
+    import torch
+    calls = {"kiln": [], "torch": []}
+
+    def backend_for(name):
+        def custom_backend(gm, example_inputs):
+            calls[name].append(([n.op for n in gm.graph.nodes],
+                                [tuple(t.shape) for t in example_inputs]))
+            return gm.forward
+        return custom_backend
+
+    def run(lib, name):
+        lib.manual_seed(0)
+        model = lib.nn.Sequential(lib.nn.Linear(4, 3), lib.nn.ReLU())
+        opt_model = lib.compile(model, backend=backend_for(name))
+        x = lib.arange(8.0).reshape(2, 4) / 8
+        outs = [opt_model(x), opt_model(x * 2)]
+        keys = list(opt_model.state_dict())
+
+        def bar(a, b):
+            x = a / (lib.abs(a) + 1)
+            if b.sum() < 0:
+                b = b * -1
+            return x * b
+        opt_bar = lib.compile(bar, backend=backend_for(name))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outs += [opt_bar(x[0], x[1]), opt_bar(x[0], -x[1])]
+        return [o.detach().numpy() for o in outs], keys
+    (k_outs, k_keys), (t_outs, t_keys) = run(kiln, "kiln"), run(torch, "torch")
+    for k, t in zip(k_outs, t_outs):
+        np.testing.assert_allclose(k, t, rtol=1e-6)
+    assert k_keys == t_keys == ["_orig_mod.0.weight", "_orig_mod.0.bias"]
+    # the model's graph: captured once, given the first call's input
+    assert calls["kiln"][0] == (["placeholder", "call_module", "call_module", "output"],
+                                [(2, 4)])
+    assert len(calls["kiln"]) == 1         # bar: fx cannot capture it, it runs eagerly
+
+
+def test_a_callable_backend_falls_back_with_a_warning_or_raises_with_fullgraph():
+    def f(a):
+        return a * 2 if a.sum() > 0 else a
+    seen = []
+    compiled = kiln.compile(f, backend=lambda gm, ex: seen.append(gm) or gm.forward)
+    with pytest.warns(UserWarning, match="f cannot be captured as one FX graph .* runs eagerly"):
+        np.testing.assert_array_equal(compiled(kiln.ones(2)).numpy(), [2.0, 2.0])
+    assert not seen
+    strict = kiln.compile(f, backend=lambda gm, ex: gm.forward, fullgraph=True)
+    with pytest.raises(Exception, match="control flow"):
+        strict(kiln.ones(2))
+    g = kiln.compile(lambda a: a + 1, backend=lambda gm, ex: seen.append(gm) or gm.forward)
+    g(kiln.ones(2)), g(kiln.ones(3))
+    assert len(seen) == 1
+    kiln.compiler.reset()                  # torch._dynamo.reset(): captured afresh
+    g(kiln.ones(2))
+    assert len(seen) == 2
+
+
+def test_set_stance_inside_a_compiled_function_raises_as_torchs_does():
+    # set_stance tutorial: changing the stance inside torch.compile (a `with` block or a
+    # decorated function called from it) is an error in torch ("Attempt to trace forbidden
+    # callable set_stance"); kiln ran it silently. (torch's half is not run here: its failed
+    # dynamo frame leaves state behind that changes later tests in this process.)
+    @kiln.compiler.set_stance("force_eager")
+    def inner(x):
+        return x + 1
+
+    def baz(x):
+        with kiln.compiler.set_stance("force_eager"):
+            return x + 1
+
+    for fn, where in ((baz, "called"), (lambda x: inner(x), "inner .decorated. called")):
+        with pytest.raises(RuntimeError, match=f"set_stance: {where} inside a compiled function"):
+            kiln.compile(fn)(kiln.zeros(3))
+    with pytest.raises(RuntimeError, match="set_stance: called inside a compiled function"):
+        kiln.compile(lambda x: kiln.compiler.set_stance("force_eager") and x)(kiln.zeros(1))
+    assert kiln.compiler.current_stance() == "default"
+    assert inner(kiln.zeros(2)).tolist() == [1.0, 1.0]      # outside a compiled region: fine
+    with kiln.compiler.set_stance("force_eager"):
+        assert kiln.compiler.current_stance() == "force_eager"
+    assert kiln.compiler.current_stance() == "default"

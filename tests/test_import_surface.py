@@ -328,3 +328,19 @@ def test_events_time_the_work_between_them() -> None:
     np.testing.assert_allclose(x.cpu().numpy(), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="enable_timing=True"):
         kiln.cuda.Event().elapsed_time(end)
+
+
+def test_torch_functional_module_holds_kilns_functions_with_torchs_values():
+    # introyt modelsyt tutorial: `import torch.functional as F` (kiln run: no 'torch.functional')
+    import kiln.functional as kF
+    import torch.functional as tF
+    assert set(kF.__all__) == set(tF.__all__) - {"pca_lowrank", "svd_lowrank"}
+    assert kiln.functional is kF and kF.einsum is kiln.einsum and kF.split is kiln.split
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for fn in (lambda F, lib: F.einsum("ij,kj->ik", lib.tensor(a), lib.tensor(a)),
+               lambda F, lib: F.meshgrid(lib.tensor(a[0]), lib.tensor(a[1]), indexing="ij")[1],
+               lambda F, lib: F.split(lib.tensor(a), [1, 2])[1],
+               lambda F, lib: F.norm(lib.tensor(a), dim=1),
+               lambda F, lib: F.cdist(lib.tensor(a), lib.tensor(a[:2])),
+               lambda F, lib: F.unique(lib.tensor([3, 1, 3, 2]))):
+        np.testing.assert_allclose(fn(kF, kiln).numpy(), fn(tF, torch).numpy(), rtol=1e-6)

@@ -175,3 +175,22 @@ def test_compiled_linear_algebra_matches_eager_with_gradients() -> None:
         np.testing.assert_allclose(got[0], results[0][0], rtol=1e-10)
         np.testing.assert_allclose(got[1], results[0][1], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(got[2], results[0][2], rtol=1e-9, atol=1e-12)
+
+
+def test_torch_cross_without_dim_warns_once_as_torch_at_the_callers_line():
+    # introyt tensors tutorial: torch.cross(v2, v1) warns that the implicit dim is deprecated
+    import warnings
+
+    import kiln
+    import kiln.linalg as klinalg
+    klinalg._CROSS_WARNED.clear()
+    v1, v2 = kiln.tensor([1.0, 0.0, 0.0]), kiln.tensor([0.0, 1.0, 0.0])
+    with pytest.warns(UserWarning, match="Using torch.cross without specifying the dim arg is "
+                      "deprecated") as caught:
+        out = kiln.cross(v2, v1)
+    assert caught[0].filename == __file__
+    np.testing.assert_array_equal(out.numpy(), [0.0, 0.0, -1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v2.cross(v1)                        # once per process, as torch's
+        kiln.cross(v2, v1, dim=0)

@@ -1431,6 +1431,42 @@ def reset() -> None:
             compiled.forget()
 
 
+class BackendFunction:
+    """`fn` compiled by the caller's own backend (`torch.compile(fn, backend=my_backend)`,
+    `my_backend(gm, example_inputs)` returning what runs the graph): on the first call kiln.fx
+    captures `fn` whole as a GraphModule and the backend is handed it with that call's tensor
+    arguments. TorchDynamo splits a function at data-dependent control flow into several
+    graphs; kiln does not split: where fx cannot capture `fn`, it warns and runs `fn` eagerly
+    (with `fullgraph=True` the capture error is raised)."""
+
+    def __init__(self, fn, backend, fullgraph: bool = False):
+        self.fn, self.backend, self.fullgraph = fn, backend, fullgraph
+        self._run = None
+        _LIVE.append(weakref.ref(self))
+
+    def forget(self) -> None:
+        self._run = None
+
+    def __call__(self, *args, **kwargs):
+        if self._run is None:
+            self._run = self._capture(args, kwargs)
+        return self._run(*args, **kwargs)
+
+    def _capture(self, args, kwargs):
+        from kiln import fx            # kiln.fx traces through this package: import on use
+        try:
+            gm = fx.symbolic_trace(self.fn)
+        except Exception as error:     # fx's refusal: control flow, a value read into Python
+            if self.fullgraph:
+                raise
+            warnings.warn(f"torch.compile: {_function_name(self.fn)} cannot be captured as "
+                          f"one FX graph for backend {_function_name(self.backend)} "
+                          f"({type(error).__name__}: {error}); it runs eagerly", stacklevel=3)
+            return self.fn
+        examples = [a for a in flatten((args, kwargs))[0] if isinstance(a, Tensor)]
+        return self.backend(gm, examples)
+
+
 def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=None,
             mode=None, options=None, disable: bool = False):
     """Compile a function (or Module): `@kiln.compile` or `kiln.compile(fn, backend=...)`.
@@ -1438,7 +1474,14 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
     PyTorch's spellings are accepted: `backend="inductor"` (kiln's "auto"), "cudagraphs",
     "aot_eager" (the traced graph run op by op: kiln's "numpy"), "eager" (not compiled, as
     `disable=True`); `mode`, `dynamic` and `options` tune inductor and change nothing here.
+    A callable backend is given kiln.fx's GraphModule of the function (`BackendFunction`).
     """
+    if callable(backend):
+        if fn is None:
+            return lambda f: compile(f, backend=backend, fullgraph=fullgraph, disable=disable)
+        if disable:
+            return fn
+        return _wrap_module(fn, BackendFunction(fn, backend, fullgraph))
     backend = _TORCH_BACKENDS.get(backend, backend)
     if backend not in ("auto", "c", "numpy", "triton", "eager"):
         raise ValueError(f"kiln.compile: unknown backend {backend!r}; use 'auto', 'c', "
@@ -1448,7 +1491,10 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
         return lambda f: compile(f, backend=backend, fullgraph=fullgraph, disable=disable)
     if disable or backend == "eager":
         return fn
-    compiled = CompiledFunction(fn, backend, fullgraph)
+    return _wrap_module(fn, CompiledFunction(fn, backend, fullgraph))
+
+
+def _wrap_module(fn, compiled):
     from kiln.nn.module import Module       # kiln.nn imports this module: import on use
     if isinstance(fn, Module):              # a Module, as torch.compile returns it
         from kiln.nn.compiled_module import OptimizedModule

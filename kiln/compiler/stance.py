@@ -18,6 +18,14 @@ STANCES = ("default", "force_eager", "eager_on_recompile", "fail_on_recompile")
 _CURRENT = ["default"]
 
 
+def _outside_compiled_code(where: str) -> None:
+    # PyTorch refuses a stance change inside a compiled region (its "forbidden callable")
+    from kiln.compiler.hooks import is_compiling    # hooks imports the tracer: on use
+    if is_compiling():
+        raise RuntimeError(f"torch.compiler.set_stance: {where} inside a compiled function; "
+                           "the stance can only be changed outside torch.compile regions")
+
+
 def current_stance() -> str:
     return _CURRENT[0]
 
@@ -34,6 +42,7 @@ class set_stance:
             raise RuntimeError("non-default stance cannot have force_backend set")
         # skip_guard_eval_unsafe and force_backend are accepted: kiln always checks its guards
         # and has one backend choice per compiled function
+        _outside_compiled_code("called")
         self.stance = stance
         self.previous = _CURRENT[0]
         _CURRENT[0] = stance
@@ -49,6 +58,8 @@ class set_stance:
 
         @functools.wraps(fn)
         def with_stance(*args, **kwargs):
+            _outside_compiled_code(f"{getattr(fn, '__name__', 'a function')} (decorated) "
+                                   "called")
             before = _CURRENT[0]
             _CURRENT[0] = self.stance
             try:

@@ -7,8 +7,9 @@ library that runs without Python, and `kiln.onnx.export` writes it as ONNX.
 """
 
 from kiln.export.program import ExportedProgram, TensorSpec, export, load  # noqa: F401
+from kiln.export.program import Dim, save  # noqa: F401  (torch.export.Dim, torch.export.save)
 from kiln.export.symbolic import Affine  # noqa: F401
 from kiln.export.c_library import CLibrary, build_c_library  # noqa: F401
 
-__all__ = ["Affine", "CLibrary", "ExportedProgram", "TensorSpec", "build_c_library", "export",
-           "load"]
+__all__ = ["Affine", "CLibrary", "Dim", "ExportedProgram", "TensorSpec", "build_c_library",
+           "export", "load", "save"]

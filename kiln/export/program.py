@@ -204,6 +204,11 @@ class ExportedProgram:
               "state_dict": dict(self.state_dict)}, path)
 
 
+def save(ep: ExportedProgram, f: str | os.PathLike, **kwargs) -> None:
+    """torch.export.save's form of `ep.save(f)` (to a path)."""
+    ep.save(f)
+
+
 def load(path: str | os.PathLike) -> ExportedProgram:
     """Read a program `ExportedProgram.save` wrote; no code from the file runs.
 
@@ -417,6 +422,36 @@ def _leaf_names(fn, args, kwargs) -> list:
     return names
 
 
+class _DimHint:
+    """Dim.AUTO / Dim.DYNAMIC (a dimension of its own) and Dim.STATIC (not dynamic)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"DimHint({self.kind})"
+
+
+class Dim:
+    """A named dynamic dimension (torch.export.Dim): inputs marked with the same Dim have equal
+    sizes there. `min`/`max` bound it; the example's size must lie inside them."""
+
+    AUTO = _DimHint("AUTO")
+    DYNAMIC = _DimHint("DYNAMIC")
+    STATIC = _DimHint("STATIC")
+
+    def __init__(self, name: str, *, min: int | None = None, max: int | None = None) -> None:
+        self.__name__, self.min, self.max = name, 0 if min is None else min, max
+
+    def __repr__(self) -> str:
+        # PyTorch's printout: min unless it is 2 (its usual lower bound), max when given
+        bounds = "".join(f", {k}={v}" for k, v in (("min", self.min), ("max", self.max))
+                         if v is not None and not (k == "min" and v == 2))
+        return f"Dim({self.__name__!r}{bounds})"
+
+    __str__ = __repr__
+
+
 def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves) -> dict:
     """leaf index -> {dim: symbol} from `dynamic_shapes`."""
     if not spec:
@@ -449,6 +484,15 @@ def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves) -> dict:
             if not isinstance(d, int) or not -ndim <= d < ndim:
                 raise ValueError(f"kiln.export: dynamic_shapes[{name!r}] marks dim {d!r}; "
                                  f"{name} has {ndim} dims")
+            if sym is Dim.STATIC:
+                continue
+            if isinstance(sym, _DimHint):      # AUTO / DYNAMIC: a size of its own
+                sym = f"{name}_dim{d % ndim}"
+            elif isinstance(sym, Dim):
+                size = leaves[i].shape[d]
+                if size < sym.min or (sym.max is not None and size > sym.max):
+                    raise ValueError(f"kiln.export: {name}'s dim {d} is {size} in the example, "
+                                     f"outside {sym!r}'s range [{sym.min}, {sym.max}]")
             out.setdefault(i, {})[d % ndim] = str(sym)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import warnings
 from typing import Sequence
@@ -95,24 +96,39 @@ def tanh(input: Tensor) -> Tensor:
 
 def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype=None) -> Tensor:
-    return kiln.softmax(input, _softmax_dim(input, dim), dtype=dtype)
+    return kiln.softmax(input, _softmax_dim(input, dim, "softmax"), dtype=dtype)
 
 
 def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
                 dtype=None) -> Tensor:
-    return kiln.log_softmax(input, _softmax_dim(input, dim), dtype=dtype)
+    return kiln.log_softmax(input, _softmax_dim(input, dim, "log_softmax"), dtype=dtype)
 
 
 def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3,
             dtype=None) -> Tensor:
-    return _core.softmin(input, _softmax_dim(input, dim), dtype=dtype)
+    return _core.softmin(input, _softmax_dim(input, dim, "softmin"), dtype=dtype)
 
 
-def _softmax_dim(input: Tensor, dim: int | None) -> int:
-    # PyTorch's legacy implicit choice when no dim is given
+def _softmax_dim(input: Tensor, dim: int | None, name: str) -> int:
+    # PyTorch's legacy implicit choice when no dim is given, with its deprecation warning
     if dim is not None:
         return dim
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call "
+                  "to include dim=X as an argument.", UserWarning,
+                  stacklevel=_user_stacklevel())
     return 0 if input.ndim in (0, 1, 3) else 1
+
+
+_KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` of the caller's caller's first frame outside kiln, so a warning names
+    the user's line whatever wrappers (autocast, grad_fn names, Module.__call__) lie between."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_KILN_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @_composite

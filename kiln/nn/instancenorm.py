@@ -7,7 +7,7 @@ import kiln
 from kiln import Tensor
 from kiln.nn import functional as F
 from kiln.nn.module import Module
-from kiln.nn.parameter import Parameter
+from kiln.nn.normalization import _affine_parameters
 
 
 class _InstanceNorm(Module):
@@ -15,17 +15,13 @@ class _InstanceNorm(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = False, track_running_stats: bool = False, device=None,
-                 dtype=None) -> None:
+                 dtype=None, *, bias: bool = True) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         kw = {"dtype": dtype, "device": device}
-        if affine:
-            self.weight = Parameter(kiln.ones(num_features, **kw))
-            self.bias = Parameter(kiln.zeros(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        # PyTorch 2.13's `bias=False` keeps an affine weight without a bias
+        _affine_parameters(self, (num_features,), affine, bias, device, dtype)
         if track_running_stats:
             self.register_buffer("running_mean", kiln.zeros(num_features, **kw))
             self.register_buffer("running_var", kiln.ones(num_features, **kw))
@@ -46,7 +42,8 @@ class _InstanceNorm(Module):
         if self.affine:
             with kiln.no_grad():
                 self.weight.fill_(1)
-                self.bias.zero_()
+                if self.bias is not None:
+                    self.bias.zero_()
 
     def forward(self, input: Tensor) -> Tensor:
         if input.ndim not in (self.batched_ndim - 1, self.batched_ndim):
@@ -62,7 +59,8 @@ class _InstanceNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
 class InstanceNorm1d(_InstanceNorm):

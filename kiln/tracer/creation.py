@@ -14,8 +14,9 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
-from kiln.runtime.device import CPU, DEFAULTS, Device, to_device
+from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, to_device
 from kiln.runtime.mt19937 import TorchStream
+from kiln.tracer import layout
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
 
@@ -269,7 +270,7 @@ def _cast_value(value, kind: dt.DType):
     return int(value)
 
 
-def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False, out=None) -> Tensor:
+def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:
     return full(_size(shape, size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(),
                 device=device, requires_grad=requires_grad)
 
@@ -281,7 +282,37 @@ def ones(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Ten
 
 def empty(*shape, size=None, dtype=None, device=None, requires_grad=False,
           memory_format=None) -> Tensor:
-    return zeros(_size(shape, size), dtype=dtype, device=device, requires_grad=requires_grad)
+    out = zeros(_size(shape, size), dtype=dtype, device=device, requires_grad=requires_grad)
+    if memory_format is not None:
+        layout.check(memory_format, "empty", out.ndim)
+        if memory_format is layout.preserve_format:
+            raise op_error("empty", "preserve memory format is unsupported by the empty "
+                           "factory; give torch.contiguous_format or torch.channels_last")
+    return _in_format(out, memory_format)
+
+
+def _in_format(out: Tensor, fmt) -> Tensor:
+    """`out` (fresh) laid out in memory as a channels-last `fmt` says; other formats as it is."""
+    if fmt in (layout.channels_last, layout.channels_last_3d) and out.device.type != "meta":
+        out._data = layout.arrange(out.device.xp, out._data, fmt)
+    return out
+
+
+def _like_format(input: Tensor, fmt):
+    """The layout a `*_like` factory gives: an explicit format, or under preserve_format (the
+    default) the channels-last format `input` is dense in, as PyTorch keeps its strides."""
+    if fmt is not None and fmt is not layout.preserve_format:
+        layout.check(fmt, "empty_like", input.ndim)
+        return fmt
+    cl = {4: layout.channels_last, 5: layout.channels_last_3d}.get(input.ndim)
+    if cl is None or not isinstance(input, Tensor):
+        return None
+    shape, strides = tuple(input.shape), input.stride()
+    # exactly a channels-last tensor's strides, size-1 dims included (an N1HW tensor is dense
+    # either way: its strides say which it was made as)
+    if strides == layout.strides_of(shape, cl) != layout.strides_of(shape, None):
+        return cl
+    return None
 
 
 def _like(input: Tensor, dtype, device):
@@ -290,26 +321,28 @@ def _like(input: Tensor, dtype, device):
 
 def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
-    kind, dev = _like(input, dtype, device)
-    return full(tuple(input.shape), 0, dtype=kind, device=dev, requires_grad=requires_grad)
+    return full_like(input, 0, dtype=dtype, device=device, requires_grad=requires_grad,
+                     memory_format=memory_format)
 
 
 def ones_like(input, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
-    kind, dev = _like(input, dtype, device)
-    return full(tuple(input.shape), 1, dtype=kind, device=dev, requires_grad=requires_grad)
+    return full_like(input, 1, dtype=dtype, device=device, requires_grad=requires_grad,
+                     memory_format=memory_format)
 
 
 def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
     kind, dev = _like(input, dtype, device)
-    return full(tuple(input.shape), fill_value, dtype=kind, device=dev,
-                requires_grad=requires_grad)
+    out = full(tuple(input.shape), fill_value, dtype=kind, device=dev,
+               requires_grad=requires_grad)
+    return _in_format(out, _like_format(input, memory_format))
 
 
 def empty_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
-    return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad)
+    return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad,
+                      memory_format=memory_format)
 
 
 def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
@@ -421,6 +454,32 @@ def set_rng_state(state: Tensor) -> None:
     default_generator.set_state(state)
 
 
+class _MetaDraw:
+    """What a stream method returns for a meta tensor: the shape of the draw, no numbers."""
+
+    def __init__(self, shape: tuple, itemsize: int):
+        self.shape, self.itemsize = shape, itemsize
+
+    def reshape(self, *shape) -> "_MetaDraw":
+        shape = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        return _MetaDraw(tuple(shape), self.itemsize)
+
+    def view(self, dtype) -> "_MetaDraw":      # two float parts viewed as one complex number
+        size = np.dtype(dtype).itemsize
+        return _MetaDraw(self.shape[:-1] + (self.shape[-1] * self.itemsize // size,), size)
+
+
+class _MetaStream:
+    """Stands in for the generator's stream when the tensor is on the meta device: every draw
+    method takes the count first, and a dtype, when it has one, second."""
+
+    def __getattr__(self, name: str):
+        def draw(n, dtype=np.float64, *args, **kwargs) -> _MetaDraw:
+            size = np.dtype(dtype).itemsize if not isinstance(dtype, (int, float)) else 8
+            return _MetaDraw((int(n),), size)
+        return draw
+
+
 def random_values(generator: Generator | None, device, kind: dt.DType, draw) -> Tensor:
     """The tensor `draw(stream)` makes from the generator's stream, on `device`.
 
@@ -429,6 +488,9 @@ def random_values(generator: Generator | None, device, kind: dt.DType, draw) -> 
     code drew, so a compiled function's random numbers are eager's."""
     gen = generator or default_generator
     dev = _device(device)
+    if dev.type == "meta":      # as in PyTorch, a meta tensor draws nothing: the stream stays
+        shape = draw(_MetaStream()).shape
+        return Tensor._make(MetaArray(shape, kind.np), kind, dev)
     out = Tensor._make(to_device(np.asarray(draw(gen._stream), dtype=kind.np), dev), kind, dev)
     if STATE.tracer is not None:
         STATE.tracer.random_input(out, gen, lambda g: np.asarray(draw(g._stream), kind.np))
@@ -492,7 +554,8 @@ def randn_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
     return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
 
 
-def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
+def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None,
+            requires_grad=False) -> Tensor:
     # torch's forms: randint(high, size), randint(low, high, size), and either with size=
     if size is None:                    # randint(high, size)
         if high is None:
@@ -507,8 +570,11 @@ def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=N
         raise op_error("randint", f"random_ expects 'from' to be less than 'to', but got "
                        f"from={low} >= to={high}")
     shape, kind = _size((size,)), _dtype(dtype) or dt.int64
-    return random_values(generator, device, kind, lambda stream: stream.integers(
+    out = random_values(generator, device, kind, lambda stream: stream.integers(
         _count(shape), int(low), int(high)).reshape(shape))
+    if requires_grad:
+        out.requires_grad_(True)
+    return out
 
 
 def randint_like(input, low, high=None, *, dtype=None, device=None) -> Tensor:

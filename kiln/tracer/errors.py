@@ -28,6 +28,15 @@ def user_frame(skip_kiln: bool = True, frame=None):
     return None
 
 
+def user_stacklevel() -> int:
+    """The `stacklevel` for a warning raised by the caller that names the user's line: the
+    caller's callers up to the first frame outside kiln (wrappers such as autocast's between)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and user_frame(frame=frame) is not frame:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def user_location(skip_kiln: bool = True) -> str:
     """`file:line` of the innermost frame outside the kiln package: the user's line."""
     frame = user_frame(skip_kiln, sys._getframe(1))

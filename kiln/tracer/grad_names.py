@@ -43,11 +43,35 @@ def _sum_name(args, kwargs):
     return "SumBackward1" if _dim_given(args, kwargs) else "SumBackward0"
 
 
+def _linear_name(args, kwargs):
+    # PyTorch's linear is addmm on a matrix, mm/matmul without a bias, and for other ranks a
+    # view (or squeeze) of the 2-d product
+    x = args[0] if args else kwargs.get("input")
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    ndim = getattr(x, "ndim", 2)
+    if bias is not None:
+        return "AddmmBackward0" if ndim == 2 else "ViewBackward0"
+    return {1: "SqueezeBackward4", 2: "MmBackward0"}.get(ndim, "UnsafeViewBackward0")
+
+
+def _pow_name(args, kwargs):
+    # PyTorch names pow by which operands are tensors: (tensor, number), both, (number, tensor)
+    base = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+    if not isinstance(base, Tensor):
+        return "PowBackward2"
+    return "PowBackward1" if isinstance(exponent, Tensor) else "PowBackward0"
+
+
 # function name -> PyTorch's node name, for the tensor ops (functional and Tensor methods)
 TENSOR_OPS = {"mean": _mean_name, "softmax": "SoftmaxBackward0",
               "log_softmax": "LogSoftmaxBackward0", "var": "VarBackward0",
               "std": "StdBackward0", "logsumexp": "LogsumexpBackward0",
-              "unfold": "UnfoldBackward0"}
+              "unfold": "UnfoldBackward0", "clone": "CloneBackward0",
+              # x ** 2 and square are a multiply in kiln (autogradqs tutorial: PowBackward0)
+              "pow": _pow_name, "square": "PowBackward0"}
+# and for Tensor's operators alone
+TENSOR_OPERATORS = {"__pow__": _pow_name, "__rpow__": "PowBackward2"}
 # and for nn.functional
 NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
           "nll_loss": "NllLossBackward0", "cross_entropy": "NllLossBackward0",
@@ -59,7 +83,14 @@ NN_OPS = {"softmax": "SoftmaxBackward0", "log_softmax": "LogSoftmaxBackward0",
           "elu": "EluBackward0", "softplus": "SoftplusBackward0", "mish": "MishBackward0",
           "hardtanh": "HardtanhBackward0", "hardswish": "HardswishBackward0",
           "hardsigmoid": "HardsigmoidBackward0", "layer_norm": "NativeLayerNormBackward0",
-          "logsigmoid": "LogSigmoidBackward0"}
+          "logsigmoid": "LogSigmoidBackward0",
+          # the layers whose outputs tutorials print (`grad_fn=<AddmmBackward0>`)
+          "linear": _linear_name, "batch_norm": "NativeBatchNormBackward0",
+          "conv1d": "ConvolutionBackward0", "conv2d": "ConvolutionBackward0",
+          "conv3d": "ConvolutionBackward0", "conv_transpose1d": "ConvolutionBackward0",
+          "conv_transpose2d": "ConvolutionBackward0", "conv_transpose3d": "ConvolutionBackward0",
+          "embedding": "EmbeddingBackward0", "max_pool2d": "MaxPool2DWithIndicesBackward0",
+          "max_pool3d": "MaxPool3DWithIndicesBackward0", "avg_pool2d": "AvgPool2DBackward0"}
 
 
 def apply_names(kiln_module, functional_module, nn_functional_module=None) -> None:
@@ -72,6 +103,8 @@ def apply_names(kiln_module, functional_module, nn_functional_module=None) -> No
                 setattr(owner, name, named(getattr(owner, name), label))
         if hasattr(Tensor, name):
             setattr(Tensor, name, named(getattr(Tensor, name), label))
+    for name, label in TENSOR_OPERATORS.items():
+        setattr(Tensor, name, named(getattr(Tensor, name), label))
     if nn_functional_module is not None:
         apply_nn_names(nn_functional_module)
 

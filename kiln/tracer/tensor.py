@@ -55,6 +55,9 @@ class Tensor:
     __slots__ = ("_data", "dtype", "device", "requires_grad", "_grad", "grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
+    # the public name, as PyTorch's class is `torch.Tensor`: print(type(x)) shows <class
+    # 'kiln.Tensor'> (and `torch.Tensor` under kiln run's printouts), pickles name kiln.Tensor
+    __module__ = "kiln"
 
     def __init__(self, *args, device=None):
         """`torch.Tensor(...)`, PyTorch's legacy constructor: Tensor(2, 3) or Tensor(size) is a
@@ -175,6 +178,20 @@ class Tensor:
         if self.device.type == "cpu":
             return self._data.__array_interface__["data"][0]
         return self._data.data.ptr
+
+    def storage_offset(self) -> int:
+        """Elements from the start of the memory this tensor views to its first element (a
+        view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
+        if self.device.type == "meta":
+            return 0
+        root = self._data
+        while isinstance(getattr(root, "base", None), type(self._data)):
+            root = root.base
+        if self.device.type == "cpu":
+            start = root.__array_interface__["data"][0]
+        else:
+            start = root.data.ptr
+        return (self.data_ptr() - start) // self._data.itemsize
 
     def stride(self, dim: int | None = None):
         strides = tuple(s // self._data.itemsize for s in self._data.strides)

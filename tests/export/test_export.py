@@ -199,3 +199,41 @@ def test_random_ops_are_refused():
         return x + kiln.randn(3)
     with pytest.raises(RuntimeError, match="random"):
         kiln.export.export(noisy, (kiln.randn(3),))
+
+
+def test_torch_export_dim_hints_and_module_level_save_load(tmp_path):
+    # torch.export tutorial pattern: batch = torch.export.Dim("batch"), dynamic_shapes with it on
+    # two inputs, torch.export.save / load (kiln had no Dim and no module-level save)
+    import torch
+
+    def two_inputs(lib):
+        class TwoInputs(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = lib.nn.Linear(6, 3)
+
+            def forward(self, x, y):
+                return lib.relu(self.lin(x + y))
+        return TwoInputs()
+
+    t_mod, k_mod = two_inputs(torch), two_inputs(kiln)
+    k_mod.load_state_dict({k: kiln.tensor(v.detach().numpy())
+                           for k, v in t_mod.state_dict().items()})
+    ex = np.random.default_rng(0).normal(size=(2, 4, 6)).astype(np.float32)
+    outs, reprs = {}, {}
+    for lib, mod in ((kiln, k_mod), (torch, t_mod)):
+        batch = lib.export.Dim("batch", max=64)
+        reprs[lib.__name__] = [repr(batch), repr(lib.export.Dim("n", min=2, max=9)),
+                               repr(lib.export.Dim("m", min=4))]
+        ep = lib.export.export(mod, (lib.tensor(ex[0]), lib.tensor(ex[1])),
+                               dynamic_shapes={"x": {0: batch, 1: lib.export.Dim.STATIC},
+                                               "y": {0: batch}})
+        lib.export.save(ep, str(tmp_path / f"{lib.__name__}.pt2"))
+        back = lib.export.load(str(tmp_path / f"{lib.__name__}.pt2"))
+        x = lib.tensor(np.arange(30, dtype=np.float32).reshape(5, 6) / 30)
+        outs[lib.__name__] = back.module()(x, x * 2).detach().numpy()
+    assert reprs["kiln"] == reprs["torch"]
+    np.testing.assert_allclose(outs["kiln"], outs["torch"], rtol=1e-6)
+    with pytest.raises(ValueError, match="outside Dim\\('batch', min=0, max=3\\)'s range"):
+        kiln.export.export(k_mod, (kiln.tensor(ex[0]), kiln.tensor(ex[1])),
+                           dynamic_shapes={"x": {0: kiln.export.Dim("batch", max=3)}})

@@ -1,6 +1,8 @@
 """The activations beyond the core set, and the functional spellings with inplace=, against
 torch: values and gradients (float64)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,22 @@ def test_softmax_family_implicit_dim_matches_torch(name, shape):
     """`F.log_softmax(x)` with no dim (the spatial transformer tutorial's last line): PyTorch's
     legacy choice, dim 0 for 0-, 1- and 3-d inputs and 1 otherwise; softmin took the last."""
     check_op(lambda lib, x: getattr(lib.nn.functional, name)(x), [shape], dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "softmin"])
+def test_softmax_family_implicit_dim_warns_as_torch_at_the_callers_line(name):
+    # introyt Building Models tutorial: torch.nn.Softmax() warns that the implicit dim is
+    # deprecated (kiln chose the dim silently); kiln's warning names the caller's line
+    for lib in (torch, kiln):
+        x = lib.ones(2, 3)
+        with pytest.warns(UserWarning, match=f"Implicit dimension choice for {name} has been "
+                          "deprecated. Change the call to include dim=X") as caught:
+            getattr(lib.nn.functional, name)(x)
+        assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="Implicit dimension choice for softmax") as caught:
+        kiln.nn.Softmax()(kiln.ones(2, 3))
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kiln.nn.functional.softmax(kiln.ones(2, 3), dim=1)
+        kiln.nn.Softmax(dim=0)(kiln.ones(2, 3))

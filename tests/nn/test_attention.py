@@ -83,3 +83,22 @@ def test_causal_biases_give_torchs_attention_and_masks():
 
 def test_backend_prints_like_torch():
     assert str(kattn.SDPBackend.MATH) == str(tattn.SDPBackend.MATH) == "SDPBackend.MATH"
+
+
+def test_causal_biases_are_tensors_that_print_as_torchs():
+    # SDPA tutorial: `assert issubclass(type(upper_left_bias), torch.Tensor)` failed (kiln's
+    # CausalBias was a plain object), then print(upper_left_bias) shows the boolean mask
+    for k_make, t_make in ((kbias.causal_upper_left, tbias.causal_upper_left),
+                           (kbias.causal_lower_right, tbias.causal_lower_right)):
+        k, t = k_make(2, 10), t_make(2, 10)
+        assert isinstance(k, kiln.Tensor) and isinstance(t, torch.Tensor)
+        assert type(k).__name__ == type(t).__name__ == "CausalBias"
+        assert repr(k).replace("kiln.", "torch.") == repr(t)
+        assert tuple(k.shape) == (2, 10) and k.dtype is kiln.bool
+        q = np.random.default_rng(0).normal(size=(2, 3, 2, 4))
+        kv = np.random.default_rng(1).normal(size=(2, 3, 10, 4))
+        k_out = kiln.nn.functional.scaled_dot_product_attention(
+            kiln.tensor(q), kiln.tensor(kv), kiln.tensor(kv), k)
+        t_out = torch.nn.functional.scaled_dot_product_attention(
+            torch.tensor(q), torch.tensor(kv), torch.tensor(kv), t)
+        np.testing.assert_allclose(k_out.numpy(), t_out.numpy(), rtol=1e-10)

@@ -264,3 +264,20 @@ def test_batchnorm_training_double_backward():
         grads.append((t.grad.detach().numpy(), layer.weight.grad.detach().numpy()))
     np.testing.assert_allclose(grads[0][0], grads[1][0], atol=1e-10)
     np.testing.assert_allclose(grads[0][1], grads[1][1], atol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"affine": True}, {"affine": True, "bias": False},
+                                    {"track_running_stats": True}], ids=str)
+def test_instance_norm_takes_bias_and_prints_as_torch(kwargs) -> None:
+    # module reprs printed by the tutorials: torch 2.13's InstanceNorm2d shows bias=...; and
+    # InstanceNorm2d(3, affine=True, bias=False) keeps a weight without a bias
+    k, t = kiln.nn.InstanceNorm2d(3, **kwargs), torch.nn.InstanceNorm2d(3, **kwargs)
+    assert repr(k) == repr(t)
+    assert list(k.state_dict()) == list(t.state_dict())
+    if kwargs.get("affine"):
+        with torch.no_grad():
+            t.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        k.weight.data = kiln.tensor([0.5, 2.0, -1.0])
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(k(kiln.tensor(x)).detach().numpy(),
+                               t(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)

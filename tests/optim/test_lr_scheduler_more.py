@@ -132,3 +132,45 @@ def test_tensor_learning_rate_is_filled_in_place_and_compiles_correctly(schedule
         results[lib.__name__] = trail, float(opt.param_groups[0]["initial_lr"])
     np.testing.assert_allclose(results["kiln"][0], results["torch"][0], rtol=1e-6)
     assert results["kiln"][1] == results["torch"][1]
+
+
+def _scheduler_makers(lib):
+    S = lib.optim.lr_scheduler
+    return {"StepLR": lambda o: S.StepLR(o, 2), "MultiStepLR": lambda o: S.MultiStepLR(o, [1, 3]),
+            "CosineAnnealingLR": lambda o: S.CosineAnnealingLR(o, 5),
+            "LinearLR": lambda o: S.LinearLR(o), "PolynomialLR": lambda o: S.PolynomialLR(o),
+            "OneCycleLR": lambda o: S.OneCycleLR(o, 1.0, total_steps=10),
+            "OneCycleLR three phases": lambda o: S.OneCycleLR(o, 1.0, total_steps=10,
+                                                              three_phase=True),
+            "CosineAnnealingWarmRestarts": lambda o: S.CosineAnnealingWarmRestarts(o, 3)}
+
+
+@pytest.mark.parametrize("name", list(_scheduler_makers(kiln)))
+def test_scheduler_state_dicts_have_torchs_keys_and_values_and_load_from_torchs(name):
+    # what_is_state_dict recipe pattern: print(scheduler.state_dict()) lacked
+    # _get_lr_called_within_step, and OneCycleLR's phases were tuples where torch has dicts
+    def run(lib, load=None):
+        p = lib.nn.Parameter(lib.ones(2))
+        opt = lib.optim.SGD([p], lr=0.1, momentum=0.9)
+        sched = _scheduler_makers(lib)[name](opt)
+        for _ in range(3):
+            opt.step()
+            sched.step()
+        state = sched.state_dict()
+        if load is not None:
+            sched.load_state_dict(load)
+        rates = []
+        for _ in range(4):
+            opt.step()
+            sched.step()
+            rates.append(sched.get_last_lr()[0])
+        return state, rates
+    t_state, t_rates = run(torch)
+    k_state, k_rates = run(kiln)
+    assert list(k_state) == list(t_state)
+    for key, value in t_state.items():
+        if key != "_step_count" or name != "CosineAnnealingWarmRestarts":  # torch's stays 0
+            assert k_state[key] == value, key
+    np.testing.assert_allclose(k_rates, t_rates, rtol=1e-12)
+    _, k_loaded = run(kiln, load=dict(t_state))      # torch's state, loaded into kiln's
+    np.testing.assert_allclose(k_loaded, t_rates, rtol=1e-12)

@@ -213,3 +213,24 @@ def test_a_meta_tensor_takes_a_memory_format_and_stays_meta():
     x = kiln.randn(1, 2, 3, 4, device="meta").to(memory_format=kiln.channels_last)
     model = kiln.nn.Conv2d(2, 3, 3).to("meta").to(memory_format=kiln.channels_last)
     assert x.is_meta and model.weight.is_meta and tuple(model.weight.shape) == (3, 2, 3, 3)
+
+
+def test_random_factories_on_meta_draw_nothing_like_torch():
+    # reasoning_about_shapes recipe: torch.rand(2**10, 3, 2**16, 2**16, device="meta") is only a
+    # shape; drawing its 1.3e13 numbers ran out of memory, and meta draws leave the stream alone
+    def run(lib):
+        lib.manual_seed(0)
+        huge = lib.rand(2 ** 10, 3, 2 ** 16, 2 ** 16, device="meta")
+        made = [huge, lib.randn(4, 6, device="meta", dtype=lib.float64),
+                lib.randn(3, device="meta", dtype=lib.complex64),
+                lib.randint(0, 5, (2, 3), device="meta"), lib.randperm(7, device="meta"),
+                lib.empty(3, 2, device="meta").uniform_(), lib.empty(5, device="meta").normal_(),
+                lib.bernoulli(lib.empty(4, device="meta"), 0.5)]
+        with lib.device("meta"):
+            made.append(lib.nn.Linear(1 << 14, 1 << 14).weight)
+        return made, lib.rand(3)
+    (k_made, k_next), (t_made, t_next) = both(run)
+    for k, t in zip(k_made, t_made):
+        assert tuple(k.shape) == tuple(t.shape) and k.is_meta and t.is_meta
+        assert k.dtype.name == str(t.dtype).removeprefix("torch.")
+    np.testing.assert_array_equal(k_next.numpy(), t_next.numpy())

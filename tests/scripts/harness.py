@@ -35,6 +35,9 @@ PROGRAMS = Path(__file__).parent / "programs"
 def _kiln_import(name, globals=None, locals=None, fromlist=(), level=0):
     if level == 0 and (name == "torch" or name.startswith("torch.")):
         name = "kiln" + name[len("torch"):]
+    elif level == 0 and name == "functorch":      # functorch's former API: kiln.functorch
+        builtins.__import__("kiln.functorch", globals, locals, fromlist, level)
+        return sys.modules["kiln.functorch"]
     return builtins.__import__(name, globals, locals, fromlist, level)
 
 

@@ -154,3 +154,24 @@ def test_autoencoders_match_torch():
     # output_padding) autoencoders; denoised outputs under inference_mode
     t, k = same_run("autoencoders")
     compiled_matches("autoencoders", k, t)
+
+
+def test_channels_last_tutorial_trains_as_torch():
+    # memory_format tutorial: channels-last strides from every way of making a tensor (empty's
+    # memory_format and empty_like's preserve were row-major), a channels-last CNN trained on
+    # the transforms tutorial's one-hot targets (scatter_ with a 0-d index raised)
+    t, k = same_run("channels_last_tutorial")
+    v = k["values"]
+    assert v["strides_made"] == str(((3072, 1, 96, 3),) * 4) and v["is_cl"] and v["weight_cl"]
+    compiled_matches("channels_last_tutorial", k, t)
+
+
+def test_forward_ad_tutorial_matches_torch():
+    # forward_ad_usage tutorial: dual tensors, dual parameters through functional_call, a custom
+    # Function's jvp, and `import functorch as ft` (ft.jvp over make_functional_with_buffers),
+    # which kiln run could not import
+    t, k = same_run("forward_ad_tutorial")
+    v = k["values"]
+    assert v["tangent_kept"] and v["tangent_copied"] and v["tangent_gone"]
+    assert v["module_matches_call"] and v["gradcheck"]
+    compiled_matches("forward_ad_tutorial", k, t)

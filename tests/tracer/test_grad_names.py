@@ -38,6 +38,16 @@ CALLS = [
     ("layer_norm", lambda t, F, x: F.layer_norm(x, (4,))),
     ("relu sigmoid tanh", lambda t, F, x: x.relu()),
     ("exp", lambda t, F, x: x.exp()),
+    # introyt tensors tutorial: b = a.clone() prints grad_fn=<CloneBackward0>
+    ("clone", lambda t, F, x: x.clone()),
+    ("torch.clone", lambda t, F, x: t.clone(x * 2)),
+    # autogradqs tutorial: (inp + 1).pow(2) is PowBackward0 (kiln's multiply said MulBackward0)
+    ("x ** 2", lambda t, F, x: x ** 2),
+    ("pow 2", lambda t, F, x: (x + 1).pow(2)),
+    ("torch.pow", lambda t, F, x: t.pow(x, 3)),
+    ("pow tensor", lambda t, F, x: x.pow(x.detach())),
+    ("rpow", lambda t, F, x: 2 ** x),
+    ("square", lambda t, F, x: x.square()),
 ]
 
 
@@ -129,3 +139,32 @@ def test_reflected_add_and_mul_keep_the_tensor_first_in_next_functions():
     k, t = chain(kiln), chain(torch)
     assert k[:2] == t[:2]
     np.testing.assert_allclose(k[2], t[2], rtol=1e-6, atol=1e-6)
+
+
+LAYER_CALLS = [
+    # introyt Building Models tutorial: print(lin(x)) shows grad_fn=<AddmmBackward0>
+    ("Linear", lambda t, x: t.nn.Linear(4, 3)(x)),
+    ("Linear no bias", lambda t, x: t.nn.Linear(4, 3, bias=False)(x)),
+    ("linear 1-d", lambda t, x: t.nn.functional.linear(x[0], t.ones(3, 4), t.ones(3))),
+    ("linear 1-d no bias", lambda t, x: t.nn.functional.linear(x[0], t.ones(3, 4))),
+    ("linear 3-d", lambda t, x: t.nn.functional.linear(x.reshape(1, 3, 4), t.ones(3, 4),
+                                                       bias=t.ones(3))),
+    ("linear 3-d no bias", lambda t, x: t.nn.functional.linear(x.reshape(3, 1, 4),
+                                                               t.ones(2, 4))),
+    ("BatchNorm1d", lambda t, x: t.nn.BatchNorm1d(4)(x)),
+    ("BatchNorm1d eval", lambda t, x: t.nn.BatchNorm1d(4).eval()(x)),
+    ("Conv2d", lambda t, x: t.nn.Conv2d(1, 2, 2)(x.reshape(1, 1, 3, 4))),
+    ("Conv1d no bias", lambda t, x: t.nn.Conv1d(3, 2, 2, bias=False)(x.unsqueeze(0))),
+    ("ConvTranspose2d", lambda t, x: t.nn.ConvTranspose2d(1, 2, 2)(x.reshape(1, 1, 3, 4))),
+    ("MaxPool2d", lambda t, x: t.nn.MaxPool2d(2)(x.reshape(1, 1, 3, 4))),
+    ("AvgPool2d", lambda t, x: t.nn.AvgPool2d(2)(x.reshape(1, 1, 3, 4))),
+    ("Embedding", lambda t, x: t.nn.Embedding(5, 2)(t.tensor([1, 4]))),
+]
+
+
+@pytest.mark.parametrize("call", [pytest.param(c, id=n) for n, c in LAYER_CALLS])
+def test_layer_output_grad_fn_names_match_torch(call) -> None:
+    x = X.astype(np.float32)
+    t = call(torch, torch.tensor(x, requires_grad=True))
+    k = call(kiln, kiln.tensor(x, requires_grad=True))
+    assert k.grad_fn.name() == t.grad_fn.name()

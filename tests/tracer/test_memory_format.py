@@ -177,3 +177,22 @@ def test_channels_last_on_cuda_matches_the_cpu():
     assert model[0].weight.device.type == "cuda"
     assert model[0].weight.is_contiguous(memory_format=kiln.channels_last)
     assert model(kiln.randn(2, 3, 8, 8, device="cuda")).shape == (2, 5)
+
+
+@pytest.mark.parametrize("shape,name", [((10, 3, 32, 32), "channels_last"),
+                                        ((2, 1, 4, 5), "channels_last"),
+                                        ((2, 3, 4, 5, 6), "channels_last_3d")])
+def test_factories_make_and_like_factories_keep_a_channels_last_layout_as_torch(shape, name):
+    # memory_format tutorial: torch.empty(N, C, H, W, memory_format=torch.channels_last) and
+    # torch.empty_like(x) of such an x have channels-last strides (kiln gave row-major ones)
+    def run(lib):
+        fmt = getattr(lib, name)
+        x = lib.empty(*shape, memory_format=fmt)
+        made = [x, lib.empty_like(x), lib.zeros_like(x), lib.ones_like(x), lib.full_like(x, 2.0),
+                lib.zeros_like(x, memory_format=lib.contiguous_format),
+                lib.empty_like(lib.ones(shape), memory_format=fmt)]
+        return made + [made[1] + made[3]]
+    for k, t in zip(run(kiln), run(torch)):
+        assert k.stride() == t.stride(), (k.stride(), t.stride())
+    k_ones, t_ones = run(kiln)[3], run(torch)[3]
+    np.testing.assert_array_equal(k_ones.numpy(), t_ones.numpy())

@@ -145,3 +145,21 @@ def test_small_matrix_builders(data, seed) -> None:
     right = data.draw(st.booleans())
     check_op(lambda t, x, y: (t.searchsorted(x, y, right=right), t.bucketize(y, x, right=right)),
              [s, q], dtype=np.float64)
+
+
+ZERO_D_INDEX_CALLS = [
+    # transforms tutorial's one-hot target: torch.zeros(10).scatter_(0, torch.tensor(y), value=1)
+    lambda lib, x: lib.zeros(5, dtype=lib.float64).scatter_(0, lib.tensor(3), value=1),
+    lambda lib, x: x.scatter(0, lib.tensor(2), 7.0),
+    lambda lib, x: x.scatter(0, lib.tensor(1), x[3] * 2),
+    lambda lib, x: x.scatter_add(0, lib.tensor(4), x[0]),
+    lambda lib, x: x[0].scatter(0, lib.tensor(0), x[1]),
+    lambda lib, x: x[0].scatter(0, lib.tensor([0]), x[2:3]),
+    lambda lib, x: lib.gather(x, 0, lib.tensor(2)),
+    lambda lib, x: lib.gather(x[1], 0, lib.tensor([0])),
+]
+
+
+def test_zero_d_index_and_input_count_as_one_d_in_scatter_and_gather() -> None:
+    for call in ZERO_D_INDEX_CALLS:
+        check_op(call, [(5,)], dtype=np.float64)

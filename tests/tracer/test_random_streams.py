@@ -212,3 +212,17 @@ def test_packed_rnn_dropout_draws_torchs_masks(enforce_sorted, batch_first):
         return rnn.pad_packed_sequence(gru(packed)[0], batch_first=batch_first)[0]
     np.testing.assert_allclose(out(kiln).detach().numpy(), out(torch).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+
+def test_randint_takes_requires_grad_as_torch():
+    # memory_format tutorial: torch.randint(1, 10, (2, 8, 4, 4), dtype=torch.float32,
+    # requires_grad=True) is a float leaf that requires grad
+    kiln.manual_seed(0)
+    torch.manual_seed(0)
+    k = kiln.randint(1, 10, (2, 8, 4, 4), dtype=kiln.float32, requires_grad=True)
+    t = torch.randint(1, 10, (2, 8, 4, 4), dtype=torch.float32, requires_grad=True)
+    assert k.requires_grad and t.requires_grad and k.is_leaf
+    np.testing.assert_array_equal(k.detach().numpy(), t.detach().numpy())
+    (k * k).sum().backward()
+    np.testing.assert_array_equal(k.grad.numpy(), 2 * t.detach().numpy())

@@ -368,3 +368,26 @@ def test_a_compiled_write_through_a_view_with_backward_compiles_and_equals_torch
         got.backward()
         np.testing.assert_allclose(got.item(), want.item(), rtol=1e-12)
         np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12)
+
+
+STORAGE_OFFSET_VIEWS = [
+    lambda x: x, lambda x: x[1], lambda x: x[1, 2:], lambda x: x[:, 1], lambda x: x.t()[2],
+    lambda x: x.reshape(4, 3)[2:], lambda x: x.narrow(1, 1, 2), lambda x: x.flatten()[5:],
+    lambda x: x.select(0, 2).unsqueeze(0), lambda x: x.view(-1)[7::2], lambda x: x.clone(),
+    lambda x: x[::2, 1:],
+]
+
+
+def test_storage_offset_of_views_matches_torch():
+    # swap_tensors recipe: storage_offset=elem.storage_offset() (kiln had no storage_offset)
+    t, k = _pair((3, 4))
+    for view in STORAGE_OFFSET_VIEWS:
+        assert view(k).storage_offset() == view(t).storage_offset()
+    assert kiln.empty(2, 3, device="meta").storage_offset() == 0
+
+
+def test_finfo_and_iinfo_print_as_torchs():
+    for name in ("float32", "float64", "float16", "bfloat16"):
+        assert repr(kiln.finfo(getattr(kiln, name))) == repr(torch.finfo(getattr(torch, name)))
+    for name in ("uint8", "int8", "int16", "int32", "int64"):
+        assert repr(kiln.iinfo(getattr(kiln, name))) == repr(torch.iinfo(getattr(torch, name)))

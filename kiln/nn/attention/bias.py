@@ -23,25 +23,31 @@ class CausalVariant(IntEnum):
     LOWER_RIGHT = 2
 
 
-class CausalBias:
-    """A causal mask of `seq_len_q` x `seq_len_kv`, described rather than stored."""
+class CausalBias(Tensor):
+    """A causal mask of `seq_len_q` x `seq_len_kv`: a Tensor subclass, as PyTorch's is (a
+    boolean tensor of the mask), that scaled_dot_product_attention reads by its variant."""
 
-    def __init__(self, variant: CausalVariant, seq_len_q: int, seq_len_kv: int) -> None:
+    __slots__ = ("variant", "seq_len_q", "seq_len_kv")
+
+    def __new__(cls, variant: CausalVariant, seq_len_q: int, seq_len_kv: int) -> "CausalBias":
         if not isinstance(variant, CausalVariant):
             raise TypeError(f"CausalBias: variant must be a CausalVariant, got "
                             f"{type(variant).__name__}")
-        self.variant, self.seq_len_q, self.seq_len_kv = variant, seq_len_q, seq_len_kv
         if seq_len_q > seq_len_kv and variant == CausalVariant.LOWER_RIGHT:
             warnings.warn("Lower right causal bias will produce NaNs in the output when "
-                          "seq_len_q > seq_len_kv!", stacklevel=2)
+                          "seq_len_q > seq_len_kv!", stacklevel=3)
+        mask = _causal_mask(variant, seq_len_q, seq_len_kv, "cpu")
+        bias = Tensor._make(mask._data, mask.dtype, mask.device, cls)
+        bias.variant, bias.seq_len_q, bias.seq_len_kv = variant, seq_len_q, seq_len_kv
+        return bias
+
+    def __init__(self, variant: CausalVariant, seq_len_q: int, seq_len_kv: int) -> None:
+        pass      # all set up in __new__; Tensor.__init__ would wrap the data again
 
     def _materialize(self, device=None) -> Tensor:
-        """The boolean mask (True: the key takes part)."""
-        ones = kiln.ones(self.seq_len_q, self.seq_len_kv, dtype=kiln.bool,
-                         device=device if device is not None else "cpu")
-        if self.variant == CausalVariant.UPPER_LEFT:
-            return kiln.tril(ones)
-        return kiln.tril(ones, diagonal=self.seq_len_kv - self.seq_len_q)
+        """The boolean mask (True: the key takes part), a plain tensor."""
+        return _causal_mask(self.variant, self.seq_len_q, self.seq_len_kv,
+                            device if device is not None else "cpu")
 
     def _sdpa_arguments(self, is_causal: bool, device) -> tuple[Tensor | None, bool]:
         """(attn_mask, is_causal) to run scaled_dot_product_attention with in its place."""
@@ -53,6 +59,13 @@ class CausalBias:
 
     def __repr__(self) -> str:
         return repr(self._materialize())
+
+
+def _causal_mask(variant: CausalVariant, seq_len_q: int, seq_len_kv: int, device) -> Tensor:
+    ones = kiln.ones(seq_len_q, seq_len_kv, dtype=kiln.bool, device=device)
+    if variant == CausalVariant.UPPER_LEFT:
+        return kiln.tril(ones)
+    return kiln.tril(ones, diagonal=seq_len_kv - seq_len_q)
 
 
 def _size(size: tuple, name: str) -> tuple[int, int]:

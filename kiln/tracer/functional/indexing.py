@@ -197,6 +197,10 @@ def _gather(input, dim, index, op, checked=False):
     """gather under the name of the op the user called; `checked`: `index` is known to be in
     [0, size) already (nll_loss checked its targets)."""
     d = _norm_dim(dim, input.ndim)
+    if index.ndim == 0 and input.ndim <= 1:     # PyTorch counts a 0-d index as 1-d
+        return reshape(_gather(input, dim, reshape(index, (1,)), op, checked), ())
+    if input.ndim == 0 and index.ndim == 1:
+        return _gather(reshape(input, (1,)), dim, index, op, checked)
     if index.ndim != input.ndim:
         raise op_error(op, f"Index tensor must have the same number of dimensions as "
                        f"input tensor ({index.ndim} vs {input.ndim})")
@@ -206,6 +210,13 @@ def _gather(input, dim, index, op, checked=False):
 
 def _scatter(input, dim, index, src, prim, op):
     d = _norm_dim(dim, input.ndim)
+    if input.ndim <= 1 and index.ndim <= 1 and 0 in (input.ndim, index.ndim):
+        # PyTorch counts a 0-d input or index as 1-d (the transforms tutorial's one-hot
+        # `zeros(10).scatter_(0, torch.tensor(y), value=1)`)
+        if isinstance(src, Tensor) and src.ndim == 0:
+            src = reshape(src, (1,))
+        flat = _scatter(reshape(input, (-1,)), dim, reshape(index, (-1,)), src, prim, op)
+        return reshape(flat, tuple(input.shape))
     if isinstance(src, Tensor) and src.dtype is not input.dtype:
         src = src.to(input.dtype)
     if not isinstance(src, Tensor):

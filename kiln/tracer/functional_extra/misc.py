@@ -27,13 +27,13 @@ class finfo:
         self.bits, self.eps, self.max, self.min = info.bits, float(info.eps), float(info.max), \
             float(info.min)
         self.tiny = self.smallest_normal = float(info.tiny)
-        self.resolution = float(info.resolution)
-        if kind is dt.bfloat16:             # ml_dtypes rounds 10**-2 to bfloat16; PyTorch not
-            self.resolution = 10.0 ** -info.precision
+        # 10**-precision as a Python float, as PyTorch gives it: NumPy rounds it to the dtype
+        # (float16's 0.0010004, float32's 9.99999997e-07)
+        self.resolution = 10.0 ** -info.precision
 
-    def __repr__(self) -> str:
-        return f"finfo(resolution={self.resolution}, min={self.min}, max={self.max}, " \
-               f"eps={self.eps}, smallest_normal={self.tiny}, tiny={self.tiny}, " \
+    def __repr__(self) -> str:          # PyTorch prints the limits with six digits
+        return f"finfo(resolution={self.resolution:g}, min={self.min:g}, max={self.max:g}, " \
+               f"eps={self.eps:g}, smallest_normal={self.tiny:g}, tiny={self.tiny:g}, " \
                f"dtype={self.dtype})"
 
 
@@ -44,6 +44,9 @@ class iinfo:
         info = np.iinfo(type.np)
         self.dtype, self.bits, self.max, self.min = type.name, info.bits, int(info.max), \
             int(info.min)
+
+    def __repr__(self) -> str:
+        return f"iinfo(min={self.min:g}, max={self.max:g}, dtype={self.dtype})"
 
 
 def can_cast(from_, to) -> bool:
