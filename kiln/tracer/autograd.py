@@ -33,7 +33,7 @@ class Node:
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
                  "out_version", "out_at", "edges", "hooks", "retained", "out_trace", "label",
-                 "packed", "forward_stack", "__weakref__")
+                 "packed", "forward_stack", "shown", "__weakref__")
 
     def name(self) -> str:
         # `label`: the PyTorch name a composite op gives its output's node (MeanBackward0)
@@ -58,6 +58,10 @@ class Node:
         edges = getattr(self, "edges", None)
         if edges is None:
             return ()
+        composite = getattr(self, "shown", None)    # a named composite: its own inputs
+        if composite is not None:
+            return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0)
+                         for e in composite)
         shown = _SHOWN_INPUTS.get(self.prim)
         if shown is not None:       # the rest are values the node keeps for its rule
             edges = edges[:shown]

@@ -14,9 +14,11 @@ import sys
 from kiln.tracer.tensor import Tensor
 
 
-def named(fn, name):
+def named(fn, name, shown=None):
     """`fn` whose tensor result's grad_fn reports `name` (a string, or a function of the
-    call's args and kwargs giving one)."""
+    call's args and kwargs giving one) and, with `shown(args, kwargs, node)`, lists those
+    edges as its `next_functions`: the composite's own inputs, as PyTorch's single node has
+    them, rather than the inner primitives' (the backward itself runs the inner graph)."""
     if getattr(fn, "_grad_name", None) is not None:
         return fn
 
@@ -26,9 +28,72 @@ def named(fn, name):
         node = getattr(out, "grad_fn", None) if isinstance(out, Tensor) else None
         if node is not None and hasattr(type(node), "label"):
             node.label = name(args, kwargs) if callable(name) else name
+            edges = shown(args, kwargs, node) if shown is not None else None
+            # (an in-place form's input is the node itself now: its inner nodes are shown)
+            if edges is not None and all(e is not node for e in edges):
+                node.shown = edges
         return out
     wrapper._grad_name = name
     return wrapper
+
+
+def _edge(t):
+    return None if not isinstance(t, Tensor) else t.grad_fn if t.grad_fn is not None else (
+        t if t.requires_grad else None)
+
+
+def _float_inputs(args, kwargs, node):
+    """The edges of the floating-point tensor arguments, in order (PyTorch's node lists its
+    differentiable inputs; an integer target or index has none)."""
+    return [_edge(a) for a in list(args) + list(kwargs.values())
+            if isinstance(a, Tensor) and (a.dtype.is_floating_point or a.dtype.is_complex)]
+
+
+def _linear_inputs(args, kwargs, node):
+    """addmm's inputs (bias, input, weight.t()), read from kiln's add(matmul(x, w.t()), b);
+    None (the inner nodes shown) where the composite is built otherwise."""
+    edges = getattr(node, "edges", None)
+    if getattr(node, "label", None) != "AddmmBackward0" or not edges or len(edges) != 2:
+        return None
+    mm = edges[0]
+    if getattr(getattr(mm, "prim", None), "name", None) != "matmul" or len(mm.edges) != 2:
+        return None
+    return [edges[1], mm.edges[0], mm.edges[1]]
+
+
+def _log_softmax_inside(args, kwargs, node, depth: int = 6):
+    """cross_entropy's node lists the log_softmax it computed (PyTorch's NllLossBackward0)."""
+    stack = [(e, 0) for e in getattr(node, "edges", None) or ()]
+    while stack:
+        e, d = stack.pop()
+        if getattr(e, "label", None) == "LogSoftmaxBackward0":
+            return [e]
+        if d < depth and getattr(e, "edges", None) is not None:
+            stack.extend((x, d + 1) for x in e.edges)
+    return None
+
+
+def _signature_inputs(*names: str, shown: tuple = ("input", "weight", "bias")):
+    """Edges of the arguments named `shown`, given or not (None), by the signature `names`."""
+    def inputs(args, kwargs, node):
+        given = dict(zip(names, args), **kwargs)
+        return [_edge(given.get(k)) for k in shown]
+    return inputs
+
+
+# how a named composite lists its inputs; absent: the inner nodes are shown (l1_loss's
+# MeanBackward0 has abs and sub below it, as PyTorch's does)
+SHOWN = {"linear": _linear_inputs, "cross_entropy": _log_softmax_inside,
+         "batch_norm": _signature_inputs("input", "running_mean", "running_var", "weight",
+                                         "bias"),
+         "layer_norm": _signature_inputs("input", "normalized_shape", "weight", "bias")}
+for _name in ("mean", "softmax", "log_softmax", "var", "std", "logsumexp", "nll_loss",
+              "mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+              "smooth_l1_loss", "huber_loss", "gelu", "silu", "leaky_relu", "elu", "softplus",
+              "mish", "hardtanh", "hardswish", "hardsigmoid", "logsigmoid",
+              "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+              "conv_transpose3d", "embedding", "max_pool2d", "max_pool3d", "avg_pool2d"):
+    SHOWN.setdefault(_name, _float_inputs)
 
 
 def _dim_given(args, kwargs) -> bool:
@@ -100,9 +165,9 @@ def apply_names(kiln_module, functional_module, nn_functional_module=None) -> No
         home = sys.modules.get(getattr(getattr(functional_module, name, None), "__module__", ""))
         for owner in (functional_module, kiln_module) + ((home,) if home is not None else ()):
             if hasattr(owner, name):
-                setattr(owner, name, named(getattr(owner, name), label))
+                setattr(owner, name, named(getattr(owner, name), label, SHOWN.get(name)))
         if hasattr(Tensor, name):
-            setattr(Tensor, name, named(getattr(Tensor, name), label))
+            setattr(Tensor, name, named(getattr(Tensor, name), label, SHOWN.get(name)))
     for name, label in TENSOR_OPERATORS.items():
         setattr(Tensor, name, named(getattr(Tensor, name), label))
     if nn_functional_module is not None:
@@ -114,4 +179,4 @@ def apply_nn_names(nn_functional_module) -> None:
     for name, label in NN_OPS.items():
         if hasattr(nn_functional_module, name):
             setattr(nn_functional_module, name, named(getattr(nn_functional_module, name),
-                                                      label))
+                                                      label, SHOWN.get(name)))

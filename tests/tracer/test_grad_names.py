@@ -168,3 +168,35 @@ def test_layer_output_grad_fn_names_match_torch(call) -> None:
     t = call(torch, torch.tensor(x, requires_grad=True))
     k = call(kiln, kiln.tensor(x, requires_grad=True))
     assert k.grad_fn.name() == t.grad_fn.name()
+
+
+def _graph_walk(lib) -> list[str]:
+    """Every node name met walking `next_functions` from four losses, depth first."""
+    nn, F = lib.nn, lib.nn.functional
+    lib.manual_seed(0)
+    seen = []
+
+    def walk(fn, depth=0):
+        if fn is None:
+            seen.append("  " * depth + "None")
+            return
+        seen.append("  " * depth + fn.name().replace("torch::autograd::", ""))
+        for f, _ in fn.next_functions:
+            walk(f, depth + 1)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))      # the 60-minute blitz
+    walk(nn.MSELoss()(net(lib.randn(1, 4)), lib.randn(1, 2)).grad_fn)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(8, 3))
+    walk(F.cross_entropy(cnn(lib.randn(2, 1, 6, 6)), lib.tensor([0, 2])).grad_fn)
+    x = lib.randn(2, 3, requires_grad=True)
+    walk(F.layer_norm(F.gelu(x).softmax(-1), (3,)).mean().grad_fn)
+    emb = nn.Embedding(5, 3)
+    walk(F.nll_loss(F.log_softmax(emb(lib.tensor([1, 2])), 1), lib.tensor([0, 1])).grad_fn)
+    return seen
+
+
+def test_walking_next_functions_meets_torchs_nodes():
+    """A composite's node lists its own inputs, as PyTorch's single node does (Linear's
+    AddmmBackward0: bias, input, weight.t()), so the blitz tutorial's
+    loss.grad_fn.next_functions[0][0] is the last Linear's node, as in PyTorch."""
+    assert _graph_walk(kiln) == _graph_walk(torch)
