@@ -92,7 +92,8 @@ for _name in ("mean", "softmax", "log_softmax", "var", "std", "logsumexp", "nll_
               "smooth_l1_loss", "huber_loss", "gelu", "silu", "leaky_relu", "elu", "softplus",
               "mish", "hardtanh", "hardswish", "hardsigmoid", "logsigmoid",
               "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-              "conv_transpose3d", "embedding", "max_pool2d", "max_pool3d", "avg_pool2d"):
+              "conv_transpose3d", "embedding", "max_pool2d", "max_pool3d", "avg_pool2d",
+              "clamp", "clip", "clamp_min", "clamp_max", "max", "min", "amax", "amin", "norm"):
     SHOWN.setdefault(_name, _float_inputs)
 
 
@@ -128,13 +129,42 @@ def _pow_name(args, kwargs):
     return "PowBackward1" if isinstance(exponent, Tensor) else "PowBackward0"
 
 
+def _clamp_name(args, kwargs):
+    bounds = list(args[1:3]) + [kwargs.get("min"), kwargs.get("max")]
+    return "ClampBackward0" if any(isinstance(b, Tensor) for b in bounds) else "ClampBackward1"
+
+
+def _extreme_name(op):
+    def name(args, kwargs):     # max(x) reduces; max(x, y) is maximum
+        other = args[1] if len(args) > 1 else kwargs.get("other")
+        return f"{op}imumBackward0" if isinstance(other, Tensor) else f"{op}Backward1"
+    return name
+
+
+def _norm_name(args, kwargs):
+    p = args[1] if len(args) > 1 else kwargs.get("p", "fro")
+    return None if p == "nuc" else "LinalgVectorNormBackward0"
+
+
+def _stacked_inputs(args, kwargs, node):
+    tensors = args[0] if args else kwargs.get("tensors", ())
+    return [_edge(t) for t in tensors]
+
+
+SHOWN["stack"] = _stacked_inputs
+
+
 # function name -> PyTorch's node name, for the tensor ops (functional and Tensor methods)
 TENSOR_OPS = {"mean": _mean_name, "softmax": "SoftmaxBackward0",
               "log_softmax": "LogSoftmaxBackward0", "var": "VarBackward0",
               "std": "StdBackward0", "logsumexp": "LogsumexpBackward0",
               "unfold": "UnfoldBackward0", "clone": "CloneBackward0",
               # x ** 2 and square are a multiply in kiln (autogradqs tutorial: PowBackward0)
-              "pow": _pow_name, "square": "PowBackward0"}
+              "pow": _pow_name, "square": "PowBackward0",
+              "clamp": _clamp_name, "clip": _clamp_name, "clamp_min": "ClampMinBackward0",
+              "clamp_max": "ClampMaxBackward0", "max": _extreme_name("Max"),
+              "min": _extreme_name("Min"), "amax": "AmaxBackward0", "amin": "AminBackward0",
+              "norm": _norm_name, "stack": "StackBackward0"}
 # and for Tensor's operators alone
 TENSOR_OPERATORS = {"__pow__": _pow_name, "__rpow__": "PowBackward2"}
 # and for nn.functional

@@ -200,3 +200,19 @@ def test_walking_next_functions_meets_torchs_nodes():
     AddmmBackward0: bias, input, weight.t()), so the blitz tutorial's
     loss.grad_fn.next_functions[0][0] is the last Linear's node, as in PyTorch."""
     assert _graph_walk(kiln) == _graph_walk(torch)
+
+
+NAMED_REDUCTIONS = ["x.clamp(0, 1)", "x.clamp(min=0)", "lib.clamp(x, lib.zeros(3), lib.ones(3))",
+                    "x.clamp_min(0)", "x.clip(0, 1)", "x.max()", "x.min()", "lib.max(x)",
+                    "lib.max(x, x * 2)", "x.amax()", "x.amin(1)", "x.norm()", "x.norm(dim=1)",
+                    "lib.norm(x)", "lib.stack([x, x * 2])"]
+
+
+@pytest.mark.parametrize("expr", NAMED_REDUCTIONS)
+def test_clamp_extremes_norm_and_stack_nodes_are_torchs(expr):
+    def node(lib):
+        x = lib.randn(2, 3, requires_grad=True)     # noqa: F841  (read by the expression)
+        g = eval(expr).grad_fn
+        return g.name(), [f.name().replace("torch::autograd::", "") if f is not None else None
+                          for f, _ in g.next_functions]
+    assert node(kiln) == node(torch)
