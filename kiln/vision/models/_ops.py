@@ -21,6 +21,23 @@ def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int
     return new_v
 
 
+def init_fan_out(model: nn.Module, linear_init: Callable[[Tensor], object]) -> None:
+    """torchvision's init of its mobile families (MobileNetV2/V3, EfficientNet), module by
+    module in order, so the draws are torchvision's: convolutions kaiming-normal on fan out,
+    norms at identity, each Linear's weight by `linear_init`, biases zero."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            linear_init(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Conv2dNormActivation(nn.Sequential):
     """Convolution (same padding), normalization, activation as a Sequential `0`, `1`, `2`;
     the convolution has a bias only without a norm layer."""

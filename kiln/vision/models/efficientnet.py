@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from kiln import Tensor, flatten, nn
 from kiln.vision.models._ops import (Conv2dNormActivation, SqueezeExcitation, StochasticDepth,
-                                     _make_divisible)
+                                     _make_divisible, init_fan_out)
 from kiln.vision.models._weights import (Weights, WeightsEnum, _classification, _imagenet_meta,
                                          _load_weights, _ovewrite_named_param, register_model)
 
@@ -118,18 +118,8 @@ class EfficientNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout, inplace=True),
                                         nn.Linear(last_out, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                init_range = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -init_range, init_range)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self, lambda w: nn.init.uniform_(w, -1.0 / math.sqrt(w.shape[0]),
+                                                  1.0 / math.sqrt(w.shape[0])))
 
     def forward(self, x: Tensor) -> Tensor:
         x = flatten(self.avgpool(self.features(x)), 1)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from kiln import Tensor, flatten, nn
 from kiln.nn import functional as F
-from kiln.vision.models._ops import Conv2dNormActivation, _make_divisible
+from kiln.vision.models._ops import Conv2dNormActivation, init_fan_out, _make_divisible
 from kiln.vision.models._weights import (Weights, WeightsEnum, _classification, _imagenet_meta,
                                          _load_weights, _ovewrite_named_param, register_model)
 
@@ -80,17 +80,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout),
                                         nn.Linear(self.last_channel, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self, lambda w: nn.init.normal_(w, 0, 0.01))
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), (1, 1))

@@ -7,7 +7,8 @@ from functools import partial
 from typing import Any, Callable
 
 from kiln import Tensor, flatten, nn
-from kiln.vision.models._ops import Conv2dNormActivation, SqueezeExcitation, _make_divisible
+from kiln.vision.models._ops import (Conv2dNormActivation, SqueezeExcitation, _make_divisible,
+                                     init_fan_out)
 from kiln.vision.models._weights import (Weights, WeightsEnum, _classification, _imagenet_meta,
                                          _load_weights, _ovewrite_named_param, register_model)
 
@@ -106,17 +107,7 @@ class MobileNetV3(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(last_out, last_channel), nn.Hardswish(inplace=True),
             nn.Dropout(p=dropout, inplace=True), nn.Linear(last_channel, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_fan_out(self, lambda w: nn.init.normal_(w, 0, 0.01))
 
     def forward(self, x: Tensor) -> Tensor:
         x = flatten(self.avgpool(self.features(x)), 1)

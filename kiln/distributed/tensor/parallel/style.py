@@ -46,6 +46,14 @@ class ParallelStyle:
     def _apply(self, module: Module, device_mesh: DeviceMesh) -> Module:
         raise NotImplementedError(f"{type(self).__name__} must define _apply(module, mesh)")
 
+    def _install(self, module: Module, mesh: DeviceMesh) -> Module:
+        """Hook the style's `_prepare_input`/`_prepare_output` around `module`'s forward, and
+        make its state_dict hold the DTensor parameters."""
+        _register_state_dict_hook(module)
+        module.register_forward_pre_hook(functools.partial(self._prepare_input, mesh))
+        module.register_forward_hook(functools.partial(self._prepare_output, mesh))
+        return module
+
 
 # ----------------------------------------------------------------------------- parameters
 
@@ -148,10 +156,7 @@ class ColwiseParallel(ParallelStyle):
         else:
             raise NotImplementedError(f"ColwiseParallel supports nn.Linear and nn.Embedding, "
                                       f"got {type(module).__name__}")
-        _register_state_dict_hook(module)
-        module.register_forward_pre_hook(functools.partial(self._prepare_input, device_mesh))
-        module.register_forward_hook(functools.partial(self._prepare_output, device_mesh))
-        return module
+        return self._install(module, device_mesh)
 
     def _prepare_input(self, mesh: DeviceMesh, module: Module, inputs: tuple):
         x = _one_tensor_input("ColwiseParallel", module, inputs)
@@ -210,10 +215,7 @@ class RowwiseParallel(ParallelStyle):
                                       f"got {type(module).__name__}")
         # the partial sums must be reduced before the bias (and before any forward hook)
         object.__setattr__(module, "forward", forward)
-        _register_state_dict_hook(module)
-        module.register_forward_pre_hook(functools.partial(self._prepare_input, device_mesh))
-        module.register_forward_hook(functools.partial(self._prepare_output, device_mesh))
-        return module
+        return self._install(module, device_mesh)
 
     def _prepare_input(self, mesh: DeviceMesh, module: Module, inputs: tuple):
         x = _one_tensor_input("RowwiseParallel", module, inputs)
@@ -259,10 +261,7 @@ class SequenceParallel(ParallelStyle):
         for name in list(module._parameters):
             _distribute_param(module, name, device_mesh, Replicate(), self.src_data_rank,
                               grad_all_reduce=True)
-        _register_state_dict_hook(module)
-        module.register_forward_pre_hook(functools.partial(self._prepare_input, device_mesh))
-        module.register_forward_hook(functools.partial(self._prepare_output, device_mesh))
-        return module
+        return self._install(module, device_mesh)
 
     def _prepare_input(self, mesh: DeviceMesh, module: Module, inputs: tuple):
         x = _one_tensor_input("SequenceParallel", module, inputs)
