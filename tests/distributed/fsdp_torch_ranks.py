@@ -93,7 +93,11 @@ def rank_main(rank: int, world: int, store: str, out: str, weights: dict, batche
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     np.savez(os.path.join(out, f"torch_rank{rank}.npz"), losses=np.array(losses),
              **{f"state/{k}": v.numpy() for k, v in state.items()})
-    tdist.destroy_process_group()
+    tdist.barrier()
+    # Both ranks have written their files. Leave without teardown: gloo's worker threads can
+    # abort the process while the process group and the interpreter are destroyed ("terminate
+    # called without an active exception", a torch-side race seen once in CI).
+    os._exit(0)
 
 
 def main() -> None:

@@ -41,3 +41,17 @@ def launcher(args: list[str], timeout: float = 120) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, "-m", "kiln.distributed.run", *args], env=env(),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           stdin=subprocess.DEVNULL)
+
+
+def torch_reference(script: str, out) -> subprocess.CompletedProcess:
+    """Run one of the `*_torch_ranks.py` scripts (torch's own distributed code, two processes
+    spawned over gloo) writing into `out`. torch's gloo can die of a signal while it tears
+    down ("terminate called without an active exception", seen once in CI), so a run killed by
+    a signal is run once more; the comparison the caller makes stays exact."""
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, os.path.join(HERE, script), str(out)], env=env(),
+                              capture_output=True, text=True, timeout=180, cwd=ROOT,
+                              stdin=subprocess.DEVNULL)
+        if "terminated with signal" not in proc.stderr:
+            break
+    return proc

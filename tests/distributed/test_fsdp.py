@@ -9,8 +9,6 @@ import copy
 import functools
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ import kiln.nn.functional as F
 import kiln.utils.checkpoint
 from kiln.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, get_state_dict,
-    set_model_state_dict, set_optimizer_state_dict, set_state_dict)
+    set_model_state_dict, set_state_dict)
 from kiln.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 from kiln.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor, init_device_mesh
 from tests.distributed import fsdp_workloads as W
@@ -143,10 +141,7 @@ def test_torch_fully_shard_on_two_processes_equals_kiln_on_two_ranks(ranks, tmp_
     """The strongest check: torch's own FSDP2 (gloo, two spawned processes) on the same
     weights and batches gives every rank kiln's losses and the same final weights."""
     got = _results(ranks, "transformer")
-    env = launch.env()
-    proc = subprocess.run([sys.executable, os.path.join(launch.HERE, "fsdp_torch_ranks.py"),
-                           str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=180, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    proc = launch.torch_reference("fsdp_torch_ranks.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for r in range(N):
         theirs = dict(np.load(tmp_path / f"torch_rank{r}.npz"))

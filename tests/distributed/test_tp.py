@@ -305,9 +305,7 @@ def test_torch_parallelize_module_on_two_processes_equals_kiln(ranks, tmp_path):
     and without sequence parallelism, gives every rank kiln's losses and final weights."""
     got = _results(ranks, "transformer")
     _results(ranks, "sequence_parallel")
-    proc = subprocess.run([sys.executable, os.path.join(launch.HERE, "tp_torch_ranks.py"),
-                           str(tmp_path)], env=launch.env(), capture_output=True, text=True,
-                          timeout=180, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    proc = launch.torch_reference("tp_torch_ranks.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for r in range(N):
         theirs = dict(np.load(tmp_path / f"torch_rank{r}.npz"))

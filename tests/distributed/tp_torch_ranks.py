@@ -114,7 +114,8 @@ def rank_main(rank: int, world: int, store: str, out: str, weights: dict, batch:
             v = v.full_tensor() if isinstance(v, DTensor) else v
             results[f"{name}_state/{k}"] = v.detach().numpy()
     np.savez(os.path.join(out, f"torch_rank{rank}.npz"), **results)
-    tdist.destroy_process_group()
+    tdist.barrier()
+    os._exit(0)     # no teardown: see fsdp_torch_ranks.py
 
 
 def main() -> None:
