@@ -384,6 +384,11 @@ class _FunctionPatch:
             if value is not None and _patchable(name, value):
                 self.originals[id(value)] = value
                 self._patcher.set_item(vars(kiln), name, proxy_aware(value))
+        from kiln.profiler import ops as profiler_ops      # torch.ops.profiler: every function
+        for name, value in list(vars(profiler_ops).items()):
+            if isinstance(value, types.FunctionType) and value.__module__ == profiler_ops.__name__:
+                self.originals[id(value)] = value
+                self._patcher.set_item(vars(profiler_ops), name, proxy_aware(value))
         for name in _TENSOR_OPERATORS:
             method = getattr(Tensor, name, None)
             if method is not None:
