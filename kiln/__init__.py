@@ -134,7 +134,12 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
 from kiln import linalg, special, fft, amp  # noqa: F401,E402
 from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
-                      set_autocast_enabled, get_autocast_dtype, set_autocast_dtype)
+                      set_autocast_enabled, get_autocast_dtype, set_autocast_dtype,
+                      is_autocast_cache_enabled, set_autocast_cache_enabled, clear_autocast_cache,
+                      get_autocast_cpu_dtype, get_autocast_gpu_dtype, set_autocast_cpu_dtype,
+                      set_autocast_gpu_dtype, is_autocast_cpu_enabled, set_autocast_cpu_enabled)
+from math import pi, e, inf, nan  # noqa: F401,E402  (torch.pi, torch.e, torch.inf, torch.nan)
+newaxis = None                    # torch.newaxis, as NumPy's: x[:, kiln.newaxis]
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
                                   layout, sparse_coo, strided)

@@ -144,6 +144,42 @@ def clear_autocast_cache() -> None:
     _state.clear_cache()
 
 
+# PyTorch's older per-device spellings: deprecated there (a DeprecationWarning), kept working
+def _legacy(old: str, new: str):
+    warnings.warn(f"kiln.{old} is deprecated. Please use kiln.{new} instead.", DeprecationWarning,
+                  stacklevel=3)
+
+
+def get_autocast_cpu_dtype():
+    _legacy("get_autocast_cpu_dtype()", "get_autocast_dtype('cpu')")
+    return get_autocast_dtype("cpu")
+
+
+def get_autocast_gpu_dtype():
+    _legacy("get_autocast_gpu_dtype()", "get_autocast_dtype('cuda')")
+    return get_autocast_dtype("cuda")
+
+
+def set_autocast_cpu_dtype(dtype) -> None:
+    _legacy("set_autocast_cpu_dtype(dtype)", "set_autocast_dtype('cpu', dtype)")
+    set_autocast_dtype("cpu", dtype)
+
+
+def set_autocast_gpu_dtype(dtype) -> None:
+    _legacy("set_autocast_gpu_dtype(dtype)", "set_autocast_dtype('cuda', dtype)")
+    set_autocast_dtype("cuda", dtype)
+
+
+def is_autocast_cpu_enabled() -> bool:
+    _legacy("is_autocast_cpu_enabled()", "is_autocast_enabled('cpu')")
+    return is_autocast_enabled("cpu")
+
+
+def set_autocast_cpu_enabled(enabled: bool) -> None:
+    _legacy("set_autocast_cpu_enabled(enabled)", "set_autocast_enabled('cpu', enabled)")
+    set_autocast_enabled("cpu", enabled)
+
+
 # ----------------------------------------------------------------------------- custom Functions
 
 def _cast_inputs(value, device_type: str, dtype):

@@ -108,11 +108,8 @@ as_strided as_strided_ as_strided_scatter empty_strided empty_permuted
 """)
 COMPLEX = "kiln has no complex32 (chalf): NumPy has no half-precision complex type"
 _group("torch", "autocast's internal bookkeeping (the counted API is torch.autocast)", """
-autocast_decrement_nesting autocast_increment_nesting clear_autocast_cache
-get_autocast_cpu_dtype get_autocast_gpu_dtype get_autocast_ipu_dtype get_autocast_xla_dtype
-is_autocast_cache_enabled is_autocast_cpu_enabled is_autocast_ipu_enabled
-is_autocast_xla_enabled set_autocast_cache_enabled set_autocast_cpu_dtype
-set_autocast_cpu_enabled set_autocast_gpu_dtype set_autocast_ipu_dtype
+autocast_decrement_nesting autocast_increment_nesting get_autocast_ipu_dtype
+get_autocast_xla_dtype is_autocast_ipu_enabled is_autocast_xla_enabled set_autocast_ipu_dtype
 set_autocast_ipu_enabled set_autocast_xla_dtype set_autocast_xla_enabled
 """)
 _group("torch", "build/process internals of the PyTorch binary", """

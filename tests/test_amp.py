@@ -3,6 +3,8 @@ state (its policies: tests/test_autocast.py)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,34 @@ def test_unscale_reads_the_device_once_per_step(monkeypatch) -> None:
         scaler.step(opt)
         moved = ws[0].detach().cpu().numpy()
         np.testing.assert_allclose(moved, [1.0, -2.0] if skipped else [0.8, -1.6], rtol=1e-6)
+
+
+@pytest.mark.parametrize("lib", [torch, kiln], ids=["torch", "kiln"])
+def test_legacy_per_device_autocast_spellings(lib):
+    """torch.get_autocast_cpu_dtype() and its siblings: deprecated spellings that still read
+    and set the same state as get_autocast_dtype('cpu') and friends."""
+    with pytest.warns(DeprecationWarning):
+        before = lib.get_autocast_cpu_dtype()
+    assert before == lib.get_autocast_dtype("cpu") == lib.bfloat16
+    with pytest.warns(DeprecationWarning):
+        assert lib.get_autocast_gpu_dtype() == lib.float16
+    try:
+        with pytest.warns(DeprecationWarning):
+            lib.set_autocast_cpu_dtype(lib.float16)
+            lib.set_autocast_cpu_enabled(True)
+        assert lib.get_autocast_dtype("cpu") == lib.float16
+        assert lib.is_autocast_enabled("cpu")
+        with pytest.warns(DeprecationWarning):
+            assert lib.is_autocast_cpu_enabled()
+        x = lib.ones(2, 3)
+        assert lib.mm(x, x.t()).dtype == lib.float16       # the state autocasts ops
+    finally:
+        lib.set_autocast_enabled("cpu", False)
+        lib.set_autocast_dtype("cpu", before)
+    assert lib.is_autocast_cache_enabled()
+    lib.clear_autocast_cache()
+
+
+def test_math_constants_are_torchs():
+    assert (kiln.pi, kiln.e, kiln.inf) == (torch.pi, torch.e, torch.inf)
+    assert math.isnan(kiln.nan) and kiln.newaxis is torch.newaxis is None
