@@ -125,7 +125,7 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     unsafe_split_with_sizes, ravel, rot90, diag_embed, diagflat, diagonal_scatter,
     select_scatter, slice_scatter, block_diag, cartesian_prod, combinations, meshgrid,
     tril_indices, triu_indices, unravel_index, vander, index_put, index_reduce, scatter_reduce,
-    masked_scatter, put, renorm, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,
+    masked_scatter, put, renorm, as_strided, empty_strided, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,
     cov, corrcoef, scalar_tensor, frombuffer, hann_window, hamming_window,
     blackman_window, bartlett_window, kaiser_window, poisson, binomial, fill, finfo, iinfo,
     can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, cond,

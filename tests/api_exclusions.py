@@ -101,10 +101,10 @@ _group("torch", SPARSE, """
 sparse_bsc_tensor sparse_bsr_tensor sparse_compressed_tensor
 sparse_csc_tensor sparse_csr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_as_sparse_
 """)
-STRIDES = ("user-set strides (kiln lays tensors out row-major or in a memory format: "
-           "channels_last is provided)")
+STRIDES = ("user-set strides beyond a view of a contiguous tensor (kiln has as_strided on "
+           "those, and empty_strided)")
 _group("torch", STRIDES, """
-as_strided as_strided_ as_strided_scatter empty_strided empty_permuted
+as_strided_ as_strided_scatter empty_permuted
 """)
 COMPLEX = "kiln has no complex32 (chalf): NumPy has no half-precision complex type"
 _group("torch", "autocast's internal bookkeeping (the counted API is torch.autocast)", """
@@ -142,7 +142,7 @@ storage storage_type untyped_storage set_ is_set_to
 pin_memory is_pinned record_stream const_data_ptr
 """)
 _group(T, STRIDES, """
-as_strided as_strided_ as_strided_scatter new_empty_strided dim_order
+as_strided_ as_strided_scatter dim_order
 """)
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")

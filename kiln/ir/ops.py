@@ -608,6 +608,51 @@ define("unfold_dim", MOVEMENT, _unfold_dim_infer, _unfold_dim_impl, _unfold_dim_
        doc="Tensor.unfold: windows of `size` along `axis`, `step` apart, as a last dim (a view)")
 
 
+# Tensor.as_strided(size, stride, offset) on a contiguous tensor: element (i, j, ...) of the
+# result is the input's flat element offset + i * stride[0] + j * stride[1] + ..., a view as in
+# PyTorch (windows may overlap). The caller (tracer.functional_extra.shapes.as_strided) turns
+# PyTorch's storage offset into `offset` and checks every position lies inside the input.
+
+def strided_positions(size: tuple, stride: tuple, offset: int) -> np.ndarray:
+    """The input's flat index of every element of an as_strided view, in row-major order."""
+    pos = np.full((), offset, dtype=np.int64)
+    for n, st in zip(size, stride):
+        pos = pos[..., None] + np.arange(n, dtype=np.int64) * st
+    return pos.reshape(-1)
+
+
+def _as_strided_infer(shapes, dtypes, size, stride, offset):
+    return tuple(size), dtypes[0]
+
+
+def _as_strided_impl(xp, x, size, stride, offset):
+    strides = tuple(st * x.itemsize for st in stride)
+    start = x.reshape(-1)[offset:]          # x is contiguous: a view, and positions stay inside
+    return xp.lib.stride_tricks.as_strided(start, size, strides, writeable=True) \
+        if xp is np else xp.lib.stride_tricks.as_strided(start, size, strides)
+
+
+def _as_strided_grad(g, out, x, size, stride, offset):
+    # each element's gradient added back at the position it read (overlaps accumulate)
+    n = int(np.prod(x.shape, dtype=np.int64))
+    zeros = P.full(shape=(n,), value=0.0, dtype=g.dtype, device=g.device)
+    count = int(np.prod(size, dtype=np.int64))
+    flat = P.index_add(zeros, g.new_tensor(strided_positions(size, stride, offset)),
+                       P.reshape(g, shape=(count,)), axis=0)
+    return (P.reshape(flat, shape=tuple(x.shape)),)
+
+
+def _as_strided_decompose(b, x, size, stride, offset):
+    idx = b.graph.add_constant(strided_positions(size, stride, offset), dt.int64)
+    flat = b.op("reshape", x, shape=(int(np.prod(x.shape, dtype=np.int64)),))
+    return b.op("reshape", b.op("take", flat, idx, axis=0), shape=tuple(size))
+
+
+define("as_strided", MOVEMENT, _as_strided_infer, _as_strided_impl, _as_strided_grad, arity=1,
+       reads=(), view=True, decompose=_as_strided_decompose,
+       doc="Tensor.as_strided on a contiguous tensor: flat positions offset + sum(i * stride)")
+
+
 def _pad_infer(shapes, dtypes, pads, value):
     if len(pads) != len(shapes[0]):
         raise ShapeError(f"pad: {len(pads)} (low, high) pairs for {len(shapes[0])} dims")

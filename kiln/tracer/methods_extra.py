@@ -43,13 +43,17 @@ argsort sort msort topk kthvalue median nanmedian mode quantile nanquantile cumm
 logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hsplit vsplit
 dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
 diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
-masked_scatter put renorm unfold addmv addr addbmm adjoint vdot kron cov corrcoef
+masked_scatter put renorm unfold as_strided addmv addr addbmm adjoint vdot kron cov corrcoef
 nonzero_static igamma igammac
 """.split()
 
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
+_METHODS["new_empty_strided"] = lambda self, size, stride, dtype=None, device=None, \
+    requires_grad=False, **_: FX.empty_strided(size, stride, dtype=dtype or self.dtype,
+                                               device=device or self.device,
+                                               requires_grad=requires_grad)
 
 
 def _set_part(part):

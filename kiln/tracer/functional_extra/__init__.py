@@ -60,7 +60,8 @@ from kiln.tracer.functional_extra.shapes import (atleast_1d, atleast_2d, atleast
                                                  cartesian_prod, combinations, meshgrid,
                                                  tril_indices, triu_indices, unravel_index, vander,
                                                  index_put, index_reduce, scatter_reduce,
-                                                 masked_scatter, put, renorm, unfold)
+                                                 masked_scatter, put, renorm, unfold,
+                                                 as_strided, empty_strided)
 from kiln.tracer.functional_extra.linear_algebra import (addmv, addr, addbmm, adjoint,  # noqa: F401
                                                          chain_matmul, vdot, kron, cdist, cov,
                                                          corrcoef)

@@ -343,3 +343,51 @@ def unfold(input, dimension, size, step):
         return P.reshape(P.unfold_dim(P.reshape(input, shape=(1,)), axis=0, size=size,
                                       step=step), shape=(size,))
     return P.unfold_dim(input, axis=d, size=size, step=step)
+
+
+def as_strided(input, size, stride, storage_offset=None):
+    """Tensor.as_strided: a view whose element (i, j, ...) is the memory element
+    storage_offset + i * stride[0] + j * stride[1] + ... (PyTorch's storage offset: by default
+    the input's own). kiln takes it on a contiguous input whose own elements hold every
+    position read; anything else is refused by name rather than read from memory the input
+    does not show."""
+    size, stride = tuple(int(n) for n in size), tuple(int(st) for st in stride)
+    if len(size) != len(stride):
+        raise op_error("as_strided", f"mismatch in length of strides and shape: size "
+                       f"{list(size)}, stride {list(stride)}")
+    if any(st < 0 for st in stride):
+        raise op_error("as_strided", f"Negative strides are not supported at the moment, got "
+                       f"strides: {list(stride)}")
+    if any(n < 0 for n in size):
+        raise op_error("as_strided", f"Trying to create tensor with negative dimension: "
+                       f"{list(size)}")
+    own = input.storage_offset() if input.device.type != "meta" else 0
+    offset = own if storage_offset is None else int(storage_offset)
+    if offset < 0:
+        raise op_error("as_strided", f"Tensor: invalid storage offset {offset}")
+    if not input.is_contiguous():
+        raise op_error("as_strided", f"kiln takes as_strided on a contiguous tensor only (this "
+                       f"one has shape {list(input.shape)} and strides {list(input.stride())}); "
+                       "call .contiguous() first, which keeps the values but not the memory "
+                       "order PyTorch would read")
+    count = math.prod(size)
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride)) if count else offset
+    if count and (offset < own or last >= own + input.numel()):
+        raise op_error("as_strided", f"size {list(size)}, stride {list(stride)} and storage "
+                       f"offset {offset} read memory positions {offset}..{last}, outside the "
+                       f"input's own {own}..{own + input.numel() - 1} (shape "
+                       f"{list(input.shape)}); kiln reads only the input's elements")
+    return P.as_strided(input, size=size, stride=stride, offset=offset - own)
+
+
+def empty_strided(size, stride, *, dtype=None, layout=None, device=None, requires_grad=False,
+                  pin_memory=False) -> Tensor:
+    """A new tensor of `size` whose memory is laid out with `stride` (zeros: PyTorch leaves
+    the memory uninitialized), over just enough memory to hold it."""
+    from kiln.tracer.creation import zeros
+    size, stride = tuple(int(n) for n in size), tuple(int(st) for st in stride)
+    extent = 1 + sum((n - 1) * st for n, st in zip(size, stride)) if math.prod(size) else 0
+    memory = zeros(extent, dtype=dtype, device=device)
+    out = as_strided(memory, size, stride, 0) if extent else memory.reshape(size)
+    out = out.detach()                        # a fresh tensor, not a view anyone else holds
+    return out.requires_grad_(requires_grad) if requires_grad else out
