@@ -22,3 +22,11 @@ from kiln.tracer.functional.indexing import check_bounds_later  # noqa: F401
 from kiln.tracer.functional.pooling import eager_max_pool2d  # noqa: F401
 from kiln.tracer.grad_names import apply_nn_names as apply_nn_grad_names  # noqa: F401
 from kiln.tracer.autocast import install as install_autocast  # noqa: F401
+
+
+def __getattr__(name: str):
+    """`kiln.ops.<namespace>`: the operators kiln.library defined there (torch.ops.mylib)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from kiln import library
+    return library.namespace(name)
