@@ -1416,6 +1416,27 @@ def allow_in_graph(fn):
     return fn
 
 
+def assume_constant_result(fn):
+    """`fn` itself (torch.compiler.assume_constant_result): kiln's trace runs `fn`, and a
+    Python value it returns is a constant of the traced program already."""
+    return fn
+
+
+def is_dynamo_compiling() -> bool:
+    return is_compiling()
+
+
+def cudagraph_mark_step_begin() -> None:
+    """A new training iteration starts (torch.compiler.cudagraph_mark_step_begin). Nothing
+    to do in kiln: a CUDA graph replay copies its outputs out of the graph's memory, so the
+    next replay never overwrites a tensor the caller holds (kiln.runtime.cuda_graph)."""
+
+
+def list_backends(exclude_tags=("debug", "experimental")) -> list[str]:
+    """The backend names kiln.compile takes (PyTorch's spellings included)."""
+    return sorted({"inductor", "cudagraphs", "c", "numpy", "triton"})
+
+
 _LIVE: list = []     # weak references to every CompiledFunction made, for reset()
 
 

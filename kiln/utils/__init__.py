@@ -7,6 +7,7 @@ from kiln import Tensor
 from kiln.utils import data  # noqa: F401
 from kiln.utils import checkpoint  # noqa: F401  (torch.utils.checkpoint)
 from kiln.utils import benchmark  # noqa: F401  (torch.utils.benchmark's Timer)
+from kiln.utils import _pytree, hooks  # noqa: F401  (torch.utils._pytree, torch.utils.hooks)
 
 
 def swap_tensors(t1, t2) -> None:

@@ -1,0 +1,57 @@
+"""`torch._dynamo` import path: the calls of it that training scripts make. kiln traces by
+running the function, not by reading bytecode, so it has no dynamo of its own: `reset`,
+`explain`, `config` (kiln._dynamo.config), `disable`, `graph_break`, `is_compiling`,
+`allow_in_graph`, `mark_dynamic` & co. (kiln specializes on shapes: accepted, no effect),
+`optimize` (PyTorch's older spelling of compile) and `list_backends`."""
+
+from __future__ import annotations
+
+from kiln._dynamo import config  # noqa: F401
+from kiln.compiler import (allow_in_graph, assume_constant_result, disable,  # noqa: F401
+                           is_compiling, list_backends, reset)
+from kiln.compiler import explain as _explain
+from kiln.compiler import compile as _compile
+from kiln.tracer.tensor import STATE
+
+
+def explain(fn):
+    """`explain(fn)(*args, **kwargs)`: kiln.compiler.explain's report of `fn` on those
+    arguments (graphs, breaks and their reasons; `graph_count`, `graph_break_count`)."""
+    return lambda *args, **kwargs: _explain(fn, *args, **kwargs)
+
+
+def graph_break(msg: str = "") -> None:
+    """A graph break here (torch._dynamo.graph_break): a compiled function that reaches it
+    runs eagerly, and explain() shows this line. Outside a compile, nothing."""
+    if STATE.tracer is not None:
+        STATE.tracer.graph_break("torch._dynamo.graph_break()" + (f": {msg}" if msg else ""))
+
+
+def mark_dynamic(t, index, *, min=None, max=None, specialize_on=None) -> None:
+    """Accepted, no effect: kiln compiles one entry per input shape (up to the recompile
+    limit), so a dimension that changes retraces instead of being symbolic."""
+    _check_dims("mark_dynamic", t, index)
+
+
+def maybe_mark_dynamic(t, index) -> None:
+    _check_dims("maybe_mark_dynamic", t, index)
+
+
+def mark_static(t, index=None) -> None:
+    """Accepted, no effect: every dimension is static in kiln."""
+    if index is not None:
+        _check_dims("mark_static", t, index)
+
+
+def _check_dims(what: str, t, index) -> None:
+    dims = [index] if isinstance(index, int) else list(index)
+    for d in dims:
+        if not -t.ndim <= d < max(t.ndim, 1):
+            raise IndexError(f"{what}: dimension {d} is out of range for a tensor of "
+                             f"{t.ndim} dimension(s)")
+
+
+def optimize(backend="inductor", *, nopython: bool = False, guard_export_fn=None,
+             guard_fail_fn=None, disable: bool = False, dynamic=None):
+    """PyTorch's older spelling of compile: `optimize("inductor")(fn)`."""
+    return lambda fn: _compile(fn, backend=backend, fullgraph=nopython, disable=disable)
