@@ -54,9 +54,9 @@ def run(job_dir: str, rank: int) -> None:
     # Every process initializes MPI, whatever fn does: MPI_Init waits for all the processes
     # of the job, so a group of some of them (init_process_group(world_size=2) on 2 of 4
     # processes) could not start otherwise
-    from mpi4py import MPI
     with open(os.path.join(job_dir, f"pid{rank}"), "w") as f:
         f.write(str(os.getpid()))
+    from mpi4py import MPI
     try:
         with open(os.path.join(job_dir, "preparation.pkl"), "rb") as f:
             preparation = pickle.load(f)

@@ -268,8 +268,11 @@ def _start_mpi_job(mpiexec: str, job: bytes, nprocs: int) -> MPIProcessContext:
                                     else "")
         cmd = [mpiexec, "-n", str(nprocs), sys.executable, "-m",
                "kiln.multiprocessing._mpi_worker", job_dir]
-        # stdout and stderr are the parent's (mpiexec forwards the workers'); stdin is not
-        # passed on, as multiprocessing gives its processes none
+        # stdout and stderr are the parent's (mpiexec forwards the workers'), after what the
+        # parent printed so far; stdin is not passed on, as multiprocessing gives none
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
         popen = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                  preexec_fn=(_interrupt_when_parent_dies
                                              if sys.platform.startswith("linux") else None))
