@@ -2,13 +2,15 @@
 (torch.multiprocessing.spawn / start_processes).
 
 With start_method="spawn" (the default) the processes are started as one MPI job whenever
-mpi4py and mpiexec are available and no argument holds a kiln Tensor: `mpiexec -n nprocs` runs
+mpi4py and mpiexec are available and the arguments hold no kiln Tensor and no multiprocessing
+object (queue, lock, pipe, shared value): `mpiexec -n nprocs` runs
 `kiln.multiprocessing._mpi_worker`, which prepares each process as Python's spawn start method
 does (the parent's sys.path, working directory and `__main__` re-imported as `__mp_main__`),
 then calls fn(MPI rank, *args). `init_process_group(rank=i, world_size=nprocs)` inside fn then
 finds the other processes, the way PyTorch's tutorials start DDP. Otherwise the processes are
 Python multiprocessing processes: tensors passed to them travel through shared memory
-(`kiln.multiprocessing.reductions`), which mpiexec cannot do.
+(`kiln.multiprocessing.reductions`), and queues and locks through inherited file descriptors,
+which mpiexec cannot do.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ctypes
 import importlib.util
 import io
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.spawn
 import os
 import pickle
@@ -201,28 +204,37 @@ class MPIProcessContext(ProcessContext):
         return found
 
 
-class _FindTensors(pickle.Pickler):
-    """Pickles (fn, args) and notes whether a kiln Tensor is among them (replaced by a
-    placeholder, so its bytes are never copied: such a call goes through shared memory)."""
+class _FindShared(pickle.Pickler):
+    """Pickles (fn, args) and notes whether they hold something multiprocessing shares between
+    its processes and mpiexec's could not: a kiln Tensor (sent as shared memory), a pipe's
+    Connection (a file descriptor) or a sharedctypes object. Each is replaced by a placeholder
+    (a tensor's bytes are never copied): such a call goes through multiprocessing."""
 
     def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         from kiln import Tensor
-        self.tensor_type, self.found_tensor = Tensor, False
+        self.shared_types = (Tensor, multiprocessing.connection.Connection,
+                             ctypes._SimpleCData, ctypes.Array, ctypes.Structure)
+        self.found_shared = False
 
     def persistent_id(self, obj):
-        if isinstance(obj, self.tensor_type):
-            self.found_tensor = True
-            return "tensor"
+        if isinstance(obj, self.shared_types):
+            self.found_shared = True
+            return "shared"
         return None
 
 
 def _pickle_job(fn, args: tuple) -> bytes | None:
-    """(fn, args) pickled for the MPI workers, or None when args hold a kiln Tensor."""
+    """(fn, args) pickled for the MPI workers, or None when only multiprocessing can send them
+    (a kiln Tensor, a queue, lock, pipe or shared value among args)."""
     buf = io.BytesIO()
-    pickler = _FindTensors(buf)
+    pickler = _FindShared(buf)
     try:
         pickler.dump((fn, args))
+    except RuntimeError as exc:
+        if "through inheritance" in str(exc):     # a queue, lock, Value...: multiprocessing's
+            return None
+        raise
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         try:
             pickle.dumps(fn)
@@ -234,7 +246,7 @@ def _pickle_job(fn, args: tuple) -> bytes | None:
             f"{exc}). Each new process re-imports your script and finds fn by its name, so fn "
             "must be a function defined at the top level of a module (not a lambda or a "
             "function defined inside another one), and args must be picklable") from exc
-    return None if pickler.found_tensor else buf.getvalue()
+    return None if pickler.found_shared else buf.getvalue()
 
 
 def _mpi_available() -> str | None:
@@ -320,14 +332,15 @@ def spawn(fn, args: tuple = (), nprocs: int = 1, join: bool = True, daemon: bool
     the waiting.
 
     How the processes start: with start_method="spawn" (the default), when mpi4py and
-    mpiexec are available and no argument holds a kiln Tensor, as ONE MPI job, so
+    mpiexec are available and args hold no kiln Tensor and no multiprocessing queue, lock,
+    pipe or shared value, as ONE MPI job, so
     `kiln.distributed.init_process_group(rank=i, world_size=nprocs)` in fn forms a process
     group of them (or of the first world_size of them). fn and args are pickled, and each
     process re-imports your script as `__mp_main__` (guard the script's own work with
     `if __name__ == "__main__":`). As in PyTorch, no RANK/WORLD_SIZE is set in the processes'
     environment: pass them to fn. Otherwise (start_method "fork" or "forkserver", MPI
     missing, or a Tensor among args, which is then shared with the processes through shared
-    memory, as PyTorch does) they are plain multiprocessing processes, which cannot form a
-    process group with each other.
+    memory as PyTorch does, or a queue, lock, pipe or shared value) they are plain
+    multiprocessing processes, which cannot form a process group with each other.
     """
     return start_processes(fn, args, nprocs, join, daemon, start_method)

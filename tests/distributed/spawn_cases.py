@@ -3,9 +3,10 @@ writes OUT/result.json for the test to check.
 
 faults: a lambda (refused by pickle), a process raising ValueError while the other waits in a
 barrier, a process calling os._exit(3) while the other waits, a Tensor argument (shared
-memory, not MPI), and forked processes calling init_process_group (refused). group: 4 processes started with join=False, of which ranks 0 and 1 form a
-2-process group (the DDP + RPC example's pattern) and all-reduce, rank 3 is refused a place in
-it; every process writes what it saw to OUT/rank<i>.json.
+memory, not MPI), a queue argument (multiprocessing, not MPI), and forked processes calling
+init_process_group (refused). group: 4 processes started with join=False, of which ranks 0
+and 1 form a 2-process group (the DDP + RPC example's pattern) and all-reduce, and rank 3 is
+refused a place in it; every process writes what it saw to OUT/rank<i>.json.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def fails(rank: int, how: str) -> None:
 def fill(rank: int, shared: kiln.Tensor) -> None:
     # a multiprocessing process (no MPI job): mpiexec's rank variable is absent
     shared[rank] = float(rank + 1) if "PMI_RANK" not in os.environ else -1.0
+
+
+def report(rank: int, queue) -> None:
+    queue.put((rank, "PMI_RANK" in os.environ))
 
 
 def group_member(rank: int, out: str) -> None:
@@ -81,6 +86,9 @@ if __name__ == "__main__":
         shared = kiln.zeros(2)
         result["tensor"] = outcome(lambda: mp.spawn(fill, args=(shared,), nprocs=2))
         result["tensor"]["values"] = shared.tolist()
+        queue = mp.get_context("spawn").SimpleQueue()      # also multiprocessing's to send
+        result["queue"] = outcome(lambda: mp.spawn(report, args=(queue,), nprocs=2))
+        result["queue"]["values"] = sorted(queue.get() for _ in range(2))
         # forked processes are not an MPI job: init_process_group says how to start them
         result["separate"] = outcome(lambda: mp.start_processes(alone, nprocs=2,
                                                                 start_method="fork"))

@@ -81,6 +81,9 @@ def test_failures_reach_the_parent_as_torch_exceptions(tmp_path):
     assert exited["signal_name"] is None
     # a Tensor argument: multiprocessing processes writing into the parent's shared memory
     assert result["tensor"]["type"] is None and result["tensor"]["values"] == [1.0, 2.0]
+    # a queue: multiprocessing processes too (no PMI_RANK), sending through it
+    assert result["queue"]["type"] is None
+    assert result["queue"]["values"] == [[0, False], [1, False]]
     separate = result["separate"]
     assert separate["type"] == "ProcessRaisedException"
     assert "world size 2 was asked for" in separate["message"]
