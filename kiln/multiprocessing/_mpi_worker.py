@@ -2,7 +2,8 @@
 `mpiexec -n N python -m kiln.multiprocessing._mpi_worker JOB_DIR`.
 
 The process joins MPI, prepares itself as Python's spawn start method does (the parent's
-sys.path, argv and working directory; the parent's `__main__` re-imported as `__mp_main__`),
+sys.path, argv and working directory; the parent's `__main__` re-imported as `__mp_main__`;
+`torch` imported as kiln when the parent runs under `kiln run`),
 unpickles (fn, args) from JOB_DIR/job.pkl and calls fn(MPI rank, *args). It leaves its outcome
 in JOB_DIR/rank<i> for the parent: "ok", or "raised" with the traceback, after which it aborts
 the MPI job so that no other process waits for it forever.
@@ -61,6 +62,9 @@ def run(job_dir: str, rank: int) -> None:
         with open(os.path.join(job_dir, "preparation.pkl"), "rb") as f:
             preparation = pickle.load(f)
         preparation["name"] = f"SpawnProcess-{rank + 1}"
+        if preparation.pop("kiln_as_torch", False):     # the parent runs under `kiln run`
+            from kiln.as_torch import install
+            install()
         me = multiprocessing.process.current_process()
         me._inheriting = True       # a script without the __main__ guard gets Python's message
         try:

@@ -269,6 +269,9 @@ def _start_mpi_job(mpiexec: str, job: bytes, nprocs: int) -> MPIProcessContext:
     try:
         preparation = multiprocessing.spawn.get_preparation_data("SpawnProcess")
         preparation["authkey"] = bytes(preparation["authkey"])     # refuses pickle as it is
+        # under `kiln run` the script's `import torch` means kiln: so it must in the workers
+        preparation["kiln_as_torch"] = any(type(finder).__module__ == "kiln.as_torch"
+                                           for finder in sys.meta_path)
         with open(os.path.join(job_dir, "preparation.pkl"), "wb") as f:
             pickle.dump(preparation, f)
         with open(os.path.join(job_dir, "job.pkl"), "wb") as f:

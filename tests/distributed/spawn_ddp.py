@@ -2,7 +2,8 @@
 (LIB: kiln or torch) runs mp.spawn(main, nprocs=2); each process sets MASTER_ADDR/MASTER_PORT,
 calls init_process_group("gloo", rank=rank, world_size=2), trains a small float64 MLP wrapped
 in DDP for 3 SGD steps on its half of fixed batches, and rank 0 saves the final state dict to
-OUT/LIB.npz. The same code runs under both libraries; `train` also gives the single-process
+OUT/LIB.npz (with the name of the library that ran it). The same code runs under both
+libraries, and as a PyTorch script under `kiln run`; `train` also gives the single-process
 reference on the whole batches."""
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def main(rank: int, world_size: int, lib: str, out: str, port: str) -> None:
     mine = slice(rank * part, (rank + 1) * part)
     train(torch, model, [(x[mine], y[mine]) for x, y in batches()])
     if rank == 0:
-        np.savez(os.path.join(out, f"{lib}.npz"),
+        np.savez(os.path.join(out, f"{lib}.npz"), _library=np.array(torch.__name__),
                  **{k: v.detach().numpy() for k, v in model.module.state_dict().items()})
-    if lib == "torch":      # torch's gloo can abort in its teardown: leave once all are done
+    if torch.__name__ == "torch":     # torch's gloo can abort in teardown: leave once all done
         dist.barrier()
         os._exit(0)
     dist.destroy_process_group()

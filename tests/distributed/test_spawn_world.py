@@ -38,6 +38,7 @@ def _free_port() -> str:
 def test_ddp_started_by_spawn_matches_one_process_and_torch(tmp_path):
     _run("spawn_ddp.py", "kiln", str(tmp_path), _free_port())
     got = dict(np.load(tmp_path / "kiln.npz"))
+    assert got.pop("_library") == "kiln"
     model = spawn_ddp.make_model(kiln)
     spawn_ddp.train(kiln, model, spawn_ddp.batches())        # the whole batches, one process
     want = {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -56,6 +57,7 @@ def test_ddp_started_by_spawn_matches_one_process_and_torch(tmp_path):
             break
     assert proc.returncode == 0, proc.stderr[-4000:]
     torch_result = np.load(tmp_path / "torch.npz")
+    assert torch_result["_library"] == "torch"
     for name in want:
         np.testing.assert_allclose(got[name], torch_result[name], rtol=1e-6, atol=1e-12,
                                    err_msg=name)
@@ -106,3 +108,21 @@ def test_group_of_the_first_ranks_of_a_spawn_and_join_false(tmp_path):
         assert (ranks[i]["rank"], ranks[i]["world"]) == (i, 2)
     assert "sum" not in ranks[2] and "refused" not in ranks[2]
     assert "world_size=2 was asked for by the process of rank 3" in ranks[3]["refused"]
+
+
+def test_spawn_under_kiln_run_imports_torch_as_kiln_in_the_processes(tmp_path):
+    # the same script as a PyTorch script (`import torch`) under `kiln run`: the processes
+    # re-import it with torch resolved to kiln, as the parent has it
+    launch.mpi_or_skip()
+    proc = subprocess.run([sys.executable, "-m", "kiln", "run",
+                           os.path.join(launch.HERE, "spawn_ddp.py"), "torch", str(tmp_path),
+                           _free_port()], env=launch.env(), capture_output=True, text=True,
+                          timeout=120, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = dict(np.load(tmp_path / "torch.npz"))
+    assert got.pop("_library") == "kiln"
+    model = spawn_ddp.make_model(kiln)
+    spawn_ddp.train(kiln, model, spawn_ddp.batches())
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(got[name], value.detach().numpy(), rtol=1e-6, atol=1e-12,
+                                   err_msg=name)
