@@ -2,17 +2,18 @@
 writes OUT/result.json for the test to check.
 
 faults: a lambda (refused by pickle), a process raising ValueError while the other waits in a
-barrier, a process calling os._exit(3) while the other waits, a Tensor argument (shared
-memory, not MPI), a queue argument (multiprocessing, not MPI), and forked processes calling
-init_process_group (refused). group: 4 processes started with join=False, of which ranks 0
-and 1 form a 2-process group (the DDP + RPC example's pattern) and all-reduce, and rank 3 is
-refused a place in it; every process writes what it saw to OUT/rank<i>.json.
+barrier, a process calling os._exit(3) or killed by SIGKILL while the other waits, a Tensor
+and a queue as arguments (multiprocessing, not MPI), and forked
+processes calling init_process_group (refused). group: 4 processes started with join=False, of
+which ranks 0 and 1 form a 2-process group (the DDP + RPC example's pattern) and all-reduce, and
+rank 3 is refused a place in it; every process writes what it saw to OUT/rank<i>.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -24,19 +25,18 @@ import kiln.multiprocessing as mp
 def fails(rank: int, how: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     if rank == 1:
-        time.sleep(0.5)         # the other process is in the barrier by then
+        time.sleep(0.3)         # the other process is in the barrier by then
         if how == "raise":
             raise ValueError(f"rank {rank} gives up")
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         os._exit(3)
     dist.barrier()              # never completes: the job must be stopped, not hang
 
 
-def fill(rank: int, shared: kiln.Tensor) -> None:
+def fill(rank: int, shared: kiln.Tensor, queue) -> None:
     # a multiprocessing process (no MPI job): mpiexec's rank variable is absent
     shared[rank] = float(rank + 1) if "PMI_RANK" not in os.environ else -1.0
-
-
-def report(rank: int, queue) -> None:
     queue.put((rank, "PMI_RANK" in os.environ))
 
 
@@ -83,12 +83,11 @@ if __name__ == "__main__":
         result["lambda"] = outcome(lambda: mp.spawn(lambda rank: None, nprocs=2))
         result["raise"] = outcome(lambda: mp.spawn(fails, args=("raise",), nprocs=2))
         result["exit"] = outcome(lambda: mp.spawn(fails, args=("exit",), nprocs=2))
-        shared = kiln.zeros(2)
-        result["tensor"] = outcome(lambda: mp.spawn(fill, args=(shared,), nprocs=2))
-        result["tensor"]["values"] = shared.tolist()
-        queue = mp.get_context("spawn").SimpleQueue()      # also multiprocessing's to send
-        result["queue"] = outcome(lambda: mp.spawn(report, args=(queue,), nprocs=2))
-        result["queue"]["values"] = sorted(queue.get() for _ in range(2))
+        result["kill"] = outcome(lambda: mp.spawn(fails, args=("kill",), nprocs=2))
+        shared, queue = kiln.zeros(2), mp.get_context("spawn").SimpleQueue()
+        result["shared"] = outcome(lambda: mp.spawn(fill, args=(shared, queue), nprocs=2))
+        result["shared"]["tensor"] = shared.tolist()
+        result["shared"]["queue"] = sorted(queue.get() for _ in range(2))
         # forked processes are not an MPI job: init_process_group says how to start them
         result["separate"] = outcome(lambda: mp.start_processes(alone, nprocs=2,
                                                                 start_method="fork"))

@@ -8,6 +8,7 @@ with a timeout, as the other distributed tests do."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import kiln
+import kiln.nn as nn
 from tests.distributed import launch, spawn_ddp
 
 
@@ -81,15 +83,43 @@ def test_failures_reach_the_parent_as_torch_exceptions(tmp_path):
     assert (exited["error_index"], exited["exit_code"]) == (1, 3)
     assert exited["message"] == "process 1 terminated with exit code 3"
     assert exited["signal_name"] is None
-    # a Tensor argument: multiprocessing processes writing into the parent's shared memory
-    assert result["tensor"]["type"] is None and result["tensor"]["values"] == [1.0, 2.0]
-    # a queue: multiprocessing processes too (no PMI_RANK), sending through it
-    assert result["queue"]["type"] is None
-    assert result["queue"]["values"] == [[0, False], [1, False]]
+    killed = result["kill"]
+    assert killed["type"] == "ProcessExitedException"
+    assert (killed["error_index"], killed["exit_code"], killed["signal_name"]) == (1, -9, "SIGKILL")
+    assert killed["message"] == "process 1 terminated with signal SIGKILL"
+    # a Tensor and a queue: multiprocessing processes (no PMI_RANK) writing into the parent's
+    # shared memory and sending through the queue
+    shared = result["shared"]
+    assert shared["type"] is None and shared["tensor"] == [1.0, 2.0]
+    assert shared["queue"] == [[0, False], [1, False]]
     separate = result["separate"]
     assert separate["type"] == "ProcessRaisedException"
     assert "world size 2 was asked for" in separate["message"]
     assert "kiln.multiprocessing.spawn(fn, args, nprocs=2)" in separate["message"]
+
+
+def _top_level(rank: int) -> None:
+    pass
+
+
+def test_only_arguments_mpiexec_can_carry_make_an_mpi_job():
+    from kiln.multiprocessing.spawn import _pickle_job as job
+    ctx = multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe()
+    queue = ctx.Queue()
+    try:
+        assert isinstance(job(_top_level, (3, "x", {"a": [1.5]})), bytes)
+        for shared in (kiln.ones(2), [nn.Linear(2, 1)], queue, ctx.Lock(), writer,
+                       ctx.Value("d", 1.0), ctx.RawArray("d", 2)):
+            assert job(_top_level, (1, shared)) is None, shared
+    finally:
+        reader.close()
+        writer.close()
+        queue.close()
+    with pytest.raises(TypeError, match="cannot send fn=.*top level of a module"):
+        job(lambda rank: None, ())
+    with pytest.raises(TypeError, match="cannot send args="):
+        job(_top_level, (lambda: 0,))
 
 
 def test_group_of_the_first_ranks_of_a_spawn_and_join_false(tmp_path):
