@@ -52,11 +52,11 @@ def _flush() -> None:
 
 def run(job_dir: str, rank: int) -> None:
     """Run fn(rank, *args) and leave the outcome; aborts the MPI job when fn raised."""
+    with open(os.path.join(job_dir, f"pid{rank}"), "w") as f:
+        f.write(str(os.getpid()))
     # Every process initializes MPI, whatever fn does: MPI_Init waits for all the processes
     # of the job, so a group of some of them (init_process_group(world_size=2) on 2 of 4
     # processes) could not start otherwise
-    with open(os.path.join(job_dir, f"pid{rank}"), "w") as f:
-        f.write(str(os.getpid()))
     from mpi4py import MPI
     try:
         with open(os.path.join(job_dir, "preparation.pkl"), "rb") as f:

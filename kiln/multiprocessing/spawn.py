@@ -132,10 +132,10 @@ class ProcessContext:
 class MPIProcessContext(ProcessContext):
     """The processes of one `mpiexec -n nprocs` job started by `spawn`.
 
-    Each process leaves its outcome in `job_dir/rank<i>` (a pickled dict: "ok", "raised" with
-    the traceback, or "exited" with the exit code, negative for a signal); a process that failed
-    first
-    makes the MPI job stop the others, so `join()` raises for the earliest failure.
+    Each process writes its pid to `job_dir/pid<i>` as it starts and leaves its outcome in
+    `job_dir/rank<i>` (a pickled dict: "ok", "raised" with the traceback, or "exited" with the
+    exit code, negative for a signal); a process that fails makes the MPI job stop the others,
+    so `join()` raises for the earliest failure.
     """
 
     def __init__(self, popen: subprocess.Popen, job_dir: str, nprocs: int):
@@ -143,17 +143,23 @@ class MPIProcessContext(ProcessContext):
         self.processes = []     # no multiprocessing.Process objects: mpiexec started them
         self._failure: ProcessException | None = None
         self._done = False
+        self._pids: dict[int, int] = {}
 
     def pids(self) -> list[int]:
-        """The pids of the processes running fn that have started so far (by index)."""
-        found = []
+        """The pids of the processes running fn, by index, of those started so far."""
+        return [pid for _, pid in sorted(self._pid_by_index().items())]
+
+    def _pid_by_index(self) -> dict[int, int]:
+        if self._done:
+            return self._pids
         for i in range(self.nprocs):
-            try:
-                with open(os.path.join(self.job_dir, f"pid{i}")) as f:
-                    found.append(int(f.read()))
-            except (OSError, ValueError):
-                pass
-        return found
+            if i not in self._pids:
+                try:
+                    with open(os.path.join(self.job_dir, f"pid{i}")) as f:
+                        self._pids[i] = int(f.read())
+                except (OSError, ValueError):
+                    pass
+        return self._pids
 
     def join(self, timeout: float | None = None, grace_period: float | None = None) -> bool:
         """Wait (up to `timeout` seconds) for the job: True when every process succeeded,
@@ -168,7 +174,7 @@ class MPIProcessContext(ProcessContext):
         except subprocess.TimeoutExpired:
             return False
         outcomes = self._outcomes()
-        pids = self.pids()
+        pids = self._pid_by_index()
         shutil.rmtree(self.job_dir, ignore_errors=True)
         self._done = True
         failures = sorted((o["time"], i) for i, o in outcomes.items() if o["status"] != "ok")
@@ -184,7 +190,7 @@ class MPIProcessContext(ProcessContext):
             # watcher could write): name the first one without an outcome
             silent = [i for i in range(self.nprocs) if i not in outcomes]
             index = silent[0] if silent else 0
-            pid = pids[index] if index < len(pids) else -1
+            pid = pids.get(index, -1)
             self._failure = ProcessExitedException(
                 f"process {index} terminated: mpiexec exited with status {code} and processes "
                 f"{silent} left no outcome (mpiexec's own report, if any, is above)",
