@@ -2,8 +2,8 @@
 and the backend each tensor's collectives go through (MPI for CPU tensors, NCCL for cuda ones).
 
 kiln has no network transport of its own. Ranks are processes started by `mpiexec` (directly,
-or through `python -m kiln.distributed.run`), and MPI's communicator says who is who; NCCL, for
-cuda tensors, is bootstrapped over that communicator.
+or through `python -m kiln.distributed.run` or `kiln.multiprocessing.spawn`), and MPI's
+communicator says who is who; NCCL, for cuda tensors, is bootstrapped over that communicator.
 """
 
 from __future__ import annotations
@@ -117,9 +117,12 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
                        group_name: str = "", pg_options=None, device_id=None) -> None:
     """Join the default process group (torch.distributed.init_process_group).
 
-    The processes must have been started by `mpiexec -n N` or `python -m kiln.distributed.run`
-    (which runs mpiexec): MPI_COMM_WORLD gives the rank and world size. RANK / WORLD_SIZE from
-    the environment or the arguments are checked against it, and RANK, WORLD_SIZE, LOCAL_RANK
+    The processes must have been started together by `mpiexec -n N`, `python -m
+    kiln.distributed.run` (which runs mpiexec) or `kiln.multiprocessing.spawn(fn, nprocs=N)`
+    (which does too): MPI_COMM_WORLD gives the rank and world size. RANK / WORLD_SIZE from
+    the environment or the arguments are checked against it; a world_size smaller than MPI's
+    forms the group of the processes of ranks 0..world_size-1 (the others must not call this).
+    RANK, WORLD_SIZE, LOCAL_RANK
     and LOCAL_WORLD_SIZE are set from it when missing, as torchrun would have set them.
     `init_method`, `store` and `timeout` are accepted for compatibility; MPI does the rendezvous.
 
@@ -141,22 +144,26 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
         raise RuntimeError("init_process_group: backend 'nccl' needs CuPy with NCCL "
                            "(cupy.cuda.nccl) and a GPU; use backend='mpi' for CPU tensors")
     MPI = mpi_module()
-    comm = MPI.COMM_WORLD.Dup()          # our own context: a user's MPI traffic cannot collide
-    size, me = comm.Get_size(), comm.Get_rank()
+    size, me = MPI.COMM_WORLD.Get_size(), MPI.COMM_WORLD.Get_rank()
     want_size = world_size if world_size not in (None, -1) else _env_int("WORLD_SIZE")
     want_rank = rank if rank not in (None, -1) else _env_int("RANK")
     if want_size is not None and want_size != size:
-        comm.Free()
-        raise RuntimeError(
-            f"init_process_group: world size {want_size} was asked for (WORLD_SIZE or "
-            f"world_size=), but MPI started {size} process(es) together. kiln's ranks talk "
-            f"through MPI, so start them with `python -m kiln.distributed.run --nproc-per-node "
-            f"{want_size} script.py` or `mpiexec -n {want_size} python script.py`; processes "
-            "started separately (torchrun, a shell loop) cannot find each other")
+        if not (0 < want_size < size and me < want_size and want_rank in (None, me)):
+            raise RuntimeError(_world_size_refusal(want_size, size, me))
+        # the first world_size processes of a bigger MPI world form the group, while the
+        # others do something else (torch's DDP + RPC pattern); only the members take part
+        members = MPI.COMM_WORLD.Get_group().Range_incl([(0, want_size - 1, 1)])
+        comm = MPI.COMM_WORLD.Create_group(members)
+        members.Free()
+        size = want_size
+    else:
+        comm = MPI.COMM_WORLD.Dup()      # our own context: a user's MPI traffic cannot collide
     if want_rank is not None and want_rank != me:
         comm.Free()
         raise RuntimeError(f"init_process_group: rank {want_rank} was asked for (RANK or rank=), "
-                           f"but MPI gave this process rank {me}; let the launcher set RANK")
+                           f"but MPI gave this process rank {me}; kiln's ranks are MPI's: let "
+                           "the launcher set RANK, or under mp.spawn pass the index spawn gave "
+                           "your function")
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = local.Get_rank(), local.Get_size()
     local.Free()
@@ -176,6 +183,23 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     world.prev_excepthook = sys.excepthook
     sys.excepthook = _abort_on_uncaught
     _WORLD = world
+
+
+def _world_size_refusal(want_size: int, size: int, me: int) -> str:
+    """Why `world_size=want_size` cannot be formed from an MPI world of `size` processes."""
+    if want_size < size:
+        return (f"init_process_group: world_size={want_size} was asked for by the process of "
+                f"rank {me} in a world of {size} processes started together; a smaller group is "
+                f"formed by the processes of ranks 0..{want_size - 1}, each passing its own "
+                "rank (the index mp.spawn gave it): the others must not call "
+                "init_process_group")
+    return (f"init_process_group: world size {want_size} was asked for (WORLD_SIZE or "
+            f"world_size=), but MPI started {size} process(es) together. kiln's ranks talk "
+            f"through MPI, so start them together: kiln.multiprocessing.spawn(fn, args, "
+            f"nprocs={want_size}) (torch's mp.spawn; with no Tensor among args), `python -m "
+            f"kiln.distributed.run --nproc-per-node {want_size} script.py` or `mpiexec -n "
+            f"{want_size} python script.py`; processes started separately (torchrun, a shell "
+            "loop, multiprocessing.Process one by one) cannot find each other")
 
 
 def _abort_on_uncaught(exc_type, exc, tb) -> None:

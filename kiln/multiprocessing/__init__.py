@@ -4,7 +4,8 @@ memory (torch.multiprocessing).
 Every name of `multiprocessing` is here. Importing this module registers a reducer so that a
 tensor put on a queue, sent down a pipe or passed to a Process is moved to shared memory and
 received as a view of the same memory, not copied. `spawn(fn, args, nprocs)` starts `nprocs`
-processes running `fn(i, *args)` and raises if any of them fails.
+processes running `fn(i, *args)` (as one MPI job when it can, so that they can form a process
+group) and raises if any of them fails.
 """
 
 from __future__ import annotations
