@@ -218,6 +218,28 @@ class FakeStream:
     def is_capturing(self) -> bool:
         return self.capture is not None
 
+    def record(self, event=None) -> "FakeEvent":
+        """Record `event` (a new one if None) on this stream; the fake's work is done."""
+        event = FakeEvent() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event: "FakeEvent") -> None:
+        """Later work on this stream waits for `event` (the fake's work is done at once)."""
+        if not isinstance(event, FakeEvent):
+            raise TypeError("cupy.cuda.Stream.wait_event: expected a cupy.cuda.Event")
+
+    @property
+    def done(self) -> bool:
+        return True
+
+
+class FakeExternalStream(FakeStream):
+    """`cupy.cuda.ExternalStream(ptr)`: a stream made elsewhere, known by its handle."""
+
+    def __init__(self, ptr: int, device_id: int = -1):
+        self.ptr, self.device_id, self.capture = int(ptr), 0, None
+
 
 class FakeEvent:
     """`cupy.cuda.Event`: `record` notes the host time (the fake's work is done when issued),
@@ -244,6 +266,30 @@ def get_elapsed_time(start: FakeEvent, end: FakeEvent) -> float:
         raise CUDARuntimeError("cudaErrorInvalidResourceHandle: an event was made without "
                                "timing or never recorded")
     return (end._at - start._at) * 1000.0
+
+
+def _device_properties(index: int) -> dict:
+    """`cupy.cuda.runtime.getDeviceProperties`: the fields kiln reads, as an H100's."""
+    if index != 0:
+        raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+    return {"name": b"Fake CUDA (tests/fake_cuda.py)", "major": 9, "minor": 0,
+            "totalGlobalMem": _DEVICE_BYTES, "multiProcessorCount": 132, "warpSize": 32,
+            "l2CacheSize": 50 * 2 ** 20}
+
+
+NVTX_LOG: list = []           # ("push", msg) / ("pop", None) / ("mark", msg), for the tests
+
+
+def _nvtx_push(message: str, id_color: int = -1) -> None:
+    NVTX_LOG.append(("push", message))
+
+
+def _nvtx_pop() -> None:
+    NVTX_LOG.append(("pop", None))
+
+
+def _nvtx_mark(message: str, id_color: int = -1) -> None:
+    NVTX_LOG.append(("mark", message))
 
 
 _STREAMS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()   # ptr -> stream
@@ -395,6 +441,9 @@ def _release(counter: list, size: int) -> None:
     counter[0] -= size
 
 
+_DEVICE_BYTES = 80 * 2 ** 30          # what the fake device says its memory is
+
+
 class FakeMemoryPool:
     """`cupy.cuda.MemoryPool`: counts the bytes of arrays made while it is the allocator
     (`using_allocator`, or `set_allocator` for the default pool, `get_default_memory_pool()`)."""
@@ -420,6 +469,13 @@ class FakeMemoryPool:
 
     def free_all_blocks(self, stream=None) -> None:
         pass
+
+    def set_limit(self, size=None, fraction=None) -> None:
+        """The pool's cap in bytes (`fraction` of the fake device's memory)."""
+        self._limit = int(size) if size is not None else int((fraction or 0) * _DEVICE_BYTES)
+
+    def get_limit(self) -> int:
+        return getattr(self, "_limit", 0)
 
     def n_free_blocks(self) -> int:
         return 0
@@ -772,8 +828,14 @@ def _build_module() -> types.ModuleType:
         "cupy.cuda", Device=FakeCudaDevice,
         runtime=_namespace("cupy.cuda.runtime", getDeviceCount=lambda: 1,
                            deviceSynchronize=device_synchronize,
-                           CUDARuntimeError=CUDARuntimeError),
-        Stream=FakeStream, get_current_stream=_current_stream,
+                           CUDARuntimeError=CUDARuntimeError,
+                           memGetInfo=lambda: (_DEVICE_BYTES - _DEFAULT_POOL.used_bytes(),
+                                               _DEVICE_BYTES),
+                           getDeviceProperties=_device_properties),
+        Stream=FakeStream, ExternalStream=FakeExternalStream,
+        get_current_stream=_current_stream,
+        nvtx=_namespace("cupy.cuda.nvtx", RangePush=_nvtx_push, RangePop=_nvtx_pop,
+                        Mark=_nvtx_mark),
         graph=_namespace("cupy.cuda.graph", Graph=FakeGraph),
         MemoryPool=FakeMemoryPool, using_allocator=using_allocator,
         set_allocator=set_allocator, get_allocator=get_allocator,

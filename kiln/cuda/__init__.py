@@ -162,7 +162,13 @@ class Event:
                                     interprocess=interprocess)
 
     def record(self, stream=None) -> None:
-        self._event.record(stream)
+        self._event.record(getattr(stream, "_stream", stream))
+
+    def wait(self, stream=None) -> None:
+        """Work queued on `stream` (the current one if None) from now on waits for this
+        event's recorded work."""
+        target = stream._stream if stream is not None else cupy_module().cuda.get_current_stream()
+        target.wait_event(self._event)
 
     def synchronize(self) -> None:
         self._event.synchronize()
@@ -318,3 +324,91 @@ def set_rng_state_all(new_states) -> None:
 
 
 from kiln.cuda import amp, nccl  # noqa: E402,F401  (torch.cuda.amp, torch.cuda.nccl)
+
+
+def memory_cached(device=None) -> int:
+    """PyTorch's old name of memory_reserved."""
+    return memory_reserved(device)
+
+
+def max_memory_cached(device=None) -> int:
+    """PyTorch's old name of max_memory_reserved."""
+    return max_memory_reserved(device)
+
+
+def reset_max_memory_cached(device=None) -> None:
+    reset_peak_memory_stats(device)
+
+
+def memory_summary(device=None, abbreviated: bool = False) -> str:
+    """The memory counters as a small table (PyTorch's report has per-pool rows; CuPy's pool
+    has these four numbers)."""
+    rows = [("Allocated memory", memory_allocated(device), max_memory_allocated(device)),
+            ("Reserved memory", memory_reserved(device), max_memory_reserved(device))]
+    lines = ["|" + "=" * 62 + "|",
+             f"|{'kiln CUDA memory summary (CuPy default pool)':^62}|",
+             "|" + "-" * 62 + "|",
+             f"| {'Metric':<26}| {'Cur usage':>15} | {'Peak usage':>15} |"]
+    for name, current, peak in rows:
+        lines.append(f"| {name:<26}| {_mib(current):>15} | {_mib(peak):>15} |")
+    lines.append("|" + "=" * 62 + "|")
+    return "\n".join(lines)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n} B"
+
+
+def set_per_process_memory_fraction(fraction: float, device=None) -> None:
+    """Cap the memory pool at `fraction` of the device's memory (CuPy's pool limit); an
+    allocation beyond it raises OutOfMemoryError."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"Invalid fraction value: {fraction}. Allowed range: 0~1")
+    _on(device, lambda pool: pool.set_limit(fraction=fraction) or 0)
+
+
+def get_per_process_memory_fraction(device=None) -> float:
+    _require("get_per_process_memory_fraction")
+    limit = _on(device, lambda pool: pool.get_limit())
+    total = mem_get_info(device)[1]
+    return 1.0 if limit == 0 else limit / total
+
+
+def ipc_collect() -> None:
+    """Nothing to collect: kiln shares no CUDA memory between processes."""
+
+
+def init() -> None:
+    """Initialize CUDA (torch.cuda.init): CuPy initializes on first use; raises without a
+    GPU, as PyTorch does."""
+    _require("init")
+
+
+def get_arch_list() -> list[str]:
+    """The GPU architectures kiln's kernels are built for: the present devices' (Triton
+    compiles for the GPU it runs on); empty without a GPU."""
+    if not cuda_is_available():
+        return []
+    return sorted({f"sm_{a}{b}" for a, b in (get_device_capability(i)
+                                           for i in range(device_count()))})
+
+
+from kiln.cuda import nvtx  # noqa: E402,F401
+from kiln.cuda.streams import (ExternalStream, Stream, StreamContext,  # noqa: E402,F401
+                               current_stream, default_stream, is_current_stream_capturing,
+                               set_stream, stream)
+from kiln.torch_namespace import OutOfMemoryError  # noqa: E402,F401
+
+
+def _legacy_types() -> dict:
+    """kiln.cuda.FloatTensor & co.: PyTorch's legacy constructors of cuda tensors (old GAN and
+    RL scripts pick `Tensor = torch.cuda.FloatTensor if cuda else torch.FloatTensor`)."""
+    from kiln.ir import dtypes as dt
+    from kiln.tracer.creation import legacy_type
+    kinds = {"Float": dt.float32, "Double": dt.float64, "Half": dt.float16,
+             "BFloat16": dt.bfloat16, "Long": dt.int64, "Int": dt.int32, "Short": dt.int16,
+             "Char": dt.int8, "Byte": dt.uint8, "Bool": dt.bool_}
+    return {f"{k}Tensor": legacy_type(f"{k}Tensor", d, "cuda") for k, d in kinds.items()}
+
+
+globals().update(_legacy_types())

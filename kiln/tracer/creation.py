@@ -180,17 +180,27 @@ def legacy_new(args: tuple, dtype: dt.DType, device, name: str) -> Tensor:
 
 class LegacyTensorType(type):
     """torch.FloatTensor, LongTensor, ...: calling one makes a tensor of its dtype
-    (`legacy_new`); isinstance(x, kiln.FloatTensor) asks whether x is a float32 tensor."""
+    (`legacy_new`); isinstance(x, kiln.FloatTensor) asks whether x is a float32 tensor (on
+    the CPU; kiln.cuda.FloatTensor's on a GPU)."""
 
     def __call__(cls, *args, device=None):
+        if cls.device_type == "cuda":
+            from kiln.runtime.device import cuda_is_available
+            if not cuda_is_available():
+                raise TypeError(f"type kiln.cuda.{cls.__name__} not available: no CUDA GPU "
+                                "(kiln.cuda.is_available() is False)")
+            device = device or "cuda"
         return legacy_new(args, cls.dtype, device, cls.__name__)
 
     def __instancecheck__(cls, obj):
-        return isinstance(obj, Tensor) and obj.dtype is cls.dtype
+        return isinstance(obj, Tensor) and obj.dtype is cls.dtype and \
+            obj.device.type == cls.device_type
 
 
-def legacy_type(name: str, dtype: dt.DType) -> type:
-    return LegacyTensorType(name, (), {"dtype": dtype, "__module__": "kiln"})
+def legacy_type(name: str, dtype: dt.DType, device_type: str = "cpu") -> type:
+    return LegacyTensorType(name, (), {"dtype": dtype, "device_type": device_type,
+                                       "__module__": "kiln.cuda" if device_type == "cuda"
+                                       else "kiln"})
 
 
 def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:

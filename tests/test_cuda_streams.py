@@ -1,0 +1,93 @@
+"""kiln.cuda's streams, NVTX ranges, legacy cuda tensor types and memory extras: without a GPU
+they answer or refuse as PyTorch's CUDA-less build does; with one (a real GPU, or
+tests/fake_cuda.py's stand-in, which runs every stream's work at once and so cannot see a
+missing wait between streams) work queued inside `with kiln.cuda.stream(s)` goes to `s`."""
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+GPU = kiln.cuda.is_available()
+
+
+@pytest.mark.skipif(GPU, reason="checks the answers without a GPU")
+def test_without_a_gpu_as_torch_without_cuda():
+    assert kiln.cuda.is_current_stream_capturing() is False
+    assert kiln.cuda.get_arch_list() == [] and kiln.cuda.memory_cached() == 0
+    assert kiln.cuda.max_memory_cached() == 0
+    for make in (lambda lib: lib.cuda.Stream(), lambda lib: lib.cuda.current_stream()):
+        with pytest.raises((RuntimeError, AssertionError)):
+            make(torch)
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            make(kiln)
+    for lib in (torch, kiln):
+        with pytest.raises(RuntimeError, match="NVTX functions not installed"):
+            lib.cuda.nvtx.range_push("step")
+        with pytest.raises(TypeError, match="not available"):
+            lib.cuda.FloatTensor(2)
+        assert not isinstance(lib.ones(1), lib.cuda.FloatTensor)
+        assert isinstance(lib.ones(1), lib.FloatTensor)
+    kiln.cuda.ipc_collect()
+    assert kiln.cuda.OutOfMemoryError is kiln.OutOfMemoryError
+
+
+@pytest.mark.gpu
+def test_work_inside_a_stream_block_is_queued_there():
+    from kiln.runtime.device import cupy_module
+    side = kiln.cuda.Stream()
+    main = kiln.cuda.current_stream()
+    assert side != main and side.cuda_stream != 0
+    x = kiln.arange(12.0, device="cuda").reshape(3, 4)
+    side.wait_stream(main)                      # x is made on the main stream
+    with kiln.cuda.stream(side):
+        assert kiln.cuda.current_stream() == side
+        assert cupy_module().cuda.get_current_stream().ptr == side.cuda_stream
+        y = (x * 2).sum(0)
+    main.wait_stream(side)
+    assert kiln.cuda.current_stream() == main
+    np.testing.assert_array_equal(y.cpu().numpy(), [24.0, 30.0, 36.0, 42.0])
+    event = side.record_event()
+    event.wait()
+    event.synchronize()
+    assert event.query() and side.query()
+    side.synchronize()
+    assert kiln.cuda.default_stream().cuda_stream == 0
+    with kiln.cuda.stream(None):                # None changes nothing, as in torch
+        assert kiln.cuda.current_stream() == main
+
+
+@pytest.mark.gpu
+def test_nvtx_ranges_nest():
+    assert kiln.cuda.nvtx.range_push("outer") == 0
+    assert kiln.cuda.nvtx.range_push("inner") == 1
+    assert kiln.cuda.nvtx.range_pop() == 1
+    with kiln.cuda.nvtx.range("step {}", 3):
+        kiln.cuda.nvtx.mark("here")
+    assert kiln.cuda.nvtx.range_pop() == 0
+    import sys
+    fake = sys.modules.get("tests.fake_cuda")
+    if fake is not None and fake.cupy.cuda.nvtx.RangePush is fake._nvtx_push:   # the stand-in
+        assert fake.NVTX_LOG[-7:] == [("push", "outer"), ("push", "inner"), ("pop", None),
+                                      ("push", "step 3"), ("mark", "here"), ("pop", None),
+                                      ("pop", None)]
+
+
+@pytest.mark.gpu
+def test_legacy_cuda_types_and_memory_extras():
+    t = kiln.cuda.FloatTensor(2, 3)
+    assert t.device.type == "cuda" and t.dtype == kiln.float32 and tuple(t.shape) == (2, 3)
+    assert isinstance(t, kiln.cuda.FloatTensor) and not isinstance(t, kiln.FloatTensor)
+    assert kiln.cuda.LongTensor([1, 2]).tolist() == [1, 2]
+    assert kiln.cuda.memory_cached() == kiln.cuda.memory_reserved()
+    assert "Allocated memory" in kiln.cuda.memory_summary()
+    kiln.cuda.set_per_process_memory_fraction(0.5)
+    try:
+        assert kiln.cuda.get_per_process_memory_fraction() == pytest.approx(0.5, rel=1e-3)
+    finally:
+        kiln.cuda.set_per_process_memory_fraction(1.0)
+    with pytest.raises(ValueError, match="Invalid fraction"):
+        kiln.cuda.set_per_process_memory_fraction(1.5)
+    assert all(a.startswith("sm_") for a in kiln.cuda.get_arch_list())
+    assert kiln.cuda.is_current_stream_capturing() is False
