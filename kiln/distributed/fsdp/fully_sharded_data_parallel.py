@@ -27,7 +27,7 @@ and are refused. Accepted and without effect: `backward_prefetch`, `forward_pref
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict, namedtuple
+from collections import namedtuple
 from typing import Any, Callable, Iterable, Iterator
 
 import kiln
@@ -413,21 +413,23 @@ class FullyShardedDataParallel(Module):
                  if u._sharded_module is not None]
         for unit in units:
             unit.unshard()
-        full = {name: p for unit in units for name, p in unit.named_parameters()}
+        # keyed by unit and name: nested units' names repeat ("w1.weight" in every block)
+        full = {(id(unit), name): p for unit in units for name, p in unit.named_parameters()}
         try:
             yield
         finally:
             world, rank = pg.get_world_size(), pg.get_rank()
-            rows = {name: local_chunk(p._data, 0, world, rank).copy()
-                    for name, p in full.items()
+            rows = {key: local_chunk(p._data, 0, world, rank).copy()
+                    for key, p in full.items()
                     if writeback and p.ndim > 0 and p._data.size}
             for unit in units:
                 unit.reshard()
             for unit in units:
                 for name, p in unit.named_parameters():
-                    if isinstance(p, DTensor) and name in rows and \
-                            rows[name].shape == p._data.shape:
-                        p._data[...] = rows[name]
+                    key = (id(unit), name)
+                    if isinstance(p, DTensor) and key in rows and \
+                            rows[key].shape == p._data.shape:
+                        p._data[...] = rows[key]
                         p._version[0] += 1
 
     # ------------------------------------------------------------------ optimizer state

@@ -4,9 +4,10 @@
 keeping them; `apply_activation_checkpointing(model, check_fn=...)` wraps the submodules
 `check_fn` selects, in place.
 
-The wrapper holds the block as `_checkpoint_wrapped_module`, and, as torch's does, hides that
-name: `state_dict()` keys and `named_parameters()` names are the block's own, and
-`load_state_dict` takes them, so checkpoints load into the model with or without wrappers.
+The wrapper holds the block as `_checkpoint_wrapped_module` and, as torch's does, hides that
+name from state dicts: `state_dict()` keys are the unwrapped model's and `load_state_dict`
+takes them, so checkpoints load into the model with or without wrappers (`named_parameters()`
+drops the name when called on the wrapper itself, or on an FSDP model, as in torch).
 Gradients are those of the unwrapped model (kiln's checkpoint recomputes exactly).
 """
 
