@@ -6,6 +6,7 @@ in this process check the rest."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import warnings
@@ -331,3 +332,27 @@ def test_dcp_older_names_round_trip(group, tmp_path):
     assert (tmp_path / "ckpt2" / ".metadata").exists()
     with pytest.raises(ValueError, match="custom planners"):
         dcp.save(state, checkpoint_id=tmp_path / "x", planner=object())
+
+
+def test_buffer_dtype_ignored_modules_and_manual_wrapping(group):
+    """MixedPrecision(buffer_dtype): buffers computed in it, FULL_STATE_DICT gives them back in
+    their own dtype (as torch); ignored_modules keep whole plain parameters; a unit built with
+    enable_wrap/wrap inside a model wrapped later keeps its parameters out of the outer unit."""
+    kiln.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).double()
+    weights = plain.state_dict()
+    with kiln.no_grad():
+        plain[1].running_mean.copy_(kiln.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 1 / 3]))
+    model = copy.deepcopy(plain)
+    with fsdp_wrap.enable_wrap(wrapper_cls=FSDP,
+                               mixed_precision=MixedPrecision(buffer_dtype=kiln.float32)):
+        model[0] = fsdp_wrap.wrap(model[0])
+        model = fsdp_wrap.wrap(model, ignored_modules=[model[2]])
+    assert isinstance(model.module[0], FSDP) and not isinstance(model.module[2].weight, DTensor)
+    assert model.module[1].running_mean.dtype is kiln.float32
+    state = model.state_dict()
+    assert state["1.running_mean"].dtype is kiln.float64
+    np.testing.assert_array_equal(state["1.running_mean"].numpy(),
+                                  np.float32([0.1, 0.2, 0.3, 0.4, 0.5, 1 / 3]))
+    np.testing.assert_array_equal(state["0.weight"].numpy(), weights["0.weight"].numpy())
+    assert set(state) == set(plain.state_dict())

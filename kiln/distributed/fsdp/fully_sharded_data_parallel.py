@@ -117,8 +117,6 @@ class FullyShardedDataParallel(Module):
             _materialize(module, param_init_fn, device_id)
             if sync_module_states:
                 _broadcast_from_rank0(module)
-        if mp.buffer_dtype is not None:
-            _cast_buffers(module, mp.buffer_dtype)
         if auto_wrap_policy is not None:
             nested = dict(sharding_strategy=strategy, cpu_offload=cpu_offload,
                           backward_prefetch=backward_prefetch, mixed_precision=mixed_precision,
@@ -128,6 +126,8 @@ class FullyShardedDataParallel(Module):
                            {id(m) for m in ignored["modules"]}, FullyShardedDataParallel,
                            **nested)
         self._fsdp_wrapped_module = module
+        # buffers in `buffer_dtype` for compute; FULL_STATE_DICT gives their own dtypes back
+        object.__setattr__(self, "_buffer_dtypes", _cast_buffers(module, mp.buffer_dtype))
         object.__setattr__(self, "sharding_strategy", strategy)
         object.__setattr__(self, "mixed_precision", mp)
         object.__setattr__(self, "cpu_offload", cpu_offload or CPUOffload())
@@ -365,6 +365,9 @@ class FullyShardedDataParallel(Module):
                 key = prefix + key[len(inner):]
                 if not self._keep_vars:
                     value = _state_value(value, kind, config.offload_to_cpu)
+                    orig = self._buffer_dtypes.get(key[len(prefix):])
+                    if orig is not None and kind is StateDictType.FULL_STATE_DICT:
+                        value = value.to(orig)
                     if drop:        # gathered first: every rank takes part in the gather
                         continue
             destination[key] = value
@@ -557,11 +560,26 @@ def _broadcast_from_rank0(module: Module) -> None:
         t._version[0] += 1
 
 
-def _cast_buffers(module: Module, dtype) -> None:
-    for m in module.modules():
+def _cast_buffers(module: Module, dtype) -> dict[str, object]:
+    """Cast the floating-point buffers of `module` that are not in a unit inside it to
+    `dtype`; returns {name: original dtype} of those cast."""
+    cast: dict[str, object] = {}
+    if dtype is None:
+        return cast
+    for prefix, m in _own_modules(module):
         for name, b in m._buffers.items():
             if b is not None and b.is_floating_point() and b.dtype is not dtype:
+                cast[prefix + name] = b.dtype
                 m._buffers[name] = b.to(dtype)
+    return cast
+
+
+def _own_modules(module: Module, prefix: str = "") -> Iterator[tuple[str, Module]]:
+    """(dotted prefix, module) for `module` and its descendants outside nested FSDP units."""
+    yield prefix, module
+    for name, child in module.named_children():
+        if not isinstance(child, FullyShardedDataParallel):
+            yield from _own_modules(child, f"{prefix}{name}.")
 
 
 def _cast_floats(value, dtype):
