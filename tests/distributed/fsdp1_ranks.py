@@ -33,7 +33,8 @@ F64 = MixedPrecision(param_dtype=kiln.float64, reduce_dtype=kiln.float64,
                      buffer_dtype=kiln.float64)
 LAYERS = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={W.Block})
 STRATEGIES = {"full": ShardingStrategy.FULL_SHARD, "grad_op": ShardingStrategy.SHARD_GRAD_OP,
-              "no_shard": ShardingStrategy.NO_SHARD, "full_ac": ShardingStrategy.FULL_SHARD}
+              "no_shard": ShardingStrategy.NO_SHARD, "full_ac": ShardingStrategy.FULL_SHARD,
+              "hybrid": ShardingStrategy.HYBRID_SHARD}     # one node: FULL_SHARD
 
 
 def wrapped(seed: int = 0, strategy=ShardingStrategy.FULL_SHARD, **kwargs) -> FSDP:

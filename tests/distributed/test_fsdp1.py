@@ -30,7 +30,7 @@ from tests.distributed import launch
 from tests.distributed.fsdp_torch_ranks import TorchBlock, lm_loss, twin
 
 N = 2
-STRATEGIES = ("full", "grad_op", "no_shard", "full_ac")
+STRATEGIES = ("full", "grad_op", "no_shard", "full_ac", "hybrid")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_auto_wrap_policies_make_torchs_units(ranks, torch_ranks):
 def test_training_on_two_ranks_equals_one_process_and_torch_fsdp1(ranks, torch_ranks,
                                                                    strategy):
     """FULL_SHARD (rank 1 built from other weights, synced by sync_module_states),
-    SHARD_GRAD_OP, NO_SHARD and FULL_SHARD with activation checkpointing: every rank's loss
+    SHARD_GRAD_OP, NO_SHARD, FULL_SHARD with activation checkpointing and HYBRID_SHARD (both
+    ranks on one node: FULL_SHARD): every rank's loss
     is its half of the batch's, and the FULL_STATE_DICT (rank0_only) is the one-process
     model's and torch FSDP1's."""
     got = _results(ranks, "train")
@@ -298,9 +299,17 @@ def test_enable_wrap_and_size_policy(group):
         ["", "_fsdp_wrapped_module.0"]
 
 
-def test_refusals_name_the_argument(group):
-    with pytest.raises(ValueError, match="HYBRID_SHARD.*2-D device mesh"):
+def test_refusals_name_the_argument(group, monkeypatch):
+    # one node: HYBRID_SHARD is FULL_SHARD; over 2 nodes of 2 ranks it needs a 2-D mesh
+    unit = FSDP(nn.Linear(2, 2), sharding_strategy=ShardingStrategy.HYBRID_SHARD)
+    assert isinstance(unit.module.weight, DTensor)
+    monkeypatch.setattr(dist.process_group, "get_world_size", lambda group=None: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"HYBRID_SHARD.*\(4 ranks, 2 per node\).*2-D device"):
         FSDP(nn.Linear(2, 2), sharding_strategy=ShardingStrategy.HYBRID_SHARD)
+    monkeypatch.undo()
+    with pytest.raises(TypeError, match="sharding_strategy must be a ShardingStrategy"):
+        FSDP(nn.Linear(2, 2), sharding_strategy="FULL_SHARD")
     with pytest.raises(ValueError, match="keep_low_precision_grads"):
         FSDP(nn.Linear(2, 2), mixed_precision=MixedPrecision(keep_low_precision_grads=True))
     with pytest.raises(ValueError, match="already wrapped"):

@@ -41,8 +41,9 @@ class CPUOffloadPolicy(OffloadPolicy):
 class ShardingStrategy(Enum):
     """What FSDP1 shards. FULL_SHARD: parameters, gradients and optimizer state, parameters
     freed after forward; SHARD_GRAD_OP: the same, parameters kept gathered from forward to
-    backward; NO_SHARD: nothing (DDP: gradients all-reduced). The hybrid strategies need a 2-D
-    mesh, which kiln does not have."""
+    backward; NO_SHARD: nothing (DDP: gradients all-reduced). The hybrid strategies shard
+    within a node and replicate across nodes: on one node they are FULL_SHARD / SHARD_GRAD_OP;
+    across nodes they need a 2-D mesh, which kiln does not have."""
 
     FULL_SHARD = auto()
     SHARD_GRAD_OP = auto()

@@ -27,6 +27,7 @@ and are refused. Accepted and without effect: `backward_prefetch`, `forward_pref
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import namedtuple
 from typing import Any, Callable, Iterable, Iterator
 
@@ -94,12 +95,9 @@ class FullyShardedDataParallel(Module):
                             f"{type(module).__name__}")
         if isinstance(module, FullyShardedDataParallel):
             raise ValueError("FullyShardedDataParallel: the module is already wrapped in FSDP")
-        strategy = sharding_strategy or ShardingStrategy.FULL_SHARD
-        if strategy in (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2):
-            raise ValueError(f"FullyShardedDataParallel: {strategy} shards within a node and "
-                             "replicates across nodes, which needs a 2-D device mesh; kiln's "
-                             "meshes are 1-D. Use ShardingStrategy.FULL_SHARD (or "
-                             "SHARD_GRAD_OP, NO_SHARD)")
+        pg._require("FullyShardedDataParallel")
+        given = sharding_strategy or ShardingStrategy.FULL_SHARD
+        strategy = _effective_strategy(given)
         if process_group is not None and process_group is not pg.GroupMember.WORLD:
             raise ValueError("FullyShardedDataParallel: kiln has only the default process "
                              "group; pass process_group=None")
@@ -110,7 +108,6 @@ class FullyShardedDataParallel(Module):
             raise ValueError("FullyShardedDataParallel: MixedPrecision(keep_low_precision_grads"
                              "=True) is not built in kiln; gradient shards keep the "
                              "parameters' dtype")
-        pg._require("FullyShardedDataParallel")
         ignored = _ignored(module, ignored_modules, ignored_states)
         outermost = not any(isinstance(m, FullyShardedDataParallel) for m in module.modules())
         if outermost:
@@ -118,7 +115,7 @@ class FullyShardedDataParallel(Module):
             if sync_module_states:
                 _broadcast_from_rank0(module)
         if auto_wrap_policy is not None:
-            nested = dict(sharding_strategy=strategy, cpu_offload=cpu_offload,
+            nested = dict(sharding_strategy=given, cpu_offload=cpu_offload,
                           backward_prefetch=backward_prefetch, mixed_precision=mixed_precision,
                           forward_prefetch=forward_prefetch, limit_all_gathers=limit_all_gathers,
                           use_orig_params=use_orig_params)
@@ -128,7 +125,7 @@ class FullyShardedDataParallel(Module):
         self._fsdp_wrapped_module = module
         # buffers in `buffer_dtype` for compute; FULL_STATE_DICT gives their own dtypes back
         object.__setattr__(self, "_buffer_dtypes", _cast_buffers(module, mp.buffer_dtype))
-        object.__setattr__(self, "sharding_strategy", strategy)
+        object.__setattr__(self, "sharding_strategy", given)
         object.__setattr__(self, "mixed_precision", mp)
         object.__setattr__(self, "cpu_offload", cpu_offload or CPUOffload())
         object.__setattr__(self, "backward_prefetch", backward_prefetch)
@@ -497,6 +494,26 @@ class FullyShardedDataParallel(Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _effective_strategy(strategy: ShardingStrategy) -> ShardingStrategy:
+    """The strategy to run. The hybrid ones shard within a node and replicate across nodes:
+    with every rank on one node that is FULL_SHARD (SHARD_GRAD_OP for _HYBRID_SHARD_ZERO2);
+    across nodes it needs a 2-D mesh, which kiln does not have."""
+    if not isinstance(strategy, ShardingStrategy):
+        raise TypeError(f"FullyShardedDataParallel: sharding_strategy must be a "
+                        f"ShardingStrategy, got {strategy!r}")
+    if strategy not in (ShardingStrategy.HYBRID_SHARD, ShardingStrategy._HYBRID_SHARD_ZERO2):
+        return strategy
+    world = pg.get_world_size()
+    node = int(os.environ.get("LOCAL_WORLD_SIZE") or 0)
+    if world == 1 or node == world:
+        return ShardingStrategy.FULL_SHARD if strategy is ShardingStrategy.HYBRID_SHARD \
+            else ShardingStrategy.SHARD_GRAD_OP
+    raise ValueError(f"FullyShardedDataParallel: {strategy} shards within a node and "
+                     f"replicates across nodes ({world} ranks, {node or 'unknown'} per node), "
+                     "which needs a 2-D device mesh; kiln's meshes are 1-D. Use "
+                     "ShardingStrategy.FULL_SHARD (or SHARD_GRAD_OP, NO_SHARD)")
+
 
 def _fsdp_modules(module: Module) -> list[FullyShardedDataParallel]:
     return [m for m in module.modules() if isinstance(m, FullyShardedDataParallel)]
