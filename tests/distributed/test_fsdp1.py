@@ -365,3 +365,24 @@ def test_buffer_dtype_ignored_modules_and_manual_wrapping(group):
                                   np.float32([0.1, 0.2, 0.3, 0.4, 0.5, 1 / 3]))
     np.testing.assert_array_equal(state["0.weight"].numpy(), weights["0.weight"].numpy())
     assert set(state) == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("init", ["param_init_fn", "reset_parameters"])
+def test_meta_device_model_is_materialized_then_loads(group, init):
+    """Built on the meta device: param_init_fn runs on every submodule (the usual
+    `to_empty(recurse=False)`), or else each submodule holding tensors gets to_empty +
+    reset_parameters; then a FULL state dict loads into the shards."""
+    with kiln.device("meta"):
+        model = W.Transformer()
+    fn = (lambda m: m.to_empty(device="cpu", recurse=False)) if init == "param_init_fn" \
+        else None
+    model = FSDP(model, auto_wrap_policy=fsdp_wrap.ModuleWrapPolicy({W.Block}),
+                 param_init_fn=fn)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    if init == "reset_parameters":       # initialized: LayerNorm weights are ones again
+        np.testing.assert_array_equal(model.state_dict()["norm.weight"].numpy(),
+                                      np.ones(W.DIM, np.float32))
+    weights = W.transformer(0).float().state_dict()
+    model.load_state_dict(weights)
+    _assert_state({k: v.numpy() for k, v in model.state_dict().items()},
+                  {k: v.numpy() for k, v in weights.items()}, init, rtol=0)

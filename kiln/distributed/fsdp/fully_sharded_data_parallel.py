@@ -111,7 +111,7 @@ class FullyShardedDataParallel(Module):
         ignored = _ignored(module, ignored_modules, ignored_states)
         outermost = not any(isinstance(m, FullyShardedDataParallel) for m in module.modules())
         if outermost:
-            _materialize(module, param_init_fn, device_id)
+            _materialize(module, param_init_fn, device_id, ignored["modules"])
             if sync_module_states:
                 _broadcast_from_rank0(module)
         if auto_wrap_policy is not None:
@@ -548,18 +548,27 @@ def _device_of(device_id):
     return kiln.device(str(device_id))
 
 
-def _materialize(module: Module, param_init_fn, device_id) -> None:
-    """Meta-device parameters get memory (param_init_fn, or to_empty + reset_parameters, as
-    torch); with device_id the module moves there."""
+def _materialize(module: Module, param_init_fn, device_id, ignored: list[Module]) -> None:
+    """Meta-device tensors get memory, as torch's FSDP1 gives it: `param_init_fn(m)` for every
+    submodule `m` (breadth first, ignored modules left out), or else `to_empty` +
+    `reset_parameters()` on each submodule that holds tensors itself. With `device_id` the
+    module then moves there."""
     device = _device_of(device_id)
     if any(t.device.type == "meta" for t in list(module.parameters()) + list(module.buffers())):
-        if param_init_fn is not None:
-            param_init_fn(module)
-        else:
-            module.to_empty(device=device or kiln.device("cpu"))
-            for m in module.modules():
+        skip = {id(m) for m in ignored}
+        order, queue = [], [module]
+        while queue:
+            m = queue.pop(0)
+            order.append(m)
+            queue.extend(c for c in m.children() if id(c) not in skip)
+        for m in order:
+            if param_init_fn is not None:
+                param_init_fn(m)
+            elif list(m.parameters(recurse=False)) or list(m.buffers(recurse=False)):
+                m.to_empty(device=device or kiln.device("cpu"), recurse=False)
                 if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+                    with kiln.no_grad():
+                        m.reset_parameters()
     if device is not None:
         module.to(device)
 
