@@ -109,11 +109,11 @@ class FullyShardedDataParallel(Module):
                              "=True) is not built in kiln; gradient shards keep the "
                              "parameters' dtype")
         ignored = _ignored(module, ignored_modules, ignored_states)
-        outermost = not any(isinstance(m, FullyShardedDataParallel) for m in module.modules())
-        if outermost:
-            _materialize(module, param_init_fn, device_id, ignored["modules"])
-            if sync_module_states:
-                _broadcast_from_rank0(module)
+        # before auto-wrapping, for the whole tree: the units made below skip these steps
+        # (units the user nested by hand did them for themselves)
+        _materialize(module, param_init_fn, device_id, ignored["modules"])
+        if sync_module_states:
+            _broadcast_from_rank0(module)
         if auto_wrap_policy is not None:
             nested = dict(sharding_strategy=given, cpu_offload=cpu_offload,
                           backward_prefetch=backward_prefetch, mixed_precision=mixed_precision,
@@ -554,13 +554,16 @@ def _materialize(module: Module, param_init_fn, device_id, ignored: list[Module]
     `reset_parameters()` on each submodule that holds tensors itself. With `device_id` the
     module then moves there."""
     device = _device_of(device_id)
-    if any(t.device.type == "meta" for t in list(module.parameters()) + list(module.buffers())):
-        skip = {id(m) for m in ignored}
-        order, queue = [], [module]
-        while queue:
-            m = queue.pop(0)
-            order.append(m)
-            queue.extend(c for c in m.children() if id(c) not in skip)
+    skip = {id(m) for m in ignored}
+    order, queue = [], [module]         # breadth first, stopping at units and ignored modules
+    while queue:
+        m = queue.pop(0)
+        order.append(m)
+        queue.extend(c for c in m.children()
+                     if id(c) not in skip and not isinstance(c, FullyShardedDataParallel))
+    own = [t for m in order for t in list(m.parameters(recurse=False)) +
+           list(m.buffers(recurse=False))]
+    if any(t.device.type == "meta" for t in own):
         for m in order:
             if param_init_fn is not None:
                 param_init_fn(m)
@@ -574,12 +577,14 @@ def _materialize(module: Module, param_init_fn, device_id, ignored: list[Module]
 
 
 def _broadcast_from_rank0(module: Module) -> None:
-    """sync_module_states: every rank takes rank 0's parameters and buffers."""
+    """sync_module_states: every rank takes rank 0's parameters and buffers (those not in a
+    unit inside `module`: a unit syncs its own before sharding them)."""
     if pg.get_world_size() == 1:
         return
-    for t in _unique(list(module.parameters()) + list(module.buffers())):
-        data = t.device.xp.ascontiguousarray(t._data)
-        data = data.copy() if data is t._data and not data.flags.c_contiguous else data
+    own = [t for _, m in _own_modules(module) for t in list(m.parameters(recurse=False)) +
+           list(m.buffers(recurse=False))]
+    for t in _unique(own):
+        data = t.device.xp.ascontiguousarray(t._data)       # a copy only if it is a view
         broadcast_bytes(data, t.device, 0)
         if data is not t._data:
             t._data[...] = data
