@@ -21,7 +21,8 @@ import kiln.distributed.checkpoint as dist_cp  # noqa: E402
 from kiln.distributed.algorithms._checkpoint.checkpoint_wrapper import (  # noqa: E402
     CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper)
 from kiln.distributed.fsdp import (  # noqa: E402
-    BackwardPrefetch, FullStateDictConfig, MixedPrecision, ShardingStrategy, StateDictType)
+    BackwardPrefetch, FullOptimStateDictConfig, FullStateDictConfig, MixedPrecision,
+    ShardingStrategy, StateDictType)
 from kiln.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: E402
 from kiln.distributed.fsdp.wrap import (  # noqa: E402
     ModuleWrapPolicy, size_based_auto_wrap_policy, transformer_auto_wrap_policy)
@@ -115,6 +116,18 @@ def check_resume(r: int, n: int, out_dir: str) -> None:
                                                             fresh))
     OUT["resume_losses"] = np.array(W.train(fresh, opt2, 2, rank=r, start=3))
     save_full("resume", full_state(fresh, rank0_only=False))
+
+    # the newer spelling: optim_state_dict under FULL_STATE_DICT, optim_state_dict_to_load
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                              optim_state_dict_config=FullOptimStateDictConfig()):
+        osd = FSDP.optim_state_dict(model, opt)
+    OUT["resume_full_osd_is_whole"] = np.array(
+        tuple(osd["state"]["output.weight"]["exp_avg"].shape) == (W.VOCAB, W.DIM))
+    again = wrapped(seed=8)
+    again.load_state_dict(kiln.load(path))
+    opt3 = adamw(again)
+    FSDP.optim_state_dict_to_load(again, opt3, osd, load_directly=True)
+    OUT["resume2_losses"] = np.array(W.train(again, opt3, 2, rank=r, start=3))
 
 
 def check_sharded_checkpoint(r: int, n: int, out_dir: str) -> None:

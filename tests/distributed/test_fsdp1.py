@@ -135,12 +135,16 @@ def test_activation_checkpointed_fsdp_state_dict_keys_are_torchs(ranks, torch_ra
 def test_full_state_dict_rank0_file_and_full_optim_state_resume_training(ranks):
     """Rank 0 saves the model (FULL_STATE_DICT, rank0_only) and FSDP.full_optim_state_dict
     after 3 steps; a model built from other weights loads the file on every rank and
-    scatter_full_optim_state_dict the optimizer state: steps 4 and 5 are the 5-step run's."""
+    scatter_full_optim_state_dict the optimizer state: steps 4 and 5 are the 5-step run's.
+    The same through FSDP.optim_state_dict and optim_state_dict_to_load."""
     got = _results(ranks, "resume")
     halves, reference = reference_run()
     for r in range(N):
         np.testing.assert_allclose(got[r]["resume_losses"], halves[3:, r], rtol=1e-10)
         _assert_state(_prefixed(got[r], "resume"), reference, f"rank {r}")
+        # FSDP.optim_state_dict (FULL) + optim_state_dict_to_load(load_directly=True)
+        assert got[r]["resume_full_osd_is_whole"]
+        np.testing.assert_allclose(got[r]["resume2_losses"], halves[3:, r], rtol=1e-10)
     assert int(got[0]["resume_osd_keys_on_rank"]) == 2 and \
         int(got[1]["resume_osd_keys_on_rank"]) == 0
 
