@@ -73,6 +73,9 @@ def check_wrapping(r: int, n: int) -> None:
     model = wrapped()
     OUT["param_names"] = np.array([k for k, _ in model.named_parameters()])
     OUT["all_sharded"] = np.array(all(isinstance(p, DTensor) for p in model.parameters()))
+    kiln.manual_seed(3)
+    model.apply(W.init_normal)            # on the whole parameters: one process's draws
+    save_full("apply", full_state(model, rank0_only=False))
 
 
 def check_train(r: int, n: int) -> None:

@@ -102,6 +102,12 @@ def test_auto_wrap_policies_make_torchs_units(ranks, torch_ranks):
         # parameters keep the model's names and are dim-0 shards
         assert list(got[r]["param_names"]) == list(reference_run()[1])
         assert got[r]["all_sharded"]
+    # model.apply(init) initializes the whole parameters: one process's draws
+    plain = W.transformer(0)
+    kiln.manual_seed(3)
+    plain.apply(W.init_normal)
+    for r in range(N):
+        _assert_state(_prefixed(got[r], "apply"), W.state(plain), f"apply rank {r}", rtol=0)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -390,3 +396,20 @@ def test_meta_device_model_is_materialized_then_loads(group, init):
     model.load_state_dict(weights)
     _assert_state({k: v.numpy() for k, v in model.state_dict().items()},
                   {k: v.numpy() for k, v in weights.items()}, init, rtol=0)
+
+
+def test_checkpointing_applied_before_fsdp(group):
+    """apply_activation_checkpointing first, then FSDP with the blocks as units (each block
+    becomes CheckpointWrapper(FSDP(block))): the plain model's steps and state dict keys."""
+    plain = W.transformer(0)
+    opt = kiln.optim.AdamW(plain.parameters(), lr=1e-2)
+    model = W.transformer(0)
+    apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, W.Block))
+    model = FSDP(model, auto_wrap_policy=fsdp_wrap.ModuleWrapPolicy({W.Block}))
+    assert isinstance(model.module.layers[0], CheckpointWrapper)
+    assert isinstance(model.module.layers[0]._checkpoint_wrapped_module, FSDP)
+    opt2 = kiln.optim.AdamW(model.parameters(), lr=1e-2)
+    np.testing.assert_allclose(W.train(model, opt2, 2), W.train(plain, opt, 2), rtol=1e-12)
+    _assert_state({k: v.numpy() for k, v in model.state_dict().items()}, W.state(plain),
+                  "checkpointed first", rtol=1e-12)
+    assert list(model.state_dict()) == list(plain.state_dict())

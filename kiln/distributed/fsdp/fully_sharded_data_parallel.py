@@ -61,6 +61,7 @@ _CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 _IN_FORWARD: list["FullyShardedDataParallel"] = []
+_SUMMONED: list[Module] = []       # modules inside summon_full_params now
 
 _DEFAULT_CONFIGS = {
     StateDictType.FULL_STATE_DICT: (FullStateDictConfig, FullOptimStateDictConfig),
@@ -204,6 +205,15 @@ class FullyShardedDataParallel(Module):
                       remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
         for name, b in super().named_buffers(prefix, recurse, remove_duplicate):
             yield clean_tensor_name(name), b
+
+    def apply(self, fn: Callable[[Module], None]) -> "FullyShardedDataParallel":
+        """`fn` on every submodule, with the whole parameters in place (summon_full_params):
+        an initialization draws the full tensors, as on one process, and each rank keeps its
+        rows (torch's FSDP.apply does the same)."""
+        if _SUMMONED:
+            return super().apply(fn)
+        with FullyShardedDataParallel.summon_full_params(self):
+            return super().apply(fn)
 
     def check_is_root(self) -> bool:
         if self._is_root is None:
@@ -413,11 +423,13 @@ class FullyShardedDataParallel(Module):
                  if u._sharded_module is not None]
         for unit in units:
             unit.unshard()
+        _SUMMONED.append(module)
         # keyed by unit and name: nested units' names repeat ("w1.weight" in every block)
         full = {(id(unit), name): p for unit in units for name, p in unit.named_parameters()}
         try:
             yield
         finally:
+            _SUMMONED.remove(module)
             world, rank = pg.get_world_size(), pg.get_rank()
             rows = {key: local_chunk(p._data, 0, world, rank).copy()
                     for key, p in full.items()
