@@ -418,7 +418,11 @@ class FullyShardedDataParallel(Module):
                            rank0_only: bool = False, offload_to_cpu: bool = False,
                            with_grads: bool = False):
         """Inside, the modules hold their whole parameters (gathered from every rank); with
-        `writeback`, changes made to them are written to the shards on exit."""
+        `writeback`, changes made to them are written to the shards on exit. `rank0_only`
+        and `offload_to_cpu` are accepted (every rank gets the parameters where they are)."""
+        if with_grads:
+            raise ValueError("summon_full_params: with_grads=True is not built in kiln; "
+                             "gather gradients with p.grad.full_tensor()")
         units = [u._sharded_module for u in _fsdp_modules(module)
                  if u._sharded_module is not None]
         for unit in units:
