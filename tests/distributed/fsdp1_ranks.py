@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import kiln  # noqa: E402
 import kiln.distributed as dist  # noqa: E402
 import kiln.distributed.checkpoint as dist_cp  # noqa: E402
+import kiln.nn as nn  # noqa: E402
 from kiln.distributed.algorithms._checkpoint.checkpoint_wrapper import (  # noqa: E402
     CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper)
 from kiln.distributed.fsdp import (  # noqa: E402
@@ -25,7 +26,8 @@ from kiln.distributed.fsdp import (  # noqa: E402
     ShardingStrategy, StateDictType)
 from kiln.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: E402
 from kiln.distributed.fsdp.wrap import (  # noqa: E402
-    ModuleWrapPolicy, size_based_auto_wrap_policy, transformer_auto_wrap_policy)
+    CustomPolicy, ModuleWrapPolicy, lambda_auto_wrap_policy, size_based_auto_wrap_policy,
+    transformer_auto_wrap_policy)
 from kiln.distributed.tensor import DTensor  # noqa: E402
 from tests.distributed import fsdp_workloads as W  # noqa: E402
 
@@ -65,7 +67,10 @@ def check_wrapping(r: int, n: int) -> None:
     """Which submodules each policy makes units of (compared with torch's FSDP)."""
     policies = {"layers": LAYERS,
                 "size": functools.partial(size_based_auto_wrap_policy, min_num_params=100),
-                "module": ModuleWrapPolicy({W.Attention})}
+                "module": ModuleWrapPolicy({W.Attention}),
+                "lambda": functools.partial(lambda_auto_wrap_policy,
+                                            lambda_fn=lambda m: isinstance(m, nn.LayerNorm)),
+                "custom": CustomPolicy(lambda m: isinstance(m, (W.Attention, nn.Embedding)))}
     for name, policy in policies.items():
         model = FSDP(W.transformer(0), auto_wrap_policy=policy)
         OUT[f"wrap_{name}"] = np.array([k for k, m in model.named_modules()

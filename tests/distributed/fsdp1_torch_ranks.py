@@ -25,14 +25,20 @@ def rank_main(rank: int, world: int, store: str, out: str, weights: dict, batche
     from torch.distributed.fsdp import FullStateDictConfig, MixedPrecision, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import (
-        ModuleWrapPolicy, size_based_auto_wrap_policy, transformer_auto_wrap_policy)
+        CustomPolicy, ModuleWrapPolicy, lambda_auto_wrap_policy, size_based_auto_wrap_policy,
+        transformer_auto_wrap_policy)
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     layers = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={TorchBlock})
     cpu = torch.device("cpu")
     results = {}
     policies = {"layers": layers,
                 "size": functools.partial(size_based_auto_wrap_policy, min_num_params=100),
-                "module": ModuleWrapPolicy({TorchAttention})}
+                "module": ModuleWrapPolicy({TorchAttention}),
+                "lambda": functools.partial(
+                    lambda_auto_wrap_policy,
+                    lambda_fn=lambda m: isinstance(m, torch.nn.LayerNorm)),
+                "custom": CustomPolicy(lambda m: isinstance(m, (TorchAttention,
+                                                                torch.nn.Embedding)))}
     for name, policy in policies.items():
         model = FSDP(twin(weights, *sizes), auto_wrap_policy=policy, device_id=cpu)
         results[f"wrap_{name}"] = np.array([k for k, m in model.named_modules()

@@ -94,7 +94,7 @@ def reference_run():
 def test_auto_wrap_policies_make_torchs_units(ranks, torch_ranks):
     got = _results(ranks, "wrapping")
     for r in range(N):
-        for policy in ("layers", "size", "module"):
+        for policy in ("layers", "size", "module", "lambda", "custom"):
             assert list(got[r][f"wrap_{policy}"]) == list(torch_ranks[r][f"wrap_{policy}"]), \
                 policy
         assert list(got[r]["wrap_layers"]) == ["", "_fsdp_wrapped_module.layers.0",
