@@ -25,6 +25,7 @@ from kiln.distributed.fsdp import (  # noqa: E402
     BackwardPrefetch, FullOptimStateDictConfig, FullStateDictConfig, MixedPrecision,
     ShardingStrategy, StateDictType)
 from kiln.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: E402
+from kiln.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # noqa: E402
 from kiln.distributed.fsdp.wrap import (  # noqa: E402
     CustomPolicy, ModuleWrapPolicy, lambda_auto_wrap_policy, size_based_auto_wrap_policy,
     transformer_auto_wrap_policy)
@@ -196,6 +197,29 @@ def check_clip(r: int, n: int) -> None:
     save_full("clip", {k: p.grad.full_tensor() for k, p in model.named_parameters()})
 
 
+def check_scaler(r: int, n: int) -> None:
+    """ShardedGradScaler: an inf in rank 1's gradient shard makes both ranks skip the step
+    and halve the scale; the next (finite) step is an ordinary AdamW step."""
+    model = wrapped()
+    opt = adamw(model)
+    scaler = ShardedGradScaler("cpu", init_scale=1024.0)
+    before = full_state(model, rank0_only=False)
+    scaler.scale(W.lm_loss(model, W.tokens(0, r))).backward()
+    if r == 1:
+        model.module.output.weight.grad._data[0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    OUT["scaler_skipped"] = np.array(all(
+        np.array_equal(v.numpy(), before[k].numpy())
+        for k, v in full_state(model, rank0_only=False).items()))
+    OUT["scaler_scale"] = np.array(scaler.get_scale())
+    opt.zero_grad()
+    scaler.scale(W.lm_loss(model, W.tokens(0, r))).backward()
+    scaler.step(opt)
+    scaler.update()
+    save_full("scaler", full_state(model, rank0_only=False))
+
+
 def check_bf16(r: int, n: int) -> None:
     """bfloat16 gathered parameters, float32 gradient reduction (compared loosely)."""
     model = FSDP(W.transformer(0).float(), auto_wrap_policy=LAYERS,
@@ -210,7 +234,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     for check in (check_wrapping, check_train, check_resume, check_sharded_checkpoint,
-                  check_no_sync, check_clip, check_bf16):
+                  check_no_sync, check_clip, check_scaler, check_bf16):
         name = check.__name__[len("check_"):]
         try:
             takes_dir = check in (check_resume, check_sharded_checkpoint)

@@ -195,6 +195,16 @@ def test_clip_grad_norm_is_the_whole_gradients_norm(ranks):
         _assert_state(_prefixed(got[r], "clip"), want, f"rank {r}", rtol=1e-9)
 
 
+def test_sharded_grad_scaler_skips_on_every_rank_when_one_shard_overflows(ranks):
+    got = _results(ranks, "scaler")
+    model = W.transformer(0)
+    W.train(model, kiln.optim.AdamW(model.parameters(), lr=1e-2), 1)
+    for r in range(N):
+        assert got[r]["scaler_skipped"] and float(got[r]["scaler_scale"]) == 512.0
+        # scaled by 512, unscaled by 1/512: exact in float64, so one plain AdamW step
+        _assert_state(_prefixed(got[r], "scaler"), W.state(model), f"rank {r}")
+
+
 def test_bfloat16_param_dtype_follows_torch_fsdp1_loosely(ranks, torch_ranks):
     """bfloat16 forward/backward, float32 reduction and shards: torch's losses to a bfloat16
     step or so (the matmuls round differently)."""
