@@ -20,7 +20,8 @@ import kiln.distributed as dist
 import kiln.distributed.checkpoint as dcp
 import kiln.nn as nn
 from kiln.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-    CheckpointImpl, CheckpointWrapper, apply_activation_checkpointing, checkpoint_wrapper)
+    CheckpointImpl, CheckpointWrapper, OffloadWrapper, apply_activation_checkpointing,
+    checkpoint_wrapper, offload_wrapper)
 from kiln.distributed.fsdp import FullyShardedDataParallel as FSDP
 from kiln.distributed.fsdp import (
     MixedPrecision, ShardingStrategy, StateDictType, wrap as fsdp_wrap)
@@ -253,6 +254,21 @@ def test_checkpoint_wrapper_gradients_and_keys_are_torchs():
         apply_activation_checkpointing(fresh, check_fn=lambda m: isinstance(m, W.Block))
         fresh.load_state_dict(plain.state_dict())
         _assert_state(W.state(fresh), W.state(plain), str(impl), rtol=0)
+
+
+def test_offload_wrapper_keeps_gradients_and_keys():
+    plain = W.transformer(0)
+    W.lm_loss(plain, W.tokens(0)).backward()
+    model = W.transformer(0)
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=offload_wrapper,
+                                   check_fn=lambda m: isinstance(m, W.Block))
+    assert isinstance(model.layers[1], OffloadWrapper)
+    assert list(model.state_dict()) == list(plain.state_dict())
+    W.lm_loss(model, W.tokens(0)).backward()
+    grads = {k.replace("_checkpoint_wrapped_module.", ""): p.grad.numpy()
+             for k, p in model.named_parameters()}
+    _assert_state(grads, {k: p.grad.numpy() for k, p in plain.named_parameters()}, "offload",
+                  rtol=0)
 
 
 def test_reentrant_wrapper_passes_keyword_arguments():

@@ -17,13 +17,14 @@ import functools
 from enum import Enum, auto
 from typing import Any, Callable, Iterator
 
+from kiln.autograd.graph import save_on_cpu
 from kiln.distributed.fsdp.wrap import lambda_auto_wrap_policy, recursive_wrap
 from kiln.nn.module import Module
 from kiln.nn.parameter import Parameter
 from kiln.utils.checkpoint import checkpoint as utils_checkpoint
 
-__all__ = ["CheckpointImpl", "ActivationWrapper", "CheckpointWrapper", "checkpoint_wrapper",
-           "apply_activation_checkpointing"]
+__all__ = ["CheckpointImpl", "ActivationWrapper", "CheckpointWrapper", "OffloadWrapper",
+           "checkpoint_wrapper", "offload_wrapper", "apply_activation_checkpointing"]
 
 _CHECKPOINT_WRAPPED_MODULE = "_checkpoint_wrapped_module"
 _CHECKPOINT_PREFIX = _CHECKPOINT_WRAPPED_MODULE + "."
@@ -111,6 +112,20 @@ class CheckpointWrapper(ActivationWrapper):
                 return module(*flat[:count], **dict(zip(names, flat[count:])))
             return self.checkpoint_fn(run, *args, *kwargs.values())
         return self.checkpoint_fn(module, *args, **kwargs)
+
+
+class OffloadWrapper(ActivationWrapper):
+    """Runs `module` with the tensors its backward saves kept in CPU memory
+    (kiln.autograd.graph.save_on_cpu; for CPU tensors nothing moves)."""
+
+    def forward(self, *args, **kwargs) -> Any:
+        with save_on_cpu(pin_memory=True):
+            return self._checkpoint_wrapped_module(*args, **kwargs)
+
+
+def offload_wrapper(module: Module) -> OffloadWrapper:
+    """`module` wrapped to keep its saved activations on the CPU (torch's offload_wrapper)."""
+    return OffloadWrapper(module)
 
 
 def checkpoint_wrapper(module: Module, checkpoint_impl: CheckpointImpl =
