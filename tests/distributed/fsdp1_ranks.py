@@ -177,6 +177,22 @@ def check_sharded_checkpoint(r: int, n: int, out_dir: str) -> None:
     save_full("local", full_state(other, rank0_only=False))
 
 
+def check_plain_root(r: int, n: int) -> None:
+    """Units wrapped by hand under a plain root: its state_dict() has the model's keys
+    (gathered by the units), and its load_state_dict gives each unit its rows (read back
+    inside summon_full_params)."""
+    def build(seed: int):
+        model = W.transformer(seed)
+        for i, layer in enumerate(model.layers):
+            model.layers[i] = FSDP(layer, mixed_precision=F64)
+        return model
+    state = {k: v.clone() for k, v in build(0).state_dict().items()}
+    other = build(7)
+    other.load_state_dict(state)
+    with FSDP.summon_full_params(other):
+        save_full("plain_root", {k: v.detach().clone() for k, v in other.state_dict().items()})
+
+
 def check_no_sync(r: int, n: int) -> None:
     """Two micro-batches, the first under no_sync: the gradients of their sum, averaged."""
     for name in ("full", "no_shard"):
@@ -234,7 +250,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     r, n = dist.get_rank(), dist.get_world_size()
     for check in (check_wrapping, check_train, check_resume, check_sharded_checkpoint,
-                  check_no_sync, check_clip, check_scaler, check_bf16):
+                  check_plain_root, check_no_sync, check_clip, check_scaler, check_bf16):
         name = check.__name__[len("check_"):]
         try:
             takes_dir = check in (check_resume, check_sharded_checkpoint)

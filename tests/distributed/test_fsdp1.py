@@ -172,6 +172,13 @@ def test_sharded_checkpoint_with_dcp_older_names_resumes_training(ranks):
     assert [int(got[r]["local_rows"]) for r in range(N)] == [6, 5]
 
 
+def test_units_under_a_plain_root_save_and_load_the_models_keys(ranks):
+    got = _results(ranks, "plain_root")
+    for r in range(N):
+        _assert_state(_prefixed(got[r], "plain_root"), W.state(W.transformer(0)), f"rank {r}",
+                      rtol=0)
+
+
 @pytest.mark.parametrize("strategy", ["full", "no_shard"])
 def test_no_sync_accumulates_then_reduces_the_sum(ranks, strategy):
     got = _results(ranks, "no_sync")

@@ -163,6 +163,7 @@ class FullyShardedDataParallel(Module):
             object.__setattr__(self, "_sharded_module", module)
         self.register_state_dict_pre_hook(FullyShardedDataParallel._state_dict_pre_hook)
         self.register_state_dict_post_hook(FullyShardedDataParallel._state_dict_post_hook)
+        self.register_load_state_dict_pre_hook(FullyShardedDataParallel._load_pre_hook)
 
     # ------------------------------------------------------------------ module surface
     @property
@@ -378,6 +379,27 @@ class FullyShardedDataParallel(Module):
                     if drop:        # gathered first: every rank takes part in the gather
                         continue
             destination[key] = value
+
+    def _load_pre_hook(self, state_dict: dict, prefix: str, *_args) -> None:
+        """When a module holding this unit loads (a plain root around FSDP units; an FSDP
+        root loads by its own load_state_dict): the model's keys get their wrapper prefixes
+        back, and whole tensors become this rank's rows of the shards they load into."""
+        for unit in _fsdp_modules(self):
+            if unit._sharded_module is not None:
+                unit._sharded_module.reshard()
+        kind = self._state_dict_type
+        for module_prefix, m in Module.named_modules(self):
+            here = module_prefix + "." if module_prefix else ""
+            entries = list(m._parameters.items()) + [
+                (k, b) for k, b in m._buffers.items() if k not in m._non_persistent_buffers_set]
+            for name, target in entries:
+                raw = here + name
+                clean = clean_tensor_name(raw)
+                if target is None or raw == clean or prefix + clean not in state_dict or \
+                        prefix + raw in state_dict:
+                    continue
+                value = state_dict.pop(prefix + clean)
+                state_dict[prefix + raw] = _rows_for(target, value, kind)
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Load a state dict of this model's keys: whole tensors (FULL_STATE_DICT; each rank
@@ -663,22 +685,34 @@ def _state_value(value, kind: StateDictType, offload: bool):
     return _to_cpu(value) if offload and isinstance(value, Tensor) else value
 
 
+def _rows_for(target: Tensor, value, kind: StateDictType):
+    """`value` as `target` holds it: this rank's rows of a whole tensor or a DTensor when
+    `target` is a shard (a plain tensor of its local shape), else `value` itself."""
+    if not isinstance(value, Tensor):
+        return value
+    if isinstance(value, DTensor):
+        value = value.to_local() if isinstance(target, DTensor) and \
+            value.placements == target.placements else value.full_tensor()
+    if not isinstance(target, DTensor):
+        return value
+    local, whole = tuple(target.shape), tuple(target.global_shape)
+    shape = tuple(value.shape)
+    if shape == whole and (kind is StateDictType.FULL_STATE_DICT or shape != local):
+        placement = target.placements[0]
+        if placement.is_shard():
+            rows = local_chunk(value.detach()._data, placement.dim, target.device_mesh.size(),
+                               target.device_mesh.get_rank())
+            value = Tensor._make(rows, value.dtype, value.device)
+    return value
+
+
 def _load_value(key: str, target: Tensor, value, kind: StateDictType) -> str | None:
     """Write `value` into `target` (a shard or a whole tensor); an error message, or None."""
     if not isinstance(value, Tensor):
         return (f'While copying the parameter named "{key}", expected Tensor from checkpoint '
                 f"but received {type(value)}")
-    if isinstance(value, DTensor):
-        value = value.to_local() if isinstance(target, DTensor) and \
-            value.placements == target.placements else value.full_tensor()
-    data = value.detach().to(target.device).to(target.dtype)._data
+    data = _rows_for(target, value, kind).detach().to(target.device).to(target.dtype)._data
     local, whole = tuple(target.shape), tuple(getattr(target, "global_shape", target.shape))
-    if isinstance(target, DTensor) and tuple(data.shape) == whole and (
-            kind is StateDictType.FULL_STATE_DICT or tuple(data.shape) != local):
-        placement = target.placements[0]
-        if placement.is_shard():
-            data = local_chunk(data, placement.dim, target.device_mesh.size(),
-                               target.device_mesh.get_rank())
     if tuple(data.shape) != local:
         return (f"size mismatch for {key}: copying a param with shape {list(value.shape)} "
                 f"from checkpoint, the shape in current model is {list(whole)} (this rank's "
