@@ -638,7 +638,7 @@ def _cast_buffers(module: Module, dtype) -> dict[str, object]:
     for prefix, m in _own_modules(module):
         for name, b in m._buffers.items():
             if b is not None and b.is_floating_point() and b.dtype is not dtype:
-                cast[prefix + name] = b.dtype
+                cast[clean_tensor_name(prefix + name)] = b.dtype    # as state_dict keys
                 m._buffers[name] = b.to(dtype)
     return cast
 
