@@ -49,7 +49,8 @@ class ActivationWrapper(Module):
         self.register_load_state_dict_pre_hook(ActivationWrapper._add_prefix)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError
+        raise ValueError(f"{type(self).__name__}: subclasses of ActivationWrapper should "
+                         "implement forward()")
 
     def __getattr__(self, name: str):
         try:
