@@ -476,7 +476,8 @@ class FullyShardedDataParallel(Module):
                          group=None) -> dict:
         """The optimizer's state keyed by parameter name, in the form the model's state dict
         type says: whole state tensors (FULL_STATE_DICT; `{}` on ranks but 0 with
-        `rank0_only`), DTensors (SHARDED) or this rank's rows (LOCAL)."""
+        `rank0_only`), DTensors (SHARDED) or this rank's rows (LOCAL). It is read from `optim`
+        itself; a given `optim_state_dict` is not used."""
         settings = FullyShardedDataParallel.get_state_dict_type(model)
         kind, config = settings.state_dict_type, settings.optim_state_dict_config
         full = kind is StateDictType.FULL_STATE_DICT
