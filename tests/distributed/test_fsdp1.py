@@ -24,7 +24,7 @@ from kiln.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper, offload_wrapper)
 from kiln.distributed.fsdp import FullyShardedDataParallel as FSDP
 from kiln.distributed.fsdp import (
-    MixedPrecision, ShardingStrategy, StateDictType, wrap as fsdp_wrap)
+    MixedPrecision, OptimStateKeyType, ShardingStrategy, StateDictType, wrap as fsdp_wrap)
 from kiln.distributed.tensor import DTensor
 from tests.distributed import fsdp_workloads as W
 from tests.distributed import launch
@@ -446,3 +446,28 @@ def test_checkpointing_applied_before_fsdp(group):
     _assert_state({k: v.numpy() for k, v in model.state_dict().items()}, W.state(plain),
                   "checkpointed first", rtol=1e-12)
     assert list(model.state_dict()) == list(plain.state_dict())
+
+
+def test_rekey_moves_optimizer_state_between_plain_and_fsdp_models(group):
+    """A plain model's optimizer state (keyed by index) rekeyed by name loads into the FSDP
+    model's optimizer (optim_state_dict_to_load), and the FSDP model's full state rekeyed by
+    index is the plain optimizer's own state dict: both continue training alike."""
+    plain = W.transformer(0)
+    opt = kiln.optim.AdamW(plain.parameters(), lr=1e-2)
+    W.train(plain, opt, 2)
+    model = FSDP(W.transformer(0), auto_wrap_policy=fsdp_wrap.ModuleWrapPolicy({W.Block}))
+    model.load_state_dict(plain.state_dict())
+    opt2 = kiln.optim.AdamW(model.parameters(), lr=1e-2)
+    named = FSDP.rekey_optim_state_dict(opt.state_dict(), OptimStateKeyType.PARAM_NAME, plain)
+    assert list(named["state"]) == [k for k, _ in plain.named_parameters()]
+    opt2.load_state_dict(FSDP.optim_state_dict_to_load(model, opt2, named))
+    back = FSDP.rekey_optim_state_dict(FSDP.full_optim_state_dict(model, opt2),
+                                       OptimStateKeyType.PARAM_ID, plain)
+    mine = opt.state_dict()
+    assert back["param_groups"] == mine["param_groups"]
+    for index, entry in mine["state"].items():
+        for name, value in entry.items():
+            np.testing.assert_array_equal(np.asarray(back["state"][index][name]),
+                                          np.asarray(value), err_msg=f"{index} {name}")
+    np.testing.assert_allclose(W.train(model, opt2, 2, start=2), W.train(plain, opt, 2, start=2),
+                               rtol=1e-12)

@@ -10,5 +10,5 @@ from kiln.distributed.fsdp.api import (  # noqa: F401,E402
     ShardedOptimStateDictConfig, ShardedStateDictConfig, ShardingStrategy, StateDictConfig,
     StateDictSettings, StateDictType)
 from kiln.distributed.fsdp.fully_sharded_data_parallel import (  # noqa: F401,E402
-    FullyShardedDataParallel)
+    FullyShardedDataParallel, OptimStateKeyType)
 from kiln.distributed.fsdp import wrap  # noqa: F401,E402

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import namedtuple
+from enum import Enum, auto
 from typing import Any, Callable, Iterable, Iterator
 
 import kiln
@@ -49,7 +50,7 @@ from kiln.nn.module import Module
 from kiln.nn.parameter import Parameter
 from kiln.tracer import autograd
 
-__all__ = ["FullyShardedDataParallel", "BackwardPrefetch", "CPUOffload", "MixedPrecision",
+__all__ = ["FullyShardedDataParallel", "OptimStateKeyType", "BackwardPrefetch", "CPUOffload", "MixedPrecision",
            "ShardingStrategy", "StateDictType", "StateDictConfig", "FullStateDictConfig",
            "ShardedStateDictConfig", "LocalStateDictConfig", "OptimStateDictConfig",
            "FullOptimStateDictConfig", "ShardedOptimStateDictConfig",
@@ -68,6 +69,13 @@ _DEFAULT_CONFIGS = {
     StateDictType.SHARDED_STATE_DICT: (ShardedStateDictConfig, ShardedOptimStateDictConfig),
     StateDictType.LOCAL_STATE_DICT: (LocalStateDictConfig, LocalOptimStateDictConfig),
 }
+
+
+class OptimStateKeyType(Enum):
+    """How an optimizer state dict keys its parameters: by name or by index."""
+
+    PARAM_NAME = auto()
+    PARAM_ID = auto()
 
 
 def clean_tensor_name(name: str) -> str:
@@ -530,6 +538,40 @@ class FullyShardedDataParallel(Module):
         loadable one: `optim.load_state_dict(FSDP.scatter_full_optim_state_dict(osd, model))`."""
         full = dsd._broadcast_tree(full_optim_state_dict if pg.get_rank() == 0 else None)
         return _to_load(model, optim, full)
+
+    @staticmethod
+    def rekey_optim_state_dict(optim_state_dict: dict, optim_state_key_type: OptimStateKeyType,
+                               model: Module, optim_input=None, optim=None) -> dict:
+        """`optim_state_dict` keyed the other way: by parameter name (PARAM_NAME, as FSDP's
+        full optimizer state dicts) or by index (PARAM_ID, as `optim.state_dict()`; indices
+        in `optim`'s order, or `model.parameters()`'s). Moves state between FSDP and plain
+        models."""
+        if not isinstance(optim_state_key_type, OptimStateKeyType):
+            raise TypeError(f"rekey_optim_state_dict: expected an OptimStateKeyType, got "
+                            f"{optim_state_key_type!r}")
+        params = dsd._indexed(optim) if optim is not None else _unique(model.parameters())
+        names = {id(p): clean_tensor_name(n) for n, p in Module.named_parameters(model)}
+        by_index = [names[id(p)] for p in params]
+        by_name = {n: i for i, n in enumerate(by_index)}
+
+        def key(k):
+            if optim_state_key_type is OptimStateKeyType.PARAM_NAME:
+                return by_index[k] if isinstance(k, int) else k
+            return by_name[k] if isinstance(k, str) else k
+        try:
+            state = {key(k): v for k, v in optim_state_dict.get("state", {}).items()}
+            groups = [{**g, "params": [key(k) for k in g["params"]]}
+                      for g in optim_state_dict.get("param_groups", [])]
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"rekey_optim_state_dict: the state dict names parameter {exc} "
+                             f"that the model (of {len(params)} parameters) does not have") \
+                from None
+        return {"state": state, "param_groups": groups}
+
+    def register_comm_hook(self, state: object, hook: Callable) -> None:
+        raise NotImplementedError("FullyShardedDataParallel.register_comm_hook: communication "
+                                  "hooks are not built in kiln; gradients are reduce-scattered "
+                                  "(all-reduced for NO_SHARD) averaged, in reduce_dtype")
 
 
 # ----------------------------------------------------------------------------- helpers
