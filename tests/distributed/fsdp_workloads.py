@@ -110,5 +110,11 @@ def mlp_data(rank: int | None = None, world: int = 2) -> tuple[np.ndarray, np.nd
             y[rank * 4:(rank + 1) * 4].astype(np.float32))
 
 
+def init_normal(module) -> None:
+    """An initialization for `model.apply`: Linear weights drawn from N(0, 0.02)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+
+
 def state(model) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import kiln
 from kiln import Tensor
 from kiln.distributed import process_group as pg
+from kiln.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from kiln.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from kiln.distributed.tensor.api import DTensor, local_chunk
 from kiln.distributed.tensor.placement import chunk_bounds
 from kiln.serialization import CheckpointError
@@ -26,13 +29,12 @@ from kiln.serialization import CheckpointError
 FORMAT = "kiln-dcp-1"
 
 
-def save(state_dict: dict, *, checkpoint_id: str | os.PathLike, storage_writer=None,
+def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, storage_writer=None,
          planner=None, process_group=None, no_dist: bool = False) -> dict:
     """Save `state_dict` under the directory `checkpoint_id` (every rank must call). Returns
     the metadata written."""
-    _unsupported("save", storage_writer, planner, process_group)
+    path = _directory("save", checkpoint_id, storage_writer, planner, process_group)
     rank, world = _rank_world(no_dist)
-    path = os.fspath(checkpoint_id)
     os.makedirs(path, exist_ok=True)
     mine, entries = {}, {}
     for key, value in _flatten(state_dict).items():
@@ -64,13 +66,12 @@ def save(state_dict: dict, *, checkpoint_id: str | os.PathLike, storage_writer=N
     return metadata
 
 
-def load(state_dict: dict, *, checkpoint_id: str | os.PathLike, storage_reader=None,
+def load(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, storage_reader=None,
          planner=None, process_group=None, no_dist: bool = False) -> None:
     """Fill `state_dict` in place from the checkpoint: each DTensor gets this rank's rows
     (the saving world size may differ), tensors are copied into, other values replaced."""
-    _unsupported("load", storage_reader, planner, process_group)
+    path = _directory("load", checkpoint_id, storage_reader, planner, process_group)
     rank, world = _rank_world(no_dist)
-    path = os.fspath(checkpoint_id)
     meta_path = os.path.join(path, ".metadata")
     try:
         with open(meta_path) as f:
@@ -184,7 +185,40 @@ def _barrier(no_dist: bool) -> None:
         barrier()
 
 
-def _unsupported(what: str, storage, planner, process_group) -> None:
-    if storage is not None or planner is not None or process_group is not None:
-        raise ValueError(f"kiln.distributed.checkpoint.{what}: custom storage, planners and "
-                         "process groups are not supported; pass checkpoint_id=<directory>")
+def save_state_dict(state_dict: dict, storage_writer, process_group=None,
+                    coordinator_rank: int = 0, no_dist: bool = False, planner=None) -> dict:
+    """The deprecated spelling of `save(state_dict, storage_writer=...)`."""
+    warnings.warn("`save_state_dict` is deprecated and will be removed in future versions. "
+                  "Please use `save` instead.", FutureWarning, stacklevel=2)
+    return save(state_dict, storage_writer=storage_writer, process_group=process_group,
+                no_dist=no_dist, planner=planner)
+
+
+def load_state_dict(state_dict: dict, storage_reader, process_group=None,
+                    coordinator_rank: int = 0, no_dist: bool = False, planner=None) -> None:
+    """The deprecated spelling of `load(state_dict, storage_reader=...)`."""
+    warnings.warn("`load_state_dict` is deprecated and will be removed in future versions. "
+                  "Please use `load` instead.", FutureWarning, stacklevel=2)
+    load(state_dict, storage_reader=storage_reader, process_group=process_group,
+         no_dist=no_dist, planner=planner)
+
+
+def _directory(what: str, checkpoint_id, storage, planner, process_group) -> str:
+    """The checkpoint directory: `checkpoint_id`, or the one a FileSystemWriter/Reader names.
+    Default planners are accepted (kiln plans as they do); other storages, planners and
+    process groups are refused."""
+    if storage is not None and not isinstance(storage, (FileSystemWriter, FileSystemReader)):
+        raise ValueError(f"kiln.distributed.checkpoint.{what}: only FileSystemWriter / "
+                         f"FileSystemReader storages are supported, got "
+                         f"{type(storage).__name__}; or pass checkpoint_id=<directory>")
+    if planner is not None and not isinstance(planner, (DefaultSavePlanner, DefaultLoadPlanner)):
+        raise ValueError(f"kiln.distributed.checkpoint.{what}: custom planners are not "
+                         f"supported (got {type(planner).__name__}); kiln plans as the default "
+                         "planners do")
+    if process_group is not None and process_group is not pg.GroupMember.WORLD:
+        raise ValueError(f"kiln.distributed.checkpoint.{what}: only the default process group "
+                         "is supported")
+    if checkpoint_id is None and storage is None:
+        raise ValueError(f"kiln.distributed.checkpoint.{what}: pass checkpoint_id=<directory> "
+                         "or a FileSystemWriter/FileSystemReader")
+    return os.fspath(checkpoint_id if checkpoint_id is not None else storage.path)
