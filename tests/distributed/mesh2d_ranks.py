@@ -1,0 +1,183 @@
+"""The 2-D mesh tests' rank program: `mpiexec -n 4 python mesh2d_ranks.py OUT` trains the TP
+tests' transformer with FSDP over tensor parallelism (fsdp_tp_example's pattern, also with
+loss_parallel) and with HSDP on (2, 2) meshes; `mpiexec -n 2` runs loss_parallel alone. Each
+rank writes OUT/rank<r>_of<n>.npz (a section that raised leaves `error:<section>`). Also holds
+the batches the single-process references and torch's run use."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tests.distributed import tp_workloads as W  # noqa: E402
+
+DP = 2                  # the (dp, tp) and (replicate, shard) meshes are (2, 2)
+
+
+def batches(n: int) -> np.ndarray:
+    """n token batches, one per data-parallel rank (ids in both tp halves of the vocab)."""
+    return np.random.default_rng(21).integers(0, W.VOCAB, (n, W.BATCH, W.SEQ + 1))
+
+
+def lp_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """loss_parallel's logits (2, 3, VOCAB) (classes split 6 + 5), targets (one ignored) and
+    class weights."""
+    rng = np.random.default_rng(17)
+    target = rng.integers(0, W.VOCAB, (2, 3))
+    target[1, 2] = -100
+    return rng.normal(size=(2, 3, W.VOCAB)), target, rng.uniform(0.5, 2.0, W.VOCAB)
+
+
+def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool) -> None:
+    import kiln.distributed.tensor.parallel as tp
+    import kiln.nn.functional as F
+    from kiln.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from kiln.distributed.fsdp import fully_shard
+    from kiln.distributed.tensor import DTensor, Replicate, Shard, init_device_mesh
+    mesh = init_device_mesh("cpu", (DP, 2), mesh_dim_names=("dp", "tp"))
+    tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
+    model = W.transformer(0)
+    top, _ = W.sp_plans(tp, Shard, Replicate)
+    if use_loss_parallel:       # class-sharded logits go to the loss as they are
+        top["output"] = tp.ColwiseParallel(input_layouts=Shard(1), use_local_output=False)
+    tp.parallelize_module(model, tp_mesh, top)
+    for layer in model.layers:
+        tp.parallelize_module(layer, tp_mesh, W.sp_plans(tp, Shard, Replicate)[1])
+        fully_shard(layer, mesh=dp_mesh)
+    fully_shard(model, mesh=dp_mesh)
+    out[f"{name}_placements"] = np.array(
+        [f"{k}:{','.join(map(str, p.placements))}:{list(p.shape)}"
+         for k, p in model.named_parameters()])
+    out[f"{name}_all_dtensor"] = all(isinstance(p, DTensor) for p in model.parameters())
+    opt = W.adam(model)
+    batch = batches(DP)[dp_mesh.get_local_rank()]      # the same batch on both tp ranks
+    losses = []
+    for _ in range(W.STEPS):
+        if use_loss_parallel:
+            with tp.loss_parallel():
+                logits = model(kiln.tensor(batch[:, :-1]))
+                out[f"{name}_logits"] = np.array(
+                    [type(logits).__name__, str(logits.placements), str(list(logits.shape))])
+                loss = F.cross_entropy(logits.flatten(0, 1),
+                                       kiln.tensor(batch[:, 1:]).reshape(-1))
+                loss.backward()
+        else:
+            loss = W.lm_loss(model, batch)
+            loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    out[f"{name}_losses"] = np.array(losses)
+    out[f"{name}_full_tensor/output.weight"] = model.output.weight.full_tensor().numpy()
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    for k, v in full.items():
+        out[f"{name}_state/{k}"] = v.numpy()
+
+
+def _hsdp(kiln, out: dict) -> None:
+    import kiln.distributed as dist
+    from kiln.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from kiln.distributed.fsdp import fully_shard
+    from kiln.distributed.tensor import init_device_mesh
+    mesh = init_device_mesh("cpu", (DP, 2), mesh_dim_names=("replicate", "shard"))
+    model = W.transformer(0)
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    out["hsdp_placements"] = np.array(
+        [f"{k}:{','.join(map(str, p.placements))}:{list(p.shape)}"
+         for k, p in model.named_parameters()])
+    opt = W.adam(model)
+    batch = batches(2 * DP)[dist.get_rank()]          # every rank its own batch
+    losses = []
+    for _ in range(W.STEPS):
+        loss = W.lm_loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    out["hsdp_losses"] = np.array(losses)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    for k, v in full.items():
+        out[f"hsdp_state/{k}"] = v.numpy()
+
+
+def _loss_parallel(kiln, out: dict) -> None:
+    import kiln.nn as nn
+    import kiln.nn.functional as F
+    from kiln.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+    from kiln.distributed.tensor.parallel import loss_parallel
+    mesh = init_device_mesh("cpu", (2,))
+    x, target, weight = lp_data()
+    for reduction in ("mean", "sum", "none"):
+        for weighted in (False, True):
+            name = f"lp_{reduction}_{'w' if weighted else 'plain'}"
+            logits = distribute_tensor(kiln.tensor(x), mesh, [Shard(2)])
+            logits.requires_grad_(True)
+            w = kiln.tensor(weight) if weighted else None
+            with loss_parallel():
+                if reduction == "mean" and weighted:    # the module form as well
+                    loss = nn.CrossEntropyLoss(weight=w)(logits.flatten(0, 1),
+                                                         kiln.tensor(target).reshape(-1))
+                else:
+                    loss = F.cross_entropy(logits.flatten(0, 1), kiln.tensor(target).reshape(-1),
+                                           weight=w, reduction=reduction)
+                out[f"{name}_placements"] = np.array(str(loss.placements))
+                (loss.sum() if reduction == "none" else loss).backward()
+            out[f"{name}_loss"] = loss.detach().numpy()
+            out[f"{name}_grad"] = logits.grad.numpy()
+    # 2-d logits (N, C) sharded on dim 1, and plain tensors computed as usual inside the context
+    flat = distribute_tensor(kiln.tensor(x.reshape(-1, W.VOCAB)), mesh, [Shard(1)])
+    flat.requires_grad_(True)
+    with loss_parallel():
+        loss = F.cross_entropy(flat, kiln.tensor(target).reshape(-1))
+        loss.backward()
+        plain = F.cross_entropy(kiln.tensor(x.reshape(-1, W.VOCAB)),
+                                kiln.tensor(target).reshape(-1))
+    out["lp_2d_loss"], out["lp_2d_grad"] = loss.detach().numpy(), flat.grad.numpy()
+    out["lp_plain_loss"] = plain.numpy()
+    errors = []
+    with loss_parallel():
+        for call in (lambda: F.cross_entropy(flat, kiln.tensor(target).reshape(-1),
+                                             label_smoothing=0.1),
+                     lambda: F.cross_entropy(distribute_tensor(kiln.tensor(x), mesh, [Shard(1)]),
+                                             kiln.tensor(target))):
+            try:
+                call()
+                errors.append("no error")
+            except Exception as exc:                    # noqa: BLE001 - recorded for the test
+                errors.append(f"{type(exc).__name__}: {exc}")
+    out["lp_errors"] = np.array(errors)
+
+
+def main() -> None:
+    out_dir = sys.argv[1]
+    import kiln
+    import kiln.distributed as dist
+    dist.init_process_group()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world == 4:
+        sections = [("fsdp_tp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp", False)),
+                    ("fsdp_tp_lp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp_lp", True)),
+                    ("hsdp", lambda out: _hsdp(kiln, out))]
+    else:
+        sections = [("loss_parallel", lambda out: _loss_parallel(kiln, out))]
+    out: dict = {}
+    for name, run in sections:
+        try:
+            run(out)
+        except Exception:                               # noqa: BLE001 - reported by the test
+            out[f"error:{name}"] = np.array(traceback.format_exc())
+    np.savez(os.path.join(out_dir, f"rank{rank}_of{world}.npz"), **out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

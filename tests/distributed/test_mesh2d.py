@@ -1,0 +1,136 @@
+"""2-D device meshes: FSDP over tensor parallelism (fsdp_tp_example's pattern, with and without
+loss_parallel) and HSDP on (2, 2) meshes of four ranks, loss_parallel on two, sub-groups
+(`new_group`) and the mesh API. The ranks run tests/distributed/mesh2d_ranks.py under mpiexec
+once per world size; their results must equal one process's on the whole batch (float64,
+rtol 1e-10) and torch's own code on gloo processes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+import kiln.distributed as dist
+from kiln.distributed.tensor import init_device_mesh
+from tests.distributed import launch
+from tests.distributed import mesh2d_ranks as R
+from tests.distributed import tp_workloads as W
+
+RTOL, ATOL = 1e-10, 1e-13
+
+
+def _run(world: int, out) -> list[dict]:
+    env = launch.env()
+    # a world-size-1 group in this pytest process (an earlier test's) leaves these set
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(key, None)
+    proc = subprocess.run([launch.mpi_or_skip(), "-n", str(world), sys.executable,
+                           os.path.join(launch.HERE, "mesh2d_ranks.py"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=180, cwd=launch.ROOT,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [dict(np.load(out / f"rank{r}_of{world}.npz")) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    return _run(4, tmp_path_factory.mktemp("mesh2d_four"))
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    return _run(2, tmp_path_factory.mktemp("mesh2d_two"))
+
+
+def _results(ranks: list[dict], section: str) -> list[dict]:
+    for r, got in enumerate(ranks):
+        assert f"error:{section}" not in got, f"rank {r}: " + str(got[f"error:{section}"])
+    return ranks
+
+
+def _prefixed(rank_out: dict, prefix: str) -> dict:
+    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+
+
+def _assert_same(got: dict, want: dict, what: str, rtol: float = RTOL,
+                 atol: float = ATOL) -> None:
+    assert set(got) == set(want), what
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol,
+                                   err_msg=f"{what} {key}")
+
+
+@functools.lru_cache(maxsize=None)
+def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One process trains on the `parts` data-parallel batches concatenated: (the whole
+    batch's losses, each part's loss before each step, the final weights)."""
+    model = W.transformer(0)
+    opt = W.adam(model)
+    batches = R.batches(parts)
+    whole = batches.reshape(-1, W.SEQ + 1)
+    losses, part_losses = [], []
+    for _ in range(W.STEPS):
+        with kiln.no_grad():
+            part_losses.append([float(W.lm_loss(model, b)) for b in batches])
+        loss = W.lm_loss(model, whole)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    return np.array(losses), np.array(part_losses), W.state(model)
+
+
+# ----------------------------------------------------------------------------- four ranks
+
+@pytest.mark.parametrize("section", ["fsdp_tp", "fsdp_tp_lp"])
+def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
+    """fsdp_tp_example: a (2, 2) ("dp", "tp") mesh, the sequence-parallel plan on mesh["tp"],
+    every block and the root fully_shard'ed on mesh["dp"]; each dp rank trains on its own
+    batch (both tp ranks on the same one). fsdp_tp_lp: the output projection hands its
+    class-sharded logits to cross_entropy under loss_parallel()."""
+    got = _results(four, section)
+    losses, part_losses, state = reference(R.DP)
+    for r in range(4):
+        dp_rank = r // 2
+        placements = list(got[r][f"{section}_placements"])
+        # 2-D parameters: tp's colwise rows split again over dp (torch's _StridedShard), the
+        # rowwise weights' columns over tp and rows over dp, the norms replicated over tp;
+        # 11 vocabulary rows: 6 + 5 over tp, then 3 + 3 or 3 + 2 over dp
+        rows = [[3, 3], [3, 2]][r % 2][dp_rank]
+        assert f"output.weight:_S(0, 2),S(0):[{rows}, 8]" in placements
+        assert "layers.0.feed_forward.w2.weight:S(0),S(1):[4, 10]" in placements
+        assert "layers.1.ffn_norm.weight:S(0),R:[4]" in placements
+        assert got[r][f"{section}_all_dtensor"]
+        np.testing.assert_allclose(got[r][f"{section}_losses"], part_losses[:, dp_rank],
+                                   rtol=RTOL)
+        np.testing.assert_allclose(got[r][f"{section}_full_tensor/output.weight"],
+                                   state["output.weight"], rtol=RTOL, atol=ATOL)
+        _assert_same(_prefixed(got[r], f"{section}_state"), state, f"rank {r} {section}")
+    mean = (got[0][f"{section}_losses"] + got[2][f"{section}_losses"]) / 2
+    np.testing.assert_allclose(mean, losses, rtol=RTOL)
+    if section == "fsdp_tp_lp":
+        for r in range(4):
+            assert list(got[r]["fsdp_tp_lp_logits"]) == [
+                "DTensor", "(Shard(dim=2),)", f"[{W.BATCH}, {W.SEQ}, {6 - r % 2}]"]
+
+
+def test_hsdp_equals_one_process(four):
+    """fully_shard(mesh=(2, 2) mesh): shards over dim 1, replicas over dim 0; gradients
+    reduce-scattered over the shard ranks, then averaged over the replicas. Each of the four
+    ranks trains on its own batch."""
+    got = _results(four, "hsdp")
+    losses, part_losses, state = reference(2 * R.DP)
+    for r in range(4):
+        placements = list(got[r]["hsdp_placements"])
+        assert f"tok_embeddings.weight:R,S(0):[{6 - r % 2}, 8]" in placements
+        assert "layers.0.feed_forward.w2.weight:R,S(0):[4, 20]" in placements
+        np.testing.assert_allclose(got[r]["hsdp_losses"], part_losses[:, r], rtol=RTOL)
+        _assert_same(_prefixed(got[r], "hsdp_state"), state, f"rank {r} hsdp")
+    np.testing.assert_allclose(sum(got[r]["hsdp_losses"] for r in range(4)) / 4, losses,
+                               rtol=RTOL)
