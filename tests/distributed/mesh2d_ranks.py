@@ -147,8 +147,9 @@ def _loss_parallel(kiln, out: dict) -> None:
     with loss_parallel():
         for call in (lambda: F.cross_entropy(flat, kiln.tensor(target).reshape(-1),
                                              label_smoothing=0.1),
-                     lambda: F.cross_entropy(distribute_tensor(kiln.tensor(x), mesh, [Shard(1)]),
-                                             kiln.tensor(target))):
+                     lambda: F.cross_entropy(distribute_tensor(kiln.tensor(x.reshape(
+                         -1, W.VOCAB)), mesh, [Shard(0)]), kiln.tensor(target).reshape(-1)),
+                     lambda: F.cross_entropy(flat, kiln.tensor(target))):
             try:
                 call()
                 errors.append("no error")

@@ -64,6 +64,11 @@ def _parallel_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None
         raise ValueError(f"loss_parallel: the target must be replicated, got placements "
                          f"{target.placements}")
     classes = input.global_shape[class_dim]
+    want = tuple(input.global_shape[:class_dim]) + tuple(input.global_shape[class_dim + 1:])
+    if tuple(target.shape) != want:
+        raise ValueError(f"loss_parallel: the target's shape {list(target.shape)} does not "
+                         f"match the logits' {list(input.global_shape)}: it must be "
+                         f"{list(want)}, the logits' shape without the class dim {class_dim}")
     start, stop, _ = chunk_bounds(classes, mesh.size(), mesh.get_local_rank())
     if stop - start != input.shape[class_dim]:
         raise ValueError(f"loss_parallel: this rank holds {input.shape[class_dim]} classes of "
