@@ -158,6 +158,70 @@ def _loss_parallel(kiln, out: dict) -> None:
     out["lp_errors"] = np.array(errors)
 
 
+def _groups(kiln, out: dict) -> None:
+    """The mesh API, collectives on its groups, new_group and DTensors on a 2-D mesh."""
+    import kiln.distributed as dist
+    import kiln.distributed.tensor.parallel as tp
+    from kiln.distributed.fsdp import fully_shard
+    from kiln.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from kiln.distributed.tensor import init_device_mesh
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
+    out["g_mesh"] = np.array([mesh.shape, [mesh.ndim, mesh.size()], [mesh.size(1), mesh.size("dp")],
+                              mesh.get_coordinate(),
+                              [mesh.get_local_rank("dp"), mesh.get_local_rank(1)],
+                              tp_mesh.mesh, dp_mesh.mesh, [tp_mesh.ndim, dp_mesh.size()],
+                              [tp_mesh.get_local_rank(), dp_mesh.get_local_rank()]])
+    out["g_names"] = np.array([str(tp_mesh.mesh_dim_names), str(mesh["tp", "dp"].mesh),
+                               str(mesh["dp", "tp"] is mesh), repr(mesh)])
+    out["g_group_ranks"] = np.array([dist.get_process_group_ranks(mesh.get_group("tp")),
+                                     dist.get_process_group_ranks(mesh.get_group(0)),
+                                     [dist.get_rank(tp_mesh.get_group()),
+                                      dist.get_world_size(dp_mesh.get_group())]])
+    value = kiln.tensor([float(rank + 1)])
+    dist.all_reduce(value, group=tp_mesh.get_group())
+    root = kiln.tensor([float(10 * rank)])
+    dist.broadcast(root, src=dp_mesh.mesh[1], group=dp_mesh.get_group())    # a global rank
+    gathered = kiln.zeros(2)
+    dist.all_gather_into_tensor(gathered, kiln.tensor([float(rank)]), group=dp_mesh.get_group())
+    scattered = kiln.zeros(1)
+    dist.reduce_scatter_tensor(scattered, kiln.tensor([1.0, 2.0]) * (rank + 1),
+                               group=tp_mesh.get_group())
+    out["g_collectives"] = np.concatenate([value.numpy(), root.numpy(), gathered.numpy(),
+                                           scattered.numpy()])
+    ends = dist.new_group([3, 0])           # every rank creates it; only 0 and 3 are members
+    member = ends is not dist.GroupMember.NON_GROUP_MEMBER
+    total = kiln.tensor([float(rank)])
+    if member:
+        dist.all_reduce(total, group=ends)
+    out["g_new_group"] = np.array([int(member), dist.get_rank(ends), dist.get_world_size(ends),
+                                   int(total.item())])
+    errors = []
+    for call in (lambda: dist.new_group([0, 1] if rank == 0 else [0, 2]),
+                 lambda: mesh.get_local_rank(),
+                 lambda: mesh["pp"],
+                 lambda: init_device_mesh("cpu", (3, 2)),
+                 lambda: tp.parallelize_module(W.mlp(), mesh, {"in_proj": tp.ColwiseParallel()}),
+                 lambda: fully_shard(W.mlp(), mesh=init_device_mesh("cpu", (2, 2, 1)))):
+        try:
+            call()
+            errors.append("no error")
+        except Exception as exc:                        # noqa: BLE001 - recorded for the test
+            errors.append(f"{type(exc).__name__}: {exc}")
+    out["g_errors"] = np.array(errors)
+    whole = kiln.arange(30, dtype=kiln.float64).reshape(5, 6)
+    for i, placements in enumerate([(Shard(0), Shard(1)), (Shard(1), Shard(0)),
+                                    (Replicate(), Shard(1)), (Shard(0), Shard(0))]):
+        piece = distribute_tensor(whole, mesh, placements)
+        out[f"g_dtensor{i}_local"] = piece.to_local().numpy()
+        out[f"g_dtensor{i}_full"] = piece.full_tensor().numpy()
+        moved = piece.redistribute(mesh, (Replicate(), Shard(0)))
+        out[f"g_dtensor{i}_moved"] = moved.to_local().numpy()
+    local = DTensor.from_local(kiln.ones(2, 3), mesh, (Shard(0), Shard(1)))
+    out["g_from_local"] = np.array(list(local.global_shape))
+
+
 def main() -> None:
     out_dir = sys.argv[1]
     import kiln
@@ -165,7 +229,8 @@ def main() -> None:
     dist.init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
     if world == 4:
-        sections = [("fsdp_tp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp", False)),
+        sections = [("groups", lambda out: _groups(kiln, out)),
+                    ("fsdp_tp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp", False)),
                     ("fsdp_tp_lp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp_lp", True)),
                     ("hsdp", lambda out: _hsdp(kiln, out))]
     else:

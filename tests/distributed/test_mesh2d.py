@@ -88,6 +88,62 @@ def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict]:
 
 # ----------------------------------------------------------------------------- four ranks
 
+def test_mesh_groups_and_new_group(four):
+    """init_device_mesh((2, 2), ("dp", "tp")): coordinates, sub-meshes and their groups
+    (made with new_group, collective on every rank); collectives over them (global src);
+    new_group of ranks [3, 0] (members only) and a mismatch named on every rank."""
+    got = _results(four, "groups")
+    for r in range(4):
+        dp, tp = divmod(r, 2)
+        np.testing.assert_array_equal(got[r]["g_mesh"], [
+            [2, 2], [2, 4], [2, 2], [dp, tp], [dp, tp], [2 * dp, 2 * dp + 1], [tp, tp + 2],
+            [1, 2], [tp, dp]])
+        assert list(got[r]["g_names"]) == [
+            "('tp',)", "[[0, 2], [1, 3]]", "True",
+            "DeviceMesh('cpu', [[0, 1], [2, 3]], mesh_dim_names=('dp', 'tp'))"]
+        np.testing.assert_array_equal(got[r]["g_group_ranks"],
+                                      [[2 * dp, 2 * dp + 1], [tp, tp + 2], [tp, 2]])
+        tp_sum = (2 * dp + 1) + (2 * dp + 2)
+        np.testing.assert_array_equal(got[r]["g_collectives"],
+                                      [tp_sum, 10 * (tp + 2), tp, tp + 2, (tp + 1) * tp_sum])
+        member = r in (0, 3)
+        np.testing.assert_array_equal(got[r]["g_new_group"],
+                                      [1, r // 3, 2, 3] if member else [0, -1, -1, r])
+        other = 1 if r == 0 else 0
+        errors = list(got[r]["g_errors"])
+        assert errors[0] == (
+            f"RuntimeError: new_group: rank {r} is creating the group of ranks "
+            f"{[0, 1] if r == 0 else [0, 2]} while rank {other} is creating "
+            f"{[0, 2] if r == 0 else [0, 1]}; every rank must call new_group for every group, "
+            "in the same order")
+        assert errors[1].startswith("RuntimeError: DeviceMesh.get_local_rank: optional kwarg "
+                                    "`mesh_dim` needs to be specified")
+        assert errors[2].startswith("KeyError: \"Invalid mesh_dim_names ('pp',)")
+        assert "mesh_shape (3, 2) must multiply to the world size 4" in errors[3]
+        assert "tensor parallelism runs on a 1-D mesh" in errors[4]
+        assert "got a 3-d mesh" in errors[5]
+
+
+def test_dtensor_on_a_2d_mesh(four):
+    """distribute_tensor / full_tensor / redistribute with one placement per mesh dim; a 5 x 6
+    tensor split as torch.chunk splits it, dim by dim in mesh order."""
+    got = _results(four, "groups")
+    whole = np.arange(30.0).reshape(5, 6)
+    rows = {2: [slice(0, 3), slice(3, 5)]}
+    for r in range(4):
+        dp, tp = divmod(r, 2)
+        halves = [slice(0, 3), slice(3, 6)]
+        first = whole[rows[2][dp]]
+        want = [first[:, halves[tp]], whole[:, halves[dp]][rows[2][tp]],
+                whole[:, halves[tp]], first[[slice(0, 2), slice(2, 3)][tp]] if dp == 0
+                else first[[slice(0, 1), slice(1, 2)][tp]]]
+        for i, local in enumerate(want):
+            np.testing.assert_array_equal(got[r][f"g_dtensor{i}_local"], local, err_msg=str(i))
+            np.testing.assert_array_equal(got[r][f"g_dtensor{i}_full"], whole)
+            np.testing.assert_array_equal(got[r][f"g_dtensor{i}_moved"], whole[rows[2][tp]])
+        np.testing.assert_array_equal(got[r]["g_from_local"], [4, 6])
+
+
 @pytest.mark.parametrize("section", ["fsdp_tp", "fsdp_tp_lp"])
 def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
     """fsdp_tp_example: a (2, 2) ("dp", "tp") mesh, the sequence-parallel plan on mesh["tp"],
