@@ -35,13 +35,15 @@ def lp_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rng.normal(size=(2, 3, W.VOCAB)), target, rng.uniform(0.5, 2.0, W.VOCAB)
 
 
-def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool) -> None:
+def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP) -> None:
     import kiln.distributed.tensor.parallel as tp
+    import kiln.nn as nn
     import kiln.nn.functional as F
     from kiln.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from kiln.distributed.fsdp import fully_shard
     from kiln.distributed.tensor import DTensor, Replicate, Shard, init_device_mesh
-    mesh = init_device_mesh("cpu", (DP, 2), mesh_dim_names=("dp", "tp"))
+    world = kiln.distributed.get_world_size()
+    mesh = init_device_mesh("cpu", (dp, world // dp), mesh_dim_names=("dp", "tp"))
     tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
     model = W.transformer(0)
     top, _ = W.sp_plans(tp, Shard, Replicate)
@@ -57,7 +59,7 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool) -> None:
          for k, p in model.named_parameters()])
     out[f"{name}_all_dtensor"] = all(isinstance(p, DTensor) for p in model.parameters())
     opt = W.adam(model)
-    batch = batches(DP)[dp_mesh.get_local_rank()]      # the same batch on both tp ranks
+    batch = batches(dp)[dp_mesh.get_local_rank()]      # the same batch on both tp ranks
     losses = []
     for _ in range(W.STEPS):
         if use_loss_parallel:
@@ -71,6 +73,8 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool) -> None:
         else:
             loss = W.lm_loss(model, batch)
             loss.backward()
+        if not losses:      # the whole model's gradient norm, from the 2-D gradient pieces
+            out[f"{name}_grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), 1e9))
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))
@@ -83,6 +87,7 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool) -> None:
 
 def _hsdp(kiln, out: dict) -> None:
     import kiln.distributed as dist
+    import kiln.nn as nn
     from kiln.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from kiln.distributed.fsdp import fully_shard
     from kiln.distributed.tensor import init_device_mesh
@@ -100,6 +105,8 @@ def _hsdp(kiln, out: dict) -> None:
     for _ in range(W.STEPS):
         loss = W.lm_loss(model, batch)
         loss.backward()
+        if not losses:
+            out["hsdp_grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), 1e9))
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))

@@ -67,9 +67,10 @@ def _assert_same(got: dict, want: dict, what: str, rtol: float = RTOL,
 
 
 @functools.lru_cache(maxsize=None)
-def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict, float]:
     """One process trains on the `parts` data-parallel batches concatenated: (the whole
-    batch's losses, each part's loss before each step, the final weights)."""
+    batch's losses, each part's loss before each step, the final weights, the first
+    gradient's norm)."""
     model = W.transformer(0)
     opt = W.adam(model)
     batches = R.batches(parts)
@@ -80,10 +81,12 @@ def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict]:
             part_losses.append([float(W.lm_loss(model, b)) for b in batches])
         loss = W.lm_loss(model, whole)
         loss.backward()
+        if not losses:
+            norm = float(kiln.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))
-    return np.array(losses), np.array(part_losses), W.state(model)
+    return np.array(losses), np.array(part_losses), W.state(model), norm
 
 
 # ----------------------------------------------------------------------------- four ranks
@@ -151,7 +154,7 @@ def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
     batch (both tp ranks on the same one). fsdp_tp_lp: the output projection hands its
     class-sharded logits to cross_entropy under loss_parallel()."""
     got = _results(four, section)
-    losses, part_losses, state = reference(R.DP)
+    losses, part_losses, state, norm = reference(R.DP)
     for r in range(4):
         dp_rank = r // 2
         placements = list(got[r][f"{section}_placements"])
@@ -165,6 +168,8 @@ def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
         assert got[r][f"{section}_all_dtensor"]
         np.testing.assert_allclose(got[r][f"{section}_losses"], part_losses[:, dp_rank],
                                    rtol=RTOL)
+        # clip_grad_norm_ sums the pieces over the mesh dims that shard them
+        np.testing.assert_allclose(got[r][f"{section}_grad_norm"], norm, rtol=RTOL)
         np.testing.assert_allclose(got[r][f"{section}_full_tensor/output.weight"],
                                    state["output.weight"], rtol=RTOL, atol=ATOL)
         _assert_same(_prefixed(got[r], f"{section}_state"), state, f"rank {r} {section}")
@@ -181,12 +186,13 @@ def test_hsdp_equals_one_process(four):
     reduce-scattered over the shard ranks, then averaged over the replicas. Each of the four
     ranks trains on its own batch."""
     got = _results(four, "hsdp")
-    losses, part_losses, state = reference(2 * R.DP)
+    losses, part_losses, state, norm = reference(2 * R.DP)
     for r in range(4):
         placements = list(got[r]["hsdp_placements"])
         assert f"tok_embeddings.weight:R,S(0):[{6 - r % 2}, 8]" in placements
         assert "layers.0.feed_forward.w2.weight:R,S(0):[4, 20]" in placements
         np.testing.assert_allclose(got[r]["hsdp_losses"], part_losses[:, r], rtol=RTOL)
+        np.testing.assert_allclose(got[r]["hsdp_grad_norm"], norm, rtol=RTOL)
         _assert_same(_prefixed(got[r], "hsdp_state"), state, f"rank {r} hsdp")
     np.testing.assert_allclose(sum(got[r]["hsdp_losses"] for r in range(4)) / 4, losses,
                                rtol=RTOL)
@@ -261,3 +267,26 @@ def test_torch_on_four_processes_equals_kiln(four, two, tmp_path):
                                            rtol=RTOL, err_msg=key)
                 np.testing.assert_allclose(two[r][f"{key}_grad"], theirs[f"{key}_grad"],
                                            rtol=RTOL, atol=ATOL, err_msg=key)
+
+
+# ----------------------------------------------------------------------------- one rank
+
+@pytest.fixture
+def group():
+    """The default group in this process (world size 1)."""
+    launch.mpi_or_skip()
+    dist.init_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_2d_mesh_is_the_plain_model(group):
+    """On a (1, 1) mesh every collective is the identity: FSDP over tensor parallelism with
+    loss_parallel trains exactly as the plain model does."""
+    out: dict = {}
+    R._fsdp_tp(kiln, out, "one", True, dp=1)
+    losses, _, state, norm = reference(1)
+    assert init_device_mesh("cpu", (1, 1)).shape == (1, 1)
+    np.testing.assert_allclose(out["one_losses"], losses, rtol=RTOL)
+    np.testing.assert_allclose(out["one_grad_norm"], norm, rtol=RTOL)
+    _assert_same(_prefixed(out, "one_state"), state, "one rank")
