@@ -39,7 +39,8 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP) 
     import kiln.distributed.tensor.parallel as tp
     import kiln.nn as nn
     import kiln.nn.functional as F
-    from kiln.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from kiln.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, set_model_state_dict)
     from kiln.distributed.fsdp import fully_shard
     from kiln.distributed.tensor import DTensor, Replicate, Shard, init_device_mesh
     world = kiln.distributed.get_world_size()
@@ -83,6 +84,13 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP) 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     for k, v in full.items():
         out[f"{name}_state/{k}"] = v.numpy()
+    if not use_loss_parallel:   # a one-process checkpoint loads into the 2-D pieces and back
+        other = {k: kiln.tensor(v) for k, v in W.state(W.transformer(7)).items()}
+        set_model_state_dict(model, other, options=StateDictOptions(full_state_dict=True))
+        out[f"{name}_reloaded_local/output.weight"] = model.output.weight.to_local().numpy()
+        again = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        for k, v in again.items():
+            out[f"{name}_reloaded/{k}"] = v.numpy()
 
 
 def _hsdp(kiln, out: dict) -> None:

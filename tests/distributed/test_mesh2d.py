@@ -173,6 +173,14 @@ def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
         np.testing.assert_allclose(got[r][f"{section}_full_tensor/output.weight"],
                                    state["output.weight"], rtol=RTOL, atol=ATOL)
         _assert_same(_prefixed(got[r], f"{section}_state"), state, f"rank {r} {section}")
+        if section == "fsdp_tp":    # set_model_state_dict(full) then get it back
+            other = W.state(W.transformer(7))
+            _assert_same(_prefixed(got[r], "fsdp_tp_reloaded"), other, f"rank {r} reload",
+                         rtol=0, atol=0)
+            # output.weight's rows: tp rank's 6 or 5, then this dp rank's 3 of them
+            start = [0, 6][r % 2] + 3 * dp_rank
+            np.testing.assert_array_equal(got[r]["fsdp_tp_reloaded_local/output.weight"],
+                                          other["output.weight"][start:start + rows])
     mean = (got[0][f"{section}_losses"] + got[2][f"{section}_losses"]) / 2
     np.testing.assert_allclose(mean, losses, rtol=RTOL)
     if section == "fsdp_tp_lp":
