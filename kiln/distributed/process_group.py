@@ -1,5 +1,6 @@
 """The default process group: starting it from mpiexec (or torchrun-style env vars), its ranks,
-and the backend each tensor's collectives go through (MPI for CPU tensors, NCCL for cuda ones).
+and the backend each tensor's collectives go through (MPI for CPU tensors, NCCL for cuda ones);
+sub-groups (`new_group`), each with its own MPI communicator.
 
 kiln has no network transport of its own. Ranks are processes started by `mpiexec` (directly,
 or through `python -m kiln.distributed.run`), and MPI's communicator says who is who; NCCL, for
@@ -215,11 +216,6 @@ def _require(what: str) -> _World:
         raise RuntimeError(f"{what}: the default process group has not been initialized, "
                            "please make sure to call init_process_group.")
     return _WORLD
-
-
-def _check_group(group, what: str) -> None:
-    if group is not None and group is not GroupMember.WORLD:
-        raise ValueError(f"{what}: kiln supports only the default group (group=None)")
 
 
 def resolve_group(group, what: str):

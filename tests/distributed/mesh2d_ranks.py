@@ -173,6 +173,51 @@ def _loss_parallel(kiln, out: dict) -> None:
     out["lp_errors"] = np.array(errors)
 
 
+def _cuda_fake(kiln, out: dict) -> None:
+    """FSDP over tensor parallelism on cuda tensors through the mesh groups' NCCL backends,
+    over the stand-in NCCL (fake_nccl.py) and fake CUDA (tests/fake_cuda.py): checks that the
+    sub-groups' collectives go through their own NCCL communicators. Runs last: the fake CUDA
+    patches kiln's device module for the rest of the process."""
+    import tests.fake_cuda
+    tests.fake_cuda.install()
+    import kiln.distributed.tensor.parallel as tp
+    from kiln.distributed import process_group as pg
+    from kiln.distributed.fsdp import fully_shard
+    from kiln.distributed.nccl_backend import NCCLBackend
+    from kiln.distributed.tensor import Replicate, Shard, init_device_mesh
+    from tests.distributed.fake_nccl import FakeNccl, FakeNcclCommunicator, fake_cupy
+    mesh = init_device_mesh("cuda", (DP, 2), mesh_dim_names=("dp", "tp"))
+    calls = {}
+    for name, group in (("world", pg._WORLD), ("dp", mesh.get_group("dp")),
+                        ("tp", mesh.get_group("tp"))):
+        # what a group's first cuda collective would make with cupy.cuda.nccl
+        nccl = calls[name] = FakeNccl()
+        group.nccl = NCCLBackend(FakeNcclCommunicator(group.comm.Dup(), nccl), group.rank,
+                                 group.size, nccl, fake_cupy)
+    model = W.transformer(0).cuda()
+    top, block = W.sp_plans(tp, Shard, Replicate)
+    tp.parallelize_module(model, mesh["tp"], top)
+    for layer in model.layers:
+        tp.parallelize_module(layer, mesh["tp"], W.sp_plans(tp, Shard, Replicate)[1])
+        fully_shard(layer, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    opt = W.adam(model)
+    batch = batches(DP)[mesh.get_local_rank("dp")]
+    losses = []
+    for _ in range(2):
+        logits = model(kiln.tensor(batch[:, :-1]).cuda())
+        loss = kiln.nn.functional.cross_entropy(
+            logits.reshape(-1, W.VOCAB), kiln.tensor(batch[:, 1:]).cuda().reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    out["cuda_losses"] = np.array(losses)
+    out["cuda_device"] = np.array(str(model.output.weight.device))
+    for name, nccl in calls.items():
+        out[f"cuda_nccl_calls/{name}"] = np.array(" ".join(sorted(set(nccl.calls))))
+
+
 def _groups(kiln, out: dict) -> None:
     """The mesh API, collectives on its groups, new_group and DTensors on a 2-D mesh."""
     import kiln.distributed as dist
@@ -247,7 +292,8 @@ def main() -> None:
         sections = [("groups", lambda out: _groups(kiln, out)),
                     ("fsdp_tp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp", False)),
                     ("fsdp_tp_lp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp_lp", True)),
-                    ("hsdp", lambda out: _hsdp(kiln, out))]
+                    ("hsdp", lambda out: _hsdp(kiln, out)),
+                    ("cuda_fake", lambda out: _cuda_fake(kiln, out))]     # last: see there
     else:
         sections = [("loss_parallel", lambda out: _loss_parallel(kiln, out))]
     out: dict = {}

@@ -189,6 +189,20 @@ def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
                 "DTensor", "(Shard(dim=2),)", f"[{W.BATCH}, {W.SEQ}, {6 - r % 2}]"]
 
 
+def test_fsdp_over_tensor_parallel_on_fake_cuda_uses_each_groups_nccl(four):
+    """cuda tensors (fake CUDA, stand-in NCCL): FSDP's gathers and reduce-scatters go through
+    the dp group's NCCL communicator, tensor parallelism's collectives through the tp group's,
+    none through the world's; the losses are the CPU run's."""
+    got = _results(four, "cuda_fake")
+    for r in range(4):
+        assert str(got[r]["cuda_device"]) == "cuda:0"
+        np.testing.assert_allclose(got[r]["cuda_losses"], got[r]["fsdp_tp_losses"][:2],
+                                   rtol=RTOL)
+        assert str(got[r]["cuda_nccl_calls/world"]) == ""
+        assert str(got[r]["cuda_nccl_calls/dp"]) == "allGather reduceScatter"
+        assert str(got[r]["cuda_nccl_calls/tp"]) == "allGather allReduce broadcast reduceScatter"
+
+
 def test_hsdp_equals_one_process(four):
     """fully_shard(mesh=(2, 2) mesh): shards over dim 1, replicas over dim 0; gradients
     reduce-scattered over the shard ranks, then averaged over the replicas. Each of the four

@@ -30,15 +30,15 @@ PARTIAL = "partial"     # the local pieces sum to the global tensor (a rowwise m
 
 # ----------------------------------------------------------------------------- array steps
 
-def _all_reduced(x: Tensor, mesh: DeviceMesh, op: str = "sum") -> Tensor:
+def _all_reduced(x: Tensor, mesh: DeviceMesh) -> Tensor:
     xp = x.device.xp
     if x.dtype.is_floating_point and x.dtype.itemsize == 2:
         # 16-bit floats are summed in float32 on the wire, then rounded (MPI has no bfloat16)
         wide = Tensor._make(x._data.astype(xp.float32), dt.float32, x.device)
-        C.all_reduce(wide, op, group=mesh.get_group())
+        C.all_reduce(wide, group=mesh.get_group())
         return Tensor._make(wide._data.astype(x._data.dtype), x.dtype, x.device)
     out = Tensor._make(xp.array(x._data, copy=True, order="C"), x.dtype, x.device)
-    C.all_reduce(out, op, group=mesh.get_group())
+    C.all_reduce(out, group=mesh.get_group())
     return out
 
 
