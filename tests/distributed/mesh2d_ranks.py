@@ -35,12 +35,14 @@ def lp_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rng.normal(size=(2, 3, W.VOCAB)), target, rng.uniform(0.5, 2.0, W.VOCAB)
 
 
-def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP) -> None:
+def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP,
+             out_dir: str = "") -> None:
     import kiln.distributed.tensor.parallel as tp
     import kiln.nn as nn
     import kiln.nn.functional as F
+    import kiln.distributed.checkpoint as dcp
     from kiln.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, set_model_state_dict)
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict)
     from kiln.distributed.fsdp import fully_shard
     from kiln.distributed.tensor import DTensor, Replicate, Shard, init_device_mesh
     world = kiln.distributed.get_world_size()
@@ -84,7 +86,17 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP) 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     for k, v in full.items():
         out[f"{name}_state/{k}"] = v.numpy()
+    optim = get_optimizer_state_dict(model, opt,
+                                     options=StateDictOptions(full_state_dict=True))
+    for k, v in optim["state"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            out[f"{name}_optim/{k}.{moment}"] = v[moment].numpy()
     if not use_loss_parallel:   # a one-process checkpoint loads into the 2-D pieces and back
+        try:
+            dcp.save(model.state_dict(), checkpoint_id=os.path.join(out_dir, "dcp"))
+            out[f"{name}_dcp_error"] = np.array("no error")
+        except NotImplementedError as exc:
+            out[f"{name}_dcp_error"] = np.array(str(exc))
         other = {k: kiln.tensor(v) for k, v in W.state(W.transformer(7)).items()}
         set_model_state_dict(model, other, options=StateDictOptions(full_state_dict=True))
         out[f"{name}_reloaded_local/output.weight"] = model.output.weight.to_local().numpy()
@@ -290,7 +302,8 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     if world == 4:
         sections = [("groups", lambda out: _groups(kiln, out)),
-                    ("fsdp_tp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp", False)),
+                    ("fsdp_tp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp", False,
+                                                     out_dir=out_dir)),
                     ("fsdp_tp_lp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp_lp", True)),
                     ("hsdp", lambda out: _hsdp(kiln, out)),
                     ("cuda_fake", lambda out: _cuda_fake(kiln, out))]     # last: see there
