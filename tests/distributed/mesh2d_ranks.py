@@ -1,6 +1,6 @@
 """The 2-D mesh tests' rank program: `mpiexec -n 4 python mesh2d_ranks.py OUT` trains the TP
-tests' transformer with FSDP over tensor parallelism (fsdp_tp_example's pattern, also with
-loss_parallel) and with HSDP on (2, 2) meshes; `mpiexec -n 2` runs loss_parallel alone. Each
+tests' transformer with FSDP over tensor parallelism (fsdp_tp_example's pattern; also the plain
+TP plan with loss_parallel) and with HSDP on (2, 2) meshes; `mpiexec -n 2` runs loss_parallel alone. Each
 rank writes OUT/rank<r>_of<n>.npz (a section that raised leaves `error:<section>`). Also holds
 the batches the single-process references and torch's run use."""
 
@@ -49,12 +49,15 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP,
     mesh = init_device_mesh("cpu", (dp, world // dp), mesh_dim_names=("dp", "tp"))
     tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
     model = W.transformer(0)
-    top, _ = W.sp_plans(tp, Shard, Replicate)
-    if use_loss_parallel:       # class-sharded logits go to the loss as they are
-        top["output"] = tp.ColwiseParallel(input_layouts=Shard(1), use_local_output=False)
+    # with loss_parallel: the plain TP plan (the norms stay plain parameters, sharded by FSDP
+    # alone next to the 2-D ones), class-sharded logits handed to the loss as they are
+    plans = W.tp_plans if use_loss_parallel else W.sp_plans
+    top, _ = plans(tp, Shard, Replicate)
+    if use_loss_parallel:
+        top["output"] = tp.ColwiseParallel(use_local_output=False)
     tp.parallelize_module(model, tp_mesh, top)
     for layer in model.layers:
-        tp.parallelize_module(layer, tp_mesh, W.sp_plans(tp, Shard, Replicate)[1])
+        tp.parallelize_module(layer, tp_mesh, plans(tp, Shard, Replicate)[1])
         fully_shard(layer, mesh=dp_mesh)
     fully_shard(model, mesh=dp_mesh)
     out[f"{name}_placements"] = np.array(

@@ -61,12 +61,13 @@ def rank_main(rank: int, world: int, store: str, out: str, weights: dict) -> Non
     tp_mesh, dp_mesh = mesh["tp"], mesh["dp"]
     for name, lp in (("fsdp_tp", False), ("fsdp_tp_lp", True)):
         model = twin(weights)
-        top, block = W.sp_plans(tp, Shard, Replicate)
+        plans = W.tp_plans if lp else W.sp_plans        # as mesh2d_ranks._fsdp_tp
+        top, _ = plans(tp, Shard, Replicate)
         if lp:
-            top["output"] = tp.ColwiseParallel(input_layouts=Shard(1), use_local_output=False)
+            top["output"] = tp.ColwiseParallel(use_local_output=False)
         tp.parallelize_module(model, tp_mesh, top)
         for layer in model.layers:
-            tp.parallelize_module(layer, tp_mesh, W.sp_plans(tp, Shard, Replicate)[1])
+            tp.parallelize_module(layer, tp_mesh, plans(tp, Shard, Replicate)[1])
             fully_shard(layer, mesh=dp_mesh)
         fully_shard(model, mesh=dp_mesh)
         batch = R.batches(R.DP)[dp_mesh.get_local_rank()]

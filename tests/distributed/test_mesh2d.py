@@ -153,8 +153,9 @@ def test_dtensor_on_a_2d_mesh(four):
 def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
     """fsdp_tp_example: a (2, 2) ("dp", "tp") mesh, the sequence-parallel plan on mesh["tp"],
     every block and the root fully_shard'ed on mesh["dp"]; each dp rank trains on its own
-    batch (both tp ranks on the same one). fsdp_tp_lp: the output projection hands its
-    class-sharded logits to cross_entropy under loss_parallel()."""
+    batch (both tp ranks on the same one). fsdp_tp_lp: the plain TP plan (its norms are plain
+    parameters, sharded by FSDP alone in the same groups) and the output projection's
+    class-sharded logits handed to cross_entropy under loss_parallel()."""
     got = _results(four, section)
     losses, part_losses, state, norm, moments = reference(R.DP)
     for r in range(4):
@@ -166,7 +167,8 @@ def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
         rows = [[3, 3], [3, 2]][r % 2][dp_rank]
         assert f"output.weight:_S(0, 2),S(0):[{rows}, 8]" in placements
         assert "layers.0.feed_forward.w2.weight:S(0),S(1):[4, 10]" in placements
-        assert "layers.1.ffn_norm.weight:S(0),R:[4]" in placements
+        norm_layout = "S(0),R" if section == "fsdp_tp" else "S(0)"
+        assert f"layers.1.ffn_norm.weight:{norm_layout}:[4]" in placements
         assert got[r][f"{section}_all_dtensor"]
         np.testing.assert_allclose(got[r][f"{section}_losses"], part_losses[:, dp_rank],
                                    rtol=RTOL)
