@@ -147,6 +147,18 @@ def _rows(entry: dict, key: str, saved_world: int, read, target, world: int, ran
     return kiln.cat(pieces, dim) if len(pieces) > 1 else pieces[0]
 
 
+def _check_world_mesh(what: str, key: str, value: DTensor, world: int) -> None:
+    """The format splits a DTensor's rows by global rank: its mesh must be all ranks, 1-D."""
+    mesh = value.device_mesh
+    if mesh.ndim != 1 or mesh.size() != world:
+        raise NotImplementedError(
+            f"kiln.distributed.checkpoint.{what}: {key!r} is a DTensor on {mesh!r} with "
+            f"placements {value.placements}; kiln's dcp files hold DTensors over the 1-D mesh "
+            "of all ranks only. For 2-D meshes (FSDP with tensor parallelism, HSDP) or a "
+            "sub-mesh, save a full state dict (get_model_state_dict(model, options="
+            "StateDictOptions(full_state_dict=True))) and load it with set_model_state_dict")
+
+
 def _flatten(tree, prefix: str = "") -> dict:
     return {key: leaf for key, (_, _, leaf) in _leaves(tree, prefix).items()}
 
@@ -185,18 +197,6 @@ def _barrier(no_dist: bool) -> None:
     if not no_dist and pg.is_initialized():
         from kiln.distributed.collectives import barrier
         barrier()
-
-
-def _check_world_mesh(what: str, key: str, value: DTensor, world: int) -> None:
-    """The format splits a DTensor's rows by global rank: its mesh must be all ranks, 1-D."""
-    mesh = value.device_mesh
-    if mesh.ndim != 1 or mesh.size() != world:
-        raise NotImplementedError(
-            f"kiln.distributed.checkpoint.{what}: {key!r} is a DTensor on {mesh!r} with "
-            f"placements {value.placements}; kiln's dcp files hold DTensors over the 1-D mesh "
-            "of all ranks only. For 2-D meshes (FSDP with tensor parallelism, HSDP) or a "
-            "sub-mesh, save a full state dict (get_model_state_dict(model, options="
-            "StateDictOptions(full_state_dict=True))) and load it with set_model_state_dict")
 
 
 def _unsupported(what: str, storage, planner, process_group) -> None:
