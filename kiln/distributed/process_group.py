@@ -308,7 +308,7 @@ class ProcessGroup:
 
 def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
               use_local_synchronization: bool = False, group_desc: str | None = None,
-              device_id=None):
+              device_id=None) -> "ProcessGroup | object":
     """A group of some of the world's ranks (torch.distributed.new_group).
 
     As in torch, every rank of the world must call new_group for every group, members or not,

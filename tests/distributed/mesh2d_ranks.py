@@ -108,6 +108,29 @@ def _fsdp_tp(kiln, out: dict, name: str, use_loss_parallel: bool, dp: int = DP,
             out[f"{name}_reloaded/{k}"] = v.numpy()
 
 
+def _bfloat16(kiln, out: dict) -> None:
+    """FSDP over TP with MixedPrecisionPolicy(bfloat16 params, float32 reduce): one step's loss
+    and the gathered float64 gradient shards, to compare with float64 at bfloat16's precision."""
+    import kiln.distributed.tensor.parallel as tp
+    from kiln.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from kiln.distributed.tensor import Replicate, Shard, init_device_mesh
+    mesh = init_device_mesh("cpu", (DP, 2), mesh_dim_names=("dp", "tp"))
+    model = W.transformer(0)
+    top, _ = W.sp_plans(tp, Shard, Replicate)
+    tp.parallelize_module(model, mesh["tp"], top)
+    policy = MixedPrecisionPolicy(param_dtype=kiln.bfloat16, reduce_dtype=kiln.float32)
+    for layer in model.layers:
+        tp.parallelize_module(layer, mesh["tp"], W.sp_plans(tp, Shard, Replicate)[1])
+        fully_shard(layer, mesh=mesh["dp"], mp_policy=policy)
+    fully_shard(model, mesh=mesh["dp"], mp_policy=policy)
+    loss = W.lm_loss(model, batches(DP)[mesh.get_local_rank("dp")])
+    loss.backward()
+    out["bf16_loss"] = np.array([float(loss)])
+    out["bf16_dtypes"] = np.array([str(loss.dtype), str(model.output.weight.grad.dtype)])
+    for k, p in model.named_parameters():
+        out[f"bf16_grad/{k}"] = p.grad.full_tensor().numpy()
+
+
 def _hsdp(kiln, out: dict) -> None:
     import kiln.distributed as dist
     import kiln.nn as nn
@@ -309,6 +332,7 @@ def main() -> None:
                                                      out_dir=out_dir)),
                     ("fsdp_tp_lp", lambda out: _fsdp_tp(kiln, out, "fsdp_tp_lp", True)),
                     ("hsdp", lambda out: _hsdp(kiln, out)),
+                    ("bfloat16", lambda out: _bfloat16(kiln, out)),
                     ("cuda_fake", lambda out: _cuda_fake(kiln, out))]     # last: see there
     else:
         sections = [("loss_parallel", lambda out: _loss_parallel(kiln, out))]

@@ -67,10 +67,10 @@ def _assert_same(got: dict, want: dict, what: str, rtol: float = RTOL,
 
 
 @functools.lru_cache(maxsize=None)
-def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict, float, dict]:
+def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict, float, dict, dict]:
     """One process trains on the `parts` data-parallel batches concatenated: (the whole
     batch's losses, each part's loss before each step, the final weights, the first
-    gradient's norm, Adam's final moments)."""
+    gradients' norm, Adam's final moments, the first gradients)."""
     model = W.transformer(0)
     opt = W.adam(model)
     batches = R.batches(parts)
@@ -82,13 +82,14 @@ def reference(parts: int) -> tuple[np.ndarray, np.ndarray, dict, float, dict]:
         loss = W.lm_loss(model, whole)
         loss.backward()
         if not losses:
+            grads = {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
             norm = float(kiln.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))
     moments = {f"{k}.{m}": opt.state[p][m].numpy().copy()
                for k, p in model.named_parameters() for m in ("exp_avg", "exp_avg_sq")}
-    return np.array(losses), np.array(part_losses), W.state(model), norm, moments
+    return np.array(losses), np.array(part_losses), W.state(model), norm, moments, grads
 
 
 # ----------------------------------------------------------------------------- four ranks
@@ -157,7 +158,7 @@ def test_fsdp_over_tensor_parallel_equals_one_process(four, section):
     parameters, sharded by FSDP alone in the same groups) and the output projection's
     class-sharded logits handed to cross_entropy under loss_parallel()."""
     got = _results(four, section)
-    losses, part_losses, state, norm, moments = reference(R.DP)
+    losses, part_losses, state, norm, moments, _ = reference(R.DP)
     for r in range(4):
         dp_rank = r // 2
         placements = list(got[r][f"{section}_placements"])
@@ -213,12 +214,34 @@ def test_fsdp_over_tensor_parallel_on_fake_cuda_uses_each_groups_nccl(four):
         assert str(got[r]["cuda_nccl_calls/tp"]) == "allGather allReduce broadcast reduceScatter"
 
 
+def test_fsdp_over_tensor_parallel_in_bfloat16_is_close_to_float64(four):
+    """MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) on the 2-D model: the
+    gathered parameters and activations in bfloat16 (tp's collectives sum 16-bit floats in
+    float32), gradients reduced in float32 into float64 shards. The loss is the float64 one to
+    bfloat16's precision, and each whole gradient is about as far from the float64 one as one
+    process's bfloat16 model gets (2-8% of its largest entry here)."""
+    got = _results(four, "bfloat16")
+    _, part_losses, _, _, _, grads = reference(R.DP)
+    model = W.transformer(0).to(kiln.bfloat16)
+    W.lm_loss(model, R.batches(R.DP).reshape(-1, W.SEQ + 1)).backward()
+    for r in range(4):
+        assert list(got[r]["bf16_dtypes"]) == ["kiln.bfloat16", "kiln.float64"]
+        np.testing.assert_allclose(got[r]["bf16_loss"], part_losses[0, r // 2], rtol=2e-2)
+        ours = _prefixed(got[r], "bf16_grad")
+        assert set(ours) == set(grads)
+        for key, want in grads.items():
+            scale = np.abs(want).max()
+            one = model.get_parameter(key).grad.float().numpy()
+            error, one_error = np.abs(ours[key] - want).max(), np.abs(one - want).max()
+            assert error <= 1.5 * one_error and error <= 0.1 * scale, (key, error, one_error)
+
+
 def test_hsdp_equals_one_process(four):
     """fully_shard(mesh=(2, 2) mesh): shards over dim 1, replicas over dim 0; gradients
     reduce-scattered over the shard ranks, then averaged over the replicas. Each of the four
     ranks trains on its own batch."""
     got = _results(four, "hsdp")
-    losses, part_losses, state, norm, _ = reference(2 * R.DP)
+    losses, part_losses, state, norm, _, _ = reference(2 * R.DP)
     for r in range(4):
         placements = list(got[r]["hsdp_placements"])
         assert f"tok_embeddings.weight:R,S(0):[{6 - r % 2}, 8]" in placements
@@ -317,7 +340,7 @@ def test_one_rank_2d_mesh_is_the_plain_model(group):
     loss_parallel trains exactly as the plain model does."""
     out: dict = {}
     R._fsdp_tp(kiln, out, "one", True, dp=1)
-    losses, _, state, norm, _ = reference(1)
+    losses, _, state, norm, _, _ = reference(1)
     assert init_device_mesh("cpu", (1, 1)).shape == (1, 1)
     np.testing.assert_allclose(out["one_losses"], losses, rtol=RTOL)
     np.testing.assert_allclose(out["one_grad_norm"], norm, rtol=RTOL)
