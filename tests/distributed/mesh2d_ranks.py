@@ -1,8 +1,9 @@
-"""The 2-D mesh tests' rank program: `mpiexec -n 4 python mesh2d_ranks.py OUT` trains the TP
-tests' transformer with FSDP over tensor parallelism (fsdp_tp_example's pattern; also the plain
-TP plan with loss_parallel) and with HSDP on (2, 2) meshes; `mpiexec -n 2` runs loss_parallel alone. Each
-rank writes OUT/rank<r>_of<n>.npz (a section that raised leaves `error:<section>`). Also holds
-the batches the single-process references and torch's run use."""
+"""The 2-D mesh tests' rank program: `mpiexec -n 4 python mesh2d_ranks.py OUT` checks the mesh
+API and its groups, trains the TP tests' transformer with FSDP over tensor parallelism
+(fsdp_tp_example's pattern; the plain TP plan with loss_parallel; bfloat16 mixed precision;
+fake cuda) and with HSDP on (2, 2) meshes; `mpiexec -n 2` runs loss_parallel alone. Each rank
+writes OUT/rank<r>_of<n>.npz (a section that raised leaves `error:<section>`). Also holds the
+batches the single-process references and torch's run use."""
 
 from __future__ import annotations
 
