@@ -302,7 +302,11 @@ def _groups(kiln, out: dict) -> None:
                  lambda: mesh["pp"],
                  lambda: init_device_mesh("cpu", (3, 2)),
                  lambda: tp.parallelize_module(W.mlp(), mesh, {"in_proj": tp.ColwiseParallel()}),
-                 lambda: fully_shard(W.mlp(), mesh=init_device_mesh("cpu", (2, 2, 1)))):
+                 lambda: fully_shard(W.mlp(), mesh=init_device_mesh("cpu", (2, 2, 1))),
+                 lambda: fully_shard(tp.parallelize_module(
+                     W.mlp(), tp_mesh, {"in_proj": tp.ColwiseParallel()}), mesh=mesh),
+                 lambda: fully_shard(tp.parallelize_module(
+                     W.mlp(), tp_mesh, {"in_proj": tp.ColwiseParallel()}))):
         try:
             call()
             errors.append("no error")

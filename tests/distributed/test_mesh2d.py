@@ -128,6 +128,10 @@ def test_mesh_groups_and_new_group(four):
         assert "mesh_shape (3, 2) must multiply to the world size 4" in errors[3]
         assert "tensor parallelism runs on a 1-D mesh" in errors[4]
         assert "got a 3-d mesh" in errors[5]
+        assert errors[6].startswith("NotImplementedError: fully_shard: in_proj.weight is a "
+                                    "DTensor on DeviceMesh('cpu', ")
+        assert "pass mesh=mesh['dp']" in errors[6]
+        assert "is not another dimension of the mesh" in errors[7]
 
 
 def test_dtensor_on_a_2d_mesh(four):

@@ -262,9 +262,10 @@ def _check_tp_param(name: str, p: DTensor, mesh: DeviceMesh) -> None:
     """A tensor-parallel parameter: its 1-D tp mesh and FSDP's 1-D dp mesh must be two
     dimensions of one mesh (init_device_mesh(..., mesh_dim_names=("dp", "tp")))."""
     if mesh.ndim != 1 or p.device_mesh.ndim != 1:
-        raise NotImplementedError(f"fully_shard: {name} is a DTensor on {p.device_mesh!r}; "
-                                  f"kiln shards tensor-parallel parameters over a 1-D dp mesh "
-                                  f"only (HSDP with tensor parallelism is not built)")
+        raise NotImplementedError(f"fully_shard: {name} is a DTensor on {p.device_mesh!r} and "
+                                  f"the mesh given is {mesh.ndim}-d; kiln shards "
+                                  f"tensor-parallel parameters over a 1-D dp mesh only: pass "
+                                  f"mesh=mesh['dp'] (HSDP with tensor parallelism is not built)")
     try:
         DeviceMesh._concatenate([mesh, p.device_mesh])
     except ValueError:

@@ -50,6 +50,9 @@ class DeviceMesh:
         groups = []
         for dim in range(self._ranks.ndim):
             lines = np.moveaxis(self._ranks, dim, -1).reshape(-1, self._ranks.shape[dim])
+            if lines.shape[1] == world.size:        # one line of every rank: the world itself
+                groups.append(pg.GroupMember.WORLD)
+                continue
             mine = None
             for line in lines.tolist():
                 if line != sorted(line):
@@ -58,7 +61,7 @@ class DeviceMesh:
                                      f"{self._ranks.tolist()}")
                 group = pg.new_group(line)
                 if world.rank in line:
-                    mine = pg.GroupMember.WORLD if len(line) == world.size else group
+                    mine = group
             groups.append(mine)
         return groups
 
