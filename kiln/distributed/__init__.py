@@ -13,3 +13,5 @@ from kiln.distributed.collectives import (  # noqa: F401
     reduce_scatter, reduce_scatter_tensor, scatter, send)
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh  # noqa: F401,E402
 from kiln.distributed.process_group import get_default_backend_for_device  # noqa: F401,E402
+from kiln.distributed.process_group import (  # noqa: F401,E402
+    ProcessGroup, get_global_rank, get_group_rank, get_process_group_ranks, new_group)

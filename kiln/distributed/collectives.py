@@ -60,9 +60,9 @@ class Work:
 
 
 def _start(what: str, tensors: list[Tensor], group, check: tuple | None):
-    """The group and backend for `tensors`, after the caller-facing checks."""
-    pg._check_group(group, what)
-    world = pg._require(what)
+    """The group (the default one's `_World` or a ProcessGroup) and backend for `tensors`,
+    after the caller-facing checks."""
+    world = pg.resolve_group(group, what)
     if STATE.tracer is not None:
         STATE.tracer.graph_break(f"kiln.distributed.{what} is a collective: a compiled replay "
                                  "would skip talking to the other ranks")
@@ -82,7 +82,7 @@ def _start(what: str, tensors: list[Tensor], group, check: tuple | None):
             if not pg.is_nccl_available():
                 raise RuntimeError(f"{what}: cuda tensors go through NCCL, which needs CuPy with "
                                    "NCCL (cupy.cuda.nccl); move the tensors to the CPU for MPI")
-            world.nccl = NCCLBackend.create(world.comm)
+            world.nccl = NCCLBackend.create(world.comm)     # collective over the group
         backend = world.nccl
     else:
         backend = world.mpi
@@ -172,7 +172,7 @@ def all_reduce(tensor: Tensor, op: str = ReduceOp.SUM, group=None, async_op: boo
 def broadcast(tensor: Tensor, src: int = 0, group=None, async_op: bool = False,
               group_src: int | None = None):
     """Copy rank `src`'s `tensor` into `tensor` on every rank."""
-    src = src if group_src is None else group_src
+    src = _group_rank(group, src, group_src)
     world, backend = _start("broadcast", [tensor], group, (tensor, -1, src))
     _check_rank("broadcast", "src", src, world)
     requests = backend.broadcast(tensor._data, src)
@@ -183,7 +183,7 @@ def broadcast(tensor: Tensor, src: int = 0, group=None, async_op: bool = False,
 def reduce(tensor: Tensor, dst: int = 0, op: str = ReduceOp.SUM, group=None,
            async_op: bool = False, group_dst: int | None = None):
     """Reduce `tensor` across ranks into rank `dst`'s `tensor` (others' are left as they were)."""
-    dst = dst if group_dst is None else group_dst
+    dst = _group_rank(group, dst, group_dst)
     code = _check_op("reduce", op, tensor)
     world, backend = _start("reduce", [tensor], group, (tensor, code, dst))
     _check_rank("reduce", "dst", dst, world)
@@ -249,8 +249,8 @@ def reduce_scatter_tensor(output: Tensor, input: Tensor, op: str = ReduceOp.SUM,
 def gather(tensor: Tensor, gather_list: list[Tensor] | None = None, dst: int = 0, group=None,
            async_op: bool = False, group_dst: int | None = None):
     """Every rank's `tensor`, in rank order, into `gather_list` on rank `dst`."""
-    dst = dst if group_dst is None else group_dst
-    world = pg._require("gather")
+    dst = _group_rank(group, dst, group_dst)
+    world = pg.resolve_group(group, "gather")
     root = world.rank == dst
     if root and gather_list is None:
         raise ValueError("gather: gather_list must be given on the destination rank")
@@ -273,8 +273,8 @@ def gather(tensor: Tensor, gather_list: list[Tensor] | None = None, dst: int = 0
 def scatter(tensor: Tensor, scatter_list: list[Tensor] | None = None, src: int = 0, group=None,
             async_op: bool = False, group_src: int | None = None):
     """Rank `src`'s `scatter_list[i]` into rank i's `tensor`."""
-    src = src if group_src is None else group_src
-    world = pg._require("scatter")
+    src = _group_rank(group, src, group_src)
+    world = pg.resolve_group(group, "scatter")
     root = world.rank == src
     if root and scatter_list is None:
         raise ValueError("scatter: scatter_list must be given on the source rank")
@@ -315,12 +315,14 @@ def barrier(group=None, async_op: bool = False, device_ids=None):
 # ----------------------------------------------------------------------------- point to point
 
 def isend(tensor: Tensor, dst: int, group=None, tag: int = 0) -> Work:
+    dst = _group_rank(group, dst, None)
     world, backend = _start("isend", [tensor], group, None)
     _check_rank("isend", "dst", dst, world)
     return Work(backend, backend.send(tensor._data, dst, tag), None, [tensor])
 
 
 def irecv(tensor: Tensor, src: int | None = None, group=None, tag: int = 0) -> Work:
+    src = None if src is None else _group_rank(group, src, None)
     world, backend = _start("irecv", [tensor], group, None)
     if src is not None:
         _check_rank("irecv", "src", src, world)
@@ -335,16 +337,18 @@ def send(tensor: Tensor, dst: int, group=None, tag: int = 0) -> None:
 
 
 def recv(tensor: Tensor, src: int | None = None, group=None, tag: int = 0) -> int:
-    """Receive into `tensor`; returns the sender's rank."""
+    """Receive into `tensor`; returns the sender's (global) rank."""
     work = irecv(tensor, src, group, tag)
     work.wait()
-    return work._source
+    source = work._source
+    return source if group is None or source is None else pg.get_global_rank(group, source)
 
 
 # ----------------------------------------------------------------------------- Python objects
 
 def broadcast_object_list(object_list: list, src: int = 0, group=None, device=None) -> None:
     """Replace `object_list`'s items with rank `src`'s (pickled; for small values)."""
+    src = _group_rank(group, src, None)
     world, _ = _start("broadcast", [], group, None)
     object_list[:] = world.comm.bcast(list(object_list) if world.rank == src else None, src)
 
@@ -359,6 +363,20 @@ def all_gather_object(object_list: list, obj, group=None) -> None:
 
 
 # ----------------------------------------------------------------------------- checks
+
+def _group_rank(group, rank, group_rank):
+    """A root given as a global rank (`src`/`dst`, as torch) or as `group_src`/`group_dst`,
+    as the group's own rank, which is what the group's communicator counts in."""
+    if group_rank is not None:
+        return group_rank
+    if group is None or group is pg.GroupMember.WORLD or not isinstance(rank, int):
+        return rank
+    ranks = pg.get_process_group_ranks(group)
+    if rank not in ranks:
+        raise ValueError(f"rank {rank} is not part of the group {ranks}; pass a global rank of "
+                         "the group, or its rank within the group as group_src/group_dst")
+    return ranks.index(rank)
+
 
 def _xp(tensor: Tensor):
     return tensor.device.xp

@@ -1,5 +1,6 @@
 """The default process group: starting it from mpiexec (or torchrun-style env vars), its ranks,
-and the backend each tensor's collectives go through (MPI for CPU tensors, NCCL for cuda ones).
+and the backend each tensor's collectives go through (MPI for CPU tensors, NCCL for cuda ones);
+sub-groups (`new_group`), each with its own MPI communicator.
 
 kiln has no network transport of its own. Ranks are processes started by `mpiexec` (directly,
 or through `python -m kiln.distributed.run` or `kiln.multiprocessing.spawn`), and MPI's
@@ -54,6 +55,7 @@ class _World:
     checks: bool = True          # exchange shape/dtype before each collective
     prev_excepthook: object = None
     env_set: dict | None = None  # the RANK/WORLD_SIZE/... variables init set, for destroy
+    groups: list | None = None   # the ProcessGroups new_group made, freed with the world
 
 
 _WORLD: _World | None = None
@@ -217,6 +219,11 @@ def _abort_on_uncaught(exc_type, exc, tb) -> None:
 def destroy_process_group(group=None) -> None:
     global _WORLD
     world = _require("destroy_process_group")
+    if isinstance(group, ProcessGroup):
+        group._free()
+        return
+    for sub in world.groups or ():
+        sub._free()
     if world.nccl is not None:
         world.nccl.close()
     world.comm.Free()
@@ -235,24 +242,40 @@ def _require(what: str) -> _World:
     return _WORLD
 
 
-def _check_group(group, what: str) -> None:
-    if group is not None and group is not GroupMember.WORLD:
-        raise ValueError(f"{what}: kiln supports only the default group (group=None)")
+def resolve_group(group, what: str):
+    """The default group's `_World` (group None or WORLD) or `group` itself (a ProcessGroup
+    this rank is a member of): both have comm, rank, size, mpi, nccl, checks."""
+    world = _require(what)
+    if group is None or group is GroupMember.WORLD:
+        return world
+    if group is GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(f"{what}: this rank is not a member of the group (new_group returned "
+                         "GroupMember.NON_GROUP_MEMBER here); only its members may call it")
+    if not isinstance(group, ProcessGroup):
+        raise TypeError(f"{what}: group must be None, group.WORLD or a ProcessGroup from "
+                        f"new_group, got {type(group).__name__}")
+    if group.comm is None:
+        raise RuntimeError(f"{what}: the group {group!r} was destroyed")
+    return group
 
 
 def get_rank(group=None) -> int:
-    _check_group(group, "get_rank")
-    return _require("get_rank").rank
+    """This process's rank in `group` (default: the world); -1 if it is not a member."""
+    if group is GroupMember.NON_GROUP_MEMBER:
+        _require("get_rank")
+        return -1
+    return resolve_group(group, "get_rank").rank
 
 
 def get_world_size(group=None) -> int:
-    _check_group(group, "get_world_size")
-    return _require("get_world_size").size
+    if group is GroupMember.NON_GROUP_MEMBER:
+        _require("get_world_size")
+        return -1
+    return resolve_group(group, "get_world_size").size
 
 
 def get_backend(group=None) -> str:
-    _check_group(group, "get_backend")
-    return _require("get_backend").backend
+    return resolve_group(group, "get_backend").backend
 
 
 def get_node_local_rank(fallback_rank: int | None = None) -> int:
@@ -266,6 +289,7 @@ def get_node_local_rank(fallback_rank: int | None = None) -> int:
 
 class GroupMember:
     WORLD = object()      # stands for the default group in `group=` arguments
+    NON_GROUP_MEMBER = object()     # what new_group returns on ranks outside the group
 
 
 group = GroupMember       # torch.distributed.group.WORLD
@@ -280,3 +304,102 @@ def get_default_backend_for_device(device) -> str:
     if backend is None:
         raise ValueError(f"Default backend not registered for device : {device}")
     return backend
+
+
+# ----------------------------------------------------------------------------- sub-groups
+
+class ProcessGroup:
+    """Some ranks of the world with their own MPI communicator (torch's ProcessGroup), made by
+    `new_group`. Collectives take it as `group=`; ranks in their arguments (`src`, `dst`) are
+    global ranks, as in torch, and `group_src` / `group_dst` are ranks within the group."""
+
+    def __init__(self, world: _World, comm, ranks: tuple[int, ...]):
+        from kiln.distributed.mpi_backend import MPIBackend
+        self.backend, self.comm, self.ranks = world.backend, comm, ranks
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.mpi, self.nccl, self.checks = MPIBackend(comm), None, world.checks
+
+    def _free(self) -> None:
+        if self.comm is not None:
+            if self.nccl is not None:
+                self.nccl.close()
+            self.comm.Free()
+            self.comm = None
+
+    def __repr__(self) -> str:
+        return f"ProcessGroup(ranks={list(self.ranks)})"
+
+
+def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
+              use_local_synchronization: bool = False, group_desc: str | None = None,
+              device_id=None) -> "ProcessGroup | object":
+    """A group of some of the world's ranks (torch.distributed.new_group).
+
+    As in torch, every rank of the world must call new_group for every group, members or not,
+    in the same order: it is MPI_Comm_create over the world, collective on all ranks. Returns
+    the ProcessGroup on its members and GroupMember.NON_GROUP_MEMBER on the others.
+    """
+    world = _require("new_group")
+    if use_local_synchronization:
+        raise ValueError("new_group: use_local_synchronization=True is not supported; every "
+                         "rank calls new_group (MPI_Comm_create is collective on the world)")
+    ranks = tuple(range(world.size)) if ranks is None else tuple(int(r) for r in ranks)
+    if len(set(ranks)) != len(ranks) or any(not 0 <= r < world.size for r in ranks):
+        raise ValueError(f"new_group: ranks {list(ranks)} must be distinct ranks of the world "
+                         f"(0 to {world.size - 1})")
+    ranks = tuple(sorted(ranks))            # torch orders a group's ranks by global rank
+    if world.checks and world.size > 1:
+        _check_same_group(world, ranks)
+    everyone = world.comm.Get_group()
+    members = everyone.Incl(list(ranks))
+    comm = world.comm.Create(members)
+    members.Free()
+    everyone.Free()
+    if world.rank not in ranks:
+        return GroupMember.NON_GROUP_MEMBER
+    group = ProcessGroup(world, comm, ranks)
+    if world.groups is None:
+        world.groups = []
+    world.groups.append(group)
+    return group
+
+
+def _check_same_group(world: _World, ranks: tuple[int, ...]) -> None:
+    """Every rank must be creating the same group now, or MPI would pair up different calls."""
+    import numpy as np
+    row = np.zeros(world.size + 1, dtype=np.int64)
+    row[0] = len(ranks)
+    row[1:1 + len(ranks)] = ranks
+    rows = np.empty((world.size, row.size), dtype=np.int64)
+    world.comm.Allgather(row, rows)
+    for r in range(world.size):
+        if not np.array_equal(rows[r], row):
+            theirs = [int(v) for v in rows[r, 1:1 + int(rows[r, 0])]]
+            raise RuntimeError(f"new_group: rank {world.rank} is creating the group of ranks "
+                               f"{list(ranks)} while rank {r} is creating {theirs}; every rank "
+                               "must call new_group for every group, in the same order")
+
+
+def get_process_group_ranks(group) -> list[int]:
+    """The global ranks of `group`, in group-rank order."""
+    if group is None or group is GroupMember.WORLD:
+        return list(range(_require("get_process_group_ranks").size))
+    return list(resolve_group(group, "get_process_group_ranks").ranks)
+
+
+def get_group_rank(group, global_rank: int) -> int:
+    """`global_rank`'s rank within `group`."""
+    ranks = get_process_group_ranks(group)
+    if global_rank not in ranks:
+        raise ValueError(f"get_group_rank: global rank {global_rank} is not in the group "
+                         f"{ranks}")
+    return ranks.index(global_rank)
+
+
+def get_global_rank(group, group_rank: int) -> int:
+    """The global rank of `group`'s rank `group_rank`."""
+    ranks = get_process_group_ranks(group)
+    if not 0 <= group_rank < len(ranks):
+        raise ValueError(f"get_global_rank: group rank {group_rank} is out of range for a "
+                         f"group of {len(ranks)} ranks")
+    return ranks[group_rank]

@@ -1166,6 +1166,11 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     return loss.sum() / w.sum()
 
 
+# Functions that may compute cross_entropy instead (they return NotImplemented to decline):
+# kiln.distributed.tensor.parallel.loss_parallel() puts its own here while it is active.
+_CROSS_ENTROPY_OVERRIDES: list = []
+
+
 @_composite
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None,
@@ -1173,6 +1178,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     """log_softmax + nll_loss for class indices, or soft targets given as probabilities."""
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_reduction(reduction)
+    for override in _CROSS_ENTROPY_OVERRIDES:
+        loss = override(input, target, weight, ignore_index, reduction, label_smoothing)
+        if loss is not NotImplemented:
+            return loss
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     if not target.dtype.is_floating_point:

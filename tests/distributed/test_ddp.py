@@ -277,7 +277,7 @@ def test_mistakes_raise_before_anything_is_sent(ranks):
         "gather_size": "ValueError: all_gather_into_tensor: the output tensor [3] must hold world "
                        "size (2) times",
         "src_rank": "ValueError: broadcast: src=2 is not a rank of this group (0 to 1)",
-        "group": "ValueError: all_reduce: kiln supports only the default group",
+        "group": "TypeError: all_reduce: group must be None, group.WORLD or a ProcessGroup",
         "double_init": "RuntimeError: trying to initialize the default process group twice!",
         "backend": "ValueError: init_process_group: unknown backend 'ucc'",
     }

@@ -18,7 +18,7 @@ import kiln
 from kiln import Tensor
 from kiln.distributed import collectives as C
 from kiln.distributed import process_group as pg
-from kiln.distributed.tensor.api import DTensor, broadcast_bytes, local_chunk
+from kiln.distributed.tensor.api import DTensor, broadcast_bytes, local_piece
 from kiln.nn.parameter import Parameter
 from kiln.optim.optimizer import Optimizer
 
@@ -266,9 +266,7 @@ def _load_into(what: str, target: Tensor, value, opts: StateDictOptions) -> None
             broadcast_bytes(full, target.device, 0)
         else:
             full = _checked(what, value, full_shape, target)
-        data = local_chunk(full, target.placements[0].dim, target.device_mesh.size(),
-                           target.device_mesh.get_rank()) if sharded and \
-            target.placements[0].is_shard() else full
+        data = local_piece(full, target.device_mesh, target.placements) if sharded else full
     target._data[...] = data
     target._version[0] += 1
 
@@ -335,10 +333,8 @@ def _local_like(value, p: Tensor, opts: StateDictOptions, what: str):
         return value.to_local()
     if isinstance(value, Tensor) and isinstance(p, DTensor) and opts.full_state_dict and \
             value.ndim > 0 and tuple(value.shape) == tuple(p.global_shape):
-        placement = p.placements[0]
-        if placement.is_shard():
-            local = local_chunk(value.detach()._data, placement.dim, p.device_mesh.size(),
-                                p.device_mesh.get_rank())
+        if any(placement.is_shard() for placement in p.placements):
+            local = local_piece(value.detach()._data, p.device_mesh, p.placements)
             return Tensor._make(local, value.dtype, value.device)
     return value
 

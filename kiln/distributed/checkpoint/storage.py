@@ -39,6 +39,7 @@ def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
     mine, entries = {}, {}
     for key, value in _flatten(state_dict).items():
         if isinstance(value, DTensor):
+            _check_world_mesh("save", key, value, world)
             placement = value.placements[0]
             entries[key] = {"kind": "dtensor", "shape": list(value.global_shape),
                             "dtype": value.dtype.name,
@@ -105,6 +106,8 @@ def load(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
             if not isinstance(target, Tensor):
                 raise TypeError(f"kiln.distributed.checkpoint.load: {key!r} is a tensor in the "
                                 f"checkpoint but {type(target).__name__} in the state dict")
+            if isinstance(target, DTensor):
+                _check_world_mesh("load", key, target, world)
             shape = tuple(target.global_shape if isinstance(target, DTensor) else target.shape)
             if tuple(entry["shape"]) != shape:
                 raise CheckpointError(f"kiln.distributed.checkpoint.load: {key!r} is "
@@ -143,6 +146,18 @@ def _rows(entry: dict, key: str, saved_world: int, read, target, world: int, ran
         shape[dim] = 0
         return kiln.empty(*shape, dtype=getattr(kiln, entry["dtype"]))
     return kiln.cat(pieces, dim) if len(pieces) > 1 else pieces[0]
+
+
+def _check_world_mesh(what: str, key: str, value: DTensor, world: int) -> None:
+    """The format splits a DTensor's rows by global rank: its mesh must be all ranks, 1-D."""
+    mesh = value.device_mesh
+    if mesh.ndim != 1 or mesh.size() != world:
+        raise NotImplementedError(
+            f"kiln.distributed.checkpoint.{what}: {key!r} is a DTensor on {mesh!r} with "
+            f"placements {value.placements}; kiln's dcp files hold DTensors over the 1-D mesh "
+            "of all ranks only. For 2-D meshes (FSDP with tensor parallelism, HSDP) or a "
+            "sub-mesh, save a full state dict (get_model_state_dict(model, options="
+            "StateDictOptions(full_state_dict=True))) and load it with set_model_state_dict")
 
 
 def _flatten(tree, prefix: str = "") -> dict:

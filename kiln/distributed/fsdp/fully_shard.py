@@ -16,7 +16,7 @@ from __future__ import annotations
 from kiln import Tensor
 from kiln.distributed import process_group as pg
 from kiln.distributed.fsdp.api import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
-from kiln.distributed.fsdp.param_group import FSDPParam, FSDPParamGroup
+from kiln.distributed.fsdp.param_group import FSDPParam, FSDPParamGroup, ShardedParameter
 from kiln.distributed.tensor.api import DTensor
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh
 from kiln.nn.module import Module
@@ -212,7 +212,8 @@ def fully_shard(module: Module, *, mesh: DeviceMesh | None = None,
     params: dict[int, object] = {}
     for prefix, sub in module.named_modules():
         for name, p in sub._parameters.items():
-            if p is None or isinstance(p, DTensor) or id(p) in ignored:
+            # taken by a fully_shard call on a submodule (tensor parallelism's DTensors are not)
+            if p is None or isinstance(p, ShardedParameter) or id(p) in ignored:
                 continue
             params.setdefault(id(p), p)
             owners.setdefault(id(p), []).append((sub, name))
@@ -232,6 +233,12 @@ def fully_shard(module: Module, *, mesh: DeviceMesh | None = None,
     if not isinstance(mesh, DeviceMesh):
         raise TypeError(f"fully_shard: mesh must be a DeviceMesh (init_device_mesh), got "
                         f"{type(mesh).__name__}")
+    if mesh.ndim not in (1, 2):
+        raise ValueError(f"fully_shard: mesh must be 1-D (FSDP) or 2-D (HSDP: replicate over "
+                         f"dim 0, shard over dim 1), got a {mesh.ndim}-d mesh {mesh!r}")
+    for k, p in params.items():
+        if isinstance(p, DTensor):
+            _check_tp_param(fqns[k][0], p, mesh)
     fsdp_params = [FSDPParam(owners[k], fqns[k], p, mesh, mp_policy.param_dtype,
                              mp_policy.reduce_dtype) for k, p in params.items()]
     group = FSDPParamGroup(fsdp_params, mesh) if fsdp_params else None
@@ -250,6 +257,23 @@ def fully_shard(module: Module, *, mesh: DeviceMesh | None = None,
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _check_tp_param(name: str, p: DTensor, mesh: DeviceMesh) -> None:
+    """A tensor-parallel parameter: its 1-D tp mesh and FSDP's 1-D dp mesh must be two
+    dimensions of one mesh (init_device_mesh(..., mesh_dim_names=("dp", "tp")))."""
+    if mesh.ndim != 1 or p.device_mesh.ndim != 1:
+        raise NotImplementedError(f"fully_shard: {name} is a DTensor on {p.device_mesh!r} and "
+                                  f"the mesh given is {mesh.ndim}-d; kiln shards "
+                                  f"tensor-parallel parameters over a 1-D dp mesh only: pass "
+                                  f"mesh=mesh['dp'] (HSDP with tensor parallelism is not built)")
+    try:
+        DeviceMesh._concatenate([mesh, p.device_mesh])
+    except ValueError:
+        raise ValueError(f"fully_shard: {name} is tensor-parallel on {p.device_mesh!r}, which "
+                         f"is not another dimension of the mesh {mesh!r} of the same "
+                         f"init_device_mesh; cut both from one mesh: mesh['dp'], "
+                         f"mesh['tp']") from None
+
 
 def _states(module, recurse: bool) -> list[FSDPState]:
     mods = module.modules() if recurse else [module]

@@ -20,7 +20,7 @@ from kiln.distributed import collectives as C
 from kiln.distributed.process_group import ReduceOp
 from kiln.distributed.tensor.api import DTensor, all_gather_bytes
 from kiln.distributed.tensor.device_mesh import DeviceMesh
-from kiln.distributed.tensor.placement import Shard, chunk_bounds
+from kiln.distributed.tensor.placement import Replicate, Shard, _StridedShard, chunk_bounds
 from kiln.ir import dtypes as dt
 from kiln.nn.parameter import Parameter
 from kiln.tracer import autograd
@@ -38,24 +38,52 @@ class ShardedParameter(DTensor, Parameter):
 
 
 class FSDPParam:
-    """One parameter (maybe registered under several modules) split into dim-0 shards."""
+    """One parameter (maybe registered under several modules) split into dim-0 shards over the
+    shard dimension of the mesh (its last: HSDP's mesh replicates over its first).
+
+    A tensor-parallel parameter (a DTensor on a 1-D tp mesh) has its tp piece split: the shard
+    lives on the (dp, tp) mesh with placements (Shard(0), tp's placement), or, when tp also
+    splits dim 0, (_StridedShard(0, tp size), Shard(0)) as in torch; the unsharded face is the
+    tp piece again, a DTensor laid out as before, so the tp styles compute with it unchanged."""
 
     def __init__(self, owners: list[tuple], fqns: list[str], param: Parameter,
                  mesh: DeviceMesh, param_dtype, reduce_dtype):
         self.owners, self.fqns = owners, fqns           # [(module, attribute name)], names
-        self.global_shape = tuple(param.shape)
-        self.rows = self.global_shape[0] if self.global_shape else 1
-        self.row_shape = self.global_shape[1:]
+        tp = isinstance(param, DTensor)
+        self.global_shape = tuple(param.global_shape) if tp else tuple(param.shape)
+        self.local_shape = tuple(param.shape)           # what the shard dim splits
+        self.rows = self.local_shape[0] if self.local_shape else 1
+        self.row_shape = self.local_shape[1:]
         self.rowsize = math.prod(self.row_shape)
-        world, rank = mesh.size(), mesh.get_rank()
+        shard_dim = mesh.ndim - 1
+        world, rank = mesh.size(shard_dim), mesh.get_local_rank(shard_dim)
         start, stop, self.chunk = chunk_bounds(self.rows, world, rank)
         rows = param.reshape((self.rows,) + self.row_shape)
         local = rows[start:stop].detach().clone()
-        self.sharded = DTensor._wrap(local._data, param.dtype, param.device, mesh, (Shard(0),),
-                                     self.global_shape, ShardedParameter, param.requires_grad)
+        if tp:
+            tp_mesh, tp_placement = param.device_mesh, param.placements[0]
+            dp = _StridedShard(0, split_factor=tp_mesh.size()) \
+                if tp_placement.is_shard(0) and tp_mesh.size() > 1 else Shard(0)
+            spmd_mesh = DeviceMesh._concatenate([mesh, tp_mesh])
+            placements = (dp, tp_placement)
+        else:
+            spmd_mesh = mesh
+            placements = (Replicate(), Shard(0)) if mesh.ndim == 2 else (Shard(0),)
+        self.sharded = DTensor._wrap(local._data, param.dtype, param.device, spmd_mesh,
+                                     placements, self.global_shape, ShardedParameter,
+                                     param.requires_grad)
         self._param_dtype, self._reduce_dtype = param_dtype, reduce_dtype
-        self.unsharded = Parameter(kiln.empty(0, dtype=self.param_dtype, device=param.device),
-                                   param.requires_grad)
+        empty = kiln.empty(0, dtype=self.param_dtype, device=param.device)
+        if tp:
+            self.unsharded = DTensor._wrap(empty._data, empty.dtype, empty.device, tp_mesh,
+                                           param.placements, self.global_shape, type(param),
+                                           param.requires_grad)
+        else:
+            self.unsharded = Parameter(empty, param.requires_grad)
+        # tensor parallelism's gradient hooks (the all-reduce of a replicated parameter's
+        # shares) belong on the face autograd accumulates into
+        for hook in param._hooks or ():
+            self.unsharded.register_hook(hook)
         for module, name in owners:
             module._parameters[name] = self.sharded
 
@@ -94,6 +122,10 @@ class FSDPParamGroup:
 
     def __init__(self, params: list[FSDPParam], mesh: DeviceMesh):
         self.params, self.mesh = params, mesh
+        # HSDP (a 2-D mesh): shards over the last dimension, replicas over the first
+        self.shard_size = mesh.size(mesh.ndim - 1)
+        self.shard_group = mesh.get_group(mesh.ndim - 1)
+        self.replicate_group = mesh.get_group(0) if mesh.ndim == 2 else None
         self.is_unsharded = False
         self.reduce_grads = True
         self.reshard_after_backward = True
@@ -108,7 +140,7 @@ class FSDPParamGroup:
         """All-gather the shards into the full parameters and register those in the modules."""
         if self.is_unsharded:
             return
-        world = self.mesh.size()
+        world = self.shard_size
         for dtype, params in _by(self.params, lambda p: p.orig_dtype):
             device = params[0].device
             xp = device.xp
@@ -119,12 +151,12 @@ class FSDPParamGroup:
                 local = p.sharded._data.reshape(-1)
                 send[off:off + local.size] = local
                 off += p.padded_numel
-            rows = all_gather_bytes(send, device, world).view(np_dtype)
+            rows = all_gather_bytes(send, device, world, self.shard_group).view(np_dtype)
             off = 0
             for p in params:
                 part = rows[:, off:off + p.padded_numel]
                 full = xp.ascontiguousarray(part.reshape((world * p.chunk,) + p.row_shape)
-                                            [:p.rows]).reshape(p.global_shape)
+                                            [:p.rows]).reshape(p.local_shape)
                 off += p.padded_numel
                 if p.param_dtype is not p.orig_dtype:
                     with kiln.no_grad():
@@ -171,7 +203,7 @@ class FSDPParamGroup:
             self.reshard()
 
     def _reduce_scatter(self, params: list[FSDPParam]) -> None:
-        world = self.mesh.size()
+        world = self.shard_size
         device = params[0].device
         xp = device.xp
         wire = _wire_dtype(params[0].reduce_dtype)
@@ -189,7 +221,10 @@ class FSDPParamGroup:
             out = xp.empty(total, dtype=np_dtype)
             C.reduce_scatter_tensor(Tensor._make(out, wire, device),
                                     Tensor._make(send.reshape(-1), wire, device),
-                                    op=ReduceOp.AVG)
+                                    op=ReduceOp.AVG, group=self.shard_group)
+            if self.replicate_group is not None:    # HSDP: then the mean over the replicas
+                C.all_reduce(Tensor._make(out, wire, device), op=ReduceOp.AVG,
+                             group=self.replicate_group)
             off = 0
             for p in params:
                 shape = p.sharded._data.shape
@@ -202,8 +237,9 @@ class FSDPParamGroup:
                 local = local.copy() if local.base is not None else local
                 sharded = p.sharded
                 if sharded.grad is None:
-                    sharded.grad = DTensor._wrap(local, p.orig_dtype, device, self.mesh,
-                                                 (Shard(0),), p.global_shape)
+                    sharded.grad = DTensor._wrap(local, p.orig_dtype, device,
+                                                 sharded.device_mesh, sharded.placements,
+                                                 p.global_shape)
                 else:
                     sharded.grad._data += local
                     sharded.grad._version[0] += 1

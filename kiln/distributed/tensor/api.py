@@ -1,6 +1,6 @@
 """`DTensor`: a kiln Tensor holding this rank's piece of a global tensor spread over a
-`DeviceMesh` as its `placements` say (`Shard(dim)` or `Replicate()`), with `full_tensor()`,
-`to_local()`, `from_local` and `distribute_tensor`.
+`DeviceMesh` as its `placements` say (one per mesh dimension: `Shard(dim)` or `Replicate()`),
+with `full_tensor()`, `to_local()`, `from_local` and `distribute_tensor`.
 
 Unlike torch's DTensor, which reports the global shape and runs every op through sharding
 propagation, a kiln DTensor *is* its local shard to every tensor op: `.shape`, arithmetic and
@@ -14,13 +14,15 @@ from kiln import Tensor
 from kiln.distributed import collectives as C
 from kiln.distributed import process_group as pg
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh
-from kiln.distributed.tensor.placement import Placement, Replicate, Shard, chunk_bounds
+from kiln.distributed.tensor.placement import (
+    Placement, Replicate, Shard, _StridedShard, chunk_bounds)
 from kiln.ir import dtypes as dt
+from kiln.tracer.custom_function import Function
 from kiln.tracer.tensor import Size
 
 
 class DTensor(Tensor):
-    """A tensor distributed over a 1-D DeviceMesh; its data is this rank's local piece."""
+    """A tensor distributed over a DeviceMesh; its data is this rank's local piece."""
 
     __slots__ = ("_mesh", "_placements", "_global_shape")
 
@@ -65,9 +67,10 @@ class DTensor(Tensor):
     def redistribute(self, device_mesh: DeviceMesh | None = None,
                      placements=None, *, async_op: bool = False) -> "DTensor":
         """The same global tensor with other placements (Shard <-> Replicate)."""
-        placements = _check_placements("redistribute", placements or self._placements)
+        mesh = device_mesh or self._mesh
+        placements = _check_placements("redistribute", placements or self._placements, mesh)
         full = Tensor._make(_gather_global(self), self.dtype, self.device)
-        return _distribute(full, device_mesh or self._mesh, placements, None)
+        return _distribute(full, mesh, placements, None)
 
     @staticmethod
     def from_local(local_tensor: Tensor, device_mesh: DeviceMesh | None = None,
@@ -79,13 +82,40 @@ class DTensor(Tensor):
             raise TypeError(f"DTensor.from_local: expected a kiln.Tensor, got "
                             f"{type(local_tensor).__name__}")
         mesh = device_mesh or init_device_mesh(local_tensor.device.type, (pg.get_world_size(),))
-        placements = _check_placements("DTensor.from_local", placements or (Replicate(),))
+        placements = _check_placements("DTensor.from_local",
+                                       placements or (Replicate(),) * mesh.ndim, mesh)
         if shape is None:
             shape = list(local_tensor.shape)
-            if placements[0].is_shard():
-                shape[_dim(placements[0].dim, local_tensor.ndim)] *= mesh.size()
+            for i, placement in enumerate(placements):
+                if placement.is_shard():
+                    shape[_dim(placement.dim, local_tensor.ndim)] *= mesh.size(i)
         return DTensor._wrap(local_tensor._data, local_tensor.dtype, local_tensor.device, mesh,
                              placements, tuple(shape), requires_grad=local_tensor.requires_grad)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        """The local piece flattened (differentiably). While no flattened dimension is
+        sharded, the result is still a DTensor of the flattened global tensor, so
+        `logits.flatten(0, 1)` keeps class-sharded logits sharded for loss_parallel."""
+        out = Tensor.flatten(self, start_dim, end_dim)
+        ndim = len(self._global_shape)
+        if ndim == 0:
+            return out
+        start, end = start_dim % ndim, end_dim % ndim
+        placements = []
+        for p in self._placements:
+            if isinstance(p, Replicate):
+                placements.append(p)
+                continue
+            dim = _dim(p.dim, ndim)
+            if type(p) is not Shard or start <= dim <= end and start != end:
+                return out                  # a sharded dimension flattened: the local piece
+            placements.append(Shard(dim if dim < start else dim - (end - start)))
+        shape = self._global_shape
+        merged = 1
+        for size in shape[start:end + 1]:
+            merged *= size
+        return _AsDTensor.apply(out, self._mesh, tuple(placements),
+                                shape[:start] + (merged,) + shape[end + 1:])
 
     def __repr__(self) -> str:
         local = Tensor.__repr__(Tensor._make(self._data, self.dtype, self.device))
@@ -112,6 +142,18 @@ class DTensor(Tensor):
                         "kiln.distributed.checkpoint.save")
 
 
+class _AsDTensor(Function):
+    """A plain tensor (this rank's piece) as a DTensor, still in the autograd graph."""
+
+    @staticmethod
+    def forward(ctx, x, mesh, placements, global_shape):
+        return DTensor._wrap(x._data, x.dtype, x.device, mesh, placements, global_shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None
+
+
 def distribute_tensor(tensor: Tensor, device_mesh: DeviceMesh | None = None,
                       placements=None, *, src_data_rank: int | None = 0) -> DTensor:
     """Spread `tensor` over `device_mesh` as `placements` say. As in torch, the data comes from
@@ -122,7 +164,8 @@ def distribute_tensor(tensor: Tensor, device_mesh: DeviceMesh | None = None,
     if not isinstance(tensor, Tensor):
         raise TypeError(f"distribute_tensor: expected a kiln.Tensor, got {type(tensor).__name__}")
     mesh = device_mesh or init_device_mesh(tensor.device.type, (pg.get_world_size(),))
-    placements = _check_placements("distribute_tensor", placements or (Replicate(),))
+    placements = _check_placements("distribute_tensor",
+                                   placements or (Replicate(),) * mesh.ndim, mesh)
     return _distribute(tensor, mesh, placements, src_data_rank)
 
 
@@ -132,11 +175,13 @@ def _distribute(tensor: Tensor, mesh: DeviceMesh, placements: tuple,
     data = xp.ascontiguousarray(tensor._data)
     if src_data_rank is not None and mesh.size() > 1:
         data = data.copy() if data is tensor._data else data
-        broadcast_bytes(data, tensor.device, src_data_rank)
-    placement = placements[0]
-    if placement.is_shard():
-        data = xp.ascontiguousarray(local_chunk(data, placement.dim, mesh.size(),
-                                                mesh.get_rank()))
+        # along each mesh dimension from its rank `src_data_rank`: every rank ends up with the
+        # data of the rank at coordinate (src_data_rank, ...)
+        for i in range(mesh.ndim):
+            if mesh.size(i) > 1:
+                broadcast_bytes(data, tensor.device, src_data_rank, mesh.get_group(i))
+    if any(p.is_shard() for p in placements):
+        data = xp.ascontiguousarray(local_piece(data, mesh, placements))
     elif data is tensor._data:
         data = data.copy()
     return DTensor._wrap(data, tensor.dtype, tensor.device, mesh, placements, tuple(tensor.shape),
@@ -154,46 +199,86 @@ def local_chunk(data, dim: int, world: int, rank: int):
     return data[tuple(index)]
 
 
-def all_gather_bytes(send, device, world: int):
-    """Every rank's contiguous array `send` (same size on every rank), as a (world, nbytes)
-    uint8 array. Bytes, so any dtype travels (MPI knows no bfloat16)."""
+def local_piece(data, mesh: DeviceMesh, placements: tuple):
+    """This rank's piece of the global array `data` laid out as `placements` (a view)."""
+    for i in _split_order(placements):
+        placement = placements[i]
+        if placement.is_shard():
+            data = local_chunk(data, placement.dim, mesh.size(i), mesh.get_local_rank(i))
+    return data
+
+
+def _split_order(placements: tuple) -> list[int]:
+    """The mesh dimensions in the order their splits apply to the global tensor: mesh order,
+    except that FSDP's strided dp shard splits the tp piece, so it comes after the tp split."""
+    order = list(range(len(placements)))
+    if any(isinstance(p, _StridedShard) for p in placements):
+        if len(placements) != 2 or not isinstance(placements[0], _StridedShard):
+            raise NotImplementedError(f"DTensor: kiln supports _StridedShard only as the first "
+                                      f"of two placements (FSDP over tensor parallelism), got "
+                                      f"{placements}")
+        order = [1, 0]
+    return order
+
+
+def all_gather_bytes(send, device, world: int, group=None):
+    """Every rank's contiguous array `send` (same size on every rank of `group`, default the
+    world), as a (world, nbytes) uint8 array. Bytes, so any dtype travels (MPI knows no
+    bfloat16)."""
     xp = device.xp
     raw = xp.ascontiguousarray(send).reshape(-1).view(xp.uint8)
     out = xp.empty((world, raw.size), dtype=xp.uint8)
     C.all_gather_into_tensor(Tensor._make(out, dt.uint8, device), Tensor._make(raw, dt.uint8,
-                                                                               device))
+                                                                               device),
+                             group=group)
     return out
 
 
-def broadcast_bytes(data, device, src: int) -> None:
-    """Rank `src`'s contiguous array `data` into `data` on every rank."""
+def broadcast_bytes(data, device, src: int, group=None) -> None:
+    """The contiguous array `data` of `group`'s rank `src` (default: the world's) into `data`
+    on every rank of the group."""
     raw = data.reshape(-1).view(device.xp.uint8)
-    C.broadcast(Tensor._make(raw, dt.uint8, device), src=src)
+    C.broadcast(Tensor._make(raw, dt.uint8, device), group=group, group_src=src)
 
 
 def _gather_global(t: DTensor):
-    placement = t._placements[0]
+    """The global array of `t`: its splits undone in reverse order, each an all-gather over
+    the group of its mesh dimension (pieces padded to torch.chunk's chunk size)."""
     xp = t.device.xp
-    if not placement.is_shard():
+    mesh, placements = t._mesh, t._placements
+    order = [i for i in _split_order(placements) if placements[i].is_shard()]
+    if not order:
         return t._data.copy()
-    world = t._mesh.size()
-    dim = _dim(placement.dim, len(t._global_shape))
-    size = t._global_shape[dim]
-    _, _, chunk = chunk_bounds(size, world, 0)
-    local = xp.moveaxis(t._data, dim, 0)
-    rest = local.shape[1:]
-    padded = xp.zeros((chunk,) + rest, dtype=t._data.dtype)
-    padded[:local.shape[0]] = local
-    rows = all_gather_bytes(padded, t.device, world).view(t._data.dtype)
-    full = rows.reshape((world * chunk,) + rest)[:size]
-    return xp.ascontiguousarray(xp.moveaxis(full, 0, dim))
+    # the shape before each split, from the global shape (every rank of a split's group
+    # shares the coordinates of the splits before it, so the shapes agree within the group)
+    shapes, shape = [], list(t._global_shape)
+    for i in order:
+        dim = _dim(placements[i].dim, len(shape))
+        shapes.append(tuple(shape))
+        start, stop, _ = chunk_bounds(shape[dim], mesh.size(i), mesh.get_local_rank(i))
+        shape[dim] = stop - start
+    data = t._data
+    for i, before in zip(reversed(order), reversed(shapes)):
+        dim = _dim(placements[i].dim, len(before))
+        world, size = mesh.size(i), before[dim]
+        _, _, chunk = chunk_bounds(size, world, 0)
+        local = xp.moveaxis(data, dim, 0)
+        rest = local.shape[1:]
+        padded = xp.zeros((chunk,) + rest, dtype=data.dtype)
+        padded[:local.shape[0]] = local
+        rows = all_gather_bytes(padded, t.device, world, mesh.get_group(i)).view(data.dtype)
+        full = rows.reshape((world * chunk,) + rest)[:size]
+        data = xp.ascontiguousarray(xp.moveaxis(full, 0, dim))
+    return data
 
 
-def _check_placements(what: str, placements) -> tuple:
+def _check_placements(what: str, placements, mesh: DeviceMesh | None = None) -> tuple:
     placements = tuple(placements) if isinstance(placements, (list, tuple)) else (placements,)
-    if len(placements) != 1 or not isinstance(placements[0], (Shard, Replicate)):
-        raise ValueError(f"{what}: kiln supports one placement on a 1-D mesh, Shard(dim) or "
-                         f"Replicate(); got {placements}")
+    ndim = mesh.ndim if mesh is not None else 1
+    if len(placements) != ndim or not all(isinstance(p, (Shard, Replicate))
+                                          for p in placements):
+        raise ValueError(f"{what}: give one placement per mesh dimension ({ndim}), each "
+                         f"Shard(dim) or Replicate(); got {placements}")
     return placements
 
 

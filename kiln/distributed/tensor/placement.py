@@ -37,6 +37,21 @@ class Shard(Placement):
 
 
 @dataclass(frozen=True)
+class _StridedShard(Shard):
+    """FSDP's shard of a tensor-parallel piece (torch's _StridedShard): on a (dp, tp) mesh
+    with the tp placement Shard(dim) too, the dp ranks split each tp rank's piece, not the
+    global tensor, so the global split is strided. `split_factor`: the tp shards of `dim`."""
+
+    split_factor: int = 1
+
+    def __repr__(self) -> str:
+        return f"_StridedShard(dim={self.dim}, sf={self.split_factor})"
+
+    def __str__(self) -> str:
+        return f"_S({self.dim}, {self.split_factor})"
+
+
+@dataclass(frozen=True)
 class Replicate(Placement):
     """Every rank holds the whole tensor."""
 

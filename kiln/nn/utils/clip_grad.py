@@ -52,19 +52,29 @@ def _sharded(t: Tensor) -> bool:
 
 
 def _sharded_part(tensors: list, norm_type: float, dtype) -> Tensor:
-    """Over every rank of the pieces' mesh: the largest |x| (inf norm) or the sum of |x|^p."""
-    import kiln.distributed as dist      # only FSDP's sharded gradients get here
+    """Over every rank of the pieces' meshes: the largest |x| (inf norm) or the sum of |x|^p.
+    Pieces are reduced over the mesh dimensions that shard them only (a 2-D mesh's replicated
+    dimension holds copies), grouped by mesh and sharded dimensions, in first-seen order."""
+    import kiln.distributed as dist      # only distributed (DTensor) gradients get here
     zero = kiln.zeros((), dtype=dtype, device=tensors[0].device)
-    if norm_type == math.inf:
-        part = kiln.stack([t.abs().amax().to(dtype) if t.numel() else zero for t in tensors])
-        part, op = part.amax(), dist.ReduceOp.MAX
-    else:
-        part = kiln.stack([kiln.norm(t, norm_type).to(dtype) ** norm_type if t.numel() else zero
-                           for t in tensors]).sum()
-        op = dist.ReduceOp.SUM
-    part = part.clone()
-    dist.all_reduce(part, op, group=tensors[0].device_mesh.get_group())
-    return part
+    groups: dict = {}
+    for t in tensors:
+        dims = tuple(i for i, p in enumerate(t.placements) if p.is_shard())
+        groups.setdefault((t.device_mesh, dims), []).append(t)
+    parts = []
+    for (mesh, dims), group in groups.items():
+        if norm_type == math.inf:
+            part = kiln.stack([t.abs().amax().to(dtype) if t.numel() else zero for t in group])
+            part, op = part.amax(), dist.ReduceOp.MAX
+        else:
+            part = kiln.stack([kiln.norm(t, norm_type).to(dtype) ** norm_type if t.numel()
+                               else zero for t in group]).sum()
+            op = dist.ReduceOp.SUM
+        part = part.clone()
+        for dim in dims:
+            dist.all_reduce(part, op, group=mesh.get_group(dim))
+        parts.append(part)
+    return kiln.stack(parts).amax() if norm_type == math.inf else kiln.stack(parts).sum()
 
 
 def get_total_norm(tensors: Iterable[Tensor] | Tensor, norm_type: float = 2.0,

@@ -25,6 +25,10 @@ def parallelize_module(module: Module, device_mesh: DeviceMesh | None = None,
     if not isinstance(device_mesh, DeviceMesh):
         raise TypeError(f"parallelize_module: device_mesh must be a DeviceMesh "
                         f"(init_device_mesh(...)), got {type(device_mesh).__name__}")
+    if device_mesh.ndim != 1:
+        raise ValueError(f"parallelize_module: tensor parallelism runs on a 1-D mesh; got a "
+                         f"{device_mesh.ndim}-d one {device_mesh!r}. Pass its tp dimension, "
+                         f"mesh['tp']")
     if parallelize_plan is None:
         warnings.warn("No parallelize_plan is provided and auto-parallel is not supported "
                       "at the moment, so this parallelize_module call will do nothing.",

@@ -30,15 +30,15 @@ PARTIAL = "partial"     # the local pieces sum to the global tensor (a rowwise m
 
 # ----------------------------------------------------------------------------- array steps
 
-def _all_reduced(x: Tensor) -> Tensor:
+def _all_reduced(x: Tensor, mesh: DeviceMesh) -> Tensor:
     xp = x.device.xp
     if x.dtype.is_floating_point and x.dtype.itemsize == 2:
         # 16-bit floats are summed in float32 on the wire, then rounded (MPI has no bfloat16)
         wide = Tensor._make(x._data.astype(xp.float32), dt.float32, x.device)
-        C.all_reduce(wide)
+        C.all_reduce(wide, group=mesh.get_group())
         return Tensor._make(wide._data.astype(x._data.dtype), x.dtype, x.device)
     out = Tensor._make(xp.array(x._data, copy=True, order="C"), x.dtype, x.device)
-    C.all_reduce(out)
+    C.all_reduce(out, group=mesh.get_group())
     return out
 
 
@@ -47,11 +47,13 @@ def _gathered(x: Tensor, dim: int, mesh: DeviceMesh) -> tuple[Tensor, list[int]]
     differ in size, as torch.chunk splits)."""
     xp, world = x.device.xp, mesh.size()
     rows = xp.moveaxis(x._data, dim, 0)
-    sizes = all_gather_bytes(xp.asarray([rows.shape[0]], dtype=xp.int64), x.device, world)
+    group = mesh.get_group()
+    sizes = all_gather_bytes(xp.asarray([rows.shape[0]], dtype=xp.int64), x.device, world,
+                             group)
     sizes = [int(s) for s in sizes.view(xp.int64).reshape(world).tolist()]
     padded = xp.zeros((max(sizes),) + rows.shape[1:], dtype=rows.dtype)
     padded[:rows.shape[0]] = rows
-    every = all_gather_bytes(padded, x.device, world).view(rows.dtype)
+    every = all_gather_bytes(padded, x.device, world, group).view(rows.dtype)
     every = every.reshape((world, max(sizes)) + rows.shape[1:])
     joined = xp.concatenate([every[r, :sizes[r]] for r in range(world)], axis=0)
     return Tensor._make(xp.ascontiguousarray(xp.moveaxis(joined, 0, dim)), x.dtype,
@@ -59,7 +61,7 @@ def _gathered(x: Tensor, dim: int, mesh: DeviceMesh) -> tuple[Tensor, list[int]]
 
 
 def _chunk(x: Tensor, dim: int, mesh: DeviceMesh) -> Tensor:
-    data = local_chunk(x._data, dim, mesh.size(), mesh.get_rank())
+    data = local_chunk(x._data, dim, mesh.size(), mesh.get_local_rank())
     return Tensor._make(x.device.xp.array(data, copy=True, order="C"), x.dtype, x.device)
 
 
@@ -67,11 +69,11 @@ def _reduce_scattered(x: Tensor, dim: int, mesh: DeviceMesh) -> Tensor:
     xp, world = x.device.xp, mesh.size()
     if x.shape[dim] % world or x.dtype.itemsize == 2 and x.dtype.is_floating_point:
         # uneven chunks (reduce_scatter_tensor needs equal slices) or 16-bit floats
-        return _chunk(_all_reduced(x), dim, mesh)
+        return _chunk(_all_reduced(x, mesh), dim, mesh)
     rows = xp.ascontiguousarray(xp.moveaxis(x._data, dim, 0))
     out = xp.empty((rows.shape[0] // world,) + rows.shape[1:], dtype=rows.dtype)
     C.reduce_scatter_tensor(Tensor._make(out, x.dtype, x.device),
-                            Tensor._make(rows, x.dtype, x.device))
+                            Tensor._make(rows, x.dtype, x.device), group=mesh.get_group())
     return Tensor._make(xp.ascontiguousarray(xp.moveaxis(out, 0, dim)), x.dtype, x.device)
 
 
@@ -81,12 +83,12 @@ class _AllReduce(Function):
     """partial -> Replicate: the sum over ranks; the replicated gradient passes through."""
 
     @staticmethod
-    def forward(ctx, x):
-        return _all_reduced(x)
+    def forward(ctx, x, mesh):
+        return _all_reduced(x, mesh)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad
+        return grad, None
 
 
 class _ReplicateInput(Function):
@@ -94,12 +96,13 @@ class _ReplicateInput(Function):
     summed over ranks in backward."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, mesh):
+        ctx.mesh = mesh
         return x
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_reduced(grad)
+        return _all_reduced(grad, ctx.mesh), None
 
 
 class _AllGather(Function):
@@ -108,8 +111,8 @@ class _AllGather(Function):
     @staticmethod
     def forward(ctx, x, dim, mesh):
         out, sizes = _gathered(x, dim, mesh)
-        ctx.dim, ctx.start = dim, sum(sizes[:mesh.get_rank()])
-        ctx.size = sizes[mesh.get_rank()]
+        ctx.dim, ctx.start = dim, sum(sizes[:mesh.get_local_rank()])
+        ctx.size = sizes[mesh.get_local_rank()]
         return out
 
     @staticmethod
@@ -132,10 +135,10 @@ class _AllGatherForColwise(Function):
     def backward(ctx, grad):
         if len(set(ctx.sizes)) == 1:
             return _reduce_scattered(grad, ctx.dim, ctx.mesh), None, None
-        rank = ctx.mesh.get_rank()
+        rank = ctx.mesh.get_local_rank()
         start = sum(ctx.sizes[:rank])
-        return _all_reduced(grad).narrow(ctx.dim, start, ctx.sizes[rank]).contiguous(), \
-            None, None
+        whole = _all_reduced(grad, ctx.mesh)
+        return whole.narrow(ctx.dim, start, ctx.sizes[rank]).contiguous(), None, None
 
 
 class _Chunk(Function):
@@ -168,15 +171,16 @@ class _WrapDTensor(Function):
     """This rank's piece as a DTensor (use_local_output=False), still in the autograd graph."""
 
     @staticmethod
-    def forward(ctx, x, mesh, placement):
+    def forward(ctx, x, mesh, placement, size):
         shape = list(x.shape)
         if placement.is_shard():
-            shape[placement.dim % max(x.ndim, 1)] *= mesh.size()
+            dim = placement.dim % max(x.ndim, 1)
+            shape[dim] = shape[dim] * mesh.size() if size is None else size
         return DTensor._wrap(x._data, x.dtype, x.device, mesh, (placement,), tuple(shape))
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None
+        return grad, None, None, None
 
 
 class _ToLocal(Function):
@@ -209,7 +213,7 @@ def redistribute(x: Tensor, src, dst: Placement, mesh: DeviceMesh) -> Tensor:
     if src == dst or mesh.size() == 1 and src != PARTIAL:
         return x
     if src == PARTIAL:
-        return _AllReduce.apply(x) if dst.is_replicate() else \
+        return _AllReduce.apply(x, mesh) if dst.is_replicate() else \
             _ReduceScatter.apply(x, dst.dim, mesh)
     if src.is_shard():
         x = _AllGather.apply(x, src.dim, mesh)
@@ -228,12 +232,13 @@ def replicate_input(x: Tensor, src, mesh: DeviceMesh) -> Tensor:
     x = redistribute(x, src, Replicate(), mesh)
     if not (x.dtype.is_floating_point or x.dtype.is_complex) or mesh.size() == 1:
         return x
-    return _ReplicateInput.apply(x)
+    return _ReplicateInput.apply(x, mesh)
 
 
-def wrap(x: Tensor, placement: Placement, mesh: DeviceMesh) -> Tensor:
-    """`x`, this rank's piece laid out as `placement`, as a differentiable DTensor."""
-    return _WrapDTensor.apply(x, mesh, normalize(placement, x.ndim))
+def wrap(x: Tensor, placement: Placement, mesh: DeviceMesh, size: int | None = None) -> Tensor:
+    """`x`, this rank's piece laid out as `placement`, as a differentiable DTensor. `size`:
+    the global size of a Shard placement's dim (default: the local size times the ranks)."""
+    return _WrapDTensor.apply(x, mesh, normalize(placement, x.ndim), size)
 
 
 def to_local(x: Tensor) -> Tensor:
@@ -247,7 +252,7 @@ def placement_of(x, default: Placement) -> Placement:
     return placements[0] if placements else default
 
 
-def all_reduce_grad(grad: Tensor) -> Tensor:
-    """A parameter-gradient hook: the sum of every rank's share (replicated parameters used on
-    sharded activations)."""
-    return _all_reduced(grad)
+def all_reduce_grad(grad: Tensor, mesh: DeviceMesh) -> Tensor:
+    """A parameter-gradient hook (bound to its mesh with functools.partial): the sum of every
+    rank's share (replicated parameters used on sharded activations)."""
+    return _all_reduced(grad, mesh)

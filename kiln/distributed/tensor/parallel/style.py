@@ -77,7 +77,7 @@ def _distribute_param(module: Module, name: str, mesh: DeviceMesh, placement: Pl
                         DTensorParameter, param.requires_grad)
     if new.requires_grad:
         if grad_all_reduce:
-            new.register_hook(all_reduce_grad)
+            new.register_hook(functools.partial(all_reduce_grad, mesh=mesh))
         new.register_post_accumulate_grad_hook(_grad_as_dtensor)
     module.register_parameter(name, new)
 
@@ -117,8 +117,9 @@ def _one_tensor_input(style: str, module: Module, inputs: tuple) -> Tensor:
     return inputs[0]
 
 
-def _output(x: Tensor, layout: Placement, use_local_output: bool, mesh: DeviceMesh) -> Tensor:
-    return to_local(x) if use_local_output else wrap(x, layout, mesh)
+def _output(x: Tensor, layout: Placement, use_local_output: bool, mesh: DeviceMesh,
+            size: int | None = None) -> Tensor:
+    return to_local(x) if use_local_output else wrap(x, layout, mesh, size)
 
 
 def _check_layout(style: str, what: str, layout) -> Placement | None:
@@ -166,7 +167,13 @@ class ColwiseParallel(ParallelStyle):
     def _prepare_output(self, mesh: DeviceMesh, module: Module, inputs: tuple, out: Tensor):
         layout = self.output_layouts[0]
         out = redistribute(out, Shard(-1), layout, mesh)
-        return _output(out, layout, self.use_local_output, mesh)
+        size = None
+        if layout.is_shard() and layout.dim % max(out.ndim, 1) == out.ndim - 1:
+            # the output features' global count: the pieces may be uneven (torch.chunk)
+            weight = module.weight
+            shape = getattr(weight, "global_shape", weight.shape)
+            size = shape[0] if isinstance(module, Linear) else shape[1]
+        return _output(out, layout, self.use_local_output, mesh, size)
 
     def __repr__(self) -> str:
         return (f"ColwiseParallel(input_layouts={self.input_layouts}, output_layouts="
@@ -204,7 +211,7 @@ class RowwiseParallel(ParallelStyle):
                 raise NotImplementedError("RowwiseParallel: an Embedding with max_norm is not "
                                           "supported (its renormalization needs whole rows)")
             start, stop, _ = chunk_bounds(module.num_embeddings, device_mesh.size(),
-                                          device_mesh.get_rank())
+                                          device_mesh.get_local_rank())
             _distribute_param(module, "weight", device_mesh, Shard(0), self.src_data_rank)
             pad = module.padding_idx
             module.padding_idx = pad - start if pad is not None and start <= pad < stop else None
