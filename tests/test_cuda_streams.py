@@ -91,3 +91,32 @@ def test_legacy_cuda_types_and_memory_extras():
         kiln.cuda.set_per_process_memory_fraction(1.5)
     assert all(a.startswith("sm_") for a in kiln.cuda.get_arch_list())
     assert kiln.cuda.is_current_stream_capturing() is False
+
+
+@pytest.mark.skipif(GPU, reason="the CPU stream is the default only without a GPU")
+@pytest.mark.parametrize("lib", [torch, kiln], ids=["torch", "kiln"])
+def test_generic_stream_and_event_on_the_cpu(lib):
+    s = lib.Stream()
+    assert (s.device_type, s.device_index, s.stream_id) == (0, -1, 0)
+    assert s.query() and s == lib.Stream("cpu") and hash(s) == hash(lib.Stream())
+    s.synchronize()
+    with s:
+        assert lib.ones(2).sum().item() == 2.0
+    event = lib.Event()
+    assert event.query()
+    for record in (event.record, s.record_event):
+        with pytest.raises(RuntimeError, match="cpu backend doesn't support events"):
+            record()
+
+
+@pytest.mark.gpu
+def test_generic_stream_on_cuda_is_a_cuda_stream():
+    s = kiln.Stream("cuda")
+    assert s.device_type == 1 and s.stream_id != 0
+    with s:
+        assert kiln.cuda.current_stream().cuda_stream == s.stream_id
+        y = kiln.ones(4, device="cuda") * 3
+    e = s.record_event()
+    kiln.Stream("cuda").wait_event(e)
+    e.synchronize()
+    assert e.query() and y.sum().item() == 12.0

@@ -43,7 +43,8 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
          "tests/test_complex.py::test_complex_on_cuda_matches_the_cpu",
          "tests/test_cuda_streams.py::test_work_inside_a_stream_block_is_queued_there",
          "tests/test_cuda_streams.py::test_nvtx_ranges_nest",
-         "tests/test_cuda_streams.py::test_legacy_cuda_types_and_memory_extras"],
+         "tests/test_cuda_streams.py::test_legacy_cuda_types_and_memory_extras",
+         "tests/test_cuda_streams.py::test_generic_stream_on_cuda_is_a_cuda_stream"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     summary = out.stdout.strip().splitlines()[-1]

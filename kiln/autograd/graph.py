@@ -91,3 +91,60 @@ def disable_saved_tensors_hooks(error_message: str):
         yield
     finally:
         STATE.hooks_disabled = prev
+
+
+class _MultiGradHandle:
+    """What register_multi_grad_hook returns: `remove()` takes every tensor's hook away."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def __enter__(self) -> "_MultiGradHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def register_multi_grad_hook(tensors, fn: Callable, *, mode: str = "all") -> _MultiGradHandle:
+    """One hook over several tensors (torch.autograd.graph.register_multi_grad_hook).
+
+    mode "all": once per backward pass that computes a gradient of any of them, after their
+    gradients are computed, `fn(grads)` gets one entry per tensor (None for a tensor whose
+    gradient that pass did not compute). mode "any": `fn(grad)` with the first of their
+    gradients each pass computes. kiln calls an "all" hook when the pass ends.
+    """
+    from kiln.tracer.autograd import queue_callback
+    if mode not in ("all", "any"):
+        raise ValueError(f"Expects mode to be one of ('all', 'any') but got {mode}")
+    tensors = tuple(tensors)
+    state = {"grads": None, "fired": False}
+
+    def finish() -> None:
+        grads, state["grads"], state["fired"] = state["grads"], None, False
+        if mode == "all" and grads is not None:
+            fn(tuple(grads))
+
+    def hook_for(i: int):
+        def hook(grad):
+            if state["grads"] is None:          # the first of them in this backward pass
+                state["grads"] = [None] * len(tensors)
+                queue_callback(finish)
+            state["grads"][i] = grad
+            if mode == "any" and not state["fired"]:
+                state["fired"] = True
+                fn(grad)
+        return hook
+
+    return _MultiGradHandle([t.register_hook(hook_for(i)) for i, t in enumerate(tensors)])
+
+
+def __getattr__(name: str):
+    if name == "RemovableHandle":                # torch.utils.hooks' class, as torch names it
+        from kiln.utils.hooks import RemovableHandle
+        return RemovableHandle
+    raise AttributeError(f"module 'kiln.autograd.graph' has no attribute '{name}'")
