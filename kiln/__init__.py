@@ -142,6 +142,11 @@ from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E
 from math import pi, e, inf, nan  # noqa: F401,E402  (torch.pi, torch.e, torch.inf, torch.nan)
 newaxis = None                    # torch.newaxis, as NumPy's: x[:, kiln.newaxis]
 from kiln.stream import Stream, Event  # noqa: F401,E402  (torch.Stream, torch.Event)
+from kiln.tracer.storage import TypedStorage, UntypedStorage  # noqa: F401,E402
+
+
+def is_storage(obj) -> bool:
+    return isinstance(obj, UntypedStorage)
 from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
                                   layout, sparse_coo, strided)

@@ -49,7 +49,7 @@ STORAGE = "storage objects and raw memory (a kiln tensor owns a NumPy/CuPy array
 _group("torch", STORAGE, """
 BFloat16Storage BoolStorage ByteStorage CharStorage ComplexDoubleStorage ComplexFloatStorage
 DoubleStorage FloatStorage HalfStorage IntStorage LongStorage ShortStorage Storage StorageBase
-TypedStorage UntypedStorage is_storage from_file
+from_file
 PyTorchFileReader PyTorchFileWriter SerializationStorageContext DeserializationStorageContext
 get_file_path
 """)
@@ -138,7 +138,7 @@ to_sparse_bsc to_sparse_bsr to_sparse_csc to_sparse_csr values
 resize_as_sparse_ to_padded_tensor is_nested
 """)
 _group(T, STORAGE, """
-storage storage_type untyped_storage set_ is_set_to
+set_ is_set_to
 pin_memory is_pinned record_stream const_data_ptr
 """)
 _group(T, STRIDES, """

@@ -13,6 +13,7 @@ from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer import sparse
+from kiln.tracer import storage
 from kiln.tracer.sparse import layout, sparse_coo, strided  # noqa: F401  (re-exported)
 from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
@@ -50,6 +51,9 @@ nonzero_static igamma igammac
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
+_METHODS["untyped_storage"] = storage.untyped_storage
+_METHODS["storage"] = storage.storage
+_METHODS["storage_type"] = lambda self: storage.TypedStorage
 _METHODS["new_empty_strided"] = lambda self, size, stride, dtype=None, device=None, \
     requires_grad=False, **_: FX.empty_strided(size, stride, dtype=dtype or self.dtype,
                                                device=device or self.device,

@@ -1,0 +1,130 @@
+"""`Tensor.untyped_storage()` and `Tensor.storage()`: a read-only look at the memory a tensor
+views, for code that asks which tensors share memory (`a.untyped_storage().data_ptr() ==
+b.untyped_storage().data_ptr()`) or how big it is (`nbytes()`, `storage().size()`).
+
+A kiln tensor owns a NumPy (or CuPy) array, and a view's array is a view of another; the
+memory is the array at the end of that `.base` chain. These objects describe it; they do not
+own it, and resizing it (`resize_`, which PyTorch code uses to free parameters) is refused.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+
+
+def memory_root(array):
+    """The array whose memory `array` views (itself when it owns its memory)."""
+    root = array
+    while isinstance(getattr(root, "base", None), type(array)):
+        root = root.base
+    return root
+
+
+class UntypedStorage:
+    """The bytes a tensor's memory holds (torch.UntypedStorage)."""
+
+    def __init__(self, root, device):
+        self._root, self.device = root, device
+
+    def data_ptr(self) -> int:
+        if self.device.type == "cpu":
+            return self._root.__array_interface__["data"][0]
+        return self._root.data.ptr
+
+    def nbytes(self) -> int:
+        return int(self._root.nbytes)
+
+    def size(self) -> int:
+        return self.nbytes()
+
+    def __len__(self) -> int:
+        return self.nbytes()
+
+    def element_size(self) -> int:
+        return 1
+
+    @property
+    def dtype(self):
+        return dt.uint8
+
+    def _bytes(self) -> np.ndarray:
+        root = self._root if self.device.type == "cpu" else self._root.get()
+        return np.ascontiguousarray(root).reshape(-1).view(np.uint8)
+
+    def tolist(self) -> list:
+        return self._bytes().tolist()
+
+    def __getitem__(self, index):
+        return self._bytes()[index].tolist()
+
+    def is_shared(self) -> bool:
+        from kiln.runtime import shared_memory
+        return self.device.type == "cuda" or shared_memory.segment_of(self._root) is not None
+
+    def is_pinned(self, device="cuda") -> bool:
+        return False
+
+    def resize_(self, size: int):
+        raise RuntimeError(f"UntypedStorage.resize_: kiln's tensors own their arrays, so their "
+                           f"memory cannot be resized in place (asked for {size} bytes of "
+                           f"{self.nbytes()}); make a new tensor instead")
+
+    def untyped(self) -> "UntypedStorage":
+        return self
+
+    def __repr__(self) -> str:
+        return f"kiln.UntypedStorage(device={self.device}) of size {self.nbytes()}"
+
+
+class TypedStorage(UntypedStorage):
+    """The same memory counted in elements of the tensor's dtype (torch.TypedStorage,
+    deprecated there in favour of untyped_storage)."""
+
+    def __init__(self, root, device, dtype):
+        super().__init__(root, device)
+        self._dtype = dtype
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    def element_size(self) -> int:
+        return np.dtype(self.dtype.np).itemsize
+
+    def size(self) -> int:
+        return self.nbytes() // self.element_size()
+
+    def __len__(self) -> int:
+        return self.size()
+
+    def _values(self) -> np.ndarray:
+        return self._bytes()[:self.size() * self.element_size()].view(self.dtype.np)
+
+    def tolist(self) -> list:
+        return self._values().tolist()
+
+    def __getitem__(self, index):
+        return self._values()[index].tolist()
+
+    def untyped(self) -> UntypedStorage:
+        return UntypedStorage(self._root, self.device)
+
+    def __repr__(self) -> str:
+        return (f"kiln.TypedStorage(dtype={self.dtype}, device={self.device}) of size "
+                f"{self.size()}")
+
+
+def untyped_storage(tensor) -> UntypedStorage:
+    return UntypedStorage(memory_root(tensor._data), tensor.device)
+
+
+def storage(tensor) -> TypedStorage:
+    warnings.warn("TypedStorage is deprecated. It will be removed in the future and "
+                  "UntypedStorage will be the only storage class. To access UntypedStorage "
+                  "directly, use tensor.untyped_storage() instead of tensor.storage()",
+                  UserWarning, stacklevel=2)
+    return TypedStorage(memory_root(tensor._data), tensor.device, tensor.dtype)
