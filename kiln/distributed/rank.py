@@ -75,9 +75,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _watch(rank: int, child: int) -> int:
-    """Wait for the script's process; report a death it could not report itself. Signals that
-    stop a job (mpiexec forwards Ctrl-C as SIGINT) are passed on to the script."""
+def wait_passing_signals(child: int) -> tuple[int | None, bool]:
+    """Wait for process `child`, passing on to it the signals that stop a job (mpiexec
+    forwards Ctrl-C as SIGINT; SIGTERM, SIGHUP). Returns (its wait status, or None when it
+    was not ours to wait for; whether such a signal came)."""
     stopped = []
 
     def forward(signum, frame):
@@ -88,12 +89,19 @@ def _watch(rank: int, child: int) -> int:
         signal.signal(signum, forward)
     while True:
         try:
-            _, status = os.waitpid(child, 0)
-            break
+            return os.waitpid(child, 0)[1], bool(stopped)
         except ChildProcessError:
-            return 1
+            return None, bool(stopped)
         except InterruptedError:
             continue
+
+
+def _watch(rank: int, child: int) -> int:
+    """Wait for the script's process; report a death it could not report itself. A signal
+    that stops the job is passed on to the script and is not its failure."""
+    status, stopped = wait_passing_signals(child)
+    if status is None:
+        return 1
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         if not stopped:         # not a signal the job was sent: the script died of it

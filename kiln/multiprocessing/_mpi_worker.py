@@ -19,7 +19,6 @@ import multiprocessing.process
 import multiprocessing.spawn
 import os
 import pickle
-import signal
 import sys
 import time
 import traceback
@@ -94,20 +93,10 @@ def run(job_dir: str, rank: int) -> None:
 def _watch(job_dir: str, rank: int, child: int) -> int:
     """Wait for the child running fn; write the outcome it could not write itself. A signal
     sent to the job (mpiexec stopping it) is passed on and is not the child's failure."""
-    stopped = []
-
-    def forward(signum, frame):
-        stopped.append(signum)
-        os.kill(child, signum)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
+    from kiln.distributed.rank import wait_passing_signals
+    status, stopped = wait_passing_signals(child)
+    if status is None:
+        return 1
     code = os.waitstatus_to_exitcode(status)        # negative: killed by that signal
     written = os.path.exists(os.path.join(job_dir, f"rank{rank}"))
     if code != 0 and not written and not stopped:

@@ -42,7 +42,7 @@ from kiln.distributed.fsdp.api import (
     FullStateDictConfig, LocalOptimStateDictConfig, LocalStateDictConfig, MixedPrecision,
     MixedPrecisionPolicy, OffloadPolicy, OptimStateDictConfig, ShardedOptimStateDictConfig,
     ShardedStateDictConfig, ShardingStrategy, StateDictConfig, StateDictSettings, StateDictType)
-from kiln.distributed.fsdp.fully_shard import fully_shard
+from kiln.distributed.fsdp.fully_shard import _cast_floats, fully_shard
 from kiln.distributed.fsdp.wrap import recursive_wrap
 from kiln.distributed.process_group import ReduceOp
 from kiln.distributed.tensor.api import DTensor, broadcast_bytes, local_chunk
@@ -692,20 +692,6 @@ def _own_modules(module: Module, prefix: str = "") -> Iterator[tuple[str, Module
     for name, child in module.named_children():
         if not isinstance(child, FullyShardedDataParallel):
             yield from _own_modules(child, f"{prefix}{name}.")
-
-
-def _cast_floats(value, dtype):
-    """`value` with every floating-point tensor in it cast to `dtype` (the structure kept)."""
-    if isinstance(value, Tensor):
-        return value.to(dtype) if value.is_floating_point() and value.dtype is not dtype \
-            else value
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_cast_floats(v, dtype) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cast_floats(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast_floats(v, dtype) for k, v in value.items()}
-    return value
 
 
 def _to_cpu(t: Tensor) -> Tensor:
