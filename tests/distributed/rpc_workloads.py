@@ -1,0 +1,189 @@
+"""What the RPC rank scripts run (module-level, so RPC can pickle it by reference), and the
+single-process references the tests compare them with."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import kiln
+import kiln.distributed.rpc as rpc
+import kiln.nn as nn
+
+# ----------------------------------------------------------------------------- basics
+
+
+def add(a, b):
+    return a + b
+
+
+def affine(t, scale, shift):
+    return t * scale + shift
+
+
+def fail(value):
+    raise ValueError(f"bad value {value}")
+
+
+def fetch_and_scale(rref, k):
+    """On a third worker: copy the RRef's value here, and call its method on its owner."""
+    return [v * k for v in rref.to_here().values], rref.rpc_sync().total(), rref.owner_name()
+
+
+class Accumulator:
+    def __init__(self, start):
+        self.values = [start]
+
+    def push(self, x):
+        self.values.append(x)
+        return len(self.values)
+
+    def total(self):
+        return sum(self.values)
+
+    def boom(self):
+        raise KeyError("no such entry")
+
+
+# ----------------------------------------------------------------------------- batching server
+
+TRAINERS, ROUNDS, LR, DIM = 2, 4, 0.125, 5
+
+
+def target(trainer: int) -> np.ndarray:
+    return np.linspace(-1.0, 1.0, DIM) * (trainer + 1)
+
+
+def fake_grad(params: np.ndarray, trainer: int, step: int) -> np.ndarray:
+    """A trainer's update: a gradient of a quadratic pulling toward its own target."""
+    return (params - target(trainer)) * (1.0 + 0.25 * step) + 0.01 * trainer
+
+
+class BatchServer:
+    """The batch example's pattern: each trainer's call adds its gradient and waits (an
+    async_execution Future) until the round has all TRAINERS updates; then one SGD step on
+    the mean, and every waiting trainer gets the new parameters."""
+
+    def __init__(self):
+        self.param = nn.Parameter(kiln.zeros(DIM, dtype=kiln.float64))
+        self.param.grad = kiln.zeros_like(self.param)
+        self.opt = kiln.optim.SGD([self.param], lr=LR)
+        self.lock = threading.Lock()
+        self.future = kiln.futures.Future()
+        self.count = 0
+
+    def get(self):
+        return self.param.detach().clone()
+
+    @staticmethod
+    @rpc.functions.async_execution
+    def update_and_fetch(server_rref, grad):
+        self = server_rref.local_value()
+        with self.lock:
+            self.param.grad += grad
+            self.count += 1
+            fut = self.future
+            if self.count == TRAINERS:
+                self.param.grad /= TRAINERS
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=False)
+                self.count = 0
+                self.future = kiln.futures.Future()
+                fut.set_result(self.param.detach().clone())
+        return fut
+
+
+def run_trainer(server_rref, trainer: int) -> list:
+    """One trainer: ROUNDS updates, each answered by the batched step's parameters."""
+    params = server_rref.rpc_sync().get()
+    seen = []
+    for step in range(ROUNDS):
+        grad = kiln.tensor(fake_grad(params.numpy(), trainer, step))
+        params = rpc.rpc_sync(server_rref.owner(), BatchServer.update_and_fetch,
+                              args=(server_rref, grad))
+        seen.append(params.numpy().copy())
+    return seen
+
+
+def batch_reference() -> np.ndarray:
+    """The same updates in one process: every trainer sees the same parameters each round."""
+    param = nn.Parameter(kiln.zeros(DIM, dtype=kiln.float64))
+    param.grad = kiln.zeros_like(param)
+    opt = kiln.optim.SGD([param], lr=LR)
+    history = []
+    for step in range(ROUNDS):
+        now = param.detach().numpy().copy()
+        for trainer in range(TRAINERS):
+            param.grad += kiln.tensor(fake_grad(now, trainer, step))
+        param.grad /= TRAINERS
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        history.append(param.detach().numpy().copy())
+    return np.array(history)
+
+
+# ----------------------------------------------------------------------------- split model
+
+STEPS, SPLIT_LR, BATCH = 3, 0.1, 6
+
+
+def split_weights() -> dict[str, np.ndarray]:
+    """Initial weights of the split model: first/last on the caller, middle on the worker."""
+    rng = np.random.RandomState(0)
+    return {"first.weight": rng.randn(4, 5) * 0.5, "first.bias": rng.randn(4) * 0.1,
+            "middle.weight": rng.randn(3, 4) * 0.5, "middle.bias": rng.randn(3) * 0.1,
+            "last.weight": rng.randn(1, 3) * 0.5, "last.bias": rng.randn(1) * 0.1}
+
+
+def split_batches() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.RandomState(1)
+    return [(rng.randn(BATCH, 5), rng.randn(BATCH, 1)) for _ in range(STEPS)]
+
+
+def linear(prefix: str, weights: dict) -> nn.Linear:
+    w = weights[prefix + ".weight"]
+    layer = nn.Linear(w.shape[1], w.shape[0], dtype=kiln.float64)
+    with kiln.no_grad():
+        layer.weight.copy_(kiln.tensor(w))
+        layer.bias.copy_(kiln.tensor(weights[prefix + ".bias"]))
+    return layer
+
+
+class MiddleShard(nn.Module):
+    """The part of the model that lives on the worker: a linear and a tanh."""
+
+    def __init__(self):
+        super().__init__()
+        self.middle = linear("middle", split_weights())
+
+    def forward(self, h):
+        return kiln.tanh(self.middle(h))
+
+    def parameter_rrefs(self):
+        return [rpc.RRef(p) for p in self.parameters()]
+
+    def state(self):
+        return {k: v.detach().numpy().copy() for k, v in self.state_dict().items()}
+
+
+def split_reference() -> tuple[list[float], dict, dict]:
+    """(losses, first step's gradients, final weights) of the same model in one process."""
+    weights = split_weights()
+    layers = {name: linear(name, weights) for name in ("first", "middle", "last")}
+    params = [p for layer in layers.values() for p in layer.parameters()]
+    opt = kiln.optim.SGD(params, lr=SPLIT_LR)
+    losses, first_grads = [], {}
+    for step, (x, y) in enumerate(split_batches()):
+        out = layers["last"](kiln.tanh(layers["middle"](layers["first"](kiln.tensor(x)))))
+        loss = nn.functional.mse_loss(out, kiln.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            first_grads = {f"{n}.{k}": p.grad.numpy().copy() for n, layer in layers.items()
+                           for k, p in layer.named_parameters()}
+        opt.step()
+        losses.append(loss.item())
+    final = {f"{n}.{k}": p.detach().numpy().copy() for n, layer in layers.items()
+             for k, p in layer.named_parameters()}
+    return losses, first_grads, final
