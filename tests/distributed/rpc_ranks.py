@@ -18,6 +18,7 @@ import kiln.distributed as dist  # noqa: E402
 import kiln.distributed.autograd as dist_autograd  # noqa: E402
 import kiln.distributed.rpc as rpc  # noqa: E402
 import kiln.nn as nn  # noqa: E402
+from kiln.distributed.nn import RemoteModule  # noqa: E402
 from kiln.distributed.optim import DistributedOptimizer  # noqa: E402
 from tests.distributed import rpc_workloads as W  # noqa: E402
 
@@ -96,6 +97,28 @@ def split_model() -> None:
     OUT["split_final"] = final
 
 
+def remote_module() -> None:
+    layer = RemoteModule("worker2/cpu", nn.Linear, args=(4, 2), kwargs={"dtype": kiln.float64})
+    state = layer.get_module_rref().rpc_sync().state_dict()
+    OUT["rm_initial"] = {k: v.numpy().copy() for k, v in state.items()}
+    opt = DistributedOptimizer(kiln.optim.SGD, layer.remote_parameters(), lr=W.SPLIT_LR)
+    losses = []
+    for x, y in W.remote_module_batches():
+        with dist_autograd.context() as ctx:
+            out = layer.forward_async(kiln.tensor(x)).wait()
+            loss = nn.functional.mse_loss(out, kiln.tensor(y))
+            dist_autograd.backward(ctx, [loss])
+            opt.step(ctx)
+        losses.append(loss.item())
+    OUT["rm_losses"] = losses
+    x = W.remote_module_batches()[0][0]
+    OUT["rm_here"] = layer(kiln.tensor(x)).detach().numpy()
+    OUT["rm_elsewhere"] = rpc.rpc_sync("worker1", W.forward_elsewhere, args=(layer, x))
+    state = layer.get_module_rref().rpc_sync().state_dict()
+    OUT["rm_final"] = {k: v.numpy().copy() for k, v in state.items()}
+    OUT["rm_repr"] = repr(layer)
+
+
 def main() -> None:
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
@@ -104,7 +127,7 @@ def main() -> None:
                  rpc_backend_options=rpc.TensorPipeRpcBackendOptions(num_worker_threads=8,
                                                                       rpc_timeout=60))
     if rank == 0:
-        for section in (basics, batch_server, split_model):
+        for section in (basics, batch_server, split_model, remote_module):
             try:
                 section()
             except Exception:

@@ -187,3 +187,29 @@ def split_reference() -> tuple[list[float], dict, dict]:
     final = {f"{n}.{k}": p.detach().numpy().copy() for n, layer in layers.items()
              for k, p in layer.named_parameters()}
     return losses, first_grads, final
+
+
+# ----------------------------------------------------------------------------- RemoteModule
+
+def remote_module_batches() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.RandomState(2)
+    return [(rng.randn(BATCH, 4), rng.randn(BATCH, 2)) for _ in range(STEPS)]
+
+
+def forward_elsewhere(remote_module, x):
+    """On another worker: the RemoteModule arrived pickled and still runs on its owner."""
+    return remote_module(kiln.tensor(x)).detach().numpy(), remote_module.on.name
+
+
+def remote_module_reference(weight: np.ndarray, bias: np.ndarray) -> tuple[list, dict]:
+    """(losses, final weights) of the same Linear trained in one process."""
+    layer = linear("l", {"l.weight": weight, "l.bias": bias})
+    opt = kiln.optim.SGD(layer.parameters(), lr=SPLIT_LR)
+    losses = []
+    for x, y in remote_module_batches():
+        loss = nn.functional.mse_loss(layer(kiln.tensor(x)), kiln.tensor(y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, {k: v.detach().numpy().copy() for k, v in layer.state_dict().items()}

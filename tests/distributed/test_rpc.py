@@ -190,3 +190,18 @@ def test_split_model_equals_torch_rpc(master, tmp_path):
     assert set(torch_run) == set(got["split_final"])
     for key, value in torch_run.items():
         np.testing.assert_allclose(got["split_final"][key], value, rtol=RTOL, err_msg=key)
+
+
+def test_remote_module_trains_through_dist_autograd(master):
+    got = _section(master, "remote_module")
+    init = got["rm_initial"]
+    losses, final = W.remote_module_reference(init["weight"], init["bias"])
+    np.testing.assert_allclose(got["rm_losses"], losses, rtol=RTOL)
+    for key, value in final.items():
+        np.testing.assert_allclose(got["rm_final"][key], value, rtol=RTOL, err_msg=key)
+    x = W.remote_module_batches()[0][0]
+    want = x @ final["weight"].T + final["bias"]
+    np.testing.assert_allclose(got["rm_here"], want, rtol=RTOL)
+    here, owner = got["rm_elsewhere"]           # pickled to worker1, still run on worker2
+    np.testing.assert_allclose(here, want, rtol=RTOL)
+    assert owner == "worker2" and got["rm_repr"] == "RemoteModule(on=worker2, device=cpu)"
