@@ -58,6 +58,15 @@ def basics() -> None:
     mine = rpc.RRef(W.Accumulator(1))
     OUT["loopback"] = rpc.rpc_sync("worker1", W.fetch_and_scale, args=(mine, 3))
     OUT["me"] = repr(rpc.get_worker_info())
+    try:
+        rpc.rpc_sync("worker1", W.slow, args=(1.0, "late"), timeout=0.2)
+    except RuntimeError as exc:
+        OUT["timeout_error"] = str(exc)
+    OUT["after_timeout"] = rpc.rpc_sync("worker1", W.slow, args=(0.0, "next"), timeout=0)
+    try:
+        rpc.rpc_sync("worker9", W.add, args=(1, 2))
+    except ValueError as exc:
+        OUT["unknown_worker"] = str(exc)
 
 
 def batch_server() -> None:
@@ -119,9 +128,22 @@ def remote_module() -> None:
     OUT["rm_repr"] = repr(layer)
 
 
+def fault(rank: int) -> None:
+    """worker1 dies of an uncaught exception while the master waits on it: the job must end."""
+    rpc.init_rpc("master" if rank == 0 else f"worker{rank}")
+    if rank == 1:
+        raise RuntimeError("worker1 failed on purpose")
+    if rank == 0:
+        rpc.rpc_sync("worker1", W.slow, args=(300.0, None), timeout=0)
+    rpc.shutdown()
+
+
 def main() -> None:
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
+    if sys.argv[2:] == ["fault"]:
+        fault(rank)
+        return
     dist.init_process_group("gloo")      # as the batch example: a process group beside RPC
     rpc.init_rpc("master" if rank == 0 else f"worker{rank}", rank=rank, world_size=3,
                  rpc_backend_options=rpc.TensorPipeRpcBackendOptions(num_worker_threads=8,

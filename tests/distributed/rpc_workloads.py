@@ -4,6 +4,7 @@ single-process references the tests compare them with."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -20,6 +21,11 @@ def add(a, b):
 
 def affine(t, scale, shift):
     return t * scale + shift
+
+
+def slow(seconds, value):
+    time.sleep(seconds)
+    return value
 
 
 def fail(value):

@@ -133,6 +133,14 @@ def test_remote_exception_reraises_with_remote_traceback(master):
     assert "in boom" in method_error
 
 
+def test_timeout_and_unknown_worker(master):
+    got = _section(master, "basics")
+    assert "ran for more than the set timeout" in got["timeout_error"]
+    assert got["after_timeout"] == "next"       # the late reply is dropped, the next call works
+    assert "unknown worker name 'worker9'" in got["unknown_worker"]
+    assert "['master', 'worker1', 'worker2']" in got["unknown_worker"]
+
+
 def test_rref_remote_and_method_proxies(master):
     got = _section(master, "basics")
     assert got["push"] == [2, 3]                  # rpc_sync() then rpc_async() proxies
@@ -205,3 +213,16 @@ def test_remote_module_trains_through_dist_autograd(master):
     here, owner = got["rm_elsewhere"]           # pickled to worker1, still run on worker2
     np.testing.assert_allclose(here, want, rtol=RTOL)
     assert owner == "worker2" and got["rm_repr"] == "RemoteModule(on=worker2, device=cpu)"
+
+
+def test_a_worker_that_dies_ends_the_job(tmp_path):
+    """An uncaught exception on one worker aborts every rank: the master, waiting on a 300 s
+    call to it, would otherwise outlive the 60 s the test allows (TimeoutExpired)."""
+    env = launch.env()
+    proc = subprocess.run([launch.mpi_or_skip(), "-n", "3", sys.executable,
+                           os.path.join(launch.HERE, "rpc_ranks.py"), str(tmp_path), "fault"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=launch.ROOT,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert "rank 1 raised an uncaught exception" in proc.stdout + proc.stderr
+    assert "worker1 failed on purpose" in proc.stdout + proc.stderr
