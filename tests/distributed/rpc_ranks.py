@@ -58,6 +58,7 @@ def basics() -> None:
     mine = rpc.RRef(W.Accumulator(1))
     OUT["loopback"] = rpc.rpc_sync("worker1", W.fetch_and_scale, args=(mine, 3))
     OUT["me"] = repr(rpc.get_worker_info())
+    OUT["arrivals"] = W.arrivals(kiln, rpc, dist_autograd, W.grad_info)
     try:
         rpc.rpc_sync("worker1", W.slow, args=(1.0, "late"), timeout=0.2)
     except RuntimeError as exc:

@@ -2,7 +2,9 @@
 spawns two processes (torch.multiprocessing) that train it over torch.distributed.rpc
 (TensorPipe): first/last linear on "master", the middle linear + tanh on "worker1", with
 dist_autograd.backward and DistributedOptimizer(SGD), from the same initial weights and batches
-as kiln's run; master writes its losses and the final weights to OUT/torch_split.npz."""
+as kiln's run; master writes its losses and the final weights to OUT/torch_split.npz, and how tensors that
+require grad arrive with and without a context (`rpc_workloads.arrivals`) to
+OUT/torch_arrivals.txt."""
 
 from __future__ import annotations
 
@@ -37,6 +39,15 @@ class TorchMiddle(torch.nn.Module):
         return {k: v.detach().numpy().copy() for k, v in self.state_dict().items()}
 
 
+def grad_info(t) -> tuple:
+    return (t.requires_grad, t.grad_fn is None, type(t).__name__,
+            "" if t.grad_fn is None else t.grad_fn.name())
+
+
+def echo(x):
+    return x
+
+
 def rank_main(rank: int, store: str, out: str, weights: dict, batches: list, lr: float) -> None:
     import torch.distributed.autograd as dist_autograd
     import torch.distributed.rpc as rpc
@@ -64,6 +75,10 @@ def rank_main(rank: int, store: str, out: str, weights: dict, batches: list, lr:
                  (("first", first), ("last", last)) for k, p in layer.named_parameters()}
         final.update(middle.rpc_sync().state())
         np.savez(os.path.join(out, "torch_split.npz"), losses=np.array(losses), **final)
+        from tests.distributed import rpc_workloads as W
+        arrivals = W.arrivals(torch, rpc, dist_autograd, grad_info)
+        with open(os.path.join(out, "torch_arrivals.txt"), "w") as f:
+            f.write(repr(arrivals))
     rpc.shutdown()
     os._exit(0)     # no interpreter teardown: torch's RPC threads can abort it
 

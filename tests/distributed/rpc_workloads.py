@@ -23,6 +23,16 @@ def affine(t, scale, shift):
     return t * scale + shift
 
 
+def grad_info(t) -> tuple:
+    """How a tensor arrived: (requires_grad, is a leaf, class name, grad_fn's name)."""
+    return (t.requires_grad, t.grad_fn is None, type(t).__name__,
+            "" if t.grad_fn is None else t.grad_fn.name())
+
+
+def echo(x):
+    return x
+
+
 def slow(seconds, value):
     time.sleep(seconds)
     return value
@@ -50,6 +60,20 @@ class Accumulator:
 
     def boom(self):
         raise KeyError("no such entry")
+
+
+def arrivals(lib, rpc, dist_autograd, grad_info) -> list:
+    """What the master sees of tensors that travel with or without a distributed autograd
+    context, in kiln or in torch (`lib`): the same code run by both rank scripts."""
+    leaf = lib.ones(2, dtype=lib.float64, requires_grad=True)
+    param = lib.nn.Parameter(lib.ones(2, dtype=lib.float64))
+    seen = [rpc.rpc_sync("worker1", grad_info, args=(t,)) for t in (leaf, leaf * 2, param)]
+    seen.append(grad_info(rpc.rpc_sync("worker1", echo, args=(leaf * 2,))))
+    with dist_autograd.context():
+        seen += [rpc.rpc_sync("worker1", grad_info, args=(t,))
+                 for t in (leaf, leaf * 2, param, lib.ones(2))]
+        seen.append(grad_info(rpc.rpc_sync("worker1", echo, args=(leaf * 2,))))
+    return seen
 
 
 # ----------------------------------------------------------------------------- batching server

@@ -9,6 +9,7 @@ to torch's own RPC framework running the same model, rtol 1e-10 in float64)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import subprocess
@@ -186,18 +187,33 @@ def test_split_model_dist_autograd_equals_one_process(master):
         np.testing.assert_allclose(got["split_final"][key], value, rtol=RTOL, err_msg=key)
 
 
-def test_split_model_equals_torch_rpc(master, tmp_path):
+@pytest.fixture(scope="module")
+def torch_run(tmp_path_factory):
+    """torch's RPC framework (TensorPipe, two spawned processes) on the same workloads."""
     pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("rpc_torch")
     proc = subprocess.run([sys.executable, os.path.join(launch.HERE, "rpc_torch_ranks.py"),
-                           str(tmp_path)], env=launch.env(), capture_output=True, text=True,
+                           str(out)], env=launch.env(), capture_output=True, text=True,
                           timeout=180, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    torch_run = dict(np.load(tmp_path / "torch_split.npz"))
+    with open(out / "torch_arrivals.txt") as f:
+        arrivals = ast.literal_eval(f.read())
+    return dict(np.load(out / "torch_split.npz")), arrivals
+
+
+def test_split_model_equals_torch_rpc(master, torch_run):
+    torch_split = dict(torch_run[0])
     got = _section(master, "split_model")
-    np.testing.assert_allclose(got["split_losses"], torch_run.pop("losses"), rtol=RTOL)
-    assert set(torch_run) == set(got["split_final"])
-    for key, value in torch_run.items():
+    np.testing.assert_allclose(got["split_losses"], torch_split.pop("losses"), rtol=RTOL)
+    assert set(torch_split) == set(got["split_final"])
+    for key, value in torch_split.items():
         np.testing.assert_allclose(got["split_final"][key], value, rtol=RTOL, err_msg=key)
+
+
+def test_tensors_arrive_as_in_torch_rpc(master, torch_run):
+    """requires_grad, leaf-ness, Parameter and grad_fn name of tensors sent with and without a
+    context (in one: RecvRpcBackward, as torch's)."""
+    assert _section(master, "basics")["arrivals"] == torch_run[1]
 
 
 def test_remote_module_trains_through_dist_autograd(master):

@@ -2,13 +2,13 @@
 
 Inside `with context() as ctx_id:`, a tensor that requires grad and travels in an RPC's
 arguments or result is recorded on both sides: the sender keeps it under a send id, and the
-receiver gets a leaf that requires grad, remembered with (sender, send id). `backward(ctx_id,
-roots)` runs local autograd from the roots and puts the gradients of real leaves into the
-context (not into `.grad`); the gradient of each received leaf goes back by RPC to its sender,
-which continues backward from the tensor it sent, and so on. Gradients are linear, so each
-incoming gradient is propagated on its own (the sender's graph is kept until the context
-ends) and the contributions add up in the context. `backward` returns once every worker
-reached by the gradients has finished.
+receiver gets a tensor whose grad_fn is RecvRpcBackward (a clone of a hidden leaf remembered
+with the sender and send id). `backward(ctx_id, roots)` runs local autograd from the roots and
+puts the gradients of real leaves into the context (not into `.grad`); the gradient of each
+hidden leaf goes back by RPC to its sender, which continues backward from the tensor it sent,
+and so on. Gradients are linear, so each incoming gradient is propagated on its own (the
+sender's graph is kept until the context ends) and the contributions add up in the context.
+`backward` returns once every worker reached by the gradients has finished.
 """
 
 from __future__ import annotations
@@ -133,22 +133,26 @@ def get_gradients(context_id: int) -> dict:
 def _reduce_tensor(obj, ctx_id: int | None):
     """The RPC pickler's rule for tensors (see the module docstring): the values travel as one
     contiguous NumPy array (a view arrives as a tensor of its own; a cuda tensor arrives on the
-    CPU), with requires_grad kept for a leaf; NotImplemented keeps pickle's way for the rest."""
+    CPU) with the dtype, requires_grad and Parameter-ness; NotImplemented keeps pickle's way for
+    everything else."""
     if not isinstance(obj, Tensor) or type(obj).__name__ not in ("Tensor", "Parameter"):
         return NotImplemented
     t = obj.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     data = np.ascontiguousarray(t._data)
-    if ctx_id is not None and obj.requires_grad:
+    parameter = type(obj).__name__ == "Parameter"
+    # torch pickles a Parameter through its own reduce, outside the autograd recording: it
+    # arrives as a Parameter (a new leaf) even inside a context
+    if ctx_id is not None and obj.requires_grad and not parameter:
         ctx = _context_here(ctx_id)
         send_id = next(_SEND_IDS)
         with ctx.lock:
             ctx.sent[send_id] = obj
         return (_received, (data, obj.dtype, ctx_id, _agent("send").rank, send_id))
-    # outside a context a non-leaf arrives detached (its graph stays here)
-    keep = obj.requires_grad and obj.grad_fn is None
-    return (_rebuilt, (data, obj.dtype, keep, type(obj).__name__ == "Parameter"))
+    # outside a context a tensor arrives as a leaf with the sender's requires_grad (torch's
+    # rule; the graph behind a non-leaf stays with the sender)
+    return (_rebuilt, (data, obj.dtype, obj.requires_grad, parameter))
 
 
 def _rebuilt(data: np.ndarray, dtype, requires_grad: bool, parameter: bool) -> Tensor:
@@ -160,10 +164,15 @@ def _rebuilt(data: np.ndarray, dtype, requires_grad: bool, parameter: bool) -> T
 
 
 def _received(data: np.ndarray, dtype, ctx_id: int, sender: int, send_id: int) -> Tensor:
-    t = Tensor._make(data, dtype, CPU).requires_grad_(True)
+    """A tensor received in a context: as in torch, not a leaf but the output of a
+    RecvRpcBackward node, here a clone of a hidden leaf whose gradient goes back to the
+    sender."""
+    leaf = Tensor._make(data, dtype, CPU).requires_grad_(True)
+    t = leaf.clone()
+    t.grad_fn.label = "torch::distributed::autograd::RecvRpcBackward"
     ctx = _context_here(ctx_id)
     with ctx.lock:
-        ctx.received[id(t)] = (t, sender, send_id)
+        ctx.received[id(leaf)] = (leaf, sender, send_id)
     return t
 
 

@@ -45,9 +45,9 @@ class RemoteError:
 
 
 class _Pickler(pickle.Pickler):
-    """pickle with kiln's tensor rule: inside a distributed-autograd context a tensor that
-    requires grad is recorded as sent and arrives as a leaf that requires grad (the
-    `kiln.distributed.autograd` hook); outside one, a non-leaf arrives detached."""
+    """pickle with kiln's tensor rule (`kiln.distributed.autograd._reduce_tensor`): inside a
+    distributed-autograd context a tensor that requires grad is recorded as sent and arrives
+    with a RecvRpcBackward grad_fn; outside one, it arrives as a leaf."""
 
     def __init__(self, file, ctx_id: int | None, tensor_reducer):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
