@@ -59,6 +59,18 @@ def basics() -> None:
     OUT["loopback"] = rpc.rpc_sync("worker1", W.fetch_and_scale, args=(mine, 3))
     OUT["me"] = repr(rpc.get_worker_info())
     OUT["arrivals"] = W.arrivals(kiln, rpc, dist_autograd, W.grad_info)
+    bad = rpc.remote("worker1", W.fail, args=(3,))
+    try:
+        bad.to_here()
+    except ValueError as exc:
+        OUT["remote_create_error"] = str(exc)
+    # RRef.backward: a loss kept on worker2 as the root of a distributed backward
+    w = kiln.tensor([1.0, -2.0, 3.0], dtype=kiln.float64, requires_grad=True)
+    with dist_autograd.context() as ctx:
+        loss = rpc.remote("worker2", W.square_sum, args=(w * 3,))
+        loss.backward(ctx)
+        OUT["rref_backward"] = dist_autograd.get_gradients(ctx)[w].numpy()
+    OUT["rref_backward_dot_grad"] = w.grad is None
     try:
         rpc.rpc_sync("worker1", W.slow, args=(1.0, "late"), timeout=0.2)
     except RuntimeError as exc:

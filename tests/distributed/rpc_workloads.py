@@ -29,6 +29,10 @@ def grad_info(t) -> tuple:
             "" if t.grad_fn is None else t.grad_fn.name())
 
 
+def square_sum(x):
+    return (x * x).sum()
+
+
 def echo(x):
     return x
 

@@ -151,6 +151,15 @@ def test_rref_remote_and_method_proxies(master):
     assert "owned by worker1, not by master" in got["local_value_error"]
 
 
+def test_rref_backward_and_failed_remote(master):
+    got = _section(master, "basics")
+    w = np.array([1.0, -2.0, 3.0])
+    np.testing.assert_allclose(got["rref_backward"], 18 * w, rtol=RTOL)   # d/dw sum((3w)^2)
+    assert got["rref_backward_dot_grad"]
+    message = got["remote_create_error"]     # the error of remote()'s function, at to_here()
+    assert "On WorkerInfo(id=1, name=worker1)" in message and "bad value 3" in message
+
+
 def test_rref_passed_to_third_worker_and_back(master):
     got = _section(master, "basics")
     assert got["nested"] == ([20, 10, 4], 17, "worker1")   # worker2 used worker1's RRef

@@ -284,6 +284,16 @@ class RRef:
             return _owned_future(agent, self._id).wait()
         return rpc_sync(self._owner, _rref_fetch, (self._id,), timeout=timeout)
 
+    def backward(self, dist_autograd_ctx_id: int = -1, retain_graph: bool = False) -> None:
+        """Backward from the referenced value (a scalar tensor) on its owner: a distributed
+        backward in context `dist_autograd_ctx_id` (gradients in `get_gradients`), or with -1 a
+        local one there (gradients in `.grad`)."""
+        rpc_sync(self._owner, _rref_backward, (self, dist_autograd_ctx_id, retain_graph),
+                 timeout=0)
+
+    def __class_getitem__(cls, item):       # RRef[Tensor] in type hints, as torch's
+        return cls
+
     # -- calling the value's methods on its owner
     def rpc_sync(self, timeout: float = UNSET_RPC_TIMEOUT) -> "_Proxy":
         """`rref.rpc_sync().method(*args)` runs `value.method(*args)` on the owner."""
@@ -388,3 +398,12 @@ def _call_method_on_owner(rref: RRef, method: str, args: tuple, kwargs: dict) ->
 
 
 _call_method_on_owner._wrapped_async_rpc_function = _call_method_on_owner
+
+
+def _rref_backward(rref: RRef, ctx_id: int, retain_graph: bool) -> None:
+    from kiln.distributed import autograd as dist_autograd
+    value = rref.local_value()
+    if ctx_id == -1:
+        value.backward(retain_graph=retain_graph)
+    else:
+        dist_autograd.backward(ctx_id, [value], retain_graph=retain_graph)
