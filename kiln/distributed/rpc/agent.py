@@ -19,8 +19,6 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from kiln.futures import Future
 
 REQUEST_TAG, REPLY_TAG = 7301, 7302
