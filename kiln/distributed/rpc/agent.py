@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import pickle
+import struct
 import sys
 import threading
 import time
@@ -25,6 +26,9 @@ REQUEST_TAG, REPLY_TAG = 7301, 7302
 # Polling: right after a message the listener checks again within POLL_MIN seconds, doubling up
 # to POLL_MAX while the line stays quiet (latency of a lone call vs. a core kept busy).
 POLL_MIN, POLL_MAX = 2e-5, 1e-3
+# Message framing: a request is (call id, autograd context id or -1) + the pickled call, a reply
+# (call id, ok) + the pickled result or error.
+_REQUEST_HEAD, _REPLY_HEAD = struct.Struct("<qq"), struct.Struct("<q?")
 
 
 class RemoteError:
@@ -75,7 +79,7 @@ class Agent:
                                        thread_name_prefix=f"kiln-rpc-{name}")
         self.lock = threading.Lock()
         self.pending: dict[int, tuple[Future, float | None, int]] = {}  # id -> (fut, deadline, to)
-        self.outbox: list[tuple[object, bytearray]] = []     # Isend requests and their buffers
+        self.outbox: list[tuple[object, bytes]] = []     # Isend requests and their buffers
         self.ids = itertools.count()
         self.owned: dict[tuple, Future] = {}      # RRef id -> the value's future, on its owner
         self.running = True
@@ -90,10 +94,9 @@ class Agent:
         return buf.getvalue()
 
     def _post(self, dest: int, tag: int, data: bytes) -> None:
-        buf = bytearray(data)
-        req = self.comm.Isend([buf, self.MPI.BYTE], dest=dest, tag=tag)
+        req = self.comm.Isend([data, self.MPI.BYTE], dest=dest, tag=tag)
         with self.lock:
-            self.outbox.append((req, buf))
+            self.outbox.append((req, data))     # the buffer lives until the send completes
 
     def call(self, dest: int, fn, args: tuple, kwargs: dict, timeout: float,
              ctx_id: int | None) -> Future:
@@ -105,7 +108,7 @@ class Agent:
         call_id = next(self.ids)
         # pickled here, in the caller's thread: an unpicklable argument raises at the call
         payload = self.dumps((fn, args, kwargs), ctx_id)
-        data = pickle.dumps((call_id, ctx_id, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        data = _REQUEST_HEAD.pack(call_id, -1 if ctx_id is None else ctx_id) + payload
         deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
         with self.lock:
             self.pending[call_id] = (fut, deadline, dest)
@@ -119,8 +122,7 @@ class Agent:
             ok, payload = False, self.dumps(self._error(
                 exc, f"pickling the result of the call ({type(value).__name__})"), None)
         # the id outside the payload: a payload that fails to unpickle still finds its call
-        self._post(dest, REPLY_TAG, pickle.dumps((call_id, ok, payload),
-                                                 protocol=pickle.HIGHEST_PROTOCOL))
+        self._post(dest, REPLY_TAG, _REPLY_HEAD.pack(call_id, ok) + payload)
 
     def _error(self, exc: BaseException, what: str | None = None) -> RemoteError:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -135,9 +137,11 @@ class Agent:
         return RemoteError(exc_type, f"{where}{exc!r}\n{text}")
 
     # ------------------------------------------------------------------ serving
-    def _serve(self, src: int, data: bytes) -> None:
+    def _serve(self, src: int, data: bytearray) -> None:
         from kiln.distributed import autograd as dist_autograd
-        call_id, ctx_id, payload = pickle.loads(data)
+        call_id, ctx_id = _REQUEST_HEAD.unpack_from(data)
+        ctx_id = None if ctx_id == -1 else ctx_id
+        payload = memoryview(data)[_REQUEST_HEAD.size:]
         try:
             fn, args, kwargs = pickle.loads(payload)
             with dist_autograd._running_in(ctx_id):
@@ -164,8 +168,9 @@ class Agent:
             return
         self._reply(src, call_id, ctx_id, True, result)
 
-    def _on_reply(self, data: bytes) -> None:
-        call_id, ok, payload = pickle.loads(data)
+    def _on_reply(self, data: bytearray) -> None:
+        call_id, ok = _REPLY_HEAD.unpack_from(data)
+        payload = memoryview(data)[_REPLY_HEAD.size:]
         with self.lock:
             entry = self.pending.pop(call_id, None)
         if entry is None:               # it timed out already
@@ -198,9 +203,9 @@ class Agent:
                 buf = bytearray(status.Get_count(MPI.BYTE))
                 self.comm.Recv([buf, MPI.BYTE], source=src, tag=tag)
                 if tag == REQUEST_TAG:
-                    self.pool.submit(self._serve_logged, src, bytes(buf))
+                    self.pool.submit(self._serve_logged, src, buf)
                 else:
-                    self._on_reply(bytes(buf))
+                    self._on_reply(buf)
             if self.outbox:
                 self._reap_sends()
             now = time.monotonic()
@@ -213,7 +218,7 @@ class Agent:
                 time.sleep(delay)
                 delay = min(delay * 2, POLL_MAX)
 
-    def _serve_logged(self, src: int, data: bytes) -> None:
+    def _serve_logged(self, src: int, data: bytearray) -> None:
         try:
             self._serve(src, data)
         except BaseException:       # a failure of the reply itself: nothing to send it to
