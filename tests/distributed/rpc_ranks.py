@@ -59,6 +59,9 @@ def basics() -> None:
     OUT["loopback"] = rpc.rpc_sync("worker1", W.fetch_and_scale, args=(mine, 3))
     OUT["me"] = repr(rpc.get_worker_info())
     OUT["arrivals"] = W.arrivals(kiln, rpc, dist_autograd, W.grad_info)
+    echoed = rpc.rpc_sync("worker1", W.echo, args=([kiln.tensor(2.5), t.t(), t[:, 1],
+                                                     kiln.tensor([1, 2], dtype=kiln.int32)],))
+    OUT["echoed"] = [(tuple(e.shape), str(e.dtype), e.numpy()) for e in echoed]
     bad = rpc.remote("worker1", W.fail, args=(3,))
     try:
         bad.to_here()
@@ -151,6 +154,16 @@ def fault(rank: int) -> None:
     rpc.shutdown()
 
 
+def partial_grads() -> None:
+    pair = rpc.remote("worker1", W.Pair)
+    opt = DistributedOptimizer(kiln.optim.SGD, pair.remote().parameter_rrefs().to_here(), lr=0.25)
+    for use_b in (True, False):
+        with dist_autograd.context() as ctx:
+            dist_autograd.backward(ctx, [pair.rpc_sync().forward(use_b)])
+            opt.step(ctx)
+        OUT.setdefault("partial", []).append(pair.rpc_sync().values())
+
+
 def main() -> None:
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
@@ -162,7 +175,7 @@ def main() -> None:
                  rpc_backend_options=rpc.TensorPipeRpcBackendOptions(num_worker_threads=8,
                                                                       rpc_timeout=60))
     if rank == 0:
-        for section in (basics, batch_server, split_model, remote_module):
+        for section in (basics, batch_server, split_model, remote_module, partial_grads):
             try:
                 section()
             except Exception:

@@ -247,3 +247,22 @@ def remote_module_reference(weight: np.ndarray, bias: np.ndarray) -> tuple[list,
         opt.step()
         losses.append(loss.item())
     return losses, {k: v.detach().numpy().copy() for k, v in layer.state_dict().items()}
+
+
+class Pair(nn.Module):
+    """Two parameters; the second is used only when asked (a step that gives it no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(kiln.tensor([1.0, 2.0], dtype=kiln.float64))
+        self.b = nn.Parameter(kiln.tensor([3.0], dtype=kiln.float64))
+
+    def forward(self, use_b: bool):
+        loss = (self.a * self.a).sum()
+        return loss + (self.b * self.b).sum() if use_b else loss
+
+    def parameter_rrefs(self):
+        return [rpc.RRef(p) for p in self.parameters()]
+
+    def values(self):
+        return self.a.detach().numpy().copy(), self.b.detach().numpy().copy()

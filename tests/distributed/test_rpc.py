@@ -122,6 +122,12 @@ def test_rpc_sync_and_async_round_trips(master):
     for i, value in enumerate(got["async"]):
         np.testing.assert_array_equal(value, np.full(2, 2.0 * i, np.float32))
     assert got["me"] == "WorkerInfo(id=0, name=master)"
+    # a 0-d tensor, a transposed view, a strided slice, an int32 tensor: shapes and dtypes kept
+    want = [np.array(2.5, np.float32), t.T, t[:, 1], np.array([1, 2], np.int32)]
+    assert [e[:2] for e in got["echoed"]] == [((), "kiln.float32"), ((3, 2), "kiln.float64"),
+                                              ((2,), "kiln.float64"), ((2,), "kiln.int32")]
+    for (_, _, value), w in zip(got["echoed"], want):
+        np.testing.assert_array_equal(value, w)
 
 
 def test_remote_exception_reraises_with_remote_traceback(master):
@@ -194,6 +200,16 @@ def test_split_model_dist_autograd_equals_one_process(master):
     assert set(got["split_final"]) == set(final)
     for key, value in final.items():
         np.testing.assert_allclose(got["split_final"][key], value, rtol=RTOL, err_msg=key)
+
+
+def test_distributed_optimizer_skips_parameters_without_gradient(master):
+    """SGD(lr=0.25) on sum(a^2) + sum(b^2), then on sum(a^2) alone: each step halves what got a
+    gradient, and b, with none in the second context, keeps its value."""
+    (a1, b1), (a2, b2) = _section(master, "partial_grads")["partial"]
+    np.testing.assert_array_equal(a1, [0.5, 1.0])
+    np.testing.assert_array_equal(b1, [1.5])
+    np.testing.assert_array_equal(a2, [0.25, 0.5])
+    np.testing.assert_array_equal(b2, [1.5])
 
 
 @pytest.fixture(scope="module")

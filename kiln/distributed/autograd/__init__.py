@@ -140,7 +140,7 @@ def _reduce_tensor(obj, ctx_id: int | None):
     t = obj.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    data = np.ascontiguousarray(t._data)
+    data = t._data if t._data.flags.c_contiguous else t._data.copy(order="C")  # 0-d stays 0-d
     parameter = type(obj).__name__ == "Parameter"
     # torch pickles a Parameter through its own reduce, outside the autograd recording: it
     # arrives as a Parameter (a new leaf) even inside a context

@@ -23,8 +23,11 @@ class _LocalOptimizer:
         from kiln.distributed import autograd as dist_autograd
         grads = dist_autograd.get_gradients(context_id)
         with _LocalOptimizer._lock:
-            for param, grad in grads.items():
-                param.grad = grad       # the context's gradients, not what backward left in .grad
+            # the context's gradients, and None for a parameter it has none for, so a stale
+            # .grad from an earlier step is never applied (torch's functional optimizers take
+            # the gradient list the same way)
+            for param in self.params:
+                param.grad = grads.get(param)
             self.optim.step()
 
 
