@@ -2,8 +2,8 @@
 spawns two processes (torch.multiprocessing) that train it over torch.distributed.rpc
 (TensorPipe): first/last linear on "master", the middle linear + tanh on "worker1", with
 dist_autograd.backward and DistributedOptimizer(SGD), from the same initial weights and batches
-as kiln's run; master writes its losses and the final weights to OUT/torch_split.npz, and how tensors that
-require grad arrive with and without a context (`rpc_workloads.arrivals`) to
+as kiln's run; master writes its losses and the final weights to OUT/torch_split.npz, and how
+tensors that require grad arrive with and without a context (`rpc_workloads.arrivals`) to
 OUT/torch_arrivals.txt."""
 
 from __future__ import annotations

@@ -111,6 +111,41 @@ def test_calls_before_init_rpc_say_so():
         dist_autograd.get_gradients(12345)
 
 
+_ONE_PROCESS = """
+import mpi4py, sys
+mpi4py.rc.thread_level = sys.argv[1]
+import kiln.distributed.rpc as rpc
+try:
+    rpc.init_rpc("a", world_size=int(sys.argv[2]))
+except RuntimeError as exc:
+    print("ERROR", exc)
+else:
+    print(rpc.rpc_sync("a", max, args=(3, 4)), rpc.remote(0, sorted, args=([3, 1, 2],)).to_here())
+    rpc.shutdown()
+"""
+
+
+@pytest.mark.parametrize("level", ["single", "multiple"])
+def test_init_rpc_refuses_what_mpi_cannot_do(level):
+    """Without MPI_THREAD_MULTIPLE init_rpc refuses; with it, a world size MPI did not start is
+    refused, naming the mpiexec line; a world of one calls itself."""
+    launch.mpi_or_skip()
+
+    def one_process(world_size: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _ONE_PROCESS, level, str(world_size)],
+                              env=launch.env(), capture_output=True, text=True, timeout=60,
+                              cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    proc = one_process(2)
+    assert proc.returncode == 0, proc.stderr
+    if level == "single":
+        assert "initialized without MPI_THREAD_MULTIPLE" in proc.stdout
+        return
+    assert "world_size=2, but MPI started 1 process(es)" in proc.stdout
+    assert "mpiexec -n 2" in proc.stdout
+    proc = one_process(1)
+    assert proc.returncode == 0 and proc.stdout.strip() == "4 [1, 2, 3]", proc.stderr
+
+
 # ----------------------------------------------------------------------------- rpc and RRef
 
 def test_rpc_sync_and_async_round_trips(master):
