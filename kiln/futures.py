@@ -135,5 +135,25 @@ def collect_all(futures: list[Future]) -> Future:
 
 
 def wait_all(futures: list[Future]) -> list:
-    """Wait for every future; their values in order, or the first exception among them."""
-    return [fut.wait() for fut in collect_all(futures).wait()]
+    """Their values in order, once every future is complete; as in torch, the first exception
+    one of them gets is raised at once, without waiting for the others."""
+    futures = list(futures)
+    settled: Future = Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(fut: Future) -> None:
+        with lock:
+            if settled._done:
+                return
+            remaining[0] -= 1
+            failed = fut._exception is not None
+            if failed or remaining[0] == 0:
+                # under `lock`, so exactly one callback completes `settled`
+                settled._complete(None, fut._exception if failed else None)
+    if not futures:
+        return []
+    for fut in futures:
+        fut.add_done_callback(one_done)
+    settled.wait()
+    return [fut.value() for fut in futures]

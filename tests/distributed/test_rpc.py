@@ -88,6 +88,14 @@ def test_future_set_exception_and_wait_all_collect_all():
         Future().set_exception("text")
 
 
+def test_wait_all_raises_the_first_error_without_waiting_for_the_rest():
+    slow, failing = Future(), Future()
+    threading.Timer(0.05, lambda: failing.set_exception(KeyError("early"))).start()
+    with pytest.raises(KeyError, match="early"):
+        wait_all([slow, failing])           # `slow` never completes
+    assert not slow.done()
+
+
 def test_future_completed_from_other_threads():
     """Many waiters and a chained callback, completed by another thread."""
     fut = Future()
