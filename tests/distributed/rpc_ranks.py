@@ -42,6 +42,9 @@ def basics() -> None:
     acc = rpc.remote("worker1", W.Accumulator, args=(10,))
     OUT["push"] = [acc.rpc_sync().push(5), acc.rpc_async().push(2).wait()]
     OUT["remote_method"] = acc.remote().total().to_here()
+    OUT["async_method"] = [acc.rpc_sync().total_later(100), acc.rpc_async().total_later(200).wait(),
+                           acc.remote().total_later(300).to_here()]
+    OUT["async_chained"] = rpc.rpc_sync("worker1", W.add_chained, args=("worker2", 1, 2, 3))
     OUT["to_here"] = acc.to_here().values
     OUT["owner"] = (repr(acc.owner()), acc.owner_name(), acc.is_owner())
     try:

@@ -51,6 +51,12 @@ def fetch_and_scale(rref, k):
     return [v * k for v in rref.to_here().values], rref.rpc_sync().total(), rref.owner_name()
 
 
+@rpc.functions.async_execution
+def add_chained(to, x, y, z):
+    """torch's async_execution pattern: the reply waits for a call to a third worker."""
+    return rpc.rpc_async(to, add, args=(x, y)).then(lambda fut: fut.wait() + z)
+
+
 class Accumulator:
     def __init__(self, start):
         self.values = [start]
@@ -61,6 +67,13 @@ class Accumulator:
 
     def total(self):
         return sum(self.values)
+
+    @rpc.functions.async_execution
+    def total_later(self, extra):
+        """An async method: its result is set by another thread, 50 ms later."""
+        fut = kiln.futures.Future()
+        threading.Timer(0.05, lambda: fut.set_result(self.total() + extra)).start()
+        return fut
 
     def boom(self):
         raise KeyError("no such entry")

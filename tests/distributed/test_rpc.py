@@ -221,6 +221,12 @@ def test_process_group_beside_rpc(master):
 
 # ----------------------------------------------------------------------------- async_execution
 
+def test_async_execution_functions_and_methods(master):
+    got = _section(master, "basics")
+    assert got["async_chained"] == 6                 # worker1 replied after worker2's 1 + 2
+    assert got["async_method"] == [117, 217, 317]    # through each proxy: 10 + 5 + 2 + extra
+
+
 def test_async_execution_batching_server_equals_one_process(master):
     got = _section(master, "batch_server")
     want = W.batch_reference()
