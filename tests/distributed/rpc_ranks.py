@@ -125,6 +125,22 @@ def split_model() -> None:
     OUT["split_final"] = final
 
 
+def skip_connection() -> None:
+    """h goes to the worker and also around it: its gradient has a local and a remote part."""
+    weights = W.split_weights()
+    first, last = W.linear("first", weights), W.linear("last", weights)
+    middle = rpc.remote("worker1", W.MiddleShard)
+    x, y = W.split_batches()[0]
+    with dist_autograd.context() as ctx:
+        loss = W.skip_loss(first, lambda h: middle.rpc_sync().forward(h), last, x, y)
+        dist_autograd.backward(ctx, [loss])
+        grads = dist_autograd.get_gradients(ctx)
+        got = {f"{n}.{k}": grads[p].numpy().copy() for n, layer in
+               (("first", first), ("last", last)) for k, p in layer.named_parameters()}
+        got.update(rpc.rpc_sync("worker1", W.context_grads, args=(middle, ctx)))
+    OUT["skip"] = (loss.item(), got)
+
+
 def remote_module() -> None:
     layer = RemoteModule("worker2/cpu", nn.Linear, args=(4, 2), kwargs={"dtype": kiln.float64})
     state = layer.get_module_rref().rpc_sync().state_dict()
@@ -178,7 +194,8 @@ def main() -> None:
                  rpc_backend_options=rpc.TensorPipeRpcBackendOptions(num_worker_threads=8,
                                                                       rpc_timeout=60))
     if rank == 0:
-        for section in (basics, batch_server, split_model, remote_module, partial_grads):
+        for section in (basics, batch_server, split_model, skip_connection, remote_module,
+                        partial_grads):
             try:
                 section()
             except Exception:

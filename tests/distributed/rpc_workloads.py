@@ -197,6 +197,18 @@ def linear(prefix: str, weights: dict) -> nn.Linear:
     return layer
 
 
+def skip_reference() -> tuple[float, dict]:
+    """One backward of `skip_loss` in one process: the loss and every gradient."""
+    weights = split_weights()
+    layers = {name: linear(name, weights) for name in ("first", "middle", "last")}
+    x, y = split_batches()[0]
+    middle = layers["middle"]
+    loss = skip_loss(layers["first"], lambda h: kiln.tanh(middle(h)), layers["last"], x, y)
+    loss.backward()
+    return loss.item(), {f"{n}.{k}": p.grad.numpy().copy() for n, layer in layers.items()
+                         for k, p in layer.named_parameters()}
+
+
 class MiddleShard(nn.Module):
     """The part of the model that lives on the worker: a linear and a tanh."""
 
@@ -212,6 +224,19 @@ class MiddleShard(nn.Module):
 
     def state(self):
         return {k: v.detach().numpy().copy() for k, v in self.state_dict().items()}
+
+
+def context_grads(module_rref, ctx_id: int) -> dict:
+    """On the module's owner: its parameters' gradients in a distributed autograd context."""
+    import kiln.distributed.autograd as dist_autograd
+    grads = dist_autograd.get_gradients(ctx_id)
+    return {k: grads[p].numpy().copy() for k, p in module_rref.local_value().named_parameters()}
+
+
+def skip_loss(first, middle, last, x, y):
+    """The split model with a skip connection around the middle: h feeds both."""
+    h = first(kiln.tensor(x))
+    return nn.functional.mse_loss(last(middle(h)) + h[:, :1], kiln.tensor(y))
 
 
 def split_reference() -> tuple[list[float], dict, dict]:

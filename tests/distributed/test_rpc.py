@@ -251,6 +251,18 @@ def test_split_model_dist_autograd_equals_one_process(master):
         np.testing.assert_allclose(got["split_final"][key], value, rtol=RTOL, err_msg=key)
 
 
+def test_skip_connection_around_a_remote_call(master):
+    """h = first(x) goes to the worker and around it; the graph behind h gets the gradient of
+    both paths (the remote one after the local backward), and the worker's middle linear its
+    own, read from the worker's context."""
+    loss, grads = _section(master, "skip_connection")["skip"]
+    want_loss, want = W.skip_reference()
+    np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
+    assert set(grads) == set(want)
+    for key, value in want.items():
+        np.testing.assert_allclose(grads[key], value, rtol=RTOL, err_msg=key)
+
+
 def test_distributed_optimizer_skips_parameters_without_gradient(master):
     """SGD(lr=0.25) on sum(a^2) + sum(b^2), then on sum(a^2) alone: each step halves what got a
     gradient, and b, with none in the second context, keeps its value."""

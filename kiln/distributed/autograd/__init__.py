@@ -191,7 +191,11 @@ def backward(context_id: int, roots: list, retain_graph: bool = False) -> None:
             raise RuntimeError(f"dist_autograd.backward: roots must be scalars (one element); "
                                f"got shape {list(r.shape)}")
     seeds = [r.new_ones(r.shape) for r in roots]
-    _send_back(ctx, _local_backward(ctx, roots, seeds, retain_graph))
+    # a tensor this worker sent may share graph with the roots' (a skip connection around a
+    # remote call): its gradient comes back after this pass, so the graph must stay for it
+    with ctx.lock:
+        sent_any = bool(ctx.sent)
+    _send_back(ctx, _local_backward(ctx, roots, seeds, retain_graph or sent_any))
 
 
 def _local_backward(ctx: _Context, outputs: list, seeds: list, retain: bool) -> list:
