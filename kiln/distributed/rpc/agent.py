@@ -191,6 +191,17 @@ class Agent:
 
     # ------------------------------------------------------------------ the listener
     def _listen(self) -> None:
+        try:
+            self._poll()
+        except BaseException:       # noqa: BLE001 - without its listener every worker hangs
+            sys.stderr.write(f"kiln.distributed.rpc: the listener of {self.name} (rank "
+                             f"{self.rank}) failed; aborting every rank of the job\n"
+                             + traceback.format_exc())
+            sys.stderr.flush()
+            time.sleep(0.5)         # let mpiexec forward the message before Abort
+            self.MPI.COMM_WORLD.Abort(1)
+
+    def _poll(self) -> None:
         MPI = self.MPI
         status = MPI.Status()
         delay = POLL_MIN
