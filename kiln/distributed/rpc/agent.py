@@ -23,9 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from kiln.futures import Future
 
 REQUEST_TAG, REPLY_TAG = 7301, 7302
-# Polling: right after a message the listener checks again within POLL_MIN seconds, doubling up
-# to POLL_MAX while the line stays quiet (latency of a lone call vs. a core kept busy).
+# Polling: for POLL_FAST_FOR after a message arrives or leaves, the listener checks every
+# POLL_MIN seconds (a conversation's next message comes soon), then the sleep doubles up to
+# POLL_MAX while the line stays quiet (latency of a lone call vs. a core kept busy). A send wakes
+# a sleeping listener at once: its reply is what comes next.
 POLL_MIN, POLL_MAX = 2e-5, 1e-3
+POLL_FAST_FOR = 2e-3     # seconds of close polling after the last message, before backing off
 # Message framing: a request is (call id, autograd context id or -1) + the pickled call, a reply
 # (call id, ok) + the pickled result or error.
 _REQUEST_HEAD, _REPLY_HEAD = struct.Struct("<qq"), struct.Struct("<q?")
@@ -83,6 +86,7 @@ class Agent:
         self.ids = itertools.count()
         self.owned: dict[tuple, Future] = {}      # RRef id -> the value's future, on its owner
         self.running = True
+        self.wake = threading.Event()
         self.listener = threading.Thread(target=self._listen, name=f"kiln-rpc-listener-{name}",
                                          daemon=True)
         self.listener.start()
@@ -97,6 +101,7 @@ class Agent:
         req = self.comm.Isend([data, self.MPI.BYTE], dest=dest, tag=tag)
         with self.lock:
             self.outbox.append((req, data))     # the buffer lives until the send completes
+        self.wake.set()     # an answer may follow soon: the listener polls closely again
 
     def call(self, dest: int, fn, args: tuple, kwargs: dict, timeout: float,
              ctx_id: int | None) -> Future:
@@ -204,8 +209,8 @@ class Agent:
     def _poll(self) -> None:
         MPI = self.MPI
         status = MPI.Status()
-        delay = POLL_MIN
-        next_check = time.monotonic() + 0.05
+        delay, active = POLL_MIN, time.monotonic()
+        next_check = active + 0.05
         while self.running:
             busy = False
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
@@ -223,11 +228,13 @@ class Agent:
             if now >= next_check:
                 self._expire(now)
                 next_check = now + 0.05
-            if busy:
-                delay = POLL_MIN
+            if busy or self.wake.is_set():
+                self.wake.clear()
+                delay, active = POLL_MIN, now
             else:
-                time.sleep(delay)
-                delay = min(delay * 2, POLL_MAX)
+                self.wake.wait(delay)
+                if now - active > POLL_FAST_FOR:
+                    delay = min(delay * 2, POLL_MAX)
 
     def _serve_logged(self, src: int, data: bytearray) -> None:
         try:
