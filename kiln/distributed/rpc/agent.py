@@ -82,7 +82,7 @@ class Agent:
                                        thread_name_prefix=f"kiln-rpc-{name}")
         self.lock = threading.Lock()
         self.pending: dict[int, tuple[Future, float | None, int]] = {}  # id -> (fut, deadline, to)
-        self.outbox: list[tuple[object, bytes]] = []     # Isend requests and their buffers
+        self.outbox: list[tuple[object, memoryview]] = []    # Isend requests and their buffers
         self.ids = itertools.count()
         self.owned: dict[tuple, Future] = {}      # RRef id -> the value's future, on its owner
         self.running = True
@@ -92,12 +92,14 @@ class Agent:
         self.listener.start()
 
     # ------------------------------------------------------------------ sending
-    def dumps(self, obj, ctx_id: int | None) -> bytes:
+    def message(self, head: bytes, obj, ctx_id: int | None) -> memoryview:
+        """`head` followed by `obj` pickled, in one buffer (no copy of a large pickle)."""
         buf = io.BytesIO()
+        buf.write(head)
         _Pickler(buf, ctx_id, self.tensor_reducer).dump(obj)
-        return buf.getvalue()
+        return buf.getbuffer()
 
-    def _post(self, dest: int, tag: int, data: bytes) -> None:
+    def _post(self, dest: int, tag: int, data: memoryview) -> None:
         req = self.comm.Isend([data, self.MPI.BYTE], dest=dest, tag=tag)
         with self.lock:
             self.outbox.append((req, data))     # the buffer lives until the send completes
@@ -112,8 +114,8 @@ class Agent:
         fut: Future = Future()
         call_id = next(self.ids)
         # pickled here, in the caller's thread: an unpicklable argument raises at the call
-        payload = self.dumps((fn, args, kwargs), ctx_id)
-        data = _REQUEST_HEAD.pack(call_id, -1 if ctx_id is None else ctx_id) + payload
+        data = self.message(_REQUEST_HEAD.pack(call_id, -1 if ctx_id is None else ctx_id),
+                            (fn, args, kwargs), ctx_id)
         deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
         with self.lock:
             self.pending[call_id] = (fut, deadline, dest)
@@ -121,13 +123,13 @@ class Agent:
         return fut
 
     def _reply(self, dest: int, call_id: int, ctx_id: int | None, ok: bool, value) -> None:
-        try:
-            payload = self.dumps(value, ctx_id)
-        except Exception as exc:        # the result does not pickle: say so at the caller
-            ok, payload = False, self.dumps(self._error(
-                exc, f"pickling the result of the call ({type(value).__name__})"), None)
         # the id outside the payload: a payload that fails to unpickle still finds its call
-        self._post(dest, REPLY_TAG, _REPLY_HEAD.pack(call_id, ok) + payload)
+        try:
+            data = self.message(_REPLY_HEAD.pack(call_id, ok), value, ctx_id)
+        except Exception as exc:        # the result does not pickle: say so at the caller
+            err = self._error(exc, f"pickling the result of the call ({type(value).__name__})")
+            data = self.message(_REPLY_HEAD.pack(call_id, False), err, None)
+        self._post(dest, REPLY_TAG, data)
 
     def _error(self, exc: BaseException, what: str | None = None) -> RemoteError:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
