@@ -278,9 +278,7 @@ def torch_run(tmp_path_factory):
     """torch's RPC framework (TensorPipe, two spawned processes) on the same workloads."""
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("rpc_torch")
-    proc = subprocess.run([sys.executable, os.path.join(launch.HERE, "rpc_torch_ranks.py"),
-                           str(out)], env=launch.env(), capture_output=True, text=True,
-                          timeout=180, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    proc = launch.torch_reference("rpc_torch_ranks.py", out)    # run again if killed by a signal
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "torch_arrivals.txt") as f:
         arrivals = ast.literal_eval(f.read())
