@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from kiln.futures import Future
 from kiln.distributed.rpc.agent import Agent
@@ -202,7 +203,7 @@ def rpc_async(to, func, args=None, kwargs=None, timeout: float = UNSET_RPC_TIMEO
                       _timeout(agent, timeout), dist_autograd._current_id())
 
 
-def rpc_sync(to, func, args=None, kwargs=None, timeout: float = UNSET_RPC_TIMEOUT):
+def rpc_sync(to, func, args=None, kwargs=None, timeout: float = UNSET_RPC_TIMEOUT) -> Any:
     """Run `func(*args, **kwargs)` on worker `to` and return its result; an exception raised
     there is raised here (same type, with the remote traceback in its message)."""
     return rpc_async(to, func, args, kwargs, timeout).wait()
@@ -268,7 +269,7 @@ class RRef:
         return self.is_owner() or self._created is None or self._created.done()
 
     # -- the value
-    def local_value(self):
+    def local_value(self) -> Any:
         """The value, on its owner (RuntimeError elsewhere: use to_here())."""
         agent = _require("RRef.local_value")
         if agent.rank != self._owner:
@@ -277,7 +278,7 @@ class RRef:
                                "to_here() to copy its value here")
         return _owned_future(agent, self._id).wait()
 
-    def to_here(self, timeout: float = UNSET_RPC_TIMEOUT):
+    def to_here(self, timeout: float = UNSET_RPC_TIMEOUT) -> Any:
         """A copy of the value on this worker (the value itself on its owner)."""
         agent = _require("RRef.to_here")
         if agent.rank == self._owner:
