@@ -141,6 +141,15 @@ def skip_connection() -> None:
     OUT["skip"] = (loss.item(), got)
 
 
+def concurrent_contexts() -> None:
+    """worker1 and the master train through one module on worker2 at the same time, each in
+    its own contexts."""
+    shared = rpc.remote("worker2", W.MiddleShard)
+    theirs = rpc.rpc_async("worker1", W.grads_against, args=(shared, 1))
+    mine = W.grads_against(shared, 2)
+    OUT["concurrent"] = {1: theirs.wait(), 2: mine}
+
+
 def remote_module() -> None:
     layer = RemoteModule("worker2/cpu", nn.Linear, args=(4, 2), kwargs={"dtype": kiln.float64})
     state = layer.get_module_rref().rpc_sync().state_dict()
@@ -194,8 +203,8 @@ def main() -> None:
                  rpc_backend_options=rpc.TensorPipeRpcBackendOptions(num_worker_threads=8,
                                                                       rpc_timeout=60))
     if rank == 0:
-        for section in (basics, batch_server, split_model, skip_connection, remote_module,
-                        partial_grads):
+        for section in (basics, batch_server, split_model, skip_connection,
+                        concurrent_contexts, remote_module, partial_grads):
             try:
                 section()
             except Exception:

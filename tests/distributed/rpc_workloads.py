@@ -233,6 +233,38 @@ def context_grads(module_rref, ctx_id: int) -> dict:
     return {k: grads[p].numpy().copy() for k, p in module_rref.local_value().named_parameters()}
 
 
+def grads_against(shared, seed: int, rounds: int = 3) -> list:
+    """A trainer's rounds of dist autograd through a module other trainers use at the same
+    time: per round the loss, the module's gradients in this trainer's context (read on its
+    owner) and the input's gradient here."""
+    import kiln.distributed.autograd as dist_autograd
+    rng = np.random.RandomState(seed)
+    seen = []
+    for _ in range(rounds):
+        x = kiln.tensor(rng.randn(BATCH, 4), requires_grad=True)
+        with dist_autograd.context() as ctx:
+            loss = shared.rpc_sync().forward(x).pow(2).sum()
+            dist_autograd.backward(ctx, [loss])
+            grads = rpc.rpc_sync(shared.owner(), context_grads, args=(shared, ctx))
+            seen.append((loss.item(), grads, dist_autograd.get_gradients(ctx)[x].numpy()))
+    return seen
+
+
+def grads_reference(seed: int, rounds: int = 3) -> list:
+    """The same rounds in one process."""
+    middle = linear("middle", split_weights())
+    rng = np.random.RandomState(seed)
+    seen = []
+    for _ in range(rounds):
+        x = kiln.tensor(rng.randn(BATCH, 4), requires_grad=True)
+        middle.zero_grad()
+        loss = kiln.tanh(middle(x)).pow(2).sum()
+        loss.backward()
+        seen.append((loss.item(), {k: p.grad.numpy().copy()
+                                   for k, p in middle.named_parameters()}, x.grad.numpy()))
+    return seen
+
+
 def skip_loss(first, middle, last, x, y):
     """The split model with a skip connection around the middle: h feeds both."""
     h = first(kiln.tensor(x))

@@ -263,6 +263,21 @@ def test_skip_connection_around_a_remote_call(master):
         np.testing.assert_allclose(grads[key], value, rtol=RTOL, err_msg=key)
 
 
+def test_concurrent_contexts_keep_their_own_gradients(master):
+    """Two trainers (worker1, the master) backpropagate through one module on worker2 at the
+    same time: each context holds exactly its own trainer's gradients."""
+    got = _section(master, "concurrent_contexts")["concurrent"]
+    for seed in (1, 2):
+        want = W.grads_reference(seed)
+        assert len(got[seed]) == len(want)
+        for (loss, grads, xgrad), (want_loss, want_grads, want_xgrad) in zip(got[seed], want):
+            np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
+            np.testing.assert_allclose(xgrad, want_xgrad, rtol=RTOL)
+            assert set(grads) == {"middle.weight", "middle.bias"}
+            for key, value in want_grads.items():
+                np.testing.assert_allclose(grads["middle." + key], value, rtol=RTOL)
+
+
 def test_distributed_optimizer_skips_parameters_without_gradient(master):
     """SGD(lr=0.25) on sum(a^2) + sum(b^2), then on sum(a^2) alone: each step halves what got a
     gradient, and b, with none in the second context, keeps its value."""
