@@ -13,3 +13,12 @@ from kiln.distributed.collectives import (  # noqa: F401
     reduce_scatter, reduce_scatter_tensor, scatter, send)
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh  # noqa: F401,E402
 from kiln.distributed.process_group import get_default_backend_for_device  # noqa: F401,E402
+
+
+def __getattr__(name: str):
+    """`torch.distributed.rpc` (and .autograd, .optim, .nn) after `import torch.distributed`,
+    as in torch: loaded on first use."""
+    if name in ("rpc", "autograd", "optim", "nn"):
+        import importlib
+        return importlib.import_module(f"kiln.distributed.{name}")
+    raise AttributeError(f"module 'kiln.distributed' has no attribute '{name}'")

@@ -112,6 +112,19 @@ def test_future_completed_from_other_threads():
     assert kiln.futures.Future is Future
 
 
+def test_rpc_packages_reached_from_kiln_distributed():
+    """`torch.distributed.rpc.init_rpc` after `import torch` alone, as in torch."""
+    code = ("import kiln\n"
+            "d = kiln.distributed\n"
+            "print(d.rpc.init_rpc.__module__, d.autograd.backward.__module__,\n"
+            "      d.optim.DistributedOptimizer.__name__, d.nn.RemoteModule.__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=launch.env(), capture_output=True,
+                          text=True, timeout=60, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["kiln.distributed.rpc.api", "kiln.distributed.autograd",
+                                   "DistributedOptimizer", "RemoteModule"]
+
+
 def test_calls_before_init_rpc_say_so():
     with pytest.raises(RuntimeError, match="init_rpc"):
         rpc.rpc_sync("worker1", W.add, args=(1, 2))
