@@ -15,3 +15,12 @@ from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh  # 
 from kiln.distributed.process_group import get_default_backend_for_device  # noqa: F401,E402
 from kiln.distributed.process_group import (  # noqa: F401,E402
     ProcessGroup, get_global_rank, get_group_rank, get_process_group_ranks, new_group)
+
+
+def __getattr__(name: str):
+    """`torch.distributed.rpc` (and .autograd, .optim, .nn) after `import torch.distributed`,
+    as in torch: loaded on first use."""
+    if name in ("rpc", "autograd", "optim", "nn"):
+        import importlib
+        return importlib.import_module(f"kiln.distributed.{name}")
+    raise AttributeError(f"module 'kiln.distributed' has no attribute '{name}'")

@@ -207,7 +207,8 @@ def _world_size_refusal(want_size: int, size: int, me: int) -> str:
 def _abort_on_uncaught(exc_type, exc, tb) -> None:
     """An exception on one rank ends the whole job: the others would wait for it forever."""
     world = _WORLD
-    rank = world.rank if world is not None else "?"
+    # without a process group (an RPC-only job) MPI_COMM_WORLD's rank is the worker's
+    rank = world.rank if world is not None else mpi_module().COMM_WORLD.Get_rank()
     sys.stderr.write(f"kiln.distributed: rank {rank} raised an uncaught exception; aborting "
                      "every rank of the job\n" + "".join(traceback.format_exception(
                          exc_type, exc, tb)))
