@@ -1,5 +1,6 @@
 """README's Python snippets run as written: each block in its own process (a block whose first
-line says `# python -m kiln.distributed.run ...` runs under the launcher, on 2 ranks)."""
+line says `# python -m kiln.distributed.run --nproc-per-node N ...` runs under the launcher,
+on the N ranks it names)."""
 
 import os
 import re
@@ -20,8 +21,9 @@ def test_readme_python_block_runs(number, tmp_path):
     script.write_text(code)
     if code.startswith("# python -m kiln.distributed.run"):
         pytest.importorskip("mpi4py")
-        cmd = [sys.executable, "-m", "kiln.distributed.run", "--nproc-per-node", "2",
-               str(script)]
+        ranks = re.search(r"--nproc-per-node (\d+)", code.splitlines()[0])
+        cmd = [sys.executable, "-m", "kiln.distributed.run", "--nproc-per-node",
+               ranks.group(1) if ranks else "2", str(script)]
     else:
         cmd = [sys.executable, str(script)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
