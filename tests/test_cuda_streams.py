@@ -31,6 +31,9 @@ def test_without_a_gpu_as_torch_without_cuda():
         assert isinstance(lib.ones(1), lib.FloatTensor)
     kiln.cuda.ipc_collect()
     assert kiln.cuda.OutOfMemoryError is kiln.OutOfMemoryError
+    for lib in (torch, kiln):               # an int is a cuda device index: none here
+        with pytest.raises(RuntimeError):
+            lib.ones(2).to(0)
 
 
 @pytest.mark.gpu

@@ -228,6 +228,8 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
             dtype, device = a.dtype, a.device
         elif isinstance(a, (str, Device)):
             device = a
+        elif isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+            device = Device(int(a))        # an index: that cuda device, as in PyTorch
     out = self
     if dtype is not None and out.dtype is dt.bfloat16 and device is not None:
         out = P.cast(out, dtype=creation._dtype(dtype))   # first: no bfloat16 on CUDA

@@ -178,3 +178,11 @@ def test_random_draws_on_cuda_equal_the_cpus_and_read_nothing_back(draw, monkeyp
     assert got.device.type == "cuda"
     assert not [r for r in reads if "to the host" in r or "reading" in r], reads
     np.testing.assert_array_equal(got.cpu().numpy(), host)
+
+
+def test_an_int_device_is_that_cuda_device_as_in_torch():
+    x = kiln.arange(3.0)
+    for moved in (x.to(0), x.to(0, kiln.float64), x.to(device=0), x.cuda(0)):
+        assert str(moved.device) == "cuda:0"
+    assert x.to(0, kiln.float64).dtype == kiln.float64
+    assert x.to(0).cpu().tolist() == [0.0, 1.0, 2.0]
