@@ -77,7 +77,27 @@ def install() -> _AliasFinder:
                            "script in a fresh one (`python -m kiln run script.py`)")
     finder = _AliasFinder()
     sys.meta_path.insert(0, finder)
+    _in_spawned_children_too()
     return finder
+
+
+def _in_spawned_children_too() -> None:
+    """A process multiprocessing starts by "spawn" (mp.Process, DataLoader workers, a pool)
+    runs a fresh interpreter that would import the real torch when it re-imports the script:
+    its command line installs the alias first (a forked child inherits it anyway)."""
+    import multiprocessing.spawn as mp_spawn
+    original = mp_spawn.get_command_line
+    if getattr(original, "kiln_as_torch", False):
+        return
+
+    def get_command_line(**kwds):
+        command = original(**kwds)
+        at = command.index("-c") + 1
+        command[at] = "from kiln.as_torch import install; install(); " + command[at]
+        return command
+
+    get_command_line.kiln_as_torch = True
+    mp_spawn.get_command_line = get_command_line
 
 
 def run_script(script: str, args: list) -> int:

@@ -148,3 +148,41 @@ def test_kiln_dump_of_a_torch_script_through_kiln_run(tmp_path):
     listing = (tmp_path / "dump" / "train_step.txt").read_text()
     assert "graph train_step(%x: f32[32,8], %y: i64[32]" in listing
     assert "# step.py:9" in listing                       # the script's own line
+
+
+SPAWNED = '''
+import multiprocessing as std_mp
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def report(queue):
+    queue.put(torch.__name__)
+
+
+def worker_module(_):
+    return torch.tensor([0]) if torch.__name__ == "kiln" else torch.tensor([1])
+
+
+if __name__ == "__main__":
+    ctx = std_mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=report, args=(queue,))
+    p.start()
+    print("process", queue.get())
+    p.join()
+    loader = DataLoader(TensorDataset(torch.arange(2)), batch_size=1, num_workers=1,
+                        multiprocessing_context="spawn", collate_fn=worker_module)
+    print("workers", sorted(int(b) for b in loader))
+'''
+
+
+def test_spawned_children_import_kiln_as_torch_too(tmp_path):
+    """A process started by "spawn" re-imports the script in a fresh interpreter; under kiln
+    run it must get kiln for `torch` as its parent does (it imported the real torch)."""
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWNED)
+    done = kiln_run(script, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process kiln" in done.stdout and "workers [0, 0]" in done.stdout, done.stdout
