@@ -162,6 +162,17 @@ def test_dlpack_shares_memory_with_torch_and_numpy() -> None:
     np.testing.assert_array_equal(back.numpy(), t.numpy())
     a = np.ones(3, dtype=np.float32)
     assert kiln.from_dlpack(a).dtype is kiln.float32
+    # writes go through either way, as between torch tensors (a legacy capsule from torch's
+    # to_dlpack made a read-only NumPy array, and kiln's own capsule likewise)
+    k[1, 1] = -1.0
+    assert t[1, 1].item() == -1.0
+    shared = kiln.from_dlpack(torch.utils.dlpack.to_dlpack(t))
+    shared[0, 1] = 7.0
+    assert t[0, 1].item() == 7.0
+    mine = kiln.arange(3.0)
+    kiln.from_dlpack(kiln.to_dlpack(mine))[2] = 5.0
+    torch.utils.dlpack.from_dlpack(kiln.to_dlpack(mine))[0] = 4.0
+    assert mine.tolist() == [4.0, 1.0, 5.0]
 
 
 @pytest.mark.parametrize("name, hint", [("mps", "'cuda'")])

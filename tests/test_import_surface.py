@@ -344,3 +344,45 @@ def test_torch_functional_module_holds_kilns_functions_with_torchs_values():
                lambda F, lib: F.cdist(lib.tensor(a), lib.tensor(a[:2])),
                lambda F, lib: F.unique(lib.tensor([3, 1, 3, 2]))):
         np.testing.assert_allclose(fn(kF, kiln).numpy(), fn(tF, torch).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("lib", [torch, kiln], ids=["torch", "kiln"])
+def test_elastic_record_writes_the_error_file_and_raises(lib, tmp_path, monkeypatch):
+    import importlib
+    errors = importlib.import_module(f"{lib.__name__}.distributed.elastic.multiprocessing.errors")
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+
+    @errors.record
+    def main(fail):
+        if fail == "exit0":
+            raise SystemExit(0)
+        if fail:
+            raise ValueError("bad batch")
+        return 7
+
+    assert main(None) == 7 and main("exit0") is None and not path.exists()
+    with pytest.raises(ValueError, match="bad batch"):
+        main("boom")
+    import json
+    message = json.loads(path.read_text())["message"]
+    assert "bad batch" in message["message"]
+    assert "ValueError" in message["extraInfo"]["py_callstack"]
+
+
+def test_small_utility_modules_answer_as_torchs():
+    import kiln.autograd.profiler
+    import kiln.utils.deterministic
+    import kiln.utils.dlpack
+    import torch.utils.deterministic
+    import torch.utils.dlpack
+    assert kiln.autograd.profiler.record_function is kiln.profiler.record_function
+    assert kiln.utils.deterministic.fill_uninitialized_memory is \
+        torch.utils.deterministic.fill_uninitialized_memory is True
+    for name in ("kDLCPU", "kDLCUDA"):
+        assert int(getattr(kiln.utils.dlpack.DLDeviceType, name)) == \
+            int(getattr(torch.utils.dlpack.DLDeviceType, name))
+    x = kiln.arange(4.0)
+    y = kiln.utils.dlpack.from_dlpack(kiln.utils.dlpack.to_dlpack(x))
+    y[0] = 9.0
+    assert x.tolist() == [9.0, 1.0, 2.0, 3.0]         # shared memory, as torch's

@@ -184,6 +184,12 @@ def zero_(self: Tensor) -> Tensor:
     return write_inplace(self, _fill(self, 0), "zero_")
 
 
+_READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (more than one "
+              "element refers to a single memory location, as in an expand()ed tensor, or the "
+              "memory is read-only, as a read-only NumPy array's). Please clone() the tensor "
+              "before performing the operation.")
+
+
 def setitem(self: Tensor, key, value) -> None:
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
@@ -198,6 +204,8 @@ def setitem(self: Tensor, key, value) -> None:
         try:
             self._data[_array_key(key)] = data
         except ValueError:          # NumPy's broadcast error, said as PyTorch says it
+            if not is_writeable(self._data):
+                raise op_error("setitem", _READ_ONLY) from None
             into = list(self._data[_array_key(key)].shape)
             raise op_error("setitem", f"shape mismatch: value tensor of shape "
                            f"{list(np.shape(data))} cannot be broadcast to indexing result of "

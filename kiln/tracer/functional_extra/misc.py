@@ -3,6 +3,7 @@ nonzero_static, histogramdd, DLPack."""
 
 from __future__ import annotations
 
+import ctypes
 from collections import namedtuple
 
 import numpy as np
@@ -149,7 +150,23 @@ def from_dlpack(ext_tensor):
         return Tensor._make(arr, dt.from_numpy(arr.dtype), Device("cuda"))
     if not hasattr(ext_tensor, "__dlpack__"):         # a bare capsule
         ext_tensor = _Capsule(ext_tensor)
-    return from_numpy(np.from_dlpack(ext_tensor))
+    array = np.from_dlpack(ext_tensor)
+    if not array.flags.writeable:
+        array = _writeable(array)
+    return from_numpy(array)
+
+
+def _writeable(array: np.ndarray) -> np.ndarray:
+    """A writeable view of memory NumPy imported read-only. A legacy (unversioned) DLPack
+    capsule, what torch's to_dlpack makes, has no read-only flag, so NumPy marks its arrays
+    read-only; the producer's memory is writeable, and PyTorch's from_dlpack writes into it.
+    The view keeps `array` (which keeps the capsule's memory) alive."""
+    if array.size == 0 or any(st < 0 for st in array.strides):
+        return array
+    extent = sum((n - 1) * st for n, st in zip(array.shape, array.strides)) + array.itemsize
+    memory = (ctypes.c_char * extent).from_address(array.__array_interface__["data"][0])
+    memory.owner = array
+    return np.ndarray(array.shape, array.dtype, buffer=memory, strides=array.strides)
 
 
 class _Capsule:
@@ -166,5 +183,9 @@ class _Capsule:
 
 
 def to_dlpack(tensor):
-    """A DLPack capsule of the tensor's memory."""
-    return tensor._data.__dlpack__()
+    """A DLPack capsule of the tensor's memory: a versioned one (DLPack 1.0, whose flags say
+    the memory is writeable) where the array can make it, which torch and NumPy both read."""
+    try:
+        return tensor._data.__dlpack__(max_version=(1, 0))
+    except TypeError:           # an exporter without DLPack 1.0
+        return tensor._data.__dlpack__()

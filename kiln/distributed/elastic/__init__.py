@@ -1,0 +1,1 @@
+"""`torch.distributed.elastic` import paths scripts use: `multiprocessing.errors.record`."""

@@ -1,0 +1,3 @@
+"""`torch.distributed.elastic.multiprocessing`: the `errors` module (`record`)."""
+
+from kiln.distributed.elastic.multiprocessing import errors  # noqa: F401
