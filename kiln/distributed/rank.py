@@ -126,6 +126,8 @@ def main() -> None:
     as_module = sys.argv[1] == "-m"
     target = sys.argv[2] if as_module else sys.argv[1]
     sys.argv = sys.argv[(2 if as_module else 1):]
+    if os.environ.get("KILN_APPEND_LOCAL_RANK") == "1":    # kiln.distributed.launch's ranks
+        sys.argv.append(f"--local-rank={os.environ['LOCAL_RANK']}")
     if sys.platform.startswith("linux"):    # elsewhere the script runs in this process
         sys.stdout.flush()
         sys.stderr.flush()

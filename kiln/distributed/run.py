@@ -52,6 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--master-port", "--master_port", type=int, default=29500,
                    help="accepted for torchrun compatibility; exported as MASTER_PORT")
     p.add_argument("--standalone", action="store_true", help="accepted (single node)")
+    p.add_argument("--node-rank", "--node_rank", type=int, default=0,
+                   help="accepted for torchrun compatibility; the hostfile places the ranks")
     p.add_argument("--mpiexec", default=None, help="the mpiexec to use")
     p.add_argument("-m", "--module", action="store_true",
                    help="run the script argument as a module (python -m)")

@@ -135,3 +135,33 @@ def test_a_script_run_without_any_launcher_is_a_world_of_one():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0 1 [2.0, 4.0]"
+
+
+LOCAL_RANK_SCRIPT = """
+import argparse, os
+p = argparse.ArgumentParser()
+p.add_argument("--local-rank", "--local_rank", type=int, default=-1)
+p.add_argument("--epochs", type=int, default=1)
+a = p.parse_args()
+print(f"rank={os.environ['RANK']} arg={a.local_rank} env={os.environ['LOCAL_RANK']} "
+      f"epochs={a.epochs}")
+"""
+
+
+@pytest.mark.parametrize("use_env", [False, True])
+def test_old_launch_module_passes_local_rank_as_torchs(tmp_path, use_env):
+    """python -m torch.distributed.launch: each rank's script gets --local-rank=N appended
+    unless --use-env (torch 2's spelling of the argument), and a FutureWarning."""
+    launch.mpi_or_skip()
+    script = tmp_path / "train.py"
+    script.write_text(LOCAL_RANK_SCRIPT)
+    args = ["--nproc_per_node=2", "--node_rank=0"] + (["--use_env"] if use_env else []) + \
+        [str(script), "--epochs", "3"]
+    done = subprocess.run([sys.executable, "-m", "kiln.distributed.launch", *args],
+                          env=launch.env(), capture_output=True, text=True, timeout=120,
+                          cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = sorted(re.findall(r"rank=\d arg=-?\d env=\d epochs=\d", done.stdout))
+    want = "-1" if use_env else None
+    assert lines == [f"rank={r} arg={want or r} env={r} epochs=3" for r in (0, 1)], done.stdout
+    assert "deprecated" in done.stderr
