@@ -32,15 +32,16 @@ for inputs that need no gradient, until the backward pass ends).
 Eager execution only: a `kiln.compile`d function's replay runs its compiled program without
 dispatching ops, so it adds nothing, and the first call's trace is not counted either (the
 trace also derives the backward graph, which would count work that never runs). Count a model
-eagerly (torch's counter also counts eager or FakeTensor execution, not compiled kernels).
+eagerly, or run its forward on the meta device to count without computing (torch likewise
+counts what its dispatcher runs: eager ops, or ops on FakeTensors).
 
 Where kiln's counts differ from torch's (the numbers follow what kiln computes): a matrix-vector
-product or dot (mv, dot, matmul with a 1-D operand) is a matmul here and uncounted in torch;
+product, a dot or a bilinear (mv, dot, bilinear) is a matmul here and uncounted in torch;
 torch counts a grouped convolution's weight gradient `groups` times over, kiln what it runs; a
 depthwise convolution is a multiply-sum here (uncounted); a transposed convolution runs as a
 convolution of the zero-dilated input (counted as such); torch's GPU attention kernels count
-five products in backward (they recompute the scores), where the math path (torch's on the CPU,
-and kiln's) counts four.
+five products in backward (they recompute the scores), where the math path (kiln's, and
+torch's SDPBackend.MATH) counts four; torch 2.13's CPU fused attention kernel counts nothing.
 """
 
 from __future__ import annotations

@@ -264,3 +264,15 @@ def test_compiled_function_is_not_counted():
     with FlopCounterMode(display=False) as counter:
         x @ w                   # eager
     assert counter.get_total_flops() == 2 * 2 * 4 * 4
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_meta_forward_counts_as_the_real_one(name):
+    real = _count(kiln, FlopCounterMode, MODELS[name], False, False)
+    kiln.manual_seed(0)
+    model, make_input = MODELS[name](kiln)
+    model, x = model.to("meta"), make_input().to("meta")
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    assert counter.get_flop_counts() == real.get_flop_counts()
+    assert counter.get_total_flops() > 0
