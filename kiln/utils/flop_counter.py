@@ -46,6 +46,7 @@ torch's SDPBackend.MATH) counts four; torch 2.13's CPU fused attention kernel co
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from collections import defaultdict
@@ -292,6 +293,7 @@ class FlopCounterMode:
             self.flop_registry[_primitive_name(target)] = shape_wrapper(formula)
         self.mod_tracker = _ModuleTracker()
         self._active = False
+        self._thread = threading.get_ident()
 
     def get_total_flops(self) -> int:
         """All FLOPs counted (the "Global" entry)."""
@@ -345,7 +347,10 @@ class FlopCounterMode:
 
     def _count(self, name: str, args: tuple, attrs: dict, out) -> None:
         formula = self.flop_registry.get(name)
-        if formula is None or kiln.compiler.is_compiling():
+        # ops of other threads are theirs (torch's modes are per thread too); kiln's autograd
+        # runs a backward on the thread that called it
+        if formula is None or threading.get_ident() != self._thread or \
+                kiln.compiler.is_compiling():
             return
         flops = formula(*args, out_val=out, **attrs)
         key = _KEY_PREFIX + name
@@ -355,6 +360,7 @@ class FlopCounterMode:
     # (not reentrant, as torch's)
     def __enter__(self) -> FlopCounterMode:
         self.flop_counts.clear()
+        self._thread = threading.get_ident()
         self.mod_tracker.__enter__()
         op_hooks.add_op_observer(self._count)
         self._active = True

@@ -3,6 +3,7 @@ built in both, forward and forward+backward; the totals and every module's total
 (FLOPs are counts, so exactly), and the table must lay out as torch's."""
 
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -276,3 +277,13 @@ def test_meta_forward_counts_as_the_real_one(name):
         model(x)
     assert counter.get_flop_counts() == real.get_flop_counts()
     assert counter.get_total_flops() > 0
+
+
+def test_counts_only_the_entering_thread():
+    a = kiln.randn(8, 8)
+    with FlopCounterMode(display=False) as counter:
+        worker = threading.Thread(target=lambda: a @ a)
+        worker.start()
+        worker.join()
+        a @ a[:, :2]
+    assert counter.get_total_flops() == 2 * 8 * 8 * 2
