@@ -72,8 +72,8 @@ def _primitive_name(target) -> str:
     else:
         name = getattr(target, "name", None) or getattr(target, "__name__", None)
     if name not in op_hooks.primitive_names():
-        raise ValueError(f"register_flop_formula(targets): expected the name of a kiln primitive "
-                         f"(such as 'matmul' or 'kiln.matmul'), got {target!r}; a composite op "
+        raise ValueError(f"FLOP formula target {target!r}: expected the name of a kiln "
+                         f"primitive (such as 'matmul' or 'kiln.matmul'); a composite op "
                          f"(linear, conv2d) is counted through the primitives it runs")
     return name
 
