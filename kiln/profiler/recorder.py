@@ -154,6 +154,9 @@ def stop(rec: Recording) -> None:
     _ACTIVE[0] = None
     if P.dispatch is _timed_dispatch:
         P.dispatch = _SAVED["dispatch"]
+    else:                  # a FLOP counter's wrapper went on above it: leave its chain whole
+        from kiln.profiler import op_hooks
+        op_hooks.splice_out(_timed_dispatch, _SAVED["dispatch"])
     if CompiledFunction.__call__ is _timed_compiled_call:
         CompiledFunction.__call__ = _SAVED["compiled_call"]
 

@@ -9,6 +9,7 @@ from kiln.utils import checkpoint  # noqa: F401  (torch.utils.checkpoint)
 from kiln.utils import benchmark  # noqa: F401  (torch.utils.benchmark's Timer)
 from kiln.utils import _pytree, hooks  # noqa: F401  (torch.utils._pytree, torch.utils.hooks)
 from kiln.utils import deterministic, dlpack  # noqa: F401
+from kiln.utils import flop_counter  # noqa: F401  (torch.utils.flop_counter)
 
 
 def swap_tensors(t1, t2) -> None:
