@@ -197,6 +197,14 @@ def _loss_parallel(kiln, out: dict) -> None:
                                 kiln.tensor(target).reshape(-1))
     out["lp_2d_loss"], out["lp_2d_grad"] = loss.detach().numpy(), flat.grad.numpy()
     out["lp_plain_loss"] = plain.numpy()
+    # torchtitan's spelling: the logits cast to float32 first (a cast keeps a DTensor sharded)
+    cast = distribute_tensor(kiln.tensor(x.reshape(-1, W.VOCAB)), mesh, [Shard(1)])
+    cast.requires_grad_(True)
+    with loss_parallel():
+        loss = F.cross_entropy(cast.float(), kiln.tensor(target).reshape(-1))
+        loss.backward()
+    out["lp_cast_type"] = np.array(type(cast.float()).__name__)
+    out["lp_cast_loss"], out["lp_cast_grad"] = loss.detach().double().numpy(), cast.grad.numpy()
     errors = []
     with loss_parallel():
         for call in (lambda: F.cross_entropy(flat, kiln.tensor(target).reshape(-1),

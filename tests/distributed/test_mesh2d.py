@@ -292,6 +292,10 @@ def test_loss_parallel_equals_the_gathered_loss(two):
         np.testing.assert_allclose(got[r]["lp_2d_grad"], grad.reshape(-1, W.VOCAB)[:, classes[r]],
                                    rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(got[r]["lp_plain_loss"], loss, rtol=RTOL)
+        assert str(got[r]["lp_cast_type"]) == "DTensor"
+        np.testing.assert_allclose(got[r]["lp_cast_loss"], loss, rtol=1e-6)
+        np.testing.assert_allclose(got[r]["lp_cast_grad"], got[r]["lp_2d_grad"], rtol=1e-5,
+                                   atol=1e-7)
         smoothing, wrong_dim, wrong_target = got[r]["lp_errors"]
         assert smoothing.startswith("ValueError: loss_parallel: label_smoothing is not supported")
         assert wrong_dim.startswith("ValueError: loss_parallel() requires exactly one mesh dim "

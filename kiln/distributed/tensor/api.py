@@ -117,6 +117,32 @@ class DTensor(Tensor):
         return _AsDTensor.apply(out, self._mesh, tuple(placements),
                                 shape[:start] + (merged,) + shape[end + 1:])
 
+    # a cast changes no placement: the result stays a DTensor, as torch's does, so a
+    # class-sharded `logits.float()` under loss_parallel is still the sharded logits (as a
+    # plain tensor, the local piece, cross_entropy would silently take one rank's classes)
+    def _cast(self, out: Tensor) -> Tensor:
+        if out is self or isinstance(out, DTensor) or out.device != self.device:
+            return out
+        return _AsDTensor.apply(out, self._mesh, self._placements, self._global_shape)
+
+    def to(self, *args, **kwargs) -> Tensor:
+        return self._cast(Tensor.to(self, *args, **kwargs))
+
+    def float(self) -> Tensor:
+        return self._cast(Tensor.float(self))
+
+    def double(self) -> Tensor:
+        return self._cast(Tensor.double(self))
+
+    def half(self) -> Tensor:
+        return self._cast(Tensor.half(self))
+
+    def bfloat16(self) -> Tensor:
+        return self._cast(Tensor.bfloat16(self))
+
+    def type_as(self, other: Tensor) -> Tensor:
+        return self._cast(Tensor.type_as(self, other))
+
     def __repr__(self) -> str:
         local = Tensor.__repr__(Tensor._make(self._data, self.dtype, self.device))
         return (f"DTensor(local_tensor={local}, device_mesh={self._mesh!r}, "
