@@ -24,7 +24,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.graph import Graph, IRError
 from kiln.ir.interpreter import interpret
-from kiln.runtime.device import CPU
+from kiln.runtime.device import CPU, is_host_array
 from kiln.tracer.autograd import no_grad
 from kiln.tracer.errors import GraphBreak
 from kiln.tracer.tensor import Tensor
@@ -132,7 +132,7 @@ class ExportedProgram:
         """(the graph for these inputs' sizes, arrays for every graph input); checks each
         input's dtype and shape against its spec."""
         # NumPy arrays stand for tensors (deployments often hold NumPy data)
-        args = tuple(Tensor._make(a, dt.from_numpy(a.dtype), CPU) if isinstance(a, np.ndarray)
+        args = tuple(Tensor._make(a, dt.from_numpy(a.dtype), CPU) if is_host_array(a)
                      else a for a in args)
         leaves, tree = flatten((args, kwargs))
         if tree_to_json(tree) != self.in_tree:
@@ -141,9 +141,11 @@ class ExportedProgram:
         sizes: dict = {}
         arrays = []
         for spec, t in zip(self.input_specs, leaves):
-            a = t._data if isinstance(t, Tensor) else np.asarray(t)
-            if not isinstance(a, np.ndarray):
-                a = np.asarray(a.get())          # a CUDA tensor: the program runs on the CPU
+            a = t._data if isinstance(t, Tensor) else t
+            if not is_host_array(a):
+                # a CUDA tensor (the program runs on the CPU), or a number or list
+                a = np.asarray(a.get()) if hasattr(a, "__cuda_array_interface__") else \
+                    np.asarray(a)
             if a.dtype != spec.dtype.np:
                 raise RuntimeError(f"kiln.export: input {spec.name!r} has dtype "
                                    f"{dt.from_numpy(a.dtype).name}; the exported program "
@@ -151,7 +153,9 @@ class ExportedProgram:
             self._match_shape(spec, a.shape, sizes)
             arrays.append(a)
         graph = self.graph_for(sizes)
-        arrays += [self.state_dict[n]._data for n in self.parameter_names]
+        for n in self.parameter_names:     # weights of a model exported on a GPU: to the host
+            a = self.state_dict[n]._data
+            arrays.append(a if is_host_array(a) else np.asarray(a.get()))
         return graph, arrays
 
     def _match_shape(self, spec: TensorSpec, shape: tuple, sizes: dict) -> None:
@@ -504,9 +508,10 @@ def _resized(obj, leaves, dims, sizes):
     out = []
     for i, t in enumerate(flat):
         a = t._data
+        xp = np if t.device.type == "cpu" else t.device.xp     # a cuda example stays there
         for d, sym in dims.get(i, {}).items():
-            a = np.take(a, np.arange(sizes[sym]) % a.shape[d], axis=d)
-        out.append(Tensor._make(np.ascontiguousarray(a), t.dtype, t.device) if i in dims
+            a = xp.take(a, xp.arange(sizes[sym]) % a.shape[d], axis=d)
+        out.append(Tensor._make(xp.ascontiguousarray(a), t.dtype, t.device) if i in dims
                    else t)
     return unflatten(tree, out)
 

@@ -189,6 +189,13 @@ def cuda_is_available() -> bool:
         return False
 
 
+def is_host_array(array) -> bool:
+    """Whether `array` is in host memory: a NumPy array, and not a device array (which
+    exposes `__cuda_array_interface__`; tests/fake_cuda.py's device arrays are NumPy
+    subclasses, so `isinstance(a, np.ndarray)` alone cannot tell them apart)."""
+    return isinstance(array, np.ndarray) and not hasattr(array, "__cuda_array_interface__")
+
+
 def device_of_array(array) -> Device:
     if isinstance(array, np.ndarray):
         return CPU

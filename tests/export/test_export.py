@@ -237,3 +237,18 @@ def test_torch_export_dim_hints_and_module_level_save_load(tmp_path):
     with pytest.raises(ValueError, match="outside Dim\\('batch', min=0, max=3\\)'s range"):
         kiln.export.export(k_mod, (kiln.tensor(ex[0]), kiln.tensor(ex[1])),
                            dynamic_shapes={"x": {0: kiln.export.Dim("batch", max=3)}})
+
+
+@pytest.mark.gpu
+def test_export_of_a_model_on_cuda_with_a_dynamic_batch():
+    """A model on the GPU exports with a dynamic batch (the example is resized on the device)
+    and its program, which runs on the CPU, gives the eager model's values for cuda inputs."""
+    kiln.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).to("cuda").eval()
+    ep = kiln.export.export(model, (kiln.randn(3, 4, device="cuda"),),
+                            dynamic_shapes=({0: "batch"},))
+    x = kiln.randn(5, 4, device="cuda")
+    got = ep.module()(x)
+    assert got.device.type == "cpu" and tuple(got.shape) == (5, 2)
+    np.testing.assert_allclose(got.numpy(), model(x).detach().cpu().numpy(), rtol=1e-5,
+                               atol=1e-6)
