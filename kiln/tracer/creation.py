@@ -14,7 +14,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
-from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, to_device
+from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, is_host_array, to_device
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer import layout
 from kiln.tracer.errors import op_error
@@ -130,9 +130,7 @@ def _to_array(data, dtype: dt.DType | None):
     if isinstance(data, Tensor):
         arr = to_device(data._data, CPU)
         return arr, dtype or data.dtype
-    if isinstance(data, np.ndarray):
-        return data, dtype or dt.from_numpy(data.dtype)
-    if hasattr(data, "__cuda_array_interface__"):
+    if isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__"):
         return data, dtype or dt.from_numpy(data.dtype)
     if isinstance(data, np.generic):
         return np.asarray(data), dtype or dt.from_numpy(data.dtype)
@@ -227,7 +225,7 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     if isinstance(data, Tensor):
         out = data if dtype is None else data.to(dtype)
         return out if device is None else out.to(device)
-    if isinstance(data, np.ndarray) and (dtype is None or np.dtype(dtype.np) == data.dtype) \
+    if is_host_array(data) and (dtype is None or np.dtype(dtype.np) == data.dtype) \
             and dt.from_numpy(data.dtype).np == data.dtype.type and device in (None, "cpu", CPU):
         return Tensor._make(data, dt.from_numpy(data.dtype), CPU)
     return tensor(data, dtype=dtype, device=device)
@@ -238,7 +236,7 @@ asarray = as_tensor
 
 def from_numpy(array: np.ndarray) -> Tensor:
     """A tensor sharing memory with `array` (changes to one show in the other)."""
-    if not isinstance(array, np.ndarray):
+    if not is_host_array(array):
         raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
     kind = dt.from_numpy(array.dtype)
     if np.dtype(kind.np) != array.dtype:
