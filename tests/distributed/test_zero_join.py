@@ -119,12 +119,21 @@ def test_join_uneven_inputs_equals_torch_and_the_initial_world_size_average(runs
     plan = [(s, everything, 1.0) for s in range(short)] + \
         [(s, rank1_rows, 0.5) for s in range(short, long_)]
     want, _ = _single_process(plan, "sgd")
+    want_running, _ = _single_process(plan[:short] + [(s, rows, 1.0) for s, rows, _ in
+                                                      plan[short:]], "sgd")
     for r in range(N):
         assert len(got[r]["join/losses"]) == W.JOIN_BATCHES[r]
         params = _prefixed(got[r], "join/param")
         _assert_close(params, want, 1e-10, f"rank {r} vs one process")
         _assert_close(params, _prefixed(ref[r], "join/param"), 1e-10, f"rank {r} vs torch")
         np.testing.assert_allclose(got[r]["join/losses"], ref[r]["join/losses"], rtol=1e-10)
+        # divide_by_initial_world_size=False: the mean over the ranks still running
+        running = _prefixed(got[r], "join_running/param")
+        _assert_close(running, want_running, 1e-10, f"rank {r} running-ranks average")
+        _assert_close(running, _prefixed(ref[r], "join_running/param"), 1e-10,
+                      f"rank {r} running-ranks average vs torch")
+        # throw_on_early_termination: every rank raises, with torch's messages
+        assert str(got[r]["join_throw/error"]) == str(ref[r]["join_throw/error"])
         # DDP and ZeroRedundancyOptimizer under one Join: torch's result (the joined rank
         # steps its shard with the gradients it last had, as torch's ZeRO join hook does)
         _assert_close(_prefixed(got[r], "join_zero/param"), _prefixed(ref[r], "join_zero/param"),

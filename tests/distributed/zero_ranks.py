@@ -95,6 +95,23 @@ def check_join(r: int) -> None:
     OUT["join/losses"] = np.array(losses)
     for k, v in W.state(model.module).items():
         OUT[f"join/param/{k}"] = v
+    # the average over the ranks still running
+    model = DDP(W.seeded_mlp())
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with model.join(divide_by_initial_world_size=False):
+        for step in range(W.JOIN_BATCHES[r]):
+            train_step(model, opt, step, r)
+    for k, v in W.state(model.module).items():
+        OUT[f"join_running/param/{k}"] = v
+    # every rank raises once one runs out
+    model = DDP(W.seeded_mlp())
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        with model.join(throw_on_early_termination=True):
+            for step in range(W.JOIN_BATCHES[r]):
+                train_step(model, opt, step, r)
+    except RuntimeError as exc:
+        OUT["join_throw/error"] = np.array(str(exc))
     # DDP and ZeroRedundancyOptimizer joined together
     model = DDP(W.seeded_mlp())
     opt, _ = zero_setup(model)

@@ -77,6 +77,22 @@ def rank_main(rank: int, store: str, out: str, weights: dict, batches: list, cfg
     save("join/param", model)
 
     model = DDP(twin(weights))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with model.join(divide_by_initial_world_size=False):
+        for s in range(cfg["join_batches"][rank]):
+            step(model, opt, s)
+    save("join_running/param", model)
+
+    model = DDP(twin(weights))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        with model.join(throw_on_early_termination=True):
+            for s in range(cfg["join_batches"][rank]):
+                step(model, opt, s)
+    except RuntimeError as exc:
+        result["join_throw/error"] = np.array(str(exc))
+
+    model = DDP(twin(weights))
     opt, _ = zero(model)
     with Join([model, opt]):
         for s in range(cfg["join_batches"][rank]):
