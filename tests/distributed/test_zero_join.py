@@ -64,7 +64,7 @@ def _single_process(batches: list[tuple[int, float]], opt_name: str) -> tuple[di
 
 
 def _assert_close(got: dict, want: dict, rtol: float, what: str) -> None:
-    assert set(got) == set(want), (sorted(got), sorted(want))
+    assert want and set(got) == set(want), (what, sorted(got), sorted(want))
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=1e-14, err_msg=f"{what} {k}")
 
@@ -134,6 +134,9 @@ def test_join_uneven_inputs_equals_torch_and_the_initial_world_size_average(runs
                       f"rank {r} running-ranks average vs torch")
         # throw_on_early_termination: every rank raises, with torch's messages
         assert str(got[r]["join_throw/error"]) == str(ref[r]["join_throw/error"])
+        # with BatchNorm buffers (broadcast from the highest running rank) too
+        _assert_close(_prefixed(got[r], "join_bn/param"), _prefixed(ref[r], "join_bn/param"),
+                      1e-10, f"rank {r} BatchNorm + Join vs torch")
         # DDP and ZeroRedundancyOptimizer under one Join: torch's result (the joined rank
         # steps its shard with the gradients it last had, as torch's ZeRO join hook does)
         _assert_close(_prefixed(got[r], "join_zero/param"), _prefixed(ref[r], "join_zero/param"),

@@ -112,6 +112,15 @@ def check_join(r: int) -> None:
                 train_step(model, opt, step, r)
     except RuntimeError as exc:
         OUT["join_throw/error"] = np.array(str(exc))
+    # buffers: broadcast from the highest running rank before each forward
+    kiln.manual_seed(4)
+    model = DDP(W.bn_mlp())
+    opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+    with model.join():
+        for step in range(W.JOIN_BATCHES[r]):
+            train_step(model, opt, step, r)
+    for k, v in W.state(model.module).items():
+        OUT[f"join_bn/param/{k}"] = v
     # DDP and ZeroRedundancyOptimizer joined together
     model = DDP(W.seeded_mlp())
     opt, _ = zero_setup(model)

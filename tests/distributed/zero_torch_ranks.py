@@ -19,6 +19,13 @@ def twin(weights: dict) -> torch.nn.Module:
     return model
 
 
+def bn_twin(weights: dict) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.BatchNorm1d(12),
+                                torch.nn.Tanh(), torch.nn.Linear(12, 3)).double()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return model
+
+
 def rank_main(rank: int, store: str, out: str, weights: dict, batches: list, cfg: dict) -> None:
     import torch.distributed as tdist
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -92,6 +99,14 @@ def rank_main(rank: int, store: str, out: str, weights: dict, batches: list, cfg
     except RuntimeError as exc:
         result["join_throw/error"] = np.array(str(exc))
 
+    model = DDP(bn_twin(cfg["bn_weights"]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with model.join():
+        for s in range(cfg["join_batches"][rank]):
+            step(model, opt, s)
+    result.update({f"join_bn/param/{k}": v.detach().numpy().copy()
+                   for k, v in model.module.state_dict().items()})
+
     model = DDP(twin(weights))
     opt, _ = zero(model)
     with Join([model, opt]):
@@ -123,6 +138,9 @@ def main() -> None:
     batches = [W.data(s) for s in range(W.STEPS)]
     cfg = {"lr": W.LR, "step_size": W.STEP_SIZE, "gamma": W.GAMMA, "steps": W.STEPS,
            "join_batches": W.JOIN_BATCHES}
+    import kiln
+    kiln.manual_seed(4)
+    cfg["bn_weights"] = W.state(W.bn_mlp())
     mp.spawn(rank_main, args=(os.path.join(out, "store"), out, weights, batches, cfg), nprocs=2)
 
 

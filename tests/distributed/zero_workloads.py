@@ -20,6 +20,12 @@ def mlp() -> nn.Module:
                          nn.Linear(7, 3)).double()
 
 
+def bn_mlp() -> nn.Module:
+    """With BatchNorm buffers, which DDP broadcasts before each forward."""
+    return nn.Sequential(nn.Linear(5, 12), nn.BatchNorm1d(12), nn.Tanh(),
+                         nn.Linear(12, 3)).double()
+
+
 def seeded_mlp(seed: int = 3) -> nn.Module:
     kiln.manual_seed(seed)
     return mlp()

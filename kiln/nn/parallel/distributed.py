@@ -115,14 +115,19 @@ class DistributedDataParallel(Module, Joinable):
         self.reducer.divisor = None
         if running is not None and not self._divide_by_initial_world_size:
             self.reducer.divisor = int(running.item())
-        if self._syncs_buffers(self.require_backward_grad_sync):
-            # under a Join rank 0 may have stopped: the highest running rank's buffers win
+        # under a Join, as in torch, whether the previous forward synced decides (a joined
+        # rank knows that one), and rank 0 may have stopped: the highest running rank's
+        # buffers win
+        if self._syncs_buffers(self.require_forward_param_sync if joining
+                               else self.require_backward_grad_sync):
             self._sync_buffers_from(self._find_common_rank(True) if joining else 0)
         if joining:     # tell the joined ranks whether this iteration's backward syncs
             flag = kiln.ones(1) if self.require_backward_grad_sync and \
                 kiln.is_grad_enabled() else kiln.zeros(1)
             dist.all_reduce(flag)
         out = self.module(*inputs, **kwargs)
+        self.require_forward_param_sync = kiln.is_grad_enabled() and \
+            self.require_backward_grad_sync
         if kiln.is_grad_enabled() and self.require_backward_grad_sync:
             self.reducer.sync = True
             self.reducer.prepare_for_backward(_tensors_in(out))
