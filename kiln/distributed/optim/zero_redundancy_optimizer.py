@@ -12,6 +12,8 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any, Callable
 
+import numpy as np
+
 import kiln
 import kiln.distributed as dist
 from kiln import Tensor
@@ -179,8 +181,9 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
 
     # ----------------------------------------------------------------------- checkpoints
     def consolidate_state_dict(self, to: int = 0) -> None:
-        """Gather every rank's local optimizer state on rank `to` (a rank of the group); call
-        it on all ranks, then `state_dict()` on rank `to`."""
+        """Gather every rank's local optimizer state on rank `to` (a rank of the group; the
+        states travel pickled, as NumPy arrays); call it on all ranks, then `state_dict()` on
+        rank `to`."""
         _sync_param_groups(self.param_groups, self.optim.param_groups)
         local = _to_plain(self.optim.state_dict())
         gathered = [None] * self.world_size
@@ -206,8 +209,8 @@ class ZeroRedundancyOptimizer(Optimizer, Joinable):
                 for local_index, p in zip(local_group["params"], group["params"]):
                     if local_index in local["state"]:
                         full["state"][index[id(p)]] = {
-                            k: kiln.tensor(v) if hasattr(v, "dtype") and hasattr(v, "shape")
-                            else v for k, v in local["state"][local_index].items()}
+                            k: kiln.tensor(v) if isinstance(v, np.ndarray) else v
+                            for k, v in local["state"][local_index].items()}
         full["state"] = dict(sorted(full["state"].items()))
         return full
 
@@ -233,7 +236,7 @@ def _sync_param_groups(src: list[dict], dst: list[dict]) -> None:
     for s, d in zip(src, dst):
         for key in s.keys():
             if key != "params":
-                d[key] = dict.__getitem__(s, key) if isinstance(s, dict) else s[key]
+                d[key] = dict.__getitem__(s, key)     # not a user read of a traced number
 
 
 def _to_plain(value):
