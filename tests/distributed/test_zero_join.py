@@ -149,8 +149,11 @@ def test_comm_hooks(runs):
         none = _prefixed(got[r], "hooks/none")
         allreduce = _prefixed(got[r], "hooks/allreduce")
         fp16 = _prefixed(got[r], "hooks/fp16")
+        wrapped = _prefixed(got[r], "hooks/fp16_wrapper")
         for k in none:
             np.testing.assert_array_equal(allreduce[k], none[k], err_msg=k)
+            # torch: fp16_compress_wrapper(allreduce_hook) is fp16_compress_hook
+            np.testing.assert_array_equal(wrapped[k], fp16[k], err_msg=k)
         # float16 rounding of the gradients: close to the exact run, equal to torch's hook
         _assert_close(fp16, _prefixed(ref[r], "hooks/fp16"), 1e-6, f"rank {r} fp16 vs torch")
         assert any(not np.array_equal(fp16[k], none[k]) for k in none)

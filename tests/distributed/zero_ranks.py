@@ -139,7 +139,9 @@ def check_hooks(r: int) -> None:
                      sum(g.numel() for g in bucket.gradients()), bucket.buffer().numel()))
         return default_hooks.allreduce_hook(state, bucket)
     for name, hook in (("none", None), ("allreduce", recording_hook),
-                       ("fp16", default_hooks.fp16_compress_hook)):
+                       ("fp16", default_hooks.fp16_compress_hook),
+                       ("fp16_wrapper",
+                        default_hooks.fp16_compress_wrapper(default_hooks.allreduce_hook))):
         model = DDP(W.seeded_mlp())
         if hook is not None:
             model.register_comm_hook(None, hook)

@@ -10,7 +10,8 @@ import kiln.distributed as dist
 from kiln.distributed.reducer import GradBucket
 from kiln.futures import Future
 
-__all__ = ["allreduce_hook", "fp16_compress_hook", "bf16_compress_hook"]
+__all__ = ["allreduce_hook", "fp16_compress_hook", "bf16_compress_hook", "fp16_compress_wrapper",
+           "bf16_compress_wrapper"]
 
 
 def _group(process_group):
@@ -52,3 +53,24 @@ def bf16_compress_hook(process_group, bucket: GradBucket) -> Future:
     raise TypeError("bf16_compress_hook: kiln's all-reduce does not take bfloat16 (MPI has no "
                     "bfloat16 type, and kiln's NCCL backend does not map it); use "
                     "fp16_compress_hook, or no hook")
+
+
+def fp16_compress_wrapper(hook):
+    """`hook` run on a float16 copy of the bucket, its result cast back to the bucket's dtype
+    (`fp16_compress_wrapper(allreduce_hook)` is `fp16_compress_hook`)."""
+    def fp16_compress_wrapper_hook(hook_state, bucket: GradBucket) -> Future:
+        bucket.set_buffer(bucket.buffer().to(kiln.float16))
+        fut = hook(hook_state, bucket)
+
+        def decompress(fut: Future) -> kiln.Tensor:
+            compressed = bucket.buffer()
+            compressed.copy_(fut.value())
+            return compressed          # DDP casts it into the gradients' dtype
+        return fut.then(decompress)
+    return fp16_compress_wrapper_hook
+
+
+def bf16_compress_wrapper(hook):
+    """Refused, as bf16_compress_hook is: kiln's collectives have no bfloat16."""
+    raise TypeError("bf16_compress_wrapper: kiln's all-reduce does not take bfloat16 (MPI has "
+                    "no bfloat16 type); use fp16_compress_wrapper")
