@@ -101,6 +101,8 @@ def test_consolidated_state_dict_has_torchs_layout_and_values(runs):
 
 
 def test_load_state_dict_resumes_exactly(runs):
+    """Rank 0 saves the consolidated state with kiln.save; every rank loads it into a new
+    ZeroRedundancyOptimizer, and 2 more steps equal those of the optimizer never stopped."""
     got, _ = runs
     for r in range(N):
         continued = _prefixed(got[r], "zero/continued")
@@ -109,6 +111,15 @@ def test_load_state_dict_resumes_exactly(runs):
         for k in continued:
             np.testing.assert_array_equal(resumed[k], continued[k], err_msg=k)
             assert not np.array_equal(continued[k], got[r][f"zero/param/{k}"])
+
+
+def test_zero_on_a_process_group_from_new_group_equals_the_default_group(runs):
+    got, _ = runs
+    for r in range(N):
+        world, group = _prefixed(got[r], "zero_world"), _prefixed(got[r], "zero_group")
+        assert world and set(world) == set(group)
+        for k in world:
+            np.testing.assert_array_equal(group[k], world[k], err_msg=k)
 
 
 def test_join_uneven_inputs_equals_torch_and_the_initial_world_size_average(runs):

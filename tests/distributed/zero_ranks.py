@@ -65,14 +65,17 @@ def check_zero(r: int) -> None:
         OUT["zero/group_params"] = np.array(group["params"])
         OUT["zero/group_keys"] = np.array(sorted(group))
         OUT["zero/group_lr"] = np.array([group["lr"], group["initial_lr"]])
-    box = [full]
-    dist.broadcast_object_list(box, src=0)
+    # saved by rank 0 with kiln.save (kiln's checkpoint format), loaded by every rank
+    path = os.path.join(sys.argv[1], "zero_optim.kiln")
+    if r == 0:
+        kiln.save(full, path)
+    dist.barrier()
     resumed = DDP(W.seeded_mlp(99))
     with kiln.no_grad():
         for mine, theirs in zip(resumed.parameters(), model.parameters()):
             mine.copy_(theirs)
     opt2, sched2 = zero_setup(resumed)
-    opt2.load_state_dict(box[0])
+    opt2.load_state_dict(kiln.load(path))
     sched2.load_state_dict(sched.state_dict())
     for step in range(W.STEPS, W.STEPS + 2):
         train_step(model, opt, step, r)
@@ -83,6 +86,19 @@ def check_zero(r: int) -> None:
         OUT[f"zero/continued/{k}"] = v
     for k, v in W.state(resumed.module).items():
         OUT[f"zero/resumed/{k}"] = v
+
+
+def check_zero_group(r: int) -> None:
+    """On a process group from new_group (both ranks, in reverse order): the same numbers."""
+    group = dist.new_group([1, 0])
+    for name, pg in (("world", None), ("group", group)):
+        model = DDP(W.seeded_mlp())
+        opt = ZeroRedundancyOptimizer(model.parameters(), kiln.optim.Adam, process_group=pg,
+                                      lr=W.LR)
+        for step in range(2):
+            train_step(model, opt, step, r)
+        for k, v in W.state(model.module).items():
+            OUT[f"zero_{name}/{k}"] = v
 
 
 def check_join(r: int) -> None:
@@ -164,7 +180,8 @@ def main() -> None:
     out = sys.argv[1]
     dist.init_process_group(backend="mpi")
     r = dist.get_rank()
-    for name, check in (("zero", check_zero), ("join", check_join), ("hooks", check_hooks)):
+    for name, check in (("zero", check_zero), ("zero_group", check_zero_group),
+                        ("join", check_join), ("hooks", check_hooks)):
         try:
             check(r)
         except Exception:
