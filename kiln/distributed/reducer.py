@@ -201,9 +201,9 @@ class Reducer:
         size = self.world.size if self.divisor is None else self.divisor
         for bucket in self.buckets:
             xp = bucket.params[0].device.xp
-            flat = bucket.flat
+            flat, divide = bucket.flat, size
             if bucket.future is not None:      # a hook's result: averaged already
-                flat, size = self._hook_result(bucket), 1
+                flat, divide = self._hook_result(bucket), 1
             else:
                 self._backend(bucket).wait(bucket.requests)
             for p, off in zip(bucket.params, bucket.offsets):
@@ -211,9 +211,9 @@ class Reducer:
                     continue       # unused on every rank: its .grad stays as it was
                 view = flat[off:off + p.numel()].reshape(p._data.shape)
                 if p.grad is None:
-                    p.grad = Tensor._make(view / size, p.dtype, p.device)
+                    p.grad = Tensor._make(view / divide, p.dtype, p.device)
                 else:          # the average, written in the same pass as the copy
-                    xp.divide(view, size, out=p.grad._data)
+                    xp.divide(view, divide, out=p.grad._data)
                     p.grad._version[0] += 1
         self._reset()
         self.sync = False
