@@ -163,6 +163,7 @@ def test_comm_hooks(runs):
         wrapped = _prefixed(got[r], "hooks/fp16_wrapper")
         for k in none:
             np.testing.assert_array_equal(allreduce[k], none[k], err_msg=k)
+            np.testing.assert_array_equal(got[r][f"hooks/torch_style/{k}"], none[k], err_msg=k)
             # torch: fp16_compress_wrapper(allreduce_hook) is fp16_compress_hook
             np.testing.assert_array_equal(wrapped[k], fp16[k], err_msg=k)
         # float16 rounding of the gradients: close to the exact run, equal to torch's hook

@@ -154,7 +154,13 @@ def check_hooks(r: int) -> None:
         seen.append((bucket.index(), bucket.is_last(), len(bucket.parameters()),
                      sum(g.numel() for g in bucket.gradients()), bucket.buffer().numel()))
         return default_hooks.allreduce_hook(state, bucket)
+    def torch_style_hook(process_group, bucket):        # as torch's own hooks are written
+        group_to_use = process_group if process_group is not None else dist.group.WORLD
+        tensor = bucket.buffer().div_(group_to_use.size())
+        return dist.all_reduce(tensor, group=group_to_use, async_op=True).get_future().then(
+            lambda fut: fut.value()[0])
     for name, hook in (("none", None), ("allreduce", recording_hook),
+                       ("torch_style", torch_style_hook),
                        ("fp16", default_hooks.fp16_compress_hook),
                        ("fp16_wrapper",
                         default_hooks.fp16_compress_wrapper(default_hooks.allreduce_hook))):
