@@ -142,6 +142,8 @@ def collect_all(futures: list[Future]) -> Future:
             combined.set_result(futures)
     for fut in futures:
         fut.add_done_callback(one_done)
+    if any(fut._driver is not None for fut in futures):
+        combined._driver = lambda: [fut._drive() for fut in futures]
     return combined
 
 
@@ -166,5 +168,7 @@ def wait_all(futures: list[Future]) -> list:
         return []
     for fut in futures:
         fut.add_done_callback(one_done)
+    for fut in futures:         # futures of started collectives complete when waited
+        fut._drive()
     settled.wait()
     return [fut.value() for fut in futures]

@@ -249,6 +249,13 @@ def test_join_and_futures_of_collectives_on_one_rank(world_of_one):
     t = kiln.tensor([1.5, 2.0])
     fut = dist.all_reduce(t, async_op=True).get_future().then(lambda f: f.value()[0] * 2)
     np.testing.assert_array_equal(fut.wait().numpy(), [3.0, 4.0])
+    from kiln.futures import collect_all, wait_all
+    a, b = kiln.tensor([1.0]), kiln.tensor([2.0])
+    got = wait_all([dist.all_reduce(a, async_op=True).get_future(),
+                    dist.all_reduce(b, async_op=True).get_future()])
+    assert [float(t[0]) for t in got] == [1.0, 2.0]
+    both = collect_all([dist.broadcast(a, src=0, async_op=True).get_future()])
+    assert both.wait(timeout=30)[0].value()[0] is a
 
 
 def test_torch_names_under_kiln_run(tmp_path):
