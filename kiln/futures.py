@@ -25,6 +25,9 @@ class Future(Generic[T]):
         self._value: Any = None
         self._exception: BaseException | None = None
         self._callbacks: list[Callable[["Future"], None]] = []
+        # what completes this future when nobody else will (a started collective's wait:
+        # MPI moves it only inside MPI calls), run by wait() and by chained futures' wait()
+        self._driver: Callable[[], None] | None = None
 
     # -- state
     def done(self) -> bool:
@@ -35,6 +38,7 @@ class Future(Generic[T]):
     def wait(self, timeout: float | None = None) -> T:
         """Block until complete; returns the value or raises the exception it was completed
         with. `timeout` (seconds, kiln's addition) raises TimeoutError when it runs out."""
+        self._drive()
         with self._cond:
             if not self._done and not self._cond.wait_for(lambda: self._done, timeout):
                 raise TimeoutError(f"Future.wait: no result within {timeout} s")
@@ -51,6 +55,11 @@ class Future(Generic[T]):
         if self._exception is not None:
             raise self._exception
         return self._value
+
+    def _drive(self) -> None:
+        """Run the driver of a pending future (or of the future it was chained from)."""
+        if self._driver is not None and not self.done():
+            self._driver()
 
     # -- completing
     def set_result(self, result: T) -> None:
@@ -88,6 +97,8 @@ class Future(Generic[T]):
         """A new future completed with `callback(self)` once this one completes (or with the
         exception the callback raises)."""
         chained = Future()
+        if self._driver is not None:
+            chained._driver = self._drive
 
         def run(fut: Future) -> None:
             try:
@@ -131,6 +142,8 @@ def collect_all(futures: list[Future]) -> Future:
             combined.set_result(futures)
     for fut in futures:
         fut.add_done_callback(one_done)
+    if any(fut._driver is not None for fut in futures):
+        combined._driver = lambda: [fut._drive() for fut in futures]
     return combined
 
 
@@ -155,5 +168,7 @@ def wait_all(futures: list[Future]) -> list:
         return []
     for fut in futures:
         fut.add_done_callback(one_done)
+    for fut in futures:         # futures of started collectives complete when waited
+        fut._drive()
     settled.wait()
     return [fut.value() for fut in futures]

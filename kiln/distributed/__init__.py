@@ -24,3 +24,4 @@ def __getattr__(name: str):
         import importlib
         return importlib.import_module(f"kiln.distributed.{name}")
     raise AttributeError(f"module 'kiln.distributed' has no attribute '{name}'")
+from kiln.distributed.reducer import GradBucket  # noqa: F401,E402

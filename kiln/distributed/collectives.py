@@ -31,6 +31,7 @@ class Work:
     def __init__(self, backend, requests: list, finish=None, result=None):
         self._backend, self._requests, self._finish = backend, requests, finish
         self._result, self._done, self._source = result, False, None
+        self._future = None
 
     def wait(self, timeout=None) -> bool:
         if not self._done:
@@ -40,7 +41,21 @@ class Work:
             self._done = True
             if self._finish is not None:
                 self._finish()
+            if self._future is not None and not self._future.done():
+                self._future.set_result(list(self._result or []))
         return True
+
+    def get_future(self):
+        """A `kiln.futures.Future` completed with the result tensors (a list) once the
+        collective is done; waiting on it (or on a future chained from it with `then`) waits
+        for the collective."""
+        from kiln.futures import Future
+        if self._future is None:
+            self._future = Future()
+            self._future._driver = self.wait
+            if self._done:
+                self._future.set_result(list(self._result or []))
+        return self._future
 
     def is_completed(self) -> bool:
         if not self._done and self._backend.test(self._requests):

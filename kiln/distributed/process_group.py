@@ -288,8 +288,23 @@ def get_node_local_rank(fallback_rank: int | None = None) -> int:
                        "python -m kiln.distributed.run or call init_process_group first")
 
 
+class _DefaultGroup:
+    """`group.WORLD`, which stands for the default group in `group=` arguments; `size()` and
+    `rank()` as on torch's ProcessGroup (DDP communication hooks written for torch call
+    `group.WORLD.size()`)."""
+
+    def size(self) -> int:
+        return get_world_size()
+
+    def rank(self) -> int:
+        return get_rank()
+
+    def __repr__(self) -> str:
+        return "group.WORLD"
+
+
 class GroupMember:
-    WORLD = object()      # stands for the default group in `group=` arguments
+    WORLD = _DefaultGroup()      # stands for the default group in `group=` arguments
     NON_GROUP_MEMBER = object()     # what new_group returns on ranks outside the group
 
 

@@ -36,6 +36,37 @@ class _Bucket:
         self.flat = xp.zeros(total, dtype=dtype)
         self.pending = len(params)
         self.requests = None
+        self.future = None           # what a communication hook returned for this bucket
+
+
+class GradBucket:
+    """One bucket as a DDP communication hook sees it (torch.distributed.GradBucket): the
+    flat gradients (`buffer()`, which the hook may change in place), its `index()`,
+    `is_last()`, and the `parameters()` and their `gradients()` (views of the buffer)."""
+
+    def __init__(self, index: int, count: int, buffer: Tensor, params: list[Tensor],
+                 offsets: list[int]):
+        self._index, self._count, self._buffer = index, count, buffer
+        self._params, self._offsets = params, offsets
+
+    def index(self) -> int:
+        return self._index
+
+    def is_last(self) -> bool:
+        return self._index == self._count - 1
+
+    def buffer(self) -> Tensor:
+        return self._buffer
+
+    def set_buffer(self, buffer: Tensor) -> None:
+        self._buffer = buffer
+
+    def parameters(self) -> list[Tensor]:
+        return list(self._params)
+
+    def gradients(self) -> list[Tensor]:
+        return [self._buffer[off:off + p.numel()].view(p.shape)
+                for p, off in zip(self._params, self._offsets)]
 
 
 class Reducer:
@@ -60,6 +91,10 @@ class Reducer:
         # True between a DDP forward that will be followed by a synchronizing backward and the
         # end of that backward: a backward through the bare module (or inside no_sync) is local
         self.sync = False
+        self.comm_hook = None        # (state, hook) from DDP.register_comm_hook
+        # what the all-reduced sums are divided by: the world size, or under a Join with
+        # divide_by_initial_world_size=False the number of ranks still running
+        self.divisor = None
         self._reset()
 
     def _backend(self, bucket: _Bucket):
@@ -72,7 +107,7 @@ class Reducer:
     def _reset(self) -> None:
         self.ready = [[False] * len(b.params) for b in self.buckets]
         for b in self.buckets:
-            b.pending, b.requests = len(b.params), None
+            b.pending, b.requests, b.future = len(b.params), None, None
         self.next_bucket = 0
         self.active = False
         self.used: set[int] | None = None
@@ -126,7 +161,10 @@ class Reducer:
         while self.next_bucket < len(self.buckets) and \
                 self.buckets[self.next_bucket].pending == 0:
             bucket = self.buckets[self.next_bucket]
-            bucket.requests = self._backend(bucket).all_reduce(bucket.flat, ReduceOp.SUM)
+            if self.comm_hook is not None:
+                bucket.future = self._run_hook(self.next_bucket, bucket.flat)
+            else:
+                bucket.requests = self._backend(bucket).all_reduce(bucket.flat, ReduceOp.SUM)
             self.next_bucket += 1
         # MPI moves non-blocking collectives only inside MPI calls: a test lets the started
         # buckets progress while backward goes on
@@ -142,7 +180,10 @@ class Reducer:
         if missing:
             if not self.find_unused:
                 for bucket in self.buckets[:self.next_bucket]:    # nothing left in flight
-                    self._backend(bucket).wait(bucket.requests)
+                    if bucket.future is not None:
+                        bucket.future.wait()
+                    else:
+                        self._backend(bucket).wait(bucket.requests)
                 self._reset()
                 self.sync = False
                 shapes = ", ".join(f"{p.dtype.name}{list(p.shape)}" for p in missing[:4])
@@ -157,21 +198,75 @@ class Reducer:
         globally_used = None
         if self.find_unused:
             globally_used = self._globally_used()
-        size = self.world.size
+        size = self.world.size if self.divisor is None else self.divisor
         for bucket in self.buckets:
-            self._backend(bucket).wait(bucket.requests)
             xp = bucket.params[0].device.xp
+            flat, divide = bucket.flat, size
+            if bucket.future is not None:      # a hook's result: averaged already
+                flat, divide = self._hook_result(bucket), 1
+            else:
+                self._backend(bucket).wait(bucket.requests)
             for p, off in zip(bucket.params, bucket.offsets):
                 if globally_used is not None and id(p) not in globally_used:
                     continue       # unused on every rank: its .grad stays as it was
-                view = bucket.flat[off:off + p.numel()].reshape(p._data.shape)
+                view = flat[off:off + p.numel()].reshape(p._data.shape)
                 if p.grad is None:
-                    p.grad = Tensor._make(view / size, p.dtype, p.device)
+                    p.grad = Tensor._make(view / divide, p.dtype, p.device)
                 else:          # the average, written in the same pass as the copy
-                    xp.divide(view, size, out=p.grad._data)
+                    xp.divide(view, divide, out=p.grad._data)
                     p.grad._version[0] += 1
         self._reset()
         self.sync = False
+
+    def _run_hook(self, index: int, flat) -> object:
+        """The communication hook's future for bucket `index` holding `flat`."""
+        from kiln.futures import Future
+        bucket = self.buckets[index]
+        p0 = bucket.params[0]
+        grads = GradBucket(index, len(self.buckets), Tensor._make(flat, p0.dtype, p0.device),
+                           bucket.params, bucket.offsets)
+        state, hook = self.comm_hook
+        future = hook(state, grads)
+        if not isinstance(future, Future):
+            raise TypeError(f"DistributedDataParallel: the communication hook "
+                            f"{getattr(hook, '__name__', hook)!r} returned "
+                            f"{type(future).__name__}; it must return a kiln.futures.Future "
+                            "of the bucket's reduced gradients (a Tensor)")
+        return future
+
+    def _hook_result(self, bucket: _Bucket):
+        """The flat array of the hook's result for `bucket`, checked, as a copy (the bucket's
+        buffer is reused next iteration)."""
+        result = bucket.future.wait()
+        if isinstance(result, (list, tuple)) and len(result) == 1:
+            result = result[0]
+        if not isinstance(result, Tensor) or result.numel() != bucket.flat.size:
+            got = f"{result.dtype.name}{list(result.shape)}" if isinstance(result, Tensor) \
+                else type(result).__name__
+            raise RuntimeError(f"DistributedDataParallel: the communication hook's future for "
+                               f"bucket {self.buckets.index(bucket)} holds {got}; it must hold "
+                               f"a tensor of the bucket's {bucket.flat.size} elements")
+        return result._data.reshape(-1).astype(bucket.flat.dtype, copy=True)
+
+    def shadow_backward(self) -> None:
+        """A joined rank's part of one backward of the ranks still running: each bucket's
+        all-reduce (or hook) with zero gradients, in bucket order, and the used-parameter
+        all-reduce with nothing used. Gradients here are left as they were."""
+        import numpy as np
+        futures, started = [], []
+        for index, bucket in enumerate(self.buckets):
+            zeros = bucket.params[0].device.xp.zeros_like(bucket.flat)
+            if self.comm_hook is not None:
+                futures.append(self._run_hook(index, zeros))
+            else:
+                started.append((bucket, self._backend(bucket).all_reduce(zeros, ReduceOp.SUM)))
+        for bucket, requests in started:
+            self._backend(bucket).wait(requests)
+        for future in futures:
+            future.wait()
+        if self.find_unused:
+            unused = np.zeros(len(self.params), dtype=np.uint8)
+            self.comm.Allreduce(self.mpi.MPI.IN_PLACE, unused, op=self.mpi.MPI.MAX)
 
     def _globally_used(self) -> set[int]:
         """Ids of parameters some rank used (had a gradient for) in this iteration."""

@@ -60,3 +60,5 @@ class DistributedOptimizer:
         from kiln.futures import wait_all
         wait_all([rpc.rpc_async(opt.owner(), _step_local, args=(opt, context_id))
                   for opt in self.remote_optimizers])
+from kiln.distributed.optim.zero_redundancy_optimizer import (  # noqa: E402,F401
+    ZeroRedundancyOptimizer)

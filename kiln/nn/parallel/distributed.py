@@ -14,11 +14,40 @@ from contextlib import contextmanager
 import kiln
 import kiln.distributed as dist
 from kiln import Tensor
+from kiln.distributed.algorithms.join import Join, JoinHook, Joinable
 from kiln.distributed.reducer import Reducer
 from kiln.nn.module import Module
 
 
-class DistributedDataParallel(Module):
+class _DDPJoinHook(JoinHook):
+    """A joined rank's DDP: each shadowed iteration answers the forward's collectives (buffer
+    broadcast, whether backward syncs) and, if it does, every bucket's all-reduce with zero
+    gradients; at the end the model of a last joiner is broadcast to every rank."""
+
+    def __init__(self, ddp: "DistributedDataParallel", divide_by_initial_world_size: bool):
+        self.ddp = ddp
+        ddp._divide_by_initial_world_size = divide_by_initial_world_size
+
+    def main_hook(self) -> None:
+        ddp = self.ddp
+        if ddp._syncs_buffers(ddp.require_forward_param_sync):
+            ddp._sync_buffers_from(ddp._find_common_rank(False))
+        flag = kiln.zeros(1)
+        dist.all_reduce(flag)
+        should_sync = bool(flag.item())
+        ddp.require_forward_param_sync = should_sync
+        if should_sync:
+            ddp.reducer.shadow_backward()
+
+    def post_hook(self, is_last_joiner: bool) -> None:
+        ddp = self.ddp
+        src = ddp._find_common_rank(is_last_joiner)
+        with kiln.no_grad():
+            for t in list(ddp.module.parameters()) + list(ddp._buffers_to_sync()):
+                dist.broadcast(t.data, src=src)
+
+
+class DistributedDataParallel(Module, Joinable):
     """torch.nn.parallel.DistributedDataParallel over kiln's default process group.
 
     `state_dict()` keys carry the `module.` prefix, as PyTorch's do; save
@@ -57,6 +86,9 @@ class DistributedDataParallel(Module):
         # the hooks live on the parameters, which may outlive this wrapper
         weakref.finalize(self, self.reducer.close)
         self.require_backward_grad_sync = True
+        self.require_forward_param_sync = True
+        self._divide_by_initial_world_size = True
+        Joinable.__init__(self)
 
     def _buffers_to_sync(self) -> list[Tensor]:
         return [b for b in self.module.buffers() if b is not None]
@@ -78,18 +110,79 @@ class DistributedDataParallel(Module):
 
     def forward(self, *inputs, **kwargs):
         self.reducer.forward_begins()
-        if self.broadcast_buffers and dist.get_world_size() > 1 and \
-                self.require_backward_grad_sync:
-            with kiln.no_grad():
-                for b in self._buffers_to_sync():
-                    dist.broadcast(b.data, src=0)
+        joining = self._join_config.enable
+        running = Join.notify_join_context(self)
+        self.reducer.divisor = None
+        if running is not None and not self._divide_by_initial_world_size:
+            self.reducer.divisor = int(running.item())
+        # under a Join, as in torch, whether the previous forward synced decides (a joined
+        # rank knows that one), and rank 0 may have stopped: the highest running rank's
+        # buffers win
+        if self._syncs_buffers(self.require_forward_param_sync if joining
+                               else self.require_backward_grad_sync):
+            self._sync_buffers_from(self._find_common_rank(True) if joining else 0)
+        if joining:     # tell the joined ranks whether this iteration's backward syncs
+            flag = kiln.ones(1) if self.require_backward_grad_sync and \
+                kiln.is_grad_enabled() else kiln.zeros(1)
+            dist.all_reduce(flag)
         out = self.module(*inputs, **kwargs)
+        self.require_forward_param_sync = kiln.is_grad_enabled() and \
+            self.require_backward_grad_sync
         if kiln.is_grad_enabled() and self.require_backward_grad_sync:
             self.reducer.sync = True
             self.reducer.prepare_for_backward(_tensors_in(out))
         else:
             self.reducer.sync = False
         return out
+
+    def _syncs_buffers(self, syncing: bool) -> bool:
+        return self.broadcast_buffers and dist.get_world_size() > 1 and syncing and \
+            bool(self._buffers_to_sync())
+
+    def _sync_buffers_from(self, src: int) -> None:
+        with kiln.no_grad():
+            for b in self._buffers_to_sync():
+                dist.broadcast(b.data, src=src)
+
+    def _find_common_rank(self, candidate: bool) -> int:
+        """The highest rank among those passing `candidate=True` (all ranks call it)."""
+        rank = kiln.tensor([dist.get_rank() if candidate else -1])
+        dist.all_reduce(rank, op=dist.ReduceOp.MAX)
+        return int(rank.item())
+
+    # ----------------------------------------------------------------------- comm hooks, join
+    def register_comm_hook(self, state, hook) -> None:
+        """Reduce each gradient bucket with `hook(state, bucket)` instead of the built-in
+        average: `bucket` is a GradBucket, and the hook returns a kiln.futures.Future of the
+        bucket's averaged gradients (a flat tensor); see
+        kiln.distributed.algorithms.ddp_comm_hooks. Register once, before training."""
+        if not callable(hook):
+            raise TypeError(f"register_comm_hook: hook must be callable, got "
+                            f"{type(hook).__name__}")
+        if self.reducer.comm_hook is not None:
+            raise RuntimeError("register_comm_hook can only be called once.")
+        self.reducer.comm_hook = (state, hook)
+
+    def join(self, divide_by_initial_world_size: bool = True, enable: bool = True,
+             throw_on_early_termination: bool = False) -> Join:
+        """`with model.join(): ...` trains on uneven inputs: a rank out of batches shadows
+        the others' all-reduces with zero gradients until all are done (Join([self])).
+        divide_by_initial_world_size=True averages over all ranks (a joined rank counts as
+        a zero gradient); False, over the ranks still running."""
+        return Join([self], enable, throw_on_early_termination,
+                    divide_by_initial_world_size=divide_by_initial_world_size)
+
+    def join_hook(self, **kwargs) -> JoinHook:
+        return _DDPJoinHook(self, kwargs.get("divide_by_initial_world_size", True))
+
+    @property
+    def join_device(self):
+        params = list(self.module.parameters())
+        return params[0].device if params else kiln.device("cpu")
+
+    @property
+    def join_process_group(self):
+        return dist.GroupMember.WORLD
 
     @contextmanager
     def no_sync(self):
