@@ -73,6 +73,7 @@ _ON_FIRST_USE["functional"] = "kiln.functional"   # torch.functional: einsum, me
 _ON_FIRST_USE["_inductor"] = "kiln._inductor"     # torch._inductor.utils.fresh_inductor_cache
 _ON_FIRST_USE["_logging"] = "kiln._logging"       # torch._logging.set_logs: compile logs
 _ON_FIRST_USE["library"] = "kiln.library"         # torch.library: the user's own operators
+_ON_FIRST_USE["signal"] = "kiln.signal"           # torch.signal.windows
 _ON_FIRST_USE["futures"] = "kiln.futures"        # torch.futures.Future, for RPC results
 
 
