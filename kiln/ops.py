@@ -8,11 +8,13 @@ core composites nn.functional re-exports under PyTorch's names, index lookups th
 op the user called, `op_error` for messages that name the op and the user's line, and
 `apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites) and
 `install_autocast` (autocast's cast policy on the ops its tables name). `kiln.ops.profiler`
-is torch.ops.profiler's pair of range calls.
+is torch.ops.profiler's pair of range calls; `kiln.ops.op_hooks` tells an observer of every
+op dispatched (kiln.utils.flop_counter counts FLOPs with it).
 """
 
 from kiln.ir.ops import P as prims  # noqa: F401
-from kiln.profiler import ops as profiler  # noqa: F401  (every primitive, called through the dispatcher)
+from kiln.profiler import ops as profiler  # noqa: F401
+from kiln.profiler import op_hooks  # noqa: F401  (observers of dispatched ops: flop_counter)  (every primitive, called through the dispatcher)
 from kiln.tracer.errors import op_error  # noqa: F401
 from kiln.tracer.functional import (  # noqa: F401
     elu, gelu, hardsigmoid, hardswish, hardtanh, leaky_relu, logsigmoid, mish, one_hot, pad,

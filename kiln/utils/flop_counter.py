@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import kiln
 from kiln import Tensor
-from kiln.profiler import op_hooks
+from kiln.ops import op_hooks
 from kiln.utils._pytree import tree_flatten
 
 __all__ = ["FlopCounterMode", "register_flop_formula"]
