@@ -55,3 +55,32 @@ def torch_reference(script: str, out) -> subprocess.CompletedProcess:
         if "terminated with signal" not in proc.stderr:
             break
     return proc
+
+
+def rank_outputs(script: str, n: int, out, timeout: float = 120,
+                 name: str = "rank{r}.npz") -> list[dict]:
+    """Run `script OUT` on `n` ranks under mpiexec and load what each rank saved (`name`
+    formatted with its rank). RANK & co. that a world-size-1 group in this pytest process left
+    set are not passed on: the ranks get theirs from MPI."""
+    env_ = env()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env_.pop(key, None)
+    proc = subprocess.run([mpi_or_skip(), "-n", str(n), sys.executable,
+                           os.path.join(HERE, script), str(out)], env=env_,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import numpy as np
+    return [dict(np.load(os.path.join(str(out), name.format(r=r)))) for r in range(n)]
+
+
+def section(ranks: list[dict], name: str) -> list[dict]:
+    """The ranks' outputs, after checking no rank recorded an error in section `name`."""
+    for r, got in enumerate(ranks):
+        assert f"error:{name}" not in got, f"rank {r}: {got[f'error:{name}']}"
+    return ranks
+
+
+def prefixed(rank_out: dict, prefix: str) -> dict:
+    """The entries saved under `prefix/`, with the prefix taken off their keys."""
+    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}

@@ -34,20 +34,10 @@ N = 2
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_ranks")
-    proc = launch.mpiexec(N, [os.path.join(launch.HERE, "fsdp_ranks.py"), str(out)])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(N)]
+    return launch.rank_outputs("fsdp_ranks.py", N, tmp_path_factory.mktemp("fsdp_ranks"))
 
 
-def _results(ranks, section: str) -> list[dict]:
-    for r in range(N):
-        assert f"error:{section}" not in ranks[r], str(ranks[r][f"error:{section}"])
-    return ranks
-
-
-def _prefixed(rank_out: dict, prefix: str) -> dict:
-    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+_results, _prefixed = launch.section, launch.prefixed
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import warnings
 
 import numpy as np
@@ -36,10 +35,7 @@ STRATEGIES = ("full", "grad_op", "no_shard", "full_ac", "hybrid")
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp1_ranks")
-    proc = launch.mpiexec(N, [os.path.join(launch.HERE, "fsdp1_ranks.py"), str(out)])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(N)]
+    return launch.rank_outputs("fsdp1_ranks.py", N, tmp_path_factory.mktemp("fsdp1_ranks"))
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +46,7 @@ def torch_ranks(tmp_path_factory):
     return [dict(np.load(out / f"torch_rank{r}.npz")) for r in range(N)]
 
 
-def _results(ranks, section: str) -> list[dict]:
-    for r in range(N):
-        assert f"error:{section}" not in ranks[r], str(ranks[r][f"error:{section}"])
-    return ranks
-
-
-def _prefixed(rank_out: dict, prefix: str) -> dict:
-    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+_results, _prefixed = launch.section, launch.prefixed
 
 
 def _assert_state(got: dict, want: dict, what: str, rtol: float = 1e-10) -> None:

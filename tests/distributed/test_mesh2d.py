@@ -7,9 +7,6 @@ rtol 1e-10) and torch's own code on gloo processes."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,16 +23,8 @@ RTOL, ATOL = 1e-10, 1e-13
 
 
 def _run(world: int, out) -> list[dict]:
-    env = launch.env()
-    # a world-size-1 group in this pytest process (an earlier test's) leaves these set
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        env.pop(key, None)
-    proc = subprocess.run([launch.mpi_or_skip(), "-n", str(world), sys.executable,
-                           os.path.join(launch.HERE, "mesh2d_ranks.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=180, cwd=launch.ROOT,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [dict(np.load(out / f"rank{r}_of{world}.npz")) for r in range(world)]
+    return launch.rank_outputs("mesh2d_ranks.py", world, out, timeout=180,
+                               name=f"rank{{r}}_of{world}.npz")
 
 
 @pytest.fixture(scope="module")

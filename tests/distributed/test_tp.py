@@ -7,9 +7,6 @@ and torch's own parallelize_module on two gloo processes is the strongest check.
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -32,27 +29,10 @@ RTOL, ATOL = 1e-9, 1e-12
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tp_ranks")
-    env = launch.env()
-    # a world-size-1 group in this pytest process (an earlier test's) leaves these set
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        env.pop(key, None)
-    proc = subprocess.run([launch.mpi_or_skip(), "-n", str(N), sys.executable,
-                           os.path.join(launch.HERE, "tp_ranks.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=launch.ROOT,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(N)]
+    return launch.rank_outputs("tp_ranks.py", N, tmp_path_factory.mktemp("tp_ranks"))
 
 
-def _results(ranks, section: str) -> list[dict]:
-    for r in range(N):
-        assert f"error:{section}" not in ranks[r], str(ranks[r][f"error:{section}"])
-    return ranks
-
-
-def _prefixed(rank_out: dict, prefix: str) -> dict:
-    return {k[len(prefix) + 1:]: v for k, v in rank_out.items() if k.startswith(prefix + "/")}
+_results, _prefixed = launch.section, launch.prefixed
 
 
 def _assert_grads(got: dict, prefix: str, want: dict, what: str) -> None:
