@@ -17,7 +17,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
-from kiln.runtime.device import CPU, is_writeable, to_device
+from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
@@ -862,6 +862,8 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
         tensor.grad = g if create_graph else _owned(g, exclusive)
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
+    elif isinstance(g._data, MetaArray):
+        pass                               # meta + meta: the same shape, and no values
     else:
         tensor.grad._data += g._data
 

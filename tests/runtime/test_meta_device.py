@@ -234,3 +234,14 @@ def test_random_factories_on_meta_draw_nothing_like_torch():
         assert tuple(k.shape) == tuple(t.shape) and k.is_meta and t.is_meta
         assert k.dtype.name == str(t.dtype).removeprefix("torch.")
     np.testing.assert_array_equal(k_next.numpy(), t_next.numpy())
+
+
+def test_meta_gradients_accumulate_over_backward_passes_as_torch():
+    # a second backward added meta + meta with `+=`, which a MetaArray has no values for
+    for lib in (torch, kiln):
+        m = lib.nn.Conv1d(3, 2, 2, device="meta")
+        x = lib.randn(4, 3, device="meta", requires_grad=True)
+        for _ in range(2):
+            (m(lib.randn(1, 3, 5, device="meta")).sum() + (x @ x.t()).sum()).backward()
+        assert m.weight.grad.device.type == x.grad.device.type == "meta"
+        assert tuple(m.weight.grad.shape) == (2, 3, 2) and tuple(x.grad.shape) == (4, 3)
