@@ -277,6 +277,22 @@ def _device_properties(index: int) -> dict:
             "l2CacheSize": 50 * 2 ** 20}
 
 
+class FakePinnedMemoryPointer(bytearray):
+    """`cupy.cuda.PinnedMemoryPointer`: page-locked host memory that NumPy arrays view (CuPy's
+    type has the buffer protocol; a bytearray is the fake's only way to have it in Python)."""
+
+    @property
+    def ptr(self) -> int:
+        return np.frombuffer(self, np.uint8).__array_interface__["data"][0] if self else 0
+
+
+def _empty_pinned(shape, dtype=float, order="C") -> np.ndarray:
+    """`cupyx.empty_pinned`: a NumPy array over pinned memory (its base is the pointer)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    memory = FakePinnedMemoryPointer(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.ndarray(shape, dtype=dtype, buffer=memory, order=order)
+
+
 NVTX_LOG: list = []           # ("push", msg) / ("pop", None) / ("mark", msg), for the tests
 
 
@@ -833,6 +849,7 @@ def _build_module() -> types.ModuleType:
                                                _DEVICE_BYTES),
                            getDeviceProperties=_device_properties),
         Stream=FakeStream, ExternalStream=FakeExternalStream,
+        PinnedMemoryPointer=FakePinnedMemoryPointer,
         get_current_stream=_current_stream,
         nvtx=_namespace("cupy.cuda.nvtx", RangePush=_nvtx_push, RangePop=_nvtx_pop,
                         Mark=_nvtx_mark),
@@ -967,6 +984,7 @@ def install() -> None:
     cupyx.scipy = types.ModuleType("cupyx.scipy")
     cupyx.scipy.special = types.ModuleType("cupyx.scipy.special")
     cupyx.scipy.special.erf = _erf
+    cupyx.empty_pinned = _empty_pinned
     sys.modules.update({"cupy": cupy, "cupyx": cupyx, "cupyx.scipy": cupyx.scipy,
                         "cupyx.scipy.special": cupyx.scipy.special})
 

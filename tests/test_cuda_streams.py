@@ -34,6 +34,9 @@ def test_without_a_gpu_as_torch_without_cuda():
     for lib in (torch, kiln):               # an int is a cuda device index: none here
         with pytest.raises(RuntimeError):
             lib.ones(2).to(0)
+        assert lib.ones(2).is_pinned() is False
+        with pytest.raises(RuntimeError, match="Cannot access accelerator device"):
+            lib.ones(2).pin_memory()
 
 
 @pytest.mark.gpu
@@ -123,3 +126,21 @@ def test_generic_stream_on_cuda_is_a_cuda_stream():
     kiln.Stream("cuda").wait_event(e)
     e.synchronize()
     assert e.query() and y.sum().item() == 12.0
+
+
+@pytest.mark.gpu
+def test_pin_memory_copies_into_page_locked_memory():
+    x = kiln.arange(6.0).reshape(2, 3)
+    assert not x.is_pinned()
+    p = x.pin_memory()
+    assert p.is_pinned() and p.device.type == "cpu" and p.tolist() == x.tolist()
+    assert p.pin_memory() is p                         # pinned already: itself
+    assert p[1:].is_pinned()                           # a view of pinned memory is pinned
+    x.add_(1)
+    assert p[0, 0].item() == 0.0                       # a copy, not a view
+    np.testing.assert_array_equal(p.to("cuda").cpu().numpy(), np.arange(6.0).reshape(2, 3))
+    w = kiln.ones(3, requires_grad=True)
+    (w.pin_memory() * 2).sum().backward()              # differentiable, as a copy
+    assert w.grad.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(RuntimeError, match="only dense CPU tensors can be pinned"):
+        kiln.ones(2, device="cuda").pin_memory()

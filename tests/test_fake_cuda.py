@@ -45,6 +45,7 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
          "tests/test_cuda_streams.py::test_nvtx_ranges_nest",
          "tests/test_cuda_streams.py::test_legacy_cuda_types_and_memory_extras",
          "tests/test_cuda_streams.py::test_generic_stream_on_cuda_is_a_cuda_stream",
+         "tests/test_cuda_streams.py::test_pin_memory_copies_into_page_locked_memory",
          "tests/export/test_export.py::test_export_of_a_model_on_cuda_with_a_dynamic_batch"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
@@ -97,6 +98,9 @@ def test_fake_names_are_real_cupys():
     for name in ("RangePush", "RangePop", "Mark"):          # kiln.cuda.nvtx
         assert hasattr(real.cuda.nvtx, name), name
     assert hasattr(real.cuda, "ExternalStream") and hasattr(real.cuda.runtime, "memGetInfo")
+    import cupyx                                              # Tensor.pin_memory
+    assert hasattr(cupyx, "empty_pinned") and hasattr(real.cuda, "PinnedMemoryPointer")
+    assert isinstance(cupyx.empty_pinned((2,)).base, real.cuda.PinnedMemoryPointer)
     assert hasattr(real.cuda.MemoryPool, "set_limit") and hasattr(real.cuda.MemoryPool,
                                                                   "get_limit")
     assert hasattr(real.cuda.graph.Graph, "launch") and hasattr(real.cuda.graph.Graph, "upload")

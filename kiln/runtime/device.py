@@ -196,6 +196,27 @@ def is_host_array(array) -> bool:
     return isinstance(array, np.ndarray) and not hasattr(array, "__cuda_array_interface__")
 
 
+def pinned_copy(array: np.ndarray) -> np.ndarray:
+    """A copy of host `array` in page-locked memory (CuPy's pinned allocator), which the GPU
+    reads by DMA."""
+    import cupyx
+    cupy_module()                        # CuPy and a GPU, or the message that says so
+    out = cupyx.empty_pinned(array.shape, dtype=array.dtype)
+    out[...] = array
+    return out
+
+
+def is_pinned_array(array) -> bool:
+    """Whether host `array` views page-locked memory (`pinned_copy`'s, or any CuPy pinned
+    allocation): the end of its view chain is a `cupy.cuda.PinnedMemoryPointer`."""
+    if not is_host_array(array) or not cuda_is_available():
+        return False
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return isinstance(root.base, cupy_module().cuda.PinnedMemoryPointer)
+
+
 def device_of_array(array) -> Device:
     if isinstance(array, np.ndarray):
         return CPU

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.runtime.device import MetaArray
+from kiln.runtime.device import MetaArray, cuda_is_available, is_pinned_array, pinned_copy
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
@@ -17,7 +17,7 @@ from kiln.tracer import storage
 from kiln.tracer.sparse import layout, sparse_coo, strided  # noqa: F401  (re-exported)
 from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
-from kiln.tracer.methods import write_inplace
+from kiln.tracer.methods import _DeviceCopy, write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
 def _inplace(fn, name):
@@ -51,6 +51,8 @@ nonzero_static igamma igammac
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
+_METHODS["pin_memory"] = lambda self, device=None: _pin_memory(self)
+_METHODS["is_pinned"] = lambda self, device=None: is_pinned_array(self._data)
 _METHODS["untyped_storage"] = storage.untyped_storage
 _METHODS["storage"] = storage.storage
 _METHODS["storage_type"] = lambda self: storage.TypedStorage
@@ -58,6 +60,22 @@ _METHODS["new_empty_strided"] = lambda self, size, stride, dtype=None, device=No
     requires_grad=False, **_: FX.empty_strided(size, stride, dtype=dtype or self.dtype,
                                                device=device or self.device,
                                                requires_grad=requires_grad)
+
+
+def _pin_memory(self):
+    """Tensor.pin_memory(): a copy in page-locked host memory (itself if pinned already),
+    differentiable as a copy; as in PyTorch, only with an accelerator and for CPU tensors."""
+    if self.device.type != "cpu":
+        raise RuntimeError(f"cannot pin '{self.type()}' only dense CPU tensors can be pinned")
+    if not cuda_is_available():
+        raise RuntimeError("Cannot access accelerator device when none is available.")
+    if is_pinned_array(self._data):
+        return self
+    out = Tensor._make(pinned_copy(self._data), self.dtype, self.device)
+    if self.requires_grad and STATE.grad_enabled:
+        out.requires_grad = True
+        out.grad_fn = _DeviceCopy(self, out)     # the gradient goes back as for a copy
+    return out
 
 
 def _set_part(part):
