@@ -148,8 +148,9 @@ class CustomOpDef:
         self._qualname = qualname
         self._parameters, self._mutated, self._schema = parameters, mutated, schema
         self._kernels: dict[str | None, Callable] = {}
+        self._signature: inspect.Signature | None = None      # the first kernel's
         if kernel is not None:
-            self._kernels[None] = kernel
+            self.register_kernel(None, kernel)
         self._fake: Callable | None = None
         self._backward: Callable | None = None
         self._setup_context: Callable | None = None
@@ -174,6 +175,8 @@ class CustomOpDef:
                 else list(device_types)
             for t in types:
                 self._kernels[t] = fn
+            if self._signature is None:     # bound once per call: read once here
+                self._signature = inspect.signature(fn)
             return fn
         return register if fn is None else register(fn)
 
@@ -199,10 +202,9 @@ class CustomOpDef:
     def _bind(self, args: tuple, kwargs: dict) -> tuple:
         """All the arguments in parameter order (defaults filled in), as setup_context sees
         them."""
-        kernel = self._kernels.get(None) or next(iter(self._kernels.values()), None)
-        if kernel is not None:
+        if self._signature is not None:
             try:
-                bound = inspect.signature(kernel).bind(*args, **kwargs)
+                bound = self._signature.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"{self._qualname}: {e}") from None
             bound.apply_defaults()

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import kiln
 from kiln.autograd import Function
-from kiln.func.pytree import tree_flatten, tree_unflatten
+from kiln.utils._pytree import tree_flatten, tree_unflatten
 
 __all__ = ["checkpoint", "checkpoint_sequential", "CheckpointError", "noop_context_fn",
            "CheckpointPolicy", "SelectiveCheckpointContext",
