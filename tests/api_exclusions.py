@@ -139,7 +139,7 @@ resize_as_sparse_ to_padded_tensor is_nested
 """)
 _group(T, STORAGE, """
 set_ is_set_to
-record_stream const_data_ptr
+const_data_ptr
 """)
 _group(T, STRIDES, """
 as_strided_ as_strided_scatter dim_order

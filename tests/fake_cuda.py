@@ -418,6 +418,19 @@ def _on_device(run, args=(), writes=(), stream=None):
     return result
 
 
+# functions that only allocate: no device work, so nothing a capture records (a replay leaves
+# the memory as the work captured after it writes it)
+_ALLOCATES = frozenset({"empty", "empty_like"})
+
+
+def _allocate(run):
+    array = _inside(run)
+    capture = _current_stream().capture
+    if capture is not None:
+        capture.fresh.append(_root_memory(array))
+    return array
+
+
 def _inside(run):
     _CURRENT.inside = True
     try:
@@ -760,10 +773,13 @@ def _device_function(fn, name: str):
             _host_access("copying host memory to the device")
             if _is_host_array(args[0]):
                 return _wrap(np.array(args[0], *args[1:2], copy=True, **kwargs))
+        def run():
+            return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        if name in _ALLOCATES:
+            return _allocate(run)
         writes = (args[0],) if writes_first and args else (kwargs.get("out"),)
-        return _on_device(
-            lambda: _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})),
-            tuple(args) + tuple(kwargs.values()), tuple(w for w in writes if w is not None))
+        return _on_device(run, tuple(args) + tuple(kwargs.values()),
+                          tuple(w for w in writes if w is not None))
     call.__name__ = name
     return call
 

@@ -144,3 +144,36 @@ def test_pin_memory_copies_into_page_locked_memory():
     assert w.grad.tolist() == [2.0, 2.0, 2.0]
     with pytest.raises(RuntimeError, match="only dense CPU tensors can be pinned"):
         kiln.ones(2, device="cuda").pin_memory()
+
+
+@pytest.mark.gpu
+def test_record_stream_keeps_the_memory_until_the_streams_work_is_done():
+    from kiln.runtime import device
+    side = kiln.cuda.Stream()
+    x = kiln.arange(8.0, device="cuda")
+    side.wait_stream(kiln.cuda.current_stream())
+    with kiln.cuda.stream(side):
+        y = x * 2
+    x.record_stream(side)
+    array = x._data
+    del x
+    # held after the tensor is gone, with an event recorded on the stream that uses it
+    assert any(a is array for _, a in device._IN_USE)
+    kiln.cuda.current_stream().wait_stream(side)
+    assert y.cpu().tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0]
+    with pytest.raises(TypeError, match="expected a kiln.cuda.Stream"):
+        y.record_stream(kiln.cuda.current_stream()._stream)
+    with pytest.raises(RuntimeError, match="expected a cuda tensor"):
+        kiln.ones(2).record_stream(side)
+
+
+@pytest.mark.skipif(GPU, reason="checks the answers without a GPU")
+def test_without_a_gpu_graphs_are_refused_as_torch_without_cuda():
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        kiln.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        kiln.cuda.graph_pool_handle()
+    model = kiln.nn.Linear(2, 2)
+    opt = kiln.optim.Adam(model.parameters())
+    model(kiln.ones(1, 2)).sum().backward()
+    opt.step()                          # not capturing: the capture check says so, cheaply

@@ -31,6 +31,7 @@ from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # 
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import Primitive
+from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autocast import key as _autocast_key
@@ -581,6 +582,12 @@ class CompiledFunction:
                 raise GraphBreak(f"called inside {eager_mode}", _where(self.fn))
             self._note(eager_mode, f"{_function_name(self.fn)} is called inside {eager_mode}; "
                        "it runs eagerly while that is active")
+            return self.fn(*args, **kwargs)
+        if pending_checks.capturing():
+            self._note("cuda graph capture", f"{_function_name(self.fn)} is called while a "
+                       "CUDA graph is being captured (kiln.cuda.graph); it runs eagerly there, "
+                       "its kernels captured into that graph (kiln.compile replays its own "
+                       "programs as CUDA graphs: no capture of yours is needed)")
             return self.fn(*args, **kwargs)
         if self._not_traceable is not None:
             if self.fullgraph:

@@ -143,9 +143,10 @@ def is_bf16_supported(including_emulation: bool = True) -> bool:
 
 
 def synchronize(device=None) -> None:
-    """Wait for the GPU's queued work; index checks queued on it are read now (and raise)."""
+    """Wait for the GPU's queued work, on every stream; index checks queued on it are read now
+    (and raise)."""
     cp = _require("synchronize")
-    cp.cuda.get_current_stream().synchronize()
+    cp.cuda.Device(_index(device, "synchronize")).synchronize()
     pending_checks.flush()      # eager index checks queued on the GPU, read now
 
 
@@ -397,6 +398,8 @@ from kiln.cuda import nvtx  # noqa: E402,F401
 from kiln.cuda.streams import (ExternalStream, Stream, StreamContext,  # noqa: E402,F401
                                current_stream, default_stream, is_current_stream_capturing,
                                set_stream, stream)
+from kiln.cuda.graphs import (CUDAGraph, graph, graph_pool_handle,  # noqa: E402,F401
+                              make_graphed_callables)
 from kiln.torch_namespace import OutOfMemoryError  # noqa: E402,F401
 
 

@@ -10,6 +10,8 @@ an Event's `wait`), as in PyTorch.
 
 from __future__ import annotations
 
+import sys
+
 from kiln.runtime.device import cuda_is_available, cupy_module
 
 
@@ -129,7 +131,8 @@ def stream(stream: Stream | None) -> StreamContext:
 
 
 def is_current_stream_capturing() -> bool:
-    """Whether the current stream is capturing a CUDA graph (False without a GPU)."""
-    if not cuda_is_available():
+    """Whether the current stream is capturing a CUDA graph (False without a GPU). Cheap when
+    CuPy was never imported (no cuda tensor exists then): optimizers ask at every step."""
+    if "cupy" not in sys.modules or not cuda_is_available():
         return False
     return bool(cupy_module().cuda.get_current_stream().is_capturing())

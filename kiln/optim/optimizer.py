@@ -173,21 +173,27 @@ class Optimizer:
         `_fused_update` for the parameters a fused update takes (see `_use_fused`)."""
         loss = self._run_closure(closure)
         note_grads_checked()
+        capturing = _capture_check(self)
         with kiln.no_grad():
             for group in self.param_groups:
-                fused = self._fused_hypers is not None and _use_fused(group, self._fused_hypers)
-                batch = []
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    if fused and _fusable(p):
-                        batch.append(p)
-                    elif p.dtype.is_complex:
-                        self._update_as_real(p, group)
-                    else:
-                        self._update(p, group)
-                for params in _fused_buckets(batch):
-                    self._fused_update(params, group)
+                fused = not capturing and self._fused_hypers is not None and \
+                    _use_fused(group, self._fused_hypers)
+                _STEPS.on_device = capturing or _capturable_on_cuda(group)
+                try:
+                    batch = []
+                    for p in group["params"]:
+                        if p.grad is None:
+                            continue
+                        if fused and _fusable(p):
+                            batch.append(p)
+                        elif p.dtype.is_complex:
+                            self._update_as_real(p, group)
+                        else:
+                            self._update(p, group)
+                    for params in _fused_buckets(batch):
+                        self._fused_update(params, group)
+                finally:
+                    _STEPS.on_device = False
         return loss
 
     def _update_as_real(self, p: Tensor, group: dict) -> None:
@@ -370,12 +376,42 @@ def _grad(param: Tensor, maximize: bool) -> Tensor:
     return -param.grad if maximize else param.grad
 
 
+class _StepCounts(threading.local):
+    on_device = False       # step counts are read as tensors (`_step_count`), not into Python
+
+
+_STEPS = _StepCounts()
+
+
 def _step_count(step: Tensor):
-    """The step count for bias corrections: a Python float in eager mode (as PyTorch reads it),
-    a float64 tensor while tracing, so a traced step never reads a value into Python."""
-    if not is_compiling():
+    """The step count for bias corrections: a Python float in eager mode (as PyTorch reads it);
+    a float64 tensor while tracing, while a CUDA graph captures the step, and for a
+    `capturable` group on cuda, so such a step never reads a value into Python (a capture
+    could not, and a replay would reuse the value read)."""
+    if not is_compiling() and not _STEPS.on_device:
         return float(step.item())
     return step.to(kiln.float64)
+
+
+def _capturable_on_cuda(group: dict) -> bool:
+    return bool(group.get("capturable")) and any(p.is_cuda for p in group["params"])
+
+
+def _capture_check(optimizer: "Optimizer") -> bool:
+    """Whether this step is being captured into a CUDA graph (`kiln.cuda.graph`). An optimizer
+    with step counts (one that takes `capturable`) refuses to be captured unless every group is
+    `capturable`, as PyTorch's do: a step count read into Python would be baked into the graph,
+    and every replay would apply the captured step's bias correction."""
+    if is_compiling():
+        return False
+    if not kiln.cuda.is_current_stream_capturing():
+        return False
+    if "capturable" in optimizer.defaults and \
+            not all(group.get("capturable") for group in optimizer.param_groups):
+        raise RuntimeError(f"Attempting CUDA graph capture of step() for an instance of "
+                           f"{type(optimizer).__name__} but param_groups' capturable is False. "
+                           f"Make it with capturable=True to capture its step.")
+    return True
 
 
 def _hyper(group: dict, key: str, param: Tensor):

@@ -259,3 +259,19 @@ def is_writeable(array) -> bool:
         return writeable
     return array.size == 0 or not any(s == 0 and n > 1
                                       for s, n in zip(array.strides, array.shape))
+
+
+# Memory of cuda tensors used on a stream other than the one that made them, held after the
+# tensor is gone until that stream's work queued by then has finished (Tensor.record_stream)
+_IN_USE: list = []          # (cupy event, array) pairs
+
+
+def record_stream(array, stream) -> None:
+    """`array` (a cuda tensor's) is used by work on CuPy stream `stream`. CuPy's pool knows only
+    the stream that allocated an array and would hand its memory out again once the array is
+    gone; kiln holds it until the work queued on `stream` by then has finished. Call it with
+    the tensor's lifetime: `weakref.finalize(tensor, record_stream, array, stream)`."""
+    event = cupy_module().cuda.Event(disable_timing=True)
+    event.record(stream)
+    _IN_USE[:] = [(e, a) for e, a in _IN_USE if not e.done]
+    _IN_USE.append((event, array))

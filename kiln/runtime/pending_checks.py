@@ -17,12 +17,20 @@ asynchronously too, and its CUDA context is then unusable; kiln's stays usable, 
 checks queued after the bad one are dropped with it. On the CPU every check is made at once.
 
 Checks are per thread, as the ops that queue them are.
+
+Inside a CUDA graph capture (`kiln.cuda.graph`) nothing may be read: the checks an op queues
+there are kept by the graph (`begin_capture`/`end_capture`), which folds each into a running
+minimum and maximum on the device (`GraphCheck`, part of the graph) and queues that after each
+replay, so an index that is out of range in any replay is reported at the next read.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import NamedTuple
+
+import numpy as np
 
 from kiln.runtime.device import cupy_module
 
@@ -48,6 +56,7 @@ class PendingCheck(NamedTuple):
 class _Queue(threading.local):
     def __init__(self):
         self.checks = []
+        self.capturing = False    # a CUDA graph captures: queue without ever reading
 
 
 _QUEUE = _Queue()
@@ -60,7 +69,7 @@ def defer(low, high, lowest, size, op: str, kind: type, message: str, where: str
     them all now. A NaN fails the check."""
     checks = _QUEUE.checks
     checks.append(PendingCheck(low, high, lowest, size, op, kind, message, where, inclusive))
-    if len(checks) >= MAX_PENDING:
+    if len(checks) >= MAX_PENDING and not _QUEUE.capturing:
         flush()
 
 
@@ -85,9 +94,75 @@ def flush() -> None:
             host = cp.stack([v for c in group for v in (c.low, c.high)]).get().tolist()
         for i, c in enumerate(group):
             values[id(c)] = host[2 * i], host[2 * i + 1]
+    for c in checks:                # a graph's running extremes start over after each read
+        graph_check = _GRAPH_CHECKS.get(id(c))
+        if graph_check is not None and graph_check.pending is c:
+            graph_check.reset()
     failed = [c for c in checks if not _in_range(c, *values[id(c)])]
     if failed:
         raise _error(failed[0], *values[id(failed[0])])
+
+
+def begin_capture() -> None:
+    """A CUDA graph starts capturing on this thread: read what is queued (the last read before
+    the capture), then queue without reading until `end_capture`."""
+    flush()
+    _QUEUE.capturing = True
+
+
+def capturing() -> bool:
+    """Whether a CUDA graph (kiln.cuda.graph) is capturing on this thread."""
+    return _QUEUE.capturing
+
+
+def end_capture() -> list:
+    """The capture ended: the checks queued during it, taken off the queue (their arrays hold
+    what one replay computes, not yet anything)."""
+    checks, _QUEUE.checks, _QUEUE.capturing = _QUEUE.checks, [], False
+    return checks
+
+
+_GRAPH_CHECKS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+class GraphCheck:
+    """A check captured in a CUDA graph, made to span every replay: the graph also folds the
+    index's minimum and maximum into running extremes `low` and `high` (`fold`, captured with
+    the rest; `reset` after the capture starts them off), and `queue()` after each replay puts
+    the check on this thread's queue unless it is there already. A bad index in any replay
+    since the last read keeps its value in `low` or `high` until the next."""
+
+    def __init__(self, check: PendingCheck, xp):
+        self.check = check
+        self.low = xp.empty((), check.low.dtype)
+        self.high = xp.empty((), check.high.dtype)
+        self.pending = check._replace(low=self.low, high=self.high)
+        _GRAPH_CHECKS[id(self.pending)] = self
+
+    def fold(self, xp) -> None:
+        """Queue, on the capturing stream, the fold of this replay's extremes into the running
+        ones (NaN stays NaN: it fails the check)."""
+        xp.minimum(self.low, self.check.low, out=self.low)
+        xp.maximum(self.high, self.check.high, out=self.high)
+
+    def reset(self) -> None:
+        """Start the running extremes off (after the capture, and after each read, on the
+        current stream)."""
+        dtype = self.low.dtype
+        if dtype.kind == "f":
+            self.low.fill(float("inf"))
+            self.high.fill(float("-inf"))
+        else:
+            info = np.iinfo(dtype)
+            self.low.fill(info.max)
+            self.high.fill(info.min)
+
+    def queue(self) -> None:
+        checks = _QUEUE.checks
+        if not any(c is self.pending for c in checks):
+            checks.append(self.pending)
+            if len(checks) >= MAX_PENDING and not _QUEUE.capturing:
+                flush()
 
 
 def discard() -> None:

@@ -4,11 +4,13 @@ and the small metadata helpers PyTorch tensors have."""
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.runtime.device import MetaArray, cuda_is_available, is_pinned_array, pinned_copy
+from kiln.runtime.device import (MetaArray, cuda_is_available, is_pinned_array, pinned_copy,
+                                 record_stream)
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
@@ -19,6 +21,18 @@ from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
 from kiln.tracer.methods import _DeviceCopy, write_inplace
 from kiln.tracer.tensor import STATE, Tensor
+
+def _record_stream(tensor: Tensor, stream) -> None:
+    """`tensor.record_stream(stream)`: work queued on `stream` (a kiln.cuda.Stream) uses
+    `tensor`, whose memory then outlives it until that work is done (runtime.device)."""
+    if not tensor.is_cuda:
+        raise RuntimeError(f"record_stream: expected a cuda tensor, got one on {tensor.device}")
+    handle = getattr(stream, "_stream", None)
+    if handle is None or not hasattr(handle, "ptr"):
+        raise TypeError(f"record_stream: expected a kiln.cuda.Stream, got "
+                        f"{type(stream).__name__}")
+    weakref.finalize(tensor, record_stream, tensor._data, handle)
+
 
 def _inplace(fn, name):
     """`x.name(...)` = `fn(x, ...)` written back into x. A composite reads x in several nodes,
@@ -53,6 +67,7 @@ _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
 _METHODS["pin_memory"] = lambda self, device=None: _pin_memory(self)
 _METHODS["is_pinned"] = lambda self, device=None: is_pinned_array(self._data)
+_METHODS["record_stream"] = lambda self, stream: _record_stream(self, stream)
 _METHODS["untyped_storage"] = storage.untyped_storage
 _METHODS["storage"] = storage.storage
 _METHODS["storage_type"] = lambda self: storage.TypedStorage
