@@ -459,11 +459,18 @@ class FakeGraph:
 
 
 class FakeMemory:
-    """What a fake pool's `malloc` hands out: the size of one array's memory, alive as long
-    as the array that holds it."""
+    """What a fake pool's `malloc` hands out (CuPy's MemoryPointer): `size` bytes at `ptr`
+    (host memory here), alive as long as the array that holds it."""
 
     def __init__(self, size: int):
         self.size = size
+        self._buffer = None
+
+    @property
+    def ptr(self) -> int:
+        if self._buffer is None:        # made when first asked for (arrays never ask)
+            self._buffer = np.empty(max(int(self.size), 1), np.uint8)
+        return int(self._buffer.ctypes.data)
 
 
 def _release(counter: list, size: int) -> None:

@@ -177,3 +177,74 @@ def test_without_a_gpu_graphs_are_refused_as_torch_without_cuda():
     opt = kiln.optim.Adam(model.parameters())
     model(kiln.ones(1, 2)).sum().backward()
     opt.step()                          # not capturing: the capture check says so, cheaply
+
+
+@pytest.mark.skipif(GPU, reason="checks the answers without a GPU")
+def test_cuda_extras_without_a_gpu_answer_as_torch_without_cuda():
+    for lib in (torch, kiln):
+        assert lib.cuda.is_tf32_supported() is False
+        assert lib.cuda.default_generators == ()
+        assert lib.cuda.has_half is True and lib.cuda.has_magma is False
+        assert lib.cuda.memory_stats_as_nested_dict() == {}
+        with lib.cuda.device_of(lib.ones(2)):        # a CPU tensor: nothing changes
+            pass
+        with pytest.raises(ModuleNotFoundError, match="nvidia-ml-py does not seem to be "
+                           "installed"):
+            lib.cuda.utilization()
+        with pytest.raises((RuntimeError, AssertionError)):
+            lib.cuda.caching_allocator_alloc(8)
+        with pytest.raises((RuntimeError, AssertionError)):
+            lib.cuda.can_device_access_peer(0, 0)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        kiln.cuda.MemPool()
+
+
+@pytest.mark.gpu
+def test_mem_pools_raw_allocations_and_the_sync_debug_mode():
+    pool = kiln.cuda.MemPool()
+    assert pool.used_bytes() == 0
+    with kiln.cuda.use_mem_pool(pool):
+        x = kiln.ones(1000, device="cuda")
+    assert pool.used_bytes() >= 4000
+    y = x * 2                                   # outside the block: the default pool
+    assert pool.used_bytes() < 8000
+    g = kiln.cuda.CUDAGraph()
+    with kiln.cuda.graph(g, pool=pool):         # a capture can allocate from it too
+        z = y + x
+    g.replay()
+    assert z.sum().item() == 3000.0 and pool.used_bytes() >= 8000
+    with pytest.raises(TypeError, match="expected a kiln.cuda.MemPool"):
+        with kiln.cuda.use_mem_pool(object()):
+            pass
+
+    ptr = kiln.cuda.caching_allocator_alloc(256)
+    assert isinstance(ptr, int) and ptr != 0
+    kiln.cuda.caching_allocator_delete(ptr)
+    with pytest.raises(ValueError, match="was not allocated"):
+        kiln.cuda.caching_allocator_delete(ptr)
+
+    flat = kiln.cuda.memory_stats()
+    nested = kiln.cuda.memory_stats_as_nested_dict()
+    for key, value in flat.items():
+        a, b, c = key.split(".")
+        assert nested[a][b][c] == value
+    assert kiln.cuda.get_allocator_backend() == "native"
+    assert kiln.cuda.can_device_access_peer(0, 0) is False
+    with kiln.cuda.device_of(x):
+        assert kiln.cuda.current_device() == 0
+
+    t = kiln.arange(4.0, device="cuda")
+    assert kiln.cuda.get_sync_debug_mode() == 0
+    try:
+        kiln.cuda.set_sync_debug_mode("warn")
+        with pytest.warns(UserWarning, match=r"synchronizing CUDA operation \(item\(\)\)"):
+            assert t.sum().item() == 6.0
+        kiln.cuda.set_sync_debug_mode("error")
+        assert kiln.cuda.get_sync_debug_mode() == 2
+        with pytest.raises(RuntimeError, match="synchronizing CUDA operation.*to the CPU"):
+            t.cpu()
+        with pytest.raises(RuntimeError, match="invalid value of debug_mode"):
+            kiln.cuda.set_sync_debug_mode("loud")
+    finally:
+        kiln.cuda.set_sync_debug_mode("default")
+    assert t.cpu().tolist() == [0.0, 1.0, 2.0, 3.0]

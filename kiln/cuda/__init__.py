@@ -12,6 +12,7 @@ high-water mark, so kiln counts one by wrapping the allocator from the first mem
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from kiln.runtime import pending_checks
@@ -379,6 +380,125 @@ def ipc_collect() -> None:
     """Nothing to collect: kiln shares no CUDA memory between processes."""
 
 
+class device_of(device):  # noqa: N801 (torch's name)
+    """`with kiln.cuda.device_of(t):` makes `t`'s GPU current for the block; a CPU tensor
+    changes nothing."""
+
+    def __init__(self, obj):
+        super().__init__(obj.get_device() if getattr(obj, "is_cuda", False) else -1)
+
+
+def can_device_access_peer(device, peer_device) -> bool:
+    """Whether `device` can read `peer_device`'s memory directly (CUDA peer access)."""
+    cp = _require("can_device_access_peer")
+    a, b = _index(device, "can_device_access_peer"), _index(peer_device,
+                                                            "can_device_access_peer")
+    count = device_count()
+    if not (0 <= a < count and 0 <= b < count):
+        raise AssertionError(f"Invalid device id: {a if not 0 <= a < count else b}")
+    return a != b and bool(cp.cuda.runtime.deviceCanAccessPeer(a, b))
+
+
+_SYNC_MODES = {"default": 0, "warn": 1, "error": 2}
+
+
+def set_sync_debug_mode(debug_mode) -> None:
+    """Warn ("warn", 1) or raise ("error", 2) at each operation that makes the host wait for
+    the GPU to read device memory (`.item()`, `.cpu()`, printing, ...); "default" (0): quiet.
+    kiln sees the reads of its tensors' values; a synchronization inside CuPy's own functions
+    (`nonzero`'s result size) is not reported."""
+    if isinstance(debug_mode, str):
+        if debug_mode not in _SYNC_MODES:
+            raise RuntimeError('invalid value of debug_mode, expected one of `default`, '
+                               '`warn`, `error`')
+        debug_mode = _SYNC_MODES[debug_mode]
+    pending_checks.set_sync_debug_mode(int(debug_mode))
+
+
+def get_sync_debug_mode() -> int:
+    return pending_checks.get_sync_debug_mode()
+
+
+def is_tf32_supported() -> bool:
+    """Whether the GPU has TF32 tensor cores (compute capability 8.0 or newer)."""
+    return cuda_is_available() and get_device_capability() >= (8, 0)
+
+
+has_half = True
+has_magma = False
+
+
+def current_blas_handle() -> int:
+    """The cuBLAS handle CuPy uses on the current device, as an int."""
+    cp = _require("current_blas_handle")
+    return int(cp.cuda.device.get_cublas_handle())
+
+
+def _nvml(device, what: str):
+    """pynvml and the NVML handle of `device` (the CUDA index mapped through
+    CUDA_VISIBLE_DEVICES when that lists indices); pynvml is optional, as for PyTorch."""
+    try:
+        import pynvml
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"torch.cuda.{what}: nvidia-ml-py does not seem to be "
+                                  "installed or it can't be imported (pip install "
+                                  "nvidia-ml-py)") from e
+    index = _index(device, what)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if all(v.strip().isdigit() for v in visible) and index < len(visible):
+        index = int(visible[index])
+    pynvml.nvmlInit()
+    return pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def utilization(device=None) -> int:
+    """Percent of the last sample period the GPU was busy (NVML)."""
+    nvml, handle = _nvml(device, "utilization")
+    return int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+
+
+def memory_usage(device=None) -> int:
+    """Percent of the last sample period the GPU's memory was being read or written (NVML)."""
+    nvml, handle = _nvml(device, "memory_usage")
+    return int(nvml.nvmlDeviceGetUtilizationRates(handle).memory)
+
+
+def temperature(device=None) -> int:
+    """The GPU's temperature in degrees Celsius (NVML)."""
+    nvml, handle = _nvml(device, "temperature")
+    return int(nvml.nvmlDeviceGetTemperature(handle, 0))      # 0: NVML_TEMPERATURE_GPU
+
+
+def power_draw(device=None) -> int:
+    """The GPU's power draw in milliwatts (NVML)."""
+    nvml, handle = _nvml(device, "power_draw")
+    return int(nvml.nvmlDeviceGetPowerUsage(handle))
+
+
+def clock_rate(device=None) -> int:
+    """The GPU's streaming-multiprocessor clock in MHz (NVML)."""
+    nvml, handle = _nvml(device, "clock_rate")
+    return int(nvml.nvmlDeviceGetClockInfo(handle, 1))        # 1: NVML_CLOCK_SM
+
+
+def device_memory_used(device=None) -> int:
+    """Bytes of the GPU's memory in use by every process (NVML)."""
+    nvml, handle = _nvml(device, "device_memory_used")
+    return int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+
+def list_gpu_processes(device=None) -> str:
+    """The processes running on the GPU and the memory each uses (NVML), as text."""
+    nvml, handle = _nvml(device, "list_gpu_processes")
+    lines = [f"GPU:{_index(device, 'list_gpu_processes')}"]
+    procs = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    if not procs:
+        lines.append("no processes are running")
+    for p in procs:
+        lines.append(f"process {p.pid:>10d} uses {p.usedGpuMemory / 2 ** 20:>12.3f} MB GPU memory")
+    return "\n".join(lines)
+
+
 def init() -> None:
     """Initialize CUDA (torch.cuda.init): CuPy initializes on first use; raises without a
     GPU, as PyTorch does."""
@@ -400,6 +520,10 @@ from kiln.cuda.streams import (ExternalStream, Stream, StreamContext,  # noqa: E
                                set_stream, stream)
 from kiln.cuda.graphs import (CUDAGraph, graph, graph_pool_handle,  # noqa: E402,F401
                               make_graphed_callables)
+from kiln.cuda.memory import (MemPool, caching_allocator_alloc,  # noqa: E402,F401
+                              caching_allocator_delete, get_allocator_backend,
+                              memory_stats_as_nested_dict, reset_accumulated_memory_stats,
+                              use_mem_pool)
 from kiln.torch_namespace import OutOfMemoryError  # noqa: E402,F401
 
 
@@ -415,3 +539,12 @@ def _legacy_types() -> dict:
 
 
 globals().update(_legacy_types())
+
+
+def __getattr__(name: str):
+    """`kiln.cuda.default_generators`: a generator per device, which in kiln is the one
+    generator every device draws from (read when asked: counting devices loads CuPy)."""
+    if name == "default_generators":
+        from kiln.tracer.creation import default_generator
+        return (default_generator,) * device_count()
+    raise AttributeError(f"module 'kiln.cuda' has no attribute '{name}'")

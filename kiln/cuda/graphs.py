@@ -83,9 +83,11 @@ class CUDAGraph:
                                "stream, which CUDA cannot capture; capture with `with "
                                "kiln.cuda.graph(g):` (it captures on a stream of its own) or "
                                "inside `with kiln.cuda.stream(kiln.cuda.Stream()):`")
+        pool = getattr(pool, "id", pool)            # a kiln.cuda.MemPool: its pool
         if pool is not None and not isinstance(pool, _MemPool):
             raise TypeError("CUDAGraph.capture_begin: pool must come from "
-                            "kiln.cuda.graph_pool_handle() or another graph's pool()")
+                            "kiln.cuda.graph_pool_handle(), another graph's pool() or a "
+                            "kiln.cuda.MemPool")
         self._pool = pool if pool is not None else _MemPool()
         pending_checks.begin_capture()        # reads what is queued: the last read before
         allocator = cp.cuda.using_allocator(self._pool.pool.malloc)

@@ -27,6 +27,7 @@ replay, so an index that is out of range in any replay is reported at the next r
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from typing import NamedTuple
 
@@ -71,6 +72,32 @@ def defer(low, high, lowest, size, op: str, kind: type, message: str, where: str
     checks.append(PendingCheck(low, high, lowest, size, op, kind, message, where, inclusive))
     if len(checks) >= MAX_PENDING and not _QUEUE.capturing:
         flush()
+
+
+# torch.cuda.set_sync_debug_mode: 0 says nothing, 1 warns, 2 raises at each read of device
+# memory on the host (`host_read`)
+_SYNC_DEBUG = [0]
+
+
+def set_sync_debug_mode(mode: int) -> None:
+    _SYNC_DEBUG[0] = mode
+
+
+def get_sync_debug_mode() -> int:
+    return _SYNC_DEBUG[0]
+
+
+def host_read(what: str) -> None:
+    """The host is about to read device memory (`what`: `item()`, a copy to the CPU, ...),
+    waiting for the GPU: read the queued checks first, and warn or raise as the sync debug
+    mode says."""
+    mode = _SYNC_DEBUG[0]
+    if mode:
+        message = f"called a synchronizing CUDA operation ({what})"
+        if mode >= 2:
+            raise RuntimeError(message)
+        warnings.warn(message, stacklevel=3)
+    flush()
 
 
 def pending() -> int:

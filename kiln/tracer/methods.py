@@ -266,7 +266,9 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
         STATE.tracer.graph_break(f"a copy from {self.device} to {device} (a compiled program "
                                  "runs on one device)")
     if device.type == "cpu":
-        pending_checks.flush()      # the copy waits for the GPU: read its queued index checks
+        if self.device.type == "cuda":
+            # the copy waits for the GPU: read its queued index checks
+            pending_checks.host_read(f"a copy from {self.device} to the CPU")
     elif self.dtype is dt.bfloat16 and device.type == "cuda":
         raise op_error("to", f"copying a bfloat16 tensor of shape {list(self.shape)} to "
                        f"{device}: {dt.NO_CUDA_BFLOAT16}")

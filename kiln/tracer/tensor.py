@@ -218,7 +218,7 @@ class Tensor:
             if self.device.type == "meta":
                 raise RuntimeError(f"Tensor.{what} cannot be called on meta tensors: a meta "
                                    "tensor has a shape and dtype but no data")
-            pending_checks.flush()
+            pending_checks.host_read(what)
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
@@ -253,7 +253,7 @@ class Tensor:
             # `return loss.item()`: nothing in the function sees the number, so no graph
             # break; the compiled program outputs the tensor and a replay reads it
             if self.device.type != "cpu":
-                pending_checks.flush()
+                pending_checks.host_read("item()")
             value = float(to_device(self._data, CPU).reshape(()).item())
             tracer.returned_items[id(value)] = (value, self)
             return value
@@ -306,7 +306,7 @@ class Tensor:
                 extras.append("requires_grad=True")
             return "tensor(..., " + ", ".join(extras) + ")"
         if self.device.type != "cpu":
-            pending_checks.flush()
+            pending_checks.host_read("printing a tensor")
         data = to_device(self._data, CPU)
         body = _format_array(data, self.dtype)
         extras = []
