@@ -6,14 +6,16 @@
 # with torch.compile in its default and reduce-overhead modes; the CNN's convolutions alone
 # (implicit GEMM vs unfold + matmul vs cuDNN; the faster kiln route is recorded, so the steps
 # after compile with it); then the training steps (MLP and CNN with Adam) at full size with
-# both torch.compile modes. Each part has its own time limit, so the whole check ends within
-# 6 minutes (the limits sum to 355 s); output is unbuffered, so a part cut short
+# both torch.compile modes; then an eager step captured by the user as a CUDA graph
+# (kiln.cuda.graph vs torch.cuda.graph). Each part has its own time limit, so the whole check
+# ends within 6 minutes (the limits sum to 355 s); output is unbuffered, so a part cut short
 # still logs the rows it finished.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log (gpu_tests_shard.log.K
 #                                            # per shard),
 #                                            # compile_gpu_quick.log, compile_gpu_functions.log,
-#                                            # compile_gpu_conv.log, compile_gpu_steps.log
+#                                            # compile_gpu_conv.log, compile_gpu_steps.log,
+#                                            # cuda_graphs_gpu.log
 #
 # Prints each part's exit code at the end (124: it ran out of time) and exits non-zero if any
 # part failed. Without a GPU the tests skip and compile_gpu.py exits 2 at once.
@@ -51,10 +53,12 @@ run_part "compile_gpu quick" 30 compile_gpu_quick.log \
     python -u benchmarks/compile_gpu.py --quick --no-inductor
 run_part "compile_gpu functions" 60 compile_gpu_functions.log \
     python -u benchmarks/compile_gpu.py --only functions
-run_part "compile_gpu conv" 40 compile_gpu_conv.log \
+run_part "compile_gpu conv" 35 compile_gpu_conv.log \
     python -u benchmarks/compile_gpu.py --only conv
-run_part "compile_gpu steps" 115 compile_gpu_steps.log \
+run_part "compile_gpu steps" 100 compile_gpu_steps.log \
     python -u benchmarks/compile_gpu.py --only steps --no-kernels
+run_part "cuda graphs (eager)" 20 cuda_graphs_gpu.log \
+    python -u benchmarks/cuda_graphs_gpu.py --quick
 
 echo "== summary (logs in $out)"
 status=0
