@@ -42,6 +42,8 @@ from kiln.compiler import compile  # noqa: F401
 from kiln import cuda  # noqa: F401  (torch.cuda; its amp and nccl are modules)
 from kiln.runtime.threads import set_num_threads, get_num_threads  # noqa: F401
 from kiln.tracer.fused_optim import _fused_adam_, _fused_adamw_, _fused_sgd_  # noqa: F401
+from kiln.tracer import foreach as _foreach  # noqa: E402
+globals().update(_foreach.exports())        # torch._foreach_add_ & co.
 from kiln.tracer.functional.rnn_cells import lstm as _lstm_cell  # noqa: F401  (nn.LSTM)
 from kiln.tracer.functional.rnn_cells import gru as _gru_cell  # noqa: F401  (nn.GRU)
 from kiln.tracer.functional.rnn_sequence import sequence as _rnn_sequence  # noqa: F401  (nn.RNN)
