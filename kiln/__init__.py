@@ -69,6 +69,7 @@ _ON_FIRST_USE = {"nn": "kiln.nn", "optim": "kiln.optim", "utils": "kiln.utils",
                  "func": "kiln.func",
                  "vmap": "kiln.func"}          # torch.vmap is torch.func.vmap
 _ON_FIRST_USE["fx"] = "kiln.fx"      # torch.fx: symbolic tracing, Graph, GraphModule
+_ON_FIRST_USE["__config__"] = "kiln.__config__"     # torch.__config__.show()
 _ON_FIRST_USE.update(hub="kiln.hub", jit="kiln.jit")     # urllib and the exporter, on use
 _ON_FIRST_USE["xpu"] = "kiln.xpu"     # torch.xpu's probes, answered as a build without XPU
 _ON_FIRST_USE["functional"] = "kiln.functional"   # torch.functional: einsum, meshgrid, split...

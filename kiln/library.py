@@ -350,7 +350,12 @@ def define(qualname: str, schema: str, *, lib=None, tags=()) -> None:
 
 def impl(qualname, types, func: Callable | None = None, *, lib=None):
     """The kernel of a defined operator for `types` ("cpu", "cuda", a dispatch key such as
-    "CPU" or "CompositeExplicitAutograd", or a list of them); as a decorator too."""
+    "CPU" or "CompositeExplicitAutograd", or a list of them); as a decorator too. The older
+    form `@impl(lib, "name", "CPU")` (a Library, the operator's name in it, a dispatch key) is
+    a decorator of the same."""
+    if isinstance(qualname, Library):
+        library, name, key = qualname, types, func
+        return impl(f"{library.ns}::{name}", key or "CompositeImplicitAutograd")
     op = _op(qualname, "impl")
     keys = [types] if isinstance(types, str) else list(types)
 

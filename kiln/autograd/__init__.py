@@ -17,25 +17,15 @@ def variable(*args, **kwargs):
     return _tensor(*args, **kwargs)
 
 
-def gradgradcheck(func, inputs, grad_outputs=None, *, eps: float = 1e-6, atol: float = 1e-5,
-                  rtol: float = 1e-3, raise_exception: bool = True) -> bool:
-    """Finite-difference check of second derivatives: gradcheck of the first gradients (taken
-    with create_graph=True against `grad_outputs`, ones by default)."""
-    inputs = (inputs,) if not isinstance(inputs, (tuple, list)) else tuple(inputs)
-    import kiln
-
-    def first(*xs):
-        with enable_grad():
-            out = func(*xs)
-            outs = (out,) if not isinstance(out, (tuple, list)) else tuple(out)
-            seeds = grad_outputs or [kiln.ones_like(o) for o in outs]
-            return grad(list(outs), list(xs), list(seeds), create_graph=True, allow_unused=True)
-    return gradcheck(first, list(inputs), eps=eps, atol=atol, rtol=rtol)
-
-
 def __getattr__(name: str):
     """`kiln.autograd.profiler` (torch.autograd.profiler's spelling), loaded on first use."""
     if name == "profiler":
-        from kiln.profiler import legacy
-        return legacy
+        import importlib
+        return importlib.import_module("kiln.autograd.profiler")
     raise AttributeError(f"module 'kiln.autograd' has no attribute '{name}'")
+
+
+# torch.autograd.gradcheck is a module too (`from torch.autograd.gradcheck import gradcheck`):
+# loading it binds the package's name `gradcheck` to the module, which the function takes back
+import kiln.autograd.gradcheck  # noqa: E402,F401
+from kiln.autograd.gradcheck import gradcheck, gradgradcheck  # noqa: E402,F811

@@ -59,6 +59,19 @@ class TracerWarning(Warning):
     """torch.jit.TracerWarning, for code that filters it."""
 
 
+_ONEDNN_FUSION = [False]
+
+
+def enable_onednn_fusion(enabled: bool) -> None:
+    """Kept as a setting (torch.jit's oneDNN graph fuser): kiln's compiler fuses CPU ops into
+    its own C kernels whatever it says."""
+    _ONEDNN_FUSION[0] = bool(enabled)
+
+
+def onednn_fusion_enabled() -> bool:
+    return _ONEDNN_FUSION[0]
+
+
 def is_scripting() -> bool:
     """False: kiln never compiles Python as TorchScript, so the Python branch always runs."""
     return False

@@ -68,6 +68,10 @@ _METHODS["layout"] = property(lambda self: strided)
 _METHODS["pin_memory"] = lambda self, device=None: _pin_memory(self)
 _METHODS["is_pinned"] = lambda self, device=None: is_pinned_array(self._data)
 _METHODS["record_stream"] = lambda self, stream: _record_stream(self, stream)
+# how load_state_dict turns a state-dict value into this parameter's or buffer's new value when
+# tensors are swapped in (torch.__future__.set_swap_module_params_on_conversion), as PyTorch's
+_METHODS["module_load"] = lambda self, other, assign=False: \
+    other.detach() if assign else self.copy_(other).detach()
 _METHODS["untyped_storage"] = storage.untyped_storage
 _METHODS["storage"] = storage.storage
 _METHODS["storage_type"] = lambda self: storage.TypedStorage

@@ -109,23 +109,45 @@ class Timer:
         self._timer.timeit(1)
         return self._measure(number, 1)
 
-    def blocked_autorange(self, callback=None, min_run_time: float = 0.2) -> Measurement:
-        """Blocks of runs, each block long enough to time reliably (>= 10 ms or the whole
-        budget), repeated until `min_run_time` seconds have been spent (at least 3 blocks)."""
+    def _block_size(self, min_run_time: float) -> int:
+        """Runs per block: a power of ten whose block takes >= 10 ms (or a third of the
+        budget)."""
         number = 1
         while True:
             took = self._timer.timeit(number)
             if took >= min(0.01, min_run_time / 3) or number >= 10 ** 9:
-                break
+                return number
             number *= 10
+
+    def _blocks(self, number: int, callback, done: Callable[[list, float], bool]) -> Measurement:
         raw, spent = [], 0.0
-        while spent < min_run_time or len(raw) < 3:
+        while not done(raw, spent):
             took = self._timer.timeit(number)
             raw.append(took)
             spent += took
             if callback is not None:
                 callback(number, took)
         return Measurement(number, raw, self._stmt, **self._info)
+
+    def blocked_autorange(self, callback=None, min_run_time: float = 0.2) -> Measurement:
+        """Blocks of runs, each block long enough to time reliably (>= 10 ms or the whole
+        budget), repeated until `min_run_time` seconds have been spent (at least 3 blocks)."""
+        return self._blocks(self._block_size(min_run_time), callback,
+                            lambda raw, spent: spent >= min_run_time and len(raw) >= 3)
+
+    def adaptive_autorange(self, threshold: float = 0.1, *, min_run_time: float = 0.01,
+                           max_run_time: float = 10.0, callback=None) -> Measurement:
+        """Blocks of runs (as `blocked_autorange`) until the times are steady: the spread of
+        their middle half (IQR) below `threshold` times the median, with at least 3 blocks and
+        `min_run_time` seconds spent; or until `max_run_time` seconds are spent."""
+        def done(raw: list, spent: float) -> bool:
+            if spent >= max_run_time:
+                return True
+            if spent < min_run_time or len(raw) < 3:
+                return False
+            m = Measurement(1, raw)
+            return m.iqr / m.median < threshold
+        return self._blocks(self._block_size(0.05), callback, done)
 
 
 _UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
