@@ -26,6 +26,9 @@ from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 keep_freed_memory()             # an eager step's large temporaries reuse the last step's pages
 _INFER_CACHE: dict = {}
+_QUANTIZED_UNSUPPORTED = (
+    "not supported on a quantized tensor (kiln.tracer.quantized): call .dequantize() first, "
+    "or use a quantized module from kiln.ao.nn.quantized")
 _INFER_CACHE_LIMIT = 50_000
 
 
@@ -44,6 +47,9 @@ def infer(prim: Primitive, args: tuple, attrs: dict):
     """The primitive's result (shape, dtype), from its rule; raises the user-facing error."""
     shapes = tuple(a._data.shape if isinstance(a, Tensor) else () for a in args)
     dtypes = tuple(a.dtype if isinstance(a, Tensor) else None for a in args)
+    if any(d is not None and d.is_quantized for d in dtypes):
+        # only a cache miss gets here, and a quantized signature is never cached
+        raise op_error(prim.name, _QUANTIZED_UNSUPPORTED, NotImplementedError)
     try:
         return prim.infer(shapes, dtypes, **attrs)
     except ShapeError as e:
