@@ -20,15 +20,13 @@ from kiln.runtime.device import CPU, META, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
+from kiln.tracer import quantized as _quantized
 from kiln.tracer.errors import op_error
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 keep_freed_memory()             # an eager step's large temporaries reuse the last step's pages
 _INFER_CACHE: dict = {}
-_QUANTIZED_UNSUPPORTED = (
-    "not supported on a quantized tensor (kiln.tracer.quantized): call .dequantize() first, "
-    "or use a quantized module from kiln.ao.nn.quantized")
 _INFER_CACHE_LIMIT = 50_000
 
 
@@ -47,9 +45,6 @@ def infer(prim: Primitive, args: tuple, attrs: dict):
     """The primitive's result (shape, dtype), from its rule; raises the user-facing error."""
     shapes = tuple(a._data.shape if isinstance(a, Tensor) else () for a in args)
     dtypes = tuple(a.dtype if isinstance(a, Tensor) else None for a in args)
-    if any(d is not None and d.is_quantized for d in dtypes):
-        # only a cache miss gets here, and a quantized signature is never cached
-        raise op_error(prim.name, _QUANTIZED_UNSUPPORTED, NotImplementedError)
     try:
         return prim.infer(shapes, dtypes, **attrs)
     except ShapeError as e:
@@ -95,6 +90,9 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     except TypeError:            # an unhashable attribute: compute without caching
         facts, key = None, None
     if facts is None:
+        if any(a.dtype.is_quantized for a in args if isinstance(a, Tensor)):
+            # quantized tensors take their own rules (never cached, so never on the fast path)
+            return _quantized.apply_primitive(prim, args, attrs, apply)
         facts = _facts(prim, infer(prim, args, attrs), args)
         if key is not None:
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing

@@ -6,9 +6,10 @@ values live in `_int`, an integer NumPy array on the CPU, with its quantization 
 beside it. Its `_data` is a placeholder with a shape and no elements, and its dtype is a
 `QuantizedDType` that the dispatcher refuses, so an op kiln has no quantized kernel for fails
 with an error naming the op instead of computing on the integers. What works on one: the
-methods below (int_repr, dequantize, q_scale..., and the movement methods reshape, view,
-flatten, permute, transpose, squeeze, unsqueeze, indexing, clone, detach on per-tensor
-tensors) and the quantized modules of `kiln.ao.nn.quantized`. Quantized tensors never require
+methods below (int_repr, dequantize, q_scale..., clone, detach), the movement ops (reshape,
+view, flatten, permute, transpose, squeeze, unsqueeze, slicing, cat of tensors with the same
+parameters) and relu on per-tensor quantized tensors (`apply_primitive`, which the dispatcher
+calls), and the quantized modules of `kiln.ao.nn.quantized`. Quantized tensors never require
 grad and never enter `@kiln.compile` (a traced function that meets one fails at that op).
 
 Rounding follows PyTorch's x86 (FBGEMM) CPU kernels, checked bit for bit in
@@ -18,8 +19,6 @@ multiply-add) to the nearest integer, ties to even; qint32 and per-channel quant
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -70,11 +69,9 @@ class _NoFloatMemory:
 
     __array_ufunc__ = None
 
-    def __init__(self, shape: tuple, dtype: np.dtype):
-        self.shape, self.dtype = shape, dtype
-        self.ndim, self.size = len(shape), math.prod(shape)
-        self.strides = tuple(int(s) * dtype.itemsize for s in _contiguous_strides(shape))
-        self.itemsize = dtype.itemsize
+    def __init__(self, ints: np.ndarray):
+        self.shape, self.dtype, self.ndim, self.size = ints.shape, ints.dtype, ints.ndim, ints.size
+        self.strides, self.itemsize, self.flags = ints.strides, ints.itemsize, ints.flags
 
     def __array__(self, *args, **kwargs):
         raise TypeError(f"the tensor is quantized: {_HOW}")
@@ -86,14 +83,6 @@ class _NoFloatMemory:
 
 
 _HOW = "call .dequantize() first, or use a quantized module from kiln.ao.nn.quantized"
-
-
-def _contiguous_strides(shape: tuple) -> tuple:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 class QuantizedTensor(Tensor):
@@ -182,40 +171,7 @@ class QuantizedTensor(Tensor):
         raise TypeError(f"Got unsupported ScalarType {self.dtype.name}: NumPy has no "
                         "quantized types; use q.int_repr().numpy() or q.dequantize().numpy()")
 
-    # ------------------------------------------------------------------ movement
-    def _moved(self, op: str, fn) -> "QuantizedTensor":
-        """A per-tensor quantized tensor with the same parameters over `fn(ints)`, `fn` a kiln
-        movement op applied to the integers (a per-channel tensor's axis could move: refused)."""
-        if self._axis is not None:
-            raise op_error(op, "kiln moves only per-tensor quantized tensors; this one is "
-                           f"{self._qscheme.name}: dequantize() first", NotImplementedError)
-        ints = fn(Tensor._make(self._int, _INT_DTYPE[self.dtype], CPU))
-        return make(ints._data, self.dtype, self._scales, self._zero_points)
-
-    def reshape(self, *shape):
-        return self._moved("reshape", lambda t: t.reshape(*shape))
-
-    def view(self, *shape):
-        return self._moved("view", lambda t: t.view(*shape))
-
-    def flatten(self, start_dim=0, end_dim=-1):
-        return self._moved("flatten", lambda t: t.flatten(start_dim, end_dim))
-
-    def permute(self, *dims):
-        return self._moved("permute", lambda t: t.permute(*dims))
-
-    def transpose(self, dim0, dim1):
-        return self._moved("transpose", lambda t: t.transpose(dim0, dim1))
-
-    def squeeze(self, *dim):
-        return self._moved("squeeze", lambda t: t.squeeze(*dim))
-
-    def unsqueeze(self, dim):
-        return self._moved("unsqueeze", lambda t: t.unsqueeze(dim))
-
-    def __getitem__(self, index):
-        return self._moved("__getitem__", lambda t: t[index])
-
+    # ------------------------------------------------------------------ copies
     def contiguous(self, memory_format=None):
         return self._copy(np.ascontiguousarray(self._int))
 
@@ -267,13 +223,49 @@ def make(ints: np.ndarray, dtype: dt.DType, scales, zero_points, axis: int | Non
     q = object.__new__(QuantizedTensor)
     ints = np.asarray(ints, dtype=dtype.np)
     q._int = ints
-    q._data = _NoFloatMemory(ints.shape, ints.dtype)
+    q._data = _NoFloatMemory(ints)
     q.dtype, q.device = dtype, CPU
     q._grad = q.grad_fn = q._hooks = q._trace = q._base = None
     q._version, q._retains_grad = [0], False
     q._scales, q._zero_points, q._axis = scales, zero_points, axis
     q._qscheme = per_tensor_affine if axis is None else per_channel_affine
     return q
+
+
+# ---------------------------------------------------------------------- ops on quantized tensors
+# movement ops keep the integers' meaning: they run on the integers and keep the parameters
+_MOVEMENT = {"reshape", "permute", "expand", "slice", "cat"}
+
+
+def apply_primitive(prim, args: tuple, attrs: dict, apply) -> QuantizedTensor:
+    """The dispatcher's rule for a primitive with a quantized input (`apply` is the dispatcher's
+    own, to run a movement op on the integers): movement ops and relu on per-tensor quantized
+    tensors of one dtype and one scale and zero point; anything else is refused."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    first = tensors[0]
+    if prim.name == "cast" and attrs.get("dtype") is first.dtype:
+        return first              # a cast to its own dtype, as some composites do
+    if prim.name not in _MOVEMENT and prim.name != "relu":
+        raise op_error(prim.name, "not supported on a quantized tensor: " + _HOW,
+                       NotImplementedError)
+    same = all(isinstance(t, QuantizedTensor) and t.dtype is first.dtype and t._axis is None
+               and (t._scales, t._zero_points) == (first._scales, first._zero_points)
+               for t in tensors)
+    if not same:
+        raise op_error(prim.name, "kiln runs it only on per-tensor quantized tensors of one "
+                       f"dtype, scale and zero point (got {_describe(tensors)}): " + _HOW,
+                       NotImplementedError)
+    if prim.name == "relu":       # zero is the zero point: the integers below it rise to it
+        return first._copy(np.maximum(first._int, first._zero_points).astype(first._int.dtype))
+    ints = [Tensor._make(a._int, _INT_DTYPE[a.dtype], CPU) if isinstance(a, Tensor) else a
+            for a in args]
+    return first._copy(apply(prim, tuple(ints), attrs)._data)
+
+
+def _describe(tensors: list) -> str:
+    return ", ".join(f"{t.dtype.name} {t._qscheme.name} scale={t._scales} "
+                     f"zero_point={t._zero_points}" if isinstance(t, QuantizedTensor)
+                     else f"a {t.dtype.name} tensor" for t in tensors)
 
 
 # ---------------------------------------------------------------------- quantize / dequantize

@@ -92,13 +92,19 @@ def test_printing_matches_torch():
     lambda t: t.reshape(4, 6), lambda t: t.view(-1), lambda t: t.flatten(1),
     lambda t: t.permute(2, 0, 1), lambda t: t.transpose(0, 1), lambda t: t.unsqueeze(1),
     lambda t: t[1], lambda t: t[:, 1:], lambda t: t.clone(), lambda t: t.detach(),
-    lambda t: t.contiguous(), lambda t: t.reshape(1, 24).squeeze(0)])
+    lambda t: t.contiguous(), lambda t: t.reshape(1, 24).squeeze(0),
+    lambda t: t.expand(2, 2, 3, 4),
+    lambda t: (torch if isinstance(t, torch.Tensor) else kiln).flatten(t, 1),
+    lambda t: (torch if isinstance(t, torch.Tensor) else kiln).cat([t, t], 1),
+    lambda t: (torch if isinstance(t, torch.Tensor) else kiln).relu(t),
+    lambda t: (torch.nn if isinstance(t, torch.Tensor) else kiln.nn).ReLU()(t)])
 def test_movement_keeps_integers_and_parameters(move):
     x = _inputs(1, 24, 0.05).reshape(2, 3, 4)
     q = move(kiln.quantize_per_tensor(kiln.tensor(x), 0.05, 10, kiln.quint8))
     ref = move(torch.quantize_per_tensor(torch.tensor(x), 0.05, 10, torch.quint8))
     _same_quantized(q, ref)
     assert (q.q_scale(), q.q_zero_point()) == (ref.q_scale(), ref.q_zero_point())
+    assert q.stride() == ref.stride()
 
 
 def test_metadata_as_torch():
@@ -120,8 +126,11 @@ def test_errors_are_clear():
     qk = kiln.quantize_per_tensor(kiln.randn(2, 3), 0.05, 10, kiln.quint8)
     with pytest.raises(NotImplementedError, match="add: not supported on a quantized tensor"):
         qk + 1
-    with pytest.raises(NotImplementedError, match="relu: .*dequantize"):
-        kiln.relu(qk)
+    with pytest.raises(NotImplementedError, match="not supported on a quantized tensor.*dequantize"):
+        kiln.exp(qk)
+    other = kiln.quantize_per_tensor(kiln.randn(2, 3), 0.1, 10, kiln.quint8)
+    with pytest.raises(NotImplementedError, match="cat: kiln runs it only on per-tensor"):
+        kiln.cat([qk, other])
     with pytest.raises(RuntimeError, match="only Tensors of floating point"):
         qk.requires_grad_()
     with pytest.raises(TypeError, match="int_repr"):
