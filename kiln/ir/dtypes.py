@@ -259,7 +259,7 @@ def result_type(dims: tuple, zero_dims: tuple, scalars: tuple) -> DType:
     return result
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class QuantizedDType(DType):
     """A quantized element type (torch.quint8, qint8, qint32): integers that stand for
     `(q - zero_point) * scale`. Only kiln.tracer.quantized computes on them; they are kept out of

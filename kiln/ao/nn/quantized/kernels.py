@@ -120,3 +120,101 @@ def linear_dynamic(x: Tensor, w: _q.QuantizedTensor, bias: Tensor | None,
     out = dynamic_output(acc, scale, w_scales, b)
     return Tensor._make(out.reshape(data.shape[:-1] + (w.shape[0],)), dt.float32,
                         CPU).to(x.device)
+
+
+# ---------------------------------------------------------------------- static (quantized out)
+def requantize(acc: np.ndarray, act_scale: float, w_scales: np.ndarray, bias, out_scale: float,
+               out_zero_point: int, relu: bool, channel_axis: int) -> np.ndarray:
+    """quint8 outputs from int32 accumulators, FBGEMM's ReQuantizeOutput with a float bias:
+    `round((acc + bias / (sx * sw)) * (sx * sw / s_out)) + zp_out`, each step in float32,
+    clamped to [0, 255] (to [zp_out, 255] with a fused ReLU)."""
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+    act_times_w = (np.float32(act_scale) * w_scales).astype(np.float32).reshape(shape)
+    multiplier = (act_times_w / np.float32(out_scale)).astype(np.float32)
+    raw = acc.astype(np.float32)
+    if bias is not None:
+        raw = raw + (bias.astype(np.float32).reshape(shape) / act_times_w)
+    low = out_zero_point if relu else 0
+    return np.clip(np.rint(raw * multiplier) + out_zero_point, low, 255).astype(np.int64)
+
+
+def _activation(op: str, x) -> _q.QuantizedTensor:
+    if not isinstance(x, _q.QuantizedTensor) or x.dtype is not dt.quint8 or x._axis is not None:
+        got = f"a {x.dtype.name} tensor" if isinstance(x, Tensor) else type(x).__name__
+        if isinstance(x, _q.QuantizedTensor):
+            got += f" quantized {x.qscheme().name}"
+        raise op_error(op, f"expected a quint8 per-tensor quantized input (put a QuantStub "
+                       f"before it), got {got}", TypeError)
+    return x
+
+
+def linear(x, w: _q.QuantizedTensor, bias, out_scale: float, out_zero_point: int,
+           relu: bool = False) -> _q.QuantizedTensor:
+    """torch.ops.quantized.linear (and linear_relu): quint8 in, quint8 out."""
+    op = "quantized.linear"
+    check_engine(op)
+    x = _activation(op, x)
+    if x.shape[-1] != w.shape[1]:
+        raise op_error(op, f"input of shape {tuple(x.shape)} does not match weight of shape "
+                       f"{tuple(w.shape)} (in_features {w.shape[1]})")
+    rows = (x._int.astype(np.int64) - x._zero_points).reshape(-1, w.shape[1])
+    cols, w_scales = weight_columns(w)
+    acc = integer_matmul(rows.astype(np.float64), cols)
+    b = None if bias is None else bias.detach().cpu().numpy()
+    ints = requantize(acc, x._scales, w_scales, b, out_scale, out_zero_point, relu, 1)
+    return _q.make(ints.reshape(tuple(x.shape[:-1]) + (w.shape[0],)), dt.quint8,
+                   float(out_scale), int(out_zero_point))
+
+
+def conv2d(x, w: _q.QuantizedTensor, bias, stride: tuple, padding: tuple, dilation: tuple,
+           groups: int, out_scale: float, out_zero_point: int,
+           relu: bool = False) -> _q.QuantizedTensor:
+    """torch.ops.quantized.conv2d (and conv2d_relu) on NCHW quint8 input, zero padding."""
+    op = "quantized.conv2d"
+    check_engine(op)
+    x = _activation(op, x)
+    if x.ndim != 4 or x.shape[1] != w.shape[1] * groups:
+        raise op_error(op, f"expected input (N, {w.shape[1] * groups}, H, W) for weight of "
+                       f"shape {tuple(w.shape)} with groups={groups}, got {tuple(x.shape)}")
+    shifted = (x._int.astype(np.int64) - x._zero_points).astype(np.float64)
+    (ph, pw), (sh, sw), (dh, dw) = padding, stride, dilation
+    shifted = np.pad(shifted, ((0, 0), (0, 0), (ph, ph), (pw, pw)))   # zero = the zero point
+    kh, kw = w.shape[2], w.shape[3]
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    windows = np.lib.stride_tricks.sliding_window_view(shifted, (span_h, span_w), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]             # N, C, Ho, Wo, kh, kw
+    n, _, out_h, out_w = windows.shape[:4]
+    cols, w_scales = weight_columns(w)                          # O, C/groups * kh * kw
+    per_group = w.shape[0] // groups
+    acc = np.empty((n, out_h, out_w, w.shape[0]))
+    for g in range(groups):
+        part = windows[:, g * w.shape[1]:(g + 1) * w.shape[1]]
+        rows = part.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, -1)
+        block = integer_matmul(rows, cols[g * per_group:(g + 1) * per_group])
+        acc[..., g * per_group:(g + 1) * per_group] = block.reshape(n, out_h, out_w, -1)
+    acc = acc.transpose(0, 3, 1, 2)
+    b = None if bias is None else bias.detach().cpu().numpy()
+    ints = requantize(acc, x._scales, w_scales, b, out_scale, out_zero_point, relu, 1)
+    return _q.make(np.ascontiguousarray(ints), dt.quint8, float(out_scale), int(out_zero_point))
+
+
+def _dequantized(x: _q.QuantizedTensor) -> np.ndarray:
+    """x's float32 values as the x86 kernels form them: one multiply-add
+    `scale * q + (-zero_point * scale)`."""
+    scale = np.float32(x._scales)
+    offset = np.float32(-x._zero_points * scale)
+    return (x._int.astype(np.float64) * np.float64(scale) + np.float64(offset)).astype(np.float32)
+
+
+def add(x, y, out_scale: float, out_zero_point: int, relu: bool = False) -> _q.QuantizedTensor:
+    """torch.ops.quantized.add (add_relu): both dequantized, added in float32, quantized to
+    the output's parameters."""
+    op = "quantized.add"
+    check_engine(op)
+    x, y = _activation(op, x), _activation(op, y)
+    total = _dequantized(x) + _dequantized(y)
+    if relu:
+        total = np.maximum(total, np.float32(0))
+    ints = _q._round_per_tensor(total, out_scale, out_zero_point, 0, 255, fused=True)
+    return _q.make(ints, dt.quint8, float(out_scale), int(out_zero_point))
