@@ -194,6 +194,14 @@ class QuantizedTensor(Tensor):
                                f"its dtype (got {target}); use dequantize()", NotImplementedError)
         return self
 
+    def __deepcopy__(self, memo) -> "QuantizedTensor":
+        return self.clone()
+
+    def __reduce_ex__(self, protocol):
+        """Pickles (kiln.save, DataLoader workers) as its integers and parameters."""
+        return (_rebuild, (self._int, self.dtype, self._scales, self._zero_points, self._axis,
+                           self._qscheme))
+
     def _copy(self, ints: np.ndarray) -> "QuantizedTensor":
         out = make(ints, self.dtype, self._scales, self._zero_points, self._axis)
         out._qscheme = self._qscheme
@@ -230,6 +238,12 @@ def make(ints: np.ndarray, dtype: dt.DType, scales, zero_points, axis: int | Non
     q._scales, q._zero_points, q._axis = scales, zero_points, axis
     q._qscheme = per_tensor_affine if axis is None else per_channel_affine
     return q
+
+
+def _rebuild(ints, dtype, scales, zero_points, axis, scheme) -> QuantizedTensor:
+    out = make(ints, dtype, scales, zero_points, axis)
+    out._qscheme = scheme
+    return out
 
 
 # ---------------------------------------------------------------------- ops on quantized tensors

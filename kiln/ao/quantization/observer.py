@@ -113,7 +113,8 @@ class UniformQuantizationObserverBase(ObserverBase):
                                       "quint8")
 
     def _calculate_qparams(self, min_val, max_val) -> tuple:
-        """(scale float32, zero_point int64), shape (1,) per tensor or (channels,)."""
+        """(scale float32, zero_point), shape (1,) per tensor or (channels,); the zero point is
+        int32 for affine schemes and int64 for symmetric ones, as PyTorch's."""
         if not _seen_values(min_val, max_val):
             return kiln.tensor([1.0]), kiln.tensor([0])
         lo, hi = self.quant_min, self.quant_max
@@ -132,7 +133,7 @@ class UniformQuantizationObserverBase(ObserverBase):
         else:
             scale = kiln.maximum((max_pos - min_neg) / float(hi - lo), self.eps)
             zero_point = lo - kiln.round(min_neg / scale).to(kiln.int32)
-            zero_point = kiln.clamp(zero_point, lo, hi).to(kiln.int64)
+            zero_point = kiln.clamp(zero_point, lo, hi)      # int32, as PyTorch's
         if scale.ndim == 0:
             scale = scale.reshape(1)
         if zero_point.ndim == 0:

@@ -1,0 +1,201 @@
+"""Eager-mode static post-training quantization, written as PyTorch's static quantization
+tutorial does it (QuantStub/DeQuantStub, fuse_modules, qconfig, prepare, calibrate, convert,
+evaluate), run by torch and by kiln on the same weights and data: the quantized models agree on
+every scale, zero point and integer."""
+
+import numpy as np
+import pytest
+import torch
+import torch.ao.nn.quantized as tnnq
+import torch.ao.quantization as tq
+
+import kiln
+import kiln.ao.nn.quantized as knnq
+import kiln.ao.quantization as kq
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions"),
+              pytest.mark.filterwarnings("ignore:.*torch.ao.quantization is deprecated"),
+              pytest.mark.filterwarnings("ignore:Please use quant_min")]
+
+
+def make_net(nn, quantization, functional):
+    """The tutorial's model shape: stubs around conv-bn-relu blocks, a residual add through
+    FloatFunctional, a flatten and two linear layers."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = quantization.QuantStub()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.relu1 = nn.ReLU()
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.bn2 = nn.BatchNorm2d(8)
+            self.skip_add = functional.FloatFunctional()
+            self.conv3 = nn.Conv2d(8, 12, 3, stride=2, groups=4)
+            self.relu3 = nn.ReLU()
+            self.fc1 = nn.Linear(12 * 3 * 3, 32)
+            self.relu4 = nn.ReLU()
+            self.fc2 = nn.Linear(32, 10)
+            self.dequant = quantization.DeQuantStub()
+
+        def forward(self, x):
+            x = self.quant(x)
+            x = self.relu1(self.bn1(self.conv1(x)))
+            x = self.skip_add.add(x, self.bn2(self.conv2(x)))
+            x = self.relu3(self.conv3(x))
+            x = x.flatten(1)
+            x = self.relu4(self.fc1(x))
+            return self.dequant(self.fc2(x))
+
+    return Net()
+
+
+FUSE = [["conv1", "bn1", "relu1"], ["conv2", "bn2"], ["conv3", "relu3"], ["fc1", "relu4"]]
+
+
+def _twins(seed: int):
+    torch.manual_seed(seed)
+    ref = make_net(torch.nn, tq, tnnq)
+    with torch.no_grad():                 # trained-looking batch-norm statistics
+        for bn in (ref.bn1, ref.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    ours = make_net(kiln.nn, kq, knnq)
+    ours.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    return ref.eval(), ours.eval()
+
+
+def _qconfigs(kind: str):
+    if kind == "per_channel_reduce_range":     # get_default_qconfig("x86") with MinMax
+        return (tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True),
+                           weight=tq.default_per_channel_weight_observer),
+                kq.QConfig(activation=kq.MinMaxObserver.with_args(reduce_range=True),
+                           weight=kq.default_per_channel_weight_observer))
+    if kind == "moving_average":
+        return (tq.QConfig(activation=tq.MovingAverageMinMaxObserver.with_args(
+                    averaging_constant=0.5), weight=tq.default_weight_observer),
+                kq.QConfig(activation=kq.MovingAverageMinMaxObserver.with_args(
+                    averaging_constant=0.5), weight=kq.default_weight_observer))
+    return tq.default_qconfig, kq.default_qconfig
+
+
+def _quantize_both(seed: int, kind: str, shared_statistics: bool = True):
+    """Both models fused, prepared, calibrated on the same batches and converted. The float
+    forward passes of calibration differ in the last bit between PyTorch's and kiln's matmul
+    and convolution, and so can the later layers' observed ranges: with `shared_statistics`
+    kiln's observers take torch's statistics (its state_dict) so the quantized models can be
+    compared integer for integer."""
+    ref, ours = _twins(seed)
+    ref = tq.fuse_modules(ref, FUSE)
+    ours = kq.fuse_modules(ours, FUSE)
+    ref.qconfig, ours.qconfig = _qconfigs(kind)
+    ref, ours = tq.prepare(ref), kq.prepare(ours)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):                                 # calibration batches
+        x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+        ref(torch.tensor(x))
+        ours(kiln.tensor(x))
+    if shared_statistics:
+        ours.load_state_dict({k: kiln.tensor(v.numpy()) for k, v in ref.state_dict().items()})
+    return tq.convert(ref), kq.convert(ours), rng
+
+
+QUANTIZED = ("quant", "conv1", "conv2", "conv3", "fc1", "fc2", "skip_add")
+
+
+@pytest.mark.parametrize("kind", ["default", "per_channel_reduce_range", "moving_average"])
+@pytest.mark.parametrize("seed", range(3))
+def test_static_quantized_cnn_matches_torch(seed, kind):
+    qref, qours, rng = _quantize_both(seed, kind)
+    for name in QUANTIZED:
+        ours, theirs = getattr(qours, name), getattr(qref, name)
+        assert ours._get_name() == theirs._get_name()
+        assert (ours.scale, ours.zero_point) == (float(theirs.scale), int(theirs.zero_point))
+        if hasattr(theirs, "weight"):
+            np.testing.assert_array_equal(ours.weight().int_repr().numpy(),
+                                          theirs.weight().int_repr().numpy())
+            np.testing.assert_array_equal(ours.bias().numpy(), theirs.bias().detach().numpy())
+    for _ in range(2):                                 # evaluation batches
+        x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+        expected = qref(torch.tensor(x))
+        out = qours(kiln.tensor(x))
+        assert out.dtype is kiln.float32
+        np.testing.assert_array_equal(out.numpy(), expected.numpy())
+        # and every quantized intermediate, integer for integer
+        xq_ref, xq = qref.quant(torch.tensor(x)), qours.quant(kiln.tensor(x))
+        for layer in ("conv1", "conv2"):
+            xq_ref, xq = getattr(qref, layer)(xq_ref), getattr(qours, layer)(xq)
+            np.testing.assert_array_equal(xq.int_repr().numpy(), xq_ref.int_repr().numpy())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_static_quantization_with_own_calibration_stays_within_a_step(seed):
+    """kiln calibrating on its own float passes: the same zero points, scales equal to float32
+    rounding, outputs equal or one output quantization step apart."""
+    qref, qours, rng = _quantize_both(seed, "per_channel_reduce_range", False)
+    for name in QUANTIZED:
+        ours, theirs = getattr(qours, name), getattr(qref, name)
+        assert ours.zero_point == theirs.zero_point
+        assert ours.scale == pytest.approx(float(theirs.scale), rel=1e-6)
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    out, expected = qours(kiln.tensor(x)).numpy(), qref(torch.tensor(x)).numpy()
+    step = float(qref.fc2.scale)
+    assert np.abs(out - expected).max() <= step * 1.0001
+
+
+def test_prepared_and_converted_models_print_as_torch():
+    qref, qours, _ = _quantize_both(0, "per_channel_reduce_range")
+    text = repr(qref).replace("torch.", "kiln.")
+    assert repr(qours) == text
+
+
+def test_fuse_modules_folds_batch_norm_as_torch():
+    ref, ours = _twins(1)
+    fref, fours = tq.fuse_modules(ref, FUSE), kq.fuse_modules(ours, FUSE)
+    assert repr(fours).replace("kiln.", "torch.") == repr(fref)
+    for name, value in fref.state_dict().items():
+        np.testing.assert_array_equal(fours.state_dict()[name].numpy(), value.numpy())
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(fours(kiln.tensor(x)).detach().numpy(),
+                               fref(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="training mode"):
+        kq.fuse_modules(ours.train(), [["conv1", "bn1"]])
+    with pytest.raises(NotImplementedError, match="Cannot fuse modules"):
+        kq.fuse_modules(ours, [["conv1", "fc1"]])
+
+
+def test_prepare_places_observers_as_torch():
+    ref, ours = _twins(2)
+    ref = tq.fuse_modules(ref, FUSE)
+    ours = kq.fuse_modules(ours, FUSE)
+    ref.qconfig, ours.qconfig = tq.default_qconfig, kq.default_qconfig
+    pref, pours = tq.prepare(ref), kq.prepare(ours)
+    names = sorted(n for n, _ in pref.named_modules() if n.endswith("activation_post_process"))
+    assert sorted(n for n, _ in pours.named_modules()
+                  if n.endswith("activation_post_process")) == names
+    assert not hasattr(ours.conv1, "activation_post_process")     # prepare copied the model
+
+
+def test_quantized_add_matches_torch():
+    rng = np.random.default_rng(3)
+    for relu in (False, True):
+        a, b = (rng.standard_normal(300).astype(np.float32) * 3 for _ in range(2))
+        qa = torch.quantize_per_tensor(torch.tensor(a), 0.03, 100, torch.quint8)
+        qb = torch.quantize_per_tensor(torch.tensor(b), 0.05, 20, torch.quint8)
+        ka = kiln.quantize_per_tensor(kiln.tensor(a), 0.03, 100, kiln.quint8)
+        kb = kiln.quantize_per_tensor(kiln.tensor(b), 0.05, 20, kiln.quint8)
+        f, g = tnnq.QFunctional(), knnq.QFunctional()
+        f.scale, f.zero_point, g.scale, g.zero_point = 0.07, 60, 0.07, 60
+        expected = (f.add_relu if relu else f.add)(qa, qb)
+        out = (g.add_relu if relu else g.add)(ka, kb)
+        np.testing.assert_array_equal(out.int_repr().numpy(), expected.int_repr().numpy())
+
+
+def test_quantized_modules_refuse_float_input():
+    qref, qours, _ = _quantize_both(0, "default")
+    with pytest.raises(TypeError, match="expected a quint8 per-tensor quantized input"):
+        qours.conv1(kiln.randn(1, 3, 8, 8))
