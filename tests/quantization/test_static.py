@@ -70,6 +70,8 @@ def _twins(seed: int):
 
 
 def _qconfigs(kind: str):
+    if kind == "x86":                          # what the tutorial uses
+        return tq.get_default_qconfig("x86"), kq.get_default_qconfig("x86")
     if kind == "per_channel_reduce_range":     # get_default_qconfig("x86") with MinMax
         return (tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True),
                            weight=tq.default_per_channel_weight_observer),
@@ -107,7 +109,8 @@ def _quantize_both(seed: int, kind: str, shared_statistics: bool = True):
 QUANTIZED = ("quant", "conv1", "conv2", "conv3", "fc1", "fc2", "skip_add")
 
 
-@pytest.mark.parametrize("kind", ["default", "per_channel_reduce_range", "moving_average"])
+@pytest.mark.parametrize("kind", ["x86", "default", "per_channel_reduce_range",
+                                  "moving_average"])
 @pytest.mark.parametrize("seed", range(3))
 def test_static_quantized_cnn_matches_torch(seed, kind):
     qref, qours, rng = _quantize_both(seed, kind)
@@ -132,11 +135,12 @@ def test_static_quantized_cnn_matches_torch(seed, kind):
             np.testing.assert_array_equal(xq.int_repr().numpy(), xq_ref.int_repr().numpy())
 
 
+@pytest.mark.parametrize("kind", ["x86", "per_channel_reduce_range"])
 @pytest.mark.parametrize("seed", range(3))
-def test_static_quantization_with_own_calibration_stays_within_a_step(seed):
+def test_static_quantization_with_own_calibration_stays_within_a_step(seed, kind):
     """kiln calibrating on its own float passes: the same zero points, scales equal to float32
     rounding, outputs equal or one output quantization step apart."""
-    qref, qours, rng = _quantize_both(seed, "per_channel_reduce_range", False)
+    qref, qours, rng = _quantize_both(seed, kind, False)
     for name in QUANTIZED:
         ours, theirs = getattr(qours, name), getattr(qref, name)
         assert ours.zero_point == theirs.zero_point

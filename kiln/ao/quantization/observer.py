@@ -13,6 +13,8 @@ import functools
 import math
 import warnings
 
+import numpy as np
+
 import kiln
 from kiln import nn
 from kiln.tracer import quantized as _q
@@ -305,15 +307,170 @@ class NoopObserver(PlaceholderObserver):
 
 
 class HistogramObserver(UniformQuantizationObserverBase):
-    """PyTorch's histogram search for the range that minimizes quantization error. kiln does not
-    reproduce its search bit for bit, so it refuses rather than give other parameters."""
+    """A histogram of everything seen (`bins` bins over the running min..max; a wider batch
+    re-bins the old counts, each split into 16 and moved by its midpoint), and at
+    calculate_qparams the sub-range that minimizes the squared quantization error, searched
+    as PyTorch searches it. The float32 arithmetic follows torch's kernels (histc's bin rule,
+    linspace's fused steps, bincount's in-order float32 sums, comparisons against float32
+    thresholds); the two float32 totals (a histogram's sum, an error's sum over bins) are
+    summed in float64 and rounded, where torch sums in its own order: they can differ in the
+    last bit, which changes the result only if two candidate ranges' errors tie to that bit."""
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError(
-            "HistogramObserver is not in kiln (its histogram search is not reproduced exactly); "
-            "use MinMaxObserver or MovingAverageMinMaxObserver, e.g. "
-            "QConfig(activation=MinMaxObserver.with_args(reduce_range=True), "
-            "weight=default_per_channel_weight_observer)")
+    def __init__(self, bins: int = 2048, dtype=kiln.quint8, qscheme=_q.per_tensor_affine,
+                 reduce_range=False, quant_min=None, quant_max=None, factory_kwargs=None,
+                 eps=EPS32, is_dynamic=False, **kwargs):
+        if qscheme not in (_q.per_tensor_affine, _q.per_tensor_symmetric):
+            raise NotImplementedError("HistogramObserver's qscheme only supports "
+                                      "per_tensor_symmetric and per_tensor_affine")
+        if is_dynamic:
+            raise NotImplementedError("HistogramObserver doesn't support dynamic quantization")
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs,
+                         eps, is_dynamic, **kwargs)
+        self.bins = bins
+        self.register_buffer("histogram", kiln.zeros(bins))
+        self.register_buffer("min_val", kiln.tensor(float("inf")))
+        self.register_buffer("max_val", kiln.tensor(float("-inf")))
+        self.dst_nbins = 2 ** (8 * self.dtype.itemsize)
+        self.upsample_rate = 16
+
+    def forward(self, x_orig):
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1)
+        if np.isinf(x).any():
+            warnings.warn("torch.inf detected in input tensor, ignoring input", stacklevel=2)
+            x = x[~np.isinf(x)]
+            if x.size == 0:
+                return x_orig
+        low, high = np.float32(x.min()), np.float32(x.max())
+        old_low, old_high = np.float32(self.min_val.item()), np.float32(self.max_val.item())
+        if np.isinf(old_low) or np.isinf(old_high):
+            self._store(_histc(x, self.bins, low, high), low, high)
+            return x_orig
+        new_low, new_high = min(old_low, low), max(old_high, high)
+        update = _histc(x, self.bins, new_low, new_high)
+        old = self.histogram.numpy()
+        if new_low == old_low and new_high == old_high:
+            self._store(old + update, new_low, new_high)
+        elif old_low == old_high:
+            spread = _histc(np.array([old_low], np.float32), self.bins, new_low, new_high)
+            self._store(spread * np.float32(old.sum(dtype=np.float64)) + update, new_low,
+                        new_high)
+        else:
+            moved = self._upscale(old, old_low, old_high, new_low, new_high)
+            self._store(update + moved, new_low, new_high)
+        return x_orig
+
+    def _store(self, histogram: np.ndarray, low, high) -> None:
+        self.histogram = kiln.tensor(histogram.astype(np.float32))
+        self.min_val = kiln.tensor(np.float32(low))
+        self.max_val = kiln.tensor(np.float32(high))
+
+    def _upscale(self, histogram, old_low, old_high, new_low, new_high) -> np.ndarray:
+        """The old counts re-binned onto [new_low, new_high]: each bin split into
+        `upsample_rate` equal parts, each part moved to the new bin holding its midpoint."""
+        fine = self.bins * self.upsample_rate
+        parts = np.repeat(histogram, self.upsample_rate) / np.float32(self.upsample_rate)
+        size = np.float32((old_high - old_low) / np.float32(fine))
+        mids = (_linspace(old_low, old_high, fine + 1)[:-1] + np.float32(0.5) * size)
+        edges = _linspace(new_low, new_high, self.bins + 1)
+        where = np.clip(np.searchsorted(edges, mids.astype(np.float32), side="right") - 1, 0,
+                        self.bins - 1)
+        out = np.zeros(self.bins, np.float32)
+        np.add.at(out, where, parts.astype(np.float32))        # in order, in float32
+        return out
+
+    def _quantization_error(self, start: int, end: int) -> float:
+        """The squared error of quantizing the histogram into `dst_nbins` bins over bins
+        start..end (torch's _compute_quantization_error, in its float32 steps)."""
+        f = np.float32
+        bin_width = (self.max_val.item() - self.min_val.item()) / self.bins
+        dst_width = bin_width * (end - start + 1) / self.dst_nbins
+        if dst_width == 0.0:
+            return 0.0
+        w, half = f(dst_width), f(dst_width / 2)
+        begin = (np.arange(self.bins) - start).astype(f) * f(bin_width)
+        finish = begin + f(bin_width)
+        first = np.clip(np.floor_divide(begin, w), f(0), f(self.dst_nbins - 1))
+        first_center = (first + f(0.5)) * w
+        last = np.clip(np.floor_divide(finish, w), f(0), f(self.dst_nbins - 1))
+        density = self.histogram.numpy() / f(bin_width)
+        norm = np.zeros(self.bins, f)
+        norm += _norm(begin - first_center, np.ones(self.bins, f) * half, density)
+        norm += (last - first - f(1)) * _norm(f(-dst_width / 2), half, density)
+        last_center = last * w + half
+        norm += _norm(f(-dst_width / 2), finish - last_center, density)
+        return float(f(norm.sum(dtype=np.float64)))
+
+    def _search(self) -> tuple:
+        """The (min, max) that torch's non-linear parameter search settles on."""
+        histogram = self.histogram.numpy()
+        total = float(np.float32(histogram.sum(dtype=np.float64)))
+        cumulative = np.cumsum(histogram, dtype=np.float64).astype(np.float32)
+        step, alpha, beta = 1e-5, 0.0, 1.0
+        start, end = 0, self.bins - 1
+        best = float("inf")
+        while alpha < beta:
+            next_alpha, next_beta = alpha + step, beta - step
+            left, right = start, end
+            while left < end and cumulative[left] < np.float32(next_alpha * total):
+                left += 1
+            while right > start and cumulative[right] > np.float32(next_beta * total):
+                right -= 1
+            next_start, next_end = start, end
+            if left - start > end - right:
+                next_start, alpha = left, next_alpha
+            else:
+                next_end, beta = right, next_beta
+            if next_start == start and next_end == end:
+                continue
+            norm = self._quantization_error(next_start, next_end)
+            if norm > best:
+                break
+            best, start, end = norm, next_start, next_end
+        width = (self.max_val - self.min_val) / self.bins
+        return self.min_val + width * start, self.min_val + width * (end + 1)
+
+    def calculate_qparams(self):
+        if math.isinf(self.min_val.item()) and math.isinf(self.max_val.item()):
+            warnings.warn("must run observer before calling calculate_qparams. Returning "
+                          "default scale and zero point ", stacklevel=2)
+            return kiln.tensor([1.0]), kiln.tensor([0])
+        return self._calculate_qparams(*self._search())
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+def _histc(x: np.ndarray, bins: int, low, high) -> np.ndarray:
+    """torch.histc in float32: bin floor((x - low) * bins / (high - low)), the top edge in the
+    last bin, values outside [low, high] dropped; equal bounds widen by 1 each way."""
+    low, high = np.float32(low), np.float32(high)
+    if low == high:
+        low, high = low - np.float32(1), high + np.float32(1)
+    x = x[(x >= low) & (x <= high)]
+    where = np.floor((x - low) * np.float32(bins) / (high - low)).astype(np.int64)
+    where[where == bins] = bins - 1
+    return np.bincount(where, minlength=bins).astype(np.float32)
+
+
+def _linspace(low, high, steps: int) -> np.ndarray:
+    """torch.linspace in float32: a float32 step, the first half counted up from `low` and
+    the rest down from `high`, each value one fused multiply-add."""
+    low, high = np.float32(low), np.float32(high)
+    step = np.float32((high - low) / np.float32(steps - 1))
+    i = np.arange(steps)
+    up = (np.float64(low) + np.float64(step) * i).astype(np.float32)
+    down = (np.float64(high) - np.float64(step) * (steps - 1 - i)).astype(np.float32)
+    return np.where(i < steps // 2, up, down)
+
+
+def _norm(delta_begin, delta_end, density) -> np.ndarray:
+    """density * (end**3 - begin**3) / 3, in float32 as torch's _get_norm."""
+    f = np.float32
+    cubes = (f(delta_end) * delta_end * delta_end - f(delta_begin) * delta_begin *
+             delta_begin)
+    return density * (cubes / f(3))
 
 
 default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)

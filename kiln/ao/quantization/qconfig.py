@@ -59,9 +59,9 @@ _BACKENDS = ("fbgemm", "x86", "qnnpack", "onednn")
 
 
 def get_default_qconfig(backend: str = "x86", version: int = 0) -> QConfig:
-    """PyTorch's post-training default for `backend`. Its activation observer is a
-    HistogramObserver, which kiln refuses when prepare() builds it (see HistogramObserver);
-    the qconfig itself is returned so that scripts can read and replace it."""
+    """PyTorch's post-training default for `backend`: a HistogramObserver for activations
+    (7-bit with reduce_range on x86/fbgemm), per-channel symmetric int8 weights (per tensor for
+    qnnpack)."""
     if backend not in _BACKENDS:
         raise AssertionError(f"backend: {backend} not supported. backend must be one of "
                              f"{list(_BACKENDS)}")
