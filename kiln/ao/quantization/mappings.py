@@ -23,7 +23,7 @@ def get_default_static_quant_module_mappings() -> dict:
 
 
 def get_default_dynamic_quant_module_mappings() -> dict:
-    return {nn.Linear: nnqd.Linear}
+    return {nn.Linear: nnqd.Linear, nn.LSTM: nnqd.LSTM}
 
 
 def get_default_qconfig_propagation_list() -> set:

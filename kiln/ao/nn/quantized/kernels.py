@@ -112,14 +112,47 @@ def linear_dynamic(x: Tensor, w: _q.QuantizedTensor, bias: Tensor | None,
         raise op_error("quantized.linear_dynamic", f"input of shape {tuple(data.shape)} does "
                        f"not match weight of shape {tuple(w.shape)} (in_features "
                        f"{w.shape[1]})")
-    ints, scale, zero_point = quantize_activation(data, reduce_range)
-    rows = (ints - zero_point).reshape(-1, data.shape[-1]).astype(np.float64)
-    cols, w_scales = weight_columns(w)
-    acc = integer_matmul(rows, cols)
     b = None if bias is None else bias.detach().cpu().numpy()
-    out = dynamic_output(acc, scale, w_scales, b)
-    return Tensor._make(out.reshape(data.shape[:-1] + (w.shape[0],)), dt.float32,
-                        CPU).to(x.device)
+    out = linear_dynamic_array(data, w, b, reduce_range)
+    return Tensor._make(out, dt.float32, CPU).to(x.device)
+
+
+def linear_dynamic_array(x: np.ndarray, w: _q.QuantizedTensor, bias: np.ndarray | None,
+                         reduce_range: bool) -> np.ndarray:
+    """linear_dynamic on a float32 NumPy array (one set of activation parameters for all of
+    x), a float32 array out."""
+    ints, scale, zero_point = quantize_activation(x, reduce_range)
+    rows = (ints - zero_point).reshape(-1, x.shape[-1]).astype(np.float64)
+    cols, w_scales = weight_columns(w)
+    out = dynamic_output(integer_matmul(rows, cols), scale, w_scales, bias)
+    return out.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+def lstm_layer_dynamic(x: np.ndarray, weights: tuple, h: np.ndarray, c: np.ndarray,
+                       reverse: bool) -> tuple:
+    """One direction of one layer of torch.quantized_lstm (dynamic): the input projection of
+    the whole (T, B, I) sequence at once (one set of activation parameters), then per step
+    `gates = linear_dynamic(h) + projected[t]`, the gates in float32 (sigmoid and tanh
+    computed in float64 and rounded). Returns (outputs (T, B, H), h, c)."""
+    w_ih, b_ih, w_hh, b_hh = weights
+    projected = linear_dynamic_array(x, w_ih, b_ih, reduce_range=True)
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    outputs = np.empty(x.shape[:2] + (h.shape[-1],), np.float32)
+    for t in steps:
+        gates = linear_dynamic_array(h, w_hh, b_hh, reduce_range=True) + projected[t]
+        i, f, g, o = np.split(gates, 4, axis=-1)
+        c = _sigmoid(f) * c + _sigmoid(i) * _tanh(g)
+        h = _sigmoid(o) * _tanh(c)
+        outputs[t] = h
+    return outputs, h, c
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def _tanh(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x.astype(np.float64)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------- static (quantized out)
