@@ -25,7 +25,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.runtime.device import CPU
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import Tensor, _format_array, _with_suffixes
+from kiln.tracer.tensor import STATE, TRACING, Tensor, _format_array, _with_suffixes
 
 
 class qscheme:
@@ -90,11 +90,25 @@ class QuantizedTensor(Tensor):
 
     # `_scales`/`_zero_points`: a float and an int (per tensor) or float64/int64 arrays (per
     # channel, along `_axis`)
-    __slots__ = ("_int", "_scales", "_zero_points", "_axis", "_qscheme")
+    __slots__ = ("_ints", "_scales", "_zero_points", "_axis", "_qscheme")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("make a quantized tensor with kiln.quantize_per_tensor(x, scale, "
                         "zero_point, dtype) or kiln.quantize_per_channel(...)")
+
+    @property
+    def _int(self) -> np.ndarray:
+        """The stored integers. Every computation reads them here, so a function traced by
+        @kiln.compile that reaches a quantized tensor breaks off and runs eagerly (compiled
+        programs have no quantized types)."""
+        if TRACING[0] and STATE.tracer is not None:
+            STATE.tracer.graph_break("a quantized tensor's integers are read (compiled code "
+                                     "has no quantized types)")
+        return self._ints
+
+    @_int.setter
+    def _int(self, ints: np.ndarray) -> None:
+        self._ints = ints
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -199,7 +213,7 @@ class QuantizedTensor(Tensor):
 
     def __reduce_ex__(self, protocol):
         """Pickles (kiln.save, DataLoader workers) as its integers and parameters."""
-        return (_rebuild, (self._int, self.dtype, self._scales, self._zero_points, self._axis,
+        return (_rebuild, (self._ints, self.dtype, self._scales, self._zero_points, self._axis,
                            self._qscheme))
 
     def _copy(self, ints: np.ndarray) -> "QuantizedTensor":
@@ -230,7 +244,7 @@ def make(ints: np.ndarray, dtype: dt.DType, scales, zero_points, axis: int | Non
     """A QuantizedTensor over integer array `ints` (no checks: callers validated)."""
     q = object.__new__(QuantizedTensor)
     ints = np.asarray(ints, dtype=dtype.np)
-    q._int = ints
+    q._ints = ints
     q._data = _NoFloatMemory(ints)
     q.dtype, q.device = dtype, CPU
     q._grad = q.grad_fn = q._hooks = q._trace = q._base = None

@@ -126,7 +126,8 @@ def test_errors_are_clear():
     qk = kiln.quantize_per_tensor(kiln.randn(2, 3), 0.05, 10, kiln.quint8)
     with pytest.raises(NotImplementedError, match="add: not supported on a quantized tensor"):
         qk + 1
-    with pytest.raises(NotImplementedError, match="not supported on a quantized tensor.*dequantize"):
+    with pytest.raises(NotImplementedError,
+                       match="not supported on a quantized tensor.*dequantize"):
         kiln.exp(qk)
     other = kiln.quantize_per_tensor(kiln.randn(2, 3), 0.1, 10, kiln.quint8)
     with pytest.raises(NotImplementedError, match="cat: kiln runs it only on per-tensor"):
@@ -186,3 +187,30 @@ def test_fake_quantize_per_channel_values_and_gradient():
     out_t.sum().backward()
     out_k.sum().backward()
     np.testing.assert_array_equal(xk.grad.numpy(), xt.grad.numpy())
+
+
+def test_compiled_function_reaching_a_quantized_tensor_runs_eagerly():
+    @kiln.compile
+    def double(q):
+        return q.dequantize() * 2
+
+    x = np.ones(3, np.float32)
+    with pytest.warns(UserWarning, match="graph break.*quantized"):
+        double(kiln.quantize_per_tensor(kiln.tensor(x), 0.5, 5, kiln.quint8))
+    for scale in (0.1, 0.2, 0.3):        # each call computes with its own tensor
+        out = double(kiln.quantize_per_tensor(kiln.tensor(x), scale, 5, kiln.quint8))
+        expected = torch.quantize_per_tensor(torch.tensor(x), scale, 5, torch.quint8)
+        np.testing.assert_array_equal(out.numpy(), (expected.dequantize() * 2).numpy())
+
+
+def test_pickle_and_deepcopy_keep_integers_and_parameters():
+    import copy
+    import pickle
+    x = _inputs(4, 40, 0.05).reshape(4, 10)
+    for q in (kiln.quantize_per_tensor(kiln.tensor(x), 0.05, 3, kiln.qint8),
+              kiln.quantize_per_channel(kiln.tensor(x), kiln.tensor(np.linspace(0.01, 0.1, 4)),
+                                        kiln.tensor(np.arange(4)), 0, kiln.quint8)):
+        for twin in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q)):
+            assert twin.dtype is q.dtype and twin.qscheme() is q.qscheme()
+            np.testing.assert_array_equal(twin.int_repr().numpy(), q.int_repr().numpy())
+            np.testing.assert_array_equal(twin.dequantize().numpy(), q.dequantize().numpy())
