@@ -203,3 +203,11 @@ def test_quantized_modules_refuse_float_input():
     qref, qours, _ = _quantize_both(0, "default")
     with pytest.raises(TypeError, match="expected a quint8 per-tensor quantized input"):
         qours.conv1(kiln.randn(1, 3, 8, 8))
+
+
+def test_quantization_aware_training_is_refused_clearly():
+    _, ours = _twins(0)
+    for name in ("prepare_qat", "quantize_qat", "fuse_modules_qat", "get_default_qat_qconfig"):
+        assert callable(getattr(tq, name))          # torch has them
+        with pytest.raises(NotImplementedError, match="no quantization-aware training"):
+            getattr(kq, name)(ours)

@@ -16,7 +16,8 @@ from kiln.ao.quantization.qconfig import (default_dynamic_qconfig,
 from kiln.ao.quantization.stubs import DeQuantStub
 
 __all__ = ["propagate_qconfig_", "prepare", "convert", "quantize", "quantize_dynamic",
-           "swap_module", "add_quant_dequant"]
+           "swap_module", "add_quant_dequant", "prepare_qat", "quantize_qat",
+           "fuse_modules_qat", "get_default_qat_qconfig"]
 
 
 def propagate_qconfig_(module, qconfig_dict: dict | None = None, prepare_custom_config_dict=None
@@ -52,8 +53,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=kiln.qint8, mapping=None,
     if mapping is None:
         mapping = mappings.get_default_dynamic_quant_module_mappings()
     for key in qconfig_spec:
-        if isinstance(key, type) and key not in mapping and qconfig_spec is not None and \
-                _used_in(model, key):
+        if isinstance(key, type) and key not in mapping and _used_in(model, key):
             raise NotImplementedError(f"quantize_dynamic: kiln has no dynamically quantized "
                                       f"{key.__name__} (it has: "
                                       f"{', '.join(t.__name__ for t in mapping)})")
@@ -181,3 +181,20 @@ def add_quant_dequant(module):
         module._modules[name] = add_quant_dequant(child)
     return module
 
+
+
+def _without_qat(name: str):
+    """torch's quantization-aware-training entry points: kiln has no fake-quantized training
+    modules (ConvBn2d, qat.Linear), so each says so when called."""
+    def refuse(*args, **kwargs):
+        raise NotImplementedError(f"{name}: kiln has no quantization-aware training; it has "
+                                  "post-training quantization (prepare, calibrate, convert) "
+                                  "and quantize_dynamic")
+    refuse.__name__ = name
+    return refuse
+
+
+prepare_qat = _without_qat("prepare_qat")
+quantize_qat = _without_qat("quantize_qat")
+fuse_modules_qat = _without_qat("fuse_modules_qat")
+get_default_qat_qconfig = _without_qat("get_default_qat_qconfig")
