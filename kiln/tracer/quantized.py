@@ -185,6 +185,26 @@ class QuantizedTensor(Tensor):
         raise TypeError(f"Got unsupported ScalarType {self.dtype.name}: NumPy has no "
                         "quantized types; use q.int_repr().numpy() or q.dequantize().numpy()")
 
+    def mean(self, dim=None, keepdim: bool = False, *, dtype=None) -> "QuantizedTensor":
+        """The mean over trailing dimensions (MobileNetV2's `x.mean([2, 3])`), quantized back
+        with this tensor's parameters, as PyTorch's inner-dimension kernel computes it: the
+        integers minus the zero point summed exactly, `float32(sum) * scale / n`."""
+        axes = tuple(range(self.ndim)) if dim is None else tuple(
+            sorted(d % self.ndim for d in ((dim,) if isinstance(dim, int) else dim)))
+        if self._axis is not None or dtype is not None or \
+                axes != tuple(range(self.ndim - len(axes), self.ndim)):
+            raise op_error("mean", f"kiln averages per-tensor quantized tensors over trailing "
+                           f"dimensions only (got dim={dim} of a {self.ndim}-d "
+                           f"{self._qscheme.name} tensor): dequantize() first",
+                           NotImplementedError)
+        total = (self._int.astype(np.int64) - self._zero_points).sum(axis=axes, keepdims=keepdim)
+        count = int(np.prod([self.shape[a] for a in axes]))
+        values = total.astype(np.float32) * np.float32(self._scales) / np.float32(count)
+        lo, hi = dtype_range(self.dtype)
+        ints = _round_per_tensor(np.asarray(values, np.float32), self._scales,
+                                 self._zero_points, lo, hi, fused=self.dtype is not dt.qint32)
+        return make(ints, self.dtype, self._scales, self._zero_points)
+
     # ------------------------------------------------------------------ copies
     def contiguous(self, memory_format=None):
         return self._copy(np.ascontiguousarray(self._int))

@@ -214,3 +214,23 @@ def test_pickle_and_deepcopy_keep_integers_and_parameters():
             assert twin.dtype is q.dtype and twin.qscheme() is q.qscheme()
             np.testing.assert_array_equal(twin.int_repr().numpy(), q.int_repr().numpy())
             np.testing.assert_array_equal(twin.dequantize().numpy(), q.dequantize().numpy())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_mean_over_trailing_dims_matches_torch(seed):
+    """MobileNetV2's `x.mean([2, 3])` on a quantized feature map."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 4)), int(rng.integers(1, 20)), int(rng.integers(1, 70)),
+             int(rng.integers(1, 70)))
+    scale, zero_point = float(np.exp(rng.uniform(-5, -1))), int(rng.integers(0, 255))
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 3)).astype(np.float32)
+    q = kiln.quantize_per_tensor(kiln.tensor(x), scale, zero_point, kiln.quint8)
+    ref = torch.quantize_per_tensor(torch.tensor(x), scale, zero_point, torch.quint8)
+    for dims, keep in (([2, 3], False), ((-1,), True), ([3, 2], True), (None, False)):
+        out = q.mean() if dims is None else q.mean(dims, keep)
+        expected = ref.mean() if dims is None else ref.mean(dims, keep)
+        _same_quantized(out, expected)
+        assert (out.q_scale(), out.q_zero_point()) == (expected.q_scale(),
+                                                      expected.q_zero_point())
+    with pytest.raises(NotImplementedError, match="over trailing dimensions only"):
+        q.mean(1)
