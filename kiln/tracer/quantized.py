@@ -236,6 +236,20 @@ class QuantizedTensor(Tensor):
         return (_rebuild, (self._ints, self.dtype, self._scales, self._zero_points, self._axis,
                            self._qscheme))
 
+    def copy_(self, src, non_blocking: bool = False) -> "QuantizedTensor":
+        """Writes another quantized tensor's integers into this one (an in-place relu's last
+        step); both must have the same dtype, shape and per-tensor parameters."""
+        if not (isinstance(src, QuantizedTensor) and src.dtype is self.dtype
+                and src._axis is None and self._axis is None
+                and (src._scales, src._zero_points) == (self._scales, self._zero_points)
+                and tuple(src.shape) == tuple(self.shape)):
+            raise op_error("copy_", "kiln writes into a quantized tensor only a quantized "
+                           "tensor of the same dtype, shape, scale and zero point (got "
+                           f"{_describe([src])} into {_describe([self])})", NotImplementedError)
+        self._ints[...] = src._int
+        self._version[0] += 1
+        return self
+
     def _copy(self, ints: np.ndarray) -> "QuantizedTensor":
         out = make(ints, self.dtype, self._scales, self._zero_points, self._axis)
         out._qscheme = self._qscheme

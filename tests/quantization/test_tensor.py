@@ -97,7 +97,9 @@ def test_printing_matches_torch():
     lambda t: (torch if isinstance(t, torch.Tensor) else kiln).flatten(t, 1),
     lambda t: (torch if isinstance(t, torch.Tensor) else kiln).cat([t, t], 1),
     lambda t: (torch if isinstance(t, torch.Tensor) else kiln).relu(t),
-    lambda t: (torch.nn if isinstance(t, torch.Tensor) else kiln.nn).ReLU()(t)])
+    lambda t: (torch.nn if isinstance(t, torch.Tensor) else kiln.nn).ReLU()(t),
+    lambda t: (torch.nn if isinstance(t, torch.Tensor) else kiln.nn).ReLU(inplace=True)(t),
+    lambda t: (torch.nn if isinstance(t, torch.Tensor) else kiln.nn).Flatten()(t)])
 def test_movement_keeps_integers_and_parameters(move):
     x = _inputs(1, 24, 0.05).reshape(2, 3, 4)
     q = move(kiln.quantize_per_tensor(kiln.tensor(x), 0.05, 10, kiln.quint8))
@@ -132,6 +134,8 @@ def test_errors_are_clear():
     other = kiln.quantize_per_tensor(kiln.randn(2, 3), 0.1, 10, kiln.quint8)
     with pytest.raises(NotImplementedError, match="cat: kiln runs it only on per-tensor"):
         kiln.cat([qk, other])
+    with pytest.raises(NotImplementedError, match="copy_: kiln writes into a quantized"):
+        qk.copy_(other)
     with pytest.raises(RuntimeError, match="only Tensors of floating point"):
         qk.requires_grad_()
     with pytest.raises(TypeError, match="int_repr"):
