@@ -4,13 +4,13 @@ map them back to floats, `x = (q - zero_point) * scale`, per tensor or per chann
 A QuantizedTensor is a Tensor (so `isinstance(q, kiln.Tensor)` holds, as in PyTorch) whose
 values live in `_int`, an integer NumPy array on the CPU, with its quantization parameters
 beside it. Its `_data` is a placeholder with a shape and no elements, and its dtype is a
-`QuantizedDType` that the dispatcher refuses, so an op kiln has no quantized kernel for fails
-with an error naming the op instead of computing on the integers. What works on one: the
-methods below (int_repr, dequantize, q_scale..., clone, detach), the movement ops (reshape,
-view, flatten, permute, transpose, squeeze, unsqueeze, slicing, cat of tensors with the same
-parameters) and relu on per-tensor quantized tensors (`apply_primitive`, which the dispatcher
-calls), and the quantized modules of `kiln.ao.nn.quantized`. Quantized tensors never require
-grad and never enter `@kiln.compile` (a traced function that meets one fails at that op).
+`QuantizedDType`: the dispatcher hands any primitive with a quantized input to
+`apply_primitive` below, which runs the movement ops (reshape, view, flatten, permute,
+transpose, squeeze, unsqueeze, slicing, expand, cat of equal parameters) and relu on per-tensor
+quantized tensors and refuses every other op, naming it. Beside those: the methods below
+(int_repr, dequantize, q_scale..., mean over trailing dims, clone, detach, copy_) and the
+quantized modules of `kiln.ao.nn.quantized`. Quantized tensors never require grad, and a
+function traced by `@kiln.compile` that reads one breaks off and runs eagerly.
 
 Rounding follows PyTorch's x86 (FBGEMM) CPU kernels, checked bit for bit in
 tests/quantization: per-tensor quint8/qint8 round `x * (1/scale) + zero_point` once (a fused
@@ -80,6 +80,9 @@ class _NoFloatMemory:
         if name.startswith("__"):
             raise AttributeError(name)
         raise TypeError(f"the tensor is quantized (no float .{name}): {_HOW}")
+
+    def __setitem__(self, index, value):
+        raise TypeError(f"the tensor is quantized: kiln does not write into it in place; {_HOW}")
 
 
 _HOW = "call .dequantize() first, or use a quantized module from kiln.ao.nn.quantized"
@@ -232,7 +235,7 @@ class QuantizedTensor(Tensor):
         return self.clone()
 
     def __reduce_ex__(self, protocol):
-        """Pickles (kiln.save, DataLoader workers) as its integers and parameters."""
+        """Pickles as its integers and parameters."""
         return (_rebuild, (self._ints, self.dtype, self._scales, self._zero_points, self._axis,
                            self._qscheme))
 
