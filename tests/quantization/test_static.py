@@ -211,3 +211,36 @@ def test_quantization_aware_training_is_refused_clearly():
         assert callable(getattr(tq, name))          # torch has them
         with pytest.raises(NotImplementedError, match="no quantization-aware training"):
             getattr(kq, name)(ours)
+
+
+def test_quantize_in_one_call_with_quant_wrapper_matches_torch():
+    """quantize(model, run_fn, run_args) on a QuantWrapper, qconfig by submodule name."""
+    torch.manual_seed(3)
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    ours = kiln.nn.Sequential(kiln.nn.Linear(6, 5), kiln.nn.ReLU(), kiln.nn.Linear(5, 3))
+    ours.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    ref, ours = tq.QuantWrapper(ref.eval()), kq.QuantWrapper(ours.eval())
+    ref.qconfig, ours.qconfig = tq.default_qconfig, kq.default_qconfig
+    ref.module[2].qconfig, ours.module[2].qconfig = None, None      # the last layer stays float
+    data = np.random.default_rng(0).standard_normal((4, 8, 6)).astype(np.float32)
+
+    def calibrate(model, batches):
+        for x in batches:
+            model(x)
+
+    qref = tq.quantize(ref, calibrate, [[torch.tensor(x) for x in data]])
+    qours = kq.quantize(ours, calibrate, [[kiln.tensor(x) for x in data]])
+    # the first Linear's output range comes from a float matmul, which may differ from
+    # torch's in the last bit: its scale is compared to float32 rounding
+    names = [m._get_name() for m in qref.modules() if m._get_name() != "LinearPackedParams"]
+    assert [m._get_name() for m in qours.modules()] == names
+    assert qours.module[0].scale == pytest.approx(float(qref.module[0].scale), rel=1e-6)
+    assert qours.module[0].zero_point == qref.module[0].zero_point
+    x = data[0] * 1.5
+    np.testing.assert_array_equal(qours.quant(kiln.tensor(x)).int_repr().numpy(),
+                                  qref.quant(torch.tensor(x)).int_repr().numpy())
+    np.testing.assert_array_equal(qours.module[0].weight().int_repr().numpy(),
+                                  qref.module[0].weight().int_repr().numpy())
+    assert type(qours.module[2]) is kiln.nn.Linear          # qconfig None: left float
+    assert not hasattr(qours.module[0], "qconfig")          # convert removed the qconfigs
