@@ -342,9 +342,17 @@ def _float_input(op: str, input) -> np.ndarray:
     if input.dtype is not dt.float32:
         raise op_error(op, f"Quantize only works on a float32 tensor, got {input.dtype} "
                        "(convert it first with .float())")
+    on_cpu(op, input)
     if input.requires_grad:
         input = input.detach()
     return np.asarray(input.cpu().numpy(), dtype=np.float32)
+
+
+def on_cpu(op: str, input: Tensor) -> None:
+    """kiln's quantized tensors and kernels are the x86 CPU engine's: other devices refused."""
+    if input.device.type != "cpu":
+        raise op_error(op, f"kiln quantizes on the CPU only (PyTorch's x86 kernels); got a "
+                       f"tensor on {input.device}: call .cpu() first", NotImplementedError)
 
 
 def _check_dtype(op: str, dtype) -> None:

@@ -154,6 +154,8 @@ def test_errors_are_clear():
         kiln.quantize_per_channel(kiln.randn(2, 3), kiln.ones(3), kiln.zeros(3), 0, kiln.qint8)
     with pytest.raises(IndexError, match="axis -1 is out of range"):
         kiln.quantize_per_channel(kiln.randn(2, 3), kiln.ones(3), kiln.zeros(3), -1, kiln.qint8)
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        kiln.quantize_per_tensor(kiln.randn(2, device="meta"), 0.1, 0, kiln.quint8)
     # each torch form refuses too
     for bad in (lambda: torch.randn(2).int_repr(),
                 lambda: torch.quantize_per_tensor(torch.randn(2), 0.1, 300, torch.quint8)):

@@ -8,6 +8,7 @@ import numpy as np
 import kiln
 from kiln.ao.nn.quantized import kernels
 from kiln.ao.nn.quantized.modules import Linear as _QuantizedLinear, quantize_weight
+from kiln.tracer.quantized import on_cpu
 
 __all__ = ["Linear", "LSTM"]
 
@@ -96,7 +97,8 @@ class LSTM(kiln.nn.Module):
                 "DynamicQuantizedLSTM: kiln takes a batched 3-D float32 input (no "
                 "PackedSequence, no unbatched input), got "
                 f"{getattr(input, 'shape', type(input).__name__)}")
-        x = input.detach().cpu().numpy().astype(np.float32)
+        on_cpu("quantized_lstm", input)
+        x = input.detach().numpy().astype(np.float32)
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         if x.shape[-1] != self.input_size:
@@ -124,7 +126,6 @@ class LSTM(kiln.nn.Module):
     def from_float(cls, mod, use_precomputed_fake_quant: bool = False) -> "LSTM":
         """The dynamic LSTM for a float nn.LSTM with a qconfig: each weight quantized by its own
         weight observer, the biases kept in float."""
-        from kiln.ao.nn.quantized.modules import quantize_weight
         from kiln.ao.quantization.qconfig import default_dynamic_qconfig
         if type(mod) is not kiln.nn.LSTM:
             raise AssertionError(f"nn.quantized.dynamic.LSTM.from_float only works for "

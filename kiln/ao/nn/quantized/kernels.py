@@ -107,14 +107,15 @@ def linear_dynamic(x: Tensor, w: _q.QuantizedTensor, bias: Tensor | None,
     check_engine("quantized.linear_dynamic")
     if x.dtype is not dt.float32:
         raise op_error("quantized.linear_dynamic", f"expected a float32 input, got {x.dtype}")
-    data = x.detach().cpu().numpy()
+    _q.on_cpu("quantized.linear_dynamic", x)
+    data = x.detach().numpy()
     if data.shape[-1:] != tuple(w.shape[1:]):
         raise op_error("quantized.linear_dynamic", f"input of shape {tuple(data.shape)} does "
                        f"not match weight of shape {tuple(w.shape)} (in_features "
                        f"{w.shape[1]})")
     b = None if bias is None else bias.detach().cpu().numpy()
     out = linear_dynamic_array(data, w, b, reduce_range)
-    return Tensor._make(out, dt.float32, CPU).to(x.device)
+    return Tensor._make(out, dt.float32, CPU)
 
 
 def linear_dynamic_array(x: np.ndarray, w: _q.QuantizedTensor, bias: np.ndarray | None,
