@@ -11,8 +11,7 @@ import kiln
 from kiln import nn
 from kiln.ao.nn import intrinsic as nni
 from kiln.ao.quantization import mappings
-from kiln.ao.quantization.qconfig import (default_dynamic_qconfig,
-                                          float_qparams_weight_only_qconfig)
+from kiln.ao.quantization.qconfig import default_dynamic_qconfig
 from kiln.ao.quantization.stubs import DeQuantStub
 
 __all__ = ["propagate_qconfig_", "prepare", "convert", "quantize", "quantize_dynamic",
@@ -38,18 +37,17 @@ def _propagate(module, qconfig_dict: dict, parent, prefix: str) -> None:
 
 def quantize_dynamic(model, qconfig_spec=None, dtype=kiln.qint8, mapping=None,
                      inplace: bool = False):
-    """`model` (a copy unless `inplace`) with its Linear layers (or the types or names in
-    `qconfig_spec`) swapped for dynamically quantized ones: int8 weights, activations
-    quantized on the fly. kiln has the qint8 Linear; other types raise NotImplementedError."""
-    if dtype is not kiln.qint8 and dtype is not kiln.quint8:
+    """`model` (a copy unless `inplace`) with its Linear and LSTM layers (or the types or
+    names in `qconfig_spec`) swapped for dynamically quantized ones: int8 weights, activations
+    quantized on the fly. A type kiln has no dynamic module for raises NotImplementedError."""
+    if dtype is not kiln.qint8:
         raise NotImplementedError(f"quantize_dynamic: kiln quantizes to qint8 only, got {dtype} "
-                                  "(float16 dynamic quantization is not in kiln)")
+                                  "(float16 dynamic quantization and quint8 embeddings are not "
+                                  "in kiln)")
     if qconfig_spec is None:
         qconfig_spec = {nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell}
     if isinstance(qconfig_spec, set):
-        default = default_dynamic_qconfig if dtype is kiln.qint8 else \
-            float_qparams_weight_only_qconfig
-        qconfig_spec = dict.fromkeys(qconfig_spec, default)
+        qconfig_spec = dict.fromkeys(qconfig_spec, default_dynamic_qconfig)
     if mapping is None:
         mapping = mappings.get_default_dynamic_quant_module_mappings()
     for key in qconfig_spec:
@@ -74,9 +72,10 @@ def prepare(model, inplace: bool = False, allow_list=None, observer_non_leaf_mod
     """`model` (a copy unless `inplace`) with an observer after every leaf module that has a
     qconfig and a quantized counterpart (and inside QuantStubs): run calibration data through
     it, then `convert`."""
-    if prepare_custom_config_dict:
+    if prepare_custom_config_dict or observer_non_leaf_module_list:
         raise NotImplementedError("prepare: kiln has no custom module classes "
-                                  "(prepare_custom_config_dict)")
+                                  "(prepare_custom_config_dict) and observes leaf modules only "
+                                  "(observer_non_leaf_module_list)")
     if not inplace:
         model = copy.deepcopy(model)
     kinds = mappings.get_default_qconfig_propagation_list() if allow_list is None \

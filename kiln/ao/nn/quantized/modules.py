@@ -31,7 +31,28 @@ def quantize_weight(weight, observer) -> _q.QuantizedTensor:
     return q
 
 
-class Linear(nn.Module):
+class _WeightBias(nn.Module):
+    """What quantized Linear and Conv2d share: a qint8 weight and a float bias, read through
+    methods as in PyTorch (`m.weight()`, `m.bias()`), and their printed name."""
+
+    _FLOAT_NAME = ""
+    _RELU = False            # a fused ReLU: the output clamped at its zero point
+
+    def _get_name(self) -> str:
+        return self._FLOAT_NAME
+
+    def set_weight_bias(self, w: _q.QuantizedTensor, b) -> None:
+        self._weight_q = w
+        self._bias_f = None if b is None else b.detach().float().clone()
+
+    def weight(self) -> _q.QuantizedTensor:
+        return self._weight_q
+
+    def bias(self):
+        return self._bias_f
+
+
+class Linear(_WeightBias):
     """A quantized nn.Linear: quint8 input, qint8 weight, float bias, quint8 output with the
     module's `scale` and `zero_point`."""
 
@@ -47,25 +68,10 @@ class Linear(nn.Module):
                                           kiln.qint8)
         self.set_weight_bias(weight, kiln.zeros(out_features) if bias_ else None)
 
-    def _get_name(self) -> str:
-        return self._FLOAT_NAME
-
-    def set_weight_bias(self, w: _q.QuantizedTensor, b) -> None:
-        self._weight_q = w
-        self._bias_f = None if b is None else b.detach().float().clone()
-
-    def weight(self) -> _q.QuantizedTensor:
-        return self._weight_q
-
-    def bias(self):
-        return self._bias_f
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"scale={self.scale}, zero_point={self.zero_point}, "
                 f"qscheme={self._weight_q.qscheme()}")
-
-    _RELU = False
 
     def forward(self, x):
         return kernels.linear(x, self._weight_q, self._bias_f, self.scale, self.zero_point,
@@ -112,13 +118,12 @@ def _output_qparams(observer) -> tuple:
     return float(scale), int(zero_point)
 
 
-class Conv2d(nn.Module):
+class Conv2d(_WeightBias):
     """A quantized nn.Conv2d (zero padding): quint8 NCHW input, qint8 weight, float bias,
     quint8 output with the module's `scale` and `zero_point`."""
 
     _FLOAT_NAME = "QuantizedConv2d"
     _FROM = (nn.Conv2d,)
-    _RELU = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -138,11 +143,6 @@ class Conv2d(nn.Module):
             kiln.zeros(out_channels, in_channels // groups, *self.kernel_size), 1.0, 0,
             kiln.qint8)
         self.set_weight_bias(weight, kiln.zeros(out_channels) if bias else None)
-
-    def _get_name(self) -> str:
-        return self._FLOAT_NAME
-
-    set_weight_bias, weight, bias = Linear.set_weight_bias, Linear.weight, Linear.bias
 
     def forward(self, x):
         return kernels.conv2d(x, self._weight_q, self._bias_f, self.stride, self.padding,
