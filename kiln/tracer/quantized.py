@@ -398,12 +398,16 @@ def _round_per_tensor(x: np.ndarray, scale: float, zero_point: int, lo: int, hi:
             t = (x.astype(np.float64) * np.float64(inverse) + zero_point).astype(np.float32)
         else:
             t = x * inverse + np.float32(zero_point)
-        return _clamp_round(t, lo, hi)
+        # NaN: the vector kernel's clamp gives the top of the range, int32's conversion INT_MIN
+        return _clamp_round(t, lo, hi, nan_to=hi if fused else lo)
 
 
-def _clamp_round(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Float array `t` rounded to the nearest integer (ties to even), clamped into [lo, hi]."""
-    return np.clip(np.rint(t.astype(np.float64)), lo, hi).astype(np.int64)
+def _clamp_round(t: np.ndarray, lo: int, hi: int, nan_to: int) -> np.ndarray:
+    """Float array `t` rounded to the nearest integer (ties to even), clamped into [lo, hi];
+    NaN becomes `nan_to` (each PyTorch kernel has its own)."""
+    with np.errstate(invalid="ignore"):
+        out = np.clip(np.rint(np.asarray(t, np.float64)), lo, hi)
+    return np.where(np.isnan(out), nan_to, out).astype(np.int64)
 
 
 def quantize_per_channel(input: Tensor, scales: Tensor, zero_points: Tensor, axis: int,
@@ -428,7 +432,8 @@ def quantize_per_channel(input: Tensor, scales: Tensor, zero_points: Tensor, axi
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inverse = (np.float32(1) / s.astype(np.float32)).reshape(shape)
         t = x * inverse + z.astype(np.float32).reshape(shape)
-    return make(_clamp_round(t, lo, hi), dtype, s, z, axis)
+    nan_to = lo if dtype is dt.qint32 else 0
+    return make(_clamp_round(t, lo, hi, nan_to), dtype, s, z, axis)
 
 
 def dequantize(input):

@@ -240,3 +240,17 @@ def test_mean_over_trailing_dims_matches_torch(seed):
                                                       expected.q_zero_point())
     with pytest.raises(NotImplementedError, match="over trailing dimensions only"):
         q.mean(1)
+
+
+@pytest.mark.parametrize("name,lo,hi", DTYPES)
+def test_nan_and_infinities_quantize_as_torch(name, lo, hi):
+    x = np.array([np.nan, np.inf, -np.inf, 1.0] * 5 + [np.nan], np.float32)
+    ours = kiln.quantize_per_tensor(kiln.tensor(x), 0.1, 3, getattr(kiln, name))
+    ref = torch.quantize_per_tensor(torch.tensor(x), 0.1, 3, getattr(torch, name))
+    np.testing.assert_array_equal(ours.int_repr().numpy(), ref.int_repr().numpy())
+    n = x.size
+    ours = kiln.quantize_per_channel(kiln.tensor(x), kiln.ones(n, dtype=kiln.float64) / 10,
+                                     kiln.full((n,), 3), 0, getattr(kiln, name))
+    ref = torch.quantize_per_channel(torch.tensor(x), torch.ones(n, dtype=torch.float64) / 10,
+                                     torch.full((n,), 3), 0, getattr(torch, name))
+    np.testing.assert_array_equal(ours.int_repr().numpy(), ref.int_repr().numpy())
