@@ -184,19 +184,27 @@ def test_prepare_places_observers_as_torch():
     assert not hasattr(ours.conv1, "activation_post_process")     # prepare copied the model
 
 
-def test_quantized_add_matches_torch():
-    rng = np.random.default_rng(3)
-    for relu in (False, True):
-        a, b = (rng.standard_normal(300).astype(np.float32) * 3 for _ in range(2))
-        qa = torch.quantize_per_tensor(torch.tensor(a), 0.03, 100, torch.quint8)
-        qb = torch.quantize_per_tensor(torch.tensor(b), 0.05, 20, torch.quint8)
-        ka = kiln.quantize_per_tensor(kiln.tensor(a), 0.03, 100, kiln.quint8)
-        kb = kiln.quantize_per_tensor(kiln.tensor(b), 0.05, 20, kiln.quint8)
-        f, g = tnnq.QFunctional(), knnq.QFunctional()
-        f.scale, f.zero_point, g.scale, g.zero_point = 0.07, 60, 0.07, 60
-        expected = (f.add_relu if relu else f.add)(qa, qb)
-        out = (g.add_relu if relu else g.add)(ka, kb)
-        np.testing.assert_array_equal(out.int_repr().numpy(), expected.int_repr().numpy())
+@pytest.mark.parametrize("op", ["add", "add_relu", "mul", "cat"])
+@pytest.mark.parametrize("seed", range(3))
+def test_qfunctional_matches_torch(seed, op):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.standard_normal((30, 7)).astype(np.float32) * 3 for _ in range(2))
+    sa, sb, so = (float(np.exp(rng.uniform(-5, -1))) for _ in range(3))
+    za, zb, zo = (int(rng.integers(0, 255)) for _ in range(3))
+    qa = torch.quantize_per_tensor(torch.tensor(a), sa, za, torch.quint8)
+    qb = torch.quantize_per_tensor(torch.tensor(b), sb, zb, torch.quint8)
+    ka = kiln.quantize_per_tensor(kiln.tensor(a), sa, za, kiln.quint8)
+    kb = kiln.quantize_per_tensor(kiln.tensor(b), sb, zb, kiln.quint8)
+    f, g = tnnq.QFunctional(), knnq.QFunctional()
+    f.scale, f.zero_point, g.scale, g.zero_point = so, zo, so, zo
+    if op == "cat":
+        expected, out = f.cat([qa, qb], 1), g.cat([ka, kb], 1)
+    else:
+        expected, out = getattr(f, op)(qa, qb), getattr(g, op)(ka, kb)
+    np.testing.assert_array_equal(out.int_repr().numpy(), expected.int_repr().numpy())
+    assert (out.q_scale(), out.q_zero_point()) == (expected.q_scale(), expected.q_zero_point())
+    with pytest.raises(NotImplementedError, match="no quantized add_scalar"):
+        g.add_scalar(ka, 1.0)
 
 
 def test_quantized_modules_refuse_float_input():

@@ -250,5 +250,25 @@ def add(x, y, out_scale: float, out_zero_point: int, relu: bool = False) -> _q.Q
     total = _dequantized(x) + _dequantized(y)
     if relu:
         total = np.maximum(total, np.float32(0))
-    ints = _q._round_per_tensor(total, out_scale, out_zero_point, 0, 255, fused=True)
-    return _q.make(ints, dt.quint8, float(out_scale), int(out_zero_point))
+    return _requantized(total, out_scale, out_zero_point)
+
+
+def mul(x, y, out_scale: float, out_zero_point: int) -> _q.QuantizedTensor:
+    """torch.ops.quantized.mul: the float32 product of the dequantized inputs, quantized."""
+    op = "quantized.mul"
+    check_engine(op)
+    x, y = _activation(op, x), _activation(op, y)
+    return _requantized(_dequantized(x) * _dequantized(y), out_scale, out_zero_point)
+
+
+def cat(xs, dim: int, out_scale: float, out_zero_point: int) -> _q.QuantizedTensor:
+    """torch.ops.quantized.cat: every input dequantized, joined, quantized to one scale."""
+    op = "quantized.cat"
+    check_engine(op)
+    parts = [_dequantized(_activation(op, x)) for x in xs]
+    return _requantized(np.concatenate(parts, axis=dim), out_scale, out_zero_point)
+
+
+def _requantized(values: np.ndarray, scale: float, zero_point: int) -> _q.QuantizedTensor:
+    ints = _q._round_per_tensor(values, scale, zero_point, 0, 255, fused=True)
+    return _q.make(ints, dt.quint8, float(scale), int(zero_point))

@@ -208,7 +208,8 @@ class DeQuantize(nn.Module):
 
 class FloatFunctional(nn.Module):
     """Tensor arithmetic as a module, so that prepare can observe its result: `self.add(x, y)`
-    in a float model becomes a quantized add after convert."""
+    in a float model becomes a quantized add after convert. The scalar forms are not observed
+    (as in PyTorch)."""
 
     def __init__(self):
         super().__init__()
@@ -221,16 +222,28 @@ class FloatFunctional(nn.Module):
     def add(self, x, y):
         return self.activation_post_process(kiln.add(x, y))
 
-    def add_relu(self, x, y):
-        return self.activation_post_process(kiln.relu(kiln.add(x, y)))
+    def add_scalar(self, x, y):
+        return kiln.add(x, y)
+
+    def mul(self, x, y):
+        return self.activation_post_process(kiln.mul(x, y))
+
+    def mul_scalar(self, x, y):
+        return kiln.mul(x, y)
 
     def cat(self, x, dim: int = 0):
         return self.activation_post_process(kiln.cat(x, dim=dim))
 
+    def add_relu(self, x, y):
+        return self.activation_post_process(kiln.relu(kiln.add(x, y)))
+
+    def matmul(self, x, y):
+        return self.activation_post_process(kiln.matmul(x, y))
+
 
 class QFunctional(nn.Module):
-    """FloatFunctional's converted form: adds quantized tensors into the observed scale and
-    zero point."""
+    """FloatFunctional's converted form: add, add_relu, mul and cat of quantized tensors into
+    the observed scale and zero point."""
 
     def __init__(self):
         super().__init__()
@@ -253,9 +266,24 @@ class QFunctional(nn.Module):
     def add_relu(self, x, y):
         return kernels.add(x, y, self.scale, self.zero_point, relu=True)
 
+    def mul(self, x, y):
+        return kernels.mul(x, y, self.scale, self.zero_point)
+
     def cat(self, x, dim: int = 0):
-        raise NotImplementedError("QFunctional.cat: kiln has no quantized cat with "
-                                  "requantization")
+        return kernels.cat(x, dim, self.scale, self.zero_point)
+
+    def _not_in_kiln(self, name: str):
+        raise NotImplementedError(f"QFunctional.{name}: kiln has no quantized {name} (its "
+                                  "output parameters are not observed); dequantize first")
+
+    def add_scalar(self, x, y):
+        self._not_in_kiln("add_scalar")
+
+    def mul_scalar(self, x, y):
+        self._not_in_kiln("mul_scalar")
+
+    def matmul(self, x, y):
+        self._not_in_kiln("matmul")
 
     @classmethod
     def from_float(cls, mod, use_precomputed_fake_quant: bool = False) -> "QFunctional":
