@@ -71,7 +71,6 @@ def test_quantize_dynamic_matches_torch_exactly(seed, per_channel):
         out = qours(kiln.tensor(x))
         expected = qref(torch.tensor(x))
         assert out.dtype is kiln.float32 and tuple(out.shape) == tuple(expected.shape)
-        # the observed maximum difference is 0: asserted exactly
         np.testing.assert_array_equal(out.numpy(), expected.detach().numpy())
     assert type(ours.fc1) is kiln.nn.Linear           # not inplace: the float model is kept
 
@@ -163,8 +162,7 @@ def _language_models(seed: int, ntoken=50, ninp=16, nhid=24, nlayers=2):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_quantized_lstm_language_model_matches_torch(seed):
-    """Outputs and final states agree to float32 rounding of the gates: the largest difference
-    seen is 1.2e-7 (asserted 1e-6)."""
+    """Outputs and final states agree to float32 rounding of the gates."""
     ref, ours = _language_models(seed)
     qref = tq.quantize_dynamic(ref, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
     qours = kq.quantize_dynamic(ours, {kiln.nn.LSTM, kiln.nn.Linear}, dtype=kiln.qint8)
@@ -201,8 +199,8 @@ def test_quantized_lstm_options_match_torch(bidirectional, batch_first, layers):
 def test_quantized_lstm_larger_model_stays_within_a_quantization_step():
     """At the tutorial's sizes a hidden value can sit on a rounding boundary of its per-step
     dynamic quantization; kiln's gates (float32 rounding apart from torch's) then put it one
-    step away, and later outputs follow. Seed 2 does that: 6% of the outputs move, the largest
-    by 7.6e-4; seeds 0 and 1 agree within 1.5e-8."""
+    step away, and later outputs follow (seed 2 does that): most outputs still agree to
+    float32 rounding, and none moves by more than a few hidden quantization steps' worth."""
     ref, ours = _language_models(2, ntoken=1000, ninp=128, nhid=256, nlayers=2)
     qref = tq.quantize_dynamic(ref, {torch.nn.LSTM, torch.nn.Linear})
     qours = kq.quantize_dynamic(ours, {kiln.nn.LSTM, kiln.nn.Linear})
