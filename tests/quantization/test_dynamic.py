@@ -212,3 +212,25 @@ def test_quantized_lstm_larger_model_stays_within_a_quantization_step():
     diff = np.abs(out_k.numpy() - out_t.detach().numpy())
     assert diff.max() < 2e-3
     assert np.mean(diff < 1e-6) > 0.9
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_quantized_transformer_encoder_layer_matches_torch(seed):
+    """The BERT tutorial's `quantize_dynamic(model, {nn.Linear})` on an encoder layer: the
+    feed-forward Linears become dynamic ones, attention's out_proj stays float in both (its
+    type is NonDynamicallyQuantizableLinear); the float parts around them (softmax, layer
+    norm) round apart from torch's in the last bits, hence the tolerance, far below the
+    quantization error itself."""
+    torch.manual_seed(seed)
+    ref = torch.nn.TransformerEncoderLayer(16, 4, 32).eval()
+    ours = kiln.nn.TransformerEncoderLayer(16, 4, 32).eval()
+    ours.load_state_dict({k: kiln.tensor(v.detach().numpy()) for k, v in
+                          ref.state_dict().items()})
+    qref = tq.quantize_dynamic(ref, {torch.nn.Linear}, dtype=torch.qint8)
+    qours = kq.quantize_dynamic(ours, {kiln.nn.Linear}, dtype=kiln.qint8)
+    assert repr(qours).replace("kiln.", "torch.") == repr(qref)
+    x = np.random.default_rng(seed).standard_normal((7, 3, 16)).astype(np.float32)
+    out, expected = qours(kiln.tensor(x)), qref(torch.tensor(x))
+    np.testing.assert_allclose(out.detach().numpy(), expected.detach().numpy(), rtol=0,
+                               atol=1e-5)
+    assert np.abs(expected.detach().numpy() - ref(torch.tensor(x)).detach().numpy()).max() > 1e-3
