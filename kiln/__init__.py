@@ -208,3 +208,13 @@ def __dir__() -> list:
 from kiln import __future__  # noqa: F401,E402  (torch.__future__: module conversion switches)
 from kiln import _dynamo  # noqa: F401,E402  (torch._dynamo.reset)
 from kiln import random, version  # noqa: F401,E402  (torch.random, torch.version)
+# torch's quantized tensors (kiln.tracer.quantized) and torch.ao.quantization (kiln.ao)
+from kiln.ir.dtypes import quint8, qint8, qint32  # noqa: E402,F401
+from kiln.tracer.quantized import (  # noqa: E402,F401
+    qscheme, per_tensor_affine, per_channel_affine, per_tensor_symmetric, per_channel_symmetric,
+    per_channel_affine_float_qparams, quantize_per_tensor, quantize_per_channel, dequantize,
+    int_repr, q_scale, q_zero_point, q_per_channel_scales, q_per_channel_zero_points,
+    q_per_channel_axis, fake_quantize_per_tensor_affine, fake_quantize_per_channel_affine)
+from kiln.tracer.quantized import bind_methods as _bind_quantized_methods  # noqa: E402
+_bind_quantized_methods()
+_ON_FIRST_USE.update(ao="kiln.ao", quantization="kiln.quantization")

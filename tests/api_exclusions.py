@@ -53,13 +53,12 @@ from_file
 PyTorchFileReader PyTorchFileWriter SerializationStorageContext DeserializationStorageContext
 get_file_path
 """)
-QUANT = "quantization (kiln has no quantized dtypes or observers)"
+QUANT = ("quantized kernels kiln does not have (kiln's quantization is the eager torch.ao "
+         "workflow: kiln.tracer.quantized and kiln.ao)")
 _group("torch", QUANT, """
 QInt32Storage QInt8Storage QUInt2x4Storage QUInt4x2Storage QUInt8Storage
-choose_qparams_optimized dequantize empty_quantized fake_quantize_per_channel_affine
-fake_quantize_per_tensor_affine fused_moving_avg_obs_fake_quant int_repr q_per_channel_axis
-q_per_channel_scales q_per_channel_zero_points q_scale q_zero_point qscheme quantize_per_channel
-quantize_per_tensor quantize_per_tensor_dynamic quantized_batch_norm quantized_gru
+choose_qparams_optimized empty_quantized fused_moving_avg_obs_fake_quant
+quantize_per_tensor_dynamic quantized_batch_norm quantized_gru
 quantized_gru_cell quantized_lstm quantized_lstm_cell quantized_max_pool1d quantized_max_pool2d
 quantized_max_pool3d quantized_rnn_relu_cell quantized_rnn_tanh_cell
 """)
@@ -127,10 +126,6 @@ geqrf orgqr ormqr lobpcg pca_lowrank svd_lowrank
 
 # ----------------------------------------------------------------------------- Tensor methods
 T = "torch.Tensor"
-_group(T, QUANT, """
-dequantize int_repr q_per_channel_axis q_per_channel_scales q_per_channel_zero_points q_scale
-q_zero_point qscheme
-""")
 _group(T, SPARSE + "; the COO ones are SparseTensor's methods, not a dense tensor's", """
 ccol_indices coalesce col_indices crow_indices dense_dim indices is_coalesced is_sparse_csr
 row_indices smm sparse_dim sparse_mask sparse_resize_ sparse_resize_and_clear_ sspaddmm

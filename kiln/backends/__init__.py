@@ -63,3 +63,27 @@ for _name in ("flash", "mem_efficient", "math", "cudnn"):
     setattr(cuda, f"enable_{_name}_sdp", _enable)
     setattr(cuda, f"{_name}_sdp_enabled", _is_enabled)
 del _name, _enable, _is_enabled
+
+
+class _QuantizedBackend(types.ModuleType):
+    """torch.backends.quantized: the engine quantized kernels run as. kiln's kernels reproduce
+    'x86' (the default) and 'fbgemm'; the others can be chosen, and kiln's quantized ops then
+    refuse to run rather than give another engine's numbers."""
+
+    supported_engines = ["qnnpack", "onednn", "x86", "fbgemm"]
+    _engine = "x86"
+
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @engine.setter
+    def engine(self, name: str) -> None:
+        if name not in self.supported_engines:
+            raise RuntimeError(f"quantized engine {name} is not supported (choose one of "
+                               f"{self.supported_engines})")
+        type(self)._engine = name
+
+
+quantized = _QuantizedBackend(f"{__name__}.quantized", _QuantizedBackend.__doc__)
+sys.modules[quantized.__name__] = quantized

@@ -56,6 +56,8 @@ class DType:
     def __reduce__(self):  # pickling by name keeps the singletons unique (DataLoader workers)
         return (from_name, (self.name,))
 
+    is_quantized = False       # QuantizedDType's is True
+
 
 HAS_BFLOAT16 = _np_bfloat16 is not None
 NO_CUDA_BFLOAT16 = ("kiln has no bfloat16 on CUDA devices (CuPy has no bfloat16 type): convert "
@@ -255,3 +257,22 @@ def result_type(dims: tuple, zero_dims: tuple, scalars: tuple) -> DType:
             result = best if not is_scalar else {INT: int64, FLOAT: _default_float}[best.category]
     _RESULT_CACHE[key] = result
     return result
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class QuantizedDType(DType):
+    """A quantized element type (torch.quint8, qint8, qint32): integers that stand for
+    `(q - zero_point) * scale`. Only kiln.tracer.quantized computes on them; they are kept out of
+    `ALL` and promotion, and the dispatcher refuses them (`refuse_quantized`)."""
+
+    is_quantized = True
+
+    @property
+    def is_signed(self) -> bool:
+        raise RuntimeError("isSignedType not supported for quantized types")
+
+
+quint8 = QuantizedDType("quint8", "qu8", np.uint8, INT)
+qint8 = QuantizedDType("qint8", "qi8", np.int8, INT)
+qint32 = QuantizedDType("qint32", "qi32", np.int32, INT)
+_BY_NAME.update(quint8=quint8, qint8=qint8, qint32=qint32)

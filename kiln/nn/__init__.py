@@ -68,5 +68,8 @@ def __getattr__(name: str):
     if name == "modules":
         import importlib
         return importlib.import_module("kiln.nn.modules")
+    if name in ("quantized", "intrinsic"):     # torch.nn.quantized: torch.ao.nn's older name
+        import importlib
+        return importlib.import_module(f"kiln.ao.nn.{name}")
     raise AttributeError(f"module 'kiln.nn' has no attribute '{name}'")
 from kiln.nn import attention  # noqa: F401,E402

@@ -20,6 +20,7 @@ from kiln.runtime.device import CPU, META, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
+from kiln.tracer import quantized as _quantized
 from kiln.tracer.errors import op_error
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
 from kiln.tracer.tensor import STATE, TRACING, Tensor
@@ -89,6 +90,9 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
     except TypeError:            # an unhashable attribute: compute without caching
         facts, key = None, None
     if facts is None:
+        if any(a.dtype.is_quantized for a in args if isinstance(a, Tensor)):
+            # quantized tensors take their own rules (never cached, so never on the fast path)
+            return _quantized.apply_primitive(prim, args, attrs, apply)
         facts = _facts(prim, infer(prim, args, attrs), args)
         if key is not None:
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing

@@ -23,11 +23,13 @@ def fuse_conv_bn_weights(conv_w: Tensor, conv_b: Tensor | None, bn_rm: Tensor, b
         bn_w = kiln.ones_like(bn_rm)
     if bn_b is None:
         bn_b = kiln.zeros_like(bn_rm)
-    scale = bn_w * (bn_rv + bn_eps).rsqrt()
+    rsqrt = (bn_rv + bn_eps).rsqrt()
+    scale = bn_w * rsqrt
     shape = [1] * conv_w.ndim
     shape[1 if transpose else 0] = -1
     fused_w = (conv_w * scale.reshape(shape)).to(conv_w.dtype)
-    fused_b = ((conv_b - bn_rm) * scale + bn_b).to(conv_w.dtype)
+    # PyTorch's order of the products, so the folded bias is the same float32 number
+    fused_b = ((conv_b - bn_rm) * rsqrt * bn_w + bn_b).to(conv_w.dtype)
     return (Parameter(fused_w.detach(), conv_w.requires_grad),
             Parameter(fused_b.detach(), conv_b.requires_grad))
 
