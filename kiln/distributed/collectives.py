@@ -364,6 +364,7 @@ def all_gather_coalesced(output_tensor_lists: list[list[Tensor]], input_tensor_l
         raise ValueError(f"all_gather_coalesced: output_tensor_lists must hold one list per rank "
                          f"({world.size}), each with one tensor per input tensor "
                          f"({len(input_tensor_list)})")
+    _check_one_dtype("all_gather_coalesced", list(input_tensor_list))
     works = [all_gather([row[i] for row in output_tensor_lists], t, group, async_op=True)
              for i, t in enumerate(input_tensor_list)]
     return _joined(works, [t for row in output_tensor_lists for t in row], async_op)
@@ -374,6 +375,7 @@ def all_reduce_coalesced(tensors: list[Tensor], op: str = ReduceOp.SUM, group=No
     """`all_reduce` of each tensor of `tensors`, in place (deprecated in torch)."""
     if isinstance(tensors, Tensor):
         tensors = [tensors]
+    _check_one_dtype("all_reduce_coalesced", list(tensors))
     works = [all_reduce(t, op, group, async_op=True) for t in tensors]
     return _joined(works, list(tensors), async_op)
 

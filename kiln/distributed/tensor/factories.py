@@ -12,11 +12,12 @@ factories use an offset-based RNG for this on GPUs, and have no RNG for CPU mesh
 
 from __future__ import annotations
 
+import inspect
+
 import kiln
-from kiln import Tensor
 from kiln.distributed import process_group as pg
 from kiln.distributed.tensor.api import (
-    DTensor, _check_placements, _distribute, _dim, _split_order, distribute_tensor)
+    DTensor, _AsDTensor, _check_placements, _distribute, _dim, _split_order, distribute_tensor)
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh
 from kiln.distributed.tensor.placement import Replicate, chunk_bounds
 from kiln.tracer.tensor import Size
@@ -126,18 +127,41 @@ def distribute_module(module, device_mesh: DeviceMesh | None = None, partition_f
     for name, submodule in module.named_modules():
         if partition_fn is not None:
             partition_fn(name, submodule, mesh)
-        else:
-            _replicate_module(submodule, mesh)
-    if partition_fn is not None:        # whatever partition_fn left plain is replicated
-        for _, submodule in module.named_modules():
-            _replicate_module(submodule, mesh)
+        _replicate_module(submodule, mesh)      # what partition_fn left plain is replicated
+    for fn, what in ((input_fn, "input_fn"), (output_fn, "output_fn")):
+        if fn is not None and len(inspect.signature(fn).parameters) != 3:
+            raise ValueError(f"distribute_module: {what} must take (module, {what[:-3]}s, "
+                             f"device_mesh), got {inspect.signature(fn)}")
     if input_fn is not None:
         module.register_forward_pre_hook(lambda mod, inputs: input_fn(mod, inputs, mesh))
+    module.register_forward_pre_hook(_refuse_sharded_forward)
+    module.register_forward_hook(lambda mod, inputs, outputs: _as_replicated(outputs, mesh))
     if output_fn is not None:
         module.register_forward_hook(
             lambda mod, inputs, outputs: output_fn(mod, outputs, mesh))
     module._distribute_module_applied = True
     return module
+
+
+def _refuse_sharded_forward(module, inputs) -> None:
+    """kiln's DTensors compute on their local pieces: with every parameter replicated that is
+    the global computation, with a sharded one it is not (torch propagates shardings)."""
+    for name, param in module.named_parameters():
+        if isinstance(param, DTensor) and not all(p.is_replicate() for p in param.placements):
+            raise NotImplementedError(
+                f"distribute_module: the forward of a module whose parameter {name!r} is laid "
+                f"out as {param.placements} needs torch's sharding propagation, which kiln's "
+                "DTensor does not have (it computes on local pieces); parallelize it with "
+                "kiln.distributed.tensor.parallel.parallelize_module, or replicate it")
+
+
+def _as_replicated(outputs, mesh: DeviceMesh):
+    """The outputs of a replicated module's forward, as Replicate DTensors (torch's are)."""
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(_as_replicated(o, mesh) for o in outputs)
+    if isinstance(outputs, kiln.Tensor) and not isinstance(outputs, DTensor):
+        return _AsDTensor.apply(outputs, mesh, (Replicate(),) * mesh.ndim, tuple(outputs.shape))
+    return outputs
 
 
 def _replicate_module(module, mesh: DeviceMesh) -> None:
