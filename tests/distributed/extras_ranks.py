@@ -196,13 +196,56 @@ def monitored_barrier(torch, dist, r: int, n: int) -> dict:
         return {"late": np.array(type(exc).__name__), "names_late_rank": np.array(named)}
 
 
+def random_factories(torch, dist, r: int, n: int) -> dict:
+    """kiln only (torch's DTensor rand has no RNG for CPU meshes): the pieces of one global
+    draw, the test compares them with torch.rand/randn of the whole tensor."""
+    dt = _module(torch, "distributed.tensor")
+    mesh = dt.init_device_mesh("cpu", (n,))
+    torch.manual_seed(1234)
+    rows = dt.rand(7, 3, device_mesh=mesh, placements=[dt.Shard(0)])
+    same = dt.randn(4, 5, dtype=torch.float64, device_mesh=mesh)
+    cols = dt.randn(2, 5, device_mesh=mesh, placements=[dt.Shard(1)], requires_grad=True)
+    return {"rows": rows.to_local().numpy(), "same": same.to_local().numpy(),
+            "cols": cols.to_local().detach().numpy(), "cols_grad": np.array(cols.requires_grad),
+            "rows_global": np.array(list(rows.global_shape))}
+
+
+def errors(torch, dist, r: int, n: int) -> dict:
+    """kiln only: the messages of wrong calls, each raised on every rank."""
+    out = {}
+
+    def record(name, call):
+        try:
+            call()
+            out[name] = np.array("no error")
+        except Exception as exc:
+            out[name] = np.array(f"{type(exc).__name__}: {exc}")
+
+    record("all_to_all_count", lambda: dist.all_to_all([torch.zeros(1)], [torch.zeros(1)] * n))
+    record("all_to_all_sizes", lambda: dist.all_to_all(
+        [torch.zeros(1) for _ in range(n)], [torch.zeros(1 + (r == 0)) for _ in range(n)]))
+    record("all_to_all_dtypes", lambda: dist.all_to_all(
+        [torch.zeros(1) for _ in range(n)], [torch.zeros(1, dtype=torch.float64)] * n))
+    record("p2pop_op", lambda: dist.P2POp(dist.send, torch.zeros(1), 0))
+    record("p2pop_peer", lambda: dist.batch_isend_irecv([dist.P2POp(dist.isend, torch.zeros(1),
+                                                                    n)]))
+    record("batch_empty", lambda: dist.batch_isend_irecv([]))
+    record("gather_object_list", lambda: dist.gather_object(r, [None] * (n + 1), dst=r))
+    record("scatter_object_output", lambda: dist.scatter_object_list([], [0] * n, src=r))
+    record("coalesced_dtypes", lambda: dist.all_reduce_coalesced(
+        [torch.zeros(1), torch.zeros(1, dtype=torch.float64)]))
+    dist.barrier()
+    return out
+
+
 CHECKS = (all_to_all, all_to_all_uneven, batch_p2p, objects, coalesced, dtensor_factories, partial,
           distribute_module)
 
 
 def run_checks(torch, dist, r: int, n: int, out_dir: str, prefix: str) -> None:
     results = {}
-    for check in CHECKS + (file_store, monitored_barrier):
+    kiln_only = (random_factories, errors) if prefix == "kiln" else ()
+    for check in CHECKS + kiln_only + (file_store, monitored_barrier):
         try:
             if check is file_store:
                 got = check(torch, dist, r, n, os.path.join(out_dir, f"{prefix}_store_{n}"))
