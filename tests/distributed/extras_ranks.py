@@ -183,6 +183,39 @@ def distribute_module(torch, dist, r: int, n: int) -> dict:
     return out
 
 
+def checkpoint(torch, dist, r: int, n: int, path: str) -> dict:
+    """async_save of a sharded and a replicated DTensor, a tensor and a value, then what the
+    checkpoint holds (read_metadata) and a load into fresh DTensors."""
+    dt = _module(torch, "distributed.tensor")
+    dcp = _module(torch, "distributed.checkpoint")
+    mesh = dt.init_device_mesh("cpu", (n,))
+    full = torch.arange(10, dtype=torch.float64).reshape(5, 2)
+    state = {"model": {"rows": dt.distribute_tensor(full, mesh, [dt.Shard(0)]),
+                       "same": dt.distribute_tensor(full[0] * 2, mesh, [dt.Replicate()])},
+             "plain": torch.ones(3, dtype=torch.int64), "step": 7}
+    future = dcp.async_save(state, checkpoint_id=path)
+    future.result()
+    dist.barrier()
+    described = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    out = {"keys": np.array(sorted(described))}
+    for key, meta in described.items():
+        if isinstance(meta, dcp.TensorStorageMetadata):
+            out[f"{key}.size"] = np.array(list(meta.size))
+            out[f"{key}.dtype"] = np.array(str(meta.properties.dtype).split(".")[-1])
+            out[f"{key}.chunks"] = np.array(sorted((list(c.offsets), list(c.sizes))
+                                                   for c in meta.chunks))
+        else:
+            out[f"{key}.kind"] = np.array(type(meta).__name__)
+    fresh = {"model": {"rows": dt.distribute_tensor(full * 0, mesh, [dt.Shard(0)]),
+                       "same": dt.distribute_tensor(full[0] * 0, mesh, [dt.Replicate()])},
+             "plain": torch.zeros(3, dtype=torch.int64), "step": 0}
+    dcp.load(fresh, checkpoint_id=path)
+    out["loaded_rows"] = fresh["model"]["rows"].to_local().numpy()
+    out["loaded_same"] = fresh["model"]["same"].to_local().numpy()
+    out["loaded_step"] = np.array(fresh["step"])
+    return out
+
+
 def monitored_barrier(torch, dist, r: int, n: int) -> dict:
     """On time, then with the last rank late: every rank raises (last: gloo may not recover)."""
     dist.monitored_barrier(timeout=timedelta(seconds=30))
@@ -245,10 +278,11 @@ CHECKS = (all_to_all, all_to_all_uneven, batch_p2p, objects, coalesced, dtensor_
 def run_checks(torch, dist, r: int, n: int, out_dir: str, prefix: str) -> None:
     results = {}
     kiln_only = (random_factories, errors) if prefix == "kiln" else ()
-    for check in CHECKS + kiln_only + (file_store, monitored_barrier):
+    for check in CHECKS + kiln_only + (file_store, checkpoint, monitored_barrier):
         try:
-            if check is file_store:
-                got = check(torch, dist, r, n, os.path.join(out_dir, f"{prefix}_store_{n}"))
+            if check in (file_store, checkpoint):
+                where = os.path.join(out_dir, f"{prefix}_{check.__name__}_{n}")
+                got = check(torch, dist, r, n, where)
             else:
                 got = check(torch, dist, r, n)
             results.update({f"{check.__name__}/{k}": v for k, v in got.items()})
@@ -269,6 +303,7 @@ def kiln_main(out_dir: str) -> None:
 def torch_rank(rank: int, world: int, out_dir: str) -> None:
     import torch
     import torch.distributed as dist
+    import torch.distributed.checkpoint  # noqa: F401
     import torch.distributed.tensor  # noqa: F401
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/torch_init_{world}",
                             rank=rank, world_size=world)

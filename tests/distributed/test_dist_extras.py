@@ -71,6 +71,30 @@ def test_file_store_shared_by_ranks_matches_torch(runs):
     _same_as_torch(runs, "file_store")
 
 
+def test_async_save_metadata_and_load_match_torch(runs):
+    """dcp.async_save's Future, read_metadata's keys, sizes, dtypes and per-rank chunks, and
+    a load back, as torch's."""
+    _same_as_torch(runs, "checkpoint")
+
+
+def test_checkpoint_names_refuse_what_kiln_would_ignore(tmp_path):
+    import kiln
+    import kiln.distributed.checkpoint as dcp
+
+    class MyPlanner(dcp.DefaultSavePlanner):
+        pass
+    state = {"w": kiln.ones(2)}
+    with pytest.raises(ValueError, match="custom planners are not supported"):
+        dcp.save(state, checkpoint_id=tmp_path / "a", planner=MyPlanner(), no_dist=True)
+    assert isinstance(dcp.DefaultSavePlanner(), dcp.SavePlanner)
+    assert isinstance(dcp.FileSystemReader(tmp_path), dcp.StorageReader)
+    future = dcp.async_save(state, checkpoint_id=tmp_path / "b", planner=MyPlanner(),
+                            no_dist=True)
+    assert future.done() and isinstance(future.exception(), ValueError)
+    with pytest.raises(dcp.CheckpointException, match="is missing"):
+        dcp.load(state, checkpoint_id=tmp_path / "nothing", no_dist=True)
+
+
 def test_monitored_barrier_names_the_late_rank_as_torch(runs):
     """On time it passes; with the last rank 2 s late and a 0.5 s timeout every rank raises a
     RuntimeError, rank 0's naming the late rank."""
