@@ -18,9 +18,10 @@ from kiln.distributed.process_group import (  # noqa: F401,E402
 
 
 def __getattr__(name: str):
-    """`torch.distributed.rpc` (and .autograd, .optim, .nn) after `import torch.distributed`,
-    as in torch: loaded on first use."""
-    if name in ("rpc", "autograd", "optim", "nn"):
+    """`torch.distributed.rpc` (and .autograd, .optim, .nn, .checkpoint, .fsdp, ...) after
+    `import torch.distributed`, as in torch: loaded on first use."""
+    if name in ("rpc", "autograd", "optim", "nn", "checkpoint", "fsdp", "elastic",
+                "algorithms", "device_mesh"):
         import importlib
         return importlib.import_module(f"kiln.distributed.{name}")
     raise AttributeError(f"module 'kiln.distributed' has no attribute '{name}'")
@@ -36,3 +37,6 @@ from kiln.distributed.store import (  # noqa: F401,E402
     FileStore, HashStore, PrefixStore, Store, TCPStore, default_pg_timeout)
 from kiln.distributed.debug import (  # noqa: F401,E402
     DebugLevel, breakpoint, get_debug_level, set_debug_level, set_debug_level_from_env)
+from kiln.distributed.process_group import (  # noqa: F401,E402
+    is_ucc_available, is_xccl_available, new_subgroups, new_subgroups_by_enumeration,
+    supports_complex)

@@ -296,6 +296,20 @@ def get_backend(group=None) -> str:
     return resolve_group(group, "get_backend").backend
 
 
+def is_ucc_available() -> bool:
+    return False        # kiln's backends are MPI and NCCL
+
+
+def is_xccl_available() -> bool:
+    return False
+
+
+def supports_complex(reduceOp: str) -> bool:
+    """Whether the reduce op is defined on complex tensors (ordering and bit ops are not)."""
+    return reduceOp not in (ReduceOp.MAX, ReduceOp.MIN, ReduceOp.PRODUCT, ReduceOp.BAND,
+                            ReduceOp.BOR, ReduceOp.BXOR)
+
+
 def get_pg_count() -> int:
     """How many process groups exist: the default one and one per new_group call."""
     return _require("get_pg_count").group_count
@@ -419,6 +433,46 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
         world.groups = []
     world.groups.append(group)
     return group
+
+
+def new_subgroups(group_size: int | None = None, group=None, timeout=None, backend=None,
+                  pg_options=None, group_desc: str | None = None) -> tuple:
+    """The world cut into groups of `group_size` consecutive ranks (every rank must call):
+    (this rank's group, every group, NON_GROUP_MEMBER where this rank is not in it)."""
+    world = _require("new_subgroups")
+    if group is not None and group is not GroupMember.WORLD:
+        raise NotImplementedError("new_subgroups: kiln divides the default group only "
+                                  "(group=None)")
+    if group_size is None:
+        raise ValueError("new_subgroups: give group_size (torch's default, the GPUs per "
+                         "node, is for CUDA jobs)")
+    if not 0 < group_size <= world.size or world.size % group_size:
+        raise ValueError(f"new_subgroups: group_size={group_size} must be positive and divide "
+                         f"the world size {world.size}")
+    return new_subgroups_by_enumeration(
+        [list(range(start, start + group_size)) for start in range(0, world.size, group_size)])
+
+
+def new_subgroups_by_enumeration(ranks_per_subgroup_list, timeout=None, backend=None,
+                                 pg_options=None, group_desc: str | None = None) -> tuple:
+    """One group per list of ranks (every rank must call): (this rank's group or None, every
+    group, NON_GROUP_MEMBER where this rank is not in it)."""
+    world = _require("new_subgroups_by_enumeration")
+    if not ranks_per_subgroup_list:
+        raise ValueError("new_subgroups_by_enumeration: the list of subgroups' ranks is empty")
+    seen: dict[int, int] = {}
+    for i, ranks in enumerate(ranks_per_subgroup_list):
+        for rank in ranks:
+            if rank in seen:
+                raise ValueError(f"new_subgroups_by_enumeration: rank {rank} is in subgroup "
+                                 f"{seen[rank]} and subgroup {i}; a rank may be in one only")
+            seen[rank] = i
+    mine, groups = None, []
+    for ranks in ranks_per_subgroup_list:
+        groups.append(new_group(ranks))
+        if world.rank in ranks:
+            mine = groups[-1]
+    return mine, groups
 
 
 def _check_same_group(world: _World, ranks: tuple[int, ...]) -> None:

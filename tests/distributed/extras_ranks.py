@@ -216,6 +216,30 @@ def checkpoint(torch, dist, r: int, n: int, path: str) -> dict:
     return out
 
 
+def subgroups(torch, dist, r: int, n: int) -> dict:
+    before = dist.get_pg_count()
+    mine, groups = dist.new_subgroups(group_size=1)
+    out = {"size1_ranks": np.array(dist.get_process_group_ranks(mine)),
+           "size1_groups": np.array(len(groups))}
+    enumeration = [[0, n - 1]] + ([[1]] if n == 3 else [])
+    mine, groups = dist.new_subgroups_by_enumeration(enumeration)
+    total = torch.tensor([float(r + 1)], dtype=torch.float64)
+    dist.all_reduce(total, group=mine)
+    out.update({"enum_ranks": np.array(dist.get_process_group_ranks(mine)),
+                "enum_sum": total.numpy(), "enum_groups": np.array(len(groups)),
+                "new_groups": np.array(dist.get_pg_count() - before)})
+    for name, call in (("too_big", lambda: dist.new_subgroups(group_size=n + 1)),
+                       ("twice", lambda: dist.new_subgroups_by_enumeration([[0], [0]]))):
+        try:
+            call()
+            out[name] = np.array("no error")
+        except Exception as exc:
+            out[name] = np.array(type(exc).__name__)
+    out["complex"] = np.array([dist.supports_complex(op) for op in (
+        dist.ReduceOp.SUM, dist.ReduceOp.MAX, dist.ReduceOp.PRODUCT, dist.ReduceOp.AVG)])
+    return out
+
+
 def monitored_barrier(torch, dist, r: int, n: int) -> dict:
     """On time, then with the last rank late: every rank raises (last: gloo may not recover)."""
     dist.monitored_barrier(timeout=timedelta(seconds=30))
@@ -272,7 +296,7 @@ def errors(torch, dist, r: int, n: int) -> dict:
 
 
 CHECKS = (all_to_all, all_to_all_uneven, batch_p2p, objects, coalesced, dtensor_factories, partial,
-          distribute_module)
+          distribute_module, subgroups)
 
 
 def run_checks(torch, dist, r: int, n: int, out_dir: str, prefix: str) -> None:

@@ -57,7 +57,7 @@ def _same_as_torch(runs, check: str) -> None:
 
 
 @pytest.mark.parametrize("check", ["all_to_all", "all_to_all_uneven", "batch_p2p", "objects",
-                                   "coalesced"])
+                                   "coalesced", "subgroups"])
 def test_collectives_match_torch(runs, check):
     _same_as_torch(runs, check)
 
@@ -297,6 +297,19 @@ def test_timeouts_and_backend_availability_are_torchs():
         assert dist.is_backend_available(name) == tdist.is_backend_available(name)
     assert dist.is_backend_available("mpi") == dist.is_available()
     assert dist.is_backend_available("nccl") == dist.is_nccl_available()
+
+
+def test_torchs_module_paths_and_availability_answers():
+    import importlib
+    import kiln.distributed.tensor as dt
+    for name in ("rpc", "checkpoint", "fsdp", "device_mesh", "algorithms"):
+        assert getattr(dist, name) is importlib.import_module(f"kiln.distributed.{name}")
+    assert dt.parallel is importlib.import_module("kiln.distributed.tensor.parallel")
+    from kiln.distributed.tensor.placement_types import Partial, Replicate, Shard
+    assert (Partial, Replicate, Shard) == (dt.Partial, dt.Replicate, dt.Shard)
+    assert not dist.is_ucc_available() and not dist.is_xccl_available()
+    with pytest.raises(AttributeError, match="no attribute 'bogus'"):
+        dt.bogus
 
 
 def test_init_with_a_store_counts_groups_as_torch(tmp_path, monkeypatch):

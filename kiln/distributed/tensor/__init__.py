@@ -9,3 +9,12 @@ from kiln.distributed.tensor.placement import Placement, Replicate, Shard  # noq
 from kiln.distributed.tensor.placement import Partial  # noqa: F401,E402
 from kiln.distributed.tensor.factories import (  # noqa: F401,E402
     distribute_module, empty, full, ones, rand, randn, zeros)
+
+
+def __getattr__(name: str):
+    """`torch.distributed.tensor.parallel` after `import torch.distributed.tensor`, as in
+    torch: loaded on first use."""
+    if name == "parallel":
+        import importlib
+        return importlib.import_module("kiln.distributed.tensor.parallel")
+    raise AttributeError(f"module 'kiln.distributed.tensor' has no attribute '{name}'")
