@@ -30,11 +30,11 @@ from kiln.distributed.collectives import (  # noqa: F401,E402
     P2POp, all_gather_coalesced, all_reduce_coalesced, all_to_all, batch_isend_irecv,
     gather_object, monitored_barrier, recv_object_list, scatter_object_list, send_object_list)
 from kiln.distributed.process_group import (  # noqa: F401,E402
-    get_backend_config, get_pg_count, is_backend_available)
+    default_pg_timeout, get_backend_config, get_pg_count, is_backend_available)
 from kiln.distributed.errors import (  # noqa: F401,E402
     DistBackendError, DistError, DistNetworkError, DistStoreError)
 from kiln.distributed.store import (  # noqa: F401,E402
-    FileStore, HashStore, PrefixStore, Store, TCPStore, default_pg_timeout)
+    FileStore, HashStore, PrefixStore, Store, TCPStore)
 from kiln.distributed.debug import (  # noqa: F401,E402
     DebugLevel, breakpoint, get_debug_level, set_debug_level, set_debug_level_from_env)
 from kiln.distributed.process_group import (  # noqa: F401,E402

@@ -395,9 +395,8 @@ def monitored_barrier(group=None, timeout=None, wait_all_ranks: bool = False) ->
     rank 0, which raises a RuntimeError naming the first late rank (every late rank with
     `wait_all_ranks=True`) after `timeout` (default: default_pg_timeout); the other ranks then
     raise too. Runs on the CPU (MPI) whatever the backend, as torch's runs on gloo."""
-    from kiln.distributed.store import default_pg_timeout
     world, _ = _start("barrier", [], group, None)
-    seconds = (timeout or default_pg_timeout)
+    seconds = timeout if timeout is not None else pg.default_pg_timeout
     seconds = seconds.total_seconds() if hasattr(seconds, "total_seconds") else float(seconds)
     comm = world.comm
     if world.size == 1:
@@ -485,7 +484,7 @@ def batch_isend_irecv(p2p_op_list: list[P2POp]) -> list[Work]:
     ops = list(p2p_op_list)
     if not ops or not all(isinstance(o, P2POp) for o in ops):
         raise ValueError("batch_isend_irecv: expected a non-empty list of P2POp")
-    if len({id(o.group) for o in ops}) != 1:
+    if len({id(pg.GroupMember.WORLD if o.group is None else o.group) for o in ops}) != 1:
         raise ValueError("batch_isend_irecv: every P2POp of a batch must use the same group")
     group = ops[0].group
     world, backend = _start("batch_isend_irecv", [o.tensor for o in ops], group, None)

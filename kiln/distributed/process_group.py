@@ -14,10 +14,15 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import timedelta
 
 _INSTALL = ("kiln.distributed needs mpi4py and an MPI library: pip install 'kiln[distributed]' "
             "(the `mpich` wheel ships mpiexec and libmpi), or install MPICH/Open MPI and then "
             "pip install mpi4py")
+
+# torch.distributed.default_pg_timeout: how long torch's collectives wait (kiln's MPI ones wait
+# without a limit; monitored_barrier and breakpoint use it)
+default_pg_timeout = timedelta(minutes=30)
 
 
 class ReduceOp:

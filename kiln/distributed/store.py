@@ -21,7 +21,6 @@ from datetime import timedelta
 
 from kiln.distributed.errors import DistStoreError
 
-default_pg_timeout = timedelta(minutes=30)       # torch.distributed.default_pg_timeout
 _STORE_TIMEOUT = timedelta(minutes=5)            # torch's stores default to five minutes
 _POLL_S = 0.01
 
@@ -257,7 +256,7 @@ class FileStore(Store):
             done = self._update(lambda data: self._count(data, self._CLEANUP))
             if self.world_size >= 0 and done >= self.world_size:
                 os.unlink(self.path)
-        except OSError:
+        except Exception:       # a destructor must not raise (at exit, os may be gone)
             pass
         finally:
             os.close(self._fd)
@@ -280,9 +279,6 @@ class PrefixStore(Store):
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}"
-
-    def _update(self, change):
-        return self.underlying_store._update(change)
 
     @property
     def timeout(self) -> timedelta:

@@ -291,6 +291,18 @@ def errors(torch, dist, r: int, n: int) -> dict:
     record("scatter_object_output", lambda: dist.scatter_object_list([], [0] * n, src=r))
     record("coalesced_dtypes", lambda: dist.all_reduce_coalesced(
         [torch.zeros(1), torch.zeros(1, dtype=torch.float64)]))
+    dt = _module(torch, "distributed.tensor")
+    dcp = _module(torch, "distributed.checkpoint")
+    mesh = dt.init_device_mesh("cpu", (n,))
+    record("partial_product", lambda: dt.Partial("product"))
+    record("factory_partial", lambda: dt.zeros(2, device_mesh=mesh, placements=[dt.Partial()]))
+    record("save_partial", lambda: dcp.save(
+        {"p": dt.DTensor.from_local(torch.ones(2), mesh, [dt.Partial()])},
+        checkpoint_id=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kiln_partial_{r}")))
+    sharded = torch.nn.Linear(2, 4)
+    dt.distribute_module(sharded, mesh, lambda name, mod, m: mod.register_parameter(
+        "weight", torch.nn.Parameter(dt.distribute_tensor(mod.weight, m, [dt.Shard(0)]))))
+    record("sharded_forward", lambda: sharded(torch.ones(1, 2)))
     dist.barrier()
     return out
 

@@ -131,7 +131,11 @@ def test_wrong_calls_raise_clear_errors_on_every_rank(runs):
                 "batch_empty": ("ValueError", "non-empty list of P2POp"),
                 "gather_object_list": ("ValueError", "one entry per rank"),
                 "scatter_object_output": ("ValueError", "non-empty list"),
-                "coalesced_dtypes": ("ValueError", "one dtype")}
+                "coalesced_dtypes": ("ValueError", "one dtype"),
+                "partial_product": ("NotImplementedError", "'sum', 'avg', 'max' and 'min'"),
+                "factory_partial": ("NotImplementedError", "DTensor.from_local"),
+                "save_partial": ("NotImplementedError", "redistribute it to Replicate()"),
+                "sharded_forward": ("NotImplementedError", "sharding propagation")}
     for r, got in enumerate(launch.section(runs[0], "errors")):
         for key, (kind, words) in expected.items():
             message = str(got[f"errors/{key}"])
@@ -310,6 +314,26 @@ def test_torchs_module_paths_and_availability_answers():
     assert not dist.is_ucc_available() and not dist.is_xccl_available()
     with pytest.raises(AttributeError, match="no attribute 'bogus'"):
         dt.bogus
+
+
+def test_breakpoint_stops_the_named_rank_in_pdb(monkeypatch):
+    """dist.breakpoint() opens pdb at the caller's line on the named rank (here the only one),
+    then every rank passes a barrier; `skip` lets the first calls pass."""
+    import pdb
+    launch.mpi_or_skip()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    stops = []
+    monkeypatch.setattr(pdb.Pdb, "set_trace", lambda self, frame=None: stops.append(
+        frame.f_code.co_name))
+    dist.init_process_group("gloo")
+    try:
+        dist.breakpoint(rank=0)
+        dist.breakpoint(rank=0, skip=1)     # skipped: the first call with skip
+        dist.breakpoint(rank=0, skip=1)
+    finally:
+        dist.destroy_process_group()
+    assert stops == ["test_breakpoint_stops_the_named_rank_in_pdb"] * 2
 
 
 def test_init_with_a_store_counts_groups_as_torch(tmp_path, monkeypatch):

@@ -36,7 +36,6 @@ def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
     what was written, as torch's Metadata."""
     path = _directory("save", checkpoint_id, storage_writer, planner, process_group)
     rank, world = _rank_world(no_dist)
-    os.makedirs(path, exist_ok=True)
     mine, entries = {}, {}
     for key, value in _flatten(state_dict).items():
         if isinstance(value, DTensor):
@@ -56,6 +55,7 @@ def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
             entries[key] = {"kind": "value"}
             if rank == 0:
                 mine[key] = value
+    os.makedirs(path, exist_ok=True)        # after the checks: a refused save leaves nothing
     kiln.save(mine, os.path.join(path, f"__{rank}_0.kiln"))
     metadata = {"format": FORMAT, "world_size": world, "entries": entries}
     _barrier(no_dist)                      # every rank's file is in place before the metadata
@@ -157,6 +157,10 @@ def _rows(entry: dict, key: str, saved_world: int, read, target, world: int, ran
 
 def _check_world_mesh(what: str, key: str, value: DTensor, world: int) -> None:
     """The format splits a DTensor's rows by global rank: its mesh must be all ranks, 1-D."""
+    if any(p.is_partial() for p in value.placements):
+        raise NotImplementedError(f"kiln.distributed.checkpoint.{what}: {key!r} is a Partial "
+                                  "DTensor (unreduced terms); redistribute it to Replicate() or "
+                                  "Shard(dim) first")
     mesh = value.device_mesh
     if mesh.ndim != 1 or mesh.size() != world:
         raise NotImplementedError(

@@ -66,7 +66,8 @@ class DTensor(Tensor):
 
     def redistribute(self, device_mesh: DeviceMesh | None = None,
                      placements=None, *, async_op: bool = False) -> "DTensor":
-        """The same global tensor with other placements (Shard <-> Replicate)."""
+        """The same global tensor with other placements (Shard <-> Replicate; Partial to
+        either reduces it, to Partial("sum") splits it into equal terms)."""
         mesh = device_mesh or self._mesh
         placements = _check_placements("redistribute", placements or self._placements, mesh)
         if mesh is self._mesh and placements == self._placements:
