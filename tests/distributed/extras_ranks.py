@@ -267,6 +267,39 @@ def random_factories(torch, dist, r: int, n: int) -> dict:
             "rows_global": np.array(list(rows.global_shape))}
 
 
+def nccl_fake(torch, dist, r: int, n: int) -> dict:
+    """kiln only: all_to_all with uneven pieces and a batch_isend_irecv ring on cuda tensors
+    through kiln's NCCL backend (one NCCL group each), over the stand-in NCCL of
+    fake_nccl.py and the fake CUDA of tests/fake_cuda.py; the test compares them with torch's
+    CPU results. Runs after the CPU checks: the fake CUDA patches kiln for the rest of the
+    process."""
+    import tests.fake_cuda
+    tests.fake_cuda.install()
+    from kiln.distributed import process_group as pg
+    from kiln.distributed.nccl_backend import NCCLBackend
+    from tests.distributed.fake_nccl import FakeNccl, FakeNcclCommunicator, fake_cupy
+    nccl = FakeNccl()
+    pg._WORLD.nccl = NCCLBackend(FakeNcclCommunicator(pg._WORLD.comm.Dup(), nccl), r, n, nccl,
+                                 fake_cupy)
+    inputs = [(torch.arange(r + j + 1, dtype=torch.float64) + 100 * r + 10 * j).cuda()
+              for j in range(n)]
+    outputs = [torch.zeros(j + r + 1, dtype=torch.float64).cuda() for j in range(n)]
+    dist.all_to_all(outputs, inputs)
+    right, left = (r + 1) % n, (r - 1) % n
+    from_left = torch.zeros(4, dtype=torch.float64).cuda()
+    from_right = torch.zeros(2, dtype=torch.int64).cuda()
+    works = dist.batch_isend_irecv([
+        dist.P2POp(dist.isend, (torch.arange(4, dtype=torch.float64) * (r + 1)).cuda(), right),
+        dist.P2POp(dist.irecv, from_left, left),
+        dist.P2POp(dist.isend, torch.tensor([r, 10 * r], dtype=torch.int64).cuda(), left, tag=3),
+        dist.P2POp(dist.irecv, from_right, right, tag=3)])
+    for work in works:
+        work.wait()
+    return {"all_to_all_uneven": np.concatenate([o.cpu().numpy() for o in outputs]),
+            "from_left": from_left.cpu().numpy(), "from_right": from_right.cpu().numpy(),
+            "devices": np.array(sorted({str(o.device) for o in outputs}))}
+
+
 def errors(torch, dist, r: int, n: int) -> dict:
     """kiln only: the messages of wrong calls, each raised on every rank."""
     out = {}
@@ -314,7 +347,8 @@ CHECKS = (all_to_all, all_to_all_uneven, batch_p2p, objects, coalesced, dtensor_
 def run_checks(torch, dist, r: int, n: int, out_dir: str, prefix: str) -> None:
     results = {}
     kiln_only = (random_factories, errors) if prefix == "kiln" else ()
-    for check in CHECKS + kiln_only + (file_store, checkpoint, monitored_barrier):
+    last = (nccl_fake,) if prefix == "kiln" else ()
+    for check in CHECKS + kiln_only + (file_store, checkpoint) + last + (monitored_barrier,):
         try:
             if check in (file_store, checkpoint):
                 where = os.path.join(out_dir, f"{prefix}_{check.__name__}_{n}")

@@ -122,6 +122,18 @@ def test_random_factories_are_pieces_of_one_torch_draw(runs):
         assert got["random_factories/rows_global"].tolist() == [7, 3]
 
 
+def test_nccl_backend_exchanges_as_torch_over_a_stand_in(runs):
+    """all_to_all (uneven) and batch_isend_irecv on cuda tensors through kiln's NCCL backend,
+    over fake_nccl.py's stand-in: the values torch's gloo run gave on the CPU."""
+    mine, theirs = runs
+    for got, want in zip(launch.section(mine, "nccl_fake"), theirs):
+        assert str(got["nccl_fake/devices"]) == "cuda:0"
+        np.testing.assert_array_equal(got["nccl_fake/all_to_all_uneven"],
+                                      want["all_to_all_uneven/values"])
+        for key in ("from_left", "from_right"):
+            np.testing.assert_array_equal(got[f"nccl_fake/{key}"], want[f"batch_p2p/{key}"])
+
+
 def test_wrong_calls_raise_clear_errors_on_every_rank(runs):
     expected = {"all_to_all_count": ("ValueError", "needs one per rank"),
                 "all_to_all_sizes": ("RuntimeError", "sends 2 elements to rank 0"),
