@@ -127,7 +127,7 @@ def test_nccl_backend_exchanges_as_torch_over_a_stand_in(runs):
     over fake_nccl.py's stand-in: the values torch's gloo run gave on the CPU."""
     mine, theirs = runs
     for got, want in zip(launch.section(mine, "nccl_fake"), theirs):
-        assert str(got["nccl_fake/devices"]) == "cuda:0"
+        assert got["nccl_fake/devices"].tolist() == ["cuda:0"]
         np.testing.assert_array_equal(got["nccl_fake/all_to_all_uneven"],
                                       want["all_to_all_uneven/values"])
         for key in ("from_left", "from_right"):
