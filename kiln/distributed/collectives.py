@@ -339,7 +339,7 @@ def all_to_all(output_tensor_list: list[Tensor], input_tensor_list: list[Tensor]
     """Rank r's `input_tensor_list[j]` lands in rank j's `output_tensor_list[r]`. The pieces may
     differ in size from pair to pair; each sent piece must fit its receiving tensor."""
     outputs, inputs = list(output_tensor_list), list(input_tensor_list)
-    world, backend = _start("all_to_all", [*outputs, *inputs], group, None)
+    world, backend = _start("all_to_all", [*outputs, *inputs], group, (None, -1))
     for name, tensors in (("output_tensor_list", outputs), ("input_tensor_list", inputs)):
         if len(tensors) != world.size:
             raise ValueError(f"all_to_all: {name} has {len(tensors)} tensors; it needs one per "

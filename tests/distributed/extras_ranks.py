@@ -320,6 +320,12 @@ def errors(torch, dist, r: int, n: int) -> dict:
     record("p2pop_peer", lambda: dist.batch_isend_irecv([dist.P2POp(dist.isend, torch.zeros(1),
                                                                     n)]))
     record("batch_empty", lambda: dist.batch_isend_irecv([]))
+    record("gather_object_dst", lambda: dist.gather_object(r, None, dst=n))
+    record("scatter_object_src", lambda: dist.scatter_object_list([None], None, src=-1))
+    record("send_object_dst", lambda: dist.send_object_list([1], dst=n + 2))
+    record("mixed_collectives", lambda: dist.all_to_all(
+        [torch.zeros(1) for _ in range(n)], [torch.zeros(1) for _ in range(n)]) if r == 0
+        else dist.all_reduce(torch.zeros(1)))
     record("gather_object_list", lambda: dist.gather_object(r, [None] * (n + 1), dst=r))
     record("scatter_object_output", lambda: dist.scatter_object_list([], [0] * n, src=r))
     record("coalesced_dtypes", lambda: dist.all_reduce_coalesced(
