@@ -314,10 +314,12 @@ def scatter(tensor: Tensor, scatter_list: list[Tensor] | None = None, src: int =
 
 def all_to_all_single(output: Tensor, input: Tensor, output_split_sizes=None,
                       input_split_sizes=None, group=None, async_op: bool = False):
-    """Rank r sends the r-th equal slice of `input` (dim 0) to every rank; slices land in rank
-    order in `output`. Unequal split sizes are not supported."""
+    """Rank r sends the j-th slice of `input` (dim 0) to rank j; the slices from each rank land
+    in rank order in `output`. The slices are equal, or `input_split_sizes[j]` rows go to rank
+    j and `output_split_sizes[j]` rows come from rank j."""
     if output_split_sizes is not None or input_split_sizes is not None:
-        raise ValueError("all_to_all_single: kiln supports only equal splits (split sizes None)")
+        return _all_to_all_split(output, input, output_split_sizes, input_split_sizes, group,
+                                 async_op)
     world, backend = _start("all_to_all", [output, input], group, (input, -1))
     if input.numel() != output.numel() or input.numel() % world.size:
         raise ValueError(f"all_to_all_single: input {list(input.shape)} and output "
@@ -326,6 +328,39 @@ def all_to_all_single(output: Tensor, input: Tensor, output_split_sizes=None,
     requests = backend.all_to_all(output._data, input._data)
     _written(output)
     return _run(backend, requests, async_op, None, [output])
+
+
+def _all_to_all_split(output: Tensor, input: Tensor, output_split_sizes, input_split_sizes,
+                      group, async_op: bool):
+    """all_to_all_single with split sizes: one send and one receive of dim-0 rows per rank."""
+    world, backend = _start("all_to_all", [output, input], group, (None, -1))
+    _check_one_dtype("all_to_all_single", [output, input])
+    pieces = []
+    for name, t, splits in (("input", input, input_split_sizes),
+                            ("output", output, output_split_sizes)):
+        if t.ndim == 0:
+            raise ValueError(f"all_to_all_single: the {name} tensor must have a dim 0 to split")
+        rows = t.shape[0]
+        if splits is None:
+            if rows % world.size:
+                raise ValueError(f"all_to_all_single: the {name} tensor's {rows} rows do not "
+                                 f"split equally over {world.size} ranks; give "
+                                 f"{name}_split_sizes")
+            splits = [rows // world.size] * world.size
+        splits = [int(k) for k in splits]
+        if len(splits) != world.size or sum(splits) != rows or min(splits) < 0:
+            raise ValueError(f"all_to_all_single: {name}_split_sizes {splits} must give one "
+                             f"row count per rank ({world.size}) summing to the {name} "
+                             f"tensor's {rows} rows")
+        starts = np.cumsum([0] + splits)
+        pieces.append([t._data[starts[j]:starts[j + 1]] for j in range(world.size)])
+    sends, recvs = pieces
+    if world.checks and world.size > 1:
+        _check_exchange(world, "all_to_all_single", [a.size for a in sends],
+                        [a.size for a in recvs])
+    requests = backend.send_recv([(a, j, _TAG_ALL_TO_ALL) for j, a in enumerate(sends)],
+                                 [(a, j, _TAG_ALL_TO_ALL) for j, a in enumerate(recvs)])
+    return _run(backend, requests, async_op, lambda: _written(output), [output])
 
 
 def barrier(group=None, async_op: bool = False, device_ids=None):
@@ -647,6 +682,6 @@ def _check_exchange(world, what: str, send_sizes: list[int], recv_sizes: list[in
         for dst in range(world.size):
             if rows[src, 0, dst] != rows[dst, 1, src]:
                 raise RuntimeError(f"{what}: rank {src} sends {int(rows[src, 0, dst])} elements "
-                                   f"to rank {dst}, whose output tensor {src} holds "
-                                   f"{int(rows[dst, 1, src])}; each sent piece must match the "
-                                   "tensor that receives it")
+                                   f"to rank {dst}, which expects {int(rows[dst, 1, src])} "
+                                   f"from rank {src}; each sent piece must match the tensor "
+                                   "(or slice) that receives it")

@@ -54,6 +54,20 @@ def all_to_all_uneven(torch, dist, r: int, n: int) -> dict:
     return {"values": np.concatenate([o.numpy() for o in outputs])}
 
 
+def all_to_all_single_splits(torch, dist, r: int, n: int) -> dict:
+    """Uneven rows of one tensor, as mixture-of-experts token routing does: rank r sends
+    j + r + 1 rows of 2 to rank j."""
+    sends = [j + r + 1 for j in range(n)]
+    receives = [r + j + 1 for j in range(n)]
+    input = torch.arange(sum(sends) * 2, dtype=torch.float64).reshape(-1, 2) + 1000 * r
+    output = torch.zeros(sum(receives), 2, dtype=torch.float64)
+    dist.all_to_all_single(output, input, receives, sends)
+    equal = torch.zeros(2 * n, 3, dtype=torch.int64)
+    dist.all_to_all_single(equal, torch.arange(6 * n).reshape(2 * n, 3) * (r + 1),
+                           input_split_sizes=[2] * n)
+    return {"uneven": output.numpy(), "equal_given": equal.numpy()}
+
+
 def batch_p2p(torch, dist, r: int, n: int) -> dict:
     """A ring both ways in one batch, the two directions told apart by their tags."""
     right, left = (r + 1) % n, (r - 1) % n
@@ -314,6 +328,11 @@ def errors(torch, dist, r: int, n: int) -> dict:
     record("all_to_all_count", lambda: dist.all_to_all([torch.zeros(1)], [torch.zeros(1)] * n))
     record("all_to_all_sizes", lambda: dist.all_to_all(
         [torch.zeros(1) for _ in range(n)], [torch.zeros(1 + (r == 0)) for _ in range(n)]))
+    record("splits_sum", lambda: dist.all_to_all_single(
+        torch.zeros(2 * n), torch.zeros(2 * n), [1] * n, [3] * n))
+    record("splits_mismatch", lambda: dist.all_to_all_single(
+        torch.zeros(n + 1), torch.zeros(n + 1), [1] * (n - 1) + [2],
+        [2] + [1] * (n - 1) if r == 0 else [1] * (n - 1) + [2]))
     record("all_to_all_dtypes", lambda: dist.all_to_all(
         [torch.zeros(1) for _ in range(n)], [torch.zeros(1, dtype=torch.float64)] * n))
     record("p2pop_op", lambda: dist.P2POp(dist.send, torch.zeros(1), 0))
@@ -346,8 +365,8 @@ def errors(torch, dist, r: int, n: int) -> dict:
     return out
 
 
-CHECKS = (all_to_all, all_to_all_uneven, batch_p2p, objects, coalesced, dtensor_factories, partial,
-          distribute_module, subgroups)
+CHECKS = (all_to_all, all_to_all_uneven, all_to_all_single_splits, batch_p2p, objects,
+          coalesced, dtensor_factories, partial, distribute_module, subgroups)
 
 
 def run_checks(torch, dist, r: int, n: int, out_dir: str, prefix: str) -> None:

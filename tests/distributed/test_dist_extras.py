@@ -56,8 +56,8 @@ def _same_as_torch(runs, check: str) -> None:
             np.testing.assert_array_equal(got[key], value, err_msg=f"rank {r} {check}/{key}")
 
 
-@pytest.mark.parametrize("check", ["all_to_all", "all_to_all_uneven", "batch_p2p", "objects",
-                                   "coalesced", "subgroups"])
+@pytest.mark.parametrize("check", ["all_to_all", "all_to_all_uneven", "all_to_all_single_splits",
+                                   "batch_p2p", "objects", "coalesced", "subgroups"])
 def test_collectives_match_torch(runs, check):
     _same_as_torch(runs, check)
 
@@ -138,6 +138,8 @@ def test_wrong_calls_raise_clear_errors_on_every_rank(runs):
     expected = {"all_to_all_count": ("ValueError", "needs one per rank"),
                 "all_to_all_sizes": ("RuntimeError", "sends 2 elements to rank 0"),
                 "all_to_all_dtypes": ("ValueError", "one dtype"),
+                "splits_sum": ("ValueError", "summing to the input tensor's"),
+                "splits_mismatch": ("RuntimeError", "each sent piece must match"),
                 "p2pop_op": ("ValueError", "isend or"),
                 "p2pop_peer": ("ValueError", "is not a rank of this group"),
                 "batch_empty": ("ValueError", "non-empty list of P2POp"),
