@@ -32,7 +32,7 @@ from kiln.distributed.collectives import (  # noqa: F401,E402
 from kiln.distributed.process_group import (  # noqa: F401,E402
     default_pg_timeout, get_backend_config, get_pg_count, is_backend_available)
 from kiln.distributed.errors import (  # noqa: F401,E402
-    DistBackendError, DistError, DistNetworkError, DistStoreError)
+    DistBackendError, DistError, DistNetworkError, DistStoreError, QueueEmptyError)
 from kiln.distributed.store import (  # noqa: F401,E402
     FileStore, HashStore, PrefixStore, Store, TCPStore)
 from kiln.distributed.debug import (  # noqa: F401,E402

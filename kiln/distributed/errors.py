@@ -16,3 +16,7 @@ class DistNetworkError(DistError):
 
 class DistStoreError(DistError):
     """A key-value store operation failed, e.g. a key was not set before the timeout."""
+
+
+class QueueEmptyError(DistStoreError):
+    """A non-blocking `queue_pop` found the store's queue empty."""

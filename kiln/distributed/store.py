@@ -19,7 +19,7 @@ import threading
 import time
 from datetime import timedelta
 
-from kiln.distributed.errors import DistStoreError
+from kiln.distributed.errors import DistStoreError, QueueEmptyError
 
 _STORE_TIMEOUT = timedelta(minutes=5)            # torch's stores default to five minutes
 _POLL_S = 0.01
@@ -147,18 +147,57 @@ class Store:
     def has_extended_api(self) -> bool:
         return True
 
+    # queues: FIFO lists of values beside the keys (HashStore and PrefixStore over one)
+    def queue_push(self, key: str, value) -> None:
+        raise NotImplementedError(f"{type(self).__name__}: queue support is not implemented")
+
+    def queue_pop(self, key: str, block: bool = True) -> bytes:
+        raise NotImplementedError(f"{type(self).__name__}: queue support is not implemented")
+
+    def queue_len(self, key: str) -> int:
+        raise NotImplementedError(f"{type(self).__name__}: queue support is not implemented")
+
 
 class HashStore(Store):
-    """A store in this process's memory, shared by its threads."""
+    """A store in this process's memory, shared by its threads; it also keeps queues."""
 
     def __init__(self):
         super().__init__()
         self._data: dict[str, bytes] = {}
+        self._queues: dict[str, list[bytes]] = {}
         self._lock = threading.Lock()
 
     def _update(self, change):
         with self._lock:
             return change(self._data)
+
+    def check(self, keys: list[str]) -> bool:
+        with self._lock:
+            return all(k in self._data or self._queues.get(k) for k in keys)
+
+    def queue_push(self, key: str, value) -> None:
+        value = _as_bytes("HashStore.queue_push", value)
+        with self._lock:
+            self._queues.setdefault(key, []).append(value)
+
+    def queue_len(self, key: str) -> int:
+        with self._lock:
+            return len(self._queues.get(key, ()))
+
+    def queue_pop(self, key: str, block: bool = True) -> bytes:
+        """The oldest value of queue `key`; waits for one (up to the timeout) if `block`."""
+        limit = _seconds(self._timeout)
+        deadline = time.monotonic() + limit
+        while True:
+            with self._lock:
+                if self._queues.get(key):
+                    return self._queues[key].pop(0)
+            if not block:
+                raise QueueEmptyError(f"HashStore.queue_pop: queue {key!r} is empty")
+            if time.monotonic() >= deadline:
+                raise DistStoreError(f"HashStore.queue_pop: timed out after {limit:g} s waiting "
+                                     f"for a value in queue {key!r}")
+            self._sleep()
 
 
 class FileStore(Store):
@@ -326,6 +365,15 @@ class PrefixStore(Store):
 
     def has_extended_api(self):
         return self.underlying_store.has_extended_api()
+
+    def queue_push(self, key, value):
+        self.underlying_store.queue_push(self._key(key), value)
+
+    def queue_pop(self, key, block=True):
+        return self.underlying_store.queue_pop(self._key(key), block)
+
+    def queue_len(self, key):
+        return self.underlying_store.queue_len(self._key(key))
 
 
 class TCPStore(Store):

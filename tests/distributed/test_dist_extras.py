@@ -229,6 +229,37 @@ def test_stores_answer_as_torchs(kind, tmp_path):
         assert sorted(store.list_keys()) == sorted(theirs.list_keys())
 
 
+def _queue_calls(store) -> list:
+    got = []
+    store.set_timeout(timedelta(seconds=0.2))
+    for call in (lambda: store.queue_push("q", "a"), lambda: store.queue_push("q", b"b"),
+                 lambda: store.queue_len("q"), lambda: store.check(["q"]), store.num_keys,
+                 lambda: store.queue_pop("q"), lambda: store.queue_pop("q", False),
+                 lambda: store.queue_pop("q"), lambda: store.queue_pop("q", block=False),
+                 lambda: store.queue_len("missing")):
+        try:
+            got.append(call())
+        except Exception as exc:
+            got.append([c.__name__ for c in type(exc).__mro__[:3]])
+    return got
+
+
+@pytest.mark.parametrize("kind", ["HashStore", "PrefixStore"])
+def test_store_queues_answer_as_torchs(kind):
+    """queue_push / queue_pop / queue_len: FIFO beside the keys; an empty queue waits for the
+    timeout (DistStoreError), or raises QueueEmptyError at once with block=False."""
+    def make(module):
+        store = module.HashStore()
+        return module.PrefixStore("job", store) if kind == "PrefixStore" else store
+    assert _queue_calls(make(dist)) == _queue_calls(make(tdist))
+
+
+def test_file_store_has_no_queues_as_torchs(tmp_path):
+    for module, name in ((dist, "kiln"), (tdist, "torch")):
+        with pytest.raises(NotImplementedError, match="queue support is not implemented"):
+            module.FileStore(str(tmp_path / name), 1).queue_push("q", "a")
+
+
 def test_prefix_store_keys_live_in_the_underlying_store():
     for module in (dist, tdist):
         base = module.HashStore()
