@@ -332,7 +332,7 @@ def get_backend_config(group=None) -> str:
     """Which backend each device type of `group` uses, as "device:backend" pairs: CPU tensors
     go through MPI, cuda tensors through NCCL where CuPy has it."""
     world = resolve_group(group, "get_backend_config")
-    pairs = [f"cpu:{world.backend}"] if world.backend == Backend.MPI else []
+    pairs = [f"cpu:{Backend.MPI}"]      # CPU tensors go through MPI under either backend
     if world.backend == Backend.NCCL or is_nccl_available():
         pairs.append("cuda:nccl")
     return ",".join(pairs)

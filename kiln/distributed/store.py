@@ -5,8 +5,8 @@ Every store keeps `bytes` values under `str` keys with torch's semantics: `get` 
 missing key wait for it and raise `DistStoreError` after the timeout, `add` keeps a decimal
 counter, `compare_set` swaps only on a match. The base class writes each operation as one
 atomic update of a dict (`_update`); a store only says how it makes an update atomic:
-`HashStore` with a lock (one process), `FileStore` with an exclusive `flock` on a file that
-processes on one machine share. kiln has no network transport of its own, so `TCPStore` only
+`HashStore` with a lock (one process; it also keeps torch's queues), `FileStore` with an
+exclusive `flock` on a file that processes on one machine share. kiln has no network transport of its own, so `TCPStore` only
 explains what to use instead.
 """
 

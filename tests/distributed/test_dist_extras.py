@@ -404,6 +404,13 @@ def test_init_with_a_store_counts_groups_as_torch(tmp_path, monkeypatch):
         config = dist.get_backend_config()
     finally:
         dist.destroy_process_group()
-    assert counts == [1, 2]
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        theirs = [tdist.get_pg_count()]
+        tdist.new_group([0])
+        theirs.append(tdist.get_pg_count())
+    finally:
+        tdist.destroy_process_group()
+    assert counts == theirs
     assert config.split(",")[0] == "cpu:mpi"
     assert ("cuda:nccl" in config) == dist.is_nccl_available()
