@@ -205,8 +205,8 @@ class FileStore(Store):
 
     The file is a log of (key, value) records, appended under an exclusive `flock`, that each
     process replays from where it last read. As in torch, opening counts the process in (a
-    "refcount/" key, also counted by `num_keys`); with `world_size` given, more processes than
-    that is an error, and the last of them to let go of the store removes the file."""
+    "refcount/" key, also counted by `num_keys`), and with `world_size` given, the store that
+    lets go when `world_size` of them have removes the file."""
 
     _DELETED = 0xFFFFFFFF        # a value length that marks a deletion
     _REFCOUNT, _CLEANUP = "refcount/", "cleanup/"
@@ -218,10 +218,7 @@ class FileStore(Store):
         self._offset = 0
         self._closed = False
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        count = int(self._update(lambda data: self._count(data, self._REFCOUNT)))
-        if world_size >= 0 and count > world_size:
-            raise DistStoreError(f"FileStore: {count} processes opened {self.path!r}, more than "
-                                 f"its world_size={world_size}; use a fresh file per job")
+        self._update(lambda data: self._count(data, self._REFCOUNT))
 
     def _count(self, data: dict, key: str) -> int:
         data[key] = str(int(data.get(key, b"0")) + 1).encode()

@@ -309,12 +309,20 @@ def test_tcp_store_says_what_to_use_instead():
     assert issubclass(dist.TCPStore, dist.Store)
 
 
-def test_file_store_refuses_more_processes_than_world_size(tmp_path):
-    path = str(tmp_path / "store")
-    first = dist.FileStore(path, 1)
-    with pytest.raises(dist.DistStoreError, match="more than its world_size=1"):
-        dist.FileStore(path, 1)
-    del first
+def test_file_store_opened_twice_in_a_process_counts_as_torchs(tmp_path):
+    """Two FileStores on one file see each other's keys, `num_keys` counts as torch's, and
+    the file goes when world_size of them are gone."""
+    results = []
+    for module, name in ((dist, "kiln"), (tdist, "torch")):
+        path = str(tmp_path / name)
+        first, second = module.FileStore(path, 2), module.FileStore(path, 2)
+        first.set("k", "v")
+        got = [second.get("k"), second.num_keys(), first.num_keys()]
+        del first
+        got.append(os.path.exists(path))
+        del second
+        results.append(got + [os.path.exists(path)])
+    assert results[0] == results[1]
 
 
 # ----------------------------------------------------------------------------- the rest
