@@ -365,7 +365,8 @@ def test_torchs_module_paths_and_availability_answers():
     import kiln.distributed.tensor as dt
     for name in ("rpc", "checkpoint", "fsdp", "device_mesh", "algorithms"):
         assert getattr(dist, name) is importlib.import_module(f"kiln.distributed.{name}")
-    assert dt.parallel is importlib.import_module("kiln.distributed.tensor.parallel")
+    for name in ("parallel", "placement_types"):
+        assert getattr(dt, name) is importlib.import_module(f"kiln.distributed.tensor.{name}")
     from kiln.distributed.tensor.placement_types import Partial, Replicate, Shard
     assert (Partial, Replicate, Shard) == (dt.Partial, dt.Replicate, dt.Shard)
     assert not dist.is_ucc_available() and not dist.is_xccl_available()

@@ -12,9 +12,9 @@ from kiln.distributed.tensor.factories import (  # noqa: F401,E402
 
 
 def __getattr__(name: str):
-    """`torch.distributed.tensor.parallel` after `import torch.distributed.tensor`, as in
-    torch: loaded on first use."""
-    if name == "parallel":
+    """`torch.distributed.tensor.parallel` (and .placement_types) after `import
+    torch.distributed.tensor`, as in torch: loaded on first use."""
+    if name in ("parallel", "placement_types"):
         import importlib
-        return importlib.import_module("kiln.distributed.tensor.parallel")
+        return importlib.import_module(f"kiln.distributed.tensor.{name}")
     raise AttributeError(f"module 'kiln.distributed.tensor' has no attribute '{name}'")
