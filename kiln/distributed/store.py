@@ -6,8 +6,8 @@ missing key wait for it and raise `DistStoreError` after the timeout, `add` keep
 counter, `compare_set` swaps only on a match. The base class writes each operation as one
 atomic update of a dict (`_update`); a store only says how it makes an update atomic:
 `HashStore` with a lock (one process; it also keeps torch's queues), `FileStore` with an
-exclusive `flock` on a file that processes on one machine share. kiln has no network transport of its own, so `TCPStore` only
-explains what to use instead.
+exclusive `flock` on a file that processes on one machine share. kiln has no network
+transport of its own, so `TCPStore` only explains what to use instead.
 """
 
 from __future__ import annotations
