@@ -18,10 +18,25 @@ from kiln.distributed.process_group import (  # noqa: F401,E402
 
 
 def __getattr__(name: str):
-    """`torch.distributed.rpc` (and .autograd, .optim, .nn) after `import torch.distributed`,
-    as in torch: loaded on first use."""
-    if name in ("rpc", "autograd", "optim", "nn"):
+    """`torch.distributed.rpc` (and .autograd, .optim, .nn, .checkpoint, .fsdp, ...) after
+    `import torch.distributed`, as in torch: loaded on first use."""
+    if name in ("rpc", "autograd", "optim", "nn", "checkpoint", "fsdp", "elastic",
+                "algorithms", "device_mesh"):
         import importlib
         return importlib.import_module(f"kiln.distributed.{name}")
     raise AttributeError(f"module 'kiln.distributed' has no attribute '{name}'")
 from kiln.distributed.reducer import GradBucket  # noqa: F401,E402
+from kiln.distributed.collectives import (  # noqa: F401,E402
+    P2POp, all_gather_coalesced, all_reduce_coalesced, all_to_all, batch_isend_irecv,
+    gather_object, monitored_barrier, recv_object_list, scatter_object_list, send_object_list)
+from kiln.distributed.process_group import (  # noqa: F401,E402
+    default_pg_timeout, get_backend_config, get_pg_count, is_backend_available)
+from kiln.distributed.errors import (  # noqa: F401,E402
+    DistBackendError, DistError, DistNetworkError, DistStoreError, QueueEmptyError)
+from kiln.distributed.store import (  # noqa: F401,E402
+    FileStore, HashStore, PrefixStore, Store, TCPStore)
+from kiln.distributed.debug import (  # noqa: F401,E402
+    DebugLevel, breakpoint, get_debug_level, set_debug_level, set_debug_level_from_env)
+from kiln.distributed.process_group import (  # noqa: F401,E402
+    is_ucc_available, is_xccl_available, new_subgroups, new_subgroups_by_enumeration,
+    supports_complex)

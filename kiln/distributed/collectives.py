@@ -11,6 +11,8 @@ would replay its arithmetic without talking to the other ranks.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from kiln import Tensor
@@ -23,6 +25,8 @@ _OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tens
         "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "barrier", "all_to_all")
 _DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 _MAX_DIMS = 8
+# MPI tags of the exchanges below, apart from user tags (send/recv default to 0)
+_TAG_ALL_TO_ALL, _TAG_MONITORED, _TAG_OBJECT = 0x7F01, 0x7F02, 0x7F03
 
 
 class Work:
@@ -144,7 +148,10 @@ def _check_agree(world, what: str, tensor: Tensor | None, redop: int = -1,
 
 
 def _run(backend, requests: list, async_op: bool, finish=None, result=None):
-    work = Work(backend, requests, finish, result)
+    return _run_work(Work(backend, requests, finish, result), async_op)
+
+
+def _run_work(work: Work, async_op: bool):
     if async_op:
         return work
     work.wait()
@@ -307,10 +314,12 @@ def scatter(tensor: Tensor, scatter_list: list[Tensor] | None = None, src: int =
 
 def all_to_all_single(output: Tensor, input: Tensor, output_split_sizes=None,
                       input_split_sizes=None, group=None, async_op: bool = False):
-    """Rank r sends the r-th equal slice of `input` (dim 0) to every rank; slices land in rank
-    order in `output`. Unequal split sizes are not supported."""
+    """Rank r sends the j-th slice of `input` (dim 0) to rank j; the slices from each rank land
+    in rank order in `output`. The slices are equal, or `input_split_sizes[j]` rows go to rank
+    j and `output_split_sizes[j]` rows come from rank j."""
     if output_split_sizes is not None or input_split_sizes is not None:
-        raise ValueError("all_to_all_single: kiln supports only equal splits (split sizes None)")
+        return _all_to_all_split(output, input, output_split_sizes, input_split_sizes, group,
+                                 async_op)
     world, backend = _start("all_to_all", [output, input], group, (input, -1))
     if input.numel() != output.numel() or input.numel() % world.size:
         raise ValueError(f"all_to_all_single: input {list(input.shape)} and output "
@@ -321,10 +330,134 @@ def all_to_all_single(output: Tensor, input: Tensor, output_split_sizes=None,
     return _run(backend, requests, async_op, None, [output])
 
 
+def _all_to_all_split(output: Tensor, input: Tensor, output_split_sizes, input_split_sizes,
+                      group, async_op: bool):
+    """all_to_all_single with split sizes: one send and one receive of dim-0 rows per rank."""
+    world, backend = _start("all_to_all", [output, input], group, (None, -1))
+    _check_one_dtype("all_to_all_single", [output, input])
+    pieces = []
+    for name, t, splits in (("input", input, input_split_sizes),
+                            ("output", output, output_split_sizes)):
+        if t.ndim == 0:
+            raise ValueError(f"all_to_all_single: the {name} tensor must have a dim 0 to split")
+        rows = t.shape[0]
+        if splits is None:
+            if rows % world.size:
+                raise ValueError(f"all_to_all_single: the {name} tensor's {rows} rows do not "
+                                 f"split equally over {world.size} ranks; give "
+                                 f"{name}_split_sizes")
+            splits = [rows // world.size] * world.size
+        splits = [int(k) for k in splits]
+        if len(splits) != world.size or sum(splits) != rows or min(splits) < 0:
+            raise ValueError(f"all_to_all_single: {name}_split_sizes {splits} must give one "
+                             f"row count per rank ({world.size}) summing to the {name} "
+                             f"tensor's {rows} rows")
+        starts = np.cumsum([0] + splits)
+        pieces.append([t._data[starts[j]:starts[j + 1]] for j in range(world.size)])
+    sends, recvs = pieces
+    if world.checks and world.size > 1:
+        _check_exchange(world, "all_to_all_single", [a.size for a in sends],
+                        [a.size for a in recvs])
+    requests = backend.send_recv([(a, j, _TAG_ALL_TO_ALL) for j, a in enumerate(sends)],
+                                 [(a, j, _TAG_ALL_TO_ALL) for j, a in enumerate(recvs)])
+    return _run(backend, requests, async_op, lambda: _written(output), [output])
+
+
 def barrier(group=None, async_op: bool = False, device_ids=None):
     """Wait until every rank has reached this barrier."""
     world, backend = _start("barrier", [], group, (None, -1))
     return _run(backend, backend.barrier(), async_op)
+
+
+def all_to_all(output_tensor_list: list[Tensor], input_tensor_list: list[Tensor], group=None,
+               async_op: bool = False):
+    """Rank r's `input_tensor_list[j]` lands in rank j's `output_tensor_list[r]`. The pieces may
+    differ in size from pair to pair; each sent piece must fit its receiving tensor."""
+    outputs, inputs = list(output_tensor_list), list(input_tensor_list)
+    world, backend = _start("all_to_all", [*outputs, *inputs], group, (None, -1))
+    for name, tensors in (("output_tensor_list", outputs), ("input_tensor_list", inputs)):
+        if len(tensors) != world.size:
+            raise ValueError(f"all_to_all: {name} has {len(tensors)} tensors; it needs one per "
+                             f"rank ({world.size})")
+    _check_one_dtype("all_to_all", outputs + inputs)
+    if world.checks and world.size > 1:
+        _check_exchange(world, "all_to_all", [t.numel() for t in inputs],
+                        [t.numel() for t in outputs])
+    sends = [(t._data, peer, _TAG_ALL_TO_ALL) for peer, t in enumerate(inputs)]
+    recvs = [(t._data, peer, _TAG_ALL_TO_ALL) for peer, t in enumerate(outputs)]
+    requests = backend.send_recv(sends, recvs)
+    return _run(backend, requests, async_op, lambda: _written(*outputs), outputs)
+
+
+def all_gather_coalesced(output_tensor_lists: list[list[Tensor]], input_tensor_list: list[Tensor],
+                         group=None, async_op: bool = False):
+    """`all_gather` of each tensor of `input_tensor_list` (deprecated in torch):
+    `output_tensor_lists[r][i]` receives rank r's `input_tensor_list[i]`."""
+    world = pg.resolve_group(group, "all_gather_coalesced")
+    if len(output_tensor_lists) != world.size or any(
+            len(row) != len(input_tensor_list) for row in output_tensor_lists):
+        raise ValueError(f"all_gather_coalesced: output_tensor_lists must hold one list per rank "
+                         f"({world.size}), each with one tensor per input tensor "
+                         f"({len(input_tensor_list)})")
+    _check_one_dtype("all_gather_coalesced", list(input_tensor_list))
+    works = [all_gather([row[i] for row in output_tensor_lists], t, group, async_op=True)
+             for i, t in enumerate(input_tensor_list)]
+    return _joined(works, [t for row in output_tensor_lists for t in row], async_op)
+
+
+def all_reduce_coalesced(tensors: list[Tensor], op: str = ReduceOp.SUM, group=None,
+                         async_op: bool = False):
+    """`all_reduce` of each tensor of `tensors`, in place (deprecated in torch)."""
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    _check_one_dtype("all_reduce_coalesced", list(tensors))
+    works = [all_reduce(t, op, group, async_op=True) for t in tensors]
+    return _joined(works, list(tensors), async_op)
+
+
+def _joined(works: list[Work], result: list, async_op: bool):
+    """One Work that is done when every work of `works` is."""
+    if not works:
+        return None
+    finishes = [w._finish for w in works if w._finish is not None]
+    work = Work(works[0]._backend, [r for w in works for r in w._requests],
+                lambda: [f() for f in finishes], result)
+    return _run_work(work, async_op)
+
+
+def monitored_barrier(group=None, timeout=None, wait_all_ranks: bool = False) -> None:
+    """A barrier that names the ranks that did not reach it in time: every rank reports to
+    rank 0, which raises a RuntimeError naming the first late rank (every late rank with
+    `wait_all_ranks=True`) after `timeout` (default: default_pg_timeout); the other ranks then
+    raise too. Runs on the CPU (MPI) whatever the backend, as torch's runs on gloo."""
+    world, _ = _start("barrier", [], group, None)
+    seconds = timeout if timeout is not None else pg.default_pg_timeout
+    seconds = seconds.total_seconds() if hasattr(seconds, "total_seconds") else float(seconds)
+    comm = world.comm
+    if world.size == 1:
+        return
+    if world.rank != 0:
+        comm.send(world.rank, dest=0, tag=_TAG_MONITORED)
+        late = comm.recv(source=0, tag=_TAG_MONITORED)
+        if late:
+            raise RuntimeError(f"monitored_barrier: rank 0 reported that ranks {late} failed to "
+                               f"pass the barrier within {seconds:g} s")
+        return
+    pending = {r: comm.irecv(source=r, tag=_TAG_MONITORED) for r in range(1, world.size)}
+    deadline = time.monotonic() + seconds
+    while pending and time.monotonic() < deadline:
+        pending = {r: req for r, req in pending.items() if not req.Test()}
+        if pending:
+            time.sleep(0.001)
+    late = sorted(pending)
+    for r in range(1, world.size):
+        comm.send(late, dest=r, tag=_TAG_MONITORED)
+    if late:
+        for req in pending.values():
+            req.Cancel()
+        shown = late if wait_all_ranks else late[:1]
+        raise RuntimeError(f"monitored_barrier: rank(s) {shown} failed to pass the barrier "
+                           f"within {seconds:g} s ({int(seconds * 1000)} ms)")
 
 
 # ----------------------------------------------------------------------------- point to point
@@ -359,6 +492,55 @@ def recv(tensor: Tensor, src: int | None = None, group=None, tag: int = 0) -> in
     return source if group is None or source is None else pg.get_global_rank(group, source)
 
 
+class P2POp:
+    """One send or receive of a `batch_isend_irecv` batch: `op` is `isend` or `irecv`, `peer`
+    the other rank (global; `group_peer` counts within `group`)."""
+
+    def __init__(self, op, tensor: Tensor, peer: int | None = None, group=None, tag: int = 0,
+                 group_peer: int | None = None):
+        if op not in (isend, irecv):
+            raise ValueError("P2POp: op must be kiln.distributed.isend or "
+                             f"kiln.distributed.irecv, got {op!r}")
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"P2POp: expected a kiln.Tensor, got {type(tensor).__name__}")
+        if (peer is None) == (group_peer is None):
+            raise ValueError("P2POp: give exactly one of peer and group_peer")
+        self.op, self.tensor, self.group, self.tag = op, tensor, group, tag
+        self.peer, self.group_peer = peer, group_peer
+
+    def __repr__(self) -> str:
+        return (f"P2POp({self.op.__name__}, {self.tensor.dtype.name}{list(self.tensor.shape)}, "
+                f"peer={self.peer if self.group_peer is None else self.group_peer})")
+
+
+def batch_isend_irecv(p2p_op_list: list[P2POp]) -> list[Work]:
+    """Start every send and receive of `p2p_op_list` at once (one NCCL group for cuda
+    tensors); returns one Work per op, in order."""
+    ops = list(p2p_op_list)
+    if not ops or not all(isinstance(o, P2POp) for o in ops):
+        raise ValueError("batch_isend_irecv: expected a non-empty list of P2POp")
+    if len({id(pg.GroupMember.WORLD if o.group is None else o.group) for o in ops}) != 1:
+        raise ValueError("batch_isend_irecv: every P2POp of a batch must use the same group")
+    group = ops[0].group
+    world, backend = _start("batch_isend_irecv", [o.tensor for o in ops], group, None)
+    sends, recvs, order = [], [], []
+    for o in ops:
+        peer = _group_rank(group, o.peer, o.group_peer)
+        _check_rank("batch_isend_irecv", "peer", peer, world)
+        (sends if o.op is isend else recvs).append((o.tensor._data, peer, o.tag))
+        order.append(o.op is isend)
+    requests = backend.send_recv(sends, recvs)
+    send_requests, recv_requests = iter(requests[:len(sends)]), iter(requests[len(sends):])
+    works = []
+    for o, is_send in zip(ops, order):
+        if is_send:
+            works.append(Work(backend, [next(send_requests)], None, [o.tensor]))
+        else:
+            works.append(Work(backend, [next(recv_requests)],
+                              lambda t=o.tensor: _written(t), [o.tensor]))
+    return works
+
+
 # ----------------------------------------------------------------------------- Python objects
 
 def broadcast_object_list(object_list: list, src: int = 0, group=None, device=None) -> None:
@@ -375,6 +557,69 @@ def all_gather_object(object_list: list, obj, group=None) -> None:
         raise ValueError(f"all_gather_object: object_list has {len(object_list)} entries; it "
                          f"needs one per rank ({world.size})")
     object_list[:] = world.comm.allgather(obj)
+
+
+def gather_object(obj, object_gather_list: list | None = None, dst: int | None = None,
+                  group=None, group_dst: int | None = None) -> None:
+    """Every rank's `obj`, in rank order, into `object_gather_list` on rank `dst` (pickled)."""
+    dst = _group_rank(group, 0 if dst is None else dst, group_dst)
+    world, _ = _start("gather", [], group, None)
+    _check_rank("gather_object", "dst", dst, world)
+    if world.rank == dst and (object_gather_list is None
+                              or len(object_gather_list) != world.size):
+        have = "None" if object_gather_list is None else f"{len(object_gather_list)} entries"
+        raise ValueError(f"gather_object: object_gather_list on the destination rank must have "
+                         f"one entry per rank ({world.size}); it has {have}")
+    gathered = world.comm.gather(obj, root=dst)
+    if world.rank == dst:
+        object_gather_list[:] = gathered
+
+
+def scatter_object_list(scatter_object_output_list: list, scatter_object_input_list=None,
+                        src: int | None = None, group=None, group_src: int | None = None):
+    """Rank `src`'s `scatter_object_input_list[i]` into rank i's
+    `scatter_object_output_list[0]` (pickled)."""
+    src = _group_rank(group, 0 if src is None else src, group_src)
+    world, _ = _start("scatter", [], group, None)
+    _check_rank("scatter_object_list", "src", src, world)
+    if not isinstance(scatter_object_output_list, list) or not scatter_object_output_list:
+        raise ValueError("scatter_object_list: scatter_object_output_list must be a non-empty "
+                         "list (its first entry receives this rank's object)")
+    inputs = None
+    if world.rank == src:
+        if scatter_object_input_list is None or len(scatter_object_input_list) != world.size:
+            raise ValueError(f"scatter_object_list: scatter_object_input_list on the source rank "
+                             f"must have one entry per rank ({world.size})")
+        inputs = list(scatter_object_input_list)
+    scatter_object_output_list[0] = world.comm.scatter(inputs, root=src)
+
+
+def send_object_list(object_list: list, dst: int | None = None, group=None, device=None,
+                     group_dst: int | None = None, use_batch: bool = False) -> None:
+    """Send the objects of `object_list` to rank `dst`, whose `recv_object_list` takes them."""
+    dst = _group_rank(group, dst, group_dst)
+    world, _ = _start("send", [], group, None)
+    _check_rank("send_object_list", "dst", dst, world)
+    world.comm.send(list(object_list), dest=dst, tag=_TAG_OBJECT)
+
+
+def recv_object_list(object_list: list, src: int | None = None, group=None, device=None,
+                     group_src: int | None = None, use_batch: bool = False) -> int:
+    """Fill `object_list` with the objects rank `src` (any rank if None) sent with
+    `send_object_list`; returns the sender's (global) rank. The lists must have one length."""
+    src = None if src is None and group_src is None else _group_rank(group, src, group_src)
+    world, _ = _start("recv", [], group, None)
+    if src is not None:
+        _check_rank("recv_object_list", "src", src, world)
+    status = pg.mpi_module().Status()
+    got = world.comm.recv(source=pg.mpi_module().ANY_SOURCE if src is None else src,
+                          tag=_TAG_OBJECT, status=status)
+    if len(got) != len(object_list):
+        raise ValueError(f"recv_object_list: rank {status.Get_source()} sent {len(got)} objects "
+                         f"but object_list has {len(object_list)} entries; they must match")
+    object_list[:] = got
+    source = status.Get_source()
+    return source if group is None else pg.get_global_rank(group, source)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -420,3 +665,23 @@ def _check_sizes(what: str, big: Tensor, small: Tensor, size: int, big_name: str
     if big.numel() != small.numel() * size:
         raise ValueError(f"{what}: the {big_name} tensor {list(big.shape)} must hold world size "
                          f"({size}) times the elements of the other {list(small.shape)}")
+
+
+def _check_one_dtype(what: str, tensors: list[Tensor]) -> None:
+    dtypes = sorted({t.dtype.name for t in tensors})
+    if len(dtypes) > 1:
+        raise ValueError(f"{what}: every tensor must have one dtype, got {dtypes}")
+
+
+def _check_exchange(world, what: str, send_sizes: list[int], recv_sizes: list[int]) -> None:
+    """Each rank's `send_sizes[j]` (elements for rank j) must equal rank j's `recv_sizes[r]`;
+    every rank sees every rank's sizes, so all of them raise together."""
+    rows = np.empty((world.size, 2, world.size), dtype=np.int64)
+    world.comm.Allgather(np.asarray([send_sizes, recv_sizes], dtype=np.int64), rows)
+    for src in range(world.size):
+        for dst in range(world.size):
+            if rows[src, 0, dst] != rows[dst, 1, src]:
+                raise RuntimeError(f"{what}: rank {src} sends {int(rows[src, 0, dst])} elements "
+                                   f"to rank {dst}, which expects {int(rows[dst, 1, src])} "
+                                   f"from rank {src}; each sent piece must match the tensor "
+                                   "(or slice) that receives it")

@@ -59,6 +59,12 @@ class MPIBackend:
         source = self.MPI.ANY_SOURCE if src is None else src
         return [self.comm.Irecv(arr, source=source, tag=tag)]
 
+    def send_recv(self, sends: list, recvs: list) -> list:
+        """Start the sends and receives of (array, peer, tag) triples together; one request
+        each, sends first."""
+        return ([self.comm.Isend(a, dest=peer, tag=tag) for a, peer, tag in sends]
+                + [self.comm.Irecv(a, source=peer, tag=tag) for a, peer, tag in recvs])
+
     def barrier(self) -> list:
         return [self.comm.Ibarrier()]
 

@@ -156,6 +156,22 @@ class NCCLBackend:
         self.comm.recv(self._ptr(arr), arr.size, self._type(arr), src, self._stream())
         return self._done()
 
+    def send_recv(self, sends: list, recvs: list) -> list:
+        """The sends and receives of (array, peer, tag) triples as one NCCL group (NCCL has no
+        tags, and ungrouped pairs would deadlock); one event per operation, sends first."""
+        s = self._stream()
+        self.nccl.groupStart()
+        try:
+            for arr, peer, _ in sends:
+                self.comm.send(self._ptr(arr), arr.size, self._type(arr), peer, s)
+            for arr, peer, _ in recvs:
+                if peer is None:
+                    raise ValueError("irecv: NCCL needs the sender's rank (src=None is MPI-only)")
+                self.comm.recv(self._ptr(arr), arr.size, self._type(arr), peer, s)
+        finally:
+            self.nccl.groupEnd()
+        return self._done() * (len(sends) + len(recvs))
+
     def barrier(self) -> list:
         one = self.cp.zeros(1, dtype=np.float32)
         return self.all_reduce(one, ReduceOp.SUM)

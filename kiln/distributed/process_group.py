@@ -14,10 +14,15 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import timedelta
 
 _INSTALL = ("kiln.distributed needs mpi4py and an MPI library: pip install 'kiln[distributed]' "
             "(the `mpich` wheel ships mpiexec and libmpi), or install MPICH/Open MPI and then "
             "pip install mpi4py")
+
+# torch.distributed.default_pg_timeout: how long torch's collectives wait (kiln's MPI ones wait
+# without a limit; monitored_barrier and breakpoint use it)
+default_pg_timeout = timedelta(minutes=30)
 
 
 class ReduceOp:
@@ -56,6 +61,8 @@ class _World:
     prev_excepthook: object = None
     env_set: dict | None = None  # the RANK/WORLD_SIZE/... variables init set, for destroy
     groups: list | None = None   # the ProcessGroups new_group made, freed with the world
+    group_count: int = 1         # the default group and every new_group call (get_pg_count)
+    store: object = None         # the store given to init_process_group, if any
 
 
 _WORLD: _World | None = None
@@ -126,7 +133,9 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     forms the group of the processes of ranks 0..world_size-1 (the others must not call this).
     RANK, WORLD_SIZE, LOCAL_RANK
     and LOCAL_WORLD_SIZE are set from it when missing, as torchrun would have set them.
-    `init_method`, `store` and `timeout` are accepted for compatibility; MPI does the rendezvous.
+    `init_method` and `timeout` are accepted for compatibility; MPI does the rendezvous. A
+    `store` (a kiln.distributed FileStore, HashStore or PrefixStore) needs `rank` and
+    `world_size`, as in torch; MPI still does the rendezvous and the store is left to the script.
 
     backend: "mpi" (or its alias "gloo"): MPI for CPU tensors, and NCCL for cuda tensors if
     CuPy has it; "nccl": the same, but NCCL must be available; None: "mpi".
@@ -142,6 +151,8 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
                          "(alias 'gloo') for CPU tensors and 'nccl' for cuda tensors")
     if _WORLD is not None:
         raise RuntimeError("trying to initialize the default process group twice!")
+    if store is not None:
+        _check_store(store, rank, world_size)
     if name == Backend.NCCL and not is_nccl_available():
         raise RuntimeError("init_process_group: backend 'nccl' needs CuPy with NCCL "
                            "(cupy.cuda.nccl) and a GPU; use backend='mpi' for CPU tensors")
@@ -179,12 +190,23 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
     world = _World(name, comm, me, size, local_rank, checks=checks)
     world.mpi = MPIBackend(comm)
     world.env_set = set_here
+    world.store = store
     if name == Backend.NCCL:
         from kiln.distributed.nccl_backend import NCCLBackend
         world.nccl = NCCLBackend.create(comm)
     world.prev_excepthook = sys.excepthook
     sys.excepthook = _abort_on_uncaught
     _WORLD = world
+
+
+def _check_store(store, rank: int, world_size: int) -> None:
+    from kiln.distributed.store import Store
+    if not isinstance(store, Store):
+        raise TypeError(f"init_process_group: store must be a kiln.distributed Store (FileStore, "
+                        f"HashStore, PrefixStore), got {type(store).__name__}")
+    if rank in (None, -1) or world_size in (None, -1):
+        raise ValueError("init_process_group: with a store, give rank= and world_size= too "
+                         f"(got rank={rank}, world_size={world_size})")
 
 
 def _world_size_refusal(want_size: int, size: int, me: int) -> str:
@@ -279,6 +301,43 @@ def get_backend(group=None) -> str:
     return resolve_group(group, "get_backend").backend
 
 
+def is_ucc_available() -> bool:
+    return False        # kiln's backends are MPI and NCCL
+
+
+def is_xccl_available() -> bool:
+    return False
+
+
+def supports_complex(reduceOp: str) -> bool:
+    """Whether the reduce op is defined on complex tensors (ordering and bit ops are not)."""
+    return reduceOp not in (ReduceOp.MAX, ReduceOp.MIN, ReduceOp.PRODUCT, ReduceOp.BAND,
+                            ReduceOp.BOR, ReduceOp.BXOR)
+
+
+def get_pg_count() -> int:
+    """How many process groups exist: the default one and one per new_group call."""
+    return _require("get_pg_count").group_count
+
+
+def is_backend_available(backend: str) -> bool:
+    """Whether `backend` ("mpi", "gloo", "nccl") can be used here."""
+    name = str(backend).lower()
+    if name in (Backend.MPI, Backend.GLOO):
+        return is_available()
+    return name == Backend.NCCL and is_nccl_available()
+
+
+def get_backend_config(group=None) -> str:
+    """Which backend each device type of `group` uses, as "device:backend" pairs: CPU tensors
+    go through MPI, cuda tensors through NCCL where CuPy has it."""
+    world = resolve_group(group, "get_backend_config")
+    pairs = [f"cpu:{Backend.MPI}"]      # CPU tensors go through MPI under either backend
+    if world.backend == Backend.NCCL or is_nccl_available():
+        pairs.append("cuda:nccl")
+    return ",".join(pairs)
+
+
 def get_node_local_rank(fallback_rank: int | None = None) -> int:
     if "LOCAL_RANK" in os.environ:
         return int(os.environ["LOCAL_RANK"])
@@ -356,6 +415,7 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
     the ProcessGroup on its members and GroupMember.NON_GROUP_MEMBER on the others.
     """
     world = _require("new_group")
+    world.group_count += 1
     if use_local_synchronization:
         raise ValueError("new_group: use_local_synchronization=True is not supported; every "
                          "rank calls new_group (MPI_Comm_create is collective on the world)")
@@ -378,6 +438,46 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
         world.groups = []
     world.groups.append(group)
     return group
+
+
+def new_subgroups(group_size: int | None = None, group=None, timeout=None, backend=None,
+                  pg_options=None, group_desc: str | None = None) -> tuple:
+    """The world cut into groups of `group_size` consecutive ranks (every rank must call):
+    (this rank's group, every group, NON_GROUP_MEMBER where this rank is not in it)."""
+    world = _require("new_subgroups")
+    if group is not None and group is not GroupMember.WORLD:
+        raise NotImplementedError("new_subgroups: kiln divides the default group only "
+                                  "(group=None)")
+    if group_size is None:
+        raise ValueError("new_subgroups: give group_size (torch's default, the GPUs per "
+                         "node, is for CUDA jobs)")
+    if not 0 < group_size <= world.size or world.size % group_size:
+        raise ValueError(f"new_subgroups: group_size={group_size} must be positive and divide "
+                         f"the world size {world.size}")
+    return new_subgroups_by_enumeration(
+        [list(range(start, start + group_size)) for start in range(0, world.size, group_size)])
+
+
+def new_subgroups_by_enumeration(ranks_per_subgroup_list, timeout=None, backend=None,
+                                 pg_options=None, group_desc: str | None = None) -> tuple:
+    """One group per list of ranks (every rank must call): (this rank's group or None, every
+    group, NON_GROUP_MEMBER where this rank is not in it)."""
+    world = _require("new_subgroups_by_enumeration")
+    if not ranks_per_subgroup_list:
+        raise ValueError("new_subgroups_by_enumeration: the list of subgroups' ranks is empty")
+    seen: dict[int, int] = {}
+    for i, ranks in enumerate(ranks_per_subgroup_list):
+        for rank in ranks:
+            if rank in seen:
+                raise ValueError(f"new_subgroups_by_enumeration: rank {rank} is in subgroup "
+                                 f"{seen[rank]} and subgroup {i}; a rank may be in one only")
+            seen[rank] = i
+    mine, groups = None, []
+    for ranks in ranks_per_subgroup_list:
+        groups.append(new_group(ranks))
+        if world.rank in ranks:
+            mine = groups[-1]
+    return mine, groups
 
 
 def _check_same_group(world: _World, ranks: tuple[int, ...]) -> None:

@@ -17,6 +17,8 @@ class Parameter(Tensor):
     def __new__(cls, data: Tensor | None = None, requires_grad: bool = True) -> "Parameter":
         if data is None:
             data = kiln.empty(0)
+        if cls is Parameter and hasattr(type(data), "_as_parameter"):
+            return data._as_parameter(requires_grad)    # Parameter(DTensor) stays a DTensor
         param = Tensor._make(data._data, data.dtype, data.device, cls)
         param._version = data._version      # same memory, same version counter
         if requires_grad and not data.dtype.is_floating_point and not data.dtype.is_complex:

@@ -5,8 +5,10 @@ Arguments that would change that are refused."""
 
 from __future__ import annotations
 
+from kiln.distributed.checkpoint.planner import LoadPlanner, SavePlanner
 
-class DefaultSavePlanner:
+
+class DefaultSavePlanner(SavePlanner):
     def __init__(self, flatten_state_dict: bool = True, flatten_sharded_tensors: bool = True,
                  dedup_replicated_tensors: bool | None = None,
                  dedup_save_to_lowest_rank: bool = False, enable_plan_caching: bool = False):
@@ -16,7 +18,7 @@ class DefaultSavePlanner:
         self.flatten_state_dict = flatten_state_dict
 
 
-class DefaultLoadPlanner:
+class DefaultLoadPlanner(LoadPlanner):
     def __init__(self, flatten_state_dict: bool = True, flatten_sharded_tensors: bool = True,
                  allow_partial_load: bool = False):
         if not flatten_state_dict:

@@ -8,7 +8,17 @@ from __future__ import annotations
 import os
 
 
-class FileSystemWriter:
+class StorageWriter:
+    """Where `save` writes (torch.distributed.checkpoint.StorageWriter); kiln writes to a
+    directory only, through FileSystemWriter, and refuses a storage of a script's own."""
+
+
+class StorageReader:
+    """Where `load` reads (torch.distributed.checkpoint.StorageReader); kiln reads a directory
+    only, through FileSystemReader."""
+
+
+class FileSystemWriter(StorageWriter):
     """Save into the directory `path` (created if missing)."""
 
     def __init__(self, path: str | os.PathLike, single_file_per_rank: bool = True,
@@ -26,7 +36,7 @@ class FileSystemWriter:
         return f"FileSystemWriter({self.path!r})"
 
 
-class FileSystemReader:
+class FileSystemReader(StorageReader):
     """Load from the checkpoint directory `path`."""
 
     def __init__(self, path: str | os.PathLike, **kwargs):
@@ -35,6 +45,11 @@ class FileSystemReader:
     @property
     def checkpoint_id(self) -> str:
         return self.path
+
+    def read_metadata(self):
+        """What the checkpoint holds: a `Metadata` (keys, dtypes, global sizes, chunks)."""
+        from kiln.distributed.checkpoint.metadata import from_json, read_json
+        return from_json(read_json(self.path, "FileSystemReader.read_metadata"))
 
     def __repr__(self) -> str:
         return f"FileSystemReader({self.path!r})"

@@ -13,6 +13,7 @@ dot-joined keys, as torch does.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import warnings
@@ -21,21 +22,20 @@ import kiln
 from kiln import Tensor
 from kiln.distributed import process_group as pg
 from kiln.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from kiln.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from kiln.distributed.checkpoint.filesystem import (  # noqa: F401 - torch's names here
+    FileSystemReader, FileSystemWriter, StorageReader, StorageWriter)
+from kiln.distributed.checkpoint.metadata import FORMAT, Metadata, from_json, read_json
 from kiln.distributed.tensor.api import DTensor, local_chunk
 from kiln.distributed.tensor.placement import chunk_bounds
 from kiln.serialization import CheckpointError
 
-FORMAT = "kiln-dcp-1"
-
 
 def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, storage_writer=None,
-         planner=None, process_group=None, no_dist: bool = False) -> dict:
+         planner=None, process_group=None, no_dist: bool = False) -> Metadata:
     """Save `state_dict` under the directory `checkpoint_id` (every rank must call). Returns
-    the metadata written."""
+    what was written, as torch's Metadata."""
     path = _directory("save", checkpoint_id, storage_writer, planner, process_group)
     rank, world = _rank_world(no_dist)
-    os.makedirs(path, exist_ok=True)
     mine, entries = {}, {}
     for key, value in _flatten(state_dict).items():
         if isinstance(value, DTensor):
@@ -55,6 +55,7 @@ def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
             entries[key] = {"kind": "value"}
             if rank == 0:
                 mine[key] = value
+    os.makedirs(path, exist_ok=True)        # after the checks: a refused save leaves nothing
     kiln.save(mine, os.path.join(path, f"__{rank}_0.kiln"))
     metadata = {"format": FORMAT, "world_size": world, "entries": entries}
     _barrier(no_dist)                      # every rank's file is in place before the metadata
@@ -64,7 +65,25 @@ def save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
             json.dump(metadata, f, indent=1)
         os.replace(tmp, os.path.join(path, ".metadata"))
     _barrier(no_dist)
-    return metadata
+    return from_json(metadata)
+
+
+def async_save(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None,
+               storage_writer=None, planner=None, process_group=None,
+               async_checkpointer_type=None, async_stager=None, no_dist: bool = False,
+               use_collectives: bool = True) -> concurrent.futures.Future:
+    """torch's dcp.async_save, run synchronously: the save is done (every rank must call)
+    when this returns, and the returned Future already holds its Metadata, or the error it
+    raised. (torch saves in a thread; kiln's save talks to the other ranks through MPI, which
+    must not run beside the training loop's own collectives.)"""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(save(state_dict, checkpoint_id=checkpoint_id,
+                               storage_writer=storage_writer, planner=planner,
+                               process_group=process_group, no_dist=no_dist))
+    except Exception as exc:       # torch's Future carries the save's error to result()
+        future.set_exception(exc)
+    return future
 
 
 def load(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, storage_reader=None,
@@ -73,19 +92,7 @@ def load(state_dict: dict, *, checkpoint_id: str | os.PathLike | None = None, st
     (the saving world size may differ), tensors are copied into, other values replaced."""
     path = _directory("load", checkpoint_id, storage_reader, planner, process_group)
     rank, world = _rank_world(no_dist)
-    meta_path = os.path.join(path, ".metadata")
-    try:
-        with open(meta_path) as f:
-            metadata = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"kiln.distributed.checkpoint.load: {meta_path} is missing: "
-                              "not a checkpoint directory, or its save did not finish") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"kiln.distributed.checkpoint.load: {meta_path} is corrupt "
-                              f"({exc})") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"kiln.distributed.checkpoint.load: {meta_path} is not a kiln "
-                              f"distributed checkpoint (format {metadata.get('format')!r})")
+    metadata = read_json(path, "load")
     saved_world, entries = metadata["world_size"], metadata["entries"]
     files: dict[int, dict] = {}
 
@@ -150,6 +157,10 @@ def _rows(entry: dict, key: str, saved_world: int, read, target, world: int, ran
 
 def _check_world_mesh(what: str, key: str, value: DTensor, world: int) -> None:
     """The format splits a DTensor's rows by global rank: its mesh must be all ranks, 1-D."""
+    if any(p.is_partial() for p in value.placements):
+        raise NotImplementedError(f"kiln.distributed.checkpoint.{what}: {key!r} is a Partial "
+                                  "DTensor (unreduced terms); redistribute it to Replicate() or "
+                                  "Shard(dim) first")
     mesh = value.device_mesh
     if mesh.ndim != 1 or mesh.size() != world:
         raise NotImplementedError(
@@ -222,11 +233,11 @@ def _directory(what: str, checkpoint_id, storage, planner, process_group) -> str
     """The checkpoint directory: `checkpoint_id`, or the one a FileSystemWriter/Reader names.
     Default planners are accepted (kiln plans as they do); other storages, planners and
     process groups are refused."""
-    if storage is not None and not isinstance(storage, (FileSystemWriter, FileSystemReader)):
+    if storage is not None and type(storage) not in (FileSystemWriter, FileSystemReader):
         raise ValueError(f"kiln.distributed.checkpoint.{what}: only FileSystemWriter / "
                          f"FileSystemReader storages are supported, got "
                          f"{type(storage).__name__}; or pass checkpoint_id=<directory>")
-    if planner is not None and not isinstance(planner, (DefaultSavePlanner, DefaultLoadPlanner)):
+    if planner is not None and type(planner) not in (DefaultSavePlanner, DefaultLoadPlanner):
         raise ValueError(f"kiln.distributed.checkpoint.{what}: custom planners are not "
                          f"supported (got {type(planner).__name__}); kiln plans as the default "
                          "planners do")

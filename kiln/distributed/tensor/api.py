@@ -15,7 +15,7 @@ from kiln.distributed import collectives as C
 from kiln.distributed import process_group as pg
 from kiln.distributed.tensor.device_mesh import DeviceMesh, init_device_mesh
 from kiln.distributed.tensor.placement import (
-    Placement, Replicate, Shard, _StridedShard, chunk_bounds)
+    Partial, Placement, Replicate, Shard, _StridedShard, chunk_bounds)
 from kiln.ir import dtypes as dt
 from kiln.tracer.custom_function import Function
 from kiln.tracer.tensor import Size
@@ -66,11 +66,26 @@ class DTensor(Tensor):
 
     def redistribute(self, device_mesh: DeviceMesh | None = None,
                      placements=None, *, async_op: bool = False) -> "DTensor":
-        """The same global tensor with other placements (Shard <-> Replicate)."""
+        """The same global tensor with other placements (Shard <-> Replicate; Partial to
+        either reduces it, to Partial("sum") splits it into equal terms)."""
         mesh = device_mesh or self._mesh
         placements = _check_placements("redistribute", placements or self._placements, mesh)
+        if mesh is self._mesh and placements == self._placements:
+            return self
         full = Tensor._make(_gather_global(self), self.dtype, self.device)
         return _distribute(full, mesh, placements, None)
+
+    def _as_parameter(self, requires_grad: bool) -> "DTensor":
+        """`nn.Parameter(dtensor)`: a parameter that is still this DTensor (same memory),
+        whose gradient is a DTensor too, as in torch."""
+        from kiln.distributed.tensor.parallel.style import DTensorParameter, _grad_as_dtensor
+        param = DTensor._wrap(self._data, self.dtype, self.device, self._mesh,
+                              self._placements, self._global_shape, DTensorParameter,
+                              requires_grad)
+        param._version = self._version
+        if requires_grad:
+            param.register_post_accumulate_grad_hook(_grad_as_dtensor)
+        return param
 
     @staticmethod
     def from_local(local_tensor: Tensor, device_mesh: DeviceMesh | None = None,
@@ -210,6 +225,9 @@ def _distribute(tensor: Tensor, mesh: DeviceMesh, placements: tuple,
         data = xp.ascontiguousarray(local_piece(data, mesh, placements))
     elif data is tensor._data:
         data = data.copy()
+    for i, placement in enumerate(placements):
+        if placement.is_partial("sum"):       # n equal terms that sum to the value
+            data = (data / mesh.size(i)).astype(data.dtype, copy=False)
     return DTensor._wrap(data, tensor.dtype, tensor.device, mesh, placements, tuple(tensor.shape),
                          requires_grad=tensor.requires_grad)
 
@@ -273,8 +291,9 @@ def _gather_global(t: DTensor):
     xp = t.device.xp
     mesh, placements = t._mesh, t._placements
     order = [i for i in _split_order(placements) if placements[i].is_shard()]
+    data = _reduce_partial(t)
     if not order:
-        return t._data.copy()
+        return data.copy() if data is t._data else data
     # the shape before each split, from the global shape (every rank of a split's group
     # shares the coordinates of the splits before it, so the shapes agree within the group)
     shapes, shape = [], list(t._global_shape)
@@ -283,7 +302,6 @@ def _gather_global(t: DTensor):
         shapes.append(tuple(shape))
         start, stop, _ = chunk_bounds(shape[dim], mesh.size(i), mesh.get_local_rank(i))
         shape[dim] = stop - start
-    data = t._data
     for i, before in zip(reversed(order), reversed(shapes)):
         dim = _dim(placements[i].dim, len(before))
         world, size = mesh.size(i), before[dim]
@@ -298,13 +316,25 @@ def _gather_global(t: DTensor):
     return data
 
 
+def _reduce_partial(t: DTensor):
+    """`t`'s local array with its Partial mesh dimensions reduced (all-reduce over each one's
+    group); the array itself when it has none."""
+    data = t._data
+    for i, placement in enumerate(t._placements):
+        if placement.is_partial():
+            out = Tensor._make(t.device.xp.array(data, copy=True), t.dtype, t.device)
+            C.all_reduce(out, op=placement.reduce_op, group=t._mesh.get_group(i))
+            data = out._data
+    return data
+
+
 def _check_placements(what: str, placements, mesh: DeviceMesh | None = None) -> tuple:
     placements = tuple(placements) if isinstance(placements, (list, tuple)) else (placements,)
     ndim = mesh.ndim if mesh is not None else 1
-    if len(placements) != ndim or not all(isinstance(p, (Shard, Replicate))
+    if len(placements) != ndim or not all(isinstance(p, (Shard, Replicate, Partial))
                                           for p in placements):
         raise ValueError(f"{what}: give one placement per mesh dimension ({ndim}), each "
-                         f"Shard(dim) or Replicate(); got {placements}")
+                         f"Shard(dim), Replicate() or Partial(); got {placements}")
     return placements
 
 

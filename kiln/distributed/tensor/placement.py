@@ -1,5 +1,6 @@
 """How a DTensor's global tensor is laid out over a mesh dimension: `Shard(dim)` (split along
-`dim` as `torch.chunk` splits it) or `Replicate()` (every rank holds all of it)."""
+`dim` as `torch.chunk` splits it), `Replicate()` (every rank holds all of it) or
+`Partial(reduce_op)` (every rank holds a term; the global tensor is their reduction)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class Placement:
     def is_replicate(self) -> bool:
         return False
 
-    def is_partial(self) -> bool:
+    def is_partial(self, reduce_op: str | None = None) -> bool:
         return False
 
 
@@ -63,6 +64,29 @@ class Replicate(Placement):
 
     def __str__(self) -> str:
         return "R"
+
+
+@dataclass(frozen=True)
+class Partial(Placement):
+    """Every rank holds a tensor of the global shape, and the global tensor is their reduction
+    over the mesh dimension by `reduce_op` ("sum", "avg", "max" or "min"): a partial sum
+    waiting for its all-reduce. `full_tensor()` or `redistribute` to Replicate/Shard reduces."""
+
+    reduce_op: str = "sum"
+
+    def __post_init__(self):
+        if self.reduce_op not in ("sum", "avg", "max", "min"):
+            raise NotImplementedError(f"Partial: kiln supports reduce_op 'sum', 'avg', 'max' and "
+                                      f"'min', got {self.reduce_op!r}")
+
+    def is_partial(self, reduce_op: str | None = None) -> bool:
+        return reduce_op is None or reduce_op == self.reduce_op
+
+    def __repr__(self) -> str:
+        return f"Partial({self.reduce_op})"
+
+    def __str__(self) -> str:
+        return f"P({self.reduce_op})"
 
 
 def chunk_bounds(size: int, world: int, rank: int) -> tuple[int, int, int]:

@@ -32,6 +32,9 @@ class DTensorParameter(DTensor, Parameter):
 
     __slots__ = ()
 
+    def __init__(self, *args, **kwargs):
+        pass    # made by DTensor._wrap; `Parameter(dtensor)` returns one, and Python inits it
+
     def __repr__(self) -> str:
         return "Parameter containing:\n" + DTensor.__repr__(self)
 
