@@ -149,7 +149,7 @@ _group(T, "distributed-tensor internals of the PyTorch build", "is_distributed")
 _group(T, "legacy autograd.Variable leftovers (removed semantics)", "reinforce volatile")
 _group(T, "internals of torch's own machinery (subclassing, nn.Module.load_state_dict "
        "assign hooks, dtype of a grad override, output index of an autograd node)", """
-as_subclass module_load grad_dtype output_nr name hash_tensor
+as_subclass grad_dtype output_nr name hash_tensor
 """)
 _group(T, "a CPU-only Python callback on three tensors per element (apply_ and map_ are provided)",
        "map2_")
