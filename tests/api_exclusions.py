@@ -192,7 +192,6 @@ _group("torch.nn.functional", "low-precision GEMM entry points for FP8/grouped e
        "only)", "ScalingType SwizzleType grouped_mm scaled_grouped_mm scaled_mm")
 _group("torch.optim", "internal helper of torch's optimizer state swapping",
        "swap_in_optimizer_params_and_state")
-_group("torch.optim", "SparseAdam needs sparse gradients (kiln tensors are dense)", "SparseAdam")
 _group("torch.utils.data", "DataPipes: the deprecated torchdata graph API", """
 DFIterDataPipe IterDataPipe MapDataPipe DataChunk functional_datapipe
 guaranteed_datapipes_determinism non_deterministic runtime_validation

@@ -19,6 +19,7 @@ from kiln.compiler import is_compiling
 from kiln.ops import op_error
 from kiln.ops import prims as P
 from kiln.nn.functional_loss import _legacy
+from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad
 
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
 from kiln.ops import (  # noqa: F401
@@ -834,11 +835,14 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
     if max_norm is not None or scale_grad_by_freq:
         raise NotImplementedError("embedding: max_norm and scale_grad_by_freq are not "
                                   "supported in kiln")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += weight.shape[0]
+    if wants_sparse_grad(weight, sparse):
+        return lookup_rows(weight, input.reshape(-1), padding_idx, "embedding") \
+            .reshape(*input.shape, weight.shape[1])
     out = _core.select_rows(weight, 0, input.reshape(-1), "embedding") \
         .reshape(*input.shape, weight.shape[1])
     if padding_idx is not None:
-        if padding_idx < 0:
-            padding_idx += weight.shape[0]
         # the padding row receives no gradient: its lookups are cut from the graph
         out = kiln.where((input == padding_idx).unsqueeze(-1), out.detach(), out)
     return out

@@ -14,6 +14,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad
 
 
 # the public hook that names a composite's traced nodes (`# conv3d @ model.py:12` in listings)
@@ -624,6 +625,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                                   "supported in kiln")
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+    if sparse and mode == "max":
+        raise ValueError("max mode does not support sparse weights")
     if per_sample_weights is not None and mode != "sum":
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. "
                                   f"per_sample_weights is only supported for mode='sum' (got "
@@ -653,7 +656,10 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         if padding_idx < 0:
             padding_idx += weight.shape[0]
         member = member & (flat_ids != padding_idx).unsqueeze(0)
-    rows = kiln.index_select(weight, 0, flat_ids)
+    if wants_sparse_grad(weight, sparse):
+        rows = lookup_rows(weight, flat_ids, padding_idx, "embedding_bag")
+    else:
+        rows = kiln.index_select(weight, 0, flat_ids)
     if per_sample_weights is not None:
         rows = rows * per_sample_weights.reshape(-1, 1)
     if mode == "max":

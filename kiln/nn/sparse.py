@@ -48,6 +48,8 @@ class Embedding(Module):
             s += f", padding_idx={self.padding_idx}"
         if self.max_norm is not None:
             s += f", max_norm={self.max_norm}"
+        if self.sparse:
+            s += ", sparse=True"
         return s
 
     @classmethod

@@ -179,6 +179,14 @@ class SparseTensor(Tensor):
     def to_sparse(self, sparse_dim=None) -> "SparseTensor":
         return self
 
+    def zero_(self) -> "SparseTensor":
+        """No entries left (PyTorch's zero_ on a sparse tensor, as `zero_grad(set_to_none=False)`
+        leaves a sparse gradient)."""
+        self._idx = self._idx[:, :0]
+        self._vals = self._vals[:0]
+        self._coalesced = True
+        return self
+
     def requires_grad_(self, requires_grad: bool = True) -> "SparseTensor":
         if requires_grad:
             _no_grad()
@@ -439,15 +447,22 @@ def add(a, b):
         if tuple(a.shape) != tuple(b.shape):
             raise RuntimeError(f"add: sparse tensors of different sizes {list(a.shape)} and "
                                f"{list(b.shape)}")
-        from kiln.tracer.functional import cat
-        values_dtype = dt.promote(a.dtype, b.dtype)
-        both = make(cat([a._idx, b._idx], 1),
-                     cat([a._vals.to(values_dtype), b._vals.to(values_dtype)]),
-                     a.shape, coalesced=False)
-        return both.coalesce()
+        return concatenated(a, b).coalesce()
     if isinstance(a, SparseTensor):
         return a.to_dense() + b
     return a + b.to_dense()
+
+
+def concatenated(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """The entries of both, uncoalesced (how PyTorch accumulates two sparse gradients)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise RuntimeError(f"accumulating sparse gradients of different sizes {list(a.shape)} "
+                           f"and {list(b.shape)}")
+    from kiln.tracer.functional import cat
+    values_dtype = dt.promote(a.dtype, b.dtype)
+    return make(cat([a._idx, b._idx], 1),
+                cat([a._vals.to(values_dtype), b._vals.to(values_dtype)]), a.shape,
+                coalesced=False)
 
 
 def mul(a: SparseTensor, other) -> SparseTensor:
