@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.ir import dtypes as dt
 from kiln.ir.ops import _float_unary
 from kiln.ir.primitive import ShapeError, define
 

@@ -14,20 +14,18 @@ break, so the lookup's backward runs eagerly.
 
 from __future__ import annotations
 
-from kiln.ir import dtypes as dt
-from kiln.tracer.custom_function import Function
-from kiln.tracer.functional.indexing import select_rows
-from kiln.tracer.sparse import make
-from kiln.tracer.tensor import STATE, Tensor
+import kiln
+from kiln import Tensor
+from kiln import ops as _core
 
 
-class _SparseRowLookup(Function):
+class _SparseRowLookup(kiln.autograd.Function):
     """weight[ids] whose gradient for weight is sparse: entry k at row ids[k]."""
 
     @staticmethod
     def forward(ctx, weight: Tensor, ids: Tensor, padding_idx: int | None, op: str) -> Tensor:
         ctx.ids, ctx.padding_idx, ctx.table_shape = ids, padding_idx, tuple(weight.shape)
-        return select_rows(weight, 0, ids, op)
+        return _core.select_rows(weight, 0, ids, op)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -36,16 +34,17 @@ class _SparseRowLookup(Function):
             kept = ids != ctx.padding_idx
             ids, values = ids[kept], values[kept]
         n = ids.shape[0]
-        return make(ids.reshape(1, n).to(dt.int64),
-                    values.reshape((n,) + ctx.table_shape[1:]).clone(),
-                    ctx.table_shape, coalesced=n <= 1), None, None, None
+        table_grad = _core.sparse_from_parts(
+            ids.reshape(1, n).to(kiln.int64), values.reshape((n,) + ctx.table_shape[1:]).clone(),
+            ctx.table_shape, coalesced=n <= 1)
+        return table_grad, None, None, None
 
 
 def wants_sparse_grad(weight: Tensor, sparse: bool) -> bool:
     """Whether a lookup into `weight` gives it a sparse gradient: asked for, and `weight` a leaf
     that requires grad, with gradients being recorded."""
     return bool(sparse) and weight.requires_grad and weight.grad_fn is None and \
-        STATE.grad_enabled
+        kiln.is_grad_enabled()
 
 
 def lookup_rows(weight: Tensor, ids: Tensor, padding_idx: int | None, op: str) -> Tensor:
