@@ -365,6 +365,35 @@ def test_lbfgs_takes_a_sparse_gradient_dense_like_torch() -> None:
     np.testing.assert_allclose(run(kiln), run(torch), rtol=1e-5, atol=1e-6)
 
 
+def test_grad_scaler_unscales_sparse_gradients_and_skips_infinite_steps_like_torch() -> None:
+    def run(lib):
+        e = lib.nn.Embedding(6, 3, sparse=True)
+        with lib.no_grad():
+            e.weight.copy_(lib.tensor(np.linspace(-1, 1, 18, dtype=np.float32).reshape(6, 3)))
+        opt, scaler = lib.optim.SGD(e.parameters(), lr=0.1), lib.amp.GradScaler("cpu")
+        scales = []
+        for factor in (1.0, float("inf"), 2.0):     # the second step's gradient is infinite
+            opt.zero_grad()
+            loss = (e(lib.tensor([1, 4, 1])) ** 2).sum() * factor
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            scales.append(scaler.get_scale())
+        return e.weight.detach().numpy(), scales
+    (wk, sk), (wt, st) = run(kiln), run(torch)
+    assert sk == st
+    np.testing.assert_allclose(wk, wt, rtol=1e-6, atol=1e-7)
+
+
+def test_norm_of_a_sparse_gradient_matches_torch() -> None:
+    t, k = _twin_embeddings(sparse=True)
+    (t(torch.tensor(IDS)) ** 2).sum().backward()
+    (k(kiln.tensor(IDS)) ** 2).sum().backward()
+    for p in ("fro", 1, float("inf")):
+        np.testing.assert_allclose(k.weight.grad.norm(p).item(), t.weight.grad.norm(p).item(),
+                                   rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- compile
 
 def test_compiled_step_with_sparse_gradients_runs_eagerly_and_matches_torch() -> None:

@@ -310,6 +310,15 @@ class SparseTensor(Tensor):
 
     div = __truediv__
 
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
+        """The norm of all entries (duplicates summed first), a dense 0-d tensor, as PyTorch's
+        `grad.norm()` of a sparse gradient; over dims it is not supported."""
+        if dim is not None:
+            raise NotImplementedError("norm over dims of a sparse tensor is not supported in "
+                                      "kiln; call .to_dense() first")
+        values = self.coalesce()._vals
+        return values.norm(2 if p == "fro" else p, dtype=dtype)
+
     def sum(self, dim=None, keepdim=False, dtype=None):
         if keepdim:
             raise NotImplementedError("sum(keepdim=True) of a sparse tensor is not supported "
