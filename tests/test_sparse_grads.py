@@ -422,3 +422,27 @@ def test_compiled_step_with_sparse_gradients_runs_eagerly_and_matches_torch() ->
                for w in caught)
     np.testing.assert_allclose(mk.emb.weight.detach().numpy(), mt.emb.weight.detach().numpy(),
                                rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.gpu
+def test_sparse_embedding_training_on_cuda_matches_the_cpu() -> None:
+    def run(device):
+        model = _BagModel(kiln)
+        model.emb.to(device)
+        model.fc.to(device)
+        opts = [kiln.optim.SparseAdam(model.emb.parameters(), lr=0.05),
+                kiln.optim.SGD(model.fc.parameters(), lr=0.1, momentum=0.9)]
+        for ids, offsets, labels in _batches(4):
+            for opt in opts:
+                opt.zero_grad()
+            logits = model.fc(model.emb(kiln.tensor(ids, device=device),
+                                        kiln.tensor(offsets, device=device)))
+            kiln.nn.functional.cross_entropy(logits, kiln.tensor(labels, device=device)) \
+                .backward()
+            grad = model.emb.weight.grad
+            assert grad.is_sparse and grad.device.type == device
+            for opt in opts:
+                opt.step()
+        return model.emb.weight.detach().cpu().numpy(), model.fc.weight.detach().cpu().numpy()
+    for got, want in zip(run("cuda"), run("cpu")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -168,3 +168,20 @@ def test_bad_inputs_raise_naming_the_function() -> None:
         kiln.special.chebyshev_polynomial_t(0.5, 2)
     with pytest.raises(TypeError, match="bessel_y0"):
         kiln.special.bessel_y0(kiln.tensor([1 + 1j]))
+
+
+@pytest.mark.gpu
+def test_special_functions_on_cuda_match_the_cpu() -> None:
+    x = np.concatenate([np.linspace(-3, 30, 34), [0.0, math.inf, math.nan]])
+    for name in UNARY:
+        fn = getattr(kiln.special, name)
+        on_gpu = fn(kiln.tensor(x, device="cuda"))
+        assert on_gpu.device.type == "cuda"
+        np.testing.assert_allclose(on_gpu.cpu().numpy(), fn(kiln.tensor(x)).numpy(),
+                                   rtol=1e-12, atol=1e-300)
+    n = kiln.tensor([0.0, 1.0, 4.0, 9.0])
+    for name in POLYNOMIALS:
+        fn = getattr(kiln.special, name)
+        on_gpu = fn(kiln.tensor(X_POLY[:, None], device="cuda"), n.cuda())
+        np.testing.assert_allclose(on_gpu.cpu().numpy(), fn(kiln.tensor(X_POLY[:, None]),
+                                                            n).numpy(), rtol=1e-12)
