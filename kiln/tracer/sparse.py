@@ -9,6 +9,9 @@ something else. Every sparse rule is written with dense kiln ops on the indices 
 (index_select, index_add, unique), so it runs on any device and its gradient comes from
 autograd: `sparse @ dense` differentiates with respect to the dense operand.
 
+Sparse gradients (an embedding's `sparse=True`) are SparseTensors made by
+`kiln/nn/sparse_grad.py`; autograd concatenates two of them (`concatenated`), as PyTorch does.
+
 What PyTorch has and kiln does not: gradients with respect to a sparse tensor's values,
 indexing a sparse tensor, elementwise functions on one (exp, relu, ...), CSR/CSC layouts,
 sparse tensors inside `@kiln.compile` (such a call runs eagerly) or in `kiln.save`.
@@ -25,7 +28,8 @@ from kiln.tracer.tensor import Tensor
 
 _SUPPORTED = ("kiln's sparse COO tensors support to_dense(), coalesce(), indices()/values(), "
               "mm/matmul/@/spmm with a dense matrix, + and - with tensors, * and / by "
-              "scalars or dense tensors, sum(), t() and to(); call .to_dense() first")
+              "scalars or dense tensors, sum(), norm(), zero_(), t() and to(); call "
+              ".to_dense() first")
 UNSUPPORTED = "not supported on a sparse tensor; " + _SUPPORTED   # the dispatcher's error
 
 
