@@ -394,6 +394,20 @@ def test_norm_of_a_sparse_gradient_matches_torch() -> None:
                                    rtol=1e-6)
 
 
+def test_ddp_refuses_a_sparse_gradient_clearly() -> None:
+    # torch's DDP all-reduces sparse gradients as sparse tensors; kiln's buckets are dense
+    from tests.distributed import launch
+    launch.mpi_or_skip()
+    import kiln.distributed as dist
+    dist.init_process_group("mpi")
+    try:
+        model = kiln.nn.parallel.DistributedDataParallel(kiln.nn.Embedding(6, 3, sparse=True))
+        with pytest.raises(NotImplementedError, match="sparse.*use sparse=False under DDP"):
+            model(kiln.tensor([1, 2])).sum().backward()
+    finally:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- compile
 
 def test_compiled_step_with_sparse_gradients_runs_eagerly_and_matches_torch() -> None:
