@@ -116,6 +116,62 @@ def test_repr_says_sparse() -> None:
                                                                                 sparse=True))
 
 
+def _ramp_table(lib, module):
+    with lib.no_grad():
+        module.weight.copy_(lib.tensor(np.linspace(-2, 2, 18, dtype=np.float32).reshape(6, 3)))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0])
+def test_embedding_max_norm_renormalizes_rows_like_torch(sparse, norm_type) -> None:
+    results = []
+    for lib in (torch, kiln):
+        e = lib.nn.Embedding(6, 3, max_norm=1.0, norm_type=norm_type, sparse=sparse)
+        _ramp_table(lib, e)
+        out = e(lib.tensor([[1, 2, 1], [5, 3, 3]]))
+        (out ** 2).sum().backward()
+        grad = e.weight.grad.to_dense() if sparse else e.weight.grad
+        results.append([e.weight.detach().numpy().copy(), out.detach().numpy(), grad.numpy()])
+    assert repr(e) == "Embedding(6, 3, max_norm=1.0" + (", sparse=True)" if sparse else ")")
+    for got, want in zip(results[1], results[0]):     # table (rows 0 and 4 untouched), out, grad
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_embedding_bag_max_norm_like_torch(sparse) -> None:
+    results = []
+    for lib in (torch, kiln):
+        bag = lib.nn.EmbeddingBag(6, 3, max_norm=1.5, mode="mean", sparse=sparse)
+        _ramp_table(lib, bag)
+        out = bag(lib.tensor([1, 2, 1, 5, 3, 3]), lib.tensor([0, 4]))
+        (out ** 2).sum().backward()
+        grad = bag.weight.grad.to_dense() if sparse else bag.weight.grad
+        results.append([bag.weight.detach().numpy().copy(), out.detach().numpy(), grad.numpy()])
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_steps_with_max_norm_match_torch() -> None:
+    tables = []
+    for lib in (torch, kiln):
+        e = lib.nn.Embedding(6, 3, max_norm=1.0)
+        _ramp_table(lib, e)
+        opt = lib.optim.SGD(e.parameters(), lr=0.1)
+
+        def step(ids):
+            opt.zero_grad()
+            loss = (e(ids) ** 2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        if lib is kiln:
+            step = kiln.compile(step)
+        for ids in ([1, 2], [1, 5], [0, 2], [1, 3]):
+            step(lib.tensor(ids))
+        tables.append(e.weight.detach().numpy())
+    np.testing.assert_allclose(tables[1], tables[0], rtol=1e-6, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- accumulation
 
 def test_two_backward_passes_concatenate_like_torch() -> None:

@@ -620,9 +620,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   padding_idx: int | None = None) -> Tensor:
     """Sum, mean or max of the embeddings of each bag: the rows of a 2-D input, or the slices
     of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped."""
-    if max_norm is not None or scale_grad_by_freq:
-        raise NotImplementedError("embedding_bag: max_norm and scale_grad_by_freq are not "
-                                  "supported in kiln")
+    if scale_grad_by_freq:
+        raise NotImplementedError("embedding_bag: scale_grad_by_freq is not supported in kiln")
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
     if sparse and mode == "max":
@@ -652,6 +651,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         position = kiln.arange(input.shape[0], device=weight.device).unsqueeze(0)
         member = (position >= starts.unsqueeze(1)) & (position < ends.unsqueeze(1))
     flat_ids = flat_ids.to(kiln.int64)
+    if max_norm is not None:
+        _F().renorm_rows_(weight, flat_ids, max_norm, norm_type)
     if padding_idx is not None:
         if padding_idx < 0:
             padding_idx += weight.shape[0]
