@@ -170,6 +170,19 @@ def test_bad_inputs_raise_naming_the_function() -> None:
         kiln.special.bessel_y0(kiln.tensor([1 + 1j]))
 
 
+def test_compiled_function_of_them_matches_torch_with_no_graph_break() -> None:
+    def fn(lib, x, n):
+        s = lib.special
+        return (s.bessel_y1(x) * 2 + s.hermite_polynomial_he(x, n) + s.airy_ai(x).exp()
+                + s.scaled_modified_bessel_k0(x) * s.chebyshev_polynomial_u(x, n))
+    compiled = kiln.compile(lambda x, n: fn(kiln, x, n), fullgraph=True)
+    for x, n in (([0.5, 1.5, 3.0], [1.0, 2.0, 3.0]), ([0.7, 1.1, 2.0], [4.0, 0.0, 7.0])):
+        want = fn(torch, torch.tensor(x), torch.tensor(n)).numpy()
+        got = compiled(kiln.tensor(x), kiln.tensor(n)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5)   # the second call replays
+    assert len(compiled.entries) == 1
+
+
 @pytest.mark.gpu
 def test_special_functions_on_cuda_match_the_cpu() -> None:
     x = np.concatenate([np.linspace(-3, 30, 34), [0.0, math.inf, math.nan]])
