@@ -124,7 +124,7 @@ def _ramp_table(lib, module):
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("norm_type", [2.0, 1.0])
 def test_embedding_max_norm_renormalizes_rows_like_torch(sparse, norm_type) -> None:
-    results = []
+    results, reprs = [], []
     for lib in (torch, kiln):
         e = lib.nn.Embedding(6, 3, max_norm=1.0, norm_type=norm_type, sparse=sparse)
         _ramp_table(lib, e)
@@ -132,7 +132,8 @@ def test_embedding_max_norm_renormalizes_rows_like_torch(sparse, norm_type) -> N
         (out ** 2).sum().backward()
         grad = e.weight.grad.to_dense() if sparse else e.weight.grad
         results.append([e.weight.detach().numpy().copy(), out.detach().numpy(), grad.numpy()])
-    assert repr(e) == "Embedding(6, 3, max_norm=1.0" + (", sparse=True)" if sparse else ")")
+        reprs.append(repr(e))
+    assert reprs[0] == reprs[1]
     for got, want in zip(results[1], results[0]):     # table (rows 0 and 4 untouched), out, grad
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
@@ -170,6 +171,30 @@ def test_compiled_steps_with_max_norm_match_torch() -> None:
             step(lib.tensor(ids))
         tables.append(e.weight.detach().numpy())
     np.testing.assert_allclose(tables[1], tables[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_scale_grad_by_freq_divides_by_each_ids_count_like_torch(padding_idx) -> None:
+    grads = []
+    for lib in (torch, kiln):
+        e = lib.nn.Embedding(6, 2, scale_grad_by_freq=True, padding_idx=padding_idx)
+        ids = lib.tensor([[1, 2, 1], [1, 0, 0]])
+        (e(ids) * lib.arange(12.0).reshape(2, 3, 2)).sum().backward()
+        grads.append(e.weight.grad.numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-6)
+
+
+def test_scale_grad_by_freq_with_sparse_is_refused_like_torch() -> None:
+    for lib in (torch, kiln):
+        e = lib.nn.Embedding(6, 2, scale_grad_by_freq=True, sparse=True)
+        with pytest.raises(RuntimeError, match="scale_grad_by_freq not supported with sparse"):
+            e(lib.tensor([1, 1])).sum().backward()
+
+
+@pytest.mark.parametrize("kwargs", [{"norm_type": 1.0, "max_norm": 2.0, "padding_idx": 1,
+                                     "scale_grad_by_freq": True, "sparse": True}, {}])
+def test_embedding_repr_matches_torch(kwargs) -> None:
+    assert repr(kiln.nn.Embedding(6, 2, **kwargs)) == repr(torch.nn.Embedding(6, 2, **kwargs))
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -488,7 +513,7 @@ def test_compiled_step_with_sparse_gradients_runs_eagerly_and_matches_torch() ->
         warnings.simplefilter("always")
         for batch in _batches(4):
             np.testing.assert_allclose(step_k(*batch).item(), step_t(*batch).item(), rtol=1e-5)
-    assert any("graph break" in str(w.message) and "_SparseRowLookup" in str(w.message)
+    assert any("graph break" in str(w.message) and "_RowLookup" in str(w.message)
                for w in caught)
     np.testing.assert_allclose(mk.emb.weight.detach().numpy(), mt.emb.weight.detach().numpy(),
                                rtol=1e-5, atol=2e-6)

@@ -832,15 +832,14 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
               max_norm: float | None = None, norm_type: float = 2.0,
               scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
-    if scale_grad_by_freq:
-        raise NotImplementedError("embedding: scale_grad_by_freq is not supported in kiln")
     if max_norm is not None:
         renorm_rows_(weight, input.reshape(-1), max_norm, norm_type)
     if padding_idx is not None and padding_idx < 0:
         padding_idx += weight.shape[0]
-    if wants_sparse_grad(weight, sparse):
-        return lookup_rows(weight, input.reshape(-1), padding_idx, "embedding") \
-            .reshape(*input.shape, weight.shape[1])
+    scaled = scale_grad_by_freq and weight.requires_grad and kiln.is_grad_enabled()
+    if scaled or wants_sparse_grad(weight, sparse):
+        return lookup_rows(weight, input.reshape(-1), padding_idx, "embedding", bool(sparse),
+                           scaled).reshape(*input.shape, weight.shape[1])
     out = _core.select_rows(weight, 0, input.reshape(-1), "embedding") \
         .reshape(*input.shape, weight.shape[1])
     if padding_idx is not None:
