@@ -31,17 +31,19 @@ class SparseAdam(Optimizer):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize))
-        for kind, test, what in (("Sparse", Tensor.is_sparse.__get__, "requires dense "
-                                  "parameter tensors"),
-                                 ("Complex", Tensor.is_complex, "does not support complex "
-                                  "parameters")):
-            found = [[g, i] for g, group in enumerate(self.param_groups)
-                     for i, p in enumerate(group["params"]) if test(p)]
-            if found:
-                raise ValueError(f"{kind} params at indices {found}: SparseAdam {what}")
+        places = [([g, i], p) for g, group in enumerate(self.param_groups)
+                  for i, p in enumerate(group["params"])]
+        sparse = [at for at, p in places if p.is_sparse]
+        if sparse:
+            raise ValueError(f"Sparse params at indices {sparse}: SparseAdam requires dense "
+                             f"parameter tensors")
+        complex_ = [at for at, p in places if p.is_complex()]
+        if complex_:
+            raise ValueError(f"Complex params at indices {complex_}: SparseAdam does not "
+                             f"support complex parameters")
 
     def _check_sparse_grad(self, group) -> None:
-        pass                        # what it is for
+        pass                        # sparse gradients are what it is for
 
     def _update(self, p, group) -> None:
         if not p.grad.is_sparse:
