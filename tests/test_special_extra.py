@@ -125,6 +125,20 @@ def test_polynomial_number_input_tensor_degree_and_nan_input() -> None:
         assert math.isnan(got.item())
 
 
+@pytest.mark.parametrize("name", POLYNOMIALS)
+def test_polynomial_at_infinity_is_the_leading_terms_limit(name) -> None:
+    # torch's recurrence gives inf - inf = nan at +-inf; the polynomial's limit is +-inf with the
+    # sign torch's own values take far out (x = +-1e6, in float64)
+    degrees = np.arange(0.0, 6.0)
+    for sign in (1.0, -1.0):
+        far = getattr(torch.special, name)(torch.tensor(sign * 1e6, dtype=torch.float64),
+                                           torch.tensor(degrees)).numpy()
+        got = getattr(kiln.special, name)(kiln.tensor(sign * math.inf, dtype=kiln.float64),
+                                          kiln.tensor(degrees)).numpy()
+        want = np.where(degrees == 0, 1.0, np.sign(far) * math.inf)
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("x_dtype,n_dtype", [
     (torch.int64, torch.int64), (torch.float32, torch.float64), (torch.float64, torch.int64),
     (torch.int32, torch.float64), (torch.float32, torch.int64)])

@@ -109,7 +109,8 @@ def _polynomial_infer(shapes, dtypes, name):
 
 def _polynomial_impl(xp, x, n, name):
     """The degree-n polynomial at x, evaluated in float64 by its recurrence. The degree is n
-    truncated toward zero, as in PyTorch; a negative degree gives 0, a nan or infinite one nan."""
+    truncated toward zero, as in PyTorch; a negative degree gives 0, a nan or infinite one nan.
+    An infinite x gives the infinite limit (PyTorch: nan)."""
     x64, n64 = xp.broadcast_arrays(x.astype(np.float64), n.astype(np.float64))
     if name.startswith("shifted_"):
         name, x64 = name[len("shifted_"):], 2 * x64 - 1
@@ -123,6 +124,11 @@ def _polynomial_impl(xp, x, n, name):
         out = xp.where(degree == k, current, out)
         if k < top:
             previous, current = current, step(x64, k, current, previous)
+    # at x = +-inf the leading term decides (the recurrence gives inf - inf = nan there): its
+    # coefficient is positive, except Laguerre's (-1)^n / n!
+    lead = (-1.0) ** degree if name == "laguerre_polynomial_l" else 1.0
+    at_inf = lead * xp.sign(x64) ** degree * np.inf
+    out = xp.where(xp.isinf(x64) & (degree >= 1), at_inf, out)
     return out.astype(x.dtype)
 
 
