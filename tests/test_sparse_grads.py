@@ -362,6 +362,23 @@ def test_accumulated_sparse_gradients_step_like_torch() -> None:
     np.testing.assert_allclose(run(kiln), run(torch), rtol=1e-5, atol=2e-6)
 
 
+def test_hand_written_sgd_steps_with_a_sparse_gradient_match_torch() -> None:
+    # the char-RNN tutorial's `p.data.add_(p.grad.data, alpha=-lr)` and its no_grad spellings
+    tables = []
+    for lib in (torch, kiln):
+        e = lib.nn.Embedding(6, 3, sparse=True)
+        _ramp_table(lib, e)
+        for ids in ([1, 2, 1], [5, 1], [0, 0, 3]):
+            e.zero_grad()
+            (e(lib.tensor(ids)) ** 2).sum().backward()
+            e.weight.data.add_(e.weight.grad.data, alpha=-0.1)
+            with lib.no_grad():
+                e.weight.sub_(e.weight.grad, alpha=0.05)
+                e.weight -= 0.02 * e.weight.grad
+        tables.append(e.weight.detach().numpy())
+    np.testing.assert_allclose(tables[1], tables[0], rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta", "Adamax", "NAdam",
                                   "RAdam", "ASGD", "Rprop", "Adafactor"])
 def test_optimizers_without_sparse_support_raise_torchs_error(name) -> None:

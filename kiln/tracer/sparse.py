@@ -177,6 +177,10 @@ class SparseTensor(Tensor):
     def detach(self) -> "SparseTensor":
         return self
 
+    @property
+    def data(self) -> "SparseTensor":
+        return self             # sparse tensors never require grad: already detached
+
     def clone(self, *, memory_format=None) -> "SparseTensor":
         return make(self._idx.clone(), self._vals.clone(), self.shape, self._coalesced)
 
