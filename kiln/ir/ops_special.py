@@ -36,17 +36,18 @@ def _airy_ai(x):
     return scipy.special.airy(x)[0]
 
 
-def _bessel(scipy_name: str, zero_at_inf: bool = False):
-    """The impl of a unary Bessel-type primitive. `zero_at_inf`: the function tends to 0 as x
-    grows (scipy and PyTorch return nan at +inf for Y0, Y1 and Ai; the limit is 0)."""
+def _bessel(scipy_name: str, zero_at=()):
+    """The impl of a unary Bessel-type primitive. `zero_at`: the infinities where the function
+    tends to 0 and scipy and PyTorch return nan (+inf for Y0 and Y1, both for Ai, which
+    oscillates toward 0 as x goes to -inf)."""
     def impl(xp, x):
         if scipy_name == "airy_ai":
             fn = _airy_ai if xp is np else (lambda v: xp.asarray(_airy_ai(xp.asnumpy(v))))
         else:
             fn = _scipy_function(xp, scipy_name)
         out = xp.asarray(fn(x)).astype(x.dtype, copy=False)
-        if zero_at_inf:
-            out = xp.where(x == np.inf, xp.zeros_like(out), out)
+        for limit in zero_at:
+            out = xp.where(x == limit, xp.zeros_like(out), out)
         return out
     return impl
 
@@ -68,12 +69,12 @@ def _real_float_unary(name):
     return infer
 
 
-for _name, _scipy_name, _to_zero in (
-        ("bessel_y0", "y0", True), ("bessel_y1", "y1", True),
-        ("modified_bessel_k0", "k0", False), ("modified_bessel_k1", "k1", False),
-        ("scaled_modified_bessel_k0", "k0e", False), ("scaled_modified_bessel_k1", "k1e", False),
-        ("airy_ai", "airy_ai", True)):
-    define(_name, SPECIAL, _real_float_unary(_name), _bessel(_scipy_name, _to_zero), None,
+for _name, _scipy_name, _zero_at in (
+        ("bessel_y0", "y0", (np.inf,)), ("bessel_y1", "y1", (np.inf,)),
+        ("modified_bessel_k0", "k0", ()), ("modified_bessel_k1", "k1", ()),
+        ("scaled_modified_bessel_k0", "k0e", ()), ("scaled_modified_bessel_k1", "k1e", ()),
+        ("airy_ai", "airy_ai", (np.inf, -np.inf))):
+    define(_name, SPECIAL, _real_float_unary(_name), _bessel(_scipy_name, _zero_at), None,
            arity=1, quiet=True)
 define("spherical_bessel_j0", SPECIAL, _real_float_unary("spherical_bessel_j0"), _spherical_j0,
        None, arity=1, quiet=True)
