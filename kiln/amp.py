@@ -341,8 +341,14 @@ class GradScaler:
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    p.grad.mul_(inv)
-                    ok = kiln.isfinite(p.grad).all()
+                    grad = p.grad
+                    if grad.is_sparse:      # an embedding's sparse=True: its entries' values
+                        if grad.dtype == kiln.float16:
+                            # duplicates summed first, as PyTorch does: their sum may overflow
+                            p.grad = grad = grad.coalesce()
+                        grad = grad._values()
+                    grad.mul_(inv)
+                    ok = kiln.isfinite(grad).all()
                     key = str(ok.device)
                     finite[key] = ok if key not in finite else kiln.logical_and(finite[key], ok)
         state["unscaled"] = True

@@ -163,15 +163,6 @@ ldl_factor ldl_factor_ex ldl_solve
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
 _group("torch.fft", "docstring helper string, not an API", "common_args factory_common_args")
 _group("torch.special", "docstring helper string, not an API", "common_args multi_dim_common")
-_group("torch.special", "orthogonal polynomials and rare Bessel variants, outside what "
-       "training scripts use", """
-airy_ai bessel_y0 bessel_y1 chebyshev_polynomial_t chebyshev_polynomial_u
-chebyshev_polynomial_v chebyshev_polynomial_w hermite_polynomial_h hermite_polynomial_he
-laguerre_polynomial_l legendre_polynomial_p modified_bessel_k0 modified_bessel_k1
-scaled_modified_bessel_k0 scaled_modified_bessel_k1 shifted_chebyshev_polynomial_t
-shifted_chebyshev_polynomial_u shifted_chebyshev_polynomial_v shifted_chebyshev_polynomial_w
-spherical_bessel_j0
-""")
 _group("torch.autograd", "profiler/C++ engine internals (torch.autograd.profiler)", """
 DeviceType ProfilerActivity ProfilerConfig ProfilerEvent ProfilerState kineto_available
 SavedTensor enforce_grad_layout_policy is_multithreading_enabled set_multithreading_enabled
@@ -196,7 +187,6 @@ _group("torch.nn.functional", "low-precision GEMM entry points for FP8/grouped e
        "only)", "ScalingType SwizzleType grouped_mm scaled_grouped_mm scaled_mm")
 _group("torch.optim", "internal helper of torch's optimizer state swapping",
        "swap_in_optimizer_params_and_state")
-_group("torch.optim", "SparseAdam needs sparse gradients (kiln tensors are dense)", "SparseAdam")
 _group("torch.utils.data", "DataPipes: the deprecated torchdata graph API", """
 DFIterDataPipe IterDataPipe MapDataPipe DataChunk functional_datapipe
 guaranteed_datapipes_determinism non_deterministic runtime_validation

@@ -151,6 +151,11 @@ class Reducer:
         off, n = bucket.offsets[i], param.numel()
         if grad is None:
             bucket.flat[off:off + n] = 0
+        elif grad.is_sparse:
+            raise NotImplementedError(
+                f"DistributedDataParallel: the gradient of a parameter of shape "
+                f"{list(param.shape)} is sparse (an embedding with sparse=True); kiln's DDP "
+                f"all-reduces dense buckets only: use sparse=False under DDP")
         else:
             bucket.flat[off:off + n] = grad._data.reshape(-1)
         self.ready[b][i] = True

@@ -19,6 +19,7 @@ from kiln.compiler import is_compiling
 from kiln.ops import op_error
 from kiln.ops import prims as P
 from kiln.nn.functional_loss import _legacy
+from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad
 
 # Activations and helpers the core already defines; re-exported under PyTorch's names.
 from kiln.ops import (  # noqa: F401
@@ -831,17 +832,31 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
               max_norm: float | None = None, norm_type: float = 2.0,
               scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
-    if max_norm is not None or scale_grad_by_freq:
-        raise NotImplementedError("embedding: max_norm and scale_grad_by_freq are not "
-                                  "supported in kiln")
+    if max_norm is not None:
+        renorm_rows_(weight, input.reshape(-1), max_norm, norm_type)
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += weight.shape[0]
+    scaled = scale_grad_by_freq and weight.requires_grad and kiln.is_grad_enabled()
+    if scaled or wants_sparse_grad(weight, sparse):
+        return lookup_rows(weight, input.reshape(-1), padding_idx, "embedding", bool(sparse),
+                           scaled).reshape(*input.shape, weight.shape[1])
     out = _core.select_rows(weight, 0, input.reshape(-1), "embedding") \
         .reshape(*input.shape, weight.shape[1])
     if padding_idx is not None:
-        if padding_idx < 0:
-            padding_idx += weight.shape[0]
         # the padding row receives no gradient: its lookups are cut from the graph
         out = kiln.where((input == padding_idx).unsqueeze(-1), out.detach(), out)
     return out
+
+
+def renorm_rows_(weight: Tensor, ids: Tensor, max_norm: float, norm_type: float) -> None:
+    """Embedding's max_norm: each looked-up row whose norm exceeds max_norm is scaled in place
+    to max_norm / (norm + 1e-7) of itself, outside autograd, as PyTorch's embedding_renorm_.
+    (A repeated id writes the same scaled row again, so no unique() is needed.)"""
+    with kiln.no_grad():
+        rows = _core.select_rows(weight, 0, ids, "embedding")
+        norms = kiln.linalg.vector_norm(rows, float(norm_type), dim=1, keepdim=True)
+        scale = kiln.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0)
+        weight[ids] = rows * scale
 
 
 # ----------------------------------------------------------------------------- attention

@@ -14,6 +14,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad
 
 
 # the public hook that names a composite's traced nodes (`# conv3d @ model.py:12` in listings)
@@ -619,11 +620,12 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   padding_idx: int | None = None) -> Tensor:
     """Sum, mean or max of the embeddings of each bag: the rows of a 2-D input, or the slices
     of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped."""
-    if max_norm is not None or scale_grad_by_freq:
-        raise NotImplementedError("embedding_bag: max_norm and scale_grad_by_freq are not "
-                                  "supported in kiln")
+    if scale_grad_by_freq:
+        raise NotImplementedError("embedding_bag: scale_grad_by_freq is not supported in kiln")
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+    if sparse and mode == "max":
+        raise ValueError("max mode does not support sparse weights")
     if per_sample_weights is not None and mode != "sum":
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. "
                                   f"per_sample_weights is only supported for mode='sum' (got "
@@ -649,11 +651,16 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         position = kiln.arange(input.shape[0], device=weight.device).unsqueeze(0)
         member = (position >= starts.unsqueeze(1)) & (position < ends.unsqueeze(1))
     flat_ids = flat_ids.to(kiln.int64)
+    if max_norm is not None:
+        _F().renorm_rows_(weight, flat_ids, max_norm, norm_type)
     if padding_idx is not None:
         if padding_idx < 0:
             padding_idx += weight.shape[0]
         member = member & (flat_ids != padding_idx).unsqueeze(0)
-    rows = kiln.index_select(weight, 0, flat_ids)
+    if wants_sparse_grad(weight, sparse):
+        rows = lookup_rows(weight, flat_ids, padding_idx, "embedding_bag")
+    else:
+        rows = kiln.index_select(weight, 0, flat_ids)
     if per_sample_weights is not None:
         rows = rows * per_sample_weights.reshape(-1, 1)
     if mode == "max":

@@ -452,6 +452,8 @@ class Module:
             if set_to_none:
                 note_grad_cleared(param)
                 param.grad = None
+            elif param.grad is not None and param.grad.is_sparse:
+                param.grad = param.grad.clone().zero_()     # no entries, as in PyTorch
             elif param.grad is not None:
                 param.grad = kiln.zeros_like(param.grad)
 

@@ -14,9 +14,11 @@ from kiln.optim.rprop import Rprop
 from kiln.optim.lbfgs import LBFGS
 from kiln.optim.adafactor import Adafactor
 from kiln.optim.muon import Muon
+from kiln.optim.sparse_adam import SparseAdam
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon"]
+           "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon",
+           "SparseAdam"]
 
 from kiln.optim import lr_scheduler  # noqa: E402,F401
 from kiln.optim import swa_utils  # noqa: E402,F401

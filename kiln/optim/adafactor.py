@@ -44,6 +44,8 @@ class Adafactor(Optimizer):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
+                    if p.grad.is_sparse:
+                        self._check_sparse_grad(group)
                     if eps1 is None:    # PyTorch fixes it from the group's first parameter
                         eps1 = float(np.finfo(p.dtype.np).eps)
                     self._update_one(p, group, eps1)

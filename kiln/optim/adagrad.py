@@ -44,6 +44,12 @@ class Adagrad(Optimizer):
         for p in group["params"]:
             self._init_state(p, group)
 
+    def _check_sparse_grad(self, group) -> None:
+        # a sparse gradient is taken dense (`_grad`): the rows it does not name get a zero
+        # update and a zero added to their sum, which is PyTorch's sparse update
+        if group["weight_decay"] != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+
     def _update(self, p, group) -> None:
         state = self.state[p]
         state["step"].add_(1)

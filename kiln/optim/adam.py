@@ -82,6 +82,10 @@ class Adam(Optimizer):
                     if p.is_cuda and step is not None and step.is_cuda:
                         self.state[p]["step"] = step.cpu()
 
+    def _check_sparse_grad(self, group) -> None:
+        raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam "
+                           "instead")
+
     def _update(self, p, group) -> None:
         beta1, beta2 = _hyper_pair(group, "betas", p)
         lr, wd = _hyper(group, "lr", p), group["weight_decay"]

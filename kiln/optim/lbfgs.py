@@ -40,7 +40,9 @@ class LBFGS(Optimizer):
 
     # ------------------------------------------------------------------ the flat vector
     def _flat_grad(self) -> Tensor:
-        return kiln.cat([p.grad.reshape(-1) if p.grad is not None
+        # a sparse gradient (an embedding's sparse=True) taken dense, as PyTorch's LBFGS does
+        return kiln.cat([(p.grad.to_dense() if p.grad.is_sparse else p.grad).reshape(-1)
+                         if p.grad is not None
                          else kiln.zeros(p.numel(), dtype=p.dtype, device=p.device)
                          for p in self._params])
 

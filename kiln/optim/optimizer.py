@@ -184,6 +184,8 @@ class Optimizer:
                     for p in group["params"]:
                         if p.grad is None:
                             continue
+                        if p.grad.is_sparse:
+                            self._check_sparse_grad(group)
                         if fused and _fusable(p):
                             batch.append(p)
                         elif p.dtype.is_complex:
@@ -216,6 +218,12 @@ class Optimizer:
 
     def _update(self, p: Tensor, group: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define step or _update")
+
+    def _check_sparse_grad(self, group: dict) -> None:
+        """Before updating a parameter whose gradient is sparse: PyTorch's error for an
+        optimizer that takes none (SGD and Adagrad override this; `_grad` makes such a gradient
+        dense for their update, which is the same arithmetic)."""
+        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
 
     def _run_closure(self, closure):
         if closure is None:
@@ -373,7 +381,8 @@ def _cast_state(param: Tensor, key: str, value):
 
 
 def _grad(param: Tensor, maximize: bool) -> Tensor:
-    return -param.grad if maximize else param.grad
+    grad = param.grad.to_dense() if param.grad.is_sparse else param.grad
+    return -grad if maximize else grad
 
 
 class _StepCounts(threading.local):
@@ -477,7 +486,7 @@ def _use_fused(group: dict, hypers: tuple) -> bool:
 def _fusable(p: Tensor) -> bool:
     """Whether parameter `p` (with a gradient) can be updated by a fused kernel."""
     g = p.grad
-    return (p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous()
+    return (p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous() and not g.is_sparse
             and g.dtype == p.dtype and g.device == p.device and g.shape == p.shape)
 
 

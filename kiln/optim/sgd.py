@@ -40,6 +40,15 @@ class SGD(Optimizer):
                                       maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))
 
+    def _check_sparse_grad(self, group) -> None:
+        # a sparse gradient is taken dense (`_grad`): the same update; PyTorch's momentum buffer
+        # stays sparse, kiln's is dense. Weight decay would add a dense term, which PyTorch
+        # refuses.
+        if group["weight_decay"] != 0:
+            raise RuntimeError("SGD: weight_decay is not supported with sparse gradients "
+                               "(PyTorch: add(sparse, dense) is not supported); set "
+                               "weight_decay=0 for the sparse parameters' group")
+
     def _update(self, p, group) -> None:
         lr = _hyper(group, "lr", p)
         grad = _grad(p, group["maximize"])

@@ -664,7 +664,16 @@ def _topological(roots: list[Node]) -> list[Node]:
 
 def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
     prev = store.get(key)
-    store[key] = (tensor, grad if prev is None else prev[1] + grad)
+    store[key] = (tensor, grad if prev is None else _sum_grads(prev[1], grad))
+
+
+def _sum_grads(a: Tensor, b: Tensor) -> Tensor:
+    """Two gradients of one tensor added. Sparse ones (from `sparse=True` embedding lookups)
+    are concatenated, uncoalesced, as PyTorch accumulates them; sparse and dense give dense."""
+    if a.is_sparse and b.is_sparse:
+        from kiln.tracer.sparse import concatenated
+        return concatenated(a, b)
+    return a + b
 
 
 def _check_versions(node: Node) -> None:
@@ -858,7 +867,10 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
             g = replaced if replaced is not None else g
     if g.dtype is not tensor.dtype:
         g = g.to(tensor.dtype)
-    if tensor.grad is None:
+    if g.is_sparse or (tensor.grad is not None and tensor.grad.is_sparse):
+        # a sparse gradient is made fresh by its lookup's backward: stored as it is
+        tensor.grad = g if tensor.grad is None else _sum_grads(tensor.grad, g)
+    elif tensor.grad is None:
         tensor.grad = g if create_graph else _owned(g, exclusive)
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer

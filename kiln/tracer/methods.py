@@ -145,6 +145,10 @@ def _writes_plainly(self: Tensor) -> bool:
 
 def _inplace_into_self(fn, name: str, ufunc: str, operand):
     def method(self, *args, **kwargs):
+        if name in ("add_", "sub_") and args and getattr(args[0], "is_sparse", False) \
+                and not self.is_sparse:
+            # dense += sparse (a hand-written step with an embedding's sparse gradient)
+            args = (args[0].to_dense(),) + args[1:]
         if not _writes_plainly(self):
             return write_inplace(self, fn(self, *args, **kwargs), name)
         data = self._data

@@ -9,6 +9,9 @@ something else. Every sparse rule is written with dense kiln ops on the indices 
 (index_select, index_add, unique), so it runs on any device and its gradient comes from
 autograd: `sparse @ dense` differentiates with respect to the dense operand.
 
+Sparse gradients (an embedding's `sparse=True`) are SparseTensors made by
+`kiln/nn/sparse_grad.py`; autograd concatenates two of them (`concatenated`), as PyTorch does.
+
 What PyTorch has and kiln does not: gradients with respect to a sparse tensor's values,
 indexing a sparse tensor, elementwise functions on one (exp, relu, ...), CSR/CSC layouts,
 sparse tensors inside `@kiln.compile` (such a call runs eagerly) or in `kiln.save`.
@@ -25,7 +28,8 @@ from kiln.tracer.tensor import Tensor
 
 _SUPPORTED = ("kiln's sparse COO tensors support to_dense(), coalesce(), indices()/values(), "
               "mm/matmul/@/spmm with a dense matrix, + and - with tensors, * and / by "
-              "scalars or dense tensors, sum(), t() and to(); call .to_dense() first")
+              "scalars or dense tensors, sum(), norm(), zero_(), t() and to(); call "
+              ".to_dense() first")
 UNSUPPORTED = "not supported on a sparse tensor; " + _SUPPORTED   # the dispatcher's error
 
 
@@ -173,10 +177,22 @@ class SparseTensor(Tensor):
     def detach(self) -> "SparseTensor":
         return self
 
+    @property
+    def data(self) -> "SparseTensor":
+        return self             # sparse tensors never require grad: already detached
+
     def clone(self, *, memory_format=None) -> "SparseTensor":
         return make(self._idx.clone(), self._vals.clone(), self.shape, self._coalesced)
 
     def to_sparse(self, sparse_dim=None) -> "SparseTensor":
+        return self
+
+    def zero_(self) -> "SparseTensor":
+        """No entries left (PyTorch's zero_ on a sparse tensor, as `zero_grad(set_to_none=False)`
+        leaves a sparse gradient)."""
+        self._idx = self._idx[:, :0]
+        self._vals = self._vals[:0]
+        self._coalesced = True
         return self
 
     def requires_grad_(self, requires_grad: bool = True) -> "SparseTensor":
@@ -301,6 +317,15 @@ class SparseTensor(Tensor):
         return make(self._idx, self._vals / other, self.shape, self._coalesced)
 
     div = __truediv__
+
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
+        """The norm of all entries (duplicates summed first), a dense 0-d tensor, as PyTorch's
+        `grad.norm()` of a sparse gradient; over dims it is not supported."""
+        if dim is not None:
+            raise NotImplementedError("norm over dims of a sparse tensor is not supported in "
+                                      "kiln; call .to_dense() first")
+        values = self.coalesce()._vals
+        return values.norm(2 if p == "fro" else p, dtype=dtype)
 
     def sum(self, dim=None, keepdim=False, dtype=None):
         if keepdim:
@@ -439,15 +464,22 @@ def add(a, b):
         if tuple(a.shape) != tuple(b.shape):
             raise RuntimeError(f"add: sparse tensors of different sizes {list(a.shape)} and "
                                f"{list(b.shape)}")
-        from kiln.tracer.functional import cat
-        values_dtype = dt.promote(a.dtype, b.dtype)
-        both = make(cat([a._idx, b._idx], 1),
-                     cat([a._vals.to(values_dtype), b._vals.to(values_dtype)]),
-                     a.shape, coalesced=False)
-        return both.coalesce()
+        return concatenated(a, b).coalesce()
     if isinstance(a, SparseTensor):
         return a.to_dense() + b
     return a + b.to_dense()
+
+
+def concatenated(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """The entries of both, uncoalesced (how PyTorch accumulates two sparse gradients)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise RuntimeError(f"accumulating sparse gradients of different sizes {list(a.shape)} "
+                           f"and {list(b.shape)}")
+    from kiln.tracer.functional import cat
+    values_dtype = dt.promote(a.dtype, b.dtype)
+    return make(cat([a._idx, b._idx], 1),
+                cat([a._vals.to(values_dtype), b._vals.to(values_dtype)]), a.shape,
+                coalesced=False)
 
 
 def mul(a: SparseTensor, other) -> SparseTensor:

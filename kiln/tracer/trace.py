@@ -334,6 +334,11 @@ class Tracer:
     def grad_read(self, tensor: Tensor) -> None:
         """Some code (the user's, an optimizer's) read `tensor.grad`: if the call has not changed
         whether it has one, what the code did with it may depend on how the call began."""
+        if tensor._grad is not None and tensor._grad.is_sparse:
+            # its indices and values are new tensors after every backward, which a replay,
+            # reading the ones this call saw, would miss
+            self.graph_break("a sparse .grad (an embedding's sparse=True) is read; a replay "
+                             "would reuse this call's entries")
         candidates, at_start = self.grad_state
         if not candidates:
             return

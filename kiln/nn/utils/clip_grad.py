@@ -10,11 +10,17 @@ from kiln import Tensor
 from kiln.compiler import note_grads_checked
 
 
-def _grads(parameters) -> list:
+def _grads(parameters, op: str) -> list:
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     note_grads_checked()        # which have a .grad decides what is clipped: a replay's guard
-    return [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if any(g.is_sparse for g in grads):
+        # PyTorch 2.13 has no sparse kernel for the norm (clamp_ for clip_grad_value_) either
+        raise NotImplementedError(f"{op}: a gradient is sparse (an embedding with sparse=True); "
+                                  f"PyTorch cannot clip sparse gradients either: clip the "
+                                  f"parameters with dense gradients only")
+    return grads
 
 
 def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
@@ -25,7 +31,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     Returns the joint norm before clipping, as a 0-d tensor.
     """
     parameters = [parameters] if isinstance(parameters, Tensor) else list(parameters)
-    grads = _grads(parameters)
+    grads = _grads(parameters, "clip_grad_norm_")
     if not grads:
         return kiln.tensor(0.0)
     total = get_total_norm(grads, norm_type, error_if_nonfinite)
@@ -42,7 +48,7 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,
     """Clamp every gradient element into [-clip_value, clip_value] in place."""
     clip_value = float(clip_value)
     with kiln.no_grad():
-        for g in _grads(parameters):
+        for g in _grads(parameters, "clip_grad_value_"):
             g.clamp_(-clip_value, clip_value)
 
 
@@ -113,5 +119,5 @@ def clip_grads_with_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float
     """Scale the gradients by max_norm / total_norm when that is below 1."""
     with kiln.no_grad():
         coef = kiln.clamp_max(float(max_norm) / (total_norm + 1e-6), 1.0)
-        for g in _grads(parameters):
+        for g in _grads(parameters, "clip_grads_with_norm_"):
             g.mul_(coef.to(g.dtype))
