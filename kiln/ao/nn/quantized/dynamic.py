@@ -76,19 +76,7 @@ class LSTM(kiln.nn.Module):
     def _get_name(self) -> str:
         return "DynamicQuantizedLSTM"
 
-    def extra_repr(self) -> str:
-        text = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            text += f", num_layers={self.num_layers}"
-        if self.bias is not True:
-            text += f", bias={self.bias}"
-        if self.batch_first is not False:
-            text += f", batch_first={self.batch_first}"
-        if self.dropout != 0:
-            text += f", dropout={self.dropout}"
-        if self.bidirectional is not False:
-            text += f", bidirectional={self.bidirectional}"
-        return text
+    extra_repr = kiln.nn.LSTM.extra_repr    # the float LSTM's: the same hyperparameters
 
     def forward(self, input, hx=None):
         kernels.check_engine("quantized_lstm")
