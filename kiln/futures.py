@@ -16,8 +16,13 @@ class Future(Generic[T]):
     callbacks onto it (torch.futures.Future).
 
     Callbacks added with `then` / `add_done_callback` run in the thread that completes the
-    future, or at once in the adding thread when it is already complete.
+    future (or on its `_executor`, when one is set: an RPC future's run on the RPC worker
+    pool, as PyTorch's do, so a callback may itself wait for another RPC, whose reply the
+    completing listener thread must be free to receive), or at once in the adding thread when
+    it is already complete.
     """
+
+    _executor = None     # runs the callbacks a completion triggers (see above); None: inline
 
     def __init__(self, *, devices=None):
         self._cond = threading.Condition(threading.Lock())
@@ -82,7 +87,10 @@ class Future(Generic[T]):
             callbacks, self._callbacks = self._callbacks, []
             self._cond.notify_all()
         for callback in callbacks:
-            _run_callback(callback, self)
+            if self._executor is not None:
+                self._executor.submit(_run_callback, callback, self)
+            else:
+                _run_callback(callback, self)
 
     # -- chaining
     def add_done_callback(self, callback: Callable[["Future"], None]) -> None:

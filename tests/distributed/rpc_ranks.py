@@ -35,6 +35,9 @@ def basics() -> None:
     OUT["async"] = [v.numpy() for v in kiln.futures.wait_all(futs)]
     OUT["then"] = rpc.rpc_async(rpc.get_worker_info("worker1"), W.add, args=(20, 1)).then(
         lambda fut: fut.value() * 2).wait()
+    # a callback that makes another RPC and waits for it (its reply needs the listener free)
+    OUT["then_rpc"] = rpc.rpc_async("worker1", W.add, args=(1, 2)).then(
+        lambda fut: rpc.rpc_sync("worker2", W.add, args=(fut.value(), 10))).wait(timeout=30)
     try:
         rpc.rpc_sync(2, W.fail, args=(7,))
     except ValueError as exc:

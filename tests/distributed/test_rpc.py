@@ -171,7 +171,7 @@ def test_init_rpc_refuses_what_mpi_cannot_do(level):
 
 def test_rpc_sync_and_async_round_trips(master):
     got = _section(master, "basics")
-    assert got["sum"] == 5 and got["then"] == 42
+    assert got["sum"] == 5 and got["then"] == 42 and got["then_rpc"] == 13
     t = np.arange(6, dtype=np.float64).reshape(2, 3)
     np.testing.assert_array_equal(got["tensor"], t * 3.0 - 1.5)
     assert got["tensor"].dtype == np.float64

@@ -112,6 +112,7 @@ class Agent:
             raise RuntimeError("RPC has been shut down on this worker (rpc.shutdown() was "
                                "called); no more calls can be made")
         fut: Future = Future()
+        fut._executor = self.pool       # its callbacks run there, never in the listener
         call_id = next(self.ids)
         # pickled here, in the caller's thread: an unpicklable argument raises at the call
         data = self.message(_REQUEST_HEAD.pack(call_id, -1 if ctx_id is None else ctx_id),
