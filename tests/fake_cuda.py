@@ -117,13 +117,23 @@ class CupyFlags:
         return getattr(self, keys[name])
 
 
-class _MemoryPointer:
-    """`cupy.ndarray.data`: a device pointer (here, the host address)."""
+class _Memory:
+    """`cupy.cuda.Memory`: one allocation, starting at `ptr`."""
 
     __slots__ = ("ptr",)
 
     def __init__(self, ptr: int):
         self.ptr = ptr
+
+
+class _MemoryPointer:
+    """`cupy.ndarray.data` (CuPy's MemoryPointer): a device pointer `ptr` (here, the host
+    address) into the allocation `mem`."""
+
+    __slots__ = ("ptr", "mem")
+
+    def __init__(self, ptr: int, mem: int):
+        self.ptr, self.mem = ptr, _Memory(mem)
 
 
 class FakeCudaDevice:
@@ -651,7 +661,7 @@ class CudaArray(np.ndarray):
 
     @property
     def data(self) -> _MemoryPointer:
-        return _MemoryPointer(self.view(np.ndarray).ctypes.data)
+        return _MemoryPointer(self.view(np.ndarray).ctypes.data, _root_memory(self).ctypes.data)
 
     @property
     def device(self) -> FakeCudaDevice:

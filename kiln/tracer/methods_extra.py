@@ -9,8 +9,8 @@ import weakref
 import numpy as np
 
 from kiln.ir import dtypes as dt
-from kiln.runtime.device import (MetaArray, cuda_is_available, is_pinned_array, pinned_copy,
-                                 record_stream)
+from kiln.runtime.device import (MetaArray, cuda_is_available, is_host_array, is_pinned_array,
+                                 pinned_copy, record_stream)
 from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
@@ -207,11 +207,15 @@ def _resized(data, shape: tuple, n: int, device):
     """`n` elements of `data`'s memory from its first, in row-major order, at `shape`."""
     xp = np if device.type == "cpu" else device.xp
     root, offset = data, 0
-    if isinstance(data, np.ndarray):
+    if is_host_array(data):
         while isinstance(root.base, np.ndarray):
             root = root.base
         offset = (data.__array_interface__["data"][0]
                   - root.__array_interface__["data"][0]) // data.itemsize
+    elif hasattr(data, "data"):                   # CuPy: the pointer's offset in its allocation
+        while getattr(root, "base", None) is not None:
+            root = root.base
+        offset = (data.data.ptr - root.data.ptr) // data.itemsize
     if root.flags.c_contiguous:
         memory = root.reshape(-1)[offset:]
     elif data.flags.c_contiguous:

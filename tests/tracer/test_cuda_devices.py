@@ -186,3 +186,20 @@ def test_an_int_device_is_that_cuda_device_as_in_torch():
         assert str(moved.device) == "cuda:0"
     assert x.to(0, kiln.float64).dtype == kiln.float64
     assert x.to(0).cpu().tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.gpu
+def test_storage_offsets_and_resize_of_cuda_views_match_torch():
+    # a view's offset in its memory is CuPy's pointer minus its allocation's (the fake's
+    # pointers say the same); resize_ reads that memory from the view's first element
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    for lib, device in ((kiln, "cuda"), (torch, "cpu")):
+        t = lib.tensor(base, device=device)
+        view = t[1:, 2:]
+        assert view.storage_offset() == 8
+        assert t[2].storage_offset() == 12 and t.storage_offset() == 0
+    k = kiln.tensor(base, device="cuda")[1]
+    r = torch.tensor(base)[1]
+    k.resize_(2, 2)
+    r.resize_(2, 2)
+    assert k.is_cuda and k.cpu().tolist() == r.tolist() == [[6.0, 7.0], [8.0, 9.0]]

@@ -10,7 +10,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
-from kiln.runtime.device import MetaArray
+from kiln.runtime.device import MetaArray, is_host_array
 from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, _HELD_ONCE, Node, _refs
 from kiln.tracer.errors import op_error
@@ -130,7 +130,7 @@ def _storage_offset(data) -> int:
     while isinstance(getattr(root, "base", None), type(data)):
         root = root.base
     try:
-        if isinstance(data, np.ndarray):
+        if is_host_array(data):
             start = data.__array_interface__["data"][0] - root.__array_interface__["data"][0]
         else:                               # CuPy: the pointer's offset in its allocation
             start = data.data.ptr - data.data.mem.ptr
