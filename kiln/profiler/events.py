@@ -319,6 +319,6 @@ def _memory_columns(rows: list, titles: list, widths: list, cells: list) -> None
                     ("Self CUDA Mem", "self_device_memory_usage")]
     for title, attr in columns:
         titles.append(title)
-        widths.append(_NUMBER_WIDTH)
+        widths.append(max(_NUMBER_WIDTH, len(title)))
         for row, r in zip(cells, rows):
             row.append(format_memory(getattr(r, attr)))
