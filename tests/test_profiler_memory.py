@@ -8,7 +8,9 @@ grouping, the file formats."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
+import sys
 import warnings
 
 import pytest
@@ -265,3 +267,82 @@ def test_cuda_results_count_as_device_memory():
     table = prof.key_averages().table(sort_by="self_cuda_memory_usage")
     assert "CUDA Mem" in table and "Self CUDA Mem" in table and "16.00 KB" in table
     del keep
+
+
+# ----------------------------------------------------------------------------- cuda history
+
+def torch_snapshot_fields() -> dict:
+    """The fields of each TypedDict torch's `_snapshot` documents (Segment, Block, Frame,
+    TraceEntry), read from its docstring, and the trace actions it lists."""
+    doc = torch.cuda.memory._snapshot.__doc__
+    fields: dict = {}
+    for name, body in re.findall(r"class (\w+)\(TypedDict\):\n(.*?)(?=\n\s*class |\n\s*Args:)",
+                                 doc, re.S):
+        fields[name] = set(re.findall(r"^\s{12}(\w+):", body, re.M))
+    action_block = doc[doc.index("action: Literal"):doc.index("addr: int")]
+    fields["actions"] = set(re.findall(r'"(\w+)"', action_block))
+    return fields
+
+
+def test_memory_history_needs_a_gpu_as_in_torchs_cpu_build():
+    if kiln.cuda.is_available():
+        pytest.skip("a GPU (or the fake) is present")
+    for name in ("_record_memory_history", "_snapshot", "_dump_snapshot"):
+        if not torch.cuda.is_available():
+            with pytest.raises((RuntimeError, AttributeError)):
+                getattr(torch.cuda.memory, name)()
+        with pytest.raises(RuntimeError, match="no CUDA GPU is available"):
+            getattr(kiln.cuda.memory, name)()
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        kiln.cuda.memory_snapshot()
+
+
+@pytest.mark.gpu
+def test_memory_history_records_allocs_and_frees_in_torchs_structure(tmp_path):
+    torch_fields = torch_snapshot_fields()
+    kiln.cuda.memory._record_memory_history(max_entries=100_000)
+    try:
+        a = kiln.ones(64, 64, device="cuda")
+        b = a @ a; line = sys._getframe().f_lineno     # noqa: E702
+        del b
+        snapshot = kiln.cuda.memory._snapshot()
+    finally:
+        kiln.cuda.memory._record_memory_history(enabled=None)
+    assert set(snapshot) == {"segments", "device_traces"}
+    trace = snapshot["device_traces"][0]
+    actions = [e["action"] for e in trace]
+    assert set(actions) <= torch_fields["actions"]
+    assert actions[-4:] == ["alloc", "alloc", "free_requested", "free_completed"]
+    for entry in trace:
+        assert set(entry) <= torch_fields["TraceEntry"]
+        assert entry["size"] == 64 * 64 * 4
+        for frame in entry["frames"]:
+            assert set(frame) <= torch_fields["Frame"]
+    matmul = trace[-3]
+    assert {"filename": __file__, "line": line,
+            "name": "test_memory_history_records_allocs_and_frees_in_torchs_structure"} \
+        in matmul["frames"]
+    assert trace[-1]["addr"] == trace[-2]["addr"] == matmul["addr"]
+    for segment in snapshot["segments"]:
+        assert set(segment) <= torch_fields["Segment"] | {"device"}
+    path = tmp_path / "snapshot.pickle"
+    kiln.cuda.memory._dump_snapshot(str(path))
+    assert pickle.loads(path.read_bytes()) == snapshot
+    # stopped: nothing more is recorded
+    kiln.ones(8, device="cuda")
+    assert kiln.cuda.memory._snapshot()["device_traces"][0] == trace
+
+
+@pytest.mark.gpu
+def test_memory_history_keeps_the_newest_max_entries():
+    kiln.cuda.memory._record_memory_history(max_entries=2)
+    try:
+        kept = [kiln.ones(n, device="cuda") for n in (128, 256, 512)]
+        trace = kiln.cuda.memory._snapshot()["device_traces"][0]
+    finally:
+        kiln.cuda.memory._record_memory_history(enabled=None)
+    assert [e["size"] for e in trace] == [256 * 4, 512 * 4]
+    assert kiln.cuda.memory_snapshot() == kiln.cuda.memory._snapshot()["segments"]
+    with pytest.raises(ValueError, match="enabled='yes'"):
+        kiln.cuda.memory._record_memory_history(enabled="yes")
+    del kept
