@@ -20,8 +20,6 @@ import collections
 import pickle
 import sys
 
-from kiln.cuda import _require
-
 _STATE: dict = {"hook": None, "entered": False}   # the last hook, and whether it listens
 
 
@@ -85,6 +83,7 @@ def _record_memory_history(enabled: str | None = "all", context: str | None = "a
     keeping what was recorded for `_snapshot`). `max_entries` caps each device's trace,
     keeping the newest; `stacks="all"` or "python" keep the user's frames at each allocation
     (kiln has no C++ frames), `context=None` keeps none."""
+    from kiln.cuda import _require
     cp = _require("memory._record_memory_history")
     if enabled not in (None, False, "all", "state"):
         raise ValueError(f"_record_memory_history(enabled={enabled!r}): expected None, 'state' "
@@ -111,8 +110,8 @@ def _record_memory_history(enabled: str | None = "all", context: str | None = "a
 
 def _snapshot(device=None, augment_with_fx_traces: bool = False) -> dict:
     """The recorded state as torch's dict: `segments` and `device_traces`."""
+    from kiln.cuda import _require, device_count
     _require("memory._snapshot")
-    from kiln.cuda import device_count
     hook = _STATE["hook"]
     traces = [list(hook.traces.get(d, ())) if hook is not None else []
               for d in range(device_count())]
