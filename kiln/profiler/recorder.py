@@ -87,9 +87,9 @@ class Recording:
             self.events.append((name, category, start, end, duration - frame[0], shapes,
                                 self.local.tid))
             return
-        stack_ = memory.user_stack() if self.with_stack else None
+        user = memory.user_stack() if self.with_stack else None
         self.events.append((name, category, start, end, duration - frame[0], shapes,
-                            self.local.tid) + memory.close_frame(frame, stack) + (stack_,))
+                            self.local.tid) + memory.close_frame(frame, stack) + (user,))
 
 
 _ACTIVE: list = [None]       # the Recording hooks write to, or None
