@@ -19,7 +19,7 @@ import torch.profiler
 
 import kiln
 from kiln.ir.ops import P
-from kiln.profiler import ProfilerActivity, profile, record_function, recorder
+from kiln.profiler import ProfilerActivity, profile, recorder
 from kiln.tracer.dispatch import apply
 
 FRAME = re.compile(r"^.+\(\d+\): \S+$")          # "file.py(12): function"
