@@ -38,28 +38,41 @@ def _owner(array):
 
 def count_result(rec, frame: list, args, out, now: int) -> None:
     """Add the bytes `out` (a tensor or a tuple of them) newly holds to the op's `frame`, and
-    watch each new owner for its free."""
+    watch each new owner for its free. An input's owner not seen before was there when the
+    trace began (torch's "pre-existing" memory): it enters the timeline at the trace's start,
+    and its free is reported too."""
     results = out if isinstance(out, (tuple, list)) else (out,)
-    inputs = {id(_owner(a._data)) for a in args if isinstance(a, Tensor)}
+    inputs = set()
+    for a in args:
+        if isinstance(a, Tensor) and a.device.type != "meta":
+            owner = _owner(a._data)
+            inputs.add(id(owner))
+            if id(owner) not in rec.tracked and _watch(rec, owner, a.device):
+                rec.allocations.append((rec.origin_ns, int(owner.nbytes), str(a.device)))
     for t in results:
         if not isinstance(t, Tensor) or t.device.type == "meta":
             continue
         owner = _owner(t._data)
-        key = id(owner)
-        nbytes = int(getattr(owner, "nbytes", 0))
-        if key in inputs or key in rec.tracked or not nbytes:
+        if id(owner) in inputs or id(owner) in rec.tracked or not _watch(rec, owner, t.device):
             continue
-        on_device = t.device.type != "cpu"
-        device = str(t.device)
-        try:
-            ref = weakref.ref(owner, functools.partial(_freed, rec, key, nbytes, on_device,
-                                                       device))
-        except TypeError:          # a NumPy scalar: counted, its free not seen
-            ref = None
-        else:
-            rec.tracked[key] = ref
-        frame[3 if on_device else 1] += nbytes
-        rec.allocations.append((now, nbytes, device))
+        nbytes = int(owner.nbytes)
+        frame[1 if t.device.type == "cpu" else 3] += nbytes
+        rec.allocations.append((now, nbytes, str(t.device)))
+
+
+def _watch(rec, owner, device) -> bool:
+    """Watch `owner` for its free; False when it holds no bytes. An owner that refuses weak
+    references (a NumPy scalar) is counted without its free."""
+    nbytes = int(getattr(owner, "nbytes", 0))
+    if not nbytes:
+        return False
+    key = id(owner)
+    try:
+        rec.tracked[key] = weakref.ref(owner, functools.partial(
+            _freed, rec, key, nbytes, device.type != "cpu", str(device)))
+    except TypeError:
+        pass
+    return True
 
 
 def _freed(rec, key: int, nbytes: int, on_device: bool, device: str, ref) -> None:

@@ -4,8 +4,8 @@ torch writes `[times, sizes]`: times in microseconds since the epoch, and for ea
 of nine byte counts, one per category its memory profiler infers (slot 0 unused, then
 parameter, optimizer state, input, temporary, activation, gradient, autograd detail, and
 uncategorized last). kiln does not infer categories: every byte it counted is uncategorized.
-It counts what the ops allocated during the trace (see `kiln.profiler.memory`), from zero:
-arrays made before the trace began are not in it (torch adds them as pre-existing).
+It counts what the ops allocated during the trace (see `kiln.profiler.memory`), and, from the
+trace's start, the arrays the ops read that were there before (torch's pre-existing memory).
 """
 
 from __future__ import annotations
