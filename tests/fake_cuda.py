@@ -488,6 +488,59 @@ def _release(counter: list, size: int) -> None:
 
 
 _DEVICE_BYTES = 80 * 2 ** 30          # what the fake device says its memory is
+_HOOKS = threading.local()            # .hooks: name -> MemoryHook, per thread as in CuPy
+
+
+def _memory_hooks() -> dict:
+    hooks = getattr(_HOOKS, "hooks", None)
+    if hooks is None:
+        hooks = _HOOKS.hooks = {}
+    return hooks
+
+
+class MemoryHook:
+    """`cupy.cuda.MemoryHook`: `with hook:` tells it of each pool malloc and free on this
+    thread (`malloc_*`/`free_*` with CuPy's keyword arguments). The fake pool has no cudaMalloc
+    of its own, so `alloc_preprocess`/`alloc_postprocess` are never called; frees are told
+    of memory malloc'd while some hook was entered."""
+
+    name = "MemoryHook"
+
+    def __enter__(self):
+        hooks = _memory_hooks()
+        if self.name in hooks:
+            raise RuntimeError(f"MemoryHook {self.name} already exists")
+        hooks[self.name] = self
+        return self
+
+    def __exit__(self, *exc):
+        del _memory_hooks()[self.name]
+
+    def alloc_preprocess(self, **kwargs):
+        pass
+
+    def alloc_postprocess(self, **kwargs):
+        pass
+
+    def malloc_preprocess(self, **kwargs):
+        pass
+
+    def malloc_postprocess(self, **kwargs):
+        pass
+
+    def free_preprocess(self, **kwargs):
+        pass
+
+    def free_postprocess(self, **kwargs):
+        pass
+
+
+def _hooked_free(mem_size: int, ptr: int, pmem_id: int) -> None:
+    """Memory went back to the pool: the hooks of the thread that dropped it hear of it."""
+    hooks = tuple(_memory_hooks().values())
+    for stage in ("free_preprocess", "free_postprocess"):
+        for hook in hooks:
+            getattr(hook, stage)(device_id=0, mem_size=mem_size, mem_ptr=ptr, pmem_id=pmem_id)
 
 
 class FakeMemoryPool:
@@ -501,10 +554,20 @@ class FakeMemoryPool:
     def malloc(self, size: int) -> FakeMemory:
         # NumPy has made the array already; the allocator only learns its size (see
         # _note_allocation), as CuPy's would before making it
+        hooks = tuple(_memory_hooks().values())
+        mem_size = -(-int(size) // 512) * 512            # CuPy rounds to 512-byte units
+        for hook in hooks:
+            hook.malloc_preprocess(device_id=0, size=size, mem_size=mem_size)
         memory = FakeMemory(size)
         counter = self._malloced
         counter[0] += size
         weakref.finalize(memory, _release, counter, size)
+        if hooks:
+            ptr, pmem_id = memory.ptr, id(memory)
+            for hook in hooks:
+                hook.malloc_postprocess(device_id=0, size=size, mem_size=mem_size,
+                                        mem_ptr=ptr, pmem_id=pmem_id)
+            weakref.finalize(memory, _hooked_free, mem_size, ptr, pmem_id)
         return memory
 
     def used_bytes(self) -> int:
@@ -888,7 +951,7 @@ def _build_module() -> types.ModuleType:
                         Mark=_nvtx_mark),
         graph=_namespace("cupy.cuda.graph", Graph=FakeGraph),
         MemoryPool=FakeMemoryPool, using_allocator=using_allocator,
-        set_allocator=set_allocator, get_allocator=get_allocator,
+        set_allocator=set_allocator, get_allocator=get_allocator, MemoryHook=MemoryHook,
         Event=FakeEvent, get_elapsed_time=get_elapsed_time,
         is_available=lambda: True)
     cupy.is_available = lambda: True

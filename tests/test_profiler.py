@@ -413,9 +413,9 @@ def test_autograd_profiler_spelling():
 
 
 def test_cuda_activity_and_unrecorded_options_are_accepted():
-    with pytest.warns(UserWarning, match="profile_memory not recorded"):
+    with pytest.warns(UserWarning, match="with_flops not recorded"):
         prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                       profile_memory=True)
+                       with_flops=True)
     with prof:
         kiln.ones(2) + 1.0
     assert counts(prof) == {"kiln::full": 1, "kiln::add": 1}

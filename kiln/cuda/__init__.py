@@ -524,6 +524,7 @@ from kiln.cuda.memory import (MemPool, caching_allocator_alloc,  # noqa: E402,F4
                               caching_allocator_delete, get_allocator_backend,
                               memory_stats_as_nested_dict, reset_accumulated_memory_stats,
                               use_mem_pool)
+from kiln.cuda.memory_history import memory_snapshot  # noqa: E402,F401
 from kiln.torch_namespace import OutOfMemoryError  # noqa: E402,F401
 
 

@@ -8,7 +8,8 @@
 - `memory_stats_as_nested_dict()` nests `memory_stats()`'s dotted keys as PyTorch does;
   `reset_accumulated_memory_stats()` starts the peaks over.
 
-The pools are CuPy's; `get_allocator_backend()` says "native" (a caching allocator in the
+The allocation history (`_record_memory_history`, `_snapshot`, `_dump_snapshot`) is in
+`kiln.cuda.memory_history`. The pools are CuPy's; `get_allocator_backend()` says "native" (a caching allocator in the
 process, as PyTorch's native one is), never "cudaMallocAsync".
 """
 
@@ -96,3 +97,7 @@ def reset_accumulated_memory_stats(device=None) -> None:
 
 def get_allocator_backend() -> str:
     return "native"
+
+
+from kiln.cuda.memory_history import (_dump_snapshot, _record_memory_history,  # noqa: E402,F401
+                                      _snapshot, memory_snapshot)

@@ -4,6 +4,7 @@
 compiled call, with self and total CPU time, call counts and (record_shapes) input shapes;
 `key_averages().table(...)` prints them, `export_chrome_trace` writes a trace for
 chrome://tracing or Perfetto, and `schedule` with `prof.step()` records chosen training steps.
+`profile_memory` and `with_stack` add bytes and user frames per op (`kiln.profiler.memory`).
 While no profile records, kiln's dispatcher runs unchanged: the hooks are installed by
 `profile` and removed when it stops.
 """

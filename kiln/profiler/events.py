@@ -2,7 +2,11 @@
 
 Times are microseconds (floats), as PyTorch reports them. An event's total CPU time is its
 wall-clock duration on the thread that ran it; its self time is that less its direct children's
-(the ops and ranges that ran inside it).
+(the ops and ranges that ran inside it). With profile_memory, memory is in bytes: what an event
+and the events inside it allocated less what was freed meanwhile (`cpu_memory_usage`, and
+`device_memory_usage` for CuPy arrays), and its self part (`self_cpu_memory_usage`); frees
+are negative (see `kiln.profiler.memory`). With with_stack, `stack` is the user's Python
+frames at the event, innermost first.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ class FunctionEvent:
     """One recorded range: an op call, a record_function range, or a compiled call."""
 
     __slots__ = ("name", "category", "thread", "start_us", "cpu_time_total",
-                 "self_cpu_time_total", "input_shapes")
+                 "self_cpu_time_total", "input_shapes", "self_cpu_memory_usage",
+                 "cpu_memory_usage", "self_device_memory_usage", "device_memory_usage",
+                 "stack")
     count = 1
 
     def __init__(self, name: str, category: str, thread: int, start_us: float,
-                 cpu_time_total: float, self_cpu_time_total: float, input_shapes: list):
+                 cpu_time_total: float, self_cpu_time_total: float, input_shapes: list,
+                 memory: tuple = (0, 0, 0, 0), stack: list | None = None):
         self.name = name
         self.category = category        # "cpu_op", "user_annotation" or "kiln_compile"
         self.thread = thread            # the OS id of the thread that ran it
@@ -29,6 +36,9 @@ class FunctionEvent:
         self.cpu_time_total = cpu_time_total            # its duration
         self.self_cpu_time_total = self_cpu_time_total  # less its direct children's
         self.input_shapes = input_shapes                # per argument, [] if not a tensor
+        (self.self_cpu_memory_usage, self.cpu_memory_usage, self.self_device_memory_usage,
+         self.device_memory_usage) = memory             # bytes
+        self.stack = stack if stack is not None else []
 
     @property
     def key(self) -> str:
@@ -52,14 +62,19 @@ class FunctionEvent:
 class FunctionEventAvg:
     """The events of one key (and input shapes, when grouped by them), added up."""
 
-    __slots__ = ("key", "count", "cpu_time_total", "self_cpu_time_total", "input_shapes")
+    __slots__ = ("key", "count", "cpu_time_total", "self_cpu_time_total", "input_shapes",
+                 "self_cpu_memory_usage", "cpu_memory_usage", "self_device_memory_usage",
+                 "device_memory_usage", "stack")
 
-    def __init__(self, key: str, input_shapes: list | None = None):
+    def __init__(self, key: str, input_shapes: list | None = None, stack: list | None = None):
         self.key = key
         self.count = 0
         self.cpu_time_total = 0.0
         self.self_cpu_time_total = 0.0
         self.input_shapes = input_shapes if input_shapes is not None else []  # when grouped
+        self.self_cpu_memory_usage = self.cpu_memory_usage = 0
+        self.self_device_memory_usage = self.device_memory_usage = 0
+        self.stack = stack if stack is not None else []   # its first N frames, when grouped
 
     @property
     def cpu_time(self) -> float:
@@ -70,6 +85,10 @@ class FunctionEventAvg:
         self.count += event.count
         self.cpu_time_total += event.cpu_time_total
         self.self_cpu_time_total += event.self_cpu_time_total
+        self.self_cpu_memory_usage += event.self_cpu_memory_usage
+        self.cpu_memory_usage += event.cpu_memory_usage
+        self.self_device_memory_usage += event.self_device_memory_usage
+        self.device_memory_usage += event.device_memory_usage
         return self
 
     def __repr__(self) -> str:
@@ -80,25 +99,32 @@ class FunctionEventAvg:
 
 
 class EventList(list):
-    """A list of FunctionEvents (`prof.events()`) or of their averages (`key_averages()`)."""
+    """A list of FunctionEvents (`prof.events()`) or of their averages (`key_averages()`).
+    `profile_memory` says whether memory was recorded (the table shows its columns then)."""
+
+    def __init__(self, events=(), profile_memory: bool = False, with_stack: bool = False):
+        super().__init__(events)
+        self.profile_memory = profile_memory
+        self.with_stack = with_stack
 
     def key_averages(self, group_by_input_shape: bool = False,
                      group_by_stack_n: int = 0) -> EventList:
-        """One FunctionEventAvg per event name (and input shapes, if `group_by_input_shape`),
-        in order of first appearance. `group_by_stack_n` is accepted; stacks are not recorded.
-        """
+        """One FunctionEventAvg per event name (and input shapes, if `group_by_input_shape`;
+        and first `group_by_stack_n` stack frames, if that is positive), in order of first
+        appearance."""
         groups: dict = {}
         for event in self:
             key = event.key
             if key.startswith(STEP_PREFIX) and key[len(STEP_PREFIX):].isdigit():
                 key = STEP_KEY
             shapes = event.input_shapes if group_by_input_shape and event.input_shapes else []
-            group = (key, str(shapes)) if group_by_input_shape else key
+            frames = event.stack[:group_by_stack_n] if group_by_stack_n > 0 else []
+            group = (key, str(shapes) if group_by_input_shape else None, tuple(frames))
             avg = groups.get(group)
             if avg is None:
-                avg = groups[group] = FunctionEventAvg(key, input_shapes=shapes)
+                avg = groups[group] = FunctionEventAvg(key, input_shapes=shapes, stack=frames)
             avg.add(event)
-        return EventList(groups.values())
+        return EventList(groups.values(), self.profile_memory, self.with_stack)
 
     def total_average(self) -> FunctionEventAvg:
         total = FunctionEventAvg("Total")
@@ -116,16 +142,39 @@ class EventList(list):
               max_shapes_column_width: int = 80, header: str | None = None,
               top_level_events_only: bool = False) -> str:
         """The events as a text table (PyTorch's columns): Name, Self CPU %, Self CPU,
-        CPU total %, CPU total, CPU time avg, # of Calls, and Input Shapes when the rows have
-        them. Rows are sorted by `sort_by` (an attribute: cpu_time_total, self_cpu_time_total,
-        cpu_time, count), largest first, and cut at `row_limit`. `max_src_column_width` and
-        `top_level_events_only` are accepted and ignored (kiln records no stacks or parents)."""
+        CPU total %, CPU total, CPU time avg, CPU Mem and Self CPU Mem (with profile_memory;
+        CUDA Mem and Self CUDA Mem too when device memory was allocated), # of Calls, Input
+        Shapes when the rows have them, and Source Location when they have stacks (each
+        frame on a line of its own). Rows are sorted by `sort_by` (an attribute:
+        cpu_time_total, self_cpu_time_total, cpu_time, count, cpu_memory_usage,
+        self_cpu_memory_usage, ...), largest first, and cut at `row_limit`.
+        `top_level_events_only` is accepted and ignored (kiln keeps no parent links)."""
         return format_table(self, sort_by, row_limit, max_name_column_width,
-                            max_shapes_column_width, header)
+                            max_shapes_column_width, header,
+                            getattr(self, "profile_memory", False), max_src_column_width)
 
     def export_chrome_trace(self, path: str) -> None:
         from kiln.profiler.chrome_trace import write_chrome_trace
         write_chrome_trace(self, path)
+
+    def export_stacks(self, path: str, metric: str = "self_cpu_time_total") -> None:
+        """Write one line per event with a stack and a positive `metric`, as torch does:
+        its frames outermost first, joined by ";", a space, and the metric as an integer
+        (microseconds for times): the input of flamegraph.pl and speedscope."""
+        metric = metric.replace("cuda", "device")
+        if metric not in _STACK_METRICS:
+            raise ValueError(f"export_stacks(metric={metric!r}): metric should be one of "
+                             f"{', '.join(_STACK_METRICS)}")
+        if metric == "self_device_time_total":
+            raise NotImplementedError("export_stacks(metric='self_cuda_time_total'): kiln "
+                                      "does not measure device kernel times (no CUPTI)")
+        blank = str.maketrans(" ;\t\n", "____")
+        with open(path, "w") as f:
+            for event in self:
+                value = int(getattr(event, metric))
+                if event.stack and value > 0:
+                    frames = ";".join(s.translate(blank) for s in reversed(event.stack))
+                    f.write(f"{frames} {value}\n")
 
     def __str__(self) -> str:
         return self.table()
@@ -134,30 +183,31 @@ class EventList(list):
 def events_of(rec: Recording) -> EventList:
     """A finished Recording's events as FunctionEvents, in order of start time."""
     origin = rec.origin_ns
-    out = EventList()
+    out = EventList(profile_memory=rec.profile_memory, with_stack=rec.with_stack)
     # by start, and a range before what starts with it inside it
-    for name, category, start, end, self_ns, shapes, tid in sorted(
-            rec.events, key=lambda e: (e[2], -e[3])):
+    for event in sorted(rec.events, key=lambda e: (e[2], -e[3])):
+        name, category, start, end, self_ns, shapes, tid = event[:7]
         if category == OP:
             name = OP_PREFIX + name
+        extra = {"memory": event[7:11], "stack": event[11]} if len(event) > 7 else {}
         out.append(FunctionEvent(name, category, tid, (start - origin) / 1000,
                                  (end - start) / 1000, self_ns / 1000,
-                                 [list(s) for s in shapes] if shapes else []))
+                                 [list(s) for s in shapes] if shapes else [], **extra))
     return out
 
 
 # ----------------------------------------------------------------------------- the table
 
-_SORT_KEYS = ("cpu_time_total", "self_cpu_time_total", "cpu_time", "count")
+_SORT_KEYS = ("cpu_time_total", "self_cpu_time_total", "cpu_time", "count",
+              "cpu_memory_usage", "self_cpu_memory_usage", "device_memory_usage",
+              "self_device_memory_usage")
+_STACK_METRICS = ("self_cpu_time_total", "self_device_time_total")
 # PyTorch sort keys for what kiln does not measure, and what the table sorts by instead
 _UNMEASURED = {
     "cuda_time_total": "cpu_time_total", "device_time_total": "cpu_time_total",
     "self_cuda_time_total": "self_cpu_time_total",
     "self_device_time_total": "self_cpu_time_total",
     "cuda_time": "cpu_time", "device_time": "cpu_time",
-    "cpu_memory_usage": "cpu_time_total", "self_cpu_memory_usage": "self_cpu_time_total",
-    "cuda_memory_usage": "cpu_time_total", "self_cuda_memory_usage": "self_cpu_time_total",
-    "device_memory_usage": "cpu_time_total", "self_device_memory_usage": "self_cpu_time_total",
     "flops": "cpu_time_total",
 }
 _NUMBER_WIDTH = 12
@@ -178,9 +228,27 @@ def _fit(text: str, width: int) -> str:
     return text.rjust(width)
 
 
+def format_memory(nbytes: int) -> str:
+    """Bytes as the table prints them: 4.00 KB, 1.50 MB, -8.00 KB or 12 B (1 KB = 1024 B)."""
+    for unit, size in (("GB", 2 ** 30), ("MB", 2 ** 20), ("KB", 2 ** 10)):
+        if abs(nbytes) >= size:
+            return f"{nbytes / size:.2f} {unit}"
+    return f"{nbytes} B"
+
+
+def _fit_source(frame: str, width: int) -> str:
+    """A stack frame cut from the left to `width`, as torch trims paths."""
+    if len(frame) > width:
+        frame = "..." + frame[len(frame) - width + 3:]
+    return frame.ljust(width)
+
+
 def format_table(rows, sort_by: str | None, row_limit: int | None, max_name_width: int,
-                 max_shapes_width: int, header: str | None = None) -> str:
+                 max_shapes_width: int, header: str | None = None,
+                 profile_memory: bool = False, max_src_width: int = 75) -> str:
     note = None
+    if sort_by is not None:
+        sort_by = sort_by.replace("cuda_memory", "device_memory")
     if sort_by in _UNMEASURED:
         note = f"kiln does not measure {sort_by}; sorted by {_UNMEASURED[sort_by]} instead"
         sort_by = _UNMEASURED[sort_by]
@@ -199,12 +267,17 @@ def format_table(rows, sort_by: str | None, row_limit: int | None, max_name_widt
 
     names = [r.key for r in rows]
     name_width = min(max((len(n) for n in names), default=4) + 4, max_name_width)
-    widths = [max(name_width, 4)] + [_NUMBER_WIDTH] * 6
-    titles = ["Name", "Self CPU %", "Self CPU", "CPU total %", "CPU total", "CPU time avg",
-              "# of Calls"]
+    widths = [max(name_width, 4)] + [_NUMBER_WIDTH] * 5
+    titles = ["Name", "Self CPU %", "Self CPU", "CPU total %", "CPU total", "CPU time avg"]
     cells = [[r.key, percent(r.self_cpu_time_total), format_time(r.self_cpu_time_total),
-              percent(r.cpu_time_total), format_time(r.cpu_time_total), format_time(r.cpu_time),
-              str(r.count)] for r in rows]
+              percent(r.cpu_time_total), format_time(r.cpu_time_total), format_time(r.cpu_time)]
+             for r in rows]
+    if profile_memory:
+        _memory_columns(rows, titles, widths, cells)
+    titles.append("# of Calls")
+    widths.append(_NUMBER_WIDTH)
+    for row, r in zip(cells, rows):
+        row.append(str(r.count))
     if with_shapes:
         shapes = [str(r.input_shapes) for r in rows]
         widths.append(min(max(len(s) for s in shapes) + 4, max_shapes_width))
@@ -212,13 +285,40 @@ def format_table(rows, sort_by: str | None, row_limit: int | None, max_name_widt
         for row, s in zip(cells, shapes):
             row.append(s)
 
-    rule = "  ".join("-" * w for w in widths)
+    stacks = [r.stack for r in rows if r.stack]
+    src_width = min(max(len(f) for s in stacks for f in s) + 4, max_src_width) if stacks else 0
+    rule = "  ".join("-" * w for w in widths + ([src_width] if stacks else []))
     lines = []
     if header is not None:
         lines += ["=" * len(rule), header]
-    lines += [rule, "  ".join(_fit(t, w) for t, w in zip(titles, widths)), rule]
-    lines += ["  ".join(_fit(c, w) for c, w in zip(row, widths)) for row in cells]
+    head = "  ".join(_fit(t, w) for t, w in zip(titles, widths))
+    lines += [rule, head + ("  " + _fit_source("Source Location", src_width) if stacks else ""),
+              rule]
+    for r, row in zip(rows, cells):
+        line = "  ".join(_fit(c, w) for c, w in zip(row, widths))
+        if not stacks:
+            lines.append(line)
+            continue
+        lines.append(line + "  " + _fit_source(r.stack[0] if r.stack else "", src_width))
+        blank = "  ".join(" " * w for w in widths)
+        lines += [blank + "  " + _fit_source(f, src_width) for f in r.stack[1:]]
+        if r.stack:
+            lines.append(blank + "  " + " " * src_width)
     lines += [rule, f"Self CPU time total: {format_time(total_self)}"]
     if note is not None:
         lines.append(f"({note})")
     return "\n".join(lines) + "\n"
+
+
+def _memory_columns(rows: list, titles: list, widths: list, cells: list) -> None:
+    """Add CPU Mem and Self CPU Mem, and CUDA Mem and Self CUDA Mem when any row allocated
+    device memory, as torch's table shows them."""
+    columns = [("CPU Mem", "cpu_memory_usage"), ("Self CPU Mem", "self_cpu_memory_usage")]
+    if any(r.self_device_memory_usage > 0 for r in rows):
+        columns += [("CUDA Mem", "device_memory_usage"),
+                    ("Self CUDA Mem", "self_device_memory_usage")]
+    for title, attr in columns:
+        titles.append(title)
+        widths.append(max(_NUMBER_WIDTH, len(title)))
+        for row, r in zip(cells, rows):
+            row.append(format_memory(getattr(r, attr)))

@@ -52,8 +52,14 @@ class profile:
     softmax/log_softmax, max pooling and fused RNN cells have such fast paths; an optimizer's
     in-place updates, `fill_`, `zero_`, `copy_` and plain `x[i] = v` writes) show up only as
     time in the enclosing range's self time; wrap them in `record_function` to name them.
-    Memory (`profile_memory`), stacks, FLOPs and modules are not recorded; asking for them
-    warns.
+    FLOPs and modules are not recorded; asking for them warns.
+
+    With `profile_memory`, each op's event carries the bytes its result newly holds and the
+    frees that happen inside it (see `kiln.profiler.memory`: an op's temporaries are not
+    seen), the table gains CPU Mem / Self CPU Mem columns, and
+    `export_memory_timeline` writes them over time. With `with_stack`, each event carries the
+    user's Python frames (kiln's own left out): `export_stacks`, `key_averages(
+    group_by_stack_n=N)` and the table's Source Location column.
 
     Args:
         activities: ProfilerActivity.CPU and/or CUDA (both record CPU-side times).
@@ -61,6 +67,8 @@ class profile:
             follows `prof.step()` calls. Without, everything from start to stop is one trace.
         on_trace_ready: called with this profile when a trace finishes.
         record_shapes: record each op's input shapes (`key_averages(group_by_input_shape=True)`).
+        profile_memory: record the bytes each op allocates and frees.
+        with_stack: record the user's Python stack at each op.
     """
 
     def __init__(self, *, activities: Iterable[ProfilerActivity] | None = None,
@@ -78,18 +86,19 @@ class profile:
             if not isinstance(a, ProfilerActivity):
                 raise ValueError(f"profile(activities=...): {a!r} is not a ProfilerActivity; "
                                  "kiln profiles ProfilerActivity.CPU and ProfilerActivity.CUDA")
-        unrecorded = [name for name, on in (("profile_memory", profile_memory),
-                                            ("with_stack", with_stack),
-                                            ("with_flops", with_flops),
+        unrecorded = [name for name, on in (("with_flops", with_flops),
                                             ("with_modules", with_modules)) if on]
         if unrecorded:
             warnings.warn(f"kiln.profiler.profile: {', '.join(unrecorded)} not recorded; kiln "
-                          "records op times, call counts and input shapes", stacklevel=2)
+                          "records op times, call counts, input shapes, memory and stacks",
+                          stacklevel=2)
         self.activities = activities
         self.schedule = schedule if schedule is not None else always_record
         self.record_steps = schedule is not None     # "ProfilerStep#N" ranges
         self.on_trace_ready = on_trace_ready
         self.record_shapes = record_shapes
+        self.profile_memory = profile_memory
+        self.with_stack = with_stack
         self.step_num = 0
         self.current_action = None
         self._recording: recorder.Recording | None = None    # the trace being recorded
@@ -157,7 +166,8 @@ class profile:
                 self._finish_trace()
         if action in RECORDING:
             if self._recording is None:
-                self._recording = recorder.Recording(self.record_shapes)
+                self._recording = recorder.Recording(self.record_shapes, self.profile_memory,
+                                                     self.with_stack)
                 recorder.start(self._recording)
             if self.record_steps:
                 rec = self._recording
@@ -205,6 +215,24 @@ class profile:
     def export_chrome_trace(self, path: str) -> None:
         """Write the last finished trace to `path` as Chrome trace JSON."""
         self.events().export_chrome_trace(path)
+
+    def export_stacks(self, path: str, metric: str = "self_cpu_time_total") -> None:
+        """Write the last trace's stacks for a flame graph (see EventList.export_stacks)."""
+        if not self.with_stack:
+            raise RuntimeError("kiln.profiler: export_stacks() needs profile(with_stack=True)")
+        self.events().export_stacks(path, metric)
+
+    def export_memory_timeline(self, path: str, device: str | None = None) -> None:
+        """Write the bytes the last trace's ops held over time on `device` (default "cpu") as
+        torch's JSON: `[times_us, sizes]`, one row of sizes per time (see
+        `kiln.profiler.memory_timeline`)."""
+        from kiln.profiler.memory_timeline import write_memory_timeline
+        if not self.profile_memory:
+            raise RuntimeError("kiln.profiler: export_memory_timeline() needs "
+                               "profile(profile_memory=True)")
+        if self._finished is None:
+            raise RuntimeError("kiln.profiler: export_memory_timeline() before a trace finished")
+        write_memory_timeline(self._finished, path, device)
 
     @property
     def self_cpu_time_total(self) -> float:

@@ -8,8 +8,13 @@ timing wrapper around it, and `CompiledFunction.__call__` likewise; `stop` puts 
 Events are kept as plain tuples while recording, (name, category, start_ns, end_ns, self_ns,
 input shapes or None, thread id); `kiln.profiler.events` turns them into FunctionEvents afterwards.
 A range's self time is its duration less its direct children's, counted on the thread that ran
-it: each thread keeps a stack of open ranges, each frame a one-item list holding the time its
-children took so far.
+it: each thread keeps a stack of open ranges, each frame a list holding the time its children
+took so far (and, with profile_memory, the bytes it and its children allocated: see
+`kiln.profiler.memory`).
+
+With `profile_memory` or `with_stack`, a second wrapper (`_traced_dispatch`) goes in instead of
+`_timed_dispatch`, and events carry four more items: self and total bytes on the CPU, self and
+total bytes on the device, and the user's stack (or None). The plain wrapper stays as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import threading
 from time import perf_counter_ns
 
 from kiln.ir.ops import P
+from kiln.profiler import memory
 from kiln.tracer.tensor import Tensor
 
 # categories, as Chrome's trace viewer shows them
@@ -32,8 +38,14 @@ OP_PREFIX = "kiln::"               # an op event's name is "kiln::" + the primit
 class Recording:
     """The events of one trace, collected while it is the active one."""
 
-    def __init__(self, record_shapes: bool):
+    def __init__(self, record_shapes: bool, profile_memory: bool = False,
+                 with_stack: bool = False):
         self.record_shapes = record_shapes
+        self.profile_memory = profile_memory
+        self.with_stack = with_stack
+        self.extended = profile_memory or with_stack    # events carry memory and stacks
+        self.allocations: list = []      # (time_ns, bytes, device): + allocated, - freed
+        self.tracked: dict = {}          # id(array) -> weakref, for the arrays counted
         self.events: list[tuple] = []
         self.active = True
         self.origin_ns = perf_counter_ns()
@@ -50,7 +62,7 @@ class Recording:
 
     def open(self) -> tuple:
         """Open a range on this thread; returns the token `close` takes."""
-        frame = [0]
+        frame = [0, 0, 0, 0, 0]     # children's ns; self/children's cpu bytes; same on device
         self.thread_stack().append(frame)
         return frame, perf_counter_ns()
 
@@ -71,8 +83,13 @@ class Recording:
         duration = end - start
         if stack:
             stack[-1][0] += duration
+        if not self.extended:
+            self.events.append((name, category, start, end, duration - frame[0], shapes,
+                                self.local.tid))
+            return
+        user = memory.user_stack() if self.with_stack else None
         self.events.append((name, category, start, end, duration - frame[0], shapes,
-                            self.local.tid))
+                            self.local.tid) + memory.close_frame(frame, stack) + (user,))
 
 
 _ACTIVE: list = [None]       # the Recording hooks write to, or None
@@ -115,6 +132,36 @@ def _timed_dispatch(prim, args, attrs, device=None):
                                    rec.local.tid))
 
 
+def _traced_dispatch(prim, args, attrs, device=None):
+    """P.dispatch while recording memory or stacks: `_timed_dispatch`, plus the bytes the
+    op's result newly holds (and frees that happen inside it) and the user's stack."""
+    rec = _ACTIVE[0]
+    if rec is None:
+        return _SAVED["dispatch"](prim, args, attrs, device)
+    shapes = input_shapes(args) if rec.record_shapes else None
+    stack = rec.thread_stack()
+    frame = [0, 0, 0, 0, 0]
+    stack.append(frame)
+    start = perf_counter_ns()
+    out = None
+    try:
+        out = _SAVED["dispatch"](prim, args, attrs, device)
+        return out
+    finally:
+        end = perf_counter_ns()
+        if stack and stack[-1] is frame:
+            stack.pop()
+            duration = end - start
+            if stack:
+                stack[-1][0] += duration
+            if rec.active:
+                if rec.profile_memory and out is not None:
+                    memory.count_result(rec, frame, args, out, end)
+                user = memory.user_stack() if rec.with_stack else None
+                rec.events.append((prim.name, OP, start, end, duration - frame[0], shapes,
+                                   rec.local.tid) + memory.close_frame(frame, stack) + (user,))
+
+
 def _timed_compiled_call(self, *args, **kwargs):
     """CompiledFunction.__call__ while recording: one "kiln.compile: <name>" range per call,
     around the replay (or the first call's trace and compile, whose ops appear inside it)."""
@@ -141,7 +188,7 @@ def start(rec: Recording) -> None:
     _SAVED["dispatch"] = P.dispatch
     _SAVED["compiled_call"] = CompiledFunction.__call__
     _ACTIVE[0] = rec
-    P.dispatch = _timed_dispatch
+    P.dispatch = _traced_dispatch if rec.extended else _timed_dispatch
     CompiledFunction.__call__ = _timed_compiled_call
 
 
@@ -152,11 +199,12 @@ def stop(rec: Recording) -> None:
     if _ACTIVE[0] is not rec:
         return
     _ACTIVE[0] = None
-    if P.dispatch is _timed_dispatch:
+    wrapper = _traced_dispatch if rec.extended else _timed_dispatch
+    if P.dispatch is wrapper:
         P.dispatch = _SAVED["dispatch"]
     else:                  # a FLOP counter's wrapper went on above it: leave its chain whole
         from kiln.profiler import op_hooks
-        op_hooks.splice_out(_timed_dispatch, _SAVED["dispatch"])
+        op_hooks.splice_out(wrapper, _SAVED["dispatch"])
     if CompiledFunction.__call__ is _timed_compiled_call:
         CompiledFunction.__call__ = _SAVED["compiled_call"]
 
