@@ -31,7 +31,6 @@ EXCLUSIONS: dict[str, dict[str, str]] = {
         "copy_method_params": "internal helper of torch's rnn utils",
     },
     "optim": {
-        "SparseAdam": "needs sparse gradients (torch.sparse); kiln has no sparse tensors",
         "swap_in_optimizer_params_and_state": "internal helper for swapping parameter "
                                               "tensors in place (torch.__future__ option)",
     },
