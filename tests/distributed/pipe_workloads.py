@@ -1,0 +1,77 @@
+"""The pipelining tests' model and data, written once for kiln and for torch (`lib` is the
+`kiln` or `torch` module): a 4-block MLP cut into 2 or 4 stages, float64 weights and a batch
+of 8 rows drawn with numpy, so both frameworks start from the same numbers (torch sizes its
+receive buffers from the first microbatch, so the batch splits evenly: 4 x 2 rows)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SIZES = (5, 8, 8, 8, 3)     # in, hidden, hidden, hidden, out: one Linear per block
+BATCH, N_MICRO, STEPS, LR = 8, 4, 3, 0.1
+SCHEDULES = ("ScheduleGPipe", "Schedule1F1B")
+
+
+def blocks(lib) -> list:
+    """The four blocks, each Linear (+ Tanh except the last), with the shared weights."""
+    rng = np.random.default_rng(0)
+    out = []
+    for k, (fan_in, fan_out) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        linear = lib.nn.Linear(fan_in, fan_out).double()
+        linear.load_state_dict({
+            "weight": lib.tensor(rng.standard_normal((fan_out, fan_in)) / np.sqrt(fan_in)),
+            "bias": lib.tensor(rng.standard_normal(fan_out) * 0.1)})
+        layers = [linear] if k == len(SIZES) - 2 else [linear, lib.nn.Tanh()]
+        out.append(lib.nn.Sequential(*layers))
+    return out
+
+
+def stage_module(lib, stage: int, num_stages: int):
+    """Stage `stage`'s part of the model: its share of the four blocks, in order."""
+    per = len(SIZES) - 1
+    chunk = per // num_stages
+    return lib.nn.Sequential(*blocks(lib)[stage * chunk:(stage + 1) * chunk])
+
+
+def data(lib, step: int) -> tuple:
+    rng = np.random.default_rng(100 + step)
+    x = rng.standard_normal((BATCH, SIZES[0]))
+    y = rng.standard_normal((BATCH, SIZES[-1]))
+    return lib.tensor(x), lib.tensor(y)
+
+
+def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str, group=None) -> dict:
+    """STEPS SGD steps of one pipeline stage; what the stage saw, as numpy arrays: the last
+    stage's losses and merged outputs, every stage's first gradients and final weights; then
+    one forward-only step's output."""
+    module = stage_module(lib, stage_index, num_stages)
+    stage = pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
+                                     group=group)
+    sched = getattr(pipelining, schedule)(stage, N_MICRO, loss_fn=lib.nn.functional.mse_loss)
+    opt = lib.optim.SGD(module.parameters(), lr=LR)
+    res, last = {}, stage_index == num_stages - 1
+    for step in range(STEPS):
+        x, y = data(lib, step)
+        opt.zero_grad()
+        losses = []
+        if stage_index == 0:
+            out = sched.step(x, target=y if last else None, losses=losses)
+        else:
+            out = sched.step(target=y if last else None, losses=losses)
+        if last:
+            res[f"losses{step}"] = np.array([float(v.detach()) for v in losses])
+            res[f"output{step}"] = out.detach().numpy()
+        if step == 0:
+            res.update({f"grad/{k}": p.grad.numpy().copy()
+                        for k, p in module.named_parameters()})
+        opt.step()
+    res.update({f"param/{k}": v.detach().numpy().copy()
+                for k, v in module.state_dict().items()})
+    infer = getattr(pipelining, schedule)(
+        pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
+                                 group=group), N_MICRO)
+    x, _ = data(lib, STEPS)
+    out = infer.step(x) if stage_index == 0 else infer.step()
+    if last:
+        res["infer"] = out.detach().numpy()
+    return res
