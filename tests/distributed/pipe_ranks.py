@@ -1,6 +1,8 @@
 """Run by `mpiexec -n N` (N = 2 or 4) from tests/distributed/test_pipelining.py: each rank
 holds one stage of pipe_workloads' MLP, trains it with ScheduleGPipe and Schedule1F1B and
-writes what it saw, and the messages of the bad calls it tried, to OUT/rank<r>.npz."""
+writes what it saw to OUT/rank<r>.npz: also on a batch of 10 rows, which splits unevenly, and
+(on 4 ranks) as two 2-stage pipelines over process groups {0, 1} and {2, 3}; then the
+messages of the bad calls it tried."""
 
 from __future__ import annotations
 
@@ -57,6 +59,12 @@ def main() -> None:
         for schedule in W.SCHEDULES:
             got = W.train(kiln, pipelining, rank, n, schedule)
             res.update({f"{schedule}/{k}": v for k, v in got.items()})
+            got = W.train(kiln, pipelining, rank, n, schedule, batch=W.UNEVEN_BATCH)
+            res.update({f"uneven_{schedule}/{k}": v for k, v in got.items()})
+        if n == 4:
+            groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+            got = W.train(kiln, pipelining, rank % 2, 2, "Schedule1F1B", group=groups[rank // 2])
+            res.update({f"group_Schedule1F1B/{k}": v for k, v in got.items()})
         res.update(bad_calls(rank, n))
     except Exception:  # noqa: BLE001
         res["error:pipelining"] = np.array(traceback.format_exc())

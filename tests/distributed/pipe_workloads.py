@@ -9,6 +9,7 @@ import numpy as np
 
 SIZES = (5, 8, 8, 8, 3)     # in, hidden, hidden, hidden, out: one Linear per block
 BATCH, N_MICRO, STEPS, LR = 8, 4, 3, 0.1
+UNEVEN_BATCH = 10      # 3, 3, 2, 2 rows: kiln sends shapes ahead; torch cannot
 SCHEDULES = ("ScheduleGPipe", "Schedule1F1B")
 
 
@@ -33,17 +34,18 @@ def stage_module(lib, stage: int, num_stages: int):
     return lib.nn.Sequential(*blocks(lib)[stage * chunk:(stage + 1) * chunk])
 
 
-def data(lib, step: int) -> tuple:
+def data(lib, step: int, batch: int = BATCH) -> tuple:
     rng = np.random.default_rng(100 + step)
-    x = rng.standard_normal((BATCH, SIZES[0]))
-    y = rng.standard_normal((BATCH, SIZES[-1]))
+    x = rng.standard_normal((batch, SIZES[0]))
+    y = rng.standard_normal((batch, SIZES[-1]))
     return lib.tensor(x), lib.tensor(y)
 
 
-def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str, group=None) -> dict:
-    """STEPS SGD steps of one pipeline stage; what the stage saw, as numpy arrays: the last
-    stage's losses and merged outputs, every stage's first gradients and final weights; then
-    one forward-only step's output."""
+def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str,
+          batch: int = BATCH, group=None) -> dict:
+    """STEPS SGD steps of one pipeline stage on `batch` rows (over `group`); what the stage
+    saw, as numpy arrays: the last stage's losses and merged outputs, every stage's first
+    gradients and final weights; then one forward-only step's output."""
     module = stage_module(lib, stage_index, num_stages)
     stage = pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
                                      group=group)
@@ -51,7 +53,7 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str, gro
     opt = lib.optim.SGD(module.parameters(), lr=LR)
     res, last = {}, stage_index == num_stages - 1
     for step in range(STEPS):
-        x, y = data(lib, step)
+        x, y = data(lib, step, batch)
         opt.zero_grad()
         losses = []
         if stage_index == 0:
@@ -70,8 +72,39 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str, gro
     infer = getattr(pipelining, schedule)(
         pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
                                  group=group), N_MICRO)
-    x, _ = data(lib, STEPS)
+    x, _ = data(lib, STEPS, batch)
     out = infer.step(x) if stage_index == 0 else infer.step()
     if last:
         res["infer"] = out.detach().numpy()
+    return res
+
+
+def reference(lib, batch: int) -> dict:
+    """The whole model in one process, trained as the pipeline does: per microbatch
+    (tensor_split along dim 0) the mean loss's backward, the summed gradients divided by the
+    number of microbatches, then the SGD step. Keys as the last stage saves them, with the
+    parameters named by the whole model's block index."""
+    model = lib.nn.Sequential(*blocks(lib))
+    opt = lib.optim.SGD(model.parameters(), lr=LR)
+    res = {}
+    for step in range(STEPS):
+        x, y = data(lib, step, batch)
+        opt.zero_grad()
+        losses, outs = [], []
+        for xm, ym in zip(lib.tensor_split(x, N_MICRO), lib.tensor_split(y, N_MICRO)):
+            out = model(xm)
+            loss = lib.nn.functional.mse_loss(out, ym)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            outs.append(out.detach())
+        for p in model.parameters():
+            p.grad.div_(N_MICRO)
+        res[f"losses{step}"] = np.array(losses)
+        res[f"output{step}"] = lib.cat(outs).numpy()
+        if step == 0:
+            res.update({f"grad/{k}": p.grad.numpy().copy() for k, p in model.named_parameters()})
+        opt.step()
+    res.update({f"param/{k}": v.detach().numpy().copy() for k, v in model.state_dict().items()})
+    with lib.no_grad():
+        res["infer"] = model(data(lib, STEPS, batch)[0]).numpy()
     return res

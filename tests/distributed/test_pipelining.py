@@ -1,0 +1,166 @@
+"""Pipeline parallelism (`kiln.distributed.pipelining`). The same 4-block float64 MLP, cut into
+2 and into 4 stages, trains three SGD steps with ScheduleGPipe and Schedule1F1B on kiln ranks
+(tests/distributed/pipe_ranks.py under mpiexec) and on torch's own pipelining over gloo
+processes (pipe_torch_ranks.py): every stage's gradients and weights, the last stage's
+per-microbatch losses and merged outputs, and a forward-only step's output must agree (rtol
+1e-12; the two frameworks' matmuls round differently in the last bit). A batch that splits
+unevenly, which torch's pipelining cannot run, is checked against torch's whole model trained
+on the same microbatches in this process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed.pipelining
+
+import kiln
+from kiln.distributed import pipelining
+from tests.distributed import launch
+from tests.distributed import pipe_workloads as W
+
+RTOL, ATOL = 1e-12, 1e-14
+
+
+def _kiln_ranks(n: int, out: str) -> list[dict]:
+    return launch.section(launch.rank_outputs("pipe_ranks.py", n, out, timeout=180),
+                          "pipelining")
+
+
+def _torch_ranks(n: int, out: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, os.path.join(launch.HERE, "pipe_torch_ranks.py"),
+                           out, str(n)], env=launch.env(), capture_output=True, text=True,
+                          timeout=180, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [dict(np.load(os.path.join(out, f"torch_rank{r}.npz"))) for r in range(n)]
+
+
+def _cached(tmp_path_factory, run):
+    """run(n, out) for each n once, on first use."""
+    cache = {}
+
+    def get(n: int):
+        if n not in cache:
+            cache[n] = run(n, str(tmp_path_factory.mktemp(f"pipe{n}")))
+        return cache[n]
+    return get
+
+
+@pytest.fixture(scope="module")
+def kiln_runs(tmp_path_factory):
+    return _cached(tmp_path_factory, _kiln_ranks)
+
+
+@pytest.fixture(scope="module")
+def torch_runs(tmp_path_factory):
+    return _cached(tmp_path_factory, _torch_ranks)
+
+
+def _assert_same(got: dict, want: dict, what: str) -> None:
+    assert want and set(got) == set(want), f"{what}: {sorted(got)} != {sorted(want)}"
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=ATOL, err_msg=f"{what} {key}")
+
+
+@pytest.mark.parametrize("n", [2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("schedule", W.SCHEDULES)
+def test_training_matches_torch_pipelining(kiln_runs, torch_runs, n, schedule):
+    """(4 torch processes take about 40 s on two busy cores: marked slow.)"""
+    kiln_ranks, torch_ranks = kiln_runs(n), torch_runs(n)
+    for r in range(n):
+        want = launch.prefixed(torch_ranks[r], schedule)
+        _assert_same(launch.prefixed(kiln_ranks[r], schedule), want, f"{schedule} rank {r}/{n}")
+        assert ("losses0" in want) == (r == n - 1)
+
+
+def test_stages_over_process_groups_match_torch(kiln_runs, torch_runs):
+    """4 ranks as two 2-stage pipelines ({0, 1} and {2, 3}): each equals torch's 2-stage run."""
+    kiln_ranks, torch_two = kiln_runs(4), torch_runs(2)
+    for r in range(4):
+        _assert_same(launch.prefixed(kiln_ranks[r], "group_Schedule1F1B"),
+                     launch.prefixed(torch_two[r % 2], "Schedule1F1B"), f"group rank {r}")
+
+
+def _whole_model_names(stage_out: dict, stage: int, n: int) -> dict:
+    """A stage's saved keys with its parameter names ("0.0.weight") turned into the whole
+    model's ("2.0.weight" for stage 1 of 2)."""
+    chunk = (len(W.SIZES) - 1) // n
+    renamed = {}
+    for key, value in stage_out.items():
+        kind, _, name = key.partition("/")
+        if name:
+            block, rest = name.split(".", 1)
+            key = f"{kind}/{stage * chunk + int(block)}.{rest}"
+        renamed[key] = value
+    return renamed
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("schedule", W.SCHEDULES)
+def test_uneven_microbatches_match_torch_whole_model(kiln_runs, n, schedule):
+    """10 rows in 4 microbatches (3, 3, 2, 2): the shapes travel in kiln's headers."""
+    kiln_ranks = kiln_runs(n)
+    want = W.reference(torch, W.UNEVEN_BATCH)
+    got = {}
+    for r in range(n):
+        got.update(_whole_model_names(launch.prefixed(kiln_ranks[r], f"uneven_{schedule}"), r, n))
+    _assert_same(got, want, f"uneven {schedule} on {n} stages")
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_bad_calls_say_what_is_wrong(kiln_runs, n):
+    kiln_ranks = kiln_runs(n)
+    expected = {
+        "index_out_of_range": f"ValueError: PipelineStage: stage_index {n} is out of range of "
+                              f"{n} stages",
+        "too_few_stages": f"RuntimeError: PipelineStage: pipeline group size {n} cannot be "
+                          f"larger than the number of stages {n - 1}",
+        "too_many_stages": f"NotImplementedError: PipelineStage: {n + 1} stages on {n} ranks "
+                           "needs several stages per rank",
+        "wrong_rank": "ValueError: PipelineStage: rank {r} of the pipeline group must hold "
+                      "stage {r}",
+        "few_microbatches": f"ValueError: Schedule1F1B: the number of microbatches ({n - 1}) "
+                            f"must be at least the number of stages ({n})",
+        "tracer": "NotImplementedError: pipeline(): kiln has no model tracer",
+    }
+    for r, got in enumerate(kiln_ranks):
+        errors = launch.prefixed(got, "error")
+        for name, message in expected.items():
+            assert str(errors[name]).startswith(message.format(r=r)), (name, errors[name])
+    assert "needs the batch" in str(launch.prefixed(kiln_ranks[0], "error")["no_batch"])
+    last = launch.prefixed(kiln_ranks[-1], "error")
+    assert "pass target=" in str(last["no_target"])
+    assert "has no loss_fn" in str(last["no_loss_fn"])
+
+
+def test_microbatch_split_follows_torch_tensor_split():
+    x = np.arange(30.0).reshape(10, 3)
+    args, kwargs = pipelining.split_args_kwargs_into_chunks(
+        (kiln.tensor(x), 7), {"mask": kiln.tensor(x.T)}, 4,
+        kwargs_chunk_spec=pipelining.TensorChunkSpec.from_dict({"mask": 1}))
+    want = torch.tensor_split(torch.tensor(x), 4)
+    want_mask = torch.tensor_split(torch.tensor(x.T), 4, 1)
+    assert len(args) == len(kwargs) == 4
+    for (a, seven), kw, w, wm in zip(args, kwargs, want, want_mask):
+        np.testing.assert_array_equal(a.numpy(), w.numpy())
+        np.testing.assert_array_equal(kw["mask"].numpy(), wm.numpy())
+        assert seven == 7
+    merged = pipelining.merge_chunks([a for a, _ in args])
+    np.testing.assert_array_equal(merged.numpy(), torch.cat(want).numpy())
+
+
+def test_microbatch_split_needs_enough_rows():
+    with pytest.raises(ValueError, match=r"shape \[3, 2\] into 4 microbatches"):
+        pipelining.split_args_kwargs_into_chunks((kiln.zeros(3, 2),), None, 4)
+
+
+def test_tracer_front_end_points_to_the_manual_stages():
+    assert {p.name for p in pipelining.SplitPoint} == {p.name for p in
+                                                       torch.distributed.pipelining.SplitPoint}
+    with pytest.raises(NotImplementedError, match="PipelineStage"):
+        pipelining.pipeline(kiln.nn.Linear(2, 2), (kiln.zeros(1, 2),),
+                            split_spec={"layers.1": pipelining.SplitPoint.BEGINNING})
