@@ -1,8 +1,8 @@
 """Run by `mpiexec -n N` (N = 2 or 4) from tests/distributed/test_pipelining.py: each rank
-holds one stage of pipe_workloads' MLP, trains it with ScheduleGPipe and Schedule1F1B and
-writes what it saw to OUT/rank<r>.npz: also on a batch of 10 rows, which splits unevenly, and
-(on 4 ranks) as two 2-stage pipelines over process groups {0, 1} and {2, 3}; then the
-messages of the bad calls it tried."""
+holds one stage of pipe_workloads' MLP, trains it with ScheduleGPipe and Schedule1F1B, also on
+a batch of 10 rows (which splits unevenly), on 2 ranks also a model with a tuple activation and
+on 4 ranks as two 2-stage pipelines over process groups {0, 1} and {2, 3}, and writes what it
+saw, with the messages of the bad calls it tried, to OUT/rank<r>.npz."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main() -> None:
     rank, n = dist.get_rank(), dist.get_world_size()
     res = {}
     try:
-        for schedule in W.SCHEDULES:
+        for schedule in W.SCHEDULES + ((W.TUPLE,) if n == 2 else ()):
             got = W.train(kiln, pipelining, rank, n, schedule)
             res.update({f"{schedule}/{k}": v for k, v in got.items()})
             got = W.train(kiln, pipelining, rank, n, schedule, batch=W.UNEVEN_BATCH)

@@ -18,7 +18,7 @@ def rank_main(rank: int, world: int, store: str, out: str) -> None:
     from tests.distributed import pipe_workloads as W
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     res = {}
-    for schedule in W.SCHEDULES:
+    for schedule in W.SCHEDULES + ((W.TUPLE,) if world == 2 else ()):
         got = W.train(torch, pipelining, rank, world, schedule)
         res.update({f"{schedule}/{k}": v for k, v in got.items()})
     np.savez(os.path.join(out, f"torch_rank{rank}.npz"), **res)

@@ -11,6 +11,7 @@ SIZES = (5, 8, 8, 8, 3)     # in, hidden, hidden, hidden, out: one Linear per bl
 BATCH, N_MICRO, STEPS, LR = 8, 4, 3, 0.1
 UNEVEN_BATCH = 10      # 3, 3, 2, 2 rows: kiln sends shapes ahead; torch cannot
 SCHEDULES = ("ScheduleGPipe", "Schedule1F1B")
+TUPLE = "tuple_ScheduleGPipe"   # tuple_stage's model (2 stages) under ScheduleGPipe
 
 
 def blocks(lib) -> list:
@@ -34,6 +35,38 @@ def stage_module(lib, stage: int, num_stages: int):
     return lib.nn.Sequential(*blocks(lib)[stage * chunk:(stage + 1) * chunk])
 
 
+def tuple_stage(lib, stage: int):
+    """A 2-stage model whose activation is a tuple: stage 0 returns (tanh(a(x)), b(x)), stage 1
+    takes both, c(h) + skip."""
+    rng = np.random.default_rng(1)
+
+    def linear(fan_in, fan_out):
+        layer = lib.nn.Linear(fan_in, fan_out).double()
+        layer.load_state_dict({
+            "weight": lib.tensor(rng.standard_normal((fan_out, fan_in)) / np.sqrt(fan_in)),
+            "bias": lib.tensor(rng.standard_normal(fan_out) * 0.1)})
+        return layer
+
+    class Split(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = linear(SIZES[0], SIZES[1]), linear(SIZES[0], SIZES[-1])
+
+        def forward(self, x):
+            return self.a(x).tanh(), self.b(x)
+
+    class Join(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = linear(SIZES[1], SIZES[-1])
+
+        def forward(self, h, skip):
+            return self.c(h) + skip
+
+    modules = Split(), Join()
+    return modules[stage]
+
+
 def data(lib, step: int, batch: int = BATCH) -> tuple:
     rng = np.random.default_rng(100 + step)
     x = rng.standard_normal((batch, SIZES[0]))
@@ -46,10 +79,11 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str,
     """STEPS SGD steps of one pipeline stage on `batch` rows (over `group`); what the stage
     saw, as numpy arrays: the last stage's losses and merged outputs, every stage's first
     gradients and final weights; then one forward-only step's output."""
-    module = stage_module(lib, stage_index, num_stages)
+    module = (tuple_stage(lib, stage_index) if schedule == TUPLE
+              else stage_module(lib, stage_index, num_stages))
     stage = pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
                                      group=group)
-    sched = getattr(pipelining, schedule)(stage, N_MICRO, loss_fn=lib.nn.functional.mse_loss)
+    sched = getattr(pipelining, schedule.replace(TUPLE, "ScheduleGPipe"))(stage, N_MICRO, loss_fn=lib.nn.functional.mse_loss)
     opt = lib.optim.SGD(module.parameters(), lr=LR)
     res, last = {}, stage_index == num_stages - 1
     for step in range(STEPS):
@@ -69,7 +103,7 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str,
         opt.step()
     res.update({f"param/{k}": v.detach().numpy().copy()
                 for k, v in module.state_dict().items()})
-    infer = getattr(pipelining, schedule)(
+    infer = getattr(pipelining, schedule.replace(TUPLE, "ScheduleGPipe"))(
         pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
                                  group=group), N_MICRO)
     x, _ = data(lib, STEPS, batch)

@@ -77,6 +77,15 @@ def test_training_matches_torch_pipelining(kiln_runs, torch_runs, n, schedule):
         assert ("losses0" in want) == (r == n - 1)
 
 
+def test_tuple_activations_match_torch_pipelining(kiln_runs, torch_runs):
+    """Stage 0 sends two tensors (one header, two messages); stage 1 takes both as arguments
+    and sends both gradients back."""
+    kiln_ranks, torch_ranks = kiln_runs(2), torch_runs(2)
+    for r in range(2):
+        _assert_same(launch.prefixed(kiln_ranks[r], W.TUPLE),
+                     launch.prefixed(torch_ranks[r], W.TUPLE), f"tuple rank {r}")
+
+
 def test_stages_over_process_groups_match_torch(kiln_runs, torch_runs):
     """4 ranks as two 2-stage pipelines ({0, 1} and {2, 3}): each equals torch's 2-stage run."""
     kiln_ranks, torch_two = kiln_runs(4), torch_runs(2)
