@@ -1,8 +1,9 @@
 """Run by `mpiexec -n N` (N = 2 or 4) from tests/distributed/test_pipelining.py: each rank
 holds one stage of pipe_workloads' MLP, trains it with ScheduleGPipe and Schedule1F1B, also on
-a batch of 10 rows (which splits unevenly), on 2 ranks also a model with a tuple activation and
-on 4 ranks as two 2-stage pipelines over process groups {0, 1} and {2, 3}, and writes what it
-saw, with the messages of the bad calls it tried, to OUT/rank<r>.npz."""
+a batch of 10 rows (which splits unevenly), also a model cut by pipeline() (split_spec), on 2
+ranks a model with a tuple activation and on 4 ranks two 2-stage pipelines over process groups
+{0, 1} and {2, 3}; it writes what it saw, with the messages of the bad calls it tried, to
+OUT/rank<r>.npz."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def bad_calls(rank: int, n: int) -> dict:
         "too_many_stages": lambda: pipelining.PipelineStage(module, rank, n + 1, "cpu"),
         "wrong_rank": lambda: pipelining.PipelineStage(module, (rank + 1) % n, n, "cpu"),
         "few_microbatches": lambda: pipelining.Schedule1F1B(stage, n - 1, loss_fn=mse),
-        "tracer": lambda: pipelining.pipeline(module, (x,), split_spec={}),
+        "split_spec": lambda: pipelining.pipeline(
+            module, (x,), split_spec={"nope": pipelining.SplitPoint.BEGINNING}),
     }
     if rank == 0:
         calls["no_batch"] = lambda: pipelining.ScheduleGPipe(stage, 2, loss_fn=mse).step()
@@ -61,6 +63,9 @@ def main() -> None:
             res.update({f"{schedule}/{k}": v for k, v in got.items()})
             got = W.train(kiln, pipelining, rank, n, schedule, batch=W.UNEVEN_BATCH)
             res.update({f"uneven_{schedule}/{k}": v for k, v in got.items()})
+        for schedule in W.SCHEDULES:
+            got = W.train(kiln, pipelining, rank, n, "traced_" + schedule)
+            res.update({f"traced_{schedule}/{k}": v for k, v in got.items()})
         if n == 4:
             groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
             got = W.train(kiln, pipelining, rank % 2, 2, "Schedule1F1B", group=groups[rank // 2])

@@ -67,6 +67,39 @@ def tuple_stage(lib, stage: int):
     return modules[stage]
 
 
+def traced_model(lib):
+    """The four blocks in a ModuleDict (as torch's pipelining tutorial holds its layers) plus
+    a skip connection from the input to the output, which pipeline() must carry through every
+    stage in between."""
+    rng = np.random.default_rng(2)
+    skip = lib.nn.Linear(SIZES[0], SIZES[-1]).double()
+    skip.load_state_dict({"weight": lib.tensor(rng.standard_normal((SIZES[-1], SIZES[0]))),
+                          "bias": lib.tensor(rng.standard_normal(SIZES[-1]))})
+
+    class Net(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = lib.nn.ModuleDict({str(k): b for k, b in enumerate(blocks(lib))})
+            self.skip = skip
+
+        def forward(self, x):
+            h = x
+            for layer in self.layers.values():
+                h = layer(h)
+            return h + self.skip(x)
+    return Net()
+
+
+def traced_pipe(lib, pipelining, num_stages: int):
+    """traced_model cut by pipeline() at the first block of each stage."""
+    chunk = (len(SIZES) - 1) // num_stages
+    spec = {f"layers.{k * chunk}": pipelining.SplitPoint.BEGINNING for k in range(1, num_stages)}
+    x = data(lib, 0)[0]
+    pipe = pipelining.pipeline(traced_model(lib), (x[:BATCH // N_MICRO],), split_spec=spec)
+    assert pipe.num_stages == num_stages
+    return pipe
+
+
 def data(lib, step: int, batch: int = BATCH) -> tuple:
     rng = np.random.default_rng(100 + step)
     x = rng.standard_normal((batch, SIZES[0]))
@@ -79,11 +112,17 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str,
     """STEPS SGD steps of one pipeline stage on `batch` rows (over `group`); what the stage
     saw, as numpy arrays: the last stage's losses and merged outputs, every stage's first
     gradients and final weights; then one forward-only step's output."""
-    module = (tuple_stage(lib, stage_index) if schedule == TUPLE
-              else stage_module(lib, stage_index, num_stages))
+    if schedule == TUPLE:
+        module = tuple_stage(lib, stage_index)
+    elif schedule.startswith("traced_"):
+        pipe = traced_pipe(lib, pipelining, num_stages)
+        module = pipe.build_stage(stage_index, lib.device("cpu"), group=group).submod
+    else:
+        module = stage_module(lib, stage_index, num_stages)
+    schedule = schedule.replace(TUPLE, "ScheduleGPipe").replace("traced_", "")
     stage = pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
                                      group=group)
-    sched = getattr(pipelining, schedule.replace(TUPLE, "ScheduleGPipe"))(stage, N_MICRO, loss_fn=lib.nn.functional.mse_loss)
+    sched = getattr(pipelining, schedule)(stage, N_MICRO, loss_fn=lib.nn.functional.mse_loss)
     opt = lib.optim.SGD(module.parameters(), lr=LR)
     res, last = {}, stage_index == num_stages - 1
     for step in range(STEPS):
@@ -103,7 +142,7 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str,
         opt.step()
     res.update({f"param/{k}": v.detach().numpy().copy()
                 for k, v in module.state_dict().items()})
-    infer = getattr(pipelining, schedule.replace(TUPLE, "ScheduleGPipe"))(
+    infer = getattr(pipelining, schedule)(
         pipelining.PipelineStage(module, stage_index, num_stages, lib.device("cpu"),
                                  group=group), N_MICRO)
     x, _ = data(lib, STEPS, batch)
@@ -113,12 +152,12 @@ def train(lib, pipelining, stage_index: int, num_stages: int, schedule: str,
     return res
 
 
-def reference(lib, batch: int) -> dict:
+def reference(lib, batch: int, model=None) -> dict:
     """The whole model in one process, trained as the pipeline does: per microbatch
     (tensor_split along dim 0) the mean loss's backward, the summed gradients divided by the
     number of microbatches, then the SGD step. Keys as the last stage saves them, with the
     parameters named by the whole model's block index."""
-    model = lib.nn.Sequential(*blocks(lib))
+    model = model or lib.nn.Sequential(*blocks(lib))
     opt = lib.optim.SGD(model.parameters(), lr=LR)
     res = {}
     for step in range(STEPS):

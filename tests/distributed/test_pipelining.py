@@ -121,6 +121,20 @@ def test_uneven_microbatches_match_torch_whole_model(kiln_runs, n, schedule):
 
 
 @pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("schedule", W.SCHEDULES)
+def test_pipeline_split_spec_matches_torch_whole_model(kiln_runs, n, schedule):
+    """pipeline(model, split_spec={"layers.k": SplitPoint.BEGINNING}) on a ModuleDict model
+    with a skip connection from the input to the output (carried through the middle stages);
+    the stage GraphModules keep the whole model's parameter names."""
+    kiln_ranks = kiln_runs(n)
+    want = W.reference(torch, W.BATCH, W.traced_model(torch))
+    got = {}
+    for r in range(n):
+        got.update(launch.prefixed(kiln_ranks[r], f"traced_{schedule}"))
+    _assert_same(got, want, f"pipeline() {schedule} on {n} stages")
+
+
+@pytest.mark.parametrize("n", [2, 4])
 def test_bad_calls_say_what_is_wrong(kiln_runs, n):
     kiln_ranks = kiln_runs(n)
     expected = {
@@ -134,7 +148,8 @@ def test_bad_calls_say_what_is_wrong(kiln_runs, n):
                       "stage {r}",
         "few_microbatches": f"ValueError: Schedule1F1B: the number of microbatches ({n - 1}) "
                             f"must be at least the number of stages ({n})",
-        "tracer": "NotImplementedError: pipeline(): kiln has no model tracer",
+        "split_spec": "ValueError: pipeline(): split_spec names 'nope', which is not a "
+                      "submodule of Sequential",
     }
     for r, got in enumerate(kiln_ranks):
         errors = launch.prefixed(got, "error")
@@ -167,9 +182,49 @@ def test_microbatch_split_needs_enough_rows():
         pipelining.split_args_kwargs_into_chunks((kiln.zeros(3, 2),), None, 4)
 
 
-def test_tracer_front_end_points_to_the_manual_stages():
-    assert {p.name for p in pipelining.SplitPoint} == {p.name for p in
-                                                       torch.distributed.pipelining.SplitPoint}
-    with pytest.raises(NotImplementedError, match="PipelineStage"):
-        pipelining.pipeline(kiln.nn.Linear(2, 2), (kiln.zeros(1, 2),),
-                            split_spec={"layers.1": pipelining.SplitPoint.BEGINNING})
+def test_pipeline_stages_chained_equal_the_whole_model():
+    """pipeline()'s stage modules run one after the other in one process: torch's whole model's
+    output and gradients, for each cut of traced_model into 2 and 4 stages."""
+    x = W.data(kiln, 0)[0]
+    want_model = W.traced_model(torch)
+    want = want_model(torch.tensor(x.numpy()))
+    want.sum().backward()
+    for n in (2, 4):
+        pipe = W.traced_pipe(kiln, pipelining, n)
+        stages = [pipe.get_stage_module(s) for s in range(n)]
+        h = stages[0](x)
+        for stage in stages[1:]:
+            h = stage(*h) if isinstance(h, tuple) else stage(h)
+        np.testing.assert_allclose(h.detach().numpy(), want.detach().numpy(), rtol=RTOL,
+                                   atol=ATOL)
+        h.sum().backward()
+        grads = {k: p.grad.numpy() for s in stages for k, p in s.named_parameters()}
+        assert set(grads) == {k for k, _ in want_model.named_parameters()}
+        for k, p in want_model.named_parameters():
+            np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=RTOL, atol=ATOL,
+                                       err_msg=k)
+
+
+def test_pipeline_refuses_what_it_cannot_split():
+    assert {p.name for p in pipelining.SplitPoint} == {
+        p.name for p in torch.distributed.pipelining.SplitPoint}
+    model = W.traced_model(kiln)
+    x = kiln.zeros(2, W.SIZES[0], dtype=kiln.float64)
+    with pytest.raises(ValueError, match="'layers.9', which is not a submodule"):
+        pipelining.pipeline(model, (x,), split_spec={"layers.9": pipelining.SplitPoint.END})
+    with pytest.raises(TypeError, match="must be a SplitPoint"):
+        pipelining.pipeline(model, (x,), split_spec={"layers.1": "beginning"})
+    with pytest.raises(NotImplementedError, match="split_spec"):
+        pipelining.pipe_split()
+
+    class Tied(kiln.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = kiln.nn.Linear(3, 3), kiln.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.b(self.a(x)) * self.a.weight.sum()
+
+    with pytest.raises(NotImplementedError, match="share a parameter between stages"):
+        pipelining.pipeline(Tied(), (kiln.zeros(1, 3),),
+                            split_spec={"b": pipelining.SplitPoint.BEGINNING})
