@@ -1,9 +1,9 @@
 """Run by `mpiexec -n N` (N = 2 or 4) from tests/distributed/test_pipelining.py: each rank
 holds one stage of pipe_workloads' MLP, trains it with ScheduleGPipe and Schedule1F1B, also on
-a batch of 10 rows (which splits unevenly), also a model cut by pipeline() (split_spec), on 2
-ranks a model with a tuple activation and on 4 ranks two 2-stage pipelines over process groups
-{0, 1} and {2, 3}; it writes what it saw, with the messages of the bad calls it tried, to
-OUT/rank<r>.npz."""
+a batch of 10 rows (which splits unevenly), also a model cut by pipeline() (split_spec); on 2
+ranks a model with a tuple activation and the pipelining tutorial's Transformer, on 4 ranks two
+2-stage pipelines over process groups {0, 1} and {2, 3}. It writes what it saw, with the
+messages of the bad calls it tried, to OUT/rank<r>.npz."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def main() -> None:
             groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
             got = W.train(kiln, pipelining, rank % 2, 2, "Schedule1F1B", group=groups[rank // 2])
             res.update({f"group_Schedule1F1B/{k}": v for k, v in got.items()})
+        if n == 2:
+            res.update({f"tutorial/{k}": v for k, v in W.tutorial(kiln, pipelining, rank).items()})
         res.update(bad_calls(rank, n))
     except Exception:  # noqa: BLE001
         res["error:pipelining"] = np.array(traceback.format_exc())

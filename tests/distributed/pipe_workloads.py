@@ -181,3 +181,65 @@ def reference(lib, batch: int, model=None) -> dict:
     with lib.no_grad():
         res["infer"] = model(data(lib, STEPS, batch)[0]).numpy()
     return res
+
+
+VOCAB, MODEL_DIM, LAYERS = 10, 16, 4
+
+
+def tutorial_model(lib):
+    """torch's pipelining tutorial's Transformer, small: token embedding, four
+    TransformerDecoderLayers in a ModuleDict, LayerNorm, output projection; float64, every
+    state-dict entry drawn with numpy."""
+
+    class Transformer(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok_embeddings = lib.nn.Embedding(VOCAB, MODEL_DIM)
+            self.layers = lib.nn.ModuleDict({str(i): lib.nn.TransformerDecoderLayer(
+                MODEL_DIM, 2, dim_feedforward=32, dropout=0.0) for i in range(LAYERS)})
+            self.norm = lib.nn.LayerNorm(MODEL_DIM)
+            self.output = lib.nn.Linear(MODEL_DIM, VOCAB)
+
+        def forward(self, tokens):
+            h = self.tok_embeddings(tokens)
+            for layer in self.layers.values():
+                h = layer(h, h)
+            return self.output(self.norm(h)).clone()
+
+    model = Transformer().double()
+    rng = np.random.default_rng(3)
+    model.load_state_dict({k: lib.tensor(rng.standard_normal(tuple(v.shape)) * 0.3)
+                           for k, v in model.state_dict().items()})
+    return model
+
+
+def tutorial(lib, pipelining, stage_index: int) -> dict:
+    """The tutorial's loop on 2 stages cut at layers.2 by pipeline(): STEPS SGD steps with
+    ScheduleGPipe and a token-wise cross entropy; the last stage's losses and outputs, every
+    stage's final weights."""
+    rng = np.random.default_rng(4)
+    tokens = lib.tensor(rng.integers(0, VOCAB, (BATCH, 6)))
+    target = lib.tensor(rng.integers(0, VOCAB, (BATCH, 6)))
+    pipe = pipelining.pipeline(tutorial_model(lib), (tokens[:BATCH // N_MICRO],),
+                               split_spec={"layers.2": pipelining.SplitPoint.BEGINNING})
+    stage = pipe.build_stage(stage_index, lib.device("cpu"))
+
+    def tokenwise_loss_fn(outputs, targets):
+        return lib.nn.functional.cross_entropy(outputs.reshape(-1, VOCAB), targets.reshape(-1))
+
+    schedule = pipelining.ScheduleGPipe(stage, N_MICRO, loss_fn=tokenwise_loss_fn)
+    opt = lib.optim.SGD(stage.submod.parameters(), lr=LR)
+    res = {}
+    for step in range(STEPS):
+        opt.zero_grad()
+        if stage_index == 0:
+            schedule.step(tokens)
+        else:
+            losses = []
+            out = schedule.step(target=target, losses=losses)
+            res[f"losses{step}"] = np.array([float(v.detach()) for v in losses])
+            res[f"output{step}"] = out.detach().numpy()
+        opt.step()
+    res.update({f"param/{k}": v.detach().numpy().copy()
+                for k, v in stage.submod.named_parameters()})
+    return res
