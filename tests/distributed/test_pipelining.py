@@ -172,6 +172,46 @@ def test_bad_calls_say_what_is_wrong(kiln_runs, n):
     assert "has no loss_fn" in str(last["no_loss_fn"])
 
 
+@pytest.fixture
+def one_rank(monkeypatch):
+    """A world of one rank in this process (no mpiexec), taken down afterwards."""
+    launch.mpi_or_skip()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    kiln.distributed.init_process_group()
+    yield
+    kiln.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("schedule", W.SCHEDULES)
+def test_single_stage_with_summed_loss_and_no_scaling(one_rank, schedule):
+    """One stage holding the whole model (first and last at once), a sum-reduced loss and
+    scale_grads=False: the gradients are the plain sum over microbatches, as torch's whole
+    model gives them; return_outputs=False returns None."""
+    x, y = W.data(kiln, 0)
+    model = W.stage_module(kiln, 0, 1)
+    stage = pipelining.PipelineStage(model, 0, 1, "cpu")
+    sched = getattr(pipelining, schedule)(
+        stage, W.N_MICRO, loss_fn=lambda o, t: kiln.nn.functional.mse_loss(o, t, reduction="sum"),
+        scale_grads=False)
+    losses = []
+    out = sched.step(x, target=y, losses=losses)
+    want_model = W.stage_module(torch, 0, 1)
+    tx, ty = torch.tensor(x.numpy()), torch.tensor(y.numpy())
+    want_out = want_model(tx)
+    want_losses = [torch.nn.functional.mse_loss(o, t, reduction="sum")
+                   for o, t in zip(want_model(tx).tensor_split(W.N_MICRO),
+                                   ty.tensor_split(W.N_MICRO))]
+    sum(want_losses).backward()
+    np.testing.assert_allclose(out.detach().numpy(), want_out.detach().numpy(), rtol=RTOL)
+    np.testing.assert_allclose([float(v.detach()) for v in losses],
+                               [float(v.detach()) for v in want_losses], rtol=RTOL)
+    for (name, p), (_, q) in zip(model.named_parameters(), want_model.named_parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=RTOL, atol=ATOL,
+                                   err_msg=name)
+    assert sched.step(x, target=y, return_outputs=False) is None
+
+
 def test_microbatch_split_follows_torch_tensor_split():
     x = np.arange(30.0).reshape(10, 3)
     args, kwargs = pipelining.split_args_kwargs_into_chunks(

@@ -33,9 +33,10 @@ class _PipelineSchedule:
         self._has_backward = loss_fn is not None
         self._losses: list = []
 
-    def step(self, *args, target=None, losses: list | None = None, **kwargs):
+    def step(self, *args, target=None, losses: list | None = None,
+             return_outputs: bool = True, **kwargs):
         """One training (or, without loss_fn, inference) step on the whole batch; the last
-        stage returns the merged output, the others None."""
+        stage returns the merged output (None with return_outputs=False), the others None."""
         stage, n = self._stage, self._n_microbatches
         self._check_step(args, target, losses)
         stage.clear_runtime_states()
@@ -53,7 +54,9 @@ class _PipelineSchedule:
             losses.extend(self._losses)
         if self._has_backward and self.scale_grads:
             stage.scale_grads(n)
-        return merge_chunks(stage.output_chunks) if stage.is_last else None
+        if stage.is_last and return_outputs:
+            return merge_chunks(stage.output_chunks)
+        return None
 
     def _check_step(self, args, target, losses) -> None:
         name, stage = f"{type(self).__name__}.step", self._stage

@@ -136,9 +136,8 @@ class PipelineStage:
 
     def _check_meta(self, what: str, got: list[tuple], want: list[tuple] | None) -> None:
         if want is not None and got != want:
-            show = lambda ms: [f"{d.name}{list(s)}" for d, s in ms]  # noqa: E731
-            raise RuntimeError(f"PipelineStage {self.stage_index}: {what} are {show(got)}, "
-                               f"but the stage was built for {show(want)}")
+            raise RuntimeError(f"PipelineStage {self.stage_index}: {what} are {_show(got)}, "
+                               f"but the stage was built for {_show(want)}")
 
     def forward_one_chunk(self, chunk: int, args: tuple, kwargs: dict | None = None):
         """Run microbatch `chunk` (the first stage's `args`; later stages receive theirs) and
@@ -189,6 +188,10 @@ class PipelineStage:
             for p in self.submod.parameters():
                 if p.grad is not None:
                     p.grad.div_(grad_scale_factor)
+
+
+def _show(metas: list[tuple]) -> list[str]:
+    return [f"{dtype.name}{list(shape)}" for dtype, shape in metas]
 
 
 def _detached(output):
