@@ -210,6 +210,10 @@ def test_single_stage_with_summed_loss_and_no_scaling(one_rank, schedule):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=RTOL, atol=ATOL,
                                    err_msg=name)
     assert sched.step(x, target=y, return_outputs=False) is None
+    with pytest.raises(ValueError, match="no loss_fn to compute them"):
+        getattr(pipelining, schedule)(stage, W.N_MICRO).step(x, losses=[])
+    with pytest.raises(TypeError, match="losses must be a list"):
+        sched.step(x, target=y, losses=())
 
 
 def test_microbatch_split_follows_torch_tensor_split():

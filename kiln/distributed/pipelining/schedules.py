@@ -74,6 +74,9 @@ class _PipelineSchedule:
                              f"build it as {type(self).__name__}(stage, n, loss_fn=...)")
         if losses is not None and not isinstance(losses, list):
             raise TypeError(f"{name}: losses must be a list, got {type(losses).__name__}")
+        if losses is not None and stage.is_last and not self._has_backward:
+            raise ValueError(f"{name}: losses= was given but the schedule has no loss_fn to "
+                             "compute them")
 
     def _forward(self, i: int, arg_mbs, kwarg_mbs, targets) -> None:
         output = self._stage.forward_one_chunk(i, arg_mbs[i], kwarg_mbs[i])
