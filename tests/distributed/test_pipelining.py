@@ -3,9 +3,11 @@
 (tests/distributed/pipe_ranks.py under mpiexec) and on torch's own pipelining over gloo
 processes (pipe_torch_ranks.py): every stage's gradients and weights, the last stage's
 per-microbatch losses and merged outputs, and a forward-only step's output must agree (rtol
-1e-12; the two frameworks' matmuls round differently in the last bit). A batch that splits
-unevenly, which torch's pipelining cannot run, is checked against torch's whole model trained
-on the same microbatches in this process."""
+1e-12; the two frameworks' matmuls round differently in the last bit). So must a model with a
+tuple activation, two pipelines over process groups, and torch's pipelining tutorial's
+Transformer cut by pipeline() on both sides. What torch's pipelining cannot run (an uneven
+split, a single stage with scale_grads=False) and pipeline()'s cuts of a model with a skip
+connection are checked against torch's whole model trained on the same microbatches."""
 
 from __future__ import annotations
 
