@@ -21,7 +21,7 @@ def __getattr__(name: str):
     """`torch.distributed.rpc` (and .autograd, .optim, .nn, .checkpoint, .fsdp, ...) after
     `import torch.distributed`, as in torch: loaded on first use."""
     if name in ("rpc", "autograd", "optim", "nn", "checkpoint", "fsdp", "elastic",
-                "algorithms", "device_mesh"):
+                "algorithms", "device_mesh", "pipelining"):
         import importlib
         return importlib.import_module(f"kiln.distributed.{name}")
     raise AttributeError(f"module 'kiln.distributed' has no attribute '{name}'")
