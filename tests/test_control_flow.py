@@ -113,6 +113,18 @@ def test_gradients_through_compiled_cond_match_torch(sign):
         close(kw.grad, tw.grad, **TOL, what="w.grad (closed over)")
 
 
+def test_branch_not_taken_sends_no_nan_gradient_to_the_operands():
+    def fn(lib):
+        return lambda x: lib.cond(x.sum() > 0, lambda x: x.sqrt(), lambda x: (-x).log(), (x,))
+    compiled = kiln.compile(fn(kiln), fullgraph=True)
+    for sign in (1.0, -1.0, 1.0):
+        x = (np.abs(random_array((5,))) + 0.1) * sign
+        tx, kx = to_torch(x, True), to_kiln(x, True)
+        fn(torch)(tx).sum().backward()
+        compiled(kx).sum().backward()
+        close(kx.grad, tx.grad, **TOL, what="x.grad")
+
+
 def test_exported_cond_runs_both_branches():
     def forward(lib, lin):
         def fn(x):

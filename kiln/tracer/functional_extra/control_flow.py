@@ -6,7 +6,11 @@ captures it without reading a tensor's value into Python:
   each output with `where` on the predicate. That equals running the chosen branch when the
   branches are pure functions of their operands whose outputs agree in structure, shape and
   dtype, which is checked (torch requires the same of a captured cond). Gradients follow from
-  `where`'s. Outside a trace it just runs the chosen branch.
+  `where`'s, and each branch's operands are gated so that the branch not taken sends them no
+  gradient (not even a NaN from 0 * inf). A tensor a branch closes over instead of taking as
+  an operand is not gated: if the branch not taken has an infinite derivative there, its
+  gradient is NaN, so pass such tensors as operands. Outside a trace cond runs the chosen
+  branch.
 - `while_loop` runs a data-dependent number of times, which no fixed graph can hold: under a
   trace it is a graph break (an error under fullgraph and export).
 - `scan`, `associative_scan` and `map` loop over a dimension whose length is static, so a trace
@@ -46,15 +50,15 @@ def cond(pred, true_fn, false_fn, operands=()):
 
 def _traced_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
     """Both branches, merged by `where` on the predicate (a 0-d bool that broadcasts)."""
-    true_out = _run_pure(true_fn, operands, "true_fn")
-    false_out = _run_pure(false_fn, operands, "false_fn")
+    which = F.reshape(pred, ()) if pred.dtype.name == "bool" else F.reshape(pred != 0, ())
+    true_out = _run_pure(true_fn, _gated(operands, which, True), operands, "true_fn")
+    false_out = _run_pure(false_fn, _gated(operands, which, False), operands, "false_fn")
     true_leaves, true_tree = flatten(true_out)
     false_leaves, false_tree = flatten(false_out)
     if true_tree != false_tree:
         raise RuntimeError(f"torch.cond: true_fn and false_fn must return the same output "
                            f"structure; true_fn returned {_describe(true_out)}, false_fn "
                            f"returned {_describe(false_out)}")
-    which = F.reshape(pred, ()) if pred.dtype.name == "bool" else F.reshape(pred != 0, ())
     merged = []
     for i, (a, b) in enumerate(zip(true_leaves, false_leaves)):
         if tuple(a.shape) != tuple(b.shape) or a.dtype is not b.dtype:
@@ -66,15 +70,30 @@ def _traced_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
     return unflatten(true_tree, merged)
 
 
-def _run_pure(fn, operands: tuple, name: str):
+def _gated(operands: tuple, which: Tensor, taken_when: bool) -> tuple:
+    """The operands as one branch sees them: the same values, but a gradient reaches an
+    operand only when the predicate picks this branch. Without the gate, the branch not taken
+    still back-propagates a zero gradient, and where its own derivative is infinite (sqrt, log
+    of values it would never see eagerly) 0 * inf makes the operand's gradient NaN."""
+    def gate(t):
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            return t
+        return F.where(which, t, t.detach()) if taken_when else F.where(which, t.detach(), t)
+    leaves, tree = flatten(operands)
+    return tuple(unflatten(tree, [gate(t) for t in leaves]))
+
+
+def _run_pure(fn, operands: tuple, originals: tuple, name: str):
     """`fn(*operands)`, refusing an in-place write to an operand (both branches run while
     tracing, so a write would happen whatever the predicate; torch refuses it too)."""
-    tensors = [t for t in flatten(operands)[0] if isinstance(t, Tensor)]
+    tensors = [t for t in flatten(originals)[0] if isinstance(t, Tensor)]
+    tensors += [t for t in flatten(operands)[0] if isinstance(t, Tensor)]
     versions = [t._version[0] for t in tensors]
     out = fn(*operands)
+    n = len(tensors) // 2
     for i, (t, v) in enumerate(zip(tensors, versions)):
         if t._version[0] != v:
-            raise RuntimeError(f"torch.cond: {name} writes in place to operand {i} "
+            raise RuntimeError(f"torch.cond: {name} writes in place to operand {i % n} "
                                f"({t.dtype.name}{list(t.shape)}); cond's branches must not "
                                "mutate their inputs: return a new tensor instead")
     return out
