@@ -368,38 +368,25 @@ def export(model_or_fn, example_args, kwargs: dict | None = None, *, dynamic_sha
     in_tree = tree_to_json(tree)
     arg_names = _leaf_names(model_or_fn, example_args, kwargs)
     ranges: dict = {}
+    hinted: set = set()
     dims = _dynamic_dims(dynamic_shapes, model_or_fn, example_args, kwargs, arg_names, leaves,
-                         ranges)
+                         ranges, hinted)
     modules = _modules(model_or_fn)
     flags = [(m, m.training) for m in modules]
     try:
         for m, _ in flags:
             m.training = False
         program, result = _trace(model_or_fn, example_args, kwargs, arg_names)
-        example_sizes: dict = {}
-        for i, spec in dims.items():
-            for d, sym in spec.items():
-                example_sizes.setdefault(sym, leaves[i].shape[d])
-                if example_sizes[sym] != leaves[i].shape[d]:
-                    raise ValueError(f"kiln.export: dynamic_shapes gives size {sym!r} to "
-                                     f"inputs whose example sizes differ "
-                                     f"({example_sizes[sym]} and {leaves[i].shape[d]})")
-        templates, out_shapes = {}, [v.shape for v in program.graph.outputs]
-        if example_sizes:
-            from kiln.export.dynamic import fit_shape, generalize
-
-            def trace_at(sizes):
-                args, kw = _resized((example_args, kwargs), leaves, dims, sizes)
-                try:
-                    return _trace(model_or_fn, args, kw, arg_names)[0].graph
-                except Exception as e:
-                    text = ", ".join(f"{k}={v}" for k, v in sizes.items())
-                    raise ValueError(f"kiln.export: tracing at {text} (to follow the dynamic "
-                                     f"sizes) failed: {e}") from e
-            templates, probes = generalize(trace_at, program.graph, example_sizes)
-            out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in probes.items()},
-                                    example_sizes)
-                          for k, v in enumerate(program.graph.outputs)]
+        while True:
+            try:
+                example_sizes, templates, out_shapes = _follow_sizes(
+                    model_or_fn, example_args, kwargs, arg_names, leaves, dims, program)
+                break
+            except ValueError:
+                # Dim.AUTO / DYNAMIC sizes the program needs equal (`x + y`): one symbol
+                dims = _merge_hinted(dims, hinted, leaves, ranges)
+                if dims is None:
+                    raise
     finally:
         for m, training in flags:
             m.training = training
@@ -426,6 +413,55 @@ def export(model_or_fn, example_args, kwargs: dict | None = None, *, dynamic_sha
     return ExportedProgram(graph, state, names, input_specs, output_specs, in_tree,
                            tree_to_json(out_tree), guards, templates,
                            example_sizes, state_kinds=kinds, ranges=ranges)
+
+
+def _follow_sizes(model_or_fn, example_args, kwargs, arg_names, leaves, dims, program) -> tuple:
+    """(symbol -> example size, the templates that follow the dynamic sizes, the output
+    shapes with Affines); a ValueError when the program cannot follow them."""
+    example_sizes: dict = {}
+    for i, spec in dims.items():
+        for d, sym in spec.items():
+            example_sizes.setdefault(sym, leaves[i].shape[d])
+            if example_sizes[sym] != leaves[i].shape[d]:
+                raise ValueError(f"kiln.export: dynamic_shapes gives size {sym!r} to "
+                                 f"inputs whose example sizes differ "
+                                 f"({example_sizes[sym]} and {leaves[i].shape[d]})")
+    templates, out_shapes = {}, [v.shape for v in program.graph.outputs]
+    if example_sizes:
+        from kiln.export.dynamic import fit_shape, generalize
+
+        def trace_at(sizes):
+            args, kw = _resized((example_args, kwargs), leaves, dims, sizes)
+            try:
+                return _trace(model_or_fn, args, kw, arg_names)[0].graph
+            except Exception as e:
+                text = ", ".join(f"{k}={v}" for k, v in sizes.items())
+                raise ValueError(f"kiln.export: tracing at {text} (to follow the dynamic "
+                                 f"sizes) failed: {e}") from e
+        templates, probes = generalize(trace_at, program.graph, example_sizes)
+        out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in probes.items()},
+                                example_sizes)
+                      for k, v in enumerate(program.graph.outputs)]
+    return example_sizes, templates, out_shapes
+
+
+def _merge_hinted(dims: dict, hinted: set, leaves: list, ranges: dict) -> dict | None:
+    """`dims` with the Dim.AUTO/DYNAMIC symbols of equal example size made one symbol (torch
+    infers such equalities); None when there are none to merge."""
+    first: dict = {}
+    rename = {}
+    for i, spec in dims.items():
+        for d, sym in spec.items():
+            if sym in hinted:
+                keep = first.setdefault(leaves[i].shape[d], sym)
+                if keep != sym:
+                    rename[sym] = keep
+    if not rename:
+        return None
+    for sym in rename:
+        hinted.discard(sym)
+        ranges.pop(sym, None)
+    return {i: {d: rename.get(sym, sym) for d, sym in spec.items()} for i, spec in dims.items()}
 
 
 def _state_kinds(modules: list, bindings: list, names: list) -> dict:
@@ -549,9 +585,10 @@ class Dim:
     __str__ = __repr__
 
 
-def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves, ranges: dict) -> dict:
+def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves, ranges: dict,
+                  hinted: set) -> dict:
     """leaf index -> {dim: symbol} from `dynamic_shapes`; fills `ranges` (symbol -> (lowest,
-    highest or None) size)."""
+    highest or None) size) and `hinted` (the symbols of Dim.AUTO / Dim.DYNAMIC)."""
     if not spec:
         return {}
     bound = _bound_arguments(fn, args, kwargs)
@@ -587,6 +624,7 @@ def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves, ranges: dict) -> d
             if isinstance(sym, _DimHint):      # AUTO / DYNAMIC: a size of its own
                 sym = f"{name}_dim{d % ndim}"
                 ranges[sym] = (1, None)
+                hinted.add(sym)
             elif isinstance(sym, Dim):
                 size = leaves[i].shape[d]
                 if size < sym.min or (sym.max is not None and size > sym.max):

@@ -203,3 +203,25 @@ def test_checks_inside_an_exported_forward():
     assert_close(ep(kiln.ones(3, 2)), torch.ones(3, 2) * 2, **TOL)
     with pytest.raises(RuntimeError, match="need two rows"):
         kiln.export.export(fn, (kiln.ones(1, 2),))
+
+
+def test_auto_and_dynamic_dims_that_must_be_equal_become_one_size_as_in_torch():
+    def adder(lib):
+        class Adder(lib.nn.Module):
+            def forward(self, x, y):
+                return (x + y).relu()
+        return Adder()
+    x, y = random_array((8, 4)), random_array((8, 4), rng=np.random.default_rng(9))
+    k_ep = kiln.export.export(adder(kiln), (kiln.tensor(x), kiln.tensor(y)), strict=False,
+                              dynamic_shapes={"x": {0: kiln.export.Dim.AUTO},
+                                              "y": {0: kiln.export.Dim.DYNAMIC}})
+    t_ep = torch.export.export(adder(torch), (torch.from_numpy(x), torch.from_numpy(y)),
+                               strict=False,
+                               dynamic_shapes={"x": {0: torch.export.Dim.AUTO},
+                                               "y": {0: torch.export.Dim.DYNAMIC}})
+    assert len(k_ep.range_constraints) == len(t_ep.range_constraints) == 1
+    x, y = random_array((5, 4)), random_array((5, 4), rng=np.random.default_rng(10))
+    assert_close(k_ep(kiln.tensor(x), kiln.tensor(y)),
+                 t_ep.module()(torch.from_numpy(x), torch.from_numpy(y)), **TOL)
+    with pytest.raises(RuntimeError, match="x_dim0 = 5 from the inputs before it"):
+        k_ep(kiln.tensor(x), kiln.tensor(random_array((6, 4))))
