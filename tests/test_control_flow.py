@@ -247,8 +247,13 @@ def test_scan_compiles_unrolled_and_checks_the_carry():
     def cumsum(x):
         return kiln.scan(lambda c, x: (c + x, c * 1.0), kiln.zeros(2), x)
     compiled = kiln.compile(cumsum, fullgraph=True)
-    t_out = t_scan(lambda c, x: (c + x, c * 1.0), torch.zeros(2), to_torch(xs))
-    close(compiled(to_kiln(xs)), t_out, **TOL)
+    tx, kx = to_torch(xs, True), to_kiln(xs, True)
+    t_out = t_scan(lambda c, x: (c + x, c * 1.0), torch.zeros(2), tx)
+    k_out = compiled(kx)
+    close(k_out, t_out, **TOL)
+    (t_out[0].sum() + t_out[1].pow(2).sum()).backward()
+    (k_out[0].sum() + k_out[1].pow(2).sum()).backward()
+    close(kx.grad, tx.grad, **TOL, what="xs.grad")
     with pytest.raises(RuntimeError, match="carried value 0 changes from float32\\[2\\] to "
                                            "float64\\[2\\]"):
         kiln.scan(lambda c, x: (c.double(), x), kiln.zeros(2), to_kiln(xs))

@@ -76,7 +76,7 @@ def _gated(operands: tuple, which: Tensor, taken_when: bool) -> tuple:
     still back-propagates a zero gradient, and where its own derivative is infinite (sqrt, log
     of values it would never see eagerly) 0 * inf makes the operand's gradient NaN."""
     def gate(t):
-        if not isinstance(t, Tensor) or not t.requires_grad:
+        if not (isinstance(t, Tensor) and t.requires_grad and STATE.grad_enabled):
             return t
         return F.where(which, t, t.detach()) if taken_when else F.where(which, t.detach(), t)
     leaves, tree = flatten(operands)
