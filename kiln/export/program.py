@@ -157,6 +157,7 @@ class ExportedProgram:
         return iter(t for n, t in self.named_parameters())
 
     def named_parameters(self):
+        """(state-dict name, tensor) of the module parameters the program reads."""
         return iter((n, self.state_dict[n]) for n in self.parameter_names
                     if self.state_kinds.get(n) == "parameter")
 
@@ -164,6 +165,7 @@ class ExportedProgram:
         return iter(t for n, t in self.named_buffers())
 
     def named_buffers(self):
+        """(state-dict name, tensor) of the module buffers the program reads."""
         return iter((n, self.state_dict[n]) for n in self.parameter_names
                     if self.state_kinds.get(n) == "buffer")
 
