@@ -176,6 +176,33 @@ def test_cond_under_trace_refuses_in_place_writes_to_operands():
                    (torch.ones(2),))
 
 
+def test_cond_under_trace_refuses_writes_to_closed_over_state():
+    steps = kiln.zeros(3)
+    t_steps = torch.zeros(3)
+
+    def counting(lib, state):
+        def false_fn(x):
+            state.add_(1)
+            return x + 1
+        return lambda x: lib.cond(x.sum() > 0, lambda x: x * 2, false_fn, (x,))
+    with pytest.raises(RuntimeError, match="false_fn writes in place to a tensor it closes "
+                                           "over \\(state, float32\\[3\\]\\)"):
+        kiln.compile(counting(kiln, steps), fullgraph=True)(kiln.ones(3))
+    with pytest.raises(Exception, match="mutation"):      # torch refuses it too
+        counting(torch, t_steps)(torch.ones(3))
+
+
+def test_cond_keeps_in_place_ops_on_its_own_intermediates():
+    def branch(x):
+        y = x * 2
+        y.add_(1)
+        return y
+    (tx, _), (kx, _) = inputs(1.0)
+    compiled = kiln.compile(lambda x: kiln.cond(x.sum() > 0, branch, lambda x: x - 1, (x,)),
+                            fullgraph=True)
+    close(compiled(kx), torch.cond(tx.sum() > 0, branch, lambda x: x - 1, (tx,)), **TOL)
+
+
 def test_cond_rejects_a_predicate_with_several_elements():
     with pytest.raises(RuntimeError, match="single element, got a tensor of shape \\[3\\]"):
         kiln.cond(kiln.ones(3) > 0, lambda x: x, lambda x: x, (kiln.ones(3),))

@@ -84,11 +84,14 @@ def _gated(operands: tuple, which: Tensor, taken_when: bool) -> tuple:
 
 
 def _run_pure(fn, operands: tuple, originals: tuple, name: str):
-    """`fn(*operands)`, refusing an in-place write to an operand (both branches run while
-    tracing, so a write would happen whatever the predicate; torch refuses it too)."""
+    """`fn(*operands)`, refusing an in-place write to an operand or to a tensor the branch
+    closes over, such as a module buffer (both branches run while tracing, so a write would
+    happen whatever the predicate; torch refuses both too)."""
     tensors = [t for t in flatten(originals)[0] if isinstance(t, Tensor)]
     tensors += [t for t in flatten(operands)[0] if isinstance(t, Tensor)]
     versions = [t._version[0] for t in tensors]
+    inputs = STATE.tracer.input_of
+    values = {key: tensor._trace for key, (tensor, _) in inputs.items()}
     out = fn(*operands)
     n = len(tensors) // 2
     for i, (t, v) in enumerate(zip(tensors, versions)):
@@ -96,6 +99,12 @@ def _run_pure(fn, operands: tuple, originals: tuple, name: str):
             raise RuntimeError(f"torch.cond: {name} writes in place to operand {i % n} "
                                f"({t.dtype.name}{list(t.shape)}); cond's branches must not "
                                "mutate their inputs: return a new tensor instead")
+    for key, (tensor, start) in list(inputs.items()):
+        if tensor._trace is not values.get(key, start):
+            raise RuntimeError(f"torch.cond: {name} writes in place to a tensor it closes "
+                               f"over ({STATE.tracer.names.get(key, 'a lifted tensor')}, "
+                               f"{tensor.dtype.name}{list(tensor.shape)}); cond's branches "
+                               "must not mutate state: return the new value instead")
     return out
 
 
