@@ -65,6 +65,19 @@ class ExportGraphSignature:
     def _inputs(self, kind: InputKind) -> tuple:
         return tuple(s for s in self.input_specs if s.kind is kind)
 
+    def __str__(self) -> str:
+        """torch's listing: one line per input (kind, target, persistence) and output."""
+        def line(spec) -> str:
+            text = f"{spec.arg.name}: {spec.kind.name}"
+            if spec.target is not None:
+                text += f" target={spec.target!r}"
+            if getattr(spec, "persistent", None) is not None:
+                text += f" persistent={spec.persistent}"
+            return text
+        ins = "\n".join(line(s) for s in self.input_specs)
+        outs = "\n".join(line(s) for s in self.output_specs)
+        return f"\n# inputs\n{ins}\n\n# outputs\n{outs}\n"
+
     @property
     def user_inputs(self) -> tuple:
         return tuple(s.arg.name for s in self._inputs(InputKind.USER_INPUT))

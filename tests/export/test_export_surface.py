@@ -94,6 +94,8 @@ def test_graph_signature_matches_torch():
     assert len(k_sig.user_outputs) == len(t_sig.user_outputs)
     assert [s.kind.name for s in k_sig.output_specs] == [s.kind.name for s in t_sig.output_specs]
     assert [n for n, _ in k_ep.named_parameters()] == [n for n, _ in t_ep.named_parameters()]
+    # the printed listing: the inputs part equal to torch's (outputs are named differently)
+    assert str(k_sig).split("# outputs")[0] == str(t_sig).split("# outputs")[0]
     assert [n for n, _ in k_ep.named_buffers()] == [n for n, _ in t_ep.named_buffers()]
 
 
