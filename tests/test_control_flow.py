@@ -334,6 +334,32 @@ def test_map_matches_torch_with_extra_args_and_gradients():
     close(kw.grad, tw.grad, **TOL, what="w.grad")
 
 
+# ----------------------------------------------------------------------------- foreach_map
+
+def test_foreach_map_matches_torch_with_gradients():
+    from torch._higher_order_ops import foreach_map as t_foreach_map
+
+    from kiln._higher_order_ops import foreach_map as k_foreach_map
+    arrays = [random_array((2,)), random_array((3,), rng=np.random.default_rng(11))]
+    tx, kx = [to_torch(a, True) for a in arrays], [to_kiln(a, True) for a in arrays]
+    ty, ky = [to_torch(a * 2) for a in arrays], [to_kiln(a * 2) for a in arrays]
+
+    def update(x, y, scale):
+        return (x * y).tanh() * scale
+    with torch.no_grad():       # torch's eager foreach_map differentiates only FX graphs
+        close(k_foreach_map(update, kx, ky, 0.5), t_foreach_map(update, tx, ty, 0.5), **TOL)
+    # gradients: against torch running the same ops index by index
+    t_out, k_out = [update(x, y, 0.5) for x, y in zip(tx, ty)], k_foreach_map(update, kx, ky, 0.5)
+    sum(o.sum() for o in t_out).backward()
+    sum(o.sum() for o in k_out).backward()
+    close([x.grad for x in kx], [x.grad for x in tx], **TOL, what="grads")
+    with torch.no_grad():
+        close(k_foreach_map(update, kx[0], ky[0], 2.0),
+              t_foreach_map(update, tx[0], ty[0], 2.0), **TOL)
+    with pytest.raises(ValueError, match="different lengths \\[1, 2\\]"):
+        k_foreach_map(update, kx, ky[:1], 1.0)
+
+
 # ----------------------------------------------------------------------------- _check
 
 def test_checks_raise_like_torch():

@@ -1,4 +1,5 @@
-"""Control-flow operators (torch.cond, while_loop, scan, associative_scan, map) and torch._check.
+"""Control-flow operators (torch.cond, while_loop, scan, associative_scan, map, foreach_map)
+and torch._check.
 
 kiln compiles fixed graphs of static shapes, so each operator is written so that a trace
 captures it without reading a tensor's value into Python:
@@ -231,6 +232,24 @@ def map(f, xs, *args):
     out_leaves = [flatten(o)[0] for o in outs]
     stacked = [F.stack([o[k] for o in out_leaves], 0) for k in range(len(out_leaves[0]))]
     return unflatten(flatten(outs[0])[1], stacked)
+
+
+def foreach_map(op, *operands, **kwargs):
+    """torch._higher_order_ops.foreach_map: `op` applied index by index across the list
+    operands (a non-list operand is passed to every call), as a list; `op(*operands)` when
+    none is a list."""
+    if kwargs:
+        raise NotImplementedError(f"foreach_map: keyword arguments ({', '.join(kwargs)}) are "
+                                  "not supported; bind them into op (functools.partial)")
+    if not any(isinstance(a, (list, tuple)) for a in operands):
+        return op(*operands)
+    lengths = {len(a) for a in operands if isinstance(a, (list, tuple))}
+    if len(lengths) != 1:
+        raise ValueError(f"foreach_map: the list operands have different lengths "
+                         f"{sorted(lengths)}")
+    n = lengths.pop()
+    columns = [a if isinstance(a, (list, tuple)) else [a] * n for a in operands]
+    return [op(*args) for args in zip(*columns)]
 
 
 # ----------------------------------------------------------------------------- torch._check
