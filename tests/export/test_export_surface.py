@@ -188,12 +188,17 @@ def test_exported_cond_module_matches_torch_export_for_both_predicates():
     k_mod, t_mod = cond_module(kiln), cond_module(torch)
     t_mod.load_state_dict({n: torch.from_numpy(t.detach().numpy().copy())
                            for n, t in k_mod.state_dict().items()})
-    x = np.abs(random_array((2, 3)))
-    k_ep = kiln.export.export(k_mod, (kiln.tensor(x),))
-    t_ep = torch.export.export(t_mod, (torch.from_numpy(x),))
-    for sign in (1.0, -1.0, 1.0):
-        xs = np.abs(random_array((2, 3), rng=np.random.default_rng(8))) * sign
-        assert_close(k_ep(kiln.tensor(xs)), t_ep.module()(torch.from_numpy(xs)).detach(), **TOL)
+    x = np.abs(random_array((4, 3)))
+    k_ep = kiln.export.export(k_mod, (kiln.tensor(x),),
+                              dynamic_shapes={"x": {0: kiln.export.Dim("batch")}})
+    t_ep = torch.export.export(t_mod, (torch.from_numpy(x),),
+                               dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    compiled = k_ep.compiled()
+    for batch, sign in ((2, 1.0), (5, -1.0), (3, 1.0), (7, -1.0)):
+        xs = np.abs(random_array((batch, 3), rng=np.random.default_rng(batch))) * sign
+        expected = t_ep.module()(torch.from_numpy(xs)).detach()
+        assert_close(k_ep(kiln.tensor(xs)), expected, **TOL)
+        assert_close(compiled(kiln.tensor(xs)), expected, **TOL)
 
 
 def test_checks_inside_an_exported_forward():
