@@ -632,7 +632,8 @@ def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves, ranges: dict,
                 if size < sym.min or (sym.max is not None and size > sym.max):
                     raise ValueError(f"kiln.export: {name}'s dim {d} is {size} in the example, "
                                      f"outside {sym!r}'s range [{sym.min}, {sym.max}]")
-                ranges[str(sym)] = (max(sym.min, 1), sym.max)
+                ranges[sym.__name__] = (max(sym.min, 1), sym.max)
+                sym = sym.__name__          # the symbol is the Dim's name, as in torch
             else:
                 ranges.setdefault(str(sym), (1, None))
             out.setdefault(i, {})[d % ndim] = str(sym)
