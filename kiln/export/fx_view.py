@@ -48,9 +48,10 @@ def graph_module(ep) -> GraphModule:
     env: dict = {}
     signature = ep.graph_signature
     n_user = len(ep.input_specs)
-    lifted = [s for s in signature.input_specs if s.target is not None]
-    for spec, v in zip(lifted, ir.inputs[n_user:]):
-        env[v] = fx.placeholder(spec.arg.name)
+    value_of = dict(zip(ep.parameter_names, ir.inputs[n_user:]))
+    for spec in signature.input_specs:
+        if spec.target is not None:
+            env[value_of[spec.target]] = fx.placeholder(spec.arg.name)
     for spec, v in zip(ep.input_specs, ir.inputs[:n_user]):
         env[v] = fx.placeholder(spec.name)
     root: dict = {}

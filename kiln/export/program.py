@@ -118,8 +118,9 @@ class ExportedProgram:
     # ------------------------------------------------------------------ torch's descriptions
     @property
     def graph_signature(self) -> ExportGraphSignature:
-        """torch's ExportGraphSignature: lifted tensors (named p_/b_/c_ + the state-dict name,
-        as torch names them) then the user inputs; the user outputs by kiln's output names."""
+        """torch's ExportGraphSignature: the lifted parameters, buffers and constants (named
+        p_/b_/c_ + the state-dict name, in that order, as torch has them) then the user inputs;
+        the user outputs by kiln's output names."""
         kinds = {"parameter": InputKind.PARAMETER, "buffer": InputKind.BUFFER,
                  "constant": InputKind.CONSTANT_TENSOR}
         lifted = []
@@ -127,6 +128,7 @@ class ExportedProgram:
             kind = kinds[self.state_kinds.get(name, "constant")]
             lifted.append(InputSpec(kind, TensorArgument(lifted_input_name(kind, name)), name,
                                     True if kind is InputKind.BUFFER else None))
+        lifted.sort(key=lambda spec: spec.kind.value)     # torch's order: parameters first
         users = [InputSpec(InputKind.USER_INPUT, TensorArgument(s.name), None)
                  for s in self.input_specs]
         outs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(s.name))
@@ -526,6 +528,10 @@ def _parameter_names(fn) -> dict:
         names: dict = {}
         for n, t in list(fn.named_parameters()) + list(fn.named_buffers()):
             names.setdefault(id(t), n)
+        for prefix, m in fn.named_modules():      # plain tensor attributes (torch's constants)
+            for key, value in vars(m).items():
+                if isinstance(value, Tensor) and not key.startswith("_"):
+                    names.setdefault(id(value), f"{prefix}.{key}" if prefix else key)
         return names
     return _tensor_names(fn)
 

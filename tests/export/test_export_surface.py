@@ -120,9 +120,38 @@ def test_graph_module_takes_torchs_placeholders_and_computes_the_program():
     (tx, tb), (kx, kb) = data(4, seed=3)
     t_lifted = [dict(t_ep.named_parameters(), **dict(t_ep.named_buffers()))[n]
                 for n in t_ep.graph_signature.parameters + t_ep.graph_signature.buffers]
-    k_lifted = [k_ep.state_dict[n] for n in k_ep.parameter_names]
+    k_lifted = [k_ep.state_dict[s.target] for s in k_ep.graph_signature.input_specs
+                if s.target is not None]
     close(k_gm(*k_lifted, kx, kb), t_gm(*t_lifted, tx, tb))
     assert "kiln_ir_matmul" in str(k_gm.code)
+
+
+def test_a_plain_tensor_attribute_is_a_lifted_constant_as_in_torch():
+    def with_table(lib):
+        class WithTable(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = lib.arange(6.0).reshape(2, 3)
+                self.lin = lib.nn.Linear(3, 3)
+
+            def forward(self, x):
+                return self.lin(x * self.table)
+        return WithTable()
+    k_mod, t_mod = with_table(kiln), with_table(torch)
+    t_mod.load_state_dict({n: torch.from_numpy(t.detach().numpy().copy())
+                           for n, t in k_mod.state_dict().items()})
+    x = random_array((2, 3))
+    k_ep = kiln.export.export(k_mod, (kiln.tensor(x),))
+    t_ep = torch.export.export(t_mod, (torch.from_numpy(x),))
+    assert str(k_ep.graph_signature).split("# outputs")[0] == \
+        str(t_ep.graph_signature).split("# outputs")[0]
+    k_gm, t_gm = k_ep.graph_module, t_ep.graph_module
+    k_lifted = [k_ep.state_dict[s.target] for s in k_ep.graph_signature.input_specs
+                if s.target is not None]
+    t_state = dict(t_ep.named_parameters(), **t_ep.constants)
+    t_lifted = [t_state[s.target] for s in t_ep.graph_signature.input_specs
+                if s.target is not None]
+    close(k_gm(*k_lifted, kiln.tensor(x)), t_gm(*t_lifted, torch.from_numpy(x)))
 
 
 def test_run_decompositions_gives_an_equivalent_program():
