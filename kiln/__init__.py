@@ -218,3 +218,6 @@ from kiln.tracer.quantized import (  # noqa: E402,F401
 from kiln.tracer.quantized import bind_methods as _bind_quantized_methods  # noqa: E402
 _bind_quantized_methods()
 _ON_FIRST_USE.update(ao="kiln.ao", quantization="kiln.quantization")
+from kiln.tracer.functional_extra.control_flow import (scan, associative_scan,  # noqa: F401,E402
+                                                       _check, _check_with, _check_is_size)
+from kiln import _higher_order_ops  # noqa: F401,E402

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from kiln.export.signature import (ExportGraphSignature, InputKind, InputSpec, OutputKind,
+                                   OutputSpec, TensorArgument, ValueRange, lifted_input_name)
 from kiln.export.symbolic import (Affine, concretize, templates_from_json,
                                   templates_to_json)
 from kiln.compiler import _referenced_objects, _tensor_names, compile_program, kernel_target
@@ -81,6 +84,9 @@ class ExportedProgram:
     guards: list = field(default_factory=list)
     templates: dict = field(default_factory=dict)
     example_sizes: dict = field(default_factory=dict)       # symbol -> traced size
+    # state-dict name -> "parameter", "buffer" or "constant" (what graph_signature reports)
+    state_kinds: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)     # symbol -> (lowest, highest or None)
     _graphs: dict = field(default_factory=dict, repr=False)  # sizes -> concrete Graph
     _compiled: dict = field(default_factory=dict, repr=False)
 
@@ -108,6 +114,62 @@ class ExportedProgram:
     def module(self):
         """The program as a callable, as torch.export's `ExportedProgram.module()`."""
         return self
+
+    # ------------------------------------------------------------------ torch's descriptions
+    @property
+    def graph_signature(self) -> ExportGraphSignature:
+        """torch's ExportGraphSignature: the lifted parameters, buffers and constants (named
+        p_/b_/c_ + the state-dict name, in that order, as torch has them) then the user inputs;
+        the user outputs by kiln's output names."""
+        kinds = {"parameter": InputKind.PARAMETER, "buffer": InputKind.BUFFER,
+                 "constant": InputKind.CONSTANT_TENSOR}
+        lifted = []
+        for name in self.parameter_names:
+            kind = kinds[self.state_kinds.get(name, "constant")]
+            lifted.append(InputSpec(kind, TensorArgument(lifted_input_name(kind, name)), name,
+                                    True if kind is InputKind.BUFFER else None))
+        lifted.sort(key=lambda spec: spec.kind.value)     # torch's order: parameters first
+        users = [InputSpec(InputKind.USER_INPUT, TensorArgument(s.name), None)
+                 for s in self.input_specs]
+        outs = [OutputSpec(OutputKind.USER_OUTPUT, TensorArgument(s.name))
+                for s in self.output_specs]
+        return ExportGraphSignature(lifted + users, outs)
+
+    @property
+    def range_constraints(self) -> dict:
+        """symbol -> ValueRange of each dynamic size: the Dim's bounds, with the lowest at 1
+        (torch reports 0 for an unbounded Dim; kiln's programs take sizes from 1)."""
+        return {sym: ValueRange(lo, math.inf if hi is None else hi)
+                for sym, (lo, hi) in self.ranges.items()}
+
+    @property
+    def graph_module(self):
+        """The program as a kiln.fx GraphModule: one node per IR node, the lifted tensors
+        and then the user inputs as placeholders (torch's layout); printable and callable."""
+        from kiln.export.fx_view import graph_module
+        return graph_module(self)
+
+    def run_decompositions(self, decomp_table=None, decompose_custom_triton_ops=False):
+        """An equivalent program. kiln's IR is already made of primitives (every composite op
+        is decomposed while tracing), so there is nothing left to decompose: returns a copy
+        sharing the graph and weights."""
+        return replace(self)
+
+    def parameters(self):
+        return iter(t for n, t in self.named_parameters())
+
+    def named_parameters(self):
+        """(state-dict name, tensor) of the module parameters the program reads."""
+        return iter((n, self.state_dict[n]) for n in self.parameter_names
+                    if self.state_kinds.get(n) == "parameter")
+
+    def buffers(self):
+        return iter(t for n, t in self.named_buffers())
+
+    def named_buffers(self):
+        """(state-dict name, tensor) of the module buffers the program reads."""
+        return iter((n, self.state_dict[n]) for n in self.parameter_names
+                    if self.state_kinds.get(n) == "buffer")
 
     def graph_for(self, sizes: dict | None = None) -> Graph:
         """The graph at these symbol sizes (default: the traced ones), shapes re-derived."""
@@ -171,6 +233,9 @@ class ExportedProgram:
                 if rem or size < 1 or sizes.setdefault(sym, size) != size:
                     fail(f" ({sym} = {sizes.get(sym, '?')} from the inputs before it)"
                          if sym in sizes and sizes[sym] != size else "")
+                lo, hi = self.ranges.get(sym, (1, None))
+                if size < lo or (hi is not None and size > hi):
+                    fail(f" with {sym} in [{lo}, {'inf' if hi is None else hi}], got {size}")
             elif d != want:
                 fail(" (only dimensions marked dynamic may change)" if self.templates
                      or self.example_sizes else "")
@@ -198,7 +263,8 @@ class ExportedProgram:
                 "outputs": [s.to_json() for s in self.output_specs],
                 "in_tree": self.in_tree, "out_tree": self.out_tree, "guards": self.guards,
                 "templates": templates_to_json(self.templates),
-                "example_sizes": self.example_sizes}
+                "example_sizes": self.example_sizes, "state_kinds": self.state_kinds,
+                "ranges": {k: list(v) for k, v in self.ranges.items()}}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the program to one file (atomically, through `kiln.save`)."""
@@ -243,7 +309,10 @@ def load(path: str | os.PathLike) -> ExportedProgram:
                              [TensorSpec.from_json(s) for s in doc["outputs"]],
                              doc["in_tree"], doc["out_tree"], list(doc["guards"]),
                              templates_from_json(doc["templates"]),
-                             {str(k): int(v) for k, v in doc["example_sizes"].items()})
+                             {str(k): int(v) for k, v in doc["example_sizes"].items()},
+                             {str(k): str(v) for k, v in doc.get("state_kinds", {}).items()},
+                             {str(k): (int(v[0]), None if v[1] is None else int(v[1]))
+                              for k, v in doc.get("ranges", {}).items()})
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, IRError) as e:
         raise CheckpointError(f"kiln.export.load: {name}: the exported program in it is "
                               f"malformed ({type(e).__name__}: {e})") from None
@@ -261,9 +330,10 @@ def load(path: str | os.PathLike) -> ExportedProgram:
 
 # ----------------------------------------------------------------------------- export
 
-def export(model_or_fn, example_args, dynamic_shapes=None, *,
+def export(model_or_fn, example_args, kwargs: dict | None = None, *, dynamic_shapes=None,
+           strict: bool = False, preserve_module_call_signature: tuple = (),
            example_kwargs: dict | None = None) -> ExportedProgram:
-    """Trace `model_or_fn(*example_args)` into an `ExportedProgram`.
+    """Trace `model_or_fn(*example_args, **kwargs)` into an `ExportedProgram`.
 
     A Module is traced in eval mode (its train/eval flags are restored afterwards) and
     everything runs under `no_grad`. The whole call must be one graph: a graph break (a
@@ -271,9 +341,14 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
 
     Args:
         example_args: a tuple of arguments (a single tensor is taken as one argument).
+        kwargs: keyword arguments (`example_kwargs` is the same, kiln's older name).
         dynamic_shapes: dimensions that may change at run time, by argument name:
             `{"x": {0: "batch"}}` (or a tuple with one such dict or None per argument). The
             same symbol on several inputs means those sizes are equal.
+        strict: accepted for torch's signature; kiln traces the same way either way (it runs
+            the Python code on real tensors and records the ops, so there is no separate
+            bytecode-analysing strict mode).
+        preserve_module_call_signature: only () (kiln keeps no submodule call boundaries).
 
     Raises:
         RuntimeError: a graph break, a random op, or an in-place write to a parameter or
@@ -281,43 +356,41 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
         ValueError: a dynamic dimension the program cannot follow (the node and line that bake
             the traced size in are named).
     """
+    if preserve_module_call_signature:
+        raise NotImplementedError("kiln.export: preserve_module_call_signature is not "
+                                  "supported: kiln's programs keep no submodule boundaries")
+    if kwargs is not None and example_kwargs is not None:
+        raise TypeError("kiln.export: give kwargs or example_kwargs, not both")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"kiln.export: kwargs must be a dict of keyword arguments, got "
+                        f"{type(kwargs).__name__} (dynamic_shapes is keyword-only, as in "
+                        "torch.export.export)")
     if not isinstance(example_args, tuple):
         example_args = (example_args,)
-    kwargs = dict(example_kwargs or {})
+    kwargs = dict(kwargs or example_kwargs or {})
     leaves, tree = flatten((example_args, kwargs))
     in_tree = tree_to_json(tree)
     arg_names = _leaf_names(model_or_fn, example_args, kwargs)
-    dims = _dynamic_dims(dynamic_shapes, model_or_fn, example_args, kwargs, arg_names, leaves)
+    ranges: dict = {}
+    hinted: set = set()
+    dims = _dynamic_dims(dynamic_shapes, model_or_fn, example_args, kwargs, arg_names, leaves,
+                         ranges, hinted)
     modules = _modules(model_or_fn)
     flags = [(m, m.training) for m in modules]
     try:
         for m, _ in flags:
             m.training = False
         program, result = _trace(model_or_fn, example_args, kwargs, arg_names)
-        example_sizes: dict = {}
-        for i, spec in dims.items():
-            for d, sym in spec.items():
-                example_sizes.setdefault(sym, leaves[i].shape[d])
-                if example_sizes[sym] != leaves[i].shape[d]:
-                    raise ValueError(f"kiln.export: dynamic_shapes gives size {sym!r} to "
-                                     f"inputs whose example sizes differ "
-                                     f"({example_sizes[sym]} and {leaves[i].shape[d]})")
-        templates, out_shapes = {}, [v.shape for v in program.graph.outputs]
-        if example_sizes:
-            from kiln.export.dynamic import fit_shape, generalize
-
-            def trace_at(sizes):
-                args, kw = _resized((example_args, kwargs), leaves, dims, sizes)
-                try:
-                    return _trace(model_or_fn, args, kw, arg_names)[0].graph
-                except Exception as e:
-                    text = ", ".join(f"{k}={v}" for k, v in sizes.items())
-                    raise ValueError(f"kiln.export: tracing at {text} (to follow the dynamic "
-                                     f"sizes) failed: {e}") from e
-            templates, probes = generalize(trace_at, program.graph, example_sizes)
-            out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in probes.items()},
-                                    example_sizes)
-                          for k, v in enumerate(program.graph.outputs)]
+        while True:
+            try:
+                example_sizes, templates, out_shapes = _follow_sizes(
+                    model_or_fn, example_args, kwargs, arg_names, leaves, dims, program)
+                break
+            except ValueError:
+                # Dim.AUTO / DYNAMIC sizes the program needs equal (`x + y`): one symbol
+                dims = _merge_hinted(dims, hinted, leaves, ranges)
+                if dims is None:
+                    raise
     finally:
         for m, training in flags:
             m.training = training
@@ -340,9 +413,69 @@ def export(model_or_fn, example_args, dynamic_shapes=None, *,
         state[name] = b.tensor.detach().clone()      # a snapshot: later training leaves it
         names.append(name)
     guards = _guards(model_or_fn, input_specs, example_sizes, in_tree)
+    kinds = _state_kinds(modules, program.bindings[n_args:], names)
     return ExportedProgram(graph, state, names, input_specs, output_specs, in_tree,
                            tree_to_json(out_tree), guards, templates,
-                           example_sizes)
+                           example_sizes, state_kinds=kinds, ranges=ranges)
+
+
+def _follow_sizes(model_or_fn, example_args, kwargs, arg_names, leaves, dims, program) -> tuple:
+    """(symbol -> example size, the templates that follow the dynamic sizes, the output
+    shapes with Affines); a ValueError when the program cannot follow them."""
+    example_sizes: dict = {}
+    for i, spec in dims.items():
+        for d, sym in spec.items():
+            example_sizes.setdefault(sym, leaves[i].shape[d])
+            if example_sizes[sym] != leaves[i].shape[d]:
+                raise ValueError(f"kiln.export: dynamic_shapes gives size {sym!r} to "
+                                 f"inputs whose example sizes differ "
+                                 f"({example_sizes[sym]} and {leaves[i].shape[d]})")
+    templates, out_shapes = {}, [v.shape for v in program.graph.outputs]
+    if example_sizes:
+        from kiln.export.dynamic import fit_shape, generalize
+
+        def trace_at(sizes):
+            args, kw = _resized((example_args, kwargs), leaves, dims, sizes)
+            try:
+                return _trace(model_or_fn, args, kw, arg_names)[0].graph
+            except Exception as e:
+                text = ", ".join(f"{k}={v}" for k, v in sizes.items())
+                raise ValueError(f"kiln.export: tracing at {text} (to follow the dynamic "
+                                 f"sizes) failed: {e}") from e
+        templates, probes = generalize(trace_at, program.graph, example_sizes)
+        out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in probes.items()},
+                                example_sizes)
+                      for k, v in enumerate(program.graph.outputs)]
+    return example_sizes, templates, out_shapes
+
+
+def _merge_hinted(dims: dict, hinted: set, leaves: list, ranges: dict) -> dict | None:
+    """`dims` with the Dim.AUTO/DYNAMIC symbols of equal example size made one symbol (torch
+    infers such equalities); None when there are none to merge."""
+    first: dict = {}
+    rename = {}
+    for i, spec in dims.items():
+        for d, sym in spec.items():
+            if sym in hinted:
+                keep = first.setdefault(leaves[i].shape[d], sym)
+                if keep != sym:
+                    rename[sym] = keep
+    if not rename:
+        return None
+    for sym in rename:
+        hinted.discard(sym)
+        ranges.pop(sym, None)
+    return {i: {d: rename.get(sym, sym) for d, sym in spec.items()} for i, spec in dims.items()}
+
+
+def _state_kinds(modules: list, bindings: list, names: list) -> dict:
+    """state-dict name -> "parameter" / "buffer" (a module's) / "constant" (any other tensor
+    the program reads)."""
+    params = {id(p) for m in modules for p in m.parameters(recurse=False)}
+    buffers = {id(b) for m in modules for b in m.buffers(recurse=False)}
+    return {n: "parameter" if id(b.tensor) in params else
+            "buffer" if id(b.tensor) in buffers else "constant"
+            for n, b in zip(names, bindings)}
 
 
 def _trace(fn, args, kwargs, arg_names):
@@ -395,6 +528,10 @@ def _parameter_names(fn) -> dict:
         names: dict = {}
         for n, t in list(fn.named_parameters()) + list(fn.named_buffers()):
             names.setdefault(id(t), n)
+        for prefix, m in fn.named_modules():      # plain tensor attributes (torch's constants)
+            for key, value in vars(m).items():
+                if isinstance(value, Tensor) and not key.startswith("_"):
+                    names.setdefault(id(value), f"{prefix}.{key}" if prefix else key)
         return names
     return _tensor_names(fn)
 
@@ -456,8 +593,10 @@ class Dim:
     __str__ = __repr__
 
 
-def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves) -> dict:
-    """leaf index -> {dim: symbol} from `dynamic_shapes`."""
+def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves, ranges: dict,
+                  hinted: set) -> dict:
+    """leaf index -> {dim: symbol} from `dynamic_shapes`; fills `ranges` (symbol -> (lowest,
+    highest or None) size) and `hinted` (the symbols of Dim.AUTO / Dim.DYNAMIC)."""
     if not spec:
         return {}
     bound = _bound_arguments(fn, args, kwargs)
@@ -492,11 +631,17 @@ def _dynamic_dims(spec, fn, args, kwargs, leaf_names, leaves) -> dict:
                 continue
             if isinstance(sym, _DimHint):      # AUTO / DYNAMIC: a size of its own
                 sym = f"{name}_dim{d % ndim}"
+                ranges[sym] = (1, None)
+                hinted.add(sym)
             elif isinstance(sym, Dim):
                 size = leaves[i].shape[d]
                 if size < sym.min or (sym.max is not None and size > sym.max):
                     raise ValueError(f"kiln.export: {name}'s dim {d} is {size} in the example, "
                                      f"outside {sym!r}'s range [{sym.min}, {sym.max}]")
+                ranges[sym.__name__] = (max(sym.min, 1), sym.max)
+                sym = sym.__name__          # the symbol is the Dim's name, as in torch
+            else:
+                ranges.setdefault(str(sym), (1, None))
             out.setdefault(i, {})[d % ndim] = str(sym)
     return out
 

@@ -428,7 +428,8 @@ def _export_program(target, args: tuple, kwargs: dict) -> ExportedProgram:
                 and all(t.dim() >= 1 for t in tensors)
                 and len({t.shape[0] for t in tensors}) == 1 and tensors[0].shape[0] >= 2):
             try:
-                return _program.export(target, args, tuple({0: "batch"} for _ in args))
+                return _program.export(target, args,
+                                       dynamic_shapes=tuple({0: "batch"} for _ in args))
             except ValueError:
                 pass            # the program bakes the batch size in: export it fixed
         return _program.export(target, args, example_kwargs=kwargs)

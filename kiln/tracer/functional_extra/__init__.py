@@ -17,7 +17,8 @@ One module per family; each imports only `common` here (and `kiln.tracer.functio
     shapes          atleast_nd, splits, rot90, *_scatter, block_diag, meshgrid, index_put, ...
     linear_algebra  addmv, addr, addbmm, chain_matmul, kron, cdist, cov
     creation        scalar_tensor, range, frombuffer, window functions, poisson, fill
-    misc            finfo/iinfo, can_cast, typename, vmap/cond/while_loop, DLPack
+    misc            finfo/iinfo, can_cast, typename, vmap's loop, DLPack
+    control_flow    cond, while_loop, scan, associative_scan, map, _check
 
 This module only re-exports: every public name, and `_f` (used by `kiln.special`).
 """
@@ -71,9 +72,12 @@ from kiln.tracer.functional_extra.creation import (scalar_tensor, range_, frombu
                                                    binomial, fill)
 from kiln.tracer.functional_extra.misc import (finfo, iinfo, can_cast,  # noqa: F401
                                                broadcast_shapes, typename, get_device,
-                                               set_default_tensor_type, cond, while_loop,
+                                               set_default_tensor_type,
                                                nonzero_static, frobenius_norm, histogramdd,
                                                from_dlpack, to_dlpack)
+from kiln.tracer.functional_extra.control_flow import (cond, while_loop, scan,  # noqa: F401
+                                                       associative_scan, _check, _check_with,
+                                                       _check_is_size)
 
 # autocast's policy on the ops its tables name, before Tensor's methods are bound to them
 import sys as _sys  # noqa: E402

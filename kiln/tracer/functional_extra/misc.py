@@ -1,4 +1,4 @@
-"""Types and the rest: finfo/iinfo, can_cast, broadcast_shapes, typename, vmap/cond/while_loop,
+"""Types and the rest: finfo/iinfo, can_cast, broadcast_shapes, typename, vmap's loop,
 nonzero_static, histogramdd, DLPack."""
 
 from __future__ import annotations
@@ -103,21 +103,6 @@ def map_slices(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=No
             return tuple(F.stack([r[j] for r in results], od[j]) for j in range(len(first)))
         return F.stack(results, out_dims)
     return mapped
-
-
-def cond(pred, true_fn, false_fn, operands=()):
-    """torch.cond in eager form: the branch `pred` picks, called on `operands` (a compiled
-    function reading a tensor predicate reports a graph break)."""
-    return true_fn(*operands) if bool(pred) else false_fn(*operands)
-
-
-def while_loop(cond_fn, body_fn, carried_inputs):
-    """torch.while_loop in eager form: apply `body_fn` while `cond_fn` holds."""
-    values = tuple(carried_inputs)
-    while bool(cond_fn(*values)):
-        out = body_fn(*values)
-        values = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-    return values
 
 
 def nonzero_static(input, *, size, fill_value=-1):

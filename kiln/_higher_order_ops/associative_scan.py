@@ -1,0 +1,6 @@
+"""torch._higher_order_ops.associative_scan at its torch path; it lives in
+kiln.tracer.functional_extra.control_flow."""
+
+from kiln.tracer.functional_extra.control_flow import associative_scan  # noqa: F401
+
+__all__ = ["associative_scan"]
