@@ -388,3 +388,24 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_cond_whose_branches_draw_random_numbers_runs_eagerly_and_draws_as_eager(positive):
+    # traced, both branches would draw on every call where eager draws only the taken one's;
+    # the call breaks off, undoes the trace's draws and runs as eager does, so every later
+    # draw (in the function or after it) is eager's
+    def f(x):
+        return kiln.cond(x.sum() > 0, lambda a: a + kiln.rand(3), lambda a: a - kiln.rand(3),
+                         (x,))
+
+    x = kiln.ones(3) if positive else -kiln.ones(3)
+    kiln.manual_seed(0)
+    eager = [f(x).tolist() for _ in range(3)] + [kiln.rand(2).tolist()]
+    compiled = kiln.compile(f)
+    kiln.manual_seed(0)
+    with pytest.warns(UserWarning, match="cond's branches draw random numbers"):
+        got = [compiled(x).tolist() for _ in range(3)] + [kiln.rand(2).tolist()]
+    assert got == eager
+    with pytest.raises(kiln.compiler.GraphBreak, match="cond's branches draw random numbers"):
+        kiln.compile(f, fullgraph=True)(x)

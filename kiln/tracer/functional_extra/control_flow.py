@@ -21,6 +21,7 @@ captures it without reading a tensor's value into Python:
 from __future__ import annotations
 
 from kiln.tracer import functional as F
+from kiln.tracer.creation import default_generator
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.trace import flatten, unflatten
 
@@ -52,8 +53,20 @@ def cond(pred, true_fn, false_fn, operands=()):
 def _traced_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
     """Both branches, merged by `where` on the predicate (a 0-d bool that broadcasts)."""
     which = F.reshape(pred, ()) if pred.dtype.name == "bool" else F.reshape(pred != 0, ())
+    tracer = STATE.tracer
+    draws, rng = _random_draws(tracer), default_generator._stream.get_state()
     true_out = _run_pure(true_fn, _gated(operands, which, True), operands, "true_fn")
     false_out = _run_pure(false_fn, _gated(operands, which, False), operands, "false_fn")
+    if _random_draws(tracer) != draws:
+        # traced, both branches would draw on every call, where eager draws only the taken
+        # one's: the generator would advance differently from eager. Undo this call's draws
+        # and break; `compile` then finishes the call eagerly, drawing as eager does
+        default_generator._stream.set_state(rng)
+        tracer.graph_break("torch.cond's branches draw random numbers; traced, both branches "
+                           "would draw them on every call, where eager draws only the taken "
+                           "branch's")
+        if STATE.tracer is None:            # the trace was abandoned: run as eager does
+            return true_fn(*operands) if bool(pred) else false_fn(*operands)
     true_leaves, true_tree = flatten(true_out)
     false_leaves, false_tree = flatten(false_out)
     if true_tree != false_tree:
@@ -69,6 +82,10 @@ def _traced_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
                                "one graph of static shapes, so they must match")
         merged.append(F.where(which, a, b))
     return unflatten(true_tree, merged)
+
+
+def _random_draws(tracer) -> int:
+    return sum(b.kind == "seed" for b in tracer.bindings)
 
 
 def _gated(operands: tuple, which: Tensor, taken_when: bool) -> tuple:
