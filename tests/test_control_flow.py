@@ -3,6 +3,8 @@ while_loop, scan, associative_scan, map, and torch._check."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -409,3 +411,29 @@ def test_cond_whose_branches_draw_random_numbers_runs_eagerly_and_draws_as_eager
     assert got == eager
     with pytest.raises(kiln.compiler.GraphBreak, match="cond's branches draw random numbers"):
         kiln.compile(f, fullgraph=True)(x)
+
+
+def test_cond_whose_untaken_branch_is_singular_at_a_closed_over_tensor_runs_eagerly():
+    # w is closed over (not an operand), and the branch not taken takes sqrt(w) at w = 0:
+    # traced, 0 * inf would make w's gradient NaN where eager's (and torch's) is finite
+    def make(lib, w):
+        return lambda x: lib.cond(x.sum() > 0, lambda a: a * w, lambda a: a * w.sqrt(), (x,))
+
+    kw = kiln.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    tw = torch.tensor([0.0, 1.0, 2.0], requires_grad=True)
+    compiled = kiln.compile(make(kiln, kw))
+    torch_fn = make(torch, tw)
+    for sign in (1.0, 1.0, -1.0, 1.0):
+        kw.grad, tw.grad = None, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled(kiln.ones(3) * sign).sum().backward()
+        torch_fn(torch.ones(3) * sign).sum().backward()
+        np.testing.assert_allclose(kw.grad.numpy(), tw.grad.numpy(), rtol=1e-6)
+    with pytest.raises(kiln.compiler.GraphBreak, match="closes over through an op whose "
+                       "derivative can be infinite"):
+        kiln.compile(make(kiln, kw), fullgraph=True)(kiln.ones(3))
+    # without gradients nothing can turn NaN: no break
+    with kiln.no_grad():
+        out = kiln.compile(make(kiln, kw), fullgraph=True)(-kiln.ones(3))
+    np.testing.assert_allclose(out.numpy(), -np.sqrt([0.0, 1.0, 2.0]), rtol=1e-6)

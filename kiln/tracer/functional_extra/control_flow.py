@@ -55,18 +55,20 @@ def _traced_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
     which = F.reshape(pred, ()) if pred.dtype.name == "bool" else F.reshape(pred != 0, ())
     tracer = STATE.tracer
     draws, rng = _random_draws(tracer), default_generator._stream.get_state()
-    true_out = _run_pure(true_fn, _gated(operands, which, True), operands, "true_fn")
-    false_out = _run_pure(false_fn, _gated(operands, which, False), operands, "false_fn")
-    if _random_draws(tracer) != draws:
+    true_out = _run_branch(tracer, true_fn, which, True, operands, "true_fn")
+    if STATE.tracer is not None:
+        false_out = _run_branch(tracer, false_fn, which, False, operands, "false_fn")
+    if STATE.tracer is not None and _random_draws(tracer) != draws:
         # traced, both branches would draw on every call, where eager draws only the taken
-        # one's: the generator would advance differently from eager. Undo this call's draws
-        # and break; `compile` then finishes the call eagerly, drawing as eager does
-        default_generator._stream.set_state(rng)
+        # one's: the generator would advance differently from eager
         tracer.graph_break("torch.cond's branches draw random numbers; traced, both branches "
                            "would draw them on every call, where eager draws only the taken "
                            "branch's")
-        if STATE.tracer is None:            # the trace was abandoned: run as eager does
-            return true_fn(*operands) if bool(pred) else false_fn(*operands)
+    if STATE.tracer is None:
+        # `compile` abandoned the trace at a break above: this call finishes as eager runs it,
+        # the branches' draws undone and only the taken branch's result (and autograd graph)
+        default_generator._stream.set_state(rng)
+        return true_fn(*operands) if bool(pred) else false_fn(*operands)
     true_leaves, true_tree = flatten(true_out)
     false_leaves, false_tree = flatten(false_out)
     if true_tree != false_tree:
@@ -82,6 +84,54 @@ def _traced_cond(pred: Tensor, true_fn, false_fn, operands: tuple):
                                "one graph of static shapes, so they must match")
         merged.append(F.where(which, a, b))
     return unflatten(true_tree, merged)
+
+
+# ops whose derivative is infinite somewhere in their domain (log 0, sqrt 0, x / 0, ...)
+_SINGULAR = frozenset("""div log log1p sqrt pow atan2 asin acosh atanh digamma lgamma polygamma
+erfinv ndtri log_ndtr zeta gammainc gammaincc prod linalg_inv linalg_cholesky linalg_eigh
+linalg_eig linalg_svd linalg_slogdet linalg_qr linalg_lu""".split())
+
+
+def _run_branch(tracer, fn, which: Tensor, taken_when: bool, operands: tuple, name: str):
+    """One branch, traced on its gated operands (`_gated`). Tensors the branch closes over
+    (module parameters) are not gated: where the branch not taken has an infinite derivative
+    (a log or a division at values eager would never give it), 0 * inf would make their
+    gradients NaN where eager's are finite. Such a branch breaks the graph instead: one that
+    sends a closed-over tensor through a singular op while gradients are on."""
+    gated = _gated(operands, which, taken_when)
+    nodes = tracer.graph.nodes
+    start = len(nodes)
+    out = _run_pure(fn, gated, operands, name)
+    if STATE.grad_enabled and _closure_reaches_singular_op(tracer, nodes[start:], gated):
+        tracer.graph_break(f"torch.cond's {name} sends a tensor it closes over through an op "
+                           "whose derivative can be infinite (log, sqrt, a division, ...); "
+                           "traced, the branch not taken could make its gradient NaN where "
+                           "eager's is finite: pass such tensors to cond as operands")
+    return out
+
+
+def _closure_reaches_singular_op(tracer, new_nodes: list, gated: tuple) -> bool:
+    """Whether a value from outside the branch (not one of its gated operands; graph inputs
+    only when their tensor requires grad) flows into one of the branch's singular ops."""
+    mine = {id(t._trace) for t in flatten(gated)[0] if isinstance(t, Tensor) and
+            t._trace is not None}
+    inputs = {id(v): tensor for tensor, v in tracer.input_of.values()}
+    produced, reached = set(), set()
+    for node in new_nodes:
+        from_outside = False
+        for v in node.value_inputs:
+            key = id(v)
+            if key in reached:
+                from_outside = True
+            elif key not in produced and key not in mine:
+                tensor = inputs.get(key)
+                from_outside |= tensor is None or tensor.requires_grad
+        if from_outside and node.op in _SINGULAR:
+            return True
+        produced.add(id(node.out))
+        if from_outside:
+            reached.add(id(node.out))
+    return False
 
 
 def _random_draws(tracer) -> int:
