@@ -157,10 +157,7 @@ def test_cond_under_trace_refuses_mismatched_branches():
         run(lambda x: x.double())
     with pytest.raises(RuntimeError, match="same output structure"):
         run(lambda x: (x + 1, x + 2))
-    # torch refuses the same structural mismatch
-    with pytest.raises(Exception):
-        torch.cond(torch.tensor(True), lambda x: x + 1, lambda x: (x + 1, x + 2),
-                   (torch.ones(2),))
+    # torch refuses the same structural mismatch: test_torch_refuses_what_kiln_refuses
 
 
 def test_cond_under_trace_refuses_in_place_writes_to_operands():
@@ -173,14 +170,10 @@ def test_cond_under_trace_refuses_in_place_writes_to_operands():
                       fullgraph=True)
     with pytest.raises(RuntimeError, match="true_fn writes in place to operand 0"):
         fn(kx.clone())
-    with pytest.raises(Exception, match="mutation"):     # torch refuses it too
-        torch.cond(torch.tensor(True), lambda x: x.add_(1) + 1, lambda x: x - 1,
-                   (torch.ones(2),))
 
 
 def test_cond_under_trace_refuses_writes_to_closed_over_state():
     steps = kiln.zeros(3)
-    t_steps = torch.zeros(3)
 
     def counting(lib, state):
         def false_fn(x):
@@ -190,8 +183,45 @@ def test_cond_under_trace_refuses_writes_to_closed_over_state():
     with pytest.raises(RuntimeError, match="false_fn writes in place to a tensor it closes "
                                            "over \\(state, float32\\[3\\]\\)"):
         kiln.compile(counting(kiln, steps), fullgraph=True)(kiln.ones(3))
-    with pytest.raises(Exception, match="mutation"):      # torch refuses it too
-        counting(torch, t_steps)(torch.ones(3))
+
+
+# torch.cond's refusals leave torch's frame-evaluation hook (dynamo) installed in the process,
+# which shifts every Python reference count by one per frame from then on; kiln's gradient and
+# layout ownership checks count references, so these run in a process of their own
+_TORCH_REFUSALS = """
+import torch
+state = torch.zeros(3)
+
+def writes_state(x):
+    state.add_(1)
+    return x + 1
+
+cases = [
+    lambda: torch.cond(torch.tensor(True), lambda x: x + 1, lambda x: (x + 1, x + 2),
+                       (torch.ones(2),)),
+    lambda: torch.cond(torch.tensor(True), lambda x: x.add_(1) + 1, lambda x: x - 1,
+                       (torch.ones(2),)),
+    lambda: torch.cond(torch.ones(3).sum() > 0, lambda x: x * 2, writes_state,
+                       (torch.ones(3),)),
+]
+for case in cases:
+    try:
+        case()
+        print("accepted")
+    except Exception as e:
+        print("refused", "mutation" in str(e))
+"""
+
+
+def test_torch_refuses_what_kiln_refuses():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _TORCH_REFUSALS], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # a structural mismatch, then in-place writes to an operand and to closed-over state
+    assert out.stdout.split("\n")[:3] == ["refused False", "refused True", "refused True"], \
+        out.stdout
 
 
 def test_cond_keeps_in_place_ops_on_its_own_intermediates():

@@ -388,12 +388,30 @@ def builds_ready(kernels: list, aligned: tuple, specs: list, num_inputs: int) ->
     return ready
 
 
+_FRONT_END = threading.Lock()     # serializes a build retried after CPython's AST race
+
+
+def _race_safe(build):
+    """`build()`; once more, alone, when CPython 3.11 reports its AST race. Triton's front end
+    parses kernels with `ast`, whose converter keeps one recursion counter per interpreter,
+    not per thread: two threads building at once can trip it ("SystemError: AST constructor
+    recursion depth mismatch"), though neither kernel is at fault."""
+    try:
+        return build()
+    except SystemError as e:
+        if "recursion depth mismatch" not in str(e):
+            raise
+        with _FRONT_END:
+            return build()
+
+
 def _build_kernel(tk: TritonKernel, aligned: tuple, specs: list, num_inputs: int):
     """Build (or fetch from Triton's own caches) the kernel for this GPU; kept in memory."""
     activate_cupy_driver()
     fn = load_kernel(tk, interpret=False)
     args = [_SpecializationArg(dtype, a) for (_, dtype), a in zip(specs, aligned)]
-    kernel = fn.run(*args, grid=tk.grid, warmup=True, num_warps=tk.num_warps, **tk.constexprs)
+    kernel = _race_safe(lambda: fn.run(*args, grid=tk.grid, warmup=True,
+                                       num_warps=tk.num_warps, **tk.constexprs))
     with _LOCK:
         _COMPILED[_compiled_key(tk, aligned, specs)] = kernel
     return kernel
@@ -531,8 +549,9 @@ def build_one_for_gpu(tk: TritonKernel, arch: int, cache: KernelCache | None = N
     fn = load_kernel(tk, interpret=False)
     src = triton.compiler.ASTSource(fn=fn, signature=dict(tk.signature),
                                     constexprs=dict(tk.constexprs), attrs=_aligned_attrs(tk))
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": tk.num_warps, "enable_fp_fusion": True})
+    compiled = _race_safe(lambda: triton.compile(
+        src, target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": tk.num_warps, "enable_fp_fusion": True}))
     ptx, cubin = compiled.asm["ptx"], bytes(compiled.asm["cubin"])
     cache.put("aot_ptx", key, ptx.encode())
     cache.put("aot_cubin", key, cubin)
