@@ -12,6 +12,7 @@ from kiln.tracer.tensor import Tensor, Size  # noqa: F401
 from kiln.tracer.layout import (memory_format, contiguous_format, channels_last,  # noqa: F401
                                 channels_last_3d, preserve_format)
 from kiln.tracer import methods as _methods  # noqa: F401  (binds ops onto Tensor)
+from kiln.tracer import torch_function as _torch_function  # noqa: F401  (__torch_function__)
 from kiln.tracer.autograd import (no_grad, enable_grad, set_grad_enabled,  # noqa: F401
                                   inference_mode, is_grad_enabled)
 from kiln.tracer.functional import (  # noqa: F401
@@ -78,6 +79,7 @@ _ON_FIRST_USE["_logging"] = "kiln._logging"       # torch._logging.set_logs: com
 _ON_FIRST_USE["library"] = "kiln.library"         # torch.library: the user's own operators
 _ON_FIRST_USE["signal"] = "kiln.signal"           # torch.signal.windows
 _ON_FIRST_USE["futures"] = "kiln.futures"        # torch.futures.Future, for RPC results
+_ON_FIRST_USE["_C"] = "kiln._C"                   # torch._C's __torch_function__ switches
 
 
 def is_tensor(obj) -> bool:
@@ -156,6 +158,9 @@ from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
                                   layout, sparse_coo, strided)
 from kiln.tracer.sparse import sparse_coo_tensor, spmm  # noqa: F401,E402
+from kiln import overrides  # noqa: F401,E402  (torch.overrides; installs the protocol on use)
+from kiln.tracer.torch_function import (DisableTorchFunction,  # noqa: F401,E402
+                                        DisableTorchFunctionSubclass)
 from kiln import sparse  # noqa: F401,E402  (torch.sparse: mm, sum)
 from kiln.tracer import grad_names as _grad_names  # noqa: E402
 from kiln.tracer import functional as _core_functional  # noqa: E402

@@ -42,6 +42,7 @@ from kiln.ir import dtypes as _dtypes
 from kiln.ir.dtypes import from_name
 from kiln.runtime.device import Device, cuda_is_available
 from kiln.tracer.tensor import Size
+from kiln.tracer.torch_function import rebuild_subclass, takes_part
 
 __all__ = ["save", "load", "CheckpointError", "WeightsOnlyUnpicklingError", "add_safe_globals",
            "get_safe_globals", "clear_safe_globals", "safe_globals"]
@@ -141,7 +142,9 @@ def _kiln_safe_globals() -> dict[str, Any]:
             "collections.defaultdict": defaultdict, "builtins.dict": dict,
             "kiln.ir.dtypes.from_name": from_name, "kiln.runtime.device.Device": Device,
             "builtins.set": set, "builtins.frozenset": frozenset, "builtins.complex": complex,
-            "builtins.slice": slice}
+            "builtins.slice": slice,
+            # a tensor subclass (whose class itself must be allowed by the user)
+            "kiln.tracer.torch_function.rebuild_subclass": rebuild_subclass}
 
 
 # ----------------------------------------------------------------------------- save
@@ -197,6 +200,8 @@ class _Encoder:
         if kind in (bytes, bytearray):
             return self._add({kind.__name__: base64.b64encode(obj).decode("ascii")})
         if isinstance(obj, Tensor):
+            if takes_part(kind):
+                raise _NeedsPickle(f"a tensor subclass {kind.__qualname__} at {_where(path)}")
             if obj.is_sparse:
                 raise TypeError(f"kiln.save: the sparse tensor at {_where(path)} is not held by "
                                 "kiln's format; save its .coalesce().indices(), .values() and "
@@ -299,7 +304,7 @@ class _Pickler(pickle.Pickler):
         self.encoder = encoder
 
     def persistent_id(self, obj: Any) -> tuple | None:
-        if isinstance(obj, Tensor):
+        if isinstance(obj, Tensor) and not takes_part(type(obj)):
             from kiln.nn.parameter import Parameter
             name = self.encoder.tensor_name(obj, [str(len(self.encoder.arrays))])
             kind = "Parameter" if type(obj) is Parameter else "Tensor"

@@ -42,8 +42,7 @@ SymBool SymFloat SymInt sym_constrain_range sym_constrain_range_for_size sym_flo
 sym_fresh_size sym_int sym_ite sym_max sym_min sym_not sym_sqrt sym_sum
 """)
 _group("torch", "dispatcher internals (__torch_function__ / dispatch keys / op tags)", """
-DispatchKey DispatchKeySet DisableTorchFunction DisableTorchFunctionSubclass
-ExcludeDispatchKeyGuard Tag classproperty
+DispatchKey DispatchKeySet ExcludeDispatchKeyGuard Tag classproperty
 """)
 STORAGE = "storage objects and raw memory (a kiln tensor owns a NumPy/CuPy array, no Storage)"
 _group("torch", STORAGE, """
@@ -149,7 +148,7 @@ _group(T, "distributed-tensor internals of the PyTorch build", "is_distributed")
 _group(T, "legacy autograd.Variable leftovers (removed semantics)", "reinforce volatile")
 _group(T, "internals of torch's own machinery (subclassing, nn.Module.load_state_dict "
        "assign hooks, dtype of a grad override, output index of an autograd node)", """
-as_subclass grad_dtype output_nr name hash_tensor
+grad_dtype output_nr name hash_tensor
 """)
 _group(T, "a CPU-only Python callback on three tensors per element (apply_ and map_ are provided)",
        "map2_")
@@ -168,8 +167,8 @@ DeviceType ProfilerActivity ProfilerConfig ProfilerEvent ProfilerState kineto_av
 SavedTensor enforce_grad_layout_policy is_multithreading_enabled set_multithreading_enabled
 is_view_replay_enabled NestedIOFunction
 """)
-_group("torch.autograd", "__torch_function__ dispatch helpers", """
-handle_torch_function has_torch_function is_tensor_like overload cast
+_group("torch.autograd", "typing helpers of torch's own code", """
+overload cast
 """)
 _group("torch.autograd.graph", "dispatcher, CUDA-stream and torch.compile memory-budget "
        "internals", """
@@ -180,8 +179,7 @@ region_activation_memory_budget
 # nn-ish namespaces: names that are internals or need features kiln does not have
 _group("torch.nn", "legacy Lua-torch leftovers", "Container")
 _group("torch.nn.functional", "__torch_function__ dispatch internals", """
-boolean_dispatch handle_torch_function has_torch_function has_torch_function_unary
-has_torch_function_variadic assert_int_or_pair
+boolean_dispatch assert_int_or_pair
 """)
 _group("torch.nn.functional", "low-precision GEMM entry points for FP8/grouped experts (CUDA "
        "only)", "ScalingType SwizzleType grouped_mm scaled_grouped_mm scaled_mm")

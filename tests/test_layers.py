@@ -40,7 +40,7 @@ PUBLIC_ONLY = {"nn", "optim", "utils", "distributions", "metrics"}
 # nn.functional builds on, as torch.nn.functional uses torch.ops.
 PUBLIC_PACKAGES = {"kiln", "nn", "optim", "utils", "autograd", "distributed", "distributions",
                    "linalg", "special", "fft", "amp", "metrics", "serialization", "compiler",
-                   "ops", "func", "backends", "__future__", "hub"}
+                   "ops", "func", "backends", "__future__", "hub", "overrides"}
 COMPILER_HOOKS = {"compile", "composite", "is_compiling", "untraced", "note_grad_cleared",
                   "scalar_input", "replay_after", "note_python_read", "note_grads_checked",
                   "reset"}

@@ -9,6 +9,8 @@ from kiln.tracer.custom_function import (Function, FunctionCtx, Variable,  # noq
 from kiln.autograd import function, functional  # noqa: F401,E402
 from kiln.autograd import graph  # noqa: F401,E402
 from kiln.autograd import forward_ad  # noqa: F401,E402
+from kiln.overrides import (handle_torch_function, has_torch_function,  # noqa: F401,E402
+                            is_tensor_like)
 from kiln.tracer.creation import tensor as _tensor
 
 

@@ -40,6 +40,7 @@ from kiln.tracer.creation import get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
@@ -588,6 +589,13 @@ class CompiledFunction:
                        "CUDA graph is being captured (kiln.cuda.graph); it runs eagerly there, "
                        "its kernels captured into that graph (kiln.compile replays its own "
                        "programs as CUDA graphs: no capture of yours is needed)")
+            return self.fn(*args, **kwargs)
+        overridden = _torch_function.untraceable(args, kwargs)
+        if overridden is not None:
+            if self.fullgraph:
+                raise GraphBreak(f"{overridden} would run on every call", _where(self.fn))
+            self._note("torch_function", f"{_function_name(self.fn)} is called with "
+                       f"{overridden} in effect; it runs eagerly, so that runs on every call")
             return self.fn(*args, **kwargs)
         if self._not_traceable is not None:
             if self.fullgraph:

@@ -17,6 +17,8 @@ from kiln import ops as _core
 from kiln.nn.attention.bias import CausalBias
 from kiln.compiler import is_compiling
 from kiln.ops import op_error
+from kiln.overrides import (handle_torch_function, has_torch_function,  # noqa: F401
+                            has_torch_function_unary, has_torch_function_variadic)
 from kiln.ops import prims as P
 from kiln.nn.functional_loss import _legacy
 from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad

@@ -6,11 +6,26 @@ import kiln
 from kiln import Tensor
 
 
-class Parameter(Tensor):
+class _ParameterMeta(type):
+    """`isinstance(x, Parameter)` also holds for a tensor subclass instance made a parameter
+    (`Parameter(MyTensor(...))` stays a MyTensor, marked `_is_param`, as in PyTorch)."""
+
+    def __instancecheck__(cls, instance) -> bool:
+        if cls is Parameter and isinstance(instance, Tensor) and \
+                getattr(instance, "_is_param", False) is True:
+            return True
+        return super().__instancecheck__(instance)
+
+
+class Parameter(Tensor, metaclass=_ParameterMeta):
     """A kiln.Tensor (sharing the given tensor's memory) that requires grad by default.
 
-    Assigning one as a Module attribute registers it in `module.parameters()`.
+    Assigning one as a Module attribute registers it in `module.parameters()`. A tensor
+    subclass that takes part in `__torch_function__` stays its own class: the parameter is
+    `data.detach()` requiring grad and marked `_is_param`, so `isinstance(p, Parameter)`.
     """
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = kiln._C._disabled_torch_function_impl
 
     __slots__ = ()
 
@@ -19,6 +34,10 @@ class Parameter(Tensor):
             data = kiln.empty(0)
         if cls is Parameter and hasattr(type(data), "_as_parameter"):
             return data._as_parameter(requires_grad)    # Parameter(DTensor) stays a DTensor
+        if cls is Parameter and type(data) is not Tensor and not isinstance(data, Parameter):
+            if kiln.overrides.is_tensor_like(data) and type(data).__torch_function__ is not \
+                    kiln._C._disabled_torch_function_impl:
+                return _subclass_parameter(data, requires_grad)
         param = Tensor._make(data._data, data.dtype, data.device, cls)
         param._version = data._version      # same memory, same version counter
         if requires_grad and not data.dtype.is_floating_point and not data.dtype.is_complex:
@@ -50,12 +69,28 @@ class Parameter(Tensor):
         return copy
 
 
+def _subclass_parameter(data: Tensor, requires_grad: bool) -> Tensor:
+    param = data.detach().requires_grad_(requires_grad)
+    if type(param) is not type(data):
+        raise RuntimeError(f"nn.Parameter: {type(data).__name__}.detach() returned a "
+                           f"{type(param).__name__}; a tensor subclass made a Parameter must "
+                           "return its own class from detach()")
+    try:
+        param._is_param = True
+    except AttributeError:
+        raise TypeError(f"nn.Parameter: can't mark the {type(data).__name__} as a parameter "
+                        "(its class has __slots__ and no __dict__)") from None
+    return param
+
+
 def _rebuild_parameter(data: Tensor, requires_grad: bool) -> Parameter:
     return Parameter(data, requires_grad)
 
 
 class Buffer(Tensor):
     """Marks a tensor to be registered as a module buffer when assigned as an attribute."""
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = kiln._C._disabled_torch_function_impl
 
     __slots__ = ("persistent",)
 
@@ -97,6 +132,8 @@ class UninitializedParameter(Parameter):
 
 class UninitializedBuffer(Tensor):
     """A buffer whose shape is not known yet (lazy modules); `materialize` gives it one."""
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = kiln._C._disabled_torch_function_impl
 
     __slots__ = ()
     cls_to_become = Tensor

@@ -369,13 +369,7 @@ def unpack_tensor(packed: tuple, like: Tensor, edge, where: str) -> Tensor:
         data = data.astype(like._data.dtype)
     out = Tensor._make(data, like.dtype, like.device)
     if edge is not None:
-        alias = Node()
-        alias.prim, alias.inputs, alias.attrs, alias.versions = _ALIAS, (like,), {}, (None,)
-        alias.out_data, alias.out_dtype, alias.out_device = data, like.dtype, like.device
-        alias.out_version = alias.out_at = None
-        alias.edges = (edge,)
-        alias.hooks = alias.retained = alias.out_trace = alias.packed = None
-        out.grad_fn, out.requires_grad = alias, True
+        link_alias(out, like, (edge,))
     return out
 
 
@@ -432,6 +426,18 @@ class SavedTensor:
 # the identity, as the grad_fn that links an unpacked (or dual) tensor to the saved one's history
 _ALIAS = Primitive("alias", "movement", None, None, lambda g, out, x: (g,), 1, reads=(),
                    doc="the same value under another tensor: its gradient passes through")
+
+
+def link_alias(out: Tensor, source: Tensor, edges: tuple | None = None) -> None:
+    """Make `out` (on `source`'s memory) a non-leaf whose gradient passes on along `edges`
+    (default: into `source`'s history)."""
+    node = Node()
+    node.prim, node.inputs, node.attrs, node.versions = _ALIAS, (source,), {}, (None,)
+    node.out_data, node.out_dtype, node.out_device = out._data, out.dtype, out.device
+    node.out_version = node.out_at = None
+    node.edges = edges_of((source,)) if edges is None else edges
+    node.hooks = node.retained = node.out_trace = node.packed = None
+    out.grad_fn, out.requires_grad = node, True
 
 
 # ----------------------------------------------------------------------------- views

@@ -97,13 +97,7 @@ def alias(tensor: Tensor, linked: bool) -> Tensor:
     passes on to `tensor`'s history (else it goes nowhere)."""
     out = Tensor._make(tensor._data, tensor.dtype, tensor.device)
     out._version = tensor._version
-    node = autograd.Node()
-    node.prim, node.inputs, node.attrs, node.versions = autograd._ALIAS, (tensor,), {}, (None,)
-    node.out_data, node.out_dtype, node.out_device = tensor._data, tensor.dtype, tensor.device
-    node.out_version = node.out_at = None
-    node.edges = autograd.edges_of((tensor,)) if linked else (None,)
-    node.hooks = node.retained = node.out_trace = node.packed = None
-    out.grad_fn, out.requires_grad = node, True
+    autograd.link_alias(out, tensor, None if linked else (None,))
     return out
 
 

@@ -25,6 +25,8 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.runtime.device import CPU
 from kiln.tracer.errors import op_error
+from kiln.tracer.torch_function import \
+    disabled_torch_function_impl as _disabled_torch_function_impl
 from kiln.tracer.tensor import STATE, TRACING, Tensor, _format_array, _with_suffixes
 
 
@@ -90,6 +92,8 @@ _HOW = "call .dequantize() first, or use a quantized module from kiln.ao.nn.quan
 
 class QuantizedTensor(Tensor):
     """A quantized tensor; make one with kiln.quantize_per_tensor / quantize_per_channel."""
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = _disabled_torch_function_impl
 
     # `_scales`/`_zero_points`: a float and an int (per tensor) or float64/int64 arrays (per
     # channel, along `_axis`)

@@ -24,6 +24,8 @@ import math
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.tracer.torch_function import \
+    disabled_torch_function_impl as _disabled_torch_function_impl
 from kiln.tracer.tensor import Tensor
 
 _SUPPORTED = ("kiln's sparse COO tensors support to_dense(), coalesce(), indices()/values(), "
@@ -68,6 +70,8 @@ class _NoDenseMemory:
 
 class SparseTensor(Tensor):
     """A sparse COO tensor; make one with `kiln.sparse_coo_tensor` or `dense.to_sparse()`."""
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = _disabled_torch_function_impl
 
     __slots__ = ("_idx", "_vals", "_coalesced")
 

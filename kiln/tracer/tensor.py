@@ -29,6 +29,9 @@ class _State(threading.local):
     tracer = None        # the active kiln.tracer.trace.Tracer, or None
     saved_hooks = ()     # the thread's active saved_tensors_hooks (pack, unpack), innermost last
     hooks_disabled = ()  # messages of the thread's disable_saved_tensors_hooks blocks
+    tf_modes = ()        # the thread's TorchFunctionModes, innermost last (torch_function.py)
+    tf_off = 0           # DisableTorchFunction depth: no __torch_function__ at all
+    tf_subclass_off = 0  # DisableTorchFunctionSubclass depth: modes only
 
 
 STATE = _State()
@@ -64,6 +67,8 @@ class Tensor:
         float32 tensor of that shape (zeros: PyTorch leaves the memory uninitialized),
         Tensor(data) a float32 copy of a list or array (a float32 tensor itself), Tensor() an
         empty one. Prefer kiln.tensor / kiln.zeros."""
+        if type(self) is not Tensor and hasattr(self, "_data"):
+            return              # a subclass made by Tensor.__new__ (see torch_function.py)
         from kiln.tracer.creation import legacy_new
         made = legacy_new(args, dt.float32, device, "Tensor")
         self._data, self.dtype, self.device = made._data, made.dtype, made.device
@@ -308,7 +313,10 @@ class Tensor:
         if self.device.type != "cpu":
             pending_checks.host_read("printing a tensor")
         data = to_device(self._data, CPU)
-        body = _format_array(data, self.dtype)
+        prefix = "tensor("
+        if type(self) is not Tensor and _shows_own_name(type(self)):
+            prefix = type(self).__name__ + "("      # as PyTorch prints a subclass: S([1., 2.])
+        body = _format_array(data, self.dtype, len(prefix))
         extras = []
         if self.device.type != "cpu":
             extras.append(f"device='{self.device}'")
@@ -324,9 +332,15 @@ class Tensor:
             extras.append(f"grad_fn=<{self.grad_fn.name()}>")
         elif self.requires_grad:
             extras.append("requires_grad=True")
-        return _with_suffixes("tensor(" + body, extras, len("tensor("))
+        return _with_suffixes(prefix + body, extras, len(prefix))
 
     __str__ = __repr__
+
+
+def _shows_own_name(cls: type) -> bool:
+    """A subclass that takes part in __torch_function__ prints under its own name."""
+    from kiln.tracer.torch_function import takes_part
+    return takes_part(cls)
 
 
 class Size(tuple):
@@ -375,7 +389,7 @@ def _with_suffixes(text: str, suffixes: list, indent: int) -> str:
     return text + ")"
 
 
-def _format_array(data: np.ndarray, dtype: dt.DType) -> str:
+def _format_array(data: np.ndarray, dtype: dt.DType, indent: int = len("tensor(")) -> str:
     """The body of a tensor's repr, laid out by PyTorch's rules (`PRINT_OPTS`): one width for
     every element, chosen from the values shown; a row wrapped at the line width; past
     `threshold` elements only `edgeitems` at each end of every dimension."""
@@ -388,7 +402,7 @@ def _format_array(data: np.ndarray, dtype: dt.DType) -> str:
         formats = (_Formatter(shown.real), _Formatter(shown.imag))
     else:
         formats = (_Formatter(shown),)
-    return _nested_str(data, len("tensor("), summarize, formats)
+    return _nested_str(data, indent, summarize, formats)
 
 
 class _Formatter:

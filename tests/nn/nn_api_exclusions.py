@@ -12,11 +12,6 @@ EXCLUSIONS: dict[str, dict[str, str]] = {
     "nn.functional": {
         "assert_int_or_pair": "internal argument check of torch's functional module",
         "boolean_dispatch": "TorchScript helper that picks an overload by a bool argument",
-        "handle_torch_function": "the __torch_function__ override protocol (tensor "
-                                 "subclasses), which kiln does not have",
-        "has_torch_function": "as handle_torch_function",
-        "has_torch_function_unary": "as handle_torch_function",
-        "has_torch_function_variadic": "as handle_torch_function",
         "grouped_mm": "grouped low-precision GPU matmul for mixture-of-experts kernels",
         "scaled_grouped_mm": "FP8 scaled grouped matmul (GPU kernels kiln does not target)",
         "scaled_mm": "FP8 scaled matmul (GPU kernels kiln does not target)",

@@ -19,10 +19,14 @@ from kiln.distributed.tensor.placement import (
 from kiln.ir import dtypes as dt
 from kiln.tracer.custom_function import Function
 from kiln.tracer.tensor import Size
+from kiln.tracer.torch_function import \
+    disabled_torch_function_impl as _disabled_torch_function_impl
 
 
 class DTensor(Tensor):
     """A tensor distributed over a DeviceMesh; its data is this rank's local piece."""
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = _disabled_torch_function_impl
 
     __slots__ = ("_mesh", "_placements", "_global_shape")
 

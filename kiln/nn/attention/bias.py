@@ -26,6 +26,8 @@ class CausalVariant(IntEnum):
 class CausalBias(Tensor):
     """A causal mask of `seq_len_q` x `seq_len_kv`: a Tensor subclass, as PyTorch's is (a
     boolean tensor of the mask), that scaled_dot_product_attention reads by its variant."""
+    # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
+    __torch_function__ = kiln._C._disabled_torch_function_impl
 
     __slots__ = ("variant", "seq_len_q", "seq_len_kv")
 
