@@ -142,6 +142,11 @@ class TorchFunctionMode:
     `__torch_function__(self, func, types, args=(), kwargs=None)` decides what happens (calling
     `func(*args, **kwargs)` inside it reaches the modes below it, then the tensors' own)."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _tf.activate()           # a mode class defined: the public objects it compares with
+                                 # (`func is kiln.Tensor.add`) are the dispatching ones from now
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         raise NotImplementedError
 
