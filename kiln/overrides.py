@@ -144,8 +144,8 @@ class TorchFunctionMode:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _tf.activate()           # a mode class defined: the public objects it compares with
-                                 # (`func is kiln.Tensor.add`) are the dispatching ones from now
+        if cls.__module__ != __name__:  # a user's mode class: from now on the public objects
+            _tf.activate()              # it compares with (`func is kiln.Tensor.add`) dispatch
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         raise NotImplementedError
