@@ -175,8 +175,16 @@ def dispatching(fn, func_of=None):
     """`fn` with the protocol in front: the twin `activate()` installs. `func_of()` gives the
     public object handed to `__torch_function__` (default: the twin itself)."""
     def dispatch(*args, **kwargs):
-        if STATE.tf_off:
+        state = STATE
+        if state.tf_off:
             return fn(*args, **kwargs)
+        if not kwargs and not state.tf_modes:
+            for a in args:          # the common call: plain tensors and numbers only
+                kind = type(a)
+                if kind is not Tensor and kind not in _PLAIN:
+                    break
+            else:
+                return fn(*args)
         overloaded = overloaded_args(args, kwargs)
         if overloaded or STATE.tf_modes:
             return handle(dispatch if func_of is None else func_of(), overloaded, args, kwargs)
