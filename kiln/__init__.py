@@ -80,6 +80,7 @@ _ON_FIRST_USE["library"] = "kiln.library"         # torch.library: the user's ow
 _ON_FIRST_USE["signal"] = "kiln.signal"           # torch.signal.windows
 _ON_FIRST_USE["futures"] = "kiln.futures"        # torch.futures.Future, for RPC results
 _ON_FIRST_USE["_C"] = "kiln._C"                   # torch._C's __torch_function__ switches
+_ON_FIRST_USE["masked"] = "kiln.masked"           # torch.masked: MaskedTensor, masked reductions
 
 
 def is_tensor(obj) -> bool:
