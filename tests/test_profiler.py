@@ -432,3 +432,23 @@ def test_cuda_ops_are_recorded_as_cpu_side_dispatch():
         a + a
     assert counts(prof) == {"kiln::matmul": 1, "kiln::add": 1}
     assert all(e.cpu_time_total > 0 for e in prof.events())
+
+
+def test_experimental_config_takes_pytorchs_options():
+    """profiler_recipe's `experimental_config=torch._C._profiler._ExperimentalConfig(verbose=
+    True)`: the same option names as torch's constructor (read from its signature text)."""
+    import re
+
+    import torch
+    signature = torch._C._profiler._ExperimentalConfig.__init__.__doc__.split("\n")[0]
+    theirs = set(re.findall(r"(\w+): [\w.\[\]]+ = ", signature))
+    from kiln._C._profiler import _ExperimentalConfig, _OPTIONS
+    assert set(_OPTIONS) == theirs
+    config = kiln._C._profiler._ExperimentalConfig(verbose=True)
+    assert config.verbose is True and config.profiler_metrics == ()
+    x = kiln.randn(4, 3)
+    with kiln.profiler.profile(experimental_config=config) as prof:
+        x.sum()
+    assert [e.key for e in prof.key_averages()] == ["kiln::sum"]
+    with pytest.raises(TypeError, match="unexpected options"):
+        _ExperimentalConfig(verbos=True)

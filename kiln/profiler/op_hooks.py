@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kiln.ir.ops import PRIMITIVES, P
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import OBSERVED, Tensor
 
 _OBSERVERS: list = []        # fn(name, args, attrs, out), called after each dispatched primitive
 _INNER: list = [None]        # the dispatch the wrapper calls, while it is in the chain
@@ -33,9 +33,15 @@ def add_op_observer(fn: Callable) -> None:
     `remove_op_observer(fn)`. `args` are the primitive's inputs (tensors and Python numbers),
     `attrs` its attribute dict, `out` its result tensor."""
     _OBSERVERS.append(fn)
+    OBSERVED[0] = True
     if _INNER[0] is None:
         _INNER[0] = P.dispatch
         P.dispatch = _observed_dispatch
+
+
+def observed() -> bool:
+    """Whether an op observer is installed."""
+    return bool(_OBSERVERS)
 
 
 def remove_op_observer(fn: Callable) -> None:
@@ -45,6 +51,7 @@ def remove_op_observer(fn: Callable) -> None:
         _OBSERVERS.remove(fn)
     if _OBSERVERS or _INNER[0] is None:
         return
+    OBSERVED[0] = recorder._ACTIVE[0] is not None
     inner, _INNER[0] = _INNER[0], None
     if P.dispatch is _observed_dispatch:
         P.dispatch = inner

@@ -48,10 +48,11 @@ class profile:
     times: with `ProfilerActivity.CUDA`, an op on a cuda tensor is timed as its CPU-side
     dispatch; device kernel times are not measured (kiln has no CUPTI).
 
-    Not recorded: eager paths that skip the dispatcher (a CPU tensor's full sum and mean,
-    softmax/log_softmax, max pooling and fused RNN cells have such fast paths; an optimizer's
-    in-place updates, `fill_`, `zero_`, `copy_` and plain `x[i] = v` writes) show up only as
-    time in the enclosing range's self time; wrap them in `record_function` to name them.
+    The eager fast paths of a full sum or mean and of softmax/log_softmax take the dispatcher
+    while a profiler records, so they are seen. Not recorded: the other paths that skip the
+    dispatcher (cuda max pooling and fused RNN cells; an optimizer's in-place updates, `fill_`,
+    `zero_`, `copy_` and plain `x[i] = v` writes) show up only as time in the enclosing
+    range's self time; wrap them in `record_function` to name them.
     FLOPs and modules are not recorded; asking for them warns.
 
     With `profile_memory`, each op's event carries the bytes its result newly holds and the

@@ -25,7 +25,7 @@ from time import perf_counter_ns
 
 from kiln.ir.ops import P
 from kiln.profiler import memory
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import OBSERVED, Tensor
 
 # categories, as Chrome's trace viewer shows them
 OP = "cpu_op"                      # a dispatched primitive
@@ -190,6 +190,7 @@ def start(rec: Recording) -> None:
     _ACTIVE[0] = rec
     P.dispatch = _traced_dispatch if rec.extended else _timed_dispatch
     CompiledFunction.__call__ = _timed_compiled_call
+    OBSERVED[0] = True
 
 
 def stop(rec: Recording) -> None:
@@ -199,6 +200,8 @@ def stop(rec: Recording) -> None:
     if _ACTIVE[0] is not rec:
         return
     _ACTIVE[0] = None
+    from kiln.profiler import op_hooks
+    OBSERVED[0] = op_hooks.observed()
     wrapper = _traced_dispatch if rec.extended else _timed_dispatch
     if P.dispatch is wrapper:
         P.dispatch = _SAVED["dispatch"]

@@ -43,6 +43,11 @@ TRACING = [0]
 _TRACING_LOCK = threading.Lock()
 
 
+# Whether a profiler or an op observer (kiln.profiler) watches every primitive: the eager fast
+# paths that skip the dispatcher (a full sum or mean, softmax) then take it, so they are seen.
+OBSERVED = [False]
+
+
 def set_tracer(tracer) -> None:
     """Make `tracer` (None: no trace) this thread's active trace."""
     with _TRACING_LOCK:

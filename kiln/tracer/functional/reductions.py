@@ -21,7 +21,7 @@ from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, 
 from kiln.tracer.functional.indexing import gather, where
 from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -88,6 +88,7 @@ def _eager_ok(input) -> bool:
     float32/float64 tensor of at least one dimension whose autograd history is current (a
     stale view takes the dispatcher's path, which refreshes it)."""
     return type(input) is Tensor and not (TRACING[0] and STATE.tracer is not None) and \
+        not OBSERVED[0] and \
         input.device is CPU and (input.dtype is dt.float32 or input.dtype is dt.float64) and \
         input._data.ndim > 0 and (input._base is None or input._base[3] == input._version[0])
 

@@ -14,7 +14,7 @@ from kiln.tracer.functional.common import _floating, _norm_dim
 from kiln.tracer.functional.reductions import _narrowed, _widened
 from kiln.tracer.functional.shapes import reshape
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
 
 
 # ----------------------------------------------------------------------------- eager fast path
@@ -104,7 +104,8 @@ def _fast_input(x, dim, dtype):
     CPU float32/float64 tensor (or a cuda float16/32/64 one the kernels take) of at least one
     dimension, not empty along `dim`, whose autograd history is current (a stale view takes
     the dispatcher's path)."""
-    if dtype is not None or type(x) is not Tensor or (TRACING[0] and STATE.tracer is not None):
+    if dtype is not None or type(x) is not Tensor or (TRACING[0] and STATE.tracer is not None) \
+            or OBSERVED[0]:
         return None
     if x.device is CPU:
         if x.dtype not in _FAST_DTYPES:

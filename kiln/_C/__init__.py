@@ -25,3 +25,6 @@ def _len_torch_function_stack() -> int:
 
 def _get_function_stack_at(i: int):
     return _STATE.tf_modes[i]
+
+
+from kiln._C import _profiler  # noqa: E402,F401  (torch._C._profiler._ExperimentalConfig)
