@@ -17,6 +17,7 @@ from typing import Iterator
 
 import kiln.backends
 from kiln.nn.attention import bias  # noqa: F401  (torch.nn.attention.bias)
+from kiln.nn.attention import flex_attention  # noqa: F401,E402  (torch.nn.attention.flex_attention)
 
 __all__ = ["SDPBackend", "sdpa_kernel"]
 
