@@ -57,7 +57,7 @@ class AuxOutput(NamedTuple):
 
 def noop_mask(batch: Tensor, head: Tensor, token_q: Tensor, token_kv: Tensor) -> Tensor:
     """The mask_mod that allows every position."""
-    return batch.new_ones(size=(), dtype=kiln.bool, device=batch.device)
+    return batch.new_ones((), dtype=kiln.bool, device=batch.device)
 
 
 def or_masks(*mask_mods: _mask_mod_signature) -> _mask_mod_signature:
@@ -119,7 +119,7 @@ def _apply_mod(op: str, name: str, mod: Callable, args: tuple, shape: tuple) -> 
     try:
         if kiln.broadcast_shapes(tuple(result.shape), shape) == shape:
             return result.expand(*shape)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         pass
     raise ValueError(
         f"{op}: {name} returned shape {tuple(result.shape)}, which does not broadcast to the "
