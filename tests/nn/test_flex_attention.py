@@ -295,7 +295,7 @@ def test_compiled_matches_eager():
         return kflex.flex_attention(q, k, v, score_mod=smod, block_mask=block_mask).sum(-1)
 
     results = []
-    for fn in (attend, kiln.compile(attend)):
+    for fn in (attend, kiln.compile(attend, fullgraph=True)):
         captured["head_bias"].grad = None
         q, k, v = inputs(kiln, [(2, 4, 10, 8)] * 3, requires_grad=True)
         out = fn(q, k, v)
