@@ -354,6 +354,31 @@ def test_block_mask_without_separate_full_blocks_and_from_kv_blocks():
                                         kiln.tensor(t.kv_indices.numpy()), BLOCK_SIZE=4)
     assert_same_block_mask(k2, t2)
     assert k2.shape == t2.shape and k2.mask_mod is kflex.noop_mask
+    # only some blocks listed, noop_mask: torch's eager attention (and kiln's) reads the element
+    # mask of mask_mod alone, so every position takes part
+    t3 = tflex.BlockMask.from_kv_blocks(torch.tensor([[[1, 1]]], dtype=torch.int32),
+                                        torch.tensor([[[[0, 1], [1, 0]]]], dtype=torch.int32),
+                                        BLOCK_SIZE=4)
+    k3 = kflex.BlockMask.from_kv_blocks(kiln.tensor(t3.kv_num_blocks.numpy()),
+                                        kiln.tensor(t3.kv_indices.numpy()), BLOCK_SIZE=4)
+    tq, kq = inputs(torch, [(1, 1, 8, 4)])[0], inputs(kiln, [(1, 1, 8, 4)])[0]
+    np.testing.assert_allclose(kflex.flex_attention(kq, kq, kq, block_mask=k3).numpy(),
+                               tflex.flex_attention(tq, tq, tq, block_mask=t3).numpy(), **TOL)
+
+
+def test_score_mod_returning_integers_is_promoted_like_torch():
+    outs = []
+    for lib, flex in LIBS.values():
+        q, k, v = inputs(lib, [(1, 2, 5, 4)] * 3)
+
+        def positions_only(score, b, h, q_idx, kv_idx):
+            return q_idx - kv_idx
+        outs.append(flex.flex_attention(q, k, v, score_mod=positions_only,
+                                        return_aux=flex.AuxRequest(lse=True)))
+    (t_out, t_aux), (k_out, k_aux) = outs
+    assert k_aux.lse.dtype.name == str(t_aux.lse.dtype)[6:]
+    np.testing.assert_allclose(k_out.numpy(), t_out.numpy(), **TOL)
+    np.testing.assert_allclose(k_aux.lse.numpy(), t_aux.lse.numpy(), **TOL)
 
 
 @pytest.mark.parametrize("mod", [causal, document, "score"])

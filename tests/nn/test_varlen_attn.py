@@ -189,6 +189,10 @@ def test_bad_shapes_and_paged_cache_are_refused():
         varlen_attn(q.unsqueeze(0), k, v, cu_q, cu_k, 3, 3)
     with pytest.raises(ValueError, match="window_size must have length 2"):
         varlen_attn(q, k, v, cu_q, cu_k, 3, 3, window_size=(1,))
+    with pytest.raises(ValueError, match="varlen_attn: cu_seq_q must be a 1-D integer tensor"):
+        varlen_attn(q, k, v, cu_q.float(), cu_k, 3, 3)
+    with pytest.raises(ValueError, match="must delimit the same number of sequences"):
+        varlen_attn(q, k, v, cu_q, kiln.tensor([0, 1, 3]), 3, 3)
     with pytest.raises(NotImplementedError, match="block_table"):
         varlen_attn(q, k, v, cu_q, cu_k, 3, 3, block_table=kiln.zeros(1, 1, dtype=kiln.int32))
 

@@ -15,7 +15,9 @@ The result must broadcast to [B,H,L,S]; otherwise the call raises, naming the mo
 
 A BlockMask is kept as torch keeps it (kv_num_blocks/kv_indices of the blocks with some
 allowed entry, full_kv_* of the blocks with all entries allowed, and the q_* transposes); as in
-torch's eager path, the attention itself uses the exact element mask of `block_mask.mask_mod`.
+torch's eager path, the attention itself uses the exact element mask of `block_mask.mask_mod`
+and does not consult the block lists (a BlockMask built `from_kv_blocks` with noop_mask
+attends everywhere there, where torch's GPU kernel would skip the absent blocks).
 `create_nested_block_mask` is absent: kiln has no nested (jagged) tensors yet.
 """
 
@@ -271,7 +273,7 @@ class BlockMask:
     def to_string(self, grid_size: int | tuple[int, int] = (20, 20), limit: int = 4) -> str:
         """The blocks drawn per (batch, head): '█' computed, ' ' skipped, '░' a mix (when a
         character stands for several blocks); grid_size=-1 draws every block."""
-        dense = self.to_dense().numpy()
+        dense = self.to_dense().cpu().numpy()
         *batch_dims, rows, cols = dense.shape
         if grid_size == -1:
             max_rows, max_cols = rows, cols
@@ -468,6 +470,8 @@ def _flex_dense(query: Tensor, key: Tensor, value: Tensor, score_mod, mask_mod,
     indices = _index_grid(B, H, L, S, query.device)
     if score_mod is not None:
         scores = _apply_mod("flex_attention", "score_mod", score_mod, (scores, *indices), shape)
+        if not scores.dtype.is_floating_point:      # a mod returning positions, say
+            scores = scores.to(work)
     allowed = _apply_mod("flex_attention", "mask_mod", mask_mod, indices, shape).to(kiln.bool)
     out, lse, max_scores = _safe_attention(scores, allowed, value.to(query.dtype), -math.inf)
     return out, lse, max_scores
