@@ -228,21 +228,38 @@ def test_float64_and_bfloat16_dtypes():
     np.testing.assert_allclose(k_lse.numpy(), t_lse.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_fully_masked_rows_give_zeros_and_minus_infinite_lse():
-    def late_rows_see_nothing(b, h, q_idx, kv_idx):
+def late_rows_see_nothing(lib, captured):
+    def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx < 3) & (kv_idx <= q_idx)
+    return mask_mod
+
+
+def first_row_scored_out(lib, captured):
+    def score_mod(score, b, h, q_idx, kv_idx):      # masking by score: row 5 all -inf
+        return lib.where(q_idx == 5, -float("inf"), score)
+    return score_mod
+
+
+@pytest.mark.parametrize("mods", [(None, late_rows_see_nothing),
+                                  (first_row_scored_out, late_rows_see_nothing),
+                                  (first_row_scored_out, None)])
+def test_fully_masked_rows_give_zeros_and_minus_infinite_lse(mods):
+    """Rows that see no key, by the mask or because score_mod sent every score to -inf."""
+    score_mod, mask_mod = mods
     results = {}
     for name, (lib, flex) in LIBS.items():
         q, k, v = inputs(lib, [(1, 2, 6, 4)] * 3, requires_grad=True)
-        mask = flex.create_block_mask(late_rows_see_nothing, 1, None, 6, 6, device="cpu")
+        smod = score_mod(lib, {}) if score_mod else None
+        mask = flex.create_block_mask(mask_mod(lib, {}), 1, None, 6, 6, device="cpu") \
+            if mask_mod else None
         if name == "torch":
             with torch.no_grad():
-                out, aux = flex.flex_attention(q.detach(), k.detach(), v.detach(),
+                out, aux = flex.flex_attention(q.detach(), k.detach(), v.detach(), smod,
                                                block_mask=mask,
                                                return_aux=flex.AuxRequest(lse=True))
-            differentiable = torch_math(q, k, v, None, mask, None)[0]
+            differentiable = torch_math(q, k, v, smod, mask, None)[0]
         else:
-            out, aux = flex.flex_attention(q, k, v, block_mask=mask,
+            out, aux = flex.flex_attention(q, k, v, smod, block_mask=mask,
                                            return_aux=flex.AuxRequest(lse=True))
             differentiable = out
         differentiable.sum().backward()
@@ -250,7 +267,9 @@ def test_fully_masked_rows_give_zeros_and_minus_infinite_lse():
     for kx, tx in zip(results["kiln"], results["torch"]):
         np.testing.assert_allclose(kx.detach().numpy(), tx.detach().numpy(), **TOL)
     k_out, k_lse = results["kiln"][:2]
-    assert (k_out[:, :, 3:] == 0).all().item() and kiln.isneginf(k_lse[:, :, 3:]).all().item()
+    empty = slice(3, None) if mask_mod else slice(5, None)
+    assert (k_out[:, :, empty] == 0).all().item()
+    assert kiln.isneginf(k_lse[:, :, empty]).all().item()
     assert kiln.isfinite(results["kiln"][2]).all().item()
 
 

@@ -407,10 +407,11 @@ def _empty_block_mask(query: Tensor) -> BlockMask:
 def _safe_attention(scores: Tensor, allowed: Tensor, value: Tensor,
                     empty_lse: float) -> tuple[Tensor, Tensor, Tensor]:
     """softmax over the allowed scores of each row (last axis) times `value`: (out, lse,
-    max_scores). A row with nothing allowed gives zeros, lse `empty_lse` and max -inf; its
-    scores are replaced by zeros before the softmax so no NaN reaches the gradients."""
+    max_scores). A row whose scores are all -inf (nothing allowed, or a score_mod sent them
+    there) gives zeros, lse `empty_lse` and max -inf; its scores are replaced by zeros before
+    the softmax so no NaN reaches the gradients."""
     masked = scores.masked_fill(~allowed, -math.inf)
-    empty_row = ~allowed.any(dim=-1, keepdim=True)
+    empty_row = kiln.isneginf(masked).all(dim=-1, keepdim=True)
     finite = masked.masked_fill(empty_row, 0.0)
     weights = kiln.softmax(finite, dim=-1).masked_fill(empty_row, 0.0)
     lse = kiln.logsumexp(finite, dim=-1).masked_fill(empty_row.squeeze(-1), empty_lse)
