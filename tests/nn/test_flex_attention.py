@@ -305,24 +305,48 @@ def test_key_value_batch_one_broadcasts_with_a_block_mask_of_the_query_batch():
 
 def test_compiled_matches_eager():
     """flex_attention inside a compiled function (score_mod capturing a learned bias, a document
-    mask): the compiled output and gradients equal eager ones."""
+    mask with rows that see nothing): the replayed program's output and gradients equal eager
+    ones on the following calls (the first call is the trace, which runs eagerly)."""
     captured = captured_tensors(kiln, 2, 4, 10, 10, requires_grad=True)
-    smod, mask = learned_head_bias(kiln, captured), document(kiln, captured)
-    block_mask = kflex.create_block_mask(mask, 2, None, 10, 10, device="cpu", BLOCK_SIZE=4)
+    smod, mask = learned_head_bias(kiln, captured), windowed_documents(kiln, captured)
+    block_mask = kflex.create_block_mask(and_late_rows_empty(mask), 2, None, 10, 10,
+                                         device="cpu", BLOCK_SIZE=4)
 
     def attend(q, k, v):
         return kflex.flex_attention(q, k, v, score_mod=smod, block_mask=block_mask).sum(-1)
 
-    results = []
-    for fn in (attend, kiln.compile(attend, fullgraph=True)):
-        captured["head_bias"].grad = None
-        q, k, v = inputs(kiln, [(2, 4, 10, 8)] * 3, requires_grad=True)
-        out = fn(q, k, v)
-        (out * out).sum().backward()
-        results.append([out, q.grad, k.grad, v.grad, captured["head_bias"].grad])
-    for compiled, eager in zip(results[1], results[0]):
-        np.testing.assert_allclose(compiled.detach().numpy(), eager.detach().numpy(),
-                                   rtol=1e-5, atol=1e-6)
+    compiled = kiln.compile(attend, fullgraph=True)
+    for seed in range(3):
+        results = []
+        for fn in (attend, compiled):
+            captured["head_bias"].grad = None
+            q, k, v = inputs(kiln, [(2, 4, 10, 8)] * 3, requires_grad=True, seed=seed)
+            out = fn(q, k, v)
+            (out * out).sum().backward()
+            results.append([out, q.grad, k.grad, v.grad, captured["head_bias"].grad])
+        for replayed, eager in zip(results[1], results[0]):
+            np.testing.assert_allclose(replayed.detach().numpy(), eager.detach().numpy(),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"call {seed}")
+    assert len(compiled.entries) == 1 and compiled.retraces == 0
+
+
+def and_late_rows_empty(mask_mod):
+    return kflex.and_masks(mask_mod, lambda b, h, q_idx, kv_idx: q_idx < 8)
+
+
+def test_compiled_flex_attention_with_a_block_mask_argument():
+    """torch's recommended spelling, `torch.compile(flex_attention)`, the BlockMask passed on
+    each call; replays equal eager calls."""
+    compiled = kiln.compile(kflex.flex_attention)
+    block_mask = kflex.create_block_mask(and_late_rows_empty(causal(kiln, {})), None, None,
+                                         10, 10, device="cpu", BLOCK_SIZE=4)
+    for seed in range(3):
+        q, k, v = inputs(kiln, [(2, 4, 10, 8)] * 3, seed=seed)
+        eager = kflex.flex_attention(q, k, v, score_mod=alibi(kiln, {"heads": 4}),
+                                     block_mask=block_mask)
+        replayed = compiled(q, k, v, score_mod=alibi(kiln, {"heads": 4}),
+                            block_mask=block_mask)
+        np.testing.assert_allclose(replayed.numpy(), eager.numpy(), rtol=1e-5, atol=1e-6)
 
 
 # ---- BlockMask --------------------------------------------------------------------------------

@@ -411,12 +411,12 @@ def _safe_attention(scores: Tensor, allowed: Tensor, value: Tensor,
     there) gives zeros, lse `empty_lse` and max -inf; its scores are replaced by zeros before
     the softmax so no NaN reaches the gradients."""
     masked = scores.masked_fill(~allowed, -math.inf)
-    empty_row = kiln.isneginf(masked).all(dim=-1, keepdim=True)
+    row_max = masked.amax(dim=-1, keepdim=True)
+    empty_row = kiln.isneginf(row_max)
     finite = masked.masked_fill(empty_row, 0.0)
     weights = kiln.softmax(finite, dim=-1).masked_fill(empty_row, 0.0)
     lse = kiln.logsumexp(finite, dim=-1).masked_fill(empty_row.squeeze(-1), empty_lse)
-    max_scores = masked.amax(dim=-1)
-    return kiln.matmul(weights.to(value.dtype), value), lse, max_scores
+    return kiln.matmul(weights.to(value.dtype), value), lse, row_max.squeeze(-1)
 
 
 def _working_dtype(dtype):
