@@ -307,9 +307,9 @@ def test_compiled_matches_eager():
     """flex_attention inside a compiled function (score_mod capturing a learned bias, a document
     mask with rows that see nothing): the replayed program's output and gradients equal eager
     ones on the following calls (the first call is the trace, which runs eagerly)."""
-    captured = captured_tensors(kiln, 2, 4, 10, 10, requires_grad=True)
+    captured = captured_tensors(kiln, 2, 4, 16, 16, requires_grad=True)
     smod, mask = learned_head_bias(kiln, captured), windowed_documents(kiln, captured)
-    block_mask = kflex.create_block_mask(and_late_rows_empty(mask), 2, None, 10, 10,
+    block_mask = kflex.create_block_mask(and_late_rows_empty(mask), 2, None, 16, 16,
                                          device="cpu", BLOCK_SIZE=4)
 
     def attend(q, k, v):
@@ -320,7 +320,7 @@ def test_compiled_matches_eager():
         results = []
         for fn in (attend, compiled):
             captured["head_bias"].grad = None
-            q, k, v = inputs(kiln, [(2, 4, 10, 8)] * 3, requires_grad=True, seed=seed)
+            q, k, v = inputs(kiln, [(2, 4, 16, 8)] * 3, requires_grad=True, seed=seed)
             out = fn(q, k, v)
             (out * out).sum().backward()
             results.append([out, q.grad, k.grad, v.grad, captured["head_bias"].grad])
@@ -331,7 +331,7 @@ def test_compiled_matches_eager():
 
 
 def and_late_rows_empty(mask_mod):
-    return kflex.and_masks(mask_mod, lambda b, h, q_idx, kv_idx: q_idx < 8)
+    return kflex.and_masks(mask_mod, lambda b, h, q_idx, kv_idx: q_idx < 12)
 
 
 def test_compiled_flex_attention_with_a_block_mask_argument():
@@ -339,14 +339,15 @@ def test_compiled_flex_attention_with_a_block_mask_argument():
     each call; replays equal eager calls."""
     compiled = kiln.compile(kflex.flex_attention)
     block_mask = kflex.create_block_mask(and_late_rows_empty(causal(kiln, {})), None, None,
-                                         10, 10, device="cpu", BLOCK_SIZE=4)
+                                         16, 16, device="cpu", BLOCK_SIZE=4)
+    score_mod = alibi(kiln, {"heads": 4})
     for seed in range(3):
-        q, k, v = inputs(kiln, [(2, 4, 10, 8)] * 3, seed=seed)
-        eager = kflex.flex_attention(q, k, v, score_mod=alibi(kiln, {"heads": 4}),
-                                     block_mask=block_mask)
-        replayed = compiled(q, k, v, score_mod=alibi(kiln, {"heads": 4}),
-                            block_mask=block_mask)
-        np.testing.assert_allclose(replayed.numpy(), eager.numpy(), rtol=1e-5, atol=1e-6)
+        q, k, v = inputs(kiln, [(2, 4, 16, 8)] * 3, seed=seed)
+        eager = kflex.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+        replayed = compiled(q, k, v, score_mod=score_mod, block_mask=block_mask)
+        np.testing.assert_allclose(replayed.numpy(), eager.numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"call {seed}")
+    assert len(compiled.entries) == 1 and compiled.retraces == 0
 
 
 # ---- BlockMask --------------------------------------------------------------------------------

@@ -155,15 +155,18 @@ def test_out_variant_and_compiled_matches_eager():
     assert result is out
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
 
-    def attend(q, k, v, cu):
-        return varlen_attn(q, k, v, cu, cu, 5, 5, window_size=(-1, 0)).sum(-1)
+    # 16 queries, the first 3 of which see no key (causal over 7 queries and 4 keys)
+    cu_q, cu_k = (kiln.tensor(cu) for cu in packed([7, 9], [4, 9])[3:])
+
+    def attend(q, k, v, cu_q, cu_k):
+        return varlen_attn(q, k, v, cu_q, cu_k, 9, 9, window_size=(-1, 0)).sum(-1)
     compiled = kiln.compile(attend, fullgraph=True)
     for call in range(3):                       # the first call traces (and runs eagerly)
         grads = []
         for fn in (attend, compiled):
             args = [kiln.tensor(x, requires_grad=True)
-                    for x in packed([3, 5], [3, 5], seed=call)[:3]]
-            result = fn(*args, cu)
+                    for x in packed([7, 9], [4, 9], seed=call)[:3]]
+            result = fn(*args, cu_q, cu_k)
             (result * result).sum().backward()
             grads.append([result] + [a.grad for a in args])
         for replayed, eager in zip(grads[1], grads[0]):
