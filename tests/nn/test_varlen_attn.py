@@ -140,7 +140,8 @@ def test_queries_that_see_no_key_give_zeros_and_infinite_lse():
     t_out, t_lse = torch_reference(tq, torch.tensor(k), torch.tensor(v), cu_q, cu_k, (-1, 0))
     seen = list(range(3, 7))
     np.testing.assert_allclose(out[seen].detach().numpy(), t_out[seen].detach().numpy(), **TOL)
-    np.testing.assert_allclose(lse[:, seen].detach().numpy(), t_lse[:, seen].detach().numpy(), **TOL)
+    np.testing.assert_allclose(lse[:, seen].detach().numpy(), t_lse[:, seen].detach().numpy(),
+                               **TOL)
     out[seen].sum().backward()
     t_out[seen].sum().backward()
     np.testing.assert_allclose(kq.grad.numpy(), tq.grad.numpy(), **TOL)

@@ -27,7 +27,7 @@ import inspect
 import itertools
 import math
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import kiln
 from kiln import Tensor
@@ -433,8 +433,9 @@ def flex_attention(query: Tensor, key: Tensor, value: Tensor,
     """softmax(score_mod(q k^T * scale) masked by block_mask.mask_mod) v for q [B, Hq, L, E],
     k [B, Hkv, S, E], v [B, Hkv, S, Ev] -> [B, Hq, L, Ev]. See the module docstring for how
     score_mod and mask_mod are called. Returns out, (out, lse) with return_lse (deprecated),
-    or (out, AuxOutput) with return_aux. kernel_options tune torch's Triton kernel and are
-    ignored."""
+    or (out, AuxOutput) with return_aux (lse and the row max of the modded scores, natural
+    log; torch's CPU build refuses max_scores). kernel_options tune torch's Triton kernel and
+    are ignored."""
     _check_inputs(query, key, value, enable_gqa, block_mask)
     block_mask = block_mask if block_mask is not None else _empty_block_mask(query)
     if block_mask.mask_mod is _sliced_mask_mod_error:
@@ -474,8 +475,7 @@ def _flex_dense(query: Tensor, key: Tensor, value: Tensor, score_mod, mask_mod,
         if not scores.dtype.is_floating_point:      # a mod returning positions, say
             scores = scores.to(work)
     allowed = _apply_mod("flex_attention", "mask_mod", mask_mod, indices, shape).to(kiln.bool)
-    out, lse, max_scores = _safe_attention(scores, allowed, value.to(query.dtype), -math.inf)
-    return out, lse, max_scores
+    return _safe_attention(scores, allowed, value.to(query.dtype), -math.inf)
 
 
 def _check_inputs(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool,
