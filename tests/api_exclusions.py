@@ -197,3 +197,9 @@ _group("torch.nn.functional", TYPING, "Optional")
 _group("torch.nn.init", TYPING, "Literal")
 _group("torch.nn.utils.rnn", TYPING, "Self")
 _group("torch.autograd.graph", TYPING, "Literal Optional TypeAlias Union")
+_group("torch.nn.attention.flex_attention", TYPING + " (or torch.utils._pytree)", """
+GetAttrKey Literal Never NotRequired Self TreeSpec TypeAlias TypedDict tree_flatten
+tree_map_only tree_unflatten
+""")
+_group("torch.nn.attention.flex_attention", "torch.compile internals of flex_attention (its "
+       "higher-order op and compile environment)", "flex_attention_hop setup_compilation_env")

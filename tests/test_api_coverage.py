@@ -21,6 +21,8 @@ import torch.utils.data  # noqa: F401
 import torch.distributions  # noqa: F401
 import torch.autograd.forward_ad  # noqa: F401
 import torch.autograd.graph  # noqa: F401
+import torch.nn.attention.flex_attention  # noqa: F401
+import torch.nn.attention.varlen  # noqa: F401
 
 from tests.api_exclusions import EXCLUDED
 
@@ -52,6 +54,8 @@ NAMESPACES = [
     Namespace("torch.optim.lr_scheduler", "classes", 0.95, "api-nn"),
     Namespace("torch.utils.data", "callables", 0.95, "api-nn"),
     Namespace("torch.fx", "callables", 0.90, "helper-fx"),
+    Namespace("torch.nn.attention.flex_attention", "callables", 1.0, "helper-flex"),
+    Namespace("torch.nn.attention.varlen", "callables", 1.0, "helper-flex"),
 ]
 
 # the distributions and KL pairs a script reaches for first; each must exist

@@ -17,6 +17,8 @@ from typing import Iterator
 
 import kiln.backends
 from kiln.nn.attention import bias  # noqa: F401  (torch.nn.attention.bias)
+from kiln.nn.attention import flex_attention  # noqa: F401  (torch.nn.attention.flex_attention)
+from kiln.nn.attention import varlen  # noqa: F401  (torch.nn.attention.varlen)
 
 __all__ = ["SDPBackend", "sdpa_kernel"]
 
