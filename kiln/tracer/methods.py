@@ -22,6 +22,8 @@ from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import shapes
 from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- in-place
@@ -195,6 +197,9 @@ _READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (mor
 
 
 def setitem(self: Tensor, key, value) -> None:
+    if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
+        # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
+        raise _unsigned_refusal("index_put", self.dtype)
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
@@ -217,6 +222,12 @@ def setitem(self: Tensor, key, value) -> None:
         self._version[0] += 1
         return
     write_inplace(self, F.setitem_functional(self, key, value), "setitem")
+
+
+def _tensor_key(key) -> bool:
+    if isinstance(key, tuple):
+        return any(_tensor_key(k) for k in key)
+    return isinstance(key, Tensor) or isinstance(key, list)
 
 
 def _array_key(key):
@@ -457,7 +468,8 @@ def exponential_(self, lambd=1.0, *, generator=None):
 
 _TYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "int64": "Long",
                "int32": "Int", "bool": "Bool", "uint8": "Byte", "bfloat16": "BFloat16",
-               "int8": "Char", "int16": "Short"}
+               "int8": "Char", "int16": "Short", "uint16": "UInt16", "uint32": "UInt32",
+               "uint64": "UInt64"}
 
 
 def _type(self, dtype=None):

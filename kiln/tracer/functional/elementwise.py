@@ -15,6 +15,9 @@ from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _numb
                                            ones_like, zeros_like)
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import check as _check_unsigned
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- arithmetic
@@ -127,6 +130,8 @@ def _is_float(a, b) -> bool:
 
 
 def pow(input, exponent):
+    if getattr(input, "dtype", None) in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("pow", input.dtype)
     if isinstance(input, Tensor) and _number(exponent) is not None:
         e = _number(exponent)
         if e == 2 and (input.dtype.is_floating_point or not isinstance(e, float)):
@@ -336,18 +341,22 @@ def _bool(x):
 
 
 def logical_not(input):
+    _check_unsigned("logical_not", input)
     return P.bitwise_not(_bool(input))
 
 
 def logical_and(input, other):
+    _check_unsigned("logical_and", input, other)
     return P.bitwise_and(_bool(input), _bool(other))
 
 
 def logical_or(input, other):
+    _check_unsigned("logical_or", input, other)
     return P.bitwise_or(_bool(input), _bool(other))
 
 
 def logical_xor(input, other):
+    _check_unsigned("logical_xor", input, other)
     return P.bitwise_xor(_bool(input), _bool(other))
 
 

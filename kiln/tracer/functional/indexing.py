@@ -17,6 +17,9 @@ from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _p
 from kiln.tracer.functional.shapes import _own_memory, broadcast_tensors, expand, reshape, unsqueeze
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import check as _check_unsigned
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- indexing
@@ -65,6 +68,8 @@ def repeat_interleave(input, repeats, dim=None):
 
 
 def index_select(input, dim, index):
+    if input.dtype in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("index_select", input.dtype)
     return select_rows(input, dim, index, "index_select")
 
 
@@ -190,6 +195,8 @@ def _gather_positions(input_shape, dim, index, op="gather", checked=False):
 
 
 def gather(input, dim, index, *, sparse_grad=False):
+    if input.dtype in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("gather", input.dtype)
     return _gather(input, dim, index, "gather")
 
 
@@ -233,6 +240,7 @@ def _scatter(input, dim, index, src, prim, op):
 
 
 def scatter(input, dim, index, src=None, *, value=None, reduce=None):
+    _check_unsigned("scatter", input)
     if reduce not in (None, "add"):     # not ignored: that would write instead of reducing
         raise op_error("scatter", f"reduce={reduce!r} is not supported in kiln (only 'add'); "
                        "use scatter_add, or scatter into a copy and combine", NotImplementedError)
@@ -244,6 +252,7 @@ def scatter(input, dim, index, src=None, *, value=None, reduce=None):
 
 
 def scatter_add(input, dim, index, src):
+    _check_unsigned("scatter_add", input)
     return _scatter(input, dim, index, src, P.index_add, "scatter_add")
 
 
@@ -269,6 +278,8 @@ def index_copy(input, dim, index, source):
 
 
 def masked_fill(input, mask, value):
+    if input.dtype in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("masked_fill", input.dtype)
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
     elif input.dtype.category != dt.FLOAT and isinstance(value, float):
@@ -280,6 +291,7 @@ def masked_fill(input, mask, value):
 
 
 def masked_select(input, mask):
+    _check_unsigned("masked_select", input)
     input, mask = broadcast_tensors(input, mask)
     return getitem(input, mask)
 
@@ -328,6 +340,7 @@ def one_hot(tensor, num_classes=-1):
 
 
 def nonzero(input, *, as_tuple=False):
+    _check_unsigned("nonzero", input)
     data = input._read("nonzero()")
     xp = input.device.xp
     idx = xp.stack(xp.nonzero(data), axis=1) if data.ndim else xp.zeros(

@@ -17,6 +17,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.unsigned import check as _check_unsigned
 
 
 # ----------------------------------------------------------------------------- shapes, movement
@@ -604,10 +605,12 @@ def _tri_mask(input, diagonal, upper):
 
 
 def tril(input, diagonal=0):
+    _check_unsigned("tril", input)
     return P.where(_tri_mask(input, diagonal, False), input, 0)
 
 
 def triu(input, diagonal=0):
+    _check_unsigned("triu", input)
     return P.where(_tri_mask(input, diagonal, True), input, 0)
 
 
