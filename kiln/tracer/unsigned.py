@@ -21,7 +21,6 @@ LIMITED = frozenset(dt.LIMITED_UNSIGNED)
 # cast to a wider type first: `cast` is among them)
 _COMPUTED = frozenset({"cast", "mul", "eq", "ne", "bitwise_and", "bitwise_or", "bitwise_xor",
                        "argsort", "take", "where", "index_put"})
-_NOT_COMPUTED_MOVEMENT = frozenset({"flip"})
 
 
 def refusal(op: str, dtype: dt.DType) -> NotImplementedError:
@@ -34,8 +33,7 @@ def refusal(op: str, dtype: dt.DType) -> NotImplementedError:
 
 def check_primitive(prim: Primitive, args: tuple) -> None:
     """Raise `refusal` if `prim` is not one PyTorch computes on an input of a limited type."""
-    if prim.name in _COMPUTED or (prim.kind is MOVEMENT
-                                  and prim.name not in _NOT_COMPUTED_MOVEMENT):
+    if prim.name in _COMPUTED or prim.kind is MOVEMENT:
         return
     for a in args:
         if isinstance(a, Tensor) and a.dtype in LIMITED:

@@ -68,7 +68,8 @@ def repeat_interleave(input, repeats, dim=None):
 
 
 def index_select(input, dim, index):
-    if input.dtype in _LIMITED_UNSIGNED:
+    if input.dtype in _LIMITED_UNSIGNED and input.ndim <= 1:
+        # PyTorch selects rows of these types (copies), but has no 1-d kernel for them
         raise _unsigned_refusal("index_select", input.dtype)
     return select_rows(input, dim, index, "index_select")
 

@@ -485,6 +485,9 @@ def _own_memory(t):
 def flip(input, dims):
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     axes = tuple(_norm_dim(a, input.ndim) for a in dims)
+    if input.ndim - 1 in axes or not input.is_contiguous():
+        # PyTorch flips these types only by copying whole rows of a contiguous tensor
+        _check_unsigned("flip", input)
     return _own_memory(P.flip(input, axes=axes)) if input.ndim else input.clone()
 
 
