@@ -21,6 +21,7 @@ from kiln.tracer import autograd, creation, layout
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import shapes
+from kiln.tracer.functional.elementwise import scalar_first_overload
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
@@ -145,8 +146,20 @@ def _writes_plainly(self: Tensor) -> bool:
                 or self.requires_grad and STATE.grad_enabled or not is_writeable(self._data))
 
 
+# PyTorch's deprecated scalar-first overloads (`p.data.add_(-lr, grad)`): the number of
+# positional arguments that means one, and the scalar's keyword
+_SCALAR_FIRST = {"add_": (2, "alpha"), "sub_": (2, "alpha"), "addcmul_": (3, "value"),
+                 "addcdiv_": (3, "value")}
+
+
 def _inplace_into_self(fn, name: str, ufunc: str, operand):
+    scalar_first_at, keyword = _SCALAR_FIRST.get(name, (None, None))
+
     def method(self, *args, **kwargs):
+        if len(args) == scalar_first_at:
+            args, scalar = scalar_first_overload(name, args[0], args[1:],
+                                                 kwargs.get(keyword, 1))
+            kwargs = {keyword: scalar}
         if name in ("add_", "sub_") and args and getattr(args[0], "is_sparse", False) \
                 and not self.is_sparse:
             # dense += sparse (a hand-written step with an embedding's sparse gradient)
