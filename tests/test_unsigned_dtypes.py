@@ -9,6 +9,7 @@ type, naming the op and the type.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -240,6 +241,22 @@ def test_save_load_round_trip_keeps_dtype_and_values(name):
     loaded = kiln.load(buffer)
     assert_close(loaded["x"], _data(torch, name), 0, 0, "x")
     assert_close(loaded["rows"][0], _data(torch, name)[0], 0, 0, "rows")
+
+
+def _computed(lib, x):
+    return ((x * x).sum(), x.float() / 3, x * 3, x == 2, x / x, x.cumsum(1), x & x,
+            lib.where(x == 2, x, x * 2), x.t().contiguous() * 2, x.long() + 1, x.double().sqrt())
+
+
+@pytest.mark.parametrize("name", UNSIGNED)
+def test_compiled_function_matches_torch_eager_without_falling_back(name):
+    compiled = kiln.compile(lambda x: _computed(kiln, x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a fallback to eager warns
+        for _ in range(2):                      # the trace, then the compiled program
+            got = compiled(_data(kiln, name))
+    for i, (k, t) in enumerate(zip(got, _computed(torch, _data(torch, name)))):
+        assert_close(k, t, 0, 1e-6, f"output {i}")
 
 
 def test_unsigned_numpy_arrays_become_unsigned_tensors_as_in_torch():
