@@ -243,6 +243,19 @@ def test_save_load_round_trip_keeps_dtype_and_values(name):
     assert_close(loaded["rows"][0], _data(torch, name)[0], 0, 0, "rows")
 
 
+@pytest.mark.parametrize("name", UNSIGNED)
+def test_a_torch_save_file_of_these_types_loads_as_torch_loads_it(name):
+    x = _data(torch, name)
+    state = {"x": x, "column": x[:, 1:], "t": x.t()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    expected = torch.load(io.BytesIO(buffer.getvalue()))
+    loaded = kiln.load(buffer)
+    for key, want in expected.items():
+        assert_close(loaded[key], want, 0, 0, key)
+
+
 def _computed(lib, x):
     return ((x * x).sum(), x.float() / 3, x * 3, x == 2, x / x, x.cumsum(1), x & x,
             lib.where(x == 2, x, x * 2), x.t().contiguous() * 2, x.long() + 1, x.double().sqrt())
