@@ -147,6 +147,8 @@ CASES = [
     ("mul_int64_tensor", lambda lib, x, d: x * lib.tensor([1, 2, 3])),
     ("eq_int64_tensor", lambda lib, x, d: x == lib.tensor([1, 2, 3])),
     ("mul_bool_tensor", lambda lib, x, d: x * lib.tensor([True, False, True])),
+    # refused by PyTorch: a condition that is not a bool (or uint8) tensor
+    ("where_condition", lambda lib, x, d: lib.where(x, x, x)),
 ]
 
 

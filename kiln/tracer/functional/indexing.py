@@ -24,12 +24,6 @@ from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 # ----------------------------------------------------------------------------- indexing
 
-# PyTorch's C++ names of dtypes, which some of its messages use
-_TORCH_DTYPE_NAMES = {"bool": "Bool", "uint8": "Byte", "int32": "Int", "int64": "Long",
-                      "float16": "Half", "float32": "Float", "float64": "Double",
-                      "bfloat16": "BFloat16"}
-
-
 def where(condition, input=None, other=None):
     if input is None and other is None:
         return nonzero(condition, as_tuple=True)
@@ -38,7 +32,7 @@ def where(condition, input=None, other=None):
     if condition.dtype is not dt.bool_:
         if condition.dtype is not dt.uint8:     # PyTorch still takes uint8 masks (deprecated)
             raise op_error("where", f"where expected condition to be a boolean tensor, but got "
-                           f"a tensor with dtype {_TORCH_DTYPE_NAMES[condition.dtype.name]} "
+                           f"a tensor with dtype {dt.SCALAR_TYPE_NAMES[condition.dtype]} "
                            f"({condition.dtype.name}, shape {list(condition.shape)}); pass a "
                            f"comparison such as `condition != 0`")
         condition = P.ne(condition, 0)

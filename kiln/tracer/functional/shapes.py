@@ -74,12 +74,6 @@ def view(input, *shape, dtype=None):
     return P.reshape(input, shape=shape)
 
 
-# PyTorch's names of the dtypes, as its view(dtype) messages spell them
-_SCALAR_NAMES = {"bool": "Bool", "uint8": "Byte", "int8": "Char", "int16": "Short",
-                 "int32": "Int", "int64": "Long", "float16": "Half", "bfloat16": "BFloat16",
-                 "float32": "Float", "float64": "Double"}
-
-
 def view_dtype(input, dtype):
     """`x.view(dtype)`: the same memory read as another dtype, as PyTorch's view(dtype) (a
     view sharing `x`'s memory and version counter, outside autograd). Of the same element
@@ -94,8 +88,9 @@ def view_dtype(input, dtype):
         # a reinterpretation of bits has no IR op: the function runs this part eagerly
         STATE.tracer.graph_break(f"Tensor.view({dtype.name}) reinterprets memory")
     if old != new:
-        what = (f"to view {_SCALAR_NAMES.get(input.dtype.name, input.dtype.name)} as "
-                f"{_SCALAR_NAMES.get(dtype.name, dtype.name)} (different element sizes)")
+        # PyTorch's names of the dtypes, as its view(dtype) messages spell them
+        what = (f"to view {dt.SCALAR_TYPE_NAMES[input.dtype]} as "
+                f"{dt.SCALAR_TYPE_NAMES[dtype]} (different element sizes)")
         if data.ndim == 0:
             raise op_error("view", f"self.dim() cannot be 0 {what}")
         strides = input.stride() if input.device.type != "meta" else None
