@@ -4,8 +4,9 @@ PyTorch 2.13 stores, views, copies and converts these types, but its CPU kernels
 few ops on them (mul, div, sum, prod, cumsum, eq, ne, bitwise and/or/xor, sort, where, cat,
 indexing); add, sub, comparisons by order, max/min, matmul and most others raise
 NotImplementedError there. kiln refuses the same ops (those tests/test_unsigned_dtypes.py
-lists), so a script fails on kiln where it would fail on PyTorch. The dispatcher checks primitives here once per signature (a refused one is never
-cached); composites whose primitives are all allowed, but which PyTorch refuses, call `refusal`.
+lists), so a script fails on kiln where it would fail on PyTorch. The dispatcher checks
+primitives here once per signature (a refused one is never cached); composites whose
+primitives are all allowed, but which PyTorch refuses, call `check` or `refusal`.
 """
 
 from __future__ import annotations
