@@ -227,3 +227,4 @@ _ON_FIRST_USE.update(ao="kiln.ao", quantization="kiln.quantization")
 from kiln.tracer.functional_extra.control_flow import (scan, associative_scan,  # noqa: F401,E402
                                                        _check, _check_with, _check_is_size)
 from kiln import _higher_order_ops  # noqa: F401,E402
+from kiln.ir.dtypes import uint16, uint32, uint64  # noqa: E402,F401  (PyTorch's few ops)

@@ -53,11 +53,12 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.in
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
            # complex64 is safetensors' C64; complex128 has no safetensors code, and kiln's
            # C128 follows the same pattern (pairs of float64, real part first)
-           "C64": np.complex64, "C128": np.complex128}
+           "C64": np.complex64, "C128": np.complex128,
+           # kiln.uint16/32/64 tensors (PyTorch's limited-support unsigned types)
+           "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
 if _dtypes.HAS_BFLOAT16:            # safetensors' BF16, stored by ml_dtypes (optional)
     _DTYPES["BF16"] = _dtypes.bfloat16.np
-_ARRAY_DTYPES = dict(_DTYPES, U64=np.uint64, U32=np.uint32,
-                     U16=np.uint16)
+_ARRAY_DTYPES = _DTYPES      # (NumPy arrays saved as data: the same codes)
 _CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}      # native byte order
 # NumPy scalar types stored as data (a long double or a complex scalar goes to the pickle)
 _NUMPY_SCALARS = {np.dtype(v).name for v in _ARRAY_DTYPES.values()}

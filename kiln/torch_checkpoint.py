@@ -35,6 +35,12 @@ class _StorageType:
         self.name, self.dtype = name, getattr(kiln, _STORAGE_DTYPES[name])
 
 
+# torch.save keeps a tensor of a type with no typed storage class (uint16, uint32, uint64) as
+# bytes (`UntypedStorage`) and names the dtype in `_rebuild_tensor_v3`'s arguments
+_UNTYPED = _StorageType("ByteStorage")
+_V3_DTYPES = {"uint16", "uint32", "uint64"}
+
+
 def _rebuild_parameter(data, requires_grad, hooks=None, *state):
     return kiln.nn.Parameter(data, requires_grad=bool(requires_grad))
 
@@ -63,6 +69,12 @@ class _WeightsUnpickler(pickle.Unpickler):
             return _StorageType(name)
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return self.rebuild_tensor
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
+            return self.rebuild_tensor_v3
+        if (module, name) == ("torch.storage", "UntypedStorage"):
+            return _UNTYPED
+        if module == "torch" and name in _V3_DTYPES:
+            return getattr(kiln, name)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         raise pickle.UnpicklingError(
@@ -108,6 +120,18 @@ class _WeightsUnpickler(pickle.Unpickler):
         if device != "cpu":
             out = out.to(device)
         return out.requires_grad_(True) if requires_grad else out
+
+    def rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype,
+                          metadata=None):
+        """torch._utils._rebuild_tensor_v3: as v2, on a storage of bytes read as `dtype`."""
+        raw, location = storage
+        if not isinstance(dtype, kiln.dtype) or len(raw) % dtype.itemsize:
+            raise pickle.UnpicklingError(f"kiln: {self.name}: a storage of {len(raw)} bytes "
+                                         f"cannot hold {dtype!r} elements")
+        array = raw.view(np.dtype(dtype.np).newbyteorder(self.byteorder)).astype(dtype.np,
+                                                                                copy=False)
+        return self.rebuild_tensor((array, location), offset, size, stride, requires_grad,
+                                   hooks, metadata)
 
 
 def load_torch_zip(path, map_location=None, name: str | None = None) -> Any:

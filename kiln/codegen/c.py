@@ -87,7 +87,8 @@ class CKernel:
 
 C_TYPE = {dt.float16: "_Float16", dt.float32: "float", dt.float64: "double",
           dt.int32: "int32_t", dt.int64: "int64_t", dt.uint8: "uint8_t", dt.bool_: "bool",
-          dt.int8: "int8_t", dt.int16: "int16_t"}
+          dt.int8: "int8_t", dt.int16: "int16_t", dt.uint16: "uint16_t", dt.uint32: "uint32_t",
+          dt.uint64: "uint64_t"}
 
 
 def storage_type(d: DType) -> str:
@@ -1430,7 +1431,7 @@ def _merge_clauses(clauses: list) -> list:
 
 def _int_min(d: DType) -> str:
     return {dt.int64: "INT64_MIN", dt.int32: "INT32_MIN", dt.int16: "INT16_MIN",
-            dt.int8: "INT8_MIN", dt.uint8: "0",
+            dt.int8: "INT8_MIN", dt.uint8: "0", dt.uint16: "0", dt.uint32: "0", dt.uint64: "0",
             dt.bool_: "0"}.get(d, "-INFINITY")
 
 

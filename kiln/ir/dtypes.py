@@ -32,7 +32,7 @@ class DType:
 
     @property
     def is_signed(self) -> bool:
-        return self.name not in ("bool", "uint8")
+        return self.name not in ("bool", "uint8", "uint16", "uint32", "uint64")
 
     def to_real(self) -> "DType":
         """The real dtype of this dtype's parts (complex64 -> float32); a real dtype itself."""
@@ -115,8 +115,22 @@ NO_COMPLEX32 = ("kiln has no complex32 (chalf): NumPy has no half-precision comp
 # the name exists (scripts that mention it import); making a tensor of it raises NO_COMPLEX32
 complex32 = _UnstoredDType("complex32", "c32", None, COMPLEX)
 
+# PyTorch's "limited support" unsigned types: they store, copy, view and convert, but PyTorch
+# 2.13's CPU kernels compute only a few ops on them (mul, div, sum, eq, bitwise and/or/xor,
+# ...), and they promote only with a floating type (`promote`); the dispatcher refuses the rest
+# (`refuse_unsigned` in kiln.tracer.dispatch), as PyTorch does.
+uint16 = DType("uint16", "u16", np.uint16, INT)
+uint32 = DType("uint32", "u32", np.uint32, INT)
+uint64 = DType("uint64", "u64", np.uint64, INT)
+LIMITED_UNSIGNED = (uint16, uint32, uint64)
+
 ALL = (bool_, uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64, complex64,
-       complex128)
+       complex128, uint16, uint32, uint64)
+# PyTorch's C++ names of the scalar types, which its promotion errors print
+SCALAR_TYPE_NAMES = {bool_: "Bool", uint8: "Byte", int8: "Char", int16: "Short", int32: "Int",
+                     int64: "Long", float16: "Half", bfloat16: "BFloat16", float32: "Float",
+                     float64: "Double", complex64: "ComplexFloat", complex128: "ComplexDouble",
+                     uint16: "UInt16", uint32: "UInt32", uint64: "UInt64"}
 _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "half": float16, "float": float32, "double": float64,
                  "short": int16, "int": int32, "long": int64, "cfloat": complex64,
@@ -205,6 +219,8 @@ def promote(a: DType, b: DType) -> DType:
     """The smallest dtype both promote to (torch.promote_types)."""
     if a is b:
         return a
+    if a in LIMITED_UNSIGNED or b in LIMITED_UNSIGNED:
+        return _promote_limited(a, b)
     if a.is_complex or b.is_complex:
         # complex meets a float by its parts: float64 + complex64 gives complex128
         parts = promote(a.to_real(), b.to_real()) if a.category >= FLOAT and \
@@ -217,6 +233,16 @@ def promote(a: DType, b: DType) -> DType:
     if {a, b} == {uint8, int8}:
         return int16
     return a if _RANK[a] > _RANK[b] else b
+
+
+def _promote_limited(a: DType, b: DType) -> DType:
+    """PyTorch 2.13 promotes uint16/32/64 with a floating type only (to that type)."""
+    if b.is_floating_point:
+        return b
+    if a.is_floating_point:
+        return a
+    raise RuntimeError("Promotion for uint16, uint32, uint64 types is not supported, attempted "
+                       f"to promote {SCALAR_TYPE_NAMES[a]} and {SCALAR_TYPE_NAMES[b]}")
 
 
 _RESULT_CACHE: dict = {}

@@ -19,6 +19,8 @@ from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer import layout
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Size, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 def _device(device) -> Device:
@@ -363,12 +365,16 @@ def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
         raise op_error("arange", "upper bound and larger bound inconsistent with step sign")
     floats = any(isinstance(v, float) for v in (start, end, step))
     kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
+    if kind in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("arange", kind)
     return _creation(PRIMITIVES["arange"], device, requires_grad, start=start,
                      stop=end, step=step, dtype=kind)
 
 
 def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
+    if kind in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("linspace", kind)
     if steps == 1:
         return full((1,), start, dtype=kind, device=device, requires_grad=requires_grad)
     i = arange(steps, dtype=dt.float64, device=device)
@@ -389,6 +395,8 @@ def logspace(start, end, steps, base=10.0, *, dtype=None, device=None) -> Tensor
 
 def eye(n, m=None, *, dtype=None, device=None, requires_grad=False) -> Tensor:
     m = n if m is None else m
+    if _dtype(dtype) in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("eye", _dtype(dtype))
     rows = arange(n, device=device).reshape(n, 1)
     cols = arange(m, device=device).reshape(1, m)
     out = (rows == cols).to(_dtype(dtype) or dt.get_default_dtype())

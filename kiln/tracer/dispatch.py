@@ -21,6 +21,7 @@ from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
 from kiln.tracer import quantized as _quantized
+from kiln.tracer import unsigned as _unsigned
 from kiln.tracer.errors import op_error
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
 from kiln.tracer.tensor import STATE, TRACING, Tensor
@@ -177,6 +178,8 @@ def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
     flags, so that a cached call reads no attribute of the frozen dataclass, and whether its
     bfloat16 inputs are widened to float32 first (below)."""
     dtype = rule[1]
+    if any(isinstance(a, Tensor) and a.dtype in _unsigned.LIMITED for a in args):
+        _unsigned.check_primitive(prim, args)     # PyTorch computes few ops on uint16/32/64
     movement = prim.kind is _MOVEMENT
     widen = 0
     if not movement and any(isinstance(a, Tensor) and a.dtype is dt.bfloat16 for a in args):

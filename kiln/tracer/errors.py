@@ -48,6 +48,13 @@ def op_error(op: str, message: str, kind: type = RuntimeError) -> Exception:
     return kind(f"{op}: {message} (at {user_location()})")
 
 
+def named_dim_error(dim) -> TypeError:
+    """A dimension given by name (`x.sum('C')`): PyTorch's named tensors, gone since 2.13."""
+    return op_error("dim", f"expected an int, got the name {dim!r}: dimensions by name were "
+                    "PyTorch's named tensors, which PyTorch 2.13 removed (kiln follows it); "
+                    "pass the dimension's index instead", TypeError)
+
+
 class GraphBreak(Exception):
     """The traced function read a tensor's value into Python at `location`."""
 

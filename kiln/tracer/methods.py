@@ -21,7 +21,10 @@ from kiln.tracer import autograd, creation, layout
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import shapes
+from kiln.tracer.functional.elementwise import scalar_first_overload
 from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- in-place
@@ -143,8 +146,20 @@ def _writes_plainly(self: Tensor) -> bool:
                 or self.requires_grad and STATE.grad_enabled or not is_writeable(self._data))
 
 
+# PyTorch's deprecated scalar-first overloads (`p.data.add_(-lr, grad)`): the number of
+# positional arguments that means one, and the scalar's keyword
+_SCALAR_FIRST = {"add_": (2, "alpha"), "sub_": (2, "alpha"), "addcmul_": (3, "value"),
+                 "addcdiv_": (3, "value")}
+
+
 def _inplace_into_self(fn, name: str, ufunc: str, operand):
+    scalar_first_at, keyword = _SCALAR_FIRST.get(name, (None, None))
+
     def method(self, *args, **kwargs):
+        if len(args) == scalar_first_at:
+            args, scalar = scalar_first_overload(name, args[0], args[1:],
+                                                 kwargs.get(keyword, 1))
+            kwargs = {keyword: scalar}
         if name in ("add_", "sub_") and args and getattr(args[0], "is_sparse", False) \
                 and not self.is_sparse:
             # dense += sparse (a hand-written step with an embedding's sparse gradient)
@@ -195,6 +210,9 @@ _READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (mor
 
 
 def setitem(self: Tensor, key, value) -> None:
+    if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
+        # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
+        raise _unsigned_refusal("index_put", self.dtype)
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
@@ -217,6 +235,12 @@ def setitem(self: Tensor, key, value) -> None:
         self._version[0] += 1
         return
     write_inplace(self, F.setitem_functional(self, key, value), "setitem")
+
+
+def _tensor_key(key) -> bool:
+    if isinstance(key, tuple):
+        return any(_tensor_key(k) for k in key)
+    return isinstance(key, Tensor) or isinstance(key, list)
 
 
 def _array_key(key):
@@ -457,7 +481,8 @@ def exponential_(self, lambd=1.0, *, generator=None):
 
 _TYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "int64": "Long",
                "int32": "Int", "bool": "Bool", "uint8": "Byte", "bfloat16": "BFloat16",
-               "int8": "Char", "int16": "Short"}
+               "int8": "Char", "int16": "Short", "uint16": "UInt16", "uint32": "UInt32",
+               "uint64": "UInt64"}
 
 
 def _type(self, dtype=None):

@@ -15,7 +15,7 @@ from kiln.ir import dtypes as dt
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, device_of_array, to_device
 from kiln.tracer import layout
-from kiln.tracer.errors import op_error
+from kiln.tracer.errors import named_dim_error, op_error
 
 
 class _State(threading.local):
@@ -360,6 +360,8 @@ class Size(tuple):
 
 def _dim(dim: int, ndim: int) -> int:
     lo, hi = -max(ndim, 1), max(ndim, 1) - 1
+    if isinstance(dim, str):
+        raise named_dim_error(dim)
     if not lo <= dim <= hi:
         raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], "
                          f"but got {dim})")

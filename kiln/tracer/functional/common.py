@@ -10,7 +10,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, ShapeError, broadcast_shapes, normalize_axis
 from kiln.tracer import creation
-from kiln.tracer.errors import op_error
+from kiln.tracer.errors import named_dim_error, op_error
 from kiln.tracer.tensor import Tensor
 
 
@@ -130,6 +130,9 @@ def _axes(dim, ndim: int) -> tuple:
 def _norm_dim(dim, ndim: int) -> int:
     if type(dim) is int and -ndim <= dim < ndim:     # the common case, no checks needed
         return dim + ndim if dim < 0 else dim
+    if isinstance(dim, str) or isinstance(dim, (list, tuple)) and any(
+            isinstance(d, str) for d in dim):
+        raise named_dim_error(dim)
     try:
         return normalize_axis(int(dim), ndim)
     except ShapeError as e:

@@ -5,21 +5,27 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
-from kiln.tracer.errors import op_error
+from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
                                            ones_like, zeros_like)
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import check as _check_unsigned
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- arithmetic
 
-def add(input, other, *, alpha=1):
+def add(input, other, *scalar_first, alpha=1):
+    if scalar_first:                # add(x, 2, y): PyTorch's deprecated overload
+        (other,), alpha = scalar_first_overload("add", other, scalar_first, alpha)
     if alpha != 1:
         if _both_bfloat16(input, other):
             return _scaled_in_float32(P.add, input, other, alpha)
@@ -41,7 +47,9 @@ def _scaled_in_float32(prim, input: Tensor, other: Tensor, alpha) -> Tensor:
     return P.cast(wide, dtype=dt.bfloat16)
 
 
-def sub(input, other, *, alpha=1):
+def sub(input, other, *scalar_first, alpha=1):
+    if scalar_first:                # sub(x, 2, y): PyTorch's deprecated overload
+        (other,), alpha = scalar_first_overload("sub", other, scalar_first, alpha)
     if isinstance(input, Tensor) and input.dtype is dt.bool_ and isinstance(other, Tensor) \
             and other.dtype is dt.bool_:
         raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
@@ -51,6 +59,35 @@ def sub(input, other, *, alpha=1):
             return _scaled_in_float32(P.sub, input, other, alpha)
         other = mul(other, alpha)
     return _binary(P.sub, input, other)
+
+
+# PyTorch's deprecated overloads that take the scalar first, `p.data.add_(-lr, p.grad.data)`
+# in older tutorials: op -> (the scalar's keyword, how many tensors follow it)
+_SCALAR_FIRST = {"add": ("alpha", 1), "sub": ("alpha", 1), "addcmul": ("value", 2),
+                 "addcdiv": ("value", 2)}
+_WARNED_SCALAR_FIRST = []        # PyTorch warns once per process, whichever op came first
+
+
+def scalar_first_overload(op: str, scalar, tensors: tuple, keyword) -> tuple:
+    """(tensors, scalar) of a call in a deprecated scalar-first overload: `add(x, 2, y)` is
+    `add(x, y, alpha=2)`, `addcmul_(2, t1, t2)` is `addcmul_(t1, t2, value=2)`."""
+    name, count = _SCALAR_FIRST[op.rstrip("_")]
+    if len(tensors) != count or keyword != 1 or isinstance(scalar, Tensor) or \
+            _number(scalar) is None:
+        raise TypeError(f"{op}() received an invalid combination of arguments: the deprecated "
+                        f"overload is {op}(Number {name}, {', '.join(['Tensor'] * count)}) "
+                        f"with no {name}= keyword; write {op}(..., {name}=...) instead")
+    if not _WARNED_SCALAR_FIRST:
+        _WARNED_SCALAR_FIRST.append(op)
+        old = ", ".join([f"Number {name}"] + [f"Tensor {t}" for t in _TENSOR_NAMES[count]])
+        new = ", ".join([f"Tensor {t}" for t in _TENSOR_NAMES[count]] + [f"*, Number {name} = 1"])
+        warnings.warn(f"This overload of {op} is deprecated:\n\t{op}({old})\nConsider using one "
+                      f"of the following signatures instead:\n\t{op}({new})", UserWarning,
+                      stacklevel=user_stacklevel())
+    return tensors, scalar
+
+
+_TENSOR_NAMES = {1: ("other",), 2: ("tensor1", "tensor2")}
 
 
 def rsub(input, other, *, alpha=1):
@@ -127,6 +164,8 @@ def _is_float(a, b) -> bool:
 
 
 def pow(input, exponent):
+    if getattr(input, "dtype", None) in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("pow", input.dtype)
     if isinstance(input, Tensor) and _number(exponent) is not None:
         e = _number(exponent)
         if e == 2 and (input.dtype.is_floating_point or not isinstance(e, float)):
@@ -268,12 +307,18 @@ def lerp(input, end, weight):
 
 
 @composite
-def addcmul(input, tensor1, tensor2, *, value=1):
+def addcmul(input, tensor1, tensor2, *scalar_first, value=1):
+    if scalar_first:                # addcmul(x, 2, t1, t2): PyTorch's deprecated overload
+        (tensor1, tensor2), value = scalar_first_overload("addcmul", tensor1,
+                                                          (tensor2,) + scalar_first, value)
     return input + value * tensor1 * tensor2 if value != 1 else input + tensor1 * tensor2
 
 
 @composite
-def addcdiv(input, tensor1, tensor2, *, value=1):
+def addcdiv(input, tensor1, tensor2, *scalar_first, value=1):
+    if scalar_first:                # addcdiv(x, 2, t1, t2): PyTorch's deprecated overload
+        (tensor1, tensor2), value = scalar_first_overload("addcdiv", tensor1,
+                                                          (tensor2,) + scalar_first, value)
     return input + value * (tensor1 / tensor2) if value != 1 else input + tensor1 / tensor2
 
 
@@ -336,18 +381,22 @@ def _bool(x):
 
 
 def logical_not(input):
+    _check_unsigned("logical_not", input)
     return P.bitwise_not(_bool(input))
 
 
 def logical_and(input, other):
+    _check_unsigned("logical_and", input, other)
     return P.bitwise_and(_bool(input), _bool(other))
 
 
 def logical_or(input, other):
+    _check_unsigned("logical_or", input, other)
     return P.bitwise_or(_bool(input), _bool(other))
 
 
 def logical_xor(input, other):
+    _check_unsigned("logical_xor", input, other)
     return P.bitwise_xor(_bool(input), _bool(other))
 
 

@@ -17,15 +17,12 @@ from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _p
 from kiln.tracer.functional.shapes import _own_memory, broadcast_tensors, expand, reshape, unsqueeze
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
+from kiln.tracer.unsigned import check as _check_unsigned
+from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- indexing
-
-# PyTorch's C++ names of dtypes, which some of its messages use
-_TORCH_DTYPE_NAMES = {"bool": "Bool", "uint8": "Byte", "int32": "Int", "int64": "Long",
-                      "float16": "Half", "float32": "Float", "float64": "Double",
-                      "bfloat16": "BFloat16"}
-
 
 def where(condition, input=None, other=None):
     if input is None and other is None:
@@ -35,7 +32,7 @@ def where(condition, input=None, other=None):
     if condition.dtype is not dt.bool_:
         if condition.dtype is not dt.uint8:     # PyTorch still takes uint8 masks (deprecated)
             raise op_error("where", f"where expected condition to be a boolean tensor, but got "
-                           f"a tensor with dtype {_TORCH_DTYPE_NAMES[condition.dtype.name]} "
+                           f"a tensor with dtype {dt.SCALAR_TYPE_NAMES[condition.dtype]} "
                            f"({condition.dtype.name}, shape {list(condition.shape)}); pass a "
                            f"comparison such as `condition != 0`")
         condition = P.ne(condition, 0)
@@ -65,6 +62,9 @@ def repeat_interleave(input, repeats, dim=None):
 
 
 def index_select(input, dim, index):
+    if input.dtype in _LIMITED_UNSIGNED and input.ndim <= 1:
+        # PyTorch selects rows of these types (copies), but has no 1-d kernel for them
+        raise _unsigned_refusal("index_select", input.dtype)
     return select_rows(input, dim, index, "index_select")
 
 
@@ -190,6 +190,8 @@ def _gather_positions(input_shape, dim, index, op="gather", checked=False):
 
 
 def gather(input, dim, index, *, sparse_grad=False):
+    if input.dtype in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("gather", input.dtype)
     return _gather(input, dim, index, "gather")
 
 
@@ -233,6 +235,7 @@ def _scatter(input, dim, index, src, prim, op):
 
 
 def scatter(input, dim, index, src=None, *, value=None, reduce=None):
+    _check_unsigned("scatter", input)
     if reduce not in (None, "add"):     # not ignored: that would write instead of reducing
         raise op_error("scatter", f"reduce={reduce!r} is not supported in kiln (only 'add'); "
                        "use scatter_add, or scatter into a copy and combine", NotImplementedError)
@@ -244,6 +247,7 @@ def scatter(input, dim, index, src=None, *, value=None, reduce=None):
 
 
 def scatter_add(input, dim, index, src):
+    _check_unsigned("scatter_add", input)
     return _scatter(input, dim, index, src, P.index_add, "scatter_add")
 
 
@@ -269,6 +273,8 @@ def index_copy(input, dim, index, source):
 
 
 def masked_fill(input, mask, value):
+    if input.dtype in _LIMITED_UNSIGNED:
+        raise _unsigned_refusal("masked_fill", input.dtype)
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
     elif input.dtype.category != dt.FLOAT and isinstance(value, float):
@@ -280,6 +286,7 @@ def masked_fill(input, mask, value):
 
 
 def masked_select(input, mask):
+    _check_unsigned("masked_select", input)
     input, mask = broadcast_tensors(input, mask)
     return getitem(input, mask)
 
@@ -328,6 +335,7 @@ def one_hot(tensor, num_classes=-1):
 
 
 def nonzero(input, *, as_tuple=False):
+    _check_unsigned("nonzero", input)
     data = input._read("nonzero()")
     xp = input.device.xp
     idx = xp.stack(xp.nonzero(data), axis=1) if data.ndim else xp.zeros(

@@ -22,6 +22,7 @@ from kiln.tracer.functional.indexing import gather, where
 from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
+from kiln.tracer.unsigned import check as _check_unsigned
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -303,7 +304,8 @@ def logsumexp(input, dim=None, keepdim=False):
 
 
 def all(input, dim=None, keepdim=False):
-    return logical_not(any(logical_not(input), dim, keepdim))
+    # the inner negation as a primitive: PyTorch's all takes uint16/32/64, its logical_not not
+    return logical_not(any(P.bitwise_not(_bool(input)), dim, keepdim))
 
 
 def any(input, dim=None, keepdim=False):
@@ -316,6 +318,7 @@ def any(input, dim=None, keepdim=False):
 
 
 def count_nonzero(input, dim=None):
+    _check_unsigned("count_nonzero", input)
     return sum(ne(input, 0), dim)
 
 

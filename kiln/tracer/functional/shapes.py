@@ -17,6 +17,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.unsigned import check as _check_unsigned
 
 
 # ----------------------------------------------------------------------------- shapes, movement
@@ -73,12 +74,6 @@ def view(input, *shape, dtype=None):
     return P.reshape(input, shape=shape)
 
 
-# PyTorch's names of the dtypes, as its view(dtype) messages spell them
-_SCALAR_NAMES = {"bool": "Bool", "uint8": "Byte", "int8": "Char", "int16": "Short",
-                 "int32": "Int", "int64": "Long", "float16": "Half", "bfloat16": "BFloat16",
-                 "float32": "Float", "float64": "Double"}
-
-
 def view_dtype(input, dtype):
     """`x.view(dtype)`: the same memory read as another dtype, as PyTorch's view(dtype) (a
     view sharing `x`'s memory and version counter, outside autograd). Of the same element
@@ -93,8 +88,9 @@ def view_dtype(input, dtype):
         # a reinterpretation of bits has no IR op: the function runs this part eagerly
         STATE.tracer.graph_break(f"Tensor.view({dtype.name}) reinterprets memory")
     if old != new:
-        what = (f"to view {_SCALAR_NAMES.get(input.dtype.name, input.dtype.name)} as "
-                f"{_SCALAR_NAMES.get(dtype.name, dtype.name)} (different element sizes)")
+        # PyTorch's names of the dtypes, as its view(dtype) messages spell them
+        what = (f"to view {dt.SCALAR_TYPE_NAMES[input.dtype]} as "
+                f"{dt.SCALAR_TYPE_NAMES[dtype]} (different element sizes)")
         if data.ndim == 0:
             raise op_error("view", f"self.dim() cannot be 0 {what}")
         strides = input.stride() if input.device.type != "meta" else None
@@ -484,6 +480,9 @@ def _own_memory(t):
 def flip(input, dims):
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     axes = tuple(_norm_dim(a, input.ndim) for a in dims)
+    if input.ndim - 1 in axes or not input.is_contiguous():
+        # PyTorch flips these types only by copying whole rows of a contiguous tensor
+        _check_unsigned("flip", input)
     return _own_memory(P.flip(input, axes=axes)) if input.ndim else input.clone()
 
 
@@ -604,10 +603,12 @@ def _tri_mask(input, diagonal, upper):
 
 
 def tril(input, diagonal=0):
+    _check_unsigned("tril", input)
     return P.where(_tri_mask(input, diagonal, False), input, 0)
 
 
 def triu(input, diagonal=0):
+    _check_unsigned("triu", input)
     return P.where(_tri_mask(input, diagonal, True), input, 0)
 
 

@@ -13,6 +13,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional_extra.common import _f
 from kiln.tracer.tensor import Tensor
+from kiln.tracer.unsigned import check as _check_unsigned
 
 
 # ----------------------------------------------------------------------------- counting
@@ -67,6 +68,7 @@ def histogram(input, bins=100, *, range=None, weight=None, density=False):
 
 
 def bincount(input, weights=None, minlength=0):
+    _check_unsigned("bincount", input)
     data = np.asarray(input._read("bincount()"))
     if data.ndim != 1 or (data.size and data.min() < 0):
         raise op_error("bincount", "bincount only supports 1-d non-negative integral inputs.")
@@ -121,6 +123,7 @@ def unique_consecutive(input, return_inverse=False, return_counts=False, dim=Non
 
 
 def isin(elements, test_elements, *, assume_unique=False, invert=False):
+    _check_unsigned("isin", elements, test_elements)
     e = elements if isinstance(elements, Tensor) else _as_tensor(elements)
     t = test_elements if isinstance(test_elements, Tensor) else _as_tensor(test_elements, e)
     hit = F.any(F.eq(F.unsqueeze(e, -1), F.reshape(t, (-1,))), -1) if t.numel() else \

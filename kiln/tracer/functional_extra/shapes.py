@@ -17,6 +17,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
+from kiln.tracer.unsigned import check as _check_unsigned
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -248,6 +249,7 @@ def vander(x, N=None, increasing=False):
 
 
 def index_put(input, indices, values, accumulate=False):
+    _check_unsigned("index_put", input)
     return F.index_put(input, indices, values, accumulate)
 
 

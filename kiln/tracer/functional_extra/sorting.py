@@ -13,8 +13,10 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional.indexing import _gather
 from kiln.tracer.functional_extra.common import _f, values_indices
 from kiln.tracer.tensor import Tensor
+from kiln.tracer.unsigned import check as _check_unsigned
 
 
 # ----------------------------------------------------------------------------- sorting
@@ -35,7 +37,8 @@ def sort(input, dim=-1, descending=False, *, stable=False):
     idx = argsort(input, dim, descending)
     if input.ndim == 0:
         return SortResult(input.clone(), idx)
-    return SortResult(F.gather(input, _norm_dim(dim, input.ndim), idx), idx)
+    # _gather, not gather: PyTorch sorts uint16/32/64, whose gather it refuses
+    return SortResult(_gather(input, _norm_dim(dim, input.ndim), idx, "sort"), idx)
 
 
 def msort(input):
@@ -43,6 +46,7 @@ def msort(input):
 
 
 def topk(input, k, dim=-1, largest=True, sorted=True):
+    _check_unsigned("topk", input)
     d = _norm_dim(dim, input.ndim) if input.ndim else 0
     if input.ndim and not 0 <= k <= input.shape[d]:
         raise op_error("topk", f"selected index k out of range (k={k}, size along dim "
