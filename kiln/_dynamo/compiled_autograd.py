@@ -1,0 +1,136 @@
+"""torch._dynamo.compiled_autograd for kiln: an eager `loss.backward()` run as one compiled
+program.
+
+Inside `with enable(compiler_fn):` each `tensor.backward()` called outside a compiled function
+walks its autograd graph into a `BackwardPlan` (kiln.tracer.backward_plan: the nodes' gradient
+rules, their wiring and hooks, with no tensor in it), and looks the plan's key up in a cache:
+node primitives, attributes and wiring, tensor and grad_fn hooks by identity, and every saved
+tensor's shape, dtype, device and requires_grad. A new key is a capture
+(`counters["compiled_autograd"]["captures"]`): `compiler_fn(plan.run)` is called once and what
+it returns is kept for the key; kiln.compile by default. `compiler_fn` is what kiln.compile
+returns for a function (`torch.compile(fullgraph=True)`, `kiln.compile(backend="numpy")`):
+it is handed a kiln function computing the leaves' gradients from the saved tensors (the seed
+gradient first), not an FX graph. kiln.compile traces it into one program on the first
+backward of that structure and replays it after; the graphs of two backwards of one structure
+differ only in their tensors, so the second replays the first's program. The gradients the
+program returns are accumulated into `.grad` outside it, as the plain engine does (added into an
+existing `.grad`), retained gradients stored, and the graph's saved values freed unless
+`retain_graph=True`.
+
+What kiln.compile cannot trace in `run` (a hook that reads a value into Python) makes it run
+`run` eagerly, with kiln.compile's warning: the same rules, node by node. What a plan cannot
+describe (custom autograd Functions, saved-tensor hooks, post-accumulate-grad hooks, bfloat16
+or complex or sparse gradients), `create_graph=True` and `inputs=` run the plain engine, with a
+warning saying why. The gradients are the plain engine's in every case.
+
+`kiln._dynamo.config.compiled_autograd = True` is accepted: a backward inside a compiled
+function is already traced into that function's program (kiln.compile's joint trace), and, as
+in PyTorch, an eager backward outside one is not affected by the flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+from kiln.compiler import compile as _compile
+from kiln.compiler.counters import counters
+from kiln.tracer import autograd
+from kiln.tracer.backward_plan import Unplannable, plan_backward
+from kiln.tracer.tensor import Tensor
+
+_CACHE: dict = {}               # plan key -> what compiler_fn made of that plan's run
+_COMPILERS: list = []           # the enable() blocks now open, innermost last
+
+
+@contextlib.contextmanager
+def enable(compiler_fn=None):
+    """Compile each eager `backward()` in this block: `compiler_fn(fn)` returns what runs the
+    backward function `fn` of a new graph structure (kiln.compile when None)."""
+    _COMPILERS.append(_compile if compiler_fn is None else compiler_fn)
+    autograd.COMPILED_BACKWARD[0] = _compiled_backward
+    try:
+        yield
+    finally:
+        _COMPILERS.pop()
+        if not _COMPILERS:
+            autograd.COMPILED_BACKWARD[0] = None
+
+
+_enable = enable        # PyTorch 2.13's name for it
+
+
+def compiled_autograd_enabled() -> bool:
+    return bool(_COMPILERS)
+
+
+def reset() -> None:
+    """Forget every captured backward: the next backward of each structure captures again."""
+    _CACHE.clear()
+
+
+def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph: bool,
+                       inputs) -> None:
+    why = _not_compiled(tensor, create_graph, inputs)
+    if why is None:
+        try:
+            plan, saved, leaves, retained, nodes = plan_backward(tensor, seed)
+        except Unplannable as error:
+            why = str(error)
+    if why is not None:
+        if tensor.grad_fn is not None:
+            warnings.warn(f"compiled autograd: this backward runs on the plain autograd engine: "
+                          f"{why}", stacklevel=4)
+        autograd.plain_backward(tensor, seed, retain, create_graph, inputs)
+        return
+    for node in nodes:          # an in-place write since the forward: the engine's error
+        autograd._check_versions(node)
+    run = _CACHE.get(plan.key)
+    if run is None:
+        counters["compiled_autograd"]["captures"] += 1
+        run = _CACHE[plan.key] = _COMPILERS[-1](plan.run)
+    with autograd.no_grad():
+        grads, kept = run(*saved)
+    _store(leaves, grads, retained, kept)
+    if not retain:
+        _free(nodes)
+    try:
+        while autograd._QUEUED:
+            autograd._QUEUED.pop(0)()
+    finally:
+        autograd._QUEUED.clear()
+
+
+def _not_compiled(tensor: Tensor, create_graph: bool, inputs) -> str | None:
+    if tensor.grad_fn is None:
+        return "the tensor is a leaf"
+    if create_graph:
+        return "create_graph=True (a compiled backward records no graph of its own)"
+    if inputs is not None:
+        return "inputs= is given (only the gradients of all leaves are compiled)"
+    if autograd.ANOMALY[0]:
+        return "anomaly detection is on (it checks each node's gradient as it is computed)"
+    return None
+
+
+def _store(leaves: list, grads: tuple, retained: list, kept: tuple) -> None:
+    """Each leaf's gradient into its `.grad` (added to one already there), as the engine's
+    `_store_leaf_grad` does after the hooks the program ran; retained gradients likewise."""
+    for leaf, g in zip(leaves, grads):
+        if g is None:
+            continue
+        if leaf.grad is None:
+            leaf.grad = Tensor._make(g._data.copy(), g.dtype, g.device)
+        else:
+            leaf.grad._data += g._data
+    for t, g in zip(retained, kept):
+        if g is not None:
+            t.grad = Tensor._make(g._data.copy(), g.dtype, g.device)
+
+
+def _free(nodes: list) -> None:
+    """What the engine frees after a backward without retain_graph: each node's saved values."""
+    for node in nodes:
+        if node.prim is autograd._MATMUL:
+            node.label = node.name()     # it is read from the shapes freed here
+        node.inputs = node.out_data = None
