@@ -88,7 +88,7 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
     run = _CACHE.get(plan.key)
     if run is None:
         counters["compiled_autograd"]["captures"] += 1
-        run = _CACHE[plan.key] = _COMPILERS[-1](plan.run)
+        run = _CACHE[plan.key] = _COMPILERS[-1](_backward_function(plan))
     with autograd.no_grad():
         grads, kept = run(*saved)
     _store(leaves, grads, retained, kept)
@@ -99,6 +99,18 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
             autograd._QUEUED.pop(0)()
     finally:
         autograd._QUEUED.clear()
+
+
+def _backward_function(plan):
+    """`plan.run` as a function whose closure names every hook the plan runs, so kiln.compile's
+    guards see what the hooks reach and a hook's Python effect (a list it appends to) makes
+    the backward run eagerly, as a replay would skip it."""
+    hooks = plan.hooks()
+
+    def compiled_backward(*saved):
+        hooks  # noqa: B018  (named, so the guards walk from each hook's globals and cells)
+        return plan.run(*saved)
+    return compiled_backward
 
 
 def _not_compiled(tensor: Tensor, create_graph: bool, inputs) -> str | None:

@@ -56,6 +56,12 @@ class BackwardPlan:
     num_retained: int
     key: tuple
 
+    def hooks(self) -> tuple:
+        """Every hook the plan runs, once each."""
+        found = [h for step in self.steps for h in step.hooks]
+        found += [h for _, hooks in self.leaves for h in hooks]
+        return tuple(dict.fromkeys(found))
+
     def run(self, *saved: Tensor) -> tuple:
         """(leaf gradients, retained gradients): None where no gradient arrives."""
         pending = {0: saved[0]}
