@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES
 from kiln.tracer import autograd
+from kiln.tracer.functional import reductions, softmax_family
 from kiln.tracer.tensor import Tensor
+
+
+# autograd nodes of eager fast paths that are not registered primitives, whose gradient rules
+# are written with dispatched ops (so they trace): views written in place, an alias, and the
+# CPU fast paths of softmax, log_softmax and mean. The others (cuda pooling, RNN cells, a copy
+# between devices) compute on arrays, which a trace would bake in as constants.
+_TRACEABLE_EAGER_NODES = (autograd._COPY_SLICES, autograd._ALIAS, softmax_family._SOFTMAX,
+                          softmax_family._LOG_SOFTMAX, reductions._MEAN)
 
 
 class Unplannable(Exception):
@@ -155,9 +164,9 @@ def _check_node(node) -> None:
     if not isinstance(node, autograd.Node):
         raise Unplannable(f"{node.name()} is a custom autograd Function, whose backward reads "
                           "the state its ctx saved")
-    if PRIMITIVES.get(prim.name) is not prim and prim is not autograd._COPY_SLICES:
-        raise Unplannable(f"{node.name()} runs an operator that is not one of kiln's "
-                          "registered primitives")
+    if PRIMITIVES.get(prim.name) is not prim and prim not in _TRACEABLE_EAGER_NODES:
+        raise Unplannable(f"{node.name()} is an eager fast path's node whose gradient rule "
+                          "kiln does not trace")
     if node.packed is not None:
         raise Unplannable(f"{node.name()} saved its tensors through saved_tensors_hooks")
     if node.out_dtype is dt.bfloat16 or node.out_dtype.is_complex:

@@ -1,0 +1,311 @@
+"""Compiled autograd (kiln._dynamo.compiled_autograd): an eager backward() run as one compiled
+program per graph structure, its gradients checked against the plain engine's and PyTorch's;
+the replay from cache, the fallbacks (with their warnings) and what stays eager."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+from kiln._dynamo import compiled_autograd
+from kiln._dynamo.utils import counters
+
+ATOL, RTOL = 1e-5, 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    compiled_autograd.reset()
+    counters.clear()
+    yield
+    compiled_autograd.reset()
+
+
+def counting_compiler(made: list):
+    """A compiler_fn that records each backward it is handed, then compiles it with kiln."""
+    def compiler_fn(fn):
+        made.append(kiln.compile(fn))
+        return made[-1]
+    return compiler_fn
+
+
+def compiled_entries(made: list) -> list:
+    return [e for compiled in made for e in compiled.entries.values()]
+
+
+def torch_twin(kiln_model, torch_model):
+    """`torch_model` with `kiln_model`'s parameters (same names, same values)."""
+    state = {k: torch.from_numpy(v.detach().numpy().copy())
+             for k, v in kiln_model.state_dict().items()}
+    torch_model.load_state_dict(state)
+    return torch_model
+
+
+def assert_grads(kiln_params, torch_params):
+    for (name, p), q in zip(kiln_params, torch_params):
+        if q.grad is None:
+            assert p.grad is None, f"{name}: kiln has a .grad, torch has none"
+            continue
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), atol=ATOL, rtol=RTOL,
+                                   err_msg=name)
+
+
+def mlp(lib):
+    return lib.nn.Sequential(lib.nn.Linear(10, 32), lib.nn.ReLU(), lib.nn.Linear(32, 32),
+                             lib.nn.Tanh(), lib.nn.Linear(32, 3))
+
+
+def cnn(lib):
+    return lib.nn.Sequential(lib.nn.Conv2d(3, 8, 3, padding=1), lib.nn.ReLU(),
+                             lib.nn.MaxPool2d(2), lib.nn.Conv2d(8, 4, 3), lib.nn.ReLU(),
+                             lib.nn.Flatten(), lib.nn.Linear(4 * 2 * 2, 5))
+
+
+def train_steps(model, x, y, steps, zero=True):
+    for _ in range(steps):
+        if zero:
+            model.zero_grad()
+        loss = kiln.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+
+
+@pytest.mark.parametrize("make,shape", [(mlp, (16, 10)), (cnn, (4, 3, 8, 8))])
+def test_model_gradients_equal_plain_backward_and_torch_and_replay(make, shape):
+    kiln.manual_seed(0)
+    model = make(kiln)
+    twin = torch_twin(model, make(torch))
+    rng = np.random.default_rng(0)
+    y = np.arange(shape[0]) % 3
+    made = []
+    for step in range(3):        # new data each step: a replay must read this step's tensors
+        x = rng.standard_normal(shape).astype(np.float32)
+        train_steps(model, kiln.tensor(x), kiln.tensor(y), 1)
+        plain = [p.grad.numpy().copy() for p in model.parameters()]
+        with compiled_autograd.enable(counting_compiler(made)):
+            train_steps(model, kiln.tensor(x), kiln.tensor(y), 1)
+        for p, g in zip(model.parameters(), plain):     # compiled kernels round apart
+            np.testing.assert_allclose(p.grad.numpy(), g, atol=1e-6, rtol=1e-5)
+        twin.zero_grad()
+        torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)),
+                                          torch.from_numpy(y)).backward()
+        assert_grads(model.named_parameters(), twin.parameters())
+    # one capture, compiled once; the second and third backwards replayed its program
+    assert counters["compiled_autograd"]["captures"] == 1 and len(made) == 1
+    (entry,) = compiled_entries(made)
+    assert entry.program is not None and entry.calls == 2
+
+
+def test_compiled_autograd_tutorial():
+    model = kiln.nn.Linear(10, 10)
+    twin = torch_twin(model, torch.nn.Linear(10, 10))
+    x = kiln.randn(10)
+    kiln._dynamo.config.compiled_autograd = True
+    try:
+        @kiln.compile
+        def train(model, x):
+            loss = model(x).sum()
+            loss.backward()
+        train(model, x)
+    finally:
+        kiln._dynamo.config.compiled_autograd = False
+    loss = model(x).sum()
+    with kiln._dynamo.compiled_autograd.enable(kiln.compile(fullgraph=True)):
+        loss.backward()
+    tx = torch.from_numpy(x.numpy())
+    for _ in range(2):
+        twin(tx).sum().backward()
+    assert_grads(model.named_parameters(), twin.parameters())
+    assert counters["compiled_autograd"]["captures"] == 1
+
+
+def test_tensor_hook_and_graph_break_function_as_in_the_tutorial():
+    @kiln.compile(backend="aot_eager")
+    def fn(x):
+        temp = x + 10
+        kiln._dynamo.graph_break()
+        return temp.sum()
+
+    x = kiln.randn(10, 10, requires_grad=True)
+    x.register_hook(lambda grad: grad + 10)
+    tx = torch.from_numpy(x.detach().numpy()).requires_grad_()
+    tx.register_hook(lambda grad: grad + 10)
+    counters.clear()
+    with pytest.warns(UserWarning, match="graph break in fn"):
+        with kiln._dynamo.compiled_autograd.enable(kiln.compile(backend="aot_eager")):
+            fn(x).backward()
+    (tx + 10).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), atol=ATOL)
+    # PyTorch counts 3 graphs: fn split at its break (2) and the backward (1); kiln runs a
+    # function with a break eagerly, so it counts the backward's graph only
+    assert counters["compiled_autograd"]["captures"] == 1
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_hooks_on_leaves_and_intermediates_and_retained_grads_match_torch():
+    def run(lib, w, b):
+        h = (w * b).tanh()
+        h.register_hook(lambda g: g * 3)
+        h.retain_grad()
+        b.register_hook(lambda g: g - 1)
+        out = (h * h).sum()
+        out.backward()
+        return h
+
+    rng = np.random.default_rng(1)
+    w0, b0 = rng.standard_normal((4, 5)), rng.standard_normal((5,))
+    tw, tb = (torch.tensor(a, requires_grad=True) for a in (w0, b0))
+    th = run(torch, tw, tb)
+    made = []
+    for _ in range(2):       # the second backward of the same structure replays
+        w, b = (kiln.tensor(a, requires_grad=True) for a in (w0, b0))
+        with compiled_autograd.enable(counting_compiler(made)):
+            h = run(kiln, w, b)
+        np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), atol=1e-10)
+        np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), atol=1e-10)
+        np.testing.assert_allclose(h.grad.numpy(), th.grad.numpy(), atol=1e-10)
+    assert w.grad.dtype is kiln.float64 and h.grad.shape == (4, 5)
+    # each run registers new lambdas, hooks are keyed by identity: two captures, both compiled
+    assert len(made) == 2 and all(e.program is not None for e in compiled_entries(made))
+
+
+def test_grad_accumulation_over_two_backwards_and_frozen_parameters():
+    kiln.manual_seed(3)
+    model = mlp(kiln)
+    twin = torch_twin(model, mlp(torch))
+    for lib_model in (model, twin):
+        lib_model[0].weight.requires_grad_(False)
+        lib_model[0].bias.requires_grad_(False)
+    x = np.random.default_rng(2).standard_normal((8, 10)).astype(np.float32)
+    made = []
+    with compiled_autograd.enable(counting_compiler(made)):
+        for _ in range(2):
+            model(kiln.tensor(x)).pow(2).mean().backward()
+    for _ in range(2):
+        twin(torch.from_numpy(x)).pow(2).mean().backward()
+    assert model[0].weight.grad is None and model[0].bias.grad is None
+    assert_grads(model.named_parameters(), twin.parameters())
+    assert len(made) == 1 and compiled_entries(made)[0].calls == 1
+
+
+def test_retain_graph_and_a_second_backward_through_a_freed_graph():
+    a0 = np.random.default_rng(4).standard_normal(6)
+    a, ta = kiln.tensor(a0, requires_grad=True), torch.tensor(a0, requires_grad=True)
+    with compiled_autograd.enable():
+        loss = (a.sin() * a).sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            loss.backward()
+    tloss = (ta.sin() * ta).sum()
+    tloss.backward(retain_graph=True)
+    tloss.backward()
+    np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), atol=1e-12)
+    assert counters["compiled_autograd"]["captures"] == 1
+
+
+def test_a_new_shape_is_a_new_capture():
+    made = []
+    with compiled_autograd.enable(counting_compiler(made)):
+        for n in (3, 4, 3):
+            x = kiln.randn(n, requires_grad=True)
+            (x.exp() * 2).sum().backward()
+            np.testing.assert_allclose(x.grad.numpy(), 2 * np.exp(x.detach().numpy()),
+                                       rtol=1e-6)
+    assert counters["compiled_autograd"]["captures"] == 2 and len(made) == 2
+
+
+def test_in_place_write_after_the_forward_raises_the_engines_error():
+    x = kiln.randn(3, requires_grad=True)
+    y = x * 1
+    z = y.exp()
+    loss = (z * y).sum()
+    z.add_(1)
+    with compiled_autograd.enable():
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+class Exp(kiln.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return g * y
+
+
+def test_custom_function_falls_back_to_the_plain_engine_with_a_warning():
+    x0 = np.random.default_rng(5).standard_normal(4)
+    x = kiln.tensor(x0, requires_grad=True)
+    with compiled_autograd.enable():
+        with pytest.warns(UserWarning, match="plain autograd engine: ExpBackward is a custom"):
+            (Exp.apply(x) * 2).sum().backward()
+    tx = torch.tensor(x0, requires_grad=True)
+    (tx.exp() * 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-12)
+    assert counters["compiled_autograd"]["captures"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+def test_create_graph_falls_back_and_keeps_the_double_backward():
+    x0 = np.random.default_rng(6).standard_normal(4)
+    x, tx = kiln.tensor(x0, requires_grad=True), torch.tensor(x0, requires_grad=True)
+    with compiled_autograd.enable():
+        with pytest.warns(UserWarning, match="create_graph=True"):
+            (x ** 3).sum().backward(create_graph=True)
+    (tx ** 3).sum().backward(create_graph=True)
+    np.testing.assert_allclose(x.grad.detach().numpy(), tx.grad.detach().numpy(), atol=1e-12)
+    (second,) = kiln.autograd.grad(x.grad.sum(), x)
+    (tsecond,) = torch.autograd.grad(tx.grad.sum(), tx)
+    np.testing.assert_allclose(second.numpy(), tsecond.numpy(), atol=1e-12)
+
+
+def test_a_hook_reading_a_value_breaks_the_graph_and_the_backward_runs_eagerly():
+    seen = []
+    v0 = np.random.default_rng(7).standard_normal(3)
+    v = kiln.tensor(v0, requires_grad=True)
+    v.register_hook(lambda g: seen.append(float(g.sum())))
+    with compiled_autograd.enable():
+        with pytest.warns(UserWarning, match="graph break in compiled_backward"):
+            (v * v).sum().backward()
+        (v * v).sum().backward()
+    np.testing.assert_allclose(v.grad.numpy(), 4 * v0, atol=1e-12)
+    np.testing.assert_allclose(seen, [2 * v0.sum()] * 2, atol=1e-12)
+
+
+def test_a_hook_with_a_python_effect_runs_on_every_backward():
+    calls = []
+    w0 = np.random.default_rng(8).standard_normal(3)
+    w = kiln.tensor(w0, requires_grad=True)
+    tw = torch.tensor(w0, requires_grad=True)
+
+    def hook(g):
+        calls.append(1)
+        return g * 2
+    w.register_hook(hook)
+    tw.register_hook(lambda g: g * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # kiln.compile's note that it runs eagerly
+        with compiled_autograd.enable():
+            for _ in range(3):
+                (w * w).sum().backward()
+    for _ in range(3):
+        (tw * tw).sum().backward()
+    assert len(calls) == 3
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), atol=1e-12)
+
+
+def test_outside_the_block_backward_is_the_plain_engines():
+    x = kiln.randn(3, requires_grad=True)
+    with compiled_autograd.enable():
+        assert compiled_autograd.compiled_autograd_enabled()
+    assert not compiled_autograd.compiled_autograd_enabled()
+    (x * x).sum().backward()
+    assert counters["compiled_autograd"]["captures"] == 0
+    assert compiled_autograd._enable is compiled_autograd.enable
