@@ -309,3 +309,53 @@ def test_outside_the_block_backward_is_the_plain_engines():
     (x * x).sum().backward()
     assert counters["compiled_autograd"]["captures"] == 0
     assert compiled_autograd._enable is compiled_autograd.enable
+
+
+def batchnorm_net(lib):
+    return lib.nn.Sequential(lib.nn.Conv2d(3, 4, 3), lib.nn.BatchNorm2d(4), lib.nn.ReLU(),
+                             lib.nn.AdaptiveAvgPool2d(1), lib.nn.Flatten(), lib.nn.Linear(4, 2))
+
+
+def layernorm_net(lib):
+    return lib.nn.Sequential(lib.nn.Linear(6, 8), lib.nn.LayerNorm(8), lib.nn.GELU(),
+                             lib.nn.Linear(8, 2))
+
+
+def encoder_layer(lib):
+    return lib.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+
+@pytest.mark.parametrize("make,shape", [(batchnorm_net, (2, 3, 6, 6)), (layernorm_net, (5, 6)),
+                                        (encoder_layer, (2, 3, 8))])
+def test_normalization_and_attention_layers_compile_and_match_torch(make, shape):
+    kiln.manual_seed(1)
+    model = make(kiln)
+    twin = torch_twin(model, make(torch))
+    rng = np.random.default_rng(9)
+    made = []
+    for _ in range(2):
+        x = rng.standard_normal(shape).astype(np.float32)
+        model.zero_grad()
+        twin.zero_grad()
+        with compiled_autograd.enable(counting_compiler(made)):
+            model(kiln.tensor(x)).pow(2).sum().backward()
+        twin(torch.from_numpy(x)).pow(2).sum().backward()
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), atol=1e-4, rtol=1e-4,
+                                       err_msg=name)
+    assert len(made) == 1
+    (entry,) = compiled_entries(made)
+    assert entry.program is not None and entry.calls == 1
+
+
+def test_an_lstm_falls_back_to_the_plain_engine_with_a_warning():
+    kiln.manual_seed(2)
+    lstm = kiln.nn.LSTM(4, 5, batch_first=True)
+    twin = torch_twin(lstm, torch.nn.LSTM(4, 5, batch_first=True))
+    x = np.random.default_rng(10).standard_normal((2, 3, 4)).astype(np.float32)
+    with compiled_autograd.enable():
+        with pytest.warns(UserWarning, match="LstmSequenceBackward0 is an eager fast path"):
+            lstm(kiln.tensor(x))[0].pow(2).sum().backward()
+    twin(torch.from_numpy(x))[0].pow(2).sum().backward()
+    assert_grads(lstm.named_parameters(), twin.parameters())
+    assert counters["compiled_autograd"]["captures"] == 0

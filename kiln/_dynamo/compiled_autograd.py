@@ -80,7 +80,7 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
     if why is not None:
         if tensor.grad_fn is not None:
             warnings.warn(f"compiled autograd: this backward runs on the plain autograd engine: "
-                          f"{why}", stacklevel=4)
+                          f"{why}", stacklevel=3)
         autograd.plain_backward(tensor, seed, retain, create_graph, inputs)
         return
     for node in nodes:          # an in-place write since the forward: the engine's error

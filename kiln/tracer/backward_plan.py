@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES
 from kiln.tracer import autograd
@@ -200,7 +202,8 @@ def _frozen(value, node):
     """`value` as a key part: lists become tuples; an array or tensor cannot be keyed."""
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v, node) for v in value)
-    if isinstance(value, Tensor) or hasattr(value, "__array__"):
+    if isinstance(value, Tensor) or (hasattr(value, "__array__") and
+                                     not isinstance(value, np.generic)):
         raise Unplannable(f"{node.name()} keeps an array among its attributes")
     try:
         hash(value)
