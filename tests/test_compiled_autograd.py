@@ -227,7 +227,60 @@ def test_in_place_write_after_the_forward_raises_the_engines_error():
             loss.backward()
 
 
-class Exp(kiln.autograd.Function):
+class ScaledExp(kiln.autograd.Function):
+    """exp(x) * scale, saving its output and keeping `scale` (a number) on ctx."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        y = x.exp() * scale
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return g * y, None
+
+
+class MaskedSplit(kiln.autograd.Function):
+    """(x * mask, x - w): two outputs, a tensor kept as a ctx attribute."""
+
+    @staticmethod
+    def forward(ctx, x, w, mask):
+        ctx.mask = mask
+        return x * mask, x - w
+
+    @staticmethod
+    def backward(ctx, g_masked, g_diff):
+        return g_masked * ctx.mask + g_diff, -g_diff, None
+
+
+def scaled_exp_torch(x, scale):
+    return x.exp() * scale
+
+
+def test_custom_functions_compile_and_replay_with_new_values():
+    rng = np.random.default_rng(5)
+    made = []
+    for scale in (2.0, 2.0, 3.0):        # a new ctx value is a new capture
+        x0, w0 = rng.standard_normal(4), rng.standard_normal(4)
+        mask0 = (rng.random(4) > 0.5).astype(np.float64)
+        x, w = (kiln.tensor(a, requires_grad=True) for a in (x0, w0))
+        with compiled_autograd.enable(counting_compiler(made)):
+            a, b = MaskedSplit.apply(x, w, kiln.tensor(mask0))
+            (ScaledExp.apply(a, scale) * b).sum().backward()
+        tx, tw = (torch.tensor(v, requires_grad=True) for v in (x0, w0))
+        ta, tb = tx * torch.tensor(mask0), tx - tw
+        (scaled_exp_torch(ta, scale) * tb).sum().backward()
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert counters["compiled_autograd"]["captures"] == 2 and len(made) == 2
+    assert [e.calls for e in compiled_entries(made)] == [1, 0]
+    assert all(e.program is not None for e in compiled_entries(made))
+
+
+class NumpyExp(kiln.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         y = x.exp()
@@ -237,17 +290,33 @@ class Exp(kiln.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         y, = ctx.saved_tensors
-        return g * y
+        return kiln.tensor(g.numpy() * y.numpy())      # computes outside kiln's ops
 
 
-def test_custom_function_falls_back_to_the_plain_engine_with_a_warning():
-    x0 = np.random.default_rng(5).standard_normal(4)
-    x = kiln.tensor(x0, requires_grad=True)
+def test_a_custom_backward_on_numpy_arrays_breaks_the_graph_and_runs_eagerly():
+    x0 = np.random.default_rng(11).standard_normal(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with compiled_autograd.enable():
+            for k in range(2):      # the second backward runs eagerly too, with new values
+                x = kiln.tensor(x0 + k, requires_grad=True)
+                (NumpyExp.apply(x) * 2).sum().backward()
+                tx = torch.tensor(x0 + k, requires_grad=True)
+                (tx.exp() * 2).sum().backward()
+                np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12)
+    breaks = [w for w in caught if "graph break in compiled_backward" in str(w.message)]
+    assert len(breaks) == 1 and "reads a tensor's value" in str(breaks[0].message)
+
+
+def test_saved_tensor_hooks_fall_back_to_the_plain_engine_with_a_warning():
+    x0 = np.random.default_rng(12).standard_normal(4)
+    x, tx = kiln.tensor(x0, requires_grad=True), torch.tensor(x0, requires_grad=True)
+    with kiln.autograd.graph.saved_tensors_hooks(lambda t: t * 1, lambda t: t):
+        y = (x.sin() * x).sum()
     with compiled_autograd.enable():
-        with pytest.warns(UserWarning, match="plain autograd engine: ExpBackward is a custom"):
-            (Exp.apply(x) * 2).sum().backward()
-    tx = torch.tensor(x0, requires_grad=True)
-    (tx.exp() * 2).sum().backward()
+        with pytest.warns(UserWarning, match="plain autograd engine: .* saved_tensors_hooks"):
+            y.backward()
+    (tx.sin() * tx).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-12)
     assert counters["compiled_autograd"]["captures"] == 0
 

@@ -18,10 +18,11 @@ existing `.grad`), retained gradients stored, and the graph's saved values freed
 `retain_graph=True`.
 
 What kiln.compile cannot trace in `run` (a hook that reads a value into Python) makes it run
-`run` eagerly, with kiln.compile's warning: the same rules, node by node. What a plan cannot
-describe (custom autograd Functions, saved-tensor hooks, post-accumulate-grad hooks, bfloat16
-or complex or sparse gradients), `create_graph=True` and `inputs=` run the plain engine, with a
-warning saying why. The gradients are the plain engine's in every case.
+`run` eagerly, with kiln.compile's warning: the same rules, node by node. A custom autograd
+Function's backward is traced like a hook (its ctx rebuilt around the saved tensors). What a
+plan cannot describe (saved-tensor hooks, post-accumulate-grad hooks, bfloat16, complex or
+sparse gradients, the cuda pooling and RNN fast paths' nodes), `create_graph=True` and `inputs=`
+run the plain engine, with a warning saying why. The gradients are the plain engine's in every case.
 
 `kiln._dynamo.config.compiled_autograd = True` is accepted: a backward inside a compiled
 function is already traced into that function's program (kiln.compile's joint trace), and, as

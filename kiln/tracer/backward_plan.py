@@ -12,10 +12,15 @@ accumulation stays outside the program. `BackwardPlan.key` says what the plan as
 primitives, attributes and wiring, hooks by identity, and each saved tensor's shape, dtype,
 device and requires_grad.
 
+A custom autograd Function's node is a `CustomStep`: its class's backward runs on a fresh ctx
+holding stand-ins of the saved tensors and of tensor attributes, and the forward's other ctx
+attributes (hashable values, part of the key).
+
 A graph the plan cannot describe exactly raises `Unplannable` with the reason, and the caller
-runs the plain engine: custom autograd Functions (their backward reads the state of `ctx`),
-saved-tensor hooks, post-accumulate-grad hooks, bfloat16 or complex gradients (the engine
-computes those with rules of its own), sparse gradients and attributes holding arrays.
+runs the plain engine: saved-tensor hooks, post-accumulate-grad hooks, bfloat16 or complex
+gradients (the engine computes those with rules of its own), sparse gradients, attributes
+holding arrays (or a ctx attribute of an unhashable type), and the nodes of eager fast paths
+whose rules compute on arrays.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES
-from kiln.tracer import autograd
+from kiln.tracer import autograd, custom_function
 from kiln.tracer.functional import reductions, softmax_family
 from kiln.tracer.tensor import Tensor
 
@@ -60,6 +65,45 @@ class Step:
     retained: int | None
 
 
+    def rule(self, g: Tensor, saved: tuple, args: list) -> tuple:
+        return self.prim.grad(g, saved[self.out], *args, **dict(self.attrs))
+
+
+@dataclass(frozen=True)
+class CustomStep:
+    """One output node of a custom autograd Function: its class's backward, called on a fresh
+    ctx that holds the saved tensors' stand-ins (`ctx_saved`: slots, None for a None saved)
+    and the attributes the forward set on ctx (`ctx_attrs`: (name, ("saved", k)) for a tensor,
+    (name, ("const", value)) for a hashable value)."""
+
+    fn_cls: type
+    index: int
+    out_shapes: tuple
+    positions: tuple
+    needs_input_grad: tuple
+    materialize_grads: bool
+    ctx_saved: tuple
+    ctx_attrs: tuple
+    args: tuple
+    out: int
+    edges: tuple
+    hooks: tuple
+    retained: int | None
+
+    def rule(self, g: Tensor, saved: tuple, args: list) -> tuple:
+        ctx = custom_function.FunctionCtx(())
+        ctx.needs_input_grad, ctx.materialize_grads = self.needs_input_grad, \
+            self.materialize_grads
+        ctx._saved = tuple(None if k is None else saved[k] for k in self.ctx_saved)
+        for name, (kind, v) in self.ctx_attrs:
+            setattr(ctx, name, saved[v] if kind == "saved" else v)
+        node = custom_function._FunctionNode.__new__(custom_function._FunctionNode)
+        node.ctx, node.index, node.fn_cls = ctx, self.index, self.fn_cls
+        node.out_shapes, node.tensor_positions, node.inputs = self.out_shapes, \
+            self.positions, tuple(args)
+        return node._rule(g, saved[self.out], *args)
+
+
 @dataclass(frozen=True)
 class BackwardPlan:
     steps: tuple
@@ -68,8 +112,9 @@ class BackwardPlan:
     key: tuple
 
     def hooks(self) -> tuple:
-        """Every hook the plan runs, once each."""
+        """Every hook the plan runs, and every custom Function's backward, once each."""
         found = [h for step in self.steps for h in step.hooks]
+        found += [step.fn_cls.backward for step in self.steps if isinstance(step, CustomStep)]
         found += [h for _, hooks in self.leaves for h in hooks]
         return tuple(dict.fromkeys(found))
 
@@ -88,7 +133,7 @@ class BackwardPlan:
             if step.retained is not None:
                 retained[step.retained] = g
             args = [saved[v] if kind == "saved" else v for kind, v in step.args]
-            grads = step.prim.grad(g, saved[step.out], *args, **dict(step.attrs))
+            grads = step.rule(g, saved, args)
             for edge, ga, a in zip(step.edges, grads, args):
                 if ga is None or edge is None:
                     continue
@@ -153,27 +198,55 @@ def plan_backward(loss: Tensor, seed: Tensor) -> tuple:
         kept = node.retained() if node.retained is not None else None
         if kept is not None:
             retained_tensors.append(kept)
-        steps.append(Step(node.prim, _frozen(tuple(sorted(node.attrs.items())), node),
-                          tuple(args), len(saved) - 1, tuple(edges), tuple(node.hooks or ()),
-                          len(retained_tensors) - 1 if kept is not None else None))
+        common = (tuple(args), len(saved) - 1, tuple(edges), tuple(node.hooks or ()),
+                  len(retained_tensors) - 1 if kept is not None else None)
+        if isinstance(node, custom_function._FunctionNode):
+            steps.append(_custom_step(node, slot, common))
+        else:
+            steps.append(Step(node.prim, _frozen(tuple(sorted(node.attrs.items())), node),
+                              *common))
     key = (tuple(steps), tuple(leaf_meta), tuple(saved_meta))
     plan = BackwardPlan(tuple(steps), tuple(leaf_meta), len(retained_tensors), key)
     return plan, saved, leaves, retained_tensors, nodes
 
 
+# what FunctionCtx sets itself; any other attribute of a ctx is the forward's
+_CTX_OWN = frozenset(vars(custom_function.FunctionCtx(())))
+
+
+def _custom_step(node, slot, common: tuple) -> CustomStep:
+    ctx = node.ctx
+    if ctx._packed is not None:
+        raise Unplannable(f"{node.name()} saved its tensors through saved_tensors_hooks")
+    saved = tuple(None if t is None else slot(t, _stand_in(t, t.requires_grad))
+                  for t in ctx._saved)
+    attrs = []
+    for name, value in sorted(vars(ctx).items()):
+        if name in _CTX_OWN or name == "_fn_name":
+            continue
+        if isinstance(value, Tensor):
+            attrs.append((name, ("saved", slot(value, _stand_in(value, value.requires_grad)))))
+        else:
+            attrs.append((name, ("const", _frozen(value, node, keep=True))))
+    return CustomStep(node.fn_cls, node.index, tuple(node.out_shapes),
+                      tuple(node.tensor_positions), tuple(ctx.needs_input_grad),
+                      ctx.materialize_grads, saved, tuple(attrs), *common)
+
+
 def _check_node(node) -> None:
+    if node.out_dtype is dt.bfloat16 or node.out_dtype.is_complex:
+        raise Unplannable(f"{node.name()} has a {node.out_dtype.name} gradient (compiled code "
+                          f"has no {node.out_dtype.name})")
+    if isinstance(node, custom_function._FunctionNode):
+        return
     prim = getattr(node, "prim", None)
     if not isinstance(node, autograd.Node):
-        raise Unplannable(f"{node.name()} is a custom autograd Function, whose backward reads "
-                          "the state its ctx saved")
+        raise Unplannable(f"{node.name()} is a {type(node).__name__}, which kiln cannot plan")
     if PRIMITIVES.get(prim.name) is not prim and prim not in _TRACEABLE_EAGER_NODES:
         raise Unplannable(f"{node.name()} is an eager fast path's node whose gradient rule "
                           "kiln does not trace")
     if node.packed is not None:
         raise Unplannable(f"{node.name()} saved its tensors through saved_tensors_hooks")
-    if node.out_dtype is dt.bfloat16 or node.out_dtype.is_complex:
-        raise Unplannable(f"{node.name()} has a {node.out_dtype.name} gradient (compiled code "
-                          f"has no {node.out_dtype.name})")
     for a in node.inputs:
         if isinstance(a, Tensor) and a.is_sparse:
             raise Unplannable(f"{node.name()} reads a sparse tensor")
@@ -198,9 +271,10 @@ def _meta(t: Tensor) -> tuple:
     return (tuple(t.shape), t.dtype, t.device, t.requires_grad)
 
 
-def _frozen(value, node):
-    """`value` as a key part: lists become tuples; an array or tensor cannot be keyed."""
-    if isinstance(value, (list, tuple)):
+def _frozen(value, node, keep: bool = False):
+    """`value` as a key part: lists become tuples (with `keep`, a value the rule receives as
+    it is, a list cannot be keyed); an array or tensor cannot be keyed."""
+    if isinstance(value, (list, tuple)) and not keep:
         return tuple(_frozen(v, node) for v in value)
     if isinstance(value, Tensor) or (hasattr(value, "__array__") and
                                      not isinstance(value, np.generic)):
