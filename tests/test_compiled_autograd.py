@@ -428,3 +428,25 @@ def test_an_lstm_falls_back_to_the_plain_engine_with_a_warning():
     twin(torch.from_numpy(x))[0].pow(2).sum().backward()
     assert_grads(lstm.named_parameters(), twin.parameters())
     assert counters["compiled_autograd"]["captures"] == 0
+
+
+def test_a_multi_grad_hook_fires_on_every_backward():
+    fired = []
+    a0, b0 = np.random.default_rng(13).standard_normal((2, 3))
+    a, b = (kiln.tensor(v, requires_grad=True) for v in (a0, b0))
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a0, b0))
+    kiln.autograd.graph.register_multi_grad_hook((a, b), lambda grads: fired.append(grads))
+    torch_fired = []
+    torch.autograd.graph.register_multi_grad_hook((ta, tb), lambda g: torch_fired.append(g))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # the notes saying it runs eagerly
+        with compiled_autograd.enable():
+            for _ in range(3):
+                (a * b).sum().backward()
+    for _ in range(3):
+        (ta * tb).sum().backward()
+    assert len(fired) == len(torch_fired) == 3
+    for mine, theirs in zip(fired, torch_fired):
+        for g, tg in zip(mine, theirs):
+            np.testing.assert_allclose(g.numpy(), tg.numpy(), atol=1e-12)
+    np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), atol=1e-12)

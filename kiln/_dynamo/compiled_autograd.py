@@ -87,11 +87,18 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
     for node in nodes:          # an in-place write since the forward: the engine's error
         autograd._check_versions(node)
     run = _CACHE.get(plan.key)
-    if run is None:
+    captured = run is None
+    if captured:
         counters["compiled_autograd"]["captures"] += 1
         run = _CACHE[plan.key] = _COMPILERS[-1](_backward_function(plan))
     with autograd.no_grad():
         grads, kept = run(*saved)
+    if captured and autograd._QUEUED:
+        # a hook queued a callback (queue_callback, register_multi_grad_hook): a replay would
+        # not run the hook, so this structure's backward runs its steps eagerly from now on
+        _CACHE[plan.key] = plan.run
+        warnings.warn("compiled autograd: a hook queued a callback for the end of the "
+                      "backward; backwards of this graph run its hooks eagerly", stacklevel=3)
     _store(leaves, grads, retained, kept)
     if not retain:
         _free(nodes)

@@ -64,7 +64,6 @@ class Step:
     hooks: tuple
     retained: int | None
 
-
     def rule(self, g: Tensor, saved: tuple, args: list) -> tuple:
         return self.prim.grad(g, saved[self.out], *args, **dict(self.attrs))
 
@@ -106,6 +105,9 @@ class CustomStep:
 
 @dataclass(frozen=True)
 class BackwardPlan:
+    """The backward of one graph structure: its steps in the engine's order, its leaves, and
+    `key`, which equals another plan's exactly when the same `run` computes both backwards."""
+
     steps: tuple
     leaves: tuple           # per leaf: (dtype, its tensor hooks)
     num_retained: int
