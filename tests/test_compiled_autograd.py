@@ -450,3 +450,17 @@ def test_a_multi_grad_hook_fires_on_every_backward():
         for g, tg in zip(mine, theirs):
             np.testing.assert_allclose(g.numpy(), tg.numpy(), atol=1e-12)
     np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), atol=1e-12)
+
+
+def test_a_compiled_models_backward_is_not_retraced_and_gradients_stay_right():
+    kiln.manual_seed(4)
+    model = mlp(kiln)
+    twin = torch_twin(model, mlp(torch))
+    compiled = kiln.compile(model)
+    x = np.random.default_rng(14).standard_normal((6, 10)).astype(np.float32)
+    compiled(kiln.tensor(x))                    # the trace; the next call replays
+    with compiled_autograd.enable():
+        with pytest.warns(UserWarning, match="backward of a kiln.compile'd function"):
+            compiled(kiln.tensor(x)).pow(2).sum().backward()
+    twin(torch.from_numpy(x)).pow(2).sum().backward()
+    assert_grads(model.named_parameters(), twin.parameters())

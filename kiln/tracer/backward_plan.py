@@ -245,8 +245,10 @@ def _check_node(node) -> None:
     if not isinstance(node, autograd.Node):
         raise Unplannable(f"{node.name()} is a {type(node).__name__}, which kiln cannot plan")
     if PRIMITIVES.get(prim.name) is not prim and prim not in _TRACEABLE_EAGER_NODES:
-        raise Unplannable(f"{node.name()} is an eager fast path's node whose gradient rule "
-                          "kiln does not trace")
+        what = ("the backward of a kiln.compile'd function, a compiled program already"
+                if prim.kind == "extern" else
+                "an eager fast path's node, whose gradient rule computes on arrays")
+        raise Unplannable(f"{node.name()} is {what}: kiln does not trace it")
     if node.packed is not None:
         raise Unplannable(f"{node.name()} saved its tensors through saved_tensors_hooks")
     for a in node.inputs:
