@@ -464,3 +464,24 @@ def test_a_compiled_models_backward_is_not_retraced_and_gradients_stay_right():
             compiled(kiln.tensor(x)).pow(2).sum().backward()
     twin(torch.from_numpy(x)).pow(2).sum().backward()
     assert_grads(model.named_parameters(), twin.parameters())
+
+
+def test_hooks_made_anew_each_step_stop_capturing_at_the_recompile_limit():
+    w0 = np.random.default_rng(15).standard_normal(3)
+    w, tw = kiln.tensor(w0, requires_grad=True), torch.tensor(w0, requires_grad=True)
+    limit = kiln._dynamo.config.recompile_limit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with compiled_autograd.enable():
+            for step in range(limit + 2):
+                h = w * w
+                h.register_hook(lambda g, step=step: g * (step + 1))
+                h.sum().backward()
+    for step in range(limit + 2):
+        th = tw * tw
+        th.register_hook(lambda g, step=step: g * (step + 1))
+        th.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-12)
+    assert counters["compiled_autograd"]["captures"] == limit
+    assert sum(f"captured {limit} times with other hooks" in str(c.message)
+               for c in caught) == 2

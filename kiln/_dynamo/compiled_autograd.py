@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+from kiln import compiler
 from kiln.compiler import compile as _compile
 from kiln.compiler.counters import counters
 from kiln.tracer import autograd
@@ -41,6 +42,7 @@ from kiln.tracer.backward_plan import Unplannable, plan_backward
 from kiln.tracer.tensor import Tensor
 
 _CACHE: dict = {}               # plan key -> what compiler_fn made of that plan's run
+_CAPTURES: dict = {}            # plan structure (hooks left out) -> captures of it
 _COMPILERS: list = []           # the enable() blocks now open, innermost last
 
 
@@ -68,6 +70,7 @@ def compiled_autograd_enabled() -> bool:
 def reset() -> None:
     """Forget every captured backward: the next backward of each structure captures again."""
     _CACHE.clear()
+    _CAPTURES.clear()
 
 
 def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph: bool,
@@ -89,6 +92,16 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
     run = _CACHE.get(plan.key)
     captured = run is None
     if captured:
+        structure = plan.structure()
+        _CAPTURES[structure] = _CAPTURES.get(structure, 0) + 1
+        if _CAPTURES[structure] > compiler.RECOMPILE_LIMIT:
+            # new hook objects on every backward: each would be one more capture and compile
+            warnings.warn(f"compiled autograd: this graph was captured "
+                          f"{compiler.RECOMPILE_LIMIT} times with other hooks (hooks are keyed "
+                          "by identity: register them once, outside the loop); it runs on "
+                          "the plain autograd engine", stacklevel=3)
+            autograd.plain_backward(tensor, seed, retain, create_graph, inputs)
+            return
         counters["compiled_autograd"]["captures"] += 1
         run = _CACHE[plan.key] = _COMPILERS[-1](_backward_function(plan))
     with autograd.no_grad():

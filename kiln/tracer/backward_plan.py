@@ -25,6 +25,7 @@ whose rules compute on arrays.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,13 @@ class BackwardPlan:
     leaves: tuple           # per leaf: (dtype, its tensor hooks)
     num_retained: int
     key: tuple
+
+    def structure(self) -> tuple:
+        """The key with each hook replaced by a mark: what two plans share when they differ
+        only in their hooks (a lambda registered anew on each step)."""
+        steps, leaves, saved = self.key
+        return (tuple(dataclasses.replace(s, hooks=len(s.hooks)) for s in steps),
+                tuple((dtype, len(hooks)) for dtype, hooks in leaves), saved)
 
     def hooks(self) -> tuple:
         """Every hook the plan runs, and every custom Function's backward, once each."""
