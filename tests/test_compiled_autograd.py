@@ -485,3 +485,17 @@ def test_hooks_made_anew_each_step_stop_capturing_at_the_recompile_limit():
     assert counters["compiled_autograd"]["captures"] == limit
     assert sum(f"captured {limit} times with other hooks" in str(c.message)
                for c in caught) == 2
+
+
+def test_a_grad_never_shares_memory_with_the_gradient_passed_in():
+    w, tw = kiln.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    seed, tseed = kiln.ones(4), torch.ones(4)
+    (tw + 0).backward(gradient=tseed)
+    tw.grad.add_(1)                         # an optimizer's in-place write
+    with compiled_autograd.enable():
+        for _ in range(2):                  # the capture, then the replay
+            w.grad = None
+            (w + 0).backward(gradient=seed)
+            w.grad.add_(1)
+            np.testing.assert_array_equal(seed.numpy(), tseed.numpy())
+            np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())

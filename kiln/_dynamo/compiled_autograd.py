@@ -37,6 +37,7 @@ import warnings
 from kiln import compiler
 from kiln.compiler import compile as _compile
 from kiln.compiler.counters import counters
+from kiln.runtime.device import is_writeable
 from kiln.tracer import autograd
 from kiln.tracer.backward_plan import Unplannable, plan_backward
 from kiln.tracer.tensor import Tensor
@@ -112,7 +113,7 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
         _CACHE[plan.key] = plan.run
         warnings.warn("compiled autograd: a hook queued a callback for the end of the "
                       "backward; backwards of this graph run its hooks eagerly", stacklevel=3)
-    _store(leaves, grads, retained, kept)
+    _store(leaves, grads, retained, kept, saved, plan)
     if not retain:
         _free(nodes)
     try:
@@ -126,12 +127,23 @@ def _backward_function(plan):
     """`plan.run` as a function whose closure names every hook the plan runs, so kiln.compile's
     guards see what the hooks reach and a hook's Python effect (a list it appends to) makes
     the backward run eagerly, as a replay would skip it."""
-    hooks = plan.hooks()
+    hooks, run = plan.hooks(), _PlanRun(plan)
 
     def compiled_backward(*saved):
         hooks  # noqa: B018  (named, so the guards walk from each hook's globals and cells)
-        return plan.run(*saved)
+        return run(*saved)
     return compiled_backward
+
+
+class _PlanRun:
+    """`plan.run` behind an object of a kiln class, which the guards check by identity only:
+    the plan never changes, and walking its every step would cost a guard per field."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def __call__(self, *saved):
+        return self.plan.run(*saved)
 
 
 def _not_compiled(tensor: Tensor, create_graph: bool, inputs) -> str | None:
@@ -146,19 +158,31 @@ def _not_compiled(tensor: Tensor, create_graph: bool, inputs) -> str | None:
     return None
 
 
-def _store(leaves: list, grads: tuple, retained: list, kept: tuple) -> None:
+def _store(leaves: list, grads: tuple, retained: list, kept: tuple, saved: list, plan) -> None:
     """Each leaf's gradient into its `.grad` (added to one already there), as the engine's
     `_store_leaf_grad` does after the hooks the program ran; retained gradients likewise."""
-    for leaf, g in zip(leaves, grads):
+    taken = {id(t._data) for t in saved}      # arrays the caller's tensors hold
+    for leaf, g, (_, hooks) in zip(leaves, grads, plan.leaves):
         if g is None:
             continue
         if leaf.grad is None:
-            leaf.grad = Tensor._make(g._data.copy(), g.dtype, g.device)
+            leaf.grad = Tensor._make(_owned(g._data, taken, hooks), g.dtype, g.device)
         else:
             leaf.grad._data += g._data
     for t, g in zip(retained, kept):
         if g is not None:
             t.grad = Tensor._make(g._data.copy(), g.dtype, g.device)
+
+
+def _owned(data, taken: set, hooks: tuple):
+    """`data` for a `.grad` of its own: as it is where it is a writeable array of its own
+    memory that nothing else holds (a replay's output buffer), else a copy. A hook may have
+    kept the gradient it was given (when the backward ran eagerly)."""
+    own = getattr(getattr(data, "flags", None), "owndata", False)
+    if hooks or not own or id(data) in taken or not is_writeable(data):
+        data = data.copy()
+    taken.add(id(data))
+    return data
 
 
 def _free(nodes: list) -> None:
