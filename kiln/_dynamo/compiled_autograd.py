@@ -17,12 +17,18 @@ program returns are accumulated into `.grad` outside it, as the plain engine doe
 existing `.grad`), retained gradients stored, and the graph's saved values freed unless
 `retain_graph=True`.
 
+Hooks are keyed by identity: a graph captured `recompile_limit` times with other hooks (a
+lambda registered anew each step) runs on the plain engine from then on, with a warning.
+
 What kiln.compile cannot trace in `run` (a hook that reads a value into Python) makes it run
 `run` eagerly, with kiln.compile's warning: the same rules, node by node. A custom autograd
 Function's backward is traced like a hook (its ctx rebuilt around the saved tensors). What a
 plan cannot describe (saved-tensor hooks, post-accumulate-grad hooks, bfloat16, complex or
-sparse gradients, the cuda pooling and RNN fast paths' nodes), `create_graph=True` and `inputs=`
-run the plain engine, with a warning saying why. The gradients are the plain engine's in every case.
+sparse gradients, the nodes of fast paths computing on arrays: LSTM/GRU, cuda pooling, a
+kiln.compile'd function's backward), `create_graph=True` and `inputs=` run the plain engine,
+with a warning saying why; so does a graph whose hooks queue an end-of-backward callback, from
+its second backward on. The gradients are the plain engine's, up to the rounding of compiled
+kernels.
 
 `kiln._dynamo.config.compiled_autograd = True` is accepted: a backward inside a compiled
 function is already traced into that function's program (kiln.compile's joint trace), and, as
