@@ -499,3 +499,17 @@ def test_a_grad_never_shares_memory_with_the_gradient_passed_in():
             w.grad.add_(1)
             np.testing.assert_array_equal(seed.numpy(), tseed.numpy())
             np.testing.assert_array_equal(w.grad.numpy(), tw.grad.numpy())
+
+
+def test_a_fullgraph_compiler_raises_at_a_hook_that_breaks_the_graph():
+    v = kiln.randn(3, requires_grad=True)
+    tv = torch.from_numpy(v.detach().numpy()).requires_grad_()
+    v.register_hook(lambda g: g * float(g.sum()))
+    tv.register_hook(lambda g: g * float(g.sum()))
+    with compiled_autograd.enable(kiln.compile(fullgraph=True)):
+        with pytest.raises(kiln.compiler.GraphBreak, match="reads a tensor's value"):
+            (v * v).sum().backward()
+    assert v.grad is None
+    (v * v).sum().backward()               # outside the block: the plain engine
+    (tv * tv).sum().backward()
+    np.testing.assert_allclose(v.grad.numpy(), tv.grad.numpy(), rtol=1e-6)
