@@ -53,9 +53,10 @@ class Unplannable(Exception):
 class Step:
     """One node's gradient rule: `prim.grad(g, saved[out], *args, **attrs)`.
 
-    `args` per input: ("saved", k) for `saved[k]`, or ("const", value); `edges` per input:
-    None, ("node", i) for step i, or ("leaf", j) for leaf j; `retained`: the index of this
-    node's output among the retained gradients, or None."""
+    `args` per input and `attrs` per (name, entry): an entry is ("saved", k) for the tensor
+    `saved[k]`, or ("const", value) (a `Keyed` one where the value is unhashable). `edges` per
+    input: None, ("node", i) for step i, or ("leaf", j) for leaf j. `retained`: the index of
+    this node's output among the retained gradients, or None."""
 
     prim: object
     attrs: tuple
@@ -66,7 +67,8 @@ class Step:
     retained: int | None
 
     def rule(self, g: Tensor, saved: tuple, args: list) -> tuple:
-        return self.prim.grad(g, saved[self.out], *args, **dict(self.attrs))
+        attrs = {name: _value(entry, saved) for name, entry in self.attrs}
+        return self.prim.grad(g, saved[self.out], *args, **attrs)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ class CustomStep:
         ctx.needs_input_grad, ctx.materialize_grads = self.needs_input_grad, \
             self.materialize_grads
         ctx._saved = tuple(None if k is None else saved[k] for k in self.ctx_saved)
-        for name, (kind, v) in self.ctx_attrs:
-            setattr(ctx, name, saved[v] if kind == "saved" else v)
+        for name, entry in self.ctx_attrs:
+            setattr(ctx, name, _value(entry, saved))
         node = custom_function._FunctionNode.__new__(custom_function._FunctionNode)
         node.ctx, node.index, node.fn_cls = ctx, self.index, self.fn_cls
         node.out_shapes, node.tensor_positions, node.inputs = self.out_shapes, \
@@ -142,7 +144,7 @@ class BackwardPlan:
                 g = replaced if replaced is not None else g
             if step.retained is not None:
                 retained[step.retained] = g
-            args = [saved[v] if kind == "saved" else v for kind, v in step.args]
+            args = [_value(entry, saved) for entry in step.args]
             grads = step.rule(g, saved, args)
             for edge, ga, a in zip(step.edges, grads, args):
                 if ga is None or edge is None:
@@ -184,12 +186,7 @@ def plan_backward(loss: Tensor, seed: Tensor) -> tuple:
 
     for node in nodes:
         _check_node(node)
-        args = []
-        for a in node.inputs:
-            if isinstance(a, Tensor):
-                args.append(("saved", slot(a, _stand_in(a, a.requires_grad))))
-            else:
-                args.append(("const", _frozen(a, node)))
+        args = [_entry(a, node, slot) for a in node.inputs]
         out = Tensor._make(node.out_data, node.out_dtype, node.out_device)
         saved.append(out)
         saved_meta.append(_meta(out))
@@ -213,8 +210,8 @@ def plan_backward(loss: Tensor, seed: Tensor) -> tuple:
         if isinstance(node, custom_function._FunctionNode):
             steps.append(_custom_step(node, slot, common))
         else:
-            steps.append(Step(node.prim, _frozen(tuple(sorted(node.attrs.items())), node),
-                              *common))
+            attrs = tuple((name, _entry(v, node, slot)) for name, v in sorted(node.attrs.items()))
+            steps.append(Step(node.prim, attrs, *common))
     key = (tuple(steps), tuple(leaf_meta), tuple(saved_meta))
     plan = BackwardPlan(tuple(steps), tuple(leaf_meta), len(retained_tensors), key)
     return plan, saved, leaves, retained_tensors, nodes
@@ -230,14 +227,8 @@ def _custom_step(node, slot, common: tuple) -> CustomStep:
         raise Unplannable(f"{node.name()} saved its tensors through saved_tensors_hooks")
     saved = tuple(None if t is None else slot(t, _stand_in(t, t.requires_grad))
                   for t in ctx._saved)
-    attrs = []
-    for name, value in sorted(vars(ctx).items()):
-        if name in _CTX_OWN or name == "_fn_name":
-            continue
-        if isinstance(value, Tensor):
-            attrs.append((name, ("saved", slot(value, _stand_in(value, value.requires_grad)))))
-        else:
-            attrs.append((name, ("const", _frozen(value, node, keep=True))))
+    attrs = [(name, _entry(value, node, slot)) for name, value in sorted(vars(ctx).items())
+             if name not in _CTX_OWN and name != "_fn_name"]
     return CustomStep(node.fn_cls, node.index, tuple(node.out_shapes),
                       tuple(node.tensor_positions), tuple(ctx.needs_input_grad),
                       ctx.materialize_grads, saved, tuple(attrs), *common)
@@ -259,9 +250,6 @@ def _check_node(node) -> None:
         raise Unplannable(f"{node.name()} is {what}: kiln does not trace it")
     if node.packed is not None:
         raise Unplannable(f"{node.name()} saved its tensors through saved_tensors_hooks")
-    for a in node.inputs:
-        if isinstance(a, Tensor) and a.is_sparse:
-            raise Unplannable(f"{node.name()} reads a sparse tensor")
 
 
 def _leaf_hooks(leaf: Tensor) -> tuple:
@@ -283,11 +271,52 @@ def _meta(t: Tensor) -> tuple:
     return (tuple(t.shape), t.dtype, t.device, t.requires_grad)
 
 
-def _frozen(value, node, keep: bool = False):
-    """`value` as a key part: lists become tuples (with `keep`, a value the rule receives as
-    it is, a list cannot be keyed); an array or tensor cannot be keyed."""
-    if isinstance(value, (list, tuple)) and not keep:
-        return tuple(_frozen(v, node) for v in value)
+def _entry(value, node, slot) -> tuple:
+    """How a step gets `value`: ("saved", k) for a tensor (its stand-in is a program input),
+    else ("const", value), wrapped in `Keyed` where the value itself is unhashable."""
+    if isinstance(value, Tensor):
+        if value.is_sparse:
+            raise Unplannable(f"{node.name()} reads a sparse tensor")
+        return ("saved", slot(value, _stand_in(value, value.requires_grad)))
+    frozen = _frozen(value, node)
+    try:
+        hash(value)
+    except TypeError:
+        return ("const", Keyed(value, frozen))
+    return ("const", value)
+
+
+def _value(entry: tuple, saved: tuple):
+    kind, v = entry
+    if kind == "saved":
+        return saved[v]
+    return v.value if isinstance(v, Keyed) else v
+
+
+@dataclass(frozen=True, eq=False)
+class Keyed:
+    """An unhashable constant (a list, a dict of a CopySlices node's view steps), compared and
+    hashed by its `frozen` form; the rule receives `value` itself."""
+
+    value: object
+    frozen: tuple
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Keyed) and self.frozen == other.frozen
+
+    def __hash__(self) -> int:
+        return hash(self.frozen)
+
+
+def _frozen(value, node):
+    """`value` as a key part: lists become tuples, dicts tuples of items; an array or a
+    tensor inside a container, or another unhashable object, cannot be keyed."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__,) + tuple(_frozen(v, node) for v in value)
+    if isinstance(value, dict):
+        return ("dict",) + tuple((k, _frozen(v, node)) for k, v in value.items())
+    if isinstance(value, slice):
+        return ("slice", value.start, value.stop, value.step)
     if isinstance(value, Tensor) or (hasattr(value, "__array__") and
                                      not isinstance(value, np.generic)):
         raise Unplannable(f"{node.name()} keeps an array among its attributes")
