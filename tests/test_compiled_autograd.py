@@ -535,3 +535,19 @@ def test_in_place_writes_through_views_compile_and_match_torch():
         np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
     (entry,) = compiled_entries(made)
     assert entry.program is not None and entry.calls == 2
+
+
+def test_bfloat16_and_meta_graphs_run_on_the_plain_engine_with_a_warning():
+    b0 = np.random.default_rng(17).standard_normal(5).astype(np.float32)
+    b = kiln.tensor(b0, requires_grad=True)
+    tb = torch.tensor(b0, requires_grad=True)
+    with compiled_autograd.enable():
+        with pytest.warns(UserWarning, match="bfloat16 gradient"):
+            (b.to(kiln.bfloat16) * 3).sum().backward()
+        m = kiln.empty(3, 4, device="meta", requires_grad=True)
+        with pytest.warns(UserWarning, match="meta device"):
+            (m * 2).sum().backward()
+    (tb.to(torch.bfloat16) * 3).sum().backward()
+    np.testing.assert_array_equal(b.grad.numpy(), tb.grad.numpy())
+    assert m.grad.shape == (3, 4) and m.grad.device.type == "meta"
+    assert counters["compiled_autograd"]["captures"] == 0

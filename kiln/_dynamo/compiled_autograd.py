@@ -159,6 +159,8 @@ def _not_compiled(tensor: Tensor, create_graph: bool, inputs) -> str | None:
         return "create_graph=True (a compiled backward records no graph of its own)"
     if inputs is not None:
         return "inputs= is given (only the gradients of all leaves are compiled)"
+    if tensor.device.type == "meta":
+        return "the tensors are on the meta device (no data to compile)"
     if autograd.ANOMALY[0]:
         return "anomaly detection is on (it checks each node's gradient as it is computed)"
     return None

@@ -19,8 +19,8 @@ attributes (hashable values, part of the key).
 A graph the plan cannot describe exactly raises `Unplannable` with the reason, and the caller
 runs the plain engine: saved-tensor hooks, post-accumulate-grad hooks, bfloat16 or complex
 gradients (the engine computes those with rules of its own), sparse gradients, attributes
-holding arrays (or a ctx attribute of an unhashable type), and the nodes of eager fast paths
-whose rules compute on arrays.
+holding arrays inside containers (or objects that are neither hashable nor containers), and
+the nodes of eager fast paths whose rules compute on arrays.
 """
 
 from __future__ import annotations
