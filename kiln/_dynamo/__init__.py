@@ -2,16 +2,27 @@
 running the function, not by reading bytecode, so it has no dynamo of its own: `reset`,
 `explain`, `config` (kiln._dynamo.config), `disable`, `graph_break`, `is_compiling`,
 `allow_in_graph`, `mark_dynamic` & co. (kiln specializes on shapes: accepted, no effect),
-`optimize` (PyTorch's older spelling of compile) and `list_backends`."""
+`optimize` (PyTorch's older spelling of compile) and `list_backends`; `compiled_autograd`
+(an eager backward as one compiled program), `utils.counters` (what was compiled) and
+`backends.common.aot_autograd` / `backends.debugging.get_nop_func`."""
 
 from __future__ import annotations
 
 from kiln._dynamo import config  # noqa: F401
 from kiln.compiler import (allow_in_graph, assume_constant_result, disable,  # noqa: F401
-                           is_compiling, list_backends, reset)
+                           is_compiling, list_backends)
+from kiln.compiler import reset as _reset_compiled
+from kiln._dynamo import backends, compiled_autograd, utils  # noqa: F401
 from kiln.compiler import explain as _explain
 from kiln.compiler import compile as _compile
 from kiln.tracer.tensor import STATE
+
+
+def reset() -> None:
+    """Forget what every compiled function traced and every backward compiled autograd
+    captured (torch._dynamo.reset): each traces again on its next call."""
+    _reset_compiled()
+    compiled_autograd.reset()
 
 
 def explain(fn):

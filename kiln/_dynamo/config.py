@@ -4,7 +4,9 @@
 compiled function keeps before it runs eagerly (kiln.compiler.RECOMPILE_LIMIT, 8 as PyTorch's).
 The rest are accepted with PyTorch's defaults and change nothing in kiln, which traces by
 running the function: `suppress_errors` (kiln always falls back to eager with a warning where a
-compile fails), `capture_scalar_outputs`, dynamic-shape and module-guard switches, `verbose`.
+compile fails), `capture_scalar_outputs`, dynamic-shape and module-guard switches, `verbose`,
+`compiled_autograd` (a backward inside a compiled function is traced into its program already;
+an eager one is compiled inside `kiln._dynamo.compiled_autograd.enable()`).
 A name PyTorch does not have is refused, as PyTorch refuses it.
 """
 
@@ -23,6 +25,7 @@ _ACCEPTED = {
     "guard_nn_modules": True, "force_parameter_static_shapes": True, "specialize_int": False,
     "dynamic_shapes": True, "error_on_recompile": False, "replay_record_enabled": False,
     "allow_unspec_int_on_nn_module": False, "raise_on_ctx_manager_usage": True,
+    "compiled_autograd": False,
 }
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
+from kiln.compiler.counters import count_graph
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_grads_checked, note_python_read, replay_after,
@@ -768,6 +769,7 @@ class CompiledFunction:
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
                         args, kwargs, flags=None, writes=None):
         leaves_in = flatten(args)[0]
+        num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
         # value does not hold
         items = tracer.returned_items       # `return loss.item()`: the tensor is the output
@@ -889,6 +891,7 @@ class CompiledFunction:
         except Exception as e:        # a compiler bug must never cost the user a result
             raise _StageFailed(stage[0], e) from e
         self._add_entry(key, entry)
+        count_graph(num_ops)
         _dump_if_requested(self, [program])
         return result
 
@@ -1500,6 +1503,9 @@ class BackendFunction:
                           f"({type(error).__name__}: {error}); it runs eagerly", stacklevel=3)
             return self.fn
         examples = [a for a in flatten((args, kwargs))[0] if isinstance(a, Tensor)]
+        count_graph(len(gm.graph.find_nodes(op="call_function")) +
+                    len(gm.graph.find_nodes(op="call_method")) +
+                    len(gm.graph.find_nodes(op="call_module")))
         return self.backend(gm, examples)
 
 

@@ -1139,6 +1139,11 @@ def _seed(out: Tensor, g) -> Tensor:
     return g
 
 
+# compiled autograd (kiln._dynamo.compiled_autograd.enable): while set, an eager
+# `tensor.backward(...)` is handed to it as (tensor, seed, retain_graph, create_graph, inputs)
+COMPILED_BACKWARD: list = [None]
+
+
 def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph=False,
              inputs=None) -> None:
     refresh_if_stale(tensor)
@@ -1146,14 +1151,24 @@ def backward(tensor: Tensor, gradient=None, retain_graph=None, create_graph=Fals
         raise op_error("backward", "element 0 of tensors does not require grad and does not "
                        "have a grad_fn")
     retain = create_graph if retain_graph is None else retain_graph
+    seed = _seed(tensor, gradient)
+    if COMPILED_BACKWARD[0] is not None and STATE.tracer is None:
+        COMPILED_BACKWARD[0](tensor, seed, retain, create_graph, inputs)
+    else:
+        plain_backward(tensor, seed, retain, create_graph, inputs)
+
+
+def plain_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph: bool,
+                   inputs=None) -> None:
+    """`tensor.backward(seed)` on this engine, node by node."""
     if inputs is not None:
         inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-        grads = run_backward([tensor], [_seed(tensor, gradient)], retain, create_graph, inputs)
+        grads = run_backward([tensor], [seed], retain, create_graph, inputs)
         for t, g in zip(inputs, grads):
             if g is not None:
                 t.grad = g if t.grad is None else t.grad + g
         return
-    run_backward([tensor], [_seed(tensor, gradient)], retain, create_graph)
+    run_backward([tensor], [seed], retain, create_graph)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,

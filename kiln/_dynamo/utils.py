@@ -1,0 +1,3 @@
+"""torch._dynamo.utils' `counters`: what kiln.compile compiled (kiln.compiler.counters)."""
+
+from kiln.compiler.counters import counters  # noqa: F401
