@@ -226,3 +226,5 @@ _ON_FIRST_USE.update(ao="kiln.ao", quantization="kiln.quantization")
 from kiln.tracer.functional_extra.control_flow import (scan, associative_scan,  # noqa: F401,E402
                                                        _check, _check_with, _check_is_size)
 from kiln import _higher_order_ops  # noqa: F401,E402
+from kiln import nested  # noqa: F401,E402  (torch.nested: jagged nested tensors)
+from kiln.nested import jagged  # noqa: F401,E402  (torch.jagged, the NJT layout)
