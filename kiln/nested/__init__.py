@@ -48,10 +48,10 @@ def _components(op: str, tensor_list, dtype, device) -> list:
 
 def _from_parts(parts: list):
     import kiln
-    from kiln.nested.tensor import Jagged, wrap
+    from kiln.nested.tensor import jagged_of, wrap
     lengths = [p.shape[0] for p in parts]
     offsets = kiln.tensor([0] + lengths, dtype=kiln.int64).cumsum(0)
-    return wrap(kiln.cat(parts), Jagged(offsets), 1)
+    return wrap(kiln.cat(parts), jagged_of(offsets), 1)
 
 
 def nested_tensor(tensor_list, *, dtype=None, layout=None, device=None, requires_grad=False,
@@ -80,7 +80,7 @@ def nested_tensor_from_jagged(values: Tensor, offsets: Tensor | None = None,
     """An NJT on `values` (packed along dim `jagged_dim - 1`, default 0), split by `offsets`
     (B + 1 boundaries) or by `lengths` alone; gradients flow back to `values`."""
     import kiln
-    from kiln.nested.tensor import Jagged, NestedTensor, wrap
+    from kiln.nested.tensor import NestedTensor, jagged_of, wrap
     if isinstance(values, NestedTensor) or not isinstance(values, Tensor):
         raise TypeError(f"kiln.nested.nested_tensor_from_jagged: values must be a dense "
                         f"tensor, got {type(values).__name__}")
@@ -98,7 +98,7 @@ def nested_tensor_from_jagged(values: Tensor, offsets: Tensor | None = None,
     if bounds[0] != 0 or any(b < a for a, b in zip(bounds, bounds[1:])):
         raise ValueError(f"kiln.nested.nested_tensor_from_jagged: offsets must start at 0 and "
                          f"not decrease, got {bounds}")
-    return wrap(values, Jagged(offsets), 1 if jagged_dim is None else jagged_dim)
+    return wrap(values, jagged_of(offsets), 1 if jagged_dim is None else jagged_dim)
 
 
 def to_padded_tensor(input, padding: float, output_size=None) -> Tensor:

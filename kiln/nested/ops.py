@@ -52,24 +52,30 @@ def _same_layout(op: str, ref: NestedTensor, other: NestedTensor) -> None:
 # ----------------------------------------------------------------------------- pointwise
 
 def _dense_as_values(op: str, ref: NestedTensor, dense: Tensor) -> Tensor:
-    """A dense operand broadcast against an NJT, in the values' numbering: one of fewer dims
-    broadcasts with the values as they are; one of as many dims needs size 1 at the ragged dim
-    and 1 or B at the batch dim (a B gives each sequence its own slice)."""
-    if dense.ndim < ref.dim():
-        return dense
-    ragged = ref._ragged_idx
-    if dense.ndim > ref.dim() or dense.shape[ragged] != 1 or \
-            dense.shape[0] not in (1, ref._jagged.batch):
+    """A dense operand broadcast against an NJT, in the values' numbering. Aligned on the right
+    with the outer shape, it may cover the ragged dim only with size 1 (the same for every
+    row) or, at full rank, with the longest length (a padded tensor: each sequence takes its
+    first rows, as PyTorch does); at full rank its batch dim is 1 or B (one slice each)."""
+    ragged, batch = ref._ragged_idx, ref._jagged.batch
+    at = ragged - (ref.dim() - dense.ndim)          # the ragged dim in dense's numbering
+    longest = max(ref._jagged.lengths, default=0)
+    size = dense.shape[at] if 0 <= at < dense.ndim else 1
+    if dense.ndim > ref.dim() or size not in (1, longest) or size != 1 and \
+            dense.ndim < ref.dim() or dense.ndim == ref.dim() and dense.shape[0] not in (1, batch):
         raise RuntimeError(f"kiln.nested: {op}(): cannot broadcast a dense tensor of shape "
                            f"{tuple(dense.shape)} with a nested tensor of shape "
-                           f"{tuple(ref.shape)}: a dense operand of {ref.dim()} dims needs "
-                           f"size 1 at the ragged dim {ragged} and 1 or "
-                           f"{ref._jagged.batch} at the batch dim")
+                           f"{tuple(ref.shape)}: the dense one may cover the ragged dim {ragged} "
+                           f"only with size 1 (or {longest}, padded, with the batch dim too), "
+                           f"and the batch dim only with 1 or {batch}")
+    if dense.ndim < ref.dim():
+        return dense
+    if size != 1:
+        rows = [dense[b].narrow(ragged - 1, 0, n) for b, n in enumerate(ref._jagged.lengths)]
+        return kiln.cat(rows, ragged - 1)
     per_batch = dense.squeeze(ragged)
     if dense.shape[0] == 1:
         return per_batch[0].unsqueeze(ragged - 1)
-    rows = kiln.repeat_interleave(kiln.arange(ref._jagged.batch),
-                                  kiln.tensor(ref._jagged.lengths))
+    rows = kiln.repeat_interleave(kiln.arange(batch), kiln.tensor(ref._jagged.lengths))
     return per_batch[rows].movedim(0, ragged - 1)
 
 
@@ -222,26 +228,22 @@ def unbind(nt: NestedTensor, dim: int = 0) -> tuple:
 
 
 def to_padded_tensor(nt: NestedTensor, padding: float, output_size=None) -> Tensor:
-    """The sequences padded with `padding` to the longest one (or to `output_size`)."""
+    """The sequences padded with `padding` to the longest one. As in PyTorch, `output_size`
+    sets only the ragged dim's padded length (entry `ragged_idx`; shorter cuts sequences)."""
+    axis = nt._ragged_idx - 1
+    target = max(nt._jagged.lengths, default=0)
+    if output_size is not None:
+        if len(output_size) <= nt._ragged_idx:
+            raise RuntimeError(f"kiln.nested: to_padded_tensor(): output_size {output_size} has "
+                               f"no entry for the ragged dim {nt._ragged_idx}")
+        target = int(output_size[nt._ragged_idx])
     with DisableTorchFunctionSubclass():
-        axis = nt._ragged_idx - 1
-        longest = max(nt._jagged.lengths, default=0)
         padded = []
         for piece in pieces(nt):
-            widths = [0, 0] * (piece.ndim - 1 - axis) + [0, longest - piece.shape[axis]]
+            piece = piece.narrow(axis, 0, min(target, piece.shape[axis]))
+            widths = [0, 0] * (piece.ndim - 1 - axis) + [0, target - piece.shape[axis]]
             padded.append(F.pad(piece, widths, value=float(padding)))
-        out = kiln.stack(padded)
-        if output_size is None:
-            return out
-        output_size = tuple(output_size)
-        if len(output_size) != out.ndim or any(o < s for o, s in zip(output_size, out.shape)):
-            raise RuntimeError(f"kiln.nested: to_padded_tensor(): output_size {output_size} "
-                               f"must have {out.ndim} dims, each at least the padded size "
-                               f"{tuple(out.shape)}")
-        widths = []
-        for want, have in reversed(list(zip(output_size, out.shape))):
-            widths += [0, want - have]
-        return F.pad(out, widths, value=float(padding))
+        return kiln.stack(padded)
 
 
 def softmax_like(func, name, args, kwargs):

@@ -17,11 +17,13 @@ values, offsets, ...) are the class's own, so kiln's internals never see a ragge
 from __future__ import annotations
 
 import itertools
+import weakref
 
 from kiln.tracer.tensor import Size, Tensor
 from kiln.tracer.torch_function import DisableTorchFunctionSubclass, as_subclass
 
 _COUNTER = itertools.count(1)
+_BY_OFFSETS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id(offsets) -> Jagged
 
 
 class NestedInt:
@@ -50,6 +52,14 @@ class Jagged:
     @property
     def batch(self) -> int:
         return len(self.lengths)
+
+
+def jagged_of(offsets: Tensor) -> Jagged:
+    """The one Jagged of an offsets tensor: NJTs built on the same offsets combine."""
+    found = _BY_OFFSETS.get(id(offsets))
+    if found is None or found.offsets is not offsets:
+        found = _BY_OFFSETS[id(offsets)] = Jagged(offsets)
+    return found
 
 
 class NestedTensor(Tensor):
