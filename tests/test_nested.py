@@ -66,7 +66,7 @@ def test_construction_shape_and_metadata(rest):
     k, t = _both(rest=rest)
     _check(k, t)
     assert k.dim() == t.dim() and k.ndim == t.ndim and len(k) == len(t)
-    assert k.size(0) == t.size(0) and str(k.size(1)) .startswith("j")
+    assert k.size(0) == t.size(0) and str(k.size(1)).startswith("j")
     assert [k.size(d) for d in range(2, k.dim())] == [t.size(d) for d in range(2, t.dim())]
     assert k.layout is kiln.jagged and t.layout is torch.jagged
     assert k.lengths() is None and t.lengths() is None
@@ -85,7 +85,6 @@ def test_repr_matches_torch():
 
 
 def test_dtype_argument_and_copy():
-    k, t = _both(dtype=None)
     k64 = kiln.nested.nested_tensor([kiln.ones(2, 3), kiln.ones(1, 3)], layout=kiln.jagged,
                                     dtype=kiln.float64)
     t64 = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(1, 3)], layout=torch.jagged,
@@ -203,17 +202,14 @@ def test_linear_chunk_split_cat():
 
 
 def test_unflatten_transpose_flatten():
-    k, t = _both(rest=(12,))
-    for lib, x in ((kiln, k), (torch, t)):
+    def moves(x):
         y = x.unflatten(-1, [3, 4])
         z = y.transpose(1, 2)
-        out = [y, z, z.transpose(1, 2), z.transpose(1, 2).flatten(-2), z.transpose(-1, -2),
-               y.flatten(2, 3)]
-        if lib is kiln:
-            k_out = out
-        else:
-            t_out = out
-    _check(k_out, t_out)
+        return [y, z, z.transpose(1, 2), z.transpose(1, 2).flatten(-2), z.transpose(-1, -2),
+                y.flatten(2, 3)]
+
+    k, t = _both(rest=(12,))
+    _check(moves(k), moves(t))
 
 
 @pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])

@@ -12,7 +12,7 @@ padding) loop over the sequences in Python: simple, and fine for the batch sizes
 from __future__ import annotations
 
 import kiln
-from kiln.nested.tensor import Jagged, NestedTensor, _outer_dim, wrap
+from kiln.nested.tensor import NestedTensor, _outer_dim, wrap
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.torch_function import DisableTorchFunctionSubclass, as_subclass
 
