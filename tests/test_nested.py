@@ -201,6 +201,16 @@ def test_linear_chunk_split_cat():
     _check(kiln.cat([ky, k], dim=-1), torch.cat([ty, t], dim=-1))
 
 
+def test_matmul_with_a_dense_matrix():
+    k, t = _both()
+    w = np.random.default_rng(8).standard_normal((8, 3)).astype(np.float32)
+    _check(k @ kiln.tensor(w), t @ torch.tensor(w))
+    with pytest.raises(RuntimeError):
+        torch.matmul(t, torch.tensor(w[:, 0]))
+    with pytest.raises(RuntimeError, match=r"kiln.nested: matmul\(\).*expected a matrix"):
+        kiln.matmul(k, kiln.tensor(w[:, 0]))
+
+
 def test_unflatten_transpose_flatten():
     def moves(x):
         y = x.unflatten(-1, [3, 4])
@@ -371,6 +381,44 @@ def test_gradients_through_the_ops_to_the_inputs():
         np.testing.assert_allclose(_np(a), _np(b), rtol=1e-4, atol=1e-5)
 
 
+def test_detached_requires_grad_leaf_as_in_the_tutorial():
+    k, t = _both()
+    kq = k.detach().requires_grad_()
+    tq = t.detach().requires_grad_()
+    assert kq.is_leaf and kq.requires_grad and kq.is_nested
+    kx1, kx3 = kiln.chunk(kq, 2, dim=-1)
+    tx1, tx3 = torch.chunk(tq, 2, dim=-1)
+    ky, ty = kiln.nn.functional.silu(kx1) * kx3, torch.nn.functional.silu(tx1) * tx3
+    _check(ky, ty)
+    ky.sum().backward()
+    ty.sum().backward()
+    _check(kq.grad, tq.grad)
+
+
+def test_optimizers_step_nested_parameters():
+    """SGD is compared with torch's SGD on the NJT; torch's Adam has no NJT kernels
+    (addcmul_), so Adam is compared with torch's Adam on the packed values."""
+    arrays = _arrays(seed=9)
+    for kopt, topt, nested_reference in ((kiln.optim.SGD, torch.optim.SGD, True),
+                                         (kiln.optim.Adam, torch.optim.Adam, False)):
+        extra = {"momentum": 0.9} if kopt is kiln.optim.SGD else {}
+        k = kiln.nested.nested_tensor([kiln.tensor(a) for a in arrays], layout=kiln.jagged,
+                                      requires_grad=True)
+        if nested_reference:
+            t = torch.nested.nested_tensor([torch.tensor(a) for a in arrays],
+                                            layout=torch.jagged, requires_grad=True)
+        else:
+            t = torch.tensor(np.concatenate(arrays), requires_grad=True)
+        for x, opt in ((k, kopt([k], lr=0.1, **extra)), (t, topt([t], lr=0.1, **extra))):
+            for _ in range(3):
+                opt.zero_grad()
+                (x.sin() * x).sum().backward()
+                opt.step()
+        assert k.is_nested
+        got = _np(k.values())
+        np.testing.assert_allclose(got, _np(t.values() if nested_reference else t), **TOL)
+
+
 def test_compile_runs_nested_calls_eagerly():
     k, t = _both()
 
@@ -390,7 +438,7 @@ def test_compile_runs_nested_calls_eagerly():
 
 def test_unsupported_ops_name_the_function():
     k, _ = _both()
-    for call, name in ((lambda: k.cumsum(1), "cumsum"), (lambda: kiln.matmul(k, k), "matmul"),
+    for call, name in ((lambda: k.cumsum(1), "cumsum"), (lambda: kiln.flip(k, [2]), "flip"),
                        (lambda: k.view(3, -1), "view")):
         with pytest.raises(NotImplementedError, match=f"kiln.nested: {name} is not supported"):
             call()

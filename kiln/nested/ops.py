@@ -22,7 +22,7 @@ F = kiln.nn.functional
 def dispatch(func, args: tuple, kwargs: dict):
     """Run `func` on NJTs through its handler, or refuse it by name."""
     name = func_name(func)
-    handler = HANDLERS.get(name)
+    handler = HANDLERS.get(name) or (foreach if name.startswith("_foreach_") else None)
     if handler is None:
         raise NotImplementedError(f"kiln.nested: {name} is not supported on jagged nested "
                                   "tensors")
@@ -34,7 +34,8 @@ def func_name(func) -> str:
     """`func`'s public name: "add" for kiln.add and Tensor.add, "grad" for the property."""
     owner = getattr(func, "__self__", None)
     if isinstance(owner, property):
-        return owner.fget.__name__
+        names = [n for n, v in vars(Tensor).items() if v is owner]
+        return names[0] if names else owner.fget.__name__
     return getattr(func, "__name__", repr(func))
 
 
@@ -197,6 +198,23 @@ def last_dims(func, name, args, kwargs):
     return _wrap_like(nt, func(values_of(nt), *args[1:], **kwargs))
 
 
+def matmul(func, name, args, kwargs):
+    """NJT @ dense matrix: the NJT's last dim contracts, as in a Linear."""
+    nt, other = args[0], _arg(args, kwargs, 1, "other")
+    if not isinstance(nt, NestedTensor) or isinstance(other, NestedTensor) or \
+            not isinstance(other, Tensor):
+        raise NotImplementedError(f"kiln.nested: {name} is supported only as nested @ a dense "
+                                  "matrix")
+    if other.ndim != 2:
+        raise RuntimeError(f"kiln.nested: {name}(): not supported between a nested tensor of "
+                           f"shape {tuple(nt.shape)} and a dense one of shape "
+                           f"{tuple(other.shape)} (expected a matrix)")
+    if nt._ragged_idx == nt.dim() - 1:
+        raise RuntimeError(f"kiln.nested: {name}(): the last dim of a nested tensor of shape "
+                           f"{tuple(nt.shape)} is its ragged dim; it cannot contract")
+    return _wrap_like(nt, func(values_of(nt), other))
+
+
 def cat(func, name, args, kwargs):
     tensors = list(_arg(args, kwargs, 0, "tensors"))
     dim = _arg(args, kwargs, 1, "dim", 0)
@@ -307,10 +325,57 @@ def attention(func, name, args, kwargs):
 
 # ----------------------------------------------------------------------------- metadata
 
-def same_object(func, name, args, kwargs):
-    """Calls that act on the NJT's own tensor state (requires_grad_, retain_grad, ...)."""
+def on_self(func, name, args, kwargs):
+    """Calls that read or set the NJT's own tensor state (requires_grad_, is_leaf, is_sparse,
+    ...), the same on the packed values; a tensor result is the NJT itself."""
     out = func(*args, **kwargs)
-    return args[0] if out is not None and isinstance(out, Tensor) else out
+    return args[0] if isinstance(out, Tensor) else out
+
+
+ON_SELF = """
+requires_grad_ retain_grad is_leaf register_hook is_sparse is_quantized is_cuda is_cpu is_meta
+is_mps is_xpu is_complex is_floating_point is_signed element_size get_device is_inference
+""".split()
+
+
+def in_place(func, name, args, kwargs):
+    """In-place pointwise ops (an optimizer's step on an NJT parameter): the target NJT's own
+    packed tensor is written; other operands convert as for `pointwise`."""
+    target = args[0]
+    if not isinstance(target, NestedTensor):
+        raise NotImplementedError(f"kiln.nested: {name} into a dense tensor from a nested one "
+                                  "is not supported")
+
+    def convert(a):
+        if a is target:
+            return a
+        if isinstance(a, NestedTensor):
+            _same_layout(name, target, a)
+            return values_of(a)
+        if isinstance(a, Tensor) and a.ndim > 0:
+            return _dense_as_values(name, target, a)
+        return a
+
+    func(target, *map(convert, args[1:]), **{k: convert(v) for k, v in kwargs.items()})
+    return target
+
+
+IN_PLACE = """
+add_ sub_ mul_ div_ addcmul_ addcdiv_ lerp_ copy_ zero_ fill_ clamp_ clamp_min_ clamp_max_
+sqrt_ neg_ exp_ pow_ maximum_ mul_ relu_ sigmoid_ tanh_ uniform_ normal_ detach_
+""".split()
+
+
+def like(func, name, args, kwargs):
+    """zeros_like / ones_like / ... of an NJT: an NJT on the same offsets."""
+    return _wrap_like(args[0], func(values_of(args[0]), *args[1:], **kwargs))
+
+
+def foreach(func, name, args, kwargs):
+    """torch._foreach_* (optimizers' multi-tensor steps): NJTs in the lists take part as their
+    packed values (each pairs with a same-offsets gradient or state of the packed shape);
+    in-place forms write the NJTs themselves."""
+    return func(*args, **kwargs)
 
 
 def nested_grad(func, name, args, kwargs):
@@ -327,10 +392,13 @@ HANDLERS: dict = {name: pointwise for name in POINTWISE}
 HANDLERS.update({
     "chunk": split_like, "split": split_like, "transpose": transpose, "unflatten": unflatten,
     "flatten": flatten, "linear": last_dims, "layer_norm": last_dims, "rms_norm": last_dims,
-    "cat": cat, "concat": cat, "concatenate": cat,
+    "matmul": matmul, "cat": cat, "concat": cat, "concatenate": cat,
     "softmax": softmax_like, "log_softmax": softmax_like,
     "sum": reduction, "mean": reduction, "amax": reduction, "amin": reduction,
     "scaled_dot_product_attention": attention, "unbind": method_unbind,
-    "requires_grad_": same_object, "retain_grad": same_object, "is_leaf": same_object,
-    "grad": nested_grad, "data": nested_grad, "register_hook": same_object,
+    "grad": nested_grad, "data": nested_grad,
 })
+HANDLERS.update({name: on_self for name in ON_SELF})
+HANDLERS.update({name: in_place for name in IN_PLACE})
+HANDLERS.update({name: like for name in ("zeros_like", "ones_like", "empty_like", "full_like",
+                                         "rand_like", "randn_like")})
