@@ -119,6 +119,20 @@ def test_unbind_and_to_padded_tensor():
     _check(kt.unbind(), tt.unbind())
 
 
+def test_indexing_iteration_numel_unsqueeze():
+    k, t = _both(rest=(2, 4))
+    _check(k[1], t[1])
+    _check(k[-1], t[-1])
+    _check(list(k), list(t))
+    _check(k[..., :3], t[..., :3])
+    _check(k[..., 1, 1:], t[..., 1, 1:])
+    assert k.numel() == t.numel()
+    for dim in (-1, 2, 3, 1):
+        _check(k.unsqueeze(dim), t.unsqueeze(dim))
+    with pytest.raises(NotImplementedError, match="indexing a nested tensor"):
+        k[:, 0]
+
+
 def test_from_jagged_shares_offsets_and_gradients():
     values = np.random.default_rng(1).standard_normal((7, 4)).astype(np.float32)
     kv, tv = kiln.tensor(values, requires_grad=True), torch.tensor(values, requires_grad=True)
@@ -241,6 +255,7 @@ def test_norms_over_the_last_dims(norm, shape):
 def test_softmax(dim):
     k, t = _both(rest=(2, 3))
     _check(kiln.softmax(k, dim=dim), torch.softmax(t, dim=dim))
+    _check(k.softmax(dim, kiln.float64), t.softmax(dim, torch.float64))
     if dim != 1:                    # torch has no log_softmax over the ragged dim; kiln does
         _check(k.log_softmax(dim), t.log_softmax(dim))
 
@@ -249,6 +264,8 @@ def test_softmax(dim):
     lambda x: x.sum(-1), lambda x: x.mean(-1), lambda x: x.sum(-1, keepdim=True),
     lambda x: x.sum(1), lambda x: x.mean(1), lambda x: x.sum((0, 1)), lambda x: x.sum(),
     lambda x: x.mean(), lambda x: x.amax(-1), lambda x: x.sum((2, 3)),
+    lambda x: x.mean((0, 1)), lambda x: x.sum(1, keepdim=True), lambda x: x.sum(2, True),
+    lambda x: x.sum(-1, dtype=x.dtype),
 ])
 def test_reductions(call):
     k, t = _both(rest=(2, 3))

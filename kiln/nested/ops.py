@@ -136,12 +136,12 @@ def _arg(args: tuple, kwargs: dict, index: int, name: str, default=None):
 
 
 def split_like(func, name, args, kwargs):
-    """chunk / split / tensor_split along a non-ragged, non-batch dim: NJTs on the pieces."""
+    """chunk / split along a non-ragged, non-batch dim: NJTs on the pieces."""
     nt, pieces = args[0], args[1] if len(args) > 1 else None
     key = "chunks" if name == "chunk" else "split_size_or_sections"
     pieces = kwargs.get(key, kwargs.get("split_size", pieces))
     dim = _values_dim(name, nt, _arg(args, kwargs, 2, "dim", 0))
-    out = getattr(kiln, name)(values_of(nt), pieces, dim)
+    out = func(values_of(nt), pieces, dim)
     return _wrap_like(nt, tuple(out))
 
 
@@ -225,7 +225,37 @@ def cat(func, name, args, kwargs):
                                       "not supported")
         _same_layout(name, ref, t)
     d = _values_dim(name, ref, dim)
-    return _wrap_like(ref, kiln.cat([values_of(t) for t in tensors], d))
+    return _wrap_like(ref, func([values_of(t) for t in tensors], d))
+
+
+def unsqueeze(func, name, args, kwargs):
+    nt = args[0]
+    dim = _arg(args, kwargs, 1, "dim")
+    if not -nt.dim() - 1 <= dim <= nt.dim():
+        raise IndexError(f"kiln.nested: unsqueeze(): dim {dim} is out of range for a nested "
+                         f"tensor of shape {tuple(nt.shape)}")
+    d = dim % (nt.dim() + 1)
+    if d == 0:
+        raise RuntimeError(f"kiln.nested: unsqueeze(): not supported on the batch dim (dim 0) "
+                           f"of a nested tensor of shape {tuple(nt.shape)}")
+    ragged = nt._ragged_idx + (1 if d <= nt._ragged_idx else 0)
+    return _wrap_like(nt, values_of(nt).unsqueeze(d - 1), ragged)
+
+
+def getitem(func, name, args, kwargs):
+    """`nt[i]` is the i-th sequence; `nt[..., index]` indexes the dims after the ragged one."""
+    nt, index = args
+    if isinstance(index, int):
+        return unbind(nt)[index]
+    trailing = nt.dim() - 1 - nt._ragged_idx
+    if isinstance(index, tuple) and index[:1] == (Ellipsis,) and Ellipsis not in index[1:] \
+            and len(index) - 1 <= trailing and \
+            all(isinstance(i, (int, slice)) for i in index[1:]):
+        return _wrap_like(nt, values_of(nt)[index])
+    raise NotImplementedError(f"kiln.nested: indexing a nested tensor of shape "
+                              f"{tuple(nt.shape)} with {index!r} is not supported (supported: "
+                              "an int for one sequence, or [..., i] over the dims after the "
+                              "ragged dim)")
 
 
 # ----------------------------------------------------------------------------- per sequence
@@ -269,18 +299,20 @@ def softmax_like(func, name, args, kwargs):
     dim = _values_dim(name, nt, _arg(args, kwargs, 1, "dim"), ragged_ok=True)
     rest = {k: v for k, v in kwargs.items() if k != "dim"}
     if dim != nt._ragged_idx - 1:
-        return _wrap_like(nt, func(values_of(nt), dim, **rest))
-    parts = [func(p, dim, **rest) for p in pieces(nt)]
+        return _wrap_like(nt, func(values_of(nt), dim, *args[2:], **rest))
+    parts = [func(p, dim, *args[2:], **rest) for p in pieces(nt)]
     return _wrap_like(nt, kiln.cat(parts, dim))
 
 
 def reduction(func, name, args, kwargs):
-    """sum / mean / amax / amin / prod over dims: over the trailing dims an NJT; over the
-    ragged dim (with or without the batch dim) a dense tensor; over everything a number."""
+    """sum / mean / amax / amin over dims: over the trailing dims an NJT; over the ragged dim
+    (with or without the batch dim) a dense tensor; over everything a 0-dim tensor."""
     nt = args[0]
     dim = _arg(args, kwargs, 1, "dim")
     keepdim = _arg(args, kwargs, 2, "keepdim", False)
     extra = {k: v for k, v in kwargs.items() if k not in ("dim", "keepdim")}
+    if len(args) > 3:
+        extra["dtype"] = args[3]
     if dim is None:
         return func(values_of(nt), **extra)
     dims = sorted({_outer_dim(nt, d, name) for d in ((dim,) if isinstance(dim, int) else dim)})
@@ -335,6 +367,7 @@ def on_self(func, name, args, kwargs):
 ON_SELF = """
 requires_grad_ retain_grad is_leaf register_hook is_sparse is_quantized is_cuda is_cpu is_meta
 is_mps is_xpu is_complex is_floating_point is_signed element_size get_device is_inference
+numel nelement
 """.split()
 
 
@@ -362,7 +395,7 @@ def in_place(func, name, args, kwargs):
 
 IN_PLACE = """
 add_ sub_ mul_ div_ addcmul_ addcdiv_ lerp_ copy_ zero_ fill_ clamp_ clamp_min_ clamp_max_
-sqrt_ neg_ exp_ pow_ maximum_ mul_ relu_ sigmoid_ tanh_ uniform_ normal_ detach_
+sqrt_ neg_ exp_ pow_ maximum_ relu_ sigmoid_ tanh_ uniform_ normal_ detach_
 """.split()
 
 
@@ -381,7 +414,7 @@ def foreach(func, name, args, kwargs):
 def nested_grad(func, name, args, kwargs):
     """`.grad` and `.data`: the packed tensor as an NJT with the same offsets."""
     out = func(*args, **kwargs)
-    return None if out is None else _wrap_like(args[0], as_subclass(out, Tensor))
+    return None if out is None else _wrap_like(args[0], out)
 
 
 def method_unbind(func, name, args, kwargs):
@@ -396,7 +429,7 @@ HANDLERS.update({
     "softmax": softmax_like, "log_softmax": softmax_like,
     "sum": reduction, "mean": reduction, "amax": reduction, "amin": reduction,
     "scaled_dot_product_attention": attention, "unbind": method_unbind,
-    "grad": nested_grad, "data": nested_grad,
+    "grad": nested_grad, "data": nested_grad, "unsqueeze": unsqueeze, "__getitem__": getitem,
 })
 HANDLERS.update({name: on_self for name in ON_SELF})
 HANDLERS.update({name: in_place for name in IN_PLACE})

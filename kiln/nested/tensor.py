@@ -95,6 +95,9 @@ class NestedTensor(Tensor):
     def __len__(self) -> int:
         return self._jagged.batch
 
+    def __iter__(self):
+        return iter(self.unbind())
+
     @property
     def is_nested(self) -> bool:
         return True
