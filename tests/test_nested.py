@@ -294,6 +294,7 @@ def _heads(lib, x, h):
     return x.unflatten(-1, [h, x.size(-1) // h]).transpose(1, 2)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")   # torch's internals
 def test_sdpa_matches_torchs_nested_sdpa():
     k, t = _both(rest=(8,))
     ko, to = k.cos() * 0.5, t.cos() * 0.5
@@ -434,6 +435,29 @@ def test_optimizers_step_nested_parameters():
         assert k.is_nested
         got = _np(k.values())
         np.testing.assert_allclose(got, _np(t.values() if nested_reference else t), **TOL)
+
+
+def test_gradients_of_per_sequence_ops_match_torch_per_sequence():
+    """torch's NJTs have no backward for sums over the ragged dim; the reference is torch on
+    each sequence: softmax over the ragged dim, sum/mean over it, padding, unbind."""
+    arrays = _arrays(rest=(3,), seed=10)
+    kxs = [kiln.tensor(a, requires_grad=True) for a in arrays]
+    k = kiln.nested.as_nested_tensor(kxs, layout=kiln.jagged)
+    soft = kiln.softmax(k * 2, dim=1)
+    loss = (soft.sum(1) * kiln.arange(1.0, 4.0)).sum() + (k.mean(1) ** 2).sum() + \
+        (k.to_padded_tensor(0.5) ** 2).sum() + k.unbind()[1].exp().sum() + k.amax(-1).sum()
+    loss.backward()
+    txs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tloss = 0
+    longest = max(len(a) for a in arrays)
+    for i, x in enumerate(txs):
+        tloss = tloss + (torch.softmax(x * 2, 0).sum(0) * torch.arange(1.0, 4.0)).sum() + \
+            (x.mean(0) ** 2).sum() + (x ** 2).sum() + 0.25 * 3 * (longest - len(x)) + \
+            (x.exp().sum() if i == 1 else 0) + x.amax(-1).sum()
+    tloss.backward()
+    np.testing.assert_allclose(float(loss.detach()), float(tloss.detach()), rtol=1e-5)
+    for a, b in zip(kxs, txs):
+        np.testing.assert_allclose(_np(a.grad), _np(b.grad), **TOL)
 
 
 def test_compile_runs_nested_calls_eagerly():
