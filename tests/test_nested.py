@@ -151,6 +151,21 @@ def test_from_jagged_shares_offsets_and_gradients():
     _check(kl, tl)
 
 
+def test_as_nested_tensor_of_a_dense_batch_and_jagged_dim():
+    dense = np.random.default_rng(11).standard_normal((3, 4, 2)).astype(np.float32)
+    k = kiln.nested.as_nested_tensor(kiln.tensor(dense), layout=kiln.jagged)
+    t = torch.nested.as_nested_tensor(torch.tensor(dense), layout=torch.jagged)
+    _check(k, t)
+    assert kiln.nested.as_nested_tensor(k, layout=kiln.jagged) is k
+    values = np.random.default_rng(12).standard_normal((2, 7, 4)).astype(np.float32)
+    k = kiln.nested.nested_tensor_from_jagged(kiln.tensor(values), kiln.tensor([0, 3, 7]),
+                                              jagged_dim=2)
+    t = torch.nested.nested_tensor_from_jagged(torch.tensor(values), torch.tensor([0, 3, 7]),
+                                               jagged_dim=2)
+    _check(k, t)
+    _check(k.unbind(), t.unbind())
+
+
 # ----------------------------------------------------------------------------- ops
 
 UNARY = [
