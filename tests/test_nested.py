@@ -240,6 +240,18 @@ def test_matmul_with_a_dense_matrix():
         kiln.matmul(k, kiln.tensor(w[:, 0]))
 
 
+def test_reshape_and_view_of_the_trailing_dims():
+    k, t = _both()
+    _check(k.reshape(3, -1, 2, 4), t.reshape(3, -1, 2, 4))
+    _check(k.view(k.size(0), k.size(1), 4, 2), t.view(t.size(0), t.size(1), 4, 2))
+    _check(k.view(-1, -1, 2, 2, 2).reshape(3, -1, 8), t.view(-1, -1, 2, 2, 2).reshape(3, -1, 8))
+    for call in (lambda x: x.view(3, -1), lambda x: x.reshape(-1, 8)):
+        with pytest.raises(RuntimeError):
+            call(t)
+        with pytest.raises(RuntimeError, match=r"kiln.nested: (view|reshape)\(\)"):
+            call(k)
+
+
 def test_unflatten_transpose_flatten():
     def moves(x):
         y = x.unflatten(-1, [3, 4])
@@ -495,7 +507,7 @@ def test_compile_runs_nested_calls_eagerly():
 def test_unsupported_ops_name_the_function():
     k, _ = _both()
     for call, name in ((lambda: k.cumsum(1), "cumsum"), (lambda: kiln.flip(k, [2]), "flip"),
-                       (lambda: k.view(3, -1), "view")):
+                       (lambda: k.mT, "mT")):
         with pytest.raises(NotImplementedError, match=f"kiln.nested: {name} is not supported"):
             call()
 

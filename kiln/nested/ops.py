@@ -11,6 +11,8 @@ padding) loop over the sequences in Python: simple, and fine for the batch sizes
 
 from __future__ import annotations
 
+import math
+
 import kiln
 from kiln.nested.tensor import NestedTensor, _outer_dim, wrap
 from kiln.tracer.tensor import Tensor
@@ -228,6 +230,25 @@ def cat(func, name, args, kwargs):
     return _wrap_like(ref, func([values_of(t) for t in tensors], d))
 
 
+def reshape(func, name, args, kwargs):
+    """reshape / view of an NJT (B, j, ...) that keeps the batch and ragged dims (given as
+    themselves, `x.size(i)`, or -1) and reshapes the dims after them."""
+    nt = args[0]
+    sizes = tuple(args[1:]) or tuple(kwargs.get("shape", kwargs.get("size", ())))
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    jagged = nt._jagged
+    row = math.prod(nt._data.shape[1:])                 # elements per row of the values
+    known = math.prod(n for n in sizes[2:] if n != -1)
+    fits = row % known == 0 if -1 in sizes[2:] else row == known
+    if nt._ragged_idx != 1 or len(sizes) < 2 or sizes[0] not in (-1, jagged.batch) or \
+            not (sizes[1] is jagged.symbol or sizes[1] == -1) or not known or not fits:
+        raise RuntimeError(f"kiln.nested: {name}(): cannot {name} a nested tensor of shape "
+                           f"{tuple(nt.shape)} as {sizes}: only the dims after the ragged dim "
+                           "may change (keep the batch and ragged dims, or pass -1 for them)")
+    return _wrap_like(nt, func(values_of(nt), (jagged.bounds[-1], *sizes[2:])))
+
+
 def unsqueeze(func, name, args, kwargs):
     nt = args[0]
     dim = _arg(args, kwargs, 1, "dim")
@@ -430,6 +451,7 @@ HANDLERS.update({
     "sum": reduction, "mean": reduction, "amax": reduction, "amin": reduction,
     "scaled_dot_product_attention": attention, "unbind": method_unbind,
     "grad": nested_grad, "data": nested_grad, "unsqueeze": unsqueeze, "__getitem__": getitem,
+    "reshape": reshape, "view": reshape,
 })
 HANDLERS.update({name: on_self for name in ON_SELF})
 HANDLERS.update({name: in_place for name in IN_PLACE})
