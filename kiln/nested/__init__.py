@@ -50,7 +50,7 @@ def _from_parts(parts: list):
     import kiln
     from kiln.nested.tensor import jagged_of, wrap
     lengths = [p.shape[0] for p in parts]
-    offsets = kiln.tensor([0] + lengths, dtype=kiln.int64).cumsum(0)
+    offsets = kiln.tensor([0] + lengths, dtype=kiln.int64, device=parts[0].device).cumsum(0)
     return wrap(kiln.cat(parts), jagged_of(offsets), 1)
 
 
