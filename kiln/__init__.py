@@ -228,3 +228,5 @@ from kiln.tracer.functional_extra.control_flow import (scan, associative_scan,  
                                                        _check, _check_with, _check_is_size)
 from kiln import _higher_order_ops  # noqa: F401,E402
 from kiln.ir.dtypes import uint16, uint32, uint64  # noqa: E402,F401  (PyTorch's few ops)
+from kiln import nested  # noqa: F401,E402  (torch.nested: jagged nested tensors)
+from kiln.nested import jagged  # noqa: F401,E402  (torch.jagged, the NJT layout)

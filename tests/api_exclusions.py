@@ -129,7 +129,7 @@ _group(T, SPARSE + "; the COO ones are SparseTensor's methods, not a dense tenso
 ccol_indices coalesce col_indices crow_indices dense_dim indices is_coalesced is_sparse_csr
 row_indices smm sparse_dim sparse_mask sparse_resize_ sparse_resize_and_clear_ sspaddmm
 to_sparse_bsc to_sparse_bsr to_sparse_csc to_sparse_csr values
-resize_as_sparse_ to_padded_tensor is_nested
+resize_as_sparse_
 """)
 _group(T, STORAGE, """
 set_ is_set_to

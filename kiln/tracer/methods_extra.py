@@ -65,6 +65,7 @@ nonzero_static igamma igammac
 
 _METHODS = {name: getattr(FX, name) for name in _AS_METHODS}
 _METHODS["layout"] = property(lambda self: strided)
+_METHODS["is_nested"] = property(lambda self: False)     # kiln.nested.NestedTensor: True
 _METHODS["pin_memory"] = lambda self, device=None: _pin_memory(self)
 _METHODS["is_pinned"] = lambda self, device=None: is_pinned_array(self._data)
 _METHODS["record_stream"] = lambda self, stream: _record_stream(self, stream)
@@ -412,6 +413,15 @@ for _op, _method in (("and", "bitwise_and_"), ("or", "bitwise_or_"), ("xor", "bi
                      ("mod", "remainder_"), ("pow", "pow_"), ("floordiv", "floor_divide_"),
                      ("lshift", "bitwise_left_shift_"), ("rshift", "bitwise_right_shift_")):
     _METHODS[f"__i{_op}__"] = getattr(Tensor, _method, None) or _METHODS[_method]
+
+
+def _to_padded_tensor(self, padding, output_size=None):
+    raise NotImplementedError(f"to_padded_tensor: only jagged nested tensors pad; got a dense "
+                              f"tensor of shape {tuple(self.shape)} (build one with "
+                              "kiln.nested.nested_tensor(..., layout=kiln.jagged))")
+
+
+_METHODS["to_padded_tensor"] = _to_padded_tensor
 
 for _name, _fn in _METHODS.items():
     if not hasattr(Tensor, _name):
