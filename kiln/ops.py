@@ -16,6 +16,8 @@ from kiln.ir.ops import P as prims  # noqa: F401
 from kiln.profiler import ops as profiler  # noqa: F401
 from kiln.profiler import op_hooks  # noqa: F401  (observers of dispatched ops: flop_counter)  (every primitive, called through the dispatcher)
 from kiln.tracer.errors import op_error  # noqa: F401
+from kiln.op_overloads import aten  # noqa: F401  (torch.ops.aten: ATen's names for primitives)
+from kiln.tracer import dispatch_mode  # noqa: F401  (TorchDispatchMode's stack, per thread)
 from kiln.tracer.functional import (  # noqa: F401
     elu, gelu, hardsigmoid, hardswish, hardtanh, leaky_relu, logsigmoid, mish, one_hot, pad,
     relu, relu6, select_rows, selu, silu, softmin, softplus, softsign, tanhshrink)
