@@ -28,7 +28,7 @@ import inspect
 from typing import Callable
 
 import kiln
-from kiln.ir.ops import PRIMITIVES, P
+from kiln.ir.ops import PRIMITIVES
 from kiln.tracer import dispatch_mode
 from kiln.tracer.tensor import Tensor
 
@@ -63,7 +63,7 @@ class OpOverload:
         if self._prim is not None and (self._aten_fn is None or
                                        _is_primitive_call(self._prim, args, kwargs)):
             device = kwargs.pop("device", None)
-            return P.dispatch(self._prim, args, kwargs, device)
+            return dispatch_mode.run_primitive(self._prim, args, kwargs, device)
         return self._aten_fn(*args, **kwargs)
 
 

@@ -9,7 +9,9 @@ op the user called, `op_error` for messages that name the op and the user's line
 `apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites) and
 `install_autocast` (autocast's cast policy on the ops its tables name). `kiln.ops.profiler`
 is torch.ops.profiler's pair of range calls; `kiln.ops.op_hooks` tells an observer of every
-op dispatched (kiln.utils.flop_counter counts FLOPs with it).
+op dispatched (kiln.utils.flop_counter counts FLOPs with it). `kiln.ops.aten` is torch.ops.aten
+(the OpOverloads a TorchDispatchMode is handed) and `kiln.ops.dispatch_mode` the mode stack
+kiln.utils._python_dispatch pushes onto.
 """
 
 from kiln.ir.ops import P as prims  # noqa: F401

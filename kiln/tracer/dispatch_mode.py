@@ -32,6 +32,8 @@ _LOCK = threading.Lock()
 # `overload_of(prim, args, attrs)`: the OpOverload a mode is handed; kiln.op_overloads sets it
 # (the tracer names no public objects itself).
 OVERLOAD_OF: list = [None]
+# the dispatcher itself, below any wrapper in `P.dispatch` (kiln.tracer.dispatch sets it)
+KERNEL: list = [None]
 
 
 def modes() -> tuple:
@@ -85,12 +87,14 @@ def handle(prim, args: tuple, attrs: dict, device):
     grad_was = STATE.grad_enabled
     STATE.dispatch_modes = stack[:-1]
     STATE.grad_enabled = False
+    STATE.in_dispatch_mode += 1
     try:
         kwargs = dict(attrs)
-        if device is not None and prim.arity == 0:
+        if device is not None and not any(isinstance(a, Tensor) for a in args):
             kwargs["device"] = device        # a creation's device (P.<prim>'s keyword)
         out = mode.__torch_dispatch__(func, (), args, kwargs)
     finally:
+        STATE.in_dispatch_mode -= 1
         STATE.dispatch_modes = stack
         STATE.grad_enabled = grad_was
     if out is NotImplemented:
@@ -100,6 +104,15 @@ def handle(prim, args: tuple, attrs: dict, device):
     if differentiable:
         out = _record(prim, args, attrs, out, func)
     return out
+
+
+def run_primitive(prim, args: tuple, attrs: dict, device=None):
+    """An OpOverload's call of its primitive: inside a mode's handler straight to the
+    dispatcher (the profiler's and op observers' wrappers already saw this op on its way to
+    the mode), elsewhere through `P.dispatch` as every call."""
+    if STATE.in_dispatch_mode:
+        return KERNEL[0](prim, args, attrs, device)
+    return P.dispatch(prim, args, attrs, device)
 
 
 def _record(prim, args: tuple, attrs: dict, out, func) -> Tensor:
@@ -118,3 +131,16 @@ def _record(prim, args: tuple, attrs: dict, out, func) -> Tensor:
         src = view[0]
         out._base = view[:4] + (src._base is None or src._base[4],)
     return out
+
+
+def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=None,
+                          layout=None, device=None, requires_grad=False, **kwargs):
+    """`Tensor._make_wrapper_subclass`: refused, with what is missing."""
+    raise NotImplementedError(
+        f"Tensor._make_wrapper_subclass({getattr(cls, '__name__', cls)}, ...): kiln has no "
+        "wrapper tensor subclasses (a tensor with no data of its own whose __torch_dispatch__ "
+        "computes every op): its detach, to, clone and copy_ read a tensor's array directly, "
+        "not through the dispatcher. Use a __torch_function__ subclass or a TorchDispatchMode")
+
+
+Tensor._make_wrapper_subclass = staticmethod(make_wrapper_subclass)
