@@ -223,6 +223,12 @@ def test_nested_modes_see_an_op_innermost_first(lib):
             with dispatch._pop_mode_temporarily() as popped:
                 assert popped is inner
                 x * y
+            with dispatch._disable_current_modes() as taken_off:
+                assert taken_off == [inner, outer]
+                assert dispatch._len_torch_dispatch_stack() == 0
+                x / y
+            assert dispatch._len_torch_dispatch_stack() == 2
+            assert not dispatch.is_traceable_wrapper_subclass(x)
         x - y
     assert dispatch._get_current_dispatch_mode() is None
     assert log == [("inner", "aten.add.Tensor"), ("outer", "aten.add.Tensor"),
@@ -529,6 +535,20 @@ def test_fullgraph_under_a_mode_is_a_graph_break():
 def test_wrapper_subclasses_are_refused_with_what_is_missing():
     with pytest.raises(NotImplementedError, match="no wrapper tensor subclasses"):
         kiln.Tensor._make_wrapper_subclass(kiln.Tensor, (2, 2), dtype=kiln.float32)
+
+
+def test_a_subclass_with_its_own_torch_dispatch_is_refused_when_defined():
+    with pytest.raises(NotImplementedError, match="Scaled.__torch_dispatch__"):
+        class Scaled(kiln.Tensor):
+            @classmethod
+            def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+    class Opted(kiln.Tensor):        # torch._C's opt-out runs ops as on plain tensors
+        __torch_dispatch__ = kiln._C._disabled_torch_dispatch_impl
+
+    x, y = _inputs(kiln)
+    np.testing.assert_allclose(_value(x.as_subclass(Opted) + y), _value(x) + _value(y))
 
 
 def test_autograd_graph_exports_the_same_class():

@@ -143,4 +143,22 @@ def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=No
         "not through the dispatcher. Use a __torch_function__ subclass or a TorchDispatchMode")
 
 
+def disabled_torch_dispatch_impl(cls, func, types, args=(), kwargs=None):
+    """`__torch_dispatch__ = disabled_torch_dispatch_impl`: the subclass takes no part
+    (torch._C._disabled_torch_dispatch_impl); the op runs as on plain tensors."""
+    return func(*args, **(kwargs or {}))
+
+
+def check_subclass(cls: type) -> None:
+    """A Tensor subclass with its own `__torch_dispatch__` is refused when it is defined:
+    kiln never calls a subclass's `__torch_dispatch__`, and a class that relies on it would
+    otherwise compute its ops as plain tensors without a word."""
+    impl = getattr(cls, "__torch_dispatch__", None)
+    if impl is not None and getattr(impl, "__func__", impl) is not disabled_torch_dispatch_impl:
+        raise NotImplementedError(
+            f"{cls.__name__}.__torch_dispatch__: kiln does not call a Tensor subclass's "
+            "__torch_dispatch__ (only TorchDispatchModes see its primitives). Override "
+            "__torch_function__ in the subclass, or handle its ops in a TorchDispatchMode")
+
+
 Tensor._make_wrapper_subclass = staticmethod(make_wrapper_subclass)

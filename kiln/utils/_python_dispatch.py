@@ -79,12 +79,13 @@ def _pop_mode_temporarily():
 
 @contextlib.contextmanager
 def _disable_current_modes():
-    """`with _disable_current_modes() as modes:` no dispatch mode is active inside."""
+    """`with _disable_current_modes() as modes:` no dispatch mode is active inside; `modes`
+    are the ones taken off, innermost first (as torch's)."""
     popped = []
     while dispatch_mode.modes():
         popped.append(dispatch_mode.pop())
     try:
-        yield popped[::-1]
+        yield popped
     finally:
         for mode in reversed(popped):
             dispatch_mode.push(mode)
