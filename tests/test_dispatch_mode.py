@@ -200,6 +200,30 @@ def test_training_steps_and_view_writes_are_unchanged_under_a_mode():
     assert {"aten.mm.default", "aten.sqrt.default", "aten.slice.Tensor"} <= set(mode.ops)
 
 
+def _lstm_step(lib, mode):
+    lib.manual_seed(0)
+    lstm = lib.nn.LSTM(4, 5, batch_first=True)
+    x = lib.tensor(np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4))
+    with mode:
+        out, (h, c) = lstm(x)
+        (out.sum() + c.sum()).backward()
+    return [_value(out), _value(h), _value(lstm.weight_hh_l0.grad)]
+
+
+def test_an_lstm_under_a_mode_shows_its_steps_and_keeps_its_values():
+    import contextlib
+    fused = _lstm_step(kiln, contextlib.nullcontext())
+    mode = _logging_mode(kiln)
+    stepped = _lstm_step(kiln, mode)
+    reference = _lstm_step(torch, contextlib.nullcontext())
+    for a, b, ref in zip(stepped, fused, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
+    # torch's CPU LSTM is one fused kernel (aten.mkldnn_rnn_layer); kiln's mode sees the
+    # per-step primitives it runs instead
+    assert {"aten.sigmoid.default", "aten.tanh.default", "aten.mm.default"} <= set(mode.ops)
+
+
 def _named_mode(lib, name, log):
     class Named(MODE[lib]):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
