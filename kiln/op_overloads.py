@@ -59,6 +59,12 @@ class OpOverload:
         return (f"<OpOverload(op='{self.namespace}.{self._opname}', "
                 f"overload='{self._overloadname}')>")
 
+    def __getattr__(self, name: str):
+        if name == "_schema":
+            raise AttributeError(f"{self}._schema: kiln's OpOverloads carry no FunctionSchema "
+                                 "(ATen's typed signature); call the op, or read its name()")
+        raise AttributeError(f"'OpOverload' object has no attribute '{name}'")
+
     def __call__(self, *args, **kwargs):
         if self._prim is not None and (self._aten_fn is None or
                                        _is_primitive_call(self._prim, args, kwargs)):

@@ -413,6 +413,8 @@ def test_an_op_overloads_names_are_torchs(op, overload):
 
 
 def test_unknown_ops_and_overloads_are_attribute_errors():
+    with pytest.raises(AttributeError, match="no FunctionSchema"):
+        kiln.ops.aten.add.Tensor._schema
     with pytest.raises(AttributeError, match="no attribute 'no_such_op'"):
         kiln.ops.aten.no_such_op
     with pytest.raises(AttributeError, match="has no overload name 'Nope'.*kiln has: Tensor"):
@@ -546,6 +548,25 @@ def test_a_compiled_function_under_a_mode_runs_eagerly_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_allclose(_value(compiled(x)), expected, rtol=1e-6)
+
+
+def test_a_mode_entered_inside_a_compiled_function_is_a_graph_break():
+    mode = _logging_mode(kiln)
+
+    def step(x):
+        y = x.sin()
+        with mode:
+            z = y * 2
+        return z.cos()
+
+    compiled = kiln.compile(step)
+    x, _ = _inputs(kiln)
+    with pytest.warns(UserWarning, match="graph break.*TorchDispatchMode Logging sees "
+                                         "aten.mul.Tensor"):
+        out = compiled(x)
+    np.testing.assert_allclose(_value(compiled(x)), _value(out), rtol=1e-6)
+    np.testing.assert_allclose(_value(out), np.cos(2 * np.sin(_value(x))), rtol=1e-5)
+    assert mode.ops == ["aten.mul.Tensor", "aten.mul.Tensor"]      # seen on every call
 
 
 def test_fullgraph_under_a_mode_is_a_graph_break():
