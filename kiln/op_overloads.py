@@ -93,8 +93,13 @@ class OpOverloadPacket:
         return found
 
     def __call__(self, *args, **kwargs):
-        """Calls the first overload (`default` where there is one), as kiln names them."""
-        return next(iter(self._overloads.values()))(*args, **kwargs)
+        """Calls the first overload whose ATen arguments fit (`aten.mean(x, [0])` is
+        `aten.mean.dim`), as torch picks one by its schemas."""
+        for op in self._overloads.values():
+            if op._aten_fn is None or _binds(op._aten_fn, args, kwargs):
+                return op(*args, **kwargs)
+        raise TypeError(f"{self}: no overload of kiln's ({', '.join(self._overloads)}) takes "
+                        f"{len(args)} positional arguments and keywords {sorted(kwargs)}")
 
     def __str__(self) -> str:
         return f"{self.namespace}.{self._opname}"
@@ -166,6 +171,14 @@ def _is_primitive_call(prim, args: tuple, kwargs: dict) -> bool:
     if names:
         return prim.arity is None or len(args) == prim.arity
     return len(args) == prim.arity and all(isinstance(a, Tensor) for a in args)
+
+
+def _binds(fn: Callable, args: tuple, kwargs: dict) -> bool:
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 def _dims(dim) -> list:
