@@ -9,13 +9,17 @@ op the user called, `op_error` for messages that name the op and the user's line
 `apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites) and
 `install_autocast` (autocast's cast policy on the ops its tables name). `kiln.ops.profiler`
 is torch.ops.profiler's pair of range calls; `kiln.ops.op_hooks` tells an observer of every
-op dispatched (kiln.utils.flop_counter counts FLOPs with it).
+op dispatched (kiln.utils.flop_counter counts FLOPs with it). `kiln.ops.aten` is torch.ops.aten
+(the OpOverloads a TorchDispatchMode is handed) and `kiln.ops.dispatch_mode` the mode stack
+kiln.utils._python_dispatch pushes onto.
 """
 
 from kiln.ir.ops import P as prims  # noqa: F401
 from kiln.profiler import ops as profiler  # noqa: F401
 from kiln.profiler import op_hooks  # noqa: F401  (observers of dispatched ops: flop_counter)  (every primitive, called through the dispatcher)
 from kiln.tracer.errors import op_error  # noqa: F401
+from kiln.op_overloads import aten  # noqa: F401  (torch.ops.aten: ATen's names for primitives)
+from kiln.tracer import dispatch_mode  # noqa: F401  (TorchDispatchMode's stack, per thread)
 from kiln.tracer.functional import (  # noqa: F401
     elu, gelu, hardsigmoid, hardswish, hardtanh, leaky_relu, logsigmoid, mish, one_hot, pad,
     relu, relu6, select_rows, selu, silu, softmin, softplus, softsign, tanhshrink)

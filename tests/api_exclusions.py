@@ -172,7 +172,7 @@ overload cast
 """)
 _group("torch.autograd.graph", "dispatcher, CUDA-stream and torch.compile memory-budget "
        "internals", """
-TorchDispatchMode set_override_stale_capture_stream set_warn_on_accumulate_grad_stream_mismatch
+set_override_stale_capture_stream set_warn_on_accumulate_grad_stream_mismatch
 region_activation_memory_budget
 """)
 

@@ -2,9 +2,12 @@
 
 PyTorch's `_C` is its C++ extension; kiln has none. Subclass authors write
 `__torch_function__ = torch._C._disabled_torch_function_impl` and
-`with torch._C.DisableTorchFunctionSubclass():`, and these are those names.
+`with torch._C.DisableTorchFunctionSubclass():`, and these are those names
+(`_disabled_torch_dispatch_impl` too: such a subclass takes no part in dispatch).
 """
 
+from kiln.tracer.dispatch_mode import (  # noqa: F401
+    disabled_torch_dispatch_impl as _disabled_torch_dispatch_impl)
 from kiln.tracer.tensor import STATE as _STATE
 from kiln.tracer.torch_function import (  # noqa: F401
     DisableTorchFunction, DisableTorchFunctionSubclass,

@@ -147,4 +147,7 @@ def __getattr__(name: str):
     if name == "RemovableHandle":                # torch.utils.hooks' class, as torch names it
         from kiln.utils.hooks import RemovableHandle
         return RemovableHandle
+    if name == "TorchDispatchMode":              # torch.utils._python_dispatch's, loaded on use
+        from kiln.utils._python_dispatch import TorchDispatchMode
+        return TorchDispatchMode
     raise AttributeError(f"module 'kiln.autograd.graph' has no attribute '{name}'")

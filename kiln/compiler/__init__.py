@@ -591,6 +591,15 @@ class CompiledFunction:
                        "its kernels captured into that graph (kiln.compile replays its own "
                        "programs as CUDA graphs: no capture of yours is needed)")
             return self.fn(*args, **kwargs)
+        if STATE.dispatch_modes:
+            # a replay runs no primitives one by one: the mode would see none of them
+            mode = type(STATE.dispatch_modes[-1]).__name__
+            if self.fullgraph:
+                raise GraphBreak(f"the TorchDispatchMode {mode} is active", _where(self.fn))
+            self._note("torch_dispatch", f"{_function_name(self.fn)} is called with the "
+                       f"TorchDispatchMode {mode} active; it runs eagerly, so the mode sees "
+                       "each op")
+            return self.fn(*args, **kwargs)
         overridden = _torch_function.untraceable(args, kwargs)
         if overridden is not None:
             if self.fullgraph:

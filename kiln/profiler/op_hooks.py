@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from kiln.ir.ops import PRIMITIVES, P
+from kiln.tracer import dispatch_mode
 from kiln.tracer.tensor import OBSERVED, Tensor
 
 _OBSERVERS: list = []        # fn(name, args, attrs, out), called after each dispatched primitive
@@ -51,7 +52,7 @@ def remove_op_observer(fn: Callable) -> None:
         _OBSERVERS.remove(fn)
     if _OBSERVERS or _INNER[0] is None:
         return
-    OBSERVED[0] = recorder._ACTIVE[0] is not None
+    OBSERVED[0] = recorder._ACTIVE[0] is not None or dispatch_mode.any_active()
     inner, _INNER[0] = _INNER[0], None
     if P.dispatch is _observed_dispatch:
         P.dispatch = inner

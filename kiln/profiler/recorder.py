@@ -25,6 +25,7 @@ from time import perf_counter_ns
 
 from kiln.ir.ops import P
 from kiln.profiler import memory
+from kiln.tracer import dispatch_mode
 from kiln.tracer.tensor import OBSERVED, Tensor
 
 # categories, as Chrome's trace viewer shows them
@@ -201,7 +202,7 @@ def stop(rec: Recording) -> None:
         return
     _ACTIVE[0] = None
     from kiln.profiler import op_hooks
-    OBSERVED[0] = op_hooks.observed()
+    OBSERVED[0] = op_hooks.observed() or dispatch_mode.any_active()
     wrapper = _traced_dispatch if rec.extended else _timed_dispatch
     if P.dispatch is wrapper:
         P.dispatch = _SAVED["dispatch"]

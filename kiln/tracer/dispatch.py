@@ -20,6 +20,7 @@ from kiln.runtime.device import CPU, META, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
+from kiln.tracer import dispatch_mode as _dispatch_mode
 from kiln.tracer import quantized as _quantized
 from kiln.tracer import unsigned as _unsigned
 from kiln.tracer.errors import op_error
@@ -54,6 +55,8 @@ def infer(prim: Primitive, args: tuple, attrs: dict):
 
 def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = None) -> Tensor:
     """Run one primitive on tensors and Python-number literals; returns a new Tensor."""
+    if _MODES[0] and STATE.dispatch_modes:      # a TorchDispatchMode takes the call
+        return _dispatch_mode.handle(prim, args, attrs, device)
     # Eager mode's hot path: a small op costs about as much Python here as the array work, so
     # one plain loop gathers everything the steps below need, with no generators.
     arrays = []
@@ -235,6 +238,7 @@ def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device)
 
 
 _new_tensor = Tensor._make
+_MODES = _dispatch_mode.ACTIVE
 _MOVEMENT = ir_ops.MOVEMENT
 _BF16_STORAGE = dt.bfloat16.np_dtype if dt.HAS_BFLOAT16 else None
 
@@ -242,3 +246,4 @@ _BF16_STORAGE = dt.bfloat16.np_dtype if dt.HAS_BFLOAT16 else None
 # kiln.profiler swaps this slot for a timing wrapper while it records (and back when it stops):
 # reach the dispatcher through `P.dispatch`, never by holding `apply`.
 P.dispatch = apply
+_dispatch_mode.KERNEL[0] = apply

@@ -32,6 +32,8 @@ class _State(threading.local):
     tf_modes = ()        # the thread's TorchFunctionModes, innermost last (torch_function.py)
     tf_off = 0           # DisableTorchFunction depth: no __torch_function__ at all
     tf_subclass_off = 0  # DisableTorchFunctionSubclass depth: modes only
+    dispatch_modes = ()  # the thread's TorchDispatchModes, innermost last (dispatch_mode.py)
+    in_dispatch_mode = 0  # how many mode handlers this thread is inside
 
 
 STATE = _State()

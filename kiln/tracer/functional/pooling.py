@@ -21,6 +21,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import Primitive
 from kiln.runtime import pool_gpu
 from kiln.tracer import autograd as _autograd
+from kiln.tracer.dispatch_mode import ACTIVE as _MODES
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 
@@ -72,7 +73,7 @@ def eager_max_pool2d(x: Tensor, out_hw: tuple, kernel: tuple, stride: tuple, pad
     view whose autograd history is stale). The geometry is the caller's, already checked.
     Returns the output, or (output, int64 indices) with `return_indices`."""
     if type(x) is not Tensor or x.device.type != "cuda" or (
-            TRACING[0] and STATE.tracer is not None):
+            TRACING[0] and STATE.tracer is not None) or _MODES[0] and STATE.dispatch_modes:
         return None
     if x._base is not None and x._base[3] != x._version[0]:
         return None                     # a stale view: the dispatcher refreshes its history

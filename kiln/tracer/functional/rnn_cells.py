@@ -23,6 +23,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import Primitive
 from kiln.runtime import rnn_cell_gpu
 from kiln.tracer import autograd as _autograd
+from kiln.tracer.dispatch_mode import ACTIVE as _MODES
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 _DTYPES = (dt.float32, dt.float64)
@@ -32,8 +33,8 @@ def _hidden(state: Tensor, projections: tuple, parts: int) -> int | None:
     """H when a cell step applies to `state` (..., H) and `projections` (each (..., parts * H)):
     outside a trace, plain tensors of one float32/float64 dtype and one device, none a stale
     view; else None (the composite runs)."""
-    if TRACING[0] and STATE.tracer is not None:
-        return None
+    if TRACING[0] and STATE.tracer is not None or _MODES[0] and STATE.dispatch_modes:
+        return None                     # (a TorchDispatchMode sees the composite's ops)
     for t in (state, *projections):
         if type(t) is not Tensor or t.dtype is not state.dtype or t.device is not state.device \
                 or (t._base is not None and t._base[3] != t._version[0]):

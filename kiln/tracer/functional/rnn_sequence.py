@@ -30,6 +30,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import Primitive
 from kiln.runtime.device import CPU
 from kiln.tracer import autograd as _autograd
+from kiln.tracer.dispatch_mode import ACTIVE as _MODES
 from kiln.tracer import functional as F
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
@@ -228,7 +229,8 @@ def sequence(mode: str, reverse: bool, xw: Tensor, h0: Tensor, c0: Tensor | None
     inside its length (`reverse`: the direction runs from the last step). None where the
     per-step ops must run: under a trace, with saved-tensor hooks active, on another device or
     dtype, for a tensor subclass or a stale view, or for shapes the per-step ops would reject."""
-    if TRACING[0] and STATE.tracer is not None or _autograd.saved_hooks_active():
+    if TRACING[0] and STATE.tracer is not None or _autograd.saved_hooks_active() or \
+            _MODES[0] and STATE.dispatch_modes:     # a TorchDispatchMode sees the per-step ops
         return None
     lstm = mode == "LSTM"
     if type(xw) is not Tensor or type(h0) is not Tensor or xw.dtype not in _DTYPES \

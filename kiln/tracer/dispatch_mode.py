@@ -1,0 +1,164 @@
+"""PyTorch's `__torch_dispatch__` modes at kiln's dispatcher: a mode sees every primitive run.
+
+A `TorchDispatchMode` (kiln.utils._python_dispatch) entered with `with` is pushed on the
+thread's stack here. While the stack is not empty, `dispatch.apply` hands each primitive call
+to `handle`, which calls the innermost mode's `__torch_dispatch__(func, types, args, kwargs)`:
+`func` is the primitive's OpOverload (`aten.add.Tensor`, or `kiln.<prim>.default` where ATen
+has no counterpart; named by `kiln.op_overloads`), `args` the primitive's inputs and `kwargs`
+its attributes, so `func(*args, **kwargs)` runs it. Inside the handler that mode is off: its
+own calls reach the modes below it, then the kernel.
+
+As in PyTorch, modes sit below autograd: the handler runs with grad mode off, and its result
+gets the autograd node of the primitive that was called (a mode that computes cos as sin still
+differentiates as cos). A backward's primitives go through the dispatcher too, so a mode
+active during `backward()` sees them. kiln's primitives are below its composites, so a mode
+sees what they decompose to (softmax as max, sub, exp, sum, div).
+
+Nothing is paid without a mode: `apply` reads one module-level counter (`ACTIVE`, the number
+of threads with a mode) before anything else.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from kiln.ir.ops import P
+from kiln.tracer import autograd as _autograd
+from kiln.tracer.tensor import OBSERVED, STATE, Tensor
+
+# How many threads have a dispatch mode on their stack (the dispatcher's one check).
+ACTIVE = [0]
+_LOCK = threading.Lock()
+# `overload_of(prim, args, attrs)`: the OpOverload a mode is handed; kiln.op_overloads sets it
+# (the tracer names no public objects itself).
+OVERLOAD_OF: list = [None]
+# the dispatcher itself, below any wrapper in `P.dispatch` (kiln.tracer.dispatch sets it)
+KERNEL: list = [None]
+
+
+def modes() -> tuple:
+    """The thread's dispatch modes, innermost last."""
+    return STATE.dispatch_modes
+
+
+def _set_modes(stack: tuple) -> None:
+    with _LOCK:
+        ACTIVE[0] += bool(stack) - bool(modes())
+        STATE.dispatch_modes = stack
+    _note_observed()
+
+
+def push(mode) -> None:
+    """Make `mode` the innermost dispatch mode of this thread."""
+    _set_modes(modes() + (mode,))
+
+
+def pop():
+    """Remove and return the innermost dispatch mode of this thread."""
+    stack = modes()
+    if not stack:
+        raise RuntimeError("no TorchDispatchMode is active to pop")
+    _set_modes(stack[:-1])
+    return stack[-1]
+
+
+def _note_observed() -> None:
+    """The eager fast paths that skip the dispatcher (a full sum, softmax) take it while a
+    mode is active, so the mode sees their primitives. kiln.profiler sets the same flag while
+    its wrapper sits in the dispatcher slot, and keeps it on for a mode when it leaves."""
+    from kiln.tracer import dispatch
+    OBSERVED[0] = bool(ACTIVE[0]) or P.dispatch is not dispatch.apply
+
+
+def any_active() -> bool:
+    """Whether some thread has a dispatch mode (the profiler keeps OBSERVED on for it)."""
+    return bool(ACTIVE[0])
+
+
+def handle(prim, args: tuple, attrs: dict, device):
+    """Run one primitive through the innermost mode (`dispatch.apply` calls this)."""
+    stack = modes()
+    mode = stack[-1]
+    func = OVERLOAD_OF[0](prim, args, attrs)
+    if STATE.tracer is not None:           # the mode's Python would not run in a replay
+        STATE.tracer.graph_break(f"the TorchDispatchMode {type(mode).__name__} sees {func}")
+    differentiable = prim.grad is not None and STATE.grad_enabled and any(
+        isinstance(a, Tensor) and a.requires_grad for a in args)
+    grad_was = STATE.grad_enabled
+    STATE.dispatch_modes = stack[:-1]
+    STATE.grad_enabled = False
+    STATE.in_dispatch_mode += 1
+    try:
+        kwargs = dict(attrs)
+        if device is not None and not any(isinstance(a, Tensor) for a in args):
+            kwargs["device"] = device        # a creation's device (P.<prim>'s keyword)
+        out = mode.__torch_dispatch__(func, (), args, kwargs)
+    finally:
+        STATE.in_dispatch_mode -= 1
+        STATE.dispatch_modes = stack
+        STATE.grad_enabled = grad_was
+    if out is NotImplemented:
+        raise RuntimeError(f"{func}: the TorchDispatchMode {type(mode).__name__} returned "
+                           "NotImplemented (a mode must compute the op, e.g. with "
+                           "func(*args, **kwargs))")
+    if differentiable:
+        out = _record(prim, args, attrs, out, func)
+    return out
+
+
+def run_primitive(prim, args: tuple, attrs: dict, device=None):
+    """An OpOverload's call of its primitive: inside a mode's handler straight to the
+    dispatcher (the profiler's and op observers' wrappers already saw this op on its way to
+    the mode), elsewhere through `P.dispatch` as every call."""
+    if STATE.in_dispatch_mode:
+        return KERNEL[0](prim, args, attrs, device)
+    return P.dispatch(prim, args, attrs, device)
+
+
+def _record(prim, args: tuple, attrs: dict, out, func) -> Tensor:
+    """Give the mode's result the primitive's autograd node, as autograd above the mode does."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{func}: the TorchDispatchMode returned {type(out).__name__}, "
+                        "expected a Tensor (the op's inputs require grad)")
+    if any(out is a for a in args) or out.grad_fn is not None or out.requires_grad:
+        view = out._base
+        fresh = Tensor._make(out._data, out.dtype, out.device)    # an alias, its own node
+        fresh._version, fresh._base = out._version, view
+        out = fresh
+    _autograd.record(prim, args, attrs, out)
+    view = out._base
+    if view is not None:        # taken with grad mode off above: it may be written through
+        src = view[0]
+        out._base = view[:4] + (src._base is None or src._base[4],)
+    return out
+
+
+def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=None,
+                          layout=None, device=None, requires_grad=False, **kwargs):
+    """`Tensor._make_wrapper_subclass`: refused, with what is missing."""
+    raise NotImplementedError(
+        f"Tensor._make_wrapper_subclass({getattr(cls, '__name__', cls)}, ...): kiln has no "
+        "wrapper tensor subclasses (a tensor with no data of its own whose __torch_dispatch__ "
+        "computes every op): its detach, to, clone and copy_ read a tensor's array directly, "
+        "not through the dispatcher. Use a __torch_function__ subclass or a TorchDispatchMode")
+
+
+def disabled_torch_dispatch_impl(cls, func, types, args=(), kwargs=None):
+    """`__torch_dispatch__ = disabled_torch_dispatch_impl`: the subclass takes no part
+    (torch._C._disabled_torch_dispatch_impl); the op runs as on plain tensors."""
+    return func(*args, **(kwargs or {}))
+
+
+def check_subclass(cls: type) -> None:
+    """A Tensor subclass with its own `__torch_dispatch__` is refused when it is defined:
+    kiln never calls a subclass's `__torch_dispatch__`, and a class that relies on it would
+    otherwise compute its ops as plain tensors without a word."""
+    impl = getattr(cls, "__torch_dispatch__", None)
+    if impl is not None and getattr(impl, "__func__", impl) is not disabled_torch_dispatch_impl:
+        raise NotImplementedError(
+            f"{cls.__name__}.__torch_dispatch__: kiln does not call a Tensor subclass's "
+            "__torch_dispatch__ (only TorchDispatchModes see its primitives). Override "
+            "__torch_function__ in the subclass, or handle its ops in a TorchDispatchMode")
+
+
+Tensor._make_wrapper_subclass = staticmethod(make_wrapper_subclass)
