@@ -1,0 +1,451 @@
+"""Integer and bool tensors against PyTorch, op by op: every public op that PyTorch computes on
+int8, int16, int32, int64, uint8 or bool inputs gives kiln's result the same dtype and the same
+values (wrap-around included), and where PyTorch refuses, kiln refuses with the same class of
+exception. A wrong result dtype on integers is a silent wrong answer (an accuracy counter that
+turns float, index math that truncates), so the sweep compares dtypes exactly."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import kiln
+
+torch = pytest.importorskip("torch")
+
+INTS = ["int8", "int16", "int32", "int64", "uint8"]
+DTYPES = INTS + ["bool"]
+
+
+def sample(name: str, shift: int = 0) -> list:
+    """Eight values of dtype `name`: its limits, their neighbours, zero, one and small values
+    of both signs, rotated by `shift` so that two operands differ element by element."""
+    if name == "bool":
+        values = [True, False, True, True, False, False, True, False]
+    else:
+        info = np.iinfo(name)
+        values = [int(info.min), int(info.min) + 1, -3, -1, 0, 1, 5, int(info.max)]
+        if info.min == 0:
+            values[2:4] = [3, int(info.max) - 1]
+    return values[shift:] + values[:shift]
+
+
+def nonzero_sample(name: str, shift: int = 0) -> list:
+    """`sample` with every zero replaced by a small nonzero value (divisors)."""
+    return [v if v else (True if name == "bool" else 7) for v in sample(name, shift)]
+
+
+def inputs(lib, name: str):
+    dtype = getattr(lib, name)
+    return (lib.tensor(sample(name), dtype=dtype), lib.tensor(sample(name, 3), dtype=dtype),
+            lib.tensor(nonzero_sample(name, 5), dtype=dtype))
+
+
+def outcome(fn, lib, name):
+    """What `fn(lib, x, y, d)` gives: ("ok", [(dtype, values)...]) or ("raises", class)."""
+    x, y, d = inputs(lib, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = fn(lib, x, y, d)
+    except Exception as e:            # noqa: BLE001 - the class is what is compared
+        return "raises", type(e), str(e)
+    return "ok", flatten(out)
+
+
+def flatten(out) -> list:
+    if isinstance(out, (tuple, list)):
+        return [item for part in out for item in flatten(part)]
+    if hasattr(out, "dtype") and hasattr(out, "shape"):
+        return [(str(out.dtype).split(".")[-1], tuple(out.shape), out.detach().cpu().numpy())]
+    return [(type(out).__name__, (), np.asarray(out))]
+
+
+def assert_same(fn, name):
+    want = outcome(fn, torch, name)
+    got = outcome(fn, kiln, name)
+    if want[0] == "raises":
+        assert got[0] == "raises", f"torch raises {want[1].__name__}({want[2]!r}); kiln gave {got[1]}"
+        assert issubclass(got[1], want[1]), \
+            f"torch raises {want[1].__name__}({want[2]!r}); kiln {got[1].__name__}({got[2]!r})"
+        return
+    assert got[0] == "ok", f"kiln raises {got[1].__name__}({got[2]!r}); torch gives {want[1]}"
+    assert len(got[1]) == len(want[1])
+    for (gd, gs, gv), (wd, ws, wv) in zip(got[1], want[1]):
+        assert (gd, gs) == (wd, ws), f"kiln {gd}{list(gs)} != torch {wd}{list(ws)}"
+        if np.issubdtype(wv.dtype, np.floating):
+            np.testing.assert_allclose(gv, wv, rtol=1e-5, atol=0, equal_nan=True)
+        else:
+            np.testing.assert_array_equal(gv, wv)
+
+
+def cases(table: dict, dtypes=DTYPES, xfail: dict = None):
+    """pytest params (op, dtype) of a table of `fn(lib, x, y, d)`; `xfail` maps
+    (op, dtype or None for every dtype) to the reason kiln cannot match yet."""
+    xfail = xfail or {}
+    params = []
+    for op, fn in table.items():
+        for name in dtypes:
+            reason = xfail.get((op, name)) or xfail.get((op, None))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            params.append(pytest.param(fn, name, id=f"{op}-{name}", marks=marks))
+    return params
+
+
+UNARY = {
+    "neg": lambda t, x, y, d: -x,
+    "torch.neg": lambda t, x, y, d: t.neg(x),
+    "abs": lambda t, x, y, d: t.abs(x),
+    "sign": lambda t, x, y, d: t.sign(x),
+    "sgn": lambda t, x, y, d: x.sgn(),
+    "positive": lambda t, x, y, d: t.positive(x),
+    "bitwise_not": lambda t, x, y, d: ~x,
+    "logical_not": lambda t, x, y, d: t.logical_not(x),
+    "square": lambda t, x, y, d: t.square(x),
+    "sqrt": lambda t, x, y, d: t.sqrt(x),
+    "exp": lambda t, x, y, d: t.exp(d),
+    "sin": lambda t, x, y, d: t.sin(x),
+    "sigmoid": lambda t, x, y, d: t.sigmoid(x),
+    "reciprocal": lambda t, x, y, d: t.reciprocal(d),
+    "floor": lambda t, x, y, d: t.floor(x),
+    "ceil": lambda t, x, y, d: t.ceil(x),
+    "round": lambda t, x, y, d: t.round(x),
+    "trunc": lambda t, x, y, d: t.trunc(x),
+    "frac": lambda t, x, y, d: t.frac(x),
+    "isnan": lambda t, x, y, d: t.isnan(x),
+    "isfinite": lambda t, x, y, d: t.isfinite(x),
+    "signbit": lambda t, x, y, d: t.signbit(x),
+    "clone": lambda t, x, y, d: x.clone(),
+    "float": lambda t, x, y, d: x.float(),
+    "long": lambda t, x, y, d: x.long(),
+    "to_uint8": lambda t, x, y, d: x.to(t.uint8),
+    "to_int8": lambda t, x, y, d: x.to(t.int8),
+    "bool": lambda t, x, y, d: x.bool(),
+    "relu": lambda t, x, y, d: t.relu(x),
+    "nonzero": lambda t, x, y, d: t.nonzero(x),
+    "tolist": lambda t, x, y, d: t.tensor(x.tolist()),
+    "item": lambda t, x, y, d: x[-1].item(),
+}
+
+BINARY = {
+    "add": lambda t, x, y, d: x + y,
+    "sub": lambda t, x, y, d: x - y,
+    "mul": lambda t, x, y, d: x * y,
+    "truediv": lambda t, x, y, d: x / d,
+    "floordiv": lambda t, x, y, d: x // d,
+    "mod": lambda t, x, y, d: x % d,
+    "pow": lambda t, x, y, d: x.abs() ** 2 if x.dtype != t.bool else x ** y,
+    "div_floor": lambda t, x, y, d: t.div(x, d, rounding_mode="floor"),
+    "div_trunc": lambda t, x, y, d: t.div(x, d, rounding_mode="trunc"),
+    "true_divide": lambda t, x, y, d: t.true_divide(x, d),
+    "floor_divide": lambda t, x, y, d: t.floor_divide(x, d),
+    "remainder": lambda t, x, y, d: t.remainder(x, d),
+    "fmod": lambda t, x, y, d: t.fmod(x, d),
+    "and": lambda t, x, y, d: x & y,
+    "or": lambda t, x, y, d: x | y,
+    "xor": lambda t, x, y, d: x ^ y,
+    "lshift": lambda t, x, y, d: x << (y.abs() % 5 if x.dtype != t.bool else y),
+    "rshift": lambda t, x, y, d: x >> (y.abs() % 5 if x.dtype != t.bool else y),
+    "maximum": lambda t, x, y, d: t.maximum(x, y),
+    "minimum": lambda t, x, y, d: t.minimum(x, y),
+    "fmax": lambda t, x, y, d: t.fmax(x, y),
+    "logical_and": lambda t, x, y, d: t.logical_and(x, y),
+    "logical_xor": lambda t, x, y, d: t.logical_xor(x, y),
+    "eq": lambda t, x, y, d: x == y,
+    "ne": lambda t, x, y, d: x != y,
+    "lt": lambda t, x, y, d: x < y,
+    "ge": lambda t, x, y, d: x >= y,
+    "torch.gt": lambda t, x, y, d: t.gt(x, y),
+    "eq_method": lambda t, x, y, d: x.eq(y),
+    "equal": lambda t, x, y, d: t.equal(x, y),
+    "atan2": lambda t, x, y, d: t.atan2(x, d),
+    "hypot_refused": lambda t, x, y, d: t.hypot(x, y),
+    "gcd": lambda t, x, y, d: t.gcd(x, y),
+    "copysign": lambda t, x, y, d: t.copysign(x, d),
+    "addalpha": lambda t, x, y, d: t.add(x, y, alpha=2),
+    "subalpha": lambda t, x, y, d: t.sub(x, y, alpha=3),
+    "add_scalar_alpha_positional": lambda t, x, y, d: t.add(x, 2, 3),
+    "add_scalar_alpha": lambda t, x, y, d: t.add(x, 2, alpha=3),
+    "rsub": lambda t, x, y, d: t.rsub(x, y),
+    "lerp_refused": lambda t, x, y, d: t.lerp(x, y, 0.5),
+}
+
+SCALAR = {
+    "add_int": lambda t, x, y, d: x + 3,
+    "radd_int": lambda t, x, y, d: 3 + x,
+    "sub_int": lambda t, x, y, d: x - 2,
+    "rsub_int": lambda t, x, y, d: 2 - x,
+    "mul_int": lambda t, x, y, d: x * 3,
+    "add_float": lambda t, x, y, d: x + 0.5,
+    "rmul_float": lambda t, x, y, d: 1.5 * x,
+    "add_bool": lambda t, x, y, d: x + True,
+    "mul_bool": lambda t, x, y, d: False * x,
+    "div_int": lambda t, x, y, d: x / 2,
+    "rdiv_int": lambda t, x, y, d: 6 / d,
+    "floordiv_int": lambda t, x, y, d: x // 3,
+    "floordiv_neg": lambda t, x, y, d: x // -3,
+    "rfloordiv_int": lambda t, x, y, d: 7 // d,
+    "floordiv_float": lambda t, x, y, d: x // 2.5,
+    "mod_int": lambda t, x, y, d: x % 3,
+    "mod_neg": lambda t, x, y, d: x % -3,
+    "rmod_int": lambda t, x, y, d: 7 % d,
+    "mod_float": lambda t, x, y, d: x % 2.5,
+    "fmod_neg": lambda t, x, y, d: t.fmod(x, -3),
+    "remainder_neg": lambda t, x, y, d: t.remainder(x, -3),
+    "div_trunc_neg": lambda t, x, y, d: t.div(x, -3, rounding_mode="trunc"),
+    "div_floor_float": lambda t, x, y, d: t.div(x, 2.5, rounding_mode="floor"),
+    "pow_int": lambda t, x, y, d: x ** 2,
+    "pow_float": lambda t, x, y, d: x.abs() ** 0.5 if x.dtype != t.bool else x ** 0.5,
+    "pow_neg_int": lambda t, x, y, d: d ** -1,
+    "pow_neg_float": lambda t, x, y, d: d ** -1.0,
+    "rpow_int": lambda t, x, y, d: 2 ** (x.abs() % 5 if x.dtype != t.bool else x),
+    "rpow_float": lambda t, x, y, d: 0.5 ** (x.abs() % 5 if x.dtype != t.bool else x),
+    "torch.pow_tensor_neg": lambda t, x, y, d: t.pow(d, t.tensor(-1)),
+    "and_int": lambda t, x, y, d: x & 6,
+    "or_bool": lambda t, x, y, d: x | True,
+    "xor_int": lambda t, x, y, d: 5 ^ x,
+    "lshift_int": lambda t, x, y, d: x << 2,
+    "rshift_int": lambda t, x, y, d: x >> 1,
+    "rlshift_int": lambda t, x, y, d: 1 << (x.abs() % 5 if x.dtype != t.bool else x),
+    "and_float_refused": lambda t, x, y, d: x & 1.5,
+    "eq_int": lambda t, x, y, d: x == 1,
+    "lt_float": lambda t, x, y, d: x < 0.5,
+    "gt_out_of_range": lambda t, x, y, d: x > 1000,
+    "eq_out_of_range": lambda t, x, y, d: x == -1000,
+    "add_wraps": lambda t, x, y, d: x + 100,
+    "add_out_of_range": lambda t, x, y, d: x + 1000,
+    "mul_out_of_range": lambda t, x, y, d: x * 300,
+    "sub_neg_uint": lambda t, x, y, d: x - 1,
+    "maximum_0d": lambda t, x, y, d: t.maximum(x, t.tensor(3)),
+    "add_0d_int64": lambda t, x, y, d: x + t.tensor(3),
+    "add_0d_float": lambda t, x, y, d: x + t.tensor(0.5),
+    "add_0d_bool": lambda t, x, y, d: x + t.tensor(True),
+    "add_0d_int8": lambda t, x, y, d: x + t.tensor(3, dtype=t.int8),
+    "add_0d_uint8": lambda t, x, y, d: t.tensor(3, dtype=t.uint8) + x,
+    "add_0d_double": lambda t, x, y, d: x + t.tensor(0.5, dtype=t.float64),
+    "add_1d_int16": lambda t, x, y, d: x + y.to(t.int16),
+    "add_1d_uint8": lambda t, x, y, d: x + y.to(t.uint8),
+    "mul_1d_float16": lambda t, x, y, d: x * y.to(t.float16),
+    "where_0d_both": lambda t, x, y, d: t.where(x > 0, t.tensor(1), t.tensor(2.5)),
+}
+
+REDUCTIONS = {
+    "sum": lambda t, x, y, d: x.sum(),
+    "sum_dim": lambda t, x, y, d: x.view(2, 4).sum(1),
+    "sum_keepdim": lambda t, x, y, d: t.sum(x.view(2, 4), dim=0, keepdim=True),
+    "sum_dtype_int32": lambda t, x, y, d: x.sum(dtype=t.int32),
+    "sum_dtype_float": lambda t, x, y, d: x.sum(dtype=t.float64),
+    "sum_dtype_int8": lambda t, x, y, d: t.sum(x, 0, dtype=t.int8),
+    "nansum": lambda t, x, y, d: t.nansum(x),
+    "prod": lambda t, x, y, d: x.prod(),
+    "prod_dim": lambda t, x, y, d: d.view(4, 2).prod(1),
+    "prod_dtype": lambda t, x, y, d: d.prod(dtype=t.int16),
+    "mean_refused": lambda t, x, y, d: x.mean(),
+    "mean_dtype": lambda t, x, y, d: x.mean(dtype=t.float64),
+    "cumsum": lambda t, x, y, d: x.cumsum(0),
+    "cumsum_dtype": lambda t, x, y, d: t.cumsum(x, 0, dtype=t.int16),
+    "cumprod": lambda t, x, y, d: d.cumprod(0),
+    "cumprod_dtype": lambda t, x, y, d: d.cumprod(0, dtype=t.float32),
+    "cummax": lambda t, x, y, d: t.cummax(x, 0),
+    "cummin": lambda t, x, y, d: x.cummin(0),
+    "logcumsumexp_refused": lambda t, x, y, d: t.logcumsumexp(x, 0),
+    "min": lambda t, x, y, d: x.min(),
+    "max": lambda t, x, y, d: x.max(),
+    "max_dim": lambda t, x, y, d: x.view(2, 4).max(1),
+    "min_dim": lambda t, x, y, d: t.min(x.view(2, 4), 0),
+    "amax": lambda t, x, y, d: x.view(2, 4).amax(1),
+    "amin": lambda t, x, y, d: t.amin(x.view(2, 4), 0),
+    "aminmax": lambda t, x, y, d: t.aminmax(x),
+    "argmax": lambda t, x, y, d: x.argmax(),
+    "argmin_dim": lambda t, x, y, d: x.view(2, 4).argmin(1),
+    "all": lambda t, x, y, d: x.all(),
+    "any_dim": lambda t, x, y, d: x.view(2, 4).any(1),
+    "all_dim": lambda t, x, y, d: t.all(x.view(4, 2), 0),
+    "count_nonzero": lambda t, x, y, d: t.count_nonzero(x),
+    "count_nonzero_dim": lambda t, x, y, d: x.view(2, 4).count_nonzero(1),
+    "var_refused": lambda t, x, y, d: x.var(),
+    "std_refused": lambda t, x, y, d: t.std(x),
+    "std_dim_refused": lambda t, x, y, d: x.view(2, 4).std(1),
+    "var_mean_refused": lambda t, x, y, d: t.var_mean(x),
+    "median": lambda t, x, y, d: x.median(),
+    "mode": lambda t, x, y, d: t.mode(x.view(2, 4), 1),
+    "norm_refused": lambda t, x, y, d: x.norm(),
+    "logsumexp": lambda t, x, y, d: t.logsumexp(x, 0),
+    "softmax_refused": lambda t, x, y, d: t.softmax(x, 0),
+    "diff": lambda t, x, y, d: t.diff(x),
+    "bincount": lambda t, x, y, d: t.bincount(x.abs() % 4),
+    "histc_refused": lambda t, x, y, d: t.histc(x),
+}
+
+CLAMP_WHERE = {
+    "clamp_int": lambda t, x, y, d: x.clamp(-2, 3),
+    "clamp_min_int": lambda t, x, y, d: t.clamp(x, min=1),
+    "clamp_float": lambda t, x, y, d: x.clamp(-2.5, 3.5),
+    "clamp_max_float": lambda t, x, y, d: x.clamp(max=2.5),
+    "clamp_tensor": lambda t, x, y, d: t.clamp(x, y, d),
+    "clip": lambda t, x, y, d: t.clip(x, 0, 1),
+    "clamp_out_of_range": lambda t, x, y, d: x.clamp(0, 1000),
+    "where_same": lambda t, x, y, d: t.where(x > y, x, y),
+    "where_int_scalar": lambda t, x, y, d: t.where(x > y, x, 2),
+    "where_float_scalar": lambda t, x, y, d: t.where(x > y, x, 0.5),
+    "where_scalar_scalar": lambda t, x, y, d: t.where(x > y, 1, 0),
+    "where_mixed_ints": lambda t, x, y, d: t.where(x > y, x, y.to(t.int16)),
+    "where_float_tensor": lambda t, x, y, d: t.where(x > y, x, y.float()),
+    "where_out_of_range": lambda t, x, y, d: t.where(x > y, x, 1000),
+    "where_condition": lambda t, x, y, d: t.where(x),
+    "masked_fill": lambda t, x, y, d: x.masked_fill(x > y, 3),
+    "masked_fill_float": lambda t, x, y, d: x.masked_fill(x > y, 2.5),
+    "fill_": lambda t, x, y, d: x.clone().fill_(1),
+    "fill_out_of_range": lambda t, x, y, d: x.clone().fill_(1000),
+    "full_like": lambda t, x, y, d: t.full_like(x, 2),
+    "zeros_like": lambda t, x, y, d: t.zeros_like(x),
+    "ones_like_float": lambda t, x, y, d: t.ones_like(x, dtype=t.float32),
+    "full_int": lambda t, x, y, d: t.full((2,), 3, dtype=x.dtype),
+    "full_out_of_range": lambda t, x, y, d: t.full((2,), 1000, dtype=x.dtype),
+    "full_infer": lambda t, x, y, d: t.full((2,), 3),
+    "tensor_wraps": lambda t, x, y, d: t.tensor([-1, -128], dtype=x.dtype),
+    "tensor_out_of_range": lambda t, x, y, d: t.tensor([1000], dtype=x.dtype),
+    "tensor_negative_limit": lambda t, x, y, d: t.tensor([-300], dtype=x.dtype),
+    "as_tensor": lambda t, x, y, d: t.as_tensor([1, 2], dtype=x.dtype),
+    "arange": lambda t, x, y, d: t.arange(3, dtype=x.dtype),
+    "setitem_int": lambda t, x, y, d: _setitem(x.clone(), 0, 2),
+    "setitem_out_of_range": lambda t, x, y, d: _setitem(x.clone(), 0, 1000),
+    "setitem_float": lambda t, x, y, d: _setitem(x.clone(), 0, 2.7),
+    "iadd_int": lambda t, x, y, d: _iadd(x.clone(), 3),
+    "iadd_float_refused": lambda t, x, y, d: _iadd(x.clone(), 0.5),
+    "imul_tensor": lambda t, x, y, d: _imul(x.clone(), y),
+    "itruediv_refused": lambda t, x, y, d: _itruediv(x.clone(), d),
+    "add_out_float": lambda t, x, y, d: t.add(x, y, out=t.empty(8)),
+    "add_out_int_from_float_refused": lambda t, x, y, d: t.add(x, 0.5, out=t.empty(8, dtype=x.dtype)),
+}
+
+
+def _setitem(x, index, value):
+    x[index] = value
+    return x
+
+
+def _iadd(x, other):
+    x += other
+    return x
+
+
+def _imul(x, other):
+    x *= other
+    return x
+
+
+def _itruediv(x, other):
+    x /= other
+    return x
+
+
+SHAPES = {
+    "sort": lambda t, x, y, d: x.sort(),
+    "sort_descending_stable": lambda t, x, y, d: t.sort(x, descending=True, stable=True),
+    "argsort": lambda t, x, y, d: x.argsort(stable=True),
+    "topk": lambda t, x, y, d: t.topk(x, 3),
+    "topk_smallest": lambda t, x, y, d: x.topk(2, largest=False),
+    "kthvalue": lambda t, x, y, d: t.kthvalue(x, 2),
+    "unique": lambda t, x, y, d: t.unique(t.cat([x, y])),
+    "unique_counts": lambda t, x, y, d: t.unique(t.cat([x, x]), return_inverse=True,
+                                                 return_counts=True),
+    "unique_consecutive": lambda t, x, y, d: t.unique_consecutive(t.cat([x, x]).sort().values),
+    "cat_same": lambda t, x, y, d: t.cat([x, y]),
+    "cat_int8_int32": lambda t, x, y, d: t.cat([x, y.to(t.int32)]),
+    "cat_uint8_int8": lambda t, x, y, d: t.cat([x.to(t.uint8), y.to(t.int8)]),
+    "cat_bool": lambda t, x, y, d: t.cat([x, y.bool()]),
+    "cat_float": lambda t, x, y, d: t.cat([x, y.float()]),
+    "stack_mixed": lambda t, x, y, d: t.stack([x, y.to(t.int16)]),
+    "hstack_mixed": lambda t, x, y, d: t.hstack([x, y.to(t.uint8)]),
+    "flip": lambda t, x, y, d: x.flip(0),
+    "roll": lambda t, x, y, d: x.roll(2),
+    "reshape_t": lambda t, x, y, d: x.reshape(2, 4).t(),
+    "chunk": lambda t, x, y, d: x.chunk(3),
+    "repeat": lambda t, x, y, d: x.repeat(2),
+    "tril": lambda t, x, y, d: x.reshape(2, 4).tril(),
+    "triu": lambda t, x, y, d: t.triu(x.reshape(4, 2), 1),
+    "pad": lambda t, x, y, d: t.nn.functional.pad(x, (1, 2), value=1),
+    "searchsorted": lambda t, x, y, d: t.searchsorted(x.sort().values, y),
+    "isin": lambda t, x, y, d: t.isin(x, y[:3]),
+    "one_hot": lambda t, x, y, d: t.nn.functional.one_hot(x.long().abs() % 4, 4),
+    "bucketize": lambda t, x, y, d: t.bucketize(x, y.sort().values),
+}
+
+INDEXING = {
+    "index_long": lambda t, x, y, d: x[t.tensor([0, 3, 7])],
+    "index_int_index": lambda t, x, y, d: x[t.tensor([0, 3, 7], dtype=t.int32)],
+    "index_mask": lambda t, x, y, d: x[x > y],
+    "index_by_values": lambda t, x, y, d: t.arange(10)[(x.long().abs() % 10)],
+    "index_uint8_mask": lambda t, x, y, d: t.arange(8)[(x > y).to(t.uint8)],
+    "gather": lambda t, x, y, d: t.gather(x.view(2, 4), 1, t.tensor([[0, 3], [2, 2]])),
+    "index_select": lambda t, x, y, d: x.index_select(0, t.tensor([1, 1, 6])),
+    "take": lambda t, x, y, d: t.take(x, t.tensor([5, 0])),
+    "masked_select": lambda t, x, y, d: t.masked_select(x, x > y),
+    "scatter": lambda t, x, y, d: t.zeros(8, dtype=x.dtype).scatter(0, t.tensor([2, 5]), x[:2]),
+    "scatter_add": lambda t, x, y, d: x.scatter_add(0, t.tensor([1, 1, 4]), y[:3]),
+    "index_add": lambda t, x, y, d: x.index_add(0, t.tensor([0, 0, 2]), y[:3]),
+    "index_put_accumulate": lambda t, x, y, d: x.index_put((t.tensor([1, 1]),), y[:2],
+                                                           accumulate=True),
+    "index_fill": lambda t, x, y, d: x.index_fill(0, t.tensor([1, 4]), 1),
+    "embedding": lambda t, x, y, d: t.nn.functional.embedding(
+        x.long().abs() % 4, t.arange(8.0).view(4, 2)),
+}
+
+MATRIX = {
+    "matmul": lambda t, x, y, d: x.view(2, 4) @ y.view(4, 2),
+    "mm": lambda t, x, y, d: t.mm(x.view(4, 2), y.view(2, 4)),
+    "dot": lambda t, x, y, d: t.dot(x, y),
+    "mv": lambda t, x, y, d: t.mv(x.view(2, 4), y[:4]),
+    "bmm": lambda t, x, y, d: t.bmm(x.view(2, 2, 2), y.view(2, 2, 2)),
+    "matmul_mixed_refused": lambda t, x, y, d: x.view(2, 4) @ y.view(4, 2).float(),
+    "outer": lambda t, x, y, d: t.outer(x[:3], y[:2]),
+    "einsum": lambda t, x, y, d: t.einsum("i,i->", x, y),
+    "tensordot": lambda t, x, y, d: t.tensordot(x.view(2, 4), y.view(4, 2), 1),
+    "linear_refused": lambda t, x, y, d: t.nn.functional.linear(x.view(2, 4), y.view(2, 4)),
+    "trace": lambda t, x, y, d: x[:4].view(2, 2).trace(),
+    "diag": lambda t, x, y, d: t.diag(x[:3]),
+    "kron": lambda t, x, y, d: t.kron(x[:2], y[:2]),
+    "cross": lambda t, x, y, d: t.linalg.cross(x[:3], y[:3]),
+    "det_refused": lambda t, x, y, d: t.linalg.det(x[:4].view(2, 2)),
+}
+
+
+@pytest.mark.parametrize("fn,name", cases(UNARY))
+def test_unary(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(BINARY))
+def test_binary(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(SCALAR))
+def test_scalar_and_promotion(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(REDUCTIONS))
+def test_reductions(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(CLAMP_WHERE))
+def test_clamp_where_fill_creation(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(SHAPES))
+def test_sort_unique_cat(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(INDEXING))
+def test_indexing(fn, name):
+    assert_same(fn, name)
+
+
+@pytest.mark.parametrize("fn,name", cases(MATRIX))
+def test_matrix(fn, name):
+    assert_same(fn, name)
