@@ -109,9 +109,14 @@ def div(input, other, *, rounding_mode=None):
             return trunc(P.div(a, b))
         q = P.floordiv(a, b)
         # floor rounds toward -inf; trunc toward 0 differs when the signs differ and r != 0
-        fix = logical_and(ne(P.mod(a, b), 0), ne(lt(a, 0), lt(b, 0)))
+        fix = logical_and(ne(P.mod(a, b), 0), ne(_negative(a), _negative(b)))
         return P.where(fix, q + 1, q)    # fix is bool, q + 1 has q's dtype: where() adds nothing
     return _binary(P.div, input, other, float_only=True)
+
+
+def _negative(x):
+    """x < 0 of a tensor or a Python number (a number stays a Python bool)."""
+    return lt(x, 0) if isinstance(x, Tensor) else x < 0
 
 
 true_divide = divide = div
@@ -172,7 +177,23 @@ def pow(input, exponent):
             return input * input      # the common square, exactly as PyTorch rounds it
         if isinstance(e, float) and not input.dtype.is_floating_point:
             input = _floating(input)
+        elif type(e) is int and e < 0 and input.dtype.category <= dt.INT:
+            raise op_error("pow", f"Integers to negative integer powers are not allowed "
+                           f"({input.dtype.name} tensor ** {e}); raise a float tensor instead")
+    elif isinstance(exponent, Tensor) and isinstance(input, Tensor):
+        base, e = _promoted(input, exponent)
+        if e.dtype.category == dt.INT:
+            return _integer_pow(base, e)
     return _binary(P.pow, input, exponent)
+
+
+def _integer_pow(base: Tensor, exponent: Tensor) -> Tensor:
+    """base ** exponent of integer tensors, PyTorch's way where an exponent is negative (NumPy
+    refuses): 1 and -1 have integer reciprocals (-1 ** -3 is -1), every other base gives 0."""
+    negative = P.lt(exponent, 0)
+    powers = P.pow(base, P.where(negative, 0, exponent))
+    unit = P.where(P.eq(P.abs(base), 1), P.pow(base, P.mod(exponent, 2)), 0)
+    return P.where(negative, unit, powers)
 
 
 def float_power(input, exponent):
@@ -282,10 +303,10 @@ def clamp(input, min=None, max=None):
     out = input
     # where() rather than maximum/minimum: PyTorch passes the gradient where min <= x <= max
     if min is not None:
-        lo, x = _promoted(min, out)
+        lo, x = _promoted(min, out, fill_op="clamp")
         out = P.where(lt(x, lo), lo, x) if isinstance(lo, Tensor) else P.where(P.lt(x, lo), lo, x)
     if max is not None:
-        hi, x = _promoted(max, out)
+        hi, x = _promoted(max, out, fill_op="clamp")
         out = P.where(gt(x, hi), hi, x) if isinstance(hi, Tensor) else P.where(P.gt(x, hi), hi, x)
     return out
 

@@ -11,6 +11,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, defer_device_index_checks
 from kiln.runtime import pending_checks
+from kiln.tracer import creation
 from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, result_type, zeros)
@@ -43,7 +44,7 @@ def where(condition, input=None, other=None):
         kind = result_type(input, other)
         x, y = (full((), v, dtype=kind, device=condition.device) for v in (input, other))
     else:
-        x, y = _promoted(input, other)
+        x, y = _promoted(input, other, fill_op="where")
     return P.where(condition, x, y)
 
 
@@ -279,6 +280,8 @@ def masked_fill(input, mask, value):
         value = value.to(input.dtype)
     elif input.dtype.category != dt.FLOAT and isinstance(value, float):
         value = int(value)
+    if type(value) is int and input.dtype.category == dt.INT:
+        value = creation.int_fill_value("masked_fill", value, input.dtype)
     if mask.dtype is not dt.bool_:
         raise op_error("masked_fill", f"masked_fill_ only supports boolean masks, but got mask "
                        f"with dtype {mask.dtype.name}")
