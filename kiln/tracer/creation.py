@@ -398,6 +398,9 @@ def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
     kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
     if kind in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("arange", kind)
+    if kind is dt.bool_:
+        raise op_error("arange", "\"arange_cpu\" not implemented for 'Bool' (as PyTorch); "
+                       "make an int64 range and compare it instead", NotImplementedError)
     return _creation(PRIMITIVES["arange"], device, requires_grad, start=start,
                      stop=end, step=step, dtype=kind)
 

@@ -101,6 +101,22 @@ def _binary(prim, a, b, float_only=False):
     return prim(a, b)
 
 
+def refuse_without_kernel(op: str, x, categories: tuple = (dt.BOOL,)) -> None:
+    """PyTorch's NotImplementedError where its CPU kernel of `op` has no loop for the dtype of
+    tensor `x` (floor of a bool tensor, hypot of an int tensor): kiln refuses it too rather
+    than answer what PyTorch never computes."""
+    if isinstance(x, Tensor) and x.dtype.category in categories:
+        raise op_error(op, f"\"{op}\" not implemented for '{dt.SCALAR_TYPE_NAMES[x.dtype]}' "
+                       f"({x.dtype.name} input, as in PyTorch); convert it first, e.g. with "
+                       f"{'.long()' if x.dtype is dt.bool_ else '.float()'}", NotImplementedError)
+
+
+def both_bool(a, b) -> bool:
+    """Whether two operands promote to bool: bool tensors or Python bools."""
+    return (type(a) is bool or isinstance(a, Tensor) and a.dtype is dt.bool_) and \
+        (type(b) is bool or isinstance(b, Tensor) and b.dtype is dt.bool_)
+
+
 def _broadcast(op: str, *shapes: tuple) -> tuple:
     """The broadcast of `shapes`; on a mismatch, the user-facing error names `op`."""
     try:

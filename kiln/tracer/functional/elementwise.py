@@ -13,7 +13,8 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
-                                           ones_like, zeros_like)
+                                           both_bool, ones_like, refuse_without_kernel,
+                                           result_type, zeros_like)
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
@@ -29,8 +30,22 @@ def add(input, other, *scalar_first, alpha=1):
     if alpha != 1:
         if _both_bfloat16(input, other):
             return _scaled_in_float32(P.add, input, other, alpha)
-        other = mul(other, alpha)
+        other = _times_alpha("add", input, other, alpha)
     return _binary(P.add, input, other)
+
+
+def _times_alpha(op: str, input, other, alpha):
+    """alpha * other of add/sub, computed in the result's dtype as PyTorch does (a number
+    stays a number: add(x, 2, alpha=3) adds 6; bool results take alpha as a bool)."""
+    kind = result_type(input, other)
+    if kind.category <= dt.INT and isinstance(alpha, float):
+        raise op_error(op, f"For integral input tensors, argument alpha must not be a floating "
+                       f"point number (alpha={alpha}, result {kind.name})")
+    if not isinstance(other, Tensor):
+        return _number(other) * alpha
+    if kind is dt.bool_:
+        return P.bitwise_and(other, bool(alpha))
+    return mul(other if other.dtype is kind else P.cast(other, dtype=kind), alpha)
 
 
 def _both_bfloat16(input, other) -> bool:
@@ -50,14 +65,12 @@ def _scaled_in_float32(prim, input: Tensor, other: Tensor, alpha) -> Tensor:
 def sub(input, other, *scalar_first, alpha=1):
     if scalar_first:                # sub(x, 2, y): PyTorch's deprecated overload
         (other,), alpha = scalar_first_overload("sub", other, scalar_first, alpha)
-    if isinstance(input, Tensor) and input.dtype is dt.bool_ and isinstance(other, Tensor) \
-            and other.dtype is dt.bool_:
-        raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
-                       "supported. Use the `^` or `logical_xor()` operator instead.")
+    if getattr(input, "dtype", None) is dt.bool_ or getattr(other, "dtype", None) is dt.bool_:
+        _refuse_bool_subtraction(input, other)
     if alpha != 1:
         if _both_bfloat16(input, other):
             return _scaled_in_float32(P.sub, input, other, alpha)
-        other = mul(other, alpha)
+        other = _times_alpha("sub", input, other, alpha)
     return _binary(P.sub, input, other)
 
 
@@ -90,6 +103,17 @@ def scalar_first_overload(op: str, scalar, tensors: tuple, keyword) -> tuple:
 _TENSOR_NAMES = {1: ("other",), 2: ("tensor1", "tensor2")}
 
 
+def _refuse_bool_subtraction(input, other) -> None:
+    bools = [isinstance(x, Tensor) and x.dtype is dt.bool_ for x in (input, other)]
+    if bools[0] and bools[1]:
+        raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
+                       "supported. Use the `^` or `logical_xor()` operator instead.")
+    if bools[0] or bools[1]:
+        raise op_error("sub", "Subtraction, the `-` operator, with a bool tensor is not "
+                       "supported. If you are trying to invert a mask, use the `~` or "
+                       "`logical_not()` operator instead.")
+
+
 def rsub(input, other, *, alpha=1):
     return sub(other, input, alpha=alpha)
 
@@ -103,6 +127,7 @@ def div(input, other, *, rounding_mode=None):
         _refuse_integer_division_by_zero("div", input, other)
         return floor_divide(input, other)
     if rounding_mode == "trunc":
+        _refuse_bool_division("div_trunc", input, other)
         _refuse_integer_division_by_zero("div", input, other)
         a, b = _promoted(input, other)
         if a.dtype.is_floating_point if isinstance(a, Tensor) else b.dtype.is_floating_point:
@@ -148,17 +173,25 @@ def _refuse_integer_division_by_zero(op: str, a, b) -> None:
                    RuntimeError)
 
 
+def _refuse_bool_division(op: str, input, other) -> None:
+    if both_bool(input, other):
+        refuse_without_kernel(op, input if isinstance(input, Tensor) else other)
+
+
 def floor_divide(input, other):
+    _refuse_bool_division("div_floor", input, other)
     _refuse_integer_division_by_zero("floor_divide", input, other)
     return _binary(P.floordiv, input, other)
 
 
 def remainder(input, other):
+    _refuse_bool_division("remainder", input, other)
     _refuse_integer_division_by_zero("remainder", input, other)
     return _binary(P.mod, input, other)
 
 
 def fmod(input, other):
+    _refuse_bool_division("fmod", input, other)
     _refuse_integer_division_by_zero("fmod", input, other)
     a, b = _promoted(input, other)
     return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
@@ -171,8 +204,12 @@ def _is_float(a, b) -> bool:
 def pow(input, exponent):
     if getattr(input, "dtype", None) in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("pow", input.dtype)
+    if both_bool(input, exponent):
+        refuse_without_kernel("pow", input if isinstance(input, Tensor) else exponent)
     if isinstance(input, Tensor) and _number(exponent) is not None:
         e = _number(exponent)
+        if input.dtype is dt.bool_ and type(e) is int:
+            input = P.cast(input, dtype=dt.int64)     # bool ** 2 is int64, as in PyTorch
         if e == 2 and (input.dtype.is_floating_point or not isinstance(e, float)):
             return input * input      # the common square, exactly as PyTorch rounds it
         if isinstance(e, float) and not input.dtype.is_floating_point:
@@ -212,6 +249,8 @@ negative = neg
 
 
 def abs(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("abs", input)
     return P.abs(input)
 
 
@@ -219,6 +258,8 @@ absolute = abs
 
 
 def sign(input):
+    if input.dtype is dt.bool_:
+        return input.clone()              # PyTorch's sign of a bool is the bool itself
     return P.sign(input)
 
 
@@ -227,7 +268,7 @@ def reciprocal(input):
 
 
 def square(input):
-    return input * input
+    return input * input if input.dtype is not dt.bool_ else pow(input, 2)
 
 
 def _float_unary(name):
@@ -265,14 +306,20 @@ def log10(input):
 
 
 def floor(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("floor", input)
     return P.floor(input)
 
 
 def ceil(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("ceil", input)
     return P.ceil(input)
 
 
 def trunc(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("trunc", input)
     return P.trunc(input)
 
 
@@ -280,12 +327,15 @@ fix = trunc
 
 
 def round(input, *, decimals=0):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("round", input)
     if input.dtype.is_floating_point and decimals:
         return P.round(input, decimals=decimals)
     return P.round(input)
 
 
 def frac(input):
+    refuse_without_kernel("frac", input, (dt.BOOL, dt.INT))
     return input - trunc(input)
 
 
@@ -298,6 +348,8 @@ def minimum(input, other):
 
 
 def clamp(input, min=None, max=None):
+    if input.dtype is dt.bool_ and all(both_bool(input, b) for b in (min, max) if b is not None):
+        refuse_without_kernel("clamp", input)       # a number bound promotes to its dtype
     if min is None and max is None:
         raise op_error("clamp", "At least one of 'min' or 'max' must not be None")
     out = input
@@ -324,6 +376,7 @@ def clamp_max(input, max):
 
 @composite
 def lerp(input, end, weight):
+    refuse_without_kernel("lerp", input, (dt.BOOL, dt.INT))
     return input + weight * (end - input)
 
 
@@ -345,6 +398,7 @@ def addcdiv(input, tensor1, tensor2, *scalar_first, value=1):
 
 @composite
 def hypot(input, other):
+    refuse_without_kernel("hypot", input, (dt.BOOL, dt.INT))
     return sqrt(input * input + other * other)
 
 
@@ -426,7 +480,8 @@ def _bitwise(prim, name):
         a, b = _promoted(input, other)
         dtype = (a if isinstance(a, Tensor) else b).dtype
         if dtype.is_floating_point:
-            raise op_error(name, f"\"{name}_cpu\" not implemented for '{dtype.name}'", TypeError)
+            raise op_error(name, f"\"{name}_cpu\" not implemented for "
+                           f"'{dt.SCALAR_TYPE_NAMES[dtype]}' ({dtype.name})", NotImplementedError)
         return prim(a, b)
     op.__name__ = name
     return op

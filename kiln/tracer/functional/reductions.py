@@ -366,6 +366,10 @@ def _norm_root(total, root):
 
 @composite
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
+    if dtype is None and input.dtype.category <= dt.INT:
+        raise op_error("norm", f"linalg.vector_norm: Expected a floating point or complex tensor "
+                       f"as input. Got {dt.SCALAR_TYPE_NAMES[input.dtype]} ({input.dtype.name}); "
+                       "convert it with .float() first")
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype.is_complex:             # every p-norm of complex numbers is that of |x|
         x = abs(x)
@@ -442,4 +446,7 @@ def _integer_cumprod(x: Tensor, dim: int) -> Tensor:
 
 
 def trace(input):
+    if input.dtype is dt.bool_:
+        raise op_error("trace", "\"trace\" not implemented for 'Bool' (as PyTorch); take "
+                       "x.long().trace() instead", NotImplementedError)
     return sum(diagonal(input))

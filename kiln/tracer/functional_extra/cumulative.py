@@ -7,6 +7,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
 from kiln.tracer.functional import _norm_dim
+from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional_extra.common import _f, values_indices
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import Tensor
@@ -46,6 +47,7 @@ def cummin(input, dim):
 
 @composite
 def logcumsumexp(input, dim):
+    refuse_without_kernel("logcumsumexp", input, (dt.BOOL, dt.INT))
     x = _f(input)
     d = _norm_dim(dim, x.ndim) if x.ndim else 0
     if x.ndim == 0 or x.numel() == 0:

@@ -15,7 +15,7 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary
-from kiln.tracer.functional.common import result_type
+from kiln.tracer.functional.common import both_bool, refuse_without_kernel, result_type
 from kiln.tracer.functional_extra.common import _f, _full_like
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
@@ -284,18 +284,26 @@ def _integer_pair(a, b):
 
 
 def gcd(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("gcd", input if isinstance(input, Tensor) else other)
     return P.gcd(*_integer_pair(input, other))
 
 
 def lcm(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("lcm", input if isinstance(input, Tensor) else other)
     return P.lcm(*_integer_pair(input, other))
 
 
 def bitwise_left_shift(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("lshift", input if isinstance(input, Tensor) else other)
     return P.bitwise_left_shift(*_integer_pair(input, other))
 
 
 def bitwise_right_shift(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("rshift", input if isinstance(input, Tensor) else other)
     return P.bitwise_right_shift(*_integer_pair(input, other))
 
 
@@ -311,6 +319,8 @@ def fmin(input, other):
 
 
 def positive(input):
+    if input.dtype is dt.bool_:
+        raise op_error("positive", "The `+` operator, on a bool tensor is not supported.")
     return input
 
 
