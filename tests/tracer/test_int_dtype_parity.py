@@ -125,6 +125,15 @@ UNARY = {
     "nonzero": lambda t, x, y, d: t.nonzero(x),
     "tolist": lambda t, x, y, d: t.tensor(x.tolist()),
     "item": lambda t, x, y, d: x[-1].item(),
+    "abs_of_minimum_wraps": lambda t, x, y, d: x[:2].abs(),
+    "neg_wraps": lambda t, x, y, d: t.neg(x[:2]) if x.dtype != t.bool else x,
+    "bitwise_not_method": lambda t, x, y, d: x.bitwise_not(),
+    "float_power": lambda t, x, y, d: t.float_power(x, 2),
+    "exp2_refused_or_float": lambda t, x, y, d: t.exp2(x),
+    "log1p": lambda t, x, y, d: t.log1p(x.abs() if x.dtype != t.bool else x),
+    "erf": lambda t, x, y, d: t.erf(x),
+    "relu_method": lambda t, x, y, d: x.relu(),
+    "nan_to_num": lambda t, x, y, d: t.nan_to_num(x),
 }
 
 BINARY = {
@@ -168,6 +177,14 @@ BINARY = {
     "add_scalar_alpha": lambda t, x, y, d: t.add(x, 2, alpha=3),
     "rsub": lambda t, x, y, d: t.rsub(x, y),
     "lerp_refused": lambda t, x, y, d: t.lerp(x, y, 0.5),
+    "max_binary": lambda t, x, y, d: t.max(x, y),
+    "logical_or_float": lambda t, x, y, d: t.logical_or(x, y.float()),
+    "remainder_float_tensor": lambda t, x, y, d: t.remainder(x, d.double()),
+    "isclose": lambda t, x, y, d: t.isclose(x, y),
+    "addcmul": lambda t, x, y, d: t.addcmul(x, y, d, value=2),
+    "where_mixed_signedness": lambda t, x, y, d: t.where(x > y, x.to(t.uint8), y.to(t.int8)),
+    "bitwise_and_method": lambda t, x, y, d: x.bitwise_and(y),
+    "xor_bool_int": lambda t, x, y, d: x ^ y.bool(),
 }
 
 SCALAR = {
@@ -275,6 +292,13 @@ REDUCTIONS = {
     "diff": lambda t, x, y, d: t.diff(x),
     "bincount": lambda t, x, y, d: t.bincount(x.abs() % 4),
     "histc_refused": lambda t, x, y, d: t.histc(x),
+    "prod_bool_dim": lambda t, x, y, d: x.view(2, 4).prod(1),
+    "cumsum_bool_dim": lambda t, x, y, d: (x > y).cumsum(0),
+    "sum_dtype_bool": lambda t, x, y, d: x.sum(dtype=t.bool),
+    "nanmean_refused": lambda t, x, y, d: t.nanmean(x),
+    "max_keepdim": lambda t, x, y, d: x.view(2, 4).max(1, keepdim=True),
+    "min_bool_dim": lambda t, x, y, d: (x > y).view(2, 4).min(1),
+    "logsumexp_dim": lambda t, x, y, d: t.logsumexp(x.view(2, 4), 1),
 }
 
 CLAMP_WHERE = {
@@ -317,6 +341,14 @@ CLAMP_WHERE = {
     "itruediv_refused": lambda t, x, y, d: _itruediv(x.clone(), d),
     "add_out_float": lambda t, x, y, d: t.add(x, y, out=t.empty(8)),
     "add_out_int_from_float_refused": lambda t, x, y, d: t.add(x, 0.5, out=t.empty(8, dtype=x.dtype)),
+    "add_": lambda t, x, y, d: x.clone().add_(y),
+    "mul_int_": lambda t, x, y, d: x.clone().mul_(3),
+    "sub_alpha_": lambda t, x, y, d: x.clone().sub_(y, alpha=2),
+    "clamp_": lambda t, x, y, d: x.clone().clamp_(0, 4),
+    "masked_fill_": lambda t, x, y, d: x.clone().masked_fill_(x > y, 1),
+    "div_floor_": lambda t, x, y, d: x.clone().div_(d, rounding_mode="floor"),
+    "bitwise_and_": lambda t, x, y, d: x.clone().bitwise_and_(y),
+    "clamp_uint8_tensor_bounds": lambda t, x, y, d: t.clamp(x, min=t.tensor(1), max=t.tensor(4)),
 }
 
 
@@ -449,3 +481,100 @@ def test_indexing(fn, name):
 @pytest.mark.parametrize("fn,name", cases(MATRIX))
 def test_matrix(fn, name):
     assert_same(fn, name)
+
+
+# ----------------------------------------------------------------------------- the messages
+# A refusal's class is compared above; here, that kiln's message says what PyTorch's says (the
+# gist is checked against PyTorch's message too, so it cannot drift from it).
+
+GISTS = [
+    ("std of an int tensor", lambda t: t.tensor([1, 2, 3]).std(),
+     "only support floating point and complex"),
+    ("var of a bool tensor", lambda t: t.tensor([True, False]).var(),
+     "only support floating point and complex"),
+    ("uint8 tensor of 300", lambda t: t.tensor([300], dtype=t.uint8),
+     "cannot be converted to type uint8"),
+    ("int8 full of 128", lambda t: t.full((2,), 128, dtype=t.int8),
+     "cannot be converted to type int8"),
+    ("fill_ out of range", lambda t: t.zeros(2, dtype=t.uint8).fill_(256), "without overflow"),
+    ("int ** negative int", lambda t: t.tensor([2, 3]) ** -1,
+     "Integers to negative integer powers are not allowed"),
+    ("float alpha on ints", lambda t: t.add(t.tensor([1]), t.tensor([2]), alpha=0.5),
+     "alpha must not be a floating point number"),
+    ("bool minus int", lambda t: t.tensor([True]) - 1, "with a bool tensor is not supported"),
+    ("argmax of bool", lambda t: t.tensor([True, False]).argmax(), "does not support bool"),
+    ("topk of bool", lambda t: t.tensor([True, False]).topk(1), "does not support bool"),
+    ("floor of bool", lambda t: t.floor(t.tensor([True])), "not implemented for 'Bool'"),
+    ("hypot of int", lambda t: t.hypot(t.tensor([3]), t.tensor([4])),
+     "not implemented for 'Long'"),
+    ("det of int", lambda t: t.linalg.det(t.tensor([[1, 2], [3, 4]])),
+     "Expected a floating point or complex tensor as input"),
+    ("mean of int", lambda t: t.tensor([1, 2]).mean(), "Input dtype must be either a floating"),
+]
+
+
+@pytest.mark.parametrize("what,fn,gist", GISTS, ids=[g[0] for g in GISTS])
+def test_refusal_message_says_what_pytorch_says(what, fn, gist):
+    with pytest.raises(Exception) as expected:
+        fn(torch)
+    assert gist in str(expected.value)
+    with pytest.raises(expected.type) as got:
+        fn(kiln)
+    assert gist in str(got.value)
+
+
+# ----------------------------------------------------------------------------- the reported ones
+
+def test_int_cumprod_is_exact_int64_as_pytorch():
+    # counts multiplied along a sequence: a float32 running product loses the low digits
+    values = [3, -7, 11, 13, -17, 19, 23, 29, 31, 37, 41, 43, 47]
+    got = kiln.tensor(values, dtype=kiln.int32).cumprod(0)
+    want = torch.tensor(values, dtype=torch.int32).cumprod(0)
+    assert got.dtype == kiln.int64 and want.dtype == torch.int64
+    assert got.tolist() == want.tolist()
+
+
+def test_accuracy_counter_stays_integer():
+    # the tutorials' `correct += (pred == labels).sum().item()` and friends
+    outs = {}
+    for lib in (kiln, torch):
+        pred = lib.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]).argmax(1)
+        labels = lib.tensor([1, 0, 0])
+        hits = pred == labels
+        outs[lib.__name__] = (hits.sum(), hits.cumsum(0), hits.float().mean(), hits.all(),
+                              (pred * 2 + 1) // 2)
+    for got, want in zip(outs["kiln"], outs["torch"]):
+        assert got.dtype.name == str(want.dtype).split(".")[-1]
+        assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("value", [-1, -128, -255, 255])
+def test_uint8_tensor_of_negative_wraps_as_pytorch(value):
+    got = kiln.tensor([value, 7], dtype=kiln.uint8)
+    want = torch.tensor([value, 7], dtype=torch.uint8)
+    assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("name", INTS)
+def test_min_of_the_dtype_minimum(name):
+    # -x of the minimum is itself: a min taken as -max(-x) missed it
+    def summary(lib):
+        info = np.iinfo(name)
+        x = lib.tensor([5, int(info.min), 0, int(info.max)], dtype=getattr(lib, name))
+        return x.min().item(), x.argmin().item(), x.sort(descending=True).values.tolist()
+    assert summary(kiln) == summary(torch)
+
+
+@pytest.mark.parametrize("equal_nan", [False, True])
+def test_isclose_as_pytorch_at_infinities_and_on_bools(equal_nan):
+    # rewritten in PyTorch's order for int8's wrapped |-128| and bools; an infinite distance is
+    # never close (1 and inf), equal infinities are
+    inf, nan = float("inf"), float("nan")
+    pairs = [([1.0, inf, nan, 1.0, -inf], [inf, inf, nan, 1.0 + 1e-7, inf]),
+             ([True, False, True], [True, True, False])]
+    for a, b in pairs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = kiln.isclose(kiln.tensor(a), kiln.tensor(b), equal_nan=equal_nan)
+        want = torch.isclose(torch.tensor(a), torch.tensor(b), equal_nan=equal_nan)
+        assert got.tolist() == want.tolist()

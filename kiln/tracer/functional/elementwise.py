@@ -382,6 +382,8 @@ def lerp(input, end, weight):
 
 @composite
 def addcmul(input, tensor1, tensor2, *scalar_first, value=1):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("addcmul", input)
     if scalar_first:                # addcmul(x, 2, t1, t2): PyTorch's deprecated overload
         (tensor1, tensor2), value = scalar_first_overload("addcmul", tensor1,
                                                           (tensor2,) + scalar_first, value)
@@ -541,7 +543,12 @@ def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False) -> bool:
 @composite
 def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
     a, b = _promoted(input, other)
-    close = le(abs(a - b), atol + rtol * abs(b))
+    if a.dtype is dt.bool_:              # PyTorch measures bools' distance as floats
+        a, b = _floating(a), _floating(b)
+    # PyTorch's order: |rtol * b| (a float, never int8's wrapped |-128|), |a - b| in a's dtype;
+    # an infinite distance is never close (1 and inf are not), equal infinities are
+    error = abs(a - b)
+    close = logical_and(isfinite(error), le(error, atol + abs(rtol * b)))
     close = logical_or(close, eq(a, b))
     if equal_nan:
         close = logical_or(close, logical_and(isnan(a), isnan(b)))

@@ -166,6 +166,9 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
 
 @composite
 def nanmean(input, dim=None, keepdim=False):
+    if not (input.dtype.is_floating_point or input.dtype.is_complex):
+        raise op_error("nanmean", f"nanmean(): expected input to have floating point or complex "
+                       f"dtype but got {dt.SCALAR_TYPE_NAMES[input.dtype]} ({input.dtype.name})")
     if input.dtype in dt.HALF:
         return _narrowed(nanmean(_widened(input), dim, keepdim), input.dtype)
     keep = logical_not(isnan(input))
