@@ -409,6 +409,9 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False)
     kind = _dtype(dtype) or dt.get_default_dtype()
     if kind in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("linspace", kind)
+    if kind is dt.bool_:
+        raise op_error("linspace", "\"linspace_cpu\" not implemented for 'Bool' (as "
+                       "PyTorch); make a float range and compare it instead", NotImplementedError)
     if steps == 1:
         return full((1,), start, dtype=kind, device=device, requires_grad=requires_grad)
     i = arange(steps, dtype=dt.float64, device=device)

@@ -327,8 +327,8 @@ fix = trunc
 
 
 def round(input, *, decimals=0):
-    if input.dtype is dt.bool_:
-        refuse_without_kernel("round", input)
+    if input.dtype is dt.bool_ or decimals and input.dtype.category == dt.INT:
+        refuse_without_kernel("round", input, (dt.BOOL, dt.INT))
     if input.dtype.is_floating_point and decimals:
         return P.round(input, decimals=decimals)
     return P.round(input)
@@ -367,10 +367,14 @@ clip = clamp
 
 
 def clamp_min(input, min):
+    if both_bool(input, min):                # PyTorch's clamp_min has a bool loop: or
+        return logical_or(input, min)
     return clamp(input, min=min)
 
 
 def clamp_max(input, max):
+    if both_bool(input, max):                # and clamp_max's: and
+        return logical_and(input, max)
     return clamp(input, max=max)
 
 

@@ -88,6 +88,7 @@ def median(input, dim=None, keepdim=False):
 
 def nanmedian(input, dim=None, keepdim=False):
     """Median over the non-NaN values (NaN sorts last, so the k-th of the valid ones)."""
+    refuse_without_kernel("median", input)
     if dim is None:
         return nanmedian(F.reshape(input, (-1,)), 0).values
     d = _norm_dim(dim, input.ndim) if input.ndim else 0
@@ -126,6 +127,9 @@ def mode(input, dim=-1, keepdim=False):
 
 
 def quantile(input, q, dim=None, keepdim=False, *, interpolation="linear"):
+    if not input.dtype.is_floating_point:
+        raise op_error("quantile", f"quantile() input tensor must be either float or double "
+                       f"dtype, got {input.dtype.name}; convert it with .float() first")
     x = _f(input)
     if dim is None:
         x, d = F.reshape(x, (-1,)), 0
