@@ -65,7 +65,8 @@ def assert_same(fn, name):
     want = outcome(fn, torch, name)
     got = outcome(fn, kiln, name)
     if want[0] == "raises":
-        assert got[0] == "raises", f"torch raises {want[1].__name__}({want[2]!r}); kiln gave {got[1]}"
+        assert got[0] == "raises", \
+            f"torch raises {want[1].__name__}({want[2]!r}); kiln gave {got[1]}"
         assert issubclass(got[1], want[1]), \
             f"torch raises {want[1].__name__}({want[2]!r}); kiln {got[1].__name__}({got[2]!r})"
         return
@@ -340,7 +341,8 @@ CLAMP_WHERE = {
     "imul_tensor": lambda t, x, y, d: _imul(x.clone(), y),
     "itruediv_refused": lambda t, x, y, d: _itruediv(x.clone(), d),
     "add_out_float": lambda t, x, y, d: t.add(x, y, out=t.empty(8)),
-    "add_out_int_from_float_refused": lambda t, x, y, d: t.add(x, 0.5, out=t.empty(8, dtype=x.dtype)),
+    "add_out_int_from_float_refused": lambda t, x, y, d: t.add(x, 0.5,
+                                                             out=t.empty(8, dtype=x.dtype)),
     "add_": lambda t, x, y, d: x.clone().add_(y),
     "mul_int_": lambda t, x, y, d: x.clone().mul_(3),
     "sub_alpha_": lambda t, x, y, d: x.clone().sub_(y, alpha=2),

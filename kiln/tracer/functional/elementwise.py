@@ -37,6 +37,9 @@ def add(input, other, *scalar_first, alpha=1):
 def _times_alpha(op: str, input, other, alpha):
     """alpha * other of add/sub, computed in the result's dtype as PyTorch does (a number
     stays a number: add(x, 2, alpha=3) adds 6; bool results take alpha as a bool)."""
+    if isinstance(other, Tensor) and isinstance(input, Tensor) and \
+            other.dtype is input.dtype and other.dtype.category == dt.FLOAT:
+        return mul(other, alpha)      # the common case: an optimizer's p.add_(g, alpha=-lr)
     kind = result_type(input, other)
     if kind.category <= dt.INT and isinstance(alpha, float):
         raise op_error(op, f"For integral input tensors, argument alpha must not be a floating "
@@ -217,10 +220,9 @@ def pow(input, exponent):
         elif type(e) is int and e < 0 and input.dtype.category <= dt.INT:
             raise op_error("pow", f"Integers to negative integer powers are not allowed "
                            f"({input.dtype.name} tensor ** {e}); raise a float tensor instead")
-    elif isinstance(exponent, Tensor) and isinstance(input, Tensor):
-        base, e = _promoted(input, exponent)
-        if e.dtype.category == dt.INT:
-            return _integer_pow(base, e)
+    elif isinstance(exponent, Tensor) and isinstance(input, Tensor) and \
+            input.dtype.category <= dt.INT and exponent.dtype.category <= dt.INT:
+        return _integer_pow(*_promoted(input, exponent))
     return _binary(P.pow, input, exponent)
 
 

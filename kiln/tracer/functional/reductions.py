@@ -278,9 +278,7 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
 def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
-    if not (input.dtype.is_floating_point or input.dtype.is_complex):
-        raise op_error("var", f"std and var only support floating point and complex dtypes, "
-                       f"got {input.dtype.name}; convert with .float() first")
+    _refuse_integer_spread("var", input)
     x = input
     if x.dtype in dt.HALF:
         return _narrowed(var(_widened(x), dim, unbiased, keepdim, correction=correction),
@@ -293,8 +291,16 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
 
 
+def _refuse_integer_spread(op: str, input) -> None:
+    if not (input.dtype.is_floating_point or input.dtype.is_complex):
+        raise op_error(op, f"std and var only support floating point and complex dtypes, "
+                       f"got {input.dtype.name}; convert with .float() first")
+
+
 @composite
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(input, Tensor):
+        _refuse_integer_spread("std", input)
     if isinstance(input, Tensor) and input.dtype in dt.HALF:
         return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
                          input.dtype)
@@ -335,7 +341,7 @@ def logsumexp(input, dim=None, keepdim=False):
 
 
 def all(input, dim=None, keepdim=False):
-    # the inner negation as a primitive: PyTorch's all takes uint16/32/64, its logical_not not
+    # negations as primitives: PyTorch's all takes uint16/32/64, its logical_not does not
     out = P.bitwise_not(_any(P.bitwise_not(_bool(input)), dim, keepdim))
     return P.cast(out, dtype=dt.uint8) if input.dtype is dt.uint8 else out
 
