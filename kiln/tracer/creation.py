@@ -140,17 +140,21 @@ def _to_array(data, dtype: dt.DType | None):
         _check_ragged(data)
         inferred = _infer_data_dtype(data)
         flat = _unwrap_tensors(data)
-        return _numbers_array(flat, dtype or inferred), dtype or inferred
+        return _numbers_array(flat, dtype or inferred, inferred), dtype or inferred
     if isinstance(data, (bool, int, float, complex)):
         inferred = dt.scalar_dtype(data)
-        return _numbers_array(data, dtype or inferred), dtype or inferred
+        return _numbers_array(data, dtype or inferred, inferred), dtype or inferred
     raise TypeError(f"tensor(): could not convert data of type {type(data).__name__}")
 
 
-def _numbers_array(data, kind: dt.DType) -> np.ndarray:
-    """Python numbers (nested lists) as an array of `kind`. NumPy refuses an int out of an
-    integer dtype's range; PyTorch wraps an unsigned dtype's small negatives (uint8's -1 is
-    255) and refuses the rest with a RuntimeError, beyond 64 bits with a ValueError."""
+def _numbers_array(data, kind: dt.DType, inferred: dt.DType) -> np.ndarray:
+    """Python numbers (nested lists, of dtype `inferred`) as an array of `kind`. NumPy refuses
+    an int out of an integer dtype's range and casts floats blindly; PyTorch wraps an unsigned
+    dtype's small int negatives (uint8's -1 is 255) and refuses the rest, and floats out of
+    range, with a RuntimeError, an int beyond 64 bits with a ValueError."""
+    if kind.category == dt.INT and inferred.is_floating_point:
+        values = np.array(data, dtype=np.float64)       # floats: in range, or refused
+        return np.frompyfunc(lambda v: _int_element(v, kind), 1, 1)(values).astype(kind.np)
     try:
         return np.array(data, dtype=_parsed_as(kind))
     except OverflowError:
@@ -161,6 +165,8 @@ def _numbers_array(data, kind: dt.DType) -> np.ndarray:
 
 
 def _int_element(value, kind: dt.DType) -> int:
+    if isinstance(value, float):
+        return int_fill_value("tensor", value, kind)
     value = int(value)
     if not -2 ** 63 <= value < 2 ** 63:
         raise op_error("tensor", f"Overflow when unpacking long long: {value} does not fit in "
@@ -288,9 +294,9 @@ def full(*shape, size=None, fill_value=None, dtype=None, device=None,
                      value=_cast_value(fill_value, kind), dtype=kind)
 
 
-def int_fill_value(op: str, value: int, kind: dt.DType) -> int:
+def int_fill_value(op: str, value: int | float, kind: dt.DType) -> int:
     """`value` as it fills an integer tensor of dtype `kind`: PyTorch's range check (an
-    unsigned dtype takes negatives down to -max, wrapped: uint8 -1 is 255)."""
+    unsigned dtype takes int negatives down to -max, wrapped: uint8 -1 is 255, -1.0 refused)."""
     out = dt.checked_int(value, kind)
     if out is None:
         raise op_error(op, f"value cannot be converted to type {kind.name} without overflow: "
@@ -308,7 +314,7 @@ def _cast_value(value, kind: dt.DType, op: str = "full"):
     if isinstance(value, complex):
         raise TypeError(f"full: cannot fill a {kind.name} tensor with the complex value "
                         f"{value!r}; give dtype=kiln.complex64 (or complex128)")
-    return int_fill_value(op, int(value), kind)
+    return int_fill_value(op, value if type(value) is float else int(value), kind)
 
 
 def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:

@@ -481,6 +481,12 @@ MORE = {
     "to_from_float_negative": lambda t, x, y, d: t.tensor([-1.7, 2.9, 100.2]).to(x.dtype),
     "tensor_mixed_list": lambda t, x, y, d: t.tensor([True, 2, 3]),
     "tensor_float_to_int": lambda t, x, y, d: t.tensor([3.7, -2.2], dtype=x.dtype),
+    "tensor_float_out_of_range": lambda t, x, y, d: t.tensor([127.5], dtype=x.dtype),
+    "tensor_float_nan": lambda t, x, y, d: t.tensor([float("nan")], dtype=x.dtype),
+    "full_float_negative": lambda t, x, y, d: t.full((2,), -1.0, dtype=x.dtype),
+    "fill_float": lambda t, x, y, d: x.clone().fill_(-2.5),
+    "setitem_float_out_of_range": lambda t, x, y, d: _setitem(x.clone(), 1, 255.5),
+    "masked_fill_float_negative": lambda t, x, y, d: x.masked_fill(x > y, -1.0),
     "scalar_tensor": lambda t, x, y, d: t.scalar_tensor(3, dtype=x.dtype),
     "full_bool_value": lambda t, x, y, d: t.full((2,), True),
     "sum_empty_dims": lambda t, x, y, d: x.view(2, 4).sum((0, 1)),
@@ -651,8 +657,6 @@ def test_isclose_as_pytorch_at_infinities_and_on_bools(equal_nan):
 MORE_XFAIL = {
     ("mse_loss_refused", None): "kiln's mse_loss refuses ints with mean's RuntimeError, "
                                 "PyTorch with NotImplementedError (a subclass)",
-    ("tensor_float_to_int", "uint8"): "tensor([-2.2], dtype=uint8): PyTorch range-checks "
-                                       "float elements, kiln casts them as NumPy (wraps)",
 }
 
 

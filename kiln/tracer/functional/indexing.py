@@ -286,10 +286,10 @@ def masked_fill(input, mask, value):
         raise _unsigned_refusal("masked_fill", input.dtype)
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
+    elif input.dtype.category == dt.INT and (type(value) is int or type(value) is float):
+        value = creation.int_fill_value("masked_fill", value, input.dtype)
     elif input.dtype.category != dt.FLOAT and isinstance(value, float):
         value = int(value)
-    if type(value) is int and input.dtype.category == dt.INT:
-        value = creation.int_fill_value("masked_fill", value, input.dtype)
     if mask.dtype is not dt.bool_:
         raise op_error("masked_fill", f"masked_fill_ only supports boolean masks, but got mask "
                        f"with dtype {mask.dtype.name}")
