@@ -1003,6 +1003,10 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_same_size(input, target, "mse_loss")
+    if not any(t.dtype.is_floating_point or t.dtype.is_complex for t in (input, target)):
+        raise op_error("mse_loss", f"\"mse_cpu\" not implemented for {input.dtype.name} and "
+                       f"{target.dtype.name} (as PyTorch): compare float tensors",
+                       NotImplementedError)
     diff = input - target
     loss = diff * diff
     if weight is not None:

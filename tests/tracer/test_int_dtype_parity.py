@@ -654,13 +654,7 @@ def test_isclose_as_pytorch_at_infinities_and_on_bools(equal_nan):
         assert got.tolist() == want.tolist()
 
 
-MORE_XFAIL = {
-    ("mse_loss_refused", None): "kiln's mse_loss refuses ints with mean's RuntimeError, "
-                                "PyTorch with NotImplementedError (a subclass)",
-}
-
-
-@pytest.mark.parametrize("fn,name", cases(MORE, xfail=MORE_XFAIL))
+@pytest.mark.parametrize("fn,name", cases(MORE))
 def test_more_ops(fn, name):
     assert_same(fn, name)
 
