@@ -514,6 +514,38 @@ MORE = {
     "neg_": lambda t, x, y, d: x.clone().neg_(),
     "remainder_": lambda t, x, y, d: x.clone().remainder_(3),
     "lshift_": lambda t, x, y, d: x.clone().__ilshift__(1),
+    "result_type_float": lambda t, x, y, d: t.empty(0, dtype=t.result_type(x, 2.5)),
+    "result_type_0d": lambda t, x, y, d: t.empty(0, dtype=t.result_type(x, t.tensor(1.5))),
+    "promote_with_uint8": lambda t, x, y, d: t.empty(0, dtype=t.promote_types(x.dtype, t.uint8)),
+    "add_0d_float16": lambda t, x, y, d: x + t.tensor(1.5, dtype=t.float16),
+    "and_int8_uint8": lambda t, x, y, d: x.to(t.int8) & y.to(t.uint8),
+    "lshift_by_long": lambda t, x, y, d: x.to(t.int8) << (y.long().abs() % 3),
+    "where_0d_int8_uint8": lambda t, x, y, d: t.where(x > y, t.tensor(1, dtype=t.int8),
+                                                      y.to(t.uint8)),
+    "eq_float_tensor": lambda t, x, y, d: x == y.double(),
+    "eq_minus_one": lambda t, x, y, d: x == -1,
+    "ne_float_scalar": lambda t, x, y, d: x != 2.5,
+    "max_pool1d_refused": lambda t, x, y, d: t.nn.functional.max_pool1d(x.view(1, 1, 8), 2),
+    "max_pool2d": lambda t, x, y, d: t.nn.functional.max_pool2d(x.view(1, 1, 2, 4), 2),
+    "max_pool2d_padded": lambda t, x, y, d: t.nn.functional.max_pool2d(
+        x.view(1, 1, 2, 4), 2, padding=1),
+    "avg_pool1d": lambda t, x, y, d: t.nn.functional.avg_pool1d(x.view(1, 1, 8), 2),
+    "avg_pool2d_odd": lambda t, x, y, d: t.nn.functional.avg_pool2d(x.view(1, 1, 2, 4), 2,
+                                                                   stride=1, padding=1),
+    "adaptive_avg_pool2d": lambda t, x, y, d: t.nn.functional.adaptive_avg_pool2d(
+        x.view(1, 1, 2, 4), 1),
+    "interpolate_nearest": lambda t, x, y, d: t.nn.functional.interpolate(
+        x.view(1, 1, 8).to(t.uint8), scale_factor=2),
+    "sum_dim_dtype": lambda t, x, y, d: x.view(2, 4).sum(1, dtype=t.int16),
+    "mean_dtype_dim": lambda t, x, y, d: x.view(2, 4).mean(0, dtype=t.float32),
+    "std_dtype_float": lambda t, x, y, d: x.double().std(),
+    "sort_bool": lambda t, x, y, d: t.sort(x > y, stable=True),
+    "unique_bool": lambda t, x, y, d: t.unique(x > y),
+    "cumsum_uint8": lambda t, x, y, d: x.to(t.uint8).cumsum(0, dtype=t.uint8),
+    "prod_uint8": lambda t, x, y, d: d.to(t.uint8).prod(dtype=t.uint8),
+    "int_div_zero_refused": lambda t, x, y, d: x // t.zeros_like(x),
+    "int_mod_zero_refused": lambda t, x, y, d: x % 0,
+    "true_div_zero": lambda t, x, y, d: x / 0,
 }
 
 
