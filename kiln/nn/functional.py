@@ -517,6 +517,13 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
 def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     _refuse_pool_dtype("max_pool1d", input)
+    return _max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _max_pool1d(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool,
+                return_indices: bool):
+    """max_pool1d as max_pool2d over one row; also max_pool3d's depth pass, which (unlike
+    PyTorch's max_pool1d) takes integer tensors."""
     first = lambda v: v if isinstance(v, int) or v is None else v[0]
     result = max_pool2d(input.unsqueeze(-2), (1, first(kernel_size)),
                         None if stride is None else (1, first(stride)), (0, first(padding)),

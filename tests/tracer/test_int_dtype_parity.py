@@ -534,6 +534,17 @@ MORE = {
                                                                    stride=1, padding=1),
     "adaptive_avg_pool2d": lambda t, x, y, d: t.nn.functional.adaptive_avg_pool2d(
         x.view(1, 1, 2, 4), 1),
+    "adaptive_max_pool2d": lambda t, x, y, d: t.nn.functional.adaptive_max_pool2d(
+        x.view(1, 1, 2, 4), 1),
+    "max_pool3d": lambda t, x, y, d: t.nn.functional.max_pool3d(x.view(1, 1, 2, 2, 2), 2),
+    "avg_pool3d": lambda t, x, y, d: t.nn.functional.avg_pool3d(x.view(1, 1, 2, 2, 2), 2),
+    "pad_bool": lambda t, x, y, d: t.nn.functional.pad(x > y, (1, 1)),
+    "pad_reflect_refused": lambda t, x, y, d: t.nn.functional.pad(x.view(1, 1, 8), (1, 1),
+                                                                  mode="reflect"),
+    "upsample_nearest": lambda t, x, y, d: t.nn.functional.interpolate(
+        x.view(1, 1, 8), scale_factor=2, mode="nearest"),
+    "grid_refused": lambda t, x, y, d: t.nn.functional.interpolate(
+        x.view(1, 1, 8), scale_factor=2, mode="linear"),
     "interpolate_nearest": lambda t, x, y, d: t.nn.functional.interpolate(
         x.view(1, 1, 8).to(t.uint8), scale_factor=2),
     "sum_dim_dtype": lambda t, x, y, d: x.view(2, 4).sum(1, dtype=t.int16),
