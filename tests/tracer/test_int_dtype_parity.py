@@ -41,13 +41,12 @@ def inputs(lib, name: str):
             lib.tensor(nonzero_sample(name, 5), dtype=dtype))
 
 
-def outcome(fn, lib, name):
-    """What `fn(lib, x, y, d)` gives: ("ok", [(dtype, values)...]) or ("raises", class)."""
-    x, y, d = inputs(lib, name)
+def outcome(run, lib):
+    """What `run(lib)` gives: ("ok", [(dtype, shape, values)...]) or ("raises", class, text)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = fn(lib, x, y, d)
+            out = run(lib)
     except Exception as e:            # noqa: BLE001 - the class is what is compared
         return "raises", type(e), str(e)
     return "ok", flatten(out)
@@ -62,8 +61,13 @@ def flatten(out) -> list:
 
 
 def assert_same(fn, name):
-    want = outcome(fn, torch, name)
-    got = outcome(fn, kiln, name)
+    """`fn(lib, x, y, d)` on the dtype `name`'s sample inputs, the same in kiln as in torch."""
+    assert_same_run(lambda lib: fn(lib, *inputs(lib, name)))
+
+
+def assert_same_run(run):
+    want = outcome(run, torch)
+    got = outcome(run, kiln)
     if want[0] == "raises":
         assert got[0] == "raises", \
             f"torch raises {want[1].__name__}({want[2]!r}); kiln gave {got[1]}"
@@ -719,3 +723,30 @@ def test_compiled_integer_rules_equal_pytorch(name):
         for g, w in zip(got, want):
             assert str(g.dtype).split(".")[-1] == str(w.dtype).split(".")[-1]
             assert g.tolist() == w.tolist()
+
+
+# ----------------------------------------------------------------------------- dtype pairs
+
+PAIR_OPS = {
+    "add": lambda t, a, b: a + b,
+    "mul": lambda t, a, b: t.mul(a, b),
+    "floor_divide": lambda t, a, b: t.floor_divide(a, b),
+    "true_divide": lambda t, a, b: a / b,
+    "bitwise_or": lambda t, a, b: a | b,
+    "lt": lambda t, a, b: a < b,
+    "maximum": lambda t, a, b: t.maximum(a, b),
+    "where": lambda t, a, b: t.where(a > 1, a, b),
+    "cat": lambda t, a, b: t.cat([a, b]),
+    "0d_right": lambda t, a, b: a * b[0],
+    "0d_left": lambda t, a, b: a[0] - b if a.dtype != t.bool and b.dtype != t.bool else a[0] & b,
+}
+
+
+@pytest.mark.parametrize("op", list(PAIR_OPS))
+@pytest.mark.parametrize("left,right", [(a, b) for a in DTYPES for b in DTYPES])
+def test_mixed_dtype_pairs_promote_as_pytorch(op, left, right):
+    def run(lib):
+        a = lib.tensor(nonzero_sample(left, 1)[:4], dtype=getattr(lib, left))
+        b = lib.tensor(nonzero_sample(right, 2)[:4], dtype=getattr(lib, right))
+        return PAIR_OPS[op](lib, a, b)
+    assert_same_run(run)
