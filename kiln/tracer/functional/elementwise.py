@@ -68,7 +68,8 @@ def _scaled_in_float32(prim, input: Tensor, other: Tensor, alpha) -> Tensor:
 def sub(input, other, *scalar_first, alpha=1):
     if scalar_first:                # sub(x, 2, y): PyTorch's deprecated overload
         (other,), alpha = scalar_first_overload("sub", other, scalar_first, alpha)
-    if getattr(input, "dtype", None) is dt.bool_ or getattr(other, "dtype", None) is dt.bool_:
+    if getattr(input, "dtype", None) is dt.bool_ or getattr(other, "dtype", None) is dt.bool_ \
+            or type(input) is bool or type(other) is bool:
         _refuse_bool_subtraction(input, other)
     if alpha != 1:
         if _both_bfloat16(input, other):
@@ -107,7 +108,9 @@ _TENSOR_NAMES = {1: ("other",), 2: ("tensor1", "tensor2")}
 
 
 def _refuse_bool_subtraction(input, other) -> None:
-    bools = [isinstance(x, Tensor) and x.dtype is dt.bool_ for x in (input, other)]
+    """PyTorch refuses `-` with a bool tensor or a Python bool on either side."""
+    bools = [type(x) is bool or isinstance(x, Tensor) and x.dtype is dt.bool_
+             for x in (input, other)]
     if bools[0] and bools[1]:
         raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
                        "supported. Use the `^` or `logical_xor()` operator instead.")
