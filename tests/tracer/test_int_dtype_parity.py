@@ -577,6 +577,8 @@ MORE = {
                                                               "sum"),
     "scatter_reduce_amax": lambda t, x, y, d: x.scatter_reduce(0, t.tensor([0, 0, 1]), y[:3],
                                                                "amax", include_self=False),
+    "scatter_reduce_amin_self": lambda t, x, y, d: x.scatter_reduce(0, t.tensor([0, 0, 1]),
+                                                                    y[:3], "amin"),
     "python_int": lambda t, x, y, d: t.tensor(int(x[1])),
     "python_index": lambda t, x, y, d: t.tensor(list(range(10))[(x[4] if x.dtype != t.bool
                                                                else x[1]).__index__()]),
@@ -720,13 +722,7 @@ def test_isclose_as_pytorch_at_infinities_and_on_bools(equal_nan):
         assert got.tolist() == want.tolist()
 
 
-MORE_XFAIL = {
-    ("scatter_reduce_amax", "bool"): "scatter_reduce(reduce='amax') on bool: kiln's kernel "
-                                     "asks NumPy for a bool iinfo and fails",
-}
-
-
-@pytest.mark.parametrize("fn,name", cases(MORE, xfail=MORE_XFAIL))
+@pytest.mark.parametrize("fn,name", cases(MORE))
 def test_more_ops(fn, name):
     assert_same(fn, name)
 

@@ -295,6 +295,8 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
     elif reduce in ("amax", "amin"):
         if vals.dtype.is_floating_point:
             fill = -math.inf if reduce == "amax" else math.inf
+        elif vals.dtype is dt.bool_:                  # bools order False < True
+            fill = reduce != "amax"
         else:
             info = np.iinfo(vals.dtype.np)
             fill = int(info.min if reduce == "amax" else info.max)
