@@ -37,7 +37,11 @@ def _float(A: Tensor) -> Tensor:
                        f"{A.dtype.name} {list(A.shape)}. Complex matrices work with matmul, "
                        "einsum, the norms and kiln.fft; for the rest, split real and imaginary "
                        "parts into a real block matrix [[Re, -Im], [Im, Re]]")
-    return A if A.dtype.is_floating_point else A.to(dt.get_default_dtype())
+    if not A.dtype.is_floating_point:       # as PyTorch: no integer linear algebra
+        raise op_error("linalg", f"Expected a floating point or complex tensor as input. Got "
+                       f"{dt.SCALAR_TYPE_NAMES[A.dtype]} ({A.dtype.name} {list(A.shape)}); "
+                       "convert it with .float() first")
+    return A
 
 
 def _mT(A: Tensor) -> Tensor:
@@ -65,6 +69,9 @@ def vecdot(x, y, *, dim=-1):
 
 def cross(input, other, *, dim=-1):
     a, b = F.broadcast_tensors(input, other)
+    if a.dtype is dt.bool_:
+        raise op_error("linalg.cross", "\"cross\" not implemented for 'Bool' (as PyTorch); "
+                       "take the cross product of .long() tensors", NotImplementedError)
     d = dim % a.ndim
     if a.shape[d] != 3:
         raise op_error("linalg.cross", f"inputs dimension {dim} must have length 3, got "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -184,6 +185,41 @@ def bfloat16_value(number) -> float:
     float32's range, an infinity, as in PyTorch, without NumPy's overflow warning."""
     with np.errstate(over="ignore"):
         return float(np.float32(number).astype(bfloat16.np))
+
+
+# (lowest, highest) value of each integer dtype, for the two conversions of a Python int below
+_INT_RANGE = {d: (int(np.iinfo(d.np).min), int(np.iinfo(d.np).max)) for d in ALL
+              if d.category == INT}
+_ANY = (-math.inf, math.inf)
+
+
+def wrapped_int(value: int, dtype: DType) -> int:
+    """A Python int operand of an arithmetic op or comparison on an integer tensor, as PyTorch
+    converts it: modulo 2**bits (int8 + 1000 adds -24). Beyond the 64-bit range, PyTorch's
+    OverflowError. (Quantized dtypes, outside the table, take their own rules.)"""
+    low, high = _INT_RANGE.get(dtype, _ANY)
+    if low <= value <= high:
+        return value
+    if not -2 ** 63 <= value < 2 ** 64:
+        raise OverflowError(f"int too big to convert: {value} does not fit in 64 bits")
+    bits = 8 * np.dtype(dtype.np).itemsize
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if low and value > high else value
+
+
+def checked_int(value: int | float, dtype: DType) -> int | None:
+    """A Python number that fills an integer tensor (tensor(), full, fill_, where, clamp), as
+    PyTorch converts it, or None where PyTorch refuses it ("cannot be converted without
+    overflow"): in range (a float truncated toward zero; NaN and inf refused), or for an
+    unsigned dtype an int down to -highest, wrapped."""
+    low, high = _INT_RANGE.get(dtype, _ANY)
+    if low <= value <= high:
+        return int(value)
+    if type(value) is float:
+        return None
+    if not low and -high <= value < 0:
+        return value + high + 1
+    return None
 
 
 def get_default_dtype() -> DType:

@@ -1177,6 +1177,9 @@ def _matmul_infer(shapes, dtypes):
     if len(a) < 2 or len(b) < 2 or a[:-2] != b[:-2] or a[-1] != b[-2]:
         raise ShapeError(f"mat1 and mat2 shapes cannot be multiplied "
                          f"({'x'.join(map(str, a))} and {'x'.join(map(str, b))})")
+    if dtypes[0] is dt.bool_:
+        raise ShapeError("\"addmm_impl_cpu_\" not implemented for 'Bool' (as PyTorch): "
+                         "multiply bool matrices as .long() or .float()", NotImplementedError)
     return a[:-1] + b[-1:], _same_dtype(dtypes)
 
 

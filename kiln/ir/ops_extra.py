@@ -145,10 +145,10 @@ def _argsort_impl(xp, x, axis, descending):
         # argsort of -x is stable for ties; NaN (torch's largest value) is then moved first
         if x.dtype == bool:
             return xp.argsort(~x, axis=axis, kind="stable")
-        if x.dtype.kind == "u":
-            key = ~x        # reverses unsigned order exactly (uint64 does not fit in int64)
+        if x.dtype.kind in "ui":
+            key = ~x        # reverses an integer order exactly (-x overflows at the minimum)
         else:
-            key = -x if x.dtype.kind == "f" else -x.astype(np.int64)
+            key = -x
         order = xp.argsort(key, axis=axis, kind="stable")
         if x.dtype.kind == "f":
             nan_last = ~xp.isnan(xp.take_along_axis(x, order, axis=axis))

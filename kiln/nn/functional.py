@@ -466,6 +466,7 @@ def _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw) -> np
 def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Max pooling; the gradient goes to the first maximum of each window, as in PyTorch."""
+    _refuse_pool_dtype("max_pool2d", input, integers=False)
     x, unbatched = _as_4d(input, "max_pool2d")
     n, c, h, w = x.shape
     kernel, stride, padding, dilation, out_hw = _pool_geometry(
@@ -477,7 +478,9 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         if not unbatched:
             return fast
         return (fast[0].squeeze(0), fast[1].squeeze(0)) if return_indices else fast.squeeze(0)
-    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, -math.inf)
+    floating = x.dtype.is_floating_point
+    lowest = -math.inf if floating else int(np.iinfo(x.dtype.np).min)   # ints pool as ints
+    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, lowest)
     stacked = _pool_windows(x, kernel, stride, dilation, out_hw)
     # the gradient goes to the first maximum of each window only (amax would split it among
     # ties, e.g. ReLU's zeros): mark the maxima (a NaN counts as one and propagates), keep the
@@ -497,7 +500,8 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         # the backward, which recomputes this compare in its kernels instead of reading a
         # k-byte mask
         first = ranks == best
-    out = kiln.where(first, stacked, 0.0).sum(0)
+    # (integers have no gradient to route: the maximum itself keeps their dtype)
+    out = kiln.where(first, stacked, 0.0).sum(0) if floating else top
     if unbatched:
         out = out.squeeze(0)
     if not return_indices:
@@ -512,6 +516,14 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
 @_composite
 def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
+    _refuse_pool_dtype("max_pool1d", input)
+    return _max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _max_pool1d(input: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool,
+                return_indices: bool):
+    """max_pool1d as max_pool2d over one row; also max_pool3d's depth pass, which (unlike
+    PyTorch's max_pool1d) takes integer tensors."""
     first = lambda v: v if isinstance(v, int) or v is None else v[0]
     result = max_pool2d(input.unsqueeze(-2), (1, first(kernel_size)),
                         None if stride is None else (1, first(stride)), (0, first(padding)),
@@ -519,6 +531,17 @@ def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     if return_indices:
         return result[0].squeeze(-2), result[1].squeeze(-2)
     return result.squeeze(-2)
+
+
+def _refuse_pool_dtype(op: str, input: Tensor, integers: bool = True, int64: bool = False,
+                       kind: type = NotImplementedError) -> None:
+    """PyTorch's refusal of a pooling op whose CPU kernel has no loop for the input's dtype:
+    bool always, the integer dtypes where `integers` (but int64 where `int64` says it has one)."""
+    dtype = input.dtype
+    integer = not dtype.is_floating_point and not dtype.is_complex
+    if dtype is kiln.bool or integers and integer and not (int64 and dtype is kiln.int64):
+        raise op_error(op, f"\"{op}\" not implemented for {dtype.name} input (as PyTorch); "
+                       "pool a float tensor", kind)
 
 
 @functools.lru_cache(maxsize=64)
@@ -537,13 +560,19 @@ def _avg_pool_divisor(h, w, kernel, stride, padding, out_hw, count_include_pad) 
 @_composite
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    _refuse_pool_dtype("avg_pool2d", input, int64=True)
     x, unbatched = _as_4d(input, "avg_pool2d")
     n, c, h, w = x.shape
     kernel, stride, padding, dilation, out_hw = _pool_geometry(
         h, w, kernel_size, stride, padding, 1, ceil_mode)
-    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, 0.0)
+    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, 0.0 if x.dtype.is_floating_point
+                  else 0)
     total = kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=-1).sum(-1)
-    if divisor_override:
+    if x.dtype is kiln.int64:            # PyTorch's int64 average: the sum / count, truncated
+        divisor = divisor_override or _constant(_avg_pool_divisor(
+            h, w, kernel, stride, padding, out_hw, count_include_pad).astype(np.int64), x)
+        out = kiln.div(total, divisor, rounding_mode="trunc")
+    elif divisor_override:
         out = total / divisor_override
     else:
         divisor = _avg_pool_divisor(h, w, kernel, stride, padding, out_hw, count_include_pad)
@@ -574,6 +603,7 @@ def _adaptive_matrix(size: int, out: int) -> np.ndarray:
 @_composite
 def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
     """Adaptive average pooling as two small matmuls with constant averaging matrices."""
+    _refuse_pool_dtype("adaptive_avg_pool2d", input, kind=RuntimeError)
     h, w = input.shape[-2:]
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     oh, ow = h if oh is None else oh, w if ow is None else ow
@@ -585,6 +615,7 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
 
 @_composite
 def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    _refuse_pool_dtype("adaptive_avg_pool1d", input, kind=RuntimeError)
     size = output_size if isinstance(output_size, int) else output_size[0]
     cols = _constant(_adaptive_matrix(input.shape[-1], size).T.astype(input.dtype.np), input)
     return kiln.matmul(input, cols)
@@ -1003,6 +1034,10 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     _check_same_size(input, target, "mse_loss")
+    if not any(t.dtype.is_floating_point or t.dtype.is_complex for t in (input, target)):
+        raise op_error("mse_loss", f"\"mse_cpu\" not implemented for {input.dtype.name} and "
+                       f"{target.dtype.name} (as PyTorch): compare float tensors",
+                       NotImplementedError)
     diff = input - target
     loss = diff * diff
     if weight is not None:

@@ -218,7 +218,7 @@ def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     hw, hw_idx = _F().max_pool2d(planes, k[1:], s[1:], p[1:], d[1:], ceil_mode, True)
     oh, ow = hw.shape[-2:]
     cols = hw.reshape(n, c, depth, oh * ow).transpose(2, 3).reshape(n, c * oh * ow, depth)
-    out, d_idx = _F().max_pool1d(cols, k[0], s[0], p[0], d[0], ceil_mode, True)
+    out, d_idx = _F()._max_pool1d(cols, k[0], s[0], p[0], d[0], ceil_mode, True)
     od = out.shape[-1]
     out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
     if unbatched:
@@ -290,6 +290,9 @@ def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
 
 def _adaptive_max(input: Tensor, output_size, dims: int, return_indices: bool):
     """Adaptive max pooling by gathering each output cell's window maximum (PyTorch's bins)."""
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f"adaptive_max_pool{dims}d: not implemented for "
+                                  f"{input.dtype.name} input (as PyTorch); pool a float tensor")
     spatial = tuple(input.shape[-dims:])
     lead = tuple(input.shape[:-dims])
     out_size = _output_size(output_size, dims, spatial)
@@ -522,6 +525,11 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     if align_corners is not None and mode not in linear_modes:
         raise ValueError("align_corners option can only be set with the interpolating modes: "
                          "linear | bilinear | bicubic | trilinear")
+    if not input.dtype.is_floating_point and mode != "area" and not (
+            mode.startswith("nearest") and input.dtype is kiln.uint8):
+        raise NotImplementedError(f"interpolate: mode {mode!r} is not implemented for "
+                                  f"{input.dtype.name} input (as PyTorch, which resizes uint8 "
+                                  "with 'nearest' only); interpolate a float tensor")
     align = bool(align_corners)
     spatial = tuple(input.shape[2:])
     if (size is None) == (scale_factor is None):

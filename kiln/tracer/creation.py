@@ -140,11 +140,38 @@ def _to_array(data, dtype: dt.DType | None):
         _check_ragged(data)
         inferred = _infer_data_dtype(data)
         flat = _unwrap_tensors(data)
-        return np.array(flat, dtype=_parsed_as(dtype or inferred)), dtype or inferred
+        return _numbers_array(flat, dtype or inferred, inferred), dtype or inferred
     if isinstance(data, (bool, int, float, complex)):
         inferred = dt.scalar_dtype(data)
-        return np.array(data, dtype=_parsed_as(dtype or inferred)), dtype or inferred
+        return _numbers_array(data, dtype or inferred, inferred), dtype or inferred
     raise TypeError(f"tensor(): could not convert data of type {type(data).__name__}")
+
+
+def _numbers_array(data, kind: dt.DType, inferred: dt.DType) -> np.ndarray:
+    """Python numbers (nested lists, of dtype `inferred`) as an array of `kind`. NumPy refuses
+    an int out of an integer dtype's range and casts floats blindly; PyTorch wraps an unsigned
+    dtype's small int negatives (uint8's -1 is 255) and refuses the rest, and floats out of
+    range, with a RuntimeError, an int beyond 64 bits with a ValueError."""
+    if kind.category == dt.INT and inferred.is_floating_point:
+        values = np.array(data, dtype=np.float64)       # floats: in range, or refused
+        return np.frompyfunc(lambda v: _int_element(v, kind), 1, 1)(values).astype(kind.np)
+    try:
+        return np.array(data, dtype=_parsed_as(kind))
+    except OverflowError:
+        if kind.category != dt.INT:
+            raise
+    values = np.array(data, dtype=object)
+    return np.frompyfunc(lambda v: _int_element(v, kind), 1, 1)(values).astype(kind.np)
+
+
+def _int_element(value, kind: dt.DType) -> int:
+    if isinstance(value, float):
+        return int_fill_value("tensor", value, kind)
+    value = int(value)
+    if not -2 ** 63 <= value < 2 ** 63:
+        raise op_error("tensor", f"Overflow when unpacking long long: {value} does not fit in "
+                       "64 bits", ValueError)
+    return int_fill_value("tensor", value, kind)
 
 
 def _parsed_as(kind: dt.DType):
@@ -267,7 +294,17 @@ def full(*shape, size=None, fill_value=None, dtype=None, device=None,
                      value=_cast_value(fill_value, kind), dtype=kind)
 
 
-def _cast_value(value, kind: dt.DType):
+def int_fill_value(op: str, value: int | float, kind: dt.DType) -> int:
+    """`value` as it fills an integer tensor of dtype `kind`: PyTorch's range check (an
+    unsigned dtype takes int negatives down to -max, wrapped: uint8 -1 is 255, -1.0 refused)."""
+    out = dt.checked_int(value, kind)
+    if out is None:
+        raise op_error(op, f"value cannot be converted to type {kind.name} without overflow: "
+                       f"{value} is outside {kind.name}'s range")
+    return out
+
+
+def _cast_value(value, kind: dt.DType, op: str = "full"):
     if kind is dt.bool_:
         return bool(value)
     if kind.is_floating_point:
@@ -277,7 +314,7 @@ def _cast_value(value, kind: dt.DType):
     if isinstance(value, complex):
         raise TypeError(f"full: cannot fill a {kind.name} tensor with the complex value "
                         f"{value!r}; give dtype=kiln.complex64 (or complex128)")
-    return int(value)
+    return int_fill_value(op, value if type(value) is float else int(value), kind)
 
 
 def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -367,6 +404,9 @@ def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
     kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
     if kind in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("arange", kind)
+    if kind is dt.bool_:
+        raise op_error("arange", "\"arange_cpu\" not implemented for 'Bool' (as PyTorch); "
+                       "make an int64 range and compare it instead", NotImplementedError)
     return _creation(PRIMITIVES["arange"], device, requires_grad, start=start,
                      stop=end, step=step, dtype=kind)
 
@@ -375,6 +415,9 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False)
     kind = _dtype(dtype) or dt.get_default_dtype()
     if kind in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("linspace", kind)
+    if kind is dt.bool_:
+        raise op_error("linspace", "\"linspace_cpu\" not implemented for 'Bool' (as "
+                       "PyTorch); make a float range and compare it instead", NotImplementedError)
     if steps == 1:
         return full((1,), start, dtype=kind, device=device, requires_grad=requires_grad)
     i = arange(steps, dtype=dt.float64, device=device)

@@ -189,6 +189,8 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
 
 def fill_(self: Tensor, value) -> Tensor:
     if (type(value) is float or type(value) is int) and _writes_plainly(self):
+        if self.dtype.category == dt.INT:
+            value = creation.int_fill_value("fill_", value, self.dtype)
         self._data.fill(value)      # what full() then a copy would write, in one call
         self._version[0] += 1
         return self
@@ -223,6 +225,8 @@ def setitem(self: Tensor, key, value) -> None:
             data = dt.cast_array(data, self.dtype)
         elif self.dtype is dt.bfloat16 and type(value) is float:
             data = dt.bfloat16_value(value)       # through float32, as PyTorch converts
+        elif (type(value) is int or type(value) is float) and self.dtype.category == dt.INT:
+            data = creation.int_fill_value("setitem", value, self.dtype)
         try:
             self._data[_array_key(key)] = data
         except ValueError:          # NumPy's broadcast error, said as PyTorch says it

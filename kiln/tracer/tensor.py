@@ -290,7 +290,7 @@ class Tensor:
         return int(self._scalar("int()"))
 
     def __index__(self) -> int:
-        if self.dtype.category != dt.INT or self._data.size != 1:
+        if self.dtype.category > dt.INT or self._data.size != 1:     # a bool counts, as there
             raise TypeError("only integer tensors of a single element can be converted to an "
                             "index")
         return int(self._scalar("__index__"))

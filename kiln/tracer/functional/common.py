@@ -45,18 +45,24 @@ def result_type(*operands) -> dt.DType:
     return dt.result_type(tuple(dims), tuple(zero_dims), tuple(scalars))
 
 
-def _cast_operand(x, dtype):
+def _cast_operand(x, dtype, fill_op: str | None = None):
     if isinstance(x, Tensor):
         return x if x.dtype is dtype else P.cast(x, dtype=dtype)
     if dtype is dt.bool_:
         return bool(x)
     if dtype.is_complex:
         return complex(x)
-    return float(x) if dtype.is_floating_point else int(x)
+    if dtype.is_floating_point:
+        return float(x)
+    if fill_op is not None:                         # a value written into the tensor
+        return creation.int_fill_value(fill_op, int(x), dtype)
+    return dt.wrapped_int(int(x), dtype)            # an operand: wraps around, as PyTorch
 
 
-def _promoted(a, b, float_only: bool = False):
-    """Both operands converted to their common dtype, literals left as Python numbers."""
+def _promoted(a, b, float_only: bool = False, fill_op: str | None = None):
+    """Both operands converted to their common dtype, literals left as Python numbers (an
+    integer literal wraps around into an integer dtype, as PyTorch's operands do; where
+    `fill_op` names the op, it is a value to write, refused when out of range as there)."""
     na, nb = _number(a), _number(b)
     if na is not None:
         a = na
@@ -72,7 +78,7 @@ def _promoted(a, b, float_only: bool = False):
         dtype = result_type(a, b)
     if float_only and not dtype.is_floating_point and not dtype.is_complex:
         dtype = dt.get_default_dtype()
-    return _cast_operand(a, dtype), _cast_operand(b, dtype)
+    return _cast_operand(a, dtype, fill_op), _cast_operand(b, dtype, fill_op)
 
 
 def _binary(prim, a, b, float_only=False):
@@ -93,6 +99,22 @@ def _binary(prim, a, b, float_only=False):
         raise TypeError(f"{prim.__name__}: expected at least one tensor, got "
                         f"{type(a).__name__} and {type(b).__name__}")
     return prim(a, b)
+
+
+def refuse_without_kernel(op: str, x, categories: tuple = (dt.BOOL,)) -> None:
+    """PyTorch's NotImplementedError where its CPU kernel of `op` has no loop for the dtype of
+    tensor `x` (floor of a bool tensor, hypot of an int tensor): kiln refuses it too rather
+    than answer what PyTorch never computes."""
+    if isinstance(x, Tensor) and x.dtype.category in categories:
+        raise op_error(op, f"\"{op}\" not implemented for '{dt.SCALAR_TYPE_NAMES[x.dtype]}' "
+                       f"({x.dtype.name} input, as in PyTorch); convert it first, e.g. with "
+                       f"{'.long()' if x.dtype is dt.bool_ else '.float()'}", NotImplementedError)
+
+
+def both_bool(a, b) -> bool:
+    """Whether two operands promote to bool: bool tensors or Python bools."""
+    return (type(a) is bool or isinstance(a, Tensor) and a.dtype is dt.bool_) and \
+        (type(b) is bool or isinstance(b, Tensor) and b.dtype is dt.bool_)
 
 
 def _broadcast(op: str, *shapes: tuple) -> tuple:

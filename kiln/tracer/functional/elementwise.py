@@ -13,7 +13,8 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
-                                           ones_like, zeros_like)
+                                           both_bool, ones_like, refuse_without_kernel,
+                                           result_type, zeros_like)
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
@@ -29,8 +30,25 @@ def add(input, other, *scalar_first, alpha=1):
     if alpha != 1:
         if _both_bfloat16(input, other):
             return _scaled_in_float32(P.add, input, other, alpha)
-        other = mul(other, alpha)
+        other = _times_alpha("add", input, other, alpha)
     return _binary(P.add, input, other)
+
+
+def _times_alpha(op: str, input, other, alpha):
+    """alpha * other of add/sub, computed in the result's dtype as PyTorch does (a number
+    stays a number: add(x, 2, alpha=3) adds 6; bool results take alpha as a bool)."""
+    if isinstance(other, Tensor) and isinstance(input, Tensor) and \
+            other.dtype is input.dtype and other.dtype.category == dt.FLOAT:
+        return mul(other, alpha)      # the common case: an optimizer's p.add_(g, alpha=-lr)
+    kind = result_type(input, other)
+    if kind.category <= dt.INT and isinstance(alpha, float):
+        raise op_error(op, f"For integral input tensors, argument alpha must not be a floating "
+                       f"point number (alpha={alpha}, result {kind.name})")
+    if not isinstance(other, Tensor):
+        return _number(other) * alpha
+    if kind is dt.bool_:
+        return P.bitwise_and(other, bool(alpha))
+    return mul(other if other.dtype is kind else P.cast(other, dtype=kind), alpha)
 
 
 def _both_bfloat16(input, other) -> bool:
@@ -50,14 +68,13 @@ def _scaled_in_float32(prim, input: Tensor, other: Tensor, alpha) -> Tensor:
 def sub(input, other, *scalar_first, alpha=1):
     if scalar_first:                # sub(x, 2, y): PyTorch's deprecated overload
         (other,), alpha = scalar_first_overload("sub", other, scalar_first, alpha)
-    if isinstance(input, Tensor) and input.dtype is dt.bool_ and isinstance(other, Tensor) \
-            and other.dtype is dt.bool_:
-        raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
-                       "supported. Use the `^` or `logical_xor()` operator instead.")
+    if getattr(input, "dtype", None) is dt.bool_ or getattr(other, "dtype", None) is dt.bool_ \
+            or type(input) is bool or type(other) is bool:
+        _refuse_bool_subtraction(input, other)
     if alpha != 1:
         if _both_bfloat16(input, other):
             return _scaled_in_float32(P.sub, input, other, alpha)
-        other = mul(other, alpha)
+        other = _times_alpha("sub", input, other, alpha)
     return _binary(P.sub, input, other)
 
 
@@ -90,6 +107,19 @@ def scalar_first_overload(op: str, scalar, tensors: tuple, keyword) -> tuple:
 _TENSOR_NAMES = {1: ("other",), 2: ("tensor1", "tensor2")}
 
 
+def _refuse_bool_subtraction(input, other) -> None:
+    """PyTorch refuses `-` with a bool tensor or a Python bool on either side."""
+    bools = [type(x) is bool or isinstance(x, Tensor) and x.dtype is dt.bool_
+             for x in (input, other)]
+    if bools[0] and bools[1]:
+        raise op_error("sub", "Subtraction, the `-` operator, with two bool tensors is not "
+                       "supported. Use the `^` or `logical_xor()` operator instead.")
+    if bools[0] or bools[1]:
+        raise op_error("sub", "Subtraction, the `-` operator, with a bool tensor is not "
+                       "supported. If you are trying to invert a mask, use the `~` or "
+                       "`logical_not()` operator instead.")
+
+
 def rsub(input, other, *, alpha=1):
     return sub(other, input, alpha=alpha)
 
@@ -103,15 +133,21 @@ def div(input, other, *, rounding_mode=None):
         _refuse_integer_division_by_zero("div", input, other)
         return floor_divide(input, other)
     if rounding_mode == "trunc":
+        _refuse_bool_division("div_trunc", input, other)
         _refuse_integer_division_by_zero("div", input, other)
         a, b = _promoted(input, other)
         if a.dtype.is_floating_point if isinstance(a, Tensor) else b.dtype.is_floating_point:
             return trunc(P.div(a, b))
         q = P.floordiv(a, b)
         # floor rounds toward -inf; trunc toward 0 differs when the signs differ and r != 0
-        fix = logical_and(ne(P.mod(a, b), 0), ne(lt(a, 0), lt(b, 0)))
+        fix = logical_and(ne(P.mod(a, b), 0), ne(_negative(a), _negative(b)))
         return P.where(fix, q + 1, q)    # fix is bool, q + 1 has q's dtype: where() adds nothing
     return _binary(P.div, input, other, float_only=True)
+
+
+def _negative(x):
+    """x < 0 of a tensor or a Python number (a number stays a Python bool)."""
+    return lt(x, 0) if isinstance(x, Tensor) else x < 0
 
 
 true_divide = divide = div
@@ -143,17 +179,25 @@ def _refuse_integer_division_by_zero(op: str, a, b) -> None:
                    RuntimeError)
 
 
+def _refuse_bool_division(op: str, input, other) -> None:
+    if both_bool(input, other):
+        refuse_without_kernel(op, input if isinstance(input, Tensor) else other)
+
+
 def floor_divide(input, other):
+    _refuse_bool_division("div_floor", input, other)
     _refuse_integer_division_by_zero("floor_divide", input, other)
     return _binary(P.floordiv, input, other)
 
 
 def remainder(input, other):
+    _refuse_bool_division("remainder", input, other)
     _refuse_integer_division_by_zero("remainder", input, other)
     return _binary(P.mod, input, other)
 
 
 def fmod(input, other):
+    _refuse_bool_division("fmod", input, other)
     _refuse_integer_division_by_zero("fmod", input, other)
     a, b = _promoted(input, other)
     return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
@@ -166,13 +210,32 @@ def _is_float(a, b) -> bool:
 def pow(input, exponent):
     if getattr(input, "dtype", None) in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("pow", input.dtype)
+    if both_bool(input, exponent):
+        refuse_without_kernel("pow", input if isinstance(input, Tensor) else exponent)
     if isinstance(input, Tensor) and _number(exponent) is not None:
         e = _number(exponent)
+        if input.dtype is dt.bool_ and type(e) is int:
+            input = P.cast(input, dtype=dt.int64)     # bool ** 2 is int64, as in PyTorch
         if e == 2 and (input.dtype.is_floating_point or not isinstance(e, float)):
             return input * input      # the common square, exactly as PyTorch rounds it
         if isinstance(e, float) and not input.dtype.is_floating_point:
             input = _floating(input)
+        elif type(e) is int and e < 0 and input.dtype.category <= dt.INT:
+            raise op_error("pow", f"Integers to negative integer powers are not allowed "
+                           f"({input.dtype.name} tensor ** {e}); raise a float tensor instead")
+    elif isinstance(exponent, Tensor) and isinstance(input, Tensor) and \
+            input.dtype.category <= dt.INT and exponent.dtype.category <= dt.INT:
+        return _integer_pow(*_promoted(input, exponent))
     return _binary(P.pow, input, exponent)
+
+
+def _integer_pow(base: Tensor, exponent: Tensor) -> Tensor:
+    """base ** exponent of integer tensors, PyTorch's way where an exponent is negative (NumPy
+    refuses): 1 and -1 have integer reciprocals (-1 ** -3 is -1), every other base gives 0."""
+    negative = P.lt(exponent, 0)
+    powers = P.pow(base, P.where(negative, 0, exponent))
+    unit = P.where(P.eq(P.abs(base), 1), P.pow(base, P.mod(exponent, 2)), 0)
+    return P.where(negative, unit, powers)
 
 
 def float_power(input, exponent):
@@ -191,6 +254,8 @@ negative = neg
 
 
 def abs(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("abs", input)
     return P.abs(input)
 
 
@@ -198,6 +263,8 @@ absolute = abs
 
 
 def sign(input):
+    if input.dtype is dt.bool_:
+        return input.clone()              # PyTorch's sign of a bool is the bool itself
     return P.sign(input)
 
 
@@ -206,7 +273,7 @@ def reciprocal(input):
 
 
 def square(input):
-    return input * input
+    return input * input if input.dtype is not dt.bool_ else pow(input, 2)
 
 
 def _float_unary(name):
@@ -244,14 +311,20 @@ def log10(input):
 
 
 def floor(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("floor", input)
     return P.floor(input)
 
 
 def ceil(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("ceil", input)
     return P.ceil(input)
 
 
 def trunc(input):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("trunc", input)
     return P.trunc(input)
 
 
@@ -259,12 +332,15 @@ fix = trunc
 
 
 def round(input, *, decimals=0):
+    if input.dtype is dt.bool_ or decimals and input.dtype.category == dt.INT:
+        refuse_without_kernel("round", input, (dt.BOOL, dt.INT))
     if input.dtype.is_floating_point and decimals:
         return P.round(input, decimals=decimals)
     return P.round(input)
 
 
 def frac(input):
+    refuse_without_kernel("frac", input, (dt.BOOL, dt.INT))
     return input - trunc(input)
 
 
@@ -277,15 +353,17 @@ def minimum(input, other):
 
 
 def clamp(input, min=None, max=None):
+    if input.dtype is dt.bool_ and all(both_bool(input, b) for b in (min, max) if b is not None):
+        refuse_without_kernel("clamp", input)       # a number bound promotes to its dtype
     if min is None and max is None:
         raise op_error("clamp", "At least one of 'min' or 'max' must not be None")
     out = input
     # where() rather than maximum/minimum: PyTorch passes the gradient where min <= x <= max
     if min is not None:
-        lo, x = _promoted(min, out)
+        lo, x = _promoted(min, out, fill_op="clamp")
         out = P.where(lt(x, lo), lo, x) if isinstance(lo, Tensor) else P.where(P.lt(x, lo), lo, x)
     if max is not None:
-        hi, x = _promoted(max, out)
+        hi, x = _promoted(max, out, fill_op="clamp")
         out = P.where(gt(x, hi), hi, x) if isinstance(hi, Tensor) else P.where(P.gt(x, hi), hi, x)
     return out
 
@@ -294,20 +372,27 @@ clip = clamp
 
 
 def clamp_min(input, min):
+    if both_bool(input, min):                # PyTorch's clamp_min has a bool loop: or
+        return logical_or(input, min)
     return clamp(input, min=min)
 
 
 def clamp_max(input, max):
+    if both_bool(input, max):                # and clamp_max's: and
+        return logical_and(input, max)
     return clamp(input, max=max)
 
 
 @composite
 def lerp(input, end, weight):
+    refuse_without_kernel("lerp", input, (dt.BOOL, dt.INT))
     return input + weight * (end - input)
 
 
 @composite
 def addcmul(input, tensor1, tensor2, *scalar_first, value=1):
+    if input.dtype is dt.bool_:
+        refuse_without_kernel("addcmul", input)
     if scalar_first:                # addcmul(x, 2, t1, t2): PyTorch's deprecated overload
         (tensor1, tensor2), value = scalar_first_overload("addcmul", tensor1,
                                                           (tensor2,) + scalar_first, value)
@@ -324,6 +409,7 @@ def addcdiv(input, tensor1, tensor2, *scalar_first, value=1):
 
 @composite
 def hypot(input, other):
+    refuse_without_kernel("hypot", input, (dt.BOOL, dt.INT))
     return sqrt(input * input + other * other)
 
 
@@ -405,7 +491,8 @@ def _bitwise(prim, name):
         a, b = _promoted(input, other)
         dtype = (a if isinstance(a, Tensor) else b).dtype
         if dtype.is_floating_point:
-            raise op_error(name, f"\"{name}_cpu\" not implemented for '{dtype.name}'", TypeError)
+            raise op_error(name, f"\"{name}_cpu\" not implemented for "
+                           f"'{dt.SCALAR_TYPE_NAMES[dtype]}' ({dtype.name})", NotImplementedError)
         return prim(a, b)
     op.__name__ = name
     return op
@@ -465,7 +552,12 @@ def allclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False) -> bool:
 @composite
 def isclose(input, other, rtol=1e-05, atol=1e-08, equal_nan=False):
     a, b = _promoted(input, other)
-    close = le(abs(a - b), atol + rtol * abs(b))
+    if a.dtype is dt.bool_:              # PyTorch measures bools' distance as floats
+        a, b = _floating(a), _floating(b)
+    # PyTorch's order: |rtol * b| (a float, never int8's wrapped |-128|), |a - b| in a's dtype;
+    # an infinite distance is never close (1 and inf are not), equal infinities are
+    error = abs(a - b)
+    close = logical_and(isfinite(error), le(error, atol + abs(rtol * b)))
     close = logical_or(close, eq(a, b))
     if equal_nan:
         close = logical_or(close, logical_and(isnan(a), isnan(b)))

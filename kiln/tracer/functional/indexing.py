@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, defer_device_index_checks
 from kiln.runtime import pending_checks
-from kiln.tracer.errors import op_error, user_location
+from kiln.tracer import creation
+from kiln.tracer.errors import op_error, user_location, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, result_type, zeros)
 from kiln.tracer.functional.shapes import _own_memory, broadcast_tensors, expand, reshape, unsqueeze
@@ -43,8 +45,15 @@ def where(condition, input=None, other=None):
         kind = result_type(input, other)
         x, y = (full((), v, dtype=kind, device=condition.device) for v in (input, other))
     else:
-        x, y = _promoted(input, other)
+        x, y = _promoted(input, other, fill_op="where")
     return P.where(condition, x, y)
+
+
+def _uint8_mask(k: Tensor) -> Tensor:
+    """A uint8 index tensor as PyTorch still reads it: a mask (deprecated, with its warning)."""
+    warnings.warn("indexing with dtype torch.uint8 is now deprecated, please use a dtype "
+                  "torch.bool instead.", UserWarning, stacklevel=user_stacklevel())
+    return P.ne(k, 0)
 
 
 def repeat_interleave(input, repeats, dim=None):
@@ -277,6 +286,8 @@ def masked_fill(input, mask, value):
         raise _unsigned_refusal("masked_fill", input.dtype)
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
+    elif input.dtype.category == dt.INT and (type(value) is int or type(value) is float):
+        value = creation.int_fill_value("masked_fill", value, input.dtype)
     elif input.dtype.category != dt.FLOAT and isinstance(value, float):
         value = int(value)
     if mask.dtype is not dt.bool_:
@@ -454,6 +465,8 @@ def getitem(input, key):
         if isinstance(k, Tensor):
             if k.device is not input.device and k.device.type == "cpu":
                 k = k.to(input.device)   # as PyTorch: indices on the CPU for a tensor anywhere
+            if k.dtype is dt.uint8:
+                k = _uint8_mask(k)
             if k.dtype is dt.bool_ and k.ndim == 0:
                 # a 0-d mask adds a dim of size 1 and keeps it (True) or empties it (False)
                 out_shape.append(1)

@@ -14,12 +14,12 @@ from kiln.runtime.device import CPU
 from kiln.runtime.numpy_backend import numpy_impl
 from kiln.tracer import autograd as _autograd
 from kiln.tracer.errors import op_error
-from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, zeros
+from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, full, zeros
 from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, log, logical_not,
                                                 lt, maximum, minimum, ne, pow, remainder, sign,
                                                 sqrt)
 from kiln.tracer.functional.indexing import gather, where
-from kiln.tracer.functional.shapes import _py_any, diagonal, reshape, squeeze
+from kiln.tracer.functional.shapes import _py_any, cat, diagonal, narrow, reshape, squeeze
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -65,6 +65,8 @@ def sum(input, dim=None, keepdim=False, *, dtype=None):
 
 
 def nansum(input, dim=None, keepdim=False, *, dtype=None):
+    if not input.dtype.is_floating_point:      # no NaN to skip; ints still sum as int64
+        return sum(input, dim, keepdim, dtype=dtype)
     return sum(where(isnan(input), 0.0, input), dim, keepdim, dtype=dtype)
 
 
@@ -164,6 +166,9 @@ def mean(input, dim=None, keepdim=False, *, dtype=None):
 
 @composite
 def nanmean(input, dim=None, keepdim=False):
+    if not (input.dtype.is_floating_point or input.dtype.is_complex):
+        raise op_error("nanmean", f"nanmean(): expected input to have floating point or complex "
+                       f"dtype but got {dt.SCALAR_TYPE_NAMES[input.dtype]} ({input.dtype.name})")
     if input.dtype in dt.HALF:
         return _narrowed(nanmean(_widened(input), dim, keepdim), input.dtype)
     keep = logical_not(isnan(input))
@@ -186,6 +191,10 @@ def amax(input, dim=None, keepdim=False):
 def amin(input, dim=None, keepdim=False):
     if input.dtype is dt.bool_:
         return logical_not(amax(logical_not(input), dim, keepdim))
+    if input.dtype.category == dt.INT:
+        # ~x = -x - 1 reverses the order of every integer dtype without overflowing, where
+        # -x sends int8's -128 to itself (and uint8's values nowhere near their order)
+        return P.bitwise_not(amax(P.bitwise_not(input), dim, keepdim))
     return P.neg(amax(P.neg(input), dim, keepdim))
 
 
@@ -194,7 +203,7 @@ def max(input, dim=None, keepdim=False, *, other=None):
         return maximum(input, dim)
     if dim is None:
         return amax(input)
-    return _at_indices(input, dim, keepdim, argmax(input, dim, keepdim=True))
+    return _at_indices(input, dim, keepdim, _argmax(input, dim, keepdim=True))
 
 
 def _at_indices(input, dim, keepdim, indices):
@@ -214,10 +223,27 @@ def min(input, dim=None, keepdim=False):
         return minimum(input, dim)
     if dim is None:
         return amin(input)
-    return _at_indices(input, dim, keepdim, argmin(input, dim, keepdim=True))
+    return _at_indices(input, dim, keepdim, _argmin(input, dim, keepdim=True))
 
 
 def argmax(input, dim=None, keepdim=False):
+    _refuse_bool("argmax", input)
+    return _argmax(input, dim, keepdim)
+
+
+def argmin(input, dim=None, keepdim=False):
+    _refuse_bool("argmin", input)
+    return _argmin(input, dim, keepdim)
+
+
+def _refuse_bool(op: str, input) -> None:
+    if input.dtype is dt.bool_:
+        raise op_error(op, f"does not support bool input (as PyTorch); take "
+                       f"x.to(torch.uint8).{op}() instead")
+
+
+def _argmax(input, dim, keepdim):
+    """argmax on any dtype: max(dim) and min(dim) take bool tensors where argmax does not."""
     if dim is None:
         flat = reshape(input, (-1,))
         out = P.argmax(flat, axis=0, keepdim=False)
@@ -227,9 +253,11 @@ def argmax(input, dim=None, keepdim=False):
     return P.argmax(input, axis=_norm_dim(dim, input.ndim), keepdim=bool(keepdim))
 
 
-def argmin(input, dim=None, keepdim=False):
-    x = input if input.dtype is not dt.bool_ else input.to(dt.int64)
-    return argmax(P.neg(x) if x.dtype.category != dt.INT else -x, dim, keepdim)
+def _argmin(input, dim, keepdim):
+    if input.dtype.category <= dt.INT:
+        # ~x reverses the order of bools and of every integer dtype exactly (see amin)
+        return _argmax(P.bitwise_not(input), dim, keepdim)
+    return _argmax(P.neg(input), dim, keepdim)
 
 
 def prod(input, dim=None, keepdim=False, *, dtype=None):
@@ -250,7 +278,8 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
 def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
-    x = _floating(input)
+    _refuse_integer_spread("var", input)
+    x = input
     if x.dtype in dt.HALF:
         return _narrowed(var(_widened(x), dim, unbiased, keepdim, correction=correction),
                          x.dtype)
@@ -262,8 +291,16 @@ def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return sum(centered * centered, axes if x.ndim else None, keepdim) / _py_max(n - correction, 0)
 
 
+def _refuse_integer_spread(op: str, input) -> None:
+    if not (input.dtype.is_floating_point or input.dtype.is_complex):
+        raise op_error(op, f"std and var only support floating point and complex dtypes, "
+                       f"got {input.dtype.name}; convert with .float() first")
+
+
 @composite
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(input, Tensor):
+        _refuse_integer_spread("std", input)
     if isinstance(input, Tensor) and input.dtype in dt.HALF:
         return _narrowed(std(_widened(input), dim, unbiased, keepdim, correction=correction),
                          input.dtype)
@@ -304,12 +341,17 @@ def logsumexp(input, dim=None, keepdim=False):
 
 
 def all(input, dim=None, keepdim=False):
-    # the inner negation as a primitive: PyTorch's all takes uint16/32/64, its logical_not not
-    return logical_not(any(P.bitwise_not(_bool(input)), dim, keepdim))
+    # negations as primitives: PyTorch's all takes uint16/32/64, its logical_not does not
+    out = P.bitwise_not(_any(P.bitwise_not(_bool(input)), dim, keepdim))
+    return P.cast(out, dtype=dt.uint8) if input.dtype is dt.uint8 else out
 
 
 def any(input, dim=None, keepdim=False):
-    b = _bool(input)
+    out = _any(_bool(input), dim, keepdim)
+    return P.cast(out, dtype=dt.uint8) if input.dtype is dt.uint8 else out   # as PyTorch
+
+
+def _any(b, dim, keepdim):
     if b.ndim == 0:
         return b.clone()
     return P.gt(P.max(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim), keepdim=bool(keepdim))
@@ -333,6 +375,10 @@ def _norm_root(total, root):
 
 @composite
 def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
+    if dtype is None and input.dtype.category <= dt.INT:
+        raise op_error("norm", f"linalg.vector_norm: Expected a floating point or complex tensor "
+                       f"as input. Got {dt.SCALAR_TYPE_NAMES[input.dtype]} ({input.dtype.name}); "
+                       "convert it with .float() first")
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype.is_complex:             # every p-norm of complex numbers is that of |x|
         x = abs(x)
@@ -369,7 +415,13 @@ def cumsum(input, dim, *, dtype=None):
 
 
 @composite
-def cumprod(input, dim):
+def cumprod(input, dim, *, dtype=None):
+    if dtype is not None:
+        input = input.to(dtype)
+    elif input.dtype.category < dt.FLOAT:
+        input = input.to(dt.int64)        # PyTorch multiplies bools and ints as int64
+    if input.dtype.category == dt.INT:
+        return _integer_cumprod(input, dim)
     # exp(cumsum(log)) loses signs and zeros; a running product from cumsum over log|x| with a
     # sign and zero count keeps both, and every step stays a primitive.
     x = _floating(input)
@@ -385,5 +437,25 @@ def cumprod(input, dim):
     return where(zero_seen, 0.0, signed)
 
 
+def _integer_cumprod(x: Tensor, dim: int) -> Tensor:
+    """The running product of integers, exact and wrapping around as PyTorch's: a scan that
+    multiplies each element by the one `step` places before it, for step = 1, 2, 4, ...
+    (log2(n) elementwise products; integer products wrap the same in any order)."""
+    if x.ndim == 0:
+        return x.clone()
+    d = _norm_dim(dim, x.ndim)
+    n, step = x.shape[d], 1
+    while step < n:
+        pad = list(x.shape)
+        pad[d] = step
+        ones = full(tuple(pad), 1, dtype=x.dtype, device=x.device)
+        x = x * cat([ones, narrow(x, d, 0, n - step)], d)
+        step *= 2
+    return x
+
+
 def trace(input):
+    if input.dtype is dt.bool_:
+        raise op_error("trace", "\"trace\" not implemented for 'Bool' (as PyTorch); take "
+                       "x.long().trace() instead", NotImplementedError)
     return sum(diagonal(input))

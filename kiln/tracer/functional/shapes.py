@@ -529,6 +529,9 @@ def pad(input, pad, mode="constant", value=None):
         pairs = [(_py_max(0, lo), _py_max(0, hi)) for lo, hi in pairs]
     if mode == "constant":
         return P.pad(x, pads=tuple(pairs), value=0.0 if value is None else value)
+    if mode in ("reflect", "replicate") and input.dtype is dt.bool_:
+        raise op_error("pad", f"\"{mode}ion_pad\" not implemented for 'Bool' (as PyTorch); pad "
+                       "x.to(torch.uint8) instead", NotImplementedError)
     if mode in ("reflect", "replicate", "circular"):
         for d, (lo, hi) in enumerate(pairs):
             if lo == 0 and hi == 0:

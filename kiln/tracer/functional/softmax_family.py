@@ -10,7 +10,7 @@ from kiln.runtime import softmax_gpu
 from kiln.runtime.device import CPU
 from kiln.runtime.numpy_backend import numpy_impl
 from kiln.tracer import autograd as _autograd
-from kiln.tracer.functional.common import _floating, _norm_dim
+from kiln.tracer.functional.common import _floating, _norm_dim, refuse_without_kernel
 from kiln.tracer.functional.reductions import _narrowed, _widened
 from kiln.tracer.functional.shapes import reshape
 from kiln.tracer.provenance import composite
@@ -209,6 +209,8 @@ def softmax(input, dim=None, dtype=None):
         if input.device is not CPU:
             return _cuda_softmax(input, d, "softmax", _SOFTMAX_CUDA)
         return _eager_softmax(input, d)
+    if dtype is None:
+        refuse_without_kernel("softmax", input, (dt.BOOL, dt.INT))
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype in dt.HALF:
         return _narrowed(softmax(_widened(x), dim), x.dtype)
@@ -230,6 +232,8 @@ def log_softmax(input, dim=None, dtype=None):
         if input.device is not CPU:
             return _cuda_softmax(input, d, "log_softmax", _LOG_SOFTMAX_CUDA)
         return _eager_log_softmax(input, d)
+    if dtype is None:
+        refuse_without_kernel("softmax", input, (dt.BOOL, dt.INT))
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype in dt.HALF:
         return _narrowed(log_softmax(_widened(x), dim), x.dtype)

@@ -11,6 +11,7 @@ from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional_extra.common import _f
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -23,6 +24,7 @@ def searchsorted(sorted_sequence, input, *, out_int32=False, right=False, side=N
     if side is not None:
         right = side == "right"
     seq = sorted_sequence
+    refuse_without_kernel("searchsorted", seq)
     if sorter is not None:
         seq = F.gather(seq, seq.ndim - 1, sorter)
     scalar = not isinstance(input, Tensor)
@@ -41,6 +43,7 @@ def bucketize(input, boundaries, *, out_int32=False, right=False):
 
 
 def histc(input, bins=100, min=0, max=0):
+    refuse_without_kernel("histc", input, (dt.BOOL, dt.INT))
     x = _f(input).detach()
     lo, hi = float(min), float(max)
     if lo == hi:
@@ -124,6 +127,9 @@ def unique_consecutive(input, return_inverse=False, return_counts=False, dim=Non
 
 def isin(elements, test_elements, *, assume_unique=False, invert=False):
     _check_unsigned("isin", elements, test_elements)
+    if getattr(elements, "dtype", None) is dt.bool_:
+        raise op_error("isin", "Unsupported input type encountered for isin(): Bool (as "
+                       "PyTorch); compare x.long() instead")
     e = elements if isinstance(elements, Tensor) else _as_tensor(elements)
     t = test_elements if isinstance(test_elements, Tensor) else _as_tensor(test_elements, e)
     hit = F.any(F.eq(F.unsqueeze(e, -1), F.reshape(t, (-1,))), -1) if t.numel() else \

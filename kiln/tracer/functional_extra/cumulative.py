@@ -6,7 +6,9 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
+from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _norm_dim
+from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional_extra.common import _f, values_indices
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import Tensor
@@ -46,6 +48,7 @@ def cummin(input, dim):
 
 @composite
 def logcumsumexp(input, dim):
+    refuse_without_kernel("logcumsumexp", input, (dt.BOOL, dt.INT))
     x = _f(input)
     d = _norm_dim(dim, x.ndim) if x.ndim else 0
     if x.ndim == 0 or x.numel() == 0:
@@ -91,8 +94,16 @@ def gradient(input, *, spacing=1, dim=None, edge_order=1):
 
 
 def trapezoid(y, x=None, *, dx=None, dim=-1):
+    if y.dtype is dt.bool_:
+        raise op_error("trapezoid", "trapezoid: received a bool input for `y`, but bool is not "
+                       "supported (as PyTorch); pass y.float()")
     d = _norm_dim(dim, y.ndim)
     n = y.shape[d]
+    if x is None and n:
+        # PyTorch's spacing-only formula: the sum less half the two ends (an integer y's ends
+        # add in its own dtype, wrapping as there)
+        ends = F.select(y, d, 0) + F.select(y, d, n - 1)
+        return (F.sum(y, d) - ends * 0.5) * (1.0 if dx is None else dx)
     avg = (F.narrow(y, d, 1, n - 1) + F.narrow(y, d, 0, n - 1)) * 0.5
     if x is not None:
         return F.sum(avg * diff(x, dim=dim if x.ndim == y.ndim else -1), d)

@@ -15,7 +15,7 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _binary
-from kiln.tracer.functional.common import result_type
+from kiln.tracer.functional.common import both_bool, refuse_without_kernel, result_type
 from kiln.tracer.functional_extra.common import _f, _full_like
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import STATE, Tensor
@@ -186,22 +186,23 @@ def expit(input):
     return F.sigmoid(input)
 
 
-def _x_times(x, log_y):
-    # x * log(y), taken as 0 where x == 0 even when log(y) is infinite; the gradient for x
-    # stays log(y) there, as in PyTorch
-    return x * F.where(F.logical_and(F.eq(x, 0), F.isinf(log_y)), 0.0, log_y)
+def _x_times(x, y, log_y):
+    # x * log(y), taken as 0 where x == 0 unless y is NaN, even when log(y) is infinite or NaN
+    # (xlogy(0, -1) is 0); the gradient for x stays log(y) there, as in PyTorch
+    zero = F.logical_and(F.eq(x, 0), F.logical_not(F.isnan(y)))
+    return x * F.where(F.logical_and(zero, F.logical_not(F.isfinite(log_y))), 0.0, log_y)
 
 
 @composite
 def xlogy(input, other):
     x, y = _promote_float(input, other)
-    return _x_times(x, F.log(y))
+    return _x_times(x, y, F.log(y))
 
 
 @composite
 def xlog1py(input, other):
     x, y = _promote_float(input, other)
-    return _x_times(x, F.log1p(y))
+    return _x_times(x, y, F.log1p(y))
 
 
 @composite
@@ -222,6 +223,7 @@ def sinc(input):
 
 @composite
 def logaddexp(input, other):
+    refuse_without_kernel("logaddexp", input, (dt.BOOL, dt.INT))
     a, b = _promote_float(input, other)
     m = F.maximum(a, b)
     finite = F.where(F.isinf(m), 0.0, m)
@@ -230,6 +232,7 @@ def logaddexp(input, other):
 
 @composite
 def logaddexp2(input, other):
+    refuse_without_kernel("logaddexp2", input, (dt.BOOL, dt.INT))
     a, b = _promote_float(input, other)
     return logaddexp(a * math.log(2), b * math.log(2)) / math.log(2)
 
@@ -271,6 +274,7 @@ def frexp(input):
 
 
 def nextafter(input, other):
+    refuse_without_kernel("nextafter", input, (dt.BOOL, dt.INT))
     a, b = _promote_float(input, other)
     return P.nextafter(a, b)
 
@@ -284,18 +288,26 @@ def _integer_pair(a, b):
 
 
 def gcd(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("gcd", input if isinstance(input, Tensor) else other)
     return P.gcd(*_integer_pair(input, other))
 
 
 def lcm(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("lcm", input if isinstance(input, Tensor) else other)
     return P.lcm(*_integer_pair(input, other))
 
 
 def bitwise_left_shift(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("lshift", input if isinstance(input, Tensor) else other)
     return P.bitwise_left_shift(*_integer_pair(input, other))
 
 
 def bitwise_right_shift(input, other):
+    if both_bool(input, other):
+        refuse_without_kernel("rshift", input if isinstance(input, Tensor) else other)
     return P.bitwise_right_shift(*_integer_pair(input, other))
 
 
@@ -311,6 +323,8 @@ def fmin(input, other):
 
 
 def positive(input):
+    if input.dtype is dt.bool_:
+        raise op_error("positive", "The `+` operator, on a bool tensor is not supported.")
     return input
 
 

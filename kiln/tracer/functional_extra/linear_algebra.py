@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
+from kiln.tracer.errors import op_error
 from kiln.tracer.functional_extra.common import _f, _py_max
 
 
@@ -57,6 +59,9 @@ def kron(input, other):
 
 
 def cdist(x1, x2, p=2.0, compute_mode=None):
+    if not x1.dtype.is_floating_point:
+        raise op_error("cdist", f"cdist only supports floating-point dtypes, X1 got: "
+                       f"{dt.SCALAR_TYPE_NAMES[x1.dtype]} ({x1.dtype.name})")
     diff_ = F.unsqueeze(x1, -2) - F.unsqueeze(x2, -3)
     if p == 2:
         sq = F.sum(diff_ * diff_, -1)

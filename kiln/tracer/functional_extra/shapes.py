@@ -122,7 +122,8 @@ def diag_embed(input, offset=0, dim1=-2, dim2=-1):
     padded = F.pad(input, (0, n - m)) if n > m else input
     # the value of row i (offset >= 0) or of column j (offset < 0)
     values = F.unsqueeze(padded, -1) if offset >= 0 else F.unsqueeze(padded, -2)
-    mat = F.where(F.eq(rows + offset, cols), values, 0)
+    zero = F.zeros((), dtype=input.dtype, device=input.device)     # keeps a bool a bool
+    mat = F.where(F.eq(rows + offset, cols), values, zero)
     out_ndim = input.ndim + 1
     d1, d2 = _norm_dim(dim1, out_ndim), _norm_dim(dim2, out_ndim)
     if (d1, d2) == (out_ndim - 2, out_ndim - 1):
@@ -294,6 +295,8 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
     elif reduce in ("amax", "amin"):
         if vals.dtype.is_floating_point:
             fill = -math.inf if reduce == "amax" else math.inf
+        elif vals.dtype is dt.bool_:                  # bools order False < True
+            fill = reduce != "amax"
         else:
             info = np.iinfo(vals.dtype.np)
             fill = int(info.min if reduce == "amax" else info.max)

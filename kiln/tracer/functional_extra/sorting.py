@@ -13,6 +13,7 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional.indexing import _gather
 from kiln.tracer.functional_extra.common import _f, values_indices
 from kiln.tracer.tensor import Tensor
@@ -47,6 +48,9 @@ def msort(input):
 
 def topk(input, k, dim=-1, largest=True, sorted=True):
     _check_unsigned("topk", input)
+    if input.dtype is dt.bool_:
+        raise op_error("topk", "topk does not support bool dtypes on CPU (as PyTorch); take "
+                       "x.to(torch.uint8).topk(...) instead")
     d = _norm_dim(dim, input.ndim) if input.ndim else 0
     if input.ndim and not 0 <= k <= input.shape[d]:
         raise op_error("topk", f"selected index k out of range (k={k}, size along dim "
@@ -58,6 +62,7 @@ def topk(input, k, dim=-1, largest=True, sorted=True):
 
 
 def kthvalue(input, k, dim=-1, keepdim=False):
+    refuse_without_kernel("kthvalue", input)
     d = _norm_dim(dim, input.ndim) if input.ndim else 0
     values, indices = sort(input, d)
     if input.ndim == 0:
@@ -70,6 +75,7 @@ def kthvalue(input, k, dim=-1, keepdim=False):
 
 def median(input, dim=None, keepdim=False):
     """The lower median (PyTorch's), with its index along `dim` when dim is given."""
+    refuse_without_kernel("median", input)
     if dim is None:
         flat = F.reshape(input, (-1,))
         n = flat.shape[0]
@@ -82,6 +88,7 @@ def median(input, dim=None, keepdim=False):
 
 def nanmedian(input, dim=None, keepdim=False):
     """Median over the non-NaN values (NaN sorts last, so the k-th of the valid ones)."""
+    refuse_without_kernel("median", input)
     if dim is None:
         return nanmedian(F.reshape(input, (-1,)), 0).values
     d = _norm_dim(dim, input.ndim) if input.ndim else 0
@@ -120,6 +127,9 @@ def mode(input, dim=-1, keepdim=False):
 
 
 def quantile(input, q, dim=None, keepdim=False, *, interpolation="linear"):
+    if not input.dtype.is_floating_point:
+        raise op_error("quantile", f"quantile() input tensor must be either float or double "
+                       f"dtype, got {input.dtype.name}; convert it with .float() first")
     x = _f(input)
     if dim is None:
         x, d = F.reshape(x, (-1,)), 0
