@@ -186,6 +186,8 @@ def amax(input, dim=None, keepdim=False):
 def amin(input, dim=None, keepdim=False):
     if input.dtype is dt.bool_:
         return logical_not(amax(logical_not(input), dim, keepdim))
+    if input.dtype.category == dt.INT:   # ~x reverses the order exactly; -x wraps at the ends
+        return P.bitwise_not(amax(P.bitwise_not(input), dim, keepdim))
     return P.neg(amax(P.neg(input), dim, keepdim))
 
 
@@ -229,7 +231,7 @@ def argmax(input, dim=None, keepdim=False):
 
 def argmin(input, dim=None, keepdim=False):
     x = input if input.dtype is not dt.bool_ else input.to(dt.int64)
-    return argmax(P.neg(x) if x.dtype.category != dt.INT else -x, dim, keepdim)
+    return argmax(P.neg(x) if x.dtype.category != dt.INT else P.bitwise_not(x), dim, keepdim)
 
 
 def prod(input, dim=None, keepdim=False, *, dtype=None):
@@ -305,16 +307,21 @@ def logsumexp(input, dim=None, keepdim=False):
 
 def all(input, dim=None, keepdim=False):
     # the inner negation as a primitive: PyTorch's all takes uint16/32/64, its logical_not not
-    return logical_not(any(P.bitwise_not(_bool(input)), dim, keepdim))
+    return _uint8_kept(input, logical_not(any(P.bitwise_not(_bool(input)), dim, keepdim)))
 
 
 def any(input, dim=None, keepdim=False):
     b = _bool(input)
     if b.ndim == 0:
-        return b.clone()
-    return P.gt(P.max(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim), keepdim=bool(keepdim))
+        return _uint8_kept(input, b.clone())
+    return _uint8_kept(input, P.gt(P.max(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim), keepdim=bool(keepdim))
                 if b.numel() else P.sum(P.cast(b, dtype=dt.int32), axes=_axes(dim, b.ndim),
-                                        keepdim=bool(keepdim)), 0)
+                                        keepdim=bool(keepdim)), 0))
+
+
+def _uint8_kept(input, result):
+    """all/any of a uint8 tensor are uint8 in PyTorch (bool for every other dtype)."""
+    return P.cast(result, dtype=dt.uint8) if input.dtype is dt.uint8 else result
 
 
 def count_nonzero(input, dim=None):
