@@ -13,6 +13,7 @@ FIRST COUNT` runs a range of seeds and prints each mismatch, minimized.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, replace
 
@@ -80,12 +81,12 @@ def _side(rng) -> int:
     return int(rng.choice([1, 2, 3, 4, 5, 7, 8, 16, 16, 17, 24, 32, 40]))
 
 
-def _input_shapes(rng) -> list:
+def _input_shapes(rng, cap: int) -> list:
     ndim = int(rng.integers(1, 5))
     shape = [_side(rng) for _ in range(ndim)]
     if ndim >= 2 and rng.random() < 0.4:           # 16xN or Nx16: the unrolled row kernels
         shape[-2:] = [16, int(rng.integers(1, 17))][::1 if rng.random() < 0.5 else -1]
-    while math.prod(shape) > MAX_NUMEL:
+    while math.prod(shape) > cap:
         shape[int(np.argmax(shape))] //= 2
     shapes = [tuple(shape)]
     for _ in range(int(rng.integers(0, 3))):
@@ -97,7 +98,7 @@ def _input_shapes(rng) -> list:
             other = other[int(rng.integers(0, len(other))):] or [shape[-1]]
         else:
             other = [_side(rng) for _ in range(int(rng.integers(1, 4)))]
-            while math.prod(other) > MAX_NUMEL:
+            while math.prod(other) > cap:
                 other[int(np.argmax(other))] //= 2
         shapes.append(tuple(other))
     return shapes
@@ -106,8 +107,8 @@ def _input_shapes(rng) -> list:
 class _Drawer:
     """Draws one candidate line at a time over the variables so far (PyTorch values)."""
 
-    def __init__(self, rng, values: dict):
-        self.rng, self.values = rng, values
+    def __init__(self, rng, values: dict, cap: int):
+        self.rng, self.values, self.cap = rng, values, cap
 
     def pick(self, kinds=None):
         names = [n for n, v in self.values.items()
@@ -183,8 +184,12 @@ class _Drawer:
 
     def _clamp(self):
         x = self.pick(["float", "int"])
-        return self.choice(["{x}.clamp(-2, 3)", "{x}.clamp_min(0)", "{x}.clamp(max=1)",
-                            "{x}.clamp(1, 4)"]).format(x=x)
+        if x is None:
+            return None
+        options = ["{x}.clamp_min(0)", "{x}.clamp(max=1)", "{x}.clamp(1, 4)"]
+        if self.dtype(x) != "uint8":      # PyTorch wraps a negative bound into uint8; kiln not
+            options.append("{x}.clamp(-2, 3)")
+        return self.choice(options).format(x=x)
 
     def _cast(self):
         x = self.pick()
@@ -241,7 +246,7 @@ class _Drawer:
         sizes = list(v.shape)
         if 1 in sizes:
             sizes = [self.choice([3, 16]) if s == 1 else s for s in sizes]
-            if math.prod(sizes) <= MAX_NUMEL:
+            if math.prod(sizes) <= self.cap:
                 options.append(f"{x}.expand({', '.join(map(str, sizes))})")
         return self.choice(options)
 
@@ -272,11 +277,12 @@ def generate(seed: int) -> Program:
     dtypes = [str(rng.choice(DTYPES)) for _ in range(3)]
     if rng.random() < 0.5:                  # a float and a mask: the pattern of masking code
         dtypes[:2] = [str(rng.choice(FLOATS)), "bool"]
-    shapes = _input_shapes(rng)
+    cap = MAX_NUMEL if rng.random() < 0.85 else 8 * MAX_NUMEL   # some past the C tiles
+    shapes = _input_shapes(rng, cap)
     inputs = tuple((s, d) for s, d in zip(shapes, dtypes))
     program = Program(inputs, (), ())
     values = {f"v{i}": torch.from_numpy(a) for i, a in enumerate(input_arrays(program, seed))}
-    drawer = _Drawer(rng, values)
+    drawer = _Drawer(rng, values, cap)
     lines = []
     for _ in range(200):
         if len(lines) >= int(rng.integers(1, 11)) and lines:
@@ -288,7 +294,7 @@ def generate(seed: int) -> Program:
             out = eval(expr, {"torch": torch, "math": math}, dict(values))
         except Exception:
             continue
-        if not isinstance(out, torch.Tensor) or out.numel() > MAX_NUMEL:
+        if not isinstance(out, torch.Tensor) or out.numel() > cap:
             continue
         name = f"v{len(values)}"
         values[name] = out
@@ -345,7 +351,7 @@ def check(program: Program, seed: int, backends=("c", "numpy"), with_torch: bool
                 problems.append(why)
     for backend in backends:
         compiled = kiln.compile(eager, backend=backend)
-        for call in range(calls):
+        for call in range(calls):   # KILN_KERNEL_CHOICE=c (set by main, the CI test) keeps C
             arrays = input_arrays(program, seed + 1000 * call)
             try:
                 got = _call(compiled, arrays, kiln)
@@ -431,7 +437,20 @@ def _collapse(program: Program) -> Program:
     return Program(program.inputs, tuple(lines), outputs)
 
 
-def main(first: int, count: int) -> None:
+def _category(problem: str) -> str:
+    """What failed, without the call and output numbers: 'eager vs torch', 'c', 'numpy'."""
+    return problem.split(" call")[0].split(",")[0].split(":")[0]
+
+
+def main(first: int, count: int, threaded: bool = False) -> None:
+    """Seeds first.. first+count-1, each failure printed minimized. `threaded`: every C loop
+    that can be shared among threads is (PARALLEL_MIN 0, two threads); give it a cache
+    directory of its own, the lowered programs differ."""
+    os.environ["KILN_KERNEL_CHOICE"] = "c"      # every generated kernel runs: no NumPy trials
+    if threaded:
+        import kiln.codegen.c as c_codegen
+        c_codegen.PARALLEL_MIN = 0
+        kiln.set_num_threads(2)
     found = 0
     for seed in range(first, first + count):
         program = generate(seed)
@@ -444,11 +463,11 @@ def main(first: int, count: int) -> None:
         found += 1
         print(f"=== seed {seed}: {problems[0]}", flush=True)
 
-        def fails(p, seed=seed):
+        def fails(p, seed=seed, category=_category(problems[0])):
             try:
-                return bool(check(p, seed))
+                return any(_category(why) == category for why in check(p, seed))
             except Exception:
-                return True
+                return False
         small = minimize(program, fails)
         print(small, flush=True)
         print("\n".join(check(small, seed)[:3]), flush=True)
@@ -456,4 +475,4 @@ def main(first: int, count: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), "--threaded" in sys.argv)
