@@ -25,7 +25,9 @@ DTYPES = ["float32", "float64", "int32", "int64", "bool", "uint8", "int8"]
 FLOATS = ("float32", "float64")
 MAX_NUMEL = 4096
 FILLS = {"float": ["-5.0", "0.0", "1.5", "-math.inf"], "int": ["-5", "0", "7"],
-         "bool": ["True", "False"]}
+         "uint8": ["0", "7"], "bool": ["True", "False"]}
+# uint8 meets no negative Python ints: PyTorch wraps such a scalar into uint8 (x < -5 is
+# x < 251, clamp(-2) clamps to 254); kiln compares and clamps with the value itself
 
 
 @dataclass(frozen=True)
@@ -84,16 +86,17 @@ def _side(rng) -> int:
 def _input_shapes(rng, cap: int) -> list:
     ndim = int(rng.integers(1, 5))
     shape = [_side(rng) for _ in range(ndim)]
-    if ndim >= 2 and rng.random() < 0.4:           # 16xN or Nx16: the unrolled row kernels
-        shape[-2:] = [16, int(rng.integers(1, 17))][::1 if rng.random() < 0.5 else -1]
+    if rng.random() < 0.5:          # 16 or more rows of at most 16: the unrolled row kernels
+        rows = [int(rng.choice([16, 16, 17, 32, 48, 64])), int(rng.integers(1, 17))]
+        shape[-2:] = rows[::1 if rng.random() < 0.7 else -1]
     while math.prod(shape) > cap:
         shape[int(np.argmax(shape))] //= 2
     shapes = [tuple(shape)]
     for _ in range(int(rng.integers(0, 3))):
         r = rng.random()
-        if r < 0.5:
+        if r < 0.65:
             other = list(shape)
-        elif r < 0.8:                                 # broadcasts: some dims 1, some dropped
+        elif r < 0.85:                                 # broadcasts: some dims 1, some dropped
             other = [1 if rng.random() < 0.4 else s for s in shape]
             other = other[int(rng.integers(0, len(other))):] or [shape[-1]]
         else:
@@ -127,17 +130,19 @@ class _Drawer:
     def dtype(self, name: str) -> str:
         return str(self.values[name].dtype).split(".")[-1]
 
+    def fills(self, name: str) -> list:
+        """Constants to compare a variable with or to fill it with."""
+        dtype = self.dtype(name)
+        return FILLS["uint8" if dtype == "uint8" else _kind(dtype)]
+
     def ndim(self, name: str) -> int:
         return self.values[name].ndim
 
     def choice(self, options):
         return options[int(self.rng.integers(0, len(options)))]
 
-    def line(self) -> str | None:
-        kind = self.choice(["unary", "unary", "compare", "logic", "where", "fill", "clamp",
-                            "cast", "binary", "binary", "reduce", "reduce", "reduce", "move",
-                            "move", "chain"])
-        return getattr(self, f"_{kind}")()
+    def line(self, kinds: list) -> str | None:
+        return getattr(self, f"_{self.choice(kinds)}")()
 
     def _unary(self):
         x = self.pick()
@@ -151,7 +156,11 @@ class _Drawer:
     def _compare(self):
         x = self.pick()
         y = self.partner(x)
-        c = self.choice(FILLS[_kind(self.dtype(x))][:3])
+        c = self.choice(self.fills(x)[:3])
+        if self.dtype(x) == "uint8":
+            y = x if self.dtype(y) in ("int8", "int32", "int64") else y
+            return self.choice(["{x} > {y}", "{x} == {c}", "{x} <= {y}", "{x} < {c}"]).format(
+                x=x, y=y, c=c)
         return self.choice(["{x} > {y}", "{x} == {c}", "{x} <= {y}", "{x} != {y}",
                             "{x} < {c}", "{x} >= 0"]).format(x=x, y=y, c=c)
 
@@ -169,7 +178,7 @@ class _Drawer:
             return None
         x = self.partner(m)
         y = self.partner(x)
-        c = self.choice(FILLS[_kind(self.dtype(x))])
+        c = self.choice(self.fills(x))
         return self.choice(["torch.where({m}, {x}, {y})", "torch.where({m}, {x}, {c})",
                             "torch.where(~{m}, {c}, {x})"]).format(m=m, x=x, y=y, c=c)
 
@@ -178,7 +187,7 @@ class _Drawer:
         if m is None:
             return None
         x = self.partner(m)
-        c = self.choice(FILLS[_kind(self.dtype(x))])
+        c = self.choice(self.fills(x))
         return self.choice(["{x}.masked_fill({m}, {c})",
                             "{x}.masked_fill(~{m}, {c})"]).format(m=m, x=x, c=c)
 
@@ -256,6 +265,8 @@ class _Drawer:
         x = self.pick(["float"])
         if m is None or x is None:
             return None
+        near = self.partner(m)             # the mask's shape, when a float has it
+        x = near if self.dtype(near) in FLOATS else x
         d = self._dim(x)
         return self.choice([
             f"{x}.masked_fill((({x} == -5.0).all(dim={d}, keepdim=True)), 0.0)",
@@ -263,31 +274,66 @@ class _Drawer:
             f".clamp_min(1)",
             f"{x}.masked_fill(~{m}, -math.inf).softmax({d}).nan_to_num(0.0)",
             f"torch.where({m}, {x}, -1e9).amax(dim={d}) + {m}.any(dim={d}).float()",
-            f"{x} - {x}.amax(dim={d}, keepdim=True)"])
+            f"{x} - {x}.amax(dim={d}, keepdim=True)",
+            f"({x}.masked_fill(~{m}, -5.0) == -5.0).all(dim={d}, keepdim=True)",
+            f"{x}.masked_fill(~{m}, -5.0).amax(dim={d}) == -5.0",
+            f"({m} & ({x} > 0)).any(dim={d}, keepdim=True)"])
+
+
+    def _rowwise(self):
+        """A masked value, reduced over its rows, and the rows' result used back on every
+        element: one kernel of two passes over each row (where GCC 12 miscompiled kiln's
+        unrolled short rows)."""
+        m = self.pick(["bool"])
+        if m is None:
+            return None
+        x = self.partner(m)
+        c = self.choice(self.fills(x)[:2])
+        y = self.choice([f"{x}.masked_fill(~{m}, {c})", f"torch.where({m}, {x}, {c})",
+                         f"({x} * {m})", f"({x} + {m})"])
+        d = self._dim(x)
+        r = self.choice(["({Y} == {c}).all(dim={d}, keepdim=True)",
+                         "({Y} != {c}).any(dim={d}, keepdim=True)",
+                         "({Y}.amax(dim={d}, keepdim=True) == {c})",
+                         "({Y}.sum(dim={d}, keepdim=True) > 0)"])
+        use = self.choice(["{Y}.masked_fill({R}, 0)", "torch.where({R}, {Y}, {x})", "{Y} * {R}",
+                           "{Y} - {Y}.amax(dim={d}, keepdim=True) + {R}"])
+        r = r.format(Y=y, c=c, d=d)
+        return use.format(Y=y, R=r, x=x, d=d)
 
 
 def _broadcasts(a: tuple, b: tuple) -> bool:
     return all(x == y or x == 1 or y == 1 for x, y in zip(a[::-1], b[::-1]))
 
 
-def generate(seed: int) -> Program:
-    """A program of 1..10 lines that PyTorch runs, with its inputs and returned names."""
+KINDS = ["unary", "unary", "compare", "logic", "where", "fill", "clamp", "cast", "binary",
+         "binary", "reduce", "reduce", "reduce", "move", "move", "chain", "rowwise", "rowwise"]
+# masking code over short rows only: a float and a mask of 16 or more rows of at most 16
+MASK_KINDS = ["compare", "logic", "where", "fill", "reduce", "chain", "rowwise", "rowwise"]
+
+
+def generate(seed: int, focus: str = "all") -> Program:
+    """A program of 1..10 lines that PyTorch runs, with its inputs and returned names.
+    focus="masks": a float and a mask of short rows, and the lines masking code writes."""
     import torch
     rng = np.random.default_rng(seed)
     dtypes = [str(rng.choice(DTYPES)) for _ in range(3)]
-    if rng.random() < 0.5:                  # a float and a mask: the pattern of masking code
+    if rng.random() < 0.5 or focus == "masks":   # a float and a mask: masking code
         dtypes[:2] = [str(rng.choice(FLOATS)), "bool"]
     cap = MAX_NUMEL if rng.random() < 0.85 else 8 * MAX_NUMEL   # some past the C tiles
     shapes = _input_shapes(rng, cap)
+    if focus == "masks":
+        rows = (int(rng.choice([16, 17, 32, 48])), int(rng.integers(1, 17)))
+        shapes = [shapes[0][:-2] + rows] * 2
     inputs = tuple((s, d) for s, d in zip(shapes, dtypes))
     program = Program(inputs, (), ())
     values = {f"v{i}": torch.from_numpy(a) for i, a in enumerate(input_arrays(program, seed))}
     drawer = _Drawer(rng, values, cap)
-    lines = []
+    lines, length = [], int(rng.integers(1, 11))
     for _ in range(200):
-        if len(lines) >= int(rng.integers(1, 11)) and lines:
+        if len(lines) >= length:
             break
-        expr = drawer.line()
+        expr = drawer.line(MASK_KINDS if focus == "masks" else KINDS)
         if expr is None:
             continue
         try:
@@ -300,7 +346,9 @@ def generate(seed: int) -> Program:
         values[name] = out
         lines.append(f"{name} = {expr}")
     made = [f"v{i}" for i in range(len(inputs), len(values))]
-    outputs = [n for n in made[:-1] if rng.random() < 0.2] + made[-1:]
+    used = set().union(*(_names(line.split(" = ", 1)[1]) for line in lines))
+    # every line feeds an output (none is dead code), and some values are used and returned
+    outputs = [n for n in made if n not in used or rng.random() < 0.2]
     return Program(inputs, tuple(lines), tuple(outputs))
 
 
@@ -442,7 +490,7 @@ def _category(problem: str) -> str:
     return problem.split(" call")[0].split(",")[0].split(":")[0]
 
 
-def main(first: int, count: int, threaded: bool = False) -> None:
+def main(first: int, count: int, threaded: bool = False, focus: str = "all") -> None:
     """Seeds first.. first+count-1, each failure printed minimized. `threaded`: every C loop
     that can be shared among threads is (PARALLEL_MIN 0, two threads); give it a cache
     directory of its own, the lowered programs differ."""
@@ -453,7 +501,7 @@ def main(first: int, count: int, threaded: bool = False) -> None:
         kiln.set_num_threads(2)
     found = 0
     for seed in range(first, first + count):
-        program = generate(seed)
+        program = generate(seed, focus)
         try:
             problems = check(program, seed)
         except Exception as e:
@@ -475,4 +523,5 @@ def main(first: int, count: int, threaded: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), "--threaded" in sys.argv)
+    main(int(sys.argv[1]), int(sys.argv[2]), "--threaded" in sys.argv,
+         "masks" if "--masks" in sys.argv else "all")
