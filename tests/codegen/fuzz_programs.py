@@ -295,7 +295,7 @@ class _Drawer:
         r = self.choice(["({Y} == {c}).all(dim={d}, keepdim=True)",
                          "({Y} != {c}).any(dim={d}, keepdim=True)",
                          "({Y}.amax(dim={d}, keepdim=True) == {c})",
-                         "({Y}.sum(dim={d}, keepdim=True) > 0)"])
+                         "({Y}.amin(dim={d}, keepdim=True) < {c})"])
         use = self.choice(["{Y}.masked_fill({R}, 0)", "torch.where({R}, {Y}, {x})", "{Y} * {R}",
                            "{Y} - {Y}.amax(dim={d}, keepdim=True) + {R}"])
         r = r.format(Y=y, c=c, d=d)
@@ -329,7 +329,7 @@ def generate(seed: int, focus: str = "all") -> Program:
     program = Program(inputs, (), ())
     values = {f"v{i}": torch.from_numpy(a) for i, a in enumerate(input_arrays(program, seed))}
     drawer = _Drawer(rng, values, cap)
-    lines, length = [], int(rng.integers(1, 11))
+    lines, length, inexact = [], int(rng.integers(1, 11)), set()
     for _ in range(200):
         if len(lines) >= length:
             break
@@ -340,9 +340,13 @@ def generate(seed: int, focus: str = "all") -> Program:
             out = eval(expr, {"torch": torch, "math": math}, dict(values))
         except Exception:
             continue
-        if not isinstance(out, torch.Tensor) or out.numel() > cap:
+        if not isinstance(out, torch.Tensor) or not 0 < out.numel() <= cap:
+            continue                # (PyTorch's softmax of an empty bool tensor is bool)
+        if _discrete(expr) and _names(expr) & inexact:
             continue
         name = f"v{len(values)}"
+        if out.is_floating_point() and (_inexact(expr) or _names(expr) & inexact):
+            inexact.add(name)
         values[name] = out
         lines.append(f"{name} = {expr}")
     made = [f"v{i}" for i in range(len(inputs), len(values))]
@@ -350,6 +354,22 @@ def generate(seed: int, focus: str = "all") -> Program:
     # every line feeds an output (none is dead code), and some values are used and returned
     outputs = [n for n in made if n not in used or rng.random() < 0.2]
     return Program(inputs, tuple(lines), tuple(outputs))
+
+
+# Two implementations of exp, tanh or a sum's order round differently within the tolerance;
+# a comparison, an integer cast or a floor of such a value would turn that into a mismatch
+# (tanh(x).int() is 0 or 1 near x = 9). So discrete ops take only exactly computed floats.
+INEXACT = ("exp", "log", "tanh", "sigmoid", "softmax", "sum", "mean", "/")
+DISCRETE = ("==", "!=", ">", "<", ".int()", ".long()", ".bool()", "torch.uint8", "torch.int8",
+            "floor", "argmax", ".all(", ".any(", "%", "//")
+
+
+def _inexact(expr: str) -> bool:
+    return any(token in expr for token in INEXACT)
+
+
+def _discrete(expr: str) -> bool:
+    return any(token in expr for token in DISCRETE)
 
 
 def _numpy(t) -> np.ndarray:
