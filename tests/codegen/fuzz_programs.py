@@ -521,6 +521,8 @@ def main(first: int, count: int, threaded: bool = False, focus: str = "all") -> 
         kiln.set_num_threads(2)
     found = 0
     for seed in range(first, first + count):
+        if (seed - first) % 250 == 0:
+            print(f"... seed {seed}", flush=True)
         program = generate(seed, focus)
         try:
             problems = check(program, seed)
