@@ -1,6 +1,11 @@
 """Programs the differential fuzzer (tests/codegen/fuzz_programs.py) found failing, minimized:
 each runs eagerly and compiled for the C and NumPy backends (a trace, then replays on fresh
 inputs), compared with PyTorch on the same inputs.
+
+The integer cases were kiln's own (eager) bugs. The masking cases are GCC 12's: with AVX it
+miscompiled kiln's unrolled short-row kernels whenever an element was selected from a load
+(kiln/codegen/c.py, NO_IF_CONVERSION), whatever the mask's dtype: the bool-mask workaround
+before it (`_narrow_loads`) left int, float and compared masks exposed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,54 @@ def _min_of_int8_extremes(x):       # -(-128) is -128 in int8: the smallest valu
 
 def _all_any_of_uint8(x):           # PyTorch's all/any of uint8 are uint8
     return x.all(dim=-1), x.any(), x.all(dim=0, keepdim=True)
+
+
+def _fill_then_all(s, m):           # the rows left all -5 are zeroed
+    x = s.masked_fill(m != 0, -5.0)
+    return x.masked_fill((x == -5.0).all(dim=-1, keepdim=True), 0.0)
+
+
+def _where_then_all(s, m):
+    x = torch_like(s).where(m > 0, s, -5.0)
+    return x.masked_fill((x == -5.0).all(dim=-1, keepdim=True), 0.0)
+
+
+def _rows_with_any(s, m):          # seed 280 of the masks focus, minimized
+    b = m != 0
+    v3 = b.masked_fill(~b, True) * (b.masked_fill(~b, True) != True).any(dim=-1, keepdim=True)
+    return s.masked_fill(~torch_like(s).where(b, v3, True), -5.0)
+
+
+def torch_like(t):
+    """The library of tensor t: kiln or torch (the programs run on both)."""
+    return kiln if isinstance(t, kiln.Tensor) else torch
+
+
+MASKING = {"fill_then_all": _fill_then_all, "where_then_all": _where_then_all,
+           "rows_with_any": _rows_with_any}
+
+
+@pytest.mark.parametrize("shape", [(16, 4), (16, 8), (32, 2), (16, 16), (2, 16, 5)])
+@pytest.mark.parametrize("mask_dtype", [np.bool_, np.int32, np.int64, np.float32])
+@pytest.mark.parametrize("name", sorted(MASKING))
+def test_masking_rows_compiled_equal_eager(name, mask_dtype, shape, monkeypatch):
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    fn = MASKING[name]
+    backends = ["c"] if c_build.compiler_problem() is None else []
+    compiled = {b: kiln.compile(fn, backend=b) for b in backends + ["numpy"]}
+    rng = np.random.default_rng(sum(shape))
+    for call in range(3):               # the first call traces; the others replay
+        data = rng.standard_normal(shape)
+        keep = rng.random(shape) > 0.5
+        keep[call % shape[0]] = False   # a row with nothing kept
+        mask = keep.astype(mask_dtype)
+        s, m = kiln.tensor(data), kiln.tensor(mask)
+        want = fn(torch.from_numpy(data), torch.from_numpy(mask))
+        assert compare(fn(s, m), want, f"{name} eager") is None
+        for backend, run in compiled.items():
+            why = compare(run(s, m), want, f"{name} {mask_dtype.__name__}{shape} on {backend}, "
+                                           f"call {call}")
+            assert why is None, why
 
 
 CASES = {  # name -> (function, input shape, numpy dtype, low, high)
