@@ -284,11 +284,11 @@ class _Drawer:
         """A masked value, reduced over its rows, and the rows' result used back on every
         element: one kernel of two passes over each row (where GCC 12 miscompiled kiln's
         unrolled short rows)."""
-        m = self.pick(["bool"])
-        if m is None:
-            return None
+        m = self.pick()
         x = self.partner(m)
         c = self.choice(self.fills(x)[:2])
+        if self.dtype(m) != "bool":         # an int or float mask, as code often holds one
+            m = f"({m} != 0)"
         y = self.choice([f"{x}.masked_fill(~{m}, {c})", f"torch.where({m}, {x}, {c})",
                          f"({x} * {m})", f"({x} + {m})"])
         d = self._dim(x)
@@ -322,9 +322,10 @@ def generate(seed: int, focus: str = "all") -> Program:
         dtypes[:2] = [str(rng.choice(FLOATS)), "bool"]
     cap = MAX_NUMEL if rng.random() < 0.85 else 8 * MAX_NUMEL   # some past the C tiles
     shapes = _input_shapes(rng, cap)
-    if focus == "masks":
+    if focus == "masks":            # the mask as code holds it: bool, int or float
         rows = (int(rng.choice([16, 17, 32, 48])), int(rng.integers(1, 17)))
         shapes = [shapes[0][:-2] + rows] * 2
+        dtypes[1] = str(rng.choice(["bool", "bool", "int32", "int64", "float32"]))
     inputs = tuple((s, d) for s, d in zip(shapes, dtypes))
     program = Program(inputs, (), ())
     values = {f"v{i}": torch.from_numpy(a) for i, a in enumerate(input_arrays(program, seed))}
