@@ -93,10 +93,20 @@ SEED_392 = Program(
     outputs=("v3", "v1", "v10", "v9"))
 
 
-def test_seed_392_compiled_equals_eager(monkeypatch):
+# seed 782 of `--masks`, minimized: int32 values under a mask from a float comparison
+SEED_782 = Program(
+    inputs=(((1, 17, 14), "float32"), ((1, 17, 14), "int32")),
+    lines=("v2 = v0 >= 0",
+           "v5 = v1.masked_fill(~v2, 0).masked_fill((v1.masked_fill(~v2, 0) == 0)"
+           ".all(dim=-1, keepdim=True), 0)"),
+    outputs=("v5",))
+
+
+@pytest.mark.parametrize("seed,program", [(392, SEED_392), (782, SEED_782)])
+def test_fuzz_seed_compiled_equals_eager(seed, program, monkeypatch):
     monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
     backends = ("c", "numpy") if c_build.compiler_problem() is None else ("numpy",)
-    assert check(SEED_392, 392, backends=backends) == []
+    assert check(program, seed, backends=backends) == []
 
 
 CASES = {  # name -> (function, input shape, numpy dtype, low, high)
