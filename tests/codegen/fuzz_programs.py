@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -423,10 +424,15 @@ def check(program: Program, seed: int, backends=("c", "numpy"), with_torch: bool
         for call in range(calls):   # KILN_KERNEL_CHOICE=c (set by main, the CI test) keeps C
             arrays = input_arrays(program, seed + 1000 * call)
             try:
-                got = _call(compiled, arrays, kiln)
+                with warnings.catch_warnings(record=True) as seen:
+                    warnings.simplefilter("always")
+                    got = _call(compiled, arrays, kiln)
             except Exception as e:
                 problems.append(f"{backend} call {call}: raised {type(e).__name__}: {e}")
                 break
+            # a failed C build runs NumPy instead, with a warning: equal, but not what we test
+            problems += [f"{backend} call {call}: {w.message}" for w in seen
+                         if "failed" in str(w.message)]
             for i, (g, w) in enumerate(zip(got, _call(eager, arrays, kiln))):
                 why = compare(g, w, f"{backend} call {call}, output {i}")
                 if why:
