@@ -69,6 +69,15 @@ SCRATCH_LIMIT = 16384
 UNROLL_LIMIT = 16
 # ... when there are at least this many rows, a vector's worth to walk side by side
 UNROLL_MIN_ROWS = 16
+# GCC 12 with AVX (-O2 or -O3 with -mavx, -mavx2 or -march=native; not -O1, not SSE only)
+# miscompiles a row loop whose body is written out element by element when an element is
+# selected from a load (`m ? c : x[row * 4 + j]`, a where or masked_fill): loop if-conversion
+# makes the selected loads masked loads, and the vectorizer then gives every group of them the
+# first group's mask, so kept elements read as 0 or as stray memory. A mask of any dtype does it
+# (bool, int32, a float compared), e.g. `x = s.masked_fill(m != 0, c)` then
+# `x.masked_fill((x == c).all(-1, keepdim=True), 0)` on 16x4 float64
+# (tests/codegen/test_c_fuzz_regressions.py). The unrolled kernels are built without that pass.
+NO_IF_CONVERSION = '__attribute__((optimize("no-tree-loop-if-convert"))) '
 # the shortest inner loop of a row's nest over its reduced dims (_rindex_loops): shorter
 # trailing loops merge into one, their digits taken from its variable by shifts
 NEST_INNER = 16
@@ -462,15 +471,16 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
               " *   in:  " + ", ".join(map(str, kernel.inputs)),
               " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
     rows_part = []
+    attributes = NO_IF_CONVERSION if r.unrolled else ""
     if r.rows_body is not None:
         # not inlined: GCC 12 spends minutes on a long unrolled body inside an OpenMP team's
         # outlined function, and seconds on the same body in a function of its own
         rows_part = [f"/* rows lo <= {r.rows_body[0]} < hi of {name}, for one thread */",
-                     f"static __attribute__((noinline)) void {r.rows_function}("
+                     f"static __attribute__((noinline)) {attributes}void {r.rows_function}("
                      f"{', '.join(params + ['const int64_t lo', 'const int64_t hi'])}) {{"]
         rows_part += _indent(r.rows_body[1]) + ["}", ""]
-    lines = header + rows_part + [f"void {name}({', '.join(params)}) {{"] + _indent(body) + \
-        ["}", ""]
+    lines = header + rows_part + [f"{attributes}void {name}({', '.join(params)}) {{"] + \
+        _indent(body) + ["}", ""]
     arg_dtypes = tuple(b.dtype for b in kernel.inputs + kernel.outputs)
     return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes, pairs)
 
@@ -519,6 +529,7 @@ class _Renderer:
         # (the outer loop's variable, the function's body) once rendered
         self.rows_function = f"{kernel.name}_rows"
         self.rows_body: tuple | None = None
+        self.unrolled = False       # the rows written out element by element (NO_IF_CONVERSION)
         self.elem_names = {s.dest for s in kernel.body
                            if not isinstance(s, Store) and s.scope == ELEM}
         # a row reduction's loop nest over its reduced dims (as self.loops), and the offset
@@ -858,6 +869,7 @@ class _Renderer:
         rows, n = self.k.numel, self.k.reduced_numel
         passes, row_stores = row_passes(self.k)
         parallel = rows * n * self.work >= self.parallel_min and rows >= PARALLEL_ROWS
+        self.unrolled = True
         out, body = self._row_nest(parallel)
         elem_vars = [v for v in self.k.index_vars if v.scope == ELEM]
         done: set = set()
