@@ -763,8 +763,7 @@ class _Renderer:
         threaded = self.k.numel * self.k.reduced_numel * self.work >= self.parallel_min
         if self.k.reduced_numel <= UNROLL_LIMIT and self.k.numel >= UNROLL_MIN_ROWS and \
                 (not threaded or sum(d != 1 for d in self.k.kept) >= 2) and \
-                not any(isinstance(st, Reduce) and st.op == "argmax" for st in self.k.body) \
-                and not self._narrow_loads():
+                not any(isinstance(st, Reduce) and st.op == "argmax" for st in self.k.body):
             return self.unrolled_reduction()
         if self.k.numel > 1 and (self.k.reduced_leading or self._stores_across_rows()):
             return self.column_reduction()
@@ -843,18 +842,6 @@ class _Renderer:
                          [s for s in self.k.body if getattr(s, "dest", None) in want],
                          prev.stores + last.stores)
         return passes[:-2] + [merged, RowPass(last.before, [], [], [])]
-
-    def _narrow_loads(self) -> bool:
-        """Whether the kernel loads elements narrower than 4 bytes (a bool mask, int8) at
-        offsets that change from row to row (a pool window's constant mask does not).
-        GCC 12 (-O3 -march=native, AVX2/AVX-512) miscompiles an unrolled reduction that
-        vectorizes its rows over such strided loads: `x = s.masked_fill(~m, c)` then a test of
-        every element of a row of x, 16 rows of 4..16, gave other values than the same C at
-        -O2 (some kept elements zeroed; tests/codegen/test_c_narrow_rows.py). Such kernels take
-        the row-at-a-time path."""
-        rows = {"row"} | {v.name for v in self.k.index_vars if v.scope == ROW}
-        return any(isinstance(st, Load) and st.dtype.itemsize < 4 and variables(st.offset) & rows
-                   for st in self.k.body)
 
     def unrolled_reduction(self) -> list:
         """Short rows (a 2x2 or 4x4 pooling window and the masks its backward keeps): one

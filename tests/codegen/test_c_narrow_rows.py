@@ -1,12 +1,14 @@
-"""Short-row reductions over bool masks on the C backend: compiled replays equal eager.
+"""Short-row reductions over masks on the C backend: compiled replays equal eager.
 
-GCC 12 at -O3 -march=native (AVX2/AVX-512) miscompiled kiln's unrolled reduction (16 or more
-rows of at most 16 elements, the rows vectorized side by side) when it loaded a bool mask at a
-stride: FlexAttention's first way of finding rows with nothing allowed,
-`x = s.masked_fill(~m, c)` then `(x == c).all(-1)`, replayed with kept elements zeroed. Kernels
-that load elements narrower than 4 bytes now take the row-at-a-time path
-(`CKernel._narrow_loads`). The patterns below are the ones users write with masks: each is
-compiled with the C backend and its replays compared with eager on new data.
+GCC 12 with AVX (-O2/-O3 with -mavx2 or -march=native) miscompiled kiln's unrolled reduction
+(16 or more rows of at most 16 elements, written out element by element) when an element was
+selected from a load: FlexAttention's first way of finding rows with nothing allowed,
+`x = s.masked_fill(~m, c)` then `(x == c).all(-1)`, replayed with kept elements zeroed. Loop
+if-conversion made the selected loads masked loads and the vectorizer gave every group the
+first group's mask; unrolled kernels are now built without that pass (`NO_IF_CONVERSION` in
+kiln/codegen/c.py; more cases in test_c_fuzz_regressions.py). The patterns below are the ones
+users write with masks: each is compiled with the C backend and its replays compared with
+eager on new data.
 """
 
 from __future__ import annotations
