@@ -14,7 +14,7 @@ from typing import Callable
 
 from kiln.ir.ops import PRIMITIVES, P
 from kiln.tracer import dispatch_mode
-from kiln.tracer.tensor import OBSERVED, Tensor
+from kiln.tracer.tensor import Tensor
 
 _OBSERVERS: list = []        # fn(name, args, attrs, out), called after each dispatched primitive
 _INNER: list = [None]        # the dispatch the wrapper calls, while it is in the chain
@@ -34,15 +34,10 @@ def add_op_observer(fn: Callable) -> None:
     `remove_op_observer(fn)`. `args` are the primitive's inputs (tensors and Python numbers),
     `attrs` its attribute dict, `out` its result tensor."""
     _OBSERVERS.append(fn)
-    OBSERVED[0] = True
     if _INNER[0] is None:
         _INNER[0] = P.dispatch
         P.dispatch = _observed_dispatch
-
-
-def observed() -> bool:
-    """Whether an op observer is installed."""
-    return bool(_OBSERVERS)
+    dispatch_mode.note_observed()
 
 
 def remove_op_observer(fn: Callable) -> None:
@@ -52,7 +47,6 @@ def remove_op_observer(fn: Callable) -> None:
         _OBSERVERS.remove(fn)
     if _OBSERVERS or _INNER[0] is None:
         return
-    OBSERVED[0] = recorder._ACTIVE[0] is not None or dispatch_mode.any_active()
     inner, _INNER[0] = _INNER[0], None
     if P.dispatch is _observed_dispatch:
         P.dispatch = inner
@@ -60,6 +54,7 @@ def remove_op_observer(fn: Callable) -> None:
         recorder._SAVED["dispatch"] = inner          # the profiler's wrapper sits above: relink
     else:                                            # pragma: no cover - a foreign wrapper
         _INNER[0] = inner                            # stays in the chain, passing calls through
+    dispatch_mode.note_observed()
 
 
 def splice_out(wrapper: Callable, inner: Callable) -> bool:

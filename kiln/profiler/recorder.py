@@ -26,7 +26,7 @@ from time import perf_counter_ns
 from kiln.ir.ops import P
 from kiln.profiler import memory
 from kiln.tracer import dispatch_mode
-from kiln.tracer.tensor import OBSERVED, Tensor
+from kiln.tracer.tensor import Tensor
 
 # categories, as Chrome's trace viewer shows them
 OP = "cpu_op"                      # a dispatched primitive
@@ -191,7 +191,7 @@ def start(rec: Recording) -> None:
     _ACTIVE[0] = rec
     P.dispatch = _traced_dispatch if rec.extended else _timed_dispatch
     CompiledFunction.__call__ = _timed_compiled_call
-    OBSERVED[0] = True
+    dispatch_mode.note_observed()
 
 
 def stop(rec: Recording) -> None:
@@ -201,8 +201,6 @@ def stop(rec: Recording) -> None:
     if _ACTIVE[0] is not rec:
         return
     _ACTIVE[0] = None
-    from kiln.profiler import op_hooks
-    OBSERVED[0] = op_hooks.observed() or dispatch_mode.any_active()
     wrapper = _traced_dispatch if rec.extended else _timed_dispatch
     if P.dispatch is wrapper:
         P.dispatch = _SAVED["dispatch"]
@@ -211,6 +209,7 @@ def stop(rec: Recording) -> None:
         op_hooks.splice_out(wrapper, _SAVED["dispatch"])
     if CompiledFunction.__call__ is _timed_compiled_call:
         CompiledFunction.__call__ = _SAVED["compiled_call"]
+    dispatch_mode.note_observed()
 
 
 class record_function(contextlib.ContextDecorator):

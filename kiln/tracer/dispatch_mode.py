@@ -45,7 +45,7 @@ def _set_modes(stack: tuple) -> None:
     with _LOCK:
         ACTIVE[0] += bool(stack) - bool(modes())
         STATE.dispatch_modes = stack
-    _note_observed()
+    note_observed()
 
 
 def push(mode) -> None:
@@ -62,17 +62,12 @@ def pop():
     return stack[-1]
 
 
-def _note_observed() -> None:
-    """The eager fast paths that skip the dispatcher (a full sum, softmax) take it while a
-    mode is active, so the mode sees their primitives. kiln.profiler sets the same flag while
-    its wrapper sits in the dispatcher slot, and keeps it on for a mode when it leaves."""
+def note_observed() -> None:
+    """Set OBSERVED: something watches every primitive (a wrapper in the dispatcher slot, the
+    profiler's or an op observer's, or a dispatch mode), so the eager fast paths that skip the
+    dispatcher (a full sum, softmax) take it. Called after each of those changes."""
     from kiln.tracer import dispatch
     OBSERVED[0] = bool(ACTIVE[0]) or P.dispatch is not dispatch.apply
-
-
-def any_active() -> bool:
-    """Whether some thread has a dispatch mode (the profiler keeps OBSERVED on for it)."""
-    return bool(ACTIVE[0])
 
 
 def handle(prim, args: tuple, attrs: dict, device):
