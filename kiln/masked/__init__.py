@@ -24,9 +24,6 @@ __all__ = ["MaskedTensor", "masked_tensor", "as_masked_tensor", "sum", "prod", "
            "cumprod", "amax", "amin", "argmax", "argmin", "mean", "median", "logsumexp",
            "norm", "var", "std", "softmax", "log_softmax", "softmin", "normalize"]
 
-_builtin_sum = sum
-
-
 # ----------------------------------------------------------------------------- functions
 
 def _mask_of(input: Tensor, mask) -> Tensor:
