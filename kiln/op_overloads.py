@@ -300,6 +300,35 @@ for _name in _SAME_DEFAULT:
 for _name in _TENSOR_OR_SCALAR:
     ATEN[f"{_name}.Tensor"] = ATEN[f"{_name}.Scalar"] = (_name, _binary(_name))
 
+
+
+def _on_numbers(name: str, overload: str, fn: Callable) -> Callable:
+    """ATen's Python-number overloads (`aten.add.default(2, 3.5)`, `aten.floordiv.int`):
+    Scalar, int or float operands only, as their schemas, with Python's arithmetic."""
+    kind = {"int": int, "float": (int, float)}.get(overload, (int, float, complex, bool))
+
+    def call(*args):
+        for a in args:
+            if isinstance(a, bool) and overload != "default" or not isinstance(a, kind):
+                wanted = "number" if overload == "default" else overload
+                raise RuntimeError(f"aten::{name}.{overload}: expected a value of type "
+                                   f"'{wanted}', got {type(a).__name__} ({a!r})")
+        return fn(*args)
+    return call
+
+
+_NUMBER_OPS = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+               "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
+               "floordiv": lambda a, b: a // b, "remainder": lambda a, b: a % b,
+               "eq": lambda a, b: a == b, "ne": lambda a, b: a != b,
+               "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+               "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+for _name, _fn in _NUMBER_OPS.items():
+    for _overload in ("default", "int", "float"):
+        ATEN[f"{_name}.{_overload}"] = (None, _on_numbers(_name, _overload, _fn))
+for _overload in ("int", "float"):
+    ATEN[f"neg.{_overload}"] = (None, _on_numbers("neg", _overload, lambda a: -a))
+
 for _key, (_prim, _fn) in ATEN.items():
     _op, _overload = _key.split(".")
     _add(_packet("aten", _op), _overload, _prim, _fn)

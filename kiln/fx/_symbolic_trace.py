@@ -173,7 +173,10 @@ class Tracer(TracerBase):
         """(the function to run, its arguments): one placeholder Proxy per parameter, in the
         order of the function's locals (positional, keyword-only, *args, **kwargs); a `*args`
         or `**kwargs` parameter is one placeholder (`*args`) whose Proxy the function gets
-        whole, by a copy of it with plain parameters in their place."""
+        whole, by a copy of it with plain parameters in their place. A decorated function
+        (`functools.wraps`) is read through its `__wrapped__` chain, and the wrapper is called
+        with the wrapped function's parameters, as torch.fx does."""
+        wrapper, root_fn = root_fn, inspect.unwrap(root_fn)
         code = root_fn.__code__
         n_plain = code.co_argcount + code.co_kwonlyargcount
         varargs = bool(code.co_flags & inspect.CO_VARARGS)
@@ -201,9 +204,9 @@ class Tracer(TracerBase):
             flat = code.replace(co_flags=code.co_flags & ~(inspect.CO_VARARGS |
                                                            inspect.CO_VARKEYWORDS),
                                 co_argcount=len(names), co_kwonlyargcount=0)
-            root_fn = types.FunctionType(flat, root_fn.__globals__, root_fn.__name__, None,
-                                         root_fn.__closure__)
-        return root_fn, args
+            return types.FunctionType(flat, root_fn.__globals__, root_fn.__name__, None,
+                                      root_fn.__closure__), args
+        return wrapper, args
 
     def _concrete_placeholder(self, name: str, value: Any, default: tuple) -> Any:
         """A concrete argument: the traced forward sees `value` (the graph is specialized to

@@ -712,3 +712,26 @@ def test_pickled_graph_module_is_traced_again_as_torch_does():
     assert again.code == specialized.code                  # wrap() and the _assert survive
     with pytest.raises(AssertionError, match="flag has been specialized"):
         again(kiln.tensor(x), False, 3)
+
+
+def _passes_through(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def test_a_decorated_function_is_traced_with_the_wrapped_functions_parameters():
+    def fn_of(fw):
+        @_passes_through
+        def scaled_sum(x, y, k=2.0):
+            return fw.relu(x) + y * k
+        return scaled_sum
+    t, k = torch.fx.symbolic_trace(fn_of(torch)), kiln.fx.symbolic_trace(fn_of(kiln))
+    assert k.code == kiln_text(t.code)
+    assert [n.target for n in k.graph.nodes if n.op == "placeholder"] == ["x", "y", "k"]
+    x = np.array([-1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(to_np(k(kiln.tensor(x), kiln.tensor(x))),
+                                  to_np(t(torch.tensor(x), torch.tensor(x))))
