@@ -449,8 +449,16 @@ def _cumsum_grad(g, out, x, axis):
     return (P.flip(P.cumsum(P.flip(g, axes=(axis,)), axis=axis), axes=(axis,)),)
 
 
-define("cumsum", REDUCE, lambda shapes, dtypes, axis: (shapes[0], dtypes[0]),
-       lambda xp, x, axis: xp.cumsum(x, axis=axis, dtype=x.dtype), _cumsum_grad, arity=1,
+def _cumsum(xp, x, axis):
+    """A running sum; float32 on the CPU accumulates in float64, as PyTorch's CPU kernel (its
+    result is the exact sum rounded once per element, not n roundings deep)."""
+    if x.dtype == np.float32 and xp is np:
+        return np.cumsum(x, axis=axis, dtype=np.float64).astype(np.float32)
+    return xp.cumsum(x, axis=axis, dtype=x.dtype)
+
+
+define("cumsum", REDUCE, lambda shapes, dtypes, axis: (shapes[0], dtypes[0]), _cumsum,
+       _cumsum_grad, arity=1,
        reads=(), extern=True)
 
 

@@ -421,26 +421,21 @@ def cumprod(input, dim, *, dtype=None):
     elif input.dtype.category < dt.FLOAT:
         input = input.to(dt.int64)        # PyTorch multiplies bools and ints as int64
     if input.dtype.category == dt.INT:
-        return _integer_cumprod(input, dim)
-    # exp(cumsum(log)) loses signs and zeros; a running product from cumsum over log|x| with a
-    # sign and zero count keeps both, and every step stays a primitive.
-    x = _floating(input)
-    d = _norm_dim(dim, x.ndim)
-    is_zero = eq(x, 0)
-    mag = exp(cumsum(log(where(is_zero, 1.0, abs(x))), d))
-    zero_seen = gt(cumsum(is_zero.to(dt.int64), d), 0)
-    if x.dtype.is_complex:          # magnitudes multiply, arguments add
-        phase = cumsum(P.angle(where(is_zero, 1.0, x)), d)
-        return where(zero_seen, 0.0, P.complex(mag * P.cos(phase), mag * P.sin(phase)))
-    negatives = cumsum(lt(x, 0).to(dt.int64), d)
-    signed = where(eq(remainder(negatives, 2), 1), -mag, mag)
-    return where(zero_seen, 0.0, signed)
+        return _scan_product(input, dim)
+    if input.dtype in dt.HALF:
+        return _narrowed(_scan_product(_widened(input), dim), input.dtype)
+    if input.dtype is dt.float32 and input.device.type == "cpu":
+        # in float64 and rounded once, as PyTorch's CPU kernel accumulates
+        return _scan_product(input.to(dt.float64), dim).to(dt.float32)
+    return _scan_product(input, dim)
 
 
-def _integer_cumprod(x: Tensor, dim: int) -> Tensor:
-    """The running product of integers, exact and wrapping around as PyTorch's: a scan that
-    multiplies each element by the one `step` places before it, for step = 1, 2, 4, ...
-    (log2(n) elementwise products; integer products wrap the same in any order)."""
+def _scan_product(x: Tensor, dim: int) -> Tensor:
+    """The running product: a scan that multiplies each element by the one `step` places
+    before it, for step = 1, 2, 4, ... (log2(n) elementwise products, each a primitive, so
+    autograd and the compiler see plain products). Integers come out exact and wrap around as
+    PyTorch's; floats carry log2(n) roundings per element, and zeros, signs, infinities and
+    NaNs come out as in the sequential product (inf then 0 gives NaN)."""
     if x.ndim == 0:
         return x.clone()
     d = _norm_dim(dim, x.ndim)
