@@ -39,8 +39,10 @@ class LazyModuleMixin:
         self._lazy_hook = self.register_forward_pre_hook(LazyModuleMixin._first_call)
 
     def extra_repr(self) -> str:
-        return ", ".join([repr(a) for a in self._lazy_args] +
-                         [f"{k}={v!r}" for k, v in self._lazy_kwargs.items() if v is not None])
+        """The ordinary module's, with an input size of 0 (as PyTorch prints a lazy module):
+        built on the meta device, which draws no initial weights."""
+        kwargs = dict(self._lazy_kwargs, device="meta")
+        return self.cls_to_become(0, *self._lazy_args, **kwargs).extra_repr()
 
     def has_uninitialized_params(self) -> bool:
         return any(isinstance(t, (UninitializedParameter, UninitializedBuffer))

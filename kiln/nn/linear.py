@@ -56,11 +56,6 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
 
-class LazyLinear(Module):
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError("LazyLinear is not supported in kiln; give in_features")
-
-
 class Bilinear(Module):
     """y = x1^T W x2 + b, with W of shape (out_features, in1_features, in2_features)."""
 

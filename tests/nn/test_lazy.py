@@ -58,3 +58,17 @@ def test_uninitialized_parameter_materializes_in_place():
     b = kiln.nn.UninitializedBuffer()
     b.materialize((4,), dtype=kiln.float64)
     assert type(b) is kiln.Tensor and b.dtype == kiln.float64
+
+
+@pytest.mark.parametrize("name, args, kwargs", [
+    ("LazyLinear", (4,), {}), ("LazyLinear", (4,), {"bias": False}),
+    ("LazyConv1d", (4, 3), {"stride": 2}), ("LazyConv2d", (4, 3), {"padding": 1, "bias": False}),
+    ("LazyConv3d", (2, 3), {}), ("LazyConvTranspose2d", (4, 3), {"stride": 2}),
+    ("LazyBatchNorm1d", (), {}), ("LazyBatchNorm2d", (), {"momentum": None}),
+    ("LazyInstanceNorm2d", (), {}), ("LazyInstanceNorm1d", (), {"affine": False})])
+def test_an_unbuilt_lazy_module_prints_as_torchs_and_draws_no_weights(name, args, kwargs):
+    state = kiln.get_rng_state()
+    k = getattr(kiln.nn, name)(*args, **kwargs)
+    t = getattr(torch.nn, name)(*args, **kwargs)
+    assert repr(k) == repr(t)
+    assert (kiln.get_rng_state() == state).all()
