@@ -432,8 +432,13 @@ def _sum_impl(xp, x, axes, keepdim):
 define("sum", REDUCE, _reduce, _sum_impl, _sum_grad, arity=1, reads=())
 define("max", REDUCE, _nonempty_reduce, lambda xp, x, axes, keepdim:
        x.max(axis=axes, keepdims=keepdim), _max_reduce_grad, arity=1, output=COPIED)
-define("prod", REDUCE, _reduce, lambda xp, x, axes, keepdim:
-       x.prod(axis=axes, keepdims=keepdim, dtype=x.dtype), _prod_grad, arity=1)
+def _prod(xp, x, axes, keepdim):
+    if xp is np:        # the ufunc's reduce, called from here (kiln's NumPy warnings are off)
+        return np.multiply.reduce(x, axis=axes, keepdims=keepdim, dtype=x.dtype)
+    return x.prod(axis=axes, keepdims=keepdim, dtype=x.dtype)
+
+
+define("prod", REDUCE, _reduce, _prod, _prod_grad, arity=1)
 
 
 def _argmax_infer(shapes, dtypes, axis, keepdim):
@@ -452,8 +457,10 @@ def _cumsum_grad(g, out, x, axis):
 def _cumsum(xp, x, axis):
     """A running sum; float32 on the CPU accumulates in float64, as PyTorch's CPU kernel (its
     result is the exact sum rounded once per element, not n roundings deep)."""
-    if x.dtype == np.float32 and xp is np:
-        return np.cumsum(x, axis=axis, dtype=np.float64).astype(np.float32)
+    if xp is np:        # the ufunc's accumulate, called from here (kiln's NumPy warnings are off)
+        if x.dtype == np.float32:
+            return np.add.accumulate(x, axis=axis, dtype=np.float64).astype(np.float32)
+        return np.add.accumulate(x, axis=axis, dtype=x.dtype)
     return xp.cumsum(x, axis=axis, dtype=x.dtype)
 
 
