@@ -11,7 +11,9 @@ are, and the ops that PyTorch runs only on contiguous nested tensors refuse them
 
 Calls reach `kiln.nested.strided_ops.HANDLERS` through `__torch_function__`; the metadata
 methods (size, dim, layout, is_contiguous, ...) are the class's own. There is no single shape:
-`.shape` raises, as PyTorch's does, and `size(i)` answers only for regular dims.
+`.shape` raises, as PyTorch's does, and `size(i)` answers only for regular dims. Inside the
+handlers (subclass dispatch off) the metadata is the buffer's, so kiln's own in-place code,
+which reads `self.shape`, writes the nested tensor's buffer as a plain 1-D tensor.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.torch_function import DisableTorchFunctionSubclass, as_subclass
 
 
@@ -76,9 +78,13 @@ class StridedNestedTensor(Tensor):
     # ------------------------------------------------------------------ metadata
     @property
     def shape(self):
+        if _as_buffer():
+            return Tensor.shape.fget(self)
         raise no_shape(self)
 
     def size(self, dim: int | None = None):
+        if _as_buffer():
+            return Tensor.size(self, dim)
         if dim is None:
             return self.shape
         d = outer_dim(self, dim)
@@ -91,13 +97,15 @@ class StridedNestedTensor(Tensor):
         return found
 
     def dim(self) -> int:
-        return self._layout.rank + 1
+        return Tensor.dim(self) if _as_buffer() else outer_ndim(self)
 
     @property
     def ndim(self) -> int:
         return self.dim()
 
     def __len__(self) -> int:
+        if _as_buffer():
+            return Tensor.__len__(self)
         raise no_shape(self)
 
     def __iter__(self):
@@ -113,7 +121,7 @@ class StridedNestedTensor(Tensor):
         return strided
 
     def is_contiguous(self, memory_format=None) -> bool:
-        return self._layout.is_contiguous()
+        return True if _as_buffer() else self._layout.is_contiguous()
 
     def values(self) -> Tensor:
         """The flat buffer, as PyTorch's strided `values()` gives it."""
@@ -156,6 +164,11 @@ class StridedNestedTensor(Tensor):
     __str__ = __repr__
 
 
+def _as_buffer() -> bool:
+    """Whether kiln's own code is running (subclass dispatch off): the buffer's metadata."""
+    return bool(STATE.tf_subclass_off or STATE.tf_off)
+
+
 def no_shape(nt: StridedNestedTensor) -> RuntimeError:
     """PyTorch's strided nested tensors have no sizes(): len, iter and .shape refuse."""
     return RuntimeError(f"kiln.nested: a strided nested tensor has no single shape (its "
@@ -169,8 +182,13 @@ def _int_table(rows: tuple, rank: int) -> Tensor:
     return kiln.tensor([list(r) for r in rows], dtype=kiln.int64).reshape(len(rows), rank)
 
 
+def outer_ndim(nt: StridedNestedTensor) -> int:
+    """The nested tensor's number of dims (the batch dim and its components'), whoever asks."""
+    return nt._layout.rank + 1
+
+
 def outer_dim(nt: StridedNestedTensor, dim: int) -> int:
-    ndim = nt.dim()
+    ndim = outer_ndim(nt)
     if not -ndim <= dim < ndim:
         raise IndexError(f"kiln.nested: dim {dim} is out of range for a nested tensor of "
                          f"{ndim} dims (expected in [{-ndim}, {ndim - 1}])")

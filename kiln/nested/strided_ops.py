@@ -16,7 +16,8 @@ import math
 
 import kiln
 from kiln.nested.ops import _arg, func_name
-from kiln.nested.strided import Layout, StridedNestedTensor, components, outer_dim, pack, wrap
+from kiln.nested.strided import Layout, StridedNestedTensor, components, outer_dim, outer_ndim, \
+    pack, wrap
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.torch_function import DisableTorchFunctionSubclass, as_subclass
 
@@ -104,7 +105,7 @@ def _operand(name: str, ref: StridedNestedTensor, a, numbers_only: bool = False)
                                f"component sizes {list(ref._layout.sizes)} and "
                                f"{list(a._layout.sizes)} differ")
         return a
-    if isinstance(a, Tensor) and (a.ndim > 0 or numbers_only and name != "eq"):
+    if isinstance(a, Tensor) and (a.ndim > 0 or numbers_only and "eq" not in name):
         raise RuntimeError(f"kiln.nested: {name}(): expected both operands nested (or a "
                            f"number, or a 0-dim tensor), got a dense tensor of shape "
                            f"{tuple(a.shape)} (as in PyTorch's strided layout; broadcast "
@@ -114,13 +115,15 @@ def _operand(name: str, ref: StridedNestedTensor, a, numbers_only: bool = False)
 
 def binary(func, name, args, kwargs):
     """add / sub / mul / div / masked_fill with nested tensors of the same sizes, numbers and
-    0-dim tensors: on the buffers when all share one layout, else component by component."""
-    ref = next(a for a in args if isinstance(a, StridedNestedTensor))
-    numbers_only = name in COMPARISONS
-    args = [_operand(name, ref, a, numbers_only) for a in args]
+    0-dim tensors; comparisons with numbers only. A nested tensor with numbers keeps its layout
+    (the buffer's op); nested with nested gives a contiguous result, as in PyTorch."""
+    at = next(i for i, a in enumerate(args) if isinstance(a, StridedNestedTensor))
+    ref, numbers_only = args[at], name in COMPARISONS
+    args = [a if i == at else _operand(name, ref, a, numbers_only) for i, a in enumerate(args)]
     kwargs = {k: _operand(name, ref, v, numbers_only) for k, v in kwargs.items()}
     nested = [a for a in (*args, *kwargs.values()) if isinstance(a, StridedNestedTensor)]
-    if all(n._layout == ref._layout for n in nested):
+    if len(nested) == 1 or ref._layout.is_contiguous() and \
+            all(n._layout == ref._layout for n in nested):
         def to_buffer(a):
             return buffer_of(a) if isinstance(a, StridedNestedTensor) else a
         out = func(*map(to_buffer, args), **{k: to_buffer(v) for k, v in kwargs.items()})
@@ -133,7 +136,7 @@ def binary(func, name, args, kwargs):
     return _from_parts(ref, outs)
 
 
-COMPARISONS = ("eq", "gt", "ge")
+COMPARISONS = ("eq", "__eq__", "gt", "ge")
 BINARY = ("add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide",
           "masked_fill", *COMPARISONS)
 
@@ -160,7 +163,7 @@ IN_PLACE = "add_ mul_ relu_ tanh_ abs_ neg_ fill_ zero_ copy_".split()
 
 
 def like(func, name, args, kwargs):
-    """zeros_like / ones_like / full_like: a contiguous nested tensor of the same sizes."""
+    """zeros_like / ones_like / randn_like ...: a contiguous nested tensor of the same sizes."""
     nt = args[0]
     return _from_parts(nt, [func(p, *args[1:], **kwargs) for p in parts(nt)])
 
@@ -197,9 +200,9 @@ def reduce_sum(func, name, args, kwargs):
     if len(dims) != 1:
         raise RuntimeError(f"kiln.nested: sum(): a strided nested tensor reduces one dim at a "
                            f"time, got dims {dims}")
-    if outer_dim(nt, dims[0]) != nt.dim() - 1:
+    if outer_dim(nt, dims[0]) != outer_ndim(nt) - 1:
         raise RuntimeError(f"kiln.nested: sum(): a strided nested tensor reduces only along "
-                           f"its last dim ({nt.dim() - 1}), got dim {dims[0]}")
+                           f"its last dim ({outer_ndim(nt) - 1}), got dim {dims[0]}")
     if not keepdim:
         raise RuntimeError("kiln.nested: sum(): a strided nested tensor needs keepdim=True")
     _contiguous(name, nt)
@@ -233,7 +236,7 @@ def linear(func, name, args, kwargs):
             isinstance(bias, StridedNestedTensor):
         raise NotImplementedError("kiln.nested: linear() takes a nested input with a dense "
                                   "weight and bias")
-    if nt.dim() != 3 or weight.ndim != 2 or nt._layout.regular_size(1) != weight.shape[1]:
+    if outer_ndim(nt) != 3 or weight.ndim != 2 or nt._layout.regular_size(1) != weight.shape[1]:
         raise RuntimeError(f"kiln.nested: linear(): needs a 3-dim nested tensor whose last dim "
                            f"is regular and matches the weight's, got components of sizes "
                            f"{list(nt._layout.sizes)} and a weight of shape "
@@ -249,7 +252,7 @@ def matmul(func, name, args, kwargs):
         raise RuntimeError(f"kiln.nested: {name}(): expected both operands nested (PyTorch's "
                            "strided layout multiplies nested by nested only), got "
                            f"{type(a).__name__} and {type(b).__name__}")
-    ok = a.dim() == b.dim() == 3 if name == "bmm" else a.dim() >= 3 and b.dim() >= 3
+    ok = outer_ndim(a) == outer_ndim(b) == 3 if name == "bmm" else outer_ndim(a) >= 3 and outer_ndim(b) >= 3
     if not ok or a._layout.batch != b._layout.batch:
         raise RuntimeError(f"kiln.nested: {name}(): needs nested tensors of "
                            f"{'3' if name == 'bmm' else 'at least 3'} dims and one batch size, "
@@ -313,7 +316,7 @@ def transpose(func, name, args, kwargs):
 def unsqueeze(func, name, args, kwargs):
     nt = args[0]
     dim = _arg(args, kwargs, 1, "dim")
-    ndim = nt.dim() + 1
+    ndim = outer_ndim(nt) + 1
     if not -ndim <= dim < ndim:
         raise IndexError(f"kiln.nested: unsqueeze(): dim {dim} is out of range (expected in "
                          f"[{-ndim}, {ndim - 1}])")
@@ -381,9 +384,9 @@ def reshape(func, name, args, kwargs):
 
 def _last_dim_pieces(name: str, nt: StridedNestedTensor, dim: int, widths: list) -> tuple:
     """Views of the last dim cut into `widths` (chunk and split along it)."""
-    if outer_dim(nt, dim) != nt.dim() - 1:
+    if outer_dim(nt, dim) != outer_ndim(nt) - 1:
         raise RuntimeError(f"kiln.nested: {name}(): a nested tensor splits only along its last "
-                           f"dim ({nt.dim() - 1}), got dim {dim}")
+                           f"dim ({outer_ndim(nt) - 1}), got dim {dim}")
     _contiguous(name, nt)
     layout, out, at = nt._layout, [], 0
     for width in widths:
@@ -398,7 +401,7 @@ def chunk(func, name, args, kwargs):
     nt = args[0]
     chunks, dim = _arg(args, kwargs, 1, "chunks"), _arg(args, kwargs, 2, "dim", 0)
     last = nt._layout.regular_size(nt._layout.rank - 1) if nt._layout.rank else None
-    if outer_dim(nt, dim) == nt.dim() - 1 and (last is None or last % chunks):
+    if outer_dim(nt, dim) == outer_ndim(nt) - 1 and (last is None or last % chunks):
         raise RuntimeError(f"kiln.nested: chunk(): the last dim ({last}) must be regular and "
                            f"divisible by chunks ({chunks})")
     width = last // chunks if last else 0
@@ -413,7 +416,7 @@ def split(func, name, args, kwargs):
         raise NotImplementedError("kiln.nested: split() of a nested tensor takes a list of "
                                   "sizes (as in PyTorch, split_with_sizes)")
     last = nt._layout.regular_size(nt._layout.rank - 1) if nt._layout.rank else None
-    if outer_dim(nt, dim) == nt.dim() - 1 and sum(sizes) != last:
+    if outer_dim(nt, dim) == outer_ndim(nt) - 1 and sum(sizes) != last:
         raise RuntimeError(f"kiln.nested: split(): sizes {list(sizes)} do not add up to the "
                            f"last dim ({last})")
     return _last_dim_pieces(name, nt, dim, list(sizes))
@@ -437,8 +440,20 @@ def select(func, name, args, kwargs):
     nt, dim, index = args[0], _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "index")
     if outer_dim(nt, dim) == 0:
         return _component(nt, index)
-    at = outer_dim(nt, dim) - 1
-    return _from_parts(nt, [p.select(at, index) for p in parts(nt)])
+    return _select_view(nt, outer_dim(nt, dim) - 1, index)
+
+
+def _select_view(nt: StridedNestedTensor, at: int, index: int) -> StridedNestedTensor:
+    """Every component's entry `index` along component dim `at`: a view, as in PyTorch."""
+    layout = nt._layout
+    starts = []
+    for size, stride, start in zip(layout.sizes, layout.strides, layout.starts):
+        if not -size[at] <= index < size[at]:
+            raise IndexError(f"kiln.nested: select(): index {index} is out of range for a "
+                             f"component of sizes {size} along dim {at + 1}")
+        starts.append(start + (index % size[at]) * stride[at])
+    return _view(nt, [s[:at] + s[at + 1:] for s in layout.sizes],
+                 [s[:at] + s[at + 1:] for s in layout.strides], starts)
 
 
 def _component(nt: StridedNestedTensor, index) -> Tensor:
@@ -462,7 +477,7 @@ def getitem(func, name, args, kwargs):
         return _component(nt, index[0])[index[1:]]
     if isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis and \
             isinstance(index[1], int):
-        return _from_parts(nt, [p[..., index[1]] for p in parts(nt)])
+        return _select_view(nt, nt._layout.rank - 1, index[1])
     raise NotImplementedError(f"kiln.nested: indexing a strided nested tensor with {index!r} "
                               "is not supported (as in PyTorch: no slicing; an int picks a "
                               "component, [..., k] an index of the last dim)")
@@ -481,9 +496,9 @@ def to_padded_tensor(nt: StridedNestedTensor, padding: float, output_size=None) 
     target = [max(s[d] for s in layout.sizes) for d in range(layout.rank)]
     if output_size is not None:
         output_size = list(output_size)
-        if len(output_size) != nt.dim():
+        if len(output_size) != outer_ndim(nt):
             raise RuntimeError(f"kiln.nested: to_padded_tensor(): output_size {output_size} "
-                               f"must have {nt.dim()} entries, one per dim")
+                               f"must have {outer_ndim(nt)} entries, one per dim")
         if output_size[0] != layout.batch or any(o < t for o, t in zip(output_size[1:], target)):
             raise RuntimeError(f"kiln.nested: to_padded_tensor(): output_size {output_size} "
                                f"is smaller than the padded size {[layout.batch, *target]}; "
@@ -528,7 +543,7 @@ HANDLERS.update({name: unary for name in UNARY})
 HANDLERS.update({name: binary for name in BINARY})
 HANDLERS.update({name: in_place for name in IN_PLACE})
 HANDLERS.update({name: on_self for name in ON_SELF})
-HANDLERS.update({name: like for name in ("zeros_like", "ones_like", "full_like")})
+HANDLERS.update({name: like for name in ("zeros_like", "ones_like", "empty_like", "randn_like")})
 HANDLERS.update({
     "contiguous": contiguous, "softmax": softmax, "sum": reduce_sum, "layer_norm": layer_norm,
     "linear": linear, "matmul": matmul, "bmm": matmul, "scaled_dot_product_attention": attention,
