@@ -198,6 +198,21 @@ def test_bad_reads_raise_as_torch(call):
     _raise_both(call, *_both())
 
 
+def test_narrow_picks_components_as_views():
+    arrays = _arrays(((2, 3), (4, 3), (1, 3)))
+    k = kiln.nested.nested_tensor([kiln.tensor(a) for a in arrays])
+    t = torch.nested.nested_tensor([torch.tensor(a) for a in arrays])
+    _check(k.narrow(0, 1, 2), t.narrow(0, 1, 2))
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    _check(kiln.nested.narrow(kiln.tensor(x), 0, 1, 2),
+           torch.nested.narrow(torch.tensor(x), 0, 1, 2, layout=torch.strided))
+    _raise_both(lambda lib, x: x.narrow(1, 0, 1), k, t)
+    _raise_both(lambda lib, x: lib.nested.narrow(x, 1, 1, 2), kiln.tensor(x), torch.tensor(x))
+    _raise_both(lambda lib, x: lib.nested.narrow(x, 0, lib.tensor([0, 1]), lib.tensor([1, 2]),
+                                                 layout=lib.strided),
+                kiln.tensor(x), torch.tensor(x))
+
+
 # ----------------------------------------------------------------------------- elementwise
 
 UNARY = [
@@ -297,7 +312,7 @@ def test_reshape_splits_a_regular_dim():
     lambda lib, x: x.reshape(2, 2, -1), lambda lib, x: x.unsqueeze(0), lambda lib, x: x.squeeze(),
     lambda lib, x: x.squeeze(0), lambda lib, x: x.unsqueeze(5), lambda lib, x: x.chunk(2, 1),
     lambda lib, x: x.chunk(2, -1), lambda lib, x: x.chunk(2, 0), lambda lib, x: x.split(1, -1),
-    lambda lib, x: x.narrow(-1, 0, 2),
+    lambda lib, x: x.narrow(-1, 0, 2), lambda lib, x: x.narrow(0, 1, 2),
 ])
 def test_bad_shape_ops_raise_as_torch(call):
     _raise_both(call, *_both())

@@ -11,18 +11,19 @@ code (such calls run eagerly) are not provided.
 
 from __future__ import annotations
 
-from kiln.tracer.sparse import layout, strided
+from kiln.tracer.sparse import layout
+from kiln.tracer.sparse import strided as STRIDED   # kiln.nested.strided is the submodule
 from kiln.tracer.tensor import Tensor
 
 jagged = layout("jagged")
 
-__all__ = ["as_nested_tensor", "jagged", "nested_tensor", "nested_tensor_from_jagged",
+__all__ = ["as_nested_tensor", "jagged", "narrow", "nested_tensor", "nested_tensor_from_jagged",
            "to_padded_tensor"]
 
 
 def _is_jagged(op: str, layout_) -> bool:
     """Whether `layout_` asks for the jagged layout (None is the strided default)."""
-    if layout_ is not jagged and layout_ is not None and layout_ is not strided:
+    if layout_ is not jagged and layout_ is not None and layout_ is not STRIDED:
         raise RuntimeError(f"kiln.nested.{op}: expected layout=kiln.strided or kiln.jagged, "
                            f"got {layout_!r}")
     return layout_ is jagged
@@ -135,6 +136,18 @@ def nested_tensor_from_jagged(values: Tensor, offsets: Tensor | None = None,
         raise ValueError(f"kiln.nested.nested_tensor_from_jagged: offsets must start at 0 and "
                          f"not decrease, got {bounds}")
     return wrap(values, jagged_of(offsets), 1 if jagged_dim is None else jagged_dim)
+
+
+def narrow(tensor: Tensor, dim: int, start, length, layout=STRIDED):
+    """Rows `start .. start + length - 1` of `tensor`'s dim-0 slices as a strided nested tensor
+    (a view of a packed copy, as in PyTorch, which narrows strided ones only along dim 0)."""
+    if _is_jagged("narrow", layout):
+        raise NotImplementedError("kiln.nested.narrow: layout=kiln.jagged (a non-contiguous "
+                                  "NJT) is not supported")
+    if isinstance(start, Tensor) or isinstance(length, Tensor):
+        raise RuntimeError("kiln.nested.narrow: start and length must be ints for the strided "
+                           "layout")
+    return as_nested_tensor(list(tensor.unbind(0))).narrow(dim, start, length)
 
 
 def to_padded_tensor(input, padding: float, output_size=None) -> Tensor:

@@ -432,6 +432,24 @@ def unbind(nt: StridedNestedTensor, dim: int = 0) -> tuple:
         return tuple(parts(nt))
 
 
+def narrow(func, name, args, kwargs):
+    """Components start .. start + length - 1: a view (PyTorch narrows only along dim 0)."""
+    nt = args[0]
+    dim, start, length = (_arg(args, kwargs, i, n) for i, n in
+                          enumerate(("dim", "start", "length"), start=1))
+    if outer_dim(nt, dim) != 0:
+        raise RuntimeError(f"kiln.nested: narrow(): a strided nested tensor narrows only along "
+                           f"dim 0, got {dim}")
+    layout = nt._layout
+    start = start % layout.batch if layout.batch else 0
+    if start + length > layout.batch or length < 0:
+        raise IndexError(f"kiln.nested: narrow(): components {start} .. {start + length - 1} "
+                         f"are out of range for {layout.batch} components")
+    pick = slice(start, start + length)
+    return wrap(buffer_of(nt), Layout(layout.sizes[pick], layout.strides[pick],
+                                      layout.starts[pick], layout.rank))
+
+
 def method_unbind(func, name, args, kwargs):
     return unbind(args[0], _arg(args, kwargs, 1, "dim", 0))
 
@@ -549,7 +567,7 @@ HANDLERS.update({
     "linear": linear, "matmul": matmul, "bmm": matmul, "scaled_dot_product_attention": attention,
     "transpose": transpose, "swapaxes": transpose, "mT": transpose, "unsqueeze": unsqueeze,
     "squeeze": squeeze, "reshape": reshape, "view": reshape, "chunk": chunk, "split": split,
-    "split_with_sizes": split, "unbind": method_unbind, "select": select,
+    "split_with_sizes": split, "unbind": method_unbind, "select": select, "narrow": narrow,
     "__getitem__": getitem, "numel": numel, "nelement": numel, "grad": nested_grad,
     "data": nested_grad,
 })
