@@ -333,6 +333,20 @@ def test_in_place_ops_match_torch():
     k, t = _both()
     _raise_both(lambda lib, x: x.copy_(lib.nested.nested_tensor([lib.ones(2, 3),
                                                                  lib.zeros(3, 3)])), k, t)
+    for op in ("copy_", "add_", "mul_"):
+        _raise_both(lambda lib, x: getattr(lib.nested.nested_tensor([lib.zeros(3, 2),
+                                                                     lib.zeros(3, 4)]),
+                                           op)(x.transpose(1, 2)), k, t)
+
+
+def test_dropout_in_training_zeroes_or_scales():
+    k, _ = _both(((20, 30), (40, 30)))
+    out = kiln.nn.functional.dropout(k, 0.5)
+    for x, y in zip(k.unbind(), out.unbind()):
+        x, y = _np(x), _np(y)
+        kept = y != 0
+        np.testing.assert_allclose(y[kept], x[kept] * 2, **VALUES)
+        assert 0.3 < kept.mean() < 0.7
 
 
 def test_in_place_on_a_view_writes_the_base():
@@ -416,6 +430,13 @@ def test_multihead_attention_runs_only_on_torchs_fast_path():
     tm.eval(), km.eval()
     _raise_both(lambda lib, x: (tm if lib is torch else km)(x, x, x), k, t, AssertionError)
     with torch.no_grad(), kiln.no_grad():
+        k2, t2 = _both(((2, 4), (3, 4)), seed=1)
+        _raise_both(lambda lib, x: (tm if lib is torch else km)(x, x, x + 0), k2, t2,
+                    AssertionError)
+        odd_t = torch.nn.MultiheadAttention(4, 1, batch_first=True).eval()
+        odd_k = kiln.nn.MultiheadAttention(4, 1, batch_first=True).eval()
+        _raise_both(lambda lib, x: (odd_t if lib is torch else odd_k)(x, x, x), k2, t2,
+                    AssertionError)
         out_t, w_t = tm(t, t, t)
         out_k, w_k = km(k, k, k)
         tlayer = torch.nn.TransformerEncoderLayer(4, 2, 8, batch_first=True).eval()

@@ -142,7 +142,8 @@ BINARY = ("add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_di
 
 
 def in_place(func, name, args, kwargs):
-    """add_ / mul_ / fill_ / copy_ / ... into a contiguous strided nested tensor's buffer."""
+    """add_ / mul_ / fill_ / copy_ / ... into a contiguous strided nested tensor's buffer, from
+    numbers, 0-dim tensors or a nested tensor of the same layout."""
     target = args[0]
     if not isinstance(target, StridedNestedTensor):
         raise NotImplementedError(f"kiln.nested: {name} into a dense tensor from a nested one "
@@ -152,7 +153,11 @@ def in_place(func, name, args, kwargs):
     def convert(a):
         a = _operand(name, target, a)
         if isinstance(a, StridedNestedTensor):
-            return buffer_of(a if a._layout == target._layout else a.contiguous())
+            if a._layout != target._layout:
+                raise RuntimeError(f"kiln.nested: {name}(): the other nested tensor's strides "
+                                   "differ from this one's (as PyTorch, call .contiguous() on "
+                                   "both)")
+            return buffer_of(a)
         return a
 
     func(target, *map(convert, args[1:]), **{k: convert(v) for k, v in kwargs.items()})

@@ -103,18 +103,23 @@ class MultiheadAttention(Module):
         PyTorch runs nested inputs only on its inference fast path, so the same conditions
         apply; the weights come back zero-padded to the longest sequence, as there."""
         why = None
-        if self.training:
-            why = "training is enabled"
-        elif kiln.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            why = "grad is enabled and the projection weights require grad"
+        if query.dim() != 3:
+            why = f"the input is not batched (query.dim() is {query.dim()}, not 3)"
         elif not (query is key and key is value):
             why = "query, key and value are not the same tensor (self-attention)"
-        elif not self.batch_first:
-            why = "batch_first is False"
+        elif self.training:
+            why = "training is enabled"
         elif self.num_heads % 2:
             why = "num_heads is odd"
+        elif not self.batch_first:
+            why = "batch_first is False"
+        elif not self._qkv_same_embed_dim:
+            why = "kdim or vdim differs from embed_dim"
         elif key_padding_mask is not None or attn_mask is not None:
             why = "a mask was given"
+        elif kiln.is_grad_enabled() and (query.requires_grad or
+                                         any(p.requires_grad for p in self.parameters())):
+            why = "grad is enabled and the query or the projection weights require grad"
         if why is not None:
             raise AssertionError("MultiheadAttention does not support a nested tensor outside "
                                  f"of PyTorch's inference fast path, not taken because {why}")
