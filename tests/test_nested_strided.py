@@ -88,7 +88,8 @@ def test_default_layout_metadata_and_repr():
     k, t = _both()
     assert k.layout is kiln.strided and k.is_nested and k.dim() == t.dim() == 3
     assert (k.size(0), k.size(2), k.size(-1)) == (t.size(0), t.size(2), t.size(-1)) == (2, 3, 3)
-    assert k.numel() == t.numel() == 18 and k.dtype == kiln.float32 and k.device == kiln.device("cpu")
+    assert k.numel() == t.numel() == 18 and k.dtype == kiln.float32
+    assert k.device == kiln.device("cpu")
     assert _repr(k) == repr(t)
     assert k.is_contiguous() and _layout(k) == _layout(t)
     np.testing.assert_array_equal(_np(k.values()), _np(t.values()))
@@ -287,7 +288,8 @@ def test_transposed_keeps_layout_and_refuses_what_torch_refuses():
 
 @pytest.mark.parametrize("call", [
     lambda lib, x: x.reshape(2, -1, 3, 1), lambda lib, x: x.reshape(2, -1, -1),
-    lambda lib, x: x.view(2, -1, 3, 1), lambda lib, x: x.unsqueeze(1), lambda lib, x: x.unsqueeze(-1),
+    lambda lib, x: x.view(2, -1, 3, 1), lambda lib, x: x.unsqueeze(1),
+    lambda lib, x: x.unsqueeze(-1),
     lambda lib, x: x.unsqueeze(2), lambda lib, x: x.unsqueeze(1).squeeze(1),
     lambda lib, x: x.unsqueeze(-1).squeeze(-1), lambda lib, x: x.squeeze(2),
     lambda lib, x: x.squeeze(1), lambda lib, x: x.chunk(3, -1), lambda lib, x: x.chunk(1, -1),
@@ -404,8 +406,8 @@ def test_scaled_dot_product_attention():
     F_k, F_t = kiln.nn.functional, torch.nn.functional
     q, tq = _both()
     kv, tkv = _both(((3, 3), (1, 3)), seed=1)
-    _check(F_k.scaled_dot_product_attention(q, kv, kv), F_t.scaled_dot_product_attention(tq, tkv, tkv),
-           rtol=1e-5, atol=1e-5)
+    _check(F_k.scaled_dot_product_attention(q, kv, kv),
+           F_t.scaled_dot_product_attention(tq, tkv, tkv), rtol=1e-5, atol=1e-5)
     _check(F_k.scaled_dot_product_attention(q, q, q, scale=0.3),
            F_t.scaled_dot_product_attention(tq, tq, tq, scale=0.3), rtol=1e-5, atol=1e-5)
     h, th = _both(((2, 3, 4), (2, 5, 4)), seed=2)
@@ -416,7 +418,9 @@ def test_scaled_dot_product_attention():
                  lambda lib, x: lib.nn.functional.scaled_dot_product_attention(
                      x, x, x, attn_mask=lib.ones(1, 1, dtype=lib.bool)),
                  lambda lib, x: lib.nn.functional.scaled_dot_product_attention(
-                     lib.ones(2, 4, 3), x, x)):
+                     lib.ones(2, 4, 3), x, x),
+                 lambda lib, x: lib.nn.functional.scaled_dot_product_attention(
+                     x, x.narrow(0, 0, 1), x.narrow(0, 0, 1))):
         _raise_both(call, q, tq)
 
 

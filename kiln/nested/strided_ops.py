@@ -105,11 +105,13 @@ def _operand(name: str, ref: StridedNestedTensor, a, numbers_only: bool = False)
                                f"component sizes {list(ref._layout.sizes)} and "
                                f"{list(a._layout.sizes)} differ")
         return a
-    if isinstance(a, Tensor) and (a.ndim > 0 or numbers_only and "eq" not in name):
-        raise RuntimeError(f"kiln.nested: {name}(): expected both operands nested (or a "
-                           f"number, or a 0-dim tensor), got a dense tensor of shape "
-                           f"{tuple(a.shape)} (as in PyTorch's strided layout; broadcast "
-                           "it per component after unbind(), or use layout=kiln.jagged)")
+    numbers_only = numbers_only and "eq" not in name     # eq also takes a 0-dim tensor
+    if isinstance(a, Tensor) and (a.ndim > 0 or numbers_only):
+        allowed = "a number" if numbers_only else "a nested tensor, a number or a 0-dim tensor"
+        raise RuntimeError(f"kiln.nested: {name}(): the other operand must be {allowed} (as in "
+                           f"PyTorch's strided layout), got a dense tensor of shape "
+                           f"{tuple(a.shape)}; apply it per component after unbind(), or use "
+                           "layout=kiln.jagged")
     return a
 
 
@@ -128,12 +130,14 @@ def binary(func, name, args, kwargs):
             return buffer_of(a) if isinstance(a, StridedNestedTensor) else a
         out = func(*map(to_buffer, args), **{k: to_buffer(v) for k, v in kwargs.items()})
         return wrap(out, ref._layout)
-    outs = []
-    for i in range(ref._layout.batch):
-        def pick(a):
-            return parts(a)[i] if isinstance(a, StridedNestedTensor) else a
-        outs.append(func(*map(pick, args), **{k: pick(v) for k, v in kwargs.items()}))
-    return _from_parts(ref, outs)
+    batch = ref._layout.batch
+
+    def per_component(a) -> list:
+        return parts(a) if isinstance(a, StridedNestedTensor) else [a] * batch
+    columns = [per_component(a) for a in args]
+    named = {k: per_component(v) for k, v in kwargs.items()}
+    return _from_parts(ref, [func(*(c[i] for c in columns), **{k: c[i] for k, c in named.items()})
+                             for i in range(batch)])
 
 
 COMPARISONS = ("eq", "__eq__", "gt", "ge")
@@ -257,7 +261,8 @@ def matmul(func, name, args, kwargs):
         raise RuntimeError(f"kiln.nested: {name}(): expected both operands nested (PyTorch's "
                            "strided layout multiplies nested by nested only), got "
                            f"{type(a).__name__} and {type(b).__name__}")
-    ok = outer_ndim(a) == outer_ndim(b) == 3 if name == "bmm" else outer_ndim(a) >= 3 and outer_ndim(b) >= 3
+    ranks = outer_ndim(a), outer_ndim(b)
+    ok = ranks == (3, 3) if name == "bmm" else min(ranks) >= 3
     if not ok or a._layout.batch != b._layout.batch:
         raise RuntimeError(f"kiln.nested: {name}(): needs nested tensors of "
                            f"{'3' if name == 'bmm' else 'at least 3'} dims and one batch size, "
@@ -284,18 +289,24 @@ def attention(func, name, args, kwargs):
     if mask is not None or is_causal:
         raise RuntimeError("kiln.nested: scaled_dot_product_attention(): nested query and key "
                            "take neither attn_mask nor is_causal (as in PyTorch)")
+    if len({t._layout.batch for t in (q, k, v)}) != 1:
+        raise RuntimeError("kiln.nested: scaled_dot_product_attention(): query, key and value "
+                           f"hold {q._layout.batch}, {k._layout.batch} and {v._layout.batch} "
+                           "components; they must hold the same number")
     _contiguous(name, q, k, v)
-    outs = [func(a, b, c, dropout_p=dropout_p, scale=scale)
+    gqa = _arg(args, kwargs, 7, "enable_gqa", False)
+    outs = [func(a, b, c, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
             for a, b, c in zip(parts(q), parts(k), parts(v))]
     return _from_parts(q, outs)
 
 
 # ----------------------------------------------------------------------------- views
 
-def _view(nt: StridedNestedTensor, sizes, strides, starts=None) -> StridedNestedTensor:
+def _view(nt: StridedNestedTensor, sizes, strides, starts=None, rank_change: int = 0):
+    """A nested tensor on the same buffer with new per-component sizes, strides (and starts)."""
     layout = Layout(tuple(map(tuple, sizes)), tuple(map(tuple, strides)),
-                    nt._layout.starts if starts is None else tuple(starts), len(sizes[0])
-                    if sizes else nt._layout.rank)
+                    nt._layout.starts if starts is None else tuple(starts),
+                    nt._layout.rank + rank_change)
     return wrap(buffer_of(nt), layout)
 
 
@@ -335,9 +346,7 @@ def unsqueeze(func, name, args, kwargs):
         step = size[at] * stride[at] if at < len(size) else 1
         sizes.append((*size[:at], 1, *size[at:]))
         strides.append((*stride[:at], step, *stride[at:]))
-    if not sizes:
-        return wrap(buffer_of(nt), Layout((), (), (), nt._layout.rank + 1))
-    return _view(nt, sizes, strides)
+    return _view(nt, sizes, strides, rank_change=1)
 
 
 def squeeze(func, name, args, kwargs):
@@ -351,7 +360,7 @@ def squeeze(func, name, args, kwargs):
     if not layout.sizes or any(s[at] != 1 for s in layout.sizes):
         return wrap(buffer_of(nt), layout)
     return _view(nt, [s[:at] + s[at + 1:] for s in layout.sizes],
-                 [s[:at] + s[at + 1:] for s in layout.strides])
+                 [s[:at] + s[at + 1:] for s in layout.strides], rank_change=-1)
 
 
 def reshape(func, name, args, kwargs):
@@ -476,7 +485,7 @@ def _select_view(nt: StridedNestedTensor, at: int, index: int) -> StridedNestedT
                              f"component of sizes {size} along dim {at + 1}")
         starts.append(start + (index % size[at]) * stride[at])
     return _view(nt, [s[:at] + s[at + 1:] for s in layout.sizes],
-                 [s[:at] + s[at + 1:] for s in layout.strides], starts)
+                 [s[:at] + s[at + 1:] for s in layout.strides], starts, rank_change=-1)
 
 
 def _component(nt: StridedNestedTensor, index) -> Tensor:
