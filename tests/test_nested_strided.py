@@ -135,6 +135,8 @@ def test_images_ragged_in_two_dims():
 @pytest.mark.parametrize("make", [
     lambda lib: lib.nested.nested_tensor([lib.ones(2), lib.ones(2, 3)]),
     lambda lib: lib.nested.nested_tensor(lib.ones(2, 3)),
+    lambda lib: lib.nested.nested_tensor((lib.ones(2, 3), lib.ones(1, 3))),
+    lambda lib: lib.nested.nested_tensor([lib.ones(2, 3)], layout=lib.sparse_coo),
     lambda lib: lib.nested.nested_tensor([lib.tensor([1, 2])], requires_grad=True),
     lambda lib: lib.nested.as_nested_tensor(lib.ones(3)),
     lambda lib: lib.nested.as_nested_tensor(lib.nested.nested_tensor([lib.ones(2)])),

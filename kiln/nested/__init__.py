@@ -24,8 +24,8 @@ __all__ = ["as_nested_tensor", "jagged", "narrow", "nested_tensor", "nested_tens
 def _is_jagged(op: str, layout_) -> bool:
     """Whether `layout_` asks for the jagged layout (None is the strided default)."""
     if layout_ is not jagged and layout_ is not None and layout_ is not STRIDED:
-        raise RuntimeError(f"kiln.nested.{op}: expected layout=kiln.strided or kiln.jagged, "
-                           f"got {layout_!r}")
+        raise RuntimeError(f"kiln.nested.{op}: layout {layout_!r} is unsupported for nested "
+                           "tensors (use kiln.strided, the default, or kiln.jagged)")
     return layout_ is jagged
 
 
@@ -75,13 +75,14 @@ def nested_tensor(tensor_list, *, dtype=None, layout=None, device=None, requires
     """A new nested tensor copied from `tensor_list` (a leaf: no history kept), strided unless
     `layout=kiln.jagged`."""
     from kiln.nested.strided import pack
-    if not isinstance(tensor_list, (list, tuple)):
-        raise TypeError(f"kiln.nested.nested_tensor: expected a list of tensors (or of nested "
-                        f"lists of numbers), got {type(tensor_list).__name__}")
     if _is_jagged("nested_tensor", layout):
         parts = [p.detach() for p in _components("nested_tensor", tensor_list, dtype, device)]
         out = _from_parts(parts)
     else:
+        if not isinstance(tensor_list, list):
+            raise TypeError(f"kiln.nested.nested_tensor: the strided layout takes a list of "
+                            f"tensors (or of nested lists of numbers), got "
+                            f"{type(tensor_list).__name__}")
         parts = _strided_components("nested_tensor", tensor_list, dtype, device)
         out = pack([p.detach() for p in parts], dtype=dtype)
     if requires_grad:
