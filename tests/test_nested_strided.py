@@ -270,7 +270,11 @@ def test_transposed_keeps_layout_and_refuses_what_torch_refuses():
     _check(kt, tt)
     assert not kt.is_contiguous()
     for call in (lambda lib, x: x + 1, lambda lib, x: x * 2, lambda lib, x: x.clone(),
-                 lambda lib, x: x + x, lambda lib, x: x.softmax(-1), lambda lib, x: x.mT,
+                 lambda lib, x: x + x, lambda lib, x: x - x, lambda lib, x: x * x,
+                 lambda lib, x: x / x, lambda lib, x: x.masked_fill(x > 0, 0.0),
+                 lambda lib, x: x + x.contiguous(), lambda lib, x: x == 0.5,
+                 lambda lib, x: x.to("cpu"), lambda lib, x: x.detach(),
+                 lambda lib, x: x.softmax(-1), lambda lib, x: x.mT,
                  lambda lib, x: x.contiguous(), lambda lib, x: x.reshape(2, 3, -1),
                  lambda lib, x: x.unsqueeze(1), lambda lib, x: x.transpose(-1, -2),
                  lambda lib, x: x.clone(memory_format=lib.contiguous_format),
@@ -282,14 +286,32 @@ def test_transposed_keeps_layout_and_refuses_what_torch_refuses():
                  lambda lib, x: x.clone().fill_(1.0), lambda lib, x: x.view(2, -1, 3),
                  lambda lib, x: lib.nn.functional.layer_norm(x, (2,), lib.ones(2),
                                                              lib.zeros(2)),
-                 lambda lib, x: x.transpose(0, 1)):
+                 lambda lib, x: x.transpose(0, 1), lambda lib, x: x * x.contiguous(),
+                 lambda lib, x: x.contiguous() / x, lambda lib, x: x.to(lib.float64),
+                 lambda lib, x: x.masked_fill(x.contiguous() > 0, 0.0),
+                 lambda lib, x: lib.zeros_like(x), lambda lib, x: x.narrow(0, 0, 1)):
         _raise_both(call, kt, tt)
+
+
+def test_chunks_and_narrowed_keep_their_offsets():
+    k, t = _both(((2, 3, 4), (2, 5, 4)))
+    for view in (lambda x: x.chunk(2, -1)[1], lambda x: x.split([1, 3], -1)[1]):
+        kv, tv = view(k), view(t)
+        for call in (lambda lib, x: x + 1, lambda lib, x: x * x, lambda lib, x: x + x,
+                     lambda lib, x: x.contiguous(), lambda lib, x: x.softmax(1)):
+            _check(call(kiln, kv), call(torch, tv))
+    k, t = _both(((2, 3), (4, 3), (1, 3)))
+    kn, tn = k.narrow(0, 1, 2), t.narrow(0, 1, 2)
+    for call in (lambda lib, x: x + 1, lambda lib, x: x * x, lambda lib, x: x + x,
+                 lambda lib, x: x.contiguous()):
+        _check(call(kiln, kn), call(torch, tn))
 
 
 # ----------------------------------------------------------------------------- shape ops
 
 @pytest.mark.parametrize("call", [
     lambda lib, x: x.reshape(2, -1, 3, 1), lambda lib, x: x.reshape(2, -1, -1),
+    lambda lib, x: x.view(2, -1, -1), lambda lib, x: x.reshape(2, -1, 1, 3),
     lambda lib, x: x.view(2, -1, 3, 1), lambda lib, x: x.unsqueeze(1),
     lambda lib, x: x.unsqueeze(-1),
     lambda lib, x: x.unsqueeze(2), lambda lib, x: x.unsqueeze(1).squeeze(1),
@@ -313,6 +335,7 @@ def test_reshape_splits_a_regular_dim():
 
 @pytest.mark.parametrize("call", [
     lambda lib, x: x.reshape(-1, -1, 3), lambda lib, x: x.reshape(2, -1),
+    lambda lib, x: x.view(2, -1, -1, 1), lambda lib, x: x.reshape(2, -1, -1, -1),
     lambda lib, x: x.reshape(2, 2, -1), lambda lib, x: x.unsqueeze(0), lambda lib, x: x.squeeze(),
     lambda lib, x: x.squeeze(0), lambda lib, x: x.unsqueeze(5), lambda lib, x: x.chunk(2, 1),
     lambda lib, x: x.chunk(2, -1), lambda lib, x: x.chunk(2, 0), lambda lib, x: x.split(1, -1),
@@ -412,6 +435,8 @@ def test_scaled_dot_product_attention():
            F_t.scaled_dot_product_attention(tq, tkv, tkv), rtol=1e-5, atol=1e-5)
     _check(F_k.scaled_dot_product_attention(q, q, q, scale=0.3),
            F_t.scaled_dot_product_attention(tq, tq, tq, scale=0.3), rtol=1e-5, atol=1e-5)
+    _raise_both(lambda lib, x: lib.nn.functional.scaled_dot_product_attention(x, x, x),
+                *_both(IMAGES))
     h, th = _both(((2, 3, 4), (2, 5, 4)), seed=2)
     _check(F_k.scaled_dot_product_attention(h, h, h), F_t.scaled_dot_product_attention(th, th, th),
            rtol=1e-5, atol=1e-5)

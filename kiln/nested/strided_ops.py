@@ -68,18 +68,30 @@ def _component_dim(op: str, nt: StridedNestedTensor, dim: int) -> int:
 # ----------------------------------------------------------------------------- elementwise
 
 def keep_layout(func, name, args, kwargs):
-    """clone / detach / to / dropout ...: the buffer's op, same layout (a non-contiguous
-    nested tensor stays one, as PyTorch's preserve_format does)."""
+    """clone / detach / dropout: the buffer's op, same layout (a non-contiguous nested tensor
+    stays one, as PyTorch's preserve_format does)."""
     nt = args[0]
     if name == "clone" and kwargs.get("memory_format") is kiln.contiguous_format:
         return pack([p.clone() for p in parts(nt)], nt._layout.rank, nt.dtype)
-    out = func(buffer_of(nt), *args[1:], **kwargs)
-    return wrap(out, nt._layout) if isinstance(out, Tensor) else out
+    return wrap(func(buffer_of(nt), *args[1:], **kwargs), nt._layout)
 
 
-KEEP_LAYOUT = """
-clone detach to float double half bfloat16 int long short bool type type_as cpu dropout
-""".split()
+def convert(func, name, args, kwargs):
+    """to / float / double / type ...: the buffer converted (a contiguous one, as PyTorch asks,
+    unless nothing changes)."""
+    nt = args[0]
+    buffer = buffer_of(nt)
+    out = func(buffer, *args[1:], **kwargs)
+    if not isinstance(out, Tensor):         # type() with no dtype names the tensor type
+        return out
+    if out is buffer or out._data is buffer._data and out.dtype == buffer.dtype:
+        return nt
+    _contiguous(name, nt)
+    return wrap(out, nt._layout)
+
+
+KEEP_LAYOUT = ("clone", "detach", "dropout")
+CONVERSIONS = "to float double half bfloat16 int long short bool type type_as cpu".split()
 
 
 def unary(func, name, args, kwargs):
@@ -117,19 +129,29 @@ def _operand(name: str, ref: StridedNestedTensor, a, numbers_only: bool = False)
 
 def binary(func, name, args, kwargs):
     """add / sub / mul / div / masked_fill with nested tensors of the same sizes, numbers and
-    0-dim tensors; comparisons with numbers only. A nested tensor with numbers keeps its layout
-    (the buffer's op); nested with nested gives a contiguous result, as in PyTorch."""
+    0-dim tensors; comparisons with numbers only. As in PyTorch, add and sub of two nested
+    tensors give a contiguous result whatever their layouts; the others need one layout and
+    keep it (the buffers' op), as does anything with numbers."""
     at = next(i for i, a in enumerate(args) if isinstance(a, StridedNestedTensor))
     ref, numbers_only = args[at], name in COMPARISONS
     args = [a if i == at else _operand(name, ref, a, numbers_only) for i, a in enumerate(args)]
     kwargs = {k: _operand(name, ref, v, numbers_only) for k, v in kwargs.items()}
     nested = [a for a in (*args, *kwargs.values()) if isinstance(a, StridedNestedTensor)]
-    if len(nested) == 1 or ref._layout.is_contiguous() and \
-            all(n._layout == ref._layout for n in nested):
-        def to_buffer(a):
-            return buffer_of(a) if isinstance(a, StridedNestedTensor) else a
-        out = func(*map(to_buffer, args), **{k: to_buffer(v) for k, v in kwargs.items()})
-        return wrap(out, ref._layout)
+    same_layout = all(n._layout == ref._layout for n in nested)
+    if len(nested) > 1 and name in ADDITIVE:
+        if not (same_layout and ref._layout.is_contiguous()):
+            return _per_component(func, ref, args, kwargs)
+    elif not same_layout:
+        raise RuntimeError(f"kiln.nested: {name}(): nested operands need matching strides (as "
+                           "in PyTorch); call .contiguous() on both")
+
+    def to_buffer(a):
+        return buffer_of(a) if isinstance(a, StridedNestedTensor) else a
+    out = func(*map(to_buffer, args), **{k: to_buffer(v) for k, v in kwargs.items()})
+    return wrap(out, ref._layout)
+
+
+def _per_component(func, ref: StridedNestedTensor, args: list, kwargs: dict):
     batch = ref._layout.batch
 
     def per_component(a) -> list:
@@ -140,6 +162,7 @@ def binary(func, name, args, kwargs):
                              for i in range(batch)])
 
 
+ADDITIVE = ("add", "sub", "subtract")
 COMPARISONS = ("eq", "__eq__", "gt", "ge")
 BINARY = ("add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide",
           "masked_fill", *COMPARISONS)
@@ -174,6 +197,7 @@ IN_PLACE = "add_ mul_ relu_ tanh_ abs_ neg_ fill_ zero_ copy_".split()
 def like(func, name, args, kwargs):
     """zeros_like / ones_like / randn_like ...: a contiguous nested tensor of the same sizes."""
     nt = args[0]
+    _contiguous(name, nt)
     return _from_parts(nt, [func(p, *args[1:], **kwargs) for p in parts(nt)])
 
 
@@ -289,6 +313,10 @@ def attention(func, name, args, kwargs):
     if mask is not None or is_causal:
         raise RuntimeError("kiln.nested: scaled_dot_product_attention(): nested query and key "
                            "take neither attn_mask nor is_causal (as in PyTorch)")
+    if any(t._layout.rank == 0 or t._layout.regular_size(t._layout.rank - 1) is None
+           for t in (q, k, v)):
+        raise RuntimeError("kiln.nested: scaled_dot_product_attention(): the last dim of query, "
+                           "key and value must be regular (the same in every component)")
     if len({t._layout.batch for t in (q, k, v)}) != 1:
         raise RuntimeError("kiln.nested: scaled_dot_product_attention(): query, key and value "
                            f"hold {q._layout.batch}, {k._layout.batch} and {v._layout.batch} "
@@ -365,7 +393,8 @@ def squeeze(func, name, args, kwargs):
 
 def reshape(func, name, args, kwargs):
     """reshape / view of every component. The batch size stays; -1 keeps a component's size
-    in that position (PyTorch's nested rule: it does not infer)."""
+    in that position (PyTorch's nested rule: it does not infer; a reshape that adds dims keeps
+    at most one)."""
     nt = args[0]
     sizes = tuple(args[1:]) or tuple(kwargs.get("shape", kwargs.get("size", ())))
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
@@ -374,6 +403,9 @@ def reshape(func, name, args, kwargs):
     if not sizes or sizes[0] != layout.batch:
         raise RuntimeError(f"kiln.nested: {name}(): cannot change or infer the batch dim: "
                            f"expected {layout.batch} first, got {list(sizes)}")
+    if len(sizes) - 1 > layout.rank and list(sizes[1:layout.rank + 1]).count(-1) > 1:
+        raise RuntimeError(f"kiln.nested: {name}(): shape {list(sizes)} adds dims, so only one "
+                           "of the existing dims may be -1 (as in PyTorch)")
     new_sizes = []
     for old in layout.sizes:
         new = []
@@ -454,6 +486,7 @@ def narrow(func, name, args, kwargs):
     if outer_dim(nt, dim) != 0:
         raise RuntimeError(f"kiln.nested: narrow(): a strided nested tensor narrows only along "
                            f"dim 0, got {dim}")
+    _contiguous(name, nt)
     layout = nt._layout
     start = start % layout.batch if layout.batch else 0
     if start + length > layout.batch or length < 0:
@@ -571,6 +604,7 @@ def nested_grad(func, name, args, kwargs):
 
 
 HANDLERS: dict = {name: keep_layout for name in KEEP_LAYOUT}
+HANDLERS.update({name: convert for name in CONVERSIONS})
 HANDLERS.update({name: unary for name in UNARY})
 HANDLERS.update({name: binary for name in BINARY})
 HANDLERS.update({name: in_place for name in IN_PLACE})
