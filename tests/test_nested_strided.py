@@ -567,6 +567,23 @@ def test_sgd_steps_a_strided_parameter_and_adam_is_refused():
         kiln.optim.Adam([k]).step()
 
 
+def test_a_module_registers_and_trains_a_nested_parameter():
+    arrays = _arrays()
+    mods = []
+    for lib in (kiln, torch):
+        m = lib.nn.Module()
+        m.w = lib.nn.Parameter(lib.nested.nested_tensor([lib.tensor(a) for a in arrays]))
+        opt = lib.optim.SGD(m.parameters(), lr=0.5)
+        (m.w * m.w).to_padded_tensor(0.0).sum().backward()
+        opt.step()
+        mods.append(m)
+    (k_params, t_params) = (list(m.parameters()) for m in mods)
+    assert len(k_params) == len(t_params) == 1 and isinstance(k_params[0], kiln.nn.Parameter)
+    assert _repr(k_params[0]) == repr(t_params[0])
+    assert _repr(k_params[0]).startswith("Parameter containing:\nnested_tensor([")
+    _check(k_params[0], t_params[0], **GRADS)
+
+
 def test_compile_runs_strided_calls_eagerly():
     k, t = _both()
 

@@ -159,7 +159,8 @@ class StridedNestedTensor(Tensor):
             suffix = f", grad_fn=<{type(self.grad_fn).__name__}>"
         elif self.requires_grad:
             suffix = ", requires_grad=True"
-        return "nested_tensor([\n" + ",\n".join(texts) + "\n]" + suffix + ")"
+        prefix = "Parameter containing:\n" if getattr(self, "_is_param", False) else ""
+        return prefix + "nested_tensor([\n" + ",\n".join(texts) + "\n]" + suffix + ")"
 
     __str__ = __repr__
 
