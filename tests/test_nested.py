@@ -537,11 +537,7 @@ def test_bad_dims_and_shapes_raise_as_torch(call):
         call(kiln, k)
 
 
-def test_strided_layout_and_bad_components_are_refused():
-    with pytest.raises(NotImplementedError, match="only layout=kiln.jagged"):
-        kiln.nested.nested_tensor([kiln.ones(2, 3), kiln.ones(1, 3)])
-    with pytest.raises(NotImplementedError, match="only layout=kiln.jagged"):
-        kiln.nested.as_nested_tensor([kiln.ones(2, 3)], layout=kiln.strided)
+def test_bad_components_are_refused():
     with pytest.raises(RuntimeError):
         torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(1, 4, 2)], layout=torch.jagged)
     with pytest.raises(RuntimeError, match="cannot represent"):

@@ -1,29 +1,45 @@
 """torch.nested for kiln: jagged nested tensors (`layout=kiln.jagged`), batches of sequences
-of different lengths that go through Linear, attention and norms without padding.
+of different lengths that go through Linear, attention and norms without padding, and the
+strided layout (the default), lists of tensors that may differ in any dim.
 
-The tensor type and its op table live in `kiln.nested.tensor` and `kiln.nested.ops`; they are
-imported on first use, since defining the subclass turns on kiln's `__torch_function__`
-dispatch for the rest of the process. PyTorch's older strided nested layout, non-contiguous NJTs
-(`lengths=`, `narrow`) and NJTs inside `kiln.compile`d code (such calls run eagerly) are not
-provided.
+The jagged tensor type and its op table live in `kiln.nested.tensor` and `kiln.nested.ops`, the
+strided ones in `kiln.nested.strided` and `kiln.nested.strided_ops`; they are imported on first
+use, since defining a subclass turns on kiln's `__torch_function__` dispatch for the rest of the
+process. Non-contiguous NJTs (`lengths=`, `narrow`) and nested tensors inside `kiln.compile`d
+code (such calls run eagerly) are not provided.
 """
 
 from __future__ import annotations
 
 from kiln.tracer.sparse import layout
+from kiln.tracer.sparse import strided as STRIDED   # kiln.nested.strided is the submodule
 from kiln.tracer.tensor import Tensor
 
 jagged = layout("jagged")
 
-__all__ = ["as_nested_tensor", "jagged", "nested_tensor", "nested_tensor_from_jagged",
+__all__ = ["as_nested_tensor", "jagged", "narrow", "nested_tensor", "nested_tensor_from_jagged",
            "to_padded_tensor"]
 
 
-def _check_layout(op: str, layout_) -> None:
-    if layout_ is not jagged:
-        given = "kiln.strided (the default)" if layout_ is None else repr(layout_)
-        raise NotImplementedError(f"kiln.nested.{op}: only layout=kiln.jagged is supported, got "
-                                  f"layout={given}: kiln has no strided nested tensors")
+def _is_jagged(op: str, layout_) -> bool:
+    """Whether `layout_` asks for the jagged layout (None is the strided default)."""
+    if layout_ is not jagged and layout_ is not None and layout_ is not STRIDED:
+        raise RuntimeError(f"kiln.nested.{op}: layout {layout_!r} is unsupported for nested "
+                           "tensors (use kiln.strided, the default, or kiln.jagged)")
+    return layout_ is jagged
+
+
+def _strided_components(op: str, tensor_list, dtype, device) -> list:
+    import kiln
+    parts = [t if isinstance(t, Tensor) else kiln.as_tensor(t) for t in tensor_list]
+    dtype = dtype or (parts[0].dtype if parts else kiln.float32)
+    parts = [p.to(dtype=dtype, device=device or p.device) for p in parts]
+    for i, p in enumerate(parts):
+        if p.ndim != parts[0].ndim:
+            raise RuntimeError(f"kiln.nested.{op}: all tensors must have the same number of "
+                               f"dims, got {p.ndim} for the tensor at index {i} (shape "
+                               f"{tuple(p.shape)}) and {parts[0].ndim} at index 0")
+    return parts
 
 
 def _components(op: str, tensor_list, dtype, device) -> list:
@@ -56,22 +72,44 @@ def _from_parts(parts: list):
 
 def nested_tensor(tensor_list, *, dtype=None, layout=None, device=None, requires_grad=False,
                   pin_memory=False):
-    """A new jagged nested tensor copied from `tensor_list` (a leaf: no history kept)."""
-    _check_layout("nested_tensor", layout)
-    parts = [p.detach() for p in _components("nested_tensor", tensor_list, dtype, device)]
-    out = _from_parts(parts)
+    """A new nested tensor copied from `tensor_list` (a leaf: no history kept), strided unless
+    `layout=kiln.jagged`."""
+    from kiln.nested.strided import pack
+    if _is_jagged("nested_tensor", layout):
+        parts = [p.detach() for p in _components("nested_tensor", tensor_list, dtype, device)]
+        out = _from_parts(parts)
+    else:
+        if not isinstance(tensor_list, list):
+            raise TypeError(f"kiln.nested.nested_tensor: the strided layout takes a list of "
+                            f"tensors (or of nested lists of numbers), got "
+                            f"{type(tensor_list).__name__}")
+        parts = _strided_components("nested_tensor", tensor_list, dtype, device)
+        out = pack([p.detach() for p in parts], dtype=dtype)
     if requires_grad:
         out.requires_grad_(True)
     return out
 
 
 def as_nested_tensor(ts, dtype=None, device=None, layout=None):
-    """A jagged nested tensor of `ts` whose gradient flows back to the tensors in `ts`."""
+    """A nested tensor of `ts` (a list, or a tensor split along dim 0) whose gradient flows back
+    to `ts`; strided unless `layout=kiln.jagged`."""
+    from kiln.nested.strided import StridedNestedTensor, pack
     from kiln.nested.tensor import NestedTensor
-    _check_layout("as_nested_tensor", layout)
-    if isinstance(ts, NestedTensor):
-        return ts if dtype is None else ts.to(dtype)
-    return _from_parts(_components("as_nested_tensor", ts, dtype, device))
+    want_jagged = _is_jagged("as_nested_tensor", layout)
+    if isinstance(ts, StridedNestedTensor) or isinstance(ts, NestedTensor) and not want_jagged:
+        raise RuntimeError("kiln.nested.as_nested_tensor: converting between nested tensor "
+                           "layouts is not supported (as in PyTorch); rebuild from "
+                           "nt.unbind()")
+    if want_jagged:
+        if isinstance(ts, NestedTensor):
+            return ts if dtype is None else ts.to(dtype)
+        return _from_parts(_components("as_nested_tensor", ts, dtype, device))
+    if isinstance(ts, Tensor):
+        if ts.ndim < 2:
+            raise RuntimeError(f"kiln.nested.as_nested_tensor: expected a tensor of at least 2 "
+                               f"dims to split along dim 0, got shape {tuple(ts.shape)}")
+        ts = list(ts.unbind(0))
+    return pack(_strided_components("as_nested_tensor", ts, dtype, device), dtype=dtype)
 
 
 def nested_tensor_from_jagged(values: Tensor, offsets: Tensor | None = None,
@@ -101,10 +139,23 @@ def nested_tensor_from_jagged(values: Tensor, offsets: Tensor | None = None,
     return wrap(values, jagged_of(offsets), 1 if jagged_dim is None else jagged_dim)
 
 
+def narrow(tensor: Tensor, dim: int, start, length, layout=STRIDED):
+    """Rows `start .. start + length - 1` of `tensor`'s dim-0 slices as a strided nested tensor
+    (a view of a packed copy, as in PyTorch, which narrows strided ones only along dim 0)."""
+    if _is_jagged("narrow", layout):
+        raise NotImplementedError("kiln.nested.narrow: layout=kiln.jagged (a non-contiguous "
+                                  "NJT) is not supported")
+    if isinstance(start, Tensor) or isinstance(length, Tensor):
+        raise RuntimeError("kiln.nested.narrow: start and length must be ints for the strided "
+                           "layout")
+    return as_nested_tensor(list(tensor.unbind(0))).narrow(dim, start, length)
+
+
 def to_padded_tensor(input, padding: float, output_size=None) -> Tensor:
-    """`input`'s sequences padded with `padding` into one dense tensor (B, longest, ...)."""
+    """`input`'s components padded with `padding` into one dense tensor (B, longest, ...)."""
+    from kiln.nested.strided import StridedNestedTensor
     from kiln.nested.tensor import NestedTensor
-    if not isinstance(input, NestedTensor):
-        raise TypeError(f"kiln.nested.to_padded_tensor: expected a jagged nested tensor, got "
+    if not isinstance(input, (NestedTensor, StridedNestedTensor)):
+        raise TypeError(f"kiln.nested.to_padded_tensor: expected a nested tensor, got "
                         f"{type(input).__name__}")
     return input.to_padded_tensor(padding, output_size)

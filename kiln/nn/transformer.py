@@ -78,6 +78,9 @@ class MultiheadAttention(Module):
                 key_padding_mask: Tensor | None = None, need_weights: bool = True,
                 attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple:
+        if query.is_nested and query.layout is kiln.strided:
+            return self._strided_nested_forward(query, key, value, key_padding_mask, attn_mask,
+                                                need_weights, average_attn_weights)
         batched = query.ndim == 3
         if self.batch_first and batched:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
@@ -93,6 +96,45 @@ class MultiheadAttention(Module):
         if self.batch_first and batched:
             out = out.transpose(0, 1)
         return out, weights
+
+    def _strided_nested_forward(self, query, key, value, key_padding_mask, attn_mask,
+                                need_weights: bool, average_attn_weights: bool) -> tuple:
+        """Self-attention over a strided nested tensor (batch_first), one component at a time.
+        PyTorch runs nested inputs only on its inference fast path, so the same conditions
+        apply; the weights come back zero-padded to the longest sequence, as there."""
+        why = None
+        if query.dim() != 3:
+            why = f"the input is not batched (query.dim() is {query.dim()}, not 3)"
+        elif not (query is key and key is value):
+            why = "query, key and value are not the same tensor (self-attention)"
+        elif self.training:
+            why = "training is enabled"
+        elif self.num_heads % 2:
+            why = "num_heads is odd"
+        elif not self.batch_first:
+            why = "batch_first is False"
+        elif not self._qkv_same_embed_dim:
+            why = "kdim or vdim differs from embed_dim"
+        elif key_padding_mask is not None or attn_mask is not None:
+            why = "a mask was given"
+        elif kiln.is_grad_enabled() and (query.requires_grad or
+                                         any(p.requires_grad for p in self.parameters())):
+            why = "grad is enabled and the query or the projection weights require grad"
+        if why is not None:
+            raise AssertionError("MultiheadAttention does not support a nested tensor outside "
+                                 f"of PyTorch's inference fast path, not taken because {why}")
+        outs, weights = [], []
+        for x in query.unbind():
+            x = x.unsqueeze(0)
+            out, w = self.forward(x, x, x, need_weights=need_weights,
+                                  average_attn_weights=average_attn_weights)
+            outs.append(out.squeeze(0))
+            weights.append(w)
+        if not need_weights:
+            return kiln.nested.as_nested_tensor(outs), None
+        longest = max(w.shape[-1] for w in weights)
+        padded = [F.pad(w, [0, longest - w.shape[-1], 0, longest - w.shape[-1]]) for w in weights]
+        return kiln.nested.as_nested_tensor(outs), kiln.cat(padded)
 
 
 def _activation(activation) -> Callable:

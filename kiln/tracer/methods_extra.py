@@ -416,9 +416,9 @@ for _op, _method in (("and", "bitwise_and_"), ("or", "bitwise_or_"), ("xor", "bi
 
 
 def _to_padded_tensor(self, padding, output_size=None):
-    raise NotImplementedError(f"to_padded_tensor: only jagged nested tensors pad; got a dense "
+    raise NotImplementedError(f"to_padded_tensor: only nested tensors pad; got a dense "
                               f"tensor of shape {tuple(self.shape)} (build one with "
-                              "kiln.nested.nested_tensor(..., layout=kiln.jagged))")
+                              "kiln.nested.nested_tensor(...))")
 
 
 _METHODS["to_padded_tensor"] = _to_padded_tensor
