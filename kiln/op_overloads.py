@@ -29,7 +29,7 @@ from typing import Callable
 
 import kiln
 from kiln.ir.ops import PRIMITIVES
-from kiln.tracer import dispatch_mode
+from kiln.tracer import dispatch_mode, dispatch_subclass
 from kiln.tracer.tensor import Tensor
 
 
@@ -240,7 +240,7 @@ ATEN: dict[str, tuple] = {
                       kiln.addmm(self, mat1, mat2, beta=beta, alpha=alpha)),
     "t.default": (None, lambda self: kiln.t(self)),
     "detach.default": (None, lambda self: self.detach()),
-    "clone.default": (None, lambda self, *, memory_format=None:
+    "clone.default": ("cast", lambda self, *, memory_format=None:
                       kiln.clone(self, memory_format=memory_format)),
     "_to_copy.default": ("cast", _to_copy),
     "sum.default": ("sum", lambda self, *, dtype=None: kiln.sum(self, dtype=dtype)),
@@ -345,8 +345,10 @@ def _name_prod(args, attrs):
 # primitive -> its ATen overload's key, or a function of (args, attrs) giving it (None: none)
 _NAMES: dict = {
     "add": "add.Tensor", "sub": "sub.Tensor", "mul": "mul.Tensor", "div": "div.Tensor",
-    "where": "where.self", "cast": "_to_copy.default", "max": "amax.default",
-    "argmax": "argmax.default", "cumsum": "cumsum.default", "reshape": "view.default",
+    "where": "where.self", "max": "amax.default",
+    "argmax": "argmax.default", "cumsum": "cumsum.default",
+    "cast": lambda args, attrs: "clone.default" if attrs["dtype"] is args[0].dtype
+    else "_to_copy.default", "reshape": "view.default",
     "permute": "permute.default", "expand": "expand.default", "slice": "slice.Tensor",
     "flip": "flip.default", "as_strided": "as_strided.default", "unfold_dim": "unfold.default",
     "pad": "constant_pad_nd.default", "cat": "cat.default", "index_add": "index_add.default",
@@ -374,4 +376,30 @@ def overload_of(prim, args: tuple, attrs: dict) -> OpOverload:
     return _aten(key) if key is not None else _kiln_default(prim)
 
 
+# ATen ops a Tensor method hands a wrapper subclass's __torch_dispatch__ (dispatch_subclass):
+# their ATen convention is the method's (`aten.add_.Tensor(x, y, alpha=2)` is x.add_(y, alpha=2))
+_METHOD_OPS = {"_local_scalar_dense.default": "item", "new_empty.default": "new_empty",
+               "new_zeros.default": "new_zeros", "new_ones.default": "new_ones"}
+_LIKE_OPS = {"empty_like.default": kiln.empty_like, "full_like.default": kiln.full_like}
+
+
+def aten_method_op(key: str) -> OpOverload:
+    """The OpOverload named `key` ("copy_.default", "add_.Tensor"), made on first use for the
+    in-place ops and the others whose ATen arguments are the Tensor method's."""
+    op, overload = key.split(".")
+    packet = _packet("aten", op)
+    found = packet._overloads.get(overload)
+    if found is not None:
+        return found
+    if key in _LIKE_OPS:
+        return _add(packet, overload, None, _LIKE_OPS[key])
+    method = _METHOD_OPS.get(key, op)
+
+    def call_method(self, *args, **kwargs):
+        return getattr(self, method)(*args, **kwargs)
+    call_method.__name__ = method
+    return _add(packet, overload, None, call_method)
+
+
 dispatch_mode.OVERLOAD_OF[0] = overload_of
+dispatch_subclass.ATEN[0] = aten_method_op

@@ -18,6 +18,7 @@ from kiln.ir.ops import P, Primitive
 from kiln.runtime import pending_checks
 from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation, layout
+from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import shapes
@@ -112,8 +113,13 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     return self
 
 
+_WRAPPERS = _wrappers.SUBCLASSES     # read first: whether a wrapper subclass exists at all
+
+
 def _inplace(fn, name):
     def method(self, *args, **kwargs):
+        if _WRAPPERS[0] and type(self)._dispatches:
+            return _wrappers.inplace(self, name, args, kwargs)
         return write_inplace(self, fn(self, *args, **kwargs), name)
     method.__name__ = name
     return method
@@ -156,6 +162,8 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
     scalar_first_at, keyword = _SCALAR_FIRST.get(name, (None, None))
 
     def method(self, *args, **kwargs):
+        if _WRAPPERS[0] and type(self)._dispatches:
+            return _wrappers.inplace(self, name, args, kwargs)
         if len(args) == scalar_first_at:
             args, scalar = scalar_first_overload(name, args[0], args[1:],
                                                  kwargs.get(keyword, 1))
@@ -188,6 +196,8 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
 
 
 def fill_(self: Tensor, value) -> Tensor:
+    if _WRAPPERS[0] and type(self)._dispatches:
+        return _wrappers.inplace(self, "fill_", (value,), {})
     if (type(value) is float or type(value) is int) and _writes_plainly(self):
         if self.dtype.category == dt.INT:
             value = creation.int_fill_value("fill_", value, self.dtype)
@@ -198,6 +208,8 @@ def fill_(self: Tensor, value) -> Tensor:
 
 
 def zero_(self: Tensor) -> Tensor:
+    if _WRAPPERS[0] and type(self)._dispatches:
+        return _wrappers.inplace(self, "zero_", (), {})
     if _writes_plainly(self):
         self._data.fill(0)
         self._version[0] += 1
@@ -212,6 +224,8 @@ _READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (mor
 
 
 def setitem(self: Tensor, key, value) -> None:
+    if _WRAPPERS[0] and type(self)._dispatches:
+        return _wrappers.setitem(self, key, value)
     if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
         # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
         raise _unsigned_refusal("index_put", self.dtype)
@@ -292,6 +306,12 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
 
 
 def _to_device(self: Tensor, device: Device) -> Tensor:
+    if _WRAPPERS[0] and type(self)._dispatches:
+        if self.requires_grad and STATE.grad_enabled:
+            raise NotImplementedError(
+                f"to({device}) of a {type(self).__name__} that requires grad: kiln records no "
+                "autograd history for a wrapper's copy between devices")
+        return _wrappers.call("_to_copy.default", (self,), {"device": device})
     if STATE.tracer is not None:
         # a compiled program runs on one device; the copy would not be in the graph, and a
         # replay would read the tensor this call made
@@ -331,6 +351,8 @@ class _DeviceCopy:
 
 
 def detach(self: Tensor) -> Tensor:
+    if _WRAPPERS[0] and type(self)._dispatches:
+        return _wrappers.call("detach.default", (self,))
     out = Tensor._make(self._data, self.dtype, self.device)
     out._version = self._version
     out._trace = self._trace
@@ -403,8 +425,12 @@ def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False)
                            requires_grad=requires_grad)
 
 
-def _new(fill):
+def _new(fill, name):
     def method(self, *size, dtype=None, device=None, requires_grad=False):
+        if _WRAPPERS[0] and type(self)._dispatches:
+            out = _wrappers.call(f"{name}.default", (self, creation._size(size)), {
+                k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
+            return out.requires_grad_(True) if requires_grad else out
         return creation.full(creation._size(size), fill, dtype=dtype or self.dtype,
                              device=device or self.device, requires_grad=requires_grad)
     return method
@@ -434,6 +460,9 @@ def _fill(self: Tensor, value) -> Tensor:
 
 def _draw_into(self, name: str, generator, draw) -> Tensor:
     """Write `draw(stream, count)` (numbers from the generator, in PyTorch's order) into self."""
+    if _WRAPPERS[0] and type(self)._dispatches:
+        raise NotImplementedError(f"{name} on a {type(self).__name__} (a Tensor subclass with "
+                                  "__torch_dispatch__): draw into what it wraps")
     shape, n = tuple(self.shape), self.numel()
     with autograd.no_grad():
         values = creation.random_values(generator, self.device, self.dtype,
@@ -542,14 +571,15 @@ _METHODS = {
     "retain_grad": retain_grad, "register_hook": register_hook,
     "register_post_accumulate_grad_hook": autograd.register_post_accumulate_grad_hook,
     "share_memory_": share_memory_, "is_shared": is_shared,
-    "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0),
-    "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
+    "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0, "new_zeros"),
+    "new_ones": _new(1, "new_ones"), "new_empty": _new(0, "new_empty"), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
     "zero_": zero_, "fill_": fill_,
     # copy_ casts to self's dtype whatever the categories (float into int truncates, as
     # PyTorch's), where an in-place op's result may not move to a lower category
-    "copy_": lambda self, src, non_blocking=False: write_inplace(
+    "copy_": lambda self, src, non_blocking=False: _wrappers.inplace(
+        self, "copy_", (src,), {}) if _WRAPPERS[0] and type(self)._dispatches else write_inplace(
         self, src.to(self.device, self.dtype) if isinstance(src, Tensor) else _fill(self, src),
         "copy_"),
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,

@@ -49,6 +49,10 @@ _TRACING_LOCK = threading.Lock()
 # paths that skip the dispatcher (a full sum or mean, softmax) then take it, so they are seen.
 OBSERVED = [False]
 
+# Whether a Tensor subclass whose __torch_dispatch__ computes its ops has been defined
+# (kiln.tracer.dispatch_subclass): the methods that read memory directly check this first.
+WRAPPERS = [0]
+
 
 def set_tracer(tracer) -> None:
     """Make `tracer` (None: no trace) this thread's active trace."""
@@ -68,6 +72,7 @@ class Tensor:
     # the public name, as PyTorch's class is `torch.Tensor`: print(type(x)) shows <class
     # 'kiln.Tensor'> (and `torch.Tensor` under kiln run's printouts), pickles name kiln.Tensor
     __module__ = "kiln"
+    _dispatches = False     # True on a subclass whose __torch_dispatch__ computes its ops
 
     def __init__(self, *args, device=None):
         """`torch.Tensor(...)`, PyTorch's legacy constructor: Tensor(2, 3) or Tensor(size) is a
@@ -161,6 +166,8 @@ class Tensor:
     @property
     def data(self) -> "Tensor":
         """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
+        if WRAPPERS[0] and type(self)._dispatches:
+            return self.detach()            # a wrapper's: aten.detach, as PyTorch's
         out = Tensor._make(self._data, self.dtype, self.device)
         out._version = self._version
         if STATE.tracer is not None:
@@ -169,6 +176,9 @@ class Tensor:
 
     @data.setter
     def data(self, other: "Tensor") -> None:
+        if WRAPPERS[0] and (type(self)._dispatches or type(other)._dispatches):
+            raise NotImplementedError("setting .data of or to a Tensor subclass with "
+                                      "__torch_dispatch__ is not supported: replace the tensor")
         self._data, self.dtype, self.device = other._data, other.dtype, other.device
 
     @property
@@ -194,7 +204,7 @@ class Tensor:
     def storage_offset(self) -> int:
         """Elements from the start of the memory this tensor views to its first element (a
         view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
-        if self.device.type == "meta":
+        if self.device.type == "meta" or WRAPPERS[0] and type(self)._dispatches:
             return 0
         root = self._data
         while isinstance(getattr(root, "base", None), type(self._data)):
@@ -226,6 +236,8 @@ class Tensor:
         GPU's queued index checks are read first (the host waits for the GPU here anyway)."""
         if STATE.tracer is not None:
             STATE.tracer.value_read(self, what)
+        if WRAPPERS[0] and type(self)._dispatches:
+            raise self._data._refuse(f"Tensor.{what}")
         if self.device.type != "cpu":
             if self.device.type == "meta":
                 raise RuntimeError(f"Tensor.{what} cannot be called on meta tensors: a meta "
@@ -234,6 +246,9 @@ class Tensor:
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
+        if WRAPPERS[0] and type(self)._dispatches:
+            raise RuntimeError(f".numpy() is not supported for tensor subclasses (a "
+                               f"{type(self).__name__} is a wrapper with no data of its own)")
         # as in PyTorch, refused only while grad mode is on: under no_grad (and so inside a
         # custom Function's forward) a tensor that requires grad converts
         if self.requires_grad and STATE.grad_enabled and not force:
@@ -257,6 +272,8 @@ class Tensor:
         return data if dtype is None else data.astype(dtype)
 
     def item(self):
+        if WRAPPERS[0] and type(self)._dispatches:
+            return self._wrapper_scalar()
         if self._data.size != 1:
             raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
                            "converted to Scalar")
@@ -275,6 +292,8 @@ class Tensor:
         return _python(to_device(self._read("tolist()"), CPU)).tolist()
 
     def __bool__(self) -> bool:
+        if WRAPPERS[0] and type(self)._dispatches:
+            return bool(self._wrapper_scalar())
         if self._data.size != 1:
             raise RuntimeError(f"Boolean value of Tensor with {self._data.size} values is "
                                "ambiguous")
@@ -295,7 +314,17 @@ class Tensor:
                             "index")
         return int(self._scalar("__index__"))
 
+    def _wrapper_scalar(self):
+        """A wrapper's one value: aten._local_scalar_dense, computed by its class."""
+        if self._data.size != 1:
+            raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
+                           "converted to Scalar")
+        from kiln.tracer.dispatch_subclass import call
+        return call("_local_scalar_dense.default", (self,))
+
     def _scalar(self, what: str):
+        if WRAPPERS[0] and type(self)._dispatches:
+            return self._wrapper_scalar()
         if self._data.size != 1:
             raise ValueError(f"only one element tensors can be converted to Python scalars "
                              f"(got {self._data.size} elements)")
@@ -307,7 +336,10 @@ class Tensor:
         return repr(self)
 
     # ------------------------------------------------------------------ repr
-    def __repr__(self) -> str:
+    def __repr__(self, *, tensor_contents: str | None = None) -> str:
+        if WRAPPERS[0] and type(self)._dispatches:
+            from kiln.tracer.dispatch_subclass import wrapper_repr
+            return wrapper_repr(self, tensor_contents)
         if self.device.type == "meta":      # no values to show: PyTorch prints the size
             extras = ["device='meta'", f"size={tuple(self._data.shape)}"]
             if self.dtype is not dt.get_default_dtype():

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-from kiln.tracer import dispatch_mode
+from kiln.tracer import dispatch_mode, dispatch_subclass
 from kiln.tracer.tensor import STATE, Tensor
 
 # what `activate()` runs once: kiln.overrides' installer, set when kiln is imported
@@ -292,7 +292,7 @@ def _new(cls, *args, **kwargs):
 def _on_subclass(cls, **kwargs):
     """A subclass that takes part turns the protocol on."""
     super(Tensor, cls).__init_subclass__(**kwargs)
-    dispatch_mode.check_subclass(cls)
+    dispatch_subclass.register(cls)
     if takes_part(cls):
         activate()
 
