@@ -173,6 +173,13 @@ def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=No
     return out
 
 
+def check_has_data(t: Tensor, what: str) -> None:
+    """`as_subclass` and `_make_subclass` share memory, which a wrapper has none of."""
+    if isinstance(t._data, WrapperArray):
+        raise TypeError(f"{what}: a {type(t).__name__} made by Tensor._make_wrapper_subclass "
+                        "has no memory to share; pass what it wraps")
+
+
 def alias(t: Tensor) -> Tensor:
     """A new wrapper object with `t`'s class, metadata and state (what it wraps), outside
     autograd: a node's output, or the fresh result when a handler gave back an input."""
@@ -249,6 +256,17 @@ def call(key: str, args: tuple, kwargs: dict | None = None):
         STATE.grad_enabled = grad_was
 
 
+def untraceable(args: tuple, kwargs: dict) -> str | None:
+    """Why a compiled call with these arguments must run eagerly (a wrapper among them, one
+    level into lists, tuples and dicts: its class's Python would not run in a replay), or
+    None."""
+    if not SUBCLASSES[0]:
+        return None
+    found = _types(tuple(args) + tuple(v for a in args if isinstance(a, dict)
+                                       for v in a.values()), kwargs)
+    return f"__torch_dispatch__ of {' and '.join(c.__name__ for c in found)}" if found else None
+
+
 def _call_classes(func, args: tuple, kwargs: dict):
     types = _types(args, kwargs)
     for cls in types:
@@ -280,6 +298,10 @@ def wrapper_repr(t: Tensor, contents: str | None) -> str:
     """A wrapper's repr: `Cls(<contents>, ...)` with what its class's `__repr__` passes as
     `tensor_contents` (PyTorch's keyword), else `...`: the values are behind its
     __torch_dispatch__."""
+    if contents is None and not isinstance(t._data, WrapperArray):
+        # a subclass with memory of its own (as_subclass, _make_subclass): its values
+        from kiln.tracer.tensor import _format_array
+        contents = _format_array(t._data, t.dtype, len(type(t).__name__) + 1)
     extras = [] if contents is not None else [f"size={tuple(t.shape)}"]
     if t.dtype is not dt.get_default_dtype():
         extras.append(f"dtype=kiln.{t.dtype.name}")

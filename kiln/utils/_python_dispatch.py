@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
+import kiln
 from kiln.ops import dispatch_mode
 
 __all__ = ["TorchDispatchMode"]
@@ -92,5 +93,23 @@ def _disable_current_modes():
 
 
 def is_traceable_wrapper_subclass(t) -> bool:
-    """Always False: kiln has no wrapper subclasses (Tensor._make_wrapper_subclass)."""
-    return False
+    """Whether `t` is a wrapper subclass tensor (its class computes its ops in
+    `__torch_dispatch__`) that says what it wraps (`__tensor_flatten__` and
+    `__tensor_unflatten__`), as torch's."""
+    return isinstance(t, kiln.Tensor) and is_traceable_wrapper_subclass_type(type(t))
+
+
+def is_traceable_wrapper_subclass_type(cls) -> bool:
+    return (isinstance(cls, type) and issubclass(cls, kiln.Tensor) and cls._dispatches
+            and hasattr(cls, "__tensor_flatten__") and hasattr(cls, "__tensor_unflatten__"))
+
+
+def return_and_correct_aliasing(func, args, kwargs, out):
+    """What a wrapper's `__torch_dispatch__` returns for `func`: for an in-place op
+    (`aten.add_.Tensor`, `aten.copy_.default`) the tensor it wrote into, `args[0]`, as torch's
+    (the handler's new wrapper would otherwise stand for it). kiln keeps no storages, so a view
+    op's result is returned as it is (a wrapper's views alias through what it wraps)."""
+    name = getattr(func, "_opname", "")
+    if name.endswith("_") and not name.startswith("_") and args:
+        return args[0]
+    return out
