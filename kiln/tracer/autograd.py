@@ -19,7 +19,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor
+from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor, dispatches
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
@@ -742,7 +742,7 @@ def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
     its memory is taken as it is when no other array or tensor holds it either (PyTorch's
     AccumulateGrad steals such a gradient too); otherwise it is copied."""
     # (no local holds grad's array before the check: it counts the references to it)
-    if WRAPPERS[0] and type(grad)._dispatches:
+    if WRAPPERS[0] and dispatches(grad):
         return _wrapper_call("detach.default", (grad,))    # as PyTorch's AccumulateGrad
     data = grad._data if exclusive and _COUNTS_HOLD and _memory_unshared(grad) else \
         grad._data.copy()
@@ -887,7 +887,7 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
     elif isinstance(g._data, MetaArray):
-        if WRAPPERS[0] and type(tensor.grad)._dispatches:
+        if WRAPPERS[0] and dispatches(tensor.grad):
             tensor.grad.add_(g)            # aten.add_, computed by the wrapper's class
         # else meta + meta: the same shape, and no values
     else:
@@ -1148,7 +1148,7 @@ def _seed(out: Tensor, g) -> Tensor:
             raise op_error("backward", "grad can be implicitly created only for real scalar "
                            f"outputs, got {out.dtype.name}: take a real loss (.abs(), .real) "
                            "or pass `gradient=`")
-        if WRAPPERS[0] and type(out)._dispatches:      # PyTorch's seed: aten.ones_like
+        if WRAPPERS[0] and dispatches(out):      # PyTorch's seed: aten.ones_like
             return _wrapper_call("ones_like.default", (out,))
         return out.new_ones(out.shape)
     if not isinstance(g, Tensor):

@@ -18,7 +18,7 @@ from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, is_host_array,
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer import layout
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import STATE, WRAPPERS, Size, Tensor
+from kiln.tracer.tensor import STATE, WRAPPERS, Size, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
@@ -379,7 +379,7 @@ def _like(input: Tensor, dtype, device):
 
 def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
-    if WRAPPERS[0] and type(input)._dispatches:
+    if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("zeros_like.default", input, (), dtype, device, requires_grad,
                              memory_format)
     return full_like(input, 0, dtype=dtype, device=device, requires_grad=requires_grad,
@@ -388,7 +388,7 @@ def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
 
 def ones_like(input, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
-    if WRAPPERS[0] and type(input)._dispatches:
+    if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("ones_like.default", input, (), dtype, device, requires_grad,
                              memory_format)
     return full_like(input, 1, dtype=dtype, device=device, requires_grad=requires_grad,
@@ -397,7 +397,7 @@ def ones_like(input, *, dtype=None, device=None, requires_grad=False,
 
 def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
-    if WRAPPERS[0] and type(input)._dispatches:
+    if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("full_like.default", input, (fill_value,), dtype, device,
                              requires_grad, memory_format)
     kind, dev = _like(input, dtype, device)
@@ -408,7 +408,7 @@ def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False
 
 def empty_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
-    if WRAPPERS[0] and type(input)._dispatches:
+    if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("empty_like.default", input, (), dtype, device, requires_grad,
                              memory_format)
     return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad,

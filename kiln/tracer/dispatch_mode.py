@@ -24,9 +24,10 @@ import threading
 
 from kiln.ir.ops import P
 from kiln.tracer import autograd as _autograd
-from kiln.tracer.tensor import OBSERVED, STATE, Tensor
+from kiln.tracer.tensor import OBSERVED, STATE, WRAPPERS, Tensor
 
-# How many threads have a dispatch mode on their stack (the dispatcher's one check).
+# How many threads have a dispatch mode on their stack, plus one once a Tensor subclass with
+# its own __torch_dispatch__ exists (dispatch_subclass): the dispatcher's one check.
 ACTIVE = [0]
 _LOCK = threading.Lock()
 # `overload_of(prim, args, attrs)`: the OpOverload a mode is handed; kiln.op_overloads sets it
@@ -67,7 +68,9 @@ def note_observed() -> None:
     profiler's or an op observer's, or a dispatch mode), so the eager fast paths that skip the
     dispatcher (a full sum, softmax) take it. Called after each of those changes."""
     from kiln.tracer import dispatch
-    OBSERVED[0] = bool(ACTIVE[0]) or P.dispatch is not dispatch.apply
+    # (ACTIVE counts one more once a wrapper subclass exists: the fast paths take plain
+    # tensors only, so a subclass needs no dispatcher for them)
+    OBSERVED[0] = ACTIVE[0] > WRAPPERS[0] or P.dispatch is not dispatch.apply
 
 
 def handle(prim, args: tuple, attrs: dict, device):
@@ -95,8 +98,9 @@ def call_mode(func, args: tuple, kwargs: dict):
     STATE.dispatch_modes = stack[:-1]
     STATE.grad_enabled = False
     STATE.in_dispatch_mode += 1
+    types = subclass_types(args, kwargs) if WRAPPERS[0] else ()
     try:
-        out = mode.__torch_dispatch__(func, (), args, kwargs)
+        out = mode.__torch_dispatch__(func, types, args, kwargs)
     finally:
         STATE.in_dispatch_mode -= 1
         STATE.dispatch_modes = stack
@@ -106,6 +110,20 @@ def call_mode(func, args: tuple, kwargs: dict):
                            "NotImplemented (a mode must compute the op, e.g. with "
                            "func(*args, **kwargs))")
     return out
+
+
+def subclass_types(args: tuple, kwargs: dict) -> tuple:
+    """The classes among the arguments whose `__torch_dispatch__` computes (one level into
+    lists and tuples), each once, subclasses before their bases and otherwise left to right,
+    as PyTorch orders them: a handler's `types`."""
+    found: list = []
+    for a in list(args) + list(kwargs.values()):
+        for e in (a if isinstance(a, (list, tuple)) else (a,)):
+            cls = type(e)
+            if isinstance(e, Tensor) and cls._dispatches and cls not in found:
+                at = next((i for i, c in enumerate(found) if issubclass(cls, c)), len(found))
+                found.insert(at, cls)
+    return tuple(found)
 
 
 def run_primitive(prim, args: tuple, attrs: dict, device=None):

@@ -122,7 +122,6 @@ def register(cls: type) -> None:
         with _modes._LOCK:
             SUBCLASSES[0] = 1
             _modes.ACTIVE[0] += 1         # the dispatcher's one check now sends calls here
-        _modes.note_observed()
 
 
 def wraps(t) -> bool:
@@ -205,6 +204,8 @@ _UNSET = object()
 def intercept(prim, args: tuple, attrs: dict, device):
     """`dispatch.apply`'s call while a mode or such a class exists: a mode's or a subclass's
     result, or PASS to compute the primitive as usual."""
+    if STATE.no_dispatch:
+        return PASS
     if STATE.dispatch_modes:
         return _modes.handle(prim, args, attrs, device)
     if SUBCLASSES[0]:
@@ -262,13 +263,13 @@ def untraceable(args: tuple, kwargs: dict) -> str | None:
     None."""
     if not SUBCLASSES[0]:
         return None
-    found = _types(tuple(args) + tuple(v for a in args if isinstance(a, dict)
+    found = _modes.subclass_types(tuple(args) + tuple(v for a in args if isinstance(a, dict)
                                        for v in a.values()), kwargs)
     return f"__torch_dispatch__ of {' and '.join(c.__name__ for c in found)}" if found else None
 
 
 def _call_classes(func, args: tuple, kwargs: dict):
-    types = _types(args, kwargs)
+    types = _modes.subclass_types(args, kwargs)
     for cls in types:
         out = cls.__torch_dispatch__(func, types, args, kwargs)
         if out is not NotImplemented:
@@ -277,21 +278,8 @@ def _call_classes(func, args: tuple, kwargs: dict):
                     f"returned NotImplemented: {', '.join(c.__name__ for c in types)}")
 
 
-def _types(args: tuple, kwargs: dict) -> tuple:
-    """The wrapper classes among the arguments (one level into lists and tuples), each once,
-    subclasses before their bases and otherwise left to right, as PyTorch orders them."""
-    found: list = []
-    for a in list(args) + list(kwargs.values()):
-        for e in (a if isinstance(a, (list, tuple)) else (a,)):
-            cls = type(e)
-            if isinstance(e, Tensor) and cls._dispatches and cls not in found:
-                at = next((i for i, c in enumerate(found) if issubclass(cls, c)), len(found))
-                found.insert(at, cls)
-    return tuple(found)
-
-
 def _names(args: tuple, kwargs: dict) -> str:
-    return "/".join(c.__name__ for c in _types(args, kwargs))
+    return "/".join(c.__name__ for c in _modes.subclass_types(args, kwargs))
 
 
 def wrapper_repr(t: Tensor, contents: str | None) -> str:

@@ -23,7 +23,7 @@ from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import shapes
 from kiln.tracer.functional.elementwise import scalar_first_overload
-from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
@@ -118,7 +118,7 @@ _WRAPPERS = _wrappers.SUBCLASSES     # read first: whether a wrapper subclass ex
 
 def _inplace(fn, name):
     def method(self, *args, **kwargs):
-        if _WRAPPERS[0] and type(self)._dispatches:
+        if _WRAPPERS[0] and dispatches(self):
             return _wrappers.inplace(self, name, args, kwargs)
         return write_inplace(self, fn(self, *args, **kwargs), name)
     method.__name__ = name
@@ -162,7 +162,7 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
     scalar_first_at, keyword = _SCALAR_FIRST.get(name, (None, None))
 
     def method(self, *args, **kwargs):
-        if _WRAPPERS[0] and type(self)._dispatches:
+        if _WRAPPERS[0] and dispatches(self):
             return _wrappers.inplace(self, name, args, kwargs)
         if len(args) == scalar_first_at:
             args, scalar = scalar_first_overload(name, args[0], args[1:],
@@ -196,7 +196,7 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
 
 
 def fill_(self: Tensor, value) -> Tensor:
-    if _WRAPPERS[0] and type(self)._dispatches:
+    if _WRAPPERS[0] and dispatches(self):
         return _wrappers.inplace(self, "fill_", (value,), {})
     if (type(value) is float or type(value) is int) and _writes_plainly(self):
         if self.dtype.category == dt.INT:
@@ -208,7 +208,7 @@ def fill_(self: Tensor, value) -> Tensor:
 
 
 def zero_(self: Tensor) -> Tensor:
-    if _WRAPPERS[0] and type(self)._dispatches:
+    if _WRAPPERS[0] and dispatches(self):
         return _wrappers.inplace(self, "zero_", (), {})
     if _writes_plainly(self):
         self._data.fill(0)
@@ -224,7 +224,7 @@ _READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (mor
 
 
 def setitem(self: Tensor, key, value) -> None:
-    if _WRAPPERS[0] and type(self)._dispatches:
+    if _WRAPPERS[0] and dispatches(self):
         return _wrappers.setitem(self, key, value)
     if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
         # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
@@ -306,7 +306,7 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
 
 
 def _to_device(self: Tensor, device: Device) -> Tensor:
-    if _WRAPPERS[0] and type(self)._dispatches:
+    if _WRAPPERS[0] and dispatches(self):
         if self.requires_grad and STATE.grad_enabled:
             raise NotImplementedError(
                 f"to({device}) of a {type(self).__name__} that requires grad: kiln records no "
@@ -351,7 +351,7 @@ class _DeviceCopy:
 
 
 def detach(self: Tensor) -> Tensor:
-    if _WRAPPERS[0] and type(self)._dispatches:
+    if _WRAPPERS[0] and dispatches(self):
         return _wrappers.call("detach.default", (self,))
     out = Tensor._make(self._data, self.dtype, self.device)
     out._version = self._version
@@ -427,7 +427,7 @@ def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False)
 
 def _new(fill, name):
     def method(self, *size, dtype=None, device=None, requires_grad=False):
-        if _WRAPPERS[0] and type(self)._dispatches:
+        if _WRAPPERS[0] and dispatches(self):
             out = _wrappers.call(f"{name}.default", (self, creation._size(size)), {
                 k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
             return out.requires_grad_(True) if requires_grad else out
@@ -460,7 +460,7 @@ def _fill(self: Tensor, value) -> Tensor:
 
 def _draw_into(self, name: str, generator, draw) -> Tensor:
     """Write `draw(stream, count)` (numbers from the generator, in PyTorch's order) into self."""
-    if _WRAPPERS[0] and type(self)._dispatches:
+    if _WRAPPERS[0] and dispatches(self):
         raise NotImplementedError(f"{name} on a {type(self).__name__} (a Tensor subclass with "
                                   "__torch_dispatch__): draw into what it wraps")
     shape, n = tuple(self.shape), self.numel()
@@ -579,7 +579,7 @@ _METHODS = {
     # copy_ casts to self's dtype whatever the categories (float into int truncates, as
     # PyTorch's), where an in-place op's result may not move to a lower category
     "copy_": lambda self, src, non_blocking=False: _wrappers.inplace(
-        self, "copy_", (src,), {}) if _WRAPPERS[0] and type(self)._dispatches else write_inplace(
+        self, "copy_", (src,), {}) if _WRAPPERS[0] and dispatches(self) else write_inplace(
         self, src.to(self.device, self.dtype) if isinstance(src, Tensor) else _fill(self, src),
         "copy_"),
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,

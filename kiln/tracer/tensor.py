@@ -13,7 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.runtime import pending_checks
-from kiln.runtime.device import CPU, Device, device_of_array, to_device
+from kiln.runtime.device import CPU, Device, MetaArray, device_of_array, to_device
 from kiln.tracer import layout
 from kiln.tracer.errors import named_dim_error, op_error
 
@@ -33,6 +33,7 @@ class _State(threading.local):
     tf_off = 0           # DisableTorchFunction depth: no __torch_function__ at all
     tf_subclass_off = 0  # DisableTorchFunctionSubclass depth: modes only
     dispatch_modes = ()  # the thread's TorchDispatchModes, innermost last (dispatch_mode.py)
+    no_dispatch = 0      # no_dispatch() depth: neither modes nor subclasses' __torch_dispatch__
     in_dispatch_mode = 0  # how many mode handlers this thread is inside
 
 
@@ -52,6 +53,12 @@ OBSERVED = [False]
 # Whether a Tensor subclass whose __torch_dispatch__ computes its ops has been defined
 # (kiln.tracer.dispatch_subclass): the methods that read memory directly check this first.
 WRAPPERS = [0]
+
+
+def dispatches(t) -> bool:
+    """Whether `t`'s ops go to its class's `__torch_dispatch__` (kiln.tracer.dispatch_subclass):
+    the class has one that computes, and no `no_dispatch()` block is active."""
+    return type(t)._dispatches and not STATE.no_dispatch
 
 
 def set_tracer(tracer) -> None:
@@ -166,7 +173,7 @@ class Tensor:
     @property
     def data(self) -> "Tensor":
         """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
-        if WRAPPERS[0] and type(self)._dispatches:
+        if WRAPPERS[0] and dispatches(self):
             return self.detach()            # a wrapper's: aten.detach, as PyTorch's
         out = Tensor._make(self._data, self.dtype, self.device)
         out._version = self._version
@@ -204,7 +211,7 @@ class Tensor:
     def storage_offset(self) -> int:
         """Elements from the start of the memory this tensor views to its first element (a
         view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
-        if self.device.type == "meta" or WRAPPERS[0] and type(self)._dispatches:
+        if isinstance(self._data, MetaArray):         # meta, or a wrapper subclass's
             return 0
         root = self._data
         while isinstance(getattr(root, "base", None), type(self._data)):
@@ -237,7 +244,9 @@ class Tensor:
         if STATE.tracer is not None:
             STATE.tracer.value_read(self, what)
         if WRAPPERS[0] and type(self)._dispatches:
-            raise self._data._refuse(f"Tensor.{what}")
+            refuse = getattr(self._data, "_refuse", None)      # a wrapper has no data
+            if refuse is not None:
+                raise refuse(f"Tensor.{what}")
         if self.device.type != "cpu":
             if self.device.type == "meta":
                 raise RuntimeError(f"Tensor.{what} cannot be called on meta tensors: a meta "
@@ -246,7 +255,7 @@ class Tensor:
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
-        if WRAPPERS[0] and type(self)._dispatches:
+        if WRAPPERS[0] and dispatches(self):
             raise RuntimeError(f".numpy() is not supported for tensor subclasses (a "
                                f"{type(self).__name__} is a wrapper with no data of its own)")
         # as in PyTorch, refused only while grad mode is on: under no_grad (and so inside a
@@ -272,7 +281,7 @@ class Tensor:
         return data if dtype is None else data.astype(dtype)
 
     def item(self):
-        if WRAPPERS[0] and type(self)._dispatches:
+        if WRAPPERS[0] and dispatches(self):
             return self._wrapper_scalar()
         if self._data.size != 1:
             raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
@@ -292,7 +301,7 @@ class Tensor:
         return _python(to_device(self._read("tolist()"), CPU)).tolist()
 
     def __bool__(self) -> bool:
-        if WRAPPERS[0] and type(self)._dispatches:
+        if WRAPPERS[0] and dispatches(self):
             return bool(self._wrapper_scalar())
         if self._data.size != 1:
             raise RuntimeError(f"Boolean value of Tensor with {self._data.size} values is "
@@ -323,7 +332,7 @@ class Tensor:
         return call("_local_scalar_dense.default", (self,))
 
     def _scalar(self, what: str):
-        if WRAPPERS[0] and type(self)._dispatches:
+        if WRAPPERS[0] and dispatches(self):
             return self._wrapper_scalar()
         if self._data.size != 1:
             raise ValueError(f"only one element tensors can be converted to Python scalars "
@@ -337,7 +346,7 @@ class Tensor:
 
     # ------------------------------------------------------------------ repr
     def __repr__(self, *, tensor_contents: str | None = None) -> str:
-        if WRAPPERS[0] and type(self)._dispatches:
+        if WRAPPERS[0] and dispatches(self):
             from kiln.tracer.dispatch_subclass import wrapper_repr
             return wrapper_repr(self, tensor_contents)
         if self.device.type == "meta":      # no values to show: PyTorch prints the size
