@@ -600,3 +600,60 @@ def test_compile_breaks_where_a_wrapper_is_reached_inside():
         warnings.simplefilter("ignore")
         out = loose(kiln.tensor([3.0, 4.0]))
     np.testing.assert_allclose(out.elem.numpy(), [4.0, 6.0])
+
+
+# ----------------------------------------------------------------------------- more ops
+
+MORE_OPS = {
+    "mask": lambda lib, x, y: x[x > 0],
+    "index": lambda lib, x, y: x[lib.tensor([0, 2])],
+    "max(dim)": lambda lib, x, y: x.max(1),
+    "sort": lambda lib, x, y: x.sort(1),
+    "topk": lambda lib, x, y: x.topk(2, 1),
+    "split": lambda lib, x, y: x.split(2),
+    "var": lambda lib, x, y: x.var(0),
+    "cross_entropy": lambda lib, x, y: lib.nn.functional.cross_entropy(
+        x, lib.tensor([0, 1, 2, 0])),
+    "layer_norm": lambda lib, x, y: lib.nn.functional.layer_norm(x, (3,)),
+    "masked_fill": lambda lib, x, y: x.masked_fill(x > 0, 0.5),
+    "repeat": lambda lib, x, y: x.repeat(2, 1),
+    "flip": lambda lib, x, y: x.flip(0),
+    "nonzero": lambda lib, x, y: x.nonzero(),
+    "einsum": lambda lib, x, y: lib.einsum("ij,kj->ik", x, y),
+    "plain operand": lambda lib, x, y: x @ lib.ones(3, 2) + lib.ones(2),
+    "new_full": lambda lib, x, y: x.new_full((2,), 3.0),
+    "deepcopy": lambda lib, x, y: __import__("copy").deepcopy(x),
+    "clamp_": lambda lib, x, y: x.clone().clamp_(min=0),
+}
+
+
+def _plain(out, lib):
+    if isinstance(out, lib.Tensor):
+        return type(out).__name__, _value(out.elem)
+    return [_plain(o, lib) for o in out]
+
+
+@pytest.mark.parametrize("case", list(MORE_OPS))
+def test_more_ops_on_a_logging_tensor_give_torchs_values_as_wrappers(case):
+    results = {}
+    for lib in (kiln, torch):
+        LT = logging_tensor(lib)
+        x, y = _inputs(lib)
+        results[lib] = _plain(MORE_OPS[case](lib, LT(x), LT(y)), lib)
+    flat = [results[kiln]] if isinstance(results[kiln], tuple) else results[kiln]
+    expected = [results[torch]] if isinstance(results[torch], tuple) else results[torch]
+    assert len(flat) == len(expected)
+    for (k_type, k_value), (t_type, t_value) in zip(flat, expected):
+        assert k_type == t_type == "LoggingTensor"
+        np.testing.assert_allclose(k_value, t_value, rtol=1e-6, atol=1e-6)
+
+
+def test_random_fills_reach_the_class():
+    for lib in (kiln, torch):
+        LT = logging_tensor(lib)
+        w = LT(lib.zeros(1000))
+        lib.manual_seed(0)
+        w.normal_()
+        w.uniform_(2.0, 3.0)
+        assert LT.log == ["aten.normal_.default", "aten.uniform_.default"]
+        assert 2.0 <= float(w.elem.min()) and float(w.elem.max()) < 3.0

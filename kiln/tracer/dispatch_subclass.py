@@ -22,6 +22,8 @@ defined), and the methods read `SUBCLASSES[0]` before anything else.
 
 from __future__ import annotations
 
+import copy
+
 from kiln.ir import dtypes as dt
 from kiln.runtime.device import CPU, Device, MetaArray
 from kiln.tracer import dispatch_mode as _modes
@@ -98,7 +100,7 @@ class WrapperArray(MetaArray):
 
 class _Flags:
     __slots__ = ("c_contiguous",)
-    writeable = False
+    writeable = owndata = False
 
     def __init__(self, contiguous: bool):
         self.c_contiguous = contiguous
@@ -118,10 +120,36 @@ def register(cls: type) -> None:
                         "(@classmethod def __torch_dispatch__(cls, func, types, args=(), "
                         "kwargs=None)), as PyTorch calls it on the class")
     cls._dispatches = True
+    if "__deepcopy__" not in vars(cls):
+        cls.__deepcopy__ = _deepcopy
     if not SUBCLASSES[0]:
         with _modes._LOCK:
             SUBCLASSES[0] = 1
             _modes.ACTIVE[0] += 1         # the dispatcher's one check now sends calls here
+
+
+def _deepcopy(self: Tensor, memo: dict) -> Tensor:
+    """`copy.deepcopy` of such a tensor, as PyTorch's: its class's clone (aten.clone), given
+    a deep copy of the instance's attributes (what it wraps) and its requires_grad."""
+    with _NoGrad():
+        new = self.clone()
+    if type(new) is not type(self):
+        raise RuntimeError(f"deepcopy of a {type(self).__name__}: its clone() returned a "
+                           f"{type(new).__name__}; __torch_dispatch__ must return its own class")
+    memo[id(self)] = new
+    state = getattr(self, "__dict__", None)
+    if state:
+        new.__dict__.update(copy.deepcopy(state, memo))
+    new.requires_grad = self.requires_grad
+    return new
+
+
+class _NoGrad:
+    def __enter__(self):
+        self.was, STATE.grad_enabled = STATE.grad_enabled, False
+
+    def __exit__(self, *exc):
+        STATE.grad_enabled = self.was
 
 
 def wraps(t) -> bool:

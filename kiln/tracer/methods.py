@@ -437,6 +437,10 @@ def _new(fill, name):
 
 
 def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+    if _WRAPPERS[0] and dispatches(self):
+        out = _wrappers.call("new_full.default", (self, tuple(size), fill_value), {
+            k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
+        return out.requires_grad_(True) if requires_grad else out
     return creation.full(tuple(size), fill_value, dtype=dtype or self.dtype,
                          device=device or self.device, requires_grad=requires_grad)
 
@@ -460,9 +464,6 @@ def _fill(self: Tensor, value) -> Tensor:
 
 def _draw_into(self, name: str, generator, draw) -> Tensor:
     """Write `draw(stream, count)` (numbers from the generator, in PyTorch's order) into self."""
-    if _WRAPPERS[0] and dispatches(self):
-        raise NotImplementedError(f"{name} on a {type(self).__name__} (a Tensor subclass with "
-                                  "__torch_dispatch__): draw into what it wraps")
     shape, n = tuple(self.shape), self.numel()
     with autograd.no_grad():
         values = creation.random_values(generator, self.device, self.dtype,
@@ -470,6 +471,19 @@ def _draw_into(self, name: str, generator, draw) -> Tensor:
         return write_inplace(self, values, name)
 
 
+def _drawn_by_wrappers(method):
+    """`method` (uniform_, normal_, ...), whose draw a wrapper subclass's class makes: ATen's
+    in-place op of that name goes to its __torch_dispatch__."""
+    def drawn(self, *args, **kwargs):
+        if _WRAPPERS[0] and dispatches(self):
+            return _wrappers.inplace(self, method.__name__, args, kwargs)
+        return method(self, *args, **kwargs)
+    drawn.__name__ = drawn.__qualname__ = method.__name__
+    drawn.__doc__ = method.__doc__
+    return drawn
+
+
+@_drawn_by_wrappers
 def uniform_(self, a=0.0, b=1.0, generator=None):
     if self.dtype.is_complex:       # PyTorch draws the real view: both parts in [a, b)
         part = self.dtype.to_real().np
@@ -479,6 +493,7 @@ def uniform_(self, a=0.0, b=1.0, generator=None):
                       lambda stream, n: stream.uniform(n, self.dtype.np, a, b))
 
 
+@_drawn_by_wrappers
 def normal_(self, mean=0.0, std=1.0, generator=None):
     if self.dtype.is_complex:       # the real view, each part with half the variance
         part = self.dtype.to_real().np
@@ -488,6 +503,7 @@ def normal_(self, mean=0.0, std=1.0, generator=None):
                       lambda stream, n: stream.normal(n, self.dtype.np, mean, std))
 
 
+@_drawn_by_wrappers
 def bernoulli_(self, p=0.5, generator=None):
     with autograd.no_grad():
         drawn = creation.bernoulli(p.expand(tuple(self.shape)), generator=generator) \
@@ -495,6 +511,7 @@ def bernoulli_(self, p=0.5, generator=None):
         return write_inplace(self, drawn.to(self.dtype), "bernoulli_")
 
 
+@_drawn_by_wrappers
 def random_(self, low=0, high=None, *, generator=None):
     """`random_()`: [0, 2^mantissa] for floats, [0, max] for integers; `random_(to)`,
     `random_(from, to)`: [from, to)."""
@@ -507,6 +524,7 @@ def random_(self, low=0, high=None, *, generator=None):
                       lambda stream, n: stream.integers(n, int(low), int(high)))
 
 
+@_drawn_by_wrappers
 def exponential_(self, lambd=1.0, *, generator=None):
     return _draw_into(self, "exponential_", generator,
                       lambda stream, n: stream.exponential(n, self.dtype.np, lambd))
