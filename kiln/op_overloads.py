@@ -12,14 +12,17 @@ aten.bmm.default by rank, reshape -> aten.view.default, cast -> aten._to_copy.de
 sum -> aten.sum.default, ...). A primitive with no ATen counterpart is `kiln.<prim>.default`
 (kiln.take.default, kiln.batch_norm.default). ATen ops kiln builds from primitives
 (aten.t.default, aten.addmm.default, aten.detach.default, aten._softmax.default) exist as
-objects to call but are never handed to a mode: it sees their primitives.
+objects to call but a mode is not handed them for plain tensors: it sees their primitives.
 
 An OpOverload is called two ways: with the primitive's inputs and attributes (what a mode got
 as `args` and `kwargs`: `func(*args, **kwargs)` runs the primitive), or with ATen's arguments
 (`ATEN`'s functions, which call kiln's public ops). A call whose keywords are exactly the
 primitive's attributes and whose positional arguments are its tensors is the first kind.
 `aten.<op>.default` for an op not in the table calls the kiln function of that name, whose
-signature is torch's public one, as ATen's default overloads mostly are.
+signature is torch's public one, as ATen's default overloads mostly are. The ops a Tensor
+method hands a wrapper subclass (`aten.add_.Tensor`, `aten.copy_.default`, `aten.detach.default`,
+`aten._local_scalar_dense.default`, ...) are made on first use by `aten_method_op`: called
+with ATen's arguments they call the Tensor method.
 """
 
 from __future__ import annotations

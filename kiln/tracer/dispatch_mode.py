@@ -15,7 +15,9 @@ active during `backward()` sees them. kiln's primitives are below its composites
 sees what they decompose to (softmax as max, sub, exp, sum, div).
 
 Nothing is paid without a mode: `apply` reads one module-level counter (`ACTIVE`, the number
-of threads with a mode) before anything else.
+of threads with a mode, plus one once a Tensor subclass with its own `__torch_dispatch__`
+exists: kiln.tracer.dispatch_subclass, whose `intercept` then calls `handle`) before anything
+else.
 """
 
 from __future__ import annotations
@@ -94,11 +96,11 @@ def call_mode(func, args: tuple, kwargs: dict):
     mode = stack[-1]
     if STATE.tracer is not None:           # the mode's Python would not run in a replay
         STATE.tracer.graph_break(f"the TorchDispatchMode {type(mode).__name__} sees {func}")
+    types = subclass_types(args, kwargs) if WRAPPERS[0] else ()
     grad_was = STATE.grad_enabled
     STATE.dispatch_modes = stack[:-1]
     STATE.grad_enabled = False
     STATE.in_dispatch_mode += 1
-    types = subclass_types(args, kwargs) if WRAPPERS[0] else ()
     try:
         out = mode.__torch_dispatch__(func, types, args, kwargs)
     finally:

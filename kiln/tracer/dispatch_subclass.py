@@ -12,12 +12,14 @@ The result gets the primitive's autograd node, as a mode's does, so a backward's
 wrapper gradients reach the class too.
 
 The Tensor methods that work on memory directly (detach, copy_, fill_, zero_, the in-place
-ops, item, setitem, new_empty, ...) ask `wraps(self)` first and send a wrapper's call here
-(`call`) under ATen's name for it (aten.detach.default, aten.add_.Tensor, ...).
+ops, item, setitem, new_empty, ...) ask `tensor.dispatches(self)` and send such a tensor's
+call here (`call`, `inplace`, `setitem`) under ATen's name for it (aten.detach.default,
+aten.add_.Tensor, ...). Inside `no_dispatch()` neither modes nor classes are asked: a
+subclass with data of its own computes there as a plain tensor.
 
 Nothing is paid while no such class exists: the dispatcher's one check is the counter it
 already reads for modes (`dispatch_mode.ACTIVE`, which counts one more once a class is
-defined), and the methods read `SUBCLASSES[0]` before anything else.
+defined), and the methods read `tensor.WRAPPERS[0]` before anything else.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import copy
 
 from kiln.ir import dtypes as dt
 from kiln.runtime.device import CPU, Device, MetaArray
+from kiln.tracer import autograd as _autograd
 from kiln.tracer import dispatch_mode as _modes
 from kiln.tracer.tensor import STATE, WRAPPERS, Tensor
 
-# whether a Tensor subclass with its own __torch_dispatch__ has been defined (the methods'
-# one check before they look at the class)
+# whether a Tensor subclass with its own __torch_dispatch__ has been defined
 SUBCLASSES = WRAPPERS
 # `aten(key)`: the OpOverload named "op.overload" (kiln.op_overloads sets it, as OVERLOAD_OF)
 ATEN: list = [None]
@@ -131,7 +133,7 @@ def register(cls: type) -> None:
 def _deepcopy(self: Tensor, memo: dict) -> Tensor:
     """`copy.deepcopy` of such a tensor, as PyTorch's: its class's clone (aten.clone), given
     a deep copy of the instance's attributes (what it wraps) and its requires_grad."""
-    with _NoGrad():
+    with _autograd.no_grad():
         new = self.clone()
     if type(new) is not type(self):
         raise RuntimeError(f"deepcopy of a {type(self).__name__}: its clone() returned a "
@@ -142,14 +144,6 @@ def _deepcopy(self: Tensor, memo: dict) -> Tensor:
         new.__dict__.update(copy.deepcopy(state, memo))
     new.requires_grad = self.requires_grad
     return new
-
-
-class _NoGrad:
-    def __enter__(self):
-        self.was, STATE.grad_enabled = STATE.grad_enabled, False
-
-    def __exit__(self, *exc):
-        STATE.grad_enabled = self.was
 
 
 def wraps(t) -> bool:
@@ -291,8 +285,8 @@ def untraceable(args: tuple, kwargs: dict) -> str | None:
     None."""
     if not SUBCLASSES[0]:
         return None
-    found = _modes.subclass_types(tuple(args) + tuple(v for a in args if isinstance(a, dict)
-                                       for v in a.values()), kwargs)
+    inside_dicts = tuple(v for a in args if isinstance(a, dict) for v in a.values())
+    found = _modes.subclass_types(tuple(args) + inside_dicts, kwargs)
     return f"__torch_dispatch__ of {' and '.join(c.__name__ for c in found)}" if found else None
 
 
@@ -331,7 +325,6 @@ def wrapper_repr(t: Tensor, contents: str | None) -> str:
         [contents if contents is not None else "..."] + extras) + ")"
 
 
-
 Tensor._make_wrapper_subclass = staticmethod(make_wrapper_subclass)
 
 
@@ -340,16 +333,13 @@ Tensor._make_wrapper_subclass = staticmethod(make_wrapper_subclass)
 # in-place ops whose ATen overload is `.Tensor` whatever the operand (ATen wraps a number),
 # and those whose overload says whether the last operand is a tensor or a number
 _TENSOR_OVERLOAD = frozenset("add_ sub_ mul_ div_ true_divide_ divide_ multiply_ subtract_ "
-                             "floor_divide_ remainder_ fmod_ __iadd__ __isub__ __imul__ "
-                             "__itruediv__".split())
+                             "floor_divide_ remainder_ fmod_".split())
 _SCALAR_OR_TENSOR = frozenset("fill_ lerp_ pow_ masked_fill_ index_fill_ eq_ ne_ lt_ le_ gt_ "
                               "ge_ bitwise_and_ bitwise_or_ bitwise_xor_".split())
-_DUNDER = {"__iadd__": "add_", "__isub__": "sub_", "__imul__": "mul_", "__itruediv__": "div_"}
 
 
 def inplace_key(name: str, args: tuple, kwargs: dict) -> str:
     """ATen's overload for the in-place method `name` called with these operands."""
-    name = _DUNDER.get(name, name)
     if name in _TENSOR_OVERLOAD:
         return f"{name}.Tensor_mode" if kwargs.get("rounding_mode") else f"{name}.Tensor"
     if name in _SCALAR_OR_TENSOR:

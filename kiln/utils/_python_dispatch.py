@@ -5,7 +5,9 @@ backward, below autograd, as `__torch_dispatch__(func, types, args, kwargs)`; `f
 OpOverload (`kiln.ops.aten.add.Tensor`, or `kiln.<prim>.default` where ATen has no
 counterpart), `args` the primitive's inputs and `kwargs` its attributes, and
 `func(*args, **kwargs)` runs it. The machinery is `kiln.tracer.dispatch_mode` (reached through
-`kiln.ops`); the names are `kiln.op_overloads`.
+`kiln.ops`); the names are `kiln.op_overloads`. Tensor subclasses with their own
+`__torch_dispatch__` (wrapper subclasses) are `kiln.tracer.dispatch_subclass`'s; the helpers
+their handlers use (`is_traceable_wrapper_subclass`, `return_and_correct_aliasing`) are here.
 
     class LoggingMode(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
