@@ -338,6 +338,20 @@ _SCALAR_OR_TENSOR = frozenset("fill_ lerp_ pow_ masked_fill_ index_fill_ eq_ ne_
                               "ge_ bitwise_and_ bitwise_or_ bitwise_xor_".split())
 
 
+def takes(self: Tensor, args: tuple = (), kwargs: dict | None = None) -> bool:
+    """Whether a Tensor method's op on `self` with these operands goes to a class's
+    `__torch_dispatch__`: `self` or an operand is such a tensor (a plain running mean updated
+    with a wrapper's batch mean goes to the wrapper's class, as in PyTorch)."""
+    if STATE.no_dispatch:
+        return False
+    if type(self)._dispatches:
+        return True
+    for a in list(args) + list((kwargs or {}).values()):
+        if isinstance(a, Tensor) and type(a)._dispatches:
+            return True
+    return False
+
+
 def inplace_key(name: str, args: tuple, kwargs: dict) -> str:
     """ATen's overload for the in-place method `name` called with these operands."""
     if name in _TENSOR_OVERLOAD:

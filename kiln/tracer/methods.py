@@ -118,7 +118,7 @@ _WRAPPERS = _wrappers.SUBCLASSES     # read first: whether a wrapper subclass ex
 
 def _inplace(fn, name):
     def method(self, *args, **kwargs):
-        if _WRAPPERS[0] and dispatches(self):
+        if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
             return _wrappers.inplace(self, name, args, kwargs)
         return write_inplace(self, fn(self, *args, **kwargs), name)
     method.__name__ = name
@@ -162,7 +162,7 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
     scalar_first_at, keyword = _SCALAR_FIRST.get(name, (None, None))
 
     def method(self, *args, **kwargs):
-        if _WRAPPERS[0] and dispatches(self):
+        if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
             return _wrappers.inplace(self, name, args, kwargs)
         if len(args) == scalar_first_at:
             args, scalar = scalar_first_overload(name, args[0], args[1:],
@@ -195,8 +195,17 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
     return method
 
 
+def copy_(self: Tensor, src, non_blocking: bool = False) -> Tensor:
+    # copy_ casts to self's dtype whatever the categories (float into int truncates, as
+    # PyTorch's), where an in-place op's result may not move to a lower category
+    if _WRAPPERS[0] and _wrappers.takes(self, (src,)):
+        return _wrappers.inplace(self, "copy_", (src,), {})
+    return write_inplace(self, src.to(self.device, self.dtype) if isinstance(src, Tensor)
+                         else _fill(self, src), "copy_")
+
+
 def fill_(self: Tensor, value) -> Tensor:
-    if _WRAPPERS[0] and dispatches(self):
+    if _WRAPPERS[0] and _wrappers.takes(self, (value,)):
         return _wrappers.inplace(self, "fill_", (value,), {})
     if (type(value) is float or type(value) is int) and _writes_plainly(self):
         if self.dtype.category == dt.INT:
@@ -224,7 +233,7 @@ _READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (mor
 
 
 def setitem(self: Tensor, key, value) -> None:
-    if _WRAPPERS[0] and dispatches(self):
+    if _WRAPPERS[0] and _wrappers.takes(self, (value,)):
         return _wrappers.setitem(self, key, value)
     if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
         # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
@@ -594,12 +603,7 @@ _METHODS = {
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
     "zero_": zero_, "fill_": fill_,
-    # copy_ casts to self's dtype whatever the categories (float into int truncates, as
-    # PyTorch's), where an in-place op's result may not move to a lower category
-    "copy_": lambda self, src, non_blocking=False: _wrappers.inplace(
-        self, "copy_", (src,), {}) if _WRAPPERS[0] and dispatches(self) else write_inplace(
-        self, src.to(self.device, self.dtype) if isinstance(src, Tensor) else _fill(self, src),
-        "copy_"),
+    "copy_": copy_,
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
     "random_": random_, "exponential_": exponential_,
     "masked_select": F.masked_select, "item": Tensor.item,

@@ -21,7 +21,7 @@ from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
 from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer.methods import _DeviceCopy, write_inplace
-from kiln.tracer.tensor import STATE, Tensor, dispatches
+from kiln.tracer.tensor import STATE, Tensor
 
 def _record_stream(tensor: Tensor, stream) -> None:
     """`tensor.record_stream(stream)`: work queued on `stream` (a kiln.cuda.Stream) uses
@@ -43,7 +43,7 @@ def _inplace(fn, name):
     and write_inplace keeps only the last node's inputs intact, so the op reads a snapshot of
     x that carries x's history."""
     def method(self, *args, **kwargs):
-        if _WRAPPERS[0] and dispatches(self):
+        if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
             return _wrappers.inplace(self, name, args, kwargs)
         src = self
         if self.requires_grad and STATE.grad_enabled and self.grad_fn is not None:
