@@ -694,3 +694,21 @@ def test_training_a_model_of_two_tensors(optimizer, kind):
     for (ka, kb), (ta, tb) in zip(k_params, t_params):
         np.testing.assert_allclose(ka, ta, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(kb, tb, rtol=1e-5, atol=1e-6)
+
+
+@LIBS
+def test_gradients_of_wrappers_accumulate_into_plain_grads_hooks_and_autograd_grad(lib):
+    LT = logging_tensor(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    (x * 2).sum().backward()
+    (x * LT(lib.tensor([3.0, 4.0]))).sum().backward()     # a wrapper gradient into x.grad
+    assert type(x.grad) is lib.Tensor and LT.log[-1] == "aten.add_.Tensor"
+    np.testing.assert_allclose(_value(x.grad), [5.0, 6.0])
+    w = LT(lib.tensor([1.0, 2.0], requires_grad=True))
+    g, = lib.autograd.grad((w * w).sum(), [w])
+    assert type(g) is LT
+    np.testing.assert_allclose(_value(g.elem), [2.0, 4.0])
+    w.register_hook(lambda grad: grad * 10)
+    (w * 3).sum().backward()
+    assert type(w.grad) is LT
+    np.testing.assert_allclose(_value(w.grad.elem), [30.0, 30.0])

@@ -886,10 +886,10 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
         tensor.grad = g if create_graph else _owned(g, exclusive)
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
+    elif WRAPPERS[0] and (dispatches(tensor.grad) or dispatches(g)):
+        tensor.grad.add_(g)                # aten.add_, computed by the wrapper's class
     elif isinstance(g._data, MetaArray):
-        if WRAPPERS[0] and dispatches(tensor.grad):
-            tensor.grad.add_(g)            # aten.add_, computed by the wrapper's class
-        # else meta + meta: the same shape, and no values
+        pass                               # meta + meta: the same shape, and no values
     else:
         tensor.grad._data += g._data
 
