@@ -200,6 +200,13 @@ def _slice(x, dim=0, start=None, end=None, step=1):
     return x[tuple(index)]
 
 
+def _unique2(self, sorted=True, return_inverse=False, return_counts=False):
+    """ATen's unique: (values, inverse, counts), the last two empty unless asked for."""
+    values, inverse, counts = kiln.unique(self, sorted, True, True)
+    none = kiln.empty(0, dtype=kiln.int64, device=self.device)
+    return values, inverse if return_inverse else none, counts if return_counts else none
+
+
 def _full(size, fill_value, dtype=None, layout=None, device=None, pin_memory=None):
     return kiln.full(tuple(size), fill_value, dtype=dtype, device=device)
 
@@ -281,6 +288,7 @@ ATEN: dict[str, tuple] = {
     "index_put.default": ("index_put", lambda self, indices, values, accumulate=False:
                           kiln.index_put(self, tuple(indices), values, accumulate)),
     "full.default": ("full", _full),
+    "_unique2.default": (None, _unique2),
     "arange.default": (None, _arange),
     "arange.start_step": ("arange", _arange),
     "rand.default": ("rand", _rand),

@@ -2,7 +2,9 @@
 
 In-place variants (`add_`, `mul_`, ...) compute the out-of-place result through the same op and
 then write it into the tensor's memory, bumping its version counter; autograd and tracing see
-an ordinary op followed by a write-back.
+an ordinary op followed by a write-back. An in-place op on a Tensor subclass with its own
+`__torch_dispatch__` (or with one as an operand) goes to that class instead, as ATen's in-place
+op (kiln.tracer.dispatch_subclass).
 """
 
 from __future__ import annotations

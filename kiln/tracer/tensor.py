@@ -298,6 +298,9 @@ class Tensor:
         return _python(to_device(self._read("item()"), CPU).reshape(())).item()
 
     def tolist(self):
+        if WRAPPERS[0] and dispatches(self):
+            raise RuntimeError(f".tolist() is not supported for tensor subclasses, got "
+                               f"{type(self).__name__}")
         return _python(to_device(self._read("tolist()"), CPU)).tolist()
 
     def __bool__(self) -> bool:
