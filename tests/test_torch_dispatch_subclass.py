@@ -715,3 +715,19 @@ def test_gradients_of_wrappers_accumulate_into_plain_grads_hooks_and_autograd_gr
     (w * 3).sum().backward()
     assert type(w.grad) is LT
     np.testing.assert_allclose(_value(w.grad.elem), [30.0, 30.0])
+
+
+@LIBS
+def test_make_wrapper_subclass_takes_torchs_arguments(lib):
+    class Meta(lib.Tensor):
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            return NotImplemented
+    w = lib.Tensor._make_wrapper_subclass(Meta, (2, 3, 4, 5), None, None,
+                                          lib.channels_last, lib.float64)
+    # without strides they are row-major's, whatever memory_format says
+    assert w.stride() == (60, 20, 5, 1) and w.dtype == lib.float64
+    v = lib.Tensor._make_wrapper_subclass(Meta, [3, 2], strides=[1, 3], dtype=lib.float32,
+                                          device="cpu", requires_grad=True)
+    assert v.stride() == (1, 3) and not v.is_contiguous() and v.requires_grad
+    assert v.shape == (3, 2) and v.device.type == "cpu" and v.is_leaf

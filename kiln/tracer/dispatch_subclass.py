@@ -151,11 +151,14 @@ def wraps(t) -> bool:
     return isinstance(t, Tensor) and type(t)._dispatches
 
 
-def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=None,
-                          layout=None, device=None, requires_grad=False, pin_memory=False,
-                          dispatch_sizes_strides_policy=None, dispatch_device=False,
-                          dispatch_layout=False, storage_size=None, memory_format=None):
-    """`Tensor._make_wrapper_subclass`: a `cls` with this metadata and no data (see above)."""
+def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, memory_format=None,
+                          dtype=None, layout=None, device=None, pin_memory=False,
+                          requires_grad=False, dispatch_sizes_strides_policy=None,
+                          dispatch_device=False, dispatch_layout=False,
+                          _extra_dispatch_keys=None, storage_size=None):
+    """`Tensor._make_wrapper_subclass` (PyTorch's arguments, in its order): a `cls` with this
+    metadata and no data (see above). Without `strides` the strides are row-major's, whatever
+    `memory_format` says (as PyTorch's)."""
     name = getattr(cls, "__name__", repr(cls))
     if not (isinstance(cls, type) and issubclass(cls, Tensor)) or cls is Tensor:
         raise TypeError(f"Tensor._make_wrapper_subclass: expected a subclass of kiln.Tensor, "
@@ -164,11 +167,13 @@ def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=No
         raise TypeError(f"Tensor._make_wrapper_subclass({name}, ...): {name} has no "
                         "__torch_dispatch__ of its own, and a wrapper tensor without one "
                         "could compute nothing")
-    if dispatch_sizes_strides_policy is not None or dispatch_device or dispatch_layout:
+    if dispatch_sizes_strides_policy is not None or dispatch_device or dispatch_layout or \
+            _extra_dispatch_keys is not None:
         raise NotImplementedError(
             f"Tensor._make_wrapper_subclass({name}, ...): kiln keeps a wrapper's sizes, "
             "strides, device and layout on the tensor; dispatching them to __torch_dispatch__ "
-            "(dispatch_sizes_strides_policy, dispatch_device, dispatch_layout) is not supported")
+            "(dispatch_sizes_strides_policy, dispatch_device, dispatch_layout) and extra "
+            "dispatch keys are not supported")
     if storage_offset not in (None, 0):
         raise NotImplementedError(f"Tensor._make_wrapper_subclass({name}, ...): a wrapper has "
                                   "no storage, so no storage_offset but 0")
