@@ -488,9 +488,14 @@ def test_a_mode_sees_the_op_before_the_subclass(lib):
     x = LT(lib.ones(3))
     with Mode():
         y = x * 2
-    assert type(y) is LT
-    assert seen == [("aten.mul.Tensor", ("LoggingTensor",))]
-    assert LT.log == ["aten.mul.Tensor"]
+        z = y.detach()
+        z.add_(1)
+    assert type(y) is LT and type(z) is LT
+    assert seen == [("aten.mul.Tensor", ("LoggingTensor",)),
+                    ("aten.detach.default", ("LoggingTensor",)),
+                    ("aten.add_.Tensor", ("LoggingTensor",))]
+    assert LT.log == ["aten.mul.Tensor", "aten.detach.default", "aten.add_.Tensor"]
+    np.testing.assert_allclose(_value(z.elem), [3.0, 3.0, 3.0])
 
 
 # ----------------------------------------------------------------------------- real data
