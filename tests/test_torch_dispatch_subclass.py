@@ -11,6 +11,7 @@ expanded; indexing is slice + view where torch selects) the test asserts kiln's 
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -543,6 +544,10 @@ def test_a_wrapper_has_no_data_outside_its_class():
         w.as_subclass(kiln.Tensor)
     with pytest.raises(RuntimeError, match="indexing its memory: this LoggingTensor"):
         w._data[0]
+    with pytest.raises(RuntimeError, match="data_ptr\\(\\): this LoggingTensor"):
+        w.data_ptr()
+    with pytest.raises(RuntimeError, match="this LoggingTensor was made by"):
+        kiln.save({"w": w}, io.BytesIO())
     with pytest.raises(RuntimeError, match="numpy\\(\\) is not supported"):
         torch_w = logging_tensor(torch)(torch.ones(2, 2))
         torch_w.numpy()

@@ -204,6 +204,8 @@ class Tensor:
     def data_ptr(self) -> int:
         if self.device.type == "meta":
             return 0
+        if isinstance(self._data, MetaArray):      # a wrapper subclass's: no memory
+            raise self._data._refuse("Tensor.data_ptr()")
         if self.device.type == "cpu":
             return self._data.__array_interface__["data"][0]
         return self._data.data.ptr
@@ -255,7 +257,7 @@ class Tensor:
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
-        if WRAPPERS[0] and dispatches(self):
+        if WRAPPERS[0] and dispatches(self) and not force:
             raise RuntimeError(f".numpy() is not supported for tensor subclasses (a "
                                f"{type(self).__name__} is a wrapper with no data of its own)")
         # as in PyTorch, refused only while grad mode is on: under no_grad (and so inside a
