@@ -259,7 +259,8 @@ class Tensor:
     def numpy(self, *, force: bool = False) -> np.ndarray:
         if WRAPPERS[0] and dispatches(self) and not force:
             raise RuntimeError(f".numpy() is not supported for tensor subclasses (a "
-                               f"{type(self).__name__} is a wrapper with no data of its own)")
+                               f"{type(self).__name__} computes its ops in __torch_dispatch__; "
+                               "convert what it holds)")
         # as in PyTorch, refused only while grad mode is on: under no_grad (and so inside a
         # custom Function's forward) a tensor that requires grad converts
         if self.requires_grad and STATE.grad_enabled and not force:
