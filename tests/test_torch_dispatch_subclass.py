@@ -741,3 +741,38 @@ def test_make_wrapper_subclass_takes_torchs_arguments(lib):
                                           device="cpu", requires_grad=True)
     assert v.stride() == (1, 3) and not v.is_contiguous() and v.requires_grad
     assert v.shape == (3, 2) and v.device.type == "cpu" and v.is_leaf
+
+
+def test_no_dispatch_runs_ops_on_the_tensors_own_data():
+    LT = logging_tensor(kiln)
+    w = LT(kiln.ones(2))
+    with kiln_no_dispatch():
+        with pytest.raises(RuntimeError, match="this LoggingTensor was made by"):
+            w + 1                   # a wrapper has no data of its own to compute on
+    assert LT.log == []
+    np.testing.assert_allclose(_value((w + 1).elem), [2.0, 2.0])
+
+
+def test_nothing_is_routed_until_a_class_that_dispatches_is_defined():
+    # a fresh interpreter: the dispatcher's counter and the methods' flag stay 0 through
+    # kiln's import and an opted-out subclass, and count one once a class dispatches
+    script = """
+import kiln
+from kiln.tracer.dispatch_mode import ACTIVE
+from kiln.tracer.tensor import OBSERVED, WRAPPERS
+import kiln.nn, kiln.optim, kiln.masked, kiln.nested
+assert (ACTIVE[0], WRAPPERS[0]) == (0, 0)
+class Opted(kiln.Tensor):
+    __torch_dispatch__ = kiln._C._disabled_torch_dispatch_impl
+assert (ACTIVE[0], WRAPPERS[0]) == (0, 0) and not Opted._dispatches
+class Logs(kiln.Tensor):
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+assert (ACTIVE[0], WRAPPERS[0]) == (1, 1) and Logs._dispatches and not OBSERVED[0]
+"""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

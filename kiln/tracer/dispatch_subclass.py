@@ -99,6 +99,26 @@ class WrapperArray(MetaArray):
     def __repr__(self) -> str:
         return f"WrapperArray({self.owner}, shape={self.shape}, dtype={self.dtype})"
 
+    def __getattr__(self, name: str):
+        # an array method (reshape, sum, fill, ...): an AttributeError, so hasattr() still
+        # answers, that says why
+        if name.startswith("__") or name in WrapperArray.__slots__ or name in MetaArray.__slots__:
+            raise AttributeError(name)          # (a slot not set yet)
+        raise AttributeError(str(self._refuse(f"{name}() of its memory")))
+
+
+def _refusing(name: str):
+    def op(self, *args):
+        raise self._refuse(f"the operator {name} on its memory")
+    return op
+
+
+for _name in ("add sub mul truediv floordiv mod pow matmul and or xor lshift rshift".split()):
+    setattr(WrapperArray, f"__{_name}__", _refusing(_name))
+    setattr(WrapperArray, f"__r{_name}__", _refusing(_name))
+for _name in ("neg pos abs invert lt le gt ge".split()):
+    setattr(WrapperArray, f"__{_name}__", _refusing(_name))
+
 
 class _Flags:
     __slots__ = ("c_contiguous",)
