@@ -12,14 +12,17 @@ aten.bmm.default by rank, reshape -> aten.view.default, cast -> aten._to_copy.de
 sum -> aten.sum.default, ...). A primitive with no ATen counterpart is `kiln.<prim>.default`
 (kiln.take.default, kiln.batch_norm.default). ATen ops kiln builds from primitives
 (aten.t.default, aten.addmm.default, aten.detach.default, aten._softmax.default) exist as
-objects to call but are never handed to a mode: it sees their primitives.
+objects to call but a mode is not handed them for plain tensors: it sees their primitives.
 
 An OpOverload is called two ways: with the primitive's inputs and attributes (what a mode got
 as `args` and `kwargs`: `func(*args, **kwargs)` runs the primitive), or with ATen's arguments
 (`ATEN`'s functions, which call kiln's public ops). A call whose keywords are exactly the
 primitive's attributes and whose positional arguments are its tensors is the first kind.
 `aten.<op>.default` for an op not in the table calls the kiln function of that name, whose
-signature is torch's public one, as ATen's default overloads mostly are.
+signature is torch's public one, as ATen's default overloads mostly are. The ops a Tensor
+method hands a wrapper subclass (`aten.add_.Tensor`, `aten.copy_.default`, `aten.detach.default`,
+`aten._local_scalar_dense.default`, ...) are made on first use by `aten_method_op`: called
+with ATen's arguments they call the Tensor method.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Callable
 
 import kiln
 from kiln.ir.ops import PRIMITIVES
-from kiln.tracer import dispatch_mode
+from kiln.tracer import dispatch_mode, dispatch_subclass
 from kiln.tracer.tensor import Tensor
 
 
@@ -197,6 +200,13 @@ def _slice(x, dim=0, start=None, end=None, step=1):
     return x[tuple(index)]
 
 
+def _unique2(self, sorted=True, return_inverse=False, return_counts=False):
+    """ATen's unique: (values, inverse, counts), the last two empty unless asked for."""
+    values, inverse, counts = kiln.unique(self, sorted, True, True)
+    none = kiln.empty(0, dtype=kiln.int64, device=self.device)
+    return values, inverse if return_inverse else none, counts if return_counts else none
+
+
 def _full(size, fill_value, dtype=None, layout=None, device=None, pin_memory=None):
     return kiln.full(tuple(size), fill_value, dtype=dtype, device=device)
 
@@ -240,7 +250,7 @@ ATEN: dict[str, tuple] = {
                       kiln.addmm(self, mat1, mat2, beta=beta, alpha=alpha)),
     "t.default": (None, lambda self: kiln.t(self)),
     "detach.default": (None, lambda self: self.detach()),
-    "clone.default": (None, lambda self, *, memory_format=None:
+    "clone.default": ("cast", lambda self, *, memory_format=None:
                       kiln.clone(self, memory_format=memory_format)),
     "_to_copy.default": ("cast", _to_copy),
     "sum.default": ("sum", lambda self, *, dtype=None: kiln.sum(self, dtype=dtype)),
@@ -278,6 +288,7 @@ ATEN: dict[str, tuple] = {
     "index_put.default": ("index_put", lambda self, indices, values, accumulate=False:
                           kiln.index_put(self, tuple(indices), values, accumulate)),
     "full.default": ("full", _full),
+    "_unique2.default": (None, _unique2),
     "arange.default": (None, _arange),
     "arange.start_step": ("arange", _arange),
     "rand.default": ("rand", _rand),
@@ -374,8 +385,10 @@ def _name_prod(args, attrs):
 # primitive -> its ATen overload's key, or a function of (args, attrs) giving it (None: none)
 _NAMES: dict = {
     "add": "add.Tensor", "sub": "sub.Tensor", "mul": "mul.Tensor", "div": "div.Tensor",
-    "where": "where.self", "cast": "_to_copy.default", "max": "amax.default",
-    "argmax": "argmax.default", "cumsum": "cumsum.default", "reshape": "view.default",
+    "where": "where.self", "max": "amax.default",
+    "argmax": "argmax.default", "cumsum": "cumsum.default",
+    "cast": lambda args, attrs: "clone.default" if attrs["dtype"] is args[0].dtype
+    else "_to_copy.default", "reshape": "view.default",
     "permute": "permute.default", "expand": "expand.default", "slice": "slice.Tensor",
     "flip": "flip.default", "as_strided": "as_strided.default", "unfold_dim": "unfold.default",
     "pad": "constant_pad_nd.default", "cat": "cat.default", "index_add": "index_add.default",
@@ -403,4 +416,30 @@ def overload_of(prim, args: tuple, attrs: dict) -> OpOverload:
     return _aten(key) if key is not None else _kiln_default(prim)
 
 
+# ATen ops a Tensor method hands a wrapper subclass's __torch_dispatch__ (dispatch_subclass):
+# their ATen convention is the method's (`aten.add_.Tensor(x, y, alpha=2)` is x.add_(y, alpha=2))
+_METHOD_OPS = {"_local_scalar_dense.default": "item", "new_empty.default": "new_empty",
+               "new_zeros.default": "new_zeros", "new_ones.default": "new_ones", "new_full.default": "new_full"}
+_LIKE_OPS = {"empty_like.default": kiln.empty_like, "full_like.default": kiln.full_like}
+
+
+def aten_method_op(key: str) -> OpOverload:
+    """The OpOverload named `key` ("copy_.default", "add_.Tensor"), made on first use for the
+    in-place ops and the others whose ATen arguments are the Tensor method's."""
+    op, overload = key.split(".")
+    packet = _packet("aten", op)
+    found = packet._overloads.get(overload)
+    if found is not None:
+        return found
+    if key in _LIKE_OPS:
+        return _add(packet, overload, None, _LIKE_OPS[key])
+    method = _METHOD_OPS.get(key, op)
+
+    def call_method(self, *args, **kwargs):
+        return getattr(self, method)(*args, **kwargs)
+    call_method.__name__ = method
+    return _add(packet, overload, None, call_method)
+
+
 dispatch_mode.OVERLOAD_OF[0] = overload_of
+dispatch_subclass.ATEN[0] = aten_method_op

@@ -20,6 +20,7 @@ from kiln.profiler import op_hooks  # noqa: F401  (observers of dispatched ops: 
 from kiln.tracer.errors import op_error  # noqa: F401
 from kiln.op_overloads import aten  # noqa: F401  (torch.ops.aten: ATen's names for primitives)
 from kiln.tracer import dispatch_mode  # noqa: F401  (TorchDispatchMode's stack, per thread)
+from kiln.tracer import dispatch_subclass  # noqa: F401  (wrapper subclasses' __torch_dispatch__)
 from kiln.tracer.functional import (  # noqa: F401
     elu, gelu, hardsigmoid, hardswish, hardtanh, leaky_relu, logsigmoid, mish, one_hot, pad,
     relu, relu6, select_rows, selu, silu, softmin, softplus, softsign, tanhshrink)

@@ -41,6 +41,7 @@ from kiln.tracer.creation import get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
@@ -600,11 +601,13 @@ class CompiledFunction:
                        f"TorchDispatchMode {mode} active; it runs eagerly, so the mode sees "
                        "each op")
             return self.fn(*args, **kwargs)
-        overridden = _torch_function.untraceable(args, kwargs)
+        overridden = _torch_function.untraceable(args, kwargs) or \
+            _dispatch_subclass.untraceable(args, kwargs)
         if overridden is not None:
             if self.fullgraph:
                 raise GraphBreak(f"{overridden} would run on every call", _where(self.fn))
-            self._note("torch_function", f"{_function_name(self.fn)} is called with "
+            tag = "torch_dispatch" if "__torch_dispatch__" in overridden else "torch_function"
+            self._note(tag, f"{_function_name(self.fn)} is called with "
                        f"{overridden} in effect; it runs eagerly, so that runs on every call")
             return self.fn(*args, **kwargs)
         if self._not_traceable is not None:

@@ -21,7 +21,8 @@ class Parameter(Tensor, metaclass=_ParameterMeta):
     """A kiln.Tensor (sharing the given tensor's memory) that requires grad by default.
 
     Assigning one as a Module attribute registers it in `module.parameters()`. A tensor
-    subclass that takes part in `__torch_function__` stays its own class: the parameter is
+    subclass that takes part in `__torch_function__` (or computes its ops in
+    `__torch_dispatch__`) stays its own class: the parameter is
     `data.detach()` requiring grad and marked `_is_param`, so `isinstance(p, Parameter)`.
     """
     # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
@@ -35,8 +36,8 @@ class Parameter(Tensor, metaclass=_ParameterMeta):
         if cls is Parameter and hasattr(type(data), "_as_parameter"):
             return data._as_parameter(requires_grad)    # Parameter(DTensor) stays a DTensor
         if cls is Parameter and type(data) is not Tensor and not isinstance(data, Parameter):
-            if kiln.overrides.is_tensor_like(data) and type(data).__torch_function__ is not \
-                    kiln._C._disabled_torch_function_impl:
+            if type(data)._dispatches or kiln.overrides.is_tensor_like(data) and \
+                    type(data).__torch_function__ is not kiln._C._disabled_torch_function_impl:
                 return _subclass_parameter(data, requires_grad)
         param = Tensor._make(data._data, data.dtype, data.device, cls)
         param._version = data._version      # same memory, same version counter

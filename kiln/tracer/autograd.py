@@ -19,7 +19,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor, dispatches
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
@@ -131,7 +131,11 @@ class Node:
 
     def output(self) -> Tensor:
         """The node's output as a tensor that is still attached to this node."""
-        out = Tensor._make(self.out_data, self.out_dtype, self.out_device)
+        data = self.out_data
+        if isinstance(data, Tensor):    # a wrapper subclass's output (dispatch_subclass)
+            out = _wrapper_alias(data)
+        else:
+            out = Tensor._make(data, self.out_dtype, self.out_device)
         out.grad_fn, out.requires_grad, out._trace = self, True, self.out_trace
         return out
 
@@ -738,6 +742,8 @@ def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
     its memory is taken as it is when no other array or tensor holds it either (PyTorch's
     AccumulateGrad steals such a gradient too); otherwise it is copied."""
     # (no local holds grad's array before the check: it counts the references to it)
+    if WRAPPERS[0] and dispatches(grad):
+        return _wrapper_call("detach.default", (grad,))    # as PyTorch's AccumulateGrad
     data = grad._data if exclusive and _COUNTS_HOLD and _memory_unshared(grad) else \
         grad._data.copy()
     owned = Tensor._make(data, grad.dtype, grad.device)
@@ -880,6 +886,8 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
         tensor.grad = g if create_graph else _owned(g, exclusive)
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
+    elif WRAPPERS[0] and (dispatches(tensor.grad) or dispatches(g)):
+        tensor.grad.add_(g)                # aten.add_, computed by the wrapper's class
     elif isinstance(g._data, MetaArray):
         pass                               # meta + meta: the same shape, and no values
     else:
@@ -958,7 +966,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 captured[id(node)] = g
             _check_versions(node)
             if node.prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
-                    and node.edges[0] is not None:
+                    and node.edges[0] is not None and not type(g)._dispatches:
                 _add_slice_grad(pending, buffers, node, g)
                 if not retain_graph:
                     node.inputs = node.out_data = None
@@ -1121,6 +1129,16 @@ def _grad_scope(node: Node):
 _NO_SCOPE = contextlib.nullcontext()
 
 
+def _wrapper_alias(t: Tensor) -> Tensor:
+    from kiln.tracer.dispatch_subclass import alias     # (it imports this module)
+    return alias(t)
+
+
+def _wrapper_call(key: str, args: tuple):
+    from kiln.tracer.dispatch_subclass import call
+    return call(key, args)
+
+
 def _seed(out: Tensor, g) -> Tensor:
     if g is None:
         if out.numel() != 1:
@@ -1130,6 +1148,8 @@ def _seed(out: Tensor, g) -> Tensor:
             raise op_error("backward", "grad can be implicitly created only for real scalar "
                            f"outputs, got {out.dtype.name}: take a real loss (.abs(), .real) "
                            "or pass `gradient=`")
+        if WRAPPERS[0] and dispatches(out):      # PyTorch's seed: aten.ones_like
+            return _wrapper_call("ones_like.default", (out,))
         return out.new_ones(out.shape)
     if not isinstance(g, Tensor):
         g = out.new_tensor(g)

@@ -18,7 +18,7 @@ from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, is_host_array,
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer import layout
 from kiln.tracer.errors import op_error
-from kiln.tracer.tensor import STATE, Size, Tensor
+from kiln.tracer.tensor import STATE, WRAPPERS, Size, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
@@ -362,24 +362,44 @@ def _like_format(input: Tensor, fmt):
     return None
 
 
+def _wrapper_like(key: str, input: Tensor, args: tuple, dtype, device, requires_grad,
+                  memory_format) -> Tensor:
+    """`kiln.zeros_like(w)` and its kin on a wrapper subclass: ATen's op, which its class
+    computes (the keywords given are passed on)."""
+    from kiln.tracer.dispatch_subclass import call
+    kwargs = {k: v for k, v in (("dtype", dtype), ("device", device),
+                                ("memory_format", memory_format)) if v is not None}
+    out = call(key, (input,) + args, kwargs)
+    return out.requires_grad_(True) if requires_grad else out
+
+
 def _like(input: Tensor, dtype, device):
     return (_dtype(dtype) or input.dtype, device if device is not None else input.device)
 
 
 def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
+    if WRAPPERS[0] and dispatches(input):
+        return _wrapper_like("zeros_like.default", input, (), dtype, device, requires_grad,
+                             memory_format)
     return full_like(input, 0, dtype=dtype, device=device, requires_grad=requires_grad,
                      memory_format=memory_format)
 
 
 def ones_like(input, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
+    if WRAPPERS[0] and dispatches(input):
+        return _wrapper_like("ones_like.default", input, (), dtype, device, requires_grad,
+                             memory_format)
     return full_like(input, 1, dtype=dtype, device=device, requires_grad=requires_grad,
                      memory_format=memory_format)
 
 
 def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
+    if WRAPPERS[0] and dispatches(input):
+        return _wrapper_like("full_like.default", input, (fill_value,), dtype, device,
+                             requires_grad, memory_format)
     kind, dev = _like(input, dtype, device)
     out = full(tuple(input.shape), fill_value, dtype=kind, device=dev,
                requires_grad=requires_grad)
@@ -388,6 +408,9 @@ def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False
 
 def empty_like(input, *, dtype=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
+    if WRAPPERS[0] and dispatches(input):
+        return _wrapper_like("empty_like.default", input, (), dtype, device, requires_grad,
+                             memory_format)
     return zeros_like(input, dtype=dtype, device=device, requires_grad=requires_grad,
                       memory_format=memory_format)
 

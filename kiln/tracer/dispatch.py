@@ -23,6 +23,7 @@ from kiln.runtime.host_memory import keep_freed_memory
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
 from kiln.tracer import dispatch_mode as _dispatch_mode
+from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import quantized as _quantized
 from kiln.tracer import unsigned as _unsigned
 from kiln.tracer.errors import op_error
@@ -65,8 +66,10 @@ def infer(prim: Primitive, args: tuple, attrs: dict):
 
 def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = None) -> Tensor:
     """Run one primitive on tensors and Python-number literals; returns a new Tensor."""
-    if _MODES[0] and STATE.dispatch_modes:      # a TorchDispatchMode takes the call
-        return _dispatch_mode.handle(prim, args, attrs, device)
+    if _MODES[0]:         # a TorchDispatchMode, or a Tensor subclass with __torch_dispatch__
+        out = _intercept(prim, args, attrs, device)
+        if out is not _PASS:
+            return out
     # Eager mode's hot path: a small op costs about as much Python here as the array work, so
     # one plain loop gathers everything the steps below need, with no generators.
     arrays = []
@@ -249,6 +252,7 @@ def _move_cpu_scalars(prim: Primitive, args: tuple, arrays: list, first: Device)
 
 _new_tensor = Tensor._make
 _MODES = _dispatch_mode.ACTIVE
+_intercept, _PASS = _dispatch_subclass.intercept, _dispatch_subclass.PASS
 _MOVEMENT = ir_ops.MOVEMENT
 _BF16_STORAGE = dt.bfloat16.np_dtype if dt.HAS_BFLOAT16 else None
 

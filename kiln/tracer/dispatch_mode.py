@@ -15,7 +15,9 @@ active during `backward()` sees them. kiln's primitives are below its composites
 sees what they decompose to (softmax as max, sub, exp, sum, div).
 
 Nothing is paid without a mode: `apply` reads one module-level counter (`ACTIVE`, the number
-of threads with a mode) before anything else.
+of threads with a mode, plus one once a Tensor subclass with its own `__torch_dispatch__`
+exists: kiln.tracer.dispatch_subclass, whose `intercept` then calls `handle`) before anything
+else.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import threading
 
 from kiln.ir.ops import P
 from kiln.tracer import autograd as _autograd
-from kiln.tracer.tensor import OBSERVED, STATE, Tensor
+from kiln.tracer.tensor import OBSERVED, STATE, WRAPPERS, Tensor
 
-# How many threads have a dispatch mode on their stack (the dispatcher's one check).
+# How many threads have a dispatch mode on their stack, plus one once a Tensor subclass with
+# its own __torch_dispatch__ exists (dispatch_subclass): the dispatcher's one check.
 ACTIVE = [0]
 _LOCK = threading.Lock()
 # `overload_of(prim, args, attrs)`: the OpOverload a mode is handed; kiln.op_overloads sets it
@@ -67,27 +70,39 @@ def note_observed() -> None:
     profiler's or an op observer's, or a dispatch mode), so the eager fast paths that skip the
     dispatcher (a full sum, softmax) take it. Called after each of those changes."""
     from kiln.tracer import dispatch
-    OBSERVED[0] = bool(ACTIVE[0]) or P.dispatch is not dispatch.apply
+    # (ACTIVE counts one more once a wrapper subclass exists: the fast paths take plain
+    # tensors only, so a subclass needs no dispatcher for them)
+    OBSERVED[0] = ACTIVE[0] > WRAPPERS[0] or P.dispatch is not dispatch.apply
 
 
 def handle(prim, args: tuple, attrs: dict, device):
     """Run one primitive through the innermost mode (`dispatch.apply` calls this)."""
-    stack = modes()
-    mode = stack[-1]
     func = OVERLOAD_OF[0](prim, args, attrs)
-    if STATE.tracer is not None:           # the mode's Python would not run in a replay
-        STATE.tracer.graph_break(f"the TorchDispatchMode {type(mode).__name__} sees {func}")
     differentiable = prim.grad is not None and STATE.grad_enabled and any(
         isinstance(a, Tensor) and a.requires_grad for a in args)
+    kwargs = dict(attrs)
+    if device is not None and not any(isinstance(a, Tensor) for a in args):
+        kwargs["device"] = device        # a creation's device (P.<prim>'s keyword)
+    out = call_mode(func, args, kwargs)
+    if differentiable:
+        out = _record(prim, args, attrs, out, func)
+    return out
+
+
+def call_mode(func, args: tuple, kwargs: dict):
+    """`func(*args, **kwargs)` handed to the innermost mode, with that mode off and grad mode
+    off while it runs."""
+    stack = modes()
+    mode = stack[-1]
+    if STATE.tracer is not None:           # the mode's Python would not run in a replay
+        STATE.tracer.graph_break(f"the TorchDispatchMode {type(mode).__name__} sees {func}")
+    types = subclass_types(args, kwargs) if WRAPPERS[0] else ()
     grad_was = STATE.grad_enabled
     STATE.dispatch_modes = stack[:-1]
     STATE.grad_enabled = False
     STATE.in_dispatch_mode += 1
     try:
-        kwargs = dict(attrs)
-        if device is not None and not any(isinstance(a, Tensor) for a in args):
-            kwargs["device"] = device        # a creation's device (P.<prim>'s keyword)
-        out = mode.__torch_dispatch__(func, (), args, kwargs)
+        out = mode.__torch_dispatch__(func, types, args, kwargs)
     finally:
         STATE.in_dispatch_mode -= 1
         STATE.dispatch_modes = stack
@@ -96,9 +111,21 @@ def handle(prim, args: tuple, attrs: dict, device):
         raise RuntimeError(f"{func}: the TorchDispatchMode {type(mode).__name__} returned "
                            "NotImplemented (a mode must compute the op, e.g. with "
                            "func(*args, **kwargs))")
-    if differentiable:
-        out = _record(prim, args, attrs, out, func)
     return out
+
+
+def subclass_types(args: tuple, kwargs: dict) -> tuple:
+    """The classes among the arguments whose `__torch_dispatch__` computes (one level into
+    lists and tuples), each once, subclasses before their bases and otherwise left to right,
+    as PyTorch orders them: a handler's `types`."""
+    found: list = []
+    for a in list(args) + list(kwargs.values()):
+        for e in (a if isinstance(a, (list, tuple)) else (a,)):
+            cls = type(e)
+            if isinstance(e, Tensor) and cls._dispatches and cls not in found:
+                at = next((i for i, c in enumerate(found) if issubclass(cls, c)), len(found))
+                found.insert(at, cls)
+    return tuple(found)
 
 
 def run_primitive(prim, args: tuple, attrs: dict, device=None):
@@ -113,11 +140,15 @@ def run_primitive(prim, args: tuple, attrs: dict, device=None):
 def _record(prim, args: tuple, attrs: dict, out, func) -> Tensor:
     """Give the mode's result the primitive's autograd node, as autograd above the mode does."""
     if not isinstance(out, Tensor):
-        raise TypeError(f"{func}: the TorchDispatchMode returned {type(out).__name__}, "
+        raise TypeError(f"{func}: __torch_dispatch__ returned {type(out).__name__}, "
                         "expected a Tensor (the op's inputs require grad)")
     if any(out is a for a in args) or out.grad_fn is not None or out.requires_grad:
         view = out._base
-        fresh = Tensor._make(out._data, out.dtype, out.device)    # an alias, its own node
+        if type(out)._dispatches:       # a wrapper: its class and what it wraps
+            from kiln.tracer.dispatch_subclass import alias
+            fresh = alias(out)
+        else:
+            fresh = Tensor._make(out._data, out.dtype, out.device)    # an alias, its own node
         fresh._version, fresh._base = out._version, view
         out = fresh
     _autograd.record(prim, args, attrs, out)
@@ -128,32 +159,7 @@ def _record(prim, args: tuple, attrs: dict, out, func) -> Tensor:
     return out
 
 
-def make_wrapper_subclass(cls, size, strides=None, storage_offset=None, dtype=None,
-                          layout=None, device=None, requires_grad=False, **kwargs):
-    """`Tensor._make_wrapper_subclass`: refused, with what is missing."""
-    raise NotImplementedError(
-        f"Tensor._make_wrapper_subclass({getattr(cls, '__name__', cls)}, ...): kiln has no "
-        "wrapper tensor subclasses (a tensor with no data of its own whose __torch_dispatch__ "
-        "computes every op): its detach, to, clone and copy_ read a tensor's array directly, "
-        "not through the dispatcher. Use a __torch_function__ subclass or a TorchDispatchMode")
-
-
 def disabled_torch_dispatch_impl(cls, func, types, args=(), kwargs=None):
     """`__torch_dispatch__ = disabled_torch_dispatch_impl`: the subclass takes no part
     (torch._C._disabled_torch_dispatch_impl); the op runs as on plain tensors."""
     return func(*args, **(kwargs or {}))
-
-
-def check_subclass(cls: type) -> None:
-    """A Tensor subclass with its own `__torch_dispatch__` is refused when it is defined:
-    kiln never calls a subclass's `__torch_dispatch__`, and a class that relies on it would
-    otherwise compute its ops as plain tensors without a word."""
-    impl = getattr(cls, "__torch_dispatch__", None)
-    if impl is not None and getattr(impl, "__func__", impl) is not disabled_torch_dispatch_impl:
-        raise NotImplementedError(
-            f"{cls.__name__}.__torch_dispatch__: kiln does not call a Tensor subclass's "
-            "__torch_dispatch__ (only TorchDispatchModes see its primitives). Override "
-            "__torch_function__ in the subclass, or handle its ops in a TorchDispatchMode")
-
-
-Tensor._make_wrapper_subclass = staticmethod(make_wrapper_subclass)

@@ -2,7 +2,9 @@
 
 In-place variants (`add_`, `mul_`, ...) compute the out-of-place result through the same op and
 then write it into the tensor's memory, bumping its version counter; autograd and tracing see
-an ordinary op followed by a write-back.
+an ordinary op followed by a write-back. An in-place op on a Tensor subclass with its own
+`__torch_dispatch__` (or with one as an operand) goes to that class instead, as ATen's in-place
+op (kiln.tracer.dispatch_subclass).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from kiln.ir.ops import P, Primitive
 from kiln.runtime import pending_checks
 from kiln.runtime.device import Device, is_writeable, to_device
 from kiln.tracer import autograd, creation, layout
+from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import shapes
 from kiln.tracer.functional.elementwise import scalar_first_overload
-from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
@@ -112,8 +115,13 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     return self
 
 
+_WRAPPERS = _wrappers.SUBCLASSES     # read first: whether a wrapper subclass exists at all
+
+
 def _inplace(fn, name):
     def method(self, *args, **kwargs):
+        if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
+            return _wrappers.inplace(self, name, args, kwargs)
         return write_inplace(self, fn(self, *args, **kwargs), name)
     method.__name__ = name
     return method
@@ -156,6 +164,8 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
     scalar_first_at, keyword = _SCALAR_FIRST.get(name, (None, None))
 
     def method(self, *args, **kwargs):
+        if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
+            return _wrappers.inplace(self, name, args, kwargs)
         if len(args) == scalar_first_at:
             args, scalar = scalar_first_overload(name, args[0], args[1:],
                                                  kwargs.get(keyword, 1))
@@ -187,7 +197,18 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
     return method
 
 
+def copy_(self: Tensor, src, non_blocking: bool = False) -> Tensor:
+    # copy_ casts to self's dtype whatever the categories (float into int truncates, as
+    # PyTorch's), where an in-place op's result may not move to a lower category
+    if _WRAPPERS[0] and _wrappers.takes(self, (src,)):
+        return _wrappers.inplace(self, "copy_", (src,), {})
+    return write_inplace(self, src.to(self.device, self.dtype) if isinstance(src, Tensor)
+                         else _fill(self, src), "copy_")
+
+
 def fill_(self: Tensor, value) -> Tensor:
+    if _WRAPPERS[0] and _wrappers.takes(self, (value,)):
+        return _wrappers.inplace(self, "fill_", (value,), {})
     if (type(value) is float or type(value) is int) and _writes_plainly(self):
         if self.dtype.category == dt.INT:
             value = creation.int_fill_value("fill_", value, self.dtype)
@@ -198,6 +219,8 @@ def fill_(self: Tensor, value) -> Tensor:
 
 
 def zero_(self: Tensor) -> Tensor:
+    if _WRAPPERS[0] and dispatches(self):
+        return _wrappers.inplace(self, "zero_", (), {})
     if _writes_plainly(self):
         self._data.fill(0)
         self._version[0] += 1
@@ -212,6 +235,8 @@ _READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (mor
 
 
 def setitem(self: Tensor, key, value) -> None:
+    if _WRAPPERS[0] and _wrappers.takes(self, (value,)):
+        return _wrappers.setitem(self, key, value)
     if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
         # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
         raise _unsigned_refusal("index_put", self.dtype)
@@ -292,6 +317,12 @@ def to(self: Tensor, *args, **kwargs) -> Tensor:
 
 
 def _to_device(self: Tensor, device: Device) -> Tensor:
+    if _WRAPPERS[0] and dispatches(self):
+        if self.requires_grad and STATE.grad_enabled:
+            raise NotImplementedError(
+                f"to({device}) of a {type(self).__name__} that requires grad: kiln records no "
+                "autograd history for a wrapper's copy between devices")
+        return _wrappers.call("_to_copy.default", (self,), {"device": device})
     if STATE.tracer is not None:
         # a compiled program runs on one device; the copy would not be in the graph, and a
         # replay would read the tensor this call made
@@ -331,6 +362,8 @@ class _DeviceCopy:
 
 
 def detach(self: Tensor) -> Tensor:
+    if _WRAPPERS[0] and dispatches(self):
+        return _wrappers.call("detach.default", (self,))
     out = Tensor._make(self._data, self.dtype, self.device)
     out._version = self._version
     out._trace = self._trace
@@ -403,14 +436,22 @@ def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False)
                            requires_grad=requires_grad)
 
 
-def _new(fill):
+def _new(fill, name):
     def method(self, *size, dtype=None, device=None, requires_grad=False):
+        if _WRAPPERS[0] and dispatches(self):
+            out = _wrappers.call(f"{name}.default", (self, creation._size(size)), {
+                k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
+            return out.requires_grad_(True) if requires_grad else out
         return creation.full(creation._size(size), fill, dtype=dtype or self.dtype,
                              device=device or self.device, requires_grad=requires_grad)
     return method
 
 
 def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+    if _WRAPPERS[0] and dispatches(self):
+        out = _wrappers.call("new_full.default", (self, tuple(size), fill_value), {
+            k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
+        return out.requires_grad_(True) if requires_grad else out
     return creation.full(tuple(size), fill_value, dtype=dtype or self.dtype,
                          device=device or self.device, requires_grad=requires_grad)
 
@@ -441,6 +482,19 @@ def _draw_into(self, name: str, generator, draw) -> Tensor:
         return write_inplace(self, values, name)
 
 
+def _drawn_by_wrappers(method):
+    """`method` (uniform_, normal_, ...), whose draw a wrapper subclass's class makes: ATen's
+    in-place op of that name goes to its __torch_dispatch__."""
+    def drawn(self, *args, **kwargs):
+        if _WRAPPERS[0] and dispatches(self):
+            return _wrappers.inplace(self, method.__name__, args, kwargs)
+        return method(self, *args, **kwargs)
+    drawn.__name__ = drawn.__qualname__ = method.__name__
+    drawn.__doc__ = method.__doc__
+    return drawn
+
+
+@_drawn_by_wrappers
 def uniform_(self, a=0.0, b=1.0, generator=None):
     if self.dtype.is_complex:       # PyTorch draws the real view: both parts in [a, b)
         part = self.dtype.to_real().np
@@ -450,6 +504,7 @@ def uniform_(self, a=0.0, b=1.0, generator=None):
                       lambda stream, n: stream.uniform(n, self.dtype.np, a, b))
 
 
+@_drawn_by_wrappers
 def normal_(self, mean=0.0, std=1.0, generator=None):
     if self.dtype.is_complex:       # the real view, each part with half the variance
         part = self.dtype.to_real().np
@@ -459,6 +514,7 @@ def normal_(self, mean=0.0, std=1.0, generator=None):
                       lambda stream, n: stream.normal(n, self.dtype.np, mean, std))
 
 
+@_drawn_by_wrappers
 def bernoulli_(self, p=0.5, generator=None):
     with autograd.no_grad():
         drawn = creation.bernoulli(p.expand(tuple(self.shape)), generator=generator) \
@@ -466,6 +522,7 @@ def bernoulli_(self, p=0.5, generator=None):
         return write_inplace(self, drawn.to(self.dtype), "bernoulli_")
 
 
+@_drawn_by_wrappers
 def random_(self, low=0, high=None, *, generator=None):
     """`random_()`: [0, 2^mantissa] for floats, [0, max] for integers; `random_(to)`,
     `random_(from, to)`: [from, to)."""
@@ -478,6 +535,7 @@ def random_(self, low=0, high=None, *, generator=None):
                       lambda stream, n: stream.integers(n, int(low), int(high)))
 
 
+@_drawn_by_wrappers
 def exponential_(self, lambd=1.0, *, generator=None):
     return _draw_into(self, "exponential_", generator,
                       lambda stream, n: stream.exponential(n, self.dtype.np, lambd))
@@ -542,16 +600,12 @@ _METHODS = {
     "retain_grad": retain_grad, "register_hook": register_hook,
     "register_post_accumulate_grad_hook": autograd.register_post_accumulate_grad_hook,
     "share_memory_": share_memory_, "is_shared": is_shared,
-    "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0),
-    "new_ones": _new(1), "new_empty": _new(0), "new_full": new_full,
+    "backward": autograd.backward, "new_tensor": new_tensor, "new_zeros": _new(0, "new_zeros"),
+    "new_ones": _new(1, "new_ones"), "new_empty": _new(0, "new_empty"), "new_full": new_full,
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
     "zero_": zero_, "fill_": fill_,
-    # copy_ casts to self's dtype whatever the categories (float into int truncates, as
-    # PyTorch's), where an in-place op's result may not move to a lower category
-    "copy_": lambda self, src, non_blocking=False: write_inplace(
-        self, src.to(self.device, self.dtype) if isinstance(src, Tensor) else _fill(self, src),
-        "copy_"),
+    "copy_": copy_,
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
     "random_": random_, "exponential_": exponential_,
     "masked_select": F.masked_select, "item": Tensor.item,

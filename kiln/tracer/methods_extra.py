@@ -19,6 +19,7 @@ from kiln.tracer import storage
 from kiln.tracer.sparse import layout, sparse_coo, strided  # noqa: F401  (re-exported)
 from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
+from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer.methods import _DeviceCopy, write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -34,11 +35,16 @@ def _record_stream(tensor: Tensor, stream) -> None:
     weakref.finalize(tensor, record_stream, tensor._data, handle)
 
 
+_WRAPPERS = _wrappers.SUBCLASSES
+
+
 def _inplace(fn, name):
     """`x.name(...)` = `fn(x, ...)` written back into x. A composite reads x in several nodes,
     and write_inplace keeps only the last node's inputs intact, so the op reads a snapshot of
     x that carries x's history."""
     def method(self, *args, **kwargs):
+        if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
+            return _wrappers.inplace(self, name, args, kwargs)
         src = self
         if self.requires_grad and STATE.grad_enabled and self.grad_fn is not None:
             src = Tensor._make(self._data.copy(), self.dtype, self.device)

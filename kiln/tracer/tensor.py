@@ -13,7 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.runtime import pending_checks
-from kiln.runtime.device import CPU, Device, device_of_array, to_device
+from kiln.runtime.device import CPU, Device, MetaArray, device_of_array, to_device
 from kiln.tracer import layout
 from kiln.tracer.errors import named_dim_error, op_error
 
@@ -33,6 +33,7 @@ class _State(threading.local):
     tf_off = 0           # DisableTorchFunction depth: no __torch_function__ at all
     tf_subclass_off = 0  # DisableTorchFunctionSubclass depth: modes only
     dispatch_modes = ()  # the thread's TorchDispatchModes, innermost last (dispatch_mode.py)
+    no_dispatch = 0      # no_dispatch() depth: neither modes nor subclasses' __torch_dispatch__
     in_dispatch_mode = 0  # how many mode handlers this thread is inside
 
 
@@ -48,6 +49,16 @@ _TRACING_LOCK = threading.Lock()
 # Whether a profiler or an op observer (kiln.profiler) watches every primitive: the eager fast
 # paths that skip the dispatcher (a full sum or mean, softmax) then take it, so they are seen.
 OBSERVED = [False]
+
+# Whether a Tensor subclass whose __torch_dispatch__ computes its ops has been defined
+# (kiln.tracer.dispatch_subclass): the methods that read memory directly check this first.
+WRAPPERS = [0]
+
+
+def dispatches(t) -> bool:
+    """Whether `t`'s ops go to its class's `__torch_dispatch__` (kiln.tracer.dispatch_subclass):
+    the class has one that computes, and no `no_dispatch()` block is active."""
+    return type(t)._dispatches and not STATE.no_dispatch
 
 
 def set_tracer(tracer) -> None:
@@ -68,6 +79,7 @@ class Tensor:
     # the public name, as PyTorch's class is `torch.Tensor`: print(type(x)) shows <class
     # 'kiln.Tensor'> (and `torch.Tensor` under kiln run's printouts), pickles name kiln.Tensor
     __module__ = "kiln"
+    _dispatches = False     # True on a subclass whose __torch_dispatch__ computes its ops
 
     def __init__(self, *args, device=None):
         """`torch.Tensor(...)`, PyTorch's legacy constructor: Tensor(2, 3) or Tensor(size) is a
@@ -161,6 +173,8 @@ class Tensor:
     @property
     def data(self) -> "Tensor":
         """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
+        if WRAPPERS[0] and dispatches(self):
+            return self.detach()            # a wrapper's: aten.detach, as PyTorch's
         out = Tensor._make(self._data, self.dtype, self.device)
         out._version = self._version
         if STATE.tracer is not None:
@@ -169,6 +183,9 @@ class Tensor:
 
     @data.setter
     def data(self, other: "Tensor") -> None:
+        if WRAPPERS[0] and (type(self)._dispatches or type(other)._dispatches):
+            raise NotImplementedError("setting .data of or to a Tensor subclass with "
+                                      "__torch_dispatch__ is not supported: replace the tensor")
         self._data, self.dtype, self.device = other._data, other.dtype, other.device
 
     @property
@@ -187,6 +204,8 @@ class Tensor:
     def data_ptr(self) -> int:
         if self.device.type == "meta":
             return 0
+        if isinstance(self._data, MetaArray):      # a wrapper subclass's: no memory
+            raise self._data._refuse("Tensor.data_ptr()")
         if self.device.type == "cpu":
             return self._data.__array_interface__["data"][0]
         return self._data.data.ptr
@@ -194,7 +213,7 @@ class Tensor:
     def storage_offset(self) -> int:
         """Elements from the start of the memory this tensor views to its first element (a
         view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
-        if self.device.type == "meta":
+        if isinstance(self._data, MetaArray):         # meta, or a wrapper subclass's
             return 0
         root = self._data
         while isinstance(getattr(root, "base", None), type(self._data)):
@@ -226,6 +245,10 @@ class Tensor:
         GPU's queued index checks are read first (the host waits for the GPU here anyway)."""
         if STATE.tracer is not None:
             STATE.tracer.value_read(self, what)
+        if WRAPPERS[0] and type(self)._dispatches:
+            refuse = getattr(self._data, "_refuse", None)      # a wrapper has no data
+            if refuse is not None:
+                raise refuse(f"Tensor.{what}")
         if self.device.type != "cpu":
             if self.device.type == "meta":
                 raise RuntimeError(f"Tensor.{what} cannot be called on meta tensors: a meta "
@@ -234,6 +257,10 @@ class Tensor:
         return self._data
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
+        if WRAPPERS[0] and dispatches(self) and not force:
+            raise RuntimeError(f".numpy() is not supported for tensor subclasses (a "
+                               f"{type(self).__name__} computes its ops in __torch_dispatch__; "
+                               "convert what it holds)")
         # as in PyTorch, refused only while grad mode is on: under no_grad (and so inside a
         # custom Function's forward) a tensor that requires grad converts
         if self.requires_grad and STATE.grad_enabled and not force:
@@ -257,6 +284,8 @@ class Tensor:
         return data if dtype is None else data.astype(dtype)
 
     def item(self):
+        if WRAPPERS[0] and dispatches(self):
+            return self._wrapper_scalar()
         if self._data.size != 1:
             raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
                            "converted to Scalar")
@@ -272,9 +301,14 @@ class Tensor:
         return _python(to_device(self._read("item()"), CPU).reshape(())).item()
 
     def tolist(self):
+        if WRAPPERS[0] and dispatches(self):
+            raise RuntimeError(f".tolist() is not supported for tensor subclasses, got "
+                               f"{type(self).__name__}")
         return _python(to_device(self._read("tolist()"), CPU)).tolist()
 
     def __bool__(self) -> bool:
+        if WRAPPERS[0] and dispatches(self):
+            return bool(self._wrapper_scalar())
         if self._data.size != 1:
             raise RuntimeError(f"Boolean value of Tensor with {self._data.size} values is "
                                "ambiguous")
@@ -295,7 +329,17 @@ class Tensor:
                             "index")
         return int(self._scalar("__index__"))
 
+    def _wrapper_scalar(self):
+        """A wrapper's one value: aten._local_scalar_dense, computed by its class."""
+        if self._data.size != 1:
+            raise op_error("item", f"a Tensor with {self._data.size} elements cannot be "
+                           "converted to Scalar")
+        from kiln.tracer.dispatch_subclass import call
+        return call("_local_scalar_dense.default", (self,))
+
     def _scalar(self, what: str):
+        if WRAPPERS[0] and dispatches(self):
+            return self._wrapper_scalar()
         if self._data.size != 1:
             raise ValueError(f"only one element tensors can be converted to Python scalars "
                              f"(got {self._data.size} elements)")
@@ -307,7 +351,10 @@ class Tensor:
         return repr(self)
 
     # ------------------------------------------------------------------ repr
-    def __repr__(self) -> str:
+    def __repr__(self, *, tensor_contents: str | None = None) -> str:
+        if WRAPPERS[0] and dispatches(self):
+            from kiln.tracer.dispatch_subclass import wrapper_repr
+            return wrapper_repr(self, tensor_contents)
         if self.device.type == "meta":      # no values to show: PyTorch prints the size
             extras = ["device='meta'", f"size={tuple(self._data.shape)}"]
             if self.dtype is not dt.get_default_dtype():

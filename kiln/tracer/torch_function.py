@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-from kiln.tracer import dispatch_mode
+from kiln.tracer import dispatch_mode, dispatch_subclass
 from kiln.tracer.tensor import STATE, Tensor
 
 # what `activate()` runs once: kiln.overrides' installer, set when kiln is imported
@@ -247,6 +247,7 @@ def as_subclass(tensor: Tensor, cls: type) -> Tensor:
     flows back to `tensor` (an alias in its history, PyTorch's AliasBackward0)."""
     if not (isinstance(cls, type) and issubclass(cls, Tensor)):
         raise TypeError(f"as_subclass: expected a subclass of kiln.Tensor, got {cls!r}")
+    dispatch_subclass.check_has_data(tensor, "as_subclass")
     from kiln.tracer import autograd
     out = Tensor._make(tensor._data, tensor.dtype, tensor.device, cls)
     out._version = tensor._version
@@ -266,6 +267,7 @@ def make_subclass(cls: type, data: Tensor, require_grad: bool = False) -> Tensor
     if not isinstance(data, Tensor):
         raise TypeError(f"_make_subclass: data must be a kiln.Tensor, got "
                         f"{type(data).__name__}")
+    dispatch_subclass.check_has_data(data, "_make_subclass")
     out = Tensor._make(data._data, data.dtype, data.device, cls)
     out._version = data._version
     if require_grad:
@@ -292,7 +294,7 @@ def _new(cls, *args, **kwargs):
 def _on_subclass(cls, **kwargs):
     """A subclass that takes part turns the protocol on."""
     super(Tensor, cls).__init_subclass__(**kwargs)
-    dispatch_mode.check_subclass(cls)
+    dispatch_subclass.register(cls)
     if takes_part(cls):
         activate()
 

@@ -5,7 +5,9 @@ backward, below autograd, as `__torch_dispatch__(func, types, args, kwargs)`; `f
 OpOverload (`kiln.ops.aten.add.Tensor`, or `kiln.<prim>.default` where ATen has no
 counterpart), `args` the primitive's inputs and `kwargs` its attributes, and
 `func(*args, **kwargs)` runs it. The machinery is `kiln.tracer.dispatch_mode` (reached through
-`kiln.ops`); the names are `kiln.op_overloads`.
+`kiln.ops`); the names are `kiln.op_overloads`. Tensor subclasses with their own
+`__torch_dispatch__` (wrapper subclasses) are `kiln.tracer.dispatch_subclass`'s; the helpers
+their handlers use (`is_traceable_wrapper_subclass`, `return_and_correct_aliasing`) are here.
 
     class LoggingMode(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 
+import kiln
 from kiln.ops import dispatch_mode
 
 __all__ = ["TorchDispatchMode"]
@@ -92,5 +95,23 @@ def _disable_current_modes():
 
 
 def is_traceable_wrapper_subclass(t) -> bool:
-    """Always False: kiln has no wrapper subclasses (Tensor._make_wrapper_subclass)."""
-    return False
+    """Whether `t` is a wrapper subclass tensor (its class computes its ops in
+    `__torch_dispatch__`) that says what it wraps (`__tensor_flatten__` and
+    `__tensor_unflatten__`), as torch's."""
+    return isinstance(t, kiln.Tensor) and is_traceable_wrapper_subclass_type(type(t))
+
+
+def is_traceable_wrapper_subclass_type(cls) -> bool:
+    return (isinstance(cls, type) and issubclass(cls, kiln.Tensor) and cls._dispatches
+            and hasattr(cls, "__tensor_flatten__") and hasattr(cls, "__tensor_unflatten__"))
+
+
+def return_and_correct_aliasing(func, args, kwargs, out):
+    """What a wrapper's `__torch_dispatch__` returns for `func`: for an in-place op
+    (`aten.add_.Tensor`, `aten.copy_.default`) the tensor it wrote into, `args[0]`, as torch's
+    (the handler's new wrapper would otherwise stand for it). kiln keeps no storages, so a view
+    op's result is returned as it is (a wrapper's views alias through what it wraps)."""
+    name = getattr(func, "_opname", "")
+    if name.endswith("_") and not name.startswith("_") and args:
+        return args[0]
+    return out

@@ -12,13 +12,14 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, defer_device_index_checks
 from kiln.runtime import pending_checks
+from kiln.runtime.device import MetaArray
 from kiln.tracer import creation
 from kiln.tracer.errors import op_error, user_location, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _promoted, _py_max,
                                            _py_sum, arange, full, result_type, zeros)
 from kiln.tracer.functional.shapes import _own_memory, broadcast_tensors, expand, reshape, unsqueeze
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, WRAPPERS, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import check as _check_unsigned
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
@@ -106,7 +107,7 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         if not data.size:
             return index
         lowest = -n if negative else 0
-        if index.device.type == "meta":       # no values to check: a meta result's shape
+        if isinstance(data, MetaArray):       # no values to check: a meta or wrapper index
             return P.where(P.lt(index, 0), index + n, index) if negative else index
         if index.device.type != "cpu":
             # on a GPU the check stays on the device until the host next reads its memory;
@@ -347,6 +348,10 @@ def one_hot(tensor, num_classes=-1):
 
 def nonzero(input, *, as_tuple=False):
     _check_unsigned("nonzero", input)
+    if WRAPPERS[0] and dispatches(input):      # its class computes the positions
+        from kiln.tracer.dispatch_subclass import call
+        out = call("nonzero.default", (input,))
+        return tuple(out[:, i] for i in range(out.shape[1])) if as_tuple else out
     data = input._read("nonzero()")
     xp = input.device.xp
     idx = xp.stack(xp.nonzero(data), axis=1) if data.ndim else xp.zeros(

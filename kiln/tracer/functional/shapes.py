@@ -582,8 +582,9 @@ def contiguous(input, memory_format=None):
 
 
 def _laid_out(t, fmt):
-    """`t` (a fresh copy) rearranged in memory as `fmt` says; a meta tensor has no memory."""
-    if t.device.type != "meta":
+    """`t` (a fresh copy) rearranged in memory as `fmt` says; a meta tensor has no memory, and
+    a wrapper subclass's (kiln.tracer.dispatch_subclass) is what its class made it."""
+    if not isinstance(t._data, MetaArray):
         t._data = layout.arrange(t.device.xp, t._data, fmt)
     return t
 

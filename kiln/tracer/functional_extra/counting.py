@@ -13,7 +13,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional_extra.common import _f
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import WRAPPERS, Tensor, dispatches
 from kiln.tracer.unsigned import check as _check_unsigned
 
 
@@ -83,6 +83,13 @@ def bincount(input, weights=None, minlength=0):
 
 
 def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=None):
+    if dim is None and WRAPPERS[0] and dispatches(input):    # its class finds them
+        from kiln.tracer.dispatch_subclass import call
+        values, inverse, counts = call("_unique2.default", (input,), {
+            "sorted": sorted, "return_inverse": return_inverse, "return_counts": return_counts})
+        out = (values,) + ((inverse,) if return_inverse else ()) + (
+            (counts,) if return_counts else ())
+        return out[0] if len(out) == 1 else out
     data = np.asarray(input._read("unique()"))
     if dim is None:
         values, inverse, counts = np.unique(data.reshape(-1), return_inverse=True,
