@@ -140,6 +140,15 @@ def test_autograd_grad_allow_unused():
     assert gz is None and gx.tolist() == [2.0, 2.0]
 
 
+def test_autograd_grad_of_no_inputs_is_refused_as_torch():
+    for lib in (torch, kiln):
+        x = lib.ones(2, requires_grad=True)
+        y = (x * 2).sum()
+        for empty in ([], ()):
+            with pytest.raises(RuntimeError, match="cannot be empty"):
+                lib.autograd.grad(y, empty, retain_graph=True)
+
+
 def test_hooks_and_retain_grad():
     def run(lib):
         x = lib.tensor([1.0, 2.0], requires_grad=True)
