@@ -33,7 +33,7 @@ import numpy as np
 
 from kiln.codegen.lower import LoweredProgram
 from kiln.ir.ops import PRIMITIVES
-from kiln.runtime import c_build
+from kiln.runtime import c_build, gemm_cpu
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.cuda_graph import CudaGraphRunner
@@ -167,8 +167,16 @@ class ScheduleExecutor:
                 (o,) = st.outs
                 views = None if st.view is None else tuple(
                     None if v is None else (PRIMITIVES[v[0]].impl, dict(v[1])) for v in st.view)
+                # a thin float32 product on NumPy memory: gemm_cpu's kernel (it declines what
+                # it does not take), its right operand's contiguous copy kept for the run
+                # under this key (a slot holds one value per run)
+                thin = None
+                if xp is np and len(shapes[o]) == 2 and shapes[o][0] <= gemm_cpu.MAX_ROWS and \
+                        shapes[o][1] % 64 == 0 and \
+                        all(dtypes[s] == np.float32 for s in (o,) + tuple(ins)):
+                    thin = (ins[1], None if st.view is None else st.view[1])
                 steps.append(("matmul", xp.matmul, ins, outs, views,
-                              (st.buffers[0], shapes[o], dtypes[o])))
+                              (st.buffers[0], shapes[o], dtypes[o], thin)))
             elif st.kind == "view":
                 op, attrs = st.view
                 steps.append(("view", PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
@@ -482,6 +490,7 @@ class ScheduleExecutor:
             env[s] = a
         for s, a in self.constants:
             env[s] = a
+        packed = {}                 # thin products' right operands made contiguous
         dests = {}                  # slot -> the caller's array it is computed into
         for i, a in (into or {}).items():
             spec = self._into.get(i)
@@ -615,14 +624,17 @@ class ScheduleExecutor:
                 if trials is not None:
                     trials.after_c(i)
             elif kind == "matmul":
-                b, shape, d = extra
+                b, shape, d, thin = extra
                 dest = dests.get(outs[0])
                 if dest is None and b is not None:
                     if getrefcount(buffers[b]) != 2 + views_of[b]:
                         self._replace_buffer(b, xp)
                     dest = _typed(buffers[b], shape, d)
                     pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype
-                if sub is None:
+                if thin is not None:
+                    env[outs[0]] = _thin_product(sub, env[ins[0]], env[ins[1]], dest, packed,
+                                                 thin, shape)
+                elif sub is None:
                     env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
                 else:                   # views of the operands (LoweredStep.view)
                     env[outs[0]] = _viewed_matmul(runner, xp, sub, env[ins[0]], env[ins[1]],
@@ -660,6 +672,37 @@ def _viewed_matmul(matmul, xp, views: tuple, x, y, out):
     if vy is not None:
         y = vy[0](xp, y, **vy[1])
     return matmul(x, y, out=out)
+
+
+def _thin_product(views: tuple | None, x, y, out, packed: dict, key: tuple, shape: tuple):
+    """matmul(x, y) (float32; of views of them, as `_viewed_matmul`) into `out` by gemm_cpu's
+    thin-product kernel, or by NumPy where that declines. A right operand without contiguous
+    rows (a transposed weight, which every step of an RNN reads) is copied once per run, into
+    `packed`. Addresses by `data_pointer`: `.ctypes.data` costs 2 us, the product 25."""
+    if views is not None:
+        vx, vy = views
+        if vx is not None:
+            x = vx[0](np, x, **vx[1])
+        if vy is not None:
+            y = vy[0](np, y, **vy[1])
+    fn = gemm_cpu.kernel()
+    if fn is None or x.ndim != 2 or not gemm_cpu.takes(shape[0], x.shape[1], shape[1]):
+        return np.matmul(x, y, out=out)
+    if y.strides[1] != 4 or y.strides[0] % 4:
+        held = packed.get(key)
+        if held is None:
+            c = np.ascontiguousarray(y)
+            held = packed[key] = (c, data_pointer(c))
+        y, py = held
+    else:
+        py = data_pointer(y)
+    if x.strides[1] != 4 or x.strides[0] % 4:
+        x = np.ascontiguousarray(x)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    fn(data_pointer(x), x.strides[0] // 4, py, y.strides[0] // 4, data_pointer(out), shape[0],
+       x.shape[1], shape[1])
+    return out
 
 
 def _typed(buffer, shape: tuple, dtype: np.dtype):
