@@ -632,8 +632,10 @@ class ScheduleExecutor:
                     dest = _typed(buffers[b], shape, d)
                     pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype
                 if thin is not None:
-                    env[outs[0]] = _thin_product(sub, env[ins[0]], env[ins[1]], dest, packed,
-                                                 thin, shape)
+                    env[outs[0]] = _thin_product(
+                        sub, env[ins[0]], env[ins[1]], dest, packed, thin, shape,
+                        pointer_of[ins[0]] if sub is None or sub[0] is None else 0,
+                        pointer_of[outs[0]] if dest is not None else 0)
                 elif sub is None:
                     env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
                 else:                   # views of the operands (LoweredStep.view)
@@ -674,34 +676,33 @@ def _viewed_matmul(matmul, xp, views: tuple, x, y, out):
     return matmul(x, y, out=out)
 
 
-def _thin_product(views: tuple | None, x, y, out, packed: dict, key: tuple, shape: tuple):
+def _thin_product(views: tuple | None, x, y, out, packed: dict, key: tuple, shape: tuple,
+                  px: int, po: int):
     """matmul(x, y) (float32; of views of them, as `_viewed_matmul`) into `out` by gemm_cpu's
-    thin-product kernel, or by NumPy where that declines. A right operand without contiguous
-    rows (a transposed weight, which every step of an RNN reads) is copied once per run, into
-    `packed`. Addresses by `data_pointer`: `.ctypes.data` costs 2 us, the product 25."""
-    if views is not None:
-        vx, vy = views
-        if vx is not None:
-            x = vx[0](np, x, **vx[1])
-        if vy is not None:
-            y = vy[0](np, y, **vy[1])
+    thin-product kernel, or by NumPy where that declines. The right operand (an RNN's weight,
+    which every step reads) is looked at once per run: kept in `packed` with its address, as
+    a contiguous copy when its rows are not contiguous (a transposed weight). `px`, `po`: the
+    addresses of x and out when the executor knows them, else 0 (`data_pointer` costs 0.7 us,
+    `.ctypes.data` 2, the product 25)."""
     fn = gemm_cpu.kernel()
-    if fn is None or x.ndim != 2 or not gemm_cpu.takes(shape[0], x.shape[1], shape[1]):
-        return np.matmul(x, y, out=out)
-    if y.strides[1] != 4 or y.strides[0] % 4:
-        held = packed.get(key)
-        if held is None:
-            c = np.ascontiguousarray(y)
-            held = packed[key] = (c, data_pointer(c))
-        y, py = held
-    else:
-        py = data_pointer(y)
+    held = packed.get(key)
+    if held is None:
+        if views is not None and views[1] is not None:
+            y = views[1][0](np, y, **views[1][1])
+        if fn is None or y.ndim != 2 or not gemm_cpu.takes(shape[0], y.shape[0], shape[1]):
+            return _viewed_matmul(np.matmul, np, (views or (None,))[:1] + (None,), x, y, out)
+        if y.strides[1] != 4 or y.strides[0] % 4:
+            y = np.ascontiguousarray(y)
+        held = packed[key] = (y, data_pointer(y))
+    y, py = held
+    if views is not None and views[0] is not None:
+        x = views[0][0](np, x, **views[0][1])
     if x.strides[1] != 4 or x.strides[0] % 4:
-        x = np.ascontiguousarray(x)
+        x, px = np.ascontiguousarray(x), 0
     if out is None:
-        out = np.empty(shape, np.float32)
-    fn(data_pointer(x), x.strides[0] // 4, py, y.strides[0] // 4, data_pointer(out), shape[0],
-       x.shape[1], shape[1])
+        out, po = np.empty(shape, np.float32), 0
+    fn(px or data_pointer(x), x.strides[0] // 4, py, y.strides[0] // 4, po or data_pointer(out),
+       shape[0], y.shape[0], shape[1])
     return out
 
 

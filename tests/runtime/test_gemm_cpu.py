@@ -122,3 +122,15 @@ def test_recurrent_training_steps_compiled_equal_eager_and_torch(mode, monkeypat
     for pc, pe, pt in zip(comp_params, eager_params, torch_params):
         np.testing.assert_allclose(pc, pe, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(pc, pt, rtol=1e-5, atol=1e-6)
+
+
+@needs_cc
+def test_without_the_kernel_the_products_run_on_numpy(monkeypatch):
+    # no kernel (no compiler at run time): the untransposed thin products still compute right
+    monkeypatch.setattr(gemm_cpu, "kernel", lambda: None)
+    state = _train(kiln, "LSTM", 0, compiled=False)[1]
+    comp_losses, comp_params = _train(kiln, "LSTM", 2, compiled=True, state=state)
+    torch_losses, torch_params = _train(torch, "LSTM", 2, compiled=False, state=state)
+    np.testing.assert_allclose(comp_losses, torch_losses, rtol=1e-5)
+    for pc, pt in zip(comp_params, torch_params):
+        np.testing.assert_allclose(pc, pt, rtol=1e-5, atol=1e-6)
