@@ -206,7 +206,7 @@ class _Fuser:
         stored five such factors per step beside the gates, and its backward read both)."""
         if node.op not in CHEAP_BROADCASTS or node in self.escaping:
             return False
-        values = {v for v in node.value_inputs}
+        values = set(node.value_inputs)
         if len(values) != 1:
             return False
         (x,) = values

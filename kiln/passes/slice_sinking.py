@@ -10,8 +10,10 @@ elementwise ops,
 
 each slice can take the elementwise op with it: the gate math then reads slices of the op's
 inputs, which are views of buffers (index arithmetic in the kernel that reads them), and the
-whole step fuses into one kernel. Only done when the slices are pairwise disjoint, so no
-element is computed twice; repeated until no slice reads an elementwise result so.
+whole step fuses into one kernel. A reshape that only adds or drops axes of size 1 (an RNN
+step's `x[t]`) passes slices through the same way. Only done when the slices are pairwise
+disjoint, so no element is computed twice; repeated until no slice reads an elementwise result
+so.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _sink_once(graph: Graph) -> Graph:
     producers = graph.producers()
     users = graph.users()
     leaving = set(graph.outputs) | {new for _, new in graph.mutations}
-    sinkable: set = set()       # elementwise nodes whose slices take them along
+    sinkable: set = set()       # elementwise or unit reshape nodes their slices take along
     for n in graph.nodes:
         if (n.prim.kind != ELEMENTWISE and not _unit_reshape(n)) or n.out in leaving:
             continue
