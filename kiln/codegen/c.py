@@ -253,13 +253,13 @@ def _pow(a, d):
 # (selects instead of ifs), so the loops calling them vectorize.
 HELPERS = {
     "kiln_bits": r'''
-static inline float kiln_from_bits(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
-static inline int32_t kiln_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
+KILN_HELPER float kiln_from_bits(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
+KILN_HELPER int32_t kiln_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
 ''',
     "kiln_expf": r'''
 /* exp(x): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' polynomial, times 2^n applied
    in two halves so that results down to the subnormals come out right */
-static inline float kiln_expf(float x) {
+KILN_HELPER float kiln_expf(float x) {
     float xc = x > 88.8f ? 88.8f : (x < -104.0f ? -104.0f : x);
     xc = x != x ? 0.0f : xc;
     float n = __builtin_rintf(xc * 1.44269504088896341f);
@@ -280,7 +280,7 @@ static inline float kiln_expf(float x) {
 ''',
     "kiln_logf": r'''
 /* log(x): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by Cephes' polynomial in m - 1 */
-static inline float kiln_logf(float x) {
+KILN_HELPER float kiln_logf(float x) {
     int tiny = x < 1.17549435e-38f;                  /* subnormal: scale into the normals */
     int32_t bits = kiln_to_bits(tiny ? x * 8388608.0f : x);
     int32_t e = ((bits >> 23) & 0xff) - 126 - (tiny ? 23 : 0);
@@ -309,7 +309,7 @@ static inline float kiln_logf(float x) {
 ''',
     "kiln_expm1f": r'''
 /* exp(x) - 1: near 0 the exp polynomial without its leading 1, so nothing cancels */
-static inline float kiln_expm1f(float x) {
+KILN_HELPER float kiln_expm1f(float x) {
     float p = 1.9875691500e-4f;
     p = p * x + 1.3981999507e-3f;
     p = p * x + 8.3334519073e-3f;
@@ -325,7 +325,7 @@ static inline float kiln_expm1f(float x) {
 /* NumPy's floor_divide and remainder for floats (npy_divmod): fmod, the remainder moved to
    the divisor's sign, the quotient snapped to the nearest integer */
 #define KILN_DIVMOD(T, S)                                                          \
-static inline T kiln_floordiv##S(T a, T b) {                                       \
+KILN_HELPER T kiln_floordiv##S(T a, T b) {                                       \
     if (b == 0) return a / b;                                                      \
     T mod = fmod##S(a, b), div = (a - mod) / b, q;                                 \
     if (mod != 0 && (b < 0) != (mod < 0)) div -= 1;                                \
@@ -333,7 +333,7 @@ static inline T kiln_floordiv##S(T a, T b) {                                    
     else q = copysign##S(0, a / b);                                                \
     return q;                                                                      \
 }                                                                                  \
-static inline T kiln_mod##S(T a, T b) {                                            \
+KILN_HELPER T kiln_mod##S(T a, T b) {                                            \
     T mod = fmod##S(a, b);                                                         \
     if (b == 0) return mod;                                                        \
     if (mod != 0) { if ((b < 0) != (mod < 0)) mod += b; }                          \
@@ -346,13 +346,13 @@ KILN_DIVMOD(double, )
     "kiln_floordiv_i64": r'''
 /* integer floor division and remainder as NumPy computes them: towards minus infinity, 0 for
    a zero divisor, and no trap for INT_MIN / -1 (it wraps) */
-static inline int64_t kiln_floordiv_i64(int64_t a, int64_t b) {
+KILN_HELPER int64_t kiln_floordiv_i64(int64_t a, int64_t b) {
     if (b == 0) return 0;
     if (b == -1) return -a;
     int64_t q = a / b;
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
-static inline int64_t kiln_mod_i64(int64_t a, int64_t b) {
+KILN_HELPER int64_t kiln_mod_i64(int64_t a, int64_t b) {
     if (b == 0 || b == -1) return 0;
     int64_t r = a % b;
     return (r != 0 && (r < 0) != (b < 0)) ? r + b : r;
@@ -388,7 +388,7 @@ def _c_helper(name: str, rule: ScalarMath, ctype_: str, dialect: Dialect) -> str
     params = ", ".join(f"{ctype_} {p}" for p in rule.params)
     body = [f"    {line};" for line in function_body(rule, dialect, declare=f"{ctype_} ")]
     return "\n".join([f"/* {rule.comment or name} */",
-                      f"static inline {ctype_} {name}({params}) {{"] + body + ["}"]) + "\n"
+                      f"KILN_HELPER {ctype_} {name}({params}) {{"] + body + ["}"]) + "\n"
 
 
 def scalar_helpers() -> None:
@@ -405,11 +405,16 @@ def scalar_helpers() -> None:
 
 scalar_helpers()
 
+# Helpers are always inlined: in a module of many kernels calling them (an LSTM's 35 gate
+# kernels call sigmoid and tanh 5 times each) GCC's inlining limits otherwise leave them calls,
+# and the loops around them scalar (110 us a gate kernel instead of 12).
 PREAMBLE = """\
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+
+#define KILN_HELPER static inline __attribute__((always_inline))
 """
 
 

@@ -464,7 +464,8 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
         # a GPU program's convolutions become implicit-GEMM kernels at lowering
         # (codegen/conv.py), which looks for their unfold + matmul, not the CPU's products
         compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower,
-                                           conv_products=target != "triton")
+                                           conv_products=target != "triton",
+                                           thin_kept=_thin_kept if target == "c" else None)
     if stage is not None and lower is not None:
         stage[0] = f"building {target} kernels"
     executors = {"forward": build_executor(compiled.forward, xp)}
@@ -474,6 +475,13 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
         program_cache.store(key, compiled, {part: getattr(ex, "rendered", None)
                                             for part, ex in executors.items()})
     return compiled, executors["forward"], executors.get("backward")
+
+
+def _thin_kept(m: int, k: int, n: int, dtype) -> bool:
+    """The thin products the C backend's executor computes with its own kernel as they are
+    (`kiln.runtime.gemm_cpu`), which the layout pass then leaves untransposed."""
+    from kiln.runtime import gemm_cpu
+    return dtype.name == "float32" and gemm_cpu.takes(m, k, n)
 
 
 def lower_program(schedule, target: str):

@@ -177,9 +177,12 @@ class _Fuser:
         self.next_id = 0
         self.views: set = set()           # nodes inlined into every kernel that reads them
         self.readers = graph.users()
-        leaving = set(graph.outputs) | {new for _, new in graph.mutations}
-        self.escaping = {n for n in graph.nodes if n.out in leaving}
-        self.recompute = {n for n in graph.nodes if self._is_cheap_broadcast(n)}
+        self.leaving = set(graph.outputs) | {new for _, new in graph.mutations}
+        self.escaping = {n for n in graph.nodes if n.out in self.leaving}
+        self.recompute: set = set()
+        for n in graph.nodes:           # in order: a chain's later links see the earlier ones
+            if self._is_cheap_broadcast(n) or self._is_cheap_derivative(n):
+                self.recompute.add(n)
 
     def _is_cheap_broadcast(self, node: Node) -> bool:
         """An elementwise node that only broadcasts smaller values up (a max-pool's window mask
@@ -194,6 +197,31 @@ class _Fuser:
         readers = self.readers.get(node.out, [])
         return bool(readers) and all(r.prim.kind == ELEMENTWISE and r.op not in EXTERN_OPS
                                      and math.prod(r.out.shape) == size for r in readers)
+
+    def _is_cheap_derivative(self, node: Node) -> bool:
+        """A cheap elementwise function of one value x of its own size (`1 - s`, `t * t`,
+        `1 - t * t`: the saved factors of sigmoid's and tanh's gradients) that other nodes
+        read x too: the kernels reading it compute it again from x, which crosses between
+        kernels anyway, instead of their producer storing both x and it (an LSTM step
+        stored five such factors per step beside the gates, and its backward read both)."""
+        if node.op not in CHEAP_BROADCASTS or node in self.escaping:
+            return False
+        values = set(node.value_inputs)
+        if len(values) != 1:
+            return False
+        (x,) = values
+        size = math.prod(node.out.shape)
+        if x.shape != node.out.shape or x.dtype is not node.out.dtype:
+            return False
+        readers = self.readers.get(node.out, [])
+        if not readers or not all(r.prim.kind == ELEMENTWISE and r.op not in EXTERN_OPS and
+                                  math.prod(r.out.shape) == size for r in readers):
+            return False
+        # x (through the links computed again before it) must be read by some other node
+        sources = self._sources(x)
+        return all(s not in self.producer or s in self.leaving or
+                   any(r is not node and r not in self.recompute for r in self.readers.get(s, []))
+                   for s in sources)
 
     def _sources(self, v) -> list:
         """The values `v` is computed from where it is recomputed by its readers, else [v]."""
@@ -350,7 +378,8 @@ class _Fuser:
                 heads.setdefault(key, []).append(g)
 
 
-def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedule:
+def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True,
+         thin_kept=None) -> Schedule:
     """Group `graph`'s nodes into fused kernels and extern calls, in execution order.
 
     Matmuls read only through a transpose first produce the transposed result directly, and
@@ -360,8 +389,10 @@ def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True) -> Schedul
     Args:
         horizontal: also merge independent kernels over one iteration space.
         gathers: let `take` fuse as a gather load (see the module docstring).
+        thin_kept: `kept` of `transpose_thin_products`: the thin products the backend
+            computes as they are.
     """
-    graph = transpose_thin_products(transpose_matmul_outputs(graph))
+    graph = transpose_thin_products(transpose_matmul_outputs(graph), thin_kept)
     fuser = _Fuser(graph, gathers)
     order = fuser.run(horizontal)
     consumers = _outside_readers(graph)

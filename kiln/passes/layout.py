@@ -91,9 +91,11 @@ def _transpose_source(producers: dict, v: Value) -> Value | None:
     return None
 
 
-def transpose_thin_products(graph: Graph) -> Graph:
+def transpose_thin_products(graph: Graph, kept=None) -> Graph:
     """Rewrite `matmul(h, w.T)` into `permute(matmul(w, h.T))` when h has few rows (`_thin`):
-    the same product, which OpenBLAS computes faster that way round.
+    the same product, which OpenBLAS computes faster that way round. `kept(m, k, n, dtype)`:
+    products the backend computes as they are, faster still (the C backend's own thin-product
+    kernel, `kiln.runtime.gemm_cpu`), which stay.
 
     Returns a new graph (or `graph` itself when nothing matched); the matmul's output Value
     keeps its identity, now computed by the permute.
@@ -105,7 +107,8 @@ def transpose_thin_products(graph: Graph) -> Graph:
             continue
         h, wt = n.inputs
         if _transpose_source(producers, wt) is not None and \
-                _thin(h.shape[0], h.shape[1], wt.shape[1]):
+                _thin(h.shape[0], h.shape[1], wt.shape[1]) and \
+                not (kept is not None and kept(*h.shape, wt.shape[1], n.out.dtype)):
             thin.append(n)
     if not thin:
         return graph

@@ -10,8 +10,10 @@ elementwise ops,
 
 each slice can take the elementwise op with it: the gate math then reads slices of the op's
 inputs, which are views of buffers (index arithmetic in the kernel that reads them), and the
-whole step fuses into one kernel. Only done when the slices are pairwise disjoint, so no
-element is computed twice; repeated until no slice reads an elementwise result so.
+whole step fuses into one kernel. A reshape that only adds or drops axes of size 1 (an RNN
+step's `x[t]`) passes slices through the same way. Only done when the slices are pairwise
+disjoint, so no element is computed twice; repeated until no slice reads an elementwise result
+so.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ def _sink_once(graph: Graph) -> Graph:
     producers = graph.producers()
     users = graph.users()
     leaving = set(graph.outputs) | {new for _, new in graph.mutations}
-    sinkable: set = set()       # elementwise nodes whose slices take them along
+    sinkable: set = set()       # elementwise or unit reshape nodes their slices take along
     for n in graph.nodes:
-        if n.prim.kind != ELEMENTWISE or n.out in leaving:
+        if (n.prim.kind != ELEMENTWISE and not _unit_reshape(n)) or n.out in leaving:
             continue
         readers = users.get(n.out, [])
         if readers and all(r.op == "slice" for r in readers) and _disjoint(readers):
@@ -57,7 +59,8 @@ def _sink_once(graph: Graph) -> Graph:
     for n in graph.nodes:
         source = producers.get(n.inputs[0]) if n.op == "slice" else None
         if source in sinkable:
-            sunk = _sliced_op(g, source, n)
+            sunk = _sliced_reshape(g, source, n) if source.op == "reshape" else \
+                _sliced_op(g, source, n)
             if sunk is not None:
                 g.nodes.append(sunk)
                 changed = True
@@ -80,6 +83,31 @@ def _disjoint(slices: list) -> bool:
             if not any(hi1 <= lo2 or hi2 <= lo1 for (lo1, hi1), (lo2, hi2) in zip(a, b)):
                 return False
     return True
+
+
+def _unit_reshape(n: Node) -> bool:
+    """A reshape that only adds or drops axes of size 1 (an RNN's step `x[t]` of a
+    (1, batch, features) piece): slicing commutes with it axis for axis."""
+    return n.op == "reshape" and [d for d in n.inputs[0].shape if d != 1] == \
+        [d for d in n.out.shape if d != 1]
+
+
+def _sliced_reshape(g: Graph, op: Node, s: Node) -> Node | None:
+    """`s` (a slice of unit reshape `op`'s result) as the reshape of the same slice of its
+    input (appended to `g`), or None when the slice cuts an axis of size 1."""
+    box = list(zip(*(s.attr_dict[k] for k in ("starts", "stops", "steps"))))
+    kept = [b for b, d in zip(box, op.out.shape) if d != 1]
+    if any(b != (0, 1, 1) for b, d in zip(box, op.out.shape) if d == 1):
+        return None
+    it = iter(kept)
+    inner = [(0, 1, 1) if d == 1 else next(it) for d in op.inputs[0].shape]
+    shape = tuple(len(range(*b)) for b in inner)
+    out = g.new_value(shape, s.out.dtype)
+    g.nodes.append(Node("slice", (op.inputs[0],), (("starts", tuple(b[0] for b in inner)),
+                                                   ("steps", tuple(b[2] for b in inner)),
+                                                   ("stops", tuple(b[1] for b in inner))),
+                        out, s.loc))
+    return Node("reshape", (out,), (("shape", s.out.shape),), s.out, op.loc)
 
 
 def _sliced_op(g: Graph, op: Node, s: Node) -> Node | None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from kiln.codegen.lower import LoweredProgram
 from kiln.ir.ops import PRIMITIVES
-from kiln.runtime import c_build
+from kiln.runtime import c_build, gemm_cpu
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
 from kiln.runtime.cuda_graph import CudaGraphRunner
@@ -167,8 +167,16 @@ class ScheduleExecutor:
                 (o,) = st.outs
                 views = None if st.view is None else tuple(
                     None if v is None else (PRIMITIVES[v[0]].impl, dict(v[1])) for v in st.view)
+                # a thin float32 product on NumPy memory: gemm_cpu's kernel (it declines what
+                # it does not take), its right operand's contiguous copy kept for the run
+                # under this key (a slot holds one value per run)
+                thin = None
+                if xp is np and len(shapes[o]) == 2 and shapes[o][0] <= gemm_cpu.MAX_ROWS and \
+                        shapes[o][1] % 64 == 0 and \
+                        all(dtypes[s] == np.float32 for s in (o,) + tuple(ins)):
+                    thin = (ins[1], None if st.view is None else st.view[1])
                 steps.append(("matmul", xp.matmul, ins, outs, views,
-                              (st.buffers[0], shapes[o], dtypes[o])))
+                              (st.buffers[0], shapes[o], dtypes[o], thin)))
             elif st.kind == "view":
                 op, attrs = st.view
                 steps.append(("view", PRIMITIVES[op].impl, ins, outs, None, dict(attrs)))
@@ -482,6 +490,7 @@ class ScheduleExecutor:
             env[s] = a
         for s, a in self.constants:
             env[s] = a
+        packed = {}                 # thin products' right operands made contiguous
         dests = {}                  # slot -> the caller's array it is computed into
         for i, a in (into or {}).items():
             spec = self._into.get(i)
@@ -615,14 +624,19 @@ class ScheduleExecutor:
                 if trials is not None:
                     trials.after_c(i)
             elif kind == "matmul":
-                b, shape, d = extra
+                b, shape, d, thin = extra
                 dest = dests.get(outs[0])
                 if dest is None and b is not None:
                     if getrefcount(buffers[b]) != 2 + views_of[b]:
                         self._replace_buffer(b, xp)
                     dest = _typed(buffers[b], shape, d)
                     pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype
-                if sub is None:
+                if thin is not None:
+                    env[outs[0]] = _thin_product(
+                        sub, env[ins[0]], env[ins[1]], dest, packed, thin, shape,
+                        pointer_of[ins[0]] if sub is None or sub[0] is None else 0,
+                        pointer_of[outs[0]] if dest is not None else 0)
+                elif sub is None:
                     env[outs[0]] = runner(env[ins[0]], env[ins[1]], out=dest)
                 else:                   # views of the operands (LoweredStep.view)
                     env[outs[0]] = _viewed_matmul(runner, xp, sub, env[ins[0]], env[ins[1]],
@@ -660,6 +674,36 @@ def _viewed_matmul(matmul, xp, views: tuple, x, y, out):
     if vy is not None:
         y = vy[0](xp, y, **vy[1])
     return matmul(x, y, out=out)
+
+
+def _thin_product(views: tuple | None, x, y, out, packed: dict, key: tuple, shape: tuple,
+                  px: int, po: int):
+    """matmul(x, y) (float32; of views of them, as `_viewed_matmul`) into `out` by gemm_cpu's
+    thin-product kernel, or by NumPy where that declines. The right operand (an RNN's weight,
+    which every step reads) is looked at once per run: kept in `packed` with its address, as
+    a contiguous copy when its rows are not contiguous (a transposed weight). `px`, `po`: the
+    addresses of x and out when the executor knows them, else 0 (`data_pointer` costs 0.7 us,
+    `.ctypes.data` 2, the product 25)."""
+    fn = gemm_cpu.kernel()
+    held = packed.get(key)
+    if held is None:
+        if views is not None and views[1] is not None:
+            y = views[1][0](np, y, **views[1][1])
+        if fn is None or y.ndim != 2 or not gemm_cpu.takes(shape[0], y.shape[0], shape[1]):
+            return _viewed_matmul(np.matmul, np, (views or (None,))[:1] + (None,), x, y, out)
+        if y.strides[1] != 4 or y.strides[0] % 4:
+            y = np.ascontiguousarray(y)
+        held = packed[key] = (y, data_pointer(y))
+    y, py = held
+    if views is not None and views[0] is not None:
+        x = views[0][0](np, x, **views[0][1])
+    if x.strides[1] != 4 or x.strides[0] % 4:
+        x, px = np.ascontiguousarray(x), 0
+    if out is None:
+        out, po = np.empty(shape, np.float32), 0
+    fn(px or data_pointer(x), x.strides[0] // 4, py, y.strides[0] // 4, po or data_pointer(out),
+       shape[0], y.shape[0], shape[1])
+    return out
 
 
 def _typed(buffer, shape: tuple, dtype: np.dtype):

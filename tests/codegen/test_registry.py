@@ -218,7 +218,7 @@ def test_scalar_decomposition_computes_its_function(name):
 
 @pytest.mark.parametrize("name", sorted(decompositions()))
 def test_each_decomposition_is_a_helper_of_both_renderers(name):
-    assert f"static inline float kiln_{name}f(" in cgen.HELPERS[f"kiln_{name}f"]
+    assert f"KILN_HELPER float kiln_{name}f(" in cgen.HELPERS[f"kiln_{name}f"]
     assert f"def _{name}(" in tgen.HELPERS[f"_{name}"]
 
 

@@ -14,7 +14,7 @@ import kiln.nn.functional as F
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE
 from kiln.passes.cleanup import optimize
-from kiln.passes.fusion import FusedKernel, fuse, is_fusible, run_schedule
+from kiln.passes.fusion import CHEAP_BROADCASTS, FusedKernel, fuse, is_fusible, run_schedule
 from tests.passes.helpers import CASES, trace_random_program, traced
 from tests.tracer.test_random_programs import programs
 
@@ -36,12 +36,14 @@ def check_schedule(schedule, inputs, rtol=1e-6, atol=1e-6):
             assert not is_fusible(step.node, gathers=False)
             computed[step.node.out] = computed.get(step.node.out, 0) + 1
     for n in graph.nodes:
-        # nothing but views and broadcasts of smaller values (a pool's window mask from one
-        # byte per output) is computed twice; a reduction or a matmul never is
+        # nothing but views, broadcasts of smaller values (a pool's window mask from one
+        # byte per output) and cheap functions of one value (`1 - s`) is computed twice; a
+        # reduction or a matmul never is
         if n.prim.kind in (MOVEMENT, CREATION):
             assert computed.get(n.out, 0) <= 1
-        elif n.prim.kind == ELEMENTWISE and all(math.prod(v.shape) < math.prod(n.out.shape)
-                                                for v in n.value_inputs):
+        elif n.prim.kind == ELEMENTWISE and (
+                all(math.prod(v.shape) < math.prod(n.out.shape) for v in n.value_inputs) or
+                (n.op in CHEAP_BROADCASTS and len(set(n.value_inputs)) == 1)):
             assert computed.get(n.out, 0) >= 1, n.op
         else:
             assert computed.get(n.out) == 1, n.op
@@ -191,3 +193,25 @@ def test_groups_colour_the_dot_picture():
     assert len(set(groups.values())) == len(s.kernels) == 2
     assert dot.count('fillcolor="#8dd3c7"') >= 5        # the softmax kernel's colour
     assert "k0 fused_max_sub_exp_sum_div" in str(s)
+
+
+def test_cheap_functions_of_a_crossing_value_are_computed_again_where_read():
+    # an LSTM-like gate: s = sigmoid(z) and t = tanh(z) are read after a matmul (in another
+    # kernel), and so are their gradients' factors 1 - s and 1 - t * t; the first kernel
+    # stores s and t alone, the second computes the factors from them
+    w = kiln.randn(16, 16)
+
+    def fn(z):
+        s, t = kiln.sigmoid(z), kiln.tanh(z)
+        later = ((s + t) @ w).exp()
+        return later * s * (1 - s) + later * (1 - t * t) + t
+    z = kiln.randn(4, 16)
+    s = _schedule(fn, z)
+    first, second = s.kernels
+    assert sorted(n.op for n in first.subgraph.nodes) == ["add", "sigmoid", "tanh"]
+    assert len(first.outputs) == 3                      # s + t, s, t
+    assert sum(n.op == "sub" for n in second.subgraph.nodes) == 2
+    assert len(second.inputs) == 3                      # s, t and the product
+    # a cheap function of a value no other node reads stays where it is computed
+    s = _schedule(lambda z: (1 - kiln.sigmoid(z)) @ w, z)
+    assert [n.op for n in s.kernels[0].nodes] == ["sigmoid", "sub"]

@@ -84,3 +84,24 @@ def test_a_thin_product_of_a_transposed_matrix_is_computed_transposed():
     for rows, v in ((64, w), (20, kiln.randn(30, 128)), (4, kiln.randn(120, 400))):
         graph, _ = _traced(lambda h: h @ v.T, kiln.randn(rows, v.shape[1]))
         assert transpose_thin_products(graph) is graph
+
+
+def test_thin_products_the_backend_computes_as_they_are_stay():
+    # the C backend's thin-product kernel (kiln.runtime.gemm_cpu) takes h @ w.T itself: `kept`
+    # says which; the others are still computed transposed
+    w, v = kiln.randn(512, 128), kiln.randn(384, 128)
+    graph, inputs = _traced(lambda h: (h @ w.T).sum() + (h @ v.T).sum(), kiln.randn(20, 128))
+    seen = []
+
+    def kept(m, k, n, dtype):
+        seen.append((m, k, n, dtype.name))
+        return n == 512
+    after = transpose_thin_products(graph, kept)
+    after.verify()
+    assert sorted(seen) == [(20, 128, 384, "float32"), (20, 128, 512, "float32")]
+    assert sorted(n.out.shape for n in after.nodes if n.op == "matmul") == [(20, 512),
+                                                                           (384, 20)]
+    assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
+    assert sorted(n.out.shape for n in fuse(graph, thin_kept=kept).graph.nodes
+                  if n.op == "matmul") == [(20, 512), (384, 20)]
+    assert transpose_thin_products(graph, lambda *a: True) is graph

@@ -53,3 +53,23 @@ def test_overlapping_slices_or_other_readers_keep_the_whole_result():
     graph, _ = traced_optimized(lambda x: (x.exp()[:, :3], x.exp().sum()), x)
     assert sink_slices(graph) is graph
 
+
+
+def test_slices_pass_through_a_reshape_of_unit_axes():
+    # an RNN's step x[t] + b is a (1, batch, 4h) sum reshaped to (batch, 4h) before `chunk`:
+    # the slices move above the reshape, then take the sum with them
+    x, b = kiln.randn(3, 5, 8), kiln.randn(8)
+    graph, inputs = traced_optimized(
+        lambda x, b: [c.sigmoid() for c in kiln.chunk((x[1:2] + b).reshape(5, 8), 2, -1)], x, b)
+    after = sink_slices(graph)
+    after.verify()
+    assert sorted(n.out.shape for n in after.nodes if n.op == "add") == [(1, 5, 4), (1, 5, 4)]
+    assert not any(n.op == "reshape" and n.inputs[0].shape == (1, 5, 8) for n in after.nodes)
+    assert_same_results(graph, after, inputs, rtol=1e-6)
+    # a reshape adding a unit axis, the same way round
+    graph, inputs = traced_optimized(lambda x: ((x + 1).reshape(1, 3, 5, 8)[:, :, :2].exp(),
+                                                (x + 1).reshape(1, 3, 5, 8)[:, :, 3:].exp()), x)
+    after = sink_slices(graph)
+    after.verify()
+    assert sorted(n.out.shape for n in after.nodes if n.op == "add") == [(3, 2, 8), (3, 2, 8)]
+    assert_same_results(graph, after, inputs, rtol=1e-6)
