@@ -1,4 +1,4 @@
-"""`kiln.utils.benchmark`: time a Python statement the way torch.utils.benchmark's Timer does
+"""Time a Python statement the way torch.utils.benchmark's Timer does
 (timeit and blocked_autorange, giving a Measurement with per-run times and their median), and
 tabulate Measurements as its Compare does."""
 
@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 import timeit as _timeit
 from typing import Callable
+
+import kiln
+from kiln.utils.benchmark.callgrind import CallgrindStats, CopyIfCallgrind, collect_callgrind
 
 
 _MIN_CONFIDENCE_INTERVAL = 25e-9       # a timer's resolution: no figure is finer than 25 ns
@@ -98,7 +102,10 @@ class Timer:
         self._stmt, self._info = stmt, dict(label=label, sub_label=sub_label,
                                             description=description, num_threads=num_threads)
         setup = global_setup + "\n" + setup if global_setup else setup
-        self._timer = _timeit.Timer(stmt, setup, timer, globals=dict(globals or {}))
+        self._setup, self._globals = setup, dict(globals or {})
+        # torch's Timer gives the statement `torch`; kiln's gives kiln by that name
+        self._timer = _timeit.Timer(stmt, setup, timer, globals={
+            "torch": kiln, **CopyIfCallgrind.unwrap_all(self._globals)})
 
     def _measure(self, number: int, repeats: int) -> Measurement:
         raw = [self._timer.timeit(number) for _ in range(repeats)]
@@ -148,6 +155,21 @@ class Timer:
             m = Measurement(1, raw)
             return m.iqr / m.median < threshold
         return self._blocks(self._block_size(0.05), callback, done)
+
+    def collect_callgrind(self, number: int = 100, *, repeats: int | None = None,
+                          collect_baseline: bool = True, retain_out_file: bool = False
+                          ) -> CallgrindStats | tuple[CallgrindStats, ...]:
+        """Instruction counts of `number` runs under valgrind's callgrind, in a child Python
+        that imports kiln (as both `kiln` and `torch`), runs `setup` and gets copies of the
+        globals (pickled: build unpicklable ones in `setup`). `repeats` gives that many
+        CallgrindStats; the baseline is as many runs of `pass`."""
+        self._timer.timeit(1)               # the statement fails here, not under valgrind
+        title = Measurement(1, [0.0], self._stmt, **self._info).title
+        summary = title + (f"\nsetup:\n{textwrap.indent(self._setup, '  ')}"
+                           if self._setup.strip() not in ("", "pass") else "")
+        return collect_callgrind(self._stmt, self._setup, self._globals, summary, number,
+                                 repeats, collect_baseline, retain_out_file,
+                                 self._info["num_threads"])
 
 
 _UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
