@@ -2,9 +2,10 @@
 
 The parameters are drawn from NumPy's legacy RandomState (a stream NumPy keeps fixed), in the
 order torch draws them, so the same Fuzzer definition and seed give torch's parameters, sizes,
-layouts and steps; the tensor values come from each framework's own generator and are not
-compared. torch 2.13 rejects every normalized dict distribution (its check is inverted), so its
-op fuzzers are built here with that check bypassed."""
+layouts and steps; the tensors are made by kiln.rand / kiln.randint after the same manual_seed,
+which follow PyTorch's CPU streams, so their values are torch's too. torch 2.13 rejects every
+normalized dict distribution (its check is inverted), so its op fuzzers are built here with
+that check bypassed."""
 
 import math
 import shutil
@@ -85,6 +86,7 @@ def test_take_gives_torchs_params_properties_and_layouts():
         assert tuple(kx.shape) == tuple(tx.shape) == (kparams["k0"], kparams["k1"])
         assert kx.stride() == tx.stride() and kx.is_contiguous() == tx.is_contiguous()
         assert 128 <= kx.numel() <= 10000000 and kx.dtype == kiln.float32
+        assert np.array_equal(kx.numpy(), tx.numpy())
     # one of these ten draws is laid out column-major, as in the recipe's table
     assert any(not p["x"]["is_contiguous"] for _, p, _ in k_steps)
 
@@ -130,6 +132,17 @@ def test_sizes_steps_dims_and_element_bounds_follow_the_parameters():
     assert 0 < k_fuzzer.rejection_rate < 1
 
 
+def test_integer_tensors_hold_torchs_values_in_1_to_126():
+    def make(b, dtype):
+        return b.Fuzzer([b.FuzzedParameter("n", minval=50, maxval=300, distribution="uniform")],
+                        [b.FuzzedTensor("x", size=("n", 3), dtype=dtype)], seed=2)
+    for (kt, kp, _), (tt, tp, _) in zip(make(kb, kiln.int32).take(5),
+                                        make(tb, torch.int32).take(5)):
+        x = kt["x"].numpy()
+        assert np.array_equal(x, tt["x"].numpy()) and x.min() >= 1 and x.max() <= 126
+        assert kt["x"].dtype == kiln.int32 and kp["x"]["dtype"] == str(kiln.int32)
+
+
 def test_contiguity_frequency_follows_probability_contiguous():
     fuzzer = kb.Fuzzer(
         parameters=[kb.FuzzedParameter("a", minval=2, maxval=6, distribution="uniform"),
@@ -150,6 +163,7 @@ def test_binary_op_fuzzer_gives_torchs_draws(torch_dict_distributions):
             assert tuple(kt[name].shape) == tuple(tt[name].shape)
             assert kt[name].stride() == tt[name].stride()
             assert kp[name]["is_contiguous"] == tp[name]["is_contiguous"]
+            assert np.array_equal(kt[name].numpy(), tt[name].numpy())
         assert 4 * 1024 <= kt["x"].numel() <= 32 * 1024 ** 2
         for i in range(kparams["dim"]):
             assert kt["y"].shape[i] in (kt["x"].shape[i], 1)

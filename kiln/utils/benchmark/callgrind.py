@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import mmap
 import os
 import pickle
-import platform
 import re
 import shutil
 import subprocess
@@ -233,9 +231,10 @@ def _check_platform() -> None:
         if shutil.which(tool) is None:
             raise OSError(f"collect_callgrind: could not find `{tool}` on PATH; install "
                           "valgrind to count instructions")
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+    machine = os.uname().machine if hasattr(os, "uname") else "unknown"
+    if sys.platform != "linux" or machine != "x86_64":
         raise OSError(f"collect_callgrind: kiln drives callgrind on x86-64 Linux only, this "
-                      f"is {sys.platform} on {platform.machine()}")
+                      f"is {sys.platform} on {machine}")
 
 
 def _pickled_globals(globals: dict) -> dict[str, tuple[str, bytes]]:
@@ -244,6 +243,10 @@ def _pickled_globals(globals: dict) -> dict[str, tuple[str, bytes]]:
         setup = ""
         if isinstance(value, CopyIfCallgrind):
             setup, value = value.setup or "", value.value
+        if getattr(value, "__module__", None) == "__main__" and hasattr(value, "__qualname__"):
+            raise ValueError(f"collect_callgrind: global {name!r} is defined in __main__, "
+                             "which the callgrind process does not run; define it in `setup` "
+                             "or import it from a module there")
         try:
             out[name] = (setup, pickle.dumps(value))
         except Exception as e:

@@ -14,16 +14,10 @@ MAX_DIM_SIZE = 16 * 1024
 
 
 def _regular_sizes(low: int, high: int) -> list[int]:
-    """The numbers in (low, high] with no prime factor other than 2, 3 and 5."""
-    sizes = []
-    for n in range(low + 1, high + 1):
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            sizes.append(n)
-    return sizes
+    """The numbers in (low, high] with no prime factor other than 2, 3 and 5, ascending."""
+    sizes = {2 ** a * 3 ** b * 5 ** c for a in range(high.bit_length())
+             for b in range(12) for c in range(8)}
+    return sorted(n for n in sizes if low < n <= high)
 
 
 REGULAR_SIZES = _regular_sizes(MIN_DIM_SIZE, MAX_DIM_SIZE)
