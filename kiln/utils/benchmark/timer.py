@@ -15,25 +15,28 @@ from kiln.utils.benchmark.callgrind import CallgrindStats, CopyIfCallgrind, coll
 
 
 _MIN_CONFIDENCE_INTERVAL = 25e-9       # a timer's resolution: no figure is finer than 25 ns
+# A spread (IQR / median) above these earns a Measurement a warning, as torch's do.
+_IQR_WARN_THRESHOLD, _IQR_GROSS_WARN_THRESHOLD = 0.1, 0.25
 
 
-def _format_time(seconds: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.2f} {unit}"
-    return f"{seconds / 1e-9:.2f} ns"
+def _unit_of(seconds: float) -> tuple[str, float]:
+    """The unit a time prints in: its power of 1000 (ns up to s)."""
+    power = math.floor(math.log10(seconds) / 3) if seconds > 0 else -3
+    return {-3: ("ns", 1e-9), -2: ("us", 1e-6), -1: ("ms", 1e-3)}.get(power, ("s", 1.0))
 
 
 class Measurement:
     """The result of a Timer: `raw_times[i]` is the time of `number_per_run` runs, `times[i]`
-    the time of one run."""
+    the time of one run. `env` names the environment it was measured in (for A/B tables)."""
 
     def __init__(self, number_per_run: int, raw_times: list[float], stmt: str = "",
                  label: str | None = None, sub_label: str | None = None,
-                 description: str | None = None, num_threads: int = 1):
+                 description: str | None = None, num_threads: int = 1, setup: str = "pass",
+                 env: str | None = None):
         self.number_per_run, self.raw_times = number_per_run, list(raw_times)
         self.stmt, self.label, self.sub_label = stmt, label, sub_label
         self.description, self.num_threads = description, num_threads
+        self.setup, self.env = setup, env
 
     @property
     def times(self) -> list[float]:
@@ -64,26 +67,59 @@ class Measurement:
         interval = max(spread, _MIN_CONFIDENCE_INTERVAL)
         return min(max(math.floor(math.log10(self.median / interval)), 1), 4)
 
+    def meets_confidence(self, threshold: float = _IQR_WARN_THRESHOLD) -> bool:
+        return self.iqr / self.median < threshold
+
+    @property
+    def warnings(self) -> list[str]:
+        if self.meets_confidence(_IQR_WARN_THRESHOLD):
+            return []
+        why = ("This suggests significant environmental influence."
+               if not self.meets_confidence(_IQR_GROSS_WARN_THRESHOLD)
+               else "This could indicate system fluctuation.")
+        return [f"  WARNING: Interquartile range is {self.iqr / self.median * 100:.1f}% of the "
+                f"median measurement.\n           {why}"]
+
+    @property
+    def has_warnings(self) -> bool:
+        return bool(self.warnings)
+
     @property
     def title(self) -> str:
         if self.label is not None:
             return self.label + (f": {self.sub_label}" if self.sub_label else "")
-        return self.stmt
+        if "\n" not in self.stmt:
+            return self.stmt + (f": {self.sub_label}" if self.sub_label else "")
+        return (f"stmt:{f' ({self.sub_label})' if self.sub_label else ''}\n"
+                f"{textwrap.indent(self.stmt, '  ')}")
+
+    def summarize(self) -> str:
+        """Title, description and setup, as torch prints them above a measurement (a section
+        of several lines is followed by a blank line)."""
+        setup = self.setup.strip("\n")
+        if setup in ("", "pass"):
+            setup = ""
+        elif "\n" in setup:
+            setup = f"setup:\n{textwrap.indent(setup, '  ')}"
+        else:
+            setup = f"setup: {setup}"
+        sections = [s for s in (self.title, self.description or "", setup) if s]
+        return "\n".join(s + "\n" if "\n" in s else s for s in sections)
 
     def __repr__(self) -> str:
-        lines = [f"<kiln.utils.benchmark.Measurement object at {hex(id(self))}>", self.title]
-        if self.description:
-            lines.append(self.description)
+        lines = [f"<kiln.utils.benchmark.Measurement object at {hex(id(self))}>",
+                 self.summarize()]
         threads = f"{self.num_threads} thread" + ("s" if self.num_threads != 1 else "")
         n = len(self.raw_times)
-        if n == 1:
-            lines += [f"  {_format_time(self.median)}",
-                      f"  1 measurement, {self.number_per_run} runs , {threads}"]
-        else:
-            lines += [f"  Median: {_format_time(self.median)}", f"  IQR:    "
-                      f"{_format_time(self.iqr)}",
-                      f"  {n} measurements, {self.number_per_run} runs per measurement, "
-                      f"{threads}"]
+        unit, scale = _unit_of(self.median)
+        lines.append(f"  {'Median: ' if n > 1 else ''}{self.median / scale:.2f} {unit}")
+        if n >= 4:
+            q = statistics.quantiles(self.times, n=4, method="inclusive")
+            lines.append(f"  IQR:    {self.iqr / scale:.2f} {unit} ({q[0] / scale:.2f} to "
+                         f"{q[2] / scale:.2f})")
+        lines.append(f"  {n} measurement{'s' if n > 1 else ''}, {self.number_per_run} runs "
+                     f"{'per measurement,' if n > 1 else ','} {threads}")
+        lines += self.warnings
         return "\n".join(lines)
 
 
@@ -99,9 +135,10 @@ class Timer:
         if str(language).lower().split(".")[-1] not in ("python", "0"):
             raise ValueError(f"Timer: kiln times Python statements only, got language "
                              f"{language!r}")
-        self._stmt, self._info = stmt, dict(label=label, sub_label=sub_label,
-                                            description=description, num_threads=num_threads)
         setup = global_setup + "\n" + setup if global_setup else setup
+        self._stmt, self._info = stmt, dict(label=label, sub_label=sub_label,
+                                            description=description, num_threads=num_threads,
+                                            setup=setup, env=env)
         self._setup, self._globals = setup, dict(globals or {})
         # torch's Timer gives the statement `torch`; kiln's gives kiln by that name
         self._timer = _timeit.Timer(stmt, setup, timer, globals={
@@ -164,15 +201,12 @@ class Timer:
         globals (pickled: build unpicklable ones in `setup`). `repeats` gives that many
         CallgrindStats; the baseline is as many runs of `pass`."""
         self._timer.timeit(1)               # the statement fails here, not under valgrind
-        title = Measurement(1, [0.0], self._stmt, **self._info).title
-        summary = title + (f"\nsetup:\n{textwrap.indent(self._setup, '  ')}"
-                           if self._setup.strip() not in ("", "pass") else "")
+        summary = Measurement(1, [0.0], self._stmt, **self._info).summarize()
         return collect_callgrind(self._stmt, self._setup, self._globals, summary, number,
                                  repeats, collect_baseline, retain_out_file,
                                  self._info["num_threads"])
 
 
-_UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
 _UNIT_NAMES = {"s": "seconds (s)", "ms": "milliseconds (ms)", "us": "microseconds (us)",
                "ns": "nanoseconds (ns)"}
 
@@ -183,14 +217,28 @@ def _trim_sigfig(x: float, figures: int) -> float:
     return round(x / scale) * scale
 
 
+def _merge_replicates(results: list[Measurement]) -> list[Measurement]:
+    """Measurements of one task (same statement, setup, labels, env and threads) pooled into
+    one of single-run times, as torch's Compare merges them."""
+    groups: dict[tuple, list[Measurement]] = {}
+    for r in results:
+        key = (r.stmt, r.setup, r.label, r.sub_label, r.description, r.env, r.num_threads)
+        groups.setdefault(key, []).append(r)
+    return [Measurement(1, [t for m in group for t in m.times], stmt, label, sub_label,
+                        description, threads, setup, env)
+            for (stmt, setup, label, sub_label, description, env, threads), group
+            in groups.items()]
+
+
 class Compare:
     """A table of Measurements, as torch.utils.benchmark.Compare prints it: one block per
-    label, rows by num_threads then sub_label, columns by description, each cell a median in
+    label, rows by num_threads, env then sub_label (the env shown when a label has several),
+    columns by description, each cell a median in
     the unit of the fastest one."""
 
     def __init__(self, results: list[Measurement]) -> None:
         self._results: list[Measurement] = []
-        self._trim = False
+        self._trim = self._highlight = False
         self._colorize: str | None = None     # None, "columnwise" or "rowwise"
         self.extend_results(results)
 
@@ -208,26 +256,27 @@ class Compare:
         self._colorize = "rowwise" if rowwise else "columnwise"
 
     def highlight_warnings(self) -> None:
-        """Accepted: kiln's Measurements carry no noise warnings to highlight."""
+        """Marks each noisy cell (IQR over 10% of the median) with " (! XX%)"."""
+        self._highlight = True
 
     def print(self) -> None:
         print(str(self))
 
     def __str__(self) -> str:
-        blocks = []
-        for label in dict.fromkeys(r.label for r in self._results):
-            blocks.append(self._render([r for r in self._results if r.label == label], label))
-        return "\n\n".join(blocks)
+        results = _merge_replicates(self._results)
+        return "\n".join(self._render([r for r in results if r.label == label], label)
+                         for label in dict.fromkeys(r.label for r in results))
 
     def _render(self, results: list[Measurement], label) -> str:
-        scale_name, scale = next(((name, s) for name, s in _UNITS
-                                  if min(r.median for r in results) >= s), _UNITS[-1])
-        columns = list(dict.fromkeys(r.description or "" for r in results))
-        rows = sorted(dict.fromkeys((r.num_threads, r.sub_label or r.stmt) for r in results),
-                      key=lambda row: row[0])
-        cell = {(r.num_threads, r.sub_label or r.stmt, r.description or ""): r.median / scale
-                for r in results}
-        by_key = {(r.num_threads, r.sub_label or r.stmt, r.description or ""): r
+        """One label's table: a first column of row names, left-aligned, then one centered
+        column per description, joined by "  |  "; a rule per thread count."""
+        unit, scale = _unit_of(min(r.median for r in results))
+        columns = list(dict.fromkeys(r.description for r in results))
+        # a row is (threads, (env, name)): envs sort within a thread count, names keep order
+        rows = sorted(dict.fromkeys((r.num_threads, (r.env, r.sub_label or r.stmt))
+                                    for r in results),
+                      key=lambda row: (row[0], row[1][0] or ""))
+        by_key = {(r.num_threads, (r.env, r.sub_label or r.stmt), r.description): r
                   for r in results}
         text = {}
         for c in columns:
@@ -236,44 +285,65 @@ class Compare:
             decimals = min(max(m.significant_figures - d, 0) for d, (_, m) in
                            zip(leading, members)) if self._trim else 1
             length = max(leading) + decimals + (1 if decimals else 0)
+            flag = self._highlight and any(m.has_warnings for _, m in members)
             for key, m in members:
-                value = cell[key]
+                value = m.median / scale
                 if self._trim:
                     value = _trim_sigfig(value, m.significant_figures)
-                text[key] = f"{value:>{length}.{decimals}f}"
-        width = max([len(c) for c in columns] + [len(t) for t in text.values()] + [1])
-        row_width = max(len(str(name)) for _, name in rows) + 9
-        header = " " * row_width + "|" + "|".join(f"  {c:^{width}}  " for c in columns)
-        rule = f"[{'-' * max(1, (len(header) - len(str(label or '')) - 4) // 2)} {label or ''} "
-        rule += "-" * max(1, len(header) - len(rule) - 1) + "]"
-        lines = [rule, header]
+                spread = f" (! {m.iqr / m.median * 100:.0f}%)" if m.has_warnings else ""
+                text[key] = f"{value:>{length}.{decimals}f}" + (f"{spread:>7}" if flag else "")
+            blank = " " * (length + (7 if flag else 0))     # a cell with no measurement
+            for n, name in rows:
+                text.setdefault((n, name, c), blank)
+        row_names = self._row_names(rows)
+        widths = [max(len(name) for name in row_names.values())]
+        widths += [max([len(str(c))] + [len(text[n, name, c]) for n, name in rows])
+                   for c in columns]
+        header = "  |  ".join(str(h).center(w) for h, w in zip([""] + columns, widths))
+        lines = ["[" + f" {label or ''} ".center(len(header) - 2, "-") + "]", header]
         threads = None
         for n, name in rows:
             if n != threads:
                 threads = n
-                lines.append(f"{n} threads: " + "-" * max(1, len(header) - 12))
-            values = [cell.get((n, name, c)) for c in columns]
-            shown = [self._paint(f"{text.get((n, name, c), ''):^{width}}", v,
-                                 self._peers(cell, n, name, c))
-                     for c, v in zip(columns, values)]
-            lines.append(f"      {str(name):<{row_width - 6}}|" +
-                         "|".join(f"  {s}  " for s in shown))
-        lines.append("")
-        lines.append(f"Times are in {_UNIT_NAMES[scale_name]}.")
-        return "\n".join(lines)
+                lines.append(f"{n} threads: ".ljust(len(header), "-"))
+            cells = [self._paint(text[n, name, c].center(w), by_key.get((n, name, c)),
+                                 self._best(by_key, n, name, c))
+                     for c, w in zip(columns, widths[1:])]
+            lines.append("  |  ".join([row_names[n, name].ljust(widths[0])] + cells))
+        lines += ["", f"Times are in {_UNIT_NAMES[unit]}."]
+        if self._highlight and any(r.has_warnings for r in results):
+            lines.append("(! XX%) Measurement has high variance, where XX is the IQR / median "
+                         "* 100.")
+        return "\n".join(lines) + "\n"
 
-    def _peers(self, cell: dict, n, name, column) -> list[float]:
-        """The values a cell is colored against: its row's or its column's (same threads)."""
+    @staticmethod
+    def _row_names(rows: list) -> dict:
+        """Each row's name, indented; where the rows have several envs, the first row of each
+        env within a thread count starts with "(env)"."""
+        envs = {env for _, (env, _) in rows}
+        env_width = max(len(str(env)) for env in envs) if len(envs) > 1 else 0
+        names, prior = {}, None
+        for n, (env, name) in rows:
+            shown = f"({env})" if len(envs) > 1 and (n, env) != prior else ""
+            names[n, (env, name)] = f"  {shown:<{env_width + 4}}{name}"
+            prior = (n, env)
+        return names
+
+    def _best(self, by_key: dict, n, name, column) -> float | None:
+        """The median a cell is colored against: its row's best, or its column's best among
+        the rows of its thread count."""
         if self._colorize == "rowwise":
-            return [v for (t, s, _), v in cell.items() if (t, s) == (n, name)]
-        return [v for (t, _, c), v in cell.items() if t == n and c == column]
+            return min(m.median for (t, s, _), m in by_key.items() if (t, s) == (n, name))
+        if self._colorize == "columnwise":
+            return min(m.median for (t, _, c), m in by_key.items() if t == n and c == column)
+        return None
 
-    def _paint(self, text: str, value: float | None, peers: list[float]) -> str:
+    def _paint(self, text: str, m: Measurement | None, best: float | None) -> str:
         """Green for the best of its row (or column) or within 1% of it, blue within 10%,
         dim red from twice and bold red from five times as slow, as torch colors."""
-        if self._colorize is None or value is None:
+        if m is None or best is None:
             return text
-        best = min(peers)
+        value = m.median
         if value <= best * 1.01 or value <= best + 100e-9:
             return f"\033[92m\033[1m{text}\033[0m\033[0m"
         if value <= best * 1.1:
