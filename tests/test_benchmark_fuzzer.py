@@ -18,7 +18,8 @@ from torch.utils import benchmark as tb
 import kiln
 from kiln.utils import benchmark as kb
 from kiln.utils.benchmark import callgrind as kcallgrind
-from kiln.utils.benchmark.op_fuzzers import binary, spectral, unary
+from kiln.utils.benchmark.op_fuzzers import (binary, sparse_binary, sparse_unary, spectral,
+                                             unary)
 
 
 def recipe_fuzzer(b, seed=0, probability_contiguous=0.6):
@@ -185,6 +186,40 @@ def test_unary_and_spectral_fuzzers_draw_torchs_parameters(torch_dict_distributi
     for _ in range(20):
         params = pairs[1][0]._generate(ks)
         assert all(params[f"k{i}"] in spectral.REGULAR_SIZES for i in range(3))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+def test_sparse_op_fuzzers_give_torchs_coo_tensors(torch_dict_distributions):
+    """Shapes, sparse and dense dims, coalescing, indices and values are torch's; an
+    uncoalesced tensor holds each index twice, ceil(sum(size) * density) of them."""
+    from torch.utils.benchmark.op_fuzzers import sparse_binary as torch_sparse_binary
+    from torch.utils.benchmark.op_fuzzers import sparse_unary as torch_sparse_unary
+    pairs = [(sparse_unary.UnaryOpSparseFuzzer(seed=0),
+              torch_sparse_unary.UnaryOpSparseFuzzer(seed=0)),
+             (sparse_binary.BinaryOpSparseFuzzer(seed=1),
+              torch_sparse_binary.BinaryOpSparseFuzzer(seed=1))]
+    seen_coalesced = set()
+    for k, t in pairs:
+        for (kt, kp, kparams), (tt, tp, tparams) in zip(k.take(4), t.take(4)):
+            assert kparams == tparams and kt.keys() == tt.keys()
+            for name in kt:
+                kx, tx, kprop = kt[name], tt[name], kp[name]
+                assert kprop.keys() == tp[name].keys()
+                for key in ("numel", "is_coalesced", "density", "sparsity", "sparse_dim",
+                            "dense_dim", "is_hybrid"):
+                    assert kprop[key] == tp[name][key], key
+                assert tuple(kprop["shape"]) == tuple(tp[name]["shape"]) == tuple(kx.shape)
+                assert np.array_equal(kx._indices().numpy(), tx._indices().numpy())
+                # uniform draws are equal; the normal ones (uncoalesced) to float32 rounding
+                np.testing.assert_allclose(kx._values().numpy(), tx._values().numpy(),
+                                           rtol=1e-6, atol=1e-6)
+                nnz = math.ceil(sum(kx.shape) * kparams["density"])
+                if kprop["is_coalesced"]:
+                    assert kx._indices().shape[1] <= nnz
+                else:
+                    assert kx._indices().shape[1] == 2 * nnz
+                seen_coalesced.add(kprop["is_coalesced"])
+    assert seen_coalesced == {True, False}
 
 
 def test_bad_definitions_raise_naming_the_parameter():
