@@ -152,3 +152,24 @@ def test_compare_prints_torchs_table_exactly(trim, colorize, highlight):
             compare.highlight_warnings()
         results[B] = str(compare)
     assert results[kb] == results[tb]
+
+
+def test_measurement_from_a_task_spec_and_merge_as_torch():
+    """torch's constructor form (a TaskSpec and metadata) and Measurement.merge: replicates of
+    one task pooled into single-run times, in torch's order."""
+    def build(B):
+        spec = B.TaskSpec("f(x)", "x = 1", label="L", sub_label="s", description="d",
+                          env="A", num_threads=2)
+        other = B.TaskSpec("g(x)", "pass")
+        return [B.Measurement(10, [1e-5, 2e-5], spec, {"run": 1}),
+                B.Measurement(5, [3e-5], other), B.Measurement(20, [8e-5], spec)]
+    k, t = build(kb), build(tb)
+    assert k[0].metadata == {"run": 1} and k[0].env == "A" and k[0].num_threads == 2
+    assert k[0].task_spec == kb.TaskSpec("f(x)", "x = 1", "", "L", "s", "d", "A", 2)
+    km, tm = kb.Measurement.merge(k), tb.Measurement.merge(t)
+    assert [len(m.times) for m in km] == [len(m.times) for m in tm] == [3, 1]
+    assert [t for m in km for t in m.times] == pytest.approx(
+        [t for m in tm for t in m.times])
+    assert [(m.stmt, m.number_per_run, m.metadata) for m in km] == \
+        [(m.stmt, m.number_per_run, m.metadata) for m in tm]
+    assert repr(km[0]).splitlines()[1:] == repr(tm[0]).splitlines()[1:]

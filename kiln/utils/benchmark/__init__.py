@@ -7,5 +7,5 @@ from kiln.utils.benchmark.callgrind import (  # noqa: F401
 from kiln.utils.benchmark.fuzzer import (  # noqa: F401
     FuzzedParameter, FuzzedTensor, Fuzzer, ParameterAlias)
 from kiln.utils.benchmark.sparse_fuzzer import FuzzedSparseTensor  # noqa: F401
-from kiln.utils.benchmark.timer import Compare, Measurement, Timer  # noqa: F401
+from kiln.utils.benchmark.timer import Compare, Measurement, TaskSpec, Timer  # noqa: F401
 from kiln.utils.benchmark import op_fuzzers  # noqa: F401

@@ -4,6 +4,7 @@ tabulate Measurements as its Compare does."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import textwrap
@@ -25,18 +26,55 @@ def _unit_of(seconds: float) -> tuple[str, float]:
     return {-3: ("ns", 1e-9), -2: ("us", 1e-6), -1: ("ms", 1e-3)}.get(power, ("s", 1.0))
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What was timed, and the labels it is shown under."""
+
+    stmt: str
+    setup: str
+    global_setup: str = ""
+    label: str | None = None
+    sub_label: str | None = None
+    description: str | None = None
+    env: str | None = None
+    num_threads: int = 1
+
+
 class Measurement:
     """The result of a Timer: `raw_times[i]` is the time of `number_per_run` runs, `times[i]`
-    the time of one run. `env` names the environment it was measured in (for A/B tables)."""
+    the time of one run. `env` names the environment it was measured in (for A/B tables).
+    As in torch, a TaskSpec may stand in the place of `stmt` and the labels."""
 
-    def __init__(self, number_per_run: int, raw_times: list[float], stmt: str = "",
-                 label: str | None = None, sub_label: str | None = None,
-                 description: str | None = None, num_threads: int = 1, setup: str = "pass",
-                 env: str | None = None):
+    def __init__(self, number_per_run: int, raw_times: list[float],
+                 stmt: str | TaskSpec = "", label: str | None = None,
+                 sub_label: str | None = None, description: str | None = None,
+                 num_threads: int = 1, setup: str = "pass", env: str | None = None, *,
+                 task_spec: TaskSpec | None = None, metadata: dict | None = None):
+        if isinstance(stmt, TaskSpec) or task_spec is not None:
+            if isinstance(stmt, TaskSpec) and isinstance(label, dict):
+                metadata = label                        # torch's fourth argument
+            spec = stmt if isinstance(stmt, TaskSpec) else task_spec
+            stmt, label, sub_label = spec.stmt, spec.label, spec.sub_label
+            description, num_threads, setup, env = (spec.description, spec.num_threads,
+                                                    spec.setup, spec.env)
         self.number_per_run, self.raw_times = number_per_run, list(raw_times)
         self.stmt, self.label, self.sub_label = stmt, label, sub_label
         self.description, self.num_threads = description, num_threads
-        self.setup, self.env = setup, env
+        self.setup, self.env, self.metadata = setup, env, metadata
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec(self.stmt, self.setup, "", self.label, self.sub_label,
+                        self.description, self.env, self.num_threads)
+
+    @staticmethod
+    def merge(measurements) -> list[Measurement]:
+        """Measurements of one task pooled into one of single-run times (metadata dropped)."""
+        groups: dict[TaskSpec, list[Measurement]] = {}
+        for m in measurements:
+            groups.setdefault(m.task_spec, []).append(m)
+        return [Measurement(1, [t for m in group for t in m.times], task_spec=spec)
+                for spec, group in groups.items()]
 
     @property
     def times(self) -> list[float]:
@@ -217,19 +255,6 @@ def _trim_sigfig(x: float, figures: int) -> float:
     return round(x / scale) * scale
 
 
-def _merge_replicates(results: list[Measurement]) -> list[Measurement]:
-    """Measurements of one task (same statement, setup, labels, env and threads) pooled into
-    one of single-run times, as torch's Compare merges them."""
-    groups: dict[tuple, list[Measurement]] = {}
-    for r in results:
-        key = (r.stmt, r.setup, r.label, r.sub_label, r.description, r.env, r.num_threads)
-        groups.setdefault(key, []).append(r)
-    return [Measurement(1, [t for m in group for t in m.times], stmt, label, sub_label,
-                        description, threads, setup, env)
-            for (stmt, setup, label, sub_label, description, env, threads), group
-            in groups.items()]
-
-
 class Compare:
     """A table of Measurements, as torch.utils.benchmark.Compare prints it: one block per
     label, rows by num_threads, env then sub_label (the env shown when a label has several),
@@ -263,7 +288,7 @@ class Compare:
         print(str(self))
 
     def __str__(self) -> str:
-        results = _merge_replicates(self._results)
+        results = Measurement.merge(self._results)     # replicates of a task pooled
         return "\n".join(self._render([r for r in results if r.label == label], label)
                          for label in dict.fromkeys(r.label for r in results))
 
