@@ -173,3 +173,14 @@ def test_measurement_from_a_task_spec_and_merge_as_torch():
     assert [(m.stmt, m.number_per_run, m.metadata) for m in km] == \
         [(m.stmt, m.number_per_run, m.metadata) for m in tm]
     assert repr(km[0]).splitlines()[1:] == repr(tm[0]).splitlines()[1:]
+
+
+def test_timer_runs_on_num_threads_then_restores():
+    """As torch's Timer sets torch's thread count while it times, kiln's sets kiln's."""
+    import kiln
+    before = kiln.get_num_threads()
+    seen = []
+    m = kb.Timer("seen.append(kiln.get_num_threads())", globals={"seen": seen, "kiln": kiln},
+                 num_threads=before + 1).timeit(3)
+    assert set(seen) == {before + 1} and m.num_threads == before + 1
+    assert kiln.get_num_threads() == before

@@ -39,7 +39,10 @@ import ctypes, mmap, pickle, sys
 with open(sys.argv[1], "rb") as f:
     job = pickle.load(f)
 import kiln
-kiln.set_num_threads(job["num_threads"])
+try:
+    kiln.set_num_threads(job["num_threads"])
+except RuntimeError:            # no threadpoolctl: OMP_NUM_THREADS, set for this process, holds
+    pass
 scope = {"kiln": kiln, "torch": kiln, "__name__": "__kiln_callgrind__"}
 for name, (value_setup, payload) in job["globals"].items():
     exec(value_setup, scope)

@@ -4,11 +4,13 @@ tabulate Measurements as its Compare does."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import statistics
 import textwrap
 import timeit as _timeit
+import warnings
 from typing import Callable
 
 import kiln
@@ -161,9 +163,28 @@ class Measurement:
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    """kiln on `n` threads while timing (then as before), as torch's Timer sets torch's."""
+    previous = kiln.get_num_threads()
+    if previous == n:
+        yield
+        return
+    try:
+        kiln.set_num_threads(n)
+    except RuntimeError as e:                   # no threadpoolctl: the count is only recorded
+        warnings.warn(f"Timer: could not run on num_threads={n} ({e})", stacklevel=4)
+        yield
+        return
+    try:
+        yield
+    finally:
+        kiln.set_num_threads(previous)
+
+
 class Timer:
     """Times `stmt` (a string of Python, run with `globals`) after `setup`, as
-    torch.utils.benchmark.Timer; `num_threads` is recorded, not applied."""
+    torch.utils.benchmark.Timer, with kiln on `num_threads` threads meanwhile."""
 
     def __init__(self, stmt: str = "pass", setup: str = "pass", global_setup: str = "",
                  timer: Callable[[], float] = _timeit.default_timer, globals: dict | None = None,
@@ -188,8 +209,9 @@ class Timer:
 
     def timeit(self, number: int = 1000000) -> Measurement:
         """One measurement of `number` runs (after one warm-up run)."""
-        self._timer.timeit(1)
-        return self._measure(number, 1)
+        with _threads(self._info["num_threads"]):
+            self._timer.timeit(1)
+            return self._measure(number, 1)
 
     def _block_size(self, min_run_time: float) -> int:
         """Runs per block: a power of ten whose block takes >= 10 ms (or a third of the
@@ -214,8 +236,9 @@ class Timer:
     def blocked_autorange(self, callback=None, min_run_time: float = 0.2) -> Measurement:
         """Blocks of runs, each block long enough to time reliably (>= 10 ms or the whole
         budget), repeated until `min_run_time` seconds have been spent (at least 3 blocks)."""
-        return self._blocks(self._block_size(min_run_time), callback,
-                            lambda raw, spent: spent >= min_run_time and len(raw) >= 3)
+        with _threads(self._info["num_threads"]):
+            return self._blocks(self._block_size(min_run_time), callback,
+                                lambda raw, spent: spent >= min_run_time and len(raw) >= 3)
 
     def adaptive_autorange(self, threshold: float = 0.1, *, min_run_time: float = 0.01,
                            max_run_time: float = 10.0, callback=None) -> Measurement:
@@ -229,7 +252,8 @@ class Timer:
                 return False
             m = Measurement(1, raw)
             return m.iqr / m.median < threshold
-        return self._blocks(self._block_size(0.05), callback, done)
+        with _threads(self._info["num_threads"]):
+            return self._blocks(self._block_size(0.05), callback, done)
 
     def collect_callgrind(self, number: int = 100, *, repeats: int | None = None,
                           collect_baseline: bool = True, retain_out_file: bool = False
