@@ -32,8 +32,8 @@ _REQUEST_CODE = ("4889f8"                                   # mov rax, rdi
                  "c3")                                      # ret
 
 # The child: load the job, run the setup, warm up, then count each labelled loop in its own
-# callgrind dump. Instrumentation starts only after the imports, which would otherwise run
-# some fifty times slower.
+# callgrind dump. Instrumentation starts only after the imports, which run many times slower
+# instrumented.
 _CHILD = """
 import ctypes, mmap, pickle, sys
 with open(sys.argv[1], "rb") as f:
