@@ -408,6 +408,45 @@ for _name in _TENSOR_OR_SCALAR:
                      f"{_n}.Tensor" if _second_is_tensor(args) else f"{_n}.Scalar")
 
 
+def _keepdim(keepdim: bool) -> list:
+    return [True] if keepdim else []      # torch's schema default, left out as torch does
+
+
+def _is_float(t) -> bool:
+    return isinstance(t, Tensor) and t.dtype.is_floating_point
+
+
+# primitive -> (args, attrs) -> ATen's arguments for the overload `overload_of` names, or None
+# (the primitive's own attributes are handed as keywords). Only where ATen's function computes
+# exactly the primitive (the same single primitive, the same dtype: reductions of floats only,
+# as kiln's int sums widen first), so `func(*args, **kwargs)` in a handler gives its result.
+_ARGUMENTS: dict = {
+    "reshape": lambda args, attrs: (args[0], list(attrs["shape"]))
+    if args[0]._data.flags.c_contiguous else None,     # (else a copy: no view in ATen's sense)
+    "permute": lambda args, attrs: (args[0], list(attrs["perm"])),
+    "expand": lambda args, attrs: (args[0], list(attrs["shape"])),
+    "flip": lambda args, attrs: (args[0], list(attrs["axes"])),
+    "cat": lambda args, attrs: (list(args), attrs["axis"]),
+    "cumsum": lambda args, attrs: (args[0], attrs["axis"]) if _is_float(args[0]) else None,
+    "argmax": lambda args, attrs: (args[0], attrs["axis"], *_keepdim(attrs["keepdim"]))
+    if attrs["axis"] is not None else None,
+    "max": lambda args, attrs: (args[0], list(attrs["axes"]), *_keepdim(attrs["keepdim"]))
+    if _is_float(args[0]) else None,
+    "sum": lambda args, attrs: None if not _is_float(args[0]) or _all_axes(args, attrs)
+    else (args[0], list(attrs["axes"]), *_keepdim(attrs["keepdim"])),
+}
+
+
+def aten_arguments(prim, args: tuple, attrs: dict) -> tuple:
+    """(args, kwargs) a mode or a subclass's `__torch_dispatch__` is handed for
+    `prim(*args, **attrs)`: ATen's positional arguments where they compute the same (`aten.
+    view.default(x, [3, 2])`, `aten.sum.dim_IntList(x, [0])`), else the primitive's inputs
+    and its attributes as keywords, which the OpOverload runs as that primitive."""
+    translate = _ARGUMENTS.get(prim.name)
+    aten_args = translate(args, attrs) if translate is not None else None
+    return (args, dict(attrs)) if aten_args is None else (tuple(aten_args), {})
+
+
 def overload_of(prim, args: tuple, attrs: dict) -> OpOverload:
     """The OpOverload a dispatch mode is handed for `prim(*args, **attrs)`."""
     key = _NAMES.get(prim.name)
@@ -442,4 +481,5 @@ def aten_method_op(key: str) -> OpOverload:
 
 
 dispatch_mode.OVERLOAD_OF[0] = overload_of
+dispatch_mode.ARGUMENTS_OF[0] = aten_arguments
 dispatch_subclass.ATEN[0] = aten_method_op

@@ -35,6 +35,9 @@ _LOCK = threading.Lock()
 # `overload_of(prim, args, attrs)`: the OpOverload a mode is handed; kiln.op_overloads sets it
 # (the tracer names no public objects itself).
 OVERLOAD_OF: list = [None]
+# `arguments_of(prim, args, attrs)`: (args, kwargs) a handler is handed, ATen's where they
+# compute the same (kiln.op_overloads sets it)
+ARGUMENTS_OF: list = [None]
 # the dispatcher itself, below any wrapper in `P.dispatch` (kiln.tracer.dispatch sets it)
 KERNEL: list = [None]
 
@@ -80,10 +83,10 @@ def handle(prim, args: tuple, attrs: dict, device):
     func = OVERLOAD_OF[0](prim, args, attrs)
     differentiable = prim.grad is not None and STATE.grad_enabled and any(
         isinstance(a, Tensor) and a.requires_grad for a in args)
-    kwargs = dict(attrs)
+    call_args, kwargs = ARGUMENTS_OF[0](prim, args, attrs)
     if device is not None and not any(isinstance(a, Tensor) for a in args):
         kwargs["device"] = device        # a creation's device (P.<prim>'s keyword)
-    out = call_mode(func, args, kwargs)
+    out = call_mode(func, call_args, kwargs)
     if differentiable:
         out = _record(prim, args, attrs, out, func)
     return out

@@ -274,7 +274,7 @@ def _handle(prim, args: tuple, attrs: dict):
     grad_was = STATE.grad_enabled
     STATE.grad_enabled = False
     try:
-        out = _call_classes(func, args, dict(attrs))
+        out = _call_classes(func, *_modes.ARGUMENTS_OF[0](prim, args, attrs))
     finally:
         STATE.grad_enabled = grad_was
     if differentiable:
