@@ -1314,11 +1314,20 @@ def _mark_consumed(t: Tensor, prim) -> None:
 
 
 def _last_failure(compiled: CompiledFunction, key) -> str:
-    """`; last change: <guard>` for the newest entry of `key` whose guards failed."""
+    """`; last change: <guard>` for the newest entry of `key` whose guards failed, or the
+    input whose shape is new when `key` differs from a traced one in shapes only."""
     for full in reversed(compiled._chains.get(key, [])):
         failed = guards.first_failure(compiled.entries[full].guards)
         if failed is not None:
             return f" (last change: {failed.source})"
+    for old in reversed(list(compiled._chains)):
+        if old[1:] == key[1:] and len(old[0]) == len(key[0]):
+            for i, (was, now) in enumerate(zip(old[0], key[0])):
+                if was[1:] == now[1:] and was[0] != now[0]:
+                    return (f" (last change: tensor input {i} has shape {list(now[0])}, traced "
+                            f"at {list(was[0])}: each new shape is traced and compiled again, "
+                            "as kiln specializes to shapes; pad inputs to a few sizes, or raise "
+                            "kiln._dynamo.config.recompile_limit)")
     return ""
 
 
