@@ -73,7 +73,11 @@ class SparseTensor(Tensor):
     # kiln's own handling, not the __torch_function__ protocol's (as torch.nn.Parameter)
     __torch_function__ = _disabled_torch_function_impl
 
-    __slots__ = ("_idx", "_vals", "_coalesced")
+    # _leaf: the values a leaf that requires grad differentiates (one per coalesced entry, at
+    # _leaf_idx); _sink: a zero dense leaf through which mm/@ hand back the dense gradient
+    # _spread: for an uncoalesced leaf, each entry's position among the leaf's and how many
+    # entries share it (see requires_grad_)
+    __slots__ = ("_idx", "_stored", "_coalesced", "_leaf", "_leaf_idx", "_sink", "_spread")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("make a sparse tensor with kiln.sparse_coo_tensor(indices, values, "
@@ -122,10 +126,15 @@ class SparseTensor(Tensor):
         """Duplicate indices summed, entries sorted by index (zeros kept, as PyTorch does)."""
         if self._coalesced:
             return self
-        from kiln.tracer.functional_extra.counting import unique
-        keys, inverse = unique(self._flat_index(), sorted=True, return_inverse=True)
+        keys, inverse, _ = self._entries_by_position()
         return make(_unflatten(keys, self.shape[:self.sparse_dim()]),
                     self._summed(keys.shape[0], inverse), self.shape, coalesced=True)
+
+    def _entries_by_position(self):
+        """The sorted distinct flat positions, each entry's place among them, and how many
+        entries each position has."""
+        from kiln.tracer.functional_extra.counting import unique
+        return unique(self._flat_index(), sorted=True, return_inverse=True, return_counts=True)
 
     def to_dense(self, dtype=None, *, masked_grad=None) -> Tensor:
         positions = math.prod(self.shape[:self.sparse_dim()])
@@ -179,11 +188,103 @@ class SparseTensor(Tensor):
         return "kiln.sparse.FloatTensor" if dtype is None else self.to(dtype)
 
     def detach(self) -> "SparseTensor":
-        return self
+        return make(self._idx, self._vals.detach(), self.shape, self._coalesced)
 
     @property
     def data(self) -> "SparseTensor":
-        return self             # sparse tensors never require grad: already detached
+        return self.detach()
+
+    # ------------------------------------------------------------------ autograd
+    # A sparse tensor's gradient lives in its values: a leaf that requires grad keeps a leaf of
+    # values (`_leaf`), and `.grad` is a sparse tensor of the leaf's gradient on S's coalesced
+    # pattern, as PyTorch's. Products other than torch.sparse.mm give PyTorch's dense gradient
+    # (not masked to the pattern) through `_sink`.
+    @property
+    def requires_grad(self) -> bool:
+        return self._leaf is not None or self._stored.requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if hasattr(self, "_stored"):        # Tensor._make sets it before the values exist
+            self.requires_grad_(value)
+
+    @property
+    def grad_fn(self):
+        return None if self._leaf is not None else self._stored.grad_fn
+
+    @grad_fn.setter
+    def grad_fn(self, value) -> None:
+        if value is not None:
+            raise RuntimeError("a sparse tensor's grad_fn is its values'")
+
+    @property
+    def grad(self):
+        if self._leaf is None:
+            return None
+        masked = self._leaf.grad
+        if masked is not None:
+            masked = make(self._leaf_idx, masked, self.shape, coalesced=True)
+        full = self._sink.grad if self._sink is not None else None
+        if full is None or masked is None:
+            return masked if full is None else full
+        return full + masked
+
+    @grad.setter
+    def grad(self, value) -> None:
+        if value is not None:
+            raise NotImplementedError("kiln sets a sparse tensor's .grad only to None")
+        if self._leaf is not None:
+            self._leaf.grad = None
+        if self._sink is not None:
+            self._sink.grad = None
+
+    def requires_grad_(self, requires_grad: bool = True) -> "SparseTensor":
+        if not requires_grad:
+            if self._vals.grad_fn is not None and self._leaf is None:
+                raise RuntimeError("you can only change requires_grad flags of leaf variables.")
+            self._vals, self._leaf, self._sink = self._vals.detach(), None, None
+            return self
+        if self._vals.requires_grad:
+            return self
+        if self._vals.dtype.category not in (dt.FLOAT, dt.COMPLEX):
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+        if self._coalesced:
+            self._leaf = self._vals = self._vals.detach().requires_grad_()
+            self._leaf_idx = self._idx
+            return self
+        # uncoalesced: the leaf holds one value per position (see _vals)
+        keys, inverse, counts = self.detach()._entries_by_position()
+        self._leaf = self.detach()._summed(keys.shape[0], inverse).requires_grad_()
+        self._leaf_idx = _unflatten(keys, self.shape[:self.sparse_dim()])
+        self._vals = self._vals.detach()
+        self._spread = (inverse, counts.index_select(0, inverse).to(self._leaf.dtype).reshape(
+            (-1,) + (1,) * self.dense_dim()))
+        return self
+
+    @property
+    def _vals(self) -> Tensor:
+        """The entries' values. Those of an uncoalesced leaf add a share of the leaf that is
+        zero in the forward pass and, in the backward pass, hands the leaf each position's
+        gradient divided among its entries: the gradient with respect to the position, as
+        PyTorch's."""
+        if self._spread is None:
+            return self._stored
+        inverse, counts = self._spread
+        return self._stored + (self._leaf - self._leaf.detach()).index_select(0, inverse) / counts
+
+    @_vals.setter
+    def _vals(self, values: Tensor) -> None:
+        self._stored, self._spread = values, None
+
+    def _dense_grad_sink(self):
+        """A zero dense leaf of S's shape for a product whose gradient for S PyTorch gives
+        dense (mm, @, matmul, spmm), or None when S is not a leaf that requires grad."""
+        from kiln.tracer.tensor import STATE
+        if self._leaf is None or not STATE.grad_enabled:
+            return None
+        if self._sink is None:
+            self._sink = self._vals.new_zeros(tuple(self.shape)).requires_grad_()
+        return self._sink
 
     def clone(self, *, memory_format=None) -> "SparseTensor":
         return make(self._idx.clone(), self._vals.clone(), self.shape, self._coalesced)
@@ -199,13 +300,8 @@ class SparseTensor(Tensor):
         self._coalesced = True
         return self
 
-    def requires_grad_(self, requires_grad: bool = True) -> "SparseTensor":
-        if requires_grad:
-            _no_grad()
-        return self
-
     def __reduce_ex__(self, protocol):         # pickle (DataLoader workers, multiprocessing)
-        return (make, (self._idx, self._vals, tuple(self.shape), self._coalesced))
+        return (make, (self._idx, self._vals.detach(), tuple(self.shape), self._coalesced))
 
     def __deepcopy__(self, memo) -> "SparseTensor":
         import copy
@@ -242,10 +338,13 @@ class SparseTensor(Tensor):
     def __repr__(self) -> str:
         lead = "tensor(indices="
         indices = repr(self._idx).replace("\n", "\n" + " " * len(lead))
-        values = repr(self._vals).replace("\n", "\n" + " " * len("       values="))
+        values = repr(self._vals.detach()).replace("\n", "\n" + " " * len("       values="))
         device = f", device='{self.device}'" if self.device.type != "cpu" else ""
+        grad = ", requires_grad=True" if self._leaf is not None else \
+            f", grad_fn=<{type(self.grad_fn).__name__}>" if self.grad_fn is not None else ""
         return (f"{lead}{indices},\n       values={values},\n       "
-                f"size={tuple(self.shape)}, nnz={self._nnz()}{device}, layout={sparse_coo})")
+                f"size={tuple(self.shape)}, nnz={self._nnz()}{device}, layout={sparse_coo}"
+                f"{grad})")
 
     __str__ = __repr__
 
@@ -314,13 +413,34 @@ class SparseTensor(Tensor):
         return mul(self, other)
 
     def __truediv__(self, other) -> "SparseTensor":
-        if isinstance(other, SparseTensor):
-            raise NotImplementedError("dividing by a sparse tensor is not supported in kiln")
-        if isinstance(other, Tensor) and other.ndim:
-            return mul(self, 1 / other)
+        _scalar_divisor("div", other)
         return make(self._idx, self._vals / other, self.shape, self._coalesced)
 
     div = __truediv__
+
+    def __floordiv__(self, other) -> "SparseTensor":
+        _scalar_divisor("floor_divide", other)
+        c = self.coalesce()
+        return make(c._idx, c._vals // other, c.shape, True)
+
+    floor_divide = __floordiv__
+
+    def pow(self, exponent) -> "SparseTensor":
+        """Each stored entry to a number's power (coalesced first); a zeroth power would fill
+        every position, so it is refused, as in PyTorch."""
+        if isinstance(exponent, Tensor):
+            raise NotImplementedError("pow of a sparse tensor by a tensor is not supported in "
+                                      "kiln; use a number")
+        if exponent == 0:
+            raise RuntimeError("pow: cannot raise to zeroth power on sparse tensor; it would "
+                               "make the result tensor dense")
+        c = self.coalesce()
+        return make(c._idx, c._vals ** exponent, c.shape, True)
+
+    __pow__ = pow
+
+    def square(self) -> "SparseTensor":
+        return self.pow(2)
 
     def norm(self, p="fro", dim=None, keepdim=False, dtype=None):
         """The norm of all entries (duplicates summed first), a dense 0-d tensor, as PyTorch's
@@ -340,16 +460,83 @@ class SparseTensor(Tensor):
 
 
 
-def _no_grad():
-    raise NotImplementedError(
-        "kiln's sparse tensors cannot require grad: gradients flow to the dense operand of "
-        "sparse @ dense, not to the sparse tensor's values")
+# Functions that map zero to zero, so a sparse tensor keeps its pattern: PyTorch computes them
+# on the coalesced values (the first group) or on the entries as they are (the second). PyTorch
+# refuses the others (exp, cos, sigmoid, ...: they would fill every position), and so does kiln.
+ZERO_PRESERVING = """
+abs relu sqrt sin tan tanh sign sgn floor ceil round trunc fix frac expm1 log1p sinh asin
+arcsin atan arctan asinh arcsinh atanh arctanh erf erfinv deg2rad rad2deg isnan isinf signbit
+nan_to_num
+""".split()
+PATTERN_KEEPING = "neg negative conj positive".split()
+
+
+def _unary(name: str, coalesce: bool):
+    def fn(self, *args, **kwargs) -> SparseTensor:
+        s = self.coalesce() if coalesce else self
+        return make(s._idx, getattr(s._vals, name)(*args, **kwargs), s.shape, s._coalesced)
+    fn.__name__ = name
+    fn.__doc__ = f"{name} of each stored entry (the zeros stay zeros)"
+    return fn
+
+
+for _name in ZERO_PRESERVING + PATTERN_KEEPING:
+    setattr(SparseTensor, _name, _unary(_name, _name in ZERO_PRESERVING))
+
+
+def _refused(name: str):
+    def fn(self, *args, **kwargs):
+        from kiln.tracer.errors import op_error
+        raise op_error(name, UNSUPPORTED, NotImplementedError)
+    fn.__name__ = name
+    return fn
+
+
+for _name in ("sinc", "logit"):        # composites that would otherwise fail obscurely
+    setattr(SparseTensor, _name, _refused(_name))
+
+
+def with_sparse_rule(fn, name: str):
+    """kiln.<name>(x, ...): the sparse tensor's own rule when x is sparse, else `fn`."""
+    def dispatch(input, *args, **kwargs):
+        if type(input) is SparseTensor:
+            return getattr(input, name)(*args, **kwargs)
+        return fn(input, *args, **kwargs)
+    dispatch.__name__, dispatch.__doc__ = fn.__name__, fn.__doc__
+    dispatch.__wrapped__ = fn
+    return dispatch
+
+
+def with_sparse_operand(fn, name: str):
+    """kiln.add/sub/mul/div(x, y, ...): the sparse rules when either is sparse, else `fn`."""
+    import operator
+    apply = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+             "div": operator.truediv}[name]
+
+    def dispatch(input, other, *args, **kwargs):
+        if type(input) is SparseTensor or type(other) is SparseTensor:
+            alpha = kwargs.pop("alpha", 1)
+            if args or kwargs:
+                raise NotImplementedError(f"{name}: options {args or kwargs} are not supported "
+                                          f"with a sparse tensor in kiln")
+            return apply(input, other * alpha if alpha != 1 else other)
+        return fn(input, other, *args, **kwargs)
+    dispatch.__name__, dispatch.__doc__ = fn.__name__, fn.__doc__
+    dispatch.__wrapped__ = fn
+    return dispatch
+
+
+def _scalar_divisor(op: str, other) -> None:
+    if isinstance(other, Tensor) and (other.ndim or other.is_sparse):
+        raise RuntimeError(f"{op}: Sparse division requires a scalar or zero-dim dense tensor "
+                           f"divisor (got shape {list(other.shape)} for divisor)")
 
 
 def make(indices: Tensor, values: Tensor, shape, coalesced: bool) -> SparseTensor:
     """A sparse tensor of these indices and values (no checks: the caller's are valid)."""
     t = Tensor._make(_NoDenseMemory(tuple(int(s) for s in shape), values._data.dtype),
                      values.dtype, values.device, SparseTensor)
+    t._leaf = t._leaf_idx = t._sink = t._spread = None
     t._idx, t._vals, t._coalesced = indices, values, coalesced
     return t
 
@@ -373,9 +560,9 @@ def sparse_coo_tensor(indices, values, size=None, *, dtype=None, device=None,
     checked against the size (PyTorch checks them only with check_invariants=True); duplicates
     are allowed and add up."""
     from kiln.tracer.creation import tensor
-    if requires_grad or (isinstance(values, Tensor) and values.requires_grad):
-        _no_grad()
-    values = values.detach() if isinstance(values, Tensor) else tensor(values)
+    values = values if isinstance(values, Tensor) else tensor(values)
+    if values.requires_grad and values.grad_fn is None:
+        values = values.view(tuple(values.shape))    # S is not a leaf: its grad reaches values
     if dtype is not None or device is not None:
         values = values.to(device=device, dtype=dtype)
     indices = indices.detach() if isinstance(indices, Tensor) else tensor(np.asarray(indices))
@@ -405,7 +592,8 @@ def sparse_coo_tensor(indices, values, size=None, *, dtype=None, device=None,
         if h >= s:
             raise RuntimeError(f"sparse_coo_tensor: size is inconsistent with indices: for "
                                f"dim {d}, size is {s} but found index {h}")
-    return make(indices, values, size, coalesced=bool(is_coalesced) or nnz <= 1)
+    out = make(indices, values, size, coalesced=bool(is_coalesced) or nnz <= 1)
+    return out.requires_grad_() if requires_grad else out
 
 
 def to_sparse(self: Tensor, sparse_dim=None, *, layout=None, blocksize=None,
@@ -413,8 +601,6 @@ def to_sparse(self: Tensor, sparse_dim=None, *, layout=None, blocksize=None,
     """The nonzero entries of a dense tensor (all dims sparse unless sparse_dim says fewer)."""
     if layout is not None and layout is not sparse_coo:
         raise NotImplementedError(f"to_sparse(layout={layout}): kiln has only sparse_coo")
-    if self.requires_grad:
-        _no_grad()
     sparse_dim = self.ndim if sparse_dim is None else int(sparse_dim)
     if not 0 < sparse_dim <= self.ndim:
         raise RuntimeError(f"to_sparse: sparse_dim must be in [1, {self.ndim}], got "
@@ -423,26 +609,39 @@ def to_sparse(self: Tensor, sparse_dim=None, *, layout=None, blocksize=None,
     if sparse_dim < self.ndim:
         nonzero = nonzero.flatten(sparse_dim).any(-1)
     indices = nonzero.nonzero().t()
-    values = self.detach()[tuple(indices)] if indices.shape[1] else \
-        self.detach().new_zeros((0,) + tuple(self.shape[sparse_dim:]))
+    values = self[tuple(indices)] if indices.shape[1] else \
+        self.new_zeros((0,) + tuple(self.shape[sparse_dim:]))
     return make(indices, values, self.shape, coalesced=True)
 
 
 # ----------------------------------------------------------------------------- products
 
 def mm(a, b) -> Tensor:
-    """sparse @ dense, dense @ sparse (dense results) and sparse @ sparse (sparse), for
-    matrices; a 1-D dense operand is a vector, as in matmul."""
+    """kiln.mm, matmul, @ and spmm: sparse_mm's product; a sparse leaf that requires grad gets
+    PyTorch's dense gradient (G @ b.T, every position, not only its pattern)."""
     if isinstance(a, SparseTensor) and isinstance(b, SparseTensor):
-        return to_sparse(mm(a, b.to_dense()))
+        return to_sparse(sparse_mm(a, b.to_dense()))
+    if isinstance(a, SparseTensor):
+        sink = a._dense_grad_sink()
+        return sparse_mm(a, b) if sink is None else sparse_mm(a.detach(), b) + sink @ b
+    sink = b._dense_grad_sink()
+    return sparse_mm(a, b) if sink is None else sparse_mm(a, b.detach()) + a @ sink
+
+
+def sparse_mm(a, b) -> Tensor:
+    """torch.sparse.mm: sparse @ dense, dense @ sparse (dense results) and sparse @ sparse
+    (sparse), for matrices; a 1-D dense operand is a vector, as in matmul. The gradient for a
+    sparse operand is its values' (masked to its pattern)."""
+    if isinstance(a, SparseTensor) and isinstance(b, SparseTensor):
+        return to_sparse(sparse_mm(a, b.to_dense()))
     sparse, dense = (a, b) if isinstance(a, SparseTensor) else (b, a)
     if sparse.ndim != 2 or sparse.dense_dim():
         raise RuntimeError(f"mm: a sparse operand must be a 2-D matrix with no dense dims, got "
                            f"{list(sparse.shape)}")
     if dense.ndim == 1:
         if sparse is a:
-            return mm(a, dense.unsqueeze(-1)).squeeze(-1)
-        return mm(dense.unsqueeze(0), b).squeeze(0)
+            return sparse_mm(a, dense.unsqueeze(-1)).squeeze(-1)
+        return sparse_mm(dense.unsqueeze(0), b).squeeze(0)
     if dense.ndim != 2:
         raise RuntimeError(f"mm: a sparse matrix multiplies a matrix or a vector, got a "
                            f"{dense.ndim}-D tensor of shape {list(dense.shape)}")
@@ -462,15 +661,16 @@ def mm(a, b) -> Tensor:
 # ----------------------------------------------------------------------------- elementwise
 
 def add(a, b):
-    """sparse + sparse is sparse (entries concatenated, then coalesced); with a dense tensor
-    the sum is dense."""
+    """sparse + sparse is sparse (entries concatenated, then coalesced); dense + sparse is
+    dense; sparse + dense PyTorch refuses, and so does kiln."""
     if isinstance(a, SparseTensor) and isinstance(b, SparseTensor):
         if tuple(a.shape) != tuple(b.shape):
             raise RuntimeError(f"add: sparse tensors of different sizes {list(a.shape)} and "
                                f"{list(b.shape)}")
         return concatenated(a, b).coalesce()
     if isinstance(a, SparseTensor):
-        return a.to_dense() + b
+        raise RuntimeError("add(sparse, dense) is not supported. Use add(dense, sparse) "
+                           "instead.")
     return a + b.to_dense()
 
 
@@ -490,8 +690,7 @@ def mul(a: SparseTensor, other) -> SparseTensor:
     """A sparse tensor times a number or a dense tensor (broadcast): the entries scaled, the
     pattern kept."""
     if isinstance(other, SparseTensor):
-        raise NotImplementedError("sparse * sparse is not supported in kiln; multiply by "
-                                  "other.to_dense()")
+        return _intersection_product(a, other)
     if isinstance(other, Tensor) and other.ndim:
         if a.dense_dim():
             raise NotImplementedError("sparse (with dense dims) * tensor is not supported in "
@@ -499,6 +698,22 @@ def mul(a: SparseTensor, other) -> SparseTensor:
         full = other.expand(tuple(a.shape))
         return make(a._idx, a._vals * full[tuple(a._idx)], a.shape, a._coalesced)
     return make(a._idx, a._vals * other, a.shape, a._coalesced)
+
+
+def _intersection_product(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """sparse * sparse: the positions both store, each the product of the two entries."""
+    if tuple(a.shape) != tuple(b.shape) or a.sparse_dim() != b.sparse_dim():
+        raise RuntimeError(f"mul: sparse tensors of different sizes {list(a.shape)} and "
+                           f"{list(b.shape)}")
+    a, b = a.coalesce(), b.coalesce()
+    keys_a, keys_b = a._flat_index(), b._flat_index()
+    from kiln.tracer.functional_extra import searchsorted
+    place = searchsorted(keys_b, keys_a).clamp(max=max(b._nnz() - 1, 0))
+    both = keys_b.index_select(0, place) == keys_a if b._nnz() else keys_a != keys_a
+    mine, theirs = both.nonzero().reshape(-1), place[both]
+    return make(a._idx.index_select(1, mine),
+                a._vals.index_select(0, mine) * b._vals.index_select(0, theirs), a.shape,
+                coalesced=True)
 
 
 def sum(input: SparseTensor, dim=None, *, dtype=None):

@@ -1,0 +1,239 @@
+"""Sparse tensors beyond COO basics, side by side with PyTorch: gradients of a sparse tensor's
+values, elementwise functions on one, CSR/CSC layouts, save/load, indexing."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+
+warnings.filterwarnings("ignore", message="Sparse (invariant checks|CSR|CSC)")
+
+LIBS = (torch, kiln)
+
+
+def k2n(t):
+    return np.asarray(t.tolist())
+
+
+def same_sparse(k, t, rtol=1e-6, atol=1e-6):
+    """Equal layouts, index tensors and values (both coalesced first, as torch reports them)."""
+    assert k.is_sparse and t.is_sparse
+    k, t = k.coalesce(), t.coalesce()
+    np.testing.assert_array_equal(k2n(k.indices()), t.indices().numpy())
+    np.testing.assert_allclose(k2n(k.values()), t.values().detach().numpy(), rtol=rtol,
+                               atol=atol)
+    assert tuple(k.shape) == tuple(t.shape)
+
+
+def same_grad(k, t):
+    assert k.is_sparse == t.is_sparse
+    if t.is_sparse:
+        same_sparse(k, t, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_allclose(k2n(k), t.numpy(), rtol=1e-5, atol=1e-5)
+
+
+PATTERNS = {"sorted": ([[0, 1, 1, 2], [2, 0, 2, 1]], [1.0, 2.0, 3.0, 4.0]),
+            "unsorted": ([[2, 0, 1], [1, 2, 0]], [1.0, -2.0, 3.0]),
+            "duplicates": ([[0, 0, 1], [1, 1, 0]], [1.0, 2.0, -3.0])}
+DENSE = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
+WEIGHT = np.arange(9.0, dtype=np.float32).reshape(3, 3)
+
+# what each loss does with the sparse leaf S; d is DENSE, w is WEIGHT
+LOSSES = {
+    "sparse.mm": lambda lib, S, d, w: lib.sparse.mm(S, d).pow(2).sum(),     # sparse gradient
+    "sparse.addmm": lambda lib, S, d, w: lib.sparse.addmm(d, S, d).sum(),
+    "mm": lambda lib, S, d, w: lib.mm(S, d).pow(2).sum(),                   # dense gradient
+    "@": lambda lib, S, d, w: (S @ d).pow(2).sum(),
+    "dense @ S": lambda lib, S, d, w: (d.t() @ S).pow(2).sum(),
+    "spmm": lambda lib, S, d, w: lib.spmm(S, d).sum(),
+    "sparse.sum": lambda lib, S, d, w: lib.sparse.sum(S),
+    "to_dense": lambda lib, S, d, w: (S.to_dense() * w).sum(),
+    "coalesce().values()": lambda lib, S, d, w: S.coalesce().values().pow(2).sum(),
+    "S * 2": lambda lib, S, d, w: lib.sparse.sum(S * 2),
+    "abs": lambda lib, S, d, w: (lib.abs(S).to_dense() * w).sum(),
+    "relu(-S)": lambda lib, S, d, w: (lib.nn.functional.relu(-S).to_dense() * w).sum(),
+    "pow(3)": lambda lib, S, d, w: (S.pow(3).to_dense() * w).sum(),
+    "S * S": lambda lib, S, d, w: (S * S).to_dense().sum(),
+    "S * dense": lambda lib, S, d, w: (S * w).to_dense().sum(),
+}
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_gradient_of_a_sparse_leaf_matches_torch(pattern, loss):
+    idx, vals = PATTERNS[pattern]
+
+    def run(lib):
+        S = lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor(vals), (3, 3),
+                                  requires_grad=True)
+        assert S.requires_grad and S.is_leaf and S.grad_fn is None
+        out = LOSSES[loss](lib, S, lib.tensor(DENSE), lib.tensor(WEIGHT))
+        out.backward()
+        return out, S.grad
+    (k_out, k_grad), (t_out, t_grad) = run(kiln), run(torch)
+    np.testing.assert_allclose(k_out.item(), t_out.item(), rtol=1e-6)
+    same_grad(k_grad, t_grad)
+
+
+def test_requires_grad_flags_and_values_that_require_grad_match_torch():
+    idx, vals = PATTERNS["sorted"]
+    for lib in LIBS:
+        S = lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor(vals), (3, 3))
+        assert not S.requires_grad and S.grad is None
+        assert S.requires_grad_() is S and S.requires_grad and S.is_leaf
+        doubled = S * 2
+        assert doubled.requires_grad and not doubled.is_leaf
+        assert not S.detach().requires_grad
+        S.grad = None
+        ints = lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor([1, 2, 3, 4]), (3, 3))
+        with pytest.raises(RuntimeError, match="floating point"):
+            ints.requires_grad_()
+
+    def through_values(lib):      # values that require grad: S is not a leaf, v gets the grad
+        v = lib.tensor(vals, requires_grad=True)
+        S = lib.sparse_coo_tensor(lib.tensor(idx), v, (3, 3))
+        assert S.requires_grad and not S.is_leaf
+        (S @ lib.tensor(DENSE)).pow(2).sum().backward()
+        return v.grad
+    np.testing.assert_allclose(k2n(through_values(kiln)), through_values(torch).numpy(),
+                               rtol=1e-5)
+
+    def through_to_sparse(lib):
+        x = lib.tensor(WEIGHT - 4, requires_grad=True)
+        (x.to_sparse() * 3).to_dense().pow(2).sum().backward()
+        return x.grad
+    np.testing.assert_allclose(k2n(through_to_sparse(kiln)), through_to_sparse(torch).numpy(),
+                               rtol=1e-5)
+
+
+def test_gradients_accumulate_over_two_backward_passes_as_torch():
+    idx, vals = PATTERNS["unsorted"]
+
+    def run(lib):
+        S = lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor(vals), (3, 3),
+                                  requires_grad=True)
+        lib.sparse.mm(S, lib.tensor(DENSE)).sum().backward()
+        lib.sparse.sum(S * 3).backward()
+        return S.grad
+    same_grad(run(kiln), run(torch))
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+UNARY = ("abs neg relu sqrt sin tan tanh sign sgn floor ceil round trunc frac expm1 log1p "
+         "sinh asin atan asinh atanh erf erfinv deg2rad rad2deg square isnan isinf signbit "
+         "nan_to_num positive").split()
+
+
+def _operand(lib, idx=((0, 1, 2, 0), (2, 0, 1, 2)), vals=(0.5, -0.25, 0.75, 0.125)):
+    return lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor(vals), (3, 3))
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_zero_preserving_functions_match_torch(name):
+    k, t = getattr(kiln, name)(_operand(kiln)), getattr(torch, name)(_operand(torch))
+    assert t.layout is torch.sparse_coo and k.layout is kiln.sparse_coo
+    assert k.is_coalesced() == t.is_coalesced()
+    kc, tc = k.coalesce(), t.coalesce()
+    np.testing.assert_array_equal(k2n(kc.indices()), tc.indices().numpy())
+    np.testing.assert_allclose(k2n(kc.values()), tc.values().numpy(), rtol=1e-6, atol=1e-7)
+    if name not in ("positive", "isnan", "isinf", "signbit"):
+        same_sparse(getattr(_operand(kiln), name)(), getattr(_operand(torch), name)())
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "cos", "sigmoid", "sinc"])
+def test_functions_that_would_fill_the_tensor_are_refused_as_torch(name):
+    for lib in LIBS:
+        with pytest.raises(NotImplementedError):
+            getattr(lib, name)(_operand(lib))
+
+
+def test_binary_rules_match_torch():
+    dense = np.arange(9, dtype=np.float32).reshape(3, 3) - 4
+    other = dict(idx=((0, 1, 1), (2, 1, 0)), vals=(2.0, 3.0, -1.0))
+    cases = {
+        "S * S": lambda lib, S, D: S * S,
+        "S * S2": lambda lib, S, D: S * _operand(lib, **other),
+        "S + S2": lambda lib, S, D: S + _operand(lib, **other),
+        "S - S2": lambda lib, S, D: S - _operand(lib, **other),
+        "S * dense": lambda lib, S, D: S * D,
+        "dense * S": lambda lib, S, D: D * S,
+        "S * row": lambda lib, S, D: S * D[0],
+        "S * 0-d": lambda lib, S, D: S * lib.tensor(2.5),
+        "S / 4": lambda lib, S, D: S / 4,
+        "S / 0-d": lambda lib, S, D: S / lib.tensor(4.0),
+        "S // 0.25": lambda lib, S, D: S // 0.25,
+        "S ** 2": lambda lib, S, D: S ** 2,
+        "pow(-1)": lambda lib, S, D: lib.pow(S, -1),
+        "mul(S, 3)": lambda lib, S, D: lib.mul(S, 3),
+    }
+    for name, case in cases.items():
+        k = case(kiln, _operand(kiln), kiln.tensor(dense))
+        t = case(torch, _operand(torch), torch.tensor(dense))
+        assert t.is_sparse, name
+        np.testing.assert_allclose(k2n(k.to_dense()), t.to_dense().numpy(), rtol=1e-6,
+                                   err_msg=name)
+        if name != "S * S2":     # torch keeps an entry of b's pattern; kiln the intersection
+            same_sparse(k, t)
+    np.testing.assert_allclose(k2n(kiln.tensor(dense) + _operand(kiln)),
+                               (torch.tensor(dense) + _operand(torch)).numpy())
+
+
+def test_binary_refusals_match_torch():
+    dense = np.ones((3, 3), dtype=np.float32)
+    refused = {
+        "S + dense": (lambda lib: _operand(lib) + lib.tensor(dense), "add\\(sparse, dense\\)"),
+        "S + 1": (lambda lib: _operand(lib) + 1, "add\\(sparse, dense\\)"),
+        "S - dense": (lambda lib: _operand(lib) - lib.tensor(dense), "add\\(sparse, dense\\)"),
+        "S / dense": (lambda lib: _operand(lib) / lib.tensor(dense), "scalar or zero-dim"),
+        "S / S": (lambda lib: _operand(lib) / _operand(lib), "scalar or zero-dim"),
+        "pow(0)": (lambda lib: _operand(lib).pow(0), "zeroth power"),
+    }
+    for name, (case, message) in refused.items():
+        for lib in LIBS:
+            with pytest.raises(RuntimeError, match=message):
+                case(lib)
+
+
+# ----------------------------------------------------------------------------- a GCN whose
+# adjacency weights are learned: a Parameter of one weight per edge makes the sparse adjacency
+
+def _gcn_run(lib, steps=5):
+    rng = np.random.default_rng(3)
+    nodes, feats, hidden, classes = 30, 8, 6, 3
+    edges = np.unique(np.concatenate([rng.integers(0, nodes, (2, 80)),
+                                      np.stack([np.arange(nodes)] * 2)], 1), axis=1)
+    x = lib.tensor(rng.standard_normal((nodes, feats)).astype(np.float32))
+    labels = lib.tensor(rng.integers(0, classes, nodes))
+    w1 = lib.nn.Parameter(lib.tensor(rng.standard_normal((feats, hidden)).astype(np.float32)))
+    w2 = lib.nn.Parameter(lib.tensor(rng.standard_normal((hidden, classes)).astype(
+        np.float32)))
+    edge_weight = lib.nn.Parameter(lib.ones(edges.shape[1]) * 0.2)
+    opt = lib.optim.Adam([w1, w2, edge_weight], lr=0.05)
+    idx = lib.tensor(edges)
+    losses = []
+    for _ in range(steps):
+        adj = lib.sparse_coo_tensor(idx, edge_weight, (nodes, nodes))
+        h = lib.relu(lib.sparse.mm(adj, x @ w1))
+        out = lib.sparse.mm(adj, h @ w2)
+        loss = lib.nn.functional.cross_entropy(out, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # a leaf adjacency: its gradient is sparse on its own pattern, as torch's
+    adj = lib.sparse_coo_tensor(idx, edge_weight.detach(), (nodes, nodes), requires_grad=True)
+    lib.nn.functional.cross_entropy(lib.sparse.mm(adj, x @ w1.detach()) @ w2.detach(),
+                                    labels).backward()
+    return losses, edge_weight.detach(), adj.grad
+
+
+def test_gcn_with_learned_sparse_edge_weights_trains_as_torch():
+    (k_losses, k_w, k_grad), (t_losses, t_w, t_grad) = _gcn_run(kiln), _gcn_run(torch)
+    np.testing.assert_allclose(k_losses, t_losses, rtol=1e-5)
+    np.testing.assert_allclose(k2n(k_w), t_w.numpy(), rtol=1e-5, atol=1e-5)
+    same_grad(k_grad, t_grad)
