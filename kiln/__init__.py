@@ -159,6 +159,9 @@ from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
                                   layout, sparse_coo, strided)
 from kiln.tracer.sparse import sparse_coo_tensor, spmm  # noqa: F401,E402
+from kiln.tracer.sparse_compressed import (sparse_csr, sparse_csc, sparse_bsr,  # noqa: F401,E402
+                                           sparse_bsc, sparse_csr_tensor, sparse_csc_tensor,
+                                           sparse_compressed_tensor)
 from kiln.tracer import sparse as _sparse_rules  # noqa: E402
 from kiln import overrides  # noqa: F401,E402  (torch.overrides; installs the protocol on use)
 from kiln.tracer.torch_function import (DisableTorchFunction,  # noqa: F401,E402

@@ -28,10 +28,10 @@ from kiln.tracer.torch_function import \
     disabled_torch_function_impl as _disabled_torch_function_impl
 from kiln.tracer.tensor import Tensor
 
-_SUPPORTED = ("kiln's sparse COO tensors support to_dense(), coalesce(), indices()/values(), "
-              "mm/matmul/@/spmm with a dense matrix, + and - with tensors, * and / by "
-              "scalars or dense tensors, sum(), norm(), zero_(), t() and to(); call "
-              ".to_dense() first")
+_SUPPORTED = ("kiln's sparse tensors support to_dense(), conversions between layouts, "
+              "indices/values, products with dense or sparse matrices, + and - with sparse "
+              "tensors, * and / by numbers, * by dense tensors, the functions that keep zeros "
+              "(abs, relu, sqrt, sin, ...), sum(), norm() and to(); call .to_dense() first")
 UNSUPPORTED = "not supported on a sparse tensor; " + _SUPPORTED   # the dispatcher's error
 
 
@@ -338,13 +338,18 @@ class SparseTensor(Tensor):
     def __repr__(self) -> str:
         lead = "tensor(indices="
         indices = repr(self._idx).replace("\n", "\n" + " " * len(lead))
-        values = repr(self._vals.detach()).replace("\n", "\n" + " " * len("       values="))
-        device = f", device='{self.device}'" if self.device.type != "cpu" else ""
-        grad = ", requires_grad=True" if self._leaf is not None else \
-            f", grad_fn=<{type(self.grad_fn).__name__}>" if self.grad_fn is not None else ""
-        return (f"{lead}{indices},\n       values={values},\n       "
-                f"size={tuple(self.shape)}, nnz={self._nnz()}{device}, layout={sparse_coo}"
-                f"{grad})")
+        values, suffixes = values_repr(self._vals.detach(), len("       values="))
+        body = f"{lead}{indices},\n       values={values}"
+        suffixes = [f"size={tuple(self.shape)}", f"nnz={self._nnz()}"] + suffixes + \
+            [f"layout={sparse_coo}"] + self._grad_suffix()
+        return with_suffixes(body, suffixes, len("tensor("), force_newline=True)
+
+    def _grad_suffix(self) -> list:
+        if self._leaf is not None:
+            return ["requires_grad=True"]
+        if self.grad_fn is not None:
+            return [f"grad_fn=<{type(self.grad_fn).__name__}>"]
+        return []
 
     __str__ = __repr__
 
@@ -496,10 +501,13 @@ for _name in ("sinc", "logit"):        # composites that would otherwise fail ob
     setattr(SparseTensor, _name, _refused(_name))
 
 
+SPARSE_TYPES = [SparseTensor]    # and tracer/sparse_compressed.py's, once imported
+
+
 def with_sparse_rule(fn, name: str):
     """kiln.<name>(x, ...): the sparse tensor's own rule when x is sparse, else `fn`."""
     def dispatch(input, *args, **kwargs):
-        if type(input) is SparseTensor:
+        if type(input) in SPARSE_TYPES:
             return getattr(input, name)(*args, **kwargs)
         return fn(input, *args, **kwargs)
     dispatch.__name__, dispatch.__doc__ = fn.__name__, fn.__doc__
@@ -524,6 +532,36 @@ def with_sparse_operand(fn, name: str):
     dispatch.__name__, dispatch.__doc__ = fn.__name__, fn.__doc__
     dispatch.__wrapped__ = fn
     return dispatch
+
+
+def values_repr(values: Tensor, indent: int) -> tuple:
+    """A sparse tensor's values as its repr shows them, and the suffixes that go after the
+    size: the dtype (said once, not inside the values) and the device."""
+    text = repr(values)
+    dtype = f", dtype={values.dtype!r}"
+    suffixes = []
+    if text.endswith(dtype + ")"):
+        text = text[:-len(dtype) - 1] + ")"
+        suffixes.append(dtype[2:])
+    device = f", device='{values.device}'"
+    if device in text:
+        text = text.replace(device, "")
+        suffixes.insert(0, device[2:])
+    return text.replace("\n", "\n" + " " * indent), suffixes
+
+
+def with_suffixes(body: str, suffixes: list, indent: int, force_newline=False) -> str:
+    """`body, suffix, ...)`, a suffix starting a new line where it would pass 80 columns (the
+    way PyTorch lays out a sparse tensor's repr)."""
+    out, width = [body], len(body) - body.rfind("\n") + 1
+    for suffix in suffixes:
+        if force_newline or width + len(suffix) + 2 > 80:
+            out.append(",\n" + " " * indent + suffix)
+            width, force_newline = indent + len(suffix), False
+        else:
+            out.append(", " + suffix)
+            width += len(suffix) + 2
+    return "".join(out) + ")"
 
 
 def _scalar_divisor(op: str, other) -> None:
@@ -600,7 +638,8 @@ def to_sparse(self: Tensor, sparse_dim=None, *, layout=None, blocksize=None,
               dense_dim=None) -> SparseTensor:
     """The nonzero entries of a dense tensor (all dims sparse unless sparse_dim says fewer)."""
     if layout is not None and layout is not sparse_coo:
-        raise NotImplementedError(f"to_sparse(layout={layout}): kiln has only sparse_coo")
+        from kiln.tracer.sparse_compressed import to_layout
+        return to_layout(self, layout)
     sparse_dim = self.ndim if sparse_dim is None else int(sparse_dim)
     if not 0 < sparse_dim <= self.ndim:
         raise RuntimeError(f"to_sparse: sparse_dim must be in [1, {self.ndim}], got "
