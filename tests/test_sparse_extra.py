@@ -367,3 +367,78 @@ def test_compressed_gradients_match_torch(layout, product):
         np.testing.assert_allclose(k2n(kg), tg.numpy(), rtol=1e-5, atol=1e-5)
     else:
         same_compressed(kg, tg)
+
+
+# ----------------------------------------------------------------------------- save and load
+
+def _sparse_zoo(lib):
+    coo = lib.sparse_coo_tensor(lib.tensor([[0, 2, 0], [1, 1, 3]]), lib.tensor([1.0, 2.0, 3.0]),
+                                (3, 4))
+    return {"coo": coo, "coalesced": coo.coalesce(),
+            "csr": lib.tensor(MATRIX).to_sparse_csr(), "csc": lib.tensor(MATRIX).to_sparse_csc(),
+            "leaf": lib.tensor(MATRIX).to_sparse().requires_grad_(),
+            "ints": lib.tensor(MATRIX).long().to_sparse(),
+            "dense": lib.tensor([1.0, 2.0])}
+
+
+def _same_zoo(k, t):
+    assert set(k) == set(t)
+    for key in t:
+        if t[key].layout is torch.sparse_coo:
+            assert k[key].is_coalesced() == t[key].is_coalesced()
+            assert k[key].requires_grad == t[key].requires_grad
+            np.testing.assert_array_equal(k2n(k[key]._indices()), t[key]._indices().numpy())
+            np.testing.assert_array_equal(k2n(k[key]._values()),
+                                          t[key]._values().detach().numpy())
+            assert k[key].dtype.name == str(t[key].dtype).split(".")[1]
+        elif t[key].layout is torch.strided:
+            np.testing.assert_array_equal(k2n(k[key]), t[key].numpy())
+        else:
+            same_compressed(k[key], t[key])
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_save_and_load_sparse_tensors_as_torch(tmp_path, weights_only):
+    for lib in LIBS:
+        lib.save(_sparse_zoo(lib), tmp_path / f"{lib.__name__}.pt")
+    _same_zoo(kiln.load(tmp_path / "kiln.pt", weights_only=weights_only),
+              torch.load(tmp_path / "torch.pt", weights_only=weights_only))
+
+
+class Holder:
+    def __init__(self, lib):
+        self.zoo = _sparse_zoo(lib)
+
+
+def test_save_sparse_tensors_inside_a_pickled_object(tmp_path):
+    kiln.save(Holder(kiln), tmp_path / "holder.kiln")
+    with pytest.raises(kiln.serialization.WeightsOnlyUnpicklingError):
+        kiln.load(tmp_path / "holder.kiln")
+    torch.save(Holder(torch), tmp_path / "holder.pt")
+    _same_zoo(kiln.load(tmp_path / "holder.kiln", weights_only=False).zoo,
+              torch.load(tmp_path / "holder.pt", weights_only=False).zoo)
+
+
+def test_corrupt_sparse_checkpoints_raise(tmp_path):
+    import json
+    import struct
+    path = tmp_path / "adj.kiln"
+    kiln.save({"adj": kiln.tensor(MATRIX).to_sparse_csr()}, path)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    structure = header["__metadata__"]["kiln.structure"]
+    for bad in (structure.replace('"size":[4,4]', '"size":[2,4]'),
+                structure.replace('"sparse_csr"', '"sparse_bsr"')):
+        assert bad != structure
+        header["__metadata__"]["kiln.structure"] = bad
+        header["__metadata__"].pop("kiln.crc32", None)
+        text = json.dumps(header).encode()
+        (tmp_path / "bad.kiln").write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+        with pytest.raises(kiln.serialization.CheckpointError):
+            kiln.load(tmp_path / "bad.kiln")
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0xFF                                  # a value or an index byte
+    (tmp_path / "flip.kiln").write_bytes(bytes(flipped))
+    with pytest.raises(kiln.serialization.CheckpointError):
+        kiln.load(tmp_path / "flip.kiln")
