@@ -442,3 +442,13 @@ def test_corrupt_sparse_checkpoints_raise(tmp_path):
     (tmp_path / "flip.kiln").write_bytes(bytes(flipped))
     with pytest.raises(kiln.serialization.CheckpointError):
         kiln.load(tmp_path / "flip.kiln")
+
+
+def test_kiln_reads_torch_files_of_sparse_tensors(tmp_path):
+    zoo = _sparse_zoo(torch)
+    torch.save(zoo, tmp_path / "zoo.pt")
+    _same_zoo(kiln.load(tmp_path / "zoo.pt"), torch.load(tmp_path / "zoo.pt"))
+    bad = torch.sparse_coo_tensor(torch.tensor([[0, 5]]), torch.tensor([1.0, 2.0]), (3,))
+    torch.save({"bad": bad}, tmp_path / "bad.pt")       # an index past the size
+    with pytest.raises(Exception, match="size is 3 but found index 5"):
+        kiln.load(tmp_path / "bad.pt")                  # torch.load does not check it
