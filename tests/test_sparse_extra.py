@@ -452,3 +452,33 @@ def test_kiln_reads_torch_files_of_sparse_tensors(tmp_path):
     torch.save({"bad": bad}, tmp_path / "bad.pt")       # an index past the size
     with pytest.raises(Exception, match="size is 3 but found index 5"):
         kiln.load(tmp_path / "bad.pt")                  # torch.load does not check it
+
+
+# ----------------------------------------------------------------------------- compiled steps
+
+def test_compiled_steps_take_compressed_tensors_and_sparse_leaves():
+    dense = np.arange(8, dtype=np.float32).reshape(4, 2)
+
+    def product(s, d):
+        return (s @ d).relu().sum(0)
+    for layout in ("csr", "csc"):
+        s = getattr(kiln.tensor(MATRIX), f"to_sparse_{layout}")()
+        t = getattr(torch.tensor(MATRIX), f"to_sparse_{layout}")()
+        compiled = kiln.compile(product)
+        for _ in range(2):
+            np.testing.assert_allclose(k2n(compiled(s, kiln.tensor(dense))),
+                                       product(t, torch.tensor(dense)).numpy(), rtol=1e-6)
+
+    def step(lib, s, d):
+        loss = lib.sparse.mm(s, d).pow(2).sum()
+        loss.backward()
+        return loss
+    idx, vals = PATTERNS["unsorted"]
+    t = torch.sparse_coo_tensor(torch.tensor(idx), torch.tensor(vals), (3, 3),
+                                requires_grad=True)
+    k = kiln.sparse_coo_tensor(kiln.tensor(idx), kiln.tensor(vals), (3, 3), requires_grad=True)
+    compiled = kiln.compile(lambda s, d: step(kiln, s, d))
+    for _ in range(2):
+        np.testing.assert_allclose(compiled(k, kiln.tensor(DENSE)).item(),
+                                   step(torch, t, torch.tensor(DENSE)).item(), rtol=1e-6)
+    same_grad(k.grad, t.grad)

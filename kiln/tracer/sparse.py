@@ -9,12 +9,21 @@ something else. Every sparse rule is written with dense kiln ops on the indices 
 (index_select, index_add, unique), so it runs on any device and its gradient comes from
 autograd: `sparse @ dense` differentiates with respect to the dense operand.
 
+A sparse tensor's values can require grad, as in PyTorch: `sparse_coo_tensor(i, v)` with `v`
+requiring grad passes gradients back to `v`; a leaf (`requires_grad=True`, `requires_grad_()`)
+gets a `.grad` that is sparse on its coalesced pattern from torch.sparse.mm/addmm, to_dense,
+sum, coalesce and the elementwise rules, and dense (every position) from mm, matmul, @ and
+spmm, which is what PyTorch gives for each. The functions that map zero to zero (abs, relu, sqrt,
+sin, pow(n), ...) keep the pattern; PyTorch refuses the others (exp, cos, ...), and so does kiln.
+CSR and CSC matrices are `tracer/sparse_compressed.py`'s, built on these rules.
+
 Sparse gradients (an embedding's `sparse=True`) are SparseTensors made by
 `kiln/nn/sparse_grad.py`; autograd concatenates two of them (`concatenated`), as PyTorch does.
 
-What PyTorch has and kiln does not: gradients with respect to a sparse tensor's values,
-indexing a sparse tensor, elementwise functions on one (exp, relu, ...), CSR/CSC layouts,
-sparse tensors inside `@kiln.compile` (such a call runs eagerly) or in `kiln.save`.
+What PyTorch has and kiln does not: indexing a sparse tensor beyond `S[i]` and `index_select`,
+block sparse layouts (BSR/BSC), batched or hybrid (dense-dim) CSR/CSC, torch.sparse.softmax,
+in-place ops on sparse tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC
+arguments (`tracer/trace.py` `flatten`), leaves that require grad included.
 """
 
 from __future__ import annotations
