@@ -482,3 +482,37 @@ def test_compiled_steps_take_compressed_tensors_and_sparse_leaves():
         np.testing.assert_allclose(compiled(k, kiln.tensor(DENSE)).item(),
                                    step(torch, t, torch.tensor(DENSE)).item(), rtol=1e-6)
     same_grad(k.grad, t.grad)
+
+
+# ----------------------------------------------------------------------------- indexing
+
+def test_indexing_a_coo_tensor_matches_torch():
+    idx, vals = [[0, 1, 1, 2, 1], [2, 0, 2, 1, 0]], [1.0, 2.0, 3.0, 4.0, 5.0]
+    hybrid = np.arange(10, dtype=np.float32).reshape(5, 2)
+
+    def make(lib, values=None):
+        values = lib.tensor(vals) if values is None else values
+        return lib.sparse_coo_tensor(lib.tensor(idx), values)
+    cases = {"S[1]": lambda lib, S: S[1], "S[-1]": lambda lib, S: S[-1],
+             "S.select(1, 0)": lambda lib, S: S.select(1, 0),
+             "index_select 0": lambda lib, S: S.index_select(0, lib.tensor([2, 1, 1])),
+             "index_select 1": lambda lib, S: S.index_select(1, lib.tensor([0])),
+             "index_select none": lambda lib, S: S.index_select(0, lib.tensor([1, 0])[:0])}
+    for name, case in cases.items():
+        k, t = case(kiln, make(kiln)), case(torch, make(torch))
+        np.testing.assert_array_equal(k2n(k._indices()), t._indices().numpy(), err_msg=name)
+        np.testing.assert_array_equal(k2n(k._values()), t._values().numpy(), err_msg=name)
+        assert tuple(k.shape) == tuple(t.shape), name
+    assert make(kiln)[1, 0].item() == make(torch)[1, 0].item() == 7.0
+    kh = make(kiln, kiln.tensor(hybrid))              # a dense dim: select on the values
+    th = make(torch, torch.tensor(hybrid))
+    same_sparse(kh.select(2, 1), th.select(2, 1))
+    same_sparse(kh[1], th[1])
+    for lib in LIBS:
+        S = make(lib)
+        with pytest.raises(IndexError):
+            S[5]
+        with pytest.raises(NotImplementedError):
+            S[1:3]
+        with pytest.raises(NotImplementedError):
+            S[lib.tensor([2, 1])]

@@ -20,8 +20,9 @@ CSR and CSC matrices are `tracer/sparse_compressed.py`'s, built on these rules.
 Sparse gradients (an embedding's `sparse=True`) are SparseTensors made by
 `kiln/nn/sparse_grad.py`; autograd concatenates two of them (`concatenated`), as PyTorch does.
 
-What PyTorch has and kiln does not: indexing a sparse tensor beyond `S[i]` and `index_select`,
-block sparse layouts (BSR/BSC), batched or hybrid (dense-dim) CSR/CSC, torch.sparse.softmax,
+Indexing takes integers (`S[i]`, `S[i, j]`, `select`) and `index_select`, as PyTorch does.
+
+What PyTorch has and kiln does not: block sparse layouts (BSR/BSC), batched or hybrid (dense-dim) CSR/CSC, torch.sparse.softmax,
 in-place ops on sparse tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC
 arguments (`tracer/trace.py` `flatten`), leaves that require grad included.
 """
@@ -338,8 +339,81 @@ class SparseTensor(Tensor):
         return self.to_dense().item()
 
     def __getitem__(self, key):
-        raise NotImplementedError(f"indexing a sparse tensor is not supported in kiln; "
-                                  f"{_SUPPORTED}")
+        """S[i], S[i, j, ...] by integers (PyTorch's select); slices and tensors PyTorch
+        refuses on a sparse tensor, and so does kiln."""
+        keys = key if isinstance(key, tuple) else (key,)
+        if not keys or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
+            raise NotImplementedError(f"indexing a sparse tensor by {key!r} is not supported "
+                                      f"(PyTorch and kiln take integers only); {_SUPPORTED}")
+        if len(keys) > self.ndim:
+            raise IndexError(f"too many indices for tensor of dimension {self.ndim}")
+        out = self
+        for k in keys:
+            out = out.select(0, k)
+        return out
+
+    def select(self, dim: int, index: int):
+        """The entries at `index` along `dim`, that dim dropped: sparse, or a dense 0-d sum
+        when no dim is left."""
+        dim, index = self._check_index("select", dim, index)
+        if dim >= self.sparse_dim():                    # a dense dim: the values' own select
+            return make(self._idx, self._vals.select(dim - self.sparse_dim() + 1, index),
+                        self.shape[:dim] + self.shape[dim + 1:], self._coalesced)
+        chosen = (self._idx[dim] == index).nonzero().reshape(-1)
+        values = self._vals.index_select(0, chosen)
+        if self.ndim == 1:
+            return values.sum(0)
+        kept = [d for d in range(self.sparse_dim()) if d != dim]
+        shape = self.shape[:dim] + self.shape[dim + 1:]
+        if not kept:                                    # only dense dims are left
+            return values.sum(0)
+        return make(self._idx[kept].index_select(1, chosen), values, shape,
+                    coalesced=chosen.shape[0] <= 1)
+
+    def index_select(self, dim: int, index: Tensor) -> "SparseTensor":
+        """The entries whose position along `dim` is in `index`, in index order (entries
+        repeated for repeated positions), as PyTorch's."""
+        dim = self._check_index("index_select", dim, 0)[0]
+        if dim >= self.sparse_dim():
+            return make(self._idx, self._vals.index_select(dim - self.sparse_dim() + 1, index),
+                        self.shape[:dim] + (index.shape[0],) + self.shape[dim + 1:],
+                        self._coalesced)
+        if index.ndim != 1 or index.dtype.category != dt.INT:
+            raise IndexError(f"index_select(): index must be a 1-D integer tensor, got "
+                             f"{index.dtype.name} of shape {list(index.shape)}")
+        size = self.shape[dim]
+        index = index.to(self._idx.device, dt.int64)
+        if index.numel() and (int(index.amin().item()) < -size or
+                              int(index.amax().item()) >= size):
+            raise IndexError(f"index_select(): index out of range for dimension {dim} of "
+                             f"size {size}")
+        index = index % size
+        keys = self._idx[dim]
+        order = keys.argsort(stable=True)               # entries grouped by position
+        counts = keys.bincount(minlength=size)
+        starts = counts.cumsum(0) - counts
+        take, first = counts.index_select(0, index), starts.index_select(0, index)
+        from kiln.tracer.creation import arange
+        total = int(take.sum().item())
+        out_pos = arange(index.shape[0], device=index.device).repeat_interleave(take)
+        group_start = (take.cumsum(0) - take).repeat_interleave(take)
+        entries = order.index_select(0, first.repeat_interleave(take) +
+                                     arange(total, device=index.device) - group_start)
+        indices = self._idx.index_select(1, entries)
+        indices[dim] = out_pos
+        shape = self.shape[:dim] + (index.shape[0],) + self.shape[dim + 1:]
+        return make(indices, self._vals.index_select(0, entries), shape,
+                    coalesced=total <= 1)
+
+    def _check_index(self, op: str, dim: int, index: int) -> tuple:
+        if not -self.ndim <= dim < self.ndim:
+            raise IndexError(f"{op}(): dimension {dim} out of range for a {self.ndim}-D "
+                             f"tensor")
+        dim %= self.ndim
+        if not -self.shape[dim] <= index < self.shape[dim]:
+            raise IndexError(f"index {index} is out of bounds for dimension {dim} with size "
+                             f"{self.shape[dim]}")
+        return dim, index % self.shape[dim]
 
     def __setitem__(self, key, value):
         raise NotImplementedError("writing into a sparse tensor is not supported in kiln")
