@@ -22,8 +22,8 @@ Sparse gradients (an embedding's `sparse=True`) are SparseTensors made by
 
 Indexing takes integers (`S[i]`, `S[i, j]`, `select`) and `index_select`, as PyTorch does.
 
-What PyTorch has and kiln does not: block sparse layouts (BSR/BSC), batched or hybrid (dense-dim) CSR/CSC, torch.sparse.softmax,
-in-place ops on sparse tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC
+What PyTorch has and kiln does not: block sparse layouts (BSR/BSC), batched or hybrid (dense-dim) CSR/CSC, torch.sparse.softmax
+of a tensor with dense dims, in-place ops on sparse tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC
 arguments (`tracer/trace.py` `flatten`), leaves that require grad included.
 """
 
@@ -852,6 +852,36 @@ def sum(input: SparseTensor, dim=None, *, dtype=None):
         return values.sum()
     part = make(input._idx[kept], values, tuple(input.shape[d] for d in kept), False)
     return to_sparse(part.to_dense())
+
+
+def softmax(input: SparseTensor, dim: int, *, dtype=None, log: bool = False) -> SparseTensor:
+    """torch.sparse.softmax / log_softmax: over the stored entries along `dim` (the others
+    count as -inf), the pattern kept (coalesced)."""
+    op = "log_softmax" if log else "softmax"
+    if not isinstance(input, SparseTensor):
+        raise TypeError(f"sparse.{op}: expected a sparse COO tensor, got {type(input).__name__}")
+    if input.dense_dim():
+        raise NotImplementedError(f"sparse.{op} of a tensor with dense dims is not supported "
+                                  f"in kiln")
+    if not -input.ndim <= dim < input.ndim:
+        raise IndexError(f"sparse.{op}: dim {dim} out of range for a {input.ndim}-D tensor")
+    c = input.coalesce()
+    values = c._vals if dtype is None else c._vals.to(dtype)
+    dim %= input.ndim
+    rest = [d for d in range(input.ndim) if d != dim]   # an entry's group: its other indices
+    group = c._idx.new_zeros(c._nnz())
+    for d in rest:
+        group = group * input.shape[d] + c._idx[d]
+    from kiln.tracer.functional_extra.counting import unique
+    _, group = unique(group, sorted=True, return_inverse=True)
+    count = int(group.amax().item()) + 1 if c._nnz() else 0
+    top = values.detach().new_full((count,), -math.inf).scatter_reduce(
+        0, group, values.detach(), "amax").index_select(0, group)
+    shifted = values - top
+    sums = shifted.exp().new_zeros(count).index_add(0, group, shifted.exp())
+    out = shifted - sums.log().index_select(0, group) if log else \
+        shifted.exp() / sums.index_select(0, group)
+    return make(c._idx, out, input.shape, coalesced=True)
 
 
 def spmm(a, b) -> Tensor:
