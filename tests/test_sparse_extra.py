@@ -534,3 +534,22 @@ def test_sparse_softmax_and_its_gradient_match_torch(name, dim):
     (k_out, k_grad), (t_out, t_grad) = run(kiln), run(torch)
     same_sparse(k_out, t_out)
     same_grad(k_grad, t_grad)
+
+
+def test_reprs_of_sparse_tensors_in_autograd_and_deepcopy_match_torch():
+    import copy
+    idx, vals = PATTERNS["sorted"]
+    made = {}
+    for lib in LIBS:
+        S = lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor(vals), (3, 3),
+                                  requires_grad=True)
+        twin = copy.deepcopy(S)
+        lib.sparse.sum(twin * 2).backward()
+        made[lib] = (repr(S), repr(S * 2), repr(S.double().detach()),
+                     repr(lib.tensor(MATRIX).to_sparse_csr().requires_grad_()),
+                     twin.requires_grad and twin.is_leaf, S.grad is None, twin.grad)
+    k, t = made[kiln], made[torch]
+    for a, b in zip(k[:4], t[:4]):
+        assert _names_free(a) == _names_free(b)
+    assert k[4] and t[4] and k[5] and t[5]
+    same_grad(k[6], t[6])

@@ -22,9 +22,10 @@ Sparse gradients (an embedding's `sparse=True`) are SparseTensors made by
 
 Indexing takes integers (`S[i]`, `S[i, j]`, `select`) and `index_select`, as PyTorch does.
 
-What PyTorch has and kiln does not: block sparse layouts (BSR/BSC), batched or hybrid (dense-dim) CSR/CSC, torch.sparse.softmax
-of a tensor with dense dims, in-place ops on sparse tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC
-arguments (`tracer/trace.py` `flatten`), leaves that require grad included.
+What PyTorch has and kiln does not: block sparse layouts (BSR/BSC), batched or hybrid
+(dense-dim) CSR/CSC, torch.sparse.softmax of a tensor with dense dims, in-place ops on sparse
+tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC arguments (`tracer/trace.py`
+`flatten`), leaves that require grad included.
 """
 
 from __future__ import annotations
@@ -315,8 +316,9 @@ class SparseTensor(Tensor):
 
     def __deepcopy__(self, memo) -> "SparseTensor":
         import copy
-        return make(copy.deepcopy(self._idx, memo), copy.deepcopy(self._vals, memo),
+        twin = make(copy.deepcopy(self._idx, memo), copy.deepcopy(self._vals.detach(), memo),
                     self.shape, self._coalesced)
+        return twin.requires_grad_() if self._leaf is not None else twin
 
     def __copy__(self) -> "SparseTensor":
         return make(self._idx, self._vals, self.shape, self._coalesced)
@@ -431,7 +433,7 @@ class SparseTensor(Tensor):
         if self._leaf is not None:
             return ["requires_grad=True"]
         if self.grad_fn is not None:
-            return [f"grad_fn=<{type(self.grad_fn).__name__}>"]
+            return [f"grad_fn=<{self.grad_fn.name()}>"]
         return []
 
     __str__ = __repr__
