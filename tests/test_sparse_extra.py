@@ -48,6 +48,8 @@ LOSSES = {
     "@": lambda lib, S, d, w: (S @ d).pow(2).sum(),
     "dense @ S": lambda lib, S, d, w: (d.t() @ S).pow(2).sum(),
     "spmm": lambda lib, S, d, w: lib.spmm(S, d).sum(),
+    "S @ vector": lambda lib, S, d, w: (S @ d[:, 0]).pow(2).sum(),
+    "vector @ S": lambda lib, S, d, w: (d[:, 1] @ S).pow(2).sum(),
     "sparse.sum": lambda lib, S, d, w: lib.sparse.sum(S),
     "to_dense": lambda lib, S, d, w: (S.to_dense() * w).sum(),
     "coalesce().values()": lambda lib, S, d, w: S.coalesce().values().pow(2).sum(),
@@ -106,6 +108,14 @@ def test_requires_grad_flags_and_values_that_require_grad_match_torch():
         return x.grad
     np.testing.assert_allclose(k2n(through_to_sparse(kiln)), through_to_sparse(torch).numpy(),
                                rtol=1e-5)
+
+
+def test_a_sparse_leaf_times_infinities_keeps_them_as_torch():
+    dense = np.array([[1.0, np.inf], [2.0, 0.0], [3.0, 1.0]], dtype=np.float32)
+    idx, vals = PATTERNS["sorted"]
+    out = [lib.sparse_coo_tensor(lib.tensor(idx), lib.tensor(vals), (3, 3),
+                                 requires_grad=True) @ lib.tensor(dense) for lib in LIBS]
+    np.testing.assert_array_equal(k2n(out[1].detach()), out[0].detach().numpy())
 
 
 def test_gradients_accumulate_over_two_backward_passes_as_torch():

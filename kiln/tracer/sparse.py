@@ -35,6 +35,7 @@ import math
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.tracer.custom_function import Function
 from kiln.tracer.torch_function import \
     disabled_torch_function_impl as _disabled_torch_function_impl
 from kiln.tracer.tensor import Tensor
@@ -288,7 +289,7 @@ class SparseTensor(Tensor):
         self._stored, self._spread = values, None
 
     def _dense_grad_sink(self):
-        """A zero dense leaf of S's shape for a product whose gradient for S PyTorch gives
+        """A dense leaf of S's shape that collects the gradient of a product PyTorch gives S
         dense (mm, @, matmul, spmm), or None when S is not a leaf that requires grad."""
         from kiln.tracer.tensor import STATE
         if self._leaf is None or not STATE.grad_enabled:
@@ -747,9 +748,32 @@ def mm(a, b) -> Tensor:
         return to_sparse(sparse_mm(a, b.to_dense()))
     if isinstance(a, SparseTensor):
         sink = a._dense_grad_sink()
-        return sparse_mm(a, b) if sink is None else sparse_mm(a.detach(), b) + sink @ b
+        return sparse_mm(a, b) if sink is None else \
+            _DenseGrad.apply(sparse_mm(a.detach(), b), sink, b, True)
     sink = b._dense_grad_sink()
-    return sparse_mm(a, b) if sink is None else sparse_mm(a, b.detach()) + a @ sink
+    return sparse_mm(a, b) if sink is None else \
+        _DenseGrad.apply(sparse_mm(a, b.detach()), sink, a, False)
+
+
+class _DenseGrad(Function):
+    """The product, unchanged; backward hands the sparse leaf's dense stand-in (`_sink`) the
+    gradient PyTorch's mm gives a sparse operand: G @ b.T for S @ b, a.T @ G for a @ S (the
+    other operand's gradient comes through the product itself)."""
+
+    @staticmethod
+    def forward(ctx, product, sink, other, sparse_first):
+        ctx.save_for_backward(other)
+        ctx.sparse_first = sparse_first
+        return product.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        other, = ctx.saved_tensors
+        if ctx.sparse_first:                # S @ b: G @ b.T (an outer product for a vector)
+            g = grad.unsqueeze(-1) * other if other.ndim == 1 else grad @ other.t()
+        else:                               # a @ S: a.T @ G
+            g = other.unsqueeze(-1) * grad if other.ndim == 1 else other.t() @ grad
+        return grad, g, None, None
 
 
 def sparse_mm(a, b) -> Tensor:
