@@ -86,7 +86,7 @@ class SparseTensor(Tensor):
     __torch_function__ = _disabled_torch_function_impl
 
     # _leaf: the values a leaf that requires grad differentiates (one per coalesced entry, at
-    # _leaf_idx); _sink: a zero dense leaf through which mm/@ hand back the dense gradient
+    # _leaf_idx); _sink: a dense leaf that collects the dense gradient mm/@ give S
     # _spread: for an uncoalesced leaf, each entry's position among the leaf's and how many
     # entries share it (see requires_grad_)
     __slots__ = ("_idx", "_stored", "_coalesced", "_leaf", "_leaf_idx", "_sink", "_spread")
@@ -547,8 +547,6 @@ class SparseTensor(Tensor):
             raise NotImplementedError("sum(keepdim=True) of a sparse tensor is not supported "
                                       "in kiln")
         return sum(self, dim, dtype=dtype)
-
-
 
 
 # Functions that map zero to zero, so a sparse tensor keeps its pattern: PyTorch computes them
