@@ -125,7 +125,7 @@ geqrf orgqr ormqr lobpcg pca_lowrank svd_lowrank
 # ----------------------------------------------------------------------------- Tensor methods
 T = "torch.Tensor"
 _group(T, SPARSE + "; the COO ones are SparseTensor's methods, not a dense tensor's", """
-coalesce dense_dim indices is_coalesced smm sparse_dim sparse_mask sparse_resize_
+coalesce dense_dim indices is_coalesced smm sparse_dim sparse_resize_
 sparse_resize_and_clear_ sspaddmm to_sparse_bsc to_sparse_bsr values
 resize_as_sparse_
 """)

@@ -563,3 +563,39 @@ def test_reprs_of_sparse_tensors_in_autograd_and_deepcopy_match_torch():
         assert _names_free(a) == _names_free(b)
     assert k[4] and t[4] and k[5] and t[5]
     same_grad(k[6], t[6])
+
+
+def test_sparse_mask_and_in_place_scaling_match_torch():
+    mask_idx, mask_vals = [[2, 0, 2], [1, 2, 1]], [1.0, 2.0, 3.0]
+
+    def mask(lib, **kwargs):
+        return lib.sparse_coo_tensor(lib.tensor(mask_idx), lib.tensor(mask_vals), (3, 3),
+                                     **kwargs)
+
+    def masked(lib):
+        d = lib.arange(9.0).reshape(3, 3).requires_grad_()
+        out = d.sparse_mask(mask(lib))
+        (out.to_dense() * lib.arange(9.0).reshape(3, 3)).sum().backward()
+        return out, d.grad, lib.arange(9.0).reshape(3, 3).sparse_mask(
+            mask(lib).to_sparse_csr())      # torch has no gradient for a CSR mask
+    (k, kg, kc), (t, tg, tc) = masked(kiln), masked(torch)
+    np.testing.assert_array_equal(k2n(k._indices()), t._indices().numpy())
+    np.testing.assert_array_equal(k2n(k._values()), t._values().detach().numpy())
+    np.testing.assert_allclose(k2n(kg), tg.numpy())
+    same_compressed(kc, tc)
+
+    def scaled(lib):
+        S = mask(lib).mul_(2).div_(4)
+        leaf = mask(lib, requires_grad=True)
+        with pytest.raises(RuntimeError, match="leaf Variable"):
+            leaf.mul_(2)
+        lib.sparse.sum(leaf).backward()
+        with lib.no_grad():
+            leaf.mul_(3)
+        assert leaf.requires_grad and leaf.is_leaf
+        lib.sparse.sum(leaf * leaf).backward()        # the grad kept adds to the new one
+        return S, leaf
+    (k_S, k_leaf), (t_S, t_leaf) = scaled(kiln), scaled(torch)
+    same_sparse(k_S, t_S)
+    same_sparse(k_leaf.detach(), t_leaf.detach())
+    same_grad(k_leaf.grad, t_leaf.grad)

@@ -136,6 +136,7 @@ _METHODS["to_sparse_coo"] = sparse.to_sparse
 _METHODS["to_sparse_csr"] = lambda self, dense_dim=None: to_layout(self, sparse_csr)
 _METHODS["to_sparse_csc"] = lambda self, dense_dim=None: to_layout(self, sparse_csc)
 _METHODS["is_sparse_csr"] = property(lambda self: False)
+_METHODS["sparse_mask"] = sparse.sparse_mask
 
 
 def _no_compressed_indices(name: str, kind: str):

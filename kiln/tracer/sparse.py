@@ -24,8 +24,8 @@ Indexing takes integers (`S[i]`, `S[i, j]`, `select`) and `index_select`, as PyT
 
 What PyTorch has and kiln does not: block sparse layouts (BSR/BSC), batched or hybrid
 (dense-dim) CSR/CSC, torch.sparse.softmax of a tensor with dense dims, in-place ops on sparse
-tensors (`mul_`, `abs_`). `@kiln.compile` takes COO, CSR and CSC arguments (`tracer/trace.py`
-`flatten`), leaves that require grad included.
+tensors other than `mul_`/`div_` by a number (`abs_`, `add_`, ...). `@kiln.compile` takes
+COO, CSR and CSC arguments (`tracer/trace.py` `flatten`), leaves that require grad included.
 """
 
 from __future__ import annotations
@@ -509,6 +509,31 @@ class SparseTensor(Tensor):
 
     div = __truediv__
 
+    def mul_(self, other) -> "SparseTensor":
+        """In place, by a number or a 0-d tensor (the pattern kept)."""
+        return self._in_place("mul_", self._vals * other)
+
+    def div_(self, other) -> "SparseTensor":
+        _scalar_divisor("div_", other)
+        return self._in_place("div_", self._vals / other)
+
+    def _in_place(self, op: str, values: Tensor) -> "SparseTensor":
+        from kiln.tracer.tensor import STATE
+        if self._leaf is not None and STATE.grad_enabled:
+            raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an "
+                               f"in-place operation.")
+        if isinstance(values, SparseTensor) or values.shape != self._vals.shape:
+            raise RuntimeError(f"{op}: a sparse tensor changes in place only by a number or a "
+                               f"0-d tensor")
+        if self._leaf is None:
+            self._vals = values
+            return self
+        grad = self._leaf.grad                  # under no_grad: a new leaf, its grad kept
+        self._leaf, self._vals = None, values.detach()
+        self.requires_grad_()
+        self._leaf.grad = grad
+        return self
+
     def __floordiv__(self, other) -> "SparseTensor":
         _scalar_divisor("floor_divide", other)
         c = self.coalesce()
@@ -860,6 +885,24 @@ def _intersection_product(a: SparseTensor, b: SparseTensor) -> SparseTensor:
     return make(a._idx.index_select(1, mine),
                 a._vals.index_select(0, mine) * b._vals.index_select(0, theirs), a.shape,
                 coalesced=True)
+
+
+def sparse_mask(self: Tensor, mask) -> Tensor:
+    """dense.sparse_mask(mask): the dense tensor's values at the mask's entries, in the mask's
+    layout and order (differentiable in the dense tensor)."""
+    if isinstance(mask, SparseTensor):
+        if tuple(mask.shape) != tuple(self.shape):
+            raise RuntimeError(f"sparse_mask(): operands have incompatible sizes; self has "
+                               f"size {list(self.shape)} but mask has size "
+                               f"{list(mask.shape)}")
+        return make(mask._idx, self[tuple(mask._idx)], mask.shape, mask._coalesced)
+    coo_twin = getattr(mask, "_coo", None)
+    if coo_twin is None:
+        raise RuntimeError(f"sparse_mask(): expected a sparse mask, got layout {mask.layout}")
+    if tuple(mask.shape) != tuple(self.shape):
+        raise RuntimeError(f"sparse_mask(): operands have incompatible sizes; self has size "
+                           f"{list(self.shape)} but mask has size {list(mask.shape)}")
+    return mask._with_values(self[tuple(coo_twin._idx)])
 
 
 def sum(input: SparseTensor, dim=None, *, dtype=None):

@@ -237,6 +237,13 @@ class SparseCompressedTensor(Tensor):
 
     __rmul__ = mul = __mul__
 
+    def mul_(self, other):
+        self._coo.mul_(other)
+        return self
+
+    def div_(self, other):
+        raise RuntimeError(f"div_: unsupported tensor layout: {_NAMES[self._layout][2]}")
+
     def __add__(self, other):
         if not isinstance(other, SparseCompressedTensor):
             raise RuntimeError(f"add: a {_NAMES[self._layout][2]} tensor adds only another "
