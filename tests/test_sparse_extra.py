@@ -290,6 +290,9 @@ def test_compressed_layouts_match_torch(layout):
     same_compressed(-k, -t)
     same_compressed(k.abs(), t.abs())
     same_compressed(kiln.relu(k), torch.relu(t))
+    same_compressed(kiln.mul(k, 2), torch.mul(t, 2))
+    same_compressed(kiln.add(k, k), torch.add(t, t))
+    same_compressed(kiln.sqrt(k.abs()), torch.sqrt(t.abs()))
     same_compressed(k + k, t + t)
     if layout == "sparse_csr":
         same_compressed(k * kiln.tensor(MATRIX), t * torch.tensor(MATRIX))

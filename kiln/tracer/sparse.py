@@ -631,7 +631,7 @@ def with_sparse_operand(fn, name: str):
              "div": operator.truediv}[name]
 
     def dispatch(input, other, *args, **kwargs):
-        if type(input) is SparseTensor or type(other) is SparseTensor:
+        if type(input) in SPARSE_TYPES or type(other) in SPARSE_TYPES:
             alpha = kwargs.pop("alpha", 1)
             if args or kwargs:
                 raise NotImplementedError(f"{name}: options {args or kwargs} are not supported "
