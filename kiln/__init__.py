@@ -159,6 +159,10 @@ from kiln import torch_namespace as _torch_namespace  # noqa: E402
 from kiln.torch_namespace import (AcceleratorError, OutOfMemoryError, FatalError,  # noqa: F401,E402
                                   layout, sparse_coo, strided)
 from kiln.tracer.sparse import sparse_coo_tensor, spmm  # noqa: F401,E402
+from kiln.tracer.sparse_compressed import (sparse_csr, sparse_csc, sparse_bsr,  # noqa: F401,E402
+                                           sparse_bsc, sparse_csr_tensor, sparse_csc_tensor,
+                                           sparse_compressed_tensor)
+from kiln.tracer import sparse as _sparse_rules  # noqa: E402
 from kiln import overrides  # noqa: F401,E402  (torch.overrides; installs the protocol on use)
 from kiln.tracer.torch_function import (DisableTorchFunction,  # noqa: F401,E402
                                         DisableTorchFunctionSubclass)
@@ -173,6 +177,12 @@ for _name in _torch_namespace.OUT_FUNCTIONS:
 for _name in _torch_namespace.OUT_FACTORIES:
     globals()[_name] = _torch_namespace.factory_with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
+for _name in _sparse_rules.ZERO_PRESERVING + _sparse_rules.PATTERN_KEEPING + [
+        "pow", "square", "floor_divide", "sinc", "logit"]:   # kiln.abs(sparse) & co.
+    if _name != "relu":                       # relu checks for itself (F.relu too)
+        globals()[_name] = _sparse_rules.with_sparse_rule(globals()[_name], _name)
+for _name in ("add", "sub", "mul", "div"):
+    globals()[_name] = _sparse_rules.with_sparse_operand(globals()[_name], _name)
 from kiln import return_types  # noqa: E402  (torch.return_types: max(dim), sort, topk, svd...)
 return_types.install(_sys.modules[__name__], Tensor, linalg)
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)

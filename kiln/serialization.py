@@ -203,10 +203,8 @@ class _Encoder:
         if isinstance(obj, Tensor):
             if takes_part(kind):
                 raise _NeedsPickle(f"a tensor subclass {kind.__qualname__} at {_where(path)}")
-            if obj.is_sparse:
-                raise TypeError(f"kiln.save: the sparse tensor at {_where(path)} is not held by "
-                                "kiln's format; save its .coalesce().indices(), .values() and "
-                                "size, or its .to_dense()")
+            if obj.layout is not kiln.strided:
+                return self._add(self._sparse(obj, path), obj)
             return self._add(self._tensor(obj, path), obj)
         if kind is np.ndarray and _code_of(obj.dtype) is not None:
             return self._add({"ndarray": self._array(obj, path)}, obj)
@@ -257,6 +255,25 @@ class _Encoder:
             node["dim_order"] = list(order)
         return node
 
+    def _sparse(self, t: Tensor, path: list[str]) -> dict:
+        """A sparse tensor's node: its layout, size and arrays (COO: indices, values;
+        compressed: compressed indices, plain indices, values)."""
+        if t.layout is kiln.sparse_coo:
+            parts = {"indices": t._indices(), "values": t._values()}
+        else:
+            first, second = (("crow_indices", "col_indices") if t.layout is kiln.sparse_csr
+                             else ("ccol_indices", "row_indices"))
+            parts = {first: getattr(t, first)(), second: getattr(t, second)(),
+                     "values": t.values()}
+        node: dict[str, Any] = {       # requires_grad is not kept, as in torch.save
+            "sparse": t.layout.name, "size": list(t.shape),
+            "tensors": [self.tensor_name(v, path + [k]) for k, v in parts.items()]}
+        if t.layout is kiln.sparse_coo:
+            node["coalesced"] = t.is_coalesced()
+        if t.device.type != "cpu":
+            node["device"] = str(t.device)
+        return node
+
     def tensor_name(self, t: Tensor, path: list[str]) -> str:
         if id(t) not in self.array_names:
             self._array(t.detach().cpu().numpy(force=True), path, key=t)
@@ -305,6 +322,9 @@ class _Pickler(pickle.Pickler):
         self.encoder = encoder
 
     def persistent_id(self, obj: Any) -> tuple | None:
+        if isinstance(obj, Tensor) and obj.layout is not kiln.strided:
+            path = [str(len(self.encoder.arrays))]
+            return ("kiln.sparse", json.dumps(self.encoder._sparse(obj, path)))
         if isinstance(obj, Tensor) and not takes_part(type(obj)):
             from kiln.nn.parameter import Parameter
             name = self.encoder.tensor_name(obj, [str(len(self.encoder.arrays))])
@@ -863,7 +883,8 @@ class _Arrays:
 _NODE_KEYS = {"list": (), "tuple": (), "set": (), "frozenset": (), "dict": (), "OrderedDict": (),
               "tensor": ("class", "requires_grad", "device", "dim_order"), "ndarray": (),
               "numpy": ("value",), "float": (), "complex": (), "bytes": (), "bytearray": (),
-              "dtype": (), "device": (), "Size": ()}
+              "dtype": (), "device": (), "Size": (),
+              "sparse": ("size", "tensors", "coalesced", "device")}
 
 
 def _decode(nodes: Any, arrays: _Arrays, name: str) -> Any:
@@ -915,6 +936,8 @@ def _decode_node(node: Any, i: int, built: list, arrays: _Arrays) -> Any:
         if cls not in ("Tensor", "Parameter"):
             raise ValueError(f"unknown tensor class {cls!r}")
         return arrays.tensor(body, node, parameter=cls == "Parameter")
+    if kind == "sparse":
+        return _sparse_node(body, node, arrays)
     if kind == "ndarray":
         return arrays.ndarray(body)
     if kind == "numpy":
@@ -951,6 +974,30 @@ def _decode_node(node: Any, i: int, built: list, arrays: _Arrays) -> Any:
     if not (isinstance(body, list) and all(type(s) is int for s in body)):
         raise TypeError("Size must be a list of ints")
     return kiln.Size(body)
+
+
+def _sparse_node(layout: Any, node: dict, arrays: _Arrays) -> Tensor:
+    """A sparse tensor rebuilt through its constructor, whose checks refuse corrupt indices."""
+    size, names = node.get("size"), node.get("tensors")
+    counts = {"sparse_coo": 2, "sparse_csr": 3, "sparse_csc": 3}
+    if layout not in counts:
+        raise ValueError(f"unknown sparse layout {layout!r}")
+    if not (isinstance(size, list) and all(type(s) is int and s >= 0 for s in size)):
+        raise TypeError("a sparse tensor's size must be a list of non-negative ints")
+    if not (isinstance(names, list) and len(names) == counts[layout]):
+        raise TypeError(f"a {layout} tensor needs {counts[layout]} tensors")
+    coalesced, device = node.get("coalesced", False), node.get("device", "cpu")
+    if type(coalesced) is not bool or not isinstance(device, str):
+        raise TypeError("a sparse tensor's coalesced or device is malformed")
+    parts = [arrays.tensor(n, {"device": device}) for n in names]
+    try:
+        if layout == "sparse_coo":
+            t = kiln.sparse_coo_tensor(*parts, size, is_coalesced=coalesced)
+        else:
+            t = kiln.sparse_compressed_tensor(*parts, size, layout=getattr(kiln, layout))
+    except (RuntimeError, NotImplementedError) as e:
+        raise ValueError(f"its arrays do not make a {layout} tensor: {e}") from None
+    return t
 
 
 def _float_value(value: Any) -> float:
@@ -1108,6 +1155,15 @@ def _persistent_load(pid: Any, arrays: _Arrays, name: str) -> Any:
         if len(pid) == 6:
             attrs["dim_order"] = pid[5]
         return arrays.tensor(key, attrs, parameter=kind == "Parameter")
+    if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.sparse" and \
+            isinstance(pid[1], str):
+        try:
+            node = json.loads(pid[1])
+            if not isinstance(node, dict) or set(node) - {"sparse", *_NODE_KEYS["sparse"]}:
+                raise ValueError(f"unknown keys in {reprlib.repr(node)}")
+            return _sparse_node(node.get("sparse"), node, arrays)
+        except (TypeError, ValueError) as e:
+            raise _fail(name, f"the pickle holds an invalid sparse tensor ({e})") from None
     if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.ndarray":
         return arrays.ndarray(pid[1])
     if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "kiln.numpy" and \

@@ -45,10 +45,33 @@ def _rebuild_parameter(data, requires_grad, hooks=None, *state):
     return kiln.nn.Parameter(data, requires_grad=bool(requires_grad))
 
 
+def _get_layout(name):
+    layouts = {"torch.sparse_coo": kiln.sparse_coo, "torch.sparse_csr": kiln.sparse_csr,
+               "torch.sparse_csc": kiln.sparse_csc}
+    if name not in layouts:
+        raise pickle.UnpicklingError(f"kiln reads sparse tensors of the layouts "
+                                     f"{', '.join(layouts)} from torch files, not {name!r}")
+    return layouts[name]
+
+
+def _rebuild_sparse_tensor(layout, data):
+    """torch._utils._rebuild_sparse_tensor, through kiln's constructors, which check the
+    indices (PyTorch checks them after loading)."""
+    if layout is kiln.sparse_coo:
+        indices, values, size = data[:3]
+        coalesced = bool(data[3]) if len(data) > 3 and data[3] is not None else False
+        return kiln.sparse_coo_tensor(indices, values, tuple(size), is_coalesced=coalesced)
+    compressed, plain, values, size = data
+    return kiln.sparse_compressed_tensor(compressed, plain, values, tuple(size), layout=layout)
+
+
 # the only globals a torch state dict's pickle may name besides the storage types and
 # _rebuild_tensor_v2 (the unpickler's own method): nothing else can be called while loading
 _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+            ("torch._utils", "_rebuild_sparse_tensor"): _rebuild_sparse_tensor,
+            ("torch.serialization", "_get_layout"): _get_layout,
+            ("torch", "Size"): tuple}
 
 
 class _WeightsUnpickler(pickle.Unpickler):

@@ -93,11 +93,10 @@ diagonal_copy expand_copy indices_copy narrow_copy permute_copy row_indices_copy
 slice_copy split_copy split_with_sizes_copy squeeze_copy t_copy transpose_copy unbind_copy
 unfold_copy unsqueeze_copy values_copy view_as_complex_copy view_as_real_copy view_copy
 """)
-SPARSE = ("sparse layouts other than COO, and sparse-only operations (kiln.sparse_coo_tensor, "
-          "to_sparse, spmm and torch.sparse.mm are provided)")
+SPARSE = ("block sparse layouts (BSR/BSC), and sparse-only operations (COO, CSR and CSC "
+          "tensors, to_sparse*, spmm and torch.sparse.mm are provided)")
 _group("torch", SPARSE, """
-sparse_bsc_tensor sparse_bsr_tensor sparse_compressed_tensor
-sparse_csc_tensor sparse_csr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_as_sparse_
+sparse_bsc_tensor sparse_bsr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_as_sparse_
 """)
 STRIDES = ("user-set strides beyond a view of a contiguous tensor (kiln has as_strided on "
            "those, and empty_strided)")
@@ -126,9 +125,8 @@ geqrf orgqr ormqr lobpcg pca_lowrank svd_lowrank
 # ----------------------------------------------------------------------------- Tensor methods
 T = "torch.Tensor"
 _group(T, SPARSE + "; the COO ones are SparseTensor's methods, not a dense tensor's", """
-ccol_indices coalesce col_indices crow_indices dense_dim indices is_coalesced is_sparse_csr
-row_indices smm sparse_dim sparse_mask sparse_resize_ sparse_resize_and_clear_ sspaddmm
-to_sparse_bsc to_sparse_bsr to_sparse_csc to_sparse_csr values
+coalesce dense_dim indices is_coalesced smm sparse_dim sparse_resize_
+sparse_resize_and_clear_ sspaddmm to_sparse_bsc to_sparse_bsr values
 resize_as_sparse_
 """)
 _group(T, STORAGE, """

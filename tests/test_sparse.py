@@ -74,14 +74,12 @@ def test_bad_indices_and_gradients_get_clear_errors():
         kiln.sparse_coo_tensor([[0, -1]], [1.0, 2.0], (3,))
     with pytest.raises(RuntimeError, match="same number of elements"):
         kiln.sparse_coo_tensor(IDX, [1.0] * 4, (3, 3))
-    with pytest.raises(NotImplementedError, match="cannot require grad"):
-        kiln.sparse_coo_tensor(IDX, [1.0] * 5, (3, 3), requires_grad=True)
     s = kiln.eye(3).to_sparse()
     with pytest.raises(NotImplementedError, match=r"^exp: not supported on a sparse tensor.*"
                                                   r"to_dense\(\) first \(at .*test_sparse.py"):
         kiln.exp(s)
     with pytest.raises(NotImplementedError, match="indexing a sparse tensor"):
-        s[0]
+        s[0:1]
     with pytest.raises(TypeError, match="to_dense"):
         s.numpy()
 
@@ -309,5 +307,3 @@ def test_copies_pickles_and_a_clear_save_error():
     assert s in [s] and hash(s) == hash(s)          # identity, as for any tensor
     with pytest.raises(NotImplementedError, match="comparing sparse tensors"):
         s == s
-    with pytest.raises(TypeError, match=r"kiln.save: the sparse tensor at obj\[.adj.\]"):
-        kiln.save({"adj": s}, "unused.kiln")      # refused before any file is written

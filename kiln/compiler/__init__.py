@@ -1098,7 +1098,7 @@ def _typed_tree(tree):
     and -0.0; NaN equals NaN), hashable when its constants are."""
     def walk(t):
         tag = t[0]
-        if tag == "T" or tag == "S":          # a sparse tensor's size and coalesced flag
+        if tag == "T" or tag == "S" or tag == "SC":   # a sparse tensor's size and flag/layout
             return t
         if tag == "C":
             x = t[1]
@@ -1278,7 +1278,7 @@ def _unreplayable_return(tree) -> str | None:
 
     def walk(t):
         tag = t[0]
-        if tag == "T" or tag == "S" or tag == "I":
+        if tag == "T" or tag == "S" or tag == "SC" or tag == "I":
             return
         if tag == "C":
             x = t[1]

@@ -681,7 +681,7 @@ def tree_to_json(tree):
     if tree == ("T",):
         return "T"
     tag = tree[0]
-    if tag == "S":
+    if tag == "S" or tag == "SC":
         raise TypeError("kiln.export: a sparse tensor argument or result cannot be exported; "
                         "pass its .to_dense() or its indices and values")
     if tag == "C":

@@ -683,7 +683,7 @@ def _sum_grads(a: Tensor, b: Tensor) -> Tensor:
     if a.is_sparse and b.is_sparse:
         from kiln.tracer.sparse import concatenated
         return concatenated(a, b)
-    return a + b
+    return b + a if a.is_sparse else a + b     # dense + sparse (sparse + dense is refused)
 
 
 def _check_versions(node: Node) -> None:

@@ -28,6 +28,7 @@ from kiln.tracer import quantized as _quantized
 from kiln.tracer import unsigned as _unsigned
 from kiln.tracer.errors import op_error
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
+from kiln.tracer.sparse import _NoDenseMemory
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 keep_freed_memory()             # an eager step's large temporaries reuse the last step's pages
@@ -142,7 +143,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             with np.errstate(all="ignore"):
                 out = impl(xp, *arrays, **attrs)
     except (IndexError, ValueError, TypeError) as e:
-        if any(getattr(a, "is_sparse", False) for a in args):
+        if any(type(getattr(a, "_data", None)) is _NoDenseMemory for a in args):  # any layout
             raise op_error(prim.name, _SPARSE_UNSUPPORTED, NotImplementedError) from None
         raise op_error(prim.name, str(e), type(e)) from None
     if out.dtype is not np_dtype and out.dtype != np_dtype:

@@ -17,6 +17,8 @@ from kiln.tracer import functional_extra as FX
 from kiln.tracer import sparse
 from kiln.tracer import storage
 from kiln.tracer.sparse import layout, sparse_coo, strided  # noqa: F401  (re-exported)
+from kiln.tracer.sparse_compressed import (sparse_bsc, sparse_bsr, sparse_csc,  # noqa: F401
+                                           sparse_csr, to_layout)
 from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
 from kiln.tracer import dispatch_subclass as _wrappers
@@ -137,6 +139,22 @@ _METHODS["to_dense"] = lambda self, dtype=None, *, masked_grad=None: \
     self if dtype is None else self.to(dtype)
 _METHODS["to_sparse"] = sparse.to_sparse
 _METHODS["to_sparse_coo"] = sparse.to_sparse
+_METHODS["to_sparse_csr"] = lambda self, dense_dim=None: to_layout(self, sparse_csr)
+_METHODS["to_sparse_csc"] = lambda self, dense_dim=None: to_layout(self, sparse_csc)
+_METHODS["is_sparse_csr"] = property(lambda self: False)
+_METHODS["sparse_mask"] = sparse.sparse_mask
+
+
+def _no_compressed_indices(name: str, kind: str):
+    def fn(self):
+        raise RuntimeError(f"{name} expected sparse {kind} compressed tensor layout but got "
+                           f"Strided")
+    return fn
+
+
+for _name, _kind in (("crow_indices", "row"), ("col_indices", "row"),
+                     ("ccol_indices", "column"), ("row_indices", "column")):
+    _METHODS[_name] = _no_compressed_indices(_name, _kind)
 
 for _flag in ("is_xpu", "is_mps", "is_quantized", "is_sparse", "is_mkldnn_",
               "is_ipu", "is_mtia", "is_maia", "is_xla", "is_vulkan"):

@@ -21,6 +21,7 @@ from kiln.tracer.bytecode import returned_unseen
 from kiln.tracer.errors import GraphBreak, user_frame, user_location
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
+from kiln.tracer.sparse_compressed import SparseCompressedTensor, compressed
 from kiln.tracer.tensor import STATE, Tensor, set_tracer
 
 
@@ -461,7 +462,8 @@ def note_grad_cleared(tensor: Tensor) -> None:
 
 def flatten(obj, items: dict | None = None):
     """Tensors in a nested tuple/list/dict, and a tree that `unflatten` rebuilds from them. A
-    sparse tensor is two leaves, its indices and values, and ("S", its size, coalesced). A
+    sparse tensor is two leaves, its indices and values, and ("S", its size, coalesced); a CSR
+    or CSC one three, and ("SC", its size, layout). A
     number in `items` (id -> (number, tensor): a traced `.item()` returned as it is) is its
     tensor's leaf and ("I",): unflatten reads the number from it."""
     leaves: list = []
@@ -474,6 +476,9 @@ def flatten(obj, items: dict | None = None):
             if type(x) is SparseTensor:
                 leaves.extend((x._idx, x._vals))
                 return ("S", tuple(x.shape), x._coalesced)
+            if type(x) is SparseCompressedTensor:
+                leaves.extend((x._compressed, x._plain, x.values()))
+                return ("SC", tuple(x.shape), x.layout.name)
             leaves.append(x)
             return ("T",)
         if isinstance(x, (tuple, list)):
@@ -498,6 +503,9 @@ def unflatten(tree, leaves):
         if tag == "S":
             indices = next(it)
             return sparse.make(indices, next(it), t[1], t[2])
+        if tag == "SC":
+            pointers, plain = next(it), next(it)
+            return compressed(pointers, plain, next(it), t[1], t[2])
         if tag is dict:
             return {k: build(v) for k, v in t[1]}
         items = [build(v) for v in t[1]]

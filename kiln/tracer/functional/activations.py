@@ -9,11 +9,14 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _floating
 from kiln.tracer.functional.elementwise import clamp, tanh
 from kiln.tracer.provenance import composite
+from kiln.tracer.sparse import SPARSE_TYPES
 
 
 # ----------------------------------------------------------------------------- activations
 
 def relu(input):
+    if type(input) in SPARSE_TYPES:      # F.relu of a sparse tensor: its entries'
+        return input.relu()
     return P.relu(input)
 
 

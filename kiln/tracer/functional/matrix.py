@@ -12,6 +12,7 @@ from kiln.tracer.functional.shapes import diagonal, permute, reshape, squeeze, u
 from kiln.tracer.provenance import composite
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
+from kiln.tracer.sparse_compressed import SparseCompressedTensor
 
 
 # ----------------------------------------------------------------------------- matmul
@@ -20,6 +21,8 @@ def matmul(input, other):
     a, b = input, other
     if type(a) is SparseTensor or type(b) is SparseTensor:
         return sparse.mm(a, b)
+    if type(a) is SparseCompressedTensor or type(b) is SparseCompressedTensor:
+        return a @ b
     if a.ndim == 2 and b.ndim == 2 and a.dtype is b.dtype and \
             a._data.shape[1] == b._data.shape[0]:
         return P.matmul(a, b)     # the common case, which every check below lets through
@@ -68,6 +71,8 @@ def matmul(input, other):
 def mm(input, mat2):
     if type(input) is SparseTensor or type(mat2) is SparseTensor:
         return sparse.mm(input, mat2)
+    if type(input) is SparseCompressedTensor or type(mat2) is SparseCompressedTensor:
+        return input @ mat2
     if input.ndim != 2 or mat2.ndim != 2:
         raise op_error("mm", f"self must be a matrix (got {input.ndim}-D and {mat2.ndim}-D)")
     return matmul(input, mat2)
