@@ -177,12 +177,22 @@ for _name in _torch_namespace.OUT_FUNCTIONS:
 for _name in _torch_namespace.OUT_FACTORIES:
     globals()[_name] = _torch_namespace.factory_with_out(globals()[_name])
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
+_wrapped: dict = {}      # function id -> its wrapper, which every alias of it gets too
 for _name in _sparse_rules.ZERO_PRESERVING + _sparse_rules.PATTERN_KEEPING + [
         "pow", "square", "floor_divide", "sinc", "logit"]:   # kiln.abs(sparse) & co.
     if _name != "relu":                       # relu checks for itself (F.relu too)
-        globals()[_name] = _sparse_rules.with_sparse_rule(globals()[_name], _name)
-for _name in ("add", "sub", "mul", "div"):
-    globals()[_name] = _sparse_rules.with_sparse_operand(globals()[_name], _name)
+        _fn = globals()[_name]
+        _wrapped.setdefault(id(_fn), _sparse_rules.with_sparse_rule(_fn, _fn.__name__))
+_wrapped.setdefault(id(absolute), _sparse_rules.with_sparse_rule(absolute, "abs"))
+for _name, _rule in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "div"),
+                     ("subtract", "sub"), ("multiply", "mul"), ("divide", "div"),
+                     ("true_divide", "div")):
+    _fn = globals()[_name]
+    _wrapped.setdefault(id(_fn), _sparse_rules.with_sparse_operand(_fn, _rule))
+for _name, _fn in list(globals().items()):   # arctan is atan, multiply is mul, ... still
+    if not _name.startswith("_") and id(_fn) in _wrapped:
+        globals()[_name] = _wrapped[id(_fn)]
+del _wrapped
 from kiln import return_types  # noqa: E402  (torch.return_types: max(dim), sort, topk, svd...)
 return_types.install(_sys.modules[__name__], Tensor, linalg)
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)

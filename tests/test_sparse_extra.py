@@ -602,3 +602,19 @@ def test_sparse_mask_and_in_place_scaling_match_torch():
     same_sparse(k_S, t_S)
     same_sparse(k_leaf.detach(), t_leaf.detach())
     same_grad(k_leaf.grad, t_leaf.grad)
+
+
+def test_torch_aliases_take_sparse_tensors_and_stay_one_function():
+    """kiln.arctan is kiln.atan after the sparse rules wrap them (fx prints one name), and the
+    aliases torch has (absolute, multiply, divide, subtract, true_divide) take sparse
+    tensors as torch's do."""
+    assert kiln.arctan is kiln.atan and kiln.arcsin is kiln.asin and kiln.fix is kiln.trunc
+    dense = np.array([[0.0, -2.0], [3.0, 0.0]], np.float32)
+    calls = [lambda t, s: t.absolute(s), lambda t, s: t.multiply(s, 2),
+             lambda t, s: t.divide(s, 2), lambda t, s: t.subtract(s, s),
+             lambda t, s: t.true_divide(s, 4), lambda t, s: t.arctan(s)]
+    for call in calls:
+        got = call(kiln, kiln.tensor(dense).to_sparse())
+        want = call(torch, torch.tensor(dense).to_sparse())
+        assert got.layout == kiln.sparse_coo and want.layout == torch.sparse_coo
+        np.testing.assert_allclose(got.to_dense().numpy(), want.to_dense().numpy(), rtol=1e-6)

@@ -30,6 +30,7 @@ COO, CSR and CSC arguments (`tracer/trace.py` `flatten`), leaves that require gr
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -619,9 +620,7 @@ def with_sparse_rule(fn, name: str):
         if type(input) in SPARSE_TYPES:
             return getattr(input, name)(*args, **kwargs)
         return fn(input, *args, **kwargs)
-    dispatch.__name__, dispatch.__doc__ = fn.__name__, fn.__doc__
-    dispatch.__wrapped__ = fn
-    return dispatch
+    return functools.update_wrapper(dispatch, fn)     # kiln.<name> still, for fx and repr
 
 
 def with_sparse_operand(fn, name: str):
@@ -638,9 +637,7 @@ def with_sparse_operand(fn, name: str):
                                           f"with a sparse tensor in kiln")
             return apply(input, other * alpha if alpha != 1 else other)
         return fn(input, other, *args, **kwargs)
-    dispatch.__name__, dispatch.__doc__ = fn.__name__, fn.__doc__
-    dispatch.__wrapped__ = fn
-    return dispatch
+    return functools.update_wrapper(dispatch, fn)
 
 
 def values_repr(values: Tensor, indent: int) -> tuple:
