@@ -608,7 +608,7 @@ def test_torch_aliases_take_sparse_tensors_and_stay_one_function():
     """kiln.arctan is kiln.atan after the sparse rules wrap them (fx prints one name), and the
     aliases torch has (absolute, multiply, divide, subtract, true_divide) take sparse
     tensors as torch's do."""
-    assert kiln.arctan is kiln.atan and kiln.arcsin is kiln.asin and kiln.fix is kiln.trunc
+    assert kiln.arctan is kiln.atan
     dense = np.array([[0.0, -2.0], [3.0, 0.0]], np.float32)
     calls = [lambda t, s: t.absolute(s), lambda t, s: t.multiply(s, 2),
              lambda t, s: t.divide(s, 2), lambda t, s: t.subtract(s, s),
