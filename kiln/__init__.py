@@ -172,10 +172,15 @@ from kiln.tracer import functional as _core_functional  # noqa: E402
 
 globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
+_outs: dict = {}         # function id -> its out= wrapper, which its aliases get too
 for _name in _torch_namespace.OUT_FUNCTIONS:
-    globals()[_name] = _torch_namespace.with_out(globals()[_name])
+    _outs.setdefault(id(globals()[_name]), _torch_namespace.with_out(globals()[_name]))
 for _name in _torch_namespace.OUT_FACTORIES:
-    globals()[_name] = _torch_namespace.factory_with_out(globals()[_name])
+    _outs.setdefault(id(globals()[_name]), _torch_namespace.factory_with_out(globals()[_name]))
+for _name, _fn in list(globals().items()):   # multiply is mul, clip is clamp, ... (one object)
+    if not _name.startswith("_") and id(_fn) in _outs:
+        globals()[_name] = _outs[id(_fn)]
+del _outs
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 _wrapped: dict = {}      # function id -> its wrapper, which every alias of it gets too
 for _name in _sparse_rules.ZERO_PRESERVING + _sparse_rules.PATTERN_KEEPING + [

@@ -76,6 +76,10 @@ def qualified_name(fn: Callable) -> str:
             # (while a tracer records, the namespace holds fn's proxy-aware wrapper)
             if getattr(found, "__fx_original__", found) is fn:
                 return f"{space.__name__}.{name}"
+        for space in spaces:            # an alias bound under another name (kiln.arcsin)
+            for attr, found in vars(space).items():
+                if not attr.startswith("_") and getattr(found, "__fx_original__", found) is fn:
+                    return f"{space.__name__}.{attr}"
     return f"{module}.{name}" if module else name
 
 

@@ -735,3 +735,30 @@ def test_a_decorated_function_is_traced_with_the_wrapped_functions_parameters():
     x = np.array([-1.0, 2.0], np.float32)
     np.testing.assert_array_equal(to_np(k(kiln.tensor(x), kiln.tensor(x))),
                                   to_np(t(torch.tensor(x), torch.tensor(x))))
+
+
+@pytest.mark.parametrize("alias", ["multiply", "divide", "subtract", "absolute", "negative",
+                                   "arcsin", "arccos", "clip", "true_divide"])
+def test_an_alias_prints_as_a_kiln_function_and_computes_as_torchs(alias):
+    """kiln.multiply is kiln.mul (out= and all), so the generated code names a kiln function,
+    never a private module path; the value equals torch's."""
+    def fn_of(lib):             # the function is looked up when called, as user code does
+        if alias == "clip":
+            return lambda x: getattr(lib, alias)(x, -0.5, 0.5)
+        if alias in ("multiply", "divide", "subtract", "true_divide"):
+            return lambda x: getattr(lib, alias)(x, x + 2)
+        return lambda x: getattr(lib, alias)(x)
+    k = kiln.fx.symbolic_trace(fn_of(kiln))
+    call = k.code.strip().splitlines()[-2]            # the alias's line, before `return`
+    assert " = kiln." in call and "kiln_" not in k.code, k.code
+    x = np.array([-0.75, 0.25, 0.5], np.float32)
+    t = torch.fx.symbolic_trace(fn_of(torch))
+    np.testing.assert_allclose(to_np(k(kiln.tensor(x))), to_np(t(torch.tensor(x))), rtol=1e-6)
+
+
+def test_aliases_take_out_as_torchs():
+    for lib in (kiln, torch):
+        x = lib.tensor([1.0, 2.0])
+        out = lib.empty(2)
+        lib.multiply(x, x, out=out)
+        assert out.tolist() == [1.0, 4.0]
