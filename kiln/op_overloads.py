@@ -31,9 +31,11 @@ import inspect
 from typing import Callable
 
 import kiln
+from kiln.ir import dtypes as dt
 from kiln.ir.ops import PRIMITIVES
 from kiln.tracer import dispatch_mode, dispatch_subclass
 from kiln.tracer.tensor import Tensor
+from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 
 
 class OpOverload:
@@ -418,18 +420,21 @@ def _is_float(t) -> bool:
 
 # primitive -> (args, attrs) -> ATen's arguments for the overload `overload_of` names, or None
 # (the primitive's own attributes are handed as keywords). Only where ATen's function computes
-# exactly the primitive (the same single primitive, the same dtype: reductions of floats only,
-# as kiln's int sums widen first), so `func(*args, **kwargs)` in a handler gives its result.
+# exactly the primitive and refuses nothing the primitive takes (reductions of floats only, as
+# kiln's int sums widen first; no argmax of bools, which max(dim) of bools runs), so
+# `func(*args, **kwargs)` in a handler gives its result.
 _ARGUMENTS: dict = {
     "reshape": lambda args, attrs: (args[0], list(attrs["shape"]))
     if args[0]._data.flags.c_contiguous else None,     # (else a copy: no view in ATen's sense)
     "permute": lambda args, attrs: (args[0], list(attrs["perm"])),
     "expand": lambda args, attrs: (args[0], list(attrs["shape"])),
-    "flip": lambda args, attrs: (args[0], list(attrs["axes"])),
+    "flip": lambda args, attrs: (args[0], list(attrs["axes"]))
+    if args[0].dtype not in _LIMITED_UNSIGNED else None,      # (kiln.flip refuses some)
     "cat": lambda args, attrs: (list(args), attrs["axis"]),
     "cumsum": lambda args, attrs: (args[0], attrs["axis"]) if _is_float(args[0]) else None,
     "argmax": lambda args, attrs: (args[0], attrs["axis"], *_keepdim(attrs["keepdim"]))
-    if attrs["axis"] is not None else None,
+    if attrs["axis"] is not None and args[0].dtype is not dt.bool_ else None,  # max(dim) of bools
+
     "max": lambda args, attrs: (args[0], list(attrs["axes"]), *_keepdim(attrs["keepdim"]))
     if _is_float(args[0]) else None,
     "sum": lambda args, attrs: None if not _is_float(args[0]) or _all_axes(args, attrs)
