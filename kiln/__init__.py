@@ -172,32 +172,17 @@ from kiln.tracer import functional as _core_functional  # noqa: E402
 
 globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
-_outs: dict = {}         # function id -> its out= wrapper, which its aliases get too
-for _name in _torch_namespace.OUT_FUNCTIONS:
-    _outs.setdefault(id(globals()[_name]), _torch_namespace.with_out(globals()[_name]))
-for _name in _torch_namespace.OUT_FACTORIES:
-    _outs.setdefault(id(globals()[_name]), _torch_namespace.factory_with_out(globals()[_name]))
-for _name, _fn in list(globals().items()):   # multiply is mul, clip is clamp, ... (one object)
-    if not _name.startswith("_") and id(_fn) in _outs:
-        globals()[_name] = _outs[id(_fn)]
-del _outs
+_torch_namespace.wrap_each(globals(), _torch_namespace.OUT_FUNCTIONS,
+                           lambda fn, name: _torch_namespace.with_out(fn))
+_torch_namespace.wrap_each(globals(), _torch_namespace.OUT_FACTORIES,
+                           lambda fn, name: _torch_namespace.factory_with_out(fn))
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
-_wrapped: dict = {}      # function id -> its wrapper, which every alias of it gets too
-for _name in _sparse_rules.ZERO_PRESERVING + _sparse_rules.PATTERN_KEEPING + [
-        "pow", "square", "floor_divide", "sinc", "logit"]:   # kiln.abs(sparse) & co.
-    if _name != "relu":                       # relu checks for itself (F.relu too)
-        _fn = globals()[_name]
-        _wrapped.setdefault(id(_fn), _sparse_rules.with_sparse_rule(_fn, _fn.__name__))
-_wrapped.setdefault(id(absolute), _sparse_rules.with_sparse_rule(absolute, "abs"))
-for _name, _rule in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "div"),
-                     ("subtract", "sub"), ("multiply", "mul"), ("divide", "div"),
-                     ("true_divide", "div")):
-    _fn = globals()[_name]
-    _wrapped.setdefault(id(_fn), _sparse_rules.with_sparse_operand(_fn, _rule))
-for _name, _fn in list(globals().items()):   # arctan is atan, multiply is mul, ... still
-    if not _name.startswith("_") and id(_fn) in _wrapped:
-        globals()[_name] = _wrapped[id(_fn)]
-del _wrapped
+_torch_namespace.wrap_each(  # kiln.abs(sparse) & co.; relu checks for itself (F.relu too)
+    globals(), [n for n in _sparse_rules.ZERO_PRESERVING + _sparse_rules.PATTERN_KEEPING +
+                ["pow", "square", "floor_divide", "sinc", "logit"] if n != "relu"],
+    lambda fn, name: _sparse_rules.with_sparse_rule(fn, fn.__name__))
+_torch_namespace.wrap_each(globals(), ["add", "sub", "mul", "div"],
+                           _sparse_rules.with_sparse_operand)
 from kiln import return_types  # noqa: E402  (torch.return_types: max(dim), sort, topk, svd...)
 return_types.install(_sys.modules[__name__], Tensor, linalg)
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)

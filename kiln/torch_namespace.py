@@ -71,6 +71,20 @@ def factory_with_out(fn):
     return wrapper
 
 
+def wrap_each(namespace: dict, names, make) -> None:
+    """`namespace[name] = make(fn, name)` for each of `names`, one wrapper per function: every
+    public name bound to that function gets the same wrapper, so aliases stay one object
+    (`multiply` is `mul`, `arctan` is `atan`) and fx prints them by a public name."""
+    made: dict = {}
+    for name in names:
+        fn = namespace[name]
+        if id(fn) not in made:
+            made[id(fn)] = make(fn, name)
+    for name, fn in list(namespace.items()):
+        if not name.startswith("_") and id(fn) in made:
+            namespace[name] = made[id(fn)]
+
+
 def _write_out(out: Tensor, result: Tensor, name: str) -> Tensor:
     if STATE.grad_enabled and (out.requires_grad or result.requires_grad):
         raise op_error(name, f"{name}(): functions with out=... arguments don't support "
