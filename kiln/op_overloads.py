@@ -463,7 +463,8 @@ def overload_of(prim, args: tuple, attrs: dict) -> OpOverload:
 # ATen ops a Tensor method hands a wrapper subclass's __torch_dispatch__ (dispatch_subclass):
 # their ATen convention is the method's (`aten.add_.Tensor(x, y, alpha=2)` is x.add_(y, alpha=2))
 _METHOD_OPS = {"_local_scalar_dense.default": "item", "new_empty.default": "new_empty",
-               "new_zeros.default": "new_zeros", "new_ones.default": "new_ones", "new_full.default": "new_full"}
+               "new_zeros.default": "new_zeros", "new_ones.default": "new_ones",
+               "new_full.default": "new_full"}
 _LIKE_OPS = {"empty_like.default": kiln.empty_like, "full_like.default": kiln.full_like}
 
 

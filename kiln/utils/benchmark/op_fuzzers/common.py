@@ -3,7 +3,7 @@ with a favoured set (powers of two, or FFT-friendly sizes), and per-dim slicing 
 
 from __future__ import annotations
 
-from kiln.utils.benchmark.fuzzer import FuzzedParameter, ParameterAlias
+from kiln.utils.benchmark.fuzzer import FuzzedParameter, FuzzedTensor, ParameterAlias
 
 MIN_DIM_SIZE = 16
 # Strides other than 1 are rarer, and the longer the rarer: most benchmarks are contiguous.
@@ -38,3 +38,11 @@ def step_parameters(prefix: str) -> list[FuzzedParameter]:
 def random_value() -> FuzzedParameter:
     """Entropy a benchmark can seed its own generators from, reproducibly."""
     return FuzzedParameter("random_value", minval=0, maxval=2 ** 32 - 1, distribution="uniform")
+
+
+def x_tensor(steps: tuple[str, str, str], dim_parameter: str, dtype, cuda: bool) -> FuzzedTensor:
+    """The op fuzzers' `x`: sizes k0..k2, 4K to 32M elements, contiguous 3/4 of the time."""
+    return FuzzedTensor("x", size=("k0", "k1", "k2"), steps=steps, probability_contiguous=0.75,
+                        min_elements=4 * 1024, max_elements=32 * 1024 ** 2,
+                        max_allocation_bytes=2 * 1024 ** 3, dim_parameter=dim_parameter,
+                        dtype=dtype, cuda=cuda)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import kiln
-from kiln.utils.benchmark.fuzzer import FuzzedTensor, Fuzzer
+from kiln.utils.benchmark.fuzzer import Fuzzer
 from kiln.utils.benchmark.op_fuzzers import common
 
 __all__ = ["SpectralOpFuzzer"]
@@ -31,10 +31,5 @@ class SpectralOpFuzzer(Fuzzer):
                         common.size_parameters(MAX_DIM_SIZE, tuple(REGULAR_SIZES), "regular",
                                                probability_regular),
                         common.step_parameters("step_")],
-            tensors=[FuzzedTensor("x", size=("k0", "k1", "k2"),
-                                  steps=("step_0", "step_1", "step_2"),
-                                  probability_contiguous=0.75, min_elements=4 * 1024,
-                                  max_elements=32 * 1024 ** 2,
-                                  max_allocation_bytes=2 * 1024 ** 3, dim_parameter="ndim",
-                                  dtype=dtype, cuda=cuda)],
+            tensors=[common.x_tensor(("step_0", "step_1", "step_2"), "ndim", dtype, cuda)],
             seed=seed)

@@ -4,7 +4,7 @@ fifth of the time, sometimes non-contiguous or strided."""
 from __future__ import annotations
 
 import kiln
-from kiln.utils.benchmark.fuzzer import FuzzedTensor, Fuzzer
+from kiln.utils.benchmark.fuzzer import Fuzzer
 from kiln.utils.benchmark.op_fuzzers import common
 
 MAX_DIM_SIZE = 16 * 1024 ** 2
@@ -18,10 +18,5 @@ class UnaryOpFuzzer(Fuzzer):
                         common.size_parameters(MAX_DIM_SIZE, POW_TWO_SIZES, "pow2", 0.2),
                         common.step_parameters("x_step_"),
                         common.random_value()],
-            tensors=[FuzzedTensor("x", size=("k0", "k1", "k2"),
-                                  steps=("x_step_0", "x_step_1", "x_step_2"),
-                                  probability_contiguous=0.75, min_elements=4 * 1024,
-                                  max_elements=32 * 1024 ** 2,
-                                  max_allocation_bytes=2 * 1024 ** 3, dim_parameter="dim",
-                                  dtype=dtype, cuda=cuda)],
+            tensors=[common.x_tensor(("x_step_0", "x_step_1", "x_step_2"), "dim", dtype, cuda)],
             seed=seed)
