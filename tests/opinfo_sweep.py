@@ -1,0 +1,310 @@
+"""PyTorch's own operator samples, run through kiln and compared with PyTorch.
+
+PyTorch describes each of its operators by an `OpInfo` (`torch.testing._internal.
+common_methods_invocations.op_db`, ~700 of them) whose `sample_inputs` are the inputs its own
+test suite uses: broadcasting, scalars, empty and non-contiguous tensors, keyword options.
+`check(op, dtype)` feeds each sample to torch and to kiln's function of the same name
+(`nn.functional.conv2d` is `kiln.nn.functional.conv2d`; a name that is only a method is
+`kiln.Tensor.<name>`) and sorts the result:
+
+- `ok`: same structure, shapes, dtypes and values (NaN where torch has NaN);
+- `wrong`: kiln returned something else: the worst kind, a silent wrong answer;
+- `error`: kiln raised where torch did not;
+- `missing`: kiln has no function of that name.
+
+A sample that torch itself refuses is skipped. With `grad=True` (floating dtypes), each
+sample's differentiable inputs get gradients of a random weighting of the outputs, compared too.
+
+`python -m tests.opinfo_sweep [--dtype float32] [--grad] [--only NAME,...] [--out FILE]` runs the
+sweep and prints a table of ops that are not all `ok`; `tests/test_opinfo.py` runs the ops
+listed as passing so a regression fails CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import signal
+import types
+import sys
+import warnings
+from collections import Counter
+
+import numpy as np
+import torch
+
+import kiln
+
+# Uninitialized memory: nothing to compare.
+UNCOMPARABLE = re.compile(r"(^|[._])empty($|[._])|^new_empty|^empty_")
+
+
+def ops():
+    """The OpInfos (imported lazily: loading them takes ~5 s)."""
+    from torch.testing._internal.common_methods_invocations import op_db
+    return op_db
+
+
+def rebound(fn):
+    """A copy of one of PyTorch's OpInfo lambdas (`lambda x: x.mT`, `lambda *t, eq: torch.einsum(
+    eq, t)`) that reads `torch` (and `F`) as kiln."""
+    names = {**fn.__globals__, "torch": kiln, "F": kiln.nn.functional}
+    return types.FunctionType(fn.__code__, names, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def callables(op):
+    """(kiln's, torch's) callable for an OpInfo: its own Python function with `torch` read as
+    kiln, or the function or method of the same name."""
+    fn = op.op
+    if isinstance(fn, types.FunctionType) and fn.__module__.startswith("torch.testing"):
+        return rebound(fn), fn
+    return resolve(op.name, kiln), fn
+
+
+def resolve(name: str, lib):
+    """`lib`'s callable for an OpInfo name (`linalg.svd`, `__radd__`), or None."""
+    obj = lib
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            break
+    if obj is not None and not isinstance(obj, type(lib)):
+        return obj
+    tensor = lib.Tensor
+    method = getattr(tensor, name, None)
+    if method is not None:
+        return lambda self, *a, **k: method(self, *a, **k)
+    return None
+
+
+_DTYPES = {getattr(torch, n): getattr(kiln, n) for n in
+           ("float16", "bfloat16", "float32", "float64", "complex64", "complex128", "bool",
+            "uint8", "int8", "int16", "int32", "int64") if hasattr(kiln, n)}
+
+
+def to_kiln(x):
+    """Convert a torch sample argument (tensors nested in lists, dtypes, sizes) to kiln's."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().resolve_conj().resolve_neg()
+        if t.dtype == torch.bfloat16:
+            k = kiln.tensor(t.float().numpy()).to(kiln.bfloat16)
+        else:
+            k = kiln.tensor(t.numpy().copy())
+        return k.requires_grad_(True) if x.requires_grad else k
+    if isinstance(x, torch.dtype):
+        return _DTYPES.get(x, x)
+    if isinstance(x, torch.Size):
+        return tuple(x)
+    if isinstance(x, torch.device):
+        return str(x)
+    if isinstance(x, torch.memory_format):
+        return getattr(kiln, str(x).replace("torch.", ""), x)
+    if isinstance(x, torch.layout):
+        return getattr(kiln, str(x).replace("torch.", ""), x)
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(to_kiln(v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_kiln(v) for k, v in x.items()}
+    return x
+
+
+def flat(x):
+    if isinstance(x, (list, tuple)):
+        return [o for v in x for o in flat(v)]
+    return [x]
+
+
+def tolerance(dtype):
+    return {torch.float16: (1e-3, 1e-2), torch.bfloat16: (1e-2, 5e-2),
+            torch.float32: (1e-5, 1e-4), torch.complex64: (1e-5, 1e-4),
+            torch.float64: (1e-8, 1e-7), torch.complex128: (1e-8, 1e-7)}.get(dtype, (0, 0))
+
+
+def compare(k, t, what):
+    """None when kiln's result `k` equals torch's `t`, else why not."""
+    if isinstance(t, torch.Tensor):
+        if not isinstance(k, kiln.Tensor):
+            return f"{what}: kiln returned {type(k).__name__}, torch a tensor"
+        if tuple(k.shape) != tuple(t.shape):
+            return f"{what}: shape {tuple(k.shape)}, torch {tuple(t.shape)}"
+        tname = str(t.dtype).replace("torch.", "")
+        if k.dtype.name != tname:
+            return f"{what}: dtype {k.dtype.name}, torch {tname}"
+        if t.dtype == torch.bfloat16:
+            kv, tv = k.detach().float().numpy(), t.detach().float().numpy()
+        else:
+            kv = np.asarray(k.detach().cpu().numpy())
+            tv = t.detach().resolve_conj().resolve_neg().numpy()
+        atol, rtol = tolerance(t.dtype)
+        if kv.dtype.kind in "fc":
+            kn, tn = np.isnan(kv), np.isnan(tv)
+            if (kn != tn).any():
+                return f"{what}: NaN at {int((kn != tn).sum())} places where torch differs"
+            bad = ~tn & ~np.isclose(kv, tv, atol=atol, rtol=rtol)
+            bad &= ~((kv == tv) | (np.isinf(kv) & (kv == tv)))
+        else:
+            bad = kv != tv
+        if bad.any():
+            i = np.argwhere(bad)[0]
+            return (f"{what}: {int(bad.sum())} of {bad.size} differ, e.g. at {tuple(i)} "
+                    f"kiln {kv[tuple(i)]!r} torch {tv[tuple(i)]!r}")
+        return None
+    if isinstance(t, (list, tuple)):
+        if not isinstance(k, (list, tuple)) or len(k) != len(t):
+            return f"{what}: kiln returned {type(k).__name__}, torch {type(t).__name__} of {len(t)}"
+        for i, (a, b) in enumerate(zip(k, t)):
+            why = compare(a, b, f"{what}[{i}]")
+            if why:
+                return why
+        return None
+    if isinstance(t, float) and isinstance(k, (float, int)):
+        if math.isnan(t) and math.isnan(k) or math.isclose(k, t, rel_tol=1e-6, abs_tol=1e-9):
+            return None
+        return f"{what}: {k!r}, torch {t!r}"
+    if isinstance(k, kiln.Tensor) and not isinstance(t, torch.Tensor):
+        return f"{what}: kiln returned a tensor, torch {type(t).__name__} {t!r}"
+    if isinstance(t, torch.dtype):
+        return None if _DTYPES.get(t) == k else f"{what}: {k!r}, torch {t!r}"
+    return None if k == t else f"{what}: {k!r}, torch {t!r}"
+
+
+class Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Timeout()
+
+
+def comparers():
+    """Per-op comparisons for results that are not unique (`COMPARE` in `tests/opinfo_known`)."""
+    from tests.opinfo_known import core, index, linalg, nn
+    return {**core.COMPARE, **index.COMPARE, **nn.COMPARE, **linalg.COMPARE}
+
+
+def run_sample(kfn, tfn, sample, grad, custom=None):
+    """('ok'|'wrong'|'error'|'skip', message) for one sample. `custom(k_out, t_out, args,
+    compare)` replaces the comparison of outputs, and then gradients are not compared."""
+    args = (sample.input, *sample.args)
+    try:
+        torch.manual_seed(0)
+        t_out = tfn(*args, **sample.kwargs)
+    except Exception:
+        return "skip", ""
+    kargs, kkw = to_kiln(args), to_kiln(sample.kwargs)
+    try:
+        kiln.manual_seed(0)
+        k_out = kfn(*kargs, **kkw)
+    except Timeout:
+        raise
+    except Exception as e:
+        return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    why = (custom(k_out, t_out, args, compare) if custom else compare(k_out, t_out, "output"))
+    if why:
+        return "wrong", why
+    if not grad or custom:
+        return "ok", ""
+    t_in = [x for x in flat(args) if isinstance(x, torch.Tensor) and x.requires_grad]
+    k_in = [x for x in flat(kargs) if isinstance(x, kiln.Tensor) and x.requires_grad]
+    t_outs = [o for o in flat(t_out) if isinstance(o, torch.Tensor) and o.requires_grad
+              and o.dtype.is_floating_point]
+    if not t_in or not t_outs or len(t_in) != len(k_in):
+        return "ok", ""
+    k_outs = [o for o in flat(k_out) if isinstance(o, kiln.Tensor)
+              and o.dtype.is_floating_point]
+    if len(k_outs) != len(t_outs):
+        return "wrong", f"grad: {len(k_outs)} differentiable outputs, torch {len(t_outs)}"
+    rng = np.random.default_rng(1)
+    ws = [rng.uniform(-1, 1, tuple(o.shape)) for o in t_outs]
+    t_g = torch.autograd.grad(t_outs, t_in, [torch.from_numpy(w).to(o.dtype)
+                                             for w, o in zip(ws, t_outs)], allow_unused=True)
+    try:
+        k_g = kiln.autograd.grad([o for o in k_outs], k_in,
+                                 [kiln.tensor(w).to(o.dtype) for w, o in zip(ws, k_outs)],
+                                 allow_unused=True)
+    except Timeout:
+        raise
+    except Exception as e:
+        return "error", f"grad: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    for i, (a, b) in enumerate(zip(k_g, t_g)):
+        if b is None:
+            continue
+        if a is None:
+            if not torch.all(b == 0):
+                return "wrong", f"grad {i}: kiln None, torch nonzero"
+            continue
+        why = compare(a, b, f"grad {i}")
+        if why:
+            return "wrong", why
+    return "ok", ""
+
+
+def check(op, dtype, grad=False, limit_s=60):
+    """Counter of outcomes and the first message of each kind, for one OpInfo and dtype."""
+    counts, first = Counter(), {}
+    if UNCOMPARABLE.search(op.name) or not op.supports_dtype(dtype, "cpu"):
+        return counts, first
+    kfn, tfn = callables(op)
+    if kfn is None:
+        counts["missing"] += 1
+        return counts, first
+    custom = comparers().get(label(op)) or comparers().get(op.name)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(limit_s)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grad = grad and op.supports_autograd and dtype.is_floating_point
+            for sample in op.sample_inputs("cpu", dtype, requires_grad=grad):
+                kind, why = run_sample(kfn, tfn, sample, grad, custom)
+                counts[kind] += 1
+                first.setdefault(kind, why)
+    except Timeout:
+        counts["timeout"] += 1
+    except Exception as e:               # sample generation itself failed
+        counts["skip"] += 1
+        first.setdefault("skip", f"{type(e).__name__}: {e}"[:200])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    return counts, first
+
+
+def label(op):
+    return op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--grad", action="store_true")
+    p.add_argument("--only", default="")
+    p.add_argument("--out", default="")
+    a = p.parse_args(argv)
+    dtype = getattr(torch, a.dtype)
+    only = set(a.only.split(",")) - {""}
+    rows = []
+    for op in ops():
+        if only and op.name not in only and label(op) not in only:
+            continue
+        counts, first = check(op, dtype, a.grad)
+        rows.append({"op": label(op), "counts": dict(counts), "first": first})
+        bad = {k: v for k, v in counts.items() if k not in ("ok", "skip")}
+        if bad:
+            worst = next(k for k in ("wrong", "error", "timeout", "missing") if k in bad)
+            print(f"{label(op):45s} {dict(counts)}  {worst}: {first.get(worst, '')}",
+                  flush=True)
+    total = Counter()
+    for r in rows:
+        total.update({("clean" if set(r["counts"]) <= {"ok", "skip"} and r["counts"].get("ok")
+                       else "bad" if set(r["counts"]) - {"ok", "skip"} else "untested"): 1})
+    print(f"{a.dtype}{' grad' if a.grad else ''}: {dict(total)} ops")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(rows, f, indent=0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
