@@ -27,6 +27,7 @@ from kiln.codegen.kernel import LoweringError, lower
 from kiln.ir.schedule import STRIDED_VIEWS, FusedKernel, Schedule
 
 VIEWS_ONLY = "views only: no copy needed"
+EMPTY = "a tensor with no elements: nothing to compute"
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,10 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
             else:
                 steps.append(LoweredStep("array", ins, outs, step.name, number, graph=sub,
                                          why=VIEWS_ONLY))
+            continue
+        if any(0 in v.shape for v in [*sub.inputs, *(n.out for n in sub.nodes)]):
+            steps.append(LoweredStep("array", ins, outs, step.name, number, graph=sub,
+                                     why=EMPTY))
             continue
         try:
             if target == "c":

@@ -10,6 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+import kiln
+
 from kiln.codegen.lower import VIEWS_ONLY, LoweredProgram, LoweredStep, lower_schedule
 from kiln.compiler import lower_program
 from kiln.ir import dtypes as dt
@@ -229,3 +231,25 @@ def test_a_lowered_step_names_its_fields():
     assert [f.name for f in dataclasses.fields(LoweredStep)] == [
         "kind", "ins", "outs", "name", "number", "kernel", "graph", "view", "why",
         "in_dtypes", "in_place", "kept", "buffers", "node_plan"]
+
+
+@needs_cc
+@pytest.mark.parametrize("fn, shapes", [
+    (lambda x: kiln.diff(x, 6, 1), [(3, 3, 3)]),          # an empty intermediate
+    (lambda x, y: kiln.cdist(x, y), [(3, 5, 0), (3, 2, 0)]),  # reductions over nothing
+    (lambda x, y: kiln.cdist(x, y), [(3, 0, 4), (3, 2, 4)]),
+    (lambda x: (x.exp() + 1).sum(0), [(0, 4)]),
+])
+def test_groups_with_empty_tensors_compile_and_equal_eager(cache_dir, fn, shapes):
+    """A fused group touching a tensor with no elements runs on the NumPy executor (there
+    is no loop to generate); it once failed the whole compile (a modulo by zero)."""
+    import warnings
+    xs = [kiln.randn(*s) for s in shapes]
+    compiled = kiln.compile(fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            out = compiled(*xs)
+    expected = fn(*xs)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6)
