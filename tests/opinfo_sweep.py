@@ -241,7 +241,52 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     return "ok", ""
 
 
-def check(op, dtype, grad=False, limit_s=60):
+def to_torch(x):
+    """kiln results as torch's, to compare compiled with eager through `compare`."""
+    if isinstance(x, kiln.Tensor):
+        if x.dtype == kiln.bfloat16:
+            return torch.from_numpy(x.detach().float().numpy()).to(torch.bfloat16)
+        return torch.from_numpy(np.array(x.detach().cpu().numpy()))
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(to_torch(v) for v in x)
+    if isinstance(x, tuple):              # a named tuple of results
+        return tuple(to_torch(v) for v in x)
+    return {v: k for k, v in _DTYPES.items()}.get(x, x) if isinstance(x, kiln.dtype) else x
+
+
+def run_compiled(kfn, sample):
+    """('ok'|'wrong'|'error'|'fallback'|'skip', message): kiln.compile of the op against kiln
+    eager on one sample (the third call, a replay of the compiled program)."""
+    args = (sample.input, *sample.args)
+    fresh = lambda: (to_kiln(args), to_kiln(sample.kwargs))
+    try:
+        kargs, kkw = fresh()
+        kiln.manual_seed(0)
+        eager = to_torch(kfn(*kargs, **kkw))
+    except Timeout:
+        raise
+    except Exception:
+        return "skip", ""
+    compiled = kiln.compile(lambda *a, **k: kfn(*a, **k))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            for _ in range(3):
+                kargs, kkw = fresh()
+                kiln.manual_seed(0)
+                out = compiled(*kargs, **kkw)
+        except Timeout:
+            raise
+        except Exception as e:
+            return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    why = compare(out, eager, "compiled")
+    if why:
+        return "wrong", why
+    fell = [str(w.message) for w in seen if "kiln.compile" in str(w.message)]
+    return ("fallback", fell[0].splitlines()[0][:200]) if fell else ("ok", "")
+
+
+def check(op, dtype, grad=False, limit_s=60, compiled=False):
     """Counter of outcomes and the first message of each kind, for one OpInfo and dtype."""
     counts, first = Counter(), {}
     if UNCOMPARABLE.search(op.name) or not op.supports_dtype(dtype, "cpu"):
@@ -258,7 +303,8 @@ def check(op, dtype, grad=False, limit_s=60):
             warnings.simplefilter("ignore")
             grad = grad and op.supports_autograd and dtype.is_floating_point
             for sample in op.sample_inputs("cpu", dtype, requires_grad=grad):
-                kind, why = run_sample(kfn, tfn, sample, grad, custom)
+                kind, why = (run_compiled(kfn, sample) if compiled else
+                             run_sample(kfn, tfn, sample, grad, custom))
                 counts[kind] += 1
                 first.setdefault(kind, why)
     except Timeout:
@@ -282,6 +328,7 @@ def main(argv=None):
     p.add_argument("--grad", action="store_true")
     p.add_argument("--only", default="")
     p.add_argument("--out", default="")
+    p.add_argument("--compiled", action="store_true", help="kiln.compile against kiln eager")
     a = p.parse_args(argv)
     dtype = getattr(torch, a.dtype)
     only = set(a.only.split(",")) - {""}
@@ -289,18 +336,20 @@ def main(argv=None):
     for op in ops():
         if only and op.name not in only and label(op) not in only:
             continue
-        counts, first = check(op, dtype, a.grad)
+        counts, first = check(op, dtype, a.grad, compiled=a.compiled)
         rows.append({"op": label(op), "counts": dict(counts), "first": first})
         bad = {k: v for k, v in counts.items() if k not in ("ok", "skip")}
         if bad:
-            worst = next(k for k in ("wrong", "error", "timeout", "missing") if k in bad)
+            worst = next(k for k in ("wrong", "error", "timeout", "missing", "fallback")
+                         if k in bad)
             print(f"{label(op):45s} {dict(counts)}  {worst}: {first.get(worst, '')}",
                   flush=True)
     total = Counter()
     for r in rows:
         total.update({("clean" if set(r["counts"]) <= {"ok", "skip"} and r["counts"].get("ok")
                        else "bad" if set(r["counts"]) - {"ok", "skip"} else "untested"): 1})
-    print(f"{a.dtype}{' grad' if a.grad else ''}: {dict(total)} ops")
+    print(f"{a.dtype}{' grad' if a.grad else ''}{' compiled' if a.compiled else ''}: "
+          f"{dict(total)} ops")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=0)
