@@ -254,20 +254,37 @@ def to_torch(x):
     return {v: k for k, v in _DTYPES.items()}.get(x, x) if isinstance(x, kiln.dtype) else x
 
 
-def run_compiled(kfn, sample):
+def run_compiled(kfn, sample, grad=False):
     """('ok'|'wrong'|'error'|'fallback'|'skip', message): kiln.compile of the op against kiln
-    eager on one sample (the third call, a replay of the compiled program)."""
+    eager on one sample (the third call, a replay of the compiled program). With `grad`, the
+    compiled function also calls backward on a random weighting of the float outputs, and the
+    inputs' `.grad` must equal eager's."""
     args = (sample.input, *sample.args)
     fresh = lambda: (to_kiln(args), to_kiln(sample.kwargs))
+
+    def step(*a, **k):
+        out = kfn(*a, **k)
+        floats = [o for o in flat(out) if isinstance(o, kiln.Tensor) and o.requires_grad
+                  and o.dtype.is_floating_point]
+        if grad and floats:
+            loss = sum((o * kiln.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape))
+                       .sum() for o in floats)
+            loss.backward()
+        return out
+
+    def grads(kargs):
+        return [x.grad for x in flat(kargs) if isinstance(x, kiln.Tensor) and x.requires_grad]
+
     try:
         kargs, kkw = fresh()
         kiln.manual_seed(0)
-        eager = to_torch(kfn(*kargs, **kkw))
+        eager = to_torch(step(*kargs, **kkw))
+        eager_grads = to_torch(grads(kargs))
     except Timeout:
         raise
     except Exception:
         return "skip", ""
-    compiled = kiln.compile(lambda *a, **k: kfn(*a, **k))
+    compiled = kiln.compile(step)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         try:
@@ -279,7 +296,7 @@ def run_compiled(kfn, sample):
             raise
         except Exception as e:
             return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    why = compare(out, eager, "compiled")
+    why = compare(out, eager, "compiled") or compare(grads(kargs), eager_grads, "compiled grads")
     if why:
         return "wrong", why
     fell = [str(w.message) for w in seen if "kiln.compile" in str(w.message)]
@@ -303,7 +320,7 @@ def check(op, dtype, grad=False, limit_s=60, compiled=False):
             warnings.simplefilter("ignore")
             grad = grad and op.supports_autograd and dtype.is_floating_point
             for sample in op.sample_inputs("cpu", dtype, requires_grad=grad):
-                kind, why = (run_compiled(kfn, sample) if compiled else
+                kind, why = (run_compiled(kfn, sample, grad) if compiled else
                              run_sample(kfn, tfn, sample, grad, custom))
                 counts[kind] += 1
                 first.setdefault(kind, why)
