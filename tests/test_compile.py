@@ -781,3 +781,31 @@ def test_set_stance_inside_a_compiled_function_raises_as_torchs_does():
     with kiln.compiler.set_stance("force_eager"):
         assert kiln.compiler.current_stance() == "force_eager"
     assert kiln.compiler.current_stance() == "default"
+
+
+def test_a_returned_argument_is_the_argument_itself_and_its_backward_runs():
+    """A function returning a tensor it was given, unchanged (`x.contiguous()` is x), returns
+    that tensor itself, as eager and torch.compile do. With a backward inside, the replay
+    failed (IndexError: the returned leaf had been given a backward of its own whose output
+    the program no longer had)."""
+    import torch
+
+    def step(lib, x, w):
+        out = x.contiguous()
+        (out * w).sum().backward()
+        return out, w.t()
+
+    compiled = kiln.compile(lambda x, w: step(kiln, x, w))
+    for i in range(3):
+        data = np.random.default_rng(i).standard_normal((3, 4))
+        x, w = kiln.tensor(data, requires_grad=True), kiln.tensor(data[::-1].copy())
+        tx, tw = torch.tensor(data, requires_grad=True), torch.tensor(data[::-1].copy())
+        out, wt = compiled(x, w)
+        t_out, t_wt = step(torch, tx, tw)
+        assert out is x and out.is_leaf and t_out is tx
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy())
+        np.testing.assert_allclose(wt.numpy(), t_wt.numpy())
+    leaf = kiln.compile(lambda x: x.contiguous())
+    for _ in range(3):
+        x = kiln.randn(2, 3, requires_grad=True)
+        assert leaf(x) is x

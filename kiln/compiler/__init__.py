@@ -800,15 +800,21 @@ class CompiledFunction:
         not_rebuilt = _unreplayable_return(tree)
         consumed = [i for i, t in enumerate(outputs)
                     if t.requires_grad and t.grad_fn is not None and not _differentiable(t)]
+        # a tensor the call was given (or read) and returns unchanged is returned itself: it
+        # needs no backward of its own (its gradient accumulates into it, as in eager)
+        given = {i: tracer.input_of[id(t)][1] for i, t in enumerate(outputs)
+                 if id(t) in tracer.input_of and tracer.input_of[id(t)][0] is t
+                 and t._trace is tracer.input_of[id(t)][1]}
         joint = None
         with _stage("deriving the backward"):
             if STATE.grad_enabled and any(t.requires_grad for i, t in enumerate(outputs)
-                                          if i not in consumed):
-                joint = trace_backward(tracer, outputs, consumed)
+                                          if i not in consumed and i not in given):
+                joint = trace_backward(tracer, outputs, [*consumed, *given])
         with _stage("finishing the trace"):
             (program,) = tracer.finish(traced if joint is None
                                        else list(outputs) + joint.grads, items)
         program.consumed = {i: outputs[i].grad_fn.prim for i in consumed}
+        program.returned_inputs = {i: program.graph.inputs.index(v) for i, v in given.items()}
         for gw in program.grad_writes:
             gw.none_at_call = none_at_call.get(id(gw.tensor))
         reachable_after: dict = {}
@@ -980,6 +986,8 @@ class CompiledFunction:
             _attach_backward(entry, user, outs[program.num_user_outputs:], wrt)
         for i, prim in program.consumed.items():
             _mark_consumed(user[i], prim)
+        for i, index in program.returned_inputs.items():
+            user[i] = _bound_tensor(program, index, leaves)
         for _, call in program.after_replay:     # the Python steps the traced call made
             call()
         tree = program.output_tree

@@ -78,6 +78,9 @@ class TracedProgram:
     complete: bool = True                  # False for a segment cut by a graph break
     snapshots: list = field(default_factory=list)     # input values at trace time, if kept
     consumed: dict = field(default_factory=dict)      # output index -> prim: graph spent
+    # outputs that are the call's own tensors, unchanged (`return x` after x.contiguous()):
+    # output index -> graph input index; a replay returns that tensor itself, as eager does
+    returned_inputs: dict = field(default_factory=dict)
     # pure-Python calls the traced call made that a replay repeats after the program has run
     # (an lr scheduler's step: `after_replay`), each with a name for listings
     after_replay: list = field(default_factory=list)
