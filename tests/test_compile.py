@@ -809,3 +809,36 @@ def test_a_returned_argument_is_the_argument_itself_and_its_backward_runs():
     for _ in range(3):
         x = kiln.randn(2, 3, requires_grad=True)
         assert leaf(x) is x
+
+
+def test_a_returned_random_draw_is_drawn_again_on_every_replay():
+    """A random draw returned as it is (`return kiln.randn(3)`) is a graph input drawn afresh
+    at each call, not a tensor the caller gave: returning "the input itself" returned None."""
+    compiled = kiln.compile(lambda x: (kiln.randn(3), kiln.rand_like(x), x + 1))
+    eager = lambda x: (kiln.randn(3), kiln.rand_like(x), x + 1)
+    for seed in range(3):
+        x = kiln.ones(2)
+        kiln.manual_seed(seed)
+        got = compiled(x)
+        kiln.manual_seed(seed)
+        want = eager(x)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
+def test_a_backward_inside_with_an_integer_output_beside_it():
+    """`return LU, pivots` after a backward through LU: the integer output needs no backward
+    of its own (it had one derived, and the replay lost the input's gradient: IndexError)."""
+    def step(x):
+        lu, pivots = kiln.linalg.lu_factor(x)
+        (lu * 2).sum().backward()
+        return lu, pivots
+
+    compiled = kiln.compile(step)
+    for i in range(3):
+        data = np.random.default_rng(i).standard_normal((3, 3))
+        x, y = kiln.tensor(data, requires_grad=True), kiln.tensor(data, requires_grad=True)
+        got, want = compiled(x), step(y)
+        np.testing.assert_allclose(got[0].detach().numpy(), want[0].detach().numpy())
+        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+        np.testing.assert_allclose(x.grad.numpy(), y.grad.numpy(), rtol=1e-12)

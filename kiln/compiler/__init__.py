@@ -804,10 +804,12 @@ class CompiledFunction:
         # needs no backward of its own (its gradient accumulates into it, as in eager)
         given = {i: tracer.input_of[id(t)][1] for i, t in enumerate(outputs)
                  if id(t) in tracer.input_of and tracer.input_of[id(t)][0] is t
-                 and t._trace is tracer.input_of[id(t)][1]}
+                 and t._trace is tracer.input_of[id(t)][1]
+                 and _binding_of(tracer, t._trace).kind in ("arg", "lifted")}
         joint = None
         with _stage("deriving the backward"):
-            if STATE.grad_enabled and any(t.requires_grad for i, t in enumerate(outputs)
+            if STATE.grad_enabled and any(t.requires_grad and t.dtype.is_floating_point
+                                          for i, t in enumerate(outputs)
                                           if i not in consumed and i not in given):
                 joint = trace_backward(tracer, outputs, [*consumed, *given])
         with _stage("finishing the trace"):
@@ -1344,6 +1346,11 @@ _ONE_TENSOR = ("T",)          # flatten's tree for a function returning one tens
 
 def _cpu():
     return CPU
+
+
+def _binding_of(tracer, v):
+    """The binding of graph input `v` (a random draw's is a "seed": made afresh each call)."""
+    return tracer.bindings[tracer.graph.inputs.index(v)]
 
 
 def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
