@@ -15,6 +15,7 @@ from kiln.tracer import functional as F
 from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional.indexing import as_vectors
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -255,8 +256,10 @@ def index_put(input, indices, values, accumulate=False):
 
 
 def index_reduce(input, dim, index, source, reduce, *, include_self=True):
-    return scatter_reduce(input, dim, _expand_index(index, source, dim), source, reduce,
-                          include_self=include_self)
+    x, d, index, source = as_vectors(input, dim, index, source)
+    out = scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
+                         include_self=include_self)
+    return F.reshape(out, tuple(input.shape))
 
 
 def _expand_index(index, source, dim):
@@ -268,13 +271,28 @@ def _expand_index(index, source, dim):
 
 def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
     """`reduce` (sum, prod, mean, amax, amin) of src's values into input's positions along
-    `dim` named by `index`; index must match input in the other dims."""
+    `dim` named by `index`. Outside `dim` the index may be smaller than input (and src): it
+    is padded with -1, which names no position, and src is read in index's shape."""
     d = _norm_dim(dim, input.ndim)
+    if input.ndim <= 1 and index.ndim <= 1 and 0 in (input.ndim, index.ndim):
+        # PyTorch counts a 0-d input, index or src as 1-d here too
+        out = scatter_reduce(F.reshape(input, (-1,)), 0, F.reshape(index, (-1,)),
+                             F.reshape(src, (-1,)), reduce, include_self=include_self)
+        return F.reshape(out, tuple(input.shape))
+    if index.ndim != input.ndim or index.ndim != src.ndim:
+        raise op_error("scatter_reduce", f"Index tensor must have the same number of dimensions "
+                       f"as self and src tensors (index {list(index.shape)}, self "
+                       f"{list(input.shape)}, src {list(src.shape)})")
     for i in range(input.ndim):
-        if i != d and index.shape[i] != input.shape[i]:
-            raise op_error("scatter_reduce", f"kiln needs index to match input outside dim {d}: "
-                           f"index {list(index.shape)}, input {list(input.shape)}")
+        if index.shape[i] > src.shape[i] or i != d and index.shape[i] > input.shape[i]:
+            raise op_error("scatter_reduce", f"Size does not match at dimension {i}: index "
+                           f"{list(index.shape)} must be no larger than src {list(src.shape)}, "
+                           f"nor than self {list(input.shape)} apart from dimension {d}")
     src = src[tuple(slice(0, k) for k in index.shape)]
+    short = [0 if i == d else input.shape[i] - index.shape[i] for i in range(input.ndim)]
+    if any(short):
+        widths = tuple(w for k in reversed(short) for w in (0, k))
+        index, src = F.pad(index, widths, value=-1), F.pad(src, widths)
     n = input.shape[d]
     hit = F.movedim(F.eq(F.unsqueeze(index, -1), F.arange(n, device=input.device)), d, -2)
     vals = F.unsqueeze(F.movedim(src, d, -1), -1)             # ..., k, 1
@@ -311,7 +329,10 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
 
 
 def masked_scatter(input, mask, source):
-    m = F.expand(mask, tuple(input.shape)) if tuple(mask.shape) != tuple(input.shape) else mask
+    if tuple(mask.shape) != tuple(input.shape):   # out of place, the two broadcast together
+        input, m = F.broadcast_tensors(input, mask)
+    else:
+        m = mask
     flat_mask = F.reshape(m, (-1,))
     positions = F.cumsum(flat_mask.to(dt.int64), 0) - 1
     count = int(F.sum(flat_mask))
