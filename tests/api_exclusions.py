@@ -88,10 +88,8 @@ _group("torch", "a C++ binding of TorchScript's module internals (pybind object 
        "contains/getattr/items/setattr), not a Python API", "BufferDict")
 COPY = "functionalization's *_copy twin of a view op (the view op itself is provided)"
 _group("torch", COPY, """
-alias_copy as_strided_copy ccol_indices_copy col_indices_copy crow_indices_copy detach_copy
-diagonal_copy expand_copy indices_copy narrow_copy permute_copy row_indices_copy select_copy
-slice_copy split_copy split_with_sizes_copy squeeze_copy t_copy transpose_copy unbind_copy
-unfold_copy unsqueeze_copy values_copy view_as_complex_copy view_as_real_copy view_copy
+ccol_indices_copy col_indices_copy crow_indices_copy indices_copy row_indices_copy values_copy
+view_as_complex_copy view_as_real_copy
 """)
 SPARSE = ("block sparse layouts (BSR/BSC), and sparse-only operations (COO, CSR and CSC "
           "tensors, to_sparse*, spmm and torch.sparse.mm are provided)")
@@ -139,7 +137,6 @@ as_strided_ as_strided_scatter dim_order
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")
 _group(T, COMPLEX, "chalf")
-_group(T, COPY, "narrow_copy")
 _group(T, ATEN, "slice_inverse")
 _group(T, "functorch's first-class dimensions (torch.Tensor.index binds Dim objects)", "index")
 _group(T, "distributed-tensor internals of the PyTorch build", "is_distributed")

@@ -56,10 +56,14 @@ def rebound(fn):
 
 def callables(op):
     """(kiln's, torch's) callable for an OpInfo: its own Python function with `torch` read as
-    kiln, or the function or method of the same name."""
+    kiln, kiln.ops.aten's twin of an ATen op, or the function or method of the same name."""
     fn = op.op
     if isinstance(fn, types.FunctionType) and fn.__module__.startswith("torch.testing"):
         return rebound(fn), fn
+    if isinstance(fn, torch._ops.OpOverload):       # an ATen op (aten.slice.Tensor): kiln's
+        packet = getattr(kiln.ops.aten, fn._overloadpacket.__name__, None)
+        if getattr(packet, fn._overloadname, None) is not None:
+            return getattr(packet, fn._overloadname), fn
     return resolve(op.name, kiln), fn
 
 

@@ -15,6 +15,7 @@ from kiln.tracer import functional as F
 from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional.shapes import _own_memory
 from kiln.tracer.functional.indexing import as_vectors
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
@@ -404,6 +405,57 @@ def as_strided(input, size, stride, storage_offset=None):
                        f"input's own {own}..{own + input.numel() - 1} (shape "
                        f"{list(input.shape)}); kiln reads only the input's elements")
     return P.as_strided(input, size=size, stride=stride, offset=offset - own)
+
+
+# ----------------------------------------------------------------------------- *_copy forms
+
+def _copied(out):
+    """A view op's result as its *_copy form returns it: row-major memory of its own (a tuple
+    of such for the ops that give several views)."""
+    if isinstance(out, (tuple, list)):
+        return tuple(_copied(t) for t in out)
+    return _own_memory(F.clone(out))
+
+
+def _copy_form(view, name: str):
+    """torch.`name`: `view` (the view op, or a function giving it), its result copied."""
+    def copy_form(input, *args, **kwargs):
+        return _copied(view(input, *args, **kwargs))
+    copy_form.__name__ = copy_form.__qualname__ = name
+    copy_form.__doc__ = f"{name[:-5]}'s result in memory of its own (no view of the input)."
+    return copy_form
+
+
+def _slice(input, dim=0, start=None, end=None, step=1):
+    d = _norm_dim(dim, input.ndim)
+    return input[(slice(None),) * d + (slice(start, end, step),)]
+
+
+def _view(input, size):
+    """view by a dtype, or reshape (view_copy takes a size no view of a strided input gives)."""
+    if isinstance(size, dt.DType):
+        return input.view(size)
+    return F.reshape(input, tuple(size) if isinstance(size, (tuple, list)) else (size,))
+
+
+alias_copy = _copy_form(lambda x: x, "alias_copy")
+as_strided_copy = _copy_form(as_strided, "as_strided_copy")
+detach_copy = _copy_form(lambda x: x.detach(), "detach_copy")
+diagonal_copy = _copy_form(F.diagonal, "diagonal_copy")
+expand_copy = _copy_form(lambda x, size, *, implicit=False: x.expand(size), "expand_copy")
+narrow_copy = _copy_form(F.narrow, "narrow_copy")
+permute_copy = _copy_form(F.permute, "permute_copy")
+select_copy = _copy_form(F.select, "select_copy")
+slice_copy = _copy_form(_slice, "slice_copy")
+split_copy = _copy_form(F.split, "split_copy")
+split_with_sizes_copy = _copy_form(split_with_sizes, "split_with_sizes_copy")
+squeeze_copy = _copy_form(F.squeeze, "squeeze_copy")
+t_copy = _copy_form(F.t, "t_copy")
+transpose_copy = _copy_form(F.transpose, "transpose_copy")
+unbind_copy = _copy_form(F.unbind, "unbind_copy")
+unfold_copy = _copy_form(unfold, "unfold_copy")
+unsqueeze_copy = _copy_form(F.unsqueeze, "unsqueeze_copy")
+view_copy = _copy_form(_view, "view_copy")
 
 
 def empty_strided(size, stride, *, dtype=None, layout=None, device=None, requires_grad=False,
