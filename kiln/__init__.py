@@ -134,7 +134,7 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     unsafe_split_with_sizes, ravel, rot90, diag_embed, diagflat, diagonal_scatter,
     select_scatter, slice_scatter, block_diag, cartesian_prod, combinations, meshgrid,
     tril_indices, triu_indices, unravel_index, vander, index_put, index_reduce, scatter_reduce,
-    masked_scatter, put, renorm, as_strided, empty_strided, alias_copy, as_strided_copy,
+    masked_scatter, put, renorm, as_strided, as_strided_scatter, empty_strided, alias_copy, as_strided_copy,
     detach_copy, diagonal_copy, expand_copy, narrow_copy, permute_copy, select_copy, slice_copy,
     split_copy, split_with_sizes_copy, squeeze_copy, t_copy, transpose_copy, unbind_copy,
     unfold_copy, unsqueeze_copy, view_copy, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,

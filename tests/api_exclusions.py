@@ -99,7 +99,7 @@ sparse_bsc_tensor sparse_bsr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_a
 STRIDES = ("user-set strides beyond a view of a contiguous tensor (kiln has as_strided on "
            "those, and empty_strided)")
 _group("torch", STRIDES, """
-as_strided_ as_strided_scatter empty_permuted
+as_strided_ empty_permuted
 """)
 COMPLEX = "kiln has no complex32 (chalf): NumPy has no half-precision complex type"
 _group("torch", "autocast's internal bookkeeping (the counted API is torch.autocast)", """
@@ -132,7 +132,7 @@ set_ is_set_to
 const_data_ptr
 """)
 _group(T, STRIDES, """
-as_strided_ as_strided_scatter dim_order
+as_strided_ dim_order
 """)
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")

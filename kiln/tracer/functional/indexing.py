@@ -93,6 +93,8 @@ def index_select(input, dim, index):
         _norm_dim(dim, 0)
         return reshape(select_rows(reshape(input, (1,)), 0, reshape(index, (1,)),
                                    "index_select"), ())
+    if index.ndim == 0:               # one index, the dim kept (embedding's 0-d index drops it)
+        index = reshape(index, (1,))
     return select_rows(input, dim, index, "index_select")
 
 

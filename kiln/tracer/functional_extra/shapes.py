@@ -458,6 +458,25 @@ unsqueeze_copy = _copy_form(F.unsqueeze, "unsqueeze_copy")
 view_copy = _copy_form(_view, "view_copy")
 
 
+def as_strided_scatter(input, src, size, stride, storage_offset=None):
+    """`input` with the elements its as_strided(size, stride, storage_offset) view shows
+    replaced by `src`'s (PyTorch writes src into that view of a copy of input): on the inputs
+    as_strided takes, which it checks."""
+    shown = as_strided(input, size, stride, storage_offset)
+    if tuple(src.shape) != tuple(shown.shape):
+        raise op_error("as_strided_scatter", f"expected src to have a size equal to the slice "
+                       f"of self. src size = {list(src.shape)}, slice size = {list(shown.shape)}")
+    own = input.storage_offset() if input.device.type != "meta" else 0
+    first = (own if storage_offset is None else int(storage_offset)) - own
+    positions = np.full(tuple(shown.shape), first, dtype=np.int64)
+    for axis, (n, st) in enumerate(zip(shown.shape, stride)):
+        positions += np.arange(n, dtype=np.int64).reshape(
+            (-1,) + (1,) * (shown.ndim - axis - 1)) * int(st)
+    flat = P.index_put(F.reshape(input, (-1,)), _as_tensor(positions.reshape(-1), input),
+                       F.reshape(src.to(input.dtype), (-1,)), axis=0)
+    return F.reshape(flat, tuple(input.shape))
+
+
 def empty_strided(size, stride, *, dtype=None, layout=None, device=None, requires_grad=False,
                   pin_memory=False) -> Tensor:
     """A new tensor of `size` whose memory is laid out with `stride` (zeros: PyTorch leaves
