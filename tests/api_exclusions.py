@@ -80,7 +80,7 @@ native_norm batch_norm_backward_elemt batch_norm_backward_reduce batch_norm_elem
 batch_norm_gather_stats batch_norm_gather_stats_with_counts batch_norm_stats
 batch_norm_update_stats lstm lstm_cell gru gru_cell rnn_relu rnn_relu_cell rnn_tanh
 rnn_tanh_cell convolution conv_tbc affine_grid_generator grid_sampler grid_sampler_2d
-grid_sampler_3d embedding_renorm_ constant_pad_nd norm_except_dim segment_reduce
+grid_sampler_3d embedding_renorm_ constant_pad_nd norm_except_dim
 feature_dropout feature_dropout_ feature_alpha_dropout_ alpha_dropout_ slice_inverse
 embedding_bag
 """)

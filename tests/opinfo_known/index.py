@@ -59,19 +59,6 @@ _TORCH_GRAD_WRONG = ("n/a: torch's gradient wrt input is wrong (torch's own grad
                      "its OpInfo xfails test_fn_grad); kiln's passes gradcheck")
 
 KNOWN = {
-    ('_chunk_cat', 'float32'): 'missing',
-    ('_chunk_cat', 'int64'): 'missing',
-    ('_chunk_cat', 'float64_grad'): 'missing',
-    ('_segment_reduce.lengths', 'float32'): 'missing',
-    ('_segment_reduce.lengths', 'float64_grad'): 'missing',
-    ('_segment_reduce.offsets', 'float32'): 'missing',
-    ('_segment_reduce.offsets', 'float64_grad'): 'missing',
-    ('_unsafe_masked_index', 'float32'): 'missing',
-    ('_unsafe_masked_index', 'int64'): 'missing',
-    ('_unsafe_masked_index', 'float64_grad'): 'missing',
-    ('_unsafe_masked_index_put_accumulate', 'float32'): 'missing',
-    ('_unsafe_masked_index_put_accumulate', 'int64'): 'missing',
-    ('_unsafe_masked_index_put_accumulate', 'float64_grad'): 'missing',
     ('as_strided.partial_views', 'float32'): _PARTIAL_VIEW,
     ('as_strided.partial_views', 'int64'): _PARTIAL_VIEW,
     ('as_strided.partial_views', 'float64_grad'): _PARTIAL_VIEW,

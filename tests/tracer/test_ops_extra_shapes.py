@@ -226,3 +226,27 @@ ONCE_WRONG = [
 def test_once_wrong_index_results() -> None:
     for call in ONCE_WRONG:
         check_op(call, [(4, 4)], dtype=np.float64)
+
+
+def test_segment_reduce() -> None:
+    lengths = [[2, 0, 3, 0], [0, 1, 2, 2], [5, 0, 0, 0]]
+    offsets = np.concatenate([np.zeros((3, 1), np.int64), np.cumsum(lengths, 1)], 1)
+    for reduce in ("sum", "mean", "max", "min", "prod"):
+        for initial in (None, 1.5):
+            check_op(lambda t, x: t.segment_reduce(x, reduce, lengths=t.tensor(lengths), axis=1,
+                                                   initial=initial), [(3, 5, 2)],
+                     dtype=np.float64)
+            check_op(lambda t, x: t.segment_reduce(x, reduce, offsets=t.tensor(offsets), axis=1,
+                                                   initial=initial), [(3, 5, 2)],
+                     dtype=np.float64)
+        # unsafe: the lengths need not cover the dim
+        check_op(lambda t, x: t.segment_reduce(x, reduce, lengths=t.tensor([1, 2]), unsafe=True),
+                 [(6,)], dtype=np.float64)
+
+
+def test_chunk_cat() -> None:
+    # values only: torch has no derivative for it
+    check_op(lambda t, a, b: t._chunk_cat([a, b], 0, 2), [(3, 2), (1, 3)], dtype=np.float64,
+             grad=False)
+    check_op(lambda t, a, b: t._chunk_cat([a, b], -1, 3), [(2, 2, 5), (2, 2, 1)],
+             dtype=np.float64, grad=False)

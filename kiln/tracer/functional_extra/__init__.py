@@ -62,6 +62,8 @@ from kiln.tracer.functional_extra.shapes import (atleast_1d, atleast_2d, atleast
                                                  cartesian_prod, combinations, meshgrid,
                                                  tril_indices, triu_indices, unravel_index, vander,
                                                  index_put, index_reduce, scatter_reduce,
+                                                 segment_reduce, _chunk_cat, _unsafe_masked_index,
+                                                 _unsafe_masked_index_put_accumulate,
                                                  masked_scatter, put, renorm, unfold,
                                                  as_strided, as_strided_scatter, empty_strided,
                                                  alias_copy,

@@ -256,6 +256,41 @@ def index_put(input, indices, values, accumulate=False):
     return F.index_put(input, indices, values, accumulate)
 
 
+def _chunk_cat(tensors, dim, num_chunks):
+    """Each tensor cut into `num_chunks` equal chunks along `dim` (zero-padded at its end),
+    each chunk flattened with the dims after it, and the i-th chunks of all joined: shape
+    shape[:dim] + (num_chunks, total) (ATen's, behind FSDP's gradient reduce-scatter)."""
+    rows = []
+    for t in tensors:
+        d = _norm_dim(dim, t.ndim)
+        short = -t.shape[d] % num_chunks
+        if short:
+            pad = tuple(t.shape[:d]) + (short,) + tuple(t.shape[d + 1:])
+            t = F.cat([t, F.zeros(pad, dtype=t.dtype, device=t.device)], d)
+        rows.append(F.reshape(t, tuple(t.shape[:d]) + (num_chunks, -1)))
+    return F.cat(rows, -1)
+
+
+def _masked_indices(input, indices):
+    """ATen's index list (None: a whole dim) as a getitem key, each index clamped into its
+    dim: the masked ops read or write at an index only where their mask holds."""
+    return tuple(slice(None) if index is None else F.clamp(index, 0, input.shape[dim] - 1)
+                 for dim, index in enumerate(indices))
+
+
+def _unsafe_masked_index(input, mask, indices, fill):
+    """input[indices] where `mask` holds, `fill` elsewhere (ATen's, behind decompositions of
+    padding and interpolation: indices outside the input are masked, not checked)."""
+    return F.where(mask, input[_masked_indices(input, indices)], fill)
+
+
+def _unsafe_masked_index_put_accumulate(input, mask, indices, values):
+    """input with `values` added at `indices` where `mask` holds (ATen's; the backward of
+    `_unsafe_masked_index`)."""
+    values = F.where(mask, values, F.zeros((), dtype=values.dtype, device=values.device))
+    return F.index_put(input, _masked_indices(input, indices), values, True)
+
+
 def index_reduce(input, dim, index, source, reduce, *, include_self=True):
     x, d, index, source = as_vectors(input, dim, index, source)
     out = scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
@@ -327,6 +362,56 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
         raise op_error("scatter_reduce", f"reduce argument must be either sum, prod, mean, amax "
                        f"or amin, got {reduce}", ValueError)
     return F.movedim(out.to(input.dtype), -1, d)
+
+
+_SEGMENT_REDUCTIONS = {"sum": ("sum", 0.0), "mean": ("sum", 0.0), "prod": ("prod", 1.0),
+                       "max": ("amax", -math.inf), "min": ("amin", math.inf)}
+
+
+def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, axis=0,
+                   unsafe=False, initial=None):
+    """`reduce` (sum, mean, max, min, prod) over consecutive segments of `data` along `axis`,
+    batched over the dims before it: their `lengths` (..., S), or `offsets` (..., S + 1) of
+    their starts and end. `initial` joins every segment's reduction, as in PyTorch (an empty
+    segment's result: else 0, 1, -inf, inf, or NaN for mean). A scatter_reduce into S + 1
+    slots, the last taking what no segment covers, so gradients are scatter_reduce's."""
+    if indices is not None:
+        raise op_error("segment_reduce", "segment_reduce(): indices based reduction is not "
+                       "supported yet.", NotImplementedError)
+    if (lengths is None) == (offsets is None):
+        raise op_error("segment_reduce", "segment_reduce(): give exactly one of lengths or "
+                       "offsets")
+    if reduce not in _SEGMENT_REDUCTIONS:
+        raise op_error("segment_reduce", f"reduce must be one of {list(_SEGMENT_REDUCTIONS)}, "
+                       f"got {reduce!r}")
+    a = _norm_dim(axis, data.ndim)
+    lens = np.asarray(lengths._read("segment_reduce()")) if lengths is not None else \
+        np.diff(np.asarray(offsets._read("segment_reduce()")), axis=-1)
+    n = data.shape[a]
+    if lens.ndim != a + 1 or lens.shape[:-1] != tuple(data.shape[:a]):
+        raise op_error("segment_reduce", f"segment_reduce(): lengths (shape {list(lens.shape)}) "
+                       f"must match data {list(data.shape)} before axis {a} and end there")
+    if not unsafe and ((lens < 0).any() or (lens.sum(-1) != n).any()):
+        raise op_error("segment_reduce", f"segment_reduce(): Expected all rows of lengths "
+                       f"along axis to sum to data.size({a}) = {n}, and none negative, when "
+                       f"!unsafe.")
+    count = lens.shape[-1]
+    slots = np.full(lens.shape[:-1] + (n,), count, dtype=np.int64)
+    for row in np.ndindex(lens.shape[:-1]):
+        ids = np.repeat(np.arange(count), np.maximum(lens[row], 0))[:n]
+        slots[row][:len(ids)] = ids
+    rest = (1,) * (data.ndim - a - 1)
+    index = F.expand(F.reshape(_as_tensor(slots, data), slots.shape + rest), tuple(data.shape))
+    kind, identity = _SEGMENT_REDUCTIONS[reduce]
+    shape = tuple(data.shape[:a]) + (count + 1,) + tuple(data.shape[a + 1:])
+    base = F.full(shape, identity if initial is None else initial, dtype=data.dtype,
+                  device=data.device)
+    out = F.narrow(scatter_reduce(base, a, index, data, kind), a, 0, count)
+    if reduce == "mean":
+        sizes = F.reshape(_as_tensor(lens.astype(data.dtype.np), data), lens.shape + rest)
+        empty = math.nan if initial is None else initial
+        out = F.where(F.gt(sizes, 0), out / F.clamp(sizes, min=1), empty)
+    return out
 
 
 def masked_scatter(input, mask, source):
