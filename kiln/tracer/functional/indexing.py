@@ -101,7 +101,7 @@ def index_select(input, dim, index):
 def as_vectors(input, dim, index, source=None):
     """(input, d, index, source) as the index_* ops read them: PyTorch counts a 0-d index as
     a vector of one, and a 0-d input (with its 0-d source) as a vector of one element, along
-    dim 0 or -1; the caller gives a 0-d input's result back its shape ()."""
+    dim 0 or -1; `as_input` gives a 0-d input's result back its shape ()."""
     d = _norm_dim(dim, input.ndim)
     if index.ndim == 0:
         index = reshape(index, (1,))
@@ -110,6 +110,10 @@ def as_vectors(input, dim, index, source=None):
         if isinstance(source, Tensor) and source.ndim == 0:
             source = reshape(source, (1,))
     return input, d, index, source
+
+
+def as_input(out, input):
+    return out if input.ndim else reshape(out, ())
 
 
 def select_rows(input, dim, index, op: str):
@@ -308,7 +312,7 @@ def index_add(input, dim, index, source, *, alpha=1):
     x, d, index, source = as_vectors(input, dim, index, source)
     src = source * alpha if alpha != 1 else source
     index = _wrap_index(index, x.shape[d], "index_add", RuntimeError, dim=d, negative=False)
-    return reshape(P.index_add(x, index, src.to(x.dtype), axis=d), tuple(input.shape))
+    return as_input(P.index_add(x, index, src.to(x.dtype), axis=d), input)
 
 
 def index_fill(input, dim, index, value):
@@ -327,7 +331,7 @@ def index_fill(input, dim, index, value):
     hit = P.index_put(zeros(n, dtype=dt.bool_, device=x.device), index,
                       full(tuple(index.shape), True, dtype=dt.bool_, device=x.device), axis=0)
     hit = reshape(hit, (n,) + (1,) * (x.ndim - d - 1))
-    return reshape(P.where(hit, value, x), tuple(input.shape))
+    return as_input(P.where(hit, value, x), input)
 
 
 def index_copy(input, dim, index, source):
@@ -335,7 +339,7 @@ def index_copy(input, dim, index, source):
     if source.ndim == 0 and x.ndim == 1:
         source = reshape(source, (1,))
     index = _wrap_index(index, x.shape[d], "index_copy", dim=d, negative=False)
-    return reshape(P.index_put(x, index, source.to(x.dtype), axis=d), tuple(input.shape))
+    return as_input(P.index_put(x, index, source.to(x.dtype), axis=d), input)
 
 
 def masked_fill(input, mask, value):

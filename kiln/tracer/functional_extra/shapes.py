@@ -16,7 +16,7 @@ from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.shapes import _own_memory
-from kiln.tracer.functional.indexing import as_vectors
+from kiln.tracer.functional.indexing import as_input, as_vectors
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -293,9 +293,8 @@ def _unsafe_masked_index_put_accumulate(input, mask, indices, values):
 
 def index_reduce(input, dim, index, source, reduce, *, include_self=True):
     x, d, index, source = as_vectors(input, dim, index, source)
-    out = scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
-                         include_self=include_self)
-    return F.reshape(out, tuple(input.shape))
+    return as_input(scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
+                                   include_self=include_self), input)
 
 
 def _expand_index(index, source, dim):
