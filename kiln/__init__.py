@@ -134,13 +134,19 @@ from kiln.tracer.functional_extra import (  # noqa: F401,E402
     unsafe_split_with_sizes, ravel, rot90, diag_embed, diagflat, diagonal_scatter,
     select_scatter, slice_scatter, block_diag, cartesian_prod, combinations, meshgrid,
     tril_indices, triu_indices, unravel_index, vander, index_put, index_reduce, scatter_reduce,
-    masked_scatter, put, renorm, as_strided, empty_strided, addmv, addr, addbmm, adjoint, chain_matmul, vdot, kron, cdist,
+    segment_reduce, _chunk_cat, _unsafe_masked_index, _unsafe_masked_index_put_accumulate,
+    masked_scatter, put, renorm, as_strided, as_strided_scatter, empty_strided, alias_copy,
+    as_strided_copy, detach_copy, diagonal_copy, expand_copy, narrow_copy, permute_copy,
+    select_copy, slice_copy, split_copy, split_with_sizes_copy, squeeze_copy, t_copy,
+    transpose_copy, unbind_copy, unfold_copy, unsqueeze_copy, view_copy, addmv, addr, addbmm,
+    adjoint, chain_matmul, vdot, kron, cdist,
     cov, corrcoef, scalar_tensor, frombuffer, hann_window, hamming_window,
     blackman_window, bartlett_window, kaiser_window, poisson, binomial, fill, finfo, iinfo,
     can_cast, broadcast_shapes, typename, get_device, set_default_tensor_type, cond,
     while_loop, nonzero_static, frobenius_norm, igamma, igammac, from_dlpack,
     to_dlpack)
 from kiln.tracer.functional_extra import range_ as range  # noqa: F401,E402,A001
+_segment_reduce = segment_reduce                   # torch._segment_reduce, ATen's name of it
 from kiln import linalg, special, fft, amp  # noqa: F401,E402
 from kiln.amp import (autocast, GradScaler, is_autocast_enabled,  # noqa: F401,E402
                       set_autocast_enabled, get_autocast_dtype, set_autocast_dtype,

@@ -80,7 +80,7 @@ native_norm batch_norm_backward_elemt batch_norm_backward_reduce batch_norm_elem
 batch_norm_gather_stats batch_norm_gather_stats_with_counts batch_norm_stats
 batch_norm_update_stats lstm lstm_cell gru gru_cell rnn_relu rnn_relu_cell rnn_tanh
 rnn_tanh_cell convolution conv_tbc affine_grid_generator grid_sampler grid_sampler_2d
-grid_sampler_3d embedding_renorm_ constant_pad_nd norm_except_dim segment_reduce
+grid_sampler_3d embedding_renorm_ constant_pad_nd norm_except_dim
 feature_dropout feature_dropout_ feature_alpha_dropout_ alpha_dropout_ slice_inverse
 embedding_bag
 """)
@@ -88,10 +88,8 @@ _group("torch", "a C++ binding of TorchScript's module internals (pybind object 
        "contains/getattr/items/setattr), not a Python API", "BufferDict")
 COPY = "functionalization's *_copy twin of a view op (the view op itself is provided)"
 _group("torch", COPY, """
-alias_copy as_strided_copy ccol_indices_copy col_indices_copy crow_indices_copy detach_copy
-diagonal_copy expand_copy indices_copy narrow_copy permute_copy row_indices_copy select_copy
-slice_copy split_copy split_with_sizes_copy squeeze_copy t_copy transpose_copy unbind_copy
-unfold_copy unsqueeze_copy values_copy view_as_complex_copy view_as_real_copy view_copy
+ccol_indices_copy col_indices_copy crow_indices_copy indices_copy row_indices_copy values_copy
+view_as_complex_copy view_as_real_copy
 """)
 SPARSE = ("block sparse layouts (BSR/BSC), and sparse-only operations (COO, CSR and CSC "
           "tensors, to_sparse*, spmm and torch.sparse.mm are provided)")
@@ -101,7 +99,7 @@ sparse_bsc_tensor sparse_bsr_tensor dsmm hsmm hspmm smm sspaddmm saddmm resize_a
 STRIDES = ("user-set strides beyond a view of a contiguous tensor (kiln has as_strided on "
            "those, and empty_strided)")
 _group("torch", STRIDES, """
-as_strided_ as_strided_scatter empty_permuted
+as_strided_ empty_permuted
 """)
 COMPLEX = "kiln has no complex32 (chalf): NumPy has no half-precision complex type"
 _group("torch", "autocast's internal bookkeeping (the counted API is torch.autocast)", """
@@ -134,12 +132,11 @@ set_ is_set_to
 const_data_ptr
 """)
 _group(T, STRIDES, """
-as_strided_ as_strided_scatter dim_order
+as_strided_ dim_order
 """)
 _group(T, "oneDNN layout (a vendor library's tensor format)", "to_mkldnn")
 _group(T, "devices kiln does not run on (IPU, XPU, MTIA): no transfer method", "ipu xpu mtia")
 _group(T, COMPLEX, "chalf")
-_group(T, COPY, "narrow_copy")
 _group(T, ATEN, "slice_inverse")
 _group(T, "functorch's first-class dimensions (torch.Tensor.index binds Dim objects)", "index")
 _group(T, "distributed-tensor internals of the PyTorch build", "is_distributed")

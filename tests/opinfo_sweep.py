@@ -59,10 +59,14 @@ def rebound(fn):
 
 def callables(op):
     """(kiln's, torch's) callable for an OpInfo: its own Python function with `torch` read as
-    kiln, or the function or method of the same name."""
+    kiln, kiln.ops.aten's twin of an ATen op, or the function or method of the same name."""
     fn = op.op
     if isinstance(fn, types.FunctionType) and fn.__module__.startswith("torch.testing"):
         return rebound(fn), fn
+    if isinstance(fn, torch._ops.OpOverload):       # an ATen op (aten.slice.Tensor): kiln's
+        packet = getattr(kiln.ops.aten, fn._overloadpacket.__name__, None)
+        if getattr(packet, fn._overloadname, None) is not None:
+            return getattr(packet, fn._overloadname), fn
     return resolve(op.name, kiln), fn
 
 
@@ -189,7 +193,8 @@ def comparers():
 
 def run_sample(kfn, tfn, sample, grad, custom=None):
     """('ok'|'wrong'|'error'|'skip', message) for one sample. `custom(k_out, t_out, args,
-    compare)` replaces the comparison of outputs, and then gradients are not compared."""
+    compare)` replaces the comparison of outputs, and then gradients are not compared, unless
+    it has `compare_grads = True` (its floating outputs are unique: topk's values)."""
     args = (sample.input, *sample.args)
     try:
         torch.manual_seed(0)
@@ -207,7 +212,7 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     why = (custom(k_out, t_out, args, compare) if custom else compare(k_out, t_out, "output"))
     if why:
         return "wrong", why
-    if not grad or custom:
+    if not grad or custom and not getattr(custom, "compare_grads", False):
         return "ok", ""
     t_in = [x for x in flat(args) if isinstance(x, torch.Tensor) and x.requires_grad]
     k_in = [x for x in flat(kargs) if isinstance(x, kiln.Tensor) and x.requires_grad]

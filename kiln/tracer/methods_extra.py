@@ -67,7 +67,7 @@ logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminma
 dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
 diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
 masked_scatter put renorm unfold as_strided addmv addr addbmm adjoint vdot kron cov corrcoef
-nonzero_static igamma igammac
+nonzero_static igamma igammac narrow_copy as_strided_scatter
 """.split()
 
 

@@ -9,143 +9,59 @@ its line). Modes: float32 and int64 values, float64 values and gradients.
 ties) to `fn(kiln_out, torch_out, torch_args, compare) -> None or why`, used instead of the
 element-wise comparison; `compare(k, t, what)` is that comparison."""
 
-COMPARE = {}
+import numpy as np
+import torch
+
+import kiln
+
+
+def _picks(dim_at: int, keepdim_at: int | None, distinct: bool = False):
+    """A COMPARE for (values, indices) results whose indices are not unique among ties
+    (topk, kthvalue, mode): the values compared as they are; the indices must have torch's
+    shape and dtype, lie in range, and point at elements equal to torch's values (and at
+    different elements, for topk). `dim_at`/`keepdim_at`: where dim and keepdim sit in the
+    torch arguments (positional in these ops' samples), dim -1 and keepdim False if absent."""
+    def check(k_out, t_out, args, compare):
+        why = compare(k_out[0], t_out[0], "output[0]")
+        if why:
+            return why
+        k_idx, t_idx = k_out[1], t_out[1]
+        if tuple(k_idx.shape) != tuple(t_idx.shape) or k_idx.dtype.name != "int64":
+            return f"output[1]: shape {tuple(k_idx.shape)} {k_idx.dtype.name}, torch " \
+                   f"{tuple(t_idx.shape)} int64"
+        x = args[0].detach()
+        idx = torch.from_numpy(np.array(k_idx.numpy()))
+        if x.ndim == 0:
+            return None if bool((idx == 0).all()) else f"output[1]: {idx.tolist()} of a 0-d input"
+        d = (args[dim_at] if len(args) > dim_at else -1) % x.ndim
+        keep = keepdim_at is None or (len(args) > keepdim_at and bool(args[keepdim_at]))
+        at = idx if keep else idx.unsqueeze(d)
+        if bool(((at < 0) | (at >= x.shape[d])).any()):
+            return f"output[1]: an index outside [0, {x.shape[d]}) along dim {d}"
+        if distinct and at.shape[d] > 1 and bool((at.sort(d).values.diff(dim=d) == 0).any()):
+            return "output[1]: an element picked twice"
+        picked = x.gather(d, at) if keep else x.gather(d, at).squeeze(d)
+        return compare(kiln.tensor(picked.numpy()), t_out[0], "input at output[1]")
+    # the gradients follow the indices: compared too, as the float samples have no ties
+    check.compare_grads = True
+    return check
+
+
+COMPARE = {
+    "topk": _picks(2, None, distinct=True),      # topk(input, k, dim, largest, sorted)
+    "kthvalue": _picks(2, 3),                    # kthvalue(input, k, dim, keepdim)
+    "mode": _picks(1, 2),                        # mode(input, dim, keepdim)
+}
+
+# a sample whose reference is not what kiln can be compared with
+_PARTIAL_VIEW = ("n/a: the sample is a view at storage offset 10 of a larger tensor, read by "
+                 "absolute storage offsets; to_kiln copies only the view's elements")
+_TORCH_GRAD_WRONG = ("n/a: torch's gradient wrt input is wrong (torch's own gradcheck fails; "
+                     "its OpInfo xfails test_fn_grad); kiln's passes gradcheck")
 
 KNOWN = {
-    ('_chunk_cat', 'float32'): 'missing',
-    ('_chunk_cat', 'int64'): 'missing',
-    ('_chunk_cat', 'float64_grad'): 'missing',
-    ('_segment_reduce.lengths', 'float32'): 'missing',
-    ('_segment_reduce.lengths', 'float64_grad'): 'missing',
-    ('_segment_reduce.offsets', 'float32'): 'missing',
-    ('_segment_reduce.offsets', 'float64_grad'): 'missing',
-    ('_unsafe_masked_index', 'float32'): 'missing',
-    ('_unsafe_masked_index', 'int64'): 'missing',
-    ('_unsafe_masked_index', 'float64_grad'): 'missing',
-    ('_unsafe_masked_index_put_accumulate', 'float32'): 'missing',
-    ('_unsafe_masked_index_put_accumulate', 'int64'): 'missing',
-    ('_unsafe_masked_index_put_accumulate', 'float64_grad'): 'missing',
-    ('alias_copy', 'float32'): 'missing',
-    ('alias_copy', 'int64'): 'missing',
-    ('alias_copy', 'float64_grad'): 'missing',
-    ('as_strided.partial_views', 'float32'): 'wrong: output: 4 of 4 differ, e.g. at (np.int64(0),',
-    ('as_strided.partial_views', 'int64'): 'wrong: output: 4 of 4 differ, e.g. at (np.int64(0), n',
-    ('as_strided.partial_views', 'float64_grad'): 'wrong: output: 4 of 4 differ, e.g. at (np.int6',
-    ('as_strided_copy', 'float32'): 'missing',
-    ('as_strided_copy', 'int64'): 'missing',
-    ('as_strided_copy', 'float64_grad'): 'missing',
-    ('as_strided_scatter', 'float32'): 'missing',
-    ('as_strided_scatter', 'int64'): 'missing',
-    ('as_strided_scatter', 'float64_grad'): 'missing',
-    ('diagonal_copy', 'float32'): 'missing',
-    ('diagonal_copy', 'int64'): 'missing',
-    ('diagonal_copy', 'float64_grad'): 'missing',
-    ('expand_copy', 'float32'): 'missing',
-    ('expand_copy', 'int64'): 'missing',
-    ('expand_copy', 'float64_grad'): 'missing',
-    ('gather', 'float32'): 'error: IndexError: gather: tensors used as indices must be long, int ',
-    ('gather', 'int64'): 'error: IndexError: gather: tensors used as indices must be long, int or',
-    ('gather', 'float64_grad'): 'error: IndexError: gather: tensors used as indices must be long,',
-    ('histc', 'float32'): 'error: IndexError: max: cannot reduce over dimension 1 of size 0 (shap',
-    ('histc', 'float64_grad'): 'error: IndexError: max: cannot reduce over dimension 1 of size 0 ',
-    ('histogramdd', 'float32'): 'error: ValueError: `bins[4]` must be monotonically increasing, w',
-    ('histogramdd', 'float64_grad'): 'error: ValueError: `bins[0]` must be monotonically increasi',
-    ('index_add', 'float32'): 'error: IndexError: tuple index out of range',
-    ('index_add', 'int64'): 'error: IndexError: tuple index out of range',
-    ('index_add', 'float64_grad'): 'error: IndexError: tuple index out of range',
-    ('index_copy', 'float32'): 'error: IndexError: tuple index out of range',
-    ('index_copy', 'int64'): 'error: IndexError: tuple index out of range',
-    ('index_copy', 'float64_grad'): 'error: IndexError: tuple index out of range',
-    ('index_fill', 'float32'): 'error: IndexError: tuple index out of range',
-    ('index_fill', 'int64'): 'error: IndexError: tuple index out of range',
-    ('index_fill', 'float64_grad'): 'wrong: grad 1: kiln None, torch nonzero',
-    ('index_reduce.amax', 'float32'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.amax', 'int64'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.amax', 'float64_grad'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.amin', 'float32'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.amin', 'int64'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.amin', 'float64_grad'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.mean', 'float32'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.mean', 'int64'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.mean', 'float64_grad'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.prod', 'float32'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.prod', 'int64'): 'error: IndexError: list assignment index out of range',
-    ('index_reduce.prod', 'float64_grad'): 'error: IndexError: list assignment index out of range',
-    ('index_select', 'float32'): 'error: IndexError: tuple index out of range',
-    ('index_select', 'int64'): 'error: IndexError: tuple index out of range',
-    ('index_select', 'float64_grad'): 'error: IndexError: tuple index out of range',
-    ('kthvalue', 'int64'): 'wrong: output[1]: 6 of 25 differ, e.g. at (np.int64(0), np.int64(1)) ',
-    ('masked_scatter', 'float32'): 'error: RuntimeError: expand: the number of sizes provided (1)',
-    ('masked_scatter', 'int64'): 'error: RuntimeError: expand: the number of sizes provided (1) m',
-    ('masked_scatter', 'float64_grad'): 'error: RuntimeError: expand: the number of sizes provide',
-    ('mode', 'int64'): 'wrong: output[1]: 1 of 1 differ, e.g. at () kiln np.int64(2995) torch np.',
-    ('nanquantile', 'float32'): 'error: IndexError: tuple index out of range',
-    ('nanquantile', 'float64_grad'): 'wrong: grad 1: kiln None, torch nonzero',
-    ('narrow_copy', 'float32'): 'missing',
-    ('narrow_copy', 'int64'): 'missing',
-    ('narrow_copy', 'float64_grad'): 'missing',
-    ('permute_copy', 'float32'): 'missing',
-    ('permute_copy', 'int64'): 'missing',
-    ('permute_copy', 'float64_grad'): 'missing',
-    ('quantile', 'float32'): 'error: IndexError: tuple index out of range',
-    ('quantile', 'float64_grad'): 'wrong: grad 1: kiln None, torch nonzero',
-    ('repeat_interleave', 'float32'): 'error: TypeError: repeat_interleave() got an unexpected ke',
-    ('repeat_interleave', 'int64'): 'error: TypeError: repeat_interleave() got an unexpected keyw',
-    ('repeat_interleave', 'float64_grad'): 'error: TypeError: repeat_interleave() got an unexpect',
-    ('scatter', 'float32'): "error: NotImplementedError: scatter: reduce='multiply' is not suppor",
-    ('scatter_reduce.amax', 'float32'): 'error: RuntimeError: scatter_reduce: kiln needs index to',
-    ('scatter_reduce.amax', 'int64'): 'error: RuntimeError: scatter_reduce: kiln needs index to m',
-    ('scatter_reduce.amax', 'float64_grad'): 'error: RuntimeError: scatter_reduce: kiln needs ind',
-    ('scatter_reduce.amin', 'float32'): 'error: RuntimeError: scatter_reduce: kiln needs index to',
-    ('scatter_reduce.amin', 'int64'): 'error: RuntimeError: scatter_reduce: kiln needs index to m',
-    ('scatter_reduce.amin', 'float64_grad'): 'error: RuntimeError: scatter_reduce: kiln needs ind',
-    ('scatter_reduce.mean', 'float32'): 'error: RuntimeError: scatter_reduce: kiln needs index to',
-    ('scatter_reduce.mean', 'int64'): 'error: RuntimeError: scatter_reduce: kiln needs index to m',
-    ('scatter_reduce.mean', 'float64_grad'): 'error: RuntimeError: scatter_reduce: kiln needs ind',
-    ('scatter_reduce.prod', 'float32'): 'error: RuntimeError: scatter_reduce: kiln needs index to',
-    ('scatter_reduce.prod', 'int64'): 'error: RuntimeError: scatter_reduce: kiln needs index to m',
-    ('scatter_reduce.prod', 'float64_grad'): 'error: RuntimeError: scatter_reduce: kiln needs ind',
-    ('scatter_reduce.sum', 'float32'): 'error: RuntimeError: scatter_reduce: kiln needs index to ',
-    ('scatter_reduce.sum', 'int64'): 'error: RuntimeError: scatter_reduce: kiln needs index to ma',
-    ('scatter_reduce.sum', 'float64_grad'): 'error: RuntimeError: scatter_reduce: kiln needs inde',
-    ('slice', 'float32'): 'missing',
-    ('slice', 'int64'): 'missing',
-    ('slice', 'float64_grad'): 'missing',
-    ('split_with_sizes_copy', 'float32'): 'missing',
-    ('split_with_sizes_copy', 'int64'): 'missing',
-    ('split_with_sizes_copy', 'float64_grad'): 'missing',
-    ('squeeze.multiple', 'float32'): 'wrong: output: shape (), torch (1, 1, 1, 1)',
-    ('squeeze.multiple', 'int64'): 'wrong: output: shape (), torch (1, 1, 1, 1)',
-    ('squeeze.multiple', 'float64_grad'): 'wrong: output: shape (), torch (1, 1, 1, 1)',
-    ('squeeze_copy', 'float32'): 'missing',
-    ('squeeze_copy', 'int64'): 'missing',
-    ('squeeze_copy', 'float64_grad'): 'missing',
-    ('t_copy', 'float32'): 'missing',
-    ('t_copy', 'int64'): 'missing',
-    ('t_copy', 'float64_grad'): 'missing',
-    ('take_along_dim', 'float32'): 'wrong: output: shape (5, 2), torch (10,)',
-    ('take_along_dim', 'int64'): 'wrong: output: shape (5, 2), torch (10,)',
-    ('take_along_dim', 'float64_grad'): 'wrong: output: shape (5, 2), torch (10,)',
-    ('tensor_split', 'float32'): 'error: TypeError: iteration over a 0-d tensor',
-    ('tensor_split', 'int64'): 'error: TypeError: iteration over a 0-d tensor',
-    ('tensor_split', 'float64_grad'): 'error: grad: RuntimeError: add: The size of tensor a (5) m',
-    ('topk', 'int64'): 'wrong: output[1]: 16 of 150 differ, e.g. at (np.int64(0), np.int64(4), np',
-    ('transpose_copy', 'float32'): 'missing',
-    ('transpose_copy', 'int64'): 'missing',
-    ('transpose_copy', 'float64_grad'): 'missing',
-    ('unbind_copy', 'float32'): 'missing',
-    ('unbind_copy', 'int64'): 'missing',
-    ('unbind_copy', 'float64_grad'): 'missing',
-    ('unfold_copy', 'float32'): 'missing',
-    ('unfold_copy', 'int64'): 'missing',
-    ('unfold_copy', 'float64_grad'): 'missing',
-    ('unique_consecutive', 'float32'): 'error: ValueError: cannot reshape array of size 0 into sh',
-    ('unique_consecutive', 'int64'): 'error: ValueError: cannot reshape array of size 0 into shap',
-    ('unique_consecutive', 'float64_grad'): 'error: ValueError: cannot reshape array of size 0 in',
-    ('unsqueeze_copy', 'float32'): 'missing',
-    ('unsqueeze_copy', 'int64'): 'missing',
-    ('unsqueeze_copy', 'float64_grad'): 'missing',
-    ('view_copy', 'float32'): 'missing',
-    ('view_copy', 'int64'): 'missing',
-    ('view_copy', 'float64_grad'): 'missing',
+    ('as_strided.partial_views', 'float32'): _PARTIAL_VIEW,
+    ('as_strided.partial_views', 'int64'): _PARTIAL_VIEW,
+    ('as_strided.partial_views', 'float64_grad'): _PARTIAL_VIEW,
+    ('as_strided_scatter', 'float64_grad'): _TORCH_GRAD_WRONG,
 }

@@ -214,7 +214,11 @@ def test_index_select_at_other_dims_is_refused_too() -> None:
         kiln.zeros(2, 3).index_select(1, kiln.tensor([-1]))
 
 
-def test_scatter_with_an_unsupported_reduce_is_refused_not_ignored() -> None:
-    # reduce="multiply" used to write src as if no reduce had been given
-    with pytest.raises(NotImplementedError, match="scatter.*multiply"):
-        kiln.ones(2, 3).scatter(0, kiln.tensor([[1, 0, 0]]), 2.0, reduce="multiply")
+def test_scatter_reduces_or_refuses_never_ignores_reduce() -> None:
+    # reduce="multiply" once wrote src as if no reduce had been given
+    index = [[1, 0, 0], [1, 1, 0]]
+    got = kiln.full((2, 3), 3.0).scatter(0, kiln.tensor(index), 2.0, reduce="multiply")
+    want = torch.full((2, 3), 3.0).scatter(0, torch.tensor(index), 2.0, reduce="multiply")
+    assert got.tolist() == want.tolist()
+    with pytest.raises(RuntimeError, match="scatter.*add or multiply"):
+        kiln.ones(2, 3).scatter(0, kiln.tensor([[1, 0, 0]]), 2.0, reduce="max")

@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import kiln
 from tests.parity import check_op
 from tests.strategies import broadcastable, dim_of, seeds, shapes
 
@@ -163,3 +164,89 @@ ZERO_D_INDEX_CALLS = [
 def test_zero_d_index_and_input_count_as_one_d_in_scatter_and_gather() -> None:
     for call in ZERO_D_INDEX_CALLS:
         check_op(call, [(5,)], dtype=np.float64)
+
+
+COPY_FORMS = [
+    lambda lib, x: lib.alias_copy(x),
+    lambda lib, x: lib.as_strided_copy(x, (2, 2), (1, 3), 1),
+    lambda lib, x: lib.diagonal_copy(x, 1),
+    lambda lib, x: lib.expand_copy(x[:, :1], (4, 3)),
+    lambda lib, x: lib.narrow_copy(x, 1, 1, 2),
+    lambda lib, x: x.narrow_copy(0, 1, 2),
+    lambda lib, x: lib.permute_copy(x, (1, 0)),
+    lambda lib, x: lib.select_copy(x, 1, -1),
+    lambda lib, x: lib.slice_copy(x, 0, 1, None, 2),
+    lambda lib, x: lib.split_copy(x, 3),
+    lambda lib, x: lib.split_with_sizes_copy(x, [1, 3]),
+    lambda lib, x: lib.squeeze_copy(x[:1], 0),
+    lambda lib, x: lib.t_copy(x),
+    lambda lib, x: lib.transpose_copy(x, 0, 1),
+    lambda lib, x: lib.unbind_copy(x, 1),
+    lambda lib, x: lib.unfold_copy(x, 0, 2, 1),
+    lambda lib, x: lib.unsqueeze_copy(x, 1),
+    lambda lib, x: lib.view_copy(x.t(), [-1]),
+]
+
+
+def test_copy_forms_match_the_views_and_own_their_memory() -> None:
+    for form in COPY_FORMS:
+        check_op(form, [(4, 3)], dtype=np.float64)
+        x = kiln.arange(12.0).reshape(4, 3)
+        for out in form(kiln, x) if isinstance(form(kiln, x), tuple) else [form(kiln, x)]:
+            assert out.is_contiguous()
+            out.fill_(-1.0)
+        assert x.tolist() == kiln.arange(12.0).reshape(4, 3).tolist()
+
+
+def test_as_strided_scatter() -> None:
+    cases = [((1,), (), (), 0), ((3, 3), (2, 2), (1, 2), 1), ((16,), (2, 1, 1, 2), (1, 2, 4, 8), 0)]
+    for shape, size, stride, offset in cases:
+        # values only: torch's own gradient wrt input fails torch's gradcheck
+        check_op(lambda t, a, s: t.as_strided_scatter(a, s, size, stride, offset),
+                 [shape, size], dtype=np.float64, grad=False)
+        a = kiln.randn(*shape, dtype=kiln.float64, requires_grad=True)
+        s = kiln.randn(*size, dtype=kiln.float64, requires_grad=True)
+        assert kiln.autograd.gradcheck(
+            lambda x, y: kiln.as_strided_scatter(x, y, size, stride, offset), (a, s))
+
+
+# each once gave a wrong result: a shape, a value or a gradient torch does not give
+ONCE_WRONG = [
+    lambda lib, x: lib.take_along_dim(x, lib.tensor([[0, 2], [15, 1]])),        # no dim: flat
+    lambda lib, x: lib.take_along_dim(x, lib.tensor([[-1], [-3], [0], [3]]), 1),  # wraps
+    lambda lib, x: lib.squeeze(x[:1, :1], ()),                                  # no dims
+    lambda lib, x: lib.index_select(x, 1, lib.tensor(2)),                       # 0-d index
+    lambda lib, x: lib.tensor_split(x, [3, 1], 1),                              # overlapping
+    lambda lib, x: lib.index_fill(x, 1, lib.tensor([1, 1, 0]), x[0, 0] * 3),    # twice named
+    lambda lib, x: lib.quantile(x, x[0].sigmoid(), dim=1, keepdim=True),        # q's gradient
+    lambda lib, x: lib.nanquantile(lib.where(x > 1, float("nan"), x), 0.3, dim=0),
+]
+
+
+def test_once_wrong_index_results() -> None:
+    for call in ONCE_WRONG:
+        check_op(call, [(4, 4)], dtype=np.float64)
+
+
+def test_segment_reduce() -> None:
+    lengths = [[2, 0, 3, 0], [0, 1, 2, 2], [5, 0, 0, 0]]
+    offsets = np.concatenate([np.zeros((3, 1), np.int64), np.cumsum(lengths, 1)], 1)
+    for reduce in ("sum", "mean", "max", "min", "prod"):
+        for initial in (None, 1.5):
+            check_op(lambda t, x: t.segment_reduce(x, reduce, lengths=t.tensor(lengths), axis=1,
+                                                   initial=initial), [(3, 5, 2)],
+                     dtype=np.float64)
+            check_op(lambda t, x: t.segment_reduce(x, reduce, offsets=t.tensor(offsets), axis=1,
+                                                   initial=initial), [(3, 5, 2)],
+                     dtype=np.float64)
+        # unsafe: the lengths need not cover the dim
+        check_op(lambda t, x: t.segment_reduce(x, reduce, lengths=t.tensor([1, 2]), unsafe=True),
+                 [(6,)], dtype=np.float64)
+
+
+def test_chunk_cat() -> None:
+    # values only: torch has no derivative for it
+    check_op(lambda t, a, b: t._chunk_cat([a, b], 0, 2), [(3, 2), (1, 3)], dtype=np.float64,
+             grad=False)
+    check_op(lambda t, a, b: t._chunk_cat([a, b], -1, 3), [(2, 2, 5), (2, 2, 1)],
+             dtype=np.float64, grad=False)

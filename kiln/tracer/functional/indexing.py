@@ -57,12 +57,23 @@ def _uint8_mask(k: Tensor) -> Tensor:
     return P.ne(k, 0)
 
 
-def repeat_interleave(input, repeats, dim=None):
+def repeat_interleave(input, repeats=None, dim=None, *, output_size=None):
+    """Each element (or slice along `dim`) repeated; `output_size`, PyTorch's hint of the
+    total length, is checked against it. Given only repeats (a vector), the positions of
+    its elements, each repeated so."""
+    if repeats is None:
+        return repeat_interleave(arange(input.shape[0], device=input.device), input,
+                                 output_size=output_size)
     if dim is None:
         input, dim = reshape(input, (-1,)), 0
     d = _norm_dim(dim, input.ndim)
     if isinstance(repeats, Tensor):
-        idx = np.repeat(np.arange(input.shape[d]), repeats.tolist())
+        counts = repeats.tolist()
+        total = _py_sum(counts) if isinstance(counts, list) else counts * input.shape[d]
+        if output_size is not None and output_size != total:
+            raise op_error("repeat_interleave", f"allocated size does not match required size: "
+                           f"output_size={output_size}, repeats sum to {total}")
+        idx = np.repeat(np.arange(input.shape[d]), counts)
         return index_select(input, d, input.new_tensor(idx, dtype=dt.int64))
     shape = tuple(input.shape)
     x = unsqueeze(input, d + 1)
@@ -75,7 +86,34 @@ def index_select(input, dim, index):
     if input.dtype in _LIMITED_UNSIGNED and input.ndim <= 1:
         # PyTorch selects rows of these types (copies), but has no 1-d kernel for them
         raise _unsigned_refusal("index_select", input.dtype)
+    if input.ndim == 0:
+        if index.numel() != 1:
+            raise op_error("index_select", f"index_select(): Index to scalar can have only 1 "
+                           f"value, got {index.numel()} value(s)", IndexError)
+        _norm_dim(dim, 0)
+        return reshape(select_rows(reshape(input, (1,)), 0, reshape(index, (1,)),
+                                   "index_select"), ())
+    if index.ndim == 0:               # one index, the dim kept (embedding's 0-d index drops it)
+        index = reshape(index, (1,))
     return select_rows(input, dim, index, "index_select")
+
+
+def as_vectors(input, dim, index, source=None):
+    """(input, d, index, source) as the index_* ops read them: PyTorch counts a 0-d index as
+    a vector of one, and a 0-d input (with its 0-d source) as a vector of one element, along
+    dim 0 or -1; `as_input` gives a 0-d input's result back its shape ()."""
+    d = _norm_dim(dim, input.ndim)
+    if index.ndim == 0:
+        index = reshape(index, (1,))
+    if input.ndim == 0:
+        input = reshape(input, (1,))
+        if isinstance(source, Tensor) and source.ndim == 0:
+            source = reshape(source, (1,))
+    return input, d, index, source
+
+
+def as_input(out, input):
+    return out if input.ndim else reshape(out, ())
 
 
 def select_rows(input, dim, index, op: str):
@@ -209,6 +247,8 @@ def _gather(input, dim, index, op, checked=False):
     """gather under the name of the op the user called; `checked`: `index` is known to be in
     [0, size) already (nll_loss checked its targets)."""
     d = _norm_dim(dim, input.ndim)
+    if not index.numel():       # PyTorch checks neither the dtype nor the rank of no indices
+        return reshape(reshape(input, (-1,))[:0], tuple(index.shape))
     if index.ndim == 0 and input.ndim <= 1:     # PyTorch counts a 0-d index as 1-d
         return reshape(_gather(input, dim, reshape(index, (1,)), op, checked), ())
     if input.ndim == 0 and index.ndim == 1:
@@ -246,9 +286,16 @@ def _scatter(input, dim, index, src, prim, op):
 
 def scatter(input, dim, index, src=None, *, value=None, reduce=None):
     _check_unsigned("scatter", input)
-    if reduce not in (None, "add"):     # not ignored: that would write instead of reducing
-        raise op_error("scatter", f"reduce={reduce!r} is not supported in kiln (only 'add'); "
-                       "use scatter_add, or scatter into a copy and combine", NotImplementedError)
+    if reduce not in (None, "add", "multiply"):
+        raise op_error("scatter", f"reduce argument must be either add or multiply, got "
+                       f"{reduce!r}", RuntimeError)
+    if reduce == "multiply":
+        # scatter_reduce's product, which lives with the torch namespace's other scatters
+        from kiln.tracer.functional_extra.shapes import scatter_reduce
+        src = src if src is not None else value
+        if not isinstance(src, Tensor):
+            src = full(tuple(index.shape), src, dtype=input.dtype, device=input.device)
+        return scatter_reduce(input, dim, index, src.to(input.dtype), "prod")
     if reduce == "add":
         return _scatter(input, dim, index, src if src is not None else value, P.index_add,
                         "scatter")
@@ -262,24 +309,37 @@ def scatter_add(input, dim, index, src):
 
 
 def index_add(input, dim, index, source, *, alpha=1):
-    d = _norm_dim(dim, input.ndim)
+    x, d, index, source = as_vectors(input, dim, index, source)
     src = source * alpha if alpha != 1 else source
-    index = _wrap_index(index, input.shape[d], "index_add", RuntimeError, dim=d, negative=False)
-    return P.index_add(input, index, src.to(input.dtype), axis=d)
+    index = _wrap_index(index, x.shape[d], "index_add", RuntimeError, dim=d, negative=False)
+    return as_input(P.index_add(x, index, src.to(x.dtype), axis=d), input)
 
 
 def index_fill(input, dim, index, value):
-    d = _norm_dim(dim, input.ndim)
-    shape = tuple(input.shape)
-    src = full(shape[:d] + tuple(index.shape) + shape[d + 1:], value, dtype=input.dtype,
-               device=input.device)
-    return P.index_put(input, _wrap_index(index, shape[d], "index_fill", dim=d), src, axis=d)
+    """`value` where the positions along `dim` are named by `index` (once each, however
+    often named: so the gradient of a tensor `value` counts each filled element once)."""
+    x, d, index, _ = as_vectors(input, dim, index)
+    n = x.shape[d]
+    if isinstance(value, Tensor):
+        if value.ndim:
+            raise op_error("index_fill", f"index_fill_ only supports a 0-dimensional value "
+                           f"tensor, but got tensor with {value.ndim} dimension(s).")
+        value = value.to(x.dtype)
+    else:
+        value = full((), value, dtype=x.dtype, device=x.device)
+    index = _wrap_index(index, n, "index_fill", dim=d)
+    hit = P.index_put(zeros(n, dtype=dt.bool_, device=x.device), index,
+                      full(tuple(index.shape), True, dtype=dt.bool_, device=x.device), axis=0)
+    hit = reshape(hit, (n,) + (1,) * (x.ndim - d - 1))
+    return as_input(P.where(hit, value, x), input)
 
 
 def index_copy(input, dim, index, source):
-    d = _norm_dim(dim, input.ndim)
-    index = _wrap_index(index, input.shape[d], "index_copy", dim=d, negative=False)
-    return P.index_put(input, index, source.to(input.dtype), axis=d)
+    x, d, index, source = as_vectors(input, dim, index, source)
+    if source.ndim == 0 and x.ndim == 1:
+        source = reshape(source, (1,))
+    index = _wrap_index(index, x.shape[d], "index_copy", dim=d, negative=False)
+    return as_input(P.index_put(x, index, source.to(x.dtype), axis=d), input)
 
 
 def masked_fill(input, mask, value):
@@ -308,8 +368,10 @@ def take(input, index):
 
 
 def take_along_dim(input, indices, dim=None):
+    """gather with broadcasting; along `dim`, indices in [-n, 0) count from the end (as
+    PyTorch's), and without `dim` both tensors are read flattened."""
     if dim is None:
-        return take(input, indices)
+        return _gather(reshape(input, (-1,)), 0, reshape(indices, (-1,)), "take_along_dim")
     d = _norm_dim(dim, input.ndim)
     # every dim but `dim` broadcasts between input and indices
     a, b = list(input.shape), list(indices.shape)
@@ -317,7 +379,8 @@ def take_along_dim(input, indices, dim=None):
     common = _broadcast("take_along_dim", tuple(a), tuple(b))
     input = expand(input, common[:d] + (input.shape[d],) + common[d + 1:])
     indices = expand(indices, common[:d] + (indices.shape[d],) + common[d + 1:])
-    return _gather(input, d, indices, "take_along_dim")
+    indices = _wrap_index(indices, input.shape[d], "take_along_dim", RuntimeError, dim=d)
+    return _gather(input, d, indices, "take_along_dim", checked=True)
 
 
 @composite

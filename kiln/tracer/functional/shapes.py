@@ -227,6 +227,8 @@ def squeeze(input, dim=None):
     shape = tuple(input.shape)
     if dim is None:
         axes = tuple(i for i, s in enumerate(shape) if s == 1)
+    elif isinstance(dim, (tuple, list)) and not dim:
+        axes = ()                     # no dims named: nothing squeezed (not every dim)
     else:
         axes = tuple(a for a in _axes(dim if isinstance(dim, (tuple, list)) else (dim,),
                                       input.ndim) if input.ndim and shape[a] == 1)
@@ -443,13 +445,19 @@ def chunk(input, chunks, dim=0):
 def tensor_split(input, indices_or_sections, dim=0):
     d = _norm_dim(dim, input.ndim)
     n = input.shape[d]
+    if isinstance(indices_or_sections, Tensor):    # 0-d: a number of sections; 1-d: indices
+        indices_or_sections = indices_or_sections.tolist()
     if isinstance(indices_or_sections, int):
         k = indices_or_sections
         sizes = [n // k + 1] * (n % k) + [n // k] * (k - n % k)
-    else:
-        bounds = [0] + list(indices_or_sections) + [n]
-        sizes = [_py_max(0, b - a) for a, b in zip(bounds, bounds[1:])]
-    return split(input, sizes, d)
+        return split(input, sizes, d)
+    # indices: the pieces are Python's slices [0:i0], [i0:i1], ..., [ik:] (they may overlap)
+    bounds = [0] + [int(i) for i in indices_or_sections] + [n]
+    pieces = []
+    for a, b in zip(bounds, bounds[1:]):
+        start, stop, _ = slice(a, b).indices(n)
+        pieces.append(_slice_dim(input, d, start, _py_max(start, stop)))
+    return tuple(pieces)
 
 
 def unbind(input, dim=0):

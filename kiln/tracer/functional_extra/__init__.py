@@ -14,7 +14,8 @@ One module per family; each imports only `common` here (and `kiln.tracer.functio
     sorting         sort, topk, kthvalue, median, mode, quantile
     cumulative      cummax/cummin, logcumsumexp, diff, gradient, trapezoid
     counting        searchsorted, bucketize, histc, bincount, unique, isin, aminmax
-    shapes          atleast_nd, splits, rot90, *_scatter, block_diag, meshgrid, index_put, ...
+    shapes          atleast_nd, splits, rot90, *_scatter, block_diag, meshgrid, index_put,
+                    the view ops' *_copy forms, ...
     linear_algebra  addmv, addr, addbmm, chain_matmul, kron, cdist, cov
     creation        scalar_tensor, range, frombuffer, window functions, poisson, fill
     misc            finfo/iinfo, can_cast, typename, vmap's loop, DLPack
@@ -61,8 +62,17 @@ from kiln.tracer.functional_extra.shapes import (atleast_1d, atleast_2d, atleast
                                                  cartesian_prod, combinations, meshgrid,
                                                  tril_indices, triu_indices, unravel_index, vander,
                                                  index_put, index_reduce, scatter_reduce,
+                                                 segment_reduce, _chunk_cat, _unsafe_masked_index,
+                                                 _unsafe_masked_index_put_accumulate,
                                                  masked_scatter, put, renorm, unfold,
-                                                 as_strided, empty_strided)
+                                                 as_strided, as_strided_scatter, empty_strided,
+                                                 alias_copy,
+                                                 as_strided_copy, detach_copy, diagonal_copy,
+                                                 expand_copy, narrow_copy, permute_copy,
+                                                 select_copy, slice_copy, split_copy,
+                                                 split_with_sizes_copy, squeeze_copy, t_copy,
+                                                 transpose_copy, unbind_copy, unfold_copy,
+                                                 unsqueeze_copy, view_copy)
 from kiln.tracer.functional_extra.linear_algebra import (addmv, addr, addbmm, adjoint,  # noqa: F401
                                                          chain_matmul, vdot, kron, cdist, cov,
                                                          corrcoef)

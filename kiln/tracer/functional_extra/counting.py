@@ -3,6 +3,7 @@ aminmax. Sizes that depend on the data read values into Python (a graph break wh
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -46,10 +47,10 @@ def histc(input, bins=100, min=0, max=0):
     refuse_without_kernel("histc", input, (dt.BOOL, dt.INT))
     x = _f(input).detach()
     lo, hi = float(min), float(max)
-    if lo == hi:
+    if lo == hi and x.numel():            # the data's range (none: no values to count)
         lo, hi = float(F.amin(x)), float(F.amax(x))
-        if lo == hi:
-            lo, hi = lo - 1, hi + 1
+    if lo == hi:
+        lo, hi = lo - 1, hi + 1
     inside = F.logical_and(F.ge(x, lo), F.le(x, hi))
     idx = F.floor((x - lo) * (bins / (hi - lo))).to(dt.int64)
     idx = F.clamp(idx, 0, bins - 1)
@@ -120,7 +121,10 @@ def unique_consecutive(input, return_inverse=False, return_counts=False, dim=Non
         d = _norm_dim(dim, input.ndim)
         moved = np.moveaxis(data, d, 0)
         starts = np.ones(moved.shape[0], dtype=bool)
-        starts[1:] = np.any((moved[1:] != moved[:-1]).reshape(moved.shape[0] - 1, -1), axis=1)
+        if moved.shape[0] > 1:        # (a slice may have no elements: no -1 in the reshape)
+            rest = math.prod(moved.shape[1:])
+            starts[1:] = np.any((moved[1:] != moved[:-1]).reshape(moved.shape[0] - 1, rest),
+                                axis=1)
         values = np.moveaxis(moved[starts], 0, d)
         inverse = np.cumsum(starts) - 1
     counts = np.diff(np.append(np.flatnonzero(starts), starts.shape[0]))

@@ -4,6 +4,7 @@ nonzero_static, histogramdd, DLPack."""
 from __future__ import annotations
 
 import ctypes
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -12,6 +13,7 @@ from kiln.ir import dtypes as dt
 from kiln.runtime.device import Device, cupy_module
 from kiln.tracer import functional as F
 from kiln.tracer.creation import from_numpy
+from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor
 from kiln.tracer.tensor import Size, Tensor
 
@@ -119,12 +121,75 @@ def frobenius_norm(input, dim=(-2, -1), keepdim=False):
 
 
 def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
+    """Counts (or summed weights) of the rows of `input` (..., D) on a grid of D axes of bins,
+    by PyTorch's rules: `bins` counts per axis (edges evenly spaced over `range`, else over
+    the data's range, widened by 1/2 each way when empty of width) or tensors of edges; a
+    row outside an axis's first and last edge is not counted, and the last bin holds its
+    right edge. Edges are searched as given, by binary search: unsorted edges give what
+    PyTorch's search gives."""
     data = np.asarray(input._read("histogramdd()"))
-    w = None if weight is None else np.asarray(weight._read("histogramdd()"))
-    hist, edges = np.histogramdd(data, bins=bins, range=range, weights=w, density=density)
+    kind = data.dtype
+    rows = data.reshape(-1, data.shape[-1])
+    dims = rows.shape[1]
+    bins = [bins] * dims if isinstance(bins, int) else list(bins)
+    if len(bins) != dims:
+        raise op_error("histogramdd", "histogramdd: The size of bins must be equal to the "
+                       f"innermost dimension of the input ({len(bins)} vs {dims}).")
+    edges = [np.asarray(b._read("histogramdd()")).astype(kind) if isinstance(b, Tensor) else
+             _even_edges(rows[:, i], int(b), None if range is None else range[2 * i:2 * i + 2],
+                         kind) for i, b in enumerate(bins)]
+    counted = np.ones(rows.shape[0], dtype=bool)
+    places = []
+    for i, e in enumerate(edges):
+        x = rows[:, i]
+        counted &= (x >= e[0]) & (x <= e[-1])
+        place = _upper_bound(e, x) - 1
+        places.append(np.where(place == len(e) - 1, place - 1, place))
+    hist = np.zeros(tuple(len(e) - 1 for e in edges), dtype=kind)
+    w = np.ones(rows.shape[0], dtype=kind) if weight is None else \
+        np.asarray(weight._read("histogramdd()")).astype(kind).reshape(-1)
+    np.add.at(hist, tuple(p[counted] for p in places), w[counted])
+    if density:
+        hist = hist / hist.sum()
+        for i, e in enumerate(edges):
+            hist = hist / np.diff(e).reshape((-1,) + (1,) * (dims - i - 1))
     H = namedtuple("histogramdd", ["hist", "bin_edges"])
-    return H(_as_tensor(hist.astype(input.dtype.np), input),
-             [_as_tensor(e.astype(input.dtype.np), input) for e in edges])
+    return H(_as_tensor(hist.astype(kind), input), tuple(_as_tensor(e, input) for e in edges))
+
+
+def _even_edges(x: np.ndarray, count: int, span, kind) -> np.ndarray:
+    """`count` + 1 edges evenly over `span` (or x's range; [0, 1] for no values), as
+    PyTorch's linspace spaces them in `kind`: from the start up to half way, from the end
+    after."""
+    if span is not None:
+        lo, hi = float(span[0]), float(span[1])
+    else:
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise op_error("histogramdd", f"range of [{lo}, {hi}] is not finite")
+    if lo > hi:
+        raise op_error("histogramdd", f"min should not exceed max, got min {lo} max {hi}")
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    lo, hi = kind.type(lo), kind.type(hi)
+    step = (hi - lo) / kind.type(count)
+    i = np.arange(count + 1).astype(kind)
+    return np.where(i < (count + 1) // 2, lo + step * i,
+                    hi - step * (kind.type(count) - i)).astype(kind)
+
+
+def _upper_bound(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each x, the first position in `edges` whose edge exceeds it, by binary search
+    (C++'s std::upper_bound, step for step, so unsorted edges give its answer too)."""
+    first = np.zeros(x.shape, dtype=np.int64)
+    count = np.full(x.shape, len(edges), dtype=np.int64)
+    while (count > 0).any():
+        step = count // 2
+        probe = first + step
+        right = (count > 0) & ~(x < edges[np.minimum(probe, len(edges) - 1)])
+        first = np.where(right, probe + 1, first)
+        count = np.where(right, count - step - 1, np.where(count > 0, step, 0))
+    return first
 
 
 def from_dlpack(ext_tensor):

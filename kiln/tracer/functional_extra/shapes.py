@@ -15,6 +15,8 @@ from kiln.tracer import functional as F
 from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
+from kiln.tracer.functional.shapes import _own_memory
+from kiln.tracer.functional.indexing import as_input, as_vectors
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -254,9 +256,45 @@ def index_put(input, indices, values, accumulate=False):
     return F.index_put(input, indices, values, accumulate)
 
 
+def _chunk_cat(tensors, dim, num_chunks):
+    """Each tensor cut into `num_chunks` equal chunks along `dim` (zero-padded at its end),
+    each chunk flattened with the dims after it, and the i-th chunks of all joined: shape
+    shape[:dim] + (num_chunks, total) (ATen's, behind FSDP's gradient reduce-scatter)."""
+    rows = []
+    for t in tensors:
+        d = _norm_dim(dim, t.ndim)
+        short = -t.shape[d] % num_chunks
+        if short:
+            pad = tuple(t.shape[:d]) + (short,) + tuple(t.shape[d + 1:])
+            t = F.cat([t, F.zeros(pad, dtype=t.dtype, device=t.device)], d)
+        rows.append(F.reshape(t, tuple(t.shape[:d]) + (num_chunks, -1)))
+    return F.cat(rows, -1)
+
+
+def _masked_indices(input, indices):
+    """ATen's index list (None: a whole dim) as a getitem key, each index clamped into its
+    dim: the masked ops read or write at an index only where their mask holds."""
+    return tuple(slice(None) if index is None else F.clamp(index, 0, input.shape[dim] - 1)
+                 for dim, index in enumerate(indices))
+
+
+def _unsafe_masked_index(input, mask, indices, fill):
+    """input[indices] where `mask` holds, `fill` elsewhere (ATen's, behind decompositions of
+    padding and interpolation: indices outside the input are masked, not checked)."""
+    return F.where(mask, input[_masked_indices(input, indices)], fill)
+
+
+def _unsafe_masked_index_put_accumulate(input, mask, indices, values):
+    """input with `values` added at `indices` where `mask` holds (ATen's; the backward of
+    `_unsafe_masked_index`)."""
+    values = F.where(mask, values, F.zeros((), dtype=values.dtype, device=values.device))
+    return F.index_put(input, _masked_indices(input, indices), values, True)
+
+
 def index_reduce(input, dim, index, source, reduce, *, include_self=True):
-    return scatter_reduce(input, dim, _expand_index(index, source, dim), source, reduce,
-                          include_self=include_self)
+    x, d, index, source = as_vectors(input, dim, index, source)
+    return as_input(scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
+                                   include_self=include_self), input)
 
 
 def _expand_index(index, source, dim):
@@ -268,13 +306,28 @@ def _expand_index(index, source, dim):
 
 def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
     """`reduce` (sum, prod, mean, amax, amin) of src's values into input's positions along
-    `dim` named by `index`; index must match input in the other dims."""
+    `dim` named by `index`. Outside `dim` the index may be smaller than input (and src): it
+    is padded with -1, which names no position, and src is read in index's shape."""
     d = _norm_dim(dim, input.ndim)
+    if input.ndim <= 1 and index.ndim <= 1 and 0 in (input.ndim, index.ndim):
+        # PyTorch counts a 0-d input, index or src as 1-d here too
+        out = scatter_reduce(F.reshape(input, (-1,)), 0, F.reshape(index, (-1,)),
+                             F.reshape(src, (-1,)), reduce, include_self=include_self)
+        return F.reshape(out, tuple(input.shape))
+    if index.ndim != input.ndim or index.ndim != src.ndim:
+        raise op_error("scatter_reduce", f"Index tensor must have the same number of dimensions "
+                       f"as self and src tensors (index {list(index.shape)}, self "
+                       f"{list(input.shape)}, src {list(src.shape)})")
     for i in range(input.ndim):
-        if i != d and index.shape[i] != input.shape[i]:
-            raise op_error("scatter_reduce", f"kiln needs index to match input outside dim {d}: "
-                           f"index {list(index.shape)}, input {list(input.shape)}")
+        if index.shape[i] > src.shape[i] or i != d and index.shape[i] > input.shape[i]:
+            raise op_error("scatter_reduce", f"Size does not match at dimension {i}: index "
+                           f"{list(index.shape)} must be no larger than src {list(src.shape)}, "
+                           f"nor than self {list(input.shape)} apart from dimension {d}")
     src = src[tuple(slice(0, k) for k in index.shape)]
+    short = [0 if i == d else input.shape[i] - index.shape[i] for i in range(input.ndim)]
+    if any(short):
+        widths = tuple(w for k in reversed(short) for w in (0, k))
+        index, src = F.pad(index, widths, value=-1), F.pad(src, widths)
     n = input.shape[d]
     hit = F.movedim(F.eq(F.unsqueeze(index, -1), F.arange(n, device=input.device)), d, -2)
     vals = F.unsqueeze(F.movedim(src, d, -1), -1)             # ..., k, 1
@@ -310,8 +363,61 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
     return F.movedim(out.to(input.dtype), -1, d)
 
 
+_SEGMENT_REDUCTIONS = {"sum": ("sum", 0.0), "mean": ("sum", 0.0), "prod": ("prod", 1.0),
+                       "max": ("amax", -math.inf), "min": ("amin", math.inf)}
+
+
+def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, axis=0,
+                   unsafe=False, initial=None):
+    """`reduce` (sum, mean, max, min, prod) over consecutive segments of `data` along `axis`,
+    batched over the dims before it: their `lengths` (..., S), or `offsets` (..., S + 1) of
+    their starts and end. `initial` joins every segment's reduction, as in PyTorch (an empty
+    segment's result: else 0, 1, -inf, inf, or NaN for mean). A scatter_reduce into S + 1
+    slots, the last taking what no segment covers, so gradients are scatter_reduce's."""
+    if indices is not None:
+        raise op_error("segment_reduce", "segment_reduce(): indices based reduction is not "
+                       "supported yet.", NotImplementedError)
+    if (lengths is None) == (offsets is None):
+        raise op_error("segment_reduce", "segment_reduce(): give exactly one of lengths or "
+                       "offsets")
+    if reduce not in _SEGMENT_REDUCTIONS:
+        raise op_error("segment_reduce", f"reduce must be one of {list(_SEGMENT_REDUCTIONS)}, "
+                       f"got {reduce!r}")
+    a = _norm_dim(axis, data.ndim)
+    lens = np.asarray(lengths._read("segment_reduce()")) if lengths is not None else \
+        np.diff(np.asarray(offsets._read("segment_reduce()")), axis=-1)
+    n = data.shape[a]
+    if lens.ndim != a + 1 or lens.shape[:-1] != tuple(data.shape[:a]):
+        raise op_error("segment_reduce", f"segment_reduce(): lengths (shape {list(lens.shape)}) "
+                       f"must match data {list(data.shape)} before axis {a} and end there")
+    if not unsafe and ((lens < 0).any() or (lens.sum(-1) != n).any()):
+        raise op_error("segment_reduce", f"segment_reduce(): Expected all rows of lengths "
+                       f"along axis to sum to data.size({a}) = {n}, and none negative, when "
+                       f"!unsafe.")
+    count = lens.shape[-1]
+    slots = np.full(lens.shape[:-1] + (n,), count, dtype=np.int64)
+    for row in np.ndindex(lens.shape[:-1]):
+        ids = np.repeat(np.arange(count), np.maximum(lens[row], 0))[:n]
+        slots[row][:len(ids)] = ids
+    rest = (1,) * (data.ndim - a - 1)
+    index = F.expand(F.reshape(_as_tensor(slots, data), slots.shape + rest), tuple(data.shape))
+    kind, identity = _SEGMENT_REDUCTIONS[reduce]
+    shape = tuple(data.shape[:a]) + (count + 1,) + tuple(data.shape[a + 1:])
+    base = F.full(shape, identity if initial is None else initial, dtype=data.dtype,
+                  device=data.device)
+    out = F.narrow(scatter_reduce(base, a, index, data, kind), a, 0, count)
+    if reduce == "mean":
+        sizes = F.reshape(_as_tensor(lens.astype(data.dtype.np), data), lens.shape + rest)
+        empty = math.nan if initial is None else initial
+        out = F.where(F.gt(sizes, 0), out / F.clamp(sizes, min=1), empty)
+    return out
+
+
 def masked_scatter(input, mask, source):
-    m = F.expand(mask, tuple(input.shape)) if tuple(mask.shape) != tuple(input.shape) else mask
+    if tuple(mask.shape) != tuple(input.shape):   # out of place, the two broadcast together
+        input, m = F.broadcast_tensors(input, mask)
+    else:
+        m = mask
     flat_mask = F.reshape(m, (-1,))
     positions = F.cumsum(flat_mask.to(dt.int64), 0) - 1
     count = int(F.sum(flat_mask))
@@ -383,6 +489,76 @@ def as_strided(input, size, stride, storage_offset=None):
                        f"input's own {own}..{own + input.numel() - 1} (shape "
                        f"{list(input.shape)}); kiln reads only the input's elements")
     return P.as_strided(input, size=size, stride=stride, offset=offset - own)
+
+
+# ----------------------------------------------------------------------------- *_copy forms
+
+def _copied(out):
+    """A view op's result as its *_copy form returns it: row-major memory of its own (a tuple
+    of such for the ops that give several views)."""
+    if isinstance(out, (tuple, list)):
+        return tuple(_copied(t) for t in out)
+    return _own_memory(F.clone(out))
+
+
+def _copy_form(view, name: str):
+    """torch.`name`: `view` (the view op, or a function giving it), its result copied."""
+    def copy_form(input, *args, **kwargs):
+        return _copied(view(input, *args, **kwargs))
+    copy_form.__name__ = copy_form.__qualname__ = name
+    copy_form.__doc__ = f"{name[:-5]}'s result in memory of its own (no view of the input)."
+    return copy_form
+
+
+def _slice(input, dim=0, start=None, end=None, step=1):
+    d = _norm_dim(dim, input.ndim)
+    return input[(slice(None),) * d + (slice(start, end, step),)]
+
+
+def _view(input, size):
+    """view by a dtype, or reshape (view_copy takes a size no view of a strided input gives)."""
+    if isinstance(size, dt.DType):
+        return input.view(size)
+    return F.reshape(input, tuple(size) if isinstance(size, (tuple, list)) else (size,))
+
+
+alias_copy = _copy_form(lambda x: x, "alias_copy")
+as_strided_copy = _copy_form(as_strided, "as_strided_copy")
+detach_copy = _copy_form(lambda x: x.detach(), "detach_copy")
+diagonal_copy = _copy_form(F.diagonal, "diagonal_copy")
+expand_copy = _copy_form(lambda x, size, *, implicit=False: x.expand(size), "expand_copy")
+narrow_copy = _copy_form(F.narrow, "narrow_copy")
+permute_copy = _copy_form(F.permute, "permute_copy")
+select_copy = _copy_form(F.select, "select_copy")
+slice_copy = _copy_form(_slice, "slice_copy")
+split_copy = _copy_form(F.split, "split_copy")
+split_with_sizes_copy = _copy_form(split_with_sizes, "split_with_sizes_copy")
+squeeze_copy = _copy_form(F.squeeze, "squeeze_copy")
+t_copy = _copy_form(F.t, "t_copy")
+transpose_copy = _copy_form(F.transpose, "transpose_copy")
+unbind_copy = _copy_form(F.unbind, "unbind_copy")
+unfold_copy = _copy_form(unfold, "unfold_copy")
+unsqueeze_copy = _copy_form(F.unsqueeze, "unsqueeze_copy")
+view_copy = _copy_form(_view, "view_copy")
+
+
+def as_strided_scatter(input, src, size, stride, storage_offset=None):
+    """`input` with the elements its as_strided(size, stride, storage_offset) view shows
+    replaced by `src`'s (PyTorch writes src into that view of a copy of input): on the inputs
+    as_strided takes, which it checks."""
+    shown = as_strided(input, size, stride, storage_offset)
+    if tuple(src.shape) != tuple(shown.shape):
+        raise op_error("as_strided_scatter", f"expected src to have a size equal to the slice "
+                       f"of self. src size = {list(src.shape)}, slice size = {list(shown.shape)}")
+    own = input.storage_offset() if input.device.type != "meta" else 0
+    first = (own if storage_offset is None else int(storage_offset)) - own
+    positions = np.full(tuple(shown.shape), first, dtype=np.int64)
+    for axis, (n, st) in enumerate(zip(shown.shape, stride)):
+        positions += np.arange(n, dtype=np.int64).reshape(
+            (-1,) + (1,) * (shown.ndim - axis - 1)) * int(st)
+    flat = P.index_put(F.reshape(input, (-1,)), _as_tensor(positions.reshape(-1), input),
+                       F.reshape(src.to(input.dtype), (-1,)), axis=0)
+    return F.reshape(flat, tuple(input.shape))
 
 
 def empty_strided(size, stride, *, dtype=None, layout=None, device=None, requires_grad=False,

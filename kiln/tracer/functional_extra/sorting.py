@@ -11,12 +11,13 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
+from kiln.tracer.creation import tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional.indexing import _gather
 from kiln.tracer.functional_extra.common import _f, values_indices
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
 
 
@@ -127,57 +128,74 @@ def mode(input, dim=-1, keepdim=False):
 
 
 def quantile(input, q, dim=None, keepdim=False, *, interpolation="linear"):
-    if not input.dtype.is_floating_point:
-        raise op_error("quantile", f"quantile() input tensor must be either float or double "
-                       f"dtype, got {input.dtype.name}; convert it with .float() first")
-    x = _f(input)
-    if dim is None:
-        x, d = F.reshape(x, (-1,)), 0
-    else:
-        d = _norm_dim(dim, x.ndim)
-    scalar_q = not isinstance(q, Tensor)
-    qs = np.atleast_1d(np.asarray(q.tolist() if isinstance(q, Tensor) else q, dtype=np.float64))
-    if np.any((qs < 0) | (qs > 1)):
-        raise op_error("quantile", "q values must be in the range [0, 1]", ValueError)
-    s = sort(x, d).values
-    n = x.shape[d]
-    outs = []
-    for qv in qs:
-        pos = qv * (n - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        if interpolation == "lower":
-            hi = lo
-        elif interpolation == "higher":
-            lo = hi
-        elif interpolation == "nearest":
-            lo = hi = int(np.round(pos))      # round half to even, as torch
-        a, b = F.select(s, d, lo), F.select(s, d, hi)
-        frac = pos - lo if interpolation == "linear" else (0.5 if interpolation == "midpoint"
-                                                            else 0.0)
-        if interpolation == "midpoint":
-            frac = 0.5 if hi != lo else 0.0
-        outs.append(a + (b - a) * frac if frac else a)
-    out = F.stack(outs, 0)
-    if keepdim:
-        if dim is None:
-            out = F.reshape(out, (len(qs),) + (1,) * input.ndim)
-        else:
-            out = F.unsqueeze(out, d + 1)
-    if scalar_q:
-        out = F.squeeze(out, 0)
-    return out
+    return _quantile("quantile", input, q, dim, keepdim, interpolation, skip_nan=False)
 
 
 def nanquantile(input, q, dim=None, keepdim=False, *, interpolation="linear"):
-    x = _f(input)
-    if not bool(F.any(F.isnan(x))):
-        return quantile(x, q, dim, keepdim, interpolation=interpolation)
+    return _quantile("nanquantile", input, q, dim, keepdim, interpolation, skip_nan=True)
+
+
+_INTERPOLATIONS = ("linear", "lower", "higher", "midpoint", "nearest")
+
+
+def _quantile(op, input, q, dim, keepdim, interpolation, skip_nan):
+    """The q-th quantiles along `dim` (of all elements without it), first dim one per q of a
+    1-d `q`. Sorted with NaN last: a slice holding NaN gives NaN, or with `skip_nan` its
+    non-NaN values count only. The rank q * (count - 1) is a tensor, so a tensor q gets the
+    gradient of linear interpolation (the slope between the two values it falls between)."""
+    if not input.dtype.is_floating_point:
+        raise op_error(op, f"{op}() input tensor must be either float or double dtype, got "
+                       f"{input.dtype.name}; convert it with .float() first")
+    if interpolation not in _INTERPOLATIONS:
+        raise op_error(op, f"{op}() interpolation must be one of {', '.join(_INTERPOLATIONS)}. "
+                       f"Got '{interpolation}'", ValueError)
+    if not input.numel():
+        raise op_error(op, f"{op}() input tensor must be non-empty")
+    if isinstance(q, Tensor):
+        if q.ndim > 1:
+            raise op_error(op, f"{op}() q must be a scalar or 1D tensor, got shape "
+                           f"{list(q.shape)}")
+        if q.dtype is not input.dtype:
+            raise op_error(op, f"{op}() q tensor must be same dtype as the input tensor "
+                           f"({q.dtype.name} vs {input.dtype.name})")
+        qs = q
+        values = q.tolist() if STATE.tracer is None else []
+    else:
+        values = list(np.atleast_1d(np.asarray(q, dtype=np.float64)).tolist())
+        qs = tensor(values if np.ndim(q) else values[0], dtype=input.dtype,
+                    device=input.device)
+    if any(not 0 <= v <= 1 for v in np.atleast_1d(values)):
+        raise op_error(op, f"{op}() q values must be in the range [0, 1]", ValueError)
     if dim is None:
-        data = x.detach().numpy(force=True).reshape(-1)
-        return _as_tensor(np.nanquantile(data, q, method=interpolation).astype(x.dtype.np),
-                          x)
-    d = _norm_dim(dim, x.ndim)
-    data = x.detach().numpy(force=True)
-    out = np.nanquantile(data, np.asarray(q.tolist() if isinstance(q, Tensor) else q), axis=d,
-                         keepdims=keepdim, method=interpolation).astype(x.dtype.np)
-    return _as_tensor(out, x)
+        x, d = F.reshape(input, (-1,)), None
+    else:
+        d = _norm_dim(dim, input.ndim)
+        x = F.movedim(input, d, -1) if input.ndim else F.reshape(input, (1,))
+    s = sort(x, -1).values                                   # ..., n (NaN last)
+    n = s.shape[-1]
+    nan = F.isnan(x)
+    if skip_nan:
+        count = F.sum(F.logical_not(nan), -1, keepdim=True).to(input.dtype)
+        last = F.eq(count, 0)                  # all NaN: the last value (NaN) is the answer
+    else:
+        count = F.full((), n, dtype=input.dtype, device=input.device)
+        last = F.any(nan, -1, keepdim=True)
+    ranks = F.where(last, float(n - 1), F.reshape(qs, (-1,)) * (count - 1))   # ..., Q
+    if interpolation == "lower":
+        ranks = F.floor(ranks)
+    elif interpolation == "higher":
+        ranks = F.ceil(ranks)
+    elif interpolation == "nearest":
+        ranks = F.round(ranks)                 # half to even, as PyTorch's
+    below = F.floor(ranks).detach().to(dt.int64)
+    out = _gather(s, s.ndim - 1, below, op)
+    if interpolation in ("linear", "midpoint"):
+        above = _gather(s, s.ndim - 1, F.ceil(ranks).detach().to(dt.int64), op)
+        weight = ranks - below.to(ranks.dtype) if interpolation == "linear" else 0.5
+        out = F.lerp(out, above, weight)
+    out = F.movedim(out, -1, 0)                              # Q, ...
+    if keepdim:
+        kept = (1,) * input.ndim if d is None else \
+            tuple(out.shape[1:1 + d]) + (1,) + tuple(out.shape[1 + d:])
+        out = F.reshape(out, (out.shape[0],) + (kept if input.ndim else ()))
+    return F.reshape(out, tuple(out.shape[1:])) if qs.ndim == 0 else out
