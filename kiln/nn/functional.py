@@ -1319,10 +1319,14 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
 
 @_composite
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    dot = (x1 * x2).sum(dim)
-    n1 = kiln.sqrt((x1 * x1).sum(dim))
-    n2 = kiln.sqrt((x2 * x2).sum(dim))
-    return dot / kiln.clamp_min(n1 * n2, eps)
+    """sum(x1/|x1| * x2/|x2|) over dim, after broadcasting x1 with x2 (a norm counts the
+    repeats); as PyTorch, each norm is at least eps, a floor its gradient does not see."""
+    x1, x2 = kiln.broadcast_tensors(x1, x2)
+
+    def unit(x: Tensor) -> Tensor:
+        norm = x.norm(2, dim, keepdim=True)
+        return x / (norm + (norm.clamp_min(eps) - norm).detach())
+    return (unit(x1) * unit(x2)).sum(dim)
 
 
 # functions beyond the core set live in their own files and are re-exported here

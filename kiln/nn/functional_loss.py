@@ -88,22 +88,23 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, siz
 @_composite
 def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                            reduction: str = "mean") -> Tensor:
-    """Per sample, sum over target classes j and other classes i of max(0, 1 - (x_j - x_i)),
-    divided by the number of classes; a target row lists classes up to its first -1."""
-    x = input if input.ndim == 2 else input.unsqueeze(0)
+    """Per sample, sum over target entries j and non-target classes i of
+    max(0, 1 - (x_j - x_i)), divided by the number of classes; a target row lists classes up
+    to its first -1, and a class listed twice counts twice (as in PyTorch)."""
+    x = input.reshape(1, -1) if input.ndim < 2 else input
     labels = _labels(target).reshape(x.shape[0], -1)
     classes = x.shape[1]
-    is_target = np.zeros((x.shape[0], classes), dtype=bool)
+    times = np.zeros((x.shape[0], classes))       # how often each class is listed
     for row, ys in enumerate(labels):
         for y in ys:
             if y < 0:
                 break
-            is_target[row, y] = True
-    pair = np.logical_and(is_target[:, :, None], ~is_target[:, None, :])
+            times[row, y] += 1
+    pair = times[:, :, None] * (times == 0)[:, None, :]
     hinge = (1 - (x.unsqueeze(2) - x.unsqueeze(1))).clamp_min(0)
-    loss = kiln.where(kiln.tensor(pair, device=x.device), hinge,
-                      kiln.zeros_like(hinge)).sum((1, 2)) / classes
-    if input.ndim == 1:
+    weight = kiln.tensor(pair, dtype=x.dtype, device=x.device)
+    loss = kiln.where(weight > 0, hinge * weight, 0.0).sum((1, 2)) / classes
+    if input.ndim < 2:
         loss = loss.squeeze(0)
     return _reduce(loss, _legacy(size_average, reduce, reduction))
 
@@ -142,7 +143,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     divided by the number of classes."""
     if p not in (1, 2):
         raise ValueError("only p == 1 and p == 2 supported")
-    x = input if input.ndim == 2 else input.unsqueeze(0)
+    x = input.reshape(1, -1) if input.ndim < 2 else input
     y = target.reshape(-1)
     picked = kiln.gather(x, 1, y.unsqueeze(1))
     hinge = (margin - picked + x).clamp_min(0)
@@ -153,7 +154,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     others = kiln.tensor(np.arange(x.shape[1])[None, :] != _labels(y)[:, None],
                          device=x.device)
     loss = kiln.where(others, hinge, kiln.zeros_like(hinge)).sum(1) / x.shape[1]
-    if input.ndim == 1:
+    if input.ndim < 2:
         loss = loss.squeeze(0)
     return _reduce(loss, _legacy(size_average, reduce, reduction))
 
