@@ -111,6 +111,12 @@ def to_kiln(x):
         return getattr(kiln, str(x).replace("torch.", ""), x)
     if isinstance(x, torch.layout):
         return getattr(kiln, str(x).replace("torch.", ""), x)
+    if isinstance(x, torch.nn.Module) and not list(x.parameters()) and not list(x.buffers()):
+        # a stateless module passed as an option (distance_function=PairwiseDistance()):
+        # kiln's module of that name with the same public attributes
+        module = getattr(kiln.nn, type(x).__name__)()
+        module.__dict__.update({k: v for k, v in vars(x).items() if not k.startswith("_")})
+        return module
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
         return type(x)(to_kiln(v) for v in x)
     if isinstance(x, dict):

@@ -635,10 +635,10 @@ def _float32(t: Tensor | None) -> Tensor | None:
 def _check_batch_norm_sizes(input: Tensor, *per_channel: Tensor | None) -> None:
     """Each per-channel tensor has one value per channel of the input (dim 1), as PyTorch
     checks; otherwise a broadcast error would name `add` or `sub` and not the layer."""
-    if input.ndim < 2:
+    if input.ndim < 2 and input.numel():
         raise op_error("batch_norm", f"expected an input with at least 2 dims (N, C, ...), "
                        f"got shape {list(input.shape)}", ValueError)
-    c = input.shape[1]
+    c = input.shape[1] if input.ndim >= 2 else 0      # PyTorch takes an empty 1-D input
     for name, t in zip(("running_mean", "running_var", "weight", "bias"), per_channel):
         if t is not None and t.numel() != c:
             raise op_error("batch_norm", f"{name} should contain {c} elements not "
@@ -657,10 +657,12 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if input.dtype in _HALF:
         return batch_norm(input.float(), running_mean, running_var, _float32(weight),
                           _float32(bias), training, momentum, eps).to(input.dtype)
-    shape = (1, -1) + (1,) * (input.ndim - 2)
-    if training:
+    shape = (1, -1) + (1,) * (input.ndim - 2) if input.ndim >= 2 else (-1,)
+    if input.numel() == 0:       # nothing to normalize and no statistics to update
+        out = input * weight.reshape(shape) if weight is not None else input.clone()
+    elif training:
         count = input.numel() // input.shape[1]
-        if count <= 1:
+        if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input "
                              f"size {list(input.shape)}")
         if running_mean is not None or running_var is not None:
@@ -732,7 +734,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     if input.dtype in _HALF:
         return group_norm(input.float(), num_groups, _float32(weight), _float32(bias),
                           eps).to(input.dtype)
-    grouped = input.reshape(n, num_groups, -1)
+    grouped = input.reshape(n, num_groups, math.prod(input.shape[1:]) // num_groups)
     mean = grouped.mean(-1, keepdim=True)
     centered = grouped - mean
     var = (centered * centered).mean(-1, keepdim=True)

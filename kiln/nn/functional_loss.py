@@ -188,17 +188,32 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
 
 @_composite
 def pdist(input: Tensor, p: float = 2) -> Tensor:
-    """The p-norm distances between the rows of an (N, M) input, upper triangle, row-major."""
-    n = input.shape[0]
-    rows, cols = np.triu_indices(n, 1)
-    if len(rows) == 0:
-        return input.new_zeros(0)
-    a = kiln.index_select(input, 0, kiln.tensor(rows, device=input.device))
-    b = kiln.index_select(input, 0, kiln.tensor(cols, device=input.device))
+    """The p-norm distances between the rows of an (N, M) input, upper triangle, row-major.
+
+    As PyTorch's, p = 0 counts the differing entries, and the gradient is 0 where a distance
+    (or, for p < 1, a difference) is 0 rather than the NaN of differentiating the power."""
+    if input.ndim != 2:
+        raise RuntimeError(f"pdist only supports 2D tensors, got: {input.ndim}D")
+    if p < 0:
+        raise RuntimeError("pdist only supports non-negative p values")
+    rows, cols = np.triu_indices(input.shape[0], 1)
+    a = kiln.index_select(input, 0, kiln.tensor(rows, dtype=kiln.int64, device=input.device))
+    b = kiln.index_select(input, 0, kiln.tensor(cols, dtype=kiln.int64, device=input.device))
     diff = (a - b).abs()
     if p == math.inf:
-        return diff.amax(-1)
-    return (diff ** p).sum(-1) ** (1.0 / p)
+        return diff.amax(-1) if diff.shape[-1] else diff.sum(-1)
+    if p == 0:
+        return diff.sign().sum(-1)
+    if p == 1:
+        return diff.sum(-1)
+    powers = _power_or_zero(diff, p).sum(-1)
+    return _power_or_zero(powers, 1.0 / p)
+
+
+def _power_or_zero(x: Tensor, p: float) -> Tensor:
+    """x ** p for x >= 0, with value and gradient 0 where x is 0."""
+    zero = x == 0
+    return kiln.where(zero, 0.0, kiln.where(zero, 1.0, x) ** p)
 
 
 @_composite

@@ -829,16 +829,17 @@ def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
                       for d in range(dims)]
             grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, dims)
             table[b, ch] = (grid @ strides)[:, None] + offsets[None, :]
-    flat = x.reshape(n, c, -1)
-    index = kiln.tensor(table.reshape(n, c, -1), device=x.device)
-    windows = kiln.gather(flat, 2, index).reshape(n, c, -1, len(offsets))
+    cells = int(np.prod(out))          # sizes spelled out: -1 is ambiguous for an empty batch
+    flat = x.reshape(n, c, int(np.prod(spatial)))
+    index = kiln.tensor(table.reshape(n, c, cells * len(offsets)), device=x.device)
+    windows = kiln.gather(flat, 2, index).reshape(n, c, cells, len(offsets))
     best = windows.argmax(-1, keepdim=True)
     values = kiln.gather(windows, 3, best).squeeze(-1).reshape(n, c, *out)
     if unbatched:
         values = values.squeeze(0)
     if not return_indices:
         return values
-    chosen = kiln.gather(index.reshape(n, c, -1, len(offsets)), 3, best).squeeze(-1)
+    chosen = kiln.gather(index.reshape(n, c, cells, len(offsets)), 3, best).squeeze(-1)
     chosen = chosen.reshape(n, c, *out)
     return values, chosen.squeeze(0) if unbatched else chosen
 
