@@ -242,14 +242,16 @@ def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, 
 def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     """3-D average pooling, separably: 2-D over (H, W), then 1-D over depth (each window's
-    divisor is the product of its per-dim sizes, so the composition is exact)."""
+    divisor is the product of its per-dim sizes, so the composition is exact). Integers are
+    summed separably and divided once, truncating, as PyTorch's integer average."""
     unbatched = input.ndim == 4
     x = input.unsqueeze(0) if unbatched else input
     k = _ntuple(kernel_size, 3, "kernel_size")
     s = k if stride is None or stride == [] or stride == () else _ntuple(stride, 3, "stride")
     p = _ntuple(padding, 3, "padding")
     n, c, depth, h, w = x.shape
-    one = 1 if divisor_override else None
+    integer = not x.dtype.is_floating_point
+    one = 1 if divisor_override or integer else None
     hw = _F().avg_pool2d(x.reshape(n, c * depth, h, w), k[1:], s[1:], p[1:], ceil_mode,
                       count_include_pad, one)
     oh, ow = hw.shape[-2:]
@@ -259,7 +261,15 @@ def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
                        one)
     od = out.shape[-1]
     out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
-    if divisor_override:
+    if integer:
+        if not divisor_override:
+            sizes = _F()._avg_pool_divisor(depth, h * w, (k[0], 1), (s[0], 1), (p[0], 0),
+                                           (od, 1), count_include_pad)[:, 0]
+            sizes = sizes[:, None, None] * _F()._avg_pool_divisor(
+                h, w, k[1:], s[1:], p[1:], (oh, ow), count_include_pad)
+        divisor = divisor_override or _F()._constant(sizes.astype(np.int64), x)
+        out = kiln.div(out, divisor, rounding_mode="trunc")
+    elif divisor_override:
         out = out / divisor_override
     return out.squeeze(0) if unbatched else out
 
@@ -607,6 +617,8 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     if input.ndim < 3:
         raise ValueError(f"Expected 3D or higher dimensionality input (got {input.ndim} "
                          f"dimensions)")
+    if input.numel() == 0:          # PyTorch returns an empty input as it is, any dtype
+        return input
     squares = input * input
     pad = [0, 0] * (input.ndim - 2) + [size // 2, (size - 1) // 2]
     padded = _F().pad(squares, pad)
