@@ -639,13 +639,14 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   per_sample_weights: Tensor | None = None, include_last_offset: bool = False,
                   padding_idx: int | None = None) -> Tensor:
     """Sum, mean or max of the embeddings of each bag: the rows of a 2-D input, or the slices
-    of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped."""
-    if scale_grad_by_freq:
-        raise NotImplementedError("embedding_bag: scale_grad_by_freq is not supported in kiln")
+    of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped;
+    `scale_grad_by_freq` divides each looked-up row's gradient by its id's count."""
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
     if sparse and mode == "max":
         raise ValueError("max mode does not support sparse weights")
+    if scale_grad_by_freq and mode == "max":
+        raise ValueError("max mode does not support scaling the gradient by the frequency")
     if per_sample_weights is not None and mode != "sum":
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. "
                                   f"per_sample_weights is only supported for mode='sum' (got "
@@ -677,8 +678,10 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         if padding_idx < 0:
             padding_idx += weight.shape[0]
         member = member & (flat_ids != padding_idx).unsqueeze(0)
-    if wants_sparse_grad(weight, sparse):
-        rows = lookup_rows(weight, flat_ids, padding_idx, "embedding_bag")
+    scaled = scale_grad_by_freq and weight.requires_grad and kiln.is_grad_enabled()
+    if scaled or wants_sparse_grad(weight, sparse):
+        rows = lookup_rows(weight, flat_ids, padding_idx, "embedding_bag",
+                           wants_sparse_grad(weight, sparse), scaled)
     else:
         rows = kiln.index_select(weight, 0, flat_ids)
     if per_sample_weights is not None:

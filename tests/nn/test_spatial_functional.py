@@ -147,6 +147,33 @@ def test_embedding_bag_matches_torch():
     np.testing.assert_allclose(k.numpy(), t.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_embedding_bag_scale_grad_by_freq_divides_each_row_by_its_count(mode):
+    """The reference is torch's F.embedding (same scaling) reduced per bag: torch 2.13's CPU
+    embedding_bag divides an id that sorts after a repeated one by that one's count
+    (pytorch/pytorch#190063)."""
+    import torch
+    import kiln
+    weight = np.random.default_rng(0).normal(size=(6, 3))
+    flat = np.array([1, 1, 2, 0, 1, 4, 4, 5])
+    offsets = np.array([0, 3, 6])
+    scale = np.arange(9.0).reshape(3, 3)
+    w = torch.tensor(weight, requires_grad=True)
+    rows = torch.nn.functional.embedding(torch.tensor(flat), w, padding_idx=0,
+                                         scale_grad_by_freq=True)
+    kept = torch.tensor(flat != 0, dtype=torch.float64)        # padding entries drop out
+    rows = rows * kept[:, None]
+    bags = torch.stack([rows[a:b].sum(0) / (kept[a:b].sum() if mode == "mean" else 1)
+                        for a, b in zip(offsets, [*offsets[1:], len(flat)])])
+    (bags * torch.tensor(scale)).sum().backward()
+    k = kiln.tensor(weight, requires_grad=True)
+    out = kiln.nn.functional.embedding_bag(kiln.tensor(flat), k, kiln.tensor(offsets),
+                                           mode=mode, scale_grad_by_freq=True, padding_idx=0)
+    np.testing.assert_allclose(out.detach().numpy(), bags.detach().numpy(), rtol=1e-12)
+    (out * kiln.tensor(scale)).sum().backward()
+    np.testing.assert_allclose(k.grad.numpy(), w.grad.numpy(), rtol=1e-12)
+
+
 def test_embedding_bag_prints_like_torch():
     import torch
     import kiln
