@@ -308,6 +308,13 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
                       kiln.full_like(end2, _NEG))
     loss = -kiln.logsumexp(kiln.stack([end1, end2]), 0)
     impossible = loss > -_NEG / 2
+    # PyTorch's gradient for log_probs is exp(log_probs) - posterior, the gradient for the
+    # logits under a log_softmax (the same through one): add exp(lp) over each sample's steps,
+    # as a term of value 0
+    running = kiln.tensor(np.arange(steps)[:, None] < np.asarray(in_lengths)[None, :],
+                          dtype=lp.dtype, device=lp.device)
+    mass = (kiln.exp(lp).sum(-1) * running).sum(0)
+    loss = loss + (mass - mass.detach())
     if zero_infinity:
         loss = kiln.where(impossible, kiln.zeros_like(loss), loss)
     else:
