@@ -950,11 +950,14 @@ def multi_head_attention_forward(
         q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
         v_proj_weight: Tensor | None = None, static_k=None, static_v=None,
         average_attn_weights: bool = True, is_causal: bool = False):
-    """PyTorch's multi-head attention on (L, N, E) inputs (or unbatched (L, E))."""
-    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None \
-            or static_v is not None:
-        raise NotImplementedError("multi_head_attention_forward: bias_k/bias_v, add_zero_attn "
-                                  "and static_k/static_v are not supported in kiln")
+    """PyTorch's multi-head attention on (L, N, E) inputs (or unbatched (L, E)).
+
+    As PyTorch's: `bias_k`/`bias_v` (1, 1, E) append one key and value to every sequence,
+    `static_k`/`static_v` (N * heads, S, E / heads) replace the projected keys and values, and
+    `add_zero_attn` appends a zero key and value after those; masks get a column (attended)
+    for each appended key."""
+    if (bias_k is None) != (bias_v is None):
+        raise AssertionError("multi_head_attention_forward: bias_k and bias_v go together")
     unbatched = query.ndim == 2
     if unbatched:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -980,18 +983,32 @@ def multi_head_attention_forward(
             bq, bk, bv = kiln.chunk(in_proj_bias, 3)
         q, k, v = linear(query, wq, bq), linear(key, wk, bk), linear(value, wv, bv)
 
-    # (L, N, E) -> (N, H, L, head_dim)
-    def heads(t, length):
-        return t.reshape(length, batch, num_heads, head_dim).permute(1, 2, 0, 3)
-    q, k, v = heads(q, tgt_len), heads(k, src_len), heads(v, src_len)
-
     mask = _canonical_mask(attn_mask, q.dtype)
+    padding = _canonical_mask(key_padding_mask, q.dtype)
+    appended = int(bias_k is not None) + int(bool(add_zero_attn))
+    if bias_k is not None:
+        k = kiln.cat([k, bias_k.reshape(1, 1, embed_dim).expand(1, batch, embed_dim)])
+        v = kiln.cat([v, bias_v.reshape(1, 1, embed_dim).expand(1, batch, embed_dim)])
+
+    # (L, N, E) -> (N, H, L, head_dim); static keys and values come as (N * H, S, head_dim)
+    def heads(t, static):
+        if static is not None:
+            return static.reshape(batch, num_heads, static.shape[1], head_dim)
+        return t.reshape(t.shape[0], batch, num_heads, head_dim).permute(1, 2, 0, 3)
+    q, k, v = heads(q, None), heads(k, static_k), heads(v, static_v)
+    if add_zero_attn:
+        zeros = kiln.zeros(batch, num_heads, 1, head_dim, dtype=k.dtype, device=k.device)
+        k, v = kiln.cat([k, zeros], 2), kiln.cat([v, zeros], 2)
+    src_len = k.shape[2]
+    if appended:
+        mask = pad(mask, (0, appended)) if mask is not None else None
+        padding = pad(padding, (0, appended)) if padding is not None else None
+
     if mask is not None:
         mask = mask.reshape(batch, num_heads, tgt_len, src_len) if mask.ndim == 3 else mask
     elif is_causal:
         causal = kiln.triu(kiln.ones(tgt_len, src_len, dtype=kiln.bool, device=q.device), 1)
         mask = _canonical_mask(causal, q.dtype)
-    padding = _canonical_mask(key_padding_mask, q.dtype)
     if padding is not None:
         padding = padding.reshape(batch, 1, 1, src_len)
         mask = padding if mask is None else mask + padding

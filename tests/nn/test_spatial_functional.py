@@ -217,7 +217,7 @@ def test_embedding_bag_compiles_without_graph_break(mode):
 
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
-@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 def test_affine_grid_and_grid_sample_match_torch(align_corners, padding_mode, mode):
     from tests.parity import check_op
     # no grid point lands exactly on the border, where the one-sided derivative is a convention
@@ -227,7 +227,20 @@ def test_affine_grid_and_grid_sample_match_torch(align_corners, padding_mode, mo
         grid = lib.nn.functional.affine_grid(th, [2, 3, 5, 4], align_corners=align_corners)
         return lib.nn.functional.grid_sample(x, grid, mode=mode, padding_mode=padding_mode,
                                              align_corners=align_corners)
-    check_op(fn, [(2, 3, 4, 6), theta], dtype=np.float64, grad=mode == "bilinear")
+    check_op(fn, [(2, 3, 4, 6), theta], dtype=np.float64, grad=mode != "nearest")
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_3d_matches_torch(padding_mode, mode):
+    from tests.parity import check_op
+    theta = np.array([[[0.9, -0.3, 0.1, 0.13], [0.2, 1.3, 0.0, -0.2], [0.1, 0.0, 1.2, 0.3]]])
+
+    def fn(lib, x, th):
+        grid = lib.nn.functional.affine_grid(th, [1, 2, 3, 5, 4], align_corners=False)
+        return lib.nn.functional.grid_sample(x, grid, mode=mode, padding_mode=padding_mode,
+                                             align_corners=False)
+    check_op(fn, [(1, 2, 4, 3, 6), theta], dtype=np.float64, grad=mode == "bilinear")
 
 
 def test_affine_grid_3d_matches_torch():
