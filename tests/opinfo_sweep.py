@@ -111,7 +111,8 @@ def to_kiln(x):
         return getattr(kiln, str(x).replace("torch.", ""), x)
     if isinstance(x, torch.layout):
         return getattr(kiln, str(x).replace("torch.", ""), x)
-    if isinstance(x, torch.nn.Module) and not list(x.parameters()) and not list(x.buffers()):
+    if isinstance(x, torch.nn.Module) and not list(x.parameters()) and not list(x.buffers()) \
+            and hasattr(kiln.nn, type(x).__name__):
         # a stateless module passed as an option (distance_function=PairwiseDistance()):
         # kiln's module of that name with the same public attributes
         module = getattr(kiln.nn, type(x).__name__)()
