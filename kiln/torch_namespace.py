@@ -173,15 +173,32 @@ def nn_forward(name: str):
             lambda input, weight, bias, running_mean, running_var, use_input_stats, momentum,
             eps, cudnn_enabled=True: base(input, running_mean, running_var, weight, bias,
                                           use_input_stats, momentum, eps))
+    if name == "constant_pad_nd":
+        return lambda input, pad, value=0: nnF.pad(input, list(pad), "constant", value)
+    if name in GRID_SAMPLERS:
+        return functools.partial(_grid_sampler, nnF.grid_sample, name)
     if name in NN_CONTAINERS:
         import kiln.nn
         return getattr(kiln.nn, name, None)
     return None
 
 
+GRID_SAMPLERS = {"grid_sampler": None, "grid_sampler_2d": 4, "grid_sampler_3d": 5}
+
+
+def _grid_sampler(grid_sample, name: str, input, grid, interpolation_mode: int,
+                  padding_mode: int, align_corners: bool):
+    """ATen's grid_sampler: F.grid_sample with its modes as enums (0, 1, 2)."""
+    dims = GRID_SAMPLERS[name]
+    if dims is not None and input.ndim != dims:
+        raise op_error(name, f"expected {dims}-D input, got {list(input.shape)}")
+    return grid_sample(input, grid, ("bilinear", "nearest", "bicubic")[interpolation_mode],
+                       ("zeros", "border", "reflection")[padding_mode], align_corners)
+
+
 NN_CONTAINERS = ("ModuleDict", "ParameterDict", "BufferDict")    # torch re-exports these
 LAZY = set(NN_CONTAINERS) | set(NN_FORWARD) | set(NN_INPLACE) | set(LOSS_REDUCTION_POSITION) | {
-    "embedding", "dropout", "batch_norm", "instance_norm"}
+    "embedding", "dropout", "batch_norm", "instance_norm", "constant_pad_nd", *GRID_SAMPLERS}
 
 
 def exports() -> dict:

@@ -50,10 +50,18 @@ def ops():
     return op_db
 
 
+def kiln_set_seed(op, *args, **kwargs):
+    """OpInfo's `wrapper_set_seed` for kiln: seed 42, the generator's state restored after."""
+    with kiln.random.fork_rng():
+        kiln.manual_seed(42)
+        return op(*args, **kwargs)
+
+
 def rebound(fn):
     """A copy of one of PyTorch's OpInfo lambdas (`lambda x: x.mT`, `lambda *t, eq: torch.einsum(
     eq, t)`) that reads `torch` (and `F`) as kiln."""
-    names = {**fn.__globals__, "torch": kiln, "F": kiln.nn.functional}
+    names = {**fn.__globals__, "torch": kiln, "F": kiln.nn.functional,
+             "wrapper_set_seed": kiln_set_seed}
     return types.FunctionType(fn.__code__, names, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
@@ -110,6 +118,13 @@ def to_kiln(x):
         return getattr(kiln, str(x).replace("torch.", ""), x)
     if isinstance(x, torch.layout):
         return getattr(kiln, str(x).replace("torch.", ""), x)
+    if isinstance(x, torch.nn.Module) and not list(x.parameters()) and not list(x.buffers()) \
+            and hasattr(kiln.nn, type(x).__name__):
+        # a stateless module passed as an option (distance_function=PairwiseDistance()):
+        # kiln's module of that name with the same public attributes
+        module = getattr(kiln.nn, type(x).__name__)()
+        module.__dict__.update({k: v for k, v in vars(x).items() if not k.startswith("_")})
+        return module
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
         return type(x)(to_kiln(v) for v in x)
     if isinstance(x, dict):

@@ -363,7 +363,7 @@ HELPER_DEPS = {"kiln_expf": ("kiln_bits",), "kiln_logf": ("kiln_bits",),
                "kiln_expm1f": ("kiln_expf",)}
 # a call to one of these names needs the helper that defines it
 _HELPER_OF = {"kiln_floordiv": "kiln_floordivf", "kiln_mod": "kiln_floordivf",
-              "kiln_mod_i64": "kiln_floordiv_i64"}
+              "kiln_modf": "kiln_floordivf", "kiln_mod_i64": "kiln_floordiv_i64"}
 
 
 # Primitives' scalar math (`Primitive.scalar`, spelled by kiln.codegen.scalar), as C functions

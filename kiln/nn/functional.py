@@ -635,10 +635,10 @@ def _float32(t: Tensor | None) -> Tensor | None:
 def _check_batch_norm_sizes(input: Tensor, *per_channel: Tensor | None) -> None:
     """Each per-channel tensor has one value per channel of the input (dim 1), as PyTorch
     checks; otherwise a broadcast error would name `add` or `sub` and not the layer."""
-    if input.ndim < 2:
+    if input.ndim < 2 and input.numel():
         raise op_error("batch_norm", f"expected an input with at least 2 dims (N, C, ...), "
                        f"got shape {list(input.shape)}", ValueError)
-    c = input.shape[1]
+    c = input.shape[1] if input.ndim >= 2 else 0      # PyTorch takes an empty 1-D input
     for name, t in zip(("running_mean", "running_var", "weight", "bias"), per_channel):
         if t is not None and t.numel() != c:
             raise op_error("batch_norm", f"{name} should contain {c} elements not "
@@ -657,10 +657,12 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if input.dtype in _HALF:
         return batch_norm(input.float(), running_mean, running_var, _float32(weight),
                           _float32(bias), training, momentum, eps).to(input.dtype)
-    shape = (1, -1) + (1,) * (input.ndim - 2)
-    if training:
+    shape = (1, -1) + (1,) * (input.ndim - 2) if input.ndim >= 2 else (-1,)
+    if input.numel() == 0:       # nothing to normalize and no statistics to update
+        out = input * weight.reshape(shape) if weight is not None else input.clone()
+    elif training:
         count = input.numel() // input.shape[1]
-        if count <= 1:
+        if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input "
                              f"size {list(input.shape)}")
         if running_mean is not None or running_var is not None:
@@ -732,7 +734,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     if input.dtype in _HALF:
         return group_norm(input.float(), num_groups, _float32(weight), _float32(bias),
                           eps).to(input.dtype)
-    grouped = input.reshape(n, num_groups, -1)
+    grouped = input.reshape(n, num_groups, math.prod(input.shape[1:]) // num_groups)
     mean = grouped.mean(-1, keepdim=True)
     centered = grouped - mean
     var = (centered * centered).mean(-1, keepdim=True)
@@ -948,11 +950,14 @@ def multi_head_attention_forward(
         q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
         v_proj_weight: Tensor | None = None, static_k=None, static_v=None,
         average_attn_weights: bool = True, is_causal: bool = False):
-    """PyTorch's multi-head attention on (L, N, E) inputs (or unbatched (L, E))."""
-    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None \
-            or static_v is not None:
-        raise NotImplementedError("multi_head_attention_forward: bias_k/bias_v, add_zero_attn "
-                                  "and static_k/static_v are not supported in kiln")
+    """PyTorch's multi-head attention on (L, N, E) inputs (or unbatched (L, E)).
+
+    As PyTorch's: `bias_k`/`bias_v` (1, 1, E) append one key and value to every sequence,
+    `static_k`/`static_v` (N * heads, S, E / heads) replace the projected keys and values, and
+    `add_zero_attn` appends a zero key and value after those; masks get a column (attended)
+    for each appended key."""
+    if (bias_k is None) != (bias_v is None):
+        raise AssertionError("multi_head_attention_forward: bias_k and bias_v go together")
     unbatched = query.ndim == 2
     if unbatched:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -978,18 +983,32 @@ def multi_head_attention_forward(
             bq, bk, bv = kiln.chunk(in_proj_bias, 3)
         q, k, v = linear(query, wq, bq), linear(key, wk, bk), linear(value, wv, bv)
 
-    # (L, N, E) -> (N, H, L, head_dim)
-    def heads(t, length):
-        return t.reshape(length, batch, num_heads, head_dim).permute(1, 2, 0, 3)
-    q, k, v = heads(q, tgt_len), heads(k, src_len), heads(v, src_len)
-
     mask = _canonical_mask(attn_mask, q.dtype)
+    padding = _canonical_mask(key_padding_mask, q.dtype)
+    appended = int(bias_k is not None) + int(bool(add_zero_attn))
+    if bias_k is not None:
+        k = kiln.cat([k, bias_k.reshape(1, 1, embed_dim).expand(1, batch, embed_dim)])
+        v = kiln.cat([v, bias_v.reshape(1, 1, embed_dim).expand(1, batch, embed_dim)])
+
+    # (L, N, E) -> (N, H, L, head_dim); static keys and values come as (N * H, S, head_dim)
+    def heads(t, static):
+        if static is not None:
+            return static.reshape(batch, num_heads, static.shape[1], head_dim)
+        return t.reshape(t.shape[0], batch, num_heads, head_dim).permute(1, 2, 0, 3)
+    q, k, v = heads(q, None), heads(k, static_k), heads(v, static_v)
+    if add_zero_attn:
+        zeros = kiln.zeros(batch, num_heads, 1, head_dim, dtype=k.dtype, device=k.device)
+        k, v = kiln.cat([k, zeros], 2), kiln.cat([v, zeros], 2)
+    src_len = k.shape[2]
+    if appended:
+        mask = pad(mask, (0, appended)) if mask is not None else None
+        padding = pad(padding, (0, appended)) if padding is not None else None
+
     if mask is not None:
         mask = mask.reshape(batch, num_heads, tgt_len, src_len) if mask.ndim == 3 else mask
     elif is_causal:
         causal = kiln.triu(kiln.ones(tgt_len, src_len, dtype=kiln.bool, device=q.device), 1)
         mask = _canonical_mask(causal, q.dtype)
-    padding = _canonical_mask(key_padding_mask, q.dtype)
     if padding is not None:
         padding = padding.reshape(batch, 1, 1, src_len)
         mask = padding if mask is None else mask + padding
@@ -1319,10 +1338,14 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
 
 @_composite
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    dot = (x1 * x2).sum(dim)
-    n1 = kiln.sqrt((x1 * x1).sum(dim))
-    n2 = kiln.sqrt((x2 * x2).sum(dim))
-    return dot / kiln.clamp_min(n1 * n2, eps)
+    """sum(x1/|x1| * x2/|x2|) over dim, after broadcasting x1 with x2 (a norm counts the
+    repeats); as PyTorch, each norm is at least eps, a floor its gradient does not see."""
+    x1, x2 = kiln.broadcast_tensors(x1, x2)
+
+    def unit(x: Tensor) -> Tensor:
+        norm = x.norm(2, dim, keepdim=True)
+        return x / (norm + (norm.clamp_min(eps) - norm).detach())
+    return (unit(x1) * unit(x2)).sum(dim)
 
 
 # functions beyond the core set live in their own files and are re-exported here

@@ -4,6 +4,8 @@ plus the in-place spellings (`relu_`, `elu_`, ...)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 import kiln
 from kiln import Tensor
 from kiln import ops as _core
@@ -129,11 +131,18 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
 def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3,
           training: bool = False, inplace: bool = False) -> Tensor:
     """Randomized leaky ReLU: a slope drawn from U(lower, upper) per element when training,
-    their mean otherwise."""
+    their mean otherwise.
+
+    As PyTorch's CPU kernel, training draws one uniform double per element <= 0 (in element
+    order; bounds rounded to float below float64 first), so a seed gives PyTorch's slopes."""
     if training:
-        slope = kiln.rand(tuple(input.shape), dtype=input.dtype, device=input.device) \
-            * (upper - lower) + lower
-        out = kiln.where(input >= 0, input, input * slope)
+        negative = input <= 0
+        if input.dtype != kiln.float64:
+            lower, upper = float(np.float32(lower)), float(np.float32(upper))
+        draws = kiln.empty(int(negative.sum()), dtype=kiln.float64, device=input.device)
+        draws = draws.uniform_(lower, upper).to(input.dtype)
+        slope = kiln.ones_like(input).masked_scatter(negative, draws)
+        out = input * slope
     else:
         out = _core.leaky_relu(input, (lower + upper) / 2)
     return _maybe_inplace(input, out, inplace)

@@ -88,22 +88,23 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, siz
 @_composite
 def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                            reduction: str = "mean") -> Tensor:
-    """Per sample, sum over target classes j and other classes i of max(0, 1 - (x_j - x_i)),
-    divided by the number of classes; a target row lists classes up to its first -1."""
-    x = input if input.ndim == 2 else input.unsqueeze(0)
+    """Per sample, sum over target entries j and non-target classes i of
+    max(0, 1 - (x_j - x_i)), divided by the number of classes; a target row lists classes up
+    to its first -1, and a class listed twice counts twice (as in PyTorch)."""
+    x = input.reshape(1, -1) if input.ndim < 2 else input
     labels = _labels(target).reshape(x.shape[0], -1)
     classes = x.shape[1]
-    is_target = np.zeros((x.shape[0], classes), dtype=bool)
+    times = np.zeros((x.shape[0], classes))       # how often each class is listed
     for row, ys in enumerate(labels):
         for y in ys:
             if y < 0:
                 break
-            is_target[row, y] = True
-    pair = np.logical_and(is_target[:, :, None], ~is_target[:, None, :])
+            times[row, y] += 1
+    pair = times[:, :, None] * (times == 0)[:, None, :]
     hinge = (1 - (x.unsqueeze(2) - x.unsqueeze(1))).clamp_min(0)
-    loss = kiln.where(kiln.tensor(pair, device=x.device), hinge,
-                      kiln.zeros_like(hinge)).sum((1, 2)) / classes
-    if input.ndim == 1:
+    weight = kiln.tensor(pair, dtype=x.dtype, device=x.device)
+    loss = kiln.where(weight > 0, hinge * weight, 0.0).sum((1, 2)) / classes
+    if input.ndim < 2:
         loss = loss.squeeze(0)
     return _reduce(loss, _legacy(size_average, reduce, reduction))
 
@@ -142,7 +143,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     divided by the number of classes."""
     if p not in (1, 2):
         raise ValueError("only p == 1 and p == 2 supported")
-    x = input if input.ndim == 2 else input.unsqueeze(0)
+    x = input.reshape(1, -1) if input.ndim < 2 else input
     y = target.reshape(-1)
     picked = kiln.gather(x, 1, y.unsqueeze(1))
     hinge = (margin - picked + x).clamp_min(0)
@@ -153,7 +154,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     others = kiln.tensor(np.arange(x.shape[1])[None, :] != _labels(y)[:, None],
                          device=x.device)
     loss = kiln.where(others, hinge, kiln.zeros_like(hinge)).sum(1) / x.shape[1]
-    if input.ndim == 1:
+    if input.ndim < 2:
         loss = loss.squeeze(0)
     return _reduce(loss, _legacy(size_average, reduce, reduction))
 
@@ -187,17 +188,32 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
 
 @_composite
 def pdist(input: Tensor, p: float = 2) -> Tensor:
-    """The p-norm distances between the rows of an (N, M) input, upper triangle, row-major."""
-    n = input.shape[0]
-    rows, cols = np.triu_indices(n, 1)
-    if len(rows) == 0:
-        return input.new_zeros(0)
-    a = kiln.index_select(input, 0, kiln.tensor(rows, device=input.device))
-    b = kiln.index_select(input, 0, kiln.tensor(cols, device=input.device))
+    """The p-norm distances between the rows of an (N, M) input, upper triangle, row-major.
+
+    As PyTorch's, p = 0 counts the differing entries, and the gradient is 0 where a distance
+    (or, for p < 1, a difference) is 0 rather than the NaN of differentiating the power."""
+    if input.ndim != 2:
+        raise RuntimeError(f"pdist only supports 2D tensors, got: {input.ndim}D")
+    if p < 0:
+        raise RuntimeError("pdist only supports non-negative p values")
+    rows, cols = np.triu_indices(input.shape[0], 1)
+    a = kiln.index_select(input, 0, kiln.tensor(rows, dtype=kiln.int64, device=input.device))
+    b = kiln.index_select(input, 0, kiln.tensor(cols, dtype=kiln.int64, device=input.device))
     diff = (a - b).abs()
     if p == math.inf:
-        return diff.amax(-1)
-    return (diff ** p).sum(-1) ** (1.0 / p)
+        return diff.amax(-1) if diff.shape[-1] else diff.sum(-1)
+    if p == 0:
+        return diff.sign().sum(-1)
+    if p == 1:
+        return diff.sum(-1)
+    powers = _power_or_zero(diff, p).sum(-1)
+    return _power_or_zero(powers, 1.0 / p)
+
+
+def _power_or_zero(x: Tensor, p: float) -> Tensor:
+    """x ** p for x >= 0, with value and gradient 0 where x is 0."""
+    zero = x == 0
+    return kiln.where(zero, 0.0, kiln.where(zero, 1.0, x) ** p)
 
 
 @_composite
@@ -292,6 +308,13 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
                       kiln.full_like(end2, _NEG))
     loss = -kiln.logsumexp(kiln.stack([end1, end2]), 0)
     impossible = loss > -_NEG / 2
+    # PyTorch's gradient for log_probs is exp(log_probs) - posterior, the gradient for the
+    # logits under a log_softmax (the same through one): add exp(lp) over each sample's steps,
+    # as a term of value 0
+    running = kiln.tensor(np.arange(steps)[:, None] < np.asarray(in_lengths)[None, :],
+                          dtype=lp.dtype, device=lp.device)
+    mass = (kiln.exp(lp).sum(-1) * running).sum(0)
+    loss = loss + (mass - mass.detach())
     if zero_infinity:
         loss = kiln.where(impossible, kiln.zeros_like(loss), loss)
     else:

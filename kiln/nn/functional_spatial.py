@@ -8,6 +8,7 @@ autograd and tracing see through it.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -242,14 +243,16 @@ def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, 
 def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     """3-D average pooling, separably: 2-D over (H, W), then 1-D over depth (each window's
-    divisor is the product of its per-dim sizes, so the composition is exact)."""
+    divisor is the product of its per-dim sizes, so the composition is exact). Integers are
+    summed separably and divided once, truncating, as PyTorch's integer average."""
     unbatched = input.ndim == 4
     x = input.unsqueeze(0) if unbatched else input
     k = _ntuple(kernel_size, 3, "kernel_size")
     s = k if stride is None or stride == [] or stride == () else _ntuple(stride, 3, "stride")
     p = _ntuple(padding, 3, "padding")
     n, c, depth, h, w = x.shape
-    one = 1 if divisor_override else None
+    integer = not x.dtype.is_floating_point
+    one = 1 if divisor_override or integer else None
     hw = _F().avg_pool2d(x.reshape(n, c * depth, h, w), k[1:], s[1:], p[1:], ceil_mode,
                       count_include_pad, one)
     oh, ow = hw.shape[-2:]
@@ -259,7 +262,15 @@ def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
                        one)
     od = out.shape[-1]
     out = out.reshape(n, c, oh, ow, od).permute(0, 1, 4, 2, 3)
-    if divisor_override:
+    if integer:
+        if not divisor_override:
+            sizes = _F()._avg_pool_divisor(depth, h * w, (k[0], 1), (s[0], 1), (p[0], 0),
+                                           (od, 1), count_include_pad)[:, 0]
+            sizes = sizes[:, None, None] * _F()._avg_pool_divisor(
+                h, w, k[1:], s[1:], p[1:], (oh, ow), count_include_pad)
+        divisor = divisor_override or _F()._constant(sizes.astype(np.int64), x)
+        out = kiln.div(out, divisor, rounding_mode="trunc")
+    elif divisor_override:
         out = out / divisor_override
     return out.squeeze(0) if unbatched else out
 
@@ -607,6 +618,8 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     if input.ndim < 3:
         raise ValueError(f"Expected 3D or higher dimensionality input (got {input.ndim} "
                          f"dimensions)")
+    if input.numel() == 0:          # PyTorch returns an empty input as it is, any dtype
+        return input
     squares = input * input
     pad = [0, 0] * (input.ndim - 2) + [size // 2, (size - 1) // 2]
     padded = _F().pad(squares, pad)
@@ -627,13 +640,14 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   per_sample_weights: Tensor | None = None, include_last_offset: bool = False,
                   padding_idx: int | None = None) -> Tensor:
     """Sum, mean or max of the embeddings of each bag: the rows of a 2-D input, or the slices
-    of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped."""
-    if scale_grad_by_freq:
-        raise NotImplementedError("embedding_bag: scale_grad_by_freq is not supported in kiln")
+    of a 1-D input between `offsets`. Empty bags give zeros; padding_idx entries are skipped;
+    `scale_grad_by_freq` divides each looked-up row's gradient by its id's count."""
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
     if sparse and mode == "max":
         raise ValueError("max mode does not support sparse weights")
+    if scale_grad_by_freq and mode == "max":
+        raise ValueError("max mode does not support scaling the gradient by the frequency")
     if per_sample_weights is not None and mode != "sum":
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. "
                                   f"per_sample_weights is only supported for mode='sum' (got "
@@ -665,8 +679,10 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         if padding_idx < 0:
             padding_idx += weight.shape[0]
         member = member & (flat_ids != padding_idx).unsqueeze(0)
-    if wants_sparse_grad(weight, sparse):
-        rows = lookup_rows(weight, flat_ids, padding_idx, "embedding_bag")
+    scaled = scale_grad_by_freq and weight.requires_grad and kiln.is_grad_enabled()
+    if scaled or wants_sparse_grad(weight, sparse):
+        rows = lookup_rows(weight, flat_ids, padding_idx, "embedding_bag",
+                           wants_sparse_grad(weight, sparse), scaled)
     else:
         rows = kiln.index_select(weight, 0, flat_ids)
     if per_sample_weights is not None:
@@ -733,48 +749,94 @@ def _reflect(coord: Tensor, low: float, high: float) -> Tensor:
     return kiln.where(even, extra + low, span - extra + low)
 
 
+def _pad_coords(coord: Tensor, size: int, padding_mode: str, align: bool) -> Tensor:
+    """A source coordinate moved inside the input as `padding_mode` says (zeros: unchanged)."""
+    if padding_mode == "border":
+        return coord.clamp(0, size - 1)
+    if padding_mode == "reflection":
+        coord = _reflect(coord, 0, size - 1) if align else _reflect(coord, -0.5, size - 0.5)
+        return coord.clamp(0, size - 1)
+    return coord
+
+
+def _cubic_weights(t: Tensor) -> list[Tensor]:
+    """PyTorch's bicubic convolution weights (A = -0.75) of the taps at -1, 0, 1, 2 from a
+    point t in [0, 1) past the tap at 0."""
+    a = -0.75
+
+    def near(x: Tensor) -> Tensor:           # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: Tensor) -> Tensor:            # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
 def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: bool | None = None) -> Tensor:
-    """Sample a (N, C, H, W) input at the (N, Ho, Wo, 2) normalized points of `grid`
-    (bilinear or nearest; zeros, border or reflection padding)."""
-    if input.ndim != 4:
-        raise NotImplementedError("grid_sample: kiln supports 4-D inputs (N, C, H, W)")
-    if mode not in ("bilinear", "nearest"):
-        raise NotImplementedError(f"grid_sample: mode {mode!r} is not supported in kiln")
-    align = bool(align_corners)
-    n, c, h, w = input.shape
-    _, ho, wo, _ = grid.shape
-    x = _unnormalize(grid[..., 0], w, align)
-    y = _unnormalize(grid[..., 1], h, align)
-    if padding_mode == "border":
-        x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
-    elif padding_mode == "reflection":
-        if align:
-            x, y = _reflect(x, 0, w - 1), _reflect(y, 0, h - 1)
-        else:
-            x, y = _reflect(x, -0.5, w - 0.5), _reflect(y, -0.5, h - 0.5)
-        x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
-    elif padding_mode != "zeros":
+    """Sample a (N, C, H, W) input at the (N, Ho, Wo, 2) normalized points of `grid`, or a
+    (N, C, D, H, W) input at (N, Do, Ho, Wo, 3) points (grid's last dim is x, y[, z]):
+    bilinear (trilinear in 3-D), nearest, or bicubic (2-D); zeros, border or reflection
+    padding. Bicubic pads each of its 4 x 4 taps rather than the point, as PyTorch."""
+    dims = input.ndim - 2
+    if dims not in (2, 3) or grid.ndim != input.ndim or grid.shape[-1] != dims:
+        raise RuntimeError(f"grid_sample: expected a 4-D input with a (N, H, W, 2) grid or a 5-D "
+                           f"input with a (N, D, H, W, 3) grid, got input "
+                           f"{list(input.shape)} and grid {list(grid.shape)}")
+    if mode not in ("bilinear", "nearest", "bicubic"):
+        raise ValueError(f"nn.functional.grid_sample(): expected mode to be 'bilinear', "
+                         f"'nearest' or 'bicubic', but got: '{mode}'")
+    if mode == "bicubic" and dims == 3:
+        raise RuntimeError("grid_sampler(): bicubic interpolation only supports 4D input")
+    if padding_mode not in ("zeros", "border", "reflection"):
         raise ValueError(f"grid_sample: padding_mode must be zeros, border or reflection, got "
                          f"{padding_mode!r}")
-    flat = input.reshape(n, c, h * w)
+    align = bool(align_corners)
+    n, c = input.shape[:2]
+    sizes, out = tuple(input.shape[2:]), tuple(grid.shape[1:-1])
+    cells = int(np.prod(out))
+    # source coordinates in the order of the input's spatial dims ((D,) H, W)
+    coords = [_unnormalize(grid[..., dims - 1 - d], sizes[d], align) for d in range(dims)]
+    flat = input.reshape(n, c, int(np.prod(sizes)))
+    strides = np.cumprod((1,) + sizes[::-1])[:-1][::-1]
 
-    def sample(iy: Tensor, ix: Tensor) -> Tensor:
-        valid = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
-        index = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).long().reshape(n, 1, ho * wo)
-        values = kiln.gather(flat, 2, index.expand(n, c, ho * wo)).reshape(n, c, ho, wo)
+    def sample(points: list[Tensor]) -> Tensor:
+        """The input at integer-valued points; 0 outside it."""
+        valid, index = None, None
+        for p, size, stride in zip(points, sizes, strides):
+            inside = (p >= 0) & (p <= size - 1)
+            valid = inside if valid is None else valid & inside
+            term = p.clamp(0, size - 1) * int(stride)
+            index = term if index is None else index + term
+        index = index.long().reshape(n, 1, cells)
+        values = kiln.gather(flat, 2, index.expand(n, c, cells)).reshape(n, c, *out)
         return kiln.where(valid.unsqueeze(1), values, kiln.zeros_like(values))
 
+    if mode == "bicubic":
+        x0, y0 = kiln.floor(coords[1]), kiln.floor(coords[0])
+        wx, wy = _cubic_weights(coords[1] - x0), _cubic_weights(coords[0] - y0)
+        total = None
+        for i in range(4):
+            y = _pad_coords(y0 + (i - 1), sizes[0], padding_mode, align)
+            for j in range(4):
+                x = _pad_coords(x0 + (j - 1), sizes[1], padding_mode, align)
+                term = sample([y, x]) * (wy[i] * wx[j]).unsqueeze(1)
+                total = term if total is None else total + term
+        return total
+    coords = [_pad_coords(p, size, padding_mode, align) for p, size in zip(coords, sizes)]
     if mode == "nearest":
-        return sample(kiln.round(y), kiln.round(x))
-    x0, y0 = kiln.floor(x), kiln.floor(y)
-    x1, y1 = x0 + 1, y0 + 1
-    wx1, wy1 = x - x0, y - y0
-    wx0, wy0 = 1 - wx1, 1 - wy1
-    return (sample(y0, x0) * (wy0 * wx0).unsqueeze(1) + sample(y0, x1) * (wy0 * wx1).unsqueeze(1)
-            + sample(y1, x0) * (wy1 * wx0).unsqueeze(1)
-            + sample(y1, x1) * (wy1 * wx1).unsqueeze(1))
-
+        return sample([kiln.round(p) for p in coords])
+    lows = [kiln.floor(p) for p in coords]
+    highs = [p - low for p, low in zip(coords, lows)]          # the weights of the upper taps
+    total = None
+    for corner in itertools.product((0, 1), repeat=dims):
+        weight = None
+        for bit, p_high in zip(corner, highs):
+            part = p_high if bit else 1 - p_high
+            weight = part if weight is None else weight * part
+        term = sample([low + bit for low, bit in zip(lows, corner)]) * weight.unsqueeze(1)
+        total = term if total is None else total + term
+    return total
 
 
 # ----------------------------------------------------------------------------- fractional pooling
@@ -829,16 +891,17 @@ def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
                       for d in range(dims)]
             grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, dims)
             table[b, ch] = (grid @ strides)[:, None] + offsets[None, :]
-    flat = x.reshape(n, c, -1)
-    index = kiln.tensor(table.reshape(n, c, -1), device=x.device)
-    windows = kiln.gather(flat, 2, index).reshape(n, c, -1, len(offsets))
+    cells = int(np.prod(out))          # sizes spelled out: -1 is ambiguous for an empty batch
+    flat = x.reshape(n, c, int(np.prod(spatial)))
+    index = kiln.tensor(table.reshape(n, c, cells * len(offsets)), device=x.device)
+    windows = kiln.gather(flat, 2, index).reshape(n, c, cells, len(offsets))
     best = windows.argmax(-1, keepdim=True)
     values = kiln.gather(windows, 3, best).squeeze(-1).reshape(n, c, *out)
     if unbatched:
         values = values.squeeze(0)
     if not return_indices:
         return values
-    chosen = kiln.gather(index.reshape(n, c, -1, len(offsets)), 3, best).squeeze(-1)
+    chosen = kiln.gather(index.reshape(n, c, cells, len(offsets)), 3, best).squeeze(-1)
     chosen = chosen.reshape(n, c, *out)
     return values, chosen.squeeze(0) if unbatched else chosen
 

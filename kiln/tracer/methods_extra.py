@@ -173,7 +173,9 @@ def _hardshrink(self, lambd=0.5):
 
 def _prelu(self, weight):
     """Leaky ReLU with a learned slope: one, or one per channel (dim 1), as PyTorch's."""
-    if weight.numel() != 1:
+    if weight.numel() == 1:
+        weight = F.reshape(weight, ())           # a 0-d input keeps its shape
+    else:
         channels = self.shape[1] if self.ndim >= 2 else 1
         if weight.numel() != channels:
             raise RuntimeError(f"Mismatch of parameter numbers and input channel size. Found "

@@ -161,6 +161,18 @@ def test_multithreaded_paths_match_ir_interpreter(name, fn, shapes):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-4)
 
 
+def test_float_remainder_alone_brings_its_helper():
+    """x % y of floats is spelled kiln_modf, defined with kiln_floordivf: a kernel without a
+    floor division must still include it (it builds, and gives NumPy's remainder)."""
+    x = np.array([5.5, -5.5, 7.0, -0.5, 3.0], np.float32)
+    y = np.array([2.0, 2.0, -3.0, 2.0, -1.5], np.float32)
+    graph = _graph(lambda a, b: a % b, [x, y])
+    ck = cgen.render_c(lower(graph))
+    assert "kiln_modf(" in ck.source
+    lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+    _check(_run(ck, lib, graph, [x, y])[0], np.remainder(x, y), 0, 0)
+
+
 def test_source_is_readable():
     ck = cgen.render_c(lower(BY_NAME["softmax"].graph()))
     src = ck.source

@@ -91,6 +91,17 @@ def test_ctc_loss_padded_and_concatenated_targets(reduction):
              [logits], dtype=np.float64)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ctc_loss_gradient_for_log_probs_is_torchs(reduction):
+    """The log-probabilities themselves are the leaf: PyTorch's gradient is exp(lp) minus the
+    alignment posterior (the logits' gradient), also where a sample's input is shorter."""
+    log_probs = torch.tensor(RNG.normal(size=(8, 3, 5))).log_softmax(2).numpy()
+    padded = np.array([[1, 2, 2, 3], [4, 1, 0, 0], [3, 3, 3, 0]])
+    check_op(lambda lib, lp: lib.nn.functional.ctc_loss(lp, lib.tensor(padded), [8, 6, 8],
+                                                        [4, 2, 3], reduction=reduction),
+             [log_probs], dtype=np.float64)
+
+
 def test_ctc_loss_impossible_alignment_is_inf_or_zero():
     logits = RNG.normal(size=(2, 1, 4))
     targets = np.array([[1, 1, 1]])            # needs 5 frames (blanks between repeats)

@@ -102,6 +102,11 @@ MHA_CASES = [
      _mha_call()),
     ("unbatched", lambda nn: nn.MultiheadAttention(8, 2), [(4, 8), (5, 8), (5, 8)],
      _mha_call()),
+    ("bias_kv_zero_attn", lambda nn: nn.MultiheadAttention(8, 2, add_bias_kv=True,
+                                                            add_zero_attn=True),
+     [(4, 3, 8), (5, 3, 8), (5, 3, 8)], _mha_call()),
+    ("bias_kv_unbatched", lambda nn: nn.MultiheadAttention(8, 4, add_bias_kv=True),
+     [(4, 8), (5, 8), (5, 8)], _mha_call(average_attn_weights=False)),
 ]
 
 
@@ -129,6 +134,10 @@ def test_multihead_attention_masks():
                 call=lambda m, q, k, v, am: m(q, k, v, attn_mask=am))
     check_layer(make, [(5, 3, 8)] * 3 + [per_head],
                 call=lambda m, q, k, v, am: m(q, k, v, attn_mask=am))
+    # the appended key (bias_k) and the zero key take a mask column each, never masked
+    check_layer(lambda nn: nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True),
+                [(5, 3, 8)] * 3 + [causal_bool, padding],
+                call=lambda m, q, k, v, am, kp: m(q, k, v, attn_mask=am, key_padding_mask=kp))
 
 
 def test_multihead_attention_float32_and_repr():

@@ -147,6 +147,33 @@ def test_embedding_bag_matches_torch():
     np.testing.assert_allclose(k.numpy(), t.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_embedding_bag_scale_grad_by_freq_divides_each_row_by_its_count(mode):
+    """The reference is torch's F.embedding (same scaling) reduced per bag: torch 2.13's CPU
+    embedding_bag divides an id that sorts after a repeated one by that one's count
+    (pytorch/pytorch#190063)."""
+    import torch
+    import kiln
+    weight = np.random.default_rng(0).normal(size=(6, 3))
+    flat = np.array([1, 1, 2, 0, 1, 4, 4, 5])
+    offsets = np.array([0, 3, 6])
+    scale = np.arange(9.0).reshape(3, 3)
+    w = torch.tensor(weight, requires_grad=True)
+    rows = torch.nn.functional.embedding(torch.tensor(flat), w, padding_idx=0,
+                                         scale_grad_by_freq=True)
+    kept = torch.tensor(flat != 0, dtype=torch.float64)        # padding entries drop out
+    rows = rows * kept[:, None]
+    bags = torch.stack([rows[a:b].sum(0) / (kept[a:b].sum() if mode == "mean" else 1)
+                        for a, b in zip(offsets, [*offsets[1:], len(flat)])])
+    (bags * torch.tensor(scale)).sum().backward()
+    k = kiln.tensor(weight, requires_grad=True)
+    out = kiln.nn.functional.embedding_bag(kiln.tensor(flat), k, kiln.tensor(offsets),
+                                           mode=mode, scale_grad_by_freq=True, padding_idx=0)
+    np.testing.assert_allclose(out.detach().numpy(), bags.detach().numpy(), rtol=1e-12)
+    (out * kiln.tensor(scale)).sum().backward()
+    np.testing.assert_allclose(k.grad.numpy(), w.grad.numpy(), rtol=1e-12)
+
+
 def test_embedding_bag_prints_like_torch():
     import torch
     import kiln
@@ -190,7 +217,7 @@ def test_embedding_bag_compiles_without_graph_break(mode):
 
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
-@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 def test_affine_grid_and_grid_sample_match_torch(align_corners, padding_mode, mode):
     from tests.parity import check_op
     # no grid point lands exactly on the border, where the one-sided derivative is a convention
@@ -200,7 +227,41 @@ def test_affine_grid_and_grid_sample_match_torch(align_corners, padding_mode, mo
         grid = lib.nn.functional.affine_grid(th, [2, 3, 5, 4], align_corners=align_corners)
         return lib.nn.functional.grid_sample(x, grid, mode=mode, padding_mode=padding_mode,
                                              align_corners=align_corners)
-    check_op(fn, [(2, 3, 4, 6), theta], dtype=np.float64, grad=mode == "bilinear")
+    check_op(fn, [(2, 3, 4, 6), theta], dtype=np.float64, grad=mode != "nearest")
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_grid_sample_compiled_equals_eager(mode):
+    """Compiled sampling with reflection padding (floats reflected by remainder) equals eager,
+    values and gradients."""
+    import kiln
+    rng = np.random.default_rng(0)
+    x = kiln.tensor(rng.normal(size=(2, 3, 5, 6)).astype(np.float32), requires_grad=True)
+    grid = kiln.tensor(rng.uniform(-1.6, 1.6, (2, 4, 3, 2)).astype(np.float32))
+
+    def fn(x, grid):
+        out = kiln.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="reflection",
+                                             align_corners=False)
+        return (out * out).sum()
+    eager = fn(x, grid)
+    (eager_grad,) = kiln.autograd.grad(eager, [x])
+    compiled = kiln.compile(fn)(x, grid)
+    (compiled_grad,) = kiln.autograd.grad(compiled, [x])
+    np.testing.assert_allclose(compiled.item(), eager.item(), rtol=1e-5)
+    np.testing.assert_allclose(compiled_grad.numpy(), eager_grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_3d_matches_torch(padding_mode, mode):
+    from tests.parity import check_op
+    theta = np.array([[[0.9, -0.3, 0.1, 0.13], [0.2, 1.3, 0.0, -0.2], [0.1, 0.0, 1.2, 0.3]]])
+
+    def fn(lib, x, th):
+        grid = lib.nn.functional.affine_grid(th, [1, 2, 3, 5, 4], align_corners=False)
+        return lib.nn.functional.grid_sample(x, grid, mode=mode, padding_mode=padding_mode,
+                                             align_corners=False)
+    check_op(fn, [(1, 2, 4, 3, 6), theta], dtype=np.float64, grad=mode == "bilinear")
 
 
 def test_affine_grid_3d_matches_torch():

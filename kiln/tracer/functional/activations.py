@@ -113,4 +113,5 @@ def softsign(input):
 
 @composite
 def tanhshrink(input):
-    return input - P.tanh(input)
+    x = _floating(input)
+    return x - P.tanh(x)

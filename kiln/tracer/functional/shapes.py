@@ -528,6 +528,13 @@ def pad(input, pad, mode="constant", value=None):
     for i in range(len(pad) // 2):
         pairs[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
     x = input
+    if mode == "replicate":
+        # a crop past a whole dim leaves only its edge to replicate: out[o] = x[clamp(o - lo)]
+        for d, (lo, hi) in enumerate(pairs):
+            n, m = x.shape[d], x.shape[d] + lo + hi
+            if m > 0 and (lo <= -n or hi <= -n):
+                x = _slice_dim(x, d, n - 1, n) if lo <= -n else _slice_dim(x, d, 0, 1)
+                pairs[d] = (0, m - 1) if lo <= -n else (m - 1, 0)
     # negative padding crops: slice first, then pad with the positive parts
     if _py_any(lo < 0 or hi < 0 for lo, hi in pairs):
         shape = tuple(x.shape)
