@@ -47,10 +47,18 @@ def ops():
     return op_db
 
 
+def kiln_set_seed(op, *args, **kwargs):
+    """OpInfo's `wrapper_set_seed` for kiln: seed 42, the generator's state restored after."""
+    with kiln.random.fork_rng():
+        kiln.manual_seed(42)
+        return op(*args, **kwargs)
+
+
 def rebound(fn):
     """A copy of one of PyTorch's OpInfo lambdas (`lambda x: x.mT`, `lambda *t, eq: torch.einsum(
     eq, t)`) that reads `torch` (and `F`) as kiln."""
-    names = {**fn.__globals__, "torch": kiln, "F": kiln.nn.functional}
+    names = {**fn.__globals__, "torch": kiln, "F": kiln.nn.functional,
+             "wrapper_set_seed": kiln_set_seed}
     return types.FunctionType(fn.__code__, names, fn.__name__, fn.__defaults__, fn.__closure__)
 
 

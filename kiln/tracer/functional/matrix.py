@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir.dtypes import INT
 from kiln.ir.ops import P, ShapeError, broadcast_shapes
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _py_max
@@ -114,13 +115,24 @@ def outer(input, vec2):
 ger = outer
 
 
+def integral_scales(input, product, beta, alpha):
+    """(beta, alpha) of addmm and its family: ATen converts them to an integer input's type,
+    toward zero (`addmv(int_x, ..., beta=0.2)` ignores int_x), so an integer result stays
+    integer."""
+    if input.dtype.category == INT and product.dtype.category == INT:
+        return int(beta), int(alpha)
+    return beta, alpha
+
+
 def addmm(input, mat1, mat2, *, beta=1, alpha=1):
     prod_ = mm(mat1, mat2)
+    beta, alpha = integral_scales(input, prod_, beta, alpha)
     return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
 
 
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
     prod_ = bmm(batch1, batch2)
+    beta, alpha = integral_scales(input, prod_, beta, alpha)
     return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
 
 
