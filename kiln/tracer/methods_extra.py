@@ -118,8 +118,7 @@ def _set_part(part):
 # part is itself, and it has no imag
 _METHODS["real"] = property(FX.real, _set_part("real"))
 _METHODS["imag"] = property(FX.imag, _set_part("imag"))
-_METHODS["cfloat"] = lambda self, memory_format=None: self.to(dt.complex64)
-_METHODS["cdouble"] = lambda self, memory_format=None: self.to(dt.complex128)
+_METHODS["chalf"] = lambda self, memory_format=None: self.to(dt.complex32)   # refused, saying why
 _METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
 _METHODS["ger"] = F.outer
 _METHODS["divide_"] = _inplace(F.div, "divide_")

@@ -255,8 +255,8 @@ def copysign(input, other):
 
 
 def heaviside(input, values):
-    return F.where(F.eq(input, 0), F.expand(values, tuple(input.shape)) if isinstance(
-        values, Tensor) else values, F.gt(input, 0).to(input.dtype))
+    """0 below zero, 1 above, `values` at zero; input and values broadcast together."""
+    return F.where(F.eq(input, 0), values, F.gt(input, 0).to(input.dtype))
 
 
 def ldexp(input, other):
