@@ -770,8 +770,12 @@ def zero_gradient(out: Tensor, inputs) -> Tensor:
     values are exactly out's."""
     for x in inputs:
         if x.requires_grad and STATE.grad_enabled:
+            try:
+                fits = np.broadcast_shapes(tuple(x.shape), tuple(out.shape)) == tuple(out.shape)
+            except ValueError:
+                fits = False
             never = full(tuple(out.shape), False, dtype=dt.bool_, device=out.device)
-            out = P.where(never, x.to(out.dtype), out)
+            out = P.where(never, (x if fits else x.sum()).to(out.dtype), out)
     return out
 
 

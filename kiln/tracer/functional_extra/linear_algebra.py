@@ -7,6 +7,7 @@ import math
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.matrix import integral_scales
@@ -76,8 +77,8 @@ def cdist(x1, x2, p=2.0, compute_mode=None):
     if p == 2:
         sq = F.sum(diff_ * diff_, -1)
         return F.sqrt(sq)
-    if p == 0:
-        return F.sum(F.ne(diff_, 0), -1).to(x1.dtype)
+    if p == 0:          # a count of differing coordinates: its gradient is zero
+        return creation.zero_gradient(F.sum(F.ne(diff_, 0), -1).to(x1.dtype), [x1, x2])
     if math.isinf(p):
         return F.amax(F.abs(diff_), -1)
     if p == 1:
