@@ -5,8 +5,8 @@
 (`random64()`, the first word high) in element order and maps them as ATen's distribution
 helpers do. kiln reproduces those maps, so the same seed gives PyTorch's numbers: `rand`,
 `uniform_`, `randint`, `random_` and `randperm` exactly, and `normal_`/`randn`, `cauchy_`,
-`log_normal_` and `geometric_` to the last bit or two (NumPy's log/sin/cos against the C library's in float64; PyTorch's AVX2 kernel rounds
-them in float32).
+`log_normal_` and `geometric_` to the last bit or two (NumPy's log/sin/cos against the C
+library's in float64; PyTorch's AVX2 kernel rounds them in float32).
 
 PyTorch builds with MKL draw `bernoulli_(p)` (dropout) and `exponential_` (multinomial) from
 MKL's own generator on Intel CPUs; elsewhere they take the maps below, which kiln always uses.

@@ -580,7 +580,8 @@ _METHODS = {
     # grad_fn.next_functions lists it first (tutorials walk next_functions[0][0])
     "__add__": F.add, "__radd__": F.add, "__sub__": F.sub,
     "__rsub__": _reflected(F.sub), "__mul__": F.mul, "__rmul__": F.mul,
-    "__truediv__": F.div, "__rtruediv__": _reflected(F.div), "__floordiv__": F.floor_divide,
+    "__truediv__": F.div, "__rtruediv__": _reflected(F.div), "__rdiv__": _reflected(F.div),
+    "__floordiv__": F.floor_divide,
     "__rfloordiv__": _reflected(F.floor_divide), "__mod__": F.remainder,
     "__rmod__": _reflected(F.remainder), "__pow__": F.pow, "__rpow__": _reflected(F.pow),
     "__matmul__": F.matmul, "__rmatmul__": _reflected(F.matmul), "__neg__": F.neg,

@@ -65,7 +65,8 @@ logaddexp2 sgn signbit copysign heaviside ldexp frexp nextafter gcd lcm bitwise_
 bitwise_right_shift fmax fmin positive multiply subtract conj conj_physical resolve_conj
 resolve_neg angle is_complex is_conj is_neg isreal is_signed is_nonzero is_same_size is_inference
 argsort sort msort topk kthvalue median nanmedian mode quantile nanquantile cummax cummin
-logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hsplit vsplit
+logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hash_tensor
+hsplit vsplit
 dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
 diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
 masked_scatter put renorm unfold as_strided addmv addr addbmm adjoint vdot kron cov corrcoef
@@ -118,7 +119,6 @@ def _set_part(part):
 # part is itself, and it has no imag
 _METHODS["real"] = property(FX.real, _set_part("real"))
 _METHODS["imag"] = property(FX.imag, _set_part("imag"))
-_METHODS["chalf"] = lambda self, memory_format=None: self.to(dt.complex32)   # refused, saying why
 _METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
 _METHODS["ger"] = F.outer
 _METHODS["divide_"] = _inplace(F.div, "divide_")
