@@ -47,9 +47,9 @@ COMPARE = {"exponential": _drawn_elsewhere(_exponential),
            "multinomial": _drawn_elsewhere(_multinomial)} if pytorch_uses_mkl_stream() else {}
 
 KNOWN = {
-    ('chalf', 'float32'): 'n/a: kiln has no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
-    ('chalf', 'int64'): 'n/a: kiln has no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
-    ('chalf', 'float64_grad'): 'n/a: kiln has no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
+    ('chalf', 'float32'): 'n/a: no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
+    ('chalf', 'int64'): 'n/a: no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
+    ('chalf', 'float64_grad'): 'n/a: no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
     ('jiterator_2inputs_2outputs', 'float32'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_2inputs_2outputs', 'int64'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_2inputs_2outputs', 'float64_grad'): 'n/a: CUDA-only (torch.cuda.jiterator)',
@@ -65,6 +65,6 @@ KNOWN = {
     ('jiterator_unary', 'float32'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_unary', 'int64'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_unary', 'float64_grad'): 'n/a: CUDA-only (torch.cuda.jiterator)',
-    ('sparse.sampled_addmm', 'float32'): 'missing',
-    ('sparse.sampled_addmm', 'float64_grad'): 'missing',
+    ('sparse.sampled_addmm', 'float32'): 'missing (and the sweep passes no sparse CSR input)',
+    ('sparse.sampled_addmm', 'float64_grad'): 'missing (and the sweep passes no sparse CSR input)',
 }
