@@ -110,7 +110,7 @@ set_autocast_ipu_enabled set_autocast_xla_dtype set_autocast_xla_enabled
 _group("torch", "build/process internals of the PyTorch binary", """
 compiled_with_cxx11_abi prepare_multiprocessing_environment
 profiler_allow_cudagraph_cupti_lazy_reinit_cuda12 init_num_threads is_distributed
-get_device_module thread_safe_generator hash_tensor
+get_device_module thread_safe_generator
 """)
 _group("torch", JIT, "ComplexType")
 REMOVED = "removed from PyTorch: calling it raises there, pointing to torch.linalg"
@@ -143,7 +143,7 @@ _group(T, "distributed-tensor internals of the PyTorch build", "is_distributed")
 _group(T, "legacy autograd.Variable leftovers (removed semantics)", "reinforce volatile")
 _group(T, "internals of torch's own machinery (subclassing, nn.Module.load_state_dict "
        "assign hooks, dtype of a grad override, output index of an autograd node)", """
-grad_dtype output_nr name hash_tensor
+grad_dtype output_nr name
 """)
 _group(T, "a CPU-only Python callback on three tensors per element (apply_ and map_ are provided)",
        "map2_")

@@ -85,8 +85,8 @@ def resolve(name: str, lib):
         obj = getattr(obj, part, None)
         if obj is None:
             break
-    if obj is not None and not isinstance(obj, type(lib)):
-        return obj
+    if obj is not None and not isinstance(obj, type(lib)) and callable(obj):
+        return obj                  # (not a dtype of the method's name: kiln.cdouble)
     tensor = lib.Tensor
     method = getattr(tensor, name, None)
     if method is not None:

@@ -103,7 +103,8 @@ def _gammainc_grad(upper):
 _special("gammainc", "gammainc", _gammainc_grad(False), arity=2)
 _special("gammaincc", "gammaincc", _gammainc_grad(True), arity=2)
 _special("zeta", "zeta", None, arity=2)
-define("nextafter", SPECIAL, _elementwise, lambda xp, x, y: xp.nextafter(x, y), None, arity=2)
+define("nextafter", SPECIAL, _elementwise, lambda xp, x, y: xp.nextafter(x, y),
+       lambda g, out, x, y: _both(g, g * 0, x, y), arity=2)    # PyTorch's: one step is 0
 
 
 def _integer_binary(shapes, dtypes):

@@ -4,9 +4,9 @@
 `init_genrand`); every CPU random op then reads 32-bit words (`random()`) or pairs of them
 (`random64()`, the first word high) in element order and maps them as ATen's distribution
 helpers do. kiln reproduces those maps, so the same seed gives PyTorch's numbers: `rand`,
-`uniform_`, `randint`, `random_` and `randperm` exactly, and `normal_`/`randn` to the last bit
-or two (NumPy's log/sin/cos against the C library's in float64; PyTorch's AVX2 kernel rounds
-them in float32).
+`uniform_`, `randint`, `random_` and `randperm` exactly, and `normal_`/`randn`, `cauchy_`,
+`log_normal_` and `geometric_` to the last bit or two (NumPy's log/sin/cos against the C
+library's in float64; PyTorch's AVX2 kernel rounds them in float32).
 
 PyTorch builds with MKL draw `bernoulli_(p)` (dropout) and `exponential_` (multinomial) from
 MKL's own generator on Intel CPUs; elsewhere they take the maps below, which kiln always uses.
@@ -148,6 +148,42 @@ class TorchStream:
         theta = 2.0 * math.pi * u1
         self.next_normal = radius * math.sin(theta)
         return radius * math.cos(theta)
+
+    def normal_doubles(self, n: int, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+        """n values of ATen's scalar `normal_distribution<double>` (what log_normal_ draws):
+        the cached second value first, then Box-Muller pairs (cos, then sin), the last sin
+        cached when n leaves one over."""
+        out = np.empty(n, dtype=np.float64)
+        used = 0
+        if n and self.next_normal is not None:
+            out[0], self.next_normal, used = self.next_normal, None, 1
+        pairs = (n - used + 1) // 2
+        if pairs:
+            u = self.fraction(2 * pairs, np.float64)
+            radius = np.sqrt(-2.0 * np.log1p(-u[1::2]))
+            theta = 2.0 * math.pi * u[0::2]
+            both = np.empty(2 * pairs, dtype=np.float64)
+            both[0::2], both[1::2] = radius * np.cos(theta), radius * np.sin(theta)
+            out[used:] = both[:n - used]
+            if (n - used) % 2:
+                self.next_normal = float(both[-1])
+        return out * std + mean
+
+    def cauchy(self, n: int, dtype, median: float = 0.0, sigma: float = 1.0) -> np.ndarray:
+        """`cauchy_`: median + sigma * tan(pi * (u - 1/2)), one uniform double each."""
+        u = self.fraction(n, np.float64)
+        return (median + sigma * np.tan(math.pi * (u - 0.5))).astype(dtype)
+
+    def log_normal(self, n: int, dtype, mean: float = 1.0, std: float = 2.0) -> np.ndarray:
+        """`log_normal_`: exp of ATen's scalar double normals."""
+        return np.exp(self.normal_doubles(n, mean, std)).astype(dtype)
+
+    def geometric(self, n: int, dtype, p: float) -> np.ndarray:
+        """`geometric_`: trials to the first success, ceil(log(u) / log1p(-p)) for a uniform
+        double u."""
+        u = self.fraction(n, np.float64)
+        with np.errstate(divide="ignore"):
+            return np.ceil(np.log(u) / math.log1p(-p)).astype(dtype)
 
     def exponential(self, n: int, dtype, lambd: float = 1.0) -> np.ndarray:
         return (-1.0 / lambd * np.log1p(-self.fraction(n, np.float64))).astype(dtype)

@@ -419,12 +419,14 @@ def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
     if end is None:
         start, end = 0, start
     start, end, step = (v.item() if isinstance(v, Tensor) else v for v in (start, end, step))
+    floats = any(isinstance(v, float) for v in (start, end, step))
+    kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
+    if floats and kind.category < dt.FLOAT and step != 0:
+        start, end, step = _integer_range(start, end, step, kind)
     if step == 0:
         raise op_error("arange", "step must be nonzero")
     if (end - start) * step < 0:
         raise op_error("arange", "upper bound and larger bound inconsistent with step sign")
-    floats = any(isinstance(v, float) for v in (start, end, step))
-    kind = _dtype(dtype) or (dt.get_default_dtype() if floats else dt.int64)
     if kind in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("arange", kind)
     if kind is dt.bool_:
@@ -434,6 +436,21 @@ def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=
                      stop=end, step=step, dtype=kind)
 
 
+def _integer_range(start, end, step, kind):
+    """An integer arange of floating bounds, as ATen's kernel makes it: start, end and step
+    truncated to int64; the length from the truncated ones for int64, from the given ones
+    for the narrower types (so `arange(0., -8.000001, -4., dtype=int32)` has three values,
+    int64's two). Returns int (start, end, step) whose plain range is that."""
+    whole = [int(v) for v in (start, end, step)]        # C's conversion: toward zero
+    if whole[2] == 0:
+        raise op_error("arange", f"step must be nonzero (step {step} truncated to "
+                       f"{kind.name})")
+    if kind is dt.int64:
+        return tuple(whole)
+    n = max(0, math.ceil((end - start) / step))
+    return whole[0], whole[0] + n * whole[2], whole[2]
+
+
 def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
     if kind in _LIMITED_UNSIGNED:
@@ -441,6 +458,7 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False)
     if kind is dt.bool_:
         raise op_error("linspace", "\"linspace_cpu\" not implemented for 'Bool' (as "
                        "PyTorch); make a float range and compare it instead", NotImplementedError)
+    start, end = _integral_ends(start, end, kind)
     if steps == 1:
         return full((1,), start, dtype=kind, device=device, requires_grad=requires_grad)
     i = arange(steps, dtype=dt.float64, device=device)
@@ -454,8 +472,24 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False)
     return out
 
 
+def _integral_ends(start, end, kind):
+    """linspace/logspace's ends as numbers (0-d tensors read as torch's overload reads them,
+    in double); into an integer dtype, converted to it first (toward zero), as ATen steps
+    between them."""
+    ends = []
+    for v in (start, end):
+        if isinstance(v, Tensor):
+            if v.ndim:
+                raise op_error("linspace", f"linspace only supports 0-dimensional start and "
+                               f"end tensors, but got a tensor of shape {tuple(v.shape)}")
+            v = v.item()
+        ends.append(v if kind.category >= dt.FLOAT else int(v))
+    return tuple(ends)
+
+
 def logspace(start, end, steps, base=10.0, *, dtype=None, device=None) -> Tensor:
     kind = _dtype(dtype) or dt.get_default_dtype()
+    start, end = _integral_ends(start, end, kind)
     return (base ** linspace(start, end, steps, dtype=dt.float64, device=device)).to(kind)
 
 
@@ -708,16 +742,41 @@ def bernoulli(input, p=None, *, generator=None) -> Tensor:
     precision = np.float64 if input.dtype is dt.float64 else np.float32
     u = random_values(generator, input.device, dt.from_numpy(precision),
                       lambda stream: stream.fraction(_count(shape), precision).reshape(shape))
-    return (u < input).to(input.dtype)
+    return zero_gradient((u < input.detach()).to(input.dtype), [input])
 
 
-def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=None) -> Tensor:
-    if isinstance(mean, Tensor) or isinstance(std, Tensor):
-        like = mean if isinstance(mean, Tensor) else std
-        return randn(tuple(like.shape), generator=generator, dtype=like.dtype,
-                     device=like.device) * std + mean
-    return randn(_size((size,)) if isinstance(size, int) else _size(tuple(size)),
-                 generator=generator, dtype=dtype, device=device) * std + mean
+def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=None,
+           layout=None, pin_memory=False, requires_grad=False) -> Tensor:
+    """Standard normals scaled by std and shifted by mean; tensor parameters broadcast, and
+    their gradient is zero (PyTorch's: a draw is not reparameterized here)."""
+    if layout is not None and getattr(layout, "name", None) != "strided":
+        raise op_error("normal", f"draws dense (strided) tensors only, got layout={layout}",
+                       NotImplementedError)
+    params = [v for v in (mean, std) if isinstance(v, Tensor)]
+    if params:
+        shape = tuple(np.broadcast_shapes(*(tuple(v.shape) for v in params)))
+        kind = dt.promote(*(v.dtype for v in params)) if len(params) == 2 else params[0].dtype
+        z = randn(shape, generator=generator, dtype=kind, device=params[0].device)
+        mean, std = (v.detach() if isinstance(v, Tensor) else v for v in (mean, std))
+        return zero_gradient(z * std + mean, params)
+    out = randn(_size((size,)) if isinstance(size, int) else _size(tuple(size)),
+                generator=generator, dtype=dtype, device=device) * std + mean
+    return out.requires_grad_(True) if requires_grad else out
+
+
+def zero_gradient(out: Tensor, inputs) -> Tensor:
+    """`out` with a zero gradient to each of `inputs` that requires one (a draw's derivative
+    in PyTorch: `bernoulli(p)`, `normal(mean, std)`): selected from `out` everywhere, so its
+    values are exactly out's."""
+    for x in inputs:
+        if x.requires_grad and STATE.grad_enabled:
+            try:
+                fits = np.broadcast_shapes(tuple(x.shape), tuple(out.shape)) == tuple(out.shape)
+            except ValueError:
+                fits = False
+            never = full(tuple(out.shape), False, dtype=dt.bool_, device=out.device)
+            out = P.where(never, (x if fits else x.sum()).to(out.dtype), out)
+    return out
 
 
 _ = Sequence

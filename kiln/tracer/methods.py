@@ -553,6 +553,13 @@ def _type(self, dtype=None):
     return to(self, creation._dtype(dtype))
 
 
+def _cast(dtype):
+    """`x.float()` and its kin: `to(dtype)`, in the memory format asked for."""
+    def cast(self, memory_format=layout.preserve_format):
+        return to(self, dtype, memory_format=memory_format)
+    return cast
+
+
 def _reflected(fn):
     return lambda self, other: fn(other, self)
 
@@ -573,7 +580,8 @@ _METHODS = {
     # grad_fn.next_functions lists it first (tutorials walk next_functions[0][0])
     "__add__": F.add, "__radd__": F.add, "__sub__": F.sub,
     "__rsub__": _reflected(F.sub), "__mul__": F.mul, "__rmul__": F.mul,
-    "__truediv__": F.div, "__rtruediv__": _reflected(F.div), "__floordiv__": F.floor_divide,
+    "__truediv__": F.div, "__rtruediv__": _reflected(F.div), "__rdiv__": _reflected(F.div),
+    "__floordiv__": F.floor_divide,
     "__rfloordiv__": _reflected(F.floor_divide), "__mod__": F.remainder,
     "__rmod__": _reflected(F.remainder), "__pow__": F.pow, "__rpow__": _reflected(F.pow),
     "__matmul__": F.matmul, "__rmatmul__": _reflected(F.matmul), "__neg__": F.neg,
@@ -589,12 +597,11 @@ _METHODS = {
     "to": to, "cpu": lambda self: to(self, "cpu"),
     "cuda": lambda self, device=None, non_blocking=False: to(
         self, f"cuda:{device}" if isinstance(device, int) else (device or "cuda")),
-    "float": lambda self: to(self, dt.float32), "double": lambda self: to(self, dt.float64),
-    "half": lambda self: to(self, dt.float16), "long": lambda self: to(self, dt.int64),
-    "bfloat16": lambda self: to(self, dt.bfloat16),
-    "int": lambda self: to(self, dt.int32), "bool": lambda self: to(self, dt.bool_),
-    "byte": lambda self: to(self, dt.uint8), "char": lambda self: to(self, dt.int8),
-    "short": lambda self: to(self, dt.int16), "type": _type,
+    "float": _cast(dt.float32), "double": _cast(dt.float64), "half": _cast(dt.float16),
+    "long": _cast(dt.int64), "bfloat16": _cast(dt.bfloat16), "int": _cast(dt.int32),
+    "bool": _cast(dt.bool_), "byte": _cast(dt.uint8), "char": _cast(dt.int8),
+    "short": _cast(dt.int16), "cfloat": _cast(dt.complex64), "cdouble": _cast(dt.complex128),
+    "type": _type,
     "type_as": lambda self, other: to(self, other.dtype),
     "detach": detach, "detach_": detach_, "requires_grad_": requires_grad_,
     "retain_grad": retain_grad, "register_hook": register_hook,

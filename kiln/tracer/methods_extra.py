@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.runtime.mt19937 import TorchStream
 from kiln.runtime.device import (MetaArray, cuda_is_available, is_host_array, is_pinned_array,
                                  pinned_copy, record_stream)
 from kiln.tracer import creation
@@ -22,7 +23,8 @@ from kiln.tracer.sparse_compressed import (sparse_bsc, sparse_bsr, sparse_csc,  
 from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
 from kiln.tracer import dispatch_subclass as _wrappers
-from kiln.tracer.methods import _DeviceCopy, write_inplace
+from kiln.tracer.errors import op_error
+from kiln.tracer.methods import _DeviceCopy, _draw_into, write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
 def _record_stream(tensor: Tensor, stream) -> None:
@@ -63,7 +65,8 @@ logaddexp2 sgn signbit copysign heaviside ldexp frexp nextafter gcd lcm bitwise_
 bitwise_right_shift fmax fmin positive multiply subtract conj conj_physical resolve_conj
 resolve_neg angle is_complex is_conj is_neg isreal is_signed is_nonzero is_same_size is_inference
 argsort sort msort topk kthvalue median nanmedian mode quantile nanquantile cummax cummin
-logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hsplit vsplit
+logcumsumexp diff histc histogram bincount unique unique_consecutive isin aminmax hash_tensor
+hsplit vsplit
 dsplit split_with_sizes unsafe_split unsafe_chunk unsafe_split_with_sizes ravel rot90 diag_embed
 diagflat diagonal_scatter select_scatter slice_scatter index_put index_reduce scatter_reduce
 masked_scatter put renorm unfold as_strided addmv addr addbmm adjoint vdot kron cov corrcoef
@@ -116,8 +119,6 @@ def _set_part(part):
 # part is itself, and it has no imag
 _METHODS["real"] = property(FX.real, _set_part("real"))
 _METHODS["imag"] = property(FX.imag, _set_part("imag"))
-_METHODS["cfloat"] = lambda self, memory_format=None: self.to(dt.complex64)
-_METHODS["cdouble"] = lambda self, memory_format=None: self.to(dt.complex128)
 _METHODS["polygamma"] = lambda self, n: FX.polygamma(n, self)
 _METHODS["ger"] = F.outer
 _METHODS["divide_"] = _inplace(F.div, "divide_")
@@ -307,21 +308,39 @@ def fill_diagonal_(self, fill_value, wrap=False):
 _METHODS["fill_diagonal_"] = fill_diagonal_
 
 
-def _random_fill(name, draw):
-    def method(self, *args, generator=None):
-        gen = generator or creation.default_generator
-        rng = np.random.default_rng(gen.next_seed())
-        values = draw(rng, tuple(self.shape), *args).astype(self.dtype.np)
-        return write_inplace(self, creation.tensor(values, device=self.device), name)
+def _drawn(name, draw, check, floating=True):
+    """An in-place random fill whose numbers are PyTorch's CPU stream's (`draw(stream, n,
+    dtype, *args)`), after `check(*args)` refuses the parameters PyTorch refuses."""
+    def method(self, *args, generator=None, **kwargs):
+        if floating and not self.dtype.is_floating_point:
+            raise op_error(name, f"{name} draws from a continuous distribution: the tensor "
+                           f"must be floating point, got {self.dtype.name}", NotImplementedError)
+        check(*args, **kwargs)
+        return _draw_into(self, name, generator,
+                          lambda stream, n: draw(stream, n, self.dtype.np, *args, **kwargs))
     method.__name__ = name
     return method
 
 
-_METHODS["geometric_"] = _random_fill("geometric_", lambda rng, s, p: rng.geometric(p, s))
-_METHODS["cauchy_"] = _random_fill("cauchy_", lambda rng, s, median=0.0, sigma=1.0:
-                                   median + sigma * rng.standard_cauchy(s))
-_METHODS["log_normal_"] = _random_fill("log_normal_", lambda rng, s, mean=1.0, std=2.0:
-                                       rng.lognormal(mean, std, s))
+def _geometric_p(p):
+    if not 0 < p < 1:
+        raise op_error("geometric_", f"geometric_ expects p to be in (0, 1), but got p={p}")
+
+
+def _cauchy_sigma(median=0.0, sigma=1.0):
+    if not sigma > 0:
+        raise op_error("cauchy_", f"cauchy_ expects sigma > 0.0, but found sigma={sigma}")
+
+
+def _log_normal_std(mean=1.0, std=2.0):
+    if not std > 0:
+        raise op_error("log_normal_", f"log_normal_ expects std > 0.0, but found std={std}")
+
+
+_METHODS["geometric_"] = _drawn("geometric_", TorchStream.geometric, _geometric_p,
+                                floating=False)
+_METHODS["cauchy_"] = _drawn("cauchy_", TorchStream.cauchy, _cauchy_sigma)
+_METHODS["log_normal_"] = _drawn("log_normal_", TorchStream.log_normal, _log_normal_std)
 
 
 def _python_map(self, name: str, fn, other=None):

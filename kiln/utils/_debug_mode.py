@@ -257,14 +257,21 @@ def _norm_hash(t) -> float:
     return t.to(kiln.float64).abs().sum().item()
 
 
+def _xor_hash(t) -> int:
+    """`hash_tensor` of the values in float64 (a complex tensor's parts) or int64, as a Python
+    int; 0 for an empty tensor."""
+    if t.is_complex():
+        t = kiln.view_as_real(t.to(kiln.complex128))
+    t = t.to(kiln.float64 if t.is_floating_point() else kiln.int64)
+    return kiln.hash_tensor(t).item() if t.numel() else 0
+
+
 def _hash_function(hash_fn):
     def named(name):
         if name == "norm":
             return _norm_hash
         if name == "hash_tensor":
-            raise NotImplementedError("DebugMode.log_tensor_hashes: kiln has no hash_tensor "
-                                      "(torch.hash_tensor's XOR reduction); use 'norm' or a "
-                                      "function")
+            return _xor_hash
         raise AssertionError(f"hash_type must be 'norm' or 'hash_tensor', got {name!r}")
     if callable(hash_fn):
         return hash_fn

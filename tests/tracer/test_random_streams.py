@@ -131,6 +131,26 @@ def test_rng_state_round_trips_and_generators_are_independent():
         kiln.set_rng_state(kiln.zeros(10, dtype=kiln.uint8))
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cauchy_log_normal_and_geometric_streams_are_torchs(seed):
+    """One uniform double per value (cauchy_, geometric_), or ATen's scalar double normals
+    (log_normal_), whose cached second value a preceding small randn leaves behind."""
+    def draws(lib):
+        return [lib.randn(3, dtype=lib.float64),
+                lib.empty(7, dtype=lib.float64).log_normal_(0.5, 1.5),
+                lib.empty(2, 3).log_normal_(), lib.empty(40).cauchy_(1.0, 2.0),
+                lib.empty(50, dtype=lib.int32).geometric_(0.2),
+                lib.empty(9, dtype=lib.float64).geometric_(0.7), lib.randn(1, dtype=lib.float64)]
+    k, t = both(seed, draws)
+    for a, b in zip(k, t):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    for name, args in [("geometric_", (1.0,)), ("cauchy_", (0.0, 0.0)),
+                       ("log_normal_", (1.0, -1.0))]:
+        with pytest.raises(RuntimeError, match=name):
+            getattr(kiln.empty(3), name)(*args)
+
+
 @mkl_stream
 @pytest.mark.parametrize("seed", SEEDS)
 def test_bernoulli_dropout_and_sampling_streams_are_torchs(seed):

@@ -11,6 +11,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.tracer import creation
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
                                            both_bool, ones_like, refuse_without_kernel,
@@ -131,7 +132,11 @@ def mul(input, other):
 def div(input, other, *, rounding_mode=None):
     if rounding_mode == "floor":
         _refuse_integer_division_by_zero("div", input, other)
-        return floor_divide(input, other)
+        # torch's floor_divide has no derivative; div(rounding_mode='floor') a zero one
+        quotient = floor_divide(*(v.detach() if isinstance(v, Tensor) else v
+                                  for v in (input, other)))
+        return creation.zero_gradient(quotient, [v for v in (input, other)
+                                                 if isinstance(v, Tensor)])
     if rounding_mode == "trunc":
         _refuse_bool_division("div_trunc", input, other)
         _refuse_integer_division_by_zero("div", input, other)

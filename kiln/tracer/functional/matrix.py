@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir.dtypes import INT
 from kiln.ir.ops import P, ShapeError, broadcast_shapes
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _py_max
@@ -50,7 +51,8 @@ def matmul(input, other):
     if b.ndim == 2 and a.ndim > 2:
         # (..., m, k) @ (k, n): one 2-D product over the flattened batch
         lead = tuple(a.shape[:-1])
-        out = P.matmul(reshape(a, (-1, a.shape[-1])), b)
+        rows = -1 if a.shape[-1] else math.prod(lead)      # (-1, 0) names no size
+        out = P.matmul(reshape(a, (rows, a.shape[-1])), b)
         return reshape(out, lead + (b.shape[-1],))
     if a.shape[:-2] == b.shape[:-2]:
         return P.matmul(a, b)
@@ -104,7 +106,14 @@ def dot(input, other):
     return matmul(input, other)
 
 
-inner = dot
+def inner(input, other):
+    """Sum of products over the last dimension of each (a 0-d operand multiplies)."""
+    if input.ndim == 0 or other.ndim == 0:
+        return input * other
+    if input.shape[-1] != other.shape[-1]:
+        raise op_error("inner", f"inner() the last dimension must match on both input tensors "
+                       f"but got shapes {list(input.shape)} and {list(other.shape)}")
+    return tensordot(input, other, ([input.ndim - 1], [other.ndim - 1]))
 
 
 def outer(input, vec2):
@@ -114,13 +123,24 @@ def outer(input, vec2):
 ger = outer
 
 
+def integral_scales(input, product, beta, alpha):
+    """(beta, alpha) of addmm and its family: ATen converts them to an integer input's type,
+    toward zero (`addmv(int_x, ..., beta=0.2)` ignores int_x), so an integer result stays
+    integer."""
+    if input.dtype.category == INT and product.dtype.category == INT:
+        return int(beta), int(alpha)
+    return beta, alpha
+
+
 def addmm(input, mat1, mat2, *, beta=1, alpha=1):
     prod_ = mm(mat1, mat2)
+    beta, alpha = integral_scales(input, prod_, beta, alpha)
     return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
 
 
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
     prod_ = bmm(batch1, batch2)
+    beta, alpha = integral_scales(input, prod_, beta, alpha)
     return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
 
 
@@ -133,7 +153,9 @@ def einsum(equation, *operands):
     terms = lhs.split(",")
     if len(terms) != len(operands):
         raise op_error("einsum", f"{len(terms)} operand terms but {len(operands)} operands")
-    if not _:
+    if "..." in equation:
+        terms, rhs, operands = _ellipsis_labels(terms, rhs if _ else None, operands)
+    elif not _:
         counts = {}
         for c in "".join(terms):
             counts[c] = counts.get(c, 0) + 1
@@ -161,6 +183,45 @@ def einsum(equation, *operands):
     out = sum(product, tuple(summed)) if summed else product
     kept = [c for c in labels if c in rhs]
     return permute(out, tuple(kept.index(c) for c in rhs)) if kept != list(rhs) else out
+
+
+def _ellipsis_labels(terms, rhs, operands):
+    """The equation with each '...' spelled as labels of its own (characters no equation
+    uses): the broadcast dims, right-aligned across operands and expanded where one operand
+    has size 1; without '->', the output is those dims then the labels used once, sorted."""
+    rank = _py_max(*(op.ndim - len(t.replace("...", "")) for t, op in zip(terms, operands)
+                     if "..." in t), 0)
+    names = [chr(0x100 + i) for i in range(rank)]
+    sizes = [1] * rank
+    spelled = []
+    for term, op in zip(terms, operands):
+        if "..." not in term:
+            spelled.append(term)
+            continue
+        before, _, after = term.partition("...")
+        count = op.ndim - len(before) - len(after)
+        if count < 0:
+            raise op_error("einsum", f"the term {term!r} has more labels than its operand of "
+                           f"shape {list(op.shape)} has dims")
+        for i, n in enumerate(op.shape[len(before):len(before) + count]):
+            k = rank - count + i
+            if n != 1 and sizes[k] not in (1, n):
+                raise op_error("einsum", f"the dims '...' of the operands do not broadcast "
+                               f"({sizes[k]} and {n})")
+            sizes[k] = _py_max(sizes[k], n)
+        spelled.append(before + "".join(names[rank - count:]) + after)
+    expanded = []
+    for term, op in zip(spelled, operands):
+        want = tuple(sizes[names.index(c)] if c in names else n for c, n in zip(term, op.shape))
+        expanded.append(op.expand(want) if want != tuple(op.shape) else op)
+    if rhs is None:
+        counts = {}
+        for c in "".join(terms).replace(".", ""):
+            counts[c] = counts.get(c, 0) + 1
+        rhs = "".join(names) + "".join(sorted(c for c, n in counts.items() if n == 1))
+    else:
+        rhs = rhs.replace("...", "".join(names))
+    return spelled, rhs, tuple(expanded)
 
 
 def _distinct_labels(term, op):
@@ -218,14 +279,29 @@ def _einsum_pair(terms, rhs, operands, sizes):
 
 @composite
 def tensordot(a, b, dims=2):
+    """Sum of products over paired dimensions; a pair whose one side has size 1 broadcasts
+    (the other side is summed over it first, as torch)."""
     if isinstance(dims, int):
         dims_a, dims_b = list(range(a.ndim - dims, a.ndim)), list(range(dims))
     else:
         dims_a, dims_b = [list(d) if isinstance(d, (list, tuple)) else [d] for d in dims]
+    dims_a = [d % a.ndim if a.ndim else d for d in dims_a]
+    dims_b = [d % b.ndim if b.ndim else d for d in dims_b]
+    for da, db in zip(dims_a, dims_b):
+        sa, sb = a.shape[da], b.shape[db]
+        if sb == 1 and sa != 1:
+            a = sum(a, da, keepdim=True)
+        elif sa == 1 and sb != 1:
+            b = sum(b, db, keepdim=True)
+        elif sa != sb:
+            raise op_error("tensordot", f"contracted dimensions need to match, but first has "
+                           f"size {sa} in dim {da} and second has size {sb} in dim {db}")
     free_a = [i for i in range(a.ndim) if i not in dims_a]
     free_b = [i for i in range(b.ndim) if i not in dims_b]
     k = math.prod(a.shape[i] for i in dims_a)
-    A = reshape(permute(a, tuple(free_a + dims_a)), (-1, k))
-    B = reshape(permute(b, tuple(dims_b + free_b)), (k, -1))
+    rows, cols = (-1, -1) if k else (math.prod(a.shape[i] for i in free_a),   # (-1, 0): no size
+                                     math.prod(b.shape[i] for i in free_b))
+    A = reshape(permute(a, tuple(free_a + dims_a)), (rows, k))
+    B = reshape(permute(b, tuple(dims_b + free_b)), (k, cols))
     return reshape(matmul(A, B), tuple(a.shape[i] for i in free_a) +
                    tuple(b.shape[i] for i in free_b))

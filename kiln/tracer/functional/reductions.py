@@ -274,8 +274,17 @@ def prod(input, dim=None, keepdim=False, *, dtype=None):
     return P.prod(input, axes=_axes(dim, input.ndim), keepdim=bool(keepdim))
 
 
+def _unbiased_first(dim, unbiased):
+    """(dim, unbiased) of torch's `var(input, unbiased)` form: a bool second argument is
+    `unbiased`, over all elements."""
+    if isinstance(dim, bool):
+        return None, dim
+    return dim, unbiased
+
+
 @composite
 def var(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    dim, unbiased = _unbiased_first(dim, unbiased)
     if correction is None:
         correction = 1 if unbiased is None or unbiased else 0
     _refuse_integer_spread("var", input)
@@ -299,6 +308,7 @@ def _refuse_integer_spread(op: str, input) -> None:
 
 @composite
 def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    dim, unbiased = _unbiased_first(dim, unbiased)
     if isinstance(input, Tensor):
         _refuse_integer_spread("std", input)
     if isinstance(input, Tensor) and input.dtype in dt.HALF:
@@ -312,12 +322,14 @@ def std(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
 
 @composite
 def var_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    dim, unbiased = _unbiased_first(dim, unbiased)
     return (var(input, dim, unbiased, keepdim, correction=correction),
             mean(input, dim, keepdim))
 
 
 @composite
 def std_mean(input, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    dim, unbiased = _unbiased_first(dim, unbiased)
     return (std(input, dim, unbiased, keepdim, correction=correction),
             mean(input, dim, keepdim))
 

@@ -13,7 +13,7 @@ One module per family; each imports only `common` here (and `kiln.tracer.functio
     elementwise     special functions, trigonometry, bit tricks, complex-helper forms
     sorting         sort, topk, kthvalue, median, mode, quantile
     cumulative      cummax/cummin, logcumsumexp, diff, gradient, trapezoid
-    counting        searchsorted, bucketize, histc, bincount, unique, isin, aminmax
+    counting        searchsorted, bucketize, histc, bincount, unique, isin, aminmax, hash_tensor
     shapes          atleast_nd, splits, rot90, *_scatter, block_diag, meshgrid, index_put,
                     the view ops' *_copy forms, ...
     linear_algebra  addmv, addr, addbmm, chain_matmul, kron, cdist, cov
@@ -52,7 +52,7 @@ from kiln.tracer.functional_extra.cumulative import (cummax, cummin, logcumsumex
                                                      cumulative_trapezoid)
 from kiln.tracer.functional_extra.counting import (searchsorted, bucketize, histc,  # noqa: F401
                                                    histogram, bincount, unique, unique_consecutive,
-                                                   isin, aminmax)
+                                                   isin, aminmax, hash_tensor)
 from kiln.tracer.functional_extra.shapes import (atleast_1d, atleast_2d, atleast_3d,  # noqa: F401
                                                  column_stack, row_stack, dstack, hsplit, vsplit,
                                                  dsplit, split_with_sizes, unsafe_split,

@@ -1,5 +1,6 @@
 """Counting and searching: searchsorted, bucketize, histc, histogram, bincount, unique, isin,
-aminmax. Sizes that depend on the data read values into Python (a graph break when compiled)."""
+aminmax, hash_tensor. Sizes that depend on the data read values into Python (a graph break when
+compiled)."""
 
 from __future__ import annotations
 
@@ -151,3 +152,31 @@ def isin(elements, test_elements, *, assume_unique=False, invert=False):
 def aminmax(input, *, dim=None, keepdim=False):
     R = namedtuple("aminmax", ["min", "max"])
     return R(F.amin(input, dim, keepdim), F.amax(input, dim, keepdim))
+
+
+def hash_tensor(input, dim=None, *, keepdim=False, mode=0):
+    """XOR of the elements' 64-bit patterns (floats as float64, integers and bools as int64),
+    over `dim` (all by default): a uint64 fingerprint, equal for equal values."""
+    if mode != 0:
+        raise op_error("hash_tensor", f"Unknown hash_tensor mode: {mode} (only 0, the XOR "
+                       "reduction)")
+    if input.dtype.is_complex:
+        raise op_error("hash_tensor", f"\"xor_sum_cpu\" not implemented for complex tensors "
+                       f"({input.dtype.name}); hash torch.view_as_real of it", NotImplementedError)
+    if dim is None:
+        if input.numel() == 0:
+            raise op_error("hash_tensor", "Expected reduction dim to be specified for "
+                           "input.numel() == 0. Specify the reduction dim with the 'dim' argument.")
+        axes = None
+    else:
+        axes = tuple(_norm_dim(d, input.ndim) for d in ((dim,) if isinstance(dim, int) else dim))
+        for d in axes:
+            if input.ndim and input.shape[d] == 0:
+                raise op_error("hash_tensor", f"Expected reduction dim {d} to have non-zero size.",
+                               IndexError)
+    wide = input.to(dt.float64 if input.dtype.is_floating_point else dt.int64)
+    xp = input.device.xp
+    bits = xp.ascontiguousarray(wide._read("hash_tensor()")).view(np.uint64)
+    out = xp.bitwise_xor.reduce(bits, axis=axes if input.ndim else None,
+                                keepdims=bool(keepdim) and input.ndim > 0)
+    return Tensor._make(xp.asarray(out, dtype=np.uint64), dt.uint64, input.device)

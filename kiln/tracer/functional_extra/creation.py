@@ -10,7 +10,9 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
-from kiln.tracer.creation import _dtype, arange, default_generator, from_numpy, ones, tensor
+from kiln.tracer.creation import (_dtype, arange, default_generator, from_numpy, ones, tensor,
+                                  zero_gradient)
+from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor
 from kiln.tracer.functional_extra.common import _full_like
 from kiln.tracer.tensor import Tensor
@@ -100,4 +102,13 @@ def binomial(count, prob, generator=None):
 
 
 def fill(input, value):
-    return _full_like(input, value.item() if isinstance(value, Tensor) else value)
+    """A tensor like input filled with value: its gradient flows to a tensor value (summed),
+    input's is zero."""
+    if isinstance(value, Tensor):
+        if value.ndim:
+            raise op_error("fill", f"fill only supports 0-dimension value tensor but got tensor "
+                           f"with {value.ndim} dimensions")
+        out = F.expand(value.to(input.dtype), tuple(input.shape)).clone()
+    else:
+        out = _full_like(input, value)
+    return zero_gradient(out, [input])

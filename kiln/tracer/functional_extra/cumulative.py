@@ -59,8 +59,14 @@ def logcumsumexp(input, dim):
 
 
 def diff(input, n=1, dim=-1, prepend=None, append=None):
+    """n-th forward differences along `dim` of prepend, input, append; n=0 is the input alone
+    (prepend and append unused, as in torch)."""
+    if n < 0:
+        raise op_error("diff", f"order must be non-negative but got {n}")
     x = input
     d = _norm_dim(dim, x.ndim)
+    if n == 0:
+        return x.clone()
     if prepend is not None or append is not None:
         parts = ([prepend] if prepend is not None else []) + [x] + \
             ([append] if append is not None else [])
@@ -76,21 +82,88 @@ def diff(input, n=1, dim=-1, prepend=None, append=None):
 
 
 def gradient(input, *, spacing=1, dim=None, edge_order=1):
-    """Central differences inside, one-sided at the edges (numpy.gradient's rule)."""
+    """Second-order central differences inside, first- or second-order one-sided ones at the
+    edges, per dimension; `spacing` is one step for all dimensions, a step per dimension, or
+    a coordinate tensor per dimension (then the non-uniform formulas)."""
+    if edge_order not in (1, 2):
+        raise op_error("gradient", "torch.gradient only supports edge_order=1 and "
+                       "edge_order=2.")
     dims = list(range(input.ndim)) if dim is None else (
         [dim] if isinstance(dim, int) else list(dim))
-    spacings = spacing if isinstance(spacing, (list, tuple)) else [spacing] * len(dims)
+    if spacing is None:
+        spacing = 1
+    if isinstance(spacing, (list, tuple)):
+        if len(spacing) != len(dims):
+            raise op_error("gradient", f"torch.gradient expected spacing to be unspecified, a "
+                           f"scalar, or a list of length {len(dims)} (the dimensions it "
+                           f"differentiates), but got a list of length {len(spacing)}")
+        steps = list(spacing)
+    else:
+        steps = [spacing] * len(dims)
+    for d in dims:
+        if input.shape[_norm_dim(d, input.ndim)] < edge_order + 1:
+            raise op_error("gradient", "torch.gradient expected each dimension size to be at "
+                           f"least edge_order+1, got shape {tuple(input.shape)}")
     out = []
-    x = _f(input)
-    for d, h in zip(dims, spacings):
-        d = _norm_dim(d, x.ndim)
-        n = x.shape[d]
-        h = float(h)
-        inner = (F.narrow(x, d, 2, n - 2) - F.narrow(x, d, 0, n - 2)) / (2 * h)
-        first = (F.narrow(x, d, 1, 1) - F.narrow(x, d, 0, 1)) / h
-        last = (F.narrow(x, d, n - 1, 1) - F.narrow(x, d, n - 2, 1)) / h
-        out.append(F.cat([first, inner, last], d))
+    for d, h in zip(dims, steps):
+        d = _norm_dim(d, input.ndim)
+        if isinstance(h, Tensor) and h.ndim == 1:
+            out.append(_gradient_coordinates(input, d, h, edge_order))
+        else:
+            out.append(_gradient_uniform(input, d, h.item() if isinstance(h, Tensor) else h,
+                                         edge_order))
     return tuple(out)
+
+
+def _gradient_uniform(x, d, h, edge_order):
+    def part(start, length):
+        return F.narrow(x, d, start, length)
+    n = x.shape[d]
+    inner = (part(2, n - 2) - part(0, n - 2)) / h / 2
+    if edge_order == 1:
+        first = (part(1, 1) - part(0, 1)) / h
+        last = (part(n - 1, 1) - part(n - 2, 1)) / h
+    else:
+        first = (part(0, 1) * -1.5 + part(1, 1) * 2 - part(2, 1) * 0.5) / h
+        last = (part(n - 3, 1) * 0.5 + part(n - 2, 1) * -2 + part(n - 1, 1) * 1.5) / h
+    return _as_float(F.cat([first, inner, last], d))
+
+
+def _gradient_coordinates(x, d, coords, edge_order):
+    """Differences at unevenly spaced coordinates: each point's three-point Lagrange
+    derivative (interior weights a, b, c of f[i-1], f[i], f[i+1])."""
+    def part(start, length):
+        return F.narrow(x, d, start, length)
+    n = x.shape[d]
+    if coords.shape[0] != n:
+        raise op_error("gradient", f"torch.gradient expected the coordinates of dim {d} to "
+                       f"have {n} values, got {coords.shape[0]}")
+    step = diff(coords)
+    shape = [1] * x.ndim
+    shape[d] = -1
+    dx1, dx2 = step[:-1], step[1:]
+    a = F.reshape(-dx2 / (dx1 * (dx1 + dx2)), shape)
+    b = F.reshape((dx2 - dx1) / (dx1 * dx2), shape)
+    c = F.reshape(dx1 / (dx2 * (dx1 + dx2)), shape)
+    inner = a * part(0, n - 2) + b * part(1, n - 2) + c * part(2, n - 2)
+    h0, hl = step[0], step[-1]
+    if edge_order == 1:
+        first = (part(1, 1) - part(0, 1)) / h0
+        last = (part(n - 1, 1) - part(n - 2, 1)) / hl
+    else:
+        h1, hk = step[1], step[-2]
+        first = (-(2.0 * h0 + h1) / (h0 * (h0 + h1)) * part(0, 1)
+                 + (h0 + h1) / (h0 * h1) * part(1, 1) - h0 / (h1 * (h0 + h1)) * part(2, 1))
+        last = (hl / (hk * (hl + hk)) * part(n - 3, 1) - (hl + hk) / (hl * hk) * part(n - 2, 1)
+                + (2.0 * hl + hk) / (hl * (hl + hk)) * part(n - 1, 1))
+    return _as_float(F.cat([first, inner, last], d))
+
+
+def _as_float(x):
+    """An integer input's differences of integer steps are still integers: torch's are
+    floating (the default dtype)."""
+    return x if x.dtype.is_floating_point or x.dtype.is_complex else \
+        x.to(dt.get_default_dtype())
 
 
 def trapezoid(y, x=None, *, dx=None, dim=-1):

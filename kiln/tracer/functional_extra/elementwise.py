@@ -255,8 +255,8 @@ def copysign(input, other):
 
 
 def heaviside(input, values):
-    return F.where(F.eq(input, 0), F.expand(values, tuple(input.shape)) if isinstance(
-        values, Tensor) else values, F.gt(input, 0).to(input.dtype))
+    """0 below zero, 1 above, `values` at zero; input and values broadcast together."""
+    return F.where(F.eq(input, 0), values, F.gt(input, 0).to(input.dtype))
 
 
 def ldexp(input, other):
@@ -267,9 +267,14 @@ def ldexp(input, other):
 def frexp(input):
     x = _f(input)
     data = x._read("frexp()")
-    mantissa, exponent = x.device.xp.frexp(data)
+    exponent = x.device.xp.frexp(data)[1]
+    # the mantissa as x * 2^-exponent, so its gradient is 2^-exponent; in two exact power-of-two
+    # steps, as 2^1073 (a subnormal's) is past float64's range
+    half = -exponent // 2
+    scales = [Tensor._make(x.device.xp.ldexp(np.ones((), x.dtype.np), e).astype(x.dtype.np),
+                           x.dtype, x.device) for e in (half, -exponent - half)]
     Mant = namedtuple("frexp", ["mantissa", "exponent"])
-    return Mant(Tensor._make(mantissa.astype(x.dtype.np), x.dtype, x.device),
+    return Mant(x * scales[0] * scales[1],
                 Tensor._make(exponent.astype(np.int32), dt.int32, x.device))
 
 

@@ -7,23 +7,34 @@ import math
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.tracer import creation
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
+from kiln.tracer.functional.matrix import integral_scales
 from kiln.tracer.functional_extra.common import _f, _py_max
 
 
 # ----------------------------------------------------------------------------- linear algebra
 
 def addmv(input, mat, vec, *, beta=1, alpha=1):
-    return _scaled(input, beta) + F.mv(mat, vec) * alpha
+    return _scaled_sum(input, F.mv(mat, vec), beta, alpha)
 
 
 def addr(input, vec1, vec2, *, beta=1, alpha=1):
-    return _scaled(input, beta) + F.outer(vec1, vec2) * alpha
+    if input.dtype.category < dt.FLOAT and any(isinstance(v, float) for v in (beta, alpha)):
+        raise op_error("addr", f"For integral input tensors, argument beta and alpha must not "
+                       f"be floating point numbers (got beta={beta}, alpha={alpha} for "
+                       f"{input.dtype.name})")
+    return _scaled_sum(input, F.outer(vec1, vec2), beta, alpha)
 
 
 def addbmm(input, batch1, batch2, *, beta=1, alpha=1):
-    return _scaled(input, beta) + F.sum(F.bmm(batch1, batch2), 0) * alpha
+    return _scaled_sum(input, F.sum(F.bmm(batch1, batch2), 0), beta, alpha)
+
+
+def _scaled_sum(input, product, beta, alpha):
+    beta, alpha = integral_scales(input, product, beta, alpha)
+    return _scaled(input, beta) + (product * alpha if alpha != 1 else product)
 
 
 def _scaled(input, beta):
@@ -66,8 +77,8 @@ def cdist(x1, x2, p=2.0, compute_mode=None):
     if p == 2:
         sq = F.sum(diff_ * diff_, -1)
         return F.sqrt(sq)
-    if p == 0:
-        return F.sum(F.ne(diff_, 0), -1).to(x1.dtype)
+    if p == 0:          # a count of differing coordinates: its gradient is zero
+        return creation.zero_gradient(F.sum(F.ne(diff_, 0), -1).to(x1.dtype), [x1, x2])
     if math.isinf(p):
         return F.amax(F.abs(diff_), -1)
     if p == 1:

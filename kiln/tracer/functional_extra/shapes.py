@@ -199,10 +199,9 @@ def combinations(input, r=2, with_replacement=False):
     pick = itertools.combinations_with_replacement if with_replacement else \
         itertools.combinations
     combos = list(pick(range(n), r))
-    if not combos:
-        return F.zeros((0,) if r == 0 else (0, r), dtype=input.dtype, device=input.device)
-    idx = _as_tensor(np.asarray(combos, dtype=np.int64), input)
-    return F.reshape(F.index_select(input, 0, F.reshape(idx, (-1,))), (len(combos), r))
+    idx = _as_tensor(np.asarray(combos, dtype=np.int64).reshape(-1), input)
+    picked = F.index_select(input, 0, idx)          # none picked: still input's graph
+    return F.reshape(picked, (0,) if r == 0 else (len(combos), r))
 
 
 def meshgrid(*tensors, indexing=None):
