@@ -22,6 +22,7 @@ from kiln.ir.ops_extra import _pivots_to_permutation
 from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
+from kiln.tracer.functional.reductions import _norm_root
 from kiln.tracer.creation import eye as _eye, tensor as _tensor
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.tensor import Tensor
@@ -389,27 +390,41 @@ def householder_product(A, tau, *, out=None):
     return Q
 
 
+def _root(s, p):
+    """s ** (1/p) of a sum of powers, with gradient 0 where s is 0 (the zero vector)."""
+    return _norm_root(s, F.sqrt if p == 2 else lambda t: F.pow(t, 1.0 / p))
+
+
+def _max_norm(t, dim, keepdim):
+    """amax of nonnegative values, 0 over an empty dim (the norm of nothing), as PyTorch."""
+    return F.sum(t, dim, keepdim) if t.shape[dim] == 0 else F.amax(t, dim, keepdim)
+
+
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     if x.dtype.is_complex and dtype is None:
         x = F.abs(x)                       # the norm of complex numbers is that of |x|
     x = _float(x) if dtype is None else x.to(dtype)
-    if dim is None:
-        x, dim = F.reshape(x, (-1,)), 0
-        if keepdim:
-            raise op_error("linalg.vector_norm", "keepdim=True with dim=None is not supported "
-                           "by kiln; pass dim")
+    if dim is None or (not isinstance(dim, int) and len(dim) == 0):
+        dim = tuple(range(x.ndim))         # every element, as one vector
     a = F.abs(x)
     if ord == math.inf:
+        if x.numel() == 0:
+            return F.sum(a, dim, keepdim)
         return F.amax(a, dim, keepdim)
     if ord == -math.inf:
         return F.amin(a, dim, keepdim)
-    if ord == 0:
-        return F.sum(F.ne(x, 0), dim, keepdim).to(x.dtype)
+    if ord == 0:                           # a count: differentiable, with gradient 0
+        return F.sum(F.where(F.ne(x, 0), 1.0, x * 0.0), dim, keepdim)
     if ord == 1:
         return F.sum(a, dim, keepdim)
     if ord == 2:
-        return F.sqrt(F.sum(x * x, dim, keepdim))
-    return F.pow(F.sum(F.pow(a, float(ord)), dim, keepdim), 1.0 / ord)
+        return _root(F.sum(x * x, dim, keepdim), 2)
+    # |x| ** ord, with 0 ** ord (0, or inf for ord < 0) given gradient 0 as PyTorch's
+    zero = F.eq(a, 0)
+    powers = F.where(zero, 0.0 if ord > 0 else math.inf,
+                     F.pow(F.where(zero, 1.0, a), float(ord)))
+    total = F.sum(powers, dim, keepdim)
+    return _root(total, ord) if ord > 0 else F.pow(total, 1.0 / ord)
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
@@ -418,18 +433,19 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
     A = _float(A) if dtype is None else A.to(dtype)
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":
-        return F.sqrt(F.sum(A * A, (d0, d1), keepdim))
+        return _root(F.sum(A * A, (d0, d1), keepdim), 2)
     if ord in ("nuc", 2, -2):
         M = F.movedim(A, (d0, d1), (-2, -1))
         S = svdvals(M)
-        out = F.sum(S, -1) if ord == "nuc" else (F.amax(S, -1) if ord == 2 else F.amin(S, -1))
+        out = F.sum(S, -1) if ord == "nuc" else \
+            (_max_norm(S, -1, False) if ord == 2 else F.amin(S, -1))
         if keepdim:
             out = F.unsqueeze(F.unsqueeze(out, min(d0, d1)), max(d0, d1))
         return out
     if ord in (1, -1, math.inf, -math.inf):
         sum_dim, pick_dim = (d0, d1) if ord in (1, -1) else (d1, d0)
         sums = F.sum(F.abs(A), sum_dim, keepdim=True)
-        out = (F.amax if ord > 0 else F.amin)(sums, pick_dim, keepdim=True)
+        out = (_max_norm if ord > 0 else F.amin)(sums, pick_dim, keepdim=True)
         if not keepdim:
             out = F.squeeze(F.squeeze(out, max(d0, d1)), min(d0, d1))
         return out
