@@ -235,7 +235,7 @@ def lu(A, *, pivot=True):
     R = namedtuple("lu", ["P", "L", "U"])
     LU, _ = lu_factor(A, pivot=pivot)
     L, U = _unpack_factors(LU)
-    return R(P.linalg_lu(A, part="P"), L, U)
+    return R(P.linalg_lu(A, part="P").detach(), L, U)     # P: not differentiable, as torch's
 
 
 def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True):
@@ -282,41 +282,100 @@ def solve_triangular(A, B, *, upper, left=True, unitriangular=False):
     return solve(T, B, left=left)
 
 
-def pinv(A, *, atol=None, rtol=None, hermitian=False):
+def pinv(A, rcond=None, hermitian=False, *, atol=None, rtol=None):
+    """The pseudo-inverse: singular values (or eigenvalues when `hermitian`, of the lower
+    triangle as eigh reads it) at or below the cutoff count as 0. `rcond` is rtol's old name.
+    Its gradient is the pseudo-inverse's own (`_pinv_gradient`), as PyTorch's."""
     A = _float(A)
-    U, S, Vh = svd(A, full_matrices=False)
-    cutoff = _cutoff(A, S, atol, rtol)
-    inv_s = F.where(F.gt(S, cutoff), 1.0 / F.where(F.gt(S, cutoff), S, 1.0), 0.0)
-    return F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+    if rcond is not None:
+        rtol = rcond
+    if hermitian:
+        L, V = eigh(A)
+        keep = F.gt(F.abs(L), _cutoff(A, F.abs(L), atol, rtol))
+        inv_l = F.where(keep, 1.0 / F.where(keep, L, 1.0), 0.0)
+        X = F.matmul(V * F.unsqueeze(inv_l, -2), _mT(V))
+    else:
+        U, S, Vh = svd(A, full_matrices=False)
+        keep = F.gt(S, _cutoff(A, S, atol, rtol))
+        inv_s = F.where(keep, 1.0 / F.where(keep, S, 1.0), 0.0)
+        X = F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+    return X if not A.requires_grad else X.detach() + _pinv_gradient(A, X.detach())
+
+
+def _pinv_gradient(A, X):
+    """A zero whose gradient in A is that of the pseudo-inverse X = A+ along perturbations of
+    A's rank (Golub and Pereyra): dX = -X dA X + X X^T dA^T (I - A X) + (I - X A) dA^T X^T X.
+    It is what PyTorch differentiates, where the factorization's own gradient divides by
+    the gaps between zero singular values and is no derivative at all."""
+    At, A0, Xt = _mT(A), A.detach(), _mT(X)
+    XXt, XtX = F.matmul(X, Xt), F.matmul(Xt, X)
+    dX = (F.matmul(XXt, At) - F.matmul(F.matmul(XXt, At), F.matmul(A0, X))
+          + F.matmul(At, XtX) - F.matmul(F.matmul(X, A0), F.matmul(At, XtX))
+          - F.matmul(F.matmul(X, A), X))
+    return dX - dX.detach()
 
 
 def _cutoff(A, S, atol, rtol):
-    smax = F.amax(S, -1, keepdim=True) if S.shape[-1] else S
+    """max(atol, rtol * largest S) per matrix, shaped (*, 1) to compare with S (*, k). atol and
+    rtol are floats or tensors of the batch shape; rtol is max(m, n) * eps by default, and 0
+    where a positive atol is given alone (as PyTorch)."""
+    def column(t):
+        return F.unsqueeze(t, -1) if isinstance(t, Tensor) else t
+    default = max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
     if rtol is None:
-        rtol = 0.0 if atol is not None and atol > 0 else \
-            max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
-    tol = smax * rtol
-    if atol is not None:
-        tol = F.maximum(tol, F.full_like(tol, atol))
-    return tol
+        rtol = default if atol is None else (
+            F.where(F.gt(atol, 0), 0.0, default) if isinstance(atol, Tensor) else
+            (0.0 if atol > 0 else default))
+    largest = F.amax(S, -1, keepdim=True) if S.shape[-1] else F.sum(S, -1, keepdim=True)
+    tol = column(rtol) * largest
+    if atol is None:
+        return tol
+    return F.maximum(tol, column(atol)) if isinstance(atol, Tensor) else F.clamp_min(tol, atol)
 
 
 def lstsq(A, B, rcond=None, *, driver=None):
+    """The least-squares solution pinv(A) B, with LAPACK's extras as PyTorch reports them per
+    driver (default 'gelsy'): the ranks (not for 'gels'), the singular values ('gelsd',
+    'gelss'), and the squared residuals |AX - B|^2 per column where m > n, the driver is not
+    'gelsy' and every A has full rank (else empty)."""
     R = namedtuple("lstsq", ["solution", "residuals", "rank", "singular_values"])
     A, B = _float(A), _float(B)
-    vector = B.ndim == 1
+    driver = "gelsy" if driver is None else driver
+    if driver not in ("gels", "gelsy", "gelsd", "gelss"):
+        raise op_error("linalg.lstsq", f"parameter `driver` should be one of (gels, gelsy, "
+                       f"gelsd, gelss), got {driver!r}")
+    if A.ndim < 2 or B.ndim < A.ndim - 1:
+        raise op_error("linalg.lstsq", f"A must be batches of matrices and B of matrices or "
+                       f"vectors, got shapes {list(A.shape)} and {list(B.shape)}")
+    vector = B.ndim == A.ndim - 1
     Bm = F.unsqueeze(B, -1) if vector else B
+    m, n = A.shape[-2], A.shape[-1]
     X = F.matmul(pinv(A, rtol=rcond), Bm)
-    if vector:
-        X = F.squeeze(X, -1)
-    empty = F.zeros(0, dtype=A.dtype, device=A.device)
-    return R(X, empty, F.zeros(0, dtype=dt.int64, device=A.device), empty)
+    batch = tuple(X.shape[:-2])
+    no_float = F.zeros(0, dtype=A.dtype, device=A.device)
+    S = svdvals(A) if driver != "gels" else None
+    rank = F.zeros(0, dtype=dt.int64, device=A.device)
+    if S is not None:
+        rtol = max(m, n) * float(np.finfo(A.dtype.np).eps) if rcond is None else rcond
+        rank = F.expand(matrix_rank(A, rtol=rtol), batch)
+    full = S is not None and bool(F.all(F.eq(rank, n)))
+    if m > n and driver != "gelsy" and (driver == "gels" or full):
+        residuals = F.sum(F.square(F.matmul(A, X) - Bm), -2)
+        residuals = F.squeeze(residuals, -1) if vector else residuals
+    else:                               # empty, and differentiable as PyTorch's
+        residuals = F.narrow(F.reshape(X, (-1,)), 0, 0, 0)
+    X = F.squeeze(X, -1) if vector else X
+    sv = F.expand(S, batch + (min(m, n),)).detach() if driver in ("gelsd", "gelss") \
+        else no_float
+    return R(X, residuals, rank, sv)
 
 
 def matrix_rank(A, *, atol=None, rtol=None, hermitian=False, tol=None):
+    """How many singular values (|eigenvalues| when `hermitian`) exceed the cutoff; `tol` is
+    the old name of atol, with rtol 0."""
     if tol is not None:
         atol, rtol = tol, 0.0
-    S = svdvals(A)
+    S = F.abs(eigvalsh(A)) if hermitian else svdvals(A)
     return F.sum(F.gt(S, _cutoff(A, S, atol, rtol)), -1)
 
 
