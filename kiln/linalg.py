@@ -529,7 +529,11 @@ def cond(A, p=None):
 
 
 def vander(x, *, N=None):
-    return FX.vander(x, N, increasing=True)
+    """Increasing powers x^0 .. x^(N-1) of each element of x's last dim: (*, n) -> (*, n, N),
+    N = n by default; a 0-d x is one element."""
+    if x.ndim == 0:
+        x = F.reshape(x, (1,))
+    return FX.vander(x, x.shape[-1] if N is None else N, increasing=True)
 
 
 # ----------------------------------------------------------------------------- torch.* forms
