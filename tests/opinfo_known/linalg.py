@@ -7,17 +7,110 @@ its line). Modes: float32 and int64 values, float64 values and gradients.
 
 `COMPARE` maps an op whose correct result is not unique (signs of singular vectors, indices of
 ties) to `fn(kiln_out, torch_out, torch_args, compare) -> None or why`, used instead of the
-element-wise comparison; `compare(k, t, what)` is that comparison."""
+element-wise comparison; `compare(k, t, what)` is that comparison. One with `.grads = True` keeps the sweep's element-wise
+comparison of gradients."""
 
-COMPARE = {}
+import numpy as np
+
+
+def _values(x):
+    """A kiln or torch tensor's values as a float64/complex128 array."""
+    a = np.asarray(x.detach().numpy())
+    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+
+
+def _mT(a):
+    return np.swapaxes(a, -1, -2)
+
+
+def _near(got, want, dtype, what):
+    """None when `got` is within the sweep's tolerance of `want` relative to each matrix's
+    largest entry (a normwise bound: what a matrix computation promises), else why not."""
+    from tests.opinfo_sweep import tolerance
+    atol, rtol = tolerance(dtype)
+    if got.size == 0:
+        return None
+    scale = np.abs(want).max(axis=(-2, -1), keepdims=True) if want.ndim >= 2 else \
+        np.abs(want).max()
+    err = np.abs(got - want)
+    if np.isnan(err).any() or (err > 4 * (atol + rtol * np.maximum(scale, 1.0))).any():
+        return f"{what}: off by {np.nanmax(err) if not np.isnan(err).all() else 'NaN'}"
+    return None
+
+
+def _same_layout(ks, ts, names):
+    for k, t, name in zip(ks, ts, names):
+        if tuple(k.shape) != tuple(t.shape) or k.dtype.name != str(t.dtype)[6:]:
+            return f"{name}: {tuple(k.shape)} {k.dtype.name}, torch {tuple(t.shape)} {t.dtype}"
+    return None
+
+
+def _orthonormal(Q, dtype, what):
+    """Q^T Q = I (Q's columns orthonormal)."""
+    eye = np.broadcast_to(np.eye(Q.shape[-1]), Q.shape[:-2] + (Q.shape[-1],) * 2)
+    return _near(_mT(Q.conj()) @ Q, eye, dtype, f"{what} not orthonormal")
+
+
+def _svd(v_transposed):
+    """An SVD is unique but for the signs of the singular vectors (and the completion of U or V
+    with full matrices): S as torch's, U and V orthonormal, U S Vh reconstructing the input."""
+    def check(k, t, args, compare):
+        why = _same_layout(k, t, ("U", "S", "V" if v_transposed else "Vh")) or \
+            compare(k[1], t[1], "S")
+        if why:
+            return why
+        U, S, Vh = (_values(x) for x in k)
+        Vh = _mT(Vh) if v_transposed else Vh
+        n = S.shape[-1]
+        dtype = t[1].dtype
+        return (_orthonormal(U, dtype, "U") or _orthonormal(_mT(Vh), dtype, "V") or
+                _near((U[..., :, :n] * S[..., None, :]) @ Vh[..., :n, :], _values(args[0]),
+                      dtype, "U S Vh != A"))
+    return check
+
+
+def _eigh(k, t, args, compare):
+    """Eigenvalues as torch's; eigenvectors (unique up to sign) orthonormal and V diag(L) V^T
+    the matrix torch's decomposition gives (the symmetric matrix eigh read)."""
+    why = _same_layout(k, t, ("eigenvalues", "eigenvectors")) or compare(k[0], t[0], "L")
+    if why:
+        return why
+    (L, V), (tL, tV) = (_values(x) for x in k), (_values(x) for x in t)
+    dtype = t[0].dtype
+    return _orthonormal(V, dtype, "V") or _near(
+        (V * L[..., None, :]) @ _mT(V), (tV * tL[..., None, :]) @ _mT(tV), dtype,
+        "V diag(L) V^T != torch's")
+
+
+def _eig(k, t, args, compare):
+    """Eigenvalues as torch's (LAPACK's order); eigenvectors (unique up to a complex phase)
+    of unit norm with A V = V diag(L)."""
+    why = _same_layout(k, t, ("eigenvalues", "eigenvectors")) or compare(k[0], t[0], "L")
+    if why:
+        return why
+    L, V = (_values(x) for x in k)
+    dtype = t[0].dtype
+    norms = np.linalg.norm(V, axis=-2)
+    return _near(norms[..., None, :], np.ones_like(norms)[..., None, :], dtype,
+                 "eigenvector norms") or \
+        _near(_values(args[0]) @ V, V * L[..., None, :], dtype, "A V != V diag(L)")
+
+
+def _matrix_exp(k, t, args, compare):
+    """exp(A) to within the tolerance of each matrix's largest entry: in float32 a small entry
+    of a large result is cancellation, its digits differ between algorithms."""
+    return _same_layout([k], [t], ["output"]) or _near(_values(k), _values(t), t.dtype,
+                                                       "output")
+
+
+_matrix_exp.grads = True     # the gradients (float64) are compared element-wise as usual
+
+COMPARE = {"svd": _svd(True), "linalg.svd": _svd(False), "linalg.eigh": _eigh,
+           "linalg.eig": _eig, "matrix_exp": _matrix_exp}
 
 KNOWN = {
     ('geqrf', 'float32'): 'missing',
     ('geqrf', 'float64_grad'): 'missing',
-    ('linalg.eig', 'float32'): 'wrong: output[1]: 15 of 25 differ, e.g. at (np.int64(0), np.int64',
-    ('linalg.eig', 'float64_grad'): 'wrong: output[1]: 10 of 25 differ, e.g. at (np.int64(0), np.',
-    ('linalg.eigh', 'float32'): 'wrong: output[1]: 10 of 50 differ, e.g. at (np.int64(1), np.int6',
-    ('linalg.eigh', 'float64_grad'): 'wrong: output[1]: 10 of 25 differ, e.g. at (np.int64(0), np',
     ('linalg.householder_product', 'float64_grad'): 'error: grad: RuntimeError: backward: element',
     ('linalg.ldl_factor', 'float32'): 'missing',
     ('linalg.ldl_factor', 'float64_grad'): 'missing',
@@ -28,17 +121,12 @@ KNOWN = {
     ('linalg.lu_solve', 'float32'): 'error: ValueError: cannot reshape array of size 0 into shape',
     ('linalg.lu_solve', 'float64_grad'): 'error: ValueError: cannot reshape array of size 0 into ',
     ('linalg.matrix_power', 'float64_grad'): 'error: grad: RuntimeError: backward: element 0 of t',
-    ('linalg.svd', 'float32'): 'wrong: output[0]: 3 of 9 differ, e.g. at (np.int64(0), np.int64(0',
-    ('linalg.svd', 'float64_grad'): 'wrong: output[0]: 3 of 9 differ, e.g. at (np.int64(0), np.in',
     ('lu_solve', 'float32'): 'error: ValueError: cannot reshape array of size 0 into shape (0)',
     ('lu_solve', 'float64_grad'): 'error: ValueError: cannot reshape array of size 0 into shape (',
-    ('matrix_exp', 'float32'): 'wrong: output: 1 of 125 differ, e.g. at (np.int64(2), np.int64(4)',
     ('ormqr', 'float32'): 'missing',
     ('ormqr', 'float64_grad'): 'missing',
     ('pca_lowrank', 'float32'): "error: AttributeError: module 'kiln' has no attribute 'pca_lowra",
     ('pca_lowrank', 'float64_grad'): "error: AttributeError: module 'kiln' has no attribute 'pca_",
-    ('svd', 'float32'): 'wrong: output[0]: 3 of 9 differ, e.g. at (np.int64(0), np.int64(0)) kiln',
-    ('svd', 'float64_grad'): 'wrong: output[0]: 3 of 9 differ, e.g. at (np.int64(0), np.int64(0))',
     ('svd_lowrank', 'float32'): "error: AttributeError: module 'kiln' has no attribute 'svd_lowra",
     ('svd_lowrank', 'float64_grad'): "error: AttributeError: module 'kiln' has no attribute 'svd_",
 }
