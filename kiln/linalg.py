@@ -49,6 +49,12 @@ def _mT(A: Tensor) -> Tensor:
     return F.transpose(A, -2, -1)
 
 
+def _constant_of(value: Tensor, A: Tensor) -> Tensor:
+    """`value` broadcast to A's shape, as a function of A with gradient 0 (where PyTorch's
+    result is a constant that still requires grad: A^0, a product of no reflectors)."""
+    return F.where(F.ones_like(A, dtype=dt.bool_), value, A)
+
+
 def _check_square(A: Tensor, name: str) -> None:
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise op_error(f"linalg.{name}", f"A must be batches of square matrices, but they are "
@@ -223,7 +229,7 @@ def _unpack_factors(LU):
 def _permutation_from_pivots(pivots, m, like):
     """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
     piv = np.asarray(pivots._read("lu_unpack()")).astype(np.int64) - 1
-    flat = piv.reshape(-1, piv.shape[-1]) if piv.ndim else piv.reshape(1, -1)
+    flat = piv.reshape((int(np.prod(piv.shape[:-1])), piv.shape[-1]))
     mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
         np.zeros((0, m, m))
     return _tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
@@ -398,7 +404,7 @@ def tensorsolve(A, B, dims=None):
 def matrix_power(A, n):
     _check_square(A, "matrix_power")
     if n == 0:
-        return F.expand(_eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+        return _constant_of(_eye(A.shape[-1], dtype=A.dtype, device=A.device), A)
     if n < 0:
         A, n = inv(A), -n
     result, base = None, A
@@ -438,7 +444,7 @@ def householder_product(A, tau, *, out=None):
         raise op_error(name, "input.shape[-1] must be greater than or equal to tau.shape[-1]")
     eye = _eye(m, n, dtype=A.dtype, device=A.device)
     reflectors = F.tril(A, -1) + eye                  # column i is v_i: zeros above row i
-    Q = F.expand(eye, tuple(A.shape))
+    Q = _constant_of(eye, A)
     for i in reversed(range(k)):                      # Q = H_1 (H_2 (... (H_k I)))
         v = reflectors[..., :, i:i + 1]
         t = F.unsqueeze(F.unsqueeze(tau[..., i], -1), -1)
