@@ -23,7 +23,7 @@ from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer.functional.reductions import _norm_root
-from kiln.tracer.creation import eye as _eye, tensor as _tensor
+from kiln.tracer.creation import eye as _eye, randn as _randn, tensor as _tensor
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.tensor import Tensor
 
@@ -618,14 +618,66 @@ def torch_lu_solve(b, LU_data, LU_pivots):
     return lu_solve(LU_data, LU_pivots, b)
 
 
+def svd_lowrank(A, q=6, niter=2, M=None):
+    """A rank-q SVD (U, S, V) of A - M by Halko, Martinsson and Tropp's randomized range finder
+    (their algorithms 4.4 and 5.1): a Gaussian test matrix drawn from kiln's generator (as
+    torch's from its own), `niter` power iterations. Exact when A - M has rank <= q."""
+    A = _float(A)
+    q = 6 if q is None else q
+    m, n = A.shape[-2], A.shape[-1]
+    if M is not None:
+        M = F.broadcast_to(M, tuple(A.shape))
+    if m < n:                           # work on the tall matrix; swap U and V at the end
+        A = _mT(A)
+        M = None if M is None else _mT(M)
+    Q = _range_basis(A, q, niter, M)
+    B = F.matmul(_mT(Q), A)
+    if M is not None:
+        B = B - F.matmul(_mT(Q), M)
+    U, S, Vh = svd(B, full_matrices=False)
+    U, V = F.matmul(Q, U), _mT(Vh)
+    R = namedtuple("svd_lowrank", ["U", "S", "V"])
+    return R(V, S, U) if m < n else R(U, S, V)
+
+
+def _range_basis(A, q, niter, M):
+    """Orthonormal columns spanning (approximately) the range of A - M: Q of (A - M) G for a
+    Gaussian n x q G, refined by `niter` rounds through (A - M)^T and back."""
+    def times(X, transpose=False):
+        out = F.matmul(_mT(A) if transpose else A, X)
+        return out if M is None else out - F.matmul(_mT(M) if transpose else M, X)
+    Q = qr(times(_randn(A.shape[-1], q, dtype=A.dtype, device=A.device))).Q
+    for _ in range(niter):
+        Q = qr(times(Q, transpose=True)).Q
+        Q = qr(times(Q)).Q
+    return Q
+
+
+def pca_lowrank(A, q=None, center=True, niter=2):
+    """Principal components of A's rows: svd_lowrank of A with its column means taken off
+    (center=True); q defaults to min(6, m, n)."""
+    m, n = A.shape[-2], A.shape[-1]
+    if q is None:
+        q = min(6, m, n)
+    elif not 0 <= q <= min(m, n):
+        raise op_error("pca_lowrank", f"q(={q}) must be non-negative integer and not greater "
+                       f"than min(m, n)={min(m, n)}", ValueError)
+    if niter < 0:
+        raise op_error("pca_lowrank", f"niter(={niter}) must be non-negative integer",
+                       ValueError)
+    A = _float(A)
+    return svd_lowrank(A - F.mean(A, -2, keepdim=True) if center else A, q, niter)
+
+
 TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpack,
                "cholesky": torch_cholesky, "cholesky_inverse": cholesky_inverse,
                "cholesky_solve": cholesky_solve, "det": det, "inverse": inv, "logdet": logdet,
                "slogdet": slogdet, "qr": torch_qr, "svd": torch_svd, "pinverse": pinverse,
                "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,
                "cross": torch_cross, "matrix_power": matrix_power,
-               "nuclear_norm": torch_nuclear_norm}
-_NOT_METHODS = ("nuclear_norm",)        # torch.nuclear_norm has no Tensor method
+               "nuclear_norm": torch_nuclear_norm, "svd_lowrank": svd_lowrank,
+               "pca_lowrank": pca_lowrank}
+_NOT_METHODS = ("nuclear_norm", "svd_lowrank", "pca_lowrank")     # torch has no such methods
 # autocast's policy on the torch forms its tables name (torch.inverse, torch.cholesky, ...)
 TORCH_FORMS = {name: _autocast.autocast_op(fn, name) if name in _autocast.policy_names() else fn
                for name, fn in TORCH_FORMS.items()}

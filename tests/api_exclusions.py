@@ -119,7 +119,7 @@ REMOVED = "removed from PyTorch: calling it raises there, pointing to torch.lina
 _group("torch", REMOVED, "symeig eig lstsq matrix_rank solve")
 _group("torch.Tensor", REMOVED, "symeig eig lstsq solve")
 _group("torch", "LAPACK's low-level factorization outputs (use torch.linalg)", """
-geqrf orgqr ormqr lobpcg pca_lowrank svd_lowrank
+geqrf orgqr ormqr lobpcg
 """)
 
 # ----------------------------------------------------------------------------- Tensor methods

@@ -69,6 +69,20 @@ def _svd(v_transposed):
     return check
 
 
+def _lowrank(k, t, args, compare):
+    """A rank-q SVD (U, S, V), unique but for signs: S as torch's, U and V orthonormal, and
+    U S V^T the approximation torch's gives (the sample's matrix is a product made inside
+    the OpInfo's lambda, so torch's own reconstruction stands for it)."""
+    why = _same_layout(k, t, ("U", "S", "V")) or compare(k[1], t[1], "S")
+    if why:
+        return why
+    (U, S, V), (tU, tS, tV) = (_values(x) for x in k), (_values(x) for x in t)
+    dtype = t[1].dtype
+    return (_orthonormal(U, dtype, "U") or _orthonormal(V, dtype, "V") or
+            _near((U * S[..., None, :]) @ _mT(V), (tU * tS[..., None, :]) @ _mT(tV), dtype,
+                  "U S V^T != torch's"))
+
+
 def _eigh(k, t, args, compare):
     """Eigenvalues as torch's; eigenvectors (unique up to sign) orthonormal and V diag(L) V^T
     the matrix torch's decomposition gives (the symmetric matrix eigh read)."""
@@ -106,7 +120,8 @@ def _matrix_exp(k, t, args, compare):
 _matrix_exp.grads = True     # the gradients (float64) are compared element-wise as usual
 
 COMPARE = {"svd": _svd(True), "linalg.svd": _svd(False), "linalg.eigh": _eigh,
-           "linalg.eig": _eig, "matrix_exp": _matrix_exp}
+           "linalg.eig": _eig, "matrix_exp": _matrix_exp, "svd_lowrank": _lowrank,
+           "pca_lowrank": _lowrank}
 
 KNOWN = {
     ('geqrf', 'float32'): 'missing',
@@ -119,8 +134,8 @@ KNOWN = {
     ('linalg.ldl_solve', 'float64_grad'): 'missing',
     ('ormqr', 'float32'): 'missing',
     ('ormqr', 'float64_grad'): 'missing',
-    ('pca_lowrank', 'float32'): "error: AttributeError: module 'kiln' has no attribute 'pca_lowra",
-    ('pca_lowrank', 'float64_grad'): "error: AttributeError: module 'kiln' has no attribute 'pca_",
-    ('svd_lowrank', 'float32'): "error: AttributeError: module 'kiln' has no attribute 'svd_lowra",
-    ('svd_lowrank', 'float64_grad'): "error: AttributeError: module 'kiln' has no attribute 'svd_",
+    ('svd_lowrank', 'float32'): 'n/a: the samples with M (rank > q) depend on the random draw; '
+                                'the OpInfo seeds torch (wrapper_set_seed), not kiln; equal '
+                                'seeds agree (tests/test_linalg.py)',
+    ('svd_lowrank', 'float64_grad'): 'n/a: as float32 (torch seeded by wrapper_set_seed, kiln not)',
 }
