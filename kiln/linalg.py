@@ -618,6 +618,33 @@ def torch_lu_solve(b, LU_data, LU_pivots):
     return lu_solve(LU_data, LU_pivots, b)
 
 
+def geqrf(input):
+    """LAPACK's QR in its packed form (a, tau): R on and above a's diagonal, the Householder
+    vectors below it, their scales in tau. Not differentiable (as torch's); computed from the
+    values read into NumPy, so a compiled function breaks its graph here."""
+    A = _float(input)
+    if A.ndim < 2:
+        raise op_error("geqrf", f"input must have at least 2 dimensions, got {list(A.shape)}")
+    h, tau = np.linalg.qr(np.asarray(A._read("geqrf()")), mode="raw")
+    R = namedtuple("geqrf", ["a", "tau"])
+    return R(_tensor(np.swapaxes(h, -1, -2), dtype=A.dtype, device=A.device),
+             _tensor(tau, dtype=A.dtype, device=A.device))
+
+
+def ormqr(input, tau, other, left=True, transpose=False):
+    """other multiplied by Q = H_1 ... H_k of geqrf's packed reflectors (Q^T with `transpose`;
+    from the right unless `left`). Q is householder_product of the reflectors padded to a
+    square matrix, so it is differentiable in all three inputs."""
+    m = input.shape[-2]
+    V = F.narrow(input, -1, 0, min(m, input.shape[-1]))
+    if V.shape[-1] < m:
+        V = F.cat([V, F.zeros(tuple(V.shape[:-1]) + (m - V.shape[-1],), dtype=V.dtype,
+                               device=V.device)], -1)
+    Q = householder_product(V, tau)
+    Q = _mT(Q) if transpose else Q
+    return F.matmul(Q, other) if left else F.matmul(other, Q)
+
+
 def svd_lowrank(A, q=6, niter=2, M=None):
     """A rank-q SVD (U, S, V) of A - M by Halko, Martinsson and Tropp's randomized range finder
     (their algorithms 4.4 and 5.1): a Gaussian test matrix drawn from kiln's generator (as
@@ -676,6 +703,7 @@ TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpac
                "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,
                "cross": torch_cross, "matrix_power": matrix_power,
                "nuclear_norm": torch_nuclear_norm, "svd_lowrank": svd_lowrank,
+               "geqrf": geqrf, "ormqr": ormqr, "orgqr": householder_product,
                "pca_lowrank": pca_lowrank}
 _NOT_METHODS = ("nuclear_norm", "svd_lowrank", "pca_lowrank")     # torch has no such methods
 # autocast's policy on the torch forms its tables name (torch.inverse, torch.cholesky, ...)
