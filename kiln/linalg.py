@@ -618,6 +618,67 @@ def torch_lu_solve(b, LU_data, LU_pivots):
     return lu_solve(LU_data, LU_pivots, b)
 
 
+def _lapack(name, dtype):
+    """scipy's LAPACK routine `name` ('sytrf', ...) for a float32 or float64 dtype."""
+    from scipy.linalg import lapack
+    return getattr(lapack, ("s" if dtype is dt.float32 else "d") + name)
+
+
+def _each_matrix(arrays, fn, outs):
+    """fn on each matrix of the batched arrays (batch dims broadcast), results stacked into
+    arrays of the per-matrix shapes and dtypes in `outs`: [(shape, dtype), ...]."""
+    batch = np.broadcast_shapes(*(a.shape[:-2] for a in arrays))
+    arrays = [np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
+    results = [np.zeros(batch + shape, dtype) for shape, dtype in outs]
+    for i in np.ndindex(*batch):
+        for res, value in zip(results, fn(*(a[i] for a in arrays))):
+            res[i] = value
+    return results
+
+
+def ldl_factor_ex(A, *, hermitian=False, check_errors=False):
+    """The LDL^T factorization of symmetric matrices with Bunch-Kaufman pivoting (LAPACK's
+    sytrf on the lower triangle), compact as LAPACK gives it: L below the diagonal, D's 1x1 and
+    2x2 blocks on and next to it, pivots negative for a 2x2 block. Read into NumPy and not
+    differentiable, as torch's."""
+    A = _float(A)
+    _check_square(A, "ldl_factor")
+    n, sytrf = A.shape[-1], _lapack("sytrf", A.dtype)
+
+    def one(a):
+        ldu, piv, info = sytrf(a, lower=1) if n else (a, np.zeros(0, np.int32), 0)
+        return np.tril(ldu), piv, info
+    LD, piv, info = _each_matrix([np.asarray(A._read("ldl_factor()"))], one,
+                                 [((n, n), A.dtype.np), ((n,), np.int32), ((), np.int32)])
+    if check_errors and info.any():
+        raise op_error("linalg.ldl_factor", "the factorization could not be completed: D has "
+                       "a zero on its diagonal", LinAlgError)
+    R = namedtuple("ldl_factor_ex", ["LD", "pivots", "info"])
+    return R(*(_tensor(x, dtype=d, device=A.device)
+               for x, d in zip((LD, piv, info), (A.dtype, dt.int32, dt.int32))))
+
+
+def ldl_factor(A, *, hermitian=False):
+    R = namedtuple("ldl_factor", ["LD", "pivots"])
+    return R(*ldl_factor_ex(A, hermitian=hermitian)[:2])
+
+
+def ldl_solve(LD, pivots, B, *, hermitian=False):
+    """X with A X = B from ldl_factor's (LD, pivots) (LAPACK's sytrs; batch dims broadcast)."""
+    LD, B = _float(LD), _float(B)
+    n, k, sytrs = LD.shape[-1], B.shape[-1], _lapack("sytrs", LD.dtype)
+    if B.ndim < 2 or B.shape[-2] != n:
+        raise op_error("linalg.ldl_solve", f"B must be batches of {n}-row matrices, got "
+                       f"{list(B.shape)}")
+    piv = np.asarray(pivots._read("ldl_solve()"))[..., None, :]    # a 1 x n "matrix" each
+
+    def one(ld, p, b):
+        return (sytrs(ld, p[0], b, lower=1)[0] if n and k else b,)
+    X, = _each_matrix([np.asarray(LD._read("ldl_solve()")), piv,
+                       np.asarray(B._read("ldl_solve()"))], one, [((n, k), B.dtype.np)])
+    return _tensor(X, dtype=B.dtype, device=B.device)
+
+
 def geqrf(input):
     """LAPACK's QR in its packed form (a, tau): R on and above a's diagonal, the Householder
     vectors below it, their scales in tau. Not differentiable (as torch's); computed from the

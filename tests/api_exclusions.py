@@ -150,10 +150,6 @@ _group(T, "a CPU-only Python callback on three tensors per element (apply_ and m
        "map2_")
 
 # ----------------------------------------------------------------------------- submodules
-_group("torch.linalg", "LAPACK's symmetric-indefinite (LDL) outputs, rarely used in training "
-       "scripts", """
-ldl_factor ldl_factor_ex ldl_solve
-""")
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
 _group("torch.fft", "docstring helper string, not an API", "common_args factory_common_args")
 _group("torch.special", "docstring helper string, not an API", "common_args multi_dim_common")

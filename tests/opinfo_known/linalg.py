@@ -124,12 +124,6 @@ COMPARE = {"svd": _svd(True), "linalg.svd": _svd(False), "linalg.eigh": _eigh,
            "pca_lowrank": _lowrank}
 
 KNOWN = {
-    ('linalg.ldl_factor', 'float32'): 'missing',
-    ('linalg.ldl_factor', 'float64_grad'): 'missing',
-    ('linalg.ldl_factor_ex', 'float32'): 'missing',
-    ('linalg.ldl_factor_ex', 'float64_grad'): 'missing',
-    ('linalg.ldl_solve', 'float32'): 'missing',
-    ('linalg.ldl_solve', 'float64_grad'): 'missing',
     ('svd_lowrank', 'float32'): 'n/a: the samples with M (rank > q) depend on the random draw; '
                                 'the OpInfo seeds torch (wrapper_set_seed), not kiln; equal '
                                 'seeds agree (tests/test_linalg.py)',
