@@ -22,7 +22,8 @@ from kiln.ir.ops_extra import _pivots_to_permutation
 from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
-from kiln.tracer.creation import eye as _eye, tensor as _tensor
+from kiln.tracer.functional.reductions import _norm_root
+from kiln.tracer.creation import eye as _eye, randn as _randn, tensor as _tensor
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.tensor import Tensor
 
@@ -46,6 +47,12 @@ def _float(A: Tensor) -> Tensor:
 
 def _mT(A: Tensor) -> Tensor:
     return F.transpose(A, -2, -1)
+
+
+def _constant_of(value: Tensor, A: Tensor) -> Tensor:
+    """`value` broadcast to A's shape, as a function of A with gradient 0 (where PyTorch's
+    result is a constant that still requires grad: A^0, a product of no reflectors)."""
+    return F.where(F.ones_like(A, dtype=dt.bool_), value, A)
 
 
 def _check_square(A: Tensor, name: str) -> None:
@@ -222,7 +229,7 @@ def _unpack_factors(LU):
 def _permutation_from_pivots(pivots, m, like):
     """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
     piv = np.asarray(pivots._read("lu_unpack()")).astype(np.int64) - 1
-    flat = piv.reshape(-1, piv.shape[-1]) if piv.ndim else piv.reshape(1, -1)
+    flat = piv.reshape((int(np.prod(piv.shape[:-1])), piv.shape[-1]))
     mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
         np.zeros((0, m, m))
     return _tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
@@ -234,7 +241,7 @@ def lu(A, *, pivot=True):
     R = namedtuple("lu", ["P", "L", "U"])
     LU, _ = lu_factor(A, pivot=pivot)
     L, U = _unpack_factors(LU)
-    return R(P.linalg_lu(A, part="P"), L, U)
+    return R(P.linalg_lu(A, part="P").detach(), L, U)     # P: not differentiable, as torch's
 
 
 def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True):
@@ -281,41 +288,100 @@ def solve_triangular(A, B, *, upper, left=True, unitriangular=False):
     return solve(T, B, left=left)
 
 
-def pinv(A, *, atol=None, rtol=None, hermitian=False):
+def pinv(A, rcond=None, hermitian=False, *, atol=None, rtol=None):
+    """The pseudo-inverse: singular values (or eigenvalues when `hermitian`, of the lower
+    triangle as eigh reads it) at or below the cutoff count as 0. `rcond` is rtol's old name.
+    Its gradient is the pseudo-inverse's own (`_pinv_gradient`), as PyTorch's."""
     A = _float(A)
-    U, S, Vh = svd(A, full_matrices=False)
-    cutoff = _cutoff(A, S, atol, rtol)
-    inv_s = F.where(F.gt(S, cutoff), 1.0 / F.where(F.gt(S, cutoff), S, 1.0), 0.0)
-    return F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+    if rcond is not None:
+        rtol = rcond
+    if hermitian:
+        L, V = eigh(A)
+        keep = F.gt(F.abs(L), _cutoff(A, F.abs(L), atol, rtol))
+        inv_l = F.where(keep, 1.0 / F.where(keep, L, 1.0), 0.0)
+        X = F.matmul(V * F.unsqueeze(inv_l, -2), _mT(V))
+    else:
+        U, S, Vh = svd(A, full_matrices=False)
+        keep = F.gt(S, _cutoff(A, S, atol, rtol))
+        inv_s = F.where(keep, 1.0 / F.where(keep, S, 1.0), 0.0)
+        X = F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+    return X if not A.requires_grad else X.detach() + _pinv_gradient(A, X.detach())
+
+
+def _pinv_gradient(A, X):
+    """A zero whose gradient in A is that of the pseudo-inverse X = A+ along perturbations of
+    A's rank (Golub and Pereyra): dX = -X dA X + X X^T dA^T (I - A X) + (I - X A) dA^T X^T X.
+    It is what PyTorch differentiates, where the factorization's own gradient divides by
+    the gaps between zero singular values and is no derivative at all."""
+    At, A0, Xt = _mT(A), A.detach(), _mT(X)
+    XXt, XtX = F.matmul(X, Xt), F.matmul(Xt, X)
+    dX = (F.matmul(XXt, At) - F.matmul(F.matmul(XXt, At), F.matmul(A0, X))
+          + F.matmul(At, XtX) - F.matmul(F.matmul(X, A0), F.matmul(At, XtX))
+          - F.matmul(F.matmul(X, A), X))
+    return dX - dX.detach()
 
 
 def _cutoff(A, S, atol, rtol):
-    smax = F.amax(S, -1, keepdim=True) if S.shape[-1] else S
+    """max(atol, rtol * largest S) per matrix, shaped (*, 1) to compare with S (*, k). atol and
+    rtol are floats or tensors of the batch shape; rtol is max(m, n) * eps by default, and 0
+    where a positive atol is given alone (as PyTorch)."""
+    def column(t):
+        return F.unsqueeze(t, -1) if isinstance(t, Tensor) else t
+    default = max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
     if rtol is None:
-        rtol = 0.0 if atol is not None and atol > 0 else \
-            max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
-    tol = smax * rtol
-    if atol is not None:
-        tol = F.maximum(tol, F.full_like(tol, atol))
-    return tol
+        rtol = default if atol is None else (
+            F.where(F.gt(atol, 0), 0.0, default) if isinstance(atol, Tensor) else
+            (0.0 if atol > 0 else default))
+    largest = F.amax(S, -1, keepdim=True) if S.shape[-1] else F.sum(S, -1, keepdim=True)
+    tol = column(rtol) * largest
+    if atol is None:
+        return tol
+    return F.maximum(tol, column(atol)) if isinstance(atol, Tensor) else F.clamp_min(tol, atol)
 
 
 def lstsq(A, B, rcond=None, *, driver=None):
+    """The least-squares solution pinv(A) B, with LAPACK's extras as PyTorch reports them per
+    driver (default 'gelsy'): the ranks (not for 'gels'), the singular values ('gelsd',
+    'gelss'), and the squared residuals |AX - B|^2 per column where m > n, the driver is not
+    'gelsy' and every A has full rank (else empty)."""
     R = namedtuple("lstsq", ["solution", "residuals", "rank", "singular_values"])
     A, B = _float(A), _float(B)
-    vector = B.ndim == 1
+    driver = "gelsy" if driver is None else driver
+    if driver not in ("gels", "gelsy", "gelsd", "gelss"):
+        raise op_error("linalg.lstsq", f"parameter `driver` should be one of (gels, gelsy, "
+                       f"gelsd, gelss), got {driver!r}")
+    if A.ndim < 2 or B.ndim < A.ndim - 1:
+        raise op_error("linalg.lstsq", f"A must be batches of matrices and B of matrices or "
+                       f"vectors, got shapes {list(A.shape)} and {list(B.shape)}")
+    vector = B.ndim == A.ndim - 1
     Bm = F.unsqueeze(B, -1) if vector else B
+    m, n = A.shape[-2], A.shape[-1]
     X = F.matmul(pinv(A, rtol=rcond), Bm)
-    if vector:
-        X = F.squeeze(X, -1)
-    empty = F.zeros(0, dtype=A.dtype, device=A.device)
-    return R(X, empty, F.zeros(0, dtype=dt.int64, device=A.device), empty)
+    batch = tuple(X.shape[:-2])
+    no_float = F.zeros(0, dtype=A.dtype, device=A.device)
+    S = svdvals(A) if driver != "gels" else None
+    rank = F.zeros(0, dtype=dt.int64, device=A.device)
+    if S is not None:
+        rtol = max(m, n) * float(np.finfo(A.dtype.np).eps) if rcond is None else rcond
+        rank = F.expand(matrix_rank(A, rtol=rtol), batch)
+    full = S is not None and bool(F.all(F.eq(rank, n)))
+    if m > n and driver != "gelsy" and (driver == "gels" or full):
+        residuals = F.sum(F.square(F.matmul(A, X) - Bm), -2)
+        residuals = F.squeeze(residuals, -1) if vector else residuals
+    else:                               # empty, and differentiable as PyTorch's
+        residuals = F.narrow(F.reshape(X, (-1,)), 0, 0, 0)
+    X = F.squeeze(X, -1) if vector else X
+    sv = F.expand(S, batch + (min(m, n),)).detach() if driver in ("gelsd", "gelss") \
+        else no_float
+    return R(X, residuals, rank, sv)
 
 
 def matrix_rank(A, *, atol=None, rtol=None, hermitian=False, tol=None):
+    """How many singular values (|eigenvalues| when `hermitian`) exceed the cutoff; `tol` is
+    the old name of atol, with rtol 0."""
     if tol is not None:
         atol, rtol = tol, 0.0
-    S = svdvals(A)
+    S = F.abs(eigvalsh(A)) if hermitian else svdvals(A)
     return F.sum(F.gt(S, _cutoff(A, S, atol, rtol)), -1)
 
 
@@ -338,7 +404,7 @@ def tensorsolve(A, B, dims=None):
 def matrix_power(A, n):
     _check_square(A, "matrix_power")
     if n == 0:
-        return F.expand(_eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+        return _constant_of(_eye(A.shape[-1], dtype=A.dtype, device=A.device), A)
     if n < 0:
         A, n = inv(A), -n
     result, base = None, A
@@ -378,7 +444,7 @@ def householder_product(A, tau, *, out=None):
         raise op_error(name, "input.shape[-1] must be greater than or equal to tau.shape[-1]")
     eye = _eye(m, n, dtype=A.dtype, device=A.device)
     reflectors = F.tril(A, -1) + eye                  # column i is v_i: zeros above row i
-    Q = F.expand(eye, tuple(A.shape))
+    Q = _constant_of(eye, A)
     for i in reversed(range(k)):                      # Q = H_1 (H_2 (... (H_k I)))
         v = reflectors[..., :, i:i + 1]
         t = F.unsqueeze(F.unsqueeze(tau[..., i], -1), -1)
@@ -389,27 +455,41 @@ def householder_product(A, tau, *, out=None):
     return Q
 
 
+def _root(s, p):
+    """s ** (1/p) of a sum of powers, with gradient 0 where s is 0 (the zero vector)."""
+    return _norm_root(s, F.sqrt if p == 2 else lambda t: F.pow(t, 1.0 / p))
+
+
+def _max_norm(t, dim, keepdim):
+    """amax of nonnegative values, 0 over an empty dim (the norm of nothing), as PyTorch."""
+    return F.sum(t, dim, keepdim) if t.shape[dim] == 0 else F.amax(t, dim, keepdim)
+
+
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     if x.dtype.is_complex and dtype is None:
         x = F.abs(x)                       # the norm of complex numbers is that of |x|
     x = _float(x) if dtype is None else x.to(dtype)
-    if dim is None:
-        x, dim = F.reshape(x, (-1,)), 0
-        if keepdim:
-            raise op_error("linalg.vector_norm", "keepdim=True with dim=None is not supported "
-                           "by kiln; pass dim")
+    if dim is None or (not isinstance(dim, int) and len(dim) == 0):
+        dim = tuple(range(x.ndim))         # every element, as one vector
     a = F.abs(x)
     if ord == math.inf:
+        if x.numel() == 0:
+            return F.sum(a, dim, keepdim)
         return F.amax(a, dim, keepdim)
     if ord == -math.inf:
         return F.amin(a, dim, keepdim)
-    if ord == 0:
-        return F.sum(F.ne(x, 0), dim, keepdim).to(x.dtype)
+    if ord == 0:                           # a count: differentiable, with gradient 0
+        return F.sum(F.where(F.ne(x, 0), 1.0, x * 0.0), dim, keepdim)
     if ord == 1:
         return F.sum(a, dim, keepdim)
     if ord == 2:
-        return F.sqrt(F.sum(x * x, dim, keepdim))
-    return F.pow(F.sum(F.pow(a, float(ord)), dim, keepdim), 1.0 / ord)
+        return _root(F.sum(x * x, dim, keepdim), 2)
+    # |x| ** ord, with 0 ** ord (0, or inf for ord < 0) given gradient 0 as PyTorch's
+    zero = F.eq(a, 0)
+    powers = F.where(zero, 0.0 if ord > 0 else math.inf,
+                     F.pow(F.where(zero, 1.0, a), float(ord)))
+    total = F.sum(powers, dim, keepdim)
+    return _root(total, ord) if ord > 0 else F.pow(total, 1.0 / ord)
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
@@ -418,18 +498,19 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
     A = _float(A) if dtype is None else A.to(dtype)
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":
-        return F.sqrt(F.sum(A * A, (d0, d1), keepdim))
+        return _root(F.sum(A * A, (d0, d1), keepdim), 2)
     if ord in ("nuc", 2, -2):
         M = F.movedim(A, (d0, d1), (-2, -1))
         S = svdvals(M)
-        out = F.sum(S, -1) if ord == "nuc" else (F.amax(S, -1) if ord == 2 else F.amin(S, -1))
+        out = F.sum(S, -1) if ord == "nuc" else \
+            (_max_norm(S, -1, False) if ord == 2 else F.amin(S, -1))
         if keepdim:
             out = F.unsqueeze(F.unsqueeze(out, min(d0, d1)), max(d0, d1))
         return out
     if ord in (1, -1, math.inf, -math.inf):
         sum_dim, pick_dim = (d0, d1) if ord in (1, -1) else (d1, d0)
         sums = F.sum(F.abs(A), sum_dim, keepdim=True)
-        out = (F.amax if ord > 0 else F.amin)(sums, pick_dim, keepdim=True)
+        out = (_max_norm if ord > 0 else F.amin)(sums, pick_dim, keepdim=True)
         if not keepdim:
             out = F.squeeze(F.squeeze(out, max(d0, d1)), min(d0, d1))
         return out
@@ -454,7 +535,11 @@ def cond(A, p=None):
 
 
 def vander(x, *, N=None):
-    return FX.vander(x, N, increasing=True)
+    """Increasing powers x^0 .. x^(N-1) of each element of x's last dim: (*, n) -> (*, n, N),
+    N = n by default; a 0-d x is one element."""
+    if x.ndim == 0:
+        x = F.reshape(x, (1,))
+    return FX.vander(x, x.shape[-1] if N is None else N, increasing=True)
 
 
 # ----------------------------------------------------------------------------- torch.* forms
@@ -533,14 +618,155 @@ def torch_lu_solve(b, LU_data, LU_pivots):
     return lu_solve(LU_data, LU_pivots, b)
 
 
+def _lapack(name, dtype):
+    """scipy's LAPACK routine `name` ('sytrf', ...) for a float32 or float64 dtype."""
+    from scipy.linalg import lapack
+    return getattr(lapack, ("s" if dtype is dt.float32 else "d") + name)
+
+
+def _each_matrix(arrays, fn, outs):
+    """fn on each matrix of the batched arrays (batch dims broadcast), results stacked into
+    arrays of the per-matrix shapes and dtypes in `outs`: [(shape, dtype), ...]."""
+    batch = np.broadcast_shapes(*(a.shape[:-2] for a in arrays))
+    arrays = [np.broadcast_to(a, batch + a.shape[-2:]) for a in arrays]
+    results = [np.zeros(batch + shape, dtype) for shape, dtype in outs]
+    for i in np.ndindex(*batch):
+        for res, value in zip(results, fn(*(a[i] for a in arrays))):
+            res[i] = value
+    return results
+
+
+def ldl_factor_ex(A, *, hermitian=False, check_errors=False):
+    """The LDL^T factorization of symmetric matrices with Bunch-Kaufman pivoting (LAPACK's
+    sytrf on the lower triangle), compact as LAPACK gives it: L below the diagonal, D's 1x1 and
+    2x2 blocks on and next to it, pivots negative for a 2x2 block. Read into NumPy and not
+    differentiable, as torch's."""
+    A = _float(A)
+    _check_square(A, "ldl_factor")
+    n, sytrf = A.shape[-1], _lapack("sytrf", A.dtype)
+
+    def one(a):
+        ldu, piv, info = sytrf(a, lower=1) if n else (a, np.zeros(0, np.int32), 0)
+        return np.tril(ldu), piv, info
+    LD, piv, info = _each_matrix([np.asarray(A._read("ldl_factor()"))], one,
+                                 [((n, n), A.dtype.np), ((n,), np.int32), ((), np.int32)])
+    if check_errors and info.any():
+        raise op_error("linalg.ldl_factor", "the factorization could not be completed: D has "
+                       "a zero on its diagonal", LinAlgError)
+    R = namedtuple("ldl_factor_ex", ["LD", "pivots", "info"])
+    return R(*(_tensor(x, dtype=d, device=A.device)
+               for x, d in zip((LD, piv, info), (A.dtype, dt.int32, dt.int32))))
+
+
+def ldl_factor(A, *, hermitian=False):
+    R = namedtuple("ldl_factor", ["LD", "pivots"])
+    return R(*ldl_factor_ex(A, hermitian=hermitian)[:2])
+
+
+def ldl_solve(LD, pivots, B, *, hermitian=False):
+    """X with A X = B from ldl_factor's (LD, pivots) (LAPACK's sytrs; batch dims broadcast)."""
+    LD, B = _float(LD), _float(B)
+    n, k, sytrs = LD.shape[-1], B.shape[-1], _lapack("sytrs", LD.dtype)
+    if B.ndim < 2 or B.shape[-2] != n:
+        raise op_error("linalg.ldl_solve", f"B must be batches of {n}-row matrices, got "
+                       f"{list(B.shape)}")
+    piv = np.asarray(pivots._read("ldl_solve()"))[..., None, :]    # a 1 x n "matrix" each
+
+    def one(ld, p, b):
+        return (sytrs(ld, p[0], b, lower=1)[0] if n and k else b,)
+    X, = _each_matrix([np.asarray(LD._read("ldl_solve()")), piv,
+                       np.asarray(B._read("ldl_solve()"))], one, [((n, k), B.dtype.np)])
+    return _tensor(X, dtype=B.dtype, device=B.device)
+
+
+def geqrf(input):
+    """LAPACK's QR in its packed form (a, tau): R on and above a's diagonal, the Householder
+    vectors below it, their scales in tau. Not differentiable (as torch's); computed from the
+    values read into NumPy, so a compiled function breaks its graph here."""
+    A = _float(input)
+    if A.ndim < 2:
+        raise op_error("geqrf", f"input must have at least 2 dimensions, got {list(A.shape)}")
+    h, tau = np.linalg.qr(np.asarray(A._read("geqrf()")), mode="raw")
+    R = namedtuple("geqrf", ["a", "tau"])
+    return R(_tensor(np.swapaxes(h, -1, -2), dtype=A.dtype, device=A.device),
+             _tensor(tau, dtype=A.dtype, device=A.device))
+
+
+def ormqr(input, tau, other, left=True, transpose=False):
+    """other multiplied by Q = H_1 ... H_k of geqrf's packed reflectors (Q^T with `transpose`;
+    from the right unless `left`). Q is householder_product of the reflectors padded to a
+    square matrix, so it is differentiable in all three inputs."""
+    m = input.shape[-2]
+    V = F.narrow(input, -1, 0, min(m, input.shape[-1]))
+    if V.shape[-1] < m:
+        V = F.cat([V, F.zeros(tuple(V.shape[:-1]) + (m - V.shape[-1],), dtype=V.dtype,
+                               device=V.device)], -1)
+    Q = householder_product(V, tau)
+    Q = _mT(Q) if transpose else Q
+    return F.matmul(Q, other) if left else F.matmul(other, Q)
+
+
+def svd_lowrank(A, q=6, niter=2, M=None):
+    """A rank-q SVD (U, S, V) of A - M by Halko, Martinsson and Tropp's randomized range finder
+    (their algorithms 4.4 and 5.1): a Gaussian test matrix drawn from kiln's generator (as
+    torch's from its own), `niter` power iterations. Exact when A - M has rank <= q."""
+    A = _float(A)
+    q = 6 if q is None else q
+    m, n = A.shape[-2], A.shape[-1]
+    if M is not None:
+        M = F.broadcast_to(M, tuple(A.shape))
+    if m < n:                           # work on the tall matrix; swap U and V at the end
+        A = _mT(A)
+        M = None if M is None else _mT(M)
+    Q = _range_basis(A, q, niter, M)
+    B = F.matmul(_mT(Q), A)
+    if M is not None:
+        B = B - F.matmul(_mT(Q), M)
+    U, S, Vh = svd(B, full_matrices=False)
+    U, V = F.matmul(Q, U), _mT(Vh)
+    R = namedtuple("svd_lowrank", ["U", "S", "V"])
+    return R(V, S, U) if m < n else R(U, S, V)
+
+
+def _range_basis(A, q, niter, M):
+    """Orthonormal columns spanning (approximately) the range of A - M: Q of (A - M) G for a
+    Gaussian n x q G, refined by `niter` rounds through (A - M)^T and back."""
+    def times(X, transpose=False):
+        out = F.matmul(_mT(A) if transpose else A, X)
+        return out if M is None else out - F.matmul(_mT(M) if transpose else M, X)
+    Q = qr(times(_randn(A.shape[-1], q, dtype=A.dtype, device=A.device))).Q
+    for _ in range(niter):
+        Q = qr(times(Q, transpose=True)).Q
+        Q = qr(times(Q)).Q
+    return Q
+
+
+def pca_lowrank(A, q=None, center=True, niter=2):
+    """Principal components of A's rows: svd_lowrank of A with its column means taken off
+    (center=True); q defaults to min(6, m, n)."""
+    m, n = A.shape[-2], A.shape[-1]
+    if q is None:
+        q = min(6, m, n)
+    elif not 0 <= q <= min(m, n):
+        raise op_error("pca_lowrank", f"q(={q}) must be non-negative integer and not greater "
+                       f"than min(m, n)={min(m, n)}", ValueError)
+    if niter < 0:
+        raise op_error("pca_lowrank", f"niter(={niter}) must be non-negative integer",
+                       ValueError)
+    A = _float(A)
+    return svd_lowrank(A - F.mean(A, -2, keepdim=True) if center else A, q, niter)
+
+
 TORCH_FORMS = {"lu": torch_lu, "lu_solve": torch_lu_solve, "lu_unpack": lu_unpack,
                "cholesky": torch_cholesky, "cholesky_inverse": cholesky_inverse,
                "cholesky_solve": cholesky_solve, "det": det, "inverse": inv, "logdet": logdet,
                "slogdet": slogdet, "qr": torch_qr, "svd": torch_svd, "pinverse": pinverse,
                "matrix_exp": matrix_exp, "triangular_solve": triangular_solve,
                "cross": torch_cross, "matrix_power": matrix_power,
-               "nuclear_norm": torch_nuclear_norm}
-_NOT_METHODS = ("nuclear_norm",)        # torch.nuclear_norm has no Tensor method
+               "nuclear_norm": torch_nuclear_norm, "svd_lowrank": svd_lowrank,
+               "geqrf": geqrf, "ormqr": ormqr, "orgqr": householder_product,
+               "pca_lowrank": pca_lowrank}
+_NOT_METHODS = ("nuclear_norm", "svd_lowrank", "pca_lowrank")     # torch has no such methods
 # autocast's policy on the torch forms its tables name (torch.inverse, torch.cholesky, ...)
 TORCH_FORMS = {name: _autocast.autocast_op(fn, name) if name in _autocast.policy_names() else fn
                for name, fn in TORCH_FORMS.items()}

@@ -116,9 +116,7 @@ _group("torch", JIT, "ComplexType")
 REMOVED = "removed from PyTorch: calling it raises there, pointing to torch.linalg"
 _group("torch", REMOVED, "symeig eig lstsq matrix_rank solve")
 _group("torch.Tensor", REMOVED, "symeig eig lstsq solve")
-_group("torch", "LAPACK's low-level factorization outputs (use torch.linalg)", """
-geqrf orgqr ormqr lobpcg pca_lowrank svd_lowrank
-""")
+_group("torch", "LOBPCG eigensolver (iterative, for large sparse problems)", "lobpcg")
 
 # ----------------------------------------------------------------------------- Tensor methods
 T = "torch.Tensor"
@@ -147,13 +145,8 @@ grad_dtype output_nr name
 """)
 _group(T, "a CPU-only Python callback on three tensors per element (apply_ and map_ are provided)",
        "map2_")
-_group(T, "LAPACK's low-level factorization outputs (use torch.linalg)", "geqrf orgqr ormqr")
 
 # ----------------------------------------------------------------------------- submodules
-_group("torch.linalg", "LAPACK's symmetric-indefinite (LDL) outputs, rarely used in training "
-       "scripts", """
-ldl_factor ldl_factor_ex ldl_solve
-""")
 _group("torch.linalg", "docstring helper string, not an API", "common_notes")
 _group("torch.fft", "docstring helper string, not an API", "common_args factory_common_args")
 _group("torch.special", "docstring helper string, not an API", "common_args multi_dim_common")

@@ -235,7 +235,7 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
               and o.dtype.is_floating_point]
     if not t_in or not t_outs or len(t_in) != len(k_in):
         return "ok", ""
-    k_outs = [o for o in flat(k_out) if isinstance(o, kiln.Tensor)
+    k_outs = [o for o in flat(k_out) if isinstance(o, kiln.Tensor) and o.requires_grad
               and o.dtype.is_floating_point]
     if len(k_outs) != len(t_outs):
         return "wrong", f"grad: {len(k_outs)} differentiable outputs, torch {len(t_outs)}"

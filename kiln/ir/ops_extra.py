@@ -282,19 +282,37 @@ def _qr_impl(xp, a, part):
     return q if part == "Q" else r
 
 
+def _cols(t, start, stop):
+    """t[..., :, start:stop]."""
+    batch = tuple(t.shape[:-1])
+    return P.slice(t, starts=(0,) * len(batch) + (start,), stops=batch + (stop,),
+                   steps=(1,) * t.ndim)
+
+
+def _rows(t, start, stop):
+    return _mT(_cols(_mT(t), start, stop))
+
+
 def _qr_grad(g, out, a, part):
-    # reduced QR with m >= n: M = R gR^T - gQ^T Q; A_bar = (gQ + Q copyltu(M)) R^-T
+    # reduced QR with m >= n: M = R gR^T - gQ^T Q; A_bar = (gQ + Q copyltu(M)) R^-T. Wide
+    # (m < n): A = [X Y], R = [R1 R2], X = Q R1 that square QR, R2 = Q^T Y: gY = Q gR2, and
+    # gQ gains Y gR2^T before X's rule (as torch's linalg_qr_backward)
     Q, R = P.linalg_qr(a, part="Q"), P.linalg_qr(a, part="R")
-    if a.shape[-2] < a.shape[-1]:
-        raise RuntimeError(f"linalg.qr: kiln differentiates the QR of matrices with at least as "
-                           f"many rows as columns, got {a.shape[-2]}x{a.shape[-1]}")
+    m, n = a.shape[-2], a.shape[-1]
     gQ = g if part == "Q" else P.mul(Q, 0.0)
     gR = g if part == "R" else P.mul(R, 0.0)
+    if m < n:
+        gR2, Y = _cols(gR, m, n), _cols(a, m, n)
+        gQ = P.add(gQ, P.matmul(Y, _mT(gR2)))
+        R, gR = _cols(R, 0, m), _cols(gR, 0, m)
     M = P.sub(P.matmul(R, _mT(gR)), P.matmul(_mT(gQ), Q))
     low = _tril(M, -1)
     copyltu = P.add(P.add(low, _mT(low)), _diag_embed(_diagonal(M)))
     lhs = P.add(gQ, P.matmul(Q, copyltu))
-    return (P.matmul(lhs, _mT(P.linalg_inv(R))),)
+    gA = P.matmul(lhs, _mT(P.linalg_inv(R)))
+    if m < n:
+        gA = P.cat(gA, P.matmul(Q, gR2), axis=a.ndim - 1)
+    return (gA,)
 
 
 define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1)
@@ -521,22 +539,36 @@ def _lu_impl(xp, a, part):
 
 
 def _lu_grad(g, out, a, part):
-    # square A = P L U (torch's linalg_lu_backward): gA = P L^-T (tril(L^T gL, -1)
-    # + triu(gU U^T)) U^-T, with gL, gU the strict-lower and upper parts of the packed gradient
+    # A = P L U (torch's linalg_lu_backward). Square: gA = P L^-T phi U^-T with
+    # phi = tril(L^T gL, -1) + triu(gU U^T), gL / gU the strict-lower / upper parts of the
+    # packed gradient. Wide (m < n), U = [U1 U2]: U2 = L^-1 P^T A2 adds P L^-T gU2 for A2 and
+    # -gU2 U2^T to L^T gL. Tall (m > n), L = [L1; L2]: L2 = (P^T A)_2 U^-1 adds gL2 U^-T for
+    # those rows and -L2^T gL2 to gU U^T.
     if part != "LU":
         return (P.mul(a, 0.0),)
-    if a.shape[-1] != a.shape[-2]:
-        raise RuntimeError(f"linalg.lu_factor: kiln differentiates the LU of square matrices "
-                           f"only, got {a.shape[-2]}x{a.shape[-1]}")
-    low = _tril(out, -1)
-    L, U = P.add(low, _eye_like(a)), P.sub(out, low)
-    g_low = _tril(g, -1)
-    gL, gU = g_low, P.sub(g, g_low)
-    upper_part = P.matmul(gU, _mT(U))
-    phi = P.add(_tril(P.matmul(_mT(L), gL), -1), P.sub(upper_part, _tril(upper_part, -1)))
-    perm = P.linalg_lu(a, part="P")
-    inner = P.matmul(P.matmul(_mT(P.linalg_inv(L)), phi), _mT(P.linalg_inv(U)))
-    return (P.matmul(perm, inner),)
+    m, n = a.shape[-2], a.shape[-1]
+    k = min(m, n)
+    low = _tril(_cols(out, 0, k), -1)
+    L, U = P.add(low, _cols(_eye_like(_mT(low)), 0, k)), P.sub(_rows(out, 0, k), _tril(_rows(out, 0, k), -1))
+    gL = _tril(_cols(g, 0, k), -1)
+    gU = P.sub(_rows(g, 0, k), _tril(_rows(g, 0, k), -1))
+    L1, U1 = _rows(L, 0, k), _cols(U, 0, k)
+    lower = P.matmul(_mT(L1), _rows(gL, 0, k))
+    upper = P.matmul(_cols(gU, 0, k), _mT(U1))
+    if m < n:
+        gU2 = _cols(gU, k, n)
+        lower = P.sub(lower, P.matmul(gU2, _mT(_cols(U, k, n))))
+    if m > n:
+        gL2 = _rows(gL, k, m)
+        upper = P.sub(upper, P.matmul(_mT(_rows(L, k, m)), gL2))
+    phi = P.add(_tril(lower, -1), P.sub(upper, _tril(upper, -1)))
+    L1inv_t, U1inv_t = _mT(P.linalg_inv(L1)), _mT(P.linalg_inv(U1))
+    grad = P.matmul(P.matmul(L1inv_t, phi), U1inv_t)            # rows/cols of (P^T A)_1
+    if m < n:
+        grad = P.cat(grad, P.matmul(L1inv_t, gU2), axis=a.ndim - 1)
+    if m > n:
+        grad = P.cat(grad, P.matmul(gL2, U1inv_t), axis=a.ndim - 2)
+    return (P.matmul(P.linalg_lu(a, part="P"), grad),)
 
 
 define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1, output=COPIED,

@@ -22,7 +22,7 @@ from kiln import Tensor
 
 __all__ = ["MaskedTensor", "masked_tensor", "as_masked_tensor", "sum", "prod", "cumsum",
            "cumprod", "amax", "amin", "argmax", "argmin", "mean", "median", "logsumexp",
-           "norm", "var", "std", "softmax", "log_softmax", "softmin", "normalize"]
+           "logaddexp", "norm", "var", "std", "softmax", "log_softmax", "softmin", "normalize"]
 
 # ----------------------------------------------------------------------------- functions
 
@@ -51,7 +51,7 @@ def _dims(dim):
 
 
 def _reduce(fn, input, dim, keepdim, **kwargs):
-    dims = _dims(dim)
+    dims = _dims(dim) or (tuple(range(input.dim())) if keepdim else ())
     return fn(input, dim=dims, keepdim=keepdim, **kwargs) if dims else fn(input, **kwargs)
 
 
@@ -85,11 +85,14 @@ def amin(input, dim=None, *, keepdim=False, dtype=None, mask=None):
 
 
 def argmax(input, dim=None, *, keepdim=False, dtype=None, mask=None):
-    return kiln.argmax(_filled(input, mask, _extreme(input.dtype, False)), dim, keepdim)
+    """Index of the largest kept element, in `dtype` (default: input's dtype, as PyTorch)."""
+    found = kiln.argmax(_filled(input, mask, _extreme(input.dtype, False)), dim, keepdim)
+    return found.to(dtype or input.dtype)
 
 
 def argmin(input, dim=None, *, keepdim=False, dtype=None, mask=None):
-    return kiln.argmin(_filled(input, mask, _extreme(input.dtype, True)), dim, keepdim)
+    found = kiln.argmin(_filled(input, mask, _extreme(input.dtype, True)), dim, keepdim)
+    return found.to(dtype or input.dtype)
 
 
 def _all(input, dim=None, *, keepdim=False, mask=None):
@@ -110,31 +113,60 @@ def mean(input, dim=None, *, keepdim=False, dtype=None, mask=None):
 
 
 def median(input, dim=-1, *, keepdim=False, dtype=None, mask=None):
-    raise NotImplementedError("kiln.masked.median is not built (PyTorch's is a prototype too)")
+    """Median of the kept elements along one dim (NaN where none is kept); integer input is
+    taken as float32 and the result converted back, which needs a kept element in each row."""
+    x = input if input.dtype.is_floating_point else input.to(kiln.float32)
+    out = kiln.nanmedian(_filled(x, mask, math.nan), _dims(dim)[0] if dim is not None else -1,
+                         keepdim).values
+    if input.dtype.is_floating_point:
+        return out
+    if bool(out.isnan().any()):
+        raise ValueError("kiln.masked.median: an integer input needs a kept element in every "
+                         "row it reduces")
+    return out.to(dtype or input.dtype)
 
 
 def logsumexp(input, dim=None, *, keepdim=False, dtype=None, mask=None):
-    x = input if dtype is None else input.to(dtype)
-    return kiln.logsumexp(_filled(x, mask, -math.inf), _dims(dim) or tuple(range(x.dim())),
-                          keepdim=keepdim)
+    """log(sum(exp)) of the kept elements, converted to `dtype` (default: input's dtype)."""
+    fill = -math.inf if input.dtype.is_floating_point else _extreme(input.dtype, False)
+    out = kiln.logsumexp(_filled(input, mask, fill), _dims(dim) or tuple(range(input.dim())),
+                         keepdim=keepdim)
+    return out.to(dtype or input.dtype)
+
+
+def logaddexp(input, other, *, dtype=None, input_mask=None, other_mask=None):
+    """logaddexp of the two inputs, each with its masked-out elements taken as -inf."""
+    a = _filled(input, input_mask, _extreme(input.dtype, False))
+    b = _filled(other, other_mask, _extreme(other.dtype, False))
+    return kiln.logaddexp(a, b).to(dtype or input.dtype)
 
 
 def norm(input, ord=2.0, dim=None, *, keepdim=False, dtype=None, mask=None):
-    return kiln.linalg.vector_norm(_filled(input, mask, 0), ord, _dims(dim) or None,
-                                   keepdim=keepdim, dtype=dtype)
+    """Vector norm of the kept elements: masked-out ones count as 0 (as +inf for ord=-inf,
+    where they must not be the minimum)."""
+    fill = math.inf if ord == -math.inf else 0
+    return kiln.linalg.vector_norm(_filled(input, mask, fill), ord, _dims(dim) or None,
+                                   keepdim=keepdim, dtype=dtype or input.dtype)
 
 
 def var(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype=None,
         mask=None):
-    """Variance of the kept elements; `correction` (or `unbiased`, default 1) as Tensor.var."""
-    x = input if dtype is None else input.to(dtype)
-    ddof = correction if correction is not None else (1 if unbiased in (None, True) else 0)
+    """Variance of the kept elements; `correction` (or `unbiased`, default 1) as Tensor.var,
+    with the divisor clamped at 0. Integer input gives float32."""
+    if unbiased is not None and correction is not None:
+        raise ValueError("kiln.masked.var: pass unbiased or correction, not both")
+    ddof = correction if correction is not None else (0 if unbiased is False else 1)
+    if dtype is None:
+        dtype = input.dtype if input.dtype.is_floating_point or input.dtype.is_complex \
+            else kiln.float32
+    x = input.to(dtype)
     count = _count(x, mask, dim, True)
     centred = x - sum(x, dim, keepdim=True, mask=mask) / count
     squares = sum(centred * centred, dim, keepdim=keepdim, mask=mask)
-    if not keepdim:
-        count = _count(x, mask, dim, False)
-    return squares / (count - ddof)
+    count = count.reshape(squares.shape).to(squares.dtype)
+    if ddof:
+        count = kiln.clamp_min(count - ddof, 0)
+    return squares / count
 
 
 def std(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype=None,
@@ -144,9 +176,9 @@ def std(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype
 
 
 def softmax(input, dim, *, dtype=None, mask=None):
+    """Softmax over the kept elements: masked-out ones get 0, a row with none kept NaN."""
     x = input if dtype is None else input.to(dtype)
-    keep = _mask_of(x, mask)
-    return kiln.where(keep, kiln.softmax(kiln.where(keep, x, -math.inf), dim), 0.0)
+    return kiln.softmax(_filled(x, mask, -math.inf), dim)
 
 
 def log_softmax(input, dim, *, dtype=None, mask=None):
@@ -155,7 +187,8 @@ def log_softmax(input, dim, *, dtype=None, mask=None):
 
 
 def softmin(input, dim, *, dtype=None, mask=None):
-    return softmax(-input, dim, dtype=dtype, mask=mask)
+    x = input if dtype is None else input.to(dtype)
+    return kiln.softmax(-_filled(x, mask, math.inf), dim)
 
 
 def normalize(input, ord, dim, *, eps=1e-12, dtype=None, mask=None):
@@ -335,7 +368,7 @@ def _reduction(name: str, data, mask, args, kwargs):
     kwargs.update(zip(positional, args))
     dim, keepdim = kwargs.pop("dim", None), kwargs.pop("keepdim", False)
     value = _REDUCTIONS[name](data, dim, keepdim=keepdim, mask=mask, **kwargs)
-    kept = _reduce(kiln.any, mask, dim, keepdim) if dim is not None else mask.any()
+    kept = _reduce(kiln.any, mask, dim, keepdim)
     return _wrap(value, kept)
 
 

@@ -19,7 +19,8 @@ from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, 
                                                 lt, maximum, minimum, ne, pow, remainder, sign,
                                                 sqrt)
 from kiln.tracer.functional.indexing import gather, where
-from kiln.tracer.functional.shapes import _py_any, cat, diagonal, narrow, reshape, squeeze
+from kiln.tracer.functional.shapes import (_py_any, cat, diagonal, movedim, narrow, reshape,
+                                           squeeze, unsqueeze)
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -396,6 +397,8 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
         x = abs(x)
     if x.dtype in dt.HALF:
         return _narrowed(norm(_widened(x), p, dim, keepdim), x.dtype)
+    if p == "nuc":
+        return _nuclear_norm(x, (-2, -1) if dim is None else dim, keepdim)
     if p in ("fro", 2, 2.0, None):
         return _norm_root(sum(x * x, dim, keepdim), sqrt)
     if p in (math.inf, "inf"):
@@ -407,6 +410,15 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
     if p == 0:
         return sum(abs(sign(x)), dim, keepdim)    # differentiable (gradient 0), as in PyTorch
     return _norm_root(sum(pow(abs(x), p), dim, keepdim), lambda t: pow(t, 1.0 / p))
+
+
+def _nuclear_norm(x, dim, keepdim):
+    """The sum of the singular values of the matrices over the two dims `dim`."""
+    if isinstance(dim, int) or len(dim) != 2:
+        raise op_error("norm", f"p='nuc' takes two dims (the matrices'), got dim={dim}")
+    d0, d1 = sorted(_norm_dim(d, x.ndim) for d in dim)
+    out = sum(P.linalg_svd(movedim(x, (d0, d1), (-2, -1)), part="S"), -1)
+    return unsqueeze(unsqueeze(out, d0), d1) if keepdim else out
 
 
 @composite

@@ -87,15 +87,15 @@ def cdist(x1, x2, p=2.0, compute_mode=None):
 
 
 def cov(input, *, correction=1, fweights=None, aweights=None):
+    """Covariance of the rows (variables) over the columns (observations). The weights keep
+    their own dtype in their sums and in the normalization, as PyTorch's."""
     x = _f(input)
     if x.ndim == 1:
         x = F.unsqueeze(x, 0)
     n = x.shape[1]
-    w = None
-    if fweights is not None:
-        w = fweights.to(x.dtype)
+    w = fweights
     if aweights is not None:
-        w = aweights.to(x.dtype) if w is None else w * aweights.to(x.dtype)
+        w = aweights if w is None else w * aweights
     if w is None:
         mean = F.mean(x, 1, keepdim=True)
         xc = x - mean
@@ -107,9 +107,9 @@ def cov(input, *, correction=1, fweights=None, aweights=None):
         if aweights is None:
             norm = wsum - correction
         else:
-            norm = wsum - correction * F.sum(w * aweights.to(x.dtype)) / wsum
+            norm = wsum - correction * F.sum(w * aweights) / wsum
         c = F.matmul(xc * w, F.transpose(xc, 0, 1)) / norm
-    return F.squeeze(c) if input.ndim == 1 else c
+    return F.reshape(c, ()) if tuple(c.shape) == (1, 1) else c    # one variable: 0-d
 
 
 def corrcoef(input):
