@@ -123,9 +123,4 @@ COMPARE = {"svd": _svd(True), "linalg.svd": _svd(False), "linalg.eigh": _eigh,
            "linalg.eig": _eig, "matrix_exp": _matrix_exp, "svd_lowrank": _lowrank,
            "pca_lowrank": _lowrank}
 
-KNOWN = {
-    ('svd_lowrank', 'float32'): 'n/a: the samples with M (rank > q) depend on the random draw; '
-                                'the OpInfo seeds torch (wrapper_set_seed), not kiln; equal '
-                                'seeds agree (tests/test_linalg.py)',
-    ('svd_lowrank', 'float64_grad'): 'n/a: as float32 (torch seeded by wrapper_set_seed, kiln not)',
-}
+KNOWN = {}
