@@ -1,8 +1,8 @@
 """kiln against PyTorch on PyTorch's own operator samples (`tests/opinfo_sweep.py`).
 
-Every OpInfo of `op_db` runs in three modes: float32 values, int64 values, float64 values with
-gradients. An op must match torch on every sample torch accepts, unless `tests/opinfo_known`
-lists it; a listed op that now matches fails too, so the lists only shrink.
+Every OpInfo of `op_db` runs in five modes: float32, int64, bool and complex64 values, float64
+values with gradients. An op must match torch on every sample torch accepts, unless
+`tests/opinfo_known` lists it; a listed op that now matches fails too, so the lists only shrink.
 """
 
 import pytest
@@ -12,11 +12,13 @@ pytest.importorskip("expecttest")     # torch's OpInfo module imports it
 import torch  # noqa: E402
 
 from tests import opinfo_sweep  # noqa: E402
-from tests.opinfo_known import core, index, linalg, nn  # noqa: E402
+from tests.opinfo_known import bools, complex, core, index, linalg, nn  # noqa: E402
 
-KNOWN = {**core.KNOWN, **index.KNOWN, **nn.KNOWN, **linalg.KNOWN}
+KNOWN = {**core.KNOWN, **index.KNOWN, **nn.KNOWN, **linalg.KNOWN, **bools.KNOWN,
+         **complex.KNOWN}
 MODES = {"float32": (torch.float32, False), "int64": (torch.int64, False),
-         "float64_grad": (torch.float64, True)}
+         "float64_grad": (torch.float64, True), "bool": (torch.bool, False),
+         "complex64": (torch.complex64, False)}
 OPS = {opinfo_sweep.label(op): op for op in opinfo_sweep.ops()}
 
 

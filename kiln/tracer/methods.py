@@ -461,6 +461,10 @@ def sum_to_size(self: Tensor, *size) -> Tensor:
     lead = self.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
                                       if s == 1 and self.shape[lead + i] != 1)
+    if not shape:                       # ATen's sum_to: to no dims is a whole sum, 0-d too
+        return F.sum(self)
+    if axes and self.dtype.category <= dt.INT:     # a sum of bools or ints is int64, as torch's
+        self = self.to(dt.int64)
     if axes and len(axes) == lead:      # only leading dims go: no size-1 dims to keep
         return P.sum(self, axes=axes, keepdim=False)
     out = P.sum(self, axes=axes, keepdim=True) if axes else self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from kiln.ir.dtypes import INT
+from kiln.ir.dtypes import BOOL, INT
 from kiln.ir.ops import P, ShapeError, broadcast_shapes
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _py_max
@@ -126,7 +126,9 @@ ger = outer
 def integral_scales(input, product, beta, alpha):
     """(beta, alpha) of addmm and its family: ATen converts them to an integer input's type,
     toward zero (`addmv(int_x, ..., beta=0.2)` ignores int_x), so an integer result stays
-    integer."""
+    integer; bools likewise become bools (`addr` of bool tensors is a logical or)."""
+    if input.dtype.category == BOOL and product.dtype.category == BOOL:
+        return bool(beta), bool(alpha)
     if input.dtype.category == INT and product.dtype.category == INT:
         return int(beta), int(alpha)
     return beta, alpha
