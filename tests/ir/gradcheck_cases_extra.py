@@ -72,6 +72,8 @@ CASES_EXTRA = {
                   ("wide", lambda a: P.linalg_lu(a, part="LU"), [arg(2, 3, 5)]),
                   ("tall", lambda a: P.linalg_lu(a, part="LU"), [arg(5, 3)])],
     "copysign": [("", lambda x, y: P.copysign(x, y), [arg(4), arg(4, seed=1)])],
+    # one float step from x toward y: slope 1 in x, 0 in y (PyTorch's rule)
+    "nextafter": [("", lambda x, y: P.nextafter(x, y), [arg(4), arg(4, seed=1)])],
     "linalg_inv": [("batched", lambda b: P.linalg_inv(_sym(b)), [arg(2, 3, 3)])],
     "linalg_slogdet": [("logabsdet", lambda b: P.linalg_slogdet(_sym(b), part="logabsdet"),
                         [arg(2, 3, 3)]),
