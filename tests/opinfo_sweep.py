@@ -45,8 +45,11 @@ UNCOMPARABLE = re.compile(r"(^|[._])empty($|[._])|^new_empty|^empty_")
 
 
 def ops():
-    """The OpInfos (imported lazily: loading them takes ~5 s)."""
+    """The OpInfos (imported lazily: loading them takes ~5 s). Their module's import freezes
+    `torch.backends` flags for PyTorch's own suite (`disable_global_flags`): thawed again, as
+    tests that set `torch.backends.cudnn.benchmark` run in the same process."""
     from torch.testing._internal.common_methods_invocations import op_db
+    torch.backends.disable_global_flags.__globals__["__allow_nonbracketed_mutation_flag"] = True
     return op_db
 
 
