@@ -71,7 +71,8 @@ def diagonal(A, *, offset=0, dim1=-2, dim2=-1):
 
 
 def vecdot(x, y, *, dim=-1):
-    return F.sum(x * y, dim)
+    """sum(conj(x) * y): the inner product of complex vectors conjugates the first."""
+    return F.sum(FX.conj(x) * y, dim)
 
 
 def cross(input, other, *, dim=-1):
@@ -548,13 +549,18 @@ def torch_cholesky(A, upper=False):
     return cholesky(A, upper=upper)
 
 
+def _mH(A: Tensor) -> Tensor:
+    return FX.conj(_mT(A))
+
+
 def cholesky_inverse(L, upper=False):
-    T = _mT(L) if upper else L
-    return inv(F.matmul(T, _mT(T)))
+    """(L L^H)^-1; with upper=True L is U and A = U^H U."""
+    T = _mH(L) if upper else L
+    return inv(F.matmul(T, _mH(T)))
 
 
 def cholesky_solve(B, L, upper=False):
-    T = _mT(L) if upper else L
+    T = _mH(L) if upper else L
     return F.matmul(cholesky_inverse(T), B)
 
 

@@ -162,11 +162,12 @@ def var(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype
     x = input.to(dtype)
     count = _count(x, mask, dim, True)
     centred = x - sum(x, dim, keepdim=True, mask=mask) / count
-    squares = sum(centred * centred, dim, keepdim=keepdim, mask=mask)
-    count = count.reshape(squares.shape).to(squares.dtype)
+    # complex: the mean of |x - mean|^2 (PyTorch keeps the complex dtype, imaginary part 0)
+    squares = sum(centred * centred.conj(), dim, keepdim=keepdim, mask=mask)
+    count = count.reshape(squares.shape)
     if ddof:
         count = kiln.clamp_min(count - ddof, 0)
-    return squares / count
+    return squares / count.to(squares.dtype)
 
 
 def std(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype=None,

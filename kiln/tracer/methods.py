@@ -666,5 +666,5 @@ for _name, _fn in _METHODS.items():
 
 Tensor.T = property(lambda self: P.permute(self, perm=tuple(range(self.ndim - 1, -1, -1))))
 Tensor.mT = property(lambda self: F.transpose(self, -2, -1))
-Tensor.H = Tensor.T
+Tensor.H = property(lambda self: P.conj(self.T) if self.dtype.is_complex else self.T)
 Tensor.is_cpu = property(lambda self: self.device.type == "cpu")

@@ -167,7 +167,7 @@ def _promote_float(a, b):
     a = a if isinstance(a, Tensor) else _as_tensor(float(a), b if isinstance(b, Tensor) else None)
     b = b if isinstance(b, Tensor) else _as_tensor(float(b), a)
     kind = dt.promote(a.dtype, b.dtype)
-    if not kind.is_floating_point:
+    if not (kind.is_floating_point or kind.is_complex):
         kind = dt.get_default_dtype()
     a, b = a.to(kind), b.to(kind)
     shape = tuple(np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
@@ -225,6 +225,12 @@ def sinc(input):
 def logaddexp(input, other):
     refuse_without_kernel("logaddexp", input, (dt.BOOL, dt.INT))
     a, b = _promote_float(input, other)
+    if a.dtype.is_complex:
+        # as PyTorch: the operand of larger real part plus log1p(exp(other - it)), so the
+        # imaginary part is that operand's plus a principal-branch log, not wrapped as a whole
+        first = F.ge(P.real(a), P.real(b))
+        m, rest = F.where(first, a, b), F.where(first, b, a)
+        return m + F.log1p(F.exp(rest - m))
     m = F.maximum(a, b)
     finite = F.where(F.isinf(m), 0.0, m)
     return finite + F.log(F.exp(a - finite) + F.exp(b - finite))
