@@ -467,9 +467,10 @@ def _max_norm(t, dim, keepdim):
 
 
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
-    if x.dtype.is_complex and dtype is None:
-        x = F.abs(x)                       # the norm of complex numbers is that of |x|
-    x = _float(x) if dtype is None else x.to(dtype)
+    x = x if dtype is None else x.to(dtype)
+    if x.dtype.is_complex:                 # the norm of complex numbers is that of |x|: real
+        x = F.abs(x)
+    x = _float(x)
     if dim is None or (not isinstance(dim, int) and len(dim) == 0):
         dim = tuple(range(x.ndim))         # every element, as one vector
     a = F.abs(x)

@@ -40,7 +40,7 @@ def _filled(input: Tensor, mask, value) -> Tensor:
 
 
 def _extreme(dtype, high: bool):
-    if dtype.is_floating_point:
+    if dtype.is_floating_point or dtype.is_complex:
         return math.inf if high else -math.inf
     info = kiln.iinfo(dtype)
     return info.max if high else info.min
@@ -128,7 +128,7 @@ def median(input, dim=-1, *, keepdim=False, dtype=None, mask=None):
 
 def logsumexp(input, dim=None, *, keepdim=False, dtype=None, mask=None):
     """log(sum(exp)) of the kept elements, converted to `dtype` (default: input's dtype)."""
-    fill = -math.inf if input.dtype.is_floating_point else _extreme(input.dtype, False)
+    fill = _extreme(input.dtype, False)
     out = kiln.logsumexp(_filled(input, mask, fill), _dims(dim) or tuple(range(input.dim())),
                          keepdim=keepdim)
     return out.to(dtype or input.dtype)
