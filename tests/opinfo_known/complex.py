@@ -6,8 +6,9 @@ in this mode, and when a listed one no longer does (then delete its line)."""
 COMPARE = {}
 
 KNOWN = {
-    ('as_strided.partial_views', 'complex64'): ("n/a: the sample is a view at storage offset 10 of a larger "
-                                               "tensor, read by absolute storage offsets; to_kiln copies only the view's elements"),
+    ('as_strided.partial_views', 'complex64'): (
+        "n/a: the sample is a view at storage offset 10 of a larger tensor, read by absolute "
+        "storage offsets; to_kiln copies only the view's elements"),
     ('chalf', 'complex64'): 'n/a: no complex32, so no Tensor.chalf (tests/api_exclusions.py)',
     ('cholesky', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers ta",
     ('geqrf', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers take ",
