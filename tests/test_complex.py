@@ -600,3 +600,13 @@ def test_cholesky_inverse_and_solve_of_complex_factors_match_torch():
         t_sol = torch.cholesky_solve(torch.from_numpy(B), torch.from_numpy(F), upper=upper)
         k_sol = kiln.cholesky_solve(kiln.tensor(B), kiln.tensor(F), upper=upper)
         np.testing.assert_allclose(_np(k_sol), _np(t_sol), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["logaddexp2", "copysign", "nextafter", "xlogy", "igamma"])
+def test_binary_ops_without_complex_kernel_refuse_as_torch(name):
+    """torch has no complex kernel for these: kiln raises too, not a real-part answer."""
+    z = _z((3,))
+    with pytest.raises(NotImplementedError):
+        getattr(torch, name)(torch.from_numpy(np.asarray(z)), torch.from_numpy(np.asarray(z)))
+    with pytest.raises(NotImplementedError, match="complex"):
+        getattr(kiln, name)(kiln.tensor(z), kiln.tensor(z))
