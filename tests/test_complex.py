@@ -610,3 +610,11 @@ def test_binary_ops_without_complex_kernel_refuse_as_torch(name):
         getattr(torch, name)(torch.from_numpy(np.asarray(z)), torch.from_numpy(np.asarray(z)))
     with pytest.raises(NotImplementedError, match="complex"):
         getattr(kiln, name)(kiln.tensor(z), kiln.tensor(z))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 4)])
+def test_H_refuses_what_is_not_a_matrix_as_torch(shape):
+    with pytest.raises(RuntimeError, match="only supported on matrices"):
+        torch.zeros(shape, dtype=torch.complex64).H
+    with pytest.raises(RuntimeError, match="only supported on matrices"):
+        kiln.zeros(shape, dtype=kiln.complex64).H
