@@ -201,6 +201,11 @@ def svd(A, full_matrices=True):
 
 
 def svdvals(A):
+    if A.dtype.is_complex:
+        # the real block matrix [[Re, -Im], [Im, Re]] has each singular value of A twice
+        re, im = FX.real(A), FX.imag(A)
+        block = F.cat([F.cat([re, -im], -1), F.cat([im, re], -1)], -2)
+        return P.linalg_svd(block, part="S")[..., ::2]
     return P.linalg_svd(_float(A), part="S")
 
 
@@ -495,9 +500,10 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
-    if A.dtype.is_complex and dtype is None and ord in ("fro", 1, -1, math.inf, -math.inf):
+    A = A if dtype is None else A.to(dtype)
+    if A.dtype.is_complex and ord in ("fro", 1, -1, math.inf, -math.inf):
         A = F.abs(A)                       # these norms read only the magnitudes
-    A = _float(A) if dtype is None else A.to(dtype)
+    A = A if A.dtype.is_complex else _float(A)    # nuc, 2, -2: svdvals takes complex
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":
         return _root(F.sum(A * A, (d0, d1), keepdim), 2)
