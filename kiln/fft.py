@@ -330,9 +330,10 @@ def istft(input, n_fft: int, hop_length=None, win_length=None, window=None, cent
         raise op_error("istft", "cannot have onesided output if window or input is complex")
     norm = "ortho" if normalized else "backward"
     spec = F.transpose(spec, 1, 2)                          # (batch, frames, freq)
-    frames = irfft(spec, n=n_fft, norm=norm) if onesided else ifft(spec, norm=norm)
-    if not onesided and not return_complex:
-        frames = P.real(frames)
+    if return_complex:
+        frames = ifft(spec, norm=norm)
+    else:       # as PyTorch: a real result reads only the first n_fft/2+1 bins of a full spectrum
+        frames = irfft(spec[..., :n_fft // 2 + 1], n=n_fft, norm=norm)
     win = _padded_window(window, win_length, n_fft, frames, "istft")
     frames = frames * win
     total = n_fft + hop * (n_frames - 1)

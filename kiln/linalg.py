@@ -71,7 +71,8 @@ def diagonal(A, *, offset=0, dim1=-2, dim2=-1):
 
 
 def vecdot(x, y, *, dim=-1):
-    return F.sum(x * y, dim)
+    """sum(conj(x) * y): the inner product of complex vectors conjugates the first."""
+    return F.sum(FX.conj(x) * y, dim)
 
 
 def cross(input, other, *, dim=-1):
@@ -200,6 +201,11 @@ def svd(A, full_matrices=True):
 
 
 def svdvals(A):
+    if A.dtype.is_complex:
+        # the real block matrix [[Re, -Im], [Im, Re]] has each singular value of A twice
+        re, im = FX.real(A), FX.imag(A)
+        block = F.cat([F.cat([re, -im], -1), F.cat([im, re], -1)], -2)
+        return P.linalg_svd(block, part="S")[..., ::2]
     return P.linalg_svd(_float(A), part="S")
 
 
@@ -466,9 +472,10 @@ def _max_norm(t, dim, keepdim):
 
 
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
-    if x.dtype.is_complex and dtype is None:
-        x = F.abs(x)                       # the norm of complex numbers is that of |x|
-    x = _float(x) if dtype is None else x.to(dtype)
+    x = x if dtype is None else x.to(dtype)
+    if x.dtype.is_complex:                 # the norm of complex numbers is that of |x|: real
+        x = F.abs(x)
+    x = _float(x)
     if dim is None or (not isinstance(dim, int) and len(dim) == 0):
         dim = tuple(range(x.ndim))         # every element, as one vector
     a = F.abs(x)
@@ -493,9 +500,10 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
-    if A.dtype.is_complex and dtype is None and ord in ("fro", 1, -1, math.inf, -math.inf):
+    A = A if dtype is None else A.to(dtype)
+    if A.dtype.is_complex and ord in ("fro", 1, -1, math.inf, -math.inf):
         A = F.abs(A)                       # these norms read only the magnitudes
-    A = _float(A) if dtype is None else A.to(dtype)
+    A = A if A.dtype.is_complex else _float(A)    # nuc, 2, -2: svdvals takes complex
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":
         return _root(F.sum(A * A, (d0, d1), keepdim), 2)
@@ -548,13 +556,18 @@ def torch_cholesky(A, upper=False):
     return cholesky(A, upper=upper)
 
 
+def _mH(A: Tensor) -> Tensor:
+    return FX.conj(_mT(A))
+
+
 def cholesky_inverse(L, upper=False):
-    T = _mT(L) if upper else L
-    return inv(F.matmul(T, _mT(T)))
+    """(L L^H)^-1; with upper=True L is U and A = U^H U."""
+    T = _mH(L) if upper else L
+    return inv(F.matmul(T, _mH(T)))
 
 
 def cholesky_solve(B, L, upper=False):
-    T = _mT(L) if upper else L
+    T = _mH(L) if upper else L
     return F.matmul(cholesky_inverse(T), B)
 
 

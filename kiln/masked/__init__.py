@@ -40,7 +40,7 @@ def _filled(input: Tensor, mask, value) -> Tensor:
 
 
 def _extreme(dtype, high: bool):
-    if dtype.is_floating_point:
+    if dtype.is_floating_point or dtype.is_complex:
         return math.inf if high else -math.inf
     info = kiln.iinfo(dtype)
     return info.max if high else info.min
@@ -128,7 +128,7 @@ def median(input, dim=-1, *, keepdim=False, dtype=None, mask=None):
 
 def logsumexp(input, dim=None, *, keepdim=False, dtype=None, mask=None):
     """log(sum(exp)) of the kept elements, converted to `dtype` (default: input's dtype)."""
-    fill = -math.inf if input.dtype.is_floating_point else _extreme(input.dtype, False)
+    fill = _extreme(input.dtype, False)
     out = kiln.logsumexp(_filled(input, mask, fill), _dims(dim) or tuple(range(input.dim())),
                          keepdim=keepdim)
     return out.to(dtype or input.dtype)
@@ -162,11 +162,12 @@ def var(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype
     x = input.to(dtype)
     count = _count(x, mask, dim, True)
     centred = x - sum(x, dim, keepdim=True, mask=mask) / count
-    squares = sum(centred * centred, dim, keepdim=keepdim, mask=mask)
-    count = count.reshape(squares.shape).to(squares.dtype)
+    # complex: the mean of |x - mean|^2 (PyTorch keeps the complex dtype, imaginary part 0)
+    squares = sum(centred * centred.conj(), dim, keepdim=keepdim, mask=mask)
+    count = count.reshape(squares.shape)
     if ddof:
         count = kiln.clamp_min(count - ddof, 0)
-    return squares / count
+    return squares / count.to(squares.dtype)
 
 
 def std(input, dim=None, unbiased=None, *, correction=None, keepdim=False, dtype=None,

@@ -666,5 +666,17 @@ for _name, _fn in _METHODS.items():
 
 Tensor.T = property(lambda self: P.permute(self, perm=tuple(range(self.ndim - 1, -1, -1))))
 Tensor.mT = property(lambda self: F.transpose(self, -2, -1))
-Tensor.H = Tensor.T
+
+
+def _conj_transpose(self):
+    """x.H: the conjugate transpose of a matrix (a 0-d tensor conjugated), as PyTorch's."""
+    if self.ndim not in (0, 2):
+        hint = " For batches of matrices, use tensor.mH" if self.ndim > 2 else ""
+        raise op_error("H", f"tensor.H is only supported on matrices (2-D tensors). Got "
+                       f"{self.ndim}-D tensor of shape {list(self.shape)}.{hint}")
+    out = self.T
+    return P.conj(out) if self.dtype.is_complex else out
+
+
+Tensor.H = property(_conj_transpose)
 Tensor.is_cpu = property(lambda self: self.device.type == "cpu")

@@ -76,6 +76,8 @@ def gelu(input, approximate="none"):
 
 @composite
 def silu(input):
+    if input.dtype.is_complex:          # no -inf to guard: x / (1 + exp(-x)) as PyTorch
+        return input / (P.exp(-input) + 1)
     return _times_gate(input, P.sigmoid(input))
 
 

@@ -244,7 +244,14 @@ def _integer_pow(base: Tensor, exponent: Tensor) -> Tensor:
 
 
 def float_power(input, exponent):
-    return pow(_as_tensor(input).to(dt.float64), exponent)
+    """pow in double precision: complex128 when either operand is complex, else float64."""
+    input = _as_tensor(input)
+    complex_ = input.dtype.is_complex or isinstance(exponent, complex) or \
+        (isinstance(exponent, Tensor) and exponent.dtype.is_complex)
+    kind = dt.complex128 if complex_ else dt.float64
+    if isinstance(exponent, Tensor):
+        exponent = exponent.to(kind)
+    return pow(input.to(kind), exponent)
 
 
 def neg(input):

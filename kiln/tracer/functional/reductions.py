@@ -341,8 +341,8 @@ def logsumexp(input, dim=None, keepdim=False):
     if x.dtype in dt.HALF:
         return _narrowed(logsumexp(_widened(x), dim, keepdim), x.dtype)
     axes = _axes(dim, x.ndim)
-    if x.ndim == 0:
-        return x.clone()
+    if x.ndim == 0:     # complex: log(exp(x)) brings the imaginary part into (-pi, pi]
+        return reshape(logsumexp(reshape(x, (1,)), 0), ()) if x.dtype.is_complex else x.clone()
     if _py_any(x.shape[a] == 0 for a in axes):
         m = zeros(1, dtype=x.dtype, device=x.device)     # an empty sum: log(0) = -inf
     else:
@@ -393,6 +393,8 @@ def norm(input, p="fro", dim=None, keepdim=False, dtype=None):
                        f"as input. Got {dt.SCALAR_TYPE_NAMES[input.dtype]} ({input.dtype.name}); "
                        "convert it with .float() first")
     x = _floating(input if dtype is None else input.to(dtype))
+    if p == "nuc" and x.dtype.is_complex:
+        return _nuclear_norm(x, (-2, -1) if dim is None else dim, keepdim)
     if x.dtype.is_complex:             # every p-norm of complex numbers is that of |x|
         x = abs(x)
     if x.dtype in dt.HALF:
@@ -417,7 +419,14 @@ def _nuclear_norm(x, dim, keepdim):
     if isinstance(dim, int) or len(dim) != 2:
         raise op_error("norm", f"p='nuc' takes two dims (the matrices'), got dim={dim}")
     d0, d1 = sorted(_norm_dim(d, x.ndim) for d in dim)
-    out = sum(P.linalg_svd(movedim(x, (d0, d1), (-2, -1)), part="S"), -1)
+    m = movedim(x, (d0, d1), (-2, -1))
+    if m.dtype.is_complex:
+        # the real block matrix [[Re, -Im], [Im, Re]] has each singular value of m twice
+        re, im = P.real(m), P.imag(m)
+        m = cat([cat([re, -im], -1), cat([im, re], -1)], -2)
+        out = sum(P.linalg_svd(m, part="S"), -1) / 2
+    else:
+        out = sum(P.linalg_svd(m, part="S"), -1)
     return unsqueeze(unsqueeze(out, d0), d1) if keepdim else out
 
 

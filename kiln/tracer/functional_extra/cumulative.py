@@ -10,6 +10,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _norm_dim
 from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional_extra.common import _f, values_indices
+from kiln.tracer.functional_extra.elementwise import logaddexp
 from kiln.tracer.provenance import composite
 from kiln.tracer.tensor import Tensor
 
@@ -53,6 +54,14 @@ def logcumsumexp(input, dim):
     d = _norm_dim(dim, x.ndim) if x.ndim else 0
     if x.ndim == 0 or x.numel() == 0:
         return x.clone()
+    if x.dtype.is_complex:
+        # PyTorch scans with the complex logaddexp, whose imaginary parts are not wrapped into
+        # (-pi, pi] as a whole: the same scan, one step per position of `dim`
+        steps = F.unbind(x, d)
+        out = [steps[0]]
+        for step in steps[1:]:
+            out.append(logaddexp(out[-1], step))
+        return F.stack(out, d)
     m = F.amax(x, d, keepdim=True).detach()
     m = F.where(F.isinf(m), 0.0, m)
     return F.log(F.cumsum(F.exp(x - m), d)) + m

@@ -146,12 +146,12 @@ def log_ndtr(input):
 
 
 def igamma(input, other):
-    a, x = _promote_float(input, other)
+    a, x = _promote_float(input, other, "igamma")
     return P.gammainc(a, x)
 
 
 def igammac(input, other):
-    a, x = _promote_float(input, other)
+    a, x = _promote_float(input, other, "igammac")
     return P.gammaincc(a, x)
 
 
@@ -159,15 +159,21 @@ gammainc, gammaincc = igamma, igammac
 
 
 def zeta(input, other):
-    a, x = _promote_float(input, other)
+    a, x = _promote_float(input, other, "zeta")
     return P.zeta(a, x)
 
 
-def _promote_float(a, b):
+def _promote_float(a, b, op, complex_ok=False):
+    """a and b broadcast to their floating promotion; complex only where `op` takes it (as
+    PyTorch, which has no complex kernel for the others)."""
     a = a if isinstance(a, Tensor) else _as_tensor(float(a), b if isinstance(b, Tensor) else None)
     b = b if isinstance(b, Tensor) else _as_tensor(float(b), a)
     kind = dt.promote(a.dtype, b.dtype)
-    if not kind.is_floating_point:
+    if kind.is_complex and not complex_ok:
+        raise op_error(op, f"\"{op}\" is not implemented for complex tensors ({a.dtype.name} "
+                       f"{list(a.shape)}, {b.dtype.name} {list(b.shape)}), as in PyTorch",
+                       NotImplementedError)
+    if not (kind.is_floating_point or kind.is_complex):
         kind = dt.get_default_dtype()
     a, b = a.to(kind), b.to(kind)
     shape = tuple(np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
@@ -195,13 +201,13 @@ def _x_times(x, y, log_y):
 
 @composite
 def xlogy(input, other):
-    x, y = _promote_float(input, other)
+    x, y = _promote_float(input, other, "xlogy")
     return _x_times(x, y, F.log(y))
 
 
 @composite
 def xlog1py(input, other):
-    x, y = _promote_float(input, other)
+    x, y = _promote_float(input, other, "xlog1py")
     return _x_times(x, y, F.log1p(y))
 
 
@@ -224,7 +230,13 @@ def sinc(input):
 @composite
 def logaddexp(input, other):
     refuse_without_kernel("logaddexp", input, (dt.BOOL, dt.INT))
-    a, b = _promote_float(input, other)
+    a, b = _promote_float(input, other, "logaddexp", complex_ok=True)
+    if a.dtype.is_complex:
+        # as PyTorch: the operand of larger real part plus log1p(exp(other - it)), so the
+        # imaginary part is that operand's plus a principal-branch log, not wrapped as a whole
+        first = F.ge(P.real(a), P.real(b))
+        m, rest = F.where(first, a, b), F.where(first, b, a)
+        return m + F.log1p(F.exp(rest - m))
     m = F.maximum(a, b)
     finite = F.where(F.isinf(m), 0.0, m)
     return finite + F.log(F.exp(a - finite) + F.exp(b - finite))
@@ -233,7 +245,7 @@ def logaddexp(input, other):
 @composite
 def logaddexp2(input, other):
     refuse_without_kernel("logaddexp2", input, (dt.BOOL, dt.INT))
-    a, b = _promote_float(input, other)
+    a, b = _promote_float(input, other, "logaddexp2")
     return logaddexp(a * math.log(2), b * math.log(2)) / math.log(2)
 
 
@@ -250,7 +262,7 @@ def signbit(input):
 
 
 def copysign(input, other):
-    a, b = _promote_float(input, other)
+    a, b = _promote_float(input, other, "copysign")
     return P.copysign(a, b)
 
 
@@ -280,7 +292,7 @@ def frexp(input):
 
 def nextafter(input, other):
     refuse_without_kernel("nextafter", input, (dt.BOOL, dt.INT))
-    a, b = _promote_float(input, other)
+    a, b = _promote_float(input, other, "nextafter")
     return P.nextafter(a, b)
 
 

@@ -86,6 +86,12 @@ def cdist(x1, x2, p=2.0, compute_mode=None):
     return F.pow(F.sum(F.pow(F.abs(diff_), p), -1), 1.0 / p)
 
 
+def _conj_t(x):
+    """x^H of a matrix: complex covariances pair each row with the conjugate of the other."""
+    xt = F.transpose(x, 0, 1)
+    return P.conj(xt) if xt.dtype.is_complex else xt
+
+
 def cov(input, *, correction=1, fweights=None, aweights=None):
     """Covariance of the rows (variables) over the columns (observations). The weights keep
     their own dtype in their sums and in the normalization, as PyTorch's."""
@@ -99,7 +105,7 @@ def cov(input, *, correction=1, fweights=None, aweights=None):
     if w is None:
         mean = F.mean(x, 1, keepdim=True)
         xc = x - mean
-        c = F.matmul(xc, F.transpose(xc, 0, 1)) / (n - correction)
+        c = F.matmul(xc, _conj_t(xc)) / (n - correction)
     else:
         wsum = F.sum(w)
         mean = F.sum(x * w, 1, keepdim=True) / wsum
@@ -108,7 +114,7 @@ def cov(input, *, correction=1, fweights=None, aweights=None):
             norm = wsum - correction
         else:
             norm = wsum - correction * F.sum(w * aweights) / wsum
-        c = F.matmul(xc * w, F.transpose(xc, 0, 1)) / norm
+        c = F.matmul(xc * w, _conj_t(xc)) / norm
     return F.reshape(c, ()) if tuple(c.shape) == (1, 1) else c    # one variable: 0-d
 
 
@@ -116,5 +122,9 @@ def corrcoef(input):
     c = cov(input)
     if c.ndim == 0:
         return c / c
+    if c.dtype.is_complex:      # the diagonal is real; PyTorch clips each part to [-1, 1]
+        d = F.sqrt(P.real(F.diagonal(c)))
+        c = c / F.unsqueeze(d, 1) / F.unsqueeze(d, 0)
+        return P.complex(F.clamp(P.real(c), -1, 1), F.clamp(P.imag(c), -1, 1))
     d = F.sqrt(F.diagonal(c))
     return F.clamp(c / F.unsqueeze(d, 1) / F.unsqueeze(d, 0), -1, 1)

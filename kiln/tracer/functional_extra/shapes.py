@@ -246,7 +246,7 @@ def vander(x, N=None, increasing=False):
     powers = F.arange(n, device=x.device)
     if not increasing:
         powers = F.flip(powers, (0,))
-    base = x if x.dtype.is_floating_point else x.to(dt.int64)
+    base = x if x.dtype.is_floating_point or x.dtype.is_complex else x.to(dt.int64)
     return F.pow(F.unsqueeze(base, -1), powers.to(base.dtype))
 
 
