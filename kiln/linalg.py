@@ -201,11 +201,8 @@ def svd(A, full_matrices=True):
 
 
 def svdvals(A):
-    if A.dtype.is_complex:
-        # the real block matrix [[Re, -Im], [Im, Re]] has each singular value of A twice
-        re, im = FX.real(A), FX.imag(A)
-        block = F.cat([F.cat([re, -im], -1), F.cat([im, re], -1)], -2)
-        return P.linalg_svd(block, part="S")[..., ::2]
+    if A.dtype.is_complex:             # the block has each singular value of A twice
+        return P.linalg_svd(_block(A), part="S")[..., ::2]
     return P.linalg_svd(_float(A), part="S")
 
 
@@ -262,15 +259,16 @@ def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True):
 def lu_solve(LU, pivots, B, *, left=True, adjoint=False):
     perm, L, U = lu_unpack(LU, pivots)
     A = F.matmul(F.matmul(perm, L), U)
-    if adjoint:
-        A = _mT(A)
+    if adjoint:                         # A^H: conjugated where complex
+        A = _mH(A)
     return solve(A, B, left=left)
 
 
 # ----------------------------------------------------------------------------- solving
 
 def solve(A, B, *, left=True):
-    A, B = _float(A), _float(B)
+    """A^-1 B through inv, which (unlike the factorizations) takes complex matrices."""
+    A, B = (x if x.dtype.is_complex else _float(x) for x in (A, B))
     _check_square(A, "solve")
     if not left:                        # X A = B  <=>  A^T X^T = B^T
         return _mT(solve(_mT(A), _mT(B)))
@@ -298,9 +296,11 @@ def pinv(A, rcond=None, hermitian=False, *, atol=None, rtol=None):
     """The pseudo-inverse: singular values (or eigenvalues when `hermitian`, of the lower
     triangle as eigh reads it) at or below the cutoff count as 0. `rcond` is rtol's old name.
     Its gradient is the pseudo-inverse's own (`_pinv_gradient`), as PyTorch's."""
-    A = _float(A)
     if rcond is not None:
         rtol = rcond
+    if A.dtype.is_complex and not hermitian:      # the cutoff is A's, not its block's
+        return _unblock(pinv(_block(A), atol=atol, rtol=_rtol(A, atol, rtol)))
+    A = _float(A)
     if hermitian:
         L, V = eigh(A)
         keep = F.gt(F.abs(L), _cutoff(A, F.abs(L), atol, rtol))
@@ -327,17 +327,37 @@ def _pinv_gradient(A, X):
     return dX - dX.detach()
 
 
+def _rtol(A, atol, rtol):
+    """rtol, or its default for A: max(m, n) * eps, 0 where a positive atol is given alone."""
+    if rtol is not None:
+        return rtol
+    default = max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
+    if atol is None:
+        return default
+    return F.where(F.gt(atol, 0), 0.0, default) if isinstance(atol, Tensor) else \
+        (0.0 if atol > 0 else default)
+
+
+def _block(A):
+    """The real matrix [[Re, -Im], [Im, Re]] of a complex one: products, inverses, pseudo-
+    inverses and singular values of complex matrices are those of their blocks."""
+    re, im = FX.real(A), FX.imag(A)
+    return F.cat([F.cat([re, -im], -1), F.cat([im, re], -1)], -2)
+
+
+def _unblock(M):
+    """The complex matrix whose _block M is."""
+    m, n = M.shape[-2] // 2, M.shape[-1] // 2
+    return FX.complex(M[..., :m, :n], M[..., m:, :n])
+
+
 def _cutoff(A, S, atol, rtol):
     """max(atol, rtol * largest S) per matrix, shaped (*, 1) to compare with S (*, k). atol and
     rtol are floats or tensors of the batch shape; rtol is max(m, n) * eps by default, and 0
     where a positive atol is given alone (as PyTorch)."""
     def column(t):
         return F.unsqueeze(t, -1) if isinstance(t, Tensor) else t
-    default = max(A.shape[-2], A.shape[-1]) * float(np.finfo(A.dtype.np).eps)
-    if rtol is None:
-        rtol = default if atol is None else (
-            F.where(F.gt(atol, 0), 0.0, default) if isinstance(atol, Tensor) else
-            (0.0 if atol > 0 else default))
+    rtol = _rtol(A, atol, rtol)
     largest = F.amax(S, -1, keepdim=True) if S.shape[-1] else F.sum(S, -1, keepdim=True)
     tol = column(rtol) * largest
     if atol is None:
@@ -351,7 +371,7 @@ def lstsq(A, B, rcond=None, *, driver=None):
     'gelss'), and the squared residuals |AX - B|^2 per column where m > n, the driver is not
     'gelsy' and every A has full rank (else empty)."""
     R = namedtuple("lstsq", ["solution", "residuals", "rank", "singular_values"])
-    A, B = _float(A), _float(B)
+    A, B = (x if x.dtype.is_complex else _float(x) for x in (A, B))
     driver = "gelsy" if driver is None else driver
     if driver not in ("gels", "gelsy", "gelsd", "gelss"):
         raise op_error("linalg.lstsq", f"parameter `driver` should be one of (gels, gelsy, "
@@ -364,7 +384,7 @@ def lstsq(A, B, rcond=None, *, driver=None):
     m, n = A.shape[-2], A.shape[-1]
     X = F.matmul(pinv(A, rtol=rcond), Bm)
     batch = tuple(X.shape[:-2])
-    no_float = F.zeros(0, dtype=A.dtype, device=A.device)
+    no_float = F.zeros(0, dtype=A.dtype.to_real(), device=A.device)
     S = svdvals(A) if driver != "gels" else None
     rank = F.zeros(0, dtype=dt.int64, device=A.device)
     if S is not None:
@@ -372,10 +392,10 @@ def lstsq(A, B, rcond=None, *, driver=None):
         rank = F.expand(matrix_rank(A, rtol=rtol), batch)
     full = S is not None and bool(F.all(F.eq(rank, n)))
     if m > n and driver != "gelsy" and (driver == "gels" or full):
-        residuals = F.sum(F.square(F.matmul(A, X) - Bm), -2)
+        residuals = F.sum(F.square(F.abs(F.matmul(A, X) - Bm)), -2)    # real for complex
         residuals = F.squeeze(residuals, -1) if vector else residuals
     else:                               # empty, and differentiable as PyTorch's
-        residuals = F.narrow(F.reshape(X, (-1,)), 0, 0, 0)
+        residuals = F.narrow(F.reshape(F.abs(X), (-1,)), 0, 0, 0)
     X = F.squeeze(X, -1) if vector else X
     sv = F.expand(S, batch + (min(m, n),)).detach() if driver in ("gelsd", "gelss") \
         else no_float
