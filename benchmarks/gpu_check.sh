@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # One GPU check of kiln, for a machine with an NVIDIA GPU, CuPy and a CUDA build of PyTorch:
-# the GPU-marked tests (in 4 concurrent shards: a cold run is mostly kernel builds on the host);
+# the GPU-marked tests (in 8 concurrent shards: a cold run is mostly kernel builds on the host);
 # the quick GPU benchmark without torch.compile (every row, sizes / 8,
 # each fused kernel's bandwidth); the function rows (GELU, softmax, layer_norm) at full size
 # with torch.compile in its default and reduce-overhead modes; the CNN's convolutions alone
 # (implicit GEMM vs unfold + matmul vs cuDNN; the faster kiln route is recorded, so the steps
 # after compile with it); then the training steps (MLP and CNN with Adam) at full size with
 # both torch.compile modes; then an eager step captured by the user as a CUDA graph
-# (kiln.cuda.graph vs torch.cuda.graph). Each part has its own time limit, so the whole check
-# ends within 6 minutes (the limits sum to 355 s); output is unbuffered, so a part cut short
+# (kiln.cuda.graph vs torch.cuda.graph); then a cProfile of the compiled MLP step's host time.
+# Each part has its own time limit, so the whole check ends within 7 minutes (the limits sum
+# to 395 s); output is unbuffered, so a part cut short
 # still logs the rows it finished.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log (gpu_tests_shard.log.K
 #                                            # per shard),
 #                                            # compile_gpu_quick.log, compile_gpu_functions.log,
 #                                            # compile_gpu_conv.log, compile_gpu_steps.log,
-#                                            # cuda_graphs_gpu.log
+#                                            # cuda_graphs_gpu.log, profile_gpu_step.log
 #
 # Prints each part's exit code at the end (124: it ran out of time) and exits non-zero if any
 # part failed. Without a GPU the tests skip and compile_gpu.py exits 2 at once.
@@ -48,7 +49,7 @@ run_part() {        # run_part NAME SECONDS LOG COMMAND...
 }
 
 run_part "gpu tests" 110 gpu_tests.log \
-    python -u benchmarks/gpu_tests.py --shards 4 --log "$out/gpu_tests_shard.log"
+    python -u benchmarks/gpu_tests.py --shards 8 --log "$out/gpu_tests_shard.log"
 run_part "compile_gpu quick" 30 compile_gpu_quick.log \
     python -u benchmarks/compile_gpu.py --quick --no-inductor
 run_part "compile_gpu functions" 60 compile_gpu_functions.log \
@@ -59,6 +60,8 @@ run_part "compile_gpu steps" 100 compile_gpu_steps.log \
     python -u benchmarks/compile_gpu.py --only steps --no-kernels
 run_part "cuda graphs (eager)" 20 cuda_graphs_gpu.log \
     python -u benchmarks/cuda_graphs_gpu.py --quick
+run_part "profile" 40 profile_gpu_step.log \
+    python -u benchmarks/profile_gpu_step.py
 
 echo "== summary (logs in $out)"
 status=0

@@ -48,7 +48,8 @@ def main() -> None:
         listing = f"{args.log}.{k}.ids"
         with open(listing, "w") as f:
             f.write("\n".join(shard))
-        run = ("import sys, pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+        run = ("import sys, pytest; sys.exit(pytest.main(['-v', '--tb=short', "
+               "'-p', 'no:cacheprovider', "
                f"'-m', 'gpu', *{plugins!r}] + open(sys.argv[1]).read().splitlines()))")
         log = open(f"{args.log}.{k}", "w")
         running.append((k, len(shard), log, subprocess.Popen(
