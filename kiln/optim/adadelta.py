@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _grad, _hyper,
-                                  _scalar_state)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _check_nonnegative, _grad,
+                                  _hyper, _scalar_state)
 
 
 class Adadelta(Optimizer):
@@ -15,14 +15,9 @@ class Adadelta(Optimizer):
                  weight_decay: float = 0, foreach: bool | None = None, *,
                  capturable: bool = False, maximize: bool = False,
                  differentiable: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        _check_nonnegative(lr=lr, eps=eps, weight_decay=weight_decay)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize, capturable=capturable, foreach=foreach,
                                       differentiable=differentiable))

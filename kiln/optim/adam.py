@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import is_compiling, untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _decay_add_square, _grad, _hyper,
-                                  _hyper_pair, _scalar_state, _sqrt, _step_count, _use_fused)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative,
+                                  _decay_add_square, _grad, _hyper, _hyper_pair, _scalar_state,
+                                  _sqrt, _step_count, _use_fused)
 
 
 
@@ -26,15 +27,8 @@ class Adam(Optimizer):
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_nonnegative(lr=lr, eps=eps, weight_decay=weight_decay)
+        _check_betas(betas)
         if fused:
             if foreach:
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")

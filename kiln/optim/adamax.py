@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper,
-                                  _hyper_pair, _scalar_state, _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative, _grad,
+                                  _hyper, _hyper_pair, _scalar_state, _step_count)
 
 
 class Adamax(Optimizer):
@@ -15,15 +15,8 @@ class Adamax(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False,
                  capturable: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_nonnegative(lr=lr, eps=eps, weight_decay=weight_decay)
+        _check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, foreach=foreach,
                                       maximize=maximize, differentiable=differentiable,

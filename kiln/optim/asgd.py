@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state, _step_count
+from kiln.optim.optimizer import (Optimizer, ParamsT, _check_nonnegative, _grad, _scalar_state,
+                                  _step_count)
 
 
 class ASGD(Optimizer):
@@ -14,10 +15,7 @@ class ASGD(Optimizer):
                  alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0,
                  foreach: bool | None = None, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_nonnegative(lr=lr, weight_decay=weight_decay)
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                       weight_decay=weight_decay, foreach=foreach,
                                       maximize=maximize, differentiable=differentiable,

@@ -16,7 +16,7 @@ from typing import Callable
 import kiln
 from kiln import Tensor
 from kiln.compiler import note_grads_checked
-from kiln.optim.optimizer import Optimizer, ParamsT
+from kiln.optim.optimizer import Optimizer, ParamsT, _check_nonnegative
 
 
 class LBFGS(Optimizer):
@@ -24,8 +24,7 @@ class LBFGS(Optimizer):
                  max_eval: int | None = None, tolerance_grad: float = 1e-7,
                  tolerance_change: float = 1e-9, history_size: int = 100,
                  line_search_fn: str | None = None):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        _check_nonnegative(lr=lr)
         if max_eval is None:
             max_eval = max_iter * 5 // 4
         if line_search_fn not in (None, "strong_wolfe"):

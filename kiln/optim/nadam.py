@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _decay_add_square, _grad, _hyper,
-                                  _hyper_pair, _scalar_state, _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative,
+                                  _decay_add_square, _grad, _hyper, _hyper_pair, _scalar_state,
+                                  _step_count)
 
 
 class NAdam(Optimizer):
@@ -16,17 +17,8 @@ class NAdam(Optimizer):
                  decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if momentum_decay < 0.0:
-            raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
+        _check_nonnegative(lr=lr, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
+        _check_betas(betas)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,

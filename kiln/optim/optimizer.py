@@ -423,6 +423,23 @@ def _capture_check(optimizer: "Optimizer") -> bool:
     return True
 
 
+_HYPER_NAMES = {"lr": "learning rate", "eps": "epsilon value"}
+
+
+def _check_nonnegative(**hypers) -> None:
+    """PyTorch's constructor checks, with its messages: each hyperparameter named is >= 0."""
+    for key, value in hypers.items():
+        if value < 0.0:
+            raise ValueError(f"Invalid {_HYPER_NAMES.get(key, key + ' value')}: {value}")
+
+
+def _check_betas(betas) -> None:
+    """Adam's family: each beta in [0, 1)."""
+    for i, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
+
 def _hyper(group: dict, key: str, param: Tensor):
     """A hyperparameter of `group` as the update reads it: the Python number in eager mode; while
     tracing, a float64 scalar tensor that a compiled step reads from `group[key]` on every call,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.optim.optimizer import Optimizer, ParamsT, _check_nonnegative, _grad, _scalar_state
 
 
 class Rprop(Optimizer):
@@ -14,8 +14,7 @@ class Rprop(Optimizer):
                  step_sizes: tuple = (1e-6, 50), *, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False,
                  differentiable: bool = False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        _check_nonnegative(lr=lr)
         if not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
         super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes),

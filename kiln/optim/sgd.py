@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kiln
 from kiln import Tensor
-from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _grad, _hyper
+from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _check_nonnegative, _grad, _hyper
 
 
 
@@ -22,12 +22,7 @@ class SGD(Optimizer):
                  dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None,
                  differentiable: bool = False, fused: bool | None = None):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_nonnegative(lr=lr, momentum=momentum, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         if fused:

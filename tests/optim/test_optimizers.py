@@ -184,3 +184,23 @@ def test_state_dict_loads_torch_structure():
     _run(torch, "AdamW", kwargs, grads[STEPS:], params=tparams, opt=topt)
     _run(kiln, "AdamW", kwargs, grads[STEPS:], params=kparams, opt=kopt)
     _assert_same(kparams, tparams)
+
+
+BAD_HYPERS = [("Adam", dict(lr=-1)), ("Adam", dict(eps=-1e-8)), ("Adam", dict(betas=(0.9, 1.0))),
+              ("AdamW", dict(weight_decay=-0.1)), ("Adamax", dict(betas=(-0.1, 0.9))),
+              ("NAdam", dict(momentum_decay=-1)), ("RAdam", dict(eps=-1)),
+              ("Adadelta", dict(rho=1.5)), ("Adadelta", dict(eps=-1)),
+              ("Adagrad", dict(lr_decay=-1)), ("Adagrad", dict(initial_accumulator_value=-1)),
+              ("ASGD", dict(weight_decay=-1)), ("RMSprop", dict(alpha=-1)),
+              ("RMSprop", dict(momentum=-1)), ("SGD", dict(lr=0.1, momentum=-1)),
+              ("LBFGS", dict(lr=-1)), ("Rprop", dict(etas=(1.2, 0.5)))]
+
+
+@pytest.mark.parametrize("name,hypers", BAD_HYPERS, ids=[f"{n}-{next(iter(h))}" for n, h in
+                                                         BAD_HYPERS])
+def test_invalid_hyperparameter_raises_torchs_error(name, hypers):
+    with pytest.raises(ValueError) as want:
+        getattr(torch.optim, name)([torch.zeros(2, requires_grad=True)], **hypers)
+    with pytest.raises(ValueError) as got:
+        getattr(kiln.optim, name)([kiln.zeros(2, requires_grad=True)], **hypers)
+    assert str(got.value) == str(want.value)
