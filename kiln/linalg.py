@@ -231,7 +231,7 @@ def _unpack_factors(LU):
 
 def _permutation_from_pivots(pivots, m, like):
     """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
-    piv = np.asarray(pivots._read("lu_unpack()")).astype(np.int64) - 1
+    piv = pivots._host("lu_unpack()").astype(np.int64) - 1
     flat = piv.reshape((int(np.prod(piv.shape[:-1])), piv.shape[-1]))
     mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
         np.zeros((0, m, m))
@@ -681,7 +681,7 @@ def ldl_factor_ex(A, *, hermitian=False, check_errors=False):
     def one(a):
         ldu, piv, info = sytrf(a, lower=1) if n else (a, np.zeros(0, np.int32), 0)
         return np.tril(ldu), piv, info
-    LD, piv, info = _each_matrix([np.asarray(A._read("ldl_factor()"))], one,
+    LD, piv, info = _each_matrix([A._host("ldl_factor()")], one,
                                  [((n, n), A.dtype.np), ((n,), np.int32), ((), np.int32)])
     if check_errors and info.any():
         raise op_error("linalg.ldl_factor", "the factorization could not be completed: D has "
@@ -703,12 +703,12 @@ def ldl_solve(LD, pivots, B, *, hermitian=False):
     if B.ndim < 2 or B.shape[-2] != n:
         raise op_error("linalg.ldl_solve", f"B must be batches of {n}-row matrices, got "
                        f"{list(B.shape)}")
-    piv = np.asarray(pivots._read("ldl_solve()"))[..., None, :]    # a 1 x n "matrix" each
+    piv = pivots._host("ldl_solve()")[..., None, :]    # a 1 x n "matrix" each
 
     def one(ld, p, b):
         return (sytrs(ld, p[0], b, lower=1)[0] if n and k else b,)
-    X, = _each_matrix([np.asarray(LD._read("ldl_solve()")), piv,
-                       np.asarray(B._read("ldl_solve()"))], one, [((n, k), B.dtype.np)])
+    X, = _each_matrix([LD._host("ldl_solve()"), piv,
+                       B._host("ldl_solve()")], one, [((n, k), B.dtype.np)])
     return _tensor(X, dtype=B.dtype, device=B.device)
 
 
@@ -719,7 +719,7 @@ def geqrf(input):
     A = _float(input)
     if A.ndim < 2:
         raise op_error("geqrf", f"input must have at least 2 dimensions, got {list(A.shape)}")
-    h, tau = np.linalg.qr(np.asarray(A._read("geqrf()")), mode="raw")
+    h, tau = np.linalg.qr(A._host("geqrf()"), mode="raw")
     R = namedtuple("geqrf", ["a", "tau"])
     return R(_tensor(np.swapaxes(h, -1, -2), dtype=A.dtype, device=A.device),
              _tensor(tau, dtype=A.dtype, device=A.device))

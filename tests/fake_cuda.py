@@ -15,8 +15,12 @@ never looser, where it can be:
   and ufuncs called on it (CuPy's `__array_function__`/`__array_ufunc__` dispatch);
 - NumPy scalars never come back where CuPy returns a 0-d array.
 
-What it cannot see: `np.asarray(cuda_array)` and `np.array(cuda_array)` return NumPy views
-here, where CuPy raises TypeError (NumPy never asks an ndarray subclass); the exact set of
+- `np.asarray`, `np.array` and NumPy's other conversions raise CuPy's TypeError when kiln (or a
+  test) hands them a cuda array: `install` wraps them, since NumPy itself never asks an ndarray
+  subclass whether it may be converted.
+
+What it cannot see: a conversion NumPy makes inside its own functions, or through a name
+imported before `install` (`from numpy import asarray`); the exact set of
 dtypes, keyword arguments and broadcasting cases each CuPy function supports; kernels that fail
 to build or launch on a device; speed. Tests that call CuPy or the GPU themselves do not belong
 in such a run.
@@ -688,8 +692,10 @@ def _wrap(x):
         return out
     if isinstance(x, np.generic):
         return _wrap(np.asarray(x))
-    if type(x) in (list, tuple):
-        return type(x)(_wrap(v) for v in x)
+    if type(x) is list:
+        return [_wrap(v) for v in x]
+    if isinstance(x, tuple):        # NumPy's named results (linalg.svd's) are plain in CuPy
+        return tuple(_wrap(v) for v in x)
     return x
 
 
@@ -909,6 +915,11 @@ def _erf(x):
     return _wrap(np.asarray(values).astype(x.dtype))
 
 
+# cupy/linalg/__init__.py's functions (CuPy 14): no eig, eigvals, lu or cond there
+CUPY_LINALG_NAMES = ("cholesky qr svd eigh eigvalsh norm det matrix_rank slogdet solve "
+                     "tensorsolve inv pinv lstsq tensorinv matrix_power").split()
+
+
 def _namespace(name: str, **members) -> types.SimpleNamespace:
     space = types.SimpleNamespace(**members)
     space.__name__ = name
@@ -957,7 +968,9 @@ def _build_module() -> types.ModuleType:
     cupy.is_available = lambda: True
     cupy.get_default_memory_pool = lambda: _DEFAULT_POOL
     cupy.random = _namespace("cupy.random")     # kiln draws on the host and copies
-    cupy.linalg = _namespace("cupy.linalg")
+    # cupy.linalg's functions (cuSOLVER), NumPy's behind the device-array checks
+    cupy.linalg = _namespace("cupy.linalg", **{
+        n: _device_function(getattr(np.linalg, n), f"linalg.{n}") for n in CUPY_LINALG_NAMES})
     # cupy.fft's transforms (cuFFT), NumPy's behind the device-array checks
     cupy.fft = _namespace("cupy.fft", **{
         n: _device_function(getattr(np.fft, n), f"fft.{n}") for n in (
@@ -1066,8 +1079,36 @@ def _cuda_is_available():
     return True
 
 
+# NumPy's conversions, which CuPy refuses on its arrays: `np.asarray(cupy_array)` raises
+NUMPY_CONVERSIONS = ("array", "asarray", "asanyarray", "ascontiguousarray", "asfortranarray")
+_ALLOWED_CALLERS = ("numpy", "tests.fake_cuda", "triton", "cupy")
+
+
+def _refusing_device_arrays(convert):
+    """NumPy's `convert`, raising CuPy's TypeError when code outside NumPy, Triton and this
+    stand-in hands it a cuda array (NumPy itself never asks an ndarray subclass, so the fake's
+    arrays would otherwise convert silently where CuPy's refuse)."""
+    def guarded(obj, *args, **kwargs):
+        if isinstance(obj, CudaArray):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if not caller.startswith(_ALLOWED_CALLERS):
+                raise TypeError(
+                    "Implicit conversion to a NumPy array is not allowed. Please use `.get()` "
+                    f"to construct a NumPy array explicitly. (np.{convert.__name__} of a cuda "
+                    f"array, called from {caller}: CuPy refuses it)")
+        return convert(obj, *args, **kwargs)
+    guarded.__name__ = guarded.__qualname__ = convert.__name__
+    guarded.__doc__ = convert.__doc__
+    guarded.__wrapped_conversion__ = convert
+    return guarded
+
+
 def install() -> None:
     """Put the stand-in in place of CuPy, for good, in this process."""
+    for name in NUMPY_CONVERSIONS:
+        convert = getattr(np, name)
+        if not hasattr(convert, "__wrapped_conversion__"):
+            setattr(np, name, _refusing_device_arrays(convert))
     from kiln.runtime import device, triton_launch
     device._fake_cuda = sys.modules[__name__]
     # Modules import these functions by name (`from kiln.runtime.device import to_device`), so

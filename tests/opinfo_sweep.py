@@ -16,7 +16,8 @@ A sample that torch itself refuses is skipped. With `grad=True` (floating dtypes
 sample's differentiable inputs get gradients of a random weighting of the outputs, compared too.
 
 `python -m tests.opinfo_sweep [--dtype float32] [--grad] [--only NAME,...] [--out FILE]` runs the
-sweep and prints a table of ops that are not all `ok`; `tests/test_opinfo.py` runs the ops
+sweep and prints a table of ops that are not all `ok` (`--device cuda`: kiln's inputs are cuda
+tensors on `tests/fake_cuda.py`'s stand-in, which refuses NumPy-only code on device arrays); `tests/test_opinfo.py` runs the ops
 listed as passing so a regression fails CI.
 """
 
@@ -54,6 +55,7 @@ def ops():
 
 
 _SEED_OPINFO = [True]       # off in --compiled runs: compiled and eager draw from one seed
+DEVICE = ["cpu"]            # --device cuda: kiln's inputs on tests/fake_cuda.py's stand-in
 
 
 def kiln_set_seed(op, *args, **kwargs):
@@ -115,7 +117,7 @@ def to_kiln(x):
         if t.dtype == torch.bfloat16:
             k = kiln.tensor(t.float().numpy()).to(kiln.bfloat16)
         else:
-            k = kiln.tensor(t.numpy().copy())
+            k = kiln.tensor(t.numpy().copy(), device=DEVICE[0])
         return k.requires_grad_(True) if x.requires_grad else k
     if isinstance(x, torch.dtype):
         return _DTYPES.get(x, x)
@@ -254,7 +256,8 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
                                              for w, o in zip(ws, t_outs)], allow_unused=True)
     try:
         k_g = kiln.autograd.grad([o for o in k_outs], k_in,
-                                 [kiln.tensor(w).to(o.dtype) for w, o in zip(ws, k_outs)],
+                                 [kiln.tensor(w, device=o.device).to(o.dtype)
+                                  for w, o in zip(ws, k_outs)],
                                  allow_unused=True)
     except Timeout:
         raise
@@ -388,7 +391,14 @@ def main(argv=None):
     p.add_argument("--only", default="")
     p.add_argument("--out", default="")
     p.add_argument("--compiled", action="store_true", help="kiln.compile against kiln eager")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: kiln's inputs on the fake CUDA (tests/fake_cuda.py), against "
+                        "torch on the CPU")
     a = p.parse_args(argv)
+    if a.device == "cuda":
+        from tests import fake_cuda
+        fake_cuda.install()
+        DEVICE[0] = "cuda"
     dtype = getattr(torch, a.dtype)
     only = set(a.only.split(",")) - {""}
     rows = []
@@ -407,7 +417,8 @@ def main(argv=None):
     for r in rows:
         total.update({("clean" if set(r["counts"]) <= {"ok", "skip"} and r["counts"].get("ok")
                        else "bad" if set(r["counts"]) - {"ok", "skip"} else "untested"): 1})
-    print(f"{a.dtype}{' grad' if a.grad else ''}{' compiled' if a.compiled else ''}: "
+    print(f"{a.dtype}{' grad' if a.grad else ''}{' compiled' if a.compiled else ''}"
+          f"{' cuda' if a.device == 'cuda' else ''}: "
           f"{dict(total)} ops")
     if a.out:
         with open(a.out, "w") as f:

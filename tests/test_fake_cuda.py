@@ -97,8 +97,9 @@ def test_fake_names_are_real_cupys():
     real = pytest.importorskip("cupy")
     if getattr(real, "__file__", None) is None:
         pytest.skip("cupy is tests/fake_cuda.py's stand-in in this process")
-    from tests.fake_cuda import CUPY_NAMES, CUPY_NDARRAY_NAMES
+    from tests.fake_cuda import CUPY_LINALG_NAMES, CUPY_NAMES, CUPY_NDARRAY_NAMES
     assert sorted(CUPY_NAMES - set(dir(real))) == []
+    assert sorted(set(CUPY_LINALG_NAMES) - set(dir(real.linalg))) == []
     assert sorted(CUPY_NDARRAY_NAMES - set(dir(real.ndarray))) == []
     flags = {n for n in dir(real._core.flags.Flags) if not n.startswith("_")}
     assert {"c_contiguous", "f_contiguous", "owndata"} <= flags and "writeable" not in flags
@@ -158,13 +159,24 @@ def test_fake_take_wraps_an_out_of_range_index_as_cupys_kernel_does():
         cupy.take(a, cupy.asarray(np.array([0])), mode="clip")
 
 
-def test_what_the_fake_cannot_see():
-    # np.asarray on an ndarray subclass never asks the subclass, so where CuPy raises
-    # TypeError (implicit device-to-host conversion) the fake hands back a NumPy view
+def test_numpy_conversions_of_fake_arrays_raise_as_cupys_do():
+    # CuPy raises TypeError on an implicit device-to-host conversion; NumPy never asks an
+    # ndarray subclass, so the plugin's install() wraps NumPy's conversions to raise for code
+    # outside NumPy, Triton and the fake (here: this test module)
+    from tests.fake_cuda import NUMPY_CONVERSIONS, _refusing_device_arrays
     a = _device_array()
-    assert type(np.asarray(a)) is np.ndarray
-    # and its arrays are NumPy subclasses, so `isinstance(a, np.ndarray)` is True where a real
-    # CuPy array's is False: kiln tells host from device memory with is_host_array instead
+    for name in NUMPY_CONVERSIONS:
+        convert = _refusing_device_arrays(getattr(np, name))
+        with pytest.raises(TypeError, match=f"Implicit conversion.*np.{name} of a cuda array"):
+            convert(a)
+        assert convert(np.ones(2)).tolist() == [1.0, 1.0]
+
+
+def test_what_the_fake_cannot_see():
+    # the fake's arrays are NumPy subclasses, so `isinstance(a, np.ndarray)` is True where a
+    # real CuPy array's is False: kiln tells host from device memory with is_host_array instead
+    # (and a conversion inside NumPy's own functions is not refused)
+    a = _device_array()
     from kiln.runtime.device import is_host_array
     assert isinstance(a, np.ndarray) and not is_host_array(a)
     assert is_host_array(np.zeros(2))

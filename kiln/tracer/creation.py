@@ -708,7 +708,7 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
     exponential `q` (top-k of them for several); draws with replacement search the normalized
     cumulative sums with one uniform double each, row by row."""
     gen = generator or default_generator
-    probs = np.asarray(input.detach()._read("multinomial()"))
+    probs = input.detach()._host("multinomial()")
     if probs.dtype.itemsize == 2 and probs.dtype != np.float16:     # bfloat16: as float32
         probs = probs.astype(np.float32)
     rows = probs.reshape(-1, probs.shape[-1])

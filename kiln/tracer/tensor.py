@@ -256,6 +256,11 @@ class Tensor:
             pending_checks.host_read(what)
         return self._data
 
+    def _host(self, what: str) -> np.ndarray:
+        """The values as a NumPy array, read as `_read` reads them: a cuda tensor's are copied
+        to the host (NumPy cannot take device memory, and CuPy refuses `np.asarray` of it)."""
+        return to_device(self._read(what), CPU)
+
     def numpy(self, *, force: bool = False) -> np.ndarray:
         if WRAPPERS[0] and dispatches(self) and not force:
             raise RuntimeError(f".numpy() is not supported for tensor subclasses (a "

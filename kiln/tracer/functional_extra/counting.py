@@ -62,11 +62,10 @@ def histc(input, bins=100, min=0, max=0):
 
 
 def histogram(input, bins=100, *, range=None, weight=None, density=False):
-    data = input._read("histogram()")
-    w = None if weight is None else weight._read("histogram()")
-    edges_arg = bins._read("histogram()") if isinstance(bins, Tensor) else bins
-    hist, edges = np.histogram(np.asarray(data), bins=edges_arg, range=range,
-                               weights=None if w is None else np.asarray(w), density=density)
+    data = input._host("histogram()")
+    w = None if weight is None else weight._host("histogram()")
+    edges_arg = bins._host("histogram()") if isinstance(bins, Tensor) else bins
+    hist, edges = np.histogram(data, bins=edges_arg, range=range, weights=w, density=density)
     H = namedtuple("histogram", ["hist", "bin_edges"])
     return H(_as_tensor(hist.astype(input.dtype.np), input),
              _as_tensor(edges.astype(input.dtype.np), input))
@@ -74,10 +73,10 @@ def histogram(input, bins=100, *, range=None, weight=None, density=False):
 
 def bincount(input, weights=None, minlength=0):
     _check_unsigned("bincount", input)
-    data = np.asarray(input._read("bincount()"))
+    data = input._host("bincount()")
     if data.ndim != 1 or (data.size and data.min() < 0):
         raise op_error("bincount", "bincount only supports 1-d non-negative integral inputs.")
-    w = None if weights is None else np.asarray(weights._read("bincount()"))
+    w = None if weights is None else weights._host("bincount()")
     out = np.bincount(data, weights=w, minlength=minlength)
     kind = dt.int64 if weights is None else (weights.dtype if weights.dtype.is_floating_point
                                              else dt.float64)
@@ -92,7 +91,7 @@ def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=No
         out = (values,) + ((inverse,) if return_inverse else ()) + (
             (counts,) if return_counts else ())
         return out[0] if len(out) == 1 else out
-    data = np.asarray(input._read("unique()"))
+    data = input._host("unique()")
     if dim is None:
         values, inverse, counts = np.unique(data.reshape(-1), return_inverse=True,
                                             return_counts=True)
@@ -111,7 +110,7 @@ def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=No
 
 
 def unique_consecutive(input, return_inverse=False, return_counts=False, dim=None):
-    data = np.asarray(input._read("unique_consecutive()"))
+    data = input._host("unique_consecutive()")
     if dim is None:
         flat = data.reshape(-1)
         starts = np.ones(flat.shape[0], dtype=bool)

@@ -89,15 +89,15 @@ def kaiser_window(window_length, periodic=True, beta=12.0, *, dtype=None, device
 def poisson(input, generator=None):
     gen = generator or default_generator
     rng = np.random.default_rng(gen.next_seed())
-    rates = np.asarray(input.detach()._read("poisson()"))
+    rates = input.detach()._host("poisson()")
     return _as_tensor(rng.poisson(rates).astype(input.dtype.np), input)
 
 
 def binomial(count, prob, generator=None):
     gen = generator or default_generator
     rng = np.random.default_rng(gen.next_seed())
-    n = np.asarray(count.detach()._read("binomial()"))
-    p = np.asarray(prob.detach()._read("binomial()"))
+    n = count.detach()._host("binomial()")
+    p = prob.detach()._host("binomial()")
     return _as_tensor(rng.binomial(n.astype(np.int64), p).astype(count.dtype.np), count)
 
 

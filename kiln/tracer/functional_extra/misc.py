@@ -127,7 +127,7 @@ def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
     row outside an axis's first and last edge is not counted, and the last bin holds its
     right edge. Edges are searched as given, by binary search: unsorted edges give what
     PyTorch's search gives."""
-    data = np.asarray(input._read("histogramdd()"))
+    data = input._host("histogramdd()")
     kind = data.dtype
     rows = data.reshape(-1, data.shape[-1])
     dims = rows.shape[1]
@@ -135,7 +135,7 @@ def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
     if len(bins) != dims:
         raise op_error("histogramdd", "histogramdd: The size of bins must be equal to the "
                        f"innermost dimension of the input ({len(bins)} vs {dims}).")
-    edges = [np.asarray(b._read("histogramdd()")).astype(kind) if isinstance(b, Tensor) else
+    edges = [b._host("histogramdd()").astype(kind) if isinstance(b, Tensor) else
              _even_edges(rows[:, i], int(b), None if range is None else range[2 * i:2 * i + 2],
                          kind) for i, b in enumerate(bins)]
     counted = np.ones(rows.shape[0], dtype=bool)
@@ -147,7 +147,7 @@ def histogramdd(input, bins=10, *, range=None, weight=None, density=False):
         places.append(np.where(place == len(e) - 1, place - 1, place))
     hist = np.zeros(tuple(len(e) - 1 for e in edges), dtype=kind)
     w = np.ones(rows.shape[0], dtype=kind) if weight is None else \
-        np.asarray(weight._read("histogramdd()")).astype(kind).reshape(-1)
+        weight._host("histogramdd()").astype(kind).reshape(-1)
     np.add.at(hist, tuple(p[counted] for p in places), w[counted])
     if density:
         hist = hist / hist.sum()

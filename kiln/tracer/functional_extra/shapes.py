@@ -383,8 +383,8 @@ def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, ax
         raise op_error("segment_reduce", f"reduce must be one of {list(_SEGMENT_REDUCTIONS)}, "
                        f"got {reduce!r}")
     a = _norm_dim(axis, data.ndim)
-    lens = np.asarray(lengths._read("segment_reduce()")) if lengths is not None else \
-        np.diff(np.asarray(offsets._read("segment_reduce()")), axis=-1)
+    lens = lengths._host("segment_reduce()") if lengths is not None else \
+        np.diff(offsets._host("segment_reduce()"), axis=-1)
     n = data.shape[a]
     if lens.ndim != a + 1 or lens.shape[:-1] != tuple(data.shape[:a]):
         raise op_error("segment_reduce", f"segment_reduce(): lengths (shape {list(lens.shape)}) "
