@@ -4,7 +4,10 @@ Factorizations and matrix_exp are the `linalg_*` primitives of `kiln.ir.ops_extr
 LAPACK, with gradient rules written with tensor ops); everything else (solve, det, norms, pinv,
 lstsq, ...) is composed from them and ordinary tensor ops, so autograd and tracing see
 through it. Gradients of eigenvectors and singular vectors divide by eigenvalue gaps: like
-PyTorch's, they are only meaningful for distinct eigenvalues / singular values.
+PyTorch's, they are only meaningful for distinct eigenvalues / singular values. Complex
+matrices work throughout, with PyTorch's conjugate transposes and real eigenvalues and
+singular values; a loss that depends on the phases of complex eigen- or singular vectors has
+no gradient, and backward says so (as torch's).
 """
 
 from __future__ import annotations
@@ -192,7 +195,11 @@ def svd(A, full_matrices=True):
     A = _float(A)
     R = namedtuple("svd", ["U", "S", "Vh"])
     m, n = A.shape[-2], A.shape[-1]
-    U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
+    if A.dtype.is_complex:              # U and V from one result: its rule checks their phases
+        UV, S = P.linalg_svd(A, part="UV"), P.linalg_svd(A, part="S")
+        U, Vh = UV[..., :m, :], _mH(UV[..., m:, :])
+    else:
+        U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
     if full_matrices and m > n:
         U = F.cat([U, P.linalg_svd(A, part="U_rest")], -1)
     elif full_matrices and n > m:
@@ -201,8 +208,6 @@ def svd(A, full_matrices=True):
 
 
 def svdvals(A):
-    if A.dtype.is_complex:             # the block has each singular value of A twice
-        return P.linalg_svd(_block(A), part="S")[..., ::2]
     return P.linalg_svd(_float(A), part="S")
 
 
@@ -267,7 +272,7 @@ def lu_solve(LU, pivots, B, *, left=True, adjoint=False):
 # ----------------------------------------------------------------------------- solving
 
 def solve(A, B, *, left=True):
-    """A^-1 B through inv, which (unlike the factorizations) takes complex matrices."""
+    """A^-1 B through inv."""
     A, B = _float(A), _float(B)
     _check_square(A, "solve")
     if not left:                        # X A = B  <=>  A^T X^T = B^T
@@ -298,8 +303,6 @@ def pinv(A, rcond=None, hermitian=False, *, atol=None, rtol=None):
     Its gradient is the pseudo-inverse's own (`_pinv_gradient`), as PyTorch's."""
     if rcond is not None:
         rtol = rcond
-    if A.dtype.is_complex and not hermitian:      # the cutoff is A's, not its block's
-        return _unblock(pinv(_block(A), atol=atol, rtol=_rtol(A, atol, rtol)))
     A = _float(A)
     if hermitian:
         L, V = eigh(A)
@@ -310,7 +313,7 @@ def pinv(A, rcond=None, hermitian=False, *, atol=None, rtol=None):
         U, S, Vh = svd(A, full_matrices=False)
         keep = F.gt(S, _cutoff(A, S, atol, rtol))
         inv_s = F.where(keep, 1.0 / F.where(keep, S, 1.0), 0.0)
-        X = F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+        X = F.matmul(_mH(Vh) * F.unsqueeze(inv_s, -2), _mH(U))
     return X if not A.requires_grad else X.detach() + _pinv_gradient(A, X.detach())
 
 
@@ -336,19 +339,6 @@ def _rtol(A, atol, rtol):
         return default
     return F.where(F.gt(atol, 0), 0.0, default) if isinstance(atol, Tensor) else \
         (0.0 if atol > 0 else default)
-
-
-def _block(A):
-    """The real matrix [[Re, -Im], [Im, Re]] of a complex one: products, inverses, pseudo-
-    inverses and singular values of complex matrices are those of their blocks."""
-    re, im = FX.real(A), FX.imag(A)
-    return F.cat([F.cat([re, -im], -1), F.cat([im, re], -1)], -2)
-
-
-def _unblock(M):
-    """The complex matrix whose _block M is."""
-    m, n = M.shape[-2] // 2, M.shape[-1] // 2
-    return FX.complex(M[..., :m, :n], M[..., m:, :n])
 
 
 def _cutoff(A, S, atol, rtol):

@@ -359,3 +359,16 @@ def test_complex_lowrank_matches_torch_from_the_same_seed(case) -> None:
         results.append((S, (U * S[..., None, :]) @ V.swapaxes(-1, -2).conj()))
     for k, t in zip(results[1], results[0]):
         np.testing.assert_allclose(k, t, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("op", ["svd", "eigh"])
+def test_complex_vectors_refuse_a_loss_that_depends_on_their_phases_as_torch(op) -> None:
+    """Each complex eigenvector, and each pair of singular vectors, is defined up to e^(i phi):
+    a loss that changes with it has no gradient, and both libraries refuse it in backward."""
+    import kiln
+    a = complex_general(3, 3)
+    for lib in (torch, kiln):
+        A = lib.tensor(a + a.conj().T, requires_grad=True)
+        V = lib.linalg.svd(A)[0] if op == "svd" else lib.linalg.eigh(A)[1]
+        with pytest.raises(RuntimeError, match="e\\^[{(]i phi[})]"):
+            (V[0, 0].real + V[1, 2].imag).backward()

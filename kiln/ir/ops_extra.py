@@ -389,6 +389,9 @@ def _eigh_grad(g, out, a, part, upper):
         inner = _diag_embed(_like(g, a))
     else:
         VtgV = P.matmul(_mH(V), g)
+        if a.dtype.is_complex:
+            _refuse_phase_dependence(P.imag(_diagonal(VtgV)), "linalg.eigh", "eigenvectors",
+                                     "|V| or V diag(f(L)) V^H")
         skew = P.mul(P.sub(VtgV, _mH(VtgV)), 0.5)
         n = L.shape[-1]
         E = P.sub(P.reshape(L, shape=tuple(L.shape[:-1]) + (1, n)),
@@ -407,8 +410,10 @@ def _svd_infer(shapes, dtypes, part):
         raise ShapeError(f"linalg.svd: the input must have at least 2 dimensions, got {list(s)}")
     m, n = s[-2], s[-1]
     k = min(m, n)
-    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k
+    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k; UV: U
+    # above V = Vh^H, one result whose rule sees both gradients (a complex SVD's needs them)
     shape = {"U": s[:-2] + (m, k), "S": s[:-2] + (k,), "Vh": s[:-2] + (k, n),
+             "UV": s[:-2] + (m + n, k),
              "U_rest": s[:-2] + (m, m - k), "Vh_rest": s[:-2] + (n - k, n)}[part]
     return shape, (dtypes[0].to_real() if part == "S" else dtypes[0])   # real singular values
 
@@ -419,7 +424,34 @@ def _svd_impl(xp, a, part):
         k = s.shape[-1]
         return u[..., :, k:] if part == "U_rest" else vh[..., k:, :]
     u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    if part == "UV":
+        return xp.concatenate([u, xp.conj(xp.swapaxes(vh, -1, -2))], axis=-2)
     return {"U": u, "S": s, "Vh": vh}[part]
+
+
+def _refuse_phase_dependence(phases, op, what, instead):
+    """Raise when a loss changes with the phases of complex eigen- or singular vectors (each is
+    defined up to e^(i phi)): `phases`, Im diag(V^H gV), is its derivative along them, and
+    past torch's tolerance the loss has no gradient. The values are read: a compiled function
+    with complex tensors runs eagerly."""
+    if phases.numel() and float(P.max(P.abs(phases), axes=tuple(range(phases.ndim)),
+                                       keepdim=False)) > 1e-2:
+        raise RuntimeError(f"{op} backward: the {what} of a complex matrix are defined up to "
+                           f"multiplication by e^(i phi), and the loss depends on that phase, "
+                           f"so it has no gradient (use quantities that do not, such as "
+                           f"{instead})")
+
+
+def _svd_uv_grad(g, a):
+    # the U and Vh rules on the two halves of g; their phase terms must cancel (a pair of
+    # singular vectors shares its phase)
+    m = a.shape[-2]
+    gU, gV = _rows(g, 0, m), _rows(g, m, g.shape[-2])
+    U, V = P.linalg_svd(a, part="U"), _mH(P.linalg_svd(a, part="Vh"))
+    _refuse_phase_dependence(P.add(P.imag(_diagonal(P.matmul(_mH(U), gU))),
+                                   P.imag(_diagonal(P.matmul(_mH(V), gV)))),
+                             "linalg.svd", "singular vectors", "|U|, U diag(S) Vh or U Vh")
+    return (P.add(_svd_grad(gU, None, a, "U")[0], _svd_grad(_mH(gV), None, a, "Vh")[0]),)
 
 
 def _svd_grad(g, out, a, part):
@@ -429,6 +461,8 @@ def _svd_grad(g, out, a, part):
     if part in ("U_rest", "Vh_rest"):
         # like torch, the gradient flows through the first k singular vectors only
         return (P.mul(a, 0.0),)
+    if part == "UV":
+        return _svd_uv_grad(g, a)
     U, S, Vh = (P.linalg_svd(a, part=p) for p in ("U", "S", "Vh"))
     S = _like(S, a)
     m, n, k = a.shape[-2], a.shape[-1], S.shape[-1]
