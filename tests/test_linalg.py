@@ -372,3 +372,21 @@ def test_complex_vectors_refuse_a_loss_that_depends_on_their_phases_as_torch(op)
         V = lib.linalg.svd(A)[0] if op == "svd" else lib.linalg.eigh(A)[1]
         with pytest.raises(RuntimeError, match="e\\^[{(]i phi[})]"):
             (V[0, 0].real + V[1, 2].imag).backward()
+
+
+@pytest.mark.parametrize("hermitian", [False, True])
+def test_complex_ldl_factor_and_solve_match_torch(hermitian) -> None:
+    """Complex symmetric matrices (LAPACK's sytrf) and, with hermitian=True, Hermitian ones
+    (hetrf): the same packed factors and pivots as torch's, and solutions of A X = B."""
+    import kiln
+    a = complex_general(2, 4, 4)
+    a = a + (a.conj() if hermitian else a).swapaxes(-1, -2)
+    b = complex_general(2, 4, 2)
+    results = []
+    for lib in (torch, kiln):
+        LD, pivots = lib.linalg.ldl_factor(lib.tensor(a), hermitian=hermitian)
+        X = lib.linalg.ldl_solve(LD, pivots, lib.tensor(b), hermitian=hermitian)
+        results.append((LD.numpy(), pivots.numpy(), X.numpy()))
+    for k, t in zip(results[1], results[0]):
+        np.testing.assert_allclose(k, t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a @ results[1][2], b, atol=1e-12)
