@@ -4,7 +4,10 @@ Factorizations and matrix_exp are the `linalg_*` primitives of `kiln.ir.ops_extr
 LAPACK, with gradient rules written with tensor ops); everything else (solve, det, norms, pinv,
 lstsq, ...) is composed from them and ordinary tensor ops, so autograd and tracing see
 through it. Gradients of eigenvectors and singular vectors divide by eigenvalue gaps: like
-PyTorch's, they are only meaningful for distinct eigenvalues / singular values.
+PyTorch's, they are only meaningful for distinct eigenvalues / singular values. Complex
+matrices work throughout, with PyTorch's conjugate transposes and real eigenvalues and
+singular values; a loss that depends on the phases of complex eigen- or singular vectors has
+no gradient, and backward says so (as torch's).
 """
 
 from __future__ import annotations
@@ -33,12 +36,8 @@ class LinAlgError(RuntimeError):
 
 
 def _float(A: Tensor) -> Tensor:
-    if A.dtype.is_complex:
-        raise op_error("linalg", f"kiln's factorizations and solvers take real matrices; got "
-                       f"{A.dtype.name} {list(A.shape)}. Complex matrices work with matmul, "
-                       "einsum, the norms and kiln.fft; for the rest, split real and imaginary "
-                       "parts into a real block matrix [[Re, -Im], [Im, Re]]")
-    if not A.dtype.is_floating_point:       # as PyTorch: no integer linear algebra
+    """A, a floating point or complex tensor (as PyTorch: no integer linear algebra)."""
+    if not (A.dtype.is_floating_point or A.dtype.is_complex):
         raise op_error("linalg", f"Expected a floating point or complex tensor as input. Got "
                        f"{dt.SCALAR_TYPE_NAMES[A.dtype]} ({A.dtype.name} {list(A.shape)}); "
                        "convert it with .float() first")
@@ -47,6 +46,11 @@ def _float(A: Tensor) -> Tensor:
 
 def _mT(A: Tensor) -> Tensor:
     return F.transpose(A, -2, -1)
+
+
+def _mH(A: Tensor) -> Tensor:
+    """The conjugate transpose (the transpose of a real matrix)."""
+    return FX.conj(_mT(A))
 
 
 def _constant_of(value: Tensor, A: Tensor) -> Tensor:
@@ -111,7 +115,7 @@ def multi_dot(tensors):
 # ----------------------------------------------------------------------------- factorizations
 
 def inv(A):
-    A = A if A.dtype.is_complex else _float(A)
+    A = _float(A)
     _check_square(A, "inv")
     if A.shape[-1] == 0:
         return A.clone()
@@ -139,7 +143,7 @@ def cholesky(A, *, upper=False):
     A = _float(A)
     _check_square(A, "cholesky")
     L = P.linalg_cholesky(A)
-    return _mT(L) if upper else L
+    return _mH(L) if upper else L
 
 
 def cholesky_ex(A, *, upper=False, check_errors=False):
@@ -171,15 +175,14 @@ def eigh(A, UPLO="L"):
 def eig(A):
     """Eigenvalues and unit eigenvectors of a general square matrix (complex, as torch's)."""
     _check_square(A, "eig")
-    if not A.dtype.is_complex:
-        A = _float(A)
+    A = _float(A)
     R = namedtuple("eig", ["eigenvalues", "eigenvectors"])
     return R(P.linalg_eig(A, part="L"), P.linalg_eig(A, part="V"))
 
 
 def eigvals(A):
     _check_square(A, "eigvals")
-    return P.linalg_eig(A if A.dtype.is_complex else _float(A), part="L")
+    return P.linalg_eig(_float(A), part="L")
 
 
 def eigvalsh(A, UPLO="L"):
@@ -192,7 +195,11 @@ def svd(A, full_matrices=True):
     A = _float(A)
     R = namedtuple("svd", ["U", "S", "Vh"])
     m, n = A.shape[-2], A.shape[-1]
-    U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
+    if A.dtype.is_complex:              # U and V from one result: its rule checks their phases
+        UV, S = P.linalg_svd(A, part="UV"), P.linalg_svd(A, part="S")
+        U, Vh = UV[..., :m, :], _mH(UV[..., m:, :])
+    else:
+        U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
     if full_matrices and m > n:
         U = F.cat([U, P.linalg_svd(A, part="U_rest")], -1)
     elif full_matrices and n > m:
@@ -201,8 +208,6 @@ def svd(A, full_matrices=True):
 
 
 def svdvals(A):
-    if A.dtype.is_complex:             # the block has each singular value of A twice
-        return P.linalg_svd(_block(A), part="S")[..., ::2]
     return P.linalg_svd(_float(A), part="S")
 
 
@@ -267,8 +272,8 @@ def lu_solve(LU, pivots, B, *, left=True, adjoint=False):
 # ----------------------------------------------------------------------------- solving
 
 def solve(A, B, *, left=True):
-    """A^-1 B through inv, which (unlike the factorizations) takes complex matrices."""
-    A, B = (x if x.dtype.is_complex else _float(x) for x in (A, B))
+    """A^-1 B through inv."""
+    A, B = _float(A), _float(B)
     _check_square(A, "solve")
     if not left:                        # X A = B  <=>  A^T X^T = B^T
         return _mT(solve(_mT(A), _mT(B)))
@@ -298,19 +303,17 @@ def pinv(A, rcond=None, hermitian=False, *, atol=None, rtol=None):
     Its gradient is the pseudo-inverse's own (`_pinv_gradient`), as PyTorch's."""
     if rcond is not None:
         rtol = rcond
-    if A.dtype.is_complex and not hermitian:      # the cutoff is A's, not its block's
-        return _unblock(pinv(_block(A), atol=atol, rtol=_rtol(A, atol, rtol)))
     A = _float(A)
     if hermitian:
         L, V = eigh(A)
         keep = F.gt(F.abs(L), _cutoff(A, F.abs(L), atol, rtol))
         inv_l = F.where(keep, 1.0 / F.where(keep, L, 1.0), 0.0)
-        X = F.matmul(V * F.unsqueeze(inv_l, -2), _mT(V))
+        X = F.matmul(V * F.unsqueeze(inv_l, -2), _mH(V))
     else:
         U, S, Vh = svd(A, full_matrices=False)
         keep = F.gt(S, _cutoff(A, S, atol, rtol))
         inv_s = F.where(keep, 1.0 / F.where(keep, S, 1.0), 0.0)
-        X = F.matmul(_mT(Vh) * F.unsqueeze(inv_s, -2), _mT(U))
+        X = F.matmul(_mH(Vh) * F.unsqueeze(inv_s, -2), _mH(U))
     return X if not A.requires_grad else X.detach() + _pinv_gradient(A, X.detach())
 
 
@@ -318,8 +321,8 @@ def _pinv_gradient(A, X):
     """A zero whose gradient in A is that of the pseudo-inverse X = A+ along perturbations of
     A's rank (Golub and Pereyra): dX = -X dA X + X X^T dA^T (I - A X) + (I - X A) dA^T X^T X.
     It is what PyTorch differentiates, where the factorization's own gradient divides by
-    the gaps between zero singular values and is no derivative at all."""
-    At, A0, Xt = _mT(A), A.detach(), _mT(X)
+    the gaps between zero singular values and is no derivative at all. Complex: ^H for ^T."""
+    At, A0, Xt = _mH(A), A.detach(), _mH(X)
     XXt, XtX = F.matmul(X, Xt), F.matmul(Xt, X)
     dX = (F.matmul(XXt, At) - F.matmul(F.matmul(XXt, At), F.matmul(A0, X))
           + F.matmul(At, XtX) - F.matmul(F.matmul(X, A0), F.matmul(At, XtX))
@@ -336,19 +339,6 @@ def _rtol(A, atol, rtol):
         return default
     return F.where(F.gt(atol, 0), 0.0, default) if isinstance(atol, Tensor) else \
         (0.0 if atol > 0 else default)
-
-
-def _block(A):
-    """The real matrix [[Re, -Im], [Im, Re]] of a complex one: products, inverses, pseudo-
-    inverses and singular values of complex matrices are those of their blocks."""
-    re, im = FX.real(A), FX.imag(A)
-    return F.cat([F.cat([re, -im], -1), F.cat([im, re], -1)], -2)
-
-
-def _unblock(M):
-    """The complex matrix whose _block M is."""
-    m, n = M.shape[-2] // 2, M.shape[-1] // 2
-    return FX.complex(M[..., :m, :n], M[..., m:, :n])
 
 
 def _cutoff(A, S, atol, rtol):
@@ -371,7 +361,7 @@ def lstsq(A, B, rcond=None, *, driver=None):
     'gelss'), and the squared residuals |AX - B|^2 per column where m > n, the driver is not
     'gelsy' and every A has full rank (else empty)."""
     R = namedtuple("lstsq", ["solution", "residuals", "rank", "singular_values"])
-    A, B = (x if x.dtype.is_complex else _float(x) for x in (A, B))
+    A, B = _float(A), _float(B)
     driver = "gelsy" if driver is None else driver
     if driver not in ("gels", "gelsy", "gelsd", "gelss"):
         raise op_error("linalg.lstsq", f"parameter `driver` should be one of (gels, gelsy, "
@@ -453,7 +443,7 @@ def matrix_exp(A):
 
 
 def householder_product(A, tau, *, out=None):
-    """The first n columns of H_1 H_2 ... H_k, H_i = I - tau_i v_i v_i^T, v_i the i-th column of
+    """The first n columns of H_1 H_2 ... H_k, H_i = I - tau_i v_i v_i^H, v_i the i-th column of
     A below the diagonal with a 1 on it (LAPACK's orgqr, torch.linalg.householder_product).
     Composed of matmuls, so it is differentiable in A's strictly lower part and in tau."""
     A, tau = _float(A), _float(tau)
@@ -474,7 +464,7 @@ def householder_product(A, tau, *, out=None):
     for i in reversed(range(k)):                      # Q = H_1 (H_2 (... (H_k I)))
         v = reflectors[..., :, i:i + 1]
         t = F.unsqueeze(F.unsqueeze(tau[..., i], -1), -1)
-        Q = Q - t * F.matmul(v, F.matmul(_mT(v), Q))
+        Q = Q - t * F.matmul(v, F.matmul(_mH(v), Q))
     if out is not None:
         out.copy_(Q)
         return out
@@ -523,7 +513,7 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim=False, *, dtype=None):
     A = A if dtype is None else A.to(dtype)
     if A.dtype.is_complex and ord in ("fro", 1, -1, math.inf, -math.inf):
         A = F.abs(A)                       # these norms read only the magnitudes
-    A = A if A.dtype.is_complex else _float(A)    # nuc, 2, -2: svdvals takes complex
+    A = _float(A)
     d0, d1 = (d % A.ndim for d in dim)
     if ord == "fro":
         return _root(F.sum(A * A, (d0, d1), keepdim), 2)
@@ -576,10 +566,6 @@ def torch_cholesky(A, upper=False):
     return cholesky(A, upper=upper)
 
 
-def _mH(A: Tensor) -> Tensor:
-    return FX.conj(_mT(A))
-
-
 def cholesky_inverse(L, upper=False):
     """(L L^H)^-1; with upper=True L is U and A = U^H U."""
     T = _mH(L) if upper else L
@@ -592,7 +578,11 @@ def cholesky_solve(B, L, upper=False):
 
 
 def logdet(A):
+    """log det A: complex for a complex A (log of its sign's phase added), else NaN where the
+    determinant is negative."""
     sign, logabs = slogdet(A)
+    if A.dtype.is_complex:
+        return F.log(sign) + logabs
     return F.where(F.lt(sign, 0), math.nan, F.where(F.eq(sign, 0), -math.inf, logabs))
 
 
@@ -605,7 +595,7 @@ def torch_qr(A, some=True):
 def torch_svd(A, some=True, compute_uv=True):
     R = namedtuple("svd", ["U", "S", "V"])
     U, S, Vh = svd(A, full_matrices=not some)
-    return R(U, S, _mT(Vh))
+    return R(U, S, _mH(Vh))
 
 
 def pinverse(input, rcond=1e-15):
@@ -652,9 +642,10 @@ def torch_lu_solve(b, LU_data, LU_pivots):
 
 
 def _lapack(name, dtype):
-    """scipy's LAPACK routine `name` ('sytrf', ...) for a float32 or float64 dtype."""
+    """scipy's LAPACK routine `name` ('sytrf', ...) for a float or complex dtype."""
     from scipy.linalg import lapack
-    return getattr(lapack, ("s" if dtype is dt.float32 else "d") + name)
+    prefix = {dt.float32: "s", dt.float64: "d", dt.complex64: "c", dt.complex128: "z"}[dtype]
+    return getattr(lapack, prefix + name)
 
 
 def _each_matrix(arrays, fn, outs):
@@ -671,12 +662,12 @@ def _each_matrix(arrays, fn, outs):
 
 def ldl_factor_ex(A, *, hermitian=False, check_errors=False):
     """The LDL^T factorization of symmetric matrices with Bunch-Kaufman pivoting (LAPACK's
-    sytrf on the lower triangle), compact as LAPACK gives it: L below the diagonal, D's 1x1 and
-    2x2 blocks on and next to it, pivots negative for a 2x2 block. Read into NumPy and not
-    differentiable, as torch's."""
+    sytrf on the lower triangle; LDL^H and hetrf for complex ones with `hermitian`), compact as
+    LAPACK gives it: L below the diagonal, D's 1x1 and 2x2 blocks on and next to it, pivots
+    negative for a 2x2 block. Read into NumPy and not differentiable, as torch's."""
     A = _float(A)
     _check_square(A, "ldl_factor")
-    n, sytrf = A.shape[-1], _lapack("sytrf", A.dtype)
+    n, sytrf = A.shape[-1], _lapack(_ldl_routine("trf", A, hermitian), A.dtype)
 
     def one(a):
         ldu, piv, info = sytrf(a, lower=1) if n else (a, np.zeros(0, np.int32), 0)
@@ -696,10 +687,17 @@ def ldl_factor(A, *, hermitian=False):
     return R(*ldl_factor_ex(A, hermitian=hermitian)[:2])
 
 
+def _ldl_routine(step, A, hermitian):
+    """LAPACK's name of an LDL step ('trf', 'trs'): 'he' for Hermitian complex matrices."""
+    return ("he" if hermitian and A.dtype.is_complex else "sy") + step
+
+
 def ldl_solve(LD, pivots, B, *, hermitian=False):
-    """X with A X = B from ldl_factor's (LD, pivots) (LAPACK's sytrs; batch dims broadcast)."""
+    """X with A X = B from ldl_factor's (LD, pivots) (LAPACK's sytrs, or hetrs; batch dims
+    broadcast)."""
     LD, B = _float(LD), _float(B)
-    n, k, sytrs = LD.shape[-1], B.shape[-1], _lapack("sytrs", LD.dtype)
+    n, k, sytrs = LD.shape[-1], B.shape[-1], _lapack(_ldl_routine("trs", LD, hermitian),
+                                                     LD.dtype)
     if B.ndim < 2 or B.shape[-2] != n:
         raise op_error("linalg.ldl_solve", f"B must be batches of {n}-row matrices, got "
                        f"{list(B.shape)}")
@@ -726,7 +724,7 @@ def geqrf(input):
 
 
 def ormqr(input, tau, other, left=True, transpose=False):
-    """other multiplied by Q = H_1 ... H_k of geqrf's packed reflectors (Q^T with `transpose`;
+    """other multiplied by Q = H_1 ... H_k of geqrf's packed reflectors (Q^H with `transpose`;
     from the right unless `left`). Q is householder_product of the reflectors padded to a
     square matrix, so it is differentiable in all three inputs."""
     m = input.shape[-2]
@@ -735,7 +733,7 @@ def ormqr(input, tau, other, left=True, transpose=False):
         V = F.cat([V, F.zeros(tuple(V.shape[:-1]) + (m - V.shape[-1],), dtype=V.dtype,
                                device=V.device)], -1)
     Q = householder_product(V, tau)
-    Q = _mT(Q) if transpose else Q
+    Q = _mH(Q) if transpose else Q
     return F.matmul(Q, other) if left else F.matmul(other, Q)
 
 
@@ -749,14 +747,14 @@ def svd_lowrank(A, q=6, niter=2, M=None):
     if M is not None:
         M = F.broadcast_to(M, tuple(A.shape))
     if m < n:                           # work on the tall matrix; swap U and V at the end
-        A = _mT(A)
-        M = None if M is None else _mT(M)
+        A = _mH(A)
+        M = None if M is None else _mH(M)
     Q = _range_basis(A, q, niter, M)
-    B = F.matmul(_mT(Q), A)
+    B = F.matmul(_mH(Q), A)
     if M is not None:
-        B = B - F.matmul(_mT(Q), M)
+        B = B - F.matmul(_mH(Q), M)
     U, S, Vh = svd(B, full_matrices=False)
-    U, V = F.matmul(Q, U), _mT(Vh)
+    U, V = F.matmul(Q, U), _mH(Vh)
     R = namedtuple("svd_lowrank", ["U", "S", "V"])
     return R(V, S, U) if m < n else R(U, S, V)
 
@@ -765,8 +763,8 @@ def _range_basis(A, q, niter, M):
     """Orthonormal columns spanning (approximately) the range of A - M: Q of (A - M) G for a
     Gaussian n x q G, refined by `niter` rounds through (A - M)^T and back."""
     def times(X, transpose=False):
-        out = F.matmul(_mT(A) if transpose else A, X)
-        return out if M is None else out - F.matmul(_mT(M) if transpose else M, X)
+        out = F.matmul(_mH(A) if transpose else A, X)
+        return out if M is None else out - F.matmul(_mH(M) if transpose else M, X)
     Q = qr(times(_randn(A.shape[-1], q, dtype=A.dtype, device=A.device))).Q
     for _ in range(niter):
         Q = qr(times(Q, transpose=True)).Q

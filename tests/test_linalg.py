@@ -126,6 +126,81 @@ def test_linalg_matches_torch(fn, inputs) -> None:
     check_op(fn, inputs, dtype=np.float64, atol=1e-8, rtol=1e-8)
 
 
+def complex_general(*shape):
+    """Random complex matrices, shifted towards the identity when square."""
+    a = (R.normal(size=shape) + 1j * R.normal(size=shape)) * 0.5
+    return a + 2 * np.eye(shape[-1]) if shape[-1] == shape[-2] else a
+
+
+def hpd_of(lib, b):
+    """A Hermitian positive-definite matrix made differentiably from `b`."""
+    n = b.shape[-1]
+    return b @ b.mH + n * lib.eye(n, dtype=b.dtype)
+
+
+def _distinct_hermitian():
+    q, _ = np.linalg.qr(R.normal(size=(4, 4)) + 1j * R.normal(size=(4, 4)))
+    return q @ np.diag([1.0, 2.5, 4.0, 6.0]) @ q.conj().T
+
+
+DISTINCT_HERMITIAN = _distinct_hermitian()
+
+
+def unitary_invariants(U, S, Vh):
+    """What a complex SVD fixes: each pair of singular vectors is defined up to one unit complex
+    factor (U @ Vh depends on U's phases as against Vh's)."""
+    return S, U.abs() ** 2, Vh.abs() ** 2, (U * S.unsqueeze(-2)) @ Vh, U @ Vh
+
+
+# complex128 values and gradients of a real loss of the outputs (check_op weighs both parts of a
+# complex output); for eigenvectors and singular vectors, of quantities that do not depend on
+# their phases (the loss PyTorch's backward asks for)
+COMPLEX_CASES = [
+    ("det slogdet logdet", lambda t, a: (t.linalg.det(a), *t.linalg.slogdet(a), t.logdet(a)),
+     [complex_general(2, 3, 3)]),
+    ("cholesky", lambda t, b: t.linalg.cholesky(hpd_of(t, b)), [complex_general(3, 3)]),
+    ("cholesky upper", lambda t, b: (t.linalg.cholesky(hpd_of(t, b), upper=True),
+                                     t.cholesky(hpd_of(t, b), upper=True)),
+     [complex_general(2, 3, 3)]),
+    ("qr", lambda t, a: tuple(t.linalg.qr(a)), [complex_general(4, 3)]),
+    ("qr wide", lambda t, a: tuple(t.linalg.qr(a)), [complex_general(2, 3, 5)]),
+    ("eigh", lambda t, d: (lambda L, V: (L, V.abs() ** 2, (V * L.unsqueeze(-2) ** 2) @ V.mH))(
+        *t.linalg.eigh(t.tensor(DISTINCT_HERMITIAN) + 0.05 * (d + d.mH))),
+     [complex_general(4, 4)]),
+    ("eigh upper eigvalsh", lambda t, b: (t.linalg.eigvalsh(hpd_of(t, b), UPLO="U"),
+                                          t.linalg.eigvalsh(b + b.mH)),
+     [complex_general(3, 3)]),
+    ("svd", lambda t, a: unitary_invariants(*t.linalg.svd(a, full_matrices=False)),
+     [complex_general(4, 3)]),
+    ("svd wide", lambda t, a: unitary_invariants(*t.linalg.svd(a, full_matrices=False)),
+     [complex_general(2, 3, 5)]),
+    ("svd full", lambda t, a: (lambda U, S, Vh: (unitary_invariants(U[:, :3], S, Vh),
+                                                 U @ U.mH))(*t.linalg.svd(a)),
+     [complex_general(5, 3)]),
+    ("torch svd", lambda t, a: (lambda U, S, V: unitary_invariants(U, S, V.mH))(*t.svd(a)),
+     [complex_general(3, 4)]),
+    ("svdvals pinv", lambda t, a: (t.linalg.svdvals(a), t.linalg.pinv(a)),
+     [complex_general(4, 3)]),
+    ("pinv hermitian", lambda t, b: (t.linalg.pinv(b + b.mH, hermitian=True),
+                                     t.linalg.matrix_rank(b + b.mH, hermitian=True)),
+     [complex_general(3, 3)]),
+    ("matrix_exp", lambda t, a: t.linalg.matrix_exp(a), [complex_general(2, 3, 3) - 2 * np.eye(3)]),
+    ("lu_factor lu", lambda t, a: (*t.linalg.lu_factor(a), *t.linalg.lu(a)),
+     [complex_general(2, 3, 3)]),
+    ("lu wide", lambda t, a: tuple(t.linalg.lu(a)), [complex_general(3, 5)]),
+    ("lu tall", lambda t, a: tuple(t.linalg.lu(a)), [complex_general(5, 3)]),
+    ("householder_product ormqr",
+     lambda t, a, tau, c: (t.linalg.householder_product(a, tau),
+                           t.ormqr(a, tau, c, transpose=True), t.ormqr(a, tau, c, left=False)),
+     [complex_general(4, 3), R.normal(size=3) + 0.5j, complex_general(4, 4)]),
+]
+
+
+@pytest.mark.parametrize("fn,inputs", [pytest.param(f, i, id=n) for n, f, i in COMPLEX_CASES])
+def test_complex_linalg_matches_torch(fn, inputs) -> None:
+    check_op(fn, inputs, dtype=np.complex128, atol=1e-8, rtol=1e-8)
+
+
 def test_cond_of_other_norms_matches_torch_values() -> None:
     # values only: torch's own backward of cond(A, "fro") fails (an in-place write)
     check_op(lambda t, a: [t.linalg.cond(a, p) for p in ("fro", "nuc", 1, float("inf"))],
@@ -185,6 +260,39 @@ def test_compiled_linear_algebra_matches_eager_with_gradients() -> None:
         np.testing.assert_allclose(got[2], results[0][2], rtol=1e-9, atol=1e-12)
 
 
+def test_compiled_complex_factorizations_run_eagerly_and_equal_eager() -> None:
+    """A compiled function on complex matrices falls back to eager (no complex kernels), saying
+    so once: values and gradients are eager's."""
+    import warnings
+
+    import kiln
+
+    def loss(a):
+        h = a @ a.mH + 3 * kiln.eye(3, dtype=a.dtype)
+        L, V = kiln.linalg.eigh(h)
+        U, S, Vh = kiln.linalg.svd(a)
+        Q, R_ = kiln.linalg.qr(a)
+        return (L.sum() + (V.abs() ** 2)[0].sum() + S.sum() + (U @ Vh).real.sum()
+                + kiln.linalg.cholesky(h).imag.sum() + kiln.linalg.det(a).real + R_.abs().sum()
+                + kiln.linalg.slogdet(a).logabsdet + kiln.linalg.matrix_exp(a).real.sum())
+
+    a0 = complex_general(3, 3)
+    compiled = kiln.compile(loss)
+    results = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for fn in (loss, compiled, compiled):
+            a = kiln.tensor(a0, requires_grad=True)
+            out = fn(a)
+            out.backward()
+            results.append((out.item(), a.grad.numpy().copy()))
+    messages = [str(c.message) for c in caught]
+    assert len(messages) == 1 and "complex" in messages[0]
+    for got in results[1:]:
+        assert got[0] == results[0][0]
+        np.testing.assert_array_equal(got[1], results[0][1])
+
+
 def test_torch_cross_without_dim_warns_once_as_torch_at_the_callers_line():
     # introyt tensors tutorial: torch.cross(v2, v1) warns that the implicit dim is deprecated
     import warnings
@@ -227,3 +335,58 @@ def test_lowrank_matches_torch_from_the_same_seed(case) -> None:
         results.append((S, (U * S[..., None, :]) @ V.swapaxes(-1, -2)))
     for k, t in zip(results[1], results[0]):
         np.testing.assert_allclose(k, t, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["svd_lowrank", "svd_lowrank M wide", "pca_lowrank"])
+def test_complex_lowrank_matches_torch_from_the_same_seed(case) -> None:
+    """Complex matrices: the test matrix is complex Gaussian (as torch's), U and V unitary
+    columns, and U S V^H torch's approximation (A - M of full rank 5 > q)."""
+    import kiln
+    shape = (5, 8) if "wide" in case else (2, 7, 5)
+    a, m = complex_general(*shape), complex_general(*shape[-2:])
+    results = []
+    for lib in (torch, kiln):
+        lib.manual_seed(11)
+        A = lib.tensor(a)
+        if case.startswith("pca"):
+            U, S, V = lib.pca_lowrank(A, q=3)
+        else:
+            U, S, V = lib.svd_lowrank(A, q=3, niter=1, M=lib.tensor(m) if "M" in case else None)
+        U, S, V = (x.resolve_conj().numpy() for x in (U, S, V))    # torch's V: a conj view
+        assert S.dtype == np.float64 and U.dtype == V.dtype == np.complex128
+        eye = np.broadcast_to(np.eye(3), U.shape[:-2] + (3, 3))
+        np.testing.assert_allclose(U.swapaxes(-1, -2).conj() @ U, eye, atol=1e-12)
+        results.append((S, (U * S[..., None, :]) @ V.swapaxes(-1, -2).conj()))
+    for k, t in zip(results[1], results[0]):
+        np.testing.assert_allclose(k, t, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("op", ["svd", "eigh"])
+def test_complex_vectors_refuse_a_loss_that_depends_on_their_phases_as_torch(op) -> None:
+    """Each complex eigenvector, and each pair of singular vectors, is defined up to e^(i phi):
+    a loss that changes with it has no gradient, and both libraries refuse it in backward."""
+    import kiln
+    a = complex_general(3, 3)
+    for lib in (torch, kiln):
+        A = lib.tensor(a + a.conj().T, requires_grad=True)
+        V = lib.linalg.svd(A)[0] if op == "svd" else lib.linalg.eigh(A)[1]
+        with pytest.raises(RuntimeError, match="e\\^[{(]i phi[})]"):
+            (V[0, 0].real + V[1, 2].imag).backward()
+
+
+@pytest.mark.parametrize("hermitian", [False, True])
+def test_complex_ldl_factor_and_solve_match_torch(hermitian) -> None:
+    """Complex symmetric matrices (LAPACK's sytrf) and, with hermitian=True, Hermitian ones
+    (hetrf): the same packed factors and pivots as torch's, and solutions of A X = B."""
+    import kiln
+    a = complex_general(2, 4, 4)
+    a = a + (a.conj() if hermitian else a).swapaxes(-1, -2)
+    b = complex_general(2, 4, 2)
+    results = []
+    for lib in (torch, kiln):
+        LD, pivots = lib.linalg.ldl_factor(lib.tensor(a), hermitian=hermitian)
+        X = lib.linalg.ldl_solve(LD, pivots, lib.tensor(b), hermitian=hermitian)
+        results.append((LD.numpy(), pivots.numpy(), X.numpy()))
+    for k, t in zip(results[1], results[0]):
+        np.testing.assert_allclose(k, t, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a @ results[1][2], b, atol=1e-12)

@@ -171,15 +171,30 @@ def _square_infer(shapes, dtypes, **attrs):
     if len(s) < 2 or s[-1] != s[-2]:
         raise ShapeError(f"A must be batches of square matrices, but they are "
                          f"{'x'.join(map(str, s[-2:]))} matrices")
-    if not dtypes[0].is_floating_point:
-        raise ShapeError(f"Expected a floating point tensor as input, got {dtypes[0].name}",
-                         TypeError)
+    if not (dtypes[0].is_floating_point or dtypes[0].is_complex):
+        raise ShapeError(f"Expected a floating point or complex tensor as input, got "
+                         f"{dtypes[0].name}", TypeError)
     return s, dtypes[0]
 
 
 def _mT(t):
     perm = tuple(range(t.ndim - 2)) + (t.ndim - 1, t.ndim - 2)
     return P.permute(t, perm=perm)
+
+
+def _mH(t):
+    """The conjugate transpose: the transpose of a real matrix (no conj node for it)."""
+    return P.conj(_mT(t)) if t.dtype.is_complex else _mT(t)
+
+
+def _like(t, a):
+    """t (real values) in a's dtype, for the products of a complex rule (one dtype per op)."""
+    return P.cast(t, dtype=a.dtype) if t.dtype is not a.dtype else t
+
+
+def _i_imag(z):
+    """i Im(z) of a complex tensor."""
+    return P.mul(P.cast(P.imag(z), dtype=z.dtype), 1j)
 
 
 def _diag_embed(v):
@@ -207,21 +222,15 @@ def _tril(a, k=0):
     return P.where(P.le(P.sub(cols, rows), k), a, 0.0)
 
 
-def _inv_infer(shapes, dtypes):
-    # complex too: inverse is holomorphic, and autograd conjugates its rule for complex inputs
-    if dtypes[0].is_complex:
-        return _square_infer(shapes, (dtypes[0].to_real(),))[0], dtypes[0]
-    return _square_infer(shapes, dtypes)
-
-
-define("linalg_inv", LINALG, _inv_infer, lambda xp, a: xp.linalg.inv(a),
+# complex too: inverse is holomorphic, and autograd conjugates its rule for complex inputs
+define("linalg_inv", LINALG, _square_infer, lambda xp, a: xp.linalg.inv(a),
        lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1, reads=(),
        output=COPIED)
 
 
 def _slogdet_infer(shapes, dtypes, part):
     s, d = _square_infer(shapes, dtypes)
-    return s[:-2], d
+    return s[:-2], (d if part == "sign" else d.to_real())     # logabsdet is real
 
 
 def _slogdet_impl(xp, a, part):
@@ -230,23 +239,30 @@ def _slogdet_impl(xp, a, part):
 
 
 def _slogdet_grad(g, out, a, part):
-    if part == "sign":
+    # d logabsdet = Re tr(A^-1 dA); a complex sign = e^(i theta) moves with
+    # d theta = Im tr(A^-1 dA): gA = (g_logabs - i Im(conj(g_sign) sign)) A^-H (a real sign
+    # is locally constant)
+    if part == "sign" and not a.dtype.is_complex:
         return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), 0.0) + P.mul(a, 0.0),)
-    return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), _mT(P.linalg_inv(a))),)
+    if part == "sign":
+        g = P.mul(_i_imag(P.mul(P.conj(g), out)), -1.0)
+    g = _like(g, a)
+    return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), _mH(P.linalg_inv(a))),)
 
 
-define("linalg_slogdet", LINALG, _slogdet_infer, _slogdet_impl, _slogdet_grad, arity=1)
+define("linalg_slogdet", LINALG, _slogdet_infer, _slogdet_impl, _slogdet_grad, arity=1,
+       complex_grad=True)
 
 
 def _cholesky_grad(g, out, a):
-    # Murray (2016): A_bar = L^-T Phi(L^T L_bar) L^-1, symmetrized; Phi keeps the lower
+    # Murray (2016): A_bar = L^-H Phi(L^H L_bar) L^-1, made Hermitian; Phi keeps the lower
     # triangle and halves the diagonal
     L = out
-    phi = _tril(P.matmul(_mT(L), g))
+    phi = _tril(P.matmul(_mH(L), g))
     phi = phi - _diag_embed(P.mul(_diagonal(phi), 0.5))
     Linv = P.linalg_inv(L)
-    s = P.matmul(P.matmul(_mT(Linv), phi), Linv)
-    return (P.mul(P.add(s, _mT(s)), 0.5),)
+    s = P.matmul(P.matmul(_mH(Linv), phi), Linv)
+    return (P.mul(P.add(s, _mH(s)), 0.5),)
 
 
 def _diagonal(a):
@@ -265,7 +281,7 @@ def _cholesky_impl(xp, a):
 
 
 define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad, arity=1,
-       reads=(), output=COPIED)
+       reads=(), output=COPIED, complex_grad=True)
 
 
 def _qr_infer(shapes, dtypes, part):
@@ -294,28 +310,31 @@ def _rows(t, start, stop):
 
 
 def _qr_grad(g, out, a, part):
-    # reduced QR with m >= n: M = R gR^T - gQ^T Q; A_bar = (gQ + Q copyltu(M)) R^-T. Wide
-    # (m < n): A = [X Y], R = [R1 R2], X = Q R1 that square QR, R2 = Q^T Y: gY = Q gR2, and
-    # gQ gains Y gR2^T before X's rule (as torch's linalg_qr_backward)
+    # reduced QR with m >= n: M = R gR^H - gQ^H Q; A_bar = (gQ + Q copyltu(M)) R^-H, copyltu
+    # mirroring M's strict lower triangle onto the upper with the real part of its diagonal
+    # (R's diagonal is real). Wide (m < n): A = [X Y], R = [R1 R2], X = Q R1 that square QR,
+    # R2 = Q^H Y: gY = Q gR2, and gQ gains Y gR2^H before X's rule (torch's linalg_qr_backward)
     Q, R = P.linalg_qr(a, part="Q"), P.linalg_qr(a, part="R")
     m, n = a.shape[-2], a.shape[-1]
     gQ = g if part == "Q" else P.mul(Q, 0.0)
     gR = g if part == "R" else P.mul(R, 0.0)
     if m < n:
         gR2, Y = _cols(gR, m, n), _cols(a, m, n)
-        gQ = P.add(gQ, P.matmul(Y, _mT(gR2)))
+        gQ = P.add(gQ, P.matmul(Y, _mH(gR2)))
         R, gR = _cols(R, 0, m), _cols(gR, 0, m)
-    M = P.sub(P.matmul(R, _mT(gR)), P.matmul(_mT(gQ), Q))
+    M = P.sub(P.matmul(R, _mH(gR)), P.matmul(_mH(gQ), Q))
     low = _tril(M, -1)
-    copyltu = P.add(P.add(low, _mT(low)), _diag_embed(_diagonal(M)))
+    diag = _diagonal(M)
+    diag = P.cast(P.real(diag), dtype=M.dtype) if M.dtype.is_complex else diag
+    copyltu = P.add(P.add(low, _mH(low)), _diag_embed(diag))
     lhs = P.add(gQ, P.matmul(Q, copyltu))
-    gA = P.matmul(lhs, _mT(P.linalg_inv(R)))
+    gA = P.matmul(lhs, _mH(P.linalg_inv(R)))
     if m < n:
         gA = P.cat(gA, P.matmul(Q, gR2), axis=a.ndim - 1)
     return (gA,)
 
 
-define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1)
+define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1, complex_grad=True)
 
 
 def _matrix_exp_impl(xp, a):
@@ -352,7 +371,7 @@ define("linalg_matrix_exp", LINALG, _square_infer, _matrix_exp_impl, _matrix_exp
 
 def _eigh_infer(shapes, dtypes, part, upper):
     s, d = _square_infer(shapes, dtypes)
-    return (s[:-1] if part == "L" else s), d
+    return (s[:-1], d.to_real()) if part == "L" else (s, d)     # real eigenvalues
 
 
 def _eigh_impl(xp, a, part, upper):
@@ -361,23 +380,28 @@ def _eigh_impl(xp, a, part, upper):
 
 
 def _eigh_grad(g, out, a, part, upper):
-    # gA = V (diag(gL) + skew(V^T gV) / E) V^T, E_ij = L_j - L_i (as torch's eigh backward)
-    L = P.linalg_eigh(a, part="L", upper=upper)
+    # gA = V (diag(gL) + skew(V^H gV) / E) V^H, E_ij = L_j - L_i, off the diagonal (where a
+    # complex skew has the phases' part, which a well-posed loss does not change; as torch's
+    # eigh backward)
+    L = _like(P.linalg_eigh(a, part="L", upper=upper), a)
     V = P.linalg_eigh(a, part="V", upper=upper)
     if part == "L":
-        inner = _diag_embed(g)
+        inner = _diag_embed(_like(g, a))
     else:
-        VtgV = P.matmul(_mT(V), g)
-        skew = P.mul(P.sub(VtgV, _mT(VtgV)), 0.5)
+        VtgV = P.matmul(_mH(V), g)
+        if a.dtype.is_complex:
+            _refuse_phase_dependence(P.imag(_diagonal(VtgV)), "linalg.eigh", "eigenvectors",
+                                     "|V| or V diag(f(L)) V^H")
+        skew = P.mul(P.sub(VtgV, _mH(VtgV)), 0.5)
         n = L.shape[-1]
         E = P.sub(P.reshape(L, shape=tuple(L.shape[:-1]) + (1, n)),
                   P.reshape(L, shape=tuple(L.shape) + (1,)))
         eye = _eye_like(a)
         inner = P.div(P.mul(skew, P.sub(1.0, eye)), P.add(E, eye))
-    return (P.matmul(P.matmul(V, inner), _mT(V)),)
+    return (P.matmul(P.matmul(V, inner), _mH(V)),)
 
 
-define("linalg_eigh", LINALG, _eigh_infer, _eigh_impl, _eigh_grad, arity=1)
+define("linalg_eigh", LINALG, _eigh_infer, _eigh_impl, _eigh_grad, arity=1, complex_grad=True)
 
 
 def _svd_infer(shapes, dtypes, part):
@@ -386,10 +410,12 @@ def _svd_infer(shapes, dtypes, part):
         raise ShapeError(f"linalg.svd: the input must have at least 2 dimensions, got {list(s)}")
     m, n = s[-2], s[-1]
     k = min(m, n)
-    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k
+    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k; UV: U
+    # above V = Vh^H, one result whose rule sees both gradients (a complex SVD's needs them)
     shape = {"U": s[:-2] + (m, k), "S": s[:-2] + (k,), "Vh": s[:-2] + (k, n),
+             "UV": s[:-2] + (m + n, k),
              "U_rest": s[:-2] + (m, m - k), "Vh_rest": s[:-2] + (n - k, n)}[part]
-    return shape, dtypes[0]
+    return shape, (dtypes[0].to_real() if part == "S" else dtypes[0])   # real singular values
 
 
 def _svd_impl(xp, a, part):
@@ -398,45 +424,82 @@ def _svd_impl(xp, a, part):
         k = s.shape[-1]
         return u[..., :, k:] if part == "U_rest" else vh[..., k:, :]
     u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    if part == "UV":
+        return xp.concatenate([u, xp.conj(xp.swapaxes(vh, -1, -2))], axis=-2)
     return {"U": u, "S": s, "Vh": vh}[part]
 
 
+def _refuse_phase_dependence(phases, op, what, instead):
+    """Raise when a loss changes with the phases of complex eigen- or singular vectors (each is
+    defined up to e^(i phi)): `phases`, Im diag(V^H gV), is its derivative along them, and
+    past torch's tolerance the loss has no gradient. The values are read: a compiled function
+    with complex tensors runs eagerly."""
+    if phases.numel() and float(P.max(P.abs(phases), axes=tuple(range(phases.ndim)),
+                                       keepdim=False)) > 1e-2:
+        raise RuntimeError(f"{op} backward: the {what} of a complex matrix are defined up to "
+                           f"multiplication by e^(i phi), and the loss depends on that phase, "
+                           f"so it has no gradient (use quantities that do not, such as "
+                           f"{instead})")
+
+
+def _svd_uv_grad(g, a):
+    # the U and Vh rules on the two halves of g; their phase terms must cancel (a pair of
+    # singular vectors shares its phase)
+    m = a.shape[-2]
+    gU, gV = _rows(g, 0, m), _rows(g, m, g.shape[-2])
+    U, V = P.linalg_svd(a, part="U"), _mH(P.linalg_svd(a, part="Vh"))
+    _refuse_phase_dependence(P.add(P.imag(_diagonal(P.matmul(_mH(U), gU))),
+                                   P.imag(_diagonal(P.matmul(_mH(V), gV)))),
+                             "linalg.svd", "singular vectors", "|U|, U diag(S) Vh or U Vh")
+    return (P.add(_svd_grad(gU, None, a, "U")[0], _svd_grad(_mH(gV), None, a, "Vh")[0]),)
+
+
 def _svd_grad(g, out, a, part):
-    # torch's svd_backward (real case), with only this part's gradient nonzero
+    # torch's svd_backward, with only this part's gradient nonzero. Complex: skew(U^H gU) off
+    # the diagonal, where i Im(U^H gU) / S stands for the phases of the vectors (a well-posed
+    # loss changes with U's phases as against V's: their parts sum to zero)
     if part in ("U_rest", "Vh_rest"):
         # like torch, the gradient flows through the first k singular vectors only
         return (P.mul(a, 0.0),)
+    if part == "UV":
+        return _svd_uv_grad(g, a)
     U, S, Vh = (P.linalg_svd(a, part=p) for p in ("U", "S", "Vh"))
+    S = _like(S, a)
     m, n, k = a.shape[-2], a.shape[-1], S.shape[-1]
     row = tuple(S.shape[:-1]) + (1, k)          # S as a row: scales columns
     col = tuple(S.shape) + (1,)                 # S as a column: scales rows
     if part == "S":
-        return (P.matmul(P.mul(U, P.reshape(g, shape=row)), Vh),)
+        return (P.matmul(P.mul(U, P.reshape(_like(g, a), shape=row)), Vh),)
     S2 = P.mul(S, S)
     eye = _eye_like(_diag_embed(S))
     E = P.add(P.sub(P.reshape(S2, shape=row), P.reshape(S2, shape=col)), eye)
     if part == "U":
-        UhgU = P.matmul(_mT(U), g)
-        skew = P.sub(UhgU, _mT(UhgU))
+        UhgU = P.matmul(_mH(U), g)
+        skew = P.sub(UhgU, _mH(UhgU))
         gA = P.div(P.mul(skew, P.reshape(S, shape=row)), E)
+        if a.dtype.is_complex:
+            gA = P.add(P.mul(gA, P.sub(1.0, eye)),
+                       _diag_embed(P.div(_i_imag(_diagonal(UhgU)), S)))
         gA = P.matmul(U, gA)
         if m > k:
             gUSinv = P.div(g, P.reshape(S, shape=row))
-            gA = P.add(gA, P.sub(gUSinv, P.matmul(U, P.matmul(_mT(U), gUSinv))))
+            gA = P.add(gA, P.sub(gUSinv, P.matmul(U, P.matmul(_mH(U), gUSinv))))
         return (P.matmul(gA, Vh),)
-    V = _mT(Vh)
-    gV = _mT(g)
+    V = _mH(Vh)
+    gV = _mH(g)
     VhgV = P.matmul(Vh, gV)
-    skew = P.sub(VhgV, _mT(VhgV))
+    skew = P.sub(VhgV, _mH(VhgV))
     gA = P.div(P.mul(P.reshape(S, shape=col), skew), E)
+    if a.dtype.is_complex:                  # a real skew's diagonal is 0 already
+        gA = P.mul(gA, P.sub(1.0, eye))
     gA = P.matmul(gA, Vh)
     if n > k:
         gVSinv = P.div(gV, P.reshape(S, shape=row))
-        gA = P.add(gA, _mT(P.sub(gVSinv, P.matmul(V, P.matmul(Vh, gVSinv)))))
+        gA = P.add(gA, _mH(P.sub(gVSinv, P.matmul(V, P.matmul(Vh, gVSinv)))))
     return (P.matmul(U, gA),)
 
 
-define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1)
+define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1, complex_grad=True)
 
 
 # Bessel functions of the first kind (torch.special.bessel_j0 / bessel_j1)
@@ -496,8 +559,8 @@ def _lu_infer(shapes, dtypes, part):
     if len(s) < 2:
         raise ShapeError(f"linalg.lu_factor: the input must have at least 2 dimensions, got "
                          f"{list(s)}")
-    if not dtypes[0].is_floating_point:
-        raise ShapeError(f"linalg.lu_factor: expected a floating point tensor, got "
+    if not (dtypes[0].is_floating_point or dtypes[0].is_complex):
+        raise ShapeError(f"linalg.lu_factor: expected a floating point or complex tensor, got "
                          f"{dtypes[0].name}", TypeError)
     m, n = s[-2], s[-1]
     if part == "LU":
@@ -535,6 +598,7 @@ def _lu_impl(xp, a, part):
     shape = {"LU": host.shape, "pivots": host.shape[:-2] + (min(m, n),),
              "P": host.shape[:-2] + (m, m)}[part]
     result = np.stack(out).reshape(shape) if out else np.zeros(shape)
+    result = result if part == "pivots" else result.astype(host.dtype)
     return result if xp is np else xp.asarray(result)
 
 

@@ -75,6 +75,9 @@ class Primitive:
         scalar: the op as scalar math (ScalarMath), from which the C and Triton renderers
             write a helper function; an elementwise op without it needs an entry in each
             renderer's op table.
+        complex_grad: `grad` is written for complex inputs in PyTorch's convention (a
+            factorization with conjugate transposes: QR, eigh, SVD, ...), so the autograd
+            engine passes it complex gradients as they are instead of conjugating around it.
     """
 
     name: str
@@ -93,6 +96,7 @@ class Primitive:
     view: bool = False
     extern: bool = False
     scalar: ScalarMath | None = None
+    complex_grad: bool = False
 
     def __repr__(self) -> str:
         return f"<primitive {self.name}>"
@@ -126,7 +130,8 @@ def define(name: str, kind: str, infer: Callable, impl: Callable | None,
            grad: Callable | None = None, arity: int | None = None, quiet: bool = False,
            doc: str = "", **facts) -> Primitive:
     """Register a primitive and make `P.<name>` call it. `facts` are the optional fields of
-    `Primitive` (reads, output, cost, decompose, ufunc, view, extern, scalar). With
+    `Primitive` (reads, output, cost, decompose, ufunc, view, extern, scalar,
+    complex_grad). With
     `impl=None` the op is computed by its NumPy/CuPy ufunc, `xp.<ufunc>(*arrays)`."""
     if name in PRIMITIVES:
         raise ValueError(f"primitive {name!r} is defined twice")

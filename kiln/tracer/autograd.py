@@ -1072,9 +1072,10 @@ def _conjugates(prim) -> bool:
     """Whether a complex gradient reaches this node's rule through `_conjugated_rule`: every
     registered primitive's but the movement ops' (linear maps with real coefficients, and the
     views between real and complex, whose rules are written for complex gradients) and the
-    complex primitives' (kiln.ir.ops_complex: their rules are complex-aware)."""
+    complex primitives' (kiln.ir.ops_complex) and those marked `complex_grad` (their rules are
+    complex-aware)."""
     return PRIMITIVES.get(getattr(prim, "name", None)) is prim and \
-        prim.kind not in ("movement", "complex")
+        prim.kind not in ("movement", "complex") and not prim.complex_grad
 
 
 def _conjugated_rule(node, g: Tensor, out, saved: tuple) -> tuple:

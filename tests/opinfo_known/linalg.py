@@ -19,8 +19,8 @@ def _values(x):
     return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
 
 
-def _mT(a):
-    return np.swapaxes(a, -1, -2)
+def _mH(a):
+    return np.swapaxes(a, -1, -2).conj()
 
 
 def _near(got, want, dtype, what):
@@ -46,32 +46,33 @@ def _same_layout(ks, ts, names):
 
 
 def _orthonormal(Q, dtype, what):
-    """Q^T Q = I (Q's columns orthonormal)."""
+    """Q^H Q = I (Q's columns orthonormal; unitary where complex)."""
     eye = np.broadcast_to(np.eye(Q.shape[-1]), Q.shape[:-2] + (Q.shape[-1],) * 2)
-    return _near(_mT(Q.conj()) @ Q, eye, dtype, f"{what} not orthonormal")
+    return _near(_mH(Q) @ Q, eye, dtype, f"{what} not orthonormal")
 
 
 def _svd(v_transposed):
-    """An SVD is unique but for the signs of the singular vectors (and the completion of U or V
-    with full matrices): S as torch's, U and V orthonormal, U S Vh reconstructing the input."""
+    """An SVD is unique but for the signs of the singular vectors (their phases where complex,
+    and the completion of U or V with full matrices): S as torch's, U and V orthonormal, U S Vh
+    reconstructing the input (torch.svd's V is Vh^H)."""
     def check(k, t, args, compare):
         why = _same_layout(k, t, ("U", "S", "V" if v_transposed else "Vh")) or \
             compare(k[1], t[1], "S")
         if why:
             return why
         U, S, Vh = (_values(x) for x in k)
-        Vh = _mT(Vh) if v_transposed else Vh
+        Vh = _mH(Vh) if v_transposed else Vh
         n = S.shape[-1]
         dtype = t[1].dtype
-        return (_orthonormal(U, dtype, "U") or _orthonormal(_mT(Vh), dtype, "V") or
+        return (_orthonormal(U, dtype, "U") or _orthonormal(_mH(Vh), dtype, "V") or
                 _near((U[..., :, :n] * S[..., None, :]) @ Vh[..., :n, :], _values(args[0]),
                       dtype, "U S Vh != A"))
     return check
 
 
 def _lowrank(k, t, args, compare):
-    """A rank-q SVD (U, S, V), unique but for signs: S as torch's, U and V orthonormal, and
-    U S V^T the approximation torch's gives (the sample's matrix is a product made inside
+    """A rank-q SVD (U, S, V), unique but for signs (phases): S as torch's, U and V orthonormal,
+    and U S V^H the approximation torch's gives (the sample's matrix is a product made inside
     the OpInfo's lambda, so torch's own reconstruction stands for it)."""
     why = _same_layout(k, t, ("U", "S", "V")) or compare(k[1], t[1], "S")
     if why:
@@ -79,21 +80,21 @@ def _lowrank(k, t, args, compare):
     (U, S, V), (tU, tS, tV) = (_values(x) for x in k), (_values(x) for x in t)
     dtype = t[1].dtype
     return (_orthonormal(U, dtype, "U") or _orthonormal(V, dtype, "V") or
-            _near((U * S[..., None, :]) @ _mT(V), (tU * tS[..., None, :]) @ _mT(tV), dtype,
-                  "U S V^T != torch's"))
+            _near((U * S[..., None, :]) @ _mH(V), (tU * tS[..., None, :]) @ _mH(tV), dtype,
+                  "U S V^H != torch's"))
 
 
 def _eigh(k, t, args, compare):
-    """Eigenvalues as torch's; eigenvectors (unique up to sign) orthonormal and V diag(L) V^T
-    the matrix torch's decomposition gives (the symmetric matrix eigh read)."""
+    """Eigenvalues as torch's; eigenvectors (unique up to sign, or phase) orthonormal and
+    V diag(L) V^H the matrix torch's decomposition gives (the Hermitian matrix eigh read)."""
     why = _same_layout(k, t, ("eigenvalues", "eigenvectors")) or compare(k[0], t[0], "L")
     if why:
         return why
     (L, V), (tL, tV) = (_values(x) for x in k), (_values(x) for x in t)
     dtype = t[0].dtype
     return _orthonormal(V, dtype, "V") or _near(
-        (V * L[..., None, :]) @ _mT(V), (tV * tL[..., None, :]) @ _mT(tV), dtype,
-        "V diag(L) V^T != torch's")
+        (V * L[..., None, :]) @ _mH(V), (tV * tL[..., None, :]) @ _mH(tV), dtype,
+        "V diag(L) V^H != torch's")
 
 
 def _eig(k, t, args, compare):
