@@ -920,6 +920,11 @@ CUPY_LINALG_NAMES = ("cholesky qr svd eigh eigvalsh norm det matrix_rank slogdet
                      "tensorsolve inv pinv lstsq tensorinv matrix_power").split()
 
 
+# cupyx.scipy.special's functions that kiln's primitives call on device arrays (besides erf)
+CUPYX_SPECIAL_NAMES = ("gammaln psi polygamma erfc erfcx erfinv ndtri log_ndtr i0 i0e i1 i1e "
+                       "gammainc gammaincc gammaincinv zeta j0 j1").split()
+
+
 def _namespace(name: str, **members) -> types.SimpleNamespace:
     space = types.SimpleNamespace(**members)
     space.__name__ = name
@@ -1121,6 +1126,10 @@ def install() -> None:
     cupyx.scipy = types.ModuleType("cupyx.scipy")
     cupyx.scipy.special = types.ModuleType("cupyx.scipy.special")
     cupyx.scipy.special.erf = _erf
+    import scipy.special
+    for name in CUPYX_SPECIAL_NAMES:
+        setattr(cupyx.scipy.special, name,
+                _device_function(getattr(scipy.special, name), f"scipy.special.{name}"))
     cupyx.empty_pinned = _empty_pinned
     sys.modules.update({"cupy": cupy, "cupyx": cupyx, "cupyx.scipy": cupyx.scipy,
                         "cupyx.scipy.special": cupyx.scipy.special})

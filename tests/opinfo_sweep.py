@@ -346,8 +346,9 @@ def _run_compiled(step, grads, fresh):
     return ("fallback", fell[0].splitlines()[0][:200]) if fell else ("ok", "")
 
 
-def check(op, dtype, grad=False, limit_s=60, compiled=False):
-    """Counter of outcomes and the first message of each kind, for one OpInfo and dtype."""
+def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None):
+    """Counter of outcomes and the first message of each kind, for one OpInfo and dtype (its
+    first `most` samples, when given)."""
     counts, first = Counter(), {}
     if UNCOMPARABLE.search(op.name) or not op.supports_dtype(dtype, "cpu"):
         return counts, first
@@ -364,7 +365,7 @@ def check(op, dtype, grad=False, limit_s=60, compiled=False):
             grad = grad and op.supports_autograd and dtype.is_floating_point
             samples = op.sample_inputs("cpu", dtype, requires_grad=grad)
             # a compile costs ~0.1-1 s: the first COMPILED_SAMPLES samples of each op
-            for sample in itertools.islice(samples, COMPILED_SAMPLES if compiled else None):
+            for sample in itertools.islice(samples, COMPILED_SAMPLES if compiled else most):
                 kind, why = (run_compiled(kfn, sample, grad) if compiled else
                              run_sample(kfn, tfn, sample, grad, custom))
                 counts[kind] += 1
@@ -391,6 +392,7 @@ def main(argv=None):
     p.add_argument("--only", default="")
     p.add_argument("--out", default="")
     p.add_argument("--compiled", action="store_true", help="kiln.compile against kiln eager")
+    p.add_argument("--samples", type=int, default=None, help="at most this many per op")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: kiln's inputs on the fake CUDA (tests/fake_cuda.py), against "
                         "torch on the CPU")
@@ -405,7 +407,7 @@ def main(argv=None):
     for op in ops():
         if only and op.name not in only and label(op) not in only:
             continue
-        counts, first = check(op, dtype, a.grad, compiled=a.compiled)
+        counts, first = check(op, dtype, a.grad, compiled=a.compiled, most=a.samples)
         rows.append({"op": label(op), "counts": dict(counts), "first": first})
         bad = {k: v for k, v in counts.items() if k not in ("ok", "skip")}
         if bad:

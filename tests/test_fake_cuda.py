@@ -97,9 +97,12 @@ def test_fake_names_are_real_cupys():
     real = pytest.importorskip("cupy")
     if getattr(real, "__file__", None) is None:
         pytest.skip("cupy is tests/fake_cuda.py's stand-in in this process")
-    from tests.fake_cuda import CUPY_LINALG_NAMES, CUPY_NAMES, CUPY_NDARRAY_NAMES
+    from tests.fake_cuda import (CUPY_LINALG_NAMES, CUPY_NAMES, CUPY_NDARRAY_NAMES,
+                                 CUPYX_SPECIAL_NAMES)
     assert sorted(CUPY_NAMES - set(dir(real))) == []
     assert sorted(set(CUPY_LINALG_NAMES) - set(dir(real.linalg))) == []
+    import cupyx.scipy.special
+    assert sorted(set(CUPYX_SPECIAL_NAMES) - set(dir(cupyx.scipy.special))) == []
     assert sorted(CUPY_NDARRAY_NAMES - set(dir(real.ndarray))) == []
     flags = {n for n in dir(real._core.flags.Flags) if not n.startswith("_")}
     assert {"c_contiguous", "f_contiguous", "owndata"} <= flags and "writeable" not in flags

@@ -121,7 +121,7 @@ def _complex_infer(shapes, dtypes):
 
 
 def _complex_impl(xp, re, im):
-    out = xp.empty(xp.broadcast_shapes(re.shape, im.shape),
+    out = xp.empty(np.broadcast_shapes(re.shape, im.shape),
                    dtype=dt.from_numpy(re.dtype).to_complex().np)
     out.real, out.imag = re, im
     return out

@@ -279,11 +279,12 @@ def ldexp(input, other):
 def frexp(input):
     x = _f(input)
     data = x._read("frexp()")
-    exponent = x.device.xp.frexp(data)[1]
+    xp = x.device.xp
+    exponent = xp.frexp(data)[1]
     # the mantissa as x * 2^-exponent, so its gradient is 2^-exponent; in two exact power-of-two
     # steps, as 2^1073 (a subnormal's) is past float64's range
     half = -exponent // 2
-    scales = [Tensor._make(x.device.xp.ldexp(np.ones((), x.dtype.np), e).astype(x.dtype.np),
+    scales = [Tensor._make(xp.ldexp(xp.ones((), x.dtype.np), e).astype(x.dtype.np),
                            x.dtype, x.device) for e in (half, -exponent - half)]
     Mant = namedtuple("frexp", ["mantissa", "exponent"])
     return Mant(x * scales[0] * scales[1],
