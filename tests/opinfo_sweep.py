@@ -365,7 +365,9 @@ def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None):
             grad = grad and op.supports_autograd and dtype.is_floating_point
             samples = op.sample_inputs("cpu", dtype, requires_grad=grad)
             # a compile costs ~0.1-1 s: the first COMPILED_SAMPLES samples of each op
-            for sample in itertools.islice(samples, COMPILED_SAMPLES if compiled else most):
+            if most is None and compiled:
+                most = COMPILED_SAMPLES
+            for sample in itertools.islice(samples, most):
                 kind, why = (run_compiled(kfn, sample, grad) if compiled else
                              run_sample(kfn, tfn, sample, grad, custom))
                 counts[kind] += 1
