@@ -141,9 +141,18 @@ _INTO_SELF = {
                  value * tensor1 * tensor2 if value != 1 else tensor1 * tensor2),
     "addcdiv_": ("add", lambda self, tensor1, tensor2, *, value=1:
                  value * (tensor1 / tensor2) if value != 1 else tensor1 / tensor2),
-    "lerp_": ("add", lambda self, end, weight: weight * (end - self)),
+    "lerp_": ("add", lambda self, end, weight: _small_lerp_step(self, end, weight)),
 }
 _INTO_SELF_DTYPES = (dt.float32, dt.float64)
+
+
+def _small_lerp_step(self: Tensor, end, weight):
+    """lerp_'s `w * (end - self)` where lerp adds it to self (a Python |w| < 0.5, an
+    optimizer's moving average); None otherwise, which sends lerp_ to its general path."""
+    if type(weight) is not float and type(weight) is not int:
+        return None
+    w = weight if self.dtype is dt.float64 else float(np.float32(weight))
+    return w * (end - self) if abs(w) < 0.5 else None
 
 
 def _writes_plainly(self: Tensor) -> bool:

@@ -1069,3 +1069,70 @@ def test_activations_at_nan_and_inf_give_their_limits(op, dtype) -> None:
 def test_activation_gradients_at_kinks_and_bounds_match_torch(op) -> None:
     values = np.array([-7.0, -6.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 6.0, 7.0], dtype=np.float64)
     check_op(lambda lib, x: getattr(lib.nn.functional, op)(x), [values], dtype=np.float64)
+
+
+# lerp at the weights where PyTorch switches formula (|w| >= 0.5: end - (end - input) * (1 - w)),
+# with infinities and huge operands. PyTorch's vectorized CPU loop fuses the multiply-add where
+# the CPU has FMA, so finite values agree to a rounding; w = 0 and w = 1 are exact, and which
+# elements are inf or NaN is the same everywhere.
+LERP_START = [0.0, 1.0, -np.inf, np.inf, 0.3, -0.9, 2.0, 0.1, -4.0, 3.0]     # x biggest finite
+LERP_END = [1.0, np.inf, 1.0, np.inf, -0.9, 0.9, 2.0, 0.7, 5.0, -1e-3]
+
+
+def _lerp_results(lib, weight, weight_tensor: bool, dtype):
+    huge = np.ones(len(LERP_START), dtype)
+    huge[4:6] = np.finfo(dtype).max
+    start = lib.tensor(np.array(LERP_START, dtype) * huge, requires_grad=True)
+    end = lib.tensor(np.array(LERP_END, dtype) * huge, requires_grad=True)
+    w = lib.tensor(np.full(len(LERP_START), weight, dtype), requires_grad=True) \
+        if weight_tensor else weight
+    out = lib.lerp(start, end, w)
+    out.backward(lib.arange(1.0, len(LERP_START) + 1, dtype=start.dtype))
+    grads = [start.grad, end.grad] + ([w.grad] if weight_tensor else [])
+    return [out.detach().numpy()] + [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_tensor", [False, True], ids=["number", "tensor"])
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 0.7, 1.0, -0.5, 1.5])
+def test_lerp_matches_torch_across_its_two_formulas(weight, weight_tensor, dtype) -> None:
+    got = _lerp_results(kiln, weight, weight_tensor, dtype)
+    want = _lerp_results(torch, weight, weight_tensor, dtype)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=0, equal_nan=True)
+    if weight in (0.0, 1.0):
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_lerp_dtype_rules_match_torch() -> None:
+    for lib in (torch, kiln):
+        x32, x64 = lib.ones(3), lib.ones(3, dtype=lib.float64)
+        with pytest.raises(RuntimeError, match="for `end`"):
+            lib.lerp(x32, x64, 0.5)
+        with pytest.raises(RuntimeError, match="for `weight`"):
+            lib.lerp(x32, x32, x64)
+    # a 0-dim weight of another dtype is taken in input's dtype, and gets its gradient
+    grads = []
+    for lib in (torch, kiln):
+        x = lib.tensor([1.0, -2.0], requires_grad=True)
+        w = lib.tensor(0.7, dtype=lib.float64, requires_grad=True)
+        out = lib.lerp(x, lib.tensor([3.0, 4.0]), w)
+        out.sum().backward()
+        assert out.dtype == lib.float32 and w.grad.dtype == lib.float64
+        grads.append((out.detach().numpy(), x.grad.numpy(), w.grad.numpy()))
+    for g, w in zip(*grads):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_lerp_of_half_types_rounds_once_as_torch(dtype) -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-4, 4, (2, 64))
+    for weight in (0.3, 0.7):
+        want = torch.lerp(torch.tensor(a).to(getattr(torch, dtype)),
+                          torch.tensor(b).to(getattr(torch, dtype)), weight)
+        got = kiln.lerp(kiln.tensor(a).to(getattr(kiln, dtype)),
+                        kiln.tensor(b).to(getattr(kiln, dtype)), weight)
+        np.testing.assert_array_equal(got.float().numpy(), want.float().numpy())
