@@ -446,7 +446,12 @@ def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False)
 
 
 def _new(fill, name):
-    def method(self, *size, dtype=None, device=None, requires_grad=False):
+    def method(self, *size, dtype=None, layout=None, device=None, requires_grad=False):
+        if layout is not None and fill == 0:      # new_zeros/new_empty: sparse ones too
+            return creation.zeros(creation._size(size), dtype=dtype or self.dtype,
+                                  layout=layout, device=device or self.device,
+                                  requires_grad=requires_grad)
+        creation.check_dense_layout(name, layout)
         if _WRAPPERS[0] and dispatches(self):
             out = _wrappers.call(f"{name}.default", (self, creation._size(size)), {
                 k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
@@ -456,7 +461,9 @@ def _new(fill, name):
     return method
 
 
-def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+def new_full(self, size, fill_value, dtype=None, layout=None, device=None,
+             requires_grad=False):
+    creation.check_dense_layout("new_full", layout)
     if _WRAPPERS[0] and dispatches(self):
         out = _wrappers.call("new_full.default", (self, tuple(size), fill_value), {
             k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})

@@ -1136,3 +1136,56 @@ def test_lerp_of_half_types_rounds_once_as_torch(dtype) -> None:
         got = kiln.lerp(kiln.tensor(a).to(getattr(kiln, dtype)),
                         kiln.tensor(b).to(getattr(kiln, dtype)), weight)
         np.testing.assert_array_equal(got.float().numpy(), want.float().numpy())
+
+
+# every factory takes PyTorch's `layout=`: strided (its default) as without it; zeros and empty
+# (and new_zeros/new_empty) also in sparse COO/CSR layouts, as PyTorch makes them (no entries);
+# the others refuse a sparse layout
+LAYOUT_FACTORIES = {
+    "zeros": lambda L, lay: L.zeros(2, 3, layout=lay),
+    "empty": lambda L, lay: L.empty(2, 3, layout=lay).zero_() if lay is L.strided
+    else L.empty(2, 3, layout=lay),
+    "ones": lambda L, lay: L.ones(2, 3, layout=lay),
+    "full": lambda L, lay: L.full((2, 3), 1.5, layout=lay),
+    "zeros_like": lambda L, lay: L.zeros_like(L.ones(2), layout=lay),
+    "ones_like": lambda L, lay: L.ones_like(L.ones(2), layout=lay),
+    "full_like": lambda L, lay: L.full_like(L.ones(2), 3.0, layout=lay),
+    "empty_like": lambda L, lay: L.empty_like(L.ones(2), layout=lay).shape,
+    "rand": lambda L, lay: L.rand(2, 3, layout=lay).shape,
+    "randn": lambda L, lay: L.randn(2, 3, layout=lay).shape,
+    "randint": lambda L, lay: L.randint(0, 5, (2, 3), layout=lay).shape,
+    "randperm": lambda L, lay: L.randperm(4, layout=lay).sort().values,
+    "rand_like": lambda L, lay: L.rand_like(L.ones(2), layout=lay).shape,
+    "arange": lambda L, lay: L.arange(5, layout=lay),
+    "linspace": lambda L, lay: L.linspace(0, 1, 5, layout=lay),
+    "logspace": lambda L, lay: L.logspace(0, 1, 5, layout=lay),
+    "eye": lambda L, lay: L.eye(3, layout=lay),
+    "tril_indices": lambda L, lay: L.tril_indices(3, 3, layout=lay),
+    "scalar_tensor": lambda L, lay: L.scalar_tensor(3, layout=lay),
+    "hann_window": lambda L, lay: L.hann_window(4, layout=lay),
+    "empty_strided": lambda L, lay: L.empty_strided((2, 3), (3, 1), layout=lay).shape,
+    "new_zeros": lambda L, lay: L.ones(2).new_zeros(2, 3, layout=lay),
+    "new_ones": lambda L, lay: L.ones(2).new_ones(3, layout=lay),
+    "new_full": lambda L, lay: L.ones(2).new_full((3,), 2.0, layout=lay),
+}
+SPARSE_ZEROS = {"zeros", "empty", "new_zeros"}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_FACTORIES))
+def test_factories_take_a_layout_as_torch(name) -> None:
+    make = LAYOUT_FACTORIES[name]
+    got, want = make(kiln, kiln.strided), make(torch, torch.strided)
+    if isinstance(want, torch.Tensor):
+        assert str(got.layout) == "kiln.strided" and got.dtype.name == str(want.dtype)[6:]
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    else:
+        assert tuple(got) == tuple(want)
+    for layout in ("sparse_coo", "sparse_csr"):
+        if name in SPARSE_ZEROS:
+            got, want = make(kiln, getattr(kiln, layout)), make(torch, getattr(torch, layout))
+            assert str(got.layout)[5:] == str(want.layout)[6:] and got.shape == want.shape
+            assert got._nnz() == want._nnz() == 0
+            np.testing.assert_array_equal(got.to_dense().numpy(), want.to_dense().numpy())
+        else:
+            with pytest.raises(NotImplementedError, match="strided"):
+                make(kiln, getattr(kiln, layout))
