@@ -209,10 +209,12 @@ def _alarm(signum, frame):
     raise Timeout()
 
 
-def comparers():
-    """Per-op comparisons for results that are not unique (`COMPARE` in `tests/opinfo_known`)."""
-    from tests.opinfo_known import core, index, linalg, nn
-    return {**core.COMPARE, **index.COMPARE, **nn.COMPARE, **linalg.COMPARE}
+def comparers(dtype=None):
+    """Per-op comparisons for results that are not unique (`COMPARE` in `tests/opinfo_known`);
+    the bool and complex64 modes' own lists add to the others in those modes."""
+    from tests.opinfo_known import bools, complex, core, index, linalg, nn
+    by_mode = {torch.bool: bools.COMPARE, torch.complex64: complex.COMPARE}.get(dtype, {})
+    return {**core.COMPARE, **index.COMPARE, **nn.COMPARE, **linalg.COMPARE, **by_mode}
 
 
 def run_sample(kfn, tfn, sample, grad, custom=None):
@@ -233,7 +235,10 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
         raise
     except Exception as e:
         return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    why = (custom(k_out, t_out, args, compare) if custom else compare(k_out, t_out, "output"))
+    if custom and getattr(custom, "reads_kwargs", False):      # (sort's dim= and stable=)
+        why = custom(k_out, t_out, args, compare, sample.kwargs)
+    else:
+        why = custom(k_out, t_out, args, compare) if custom else compare(k_out, t_out, "output")
     if why:
         return "wrong", why
     if not grad or custom and not getattr(custom, "compare_grads", False):
@@ -352,7 +357,8 @@ def check(op, dtype, grad=False, limit_s=60, compiled=False):
     if kfn is None:
         counts["missing"] += 1
         return counts, first
-    custom = comparers().get(label(op)) or comparers().get(op.name)
+    table = comparers(dtype)
+    custom = table.get(label(op)) or table.get(op.name)
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(limit_s)
     try:
