@@ -110,6 +110,10 @@ _DTYPES = {getattr(torch, n): getattr(kiln, n) for n in
 
 def to_kiln(x):
     """Convert a torch sample argument (tensors nested in lists, dtypes, sizes) to kiln's."""
+    if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr and x.ndim == 2:
+        k = kiln.sparse_csr_tensor(to_kiln(x.crow_indices()), to_kiln(x.col_indices()),
+                                   to_kiln(x.detach().values()), tuple(x.shape))
+        return k.requires_grad_(True) if x.requires_grad else k
     if isinstance(x, torch.Tensor):
         t = x.detach().resolve_conj().resolve_neg()
         if t.dtype == torch.bfloat16:
@@ -155,6 +159,10 @@ def tolerance(dtype):
 
 def compare(k, t, what):
     """None when kiln's result `k` equals torch's `t`, else why not."""
+    if isinstance(t, torch.Tensor) and t.layout != torch.strided:
+        if str(getattr(k, "layout", None)).replace("kiln.", "") != str(t.layout)[6:]:
+            return f"{what}: layout {getattr(k, 'layout', None)}, torch {t.layout}"
+        return compare(k.to_dense(), t.to_dense(), f"{what} (to_dense)")
     if isinstance(t, torch.Tensor):
         if not isinstance(k, kiln.Tensor):
             return f"{what}: kiln returned {type(k).__name__}, torch a tensor"
@@ -244,13 +252,16 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     if not grad or custom and not getattr(custom, "compare_grads", False):
         return "ok", ""
     t_in = [x for x in flat(args) if isinstance(x, torch.Tensor) and x.requires_grad]
-    k_in = [x for x in flat(kargs) if isinstance(x, kiln.Tensor) and x.requires_grad]
-    t_outs = [o for o in flat(t_out) if isinstance(o, torch.Tensor) and o.requires_grad
-              and o.dtype.is_floating_point]
+    # a sparse leaf's gradient is its values' (kiln's leaf is the values tensor itself)
+    k_in = [x.values() if x.layout != kiln.strided else x for x in flat(kargs)
+            if isinstance(x, kiln.Tensor) and x.requires_grad]
+    # a sparse result is differentiated through its values (its pattern is fixed)
+    t_outs = [o.values() if o.layout != torch.strided else o for o in flat(t_out)
+              if isinstance(o, torch.Tensor) and o.requires_grad and o.dtype.is_floating_point]
     if not t_in or not t_outs or len(t_in) != len(k_in):
         return "ok", ""
-    k_outs = [o for o in flat(k_out) if isinstance(o, kiln.Tensor) and o.requires_grad
-              and o.dtype.is_floating_point]
+    k_outs = [o.values() if o.layout != kiln.strided else o for o in flat(k_out)
+              if isinstance(o, kiln.Tensor) and o.requires_grad and o.dtype.is_floating_point]
     if len(k_outs) != len(t_outs):
         return "wrong", f"grad: {len(k_outs)} differentiable outputs, torch {len(t_outs)}"
     rng = np.random.default_rng(1)
@@ -268,6 +279,8 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     for i, (a, b) in enumerate(zip(k_g, t_g)):
         if b is None:
             continue
+        if b.layout != torch.strided:       # the input's pattern: compared by its values
+            b = b.values()
         if a is None:
             if not torch.all(b == 0):
                 return "wrong", f"grad {i}: kiln None, torch nonzero"

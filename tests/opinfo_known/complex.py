@@ -40,7 +40,6 @@ KNOWN = {
     ('ormqr', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers take ",
     ('pca_lowrank', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers",
     ('qr', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers take rea",
-    ('sparse.sampled_addmm', 'complex64'): 'missing (and the sweep passes no sparse CSR input)',
     ('svd', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers take re",
     ('svd_lowrank', 'complex64'): "error: RuntimeError: linalg: kiln's factorizations and solvers",
 }
