@@ -149,10 +149,9 @@ _INTO_SELF_DTYPES = (dt.float32, dt.float64)
 def _small_lerp_step(self: Tensor, end, weight):
     """lerp_'s `w * (end - self)` where lerp adds it to self (a Python |w| < 0.5, an
     optimizer's moving average); None otherwise, which sends lerp_ to its general path."""
-    if type(weight) is not float and type(weight) is not int:
-        return None
-    w = weight if self.dtype is dt.float64 else float(np.float32(weight))
-    return w * (end - self) if abs(w) < 0.5 else None
+    if type(weight) is not float and type(weight) is not int or abs(weight) >= 0.4999999:
+        return None          # (near 0.5, rounding to float32 decides: lerp's general path)
+    return weight * (end - self)
 
 
 def _writes_plainly(self: Tensor) -> bool:
