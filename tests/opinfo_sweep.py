@@ -112,6 +112,10 @@ _DTYPES = {getattr(torch, n): getattr(kiln, n) for n in
 
 def to_kiln(x):
     """Convert a torch sample argument (tensors nested in lists, dtypes, sizes) to kiln's."""
+    if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr and x.ndim == 2:
+        k = kiln.sparse_csr_tensor(to_kiln(x.crow_indices()), to_kiln(x.col_indices()),
+                                   to_kiln(x.detach().values()), tuple(x.shape))
+        return k.requires_grad_(True) if x.requires_grad else k
     if isinstance(x, torch.Tensor):
         t = x.detach().resolve_conj().resolve_neg()
         if t.dtype == torch.bfloat16:
@@ -157,6 +161,10 @@ def tolerance(dtype):
 
 def compare(k, t, what):
     """None when kiln's result `k` equals torch's `t`, else why not."""
+    if isinstance(t, torch.Tensor) and t.layout != torch.strided:
+        if str(getattr(k, "layout", None)).replace("kiln.", "") != str(t.layout)[6:]:
+            return f"{what}: layout {getattr(k, 'layout', None)}, torch {t.layout}"
+        return compare(k.to_dense(), t.to_dense(), f"{what} (to_dense)")
     if isinstance(t, torch.Tensor):
         if not isinstance(k, kiln.Tensor):
             return f"{what}: kiln returned {type(k).__name__}, torch a tensor"
@@ -211,10 +219,12 @@ def _alarm(signum, frame):
     raise Timeout()
 
 
-def comparers():
-    """Per-op comparisons for results that are not unique (`COMPARE` in `tests/opinfo_known`)."""
-    from tests.opinfo_known import core, index, linalg, nn
-    return {**core.COMPARE, **index.COMPARE, **nn.COMPARE, **linalg.COMPARE}
+def comparers(dtype=None):
+    """Per-op comparisons for results that are not unique (`COMPARE` in `tests/opinfo_known`);
+    the bool and complex64 modes' own lists add to the others in those modes."""
+    from tests.opinfo_known import bools, complex, core, index, linalg, nn
+    by_mode = {torch.bool: bools.COMPARE, torch.complex64: complex.COMPARE}.get(dtype, {})
+    return {**core.COMPARE, **index.COMPARE, **nn.COMPARE, **linalg.COMPARE, **by_mode}
 
 
 def run_sample(kfn, tfn, sample, grad, custom=None):
@@ -235,19 +245,25 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
         raise
     except Exception as e:
         return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    why = (custom(k_out, t_out, args, compare) if custom else compare(k_out, t_out, "output"))
+    if custom and getattr(custom, "reads_kwargs", False):      # (sort's dim= and stable=)
+        why = custom(k_out, t_out, args, compare, sample.kwargs)
+    else:
+        why = custom(k_out, t_out, args, compare) if custom else compare(k_out, t_out, "output")
     if why:
         return "wrong", why
     if not grad or custom and not getattr(custom, "compare_grads", False):
         return "ok", ""
     t_in = [x for x in flat(args) if isinstance(x, torch.Tensor) and x.requires_grad]
-    k_in = [x for x in flat(kargs) if isinstance(x, kiln.Tensor) and x.requires_grad]
-    t_outs = [o for o in flat(t_out) if isinstance(o, torch.Tensor) and o.requires_grad
-              and o.dtype.is_floating_point]
+    # a sparse leaf's gradient is its values' (kiln's leaf is the values tensor itself)
+    k_in = [x.values() if x.layout != kiln.strided else x for x in flat(kargs)
+            if isinstance(x, kiln.Tensor) and x.requires_grad]
+    # a sparse result is differentiated through its values (its pattern is fixed)
+    t_outs = [o.values() if o.layout != torch.strided else o for o in flat(t_out)
+              if isinstance(o, torch.Tensor) and o.requires_grad and o.dtype.is_floating_point]
     if not t_in or not t_outs or len(t_in) != len(k_in):
         return "ok", ""
-    k_outs = [o for o in flat(k_out) if isinstance(o, kiln.Tensor) and o.requires_grad
-              and o.dtype.is_floating_point]
+    k_outs = [o.values() if o.layout != kiln.strided else o for o in flat(k_out)
+              if isinstance(o, kiln.Tensor) and o.requires_grad and o.dtype.is_floating_point]
     if len(k_outs) != len(t_outs):
         return "wrong", f"grad: {len(k_outs)} differentiable outputs, torch {len(t_outs)}"
     rng = np.random.default_rng(1)
@@ -266,6 +282,8 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     for i, (a, b) in enumerate(zip(k_g, t_g)):
         if b is None:
             continue
+        if b.layout != torch.strided:       # the input's pattern: compared by its values
+            b = b.values()
         if a is None:
             if not torch.all(b == 0):
                 return "wrong", f"grad {i}: kiln None, torch nonzero"
@@ -356,7 +374,8 @@ def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None):
     if kfn is None:
         counts["missing"] += 1
         return counts, first
-    custom = comparers().get(label(op)) or comparers().get(op.name)
+    table = comparers(dtype)
+    custom = table.get(label(op)) or table.get(op.name)
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(limit_s)
     try:

@@ -618,3 +618,85 @@ def test_torch_aliases_take_sparse_tensors_and_stay_one_function():
         want = call(torch, torch.tensor(dense).to_sparse())
         assert got.layout == kiln.sparse_coo and want.layout == torch.sparse_coo
         np.testing.assert_allclose(got.to_dense().numpy(), want.to_dense().numpy(), rtol=1e-6)
+
+
+# a CSR pattern with an empty row and rows of one and several entries; random values (no ties)
+_CSR = np.array([[1.5, 0, -2, 0, 0.5], [0, 0, 0, 0, 0], [-3, 4, 0, 5, 0], [0, 0, 0.25, 0, 0]])
+
+
+def _csr_case(lib, dense: np.ndarray, *others: np.ndarray):
+    s = lib.tensor(dense).to_sparse_csr().requires_grad_()
+    return s, [lib.tensor(o, requires_grad=True) for o in others]
+
+
+def _csr_grad_values(s):
+    g = s.grad
+    return str(g.layout).split(".")[-1], k2n(g.crow_indices()), k2n(g.col_indices()), \
+        np.asarray(g.values().tolist())
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "amax", "amin", "max", "min"])
+def test_sparse_mm_reduce_matches_torch(reduce):
+    rng = np.random.default_rng(0)
+    y, weights = rng.standard_normal((5, 3)), rng.standard_normal((4, 3))
+    results = []
+    for lib in LIBS:
+        s, (dense,) = _csr_case(lib, _CSR, y)
+        out = lib.sparse.mm(s, dense, reduce)
+        out.backward(lib.tensor(weights))
+        results.append((k2n(out.detach()), k2n(dense.grad), _csr_grad_values(s)))
+    (k_out, k_dy, k_ds), (t_out, t_dy, t_ds) = results
+    np.testing.assert_allclose(k_out, t_out, rtol=1e-12)
+    np.testing.assert_allclose(k_dy, t_dy, rtol=1e-12)
+    assert k_ds[:1] == t_ds[:1]
+    for a, b in zip(k_ds[1:], t_ds[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_sparse_mm_reduce_refuses_what_torch_refuses():
+    y = np.ones((5, 2))
+    for lib in LIBS:
+        s = lib.tensor(_CSR).to_sparse_csr()
+        with pytest.raises(RuntimeError, match="reduce argument must be"):
+            lib.sparse.mm(s, lib.tensor(y), "prod" if lib is kiln else "foo")
+        with pytest.raises(NotImplementedError):                     # COO: CSR only
+            lib.sparse.mm(lib.tensor(_CSR).to_sparse(), lib.tensor(y), "sum")
+        with pytest.raises(RuntimeError):                            # shapes
+            lib.sparse.mm(s, lib.tensor(np.ones((4, 2))), "sum")
+        with pytest.raises(RuntimeError):                            # dtypes
+            lib.sparse.mm(s, lib.tensor(y).float(), "sum")
+
+
+@pytest.mark.parametrize("beta,alpha", [(1.0, 1.0), (0.5, 2.0), (0.0, 1.5), (2.0, 0.0)])
+def test_sampled_addmm_matches_torch(beta, alpha):
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
+    weights = rng.standard_normal(int((_CSR != 0).sum()))
+    results = []
+    for lib in LIBS:
+        s, (m1, m2) = _csr_case(lib, _CSR, a, b)
+        out = lib.sparse.sampled_addmm(s, m1, m2, beta=beta, alpha=alpha)
+        out.values().backward(lib.tensor(weights))
+        results.append((str(out.layout).split(".")[-1], k2n(out.crow_indices()),
+                        k2n(out.col_indices()), k2n(out.values().detach()), k2n(m1.grad),
+                        k2n(m2.grad), _csr_grad_values(s)))
+    (k_lay, *k_rest), (t_lay, *t_rest) = results
+    assert k_lay == t_lay == "sparse_csr"
+    for got, want in zip(k_rest[:5], t_rest[:5]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert k_rest[5][0] == t_rest[5][0]
+    np.testing.assert_allclose(k_rest[5][3], t_rest[5][3], rtol=1e-12)
+
+
+def test_sampled_addmm_refuses_what_torch_refuses():
+    for lib in LIBS:
+        s = lib.tensor(_CSR).to_sparse_csr()
+        m1, m2 = lib.ones(4, 3, dtype=lib.float64), lib.ones(3, 5, dtype=lib.float64)
+        with pytest.raises(NotImplementedError):                     # a dense input
+            lib.sparse.sampled_addmm(lib.tensor(_CSR), m1, m2)
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            lib.sparse.sampled_addmm(s, m1, m2[:2])
+        with pytest.raises(RuntimeError, match="same dtype"):
+            lib.sparse.sampled_addmm(s, m1, m2.float())
+        with pytest.raises(RuntimeError, match="strided layout"):
+            lib.sparse.sampled_addmm(s, m1, m2.to_sparse())

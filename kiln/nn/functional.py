@@ -136,6 +136,7 @@ def _user_stacklevel() -> int:
 
 @_composite
 def glu(input: Tensor, dim: int = -1) -> Tensor:
+    _core.refuse_integers("glu", input)
     a, b = kiln.chunk(input, 2, dim)
     return a * kiln.sigmoid(b)
 

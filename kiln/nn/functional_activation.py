@@ -53,6 +53,7 @@ def selu_(input: Tensor) -> Tensor:
 @_composite
 def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
+    _core.refuse_integers("celu", input)
     if alpha == 0:
         raise ValueError("ZeroDivisionError: alpha cannot be 0 for CELU")
     out = kiln.where(input > 0, input, kiln.expm1(input / alpha) * alpha)
@@ -98,6 +99,7 @@ def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
 
 def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
     """x where x > threshold, else `value`."""
+    _core.refuse_without_kernel("threshold", input)
     out = kiln.where(input > threshold, input, kiln.full_like(input, value))
     return _maybe_inplace(input, out, inplace)
 
@@ -109,12 +111,14 @@ def threshold_(input: Tensor, threshold: float, value: float) -> Tensor:
 @_composite
 def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
     """x where |x| > lambd, else 0."""
+    _core.refuse_integers("hardshrink", input)
     return input.hardshrink(lambd)
 
 
 @_composite
 def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
     """x - lambd above lambd, x + lambd below -lambd, 0 between."""
+    _core.refuse_integers("softshrink", input)
     if lambd < 0:
         raise RuntimeError(f"lambda must be greater or equal to 0, but found to be {lambd}.")
     return kiln.where(input > lambd, input - lambd,
@@ -135,6 +139,7 @@ def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3,
 
     As PyTorch's CPU kernel, training draws one uniform double per element <= 0 (in element
     order; bounds rounded to float below float64 first), so a seed gives PyTorch's slopes."""
+    _core.refuse_integers("rrelu", input)
     if training:
         negative = input <= 0
         if input.dtype != kiln.float64:

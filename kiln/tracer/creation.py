@@ -16,7 +16,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
 from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, is_host_array, to_device
 from kiln.runtime.mt19937 import TorchStream
-from kiln.tracer import layout
+from kiln.tracer import layout as formats
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, WRAPPERS, Size, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
@@ -282,8 +282,9 @@ def _creation(prim, device, requires_grad, **attrs) -> Tensor:
     return out
 
 
-def full(*shape, size=None, fill_value=None, dtype=None, device=None,
+def full(*shape, size=None, fill_value=None, dtype=None, layout=None, device=None,
          requires_grad=False) -> Tensor:
+    check_dense_layout("full", layout)
     if fill_value is None:               # full(size, value) positional form
         shape, fill_value = shape[:-1], shape[-1]
     if isinstance(fill_value, Tensor):
@@ -317,22 +318,48 @@ def _cast_value(value, kind: dt.DType, op: str = "full"):
     return int_fill_value(op, value if type(value) is float else int(value), kind)
 
 
-def zeros(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return full(_size(shape, size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(),
-                device=device, requires_grad=requires_grad)
+def check_dense_layout(op: str, layout) -> None:
+    """A factory's `layout=`: PyTorch's default, strided, is what kiln's factories make."""
+    if layout is not None and getattr(layout, "name", None) != "strided":
+        raise op_error(op, f"makes dense (strided) tensors only, got layout={layout}; make a "
+                       f"sparse tensor with .to_sparse(), .to_sparse_csr() or "
+                       f"sparse_coo_tensor()", NotImplementedError)
 
 
-def ones(*shape, size=None, dtype=None, device=None, requires_grad=False) -> Tensor:
+def _in_layout(out: Tensor, layout) -> Tensor:
+    """zeros/empty in a sparse layout, as PyTorch makes them: no stored entries."""
+    name = getattr(layout, "name", None)
+    if name == "sparse_coo":
+        return out.to_sparse()
+    if name == "sparse_csr":
+        return out.to_sparse_csr()
+    check_dense_layout("zeros", layout)
+    return out
+
+
+def zeros(*shape, size=None, dtype=None, layout=None, device=None,
+          requires_grad=False) -> Tensor:
+    out = full(_size(shape, size), 0, dtype=_dtype(dtype) or dt.get_default_dtype(),
+               device=device, requires_grad=requires_grad and layout is None)
+    if layout is None:
+        return out
+    out = _in_layout(out, layout)
+    return out.requires_grad_(True) if requires_grad else out
+
+
+def ones(*shape, size=None, dtype=None, layout=None, device=None, requires_grad=False) -> Tensor:
+    check_dense_layout("ones", layout)
     return full(_size(shape, size), 1, dtype=_dtype(dtype) or dt.get_default_dtype(),
                 device=device, requires_grad=requires_grad)
 
 
-def empty(*shape, size=None, dtype=None, device=None, requires_grad=False,
+def empty(*shape, size=None, dtype=None, layout=None, device=None, requires_grad=False,
           memory_format=None) -> Tensor:
-    out = zeros(_size(shape, size), dtype=dtype, device=device, requires_grad=requires_grad)
+    out = zeros(_size(shape, size), dtype=dtype, layout=layout, device=device,
+                requires_grad=requires_grad)
     if memory_format is not None:
-        layout.check(memory_format, "empty", out.ndim)
-        if memory_format is layout.preserve_format:
+        formats.check(memory_format, "empty", out.ndim)
+        if memory_format is formats.preserve_format:
             raise op_error("empty", "preserve memory format is unsupported by the empty "
                            "factory; give torch.contiguous_format or torch.channels_last")
     return _in_format(out, memory_format)
@@ -340,24 +367,24 @@ def empty(*shape, size=None, dtype=None, device=None, requires_grad=False,
 
 def _in_format(out: Tensor, fmt) -> Tensor:
     """`out` (fresh) laid out in memory as a channels-last `fmt` says; other formats as it is."""
-    if fmt in (layout.channels_last, layout.channels_last_3d) and out.device.type != "meta":
-        out._data = layout.arrange(out.device.xp, out._data, fmt)
+    if fmt in (formats.channels_last, formats.channels_last_3d) and out.device.type != "meta":
+        out._data = formats.arrange(out.device.xp, out._data, fmt)
     return out
 
 
 def _like_format(input: Tensor, fmt):
     """The layout a `*_like` factory gives: an explicit format, or under preserve_format (the
     default) the channels-last format `input` is dense in, as PyTorch keeps its strides."""
-    if fmt is not None and fmt is not layout.preserve_format:
-        layout.check(fmt, "empty_like", input.ndim)
+    if fmt is not None and fmt is not formats.preserve_format:
+        formats.check(fmt, "empty_like", input.ndim)
         return fmt
-    cl = {4: layout.channels_last, 5: layout.channels_last_3d}.get(input.ndim)
+    cl = {4: formats.channels_last, 5: formats.channels_last_3d}.get(input.ndim)
     if cl is None or not isinstance(input, Tensor):
         return None
     shape, strides = tuple(input.shape), input.stride()
     # exactly a channels-last tensor's strides, size-1 dims included (an N1HW tensor is dense
     # either way: its strides say which it was made as)
-    if strides == layout.strides_of(shape, cl) != layout.strides_of(shape, None):
+    if strides == formats.strides_of(shape, cl) != formats.strides_of(shape, None):
         return cl
     return None
 
@@ -377,8 +404,9 @@ def _like(input: Tensor, dtype, device):
     return (_dtype(dtype) or input.dtype, device if device is not None else input.device)
 
 
-def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
+def zeros_like(input, *, dtype=None, layout=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
+    check_dense_layout("zeros_like", layout)
     if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("zeros_like.default", input, (), dtype, device, requires_grad,
                              memory_format)
@@ -386,8 +414,9 @@ def zeros_like(input, *, dtype=None, device=None, requires_grad=False,
                      memory_format=memory_format)
 
 
-def ones_like(input, *, dtype=None, device=None, requires_grad=False,
+def ones_like(input, *, dtype=None, layout=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
+    check_dense_layout("ones_like", layout)
     if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("ones_like.default", input, (), dtype, device, requires_grad,
                              memory_format)
@@ -395,8 +424,9 @@ def ones_like(input, *, dtype=None, device=None, requires_grad=False,
                      memory_format=memory_format)
 
 
-def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False,
+def full_like(input, fill_value, *, dtype=None, layout=None, device=None, requires_grad=False,
               memory_format=None) -> Tensor:
+    check_dense_layout("full_like", layout)
     if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("full_like.default", input, (fill_value,), dtype, device,
                              requires_grad, memory_format)
@@ -406,8 +436,9 @@ def full_like(input, fill_value, *, dtype=None, device=None, requires_grad=False
     return _in_format(out, _like_format(input, memory_format))
 
 
-def empty_like(input, *, dtype=None, device=None, requires_grad=False,
+def empty_like(input, *, dtype=None, layout=None, device=None, requires_grad=False,
                memory_format=None) -> Tensor:
+    check_dense_layout("empty_like", layout)
     if WRAPPERS[0] and dispatches(input):
         return _wrapper_like("empty_like.default", input, (), dtype, device, requires_grad,
                              memory_format)
@@ -415,7 +446,8 @@ def empty_like(input, *, dtype=None, device=None, requires_grad=False,
                       memory_format=memory_format)
 
 
-def arange(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
+def arange(start=0, end=None, step=1, *, dtype=None, layout=None, device=None, requires_grad=False):
+    check_dense_layout("arange", layout)
     if end is None:
         start, end = 0, start
     start, end, step = (v.item() if isinstance(v, Tensor) else v for v in (start, end, step))
@@ -451,7 +483,8 @@ def _integer_range(start, end, step, kind):
     return whole[0], whole[0] + n * whole[2], whole[2]
 
 
-def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+def linspace(start, end, steps, *, dtype=None, layout=None, device=None, requires_grad=False) -> Tensor:
+    check_dense_layout("linspace", layout)
     kind = _dtype(dtype) or dt.get_default_dtype()
     if kind in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("linspace", kind)
@@ -487,13 +520,15 @@ def _integral_ends(start, end, kind):
     return tuple(ends)
 
 
-def logspace(start, end, steps, base=10.0, *, dtype=None, device=None) -> Tensor:
+def logspace(start, end, steps, base=10.0, *, dtype=None, layout=None, device=None) -> Tensor:
+    check_dense_layout("logspace", layout)
     kind = _dtype(dtype) or dt.get_default_dtype()
     start, end = _integral_ends(start, end, kind)
     return (base ** linspace(start, end, steps, dtype=dt.float64, device=device)).to(kind)
 
 
-def eye(n, m=None, *, dtype=None, device=None, requires_grad=False) -> Tensor:
+def eye(n, m=None, *, dtype=None, layout=None, device=None, requires_grad=False) -> Tensor:
+    check_dense_layout("eye", layout)
     m = n if m is None else m
     if _dtype(dtype) in _LIMITED_UNSIGNED:
         raise _unsigned_refusal("eye", _dtype(dtype))
@@ -623,8 +658,9 @@ def _count(shape: tuple) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def rand(*shape, size=None, generator=None, dtype=None, device=None,
+def rand(*shape, size=None, generator=None, dtype=None, layout=None, device=None,
          requires_grad=False) -> Tensor:
+    check_dense_layout("rand", layout)
     kind = _dtype(dtype) or dt.get_default_dtype()
     if not kind.is_floating_point and not kind.is_complex:
         raise op_error("rand", f"\"check_uniform_bounds\" not implemented for '{kind.name}'",
@@ -642,8 +678,9 @@ def rand(*shape, size=None, generator=None, dtype=None, device=None,
     return out
 
 
-def randn(*shape, size=None, generator=None, dtype=None, device=None,
+def randn(*shape, size=None, generator=None, dtype=None, layout=None, device=None,
           requires_grad=False) -> Tensor:
+    check_dense_layout("randn", layout)
     kind = _dtype(dtype) or dt.get_default_dtype()
     shape = _size(shape, size)
     if kind.is_complex:
@@ -660,18 +697,21 @@ def randn(*shape, size=None, generator=None, dtype=None, device=None,
     return out
 
 
-def rand_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
+def rand_like(input, *, dtype=None, layout=None, device=None, generator=None) -> Tensor:
+    check_dense_layout("rand_like", layout)
     kind, dev = _like(input, dtype, device)
     return rand(tuple(input.shape), generator=generator, dtype=kind, device=dev)
 
 
-def randn_like(input, *, dtype=None, device=None, generator=None) -> Tensor:
+def randn_like(input, *, dtype=None, layout=None, device=None, generator=None) -> Tensor:
+    check_dense_layout("randn_like", layout)
     kind, dev = _like(input, dtype, device)
     return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
 
 
-def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=None,
+def randint(low=0, high=None, size=None, *, generator=None, dtype=None, layout=None, device=None,
             requires_grad=False) -> Tensor:
+    check_dense_layout("randint", layout)
     # torch's forms: randint(high, size), randint(low, high, size), and either with size=
     if size is None:                    # randint(high, size)
         if high is None:
@@ -693,12 +733,14 @@ def randint(low=0, high=None, size=None, *, generator=None, dtype=None, device=N
     return out
 
 
-def randint_like(input, low, high=None, *, dtype=None, device=None) -> Tensor:
+def randint_like(input, low, high=None, *, dtype=None, layout=None, device=None) -> Tensor:
+    check_dense_layout("randint_like", layout)
     kind, dev = _like(input, dtype, device)
     return randint(low, high, tuple(input.shape), dtype=kind, device=dev)
 
 
-def randperm(n, *, generator=None, dtype=None, device=None) -> Tensor:
+def randperm(n, *, generator=None, dtype=None, layout=None, device=None) -> Tensor:
+    check_dense_layout("randperm", layout)
     kind = _dtype(dtype) or dt.int64
     return random_values(generator, device, kind, lambda stream: stream.permutation(int(n)))
 

@@ -201,9 +201,10 @@ def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
     widen = 0
     if not movement and any(isinstance(a, Tensor) and a.dtype is dt.bfloat16 for a in args):
         widen = _KEEPS_LITERALS if prim.name in ("mul", "div") else _ROUNDS_LITERALS
+    # an integer or bool result never requires grad (x.long(), a pivot), as in PyTorch
+    differentiable = prim.grad is not None and (dtype.is_floating_point or dtype.is_complex)
     return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl),
-            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement,
-            prim.grad is not None, widen)
+            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement, differentiable, widen)
 
 
 _KEEPS_LITERALS, _ROUNDS_LITERALS = 1, 2

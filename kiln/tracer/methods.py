@@ -141,9 +141,17 @@ _INTO_SELF = {
                  value * tensor1 * tensor2 if value != 1 else tensor1 * tensor2),
     "addcdiv_": ("add", lambda self, tensor1, tensor2, *, value=1:
                  value * (tensor1 / tensor2) if value != 1 else tensor1 / tensor2),
-    "lerp_": ("add", lambda self, end, weight: weight * (end - self)),
+    "lerp_": ("add", lambda self, end, weight: _small_lerp_step(self, end, weight)),
 }
 _INTO_SELF_DTYPES = (dt.float32, dt.float64)
+
+
+def _small_lerp_step(self: Tensor, end, weight):
+    """lerp_'s `w * (end - self)` where lerp adds it to self (a Python |w| < 0.5, an
+    optimizer's moving average); None otherwise, which sends lerp_ to its general path."""
+    if type(weight) is not float and type(weight) is not int or abs(weight) >= 0.4999999:
+        return None          # (near 0.5, rounding to float32 decides: lerp's general path)
+    return weight * (end - self)
 
 
 def _writes_plainly(self: Tensor) -> bool:
@@ -437,7 +445,12 @@ def new_tensor(self: Tensor, data, dtype=None, device=None, requires_grad=False)
 
 
 def _new(fill, name):
-    def method(self, *size, dtype=None, device=None, requires_grad=False):
+    def method(self, *size, dtype=None, layout=None, device=None, requires_grad=False):
+        if layout is not None and fill == 0:      # new_zeros/new_empty: sparse ones too
+            return creation.zeros(creation._size(size), dtype=dtype or self.dtype,
+                                  layout=layout, device=device or self.device,
+                                  requires_grad=requires_grad)
+        creation.check_dense_layout(name, layout)
         if _WRAPPERS[0] and dispatches(self):
             out = _wrappers.call(f"{name}.default", (self, creation._size(size)), {
                 k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
@@ -447,7 +460,9 @@ def _new(fill, name):
     return method
 
 
-def new_full(self, size, fill_value, dtype=None, device=None, requires_grad=False):
+def new_full(self, size, fill_value, dtype=None, layout=None, device=None,
+             requires_grad=False):
+    creation.check_dense_layout("new_full", layout)
     if _WRAPPERS[0] and dispatches(self):
         out = _wrappers.call("new_full.default", (self, tuple(size), fill_value), {
             k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})

@@ -15,5 +15,4 @@ KNOWN = {
     ('jiterator_binary', 'complex64'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_binary_return_by_ref', 'complex64'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_unary', 'complex64'): 'n/a: CUDA-only (torch.cuda.jiterator)',
-    ('sparse.sampled_addmm', 'complex64'): 'missing (and the sweep passes no sparse CSR input)',
 }

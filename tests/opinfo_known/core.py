@@ -65,6 +65,4 @@ KNOWN = {
     ('jiterator_unary', 'float32'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_unary', 'int64'): 'n/a: CUDA-only (torch.cuda.jiterator)',
     ('jiterator_unary', 'float64_grad'): 'n/a: CUDA-only (torch.cuda.jiterator)',
-    ('sparse.sampled_addmm', 'float32'): 'missing (and the sweep passes no sparse CSR input)',
-    ('sparse.sampled_addmm', 'float64_grad'): 'missing (and the sweep passes no sparse CSR input)',
 }

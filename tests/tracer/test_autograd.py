@@ -183,3 +183,46 @@ def test_gradcheck_passes_and_catches_wrong_gradient():
         return t2.sum()
     with pytest.raises(kiln.autograd.GradcheckError):
         kiln.autograd.gradcheck(wrong, (y,))
+
+
+# every output of these, as torch gives it: integer and bool results (indices, pivots, counts,
+# casts) never require grad, float ones from an input that requires grad do
+INTEGER_OUTPUTS = {
+    "lu_factor": lambda L, x: L.linalg.lu_factor(x),
+    "lu_factor_ex": lambda L, x: L.linalg.lu_factor_ex(x),
+    "lu": lambda L, x: L.lu(x, get_infos=True),
+    "linalg.lu": lambda L, x: L.linalg.lu(x),
+    "lu_unpack": lambda L, x: L.lu_unpack(*L.linalg.lu_factor(x)),
+    "inv_ex": lambda L, x: L.linalg.inv_ex(x),
+    "cholesky_ex": lambda L, x: L.linalg.cholesky_ex(x @ x.mT + L.eye(3)),
+    "max": lambda L, x: L.max(x, 1),
+    "min": lambda L, x: L.min(x, 0),
+    "sort": lambda L, x: L.sort(x, 1),
+    "argsort": lambda L, x: L.argsort(x, 1),
+    "topk": lambda L, x: L.topk(x, 2),
+    "kthvalue": lambda L, x: L.kthvalue(x, 2),
+    "mode": lambda L, x: L.mode(x, 1),
+    "median": lambda L, x: L.median(x, 1),
+    "cummax": lambda L, x: L.cummax(x, 1),
+    "max_pool_indices": lambda L, x: L.nn.functional.max_pool1d(x[None], 2,
+                                                                 return_indices=True),
+    "frexp": lambda L, x: L.frexp(x),
+    "argmax": lambda L, x: L.argmax(x),
+    "searchsorted": lambda L, x: L.searchsorted(x.sort(1).values, x),
+    "casts": lambda L, x: (x.long(), x.int(), x.bool(), x.to(L.uint8), x > 0),
+    "matrix_rank": lambda L, x: L.linalg.matrix_rank(x),
+}
+
+
+def _grad_flags(out) -> list:
+    if isinstance(out, (tuple, list)):
+        return [flag for part in out for flag in _grad_flags(part)]
+    return [(str(out.dtype).split(".")[-1], out.requires_grad, out.grad_fn is not None)]
+
+
+@pytest.mark.parametrize("op", sorted(INTEGER_OUTPUTS))
+def test_integer_outputs_never_require_grad(op):
+    a = np.random.default_rng(0).standard_normal((3, 3))
+    got = _grad_flags(INTEGER_OUTPUTS[op](kiln, kiln.tensor(a, requires_grad=True)))
+    want = _grad_flags(INTEGER_OUTPUTS[op](torch, torch.tensor(a, requires_grad=True)))
+    assert got == want

@@ -23,6 +23,7 @@ CASES = {
     "addcdiv_": (lambda x, a, b: x.addcdiv_(a, b.abs() + 1, value=-0.01),
                  lambda x, a, b: x.addcdiv(a, b.abs() + 1, value=-0.01)),
     "lerp_": (lambda x, a, b: x.lerp_(a, 0.25), lambda x, a, b: x.lerp(a, 0.25)),
+    "lerp_large_weight": (lambda x, a, b: x.lerp_(a, 0.75), lambda x, a, b: x.lerp(a, 0.75)),
     "iadd": (lambda x, a, b: x.__iadd__(a), lambda x, a, b: x + a),
     "self_operand": (lambda x, a, b: x.mul_(x), lambda x, a, b: x * x),
     "fill_": (lambda x, a, b: x.fill_(0.3), lambda x, a, b: kiln.full_like(x, 0.3)),

@@ -771,3 +771,40 @@ def test_mixed_dtype_pairs_promote_as_pytorch(op, left, right):
         b = lib.tensor(nonzero_sample(right, 2)[:4], dtype=getattr(lib, right))
         return PAIR_OPS[op](lib, a, b)
     assert_same_run(run)
+
+
+# PyTorch's math functions compute integer and bool inputs in the default float dtype
+# (torch.tanh(torch.arange(3)) is float32), as functions and as Tensor methods
+FLOAT_MATH = """acos acosh asin asinh atan atanh cos cosh sin sinh tan tanh sigmoid exp exp2 expm1
+log log10 log1p log2 sqrt rsqrt erf erfc erfinv lgamma digamma i0 sinc logit deg2rad rad2deg
+reciprocal arccos arcsin arctan""".split()
+SPECIAL_MATH = """expit exp2 expm1 erf erfc erfcx erfinv i0 i0e i1 i1e ndtr ndtri log_ndtr digamma
+psi gammaln sinc log1p entr logit bessel_j0 bessel_j1""".split()
+# nn.functional's activations: PyTorch has no integer (or, for some, no bool) kernel of these
+ACTIVATIONS = """tanh sigmoid relu relu6 hardtanh elu selu celu gelu silu mish softplus softsign
+logsigmoid hardsigmoid hardswish tanhshrink softshrink hardshrink leaky_relu rrelu glu""".split()
+
+
+def _small(lib, name: str):
+    values = {"bool": [True, False, True, False, True, True],
+              "uint8": [0, 1, 2, 3, 5, 9]}.get(name, [-3, -1, 0, 1, 2, 5])
+    return lib.tensor(values, dtype=getattr(lib, name))
+
+
+@pytest.mark.parametrize("name", ["int64", "int32", "uint8", "bool"])
+@pytest.mark.parametrize("op", FLOAT_MATH)
+def test_float_math_of_integers_promotes_as_pytorch(op, name):
+    assert_same_run(lambda lib: getattr(lib, op)(_small(lib, name)))
+    assert_same_run(lambda lib: getattr(_small(lib, name), op)())
+
+
+@pytest.mark.parametrize("name", ["int64", "bool"])
+@pytest.mark.parametrize("op", SPECIAL_MATH)
+def test_special_math_of_integers_promotes_as_pytorch(op, name):
+    assert_same_run(lambda lib: getattr(lib.special, op)(_small(lib, name)))
+
+
+@pytest.mark.parametrize("name", ["int64", "bool"])
+@pytest.mark.parametrize("op", ACTIVATIONS)
+def test_activations_of_integers_as_pytorch(op, name):
+    assert_same_run(lambda lib: getattr(lib.nn.functional, op)(_small(lib, name)))

@@ -7,6 +7,8 @@ Values are distinct (a permutation), so sort-based gradients are well defined.
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -226,6 +228,28 @@ ONCE_WRONG = [
 def test_once_wrong_index_results() -> None:
     for call in ONCE_WRONG:
         check_op(call, [(4, 4)], dtype=np.float64)
+
+
+def test_take_along_dim_takes_indices_modulo_the_dim_as_torch() -> None:
+    # along a dim, any index is taken modulo the dim's size (values and gradients); flattened,
+    # indices outside [0, numel) are refused by both
+    wrapped = [[5, -4, 1, -1], [100, -100, 7, 0], [3, 3, -3, 2], [0, 1, 2, 3]]
+    check_op(lambda lib, x: lib.take_along_dim(x, lib.tensor(wrapped), 1), [(4, 3)],
+             dtype=np.float64)
+    check_op(lambda lib, x: lib.take_along_dim(x, lib.tensor([[-5, 9, 4]]), 0), [(4, 3)],
+             dtype=np.float64)
+    for lib in (torch, kiln):
+        x = lib.arange(12.0).reshape(4, 3)
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            lib.take_along_dim(x, lib.tensor([12]))
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            lib.take_along_dim(x, lib.tensor([-1]))
+        with pytest.raises(RuntimeError, match="Long"):
+            lib.take_along_dim(x, lib.tensor([[1]], dtype=lib.int32), 1)
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):     # an empty dim
+            lib.take_along_dim(lib.zeros(2, 0), lib.zeros(2, 1, dtype=lib.int64), 1)
+        assert lib.take_along_dim(lib.zeros(2, 0), lib.zeros(2, 0, dtype=lib.int64),
+                                  1).shape == (2, 0)
 
 
 def test_segment_reduce() -> None:

@@ -1069,3 +1069,123 @@ def test_activations_at_nan_and_inf_give_their_limits(op, dtype) -> None:
 def test_activation_gradients_at_kinks_and_bounds_match_torch(op) -> None:
     values = np.array([-7.0, -6.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 6.0, 7.0], dtype=np.float64)
     check_op(lambda lib, x: getattr(lib.nn.functional, op)(x), [values], dtype=np.float64)
+
+
+# lerp at the weights where PyTorch switches formula (|w| >= 0.5: end - (end - input) * (1 - w)),
+# with infinities and huge operands. PyTorch's vectorized CPU loop fuses the multiply-add where
+# the CPU has FMA, so finite values agree to a rounding; w = 0 and w = 1 are exact, and which
+# elements are inf or NaN is the same everywhere.
+LERP_START = [0.0, 1.0, -np.inf, np.inf, 0.3, -0.9, 2.0, 0.1, -4.0, 3.0]     # x biggest finite
+LERP_END = [1.0, np.inf, 1.0, np.inf, -0.9, 0.9, 2.0, 0.7, 5.0, -1e-3]
+
+
+def _lerp_results(lib, weight, weight_tensor: bool, dtype):
+    huge = np.ones(len(LERP_START), dtype)
+    huge[4:6] = np.finfo(dtype).max
+    start = lib.tensor(np.array(LERP_START, dtype) * huge, requires_grad=True)
+    end = lib.tensor(np.array(LERP_END, dtype) * huge, requires_grad=True)
+    w = lib.tensor(np.full(len(LERP_START), weight, dtype), requires_grad=True) \
+        if weight_tensor else weight
+    out = lib.lerp(start, end, w)
+    out.backward(lib.arange(1.0, len(LERP_START) + 1, dtype=start.dtype))
+    grads = [start.grad, end.grad] + ([w.grad] if weight_tensor else [])
+    return [out.detach().numpy()] + [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_tensor", [False, True], ids=["number", "tensor"])
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 0.7, 1.0, -0.5, 1.5])
+def test_lerp_matches_torch_across_its_two_formulas(weight, weight_tensor, dtype) -> None:
+    got = _lerp_results(kiln, weight, weight_tensor, dtype)
+    want = _lerp_results(torch, weight, weight_tensor, dtype)
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=0, equal_nan=True)
+    if weight in (0.0, 1.0):
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_lerp_dtype_rules_match_torch() -> None:
+    for lib in (torch, kiln):
+        x32, x64 = lib.ones(3), lib.ones(3, dtype=lib.float64)
+        with pytest.raises(RuntimeError, match="for `end`"):
+            lib.lerp(x32, x64, 0.5)
+        with pytest.raises(RuntimeError, match="for `weight`"):
+            lib.lerp(x32, x32, x64)
+    # a 0-dim weight of another dtype is taken in input's dtype, and gets its gradient
+    grads = []
+    for lib in (torch, kiln):
+        x = lib.tensor([1.0, -2.0], requires_grad=True)
+        w = lib.tensor(0.7, dtype=lib.float64, requires_grad=True)
+        out = lib.lerp(x, lib.tensor([3.0, 4.0]), w)
+        out.sum().backward()
+        assert out.dtype == lib.float32 and w.grad.dtype == lib.float64
+        grads.append((out.detach().numpy(), x.grad.numpy(), w.grad.numpy()))
+    for g, w in zip(*grads):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_lerp_of_half_types_rounds_once_as_torch(dtype) -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-4, 4, (2, 64))
+    for weight in (0.3, 0.7):
+        want = torch.lerp(torch.tensor(a).to(getattr(torch, dtype)),
+                          torch.tensor(b).to(getattr(torch, dtype)), weight)
+        got = kiln.lerp(kiln.tensor(a).to(getattr(kiln, dtype)),
+                        kiln.tensor(b).to(getattr(kiln, dtype)), weight)
+        np.testing.assert_array_equal(got.float().numpy(), want.float().numpy())
+
+
+# every factory takes PyTorch's `layout=`: strided (its default) as without it; zeros and empty
+# (and new_zeros/new_empty) also in sparse COO/CSR layouts, as PyTorch makes them (no entries);
+# the others refuse a sparse layout
+LAYOUT_FACTORIES = {
+    "zeros": lambda L, lay: L.zeros(2, 3, layout=lay),
+    "empty": lambda L, lay: L.empty(2, 3, layout=lay).zero_() if lay is L.strided
+    else L.empty(2, 3, layout=lay),
+    "ones": lambda L, lay: L.ones(2, 3, layout=lay),
+    "full": lambda L, lay: L.full((2, 3), 1.5, layout=lay),
+    "zeros_like": lambda L, lay: L.zeros_like(L.ones(2), layout=lay),
+    "ones_like": lambda L, lay: L.ones_like(L.ones(2), layout=lay),
+    "full_like": lambda L, lay: L.full_like(L.ones(2), 3.0, layout=lay),
+    "empty_like": lambda L, lay: L.empty_like(L.ones(2), layout=lay).shape,
+    "rand": lambda L, lay: L.rand(2, 3, layout=lay).shape,
+    "randn": lambda L, lay: L.randn(2, 3, layout=lay).shape,
+    "randint": lambda L, lay: L.randint(0, 5, (2, 3), layout=lay).shape,
+    "randperm": lambda L, lay: L.randperm(4, layout=lay).sort().values,
+    "rand_like": lambda L, lay: L.rand_like(L.ones(2), layout=lay).shape,
+    "arange": lambda L, lay: L.arange(5, layout=lay),
+    "linspace": lambda L, lay: L.linspace(0, 1, 5, layout=lay),
+    "logspace": lambda L, lay: L.logspace(0, 1, 5, layout=lay),
+    "eye": lambda L, lay: L.eye(3, layout=lay),
+    "tril_indices": lambda L, lay: L.tril_indices(3, 3, layout=lay),
+    "scalar_tensor": lambda L, lay: L.scalar_tensor(3, layout=lay),
+    "hann_window": lambda L, lay: L.hann_window(4, layout=lay),
+    "empty_strided": lambda L, lay: L.empty_strided((2, 3), (3, 1), layout=lay).shape,
+    "new_zeros": lambda L, lay: L.ones(2).new_zeros(2, 3, layout=lay),
+    "new_ones": lambda L, lay: L.ones(2).new_ones(3, layout=lay),
+    "new_full": lambda L, lay: L.ones(2).new_full((3,), 2.0, layout=lay),
+}
+SPARSE_ZEROS = {"zeros", "empty", "new_zeros"}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_FACTORIES))
+def test_factories_take_a_layout_as_torch(name) -> None:
+    make = LAYOUT_FACTORIES[name]
+    got, want = make(kiln, kiln.strided), make(torch, torch.strided)
+    if isinstance(want, torch.Tensor):
+        assert str(got.layout) == "kiln.strided" and got.dtype.name == str(want.dtype)[6:]
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    else:
+        assert tuple(got) == tuple(want)
+    for layout in ("sparse_coo", "sparse_csr"):
+        if name in SPARSE_ZEROS:
+            got, want = make(kiln, getattr(kiln, layout)), make(torch, getattr(torch, layout))
+            assert str(got.layout)[5:] == str(want.layout)[6:] and got.shape == want.shape
+            assert got._nnz() == want._nnz() == 0
+            np.testing.assert_array_equal(got.to_dense().numpy(), want.to_dense().numpy())
+        else:
+            with pytest.raises(NotImplementedError, match="strided"):
+                make(kiln, getattr(kiln, layout))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.errors import op_error
-from kiln.tracer.functional.common import _floating
-from kiln.tracer.functional.elementwise import clamp, tanh
+from kiln.tracer.functional.common import refuse_integers, refuse_without_kernel
+from kiln.tracer.functional.elementwise import clamp, sub, tanh
 from kiln.tracer.provenance import composite
 from kiln.tracer.sparse import SPARSE_TYPES
 
@@ -27,6 +28,8 @@ def relu6(input):
 
 @composite
 def hardtanh(input, min_val=-1.0, max_val=1.0):
+    if input.dtype is dt.bool_:
+        raise op_error("hardtanh", "Bool inputs not supported for hardtanh")
     # not clamp: PyTorch passes hardtanh's gradient strictly inside (min, max) and clamp's
     # on the closed interval; NaN falls through both comparisons and propagates
     return P.where(P.le(input, min_val), min_val,
@@ -35,11 +38,13 @@ def hardtanh(input, min_val=-1.0, max_val=1.0):
 
 @composite
 def leaky_relu(input, negative_slope=0.01):
+    refuse_integers("leaky_relu", input)
     return P.where(P.gt(input, 0), input, input * negative_slope)
 
 
 @composite
 def elu(input, alpha=1.0):
+    refuse_integers("elu", input)
     return P.where(P.gt(input, 0), input, P.expm1(input) * alpha)
 
 
@@ -64,18 +69,19 @@ def _times_gate(x, gate):
 
 @composite
 def gelu(input, approximate="none"):
-    x = _floating(input)
+    refuse_integers("gelu", input)
     if approximate == "tanh":
-        inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
-        return _times_gate(x, (P.tanh(inner) + 1) * 0.5)
+        inner = (input + input * input * input * 0.044715) * math.sqrt(2 / math.pi)
+        return _times_gate(input, (P.tanh(inner) + 1) * 0.5)
     if approximate != "none":
         raise op_error("gelu", f"approximate argument must be either none or tanh, got "
                        f"{approximate!r}", ValueError)
-    return _times_gate(x, (P.erf(x * (1 / math.sqrt(2))) + 1) * 0.5)
+    return _times_gate(input, (P.erf(input * (1 / math.sqrt(2))) + 1) * 0.5)
 
 
 @composite
 def silu(input):
+    refuse_integers("silu", input)
     if input.dtype.is_complex:          # no -inf to guard: x / (1 + exp(-x)) as PyTorch
         return input / (P.exp(-input) + 1)
     return _times_gate(input, P.sigmoid(input))
@@ -83,11 +89,13 @@ def silu(input):
 
 @composite
 def mish(input):
+    refuse_integers("mish", input)
     return _times_gate(input, tanh(softplus(input)))
 
 
 @composite
 def softplus(input, beta=1.0, threshold=20.0):
+    refuse_integers("softplus", input)
     scaled = input * beta if beta != 1 else input
     soft = P.log1p(P.exp(scaled)) / beta if beta != 1 else P.log1p(P.exp(scaled))
     return P.where(P.gt(scaled, threshold), input, soft)
@@ -95,25 +103,28 @@ def softplus(input, beta=1.0, threshold=20.0):
 
 @composite
 def logsigmoid(input):
+    refuse_integers("logsigmoid", input)
     return -softplus(-input)
 
 
 @composite
 def hardsigmoid(input):
+    refuse_integers("hardsigmoid", input)
     return clamp(input / 6 + 0.5, 0.0, 1.0)
 
 
 @composite
 def hardswish(input):
+    refuse_integers("hardswish", input)
     return _times_gate(input, hardsigmoid(input))
 
 
 @composite
 def softsign(input):
+    refuse_without_kernel("abs", input)          # PyTorch has no bool abs
     return input / (P.abs(input) + 1)
 
 
 @composite
 def tanhshrink(input):
-    x = _floating(input)
-    return x - P.tanh(x)
+    return sub(input, tanh(input))       # an int input gives float; bool - float is refused

@@ -111,6 +111,13 @@ def refuse_without_kernel(op: str, x, categories: tuple = (dt.BOOL,)) -> None:
                        f"{'.long()' if x.dtype is dt.bool_ else '.float()'}", NotImplementedError)
 
 
+def refuse_integers(op: str, x) -> None:
+    """refuse_without_kernel for integer and bool inputs: PyTorch's activation kernels (elu,
+    gelu, silu, ...) have neither, unlike its math functions (tanh, exp), which compute ints
+    in the default float dtype."""
+    refuse_without_kernel(op, x, (dt.BOOL, dt.INT))
+
+
 def both_bool(a, b) -> bool:
     """Whether two operands promote to bool: bool tensors or Python bools."""
     return (type(a) is bool or isinstance(a, Tensor) and a.dtype is dt.bool_) and \

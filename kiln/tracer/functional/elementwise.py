@@ -14,6 +14,7 @@ from kiln.ir.ops import P
 from kiln.tracer import creation
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _number, _promoted,
+                                           _py_abs,
                                            both_bool, ones_like, refuse_without_kernel,
                                            result_type, zeros_like)
 from kiln.tracer.provenance import composite
@@ -397,8 +398,63 @@ def clamp_max(input, max):
 
 @composite
 def lerp(input, end, weight):
+    """PyTorch's two formulas: `input + w * (end - input)` for |w| < 0.5, else
+    `end - (end - input) * (1 - w)`, exact at w = 1 (and infinities come out as there).
+    float16/bfloat16 compute in float32 and round once, as PyTorch's kernel does."""
     refuse_without_kernel("lerp", input, (dt.BOOL, dt.INT))
-    return input + weight * (end - input)
+    weight = _lerp_checked(input, end, weight)
+    narrow = input.dtype if input.dtype in (dt.float16, dt.bfloat16) else None
+    if narrow is not None:
+        input, end = P.cast(input, dtype=dt.float32), _lerp_widened(end)
+        weight = _lerp_widened(weight)
+    if isinstance(weight, Tensor):
+        small = lt(abs(weight), 0.5)
+        out = P.where(small, *_same_shape_pair(input, end)) + \
+            P.where(small, weight, weight - 1) * (end - input)
+    else:
+        w = _in_opmath(weight, input.dtype)
+        out = input + w * (end - input) if _py_abs(w) < 0.5 else end - (end - input) * (1 - w)
+    return out if narrow is None else P.cast(out, dtype=narrow)
+
+
+def _lerp_checked(input, end, weight):
+    """PyTorch's dtype rule of lerp: `end` and a weight tensor with dims take input's dtype;
+    a 0-dim weight tensor of any dtype is converted to it, a complex number needs a complex
+    input. Returns the weight to use."""
+    if isinstance(end, Tensor) and end.dtype is not input.dtype:
+        raise op_error("lerp", f"expected dtype {input.dtype.name} for `end` but got dtype "
+                       f"{end.dtype.name}")
+    if isinstance(weight, Tensor):
+        if weight.ndim == 0 and weight.dtype is not input.dtype:
+            return P.cast(weight, dtype=input.dtype)
+        if weight.dtype is not input.dtype:
+            raise op_error("lerp", f"expected dtype {input.dtype.name} for `weight` but got "
+                           f"dtype {weight.dtype.name}")
+        return weight
+    weight = _number(weight)
+    if isinstance(weight, complex) and not input.dtype.is_complex:
+        raise op_error("lerp", f"a complex weight ({weight}) needs a complex input, got "
+                       f"{input.dtype.name}")
+    return weight
+
+
+def _lerp_widened(x):
+    return P.cast(x, dtype=dt.float32) if isinstance(x, Tensor) else x
+
+
+def _same_shape_pair(input: Tensor, end):
+    """(input, end) as tensors of one dtype for where(); `end` may be a Python number."""
+    return input, end if isinstance(end, Tensor) else _as_tensor(end, input).to(input.dtype)
+
+
+def _in_opmath(weight, dtype: dt.DType):
+    """A Python weight as PyTorch's kernel holds it: in float32 (complex64) unless the input
+    is float64 (complex128), so the choice of formula and `1 - w` match its bits."""
+    if dtype in (dt.float64, dt.complex128):
+        return weight
+    if isinstance(weight, complex):
+        return complex(np.complex64(weight))
+    return float(np.float32(weight))
 
 
 @composite

@@ -368,10 +368,14 @@ def take(input, index):
 
 
 def take_along_dim(input, indices, dim=None):
-    """gather with broadcasting; along `dim`, indices in [-n, 0) count from the end (as
-    PyTorch's), and without `dim` both tensors are read flattened."""
+    """gather with broadcasting. Along `dim`, PyTorch takes every index modulo the dim's size
+    (-1 is the last, n + 1 the second; none is out of range but on an empty dim); without
+    `dim` both tensors are read flattened and indices outside [0, numel) are refused."""
     if dim is None:
         return _gather(reshape(input, (-1,)), 0, reshape(indices, (-1,)), "take_along_dim")
+    if indices.dtype is not dt.int64:           # as PyTorch's, only along a dim
+        raise op_error("take_along_dim", f"dtype of indices should be int64 (Long) but got "
+                       f"{indices.dtype.name}")
     d = _norm_dim(dim, input.ndim)
     # every dim but `dim` broadcasts between input and indices
     a, b = list(input.shape), list(indices.shape)
@@ -379,8 +383,12 @@ def take_along_dim(input, indices, dim=None):
     common = _broadcast("take_along_dim", tuple(a), tuple(b))
     input = expand(input, common[:d] + (input.shape[d],) + common[d + 1:])
     indices = expand(indices, common[:d] + (indices.shape[d],) + common[d + 1:])
-    indices = _wrap_index(indices, input.shape[d], "take_along_dim", RuntimeError, dim=d)
-    return _gather(input, d, indices, "take_along_dim", checked=True)
+    n = input.shape[d]
+    if n == 0 and indices.numel():
+        raise op_error("take_along_dim", f"cannot take indices along dimension {d} of size 0 "
+                       f"(input shape {list(input.shape)}); PyTorch raises ZeroDivisionError")
+    return _gather(input, d, P.mod(indices, n) if n else indices, "take_along_dim",
+                   checked=True)
 
 
 @composite

@@ -12,7 +12,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer import functional as F
-from kiln.tracer.creation import tensor
+from kiln.tracer.creation import check_dense_layout, tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.shapes import _own_memory
@@ -221,12 +221,14 @@ def meshgrid(*tensors, indexing=None):
     return tuple(out)
 
 
-def tril_indices(row, col, offset=0, *, dtype=None, device=None):
+def tril_indices(row, col, offset=0, *, dtype=None, layout=None, device=None):
+    check_dense_layout("tril_indices", layout)
     r, c = np.tril_indices(row, offset, col)
     return tensor(np.stack([r, c]).astype(np.int64), dtype=dtype or dt.int64, device=device)
 
 
-def triu_indices(row, col, offset=0, *, dtype=None, device=None):
+def triu_indices(row, col, offset=0, *, dtype=None, layout=None, device=None):
+    check_dense_layout("triu_indices", layout)
     r, c = np.triu_indices(row, offset, col)
     return tensor(np.stack([r, c]).astype(np.int64), dtype=dtype or dt.int64, device=device)
 
@@ -565,6 +567,7 @@ def empty_strided(size, stride, *, dtype=None, layout=None, device=None, require
     """A new tensor of `size` whose memory is laid out with `stride` (zeros: PyTorch leaves
     the memory uninitialized), over just enough memory to hold it."""
     from kiln.tracer.creation import zeros
+    check_dense_layout("empty_strided", layout)
     size, stride = tuple(int(n) for n in size), tuple(int(st) for st in stride)
     extent = 1 + sum((n - 1) * st for n, st in zip(size, stride)) if math.prod(size) else 0
     memory = zeros(extent, dtype=dtype, device=device)
