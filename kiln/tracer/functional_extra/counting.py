@@ -48,12 +48,18 @@ def histc(input, bins=100, min=0, max=0):
     refuse_without_kernel("histc", input, (dt.BOOL, dt.INT))
     x = _f(input).detach()
     lo, hi = float(min), float(max)
-    if lo == hi and x.numel():            # the data's range (none: no values to count)
-        lo, hi = float(F.amin(x)), float(F.amax(x))
-    if lo == hi:
+    if lo == hi and x.numel():
+        # the data's range, kept as float64 tensors (no read into Python: it traces)
+        lo, hi = F.amin(x).to(dt.float64), F.amax(x).to(dt.float64)
+        same = F.eq(lo, hi)
+        lo, hi = F.where(same, lo - 1, lo), F.where(same, hi + 1, hi)
+    elif lo == hi:
         lo, hi = lo - 1, hi + 1
+    scale = bins / (hi - lo)               # in float64, then in x's precision, as for numbers
+    if isinstance(lo, Tensor):
+        lo, hi, scale = (v.to(x.dtype) for v in (lo, hi, scale))
     inside = F.logical_and(F.ge(x, lo), F.le(x, hi))
-    idx = F.floor((x - lo) * (bins / (hi - lo))).to(dt.int64)
+    idx = F.floor((x - lo) * scale).to(dt.int64)
     idx = F.clamp(idx, 0, bins - 1)
     hits = F.logical_and(F.eq(F.unsqueeze(F.reshape(idx, (-1,)), -1),
                               F.arange(bins, device=x.device)),
