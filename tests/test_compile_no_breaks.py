@@ -2,6 +2,8 @@
 `kiln.compile(fullgraph=True)` (which raises on a graph break) the replay equals eager, and
 eager equals torch, on inputs the OpInfo samples miss (ties, NaNs, a data-derived range)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,66 @@ def test_cummax_gradient_compiled():
     x.grad = None
     step(x)
     np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sym", [True, False])
+def test_kaiser_windows(dtype, sym):
+    for M, beta in ((9, 12.0), (16, 0.5), (2, 3.3)):
+        eager = _compiled_equals_eager(lambda: kiln.signal.windows.kaiser(
+            M, beta=beta, sym=sym, dtype=getattr(kiln, dtype)))
+        want = torch.signal.windows.kaiser(M, beta=beta, sym=sym, dtype=getattr(torch, dtype))
+        np.testing.assert_allclose(eager.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+        eager = _compiled_equals_eager(lambda: kiln.kaiser_window(
+            M, periodic=not sym, beta=beta, dtype=getattr(kiln, dtype)))
+        want = torch.kaiser_window(M, periodic=not sym, beta=beta, dtype=getattr(torch, dtype))
+        np.testing.assert_allclose(eager.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def _loss_and_grad(fn, x, *rest):
+    """fn's loss and the gradient of x, compiled with no break and eager, kiln against torch."""
+    def step(x, *rest):
+        loss = fn(kiln, x, *rest)
+        loss.backward()
+        return loss
+
+    xk = kiln.tensor(x, requires_grad=True)
+    kargs = [kiln.tensor(r) for r in rest]
+    compiled = kiln.compile(step, fullgraph=True)
+    for _ in range(3):
+        xk.grad = None
+        out = compiled(xk, *kargs)
+    xt = torch.tensor(x, requires_grad=True)
+    want = fn(torch, xt, *(torch.tensor(r) for r in rest))
+    want.backward()
+    np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(xk.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_multi_margin_loss(p):
+    rng = np.random.default_rng(2)
+    x, y, w = rng.normal(size=(5, 4)), np.array([0, 3, 1, 1, 2]), rng.random(4)
+    _loss_and_grad(lambda lib, x, y, w: lib.nn.functional.multi_margin_loss(
+        x, y, p=p, margin=0.7, weight=w), x, y, w)
+
+
+def test_multilabel_margin_loss():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 5))
+    y = np.array([[3, 0, -1, 1, 2], [1, 1, 4, -1, -1], [-1, 2, 2, 2, 2], [4, 3, 2, 1, 0]])
+    _loss_and_grad(lambda lib, x, y: lib.nn.functional.multilabel_margin_loss(x, y), x, y)
+
+
+def test_multilabel_margin_loss_refuses_out_of_range_targets_compiled():
+    """A replay's bounds check raises PyTorch's RuntimeError kind; the function stays compiled."""
+    loss = kiln.compile(kiln.nn.functional.multilabel_margin_loss, fullgraph=True)
+    x = kiln.randn(2, 4)
+    for _ in range(2):
+        loss(x, kiln.tensor([[0, 1, -1, 3], [2, -1, 0, 0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no fallback to eager
+        with pytest.raises(RuntimeError, match="multilabel_margin_loss: index 4 is out of"):
+            loss(x, kiln.tensor([[0, 1, -1, 4], [2, -1, 0, 0]]))
+    (entry,) = loss.entries.values()
+    assert entry.program is not None

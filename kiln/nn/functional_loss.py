@@ -14,6 +14,8 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ops import op_error
+from kiln.ops import prims as P
 
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
            "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
@@ -91,19 +93,20 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, red
     """Per sample, sum over target entries j and non-target classes i of
     max(0, 1 - (x_j - x_i)), divided by the number of classes; a target row lists classes up
     to its first -1, and a class listed twice counts twice (as in PyTorch)."""
+    if tuple(target.shape) != tuple(input.shape):
+        raise op_error("multilabel_margin_loss", f"inconsistent target size: "
+                       f"{list(target.shape)} for input of size: {list(input.shape)}")
     x = input.reshape(1, -1) if input.ndim < 2 else input
-    labels = _labels(target).reshape(x.shape[0], -1)
     classes = x.shape[1]
-    times = np.zeros((x.shape[0], classes))       # how often each class is listed
-    for row, ys in enumerate(labels):
-        for y in ys:
-            if y < 0:
-                break
-            times[row, y] += 1
-    pair = times[:, :, None] * (times == 0)[:, None, :]
+    # every entry a class or negative (-1), checked as a graph node when traced
+    labels = P.check_index(target.reshape(x.shape), size=classes, op="multilabel_margin_loss",
+                           kind="RuntimeError", negative=False, ignore=-1)
+    listed = kiln.cumsum(labels < 0, 1) == 0                  # the entries before the first -1
+    named = (labels.unsqueeze(2) == kiln.arange(classes, device=x.device)) & listed.unsqueeze(2)
+    times = named.sum(1).to(x.dtype)                          # how often each class is listed
+    pair = times.unsqueeze(2) * (times == 0).unsqueeze(1)
     hinge = (1 - (x.unsqueeze(2) - x.unsqueeze(1))).clamp_min(0)
-    weight = kiln.tensor(pair, dtype=x.dtype, device=x.device)
-    loss = kiln.where(weight > 0, hinge * weight, 0.0).sum((1, 2)) / classes
+    loss = kiln.where(pair > 0, hinge * pair, 0.0).sum((1, 2)) / classes
     if input.ndim < 2:
         loss = loss.squeeze(0)
     return _reduce(loss, _legacy(size_average, reduce, reduction))
@@ -151,8 +154,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
         hinge = hinge * hinge
     if weight is not None:
         hinge = hinge * kiln.index_select(weight, 0, y).unsqueeze(1)
-    others = kiln.tensor(np.arange(x.shape[1])[None, :] != _labels(y)[:, None],
-                         device=x.device)
+    others = kiln.arange(x.shape[1], device=x.device) != y.unsqueeze(1)
     loss = kiln.where(others, hinge, kiln.zeros_like(hinge)).sum(1) / x.shape[1]
     if input.ndim < 2:
         loss = loss.squeeze(0)
