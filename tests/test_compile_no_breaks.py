@@ -132,3 +132,35 @@ def test_multilabel_margin_loss_refuses_out_of_range_targets_compiled():
             loss(x, kiln.tensor([[0, 1, -1, 4], [2, -1, 0, 0]]))
     (entry,) = loss.entries.values()
     assert entry.program is not None
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fractional_max_pool(dims, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3) + (9, 7, 8)[:dims])
+    u = rng.random((2, 3, dims))
+    name = f"fractional_max_pool{dims}d"
+
+    def pool(lib, x, u):
+        return getattr(lib.nn.functional, name)(x, 2, output_size=(4, 3, 5)[:dims],
+                                                return_indices=True, _random_samples=u)
+
+    kd, td = getattr(kiln, dtype), getattr(torch, dtype)
+    eager = _compiled_equals_eager(lambda x, u: pool(kiln, x, u), kiln.tensor(x, dtype=kd),
+                                   kiln.tensor(u, dtype=kd))
+    want = pool(torch, torch.tensor(x, dtype=td), torch.tensor(u, dtype=td))
+    np.testing.assert_array_equal(eager[0].numpy(), want[0].numpy())
+    np.testing.assert_array_equal(eager[1].numpy(), want[1].numpy())
+
+
+def test_fractional_max_pool_draws_its_samples_like_eager():
+    """Without `_random_samples` each call draws them: a replay draws eager's numbers."""
+    pool = lambda x: kiln.nn.functional.fractional_max_pool2d(x, 3, output_ratio=0.5)
+    compiled = kiln.compile(pool, fullgraph=True)
+    x = kiln.randn(2, 3, 10, 12)
+    for seed in range(3):
+        kiln.manual_seed(seed)
+        out = compiled(x)
+        kiln.manual_seed(seed)
+        np.testing.assert_array_equal(out.numpy(), pool(x).numpy())
