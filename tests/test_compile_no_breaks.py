@@ -92,17 +92,17 @@ def _loss_and_grad(fn, x, *rest):
         loss.backward()
         return loss
 
-    xk = kiln.tensor(x, requires_grad=True)
-    kargs = [kiln.tensor(r) for r in rest]
-    compiled = kiln.compile(step, fullgraph=True)
-    for _ in range(3):
-        xk.grad = None
-        out = compiled(xk, *kargs)
     xt = torch.tensor(x, requires_grad=True)
     want = fn(torch, xt, *(torch.tensor(r) for r in rest))
     want.backward()
-    np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), rtol=1e-12)
-    np.testing.assert_allclose(xk.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+    xk = kiln.tensor(x, requires_grad=True)
+    kargs = [kiln.tensor(r) for r in rest]
+    compiled = kiln.compile(step, fullgraph=True)
+    for run in (compiled, compiled, compiled, step):        # the last: eager
+        xk.grad = None
+        out = run(xk, *kargs)
+        np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(xk.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -164,3 +164,39 @@ def test_fractional_max_pool_draws_its_samples_like_eager():
         out = compiled(x)
         kiln.manual_seed(seed)
         np.testing.assert_array_equal(out.numpy(), pool(x).numpy())
+
+
+def _ctc_case(padded: bool, lengths_as_tensors: bool):
+    rng = np.random.default_rng(5)
+    T, N, C, S = 7, 3, 5, 4
+    logits = rng.normal(size=(T, N, C))
+    tgt_lengths = np.array([4, 0, 2])               # an empty target among them
+    in_lengths = np.array([7, 5, 6])
+    if padded:
+        targets = rng.integers(1, C, size=(N, S))
+        targets[0, 1] = targets[0, 2]                # a repeated label: no skip between them
+    else:
+        targets = rng.integers(1, C, size=int(tgt_lengths.sum()))
+    wrap = (lambda lib, v: lib.tensor(v)) if lengths_as_tensors else (lambda lib, v: list(v))
+    return logits, targets, in_lengths, tgt_lengths, wrap
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("lengths_as_tensors", [True, False])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_ctc_loss(padded, lengths_as_tensors, reduction):
+    logits, targets, il, tl, wrap = _ctc_case(padded, lengths_as_tensors)
+
+    def fn(lib, x, y):
+        lp = x.log_softmax(2)
+        return lib.nn.functional.ctc_loss(lp, y, wrap(lib, il), wrap(lib, tl),
+                                          reduction=reduction, zero_infinity=True).sum()
+
+    _loss_and_grad(fn, logits, targets)
+
+
+def test_ctc_loss_unbatched():
+    logits, targets, il, tl, _ = _ctc_case(True, True)
+    _loss_and_grad(lambda lib, x, y: lib.nn.functional.ctc_loss(
+        x[:, 0].log_softmax(1), y[0], lib.tensor(il[:1]), lib.tensor(tl[:1]),
+        reduction="sum"), logits, targets)
