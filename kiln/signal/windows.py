@@ -105,12 +105,14 @@ def kaiser(M: int, *, beta: float = 12.0, sym: bool = True, dtype=None, layout=N
     trivial = _trivial(M, dtype, device, requires_grad)
     if trivial is not None:
         return trivial
-    # the grid's ends in the window's precision, as numbers (not tensors read back: it traces)
+    # the grid's ends in the window's precision, as host numbers (they depend on M and beta
+    # only; tensors read back would break a trace); the end not past beta, so no sqrt of a tiny
+    # negative
     real = np.float32 if dtype == kiln.float32 else np.float64
-    nb = real(beta)
-    end = min(nb, -nb + real(M - 1) * (real(2.0) * nb / real(M if not sym else M - 1)))
-    k = kiln.linspace(float(-nb), float(end), M, dtype=dtype, device=device,
-                      requires_grad=requires_grad)       # (no sqrt of a tiny negative at the end)
+    beta_r = real(beta)
+    end = min(beta_r, -beta_r + real(M - 1) * (real(2.0) * beta_r / real(M if not sym else M - 1)))
+    k = kiln.linspace(float(-beta_r), float(end), M, dtype=dtype, device=device,
+                      requires_grad=requires_grad)
     b = kiln.tensor(beta, dtype=dtype, device=device)
     return kiln.special.i0(kiln.sqrt(b * b - k ** 2)) / kiln.special.i0(b)
 
