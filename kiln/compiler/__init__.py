@@ -31,7 +31,7 @@ from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # 
                                  scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
-from kiln.ir.ops import Primitive
+from kiln.ir.ops import BoundsError, Primitive
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
@@ -953,7 +953,7 @@ class CompiledFunction:
                 outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves, device))
             else:
                 outs, new_values = entry.executor.run(inputs)
-        except IndexError:                # a bounds check in a kernel: the user's error
+        except (IndexError, BoundsError):   # a bounds check in a kernel: the user's error
             raise
         except Exception as e:            # nothing was written back yet: eager is still safe
             entry.program, entry.eager_reason = None, f"running the kernels failed: {e!r}"

@@ -983,7 +983,12 @@ def _check_index_infer(shapes, dtypes, size, op, kind, negative, ignore):
     return shapes[0], dtypes[0]
 
 
-_INDEX_ERRORS = {"IndexError": IndexError, "RuntimeError": RuntimeError}
+class BoundsError(RuntimeError):
+    """A bounds check's RuntimeError (an op PyTorch raises RuntimeError for): the user's error,
+    which a compiled replay raises as it is, as it does an IndexError."""
+
+
+_INDEX_ERRORS = {"IndexError": IndexError, "RuntimeError": BoundsError}
 
 
 def _check_index_impl(xp, idx, size, op, kind, negative, ignore):

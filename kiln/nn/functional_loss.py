@@ -1,8 +1,8 @@
 """Losses of `kiln.nn.functional` beyond the core set: margin and ranking losses, Gaussian NLL,
 multi-label losses, triplet losses, CTC, and the distances they use.
 
-Each follows PyTorch's formula and reduction; integer targets are read with NumPy to build
-masks (they carry no gradient), the rest is kiln tensor ops.
+Each follows PyTorch's formula and reduction, in kiln tensor ops; integer targets build masks
+with tensor ops too (never read into Python), so the losses trace whole under kiln.compile.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ops import op_error
+from kiln.ops import prims as P
 
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
            "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
@@ -40,10 +42,6 @@ def _legacy(size_average, reduce, reduction: str) -> str:
     if reduce is False:
         return "none"
     return "sum" if size_average is False else "mean"
-
-
-def _labels(target: Tensor) -> np.ndarray:
-    return np.asarray(target.detach().cpu().numpy())
 
 
 @_composite
@@ -91,19 +89,20 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, red
     """Per sample, sum over target entries j and non-target classes i of
     max(0, 1 - (x_j - x_i)), divided by the number of classes; a target row lists classes up
     to its first -1, and a class listed twice counts twice (as in PyTorch)."""
+    if tuple(target.shape) != tuple(input.shape):
+        raise op_error("multilabel_margin_loss", f"inconsistent target size: "
+                       f"{list(target.shape)} for input of size: {list(input.shape)}")
     x = input.reshape(1, -1) if input.ndim < 2 else input
-    labels = _labels(target).reshape(x.shape[0], -1)
     classes = x.shape[1]
-    times = np.zeros((x.shape[0], classes))       # how often each class is listed
-    for row, ys in enumerate(labels):
-        for y in ys:
-            if y < 0:
-                break
-            times[row, y] += 1
-    pair = times[:, :, None] * (times == 0)[:, None, :]
+    # every entry a class or negative (-1), checked as a graph node when traced
+    labels = P.check_index(target.reshape(x.shape), size=classes, op="multilabel_margin_loss",
+                           kind="RuntimeError", negative=False, ignore=-1)
+    listed = kiln.cumsum(labels < 0, 1) == 0                  # the entries before the first -1
+    named = (labels.unsqueeze(2) == kiln.arange(classes, device=x.device)) & listed.unsqueeze(2)
+    times = named.sum(1).to(x.dtype)                          # how often each class is listed
+    pair = times.unsqueeze(2) * (times == 0).unsqueeze(1)
     hinge = (1 - (x.unsqueeze(2) - x.unsqueeze(1))).clamp_min(0)
-    weight = kiln.tensor(pair, dtype=x.dtype, device=x.device)
-    loss = kiln.where(weight > 0, hinge * weight, 0.0).sum((1, 2)) / classes
+    loss = kiln.where(pair > 0, hinge * pair, 0.0).sum((1, 2)) / classes
     if input.ndim < 2:
         loss = loss.squeeze(0)
     return _reduce(loss, _legacy(size_average, reduce, reduction))
@@ -151,8 +150,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
         hinge = hinge * hinge
     if weight is not None:
         hinge = hinge * kiln.index_select(weight, 0, y).unsqueeze(1)
-    others = kiln.tensor(np.arange(x.shape[1])[None, :] != _labels(y)[:, None],
-                         device=x.device)
+    others = kiln.arange(x.shape[1], device=x.device) != y.unsqueeze(1)
     loss = kiln.where(others, hinge, kiln.zeros_like(hinge)).sum(1) / x.shape[1]
     if input.ndim < 2:
         loss = loss.squeeze(0)
@@ -249,6 +247,33 @@ def triplet_margin_with_distance_loss(anchor: Tensor, positive: Tensor, negative
 
 # ----------------------------------------------------------------------------- CTC
 
+def _lengths(lengths, device) -> Tensor:
+    """CTC's lengths (a tensor or a sequence of ints) as an int64 vector."""
+    if isinstance(lengths, Tensor):
+        return lengths.to(device=device, dtype=kiln.int64).reshape(-1)
+    return kiln.tensor(np.asarray(lengths, dtype=np.int64).reshape(-1), device=device)
+
+
+def _ctc_labels(targets: Tensor, lengths: Tensor, batch: int, padded: bool) -> Tensor:
+    """The targets as a (batch, longest) matrix, each row's labels first (the rest unused).
+
+    Padded (N, S) targets are that already. Concatenated 1-D ones are gathered from each
+    sample's offset; the row width is their total length, except eagerly, where the longest
+    target is read (a trace cannot read it: a wider row gives the same loss)."""
+    if padded:
+        return targets.to(kiln.int64)
+    flat = targets.reshape(-1).to(kiln.int64)
+    if batch == 1 or flat.numel() == 0:
+        return flat.reshape(1, -1).expand(batch, flat.numel())
+    longest = flat.numel()
+    if not kiln.compiler.is_compiling():
+        longest = min(longest, int(lengths.max()))
+    offsets = kiln.cumsum(lengths, 0) - lengths
+    where = offsets.unsqueeze(1) + kiln.arange(longest, device=flat.device)
+    where = kiln.where(kiln.arange(longest, device=flat.device) < lengths.unsqueeze(1), where, 0)
+    return kiln.gather(flat, 0, where.reshape(-1)).reshape(batch, longest)
+
+
 _NEG = -1e30     # log(0) stand-in: -inf would make logsumexp of all-impossible paths NaN
 
 
@@ -264,55 +289,43 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
     unbatched = log_probs.ndim == 2
     lp = log_probs.unsqueeze(1) if unbatched else log_probs
     steps, batch, _ = lp.shape
-    in_lengths = [int(v) for v in np.asarray(
-        input_lengths.tolist() if isinstance(input_lengths, Tensor) else input_lengths
-    ).reshape(-1)]
-    tgt_lengths = [int(v) for v in np.asarray(
-        target_lengths.tolist() if isinstance(target_lengths, Tensor) else target_lengths
-    ).reshape(-1)]
-    flat = _labels(targets)
-    if unbatched or flat.ndim == 1:
-        flat = flat.reshape(-1)
-        offsets = np.concatenate([[0], np.cumsum(tgt_lengths)])
-        sequences = [flat[offsets[i]:offsets[i] + tgt_lengths[i]] for i in range(batch)]
-    else:
-        sequences = [flat[i, :tgt_lengths[i]] for i in range(batch)]
-    width = 2 * max(tgt_lengths + [0]) + 1
-    extended = np.full((batch, width), blank, dtype=np.int64)
-    skip = np.zeros((batch, width), dtype=bool)
-    for i, seq in enumerate(sequences):
-        extended[i, 1:2 * len(seq):2] = seq
-        for s in range(3, 2 * len(seq), 2):
-            skip[i, s] = extended[i, s] != extended[i, s - 2]
-    ext = kiln.tensor(extended, device=lp.device)
-    skip_t = kiln.tensor(skip, device=lp.device)
-    neg = kiln.full((batch, width), _NEG, dtype=lp.dtype, device=lp.device)
-    start = np.zeros((batch, width), dtype=bool)
-    start[:, 0] = True
-    start[:, 1] = np.asarray(tgt_lengths) > 0 if width > 1 else False
+    device = lp.device
+    in_lengths, tgt_lengths = (_lengths(v, device) for v in (input_lengths, target_lengths))
+    labels = _ctc_labels(targets, tgt_lengths, batch, padded=not unbatched and targets.ndim > 1)
+    longest = labels.shape[1]
+    labels = kiln.where(kiln.arange(longest, device=device) < tgt_lengths.unsqueeze(1), labels,
+                        blank)
+    # the blank-extended targets: blank, y1, blank, y2, ..., blank
+    blanks = kiln.full((batch, longest), blank, dtype=kiln.int64, device=device)
+    ext = kiln.cat([kiln.stack([blanks, labels], 2).reshape(batch, 2 * longest),
+                    blanks[:, :1] if longest else kiln.full((batch, 1), blank, dtype=kiln.int64,
+                                                            device=device)], 1)
+    width = 2 * longest + 1
+    # a path may skip a blank between two different labels
+    skip_t = kiln.cat([kiln.zeros((batch, min(2, width)), dtype=kiln.bool, device=device),
+                       ext[:, 2:] != ext[:, :-2]], 1)
+    neg = kiln.full((batch, width), _NEG, dtype=lp.dtype, device=device)
+    position = kiln.arange(width, device=device)
+    start = (position == 0) | ((position == 1) & (tgt_lengths > 0).unsqueeze(1))
     emit = kiln.gather(lp[0], 1, ext)
-    alpha = kiln.where(kiln.tensor(start, device=lp.device), emit, neg)
-    pad1 = kiln.full((batch, 1), _NEG, dtype=lp.dtype, device=lp.device)
-    pad2 = kiln.full((batch, 2), _NEG, dtype=lp.dtype, device=lp.device)
+    alpha = kiln.where(start, emit, neg)
+    pad1 = kiln.full((batch, 1), _NEG, dtype=lp.dtype, device=device)
+    pad2 = kiln.full((batch, 2), _NEG, dtype=lp.dtype, device=device)
     for t in range(1, steps):
         prev1 = kiln.cat([pad1, alpha[:, :-1]], 1)
         prev2 = kiln.where(skip_t, kiln.cat([pad2, alpha[:, :-2]], 1), neg)
         new = kiln.logsumexp(kiln.stack([alpha, prev1, prev2]), 0) + kiln.gather(lp[t], 1, ext)
-        running = kiln.tensor([[t < n] for n in in_lengths], device=lp.device)
-        alpha = kiln.where(running, new, alpha)
-    last = np.asarray([2 * n for n in tgt_lengths])
-    end1 = kiln.gather(alpha, 1, kiln.tensor(last[:, None], device=lp.device)).squeeze(1)
-    end2 = kiln.gather(alpha, 1, kiln.tensor(np.maximum(last - 1, 0)[:, None],
-                                             device=lp.device)).squeeze(1)
-    end2 = kiln.where(kiln.tensor(last > 0, device=lp.device), end2,
-                      kiln.full_like(end2, _NEG))
+        alpha = kiln.where((in_lengths > t).unsqueeze(1), new, alpha)
+    last = 2 * tgt_lengths
+    end1 = kiln.gather(alpha, 1, last.unsqueeze(1)).squeeze(1)
+    end2 = kiln.gather(alpha, 1, (last - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+    end2 = kiln.where(last > 0, end2, kiln.full_like(end2, _NEG))
     loss = -kiln.logsumexp(kiln.stack([end1, end2]), 0)
     impossible = loss > -_NEG / 2
     # PyTorch's gradient for log_probs is exp(log_probs) - posterior, the gradient for the
     # logits under a log_softmax (the same through one): add exp(lp) over each sample's steps,
     # as a term of value 0
-    running = kiln.tensor(np.arange(steps)[:, None] < np.asarray(in_lengths)[None, :],
-                          dtype=lp.dtype, device=lp.device)
+    running = (kiln.arange(steps, device=device).unsqueeze(1) < in_lengths).to(lp.dtype)
     mass = (kiln.exp(lp).sum(-1) * running).sum(0)
     loss = loss + (mass - mass.detach())
     if zero_infinity:
@@ -320,9 +333,7 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
     else:
         loss = kiln.where(impossible, kiln.full_like(loss, math.inf), loss)
     if reduction == "mean":
-        lengths = kiln.tensor([max(n, 1) for n in tgt_lengths], dtype=loss.dtype,
-                              device=loss.device)
-        return (loss / lengths).mean()
+        return (loss / tgt_lengths.clamp_min(1).to(loss.dtype)).mean()
     if unbatched and reduction == "none":
         return loss.squeeze(0)
     return _reduce(loss, reduction)

@@ -841,19 +841,19 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
 
 # ----------------------------------------------------------------------------- fractional pooling
 
-def _fractional_starts(size: int, out: int, kernel: int, sample: float, dtype) -> np.ndarray:
-    """Window starts of one dim for one random sample u (PyTorch's interval rule, computed in
-    the input's floating type): floor((i + u) * a) - floor(u * a), a = (size - k) / (out - 1),
-    and the last window flush with the end."""
-    starts = np.empty(out, dtype=np.int64)
-    if out > 1:
-        alpha = dtype((size - kernel) / (out - 1)) if dtype == np.float64 else \
-            dtype(dtype(size - kernel) / dtype(out - 1))
-        u = dtype(sample)
-        for i in range(out - 1):
-            starts[i] = int(dtype((i + u) * alpha)) - int(dtype(u * alpha))
-    starts[out - 1] = size - kernel
-    return starts
+def _fractional_starts(u: Tensor, size: int, out: int, kernel: int) -> Tensor:
+    """Window starts of one dim, (N, C, out), for the random samples u (N, C): PyTorch's
+    interval rule in u's floating type, floor((i + u) * a) - floor(u * a) with
+    a = (size - k) / (out - 1), and the last window flush with the end."""
+    last = kiln.full(tuple(u.shape) + (1,), size - kernel, dtype=kiln.int64, device=u.device)
+    if out == 1:
+        return last
+    alpha = (size - kernel) / (out - 1) if u.dtype == kiln.float64 else \
+        float(np.float32(size - kernel) / np.float32(out - 1))
+    i = kiln.arange(out - 1, dtype=u.dtype, device=u.device)
+    u = u.unsqueeze(-1)
+    starts = ((i + u) * alpha).to(kiln.int64) - (u * alpha).to(kiln.int64)
+    return kiln.cat([starts, last], -1)
 
 
 def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
@@ -877,23 +877,21 @@ def _fractional_max_pool(input: Tensor, kernel_size, output_size, output_ratio,
                                f"{spatial} and kernel {k}")
     if samples is None:
         samples = kiln.rand((n, c, dims), dtype=x.dtype, device=x.device)
-    u = np.asarray(samples.detach().cpu().numpy())
-    dtype = np.float32 if x.dtype == kiln.float32 else np.float64
+    # the window table as tensor ops on the samples (no read into Python: it traces)
+    u = samples.detach().to(kiln.float32 if x.dtype == kiln.float32 else kiln.float64)
     strides = np.cumprod((1,) + spatial[::-1])[:-1][::-1]
     offsets = np.stack(np.meshgrid(*[np.arange(kk) for kk in k], indexing="ij"), -1)
     offsets = offsets.reshape(-1, dims) @ strides                       # (K,)
-    table = np.empty((n, c, int(np.prod(out)), len(offsets)), dtype=np.int64)
-    for b in range(n):
-        for ch in range(c):
-            # PyTorch's sample order: (W, H) in 2-D, but (T, H, W) in 3-D
-            order = [1, 0] if dims == 2 else [0, 1, 2]
-            starts = [_fractional_starts(spatial[d], out[d], k[d], u[b, ch, order[d]], dtype)
-                      for d in range(dims)]
-            grid = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, dims)
-            table[b, ch] = (grid @ strides)[:, None] + offsets[None, :]
+    order = [1, 0] if dims == 2 else [0, 1, 2]   # PyTorch's sample order: (W, H), but (T, H, W)
+    base = 0
+    for d in range(dims):
+        starts = _fractional_starts(u[:, :, order[d]], spatial[d], out[d], k[d])
+        shape = (n, c) + tuple(out[d] if e == d else 1 for e in range(dims))
+        base = base + starts.reshape(shape) * int(strides[d])          # (N, C, *out)
     cells = int(np.prod(out))          # sizes spelled out: -1 is ambiguous for an empty batch
     flat = x.reshape(n, c, int(np.prod(spatial)))
-    index = kiln.tensor(table.reshape(n, c, cells * len(offsets)), device=x.device)
+    index = (base.reshape(n, c, cells, 1) + kiln.tensor(offsets, device=x.device)).reshape(
+        n, c, cells * len(offsets))
     windows = kiln.gather(flat, 2, index).reshape(n, c, cells, len(offsets))
     best = windows.argmax(-1, keepdim=True)
     values = kiln.gather(windows, 3, best).squeeze(-1).reshape(n, c, *out)

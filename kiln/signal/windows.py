@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+import numpy as np
+
 import kiln
 
 __all__ = ["bartlett", "blackman", "cosine", "exponential", "gaussian", "general_cosine",
@@ -103,11 +105,15 @@ def kaiser(M: int, *, beta: float = 12.0, sym: bool = True, dtype=None, layout=N
     trivial = _trivial(M, dtype, device, requires_grad)
     if trivial is not None:
         return trivial
-    b = kiln.tensor(beta, dtype=dtype, device=device)      # beta in the window's precision
-    step = 2.0 * b / (M if not sym else M - 1)
-    end = kiln.minimum(b, -b + (M - 1) * step)          # no sqrt of a tiny negative at the end
-    k = kiln.linspace(-b.item(), end.item(), M, dtype=dtype, device=device,
+    # the grid's ends in the window's precision, as host numbers (they depend on M and beta
+    # only; tensors read back would break a trace); the end not past beta, so no sqrt of a tiny
+    # negative
+    real = np.float32 if dtype == kiln.float32 else np.float64
+    beta_r = real(beta)
+    end = min(beta_r, -beta_r + real(M - 1) * (real(2.0) * beta_r / real(M if not sym else M - 1)))
+    k = kiln.linspace(float(-beta_r), float(end), M, dtype=dtype, device=device,
                       requires_grad=requires_grad)
+    b = kiln.tensor(beta, dtype=dtype, device=device)
     return kiln.special.i0(kiln.sqrt(b * b - k ** 2)) / kiln.special.i0(b)
 
 

@@ -45,15 +45,22 @@ def bucketize(input, boundaries, *, out_int32=False, right=False):
 
 
 def histc(input, bins=100, min=0, max=0):
+    """PyTorch's rule: the range's ends in double, then in x's type (a zero-width range
+    widened by 1 each way), and bin floor((x - lo) * bins / (hi - lo)) in x's arithmetic."""
     refuse_without_kernel("histc", input, (dt.BOOL, dt.INT))
     x = _f(input).detach()
     lo, hi = float(min), float(max)
-    if lo == hi and x.numel():            # the data's range (none: no values to count)
-        lo, hi = float(F.amin(x)), float(F.amax(x))
-    if lo == hi:
-        lo, hi = lo - 1, hi + 1
+    if lo == hi and x.numel():
+        # the data's range, kept as tensors (no read into Python: it traces)
+        lo, hi = F.amin(x).to(dt.float64), F.amax(x).to(dt.float64)
+        same = F.eq(lo, hi)
+        lo, hi = F.where(same, lo - 1, lo).to(x.dtype), F.where(same, hi + 1, hi).to(x.dtype)
+    else:
+        if lo == hi:
+            lo, hi = lo - 1, hi + 1
+        lo, hi = (F.full((), v, dtype=x.dtype, device=x.device) for v in (lo, hi))
     inside = F.logical_and(F.ge(x, lo), F.le(x, hi))
-    idx = F.floor((x - lo) * (bins / (hi - lo))).to(dt.int64)
+    idx = F.floor((x - lo) * bins / (hi - lo)).to(dt.int64)
     idx = F.clamp(idx, 0, bins - 1)
     hits = F.logical_and(F.eq(F.unsqueeze(F.reshape(idx, (-1,)), -1),
                               F.arange(bins, device=x.device)),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from kiln.ir import dtypes as dt
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
@@ -18,25 +16,32 @@ from kiln.tracer.tensor import Tensor
 # ----------------------------------------------------------------------------- cumulative
 
 def _cum_extreme(input, dim, largest):
+    """Running max (min) and where it was, by a doubling scan (log2(n) steps of tensor ops, so
+    it traces): each step merges every position's best with the best `step` places before.
+    The merge is associative: a NaN beats any number, and of equal values (NaNs too) the later
+    wins, as in PyTorch."""
     x = input
-    d = _norm_dim(dim, x.ndim) if x.ndim else 0
     if x.ndim == 0:
         return values_indices(x.clone(), F.zeros((), dtype=dt.int64))
-    data = x._read("cummax()" if largest else "cummin()")
-    xp = x.device.xp
-    moved = xp.moveaxis(data, d, -1)
-    n = moved.shape[-1]
-    best = moved.copy()
-    idx = xp.zeros(moved.shape, dtype=np.int64)
-    for i in range(1, n):
-        prev, cur = best[..., i - 1], moved[..., i]
-        take = (cur >= prev) if largest else (cur <= prev)
-        take = take | xp.isnan(cur) if moved.dtype.kind == "f" else take
-        take = take & ~(xp.isnan(prev)) if moved.dtype.kind == "f" else take
-        best[..., i] = xp.where(take, cur, prev)
-        idx[..., i] = xp.where(take, i, idx[..., i - 1])
-    indices = Tensor._make(xp.ascontiguousarray(xp.moveaxis(idx, -1, d)), dt.int64, x.device)
-    return values_indices(F.gather(x, d, indices), indices)
+    d = _norm_dim(dim, x.ndim)
+    n = x.shape[d]
+    best = x.detach()
+    where = [1] * x.ndim
+    where[d] = n
+    idx = F.clone(F.expand(F.reshape(F.arange(n, device=x.device), tuple(where)), tuple(x.shape)))
+    step = 1
+    while step < n:
+        earlier, later = F.narrow(best, d, 0, n - step), F.narrow(best, d, step, n - step)
+        beats = F.ge(later, earlier) if largest else F.le(later, earlier)
+        if x.dtype.is_floating_point:
+            beats = F.logical_or(F.isnan(later),
+                                 F.logical_and(beats, F.logical_not(F.isnan(earlier))))
+        best = F.cat([F.narrow(best, d, 0, step), F.where(beats, later, earlier)], d)
+        idx = F.cat([F.narrow(idx, d, 0, step),
+                     F.where(beats, F.narrow(idx, d, step, n - step),
+                             F.narrow(idx, d, 0, n - step))], d)
+        step *= 2
+    return values_indices(F.gather(x, d, idx), idx)
 
 
 def cummax(input, dim):
