@@ -391,7 +391,9 @@ class _Capture:
     def record(self, run, result, args) -> None:
         """`run` made `result` from `args`: replay it, into the same memory when it is new."""
         made = result.view(np.ndarray) if isinstance(result, np.ndarray) else None
-        if made is not None and any(np.may_share_memory(made, a) for a in _arrays_in(args)):
+        # a view of its arguments (a broadcast one is read-only, an empty one shares nothing)
+        if made is not None and (not made.flags.writeable or made.size == 0 or any(
+                np.may_share_memory(made, a) for a in _arrays_in(args))):
             made = None
         if made is None:
             self.ops.append(run)
