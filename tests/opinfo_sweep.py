@@ -320,8 +320,8 @@ def run_compiled(kfn, sample, grad=False):
         floats = [o for o in flat(out) if isinstance(o, kiln.Tensor) and o.requires_grad
                   and o.dtype.is_floating_point]
         if grad and floats:
-            loss = sum((o * kiln.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape))
-                       .sum() for o in floats)
+            loss = sum((o * kiln.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device)
+                        .reshape(o.shape)).sum() for o in floats)
             loss.backward()
         return out
 
