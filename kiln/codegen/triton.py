@@ -130,6 +130,8 @@ OPS = {
     "exp": lambda a, d, s: f"tl.exp({a[0]})",
     # float32 tanh in half the instructions of the portable formula (float64 keeps that one)
     "tanh": lambda a, d, s: f"_tanh({a[0]})" if s.dtype is dt.float64 else f"_tanh32({a[0]})",
+    # float64 erf by libdevice: the scalar formula (Primitive.scalar) is float32-accurate
+    "erf": lambda a, d, s: f"tl.math.erf({a[0]})" if s.dtype is dt.float64 else f"_erf({a[0]})",
     "log": lambda a, d, s: f"tl.log({a[0]})",
     "sqrt": lambda a, d, s: f"tl.sqrt({a[0]})",
     "sin": lambda a, d, s: f"tl.sin({a[0]})",
