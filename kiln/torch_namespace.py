@@ -138,6 +138,9 @@ def write_out(out: Tensor, result: Tensor, name: str, exact_dtype: bool = False)
                           "(as in PyTorch): pass an out tensor of the result's shape, or "
                           "resize it to zero elements first with t.resize_(0).", UserWarning,
                           stacklevel=user_stacklevel())
+        if STATE.tracer is not None:    # a replay could not give `out` its new size
+            STATE.tracer.graph_break(f"{name}(out=...) resizes out from {list(out.shape)} to "
+                                     f"{list(result.shape)}")
         out._data = out.device.xp.empty(tuple(result.shape), dtype=out.dtype.np)
     return write_inplace(out, result, name)
 
