@@ -44,17 +44,19 @@ def _resize_as_(input, other):
     return input
 
 
-def with_out(fn, exact_dtype: bool = False):
+def with_out(fn, exact_dtype=False):
     """`fn(..., out=t)`: the result written into `t` by `write_out`'s rules (a tuple of tensors
     for an op of several results), and `t` returned; `exact_dtype` for the ops whose `out` must
-    have the result's dtype (PyTorch's matmul family, abs, amax, ...) rather than one it casts to."""
+    have the result's dtype (PyTorch's matmul family, abs, amax, ...) rather than one it casts to,
+    or a predicate of the call saying so (`out_dtype_rule`)."""
     @functools.wraps(fn)
     def wrapper(*args, out=None, **kwargs):
         if out is None:
             return fn(*args, **kwargs)
         name = fn.__name__
+        exact = exact_dtype(*args, **kwargs) if callable(exact_dtype) else exact_dtype
         if isinstance(out, Tensor):
-            return write_out(out, fn(*args, **kwargs), name, exact_dtype)
+            return write_out(out, fn(*args, **kwargs), name, exact)
         if not isinstance(out, (tuple, list)) or not all(isinstance(o, Tensor) for o in out):
             raise op_error(name, f"argument 'out' must be a Tensor or a tuple of Tensors, not "
                            f"{type(out).__name__}", TypeError)
@@ -63,7 +65,7 @@ def with_out(fn, exact_dtype: bool = False):
             raise op_error(name, f"expected out= to be {_result_count(result)}, got a "
                            f"{type(out).__name__} of {len(out)}", TypeError)
         for o, r in zip(out, result):
-            write_out(o, r, name, exact_dtype)
+            write_out(o, r, name, exact)
         # a named result (values, indices) comes back named, holding the out tensors
         return type(result)(*out) if hasattr(result, "_fields") else out
     return wrapper
@@ -91,6 +93,22 @@ def factory_with_out(fn):
         kwargs.setdefault("dtype", out.dtype)
         kwargs.setdefault("device", out.device)
         return write_out(out, fn(*args, **kwargs), fn.__name__)
+    return wrapper
+
+
+def normal_with_out(fn):
+    """`normal(..., out=t)`: a factory's rules when `mean` and `std` are numbers (drawn in `t`'s
+    dtype; a named dtype must be `t`'s), an op's when either is a tensor."""
+    factory, op = factory_with_out(fn), with_out(fn)
+
+    @functools.wraps(fn)
+    def wrapper(mean=0.0, std=1.0, *args, out=None, **kwargs):
+        if not isinstance(mean, Tensor) and not isinstance(std, Tensor):
+            return factory(mean, std, *args, out=out, **kwargs)
+        if isinstance(out, Tensor) and out.dtype.is_floating_point:
+            # PyTorch draws in out's dtype (float64 draws are another stream than float32's)
+            mean, std = (x.to(out.dtype) if isinstance(x, Tensor) else x for x in (mean, std))
+        return op(mean, std, *args, out=out, **kwargs)
     return wrapper
 
 
@@ -162,7 +180,7 @@ less less_equal lgamma log log10 log1p log2 log_softmax logaddexp logaddexp2 log
 logical_and logical_not logical_or logical_xor logit logsumexp lt lu lu_solve lu_unpack
 masked_select matmul matrix_power max maximum mean median min minimum mm mode msort mul
 multinomial multiply mv mvlgamma nan_to_num nanmean nanmedian nanquantile nansum narrow_copy ne
-neg negative nextafter nonzero nonzero_static norm normal not_equal nuclear_norm orgqr ormqr
+neg negative nextafter nonzero nonzero_static norm not_equal nuclear_norm orgqr ormqr
 outer permute_copy polar polygamma pow prod qr quantile rad2deg reciprocal remainder renorm
 round row_stack rsqrt scatter scatter_add scatter_reduce searchsorted select_copy sgn sigmoid
 sign signbit sin sinc sinh slice_copy slice_scatter slogdet softmax sort split_copy
@@ -190,22 +208,40 @@ OUT_FFT = """
 fft fft2 fftfreq fftn hfft hfft2 hfftn ifft ifft2 ifftn ihfft ihfft2 ihfftn irfft irfft2 irfftn
 rfft rfft2 rfftfreq rfftn
 """.split()
-OUT_NN_FORWARD = ("hardshrink", "threshold")      # (resolved on use, `nn_forward`)
+OUT_NN_FORWARD = ("threshold",)    # resolved on use (`nn_forward`); nn.functional.hardshrink
+# takes out= itself
 # ... whose out must have the result's dtype exactly (PyTorch refuses a wider one there)
 OUT_EXACT_DTYPE = set("""
 abs absolute addbmm addmm addmv aminmax alias_copy amax amin as_strided_copy baddbmm bmm ceil
-conj_physical cross diag diagonal_copy diff dot expand_copy fix floor frac gather heaviside
-histc histogram index_add index_copy index_reduce index_select inner log_softmax logcumsumexp
+conj_physical cross diag diagonal_copy dot expand_copy fix floor frac gather heaviside
+histc histogram index_add index_copy index_reduce index_select log_softmax logcumsumexp
 lu_solve lu_unpack masked_select matmul mm msort mv nan_to_num nanquantile narrow_copy neg
 negative norm ormqr permute_copy qr quantile renorm round scatter scatter_add
 scatter_reduce sgn sign slice_scatter softmax squeeze_copy svd t_copy take take_along_dim
 tensordot transpose_copy triangular_solve tril triu trunc unfold_copy unsqueeze_copy vdot
 view_copy where
 """.split())
+# ... and those where it depends on the call, as in PyTorch's kernels (a call given to the
+# predicate as made: True when out must have the result's dtype)
+OUT_EXACT_DTYPE_WHEN = {
+    "diff": lambda input, n=1, *rest, **kwargs: n == 0,           # n = 0: a copy of the input
+    "cumsum": lambda *args, dtype=None, **kwargs: dtype is not None,
+    "cumprod": lambda *args, dtype=None, **kwargs: dtype is not None,
+    "lerp": lambda input, end, weight, **kwargs: isinstance(weight, Tensor),
+    "inner": lambda input, other: not (isinstance(input, Tensor) and input.ndim == 0 or
+                                       isinstance(other, Tensor) and other.ndim == 0),
+    "matrix_power": lambda input, n: n not in (0, 1),             # 0 and 1: a copy
+}
 OUT_LINALG_EXACT_DTYPE = set("""
-cholesky cross det eigh eigvalsh inv ldl_solve lu lu_solve matrix_norm matrix_power multi_dot
-norm qr slogdet solve solve_triangular svd svdvals vecdot vector_norm
+cholesky cross det eigh eigvalsh inv ldl_solve lu lu_solve matrix_norm multi_dot norm qr slogdet
+solve solve_triangular svd svdvals vecdot vector_norm
 """.split())
+
+
+def out_dtype_rule(name: str, exact_names=OUT_EXACT_DTYPE):
+    """`with_out`'s `exact_dtype` for the function `name`: a predicate of the call, or whether
+    `name` is among `exact_names`."""
+    return OUT_EXACT_DTYPE_WHEN.get(name, name in exact_names)
 
 # factories that take out= (torch.rand(2, 2, out=c) in the introyt tensors tutorial)
 OUT_FACTORIES = """zeros ones empty full rand randn randint randperm arange range linspace logspace

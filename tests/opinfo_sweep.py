@@ -16,7 +16,8 @@ A sample that torch itself refuses is skipped. With `grad=True` (floating dtypes
 sample's differentiable inputs get gradients of a random weighting of the outputs, compared too.
 
 `python -m tests.opinfo_sweep [--dtype float32] [--grad] [--only NAME,...] [--out FILE]` runs the
-sweep (`--out-variant`: the ops that take `out=`, called with it, `run_out_sample`) and prints a table of ops that are not all `ok` (`--device cuda`: kiln's inputs are cuda
+sweep (`--out-variant`: the ops that take `out=`, called with it, `run_out_sample`) and prints
+a table of ops that are not all `ok` (`--device cuda`: kiln's inputs are cuda
 tensors on `tests/fake_cuda.py`'s stand-in, which refuses NumPy-only code on device arrays); `tests/test_opinfo.py` runs the ops
 listed as passing so a regression fails CI.
 """

@@ -13,18 +13,8 @@ import torch  # noqa: E402
 from tests import opinfo_sweep  # noqa: E402
 
 KNOWN = {
-    **{f"nn.functional.{name}": "torch's nn.functional binding takes out=; kiln.nn.functional "
-       "does not (torch.X takes it where torch has that name)"
-       for name in ("normalize", "avg_pool2d", "avg_pool3d", "linear", "logsigmoid",
-                    "softshrink", "hardshrink", "gelu", "softplus")},
     **{name: "no such function in kiln" for name in
        ("native_batch_norm", "_native_batch_norm_legit", "_batch_norm_with_update")},
-    "_chunk_cat": "a private name: out= is installed on the public functions only",
-    "normal.number_mean": "torch refuses a float64 out for a float mean here and casts into it "
-                          "for a tensor mean; kiln's normal casts in both",
-    "inner": "torch refuses a float64 out except for 0-d inputs (its mul path); kiln refuses "
-             "it always",
-    "linalg.matrix_power": "torch casts into a float64 out for n = 0 only; kiln refuses it always",
 }
 OPS = {opinfo_sweep.label(op): op for op in opinfo_sweep.ops() if op.supports_out}
 

@@ -25,7 +25,8 @@ def _both(build):
 DTYPE_CASES = {
     # an op that promotes (sin, add, cat, rsqrt, eq) casts into any dtype `can_cast` allows
     "sin int into float": lambda t: t.sin(t.tensor([1, -2]), out=t.zeros(2)),
-    "sin float into double": lambda t: t.sin(t.tensor([1.5, -2.5]), out=t.zeros(2, dtype=t.float64)),
+    "sin float into double": lambda t: t.sin(t.tensor([1.5, -2.5]),
+                                             out=t.zeros(2, dtype=t.float64)),
     "sin float into long": lambda t: t.sin(t.tensor([1.5, -2.5]), out=t.zeros(2, dtype=t.int64)),
     "add int into float": lambda t: t.add(t.tensor([1, 2]), t.tensor([3, 4]), out=t.zeros(2)),
     "add float into long": lambda t: t.add(t.tensor([1.5]), 1, out=t.zeros(1, dtype=t.int64)),
@@ -42,6 +43,20 @@ DTYPE_CASES = {
     "mm float into double": lambda t: t.mm(t.ones(2, 2), t.ones(2, 2),
                                            out=t.zeros(2, 2, dtype=t.float64)),
     "amax float into double": lambda t: t.amax(t.ones(2, 2), 0, out=t.zeros(2, dtype=t.float64)),
+    # ... and some decide by the call, as PyTorch's kernels do
+    "diff n=1 into double": lambda t: t.diff(t.tensor([1., 4., 9.]), out=t.zeros(
+        2, dtype=t.float64)),
+    "diff n=0 into double": lambda t: t.diff(t.tensor([1., 4.]), 0, out=t.zeros(
+        2, dtype=t.float64)),
+    "cumsum into double": lambda t: t.cumsum(t.ones(3), 0, out=t.zeros(3, dtype=t.float64)),
+    "cumsum dtype= into double": lambda t: t.cumsum(t.ones(3), 0, dtype=t.float32,
+                                                    out=t.zeros(3, dtype=t.float64)),
+    "lerp number weight": lambda t: t.lerp(t.ones(2), t.zeros(2), .25,
+                                           out=t.zeros(2, dtype=t.float64)),
+    "lerp tensor weight": lambda t: t.lerp(t.ones(2), t.zeros(2), t.full((2,), .25),
+                                           out=t.zeros(2, dtype=t.float64)),
+    "F.linear into double": lambda t: t.nn.functional.linear(
+        t.ones(2, 3), t.ones(4, 3), out=t.zeros(2, 4, dtype=t.float64)),
     "factory dtype not out's": lambda t: t.zeros(2, dtype=t.float32,
                                                  out=t.zeros(2, dtype=t.float64)),
     "linalg.det float into double": lambda t: t.linalg.det(t.eye(2), out=t.zeros(
@@ -147,3 +162,17 @@ def test_compiled_out_equals_eager_and_a_resize_runs_eagerly():
         o, oe = kiln.zeros(0), kiln.zeros(0)
         np.testing.assert_allclose(grown(x, o).numpy(), shifted_into(x, oe).numpy())
         np.testing.assert_allclose(o.numpy(), oe.numpy())
+
+
+def test_normal_draws_in_outs_dtype():
+    """torch.normal into a float64 out draws float64 numbers (another stream than float32's),
+    from a float32 mean as from numbers."""
+    mean = np.linspace(-1, 1, 24, dtype=np.float32)
+    got = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        a = lib.normal(lib.tensor(mean), 2.0, out=lib.zeros(24, dtype=lib.float64))
+        b = lib.normal(0.0, 1.0, (20,), out=lib.zeros(20, dtype=lib.float64))
+        got.append((a.numpy(), b.numpy()))
+    np.testing.assert_allclose(got[1][0], got[0][0], rtol=1e-12)
+    np.testing.assert_allclose(got[1][1], got[0][1], rtol=1e-12)
