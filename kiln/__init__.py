@@ -178,10 +178,19 @@ from kiln.tracer import functional as _core_functional  # noqa: E402
 
 globals().update(linalg.TORCH_FORMS)
 globals().update(_torch_namespace.exports())
-_torch_namespace.wrap_each(globals(), _torch_namespace.OUT_FUNCTIONS,
-                           lambda fn, name: _torch_namespace.with_out(fn))
+_torch_namespace.wrap_each(  # out= on the root and on linalg, special and fft
+    globals(), _torch_namespace.OUT_FUNCTIONS,
+    lambda fn, name: _torch_namespace.with_out(fn, _torch_namespace.out_dtype_rule(name)))
+for _module, _names, _exact in (
+        (linalg, _torch_namespace.OUT_LINALG, _torch_namespace.OUT_LINALG_EXACT_DTYPE),
+        (special, _torch_namespace.OUT_SPECIAL, ()), (fft, _torch_namespace.OUT_FFT, ())):
+    _torch_namespace.wrap_each(vars(_module), _names, lambda fn, name: _torch_namespace.with_out(
+        fn, _torch_namespace.out_dtype_rule(name, _exact)))
 _torch_namespace.wrap_each(globals(), _torch_namespace.OUT_FACTORIES,
                            lambda fn, name: _torch_namespace.factory_with_out(fn))
+_torch_namespace.wrap_each(globals(), ["normal"],
+                           lambda fn, name: _torch_namespace.normal_with_out(fn))
+_chunk_cat = _torch_namespace.with_out(_chunk_cat)   # (private: wrap_each rebinds public names)
 _grad_names.apply_names(_sys.modules[__name__], _core_functional)  # nn.functional: its own
 _torch_namespace.wrap_each(  # kiln.abs(sparse) & co.; relu checks for itself (F.relu too)
     globals(), [n for n in _sparse_rules.ZERO_PRESERVING + _sparse_rules.PATTERN_KEEPING +

@@ -6,8 +6,9 @@ through this one module, so that door stays visible: the primitives by name
 (`kiln.ops.prims.unfold(x, kernel=..., stride=..., dilation=...)`, as `torch.ops.prims`), the
 core composites nn.functional re-exports under PyTorch's names, index lookups that report the
 op the user called, `op_error` for messages that name the op and the user's line, and
-`apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites) and
-`install_autocast` (autocast's cast policy on the ops its tables name). `kiln.ops.profiler`
+`apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites),
+`install_autocast` (autocast's cast policy on the ops its tables name) and `with_out` (`out=`
+by PyTorch's rules, on the forms that take it). `kiln.ops.profiler`
 is torch.ops.profiler's pair of range calls; `kiln.ops.op_hooks` tells an observer of every
 op dispatched (kiln.utils.flop_counter counts FLOPs with it). `kiln.ops.aten` is torch.ops.aten
 (the OpOverloads a TorchDispatchMode is handed) and `kiln.ops.dispatch_mode` the mode stack
@@ -31,6 +32,7 @@ from kiln.tracer.functional.pooling import eager_max_pool2d  # noqa: F401
 from kiln.tracer.grad_names import apply_nn_names as apply_nn_grad_names  # noqa: F401
 from kiln.tracer.autocast import install as install_autocast  # noqa: F401
 from kiln.tracer.sparse import make as sparse_from_parts  # noqa: F401  (sparse gradients)
+from kiln.torch_namespace import with_out  # noqa: F401  (out= by PyTorch's rules)
 
 
 def __getattr__(name: str):

@@ -2,7 +2,8 @@
 
 `torch.abs_(x)` is `x.abs_()`; `torch.conv2d` is `nn.functional.conv2d` (with the ATen
 signature where it differs: `torch.embedding(weight, indices)`, integer `reduction` enums of
-the torch-level losses, batch/instance norm's argument order); a few common ops take `out=`.
+the torch-level losses, batch/instance norm's argument order); `out=` on the functions PyTorch
+takes it for (`with_out`, `write_out`: one set of rules for all of them).
 `kiln/__init__.py` adds `EXPORTS` to the package and resolves `NN_FORWARD` lazily (nn is
 imported after the tensor API).
 """
@@ -10,8 +11,10 @@ imported after the tensor API).
 from __future__ import annotations
 
 import functools
+import warnings
 
-from kiln.tracer.errors import op_error
+from kiln.ir.dtypes import SCALAR_TYPE_NAMES
+from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.methods_extra import layout, sparse_coo, strided  # noqa: F401  (torch.layout)
 from kiln.tracer.tensor import STATE, Tensor
@@ -41,33 +44,71 @@ def _resize_as_(input, other):
     return input
 
 
-def with_out(fn):
-    """`fn(..., out=t)`: the result written into `t` (resized when its shape differs, as
-    PyTorch does); `out` tensors take no part in autograd, as in PyTorch."""
+def with_out(fn, exact_dtype=False):
+    """`fn(..., out=t)`: the result written into `t` by `write_out`'s rules (a tuple of tensors
+    for an op of several results), and `t` returned; `exact_dtype` for the ops whose `out` must
+    have the result's dtype (PyTorch's matmul family, abs, amax, ...) rather than one it casts to,
+    or a predicate of the call saying so (`out_dtype_rule`)."""
     @functools.wraps(fn)
     def wrapper(*args, out=None, **kwargs):
-        result = fn(*args, **kwargs)
         if out is None:
-            return result
-        if isinstance(out, (tuple, list)):
-            for o, r in zip(out, result):
-                _write_out(o, r, fn.__name__)
-            return out
-        return _write_out(out, result, fn.__name__)
+            return fn(*args, **kwargs)
+        name = fn.__name__
+        exact = exact_dtype(*args, **kwargs) if callable(exact_dtype) else exact_dtype
+        if isinstance(out, Tensor):
+            return write_out(out, fn(*args, **kwargs), name, exact)
+        if not isinstance(out, (tuple, list)) or not all(isinstance(o, Tensor) for o in out):
+            raise op_error(name, f"argument 'out' must be a Tensor or a tuple of Tensors, not "
+                           f"{type(out).__name__}", TypeError)
+        result = fn(*args, **kwargs)
+        if not isinstance(result, (tuple, list)) or len(result) != len(out):
+            raise op_error(name, f"expected out= to be {_result_count(result)}, got a "
+                           f"{type(out).__name__} of {len(out)}", TypeError)
+        for o, r in zip(out, result):
+            write_out(o, r, name, exact)
+        # a named result (values, indices) comes back named, holding the out tensors
+        return type(result)(*out) if hasattr(result, "_fields") else out
     return wrapper
+
+
+def _result_count(result) -> str:
+    if isinstance(result, (tuple, list)):
+        return f"a tuple of {len(result)} tensors"
+    return "one tensor"
 
 
 def factory_with_out(fn):
     """A factory (`rand`, `zeros`, ...) taking `out=t`: made in `t`'s dtype and on its device
     unless the call names them (so `rand(2, 2, out=double_t)` draws doubles, as PyTorch's
-    does), then written into `t` as `with_out` writes."""
+    does), then written into `t` as `with_out` writes; a named dtype must be `t`'s."""
     @functools.wraps(fn)
     def wrapper(*args, out=None, **kwargs):
         if out is None:
             return fn(*args, **kwargs)
+        dtype = kwargs.get("dtype")
+        if dtype is not None and dtype is not out.dtype:
+            raise op_error(fn.__name__, f"dtype {SCALAR_TYPE_NAMES.get(dtype, dtype)} does not "
+                           f"match dtype of out parameter "
+                           f"({SCALAR_TYPE_NAMES.get(out.dtype, out.dtype)})")
         kwargs.setdefault("dtype", out.dtype)
         kwargs.setdefault("device", out.device)
-        return _write_out(out, fn(*args, **kwargs), fn.__name__)
+        return write_out(out, fn(*args, **kwargs), fn.__name__)
+    return wrapper
+
+
+def normal_with_out(fn):
+    """`normal(..., out=t)`: a factory's rules when `mean` and `std` are numbers (drawn in `t`'s
+    dtype; a named dtype must be `t`'s), an op's when either is a tensor."""
+    factory, op = factory_with_out(fn), with_out(fn)
+
+    @functools.wraps(fn)
+    def wrapper(mean=0.0, std=1.0, *args, out=None, **kwargs):
+        if not isinstance(mean, Tensor) and not isinstance(std, Tensor):
+            return factory(mean, std, *args, out=out, **kwargs)
+        if isinstance(out, Tensor) and out.dtype.is_floating_point:
+            # PyTorch draws in out's dtype (float64 draws are another stream than float32's)
+            mean, std = (x.to(out.dtype) if isinstance(x, Tensor) else x for x in (mean, std))
+        return op(mean, std, *args, out=out, **kwargs)
     return wrapper
 
 
@@ -85,22 +126,126 @@ def wrap_each(namespace: dict, names, make) -> None:
             namespace[name] = made[id(fn)]
 
 
-def _write_out(out: Tensor, result: Tensor, name: str) -> Tensor:
+def write_out(out: Tensor, result: Tensor, name: str, exact_dtype: bool = False) -> Tensor:
+    """Store `result` into the user's `out=` tensor by PyTorch's rules: no autograd through
+    `out`, the same device, a dtype the result casts to safely (`can_cast`: same kind or wider,
+    so an integer result into a float `out` but not the reverse), and a shape that differs
+    resized (with a warning unless `out` was empty: PyTorch deprecates resizing a full one)."""
+    if not isinstance(result, Tensor):
+        raise op_error(name, f"kiln does not support out= here: the result is a "
+                       f"{type(result).__name__}, not a tensor")
     if STATE.grad_enabled and (out.requires_grad or result.requires_grad):
         raise op_error(name, f"{name}(): functions with out=... arguments don't support "
                        "automatic differentiation, but one of the arguments requires grad.")
+    if out.device != result.device:
+        raise op_error(name, f"Expected out tensor to have device {result.device}, but got "
+                       f"{out.device} instead")
+    if out.dtype is not result.dtype:
+        have, want = SCALAR_TYPE_NAMES.get(out.dtype), SCALAR_TYPE_NAMES.get(result.dtype)
+        if exact_dtype:
+            raise op_error(name, f"Expected out tensor to have dtype {want}, but got {have} "
+                           "instead")
+        if result.dtype.category > out.dtype.category:
+            raise op_error(name, f"result type {want} can't be cast to the desired output "
+                           f"type {have}")
     if tuple(out.shape) != tuple(result.shape):
+        if out.numel():
+            warnings.warn(f"{name}: An output with one or more elements was resized since it "
+                          f"had shape {list(out.shape)}, which does not match the required "
+                          f"output shape {list(result.shape)}. This behavior is deprecated "
+                          "(as in PyTorch): pass an out tensor of the result's shape, or "
+                          "resize it to zero elements first with t.resize_(0).", UserWarning,
+                          stacklevel=user_stacklevel())
+        if STATE.tracer is not None:    # a replay could not give `out` its new size
+            STATE.tracer.graph_break(f"{name}(out=...) resizes out from {list(out.shape)} to "
+                                     f"{list(result.shape)}")
         out._data = out.device.xp.empty(tuple(result.shape), dtype=out.dtype.np)
     return write_inplace(out, result, name)
 
 
+# PyTorch's functions that take out= (2.13's Python signatures), by namespace
 OUT_FUNCTIONS = """
-add sub mul div matmul mm bmm mv cat stack sum mean prod exp log sqrt abs neg pow clamp clip
-maximum minimum where sin cos tanh sigmoid amax amin cumsum addmm sort topk argmax argmin
+abs absolute acos acosh add addbmm addcdiv addcmul addmm addmv addr alias_copy all amax amin
+aminmax angle any arccos arccosh arcsin arcsinh arctan arctan2 arctanh argmax argmin argsort
+as_strided_copy asin asinh atan atan2 atanh baddbmm bernoulli bitwise_and bitwise_left_shift
+bitwise_not bitwise_or bitwise_right_shift bitwise_xor bmm bucketize cat ceil chain_matmul
+cholesky cholesky_inverse cholesky_solve clamp clamp_max clamp_min clip column_stack complex
+concat concatenate conj_physical copysign cos cosh cross cummax cummin cumprod cumsum deg2rad
+detach_copy diag diag_embed diagonal_copy diff digamma div divide dot dstack eq erf
+erfc erfinv exp exp2 expand_copy expm1 fix float_power floor floor_divide fmax fmin fmod frac
+frexp frobenius_norm full_like gather gcd ge geqrf ger greater greater_equal gt
+hash_tensor heaviside histc histogram hstack hypot i0 igamma igammac index_add index_copy
+index_reduce index_select inner inverse isin isneginf isposinf kron kthvalue lcm ldexp le lerp
+less less_equal lgamma log log10 log1p log2 log_softmax logaddexp logaddexp2 logcumsumexp
+logical_and logical_not logical_or logical_xor logit logsumexp lt lu lu_solve lu_unpack
+masked_select matmul matrix_power max maximum mean median min minimum mm mode msort mul
+multinomial multiply mv mvlgamma nan_to_num nanmean nanmedian nanquantile nansum narrow_copy ne
+neg negative nextafter nonzero nonzero_static norm not_equal nuclear_norm orgqr ormqr
+outer permute_copy polar polygamma pow prod qr quantile rad2deg reciprocal remainder renorm
+round row_stack rsqrt scatter scatter_add scatter_reduce searchsorted select_copy sgn sigmoid
+sign signbit sin sinc sinh slice_copy slice_scatter slogdet softmax sort split_copy
+split_with_sizes_copy sqrt square squeeze_copy stack std sub subtract sum svd t_copy take
+take_along_dim tan tanh tensordot topk transpose_copy triangular_solve tril triu
+true_divide trunc unbind_copy unfold_copy unsqueeze_copy var vdot view_copy vstack where xlogy
 """.split()
+OUT_LINALG = """
+cholesky cholesky_ex cond cross det eig eigh eigvals eigvalsh householder_product inv inv_ex
+ldl_factor ldl_factor_ex ldl_solve lstsq lu lu_factor lu_factor_ex lu_solve matmul matrix_norm
+matrix_power matrix_rank multi_dot norm pinv qr slogdet solve solve_ex solve_triangular svd
+svdvals tensorinv tensorsolve vecdot vector_norm
+""".split()
+OUT_SPECIAL = """
+airy_ai bessel_j0 bessel_j1 bessel_y0 bessel_y1 chebyshev_polynomial_t chebyshev_polynomial_u
+chebyshev_polynomial_v chebyshev_polynomial_w digamma entr erf erfc erfcx erfinv exp2 expit
+expm1 gammainc gammaincc gammaln hermite_polynomial_h hermite_polynomial_he i0 i0e i1 i1e
+laguerre_polynomial_l legendre_polynomial_p log1p log_ndtr logit logsumexp modified_bessel_i0
+modified_bessel_i1 modified_bessel_k0 modified_bessel_k1 multigammaln ndtr ndtri polygamma psi
+round scaled_modified_bessel_k0 scaled_modified_bessel_k1 shifted_chebyshev_polynomial_t
+shifted_chebyshev_polynomial_u shifted_chebyshev_polynomial_v shifted_chebyshev_polynomial_w
+sinc spherical_bessel_j0 xlog1py xlogy zeta
+""".split()
+OUT_FFT = """
+fft fft2 fftfreq fftn hfft hfft2 hfftn ifft ifft2 ifftn ihfft ihfft2 ihfftn irfft irfft2 irfftn
+rfft rfft2 rfftfreq rfftn
+""".split()
+OUT_NN_FORWARD = ("threshold",)    # resolved on use (`nn_forward`); nn.functional.hardshrink
+# takes out= itself
+# ... whose out must have the result's dtype exactly (PyTorch refuses a wider one there)
+OUT_EXACT_DTYPE = set("""
+abs absolute addbmm addmm addmv aminmax alias_copy amax amin as_strided_copy baddbmm bmm ceil
+conj_physical cross diag diagonal_copy dot expand_copy fix floor frac gather heaviside
+histc histogram index_add index_copy index_reduce index_select log_softmax logcumsumexp
+lu_solve lu_unpack masked_select matmul mm msort mv nan_to_num nanquantile narrow_copy neg
+negative norm ormqr permute_copy qr quantile renorm round scatter scatter_add
+scatter_reduce sgn sign slice_scatter softmax squeeze_copy svd t_copy take take_along_dim
+tensordot transpose_copy triangular_solve tril triu trunc unfold_copy unsqueeze_copy vdot
+view_copy where
+""".split())
+# ... and those where it depends on the call, as in PyTorch's kernels (a call given to the
+# predicate as made: True when out must have the result's dtype)
+OUT_EXACT_DTYPE_WHEN = {
+    "diff": lambda input, n=1, *rest, **kwargs: n == 0,           # n = 0: a copy of the input
+    "cumsum": lambda *args, dtype=None, **kwargs: dtype is not None,
+    "cumprod": lambda *args, dtype=None, **kwargs: dtype is not None,
+    "lerp": lambda input, end, weight, **kwargs: isinstance(weight, Tensor),
+    "inner": lambda input, other: not (isinstance(input, Tensor) and input.ndim == 0 or
+                                       isinstance(other, Tensor) and other.ndim == 0),
+    "matrix_power": lambda input, n: n not in (0, 1),             # 0 and 1: a copy
+}
+OUT_LINALG_EXACT_DTYPE = set("""
+cholesky cross det eigh eigvalsh inv ldl_solve lu lu_solve matrix_norm multi_dot norm qr slogdet
+solve solve_triangular svd svdvals vecdot vector_norm
+""".split())
+
+
+def out_dtype_rule(name: str, exact_names=OUT_EXACT_DTYPE):
+    """`with_out`'s `exact_dtype` for the function `name`: a predicate of the call, or whether
+    `name` is among `exact_names`."""
+    return OUT_EXACT_DTYPE_WHEN.get(name, name in exact_names)
 
 # factories that take out= (torch.rand(2, 2, out=c) in the introyt tensors tutorial)
-OUT_FACTORIES = "zeros ones empty full rand randn randint randperm arange linspace eye".split()
+OUT_FACTORIES = """zeros ones empty full rand randn randint randperm arange range linspace logspace
+eye""".split()
 
 # torch.X that is nn.functional.X with the same leading arguments
 NN_FORWARD = """
@@ -127,7 +272,8 @@ def nn_forward(name: str):
     """The torch-level form of nn.functional's `name`, or None when kiln lacks it."""
     from kiln.nn import functional as nnF
     if name in NN_FORWARD:
-        return getattr(nnF, name, None)
+        fn = getattr(nnF, name, None)
+        return with_out(fn) if fn is not None and name in OUT_NN_FORWARD else fn
     if name in NN_INPLACE:
         base = getattr(nnF, name[:-1], None)
         if base is None:

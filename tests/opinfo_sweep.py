@@ -16,7 +16,8 @@ A sample that torch itself refuses is skipped. With `grad=True` (floating dtypes
 sample's differentiable inputs get gradients of a random weighting of the outputs, compared too.
 
 `python -m tests.opinfo_sweep [--dtype float32] [--grad] [--only NAME,...] [--out FILE]` runs the
-sweep and prints a table of ops that are not all `ok` (`--device cuda`: kiln's inputs are cuda
+sweep (`--out-variant`: the ops that take `out=`, called with it, `run_out_sample`) and prints
+a table of ops that are not all `ok` (`--device cuda`: kiln's inputs are cuda
 tensors on `tests/fake_cuda.py`'s stand-in, which refuses NumPy-only code on device arrays); `tests/test_opinfo.py` runs the ops
 listed as passing so a regression fails CI.
 """
@@ -294,6 +295,75 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     return "ok", ""
 
 
+# `--out-variant`: each sample once more with `out=` a tensor of the result's shape and dtype,
+# an empty one (torch resizes it), and one of float64 for a float32 result (torch casts into it,
+# or refuses: an op whose out must have the result's dtype exactly)
+OUT_CASES = ("same", "empty", "float64")
+
+
+def _out_like(t, case):
+    """A torch `out` tensor for the result `t`, or None when the case does not apply."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        return None
+    if case == "empty":
+        return torch.zeros(0, dtype=t.dtype)
+    if case == "float64":
+        return torch.zeros(t.shape, dtype=torch.float64) if t.dtype == torch.float32 else None
+    return torch.zeros(t.shape, dtype=t.dtype)
+
+
+def run_out_sample(kfn, tfn, sample, case, custom=None):
+    """('ok'|'wrong'|'error'|'skip', message): the op with `out=` (a tuple of tensors for a
+    multi-output op) in torch and kiln. What is written into `out` must match, and so must
+    whether the op returns the `out` tensors themselves, and whether it refuses `out`'s dtype."""
+    args = (sample.input, *sample.args)
+    try:
+        torch.manual_seed(0)
+        expected = tfn(*args, **sample.kwargs)
+    except Exception:
+        return "skip", ""
+    many = isinstance(expected, (tuple, list))
+    t_out = [_out_like(t, case) for t in (expected if many else [expected])]
+    if not t_out or any(o is None for o in t_out):
+        return "skip", ""
+    k_out = [to_kiln(o) for o in t_out]
+    t_out, k_out = (tuple(t_out), tuple(k_out)) if many else (t_out[0], k_out[0])
+    try:
+        torch.manual_seed(0)
+        t_ret = tfn(*args, **sample.kwargs, out=t_out)
+        t_raised = None
+    except TypeError:                       # torch takes no out= on this form
+        return "skip", ""
+    except Exception as e:
+        if case != "float64":
+            return "skip", ""
+        t_raised = e
+    kargs, kkw = to_kiln(args), to_kiln(sample.kwargs)
+    try:
+        kiln.manual_seed(0)
+        k_ret = kfn(*kargs, **kkw, out=k_out)
+    except Timeout:
+        raise
+    except Exception as e:
+        if t_raised is not None:
+            return "ok", ""
+        return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if t_raised is not None:
+        return "wrong", (f"out={case}: kiln wrote where torch raised "
+                         f"{str(t_raised).splitlines()[0][:150]}")
+
+    def same(ret, out):
+        return all(r is o for r, o in zip(ret, out)) if many else ret is out
+    if same(k_ret, k_out) != same(t_ret, t_out):
+        return "wrong", f"out={case}: kiln returned {type(k_ret).__name__}, not the out tensors"
+    if case == "float64":       # torch wrote its float32 result cast to float64
+        t_out = t_out.float() if not many else tuple(o.float() for o in t_out)
+        k_out = k_out.float() if not many else tuple(o.float() for o in k_out)
+    why = custom(k_out, t_out, args, compare) if custom and not getattr(
+        custom, "reads_kwargs", False) else compare(k_out, t_out, f"out={case}")
+    return ("wrong", why) if why else ("ok", "")
+
+
 def to_torch(x):
     """kiln results as torch's, to compare compiled with eager through `compare`."""
     if isinstance(x, kiln.Tensor):
@@ -364,11 +434,13 @@ def _run_compiled(step, grads, fresh):
     return ("fallback", fell[0].splitlines()[0][:200]) if fell else ("ok", "")
 
 
-def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None):
+def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None, out_variant=False):
     """Counter of outcomes and the first message of each kind, for one OpInfo and dtype (its
-    first `most` samples, when given)."""
+    first `most` samples, when given); `out_variant`: each sample in the `OUT_CASES`, for an op
+    that takes `out=`."""
     counts, first = Counter(), {}
-    if UNCOMPARABLE.search(op.name) or not op.supports_dtype(dtype, "cpu"):
+    if UNCOMPARABLE.search(op.name) or not op.supports_dtype(dtype, "cpu") or (
+            out_variant and not op.supports_out):
         return counts, first
     kfn, tfn = callables(op)
     if kfn is None:
@@ -387,6 +459,12 @@ def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None):
             if most is None and compiled:
                 most = COMPILED_SAMPLES
             for sample in itertools.islice(samples, most):
+                if out_variant:
+                    for case in OUT_CASES:
+                        kind, why = run_out_sample(kfn, tfn, sample, case, custom)
+                        counts[kind] += 1
+                        first.setdefault(kind, why)
+                    continue
                 kind, why = (run_compiled(kfn, sample, grad) if compiled else
                              run_sample(kfn, tfn, sample, grad, custom))
                 counts[kind] += 1
@@ -414,6 +492,8 @@ def main(argv=None):
     p.add_argument("--out", default="")
     p.add_argument("--compiled", action="store_true", help="kiln.compile against kiln eager")
     p.add_argument("--samples", type=int, default=None, help="at most this many per op")
+    p.add_argument("--out-variant", action="store_true",
+                   help="ops taking out=: each sample with out= tensors (OUT_CASES)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: kiln's inputs on the fake CUDA (tests/fake_cuda.py), against "
                         "torch on the CPU")
@@ -428,7 +508,8 @@ def main(argv=None):
     for op in ops():
         if only and op.name not in only and label(op) not in only:
             continue
-        counts, first = check(op, dtype, a.grad, compiled=a.compiled, most=a.samples)
+        counts, first = check(op, dtype, a.grad, compiled=a.compiled, most=a.samples,
+                              out_variant=a.out_variant)
         rows.append({"op": label(op), "counts": dict(counts), "first": first})
         bad = {k: v for k, v in counts.items() if k not in ("ok", "skip")}
         if bad:
@@ -441,6 +522,7 @@ def main(argv=None):
         total.update({("clean" if set(r["counts"]) <= {"ok", "skip"} and r["counts"].get("ok")
                        else "bad" if set(r["counts"]) - {"ok", "skip"} else "untested"): 1})
     print(f"{a.dtype}{' grad' if a.grad else ''}{' compiled' if a.compiled else ''}"
+          f"{' out=' if a.out_variant else ''}"
           f"{' cuda' if a.device == 'cuda' else ''}: "
           f"{dict(total)} ops")
     if a.out:

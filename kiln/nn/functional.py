@@ -1356,3 +1356,9 @@ from kiln.nn.functional_loss import *  # noqa: E402,F401,F403
 
 _core.apply_nn_grad_names(sys.modules[__name__])  # MseLossBackward0, as PyTorch names them
 _core.install_autocast(sys.modules[__name__])   # autocast's casts on linear, conv, losses
+# the forms PyTorch's nn.functional binds to ATen with out= (2.13), whose out must have the
+# result's dtype; normalize's divides into out, casting as division does
+for _name in ("linear", "gelu", "logsigmoid", "softplus", "softshrink", "hardshrink",
+              "avg_pool2d", "avg_pool3d", "normalize"):
+    globals()[_name] = _core.with_out(globals()[_name], exact_dtype=_name != "normalize")
+del _name
