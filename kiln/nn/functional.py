@@ -1013,9 +1013,15 @@ def multi_head_attention_forward(
         padding = padding.reshape(batch, 1, 1, src_len)
         mask = padding if mask is None else mask + padding
 
-    scores = kiln.matmul(q * (1.0 / math.sqrt(head_dim)), k.transpose(-2, -1))
-    if mask is not None:
-        scores = scores + mask
+    q = q * math.sqrt(1.0 / head_dim)          # PyTorch's spelling of the scale
+    if mask is not None and q.dtype in _HALF and q.device.type == "cpu":
+        # PyTorch's baddbmm: the product and the mask added in float32, rounded once
+        scores = (kiln.matmul(q.float(), k.float().transpose(-2, -1)) +
+                  mask.float()).to(q.dtype)
+    else:
+        scores = kiln.matmul(q, k.transpose(-2, -1))
+        if mask is not None:
+            scores = scores + mask
     weights = kiln.softmax(scores, -1)
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p, training)

@@ -53,7 +53,14 @@ def histc(input, bins=100, min=0, max=0):
     if lo == hi:
         lo, hi = lo - 1, hi + 1
     inside = F.logical_and(F.ge(x, lo), F.le(x, hi))
-    idx = F.floor((x - lo) * (bins / (hi - lo))).to(dt.int64)
+    if x.dtype is dt.float16:
+        # ATen computes the bin in float16 itself: (x - lo) * bins / (hi - lo), each op and
+        # each of its numbers rounded to float16
+        lo, hi = dt.half_value(lo, x.dtype), dt.half_value(hi, x.dtype)
+        width = dt.half_value(hi - lo, x.dtype)
+        idx = F.floor((x - lo) * dt.half_value(bins, x.dtype) / width).to(dt.int64)
+    else:
+        idx = F.floor((x - lo) * (bins / (hi - lo))).to(dt.int64)
     idx = F.clamp(idx, 0, bins - 1)
     hits = F.logical_and(F.eq(F.unsqueeze(F.reshape(idx, (-1,)), -1),
                               F.arange(bins, device=x.device)),
