@@ -27,8 +27,13 @@ leaky_relu glu logit sinh cosh asinh acosh atanh sinc logaddexp logaddexp2 xlogy
 addcmul addcdiv logcumsumexp linear bilinear conv1d conv2d conv3d conv_transpose1d
 conv_transpose2d conv_transpose3d einsum tensordot scaled_dot_product_attention avg_pool1d
 avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d addmm
-baddbmm addmv fmod
+baddbmm addmv
 """.split())
+
+
+# Of those, the composites that compute float16 in their own code: conv2d's backward rounds
+# as PyTorch's slow_conv2d (kiln.nn.functional._HalfConv2d).
+OWN_FLOAT16 = frozenset({"conv2d"})
 
 
 def composite(fn=None, *, name: str | None = None):
@@ -50,7 +55,8 @@ def composite(fn=None, *, name: str | None = None):
 
         @functools.wraps(fn)
         def in_float32(*args, **kwargs):
-            if not args or getattr(args[0], "dtype", None) not in dt.HALF:
+            if not args or getattr(args[0], "dtype", None) not in dt.HALF or \
+                    args[0].dtype is dt.float16 and label in OWN_FLOAT16:
                 return traced_in_scope(*args, **kwargs)     # the common case: one check
             return _widened_call(traced_in_scope, args, kwargs)
         in_float32.composite = label

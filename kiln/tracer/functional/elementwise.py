@@ -209,7 +209,17 @@ def fmod(input, other):
     _refuse_bool_division("fmod", input, other)
     _refuse_integer_division_by_zero("fmod", input, other)
     a, b = _promoted(input, other)
-    return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
+    if not _is_float(a, b):
+        return a - div(a, b, rounding_mode="trunc") * b
+    kind = (a if isinstance(a, Tensor) else b).dtype
+    if kind in dt.HALF and (a if isinstance(a, Tensor) else b).device.type == "cpu":
+        # ATen's kernel: the operands in float32 (a number rounded to the dtype first), the
+        # result rounded once
+        def wide(v):
+            return P.cast(v, dtype=dt.float32) if isinstance(v, Tensor) else \
+                dt.half_value(v, kind)
+        return P.cast(fmod(wide(a), wide(b)), dtype=kind)
+    return a - trunc(a / b) * b
 
 
 def _is_float(a, b) -> bool:
