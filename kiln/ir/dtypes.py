@@ -105,10 +105,6 @@ bfloat16 = DType("bfloat16", "bf16", _np_bfloat16, FLOAT) if _np_bfloat16 is not
 # The floating types too narrow to compute in: reductions and normalizations widen them to
 # float32 and round the result once, as PyTorch's CPU kernels do.
 HALF = (float16, bfloat16)
-# Primitives whose NumPy implementation picks its float16 accumulator itself, which the
-# dispatcher's widening would change: cumsum runs float32 in float64 (as PyTorch's CPU kernel)
-# and float16 in float32 (as PyTorch's too).
-HALF_IN_IMPL = frozenset({"cumsum"})
 # complex: a pair of float32 (float64) parts, stored as NumPy's complex64 (complex128)
 complex64 = DType("complex64", "c64", np.complex64, COMPLEX)
 complex128 = DType("complex128", "c128", np.complex128, COMPLEX)

@@ -455,13 +455,11 @@ def _cumsum_grad(g, out, x, axis):
 
 
 def _cumsum(xp, x, axis):
-    """A running sum; float32 on the CPU accumulates in float64 and float16 in float32, as
-    PyTorch's CPU kernel (its result is the exact sum rounded once per element, not n
-    roundings deep)."""
+    """A running sum; float32 on the CPU accumulates in float64, as PyTorch's CPU kernel (its
+    result is the exact sum rounded once per element, not n roundings deep)."""
     if xp is np:        # the ufunc's accumulate, called from here (kiln's NumPy warnings are off)
-        if x.dtype == np.float32 or x.dtype == np.float16:
-            wide = np.float64 if x.dtype == np.float32 else np.float32
-            return np.add.accumulate(x, axis=axis, dtype=wide).astype(x.dtype)
+        if x.dtype == np.float32:
+            return np.add.accumulate(x, axis=axis, dtype=np.float64).astype(np.float32)
         return np.add.accumulate(x, axis=axis, dtype=x.dtype)
     return xp.cumsum(x, axis=axis, dtype=x.dtype)
 

@@ -48,7 +48,7 @@ class ArrayExecutor:
             if ufunc is None:       # only a ufunc computes into a given buffer
                 reuse = None
             impl = numpy_impl(prim) if xp is np else prim.impl
-            if xp is np and prim.kind != ir_ops.MOVEMENT and n.op not in dt.HALF_IN_IMPL and \
+            if xp is np and prim.kind != ir_ops.MOVEMENT and \
                     any(isinstance(v, Value) and v.dtype is dt.float16 for v in n.inputs):
                 impl, args = _in_float32(impl), _rounded_literals(n.op, n.inputs, args)
             self.steps.append((impl, ufunc, reuse, args, n.attr_dict,

@@ -201,7 +201,7 @@ def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
     movement = prim.kind is _MOVEMENT
     widen = None
     halves = {a.dtype for a in args if isinstance(a, Tensor) and a.dtype in dt.HALF}
-    if halves and not movement and prim.name not in dt.HALF_IN_IMPL:
+    if halves and not movement:
         floats = {a.dtype for a in args if isinstance(a, Tensor) and
                   (a.dtype.is_floating_point or a.dtype.is_complex)}
         # a literal rounds to the tensors' half dtype (none where another floating one is in)

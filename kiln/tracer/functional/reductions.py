@@ -442,9 +442,8 @@ def cumsum(input, dim, *, dtype=None):
         input = input.to(dt.int64)
     if input.ndim == 0:
         return input.clone()
-    if input.dtype in dt.HALF and (input.dtype is dt.bfloat16 or input.device.type != "cpu"):
+    if input.dtype in dt.HALF:
         return _narrowed(cumsum(_widened(input), dim), input.dtype)
-    # (float16 on the CPU: the primitive accumulates in float32, as PyTorch's kernel does)
     return P.cumsum(input, axis=_norm_dim(dim, input.ndim))
 
 
