@@ -267,8 +267,8 @@ class _HalfConv2d(kiln.autograd.Function):
     forward, the product in float32 rounded once; backward, image by image, the input
     gradient's columns rounded to float16 and added into the image in float16 one window
     offset at a time, the weight and bias gradients added in float16 one image at a time.
-    Rounding as PyTorch does keeps float16 training steps on
-    PyTorch's path, where one value off by an ulp can flip a ReLU downstream."""
+    Rounding as PyTorch does keeps float16 training steps on PyTorch's path, where one value
+    off by an ulp can flip a ReLU downstream."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation):
@@ -298,12 +298,12 @@ class _HalfConv2d(kiln.autograd.Function):
             image = kiln.zeros(n, c, hp, wp)
             for i in range(kh):
                 for j in range(kw):
-                    rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1,
+                    down = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1,
                                  stride[0])
-                    cols_ = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1,
-                                  stride[1])
-                    image[:, :, rows, cols_] = (image[:, :, rows, cols_] +
-                                                cols[:, :, i, j]).half().float()
+                    across = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1,
+                                   stride[1])
+                    image[:, :, down, across] = (image[:, :, down, across] +
+                                                 cols[:, :, i, j]).half().float()
             image = image[:, :, top:hp - bottom, left:wp - right]
             grads[0] = (image.squeeze(0) if unbatched else image).half()
         if ctx.needs_input_grad[1]:

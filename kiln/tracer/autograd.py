@@ -1044,6 +1044,9 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
 
 _SLICE = PRIMITIVES["slice"]
+_HALF = dt.HALF
+
+
 def _widens(prim, g: Tensor) -> bool:
     """Whether the gradient rule of a float16 or bfloat16 node runs in float32
     (`_widened_rule`): that of every registered primitive but the movement ops, whose gradients
@@ -1051,9 +1054,6 @@ def _widens(prim, g: Tensor) -> bool:
     were given), on the CPU (kiln's GPU kernels take float16 as it is)."""
     return PRIMITIVES.get(getattr(prim, "name", None)) is prim and prim.kind != "movement" \
         and (g.dtype is dt.bfloat16 or g.device.type == "cpu")
-
-
-_HALF = dt.HALF
 
 
 def _widened_rule(node, g: Tensor, out, saved: tuple) -> tuple:
