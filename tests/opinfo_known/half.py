@@ -12,10 +12,10 @@ than torch's (e.g. conv_transpose3d: kiln 0.003 off, torch 0.27), but for embedd
 COMPARE = {}
 
 # CI time: the float16 mode runs every op but these, whose float16 samples check no float16
-# arithmetic and cost ~85 of the mode's ~140 s (`--dtype float16` runs them all): selections and
-# searches (max pooling and its unpooling, unique, searchsorted), logspace (computed in float64,
-# then cast) and grid_sampler_3d (39 s alone; nn.functional.grid_sample and
-# tests/test_float16.py cover its arithmetic).
+# arithmetic and take ~20 of its ~65 s in pytest on an idle 2-core machine (~85 of ~140 s under
+# load; `--dtype float16` runs them all): selections and searches (max pooling and unpooling,
+# unique, searchsorted), logspace (computed in float64, then cast) and grid_sampler_3d (12 s
+# alone; nn.functional.grid_sample and tests/test_float16.py cover its arithmetic).
 SKIPPED = frozenset("""
 grid_sampler_3d max_pool2d_with_indices_backward nn.functional.max_pool1d
 nn.functional.max_pool2d nn.functional.max_pool3d nn.functional.max_unpool1d
