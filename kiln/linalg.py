@@ -483,6 +483,10 @@ def _max_norm(t, dim, keepdim):
 
 def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
     x = x if dtype is None else x.to(dtype)
+    if x.dtype in dt.HALF and x.device.type == "cpu":
+        # in float32, rounded once, as PyTorch's CPU kernel: |x| ** ord overflows float16
+        # (8.5 ** 6 > 65504) where the norm does not
+        return vector_norm(x.float(), ord, dim, keepdim).to(x.dtype)
     if x.dtype.is_complex:                 # the norm of complex numbers is that of |x|: real
         x = F.abs(x)
     x = _float(x)

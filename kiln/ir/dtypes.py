@@ -183,8 +183,14 @@ def cast_array(x, dtype: DType):
 def bfloat16_value(number) -> float:
     """A Python number rounded to bfloat16 (through float32, as PyTorch converts it); beyond
     float32's range, an infinity, as in PyTorch, without NumPy's overflow warning."""
+    return half_value(number, bfloat16)
+
+
+def half_value(number, dtype: DType) -> float:
+    """A Python number rounded to float16 or bfloat16 (`HALF`) as PyTorch converts a scalar
+    operand: through float32 first; beyond the range, an infinity, without NumPy's warning."""
     with np.errstate(over="ignore"):
-        return float(np.float32(number).astype(bfloat16.np))
+        return float(np.float32(number).astype(dtype.np))
 
 
 # (lowest, highest) value of each integer dtype, for the two conversions of a Python int below

@@ -251,7 +251,75 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
            dilation=1, groups: int = 1) -> Tensor:
     """2-D convolution as im2col (kh*kw shifted views) followed by one matmul per group."""
     _check_conv_input(input, weight, groups, "conv2d", 2)
+    if input.dtype is kiln.float16 and input.device.type == "cpu":
+        if groups == 1 and weight.dtype is kiln.float16 and \
+                (bias is None or bias.dtype is kiln.float16) and kiln.is_grad_enabled() and \
+                any(t is not None and t.requires_grad for t in (input, weight, bias)):
+            # (a graph break under kiln.compile: such a step runs eagerly, as bfloat16's do)
+            return _HalfConv2d.apply(input, weight, bias, stride, padding, dilation)
+        if weight.dtype is kiln.float16 and (bias is None or bias.dtype is kiln.float16):
+            return _conv2d(input.float(), weight.float(), _float32(bias), stride, padding,
+                           dilation, groups).half()
     return _conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+class _HalfConv2d(kiln.autograd.Function):
+    """conv2d of float16 CPU tensors as PyTorch's CPU kernel computes it (ATen's slow_conv2d):
+    forward, the product in float32 rounded once; backward, image by image, the input
+    gradient's columns rounded to float16 and added into the image in float16 one window
+    offset at a time, the weight and bias gradients added in float16 one image at a time.
+    Rounding as PyTorch does keeps float16 training steps on PyTorch's path, where one value
+    off by an ulp can flip a ReLU downstream."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, stride, padding, dilation):
+        ctx.save_for_backward(input, weight)
+        ctx.conv = (stride, padding, dilation, bias is not None)
+        return _conv2d(input.float(), weight.float(), _float32(bias), stride, padding,
+                       dilation, 1).half()
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        stride, padding, dilation, has_bias = ctx.conv
+        unbatched = input.ndim == 3
+        x = (input.unsqueeze(0) if unbatched else input).float()
+        g = (grad.unsqueeze(0) if unbatched else grad).float()
+        stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+        out_ch, c, kh, kw = weight.shape
+        top, bottom, left, right = _conv_padding(padding, (kh, kw), dilation, stride)
+        x = _core.pad(x, (left, right, top, bottom))
+        n, _, hp, wp = x.shape
+        oh, ow = g.shape[2], g.shape[3]
+        g = g.reshape(n, out_ch, oh * ow)
+        w = weight.float().reshape(out_ch, c * kh * kw)
+        grads = [None, None, None, None, None, None]
+        if ctx.needs_input_grad[0]:
+            cols = (w.t() @ g).half().float().reshape(n, c, kh, kw, oh, ow)
+            image = kiln.zeros(n, c, hp, wp)
+            for i in range(kh):
+                for j in range(kw):
+                    down = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1,
+                                 stride[0])
+                    across = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1,
+                                   stride[1])
+                    image[:, :, down, across] = (image[:, :, down, across] +
+                                                 cols[:, :, i, j]).half().float()
+            image = image[:, :, top:hp - bottom, left:wp - right]
+            grads[0] = (image.squeeze(0) if unbatched else image).half()
+        if ctx.needs_input_grad[1]:
+            windows = unfold(x, (kh, kw), dilation=dilation, stride=stride)
+            total = kiln.zeros(out_ch, c * kh * kw)
+            for k in range(n):
+                total = (total + g[k] @ windows[k].t()).half().float()
+            grads[1] = total.reshape(weight.shape).half()
+        if has_bias and ctx.needs_input_grad[2]:
+            per_image = g.sum(2).half().float()
+            total = kiln.zeros(out_ch)
+            for k in range(n):
+                total = (total + per_image[k]).half().float()
+            grads[2] = total.half()
+        return tuple(grads)
 
 
 def _conv2d(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
@@ -1014,9 +1082,15 @@ def multi_head_attention_forward(
         padding = padding.reshape(batch, 1, 1, src_len)
         mask = padding if mask is None else mask + padding
 
-    scores = kiln.matmul(q * (1.0 / math.sqrt(head_dim)), k.transpose(-2, -1))
-    if mask is not None:
-        scores = scores + mask
+    q = q * math.sqrt(1.0 / head_dim)          # PyTorch's spelling of the scale
+    if mask is not None and q.dtype in _HALF and q.device.type == "cpu":
+        # PyTorch's baddbmm: the product and the mask added in float32, rounded once
+        scores = (kiln.matmul(q.float(), k.float().transpose(-2, -1)) +
+                  mask.float()).to(q.dtype)
+    else:
+        scores = kiln.matmul(q, k.transpose(-2, -1))
+        if mask is not None:
+            scores = scores + mask
     weights = kiln.softmax(scores, -1)
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p, training)

@@ -129,8 +129,9 @@ def _logsigmoid(x: Tensor) -> Tensor:
 @_composite
 def soft_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
                      reduction: str = "mean") -> Tensor:
-    """log(1 + exp(-target * input))."""
-    loss = -_logsigmoid(target * input)
+    """log(1 + exp(-target * input)), spelled as PyTorch computes it: exp overflows to inf
+    (past 88 in float32, past 11 in float16), and so does the loss, as in PyTorch."""
+    loss = kiln.log1p(kiln.exp(-input * target))
     return _reduce(loss, _legacy(size_average, reduce, reduction))
 
 

@@ -476,8 +476,9 @@ def _source_scale(in_size: int, out_size: int, align_corners: bool, scale) -> fl
 
 
 def _resize_axis(x: Tensor, axis: int, out_size: int, mode: str, align_corners: bool,
-                 scale) -> Tensor:
-    """Resample one axis: nearest picks a source index, linear and cubic blend neighbours."""
+                 scale, weight_dtype=None) -> Tensor:
+    """Resample one axis: nearest picks a source index, linear and cubic blend neighbours
+    (with weights rounded to `weight_dtype` first, when given)."""
     in_size = x.shape[axis]
     ratio = _source_scale(in_size, out_size, align_corners, scale)
     dst = np.arange(out_size, dtype=np.float64)
@@ -486,7 +487,9 @@ def _resize_axis(x: Tensor, axis: int, out_size: int, mode: str, align_corners: 
                                                               device=device))
     shape = [1] * x.ndim
     shape[axis] = out_size
-    weight = lambda w: kiln.tensor(w.astype(x.dtype.np).reshape(shape), device=device)
+    rounded = (lambda w: w.astype(weight_dtype.np).astype(np.float64)) if weight_dtype else \
+        (lambda w: w)
+    weight = lambda w: kiln.tensor(rounded(w).astype(x.dtype.np).reshape(shape), device=device)
     if mode == "nearest":
         src = np.minimum(np.floor(dst * np.float32(ratio)), in_size - 1)
         return take(src)
@@ -562,10 +565,15 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
             "bilinear": "linear", "trilinear": "linear", "bicubic": "cubic"}.get(mode)
     if kind is None:
         raise NotImplementedError(f"interpolate: mode {mode!r} is not supported")
-    x = input
+    half = input.dtype if input.dtype in (kiln.float16, kiln.bfloat16) and \
+        kind in ("linear", "cubic") and input.device.type == "cpu" else None
+    # half input blends in float32 and rounds once, as PyTorch's CPU kernels; its bicubic
+    # kernel keeps the weights in the input's dtype
+    x = input if half is None else input.float()
+    weight_dtype = half if kind == "cubic" else None
     for k in range(dims):
-        x = _resize_axis(x, 2 + k, out_size[k], kind, align, scales[k])
-    return x
+        x = _resize_axis(x, 2 + k, out_size[k], kind, align, scales[k], weight_dtype)
+    return x if half is None else x.to(half)
 
 
 def upsample(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
@@ -588,7 +596,19 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
                   bias: Tensor | None = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Normalize each (sample, channel) over its spatial dims; with running statistics, update
-    them by the batch average of the per-instance statistics (unbiased variance)."""
+    them by the batch average of the per-instance statistics (unbiased variance). Half input
+    (float16, bfloat16) is normalized in float32 and rounded once, as PyTorch's CPU kernel."""
+    if input.dtype in (kiln.float16, kiln.bfloat16):
+        def wide(t):
+            return t.float() if t is not None and t.dtype is input.dtype else t
+        stats = wide(running_mean), wide(running_var)
+        out = instance_norm(input.float(), *stats, wide(weight), wide(bias), use_input_stats,
+                            momentum, eps).to(input.dtype)
+        with kiln.no_grad():
+            for kept, wide_stat in zip((running_mean, running_var), stats):
+                if kept is not None and wide_stat is not kept and use_input_stats:
+                    kept.copy_(wide_stat)
+        return out
     axes = tuple(range(2, input.ndim))
     shape = (1, -1) + (1,) * (input.ndim - 2)
     if use_input_stats:
@@ -806,9 +826,10 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
         for p, size, stride in zip(points, sizes, strides):
             inside = (p >= 0) & (p <= size - 1)
             valid = inside if valid is None else valid & inside
-            term = p.clamp(0, size - 1) * int(stride)
+            # integer arithmetic: a float16 index is not exact past 2048
+            term = p.clamp(0, size - 1).long() * int(stride)
             index = term if index is None else index + term
-        index = index.long().reshape(n, 1, cells)
+        index = index.reshape(n, 1, cells)
         values = kiln.gather(flat, 2, index.expand(n, c, cells)).reshape(n, c, *out)
         return kiln.where(valid.unsqueeze(1), values, kiln.zeros_like(values))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kiln.ir import dtypes as dt
 from kiln.ir import ops as ir_ops
 from kiln.ir.graph import Graph, Value
 from kiln.ir.ops import PRIMITIVES
@@ -47,6 +48,9 @@ class ArrayExecutor:
             if ufunc is None:       # only a ufunc computes into a given buffer
                 reuse = None
             impl = numpy_impl(prim) if xp is np else prim.impl
+            if xp is np and prim.kind != ir_ops.MOVEMENT and \
+                    any(isinstance(v, Value) and v.dtype is dt.float16 for v in n.inputs):
+                impl, args = _in_float32(impl), _rounded_literals(n.op, n.inputs, args)
             self.steps.append((impl, ufunc, reuse, args, n.attr_dict,
                                np.dtype(n.out.dtype.np), slot[n.out], tuple(free)))
         self.output_slots = [slot[v] for v in graph.outputs]
@@ -76,3 +80,25 @@ class ArrayExecutor:
                 env[out_slot] = out
         outs = [env[s] for s in self.output_slots]
         return outs, [env[s] for s in self.mutation_slots]
+
+
+def _in_float32(impl):
+    """`impl` on float32 copies of its float16 arrays, as eager computes float16 on the CPU
+    (`kiln.tracer.dispatch._widen_half`): a cumulative sum or a matmul accumulates in float32
+    and the result rounds once (to the node's dtype, by `run`)."""
+    def widened(xp, *operands, **attrs):
+        return impl(xp, *[a.astype(np.float32) if isinstance(a, np.ndarray) and
+                          a.dtype == np.float16 else a for a in operands], **attrs)
+    return widened
+
+
+def _rounded_literals(op: str, inputs: tuple, args: tuple) -> tuple:
+    """A float16 node's number operands rounded to float16 as eager rounds them (not mul's or
+    div's, whose kernels read them as float32), where float16 is its only floating dtype."""
+    floats = {v.dtype for v in inputs if isinstance(v, Value) and
+              (v.dtype.is_floating_point or v.dtype.is_complex)}
+    if op in ("mul", "div") or floats != {dt.float16}:
+        return args
+    return tuple((False, dt.half_value(x, dt.float16))
+                 if not is_slot and (type(x) is float or type(x) is int) else (is_slot, x)
+                 for is_slot, x in args)

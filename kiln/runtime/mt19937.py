@@ -96,8 +96,18 @@ class TorchStream:
 
     def uniform(self, n: int, dtype, low: float = 0.0, high: float = 1.0) -> np.ndarray:
         """`x * (high - low) + low` of the fractions: in double for float32 (exact enough),
-        as one fused multiply-add for float64 (ATen's build contracts it)."""
+        as one fused multiply-add for float64 (ATen's build contracts it), and for the half
+        types as one float multiply-add on float bounds, where a value that rounds up to
+        `high` becomes `low`, as in ATen (the range stays [low, high))."""
         dtype = np.dtype(dtype)
+        if dtype.itemsize == 2:
+            lo, hi = np.float32(low), np.float32(high)
+            # the product of a 24-bit fraction and a float is exact in double: one rounding
+            # of the sum to float, as the contracted multiply-add makes
+            wide = self.fraction(n, np.float32) * float(hi - lo) + float(lo)
+            out = wide.astype(np.float32).astype(dtype)
+            out[out == dtype.type(high)] = dtype.type(low)
+            return out
         low, high = float(dtype.type(low)), float(dtype.type(high))    # cast as ATen does
         if dtype == np.float64:
             return _fma(self.fraction(n, dtype), high - low, low)

@@ -175,7 +175,10 @@ class ScheduleExecutor:
                         shapes[o][1] % 64 == 0 and \
                         all(dtypes[s] == np.float32 for s in (o,) + tuple(ins)):
                     thin = (ins[1], None if st.view is None else st.view[1])
-                steps.append(("matmul", xp.matmul, ins, outs, views,
+                # float16 through float32's BLAS, rounded once, as eager computes it
+                matmul = _matmul_in_float32 if xp is np and dtypes[o] == np.float16 else \
+                    xp.matmul
+                steps.append(("matmul", matmul, ins, outs, views,
                               (st.buffers[0], shapes[o], dtypes[o], thin)))
             elif st.kind == "view":
                 op, attrs = st.view
@@ -662,6 +665,16 @@ class ScheduleExecutor:
                 self._finish_trials()
         return [env[s] for s in self.output_slots], [env[s] for s in self.mutation_slots]
 
+
+
+def _matmul_in_float32(x, y, out=None):
+    """np.matmul of float16 operands on float32 copies (NumPy's float16 matmul runs no BLAS),
+    the product rounded to float16 once, into `out` when given."""
+    product = np.matmul(x.astype(np.float32), y.astype(np.float32))
+    if out is None:
+        return product.astype(np.float16)
+    np.copyto(out, product, casting="same_kind")
+    return out
 
 
 def _viewed_matmul(matmul, xp, views: tuple, x, y, out):

@@ -978,7 +978,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     saved, out = node.inputs, node.output()
                 else:
                     saved, out = _unpack_saved(node)
-                if not create_graph and g.dtype is dt.bfloat16 and _widens(node.prim):
+                if not create_graph and g.dtype in _HALF and _widens(node.prim, g):
                     grads = _widened_rule(node, g, out, saved)
                 elif g.dtype.is_complex and _conjugates(node.prim):
                     grads = _conjugated_rule(node, g, out, saved)
@@ -1044,27 +1044,34 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
 
 
 _SLICE = PRIMITIVES["slice"]
-def _widens(prim) -> bool:
-    """Whether the gradient rule of a bfloat16 node runs in float32 (`_widened_rule`): that of
-    every registered primitive but the movement ops, whose gradients move values without
-    rounding (custom Functions' and hooks' backward see the dtypes they were given)."""
-    return PRIMITIVES.get(getattr(prim, "name", None)) is prim and prim.kind != "movement"
+_HALF = dt.HALF
+
+
+def _widens(prim, g: Tensor) -> bool:
+    """Whether the gradient rule of a float16 or bfloat16 node runs in float32
+    (`_widened_rule`): that of every registered primitive but the movement ops, whose gradients
+    move values without rounding (custom Functions' and hooks' backward see the dtypes they
+    were given), on the CPU (kiln's GPU kernels take float16 as it is)."""
+    return PRIMITIVES.get(getattr(prim, "name", None)) is prim and prim.kind != "movement" \
+        and (g.dtype is dt.bfloat16 or g.device.type == "cpu")
 
 
 def _widened_rule(node, g: Tensor, out, saved: tuple) -> tuple:
-    """A first-order gradient rule of a primitive with a bfloat16 output, computed as PyTorch's
-    CPU backward kernels compute it: on float32 copies of the gradient, the output and the
-    bfloat16 inputs, each input's gradient rounded to bfloat16 once (tanh's g * (1 - y * y)
+    """A first-order gradient rule of a primitive with a float16 (bfloat16) output, computed as
+    PyTorch's CPU backward kernels compute it: on float32 copies of the gradient, the output and
+    the inputs of that dtype, each input's gradient rounded to it once (tanh's g * (1 - y * y)
     rounds once, not after each of its three ops)."""
+    half = g.dtype
+
     def wide(t):
-        if isinstance(t, Tensor) and t.dtype is dt.bfloat16:
+        if isinstance(t, Tensor) and t.dtype is half:
             w = P.cast(t, dtype=dt.float32)         # grad mode is off: records no history
             w.requires_grad = t.requires_grad       # rules skip inputs that want no gradient
             return w
         return t
     grads = node.prim.grad(wide(g), wide(out), *[wide(a) for a in saved], **node.attrs)
-    return tuple(P.cast(ga, dtype=dt.bfloat16) if ga is not None and ga.dtype is dt.float32
-                 and isinstance(a, Tensor) and a.dtype is dt.bfloat16 else ga
+    return tuple(P.cast(ga, dtype=half) if ga is not None and ga.dtype is dt.float32
+                 and isinstance(a, Tensor) and a.dtype is half else ga
                  for ga, a in zip(grads, saved))
 
 

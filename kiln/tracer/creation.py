@@ -494,11 +494,16 @@ def linspace(start, end, steps, *, dtype=None, layout=None, device=None, require
     start, end = _integral_ends(start, end, kind)
     if steps == 1:
         return full((1,), start, dtype=kind, device=device, requires_grad=requires_grad)
-    i = arange(steps, dtype=dt.float64, device=device)
+    i = position = arange(steps, dtype=dt.float64, device=device)
     step = (end - start) / (steps - 1)
+    if kind is dt.float16:
+        # ATen steps in float16 itself: the ends and the step rounded to it, each op rounded
+        start, end = dt.half_value(start, kind), dt.half_value(end, kind)
+        step = dt.half_value(np.float32(end - start) / np.float32(steps - 1), kind)
+        i = i.to(kind)
     # PyTorch fills the second half from the end, which makes the last value exact
     half = steps // 2
-    values = P.where(i < half, i * step + start, end - (steps - 1 - i) * step)
+    values = P.where(position < half, i * step + start, end - (steps - 1 - i) * step)
     out = values.to(kind)
     if requires_grad:
         out.requires_grad_(True)

@@ -117,8 +117,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                 _INFER_CACHE.clear()
             _INFER_CACHE[key] = facts
     dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable, widen = facts
-    if widen:
-        arrays = _widen_bfloat16(arrays, widen)
+    if widen is not None and device is CPU:
+        arrays = _widen_half(arrays, widen)
 
     if device is CPU:
         xp = np
@@ -127,7 +127,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                            wants_grad and differentiable)
     else:
         xp = device.xp
-        if dtype is dt.bfloat16 or widen:
+        if dtype is dt.bfloat16 or widen is not None and widen[2]:
             raise op_error(prim.name, f"{dt.NO_CUDA_BFLOAT16} (on {device})")
     impl = numpy_impl if xp is np else cupy_impl
     try:
@@ -192,41 +192,47 @@ def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
     """What `apply` needs of one op on inputs of given shapes and dtypes, found once per
     signature (the cache's value): the result's dtype and NumPy dtype, the NumPy backend's
     faster spelling of the op where it has one, the CuPy backend's likewise, the primitive's
-    flags, so that a cached call reads no attribute of the frozen dataclass, and whether its
-    bfloat16 inputs are widened to float32 first (below)."""
+    flags, so that a cached call reads no attribute of the frozen dataclass, and how its
+    float16/bfloat16 inputs are widened to float32 first on the CPU (`_widen_half`): None, or
+    (whether literals keep their value, the dtype literals round to or None, any bfloat16)."""
     dtype = rule[1]
     if any(isinstance(a, Tensor) and a.dtype in _unsigned.LIMITED for a in args):
         _unsigned.check_primitive(prim, args)     # PyTorch computes few ops on uint16/32/64
     movement = prim.kind is _MOVEMENT
-    widen = 0
-    if not movement and any(isinstance(a, Tensor) and a.dtype is dt.bfloat16 for a in args):
-        widen = _KEEPS_LITERALS if prim.name in ("mul", "div") else _ROUNDS_LITERALS
+    widen = None
+    halves = {a.dtype for a in args if isinstance(a, Tensor) and a.dtype in dt.HALF}
+    if halves and not movement:
+        floats = {a.dtype for a in args if isinstance(a, Tensor) and
+                  (a.dtype.is_floating_point or a.dtype.is_complex)}
+        # a literal rounds to the tensors' half dtype (none where another floating one is in)
+        round_to = floats.pop() if len(floats) == 1 else None
+        widen = (prim.name in ("mul", "div"), round_to, dt.bfloat16 in halves)
     # an integer or bool result never requires grad (x.long(), a pivot), as in PyTorch
     differentiable = prim.grad is not None and (dtype.is_floating_point or dtype.is_complex)
     return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl),
             _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement, differentiable, widen)
 
 
-_KEEPS_LITERALS, _ROUNDS_LITERALS = 1, 2
+def _widen_half(arrays: list, widen: tuple) -> list:
+    """The arrays an op on float16 or bfloat16 tensors computes with on the CPU: each such one
+    as float32.
 
-
-def _widen_bfloat16(arrays: list, how: int) -> list:
-    """The arrays an op on bfloat16 tensors computes with: each bfloat16 one as float32.
-
-    PyTorch's CPU kernels compute bfloat16 in float32 and round each result to bfloat16 once;
-    so does kiln: the op runs on float32 copies, and `apply` rounds its output to the result's
-    dtype (round to nearest even). A sum or a matmul then accumulates in float32, where NumPy
-    on ml_dtypes' bfloat16 would accumulate in bfloat16 (or hand back float32). Movement ops
-    (views) keep their input's memory and are never widened. A Python number operand is first
-    rounded to bfloat16, as PyTorch's CPU kernels take it (x + 0.3 adds bfloat16's 0.30078),
-    except in mul and div (`_KEEPS_LITERALS`), whose kernels read it as a float32."""
+    PyTorch's CPU kernels compute both in float32 and round each result once; so does kiln:
+    the op runs on float32 copies, and `apply` rounds its output to the result's dtype (round
+    to nearest even). A sum, a cumulative sum or a matmul then accumulates in float32, where
+    NumPy's float16 cumsum accumulates in float16 (and its matmul runs ~50x slower than
+    float32's BLAS). Movement ops (views) keep their input's memory and are never widened. A
+    Python number operand is first rounded to the tensors' dtype, as PyTorch's CPU kernels take
+    it (x + 0.3 adds bfloat16's 0.30078), except in mul and div, whose kernels read it as a
+    float32. CUDA tensors are not widened: kiln's GPU kernels pick their own compute dtype."""
+    keeps, round_to = widen[0], widen[1]
     out = []
     for a in arrays:
         if isinstance(a, np.ndarray):
-            if a.dtype == _BF16_STORAGE:
+            if a.dtype == _F16 or a.dtype == _BF16_STORAGE:
                 a = a.astype(np.float32)
-        elif how == _ROUNDS_LITERALS and (type(a) is float or type(a) is int):
-            a = dt.bfloat16_value(a)
+        elif not keeps and round_to is not None and (type(a) is float or type(a) is int):
+            a = dt.half_value(a, round_to)
         out.append(a)
     return out
 
@@ -257,6 +263,7 @@ _MODES = _dispatch_mode.ACTIVE
 _intercept, _PASS = _dispatch_subclass.intercept, _dispatch_subclass.PASS
 _MOVEMENT = ir_ops.MOVEMENT
 _BF16_STORAGE = dt.bfloat16.np_dtype if dt.HAS_BFLOAT16 else None
+_F16 = np.dtype(np.float16)
 
 
 # kiln.profiler swaps this slot for a timing wrapper while it records (and back when it stops):

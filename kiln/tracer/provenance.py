@@ -16,18 +16,24 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
-# Composites that PyTorch's CPU build computes as one kernel, in float32 for bfloat16 input,
-# rounding the result once: on bfloat16 tensors (every floating tensor argument bfloat16) kiln
-# runs them on float32 copies and rounds each floating output to bfloat16 once, instead of
-# rounding after each of their primitives. (The reductions, the softmax family and the
-# normalizations widen float16 as well, in their own code.)
-WIDEN_BFLOAT16 = frozenset("""
+# Composites that PyTorch's CPU build computes as one kernel, in float32 for float16 and
+# bfloat16 input, rounding the result once: on such CPU tensors (every floating tensor argument
+# of the first one's dtype) kiln runs them on float32 copies and rounds each floating output
+# once, instead of rounding after each of their primitives. (The reductions, the softmax family
+# and the normalizations widen in their own code.)
+WIDEN_HALF = frozenset("""
 gelu silu mish softplus logsigmoid hardsigmoid hardswish softsign tanhshrink elu selu celu
 leaky_relu glu logit sinh cosh asinh acosh atanh sinc logaddexp logaddexp2 xlogy hypot lerp
 addcmul addcdiv logcumsumexp linear bilinear conv1d conv2d conv3d conv_transpose1d
 conv_transpose2d conv_transpose3d einsum tensordot scaled_dot_product_attention avg_pool1d
-avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
+avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d addmm
+baddbmm addmv
 """.split())
+
+
+# Of those, the composites that compute float16 in their own code: conv2d's backward rounds
+# as PyTorch's slow_conv2d (kiln.nn.functional._HalfConv2d).
+OWN_FLOAT16 = frozenset({"conv2d"})
 
 
 def composite(fn=None, *, name: str | None = None):
@@ -44,12 +50,13 @@ def composite(fn=None, *, name: str | None = None):
             with tracer.scope(label):
                 return fn(*args, **kwargs)
         traced_in_scope.composite = label
-        if label not in WIDEN_BFLOAT16:
+        if label not in WIDEN_HALF:
             return traced_in_scope
 
         @functools.wraps(fn)
         def in_float32(*args, **kwargs):
-            if not args or getattr(args[0], "dtype", None) is not dt.bfloat16:
+            if not args or getattr(args[0], "dtype", None) not in dt.HALF or \
+                    args[0].dtype is dt.float16 and label in OWN_FLOAT16:
                 return traced_in_scope(*args, **kwargs)     # the common case: one check
             return _widened_call(traced_in_scope, args, kwargs)
         in_float32.composite = label
@@ -58,24 +65,25 @@ def composite(fn=None, *, name: str | None = None):
 
 
 def _widened_call(fn, args: tuple, kwargs: dict):
-    """fn on float32 copies of its bfloat16 tensor arguments, its floating outputs rounded to
-    bfloat16 once; as it is where another floating dtype is mixed in or a dtype is asked for
-    (the result's dtype is then not bfloat16's)."""
+    """fn on float32 copies of its float16 (bfloat16) tensor arguments, its floating outputs
+    rounded to that dtype once; as it is where another floating dtype is mixed in, a dtype is
+    asked for (the result's dtype is then not the input's) or the tensors are not on the CPU
+    (kiln's GPU kernels take float16 as it is)."""
+    half = args[0].dtype
     values = list(args) + list(kwargs.values())
     if kwargs.get("dtype") is not None or any(
-            isinstance(v, Tensor) and v.dtype.is_floating_point and v.dtype is not dt.bfloat16
-            for v in values):
+            isinstance(v, Tensor) and (v.dtype.is_floating_point and v.dtype is not half
+                                       or v.device.type != "cpu") for v in values):
         return fn(*args, **kwargs)
 
     def wide(v):
-        return P.cast(v, dtype=dt.float32) if isinstance(v, Tensor) and \
-            v.dtype is dt.bfloat16 else v
+        return P.cast(v, dtype=dt.float32) if isinstance(v, Tensor) and v.dtype is half else v
 
     out = fn(*[wide(a) for a in args], **{k: wide(v) for k, v in kwargs.items()})
 
     def narrow(v):
         if isinstance(v, Tensor) and v.dtype is dt.float32:
-            return P.cast(v, dtype=dt.bfloat16)
+            return P.cast(v, dtype=half)
         if type(v) is tuple:
             return tuple(narrow(x) for x in v)
         return v

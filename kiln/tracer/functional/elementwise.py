@@ -30,7 +30,7 @@ def add(input, other, *scalar_first, alpha=1):
     if scalar_first:                # add(x, 2, y): PyTorch's deprecated overload
         (other,), alpha = scalar_first_overload("add", other, scalar_first, alpha)
     if alpha != 1:
-        if _both_bfloat16(input, other):
+        if _both_half(input, other):
             return _scaled_in_float32(P.add, input, other, alpha)
         other = _times_alpha("add", input, other, alpha)
     return _binary(P.add, input, other)
@@ -53,18 +53,21 @@ def _times_alpha(op: str, input, other, alpha):
     return mul(other if other.dtype is kind else P.cast(other, dtype=kind), alpha)
 
 
-def _both_bfloat16(input, other) -> bool:
+def _both_half(input, other) -> bool:
+    """Whether both are CPU tensors of one of float16, bfloat16 (kiln's GPU kernels take
+    float16 as it is)."""
     return isinstance(input, Tensor) and isinstance(other, Tensor) and \
-        input.dtype is dt.bfloat16 and other.dtype is dt.bfloat16
+        input.dtype in dt.HALF and other.dtype is input.dtype and \
+        (input.dtype is dt.bfloat16 or input.device.type == "cpu" == other.device.type)
 
 
 def _scaled_in_float32(prim, input: Tensor, other: Tensor, alpha) -> Tensor:
-    """input + alpha * other (or -) on bfloat16 tensors as PyTorch's CPU kernel computes it:
-    in float32, with alpha rounded to bfloat16, the result rounded once (an optimizer's
-    `p.add_(g, alpha=-lr)` would otherwise round g * alpha first)."""
+    """input + alpha * other (or -) on float16 (bfloat16) tensors as PyTorch's CPU kernel
+    computes it: in float32, with alpha rounded to their dtype, the result rounded once (an
+    optimizer's `p.add_(g, alpha=-lr)` would otherwise round g * alpha first)."""
     wide = prim(P.cast(input, dtype=dt.float32),
-                P.mul(P.cast(other, dtype=dt.float32), dt.bfloat16_value(alpha)))
-    return P.cast(wide, dtype=dt.bfloat16)
+                P.mul(P.cast(other, dtype=dt.float32), dt.half_value(alpha, input.dtype)))
+    return P.cast(wide, dtype=input.dtype)
 
 
 def sub(input, other, *scalar_first, alpha=1):
@@ -74,7 +77,7 @@ def sub(input, other, *scalar_first, alpha=1):
             or type(input) is bool or type(other) is bool:
         _refuse_bool_subtraction(input, other)
     if alpha != 1:
-        if _both_bfloat16(input, other):
+        if _both_half(input, other):
             return _scaled_in_float32(P.sub, input, other, alpha)
         other = _times_alpha("sub", input, other, alpha)
     return _binary(P.sub, input, other)
@@ -202,11 +205,22 @@ def remainder(input, other):
     return _binary(P.mod, input, other)
 
 
+@composite
 def fmod(input, other):
     _refuse_bool_division("fmod", input, other)
     _refuse_integer_division_by_zero("fmod", input, other)
     a, b = _promoted(input, other)
-    return a - trunc(a / b) * b if _is_float(a, b) else a - div(a, b, rounding_mode="trunc") * b
+    if not _is_float(a, b):
+        return a - div(a, b, rounding_mode="trunc") * b
+    kind = (a if isinstance(a, Tensor) else b).dtype
+    if kind in dt.HALF and (a if isinstance(a, Tensor) else b).device.type == "cpu":
+        # ATen's kernel: the operands in float32 (a number rounded to the dtype first), the
+        # result rounded once
+        def wide(v):
+            return P.cast(v, dtype=dt.float32) if isinstance(v, Tensor) else \
+                dt.half_value(v, kind)
+        return P.cast(fmod(wide(a), wide(b)), dtype=kind)
+    return a - trunc(a / b) * b
 
 
 def _is_float(a, b) -> bool:

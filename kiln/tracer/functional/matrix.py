@@ -134,12 +134,14 @@ def integral_scales(input, product, beta, alpha):
     return beta, alpha
 
 
+@composite
 def addmm(input, mat1, mat2, *, beta=1, alpha=1):
     prod_ = mm(mat1, mat2)
     beta, alpha = integral_scales(input, prod_, beta, alpha)
     return (input * beta if beta != 1 else input) + (prod_ * alpha if alpha != 1 else prod_)
 
 
+@composite
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
     prod_ = bmm(batch1, batch2)
     beta, alpha = integral_scales(input, prod_, beta, alpha)

@@ -165,10 +165,11 @@ def zeta(input, other):
 
 def _promote_float(a, b, op, complex_ok=False):
     """a and b broadcast to their floating promotion; complex only where `op` takes it (as
-    PyTorch, which has no complex kernel for the others)."""
+    PyTorch, which has no complex kernel for the others); a number or a 0-d tensor does not
+    widen a tensor of the same category (copysign(half, -3.14) is half)."""
+    kind = result_type(a, b)
     a = a if isinstance(a, Tensor) else _as_tensor(float(a), b if isinstance(b, Tensor) else None)
     b = b if isinstance(b, Tensor) else _as_tensor(float(b), a)
-    kind = dt.promote(a.dtype, b.dtype)
     if kind.is_complex and not complex_ok:
         raise op_error(op, f"\"{op}\" is not implemented for complex tensors ({a.dtype.name} "
                        f"{list(a.shape)}, {b.dtype.name} {list(b.shape)}), as in PyTorch",

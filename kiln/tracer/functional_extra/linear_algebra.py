@@ -12,10 +12,12 @@ from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.matrix import integral_scales
 from kiln.tracer.functional_extra.common import _f, _py_max
+from kiln.tracer.provenance import composite
 
 
 # ----------------------------------------------------------------------------- linear algebra
 
+@composite
 def addmv(input, mat, vec, *, beta=1, alpha=1):
     return _scaled_sum(input, F.mv(mat, vec), beta, alpha)
 
@@ -25,11 +27,30 @@ def addr(input, vec1, vec2, *, beta=1, alpha=1):
         raise op_error("addr", f"For integral input tensors, argument beta and alpha must not "
                        f"be floating point numbers (got beta={beta}, alpha={alpha} for "
                        f"{input.dtype.name})")
+    if _all_half(input, vec1, vec2):
+        # ATen's CPU kernel on half types: beta * input + (alpha * vec1) * vec2 with the
+        # scalars in the tensors' dtype, each op rounded
+        beta, alpha = dt.half_value(beta, input.dtype), dt.half_value(alpha, input.dtype)
+        return _scaled(input, beta) + F.outer(vec1 * alpha if alpha != 1 else vec1, vec2)
     return _scaled_sum(input, F.outer(vec1, vec2), beta, alpha)
 
 
 def addbmm(input, batch1, batch2, *, beta=1, alpha=1):
+    if _all_half(input, batch1, batch2) and batch1.shape[0]:
+        # ATen's CPU kernel on half types: one addmm per batch entry, each rounded (the sum of
+        # the products in float32 would differ where the entries cancel)
+        out = F.addmm(input, batch1[0], batch2[0], beta=beta, alpha=alpha)
+        for i in range(1, batch1.shape[0]):
+            out = F.addmm(out, batch1[i], batch2[i], alpha=alpha)
+        return out
     return _scaled_sum(input, F.sum(F.bmm(batch1, batch2), 0), beta, alpha)
+
+
+def _all_half(*tensors) -> bool:
+    """Whether all are CPU tensors of one half dtype (float16 or bfloat16)."""
+    first = tensors[0].dtype
+    return first in dt.HALF and all(
+        t.dtype is first and t.device.type == "cpu" for t in tensors)
 
 
 def _scaled_sum(input, product, beta, alpha):
