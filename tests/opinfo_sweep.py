@@ -216,6 +216,11 @@ class Timeout(Exception):
     pass
 
 
+def _why(e: Exception) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def _alarm(signum, frame):
     raise Timeout()
 
@@ -245,7 +250,7 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     except Timeout:
         raise
     except Exception as e:
-        return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return "error", _why(e)
     if custom and getattr(custom, "reads_kwargs", False):      # (sort's dim= and stable=)
         why = custom(k_out, t_out, args, compare, sample.kwargs)
     else:
@@ -279,7 +284,7 @@ def run_sample(kfn, tfn, sample, grad, custom=None):
     except Timeout:
         raise
     except Exception as e:
-        return "error", f"grad: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return "error", f"grad: {_why(e)}"
     for i, (a, b) in enumerate(zip(k_g, t_g)):
         if b is None:
             continue
@@ -347,7 +352,7 @@ def run_out_sample(kfn, tfn, sample, case, custom=None):
     except Exception as e:
         if t_raised is not None:
             return "ok", ""
-        return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return "error", _why(e)
     if t_raised is not None:
         return "wrong", (f"out={case}: kiln wrote where torch raised "
                          f"{str(t_raised).splitlines()[0][:150]}")
@@ -426,7 +431,7 @@ def _run_compiled(step, grads, fresh):
         except Timeout:
             raise
         except Exception as e:
-            return "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            return "error", _why(e)
     why = compare(out, eager, "compiled") or compare(grads(kargs), eager_grads, "compiled grads")
     if why:
         return "wrong", why
