@@ -24,6 +24,7 @@ remainder round towards minus infinity and return 0 for a zero divisor, as NumPy
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from kiln.codegen.common import (INFIX, Comments, RowPass, closure, compute_dtype,
@@ -608,13 +609,12 @@ class _Renderer:
                 ivar, isize, _ = loops[-1]
                 for st in staged:
                     name = self._name(st.dest)
-                    load = self._stmt(st)[0].split(" = ", 1)[1]
+                    load = self._copy_load(st)
                     out += _indent([f"{ctype(st.dtype)} stage_{name}[{isize}];",
                                     "#pragma omp simd",
                                     f"for (int64_t {ivar} = 0; {ivar} < {isize}; {ivar}++)",
                                     f"    stage_{name}[{ivar}] = {load}"], depth + 1)
-        linear = " + ".join(var if s == 1 else f"{var} * {s}" for var, _, s in loops)
-        lines = [f"const int64_t xindex = {linear};"]
+        lines = [f"const int64_t xindex = {self._linear_index()};"]
         # an output written over an input is stored once every load has been done
         last = [s for s in body if isinstance(s, Store) and s.buffer in self.stored_over]
         inner_var = loops[-1][0]
@@ -669,6 +669,18 @@ class _Renderer:
         ranges[var] = (lo, hi - 1)
         ranges["xindex"] = (0, self.k.numel - 1)
         return ranges
+
+    def _linear_index(self) -> str:
+        """The element's flat index (`xindex`) from the pointwise nest's loop variables."""
+        return " + ".join(var if stride == 1 else f"{var} * {stride}"
+                          for var, _, stride in self.loops)
+
+    def _copy_load(self, st: Load) -> str:
+        """Staged `st`'s load (`ptr[offset];`) for its copy loop, where only the loop variables
+        are defined: an offset that reads `xindex` (a view's index math in a kernel computing
+        one chain for outputs of two layouts) gets its linear form."""
+        load = self._stmt(st)[0].split(" = ", 1)[1]
+        return re.sub(r"\bxindex\b", f"({self._linear_index()})", load)
 
     def _staged_loads(self) -> list:
         """The loads a pointwise loop nest first copies, one inner loop's worth, into a local
@@ -735,8 +747,7 @@ class _Renderer:
         for st in staged:
             name = self._name(st.dest)
             body.append(f"{ctype(st.dtype)} stage_{name}[{osize}][{tile}];")
-            load = self._stmt(st)[0].split(" = ", 1)[1]
-            copy.append(f"    stage_{name}[{ovar}][{ivar} - t_{ivar}] = {load}")
+            copy.append(f"    stage_{name}[{ovar}][{ivar} - t_{ivar}] = {self._copy_load(st)}")
         body += [f"for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{",
                  "    #pragma omp simd",
                  f"    for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{"]
@@ -744,9 +755,7 @@ class _Renderer:
         body += [f"for (int64_t {ovar} = 0; {ovar} < {osize}; {ovar}++) {{",
                  "    #pragma omp simd",
                  f"    for (int64_t {ivar} = t_{ivar}; {ivar} < end_{ivar}; {ivar}++) {{"]
-        linear = " + ".join(var if stride == 1 else f"{var} * {stride}"
-                            for var, _, stride in loops)
-        inner = [f"const int64_t xindex = {linear};"]
+        inner = [f"const int64_t xindex = {self._linear_index()};"]
         last = [st for st in self.k.body if isinstance(st, Store) and
                 st.buffer in self.stored_over]
         for st in self.k.body:

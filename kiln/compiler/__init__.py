@@ -953,8 +953,10 @@ class CompiledFunction:
                 outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves, device))
             else:
                 outs, new_values = entry.executor.run(inputs)
-        except (IndexError, BoundsError):   # a bounds check in a kernel: the user's error
+        except IndexError:                  # a bounds check in a kernel: the user's error
             raise
+        except BoundsError as e:            # the same, raised as eager raises it
+            raise RuntimeError(str(e)) from None
         except Exception as e:            # nothing was written back yet: eager is still safe
             entry.program, entry.eager_reason = None, f"running the kernels failed: {e!r}"
             self._note("launch", f"running compiled {_function_name(self.fn)} failed ({e!r}); "

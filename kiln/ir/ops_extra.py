@@ -251,7 +251,7 @@ def _slogdet_grad(g, out, a, part):
 
 
 define("linalg_slogdet", LINALG, _slogdet_infer, _slogdet_impl, _slogdet_grad, arity=1,
-       complex_grad=True)
+       complex_grad=True, output=COPIED)      # a complex sign's rule reads it
 
 
 def _cholesky_grad(g, out, a):
