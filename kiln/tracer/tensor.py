@@ -285,7 +285,7 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         if self.dtype is dt.bfloat16 and dtype is None:
             self.numpy()                     # raises PyTorch's TypeError
-        data = to_device(self._read("__array__"), CPU)
+        data = self._host("__array__")
         return data if dtype is None else data.astype(dtype)
 
     def item(self):
@@ -303,13 +303,13 @@ class Tensor:
             value = float(to_device(self._data, CPU).reshape(()).item())
             tracer.returned_items[id(value)] = (value, self)
             return value
-        return _python(to_device(self._read("item()"), CPU).reshape(())).item()
+        return _python(self._host("item()").reshape(())).item()
 
     def tolist(self):
         if WRAPPERS[0] and dispatches(self):
             raise RuntimeError(f".tolist() is not supported for tensor subclasses, got "
                                f"{type(self).__name__}")
-        return _python(to_device(self._read("tolist()"), CPU)).tolist()
+        return _python(self._host("tolist()")).tolist()
 
     def __bool__(self) -> bool:
         if WRAPPERS[0] and dispatches(self):
@@ -317,7 +317,7 @@ class Tensor:
         if self._data.size != 1:
             raise RuntimeError(f"Boolean value of Tensor with {self._data.size} values is "
                                "ambiguous")
-        return bool(to_device(self._read("bool()"), CPU).reshape(()))
+        return bool(self._host("bool()").reshape(()))
 
     def __float__(self) -> float:
         return float(self._scalar("float()"))
@@ -348,7 +348,7 @@ class Tensor:
         if self._data.size != 1:
             raise ValueError(f"only one element tensors can be converted to Python scalars "
                              f"(got {self._data.size} elements)")
-        return _python(to_device(self._read(what), CPU).reshape(())).item()
+        return _python(self._host(what).reshape(())).item()
 
     def __format__(self, spec: str) -> str:
         if self._data.ndim == 0 and spec:
