@@ -16,15 +16,18 @@ A sample that torch itself refuses is skipped. With `grad=True` (floating dtypes
 sample's differentiable inputs get gradients of a random weighting of the outputs, compared too.
 
 `python -m tests.opinfo_sweep [--dtype float32] [--grad] [--only NAME,...] [--out FILE]` runs the
-sweep (`--out-variant`: the ops that take `out=`, called with it, `run_out_sample`) and prints
-a table of ops that are not all `ok` (`--device cuda`: kiln's inputs are cuda
-tensors on `tests/fake_cuda.py`'s stand-in, which refuses NumPy-only code on device arrays); `tests/test_opinfo.py` runs the ops
-listed as passing so a regression fails CI.
+sweep and prints a table of ops that are not all `ok`. Other ways to call the same samples:
+`--out-variant` (the ops that take `out=`, called with it, `run_out_sample`), `--variant
+method|inplace` (the op's Tensor method, `x.where(c, y)`, or its in-place one, `x.add_(y)`, on
+a clone), `--device cuda` (kiln's inputs are cuda tensors on `tests/fake_cuda.py`'s stand-in,
+which refuses NumPy-only code on device arrays). `tests/test_opinfo*.py` run the ops listed as
+passing so a regression fails CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -88,6 +91,39 @@ def callables(op):
         if getattr(packet, fn._overloadname, None) is not None:
             return getattr(packet, fn._overloadname), fn
     return resolve(op.name, kiln), fn
+
+
+def variant_callables(op, variant):
+    """(kiln's, torch's) callable for an OpInfo's `method` variant (`x.where(c, y)`) or its
+    `inplace` one (`x.add_(y)`); (None, None) when it has none, (None, torch's) when kiln's
+    Tensor lacks the method. An in-place call acts on a clone of the sample's input (both
+    libraries' calls read that input) and must return the clone."""
+    fn = op.method_variant if variant == "method" else op.inplace_variant
+    if fn is None:
+        return None, None
+    if isinstance(fn, types.FunctionType) and fn.__module__.startswith("torch.testing"):
+        kfn = rebound(fn)                   # `lambda x, *a: F.elu(x, *a, inplace=True)`
+    elif isinstance(fn, functools.partial):     # partial(F.mish, inplace=True)
+        kfn = resolve(op.name, kiln)
+        kfn = kfn and functools.partial(kfn, *fn.args, **fn.keywords)
+    elif hasattr(kiln.Tensor, fn.__name__):
+        kfn = getattr(kiln.Tensor, fn.__name__)
+    else:
+        return None, fn
+    if kfn is None:
+        return None, fn
+    return (kfn, fn) if variant == "method" else (_on_clone(kfn), _on_clone(fn))
+
+
+def _on_clone(fn):
+    def inplace(x, *args, **kwargs):
+        y = x.clone()
+        out = fn(y, *args, **kwargs)
+        if out is not y:
+            raise AssertionError(f"the in-place call returned {type(out).__name__}, not its "
+                                 f"input")
+        return out
+    return inplace
 
 
 def resolve(name: str, lib):
@@ -439,15 +475,19 @@ def _run_compiled(step, grads, fresh):
     return ("fallback", fell[0].splitlines()[0][:200]) if fell else ("ok", "")
 
 
-def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None, out_variant=False):
+def check(op, dtype, grad=False, limit_s=60, compiled=False, most=None, out_variant=False,
+          variant="function"):
     """Counter of outcomes and the first message of each kind, for one OpInfo and dtype (its
     first `most` samples, when given); `out_variant`: each sample in the `OUT_CASES`, for an op
-    that takes `out=`."""
+    that takes `out=`; `variant`: the op called as a `function`, or as its Tensor `method` or
+    `inplace` method (`variant_callables`), for an op that has one."""
     counts, first = Counter(), {}
     if UNCOMPARABLE.search(op.name) or not op.supports_dtype(dtype, "cpu") or (
             out_variant and not op.supports_out):
         return counts, first
-    kfn, tfn = callables(op)
+    kfn, tfn = callables(op) if variant == "function" else variant_callables(op, variant)
+    if tfn is None:
+        return counts, first
     if kfn is None:
         counts["missing"] += 1
         return counts, first
@@ -499,6 +539,9 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=None, help="at most this many per op")
     p.add_argument("--out-variant", action="store_true",
                    help="ops taking out=: each sample with out= tensors (OUT_CASES)")
+    p.add_argument("--variant", default="function", choices=("function", "method", "inplace"),
+                   help="call each op as a function, or as its Tensor method or in-place "
+                        "method (ops that have one)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cuda: kiln's inputs on the fake CUDA (tests/fake_cuda.py), against "
                         "torch on the CPU")
@@ -514,7 +557,7 @@ def main(argv=None):
         if only and op.name not in only and label(op) not in only:
             continue
         counts, first = check(op, dtype, a.grad, compiled=a.compiled, most=a.samples,
-                              out_variant=a.out_variant)
+                              out_variant=a.out_variant, variant=a.variant)
         rows.append({"op": label(op), "counts": dict(counts), "first": first})
         bad = {k: v for k, v in counts.items() if k not in ("ok", "skip")}
         if bad:
@@ -528,6 +571,7 @@ def main(argv=None):
                        else "bad" if set(r["counts"]) - {"ok", "skip"} else "untested"): 1})
     print(f"{a.dtype}{' grad' if a.grad else ''}{' compiled' if a.compiled else ''}"
           f"{' out=' if a.out_variant else ''}"
+          f"{'' if a.variant == 'function' else ' ' + a.variant}"
           f"{' cuda' if a.device == 'cuda' else ''}: "
           f"{dict(total)} ops")
     if a.out:

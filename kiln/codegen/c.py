@@ -24,8 +24,7 @@ remainder round towards minus infinity and return 0 for a zero divisor, as NumPy
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kiln.codegen.common import (INFIX, Comments, RowPass, closure, compute_dtype,
                                  literal_dtype, operand_dtype, row_passes)
@@ -214,6 +213,7 @@ OPS = {
     "sqrt": _by_dtype("sqrtf", "sqrt"),
     "sin": _by_dtype("sinf", "sin"),
     "cos": _by_dtype("cosf", "cos"),
+    "tan": _by_dtype("tanf", "tan"),
     "floor": _by_dtype("floorf", "floor", lambda a: a[0]),
     "ceil": _by_dtype("ceilf", "ceil", lambda a: a[0]),
     "trunc": _by_dtype("truncf", "trunc", lambda a: a[0]),
@@ -676,11 +676,12 @@ class _Renderer:
                           for var, _, stride in self.loops)
 
     def _copy_load(self, st: Load) -> str:
-        """Staged `st`'s load (`ptr[offset];`) for its copy loop, where only the loop variables
-        are defined: an offset that reads `xindex` (a view's index math in a kernel computing
-        one chain for outputs of two layouts) gets its linear form."""
-        load = self._stmt(st)[0].split(" = ", 1)[1]
-        return re.sub(r"\bxindex\b", f"({self._linear_index()})", load)
+        """Staged `st`'s load (`ptr[offset]`) for its copy loop, where only the loop variables
+        are defined: an offset that still reads `xindex` (a view's index math in a kernel
+        computing one chain for outputs of two layouts: `xindex // 64` over loops of 16 and
+        16) reads it as digits of those loops (`x1 // 4`)."""
+        offset = nest_digits(st.offset, self.loops, self.k.numel, "xindex")
+        return self._stmt(replace(st, offset=offset))[0].split(" = ", 1)[1]
 
     def _staged_loads(self) -> list:
         """The loads a pointwise loop nest first copies, one inner loop's worth, into a local

@@ -136,6 +136,7 @@ OPS = {
     "sqrt": lambda a, d, s: f"tl.sqrt({a[0]})",
     "sin": lambda a, d, s: f"tl.sin({a[0]})",
     "cos": lambda a, d, s: f"tl.cos({a[0]})",
+    "tan": lambda a, d, s: f"(tl.sin({a[0]}) / tl.cos({a[0]}))",
     "expm1": lambda a, d, s: f"_expm1({a[0]})",
     "floor": _float_or(lambda a, d, s: f"tl.floor({a[0]})", lambda a, d, s: a[0]),
     "ceil": _float_or(lambda a, d, s: f"tl.ceil({a[0]})", lambda a, d, s: a[0]),

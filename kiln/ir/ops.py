@@ -206,6 +206,10 @@ _quiet_unary("sqrt", None, lambda g, out, x: (g / (out * 2),), reads=(), output=
              ufunc="sqrt")
 _quiet_unary("sin", None, lambda g, out, x: (g * P.cos(x),), cost=EXPENSIVE, ufunc="sin")
 _quiet_unary("cos", None, lambda g, out, x: (-(g * P.sin(x)),), cost=EXPENSIVE, ufunc="cos")
+# A primitive, not sin / cos: its rule reads the output (1 + tan^2), so `x.tan_()` keeps no
+# use of the overwritten x, as PyTorch's does
+_quiet_unary("tan", None, lambda g, out, x: (g * (1 + out * out),), reads=(), output=SAVED,
+             cost=EXPENSIVE, ufunc="tan")
 _quiet_unary("tanh", None, lambda g, out, x: (g * (1 - out * out),), reads=(), output=SAVED,
              cost=EXPENSIVE, ufunc="tanh",
              scalar=ScalarMath("where(x < 0.0, -t, t)", (

@@ -826,7 +826,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
     if not training or p == 0.0:
         return input
     if p == 1.0:
-        return input * 0.0
+        return input.mul_(0.0) if inplace else input * 0.0
     noise = _dropout_noise(tuple(input.shape), p, input)
     if inplace:
         return input.mul_(noise)

@@ -635,6 +635,13 @@ _METHODS = {
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
     "random_": random_, "exponential_": exponential_,
     "masked_select": F.masked_select, "item": Tensor.item,
+    # the condition comes first in where(condition, input, other), the tensor in the method
+    "where": lambda self, condition, other: F.where(condition, self, other),
+    # the dims of x.flip and x.tile come one by one too: x.flip(0, 1)
+    "flip": lambda self, *dims, **kw: F.flip(self, *([shapes._shape_arg(dims)] if dims else []),
+                                             **kw),
+    "tile": lambda self, *dims, **kw: F.tile(self, *([shapes._shape_arg(dims)] if dims else []),
+                                             **kw),
 }
 
 # functions that take the tensor first become methods under the same name
@@ -647,11 +654,11 @@ logical_not logical_and logical_or logical_xor bitwise_and bitwise_or bitwise_xo
 isnan isinf isposinf isneginf isfinite nan_to_num allclose isclose equal relu sum nansum mean
 nanmean amax amin max min argmax argmin prod var std logsumexp all any count_nonzero norm dist
 cumsum cumprod reshape view view_as reshape_as flatten unflatten squeeze unsqueeze permute
-transpose swapaxes swapdims t movedim moveaxis expand expand_as broadcast_to repeat tile
-repeat_interleave narrow split chunk tensor_split unbind select flip fliplr flipud roll tril
+transpose swapaxes swapdims t movedim moveaxis expand expand_as broadcast_to repeat
+repeat_interleave narrow split chunk tensor_split unbind select fliplr flipud roll tril
 triu diagonal diag trace index_select gather scatter scatter_add index_add index_fill index_copy
 masked_fill take take_along_dim nonzero argwhere matmul mm bmm mv dot inner outer addmm baddbmm
-softmax log_softmax where hardtanh mish
+softmax log_softmax hardtanh mish
 """.split()
 
 for _name in _AS_METHODS:

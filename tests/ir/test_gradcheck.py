@@ -30,6 +30,7 @@ CASES = {
     "sqrt": [("", lambda x: P.sqrt(x), [pos(2, 3)])],
     "sin": [("", lambda x: P.sin(x), [arg(5)])],
     "cos": [("", lambda x: P.cos(x), [arg(5)])],
+    "tan": [("", lambda x: P.tan(x), [arg(5, low=-1.2, high=1.2)])],
     "tanh": [("", lambda x: P.tanh(x), [arg(5)])],
     "sigmoid": [("", lambda x: P.sigmoid(x), [arg(5)])],
     "erf": [("", lambda x: P.erf(x), [arg(5)])],
@@ -139,7 +140,7 @@ def test_gradient_rule_matches_finite_differences(name, fn, inputs) -> None:
 
 
 # second derivatives: the rules are written with tensor ops, so they differentiate again
-SECOND_ORDER = ["exp", "log", "sqrt", "sin", "cos", "tanh", "sigmoid", "erf", "mul", "div",
+SECOND_ORDER = ["exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "erf", "mul", "div",
                 "pow", "sum", "max", "prod", "matmul", "expand", "slice", "take", "cumsum", "unfold",
                 "batch_norm", "unfold_matmul", "matmul_unfold", "matmul_fold",
                 "linalg_matrix_exp"]

@@ -321,8 +321,7 @@ def rsqrt(input):
 
 
 def tan(input):
-    x = _floating(input)
-    return P.sin(x) / P.cos(x)
+    return P.tan(_floating(input))
 
 
 def exp2(input):
