@@ -1254,6 +1254,9 @@ def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
     if input.ndim < 1:
         raise op_error(op, f"expected an input with at least 1 dimension, got shape "
                        f"{list(input.shape)}", ValueError)
+    if target.dtype not in (kiln.int64, kiln.uint8):      # PyTorch's kernels take only these
+        raise op_error(op, f"expected target dtype to be Long or Byte (class indices), but got "
+                       f"{target.dtype}")
     class_dim = 0 if input.ndim == 1 else 1
     expected = tuple(input.shape[:class_dim]) + tuple(input.shape[class_dim + 1:])
     if tuple(target.shape) == expected:
@@ -1268,6 +1271,13 @@ def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
                    RuntimeError)
 
 
+def _check_class_weight(weight: Tensor | None, num_classes: int, op: str) -> None:
+    if weight is not None and (weight.ndim != 1 or weight.shape[0] != num_classes):
+        raise op_error(op, f"weight tensor should be defined either for all {num_classes} "
+                       f"classes or no classes but got weight tensor of shape: "
+                       f"{list(weight.shape)}")
+
+
 # Compiled nll_loss / cross_entropy over at least this many classes pick the targets' values
 # by a one-hot sum (`_nll_loss`); with fewer, the gather and its scatter are a few KB either way
 # and the graph keeps its gather.
@@ -1279,6 +1289,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     _check_reduction(reduction)
     _check_class_target_shape(input, target, op)
     class_dim = 0 if input.ndim == 1 else 1
+    _check_class_weight(weight, input.shape[class_dim], op)
     target = _check_class_targets(target, input.shape[class_dim], ignore_index, op)
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0

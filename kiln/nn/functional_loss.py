@@ -14,7 +14,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
-from kiln.ops import op_error
+from kiln.ops import check_indices, op_error
 from kiln.ops import prims as P
 
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
@@ -144,7 +144,12 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     if p not in (1, 2):
         raise ValueError("only p == 1 and p == 2 supported")
     x = input.reshape(1, -1) if input.ndim < 2 else input
-    y = target.reshape(-1)
+    if target.ndim > 1 or target.numel() != x.shape[0]:
+        raise op_error("multi_margin_loss", f"target should be 1-D with one class index per "
+                       f"input sample: expected size [{x.shape[0]}], got {list(target.shape)} "
+                       f"(input shape {list(input.shape)})")
+    # checked here, so that a bad class is reported as the target's, not as the gather's
+    y = check_indices(target.reshape(-1), x.shape[1], "multi_margin_loss", "target")
     picked = kiln.gather(x, 1, y.unsqueeze(1))
     hinge = (margin - picked + x).clamp_min(0)
     if p == 2:
@@ -275,6 +280,27 @@ def _ctc_labels(targets: Tensor, lengths: Tensor, batch: int, padded: bool) -> T
     return kiln.gather(flat, 0, where.reshape(-1)).reshape(batch, longest)
 
 
+def _check_ctc_lengths(in_lengths: Tensor, tgt_lengths: Tensor, targets: Tensor, steps: int,
+                       batch: int, padded: bool) -> tuple:
+    """CTC's lengths checked as PyTorch checks them, so that a bad one is reported by name
+    rather than as an index inside the recursion: one per sample, input lengths at most the
+    input's steps, target lengths within the targets (summing to their count when they are
+    concatenated)."""
+    for name, lengths in (("input_lengths", in_lengths), ("target_lengths", tgt_lengths)):
+        if lengths.numel() != batch:
+            raise op_error("ctc_loss", f"{name} must have one length per sample: expected "
+                           f"{batch}, got {lengths.numel()}")
+    in_lengths = check_indices(in_lengths, steps + 1, "ctc_loss", "input_lengths")
+    labels = targets.shape[1] if padded else targets.numel()
+    tgt_lengths = check_indices(tgt_lengths, labels + 1, "ctc_loss", "target_lengths")
+    if not padded and batch > 1 and not kiln.compiler.is_compiling():
+        total = int(tgt_lengths.sum())
+        if total != labels:
+            raise op_error("ctc_loss", f"target_lengths sum to {total}, but the concatenated "
+                           f"targets hold {labels} labels (shape {list(targets.shape)})")
+    return in_lengths, tgt_lengths
+
+
 _NEG = -1e30     # log(0) stand-in: -inf would make logsumexp of all-impossible paths NaN
 
 
@@ -292,10 +318,15 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
     steps, batch, _ = lp.shape
     device = lp.device
     in_lengths, tgt_lengths = (_lengths(v, device) for v in (input_lengths, target_lengths))
-    labels = _ctc_labels(targets, tgt_lengths, batch, padded=not unbatched and targets.ndim > 1)
+    padded = not unbatched and targets.ndim > 1
+    in_lengths, tgt_lengths = _check_ctc_lengths(in_lengths, tgt_lengths, targets, steps, batch,
+                                                 padded)
+    labels = _ctc_labels(targets, tgt_lengths, batch, padded)
     longest = labels.shape[1]
     labels = kiln.where(kiln.arange(longest, device=device) < tgt_lengths.unsqueeze(1), labels,
                         blank)
+    # PyTorch reads a label past the classes unchecked; kiln refuses it
+    labels = check_indices(labels, lp.shape[2], "ctc_loss", "target label")
     # the blank-extended targets: blank, y1, blank, y2, ..., blank
     blanks = kiln.full((batch, longest), blank, dtype=kiln.int64, device=device)
     ext = kiln.cat([kiln.stack([blanks, labels], 2).reshape(batch, 2 * longest),

@@ -15,6 +15,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ops import check_indices, op_error
 from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad
 
 
@@ -396,8 +397,13 @@ def _max_unpool(input: Tensor, indices: Tensor, kernel_size, stride, padding, ou
         out = tuple(int(v) for v in tuple(output_size)[-dims:])
     lead = tuple(input.shape[:-dims])
     flat_in = input.reshape(*lead, -1)
-    target = kiln.zeros(*lead, int(np.prod(out)), dtype=input.dtype, device=input.device)
-    result = target.scatter(len(lead), indices.reshape(*lead, -1), flat_in)
+    size = int(np.prod(out))
+    target = kiln.zeros(*lead, size, dtype=input.dtype, device=input.device)
+    # checked here, so that a bad index is reported as max_unpool's, not as the scatter's
+    where = check_indices(indices.reshape(*lead, -1), size, f"max_unpool{dims}d",
+                                   f"indices (output of size {'x'.join(map(str, out))}): "
+                                   "invalid max index")
+    result = target.scatter(len(lead), where, flat_in)
     return result.reshape(*lead, *out)
 
 
@@ -654,6 +660,29 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
 
 # ----------------------------------------------------------------------------- embedding bags
 
+def _checked_offsets(offsets: Tensor, length: int) -> Tensor:
+    """embedding_bag's offsets checked as PyTorch checks them (the first 0, none past the
+    input's `length`), and non-decreasing (PyTorch reads a decreasing one unchecked): eagerly
+    on the CPU by value, elsewhere (a GPU, a compiled replay) by check_index on the range."""
+    if not offsets.numel():
+        return offsets
+    if offsets.device.type == "cpu" and not kiln.compiler.is_compiling():
+        values = offsets.numpy(force=True)
+        if values[0] != 0:
+            raise op_error("embedding_bag", f"offsets[0] has to be 0 (the first bag "
+                                    f"starts at position 0), got {int(values[0])}")
+        if values[-1] > length:
+            raise op_error("embedding_bag", f"offsets[-1] can not be greater than the "
+                                    f"input's length {length}, got {int(values[-1])}")
+        if values.size > 1 and (np.diff(values) < 0).any():
+            raise op_error("embedding_bag", f"offsets must be non-decreasing, got "
+                                    f"{values.tolist()}")
+        return offsets
+    first = check_indices(offsets[:1], 1, "embedding_bag", "offsets[0] (must be 0)")
+    rest = check_indices(offsets[1:], length + 1, "embedding_bag", "offsets")
+    return kiln.cat([first, rest])
+
+
 def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   max_norm: float | None = None, norm_type: float = 2,
                   scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
@@ -684,7 +713,7 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         if offsets is None:
             raise ValueError("offsets has to be a 1D Tensor but got None")
         flat_ids = input
-        offsets = offsets.reshape(-1).to(kiln.int64)
+        offsets = _checked_offsets(offsets.reshape(-1).to(kiln.int64), input.shape[0])
         total = kiln.full((1,), input.shape[0], dtype=kiln.int64, device=weight.device)
         if include_last_offset:
             starts, ends = offsets[:-1], offsets[1:]
@@ -692,7 +721,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
             starts, ends = offsets, kiln.cat([offsets[1:], total])
         position = kiln.arange(input.shape[0], device=weight.device).unsqueeze(0)
         member = (position >= starts.unsqueeze(1)) & (position < ends.unsqueeze(1))
-    flat_ids = flat_ids.to(kiln.int64)
+    flat_ids = check_indices(flat_ids.to(kiln.int64), weight.shape[0],
+                                      "embedding_bag", "input")
     if max_norm is not None:
         _F().renorm_rows_(weight, flat_ids, max_norm, norm_type)
     if padding_idx is not None:
