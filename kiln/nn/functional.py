@@ -1180,9 +1180,9 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
                          size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(f"Using a target size ({list(target.shape)}) that is different to the "
-                         f"input size ({list(input.shape)}) is deprecated. Please ensure they "
-                         f"have the same size.")
+        raise op_error("binary_cross_entropy", f"Using a target size ({list(target.shape)}) "
+                       f"that is different to the input size ({list(input.shape)}) is "
+                       f"deprecated. Please ensure they have the same size.", ValueError)
     _check_probabilities(input, "input")
     _check_probabilities(target, "target")
     # PyTorch clamps the logs at -100 so that a 0 or 1 input gives a finite loss
@@ -1201,8 +1201,9 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      pos_weight: Tensor | None = None) -> Tensor:
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(f"Target size ({list(target.shape)}) must be the same as input size "
-                         f"({list(input.shape)})")
+        raise op_error("binary_cross_entropy_with_logits", f"Target size "
+                       f"({list(target.shape)}) must be the same as input size "
+                       f"({list(input.shape)})", ValueError)
     # -log(sigmoid(x)) = log1p(exp(-|x|)) + relu(-x), stable for large |x|
     neg_log_sigmoid = kiln.log1p(kiln.exp(-kiln.abs(input))) + relu(-input)
     if pos_weight is not None:

@@ -55,9 +55,11 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
         if tuple(input.shape[:-1]) == tuple(var.shape):
             var = var.unsqueeze(-1)
         elif not (tuple(input.shape[:-1]) == tuple(var.shape[:-1]) and var.shape[-1] == 1):
-            raise ValueError("var is of incorrect size")
+            raise op_error("gaussian_nll_loss", f"var is of incorrect size: "
+                           f"{list(var.shape)} for input of size {list(input.shape)}",
+                           ValueError)
     if bool((var < 0).any()):
-        raise ValueError("var has negative entry/entries")
+        raise op_error("gaussian_nll_loss", "var has negative entry/entries", ValueError)
     var = var + (var.clamp_min(eps) - var).detach()
     loss = 0.5 * (kiln.log(var) + (input - target) ** 2 / var)
     if full:

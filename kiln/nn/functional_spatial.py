@@ -431,15 +431,25 @@ def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
 @_composite
 def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """im2col: (N, C, H, W) -> (N, C*kh*kw, L), channel-major then kernel position."""
+    if input.ndim not in (3, 4):
+        raise op_error("unfold", f"expected a 3-D (unbatched) or 4-D (batched) input, got shape "
+                       f"{list(input.shape)}", IndexError)
     unbatched = input.ndim == 3
     x = input.unsqueeze(0) if unbatched else input
     k, d = _ntuple(kernel_size, 2), _ntuple(dilation, 2)
     p, s = _ntuple(padding, 2), _ntuple(stride, 2)
+    if min(k + d + s) <= 0 or min(p) < 0:
+        raise op_error("unfold", f"kernel_size {k}, dilation {d} and stride {s} must be "
+                       f"positive and padding {p} non-negative")
     if any(p):
         x = _F().pad(x, (p[1], p[1], p[0], p[0]))
     n, c, h, w = x.shape
     oh = (h - d[0] * (k[0] - 1) - 1) // s[0] + 1
     ow = (w - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    if oh < 1 or ow < 1:
+        raise op_error("unfold", f"input of spatial size {tuple(input.shape[-2:])} with "
+                       f"kernel_size={k}, dilation={d}, padding={p}, stride={s} gives sliding "
+                       f"blocks of shape ({oh}, {ow}), which is too small (non-positive)")
     windows = _F()._windows(x, k, s, d, (oh, ow))
     out = kiln.stack(windows, 2).reshape(n, c * k[0] * k[1], oh * ow)
     return out.squeeze(0) if unbatched else out
@@ -457,8 +467,9 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     ow = (wp - d[1] * (k[1] - 1) - 1) // s[1] + 1
     n, ck, length = x.shape
     if ck % (k[0] * k[1]) or length != oh * ow:
-        raise RuntimeError(f"fold: expected input of shape (N, C*{k[0] * k[1]}, {oh * ow}), got "
-                           f"{list(input.shape)}")
+        raise op_error("fold", f"expected input of shape (N, C*{k[0] * k[1]}, {oh * ow}) for "
+                       f"output_size={out_hw}, kernel_size={k}, dilation={d}, padding={p}, "
+                       f"stride={s}, got {list(input.shape)}")
     c = ck // (k[0] * k[1])
     blocks = x.reshape(n, c, k[0] * k[1], oh, ow)
     out = None
@@ -553,7 +564,14 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     align = bool(align_corners)
     spatial = tuple(input.shape[2:])
     if (size is None) == (scale_factor is None):
-        raise ValueError("only one of size or scale_factor should be defined")
+        raise op_error("interpolate", "either size or scale_factor should be defined"
+                       if size is None else "only one of size or scale_factor should be defined",
+                       ValueError)
+    for name, value in (("size", size), ("scale_factor", scale_factor)):
+        if isinstance(value, (list, tuple)) and len(value) != dims:
+            raise op_error("interpolate", f"{name} must have one entry per spatial dim: the "
+                           f"input has spatial dims {list(spatial)}, got {name} {value}",
+                           ValueError)
     if size is not None:
         out_size = _ntuple(size, dims, "size")
         scales = [None] * dims
@@ -563,6 +581,10 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
         out_size = tuple(int(math.floor(n * f)) for n, f in zip(spatial, scales))
         if recompute_scale_factor:
             scales = [None] * dims
+    if min(spatial + out_size) <= 0:
+        raise op_error("interpolate", f"input and output sizes should be greater than 0, got "
+                       f"input {list(spatial)} and output {list(out_size)}"
+                       + ("" if size is not None else f" (scale_factor {scale_factor})"))
     if mode == "area":
         pool = {1: _F().adaptive_avg_pool1d, 2: _F().adaptive_avg_pool2d,
                 3: adaptive_avg_pool3d}[dims]

@@ -166,11 +166,21 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         if low >= 0:
             return index
     else:                             # a replay checks the indices it is given, as eager does
-        index = P.check_index(index, size=n, op=op, kind=kind.__name__, negative=negative,
-                              ignore=None)
+        index = P.check_index(index, size=n, op=_replay_name(op), kind=kind.__name__,
+                              negative=negative, ignore=None)
     if not negative:
         return index
     return P.where(P.lt(index, 0), index + n, index)
+
+
+def _replay_name(op: str) -> str:
+    """How a traced bounds check names its op: inside a composite (put's index_put), after the
+    outermost one, the op the user called, as eager's error does (`errors.in_composite`)."""
+    scopes = STATE.tracer.scopes
+    outer = scopes[0] if scopes else None
+    if not isinstance(outer, str) or outer.startswith("grad of") or op.startswith(outer):
+        return op
+    return f"{outer}: {op}"
 
 
 def check_indices(values: Tensor, size: int, op: str, what: str, kind: type = RuntimeError,
@@ -181,8 +191,8 @@ def check_indices(values: Tensor, size: int, op: str, what: str, kind: type = Ru
     on the CPU, at the next host read on a GPU, and on every compiled replay (a check_index
     node). Returns the values to use."""
     if STATE.tracer is not None:
-        return P.check_index(values, size=size, op=f"{op}: {what}", kind=kind.__name__,
-                             negative=False, ignore=ignore)
+        return P.check_index(values, size=size, op=_replay_name(f"{op}: {what}"),
+                             kind=kind.__name__, negative=False, ignore=ignore)
     data = values._data
     if not data.size or isinstance(data, MetaArray):
         return values
@@ -688,6 +698,7 @@ def _flat_positions(input, key):
     return getitem(positions, key)
 
 
+@composite        # a bad index is reported as index_put's (put's), not tensor indexing's
 def index_put(input, indices, values, accumulate=False):
     pos = _flat_positions(input, tuple(indices))
     return _put_at(input, pos, values, P.index_add if accumulate else P.index_put)
