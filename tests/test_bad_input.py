@@ -331,6 +331,7 @@ class Outcome:
     message: str = ""
     value: object = None
     warns: tuple = ()            # warning categories
+    warned_at: tuple = ()        # the files the warnings point at
 
     def describe(self) -> str:
         w = f" +warn {','.join(c.__name__ for c in self.warns)}" if self.warns else ""
@@ -351,7 +352,8 @@ def run(lib, fn, arrays) -> Outcome:
             value = fn(lib, *args)
         except Exception as e:          # noqa: BLE001 - we report what either library raises
             return Outcome("raise", type(e), str(e), warns=_categories(caught))
-    return Outcome("value", value=_numpy(value), warns=_categories(caught))
+    return Outcome("value", value=_numpy(value), warns=_categories(caught),
+                   warned_at=tuple({w.filename for w in caught}))
 
 
 def _categories(caught) -> tuple:
@@ -387,6 +389,8 @@ def assert_like_torch(case: Case, expected: Outcome, got: Outcome) -> None:
     for category in expected.warns:
         assert any(issubclass(c, category) for c in got.warns), \
             f"torch warned {category.__name__}, kiln warned {got.warns}"
+    if expected.warns:      # at the user's line: here, where the case's lambda is
+        assert got.warned_at == (__file__,), f"kiln's warning points at {got.warned_at}"
     np.testing.assert_allclose(got.value, expected.value, rtol=1e-5, atol=1e-6)
 
 

@@ -1120,7 +1120,7 @@ def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
         warnings.warn(f"{name}: Using a target size ({list(target.shape)}) that is different "
                       f"to the input size ({list(input.shape)}). This will likely lead to "
                       f"incorrect results due to broadcasting. Please ensure they have the "
-                      f"same size.", stacklevel=3)
+                      f"same size.", stacklevel=_user_stacklevel())
 
 
 @_composite
@@ -1395,7 +1395,8 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
         warnings.warn("reduction: 'mean' divides the total loss by both the batch size and the "
                       "support size.'batchmean' divides only by the batch size, and aligns with "
                       "the KL div math definition.'mean' will be changed to behave the same as "
-                      "'batchmean' in the next major release.", stacklevel=2)
+                      "'batchmean' in the next major release.",
+                      stacklevel=_user_stacklevel())
     if log_target:
         loss = kiln.exp(target) * (target - input)
     else:
