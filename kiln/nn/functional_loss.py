@@ -15,7 +15,6 @@ import numpy as np
 import kiln
 from kiln import Tensor
 from kiln.ops import check_indices, op_error
-from kiln.ops import prims as P
 
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
            "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
@@ -96,9 +95,9 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, red
                        f"{list(target.shape)} for input of size: {list(input.shape)}")
     x = input.reshape(1, -1) if input.ndim < 2 else input
     classes = x.shape[1]
-    # every entry a class or negative (-1), checked as a graph node when traced
-    labels = P.check_index(target.reshape(x.shape), size=classes, op="multilabel_margin_loss",
-                           kind="RuntimeError", negative=False, ignore=-1)
+    # every entry a class or -1 (the end of the row's list)
+    labels = check_indices(target.reshape(x.shape), classes, "multilabel_margin_loss",
+                           "target", ignore=-1)
     listed = kiln.cumsum(labels < 0, 1) == 0                  # the entries before the first -1
     named = (labels.unsqueeze(2) == kiln.arange(classes, device=x.device)) & listed.unsqueeze(2)
     times = named.sum(1).to(x.dtype)                          # how often each class is listed
