@@ -148,7 +148,7 @@ CASES = [
          [f32(4, 3), f32(4, 3), f32(4, 2)], ("triplet_margin_loss", "[4, 2]")),
     Case("triplet_margin_loss wrong ndim",
          lambda m, a, p, n: F(m).triplet_margin_loss(a, p, n),
-         [f32(4, 3), f32(4, 3), f32(4, 3, 1)], ("triplet_margin_loss", "3")),
+         [f32(4, 3), f32(4, 3), f32(4, 3, 1)], ("triplet_margin_loss", "3D")),
     Case("triplet_margin_with_distance_loss mismatched shapes",
          lambda m, a, p, n: F(m).triplet_margin_with_distance_loss(a, p, n),
          [f32(4, 3), f32(4, 3), f32(5, 3)], ("triplet_margin_with_distance_loss",)),

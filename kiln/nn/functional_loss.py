@@ -227,6 +227,11 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
                         swap: bool = False, size_average=None, reduce=None,
                         reduction: str = "mean") -> Tensor:
     """max(0, margin + d(anchor, positive) - d(anchor, negative)), d the p-norm distance."""
+    if not anchor.ndim == positive.ndim == negative.ndim:
+        raise op_error("triplet_margin_loss", f"The anchor, positive, and negative tensors are "
+                       f"expected to have the same number of dimensions, but got: anchor "
+                       f"{anchor.ndim}D, positive {positive.ndim}D, and negative "
+                       f"{negative.ndim}D inputs")
     d_pos = pairwise_distance(anchor, positive, p, eps)
     d_neg = pairwise_distance(anchor, negative, p, eps)
     if swap:
