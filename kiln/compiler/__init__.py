@@ -31,7 +31,7 @@ from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # 
                                  scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
-from kiln.ir.ops import BoundsError, Primitive
+from kiln.ir.ops import BOUNDS_ERRORS, Primitive
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
@@ -953,10 +953,10 @@ class CompiledFunction:
                 outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves, device))
             else:
                 outs, new_values = entry.executor.run(inputs)
+        except BOUNDS_ERRORS as e:          # a bounds check's: raised as eager raises it
+            raise (IndexError if isinstance(e, IndexError) else RuntimeError)(str(e)) from None
         except IndexError:                  # a bounds check in a kernel: the user's error
             raise
-        except BoundsError as e:            # the same, raised as eager raises it
-            raise RuntimeError(str(e)) from None
         except Exception as e:            # nothing was written back yet: eager is still safe
             entry.program, entry.eager_reason = None, f"running the kernels failed: {e!r}"
             self._note("launch", f"running compiled {_function_name(self.fn)} failed ({e!r}); "

@@ -992,7 +992,13 @@ class BoundsError(RuntimeError):
     which a compiled replay raises as it is, as it does an IndexError."""
 
 
-_INDEX_ERRORS = {"IndexError": IndexError, "RuntimeError": BoundsError}
+class BoundsIndexError(IndexError):
+    """A bounds check's IndexError (an op PyTorch raises IndexError for): its message names
+    the user's op already, so the dispatcher adds only the user's line."""
+
+
+BOUNDS_ERRORS = (BoundsIndexError, BoundsError)
+_INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError}
 
 
 def _check_index_impl(xp, idx, size, op, kind, negative, ignore):

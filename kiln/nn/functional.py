@@ -1120,7 +1120,7 @@ def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
         warnings.warn(f"{name}: Using a target size ({list(target.shape)}) that is different "
                       f"to the input size ({list(input.shape)}). This will likely lead to "
                       f"incorrect results due to broadcasting. Please ensure they have the "
-                      f"same size.", stacklevel=3)
+                      f"same size.", stacklevel=_user_stacklevel())
 
 
 @_composite
@@ -1180,9 +1180,9 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
                          size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(f"Using a target size ({list(target.shape)}) that is different to the "
-                         f"input size ({list(input.shape)}) is deprecated. Please ensure they "
-                         f"have the same size.")
+        raise op_error("binary_cross_entropy", f"Using a target size ({list(target.shape)}) "
+                       f"that is different to the input size ({list(input.shape)}) is "
+                       f"deprecated. Please ensure they have the same size.", ValueError)
     _check_probabilities(input, "input")
     _check_probabilities(target, "target")
     # PyTorch clamps the logs at -100 so that a 0 or 1 input gives a finite loss
@@ -1201,8 +1201,9 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      pos_weight: Tensor | None = None) -> Tensor:
     reduction = _legacy(size_average, reduce, reduction)   # PyTorch's deprecated flags
     if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(f"Target size ({list(target.shape)}) must be the same as input size "
-                         f"({list(input.shape)})")
+        raise op_error("binary_cross_entropy_with_logits", f"Target size "
+                       f"({list(target.shape)}) must be the same as input size "
+                       f"({list(input.shape)})", ValueError)
     # -log(sigmoid(x)) = log1p(exp(-|x|)) + relu(-x), stable for large |x|
     neg_log_sigmoid = kiln.log1p(kiln.exp(-kiln.abs(input))) + relu(-input)
     if pos_weight is not None:
@@ -1254,6 +1255,9 @@ def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
     if input.ndim < 1:
         raise op_error(op, f"expected an input with at least 1 dimension, got shape "
                        f"{list(input.shape)}", ValueError)
+    if target.dtype not in (kiln.int64, kiln.uint8):      # PyTorch's kernels take only these
+        raise op_error(op, f"expected target dtype to be Long or Byte (class indices), but got "
+                       f"{target.dtype}")
     class_dim = 0 if input.ndim == 1 else 1
     expected = tuple(input.shape[:class_dim]) + tuple(input.shape[class_dim + 1:])
     if tuple(target.shape) == expected:
@@ -1268,6 +1272,13 @@ def _check_class_target_shape(input: Tensor, target: Tensor, op: str) -> None:
                    RuntimeError)
 
 
+def _check_class_weight(weight: Tensor | None, num_classes: int, op: str) -> None:
+    if weight is not None and (weight.ndim != 1 or weight.shape[0] != num_classes):
+        raise op_error(op, f"weight tensor should be defined either for all {num_classes} "
+                       f"classes or no classes but got weight tensor of shape: "
+                       f"{list(weight.shape)}")
+
+
 # Compiled nll_loss / cross_entropy over at least this many classes pick the targets' values
 # by a one-hot sum (`_nll_loss`); with fewer, the gather and its scatter are a few KB either way
 # and the graph keeps its gather.
@@ -1279,6 +1290,7 @@ def _nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     _check_reduction(reduction)
     _check_class_target_shape(input, target, op)
     class_dim = 0 if input.ndim == 1 else 1
+    _check_class_weight(weight, input.shape[class_dim], op)
     target = _check_class_targets(target, input.shape[class_dim], ignore_index, op)
     ignored = target == ignore_index
     # ignored targets may hold any value; point them at class 0
@@ -1383,7 +1395,8 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
         warnings.warn("reduction: 'mean' divides the total loss by both the batch size and the "
                       "support size.'batchmean' divides only by the batch size, and aligns with "
                       "the KL div math definition.'mean' will be changed to behave the same as "
-                      "'batchmean' in the next major release.", stacklevel=2)
+                      "'batchmean' in the next major release.",
+                      stacklevel=_user_stacklevel())
     if log_target:
         loss = kiln.exp(target) * (target - input)
     else:

@@ -14,8 +14,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
-from kiln.ops import op_error
-from kiln.ops import prims as P
+from kiln.ops import check_indices, op_error
 
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
            "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
@@ -55,9 +54,11 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
         if tuple(input.shape[:-1]) == tuple(var.shape):
             var = var.unsqueeze(-1)
         elif not (tuple(input.shape[:-1]) == tuple(var.shape[:-1]) and var.shape[-1] == 1):
-            raise ValueError("var is of incorrect size")
+            raise op_error("gaussian_nll_loss", f"var is of incorrect size: "
+                           f"{list(var.shape)} for input of size {list(input.shape)}",
+                           ValueError)
     if bool((var < 0).any()):
-        raise ValueError("var has negative entry/entries")
+        raise op_error("gaussian_nll_loss", "var has negative entry/entries", ValueError)
     var = var + (var.clamp_min(eps) - var).detach()
     loss = 0.5 * (kiln.log(var) + (input - target) ** 2 / var)
     if full:
@@ -94,9 +95,9 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, red
                        f"{list(target.shape)} for input of size: {list(input.shape)}")
     x = input.reshape(1, -1) if input.ndim < 2 else input
     classes = x.shape[1]
-    # every entry a class or negative (-1), checked as a graph node when traced
-    labels = P.check_index(target.reshape(x.shape), size=classes, op="multilabel_margin_loss",
-                           kind="RuntimeError", negative=False, ignore=-1)
+    # every entry a class or -1 (the end of the row's list)
+    labels = check_indices(target.reshape(x.shape), classes, "multilabel_margin_loss",
+                           "target", ignore=-1)
     listed = kiln.cumsum(labels < 0, 1) == 0                  # the entries before the first -1
     named = (labels.unsqueeze(2) == kiln.arange(classes, device=x.device)) & listed.unsqueeze(2)
     times = named.sum(1).to(x.dtype)                          # how often each class is listed
@@ -144,7 +145,12 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     if p not in (1, 2):
         raise ValueError("only p == 1 and p == 2 supported")
     x = input.reshape(1, -1) if input.ndim < 2 else input
-    y = target.reshape(-1)
+    if target.ndim > 1 or target.numel() != x.shape[0]:
+        raise op_error("multi_margin_loss", f"target should be 1-D with one class index per "
+                       f"input sample: expected size [{x.shape[0]}], got {list(target.shape)} "
+                       f"(input shape {list(input.shape)})")
+    # checked here, so that a bad class is reported as the target's, not as the gather's
+    y = check_indices(target.reshape(-1), x.shape[1], "multi_margin_loss", "target")
     picked = kiln.gather(x, 1, y.unsqueeze(1))
     hinge = (margin - picked + x).clamp_min(0)
     if p == 2:
@@ -221,6 +227,11 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
                         swap: bool = False, size_average=None, reduce=None,
                         reduction: str = "mean") -> Tensor:
     """max(0, margin + d(anchor, positive) - d(anchor, negative)), d the p-norm distance."""
+    if not anchor.ndim == positive.ndim == negative.ndim:
+        raise op_error("triplet_margin_loss", f"The anchor, positive, and negative tensors are "
+                       f"expected to have the same number of dimensions, but got: anchor "
+                       f"{anchor.ndim}D, positive {positive.ndim}D, and negative "
+                       f"{negative.ndim}D inputs")
     d_pos = pairwise_distance(anchor, positive, p, eps)
     d_neg = pairwise_distance(anchor, negative, p, eps)
     if swap:
@@ -275,6 +286,27 @@ def _ctc_labels(targets: Tensor, lengths: Tensor, batch: int, padded: bool) -> T
     return kiln.gather(flat, 0, where.reshape(-1)).reshape(batch, longest)
 
 
+def _check_ctc_lengths(in_lengths: Tensor, tgt_lengths: Tensor, targets: Tensor, steps: int,
+                       batch: int, padded: bool) -> tuple:
+    """CTC's lengths checked as PyTorch checks them, so that a bad one is reported by name
+    rather than as an index inside the recursion: one per sample, input lengths at most the
+    input's steps, target lengths within the targets (summing to their count when they are
+    concatenated)."""
+    for name, lengths in (("input_lengths", in_lengths), ("target_lengths", tgt_lengths)):
+        if lengths.numel() != batch:
+            raise op_error("ctc_loss", f"{name} must have one length per sample: expected "
+                           f"{batch}, got {lengths.numel()}")
+    in_lengths = check_indices(in_lengths, steps + 1, "ctc_loss", "input_lengths")
+    labels = targets.shape[1] if padded else targets.numel()
+    tgt_lengths = check_indices(tgt_lengths, labels + 1, "ctc_loss", "target_lengths")
+    if not padded and batch > 1 and not kiln.compiler.is_compiling():
+        total = int(tgt_lengths.sum())
+        if total != labels:
+            raise op_error("ctc_loss", f"target_lengths sum to {total}, but the concatenated "
+                           f"targets hold {labels} labels (shape {list(targets.shape)})")
+    return in_lengths, tgt_lengths
+
+
 _NEG = -1e30     # log(0) stand-in: -inf would make logsumexp of all-impossible paths NaN
 
 
@@ -292,10 +324,15 @@ def ctc_loss(log_probs: Tensor, targets: Tensor, input_lengths, target_lengths,
     steps, batch, _ = lp.shape
     device = lp.device
     in_lengths, tgt_lengths = (_lengths(v, device) for v in (input_lengths, target_lengths))
-    labels = _ctc_labels(targets, tgt_lengths, batch, padded=not unbatched and targets.ndim > 1)
+    padded = not unbatched and targets.ndim > 1
+    in_lengths, tgt_lengths = _check_ctc_lengths(in_lengths, tgt_lengths, targets, steps, batch,
+                                                 padded)
+    labels = _ctc_labels(targets, tgt_lengths, batch, padded)
     longest = labels.shape[1]
     labels = kiln.where(kiln.arange(longest, device=device) < tgt_lengths.unsqueeze(1), labels,
                         blank)
+    # PyTorch reads a label past the classes unchecked; kiln refuses it
+    labels = check_indices(labels, lp.shape[2], "ctc_loss", "target label")
     # the blank-extended targets: blank, y1, blank, y2, ..., blank
     blanks = kiln.full((batch, longest), blank, dtype=kiln.int64, device=device)
     ext = kiln.cat([kiln.stack([blanks, labels], 2).reshape(batch, 2 * longest),

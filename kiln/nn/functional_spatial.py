@@ -15,6 +15,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
+from kiln.ops import check_indices, op_error
 from kiln.nn.sparse_grad import lookup_rows, wants_sparse_grad
 
 
@@ -396,8 +397,13 @@ def _max_unpool(input: Tensor, indices: Tensor, kernel_size, stride, padding, ou
         out = tuple(int(v) for v in tuple(output_size)[-dims:])
     lead = tuple(input.shape[:-dims])
     flat_in = input.reshape(*lead, -1)
-    target = kiln.zeros(*lead, int(np.prod(out)), dtype=input.dtype, device=input.device)
-    result = target.scatter(len(lead), indices.reshape(*lead, -1), flat_in)
+    size = int(np.prod(out))
+    target = kiln.zeros(*lead, size, dtype=input.dtype, device=input.device)
+    # checked here, so that a bad index is reported as max_unpool's, not as the scatter's
+    where = check_indices(indices.reshape(*lead, -1), size, f"max_unpool{dims}d",
+                                   f"indices (output of size {'x'.join(map(str, out))}): "
+                                   "invalid max index")
+    result = target.scatter(len(lead), where, flat_in)
     return result.reshape(*lead, *out)
 
 
@@ -425,15 +431,25 @@ def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
 @_composite
 def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """im2col: (N, C, H, W) -> (N, C*kh*kw, L), channel-major then kernel position."""
+    if input.ndim not in (3, 4):
+        raise op_error("unfold", f"expected a 3-D (unbatched) or 4-D (batched) input, got shape "
+                       f"{list(input.shape)}", IndexError)
     unbatched = input.ndim == 3
     x = input.unsqueeze(0) if unbatched else input
     k, d = _ntuple(kernel_size, 2), _ntuple(dilation, 2)
     p, s = _ntuple(padding, 2), _ntuple(stride, 2)
+    if min(k + d + s) <= 0 or min(p) < 0:
+        raise op_error("unfold", f"kernel_size {k}, dilation {d} and stride {s} must be "
+                       f"positive and padding {p} non-negative")
     if any(p):
         x = _F().pad(x, (p[1], p[1], p[0], p[0]))
     n, c, h, w = x.shape
     oh = (h - d[0] * (k[0] - 1) - 1) // s[0] + 1
     ow = (w - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    if oh < 1 or ow < 1:
+        raise op_error("unfold", f"input of spatial size {tuple(input.shape[-2:])} with "
+                       f"kernel_size={k}, dilation={d}, padding={p}, stride={s} gives sliding "
+                       f"blocks of shape ({oh}, {ow}), which is too small (non-positive)")
     windows = _F()._windows(x, k, s, d, (oh, ow))
     out = kiln.stack(windows, 2).reshape(n, c * k[0] * k[1], oh * ow)
     return out.squeeze(0) if unbatched else out
@@ -451,8 +467,9 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     ow = (wp - d[1] * (k[1] - 1) - 1) // s[1] + 1
     n, ck, length = x.shape
     if ck % (k[0] * k[1]) or length != oh * ow:
-        raise RuntimeError(f"fold: expected input of shape (N, C*{k[0] * k[1]}, {oh * ow}), got "
-                           f"{list(input.shape)}")
+        raise op_error("fold", f"expected input of shape (N, C*{k[0] * k[1]}, {oh * ow}) for "
+                       f"output_size={out_hw}, kernel_size={k}, dilation={d}, padding={p}, "
+                       f"stride={s}, got {list(input.shape)}")
     c = ck // (k[0] * k[1])
     blocks = x.reshape(n, c, k[0] * k[1], oh, ow)
     out = None
@@ -547,7 +564,14 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     align = bool(align_corners)
     spatial = tuple(input.shape[2:])
     if (size is None) == (scale_factor is None):
-        raise ValueError("only one of size or scale_factor should be defined")
+        raise op_error("interpolate", "either size or scale_factor should be defined"
+                       if size is None else "only one of size or scale_factor should be defined",
+                       ValueError)
+    for name, value in (("size", size), ("scale_factor", scale_factor)):
+        if isinstance(value, (list, tuple)) and len(value) != dims:
+            raise op_error("interpolate", f"{name} must have one entry per spatial dim: the "
+                           f"input has spatial dims {list(spatial)}, got {name} {value}",
+                           ValueError)
     if size is not None:
         out_size = _ntuple(size, dims, "size")
         scales = [None] * dims
@@ -557,6 +581,10 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
         out_size = tuple(int(math.floor(n * f)) for n, f in zip(spatial, scales))
         if recompute_scale_factor:
             scales = [None] * dims
+    if min(spatial + out_size) <= 0:
+        raise op_error("interpolate", f"input and output sizes should be greater than 0, got "
+                       f"input {list(spatial)} and output {list(out_size)}"
+                       + ("" if size is not None else f" (scale_factor {scale_factor})"))
     if mode == "area":
         pool = {1: _F().adaptive_avg_pool1d, 2: _F().adaptive_avg_pool2d,
                 3: adaptive_avg_pool3d}[dims]
@@ -654,6 +682,29 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
 
 # ----------------------------------------------------------------------------- embedding bags
 
+def _checked_offsets(offsets: Tensor, length: int) -> Tensor:
+    """embedding_bag's offsets checked as PyTorch checks them (the first 0, none past the
+    input's `length`), and non-decreasing (PyTorch reads a decreasing one unchecked): eagerly
+    on the CPU by value, elsewhere (a GPU, a compiled replay) by check_index on the range."""
+    if not offsets.numel():
+        return offsets
+    if offsets.device.type == "cpu" and not kiln.compiler.is_compiling():
+        values = offsets.numpy(force=True)
+        if values[0] != 0:
+            raise op_error("embedding_bag", f"offsets[0] has to be 0 (the first bag "
+                                    f"starts at position 0), got {int(values[0])}")
+        if values[-1] > length:
+            raise op_error("embedding_bag", f"offsets[-1] can not be greater than the "
+                                    f"input's length {length}, got {int(values[-1])}")
+        if values.size > 1 and (np.diff(values) < 0).any():
+            raise op_error("embedding_bag", f"offsets must be non-decreasing, got "
+                                    f"{values.tolist()}")
+        return offsets
+    first = check_indices(offsets[:1], 1, "embedding_bag", "offsets[0] (must be 0)")
+    rest = check_indices(offsets[1:], length + 1, "embedding_bag", "offsets")
+    return kiln.cat([first, rest])
+
+
 def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   max_norm: float | None = None, norm_type: float = 2,
                   scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
@@ -684,7 +735,7 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         if offsets is None:
             raise ValueError("offsets has to be a 1D Tensor but got None")
         flat_ids = input
-        offsets = offsets.reshape(-1).to(kiln.int64)
+        offsets = _checked_offsets(offsets.reshape(-1).to(kiln.int64), input.shape[0])
         total = kiln.full((1,), input.shape[0], dtype=kiln.int64, device=weight.device)
         if include_last_offset:
             starts, ends = offsets[:-1], offsets[1:]
@@ -692,7 +743,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
             starts, ends = offsets, kiln.cat([offsets[1:], total])
         position = kiln.arange(input.shape[0], device=weight.device).unsqueeze(0)
         member = (position >= starts.unsqueeze(1)) & (position < ends.unsqueeze(1))
-    flat_ids = flat_ids.to(kiln.int64)
+    flat_ids = check_indices(flat_ids.to(kiln.int64), weight.shape[0],
+                                      "embedding_bag", "input")
     if max_norm is not None:
         _F().renorm_rows_(weight, flat_ids, max_norm, norm_type)
     if padding_idx is not None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir import ops as ir_ops
-from kiln.ir.ops import P, Primitive, ShapeError
+from kiln.ir.ops import BOUNDS_ERRORS, P, Primitive, ShapeError
 from kiln.runtime.cupy_backend import CUPY_PATHS as _CUPY_FAST
 from kiln.runtime.device import CPU, META, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
@@ -26,7 +26,7 @@ from kiln.tracer import dispatch_mode as _dispatch_mode
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import quantized as _quantized
 from kiln.tracer import unsigned as _unsigned
-from kiln.tracer.errors import op_error
+from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
 from kiln.tracer.sparse import _NoDenseMemory
 from kiln.tracer.tensor import STATE, TRACING, Tensor
@@ -142,6 +142,9 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
         else:                            # pragma: no cover - NumPy 1.x
             with np.errstate(all="ignore"):
                 out = impl(xp, *arrays, **attrs)
+    except BOUNDS_ERRORS as e:          # check_index's: it names the user's op already
+        raise (IndexError if isinstance(e, IndexError) else RuntimeError)(
+            f"{e} (at {user_location()})") from None
     except (IndexError, ValueError, TypeError) as e:
         if any(type(getattr(a, "_data", None)) is _NoDenseMemory for a in args):  # any layout
             raise op_error(prim.name, _SPARSE_UNSUPPORTED, NotImplementedError) from None

@@ -44,8 +44,23 @@ def user_location(skip_kiln: bool = True) -> str:
 
 
 def op_error(op: str, message: str, kind: type = RuntimeError) -> Exception:
-    """An exception for the user: which op, what went wrong, and where in their code."""
-    return kind(f"{op}: {message} (at {user_location()})")
+    """An exception for the user: which op, what went wrong, and where in their code. It
+    remembers the op (`kiln_op`), so that a composite it fails inside can name itself first."""
+    error = kind(f"{op}: {message} (at {user_location()})")
+    error.kiln_op = op
+    return error
+
+
+def in_composite(error: BaseException, name: str) -> None:
+    """`error` raised inside the composite `name` (mse_loss's `sub`, multi_margin_loss's
+    `gather`): its message is prefixed with `name`, the op the user called, when it names an
+    inner op; the exception class and the inner message are kept. Errors not made by
+    `op_error` (the user's own, from a callback) are left as they are."""
+    op = getattr(error, "kiln_op", None)
+    if op is None or op == name or len(error.args) != 1 or not isinstance(error.args[0], str):
+        return
+    error.args = (f"{name}: {error.args[0]}",)
+    error.kiln_op = name
 
 
 def named_dim_error(dim) -> TypeError:

@@ -14,6 +14,7 @@ import functools
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.tracer.errors import in_composite
 from kiln.tracer.tensor import STATE, TRACING, Tensor
 
 # Composites that PyTorch's CPU build computes as one kernel, in float32 for float16 and
@@ -44,11 +45,15 @@ def composite(fn=None, *, name: str | None = None):
 
         @functools.wraps(fn)
         def traced_in_scope(*args, **kwargs):
-            tracer = STATE.tracer if TRACING[0] else None
-            if tracer is None:
-                return fn(*args, **kwargs)
-            with tracer.scope(label):
-                return fn(*args, **kwargs)
+            try:                # free unless raised: then the user's op is named first
+                tracer = STATE.tracer if TRACING[0] else None
+                if tracer is None:
+                    return fn(*args, **kwargs)
+                with tracer.scope(label):
+                    return fn(*args, **kwargs)
+            except Exception as error:
+                in_composite(error, label)
+                raise
         traced_in_scope.composite = label
         if label not in WIDEN_HALF:
             return traced_in_scope

@@ -60,7 +60,16 @@ BAD_INDEX_CASES["one_hot"] = (
 BAD_INDEX_CASES["take_primitive"] = (      # no caller's check: the primitive's own
     lambda x, i: kiln.ops.prims.take(x, i, axis=0), [0, 5],
     "take: index 5 is out of bounds for dimension 0 with size 3")
-KINDS = {"gather": RuntimeError, "one_hot": RuntimeError}         # PyTorch's kind for gather's bad index, as on the CPU
+# a loss's or lookup's own check of the indices it reads (kiln.ops.check_indices), queued first
+BAD_INDEX_CASES["multi_margin_loss"] = (
+    lambda x, i: F.multi_margin_loss(x[:2], i), [1, 4], "multi_margin_loss: target 4 is out "
+    "of bounds (expected values in [0, 4))")
+BAD_INDEX_CASES["embedding_bag"] = (
+    lambda x, i: F.embedding_bag(i.reshape(1, 2), x), [2, 3], "embedding_bag: input 3 is out "
+    "of bounds (expected values in [0, 3))")
+# PyTorch's kinds where it is not IndexError, as on the CPU
+KINDS = {"gather": RuntimeError, "one_hot": RuntimeError, "multi_margin_loss": RuntimeError,
+         "embedding_bag": RuntimeError}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INDEX_CASES))

@@ -166,11 +166,50 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         if low >= 0:
             return index
     else:                             # a replay checks the indices it is given, as eager does
-        index = P.check_index(index, size=n, op=op, kind=kind.__name__, negative=negative,
-                              ignore=None)
+        index = P.check_index(index, size=n, op=_replay_name(op), kind=kind.__name__,
+                              negative=negative, ignore=None)
     if not negative:
         return index
     return P.where(P.lt(index, 0), index + n, index)
+
+
+def _replay_name(op: str) -> str:
+    """How a traced bounds check names its op: inside a composite (put's index_put), after the
+    outermost one, the op the user called, as eager's error does (`errors.in_composite`)."""
+    scopes = STATE.tracer.scopes
+    outer = scopes[0] if scopes else None
+    if not isinstance(outer, str) or outer.startswith("grad of") or op.startswith(outer):
+        return op
+    return f"{outer}: {op}"
+
+
+def check_indices(values: Tensor, size: int, op: str, what: str, kind: type = RuntimeError,
+                  ignore: int | None = None) -> Tensor:
+    """`values` that `op` reads as indices into `size` places (a loss's class targets,
+    embedding_bag's input), checked to lie in [0, size) or equal `ignore` before `op` hands
+    them to a gather, so that a bad one is reported as `op`'s `what` with its value: at once
+    on the CPU, at the next host read on a GPU, and on every compiled replay (a check_index
+    node). Returns the values to use."""
+    if STATE.tracer is not None:
+        return P.check_index(values, size=size, op=_replay_name(f"{op}: {what}"),
+                             kind=kind.__name__, negative=False, ignore=ignore)
+    data = values._data
+    if not data.size or isinstance(data, MetaArray):
+        return values
+    expected = f"expected values in [0, {size})" + ("" if ignore is None else
+                                                    f" or {ignore}")
+    if values.device.type != "cpu":
+        kept = values if ignore is None else P.where(P.eq(values, ignore), 0, values)
+        check_bounds_later(kept, 0, size, op, kind, f"{what} {{}} is out of bounds ({expected})")
+        return values
+    if ignore is not None:
+        data = data[data != ignore]
+    if data.size:
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= size:
+            raise op_error(op, f"{what} {low if low < 0 else high} is out of bounds "
+                           f"({expected})", kind)
+    return values
 
 
 def check_bounds_later(index: Tensor, lowest, size, op: str, kind: type, message: str,
@@ -659,6 +698,7 @@ def _flat_positions(input, key):
     return getitem(positions, key)
 
 
+@composite        # a bad index is reported as index_put's (put's), not tensor indexing's
 def index_put(input, indices, values, accumulate=False):
     pos = _flat_positions(input, tuple(indices))
     return _put_at(input, pos, values, P.index_add if accumulate else P.index_put)

@@ -527,55 +527,82 @@ def pad(input, pad, mode="constant", value=None):
     pairs = [(0, 0)] * input.ndim
     for i in range(len(pad) // 2):
         pairs[input.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
-    x = input
-    if mode == "replicate":
-        # a crop past a whole dim leaves only its edge to replicate: out[o] = x[clamp(o - lo)]
-        for d, (lo, hi) in enumerate(pairs):
-            n, m = x.shape[d], x.shape[d] + lo + hi
-            if m > 0 and (lo <= -n or hi <= -n):
-                x = _slice_dim(x, d, n - 1, n) if lo <= -n else _slice_dim(x, d, 0, 1)
-                pairs[d] = (0, m - 1) if lo <= -n else (m - 1, 0)
-    # negative padding crops: slice first, then pad with the positive parts
-    if _py_any(lo < 0 or hi < 0 for lo, hi in pairs):
-        shape = tuple(x.shape)
-        x = P.slice(x, starts=tuple(_py_max(0, -lo) for lo, hi in pairs),
-                    stops=tuple(s - _py_max(0, -hi) for s, (lo, hi) in zip(shape, pairs)),
-                    steps=(1,) * x.ndim)
-        pairs = [(_py_max(0, lo), _py_max(0, hi)) for lo, hi in pairs]
+    for d, (lo, hi) in enumerate(pairs):
+        _check_pad_pair(input, d, lo, hi, mode)
+    padded = [input.shape[d] + lo + hi
+              for d, (lo, hi) in enumerate(pairs)][input.ndim - len(pad) // 2:]
+    if mode in ("reflect", "replicate") and padded and _py_max(padded) < 1:
+        raise op_error("pad", f"input {list(input.shape)} is too small for {mode} padding "
+                       f"{tuple(pad)}: the padded dims would have sizes {padded}")
     if mode == "constant":
-        return P.pad(x, pads=tuple(pairs), value=0.0 if value is None else value)
+        return P.pad(_crop(input, pairs), pads=tuple((_py_max(0, lo), _py_max(0, hi))
+                                                     for lo, hi in pairs),
+                     value=0.0 if value is None else value)
     if mode in ("reflect", "replicate") and input.dtype is dt.bool_:
         raise op_error("pad", f"\"{mode}ion_pad\" not implemented for 'Bool' (as PyTorch); pad "
                        "x.to(torch.uint8) instead", NotImplementedError)
-    if mode in ("reflect", "replicate", "circular"):
-        for d, (lo, hi) in enumerate(pairs):
-            if lo == 0 and hi == 0:
-                continue
-            n = x.shape[d]
-            parts = []
-            if mode == "reflect":
-                if lo:
-                    parts.append(flip(_slice_dim(x, d, 1, lo + 1), (d,)))
-                parts.append(x)
-                if hi:
-                    parts.append(flip(_slice_dim(x, d, n - hi - 1, n - 1), (d,)))
-            elif mode == "replicate":
-                shape_lo = tuple(lo if i == d else s for i, s in enumerate(x.shape))
-                shape_hi = tuple(hi if i == d else s for i, s in enumerate(x.shape))
-                if lo:
-                    parts.append(expand(_slice_dim(x, d, 0, 1), shape_lo))
-                parts.append(x)
-                if hi:
-                    parts.append(expand(_slice_dim(x, d, n - 1, n), shape_hi))
-            else:
-                if lo:
-                    parts.append(_slice_dim(x, d, n - lo, n))
-                parts.append(x)
-                if hi:
-                    parts.append(_slice_dim(x, d, 0, hi))
-            x = cat(parts, d)
+    if mode not in ("reflect", "replicate", "circular"):
+        raise op_error("pad", f"unsupported padding mode {mode!r}", NotImplementedError)
+    # as PyTorch: circular padding wraps around the cropped input; reflect and replicate take
+    # the positive parts from the whole input (out[o] = x[f(o - lo)]) and crop the result
+    x = _crop(input, pairs) if mode == "circular" else input
+    for d, (lo, hi) in enumerate(pairs):
+        lo, hi = _py_max(0, lo), _py_max(0, hi)
+        if lo == 0 and hi == 0:
+            continue
+        n = x.shape[d]
+        parts = []
+        if mode == "reflect":
+            if lo:
+                parts.append(flip(_slice_dim(x, d, 1, lo + 1), (d,)))
+            parts.append(x)
+            if hi:
+                parts.append(flip(_slice_dim(x, d, n - hi - 1, n - 1), (d,)))
+        elif mode == "replicate":
+            shape_lo = tuple(lo if i == d else s for i, s in enumerate(x.shape))
+            shape_hi = tuple(hi if i == d else s for i, s in enumerate(x.shape))
+            if lo:
+                parts.append(expand(_slice_dim(x, d, 0, 1), shape_lo))
+            parts.append(x)
+            if hi:
+                parts.append(expand(_slice_dim(x, d, n - 1, n), shape_hi))
+        else:
+            if lo:
+                parts.append(_slice_dim(x, d, n - lo, n))
+            parts.append(x)
+            if hi:
+                parts.append(_slice_dim(x, d, 0, hi))
+        x = cat(parts, d)
+    return x if mode == "circular" else _crop(x, pairs)
+
+
+def _check_pad_pair(input, d: int, lo: int, hi: int, mode: str) -> None:
+    """PyTorch's limits on one dim's padding (lo, hi), with messages naming pad and the dim."""
+    n = input.shape[d]
+    kept = n - _py_max(0, -lo) - _py_max(0, -hi)        # what a crop leaves
+    if n + lo + hi < 0:
+        problem = f"leaves a negative size {n + lo + hi}"
+    elif mode == "constant" and kept < 0:
+        problem = f"crops {-_py_min(lo, 0) - _py_min(hi, 0)} entries"
+    elif mode == "reflect" and _py_max(lo, hi) >= _py_max(n, 1):
+        problem = f"must be less than its size {n}"
+    elif mode == "circular" and (lo > kept or hi > kept):
+        # PyTorch raises past the input's size, and past the cropped size reads memory it has
+        # not written (or raises); kiln raises for both
+        problem = f"wraps around more than once (what is left of the dim: {_py_max(kept, 0)})"
+    else:
+        return
+    raise op_error("pad", f"{mode} padding ({lo}, {hi}) of dimension {d} (size {n}) {problem} "
+                   f"(input shape {list(input.shape)})")
+
+
+def _crop(x, pairs):
+    """`x` less the negative parts of `pairs` (a crop from either end of each dim)."""
+    if not _py_any(lo < 0 or hi < 0 for lo, hi in pairs):
         return x
-    raise op_error("pad", f"unsupported padding mode {mode!r}", NotImplementedError)
+    return P.slice(x, starts=tuple(_py_max(0, -lo) for lo, hi in pairs),
+                   stops=tuple(s - _py_max(0, -hi) for s, (lo, hi) in zip(x.shape, pairs)),
+                   steps=(1,) * x.ndim)
 
 
 def _py_any(it):

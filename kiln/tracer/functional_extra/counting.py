@@ -81,9 +81,16 @@ def histogram(input, bins=100, *, range=None, weight=None, density=False):
 def bincount(input, weights=None, minlength=0):
     _check_unsigned("bincount", input)
     data = input._host("bincount()")
-    if data.ndim != 1 or (data.size and data.min() < 0):
-        raise op_error("bincount", "bincount only supports 1-d non-negative integral inputs.")
+    if data.ndim != 1:
+        raise op_error("bincount", f"bincount only supports 1-d non-negative integral inputs, "
+                       f"got shape {list(data.shape)}")
+    if data.size and data.min() < 0:
+        raise op_error("bincount", f"bincount only supports 1-d non-negative integral inputs, "
+                       f"got {int(data.min())}")
     w = None if weights is None else weights._host("bincount()")
+    if w is not None and w.shape != data.shape:
+        raise op_error("bincount", f"weights should be 1-d and have the same length as input: "
+                       f"weights of shape {list(w.shape)}, input of shape {list(data.shape)}")
     out = np.bincount(data, weights=w, minlength=minlength)
     kind = dt.int64 if weights is None else (weights.dtype if weights.dtype.is_floating_point
                                              else dt.float64)

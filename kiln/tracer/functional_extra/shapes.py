@@ -14,9 +14,10 @@ from kiln.ir.ops import P
 from kiln.tracer import functional as F
 from kiln.tracer.creation import check_dense_layout, tensor
 from kiln.tracer.errors import op_error
+from kiln.tracer.provenance import composite
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.shapes import _own_memory
-from kiln.tracer.functional.indexing import as_input, as_vectors
+from kiln.tracer.functional.indexing import as_input, as_vectors, check_indices
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -324,6 +325,8 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
             raise op_error("scatter_reduce", f"Size does not match at dimension {i}: index "
                            f"{list(index.shape)} must be no larger than src {list(src.shape)}, "
                            f"nor than self {list(input.shape)} apart from dimension {d}")
+    # checked here: the one-hot reduction below would skip a bad index silently
+    index = check_indices(index, input.shape[d], "scatter_reduce", "index")
     src = src[tuple(slice(0, k) for k in index.shape)]
     short = [0 if i == d else input.shape[i] - index.shape[i] for i in range(input.ndim)]
     if any(short):
@@ -427,6 +430,7 @@ def masked_scatter(input, mask, source):
     return F.reshape(F.where(flat_mask, picked, F.reshape(input, (-1,))), tuple(input.shape))
 
 
+@composite
 def put(input, index, source, accumulate=False):
     flat = F.reshape(input, (-1,))
     out = F.index_put(flat, (F.reshape(index, (-1,)),), F.reshape(source, (-1,)), accumulate)
