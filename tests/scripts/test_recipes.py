@@ -175,3 +175,18 @@ def test_forward_ad_tutorial_matches_torch():
     assert v["tangent_kept"] and v["tangent_copied"] and v["tangent_gone"]
     assert v["module_matches_call"] and v["gradcheck"]
     compiled_matches("forward_ad_tutorial", k, t)
+
+
+def test_saved_tensors_hooks_tutorial_matches_torch():
+    # grad_fn._saved_self/_other are the inputs, _saved_result a new tensor equal to the output;
+    # packs to an index, a (tensor, closure) pair, a repr evaluated back; hooks saving to disk
+    # with torch.save/torch.load (a file deleted on first unpack fails the second access); the
+    # training loop runs eagerly under kiln.compile (a graph break: a replay would call no
+    # pack hook)
+    t, k = same_run("saved_tensors_hooks")
+    v = k["values"]
+    assert v["saved_self_is_a"] and v["saved_other_is_b"] and v["saved_result_equal"]
+    assert not v["saved_result_is_y"] and v["double_access"] == "failed"
+    assert v["events"] == "pack(5,),pack(5,),unpack(5,),unpack(5,)"
+    assert v["files_during_training"] == "3,3,3,3,3,3" and v["files_after_training"] == 0
+    compiled_matches("saved_tensors_hooks", k, t, whole=False)
