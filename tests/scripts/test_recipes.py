@@ -190,3 +190,15 @@ def test_saved_tensors_hooks_tutorial_matches_torch():
     assert v["events"] == "pack(5,),pack(5,),unpack(5,),unpack(5,)"
     assert v["files_during_training"] == "3,3,3,3,3,3" and v["files_after_training"] == 0
     compiled_matches("saved_tensors_hooks", k, t, whole=False)
+
+
+def test_sparse_adagrad_tutorial_and_sparse_embeddings_match_torch():
+    # Adagrad by hand on a sparse COO gradient (coalesce, _indices/_values, sparse_mask, add_
+    # of a sparse tensor with alpha), the masked-tensor form of it, the dense form; then
+    # Embedding(sparse=True) under Adagrad and SparseAdam. kiln's sparse embedding is a custom
+    # Function: under kiln.compile the step runs eagerly (its backward is Python)
+    t, k = same_run("sparse_adagrad")
+    v = k["values"]
+    assert v["same_as_sparse"] and v["same_as_dense"] and v["grad_is_sparse"]
+    assert v["sparse_equals_dense"]
+    compiled_matches("sparse_adagrad", k, t, whole=False)
