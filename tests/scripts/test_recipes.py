@@ -202,3 +202,14 @@ def test_sparse_adagrad_tutorial_and_sparse_embeddings_match_torch():
     assert v["same_as_sparse"] and v["same_as_dense"] and v["grad_is_sparse"]
     assert v["sparse_equals_dense"]
     compiled_matches("sparse_adagrad", k, t, whole=False)
+
+
+def test_data_loading_tutorial_matches_torch():
+    # a CSV-backed Dataset of dict samples, NumPy transforms (np.random crops) and a shuffling
+    # DataLoader collating dicts into float64 batches: the shuffle is PyTorch's, so the same
+    # batches train the landmark CNN to torch's losses
+    t, k = same_run("data_loading")
+    v = k["values"]
+    assert v["sample_types"] == "Tensor,float64"
+    assert v["batch_shapes"] == ";".join(["(4, 3, 20, 20)(4, 2, 2)float64"] * 2)
+    compiled_matches("data_loading", k, t)
