@@ -128,7 +128,7 @@ def evaluate(model, criterion, batches):
     return 100.0 * n_correct / n_total, dev_loss.item()
 
 
-def main(seed=0, compile=False, initial_state=None, dropout=0.2, iterations=20):
+def main(seed=0, compile=False, initial_state=None, dropout=0.2, iterations=12):
     torch.manual_seed(seed)
     config = get_args(["--train_embed", "--dp_ratio", str(dropout)])
     config.n_embed, config.d_out = 20, 3
