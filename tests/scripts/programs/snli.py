@@ -142,10 +142,9 @@ def main(seed=0, compile=False, initial_state=None, dropout=0.2, iterations=12):
     train = make_batches(iterations, 16, 6, config.n_embed, seed=5)
     dev = make_batches(2, 16, 6, config.n_embed, seed=6)
 
-    def train_step(premise, hypothesis, label):
+    def train_step(batch):
         model.train()
         opt.zero_grad()
-        batch = Batch(premise, hypothesis, label)
         answer = model(batch)
         loss = criterion(answer, batch.label)
         loss.backward()
@@ -158,7 +157,7 @@ def main(seed=0, compile=False, initial_state=None, dropout=0.2, iterations=12):
     with tempfile.TemporaryDirectory() as save_path:
         snapshot_prefix = os.path.join(save_path, "snapshot")
         for iteration, batch in enumerate(train, 1):
-            answer, loss = train_step(batch.premise, batch.hypothesis, batch.label)
+            answer, loss = train_step(batch)
             n_correct += (torch.max(answer, 1)[1].view(batch.label.size())
                           == batch.label).sum().item()
             n_total += batch.batch_size
