@@ -139,8 +139,8 @@ def main(seed=0, compile=False, initial_state=None, dropout=0.2, iterations=12):
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     criterion = nn.CrossEntropyLoss()
     opt = O.Adam(model.parameters(), lr=config.lr)
-    train = make_batches(iterations, 16, 6, config.n_embed, seed=5)
-    dev = make_batches(2, 16, 6, config.n_embed, seed=6)
+    train = make_batches(iterations, 16, 4, config.n_embed, seed=5)
+    dev = make_batches(2, 16, 4, config.n_embed, seed=6)
 
     def train_step(batch):
         model.train()
