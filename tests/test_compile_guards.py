@@ -1595,6 +1595,102 @@ def user_exception_propagates():
     return world(ns["f"], call)
 
 
+# ----------------------------------------------------------------------------- batch objects
+
+_BATCH_WORLD = """
+import dataclasses
+
+class Batch:
+    def __init__(self, x, y, scale, extra=()):
+        self.x, self.y, self.scale, self.extra = x, y, scale, list(extra)
+
+Pair = dataclasses.make_dataclass("Pair", ["x", "y"])
+
+model = nn.Linear(4, 1)
+opt = kiln.optim.SGD(model.parameters(), lr=0.1)
+
+def step(batch):
+    opt.zero_grad()
+    out = model(batch.x) * batch.scale
+    for t in batch.extra:
+        out = out + t
+    loss = ((out - batch.y) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss
+
+def pair_step(pair):
+    opt.zero_grad()
+    loss = ((model(pair.x) - pair.y) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss
+
+def counting_step(batch):
+    batch.seen = getattr(batch, "seen", 0) + 1
+    return model(batch.x).sum() * batch.scale
+"""
+
+
+@case
+def batch_object_fields_are_inputs():
+    # a new batch object every call (torchtext-style `train_step(batch)`): its tensors are the
+    # program's inputs and its numbers part of the key; a new scale retraces, a list of extra
+    # tensors changes the structure
+    ns = exec_world(_BATCH_WORLD, __name__="batch_world")   # a user module's classes
+    data = [(kiln.randn(6, 4), kiln.randn(6, 1)) for _ in range(7)]
+    scales = [1.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0]
+
+    def call(i, g):
+        extra = [kiln.ones(6, 1)] if i == 6 else ()
+        return g(ns["Batch"](*data[i], scales[i], extra))
+    return world(ns["step"], call, after=lambda: list(ns["model"].parameters()))
+
+
+batch_object_fields_are_inputs.calls = 7
+batch_object_fields_are_inputs.check = expect_replays(3)
+
+
+@case
+def dataclass_argument_fields_are_inputs():
+    ns = exec_world(_BATCH_WORLD, __name__="batch_world")   # a user module's classes
+    data = [(kiln.randn(6, 4), kiln.randn(6, 1)) for _ in range(4)]
+
+    def call(i, g):
+        return g(ns["Pair"](*data[i]))
+    return world(ns["pair_step"], call, after=lambda: list(ns["model"].parameters()))
+
+
+dataclass_argument_fields_are_inputs.check = expect_replays(2)
+
+
+@case
+def batch_object_replaced_field_is_read():
+    # the same object, a field rebound between calls: the replay reads the new tensor
+    ns = exec_world(_BATCH_WORLD, __name__="batch_world")   # a user module's classes
+    batch = ns["Batch"](kiln.randn(6, 4), kiln.randn(6, 1), 1.0)
+
+    def call(i, g):
+        batch.x = kiln.randn(6, 4)
+        return g(batch)
+    return world(ns["step"], call, after=lambda: list(ns["model"].parameters()))
+
+
+batch_object_replaced_field_is_read.check = expect_replays(2)
+
+
+@case
+def batch_object_written_by_the_call():
+    # a field the call sets on its argument: a Python effect, so the calls run eagerly
+    ns = exec_world(_BATCH_WORLD, __name__="batch_world")   # a user module's classes
+    batches = [ns["Batch"](kiln.randn(6, 4), kiln.randn(6, 1), 1.0) for _ in range(4)]
+
+    def call(i, g):
+        return g(batches[i if i < 2 else 0])
+    return world(ns["counting_step"], call, after=lambda: [b.__dict__.get("seen")
+                                                            for b in batches])
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -132,3 +132,16 @@ def test_unsupported_ops_are_refused_by_name():
         kiln.masked.masked_tensor(kiln.ones(2), kiln.tensor([True]))
     with pytest.raises(TypeError, match="dtype bool"):
         kiln.masked.masked_tensor(kiln.ones(2), kiln.ones(2))
+
+
+def test_sparse_data_is_refused_by_name_where_torch_keeps_it_sparse():
+    """torch's MaskedTensor can hold sparse COO data; kiln's holds its data as its own dense
+    values, so it refuses a sparse layout at creation instead of failing in a later op."""
+    i, v = [[0, 1, 1], [2, 0, 2]], [3.0, 4.0, 5.0]
+    g = torch.sparse_coo_tensor(torch.tensor(i), torch.tensor(v), [2, 4])
+    assert torch.masked.masked_tensor(g, (g.to_dense() != 0).to_sparse()).get_data().is_sparse
+    k = kiln.sparse_coo_tensor(kiln.tensor(i), kiln.tensor(v), [2, 4])
+    with pytest.raises(NotImplementedError, match="data is a kiln.sparse_coo tensor"):
+        kiln.masked.masked_tensor(k, (k.to_dense() != 0).to_sparse())
+    with pytest.raises(NotImplementedError, match="mask is a kiln.sparse_coo tensor"):
+        kiln.masked.masked_tensor(k.to_dense(), (k.to_dense() != 0).to_sparse())

@@ -131,6 +131,21 @@ def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
     return names
 
 
+def _is_record(obj) -> bool:
+    """Whether an argument is a plain object of the user's (a batch with tensor attributes, a
+    dataclass) whose tensor attributes a compiled function takes as inputs, keyed by their
+    shapes as an argument tensor is, rather than by the object's identity. Modules, optimizers,
+    callables, classes and library objects keep the identity key."""
+    return isinstance(getattr(obj, "__dict__", None), dict) and not callable(obj) and \
+        not isinstance(obj, type) and not hasattr(obj, "_parameters") and \
+        not hasattr(obj, "param_groups") and not guards._library_class(type(obj))
+
+
+def _flatten_args(obj):
+    """flatten() of a call's arguments: batch objects' tensor attributes are leaves too."""
+    return flatten(obj, record=_is_record)
+
+
 def _arg_names(fn, args, kwargs, leaves) -> dict:
     """id(tensor) -> the parameter name it was passed as (`x`, `batch.0`)."""
     names = {}
@@ -140,7 +155,7 @@ def _arg_names(fn, args, kwargs, leaves) -> dict:
     except (TypeError, ValueError):
         items = [(f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
     for name, value in items:
-        sub, _ = flatten(value)
+        sub, _ = _flatten_args(value)
         for j, t in enumerate(sub):
             names.setdefault(id(t), name if len(sub) == 1 else f"{name}.{j}")
     return names
@@ -169,7 +184,7 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
     `grad_holders` id(.grad) -> its tensor (`_grad_candidates`) and `grad_state` those tensors
     with whether each `.grad` was None at the call. With `watch`, a Python effect a replay
     would skip is a graph break (`EffectWatch`)."""
-    leaves, _ = flatten((args, kwargs))
+    leaves, _ = _flatten_args((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
     tracer = Tracer(_function_name(fn), on_break=mode, names=names, snapshot=snapshot)
@@ -573,7 +588,7 @@ class CompiledFunction:
         if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
         else:
-            leaves, tree = flatten((args, kwargs))
+            leaves, tree = _flatten_args((args, kwargs))
             tree = _typed_tree(tree)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
         # the default dtype and device decide what `kiln.ones(3)` in the function makes
@@ -685,7 +700,8 @@ class CompiledFunction:
         try:
             grad_candidates = _grad_candidates(self.fn, args, kwargs, reachable)
             before = guards.collect(self.fn, _object_arguments(args, kwargs))
-            arg_state = guards.collect(None, _argument_roots(args, kwargs))
+            arg_state = guards.collect(None, _argument_roots(args, kwargs),
+                                       attribute_counts=True)
         except Exception as e:        # cannot say what a replay would assume: run eagerly
             reason = f"reading what it can reach failed ({e!r})"
             self._add_entry(key, CompiledEntry(None, eager_reason=reason))
@@ -788,7 +804,7 @@ class CompiledFunction:
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
                         args, kwargs, flags=None, writes=None):
-        leaves_in = flatten(args)[0]
+        leaves_in = _flatten_args(args)[0]
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
         # value does not hold
@@ -850,7 +866,11 @@ class CompiledFunction:
         # (a number user code also read into Python keeps its value guard: it may be baked in)
         inputs = {(id(b.path[0]), b.path[1]) for b in program.bindings
                   if b.kind == "scalar"} - tracer.python_reads
-        entry.guards = (guards.collect(self.fn, _object_arguments(args, kwargs)).guards +
+        # a batch object's tensors are inputs, keyed by shape: not guarded by identity
+        fields = {id(t) for t in _flatten_args((args, kwargs))[0]}
+        entry.guards = ([g for g in guards.collect(self.fn, _object_arguments(args, kwargs)).guards
+                         if not (g.kind == "id" and id(g.expected) in fields
+                                 and g.source.startswith("argument "))] +
                         guards.tensor_guards(lifted, names_after))
         entry.guards = guards.read_at_run_time(entry.guards, inputs) + [
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
@@ -1015,7 +1035,7 @@ def _reaches_bfloat16(args: tuple, kwargs: dict, reachable: dict) -> bool:
     """Whether a call's arguments (tensors, modules, optimizers, nested in containers) or the
     tensors its function reaches by name hold a bfloat16 tensor."""
     tensors = list(reachable.values())
-    for v in flatten((args, kwargs))[0] + list(args) + list(kwargs.values()):
+    for v in _flatten_args((args, kwargs))[0] + list(args) + list(kwargs.values()):
         if isinstance(v, Tensor):
             tensors.append(v)
         elif hasattr(v, "named_parameters") and hasattr(v, "named_buffers"):
@@ -1033,7 +1053,7 @@ def _reached_complex(args: tuple, kwargs: dict, reachable: dict, names: dict) ->
     for i, v in enumerate(list(args) + list(kwargs.values())):
         if isinstance(v, Tensor) and v.dtype.is_complex:
             return describe(f"argument {i}", v)
-    for v in flatten((args, kwargs))[0] + list(args) + list(kwargs.values()):
+    for v in _flatten_args((args, kwargs))[0] + list(args) + list(kwargs.values()):
         if isinstance(v, Tensor) and v.dtype.is_complex:
             return describe("an argument's tensor", v)
         if hasattr(v, "named_parameters") and hasattr(v, "named_buffers"):
@@ -1112,6 +1132,8 @@ def _typed_tree(tree):
         tag = t[0]
         if tag == "T" or tag == "S" or tag == "SC":   # a sparse tensor's size and flag/layout
             return t
+        if tag == "R":                                # a batch object: its type and fields
+            return ("R", t[1], tuple((k, walk(v)) for k, v in t[2]))
         if tag == "C":
             x = t[1]
             if type(x) in guards.SCALARS:

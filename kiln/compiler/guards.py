@@ -243,9 +243,12 @@ def _library_class(cls: type) -> bool:
 class _Walk:
     """Collects the guards of everything reachable from a function's roots."""
 
-    def __init__(self):
+    def __init__(self, attribute_counts: bool = False):
         self.guards: list[Guard] = []
         self.seen: set[int] = set()
+        # also each plain object's number of attributes: one the call adds (`batch.seen = 1`
+        # on an argument) is a Python effect, though no place guarded before held it
+        self.attribute_counts = attribute_counts
 
     def place(self, source: str, read, value, depth: int, names: set | None = None,
               lazy: bool = False, where: tuple | None = None) -> None:
@@ -312,14 +315,18 @@ class _Walk:
         if not (is_module or optimizer) and _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
         step = 0 if is_module else 1        # a module tree is walked to its leaves
+        if self.attribute_counts and not (is_module or optimizer):
+            self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
+                                     lazy))
         for name, value in list(attrs.items()):
             self.place(f"{source}.{name}", _attr(obj, name), value, depth + step,
                        lazy=lazy or (optimizer and name == "state"))
 
 
-def collect(fn, extra: list = ()) -> _Walk:
-    """Guards for every place `fn` can reach, plus `extra` (source, reader, value) roots."""
-    walk = _Walk()
+def collect(fn, extra: list = (), attribute_counts: bool = False) -> _Walk:
+    """Guards for every place `fn` can reach, plus `extra` (source, reader, value) roots; with
+    `attribute_counts`, also how many attributes each plain object has (to see one added)."""
+    walk = _Walk(attribute_counts)
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):

@@ -219,6 +219,12 @@ def _check(data, mask) -> None:
         raise TypeError("masked_tensor: data and mask must be tensors")
     if mask.dtype is not kiln.bool:
         raise TypeError(f"masked_tensor: mask must have dtype bool, got {mask.dtype}")
+    for name, t in (("data", data), ("mask", mask)):
+        if t.layout is not kiln.strided:
+            # a kiln MaskedTensor's own values are its data: there is no sparse storage for it
+            raise NotImplementedError(f"masked_tensor: {name} is a {t.layout} tensor; kiln's "
+                                      "MaskedTensor holds dense (strided) data and mask only: "
+                                      "pass data.to_dense() and mask.to_dense()")
     if tuple(data.shape) != tuple(mask.shape):
         raise ValueError(f"masked_tensor: data and mask must have the same shape, got "
                          f"{list(data.shape)} and {list(mask.shape)}")

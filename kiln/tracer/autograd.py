@@ -1241,11 +1241,13 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
               raise_exception: bool = True, check_forward_ad: bool = False,
               check_backward_ad: bool = True, check_undefined_grad: bool = True,
               check_batched_grad: bool = False, check_batched_forward_grad: bool = False,
-              nondet_tol: float = 0.0, fast_mode: bool = False, masked=None) -> bool:
+              nondet_tol: float = 0.0, fast_mode: bool = False, masked=None,
+              check_grad_dtypes: bool = False) -> bool:
     """Compare autograd's Jacobian of `func` with central finite differences (use float64):
     reverse mode's (`check_backward_ad`) and forward mode's, column by column through dual
-    tensors (`check_forward_ad`). The undefined-grad, batched and fast-mode checks of
-    PyTorch's signature are accepted and not run: kiln compares the full Jacobians."""
+    tensors (`check_forward_ad`); with `check_grad_dtypes`, each gradient's dtype must be its
+    input's. The undefined-grad, batched and fast-mode checks of PyTorch's signature are
+    accepted and not run: kiln compares the full Jacobians."""
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     diff = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
 
@@ -1287,6 +1289,12 @@ def gradcheck(func, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: floa
                         g = grad([out], [x], [out.new_tensor(seed.reshape(out.shape))],
                                  retain_graph=True, allow_unused=True)[0]
                         if g is not None:
+                            if check_grad_dtypes and g.dtype != x.dtype:
+                                if raise_exception:
+                                    raise GradcheckError(
+                                        f"Gradient has dtype mismatch: input {i} is {x.dtype},"
+                                        f" its gradient {g.dtype}")
+                                return False
                             analytic[:, m] = g._data.reshape(-1)
                 if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
                     return mismatch("backward", k, i, numeric, analytic)

@@ -152,6 +152,9 @@ def _stacked_inputs(args, kwargs, node):
 
 
 SHOWN["stack"] = _stacked_inputs
+# x ** 2 is kiln's x * x: PyTorch's PowBackward0 lists x once (its floating-point operands)
+for _name in ("pow", "square", "__pow__", "__rpow__"):
+    SHOWN[_name] = _float_inputs
 
 
 # function name -> PyTorch's node name, for the tensor ops (functional and Tensor methods)
@@ -199,7 +202,7 @@ def apply_names(kiln_module, functional_module, nn_functional_module=None) -> No
         if hasattr(Tensor, name):
             setattr(Tensor, name, named(getattr(Tensor, name), label, SHOWN.get(name)))
     for name, label in TENSOR_OPERATORS.items():
-        setattr(Tensor, name, named(getattr(Tensor, name), label))
+        setattr(Tensor, name, named(getattr(Tensor, name), label, SHOWN.get(name)))
     if nn_functional_module is not None:
         apply_nn_names(nn_functional_module)
 

@@ -463,12 +463,15 @@ def note_grad_cleared(tensor: Tensor) -> None:
 
 # ----------------------------------------------------------------------------- pytrees
 
-def flatten(obj, items: dict | None = None):
+def flatten(obj, items: dict | None = None, record=None):
     """Tensors in a nested tuple/list/dict, and a tree that `unflatten` rebuilds from them. A
     sparse tensor is two leaves, its indices and values, and ("S", its size, coalesced); a CSR
     or CSC one three, and ("SC", its size, layout). A
     number in `items` (id -> (number, tensor): a traced `.item()` returned as it is) is its
-    tensor's leaf and ("I",): unflatten reads the number from it."""
+    tensor's leaf and ("I",): unflatten reads the number from it. An object for which
+    `record(obj)` holds and whose attributes hold tensors is walked like a dict of its
+    attributes, ("R", its type, ((name, subtree), ...)): a compiled function's argument whose
+    fields are its inputs (a batch object); such trees describe arguments and are not rebuilt."""
     leaves: list = []
 
     def walk(x):
@@ -488,6 +491,11 @@ def flatten(obj, items: dict | None = None):
             return (type(x), tuple(walk(v) for v in x))
         if isinstance(x, dict):
             return (dict, tuple((k, walk(v)) for k, v in x.items()))
+        if record is not None and record(x):
+            before = len(leaves)
+            fields = tuple((k, walk(v)) for k, v in vars(x).items())
+            if len(leaves) > before:
+                return ("R", type(x), fields)
         return ("C", x)
     return leaves, walk(obj)
 

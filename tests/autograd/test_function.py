@@ -234,6 +234,47 @@ def test_variable_anomaly_and_gradgradcheck_facade() -> None:
     assert kiln.autograd.gradgradcheck(lambda a: (a ** 3).sum(), (z,))
 
 
+def test_gradgradcheck_draws_grad_outputs_and_checks_them_as_torch() -> None:
+    """Random grad_outputs drawn as torch's (the generator ends where torch's does), the
+    second derivative checked with respect to them too, torch's keywords accepted."""
+    def functions(lib):
+        class Square(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x ** 2
+
+            @staticmethod
+            def backward(ctx, g):
+                x, = ctx.saved_tensors
+                return g * 2 * x
+
+        class DetachedGrad(Square):          # its gradient hides how it depends on g
+            @staticmethod
+            def backward(ctx, g):
+                x, = ctx.saved_tensors
+                return g.detach() * 2 * x
+        return Square, DetachedGrad
+
+    results = {}
+    for lib in (torch, kiln):
+        square, wrong = functions(lib)
+        lib.manual_seed(3)
+        x = lib.rand(2, 3, dtype=lib.float64, requires_grad=True)
+        ok = lib.autograd.gradgradcheck(square.apply, x, check_grad_dtypes=True,
+                                        check_batched_grad=False, nondet_tol=0.0)
+        after = lib.rand(4).numpy()
+        first_ok = lib.autograd.gradcheck(wrong.apply, x)
+        second_ok = lib.autograd.gradgradcheck(wrong.apply, x, raise_exception=False)
+        with pytest.raises(RuntimeError):    # GradcheckError is a RuntimeError in both
+            lib.autograd.gradgradcheck(wrong.apply, x)
+        results[lib.__name__] = (ok, after, first_ok, second_ok)
+    t, k = results["torch"], results["kiln"]
+    assert k[0] is t[0] is True
+    np.testing.assert_array_equal(k[1], t[1])
+    assert k[2] is t[2] is True and k[3] is t[3] is False
+
+
 def test_post_accumulate_grad_hook_sees_the_accumulated_grad_like_torch() -> None:
     seen = {}
     for lib in (torch, kiln):

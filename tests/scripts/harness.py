@@ -55,6 +55,12 @@ def load(program: str, lib: str) -> dict:
     elif lib != "torch":
         raise ValueError(f"lib must be 'torch' or 'kiln', got {lib!r}")
     sys.modules[module.__name__] = module
+    # and a parent package there, so pickle can import it to save the script's classes by name
+    # (`torch.save(model)` of a whole module)
+    if "programs" not in sys.modules:
+        package = types.ModuleType("programs")
+        package.__path__ = [str(PROGRAMS)]
+        sys.modules["programs"] = package
     exec(code, namespace)
     return namespace
 

@@ -175,3 +175,41 @@ def test_forward_ad_tutorial_matches_torch():
     assert v["tangent_kept"] and v["tangent_copied"] and v["tangent_gone"]
     assert v["module_matches_call"] and v["gradcheck"]
     compiled_matches("forward_ad_tutorial", k, t)
+
+
+def test_saved_tensors_hooks_tutorial_matches_torch():
+    # grad_fn._saved_self/_other are the inputs, _saved_result a new tensor equal to the output;
+    # packs to an index, a (tensor, closure) pair, a repr evaluated back; hooks saving to disk
+    # with torch.save/torch.load (a file deleted on first unpack fails the second access); the
+    # training loop runs eagerly under kiln.compile (a graph break: a replay would call no
+    # pack hook)
+    t, k = same_run("saved_tensors_hooks")
+    v = k["values"]
+    assert v["saved_self_is_a"] and v["saved_other_is_b"] and v["saved_result_equal"]
+    assert not v["saved_result_is_y"] and v["double_access"] == "failed"
+    assert v["events"] == "pack(5,),pack(5,),unpack(5,),unpack(5,)"
+    assert v["files_during_training"] == "3,3,3,3,3,3" and v["files_after_training"] == 0
+    compiled_matches("saved_tensors_hooks", k, t, whole=False)
+
+
+def test_sparse_adagrad_tutorial_and_sparse_embeddings_match_torch():
+    # Adagrad by hand on a sparse COO gradient (coalesce, _indices/_values, sparse_mask, add_
+    # of a sparse tensor with alpha), the masked-tensor form of it, the dense form; then
+    # Embedding(sparse=True) under Adagrad and SparseAdam. kiln's sparse embedding is a custom
+    # Function: under kiln.compile the step runs eagerly (its backward is Python)
+    t, k = same_run("sparse_adagrad")
+    v = k["values"]
+    assert v["same_as_sparse"] and v["same_as_dense"] and v["grad_is_sparse"]
+    assert v["sparse_equals_dense"]
+    compiled_matches("sparse_adagrad", k, t, whole=False)
+
+
+def test_data_loading_tutorial_matches_torch():
+    # a CSV-backed Dataset of dict samples, NumPy transforms (np.random crops) and a shuffling
+    # DataLoader collating dicts into float64 batches: the shuffle is PyTorch's, so the same
+    # batches train the landmark CNN to torch's losses
+    t, k = same_run("data_loading")
+    v = k["values"]
+    assert v["sample_types"] == "Tensor,float64"
+    assert v["batch_shapes"] == ";".join(["(4, 3, 20, 20)(4, 2, 2)float64"] * 2)
+    compiled_matches("data_loading", k, t)

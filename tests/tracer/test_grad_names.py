@@ -83,6 +83,11 @@ STRUCTURES = [
     ("view", lambda t, F, x: x.view(2, 6)),
     ("flatten", lambda t, F, x: x.flatten()),
     ("unfold", lambda t, F, x: x.unfold(1, 2, 1)),
+    # kiln's x * x: one input listed, as PyTorch's PowBackward0 has it
+    ("pow 2", lambda t, F, x: x.pow(2)), ("** 2", lambda t, F, x: (x * 3) ** 2),
+    ("square", lambda t, F, x: t.square(x)),
+    ("pow tensor", lambda t, F, x: x.pow(t.tensor(M[:3, :4], requires_grad=True))),
+    ("rpow", lambda t, F, x: 2 ** x),
 ]
 
 
