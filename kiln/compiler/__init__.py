@@ -904,7 +904,8 @@ class CompiledFunction:
             self._add_entry(key, entry)
             return result
         if program.graph.mutations or program.grad_writes:
-            if key[1] or any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
+            if _written_argument_shared(program, key[1]) or \
+                    any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
                 entry.program = None
                 entry.eager_reason = ("its tensor arguments share memory with each other or "
                                       "with state it reads, and it writes some in place")
@@ -1153,6 +1154,19 @@ def _typed_tree(tree):
 def _base(array):
     base = getattr(array, "base", None)
     return array if base is None else base
+
+
+def _written_argument_shared(program: TracedProgram, pattern: tuple) -> bool:
+    """Whether an argument the program writes in place shares memory with another argument
+    (`pattern`: `_alias_pattern` of the call's tensors). The program reads each argument as
+    a value of its own, so only a write can disagree with eager; arguments sliced from one
+    tensor (a language model's inputs and targets) that it only reads replay."""
+    if not pattern:
+        return False
+    written = [program.bindings[program.graph.inputs.index(src)] for src, _ in
+               program.graph.mutations]
+    shared = collections.Counter(pattern)
+    return any(b.kind == "arg" and shared[pattern[b.path]] > 1 for b in written)
 
 
 def _alias_pattern(leaves) -> tuple:
