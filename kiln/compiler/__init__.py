@@ -907,8 +907,9 @@ class CompiledFunction:
             if _written_argument_shared(program, key[1]) or \
                     any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
                 entry.program = None
-                entry.eager_reason = ("its tensor arguments share memory with each other or "
-                                      "with state it reads, and it writes some in place")
+                entry.eager_reason = ("an argument it writes in place shares memory with "
+                                      "another, or its arguments share memory with state it "
+                                      "reads, and it writes some in place")
                 self._note("alias", f"{_function_name(self.fn)}: {entry.eager_reason}; calls "
                            "like this one run eagerly")
                 self._add_entry(key, entry)
