@@ -659,9 +659,10 @@ class CompiledFunction:
                                f"'fail_on_recompile': {_function_name(self.fn)} has no "
                                f"compiled entry valid for this call ({_where(self.fn)})")
         if len(self.entries) >= RECOMPILE_LIMIT:
-            self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
-                       f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now on"
-                       f"{_last_failure(self, key)}")
+            if "recompile" not in self.warned:      # what changed is worked out once
+                self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
+                           f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now "
+                           f"on{_last_failure(self, key)}")
             return self.fn(*args, **kwargs)
         return self._trace_and_run(key, args, kwargs)
 
