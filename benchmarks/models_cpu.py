@@ -175,6 +175,33 @@ def lstm_lm(lib, batch):
     return model, lib.optim.SGD(model.parameters(), lr=0.5), loss_fn
 
 
+def bilstm_nli(lib, batch):
+    """An SNLI classifier in pytorch/examples' legacy/snli style (vocabulary 1000, embedding 64,
+    a shared bidirectional 2-layer LSTM of hidden 64 encoding premise and hypothesis (seq 16)
+    from zero states, the last layer's two final hidden states of each concatenated, an MLP
+    256-256-3); Adam."""
+    nn = lib.nn
+
+    class NLI(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, 64)
+            self.rnn = nn.LSTM(64, 64, 2, bidirectional=True)
+            self.out = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 3))
+
+        def encode(self, tokens):
+            h0 = c0 = tokens.new_zeros((4, tokens.size(1), 64), dtype=lib.float32)
+            _, (ht, _) = self.rnn(self.embed(tokens), (h0, c0))
+            return ht[-2:].transpose(0, 1).contiguous().view(tokens.size(1), -1)
+
+        def forward(self, premise, hypothesis):
+            return self.out(lib.cat([self.encode(premise), self.encode(hypothesis)], 1))
+
+    model = NLI()
+    return model, lib.optim.Adam(model.parameters(), lr=1e-3), \
+        lambda m, p, h, y: nn.functional.cross_entropy(m(p, h), y)
+
+
 def transformer(lib, batch):
     """A 2-layer transformer encoder (d_model 128, 4 heads, feed-forward 512, no dropout,
     batch first) on 64 positions, mean-pooled into a 10-way classifier; Adam."""
@@ -213,6 +240,10 @@ ROWS = {
     "lstm": (lstm_lm, 20, lambda rng: (rng.integers(0, VOCAB, (35, 20)),
                                        rng.integers(0, VOCAB, (35, 20))),
              "LSTM LM 2x128 emb64 seq35, SGD, batch 20"),
+    "bilstm_nli": (bilstm_nli, 32, lambda rng: (rng.integers(0, VOCAB, (16, 32)),
+                                                rng.integers(0, VOCAB, (16, 32)),
+                                                rng.integers(0, 3, 32)),
+                   "BiLSTM NLI 2x64 emb64 seq16 (SNLI), Adam, b32"),
     "transformer": (transformer, 16, _classes((64, 128), 10, 16),
                     "transformer enc 2x d128 h4 seq64, Adam, b16"),
 }

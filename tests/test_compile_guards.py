@@ -541,6 +541,40 @@ def overlapping_views_with_inplace_write():
 
 
 @case
+def arguments_sliced_from_one_tensor_while_state_is_written():
+    # a language model's inputs and targets, slices of one corpus tensor, only read: the
+    # program writes its own state in place and still replays
+    state = kiln.zeros(4)
+
+    def f(x, y):
+        state.add_(x * y)
+        return state + y
+
+    def call(i, g):
+        corpus = kiln.arange(10).float() + i
+        return g(corpus[0:4], corpus[1:5])
+    return world(f, call, after=lambda: state)
+
+
+arguments_sliced_from_one_tensor_while_state_is_written.check = expect_replays(3)
+
+
+@case
+def argument_written_through_an_overlapping_slice_from_the_start():
+    def f(a, b):
+        a.add_(1)
+        return a * b
+
+    def call(i, g):
+        buf = kiln.arange(8).float() + i
+        return g(buf[0:4], buf[2:6]), buf
+    return world(f, call)
+
+
+argument_written_through_an_overlapping_slice_from_the_start.check = expect_eager
+
+
+@case
 def argument_aliases_written_state():
     state = kiln.zeros(3)
 

@@ -659,9 +659,10 @@ class CompiledFunction:
                                f"'fail_on_recompile': {_function_name(self.fn)} has no "
                                f"compiled entry valid for this call ({_where(self.fn)})")
         if len(self.entries) >= RECOMPILE_LIMIT:
-            self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
-                       f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now on"
-                       f"{_last_failure(self, key)}")
+            if "recompile" not in self.warned:      # what changed is worked out once
+                self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
+                           f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now "
+                           f"on{_last_failure(self, key)}")
             return self.fn(*args, **kwargs)
         return self._trace_and_run(key, args, kwargs)
 
@@ -904,10 +905,12 @@ class CompiledFunction:
             self._add_entry(key, entry)
             return result
         if program.graph.mutations or program.grad_writes:
-            if key[1] or any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
+            if _written_argument_shared(program, key[1]) or \
+                    any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
                 entry.program = None
-                entry.eager_reason = ("its tensor arguments share memory with each other or "
-                                      "with state it reads, and it writes some in place")
+                entry.eager_reason = ("an argument it writes in place shares memory with "
+                                      "another, or its arguments share memory with state it "
+                                      "reads, and it writes some in place")
                 self._note("alias", f"{_function_name(self.fn)}: {entry.eager_reason}; calls "
                            "like this one run eagerly")
                 self._add_entry(key, entry)
@@ -1153,6 +1156,19 @@ def _typed_tree(tree):
 def _base(array):
     base = getattr(array, "base", None)
     return array if base is None else base
+
+
+def _written_argument_shared(program: TracedProgram, pattern: tuple) -> bool:
+    """Whether an argument the program writes in place shares memory with another argument
+    (`pattern`: `_alias_pattern` of the call's tensors). The program reads each argument as
+    a value of its own, so only a write can disagree with eager; arguments sliced from one
+    tensor (a language model's inputs and targets) that it only reads replay."""
+    if not pattern:
+        return False
+    written = [program.bindings[program.graph.inputs.index(src)] for src, _ in
+               program.graph.mutations]
+    shared = collections.Counter(pattern)
+    return any(b.kind == "arg" and shared[pattern[b.path]] > 1 for b in written)
 
 
 def _alias_pattern(leaves) -> tuple:

@@ -10,8 +10,9 @@ call nothing (it reads them with a transpose flag), and a transpose of a transpo
 One exception goes the other way: a product with few rows, `h @ w.T` (an RNN's recurrent step,
 a small batch through a linear layer), runs markedly slower in OpenBLAS with its right
 operand transposed than as `(w @ h.T).T` (measured 61 vs 38 us for 20x128 @ 128x512, 43 vs 22
-for 16x128 @ 128x384); `transpose_thin_products` computes those (of some size) transposed, the kernels that
-read them index the transposed buffer, and `transpose_matmul_outputs` leaves them so.
+for 16x128 @ 128x384); `transpose_thin_products` computes those (of some size, and an inner
+dimension of 128 or more) transposed, the kernels that read them index the transposed buffer,
+and `transpose_matmul_outputs` leaves them so.
 
 The product is the same up to rounding: BLAS sums each dot product in its own blocked order,
 which differs between the two layouts by an ulp or so, as between any two BLAS libraries.
@@ -26,12 +27,19 @@ from kiln.passes.cleanup import copy_graph, dce
 # A product (m x k) @ (k x n) whose right operand is a transposed matrix is "thin" when m is at
 # most THIN_ROWS and n at least twice m: BLAS then computes its transpose faster. Below
 # THIN_MIN_WORK multiply-adds the difference is a microsecond, less than the extra view costs.
+# Below THIN_MIN_INNER the kernels reading the transposed result lose more than BLAS gains: they
+# read it with a stride of a row (an RNN's gate kernel, which GCC then leaves scalar), a cost of
+# the result's size, while BLAS's gain grows with k. One thread, per training step: a 2-layer
+# BiLSTM of hidden 64 at batch 32 (32x64 @ 64x256) 26.6 ms as it is, 48.7 transposed; an LSTM
+# of hidden 64, 2.1 vs 3.5; hidden 100 at batch 20 equal; hidden 200 at batch 16 (16x200 @
+# 200x800) 6.0 vs 5.3.
 THIN_ROWS = 32
 THIN_MIN_WORK = 1 << 19
+THIN_MIN_INNER = 128
 
 
 def _thin(m: int, k: int, n: int) -> bool:
-    return m <= THIN_ROWS and n >= 2 * m and m * k * n >= THIN_MIN_WORK
+    return m <= THIN_ROWS and n >= 2 * m and k >= THIN_MIN_INNER and m * k * n >= THIN_MIN_WORK
 
 
 def _is_last_two_swap(perm: tuple) -> bool:

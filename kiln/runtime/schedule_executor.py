@@ -430,7 +430,11 @@ class ScheduleExecutor:
                 continue
             node = lowered.graph.nodes[0]
             pieces, (out,) = st[2], st[3]
+            # each piece once, in the cat's order: a value concatenated twice (a bidirectional
+            # LSTM's zero state in its gate gradients) is one input of the step, and a stack
+            # of the step's inputs would be a block short
             if node.op != "cat" or node.attr_dict.get("axis") != 0 or \
+                    tuple(node.inputs) != tuple(lowered.graph.inputs) or \
                     len(set(pieces)) != len(pieces):
                 continue
             dtype = np.dtype(dtypes[out])

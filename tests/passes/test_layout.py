@@ -81,7 +81,10 @@ def test_a_thin_product_of_a_transposed_matrix_is_computed_transposed():
     (mm,) = [n for n in fuse(graph).graph.nodes if n.op == "matmul"]
     assert mm.out.shape == (512, 20)
     # many rows, few columns, or little work: left as it is
-    for rows, v in ((64, w), (20, kiln.randn(30, 128)), (4, kiln.randn(120, 400))):
+    # and a small inner dimension (a BiLSTM's 32x64 @ 64x256): the gate kernel would read the
+    # result with a row's stride, unvectorized
+    for rows, v in ((64, w), (20, kiln.randn(30, 128)), (4, kiln.randn(120, 400)),
+                    (32, kiln.randn(256, 64))):
         graph, _ = _traced(lambda h: h @ v.T, kiln.randn(rows, v.shape[1]))
         assert transpose_thin_products(graph) is graph
 

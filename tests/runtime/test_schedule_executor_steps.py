@@ -6,6 +6,8 @@ gradients, parameters)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,32 @@ def test_stacked_pieces_match_eager_and_survive_the_next_call():
     assert any(p[0] == "stacked" for p in executor._plan), "the cat is computed in place"
     cat = [s for s in executor.launch_plan() if s["name"] == "cat"]
     assert [s["kind"] for s in cat] == ["view"], "explain and dump show what runs"
+
+
+def _recurrence_repeating_a_piece(x, w):
+    """The recurrence's states concatenated with one of them twice: the cat's step has one input
+    fewer than the cat has pieces."""
+    h = x[0].tanh()
+    hs = [h]
+    for t in range(1, x.shape[0]):
+        h = (h @ w + x[t]).tanh()
+        hs.append(h)
+    return kiln.cat(hs + [hs[1]], 0)
+
+
+@needs_cc
+def test_a_cat_repeating_a_piece_replays_without_falling_back():
+    rng = np.random.default_rng(3)
+    w = kiln.from_numpy(rng.standard_normal((6, 6)).astype(np.float32) * 0.5)
+    cf = kiln.compile(_recurrence_repeating_a_piece, backend="c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # a failed replay warns and runs eagerly
+        for _ in range(se.TRIAL_RUNS + 2):
+            x = kiln.from_numpy(rng.standard_normal((5, 4, 6)).astype(np.float32))
+            xt, wt = torch.from_numpy(x.numpy()), torch.from_numpy(w.numpy())
+            ht = [xt[0].tanh()]
+            for t in range(1, 5):
+                ht.append((ht[-1] @ wt + xt[t]).tanh())
+            want = torch.cat(ht + [ht[1]], 0).numpy()
+            np.testing.assert_allclose(cf(x, w).numpy(), want, rtol=1e-5, atol=1e-6)
+    assert cf.programs(), "the function replays compiled"
