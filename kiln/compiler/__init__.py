@@ -179,11 +179,12 @@ class TraceResult:
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
                 grad_holders: dict | None = None,
-                grad_state: tuple | None = None) -> tuple[Tracer, object]:
+                grad_state: tuple | None = None, on_function=None) -> tuple[Tracer, object]:
     """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it,
     `grad_holders` id(.grad) -> its tensor (`_grad_candidates`) and `grad_state` those tensors
     with whether each `.grad` was None at the call. With `watch`, a Python effect a replay
-    would skip is a graph break (`EffectWatch`)."""
+    would skip is a graph break (`EffectWatch`). `on_function(cls)` is told of each custom
+    autograd.Function class before its first forward runs (`Tracer.custom_function`)."""
     leaves, _ = _flatten_args((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
@@ -192,6 +193,7 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
     if grad_state is not None:
         tracer.grad_state = grad_state
     tracer.top_code = _code_of(fn)
+    tracer.on_function = on_function
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
     def effect(what: str, where: str) -> None:
@@ -714,10 +716,13 @@ class CompiledFunction:
             return self._run_bfloat16_eagerly(key, args, kwargs, kind="complex", what=found)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         grad_state = _grad_presence(grad_candidates)
+        # what custom Functions' forward and backward can reach, as they were before each ran
+        function_guards: list = []
         tracer, result = _trace_call(
             self.fn, args, kwargs, mode, names=names_before, watch=True,
             grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
-            grad_state=(grad_candidates, grad_state))
+            grad_state=(grad_candidates, grad_state),
+            on_function=lambda cls: function_guards.extend(guards.custom_function(cls).guards))
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -744,7 +749,7 @@ class CompiledFunction:
             self._run_bfloat16_eagerly(key, args, kwargs, run=False, kind="complex", what=made)
             return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
-                   if not g.lazy]
+                   + guards.changed(function_guards) if not g.lazy]
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it
@@ -827,7 +832,15 @@ class CompiledFunction:
             if STATE.grad_enabled and any(t.requires_grad and t.dtype.is_floating_point
                                           for i, t in enumerate(outputs)
                                           if i not in consumed and i not in given):
-                joint = trace_backward(tracer, outputs, [*consumed, *given])
+                joint = self._derive_backward(tracer, outputs, [*consumed, *given], args,
+                                              kwargs)
+        if tracer.breaks:       # in a custom Function's backward: the call's result stands
+            b = tracer.breaks[0]
+            tracer.release()
+            self._add_entry(key, CompiledEntry(None, eager_reason=str(b)))
+            self._note("break:" + b.location, f"graph break in {_function_name(self.fn)}: "
+                       f"{b.reason} at {b.location}; this function runs eagerly")
+            return result
         with _stage("finishing the trace"):
             (program,) = tracer.finish(traced if joint is None
                                        else list(outputs) + joint.grads, items)
@@ -872,6 +885,8 @@ class CompiledFunction:
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +
                         guards.tensor_guards(lifted, names_after))
+        for cls in tracer.functions:
+            entry.guards += guards.custom_function(cls).guards
         entry.guards = guards.read_at_run_time(entry.guards, inputs) + [
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
@@ -942,6 +957,35 @@ class CompiledFunction:
         count_graph(num_ops)
         _dump_if_requested(self, [program])
         return result
+
+    def _derive_backward(self, tracer, outputs: list, skip: list, args, kwargs):
+        """`trace_backward`, after the call returned. The backward of a custom Function the
+        call applied is the user's Python, run here once more than eager will run it (the
+        caller's `backward()` runs the eager graph of this first call): what it prints is
+        swallowed, the places it assigns are set back, and either is a graph break, as is
+        anything else a trace cannot hold there."""
+        if not tracer.functions:
+            return trace_backward(tracer, outputs, skip)
+        before = guards.collect(self.fn, _object_arguments(args, kwargs)).guards
+        for cls in tracer.functions:
+            before += guards.custom_function(cls).guards
+        held = [g.read() if g.kind in ("id", "value") else None for g in before]
+
+        def effect(what: str, where: str) -> None:
+            if STATE.tracer is tracer:
+                tracer.graph_break(f"{what}, which a replay would skip", where)
+        with EffectWatch(effect, swallow=True):
+            joint = trace_backward(tracer, outputs, skip)
+        changed = [(g, value) for g, value in zip(before, held) if not g.holds() and not g.lazy]
+        for g, value in changed:
+            write = getattr(g.read, "write", None)
+            if write is not None and g.kind in ("id", "value"):
+                write(value)
+        if changed and not tracer.breaks:
+            tracer.graph_break(f"the backward of a custom autograd.Function changes "
+                               f"{changed[0][0].source}, which a replay would not change",
+                               _where(self.fn))
+        return joint
 
     def _replay(self, entry: CompiledEntry, leaves, args, kwargs):
         program = entry.program

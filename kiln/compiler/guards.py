@@ -334,6 +334,25 @@ def collect(fn, extra: list = (), attribute_counts: bool = False) -> _Walk:
     return walk
 
 
+_FUNCTION_METHODS = ("forward", "setup_context", "backward", "jvp", "vjp")
+
+
+def custom_function(cls: type) -> _Walk:
+    """Guards for what a custom autograd.Function's own forward, setup_context and backward
+    (and jvp) can reach by name, as for the compiled function's own code: its class is reached
+    only by identity, but a trace runs these (the backward while the backward graph is
+    derived). A `once_differentiable` backward is walked through its wrapper."""
+    walk = _Walk()
+    for name in _FUNCTION_METHODS:
+        fn = next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
+        fn = getattr(fn, "__func__", fn)            # a staticmethod or classmethod
+        while hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        if isinstance(fn, types.FunctionType):
+            walk.place(f"{cls.__name__}.{name}", constant(fn), fn, 0)
+    return walk
+
+
 def tensor_guards(tensors: list, names: dict) -> list[Guard]:
     """Guards on the metadata of tensors a program reads by identity (shape, dtype, device and
     requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`)."""

@@ -11,12 +11,17 @@ their nodes and unpacked on each `ctx.saved_tensors`. In a forward AD dual level
 with a `jvp` staticmethod has it called right after forward; one without has the tangents of
 its outputs derived from its backward (kiln/tracer/forward_ad.py).
 
-Under `@kiln.compile` a custom Function is a graph break: its backward is arbitrary Python the
-traced backward graph could not contain.
+Under `@kiln.compile` a custom Function is traced through: its forward's ops are recorded as
+any others (in a provenance scope named after the class), and deriving the backward graph calls
+its `backward` on traced tensors, recording its ops too (scope `backward of <class>`). What a
+trace cannot hold there (`.item()`, printing, a data-dependent branch) is a graph break naming
+the backward's line, as it would be in the forward; `mark_dirty` (an input written in place and
+returned) stays a graph break.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -112,6 +117,13 @@ class _FunctionNode:
     next_functions = autograd.Node.next_functions
 
     def _rule(self, g, out, *inputs):
+        tracer = STATE.tracer
+        if tracer is None:
+            return self._backward(g)
+        with tracer.scope(f"backward of {self.fn_cls.__name__}"):
+            return self._backward(g)
+
+    def _backward(self, g):
         grads_out = []
         for i, spec in enumerate(self.out_shapes):
             if i == self.index:
@@ -188,16 +200,21 @@ class Function(metaclass=FunctionMeta):
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        if STATE.tracer is not None:
-            STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}): its "
-                                     "backward is Python the backward graph cannot contain")
         ctx = FunctionCtx(args)
-        with autograd.no_grad():
+        tracer = STATE.tracer
+        if tracer is not None:
+            tracer.custom_function(cls)
+        with autograd.no_grad(), (tracer.scope(cls.__name__) if tracer is not None
+                                  else contextlib.nullcontext()):
             if cls.setup_context is not Function.setup_context:
                 output = cls.forward(*args, **kwargs)
                 cls.setup_context(ctx, args, output)
             else:
                 output = cls.forward(ctx, *args, **kwargs)
+        if ctx._dirty and STATE.tracer is not None:
+            STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}) marks an "
+                                     "input dirty (written in place and returned), which "
+                                     "kiln.compile does not trace")
         single = not isinstance(output, tuple)
         outputs = (output,) if single else output
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
