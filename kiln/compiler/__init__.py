@@ -962,28 +962,24 @@ class CompiledFunction:
         """`trace_backward`, after the call returned. The backward of a custom Function the
         call applied is the user's Python, run here once more than eager will run it (the
         caller's `backward()` runs the eager graph of this first call): what it prints is
-        swallowed, the places it assigns are set back, and either is a graph break, as is
-        anything else a trace cannot hold there."""
+        swallowed, what it changes in reachable places is put back (`guards.undo_writes`), and
+        either is a graph break, as is anything else a trace cannot hold there."""
         if not tracer.functions:
             return trace_backward(tracer, outputs, skip)
         before = guards.collect(self.fn, _object_arguments(args, kwargs)).guards
         for cls in tracer.functions:
             before += guards.custom_function(cls).guards
-        held = [g.read() if g.kind in ("id", "value") else None for g in before]
+        undo = guards.undo_writes(before)
 
         def effect(what: str, where: str) -> None:
             if STATE.tracer is tracer:
                 tracer.graph_break(f"{what}, which a replay would skip", where)
         with EffectWatch(effect, swallow=True):
             joint = trace_backward(tracer, outputs, skip)
-        changed = [(g, value) for g, value in zip(before, held) if not g.holds() and not g.lazy]
-        for g, value in changed:
-            write = getattr(g.read, "write", None)
-            if write is not None and g.kind in ("id", "value"):
-                write(value)
+        changed = undo()
         if changed and not tracer.breaks:
             tracer.graph_break(f"the backward of a custom autograd.Function changes "
-                               f"{changed[0][0].source}, which a replay would not change",
+                               f"{changed[0].source}, which a replay would not change",
                                _where(self.fn))
         return joint
 

@@ -150,7 +150,9 @@ def _item(container, key):
 
 
 def _length(container):
-    return lambda: len(container)
+    read = lambda: len(container)      # noqa: E731
+    read.container = container          # what `undo_writes` puts back
+    return read
 
 
 def constant(value):
@@ -427,6 +429,37 @@ def first_failure(guards: list[Guard]) -> Guard | None:
 def changed(before: list[Guard]) -> list[Guard]:
     """The guards, taken before a call, that the call itself broke."""
     return [g for g in before if not g.holds()]
+
+
+def undo_writes(guards: list[Guard]):
+    """Remember what the places of `guards` hold now. Returns a function that puts back what a
+    run since changed there (assigned places; the contents of lists, dicts and sets changed in
+    place) and returns the guards that run broke: for a run that eager code will make again
+    (a custom Function's backward, run once more to trace it)."""
+    held = []
+    for g in guards:
+        if g.kind in ("id", "value"):
+            held.append((g, g.read()))
+        else:
+            copy = getattr(getattr(g.read, "container", None), "copy", None)
+            held.append((g, copy() if g.kind == "len" and copy is not None else None))
+
+    def undo() -> list[Guard]:
+        broken = [(g, old) for g, old in held if not g.lazy and not g.holds()]
+        for g, old in broken:            # contents first: an item's place may be gone
+            container = getattr(g.read, "container", None)
+            if g.kind == "len" and old is not None:
+                if isinstance(container, list):
+                    container[:] = old
+                elif isinstance(container, (dict, set)):
+                    container.clear()
+                    container.update(old)
+        for g, old in broken:
+            write = getattr(g.read, "write", None)
+            if g.kind in ("id", "value") and write is not None and not g.holds():
+                write(old)
+        return [g for g, _ in broken]
+    return undo
 
 
 def tensor_writes(effects: list[Guard], computed, read) -> tuple[dict, list[Guard]]:

@@ -156,6 +156,11 @@ class _FunctionNode:
                         raise op_error(self.name(), f"returned an invalid gradient at index "
                                        f"{arg_index} - got {list(ga.shape)} but expected shape "
                                        f"compatible with {list(x.shape)}") from None
+                if STATE.tracer is not None and ga.layout.name != "strided":
+                    # a sparse gradient: the backward graph's are dense
+                    STATE.tracer.graph_break(f"{self.name()} returned a {ga.layout.name} "
+                                             f"gradient for input {arg_index}, which compiled "
+                                             "code would make dense")
             grads.append(ga)
         return tuple(grads)
 
