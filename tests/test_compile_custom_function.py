@@ -434,3 +434,57 @@ def test_sparse_embedding_breaks_and_equals_eager(inside):
     e_losses, e_weight = run(False)
     np.testing.assert_allclose(c_losses, e_losses, rtol=RTOL)
     np.testing.assert_allclose(c_weight, e_weight, rtol=RTOL)
+
+
+def test_function_returning_its_parameter_input():
+    """An identity Function returning its input itself (a Parameter): a new tensor, traced."""
+    class Identity(kiln.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 3
+
+    def run(compiled):
+        w = kiln.nn.Parameter(kiln.tensor([1.0, -2.0]))
+
+        def f(x):
+            return (Identity.apply(w) * x).sum()
+        if compiled:
+            f = kiln.compile(f, fullgraph=True)
+        grads = []
+        for k in range(3):
+            w.grad = None
+            f(kiln.tensor([1.0, 2.0]) * k).backward()
+            grads.append(w.grad.numpy().copy())
+        return grads
+    np.testing.assert_allclose(run(True), run(False), rtol=RTOL)
+
+
+def test_float16_conv_stays_eager_and_equals_eager():
+    """kiln's float16 CPU conv2d rounds step by step as PyTorch's kernel does, in a custom
+    Function kiln keeps out of traces (`_eager_only`): a graph break, eager's exact numbers."""
+    def run(compiled):
+        kiln.manual_seed(0)
+        conv = kiln.nn.Conv2d(2, 3, 3).half()
+        opt = kiln.optim.SGD(conv.parameters(), lr=0.1)
+
+        def step(x):
+            opt.zero_grad()
+            loss = conv(x).float().square().mean()
+            loss.backward()
+            opt.step()
+            return loss
+        if compiled:
+            step = kiln.compile(step)
+        rng = np.random.default_rng(0)
+        losses = [step(kiln.tensor(rng.normal(size=(2, 2, 6, 6)).astype(np.float16))).item()
+                  for _ in range(3)]
+        return losses, conv.weight.detach().float().numpy()
+    with pytest.warns(UserWarning, match="_HalfConv2d rounds float16"):
+        c_losses, c_weight = run(True)
+    e_losses, e_weight = run(False)
+    np.testing.assert_array_equal(c_losses, e_losses)
+    np.testing.assert_array_equal(c_weight, e_weight)

@@ -182,6 +182,9 @@ class Function(metaclass=FunctionMeta):
         Exp.apply(x)
     """
 
+    # kiln's own Functions that a trace must not enter say why here (a graph break naming it)
+    _eager_only: str = ""
+
     @staticmethod
     def forward(ctx, *args, **kwargs):
         raise NotImplementedError("a custom Function must define a static forward(ctx, ...)")
@@ -207,6 +210,9 @@ class Function(metaclass=FunctionMeta):
     def apply(cls, *args, **kwargs):
         ctx = FunctionCtx(args)
         tracer = STATE.tracer
+        if tracer is not None and cls._eager_only:
+            tracer.graph_break(f"{cls.__name__} {cls._eager_only}")
+            tracer = None
         if tracer is not None:
             tracer.custom_function(cls)
         with autograd.no_grad(), (tracer.scope(cls.__name__) if tracer is not None
@@ -216,10 +222,17 @@ class Function(metaclass=FunctionMeta):
                 cls.setup_context(ctx, args, output)
             else:
                 output = cls.forward(ctx, *args, **kwargs)
-        if ctx._dirty and STATE.tracer is not None:
-            STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}) marks an "
-                                     "input dirty (written in place and returned), which "
-                                     "kiln.compile does not trace")
+        if STATE.tracer is not None:
+            if ctx._dirty:
+                STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}) marks "
+                                         "an input dirty (written in place and returned), "
+                                         "which kiln.compile does not trace")
+            else:
+                kind = _untraced_output(output if isinstance(output, tuple) else (output,))
+                if kind is not None:
+                    STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}) "
+                                             f"returns a {kind} tensor, which kiln.compile "
+                                             "does not trace")
         single = not isinstance(output, tuple)
         outputs = (output,) if single else output
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
@@ -249,6 +262,20 @@ class Function(metaclass=FunctionMeta):
         if tracked and forward_ad.LEVEL.index is not None and cls.jvp is not Function.jvp:
             _call_jvp(cls, ctx, args, results)
         return results[0] if single else tuple(results)
+
+
+def _untraced_output(outputs: tuple) -> str | None:
+    """What no trace can hold among a Function's outputs (a sparse layout, a subclass with its
+    own __torch_function__ or __torch_dispatch__: a DTensor), or None."""
+    from kiln.tracer import dispatch_subclass, torch_function
+    for o in outputs:
+        if isinstance(o, Tensor) and type(o) is not Tensor:
+            if o.layout.name != "strided":
+                return o.layout.name
+            why = torch_function.untraceable((o,), {}) or dispatch_subclass.untraceable((o,), {})
+            if why is not None:
+                return f"{type(o).__name__} ({why})"
+    return None
 
 
 def _call_jvp(cls, ctx, args: tuple, results: list) -> None:
