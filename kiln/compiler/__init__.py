@@ -718,11 +718,17 @@ class CompiledFunction:
         grad_state = _grad_presence(grad_candidates)
         # what custom Functions' forward and backward can reach, as they were before each ran
         function_guards: list = []
+
+        def on_function(cls) -> None:
+            try:
+                function_guards.extend(guards.custom_function(cls).guards)
+            except Exception as e:      # cannot say what a replay would assume: a break
+                STATE.tracer.graph_break(f"reading what {cls.__name__} can reach failed "
+                                         f"({e!r})")
         tracer, result = _trace_call(
             self.fn, args, kwargs, mode, names=names_before, watch=True,
             grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
-            grad_state=(grad_candidates, grad_state),
-            on_function=lambda cls: function_guards.extend(guards.custom_function(cls).guards))
+            grad_state=(grad_candidates, grad_state), on_function=on_function)
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -885,8 +891,9 @@ class CompiledFunction:
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +
                         guards.tensor_guards(lifted, names_after))
-        for cls in tracer.functions:
-            entry.guards += guards.custom_function(cls).guards
+        with _stage("guarding custom Functions"):
+            for cls in tracer.functions:
+                entry.guards += guards.custom_function(cls).guards
         entry.guards = guards.read_at_run_time(entry.guards, inputs) + [
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
