@@ -128,8 +128,36 @@ def _functions(lib):
             grad_x = F.conv_transpose2d(grad, weight)
             return grad_x, grad_w, None
 
+    class Cube(lib.autograd.Function):
+        """x ** 3 with a differentiable backward (the double-backward tutorial's)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x ** 3
+
+        @staticmethod
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return 3 * x * x * g
+
+    class MulConst(lib.autograd.Function):
+        """forward without ctx, setup_context beside it."""
+
+        @staticmethod
+        def forward(x, c):
+            return x * c
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.c = inputs[1]
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * ctx.c, None
+
     return types.SimpleNamespace(**{c.__name__: c for c in (
-        Exp, OnceExp, ScaledPow, MulAdd, RowMax, FusedConvBN)})
+        Exp, OnceExp, ScaledPow, MulAdd, RowMax, FusedConvBN, Cube, MulConst)})
 
 
 _RNG = np.random.default_rng(0)
@@ -147,7 +175,16 @@ def _losses(lib):
         "non_differentiable_output": lambda f, w, x: (
             f.RowMax.apply(w * x)[0].square().sum() +
             f.RowMax.apply(w * x)[1].to(lib.float64).sum()),
+        "setup_context": lambda f, w, x: (f.MulConst.apply(w, 1.5) * x).exp().sum(),
+        "double_backward": lambda f, w, x: _gradient_penalty(lib, f.Cube, w, x),
     }
+
+
+def _gradient_penalty(lib, Cube, w, x):
+    """y + |dy/dw|^2: the gradient, through Cube's backward, is differentiated again."""
+    y = Cube.apply(w * x).sum()
+    g, = lib.autograd.grad(y, w, create_graph=True)
+    return g.square().sum() + y
 
 
 def _run(lib, case, compiled, inside=False):
@@ -381,6 +418,33 @@ def test_global_read_in_backward_is_guarded():
     finally:
         SCALE = 2.0
     assert len(f.entries) == 2          # SCALE's change made a new trace
+
+
+class _ScaledForward(kiln.autograd.Function):
+    """x * SCALE, with the plain gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * SCALE
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_global_read_in_forward_is_guarded():
+    global SCALE
+
+    @kiln.compile(fullgraph=True)
+    def f(x):
+        return _ScaledForward.apply(x).sum()
+    try:
+        for scale in (2.0, 3.0, 3.0):
+            SCALE = scale
+            assert f(kiln.tensor([1.0, 1.0])).item() == 2 * scale
+    finally:
+        SCALE = 2.0
+    assert len(f.entries) == 2
 
 
 def test_mark_dirty_is_still_a_graph_break():
