@@ -370,7 +370,6 @@ def test_print_in_backward_is_a_graph_break_printed_once_per_backward(capsys):
     _assert_same(compiled, _steps(Exp, False))
 
 
-COUNTER = [0]
 CALLS = 0
 SCALE = 2.0
 
@@ -552,3 +551,22 @@ def test_float16_conv_stays_eager_and_equals_eager():
     e_losses, e_weight = run(False)
     np.testing.assert_array_equal(c_losses, e_losses)
     np.testing.assert_array_equal(c_weight, e_weight)
+
+
+@pytest.mark.parametrize("source", ["kiln", "numpy"])
+def test_random_draw_in_backward_is_a_graph_break_drawn_as_eager(source):
+    """A backward that draws random numbers: a break, and the traced extra run leaves every
+    stream where it was, so the stream ends where eager's does."""
+    def draw(g):
+        kiln.rand(1) if source == "kiln" else np.random.rand()
+
+    def run(compiled):
+        kiln.manual_seed(3)
+        np.random.seed(3)
+        out = _steps(_effectful_exp(draw), compiled)
+        return out, (float(kiln.rand(1)), np.random.rand())
+    with pytest.warns(UserWarning, match="random"):
+        compiled, c_next = run(True)
+    eager, e_next = run(False)
+    _assert_same(compiled, eager)
+    assert c_next == e_next

@@ -15,6 +15,7 @@ import collections
 import functools
 import inspect
 import os
+import random
 import types
 import warnings
 import weakref
@@ -37,7 +38,7 @@ from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autocast import key as _autocast_key
 from kiln.tracer.autograd import Node, record, saved_hooks_active
-from kiln.tracer.creation import get_default_device
+from kiln.tracer.creation import default_generator, get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
@@ -969,25 +970,34 @@ class CompiledFunction:
         """`trace_backward`, after the call returned. The backward of a custom Function the
         call applied is the user's Python, run here once more than eager will run it (the
         caller's `backward()` runs the eager graph of this first call): what it prints is
-        swallowed, what it changes in reachable places is put back (`guards.undo_writes`), and
-        either is a graph break, as is anything else a trace cannot hold there."""
+        swallowed, what it changes in reachable places and random generators is put back
+        (`guards.undo_writes`), and either is a graph break, as is anything else a trace
+        cannot hold there."""
         if not tracer.functions:
             return trace_backward(tracer, outputs, skip)
         before = guards.collect(self.fn, _object_arguments(args, kwargs)).guards
         for cls in tracer.functions:
             before += guards.custom_function(cls).guards
         undo = guards.undo_writes(before)
+        streams = random_states(())
+        states = random.getstate(), np.random.get_state(), default_generator.get_state()
 
         def effect(what: str, where: str) -> None:
             if STATE.tracer is tracer:
                 tracer.graph_break(f"{what}, which a replay would skip", where)
-        with EffectWatch(effect, swallow=True):
-            joint = trace_backward(tracer, outputs, skip)
-        changed = undo()
-        if changed and not tracer.breaks:
-            tracer.graph_break(f"the backward of a custom autograd.Function changes "
-                               f"{changed[0].source}, which a replay would not change",
-                               _where(self.fn))
+        try:
+            with EffectWatch(effect, swallow=True):
+                joint = trace_backward(tracer, outputs, skip)
+        finally:
+            changed = undo()
+            drawn = random_draws(streams)
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            default_generator.set_state(states[2])  # (a draw from it there is a break)
+        if (changed or drawn) and not tracer.breaks:
+            what = changed[0].source if changed else f"the state of {drawn[0]}"
+            tracer.graph_break(f"the backward of a custom autograd.Function changes {what}, "
+                               "which a replay would not change", _where(self.fn))
         return joint
 
     def _replay(self, entry: CompiledEntry, leaves, args, kwargs):

@@ -259,6 +259,11 @@ class Tracer:
     def random_input(self, values: Tensor, generator, draw) -> None:
         """Random numbers the eager call drew from `generator`; a replay calls
         `draw(generator)` for fresh ones (kind "seed")."""
+        if any(isinstance(s, str) and s.startswith("backward of ") for s in self.scopes):
+            # a replay draws its inputs before the forward runs, not in the backward's turn
+            self.graph_break("a random draw from a kiln generator, which a replay would make "
+                             "out of eager's order")
+            return
         self._input(values, f"random{sum(b.kind == 'seed' for b in self.bindings)}",
                     Binding("seed", generator=generator, draw=draw))
 
