@@ -15,8 +15,9 @@ Under `@kiln.compile` a custom Function is traced through: its forward's ops are
 any others (in a provenance scope named after the class), and deriving the backward graph calls
 its `backward` on traced tensors, recording its ops too (scope `backward of <class>`). What a
 trace cannot hold there (`.item()`, printing, a data-dependent branch) is a graph break naming
-the backward's line, as it would be in the forward; `mark_dirty` (an input written in place and
-returned) stays a graph break.
+the backward's line, as it would be in the forward; so are `mark_dirty` (an input written in
+place and returned), a sparse gradient or output, and kiln's own Functions that give an
+`_eager_only` reason.
 """
 
 from __future__ import annotations
