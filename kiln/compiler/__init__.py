@@ -15,6 +15,7 @@ import collections
 import functools
 import inspect
 import os
+import random
 import types
 import warnings
 import weakref
@@ -37,7 +38,7 @@ from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autocast import key as _autocast_key
 from kiln.tracer.autograd import Node, record, saved_hooks_active
-from kiln.tracer.creation import get_default_device
+from kiln.tracer.creation import default_generator, get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
@@ -179,11 +180,12 @@ class TraceResult:
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
                 grad_holders: dict | None = None,
-                grad_state: tuple | None = None) -> tuple[Tracer, object]:
+                grad_state: tuple | None = None, on_function=None) -> tuple[Tracer, object]:
     """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it,
     `grad_holders` id(.grad) -> its tensor (`_grad_candidates`) and `grad_state` those tensors
     with whether each `.grad` was None at the call. With `watch`, a Python effect a replay
-    would skip is a graph break (`EffectWatch`)."""
+    would skip is a graph break (`EffectWatch`). `on_function(cls)` is told of each custom
+    autograd.Function class before its first forward runs (`Tracer.custom_function`)."""
     leaves, _ = _flatten_args((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
@@ -192,6 +194,7 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
     if grad_state is not None:
         tracer.grad_state = grad_state
     tracer.top_code = _code_of(fn)
+    tracer.on_function = on_function
     for i, t in enumerate(leaves):
         tracer.add_arg(t, names.get(id(t), f"arg{i}"), i)
     def effect(what: str, where: str) -> None:
@@ -715,10 +718,19 @@ class CompiledFunction:
             return self._run_bfloat16_eagerly(key, args, kwargs, kind="complex", what=found)
         rng = random_states((g.source, g.expected) for g in before.guards if g.kind == "id")
         grad_state = _grad_presence(grad_candidates)
+        # what custom Functions' forward and backward can reach, as they were before each ran
+        function_guards: list = []
+
+        def on_function(cls) -> None:
+            try:
+                function_guards.extend(guards.custom_function(cls).guards)
+            except Exception as e:      # cannot say what a replay would assume: a break
+                STATE.tracer.graph_break(f"reading what {cls.__name__} can reach failed "
+                                         f"({e!r})")
         tracer, result = _trace_call(
             self.fn, args, kwargs, mode, names=names_before, watch=True,
             grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
-            grad_state=(grad_candidates, grad_state))
+            grad_state=(grad_candidates, grad_state), on_function=on_function)
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -745,7 +757,7 @@ class CompiledFunction:
             self._run_bfloat16_eagerly(key, args, kwargs, run=False, kind="complex", what=made)
             return result
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
-                   if not g.lazy]
+                   + guards.changed(function_guards) if not g.lazy]
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it
@@ -828,7 +840,15 @@ class CompiledFunction:
             if STATE.grad_enabled and any(t.requires_grad and t.dtype.is_floating_point
                                           for i, t in enumerate(outputs)
                                           if i not in consumed and i not in given):
-                joint = trace_backward(tracer, outputs, [*consumed, *given])
+                joint = self._derive_backward(tracer, outputs, [*consumed, *given], args,
+                                              kwargs)
+        if tracer.breaks:       # in a custom Function's backward: the call's result stands
+            b = tracer.breaks[0]
+            tracer.release()
+            self._add_entry(key, CompiledEntry(None, eager_reason=str(b)))
+            self._note("break:" + b.location, f"graph break in {_function_name(self.fn)}: "
+                       f"{b.reason} at {b.location}; this function runs eagerly")
+            return result
         with _stage("finishing the trace"):
             (program,) = tracer.finish(traced if joint is None
                                        else list(outputs) + joint.grads, items)
@@ -873,6 +893,9 @@ class CompiledFunction:
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +
                         guards.tensor_guards(lifted, names_after))
+        with _stage("guarding custom Functions"):
+            for cls in tracer.functions:
+                entry.guards += guards.custom_function(cls).guards
         entry.guards = guards.read_at_run_time(entry.guards, inputs) + [
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
@@ -945,6 +968,40 @@ class CompiledFunction:
         count_graph(num_ops)
         _dump_if_requested(self, [program])
         return result
+
+    def _derive_backward(self, tracer, outputs: list, skip: list, args, kwargs):
+        """`trace_backward`, after the call returned. The backward of a custom Function the
+        call applied is the user's Python, run here once more than eager will run it (the
+        caller's `backward()` runs the eager graph of this first call): what it prints is
+        swallowed, what it changes in reachable places and random generators is put back
+        (`guards.undo_writes`), and either is a graph break, as is anything else a trace
+        cannot hold there."""
+        if not tracer.functions:
+            return trace_backward(tracer, outputs, skip)
+        before = guards.collect(self.fn, _object_arguments(args, kwargs)).guards
+        for cls in tracer.functions:
+            before += guards.custom_function(cls).guards
+        undo = guards.undo_writes(before)
+        streams = random_states(())
+        states = random.getstate(), np.random.get_state(), default_generator.get_state()
+
+        def effect(what: str, where: str) -> None:
+            if STATE.tracer is tracer:
+                tracer.graph_break(f"{what}, which a replay would skip", where)
+        try:
+            with EffectWatch(effect, swallow=True):
+                joint = trace_backward(tracer, outputs, skip)
+        finally:
+            changed = undo()
+            drawn = random_draws(streams)
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            default_generator.set_state(states[2])  # (a draw from it there is a break)
+        if (changed or drawn) and not tracer.breaks:
+            what = changed[0].source if changed else f"the state of {drawn[0]}"
+            tracer.graph_break(f"the backward of a custom autograd.Function changes {what}, "
+                               "which a replay would not change", _where(self.fn))
+        return joint
 
     def _replay(self, entry: CompiledEntry, leaves, args, kwargs):
         program = entry.program

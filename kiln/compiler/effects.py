@@ -59,11 +59,13 @@ class _WatchedStream:
         self._stream, self._name = stream, name
 
     def write(self, text):
-        _saw(f"writing to sys.{self._name}")
+        if _saw(f"writing to sys.{self._name}"):
+            return len(text)
         return self._stream.write(text)
 
     def writelines(self, lines):
-        _saw(f"writing to sys.{self._name}")
+        if _saw(f"writing to sys.{self._name}"):
+            return None
         return self._stream.writelines(lines)
 
     def __getattr__(self, name):
@@ -72,20 +74,26 @@ class _WatchedStream:
 
 _BUILTINS = {"print": "print() writes to stdout", "input": "input() reads from stdin",
              "open": "open() opens a file"}
+# output a swallowing watch skips (reading input or opening a file returns what code uses)
+_SWALLOWED = {_BUILTINS["print"], "writing to sys.stdout", "writing to sys.stderr"}
 _ACTIVE: dict = {}            # thread id -> its EffectWatch, while that thread traces
 _LOCK = threading.Lock()
 _SAVED: dict = {}             # what the watched versions replaced, while any thread traces
 
 
-def _saw(what: str) -> None:
+def _saw(what: str) -> bool:
+    """Report an output or input call to this thread's watch; True when it is to be skipped
+    (a watch that swallows output, and the call is the user's print or write)."""
     watch = _ACTIVE.get(threading.get_ident())
-    if watch is not None:
-        watch.saw(what, sys._getframe(2))
+    if watch is None:
+        return False
+    return watch.saw(what, sys._getframe(2)) and what in _SWALLOWED
 
 
 def _watched(name: str, original):
     def watched(*args, **kwargs):
-        _saw(_BUILTINS[name])
+        if _saw(_BUILTINS[name]):
+            return None
         return original(*args, **kwargs)
     watched.__wrapped__ = original
     return watched
@@ -129,20 +137,24 @@ class EffectWatch:
     """While active (`with EffectWatch(report):`), calls `report(what, "file:line")` for the
     first output or input call (`print`, `input`, `open`, writes to sys.stdout/stderr) the
     user's code makes on this thread. The watched versions are installed once, while any
-    thread traces, and report to the watch of the thread that calls them."""
+    thread traces, and report to the watch of the thread that calls them. With `swallow`,
+    the user's output is also not written (a run whose output eager code will write again).
+    """
 
-    def __init__(self, report):
+    def __init__(self, report, swallow: bool = False):
         self.report = report
+        self.swallow = swallow
         self.done = False
 
-    def saw(self, what: str, frame) -> None:
-        if self.done:
-            return
+    def saw(self, what: str, frame) -> bool:
+        """Report the user's call (the first one); whether to skip it."""
         where = user_frame(frame)
         if where is None:
-            return
-        self.done = True
-        self.report(what, f"{where.f_code.co_filename}:{where.f_lineno}")
+            return False
+        if not self.done:
+            self.done = True
+            self.report(what, f"{where.f_code.co_filename}:{where.f_lineno}")
+        return self.swallow
 
     def __enter__(self) -> "EffectWatch":
         with _LOCK:

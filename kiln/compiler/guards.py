@@ -150,7 +150,9 @@ def _item(container, key):
 
 
 def _length(container):
-    return lambda: len(container)
+    read = lambda: len(container)      # noqa: E731
+    read.container = container          # what `undo_writes` puts back
+    return read
 
 
 def constant(value):
@@ -334,6 +336,25 @@ def collect(fn, extra: list = (), attribute_counts: bool = False) -> _Walk:
     return walk
 
 
+_FUNCTION_METHODS = ("forward", "setup_context", "backward", "jvp", "vjp")
+
+
+def custom_function(cls: type) -> _Walk:
+    """Guards for what a custom autograd.Function's own forward, setup_context and backward
+    (and jvp) can reach by name, as for the compiled function's own code: its class is reached
+    only by identity, but a trace runs these (the backward while the backward graph is
+    derived). A `once_differentiable` backward is walked through its wrapper."""
+    walk = _Walk()
+    for name in _FUNCTION_METHODS:
+        fn = next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
+        fn = getattr(fn, "__func__", fn)            # a staticmethod or classmethod
+        while hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        if isinstance(fn, types.FunctionType):
+            walk.place(f"{cls.__name__}.{name}", constant(fn), fn, 0)
+    return walk
+
+
 def tensor_guards(tensors: list, names: dict) -> list[Guard]:
     """Guards on the metadata of tensors a program reads by identity (shape, dtype, device and
     requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`)."""
@@ -408,6 +429,37 @@ def first_failure(guards: list[Guard]) -> Guard | None:
 def changed(before: list[Guard]) -> list[Guard]:
     """The guards, taken before a call, that the call itself broke."""
     return [g for g in before if not g.holds()]
+
+
+def undo_writes(guards: list[Guard]):
+    """Remember what the places of `guards` hold now. Returns a function that puts back what a
+    run since changed there (assigned places; the contents of lists, dicts and sets changed in
+    place) and returns the guards that run broke: for a run that eager code will make again
+    (a custom Function's backward, run once more to trace it)."""
+    held = []
+    for g in guards:
+        if g.kind in ("id", "value"):
+            held.append((g, g.read()))
+        else:
+            copy = getattr(getattr(g.read, "container", None), "copy", None)
+            held.append((g, copy() if g.kind == "len" and copy is not None else None))
+
+    def undo() -> list[Guard]:
+        broken = [(g, old) for g, old in held if not g.lazy and not g.holds()]
+        for g, old in broken:            # contents first: an item's place may be gone
+            container = getattr(g.read, "container", None)
+            if g.kind == "len" and old is not None:
+                if isinstance(container, list):
+                    container[:] = old
+                elif isinstance(container, (dict, set)):
+                    container.clear()
+                    container.update(old)
+        for g, old in broken:
+            write = getattr(g.read, "write", None)
+            if g.kind in ("id", "value") and write is not None and not g.holds():
+                write(old)
+        return [g for g, _ in broken]
+    return undo
 
 
 def tensor_writes(effects: list[Guard], computed, read) -> tuple[dict, list[Guard]]:

@@ -365,6 +365,8 @@ def _graphed_function(forward, backward, static_inputs: tuple, params: tuple):
     n_args = len(static_inputs)
 
     class Graphed(Function):
+        _eager_only = "replays CUDA graphs, which a trace cannot record"
+
         @staticmethod
         def forward(ctx, *inputs):
             for static, given in zip(static_inputs, inputs[:n_args]):

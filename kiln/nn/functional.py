@@ -271,6 +271,9 @@ class _HalfConv2d(kiln.autograd.Function):
     Rounding as PyTorch does keeps float16 training steps on PyTorch's path, where one value
     off by an ulp can flip a ReLU downstream."""
 
+    _eager_only = ("rounds float16 step by step as PyTorch's CPU kernel does, which compiled "
+                   "code does not repeat")
+
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation):
         ctx.save_for_backward(input, weight)

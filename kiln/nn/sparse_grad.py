@@ -11,8 +11,9 @@ output gradient of that lookup. Accumulating two such gradients concatenates the
 input, into a dense gradient (PyTorch refuses it with sparse ones, and so does kiln).
 
 A table that is itself computed (not a leaf) gets a dense gradient: the ops between it and its
-leaves have no sparse gradient rules in kiln. Under `@kiln.compile` the Function is a graph
-break, so the lookup's backward runs eagerly.
+leaves have no sparse gradient rules in kiln. Under `@kiln.compile` its backward is a graph
+break (a sparse gradient; counting ids and dropping `padding_idx` read values), so the step runs
+eagerly.
 """
 
 from __future__ import annotations

@@ -11,12 +11,18 @@ their nodes and unpacked on each `ctx.saved_tensors`. In a forward AD dual level
 with a `jvp` staticmethod has it called right after forward; one without has the tangents of
 its outputs derived from its backward (kiln/tracer/forward_ad.py).
 
-Under `@kiln.compile` a custom Function is a graph break: its backward is arbitrary Python the
-traced backward graph could not contain.
+Under `@kiln.compile` a custom Function is traced through: its forward's ops are recorded as
+any others (in a provenance scope named after the class), and deriving the backward graph calls
+its `backward` on traced tensors, recording its ops too (scope `backward of <class>`). What a
+trace cannot hold there (`.item()`, printing, a data-dependent branch) is a graph break naming
+the backward's line, as it would be in the forward; so are `mark_dirty` (an input written in
+place and returned), a sparse gradient or output, and kiln's own Functions that give an
+`_eager_only` reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -112,6 +118,13 @@ class _FunctionNode:
     next_functions = autograd.Node.next_functions
 
     def _rule(self, g, out, *inputs):
+        tracer = STATE.tracer
+        if tracer is None:
+            return self._backward(g)
+        with tracer.scope(f"backward of {self.fn_cls.__name__}"):
+            return self._backward(g)
+
+    def _backward(self, g):
         grads_out = []
         for i, spec in enumerate(self.out_shapes):
             if i == self.index:
@@ -144,6 +157,11 @@ class _FunctionNode:
                         raise op_error(self.name(), f"returned an invalid gradient at index "
                                        f"{arg_index} - got {list(ga.shape)} but expected shape "
                                        f"compatible with {list(x.shape)}") from None
+                if STATE.tracer is not None and ga.layout.name != "strided":
+                    # a sparse gradient: the backward graph's are dense
+                    STATE.tracer.graph_break(f"{self.name()} returned a {ga.layout.name} "
+                                             f"gradient for input {arg_index}, which compiled "
+                                             "code would make dense")
             grads.append(ga)
         return tuple(grads)
 
@@ -164,6 +182,9 @@ class Function(metaclass=FunctionMeta):
                 y, = ctx.saved_tensors; return g * y
         Exp.apply(x)
     """
+
+    # kiln's own Functions that a trace must not enter say why here (a graph break naming it)
+    _eager_only: str = ""
 
     @staticmethod
     def forward(ctx, *args, **kwargs):
@@ -188,16 +209,31 @@ class Function(metaclass=FunctionMeta):
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        if STATE.tracer is not None:
-            STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}): its "
-                                     "backward is Python the backward graph cannot contain")
         ctx = FunctionCtx(args)
-        with autograd.no_grad():
+        tracer = STATE.tracer
+        if tracer is not None and cls._eager_only:
+            tracer.graph_break(f"{cls.__name__} {cls._eager_only}")
+            tracer = None
+        if tracer is not None:
+            tracer.custom_function(cls)
+        with autograd.no_grad(), (tracer.scope(cls.__name__) if tracer is not None
+                                  else contextlib.nullcontext()):
             if cls.setup_context is not Function.setup_context:
                 output = cls.forward(*args, **kwargs)
                 cls.setup_context(ctx, args, output)
             else:
                 output = cls.forward(ctx, *args, **kwargs)
+        if STATE.tracer is not None:
+            if ctx._dirty:
+                STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}) marks "
+                                         "an input dirty (written in place and returned), "
+                                         "which kiln.compile does not trace")
+            else:
+                kind = _untraced_output(output if isinstance(output, tuple) else (output,))
+                if kind is not None:
+                    STATE.tracer.graph_break(f"a custom autograd.Function ({cls.__name__}) "
+                                             f"returns a {kind} tensor, which kiln.compile "
+                                             "does not trace")
         single = not isinstance(output, tuple)
         outputs = (output,) if single else output
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
@@ -227,6 +263,20 @@ class Function(metaclass=FunctionMeta):
         if tracked and forward_ad.LEVEL.index is not None and cls.jvp is not Function.jvp:
             _call_jvp(cls, ctx, args, results)
         return results[0] if single else tuple(results)
+
+
+def _untraced_output(outputs: tuple) -> str | None:
+    """What no trace can hold among a Function's outputs (a sparse layout, a subclass with its
+    own __torch_function__ or __torch_dispatch__: a DTensor), or None."""
+    from kiln.tracer import dispatch_subclass, torch_function
+    for o in outputs:
+        if isinstance(o, Tensor) and type(o) is not Tensor:
+            if o.layout.name != "strided":
+                return o.layout.name
+            why = torch_function.untraceable((o,), {}) or dispatch_subclass.untraceable((o,), {})
+            if why is not None:
+                return f"{type(o).__name__} ({why})"
+    return None
 
 
 def _call_jvp(cls, ctx, args: tuple, results: list) -> None:

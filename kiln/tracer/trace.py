@@ -121,6 +121,11 @@ class Tracer:
         self.top_code = None                # the traced function's code (set by the compiler)
         self.returned_items: dict = {}      # id(number) -> (number, tensor): `return t.item()`
         self.object_reads: list = []      # (object, attribute, value as read) likewise
+        # custom autograd.Function classes applied in the call (their forward and backward are
+        # the user's Python, which the compiler guards and watches as the function's own);
+        # `on_function(cls)`, when set, is told of each before its first forward runs
+        self.functions: list = []
+        self.on_function = None
         self._start_segment()
 
     # ------------------------------------------------------------------ lifecycle
@@ -254,6 +259,11 @@ class Tracer:
     def random_input(self, values: Tensor, generator, draw) -> None:
         """Random numbers the eager call drew from `generator`; a replay calls
         `draw(generator)` for fresh ones (kind "seed")."""
+        if any(isinstance(s, str) and s.startswith("backward of ") for s in self.scopes):
+            # a replay draws its inputs before the forward runs, not in the backward's turn
+            self.graph_break("a random draw from a kiln generator, which a replay would make "
+                             "out of eager's order")
+            return
         self._input(values, f"random{sum(b.kind == 'seed' for b in self.bindings)}",
                     Binding("seed", generator=generator, draw=draw))
 
@@ -378,7 +388,17 @@ class Tracer:
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
                          "(data-dependent control flow)")
 
+    def custom_function(self, cls) -> None:
+        """A custom autograd.Function `cls` is applied inside the trace."""
+        if cls not in self.functions:
+            self.functions.append(cls)
+            if self.on_function is not None:
+                self.on_function(cls)
+
     def graph_break(self, reason: str, location: str | None = None) -> None:
+        inside = [s for s in self.scopes if isinstance(s, str) and s.startswith("backward of ")]
+        if inside:          # the user's backward runs while the backward graph is derived
+            reason = f"{reason}, in the {inside[-1]} (a custom autograd.Function)"
         brk = GraphBreak(reason, location or user_location())
         self.breaks.append(brk)
         if self.on_break == "raise":

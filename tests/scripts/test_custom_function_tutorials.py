@@ -3,7 +3,7 @@ intermediates, a backward made differentiable by a second Function; gradcheck an
 gradgradcheck, whose random grad_outputs are drawn from torch's stream in both libraries), and
 conv + batch norm fused into one Function that recomputes the conv in backward."""
 
-from tests.scripts.harness import check_same_losses, check_same_values
+from tests.scripts.harness import check_same_losses, check_same_values, no_compile_fallback
 
 
 def test_double_backward_tutorial_same_values_as_torch():
@@ -17,9 +17,10 @@ def test_double_backward_tutorial_same_values_as_torch():
 
 def test_conv_bn_fusion_tutorial_same_losses_as_torch():
     # the fused Function's hand-written backward (in-place updates of one buffer, the conv
-    # recomputed) trains as torch's, and as nn.Conv2d + nn.BatchNorm2d do; a compiled step
-    # with a custom Function runs eagerly (its backward is Python), repeating eager's losses
-    t, k = check_same_losses("custom_function_conv_bn", dropout=0.0, rtol=1e-5, atol=1e-6)
+    # recomputed) trains as torch's, and as nn.Conv2d + nn.BatchNorm2d do; the compiled step
+    # traces the custom Function's forward and backward (no fallback), repeating eager's losses
+    with no_compile_fallback():
+        t, k = check_same_losses("custom_function_conv_bn", dropout=0.0, rtol=1e-5, atol=1e-6)
     v, tv = k["values"], t["values"]
     assert all(v[name] is True for name in ("conv_gradcheck", "bn_gradcheck",
                                             "fused_gradcheck", "once_differentiable_blocks"))
