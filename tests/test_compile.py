@@ -157,6 +157,42 @@ def test_zero_grad_inside_the_step_compiles_once():
     assert [e.calls for e in compiled.entries.values()] == [2]
 
 
+def test_zero_grad_inside_a_forward_whose_backward_runs_outside():
+    """`opt.zero_grad(); return loss` compiled, `loss.backward(); opt.step()` outside: every
+    replay clears the `.grad`s as the call does eagerly, those of the parameters the graph
+    reads and of one it never reads (`v`, used only outside). When traced they were None
+    already, and a replay once left them, so gradients summed over the steps."""
+    from kiln.optim import SGD
+    rng = np.random.default_rng(0)
+    w0, v0 = rng.normal(size=(4, 5)), rng.normal(size=5)
+    xs = [rng.normal(size=(4, 5)) for _ in range(4)]
+
+    def run(compile):
+        w = kiln.tensor(w0, requires_grad=True)
+        v = kiln.tensor(v0, requires_grad=True)
+        opt = SGD([w, v], lr=0.1, momentum=0.9)
+
+        def forward(x):
+            opt.zero_grad()
+            return (x * w).tanh().sum()
+        if compile:
+            forward = kiln.compile(forward)
+        losses = []
+        for x in xs:
+            loss = forward(kiln.tensor(x)) + (v * v).sum()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        if compile:       # replayed, not run eagerly
+            assert sum(e.calls for e in forward.entries.values()) >= 2
+        return losses, w, v
+    (le, we, ve), (lc, wc, vc) = run(False), run(True)
+    np.testing.assert_allclose(lc, le, rtol=1e-12)
+    for e, c in ((we, wc), (ve, vc)):
+        np.testing.assert_allclose(c.grad.numpy(), e.grad.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(c.detach().numpy(), e.detach().numpy(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_training_step_that_returns_nothing_replays(backend):
     """A step written without `return` replays like one that returns its loss: replays once

@@ -1050,6 +1050,8 @@ class CompiledFunction:
                     tensor._data[...] = new if tensor.device is device else \
                         to_device(new, tensor.device)
                 tensor._version[0] += 1
+        for tensor in program.grad_clears:
+            tensor.grad = None
         for gw in program.grad_writes:
             tensor = _bound_tensor(program, gw.input, leaves)
             if gw.output is None:

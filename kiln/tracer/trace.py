@@ -89,6 +89,9 @@ class TracedProgram:
     # tensor (after the function's return value, unless that holds it) and a replay writes the
     # new one there
     attribute_writes: list = field(default_factory=list)
+    # tensors outside the graph's inputs whose `.grad` the call set to None (a zero_grad() over
+    # parameters the graph never reads): a replay sets them to None too
+    grad_clears: list = field(default_factory=list)
 
 
 class Tracer:
@@ -440,7 +443,9 @@ class Tracer:
             was_none = self.grads_before.get(id(tensor)) is None
             cleared = id(tensor) in self.cleared
             if grad is None:
-                if not was_none:
+                # a zero_grad() in the call clears it on every replay, though it was None
+                # when traced (the step's backward and optimizer step run outside the call)
+                if not was_none or cleared:
                     program.grad_writes.append(GradWrite(tensor, None, index, was_none,
                                                          cleared=cleared))
                 continue
@@ -449,6 +454,8 @@ class Tracer:
                 program.grad_writes.append(GradWrite(tensor, len(g.outputs), index, was_none,
                                                      cleared=cleared))
                 g.outputs.append(gv)
+        program.grad_clears = list({id(t): t for t in self._keep if id(t) in self.cleared and
+                                    id(t) not in self.input_of and t._grad is None}.values())
         self.release()
         return program
 
