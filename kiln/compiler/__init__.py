@@ -12,7 +12,9 @@ them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import gc
 import inspect
 import os
 import random
@@ -48,6 +50,23 @@ from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compile
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector off while a call traces and compiles, and during an entry's
+    first replay (its kernel trials): they make some 10^5 objects, and in a process with a
+    large heap (torch loaded, a dataset) each full collection they set off scans all of it,
+    25-65% of the first two calls of `benchmarks/models_cpu.py`'s rows. Garbage made meanwhile
+    is collected by the next collection after. A collector the user turned off stays off."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # ----------------------------------------------------------------------------- naming
@@ -654,6 +673,9 @@ class CompiledFunction:
                     entry.calls += 1
                     if entry.program is None:
                         return self.fn(*args, **kwargs)
+                    if entry.calls == 1:
+                        with _collector_paused():
+                            return self._replay(entry, leaves, args, kwargs)
                     return self._replay(entry, leaves, args, kwargs)
         if stance == "eager_on_recompile":
             return self.fn(*args, **kwargs)
@@ -667,7 +689,8 @@ class CompiledFunction:
                            f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now "
                            f"on{_last_failure(self, key)}")
             return self.fn(*args, **kwargs)
-        return self._trace_and_run(key, args, kwargs)
+        with _collector_paused():
+            return self._trace_and_run(key, args, kwargs)
 
     def _note(self, tag: str, message: str) -> None:
         if tag not in self.warned:
