@@ -5,7 +5,8 @@
 through this one module, so that door stays visible: the primitives by name
 (`kiln.ops.prims.unfold(x, kernel=..., stride=..., dilation=...)`, as `torch.ops.prims`), the
 core composites nn.functional re-exports under PyTorch's names, index lookups that report the
-op the user called, `op_error` for messages that name the op and the user's line, and
+op the user called, `op_error` for messages that name the op and the user's line (`user_stacklevel` for
+warnings), and
 `apply_nn_grad_names` (PyTorch's grad_fn names for nn.functional's composites),
 `install_autocast` (autocast's cast policy on the ops its tables name) and `with_out` (`out=`
 by PyTorch's rules, on the forms that take it). `kiln.ops.profiler`
@@ -18,7 +19,7 @@ kiln.utils._python_dispatch pushes onto.
 from kiln.ir.ops import P as prims  # noqa: F401
 from kiln.profiler import ops as profiler  # noqa: F401
 from kiln.profiler import op_hooks  # noqa: F401  (observers of dispatched ops: flop_counter)  (every primitive, called through the dispatcher)
-from kiln.tracer.errors import op_error  # noqa: F401
+from kiln.tracer.errors import op_error, user_stacklevel  # noqa: F401
 from kiln.op_overloads import aten  # noqa: F401  (torch.ops.aten: ATen's names for primitives)
 from kiln.tracer import dispatch_mode  # noqa: F401  (TorchDispatchMode's stack, per thread)
 from kiln.tracer import dispatch_subclass  # noqa: F401  (wrapper subclasses' __torch_dispatch__)

@@ -34,7 +34,7 @@ from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # 
                                  scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
-from kiln.ir.ops import BOUNDS_ERRORS, Primitive
+from kiln.ir.ops import BOUNDS_ERRORS, Primitive, as_user_error
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
@@ -1057,7 +1057,7 @@ class CompiledFunction:
             else:
                 outs, new_values = entry.executor.run(inputs)
         except BOUNDS_ERRORS as e:          # a bounds check's: raised as eager raises it
-            raise (IndexError if isinstance(e, IndexError) else RuntimeError)(str(e)) from None
+            raise as_user_error(e) from None
         except IndexError:                  # a bounds check in a kernel: the user's error
             raise
         except Exception as e:            # nothing was written back yet: eager is still safe

@@ -998,6 +998,14 @@ class BoundsIndexError(IndexError):
 
 
 BOUNDS_ERRORS = (BoundsIndexError, BoundsError)
+
+
+def as_user_error(error: Exception, where: str = "") -> Exception:
+    """A bounds check's error as eager code raises it to the user: a plain IndexError or
+    RuntimeError with its message (naming the user's op), `where` (` (at file:line)`) added."""
+    return (IndexError if isinstance(error, IndexError) else RuntimeError)(f"{error}{where}")
+
+
 _INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 import warnings
 from typing import Sequence
@@ -118,20 +117,8 @@ def _softmax_dim(input: Tensor, dim: int | None, name: str) -> int:
         return dim
     warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call "
                   "to include dim=X as an argument.", UserWarning,
-                  stacklevel=_user_stacklevel())
+                  stacklevel=_core.user_stacklevel())
     return 0 if input.ndim in (0, 1, 3) else 1
-
-
-_KILN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _user_stacklevel() -> int:
-    """The `stacklevel` of the caller's caller's first frame outside kiln, so a warning names
-    the user's line whatever wrappers (autocast, grad_fn names, Module.__call__) lie between."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_KILN_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @_composite
@@ -1123,7 +1110,7 @@ def _check_same_size(input: Tensor, target: Tensor, name: str) -> None:
         warnings.warn(f"{name}: Using a target size ({list(target.shape)}) that is different "
                       f"to the input size ({list(input.shape)}). This will likely lead to "
                       f"incorrect results due to broadcasting. Please ensure they have the "
-                      f"same size.", stacklevel=_user_stacklevel())
+                      f"same size.", stacklevel=_core.user_stacklevel())
 
 
 @_composite
@@ -1399,7 +1386,7 @@ def kl_div(input: Tensor, target: Tensor, size_average=None, reduce=None,
                       "support size.'batchmean' divides only by the batch size, and aligns with "
                       "the KL div math definition.'mean' will be changed to behave the same as "
                       "'batchmean' in the next major release.",
-                      stacklevel=_user_stacklevel())
+                      stacklevel=_core.user_stacklevel())
     if log_target:
         loss = kiln.exp(target) * (target - input)
     else:

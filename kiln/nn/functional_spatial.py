@@ -401,8 +401,8 @@ def _max_unpool(input: Tensor, indices: Tensor, kernel_size, stride, padding, ou
     target = kiln.zeros(*lead, size, dtype=input.dtype, device=input.device)
     # checked here, so that a bad index is reported as max_unpool's, not as the scatter's
     where = check_indices(indices.reshape(*lead, -1), size, f"max_unpool{dims}d",
-                                   f"indices (output of size {'x'.join(map(str, out))}): "
-                                   "invalid max index")
+                          f"indices (output of size {'x'.join(map(str, out))}): invalid max "
+                          "index")
     result = target.scatter(len(lead), where, flat_in)
     return result.reshape(*lead, *out)
 
@@ -691,14 +691,14 @@ def _checked_offsets(offsets: Tensor, length: int) -> Tensor:
     if offsets.device.type == "cpu" and not kiln.compiler.is_compiling():
         values = offsets.numpy(force=True)
         if values[0] != 0:
-            raise op_error("embedding_bag", f"offsets[0] has to be 0 (the first bag "
-                                    f"starts at position 0), got {int(values[0])}")
+            raise op_error("embedding_bag", f"offsets[0] has to be 0 (the first bag starts "
+                           f"at position 0), got {int(values[0])}")
         if values[-1] > length:
             raise op_error("embedding_bag", f"offsets[-1] can not be greater than the "
-                                    f"input's length {length}, got {int(values[-1])}")
+                           f"input's length {length}, got {int(values[-1])}")
         if values.size > 1 and (np.diff(values) < 0).any():
             raise op_error("embedding_bag", f"offsets must be non-decreasing, got "
-                                    f"{values.tolist()}")
+                           f"{values.tolist()}")
         return offsets
     first = check_indices(offsets[:1], 1, "embedding_bag", "offsets[0] (must be 0)")
     rest = check_indices(offsets[1:], length + 1, "embedding_bag", "offsets")
@@ -743,8 +743,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
             starts, ends = offsets, kiln.cat([offsets[1:], total])
         position = kiln.arange(input.shape[0], device=weight.device).unsqueeze(0)
         member = (position >= starts.unsqueeze(1)) & (position < ends.unsqueeze(1))
-    flat_ids = check_indices(flat_ids.to(kiln.int64), weight.shape[0],
-                                      "embedding_bag", "input")
+    flat_ids = check_indices(flat_ids.to(kiln.int64), weight.shape[0], "embedding_bag",
+                             "input")
     if max_norm is not None:
         _F().renorm_rows_(weight, flat_ids, max_norm, norm_type)
     if padding_idx is not None:

@@ -32,6 +32,9 @@ from kiln.tracer.creation import zeros
 from kiln.tracer.errors import op_error
 from kiln.tracer.tensor import STATE, Tensor
 
+# the provenance scope of a custom Function's backward in a trace (`backward of Exp`)
+BACKWARD_OF = "backward of "
+
 
 class FunctionCtx:
     """The `ctx` a custom Function's forward and backward share."""
@@ -121,7 +124,7 @@ class _FunctionNode:
         tracer = STATE.tracer
         if tracer is None:
             return self._backward(g)
-        with tracer.scope(f"backward of {self.fn_cls.__name__}"):
+        with tracer.scope(BACKWARD_OF + self.fn_cls.__name__):
             return self._backward(g)
 
     def _backward(self, g):

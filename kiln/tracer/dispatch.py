@@ -143,8 +143,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             with np.errstate(all="ignore"):
                 out = impl(xp, *arrays, **attrs)
     except BOUNDS_ERRORS as e:          # check_index's: it names the user's op already
-        raise (IndexError if isinstance(e, IndexError) else RuntimeError)(
-            f"{e} (at {user_location()})") from None
+        raise ir_ops.as_user_error(e, f" (at {user_location()})") from None
     except (IndexError, ValueError, TypeError) as e:
         if any(type(getattr(a, "_data", None)) is _NoDenseMemory for a in args):  # any layout
             raise op_error(prim.name, _SPARSE_UNSUPPORTED, NotImplementedError) from None

@@ -18,6 +18,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.bytecode import returned_unseen
+from kiln.tracer.custom_function import BACKWARD_OF
 from kiln.tracer.errors import GraphBreak, user_frame, user_location
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
@@ -262,7 +263,7 @@ class Tracer:
     def random_input(self, values: Tensor, generator, draw) -> None:
         """Random numbers the eager call drew from `generator`; a replay calls
         `draw(generator)` for fresh ones (kind "seed")."""
-        if any(isinstance(s, str) and s.startswith("backward of ") for s in self.scopes):
+        if self.function_backward() is not None:
             # a replay draws its inputs before the forward runs, not in the backward's turn
             self.graph_break("a random draw from a kiln generator, which a replay would make "
                              "out of eager's order")
@@ -391,6 +392,12 @@ class Tracer:
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
                          "(data-dependent control flow)")
 
+    def function_backward(self) -> str | None:
+        """The scope of the custom Function's backward running now (`backward of Exp`: the
+        user's Python, run while the backward graph is derived), or None."""
+        inside = [s for s in self.scopes if isinstance(s, str) and s.startswith(BACKWARD_OF)]
+        return inside[-1] if inside else None
+
     def custom_function(self, cls) -> None:
         """A custom autograd.Function `cls` is applied inside the trace."""
         if cls not in self.functions:
@@ -399,9 +406,9 @@ class Tracer:
                 self.on_function(cls)
 
     def graph_break(self, reason: str, location: str | None = None) -> None:
-        inside = [s for s in self.scopes if isinstance(s, str) and s.startswith("backward of ")]
-        if inside:          # the user's backward runs while the backward graph is derived
-            reason = f"{reason}, in the {inside[-1]} (a custom autograd.Function)"
+        inside = self.function_backward()
+        if inside is not None:
+            reason = f"{reason}, in the {inside} (a custom autograd.Function)"
         brk = GraphBreak(reason, location or user_location())
         self.breaks.append(brk)
         if self.on_break == "raise":
