@@ -498,7 +498,13 @@ class _Walk:
                     if not isinstance(value, (types.ModuleType, type)):
                         self.place(f"{source}.{name}", _attr(obj, name), value, 0)
             return
-        if isinstance(obj, (type, types.BuiltinFunctionType, types.MethodType)) or \
+        if isinstance(obj, types.MethodType):      # `self.callback = other.method`
+            if depth < _OBJECT_DEPTH:
+                self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__,
+                           depth + 1)
+                self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
+            return
+        if isinstance(obj, (type, types.BuiltinFunctionType)) or \
                 type(obj).__name__ == "CompiledFunction":
             return
         if isinstance(obj, types.FunctionType):
