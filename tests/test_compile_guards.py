@@ -1996,12 +1996,13 @@ def _reader_cases(helpers) -> dict:
         "helper in another module": (lambda r, x: x - helpers.offset(r), "off"),
         "module-level helper": (lambda r, x: x - _read_off(r), "off"),
         "decorated helper": (lambda r, x: _read_off_without_grad(r, x), "off"),
+        "format string": (lambda r, x: x * float("{0.scale}".format(r)), "scale"),
     }
 
 
 @pytest.mark.parametrize("name", ["attribute", "method", "property",
                                   "helper in another module", "module-level helper",
-                                  "decorated helper"])
+                                  "decorated helper", "format string"])
 def test_a_value_the_call_reads_retraces_when_it_changes(name, tmp_path, monkeypatch):
     import importlib
     (tmp_path / "guard_reads_helpers.py").write_text("def offset(r):\n    return r.off\n")

@@ -33,10 +33,12 @@ import dis
 import functools
 import math
 import operator
+import re
+import string
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -187,12 +189,30 @@ def _names_of(code) -> tuple[frozenset, frozenset]:
             globals_.add(ins.argval)
         elif ins.opname in _ATTRIBUTE_OPS:
             attrs.add(ins.argval)
+        elif ins.opname == "MATCH_CLASS":   # `case Point(x=0)` reads attributes named in data
+            attrs.add("__match_args__")
     for const in code.co_consts:
         if isinstance(const, types.CodeType):      # lambdas, comprehensions, inner functions
             g, a = _names_of(const)
             globals_ |= g
             attrs |= a
+        elif isinstance(const, str) and "{" in const:
+            attrs |= _format_attributes(const)
     return frozenset(globals_), frozenset(attrs)
+
+
+def _format_attributes(text: str) -> set:
+    """The attribute names a format string reads (`"{0.history}".format(tr)`)."""
+    found = set()
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError:                  # not a format string
+        return found
+    for _, name, spec, _ in parsed:
+        found.update(re.sub(r"\[[^]]*\]", "", name or "").split(".")[1:])   # `{0[k].x}`: x
+        if spec and "{" in spec:        # `{x:>{w.width}}`
+            found |= _format_attributes(spec)
+    return found
 
 
 def global_names(code) -> frozenset:
@@ -271,13 +291,15 @@ _DYNAMIC_GLOBALS = frozenset({
 _DYNAMIC_ATTRIBUTES = frozenset({
     "__dict__", "__getattribute__", "__getattr__", "__reduce__", "__reduce_ex__",
     "__getstate__", "getattr", "setattr", "hasattr", "vars", "deepcopy", "asdict", "astuple",
-    "getmembers", "attrgetter", "methodcaller"})
+    "getmembers", "attrgetter", "methodcaller", "__match_args__"})
 # a class defining one of these does not keep what it reads in its instances' __dict__ by name
 _OPAQUE_DUNDERS = frozenset({"__getattr__", "__getattribute__", "__reduce__", "__reduce_ex__",
                              "__getstate__", "__slots__"})
 # methods that run only when the class is called (it is reached as a value), not on an instance
 _CONSTRUCTORS = frozenset({"__init__", "__new__", "__init_subclass__", "__class_getitem__",
                            "__set_name__"})
+# methods the interpreter calls by a plain name: `f(**obj)` and `dict(obj)` call `obj.keys()`
+_IMPLICIT_METHODS = frozenset({"keys"})
 _PLAIN_BASES = (object, abc.ABC, typing.Generic)
 _REACH_LIMIT = 100_000      # objects `code_reads` looks at before it reads everything whole
 
@@ -364,7 +386,7 @@ class _Reach:
         found, opaque, library_base = self.classes[cls]
 
         def runs(name: str) -> bool:
-            if library_base or name in self.names:
+            if library_base or name in self.names or name in _IMPLICIT_METHODS:
                 return True
             return name[:2] == name[-2:] == "__" and (called or name not in _CONSTRUCTORS)
         return [(value, False) for name, value in found if runs(name)], opaque
@@ -405,14 +427,14 @@ class _Reach:
             if not _library_module(frame.f_globals.get("__name__")):
                 self.everything = True      # a user generator's locals are read as it runs
             return [(v, True) for v in frame.f_locals.values()]
-        if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
-            return [(v, in_library) for v in obj]
-        if isinstance(obj, dict):
-            return [(v, in_library) for item in obj.items() for v in item]
         if type(obj).__name__ == "CompiledFunction":
             return [(obj.__dict__["fn"], in_library)]
         cls = type(obj)
         code, opaque = ([], False) if _library_module(cls.__module__) else self.klass(cls, False)
+        if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+            return code + [(v, in_library) for v in obj]
+        if isinstance(obj, dict):
+            return code + [(v, in_library) for item in obj.items() for v in item]
         attrs = getattr(obj, "__dict__", None)
         if not isinstance(attrs, dict):
             return code
@@ -442,6 +464,9 @@ def code_reads(fn, extra: list = ()) -> Reads:
     load (a method runs when its name is loaded; a dunder when an operator calls it), worked
     out again until they stop growing, as each new name may reach more code. `everything` where
     reached code reads attributes by computed name or cannot be looked through."""
+    function = getattr(fn, "__func__", fn)
+    if isinstance(function, types.FunctionType) and not _user_function(function):
+        return Reads(frozenset(), everything=True)      # library code: its reads are unseen
     roots = [fn, *(value for _, _, value in extra)]
     names: frozenset = frozenset()
     while True:
