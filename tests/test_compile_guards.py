@@ -2110,3 +2110,30 @@ def test_a_step_appending_to_the_history_itself_keeps_the_effect():
         compiled = train(kiln.compile(step))
     assert compiled.history == eager.history == [0, 1, 2, 3, 4]
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-6)
+
+
+class _ScheduledTrainer(_Trainer):
+    def __init__(self):
+        super().__init__()
+        # the scheduler, a library object, holds user code that reads `epochs_run`
+        self.sched = kiln.optim.lr_scheduler.LambdaLR(self.opt, lambda e: 0.5 ** self.epochs_run)
+
+
+def test_user_code_held_by_a_library_object_is_read_through():
+    def step(tr, x, y):
+        loss = _trainer_step(tr, x, y)
+        tr.sched.step()
+        return loss
+
+    def train(f) -> list:
+        kiln.manual_seed(1)
+        t, losses = _ScheduledTrainer(), []
+        for i in range(8):
+            t.epochs_run = i // 3
+            losses.append(f(t, x, y).item())
+        return losses
+    x, y = kiln.randn(8, 4), kiln.randn(8, 2)
+    eager = train(step)
+    done = {}
+    assert _graphs_traced(lambda: done.update(losses=train(kiln.compile(step)))) == 3
+    np.testing.assert_allclose(done["losses"], eager, rtol=1e-6)

@@ -913,7 +913,9 @@ class CompiledFunction:
                   if b.kind == "scalar"} - tracer.python_reads
         # a batch object's tensors are inputs, keyed by shape: not guarded by identity
         fields = {id(t) for t in _flatten_args((args, kwargs))[0]}
-        replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs), by_name=True)
+        with _stage("guarding what the call reads"):
+            replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs),
+                                           by_name=True)
         entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +
