@@ -2137,3 +2137,15 @@ def test_user_code_held_by_a_library_object_is_read_through():
     done = {}
     assert _graphs_traced(lambda: done.update(losses=train(kiln.compile(step)))) == 3
     np.testing.assert_allclose(done["losses"], eager, rtol=1e-6)
+
+
+def test_a_method_hidden_by_an_attribute_set_on_the_object_retraces():
+    r, x = _Reader(), kiln.randn(4)
+
+    def f(obj, v):
+        return v * obj.factor()
+    compiled = kiln.compile(f)
+    np.testing.assert_allclose(compiled(r, x).numpy(), f(r, x).numpy(), rtol=1e-6)
+    r.factor = lambda: -0.5             # the object's own attribute now hides the method
+    np.testing.assert_allclose(compiled(r, x).numpy(), f(r, x).numpy(), rtol=1e-6)
+    assert len(compiled.entries) == 2

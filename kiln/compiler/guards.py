@@ -407,7 +407,10 @@ class _Reach:
             self.code(obj.__code__)
             glb = obj.__globals__
             found = [glb[n] for n in global_names(obj.__code__) if n in glb]
-            found += [c.cell_contents for c in obj.__closure__ or () if _filled(c)]
+            # (not a method's `__class__` cell, for `super()`: its class is not called there)
+            found += [c.cell_contents for name, c in zip(obj.__code__.co_freevars,
+                                                          obj.__closure__ or ())
+                      if name != "__class__" and _filled(c)]
             found += [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
             return [(v, False) for v in found]
         if isinstance(obj, types.MethodType):
