@@ -1843,3 +1843,309 @@ def test_the_usual_step_traces_once_whatever_the_grads_were():
     for a, b in zip(m1.parameters(), m2.parameters()):
         np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-5,
                                    atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- what a call reads
+# A plain object of the user's is guarded only in the attributes the code the call can run
+# names (kiln.compiler.guards.code_reads): state that changes outside the compiled function and
+# that it never reads does not retrace, state it reads does, and a value read by computed name
+# keeps the whole object guarded.
+
+def _graphs_traced(run) -> int:
+    from kiln.compiler.counters import counters
+    before = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run()
+    assert not [w for w in seen if "recompile limit" in str(w.message)], \
+        [str(w.message) for w in seen]
+    return counters["stats"]["unique_graphs"] - before
+
+
+class _Trainer:
+    def __init__(self):
+        self.model = nn.Linear(4, 2)
+        self.opt = kiln.optim.SGD(self.model.parameters(), lr=0.1)
+        self.history = []          # grows every step, outside the compiled function
+        self.epochs_run = 0        # changes every epoch
+
+
+def _trainer_step(tr, x, y):
+    tr.opt.zero_grad()
+    loss = ((tr.model(x) - y) ** 2).mean()
+    loss.backward()
+    tr.opt.step()
+    return loss
+
+
+def test_a_trainer_whose_history_grows_outside_the_step_traces_once():
+    import torch
+    kiln.manual_seed(0)
+    xs, ys = kiln.randn(12, 8, 4), kiln.randn(12, 8, 2)
+
+    def train(compiled: bool) -> tuple[list, _Trainer]:
+        kiln.manual_seed(1)
+        t = _Trainer()
+        step = kiln.compile(_trainer_step) if compiled else _trainer_step
+        for i in range(12):
+            t.history.append(step(t, xs[i], ys[i]).item())
+            t.epochs_run = i // 4
+        return t.history, t
+    eager, t_eager = train(False)
+    done = {}
+    assert _graphs_traced(lambda: done.update(run=train(True))) == 1
+    compiled, t_compiled = done["run"]
+    np.testing.assert_allclose(compiled, eager, rtol=1e-6)
+    for a, b in zip(t_compiled.model.parameters(), t_eager.model.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6)
+    # and eager kiln is torch's SGD on the same weights
+    kiln.manual_seed(1)
+    model = _Trainer().model
+    ref = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(model.weight.detach().numpy()))
+        ref.bias.copy_(torch.tensor(model.bias.detach().numpy()))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for i in range(12):
+        opt.zero_grad()
+        loss = ((ref(torch.tensor(xs[i].numpy())) - torch.tensor(ys[i].numpy())) ** 2).mean()
+        loss.backward()
+        opt.step()
+        np.testing.assert_allclose(eager[i], loss.item(), rtol=1e-5)
+
+
+class _TutorialTrainer:
+    """The DDP tutorial's Trainer: its bound `_run_batch` compiled, `epochs_run` set each
+    epoch by `train`, a method the compiled step never calls."""
+
+    def __init__(self, model, train_data, optimizer, compiled: bool):
+        self.model, self.train_data, self.optimizer = model, train_data, optimizer
+        self.epochs_run = 0
+        self.losses = []
+        if compiled:
+            self._run_batch = kiln.compile(self._run_batch)
+
+    def _run_batch(self, source, targets):
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.model(source), targets)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def _run_epoch(self, epoch):
+        for source, targets in self.train_data:
+            self.losses.append(self._run_batch(source, targets).item())
+
+    def train(self, max_epochs):
+        for epoch in range(self.epochs_run, max_epochs):
+            self._run_epoch(epoch)
+            self.epochs_run = epoch + 1
+
+
+def test_the_tutorial_trainer_with_a_compiled_bound_method_traces_once():
+    kiln.manual_seed(0)
+    data = [(kiln.randn(8, 4), kiln.randint(0, 3, (8,))) for _ in range(3)]
+
+    def train(compiled: bool) -> _TutorialTrainer:
+        kiln.manual_seed(1)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        t = _TutorialTrainer(model, data, kiln.optim.Adam(model.parameters(), lr=0.01),
+                             compiled)
+        t.train(4)
+        return t
+    eager = train(False)
+    done = {}
+    assert _graphs_traced(lambda: done.update(t=train(True))) == 1
+    assert done["t"].epochs_run == 4 and len(done["t"].losses) == 12
+    np.testing.assert_allclose(done["t"].losses, eager.losses, rtol=1e-6)
+
+
+# the same object read four ways; each function reads one thing, and `history`, which none
+# reads, grows between calls
+class _Reader:
+    def __init__(self):
+        self.scale = 2.0
+        self.k = 3.0
+        self._shift = 1.0
+        self.off = 0.5
+        self.history = []
+
+    def factor(self):
+        return self.k * 2
+
+    @property
+    def shift(self):
+        return self._shift
+
+
+def _read_off(r):
+    return r.off
+
+
+@kiln.no_grad()
+def _read_off_without_grad(r, x):
+    return x * r.off
+
+
+def _reader_cases(helpers) -> dict:
+    """name -> (compiled function of (reader, x), the attribute a change of which it reads)."""
+    return {
+        "attribute": (lambda r, x: x * r.scale, "scale"),
+        "method": (lambda r, x: x * r.factor(), "k"),
+        "property": (lambda r, x: x + r.shift, "_shift"),
+        "helper in another module": (lambda r, x: x - helpers.offset(r), "off"),
+        "module-level helper": (lambda r, x: x - _read_off(r), "off"),
+        "decorated helper": (lambda r, x: _read_off_without_grad(r, x), "off"),
+        "format string": (lambda r, x: x * float("{0.scale}".format(r)), "scale"),
+    }
+
+
+@pytest.mark.parametrize("name", ["attribute", "method", "property",
+                                  "helper in another module", "module-level helper",
+                                  "decorated helper", "format string"])
+def test_a_value_the_call_reads_retraces_when_it_changes(name, tmp_path, monkeypatch):
+    import importlib
+    (tmp_path / "guard_reads_helpers.py").write_text("def offset(r):\n    return r.off\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    helpers = importlib.import_module("guard_reads_helpers")
+    fn, attr = _reader_cases(helpers)[name]
+    x = kiln.randn(5)
+    values = [1.5, 1.5, -4.0, -4.0, 0.25, 0.25]
+
+    def run(f) -> list:
+        r, out = _Reader(), []
+        for v in values:
+            setattr(r, attr, v)
+            out.append(f(r, x).numpy().copy())
+            r.history.append(len(r.history))        # read by nothing: no retrace
+        return out
+    eager = run(fn)
+    done = {}
+    assert _graphs_traced(lambda: done.update(out=run(kiln.compile(fn)))) == 3
+    for got, want in zip(done["out"], eager):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+class _Other:
+    def __init__(self):
+        self.k = 2.0
+
+    def scaled(self, x):
+        return x * self.k
+
+
+def test_a_bound_method_stored_on_an_object_is_read_through():
+    other, r = _Other(), _Reader()
+    r.callback = other.scaled
+
+    def f(x):
+        return r.callback(x) + 1
+    compiled, x = kiln.compile(f), kiln.randn(4)
+    outs = []
+    for k in [2.0, 2.0, 5.0, 5.0]:
+        other.k = k
+        r.history.append(k)
+        outs.append((compiled(x).numpy(), f(x).numpy()))
+    assert len(compiled.entries) == 2
+    for got, want in outs:
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+_ATTRIBUTE = "scale"
+
+
+class _Forwarding:
+    """Attributes it does not hold are looked up in `defaults`: what a call reads of it is not
+    known by name."""
+
+    def __init__(self):
+        self.defaults = {"scale": 2.0}
+        self.history = []
+
+    def __getattr__(self, name):
+        if name in self.defaults:
+            return self.defaults[name]
+        raise AttributeError(name)
+
+
+@pytest.mark.parametrize("how", ["getattr with a name in a variable", "__getattr__"])
+def test_reading_by_computed_name_guards_the_whole_object(how):
+    if how == "__getattr__":
+        r = _Forwarding()
+        fn = lambda obj, x: x * obj.scale               # noqa: E731
+        change = lambda v: r.defaults.__setitem__("scale", v)   # noqa: E731
+    else:
+        r = _Reader()
+        fn = lambda obj, x: x * getattr(obj, _ATTRIBUTE)   # noqa: E731
+        change = lambda v: setattr(r, "scale", v)   # noqa: E731
+    compiled, x = kiln.compile(fn), kiln.randn(4)
+    for i, v in enumerate([2.0, 2.0, -1.0, -1.0]):
+        change(v)
+        np.testing.assert_allclose(compiled(r, x).numpy(), fn(r, x).numpy(), rtol=1e-6)
+    assert len(compiled.entries) == 2
+    sources = {g.source for entry in compiled.guards() for g in entry}
+    assert "argument 0.history" in sources          # walked whole
+    r.history.append(1.0)                           # so a change of anything retraces
+    np.testing.assert_allclose(compiled(r, x).numpy(), fn(r, x).numpy(), rtol=1e-6)
+    assert len(compiled.entries) == 3
+
+
+def test_a_step_appending_to_the_history_itself_keeps_the_effect():
+    def step(tr, x, y):
+        loss = _trainer_step(tr, x, y)
+        tr.history.append(len(tr.history))
+        return loss
+
+    def train(f) -> _Trainer:
+        kiln.manual_seed(1)
+        t = _Trainer()
+        for i in range(5):
+            t.epochs_run = i
+            t.losses = getattr(t, "losses", []) + [f(t, x, y).item()]
+        return t
+    x, y = kiln.randn(8, 4), kiln.randn(8, 2)
+    eager = train(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = train(kiln.compile(step))
+    assert compiled.history == eager.history == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-6)
+
+
+class _ScheduledTrainer(_Trainer):
+    def __init__(self):
+        super().__init__()
+        # the scheduler, a library object, holds user code that reads `epochs_run`
+        self.sched = kiln.optim.lr_scheduler.LambdaLR(self.opt, lambda e: 0.5 ** self.epochs_run)
+
+
+def test_user_code_held_by_a_library_object_is_read_through():
+    def step(tr, x, y):
+        loss = _trainer_step(tr, x, y)
+        tr.sched.step()
+        return loss
+
+    def train(f) -> list:
+        kiln.manual_seed(1)
+        t, losses = _ScheduledTrainer(), []
+        for i in range(8):
+            t.epochs_run = i // 3
+            losses.append(f(t, x, y).item())
+        return losses
+    x, y = kiln.randn(8, 4), kiln.randn(8, 2)
+    eager = train(step)
+    done = {}
+    assert _graphs_traced(lambda: done.update(losses=train(kiln.compile(step)))) == 3
+    np.testing.assert_allclose(done["losses"], eager, rtol=1e-6)
+
+
+def test_a_method_hidden_by_an_attribute_set_on_the_object_retraces():
+    r, x = _Reader(), kiln.randn(4)
+
+    def f(obj, v):
+        return v * obj.factor()
+    compiled = kiln.compile(f)
+    np.testing.assert_allclose(compiled(r, x).numpy(), f(r, x).numpy(), rtol=1e-6)
+    r.factor = lambda: -0.5             # the object's own attribute now hides the method
+    np.testing.assert_allclose(compiled(r, x).numpy(), f(r, x).numpy(), rtol=1e-6)
+    assert len(compiled.entries) == 2

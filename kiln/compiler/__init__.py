@@ -320,7 +320,8 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
         out = ExplainOutput(captured.graphs, captured.breaks, _function_name(target),
-                            guards.collect(target).guards, [None] * len(captured.graphs),
+                            guards.collect(target, by_name=True).guards,
+                            [None] * len(captured.graphs),
                             reasons[0] if reasons else None, kernel_choices(fn))
     print(out)
     return out
@@ -912,7 +913,10 @@ class CompiledFunction:
                   if b.kind == "scalar"} - tracer.python_reads
         # a batch object's tensors are inputs, keyed by shape: not guarded by identity
         fields = {id(t) for t in _flatten_args((args, kwargs))[0]}
-        entry.guards = ([g for g in guards.collect(self.fn, _object_arguments(args, kwargs)).guards
+        with _stage("guarding what the call reads"):
+            replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs),
+                                           by_name=True)
+        entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +
                         guards.tensor_guards(lifted, names_after))

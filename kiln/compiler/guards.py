@@ -11,19 +11,33 @@ every attribute and item. Each reached place becomes one `Guard`:
 - a Python scalar by type and value (`2` != `2.0` != `True`, `0.0` != `-0.0`, NaN == NaN);
 - a container by its length as well as its items.
 
+A plain object of the user's (not a module, an optimizer or a data holder) is guarded only in
+the attributes whose names the code the call can run loads (`code_reads`), as TorchDynamo
+guards only what the traced code accessed: a trainer's `history` that grows outside the
+compiled step is not read by it. Where that code reads attributes by computed name
+(`getattr`, `vars`, `copy`, ...) or a class hides its attributes (`__getattr__`, other
+descriptors), the object is walked whole.
+
 Reading the same places again after the traced call tells which of them the call itself
-changed: a Python effect a replay would skip (`compiler` turns it into a graph break).
+changed: a Python effect a replay would skip (`compiler` turns it into a graph break). That
+walk reads every attribute: it runs once per trace.
 """
 
 from __future__ import annotations
 
+import abc
 import argparse
+import collections
 import dataclasses
 import dis
 import functools
 import math
+import operator
+import re
+import string
 import sys
 import types
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +104,8 @@ class Guard:
         return _same(self.kind, self.expected, value)
 
     def describe(self) -> str:
+        if self.kind == "id" and self.expected is MISSING:
+            return f"{self.source} is not set"
         if self.kind == "id":
             return f"{self.source} is the same {type(self.expected).__name__} object"
         if self.kind == "value":
@@ -162,6 +178,7 @@ def constant(value):
 # ----------------------------------------------------------------------------- roots
 
 _GLOBAL_OPS = {"LOAD_GLOBAL", "LOAD_NAME"}
+_ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "STORE_ATTR", "DELETE_ATTR"}
 
 
 @functools.lru_cache(maxsize=512)
@@ -170,14 +187,32 @@ def _names_of(code) -> tuple[frozenset, frozenset]:
     for ins in dis.get_instructions(code):
         if ins.opname in _GLOBAL_OPS:
             globals_.add(ins.argval)
-        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"):
+        elif ins.opname in _ATTRIBUTE_OPS:
             attrs.add(ins.argval)
+        elif ins.opname == "MATCH_CLASS":   # `case Point(x=0)` reads attributes named in data
+            attrs.add("__match_args__")
     for const in code.co_consts:
         if isinstance(const, types.CodeType):      # lambdas, comprehensions, inner functions
             g, a = _names_of(const)
             globals_ |= g
             attrs |= a
+        elif isinstance(const, str) and "{" in const:
+            attrs |= _format_attributes(const)
     return frozenset(globals_), frozenset(attrs)
+
+
+def _format_attributes(text: str) -> set:
+    """The attribute names a format string reads (`"{0.history}".format(tr)`)."""
+    found = set()
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError:                  # not a format string
+        return found
+    for _, name, spec, _ in parsed:
+        found.update(re.sub(r"\[[^]]*\]", "", name or "").split(".")[1:])   # `{0[k].x}`: x
+        if spec and "{" in spec:        # `{x:>{w.width}}`
+            found |= _format_attributes(spec)
+    return found
 
 
 def global_names(code) -> frozenset:
@@ -225,19 +260,226 @@ def _user_function(obj) -> bool:
 _DATA_HOLDERS = (types.SimpleNamespace, argparse.Namespace)
 
 
+def _data_holder(cls: type) -> bool:
+    return issubclass(cls, _DATA_HOLDERS) or dataclasses.is_dataclass(cls)
+
+
 @functools.lru_cache(maxsize=1024)
+def _library_module(module_name: str | None) -> bool:
+    """Whether a module is kiln's, the standard library's or an installed package's."""
+    name = (module_name or "").split(".")[0]
+    if name in _NOT_WALKED or name in sys.stdlib_module_names:
+        return True
+    path = getattr(sys.modules.get(module_name or ""), "__file__", None) or ""
+    return "site-packages" in path or "dist-packages" in path
+
+
 def _library_class(cls: type) -> bool:
     """Whether instances of `cls` are guarded by identity only: a class of kiln, of the standard
     library or of an installed package (its state is its own business: a progress bar's counter
     changes on every call), unless it only holds data (a namespace, a dataclass)."""
-    if issubclass(cls, _DATA_HOLDERS) or dataclasses.is_dataclass(cls):
+    return not _data_holder(cls) and _library_module(cls.__module__)
+
+
+# ----------------------------------------------------------------------------- what code reads
+
+# names whose use reads an object's attributes by a computed name, or all of them at once
+_DYNAMIC_GLOBALS = frozenset({
+    "getattr", "setattr", "hasattr", "delattr", "vars", "dir", "eval", "exec", "copy",
+    "deepcopy", "pickle", "dataclasses", "asdict", "astuple", "replace", "inspect",
+    "getmembers", "attrgetter", "methodcaller"})
+_DYNAMIC_ATTRIBUTES = frozenset({
+    "__dict__", "__getattribute__", "__getattr__", "__reduce__", "__reduce_ex__",
+    "__getstate__", "getattr", "setattr", "hasattr", "vars", "deepcopy", "asdict", "astuple",
+    "getmembers", "attrgetter", "methodcaller", "__match_args__"})
+# a class defining one of these does not keep what it reads in its instances' __dict__ by name
+_OPAQUE_DUNDERS = frozenset({"__getattr__", "__getattribute__", "__reduce__", "__reduce_ex__",
+                             "__getstate__", "__slots__"})
+# methods that run only when the class is called (it is reached as a value), not on an instance
+_CONSTRUCTORS = frozenset({"__init__", "__new__", "__init_subclass__", "__class_getitem__",
+                           "__set_name__"})
+# methods the interpreter calls by a plain name: `f(**obj)` and `dict(obj)` call `obj.keys()`
+_IMPLICIT_METHODS = frozenset({"keys"})
+_PLAIN_BASES = (object, abc.ABC, typing.Generic)
+_REACH_LIMIT = 100_000      # objects `code_reads` looks at before it reads everything whole
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Which attributes of plain user objects a call can read: those named in `names`, except
+    in the objects whose ids are in `whole`, read whole; all of every object when `everything`
+    (no narrowing is sound)."""
+
+    names: frozenset
+    whole: frozenset = frozenset()
+    everything: bool = False
+
+    def by_name(self, obj) -> bool:
+        return not self.everything and id(obj) not in self.whole
+
+
+def _class_code(cls: type) -> tuple[list, bool, bool]:
+    """A user class's own attributes ([(name, value)], a property as its accessors, a static or
+    class method as its function), whether its instances must be read whole (a library base,
+    whose code reads what kiln cannot see; `__getattr__` and its kin; a descriptor other than a
+    function, property, static or class method), and whether it has a library base (whose code
+    may call any of its methods by name)."""
+    found, opaque, library_base = [], False, False
+    for klass in cls.__mro__:
+        if klass in _PLAIN_BASES:
+            continue
+        if _library_module(klass.__module__):
+            opaque = library_base = True
+            continue
+        for name, value in vars(klass).items():
+            if name in ("__dict__", "__weakref__"):
+                continue
+            opaque = opaque or name in _OPAQUE_DUNDERS
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                found += [(name, f) for f in (value.fget, value.fset, value.fdel) if f]
+                continue
+            if type(value).__name__ != "CompiledFunction" and \
+                    not isinstance(value, types.FunctionType) and hasattr(type(value), "__get__"):
+                opaque = True           # (its own class's __get__ is walked as its code)
+            found.append((name, value))
+    return found, opaque, library_base
+
+
+class _Reach:
+    """One pass of `code_reads`: from the roots, the code the call can run and the attribute
+    names it loads, following only attributes of plain objects with names loaded so far."""
+
+    def __init__(self, names: frozenset):
+        self.names = set(names)
+        self.whole: set[int] = set()
+        self.everything = False
+        self.seen: set = set()
+        self.classes: dict = {}
+        self.left = _REACH_LIMIT
+
+    def run(self, roots: list) -> None:
+        stack = [(obj, False) for obj in roots]
+        while stack and not self.everything:
+            obj, in_library = stack.pop()
+            if type(obj) in SCALARS or isinstance(obj, (Tensor, np.ndarray)):
+                continue
+            if (id(obj), in_library) in self.seen:
+                continue
+            self.seen.add((id(obj), in_library))
+            self.left -= 1
+            self.everything = self.left < 0
+            stack += self.parts(obj, in_library)
+
+    def code(self, code) -> None:
+        globals_, attrs = _names_of(code)
+        self.names |= attrs
+        if globals_ & _DYNAMIC_GLOBALS or attrs & _DYNAMIC_ATTRIBUTES:
+            self.everything = True
+
+    def klass(self, cls: type, called: bool) -> tuple[list, bool]:
+        """The code of a user class that can run ([(function, False)]), and whether its
+        instances are read whole; `called`: the class itself is reached (it may be called)."""
+        if cls not in self.classes:
+            self.classes[cls] = _class_code(cls)
+        found, opaque, library_base = self.classes[cls]
+
+        def runs(name: str) -> bool:
+            if library_base or name in self.names or name in _IMPLICIT_METHODS:
+                return True
+            return name[:2] == name[-2:] == "__" and (called or name not in _CONSTRUCTORS)
+        return [(value, False) for name, value in found if runs(name)], opaque
+
+    def parts(self, obj, in_library: bool) -> list:
+        """What the call can reach from `obj`, each with whether it was reached through a
+        library object's state (a plain object found there is read whole)."""
+        if isinstance(obj, types.ModuleType):
+            if _library_module(obj.__name__):
+                return []
+            return [(obj.__dict__[n], False) for n in self.names if n in obj.__dict__]
+        if isinstance(obj, type):
+            return [] if _library_module(obj.__module__) else self.klass(obj, True)[0]
+        if isinstance(obj, types.FunctionType):
+            if not _user_function(obj):     # a library wrapper: the user function it holds
+                return [(c.cell_contents, True) for c in obj.__closure__ or () if _filled(c)] + \
+                    [(v, True) for v in vars(obj).values()]
+            self.code(obj.__code__)
+            glb = obj.__globals__
+            found = [glb[n] for n in global_names(obj.__code__) if n in glb]
+            # (not a method's `__class__` cell, for `super()`: its class is not called there)
+            found += [c.cell_contents for name, c in zip(obj.__code__.co_freevars,
+                                                          obj.__closure__ or ())
+                      if name != "__class__" and _filled(c)]
+            found += [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+            return [(v, False) for v in found]
+        if isinstance(obj, types.MethodType):
+            return [(obj.__func__, in_library), (obj.__self__, in_library)]
+        if isinstance(obj, types.BuiltinFunctionType):      # `history.append`
+            owner = obj.__self__
+            return [] if isinstance(owner, types.ModuleType) else [(owner, in_library)]
+        if isinstance(obj, functools.partial):
+            return [(v, in_library) for v in (obj.func, *obj.args, *obj.keywords.values())]
+        if isinstance(obj, (operator.attrgetter, operator.methodcaller)):
+            self.everything = True
+            return []
+        if isinstance(obj, types.GeneratorType):
+            frame = obj.gi_frame
+            if frame is None:
+                return []
+            if not _library_module(frame.f_globals.get("__name__")):
+                self.everything = True      # a user generator's locals are read as it runs
+            return [(v, True) for v in frame.f_locals.values()]
+        if type(obj).__name__ == "CompiledFunction":
+            return [(obj.__dict__["fn"], in_library)]
+        cls = type(obj)
+        code, opaque = ([], False) if _library_module(cls.__module__) else self.klass(cls, False)
+        if isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+            return code + [(v, in_library) for v in obj]
+        if isinstance(obj, dict):
+            return code + [(v, in_library) for item in obj.items() for v in item]
+        attrs = getattr(obj, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return code
+        if (hasattr(obj, "_modules") and hasattr(obj, "_parameters")) or \
+                (hasattr(obj, "param_groups") and hasattr(obj, "state")) or _data_holder(cls):
+            return code + [(v, in_library) for v in attrs.values()]
+        if _library_module(cls.__module__):       # guarded by identity; what it holds may run
+            return [(v, True) for v in attrs.values()]
+        if opaque or in_library:
+            self.whole.add(id(obj))
+        if id(obj) in self.whole:
+            return code + [(v, False) for v in attrs.values()]
+        return code + [(v, False) for n, v in attrs.items() if n in self.names]
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
         return False
-    name = (cls.__module__ or "").split(".")[0]
-    if name in _NOT_WALKED or name in sys.stdlib_module_names:
-        return True
-    module = sys.modules.get(cls.__module__)
-    path = getattr(module, "__file__", None) or ""
-    return "site-packages" in path or "dist-packages" in path
+    return True
+
+
+def code_reads(fn, extra: list = ()) -> Reads:
+    """Which attributes of plain user objects a call of `fn` can read: the names its code, the
+    user functions it reaches, and the methods and properties of the user classes it reaches
+    load (a method runs when its name is loaded; a dunder when an operator calls it), worked
+    out again until they stop growing, as each new name may reach more code. `everything` where
+    reached code reads attributes by computed name or cannot be looked through."""
+    function = getattr(fn, "__func__", fn)
+    if isinstance(function, types.FunctionType) and not _user_function(function):
+        return Reads(frozenset(), everything=True)      # library code: its reads are unseen
+    roots = [fn, *(value for _, _, value in extra)]
+    names: frozenset = frozenset()
+    while True:
+        reach = _Reach(names)
+        reach.run(roots)
+        if reach.everything:
+            return Reads(frozenset(), everything=True)
+        if reach.names == names:
+            return Reads(names, frozenset(reach.whole))
+        names = frozenset(reach.names)
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -245,12 +487,13 @@ def _library_class(cls: type) -> bool:
 class _Walk:
     """Collects the guards of everything reachable from a function's roots."""
 
-    def __init__(self, attribute_counts: bool = False):
+    def __init__(self, attribute_counts: bool = False, reads: Reads | None = None):
         self.guards: list[Guard] = []
         self.seen: set[int] = set()
         # also each plain object's number of attributes: one the call adds (`batch.seen = 1`
         # on an argument) is a Python effect, though no place guarded before held it
         self.attribute_counts = attribute_counts
+        self.reads = reads          # None: every attribute of every plain object
 
     def place(self, source: str, read, value, depth: int, names: set | None = None,
               lazy: bool = False, where: tuple | None = None) -> None:
@@ -283,7 +526,13 @@ class _Walk:
                     if not isinstance(value, (types.ModuleType, type)):
                         self.place(f"{source}.{name}", _attr(obj, name), value, 0)
             return
-        if isinstance(obj, (type, types.BuiltinFunctionType, types.MethodType)) or \
+        if isinstance(obj, types.MethodType):      # `self.callback = other.method`
+            if depth < _OBJECT_DEPTH:
+                self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__,
+                           depth + 1)
+                self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
+            return
+        if isinstance(obj, (type, types.BuiltinFunctionType)) or \
                 type(obj).__name__ == "CompiledFunction":
             return
         if isinstance(obj, types.FunctionType):
@@ -320,15 +569,32 @@ class _Walk:
         if self.attribute_counts and not (is_module or optimizer):
             self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
                                      lazy))
-        for name, value in list(attrs.items()):
+        items = list(attrs.items())
+        if self.reads is not None and self.reads.by_name(obj) and \
+                not (is_module or optimizer or _data_holder(type(obj))):
+            items = [(name, value) for name, value in items if name in self.reads.names]
+            self.unset(source, obj, attrs)
+        for name, value in items:
             self.place(f"{source}.{name}", _attr(obj, name), value, depth + step,
                        lazy=lazy or (optimizer and name == "state"))
 
+    def unset(self, source: str, obj, attrs: dict) -> None:
+        """Guard the names the call reads that `obj` takes from its class: set on the object
+        later, they would hide the method or class attribute the trace read."""
+        for name in sorted(self.reads.names - attrs.keys()):
+            found = getattr(type(obj), name, MISSING)
+            if found is not MISSING and not isinstance(found, property) and \
+                    not name.startswith("__"):
+                self.guards.append(Guard(f"{source}.{name}", _attr(obj, name), "id", MISSING))
 
-def collect(fn, extra: list = (), attribute_counts: bool = False) -> _Walk:
+
+def collect(fn, extra: list = (), attribute_counts: bool = False,
+            by_name: bool = False) -> _Walk:
     """Guards for every place `fn` can reach, plus `extra` (source, reader, value) roots; with
-    `attribute_counts`, also how many attributes each plain object has (to see one added)."""
-    walk = _Walk(attribute_counts)
+    `attribute_counts`, also how many attributes each plain object has (to see one added);
+    `by_name`, only the attributes of plain objects that code the call can run names
+    (`code_reads`): the guards a replay checks."""
+    walk = _Walk(attribute_counts, code_reads(fn, extra) if by_name else None)
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):
