@@ -36,7 +36,8 @@ def case(fn):
 
 def exec_world(source: str, **env) -> dict:
     """Run `source` in a fresh module namespace (so its globals are the world's own)."""
-    ns = {"kiln": kiln, "nn": nn, "F": F, "np": np, "random": random, **env}
+    ns = {"__name__": "guard_world", "kiln": kiln, "nn": nn, "F": F, "np": np,
+          "random": random, **env}
     exec(compile(source, "<world>", "exec"), ns)
     return ns
 
@@ -1723,6 +1724,97 @@ def batch_object_written_by_the_call():
         return g(batches[i if i < 2 else 0])
     return world(ns["counting_step"], call, after=lambda: [b.__dict__.get("seen")
                                                             for b in batches])
+
+
+# ----------------------------------------------------------------------------- state held by classes
+# A class-level setting, a slot, and the globals a method reads are places the call reads too.
+
+def _replayed_twice(build):
+    build.check = expect_replays(2)
+    return case(build)
+
+
+@_replayed_twice
+def class_attribute_read_through_the_class():
+    ns = exec_world("class Config:\n    LR = 0.5\ndef f(x):\n    return x * Config.LR\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["Config"].LR = [0.5, 0.5, 2.0, 2.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def class_attribute_read_through_an_instance():
+    ns = exec_world("class Scale:\n    k = 1.0\nscale = Scale()\n"
+                    "def f(x, s):\n    return x * s.k\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["Scale"].k = [1.0, 1.0, -3.0, -3.0][i]
+        return f(x, ns["scale"])
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def slot_attribute():
+    ns = exec_world("class Pair:\n    __slots__ = ('k', 'unused')\n"
+                    "    def __init__(self):\n        self.k = 1.0\npair = Pair()\n"
+                    "def f(x, p):\n    return x * p.k\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["pair"].k = [1.0, 1.0, 4.0, 4.0][i]
+        return f(x, ns["pair"])
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def global_read_by_a_method():
+    ns = exec_world("ALPHA = 1.0\nclass T:\n    def scale(self, x):\n        return x * ALPHA\n"
+                    "t = T()\ndef f(x, t):\n    return t.scale(x) + 1\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["ALPHA"] = [1.0, 1.0, 3.0, 3.0][i]
+        return f(x, ns["t"])
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def global_read_by_a_module_forward():
+    ns = exec_world("BETA = 1.0\nclass M(nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.lin = nn.Linear(5, 3)\n"
+                    "    def forward(self, x):\n        return self.lin(x) * BETA\n"
+                    "m = M()\ndef f(x):\n    return m(x)\n")
+    x = kiln.randn(2, 5)
+
+    def call(i, f):
+        ns["BETA"] = [1.0, 1.0, 5.0, 5.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def global_read_by_a_compiled_module_forward():
+    ns = exec_world("GAMMA = 1.0\nclass M(nn.Module):\n"
+                    "    def forward(self, x):\n        return x.relu() * GAMMA\n")
+    x = kiln.randn(2, 5)
+    module = ns["M"]()
+
+    def call(i, m):
+        ns["GAMMA"] = [1.0, 1.0, 7.0, 7.0][i]
+        return m(x)
+    return world(module, call)
+
+
+@case
+def class_counter_bumped_by_the_call():
+    ns = exec_world("class Counter:\n    calls = 0\n"
+                    "def f(x):\n    Counter.calls += 1\n    return x * Counter.calls\n")
+    x = kiln.randn(5)
+    return world(ns["f"], lambda i, f: f(x), after=lambda: ns["Counter"].calls)
 
 
 # ----------------------------------------------------------------------------- the test

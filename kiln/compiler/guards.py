@@ -153,6 +153,36 @@ def _attr(obj, name: str):
                      functools.partial(d.__setitem__, name))
 
 
+def _slot(obj, name: str):
+    return _writable(lambda: getattr(obj, name, MISSING), (id(obj), name),
+                     functools.partial(setattr, obj, name))
+
+
+def _class_attr(cls: type, name: str):
+    """A class attribute as the call sees it: a static or class method as its function."""
+    def read():
+        value = vars(cls).get(name, MISSING)
+        return value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+    return _writable(read, (id(cls), name), functools.partial(setattr, cls, name))
+
+
+def _type_of(obj):
+    return lambda: type(obj)
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_names(cls: type) -> tuple:
+    """The `__slots__` of a user class and its user bases: attributes outside `__dict__`."""
+    names = []
+    for klass in cls.__mro__:
+        if klass in _PLAIN_BASES or _library_module(klass.__module__):
+            continue
+        slots = vars(klass).get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else \
+            [n for n in slots if n not in ("__dict__", "__weakref__")]
+    return tuple(names)
+
+
 def _item(container, key):
     def read():
         try:
@@ -439,8 +469,11 @@ class _Reach:
         if isinstance(obj, dict):
             return code + [(v, in_library) for item in obj.items() for v in item]
         attrs = getattr(obj, "__dict__", None)
-        if not isinstance(attrs, dict):
+        slots = _slot_names(cls)
+        if not isinstance(attrs, dict) and not slots:
             return code
+        attrs = {**(attrs if isinstance(attrs, dict) else {}),
+                 **{name: getattr(obj, name) for name in slots if hasattr(obj, name)}}
         if (hasattr(obj, "_modules") and hasattr(obj, "_parameters")) or \
                 (hasattr(obj, "param_groups") and hasattr(obj, "state")) or _data_holder(cls):
             return code + [(v, in_library) for v in attrs.values()]
@@ -523,7 +556,8 @@ class _Walk:
             for name in sorted(names or ()):
                 if name in obj.__dict__ and not name.startswith("__"):
                     value = obj.__dict__[name]
-                    if not isinstance(value, (types.ModuleType, type)):
+                    if not isinstance(value, types.ModuleType) and not (
+                            isinstance(value, type) and _library_module(value.__module__)):
                         self.place(f"{source}.{name}", _attr(obj, name), value, 0)
             return
         if isinstance(obj, types.MethodType):      # `self.callback = other.method`
@@ -532,7 +566,12 @@ class _Walk:
                            depth + 1)
                 self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
             return
-        if isinstance(obj, (type, types.BuiltinFunctionType)) or \
+        if isinstance(obj, type):
+            if not _library_module(obj.__module__):
+                self.class_members(source, obj, depth,
+                                   self.reads is not None and not self.reads.everything)
+            return
+        if isinstance(obj, types.BuiltinFunctionType) or \
                 type(obj).__name__ == "CompiledFunction":
             return
         if isinstance(obj, types.FunctionType):
@@ -560,23 +599,58 @@ class _Walk:
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj)))
             return
         attrs = getattr(obj, "__dict__", None)
-        if not isinstance(attrs, dict):
+        slots = _slot_names(type(obj))
+        if not isinstance(attrs, dict) and not slots:
             return
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
         if not (is_module or optimizer) and _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
         step = 0 if is_module else 1        # a module tree is walked to its leaves
-        if self.attribute_counts and not (is_module or optimizer):
+        if not isinstance(attrs, dict):
+            attrs = {}
+        elif self.attribute_counts and not (is_module or optimizer):
             self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
                                      lazy))
-        items = list(attrs.items())
-        if self.reads is not None and self.reads.by_name(obj) and \
-                not (is_module or optimizer or _data_holder(type(obj))):
-            items = [(name, value) for name, value in items if name in self.reads.names]
+        items = [(name, _attr(obj, name), value) for name, value in attrs.items()]
+        items += [(name, _slot(obj, name), getattr(obj, name, MISSING)) for name in slots]
+        narrow = self.reads is not None and self.reads.by_name(obj) and \
+            not (is_module or optimizer or _data_holder(type(obj)))
+        if narrow:
+            items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
-        for name, value in items:
-            self.place(f"{source}.{name}", _attr(obj, name), value, depth + step,
+        for name, read, value in items:
+            self.place(f"{source}.{name}", read, value, depth + step,
                        lazy=lazy or (optimizer and name == "state"))
+        cls = type(obj)
+        if not _library_module(cls.__module__):
+            self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
+            self.class_members(f"type({source})", cls, depth + 1, narrow)
+
+    def class_members(self, source: str, cls: type, depth: int, narrow: bool) -> None:
+        """What a user class holds for its instances and callers: class-level settings
+        (`Config.LR`) and its methods, whose globals and closures a call reads as the compiled
+        function's own (a `forward` reading a module-level constant). With `reads`, only the
+        names the call's code loads, and the dunders the interpreter calls."""
+        if depth >= _OBJECT_DEPTH or ("class", id(cls), narrow) in self.seen:
+            return
+        self.seen.add(("class", id(cls), narrow))
+        for klass in cls.__mro__:
+            if klass in _PLAIN_BASES or _library_module(klass.__module__):
+                continue
+            for name, value in list(vars(klass).items()):
+                dunder = name[:2] == name[-2:] == "__"
+                if dunder and not isinstance(value, types.FunctionType) or \
+                        narrow and not dunder and name not in self.reads.names:
+                    continue        # (`__module__`, `__dict__`, a dataclass's fields)
+                label = f"{klass.__qualname__}.{name}"
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                if isinstance(value, property):
+                    for f in (value.fget, value.fset, value.fdel):
+                        if f is not None:
+                            self.place(f"{label}.<{f.__name__}>", constant(f), f, depth + 1)
+                    continue
+                self.place(label, _class_attr(klass, name), value, depth + 1)
 
     def unset(self, source: str, obj, attrs: dict) -> None:
         """Guard the names the call reads that `obj` takes from its class: set on the object
