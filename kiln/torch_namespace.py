@@ -11,6 +11,7 @@ imported after the tensor API).
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 
 from kiln.ir.dtypes import SCALAR_TYPE_NAMES
@@ -124,6 +125,53 @@ def wrap_each(namespace: dict, names, make) -> None:
     for name, fn in list(namespace.items()):
         if not name.startswith("_") and id(fn) in made:
             namespace[name] = made[id(fn)]
+
+
+def _keepdim_index(fn) -> int | None:
+    """The position of `fn`'s keepdim parameter (None: keyword-only), or -1 without one."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None or "keepdim" not in code.co_varnames[:code.co_argcount +
+                                                          code.co_kwonlyargcount]:
+        return -1
+    index = code.co_varnames.index("keepdim")
+    return index if index < code.co_argcount else None
+
+
+def bool_keepdim(fn, name: str, index: int | None, method: bool):
+    """`fn` refusing a `keepdim` that is not a bool, as PyTorch's argument parser does: Python
+    would take `x.sum(0, 1)` as keepdim=True where PyTorch raises. `index`: keepdim's place
+    among the positional arguments (self or input first)."""
+    shown = None if index is None else index if method else index + 1
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if index is not None and len(args) > index:
+            keepdim, where = args[index], f" (position {shown})"
+        elif kwargs:
+            keepdim, where = kwargs.get("keepdim", False), ""
+        else:
+            return fn(*args)
+        if keepdim is not True and keepdim is not False:
+            kind = type(keepdim)
+            kind = f"numpy.{kind.__name__}" if kind.__module__ == "numpy" else kind.__name__
+            raise op_error(name, f"argument 'keepdim'{where} must be bool, not {kind}",
+                           TypeError)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def refuse_non_bool_keepdim(modules: dict, tensor_class) -> None:
+    """Install `bool_keepdim` on every public function with a keepdim parameter: the
+    reductions of the modules in `modules` (prefix -> module namespace, "" for the root) and
+    the methods of `tensor_class`. One place for all of them, method and function forms."""
+    for prefix, namespace in modules.items():
+        names = [n for n, fn in namespace.items() if not n.startswith("_") and callable(fn)
+                 and not isinstance(fn, type) and _keepdim_index(fn) != -1]
+        wrap_each(namespace, names, lambda fn, name: bool_keepdim(
+            fn, prefix + name, _keepdim_index(fn), method=False))
+    for name, fn in list(vars(tensor_class).items()):
+        if not name.startswith("_") and inspect.isfunction(fn) and _keepdim_index(fn) != -1:
+            setattr(tensor_class, name, bool_keepdim(fn, name, _keepdim_index(fn), True))
 
 
 def write_out(out: Tensor, result: Tensor, name: str, exact_dtype: bool = False) -> Tensor:
