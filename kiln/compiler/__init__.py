@@ -1056,8 +1056,9 @@ class CompiledFunction:
                 outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves, device))
             else:
                 outs, new_values = entry.executor.run(inputs)
-        except BOUNDS_ERRORS as e:          # a bounds check's: raised as eager raises it
-            raise as_user_error(e) from None
+        except BOUNDS_ERRORS as e:          # a bounds check's: raised as eager raises it,
+            where = getattr(e, "user_location", "")     # at the line that traced the check
+            raise as_user_error(e, f" (at {where})" if where else "") from None
         except IndexError:                  # a bounds check in a kernel: the user's error
             raise
         except Exception as e:            # nothing was written back yet: eager is still safe
