@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import warnings
 
 from kiln.ir.dtypes import SCALAR_TYPE_NAMES
+from kiln.tracer.autograd import no_grad, view_origin
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.methods_extra import layout, sparse_coo, strided  # noqa: F401  (torch.layout)
@@ -207,8 +209,36 @@ def write_out(out: Tensor, result: Tensor, name: str, exact_dtype: bool = False)
         if STATE.tracer is not None:    # a replay could not give `out` its new size
             STATE.tracer.graph_break(f"{name}(out=...) resizes out from {list(out.shape)} to "
                                      f"{list(result.shape)}")
-        out._data = out.device.xp.empty(tuple(result.shape), dtype=out.dtype.np)
+        _resize_out(out, tuple(result.shape), name)
     return write_inplace(out, result, name)
+
+
+def _resize_out(out: Tensor, shape: tuple, name: str) -> None:
+    """Give `out` the shape `shape` as PyTorch's resize does: contiguous, from where `out`
+    starts in the memory it shares, so that a view's base (and a tensor's own views) see what
+    is then written. A tensor owning too little memory gets new memory; a view whose base has
+    too little room from the view's start is refused (PyTorch grows the memory both share)."""
+    count = math.prod(shape)
+    data = out._data
+    if out._base is None:
+        if getattr(data, "flags", None) is not None and data.flags.c_contiguous and \
+                count <= data.size:
+            out._data = data.reshape(-1)[:count].reshape(shape)
+        else:
+            out._data = out.device.xp.empty(shape, dtype=out.dtype.np)
+        return
+    root = view_origin(out)[0]
+    offset = (out.data_ptr() - root.data_ptr()) // data.itemsize
+    if root.dtype is not out.dtype or not root.is_contiguous() or \
+            not 0 <= offset <= root.numel() - count:
+        raise op_error(name, f"cannot resize out=, a view of shape {list(out.shape)} starting "
+                       f"at element {offset} of a tensor of shape {list(root.shape)}, to the "
+                       f"result's shape {list(shape)}: the base has no room for it there "
+                       "(PyTorch would grow the memory both share, a deprecated resize); pass "
+                       f"an out= of shape {list(shape)}")
+    with no_grad():         # the view's new place in its base's memory, contiguous
+        view = root.reshape(-1)[offset:offset + count].view(shape)
+    out._data, out._base = view._data, view._base
 
 
 # PyTorch's functions that take out= (2.13's Python signatures), by namespace
