@@ -63,6 +63,15 @@ class Node:
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
 
+    def register_prehook(self, fn):
+        """PyTorch's Node.register_prehook: `fn(grad_outputs)` runs before the node's rule, and
+        a tuple it returns replaces the gradients. Returns a handle whose remove() drops it."""
+        def prehook(g):
+            replaced = fn((g,))
+            return None if replaced is None else replaced[0]
+        self.hooks = (self.hooks or ()) + (prehook,)
+        return _NodeHookHandle(self, prehook)
+
     # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
     # where it was packed, and _raw_saved_<name>, the SavedTensor whose hooks can be set. kiln
     # names only the common three: the first input (self), the second (other) and the output
@@ -887,6 +896,14 @@ def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle
         entry = (ref, ())
     _POST_ACCUMULATE[key] = (entry[0], entry[1] + (hook,))
     return _PostHookHandle(key, hook)
+
+
+class _NodeHookHandle:
+    def __init__(self, node: Node, hook):
+        self.node, self.hook = node, hook
+
+    def remove(self) -> None:
+        self.node.hooks = tuple(h for h in self.node.hooks or () if h is not self.hook) or None
 
 
 class _PostHookHandle:

@@ -287,3 +287,23 @@ def test_hooks_on_named_nodes_still_run():
     assert seen[kiln][0] == seen[torch][0]
     np.testing.assert_allclose(seen[kiln][1], seen[torch][1], rtol=1e-12)
     np.testing.assert_allclose(seen[kiln][2], seen[torch][2], rtol=1e-12)
+
+
+def test_node_prehooks_replace_the_gradient_as_torchs():
+    """grad_fn.register_prehook(fn): fn(grad_outputs) before the node's rule, its tuple
+    replacing them; on a named node, a renamed one and a custom Function's; remove() drops it."""
+    def run(lib):
+        x = lib.tensor(X, requires_grad=True)
+        h = x * 3
+        y = _Twice.make(lib).apply(h)
+        z = y.mean()
+        seen = []
+        y.grad_fn.register_prehook(lambda go: seen.append(type(go).__name__) or (go[0] + 1,))
+        z.grad_fn.register_prehook(lambda go: (go[0] * 10,))
+        dropped = h.grad_fn.register_prehook(lambda go: (go[0] * 0,))
+        dropped.remove()
+        z.backward()
+        return seen, x.grad.numpy()
+    (k_seen, k_grad), (t_seen, t_grad) = run(kiln), run(torch)
+    assert k_seen == t_seen
+    np.testing.assert_allclose(k_grad, t_grad, rtol=1e-12)
