@@ -156,7 +156,8 @@ def _matmul_name(args: tuple, out) -> str:
 _MATMUL = PRIMITIVES["matmul"]
 # PyTorch's names for the nodes of primitives whose own names differ from its op's: kiln's
 # reshape is PyTorch's view (PyTorch has no ReshapeBackward0), and so on
-_TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": "MmBackward0", "batch_norm": "NativeBatchNormBackward0",
+_TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": "MmBackward0",
+                "batch_norm": "NativeBatchNormBackward0",
                 "max_pool2d_with_indices": "MaxPool2DWithIndicesBackward0",
                 "copy_slices": "CopySlices"}
 

@@ -247,7 +247,8 @@ def _node_classes(lib) -> list:
     Node = lib.autograd.graph.Node
     x = lib.tensor(X, requires_grad=True)
     m = lib.tensor(M, requires_grad=True)
-    outs = [x.sum(), x.sum(0), x * 2, x @ m, lib.bmm(x.expand(2, 3, 4), m.expand(2, 4, 5)), x.view(12),
+    outs = [x.sum(), x.sum(0), x * 2, x @ m, lib.bmm(x.expand(2, 3, 4), m.expand(2, 4, 5)),
+            x.view(12),
             x.mean(), x.mean(1), lib.relu(x), x.exp(), lib.nn.functional.linear(x, m.t()),
             _Twice.make(lib).apply(x)]
     again = [x.sum(), x.sum(1), x * 3]
