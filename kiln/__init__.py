@@ -198,6 +198,8 @@ _torch_namespace.wrap_each(  # kiln.abs(sparse) & co.; relu checks for itself (F
     lambda fn, name: _sparse_rules.with_sparse_rule(fn, fn.__name__))
 _torch_namespace.wrap_each(globals(), ["add", "sub", "mul", "div"],
                            _sparse_rules.with_sparse_operand)
+_torch_namespace.refuse_non_bool_keepdim(  # x.sum(0, 1) raises, as in PyTorch
+    {"": globals(), "linalg.": vars(linalg), "special.": vars(special)}, Tensor)
 from kiln import return_types  # noqa: E402  (torch.return_types: max(dim), sort, topk, svd...)
 return_types.install(_sys.modules[__name__], Tensor, linalg)
 ByteTensor, HalfTensor = _legacy_type("ByteTensor", uint8), _legacy_type("HalfTensor", float16)

@@ -11,9 +11,12 @@ imported after the tensor API).
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import warnings
 
 from kiln.ir.dtypes import SCALAR_TYPE_NAMES
+from kiln.tracer.autograd import no_grad, view_origin
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.methods import write_inplace
 from kiln.tracer.methods_extra import layout, sparse_coo, strided  # noqa: F401  (torch.layout)
@@ -126,6 +129,53 @@ def wrap_each(namespace: dict, names, make) -> None:
             namespace[name] = made[id(fn)]
 
 
+def _keepdim_index(fn) -> int | None:
+    """The position of `fn`'s keepdim parameter (None: keyword-only), or -1 without one."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None or "keepdim" not in code.co_varnames[:code.co_argcount +
+                                                          code.co_kwonlyargcount]:
+        return -1
+    index = code.co_varnames.index("keepdim")
+    return index if index < code.co_argcount else None
+
+
+def bool_keepdim(fn, name: str, index: int | None, method: bool):
+    """`fn` refusing a `keepdim` that is not a bool, as PyTorch's argument parser does: Python
+    would take `x.sum(0, 1)` as keepdim=True where PyTorch raises. `index`: keepdim's place
+    among the positional arguments (self or input first)."""
+    shown = None if index is None else index if method else index + 1
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if index is not None and len(args) > index:
+            keepdim, where = args[index], f" (position {shown})"
+        elif kwargs:
+            keepdim, where = kwargs.get("keepdim", False), ""
+        else:
+            return fn(*args)
+        if keepdim is not True and keepdim is not False:
+            kind = type(keepdim)
+            kind = f"numpy.{kind.__name__}" if kind.__module__ == "numpy" else kind.__name__
+            raise op_error(name, f"argument 'keepdim'{where} must be bool, not {kind}",
+                           TypeError)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def refuse_non_bool_keepdim(modules: dict, tensor_class) -> None:
+    """Install `bool_keepdim` on every public function with a keepdim parameter: the
+    reductions of the modules in `modules` (prefix -> module namespace, "" for the root) and
+    the methods of `tensor_class`. One place for all of them, method and function forms."""
+    for prefix, namespace in modules.items():
+        names = [n for n, fn in namespace.items() if not n.startswith("_") and callable(fn)
+                 and not isinstance(fn, type) and _keepdim_index(fn) != -1]
+        wrap_each(namespace, names, lambda fn, name: bool_keepdim(
+            fn, prefix + name, _keepdim_index(fn), method=False))
+    for name, fn in list(vars(tensor_class).items()):
+        if not name.startswith("_") and inspect.isfunction(fn) and _keepdim_index(fn) != -1:
+            setattr(tensor_class, name, bool_keepdim(fn, name, _keepdim_index(fn), True))
+
+
 def write_out(out: Tensor, result: Tensor, name: str, exact_dtype: bool = False) -> Tensor:
     """Store `result` into the user's `out=` tensor by PyTorch's rules: no autograd through
     `out`, the same device, a dtype the result casts to safely (`can_cast`: same kind or wider,
@@ -159,8 +209,36 @@ def write_out(out: Tensor, result: Tensor, name: str, exact_dtype: bool = False)
         if STATE.tracer is not None:    # a replay could not give `out` its new size
             STATE.tracer.graph_break(f"{name}(out=...) resizes out from {list(out.shape)} to "
                                      f"{list(result.shape)}")
-        out._data = out.device.xp.empty(tuple(result.shape), dtype=out.dtype.np)
+        _resize_out(out, tuple(result.shape), name)
     return write_inplace(out, result, name)
+
+
+def _resize_out(out: Tensor, shape: tuple, name: str) -> None:
+    """Give `out` the shape `shape` as PyTorch's resize does: contiguous, from where `out`
+    starts in the memory it shares, so that a view's base (and a tensor's own views) see what
+    is then written. A tensor owning too little memory gets new memory; a view whose base has
+    too little room from the view's start is refused (PyTorch grows the memory both share)."""
+    count = math.prod(shape)
+    data = out._data
+    if out._base is None:
+        if getattr(data, "flags", None) is not None and data.flags.c_contiguous and \
+                count <= data.size:
+            out._data = data.reshape(-1)[:count].reshape(shape)
+        else:
+            out._data = out.device.xp.empty(shape, dtype=out.dtype.np)
+        return
+    root = view_origin(out)[0]
+    offset = (out.data_ptr() - root.data_ptr()) // data.itemsize
+    if root.dtype is not out.dtype or not root.is_contiguous() or \
+            not 0 <= offset <= root.numel() - count:
+        raise op_error(name, f"cannot resize out=, a view of shape {list(out.shape)} starting "
+                       f"at element {offset} of a tensor of shape {list(root.shape)}, to the "
+                       f"result's shape {list(shape)}: the base has no room for it there "
+                       "(PyTorch would grow the memory both share, a deprecated resize); pass "
+                       f"an out= of shape {list(shape)}")
+    with no_grad():         # the view's new place in its base's memory, contiguous
+        view = root.reshape(-1)[offset:offset + count].view(shape)
+    out._data, out._base = view._data, view._base
 
 
 # PyTorch's functions that take out= (2.13's Python signatures), by namespace

@@ -15,6 +15,7 @@ import contextlib
 import io
 import math
 import random
+import re
 import types
 import warnings
 
@@ -97,8 +98,10 @@ def run_world(build, compiled: bool, backend: str, calls: int):
                 with contextlib.redirect_stdout(out):
                     result = world.call(i, fn)
                 seen.append(("ok", observe(result), out.getvalue()))
-            except Exception as e:         # the same exception type, eager and compiled
-                seen.append(("raised", type(e).__name__, out.getvalue()))
+            except Exception as e:         # the same exception type and user line, eager and
+                where = re.search(r"\(at ([^()]+:\d+)\)$", str(e))      # compiled
+                seen.append(("raised", type(e).__name__, where and where.group(1),
+                             out.getvalue()))
     after = observe(world.after()) if hasattr(world, "after") else None
     return seen, after, fn
 
@@ -1835,6 +1838,29 @@ def test_compiled_equals_eager_as_the_world_changes(name, backend):
 
 
 _LABEL_SMOOTHING = 0.0
+
+
+def test_a_replay_bounds_error_names_the_op_and_the_users_line():
+    """An index that goes out of range on the first replay raises as eager does: the op, the
+    bad value, and the line of this file that indexed (traced with the check), not kiln's."""
+    def gather_rows(x, idx):
+        y = x * 2
+        return y[idx] + 1                                   # the line the error names
+    line = gather_rows.__code__.co_firstlineno + 2
+    compiled = kiln.compile(gather_rows, fullgraph=True)
+    x = kiln.arange(5.0)
+    compiled(x, kiln.tensor([1, 2]))
+    with pytest.raises(IndexError) as err:
+        compiled(x, kiln.tensor([1, 7]))
+    with pytest.raises(IndexError) as eager_err:
+        gather_rows(x, kiln.tensor([1, 7]))
+    message = str(err.value)
+    assert message.startswith("index: index 7 is out of bounds")
+    assert message.endswith(f"(at {__file__}:{line})")
+    assert str(eager_err.value).endswith(f"(at {__file__}:{line})")
+    (entry,) = compiled.entries.values()
+    assert entry.program is not None                            # it stays compiled
+    assert compiled(x, kiln.tensor([4, 0])).tolist() == [9.0, 1.0]
 
 
 def test_a_replay_checks_the_entry_that_held_last_first():

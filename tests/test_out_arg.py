@@ -2,6 +2,7 @@
 kiln: which dtypes an op casts its result into and which it refuses, resizing (with its warning
 for a non-empty `out`), the device and autograd refusals, named results, and kiln.compile."""
 
+import math
 import warnings
 
 import numpy as np
@@ -94,6 +95,79 @@ def test_out_of_another_shape_is_resized_warning_unless_empty(start, warns):
         assert not resized or resized[0].filename == __file__     # the user's line
         got.append(o.numpy())
     np.testing.assert_allclose(got[1], got[0], rtol=1e-6)
+
+
+# (base, the view of it given as out=, the result's shape): the view takes the result's shape,
+# contiguous, from where it starts in its base's memory, so the base sees what is written
+VIEW_OUTS = {
+    "right shape": (lambda t: t.zeros(4), lambda b: b[:3], (3,)),
+    "right shape, strided": (lambda t: t.zeros(6), lambda b: b[::2], (3,)),
+    "right shape, transposed": (lambda t: t.zeros(2, 3), lambda b: b.t(), (3, 2)),
+    "grown inside the base": (lambda t: t.zeros(4), lambda b: b[:2], (3,)),
+    "shrunk": (lambda t: t.zeros(2, 3), lambda b: b[0], (2,)),
+    "empty view grown": (lambda t: t.zeros(4), lambda b: b[:0], (3,)),
+    "strided view made contiguous": (lambda t: t.zeros(6), lambda b: b[::2], (2,)),
+    "a column grown": (lambda t: t.zeros(2, 3), lambda b: b[:, 0], (3,)),
+    "transposed, other shape": (lambda t: t.zeros(2, 3), lambda b: b.t(), (2, 3)),
+    "offset view grown": (lambda t: t.zeros(3, 2), lambda b: b[1, :1], (2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(VIEW_OUTS))
+def test_out_into_a_view_writes_its_base_as_torch(case):
+    make_base, take_view, shape = VIEW_OUTS[case]
+    got = []
+    for lib in (torch, kiln):
+        base = make_base(lib)
+        v = take_view(base)
+        had = v.numel()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            r = lib.add(lib.ones(shape), lib.arange(math.prod(shape)).reshape(shape), out=v)
+        resized = [w for w in seen if "resized" in str(w.message)]
+        assert r is v and bool(resized) == (tuple(shape) != tuple(take_view(base).shape)
+                                            and had > 0)
+        got.append((base.numpy().copy(), v.numpy().copy(), tuple(v.shape), v.stride(),
+                    v.storage_offset()))
+        v.mul_(10)                      # still the base's memory afterwards
+        got.append(base.numpy().copy())
+    for k, t in zip(got[len(got) // 2:], got[:len(got) // 2]):
+        if isinstance(t, tuple):
+            np.testing.assert_array_equal(k[0], t[0])
+            np.testing.assert_array_equal(k[1], t[1])
+            assert k[2:] == t[2:]
+        else:
+            np.testing.assert_array_equal(k, t)
+
+
+def test_out_view_whose_base_has_no_room_is_refused():
+    """torch grows the memory a view shares with its base (resizing a non-empty out=, which it
+    deprecates); kiln's memory cannot grow, so it raises saying so, and the base is unchanged."""
+    base = torch.zeros(4)
+    torch.add(torch.ones(3), 1, out=base[2:])
+    assert base.tolist() == [0.0, 0.0, 2.0, 2.0]
+    base = kiln.zeros(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match=r"add: cannot resize out=, a view of shape \[2\] "
+                           r"starting at element 2 of a tensor of shape \[4\], to the result's "
+                           r"shape \[3\]"):
+            kiln.add(kiln.ones(3), 1, out=base[2:])
+    assert base.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_resized_out_keeps_its_own_views():
+    """A tensor given as out= and shrunk keeps its memory, as torch's does: its views see the
+    result."""
+    got = []
+    for lib in (torch, kiln):
+        o = lib.zeros(4)
+        head = o[:2]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lib.add(lib.ones(3), lib.arange(3), out=o)
+        got.append((o.tolist(), head.tolist()))
+    assert got[1] == got[0]
 
 
 def test_out_refuses_autograd_as_torch():

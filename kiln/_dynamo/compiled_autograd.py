@@ -196,6 +196,4 @@ def _owned(data, taken: set, hooks: tuple):
 def _free(nodes: list) -> None:
     """What the engine frees after a backward without retain_graph: each node's saved values."""
     for node in nodes:
-        if node.prim is autograd._MATMUL:
-            node.label = node.name()     # it is read from the shapes freed here
         node.inputs = node.out_data = None

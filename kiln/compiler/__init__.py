@@ -39,7 +39,7 @@ from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autocast import key as _autocast_key
-from kiln.tracer.autograd import Node, record, saved_hooks_active
+from kiln.tracer.autograd import prim_class, record, saved_hooks_active
 from kiln.tracer.creation import default_generator, get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
@@ -1060,8 +1060,9 @@ class CompiledFunction:
                 outs, new_values = entry.executor.run(inputs, _grad_arrays(program, leaves, device))
             else:
                 outs, new_values = entry.executor.run(inputs)
-        except BOUNDS_ERRORS as e:          # a bounds check's: raised as eager raises it
-            raise as_user_error(e) from None
+        except BOUNDS_ERRORS as e:          # a bounds check's: raised as eager raises it,
+            where = getattr(e, "user_location", "")     # at the line that traced the check
+            raise as_user_error(e, f" (at {where})" if where else "") from None
         except IndexError:                  # a bounds check in a kernel: the user's error
             raise
         except Exception as e:            # nothing was written back yet: eager is still safe
@@ -1442,7 +1443,7 @@ def _eager_autograd_mode() -> str | None:
 def _mark_consumed(t: Tensor, prim) -> None:
     """Make a replayed output look like eager's after `backward()`: it requires grad, and its
     graph is spent, so another backward raises the same error eager does."""
-    node = Node()
+    node = prim_class(prim)()
     node.prim, node.inputs, node.attrs, node.edges, node.versions = prim, None, {}, (), ()
     node.out_data, node.out_dtype, node.out_device = None, t.dtype, t.device
     node.hooks = node.retained = node.out_trace = None

@@ -998,6 +998,8 @@ class BoundsIndexError(IndexError):
 
 
 BOUNDS_ERRORS = (BoundsIndexError, BoundsError)
+# the primitives whose impl raises one of those (an executor remembers where each was traced)
+CHECKING_OPS = frozenset({"check_index"})
 
 
 def as_user_error(error: Exception, where: str = "") -> Exception:

@@ -53,6 +53,9 @@ class ArrayExecutor:
                 impl, args = _in_float32(impl), _rounded_literals(n.op, n.inputs, args)
             self.steps.append((impl, ufunc, reuse, args, n.attr_dict,
                                np.dtype(n.out.dtype.np), slot[n.out], tuple(free)))
+        # where in the user's code each checking node was traced: its error names that line
+        self.check_locations = {slot[n.out]: n.loc for n in graph.nodes
+                                if n.loc and n.op in ir_ops.CHECKING_OPS}
         self.output_slots = [slot[v] for v in graph.outputs]
         self.mutation_slots = [slot[new] for _, new in graph.mutations]
 
@@ -65,19 +68,24 @@ class ArrayExecutor:
         for s, a in self.constants:
             env[s] = a
         with np.errstate(all="ignore"):
-            for impl, ufunc, reuse, args, attrs, dtype, out_slot, free in self.steps:
-                operands = [env[x] if is_slot else x for is_slot, x in args]
-                if reuse is not None:
-                    out = ufunc(*operands, out=env[reuse])
-                else:
-                    out = impl(xp, *operands, **attrs)
-                if out.dtype != dtype:
-                    out = out.astype(dtype)
-                elif xp is np and type(out) is not np.ndarray:
-                    out = np.asarray(out)
-                for s in free:
-                    env[s] = None
-                env[out_slot] = out
+            try:
+                for impl, ufunc, reuse, args, attrs, dtype, out_slot, free in self.steps:
+                    operands = [env[x] if is_slot else x for is_slot, x in args]
+                    if reuse is not None:
+                        out = ufunc(*operands, out=env[reuse])
+                    else:
+                        out = impl(xp, *operands, **attrs)
+                    if out.dtype != dtype:
+                        out = out.astype(dtype)
+                    elif xp is np and type(out) is not np.ndarray:
+                        out = np.asarray(out)
+                    for s in free:
+                        env[s] = None
+                    env[out_slot] = out
+            except ir_ops.BOUNDS_ERRORS as error:
+                # the failing step's node (its out_slot) was traced at the user's line
+                error.user_location = self.check_locations.get(out_slot, "")
+                raise
         outs = [env[s] for s in self.output_slots]
         return outs, [env[s] for s in self.mutation_slots]
 

@@ -29,23 +29,16 @@ _FREED = ("Trying to backward through the graph a second time (or directly acces
 
 
 class Node:
-    """The grad_fn of a tensor: one recorded primitive call."""
+    """The grad_fn of a tensor: one recorded primitive call. Each node is an instance of a
+    subclass named after PyTorch's node for its op (SumBackward0, made once per name by
+    `backward_class`): users and libraries dispatch on `type(grad_fn).__name__`."""
 
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
-                 "out_version", "out_at", "edges", "hooks", "retained", "out_trace", "label",
+                 "out_version", "out_at", "edges", "hooks", "retained", "out_trace",
                  "packed", "forward_stack", "shown", "__weakref__")
 
     def name(self) -> str:
-        # `label`: the PyTorch name a composite op gives its output's node (MeanBackward0)
-        label = getattr(self, "label", None)
-        if label is not None:
-            return label
-        if self.prim is _COPY_SLICES:
-            return "CopySlices"
-        torch_name = _TORCH_NAMES.get(self.prim.name)
-        if torch_name is not None:
-            return torch_name(self) if callable(torch_name) else torch_name
-        return "".join(p.capitalize() for p in self.prim.name.split("_")) + "Backward0"
+        return type(self).__name__
 
     def __repr__(self) -> str:
         return f"<{self.name()} object at {hex(id(self))}>"
@@ -69,6 +62,15 @@ class Node:
 
     def register_hook(self, fn):
         self.hooks = (self.hooks or ()) + (fn,)
+
+    def register_prehook(self, fn):
+        """PyTorch's Node.register_prehook: `fn(grad_outputs)` runs before the node's rule, and
+        a tuple it returns replaces the gradients. Returns a handle whose remove() drops it."""
+        def prehook(g):
+            replaced = fn((g,))
+            return None if replaced is None else replaced[0]
+        self.hooks = (self.hooks or ()) + (prehook,)
+        return _NodeHookHandle(self, prehook)
 
     # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
     # where it was packed, and _raw_saved_<name>, the SavedTensor whose hooks can be set. kiln
@@ -140,26 +142,65 @@ class Node:
         return out
 
 
-def _matmul_name(node: Node) -> str:
+def _matmul_name(args: tuple, out) -> str:
     # PyTorch's node for each case of matmul's ranks (a batched product's node is Bmm's,
     # under PyTorch's UnsafeView of its result)
-    out = node.out_data.ndim if node.out_data is not None else None
-    ranks = tuple(getattr(e, "ndim", None) for e in node.inputs) if node.inputs else ()
-    if out == 0 or ranks == (1, 1):
+    ranks = tuple(a.ndim for a in args)
+    if out.ndim == 0 or ranks == (1, 1):
         return "DotBackward0"
     if ranks == (2, 1):
         return "MvBackward0"
-    if ranks == (2, 2):
-        return "MmBackward0"
-    return "BmmBackward0" if out is not None and out >= 3 else "MmBackward0"
+    return "BmmBackward0" if out.ndim >= 3 else "MmBackward0"
 
 
 _MATMUL = PRIMITIVES["matmul"]
 # PyTorch's names for the nodes of primitives whose own names differ from its op's: kiln's
 # reshape is PyTorch's view (PyTorch has no ReshapeBackward0), and so on
-_TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": _matmul_name,
+_TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": "MmBackward0",
                 "batch_norm": "NativeBatchNormBackward0",
-                "max_pool2d_with_indices": "MaxPool2DWithIndicesBackward0"}
+                "max_pool2d_with_indices": "MaxPool2DWithIndicesBackward0",
+                "copy_slices": "CopySlices"}
+
+_CLASSES: dict[str, type] = {}          # node name -> its Node subclass
+_PRIM_CLASSES: dict[str, type] = {}     # primitive name -> the class of its nodes
+
+
+def backward_class(name: str) -> type:
+    """The Node subclass called `name` (one per name, so `type(a) is type(b)` for two nodes of
+    the same op, as in PyTorch)."""
+    cls = _CLASSES.get(name)
+    if cls is None:
+        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": (), "__module__": __name__})
+    return cls
+
+
+def prim_class(prim: Primitive) -> type:
+    """The class of `prim`'s nodes: PyTorch's name for the op (a compiled program's backward is
+    its CompiledFunctionBackward), else the primitive's name in PyTorch's spelling."""
+    cls = _PRIM_CLASSES.get(prim.name)
+    if cls is None:
+        name = _TORCH_NAMES.get(prim.name)
+        if name is None and prim.kind == "extern" and prim.name.startswith("compiled_"):
+            name = "CompiledFunctionBackward"
+        if name is None:
+            name = "".join(p.capitalize() for p in prim.name.split("_")) + "Backward0"
+        cls = _PRIM_CLASSES[prim.name] = backward_class(name)
+    return cls
+
+
+def set_name(node, name: str | None) -> None:
+    """Make a primitive's node report PyTorch's `name` for the op that made it (a composite's
+    output node is its last primitive's); None, or a node that is not a primitive's (a custom
+    Function's, a wrapper subclass's), is left as it is."""
+    if name is not None and renamable(node):
+        node.__class__ = backward_class(name)
+
+
+def renamable(node) -> bool:
+    """Whether `node` is a primitive's (its class one of backward_class's, which share Node's
+    layout, so that the node can change class)."""
+    return _CLASSES.get(type(node).__name__) is type(node)
+
 
 # custom nodes whose rule also reads values passed as extra inputs (a fused softmax's saved
 # exponentials): next_functions shows only the first inputs, as PyTorch's node has them
@@ -171,11 +212,12 @@ def show_inputs(prim: Primitive, count: int) -> None:
     _SHOWN_INPUTS[prim] = count
 
 
-class AccumulateGrad:
+class AccumulateGrad(Node):
     """The node a leaf's gradient reaches in `next_functions`: `.variable` is the leaf. One per
     leaf for the leaf's lifetime, so walking a graph meets the same object for the same leaf
     (it holds the leaf weakly: the cache does not keep leaves alive)."""
 
+    __slots__ = ("_variable",)
     _of: dict = {}                  # id(leaf) -> its AccumulateGrad, while the leaf lives
     next_functions = ()
 
@@ -197,13 +239,21 @@ class AccumulateGrad:
     def name(self) -> str:
         return "torch::autograd::AccumulateGrad"
 
+    def register_hook(self, fn):
+        raise NotImplementedError("kiln does not run hooks on AccumulateGrad nodes: register "
+                                  "them on the leaf (tensor.register_hook, or "
+                                  "register_post_accumulate_grad_hook)")
+
     def __repr__(self) -> str:
         return f"<AccumulateGrad object at {hex(id(self))}>"
 
 
 def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     """Attach an autograd node for `prim(args)` to `result` (the dispatcher calls this)."""
-    node = Node()
+    cls = _PRIM_CLASSES.get(prim.name) or prim_class(prim)
+    if prim is _MATMUL and result._data.ndim != 2:
+        cls = backward_class(_matmul_name(args, result))     # not MmBackward0
+    node = cls()
     node.prim, node.inputs, node.attrs = prim, args, attrs
     node.out_data, node.out_dtype, node.out_device = result._data, result.dtype, result.device
     # list comprehensions: a generator in tuple() costs more than the rest of this function
@@ -435,7 +485,7 @@ _ALIAS = Primitive("alias", "movement", None, None, lambda g, out, x: (g,), 1, r
 def link_alias(out: Tensor, source: Tensor, edges: tuple | None = None) -> None:
     """Make `out` (on `source`'s memory) a non-leaf whose gradient passes on along `edges`
     (default: into `source`'s history)."""
-    node = Node()
+    node = prim_class(_ALIAS)()
     node.prim, node.inputs, node.attrs, node.versions = _ALIAS, (source,), {}, (None,)
     node.out_data, node.out_dtype, node.out_device = out._data, out.dtype, out.device
     node.out_version = node.out_at = None
@@ -529,7 +579,7 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
     if result is not None and result.requires_grad:
         root, steps = view_origin(view)
         history = history_of(result)
-        node = Node()
+        node = prim_class(_COPY_SLICES)()
         node.prim = _COPY_SLICES
         node.inputs, node.versions = (None, None), (None, None)   # the rule reads no values
         node.attrs = {"outside": _outside_region(root, steps), "steps": steps}
@@ -849,6 +899,14 @@ def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle
     return _PostHookHandle(key, hook)
 
 
+class _NodeHookHandle:
+    def __init__(self, node: Node, hook):
+        self.node, self.hook = node, hook
+
+    def remove(self) -> None:
+        self.node.hooks = tuple(h for h in self.node.hooks or () if h is not self.hook) or None
+
+
 class _PostHookHandle:
     def __init__(self, key: int, hook):
         self.key, self.hook = key, hook
@@ -1004,8 +1062,6 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                             _store_leaf_grad(edge, leaf_grads.pop(id(edge))[1], create_graph)
                             _post_accumulate(edge)
             if not retain_graph:
-                if node.prim is _MATMUL:
-                    node.label = node.name()     # it is read from the shapes freed here
                 node.inputs = None
                 node.out_data = None
                 if packed is not None:

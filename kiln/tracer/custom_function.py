@@ -94,8 +94,9 @@ class FunctionCtx:
         self.materialize_grads = bool(value)
 
 
-class _FunctionNode:
-    """grad_fn of one output of a custom Function (the engine's Node interface)."""
+class _FunctionNode(autograd.Node):
+    """grad_fn of one output of a custom Function. Each Function has its subclass of this,
+    `<Name>Backward` (its `_backward_cls`, as in PyTorch), the type of its outputs' grad_fn."""
 
     def __init__(self, fn_cls, ctx, inputs, index, outputs, out):
         self.ctx, self.index, self.fn_cls = ctx, index, fn_cls
@@ -115,10 +116,6 @@ class _FunctionNode:
 
     def __repr__(self) -> str:
         return f"<{self.name()} object at {hex(id(self))}>"
-
-    output = autograd.Node.output
-    register_hook = autograd.Node.register_hook
-    next_functions = autograd.Node.next_functions
 
     def _rule(self, g, out, *inputs):
         tracer = STATE.tracer
@@ -170,7 +167,12 @@ class _FunctionNode:
 
 
 class FunctionMeta(type):
-    pass
+    """Gives each Function its node class, `_backward_cls`, named `<Name>Backward`."""
+
+    def __init__(cls, name, bases, namespace, **kwargs):
+        super().__init__(name, bases, namespace, **kwargs)
+        cls._backward_cls = type(f"{name}Backward", (_FunctionNode,),
+                                 {"__module__": cls.__module__})
 
 
 class Function(metaclass=FunctionMeta):
@@ -256,7 +258,7 @@ class Function(metaclass=FunctionMeta):
                 o = o.detach() if o.requires_grad else o
             if tracked and id(outputs[i]) not in ctx._non_differentiable \
                     and (o.dtype.is_floating_point or o.dtype.is_complex):
-                node = _FunctionNode(cls, ctx, inputs, i, outputs, o)
+                node = cls._backward_cls(cls, ctx, inputs, i, outputs, o)
                 node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 
+from kiln.tracer.autograd import Node, renamable, set_name
 from kiln.tracer.tensor import Tensor
 
 
@@ -26,8 +27,8 @@ def named(fn, name, shown=None):
     def wrapper(*args, **kwargs):
         out = fn(*args, **kwargs)
         node = getattr(out, "grad_fn", None) if isinstance(out, Tensor) else None
-        if node is not None and hasattr(type(node), "label"):
-            node.label = name(args, kwargs) if callable(name) else name
+        if node is not None and renamable(node):
+            set_name(node, name(args, kwargs) if callable(name) else name)
             edges = shown(args, kwargs, node) if shown is not None else None
             # (an in-place form's input is the node itself now: its inner nodes are shown)
             if edges is not None and all(e is not node for e in edges):
@@ -53,7 +54,7 @@ def _linear_inputs(args, kwargs, node):
     """addmm's inputs (bias, input, weight.t()), read from kiln's add(matmul(x, w.t()), b);
     None (the inner nodes shown) where the composite is built otherwise."""
     edges = getattr(node, "edges", None)
-    if getattr(node, "label", None) != "AddmmBackward0" or not edges or len(edges) != 2:
+    if node.name() != "AddmmBackward0" or not edges or len(edges) != 2:
         return None
     mm = edges[0]
     if getattr(getattr(mm, "prim", None), "name", None) != "matmul" or len(mm.edges) != 2:
@@ -66,7 +67,7 @@ def _log_softmax_inside(args, kwargs, node, depth: int = 6):
     stack = [(e, 0) for e in getattr(node, "edges", None) or ()]
     while stack:
         e, d = stack.pop()
-        if getattr(e, "label", None) == "LogSoftmaxBackward0":
+        if isinstance(e, Node) and e.name() == "LogSoftmaxBackward0":
             return [e]
         if d < depth and getattr(e, "edges", None) is not None:
             stack.extend((x, d + 1) for x in e.edges)

@@ -347,12 +347,15 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way
         out.requires_grad = True
-        out.grad_fn = _DeviceCopy(self, out)
+        out.grad_fn = ToCopyBackward0(self, out)
     return out
 
 
-class _DeviceCopy:
-    """grad_fn of a copy between devices (not a primitive: no kernel, just a transfer)."""
+class ToCopyBackward0(autograd.Node):
+    """grad_fn of a copy between devices (not a primitive: no kernel, just a transfer), named
+    as PyTorch's node for `to(device)`."""
+
+    __slots__ = ()
 
     def __init__(self, src, out):
         self.prim = Primitive("to_device", "movement", None, None,
@@ -363,10 +366,6 @@ class _DeviceCopy:
             None, None
         self.out_version = self.out_at = None
         self.edges = autograd.edges_of((src,))
-
-    name = autograd.Node.name
-    output = autograd.Node.output
-    register_hook = autograd.Node.register_hook
 
 
 def detach(self: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from kiln.tracer.grad_names import named
 from kiln.tracer import layout as memory_layout
 from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer.errors import op_error
-from kiln.tracer.methods import _DeviceCopy, _draw_into, write_inplace
+from kiln.tracer.methods import ToCopyBackward0, _draw_into, write_inplace
 from kiln.tracer.tensor import STATE, Tensor
 
 def _record_stream(tensor: Tensor, stream) -> None:
@@ -105,7 +105,7 @@ def _pin_memory(self):
     out = Tensor._make(pinned_copy(self._data), self.dtype, self.device)
     if self.requires_grad and STATE.grad_enabled:
         out.requires_grad = True
-        out.grad_fn = _DeviceCopy(self, out)     # the gradient goes back as for a copy
+        out.grad_fn = ToCopyBackward0(self, out)     # the gradient goes back as for a copy
     return out
 
 

@@ -100,6 +100,24 @@ CASES = {
     "item_of_many": (lambda lib: lambda: lib.ones(2).item(), RuntimeError, ["item", "2 elements"]),
     "one_hot_float": (lambda lib: lambda: _functional(lib).one_hot(lib.ones(2)), RuntimeError,
                       ["one_hot", "int64"]),
+    # an int keepdim is refused by PyTorch's argument parser (Python would take 1 as True)
+    "keepdim_int_method": (lambda lib: lambda: lib.ones(2, 3).sum(0, 1), TypeError,
+                           ["sum", "argument 'keepdim' (position 2) must be bool, not int"]),
+    "keepdim_int_function": (lambda lib: lambda: lib.mean(lib.ones(2, 3), 0, 1), TypeError,
+                             ["mean", "argument 'keepdim' (position 3) must be bool, not int"]),
+    "keepdim_int_keyword": (lambda lib: lambda: lib.ones(2, 3).amax(0, keepdim=1), TypeError,
+                            ["amax", "argument 'keepdim' must be bool, not int"]),
+    "keepdim_none": (lambda lib: lambda: lib.logsumexp(lib.ones(2), 0, keepdim=None), TypeError,
+                     ["logsumexp", "argument 'keepdim' must be bool, not NoneType"]),
+    "keepdim_int_max": (lambda lib: lambda: lib.ones(2, 3).max(1, 0), TypeError,
+                        ["max", "argument 'keepdim' (position 2) must be bool, not int"]),
+    "keepdim_int_any": (lambda lib: lambda: (lib.ones(2, 3) > 0).any(1, 1), TypeError,
+                        ["any", "argument 'keepdim'", "must be bool, not int"]),
+    "keepdim_int_std": (lambda lib: lambda: lib.ones(2, 3).std(1, keepdim=1), TypeError,
+                        ["std", "argument 'keepdim'", "must be bool, not int"]),
+    "keepdim_int_vector_norm": (lambda lib: lambda: lib.linalg.vector_norm(lib.ones(2), 2, 0, 1),
+                                TypeError, ["vector_norm", "argument 'keepdim' (position 4)",
+                                            "must be bool, not int"]),
 }
 
 _THIS_FILE = os.path.abspath(__file__)
@@ -127,3 +145,17 @@ def test_bad_input_raises_like_torch_and_points_at_the_caller(name) -> None:
     assert where, f"no (at file:line) in {message!r}"
     assert os.path.abspath(where.group(1)) == _THIS_FILE and int(where.group(2)) == line, \
         f"points at {where.group(1)}:{where.group(2)}, expected line {line} of this file"
+
+
+def test_bool_keepdim_still_passes_in_every_form() -> None:
+    """The keepdim check lets bools through, by position and by keyword, to the same values."""
+    import numpy as np
+    data = np.arange(6.0).reshape(2, 3)
+    calls = [lambda lib, x: x.sum(0, True), lambda lib, x: lib.sum(x, 1, False),
+             lambda lib, x: x.max(1, True).values, lambda lib, x: lib.std(x, 1, keepdim=True),
+             lambda lib, x: lib.linalg.vector_norm(x, 2, 0, True), lambda lib, x: x.mean()]
+    for call in calls:
+        want = call(torch, torch.tensor(data)).numpy()
+        got = call(kiln, kiln.tensor(data)).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -56,6 +56,7 @@ def test_grad_fn_name_matches_torch(call) -> None:
     t = call(torch, torch.nn.functional, torch.tensor(X, requires_grad=True))
     k = call(kiln, kiln.nn.functional, kiln.tensor(X, requires_grad=True))
     assert k.grad_fn.name() == t.grad_fn.name()
+    assert type(k.grad_fn).__name__ == type(t.grad_fn).__name__
     assert repr(k.grad_fn).startswith(f"<{t.grad_fn.name()} object at")
 
 
@@ -68,7 +69,8 @@ def test_names_do_not_change_gradients() -> None:
 
 
 def _structure(node):
-    return (node.name(), [None if f is None else f.name() for f, _ in node.next_functions])
+    return (type(node).__name__, node.name(),
+            [None if f is None else (type(f).__name__, f.name()) for f, _ in node.next_functions])
 
 
 M = np.random.default_rng(2).normal(size=(4, 5))
@@ -185,7 +187,7 @@ def _graph_walk(lib) -> list[str]:
         if fn is None:
             seen.append("  " * depth + "None")
             return
-        seen.append("  " * depth + fn.name().replace("torch::autograd::", ""))
+        seen.append("  " * depth + type(fn).__name__)
         for f, _ in fn.next_functions:
             walk(f, depth + 1)
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))      # the 60-minute blitz
@@ -221,3 +223,88 @@ def test_clamp_extremes_norm_and_stack_nodes_are_torchs(expr):
         return g.name(), [f.name().replace("torch::autograd::", "") if f is not None else None
                           for f, _ in g.next_functions]
     assert node(kiln) == node(torch)
+
+
+class _Twice:
+    """A custom Function, defined for either library (its node is `TwiceBackward`)."""
+
+    @staticmethod
+    def make(lib):
+        class Twice(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x * 2
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * 2
+        return Twice
+
+
+def _node_classes(lib) -> list:
+    """Per node: its class's name, whether it is a graph.Node, and whether another node of the
+    same op has the same class."""
+    Node = lib.autograd.graph.Node
+    x = lib.tensor(X, requires_grad=True)
+    m = lib.tensor(M, requires_grad=True)
+    outs = [x.sum(), x.sum(0), x * 2, x @ m, lib.bmm(x.expand(2, 3, 4), m.expand(2, 4, 5)),
+            x.view(12),
+            x.mean(), x.mean(1), lib.relu(x), x.exp(), lib.nn.functional.linear(x, m.t()),
+            _Twice.make(lib).apply(x)]
+    again = [x.sum(), x.sum(1), x * 3]
+    acc = outs[0].grad_fn.next_functions[0][0]
+    return ([(type(o.grad_fn).__name__, isinstance(o.grad_fn, Node)) for o in outs]
+            + [type(a.grad_fn) is type(b.grad_fn) for a, b in zip(again, outs)]
+            + [(type(acc).__name__, isinstance(acc, Node), acc.variable is x)])
+
+
+def test_node_classes_are_named_as_torchs():
+    """`type(grad_fn).__name__` is PyTorch's node name (users dispatch on it), one class per
+    name, each a graph.Node; a leaf's AccumulateGrad and a custom Function's node too."""
+    assert _node_classes(kiln) == _node_classes(torch)
+
+
+def test_custom_function_node_class_is_its_backward_cls():
+    for lib in (torch, kiln):
+        Twice = _Twice.make(lib)
+        y = Twice.apply(lib.tensor(X, requires_grad=True))
+        assert type(y.grad_fn) is Twice._backward_cls
+        assert type(y.grad_fn).__name__ == y.grad_fn.name() == "TwiceBackward"
+
+
+def test_hooks_on_named_nodes_still_run():
+    """A non-leaf's tensor hook (kept on its node) runs after the node's class was renamed by
+    a composite (mean) and by a primitive's own name (mul), with the gradients torch gives."""
+    seen = {}
+    for lib in (torch, kiln):
+        x = lib.tensor(X, requires_grad=True)
+        y = x * 3
+        z = y.mean()
+        got = []
+        y.register_hook(lambda g: got.append(g.sum().item()) or g * 2)
+        z.register_hook(lambda g: got.append(g.item()))
+        z.backward()
+        seen[lib] = (type(z.grad_fn).__name__, got, x.grad.tolist())
+    assert seen[kiln][0] == seen[torch][0]
+    np.testing.assert_allclose(seen[kiln][1], seen[torch][1], rtol=1e-12)
+    np.testing.assert_allclose(seen[kiln][2], seen[torch][2], rtol=1e-12)
+
+
+def test_node_prehooks_replace_the_gradient_as_torchs():
+    """grad_fn.register_prehook(fn): fn(grad_outputs) before the node's rule, its tuple
+    replacing them; on a named node, a renamed one and a custom Function's; remove() drops it."""
+    def run(lib):
+        x = lib.tensor(X, requires_grad=True)
+        h = x * 3
+        y = _Twice.make(lib).apply(h)
+        z = y.mean()
+        seen = []
+        y.grad_fn.register_prehook(lambda go: seen.append(type(go).__name__) or (go[0] + 1,))
+        z.grad_fn.register_prehook(lambda go: (go[0] * 10,))
+        dropped = h.grad_fn.register_prehook(lambda go: (go[0] * 0,))
+        dropped.remove()
+        z.backward()
+        return seen, x.grad.numpy()
+    (k_seen, k_grad), (t_seen, t_grad) = run(kiln), run(torch)
+    assert k_seen == t_seen
+    np.testing.assert_allclose(k_grad, t_grad, rtol=1e-12)

@@ -20,6 +20,7 @@ import threading
 import numpy as np
 
 from kiln.runtime.device import CPU
+from kiln.tracer.autograd import set_name
 from kiln.tracer.tensor import Tensor
 
 __all__ = ["backward", "context", "get_gradients"]
@@ -169,7 +170,7 @@ def _received(data: np.ndarray, dtype, ctx_id: int, sender: int, send_id: int) -
     sender."""
     leaf = Tensor._make(data, dtype, CPU).requires_grad_(True)
     t = leaf.clone()
-    t.grad_fn.label = "torch::distributed::autograd::RecvRpcBackward"
+    set_name(t.grad_fn, "torch::distributed::autograd::RecvRpcBackward")
     ctx = _context_here(ctx_id)
     with ctx.lock:
         ctx.received[id(leaf)] = (leaf, sender, send_id)

@@ -85,7 +85,7 @@ def eager_max_pool2d(x: Tensor, out_hw: tuple, kernel: tuple, stride: tuple, pad
     if x.requires_grad and STATE.grad_enabled:
         arg = Tensor._make(arrays[1], dt.int32, x.device)
         _autograd.record(_POOL, (x, arg), {"geometry": geometry}, out)
-        out.grad_fn.label = "MaxPool2DWithIndicesBackward0"     # PyTorch's name for the node
+        _autograd.set_name(out.grad_fn, "MaxPool2DWithIndicesBackward0")    # PyTorch's name
     if not return_indices:
         return out
     return out, Tensor._make(arrays[2], dt.int64, x.device)

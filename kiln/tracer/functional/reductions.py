@@ -59,9 +59,8 @@ def sum(input, dim=None, keepdim=False, *, dtype=None):
     if ndim == 0:
         return input.clone()
     out = P.sum(input, axes=axes, keepdim=bool(keepdim))
-    node = out.grad_fn
-    if dim is not None and type(node) is _autograd.Node:
-        node.label = "SumBackward1"     # PyTorch's node of sum over given dims
+    if dim is not None:
+        _autograd.set_name(out.grad_fn, "SumBackward1")     # PyTorch's node of sum over dims
     return out
 
 

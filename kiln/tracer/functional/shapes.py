@@ -12,7 +12,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.runtime.device import MetaArray, is_host_array
 from kiln.tracer import layout
-from kiln.tracer.autograd import _COUNTS_HOLD, _HELD_ONCE, Node, _refs
+from kiln.tracer.autograd import _COUNTS_HOLD, _HELD_ONCE, Node, _refs, set_name
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
@@ -216,10 +216,8 @@ def unflatten(input, dim, sizes):
 
 def _labelled(out, name: str):
     """`out`, its node reporting PyTorch's `name` for the op that made it (the primitive's
-    node would say ViewBackward0 or PermuteBackward0): one attribute store, no wrapper."""
-    node = out.grad_fn
-    if type(node) is Node:
-        node.label = name
+    node would say ViewBackward0 or PermuteBackward0): one class store, no wrapper."""
+    set_name(out.grad_fn, name)
     return out
 
 
