@@ -215,3 +215,20 @@ def test_a_module_on_the_gpu_is_traced_and_saved_from_a_cpu_copy(tmp_path) -> No
     assert out.device.type == "cpu"
     np.testing.assert_allclose(out.numpy(), model(x).detach().cpu().numpy(), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_trace_reads_example_inputs_as_torch_does() -> None:
+    """A list of example inputs holds the arguments (the tuning guide's
+    `torch.jit.trace(model, [x])`, which kiln passed as one list argument); a tensor is the one
+    argument; something that is neither raises saying what trace takes."""
+    model, reference = _pair()
+    x = _inputs(3)
+    traced = kiln.jit.trace(model, [kiln.tensor(x)], check_inputs=[[kiln.tensor(_inputs(2))]])
+    expected = torch.jit.trace(reference, [torch.tensor(x)])(torch.tensor(x))
+    np.testing.assert_allclose(traced(kiln.tensor(x)).detach().numpy(),
+                               expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    pair = kiln.jit.trace(lambda a, b: a * b + 1, [kiln.tensor(x), kiln.tensor(x)])
+    np.testing.assert_allclose(pair(kiln.tensor(x), kiln.tensor(x)).numpy(), x * x + 1,
+                               rtol=1e-6)
+    with pytest.raises(TypeError, match="example_inputs must be a tensor or a tuple"):
+        kiln.jit.trace(model, 3)

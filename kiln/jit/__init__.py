@@ -274,19 +274,29 @@ def trace(func, example_inputs=None, optimize=None, check_trace: bool = True,
     if example_inputs is None and example_kwarg_inputs is None:
         raise ValueError("kiln.jit.trace: example_inputs (a tensor or a tuple of them) is "
                          "needed: tracing runs the module on them")
-    args = () if example_inputs is None else (
-        example_inputs if _isinstance(example_inputs, tuple) else (example_inputs,))
+    args = () if example_inputs is None else _trace_args(example_inputs)
     kwargs = dict(example_kwarg_inputs or {})
     wrapped = ScriptModule(func, (args, kwargs)) if _isinstance(func, Module) else \
         ScriptFunction(func, (args, kwargs))
     program = wrapped._export("trace")
     if check_trace:
-        checks = [(args, kwargs)] + [((c if _isinstance(c, tuple) else (c,)), {})
-                                     for c in (check_inputs or [])]
+        checks = [(args, kwargs)] + [(_trace_args(c), {}) for c in (check_inputs or [])]
         for check_args, check_kwargs in checks:
             _check_outputs(func, program, check_args, check_kwargs, check_tolerance,
                            wrapped._name)
     return wrapped
+
+
+def _trace_args(example_inputs) -> tuple:
+    """The positional arguments trace calls with, as PyTorch reads `example_inputs`: a tensor
+    (or a dict) is the one argument; a tuple, list or other iterable holds the arguments."""
+    if _isinstance(example_inputs, (Tensor, dict)):
+        return (example_inputs,)
+    try:
+        return tuple(example_inputs)
+    except TypeError:
+        raise TypeError(f"kiln.jit.trace: example_inputs must be a tensor or a tuple (or list) "
+                        f"of the arguments, got {type(example_inputs).__name__}") from None
 
 
 def trace_module(mod: Module, inputs: dict, **kwargs):
