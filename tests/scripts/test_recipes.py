@@ -240,3 +240,14 @@ def test_dynamic_quantization_tutorial_matches_torch():
     assert 0.2 < v["size_ratio"] < 0.5 and 0.2 < t["values"]["size_ratio"] < 0.5
     assert abs(v["quantized_loss"] - v["float_loss"]) < 1e-2
     compiled_matches("dynamic_quantization", k, t)
+
+
+def test_tuning_guide_matches_torch():
+    # `torch.fx.experimental.optimization` was missing (kiln.fx.experimental.optimization.fuse
+    # now folds the batch norms) and `torch.jit.trace(model, [x])` passed the list as one
+    # argument; the bfloat16 autocast outputs agree to bfloat16 rounding
+    t, k = same_run("tuning_guide", skip_values=("bf16",), torch_kwargs={"backend": "eager"})
+    np.testing.assert_allclose(k["values"]["bf16"].numpy(), t["values"]["bf16"].numpy(),
+                               rtol=2e-2, atol=2e-3)
+    assert not k["values"]["fused_has_bn"] and k["values"]["gelu_matches"]
+    compiled_matches("tuning_guide", k, t)
