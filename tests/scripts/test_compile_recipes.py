@@ -8,6 +8,7 @@ to rtol 1e-5 with torch's initial weights, and so does every entry of the script
 
 import numpy as np
 
+from tests.scripts.harness import no_compile_fallback
 from tests.scripts.test_recipes import same_run
 
 EAGER_REFERENCE = {"torch_kwargs": {"backend": "eager"}}
@@ -40,5 +41,16 @@ def test_set_stance_recipe_matches_torch():
 def test_regional_compilation_recipe_matches_torch():
     # kernels compiled inside fresh_inductor_cache() were linked into its removed folder: every
     # later call warned and ran on NumPy
-    t, k = same_run("regional_compilation", **EAGER_REFERENCE)
+    with no_compile_fallback():                       # nothing falls back to eager either
+        t, k = same_run("regional_compilation", **EAGER_REFERENCE)
     np.testing.assert_allclose(k["losses"][5:], k["losses"][:5], rtol=1e-5)  # whole, regional
+
+
+def test_foreach_map_adam_recipe_matches_torch():
+    # `from torch._higher_order_ops.foreach_map import foreach_map` raised ModuleNotFoundError
+    # (kiln had the function, not the submodule); the compiled foreach_map Adam then steps a
+    # copy of the model as torch.optim.Adam steps the model, and both train alike
+    with no_compile_fallback():
+        t, k = same_run("foreach_map_adam", skip_values=("max_param_gap",), **EAGER_REFERENCE)
+    assert k["values"]["max_param_gap"] < 1e-5 and t["values"]["max_param_gap"] < 1e-5
+    np.testing.assert_allclose(k["losses"][1::2], k["losses"][0::2], rtol=1e-5)
