@@ -251,3 +251,13 @@ def test_tuning_guide_matches_torch():
                                rtol=2e-2, atol=2e-3)
     assert not k["values"]["fused_has_bn"] and k["values"]["gelu_matches"]
     compiled_matches("tuning_guide", k, t)
+
+
+def test_visualizing_gradients_tutorial_matches_torch():
+    # forward hooks registering tensor hooks on each leaf module's output; the gradients they
+    # collect (in backward order) and their per-layer means agree with torch's. Under
+    # kiln.compile the step runs eagerly: the hooks append to Python lists, which a replay
+    # would not do (kiln.compile says so)
+    t, k = same_run("visualizing_gradients")
+    assert k["values"]["layer_idx_nobn"] == ",".join(str(i) for i in range(9, -1, -1))
+    compiled_matches("visualizing_gradients", k, t, whole=False)
