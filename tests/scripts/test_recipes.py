@@ -261,3 +261,13 @@ def test_visualizing_gradients_tutorial_matches_torch():
     t, k = same_run("visualizing_gradients")
     assert k["values"]["layer_idx_nobn"] == ",".join(str(i) for i in range(9, -1, -1))
     compiled_matches("visualizing_gradients", k, t, whole=False)
+
+
+def test_imbalanced_data_tutorial_matches_torch():
+    # NumPy undersampling of a Dataset's arrays, a WeightedRandomSampler over float64 weights
+    # (kiln draws PyTorch's multinomial numbers: the same batches), a weighted NLLLoss, and a
+    # confusion matrix built by 0-d tensor indexing
+    t, k = same_run("imbalanced_data")
+    assert k["values"]["train_counts"] == "[ 1  1  1  1  1 12 12 12 12 12]"
+    assert k["values"]["sampled_batch"] == t["values"]["sampled_batch"]
+    compiled_matches("imbalanced_data", k, t)
