@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import inspect
 import os
 import tempfile
 import typing
@@ -228,14 +229,42 @@ class ScriptModule(Module, _Exportable):
 class ScriptFunction(_Exportable):
     """A scripted or traced function: calls it; `save` exports it at its example inputs."""
 
-    def __init__(self, fn: Callable, example=None):
+    def __init__(self, fn: Callable, example=None, scripted: bool = False):
         self._target, self._example = fn, example
         self._name = getattr(fn, "__name__", type(fn).__name__)
         self.__wrapped__ = fn
+        # TorchScript types an unannotated parameter (without a default) as a Tensor and
+        # refuses anything else at the call; a scripted function here checks the same
+        self._signature, self._inferred_tensors = None, ()
+        if scripted:
+            try:
+                self._signature = inspect.signature(fn)
+            except (TypeError, ValueError):     # a builtin: nothing to infer from
+                return
+            self._inferred_tensors = tuple(
+                p.name for p in self._signature.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.annotation is p.empty and p.default is p.empty)
 
     def __call__(self, *args, **kwargs):
+        if self._inferred_tensors:
+            self._check_inferred_tensors(args, kwargs)
         self._remember(args, kwargs)
         return self._target(*args, **kwargs)
+
+    def _check_inferred_tensors(self, args: tuple, kwargs: dict) -> None:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return                              # the call itself raises Python's error
+        for name in self._inferred_tensors:
+            value = bound.arguments.get(name)
+            if not _isinstance(value, Tensor):
+                raise RuntimeError(
+                    f"{self._name}() Expected a value of type 'Tensor (inferred)' for argument "
+                    f"'{name}' but instead found type '{type(value).__name__}'.\nInferred "
+                    f"'{name}' to be of type 'Tensor' because it was not annotated with an "
+                    "explicit type.")
 
     def __repr__(self) -> str:
         return f"<kiln.jit.ScriptFunction {self._name}>"
@@ -257,7 +286,7 @@ def script(obj, optimize=None, _frames_up: int = 0, _rcb=None, example_inputs=No
     if _isinstance(obj, Module):
         return ScriptModule(obj, example)
     if callable(obj):
-        return ScriptFunction(obj, example)
+        return ScriptFunction(obj, example, scripted=True)
     raise TypeError(f"kiln.jit.script: expected a Module, a function or a class, got "
                     f"{type(obj).__name__}")
 

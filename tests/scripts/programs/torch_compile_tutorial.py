@@ -7,6 +7,7 @@ fullgraph=True. `backend` names the compiler; a test may give the reference run 
 import contextlib
 import io
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -139,6 +140,14 @@ def main(seed=0, compile=False, initial_state=None, backend="inductor"):
         return bool(torch.allclose(fn1(*args), fn2(*args)))
 
     inp1, inp2 = torch.randn(5, 5), torch.randn(5, 5)
+    try:        # PyTorch traces one path (and warns); kiln's trace exports one graph: it raises
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced_f1 = torch.jit.trace(f1, (inp1, inp2))
+        values["traced_f1"] = f"{test_fns(f1, traced_f1, (inp1, inp2))}," \
+                              f"{test_fns(f1, traced_f1, (-inp1, inp2))}"
+    except RuntimeError:
+        values["traced_f1"] = "raised"
     try:
         torch.fx.symbolic_trace(f1)
         values["fx_f1"] = "traced"
@@ -153,6 +162,14 @@ def main(seed=0, compile=False, initial_state=None, backend="inductor"):
     def f2(x, y):
         return x + y
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        script_f2 = torch.jit.script(f2)
+    try:
+        script_f2(inp1, 3)
+        values["script_f2"] = "ran"
+    except RuntimeError:          # y is not annotated: TorchScript takes it for a Tensor
+        values["script_f2"] = "raised"
     compile_f2 = torch.compile(f2, backend=backend)
     values["compile_f2"] = test_fns(f2, compile_f2, (inp1, 3))
 
