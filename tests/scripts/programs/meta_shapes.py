@@ -65,7 +65,7 @@ def main(seed=0, compile=False, initial_state=None):
     torch.set_default_device("meta")
     mod = torch.nn.Linear(20, 30)
     values["default_meta"] = f"{mod.weight.device} {mod(torch.randn(128, 20)).device}"
-    torch.set_default_device("cpu")
+    torch.set_default_device(None)              # back to no default (the CPU)
     with torch.device("meta"):
         inner = torch.nn.Linear(20, 30).weight.device
     values["devices"] = f"{inner} {torch.nn.Linear(2, 3).weight.device} {torch.zeros(1).device}"
