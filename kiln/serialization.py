@@ -41,6 +41,7 @@ from kiln import Tensor
 from kiln.ir import dtypes as _dtypes
 from kiln.ir.dtypes import from_name
 from kiln.runtime.device import Device, cuda_is_available
+from kiln.tracer import quantized as _quantized
 from kiln.tracer.tensor import Size
 from kiln.tracer.torch_function import rebuild_subclass, takes_part
 
@@ -203,6 +204,8 @@ class _Encoder:
         if isinstance(obj, Tensor):
             if takes_part(kind):
                 raise _NeedsPickle(f"a tensor subclass {kind.__qualname__} at {_where(path)}")
+            if kind is _quantized.QuantizedTensor:
+                return self._add(self._quantized(obj, path), obj)
             if obj.layout is not kiln.strided:
                 return self._add(self._sparse(obj, path), obj)
             return self._add(self._tensor(obj, path), obj)
@@ -274,6 +277,19 @@ class _Encoder:
             node["device"] = str(t.device)
         return node
 
+    def _quantized(self, q: Tensor, path: list[str]) -> dict:
+        """A quantized tensor's node: its dtype, its integers, and its scale and zero point
+        (numbers) or per-channel scales and zero points (arrays) along `axis`."""
+        node: dict[str, Any] = {"quantized": q.dtype.name,
+                                "ints": self._array(q._ints, path + ["int_repr"]),
+                                "qscheme": q.qscheme().name, "axis": q._axis}
+        if q._axis is None:
+            node["scales"], node["zero_points"] = float(q._scales), int(q._zero_points)
+        else:
+            node["scales"] = self._array(q._scales, path + ["scales"])
+            node["zero_points"] = self._array(q._zero_points, path + ["zero_points"])
+        return node
+
     def tensor_name(self, t: Tensor, path: list[str]) -> str:
         if id(t) not in self.array_names:
             self._array(t.detach().cpu().numpy(force=True), path, key=t)
@@ -325,6 +341,9 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, Tensor) and obj.layout is not kiln.strided:
             path = [str(len(self.encoder.arrays))]
             return ("kiln.sparse", json.dumps(self.encoder._sparse(obj, path)))
+        if type(obj) is _quantized.QuantizedTensor:
+            path = [str(len(self.encoder.arrays))]
+            return ("kiln.quantized", json.dumps(self.encoder._quantized(obj, path)))
         if isinstance(obj, Tensor) and not takes_part(type(obj)):
             from kiln.nn.parameter import Parameter
             name = self.encoder.tensor_name(obj, [str(len(self.encoder.arrays))])
@@ -884,7 +903,8 @@ _NODE_KEYS = {"list": (), "tuple": (), "set": (), "frozenset": (), "dict": (), "
               "tensor": ("class", "requires_grad", "device", "dim_order"), "ndarray": (),
               "numpy": ("value",), "float": (), "complex": (), "bytes": (), "bytearray": (),
               "dtype": (), "device": (), "Size": (),
-              "sparse": ("size", "tensors", "coalesced", "device")}
+              "sparse": ("size", "tensors", "coalesced", "device"),
+              "quantized": ("ints", "qscheme", "axis", "scales", "zero_points")}
 
 
 def _decode(nodes: Any, arrays: _Arrays, name: str) -> Any:
@@ -938,6 +958,8 @@ def _decode_node(node: Any, i: int, built: list, arrays: _Arrays) -> Any:
         return arrays.tensor(body, node, parameter=cls == "Parameter")
     if kind == "sparse":
         return _sparse_node(body, node, arrays)
+    if kind == "quantized":
+        return _quantized_node(body, node, arrays)
     if kind == "ndarray":
         return arrays.ndarray(body)
     if kind == "numpy":
@@ -998,6 +1020,36 @@ def _sparse_node(layout: Any, node: dict, arrays: _Arrays) -> Tensor:
     except (RuntimeError, NotImplementedError) as e:
         raise ValueError(f"its arrays do not make a {layout} tensor: {e}") from None
     return t
+
+
+def _quantized_node(dtype_name: Any, node: dict, arrays: _Arrays) -> Tensor:
+    """A quantized tensor rebuilt from its integers and parameters, each checked against the
+    others (the integers' type, one scale and zero point per channel along the axis)."""
+    dtype = getattr(kiln, dtype_name, None) if isinstance(dtype_name, str) else None
+    if dtype not in _quantized.QUANTIZED_DTYPES:
+        raise ValueError(f"unknown quantized dtype {dtype_name!r}")
+    ints = np.array(arrays.ndarray(node.get("ints")))
+    if ints.dtype != dtype.np:
+        raise TypeError(f"a {dtype.name} tensor's integers are {ints.dtype}, not {dtype.np}")
+    scheme = node.get("qscheme")
+    if scheme not in _quantized._QSCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}")
+    axis, scales, zero_points = node.get("axis"), node.get("scales"), node.get("zero_points")
+    if axis is None:
+        if type(scales) not in (int, float) or type(zero_points) is not int:
+            raise TypeError("a per-tensor quantized tensor needs a number scale and an int "
+                            "zero point")
+        scales = float(scales)
+    else:
+        if type(axis) is not int or not 0 <= axis < ints.ndim:
+            raise ValueError(f"axis {axis!r} is not a dimension of a {ints.ndim}-d tensor")
+        scales = np.array(arrays.ndarray(scales), dtype=np.float64)
+        zero_points = np.array(arrays.ndarray(zero_points), dtype=np.int64)
+        if scales.shape != (ints.shape[axis],) or zero_points.shape != scales.shape:
+            raise ValueError(f"per-channel scales {scales.shape} and zero points "
+                             f"{zero_points.shape} do not match axis {axis} of {ints.shape}")
+    return _quantized._rebuild(ints, dtype, scales, zero_points, axis,
+                               _quantized._qscheme_named(scheme))
 
 
 def _float_value(value: Any) -> float:
@@ -1164,6 +1216,16 @@ def _persistent_load(pid: Any, arrays: _Arrays, name: str) -> Any:
             return _sparse_node(node.get("sparse"), node, arrays)
         except (TypeError, ValueError) as e:
             raise _fail(name, f"the pickle holds an invalid sparse tensor ({e})") from None
+    if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.quantized" and \
+            isinstance(pid[1], str):
+        try:
+            node = json.loads(pid[1])
+            if not isinstance(node, dict) or \
+                    set(node) - {"quantized", *_NODE_KEYS["quantized"]}:
+                raise ValueError(f"unknown keys in {reprlib.repr(node)}")
+            return _quantized_node(node.get("quantized"), node, arrays)
+        except (TypeError, ValueError) as e:
+            raise _fail(name, f"the pickle holds an invalid quantized tensor ({e})") from None
     if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.ndarray":
         return arrays.ndarray(pid[1])
     if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "kiln.numpy" and \

@@ -392,6 +392,22 @@ def test_foreach_map_matches_torch_with_gradients():
         k_foreach_map(update, kx, ky[:1], 1.0)
 
 
+def test_foreach_map_imports_from_its_torch_submodule():
+    """`from torch._higher_order_ops.foreach_map import foreach_map` (the foreach_map recipe's
+    import) raised ModuleNotFoundError; it is the same function, computing torch's values."""
+    from torch._higher_order_ops.foreach_map import foreach_map as t_foreach_map
+
+    from kiln._higher_order_ops import foreach_map as package_level
+    from kiln._higher_order_ops.foreach_map import foreach_map as k_foreach_map
+    assert k_foreach_map is package_level
+    arrays = [random_array((4,)), random_array((2, 3), rng=np.random.default_rng(3))]
+    with torch.no_grad():
+        close(k_foreach_map(kiln.lerp, [to_kiln(a) for a in arrays],
+                            [to_kiln(a * 3) for a in arrays], 0.25),
+              t_foreach_map(torch.lerp, [to_torch(a) for a in arrays],
+                            [to_torch(a * 3) for a in arrays], 0.25), **TOL)
+
+
 # ----------------------------------------------------------------------------- _check
 
 def test_checks_raise_like_torch():

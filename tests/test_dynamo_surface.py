@@ -78,3 +78,32 @@ def test_marks_optimize_and_helpers(lib):
 def test_mark_dynamic_checks_the_dimension():
     with pytest.raises(IndexError, match="mark_dynamic"):
         kiln._dynamo.mark_dynamic(kiln.ones(2), 3)
+
+
+def test_explain_returns_torchs_report_fields_silently(capsys):
+    """torch._dynamo.explain(fn)(*args): the graph and break counts, one break reason with its
+    text, the ops of each graph, the guards; it prints nothing (kiln's explain printed its
+    report), and the deprecated explain(fn, *args) warns and answers at once, as torch's."""
+    def bar(lib):
+        def f(a, b):
+            x = a / (lib.abs(a) + 1)
+            if b.sum() < 0:
+                b = b * -1
+            return x * b
+        return f
+
+    a = [0.5, -1.0, 2.0]
+    b = [1.0, -3.0, 0.5]
+    ref = torch._dynamo.explain(bar(torch))(torch.tensor(a), torch.tensor(b))
+    ours = kiln._dynamo.explain(bar(kiln))(kiln.tensor(a), kiln.tensor(b))
+    assert capsys.readouterr().out == ""
+    assert (ours.graph_count, ours.graph_break_count) == (ref.graph_count,
+                                                          ref.graph_break_count) == (2, 1)
+    assert len(ours.break_reasons) == len(ref.break_reasons) == 1
+    assert "data-dependent" in ours.break_reasons[0].reason
+    assert len(ours.ops_per_graph) == ours.graph_count and "abs" in ours.ops_per_graph[0]
+    assert ours.out_guards == ours.guards
+    with pytest.warns(FutureWarning, match=r"explain\(f\)\(\*args"):
+        old = kiln._dynamo.explain(bar(kiln), kiln.tensor(a), kiln.tensor(b))
+    assert (old.graph_count, old.graph_break_count) == (2, 1)
+    assert capsys.readouterr().out == ""

@@ -3,6 +3,7 @@ kernel cache on disk, as the regional-compilation recipe uses it to time cold co
 
 import inspect
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -32,3 +33,20 @@ def test_fresh_inductor_cache_builds_into_an_empty_folder_and_restores_the_old_o
         kept_dir = os.environ["KILN_CACHE_DIR"]
     assert kept is None and os.path.isdir(kept_dir)
     os.rmdir(kept_dir)
+
+
+def test_function_compiled_in_a_fresh_cache_runs_compiled_after_the_block(tmp_path):
+    """The regional-compilation recipe times a first call inside fresh_inductor_cache(); the
+    C kernels then still building were linked into the folder the block's end removed, so
+    every later call warned and fell back to NumPy. They are finished and loaded first."""
+    f = kiln.compile(lambda a: (a * 1.5).cos() * a, backend="c")
+    x = np.linspace(-2, 2, 9, dtype=np.float32)
+    with kiln._inductor.utils.fresh_inductor_cache(dir=str(tmp_path)):
+        first = f(kiln.tensor(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")         # a failed kernel build warns
+        again = f(kiln.tensor(x))
+    expected = (torch.cos(torch.tensor(x) * 1.5) * torch.tensor(x)).numpy()
+    np.testing.assert_allclose(first.numpy(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(again.numpy(), expected, rtol=1e-6, atol=1e-7)
+    assert os.listdir(tmp_path) == []

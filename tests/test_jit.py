@@ -215,3 +215,48 @@ def test_a_module_on_the_gpu_is_traced_and_saved_from_a_cpu_copy(tmp_path) -> No
     assert out.device.type == "cpu"
     np.testing.assert_allclose(out.numpy(), model(x).detach().cpu().numpy(), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_trace_reads_example_inputs_as_torch_does() -> None:
+    """A list of example inputs holds the arguments (the tuning guide's
+    `torch.jit.trace(model, [x])`, which kiln passed as one list argument); a tensor is the one
+    argument; something that is neither raises saying what trace takes."""
+    model, reference = _pair()
+    x = _inputs(3)
+    traced = kiln.jit.trace(model, [kiln.tensor(x)], check_inputs=[[kiln.tensor(_inputs(2))]])
+    expected = torch.jit.trace(reference, [torch.tensor(x)])(torch.tensor(x))
+    np.testing.assert_allclose(traced(kiln.tensor(x)).detach().numpy(),
+                               expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    pair = kiln.jit.trace(lambda a, b: a * b + 1, [kiln.tensor(x), kiln.tensor(x)])
+    np.testing.assert_allclose(pair(kiln.tensor(x), kiln.tensor(x)).numpy(), x * x + 1,
+                               rtol=1e-6)
+    with pytest.raises(TypeError, match="example_inputs must be a tensor or a tuple"):
+        kiln.jit.trace(model, 3)
+
+
+def test_scripted_function_refuses_a_non_tensor_for_an_unannotated_parameter() -> None:
+    """TorchScript types an unannotated parameter as a Tensor: the torch.compile tutorial's
+    `torch.jit.script(f2)(x, 3)` raises in PyTorch, and kiln's scripted function (which ran
+    it eagerly) now raises the same message; annotated or defaulted parameters take numbers."""
+    def f2(x, y):
+        return x + y
+
+    def scaled(x, k: int, shift: float = 1.0):
+        return x * k + shift
+
+    x = np.arange(4, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(RuntimeError) as theirs:
+            torch.jit.script(f2)(torch.tensor(x), 3)
+        with pytest.raises(RuntimeError) as ours:
+            kiln.jit.script(f2)(kiln.tensor(x), 3)
+        # torch goes on with the argument's position, value and the function's declaration
+        assert str(theirs.value).startswith(str(ours.value))
+        np.testing.assert_array_equal(kiln.jit.script(f2)(kiln.tensor(x), kiln.tensor(x)).numpy(),
+                                      2 * x)
+        np.testing.assert_array_equal(
+            kiln.jit.script(scaled)(kiln.tensor(x), 3, shift=0.5).numpy(),
+            torch.jit.script(scaled)(torch.tensor(x), 3, shift=0.5).numpy())
+        traced = kiln.jit.trace(f2, (kiln.tensor(x), kiln.tensor(x)))
+        assert traced(kiln.tensor(x), kiln.tensor(x)).shape == (4,)

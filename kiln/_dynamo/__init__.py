@@ -8,12 +8,14 @@ running the function, not by reading bytecode, so it has no dynamo of its own: `
 
 from __future__ import annotations
 
+import warnings
+
 from kiln._dynamo import config  # noqa: F401
 from kiln.compiler import (allow_in_graph, assume_constant_result, disable,  # noqa: F401
                            is_compiling, list_backends)
 from kiln.compiler import reset as _reset_compiled
 from kiln._dynamo import backends, compiled_autograd, utils  # noqa: F401
-from kiln.compiler import explain as _explain
+from kiln.compiler import explain_report as _explain_report
 from kiln.compiler import compile as _compile
 from kiln.tracer.tensor import STATE
 
@@ -25,10 +27,16 @@ def reset() -> None:
     compiled_autograd.reset()
 
 
-def explain(fn):
+def explain(fn, *extra_args, **extra_kwargs):
     """`explain(fn)(*args, **kwargs)`: kiln.compiler.explain's report of `fn` on those
-    arguments (graphs, breaks and their reasons; `graph_count`, `graph_break_count`)."""
-    return lambda *args, **kwargs: _explain(fn, *args, **kwargs)
+    arguments, returned without printing (graphs, breaks; `graph_count`, `graph_break_count`,
+    `break_reasons`, `ops_per_graph`, `out_guards`). `explain(fn, *args)`, PyTorch's
+    deprecated form, warns as PyTorch does and returns the report at once."""
+    if extra_args or extra_kwargs:
+        warnings.warn("explain(f, *args, **kwargs) is deprecated, use explain(f)(*args, **kwargs) "
+                      "instead", FutureWarning, stacklevel=2)
+        return _explain_report(fn, extra_args, extra_kwargs)
+    return lambda *args, **kwargs: _explain_report(fn, args, kwargs)
 
 
 def graph_break(msg: str = "") -> None:

@@ -9,6 +9,6 @@ from kiln._higher_order_ops.cond import cond  # noqa: F401
 from kiln._higher_order_ops.map import map  # noqa: F401,A004
 from kiln._higher_order_ops.scan import scan  # noqa: F401
 from kiln._higher_order_ops.while_loop import while_loop  # noqa: F401
-from kiln.tracer.functional_extra.control_flow import foreach_map  # noqa: F401
+from kiln._higher_order_ops.foreach_map import foreach_map  # noqa: F401
 
 __all__ = ["associative_scan", "cond", "foreach_map", "map", "scan", "while_loop"]

@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from kiln.runtime import c_build
+
 
 @contextlib.contextmanager
 def fresh_inductor_cache(cache_entries: dict | None = None, dir: str | None = None,
@@ -16,7 +18,8 @@ def fresh_inductor_cache(cache_entries: dict | None = None, dir: str | None = No
     points at a temporary directory, removed afterwards unless `delete=False`), so a compile
     there pays the cold-start cost, as PyTorch's does for inductor. Kernels this process has
     already loaded stay loaded. `cache_entries`, when given, is filled with nothing: kiln keeps
-    no inductor cache entries to report."""
+    no inductor cache entries to report. Kernels still building when the block ends are
+    finished and loaded first, so what was compiled inside runs compiled afterwards."""
     before = os.environ.get("KILN_CACHE_DIR")
     root = tempfile.mkdtemp(prefix="kiln-fresh-cache-", dir=dir)
     os.environ["KILN_CACHE_DIR"] = root
@@ -28,6 +31,7 @@ def fresh_inductor_cache(cache_entries: dict | None = None, dir: str | None = No
         else:
             os.environ["KILN_CACHE_DIR"] = before
         if delete:
+            c_build.load_builds_in(root)
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -264,6 +264,20 @@ class ExplainOutput:
     def op_count(self) -> int:
         return sum(len(g.nodes) for g in self.graphs)
 
+    # torch._dynamo.explain's ExplainOutput names for the same facts
+    @property
+    def break_reasons(self) -> list:
+        """Each graph break (its `.reason` and `.location`), in the order the call met them."""
+        return self.breaks
+
+    @property
+    def ops_per_graph(self) -> list:
+        return [[node.op for node in g.nodes] for g in self.graphs]
+
+    @property
+    def out_guards(self) -> list:
+        return self.guards
+
     def __str__(self) -> str:
         lines = [f"kiln.compiler.explain: {self.name}",
                  f"  graphs: {self.graph_count}   graph breaks: {self.graph_break_count}   "
@@ -301,6 +315,13 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
     When the call does not compile (a graph break, a Python effect), `fn` is traced once more,
     split at each break, to list every graph; those run eagerly, so no artifact is printed.
     """
+    out = explain_report(fn, args, kwargs)
+    print(out)
+    return out
+
+
+def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
+    """`explain`'s report without printing it (torch._dynamo.explain returns it silently)."""
     fn = getattr(fn, "_compiled", fn)           # a compiled Module: its CompiledFunction
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
     compiled = CompiledFunction(target, getattr(fn, "backend", "auto"))
@@ -323,7 +344,6 @@ def explain(fn, *args, **kwargs) -> ExplainOutput:
                             guards.collect(target, by_name=True).guards,
                             [None] * len(captured.graphs),
                             reasons[0] if reasons else None, kernel_choices(fn))
-    print(out)
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import copy
+import inspect
 import os
 import tempfile
 import typing
@@ -228,14 +229,42 @@ class ScriptModule(Module, _Exportable):
 class ScriptFunction(_Exportable):
     """A scripted or traced function: calls it; `save` exports it at its example inputs."""
 
-    def __init__(self, fn: Callable, example=None):
+    def __init__(self, fn: Callable, example=None, scripted: bool = False):
         self._target, self._example = fn, example
         self._name = getattr(fn, "__name__", type(fn).__name__)
         self.__wrapped__ = fn
+        # TorchScript types an unannotated parameter (without a default) as a Tensor and
+        # refuses anything else at the call; a scripted function here checks the same
+        self._signature, self._inferred_tensors = None, ()
+        if scripted:
+            try:
+                self._signature = inspect.signature(fn)
+            except (TypeError, ValueError):     # a builtin: nothing to infer from
+                return
+            self._inferred_tensors = tuple(
+                p.name for p in self._signature.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.annotation is p.empty and p.default is p.empty)
 
     def __call__(self, *args, **kwargs):
+        if self._inferred_tensors:
+            self._check_inferred_tensors(args, kwargs)
         self._remember(args, kwargs)
         return self._target(*args, **kwargs)
+
+    def _check_inferred_tensors(self, args: tuple, kwargs: dict) -> None:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return                              # the call itself raises Python's error
+        for name in self._inferred_tensors:
+            value = bound.arguments.get(name)
+            if not _isinstance(value, Tensor):
+                raise RuntimeError(
+                    f"{self._name}() Expected a value of type 'Tensor (inferred)' for argument "
+                    f"'{name}' but instead found type '{type(value).__name__}'.\nInferred "
+                    f"'{name}' to be of type 'Tensor' because it was not annotated with an "
+                    "explicit type.")
 
     def __repr__(self) -> str:
         return f"<kiln.jit.ScriptFunction {self._name}>"
@@ -257,7 +286,7 @@ def script(obj, optimize=None, _frames_up: int = 0, _rcb=None, example_inputs=No
     if _isinstance(obj, Module):
         return ScriptModule(obj, example)
     if callable(obj):
-        return ScriptFunction(obj, example)
+        return ScriptFunction(obj, example, scripted=True)
     raise TypeError(f"kiln.jit.script: expected a Module, a function or a class, got "
                     f"{type(obj).__name__}")
 
@@ -274,19 +303,29 @@ def trace(func, example_inputs=None, optimize=None, check_trace: bool = True,
     if example_inputs is None and example_kwarg_inputs is None:
         raise ValueError("kiln.jit.trace: example_inputs (a tensor or a tuple of them) is "
                          "needed: tracing runs the module on them")
-    args = () if example_inputs is None else (
-        example_inputs if _isinstance(example_inputs, tuple) else (example_inputs,))
+    args = () if example_inputs is None else _trace_args(example_inputs)
     kwargs = dict(example_kwarg_inputs or {})
     wrapped = ScriptModule(func, (args, kwargs)) if _isinstance(func, Module) else \
         ScriptFunction(func, (args, kwargs))
     program = wrapped._export("trace")
     if check_trace:
-        checks = [(args, kwargs)] + [((c if _isinstance(c, tuple) else (c,)), {})
-                                     for c in (check_inputs or [])]
+        checks = [(args, kwargs)] + [(_trace_args(c), {}) for c in (check_inputs or [])]
         for check_args, check_kwargs in checks:
             _check_outputs(func, program, check_args, check_kwargs, check_tolerance,
                            wrapped._name)
     return wrapped
+
+
+def _trace_args(example_inputs) -> tuple:
+    """The positional arguments trace calls with, as PyTorch reads `example_inputs`: a tensor
+    (or a dict) is the one argument; a tuple, list or other iterable holds the arguments."""
+    if _isinstance(example_inputs, (Tensor, dict)):
+        return (example_inputs,)
+    try:
+        return tuple(example_inputs)
+    except TypeError:
+        raise TypeError(f"kiln.jit.trace: example_inputs must be a tensor or a tuple (or list) "
+                        f"of the arguments, got {type(example_inputs).__name__}") from None
 
 
 def trace_module(mod: Module, inputs: dict, **kwargs):

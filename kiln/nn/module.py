@@ -638,9 +638,9 @@ class Module:
                     module.set_extra_state(state_dict[prefix + "_extra_state"])
                 elif strict:
                     missing.append(prefix + "_extra_state")
-            expected.update(prefix + k for k, v in module._parameters.items() if v is not None)
-            expected.update(prefix + k for k, v in module._buffers.items()
-                            if v is not None and k not in module._non_persistent_buffers_set)
+            own: dict = {}          # what the module saves is what it loads (its own keys too)
+            module._save_to_state_dict(own, prefix, True)
+            expected.update(own)
         unexpected = [k for k in state_dict if k not in expected]
         result = _IncompatibleKeys(missing, unexpected)
         for module in self.modules():

@@ -244,6 +244,19 @@ class Build:
 _PENDING: set = set()
 
 
+def load_builds_in(folder: Path) -> None:
+    """Finish and load every pending build that writes into `folder`, before the folder goes
+    away (a fresh cache's block ends while kernels compiled inside it are still building;
+    they are loaded at their first run, after the block). A failed one fails at that run."""
+    folder = Path(folder).resolve()
+    for build in list(_PENDING):
+        if folder in build.so.resolve().parents:
+            try:
+                load(build)
+            except (BuildError, OSError):
+                pass
+
+
 @atexit.register
 def _finish_pending_builds() -> None:
     for build in list(_PENDING):

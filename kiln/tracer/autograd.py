@@ -802,8 +802,10 @@ def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
 
 
 # Whether a gradient's memory is referenced by nothing but the gradient itself is told by
-# reference counts, compared with those of a probe held the same way (so the interpreter's own
-# counting, which differs between Python versions, cancels out).
+# reference counts, compared with those of a probe held the same way at the same moment (so the
+# interpreter's own counting cancels out: it differs between Python versions, and within a
+# process once something changes how frames hold their locals - PyTorch 2.13's TorchDynamo
+# does after an error inside a compiled region, adding one to every count from then on).
 
 def _refs(x) -> int:
     return sys.getrefcount(x)
@@ -820,7 +822,6 @@ def _probe_refs() -> int:
 # gradient is copied, as before
 _COUNTS_HOLD = (sys.implementation.name == "cpython" and sys.version_info < (3, 14)
                 and getattr(sys, "_is_gil_enabled", lambda: True)())
-_HELD_ONCE = _probe_refs()          # `_refs(x)` of an object held by one local of the caller
 _VIEW_REFS: dict = {}               # array type -> references a view of an array adds to it
 
 
@@ -839,7 +840,7 @@ def _view_refs(array) -> int:
 def _held_once(g: Tensor) -> bool:
     """Whether the caller's one local is the only reference to `g` (the caller adds itself:
     `_held_once` is called with the gradient it holds, as `_probe_refs` calls `_refs`)."""
-    return _refs(g) == _HELD_ONCE + 1
+    return _refs(g) == _probe_refs() + 1
 
 
 def _memory_unshared(grad: Tensor) -> bool:
@@ -850,7 +851,7 @@ def _memory_unshared(grad: Tensor) -> bool:
         return False
     root = getattr(data, "base", None)
     if root is None:
-        return _refs(data) == _HELD_ONCE + 1       # grad._data, and this function's `data`
+        return _refs(data) == _probe_refs() + 1    # grad._data, and this function's `data`
     if type(root) is not type(data) or root.base is not None or root.size != data.size:
         return False                  # memory owned by something else, or wider than grad
     view_refs = _view_refs(root)
@@ -858,7 +859,7 @@ def _memory_unshared(grad: Tensor) -> bool:
     t = grad
     while t._base is not None:        # the tensors grad was viewed from, each held only by
         t = t._base[0]                # its view's `_base` (and here by `t`)
-        if _refs(t) != _HELD_ONCE + 1:
+        if _refs(t) != _probe_refs() + 1:
             return False
         if t._data is root:
             expected += 1
@@ -867,7 +868,7 @@ def _memory_unshared(grad: Tensor) -> bool:
         else:
             return False
     del t
-    return _refs(root) == _HELD_ONCE + expected
+    return _refs(root) == _probe_refs() + expected
 
 
 # Hooks run once a leaf's `.grad` holds this backward's whole gradient (PyTorch's

@@ -762,3 +762,55 @@ def test_aliases_take_out_as_torchs():
         out = lib.empty(2)
         lib.multiply(x, x, out=out)
         assert out.tolist() == [1.0, 4.0]
+
+
+def test_experimental_optimization_fuse_folds_batch_norms_as_torch():
+    """torch.fx.experimental.optimization.fuse: each BatchNorm fed only by a Conv2d or Linear
+    (and tracking running statistics) folds into it; a conv whose output is also read
+    elsewhere and a BatchNorm without running statistics stay. The fused GraphModule has
+    torch's modules and computes torch's fused outputs."""
+    import torch.fx.experimental.optimization as torch_opt
+    import kiln.fx.experimental.optimization as kiln_opt
+
+    def build(lib):
+        nn = lib.nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv1 = nn.Conv2d(3, 4, 3, bias=False)
+                self.bn1 = nn.BatchNorm2d(4)
+                self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+                self.bn2 = nn.BatchNorm2d(4)
+                self.bn3 = nn.BatchNorm2d(4, track_running_stats=False)
+                self.fc = nn.Linear(16, 6)
+                self.bn4 = nn.BatchNorm1d(6)
+
+            def forward(self, x):
+                x = lib.relu(self.bn1(self.conv1(x)))
+                y = self.conv2(x)
+                x = self.bn2(y) + y                   # conv2's output read twice: kept
+                x = self.bn3(x)
+                x = lib.flatten(lib.nn.functional.adaptive_avg_pool2d(x, 2), 1)
+                return self.bn4(self.fc(x))
+        return Net()
+
+    torch.manual_seed(0)
+    ref = build(torch)
+    ref(torch.randn(8, 3, 6, 6))                      # running statistics of their own
+    ours = build(kiln)
+    ours.load_state_dict({k: kiln.tensor(v.numpy()) for k, v in ref.state_dict().items()})
+    ref.eval(), ours.eval()
+    fused_ref, fused = torch_opt.fuse(ref), kiln_opt.fuse(ours)
+    assert isinstance(fused, kiln.fx.GraphModule)
+    names = lambda m: [(n, type(c).__name__) for n, c in m.named_modules()]  # noqa: E731
+    assert names(fused) == names(fused_ref)
+    assert [n for n, _ in names(fused)] == ["", "conv1", "conv2", "bn2", "bn3", "fc"]
+    assert any(isinstance(m, kiln.nn.BatchNorm2d) for m in ours.modules())   # a copy fused
+    x = np.random.default_rng(1).standard_normal((5, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(fused(kiln.tensor(x)).detach().numpy(),
+                               fused_ref(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused(kiln.tensor(x)).detach().numpy(),
+                               ours(kiln.tensor(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="Fusion only for eval"):
+        kiln_opt.fuse(ours.train())

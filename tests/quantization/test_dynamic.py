@@ -234,3 +234,64 @@ def test_quantized_transformer_encoder_layer_matches_torch(seed):
     np.testing.assert_allclose(out.detach().numpy(), expected.detach().numpy(), rtol=0,
                                atol=1e-5)
     assert np.abs(expected.detach().numpy() - ref(torch.tensor(x)).detach().numpy()).max() > 1e-3
+
+
+def test_quantized_model_state_dict_saves_and_loads_as_torch(tmp_path):
+    """A dynamically quantized model's state_dict holds its int8 weights under PyTorch's keys
+    (it held nothing: a saved model lost them); kiln.save / kiln.load carry the quantized
+    tensors, and a second quantized model given them computes the first's outputs, which are
+    torch's."""
+    ref, ours = _language_models(0)
+    qref = tq.quantize_dynamic(ref, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
+    qours = kq.quantize_dynamic(ours, {kiln.nn.LSTM, kiln.nn.Linear}, dtype=kiln.qint8)
+    assert list(qours.state_dict()) == list(qref.state_dict())
+    w_t, b_t = qref.state_dict()["decoder._packed_params._packed_params"]
+    w_k, b_k = qours.state_dict()["decoder._packed_params._packed_params"]
+    np.testing.assert_array_equal(w_k.int_repr().numpy(), w_t.int_repr().numpy())
+    assert w_k.q_scale() == w_t.q_scale() and w_k.q_zero_point() == w_t.q_zero_point()
+    np.testing.assert_array_equal(b_k.numpy(), b_t.detach().numpy())
+
+    kiln.save(qours.state_dict(), tmp_path / "q.pt")
+    _, other = _language_models(1)          # other weights, replaced by the loaded ones
+    fresh = kq.quantize_dynamic(other, {kiln.nn.LSTM, kiln.nn.Linear}, dtype=kiln.qint8)
+    fresh.load_state_dict(kiln.load(tmp_path / "q.pt"))
+    tokens = np.random.default_rng(2).integers(0, 50, (9, 2))
+    out_t, _ = qref(torch.tensor(tokens), None)
+    out_k, _ = fresh(kiln.tensor(tokens), None)
+    np.testing.assert_allclose(out_k.numpy(), out_t.detach().numpy(), rtol=0, atol=1e-6)
+
+    bad = qours.state_dict()
+    bad["rnn._all_weight_values.0.param"] = bad["rnn._all_weight_values.1.param"]
+    with pytest.raises(RuntimeError, match="_all_weight_values.0.param.*DynamicQuantizedLSTM"):
+        fresh.load_state_dict(bad)
+    del bad["decoder.scale"]
+    with pytest.raises(RuntimeError, match='Missing key.*"decoder.scale"'):
+        fresh.load_state_dict(bad)
+
+
+class _Holder:
+    def __init__(self, value):
+        self.value = value
+
+
+def test_quantized_tensors_save_and_load(tmp_path):
+    """Per-tensor and per-channel quantized tensors round-trip through kiln.save / kiln.load
+    (kiln.save raised: NumPy has no quantized types), alone and inside a pickled object."""
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    per_tensor = torch.quantize_per_tensor(torch.tensor(x), 0.05, 3, torch.quint8)
+    per_channel = torch.quantize_per_channel(torch.tensor(x), torch.tensor([0.1, 0.02, 0.3]),
+                                             torch.tensor([0, 1, -2]), 0, torch.qint8)
+    ours = {"t": kiln.quantize_per_tensor(kiln.tensor(x), 0.05, 3, kiln.quint8),
+            "c": kiln.quantize_per_channel(kiln.tensor(x), kiln.tensor([0.1, 0.02, 0.3]),
+                                           kiln.tensor([0, 1, -2]), 0, kiln.qint8)}
+    kiln.save(ours, tmp_path / "q.pt")
+    back = kiln.load(tmp_path / "q.pt")
+    for name, ref in (("t", per_tensor), ("c", per_channel)):
+        assert back[name].dtype is ours[name].dtype
+        assert back[name].qscheme() is ours[name].qscheme()
+        np.testing.assert_array_equal(back[name].int_repr().numpy(), ref.int_repr().numpy())
+        np.testing.assert_array_equal(back[name].dequantize().numpy(), ref.dequantize().numpy())
+    kiln.save(_Holder(ours["c"]), tmp_path / "pickled.pt")     # a user class: pickled
+    again = kiln.load(tmp_path / "pickled.pt", weights_only=False).value
+    np.testing.assert_array_equal(again.dequantize().numpy(), per_channel.dequantize().numpy())
+    assert again.q_per_channel_axis() == 0

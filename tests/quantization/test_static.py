@@ -252,3 +252,17 @@ def test_quantize_in_one_call_with_quant_wrapper_matches_torch():
                                   qref.module[0].weight().int_repr().numpy())
     assert type(qours.module[2]) is kiln.nn.Linear          # qconfig None: left float
     assert not hasattr(qours.module[0], "qconfig")          # convert removed the qconfigs
+
+
+def test_static_quantized_state_dict_saves_and_loads_as_torch(tmp_path):
+    """A converted model's state_dict has PyTorch's keys (Conv2d's `weight`/`bias`, Linear's
+    `_packed_params`, each layer's output `scale`/`zero_point`); saved with kiln.save and loaded
+    into a model converted from other weights, it gives torch's outputs integer for integer."""
+    qref, qours, rng = _quantize_both(0, "per_channel_reduce_range")
+    assert list(qours.state_dict()) == list(qref.state_dict())
+    kiln.save(qours.state_dict(), tmp_path / "static.pt")
+    _, other, _ = _quantize_both(1, "per_channel_reduce_range")
+    other.load_state_dict(kiln.load(tmp_path / "static.pt"))
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(other(kiln.tensor(x)).numpy(),
+                                  qref(torch.tensor(x)).numpy())

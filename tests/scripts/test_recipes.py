@@ -11,10 +11,12 @@ from tests.scripts.harness import (_as_array, _check_compiled, _convert_state, n
 
 
 def same_run(program: str, rtol: float = 1e-5, atol: float = 1e-6, values_rtol: float = 1e-5,
-             values_atol: float = 1e-6, skip_values: tuple = (), **kwargs) -> tuple[dict, dict]:
-    """torch's run, then kiln's from torch's initial state: the losses agree step by step and
-    so does every entry of `values` (strings, flags and numbers exactly, tensors to rtol)."""
-    t = run(program, "torch", seed=0, **kwargs)
+             values_atol: float = 1e-6, skip_values: tuple = (), torch_kwargs: dict = {},
+             **kwargs) -> tuple[dict, dict]:
+    """torch's run (given `torch_kwargs` too), then kiln's from torch's initial state: the
+    losses agree step by step and so does every entry of `values` (strings, flags and numbers
+    exactly, tensors to rtol)."""
+    t = run(program, "torch", seed=0, **kwargs, **torch_kwargs)
     k = run(program, "kiln", seed=0, initial_state=_convert_state(t["initial_state"]), **kwargs)
     np.testing.assert_allclose(k["losses"], t["losses"], rtol=rtol, atol=atol,
                                err_msg=f"{program}: kiln's losses differ from torch's")
@@ -213,3 +215,59 @@ def test_data_loading_tutorial_matches_torch():
     assert v["sample_types"] == "Tensor,float64"
     assert v["batch_shapes"] == ";".join(["(4, 3, 20, 20)(4, 2, 2)float64"] * 2)
     compiled_matches("data_loading", k, t)
+
+
+def test_reasoning_about_shapes_and_default_device_match_torch():
+    # meta-device shapes (a convolution of a 2**10 x 3 x 2**16 x 2**16 input, forward hooks on
+    # a LeNet built under `with torch.device("meta")`), set_default_device, then the LeNet
+    # materialized with to_empty + reset_parameters and trained
+    t, k = same_run("meta_shapes")
+    v = k["values"]
+    assert v["large"] == "(1024, 5, 65535, 65535) meta" and v["out_meta"] == "(1024, 10) meta"
+    assert v["default_meta"] == "meta meta" and v["devices"] == "meta cpu cpu"
+    compiled_matches("meta_shapes", k, t)
+
+
+def test_dynamic_quantization_tutorial_matches_torch():
+    # the LSTM word LM trained, sampled from, then quantize_dynamic({LSTM, Linear}); the
+    # quantized model's state_dict was empty (its file 128 bytes): it now holds the int8
+    # weights under torch's keys, so the saved file shrinks as torch's does. kiln's quantized
+    # LSTM agrees with torch's to float32 rounding of its gates
+    t, k = same_run("dynamic_quantization", skip_values=("quantized_repr", "size_ratio"),
+                    values_atol=1e-5)
+    v = k["values"]
+    assert v["quantized_repr"].replace("kiln.", "torch.") == t["values"]["quantized_repr"]
+    assert 0.2 < v["size_ratio"] < 0.5 and 0.2 < t["values"]["size_ratio"] < 0.5
+    assert abs(v["quantized_loss"] - v["float_loss"]) < 1e-2
+    compiled_matches("dynamic_quantization", k, t)
+
+
+def test_tuning_guide_matches_torch():
+    # `torch.fx.experimental.optimization` was missing (kiln.fx.experimental.optimization.fuse
+    # now folds the batch norms) and `torch.jit.trace(model, [x])` passed the list as one
+    # argument; the bfloat16 autocast outputs agree to bfloat16 rounding
+    t, k = same_run("tuning_guide", skip_values=("bf16",), torch_kwargs={"backend": "eager"})
+    np.testing.assert_allclose(k["values"]["bf16"].numpy(), t["values"]["bf16"].numpy(),
+                               rtol=2e-2, atol=2e-3)
+    assert not k["values"]["fused_has_bn"] and k["values"]["gelu_matches"]
+    compiled_matches("tuning_guide", k, t)
+
+
+def test_visualizing_gradients_tutorial_matches_torch():
+    # forward hooks registering tensor hooks on each leaf module's output; the gradients they
+    # collect (in backward order) and their per-layer means agree with torch's. Under
+    # kiln.compile the step runs eagerly: the hooks append to Python lists, which a replay
+    # would not do (kiln.compile says so)
+    t, k = same_run("visualizing_gradients")
+    assert k["values"]["layer_idx_nobn"] == ",".join(str(i) for i in range(9, -1, -1))
+    compiled_matches("visualizing_gradients", k, t, whole=False)
+
+
+def test_imbalanced_data_tutorial_matches_torch():
+    # NumPy undersampling of a Dataset's arrays, a WeightedRandomSampler over float64 weights
+    # (kiln draws PyTorch's multinomial numbers: the same batches), a weighted NLLLoss, and a
+    # confusion matrix built by 0-d tensor indexing
+    t, k = same_run("imbalanced_data")
+    assert k["values"]["train_counts"] == "[ 1  1  1  1  1 12 12 12 12 12]"
+    assert k["values"]["sampled_batch"] == t["values"]["sampled_batch"]
+    compiled_matches("imbalanced_data", k, t)

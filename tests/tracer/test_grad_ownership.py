@@ -114,3 +114,57 @@ def test_autograd_grad_and_create_graph_leave_grads_as_before():
     g.sum().backward()
     tg.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+_AFTER_DYNAMO_ERROR = r"""
+import json, sys
+import numpy as np
+import torch
+import kiln
+from kiln.tracer import autograd
+
+before = autograd._probe_refs()
+
+@torch.compile(backend="eager")
+def baz(x):                       # an error inside a compiled region (the set_stance recipe)
+    with torch.compiler.set_stance("force_eager"):
+        return x + 1
+
+try:
+    baz(torch.zeros(3))
+except Exception:
+    pass
+conv = kiln.nn.Conv2d(3, 4, 3)
+pooled = kiln.nn.functional.max_pool2d(conv(kiln.randn(2, 3, 6, 6)), 2)
+flat = pooled.view(2, -1)                       # channels-last memory, made C order unseen
+a, b = kiln.ones(3, requires_grad=True), kiln.ones(3, requires_grad=True)
+seed = kiln.tensor([1.0, 2.0, 3.0])
+(a + b).backward(seed)
+lin = kiln.nn.Linear(4, 2)
+lin(kiln.ones(5, 4)).sum().backward()
+print(json.dumps({"probe": [before, autograd._probe_refs()], "flat": list(flat.shape),
+                  "seed_copied": not np.shares_memory(a.grad.numpy(), seed.numpy()),
+                  "grads_apart": not np.shares_memory(a.grad.numpy(), b.grad.numpy()),
+                  "weight_grad": lin.weight.grad.numpy().tolist()}))
+"""
+
+
+def test_reference_counts_hold_after_torch_dynamo_changes_them():
+    """In a process where PyTorch 2.13's TorchDynamo met an error inside a compiled region,
+    every reference count reads one higher from then on; kiln compared counts with a probe
+    taken at import, so `x.view(-1, n)` after a conv (channels-last memory) raised and every
+    gradient was copied. The probe is now taken with each count. (A subprocess: the change
+    lasts for the whole process.)"""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _AFTER_DYNAMO_ERROR], capture_output=True,
+                         text=True, cwd=root, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["flat"] == [2, 16]
+    assert result["seed_copied"] and result["grads_apart"]
+    np.testing.assert_allclose(result["weight_grad"], np.full((2, 4), 5.0))

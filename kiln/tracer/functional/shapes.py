@@ -12,7 +12,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
 from kiln.runtime.device import MetaArray, is_host_array
 from kiln.tracer import layout
-from kiln.tracer.autograd import _COUNTS_HOLD, _HELD_ONCE, Node, _refs, set_name
+from kiln.tracer.autograd import _COUNTS_HOLD, Node, _probe_refs, _refs, set_name
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
@@ -157,7 +157,7 @@ def _relayout_private(input) -> bool:
         holders += sum(n.out_data is data for n in frontier)
         frontier = [e for n in frontier for e in (n.edges or ())]
     del frontier
-    if _refs(data) != _HELD_ONCE + holders:
+    if _refs(data) != _probe_refs() + holders:
         return False
     input._data = input.device.xp.ascontiguousarray(data)
     return True

@@ -3,12 +3,14 @@ activations quantized afresh on every call from their own min and max, float out
 
 from __future__ import annotations
 
+import reprlib
+
 import numpy as np
 
 import kiln
 from kiln.ao.nn.quantized import kernels
 from kiln.ao.nn.quantized.modules import Linear as _QuantizedLinear, quantize_weight
-from kiln.tracer.quantized import on_cpu
+from kiln.tracer.quantized import QuantizedTensor, on_cpu
 
 __all__ = ["Linear", "LSTM"]
 
@@ -77,6 +79,39 @@ class LSTM(kiln.nn.Module):
         return "DynamicQuantizedLSTM"
 
     extra_repr = kiln.nn.LSTM.extra_repr    # the float LSTM's: the same hyperparameters
+
+    # state_dict: one `_all_weight_values.{k}.param` per layer and direction, as PyTorch's keys
+    # (PyTorch stores an opaque packed object there; kiln the tuple (w_ih, b_ih, w_hh, b_hh),
+    # the weights quantized tensors, the biases float)
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for k, (w_ih, b_ih, w_hh, b_hh) in enumerate(self._cells):
+            destination[f"{prefix}_all_weight_values.{k}.param"] = (
+                w_ih, kiln.tensor(b_ih), w_hh, kiln.tensor(b_hh))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, missing: list,
+                              errors: list, assign: bool) -> None:
+        super()._load_from_state_dict(state_dict, prefix, missing, errors, assign)
+        cells = []
+        for k, current in enumerate(self._cells):
+            key = f"{prefix}_all_weight_values.{k}.param"
+            if key not in state_dict:
+                missing.append(key)
+                return
+            value = state_dict[key]
+            shapes = [tuple(v.shape) for v in current]
+            if not (isinstance(value, tuple) and len(value) == 4
+                    and isinstance(value[0], QuantizedTensor)
+                    and isinstance(value[2], QuantizedTensor)
+                    and [tuple(v.shape) for v in value] == shapes):
+                errors.append(f"While copying {key!r} of DynamicQuantizedLSTM: expected kiln's "
+                              f"(w_ih, b_ih, w_hh, b_hh) with shapes {shapes} (quantized "
+                              f"weights), got {reprlib.repr(value)}")
+                return
+            w_ih, b_ih, w_hh, b_hh = value
+            cells.append((w_ih, b_ih.detach().numpy().astype(np.float32), w_hh,
+                          b_hh.detach().numpy().astype(np.float32)))
+        self._cells = cells
 
     def forward(self, input, hx=None):
         kernels.check_engine("quantized_lstm")

@@ -31,12 +31,38 @@ def quantize_weight(weight, observer) -> _q.QuantizedTensor:
     return q
 
 
-class _WeightBias(nn.Module):
+class _OutputQParams(nn.Module):
+    """A module whose output has a `scale` and `zero_point` (floats on the module): in its
+    state_dict as tensors under PyTorch's keys, read back by load_state_dict."""
+
+    _QPARAMS_SHAPE: tuple = ()      # Quantize keeps them as 1-element tensors, as PyTorch
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        shape = self._QPARAMS_SHAPE
+        destination[prefix + "scale"] = kiln.full(shape, float(self.scale), dtype=kiln.float32)
+        destination[prefix + "zero_point"] = kiln.full(shape, int(self.zero_point),
+                                                       dtype=kiln.int64)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, missing: list,
+                              errors: list, assign: bool) -> None:
+        super()._load_from_state_dict(state_dict, prefix, missing, errors, assign)
+        keys = [prefix + "scale", prefix + "zero_point"]
+        absent = [k for k in keys if k not in state_dict]
+        if absent:
+            missing.extend(absent)
+            return
+        self.scale = float(state_dict[keys[0]])
+        self.zero_point = int(state_dict[keys[1]])
+
+
+class _WeightBias(_OutputQParams):
     """What quantized Linear and Conv2d share: a qint8 weight and a float bias, read through
     methods as in PyTorch (`m.weight()`, `m.bias()`), and their printed name."""
 
     _FLOAT_NAME = ""
     _RELU = False            # a fused ReLU: the output clamped at its zero point
+    _PACKED = False          # state_dict holds weight and bias packed, as Linear's does
 
     def _get_name(self) -> str:
         return self._FLOAT_NAME
@@ -51,6 +77,39 @@ class _WeightBias(nn.Module):
     def bias(self):
         return self._bias_f
 
+    # state_dict under PyTorch's keys: Conv2d's `weight` and `bias` before its output
+    # parameters, Linear's packed as `_packed_params._packed_params` after them
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        if not self._PACKED:
+            destination[prefix + "weight"] = self._weight_q
+            destination[prefix + "bias"] = self._bias_f
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._PACKED:
+            destination[prefix + "_packed_params.dtype"] = self._weight_q.dtype
+            destination[prefix + "_packed_params._packed_params"] = (self._weight_q,
+                                                                     self._bias_f)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, missing: list,
+                              errors: list, assign: bool) -> None:
+        super()._load_from_state_dict(state_dict, prefix, missing, errors, assign)
+        keys = [prefix + k for k in (["_packed_params._packed_params"] if self._PACKED
+                                     else ["weight", "bias"])]
+        absent = [k for k in keys if k not in state_dict]
+        if absent:
+            missing.extend(absent)
+            return
+        weight, bias = state_dict[keys[0]] if self._PACKED else (state_dict[keys[0]],
+                                                                 state_dict[keys[1]])
+        if not isinstance(weight, _q.QuantizedTensor) or \
+                tuple(weight.shape) != tuple(self._weight_q.shape):
+            got = _q._describe([weight]) + f" of shape {tuple(weight.shape)}" \
+                if isinstance(weight, kiln.Tensor) else f"a {type(weight).__name__}"
+            errors.append(f"While copying the weight of {self._get_name()} {keys[0]!r}: "
+                          f"expected a quantized tensor of shape "
+                          f"{tuple(self._weight_q.shape)}, got {got}")
+            return
+        self.set_weight_bias(weight, bias)
+
 
 class Linear(_WeightBias):
     """A quantized nn.Linear: quint8 input, qint8 weight, float bias, quint8 output with the
@@ -58,6 +117,8 @@ class Linear(_WeightBias):
 
     _FLOAT_NAME = "QuantizedLinear"
     _FROM = (nn.Linear,)
+
+    _PACKED = True
 
     def __init__(self, in_features: int, out_features: int, bias_: bool = True,
                  dtype=kiln.qint8):
@@ -173,8 +234,10 @@ class Conv2d(_WeightBias):
         return out
 
 
-class Quantize(nn.Module):
+class Quantize(_OutputQParams):
     """QuantStub's converted form: a float tensor to quint8 with fixed parameters."""
+
+    _QPARAMS_SHAPE = (1,)
 
     def __init__(self, scale: float, zero_point: int, dtype=kiln.quint8):
         super().__init__()
@@ -241,7 +304,7 @@ class FloatFunctional(nn.Module):
         return self.activation_post_process(kiln.matmul(x, y))
 
 
-class QFunctional(nn.Module):
+class QFunctional(_OutputQParams):
     """FloatFunctional's converted form: add, add_relu, mul and cat of quantized tensors into
     the observed scale and zero point."""
 
