@@ -49,7 +49,7 @@ MISSING = object()          # a global, cell or attribute that does not exist (a
 
 SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
 _CONTAINER_LIMIT = 1024     # items guarded per container; longer ones are guarded by length
-_OBJECT_DEPTH = 4           # attribute levels into plain objects and containers
+_OBJECT_DEPTH = 6           # attribute levels into plain objects and containers
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
 
@@ -275,7 +275,15 @@ def roots(fn) -> list:
     for name in sorted(global_names(code)):
         if name in glb:
             found.append((name, _global(glb, name), glb[name]))
+    # default arguments: a call that omits one reads it (`def g(x, k=K)`, `g.__defaults__ =`)
+    for name in ("__defaults__", "__kwdefaults__"):
+        if getattr(fn, name, None) is not None:
+            found.append((name, _function_attr(fn, name), getattr(fn, name)))
     return found
+
+
+def _function_attr(fn, name: str):
+    return lambda: getattr(fn, name)
 
 
 def _user_function(obj) -> bool:
@@ -634,6 +642,7 @@ class _Walk:
         if depth >= _OBJECT_DEPTH or ("class", id(cls), narrow) in self.seen:
             return
         self.seen.add(("class", id(cls), narrow))
+        before = []         # the user classes ahead in the MRO: one may get the name later
         for klass in cls.__mro__:
             if klass in _PLAIN_BASES or _library_module(klass.__module__):
                 continue
@@ -642,15 +651,21 @@ class _Walk:
                 if dunder and not isinstance(value, types.FunctionType) or \
                         narrow and not dunder and name not in self.reads.names:
                     continue        # (`__module__`, `__dict__`, a dataclass's fields)
+                for sub in before:      # `Sub.LR = ...` would hide `Base.LR` the call read
+                    if name not in vars(sub):
+                        self.guards.append(Guard(f"{sub.__qualname__}.{name}",
+                                                 _class_attr(sub, name), "id", MISSING))
                 label = f"{klass.__qualname__}.{name}"
                 if isinstance(value, (staticmethod, classmethod)):
                     value = value.__func__
-                if isinstance(value, property):
+                if isinstance(value, property):     # (replaced on the class: `C.v = property(..)`)
+                    self.guards.append(Guard(label, _class_attr(klass, name), "id", value))
                     for f in (value.fget, value.fset, value.fdel):
                         if f is not None:
                             self.place(f"{label}.<{f.__name__}>", constant(f), f, depth + 1)
                     continue
                 self.place(label, _class_attr(klass, name), value, depth + 1)
+            before.append(klass)
 
     def unset(self, source: str, obj, attrs: dict) -> None:
         """Guard the names the call reads that `obj` takes from its class: set on the object
