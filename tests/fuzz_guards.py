@@ -338,14 +338,16 @@ def _run(world: World, compiled: bool) -> Outcome:
 
 def _observe(value):
     """`observe`, with what two copies of a world hold as different objects made comparable:
-    an enum member by name, a module by its training flag."""
+    an enum member by name, a module by its training flag, another object by its type."""
     if isinstance(value, enum.Enum):
         return ("enum", value.name)
     if isinstance(value, nn.Module):
         return ("module", value.training)
     if isinstance(value, list):
         return ("list", [_observe(v) for v in value])
-    return observe(value)
+    if isinstance(value, (kiln.Tensor, int, float, str, tuple, dict)):
+        return observe(value)
+    return ("object", type(value).__name__)       # (a class attribute read as a bound method)
 
 
 def _counts(fn) -> tuple:

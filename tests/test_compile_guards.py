@@ -1912,6 +1912,35 @@ def class_attribute_five_holders_deep():
     return world(ns["f"], call)
 
 
+@_replayed_twice
+def partial_argument_mutated_in_place():
+    ns = exec_world("def pick(v):\n    return v\nm = nn.Identity()\n"
+                    "import functools\nheld = functools.partial(pick, m)\n"
+                    "def f(x):\n    return x.tanh() if held().training else x\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["m"].train(i < 2)
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def global_of_a_method_of_a_class_attribute_deep_down():
+    ns = exec_world("HELD = 1.0\nclass Static:\n    @staticmethod\n    def get():\n"
+                    "        return HELD\nclass Data:\n    def __init__(self, v):\n"
+                    "        self.v = v\nclass Config:\n    v = Data(Static())\n"
+                    "    @classmethod\n    def get(cls):\n        return cls.v\n"
+                    "state = Config()\ndef read():\n    return state.get().v.get()\n"
+                    "def f(x):\n    return x * read()\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["HELD"] = [1.0, 1.0, -2.0, -2.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
 @case
 def class_counter_bumped_by_the_call():
     ns = exec_world("class Counter:\n    calls = 0\n"

@@ -574,6 +574,12 @@ class _Walk:
                            depth + 1)
                 self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
             return
+        if isinstance(obj, functools.partial):       # what it calls, and with what
+            if depth < _OBJECT_DEPTH:
+                for name in ("func", "args", "keywords"):
+                    part = getattr(obj, name)
+                    self.place(f"{source}.{name}", constant(part), part, depth + 1)
+            return
         if isinstance(obj, type):
             if not _library_module(obj.__module__):
                 self.class_members(source, obj, depth,
@@ -583,10 +589,9 @@ class _Walk:
                 type(obj).__name__ == "CompiledFunction":
             return
         if isinstance(obj, types.FunctionType):
-            if _user_function(obj) and depth < _OBJECT_DEPTH:
+            if _user_function(obj):     # its globals are roots as the compiled function's are
                 for name, read, value in roots(obj):
-                    self.place(f"{source}.<{name}>", read, value, depth + 1,
-                               code_names(obj.__code__))
+                    self.place(f"{source}.<{name}>", read, value, 0, code_names(obj.__code__))
             return
         is_module = hasattr(obj, "_modules") and hasattr(obj, "_parameters")
         if depth >= _OBJECT_DEPTH and not is_module:
