@@ -1941,6 +1941,40 @@ def global_of_a_method_of_a_class_attribute_deep_down():
     return world(ns["f"], call)
 
 
+_HOLDERS = ("class Reader:\n    def __init__(self, v):\n        self.x = v\n"
+            "    def get(self):\n        return self.x\n"
+            "class Holder:\n    def __init__(self, m):\n        self.m = m\n")
+
+
+@_replayed_twice
+def optimizer_learning_rate_deep_down():
+    ns = exec_world(_HOLDERS + "class Config:\n    v = Holder(Reader(kiln.optim.SGD("
+                    "[kiln.zeros(1, requires_grad=True)], lr=0.5)).get)\n"
+                    "def f(x):\n    return x * Config.v.m().param_groups[0]['lr']\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["Config"].v.m().param_groups[0]["lr"] = [0.5, 0.5, 2.0, 2.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def method_replaced_on_a_class_deep_down():
+    ns = exec_world(_HOLDERS + "class Mode:\n    def get(self):\n        return 1.0\n"
+                    "class Config:\n    v = Holder(Reader(Mode()).get)\n"
+                    "    def get(self):\n        return type(self).v\n"
+                    "config = Config()\n"
+                    "def f(x, c):\n    return x * c.get().m().get()\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["Mode"].get = lambda self: -3.0
+        return f(x, ns["config"])
+    return world(ns["f"], call)
+
+
 @case
 def class_counter_bumped_by_the_call():
     ns = exec_world("class Counter:\n    calls = 0\n"

@@ -582,7 +582,7 @@ class _Walk:
             return
         if isinstance(obj, type):
             if not _library_module(obj.__module__):
-                self.class_members(source, obj, depth,
+                self.class_members(source, obj, 0,
                                    self.reads is not None and not self.reads.everything)
             return
         if isinstance(obj, types.BuiltinFunctionType) or \
@@ -618,7 +618,9 @@ class _Walk:
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
         if not (is_module or optimizer) and _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
-        step = 0 if is_module else 1        # a module tree is walked to its leaves
+        # a module tree or an optimizer's groups and state are walked to their leaves, however
+        # deep the module or optimizer was found
+        inner = 0 if is_module or optimizer else depth + 1
         if not isinstance(attrs, dict):
             attrs = {}
         elif self.attribute_counts and not (is_module or optimizer):
@@ -632,18 +634,19 @@ class _Walk:
             items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
         for name, read, value in items:
-            self.place(f"{source}.{name}", read, value, depth + step,
+            self.place(f"{source}.{name}", read, value, inner,
                        lazy=lazy or (optimizer and name == "state"))
         cls = type(obj)
         if not _library_module(cls.__module__):
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
-            self.class_members(f"type({source})", cls, depth + 1, narrow)
+            self.class_members(f"type({source})", cls, 0, narrow)
 
     def class_members(self, source: str, cls: type, depth: int, narrow: bool) -> None:
         """What a user class holds for its instances and callers: class-level settings
         (`Config.LR`) and its methods, whose globals and closures a call reads as the compiled
         function's own (a `forward` reading a module-level constant). With `reads`, only the
-        names the call's code loads, and the dunders the interpreter calls."""
+        names the call's code loads, and the dunders the interpreter calls. A class is walked
+        as code is, however deep it was found (`depth` counts from it)."""
         if depth >= _OBJECT_DEPTH or ("class", id(cls), narrow) in self.seen:
             return
         self.seen.add(("class", id(cls), narrow))
