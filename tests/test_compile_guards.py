@@ -1975,6 +1975,20 @@ def method_replaced_on_a_class_deep_down():
     return world(ns["f"], call)
 
 
+@_replayed_twice
+def list_behind_two_bound_methods_grows():
+    ns = exec_world(_HOLDERS + "weights = [1.0, 2.0]\n"
+                    "state = Holder(Reader(Holder(Reader(weights).get)).get)\n"
+                    "def f(x):\n    return x * len(state.m().m())\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["weights"].append(3.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
 @case
 def class_counter_bumped_by_the_call():
     ns = exec_world("class Counter:\n    calls = 0\n"

@@ -49,7 +49,7 @@ MISSING = object()          # a global, cell or attribute that does not exist (a
 
 SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
 _CONTAINER_LIMIT = 1024     # items guarded per container; longer ones are guarded by length
-_OBJECT_DEPTH = 6           # attribute levels into plain objects and containers
+_OBJECT_DEPTH = 8           # attribute levels into plain objects and containers
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
 
@@ -569,16 +569,15 @@ class _Walk:
                         self.place(f"{source}.{name}", _attr(obj, name), value, 0)
             return
         if isinstance(obj, types.MethodType):      # `self.callback = other.method`
-            if depth < _OBJECT_DEPTH:
-                self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__,
-                           depth + 1)
+            if depth < _OBJECT_DEPTH:     # (its object is one level, as if held itself)
+                self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__, depth)
                 self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
             return
         if isinstance(obj, functools.partial):       # what it calls, and with what
             if depth < _OBJECT_DEPTH:
                 for name in ("func", "args", "keywords"):
                     part = getattr(obj, name)
-                    self.place(f"{source}.{name}", constant(part), part, depth + 1)
+                    self.place(f"{source}.{name}", constant(part), part, depth)
             return
         if isinstance(obj, type):
             if not _library_module(obj.__module__):
