@@ -28,6 +28,7 @@ import collections
 import contextlib
 import enum
 import io
+import re
 import sys
 import types
 import warnings
@@ -38,6 +39,7 @@ import numpy as np
 import kiln
 import kiln.nn as nn
 import kiln.nn.functional as F
+from kiln.compiler import guards
 from tests.test_compile_guards import observe, same
 
 CALLS = 5
@@ -153,7 +155,10 @@ HOLDERS = [
     Holder("default argument", "gd{k}", "{o}()", "{o}.__defaults__ = ({n},)", (),
            "def gd{k}(v={i}):\n    return v\n"),
 ]
-ROOTS = ["global", "closure", "module attribute", "module function", "argument"]
+ROOTS = ["global", "closure", "module attribute", "module function", "argument",
+         "record argument"]
+# mutations of state the call does not read: a call after them should still replay
+HARMLESS = {"{o}.w = 1", "{o}.w = 2", "{o}.w = 5", "{o}.eval()", "{o}.append(7)", "{o}['c'] = 2"}
 
 
 @dataclass
@@ -165,6 +170,7 @@ class World:
     grad: list | None           # per call: grad mode (x requires grad), or None
     backend: str = "c"
     path: list = field(default_factory=list)
+    harmless: set = field(default_factory=set)      # mutations of state f does not read
 
     def __str__(self) -> str:
         muts = "\n".join(f"# before call {i}: {'; '.join(m) or '-'}"
@@ -214,7 +220,7 @@ def generate(seed: int) -> World:
     src = PRELUDE + setup
     use = pick(uses)
     read_from = lambda o: _chain(holders, o)     # noqa: E731
-    args = "x, s" if root == "argument" else "x"
+    args = "x, s" if root.endswith("argument") else "x"
     if root == "global":
         src += f"STATE = {state}\ndef f({args}):\n    v = {read_from('STATE')}\n" \
                f"    return {use}\n"
@@ -223,6 +229,12 @@ def generate(seed: int) -> World:
         src += f"STATE = {state}\ndef f({args}):\n    v = {read_from('s')}\n" \
                f"    return {use}\n"
         top, rebind = "STATE", "STATE = {n}"
+    elif root == "record argument":     # a batch-like object: a tensor, the state, a history
+        src += (f"class Rec:\n    def __init__(self, state):\n        self.t = kiln.ones(1)\n"
+                f"        self.state = state\n        self.history = []\n"
+                f"REC = Rec({state})\ndef f({args}):\n    v = {read_from('s.state')}\n"
+                f"    return ({use}) * s.t\n")
+        top, rebind = "REC.state", "REC.state = {n}"
     elif root == "closure":
         src += (f"def _build():\n    state = {state}\n    def f({args}):\n"
                 f"        v = {read_from('state')}\n        return {use}\n"
@@ -251,6 +263,7 @@ def generate(seed: int) -> World:
 
     src_extra: list = []
     options = []
+    harmless = {"REC.history.append(1)"}
     o = top
     for level in range(depth, 0, -1):       # outermost holder first
         h = holders[level - 1]
@@ -259,9 +272,14 @@ def generate(seed: int) -> World:
             options.append(_fill(rebind, n=fresh(depth)))
         if h.set is not None:
             options.append(_fill(h.set, o=o, k=k, n=fresh(level - 1)))
-        options += [_fill(e, o=o, k=k, n=fresh(level - 1)) for e in h.extra]
+        for e in h.extra:
+            options.append(_fill(e, o=o, k=k, n=fresh(level - 1)))
+            if e in HARMLESS:
+                harmless.add(options[-1])
         o = _fill(h.get, o=o)
     options += [_fill(m, o=o) for m in in_place]
+    if root == "record argument":
+        options.append("REC.history.append(1)")
     src = src + "".join(src_extra)
     mutations = [[]]
     for _ in range(CALLS - 1):
@@ -271,10 +289,10 @@ def generate(seed: int) -> World:
             mutations.append([pick(options) for _ in range(int(rng.integers(1, 3)))])
     grad = [bool(rng.random() < 0.5) for _ in range(CALLS)] if rng.random() < 0.2 else None
     backend = "triton" if seed % 8 == 7 else "c"
-    if root == "argument":
-        src += "# f is called as f(x, STATE)\n"
+    if root.endswith("argument"):
+        src += f"# f is called as f(x, {'STATE' if root == 'argument' else 'REC'})\n"
     return World(seed, src, read_from(top), mutations, grad, backend,
-                 [root] + [h.name for h in reversed(holders)] + [leaf])
+                 [root] + [h.name for h in reversed(holders)] + [leaf], harmless)
 
 
 def _chain(holders: list, o: str) -> str:
@@ -289,7 +307,7 @@ def _chain(holders: list, o: str) -> str:
 class Outcome:
     seen: list
     after: object
-    kinds: list                 # per compiled call: "replay", "trace" or "eager"
+    kinds: list                 # per compiled call: "replay", "trace", "eager" or "raised"
     reasons: list               # eager and trace reasons
 
 
@@ -313,8 +331,10 @@ def _run(world: World, compiled: bool) -> Outcome:
                     except Exception as e:
                         seen.append(("mutation raised", type(e).__name__))
                 args = (x, ns["STATE"]) if "# f is called as f(x, STATE)" in world.source \
-                    else (x,)
+                    else (x, ns["REC"]) if "# f is called as f(x, REC)" in world.source else (x,)
                 before = _counts(fn) if compiled else None
+                why = _why_not_replayed(fn) if compiled and all(
+                    m in world.harmless for m in world.mutations[i]) else None
                 out = io.StringIO()
                 mode = True if world.grad is None else world.grad[i]
                 try:
@@ -323,8 +343,12 @@ def _run(world: World, compiled: bool) -> Outcome:
                     seen.append(("ok", _observe(result), out.getvalue()))
                 except Exception as e:
                     seen.append(("raised", type(e).__name__))
-                if compiled:
+                if compiled and seen[-1][0] == "raised":   # (as eager raised: not counted)
+                    kinds.append("raised")
+                elif compiled:
                     kinds.append(_kind(fn, before, reasons))
+                    if kinds[-1] == "trace" and why is not None:
+                        reasons[-1:] = [f"trace: {why}"]
         try:
             after = _observe(eval(world.read, ns))
         except Exception as e:
@@ -350,6 +374,16 @@ def _observe(value):
     return ("object", type(value).__name__)       # (a class attribute read as a bound method)
 
 
+def _why_not_replayed(fn) -> str:
+    """The first guard of the newest entry that fails now, or that another key was made."""
+    if not fn.entries:
+        return "the first call"
+    failed = guards.first_failure(list(fn.entries.values())[-1].guards)
+    if failed is None:
+        return "a new guard key (the arguments' structure or a record's fields)"
+    return re.sub(r"\d+", "N", failed.describe())
+
+
 def _counts(fn) -> tuple:
     return (len(fn.entries),
             sum(e.calls for e in fn.entries.values() if e.program is not None))
@@ -362,6 +396,7 @@ def _kind(fn, before: tuple, reasons: list) -> str:
         if new.program is None:
             reasons.append(f"eager: {new.eager_reason}")
             return "eager"
+        reasons.append("trace")
         return "trace"
     if replays > before[1]:
         return "replay"
@@ -394,15 +429,17 @@ def _first_line(err: AssertionError) -> str:
 
 
 def needless(world: World, outcome: Outcome) -> list:
-    """The compiled calls after the first that traced or ran eagerly though nothing changed."""
-    return [i for i in range(1, CALLS) if not world.mutations[i] and
+    """The compiled calls after the first that traced or ran eagerly though nothing they read
+    changed (no mutation, or only harmless ones)."""
+    return [i for i in range(1, CALLS) if all(m in world.harmless for m in world.mutations[i]) and
             (world.grad is None or world.grad[i] == world.grad[i - 1]) and
-            outcome.kinds[i] != "replay"]
+            outcome.kinds[i] in ("trace", "eager")]
 
 
 def sweep(first: int, count: int) -> int:
     tally = collections.Counter()
     needless_paths = collections.Counter()
+    reasons = collections.Counter()
     failing = 0
     for seed in range(first, first + count):
         world = generate(seed)
@@ -421,8 +458,14 @@ def sweep(first: int, count: int) -> int:
         if wasted:
             tally["worlds with a needless trace or eager call"] += 1
             needless_paths[" > ".join(world.path[:-1])] += 1
+            for i in wasted:
+                # the reason recorded for the i-th call that did not replay
+                where = [j for j in range(CALLS)
+                         if outcome.kinds[j] in ("trace", "eager")].index(i)
+                reasons[outcome.reasons[where][:160]] += 1
     print(dict(tally))
     print("needless traces / eager calls by path:", needless_paths.most_common(12))
+    print("their reasons:", reasons.most_common(12))
     return failing
 
 

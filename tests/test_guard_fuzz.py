@@ -11,12 +11,8 @@ import pytest
 
 from tests.fuzz_guards import CALLS, check, generate, needless
 
-# seeds whose worlds replayed stale before their fix (defaults, objects in list arguments,
-# subclass shadows, partial, state deep down), then a plain range
-FOUND = [7, 12, 18, 19, 27, 28, 31, 32, 381, 699, 1264]
-
-
-@pytest.mark.parametrize("seed", FOUND + list(range(100, 180)))
+# (the stale replays the sweeps found are named cases in test_compile_guards.py)
+@pytest.mark.parametrize("seed", range(70))
 def test_compiled_equals_eager_as_the_world_changes(seed):
     world = generate(seed)
     problems, outcome = check(world)
@@ -24,13 +20,14 @@ def test_compiled_equals_eager_as_the_world_changes(seed):
     assert len(outcome.kinds) == CALLS
 
 
-def test_unchanged_worlds_mostly_replay():
-    """A call after one that changed nothing replays (a retrace is slow, not wrong: a few
-    paths still retrace, see the sweep's report)."""
-    quiet = wasted = 0
+def test_a_call_after_no_change_replays():
+    """A call after one that changed nothing replays, never traces again (a change to state
+    the call does not read may still retrace: slow, not wrong; the sweep reports those)."""
+    quiet = 0
     for seed in range(40):
         world = generate(seed)
+        world.harmless = set()
         _, outcome = check(world)
         quiet += sum(1 for i in range(1, CALLS) if not world.mutations[i])
-        wasted += len(needless(world, outcome))
-    assert quiet > 20 and wasted <= quiet // 10, (quiet, wasted)
+        assert not needless(world, outcome), f"{world}{outcome.kinds}"
+    assert quiet > 20
