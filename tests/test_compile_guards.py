@@ -1812,6 +1812,183 @@ def global_read_by_a_compiled_module_forward():
     return world(module, call)
 
 
+# found by tests/fuzz_guards.py: each was a stale replay
+
+@_replayed_twice
+def default_argument_mutated_then_reassigned():
+    ns = exec_world("def weights(v=[1.0, 2.0]):\n    return v\n"
+                    "def f(x, g):\n    return x * len(g())\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        g = ns["weights"]
+        if i == 2:
+            g().pop(0)
+        if i == 3:
+            g.__defaults__ = ([3.0, 1.0, 4.0],)
+        return f(x, g)
+    return world(ns["f"], call)
+
+
+default_argument_mutated_then_reassigned.calls = 5
+
+
+@_replayed_twice
+def default_argument_of_a_helper_reassigned():
+    ns = exec_world("def scale(k=2.0):\n    return k\ndef f(x):\n    return x * scale()\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["scale"].__defaults__ = (-3.0,)
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def optimizer_in_a_list_argument():
+    ns = exec_world("opt = kiln.optim.SGD([kiln.zeros(1, requires_grad=True)], lr=0.5)\n"
+                    "def f(x, parts):\n    return x * parts[1].param_groups[0]['lr']\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["opt"].param_groups[0]["lr"] = [0.5, 0.5, 2.0, 2.0][i]
+        return f(x, [0, ns["opt"]])
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def module_in_a_dict_argument_set_to_eval():
+    ns = exec_world("m = nn.Identity()\n"
+                    "def f(x, parts):\n    return x.tanh() if parts['m'].training else x\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["m"].train(i < 2)
+        return f(x, {"m": ns["m"]})
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def class_attribute_shadowed_in_a_subclass():
+    ns = exec_world("class Base:\n    k = 1.0\nclass Sub(Base):\n    pass\n"
+                    "s = Sub()\ndef f(x, s):\n    return x * s.k\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["Sub"].k = -2.0
+        return f(x, ns["s"])
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def property_replaced_on_the_class():
+    ns = exec_world("class P:\n    @property\n    def k(self):\n        return 1.0\n"
+                    "p = P()\ndef f(x):\n    return x * p.k\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["P"].k = property(lambda self: 5.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def class_attribute_five_holders_deep():
+    ns = exec_world("class Base:\n    v = 1.0\nclass Sub(Base):\n    pass\n"
+                    "class Reader:\n    def __init__(self, v):\n        self.x = v\n"
+                    "    def get(self):\n        return self.x\n"
+                    "class Holder:\n    def __init__(self, m):\n        self.m = m\n"
+                    "state = Holder(Reader(Sub()).get)\n"
+                    "def f(x):\n    return x * state.m().v\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["Base"].v = 4.0
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def partial_argument_mutated_in_place():
+    ns = exec_world("def pick(v):\n    return v\nm = nn.Identity()\n"
+                    "import functools\nheld = functools.partial(pick, m)\n"
+                    "def f(x):\n    return x.tanh() if held().training else x\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["m"].train(i < 2)
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def global_of_a_method_of_a_class_attribute_deep_down():
+    ns = exec_world("HELD = 1.0\nclass Static:\n    @staticmethod\n    def get():\n"
+                    "        return HELD\nclass Data:\n    def __init__(self, v):\n"
+                    "        self.v = v\nclass Config:\n    v = Data(Static())\n"
+                    "    @classmethod\n    def get(cls):\n        return cls.v\n"
+                    "state = Config()\ndef read():\n    return state.get().v.get()\n"
+                    "def f(x):\n    return x * read()\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["HELD"] = [1.0, 1.0, -2.0, -2.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+_HOLDERS = ("class Reader:\n    def __init__(self, v):\n        self.x = v\n"
+            "    def get(self):\n        return self.x\n"
+            "class Holder:\n    def __init__(self, m):\n        self.m = m\n")
+
+
+@_replayed_twice
+def optimizer_learning_rate_deep_down():
+    ns = exec_world(_HOLDERS + "class Config:\n    v = Holder(Reader(kiln.optim.SGD("
+                    "[kiln.zeros(1, requires_grad=True)], lr=0.5)).get)\n"
+                    "def f(x):\n    return x * Config.v.m().param_groups[0]['lr']\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["Config"].v.m().param_groups[0]["lr"] = [0.5, 0.5, 2.0, 2.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def method_replaced_on_a_class_deep_down():
+    ns = exec_world(_HOLDERS + "class Mode:\n    def get(self):\n        return 1.0\n"
+                    "class Config:\n    v = Holder(Reader(Mode()).get)\n"
+                    "    def get(self):\n        return type(self).v\n"
+                    "config = Config()\n"
+                    "def f(x, c):\n    return x * c.get().m().get()\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["Mode"].get = lambda self: -3.0
+        return f(x, ns["config"])
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def list_behind_two_bound_methods_grows():
+    ns = exec_world(_HOLDERS + "weights = [1.0, 2.0]\n"
+                    "state = Holder(Reader(Holder(Reader(weights).get)).get)\n"
+                    "def f(x):\n    return x * len(state.m().m())\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["weights"].append(3.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
 @case
 def class_counter_bumped_by_the_call():
     ns = exec_world("class Counter:\n    calls = 0\n"

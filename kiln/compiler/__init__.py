@@ -1404,13 +1404,22 @@ def _grad_presence(tensors: list) -> tuple:
 
 def _object_arguments(args, kwargs) -> list:
     """Guard roots for the objects passed as arguments (`self` of a compiled method, a module
-    or a config): the key holds them by identity, their guards hold what is inside."""
+    or a config), also inside the lists, tuples and dicts passed (`step([model, opt])`): the
+    key holds them by identity, their guards hold what is inside."""
     found = []
+
+    def visit(where: str, a, depth: int) -> None:
+        if isinstance(a, Tensor) or type(a) in guards.SCALARS:
+            return
+        if isinstance(a, (list, tuple, dict)):
+            if depth < 4:
+                items = a.items() if isinstance(a, dict) else enumerate(a)
+                for k, v in items:
+                    visit(f"{where}[{k!r}]", v, depth + 1)
+            return
+        found.append((where, guards.constant(a), a))
     for i, a in enumerate(list(args) + list(dict(kwargs).values())):
-        if isinstance(a, Tensor) or type(a) in guards.SCALARS or isinstance(a, (list, tuple,
-                                                                                 dict)):
-            continue
-        found.append((f"argument {i}", guards.constant(a), a))
+        visit(f"argument {i}", a, 0)
     return found
 
 

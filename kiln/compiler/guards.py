@@ -49,7 +49,7 @@ MISSING = object()          # a global, cell or attribute that does not exist (a
 
 SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
 _CONTAINER_LIMIT = 1024     # items guarded per container; longer ones are guarded by length
-_OBJECT_DEPTH = 4           # attribute levels into plain objects and containers
+_OBJECT_DEPTH = 8           # attribute levels into plain objects and containers
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
 
@@ -275,7 +275,15 @@ def roots(fn) -> list:
     for name in sorted(global_names(code)):
         if name in glb:
             found.append((name, _global(glb, name), glb[name]))
+    # default arguments: a call that omits one reads it (`def g(x, k=K)`, `g.__defaults__ =`)
+    for name in ("__defaults__", "__kwdefaults__"):
+        if getattr(fn, name, None) is not None:
+            found.append((name, _function_attr(fn, name), getattr(fn, name)))
     return found
+
+
+def _function_attr(fn, name: str):
+    return lambda: getattr(fn, name)
 
 
 def _user_function(obj) -> bool:
@@ -561,24 +569,28 @@ class _Walk:
                         self.place(f"{source}.{name}", _attr(obj, name), value, 0)
             return
         if isinstance(obj, types.MethodType):      # `self.callback = other.method`
-            if depth < _OBJECT_DEPTH:
-                self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__,
-                           depth + 1)
+            if depth < _OBJECT_DEPTH:     # (its object is one level, as if held itself)
+                self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__, depth)
                 self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
+            return
+        if isinstance(obj, functools.partial):       # what it calls, and with what
+            if depth < _OBJECT_DEPTH:
+                for name in ("func", "args", "keywords"):
+                    part = getattr(obj, name)
+                    self.place(f"{source}.{name}", constant(part), part, depth)
             return
         if isinstance(obj, type):
             if not _library_module(obj.__module__):
-                self.class_members(source, obj, depth,
+                self.class_members(source, obj, 0,
                                    self.reads is not None and not self.reads.everything)
             return
         if isinstance(obj, types.BuiltinFunctionType) or \
                 type(obj).__name__ == "CompiledFunction":
             return
         if isinstance(obj, types.FunctionType):
-            if _user_function(obj) and depth < _OBJECT_DEPTH:
+            if _user_function(obj):     # its globals are roots as the compiled function's are
                 for name, read, value in roots(obj):
-                    self.place(f"{source}.<{name}>", read, value, depth + 1,
-                               code_names(obj.__code__))
+                    self.place(f"{source}.<{name}>", read, value, 0, code_names(obj.__code__))
             return
         is_module = hasattr(obj, "_modules") and hasattr(obj, "_parameters")
         if depth >= _OBJECT_DEPTH and not is_module:
@@ -605,7 +617,9 @@ class _Walk:
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
         if not (is_module or optimizer) and _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
-        step = 0 if is_module else 1        # a module tree is walked to its leaves
+        # a module tree or an optimizer's groups and state are walked to their leaves, however
+        # deep the module or optimizer was found
+        inner = 0 if is_module or optimizer else depth + 1
         if not isinstance(attrs, dict):
             attrs = {}
         elif self.attribute_counts and not (is_module or optimizer):
@@ -619,21 +633,23 @@ class _Walk:
             items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
         for name, read, value in items:
-            self.place(f"{source}.{name}", read, value, depth + step,
+            self.place(f"{source}.{name}", read, value, inner,
                        lazy=lazy or (optimizer and name == "state"))
         cls = type(obj)
         if not _library_module(cls.__module__):
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
-            self.class_members(f"type({source})", cls, depth + 1, narrow)
+            self.class_members(f"type({source})", cls, 0, narrow)
 
     def class_members(self, source: str, cls: type, depth: int, narrow: bool) -> None:
         """What a user class holds for its instances and callers: class-level settings
         (`Config.LR`) and its methods, whose globals and closures a call reads as the compiled
         function's own (a `forward` reading a module-level constant). With `reads`, only the
-        names the call's code loads, and the dunders the interpreter calls."""
+        names the call's code loads, and the dunders the interpreter calls. A class is walked
+        as code is, however deep it was found (`depth` counts from it)."""
         if depth >= _OBJECT_DEPTH or ("class", id(cls), narrow) in self.seen:
             return
         self.seen.add(("class", id(cls), narrow))
+        before = []         # the user classes ahead in the MRO: one may get the name later
         for klass in cls.__mro__:
             if klass in _PLAIN_BASES or _library_module(klass.__module__):
                 continue
@@ -642,15 +658,21 @@ class _Walk:
                 if dunder and not isinstance(value, types.FunctionType) or \
                         narrow and not dunder and name not in self.reads.names:
                     continue        # (`__module__`, `__dict__`, a dataclass's fields)
+                for sub in before:      # `Sub.LR = ...` would hide `Base.LR` the call read
+                    if name not in vars(sub):
+                        self.guards.append(Guard(f"{sub.__qualname__}.{name}",
+                                                 _class_attr(sub, name), "id", MISSING))
                 label = f"{klass.__qualname__}.{name}"
                 if isinstance(value, (staticmethod, classmethod)):
                     value = value.__func__
-                if isinstance(value, property):
+                if isinstance(value, property):     # (replaced on the class: `C.v = property(..)`)
+                    self.guards.append(Guard(label, _class_attr(klass, name), "id", value))
                     for f in (value.fget, value.fset, value.fdel):
                         if f is not None:
                             self.place(f"{label}.<{f.__name__}>", constant(f), f, depth + 1)
                     continue
                 self.place(label, _class_attr(klass, name), value, depth + 1)
+            before.append(klass)
 
     def unset(self, source: str, obj, attrs: dict) -> None:
         """Guard the names the call reads that `obj` takes from its class: set on the object
