@@ -78,7 +78,13 @@ def _session_kernel_cache(tmp_path_factory):
     if os.environ.get("KILN_CACHE_DIR"):
         yield
         return
-    os.environ["KILN_CACHE_DIR"] = str(tmp_path_factory.mktemp("kiln_cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n: the workers share one cache
+        # (builds land by atomic renames, so two workers building one kernel is harmless)
+        cache = tmp_path_factory.getbasetemp().parent / "kiln_cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("kiln_cache")
+    os.environ["KILN_CACHE_DIR"] = str(cache)
     try:
         yield
     finally:
