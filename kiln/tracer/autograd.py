@@ -805,7 +805,8 @@ def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
 # reference counts, compared with those of a probe held the same way at the same moment (so the
 # interpreter's own counting cancels out: it differs between Python versions, and within a
 # process once something changes how frames hold their locals - PyTorch 2.13's TorchDynamo
-# does after an error inside a compiled region, adding one to every count from then on).
+# does after an error inside a compiled region, adding one to a count for each call level
+# that holds the object from then on, so a probe is held through as many calls).
 
 def _refs(x) -> int:
     return sys.getrefcount(x)
@@ -838,9 +839,19 @@ def _view_refs(array) -> int:
 
 
 def _held_once(g: Tensor) -> bool:
-    """Whether the caller's one local is the only reference to `g` (the caller adds itself:
-    `_held_once` is called with the gradient it holds, as `_probe_refs` calls `_refs`)."""
-    return _refs(g) == _probe_refs() + 1
+    """Whether the caller's one local is the only reference to `g`: its count as a probe held
+    by one local and passed down through as many calls counts. (Each call level can add to a
+    count: under TorchDynamo's frame hook, left installed after an error, each one does.)"""
+    return _refs(g) == _held_once_probe()
+
+
+def _held_once_probe() -> int:
+    probe = object()
+    return _passed_down(probe)
+
+
+def _passed_down(x) -> int:
+    return _refs(x)
 
 
 def _memory_unshared(grad: Tensor) -> bool:

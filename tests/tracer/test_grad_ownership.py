@@ -141,8 +141,11 @@ a, b = kiln.ones(3, requires_grad=True), kiln.ones(3, requires_grad=True)
 seed = kiln.tensor([1.0, 2.0, 3.0])
 (a + b).backward(seed)
 lin = kiln.nn.Linear(4, 2)
+taken, check = [], autograd._memory_unshared
+autograd._memory_unshared = lambda g: taken.append(check(g)) or taken[-1]
 lin(kiln.ones(5, 4)).sum().backward()
 print(json.dumps({"probe": [before, autograd._probe_refs()], "flat": list(flat.shape),
+                  "taken": taken,
                   "seed_copied": not np.shares_memory(a.grad.numpy(), seed.numpy()),
                   "grads_apart": not np.shares_memory(a.grad.numpy(), b.grad.numpy()),
                   "weight_grad": lin.weight.grad.numpy().tolist()}))
@@ -151,9 +154,10 @@ print(json.dumps({"probe": [before, autograd._probe_refs()], "flat": list(flat.s
 
 def test_reference_counts_hold_after_torch_dynamo_changes_them():
     """In a process where PyTorch 2.13's TorchDynamo met an error inside a compiled region,
-    every reference count reads one higher from then on; kiln compared counts with a probe
-    taken at import, so `x.view(-1, n)` after a conv (channels-last memory) raised and every
-    gradient was copied. The probe is now taken with each count. (A subprocess: the change
+    every reference count reads one higher for each call level that holds the object; kiln
+    compared counts with a probe taken at import, so `x.view(-1, n)` after a conv (channels-last
+    memory) raised and every gradient was copied. The probe is now taken with each count, held
+    through as many calls. (A subprocess: the change
     lasts for the whole process.)"""
     import json
     import subprocess
@@ -167,4 +171,5 @@ def test_reference_counts_hold_after_torch_dynamo_changes_them():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["flat"] == [2, 16]
     assert result["seed_copied"] and result["grads_apart"]
+    assert result["taken"] == [True, True]      # fresh gradients still taken without a copy
     np.testing.assert_allclose(result["weight_grad"], np.full((2, 4), 5.0))
