@@ -907,3 +907,30 @@ def test_cycle_collector_paused_while_tracing_and_given_back():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_compiled_outputs_and_inputs_are_freed_without_the_garbage_collector():
+    # a reference cycle around a call's outputs (a recursive closure rebuilding them) kept
+    # them alive until gc ran: replays could not reuse their memory in the meantime
+    import gc
+    import weakref
+
+    @kiln.compile
+    def f(x, pair):
+        return {"a": (x * 2, [pair[0] + 1]), "b": pair[1].sum()}
+
+    x, pair = kiln.randn(8), (kiln.randn(8), kiln.randn(3))
+    gc.disable()
+    try:
+        for _ in range(3):          # trace, then replays
+            out = f(x, pair)
+            dead = [weakref.ref(out["a"][0]), weakref.ref(out["a"][1][0]), weakref.ref(out["b"])]
+            expected = (x * 2).numpy()
+            np.testing.assert_array_equal(out["a"][0].numpy(), expected)
+            del out
+            assert [r() is None for r in dead] == [True, True, True]
+        held = weakref.ref(x)
+        del x
+        assert held() is None
+    finally:
+        gc.enable()

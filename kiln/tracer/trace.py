@@ -507,54 +507,58 @@ def flatten(obj, items: dict | None = None, record=None):
     attributes, ("R", its type, ((name, subtree), ...)): a compiled function's argument whose
     fields are its inputs (a batch object); such trees describe arguments and are not rebuilt."""
     leaves: list = []
+    return leaves, _walk(obj, leaves, items, record)
 
-    def walk(x):
-        if items and type(x) is float and items.get(id(x), (None,))[0] is x:
-            leaves.append(items[id(x)][1])
-            return ("I",)
-        if isinstance(x, Tensor):
-            if type(x) is SparseTensor:
-                leaves.extend((x._idx, x._vals))
-                return ("S", tuple(x.shape), x._coalesced)
-            if type(x) is SparseCompressedTensor:
-                leaves.extend((x._compressed, x._plain, x.values()))
-                return ("SC", tuple(x.shape), x.layout.name)
-            leaves.append(x)
-            return ("T",)
-        if isinstance(x, (tuple, list)):
-            return (type(x), tuple(walk(v) for v in x))
-        if isinstance(x, dict):
-            return (dict, tuple((k, walk(v)) for k, v in x.items()))
-        if record is not None and record(x):
-            before = len(leaves)
-            fields = tuple((k, walk(v)) for k, v in vars(x).items())
-            if len(leaves) > before:
-                return ("R", type(x), fields)
-        return ("C", x)
-    return leaves, walk(obj)
+
+def _walk(x, leaves: list, items, record):
+    if items and type(x) is float and items.get(id(x), (None,))[0] is x:
+        leaves.append(items[id(x)][1])
+        return ("I",)
+    if isinstance(x, Tensor):
+        if type(x) is SparseTensor:
+            leaves.extend((x._idx, x._vals))
+            return ("S", tuple(x.shape), x._coalesced)
+        if type(x) is SparseCompressedTensor:
+            leaves.extend((x._compressed, x._plain, x.values()))
+            return ("SC", tuple(x.shape), x.layout.name)
+        leaves.append(x)
+        return ("T",)
+    if isinstance(x, (tuple, list)):
+        return (type(x), tuple(_walk(v, leaves, items, record) for v in x))
+    if isinstance(x, dict):
+        return (dict, tuple((k, _walk(v, leaves, items, record)) for k, v in x.items()))
+    if record is not None and record(x):
+        before = len(leaves)
+        fields = tuple((k, _walk(v, leaves, items, record)) for k, v in vars(x).items())
+        if len(leaves) > before:
+            return ("R", type(x), fields)
+    return ("C", x)
 
 
 def unflatten(tree, leaves):
-    it = iter(leaves)
+    """The nested value `flatten` took apart, with `leaves` in its tensors' places."""
+    return _build(tree, iter(leaves))
 
-    def build(t):
-        tag = t[0]
-        if tag == "T":
-            return next(it)
-        if tag == "C":
-            return t[1]
-        if tag == "I":
-            return next(it).item()
-        if tag == "S":
-            indices = next(it)
-            return sparse.make(indices, next(it), t[1], t[2])
-        if tag == "SC":
-            pointers, plain = next(it), next(it)
-            return compressed(pointers, plain, next(it), t[1], t[2])
-        if tag is dict:
-            return {k: build(v) for k, v in t[1]}
-        items = [build(v) for v in t[1]]
-        if hasattr(tag, "_fields"):           # a namedtuple takes its fields one by one
-            return tag(*items)
-        return tag(items)
-    return build(tree)
+
+def _build(t, it):
+    # (module level, not a closure: a recursive closure is a reference cycle that held the
+    # built outputs until the garbage collector ran, so replays could not reuse their memory)
+    tag = t[0]
+    if tag == "T":
+        return next(it)
+    if tag == "C":
+        return t[1]
+    if tag == "I":
+        return next(it).item()
+    if tag == "S":
+        indices = next(it)
+        return sparse.make(indices, next(it), t[1], t[2])
+    if tag == "SC":
+        pointers, plain = next(it), next(it)
+        return compressed(pointers, plain, next(it), t[1], t[2])
+    if tag is dict:
+        return {k: _build(v, it) for k, v in t[1]}
+    items = [_build(v, it) for v in t[1]]
+    if hasattr(tag, "_fields"):           # a namedtuple takes its fields one by one
+        return tag(*items)
+    return tag(items)
