@@ -217,19 +217,19 @@ def _leaf_pred(is_leaf):
 def tree_flatten(tree, is_leaf: Callable | None = None) -> tuple[list, TreeSpec]:
     """(the leaves in order, the spec that rebuilds `tree` from them)."""
     leaves: list = []
-    stop = _leaf_pred(is_leaf)
+    return leaves, _flatten_into(tree, leaves, _leaf_pred(is_leaf))
 
-    def walk(obj) -> TreeSpec:
-        found = None if stop(obj) else _node_of(obj)
-        if found is None:
-            leaves.append(obj)
-            return LeafSpec()
-        kind, node = found
-        children, context = node.flatten(obj)
-        return TreeSpec(kind, context, [walk(c) for c in children])
 
-    spec = walk(tree)
-    return leaves, spec
+def _flatten_into(obj, leaves: list, stop) -> TreeSpec:
+    # (module-level functions here: a recursive closure is a reference cycle, which would
+    # keep the leaves alive until the garbage collector ran)
+    found = None if stop(obj) else _node_of(obj)
+    if found is None:
+        leaves.append(obj)
+        return LeafSpec()
+    kind, node = found
+    children, context = node.flatten(obj)
+    return TreeSpec(kind, context, [_flatten_into(c, leaves, stop) for c in children])
 
 
 def tree_unflatten(leaves: Iterable, treespec: TreeSpec) -> Any:
@@ -242,13 +242,13 @@ def tree_unflatten(leaves: Iterable, treespec: TreeSpec) -> Any:
         raise ValueError(f"treespec.unflatten(leaves): `leaves` has length {len(leaves)} but "
                          f"the spec refers to a pytree that holds {treespec.num_leaves} "
                          f"items ({treespec}).")
-    it = iter(leaves)
+    return _build(treespec, iter(leaves))
 
-    def build(spec: TreeSpec):
-        if spec.is_leaf():
-            return next(it)
-        return spec._node().unflatten([build(c) for c in spec.children_specs], spec.context)
-    return build(treespec)
+
+def _build(spec: TreeSpec, it):
+    if spec.is_leaf():
+        return next(it)
+    return spec._node().unflatten([_build(c, it) for c in spec.children_specs], spec.context)
 
 
 def tree_leaves(tree, is_leaf: Callable | None = None) -> list:
@@ -317,24 +317,23 @@ def tree_any_only(type_or_types, pred: Callable, tree, is_leaf=None) -> bool:
 
 def tree_flatten_with_path(tree, is_leaf: Callable | None = None) -> tuple[list, TreeSpec]:
     """([(key path, leaf), ...], spec): each leaf with the keys that reach it."""
-    stop = _leaf_pred(is_leaf)
     out: list = []
-
-    def walk(obj, path: tuple) -> None:
-        found = None if stop(obj) else _node_of(obj)
-        if found is None:
-            out.append((path, obj))
-            return
-        _, node = found
-        children, context = node.flatten(obj)
-        if node.keys is None:
-            raise ValueError(f"cannot give key paths under {type(obj).__name__}: it was "
-                             "registered without flatten_with_keys_fn")
-        for key, child in zip(node.keys(obj, context), children):
-            walk(child, path + (key,))
-
-    walk(tree, ())
+    _flatten_with_path_into(tree, (), out, _leaf_pred(is_leaf))
     return out, tree_structure(tree, is_leaf)
+
+
+def _flatten_with_path_into(obj, path: tuple, out: list, stop) -> None:
+    found = None if stop(obj) else _node_of(obj)
+    if found is None:
+        out.append((path, obj))
+        return
+    _, node = found
+    children, context = node.flatten(obj)
+    if node.keys is None:
+        raise ValueError(f"cannot give key paths under {type(obj).__name__}: it was "
+                         "registered without flatten_with_keys_fn")
+    for key, child in zip(node.keys(obj, context), children):
+        _flatten_with_path_into(child, path + (key,), out, stop)
 
 
 def tree_leaves_with_path(tree, is_leaf: Callable | None = None) -> list:

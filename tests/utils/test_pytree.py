@@ -95,3 +95,26 @@ def test_is_leaf_stops_descent():
         leaves = mod.tree_leaves(tree, is_leaf=lambda x: isinstance(x, list))
         assert leaves == [[1, 2], [3]]
     assert np.array_equal(kp.tree_leaves({"a": np.ones(2)})[0], np.ones(2))
+
+
+def test_flatten_and_unflatten_leave_no_reference_cycle():
+    # a cycle would keep the leaves alive until the garbage collector ran
+    import gc
+    import weakref
+    from kiln.utils._pytree import tree_flatten, tree_flatten_with_path, tree_unflatten
+
+    class Leaf:
+        pass
+
+    gc.disable()
+    try:
+        leaf = Leaf()
+        held = weakref.ref(leaf)
+        leaves, spec = tree_flatten({"a": [leaf, 1], "b": (2,)})
+        paths, _ = tree_flatten_with_path({"a": [leaf]})
+        rebuilt = tree_unflatten(leaves, spec)
+        assert rebuilt["a"][0] is leaf
+        del leaf, leaves, paths, rebuilt
+        assert held() is None
+    finally:
+        gc.enable()
