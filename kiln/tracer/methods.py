@@ -418,8 +418,9 @@ def register_hook(self: Tensor, hook):
     if self.grad_fn is None:
         self._hooks = (self._hooks or ()) + (hook,)
         return _HookHandle(self, "_hooks", hook)
-    self.grad_fn.register_hook(hook)
-    return _HookHandle(self.grad_fn, "hooks", hook)
+    node = self.grad_fn             # a tensor hook of its grad_fn, before the node's own hooks
+    node.hooks = (node.hooks or ()) + (hook,)
+    return _HookHandle(node, "hooks", hook)
 
 
 def share_memory_(self: Tensor) -> Tensor:
