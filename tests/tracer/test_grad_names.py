@@ -443,3 +443,70 @@ def test_post_hook_on_a_node_standing_for_several_refuses():
     assert y.grad_fn.name() == "AddmmBackward0"
     with pytest.raises(NotImplementedError, match="post hook on AddmmBackward0"):
         y.grad_fn.register_hook(lambda gi, go: None)
+
+
+def _tree(node, depth: int = 5):
+    """A node's name and, below it, its next_functions' trees (None for no gradient)."""
+    if node is None:
+        return None
+    kids = tuple(_tree(n, depth - 1) for n, _ in node.next_functions) if depth else ()
+    return (type(node).__name__, node.name(), kids)
+
+
+R = np.random.default_rng(5)
+MATMUL_1D = [
+    ("matrix @ vector", (3, 4), (4,), lambda t, a, b: a @ b),
+    ("mv", (3, 4), (4,), lambda t, a, b: t.mv(a, b)),
+    ("Tensor.matmul", (3, 4), (4,), lambda t, a, b: a.matmul(b)),
+    ("vector @ vector", (4,), (4,), lambda t, a, b: a @ b),
+    ("dot", (4,), (4,), lambda t, a, b: t.dot(a, b)),
+    ("vector @ matrix", (3,), (3, 4), lambda t, a, b: t.matmul(a, b)),
+    ("batch @ vector", (2, 3, 4), (4,), lambda t, a, b: t.matmul(a, b)),
+    ("4-d batch @ vector", (5, 2, 3, 4), (4,), lambda t, a, b: a @ b),
+    ("vector @ batch", (3,), (2, 3, 4), lambda t, a, b: a @ b),
+    ("vector @ batch, transposed", (3,), (2, 4, 3), lambda t, a, b: a @ b.transpose(1, 2)),
+    ("vector @ batch of columns", (3,), (2, 3, 1), lambda t, a, b: a @ b),
+    ("batch @ matrix", (2, 3, 4), (5, 4), lambda t, a, b: a @ b.t()),
+    ("matrix @ constant vector", (3, 4), (4,), lambda t, a, b: a @ b.detach()),
+    ("constant batch @ vector", (2, 3, 4), (4,), lambda t, a, b: a.detach() @ b),
+]
+
+
+@pytest.mark.parametrize("shape_a,shape_b,call",
+                         [pytest.param(sa, sb, c, id=n) for n, sa, sb, c in MATMUL_1D])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matmul_with_a_vector_has_torchs_nodes_and_gradients(shape_a, shape_b, call, dtype):
+    """matmul, mv, dot and @ with a 1-d operand: PyTorch's MvBackward0 and DotBackward0 (over
+    the operands themselves), and its views around them for the other ranks; the values and
+    both operands' gradients as PyTorch's."""
+    data_a, data_b = R.normal(size=shape_a), R.normal(size=shape_b)
+    seen = []
+    for lib in (torch, kiln):
+        a = lib.tensor(data_a, dtype=getattr(lib, dtype), requires_grad=True)
+        b = lib.tensor(data_b, dtype=getattr(lib, dtype), requires_grad=True)
+        out = call(lib, a, b)
+        tree = _tree(out.grad_fn)
+        weights = lib.tensor(np.linspace(-1, 2, out.numel()).reshape(tuple(out.shape)),
+                             dtype=out.dtype)
+        (out * weights).sum().backward()
+        seen.append((tree, out.detach().numpy(), [None if t.grad is None else t.grad.numpy()
+                                                  for t in (a, b)]))
+    (k_tree, k_out, k_grads), (t_tree, t_out, t_grads) = seen[1], seen[0]
+    assert k_tree == t_tree
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(k_out, t_out, rtol=tol, atol=tol)
+    for k, t in zip(k_grads, t_grads):
+        assert (k is None) == (t is None)
+        if t is not None:
+            np.testing.assert_allclose(k, t, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape_a,shape_b", [((3,), (4,)), ((2, 3), (4,)), ((3,), (2, 4, 5)),
+                                             ((2, 3, 4), (5,)), ((3,), (2, 5, 4, 6))])
+def test_matmul_with_a_vector_refuses_mismatched_sizes_as_torch(shape_a, shape_b):
+    with pytest.raises(RuntimeError) as expected:
+        torch.ones(shape_a) @ torch.ones(shape_b)
+    with pytest.raises(RuntimeError) as got:
+        kiln.ones(shape_a) @ kiln.ones(shape_b)
+    # PyTorch's sentence (its dot message goes on to count the elements once more)
+    assert str(expected.value).startswith(str(got.value).split(": ", 1)[1].rsplit(" (at ", 1)[0])
