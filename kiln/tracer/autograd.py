@@ -172,6 +172,17 @@ _TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": "MmBackward0",
 
 _CLASSES: dict[str, type] = {}          # node name -> its Node subclass
 _PRIM_CLASSES: dict[str, type] = {}     # primitive name -> the class of its nodes
+# PyTorch's engine nodes: a write through a view (CopySlices), copy_ into a whole tensor
+_ENGINE_NODES = ("CopySlices", "CopyBackwards")
+
+
+class _EngineNode(Node):
+    """A node PyTorch's engine makes itself, not an op's: its name() is C++-qualified."""
+
+    __slots__ = ()
+
+    def name(self) -> str:
+        return "torch::autograd::" + type(self).__name__
 
 
 def backward_class(name: str) -> type:
@@ -179,7 +190,8 @@ def backward_class(name: str) -> type:
     the same op, as in PyTorch)."""
     cls = _CLASSES.get(name)
     if cls is None:
-        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": (), "__module__": __name__})
+        base = _EngineNode if name in _ENGINE_NODES else Node
+        cls = _CLASSES[name] = type(name, (base,), {"__slots__": (), "__module__": __name__})
     return cls
 
 
@@ -673,9 +685,14 @@ def check_view_write(view: Tensor, op: str) -> None:
 _PART_VIEWS = ("real", "imag", "view_as_real", "view_as_complex")
 
 
-def rebase_view(view: Tensor, result: Tensor | None) -> None:
+def rebase_view(view: Tensor, result: Tensor | None, values: list | None = None) -> None:
     """`result` was just written through `view` (None: with grad mode off): rebuild the
-    histories of the view and of the tensor owning its memory around the write."""
+    histories of the view and of the tensor owning its memory around the write.
+
+    The base's node is PyTorch's CopySlices, whose next_functions are the base's old history
+    and then those of the op that wrote, but the view: `values` where given (the edges of what
+    was written, for writes that do not read the view), else the writing node's after its
+    first."""
     if result is not None and result.requires_grad:
         root, steps = view_origin(view)
         history = history_of(result)
@@ -687,6 +704,9 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
         node.out_version = node.out_at = None
         node.edges = (edges_of((root,))[0], history)
         node.hooks = node.retained = node.out_trace = node.packed = None
+        if values is None:
+            values = [n for n, _ in history.next_functions[1:]]
+        node.shown = [node.edges[0]] + values
         set_history(root, node)
         set_history(view, history)
     _stamp(view)
