@@ -1172,6 +1172,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             if node.hooks:
                 g, post = _pre_hooks(node, g, create_graph)
                 if g is None:           # a pre-hook returned (None,): nothing flows on
+                    if not retain_graph:
+                        node.inputs = node.out_data = node.packed = None
                     continue
             elif node.retained is not None:
                 _retain(node, g, create_graph)
