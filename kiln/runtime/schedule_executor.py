@@ -36,6 +36,7 @@ from kiln.ir.ops import PRIMITIVES
 from kiln.runtime import c_build, gemm_cpu
 from kiln.runtime.c_build import data_pointer
 from kiln.runtime.c_build import threads_setting as _threads_setting
+from kiln.runtime.refcounts import held_refs
 from kiln.runtime.cuda_graph import CudaGraphRunner
 from kiln.runtime.executor import ArrayExecutor
 from kiln.runtime.triton_launch import TritonStep, prebuild
@@ -507,10 +508,12 @@ class ScheduleExecutor:
         if self._plan_of is not self.steps:
             self._prepare_plan()
         stack_memory, stack_pointers = self._stack_memory, self._stack_pointers
+        # what a count reads for an array only a list holds, and also a local (refcounts.py)
+        in_list, in_local = held_refs()
         for k in range(len(stack_memory)):
             # fresh memory when the caller still holds last call's (a piece or the whole):
             # the references are then more than the list's and the argument's
-            if stack_memory[k] is None or getrefcount(stack_memory[k]) != 2:
+            if stack_memory[k] is None or getrefcount(stack_memory[k]) != in_list:
                 stack_memory[k] = np.empty(self._stack_bytes[k], np.uint8)
                 stack_pointers[k] = data_pointer(stack_memory[k])
         for i, (kind, runner, ins, outs, sub, extra, free, fast) in enumerate(self._plan):
@@ -553,8 +556,8 @@ class ScheduleExecutor:
                         continue
                     # the kept buffer, when only this executor refers to it: see below
                     out = cache[j]
-                    if getrefcount(buffers[b]) != 2 + views_of[b] or \
-                            (out is not None and getrefcount(out) != 3):
+                    if getrefcount(buffers[b]) != in_list + views_of[b] or \
+                            (out is not None and getrefcount(out) != in_local):
                         self._replace_buffer(b)
                         out = None
                     if out is None:
@@ -611,8 +614,8 @@ class ScheduleExecutor:
                         if cache is None:
                             cache = typed[i] = [None] * len(out_specs)
                         out = cache[j]
-                        if getrefcount(buffers[b]) != 2 + views_of[b] or \
-                                (out is not None and getrefcount(out) != 3):
+                        if getrefcount(buffers[b]) != in_list + views_of[b] or \
+                                (out is not None and getrefcount(out) != in_local):
                             self._replace_buffer(b)
                             out = None
                         if out is None:
@@ -634,7 +637,7 @@ class ScheduleExecutor:
                 b, shape, d, thin = extra
                 dest = dests.get(outs[0])
                 if dest is None and b is not None:
-                    if getrefcount(buffers[b]) != 2 + views_of[b]:
+                    if getrefcount(buffers[b]) != in_list + views_of[b]:
                         self._replace_buffer(b, xp)
                     dest = _typed(buffers[b], shape, d)
                     pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype

@@ -61,16 +61,25 @@ class Node:
         return tuple((AccumulateGrad.of(e) if isinstance(e, Tensor) else e, 0) for e in edges)
 
     def register_hook(self, fn):
-        self.hooks = (self.hooks or ()) + (fn,)
+        """PyTorch's Node.register_hook: `fn(grad_inputs, grad_outputs)` runs after the node's
+        rule (a tuple per `next_functions` entry, None where no gradient goes, and the tuple of
+        the node's output gradient), and a tuple it returns replaces grad_inputs. Returns a
+        handle whose remove() drops it."""
+        if getattr(self, "shown", None) is not None:
+            raise NotImplementedError(
+                f"kiln cannot run a post hook on {self.name()}: kiln computes this op as "
+                "several nodes, so the gradients of the inputs next_functions lists are not "
+                "known at this node (register_prehook, or hooks on the input tensors, work)")
+        return self._add_hook(_PostHook(fn))
 
     def register_prehook(self, fn):
         """PyTorch's Node.register_prehook: `fn(grad_outputs)` runs before the node's rule, and
         a tuple it returns replaces the gradients. Returns a handle whose remove() drops it."""
-        def prehook(g):
-            replaced = fn((g,))
-            return None if replaced is None else replaced[0]
-        self.hooks = (self.hooks or ()) + (prehook,)
-        return _NodeHookHandle(self, prehook)
+        return self._add_hook(_PreHook(fn))
+
+    def _add_hook(self, hook) -> "_NodeHookHandle":
+        self.hooks = (getattr(self, "hooks", None) or ()) + (hook,)
+        return _NodeHookHandle(self, hook)
 
     # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
     # where it was packed, and _raw_saved_<name>, the SavedTensor whose hooks can be set. kiln
@@ -163,6 +172,17 @@ _TORCH_NAMES = {"reshape": "ViewBackward0", "matmul": "MmBackward0",
 
 _CLASSES: dict[str, type] = {}          # node name -> its Node subclass
 _PRIM_CLASSES: dict[str, type] = {}     # primitive name -> the class of its nodes
+# PyTorch's engine nodes: a write through a view (CopySlices), copy_ into a whole tensor
+_ENGINE_NODES = ("CopySlices", "CopyBackwards")
+
+
+class _EngineNode(Node):
+    """A node PyTorch's engine makes itself, not an op's: its name() is C++-qualified."""
+
+    __slots__ = ()
+
+    def name(self) -> str:
+        return "torch::autograd::" + type(self).__name__
 
 
 def backward_class(name: str) -> type:
@@ -170,7 +190,8 @@ def backward_class(name: str) -> type:
     the same op, as in PyTorch)."""
     cls = _CLASSES.get(name)
     if cls is None:
-        cls = _CLASSES[name] = type(name, (Node,), {"__slots__": (), "__module__": __name__})
+        base = _EngineNode if name in _ENGINE_NODES else Node
+        cls = _CLASSES[name] = type(name, (base,), {"__slots__": (), "__module__": __name__})
     return cls
 
 
@@ -212,6 +233,80 @@ def show_inputs(prim: Primitive, count: int) -> None:
     _SHOWN_INPUTS[prim] = count
 
 
+class _PreHook:
+    """A hook given to a node's register_prehook: `fn(grad_outputs)`. The node's `hooks` holds
+    it beside the tensor hooks (plain callables, `fn(grad)`), which run before it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def run(self, g):
+        """The gradient after the hook: g, its replacement, or None (the hook dropped it)."""
+        replaced = self.fn((g,))
+        if replaced is None:
+            return g
+        return _hook_result(self.fn, replaced, (g,))[0]
+
+
+class _PostHook(_PreHook):
+    """A hook given to a node's register_hook: `fn(grad_inputs, grad_outputs)`."""
+
+    __slots__ = ()
+
+    def run(self, grad_inputs: tuple, g) -> tuple:
+        replaced = self.fn(grad_inputs, (g,))
+        return grad_inputs if replaced is None else _hook_result(self.fn, replaced, grad_inputs)
+
+
+def _hook_result(fn, replaced, given: tuple) -> tuple:
+    """A node hook's returned gradients, checked as PyTorch checks them."""
+    if not isinstance(replaced, tuple):
+        raise TypeError(f"expected tuple, but hook returned '{type(replaced).__name__}'")
+    if len(replaced) != len(given):
+        raise RuntimeError(f"hook '{getattr(fn, '__name__', fn)}' has returned an incorrect "
+                           f"number of values (got {len(replaced)}, but expected {len(given)})")
+    for old, new in zip(given, replaced):
+        if old is None and new is not None:
+            raise RuntimeError("can't replace a None gradient with a non-None value")
+    return replaced
+
+
+def _pre_hooks(node: Node, g, create_graph: bool) -> tuple:
+    """Run a node's hooks before its rule, in PyTorch's order: the tensor hooks of its output,
+    then retain_grad's capture, then the node's pre-hooks. Returns (the gradient, None where a
+    pre-hook dropped it; the node's post hooks)."""
+    for hook in node.hooks:
+        if not isinstance(hook, _PreHook):
+            replaced = hook(g)
+            g = replaced if replaced is not None else g
+    _retain(node, g, create_graph)
+    post = []
+    for hook in node.hooks:
+        if type(hook) is _PostHook:
+            post.append(hook)
+        elif g is not None and isinstance(hook, _PreHook):
+            g = hook.run(g)
+    return g, post
+
+
+def _post_hooks(node: Node, post: list, g, grads: tuple) -> tuple:
+    """The rule's gradients after the node's post hooks (which see and replace those of the
+    inputs next_functions lists, None where an input takes none)."""
+    shown = len(node.next_functions)
+    grad_inputs = tuple(None if e is None else ga for e, ga in zip(node.edges[:shown], grads))
+    for hook in post:
+        grad_inputs = hook.run(grad_inputs, g)
+    return tuple(grad_inputs) + tuple(grads[shown:])
+
+
+def _retain(node: Node, g, create_graph: bool) -> None:
+    t = node.retained() if node.retained is not None else None
+    if t is not None and g is not None:
+        t.grad = g if create_graph else g.detach()
+
+
 class AccumulateGrad(Node):
     """The node a leaf's gradient reaches in `next_functions`: `.variable` is the leaf. One per
     leaf for the leaf's lifetime, so walking a graph meets the same object for the same leaf
@@ -223,6 +318,7 @@ class AccumulateGrad(Node):
 
     def __init__(self, variable: Tensor):
         self._variable = weakref.ref(variable)
+        self.hooks = None
 
     @property
     def variable(self) -> Tensor | None:
@@ -240,12 +336,28 @@ class AccumulateGrad(Node):
         return "torch::autograd::AccumulateGrad"
 
     def register_hook(self, fn):
-        raise NotImplementedError("kiln does not run hooks on AccumulateGrad nodes: register "
-                                  "them on the leaf (tensor.register_hook, or "
-                                  "register_post_accumulate_grad_hook)")
+        """`fn((), (grad,))` once the leaf's `.grad` has this backward's gradient added."""
+        _ACCUMULATE_HOOKS[0] = True
+        return self._add_hook(_PostHook(fn))
+
+    def register_prehook(self, fn):
+        """`fn((grad,))` before the gradient is added into `.grad` (after the leaf's tensor
+        hooks); a tuple it returns replaces the gradient."""
+        _ACCUMULATE_HOOKS[0] = True
+        return self._add_hook(_PreHook(fn))
+
+    @classmethod
+    def hooked(cls, leaf: Tensor) -> "AccumulateGrad | None":
+        """The leaf's AccumulateGrad if hooks were registered on it."""
+        node = cls._of.get(id(leaf)) if _ACCUMULATE_HOOKS[0] else None
+        return node if node is not None and node.hooks and node.variable is leaf else None
 
     def __repr__(self) -> str:
         return f"<AccumulateGrad object at {hex(id(self))}>"
+
+
+# whether any AccumulateGrad has had a hook registered (until then, leaves skip the lookup)
+_ACCUMULATE_HOOKS = [False]
 
 
 def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
@@ -573,9 +685,14 @@ def check_view_write(view: Tensor, op: str) -> None:
 _PART_VIEWS = ("real", "imag", "view_as_real", "view_as_complex")
 
 
-def rebase_view(view: Tensor, result: Tensor | None) -> None:
+def rebase_view(view: Tensor, result: Tensor | None, values: list | None = None) -> None:
     """`result` was just written through `view` (None: with grad mode off): rebuild the
-    histories of the view and of the tensor owning its memory around the write."""
+    histories of the view and of the tensor owning its memory around the write.
+
+    The base's node is PyTorch's CopySlices, whose next_functions are the base's old history
+    and then those of the op that wrote, but the view: `values` where given (the edges of what
+    was written, for writes that do not read the view), else the writing node's after its
+    first."""
     if result is not None and result.requires_grad:
         root, steps = view_origin(view)
         history = history_of(result)
@@ -587,6 +704,9 @@ def rebase_view(view: Tensor, result: Tensor | None) -> None:
         node.out_version = node.out_at = None
         node.edges = (edges_of((root,))[0], history)
         node.hooks = node.retained = node.out_trace = node.packed = None
+        if values is None:
+            values = [n for n, _ in history.next_functions[1:]]
+        node.shown = [node.edges[0]] + values
         set_history(root, node)
         set_history(view, history)
     _stamp(view)
@@ -892,7 +1012,8 @@ def grad_hooks_of(tensor: Tensor) -> tuple:
     """(register_hook's hooks, post-accumulate-grad hooks) of a leaf, as a value that changes
     when either changes (the compiler guards on it: a trace ran them into its backward)."""
     post = _POST_ACCUMULATE.get(id(tensor))
-    return (tensor._hooks, None if post is None else post[1])
+    node = AccumulateGrad.hooked(tensor) if _ACCUMULATE_HOOKS[0] else None
+    return (tensor._hooks, None if post is None else post[1], node and node.hooks)
 
 
 def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle":
@@ -918,6 +1039,12 @@ class _NodeHookHandle:
     def remove(self) -> None:
         self.node.hooks = tuple(h for h in self.node.hooks or () if h is not self.hook) or None
 
+    def __enter__(self) -> "_NodeHookHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
 
 class _PostHookHandle:
     def __init__(self, key: int, hook):
@@ -939,14 +1066,23 @@ def queue_callback(fn) -> None:
 
 
 def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
-                     exclusive: bool = False) -> None:
-    """Run the leaf's tensor hooks on `g` and accumulate it into `tensor.grad`. `exclusive`:
+                     exclusive: bool = False) -> Tensor | None:
+    """Run the leaf's tensor hooks and its AccumulateGrad's pre-hooks on `g` and accumulate it
+    into `tensor.grad`; returns what was added (None: a pre-hook dropped it). `exclusive`:
     nothing but the backward pass holds `g`, whose memory `.grad` may then take."""
     if tensor._hooks:
         exclusive = False           # a hook may keep the gradient it is given, or returns
         for hook in tensor._hooks:
             replaced = hook(g)
             g = replaced if replaced is not None else g
+    node = AccumulateGrad.hooked(tensor) if _ACCUMULATE_HOOKS[0] else None
+    if node is not None:
+        exclusive = False
+        for hook in node.hooks:
+            if type(hook) is _PreHook and g is not None:
+                g = hook.run(g)
+        if g is None:
+            return None
     if g.dtype is not tensor.dtype:
         g = g.to(tensor.dtype)
     if g.is_sparse or (tensor.grad is not None and tensor.grad.is_sparse):
@@ -962,13 +1098,21 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
         pass                               # meta + meta: the same shape, and no values
     else:
         tensor.grad._data += g._data
+    return g
 
 
-def _post_accumulate(tensor: Tensor) -> None:
+def _post_accumulate(tensor: Tensor, g: Tensor | None) -> None:
+    """The hooks that run once `g` was added into the leaf's `.grad`: its post-accumulate-grad
+    hooks, then its AccumulateGrad's post hooks (`fn((), (g,))`), in PyTorch's order."""
     entry = _POST_ACCUMULATE.get(id(tensor))
     if entry is not None and entry[0]() is tensor:
         for hook in entry[1]:
             hook(tensor)
+    node = AccumulateGrad.hooked(tensor) if _ACCUMULATE_HOOKS[0] else None
+    if node is not None and g is not None:
+        for hook in node.hooks:
+            if type(hook) is _PostHook:
+                hook.run((), g)
 
 
 def _leaf_counts(order: list[Node]) -> dict[int, int]:
@@ -1024,14 +1168,15 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
             g = pending.pop(id(node), None)
             if g is None:
                 continue
+            post = None
             if node.hooks:
-                for hook in node.hooks:
-                    replaced = hook(g)
-                    g = replaced if replaced is not None else g
-            if node.retained is not None:
-                t = node.retained()
-                if t is not None:
-                    t.grad = g if create_graph else g.detach()
+                g, post = _pre_hooks(node, g, create_graph)
+                if g is None:           # a pre-hook returned (None,): nothing flows on
+                    if not retain_graph:
+                        node.inputs = node.out_data = node.packed = None
+                    continue
+            elif node.retained is not None:
+                _retain(node, g, create_graph)
             if id(node) in wanted:
                 captured[id(node)] = g
             _check_versions(node)
@@ -1056,6 +1201,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     grads = node.prim.grad(g, out, *saved, **node.attrs)
                 if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
                     _check_anomaly(node, grads)
+                if post:
+                    grads = _post_hooks(node, post, g, grads)
                 for edge, ga, a in zip(node.edges, grads, saved):
                     if ga is None or edge is None:
                         continue
@@ -1071,8 +1218,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     if isinstance(edge, Tensor) and id(edge) in early:
                         early[id(edge)] -= 1
                         if early[id(edge)] == 0 and id(edge) in leaf_grads:
-                            _store_leaf_grad(edge, leaf_grads.pop(id(edge))[1], create_graph)
-                            _post_accumulate(edge)
+                            _post_accumulate(edge, _store_leaf_grad(
+                                edge, leaf_grads.pop(id(edge))[1], create_graph))
             if not retain_graph:
                 node.inputs = None
                 node.out_data = None
@@ -1099,9 +1246,9 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         for key in list(leaf_grads):
             tensor, g = leaf_grads.pop(key)
             exclusive = not create_graph and STATE.tracer is None and _held_once(g)
-            _store_leaf_grad(tensor, g, create_graph, exclusive)
-            if _POST_ACCUMULATE:
-                _post_accumulate(tensor)
+            g = _store_leaf_grad(tensor, g, create_graph, exclusive)
+            if _POST_ACCUMULATE or _ACCUMULATE_HOOKS[0]:
+                _post_accumulate(tensor, g)
         while _QUEUED:
             _QUEUED.pop(0)()
     finally:

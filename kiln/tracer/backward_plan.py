@@ -235,6 +235,9 @@ def _custom_step(node, slot, common: tuple) -> CustomStep:
 
 
 def _check_node(node) -> None:
+    if any(isinstance(h, autograd._PreHook) for h in node.hooks or ()):
+        raise Unplannable(f"{node.name()} has a hook registered on the node (register_hook, "
+                          "register_prehook), which sees all its gradients at once")
     if node.out_dtype is dt.bfloat16 or node.out_dtype.is_complex:
         raise Unplannable(f"{node.name()} has a {node.out_dtype.name} gradient (compiled code "
                           f"has no {node.out_dtype.name})")
@@ -253,9 +256,13 @@ def _check_node(node) -> None:
 
 
 def _leaf_hooks(leaf: Tensor) -> tuple:
-    if autograd.grad_hooks_of(leaf)[1]:
+    _, post, node_hooks = autograd.grad_hooks_of(leaf)
+    if post:
         raise Unplannable("a leaf has a post-accumulate-grad hook, which runs with the leaf "
                           "during the backward")
+    if node_hooks:
+        raise Unplannable("a leaf's AccumulateGrad node has hooks (register_hook, "
+                          "register_prehook), which see the gradient as it is accumulated")
     return tuple(leaf._hooks or ())
 
 

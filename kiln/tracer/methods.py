@@ -70,7 +70,9 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     node = result.grad_fn
     reads_self = node is not None and node.inputs is not None and any(
         isinstance(a, Tensor) and a._version is self._version for a in node.inputs)
+    written = None                  # what a write that does not read self wrote, as an edge
     if self.requires_grad and STATE.grad_enabled and not reads_self:
+        written = [autograd.edges_of((result,))[0]] if result.requires_grad else []
         # the new value does not depend on the old one (zero_, fill_, copy_): PyTorch still
         # links the old history, with a zero gradient, so a node that does exactly that
         keep = creation.full((), True, dtype=dt.bool_, device=self.device)
@@ -107,7 +109,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     self._version[0] += 1
     if view is not None:
         # the tensor owning this memory changed too: its history is rebuilt around the write
-        autograd.rebase_view(self, result if STATE.grad_enabled else None)
+        autograd.rebase_view(self, result if STATE.grad_enabled else None, written)
     elif result.requires_grad and STATE.grad_enabled:
         autograd.set_history(self, autograd.history_of(result))
     if STATE.tracer is not None:
@@ -271,7 +273,67 @@ def setitem(self: Tensor, key, value) -> None:
                            f"shape {into}") from None
         self._version[0] += 1
         return
+    old = autograd.edges_of((self,))[0]
     write_inplace(self, F.setitem_functional(self, key, value), "setitem")
+    if STATE.grad_enabled:
+        _name_setitem_node(self, key, value, old)
+
+
+def _name_setitem_node(self: Tensor, key, value, old) -> None:
+    """Give the node of `self[key] = value` PyTorch's name and inputs: the base's CopySlices
+    where the key takes a view (an int, a None, a partial slice: PyTorch writes into that view),
+    else IndexPutBackward0 for an index tensor or list, FillBackward3 for a 0-d value and
+    CopyBackwards for a tensor (written into the whole of self). Its next_functions: self's old
+    history and the value's (where PyTorch broadcasts the value first, it lists an Expand or
+    View node of it, kiln the value itself)."""
+    written = autograd.edges_of((value,))[0] if isinstance(value, Tensor) else None
+    if self._base is not None:      # the base's CopySlices, made by the write
+        node = autograd.view_origin(self)[0].grad_fn
+        if type(node).__name__ == "CopySlices":
+            node.shown = [node.edges[0], written]
+        return
+    node = self.grad_fn
+    if node is None or not autograd.renamable(node):
+        return
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(_takes_view(k, n) for k, n in zip(keys, _key_dims(keys, self.shape))):
+        name = "CopySlices"
+    elif any(_tensor_key(k) for k in keys):
+        name = "IndexPutBackward0"
+    elif not isinstance(value, Tensor) or value.ndim == 0:
+        name = "FillBackward3"
+    else:
+        name = "CopyBackwards"
+    autograd.set_name(node, name)
+    node.shown = [old, written]
+
+
+def _key_dims(keys: tuple, shape) -> list:
+    """The size of the dimension each key item indexes (None where it indexes none)."""
+    sizes, dim = [], 0
+    for k in keys:
+        if k is Ellipsis:
+            dim += len(shape) - sum(1 for x in keys if x is not None and x is not Ellipsis
+                                    and not isinstance(x, bool))
+            sizes.append(None)
+        elif k is None or isinstance(k, bool):
+            sizes.append(None)
+        else:
+            sizes.append(shape[dim] if dim < len(shape) else None)
+            dim += 1
+    return sizes
+
+
+def _takes_view(k, size) -> bool:
+    """Whether PyTorch's indexing takes a view for this key item: an int (or 0-d integer
+    tensor, or bool), a None, or a slice other than the whole dimension."""
+    if k is None or isinstance(k, (bool, int, np.integer)):
+        return True
+    if isinstance(k, Tensor):
+        return k.ndim == 0 and k.dtype.category == dt.INT
+    if isinstance(k, slice):
+        return size is None or k.indices(size) != (0, size, 1)
+    return False
 
 
 def _tensor_key(key) -> bool:
@@ -418,8 +480,9 @@ def register_hook(self: Tensor, hook):
     if self.grad_fn is None:
         self._hooks = (self._hooks or ()) + (hook,)
         return _HookHandle(self, "_hooks", hook)
-    self.grad_fn.register_hook(hook)
-    return _HookHandle(self.grad_fn, "hooks", hook)
+    node = self.grad_fn             # a tensor hook of its grad_fn, before the node's own hooks
+    node.hooks = (node.hooks or ()) + (hook,)
+    return _HookHandle(node, "hooks", hook)
 
 
 def share_memory_(self: Tensor) -> Tensor:

@@ -236,8 +236,7 @@ def _resized(data, shape: tuple, n: int, device):
     xp = np if device.type == "cpu" else device.xp
     root, offset = data, 0
     if is_host_array(data):
-        while isinstance(root.base, np.ndarray):
-            root = root.base
+        root = storage.memory_root(data)
         offset = (data.__array_interface__["data"][0]
                   - root.__array_interface__["data"][0]) // data.itemsize
     elif hasattr(data, "data"):                   # CuPy: the pointer's offset in its allocation

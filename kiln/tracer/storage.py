@@ -18,10 +18,16 @@ from kiln.ir import dtypes as dt
 
 def memory_root(array):
     """The array whose memory `array` views (itself when it owns its memory)."""
-    root = array
-    while isinstance(getattr(root, "base", None), type(array)):
-        root = root.base
-    return root
+    kind, root = type(array), array
+    while True:
+        base = getattr(root, "base", None)
+        if isinstance(base, kind):
+            root = base
+        elif isinstance(getattr(base, "base", None), kind) and \
+                hasattr(base, "__array_interface__"):
+            root = base.base        # NumPy's as_strided: a view of an interface of the array
+        else:
+            return root
 
 
 class UntypedStorage:

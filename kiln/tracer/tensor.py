@@ -16,6 +16,7 @@ from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, MetaArray, device_of_array, to_device
 from kiln.tracer import layout
 from kiln.tracer.errors import named_dim_error, op_error
+from kiln.tracer.storage import memory_root
 
 
 class _State(threading.local):
@@ -213,16 +214,14 @@ class Tensor:
     def storage_offset(self) -> int:
         """Elements from the start of the memory this tensor views to its first element (a
         view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
-        if isinstance(self._data, MetaArray):         # meta, or a wrapper subclass's
+        data = self._data
+        if isinstance(data, MetaArray):         # meta, or a wrapper subclass's
             return 0
-        root = self._data
-        while isinstance(getattr(root, "base", None), type(self._data)):
-            root = root.base
         if self.device.type == "cpu":
-            start = root.__array_interface__["data"][0]
-        else:
-            start = root.data.ptr
-        return (self.data_ptr() - start) // self._data.itemsize
+            start = memory_root(data).__array_interface__["data"][0]
+        else:                                   # CuPy: the pointer's offset in its allocation
+            start = data.data.mem.ptr
+        return (self.data_ptr() - start) // data.itemsize
 
     def stride(self, dim: int | None = None):
         strides = tuple(s // self._data.itemsize for s in self._data.strides)

@@ -626,3 +626,78 @@ def test_copy_from_another_float_dtype_passes_the_gradient_back_in_its_dtype():
     assert str(grads[1][0]).split(".")[-1] == str(grads[0][0]).split(".")[-1]
     np.testing.assert_allclose(grads[1][1], grads[0][1])
     np.testing.assert_allclose(grads[1][2], grads[0][2])
+
+
+def _graph_of(lib, write):
+    """(the written tensor's node: class name, name(), next_functions' names; the gradients of
+    the original producer's leaf and of the written value) for `write(lib, c, v, s)`."""
+    x = lib.tensor([[1., 2., 3.], [4., 5., 6.]], requires_grad=True)
+    v = lib.tensor([7., 8., 9.], requires_grad=True)
+    s = lib.tensor(3., requires_grad=True)
+    c = x * 1
+    write(lib, c, v, s)
+    node = c.grad_fn
+    shown = (type(node).__name__, node.name(),
+             [None if n is None else n.name() for n, _ in node.next_functions])
+    (c * lib.tensor([[1., -2., 3.], [4., 5., -6.]])).sum().backward()
+    return shown, [None if t.grad is None else t.grad.tolist() for t in (x, v, s)]
+
+
+SETITEM_NODES = {
+    "c[0] = 5": lambda t, c, v, s: c.__setitem__(0, 5.),
+    "c[0] = v": lambda t, c, v, s: c.__setitem__(0, v),
+    "c[0, 1] = s": lambda t, c, v, s: c.__setitem__((0, 1), s),
+    "c[:, 1] = s": lambda t, c, v, s: c.__setitem__((slice(None), 1), s),
+    "c[-1, 1:] = v[1:]": lambda t, c, v, s: c.__setitem__((-1, slice(1, None)), v[1:]),
+    "c[0:1] = 5": lambda t, c, v, s: c.__setitem__(slice(0, 1), 5.),
+    "c[tensor(0)] = v": lambda t, c, v, s: c.__setitem__(t.tensor(0), v),
+    "c[mask] = 0": lambda t, c, v, s: c.__setitem__(c > 4, 0.),
+    "c[mask] = s": lambda t, c, v, s: c.__setitem__(c > 4, s),
+    "c[idx] = v": lambda t, c, v, s: c.__setitem__(t.tensor([1]), v),
+    "c[[1, 0]] = 5": lambda t, c, v, s: c.__setitem__([1, 0], 5.),
+    "c[:, idx] = v[:2]": lambda t, c, v, s: c.__setitem__((slice(None), t.tensor([0, 2])),
+                                                          v[:2]),
+    "c[idx, 1] = v[:2]": lambda t, c, v, s: c.__setitem__((t.tensor([0, 1]), 1), v[:2]),
+    "c[0, idx] = v[:2]": lambda t, c, v, s: c.__setitem__((0, t.tensor([0, 2])), v[:2]),
+    "c[:] = 5": lambda t, c, v, s: c.__setitem__(slice(None), 5.),
+    "c[...] = s": lambda t, c, v, s: c.__setitem__(Ellipsis, s),
+    "c[...] = v * 2": lambda t, c, v, s: c.__setitem__(Ellipsis, v.expand(2, 3) * 2),
+    "c[0] = v; c[1] = v": lambda t, c, v, s: (c.__setitem__(0, v), c.__setitem__(1, v)),
+    "c[:, 1].mul_(2)": lambda t, c, v, s: c[:, 1].mul_(2),
+    "c[0].add_(v)": lambda t, c, v, s: c[0].add_(v),
+    "c[0].mul_(v)": lambda t, c, v, s: c[0].mul_(v),
+    "c[0].relu_()": lambda t, c, v, s: c[0].relu_(),
+    "c[0].zero_()": lambda t, c, v, s: c[0].zero_(),
+    "c[0].fill_(5)": lambda t, c, v, s: c[0].fill_(5),
+    "c[0].copy_(v)": lambda t, c, v, s: c[0].copy_(v),
+    "c[0][1] = 5": lambda t, c, v, s: c[0].__setitem__(1, 5.),
+    "c.t()[1] = v[:2]": lambda t, c, v, s: c.t().__setitem__(1, v[:2]),
+    "c.mul_(2)": lambda t, c, v, s: c.mul_(2),
+}
+
+
+@pytest.mark.parametrize("write", [pytest.param(w, id=n) for n, w in SETITEM_NODES.items()])
+def test_writes_into_part_of_a_tensor_have_torchs_nodes(write):
+    """`c[key] = value` and in-place ops on a view of a non-leaf: PyTorch's CopySlices (or
+    IndexPutBackward0 for an index tensor alone, FillBackward3 / CopyBackwards for the whole
+    tensor), its name(), next_functions (the old history, then the value's), and the
+    gradients reaching the original producer and the written value."""
+    (k_node, k_grads), (t_node, t_grads) = _graph_of(kiln, write), _graph_of(torch, write)
+    assert k_node == t_node
+    assert k_grads == t_grads
+
+
+def test_setitem_into_a_constant_tensor_has_torchs_node():
+    for key, name in ((0, "torch::autograd::CopySlices"),
+                      ((slice(None), [0, 2]), "IndexPutBackward0")):
+        seen = []
+        for lib in (torch, kiln):
+            v = lib.tensor([7., 8.] if name.startswith("Index") else [7., 8., 9.],
+                           requires_grad=True)
+            c = lib.zeros(2, 3)
+            c[key] = v
+            c.sum().backward()
+            seen.append((c.grad_fn.name(), [None if n is None else n.name()
+                                            for n, _ in c.grad_fn.next_functions],
+                         v.grad.tolist()))
+        assert seen[1] == seen[0] and seen[0][0] == name

@@ -308,3 +308,208 @@ def test_node_prehooks_replace_the_gradient_as_torchs():
     (k_seen, k_grad), (t_seen, t_grad) = run(kiln), run(torch)
     assert k_seen == t_seen
     np.testing.assert_allclose(k_grad, t_grad, rtol=1e-12)
+
+
+def _values(grads) -> list:
+    """A hook's gradient tuple as plain values (None kept)."""
+    return [None if g is None else np.asarray(g.detach().numpy()).round(12).tolist()
+            for g in grads]
+
+
+def test_node_post_hooks_see_and_replace_grad_inputs_as_torchs():
+    """grad_fn.register_hook(fn) is a post hook: fn(grad_inputs, grad_outputs), one entry per
+    next_functions (None for an input without a gradient); a tuple it returns replaces
+    grad_inputs, and the next hook sees the replacement; remove() drops one."""
+    def run(lib):
+        x = lib.tensor(X, requires_grad=True)
+        w = lib.tensor(M[:3, :4], requires_grad=True)
+        c = lib.tensor(M[1:, 1:])
+        log = []
+        y = x * c                       # c takes no gradient: None in grad_inputs
+        z = (y * w).sum()
+        y.grad_fn.register_hook(lambda gi, go: log.append(("y", _values(gi), _values(go))))
+        first = z.grad_fn.register_hook(
+            lambda gi, go: log.append(("z1", type(gi).__name__, _values(gi))))
+        z.grad_fn.register_hook(lambda gi, go: log.append(("z2", _values(gi))))
+        mul = z.grad_fn.next_functions[0][0]
+        mul.register_hook(lambda gi, go: (gi[0] * 10, gi[1] + 1))
+        dropped = mul.register_hook(lambda gi, go: (gi[0] * 0, gi[1]))
+        dropped.remove()
+        first.remove()
+        z.backward()
+        return log, x.grad.numpy(), w.grad.numpy()
+    (k_log, k_x, k_w), (t_log, t_x, t_w) = run(kiln), run(torch)
+    assert k_log == t_log
+    np.testing.assert_allclose(k_x, t_x, rtol=1e-12)
+    np.testing.assert_allclose(k_w, t_w, rtol=1e-12)
+
+
+def test_node_hooks_run_in_torchs_order():
+    """A tensor hook of the node's output, then retain_grad's capture, then the node's
+    pre-hooks in the order registered, then its rule, then its post hooks."""
+    def run(lib):
+        x = lib.tensor(X, requires_grad=True)
+        y = x * 3
+        log = []
+        y.grad_fn.register_hook(lambda gi, go: log.append(("post", _values(gi), _values(go))))
+        y.grad_fn.register_prehook(lambda go: log.append(("pre1", _values(go))) or (go[0] * 5,))
+        y.grad_fn.register_prehook(lambda go: log.append(("pre2", _values(go))))
+        y.register_hook(lambda g: log.append(("tensor", _values((g,)))) or g + 1)
+        y.retain_grad()
+        y.sum().backward()
+        return log, y.grad.numpy(), x.grad.numpy()
+    (k_log, k_y, k_x), (t_log, t_y, t_x) = run(kiln), run(torch)
+    assert k_log == t_log
+    np.testing.assert_allclose(k_y, t_y, rtol=1e-12)
+    np.testing.assert_allclose(k_x, t_x, rtol=1e-12)
+
+
+def test_accumulate_grad_node_hooks_as_torchs():
+    """Hooks on a leaf's AccumulateGrad (`grad_fn.next_functions[0][0]`): the leaf's tensor
+    hooks, then the node's pre-hooks (which may replace the gradient), the accumulation, the
+    post-accumulate-grad hooks, and the node's post hooks, fn((), (grad,)); each backward."""
+    def run(lib):
+        x = lib.tensor(X, requires_grad=True)
+        log = []
+        acc = (x * 2).grad_fn.next_functions[0][0]
+        acc.register_hook(lambda gi, go: log.append(("post", gi, _values(go))))
+        acc.register_prehook(lambda go: (go[0] + 1,))
+        x.register_hook(lambda g: log.append(("tensor", _values((g,)))) or g * 2)
+        x.register_post_accumulate_grad_hook(lambda t: log.append(("accumulated",
+                                                                   _values((t.grad,)))))
+        for _ in range(2):
+            (x * 2).sum().backward()
+        return log, x.grad.numpy()
+    (k_log, k_grad), (t_log, t_grad) = run(kiln), run(torch)
+    assert k_log == t_log
+    np.testing.assert_allclose(k_grad, t_grad, rtol=1e-12)
+
+
+def test_custom_function_node_hooks_as_torchs():
+    def run(lib):
+        x = lib.tensor(X, requires_grad=True)
+        y = _Twice.make(lib).apply(x * 1)
+        log = []
+        y.grad_fn.register_prehook(lambda go: log.append(("pre", _values(go))))
+        y.grad_fn.register_hook(lambda gi, go: log.append(("post", _values(gi), _values(go)))
+                                or (gi[0] * 3,))
+        y.sum().backward()
+        return log, x.grad.numpy()
+    (k_log, k_grad), (t_log, t_grad) = run(kiln), run(torch)
+    assert k_log == t_log
+    np.testing.assert_allclose(k_grad, t_grad, rtol=1e-12)
+
+
+BAD_HOOKS = [
+    ("post, too few", "register_hook", lambda gi, go: (gi[0],)),
+    ("post, not a tuple", "register_hook", lambda gi, go: 3),
+    ("post, a list", "register_hook", lambda gi, go: list(gi)),
+    ("post, a gradient where None", "register_hook", lambda gi, go: (gi[0], gi[0])),
+    ("pre, too many", "register_prehook", lambda go: (go[0], go[0])),
+    ("pre, a list", "register_prehook", lambda go: [go[0]]),
+]
+
+
+@pytest.mark.parametrize("method,hook", [pytest.param(m, h, id=n) for n, m, h in BAD_HOOKS])
+def test_node_hook_results_are_checked_as_torchs(method, hook):
+    seen = []
+    for lib in (torch, kiln):
+        x = lib.tensor(X, requires_grad=True)
+        y = x * lib.tensor(M[:3, :4])
+        getattr(y.grad_fn, method)(hook)
+        with pytest.raises((TypeError, RuntimeError)) as info:
+            y.sum().backward()
+        seen.append((info.type, str(info.value).split("\n")[0]))
+    assert seen[1] == seen[0]
+
+
+def test_node_prehook_returning_none_gradient_stops_it_as_torchs():
+    grads = []
+    for lib in (torch, kiln):
+        x = lib.tensor(X, requires_grad=True)
+        y = x * 2
+        y.grad_fn.register_prehook(lambda go: (None,))
+        z = (y + x).sum()
+        z.backward()
+        grads.append(x.grad.numpy())
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            z.backward()            # the node's saved values were freed all the same
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12)
+
+
+def test_post_hook_on_a_node_standing_for_several_refuses():
+    """A named composite's node lists the composite's inputs but computes only its last step:
+    their gradients are not known there, so kiln refuses a post hook (pre-hooks run)."""
+    x = kiln.tensor(X, requires_grad=True)
+    y = kiln.nn.functional.linear(x, kiln.tensor(M.T, requires_grad=True),
+                                  kiln.zeros(5, requires_grad=True))
+    assert y.grad_fn.name() == "AddmmBackward0"
+    with pytest.raises(NotImplementedError, match="post hook on AddmmBackward0"):
+        y.grad_fn.register_hook(lambda gi, go: None)
+
+
+def _tree(node, depth: int = 5):
+    """A node's name and, below it, its next_functions' trees (None for no gradient)."""
+    if node is None:
+        return None
+    kids = tuple(_tree(n, depth - 1) for n, _ in node.next_functions) if depth else ()
+    return (type(node).__name__, node.name(), kids)
+
+
+R = np.random.default_rng(5)
+MATMUL_1D = [
+    ("matrix @ vector", (3, 4), (4,), lambda t, a, b: a @ b),
+    ("mv", (3, 4), (4,), lambda t, a, b: t.mv(a, b)),
+    ("Tensor.matmul", (3, 4), (4,), lambda t, a, b: a.matmul(b)),
+    ("vector @ vector", (4,), (4,), lambda t, a, b: a @ b),
+    ("dot", (4,), (4,), lambda t, a, b: t.dot(a, b)),
+    ("vector @ matrix", (3,), (3, 4), lambda t, a, b: t.matmul(a, b)),
+    ("batch @ vector", (2, 3, 4), (4,), lambda t, a, b: t.matmul(a, b)),
+    ("4-d batch @ vector", (5, 2, 3, 4), (4,), lambda t, a, b: a @ b),
+    ("vector @ batch", (3,), (2, 3, 4), lambda t, a, b: a @ b),
+    ("vector @ batch, transposed", (3,), (2, 4, 3), lambda t, a, b: a @ b.transpose(1, 2)),
+    ("vector @ batch of columns", (3,), (2, 3, 1), lambda t, a, b: a @ b),
+    ("batch @ matrix", (2, 3, 4), (5, 4), lambda t, a, b: a @ b.t()),
+    ("matrix @ constant vector", (3, 4), (4,), lambda t, a, b: a @ b.detach()),
+    ("constant batch @ vector", (2, 3, 4), (4,), lambda t, a, b: a.detach() @ b),
+]
+
+
+@pytest.mark.parametrize("shape_a,shape_b,call",
+                         [pytest.param(sa, sb, c, id=n) for n, sa, sb, c in MATMUL_1D])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matmul_with_a_vector_has_torchs_nodes_and_gradients(shape_a, shape_b, call, dtype):
+    """matmul, mv, dot and @ with a 1-d operand: PyTorch's MvBackward0 and DotBackward0 (over
+    the operands themselves), and its views around them for the other ranks; the values and
+    both operands' gradients as PyTorch's."""
+    data_a, data_b = R.normal(size=shape_a), R.normal(size=shape_b)
+    seen = []
+    for lib in (torch, kiln):
+        a = lib.tensor(data_a, dtype=getattr(lib, dtype), requires_grad=True)
+        b = lib.tensor(data_b, dtype=getattr(lib, dtype), requires_grad=True)
+        out = call(lib, a, b)
+        tree = _tree(out.grad_fn)
+        weights = lib.tensor(np.linspace(-1, 2, out.numel()).reshape(tuple(out.shape)),
+                             dtype=out.dtype)
+        (out * weights).sum().backward()
+        seen.append((tree, out.detach().numpy(), [None if t.grad is None else t.grad.numpy()
+                                                  for t in (a, b)]))
+    (k_tree, k_out, k_grads), (t_tree, t_out, t_grads) = seen[1], seen[0]
+    assert k_tree == t_tree
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(k_out, t_out, rtol=tol, atol=tol)
+    for k, t in zip(k_grads, t_grads):
+        assert (k is None) == (t is None)
+        if t is not None:
+            np.testing.assert_allclose(k, t, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape_a,shape_b", [((3,), (4,)), ((2, 3), (4,)), ((3,), (2, 4, 5)),
+                                             ((2, 3, 4), (5,)), ((3,), (2, 5, 4, 6))])
+def test_matmul_with_a_vector_refuses_mismatched_sizes_as_torch(shape_a, shape_b):
+    with pytest.raises(RuntimeError) as expected:
+        torch.ones(shape_a) @ torch.ones(shape_b)
+    with pytest.raises(RuntimeError) as got:
+        kiln.ones(shape_a) @ kiln.ones(shape_b)
+    # PyTorch's sentence (its dot message goes on to count the elements once more)
+    assert str(expected.value).startswith(str(got.value).split(": ", 1)[1].rsplit(" (at ", 1)[0])

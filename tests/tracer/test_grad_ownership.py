@@ -144,8 +144,12 @@ lin = kiln.nn.Linear(4, 2)
 taken, check = [], autograd._memory_unshared
 autograd._memory_unshared = lambda g: taken.append(check(g)) or taken[-1]
 lin(kiln.ones(5, 4)).sum().backward()
+autograd._memory_unshared = check
+from kiln.runtime import c_build
+from tests.runtime.test_schedule_executor_steps import _reuse_facts
+executor = _reuse_facts() if c_build.compiler_problem() is None else None
 print(json.dumps({"probe": [before, autograd._probe_refs()], "flat": list(flat.shape),
-                  "taken": taken,
+                  "taken": taken, "executor": executor,
                   "seed_copied": not np.shares_memory(a.grad.numpy(), seed.numpy()),
                   "grads_apart": not np.shares_memory(a.grad.numpy(), b.grad.numpy()),
                   "weight_grad": lin.weight.grad.numpy().tolist()}))
@@ -157,8 +161,9 @@ def test_reference_counts_hold_after_torch_dynamo_changes_them():
     every reference count reads one higher for each call level that holds the object; kiln
     compared counts with a probe taken at import, so `x.view(-1, n)` after a conv (channels-last
     memory) raised and every gradient was copied. The probe is now taken with each count, held
-    through as many calls. (A subprocess: the change
-    lasts for the whole process.)"""
+    through as many calls; the executors' reuse of kept memory compares counts with such
+    probes too (kiln/runtime/refcounts.py). (A subprocess: the change lasts for the whole
+    process.)"""
     import json
     import subprocess
     import sys
@@ -172,4 +177,7 @@ def test_reference_counts_hold_after_torch_dynamo_changes_them():
     assert result["flat"] == [2, 16]
     assert result["seed_copied"] and result["grads_apart"]
     assert result["taken"] == [True, True]      # fresh gradients still taken without a copy
+    # the C executor still reuses its kept memory, and leaves what the caller keeps alone
+    from tests.runtime.test_schedule_executor_steps import REUSED
+    assert result["executor"] in (REUSED, None)
     np.testing.assert_allclose(result["weight_grad"], np.full((2, 4), 5.0))

@@ -391,3 +391,64 @@ def test_finfo_and_iinfo_print_as_torchs():
         assert repr(kiln.finfo(getattr(kiln, name))) == repr(torch.finfo(getattr(torch, name)))
     for name in ("uint8", "int8", "int16", "int32", "int64"):
         assert repr(kiln.iinfo(getattr(kiln, name))) == repr(torch.iinfo(getattr(torch, name)))
+
+
+# views of a (24,) memory: as_strided's (NumPy's as_strided array views an interface object
+# of its input, not the input), of views of it, and the other view ops
+MEMORY_VIEWS = {
+    "as_strided": lambda lib, t, m: t.as_strided((2, 2), (1, 2), 3),
+    "as_strided, default offset": lambda lib, t, m: t[4:].as_strided((2, 2), (1, 2)),
+    "as_strided of a view": lambda lib, t, m: t[2:].as_strided((3, 2), (2, 1), 5),
+    "as_strided of a matrix": lambda lib, t, m: lib.as_strided(m, (2, 3), (6, 1), 7),
+    "a view of as_strided": lambda lib, t, m: t.as_strided((4, 4), (4, 1), 2)[1:],
+    "as_strided of as_strided":
+        lambda lib, t, m: t.as_strided((4, 4), (4, 1), 2).as_strided((2,), (3,), 9),
+    "slice of slice": lambda lib, t, m: t[2:][3:],
+    "select": lambda lib, t, m: m[1],
+    "column": lambda lib, t, m: m[:, 2],
+    "block": lambda lib, t, m: m[1:, 2:],
+    "strided block": lambda lib, t, m: m[1:, ::2],
+    "narrow dim 1": lambda lib, t, m: m.narrow(1, 2, 3),
+    "narrow dim 0": lambda lib, t, m: m.narrow(0, 1, 2),
+    "unfold": lambda lib, t, m: m.unfold(1, 2, 2)[1],
+    "unfold of a slice": lambda lib, t, m: t[3:].unfold(0, 4, 2),
+    "a slice of unfold": lambda lib, t, m: t[3:].unfold(0, 4, 2)[2:],
+    "diagonal above": lambda lib, t, m: m.diagonal(1),
+    "diagonal below": lambda lib, t, m: m.diagonal(-2),
+    "diagonal of a slice": lambda lib, t, m: m[1:].diagonal(),
+    "t then select": lambda lib, t, m: m.t()[2],
+    "view of a row": lambda lib, t, m: m[2].view(2, 3),
+    "split": lambda lib, t, m: m.split(2, 1)[2],
+    "chunk": lambda lib, t, m: m.chunk(2)[1],
+    "unbind": lambda lib, t, m: m.unbind(0)[3],
+    "expand": lambda lib, t, m: m[:, 3:].expand(2, 4, 3),
+    "permute": lambda lib, t, m: m[1:].permute(1, 0),
+    "unsqueeze": lambda lib, t, m: m[1:].unsqueeze(0),
+    "detach": lambda lib, t, m: t[5:].detach(),
+    "view as int32": lambda lib, t, m: t[5:].view(lib.int32),
+    "reshape of a slice": lambda lib, t, m: t[5:].reshape(19),
+}
+
+
+def _memory_facts(lib, view) -> tuple:
+    t = lib.arange(24.)
+    m = t.view(4, 6)
+    v = view(lib, t, m)
+    return (v.storage_offset(), tuple(v.stride()), (v.data_ptr() - t.data_ptr()) // 4,
+            v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr(),
+            v.untyped_storage().nbytes(), v.tolist())
+
+
+@pytest.mark.parametrize("view", [pytest.param(v, id=n) for n, v in MEMORY_VIEWS.items()])
+def test_views_report_torchs_storage_offset_and_memory(view):
+    """storage_offset(), the strides, data_ptr() relative to the base's, whether
+    untyped_storage() is the base's and its size, and the values, for every kind of view."""
+    assert _memory_facts(kiln, view) == _memory_facts(torch, view)
+
+
+def test_as_strided_before_its_input_is_refused_by_name():
+    """PyTorch's as_strided reads anywhere in the input's memory; kiln's only the input's
+    own elements, and says so."""
+    torch.arange(24.)[5:].as_strided((2, 2), (1, 2), 3)          # PyTorch reads 3..6
+    with pytest.raises(RuntimeError, match="as_strided: .*outside the input's own 5..23"):
+        kiln.arange(24.)[5:].as_strided((2, 2), (1, 2), 3)

@@ -9,7 +9,9 @@ from kiln.ir.ops import P, ShapeError, broadcast_shapes
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _py_max
 from kiln.tracer.functional.reductions import sum
-from kiln.tracer.functional.shapes import diagonal, permute, reshape, squeeze, unsqueeze
+from kiln.tracer.autograd import renamable, set_name
+from kiln.tracer.functional.shapes import (contiguous, diagonal, permute, reshape, squeeze,
+                                           transpose, unsqueeze)
 from kiln.tracer.provenance import composite
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
@@ -37,11 +39,35 @@ def matmul(input, other):
         if a.shape[0] != b.shape[0]:
             raise op_error("matmul", f"inconsistent tensor size, expected tensor [{a.shape[0]}]"
                            f" and src [{b.shape[0]}] to have the same number of elements")
-        return reshape(P.matmul(reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
-    if a.ndim == 1:
-        return squeeze(matmul(unsqueeze(a, 0), b), -2)
+        out = reshape(P.matmul(reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
+        return _torch_node(out, "DotBackward0", a, b)
+    if a.ndim == 1 and b.ndim == 2:
+        return _torch_node(squeeze(matmul(unsqueeze(a, 0), b), -2), "SqueezeBackward4")
     if b.ndim == 1:
-        return squeeze(matmul(a, unsqueeze(b, -1)), -1)
+        if a.shape[-1] != b.shape[0]:
+            rows = math.prod(a.shape[:-1])
+            raise op_error("matmul", f"size mismatch, got input ({rows}), mat ({rows}x"
+                           f"{a.shape[-1]}), vec ({b.shape[0]})")
+        if a.ndim == 2:
+            return _mv(a, b)
+        # PyTorch's matrix @ vector of the flattened batch, viewed back
+        lead = tuple(a.shape[:-1])
+        rows = -1 if a.shape[-1] else math.prod(lead)
+        return _torch_node(reshape(_mv(reshape(a, (rows, a.shape[-1])), b), lead),
+                           "UnsafeViewBackward0")
+    if a.ndim == 1:
+        if a.shape[0] != b.shape[-2]:
+            batch = math.prod(b.shape[:-2])
+            raise op_error("matmul", f"Expected size for first two dimensions of batch2 tensor "
+                           f"to be: [{batch}, {a.shape[0]}] but got: [{batch}, {b.shape[-2]}].")
+        # vector @ batch: PyTorch's (batch^T flattened, as a row-major copy) @ vector
+        bt = contiguous(transpose(b, -1, -2))
+        flat = reshape(bt, (math.prod(bt.shape[:-1]), bt.shape[-1]))
+        if getattr(getattr(bt.grad_fn, "prim", None), "name", None) == "cast":     # copied
+            _torch_node(bt, "CloneBackward0")
+            _torch_node(flat, "UnsafeViewBackward0")
+        return _torch_node(reshape(_mv(flat, a), tuple(b.shape[:-2]) + (b.shape[-1],)),
+                           "UnsafeViewBackward0")
     if a.shape[-1] != b.shape[-2]:
         whole = f" (operand shapes {list(a.shape)} and {list(b.shape)})" \
             if a.ndim > 2 or b.ndim > 2 else ""
@@ -53,7 +79,7 @@ def matmul(input, other):
         lead = tuple(a.shape[:-1])
         rows = -1 if a.shape[-1] else math.prod(lead)      # (-1, 0) names no size
         out = P.matmul(reshape(a, (rows, a.shape[-1])), b)
-        return reshape(out, lead + (b.shape[-1],))
+        return _torch_node(reshape(out, lead + (b.shape[-1],)), "UnsafeViewBackward0")
     if a.shape[:-2] == b.shape[:-2]:
         return P.matmul(a, b)
     try:
@@ -68,6 +94,25 @@ def matmul(input, other):
     if tuple(b.shape[:-2]) != batch:
         b = P.expand(b, shape=batch + tuple(b.shape[-2:]))
     return P.matmul(a, b)
+
+
+def _mv(matrix, vector):
+    """matrix (2-d) @ vector as PyTorch's one MvBackward0 node shows it."""
+    return _torch_node(squeeze(P.matmul(matrix, unsqueeze(vector, -1)), -1), "MvBackward0",
+                       matrix, vector)
+
+
+def _torch_node(out, name: str, *inputs):
+    """`out`, its grad_fn named as PyTorch's node for this case of matmul and, with `inputs`,
+    listing them as its next_functions (kiln computes it as a reshape of a matrix product,
+    whose inner nodes backward still runs)."""
+    node = out.grad_fn
+    if node is not None and renamable(node):
+        set_name(node, name)
+        if inputs:
+            node.shown = [None if not x.requires_grad else x.grad_fn if x.grad_fn is not None
+                          else x for x in inputs]
+    return out
 
 
 def mm(input, mat2):

@@ -14,6 +14,7 @@ from kiln.runtime.device import MetaArray, is_host_array
 from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, Node, _probe_refs, _refs, set_name
 from kiln.tracer.errors import op_error
+from kiln.tracer.storage import memory_root
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
@@ -122,12 +123,10 @@ def view_dtype(input, dtype):
 def _storage_offset(data) -> int:
     """The element offset of an array's first element in the memory of the array owning it
     (PyTorch's storage_offset)."""
-    root = data
-    while isinstance(getattr(root, "base", None), type(data)):
-        root = root.base
     try:
         if is_host_array(data):
-            start = data.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+            start = data.__array_interface__["data"][0] - \
+                memory_root(data).__array_interface__["data"][0]
         else:                               # CuPy: the pointer's offset in its allocation
             start = data.data.ptr - data.data.mem.ptr
     except AttributeError:                  # no memory (meta)
