@@ -253,6 +253,24 @@ class _Fuser:
                 return False
         return True
 
+    def _reshapes_stored_value(self, node: Node) -> bool:
+        """A reshape of a kernel's value that is stored anyway (an extern reads it, or it
+        leaves the program), read only by fusible nodes: its readers index that buffer,
+        where fused into the producer it would be the same values stored a second time (the
+        logits' gradient, 2.8 MB in an LSTM LM step, for the matmuls and again, reshaped, for
+        the bias gradient's sum)."""
+        if node.op != "reshape" or node in self.escaping:
+            return False
+        (x,) = node.value_inputs
+        src = self.group_of.get(x)
+        if src is None or src.kind != "kernel":
+            return False
+        readers = self.readers.get(node.out, [])
+        stored = x in self.leaving or any(not is_fusible(r, self.gathers) or r.op == "take"
+                                          for r in self.readers.get(x, []))
+        return stored and bool(readers) and all(is_fusible(r, self.gathers) and
+                                                r.op != "take" for r in readers)
+
     def _feeds_externs_only(self, node: Node) -> bool:
         """A strided view (no copy in NumPy) of a computed value that only extern calls read."""
         if node.op not in STRIDED_VIEWS or node in self.escaping:
@@ -326,7 +344,7 @@ class _Fuser:
             if not is_fusible(node, self.gathers):
                 self._new_group(node, "extern")
                 continue
-            if self._is_view(node):
+            if self._is_view(node) or self._reshapes_stored_value(node):
                 self.views.add(node)
                 self._new_group(node, "view")
                 continue
