@@ -487,10 +487,10 @@ class _Lowering:
             self.body.append(Store(i, offset, src, v.dtype, scope))
 
     def _pointwise_space(self) -> None:
-        # outputs assembled from pieces (`padded`) are stored piece by piece over the pieces'
-        # domain
-        plain = [v.shape for v in self.graph.outputs if v not in self.padded]
-        shape = plain[0] if plain else self.padded[self.graph.outputs[0]][1][0][1].shape
+        # over the pieces' shape when outputs are stored piece by piece (`padded`); other
+        # outputs then have as many elements (fusion's one size per kernel)
+        pieces = [info[1][0][1].shape for info in self.padded.values()]
+        shape = pieces[0] if pieces else self.graph.outputs[0].shape
         self.kept, self.reduced, self.domain = tuple(shape), (), tuple(shape)
         self.axes: tuple = ()
         self.index_vars = tuple(

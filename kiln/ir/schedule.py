@@ -32,8 +32,7 @@ def padded_pieces(v: Value, producers: dict, users: dict, leaving=()) -> tuple |
                                     u.dtype is v.dtype for u in node.inputs):
             tree.append(node)
             todo.extend(node.inputs)
-        elif node.op == "pad" and node is not producers.get(v) and \
-                node.attr_dict["value"] == 0:
+        elif node.op == "pad" and node.attr_dict["value"] == 0:
             padded = [(i, lo) for i, (lo, hi) in enumerate(node.attr_dict["pads"])
                       if lo or hi]
             if len(padded) != 1 or min(min(p) for p in node.attr_dict["pads"]) < 0:
