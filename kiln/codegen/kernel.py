@@ -19,6 +19,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.graph import Graph, Node, Value, format_call, kernel_name
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, REDUCE, PRIMITIVES
+from kiln.ir.schedule import padded_pieces
 
 
 class LoweringError(Exception):
@@ -425,11 +426,21 @@ class _Lowering:
     # -------------------------------------------------------------- iteration space
     def run(self, name: str | None) -> Kernel:
         reductions = [n for n in self.graph.nodes if n.prim.kind == REDUCE]
+        # outputs that are sums of padded pieces side by side that the kernel computes (fusion
+        # puts them there): stored piece by piece, in a pointwise kernel over their shape
+        users, outs = self.graph.users(), set(self.graph.outputs)
+        self.padded = {} if reductions else {
+            v: info for v in self.graph.outputs
+            if (info := padded_pieces(v, self.producer, users, outs - {v})) is not None and
+            all(piece in self.producer for _, piece in info[1])}
         if reductions:
             self._reduction_space(reductions)
         else:
             self._pointwise_space()
         for i, v in enumerate(self.graph.outputs):
+            if v in self.padded:
+                self._store_pieces(i, v)
+                continue
             # a reshape keeps the row-major order: store what it reshapes at that value's
             # offset (log_softmax's result flattened for a gather)
             while self.reduced and v.shape not in self._row_shapes() and \
@@ -462,8 +473,24 @@ class _Lowering:
         return Kernel(name, inputs, outputs, self.kept, self.reduced, index_vars,
                       tuple(self.body), self.graph.name, leading)
 
+    def _store_pieces(self, i: int, v: Value) -> None:
+        """Output i, a sum of padded pieces side by side (`padded`): each piece, computed at
+        the domain's coordinates, stored at its place in v; the pads and sums never run."""
+        axis, pieces, _ = self.padded[v]
+        for lo, piece in pieces:
+            coords = tuple(add(c, Const(lo)) if a == axis else c
+                           for a, c in enumerate(self.coords))
+            offset = self._offset(v.shape, coords)
+            src, scope, _ = self.emit(piece, self.coords)
+            if self._scope_of(offset) == ELEM:
+                scope = ELEM
+            self.body.append(Store(i, offset, src, v.dtype, scope))
+
     def _pointwise_space(self) -> None:
-        shape = self.graph.outputs[0].shape
+        # over the pieces' shape when outputs are stored piece by piece (`padded`); other
+        # outputs then have as many elements (fusion's one size per kernel)
+        pieces = [info[1][0][1].shape for info in self.padded.values()]
+        shape = pieces[0] if pieces else self.graph.outputs[0].shape
         self.kept, self.reduced, self.domain = tuple(shape), (), tuple(shape)
         self.axes: tuple = ()
         self.index_vars = tuple(
@@ -471,6 +498,8 @@ class _Lowering:
             for i, (s, d) in enumerate(zip(contiguous_strides(shape), shape)))
         self.coords = tuple(Const(0) if d == 1 else Var(f"x{i}") for i, d in enumerate(shape))
         self.linear = {"x": Var("xindex")}
+        self.padded = {v: info for v, info in self.padded.items()
+                       if info[1][0][1].shape == self.domain}
 
     def _reduction_space(self, reductions: list) -> None:
         first = reductions[0]

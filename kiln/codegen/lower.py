@@ -155,7 +155,6 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
     for step in steps_in:
         for v in step.outputs:
             slot.setdefault(v, len(slot))
-    values = list(slot)
     step_of = {v: i for i, st in enumerate(steps_in) for v in st.outputs}
     over: dict = {}
     if target == "c":
@@ -184,13 +183,7 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
         if all(n.op in STRIDED_VIEWS for n in sub.nodes):
             # only views (a transposed weight or activation before a matmul): NumPy and CuPy
             # make them without copying, and the matmul reads them as they are
-            if len(sub.nodes) == 1 and sub.outputs == [sub.nodes[0].out]:
-                (n,) = sub.nodes
-                steps.append(LoweredStep("view", ins, outs, step.name, number, graph=sub,
-                                         view=(n.op, n.attrs), why=VIEWS_ONLY))
-            else:
-                steps.append(LoweredStep("array", ins, outs, step.name, number, graph=sub,
-                                         why=VIEWS_ONLY))
+            steps.extend(_view_steps(step, sub, number, slot))
             continue
         if any(0 in v.shape for v in [*sub.inputs, *(n.out for n in sub.nodes)]):
             steps.append(LoweredStep("array", ins, outs, step.name, number, graph=sub,
@@ -228,11 +221,27 @@ def lower_schedule(schedule: Schedule, target: str, numbers: list | None = None,
     c_kernels = [s.kernel for s in steps if s.kind == "c"]
     module = c_codegen.c_module(c_kernels, f"kernels of graph {graph.name!r}") \
         if c_kernels else None
+    values = list(slot)         # with the values between views (`_view_steps`)
     return LoweredProgram(
         graph.name, target, tuple(steps), tuple(v.ref for v in values),
         tuple(v.shape for v in values), tuple(np.dtype(v.dtype.np) for v in values),
         input_slots, tuple(slot[v] for v in graph.constants),
         tuple(slot[v] for v in graph.outputs), mutation_slots, into, module, graph=graph)
+
+
+def _view_steps(step: FusedKernel, sub, number: str, slot: dict) -> list:
+    """A kernel of views only as one "view" step per node (a value between two of them gets
+    a slot of its own): the executor makes each with one call, where the array executor costs
+    ~10 us a group, and `_fold_views` hands those read only by matmuls to the matmuls."""
+    outer = dict(zip(sub.inputs, step.inputs)) | dict(zip(sub.outputs, step.outputs))
+    steps = []
+    for n in sub.nodes:
+        out = outer.get(n.out, n.out)
+        slot.setdefault(out, len(slot))
+        steps.append(LoweredStep("view", (slot[outer[n.inputs[0]]],), (slot[out],), step.name,
+                                 number, graph=sub, view=(n.op, n.attrs), why=VIEWS_ONLY))
+        outer[n.out] = out
+    return steps
 
 
 def _fold_views(steps: list, leaving: set) -> list:

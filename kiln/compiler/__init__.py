@@ -523,7 +523,8 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
         # (codegen/conv.py), which looks for their unfold + matmul, not the CPU's products
         compiled = pipeline.compile_passes(graph, joint, fused=target != "numpy", lower=lower,
                                            conv_products=target != "triton",
-                                           thin_kept=_thin_kept if target == "c" else None)
+                                           thin_kept=_thin_kept if target == "c" else None,
+                                           pieces=target == "c")
     if stage is not None and lower is not None:
         stage[0] = f"building {target} kernels"
     executors = {"forward": build_executor(compiled.forward, xp)}

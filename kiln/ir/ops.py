@@ -1016,6 +1016,8 @@ def _check_index_impl(xp, idx, size, op, kind, negative, ignore):
     if idx.size == 0:
         return out
     low = -size if negative else 0
+    if xp is np and low <= idx.min() and idx.max() < size:
+        return out              # on the host, the common case: two reductions and no mask
     bad = (idx < low) | (idx >= size)
     if ignore is not None:
         bad &= idx != ignore

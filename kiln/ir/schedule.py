@@ -16,6 +16,44 @@ from kiln.ir.printer import scope_summary
 STRIDED_VIEWS = frozenset(name for name, p in PRIMITIVES.items() if p.view)
 
 
+def padded_pieces(v: Value, producers: dict, users: dict, leaving=()) -> tuple | None:
+    """(axis, [(offset, piece)], tree nodes) when `v` is a sum of zero pads of pieces of one
+    shape lying side by side along one axis and covering it (an LSTM's four gate gradients
+    assembled into one (batch, 4 * hidden) gradient), each link of the tree read only by the
+    next; else None. A kernel computing the pieces stores each at its place in `v` instead
+    (`kiln.passes.fusion`, `kiln.codegen.kernel`)."""
+    leaves, tree, todo = [], [], [v]
+    while todo:
+        x = todo.pop()
+        node = producers.get(x)
+        if node is None or (x is not v and (x in leaving or len(users.get(x, ())) != 1)):
+            return None
+        if node.op == "add" and all(isinstance(u, Value) and u.shape == v.shape and
+                                    u.dtype is v.dtype for u in node.inputs):
+            tree.append(node)
+            todo.extend(node.inputs)
+        elif node.op == "pad" and node.attr_dict["value"] == 0:
+            padded = [(i, lo) for i, (lo, hi) in enumerate(node.attr_dict["pads"])
+                      if lo or hi]
+            if len(padded) != 1 or min(min(p) for p in node.attr_dict["pads"]) < 0:
+                return None
+            tree.append(node)
+            leaves.append((padded[0], node.inputs[0]))
+        else:
+            return None
+    axes = {axis for (axis, _), _ in leaves}
+    shapes = {piece.shape for _, piece in leaves}
+    if len(axes) != 1 or len(shapes) != 1 or not tree or tree[0].op != "add":
+        return None
+    (axis,), (shape,) = axes, shapes
+    width = shape[axis]
+    offsets = sorted(lo for (_, lo), _ in leaves)
+    if offsets != list(range(0, v.shape[axis], width)) or len(offsets) * width != \
+            v.shape[axis]:
+        return None
+    return axis, [(lo, piece) for (_, lo), piece in leaves], tree
+
+
 @dataclass(eq=False)
 class FusedKernel:
     """One generated kernel: `subgraph` computes `outputs` from `inputs` (outer Values)."""

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from kiln.ir.graph import Graph, Node, Value, kernel_name
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import CREATION, ELEMENTWISE, MOVEMENT, PRIMITIVES, REDUCE
-from kiln.ir.schedule import STRIDED_VIEWS, ExternStep, FusedKernel, Schedule
+from kiln.ir.schedule import STRIDED_VIEWS, ExternStep, FusedKernel, Schedule, padded_pieces
 from kiln.passes.layout import transpose_matmul_outputs, transpose_thin_products
 
 FUSIBLE_KINDS = frozenset([ELEMENTWISE, REDUCE, MOVEMENT, CREATION])
@@ -98,6 +98,7 @@ class _Group:
     red_key: tuple | None = None
     sizes: frozenset = frozenset()
     first: int = 0
+    pieces: bool = False            # stores sums of padded pieces piece by piece (`_place_pieces`)
 
     def allowed(self) -> set | None:
         if self.red_key is None:
@@ -111,6 +112,8 @@ def _compatible(a: _Group, b: _Group) -> bool:
     if a.kind != "kernel" or b.kind != "kernel":
         return False
     keys = {k for k in (a.red_key, b.red_key) if k is not None}
+    if keys and (a.pieces or b.pieces):     # pieces are stored over a pointwise domain
+        return False
     if len(keys) > 1:
         return False
     sizes = a.sizes | b.sizes
@@ -167,9 +170,10 @@ class _Dependencies:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, gathers: bool = True):
+    def __init__(self, graph: Graph, gathers: bool = True, pieces: bool = False):
         self.graph = graph
         self.gathers = gathers
+        self.pieces = pieces
         self.index = {n.out: i for i, n in enumerate(graph.nodes)}
         self.producer = {n.out: n for n in graph.nodes}
         self.group_of: dict = {}          # outer Value -> _Group (for computed values)
@@ -253,6 +257,24 @@ class _Fuser:
                 return False
         return True
 
+    def _reshapes_stored_value(self, node: Node) -> bool:
+        """A reshape of a kernel's value that is stored anyway (an extern reads it, or it
+        leaves the program), read only by fusible nodes: its readers index that buffer,
+        where fused into the producer it would be the same values stored a second time (the
+        logits' gradient, 2.8 MB in an LSTM LM step, for the matmuls and again, reshaped, for
+        the bias gradient's sum)."""
+        if node.op != "reshape" or node in self.escaping:
+            return False
+        (x,) = node.value_inputs
+        src = self.group_of.get(x)
+        if src is None or src.kind != "kernel":
+            return False
+        readers = self.readers.get(node.out, [])
+        stored = x in self.leaving or any(not is_fusible(r, self.gathers) or r.op == "take"
+                                          for r in self.readers.get(x, []))
+        return stored and bool(readers) and all(is_fusible(r, self.gathers) and
+                                                r.op != "take" for r in readers)
+
     def _feeds_externs_only(self, node: Node) -> bool:
         """A strided view (no copy in NumPy) of a computed value that only extern calls read."""
         if node.op not in STRIDED_VIEWS or node in self.escaping:
@@ -326,7 +348,7 @@ class _Fuser:
             if not is_fusible(node, self.gathers):
                 self._new_group(node, "extern")
                 continue
-            if self._is_view(node):
+            if self._is_view(node) or self._reshapes_stored_value(node):
                 self.views.add(node)
                 self._new_group(node, "view")
                 continue
@@ -347,10 +369,50 @@ class _Fuser:
                 merged = self.try_merge(src, group)
                 if merged is not None:
                     group = merged
+        if self.pieces:
+            self._place_pieces()
         self._materialize_views()
         if horizontal:
             self._fuse_horizontally()
-        return self.quotient.topological_order(key=lambda g: g.first)
+        return self.quotient.topological_order(key=self._demand())
+
+    def _demand(self):
+        """Per group, the earliest trace position among it and what reads it, directly or not:
+        the order's key, so that work a group waits on runs when that group is due rather than
+        at its own late position (an optimizer's `-lr`, traced last, held the update of a bias
+        whose gradient was ready at once until after the whole LSTM backward, so the update
+        read the gradient's 2.8 MB again from far caches)."""
+        successors = self.quotient.successors
+        demand: dict = {}
+        for g in reversed(self.quotient.topological_order(key=lambda g: g.first)):
+            demand[g] = min([g.first] + [demand[s] for s in successors[g]])
+        return lambda g: (demand[g], g.first)
+
+    def _place_pieces(self) -> None:
+        """A kernel of only a sum of zero-padded pieces side by side (`padded_pieces`), all
+        computed by one pointwise kernel, joins that kernel, which then stores each piece at
+        its place in the sum: an LSTM step's four gate gradients go straight into the
+        (batch, 4 * hidden) gradient its products read, with no kernel copying them there."""
+        for n in self.graph.nodes:
+            held = self.group_of.get(n.out)
+            if n.op != "add" or held is None or held.kind != "kernel":
+                continue
+            info = padded_pieces(n.out, self.producer, self.readers, self.leaving)
+            if info is None or set(held.nodes) != set(info[2]):
+                continue
+            owners = list(dict.fromkeys(self.group_of.get(piece) for _, piece in info[1]))
+            size = math.prod(info[1][0][1].shape)
+            if any(g is None or g is held or g.kind != "kernel" or g.red_key is not None or
+                   g.sizes != {size} for g in owners):
+                continue
+            owner = owners[0]
+            for other in owners[1:]:        # pieces computed apart: one kernel computes them
+                owner = self.try_merge(owner, other) or owner
+            if any(self.group_of[piece] is not owner for _, piece in info[1]) or \
+                    self._creates_cycle(owner, held):
+                continue
+            self._merge(owner, held).sizes = frozenset([size])
+            owner.pieces = True
 
     def _materialize_views(self) -> None:
         """A view read by an extern, or returned, needs a buffer: it gets a copy kernel."""
@@ -379,7 +441,7 @@ class _Fuser:
 
 
 def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True,
-         thin_kept=None) -> Schedule:
+         thin_kept=None, pieces: bool = False) -> Schedule:
     """Group `graph`'s nodes into fused kernels and extern calls, in execution order.
 
     Matmuls read only through a transpose first produce the transposed result directly, and
@@ -391,9 +453,11 @@ def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True,
         gathers: let `take` fuse as a gather load (see the module docstring).
         thin_kept: `kept` of `transpose_thin_products`: the thin products the backend
             computes as they are.
+        pieces: a kernel computing the pieces of a sum of padded pieces side by side stores
+            them in place in that sum (`_Fuser._place_pieces`; the C renderer's kernels).
     """
     graph = transpose_thin_products(transpose_matmul_outputs(graph), thin_kept)
-    fuser = _Fuser(graph, gathers)
+    fuser = _Fuser(graph, gathers, pieces)
     order = fuser.run(horizontal)
     consumers = _outside_readers(graph)
     steps: list = []

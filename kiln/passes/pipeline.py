@@ -116,28 +116,30 @@ class CompiledProgram:
 
 
 def compile_passes(graph: Graph, joint=None, fused: bool = True,
-                   lower=None, conv_products: bool = True, thin_kept=None) -> CompiledProgram:
+                   lower=None, conv_products: bool = True, thin_kept=None,
+                   pieces: bool = False) -> CompiledProgram:
     """Run the pipeline's STEPS on a traced graph: partition a joint graph (`joint`: its
     JointInfo), then per program decompose, clean up and, when `fused`, fuse; with `lower` (a
     `lower_schedule` bound to its target), also split the gathers, lower and plan memory.
     `conv_products=False` leaves a convolution's unfold and fold apart from its products (for
     the exported C library, which spells those and not the NumPy backend's fused products).
-    `thin_kept(m, k, n, dtype)`: the thin products the target computes as they are (`fuse`)."""
+    `thin_kept(m, k, n, dtype)`: the thin products the target computes as they are (`fuse`);
+    `pieces`: kernels store padded pieces in place in their sum (`fuse`)."""
     backward = report = None
     if joint is not None:
         if conv_products:           # before the cut: the backward then needs a conv's input,
             graph = form_conv_products(graph)      # not its windows, from the forward
         graph, bw, report = partition(graph, joint)
         backward = compile_part(bw, fused, lower, [("partition", bw)], conv_products,
-                                thin_kept)
+                                thin_kept, pieces)
     forward = compile_part(graph, fused, lower, [("partition", graph)] if joint else [],
-                           conv_products, thin_kept)
+                           conv_products, thin_kept, pieces)
     return CompiledProgram(forward, backward, report)
 
 
 def compile_part(graph: Graph, fused: bool = True, lower=None,
                  snapshots: list | None = None, conv_products: bool = True,
-                 thin_kept=None) -> CompiledPart:
+                 thin_kept=None, pieces: bool = False) -> CompiledPart:
     """The pipeline's steps after "partition" on one program; see `compile_passes`."""
     snapshots = list(snapshots or [])
     if not fused:
@@ -162,7 +164,7 @@ def compile_part(graph: Graph, fused: bool = True, lower=None,
         stats += more
     snapshots.append(("sink slices", sunk))
     optimized = _sums(sunk, stats, snapshots)
-    schedule = fuse(optimized, thin_kept=thin_kept)
+    schedule = fuse(optimized, thin_kept=thin_kept, pieces=pieces)
     snapshots.append(("fuse", schedule))
     part = CompiledPart(optimized, stats, schedule, snapshots=snapshots)
     if lower is not None:

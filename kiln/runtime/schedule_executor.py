@@ -641,7 +641,16 @@ class ScheduleExecutor:
                         self._replace_buffer(b, xp)
                     dest = _typed(buffers[b], shape, d)
                     pointer_of[outs[0]] = addresses[b]    # contiguous, of the output's dtype
-                if thin is not None:
+                held = packed.get(thin) if thin is not None else None
+                if held is not None and dest is not None and pointer_of[outs[0]] and \
+                        (sub is None or sub[0] is None) and pointer_of[ins[0]]:
+                    # the weight seen earlier in this run, the operand and the result
+                    # contiguous at known addresses: straight to gemm_cpu's kernel
+                    fn, py, ldy, k, _ = held
+                    fn(pointer_of[ins[0]], k, py, ldy, pointer_of[outs[0]], shape[0], k,
+                       shape[1])
+                    env[outs[0]] = dest
+                elif thin is not None:
                     env[outs[0]] = _thin_product(
                         sub, env[ins[0]], env[ins[1]], dest, packed, thin, shape,
                         pointer_of[ins[0]] if sub is None or sub[0] is None else 0,
@@ -700,8 +709,9 @@ def _thin_product(views: tuple | None, x, y, out, packed: dict, key: tuple, shap
                   px: int, po: int):
     """matmul(x, y) (float32; of views of them, as `_viewed_matmul`) into `out` by gemm_cpu's
     thin-product kernel, or by NumPy where that declines. The right operand (an RNN's weight,
-    which every step reads) is looked at once per run: kept in `packed` with its address, as
-    a contiguous copy when its rows are not contiguous (a transposed weight). `px`, `po`: the
+    which every step reads) is looked at once per run: kept in `packed` as (kernel, address,
+    row stride, rows, array), a contiguous copy when its rows are not contiguous (a transposed
+    weight); `run_steps` calls the kernel itself for the run's later products. `px`, `po`: the
     addresses of x and out when the executor knows them, else 0 (`data_pointer` costs 0.7 us,
     `.ctypes.data` 2, the product 25)."""
     fn = gemm_cpu.kernel()
@@ -713,16 +723,17 @@ def _thin_product(views: tuple | None, x, y, out, packed: dict, key: tuple, shap
             return _viewed_matmul(np.matmul, np, (views or (None,))[:1] + (None,), x, y, out)
         if y.strides[1] != 4 or y.strides[0] % 4:
             y = np.ascontiguousarray(y)
-        held = packed[key] = (y, data_pointer(y))
-    y, py = held
+        packed[key] = (fn, data_pointer(y), y.strides[0] // 4, y.shape[0], y)
+        held = packed[key]
+    fn, py, ldy, k, y = held
     if views is not None and views[0] is not None:
         x = views[0][0](np, x, **views[0][1])
     if x.strides[1] != 4 or x.strides[0] % 4:
         x, px = np.ascontiguousarray(x), 0
     if out is None:
         out, po = np.empty(shape, np.float32), 0
-    fn(px or data_pointer(x), x.strides[0] // 4, py, y.strides[0] // 4, po or data_pointer(out),
-       shape[0], y.shape[0], shape[1])
+    fn(px or data_pointer(x), x.strides[0] // 4, py, ldy, po or data_pointer(out), shape[0], k,
+       shape[1])
     return out
 
 

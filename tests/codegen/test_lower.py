@@ -253,3 +253,70 @@ def test_groups_with_empty_tensors_compile_and_equal_eager(cache_dir, fn, shapes
     expected = fn(*xs)
     assert out.shape == expected.shape
     np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6)
+
+
+def _pieces_side_by_side(order=(0, 1, 2, 3), width: int = 12) -> Graph:
+    """Four functions of a and b, zero-padded side by side along the columns and summed (an
+    LSTM step's gate gradients assembled for its products), and a * b read apart; the sum is
+    read by a matmul, its pieces by nothing else. A width over 12 leaves zero columns."""
+    g = Graph("pieces")
+    a = g.add_input((6, 3), dt.float32, "a")
+    b = g.add_input((6, 3), dt.float32, "b")
+    w = g.add_input((width, 5), dt.float32, "w")
+    both = g.add_node("mul", (a, b), {}, (6, 3), dt.float32)
+    pieces = [g.add_node("sigmoid", (a,), {}, (6, 3), dt.float32),
+              g.add_node("tanh", (both,), {}, (6, 3), dt.float32),
+              g.add_node("exp", (b,), {}, (6, 3), dt.float32),
+              g.add_node("neg", (both,), {}, (6, 3), dt.float32)]
+    total = None
+    for i in order:
+        pad = g.add_node("pad", (pieces[i],), {"pads": ((0, 0), (3 * i, width - 3 - 3 * i)),
+                                                "value": 0}, (6, width), dt.float32)
+        total = pad if total is None else g.add_node("add", (total, pad), {}, (6, width),
+                                                     dt.float32)
+    g.outputs = [g.add_node("matmul", (total, w), {}, (6, 5), dt.float32), both]
+    return g
+
+
+@needs_cc
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (2, 0, 3, 1)])
+def test_pieces_side_by_side_are_stored_in_place_by_the_kernel_computing_them(cache_dir,
+                                                                             order):
+    g = _pieces_side_by_side(order)
+    plain = fusion.fuse(g)          # without: a kernel of its own copies the pieces together
+    assert len(plain.kernels) == 2
+    schedule = fusion.fuse(g, pieces=True)
+    (kernel,) = schedule.kernels
+    assert [v.shape for v in kernel.outputs] == [(6, 3), (6, 12)]
+    lowered = lower_program(schedule, "c")
+    (step,) = [s for s in lowered.steps if s.kind == "c"]
+    source = step.kernel.source
+    assert source.count("out1_ptr[") == 4 and "out1_ptr[x0 * 12 + x1 + 9]" in source
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal(s, np.float32) for s in ((6, 3), (6, 3), (12, 5))]
+    _check_runs(g, lowered, inputs)
+
+
+def test_pieces_that_do_not_cover_their_sum_keep_its_kernel():
+    assert len(fusion.fuse(_pieces_side_by_side(width=13), pieces=True).kernels) == 2
+
+
+@needs_cc
+def test_views_of_views_are_view_steps(cache_dir):
+    """A kernel of views only with several nodes: one view step per node, none on the array
+    executor; those read only by matmuls are taken by them."""
+    g = Graph("views")
+    x = g.add_input((6, 4), dt.float32, "x")
+    w = g.add_input((6, 5), dt.float32, "w")
+    e = g.add_node("exp", (x,), {}, (6, 4), dt.float32)
+    r = g.add_node("reshape", (e,), {"shape": (2, 3, 4)}, (2, 3, 4), dt.float32)
+    back = g.add_node("reshape", (r,), {"shape": (6, 4)}, (6, 4), dt.float32)
+    t = g.add_node("permute", (back,), {"perm": (1, 0)}, (4, 6), dt.float32)
+    g.outputs = [g.add_node("matmul", (t, w), {}, (4, 5), dt.float32), r]
+    lowered = lower_program(fusion.fuse(g), "c")
+    assert [s.kind for s in lowered.steps] == ["c", "view", "matmul"]   # was c, array, matmul
+    assert lowered.steps[1].view[0] == "reshape"
+    assert lowered.steps[2].view == (("permute", (("perm", (1, 0)),)), None)
+    rng = np.random.default_rng(3)
+    _check_runs(g, lowered, [rng.standard_normal((6, 4), np.float32),
+                             rng.standard_normal((6, 5), np.float32)])

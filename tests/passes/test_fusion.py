@@ -215,3 +215,27 @@ def test_cheap_functions_of_a_crossing_value_are_computed_again_where_read():
     # a cheap function of a value no other node reads stays where it is computed
     s = _schedule(lambda z: (1 - kiln.sigmoid(z)) @ w, z)
     assert [n.op for n in s.kernels[0].nodes] == ["sigmoid", "sub"]
+
+
+def test_a_reshape_of_a_stored_value_is_indexed_not_stored_again():
+    """The logits' gradient of a sequence model: a matmul reads it as it is, the bias gradient
+    sums it reshaped. The kernel stores it once; the sum reads that buffer through the
+    reshape."""
+    from kiln.ir import dtypes as dt
+    from kiln.ir.graph import Graph
+    g = Graph("grad")
+    x = g.add_input((12, 7), dt.float32, "x")
+    w = g.add_input((7, 5), dt.float32, "w")
+    e = g.add_node("exp", (x,), {}, (12, 7), dt.float32)
+    r = g.add_node("reshape", (e,), {"shape": (3, 4, 7)}, (3, 4, 7), dt.float32)
+    total = g.add_node("sum", (r,), {"axes": (0, 1), "keepdim": False}, (7,), dt.float32)
+    g.outputs = [g.add_node("matmul", (e, w), {}, (12, 5), dt.float32),
+                 g.add_node("mul", (total, 2.0), {}, (7,), dt.float32)]
+    schedule = fuse(g)
+    rng = np.random.default_rng(0)
+    check_schedule(schedule, [rng.standard_normal((12, 7), np.float32),
+                              rng.standard_normal((7, 5), np.float32)])
+    stored = [v.shape for k in schedule.kernels for v in k.outputs]
+    assert (3, 4, 7) not in stored and stored.count((12, 7)) == 1
+    (reader,) = [k for k in schedule.kernels if any(n.op == "sum" for n in k.subgraph.nodes)]
+    assert reader.inputs == [e] and any(n.op == "reshape" for n in reader.subgraph.nodes)

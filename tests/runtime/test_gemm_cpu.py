@@ -70,9 +70,10 @@ def test_declines_what_it_does_not_take(shape_a, shape_b, dtype):
     assert gemm_cpu.thin_matmul(a, b) is None
 
 
-def _train(lib, mode, steps, compiled, state=None):
+def _train(lib, mode, steps, compiled, state=None, keep=None):
     """Losses and final parameters of `steps` SGD steps of a 2-layer `mode` (hidden 128:
-    gate products 20x128 @ 128x(128 * gates)) over 7 time steps, batch 20."""
+    gate products 20x128 @ 128x(128 * gates)) over 7 time steps, batch 20; the compiled step
+    is appended to `keep` when given."""
     nn = lib.nn
     lib.manual_seed(0)
     rnn = getattr(nn, mode)(64, 128, 2)
@@ -96,6 +97,8 @@ def _train(lib, mode, steps, compiled, state=None):
         return loss
 
     run = kiln.compile(step) if compiled else step
+    if keep is not None:
+        keep.append(run)
     losses = [run(x, y).item() for _ in range(steps)]
     return losses, [p.detach().numpy().copy() for p in params]
 
@@ -134,3 +137,17 @@ def test_without_the_kernel_the_products_run_on_numpy(monkeypatch):
     np.testing.assert_allclose(comp_losses, torch_losses, rtol=1e-5)
     for pc, pt in zip(comp_params, torch_params):
         np.testing.assert_allclose(pc, pt, rtol=1e-5, atol=1e-6)
+
+
+@needs_cc
+def test_gate_gradients_are_stored_in_place_by_the_kernels_computing_them():
+    """Each backward time step's LSTM gate gradients (pieces side by side in the (batch, 4 *
+    hidden) gradient the step's products read) are stored there by the kernel computing them:
+    no kernel only copies pieces together (one per step and layer did)."""
+    runs = []
+    _train(kiln, "LSTM", 1, compiled=True, keep=runs)
+    (entry,) = runs[0].entries.values()
+    kernels = [st.graph for st in entry.executor.program.steps if st.kind == "c"]
+    assert not [g for g in kernels if {n.op for n in g.nodes} <= {"pad", "add"}]
+    stored = [g for g in kernels if any(n.op == "pad" for n in g.nodes)]
+    assert len(stored) >= 2 * 6           # 2 layers, 7 steps (the last may differ)
