@@ -1997,6 +1997,66 @@ def class_counter_bumped_by_the_call():
     return world(ns["f"], lambda i, f: f(x), after=lambda: ns["Counter"].calls)
 
 
+# ----------------------------------------------------------------------------- past the old limits
+# (the walk stopped 8 levels down and after 1024 items of a container, silently)
+
+@_replayed_twice
+def scalar_ten_lists_deep():
+    ns = exec_world("DEEP = [[[[[[[[[[1.5]]]]]]]]]]\n"
+                    "def f(x):\n    return x * DEEP[0][0][0][0][0][0][0][0][0][0]\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["DEEP"][0][0][0][0][0][0][0][0][0][0] = -4.0
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def scalar_ten_objects_deep():
+    ns = exec_world("class Box:\n    def __init__(self, v):\n        self.v = v\n"
+                    "OBJ = 2.0\nfor _ in range(10):\n    OBJ = Box(OBJ)\n"
+                    "def f(x):\n    return x * OBJ.v.v.v.v.v.v.v.v.v.v\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["OBJ"].v.v.v.v.v.v.v.v.v.v = -4.0
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def item_1500_of_a_global_list_of_2000_floats():
+    ns = exec_world("LONG = [float(i) for i in range(2000)]\n"
+                    "def f(x):\n    return x * LONG[1500], kiln.tensor(LONG[1500])\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        # a new value, then the same as an int (a tensor of it is int64), then an equal float
+        # that is another object (still replays)
+        ns["LONG"][1500] = {2: -4.0, 3: -4, 4: float("-4.0"), 5: float("-4.0")}.get(i, 1500.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
+item_1500_of_a_global_list_of_2000_floats.calls = 6
+
+
+@case
+def a_member_of_a_set_swapped_for_another():
+    ns = exec_world("S = {1.0, 2.0}\ndef f(x):\n    return x * 2.0 if 3.0 in S else x\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["S"].discard(1.0)
+            ns["S"].add(3.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -2444,3 +2504,45 @@ def test_a_method_hidden_by_an_attribute_set_on_the_object_retraces():
     r.factor = lambda: -0.5             # the object's own attribute now hides the method
     np.testing.assert_allclose(compiled(r, x).numpy(), f(r, x).numpy(), rtol=1e-6)
     assert len(compiled.entries) == 2
+
+
+def _compile_warnings(f, *args) -> list:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        f(*args)
+    return [str(w.message) for w in seen]
+
+
+def test_a_place_past_the_depth_limit_is_said_and_listed_with_the_guards():
+    from kiln.compiler import guards
+    from kiln.dump import compiled_notes
+    levels = guards._OBJECT_DEPTH + 4
+    ns = exec_world(f"DEEP = 1.5\nfor _ in range({levels}):\n    DEEP = [DEEP]\n"
+                    "def f(x):\n    v = DEEP\n    while isinstance(v, list):\n"
+                    "        v = v[0]\n    return x * v\n")
+    f = kiln.compile(ns["f"], backend="c")
+    x = kiln.randn(3)
+    said = [m for m in _compile_warnings(f, x) if "NOT GUARDED" in m]
+    cut = "DEEP" + "[0]" * guards._OBJECT_DEPTH
+    assert len(said) == 1 and cut in said[0] and f"{guards._OBJECT_DEPTH} levels" in said[0]
+    listed = [g.describe() for g in kiln.compiler.explain_report(f, (x,), {}).guards]
+    assert any(line.startswith(f"NOT GUARDED: {cut} ") for line in listed)
+    assert f"NOT GUARDED: {cut} " in compiled_notes(f)[0][1]
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * 1.5)     # it still compiles
+    assert replays(f) == 1
+
+
+def test_past_the_guard_budget_the_place_is_said_and_the_rest_still_compiles(monkeypatch):
+    from kiln.compiler import guards
+    monkeypatch.setattr(guards, "_GUARD_BUDGET", 60)
+    ns = exec_world("class Box:\n    def __init__(self, v):\n        self.v = v\n"
+                    "ITEMS = [Box(float(i)) for i in range(100)]\n"
+                    "def f(x):\n    return x * ITEMS[80].v\n")
+    f = kiln.compile(ns["f"], backend="c")
+    x = kiln.randn(3)
+    said = [m for m in _compile_warnings(f, x) if "NOT GUARDED" in m]
+    assert len(said) == 1 and "ITEMS[" in said[0] and "past 60 guards" in said[0]
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * 80.0)
+    ns["ITEMS"][10].v = 3.0         # before the budget ran out: seen
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * 80.0)
+    assert len(f.entries) == 2

@@ -844,9 +844,11 @@ class CompiledFunction:
             self._add_entry(key, CompiledEntry(None, eager_reason=reason))
             self._note("effect", f"{reason}; this function runs eagerly")
             return result
+        # places past the walk's limits, where a change the call made would not be seen
+        unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags, writes)
+                                        none_at_call, args, kwargs, flags, writes, unseen)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -860,7 +862,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None, writes=None):
+                        args, kwargs, flags=None, writes=None, unseen=()):
         leaves_in = _flatten_args(args)[0]
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
@@ -959,6 +961,7 @@ class CompiledFunction:
                 f"which of {len(tensors)} tensors requiring grad have a .grad",
                 functools.partial(_grad_presence, tensors), "eq",
                 tuple(state[i] for i in kept)))
+        self._say_unguarded(entry, unseen)
         if flags:
             _replay_flags(self, key, entry, program, flags)
         if writes:      # the program never reads the old tensors there: no guard on them
@@ -1015,6 +1018,21 @@ class CompiledFunction:
         count_graph(num_ops)
         _dump_if_requested(self, [program])
         return result
+
+    def _say_unguarded(self, entry: CompiledEntry, unseen: list) -> None:
+        """Warn of the places past the guards' limits (`guards._OBJECT_DEPTH`, `_GUARD_BUDGET`)
+        and list them with the entry's guards (for `explain` and `kiln dump`). The function
+        still compiles: such places are mostly data a step does not index (a dataset, a long
+        history), where running eagerly would cost every call for nothing; the warning names
+        the place so that a value read there can be passed as an argument instead."""
+        listed = {g.source for g in entry.guards if g.kind == "unguarded"}
+        entry.guards += [g for g in unseen if g.source not in listed]
+        found = [g for g in entry.guards if g.kind == "unguarded"]
+        if found:
+            more = f" (and {len(found) - 1} more places)" if len(found) > 1 else ""
+            self._note("unguarded", f"{_function_name(self.fn)}: {found[0].describe()}{more}; "
+                       "pass a value read there as an argument, or keep it nearer the "
+                       "function, to have it checked")
 
     def _derive_backward(self, tracer, outputs: list, skip: list, args, kwargs):
         """`trace_backward`, after the call returned. The backward of a custom Function the
