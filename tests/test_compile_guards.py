@@ -2057,6 +2057,25 @@ def a_member_of_a_set_swapped_for_another():
     return world(ns["f"], call)
 
 
+@case
+def batch_with_a_growing_history_and_a_scale_it_reads():
+    ns = exec_world("class Batch:\n    def __init__(self, x):\n        self.x = x\n"
+                    "        self.step = 0\n        self.history = []\n        self.scale = 2.0\n"
+                    "    def scaled(self):\n        return self.x * self.scale\n"
+                    "def f(b):\n    return b.scaled() + 1\n")
+    b = ns["Batch"](kiln.randn(5))
+
+    def call(i, f):
+        b.step, b.scale = i, [2.0, 2.0, 2.0, -1.0, -1.0, 2][i]
+        b.history.append(float(i))
+        return f(b)
+    return world(ns["f"], call)
+
+
+batch_with_a_growing_history_and_a_scale_it_reads.calls = 6
+batch_with_a_growing_history_and_a_scale_it_reads.check = expect_replays(3)
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -2546,3 +2565,43 @@ def test_past_the_guard_budget_the_place_is_said_and_the_rest_still_compiles(mon
     ns["ITEMS"][10].v = 3.0         # before the budget ran out: seen
     np.testing.assert_allclose(f(x).numpy(), x.numpy() * 80.0)
     assert len(f.entries) == 2
+
+
+class _Batch:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+        self.step = 0
+        self.history = []
+        self.scale = 2.0
+
+
+def test_a_batch_field_the_call_does_not_read_is_not_in_the_key():
+    """A batch object's fields the call reads are its key; a step counter and a history that
+    change on every call outside it trace nothing again."""
+    def step(b):
+        return (b.x * b.scale - b.y).square().mean()
+
+    f = kiln.compile(step, backend="c")
+    b = _Batch(kiln.randn(4, 3), kiln.randn(4, 3))
+    for i in range(12):
+        b.step = i
+        b.history.append(i * 0.5)
+        np.testing.assert_allclose(f(b).item(), step(b).item(), rtol=1e-6)
+    assert len(f.entries) == 1 and replays(f) == 11
+    b.scale = -3.0          # read: a new key
+    np.testing.assert_allclose(f(b).item(), step(b).item(), rtol=1e-6)
+    assert len(f.entries) == 2
+    fresh = _Batch(kiln.randn(4, 3), kiln.randn(4, 3))      # another object, the same scale
+    fresh.scale, fresh.history = -3.0, [1.0] * 7
+    np.testing.assert_allclose(f(fresh).item(), step(fresh).item(), rtol=1e-6)
+    fresh.scale = 0.5
+    np.testing.assert_allclose(f(fresh).item(), step(fresh).item(), rtol=1e-6)
+
+
+def test_a_batch_read_by_computed_name_keys_every_field():
+    ns = exec_world("NAME = 'scale'\ndef f(b):\n    return b.x * getattr(b, NAME)\n")
+    f = kiln.compile(ns["f"], backend="c")
+    b = _Batch(kiln.randn(3), None)
+    for i, name in enumerate(["scale", "scale", "step", "step"]):
+        ns["NAME"], b.step = name, i
+        np.testing.assert_allclose(f(b).numpy(), ns["f"](b).numpy())

@@ -166,6 +166,19 @@ def _flatten_args(obj):
     return flatten(obj, record=_is_record)
 
 
+def _batch_objects(args, kwargs) -> list:
+    """The arguments (and the objects inside them) that `_flatten_args` walks as batches."""
+    found = []
+
+    def record(obj) -> bool:
+        if _is_record(obj):
+            found.append(obj)
+            return True
+        return False
+    flatten((args, kwargs), record=record)
+    return found
+
+
 def _arg_names(fn, args, kwargs, leaves) -> dict:
     """id(tensor) -> the parameter name it was passed as (`x`, `batch.0`)."""
     names = {}
@@ -583,6 +596,9 @@ class CompiledFunction:
     _chains: dict = field(default_factory=dict)      # guard key -> full keys of its entries
     _effect_keys: set = field(default_factory=set)   # keys whose trace changed Python state
     _flags_set: dict = field(default_factory=dict)   # (key, place) -> value a trace set there
+    # the attribute names the call can read (`guards.code_reads`), the only non-tensor fields
+    # of a batch object the key holds; None: every field (it reads by computed name)
+    _record_fields: frozenset | None = frozenset()
 
     def __post_init__(self):
         # a function's name and doc; for a Module (or other object) not its __dict__, whose
@@ -606,6 +622,7 @@ class CompiledFunction:
         self._chains.clear()
         self._effect_keys.clear()
         self._flags_set.clear()
+        self._record_fields = frozenset()
         self.warned.clear()
         self.retraces = 0
 
@@ -624,15 +641,16 @@ class CompiledFunction:
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
         memory, the grad mode, the autocast state (a trace records autocast's casts), the
-        non-tensor arguments by type and value, and the default dtype and device. What the
-        function reads from Python (globals, closures, modules, optimizers) is checked by each
-        entry's guards (`kiln.compiler.guards`).
+        non-tensor arguments by type and value (of a batch object, only the fields named in
+        `_record_fields`), and the default dtype and device. What the function reads from
+        Python (globals, closures, modules, optimizers) is checked by each entry's guards
+        (`kiln.compiler.guards`).
         """
         if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
         else:
             leaves, tree = _flatten_args((args, kwargs))
-            tree = _typed_tree(tree)
+            tree = _typed_tree(tree, self._record_fields)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
         # the default dtype and device decide what `kiln.ones(3)` in the function makes
         return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(), tree,
@@ -683,21 +701,18 @@ class CompiledFunction:
                        "runs eagerly")
             return self.fn(*args, **kwargs)
         key, leaves = self._guard_key(args, kwargs)
-        chain = self._chains.get(key)
-        if chain is not None:
-            for i, full in enumerate(chain):
-                entry = self.entries[full]
-                if entry.valid(leaves):
-                    if i:       # checked first next call: a training step's first entry (traced
-                        chain.insert(0, chain.pop(i))   # before the optimizer had state)
-                                                        # would fail its guards every call
-                    entry.calls += 1
-                    if entry.program is None:
-                        return self.fn(*args, **kwargs)
-                    if entry.calls == 1:
-                        with _collector_paused():
-                            return self._replay(entry, leaves, args, kwargs)
+        entry = self._valid_entry(key, leaves)
+        if entry is None and self._record_fields_grew(key, args, kwargs):
+            key, leaves = self._guard_key(args, kwargs)
+            entry = self._valid_entry(key, leaves)
+        if entry is not None:
+            entry.calls += 1
+            if entry.program is None:
+                return self.fn(*args, **kwargs)
+            if entry.calls == 1:
+                with _collector_paused():
                     return self._replay(entry, leaves, args, kwargs)
+            return self._replay(entry, leaves, args, kwargs)
         if stance == "eager_on_recompile":
             return self.fn(*args, **kwargs)
         if stance == "fail_on_recompile":
@@ -712,6 +727,39 @@ class CompiledFunction:
             return self.fn(*args, **kwargs)
         with _collector_paused():
             return self._trace_and_run(key, args, kwargs)
+
+    def _valid_entry(self, key, leaves) -> CompiledEntry | None:
+        """The first entry of `key` whose guards hold, moved to the front of its chain: checked
+        first next call (a training step's first entry, traced before the optimizer had state,
+        would fail its guards every call)."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return None
+        for i, full in enumerate(chain):
+            entry = self.entries[full]
+            if entry.valid(leaves):
+                if i:
+                    chain.insert(0, chain.pop(i))
+                return entry
+        return None
+
+    def _record_fields_grew(self, key, args, kwargs) -> bool:
+        """Before a trace of a call with batch objects: add the attribute names the call can
+        read now (`guards.code_reads`) to `_record_fields`. True when they grew (the key is
+        made again): a field the call does not read (a growing `history`, a step counter)
+        stays out of the key, so changing it traces nothing again, while every entry's key
+        holds the fields its trace could read."""
+        if not _has_record(key[4]) or self._record_fields is None:
+            return False
+        records = _batch_objects(args, kwargs)
+        reads = guards.code_reads(self.fn, _object_arguments(args, kwargs))
+        if reads.everything or any(id(r) in reads.whole for r in records):
+            self._record_fields = None
+            return True
+        if reads.names <= self._record_fields:
+            return False
+        self._record_fields |= reads.names
+        return True
 
     def _note(self, tag: str, message: str) -> None:
         if tag not in self.warned:
@@ -1253,15 +1301,17 @@ def _where(fn) -> str:
     return f"{code.co_filename}:{code.co_firstlineno}" if code else _function_name(fn)
 
 
-def _typed_tree(tree):
+def _typed_tree(tree, fields: frozenset | None = None):
     """A flatten tree with each constant tagged by type (2, 2.0 and True differ; so do 0.0
-    and -0.0; NaN equals NaN), hashable when its constants are."""
+    and -0.0; NaN equals NaN), hashable when its constants are. Of a batch object, the fields
+    that hold tensors and those named in `fields` (all when None)."""
     def walk(t):
         tag = t[0]
         if tag == "T" or tag == "S" or tag == "SC":   # a sparse tensor's size and flag/layout
             return t
         if tag == "R":                                # a batch object: its type and fields
-            return ("R", t[1], tuple((k, walk(v)) for k, v in t[2]))
+            return ("R", t[1], tuple((k, walk(v)) for k, v in t[2]
+                                     if fields is None or k in fields or _holds_tensors(v)))
         if tag == "C":
             x = t[1]
             if type(x) in guards.SCALARS:
@@ -1276,6 +1326,29 @@ def _typed_tree(tree):
                                  walk(v)) for k, v in t[1]))
         return (tag, tuple(walk(v) for v in t[1]))
     return walk(tree)
+
+
+def _holds_tensors(tree) -> bool:
+    tag = tree[0]
+    if tag in ("T", "S", "SC", "I", "R"):       # (a batch object holds one, or it is a constant)
+        return True
+    if tag == "C":
+        return False
+    return any(_holds_tensors(v) for _, v in tree[1]) if tag is dict else \
+        any(_holds_tensors(v) for v in tree[1])
+
+
+def _has_record(tree) -> bool:
+    """Whether a (typed) argument tree holds a batch object."""
+    if not isinstance(tree, tuple) or not tree:
+        return False
+    tag = tree[0]
+    if tag == "R":
+        return True
+    if tag in ("T", "S", "SC", "I", "C"):
+        return False
+    return any(_has_record(v) for _, v in tree[1]) if tag is dict else \
+        any(_has_record(v) for v in tree[1])
 
 
 def _base(array):
