@@ -2076,6 +2076,23 @@ batch_with_a_growing_history_and_a_scale_it_reads.calls = 6
 batch_with_a_growing_history_and_a_scale_it_reads.check = expect_replays(3)
 
 
+@case
+def a_global_read_by_a_base_init_reached_through_super():
+    ns = exec_world("SCALE = 2.0\nclass Base:\n    def __init__(self):\n"
+                    "        self.v = SCALE\nclass Sub(Base):\n    def __init__(self):\n"
+                    "        super().__init__()\n"
+                    "def f(x):\n    return x * Sub().v\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["SCALE"] = [2.0, 2.0, -1.0, -1.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+a_global_read_by_a_base_init_reached_through_super.check = expect_replays(2)
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -2605,3 +2622,45 @@ def test_a_batch_read_by_computed_name_keys_every_field():
     for i, name in enumerate(["scale", "scale", "step", "step"]):
         ns["NAME"], b.step = name, i
         np.testing.assert_allclose(f(b).numpy(), ns["f"](b).numpy())
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _NetTrainer:
+    def __init__(self):
+        self.model = _Net()
+        self.opt = kiln.optim.SGD(self.model.parameters(), lr=0.1)
+        self.history = []
+        self.epoch = 0
+
+
+def test_a_trainer_of_a_module_subclass_traces_once_as_its_history_grows():
+    """`super().__init__()` in a Module subclass's `__init__` is no read of `__init__`: every
+    class's `__init__` (a trainer's, setting `history`) seemed to run, so the history the
+    step never reads was guarded, and each call traced again."""
+    def step(tr, x):
+        loss = tr.model(x).square().mean()
+        tr.opt.zero_grad()
+        loss.backward()
+        tr.opt.step()
+        return loss
+
+    kiln.manual_seed(0)
+    a = _NetTrainer()
+    kiln.manual_seed(0)
+    b = _NetTrainer()
+    f = kiln.compile(step, backend="c")
+    x = kiln.randn(4, 3)
+    for i in range(6):
+        for tr in (a, b):
+            tr.history.append(i)
+            tr.epoch = i
+        np.testing.assert_allclose(f(b, x).item(), step(a, x).item(), rtol=1e-5)
+    assert len(f.entries) == 1 and replays(f) == 5

@@ -167,15 +167,22 @@ def _flatten_args(obj):
 
 
 def _batch_objects(args, kwargs) -> list:
-    """The arguments (and the objects inside them) that `_flatten_args` walks as batches."""
+    """The objects among a call's arguments that `_flatten_args` walks as batches (they hold a
+    tensor), as its ("R", ...) trees."""
     found = []
 
-    def record(obj) -> bool:
-        if _is_record(obj):
-            found.append(obj)
+    def holds_tensor(x) -> bool:
+        if isinstance(x, Tensor):
+            return True
+        if isinstance(x, (tuple, list)):
+            return any([holds_tensor(v) for v in x])
+        if isinstance(x, dict):
+            return any([holds_tensor(v) for v in x.values()])
+        if _is_record(x) and any([holds_tensor(v) for v in vars(x).values()]):
+            found.append(x)
             return True
         return False
-    flatten((args, kwargs), record=record)
+    holds_tensor((args, kwargs))
     return found
 
 

@@ -270,13 +270,16 @@ _ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "STORE_ATTR", "
 @functools.lru_cache(maxsize=512)
 def _names_of(code) -> tuple[frozenset, frozenset]:
     globals_, attrs = set(), set()
+    last: list = []         # the instructions before this one
     for ins in dis.get_instructions(code):
         if ins.opname in _GLOBAL_OPS:
             globals_.add(ins.argval)
-        elif ins.opname in _ATTRIBUTE_OPS:
+        elif ins.opname in _ATTRIBUTE_OPS and not (
+                ins.argval == code.co_name and _after_super(ins, last[-3:])):
             attrs.add(ins.argval)
         elif ins.opname == "MATCH_CLASS":   # `case Point(x=0)` reads attributes named in data
             attrs.add("__match_args__")
+        last.append(ins)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):      # lambdas, comprehensions, inner functions
             g, a = _names_of(const)
@@ -285,6 +288,18 @@ def _names_of(code) -> tuple[frozenset, frozenset]:
         elif isinstance(const, str) and "{" in const:
             attrs |= _format_attributes(const)
     return frozenset(globals_), frozenset(attrs)
+
+
+def _after_super(ins, before: list) -> bool:
+    """Whether `ins` loads its name from `super()` (no arguments). Inside the method of that
+    name (`super().__init__()` in `__init__`) the name is no new read: the method it reaches
+    is its namesake further along the MRO of `type(self)`, which runs with it (see `_Reach`);
+    counted as a read, every class's `__init__` would seem to run wherever a Module subclass
+    is reached, and every attribute set there to be read."""
+    if ins.opname == "LOAD_SUPER_ATTR":     # (Python 3.12 on)
+        return True
+    return [(i.opname, i.arg if i.opname != "LOAD_GLOBAL" else i.argval) for i in before] == \
+        [("LOAD_GLOBAL", "super"), ("PRECALL", 0), ("CALL", 0)]
 
 
 def _format_attributes(text: str) -> set:
