@@ -2044,6 +2044,21 @@ def item_1500_of_a_global_list_of_2000_floats():
 item_1500_of_a_global_list_of_2000_floats.calls = 6
 
 
+@_replayed_twice
+def a_pair_in_a_long_list_of_tensor_and_weight_pairs_replaced():
+    ns = exec_world("DATA = [(kiln.full((5,), float(i)), i * 0.5) for i in range(20)]\n"
+                    "def f(x):\n    t, w = DATA[15]\n    return x * w + t\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["DATA"][15] = (ns["DATA"][15][0], -1.0)
+        if i == 3:
+            ns["DATA"][15][0].mul_(2.0)     # the tensor, updated in place: read afresh
+        return f(x)
+    return world(ns["f"], call)
+
+
 @case
 def a_member_of_a_set_swapped_for_another():
     ns = exec_world("S = {1.0, 2.0}\ndef f(x):\n    return x * 2.0 if 3.0 in S else x\n")

@@ -9,9 +9,10 @@ every attribute and item. Each reached place becomes one `Guard`:
 - a tensor, module, function or other object is guarded by identity (a rebound global, closure
   cell, list item, module attribute or parameter is a different object);
 - a Python scalar by type and value (`2` != `2.0` != `True`, `0.0` != `-0.0`, NaN == NaN);
-- a container by its length as well as its items; a list or tuple of more than a few scalars
-  or tensors by one guard on all its items (a snapshot compared by identity first, by value
-  when an item was replaced), a set by its members.
+- a container by its length as well as its items; a list of more than a few scalars, tensors
+  and tuples of them by one guard on all its items (a snapshot compared by identity first, by
+  value when an item was replaced), a set by its members; a tuple of such by its identity
+  alone (nothing in it can be rebound).
 
 The walk goes `_OBJECT_DEPTH` levels into plain objects and containers (counted from the
 nearest function, class, module or optimizer) and adds at most `_GUARD_BUDGET` guards. A place
@@ -58,7 +59,7 @@ MISSING = object()          # a global, cell or attribute that does not exist (a
 SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
 _OBJECT_DEPTH = 32          # attribute and item levels into plain objects and containers
 _GUARD_BUDGET = 100_000     # guards per walk: past it, places are listed as unguarded
-_ITEM_GUARDS = 8            # a longer list or tuple of scalars and tensors: one guard on all
+_ITEM_GUARDS = 8            # a longer list of scalars, tensors and tuples: one guard on all
 _ATOMS = (*SCALARS, Tensor)
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
@@ -565,6 +566,14 @@ class _Reach:
         return code + [(v, False) for n, v in attrs.items() if n in self.names]
 
 
+def _frozen(value, depth: int = 0) -> bool:
+    """Whether a value is a scalar, a tensor (guarded by identity alone) or a tuple of such:
+    nothing in it can be rebound, so its identity fixes what a call can read there."""
+    if isinstance(value, _ATOMS):
+        return True
+    return type(value) is tuple and depth < 4 and all(_frozen(v, depth + 1) for v in value)
+
+
 def _holds_something(obj) -> bool:
     """Whether a container or plain object cut off by the depth limit holds anything a call
     could read (an empty list or a library's object holds nothing the walk would guard)."""
@@ -693,7 +702,9 @@ class _Walk:
                 self.too_deep(source)
             return
         if isinstance(obj, (list, tuple)):
-            if len(obj) > _ITEM_GUARDS and all(isinstance(v, _ATOMS) for v in obj):
+            if type(obj) is tuple and _frozen(obj):
+                return      # (its identity, guarded, fixes all it holds)
+            if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
                 # (a long list of numbers: one check in C per replay, not one per item)
                 self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
                                          lazy))
