@@ -2059,6 +2059,20 @@ def a_pair_in_a_long_list_of_tensor_and_weight_pairs_replaced():
     return world(ns["f"], call)
 
 
+@_replayed_twice
+def an_attribute_of_a_float_subclass_in_a_long_list():
+    ns = exec_world("class Tagged(float):\n    pass\n"
+                    "VALUES = [Tagged(i) for i in range(12)]\nVALUES[7].scale = 2.0\n"
+                    "def f(x):\n    return x * VALUES[7].scale\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["VALUES"][7].scale = -1.0
+        return f(x)
+    return world(ns["f"], call)
+
+
 @case
 def a_member_of_a_set_swapped_for_another():
     ns = exec_world("S = {1.0, 2.0}\ndef f(x):\n    return x * 2.0 if 3.0 in S else x\n")

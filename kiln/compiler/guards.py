@@ -60,7 +60,6 @@ SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
 _OBJECT_DEPTH = 32          # attribute and item levels into plain objects and containers
 _GUARD_BUDGET = 100_000     # guards per walk: past it, places are listed as unguarded
 _ITEM_GUARDS = 8            # a longer list of scalars, tensors and tuples: one guard on all
-_ATOMS = (*SCALARS, Tensor)
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
 
@@ -98,9 +97,9 @@ def _same(kind: str, expected, value) -> bool:
 
 
 def _same_items(items, expected: tuple) -> bool:
-    """Whether a list or tuple of scalars and tensors holds what `expected` (a copy) held: the
-    same objects (the fast check, in C), or equal scalars (`scalar_key`) where one was replaced
-    by an equal one."""
+    """Whether a list of scalars, tensors and tuples of them holds what `expected` (a copy)
+    held: the same objects (the fast check, in C), or equal scalars (`scalar_key`) where one
+    was replaced by an equal one."""
     if len(items) != len(expected):
         return False
     if all(map(operator.is_, items, expected)):
@@ -563,8 +562,8 @@ class _Reach:
 def _frozen(value, depth: int = 0) -> bool:
     """Whether a value is a scalar, a tensor (guarded by identity alone) or a tuple of such:
     nothing in it can be rebound, so its identity fixes what a call can read there."""
-    if isinstance(value, _ATOMS):
-        return True
+    if type(value) in SCALARS or isinstance(value, Tensor):    # (an int subclass may hold
+        return True                                             # attributes: walked)
     return type(value) is tuple and depth < 4 and all(_frozen(v, depth + 1) for v in value)
 
 
