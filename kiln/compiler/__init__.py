@@ -708,7 +708,10 @@ class CompiledFunction:
                        "runs eagerly")
             return self.fn(*args, **kwargs)
         key, leaves = self._guard_key(args, kwargs)
-        entry = self._valid_entry(key, leaves)
+        chain = self._chains.get(key)
+        entry = self.entries[chain[0]] if chain is not None else None
+        if entry is not None and not entry.valid(leaves):       # (most calls: the first holds)
+            entry = self._valid_entry(key, leaves, first=1)
         if entry is None and self._record_fields_grew(key, args, kwargs):
             key, leaves = self._guard_key(args, kwargs)
             entry = self._valid_entry(key, leaves)
@@ -735,15 +738,15 @@ class CompiledFunction:
         with _collector_paused():
             return self._trace_and_run(key, args, kwargs)
 
-    def _valid_entry(self, key, leaves) -> CompiledEntry | None:
-        """The first entry of `key` whose guards hold, moved to the front of its chain: checked
-        first next call (a training step's first entry, traced before the optimizer had state,
-        would fail its guards every call)."""
+    def _valid_entry(self, key, leaves, first: int = 0) -> CompiledEntry | None:
+        """The first entry of `key` from the `first` on whose guards hold, moved to the front
+        of its chain: checked first next call (a training step's first entry, traced before the
+        optimizer had state, would fail its guards every call)."""
         chain = self._chains.get(key)
         if chain is None:
             return None
-        for i, full in enumerate(chain):
-            entry = self.entries[full]
+        for i in range(first, len(chain)):
+            entry = self.entries[chain[i]]
             if entry.valid(leaves):
                 if i:
                     chain.insert(0, chain.pop(i))
