@@ -1997,6 +1997,131 @@ def class_counter_bumped_by_the_call():
     return world(ns["f"], lambda i, f: f(x), after=lambda: ns["Counter"].calls)
 
 
+# ----------------------------------------------------------------------------- past the old limits
+# (the walk stopped 8 levels down and after 1024 items of a container, silently)
+
+@_replayed_twice
+def scalar_ten_lists_deep():
+    ns = exec_world("DEEP = [[[[[[[[[[1.5]]]]]]]]]]\n"
+                    "def f(x):\n    return x * DEEP[0][0][0][0][0][0][0][0][0][0]\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["DEEP"][0][0][0][0][0][0][0][0][0][0] = -4.0
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def scalar_ten_objects_deep():
+    ns = exec_world("class Box:\n    def __init__(self, v):\n        self.v = v\n"
+                    "OBJ = 2.0\nfor _ in range(10):\n    OBJ = Box(OBJ)\n"
+                    "def f(x):\n    return x * OBJ.v.v.v.v.v.v.v.v.v.v\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["OBJ"].v.v.v.v.v.v.v.v.v.v = -4.0
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def item_1500_of_a_global_list_of_2000_floats():
+    ns = exec_world("LONG = [float(i) for i in range(2000)]\n"
+                    "def f(x):\n    return x * LONG[1500], kiln.tensor(LONG[1500])\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        # a new value, then the same as an int (a tensor of it is int64), then an equal float
+        # that is another object (still replays)
+        ns["LONG"][1500] = {2: -4.0, 3: -4, 4: float("-4.0"), 5: float("-4.0")}.get(i, 1500.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
+item_1500_of_a_global_list_of_2000_floats.calls = 6
+
+
+@_replayed_twice
+def a_pair_in_a_long_list_of_tensor_and_weight_pairs_replaced():
+    ns = exec_world("DATA = [(kiln.full((5,), float(i)), i * 0.5) for i in range(20)]\n"
+                    "def f(x):\n    t, w = DATA[15]\n    return x * w + t\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["DATA"][15] = (ns["DATA"][15][0], -1.0)
+        if i == 3:
+            ns["DATA"][15][0].mul_(2.0)     # the tensor, updated in place: read afresh
+        return f(x)
+    return world(ns["f"], call)
+
+
+@_replayed_twice
+def an_attribute_of_a_float_subclass_in_a_long_list():
+    ns = exec_world("class Tagged(float):\n    pass\n"
+                    "VALUES = [Tagged(i) for i in range(12)]\nVALUES[7].scale = 2.0\n"
+                    "def f(x):\n    return x * VALUES[7].scale\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["VALUES"][7].scale = -1.0
+        return f(x)
+    return world(ns["f"], call)
+
+
+@case
+def a_member_of_a_set_swapped_for_another():
+    ns = exec_world("S = {1.0, 2.0}\ndef f(x):\n    return x * 2.0 if 3.0 in S else x\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        if i == 2:
+            ns["S"].discard(1.0)
+            ns["S"].add(3.0)
+        return f(x)
+    return world(ns["f"], call)
+
+
+@case
+def batch_with_a_growing_history_and_a_scale_it_reads():
+    ns = exec_world("class Batch:\n    def __init__(self, x):\n        self.x = x\n"
+                    "        self.step = 0\n        self.history = []\n        self.scale = 2.0\n"
+                    "    def scaled(self):\n        return self.x * self.scale\n"
+                    "def f(b):\n    return b.scaled() + 1\n")
+    b = ns["Batch"](kiln.randn(5))
+
+    def call(i, f):
+        b.step, b.scale = i, [2.0, 2.0, 2.0, -1.0, -1.0, 2][i]
+        b.history.append(float(i))
+        return f(b)
+    return world(ns["f"], call)
+
+
+batch_with_a_growing_history_and_a_scale_it_reads.calls = 6
+batch_with_a_growing_history_and_a_scale_it_reads.check = expect_replays(3)
+
+
+@case
+def a_global_read_by_a_base_init_reached_through_super():
+    ns = exec_world("SCALE = 2.0\nclass Base:\n    def __init__(self):\n"
+                    "        self.v = SCALE\nclass Sub(Base):\n    def __init__(self):\n"
+                    "        super().__init__()\n"
+                    "def f(x):\n    return x * Sub().v\n")
+    x = kiln.randn(5)
+
+    def call(i, f):
+        ns["SCALE"] = [2.0, 2.0, -1.0, -1.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+a_global_read_by_a_base_init_reached_through_super.check = expect_replays(2)
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -2444,3 +2569,127 @@ def test_a_method_hidden_by_an_attribute_set_on_the_object_retraces():
     r.factor = lambda: -0.5             # the object's own attribute now hides the method
     np.testing.assert_allclose(compiled(r, x).numpy(), f(r, x).numpy(), rtol=1e-6)
     assert len(compiled.entries) == 2
+
+
+def _compile_warnings(f, *args) -> list:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        f(*args)
+    return [str(w.message) for w in seen]
+
+
+def test_a_place_past_the_depth_limit_is_said_and_listed_with_the_guards():
+    from kiln.compiler import guards
+    from kiln.dump import compiled_notes
+    levels = guards._OBJECT_DEPTH + 4
+    ns = exec_world(f"DEEP = 1.5\nfor _ in range({levels}):\n    DEEP = [DEEP]\n"
+                    "def f(x):\n    v = DEEP\n    while isinstance(v, list):\n"
+                    "        v = v[0]\n    return x * v\n")
+    f = kiln.compile(ns["f"], backend="c")
+    x = kiln.randn(3)
+    said = [m for m in _compile_warnings(f, x) if "NOT GUARDED" in m]
+    cut = "DEEP" + "[0]" * guards._OBJECT_DEPTH
+    assert len(said) == 1 and cut in said[0] and f"{guards._OBJECT_DEPTH} levels" in said[0]
+    listed = [g.describe() for g in kiln.compiler.explain_report(f, (x,), {}).guards]
+    assert any(line.startswith(f"NOT GUARDED: {cut} ") for line in listed)
+    assert f"NOT GUARDED: {cut} " in compiled_notes(f)[0][1]
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * 1.5)     # it still compiles
+    assert replays(f) == 1
+
+
+def test_past_the_guard_budget_the_place_is_said_and_the_rest_still_compiles(monkeypatch):
+    from kiln.compiler import guards
+    monkeypatch.setattr(guards, "_GUARD_BUDGET", 60)
+    ns = exec_world("class Box:\n    def __init__(self, v):\n        self.v = v\n"
+                    "ITEMS = [Box(float(i)) for i in range(100)]\n"
+                    "def f(x):\n    return x * ITEMS[80].v\n")
+    f = kiln.compile(ns["f"], backend="c")
+    x = kiln.randn(3)
+    said = [m for m in _compile_warnings(f, x) if "NOT GUARDED" in m]
+    assert len(said) == 1 and "ITEMS[" in said[0] and "past 60 guards" in said[0]
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * 80.0)
+    ns["ITEMS"][10].v = 3.0         # before the budget ran out: seen
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * 80.0)
+    assert len(f.entries) == 2
+
+
+class _Batch:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+        self.step = 0
+        self.history = []
+        self.scale = 2.0
+
+
+def test_a_batch_field_the_call_does_not_read_is_not_in_the_key():
+    """A batch object's fields the call reads are its key; a step counter and a history that
+    change on every call outside it trace nothing again."""
+    def step(b):
+        return (b.x * b.scale - b.y).square().mean()
+
+    f = kiln.compile(step, backend="c")
+    b = _Batch(kiln.randn(4, 3), kiln.randn(4, 3))
+    for i in range(12):
+        b.step = i
+        b.history.append(i * 0.5)
+        np.testing.assert_allclose(f(b).item(), step(b).item(), rtol=1e-6)
+    assert len(f.entries) == 1 and replays(f) == 11
+    b.scale = -3.0          # read: a new key
+    np.testing.assert_allclose(f(b).item(), step(b).item(), rtol=1e-6)
+    assert len(f.entries) == 2
+    fresh = _Batch(kiln.randn(4, 3), kiln.randn(4, 3))      # another object, the same scale
+    fresh.scale, fresh.history = -3.0, [1.0] * 7
+    np.testing.assert_allclose(f(fresh).item(), step(fresh).item(), rtol=1e-6)
+    fresh.scale = 0.5
+    np.testing.assert_allclose(f(fresh).item(), step(fresh).item(), rtol=1e-6)
+
+
+def test_a_batch_read_by_computed_name_keys_every_field():
+    ns = exec_world("NAME = 'scale'\ndef f(b):\n    return b.x * getattr(b, NAME)\n")
+    f = kiln.compile(ns["f"], backend="c")
+    b = _Batch(kiln.randn(3), None)
+    for i, name in enumerate(["scale", "scale", "step", "step"]):
+        ns["NAME"], b.step = name, i
+        np.testing.assert_allclose(f(b).numpy(), ns["f"](b).numpy())
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _NetTrainer:
+    def __init__(self):
+        self.model = _Net()
+        self.opt = kiln.optim.SGD(self.model.parameters(), lr=0.1)
+        self.history = []
+        self.epoch = 0
+
+
+def test_a_trainer_of_a_module_subclass_traces_once_as_its_history_grows():
+    """`super().__init__()` in a Module subclass's `__init__` is no read of `__init__`: every
+    class's `__init__` (a trainer's, setting `history`) seemed to run, so the history the
+    step never reads was guarded, and each call traced again."""
+    def step(tr, x):
+        loss = tr.model(x).square().mean()
+        tr.opt.zero_grad()
+        loss.backward()
+        tr.opt.step()
+        return loss
+
+    kiln.manual_seed(0)
+    a = _NetTrainer()
+    kiln.manual_seed(0)
+    b = _NetTrainer()
+    f = kiln.compile(step, backend="c")
+    x = kiln.randn(4, 3)
+    for i in range(6):
+        for tr in (a, b):
+            tr.history.append(i)
+            tr.epoch = i
+        np.testing.assert_allclose(f(b, x).item(), step(a, x).item(), rtol=1e-5)
+    assert len(f.entries) == 1 and replays(f) == 5

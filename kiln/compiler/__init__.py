@@ -166,6 +166,26 @@ def _flatten_args(obj):
     return flatten(obj, record=_is_record)
 
 
+def _batch_objects(args, kwargs) -> list:
+    """The objects among a call's arguments that `_flatten_args` walks as batches (they hold a
+    tensor), as its ("R", ...) trees."""
+    found = []
+
+    def holds_tensor(x) -> bool:
+        if isinstance(x, Tensor):
+            return True
+        if isinstance(x, (tuple, list)):
+            return any([holds_tensor(v) for v in x])
+        if isinstance(x, dict):
+            return any([holds_tensor(v) for v in x.values()])
+        if _is_record(x) and any([holds_tensor(v) for v in vars(x).values()]):
+            found.append(x)
+            return True
+        return False
+    holds_tensor((args, kwargs))
+    return found
+
+
 def _arg_names(fn, args, kwargs, leaves) -> dict:
     """id(tensor) -> the parameter name it was passed as (`x`, `batch.0`)."""
     names = {}
@@ -584,6 +604,9 @@ class CompiledFunction:
     _chains: dict = field(default_factory=dict)      # guard key -> full keys of its entries
     _effect_keys: set = field(default_factory=set)   # keys whose trace changed Python state
     _flags_set: dict = field(default_factory=dict)   # (key, place) -> value a trace set there
+    # the attribute names the call can read (`guards.code_reads`), the only non-tensor fields
+    # of a batch object the key holds; None: every field (it reads by computed name)
+    _record_fields: frozenset | None = frozenset()
 
     def __post_init__(self):
         # a function's name and doc; for a Module (or other object) not its __dict__, whose
@@ -607,6 +630,7 @@ class CompiledFunction:
         self._chains.clear()
         self._effect_keys.clear()
         self._flags_set.clear()
+        self._record_fields = frozenset()
         self.warned.clear()
         self.retraces = 0
 
@@ -625,15 +649,16 @@ class CompiledFunction:
 
         The key holds each tensor's shape, dtype, device and requires_grad, which of them share
         memory, the grad mode, the autocast state (a trace records autocast's casts), the
-        non-tensor arguments by type and value, and the default dtype and device. What the
-        function reads from Python (globals, closures, modules, optimizers) is checked by each
-        entry's guards (`kiln.compiler.guards`).
+        non-tensor arguments by type and value (of a batch object, only the fields named in
+        `_record_fields`), and the default dtype and device. What the function reads from
+        Python (globals, closures, modules, optimizers) is checked by each entry's guards
+        (`kiln.compiler.guards`).
         """
         if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
         else:
             leaves, tree = _flatten_args((args, kwargs))
-            tree = _typed_tree(tree)
+            tree = _typed_tree(tree, self._record_fields)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
         # the default dtype and device decide what `kiln.ones(3)` in the function makes
         return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(), tree,
@@ -685,20 +710,20 @@ class CompiledFunction:
             return self.fn(*args, **kwargs)
         key, leaves = self._guard_key(args, kwargs)
         chain = self._chains.get(key)
-        if chain is not None:
-            for i, full in enumerate(chain):
-                entry = self.entries[full]
-                if entry.valid(leaves):
-                    if i:       # checked first next call: a training step's first entry (traced
-                        chain.insert(0, chain.pop(i))   # before the optimizer had state)
-                                                        # would fail its guards every call
-                    entry.calls += 1
-                    if entry.program is None:
-                        return self.fn(*args, **kwargs)
-                    if entry.calls == 1:
-                        with _collector_paused():
-                            return self._replay(entry, leaves, args, kwargs)
+        entry = self.entries[chain[0]] if chain is not None else None
+        if entry is not None and not entry.valid(leaves):       # (most calls: the first holds)
+            entry = self._valid_entry(key, leaves, first=1)
+        if entry is None and self._record_fields_grew(key, args, kwargs):
+            key, leaves = self._guard_key(args, kwargs)
+            entry = self._valid_entry(key, leaves)
+        if entry is not None:
+            entry.calls += 1
+            if entry.program is None:
+                return self.fn(*args, **kwargs)
+            if entry.calls == 1:
+                with _collector_paused():
                     return self._replay(entry, leaves, args, kwargs)
+            return self._replay(entry, leaves, args, kwargs)
         if stance == "eager_on_recompile":
             return self.fn(*args, **kwargs)
         if stance == "fail_on_recompile":
@@ -713,6 +738,39 @@ class CompiledFunction:
             return self.fn(*args, **kwargs)
         with _collector_paused():
             return self._trace_and_run(key, args, kwargs)
+
+    def _valid_entry(self, key, leaves, first: int = 0) -> CompiledEntry | None:
+        """The first entry of `key` from the `first` on whose guards hold, moved to the front
+        of its chain: checked first next call (a training step's first entry, traced before the
+        optimizer had state, would fail its guards every call)."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return None
+        for i in range(first, len(chain)):
+            entry = self.entries[chain[i]]
+            if entry.valid(leaves):
+                if i:
+                    chain.insert(0, chain.pop(i))
+                return entry
+        return None
+
+    def _record_fields_grew(self, key, args, kwargs) -> bool:
+        """Before a trace of a call with batch objects: add the attribute names the call can
+        read now (`guards.code_reads`) to `_record_fields`. True when they grew (the key is
+        made again): a field the call does not read (a growing `history`, a step counter)
+        stays out of the key, so changing it traces nothing again, while every entry's key
+        holds the fields its trace could read."""
+        if not _has_record(key[4]) or self._record_fields is None:
+            return False
+        records = _batch_objects(args, kwargs)
+        reads = guards.code_reads(self.fn, _object_arguments(args, kwargs))
+        if reads.everything or any(id(r) in reads.whole for r in records):
+            self._record_fields = None
+            return True
+        if reads.names <= self._record_fields:
+            return False
+        self._record_fields |= reads.names
+        return True
 
     def _note(self, tag: str, message: str) -> None:
         if tag not in self.warned:
@@ -845,9 +903,11 @@ class CompiledFunction:
             self._add_entry(key, CompiledEntry(None, eager_reason=reason))
             self._note("effect", f"{reason}; this function runs eagerly")
             return result
+        # places past the walk's limits, where a change the call made would not be seen
+        unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags, writes)
+                                        none_at_call, args, kwargs, flags, writes, unseen)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -861,7 +921,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None, writes=None):
+                        args, kwargs, flags=None, writes=None, unseen=()):
         leaves_in = _flatten_args(args)[0]
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
@@ -960,6 +1020,7 @@ class CompiledFunction:
                 f"which of {len(tensors)} tensors requiring grad have a .grad",
                 functools.partial(_grad_presence, tensors), "eq",
                 tuple(state[i] for i in kept)))
+        self._say_unguarded(entry, unseen)
         if flags:
             _replay_flags(self, key, entry, program, flags)
         if writes:      # the program never reads the old tensors there: no guard on them
@@ -1016,6 +1077,21 @@ class CompiledFunction:
         count_graph(num_ops)
         _dump_if_requested(self, [program])
         return result
+
+    def _say_unguarded(self, entry: CompiledEntry, unseen: list) -> None:
+        """Warn of the places past the guards' limits (`guards._OBJECT_DEPTH`, `_GUARD_BUDGET`)
+        and list them with the entry's guards (for `explain` and `kiln dump`). The function
+        still compiles: such places are mostly data a step does not index (a dataset, a long
+        history), where running eagerly would cost every call for nothing; the warning names
+        the place so that a value read there can be passed as an argument instead."""
+        listed = {g.source for g in entry.guards if g.kind == "unguarded"}
+        entry.guards += [g for g in unseen if g.source not in listed]
+        found = [g for g in entry.guards if g.kind == "unguarded"]
+        if found:
+            more = f" (and {len(found) - 1} more places)" if len(found) > 1 else ""
+            self._note("unguarded", f"{_function_name(self.fn)}: {found[0].describe()}{more}; "
+                       "pass a value read there as an argument, or keep it nearer the "
+                       "function, to have it checked")
 
     def _derive_backward(self, tracer, outputs: list, skip: list, args, kwargs):
         """`trace_backward`, after the call returned. The backward of a custom Function the
@@ -1236,15 +1312,17 @@ def _where(fn) -> str:
     return f"{code.co_filename}:{code.co_firstlineno}" if code else _function_name(fn)
 
 
-def _typed_tree(tree):
+def _typed_tree(tree, fields: frozenset | None = None):
     """A flatten tree with each constant tagged by type (2, 2.0 and True differ; so do 0.0
-    and -0.0; NaN equals NaN), hashable when its constants are."""
+    and -0.0; NaN equals NaN), hashable when its constants are. Of a batch object, the fields
+    that hold tensors and those named in `fields` (all when None)."""
     def walk(t):
         tag = t[0]
         if tag == "T" or tag == "S" or tag == "SC":   # a sparse tensor's size and flag/layout
             return t
         if tag == "R":                                # a batch object: its type and fields
-            return ("R", t[1], tuple((k, walk(v)) for k, v in t[2]))
+            return ("R", t[1], tuple((k, walk(v)) for k, v in t[2]
+                                     if fields is None or k in fields or _holds_tensors(v)))
         if tag == "C":
             x = t[1]
             if type(x) in guards.SCALARS:
@@ -1259,6 +1337,29 @@ def _typed_tree(tree):
                                  walk(v)) for k, v in t[1]))
         return (tag, tuple(walk(v) for v in t[1]))
     return walk(tree)
+
+
+def _holds_tensors(tree) -> bool:
+    tag = tree[0]
+    if tag in ("T", "S", "SC", "I", "R"):       # (a batch object holds one, or it is a constant)
+        return True
+    if tag == "C":
+        return False
+    return any(_holds_tensors(v) for _, v in tree[1]) if tag is dict else \
+        any(_holds_tensors(v) for v in tree[1])
+
+
+def _has_record(tree) -> bool:
+    """Whether a (typed) argument tree holds a batch object."""
+    if not isinstance(tree, tuple) or not tree:
+        return False
+    tag = tree[0]
+    if tag == "R":
+        return True
+    if tag in ("T", "S", "SC", "I", "C"):
+        return False
+    return any(_has_record(v) for _, v in tree[1]) if tag is dict else \
+        any(_has_record(v) for v in tree[1])
 
 
 def _base(array):

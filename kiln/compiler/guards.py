@@ -9,7 +9,16 @@ every attribute and item. Each reached place becomes one `Guard`:
 - a tensor, module, function or other object is guarded by identity (a rebound global, closure
   cell, list item, module attribute or parameter is a different object);
 - a Python scalar by type and value (`2` != `2.0` != `True`, `0.0` != `-0.0`, NaN == NaN);
-- a container by its length as well as its items.
+- a container by its length as well as its items; a list of more than a few scalars, tensors
+  and tuples of them by one guard on all its items (a snapshot compared by identity first, by
+  value when an item was replaced), a set by its members; a tuple of such by its identity
+  alone (nothing in it can be rebound).
+
+The walk goes `_OBJECT_DEPTH` levels into plain objects and containers (counted from the
+nearest function, class, module or optimizer) and adds at most `_GUARD_BUDGET` guards. A place
+past either limit is not guarded, and never silently: the walk records an "unguarded" guard
+naming it (it always holds), which `compiler` turns into a warning and `explain` and `kiln dump`
+list with the guards.
 
 A plain object of the user's (not a module, an optimizer or a data holder) is guarded only in
 the attributes whose names the code the call can run loads (`code_reads`), as TorchDynamo
@@ -48,8 +57,9 @@ from kiln.tracer.tensor import Tensor
 MISSING = object()          # a global, cell or attribute that does not exist (any more)
 
 SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
-_CONTAINER_LIMIT = 1024     # items guarded per container; longer ones are guarded by length
-_OBJECT_DEPTH = 8           # attribute levels into plain objects and containers
+_OBJECT_DEPTH = 32          # attribute and item levels into plain objects and containers
+_GUARD_BUDGET = 100_000     # guards per walk: past it, places are listed as unguarded
+_ITEM_GUARDS = 8            # a longer list of scalars, tensors and tuples: one guard on all
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
 
@@ -77,7 +87,30 @@ def _same(kind: str, expected, value) -> bool:
     if kind == "array":
         return (isinstance(value, np.ndarray) and value.shape == expected.shape and
                 value.dtype == expected.dtype and np.array_equal(value, expected, equal_nan=True))
+    if kind == "items":
+        return _same_items(value, expected)
+    if kind == "members":           # (most are empty: a module's sets of names)
+        return len(value) == len(expected) and (not expected or _members(value) == expected)
+    if kind == "unguarded":         # a place past a limit: listed, never checked
+        return True
     raise AssertionError(kind)
+
+
+def _same_items(items, expected: tuple) -> bool:
+    """Whether a list of scalars, tensors and tuples of them holds what `expected` (a copy)
+    held: the same objects (the fast check, in C), or equal scalars (`scalar_key`) where one
+    was replaced by an equal one."""
+    if len(items) != len(expected):
+        return False
+    if all(map(operator.is_, items, expected)):
+        return True
+    return all(v is e or type(v) in SCALARS and type(e) in SCALARS and
+               scalar_key(v) == scalar_key(e) for v, e in zip(items, expected))
+
+
+def _members(found: set) -> frozenset:
+    """A set's members as a guard compares them: scalars by `scalar_key` (`{1}` != `{1.0}`)."""
+    return frozenset(scalar_key(v) if type(v) in SCALARS else v for v in found)
 
 
 @dataclass(frozen=True)
@@ -86,7 +119,9 @@ class Guard:
 
     `read()` returns the place's current content (MISSING when gone); `kind` is how it is
     compared with `expected`: "id" (identity), "value" (a scalar's `scalar_key`), "len" (a
-    container's length), "array" (a small NumPy array's contents).
+    container's length), "array" (a small NumPy array's contents), "items" (a list's or
+    tuple's scalars and tensors, `expected` a copy), "members" (a set's), "unguarded" (a place
+    past the walk's limits, `expected` which limit: always holds, listed so that it is seen).
     """
 
     source: str
@@ -117,6 +152,13 @@ class Guard:
         if self.kind == "number":
             return (f"{self.source} is a {self.expected[0].__name__}, "
                     f"{'0' if self.expected[1] else 'not 0'} (read on every call)")
+        if self.kind == "items":
+            return f"{self.source} holds the same {len(self.expected)} items"
+        if self.kind == "members":
+            return f"{self.source} holds the same {len(self.expected)} members"
+        if self.kind == "unguarded":
+            return (f"NOT GUARDED: {self.source} and what it holds ({self.expected}): a change "
+                    "there is not seen by a replay")
         return f"{self.source} holds the same values"
 
 
@@ -201,6 +243,14 @@ def _length(container):
     return read
 
 
+def _itself(container):
+    """The reader of an "items" or "members" guard: the container (its own place is guarded
+    by identity)."""
+    read = lambda: container           # noqa: E731
+    read.container = container
+    return read
+
+
 def constant(value):
     return lambda: value
 
@@ -214,13 +264,16 @@ _ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "STORE_ATTR", "
 @functools.lru_cache(maxsize=512)
 def _names_of(code) -> tuple[frozenset, frozenset]:
     globals_, attrs = set(), set()
+    last: list = []         # the instructions before this one
     for ins in dis.get_instructions(code):
         if ins.opname in _GLOBAL_OPS:
             globals_.add(ins.argval)
-        elif ins.opname in _ATTRIBUTE_OPS:
+        elif ins.opname in _ATTRIBUTE_OPS and not (
+                ins.argval == code.co_name and _after_super(ins, last[-3:])):
             attrs.add(ins.argval)
         elif ins.opname == "MATCH_CLASS":   # `case Point(x=0)` reads attributes named in data
             attrs.add("__match_args__")
+        last.append(ins)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):      # lambdas, comprehensions, inner functions
             g, a = _names_of(const)
@@ -229,6 +282,18 @@ def _names_of(code) -> tuple[frozenset, frozenset]:
         elif isinstance(const, str) and "{" in const:
             attrs |= _format_attributes(const)
     return frozenset(globals_), frozenset(attrs)
+
+
+def _after_super(ins, before: list) -> bool:
+    """Whether `ins` loads its name from `super()` (no arguments). Inside the method of that
+    name (`super().__init__()` in `__init__`) the name is no new read: the method it reaches
+    is its namesake further along the MRO of `type(self)`, which runs with it (see `_Reach`);
+    counted as a read, every class's `__init__` would seem to run wherever a Module subclass
+    is reached, and every attribute set there to be read."""
+    if ins.opname == "LOAD_SUPER_ATTR":     # (Python 3.12 on)
+        return True
+    return [(i.opname, i.arg if i.opname != "LOAD_GLOBAL" else i.argval) for i in before] == \
+        [("LOAD_GLOBAL", "super"), ("PRECALL", 0), ("CALL", 0)]
 
 
 def _format_attributes(text: str) -> set:
@@ -494,6 +559,23 @@ class _Reach:
         return code + [(v, False) for n, v in attrs.items() if n in self.names]
 
 
+def _frozen(value, depth: int = 0) -> bool:
+    """Whether a value is a scalar, a tensor (guarded by identity alone) or a tuple of such:
+    nothing in it can be rebound, so its identity fixes what a call can read there."""
+    if type(value) in SCALARS or isinstance(value, Tensor):    # (an int subclass may hold
+        return True                                             # attributes: walked)
+    return type(value) is tuple and depth < 4 and all(_frozen(v, depth + 1) for v in value)
+
+
+def _holds_something(obj) -> bool:
+    """Whether a container or plain object cut off by the depth limit holds anything a call
+    could read (an empty list or a library's object holds nothing the walk would guard)."""
+    if isinstance(obj, (list, tuple, dict, set, frozenset)):
+        return len(obj) > 0
+    return isinstance(getattr(obj, "__dict__", None), dict) and bool(vars(obj)) and \
+        not _library_class(type(obj)) or bool(_slot_names(type(obj)))
+
+
 def _filled(cell) -> bool:
     try:
         cell.cell_contents
@@ -535,10 +617,21 @@ class _Walk:
         # on an argument) is a Python effect, though no place guarded before held it
         self.attribute_counts = attribute_counts
         self.reads = reads          # None: every attribute of every plain object
+        self.over_budget = False
+
+    def unguarded(self, source: str, limit: str) -> None:
+        """Say that `source` and what it holds are past a limit (see the module docstring)."""
+        self.guards.append(Guard(source, constant(None), "unguarded", limit))
 
     def place(self, source: str, read, value, depth: int, names: set | None = None,
               lazy: bool = False, where: tuple | None = None) -> None:
         """Guard the place `source` (read by `read`, holding `value` now) and what is inside."""
+        if len(self.guards) >= _GUARD_BUDGET:
+            if not self.over_budget:        # said once: every place walked after it is past
+                self.over_budget = True
+                self.unguarded(source, f"past {_GUARD_BUDGET:,} guards, the most one compiled "
+                               "function gets; so is every place found after it")
+            return
         if type(value) in SCALARS:
             self.guards.append(Guard(source, read, "value", scalar_key(value), lazy, where))
             return
@@ -569,15 +662,19 @@ class _Walk:
                         self.place(f"{source}.{name}", _attr(obj, name), value, 0)
             return
         if isinstance(obj, types.MethodType):      # `self.callback = other.method`
-            if depth < _OBJECT_DEPTH:     # (its object is one level, as if held itself)
+            if depth >= _OBJECT_DEPTH:    # (its object is one level, as if held itself)
+                self.too_deep(source)
+            else:
                 self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__, depth)
                 self.place(f"{source}.__func__", constant(obj.__func__), obj.__func__, depth)
             return
         if isinstance(obj, functools.partial):       # what it calls, and with what
-            if depth < _OBJECT_DEPTH:
-                for name in ("func", "args", "keywords"):
-                    part = getattr(obj, name)
-                    self.place(f"{source}.{name}", constant(part), part, depth)
+            if depth >= _OBJECT_DEPTH:
+                self.too_deep(source)
+                return
+            for name in ("func", "args", "keywords"):
+                part = getattr(obj, name)
+                self.place(f"{source}.{name}", constant(part), part, depth)
             return
         if isinstance(obj, type):
             if not _library_module(obj.__module__):
@@ -594,21 +691,32 @@ class _Walk:
             return
         is_module = hasattr(obj, "_modules") and hasattr(obj, "_parameters")
         if depth >= _OBJECT_DEPTH and not is_module:
+            if _holds_something(obj):
+                self.too_deep(source)
             return
         if isinstance(obj, (list, tuple)):
+            if type(obj) is tuple and _frozen(obj):
+                return      # (its identity, guarded, fixes all it holds)
+            if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
+                # (a long list of numbers: one check in C per replay, not one per item)
+                self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
+                                         lazy))
+                return
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
-            for i, item in enumerate(obj[:_CONTAINER_LIMIT]):
+            for i, item in enumerate(obj):
                 self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
             return
         if isinstance(obj, dict):
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
-            for i, (key, item) in enumerate(list(obj.items())[:_CONTAINER_LIMIT]):
+            for i, (key, item) in enumerate(list(obj.items())):
                 label = key if isinstance(key, (str, int)) else f"<key {i}>"
                 self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
                            where=(id(obj), key))
             return
         if isinstance(obj, (set, frozenset)):
-            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj)))
+            # (`x in S` reads its members, which may change while its length stays)
+            self.guards.append(Guard(f"members of {source}", _itself(obj), "members",
+                                     _members(obj), lazy))
             return
         attrs = getattr(obj, "__dict__", None)
         slots = _slot_names(type(obj))
@@ -640,13 +748,20 @@ class _Walk:
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
             self.class_members(f"type({source})", cls, 0, narrow)
 
+    def too_deep(self, source: str) -> None:
+        self.unguarded(source, f"more than {_OBJECT_DEPTH} levels into plain objects and "
+                       "containers")
+
     def class_members(self, source: str, cls: type, depth: int, narrow: bool) -> None:
         """What a user class holds for its instances and callers: class-level settings
         (`Config.LR`) and its methods, whose globals and closures a call reads as the compiled
         function's own (a `forward` reading a module-level constant). With `reads`, only the
         names the call's code loads, and the dunders the interpreter calls. A class is walked
         as code is, however deep it was found (`depth` counts from it)."""
-        if depth >= _OBJECT_DEPTH or ("class", id(cls), narrow) in self.seen:
+        if ("class", id(cls), narrow) in self.seen:
+            return
+        if depth >= _OBJECT_DEPTH:
+            self.too_deep(source)
             return
         self.seen.add(("class", id(cls), narrow))
         before = []         # the user classes ahead in the MRO: one may get the name later
@@ -760,7 +875,7 @@ def checker(guards: list[Guard]):
     with identity and scalar guards (nearly all of them) compared inline."""
     ids = tuple((g.read, g.expected) for g in guards if g.kind == "id")
     values = tuple((g.read, g.expected) for g in guards if g.kind == "value")
-    others = tuple(g for g in guards if g.kind not in ("id", "value"))
+    others = tuple(g for g in guards if g.kind not in ("id", "value", "unguarded"))
 
     def check() -> bool:
         try:
@@ -793,6 +908,9 @@ def changed(before: list[Guard]) -> list[Guard]:
     return [g for g in before if not g.holds()]
 
 
+_CONTENTS = ("len", "items", "members")     # guards on what a container holds
+
+
 def undo_writes(guards: list[Guard]):
     """Remember what the places of `guards` hold now. Returns a function that puts back what a
     run since changed there (assigned places; the contents of lists, dicts and sets changed in
@@ -804,13 +922,13 @@ def undo_writes(guards: list[Guard]):
             held.append((g, g.read()))
         else:
             copy = getattr(getattr(g.read, "container", None), "copy", None)
-            held.append((g, copy() if g.kind == "len" and copy is not None else None))
+            held.append((g, copy() if g.kind in _CONTENTS and copy is not None else None))
 
     def undo() -> list[Guard]:
         broken = [(g, old) for g, old in held if not g.lazy and not g.holds()]
         for g, old in broken:            # contents first: an item's place may be gone
             container = getattr(g.read, "container", None)
-            if g.kind == "len" and old is not None:
+            if g.kind in _CONTENTS and old is not None:
                 if isinstance(container, list):
                     container[:] = old
                 elif isinstance(container, (dict, set)):
