@@ -57,12 +57,19 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.in
            "C64": np.complex64, "C128": np.complex128,
            # kiln.uint16/32/64 tensors (PyTorch's limited-support unsigned types)
            "U16": np.uint16, "U32": np.uint32, "U64": np.uint64}
-if _dtypes.HAS_BFLOAT16:            # safetensors' BF16, stored by ml_dtypes (optional)
-    _DTYPES["BF16"] = _dtypes.bfloat16.np
-_ARRAY_DTYPES = _DTYPES      # (NumPy arrays saved as data: the same codes)
-_CODE = {np.dtype(v): k for k, v in _ARRAY_DTYPES.items()}      # native byte order
+_CODE = {np.dtype(v): k for k, v in _DTYPES.items()}      # native byte order
 # NumPy scalar types stored as data (a long double or a complex scalar goes to the pickle)
-_NUMPY_SCALARS = {np.dtype(v).name for v in _ARRAY_DTYPES.values()}
+_NUMPY_SCALARS = {np.dtype(v).name for v in _DTYPES.values()}
+# safetensors' BF16 is stored by ml_dtypes (optional), imported only when a file holds one
+# (`_storage`; kiln.ir.dtypes says why)
+_CODES = list(_DTYPES) + ["BF16"] * _dtypes.HAS_BFLOAT16        # the codes kiln reads
+if _dtypes.HAS_BFLOAT16:
+    _NUMPY_SCALARS.add("bfloat16")
+
+
+def _storage(code: str) -> np.dtype:
+    """The NumPy dtype (native byte order) of a safetensors code in `_CODES`."""
+    return _dtypes.bfloat16.np_dtype if code == "BF16" else np.dtype(_DTYPES[code])
 # the longest header we accept: a real one is far smaller, a garbage length is usually huge
 _MAX_HEADER = 100 * 1024 * 1024
 _MAX_DIMS = 64                      # NumPy's limit on an array's rank
@@ -318,7 +325,12 @@ def _container_node(kind: str, refs: list[int]) -> dict:
 
 def _code_of(dtype: np.dtype) -> str | None:
     """The safetensors code of a NumPy dtype in either byte order, or None."""
-    return _CODE.get(dtype.newbyteorder("="))
+    dtype = dtype.newbyteorder("=")
+    found = _CODE.get(dtype)
+    if found is None and dtype.name == "bfloat16" and _dtypes.HAS_BFLOAT16 and \
+            dtype == _dtypes.bfloat16.np_dtype:
+        return "BF16"
+    return found
 
 
 def _float_json(value: float) -> float | str:
@@ -644,7 +656,7 @@ def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
     arrays: dict[str, np.ndarray] = {}
     base = start + 8 + n
     for key, (code, shape, begin, end) in entries.items():
-        arr = np.empty(shape, dtype=np.dtype(_ARRAY_DTYPES[code]).newbyteorder("<"))
+        arr = np.empty(shape, dtype=_storage(code).newbyteorder("<"))
         stream.seek(base + begin)
         view = _raw(arr)
         got = stream.readinto(view) if arr.nbytes else 0
@@ -652,7 +664,7 @@ def _read(stream: BinaryIO, name: str, map_location, weights_only: bool) -> Any:
             raise _fail(name, f"the file is truncated inside tensor {key!r}")
         if crc is not None:
             crc = zlib.crc32(view, crc)
-        arrays[key] = arr.astype(np.dtype(_ARRAY_DTYPES[code]), copy=False)
+        arrays[key] = arr.astype(_storage(code), copy=False)
     if expected is not None and f"{crc:08x}" != expected:
         raise _fail(name, "the checksum does not match: the header or the data was modified "
                     "or damaged")
@@ -734,12 +746,12 @@ def _check_entries(header: dict, data_size: int, name: str) -> dict:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype == "BF16" and not _dtypes.HAS_BFLOAT16:
             raise _fail(name, f"tensor {key!r} is bfloat16: {_dtypes.NO_ML_DTYPES}")
-        if not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _CODES:
             raise _fail(name, f"tensor {key!r} has unknown dtype {dtype!r} (kiln reads "
-                        f"{', '.join(_ARRAY_DTYPES)})")
+                        f"{', '.join(_CODES)})")
         if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
             raise _fail(name, f"tensor {key!r} has an invalid shape {shape!r}")
-        itemsize = np.dtype(_ARRAY_DTYPES[dtype]).itemsize
+        itemsize = _storage(dtype).itemsize
         if len(shape) > _MAX_DIMS or any(s > _INTP_MAX for s in shape) or \
                 math.prod(s for s in shape if s) * itemsize > _INTP_MAX:
             raise _fail(name, f"tensor {key!r} has an impossible shape {shape!r} (more than "
@@ -864,9 +876,9 @@ class _Arrays:
 
     def tensor(self, key: Any, attrs: dict, parameter: bool = False) -> Tensor:
         arr = self._get(key)
-        if self.codes[key] not in _DTYPES:
+        if self.codes[key] not in _CODES:
             raise _fail(self.name, f"tensor {key!r} has dtype {self.codes[key]}, which kiln "
-                        f"tensors do not have (they have {', '.join(_DTYPES)})")
+                        f"tensors do not have (they have {', '.join(_CODES)})")
         saved, grad = attrs.get("device", "cpu"), attrs.get("requires_grad", False)
         if not isinstance(saved, str) or type(grad) is not bool:
             raise _fail(self.name, f"tensor {key!r} has a malformed device or requires_grad")
@@ -1062,8 +1074,9 @@ def _float_value(value: Any) -> float:
 
 def _numpy_scalar(type_name: str, value: Any) -> np.generic:
     """np.dtype(type_name).type(value), refusing a value the type cannot hold."""
-    scalar_type = np.dtype(type_name).type
-    if np.dtype(type_name).kind in "iu":
+    dtype = _dtypes.bfloat16.np_dtype if type_name == "bfloat16" else np.dtype(type_name)
+    scalar_type = dtype.type
+    if dtype.kind in "iu":
         info = np.iinfo(scalar_type)
         if type(value) is not int or not info.min <= value <= info.max:
             raise ValueError(f"{value!r} is not a {type_name}")

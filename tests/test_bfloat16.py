@@ -432,6 +432,43 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+def test_ml_dtypes_is_imported_only_when_a_bfloat16_value_is_stored(tmp_path):
+    # importing ml_dtypes costs several times the rest of `import kiln`: each fresh process
+    # below stores or loads bfloat16 first, and gets the values right
+    setup = """
+import sys
+import numpy as np
+import kiln
+assert "ml_dtypes" not in sys.modules, "import kiln imported ml_dtypes"
+x = kiln.tensor([1.0, 2.5, -3.0])
+assert (x * 2).tolist() == [2.0, 5.0, -6.0] and kiln.bfloat16.is_floating_point
+assert "ml_dtypes" not in sys.modules, "float32 work imported ml_dtypes"
+"""
+    save = setup + f"""
+b = x.to(kiln.bfloat16)
+assert "ml_dtypes" in sys.modules and b.dtype is kiln.bfloat16 and b.element_size() == 2
+assert (b + 0.3).tolist() == [1.296875, 2.796875, -2.703125]
+import ml_dtypes
+kiln.save({{"w": b, "s": ml_dtypes.bfloat16(2.5)}}, {str(tmp_path / "b.pt")!r})
+"""
+    load = setup + f"""
+ck = kiln.load({str(tmp_path / "b.pt")!r})
+assert ck["w"].dtype is kiln.bfloat16 and ck["w"].tolist() == [1.0, 2.5, -3.0]
+assert ck["s"].dtype.name == "bfloat16" and float(ck["s"]) == 2.5
+import ml_dtypes
+assert kiln.from_numpy(np.ones(2, dtype=ml_dtypes.bfloat16)).dtype is kiln.bfloat16
+"""
+    fresh = """
+import numpy as np, ml_dtypes, kiln
+a = np.array([0.5, 1.5], dtype=ml_dtypes.bfloat16)     # made before kiln stored one
+assert kiln.from_numpy(a).dtype is kiln.bfloat16 and kiln.from_numpy(a).tolist() == [0.5, 1.5]
+"""
+    for code in (save, load, fresh):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert out.returncode == 0, out.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------- CUDA
 
 @pytest.mark.gpu

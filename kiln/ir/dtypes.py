@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
-try:        # bfloat16's NumPy storage type; optional (`pip install ml_dtypes`, or kiln[bfloat16])
-    from ml_dtypes import bfloat16 as _np_bfloat16
-except ImportError:                      # pragma: no cover - exercised in a subprocess test
-    _np_bfloat16 = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +56,17 @@ class DType:
     is_quantized = False       # QuantizedDType's is True
 
 
-HAS_BFLOAT16 = _np_bfloat16 is not None
+# bfloat16's NumPy storage type is ml_dtypes' (optional: `pip install ml_dtypes`, or
+# kiln[bfloat16]), imported when a bfloat16 value is first stored: importing ml_dtypes costs
+# about 0.6 s of CPU, several times the rest of `import kiln`
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):       # (ValueError: sys.modules[name] is None)
+        return False
+
+
+HAS_BFLOAT16 = _installed("ml_dtypes")
 NO_CUDA_BFLOAT16 = ("kiln has no bfloat16 on CUDA devices (CuPy has no bfloat16 type): convert "
                     "the tensor first, e.g. x.float() or x.half(), or keep it on the CPU")
 NO_ML_DTYPES = ("bfloat16 needs the ml_dtypes package, which stores its values in NumPy: "
@@ -87,6 +93,29 @@ class _UnstoredDType(DType):
         return object.__getattribute__(self, name)
 
 
+@dataclass(frozen=True, eq=False)
+class _LateDType(DType):
+    """A dtype whose NumPy storage type is imported on first use (bfloat16's, from ml_dtypes):
+    `np` and `np_dtype` become plain attributes then, as every other dtype's are."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "is_floating_point", self.category == FLOAT)
+        object.__setattr__(self, "is_complex", self.category == COMPLEX)
+        object.__delattr__(self, "np")          # (found by __getattr__ until imported)
+
+    def __getattr__(self, name):
+        if name not in ("np", "np_dtype"):
+            raise AttributeError(name)
+        from ml_dtypes import bfloat16 as storage
+        object.__setattr__(self, "np", storage)
+        object.__setattr__(self, "np_dtype", np.dtype(storage))
+        _BY_NP[self.np_dtype] = self
+        return object.__getattribute__(self, name)
+
+    def __repr__(self) -> str:
+        return f"kiln.{self.name}"
+
+
 BOOL, INT, FLOAT, COMPLEX = 0, 1, 2, 3
 
 bool_ = DType("bool", "b8", np.bool_, BOOL)
@@ -100,7 +129,7 @@ float32 = DType("float32", "f32", np.float32, FLOAT)
 float64 = DType("float64", "f64", np.float64, FLOAT)
 # bfloat16: float32's exponent with an 8-bit significand, stored as ml_dtypes' NumPy type.
 # Arithmetic on it runs in float32 and rounds each result once (kiln.tracer.dispatch).
-bfloat16 = DType("bfloat16", "bf16", _np_bfloat16, FLOAT) if _np_bfloat16 is not None else \
+bfloat16 = _LateDType("bfloat16", "bf16", None, FLOAT) if HAS_BFLOAT16 else \
     _UnstoredDType("bfloat16", "bf16", None, FLOAT)
 # The floating types too narrow to compute in: reductions and normalizations widen them to
 # float32 and round the result once, as PyTorch's CPU kernels do.
@@ -136,7 +165,7 @@ _BY_NAME = {d.name: d for d in ALL}
 _BY_NAME.update({"bool_": bool_, "half": float16, "float": float32, "double": float64,
                  "short": int16, "int": int32, "long": int64, "cfloat": complex64,
                  "cdouble": complex128, "complex32": complex32, "chalf": complex32})
-_BY_NP = {np.dtype(d.np): d for d in ALL if d is not bfloat16 or _np_bfloat16 is not None}
+_BY_NP = {np.dtype(d.np): d for d in ALL if d is not bfloat16}     # (bfloat16: once imported)
 
 # Within a category the wider type wins; float16 < float32 < float64, uint8 < int8 < int16 <
 # int32 < int64; float16 and bfloat16 (same width, neither holds the other) meet at float32, and
@@ -156,6 +185,8 @@ def from_numpy(dtype) -> DType:
     found = _BY_NP.get(dtype)
     if found is not None:
         return found
+    if dtype.name == "bfloat16" and HAS_BFLOAT16 and dtype == bfloat16.np_dtype:
+        return bfloat16         # (an array of ml_dtypes' type made before kiln stored one)
     if dtype.kind == "f":
         return float64
     if dtype.kind in "iu":

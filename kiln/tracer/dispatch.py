@@ -228,10 +228,11 @@ def _widen_half(arrays: list, widen: tuple) -> list:
     it (x + 0.3 adds bfloat16's 0.30078), except in mul and div, whose kernels read it as a
     float32. CUDA tensors are not widened: kiln's GPU kernels pick their own compute dtype."""
     keeps, round_to = widen[0], widen[1]
+    bf16 = dt.bfloat16.np_dtype if widen[2] else None
     out = []
     for a in arrays:
         if isinstance(a, np.ndarray):
-            if a.dtype == _F16 or a.dtype == _BF16_STORAGE:
+            if a.dtype == _F16 or a.dtype == bf16:
                 a = a.astype(np.float32)
         elif not keeps and round_to is not None and (type(a) is float or type(a) is int):
             a = dt.half_value(a, round_to)
@@ -264,7 +265,6 @@ _new_tensor = Tensor._make
 _MODES = _dispatch_mode.ACTIVE
 _intercept, _PASS = _dispatch_subclass.intercept, _dispatch_subclass.PASS
 _MOVEMENT = ir_ops.MOVEMENT
-_BF16_STORAGE = dt.bfloat16.np_dtype if dt.HAS_BFLOAT16 else None
 _F16 = np.dtype(np.float16)
 
 
