@@ -169,21 +169,23 @@ def _flatten_args(obj):
 def _batch_objects(args, kwargs) -> list:
     """The objects among a call's arguments that `_flatten_args` walks as batches (they hold a
     tensor), as its ("R", ...) trees."""
-    found = []
-
-    def holds_tensor(x) -> bool:
-        if isinstance(x, Tensor):
-            return True
-        if isinstance(x, (tuple, list)):
-            return any([holds_tensor(v) for v in x])
-        if isinstance(x, dict):
-            return any([holds_tensor(v) for v in x.values()])
-        if _is_record(x) and any([holds_tensor(v) for v in vars(x).values()]):
-            found.append(x)
-            return True
-        return False
-    holds_tensor((args, kwargs))
+    found: list = []
+    _holds_tensor((args, kwargs), found)
     return found
+
+
+def _holds_tensor(x, found: list) -> bool:
+    # (a function of its own, not a recursive closure: that is a cycle holding the arguments)
+    if isinstance(x, Tensor):
+        return True
+    if isinstance(x, (tuple, list)):
+        return any([_holds_tensor(v, found) for v in x])
+    if isinstance(x, dict):
+        return any([_holds_tensor(v, found) for v in x.values()])
+    if _is_record(x) and any([_holds_tensor(v, found) for v in vars(x).values()]):
+        found.append(x)
+        return True
+    return False
 
 
 def _arg_names(fn, args, kwargs, leaves) -> dict:
