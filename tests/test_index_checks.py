@@ -111,7 +111,7 @@ ROWS = [
     *large_and_negative(
         "index_fill", lambda m, x, i: x.index_fill(0, i, 1.5),
         [M34, ints(0, 3)], [M34, ints(0, -4)], [M34, ints(0, -3)], "index_fill",
-        "out of range", value_large="3", value_negative="-4"),
+        "out of bounds for dimension 0 with size 3", value_large="3", value_negative="-4"),
     Row("index_fill negative in range (wraps)", lambda m, x, i: x.index_fill(0, i, 1.5),
         [M34, ints(0, -3)]),
     *[row for accumulate in (False, True) for row in large_and_negative(

@@ -400,7 +400,8 @@ def masked_select(input, mask):
 
 
 def take(input, index):
-    return _take_checked(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), 0)
+    return _take_checked(reshape(input, (-1,)),
+                         _wrap_index(index, input.numel(), "take", what="out of range"), 0)
 
 
 def take_along_dim(input, indices, dim=None):
