@@ -356,11 +356,16 @@ def test_compiled_like_torch(row, backend):
     check_compiled(row, backend)
 
 
-# compiled on the (fake) GPU: Triton kernels in the interpreter, slow; one row of each way an
-# index reaches a check (a lookup, a write, a class target, a length, a loss's own check)
+# compiled with Triton kernels (in the interpreter, slow): one row of each way an index reaches
+# a check (a lookup, a write, a class target, a length, a loss's own check)
 ON_CUDA_COMPILED = ["gather too large", "index_put accumulate=True too large",
                     "cross_entropy too large", "ctc_loss input_lengths too large",
                     "multi_margin_loss negative", "x[idx] = v too large"]
+
+
+@pytest.mark.parametrize("name", ON_CUDA_COMPILED)
+def test_compiled_triton_on_the_cpu_like_torch(name):
+    check_compiled(next(r for r in ROWS if r.name == name), "triton")
 
 # On a GPU these raise, but another check of the op (or the fake's NumPy-backed primitive, at
 # once, where CuPy would wrap and the queued check report later) speaks first: a different
