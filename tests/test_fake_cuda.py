@@ -26,6 +26,7 @@ def test_gpu_tests_pass_with_cuda_faked_on_the_cpu():
          "tests/runtime/test_pool_gpu.py",
          "tests/test_amp.py::test_unscale_reads_the_device_once_per_step",
          "tests/runtime/test_pending_checks.py", "tests/tracer/test_grad_ownership.py",
+         "tests/test_index_checks.py::test_on_cuda_like_torch",
          "tests/tracer/test_inplace_into_self.py",
          "tests/runtime/test_softmax_gpu.py",
          "tests/test_sparse.py::test_gcn_on_cuda_matches_the_cpu",

@@ -980,7 +980,7 @@ define("take", INDEX, _take_infer, _take_impl,
        arity=2, reads=(1,), doc="out = x indexed along `axis` by an integer tensor of any shape")
 
 
-def _check_index_infer(shapes, dtypes, size, op, kind, negative, ignore):
+def _check_index_infer(shapes, dtypes, size, op, kind, negative, ignore, message):
     if dtypes[0] not in (dt.int64, dt.int32):
         raise ShapeError(f"{op}: expected an int64 or int32 index, got {dtypes[0].name}",
                          IndexError)
@@ -1011,7 +1011,7 @@ def as_user_error(error: Exception, where: str = "") -> Exception:
 _INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError}
 
 
-def _check_index_impl(xp, idx, size, op, kind, negative, ignore):
+def _check_index_impl(xp, idx, size, op, kind, negative, ignore, message):
     out = idx.copy()            # a fresh buffer: executors may reuse an op's output in place
     if idx.size == 0:
         return out
@@ -1024,12 +1024,11 @@ def _check_index_impl(xp, idx, size, op, kind, negative, ignore):
     deferred = getattr(_DEFERRED, "checks", None)
     if deferred is not None:
         deferred.append((bad.any(), _check_index_impl, (xp, idx, size, op, kind, negative,
-                                                         ignore)))
+                                                         ignore, message)))
         return out
     if bool(bad.any()):
         value = int(idx[bad].ravel()[0])
-        raise _INDEX_ERRORS[kind](f"{op}: index {value} is out of bounds for dimension with "
-                                  f"size {size}")
+        raise _INDEX_ERRORS[kind](f"{op}: {message.format(value)}")
     return out
 
 
@@ -1037,7 +1036,8 @@ def _check_index_impl(xp, idx, size, op, kind, negative, ignore):
 # embedding, class targets, tensor indexing): the identity on valid indices, an error raised
 # by the executor otherwise. Compiled code keeps it as an extern step, so a replay checks
 # exactly what eager checks; `negative` admits [-size, 0) (Python indexing), `ignore` one
-# value (nll_loss's ignore_index).
+# value (nll_loss's ignore_index). `message` is what follows `op: ` in the error, the first bad
+# value at its `{}`: the words eager code uses, so a replay's error reads as eager's.
 define("check_index", INDEX, _check_index_infer, _check_index_impl, None, arity=1,
        doc="idx unchanged; raises `kind` when a value is outside [0 or -size, size)")
 

@@ -52,7 +52,9 @@ def _check_class_targets(target: Tensor, num_classes: int, ignore_index: int,
     replay makes it too."""
     if is_compiling():
         return P.check_index(target, size=num_classes, op=op, kind="IndexError",
-                             negative=False, ignore=ignore_index)
+                             negative=False, ignore=ignore_index,
+                             message=f"Target {{}} is out of bounds (expected class indices in "
+                                     f"[0, {num_classes}) or the ignore_index)")
     if target.numel() == 0 or target.device.type != "cpu":
         return target       # on a GPU: `_nll_loss` queues the check on the device instead
     data = target.numpy(force=True)

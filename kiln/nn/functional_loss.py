@@ -97,7 +97,7 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, red
     classes = x.shape[1]
     # every entry a class or -1 (the end of the row's list)
     labels = check_indices(target.reshape(x.shape), classes, "multilabel_margin_loss",
-                           "target", ignore=-1)
+                           "target out of range: target", ignore=-1)
     listed = kiln.cumsum(labels < 0, 1) == 0                  # the entries before the first -1
     named = (labels.unsqueeze(2) == kiln.arange(classes, device=x.device)) & listed.unsqueeze(2)
     times = named.sum(1).to(x.dtype)                          # how often each class is listed
@@ -150,7 +150,8 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
                        f"input sample: expected size [{x.shape[0]}], got {list(target.shape)} "
                        f"(input shape {list(input.shape)})")
     # checked here, so that a bad class is reported as the target's, not as the gather's
-    y = check_indices(target.reshape(-1), x.shape[1], "multi_margin_loss", "target")
+    y = check_indices(target.reshape(-1), x.shape[1], "multi_margin_loss",
+                      "target out of range: target")
     picked = kiln.gather(x, 1, y.unsqueeze(1))
     hinge = (margin - picked + x).clamp_min(0)
     if p == 2:

@@ -253,7 +253,10 @@ def setitem(self: Tensor, key, value) -> None:
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
-    if not tracked and STATE.tracer is None:
+    # CuPy wraps an index array's out-of-range values where NumPy raises: on a GPU a write
+    # through index tensors takes the checked path below
+    if not tracked and STATE.tracer is None and (self.device.type == "cpu" or
+                                                 not _tensor_key(key)):
         # plain data write: NumPy's own setitem, no autograd involved
         data = value._data if isinstance(value, Tensor) else value
         if isinstance(value, Tensor) and value.dtype is not self.dtype:
@@ -264,6 +267,9 @@ def setitem(self: Tensor, key, value) -> None:
             data = creation.int_fill_value("setitem", value, self.dtype)
         try:
             self._data[_array_key(key)] = data
+        except IndexError:          # NumPy's words: kiln's indexing check says it as PyTorch
+            F.getitem(self.detach(), key)
+            raise
         except ValueError:          # NumPy's broadcast error, said as PyTorch says it
             if not is_writeable(self._data):
                 raise op_error("setitem", _READ_ONLY) from None

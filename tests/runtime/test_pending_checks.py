@@ -45,7 +45,8 @@ BAD_INDEX_CASES = {
                          "dimension 0 with size 3"),
     "index_select": (lambda x, i: kiln.index_select(x, 1, i), [3, 4], "index_select: index "
                      "out of range in self: index 4 is out of bounds for dimension 1"),
-    "take": (lambda x, i: kiln.take(x, i), [11, 12], "take: index 12 is out of bounds"),
+    "take": (lambda x, i: kiln.take(x, i), [11, 12], "take: out of range: index 12 is out of "
+             "bounds"),
     "embedding": (lambda x, i: F.embedding(i, x), [2, 7], "embedding: index out of range in "
                   "self: index 7 is out of bounds for dimension 0 with size 3"),
     "cross_entropy": (lambda x, i: F.cross_entropy(x[:2], i), [1, 4], "cross_entropy: Target "
@@ -62,8 +63,8 @@ BAD_INDEX_CASES["take_primitive"] = (      # no caller's check: the primitive's 
     "take: index 5 is out of bounds for dimension 0 with size 3")
 # a loss's or lookup's own check of the indices it reads (kiln.ops.check_indices), queued first
 BAD_INDEX_CASES["multi_margin_loss"] = (
-    lambda x, i: F.multi_margin_loss(x[:2], i), [1, 4], "multi_margin_loss: target 4 is out "
-    "of bounds (expected values in [0, 4))")
+    lambda x, i: F.multi_margin_loss(x[:2], i), [1, 4], "multi_margin_loss: target out of "
+    "range: target 4 is out of bounds (expected values in [0, 4))")
 BAD_INDEX_CASES["embedding_bag"] = (
     lambda x, i: F.embedding_bag(i.reshape(1, 2), x), [2, 3], "embedding_bag: input 3 is out "
     "of bounds (expected values in [0, 3))")

@@ -156,7 +156,7 @@ def _axes(dim, ndim: int) -> tuple:
     return (_norm_dim(dim, ndim),)
 
 
-def _norm_dim(dim, ndim: int) -> int:
+def _norm_dim(dim, ndim: int, op: str = "dim") -> int:
     if type(dim) is int and -ndim <= dim < ndim:     # the common case, no checks needed
         return dim + ndim if dim < 0 else dim
     if isinstance(dim, str) or isinstance(dim, (list, tuple)) and any(
@@ -165,7 +165,7 @@ def _norm_dim(dim, ndim: int) -> int:
     try:
         return normalize_axis(int(dim), ndim)
     except ShapeError as e:
-        raise op_error("dim", str(e), IndexError) from None
+        raise op_error(op, str(e), IndexError) from None
 
 
 # ----------------------------------------------------------------------------- creation helpers

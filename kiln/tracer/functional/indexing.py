@@ -140,6 +140,8 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
     if index.dtype is not dt.int64 and index.dtype is not dt.int32:
         raise op_error(op, f"tensors used as indices must be long, int or bool tensors, "
                        f"got {index.dtype.name}", IndexError)
+    where = f"a tensor of {n} elements" if dim is None else f"dimension {dim} with size {n}"
+    message = (f"{what}: " if what else "") + f"index {{}} is out of bounds for {where}"
     if STATE.tracer is None:
         data = index._data
         if not data.size:
@@ -150,24 +152,18 @@ def _wrap_index(index: Tensor, n: int, op: str = "index", kind: type = IndexErro
         if index.device.type != "cpu":
             # on a GPU the check stays on the device until the host next reads its memory;
             # whether any index is negative is not known here, so all are wrapped
-            where = f"a tensor of {n} elements" if dim is None else \
-                f"dimension {dim} with size {n}"
-            check_bounds_later(index, lowest, n, op, kind, (f"{what}: " if what else "") +
-                               f"index {{}} is out of bounds for {where}")
+            check_bounds_later(index, lowest, n, op, kind, message)
             return P.mod(index, n) if negative else index
         low, high = data.min(), data.max()
         if low < lowest or high >= n:
             flat = data.reshape(-1)
             bad = int(flat[((flat < lowest) | (flat >= n)).argmax()])   # the first, as torch
-            where = f"a tensor of {n} elements" if dim is None else \
-                f"dimension {dim} with size {n}"
-            raise op_error(op, (f"{what}: " if what else "") +
-                           f"index {bad} is out of bounds for {where}", kind)
+            raise op_error(op, message.format(bad), kind)
         if low >= 0:
             return index
     else:                             # a replay checks the indices it is given, as eager does
         index = P.check_index(index, size=n, op=_replay_name(op), kind=kind.__name__,
-                              negative=negative, ignore=None)
+                              negative=negative, ignore=None, message=message)
     if not negative:
         return index
     return P.where(P.lt(index, 0), index + n, index)
@@ -190,14 +186,15 @@ def check_indices(values: Tensor, size: int, op: str, what: str, kind: type = Ru
     them to a gather, so that a bad one is reported as `op`'s `what` with its value: at once
     on the CPU, at the next host read on a GPU, and on every compiled replay (a check_index
     node). Returns the values to use."""
+    expected = f"expected values in [0, {size})" + ("" if ignore is None else
+                                                    f" or {ignore}")
     if STATE.tracer is not None:
-        return P.check_index(values, size=size, op=_replay_name(f"{op}: {what}"),
-                             kind=kind.__name__, negative=False, ignore=ignore)
+        return P.check_index(values, size=size, op=_replay_name(op), kind=kind.__name__,
+                             negative=False, ignore=ignore,
+                             message=f"{what} {{}} is out of bounds ({expected})")
     data = values._data
     if not data.size or isinstance(data, MetaArray):
         return values
-    expected = f"expected values in [0, {size})" + ("" if ignore is None else
-                                                    f" or {ignore}")
     if values.device.type != "cpu":
         kept = values if ignore is None else P.where(P.eq(values, ignore), 0, values)
         check_bounds_later(kept, 0, size, op, kind, f"{what} {{}} is out of bounds ({expected})")
@@ -403,7 +400,8 @@ def masked_select(input, mask):
 
 
 def take(input, index):
-    return _take_checked(reshape(input, (-1,)), _wrap_index(index, input.numel(), "take"), 0)
+    return _take_checked(reshape(input, (-1,)),
+                         _wrap_index(index, input.numel(), "take", what="out of range"), 0)
 
 
 def take_along_dim(input, indices, dim=None):

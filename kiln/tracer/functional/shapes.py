@@ -396,9 +396,18 @@ def vstack(tensors):
 
 
 def narrow(input, dim, start, length):
-    d = _norm_dim(dim, input.ndim)
-    start = int(start) + (input.shape[d] if int(start) < 0 else 0)
-    return _slice_dim(input, d, start, start + int(length))
+    d = _norm_dim(dim, input.ndim, "narrow")
+    n, start, length = input.shape[d], int(start), int(length)
+    if not -n <= start <= n:
+        raise op_error("narrow", f"start out of range (expected to be in range of [{-n}, {n}], "
+                       f"but got {start})", IndexError)
+    if length < 0:
+        raise op_error("narrow", "narrow(): length must be non-negative.")
+    start += n if start < 0 else 0
+    if start + length > n:
+        raise op_error("narrow", f"start ({start}) + length ({length}) exceeds dimension size "
+                       f"({n}).")
+    return _slice_dim(input, d, start, start + length)
 
 
 def _slice_dim(input, d, start, stop, step=1):
@@ -463,12 +472,12 @@ def unbind(input, dim=0):
 
 
 def select(input, dim, index):
-    d = _norm_dim(dim, input.ndim)
+    d = _norm_dim(dim, input.ndim, "select")
     n = input.shape[d]
     i = int(index)
     if not -n <= i < n:
-        raise op_error("select", f"index {i} is out of bounds for dimension {d} with size {n}",
-                       IndexError)
+        raise op_error("select", f"index {i} out of range for tensor of size "
+                       f"{list(input.shape)} at dimension {d}", IndexError)
     i %= n
     return squeeze(_slice_dim(input, d, i, i + 1), d)
 

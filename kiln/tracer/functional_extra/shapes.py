@@ -17,7 +17,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.provenance import composite
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.shapes import _own_memory
-from kiln.tracer.functional.indexing import as_input, as_vectors, check_indices
+from kiln.tracer.functional.indexing import _wrap_index, as_input, as_vectors, check_indices
 from kiln.tracer.functional_extra.common import _py_abs, _py_sum
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -295,6 +295,9 @@ def _unsafe_masked_index_put_accumulate(input, mask, indices, values):
 
 def index_reduce(input, dim, index, source, reduce, *, include_self=True):
     x, d, index, source = as_vectors(input, dim, index, source)
+    d = _norm_dim(d, x.ndim, "index_reduce")
+    index = _wrap_index(index, x.shape[d], "index_reduce", IndexError, dim=d,
+                              negative=False, what="index out of range in self")
     return as_input(scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
                                    include_self=include_self), input)
 
@@ -326,7 +329,8 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
                            f"{list(index.shape)} must be no larger than src {list(src.shape)}, "
                            f"nor than self {list(input.shape)} apart from dimension {d}")
     # checked here: the one-hot reduction below would skip a bad index silently
-    index = check_indices(index, input.shape[d], "scatter_reduce", "index")
+    index = _wrap_index(index, input.shape[d], "scatter_reduce", RuntimeError, dim=d,
+                              negative=False)
     src = src[tuple(slice(0, k) for k in index.shape)]
     short = [0 if i == d else input.shape[i] - index.shape[i] for i in range(input.ndim)]
     if any(short):
@@ -433,7 +437,8 @@ def masked_scatter(input, mask, source):
 @composite
 def put(input, index, source, accumulate=False):
     flat = F.reshape(input, (-1,))
-    out = F.index_put(flat, (F.reshape(index, (-1,)),), F.reshape(source, (-1,)), accumulate)
+    index = _wrap_index(F.reshape(index, (-1,)), flat.shape[0], "put", what="out of range")
+    out = F.index_put(flat, (index,), F.reshape(source, (-1,)), accumulate)
     return F.reshape(out, tuple(input.shape))
 
 
@@ -449,7 +454,7 @@ def unfold(input, dimension, size, step):
     """Tensor.unfold: every `size`-long window along `dimension`, `step` apart, as a new last
     dim; a view of `input`, as in PyTorch (a 0-d tensor counts as one element along dim 0)."""
     size, step = int(size), int(step)
-    d = _norm_dim(dimension, max(input.ndim, 1))
+    d = _norm_dim(dimension, max(input.ndim, 1), "unfold")
     n = input.shape[d] if input.ndim else 1
     if size < 0 or step <= 0 or size > n:     # PyTorch's messages, under the op's own name
         raise op_error("unfold", f"size is {size} but must be >= 0" if size < 0 else
