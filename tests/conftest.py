@@ -95,8 +95,10 @@ def _session_kernel_cache(tmp_path_factory):
 def _session_bytecode_cache(tmp_path_factory):
     """Under PYTHONDONTWRITEBYTECODE every test's subprocess compiled kiln's sources again (about
     a second of CPU per process): the subprocesses share one bytecode cache in the session's
-    temporary folder instead, so still nothing is written beside the sources. An explicit
-    PYTHONPYCACHEPREFIX is respected."""
+    temporary folder instead, so still nothing is written beside the sources. Under a prefix
+    the bytecode installed beside site-packages is not read: the first process to import a
+    library compiles it into the cache, once a session. An explicit PYTHONPYCACHEPREFIX is
+    respected."""
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
         yield
         return
