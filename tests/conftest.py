@@ -1,6 +1,6 @@
 """Shared pytest setup: the `gpu` marker skips without a CUDA device, every kernel run in
-Triton's interpreter is checked for writes outside its buffers, and one kernel cache serves the
-whole session."""
+Triton's interpreter is checked for writes outside its buffers, and one kernel cache and one
+bytecode cache serve the whole session."""
 
 import os
 
@@ -89,3 +89,28 @@ def _session_kernel_cache(tmp_path_factory):
         yield
     finally:
         os.environ.pop("KILN_CACHE_DIR", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_bytecode_cache(tmp_path_factory):
+    """Under PYTHONDONTWRITEBYTECODE every test's subprocess compiled kiln's sources again (about
+    a second of CPU per process): the subprocesses share one bytecode cache in the session's
+    temporary folder instead, so still nothing is written beside the sources. Under a prefix
+    the bytecode installed beside site-packages is not read: the first process to import a
+    library compiles it into the cache, once a session. An explicit PYTHONPYCACHEPREFIX is
+    respected."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
+        yield
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER"):     # the workers share one (pyc writes are atomic)
+        cache = tmp_path_factory.getbasetemp().parent / "pycache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("pycache")
+    off = os.environ.pop("PYTHONDONTWRITEBYTECODE")
+    os.environ["PYTHONPYCACHEPREFIX"] = str(cache)
+    try:
+        yield
+    finally:
+        os.environ.pop("PYTHONPYCACHEPREFIX", None)
+        os.environ["PYTHONDONTWRITEBYTECODE"] = off
