@@ -250,6 +250,8 @@ def setitem(self: Tensor, key, value) -> None:
     if self.dtype in _LIMITED_UNSIGNED and _tensor_key(key):
         # a write through an index or mask tensor: PyTorch's index_put, which it lacks for them
         raise _unsigned_refusal("index_put", self.dtype)
+    if key is False:    # selects nothing: PyTorch writes and records nothing (in a tuple it
+        return          # records the write of nothing)
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))

@@ -476,6 +476,22 @@ def argwhere(input):
     return nonzero(input)
 
 
+def bool_masks(key, device):
+    """`key` with each Python bool as a 0-d boolean mask (a new dim of size 1 or 0: `x[True]`
+    is `x[None]`, `x[False]` selects nothing), as PyTorch and NumPy read it."""
+    if key is True or key is False:
+        return creation.tensor(key, dtype=dt.bool_, device=device)
+    if type(key) is tuple and any(k is True or k is False for k in key):
+        return tuple(bool_masks(k, device) if k is True or k is False else k for k in key)
+    return key
+
+
+def _has_advanced(key) -> bool:
+    """Whether a key holds an index tensor, list or array (NumPy's advanced indexing)."""
+    items = key if type(key) is tuple else (key,)
+    return any(isinstance(k, (Tensor, list, range, np.ndarray)) for k in items)
+
+
 def _normalize_key(key, ndim):
     """Split an index into per-dim items, expanding `...`; None stays as 'new axis'."""
     if not isinstance(key, tuple):
@@ -488,7 +504,7 @@ def _normalize_key(key, ndim):
             items.append(k)
     consumed = 0
     for k in items:
-        if k is None or k is Ellipsis:
+        if k is None or k is Ellipsis or k is True or k is False:
             continue
         if isinstance(k, Tensor) and k.dtype is dt.bool_:
             consumed += k.ndim
@@ -561,14 +577,19 @@ def getitem(input, key):
     x = _basic_getitem(input, key)
     if x is not None:
         return x
+    if _has_advanced(key):          # a bool among index tensors broadcasts with them
+        key = bool_masks(key, input.device)
     items = _normalize_key(key, input.ndim)
     x = input
     shape = tuple(input.shape)
     starts, stops, steps, out_shape = [], [], [], []
     advanced = []          # (position in the sliced result, index tensor)
+    empty = []             # positions of new dims of size 0 (`False`)
     dim = 0
     for k in items:
-        if k is None:
+        if k is None or k is True or k is False:    # (a bool: a new dim of size 1 or 0)
+            if k is False:
+                empty.append(len(out_shape))
             out_shape.append(1)
             continue
         if isinstance(k, (list, range, np.ndarray)):     # x[range(n), y], as in PyTorch
@@ -623,8 +644,6 @@ def getitem(input, key):
             out_shape.append((b - a + step - 1) // step)
             dim += 1
             continue
-        if isinstance(k, bool) or k is True or k is False:
-            raise op_error("index", "indexing with a Python bool is not supported", IndexError)
         try:
             i = int(k.__index__() if isinstance(k, Tensor) else k)
         except (TypeError, AttributeError):
@@ -654,6 +673,11 @@ def getitem(input, key):
             at += 1
     if tuple(keep) != tuple(x.shape):
         x = P.reshape(x, shape=tuple(keep))
+    if empty:
+        sizes = list(x.shape)
+        for p in empty:
+            sizes[positions[p]] = 0
+        x = P.slice(x, starts=(0,) * x.ndim, stops=tuple(sizes), steps=(1,) * x.ndim)
     if not advanced:
         return x
     return _advanced_index(x, [(positions[p], idx) for p, idx in advanced])
