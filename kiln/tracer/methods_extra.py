@@ -236,9 +236,7 @@ def _resized(data, shape: tuple, n: int, device):
     xp = np if device.type == "cpu" else device.xp
     root, offset = data, 0
     if is_host_array(data):
-        root = storage.memory_root(data)
-        offset = (data.__array_interface__["data"][0]
-                  - root.__array_interface__["data"][0]) // data.itemsize
+        root, offset = storage.memory_root(data), storage.element_offset(data)
     elif hasattr(data, "data"):                   # CuPy: the pointer's offset in its allocation
         while getattr(root, "base", None) is not None:
             root = root.base

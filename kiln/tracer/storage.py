@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from kiln.ir import dtypes as dt
+from kiln.runtime.device import is_host_array
 
 
 def memory_root(array):
@@ -28,6 +29,21 @@ def memory_root(array):
             root = base.base        # NumPy's as_strided: a view of an interface of the array
         else:
             return root
+
+
+def element_offset(array) -> int:
+    """Elements from the start of the memory `array` views to its first element (PyTorch's
+    storage_offset): from its `memory_root` on the host, from its allocation's start on CuPy;
+    0 for an array without memory (meta)."""
+    try:
+        if is_host_array(array):
+            start = array.__array_interface__["data"][0] - \
+                memory_root(array).__array_interface__["data"][0]
+        else:
+            start = array.data.ptr - array.data.mem.ptr
+    except AttributeError:
+        return 0
+    return start // array.itemsize
 
 
 class UntypedStorage:

@@ -16,7 +16,7 @@ from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, MetaArray, device_of_array, to_device
 from kiln.tracer import layout
 from kiln.tracer.errors import named_dim_error, op_error
-from kiln.tracer.storage import memory_root
+from kiln.tracer.storage import element_offset
 
 
 class _State(threading.local):
@@ -214,14 +214,9 @@ class Tensor:
     def storage_offset(self) -> int:
         """Elements from the start of the memory this tensor views to its first element (a
         view's `_data` is an array view whose `.base` chain ends at the memory's array)."""
-        data = self._data
-        if isinstance(data, MetaArray):         # meta, or a wrapper subclass's
+        if isinstance(self._data, MetaArray):         # meta, or a wrapper subclass's
             return 0
-        if self.device.type == "cpu":
-            start = memory_root(data).__array_interface__["data"][0]
-        else:                                   # CuPy: the pointer's offset in its allocation
-            start = data.data.mem.ptr
-        return (self.data_ptr() - start) // data.itemsize
+        return element_offset(self._data)
 
     def stride(self, dim: int | None = None):
         strides = tuple(s // self._data.itemsize for s in self._data.strides)

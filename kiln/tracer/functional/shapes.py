@@ -14,7 +14,7 @@ from kiln.runtime.device import MetaArray, is_host_array
 from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, Node, _probe_refs, _refs, set_name
 from kiln.tracer.errors import op_error
-from kiln.tracer.storage import memory_root
+from kiln.tracer.storage import element_offset
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
@@ -102,7 +102,7 @@ def view_dtype(input, dtype):
             if data.shape[-1] % ratio:
                 raise op_error("view", f"self.size(-1) must be divisible by {ratio} {what}, "
                                f"but got {data.shape[-1]}")
-            offset = _storage_offset(data)
+            offset = element_offset(data)
             if offset % ratio:
                 raise op_error("view", f"self.storage_offset() must be divisible by {ratio} "
                                f"{what}, but got {offset}")
@@ -118,20 +118,6 @@ def view_dtype(input, dtype):
     result = Tensor._make(out, dtype, input.device)
     result._version = input._version       # writes through either are seen by both
     return result
-
-
-def _storage_offset(data) -> int:
-    """The element offset of an array's first element in the memory of the array owning it
-    (PyTorch's storage_offset)."""
-    try:
-        if is_host_array(data):
-            start = data.__array_interface__["data"][0] - \
-                memory_root(data).__array_interface__["data"][0]
-        else:                               # CuPy: the pointer's offset in its allocation
-            start = data.data.ptr - data.data.mem.ptr
-    except AttributeError:                  # no memory (meta)
-        return 0
-    return start // data.itemsize
 
 
 def _relayout_private(input) -> bool:
