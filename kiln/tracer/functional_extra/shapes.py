@@ -297,7 +297,7 @@ def index_reduce(input, dim, index, source, reduce, *, include_self=True):
     x, d, index, source = as_vectors(input, dim, index, source)
     d = _norm_dim(d, x.ndim, "index_reduce")
     index = _wrap_index(index, x.shape[d], "index_reduce", IndexError, dim=d,
-                              negative=False, what="index out of range in self")
+                        negative=False, what="index out of range in self")
     return as_input(scatter_reduce(x, d, _expand_index(index, source, d), source, reduce,
                                    include_self=include_self), input)
 
@@ -330,7 +330,7 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
                            f"nor than self {list(input.shape)} apart from dimension {d}")
     # checked here: the one-hot reduction below would skip a bad index silently
     index = _wrap_index(index, input.shape[d], "scatter_reduce", RuntimeError, dim=d,
-                              negative=False)
+                        negative=False)
     src = src[tuple(slice(0, k) for k in index.shape)]
     short = [0 if i == d else input.shape[i] - index.shape[i] for i in range(input.ndim)]
     if any(short):
