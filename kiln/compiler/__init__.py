@@ -1314,31 +1314,30 @@ def _where(fn) -> str:
     return f"{code.co_filename}:{code.co_firstlineno}" if code else _function_name(fn)
 
 
-def _typed_tree(tree, fields: frozenset | None = None):
+def _typed_tree(t, fields: frozenset | None = None):
     """A flatten tree with each constant tagged by type (2, 2.0 and True differ; so do 0.0
     and -0.0; NaN equals NaN), hashable when its constants are. Of a batch object, the fields
-    that hold tensors and those named in `fields` (all when None)."""
-    def walk(t):
-        tag = t[0]
-        if tag == "T" or tag == "S" or tag == "SC":   # a sparse tensor's size and flag/layout
-            return t
-        if tag == "R":                                # a batch object: its type and fields
-            return ("R", t[1], tuple((k, walk(v)) for k, v in t[2]
-                                     if fields is None or k in fields or _holds_tensors(v)))
-        if tag == "C":
-            x = t[1]
-            if type(x) in guards.SCALARS:
-                return ("C", guards.scalar_key(x))
-            try:
-                hash(x)
-            except TypeError:
-                return ("C", type(x), id(x))
-            return ("C", type(x), x) if not isinstance(x, tuple) else ("C", repr(x))
-        if tag is dict:
-            return (dict, tuple((guards.scalar_key(k) if type(k) in guards.SCALARS else k,
-                                 walk(v)) for k, v in t[1]))
-        return (tag, tuple(walk(v) for v in t[1]))
-    return walk(tree)
+    that hold tensors and those named in `fields` (all when None). (Recursive as a function
+    of its own: a recursive closure would be a reference cycle made on every call.)"""
+    tag = t[0]
+    if tag == "T" or tag == "S" or tag == "SC":   # a sparse tensor's size and flag/layout
+        return t
+    if tag == "R":                                # a batch object: its type and fields
+        return ("R", t[1], tuple((k, _typed_tree(v, fields)) for k, v in t[2]
+                                 if fields is None or k in fields or _holds_tensors(v)))
+    if tag == "C":
+        x = t[1]
+        if type(x) in guards.SCALARS:
+            return ("C", guards.scalar_key(x))
+        try:
+            hash(x)
+        except TypeError:
+            return ("C", type(x), id(x))
+        return ("C", type(x), x) if not isinstance(x, tuple) else ("C", repr(x))
+    if tag is dict:
+        return (dict, tuple((guards.scalar_key(k) if type(k) in guards.SCALARS else k,
+                             _typed_tree(v, fields)) for k, v in t[1]))
+    return (tag, tuple(_typed_tree(v, fields) for v in t[1]))
 
 
 def _holds_tensors(tree) -> bool:
