@@ -1022,7 +1022,11 @@ class CompiledFunction:
                 f"which of {len(tensors)} tensors requiring grad have a .grad",
                 functools.partial(_grad_presence, tensors), "eq",
                 tuple(state[i] for i in kept)))
-        self._say_unguarded(entry, unseen)
+        unguarded = self._unguarded(entry, unseen)
+        if unguarded is not None:
+            entry.program, entry.eager_reason = None, unguarded
+            self._add_entry(key, entry)
+            return result
         if flags:
             _replay_flags(self, key, entry, program, flags)
         if writes:      # the program never reads the old tensors there: no guard on them
@@ -1080,20 +1084,23 @@ class CompiledFunction:
         _dump_if_requested(self, [program])
         return result
 
-    def _say_unguarded(self, entry: CompiledEntry, unseen: list) -> None:
-        """Warn of the places past the guards' limits (`guards._OBJECT_DEPTH`, `_GUARD_BUDGET`)
-        and list them with the entry's guards (for `explain` and `kiln dump`). The function
-        still compiles: such places are mostly data a step does not index (a dataset, a long
-        history), where running eagerly would cost every call for nothing; the warning names
-        the place so that a value read there can be passed as an argument instead."""
+    def _unguarded(self, entry: CompiledEntry, unseen: list) -> str | None:
+        """Why the entry runs eagerly when the call can reach places past the guards' limits
+        (`guards._OBJECT_DEPTH`, `_GUARD_BUDGET`), else None. A replay would not see a change
+        there, and a compiled result must equal eager's: such calls run eagerly, with one
+        warning naming the place (pass a value read there as an argument, or keep it nearer the
+        function), and `explain` and `kiln dump` list the places with the entry's guards."""
         listed = {g.source for g in entry.guards if g.kind == "unguarded"}
         entry.guards += [g for g in unseen if g.source not in listed]
         found = [g for g in entry.guards if g.kind == "unguarded"]
-        if found:
-            more = f" (and {len(found) - 1} more places)" if len(found) > 1 else ""
-            self._note("unguarded", f"{_function_name(self.fn)}: {found[0].describe()}{more}; "
-                       "pass a value read there as an argument, or keep it nearer the "
-                       "function, to have it checked")
+        if not found:
+            return None
+        more = f" (and {len(found) - 1} more places)" if len(found) > 1 else ""
+        reason = f"{found[0].describe()}{more}"
+        self._note("unguarded", f"{_function_name(self.fn)}: {reason}; it runs eagerly (pass a "
+                   "value read there as an argument, or keep it nearer the function, to have "
+                   "it compiled)")
+        return reason
 
     def _derive_backward(self, tracer, outputs: list, skip: list, args, kwargs):
         """`trace_backward`, after the call returned. The backward of a custom Function the

@@ -17,8 +17,8 @@ every attribute and item. Each reached place becomes one `Guard`:
 The walk goes `_OBJECT_DEPTH` levels into plain objects and containers (counted from the
 nearest function, class, module or optimizer) and adds at most `_GUARD_BUDGET` guards. A place
 past either limit is not guarded, and never silently: the walk records an "unguarded" guard
-naming it (it always holds), which `compiler` turns into a warning and `explain` and `kiln dump`
-list with the guards.
+naming it (it always holds): `compiler` then runs that call eagerly with a warning, and
+`explain` and `kiln dump` list the place with the guards.
 
 A plain object of the user's (not a module, an optimizer or a data holder) is guarded only in
 the attributes whose names the code the call can run loads (`code_reads`), as TorchDynamo
