@@ -451,12 +451,14 @@ def _take(gen, node, ins, out) -> list:
     outer, size = math.prod(x.shape[:axis]), x.shape[axis]
     inner = math.prod(x.shape[axis + 1:]) * x.dtype.itemsize
     count = math.prod(idx.shape)
+    before, after = _bounds_message(node, "take",
+                                    f"index {{}} is out of bounds for dimension {axis} "
+                                    f"with size {size}")
     return [f"for (int64_t o = 0; o < {outer}; o++)",
             f"for (int64_t t = 0; t < {count}; t++) {{",
             f"    int64_t ix = (int64_t){ins[1]}[t];",
+            f"    if (ix < -{size} || ix >= {size}) return kiln_fail_at({before}, ix, {after});",
             f"    if (ix < 0) ix += {size};",
-            f"    if (ix < 0 || ix >= {size}) return kiln_fail(\"take: an index is out of range "
-            f"for a dimension of size {size} ({_short(node.loc)})\");",
             f"    memcpy((char *){out} + (o * {count} + t) * {inner}, "
             f"(const char *){ins[0]} + (o * {size} + ix) * {inner}, {inner});",
             "}"]
@@ -482,12 +484,24 @@ def _check_index(gen, node, ins, out) -> list:
     a = node.attr_dict
     low = -a["size"] if a["negative"] else 0
     skip = f"ix != {int(a['ignore'])} && " if a["ignore"] is not None else ""
+    before, after = _bounds_message(node, a["op"], a["message"])
     return [f"for (int64_t t = 0; t < {math.prod(node.out.shape)}; t++) {{",
             f"    int64_t ix = (int64_t){ins[0]}[t];",
-            f"    if ({skip}(ix < {low} || ix >= {a['size']})) return kiln_fail(\"{a['op']}: an "
-            f"index is out of bounds for a dimension of size {a['size']} ({_short(node.loc)})\");",
+            f"    if ({skip}(ix < {low} || ix >= {a['size']})) "
+            f"return kiln_fail_at({before}, ix, {after});",
             f"    {out}[t] = {ins[0]}[t];",
             "}"]
+
+
+def _bounds_message(node, op: str, message: str) -> tuple:
+    """C string literals for the text before and after the offending value (`{}` in
+    `message`) of a failed bounds check: the words kiln's eager error uses, and the line."""
+    before, _, after = message.partition("{}")
+    return _c_string(f"{op}: {before}"), _c_string(f"{after} (at {_short(node.loc)})")
+
+
+def _c_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 _EXTERNS = {"matmul": _matmul, "pad": _pad, "unfold": _unfold, "take": _take, "cat": _cat,
@@ -504,7 +518,17 @@ _SUPPORT = r"""
 typedef struct kiln_model kiln_model;
 static __thread const char *kiln_last_error = "";
 
+static __thread char kiln_error_text[512];
+
 static int kiln_fail(const char *why) { kiln_last_error = why; return 1; }
+
+/* a failed bounds check: its words around the offending value */
+static int kiln_fail_at(const char *before, int64_t value, const char *after) {
+    snprintf(kiln_error_text, sizeof kiln_error_text, "%s%lld%s", before, (long long)value,
+             after);
+    kiln_last_error = kiln_error_text;
+    return 1;
+}
 const char *kiln_model_error(void) { return kiln_last_error; }
 
 static void *kiln_alloc(uint64_t bytes) {

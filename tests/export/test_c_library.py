@@ -119,3 +119,29 @@ def test_op_without_c_implementation_is_named(tmp_path):
     ep = kiln.export.export(running, (kiln.randn(2, 3),))
     with pytest.raises(CLibraryError, match=rf"op 'cumsum' .*test_c_library.py:{line}"):
         build_c_library(ep, tmp_path, build=False)
+
+
+def test_a_bad_index_is_reported_in_eager_words(tmp_path):
+    emb = kiln.nn.Embedding(5, 3)
+
+    def lookup(i, x):
+        return emb(i) * x + x.take(i % 4)[:, None]
+    line = lookup.__code__.co_firstlineno + 1
+    ep = kiln.export.export(lookup, (kiln.tensor([0, 1]), kiln.randn(2, 3)))
+    run = build_c_library(ep, tmp_path, blas=False).open()
+    x = np.ones((2, 3), np.float32)
+    (good,) = run(np.array([1, 4]), x)
+    with kiln.no_grad():
+        want = lookup(kiln.tensor([1, 4]), kiln.tensor(x)).numpy()
+    np.testing.assert_allclose(good, want, rtol=0, atol=1e-6)
+    with pytest.raises(IndexError) as eager_error:
+        lookup(kiln.tensor([1, 7]), kiln.tensor(x))
+    words = str(eager_error.value).split(" (at ")[0]
+    assert words == ("embedding: index out of range in self: index 7 is out of bounds for "
+                     "dimension 0 with size 5")
+    with pytest.raises(RuntimeError) as c_error:
+        run(np.array([1, 7]), x)
+    assert f"{words} (at test_c_library.py:{line})" in str(c_error.value)
+    with pytest.raises(RuntimeError, match="index -9 is out of bounds for dimension 0 with "
+                                           "size 5"):
+        run(np.array([-9, 0]), x)
