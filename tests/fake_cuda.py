@@ -13,7 +13,10 @@ never looser, where it can be:
   functions and ufuncs refuse NumPy arrays where CuPy refuses them (everywhere but
   `array`/`asarray`), as do a `CudaArray`'s operators, `__setitem__` and the NumPy functions
   and ufuncs called on it (CuPy's `__array_function__`/`__array_ufunc__` dispatch);
-- NumPy scalars never come back where CuPy returns a 0-d array.
+- NumPy scalars never come back where CuPy returns a 0-d array;
+- an index outside the array wraps around, as in CuPy's gathers and scatters (integer-array
+  indexing in reads and writes, `take`, `put`, the along-axis pair, a ufunc's `at`), where
+  NumPy's would raise: only kiln's own checks can report it, as on a GPU.
 
 - `np.asarray`, `np.array` and NumPy's other conversions raise CuPy's TypeError when kiln (or a
   test) hands them a cuda array: `install` wraps them, since NumPy itself never asks an ndarray
@@ -758,12 +761,14 @@ class CudaArray(np.ndarray):
         if _is_host_array(value):
             raise _host_array_error("cupy.ndarray.__setitem__")
         target = self.view(np.ndarray)
-        _on_device(lambda: np.ndarray.__setitem__(target, _unwrap(key), _unwrap(value)),
+        _on_device(lambda: np.ndarray.__setitem__(target, _wrapped_key(self.shape, _unwrap(key)),
+                                                  _unwrap(value)),
                    (key, value), (self[key] if _is_view_key(key) else self,))
 
     def __getitem__(self, key):
         view = self.view(np.ndarray)
-        return _on_device(lambda: _wrap(np.ndarray.__getitem__(view, _unwrap(key))),
+        return _on_device(lambda: _wrap(np.ndarray.__getitem__(
+            view, _wrapped_key(self.shape, _unwrap(key)))),
                           (self, key))
 
     def __bool__(self):
@@ -791,7 +796,8 @@ class CudaArray(np.ndarray):
         if out is not None:
             kwargs["out"] = _unwrap(tuple(out))
         writes = tuple(out) if out is not None else (inputs[0],) if method == "at" else ()
-        result = _on_device(lambda: _wrap(getattr(ufunc, method)(*_unwrap(inputs), **kwargs)),
+        result = _on_device(lambda: _wrap(getattr(ufunc, method)(
+            *_wrapped_at(method, _unwrap(inputs)), **kwargs)),
                             inputs, writes)
         if out is not None:
             return out[0] if len(out) == 1 else out
@@ -836,6 +842,56 @@ for _name in CUPY_NDARRAY_NAMES:
             _name != "view" and \
             not isinstance(getattr(np.ndarray, _name), type):
         setattr(CudaArray, _name, _device_method(_name))
+
+
+def _wrapped_key(shape: tuple, key):
+    """`key` (NumPy's view of it) with each integer index array taken modulo the size of the
+    dim it indexes, as CuPy's gather and scatter kernels take it (an index outside [-n, n)
+    wraps around where NumPy raises), so an index kiln did not check shows as wrong values
+    on the fake as on a GPU, never as NumPy's error. Scalar ints, slices and masks stay."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, (np.ndarray, list)) for k in keys):
+        return key
+    keys = [np.asarray(k) if isinstance(k, list) else k for k in keys]
+    taken = sum(k.ndim if isinstance(k, np.ndarray) and k.dtype == np.bool_ else
+                0 if k is None or k is Ellipsis else 1 for k in keys)
+    out, dim = [], 0
+    for k in keys:
+        if k is Ellipsis:
+            dim += len(shape) - taken
+        elif isinstance(k, np.ndarray) and k.dtype == np.bool_:
+            dim += k.ndim
+        elif k is not None:
+            if isinstance(k, np.ndarray) and k.dtype.kind in "iu" and dim < len(shape) and \
+                    shape[dim] > 0:
+                k = np.mod(k, shape[dim])
+            dim += 1
+        out.append(k)
+    return tuple(out) if isinstance(key, tuple) else out[0]
+
+
+def _wrapped_at(method: str, args: tuple) -> tuple:
+    """A ufunc's arguments (NumPy's views), its `at` indices wrapped as CuPy's scatter kernels
+    wrap them: inside the device work, so a captured graph's replay wraps the indices the
+    arrays hold then."""
+    if method != "at" or len(args) < 2:
+        return args
+    return (args[0], _wrapped_key(args[0].shape, args[1])) + tuple(args[2:])
+
+
+def _along_axis_wrapped(fn):
+    """take_along_axis / put_along_axis with the indices wrapped as CuPy's kernels wrap them."""
+    def call(a, indices, *args, axis=None, **kwargs):
+        if args:
+            kwargs["axis"] = axis
+            axis = args[-1]
+            args = args[:-1]
+        n = a.size if axis is None else a.shape[axis]
+        if n > 0 and isinstance(indices, np.ndarray) and indices.dtype.kind in "iu":
+            indices = np.mod(indices, n)
+        return fn(a, indices, *args, axis=axis, **{k: v for k, v in kwargs.items()
+                                                    if k != "axis"})
+    return call
 
 
 def _is_view_key(key) -> bool:
@@ -889,7 +945,7 @@ class FakeUfunc:
         out = kwargs.get("out")
         writes = (out,) if out is not None else (args[0],) if method == "at" else ()
         result = _on_device(lambda: _wrap(getattr(self._ufunc, method)(
-            *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})),
+            *_wrapped_at(method, _unwrap(args)), **{k: _unwrap(v) for k, v in kwargs.items()})),
             tuple(args) + tuple(kwargs.values()), writes)
         return out if out is not None else result
 
@@ -1000,6 +1056,14 @@ def _take_wrapping(a, indices, axis=None, out=None):
 cupy.take = _device_function(_take_wrapping, "take")
 CudaArray.take = lambda self, indices, axis=None, out=None: cupy.take(self, indices, axis=axis,
                                                                        out=out)
+
+# CuPy's other gathers and scatters wrap the same way: `put` (its default mode is 'wrap'), the
+# along-axis pair, a ufunc's `at`, and indexing with integer arrays (`_wrapped_key`).
+cupy.put = _device_function(lambda a, ind, v, mode="wrap": np.put(a, ind, v, mode=mode), "put")
+CudaArray.put = lambda self, indices, values, mode="wrap": cupy.put(self, indices, values, mode)
+cupy.take_along_axis = _device_function(_along_axis_wrapped(np.take_along_axis),
+                                        "take_along_axis")
+cupy.put_along_axis = _device_function(_along_axis_wrapped(np.put_along_axis), "put_along_axis")
 
 
 def _fake_function(func):

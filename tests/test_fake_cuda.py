@@ -163,6 +163,30 @@ def test_fake_take_wraps_an_out_of_range_index_as_cupys_kernel_does():
         cupy.take(a, cupy.asarray(np.array([0])), mode="clip")
 
 
+def test_fake_gathers_and_scatters_wrap_indices_as_cupys_kernels_do():
+    # CuPy's documented difference from NumPy: integer-array indexing wraps an index outside
+    # the dim around (`x[[1, 3]] = 10` on 3 elements writes 0 and 1), in reads and writes, and
+    # so do its scatters (ufunc.at), put (mode 'wrap' by default) and the along-axis pair
+    x = cupy.asarray(np.arange(3.0))
+    np.testing.assert_array_equal(x[cupy.asarray(np.array([1, 3]))].get(), [1.0, 0.0])
+    x[cupy.asarray(np.array([1, 3]))] = cupy.asarray(np.array(10.0))
+    np.testing.assert_array_equal(x.get(), [10.0, 10.0, 2.0])
+    m = _device_array()                         # [[0, 1, 2], [3, 4, 5]]
+    picked = m[cupy.asarray(np.array([True, False])), cupy.asarray(np.array([-5, 4]))]
+    np.testing.assert_array_equal(picked.get(), [1, 1])        # masks and ints stay as they are
+    np.testing.assert_array_equal(m[..., cupy.asarray(np.array([3]))].get(), [[0], [3]])
+    with pytest.raises(IndexError):
+        m[2]
+    z = cupy.zeros((2, 3))
+    cupy.add.at(z, (slice(None), cupy.asarray(np.array([4, 0]))), cupy.ones((2, 2)))
+    np.testing.assert_array_equal(z.get(), [[1, 1, 0], [1, 1, 0]])
+    w = cupy.zeros(4)
+    cupy.put(w, cupy.asarray(np.array([9])), cupy.ones(1))
+    np.testing.assert_array_equal(w.get(), [0, 1, 0, 0])
+    along = cupy.take_along_axis(m, cupy.asarray(np.array([[5], [-4]])), 1)
+    np.testing.assert_array_equal(along.get(), [[2], [5]])
+
+
 def test_numpy_conversions_of_fake_arrays_raise_as_cupys_do():
     # CuPy raises TypeError on an implicit device-to-host conversion; NumPy never asks an
     # ndarray subclass, so the plugin's install() wraps NumPy's conversions to raise for code

@@ -3,6 +3,7 @@ ops, take, one_hot, nonzero, repeat_interleave, and `getitem`/`index_put` behind
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
@@ -218,8 +219,26 @@ def check_bounds_later(index: Tensor, lowest, size, op: str, kind: type, message
     values may equal `size` too (a closed range, such as probabilities in [0, 1])."""
     data = index._data
     if data.size and index.device.type != "meta":         # a meta index has no values
+        outer = getattr(_QUEUED_AS, "op", None)
+        if outer is not None and not op.startswith(outer):
+            op = f"{outer}: {op}"
         pending_checks.defer(data.min(), data.max(), lowest, size, op, kind, message,
                              user_location(), inclusive)
+
+
+# The op a composite's queued checks name first (index_put's, whose indices tensor indexing
+# checks): on the CPU its error is renamed as it is raised (`errors.in_composite`), but a
+# queued check raises later, outside the composite.
+_QUEUED_AS = threading.local()
+
+
+@contextlib.contextmanager
+def _queued_as(op: str):
+    _QUEUED_AS.op = op
+    try:
+        yield
+    finally:
+        _QUEUED_AS.op = None
 
 
 # Set while `_take_checked` runs take on indices its caller has checked already.
@@ -722,7 +741,11 @@ def _flat_positions(input, key):
 
 @composite        # a bad index is reported as index_put's (put's), not tensor indexing's
 def index_put(input, indices, values, accumulate=False):
-    pos = _flat_positions(input, tuple(indices))
+    if input.device.type == "cpu":
+        pos = _flat_positions(input, tuple(indices))
+    else:
+        with _queued_as("index_put"):
+            pos = _flat_positions(input, tuple(indices))
     return _put_at(input, pos, values, P.index_add if accumulate else P.index_put)
 
 
