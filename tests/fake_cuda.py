@@ -16,7 +16,9 @@ never looser, where it can be:
 - NumPy scalars never come back where CuPy returns a 0-d array;
 - an index outside the array wraps around, as in CuPy's gathers and scatters (integer-array
   indexing in reads and writes, `take`, `put`, the along-axis pair, a ufunc's `at`), where
-  NumPy's would raise: only kiln's own checks can report it, as on a GPU.
+  NumPy's would raise: only kiln's own checks can report it, as on a GPU;
+- integer-array writes naming one place twice store the first value (which one CuPy stores is
+  undefined; NumPy's is the last).
 
 - `np.asarray`, `np.array` and NumPy's other conversions raise CuPy's TypeError when kiln (or a
   test) hands them a cuda array: `install` wraps them, since NumPy itself never asks an ndarray
@@ -761,8 +763,7 @@ class CudaArray(np.ndarray):
         if _is_host_array(value):
             raise _host_array_error("cupy.ndarray.__setitem__")
         target = self.view(np.ndarray)
-        _on_device(lambda: np.ndarray.__setitem__(target, _wrapped_key(self.shape, _unwrap(key)),
-                                                  _unwrap(value)),
+        _on_device(lambda: _store(target, _wrapped_key(self.shape, _unwrap(key)), _unwrap(value)),
                    (key, value), (self[key] if _is_view_key(key) else self,))
 
     def __getitem__(self, key):
@@ -877,6 +878,24 @@ def _wrapped_at(method: str, args: tuple) -> tuple:
     if method != "at" or len(args) < 2:
         return args
     return (args[0], _wrapped_key(args[0].shape, args[1])) + tuple(args[2:])
+
+
+def _store(target: np.ndarray, key, value) -> None:
+    """`target[key] = value`, where integer index arrays naming one place twice store the
+    first value there, not NumPy's last: CuPy leaves which one undefined, so code that
+    relies on NumPy's order shows as a difference from the CPU."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, np.ndarray) and k.dtype.kind in "iu" and k.ndim for k in keys):
+        target[key] = value
+        return
+    places = np.arange(target.size).reshape(target.shape)[key]
+    if places.size < 2 or np.unique(places).size == places.size:
+        target[key] = value
+        return
+    values = np.broadcast_to(np.asarray(value, target.dtype), places.shape)
+    flat = target.reshape(-1).copy()
+    flat[places.reshape(-1)[::-1]] = values.reshape(-1)[::-1]
+    target[...] = flat.reshape(target.shape)
 
 
 def _along_axis_wrapped(fn):

@@ -187,6 +187,17 @@ def test_fake_gathers_and_scatters_wrap_indices_as_cupys_kernels_do():
     np.testing.assert_array_equal(along.get(), [[2], [5]])
 
 
+def test_fake_writes_to_one_place_twice_keep_the_first_value_not_numpys_last():
+    # CuPy leaves undefined which of the values written to one place is stored; the fake keeps
+    # the first (NumPy keeps the last), so code relying on NumPy's order differs from the CPU
+    x = cupy.zeros(4)
+    x[cupy.asarray(np.array([1, 1, 2]))] = cupy.asarray(np.array([5.0, 6.0, 7.0]))
+    np.testing.assert_array_equal(x.get(), [0, 5, 7, 0])
+    m = cupy.zeros((2, 3))
+    m[:, cupy.asarray(np.array([0, -3]))] = cupy.asarray(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    np.testing.assert_array_equal(m.get(), [[1, 0, 0], [3, 0, 0]])
+
+
 def test_numpy_conversions_of_fake_arrays_raise_as_cupys_do():
     # CuPy raises TypeError on an implicit device-to-host conversion; NumPy never asks an
     # ndarray subclass, so the plugin's install() wraps NumPy's conversions to raise for code
