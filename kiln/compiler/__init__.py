@@ -46,7 +46,7 @@ from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
-from kiln.tracer.errors import GraphBreak, op_error  # noqa: F401  (kiln.compiler.GraphBreak)
+from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
@@ -592,7 +592,7 @@ def _note_no_compiler(problem: str) -> None:
     if not _NO_COMPILER_NOTED:
         _NO_COMPILER_NOTED.append(problem)
         warnings.warn(f"kiln.compile: no working C compiler, so compiled functions run on the "
-                      f"NumPy executor on the CPU: {problem}", stacklevel=4)
+                      f"NumPy executor on the CPU: {problem}", stacklevel=user_stacklevel())
 
 
 @dataclass
@@ -777,7 +777,7 @@ class CompiledFunction:
     def _note(self, tag: str, message: str) -> None:
         if tag not in self.warned:
             self.warned.add(tag)
-            warnings.warn(f"kiln.compile: {message}", stacklevel=3)
+            warnings.warn(f"kiln.compile: {message}", stacklevel=user_stacklevel())
 
     def _run_bfloat16_eagerly(self, key, args, kwargs, run: bool = True, kind: str = "bfloat16",
                               what: str = ""):
@@ -1810,7 +1810,8 @@ class BackendFunction:
                 raise
             warnings.warn(f"torch.compile: {_function_name(self.fn)} cannot be captured as "
                           f"one FX graph for backend {_function_name(self.backend)} "
-                          f"({type(error).__name__}: {error}); it runs eagerly", stacklevel=3)
+                          f"({type(error).__name__}: {error}); it runs eagerly",
+                          stacklevel=user_stacklevel())
             return self.fn
         examples = [a for a in flatten((args, kwargs))[0] if isinstance(a, Tensor)]
         count_graph(len(gm.graph.find_nodes(op="call_function")) +
