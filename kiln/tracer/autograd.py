@@ -64,12 +64,11 @@ class Node:
         """PyTorch's Node.register_hook: `fn(grad_inputs, grad_outputs)` runs after the node's
         rule (a tuple per `next_functions` entry, None where no gradient goes, and the tuple of
         the node's output gradient), and a tuple it returns replaces grad_inputs. Returns a
-        handle whose remove() drops it."""
-        if getattr(self, "shown", None) is not None:
-            raise NotImplementedError(
-                f"kiln cannot run a post hook on {self.name()}: kiln computes this op as "
-                "several nodes, so the gradients of the inputs next_functions lists are not "
-                "known at this node (register_prehook, or hooks on the input tensors, work)")
+        handle whose remove() drops it. On a node kiln computes as several (a named
+        composite's: AddmmBackward0 of linear, MvBackward0, CopySlices), backward runs the inner
+        nodes at this one so that the hook sees the gradients of the inputs it lists."""
+        if _composite_edges(self) is not None:
+            _inner_nodes(self)              # refuses here what it cannot run
         return self._add_hook(_PostHook(fn))
 
     def register_prehook(self, fn):
@@ -299,6 +298,120 @@ def _post_hooks(node: Node, post: list, g, grads: tuple) -> tuple:
     for hook in post:
         grad_inputs = hook.run(grad_inputs, g)
     return tuple(grad_inputs) + tuple(grads[shown:])
+
+
+def _composite_edges(node: Node) -> list | None:
+    """The edges a named composite's node lists in next_functions (leaf tensors, nodes, None),
+    where they are not its own edges (its inner nodes lead to them); else None."""
+    shown = getattr(node, "shown", None)
+    if shown is None:
+        return None
+    shown = [e.variable if type(e) is AccumulateGrad else e for e in shown]
+    if len(shown) == len(node.edges) and all(a is b for a, b in zip(shown, node.edges)):
+        return None
+    return shown
+
+
+def _inner_nodes(node: Node) -> list:
+    """The nodes between a composite's node and the edges it lists, each after every inner
+    node that consumes its output; refuses (NotImplementedError) what kiln cannot give a post
+    hook: an input listed twice, or a path that leaves the composite."""
+    shown = _composite_edges(node)
+    listed = {id(e) for e in shown if e is not None}
+    if len(listed) != sum(e is not None for e in shown):
+        raise NotImplementedError(
+            f"kiln cannot run a post hook on {node.name()} whose inputs are the same tensor "
+            "twice: kiln computes this op as several nodes, which do not tell the two "
+            "gradients apart (register_prehook, or a hook on the input tensor, work)")
+    order, seen, stack = [], set(), [(node, False)]
+    while stack:                        # as _topological, within the composite
+        n, expanded = stack.pop()
+        if expanded:
+            order.append(n)
+            continue
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.append((n, True))
+        for e in n.edges:
+            if e is None or id(e) in listed or id(e) in seen:
+                continue
+            if isinstance(e, Tensor) or not isinstance(e, Node) or len(seen) > 256:
+                raise NotImplementedError(
+                    f"kiln cannot run a post hook on {node.name()}: kiln computes it as "
+                    "several nodes, and their gradients reach tensors its next_functions do "
+                    "not list (register_prehook, or hooks on the input tensors, work)")
+            stack.append((e, False))
+    order.reverse()
+    return order[1:]        # (the first is node itself)
+
+
+def _composite_backward(node: Node, post: list, g, grads: tuple, saved: tuple,
+                        order: list, create_graph: bool, retain_graph: bool) -> list:
+    """A named composite's post hooks: its inner nodes run here, their gradients for the
+    inputs next_functions lists are gathered into grad_inputs for the hooks, and the hooks'
+    (edge, gradient) pairs are returned for the engine to pass on."""
+    shown = _composite_edges(node)
+    inner = _inner_nodes(node)
+    local = {id(n): 0 for n in inner}
+    for n in [node] + inner:
+        for e in n.edges:
+            if id(e) in local:
+                local[id(e)] += 1
+    for n in order:                     # an inner node another node also reads
+        for e in n.edges:
+            if id(e) in local:
+                local[id(e)] -= 1
+    if any(local.values()) or any(getattr(n, "hooks", None) or
+                                  getattr(n, "retained", None) is not None for n in inner):
+        raise NotImplementedError(
+            f"kiln cannot run a post hook on {node.name()}: a node kiln computes it with is "
+            "also used outside it (a view written in place and read elsewhere)")
+    slot = {id(e): i for i, e in enumerate(shown) if e is not None}
+    gathered = [None] * len(shown)
+    pending: dict = {}
+
+    def send(edges, grads, saved) -> None:
+        for edge, ga, a in zip(edges, grads, saved):
+            if ga is None or edge is None:
+                continue
+            if isinstance(a, Tensor) and ga.device is not a.device:
+                ga = _moved_home(ga, a.device)
+            i = slot.get(id(edge))
+            if i is not None:
+                gathered[i] = ga if gathered[i] is None else gathered[i] + ga
+            else:
+                key = id(edge)
+                pending[key] = ga if key not in pending else pending[key] + ga
+
+    send(node.edges, grads, saved)
+    for n in inner:
+        gn = pending.pop(id(n), None)
+        if gn is not None:
+            _check_versions(n)
+            with _grad_scope(n) if TRACING[0] else _NO_SCOPE:
+                saved_n, out = (n.inputs, n.output()) if getattr(n, "packed", None) is None \
+                    else _unpack_saved(n)
+                grads_n = _rule(n, gn, out, saved_n, create_graph)
+                if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
+                    _check_anomaly(n, grads_n)
+                send(n.edges, grads_n, saved_n)
+        if not retain_graph:
+            n.inputs = n.out_data = n.packed = None
+    grad_inputs = tuple(None if e is None else ga for e, ga in zip(shown, gathered))
+    for hook in post:
+        grad_inputs = hook.run(grad_inputs, g)
+    return list(zip(shown, grad_inputs))
+
+
+def _rule(node: Node, g, out, saved: tuple, create_graph: bool) -> tuple:
+    """The node's gradient rule on g: widened for a half-precision gradient, conjugated for
+    a complex one, as its primitive needs."""
+    if not create_graph and g.dtype in _HALF and _widens(node.prim, g):
+        return _widened_rule(node, g, out, saved)
+    if g.dtype.is_complex and _conjugates(node.prim):
+        return _conjugated_rule(node, g, out, saved)
+    return node.prim.grad(g, out, *saved, **node.attrs)
 
 
 def _retain(node: Node, g, create_graph: bool) -> None:
@@ -1193,17 +1306,18 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     saved, out = node.inputs, node.output()
                 else:
                     saved, out = _unpack_saved(node)
-                if not create_graph and g.dtype in _HALF and _widens(node.prim, g):
-                    grads = _widened_rule(node, g, out, saved)
-                elif g.dtype.is_complex and _conjugates(node.prim):
-                    grads = _conjugated_rule(node, g, out, saved)
-                else:
-                    grads = node.prim.grad(g, out, *saved, **node.attrs)
+                grads = _rule(node, g, out, saved, create_graph)
                 if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
                     _check_anomaly(node, grads)
+                edges = node.edges
                 if post:
-                    grads = _post_hooks(node, post, g, grads)
-                for edge, ga, a in zip(node.edges, grads, saved):
+                    if _composite_edges(node) is None:
+                        grads = _post_hooks(node, post, g, grads)
+                    else:           # its inner nodes ran: the hooks' gradients go on
+                        edges, grads = zip(*_composite_backward(
+                            node, post, g, grads, saved, order, create_graph, retain_graph))
+                        saved = (None,) * len(edges)
+                for edge, ga, a in zip(edges, grads, saved):
                     if ga is None or edge is None:
                         continue
                     if isinstance(a, Tensor) and ga.device is not a.device:
