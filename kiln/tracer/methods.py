@@ -282,9 +282,29 @@ def setitem(self: Tensor, key, value) -> None:
         self._version[0] += 1
         return
     old = autograd.edges_of((self,))[0]
+    value = _value_as_written(self, key, value)
     write_inplace(self, F.setitem_functional(self, key, value), "setitem")
     if STATE.grad_enabled:
         _name_setitem_node(self, key, value, old)
+
+
+def _value_as_written(self: Tensor, key, value):
+    """A tensor value as PyTorch's setitem writes it, so its history shows the same nodes:
+    with its leading unit dimensions viewed away (through an index tensor only when it has
+    some), then expanded to the region it fills (ViewBackward0 under ExpandBackward0); a value
+    of the region's shape, or a 0-d one (a fill), is written as it is."""
+    if not isinstance(value, Tensor) or value.ndim == 0:
+        return value
+    shape = tuple(value.shape)
+    lead = next((i for i, n in enumerate(shape) if n != 1), len(shape))
+    if _tensor_key(key):
+        return P.reshape(value, shape=shape[lead:]) if lead else value
+    with autograd.no_grad():
+        region = tuple(F.getitem(self.detach(), key).shape)
+    if shape == region:
+        return value
+    value = P.reshape(value, shape=shape[lead:])
+    return value if shape[lead:] == region else F.expand(value, region)
 
 
 def _name_setitem_node(self: Tensor, key, value, old) -> None:
@@ -292,8 +312,7 @@ def _name_setitem_node(self: Tensor, key, value, old) -> None:
     where the key takes a view (an int, a None, a partial slice: PyTorch writes into that view),
     else IndexPutBackward0 for an index tensor or list, FillBackward3 for a 0-d value and
     CopyBackwards for a tensor (written into the whole of self). Its next_functions: self's old
-    history and the value's (where PyTorch broadcasts the value first, it lists an Expand or
-    View node of it, kiln the value itself)."""
+    history and the value's (its View and Expand nodes, `_value_as_written`)."""
     written = autograd.edges_of((value,))[0] if isinstance(value, Tensor) else None
     if self._base is not None:      # the base's CopySlices, made by the write
         node = autograd.view_origin(self)[0].grad_fn
