@@ -19,6 +19,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
 from kiln.tracer.errors import op_error
+from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor, dispatches
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
@@ -76,9 +77,9 @@ class Node:
         a tuple it returns replaces the gradients. Returns a handle whose remove() drops it."""
         return self._add_hook(_PreHook(fn))
 
-    def _add_hook(self, hook) -> "_NodeHookHandle":
+    def _add_hook(self, hook) -> DroppingHandle:
         self.hooks = (getattr(self, "hooks", None) or ()) + (hook,)
-        return _NodeHookHandle(self, hook)
+        return DroppingHandle(functools.partial(drop_hook, self, "hooks", hook))
 
     # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
     # where it was packed, and _raw_saved_<name>, the SavedTensor whose hooks can be set. kiln
@@ -1129,7 +1130,7 @@ def grad_hooks_of(tensor: Tensor) -> tuple:
     return (tensor._hooks, None if post is None else post[1], node and node.hooks)
 
 
-def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle":
+def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> DroppingHandle:
     """Call `hook(tensor)` each backward, as soon as `tensor.grad` is complete (a leaf only)."""
     if tensor.grad_fn is not None:
         raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
@@ -1142,35 +1143,23 @@ def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle
                           table.pop(key, None))
         entry = (ref, ())
     _POST_ACCUMULATE[key] = (entry[0], entry[1] + (hook,))
-    return _PostHookHandle(key, hook)
+    return DroppingHandle(functools.partial(_drop_post_accumulate_hook, key, hook))
 
 
-class _NodeHookHandle:
-    def __init__(self, node: Node, hook):
-        self.node, self.hook = node, hook
-
-    def remove(self) -> None:
-        self.node.hooks = tuple(h for h in self.node.hooks or () if h is not self.hook) or None
-
-    def __enter__(self) -> "_NodeHookHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+def _drop_post_accumulate_hook(key: int, hook) -> None:
+    entry = _POST_ACCUMULATE.get(key)
+    if entry is not None:
+        hooks = tuple(h for h in entry[1] if h is not hook)
+        if hooks:
+            _POST_ACCUMULATE[key] = (entry[0], hooks)
+        else:
+            del _POST_ACCUMULATE[key]
 
 
-class _PostHookHandle:
-    def __init__(self, key: int, hook):
-        self.key, self.hook = key, hook
-
-    def remove(self) -> None:
-        entry = _POST_ACCUMULATE.get(self.key)
-        if entry is not None:
-            hooks = tuple(h for h in entry[1] if h is not self.hook)
-            if hooks:
-                _POST_ACCUMULATE[self.key] = (entry[0], hooks)
-            else:
-                del _POST_ACCUMULATE[self.key]
+def drop_hook(owner, attr: str, hook) -> None:
+    """Take `hook` out of the tuple of hooks at `owner.attr` (a tensor's or a node's)."""
+    hooks = tuple(h for h in getattr(owner, attr) or () if h is not hook)
+    setattr(owner, attr, hooks or None)
 
 
 def queue_callback(fn) -> None:

@@ -9,6 +9,7 @@ op (kiln.tracer.dispatch_subclass).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
@@ -23,6 +24,7 @@ from kiln.tracer import autograd, creation, layout
 from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
+from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.functional import shapes
 from kiln.tracer.functional.elementwise import scalar_first_overload
 from kiln.tracer.tensor import STATE, TRACING, Tensor, dispatches
@@ -492,24 +494,15 @@ def retain_grad(self: Tensor) -> None:
     self._retains_grad = True
 
 
-class _HookHandle:
-    def __init__(self, owner, attr, hook):
-        self.owner, self.attr, self.hook = owner, attr, hook
-
-    def remove(self):
-        hooks = getattr(self.owner, self.attr) or ()
-        setattr(self.owner, self.attr, tuple(h for h in hooks if h is not self.hook) or None)
-
-
 def register_hook(self: Tensor, hook):
     if not self.requires_grad:
         raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
     if self.grad_fn is None:
         self._hooks = (self._hooks or ()) + (hook,)
-        return _HookHandle(self, "_hooks", hook)
+        return DroppingHandle(functools.partial(autograd.drop_hook, self, "_hooks", hook))
     node = self.grad_fn             # a tensor hook of its grad_fn, before the node's own hooks
     node.hooks = (node.hooks or ()) + (hook,)
-    return _HookHandle(node, "hooks", hook)
+    return DroppingHandle(functools.partial(autograd.drop_hook, node, "hooks", hook))
 
 
 def share_memory_(self: Tensor) -> Tensor:
