@@ -38,6 +38,10 @@ class Node:
                  "out_version", "out_at", "edges", "hooks", "retained", "out_trace",
                  "packed", "forward_stack", "shown", "__weakref__")
 
+    # whether a post hook sees the gradients the rule gives inputs that take none (a custom
+    # Function's, whose backward's results PyTorch hands its hooks as they are)
+    hooks_see_unused_grads = False
+
     def name(self) -> str:
         return type(self).__name__
 
@@ -295,7 +299,10 @@ def _post_hooks(node: Node, post: list, g, grads: tuple) -> tuple:
     """The rule's gradients after the node's post hooks (which see and replace those of the
     inputs next_functions lists, None where an input takes none)."""
     shown = len(node.next_functions)
-    grad_inputs = tuple(None if e is None else ga for e, ga in zip(node.edges[:shown], grads))
+    if node.hooks_see_unused_grads:
+        grad_inputs = tuple(grads[:shown])
+    else:
+        grad_inputs = tuple(None if e is None else ga for e, ga in zip(node.edges[:shown], grads))
     for hook in post:
         grad_inputs = hook.run(grad_inputs, g)
     return tuple(grad_inputs) + tuple(grads[shown:])
