@@ -290,6 +290,9 @@ def setitem(self: Tensor, key, value) -> None:
         _name_setitem_node(self, key, value, old)
 
 
+_ONE_ELEMENT = np.zeros(1, bool)
+
+
 def _value_as_written(self: Tensor, key, value):
     """A tensor value as PyTorch's setitem writes it, so its history shows the same nodes:
     with its leading unit dimensions viewed away (through an index tensor only when it has
@@ -299,10 +302,15 @@ def _value_as_written(self: Tensor, key, value):
         return value
     shape = tuple(value.shape)
     lead = next((i for i, n in enumerate(shape) if n != 1), len(shape))
-    if _tensor_key(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(isinstance(k, list) or isinstance(k, Tensor) and not _takes_view(k, None)
+           for k in keys):
         return P.reshape(value, shape=shape[lead:]) if lead else value
-    with autograd.no_grad():
-        region = tuple(F.getitem(self.detach(), key).shape)
+    try:        # the region's shape, from one element seen at every position of self's shape
+        region = np.ndarray(self._data.shape, bool, _ONE_ELEMENT, 0,
+                            (0,) * self._data.ndim)[_array_key(key)].shape
+    except (IndexError, TypeError, ValueError):
+        return value                    # the write itself reports the key
     if shape == region:
         return value
     value = P.reshape(value, shape=shape[lead:])
