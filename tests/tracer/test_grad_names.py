@@ -450,6 +450,13 @@ COMPOSITES = [      # nodes kiln computes as several: their post hooks see PyTor
     ("cross_entropy", lambda t, x, w, v: t.nn.functional.cross_entropy(x, t.tensor([0, 3, 1]))),
     ("mean", lambda t, x, w, v: (x * 2).mean(1)),
     ("layer_norm", lambda t, x, w, v: t.nn.functional.layer_norm(x, (4,), v, v * 2)),
+    ("clamp, a tensor bound", lambda t, x, w, v: x.clamp(min=v * 0.1)),
+    ("clamp, both bounds", lambda t, x, w, v: t.clamp(x, v * 0.1, x.detach() + 1)),
+    ("conv2d", lambda t, x, w, v: t.nn.functional.conv2d(x.reshape(1, 1, 3, 4),
+                                                          w[:2, :2].reshape(2, 1, 2, 1), v[:2])),
+    ("max_pool2d", lambda t, x, w, v: t.nn.functional.max_pool2d(x.reshape(1, 3, 4), 2)),
+    ("stack", lambda t, x, w, v: t.stack([x, x * 2])),
+    ("softmax", lambda t, x, w, v: (x * 2).softmax(1)),
 ]
 
 
