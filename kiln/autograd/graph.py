@@ -17,6 +17,7 @@ from typing import Any, Callable
 from kiln.tracer.autograd import (Node, pop_saved_hooks, push_saved_hooks,  # noqa: F401
                                   saved_hooks_active)
 from kiln.tracer.custom_function import Variable  # noqa: F401
+from kiln.tracer.handles import DroppingHandle, RemovableHandle  # noqa: F401 (torch's name here)
 from kiln.tracer.tensor import STATE, Tensor
 
 
@@ -93,24 +94,7 @@ def disable_saved_tensors_hooks(error_message: str):
         STATE.hooks_disabled = prev
 
 
-class _MultiGradHandle:
-    """What register_multi_grad_hook returns: `remove()` takes every tensor's hook away."""
-
-    def __init__(self, handles: list):
-        self.handles = handles
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-    def __enter__(self) -> "_MultiGradHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-def register_multi_grad_hook(tensors, fn: Callable, *, mode: str = "all") -> _MultiGradHandle:
+def register_multi_grad_hook(tensors, fn: Callable, *, mode: str = "all") -> RemovableHandle:
     """One hook over several tensors (torch.autograd.graph.register_multi_grad_hook).
 
     mode "all": once per backward pass that computes a gradient of any of them, after their
@@ -140,13 +124,11 @@ def register_multi_grad_hook(tensors, fn: Callable, *, mode: str = "all") -> _Mu
                 fn(grad)
         return hook
 
-    return _MultiGradHandle([t.register_hook(hook_for(i)) for i, t in enumerate(tensors)])
+    handles = [t.register_hook(hook_for(i)) for i, t in enumerate(tensors)]
+    return DroppingHandle(lambda: [h.remove() for h in handles])
 
 
 def __getattr__(name: str):
-    if name == "RemovableHandle":                # torch.utils.hooks' class, as torch names it
-        from kiln.utils.hooks import RemovableHandle
-        return RemovableHandle
     if name == "TorchDispatchMode":              # torch.utils._python_dispatch's, loaded on use
         from kiln.utils._python_dispatch import TorchDispatchMode
         return TorchDispatchMode

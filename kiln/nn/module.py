@@ -13,6 +13,7 @@ from kiln.compiler import note_grad_cleared
 from kiln.compiler import reset as reset_compiled
 from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
+from kiln.utils.hooks import RemovableHandle
 
 class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
     """What load_state_dict returns; prints as PyTorch's (`_IncompatibleKeys(missing_keys=...`
@@ -24,29 +25,6 @@ class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpec
         return super().__repr__()
 
     __str__ = __repr__
-
-
-class RemovableHandle:
-    """Returned by the register_*_hook methods; `remove()` unregisters the hook."""
-
-    _next_id = 0
-
-    def __init__(self, hooks: dict, extra: tuple = ()):
-        self.hooks = hooks
-        self.extra = extra          # sets that also name the hook (with_kwargs, always_call)
-        self.id = RemovableHandle._next_id
-        RemovableHandle._next_id += 1
-
-    def remove(self) -> None:
-        self.hooks.pop(self.id, None)
-        for names in self.extra:
-            names.discard(self.id)
-
-    def __enter__(self) -> "RemovableHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def _addindent(text: str, spaces: int) -> str:
@@ -74,8 +52,8 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
         object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
-        object.__setattr__(self, "_forward_hooks_with_kwargs", set())
-        object.__setattr__(self, "_forward_pre_hooks_with_kwargs", set())
+        object.__setattr__(self, "_forward_hooks_with_kwargs", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks_with_kwargs", OrderedDict())
         object.__setattr__(self, "_backward_hooks", OrderedDict())
         object.__setattr__(self, "_backward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_state_dict_pre_hooks", OrderedDict())
@@ -102,7 +80,7 @@ class Module:
         try:
             return self._call_impl(args, kwargs, called)
         except Exception:
-            own = self.__dict__.get("_forward_hooks_always_called") or set()
+            own = self.__dict__.get("_forward_hooks_always_called") or {}
             pending = [(i, h, i in _global_forward_hooks_with_kwargs)
                        for i, h in _global_forward_hooks.items()
                        if i in _global_forward_hooks_always_called and i not in called]
@@ -233,10 +211,11 @@ class Module:
     def register_forward_pre_hook(self, hook: Callable, *, prepend: bool = False,
                                   with_kwargs: bool = False) -> RemovableHandle:
         """`hook(module, args)` runs before forward; a non-None result replaces the args."""
-        handle = RemovableHandle(self._forward_pre_hooks)
+        handle = RemovableHandle(self._forward_pre_hooks,
+                                 extra_dict=self._forward_pre_hooks_with_kwargs)
         self._forward_pre_hooks[handle.id] = hook
         if with_kwargs:
-            self._forward_pre_hooks_with_kwargs.add(handle.id)
+            self._forward_pre_hooks_with_kwargs[handle.id] = True
         if prepend:
             self._forward_pre_hooks.move_to_end(handle.id, last=False)
         return handle
@@ -245,19 +224,19 @@ class Module:
                               with_kwargs: bool = False,
                               always_call: bool = False) -> RemovableHandle:
         """`hook(module, args, output)` runs after forward; a non-None result replaces it."""
-        handle = RemovableHandle(self._forward_hooks)
+        always = self.__dict__.get("_forward_hooks_always_called")
+        if always is None:      # made on first use: a call checks it before anything else
+            always = OrderedDict()
+            object.__setattr__(self, "_forward_hooks_always_called", always)
+        handle = RemovableHandle(self._forward_hooks,
+                                 extra_dict=[self._forward_hooks_with_kwargs, always])
         self._forward_hooks[handle.id] = hook
         if with_kwargs:
-            self._forward_hooks_with_kwargs.add(handle.id)
+            self._forward_hooks_with_kwargs[handle.id] = True
         if prepend:
             self._forward_hooks.move_to_end(handle.id, last=False)
         if always_call:
-            always = self.__dict__.get("_forward_hooks_always_called")
-            if always is None:
-                always = set()
-                object.__setattr__(self, "_forward_hooks_always_called", always)
-            always.add(handle.id)
-            handle.extra = (always,)
+            always[handle.id] = True
         return handle
 
     # ------------------------------------------------------------------ registration
@@ -710,8 +689,8 @@ _global_forward_pre_hooks: OrderedDict = OrderedDict()
 # with torch.compile
 _GLOBAL_HOOKS_SKIPPED: set = set()
 _global_forward_hooks: OrderedDict = OrderedDict()
-_global_forward_hooks_with_kwargs: set = set()
-_global_forward_hooks_always_called: set = set()
+_global_forward_hooks_with_kwargs: OrderedDict = OrderedDict()
+_global_forward_hooks_always_called: OrderedDict = OrderedDict()
 _global_backward_pre_hooks: OrderedDict = OrderedDict()
 _global_backward_hooks: OrderedDict = OrderedDict()
 
@@ -721,12 +700,13 @@ class _GlobalHookHandle(RemovableHandle):
     removing a global hook makes every compiled function trace again (kiln.compiler.reset), as
     torch.compile's guards on the global hook registries make it recompile."""
 
-    def __init__(self, hooks: dict, extra: tuple = ()):
-        super().__init__(hooks, extra)
+    def __init__(self, hooks: dict, *, extra_dict=None):
+        super().__init__(hooks, extra_dict=extra_dict)
         reset_compiled()
 
     def remove(self) -> None:
-        if self.id in self.hooks:
+        hooks = self.hooks_dict_ref()
+        if hooks is not None and self.id in hooks:
             super().remove()
             reset_compiled()
 
@@ -745,13 +725,13 @@ def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
     after every module's forward, before the module's own forward hooks; a non-None result
     replaces the output. With `always_call`, it runs (with output None) even when forward
     raises."""
-    handle = _GlobalHookHandle(_global_forward_hooks)
+    handle = _GlobalHookHandle(_global_forward_hooks, extra_dict=[
+        _global_forward_hooks_with_kwargs, _global_forward_hooks_always_called])
     _global_forward_hooks[handle.id] = hook
     if with_kwargs:
-        _global_forward_hooks_with_kwargs.add(handle.id)
+        _global_forward_hooks_with_kwargs[handle.id] = True
     if always_call:
-        _global_forward_hooks_always_called.add(handle.id)
-    handle.extra = (_global_forward_hooks_with_kwargs, _global_forward_hooks_always_called)
+        _global_forward_hooks_always_called[handle.id] = True
     return handle
 
 

@@ -341,7 +341,7 @@ def _hooks(optimizer: Optimizer, registry: str):
 
 
 def _hook_handle(optimizer: Optimizer, registry: str, hook: Callable, prepend: bool = False):
-    from kiln.nn.module import RemovableHandle      # on use: kiln.optim loads no kiln.nn
+    from kiln.utils.hooks import RemovableHandle
     hooks = optimizer.__dict__.setdefault(registry, OrderedDict())
     handle = RemovableHandle(hooks)
     hooks[handle.id] = hook

@@ -19,6 +19,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
 from kiln.tracer.errors import op_error
+from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor, dispatches
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
@@ -36,6 +37,10 @@ class Node:
     __slots__ = ("prim", "inputs", "attrs", "out_data", "out_dtype", "out_device", "versions",
                  "out_version", "out_at", "edges", "hooks", "retained", "out_trace",
                  "packed", "forward_stack", "shown", "__weakref__")
+
+    # whether a post hook sees the gradients the rule gives inputs that take none (a custom
+    # Function's, whose backward's results PyTorch hands its hooks as they are)
+    hooks_see_unused_grads = False
 
     def name(self) -> str:
         return type(self).__name__
@@ -64,12 +69,11 @@ class Node:
         """PyTorch's Node.register_hook: `fn(grad_inputs, grad_outputs)` runs after the node's
         rule (a tuple per `next_functions` entry, None where no gradient goes, and the tuple of
         the node's output gradient), and a tuple it returns replaces grad_inputs. Returns a
-        handle whose remove() drops it."""
-        if getattr(self, "shown", None) is not None:
-            raise NotImplementedError(
-                f"kiln cannot run a post hook on {self.name()}: kiln computes this op as "
-                "several nodes, so the gradients of the inputs next_functions lists are not "
-                "known at this node (register_prehook, or hooks on the input tensors, work)")
+        handle whose remove() drops it. On a node kiln computes as several (a named
+        composite's: AddmmBackward0 of linear, MvBackward0, CopySlices), backward runs the inner
+        nodes at this one so that the hook sees the gradients of the inputs it lists."""
+        if _composite_edges(self) is not None:
+            _inner_nodes(self)              # refuses here what it cannot run
         return self._add_hook(_PostHook(fn))
 
     def register_prehook(self, fn):
@@ -77,9 +81,9 @@ class Node:
         a tuple it returns replaces the gradients. Returns a handle whose remove() drops it."""
         return self._add_hook(_PreHook(fn))
 
-    def _add_hook(self, hook) -> "_NodeHookHandle":
+    def _add_hook(self, hook) -> DroppingHandle:
         self.hooks = (getattr(self, "hooks", None) or ()) + (hook,)
-        return _NodeHookHandle(self, hook)
+        return DroppingHandle(functools.partial(drop_hook, self, "hooks", hook))
 
     # PyTorch's grad_fn._saved_<name>: what the gradient rule reads, through the unpack hook
     # where it was packed, and _raw_saved_<name>, the SavedTensor whose hooks can be set. kiln
@@ -295,10 +299,127 @@ def _post_hooks(node: Node, post: list, g, grads: tuple) -> tuple:
     """The rule's gradients after the node's post hooks (which see and replace those of the
     inputs next_functions lists, None where an input takes none)."""
     shown = len(node.next_functions)
-    grad_inputs = tuple(None if e is None else ga for e, ga in zip(node.edges[:shown], grads))
+    if node.hooks_see_unused_grads:
+        grad_inputs = tuple(grads[:shown])
+    else:
+        grad_inputs = tuple(None if e is None else ga for e, ga in zip(node.edges[:shown], grads))
     for hook in post:
         grad_inputs = hook.run(grad_inputs, g)
     return tuple(grad_inputs) + tuple(grads[shown:])
+
+
+def _composite_edges(node: Node) -> list | None:
+    """The edges a named composite's node lists in next_functions (leaf tensors, nodes, None),
+    where they are not its own edges (its inner nodes lead to them); else None."""
+    shown = getattr(node, "shown", None)
+    if shown is None:
+        return None
+    shown = [e.variable if type(e) is AccumulateGrad else e for e in shown]
+    if len(shown) == len(node.edges) and all(a is b for a, b in zip(shown, node.edges)):
+        return None
+    return shown
+
+
+def _inner_nodes(node: Node) -> list:
+    """The nodes between a composite's node and the edges it lists, each after every inner
+    node that consumes its output; refuses (NotImplementedError) what kiln cannot give a post
+    hook: an input listed twice, or a path that leaves the composite."""
+    shown = _composite_edges(node)
+    listed = {id(e) for e in shown if e is not None}
+    if len(listed) != sum(e is not None for e in shown):
+        raise NotImplementedError(
+            f"kiln cannot run a post hook on {node.name()} whose inputs are the same tensor "
+            "twice: kiln computes this op as several nodes, which do not tell the two "
+            "gradients apart (register_prehook, or a hook on the input tensor, work)")
+    order, seen, stack = [], set(), [(node, False)]
+    while stack:                        # as _topological, within the composite
+        n, expanded = stack.pop()
+        if expanded:
+            order.append(n)
+            continue
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.append((n, True))
+        for e in n.edges:
+            if e is None or id(e) in listed or id(e) in seen:
+                continue
+            if isinstance(e, Tensor) or not isinstance(e, Node) or len(seen) > 256:
+                raise NotImplementedError(
+                    f"kiln cannot run a post hook on {node.name()}: kiln computes it as "
+                    "several nodes, and their gradients reach tensors its next_functions do "
+                    "not list (register_prehook, or hooks on the input tensors, work)")
+            stack.append((e, False))
+    order.reverse()
+    return order[1:]        # (the first is node itself)
+
+
+def _composite_backward(node: Node, post: list, g, grads: tuple, saved: tuple,
+                        order: list, create_graph: bool, retain_graph: bool) -> list:
+    """A named composite's post hooks: its inner nodes run here, their gradients for the
+    inputs next_functions lists are gathered into grad_inputs for the hooks, and the hooks'
+    (edge, gradient) pairs are returned for the engine to pass on."""
+    shown = _composite_edges(node)
+    inner = _inner_nodes(node)
+    local = {id(n): 0 for n in inner}
+    for n in [node] + inner:
+        for e in n.edges:
+            if id(e) in local:
+                local[id(e)] += 1
+    for n in order:                     # an inner node another node also reads
+        for e in n.edges:
+            if id(e) in local:
+                local[id(e)] -= 1
+    if any(local.values()) or any(getattr(n, "hooks", None) or
+                                  getattr(n, "retained", None) is not None for n in inner):
+        raise NotImplementedError(
+            f"kiln cannot run a post hook on {node.name()}: a node kiln computes it with is "
+            "also used outside it (a view written in place and read elsewhere)")
+    slot = {id(e): i for i, e in enumerate(shown) if e is not None}
+    gathered = [None] * len(shown)
+    pending: dict = {}
+
+    def send(edges, grads, saved) -> None:
+        for edge, ga, a in zip(edges, grads, saved):
+            if ga is None or edge is None:
+                continue
+            if isinstance(a, Tensor) and ga.device is not a.device:
+                ga = _moved_home(ga, a.device)
+            i = slot.get(id(edge))
+            if i is not None:
+                gathered[i] = ga if gathered[i] is None else gathered[i] + ga
+            else:
+                key = id(edge)
+                pending[key] = ga if key not in pending else pending[key] + ga
+
+    send(node.edges, grads, saved)
+    for n in inner:
+        gn = pending.pop(id(n), None)
+        if gn is not None:
+            _check_versions(n)
+            with _grad_scope(n) if TRACING[0] else _NO_SCOPE:
+                saved_n, out = (n.inputs, n.output()) if getattr(n, "packed", None) is None \
+                    else _unpack_saved(n)
+                grads_n = _rule(n, gn, out, saved_n, create_graph)
+                if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
+                    _check_anomaly(n, grads_n)
+                send(n.edges, grads_n, saved_n)
+        if not retain_graph:
+            n.inputs = n.out_data = n.packed = None
+    grad_inputs = tuple(None if e is None else ga for e, ga in zip(shown, gathered))
+    for hook in post:
+        grad_inputs = hook.run(grad_inputs, g)
+    return list(zip(shown, grad_inputs))
+
+
+def _rule(node: Node, g, out, saved: tuple, create_graph: bool) -> tuple:
+    """The node's gradient rule on g: widened for a half-precision gradient, conjugated for
+    a complex one, as its primitive needs."""
+    if not create_graph and g.dtype in _HALF and _widens(node.prim, g):
+        return _widened_rule(node, g, out, saved)
+    if g.dtype.is_complex and _conjugates(node.prim):
+        return _conjugated_rule(node, g, out, saved)
+    return node.prim.grad(g, out, *saved, **node.attrs)
 
 
 def _retain(node: Node, g, create_graph: bool) -> None:
@@ -1016,7 +1137,7 @@ def grad_hooks_of(tensor: Tensor) -> tuple:
     return (tensor._hooks, None if post is None else post[1], node and node.hooks)
 
 
-def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle":
+def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> DroppingHandle:
     """Call `hook(tensor)` each backward, as soon as `tensor.grad` is complete (a leaf only)."""
     if tensor.grad_fn is not None:
         raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
@@ -1029,35 +1150,23 @@ def register_post_accumulate_grad_hook(tensor: Tensor, hook) -> "_PostHookHandle
                           table.pop(key, None))
         entry = (ref, ())
     _POST_ACCUMULATE[key] = (entry[0], entry[1] + (hook,))
-    return _PostHookHandle(key, hook)
+    return DroppingHandle(functools.partial(_drop_post_accumulate_hook, key, hook))
 
 
-class _NodeHookHandle:
-    def __init__(self, node: Node, hook):
-        self.node, self.hook = node, hook
-
-    def remove(self) -> None:
-        self.node.hooks = tuple(h for h in self.node.hooks or () if h is not self.hook) or None
-
-    def __enter__(self) -> "_NodeHookHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+def _drop_post_accumulate_hook(key: int, hook) -> None:
+    entry = _POST_ACCUMULATE.get(key)
+    if entry is not None:
+        hooks = tuple(h for h in entry[1] if h is not hook)
+        if hooks:
+            _POST_ACCUMULATE[key] = (entry[0], hooks)
+        else:
+            del _POST_ACCUMULATE[key]
 
 
-class _PostHookHandle:
-    def __init__(self, key: int, hook):
-        self.key, self.hook = key, hook
-
-    def remove(self) -> None:
-        entry = _POST_ACCUMULATE.get(self.key)
-        if entry is not None:
-            hooks = tuple(h for h in entry[1] if h is not self.hook)
-            if hooks:
-                _POST_ACCUMULATE[self.key] = (entry[0], hooks)
-            else:
-                del _POST_ACCUMULATE[self.key]
+def drop_hook(owner, attr: str, hook) -> None:
+    """Take `hook` out of the tuple of hooks at `owner.attr` (a tensor's or a node's)."""
+    hooks = tuple(h for h in getattr(owner, attr) or () if h is not hook)
+    setattr(owner, attr, hooks or None)
 
 
 def queue_callback(fn) -> None:
@@ -1193,17 +1302,18 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                     saved, out = node.inputs, node.output()
                 else:
                     saved, out = _unpack_saved(node)
-                if not create_graph and g.dtype in _HALF and _widens(node.prim, g):
-                    grads = _widened_rule(node, g, out, saved)
-                elif g.dtype.is_complex and _conjugates(node.prim):
-                    grads = _conjugated_rule(node, g, out, saved)
-                else:
-                    grads = node.prim.grad(g, out, *saved, **node.attrs)
+                grads = _rule(node, g, out, saved, create_graph)
                 if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
                     _check_anomaly(node, grads)
+                edges = node.edges
                 if post:
-                    grads = _post_hooks(node, post, g, grads)
-                for edge, ga, a in zip(node.edges, grads, saved):
+                    if _composite_edges(node) is None:
+                        grads = _post_hooks(node, post, g, grads)
+                    else:           # its inner nodes ran: the hooks' gradients go on
+                        edges, grads = zip(*_composite_backward(
+                            node, post, g, grads, saved, order, create_graph, retain_graph))
+                        saved = (None,) * len(edges)
+                for edge, ga, a in zip(edges, grads, saved):
                     if ga is None or edge is None:
                         continue
                     if isinstance(a, Tensor) and ga.device is not a.device:

@@ -98,6 +98,8 @@ class _FunctionNode(autograd.Node):
     """grad_fn of one output of a custom Function. Each Function has its subclass of this,
     `<Name>Backward` (its `_backward_cls`, as in PyTorch), the type of its outputs' grad_fn."""
 
+    hooks_see_unused_grads = True
+
     def __init__(self, fn_cls, ctx, inputs, index, outputs, out):
         self.ctx, self.index, self.fn_cls = ctx, index, fn_cls
         self.out_shapes = [(tuple(o.shape), o.dtype, o.device) if isinstance(o, Tensor) else None
@@ -113,6 +115,23 @@ class _FunctionNode(autograd.Node):
 
     def name(self) -> str:
         return f"{self.fn_cls.__name__}Backward"
+
+    def register_hook(self, fn):
+        self._check_one_output("register_hook")
+        return super().register_hook(fn)
+
+    def register_prehook(self, fn):
+        self._check_one_output("register_prehook")
+        return super().register_prehook(fn)
+
+    def _check_one_output(self, method: str) -> None:
+        """PyTorch's node of a Function with several outputs is one, whose hooks see every
+        output's gradient; kiln's are one per output, so it refuses their node hooks."""
+        if sum(spec is not None for spec in self.out_shapes) > 1:
+            raise NotImplementedError(
+                f"kiln cannot {method} on {self.name()}: {self.fn_cls.__name__} has several "
+                "outputs, and kiln gives each its own node, whose hooks would see one output's "
+                "gradient where PyTorch's see all of them (a hook on each output tensor works)")
 
     def __repr__(self) -> str:
         return f"<{self.name()} object at {hex(id(self))}>"

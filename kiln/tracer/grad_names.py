@@ -147,12 +147,24 @@ def _norm_name(args, kwargs):
     return None if p == "nuc" else "LinalgVectorNormBackward0"
 
 
+def _clamp_inputs(args, kwargs, node):
+    """ClampBackward0 (a tensor bound) lists the input, min and max (None for a bound that is
+    a number or not given); ClampBackward1 (number bounds) the input alone."""
+    given = dict(zip(("input", "min", "max"), args), **kwargs)
+    bounds = [given.get("min"), given.get("max")]
+    x = _edge(given.get("input", given.get("self")))
+    if not any(isinstance(b, Tensor) for b in bounds):
+        return [x]
+    return [x] + [_edge(b) for b in bounds]
+
+
 def _stacked_inputs(args, kwargs, node):
     tensors = args[0] if args else kwargs.get("tensors", ())
     return [_edge(t) for t in tensors]
 
 
 SHOWN["stack"] = _stacked_inputs
+SHOWN["clamp"] = SHOWN["clip"] = _clamp_inputs
 # x ** 2 is kiln's x * x: PyTorch's PowBackward0 lists x once (its floating-point operands)
 for _name in ("pow", "square", "__pow__", "__rpow__"):
     SHOWN[_name] = _float_inputs

@@ -9,6 +9,7 @@ op (kiln.tracer.dispatch_subclass).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
@@ -23,6 +24,7 @@ from kiln.tracer import autograd, creation, layout
 from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer import functional as F
 from kiln.tracer.errors import op_error
+from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.functional import shapes
 from kiln.tracer.functional.elementwise import scalar_first_overload
 from kiln.tracer.tensor import STATE, TRACING, Tensor, dispatches
@@ -282,9 +284,37 @@ def setitem(self: Tensor, key, value) -> None:
         self._version[0] += 1
         return
     old = autograd.edges_of((self,))[0]
+    value = _value_as_written(self, key, value)
     write_inplace(self, F.setitem_functional(self, key, value), "setitem")
     if STATE.grad_enabled:
         _name_setitem_node(self, key, value, old)
+
+
+_ONE_ELEMENT = np.zeros(1, bool)
+
+
+def _value_as_written(self: Tensor, key, value):
+    """A tensor value as PyTorch's setitem writes it, so its history shows the same nodes:
+    with its leading unit dimensions viewed away (through an index tensor only when it has
+    some), then expanded to the region it fills (ViewBackward0 under ExpandBackward0); a value
+    of the region's shape, or a 0-d one (a fill), is written as it is."""
+    if not isinstance(value, Tensor) or value.ndim == 0:
+        return value
+    shape = tuple(value.shape)
+    lead = next((i for i, n in enumerate(shape) if n != 1), len(shape))
+    keys = key if isinstance(key, tuple) else (key,)
+    if any(isinstance(k, list) or isinstance(k, Tensor) and not _takes_view(k, None)
+           for k in keys):
+        return P.reshape(value, shape=shape[lead:]) if lead else value
+    try:        # the region's shape, from one element seen at every position of self's shape
+        region = np.ndarray(self._data.shape, bool, _ONE_ELEMENT, 0,
+                            (0,) * self._data.ndim)[_array_key(key)].shape
+    except (IndexError, TypeError, ValueError):
+        return value                    # the write itself reports the key
+    if shape == region:
+        return value
+    value = P.reshape(value, shape=shape[lead:])
+    return value if shape[lead:] == region else F.expand(value, region)
 
 
 def _name_setitem_node(self: Tensor, key, value, old) -> None:
@@ -292,8 +322,7 @@ def _name_setitem_node(self: Tensor, key, value, old) -> None:
     where the key takes a view (an int, a None, a partial slice: PyTorch writes into that view),
     else IndexPutBackward0 for an index tensor or list, FillBackward3 for a 0-d value and
     CopyBackwards for a tensor (written into the whole of self). Its next_functions: self's old
-    history and the value's (where PyTorch broadcasts the value first, it lists an Expand or
-    View node of it, kiln the value itself)."""
+    history and the value's (its View and Expand nodes, `_value_as_written`)."""
     written = autograd.edges_of((value,))[0] if isinstance(value, Tensor) else None
     if self._base is not None:      # the base's CopySlices, made by the write
         node = autograd.view_origin(self)[0].grad_fn
@@ -473,24 +502,15 @@ def retain_grad(self: Tensor) -> None:
     self._retains_grad = True
 
 
-class _HookHandle:
-    def __init__(self, owner, attr, hook):
-        self.owner, self.attr, self.hook = owner, attr, hook
-
-    def remove(self):
-        hooks = getattr(self.owner, self.attr) or ()
-        setattr(self.owner, self.attr, tuple(h for h in hooks if h is not self.hook) or None)
-
-
 def register_hook(self: Tensor, hook):
     if not self.requires_grad:
         raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
     if self.grad_fn is None:
         self._hooks = (self._hooks or ()) + (hook,)
-        return _HookHandle(self, "_hooks", hook)
+        return DroppingHandle(functools.partial(autograd.drop_hook, self, "_hooks", hook))
     node = self.grad_fn             # a tensor hook of its grad_fn, before the node's own hooks
     node.hooks = (node.hooks or ()) + (hook,)
-    return _HookHandle(node, "hooks", hook)
+    return DroppingHandle(functools.partial(autograd.drop_hook, node, "hooks", hook))
 
 
 def share_memory_(self: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """`torch.utils.hooks` for kiln: `RemovableHandle`, what every register_*_hook returns (a
 `with` block removes the hook at its end), and `unserializable_hook`."""
 
-from kiln.nn.module import RemovableHandle  # noqa: F401
+from kiln.autograd.graph import RemovableHandle  # noqa: F401
 
 __all__ = ["RemovableHandle", "unserializable_hook", "warn_if_has_hooks"]
 

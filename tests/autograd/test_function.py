@@ -325,3 +325,78 @@ def test_walking_next_functions_reaches_the_leaves_as_in_torch():
         assert set(leaves) == {id(a), id(b)}
         reached.append(sorted(len(ids) for ids in leaves.values()))
     assert reached[1] == reached[0] == [1, 1]    # a reached twice, through one AccumulateGrad
+
+
+def _split_function(lib, log, materialize):
+    class Split(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, k, w):
+            log.append(("needs_input_grad", ctx.needs_input_grad))
+            ctx.set_materialize_grads(materialize)
+            idx = (x > 0).long()
+            ctx.mark_non_differentiable(idx)
+            return x * 2, x * w, idx
+
+        @staticmethod
+        @lib.autograd.function.once_differentiable
+        def backward(ctx, ga, gb, gi):
+            log.append(("backward", lib.is_grad_enabled(),
+                        [None if g is None else g.tolist() for g in (ga, gb, gi)]))
+            gx = (0 if ga is None else ga * 2) + (0 if gb is None else gb * 3)
+            return gx, None, None
+    return Split
+
+
+@pytest.mark.parametrize("materialize", [True, False])
+def test_several_outputs_one_used_as_torchs(materialize):
+    """needs_input_grad per argument, mark_non_differentiable (no grad_fn, a zero or None
+    gradient given to backward), set_materialize_grads (zeros or None for the unused outputs),
+    once_differentiable (backward under no_grad): the calls and gradients torch makes, when
+    one output's gradient is asked for."""
+    def run(lib):
+        log = []
+        x = lib.tensor([1.0, -2.0, 0.5], dtype=lib.float64, requires_grad=True)
+        a, b, idx = _split_function(lib, log, materialize).apply(x, 5, lib.ones(3))
+        log.append((idx.requires_grad, idx.grad_fn is None, b.grad_fn is not None))
+        (a * lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64)).sum().backward()
+        return log, x.grad.tolist()
+    assert run(kiln) == run(torch)
+
+
+def test_custom_function_post_hook_sees_what_backward_returned_as_torchs():
+    """A custom Function's node hands its post hooks what backward returned for every tensor
+    input, one that takes no gradient too (torch's quirk: next_functions lists None there)."""
+    def run(lib):
+        log = []
+
+        class Mul(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, k, w):
+                ctx.save_for_backward(x, w)
+                return x * w * k
+
+            @staticmethod
+            def backward(ctx, g):
+                x, w = ctx.saved_tensors
+                return g * w * 5, None, g * x * 5
+        x = lib.tensor([1.0, -2.0], dtype=lib.float64, requires_grad=True)
+        y = Mul.apply(x, 5, lib.tensor([3.0, 3.0], dtype=lib.float64))
+        y.grad_fn.register_hook(lambda gi, go: log.append(
+            [None if g is None else g.tolist() for g in gi + go]))
+        y.sum().backward()
+        return log, x.grad.tolist()
+    assert run(kiln) == run(torch)
+
+
+def test_node_hooks_of_a_function_with_several_outputs_refuse():
+    """PyTorch's one node for all outputs has hooks seeing every output's gradient; kiln's
+    node per output would give them one, so kiln refuses (tensor hooks work)."""
+    x = kiln.tensor([1.0, -2.0], requires_grad=True)
+    a, b, _ = _split_function(kiln, [], True).apply(x, 5, kiln.ones(2))
+    for method in ("register_hook", "register_prehook"):
+        with pytest.raises(NotImplementedError, match="SplitBackward: Split has several"):
+            getattr(a.grad_fn, method)(lambda *g: None)
+    seen = []
+    b.register_hook(lambda g: seen.append(g.tolist()))
+    (a.sum() + 2 * b.sum()).backward()
+    assert seen == [[2.0, 2.0]] and x.grad.tolist() == [8.0, 8.0]

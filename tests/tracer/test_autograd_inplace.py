@@ -701,3 +701,52 @@ def test_setitem_into_a_constant_tensor_has_torchs_node():
                                             for n, _ in c.grad_fn.next_functions],
                          v.grad.tolist()))
         assert seen[1] == seen[0] and seen[0][0] == name
+
+
+def _node_tree(node, depth: int = 4):
+    if node is None:
+        return None
+    return (node.name(), tuple(_node_tree(n, depth - 1) for n, _ in node.next_functions)
+            if depth else ())
+
+
+BROADCAST_WRITES = {    # value shape -> the key whose region it is broadcast over
+    "row = (1,)": ((1,), 0), "row = (1, 4)": ((1, 4), 0), "row = (1, 1, 4)": ((1, 1, 4), 0),
+    "rows = (4,)": ((4,), slice(0, 2)), "rows, column = (1,)": ((1,), (slice(1, 3), 0)),
+    "element = (1,)": ((1,), (0, 0)), "columns = ()": ((), (slice(None), slice(1, 3))),
+    "row = (4,), same shape": ((4,), 0), "x[None, 0] = (1, 4)": ((1, 4), (None, 0)),
+    "whole = (1,)": ((1,), Ellipsis), "whole = (4,)": ((4,), slice(None)),
+    "mask = (1,)": ((1,), "mask"), "index = (1, 4)": ((1, 4), [0, 2]),
+    "index = (4,)": ((4,), [0, 2]), "view's part = (1,)": ((1,), "view"),
+    "float32 value = (1,)": ((1,), "float32"),
+}
+
+
+@pytest.mark.parametrize("shape,key", [pytest.param(*c, id=n) for n, c in
+                                       BROADCAST_WRITES.items()])
+def test_a_broadcast_value_written_into_part_of_a_tensor_is_expanded_as_torchs(shape, key):
+    """`x[key] = v` with v smaller than the region: PyTorch views v without its leading unit
+    dimensions and expands it (ViewBackward0 under ExpandBackward0, or neither when the shapes
+    match); the same trees, and the gradients summed back to v's shape (float64, 1e-12)."""
+    data = np.random.default_rng(7).normal(size=(3, 4))
+    value = np.random.default_rng(8).normal(size=shape)
+    seen = []
+    for lib in (torch, kiln):
+        base = lib.tensor(data, requires_grad=True)
+        v = lib.tensor(value, dtype=lib.float32 if key == "float32" else lib.float64,
+                       requires_grad=True)
+        x = base * 1
+        if key == "mask":
+            x[x > 0] = v
+        elif key == "view":
+            x[1][1:3] = v
+        else:
+            x[0 if key == "float32" else key] = v
+        weights = lib.tensor(np.linspace(-1, 2, 12).reshape(3, 4))
+        (x * weights).sum().backward()
+        seen.append((_node_tree(x.grad_fn), base.grad.numpy(), v.grad.numpy()))
+    (k_tree, *k_grads), (t_tree, *t_grads) = seen[1], seen[0]
+    assert k_tree == t_tree
+    for k, t in zip(k_grads, t_grads):
+        assert k.shape == t.shape and k.dtype == t.dtype
+        np.testing.assert_allclose(k, t, rtol=1e-12, atol=1e-12)
