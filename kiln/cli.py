@@ -28,9 +28,15 @@ def _demo() -> int:
 
 
 def _dump(script: str, script_args: list, out: str, formats: tuple,
-          passes: bool = False) -> int:
+          passes: bool = False, as_torch: bool = True) -> int:
     """Run a script; write a report for every `@kiln.compile` function it called; with
-    `passes`, the report holds (and stdout shows) what each step of the pipeline made."""
+    `passes`, the report holds (and stdout shows) what each step of the pipeline made. With
+    `as_torch`, its torch imports resolve to kiln, as in `kiln run`: a PyTorch script's
+    `torch.compile` functions are kiln's then (with the real torch there would be none);
+    where this process has imported torch already (a caller's), its scripts share it."""
+    if as_torch and "torch" not in sys.modules:
+        from kiln.as_torch import install
+        install()
     from kiln import program_cache
     reading = program_cache.READ
     if passes:          # each step must run in this process to be shown
@@ -75,7 +81,8 @@ def _dump_script(script: str, script_args: list, out: str, formats: tuple,
         for reason in dict.fromkeys(captured.get("__breaks__" + name, [])):
             print(f"kiln dump: {name} runs eagerly: {reason}")
     if not captured:
-        print("kiln dump: the script called no @kiln.compile function; nothing to write")
+        print("kiln dump: the script called no @kiln.compile (or torch.compile) function; "
+              "nothing to write")
         return 1
     for path in written:
         print(f"kiln dump: wrote {path}")
@@ -133,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     dump_p.add_argument("--passes", action="store_true",
                         help="also print (and write) the graph each named pipeline step made: "
                         "partition, decompose, cleanup, fuse, split gathers, lower, plan memory")
+    dump_p.add_argument("--real-torch", action="store_true",
+                        help="leave the script's torch imports to the real torch (by default "
+                        "they resolve to kiln, as in `kiln run`)")
     run_p = sub.add_parser("run", help="run an unmodified PyTorch script on kiln: its torch "
                            "(and torchvision) imports resolve to kiln's modules")
     run_p.add_argument("script")
@@ -158,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         parser.error(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
-    return _dump(args.script, rest, args.out, formats, args.passes)
+    return _dump(args.script, rest, args.out, formats, args.passes, not args.real_torch)

@@ -80,3 +80,35 @@ def test_kiln_dump_env_var_for_a_normal_run(tmp_path):
 def test_kiln_dump_rejects_unknown_format(tmp_path):
     done = _run(["-m", "kiln", "dump", str(EXAMPLE), "--format", "pdf"])
     assert done.returncode != 0 and "unknown format" in done.stderr
+
+
+def test_kiln_dump_of_a_pytorch_script_dumps_its_torch_compile_functions(tmp_path):
+    # a script written for PyTorch: its torch imports resolve to kiln, as under `kiln run`
+    script = tmp_path / "torch_step.py"
+    script.write_text(
+        "import torch\n"
+        "import torch.nn as nn\n"
+        "model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "@torch.compile\n"
+        "def step(x, y):\n"
+        "    loss = nn.functional.cross_entropy(model(x), y)\n"
+        "    opt.zero_grad()\n"
+        "    loss.backward()\n"
+        "    opt.step()\n"
+        "    return loss\n"
+        "for _ in range(3):\n"
+        "    print(type(torch).__name__, torch.__name__, step(torch.randn(4, 8), "
+        "torch.randint(0, 2, (4,))).item())\n")
+    done = _run(["-m", "kiln", "dump", str(script), "--out", str(tmp_path / "out"),
+                 "--format", "text"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("module kiln ") == 3
+    text = (tmp_path / "out" / "step.txt").read_text()
+    assert "== traced graph ==" in text and re.search(r"matmul\(%x, ", text)
+    assert re.search(r"# torch_step\.py:7$", text, re.M)
+    # --real-torch leaves torch to PyTorch: nothing of kiln's is compiled
+    done = _run(["-m", "kiln", "dump", str(script), "--real-torch", "--out",
+                 str(tmp_path / "real")])
+    assert done.returncode == 1 and done.stdout.count("module torch ") == 3
+    assert "no @kiln.compile (or torch.compile) function" in done.stdout
