@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check of kiln, for a machine with an NVIDIA GPU, CuPy and a CUDA build of PyTorch:
-# the GPU-marked tests (in 8 concurrent shards: a cold run is mostly kernel builds on the host);
+# first a preflight (benchmarks/gpu_preflight.py: Triton's and CuPy's versions, kiln's launch
+# arguments against this Triton's launcher, one kernel launched on the device; if it fails, the
+# check stops there, since every later part would fail the same way); then the GPU-marked tests
+# (in 8 concurrent shards: a cold run is mostly kernel builds on the host);
 # the quick GPU benchmark without torch.compile (every row, sizes / 8,
 # each fused kernel's bandwidth); the function rows (GELU, softmax, layer_norm) at full size
 # with torch.compile in its default and reduce-overhead modes; the CNN's convolutions alone
@@ -8,18 +11,18 @@
 # after compile with it); then the training steps (MLP and CNN with Adam) at full size with
 # both torch.compile modes; then an eager step captured by the user as a CUDA graph
 # (kiln.cuda.graph vs torch.cuda.graph); then a cProfile of the compiled MLP step's host time.
-# Each part has its own time limit, so the whole check ends within 7 minutes (the limits sum
-# to 395 s); output is unbuffered, so a part cut short
+# Each part has its own time limit, so the whole check ends within 8 minutes (the limits sum
+# to 455 s); output is unbuffered, so a part cut short
 # still logs the rows it finished.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/gpu_tests.log (gpu_tests_shard.log.K
-#                                            # per shard),
+#   bash benchmarks/gpu_check.sh OUT_DIR     # logs: OUT_DIR/preflight.log,
+#                                            # gpu_tests.log (gpu_tests_shard.log.K per shard),
 #                                            # compile_gpu_quick.log, compile_gpu_functions.log,
 #                                            # compile_gpu_conv.log, compile_gpu_steps.log,
 #                                            # cuda_graphs_gpu.log, profile_gpu_step.log
 #
 # Prints each part's exit code at the end (124: it ran out of time) and exits non-zero if any
-# part failed. Without a GPU the tests skip and compile_gpu.py exits 2 at once.
+# part failed. Without a GPU the preflight fails on its device step and the check stops there.
 set -u
 
 if [ $# -ne 1 ]; then
@@ -48,6 +51,14 @@ run_part() {        # run_part NAME SECONDS LOG COMMAND...
     codes+=("$code")
 }
 
+python -c 'import triton; print("triton", triton.__version__)'
+python -c 'import cupy; print("cupy", cupy.__version__)' || echo "cupy: cannot import"
+run_part "preflight" 60 preflight.log python -u benchmarks/gpu_preflight.py
+if [ "${codes[0]}" -ne 0 ]; then
+    echo "preflight failed (exit ${codes[0]}): see $out/preflight.log; the later parts would fail" \
+         "the same way, so the check stops here" >&2
+    exit 1
+fi
 run_part "gpu tests" 110 gpu_tests.log \
     python -u benchmarks/gpu_tests.py --shards 8 --log "$out/gpu_tests_shard.log"
 run_part "compile_gpu quick" 30 compile_gpu_quick.log \

@@ -18,7 +18,11 @@ never looser, where it can be:
   indexing in reads and writes, `take`, `put`, the along-axis pair, a ufunc's `at`), where
   NumPy's would raise: only kiln's own checks can report it, as on a GPU;
 - integer-array writes naming one place twice store the first value (which one CuPy stores is
-  undefined; NumPy's is the last).
+  undefined; NumPy's is the last);
+- its functions, array methods and ufuncs refuse the keywords NumPy takes and CuPy 14 does not
+  (`NUMPY_ONLY_KEYWORDS`, `CUPY_UFUNC_KEYWORDS`: `sum(where=...)`,
+  `as_strided(writeable=...)`); tests/test_fake_cuda.py checks these tables, the names and the
+  parameters of the fake against CuPy wherever CuPy is installed, GPU or not.
 
 - `np.asarray`, `np.array` and NumPy's other conversions raise CuPy's TypeError when kiln (or a
   test) hands them a cuda array: `install` wraps them, since NumPy itself never asks an ndarray
@@ -26,7 +30,7 @@ never looser, where it can be:
 
 What it cannot see: a conversion NumPy makes inside its own functions, or through a name
 imported before `install` (`from numpy import asarray`); the exact set of
-dtypes, keyword arguments and broadcasting cases each CuPy function supports; kernels that fail
+dtypes and broadcasting cases each CuPy function supports; kernels that fail
 to build or launch on a device; speed. Tests that call CuPy or the GPU themselves do not belong
 in such a run.
 """
@@ -97,6 +101,58 @@ real reduced_view repeat reshape round scatter_add scatter_max scatter_min searc
 shape size sort squeeze std strides sum swapaxes take toDlpack tobytes tofile tolist trace
 transpose var view
 """.split())
+
+# Keywords NumPy's functions and ndarray methods take and CuPy 14's do not (derived by comparing
+# NumPy 2.4's signatures with cupy-cuda13x 14.2.0's, by tests/test_fake_cuda.py where CuPy is
+# installed): the fake's functions, built on NumPy's, refuse them as CuPy does
+NUMPY_ONLY_KEYWORDS = {name: frozenset(words.split()) for name, words in {
+    "all": "where", "amax": "initial where", "amin": "initial where", "any": "where",
+    "arange": "device like", "argpartition": "kind order", "argsort": "order stable",
+    "array": "like ndmax object", "array_str": "a", "asanyarray": "device like",
+    "asarray": "device like", "ascontiguousarray": "like", "asfortranarray": "like",
+    "astype": "device", "broadcast_to": "subok", "copy": "subok", "corrcoef": "x",
+    "count_nonzero": "keepdims", "cov": "m", "delete": "obj", "ediff1d": "ary",
+    "einsum": "casting order out", "empty": "device like", "empty_like": "device",
+    "extract": "arr", "eye": "device like", "fix": "x", "flip": "m", "fliplr": "m",
+    "flipud": "m", "full": "device like", "full_like": "device", "histogram": "a", "i0": "x",
+    "identity": "like", "indices": "sparse", "intersect1d": "ar1 ar2", "isin": "kind",
+    "lexsort": "axis", "linspace": "device", "max": "initial where", "mean": "where",
+    "min": "initial where", "nanmax": "initial where", "nanmean": "where",
+    "nanmin": "initial where", "nanprod": "initial where", "nanstd": "correction mean where",
+    "nansum": "initial where", "nanvar": "correction mean where", "ones": "device like",
+    "ones_like": "device", "partition": "kind order", "percentile": "weights",
+    "prod": "initial where", "quantile": "weights", "require": "like", "reshape": "shape",
+    "rot90": "m", "show_config": "mode", "sinc": "x", "sort": "order stable", "stack": "arrays",
+    "std": "correction mean where", "sum": "initial where", "take": "mode",
+    "take_along_axis": "arr", "tri": "like", "union1d": "ar1 ar2", "unique": "sorted",
+    "unpackbits": "count", "unravel_index": "shape", "var": "correction mean where",
+    "zeros": "device like", "zeros_like": "device", "linalg.cholesky": "upper",
+    "linalg.svd": "hermitian", "linalg.matrix_rank": "A hermitian rtol",
+    "linalg.pinv": "hermitian rtol", "linalg.matrix_power": "a", "fft.fft": "out",
+    "fft.fft2": "out", "fft.fftn": "out", "fft.hfft": "out", "fft.ifft": "out",
+    "fft.ifft2": "out", "fft.ifftn": "out", "fft.ihfft": "out", "fft.irfft": "out",
+    "fft.irfft2": "out", "fft.irfftn": "out", "fft.rfft": "out", "fft.rfft2": "out",
+    "fft.rfftn": "out", "lib.stride_tricks.as_strided": "subok writeable",
+    "ndarray.all": "where", "ndarray.any": "where", "ndarray.argpartition": "kind order",
+    "ndarray.argsort": "order stable", "ndarray.max": "initial where", "ndarray.mean": "where",
+    "ndarray.min": "initial where", "ndarray.partition": "kind order",
+    "ndarray.prod": "initial where", "ndarray.sort": "order stable", "ndarray.std": "mean where",
+    "ndarray.sum": "initial where", "ndarray.take": "mode", "ndarray.var": "mean where",
+}.items()}
+
+# the keywords CuPy's ufuncs take, per method (cupy/_core/_kernel.pyx)
+CUPY_UFUNC_KEYWORDS = {"__call__": frozenset({"out", "casting", "dtype"}),
+                       "reduce": frozenset({"axis", "dtype", "out", "keepdims"}),
+                       "accumulate": frozenset({"axis", "dtype", "out"}),
+                       "at": frozenset({"b"})}
+
+
+def _refuse_numpy_keywords(name: str, kwargs: dict) -> None:
+    extra = NUMPY_ONLY_KEYWORDS.get(name, frozenset()).intersection(kwargs)
+    if extra:
+        raise TypeError(f"cupy.{name}() got an unexpected keyword argument "
+                        f"{sorted(extra)[0]!r} (NumPy takes it; CuPy 14 does not)")
+
 
 # functions that copy host data to the device, the only ones that take a NumPy array
 _HOST_TO_DEVICE = frozenset({"array", "asarray", "asanyarray"})
@@ -279,17 +335,18 @@ class FakeEvent:
         return True
 
 
-def get_elapsed_time(start: FakeEvent, end: FakeEvent) -> float:
-    """`cupy.cuda.get_elapsed_time`."""
+def get_elapsed_time(start_event: FakeEvent, end_event: FakeEvent) -> float:
+    """`cupy.cuda.get_elapsed_time` (CuPy's parameter names)."""
+    start, end = start_event, end_event
     if start.disable_timing or end.disable_timing or start._at is None or end._at is None:
         raise CUDARuntimeError("cudaErrorInvalidResourceHandle: an event was made without "
                                "timing or never recorded")
     return (end._at - start._at) * 1000.0
 
 
-def _device_properties(index: int) -> dict:
+def _device_properties(device: int) -> dict:
     """`cupy.cuda.runtime.getDeviceProperties`: the fields kiln reads, as an H100's."""
-    if index != 0:
+    if device != 0:
         raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
     return {"name": b"Fake CUDA (tests/fake_cuda.py)", "major": 9, "minor": 0,
             "totalGlobalMem": _DEVICE_BYTES, "multiProcessorCount": 132, "warpSize": 32,
@@ -828,6 +885,7 @@ def _device_method(name: str):
     method = getattr(np.ndarray, name)
 
     def call(self, *args, **kwargs):
+        _refuse_numpy_keywords(f"ndarray.{name}", kwargs)
         if name in _HOST_READS:
             _host_access(f"reading device memory on the host ({name})")
             return method(self, *args, **kwargs)
@@ -928,6 +986,7 @@ def _device_function(fn, name: str):
                             "put_along_axis")
 
     def call(*args, **kwargs):
+        _refuse_numpy_keywords(name, kwargs)
         if not host_ok:
             _check_no_host_arrays(args, f"cupy.{name}")
             _check_no_host_arrays(tuple(kwargs.values()), f"cupy.{name}")
@@ -957,6 +1016,10 @@ class FakeUfunc:
 
     def _run(self, method: str, args, kwargs):
         where = f"cupy.{self.__name__}.{method}"
+        allowed = CUPY_UFUNC_KEYWORDS.get(method)
+        if allowed is not None and not allowed.issuperset(kwargs):
+            raise TypeError(f"{where}() got an unexpected keyword argument "
+                            f"{sorted(set(kwargs) - allowed)[0]!r} (CuPy 14 does not take it)")
         _check_no_host_arrays(args, where)
         _check_no_host_arrays(tuple(kwargs.values()), where)
         if method == "at" and not isinstance(args[0], CudaArray):

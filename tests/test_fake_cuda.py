@@ -2,15 +2,17 @@
 with `cuda` faked (tests/fake_cuda.py): what they check of device placement and of CuPy's API
 holds without a GPU too. The fake itself is checked to be as strict as it claims."""
 
+import inspect
 import os
 import re
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
-from tests.fake_cuda import CudaArray, cupy
+from tests.fake_cuda import CudaArray, CupyFlags, cupy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,14 +92,59 @@ def test_fake_arrays_have_only_cupys_flags_and_attributes():
     assert not hasattr(cupy, "errstate") and not hasattr(cupy, "frompyfunc")
 
 
-@pytest.mark.gpu
-def test_fake_names_are_real_cupys():
-    # the fake's lists of CuPy's names were written from CuPy's sources; on a machine with CuPy
-    # (benchmarks/gpu_check.sh runs the gpu-marked tests there) every name the fake offers must
-    # be real CuPy's. Checked against cupy-cuda13x 14.2.0 when written.
-    real = pytest.importorskip("cupy")
+def _real_cupy():
+    """The installed CuPy: it imports without a GPU (only device calls fail), so the fake is
+    checked against it wherever it is installed (the GPU machine; a venv with cupy-cuda13x)."""
+    real = pytest.importorskip(
+        "cupy", reason="CuPy is not installed here: the fake's surface is checked against it "
+                       "where it is (the GPU machine, or a venv with cupy-cuda13x)")
     if getattr(real, "__file__", None) is None:
         pytest.skip("cupy is tests/fake_cuda.py's stand-in in this process")
+    return real
+
+
+def _parameters(fn, name: str):
+    """The names `fn` takes by keyword, from its signature or (CuPy's Cython functions) the
+    first line of its docstring; None where it takes **kwargs or cannot be told."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None and not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                                   for p in sig.parameters.values()):
+        return {n for n, p in sig.parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    found = re.search(r"(?:^|\n)\s*(?:\w+\.)*" + name + r"\(([^)]*)\)",
+                      (fn.__doc__ or "").replace("\\", ""))     # Sphinx's "\*"
+    if found is None or "[" in found.group(1):     # NumPy's "view([dtype][, type])"
+        return None
+    names, before_slash = set(), []
+    for part in (p.strip() for p in found.group(1).split(",")):
+        if part.startswith("**"):
+            return None
+        if part == "/":
+            names -= set(before_slash)
+        elif part and not part.startswith("*"):
+            names.add(part.split("=")[0].split()[-1])
+            before_slash.append(part.split("=")[0].split()[-1])
+    return names - {"self"}
+
+
+def _is_property(space, name: str) -> bool:
+    """Whether `name` of a class is read as an attribute (a property, or Cython's getset)."""
+    if not isinstance(space, type):
+        return False
+    for klass in space.__mro__:
+        if name in vars(klass):
+            return isinstance(vars(klass)[name], property) or \
+                inspect.isgetsetdescriptor(vars(klass)[name])
+    return False
+
+
+def test_fake_names_are_real_cupys():
+    # the fake's lists of CuPy's names were written from CuPy's sources; every name the fake
+    # offers must be real CuPy's (checked against cupy-cuda13x 14.2.0 when written)
+    real = _real_cupy()
     from tests.fake_cuda import (CUPY_LINALG_NAMES, CUPY_NAMES, CUPY_NDARRAY_NAMES,
                                  CUPYX_SPECIAL_NAMES)
     assert sorted(CUPY_NAMES - set(dir(real))) == []
@@ -106,7 +153,103 @@ def test_fake_names_are_real_cupys():
     assert sorted(set(CUPYX_SPECIAL_NAMES) - set(dir(cupyx.scipy.special))) == []
     assert sorted(CUPY_NDARRAY_NAMES - set(dir(real.ndarray))) == []
     flags = {n for n in dir(real._core.flags.Flags) if not n.startswith("_")}
-    assert {"c_contiguous", "f_contiguous", "owndata"} <= flags and "writeable" not in flags
+    assert {n for n in dir(CupyFlags) if not n.startswith("_")} == flags
+    assert "writeable" not in flags
+    # what a fake array answers is cupy.ndarray's
+    a = _device_array()
+    offered = set()
+    for name in (n for n in dir(CudaArray) if not n.startswith("_")):
+        try:
+            getattr(a, name)
+        except AttributeError:
+            continue
+        except ValueError:          # mT of a 2-d array is fine; others may refuse this array
+            pass
+        offered.add(name)
+    assert sorted(offered - set(dir(real.ndarray))) == []
+
+    # every member of the fake's namespaces (cupy.cuda and below, lib, fft, linalg) and every
+    # public method of its classes is real CuPy's, and takes no keyword CuPy's does not
+    missing, loose = [], []
+
+    def walk(fake, true, path):
+        for name in (n for n in vars(fake) if not n.startswith("_")):
+            if not hasattr(true, name):
+                missing.append(f"{path}.{name}")
+                continue
+            mine, theirs = getattr(fake, name), getattr(true, name)
+            if isinstance(mine, types.SimpleNamespace):
+                walk(mine, theirs, f"{path}.{name}")
+            elif isinstance(mine, type) and mine.__module__ == "tests.fake_cuda":
+                walk(mine, theirs, f"{path}.{name}")
+                if "__init__" in vars(mine) and isinstance(theirs, type):
+                    want = _parameters(theirs.__init__, "__init__")
+                    have = _parameters(mine.__init__, "__init__")
+                    if want is not None and have is not None and not have <= want:
+                        loose.append(f"{path}.{name}(): {sorted(have - want)}")
+            elif isinstance(vars(fake).get(name), property) != _is_property(true, name):
+                loose.append(f"{path}.{name}: a property in one, a method in the other")
+            elif inspect.isfunction(mine) and mine.__module__ == "tests.fake_cuda":
+                want, have = _parameters(theirs, name), _parameters(mine, name)
+                if want is not None and have is not None and not have <= want:
+                    loose.append(f"{path}.{name}: {sorted(have - want)}")
+
+    for space in ("cuda", "lib", "fft", "linalg"):
+        walk(getattr(cupy, space), getattr(real, space), f"cupy.{space}")
+    assert missing == [] and loose == []
+    for name in ("asnumpy", "get_array_module", "get_default_memory_pool", "is_available"):
+        assert hasattr(real, name), name
+
+
+def test_fake_refuses_the_keywords_cupy_lacks():
+    # NUMPY_ONLY_KEYWORDS, from which the fake refuses keywords, is derived from the truth:
+    # every keyword NumPy takes and CuPy does not is listed, and none CuPy takes
+    real = _real_cupy()
+    from tests.fake_cuda import (CUPY_LINALG_NAMES, CUPY_NAMES, CUPY_NDARRAY_NAMES,
+                                 CUPY_UFUNC_KEYWORDS, NUMPY_ONLY_KEYWORDS)
+    spaces = [(n, np, real, n) for n in CUPY_NAMES]
+    spaces += [(f"linalg.{n}", np.linalg, real.linalg, n) for n in CUPY_LINALG_NAMES]
+    spaces += [(f"fft.{n}", np.fft, real.fft, n) for n in vars(cupy.fft) if n[0] != "_"]
+    spaces += [("lib.stride_tricks.as_strided", np.lib.stride_tricks, real.lib.stride_tricks,
+                "as_strided")]
+    spaces += [(f"ndarray.{n}", np.ndarray, real.ndarray, n) for n in CUPY_NDARRAY_NAMES]
+    unlisted, wrongly = [], []
+    for key, numpy_space, cupy_space, name in spaces:
+        ours, theirs = getattr(numpy_space, name, None), getattr(cupy_space, name, None)
+        if not callable(ours) or isinstance(ours, (type, np.ufunc)):
+            continue
+        numpy_takes, cupy_takes = _parameters(ours, name), _parameters(theirs, name)
+        if cupy_takes is None:
+            continue
+        refused = NUMPY_ONLY_KEYWORDS.get(key, frozenset())
+        wrongly += [f"{key}({w})" for w in sorted(refused & cupy_takes)]
+        if numpy_takes is not None:
+            unlisted += [f"{key}({w})" for w in sorted(numpy_takes - cupy_takes - refused)]
+    assert wrongly == [] and unlisted == []
+    for method, allowed in CUPY_UFUNC_KEYWORDS.items():
+        takes = _parameters(getattr(real.add, method), f"ufunc.{method}") \
+            if method != "__call__" else _parameters(real.add, "add")
+        assert takes is not None and allowed == takes - {"array", "a", "indices", "x1", "x2"}, \
+            method
+
+
+def test_fake_functions_refuse_numpys_extra_keywords():
+    a = _device_array()
+    for call in (lambda: cupy.sum(a, where=a > 0), lambda: a.sum(initial=1.0),
+                 lambda: cupy.lib.stride_tricks.as_strided(a, (3,), (4,), writeable=True),
+                 lambda: cupy.add(a, a, where=a > 0), lambda: cupy.add.reduce(a, initial=0),
+                 lambda: cupy.argsort(a, stable=True), lambda: cupy.einsum("ij->", a, out=None)):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            call()
+    # what CuPy takes still works
+    assert float(cupy.sum(a, axis=None, dtype=np.float64, keepdims=False)) == 15.0
+    assert cupy.add.reduce(a, axis=0, keepdims=True).shape == (1, 3)
+
+
+@pytest.mark.gpu
+def test_cupys_device_functions_kiln_uses():
+    # what needs a device to check: pinned host memory, streams, graphs, memory pools
+    real = _real_cupy()
     for name in ("begin_capture", "end_capture", "is_capturing", "synchronize", "use",
                  "record", "wait_event", "done"):
         assert hasattr(real.cuda.Stream, name), name

@@ -157,8 +157,9 @@ def {name}(x_ptr, g_ptr, dw_ptr,
     j = rk % KW
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     first = tl.program_id(2) * SPLIT_ROWS
-    for r0 in range(first, first + SPLIT_ROWS, BLOCK_K):
-        rr = r0 + tl.arange(0, BLOCK_K)
+    # constant loop bounds: Triton 3.6's interpreter cannot take a tensor as range()'s bound
+    for step in range(0, SPLIT_ROWS, BLOCK_K):
+        rr = first + step + tl.arange(0, BLOCK_K)
         n = rr // (OH * OW)
         oy = (rr // OW) % OH
         ox = rr % OW

@@ -74,11 +74,25 @@ class _CupyScratch:
         return int(self.memory.ptr)
 
 
+def _cupy_scratch(size: int, alignment: int, stream) -> _CupyScratch:
+    return _CupyScratch(size)
+
+
+def use_cupy_scratch() -> None:
+    """Make Triton take a kernel's global scratch memory from CuPy in the calling thread.
+
+    Triton keeps its allocator in a ContextVar, which every new thread starts without: set in
+    the thread that first activated the driver (often a background builder), it would be
+    missing where kernels launch. So the launching thread sets it too."""
+    import triton
+    triton.set_allocator(_cupy_scratch)
+
+
 @functools.lru_cache(maxsize=None)
 def activate_cupy_driver():
     """Make Triton launch on CuPy's current device and stream; idempotent; returns the driver."""
     import triton
     driver = _driver_class()()
     triton.runtime.driver.set_active(driver)
-    triton.set_allocator(lambda size, alignment, stream: _CupyScratch(size))
+    use_cupy_scratch()
     return driver

@@ -34,7 +34,7 @@ from kiln.ir.graph import Graph
 from kiln.runtime import triton_tune
 from kiln.runtime.device import cupy_module
 from kiln.runtime.refcounts import held_refs
-from kiln.runtime.triton_cuda import activate_cupy_driver
+from kiln.runtime.triton_cuda import activate_cupy_driver, use_cupy_scratch
 
 _LOCK = threading.Lock()
 _MODULES: dict = {}           # (source hash, interpret) -> the @triton.jit function
@@ -311,6 +311,7 @@ class CudaKernelLauncher:
         return True
 
     def _prepare(self, pointers: tuple, arrays: list) -> None:
+        use_cupy_scratch()                      # in this thread, where the kernel launches
         aligned = tuple(p % 16 == 0 for p in pointers)
         specs = [(tuple(a.shape), np.dtype(a.dtype)) for a in arrays]
         if aligned != self._aligned or specs != self._specs:
