@@ -29,6 +29,8 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.counters import count_graph
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
+from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
+                                           save_cache_artifacts)
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_grads_checked, note_python_read, replay_after,
                                  scalar_input, untraced)
