@@ -216,16 +216,6 @@ def copy_(self: Tensor, src, non_blocking: bool = False) -> Tensor:
                          else _fill(self, src), "copy_")
 
 
-def module_load(self: Tensor, other: Tensor, assign: bool = False) -> Tensor:
-    """What `load_state_dict` puts in place of `self` for the state dict's `other` when
-    `kiln.__future__.set_swap_module_params_on_conversion(True)`: `other` detached with
-    assign=True, else `self` holding `other`'s values. A subclass customises loading by
-    handling this method in its `__torch_function__`."""
-    if assign:
-        return other.detach()
-    return copy_(self, other).detach()
-
-
 def fill_(self: Tensor, value) -> Tensor:
     if _WRAPPERS[0] and _wrappers.takes(self, (value,)):
         return _wrappers.inplace(self, "fill_", (value,), {})
@@ -711,7 +701,7 @@ _METHODS = {
     "sum_to_size": sum_to_size, "clone": F.clone, "contiguous": F.contiguous,
     # in-place
     "zero_": zero_, "fill_": fill_,
-    "copy_": copy_, "module_load": module_load,
+    "copy_": copy_,
     "uniform_": uniform_, "normal_": normal_, "bernoulli_": bernoulli_,
     "random_": random_, "exponential_": exponential_,
     "masked_select": F.masked_select, "item": Tensor.item,
