@@ -1,8 +1,8 @@
-"""The torch.export tutorial: export a module and a function, run the ExportedProgram through ep.module(), read its
-graph_signature and state_dict, what export refuses (data-dependent `if`, `.data` writes, a
-Python builtin on a tensor), torch.cond for data-dependent branches, dynamic shapes with
-`Dim` (bounds, a size shared by two inputs, a size guarded by an `if`), calls outside the
-exported shapes refused, and save/load of the program."""
+"""The torch.export tutorial: export modules, run each ExportedProgram through ep.module(),
+read its graph_signature and state_dict, what export refuses (a data-dependent `if`, a Python
+builtin on a tensor), torch.cond for data-dependent branches, dynamic shapes with `Dim`
+(bounds, a size shared by two inputs, a size guarded by an `if`), calls outside the exported
+shapes refused, and save/load of the program through a file object."""
 import io
 
 import torch
@@ -116,7 +116,8 @@ def main(seed=0, compile=False, initial_state=None):
 
     shared = Dim("shared")
     fixed = {"x": {0: Dim("x0", max=16), 1: shared}, "y": {0: shared, 1: Dim("y1", min=17)}}
-    ep3 = export(Guarded(), (torch.randn(8, 16), torch.randn(16, 32)), dynamic_shapes=fixed).module()
+    ep3 = export(Guarded(), (torch.randn(8, 16), torch.randn(16, 32)),
+                 dynamic_shapes=fixed).module()
     values["guarded"] = ep3(torch.randn(4, 32), torch.randn(32, 64))
 
     buffer = io.BytesIO()
