@@ -1,10 +1,11 @@
 """`torch.__future__`: the switches for how `Module.to()` / `.double()` / `._apply()` give a
 module its converted parameters.
 
-kiln's default already keeps each Parameter object and gives it the converted values (what
-PyTorch's swap path does), so `set_swap_module_params_on_conversion` is stored and read back;
-`set_overwrite_module_params_on_conversion(True)` makes the conversion build new Parameter
-objects instead, as in PyTorch.
+kiln's default keeps each Parameter object and sets its `.data` to the converted values;
+`set_swap_module_params_on_conversion(True)` swaps the converted Parameter into the old object
+instead (`kiln.utils.swap_tensors`: a tensor subclass's attributes are converted too) and makes
+`load_state_dict` go through `Tensor.module_load`; `set_overwrite_module_params_on_conversion(True)`
+makes the conversion build new Parameter objects, as in PyTorch.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def get_overwrite_module_params_on_conversion() -> bool:
 
 
 def set_swap_module_params_on_conversion(value: bool) -> None:
-    """Whether converting a module swaps the converted values into the existing Parameter
-    objects (kiln's behaviour either way: its conversion keeps the objects)."""
+    """Whether converting a module swaps the converted Parameter into the existing object
+    (and load_state_dict swaps in `Tensor.module_load`'s result) rather than setting `.data`."""
     global _swap_module_params_on_conversion
     _swap_module_params_on_conversion = bool(value)
 

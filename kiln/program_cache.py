@@ -48,6 +48,8 @@ from kiln.runtime.triton_launch import KernelCache
 FORMAT = 6          # bump when the layout of an entry changes
 # False: every compile runs the pipeline (`kiln dump --passes`, which prints each step's result)
 READ = True
+# the keys of the entries this process wrote or read: what `save_cache_artifacts` packs
+USED: dict = {}
 
 
 # ----------------------------------------------------------------------------- keys
@@ -153,6 +155,7 @@ def load(key: str, traced: Graph, num_primals: int | None = None) -> tuple | Non
         if layout is not None and (part is None or part.schedule is None or
                                    not _fits(layout, part.schedule.graph)):
             return None
+    USED[key] = None
     return program, layouts
 
 
@@ -187,8 +190,28 @@ def store(key: str, program: CompiledProgram, layouts: dict) -> None:
         return                  # e.g. an attribute JSON cannot hold: compile it every time
     try:
         _store().put("programs", key, payload)
+        USED[key] = None
     except OSError:             # a read-only or full disk costs the next process time only
         pass
+
+
+def read_entry(key: str) -> bytes | None:
+    """The checked payload stored under `key`, or None."""
+    return _store().get("programs", key)
+
+
+def write_entry(key: str, payload: bytes) -> bool:
+    """Store a payload another process wrote (`load_cache_artifacts`); False when its head
+    is not an entry of this format for `key`, or the disk refuses it."""
+    head = payload.partition(b"\n")[0]
+    try:
+        doc = json.loads(head)
+        if doc.get("format") != FORMAT or doc.get("key") != key:
+            return False
+        _store().put("programs", key, payload)
+    except (ValueError, AttributeError, OSError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- encoding

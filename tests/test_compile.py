@@ -98,6 +98,45 @@ def test_compiled_module_forward_in_eager_training_loop_matches_eager():
                                    atol=1e-6, err_msg=name)
 
 
+class _Trainer:
+    def __init__(self, model, opt):
+        self.model, self.opt = model, opt
+
+
+@pytest.mark.parametrize("passed", ["arguments", "list", "trainer"])
+def test_a_step_passed_its_model_and_sgd_momentum_optimizer_trains_as_torch(passed):
+    """The train step takes the model and optimizer as arguments (or a list, or a trainer
+    object holding them): the momentum buffer SGD's first step makes is state the replays must
+    read. kiln's compiled step made a new buffer on every replay (momentum ignored) when the
+    optimizer was not reachable by name."""
+    import torch
+    losses = {}
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        model = lib.nn.Linear(4, 3)
+        opt = lib.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(model, opt, xb, yb, lib=lib):
+            opt.zero_grad()
+            loss = lib.nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            return loss
+        if passed == "arguments":
+            run, held = step, (model, opt)
+        elif passed == "list":
+            run, held = (lambda pair, xb, yb: step(pair[0], pair[1], xb, yb)), ([model, opt],)
+        else:
+            run, held = (lambda t, xb, yb: step(t.model, t.opt, xb, yb)), (_Trainer(model, opt),)
+        if lib is kiln:
+            run = kiln.compile(run)
+        xb, yb = lib.tensor(x), lib.tensor(y)
+        losses[lib.__name__] = [run(*held, xb, yb).item() for _ in range(6)]
+    np.testing.assert_allclose(losses["kiln"], losses["torch"], rtol=1e-5)
+
+
 def _sgd_step_fn(w, b):
     def step(x, y):
         loss = ((x @ w + b - y) ** 2).mean()

@@ -481,3 +481,38 @@ def test_the_key_tells_literals_names_and_lines_apart():
     # a literal marshal cannot write (a NumPy scalar) still gives a key, the same each time
     assert key(_mul_graph(np.float64(2.0)), None, "c") == \
         key(_mul_graph(np.float64(2.0)), None, "c")
+
+
+def test_cache_artifacts_carry_compiled_programs_to_another_cache(tmp_path, passes_run,
+                                                                  monkeypatch):
+    """torch.compiler.save_cache_artifacts / load_cache_artifacts (the compile caching
+    recipe's mega-cache): the programs compiled with one cache directory, loaded into an empty
+    one, are read from there by the next compile (no pass runs), with eager's results."""
+    import inspect
+
+    import torch
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("KILN_CACHE_DIR", str(first))
+    monkeypatch.setattr(program_cache, "USED", {})
+    c_build.clear_memory_cache()
+    assert kiln.compiler.save_cache_artifacts() is None       # as torch's before any compile
+    for name in ("save_cache_artifacts", "load_cache_artifacts"):    # torch's signatures
+        assert list(inspect.signature(getattr(kiln.compiler, name)).parameters) == \
+            list(inspect.signature(getattr(torch.compiler, name)).parameters)
+    x, w = kiln.randn(4, 8), kiln.randn(8, 16)
+    want = _softmax_gelu(x, w).numpy()
+    _call_twice(kiln.compile(_softmax_gelu), x, w)
+    artifacts, info = kiln.compiler.save_cache_artifacts()
+    assert isinstance(artifacts, bytes) and len(info.compiled_program_artifacts) == 1
+    assert info.inductor_artifacts == [] and not info.empty()
+
+    monkeypatch.setenv("KILN_CACHE_DIR", str(second))
+    c_build.clear_memory_cache()
+    loaded = kiln.compiler.load_cache_artifacts(artifacts)
+    assert loaded.compiled_program_artifacts == info.compiled_program_artifacts
+    np.testing.assert_allclose(_call_twice(kiln.compile(_softmax_gelu), x, w).numpy(), want,
+                               rtol=1e-5, atol=1e-6)
+    assert passes_run == ["_softmax_gelu"]          # only the first directory's compile
+    c_build.clear_memory_cache()
+    with pytest.raises(ValueError, match="not what save_cache_artifacts returned"):
+        kiln.compiler.load_cache_artifacts(b"\x80not json")

@@ -29,6 +29,8 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.counters import count_graph
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
+from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
+                                           save_cache_artifacts)
 from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
                                  note_grads_checked, note_python_read, replay_after,
                                  scalar_input, untraced)
@@ -103,12 +105,14 @@ def _referenced_objects(fn) -> dict:
     return found
 
 
-def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
+def _tensor_names(fn, depth: int = 2, tensors: dict | None = None, roots: dict | None = None
+                  ) -> dict:
     """id(tensor) -> a readable name for parameters, buffers, optimizer state and tensors.
 
-    Looks through what `fn` references by name, one level into containers, and `depth` levels
-    into the closures of functions it references (a loss function closing over weights). When
-    `tensors` is given, it receives id(tensor) -> tensor for every tensor named.
+    Looks through what `fn` references by name (or, given `roots`, through those name ->
+    object pairs instead), one level into containers, and `depth` levels into the closures of
+    functions it references (a loss function closing over weights). When `tensors` is given, it
+    receives id(tensor) -> tensor for every tensor named.
     """
     names: dict = {}
     if tensors is None:
@@ -141,14 +145,25 @@ def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
         elif callable(obj) and hasattr(obj, "__code__") and level > 0:
             for n, o in _referenced_objects(obj).items():
                 visit(n, o, level - 1)
+        elif level > 0 and _plain_object(obj):      # a trainer holding a model and optimizer
+            for k, item in list(vars(obj).items())[:256]:
+                visit(f"{obj_name}.{k}", item, level - 1)
 
-    referenced = _referenced_objects(fn)
+    referenced = _referenced_objects(fn) if roots is None else roots
     for obj_name, obj in referenced.items():       # a tensor's own name beats a container path
         if isinstance(obj, Tensor):
             visit(obj_name, obj, depth)
     for obj_name, obj in referenced.items():
         visit(obj_name, obj, depth)
     return names
+
+
+def _plain_object(obj) -> bool:
+    """An object of the user's own class with attributes (not a class, module, function or
+    library object): `_tensor_names` and `_grad_candidates` look into its attributes."""
+    return isinstance(getattr(obj, "__dict__", None), dict) and \
+        not isinstance(obj, (type, types.ModuleType, types.FunctionType)) and \
+        not guards._library_class(type(obj))
 
 
 def _is_record(obj) -> bool:
@@ -803,6 +818,9 @@ class CompiledFunction:
         mode = "raise" if self.fullgraph else "abandon"
         reachable: dict = {}
         names_before = _tensor_names(self.fn, tensors=reachable)
+        # the tensors of the modules and optimizers passed as arguments (`step(model, opt)`)
+        argument_state: dict = {}
+        _tensor_names(None, tensors=argument_state, roots=_argument_objects(args, kwargs))
         # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
@@ -909,7 +927,8 @@ class CompiledFunction:
         unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags, writes, unseen)
+                                        none_at_call, args, kwargs, flags, writes, unseen,
+                                        argument_state)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -923,7 +942,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None, writes=None, unseen=()):
+                        args, kwargs, flags=None, writes=None, unseen=(), argument_state=None):
         leaves_in = _flatten_args(args)[0]
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
@@ -969,8 +988,10 @@ class CompiledFunction:
             if b.kind == "lifted" and id(b.tensor) not in names_before:
                 v.name = names_after.get(id(b.tensor), v.name)   # state the call made
         stored = {id(t) for _, t in (writes or {}).values()}
+        _tensor_names(None, tensors=reachable_after, roots=_argument_objects(args, kwargs))
+        before = {**reachable, **(argument_state or {})}
         if any(t._trace is not None for i, t in reachable_after.items()
-               if i not in reachable and i not in stored):
+               if i not in before and i not in stored):
             # the graph made tensors that outlive the call (SGD's momentum buffer, cloned from
             # the first gradient): a replay would make them afresh each time, so trace again
             # once they exist. State made `untraced` (Adam's moments) is an input already.
@@ -1495,9 +1516,7 @@ def _grad_candidates(fn, args, kwargs, reachable: dict) -> list:
         elif isinstance(obj, dict) and level > 0:
             for item in list(obj.values())[:256]:
                 visit(item, level - 1)
-        elif level > 0 and isinstance(getattr(obj, "__dict__", None), dict) and \
-                not isinstance(obj, (type, types.ModuleType, types.FunctionType)) and \
-                not guards._library_class(type(obj)):
+        elif level > 0 and _plain_object(obj):
             for item in list(vars(obj).values())[:256]:
                 visit(item, level - 1)
 
@@ -1531,6 +1550,13 @@ def _object_arguments(args, kwargs) -> list:
     for i, a in enumerate(list(args) + list(dict(kwargs).values())):
         visit(f"argument {i}", a, 0)
     return found
+
+
+def _argument_objects(args, kwargs) -> dict:
+    """name -> each module, optimizer or container passed as an argument: roots for
+    `_tensor_names`, as the objects a function names are."""
+    return {f"argument {i}": a for i, a in enumerate(list(args) + list(kwargs.values()))
+            if not isinstance(a, Tensor) and type(a) not in guards.SCALARS}
 
 
 def _argument_roots(args, kwargs) -> list:

@@ -1,9 +1,10 @@
 """Dynamic dimensions: which numbers in a traced graph follow a marked input size, and how.
 
 The tracer records concrete sizes: `x.view(-1, 2304)` at batch 64 is a reshape to (64, 2304).
-To serve any batch, the export traces the program again with each symbol one larger, reads
-off how every integer attribute and literal moved (`Affine`: offset + coefficient * symbol),
-then checks the rule on one more trace, at sizes further away, by re-deriving the whole graph
+To serve any batch, the export traces the program again with each symbol one larger (one
+smaller where a Dim's max forbids larger), reads off how every integer attribute and literal
+moved (`Affine`: offset + coefficient * symbol), then checks the rule on one more trace, at
+sizes further away but inside the Dims' bounds, by re-deriving the whole graph
 through the ops' shape rules and comparing it with that trace node for node. A number that
 does not move linearly, or a program whose ops change with the size, is reported with the node
 and the user's line that bake the size in.
@@ -15,47 +16,77 @@ from kiln.export.symbolic import Affine, concretize
 from kiln.ir.graph import Graph, Value
 
 
-def generalize(trace_at, base: Graph, example: dict) -> tuple[dict, dict]:
+def generalize(trace_at, base: Graph, example: dict,
+               ranges: dict | None = None) -> tuple[dict, dict, dict]:
     """Templates ({node index: (inputs, attrs)} with Affines) that rewrite `base`, traced at
-    symbol sizes `example`, in terms of the symbols; and the probe graphs ({symbol: the graph
-    traced with that symbol one larger}).
+    symbol sizes `example`, in terms of the symbols; the probe graphs ({symbol: the graph
+    traced with that symbol one step away}); and the steps ({symbol: +1 or -1}).
 
     Args:
         trace_at: sizes (symbol -> int) -> the Graph traced with inputs of those sizes.
+        ranges: symbol -> (lowest, highest or None): the sizes a Dim allows. The probes stay
+            inside them, since code may branch on a size its Dim bounds (`if x.shape[0] <= 16`
+            under `Dim(max=16)` is one program over the whole range).
     """
+    bounds = {s: (ranges or {}).get(s, (1, None)) for s in example}
+    steps = {s: _probe_step(s, v, bounds[s]) for s, v in example.items()}
     probes = {}
     for sym in example:
-        sizes = dict(example, **{sym: example[sym] + 1})
+        sizes = dict(example, **{sym: example[sym] + steps[sym]})
         probes[sym] = trace_at(sizes)
         _same_program(base, probes[sym], example, sizes)
     templates = {}
     for i, n in enumerate(base.nodes):
         moved = {sym: g.nodes[i] for sym, g in probes.items()}
         ins = tuple(None if isinstance(v, Value) else
-                    _fit(v, {s: m.inputs[k] for s, m in moved.items()}, example, n)
+                    _fit(v, {s: m.inputs[k] for s, m in moved.items()}, example, n, steps)
                     for k, v in enumerate(n.inputs))
         attrs = tuple((key, _fit(a, {s: m.attr_dict[key] for s, m in moved.items()},
-                                 example, n)) for key, a in n.attrs)
+                                 example, n, steps)) for key, a in n.attrs)
         if any(isinstance(v, Affine) or _nested_affine(v) for v in ins) or \
                 any(_nested_affine(a) for _, a in attrs):
             templates[i] = (ins, attrs)
-    check_sizes = {s: 2 * v + 3 for s, v in example.items()}
+    check_sizes = {s: _check_size(v, steps[s], bounds[s]) for s, v in example.items()}
     check = trace_at(check_sizes)
     _same_program(base, check, example, check_sizes)
     try:
         made = concretize(base, templates, [v.shape for v in check.inputs], check_sizes)
     except ValueError as e:
         raise ValueError(f"kiln.export: the program does not follow the dynamic size linearly "
-                         f"(fitted from {example} and one larger): "
+                         f"(fitted from {example} and one step away): "
                          f"{str(e).removeprefix('kiln.export: ')}") from None
     if made.structure() != check.structure():
         _explain_mismatch(made, check, check_sizes)
-    return templates, probes
+    return templates, probes, steps
 
 
-def fit_shape(shape: tuple, moved: dict, example: dict) -> tuple:
+def _probe_step(sym: str, size: int, bounds: tuple) -> int:
+    """+1, or -1 where the Dim's max is the example's size."""
+    lo, hi = bounds
+    if hi is None or size + 1 <= hi:
+        return 1
+    if size - 1 >= lo:
+        return -1
+    raise ValueError(f"kiln.export: the dynamic size {sym!r} may only be {size} "
+                     f"(its range is [{lo}, {hi}]); mark the dimension static instead")
+
+
+def _check_size(size: int, step: int, bounds: tuple) -> int:
+    """A size for the check trace, inside the bounds and apart from the example and the
+    probe: 2 * size + 3 where allowed, else the farthest bound; the example's own size when the
+    range holds no third size (the probe then is the only other size there is)."""
+    lo, hi = bounds
+    taken = (size, size + step)
+    for candidate in (2 * size + 3, hi, lo):
+        if candidate is not None and candidate not in taken and lo <= candidate and \
+                (hi is None or candidate <= hi):
+            return candidate
+    return size
+
+
+def fit_shape(shape: tuple, moved: dict, example: dict, steps: dict) -> tuple:
     """A value's shape with each dimension that follows a symbol as an Affine."""
-    return tuple(_fit(d, {s: m[k] for s, m in moved.items()}, example, None)
+    return tuple(_fit(d, {s: m[k] for s, m in moved.items()}, example, None, steps)
                  for k, d in enumerate(shape))
 
 
@@ -65,13 +96,14 @@ def _nested_affine(x) -> bool:
     return isinstance(x, tuple) and any(_nested_affine(v) for v in x)
 
 
-def _fit(v0, moved: dict, example: dict, node):
-    """`v0` as it was traced at `example`, given its value `moved[s]` at symbol s one larger:
-    itself when nothing moved, else an Affine (nested tuples are fitted element by element)."""
+def _fit(v0, moved: dict, example: dict, node, steps: dict):
+    """`v0` as it was traced at `example`, given its value `moved[s]` at symbol s moved by
+    `steps[s]` (+1 or -1): itself when nothing moved, else an Affine (nested tuples are fitted
+    element by element)."""
     if isinstance(v0, tuple):
         if any(not isinstance(m, tuple) or len(m) != len(v0) for m in moved.values()):
             raise _size_error(node, "its attribute changes length with the size")
-        return tuple(_fit(x, {s: m[k] for s, m in moved.items()}, example, node)
+        return tuple(_fit(x, {s: m[k] for s, m in moved.items()}, example, node, steps)
                      for k, x in enumerate(v0))
     if all(m == v0 and type(m) is type(v0) for m in moved.values()):
         return v0
@@ -79,7 +111,7 @@ def _fit(v0, moved: dict, example: dict, node):
             any(type(m) is not type(v0) for m in moved.values()):
         raise _size_error(node, f"the value {v0!r} changes with the size to "
                           f"{list(moved.values())!r}")
-    terms = tuple(sorted((s, m - v0) for s, m in moved.items() if m != v0))
+    terms = tuple(sorted((s, (m - v0) * steps[s]) for s, m in moved.items() if m != v0))
     offset = v0 - sum(c * example[s] for s, c in terms)
     return Affine(terms, offset)
 

@@ -112,8 +112,12 @@ class ExportedProgram:
         return run
 
     def module(self):
-        """The program as a callable, as torch.export's `ExportedProgram.module()`."""
-        return self
+        """The program as a kiln.nn.Module, as torch.export's `ExportedProgram.module()`: its
+        state_dict has the original module's names, and `forward` runs the program on the
+        module's current parameters and buffers. Like the program itself, it runs without
+        autograd (its outputs do not require grad)."""
+        from kiln.export.unflatten import unflatten
+        return unflatten(self)
 
     # ------------------------------------------------------------------ torch's descriptions
     @property
@@ -266,21 +270,24 @@ class ExportedProgram:
                 "example_sizes": self.example_sizes, "state_kinds": self.state_kinds,
                 "ranges": {k: list(v) for k, v in self.ranges.items()}}
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the program to one file (atomically, through `kiln.save`)."""
+    def save(self, path) -> None:
+        """Write the program to a path (atomically, through `kiln.save`) or a binary file
+        object."""
         from kiln.serialization import save
         save({"format": FORMAT, "version": VERSION,
               "program": json.dumps(self.to_doc(), separators=(",", ":")),
               "state_dict": dict(self.state_dict)}, path)
 
 
-def save(ep: ExportedProgram, f: str | os.PathLike, **kwargs) -> None:
-    """torch.export.save's form of `ep.save(f)` (to a path)."""
+def save(ep: ExportedProgram, f, **kwargs) -> None:
+    """torch.export.save's form of `ep.save(f)` (to a path or a binary file object)."""
     ep.save(f)
 
 
-def load(path: str | os.PathLike) -> ExportedProgram:
-    """Read a program `ExportedProgram.save` wrote; no code from the file runs.
+def load(path, **kwargs) -> ExportedProgram:
+    """Read a program `ExportedProgram.save` wrote, from a path or a binary file object; no
+    code from the file runs. torch.export.load's other keywords (`extra_files`,
+    `expected_opset_version`) are accepted and unused.
 
     Raises:
         CheckpointError: the file is not a readable exported program (truncated, corrupt,
@@ -288,7 +295,7 @@ def load(path: str | os.PathLike) -> ExportedProgram:
     """
     from kiln.serialization import CheckpointError
     from kiln.serialization import load as load_checkpoint
-    name = os.fspath(path)
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "the file object"
     obj = load_checkpoint(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"kiln.export.load: {name} is a kiln checkpoint but not an "
@@ -384,7 +391,8 @@ def export(model_or_fn, example_args, kwargs: dict | None = None, *, dynamic_sha
         while True:
             try:
                 example_sizes, templates, out_shapes = _follow_sizes(
-                    model_or_fn, example_args, kwargs, arg_names, leaves, dims, program)
+                    model_or_fn, example_args, kwargs, arg_names, leaves, dims, program,
+                    ranges)
                 break
             except ValueError:
                 # Dim.AUTO / DYNAMIC sizes the program needs equal (`x + y`): one symbol
@@ -412,14 +420,15 @@ def export(model_or_fn, example_args, kwargs: dict | None = None, *, dynamic_sha
         v.name = name
         state[name] = b.tensor.detach().clone()      # a snapshot: later training leaves it
         names.append(name)
-    guards = _guards(model_or_fn, input_specs, example_sizes, in_tree)
+    guards = _guards(model_or_fn, input_specs, example_sizes, ranges, in_tree)
     kinds = _state_kinds(modules, program.bindings[n_args:], names)
     return ExportedProgram(graph, state, names, input_specs, output_specs, in_tree,
                            tree_to_json(out_tree), guards, templates,
                            example_sizes, state_kinds=kinds, ranges=ranges)
 
 
-def _follow_sizes(model_or_fn, example_args, kwargs, arg_names, leaves, dims, program) -> tuple:
+def _follow_sizes(model_or_fn, example_args, kwargs, arg_names, leaves, dims, program,
+                  ranges: dict) -> tuple:
     """(symbol -> example size, the templates that follow the dynamic sizes, the output
     shapes with Affines); a ValueError when the program cannot follow them."""
     example_sizes: dict = {}
@@ -442,9 +451,9 @@ def _follow_sizes(model_or_fn, example_args, kwargs, arg_names, leaves, dims, pr
                 text = ", ".join(f"{k}={v}" for k, v in sizes.items())
                 raise ValueError(f"kiln.export: tracing at {text} (to follow the dynamic "
                                  f"sizes) failed: {e}") from e
-        templates, probes = generalize(trace_at, program.graph, example_sizes)
+        templates, probes, steps = generalize(trace_at, program.graph, example_sizes, ranges)
         out_shapes = [fit_shape(v.shape, {s: g.outputs[k].shape for s, g in probes.items()},
-                                example_sizes)
+                                example_sizes, steps)
                       for k, v in enumerate(program.graph.outputs)]
     return example_sizes, templates, out_shapes
 
@@ -661,10 +670,12 @@ def _resized(obj, leaves, dims, sizes):
     return unflatten(tree, out)
 
 
-def _guards(fn, specs, example_sizes, in_tree) -> list:
+def _guards(fn, specs, example_sizes, ranges, in_tree) -> list:
     guards = [f"input {s.name!r}: {s.dtype.name}{s.shape_text()}" for s in specs]
-    guards += [f"{sym} >= 1 (traced at {v}, checked at {v + 1} and {2 * v + 3})"
-               for sym, v in example_sizes.items()]
+    for sym, v in example_sizes.items():
+        lo, hi = ranges.get(sym, (1, None))
+        guards.append(f"{sym} >= {lo}" if hi is None else f"{lo} <= {sym} <= {hi}")
+        guards[-1] += f" (traced at {v})"
     if _modules(fn):
         guards.append("modules in eval mode (dropout off, batch norm uses running statistics)")
     guards.append("no autograd: outputs do not require grad")

@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 
 import kiln
 from kiln import Tensor
-from kiln.__future__ import get_overwrite_module_params_on_conversion
+from kiln.__future__ import (get_overwrite_module_params_on_conversion,
+                             get_swap_module_params_on_conversion)
 from kiln.compiler import note_grad_cleared
 from kiln.compiler import reset as reset_compiled
 from kiln.nn.backward_hooks import BackwardHookCall
@@ -453,8 +454,12 @@ class Module:
         """Convert every parameter, gradient and buffer in place (only this module's own with
         recurse=False), keeping Parameter identity (so an optimizer built before `.to()` still
         holds the same objects), unless
-        `kiln.__future__.set_overwrite_module_params_on_conversion(True)` asks for new ones."""
+        `kiln.__future__.set_overwrite_module_params_on_conversion(True)` asks for new ones.
+        With `set_swap_module_params_on_conversion(True)` the converted Parameter is swapped
+        into the old object (`kiln.utils.swap_tensors`): its class and attributes come along,
+        so a tensor subclass's payload is converted too, where setting `.data` keeps them."""
         overwrite = get_overwrite_module_params_on_conversion()
+        swap = get_swap_module_params_on_conversion()
         for module in self.modules() if recurse else (self,):
             for name, param in list(module._parameters.items()):
                 if param is None:
@@ -465,6 +470,9 @@ class Module:
                 if overwrite:
                     param = Parameter(converted, param.requires_grad)
                     module._parameters[name] = param
+                elif swap:
+                    param.grad = None
+                    kiln.utils.swap_tensors(param, Parameter(converted, param.requires_grad))
                 else:
                     param.data = converted
                 if grad is not None:
@@ -586,6 +594,9 @@ class Module:
                               f"{_size(value)} from checkpoint, the shape in current model is "
                               f"{_size(current)}.")
                 continue
+            if get_swap_module_params_on_conversion():
+                self._swap_in(name, current, value, assign)
+                continue
             if assign:
                 if name in self._parameters:
                     self._parameters[name] = Parameter(value, current.requires_grad)
@@ -594,6 +605,22 @@ class Module:
                 continue
             with kiln.no_grad():
                 current.copy_(value.to(current.device).to(current.dtype))
+
+    @staticmethod
+    def _swap_in(name: str, current: Tensor, value: Tensor, assign: bool) -> None:
+        """load_state_dict's path under `set_swap_module_params_on_conversion(True)`:
+        `current.module_load(value)` (which a subclass may handle) swapped into `current`."""
+        with kiln.no_grad():
+            loaded = current.module_load(value, assign=assign)
+        if loaded is current or loaded is value:
+            raise RuntimeError(f"load_state_dict: module_load returned one of self or other for "
+                               f"{name!r}; .detach() the result if returning one of the inputs")
+        if isinstance(current, Parameter):
+            if isinstance(loaded, Parameter):
+                loaded.requires_grad_(current.requires_grad)
+            else:
+                loaded = Parameter(loaded, current.requires_grad)
+        kiln.utils.swap_tensors(current, loaded)
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Copy tensors into parameters and buffers; returns (missing_keys, unexpected_keys).

@@ -184,9 +184,12 @@ class Tensor:
 
     @data.setter
     def data(self, other: "Tensor") -> None:
-        if WRAPPERS[0] and (type(self)._dispatches or type(other)._dispatches):
-            raise NotImplementedError("setting .data of or to a Tensor subclass with "
-                                      "__torch_dispatch__ is not supported: replace the tensor")
+        # between two __torch_dispatch__ wrappers only the tensor's metadata moves, as in
+        # PyTorch: the Python attributes (a payload, a scale) stay those of `self`
+        if WRAPPERS[0] and type(self)._dispatches != type(other)._dispatches:
+            raise RuntimeError(f"setting .data: {type(self).__name__} and "
+                               f"{type(other).__name__} have incompatible tensor types (one is a "
+                               "__torch_dispatch__ wrapper subclass, the other is not)")
         self._data, self.dtype, self.device = other._data, other.dtype, other.device
 
     @property

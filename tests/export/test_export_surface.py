@@ -261,3 +261,58 @@ def test_auto_and_dynamic_dims_that_must_be_equal_become_one_size_as_in_torch():
                  t_ep.module()(torch.from_numpy(x), torch.from_numpy(y)), **TOL)
     with pytest.raises(RuntimeError, match="x_dim0 = 5 from the inputs before it"):
         k_ep(kiln.tensor(x), kiln.tensor(random_array((6, 4))))
+
+
+def guarded(lib):
+    """The export tutorial's module that branches on a size its Dim bounds."""
+    class Guarded(lib.nn.Module):
+        def forward(self, x, y):
+            if x.shape[0] <= 16:
+                return x @ y[:, :16]
+            return y
+    return Guarded()
+
+
+def test_a_size_branch_inside_its_dims_bounds_exports_as_in_torch():
+    # kiln probed the size at example + 1 and 2 * example + 3, past max=16: the `if` took the
+    # other branch there and the export raised "the traced program changes"
+    x, y = random_array((16, 6)), random_array((6, 20), rng=np.random.default_rng(3))
+    eps = []
+    for lib in (kiln, torch):
+        shared = lib.export.Dim("shared")
+        dims = {"x": {0: lib.export.Dim("x0", max=16), 1: shared},
+                "y": {0: shared, 1: lib.export.Dim("y1", min=17)}}
+        to = kiln.tensor if lib is kiln else torch.from_numpy
+        eps.append(lib.export.export(guarded(lib), (to(x), to(y)), dynamic_shapes=dims))
+    k_ep, t_ep = eps
+    for rows, inner, cols in ((4, 3, 17), (16, 9, 40), (1, 6, 30)):
+        a = random_array((rows, inner))
+        b = random_array((inner, cols), rng=np.random.default_rng(rows))
+        assert_close(k_ep.module()(kiln.tensor(a), kiln.tensor(b)),
+                     t_ep.module()(torch.from_numpy(a), torch.from_numpy(b)), **TOL)
+    with pytest.raises(RuntimeError, match=r"x0 in \[1, 16\], got 17"):
+        k_ep.module()(kiln.tensor(random_array((17, 6))), kiln.tensor(y))
+
+
+def test_module_is_an_nn_module_with_the_original_state_dict_names():
+    k_ep, t_ep = export_both()
+    k_mod, t_mod = k_ep.module(), t_ep.module()
+    assert isinstance(k_mod, kiln.nn.Module) and isinstance(t_mod, torch.nn.Module)
+    assert sorted(k_mod.state_dict()) == sorted(t_mod.state_dict())
+    (tx, tb), (kx, kb) = data(5)
+    for k_out, t_out in zip(k_mod(kx, bias=kb), t_mod(tx, bias=tb)):
+        assert_close(k_out, t_out.detach(), **TOL)
+
+
+def test_save_and_load_through_a_file_object_as_torch_export():
+    import io
+    k_ep, t_ep = export_both()
+    outs = []
+    for lib, ep in ((kiln, k_ep), (torch, t_ep)):
+        buffer = io.BytesIO()
+        lib.export.save(ep, buffer)
+        buffer.seek(0)
+        outs.append(lib.export.load(buffer).module())
+    (tx, tb), (kx, kb) = data(5)
+    for k_out, t_out in zip(outs[0](kx, bias=kb), outs[1](tx, bias=tb)):
+        assert_close(k_out, t_out.detach(), **TOL)

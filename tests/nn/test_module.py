@@ -336,6 +336,103 @@ def test_swap_tensors_swaps_contents_and_keeps_identity_like_torch():
     assert seen["kiln"] == seen["torch"]
 
 
+def scaled_weight(lib):
+    """The swap_tensors recipe's toy wrapper subclass: a payload and a scale; detach and
+    _to_copy rebuild it around the converted payload."""
+    aten = lib.ops.aten
+
+    class ScaledWeight(lib.Tensor):
+        @staticmethod
+        def __new__(cls, elem, scale):
+            return lib.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype,
+                                                     device=elem.device)
+
+        def __init__(self, elem, scale):
+            self.elem, self.scale = elem, scale
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args, kwargs):
+            if func in (aten.detach.default, aten._to_copy.default):
+                return cls(func(args[0].elem, *args[1:], **kwargs), args[0].scale)
+            raise NotImplementedError(f"Unsupported function {func}")
+    return ScaledWeight
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_converting_a_wrapper_subclass_weight_sets_data_or_swaps_like_torch(swap):
+    """.bfloat16() of a wrapper-subclass weight: setting .data changes the dtype but not the
+    payload (the recipe's point); the swap path converts the payload too. kiln raised
+    NotImplementedError on the .data path and ignored the swap switch."""
+    seen = {}
+    for lib in (torch, kiln):
+        lib.__future__.set_swap_module_params_on_conversion(swap)
+        try:
+            m = lib.nn.Linear(3, 5)
+            m.weight = lib.nn.Parameter(scaled_weight(lib)(m.weight, 0.5))
+            w = m.weight
+            m.bfloat16()
+            seen[lib.__name__] = (w is m.weight, type(m.weight).__name__,
+                                  str(m.weight.dtype)[-8:], str(m.weight.elem.dtype)[-8:],
+                                  str(m.bias.dtype)[-8:], m.weight.scale,
+                                  isinstance(m.weight, lib.nn.Parameter))
+        finally:
+            lib.__future__.set_swap_module_params_on_conversion(False)
+    assert seen["kiln"] == seen["torch"]
+
+
+def test_setting_data_between_a_wrapper_and_a_plain_tensor_raises():
+    """PyTorch 2.13 accepts both and then crashes (a segmentation fault on the plain tensor's
+    next op): kiln refuses the mix, naming both classes."""
+    wrapped = scaled_weight(kiln)(kiln.ones(2), 1.0)
+    with pytest.raises(RuntimeError, match="Tensor and ScaledWeight have incompatible"):
+        kiln.ones(2).data = wrapped
+    with pytest.raises(RuntimeError, match="ScaledWeight and Tensor have incompatible"):
+        wrapped.data = kiln.ones(2)
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_load_state_dict_with_swap_goes_through_module_load_like_torch(assign):
+    """With the swap switch on, load_state_dict swaps in `param.module_load(value)`: by default
+    the value (assign) or the parameter holding it, and what a subclass's __torch_function__
+    returns for Tensor.module_load."""
+    seen = {}
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        source = lib.nn.Linear(3, 2).state_dict()
+        calls = []
+
+        class Traced(lib.Tensor):
+            @classmethod
+            def __torch_function__(cls, func, types, args=(), kwargs=None):
+                if func is lib.Tensor.module_load:
+                    calls.append(type(args[1]).__name__)
+                return super().__torch_function__(func, types, args, kwargs)
+
+        lib.__future__.set_swap_module_params_on_conversion(True)
+        try:
+            m = lib.nn.Linear(3, 2)
+            m.weight = lib.nn.Parameter(lib.zeros(2, 3).as_subclass(Traced))
+            w, b = m.weight, m.bias
+            m.load_state_dict(source, assign=assign)
+            seen[lib.__name__] = (w is m.weight, b is m.bias, calls,
+                                  m.weight.detach().as_subclass(lib.Tensor).tolist(),
+                                  m.bias.tolist(), m.weight.requires_grad,
+                                  isinstance(m.weight, lib.nn.Parameter))
+        finally:
+            lib.__future__.set_swap_module_params_on_conversion(False)
+    assert seen["kiln"] == seen["torch"]
+
+
+def test_module_load_returns_the_value_or_the_copied_parameter_like_torch():
+    for lib in (torch, kiln):
+        p = lib.zeros(2)
+        v = lib.tensor([1.0, 2.0])
+        assigned = p.module_load(v, assign=True)
+        copied = p.module_load(v)
+        assert assigned is not v and copied is not p and assigned.tolist() == [1.0, 2.0]
+        assert p.tolist() == [1.0, 2.0] and copied.tolist() == [1.0, 2.0]
+
+
 def test_load_state_dict_result_prints_like_torchs():
     """Scripts print what load_state_dict(strict=False) returns (the warmstarting recipe)."""
     printed = {}
