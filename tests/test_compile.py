@@ -103,12 +103,17 @@ class _Trainer:
         self.model, self.opt = model, opt
 
 
-@pytest.mark.parametrize("passed", ["arguments", "list", "trainer"])
+_REGISTRY: dict = {}
+
+
+@pytest.mark.parametrize("passed", ["arguments", "list", "trainer", "nested dict",
+                                    "deep object", "global registry", "tuple of lists"])
 def test_a_step_passed_its_model_and_sgd_momentum_optimizer_trains_as_torch(passed):
     """The train step takes the model and optimizer as arguments (or a list, or a trainer
-    object holding them): the momentum buffer SGD's first step makes is state the replays must
-    read. kiln's compiled step made a new buffer on every replay (momentum ignored) when the
-    optimizer was not reachable by name."""
+    object holding them, nested deeper, or a global registry of dicts): the momentum buffer
+    SGD's first step makes is state the replays must read. kiln's compiled step made a new
+    buffer on every replay (momentum ignored) when the optimizer was not reachable by name,
+    or reachable only past the name walk's depth."""
     import torch
     losses = {}
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
@@ -128,8 +133,25 @@ def test_a_step_passed_its_model_and_sgd_momentum_optimizer_trains_as_torch(pass
             run, held = step, (model, opt)
         elif passed == "list":
             run, held = (lambda pair, xb, yb: step(pair[0], pair[1], xb, yb)), ([model, opt],)
-        else:
+        elif passed == "trainer":
             run, held = (lambda t, xb, yb: step(t.model, t.opt, xb, yb)), (_Trainer(model, opt),)
+        elif passed == "nested dict":
+            run = lambda p, xb, yb: step(p["a"]["model"], p["a"]["opt"], xb, yb)  # noqa: E731
+            held = ({"a": {"model": model, "opt": opt}},)
+        elif passed == "deep object":
+            outer = _Trainer(_Trainer(_Trainer(model, opt), None), None)
+            run = lambda t, xb, yb: step(t.model.model.model, t.model.model.opt,  # noqa: E731
+                                         xb, yb)
+            held = (outer,)
+        elif passed == "global registry":
+            _REGISTRY[lib.__name__] = {"x": {"y": {"model": model, "opt": opt}}}
+            name = lib.__name__
+            run = lambda xb, yb: step(_REGISTRY[name]["x"]["y"]["model"],  # noqa: E731
+                                      _REGISTRY[name]["x"]["y"]["opt"], xb, yb)
+            held = ()
+        else:
+            run = lambda p, xb, yb: step(p[0], p[1][0][0], xb, yb)  # noqa: E731
+            held = ((model, ([opt],)),)
         if lib is kiln:
             run = kiln.compile(run)
         xb, yb = lib.tensor(x), lib.tensor(y)

@@ -158,6 +158,13 @@ def _tensor_names(fn, depth: int = 2, tensors: dict | None = None, roots: dict |
     return names
 
 
+def _made_by(tracer, tensor: Tensor) -> bool:
+    """Whether the traced call computed `tensor` (a value of its graph, not one it read)."""
+    v = tensor._trace
+    return v is not None and id(v) in tracer.known and id(tensor) not in tracer.input_of and \
+        id(tracer.alias_of.get(id(tensor), tensor)) not in tracer.input_of
+
+
 def _plain_object(obj) -> bool:
     """An object of the user's own class with attributes (not a class, module, function or
     library object): `_tensor_names` and `_grad_candidates` look into its attributes."""
@@ -1020,6 +1027,25 @@ class CompiledFunction:
         with _stage("guarding what the call reads"):
             replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs),
                                            by_name=True)
+        kept = list(dict.fromkeys(
+            g.source for g in replay_guards.guards
+            if g.kind == "id" and isinstance(g.expected, Tensor) and
+            id(g.expected) not in stored and _made_by(tracer, g.expected)))
+        if kept:
+            # a tensor the graph made is held where the guards reach (an optimizer's state
+            # made lazily, reached through an argument or a container the name walks above
+            # missed): a replay would make it afresh and leave the held one stale
+            if key not in self._effect_keys and self.retraces < RECOMPILE_LIMIT:
+                self._effect_keys.add(key)
+                self.retraces += 1
+                return result
+            reason = (f"{_function_name(self.fn)} keeps tensors it computes in Python state "
+                      f"a replay would not update ({', '.join(kept[:3])})")
+            if self.fullgraph:
+                raise GraphBreak(reason, _where(self.fn))
+            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+            self._note("effect", f"{reason}; this function runs eagerly")
+            return result
         entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +
