@@ -2122,6 +2122,59 @@ def a_global_read_by_a_base_init_reached_through_super():
 a_global_read_by_a_base_init_reached_through_super.check = expect_replays(2)
 
 
+# ----------------------------------------------------------------------------- state the call does not read
+# (found needless by tests/fuzz_guards.py sweeps) A change there replays; a change to what the
+# call reads traces again. Each `changes` is per call: `expect_traces` counts the traces.
+
+def expect_traces(n):
+    def check(fn):
+        kinds = [(e.calls, e.eager_reason) for e in fn.entries.values()]
+        assert len(fn.entries) == n and all(e.program is not None
+                                            for e in fn.entries.values()), kinds
+    return check
+
+
+def _changes_between_calls(source: str, changes: list, traces: int, args=lambda ns: ()):
+    """A case: the world `source` (its `f(x, ...)`), `changes[i]` run in it before call i."""
+    def build():
+        ns = exec_world(source)
+        x = kiln.randn(5)
+
+        def call(i, f):
+            exec(changes[i], ns)
+            return f(x, *args(ns))
+        return world(ns["f"], call)
+    build.calls = len(changes)
+    build.check = expect_traces(traces)
+    return build
+
+
+CASES["unset_slot_set_between_calls"] = _changes_between_calls(
+    "class Pair:\n    __slots__ = ('k', 'unused')\n    def __init__(self):\n"
+    "        self.k = 1.0\npair = Pair()\ndef f(x):\n    return x * pair.k\n",
+    ["", "pair.unused = 5", "pair.k = 3.0", "pair.unused = 6; del pair.unused"], traces=2)
+CASES["unset_slot_the_call_reads_then_set"] = _changes_between_calls(
+    "class Pair:\n    __slots__ = ('k', 'extra')\n    def __init__(self):\n"
+    "        self.k = 1.0\npair = Pair()\ndef f(x):\n    try:\n"
+    "        return x * pair.extra\n    except AttributeError:\n        return x * pair.k\n",
+    ["", "", "pair.extra = 4.0", "", "del pair.extra"], traces=2)
+CASES["namespace_attribute_the_call_does_not_read"] = _changes_between_calls(
+    "import types\ncfg = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "def f(x, c):\n    return x * c.scale\n",
+    ["", "cfg.note = 1", "cfg.scale = 3.0", "cfg.note = 2; cfg.extra = []"], traces=2,
+    args=lambda ns: (ns["cfg"],))
+# a namespace compared (`==` reads every attribute) is read whole
+CASES["namespace_compared_is_read_whole"] = _changes_between_calls(
+    "import types\ncfg = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "REF = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "def f(x):\n    return x * cfg.scale if cfg == REF else x - 1\n",
+    ["", "", "cfg.note = 1", "", "cfg.note = 0"], traces=2)
+CASES["namespace_formatted_is_read_whole"] = _changes_between_calls(
+    "import types\ncfg = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "def f(x):\n    return x * cfg.scale if 'note=0' in f'{cfg}' else x - 1\n",
+    ["", "", "cfg.note = 1", ""], traces=2)
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)
