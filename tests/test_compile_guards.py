@@ -2174,6 +2174,21 @@ CASES["namespace_formatted_is_read_whole"] = _changes_between_calls(
     "def f(x):\n    return x * cfg.scale if 'note=0' in f'{cfg}' else x - 1\n",
     ["", "", "cfg.note = 1", ""], traces=2)
 
+# a Module's `training` is guarded where the traced call read it (kiln.compiler.note_flag_read)
+CASES["eval_on_a_module_the_call_reads_an_attribute_of"] = _changes_between_calls(
+    "class Holder(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.scale = 2.0\n        self.sub = nn.Identity()\nm = Holder()\n"
+    "def f(x):\n    return x * m.scale\n",
+    ["", "m.eval()", "m.train()", "m.scale = 3.0", "m.sub.eval()", "m.eval()"], traces=2)
+CASES["eval_on_a_module_whose_forward_reads_the_flag"] = _changes_between_calls(
+    "class Block(nn.Module):\n    def forward(self, x):\n"
+    "        return x.tanh() if self.training else x.relu()\nblk = nn.Sequential(Block())\n"
+    "def f(x):\n    return blk(x) + 1\n",
+    ["", "", "blk.eval()", "", "blk.train()", "blk[0].eval()"], traces=2)
+CASES["eval_on_a_library_layer_that_reads_the_flag"] = _changes_between_calls(
+    "bn = nn.BatchNorm1d(1)\ndef f(x):\n    return bn(x.reshape(5, 1)) * 2\n",
+    ["", "", "bn.eval()", "", "bn.train()", "bn.eval()"], traces=2)
+
 
 # ----------------------------------------------------------------------------- the test
 

@@ -29,9 +29,9 @@ from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.counters import count_graph
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
-from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
-                                 note_grads_checked, note_python_read, replay_after,
-                                 scalar_input, untraced)
+from kiln.compiler.hooks import (active_traces, composite, is_compiling,  # noqa: F401
+                                 note_flag_read, note_grad_cleared, note_grads_checked,
+                                 note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, Primitive, as_user_error
@@ -998,7 +998,7 @@ class CompiledFunction:
         fields = {id(t) for t in _flatten_args((args, kwargs))[0]}
         with _stage("guarding what the call reads"):
             replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs),
-                                           by_name=True)
+                                           by_name=True, flag_reads=tracer.flag_reads)
         entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument "))] +

@@ -649,13 +649,15 @@ def _compares(code) -> bool:
 class _Walk:
     """Collects the guards of everything reachable from a function's roots."""
 
-    def __init__(self, attribute_counts: bool = False, reads: Reads | None = None):
+    def __init__(self, attribute_counts: bool = False, reads: Reads | None = None,
+                 flag_reads: set | None = None):
         self.guards: list[Guard] = []
         self.seen: set[int] = set()
         # also each plain object's number of attributes: one the call adds (`batch.seen = 1`
         # on an argument) is a Python effect, though no place guarded before held it
         self.attribute_counts = attribute_counts
         self.reads = reads          # None: every attribute of every plain object
+        self.flag_reads = flag_reads    # None: every module's `training`; else ids of those read
         self.over_budget = False
 
     def unguarded(self, source: str, limit: str) -> None:
@@ -780,6 +782,8 @@ class _Walk:
         if narrow:
             items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
+        if is_module and self.unread_flag(obj):
+            items = [item for item in items if item[0] != "training"]
         for name, read, value in items:
             self.place(f"{source}.{name}", read, value, inner,
                        lazy=lazy or (optimizer and name == "state"))
@@ -787,6 +791,19 @@ class _Walk:
         if not _library_module(cls.__module__):
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
             self.class_members(f"type({source})", cls, 0, narrow)
+
+    def unread_flag(self, module) -> bool:
+        """Whether the traced call read no `module.training`: every read through Module's
+        property was told to the trace (`flag_reads`, see `kiln.compiler.note_flag_read`), and
+        no code reached reads attributes by computed name or `__dict__` (which bypass it)."""
+        if self.flag_reads is None or self.reads is None or self.reads.everything or \
+                id(module) in self.flag_reads:
+            return False
+        for klass in type(module).__mro__:
+            if "training" in vars(klass):
+                return getattr(getattr(vars(klass)["training"], "fget", None), "tells_reads",
+                               False)
+        return False
 
     def too_deep(self, source: str) -> None:
         self.unguarded(source, f"more than {_OBJECT_DEPTH} levels into plain objects and "
@@ -843,12 +860,13 @@ class _Walk:
 
 
 def collect(fn, extra: list = (), attribute_counts: bool = False,
-            by_name: bool = False) -> _Walk:
+            by_name: bool = False, flag_reads: set | None = None) -> _Walk:
     """Guards for every place `fn` can reach, plus `extra` (source, reader, value) roots; with
     `attribute_counts`, also how many attributes each plain object has (to see one added);
     `by_name`, only the attributes of plain objects that code the call can run names
-    (`code_reads`): the guards a replay checks."""
-    walk = _Walk(attribute_counts, code_reads(fn, extra) if by_name else None)
+    (`code_reads`): the guards a replay checks; with it `flag_reads`, the ids of the modules
+    whose `training` the traced call read (the others' is not guarded)."""
+    walk = _Walk(attribute_counts, code_reads(fn, extra) if by_name else None, flag_reads)
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):
