@@ -2189,6 +2189,21 @@ CASES["eval_on_a_library_layer_that_reads_the_flag"] = _changes_between_calls(
     "bn = nn.BatchNorm1d(1)\ndef f(x):\n    return bn(x.reshape(5, 1)) * 2\n",
     ["", "", "bn.eval()", "", "bn.train()", "bn.eval()"], traces=2)
 
+# a batch object's fields the call reads are its key: a new batch holding the first value
+# replays the first trace, though the batch traced then was changed since
+_BATCH = ("class Batch:\n    def __init__(self, x, scale):\n        self.x = x\n"
+          "        self.scale = scale\n        self.history = []\n"
+          "B = Batch(kiln.ones(5), 2.0)\n")
+CASES["a_new_batch_with_the_first_batchs_old_value"] = _changes_between_calls(
+    _BATCH + "def f(x, b):\n    return x * b.x * b.scale\n",
+    ["", "B.scale = 3.0", "B = Batch(kiln.ones(5), 2.0)", "B = Batch(kiln.ones(5), 3.0)",
+     "B.history.append(1)", "B.scale = -1.0"], traces=3, args=lambda ns: (ns["B"],))
+# ... unless that batch is also read another way (here a global): its fields are guarded there
+CASES["a_batch_also_read_through_a_global"] = _changes_between_calls(
+    _BATCH + "FIRST = B\ndef f(x, b):\n    return x * b.scale + FIRST.scale\n",
+    ["", "B.scale = 3.0", "B = Batch(kiln.ones(5), 2.0)", "", "FIRST.scale = 2.0"],
+    traces=3, args=lambda ns: (ns["B"],))
+
 
 # ----------------------------------------------------------------------------- the test
 

@@ -996,12 +996,15 @@ class CompiledFunction:
                   if b.kind == "scalar"} - tracer.python_reads
         # a batch object's tensors are inputs, keyed by shape: not guarded by identity
         fields = {id(t) for t in _flatten_args((args, kwargs))[0]}
+        roots = _object_arguments(args, kwargs)
         with _stage("guarding what the call reads"):
-            replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs),
-                                           by_name=True, flag_reads=tracer.flag_reads)
+            replay_guards = guards.collect(self.fn, roots, by_name=True,
+                                           flag_reads=tracer.flag_reads)
+        keyed = _keyed_scalars(replay_guards.guards, roots, _batch_objects(args, kwargs),
+                               self._record_fields, flags or {})
         entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
-                                 and g.source.startswith("argument "))] +
+                                 and g.source.startswith("argument ")) and id(g) not in keyed] +
                         guards.tensor_guards(lifted, names_after))
         with _stage("guarding custom Functions"):
             for cls in tracer.functions:
@@ -1531,6 +1534,26 @@ def _object_arguments(args, kwargs) -> list:
     for i, a in enumerate(list(args) + list(dict(kwargs).values())):
         visit(f"argument {i}", a, 0)
     return found
+
+
+def _keyed_scalars(found: list, roots: list, records: list, fields, flags: dict) -> set:
+    """The ids of the guards in `found` on a scalar field of a batch object passed as an argument that the
+    guard key holds (`_typed_tree`: the value of the argument of each call, typed as a value
+    guard types it), where the object is reached by no other path and the call does not set the
+    field: the guard would read the object the trace was given, which a later call need not
+    pass (a new batch holding the first one's value, after that one was changed, replays)."""
+    batches = {id(r) for r in records}
+    at_root = {where: obj for where, _, obj in roots if id(obj) in batches}
+    elsewhere = {id(g.expected) for g in found if g.kind == "id" and g.source not in at_root}
+    keyed = set()
+    for g in found:
+        where, _, name = g.source.rpartition(".")
+        obj = at_root.get(where)
+        if obj is not None and g.kind == "value" and id(obj) not in elsewhere and \
+                (fields is None or name in fields) and name in vars(obj) and \
+                getattr(g.read, "at", None) not in flags:
+            keyed.add(id(g))
+    return keyed
 
 
 def _argument_roots(args, kwargs) -> list:
