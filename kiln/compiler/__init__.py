@@ -1537,11 +1537,11 @@ def _object_arguments(args, kwargs) -> list:
 
 
 def _keyed_scalars(found: list, roots: list, records: list, fields, flags: dict) -> set:
-    """The ids of the guards in `found` on a scalar field of a batch object passed as an argument that the
-    guard key holds (`_typed_tree`: the value of the argument of each call, typed as a value
-    guard types it), where the object is reached by no other path and the call does not set the
-    field: the guard would read the object the trace was given, which a later call need not
-    pass (a new batch holding the first one's value, after that one was changed, replays)."""
+    """The ids of the guards in `found` on a scalar field of a batch object passed as an argument
+    that the guard key holds (`_typed_tree`: the value of the argument of each call, typed as a
+    value guard types it), where the object is reached by no other path and the call does not
+    set the field: the guard would read the object the trace was given, which a later call need
+    not pass (a new batch holding the first one's value, after that one was changed, replays)."""
     batches = {id(r) for r in records}
     at_root = {where: obj for where, _, obj in roots if id(obj) in batches}
     elsewhere = {id(g.expected) for g in found if g.kind == "id" and g.source not in at_root}

@@ -569,12 +569,12 @@ class _Reach:
         if (hasattr(obj, "_modules") and hasattr(obj, "_parameters")) or \
                 (hasattr(obj, "param_groups") and hasattr(obj, "state")):
             return code + [(v, in_library) for v in attrs.values()]
-        if cls in _DATA_HOLDERS and (self.compares or in_library):
-            self.whole.add(id(obj))
-        if cls in _DATA_HOLDERS and id(obj) not in self.whole:
+        if cls in _DATA_HOLDERS:        # a namespace: read by name unless compared or printed
+            if self.compares or in_library:
+                self.whole.add(id(obj))
+            if id(obj) in self.whole:
+                return [(v, in_library) for v in attrs.values()]
             return [(v, False) for n, v in attrs.items() if n in self.names]
-        if _data_holder(cls) and id(obj) in self.whole:
-            return code + [(v, in_library) for v in attrs.values()]
         if _library_module(cls.__module__):       # guarded by identity; what it holds may run
             return [(v, True) for v in attrs.values()]
         if opaque or in_library:
