@@ -219,7 +219,7 @@ def guard_costs(repeat: int = 15) -> None:
     impl = PRIMITIVES["check_index"].impl
     bounds = len(checks) * median_ms(
         lambda: impl(np, target, size=10, op="nll_loss", kind="IndexError", negative=False,
-                     ignore=-100), repeat * 20)
+                     ignore=-100, message=None), repeat * 20)
     print(f"\ncompiled MLP step 256x784 (Adam, `return loss`): replay {replay:.2f} ms; "
           f"{len(entry.guards)} guards checked in {guards * 1e3:.1f} us "
           f"({100 * guards / replay:.2f}% of the replay); {len(checks)} bounds check(s) "

@@ -2122,6 +2122,89 @@ def a_global_read_by_a_base_init_reached_through_super():
 a_global_read_by_a_base_init_reached_through_super.check = expect_replays(2)
 
 
+# ----------------------------------------------------------------------------- state the call does not read
+# (found needless by tests/fuzz_guards.py sweeps) A change there replays; a change to what the
+# call reads traces again. Each `changes` is per call: `expect_traces` counts the traces.
+
+def expect_traces(n):
+    def check(fn):
+        kinds = [(e.calls, e.eager_reason) for e in fn.entries.values()]
+        assert len(fn.entries) == n and all(e.program is not None
+                                            for e in fn.entries.values()), kinds
+    return check
+
+
+def _changes_between_calls(source: str, changes: list, traces: int, args=lambda ns: ()):
+    """A case: the world `source` (its `f(x, ...)`), `changes[i]` run in it before call i."""
+    def build():
+        ns = exec_world(source)
+        x = kiln.randn(5)
+
+        def call(i, f):
+            exec(changes[i], ns)
+            return f(x, *args(ns))
+        return world(ns["f"], call)
+    build.calls = len(changes)
+    build.check = expect_traces(traces)
+    return build
+
+
+CASES["unset_slot_set_between_calls"] = _changes_between_calls(
+    "class Pair:\n    __slots__ = ('k', 'unused')\n    def __init__(self):\n"
+    "        self.k = 1.0\npair = Pair()\ndef f(x):\n    return x * pair.k\n",
+    ["", "pair.unused = 5", "pair.k = 3.0", "pair.unused = 6; del pair.unused"], traces=2)
+CASES["unset_slot_the_call_reads_then_set"] = _changes_between_calls(
+    "class Pair:\n    __slots__ = ('k', 'extra')\n    def __init__(self):\n"
+    "        self.k = 1.0\npair = Pair()\ndef f(x):\n    try:\n"
+    "        return x * pair.extra\n    except AttributeError:\n        return x * pair.k\n",
+    ["", "", "pair.extra = 4.0", "", "del pair.extra"], traces=2)
+CASES["namespace_attribute_the_call_does_not_read"] = _changes_between_calls(
+    "import types\ncfg = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "def f(x, c):\n    return x * c.scale\n",
+    ["", "cfg.note = 1", "cfg.scale = 3.0", "cfg.note = 2; cfg.extra = []"], traces=2,
+    args=lambda ns: (ns["cfg"],))
+# a namespace compared (`==` reads every attribute) is read whole
+CASES["namespace_compared_is_read_whole"] = _changes_between_calls(
+    "import types\ncfg = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "REF = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "def f(x):\n    return x * cfg.scale if cfg == REF else x - 1\n",
+    ["", "", "cfg.note = 1", "", "cfg.note = 0"], traces=2)
+CASES["namespace_formatted_is_read_whole"] = _changes_between_calls(
+    "import types\ncfg = types.SimpleNamespace(scale=2.0, note=0)\n"
+    "def f(x):\n    return x * cfg.scale if 'note=0' in f'{cfg}' else x - 1\n",
+    ["", "", "cfg.note = 1", ""], traces=2)
+
+# a Module's `training` is guarded where the traced call read it (kiln.compiler.note_flag_read)
+CASES["eval_on_a_module_the_call_reads_an_attribute_of"] = _changes_between_calls(
+    "class Holder(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.scale = 2.0\n        self.sub = nn.Identity()\nm = Holder()\n"
+    "def f(x):\n    return x * m.scale\n",
+    ["", "m.eval()", "m.train()", "m.scale = 3.0", "m.sub.eval()", "m.eval()"], traces=2)
+CASES["eval_on_a_module_whose_forward_reads_the_flag"] = _changes_between_calls(
+    "class Block(nn.Module):\n    def forward(self, x):\n"
+    "        return x.tanh() if self.training else x.relu()\nblk = nn.Sequential(Block())\n"
+    "def f(x):\n    return blk(x) + 1\n",
+    ["", "", "blk.eval()", "", "blk.train()", "blk[0].eval()"], traces=2)
+CASES["eval_on_a_library_layer_that_reads_the_flag"] = _changes_between_calls(
+    "bn = nn.BatchNorm1d(1)\ndef f(x):\n    return bn(x.reshape(5, 1)) * 2\n",
+    ["", "", "bn.eval()", "", "bn.train()", "bn.eval()"], traces=2)
+
+# a batch object's fields the call reads are its key: a new batch holding the first value
+# replays the first trace, though the batch traced then was changed since
+_BATCH = ("class Batch:\n    def __init__(self, x, scale):\n        self.x = x\n"
+          "        self.scale = scale\n        self.history = []\n"
+          "B = Batch(kiln.ones(5), 2.0)\n")
+CASES["a_new_batch_with_the_first_batchs_old_value"] = _changes_between_calls(
+    _BATCH + "def f(x, b):\n    return x * b.x * b.scale\n",
+    ["", "B.scale = 3.0", "B = Batch(kiln.ones(5), 2.0)", "B = Batch(kiln.ones(5), 3.0)",
+     "B.history.append(1)", "B.scale = -1.0"], traces=3, args=lambda ns: (ns["B"],))
+# ... unless that batch is also read another way (here a global): its fields are guarded there
+CASES["a_batch_also_read_through_a_global"] = _changes_between_calls(
+    _BATCH + "FIRST = B\ndef f(x, b):\n    return x * b.scale + FIRST.scale\n",
+    ["", "B.scale = 3.0", "B = Batch(kiln.ones(5), 2.0)", "", "FIRST.scale = 2.0"],
+    traces=3, args=lambda ns: (ns["B"],))
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -31,3 +31,13 @@ def test_a_call_after_no_change_replays():
         quiet += sum(1 for i in range(1, CALLS) if not world.mutations[i])
         assert not needless(world, outcome), f"{world}{outcome.kinds}"
     assert quiet > 20
+
+
+# worlds whose call after a change to state it does not read traced again, and now replays: a
+# module's `training` it never read, an unset slot, a namespace's other attribute
+@pytest.mark.parametrize("seed", [81, 106, 129, 163, 108, 166, 272, 690, 126, 168, 289, 420])
+def test_a_change_the_call_cannot_read_replays(seed):
+    world = generate(seed)
+    problems, outcome = check(world)
+    assert not problems, f"{world}\n" + "\n".join(problems)
+    assert not needless(world, outcome), f"{world}{outcome.kinds}{outcome.reasons}"

@@ -31,9 +31,9 @@ from kiln.compiler.counters import count_graph
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
                                            save_cache_artifacts)
-from kiln.compiler.hooks import (composite, is_compiling, note_grad_cleared,  # noqa: F401
-                                 note_grads_checked, note_python_read, replay_after,
-                                 scalar_input, untraced)
+from kiln.compiler.hooks import (active_traces, composite, is_compiling,  # noqa: F401
+                                 note_flag_read, note_grad_cleared, note_grads_checked,
+                                 note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, Primitive, as_user_error
@@ -1024,9 +1024,10 @@ class CompiledFunction:
                   if b.kind == "scalar"} - tracer.python_reads
         # a batch object's tensors are inputs, keyed by shape: not guarded by identity
         fields = {id(t) for t in _flatten_args((args, kwargs))[0]}
+        roots = _object_arguments(args, kwargs)
         with _stage("guarding what the call reads"):
-            replay_guards = guards.collect(self.fn, _object_arguments(args, kwargs),
-                                           by_name=True)
+            replay_guards = guards.collect(self.fn, roots, by_name=True,
+                                           flag_reads=tracer.flag_reads)
         kept = list(dict.fromkeys(
             g.source for g in replay_guards.guards
             if g.kind == "id" and isinstance(g.expected, Tensor) and
@@ -1046,9 +1047,11 @@ class CompiledFunction:
             self._add_entry(key, CompiledEntry(None, eager_reason=reason))
             self._note("effect", f"{reason}; this function runs eagerly")
             return result
+        keyed = _keyed_scalars(replay_guards.guards, roots, _batch_objects(args, kwargs),
+                               self._record_fields, flags or {})
         entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
-                                 and g.source.startswith("argument "))] +
+                                 and g.source.startswith("argument ")) and id(g) not in keyed] +
                         guards.tensor_guards(lifted, names_after))
         with _stage("guarding custom Functions"):
             for cls in tracer.functions:
@@ -1583,6 +1586,26 @@ def _argument_objects(args, kwargs) -> dict:
     `_tensor_names`, as the objects a function names are."""
     return {f"argument {i}": a for i, a in enumerate(list(args) + list(kwargs.values()))
             if not isinstance(a, Tensor) and type(a) not in guards.SCALARS}
+
+
+def _keyed_scalars(found: list, roots: list, records: list, fields, flags: dict) -> set:
+    """The ids of the guards in `found` on a scalar field of a batch object passed as an argument
+    that the guard key holds (`_typed_tree`: the value of the argument of each call, typed as a
+    value guard types it), where the object is reached by no other path and the call does not
+    set the field: the guard would read the object the trace was given, which a later call need
+    not pass (a new batch holding the first one's value, after that one was changed, replays)."""
+    batches = {id(r) for r in records}
+    at_root = {where: obj for where, _, obj in roots if id(obj) in batches}
+    elsewhere = {id(g.expected) for g in found if g.kind == "id" and g.source not in at_root}
+    keyed = set()
+    for g in found:
+        where, _, name = g.source.rpartition(".")
+        obj = at_root.get(where)
+        if obj is not None and g.kind == "value" and id(obj) not in elsewhere and \
+                (fields is None or name in fields) and name in vars(obj) and \
+                getattr(g.read, "at", None) not in flags:
+            keyed.add(id(g))
+    return keyed
 
 
 def _argument_roots(args, kwargs) -> list:

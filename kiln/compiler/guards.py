@@ -20,12 +20,16 @@ past either limit is not guarded, and never silently: the walk records an "ungua
 naming it (it always holds): `compiler` then runs that call eagerly with a warning, and
 `explain` and `kiln dump` list the place with the guards.
 
-A plain object of the user's (not a module, an optimizer or a data holder) is guarded only in
-the attributes whose names the code the call can run loads (`code_reads`), as TorchDynamo
-guards only what the traced code accessed: a trainer's `history` that grows outside the
-compiled step is not read by it. Where that code reads attributes by computed name
-(`getattr`, `vars`, `copy`, ...) or a class hides its attributes (`__getattr__`, other
-descriptors), the object is walked whole.
+A plain object of the user's (not a module or an optimizer) is guarded only in the attributes
+whose names the code the call can run loads (`code_reads`), as TorchDynamo guards only what the
+traced code accessed: a trainer's `history` that grows outside the compiled step is not read by
+it. Where that code reads attributes by computed name (`getattr`, `vars`, `copy`, ...) or a
+class hides its attributes (`__getattr__`, other descriptors), the object is walked whole. A
+slot is such an attribute (its member descriptor is read by its name), set or not; so is a
+dataclass field (the generated `__eq__` and `__repr__` are code that names every field). A
+`types.SimpleNamespace` or `argparse.Namespace` compares and prints itself in C or library
+code reading every attribute: it is walked whole where the code compares or formats anything
+(`_compares`).
 
 Reading the same places again after the traced call tells which of them the call itself
 changed: a Python effect a replay would skip (`compiler` turns it into a graph break). That
@@ -396,11 +400,20 @@ _DYNAMIC_ATTRIBUTES = frozenset({
     "__getstate__", "getattr", "setattr", "hasattr", "vars", "deepcopy", "asdict", "astuple",
     "getmembers", "attrgetter", "methodcaller", "__match_args__"})
 # a class defining one of these does not keep what it reads in its instances' __dict__ by name
+# (`__slots__` is not one: a slot is read through its member descriptor, by its name)
 _OPAQUE_DUNDERS = frozenset({"__getattr__", "__getattribute__", "__reduce__", "__reduce_ex__",
-                             "__getstate__", "__slots__"})
+                             "__getstate__"})
 # methods that run only when the class is called (it is reached as a value), not on an instance
 _CONSTRUCTORS = frozenset({"__init__", "__new__", "__init_subclass__", "__class_getitem__",
                            "__set_name__"})
+# what may run a namespace's own `__eq__`, `__repr__` or `__contains__`, C or library code that
+# reads every attribute: comparisons (also `in` a list, `list.index`), formatting, `print`
+_WHOLE_READING_OPS = frozenset({"COMPARE_OP", "CONTAINS_OP", "FORMAT_VALUE", "FORMAT_SIMPLE",
+                                "FORMAT_WITH_SPEC", "CONVERT_VALUE"})
+_WHOLE_READING_NAMES = frozenset({
+    "repr", "str", "ascii", "format", "print", "eq", "ne", "contains", "index", "count",
+    "remove", "__eq__", "__ne__", "__repr__", "__str__", "__format__", "__contains__",
+    "_get_kwargs", "_get_args"})
 # methods the interpreter calls by a plain name: `f(**obj)` and `dict(obj)` call `obj.keys()`
 _IMPLICIT_METHODS = frozenset({"keys"})
 _PLAIN_BASES = (object, abc.ABC, typing.Generic)
@@ -411,11 +424,13 @@ _REACH_LIMIT = 100_000      # objects `code_reads` looks at before it reads ever
 class Reads:
     """Which attributes of plain user objects a call can read: those named in `names`, except
     in the objects whose ids are in `whole`, read whole; all of every object when `everything`
-    (no narrowing is sound)."""
+    (no narrowing is sound). A `types.SimpleNamespace` or `argparse.Namespace` is read whole
+    where `compares`."""
 
     names: frozenset
     whole: frozenset = frozenset()
     everything: bool = False
+    compares: bool = False      # reached code may compare or format a namespace (read whole)
 
     def by_name(self, obj) -> bool:
         return not self.everything and id(obj) not in self.whole
@@ -428,6 +443,7 @@ def _class_code(cls: type) -> tuple[list, bool, bool]:
     function, property, static or class method), and whether it has a library base (whose code
     may call any of its methods by name)."""
     found, opaque, library_base = [], False, False
+    slots = set(_slot_names(cls))
     for klass in cls.__mro__:
         if klass in _PLAIN_BASES:
             continue
@@ -435,8 +451,9 @@ def _class_code(cls: type) -> tuple[list, bool, bool]:
             opaque = library_base = True
             continue
         for name, value in vars(klass).items():
-            if name in ("__dict__", "__weakref__"):
-                continue
+            if name in ("__dict__", "__weakref__") or \
+                    name in slots and isinstance(value, types.MemberDescriptorType):
+                continue        # (a slot's storage: read as `obj.name`, as an attribute is)
             opaque = opaque or name in _OPAQUE_DUNDERS
             if isinstance(value, (staticmethod, classmethod)):
                 value = value.__func__
@@ -454,8 +471,9 @@ class _Reach:
     """One pass of `code_reads`: from the roots, the code the call can run and the attribute
     names it loads, following only attributes of plain objects with names loaded so far."""
 
-    def __init__(self, names: frozenset):
+    def __init__(self, names: frozenset, compares: bool):
         self.names = set(names)
+        self.compares = compares
         self.whole: set[int] = set()
         self.everything = False
         self.seen: set = set()
@@ -480,6 +498,7 @@ class _Reach:
         self.names |= attrs
         if globals_ & _DYNAMIC_GLOBALS or attrs & _DYNAMIC_ATTRIBUTES:
             self.everything = True
+        self.compares = self.compares or _compares(code)
 
     def klass(self, cls: type, called: bool) -> tuple[list, bool]:
         """The code of a user class that can run ([(function, False)]), and whether its
@@ -548,8 +567,14 @@ class _Reach:
         attrs = {**(attrs if isinstance(attrs, dict) else {}),
                  **{name: getattr(obj, name) for name in slots if hasattr(obj, name)}}
         if (hasattr(obj, "_modules") and hasattr(obj, "_parameters")) or \
-                (hasattr(obj, "param_groups") and hasattr(obj, "state")) or _data_holder(cls):
+                (hasattr(obj, "param_groups") and hasattr(obj, "state")):
             return code + [(v, in_library) for v in attrs.values()]
+        if cls in _DATA_HOLDERS:        # a namespace: read by name unless compared or printed
+            if self.compares or in_library:
+                self.whole.add(id(obj))
+            if id(obj) in self.whole:
+                return [(v, in_library) for v in attrs.values()]
+            return [(v, False) for n, v in attrs.items() if n in self.names]
         if _library_module(cls.__module__):       # guarded by identity; what it holds may run
             return [(v, True) for v in attrs.values()]
         if opaque or in_library:
@@ -595,14 +620,28 @@ def code_reads(fn, extra: list = ()) -> Reads:
         return Reads(frozenset(), everything=True)      # library code: its reads are unseen
     roots = [fn, *(value for _, _, value in extra)]
     names: frozenset = frozenset()
+    compares = False
     while True:
-        reach = _Reach(names)
+        reach = _Reach(names, compares)
         reach.run(roots)
         if reach.everything:
             return Reads(frozenset(), everything=True)
-        if reach.names == names:
-            return Reads(names, frozenset(reach.whole))
-        names = frozenset(reach.names)
+        if reach.names == names and reach.compares == compares:
+            return Reads(names, frozenset(reach.whole), compares=compares)
+        names, compares = frozenset(reach.names), reach.compares
+
+
+@functools.lru_cache(maxsize=512)
+def _compares(code) -> bool:
+    """Whether a code object (or one nested in it) may run a namespace's whole-reading dunders
+    (`_WHOLE_READING_OPS`, `_WHOLE_READING_NAMES`)."""
+    globals_, attrs = _names_of(code)
+    if (globals_ | attrs) & _WHOLE_READING_NAMES:
+        return True
+    for ins in dis.get_instructions(code):
+        if ins.opname in _WHOLE_READING_OPS or ins.opname == "BINARY_OP" and "%" in ins.argrepr:
+            return True
+    return any(_compares(c) for c in code.co_consts if isinstance(c, types.CodeType))
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -610,13 +649,15 @@ def code_reads(fn, extra: list = ()) -> Reads:
 class _Walk:
     """Collects the guards of everything reachable from a function's roots."""
 
-    def __init__(self, attribute_counts: bool = False, reads: Reads | None = None):
+    def __init__(self, attribute_counts: bool = False, reads: Reads | None = None,
+                 flag_reads: set | None = None):
         self.guards: list[Guard] = []
         self.seen: set[int] = set()
         # also each plain object's number of attributes: one the call adds (`batch.seen = 1`
         # on an argument) is a Python effect, though no place guarded before held it
         self.attribute_counts = attribute_counts
         self.reads = reads          # None: every attribute of every plain object
+        self.flag_reads = flag_reads    # None: every module's `training`; else ids of those read
         self.over_budget = False
 
     def unguarded(self, source: str, limit: str) -> None:
@@ -736,10 +777,13 @@ class _Walk:
         items = [(name, _attr(obj, name), value) for name, value in attrs.items()]
         items += [(name, _slot(obj, name), getattr(obj, name, MISSING)) for name in slots]
         narrow = self.reads is not None and self.reads.by_name(obj) and \
-            not (is_module or optimizer or _data_holder(type(obj)))
+            not (is_module or optimizer) and not (isinstance(obj, _DATA_HOLDERS) and (
+                self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if narrow:
             items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
+        if is_module and self.unread_flag(obj):
+            items = [item for item in items if item[0] != "training"]
         for name, read, value in items:
             self.place(f"{source}.{name}", read, value, inner,
                        lazy=lazy or (optimizer and name == "state"))
@@ -747,6 +791,19 @@ class _Walk:
         if not _library_module(cls.__module__):
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
             self.class_members(f"type({source})", cls, 0, narrow)
+
+    def unread_flag(self, module) -> bool:
+        """Whether the traced call read no `module.training`: every read through Module's
+        property was told to the trace (`flag_reads`, see `kiln.compiler.note_flag_read`), and
+        no code reached reads attributes by computed name or `__dict__` (which bypass it)."""
+        if self.flag_reads is None or self.reads is None or self.reads.everything or \
+                id(module) in self.flag_reads:
+            return False
+        for klass in type(module).__mro__:
+            if "training" in vars(klass):
+                return getattr(getattr(vars(klass)["training"], "fget", None), "tells_reads",
+                               False)
+        return False
 
     def too_deep(self, source: str) -> None:
         self.unguarded(source, f"more than {_OBJECT_DEPTH} levels into plain objects and "
@@ -791,8 +848,11 @@ class _Walk:
 
     def unset(self, source: str, obj, attrs: dict) -> None:
         """Guard the names the call reads that `obj` takes from its class: set on the object
-        later, they would hide the method or class attribute the trace read."""
-        for name in sorted(self.reads.names - attrs.keys()):
+        later, they would hide the method or class attribute the trace read. (An object without
+        a `__dict__` can hide nothing; a slot, a data descriptor, is never hidden.)"""
+        if not isinstance(getattr(obj, "__dict__", None), dict):
+            return
+        for name in sorted(self.reads.names - attrs.keys() - set(_slot_names(type(obj)))):
             found = getattr(type(obj), name, MISSING)
             if found is not MISSING and not isinstance(found, property) and \
                     not name.startswith("__"):
@@ -800,12 +860,13 @@ class _Walk:
 
 
 def collect(fn, extra: list = (), attribute_counts: bool = False,
-            by_name: bool = False) -> _Walk:
+            by_name: bool = False, flag_reads: set | None = None) -> _Walk:
     """Guards for every place `fn` can reach, plus `extra` (source, reader, value) roots; with
     `attribute_counts`, also how many attributes each plain object has (to see one added);
     `by_name`, only the attributes of plain objects that code the call can run names
-    (`code_reads`): the guards a replay checks."""
-    walk = _Walk(attribute_counts, code_reads(fn, extra) if by_name else None)
+    (`code_reads`): the guards a replay checks; with it `flag_reads`, the ids of the modules
+    whose `training` the traced call read (the others' is not guarded)."""
+    walk = _Walk(attribute_counts, code_reads(fn, extra) if by_name else None, flag_reads)
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):

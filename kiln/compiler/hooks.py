@@ -5,7 +5,8 @@ These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the 
 `note_grad_cleared()` for `zero_grad(set_to_none=True)`, `scalar_input()` for a number a
 compiled program reads afresh on every call (a learning rate a scheduler changes), and
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
-compiled function), `note_python_read()` for a user's read of such a number, and
+compiled function), `note_python_read()` for a user's read of such a number,
+`note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`), and
 `note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
 names the nodes a function built of several ops records (`# layer_norm @ model.py:12` in
 listings).
@@ -19,7 +20,11 @@ from typing import Iterator
 from kiln.runtime.device import Device
 from kiln.tracer import trace as _trace
 from kiln.tracer.provenance import composite, scope  # noqa: F401  (re-exported hooks)
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, TRACING, Tensor
+
+# [how many traces run now, in any thread]: a check cheaper than `is_compiling()` for a read as
+# frequent as a Module's `training` (`note_flag_read` is called only while it is not 0)
+active_traces = TRACING
 
 
 def is_compiling() -> bool:
@@ -79,6 +84,15 @@ def note_python_read(container, key, value=None) -> None:
         tracer.python_reads.add((id(container), key))
     else:
         tracer.object_reads.append((container, key, value))
+
+
+def note_flag_read(module) -> None:
+    """While tracing: `module.training` was read (by the module's forward, by user code, by a
+    library function). A Module whose flag no code of the traced call read is not guarded on
+    it: `eval()` on a module the call never runs does not trace again."""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.flag_reads.add(id(module))
 
 
 def replay_after(name: str, call) -> None:

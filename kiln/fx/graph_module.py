@@ -272,6 +272,7 @@ class GraphModule(kiln.nn.Module):
         # the attributes (modules, parameters, buffers) copied as any module's are, the graph
         # copied node by node, and the forward generated anew for the copy
         fake = kiln.nn.Module()
+        kiln.compiler.note_flag_read(self)      # (the flag is copied from `__dict__`)
         state = {k: v for k, v in self.__dict__.items() if k not in ("_graph", "_code")}
         fake.__dict__.update(copy.deepcopy(state, memo))
         graph = copy.deepcopy(self._graph, memo)
@@ -288,6 +289,7 @@ class GraphModule(kiln.nn.Module):
     def __reduce__(self):
         # as torch.fx: the attributes, and the forward's source with imports for its globals;
         # unpickling runs that source and traces it again (every submodule kept whole)
+        kiln.compiler.note_flag_read(self)
         state = {k: v for k, v in self.__dict__.items() if k not in ("_graph", "_code")}
         python_code = self._graph.python_code(root_module="self")
         return (_rebuild_graph_module, (state, _import_block(python_code.globals) +

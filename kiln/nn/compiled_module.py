@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 
+from kiln.compiler import note_flag_read
 from kiln.nn.module import _GLOBAL_HOOKS_SKIPPED, Module
 
 
@@ -48,6 +49,7 @@ class OptimizedModule(Module):
         mod = copy.deepcopy(self._orig_mod, memo)
         twin = OptimizedModule(mod, type(compiled)(mod, compiled.backend, compiled.fullgraph))
         memo[id(self)] = twin
+        note_flag_read(self)
         for name, value in self.__dict__.items():          # hooks, flags set on the wrapper
             if name not in ("_compiled", "_modules"):
                 twin.__dict__[name] = copy.deepcopy(value, memo)

@@ -10,7 +10,7 @@ import kiln
 from kiln import Tensor
 from kiln.__future__ import (get_overwrite_module_params_on_conversion,
                              get_swap_module_params_on_conversion)
-from kiln.compiler import note_grad_cleared
+from kiln.compiler import active_traces, note_flag_read, note_grad_cleared
 from kiln.compiler import reset as reset_compiled
 from kiln.nn.backward_hooks import BackwardHookCall
 from kiln.nn.parameter import Buffer, Parameter
@@ -39,8 +39,25 @@ class Module:
     """Base class for all layers: assign Parameters, Modules and buffers as attributes and
     they are found by `parameters()`, `state_dict()`, `to()` and friends."""
 
-    training: bool
     _version: int = 1
+
+    @property
+    def training(self) -> bool:
+        """Whether the module is in training mode (`train()`, `eval()`). Kept in the instance's
+        `__dict__`; a read is told to a trace in progress, so that kiln.compile guards the
+        flags a call read, not every reachable module's."""
+        if active_traces[0]:
+            note_flag_read(self)
+        try:
+            return self.__dict__["training"]
+        except KeyError:        # (Module.__init__ not run yet): `__getattr__` says so
+            raise AttributeError("training") from None
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["training"] = mode
+
+    training.fget.tells_reads = True        # (what guards look for: see `note_flag_read`)
 
     def __init__(self, *args, **kwargs) -> None:
         if args or kwargs:
@@ -685,6 +702,7 @@ class Module:
         return main + ")"
 
     def __getstate__(self) -> dict:
+        note_flag_read(self)        # (copy and pickle read the flag here, not as `.training`)
         return self.__dict__.copy()
 
     def __setstate__(self, state: dict) -> None:

@@ -125,6 +125,7 @@ class Tracer:
         self.top_code = None                # the traced function's code (set by the compiler)
         self.returned_items: dict = {}      # id(number) -> (number, tensor): `return t.item()`
         self.object_reads: list = []      # (object, attribute, value as read) likewise
+        self.flag_reads: set = set()      # id() of each Module whose `training` was read
         # custom autograd.Function classes applied in the call (their forward and backward are
         # the user's Python, which the compiler guards and watches as the function's own);
         # `on_function(cls)`, when set, is told of each before its first forward runs
