@@ -61,7 +61,8 @@ def test_buffers_updated_in_forward_with_train_eval_toggles():
 def test_weight_norm_spectral_norm_and_parametrize_trained_compiled():
     t, k, c = compiled_like_torch("parametrized_training")
     # (removed parametrizations register the plain weight after the bias, as in torch)
-    assert k["values"]["symmetric"] and k["values"]["plain_params"].startswith("fc1.bias,fc1.weight")
+    assert k["values"]["symmetric"]
+    assert k["values"]["plain_params"].startswith("fc1.bias,fc1.weight")
 
 
 def test_distillation_and_gan_alternation_compiled():
