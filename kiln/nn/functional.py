@@ -730,9 +730,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
             with kiln.no_grad():
                 mean, var = P.batch_stats(input)
                 if running_mean is not None:
-                    running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+                    _blend(running_mean, mean, momentum, momentum)
                 if running_var is not None:       # the running variance is the unbiased one
-                    running_var.mul_(1 - momentum).add_(var, alpha=momentum * count / (count - 1))
+                    _blend(running_var, var, momentum, momentum * count / (count - 1))
         # one primitive each way (its backward is the closed form, not ~50 composed ops)
         out = P.batch_norm(input, eps=eps)
         if weight is not None:
@@ -747,6 +747,15 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     if bias is not None:
         out = out + bias.reshape(shape)
     return out
+
+
+def _blend(running: Tensor, new: Tensor, momentum, weight) -> None:
+    """running = (1 - momentum) * running + weight * new, in place; `momentum` and `weight`
+    numbers or (BatchNorm's cumulative average under compile) 0-d tensors."""
+    if isinstance(weight, Tensor):
+        running.mul_(1 - momentum).add_(new * weight)
+    else:
+        running.mul_(1 - momentum).add_(new, alpha=weight)
 
 
 @_composite

@@ -74,7 +74,11 @@ class _BatchNorm(Module):
             with kiln.no_grad():
                 self.num_batches_tracked.add_(1)
             if self.momentum is None:      # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
+                # (under compile a tensor: a trace reads no count into Python, so the step
+                # compiles whole and each replay takes its own count's weight)
+                count = self.num_batches_tracked
+                factor = 1.0 / (count.to(self.running_mean.dtype) if kiln.compiler.is_compiling()
+                                else float(count))
         use_batch_stats = self.training or (self.running_mean is None
                                             and self.running_var is None)
         track = not self.training or self.track_running_stats

@@ -62,7 +62,7 @@ def get_swa_multi_avg_fn() -> MultiAvgFn:
     models seen: avg += (new - avg) / (n + 1), n being the number averaged so far."""
     def swa_update(averaged_params: TensorList, current_params: TensorList,
                    num_averaged: Tensor | int) -> None:
-        count = int(num_averaged) + 1
+        count = num_averaged + 1        # (a tensor count stays one: no value read, compiles)
         with kiln.no_grad():
             for averaged, current in zip(averaged_params, current_params):
                 if averaged.dtype.is_floating_point:
@@ -134,18 +134,19 @@ class AveragedModel(nn.Module):
         # (zip stops at the shorter list, as PyTorch's does)
         pairs = [(mine.detach(), theirs.detach().to(mine.device))
                  for mine, theirs in zip(averaged, current)]
-        first = int(self.n_averaged) == 0
-        if first:
+        compiling = kiln.compiler.is_compiling()
+        if not compiling and int(self.n_averaged) == 0:
             for mine, theirs in pairs:
                 _write(mine, theirs)
-        elif self.multi_avg_fn is not None:
-            for mine, theirs in _by_device_and_dtype(pairs):
-                self.multi_avg_fn(mine, theirs, self.n_averaged.to(mine[0].device))
         else:
-            # the default is PyTorch's CPU path (a division, not foreach lerp), to its last bit
-            avg_fn = self.avg_fn if self.avg_fn is not None else get_swa_avg_fn()
+            self._average(pairs)
+        if compiling:
+            # a trace cannot branch on the count (a tensor): it averages, then keeps the
+            # model's own weights where nothing was averaged yet, so a compiled training step
+            # that updates the average runs whole
+            first = self.n_averaged == 0
             for mine, theirs in pairs:
-                _write(mine, avg_fn(mine, theirs, self.n_averaged.to(mine.device)))
+                _write(mine, kiln.where(first, theirs.to(mine.dtype), mine))
         if not self.use_buffers:
             # buffers are not averaged: keep them the source model's
             mine_buffers, their_buffers = list(self.module.buffers()), list(model.buffers())
@@ -157,6 +158,16 @@ class AveragedModel(nn.Module):
                 _write(mine, theirs.detach().to(mine.device))
         with kiln.no_grad():
             self.n_averaged.add_(1)
+
+    def _average(self, pairs: list[tuple[Tensor, Tensor]]) -> None:
+        if self.multi_avg_fn is not None:
+            for mine, theirs in _by_device_and_dtype(pairs):
+                self.multi_avg_fn(mine, theirs, self.n_averaged.to(mine[0].device))
+        else:
+            # the default is PyTorch's CPU path (a division, not foreach lerp), to its last bit
+            avg_fn = self.avg_fn if self.avg_fn is not None else get_swa_avg_fn()
+            for mine, theirs in pairs:
+                _write(mine, avg_fn(mine, theirs, self.n_averaged.to(mine.device)))
 
 
 def _by_device_and_dtype(pairs: list[tuple[Tensor, Tensor]]) -> list[tuple[list, list]]:

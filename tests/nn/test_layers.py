@@ -208,6 +208,31 @@ def test_batchnorm_training_matches_and_running_stats():
                                    t_layer(torch.from_numpy(x)).detach().numpy(), atol=1e-10)
 
 
+
+def test_batchnorm_cumulative_average_compiles_whole_and_matches_torch():
+    # momentum=None read num_batches_tracked into Python (1 / float(count)): a compiled forward
+    # broke the graph and ran eagerly; now the count's weight is a tensor, replayed per call
+    import warnings
+    t_layer, k_layer = build_pair(lambda nn: nn.BatchNorm1d(4, momentum=None), train=True)
+    compiled = kiln.compile(k_layer)
+    rng = np.random.default_rng(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(6):
+            train = step % 3 != 2
+            t_layer.train(train)
+            k_layer.train(train)
+            x = rng.normal(step, 1.0 + step, (6, 4))
+            np.testing.assert_allclose(compiled(kiln.tensor(x)).detach().numpy(),
+                                       t_layer(torch.from_numpy(x)).detach().numpy(),
+                                       rtol=1e-9, atol=1e-10)
+    for key, t_value in t_layer.state_dict().items():
+        np.testing.assert_allclose(k_layer.state_dict()[key].numpy(), t_value.numpy(),
+                                   rtol=1e-9, atol=1e-12, err_msg=key)
+    assert int(k_layer.num_batches_tracked) == 4
+    assert sum(e.calls for e in compiled.entries.values()) >= 3     # replayed, not eager
+
+
 def test_batchnorm_training_gradients():
     check_layer(lambda nn: nn.BatchNorm2d(3), [(4, 3, 3, 3)], train=True)
     check_layer(lambda nn: nn.BatchNorm1d(3, affine=False), [(5, 3)], train=True)

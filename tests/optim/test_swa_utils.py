@@ -245,6 +245,44 @@ def test_swalr_stepped_inside_a_compiled_step_matches_eager():
     assert sum(e.calls for e in fn.entries.values()) >= 6      # replayed, not run eagerly
 
 
+
+@pytest.mark.parametrize("name", AVERAGINGS)
+def test_averaged_model_updated_in_a_compiled_step_compiles_whole_and_matches_torch(name):
+    # update_parameters read its count into Python (`int(n_averaged) == 0`): a compiled train
+    # step calling it broke the graph and ran eagerly
+    t_model, k_model = _twins()
+    kwargs = {key: (value(kiln.optim.swa_utils) if callable(value) else value)
+              for key, value in AVERAGINGS[name].items()}
+    k_avg = kiln.optim.swa_utils.AveragedModel(k_model, **kwargs)
+    t_avg = torch.optim.swa_utils.AveragedModel(t_model, **{
+        key: (value(torch.optim.swa_utils) if callable(value) else value)
+        for key, value in AVERAGINGS[name].items()})
+    t_opt = torch.optim.SGD(t_model.parameters(), lr=0.1, momentum=0.9)
+    k_opt = kiln.optim.SGD(k_model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(lib, model, opt, avg, x, y):
+        opt.zero_grad()
+        loss = lib.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        avg.update_parameters(model)
+        return loss
+
+    compiled = kiln.compile(lambda x, y: step(kiln, k_model, k_opt, k_avg, x, y))
+    rng = np.random.default_rng(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(5):
+            x = rng.standard_normal((8, 4)).astype(np.float32)
+            y = rng.integers(0, 3, 8)
+            t_loss = step(torch, t_model, t_opt, t_avg, torch.tensor(x), torch.tensor(y))
+            k_loss = compiled(kiln.tensor(x), kiln.tensor(y))
+            np.testing.assert_allclose(k_loss.item(), t_loss.item(), rtol=1e-5)
+    _assert_state_equal(k_avg, t_avg, rtol=1e-5, atol=1e-6)
+    assert int(k_avg.n_averaged) == 5
+    assert sum(e.calls for e in compiled.entries.values()) >= 3     # replayed, not eager
+
+
 # -------------------------------------------------------------------------------- update_bn
 
 def _loader(lib, x, y, batch_size=8):
