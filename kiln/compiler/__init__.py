@@ -74,6 +74,8 @@ def _collector_paused():
 # ----------------------------------------------------------------------------- naming
 
 def _function_name(fn) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({_function_name(fn.func)})"
     return getattr(fn, "__name__", type(fn).__name__)
 
 
