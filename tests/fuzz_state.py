@@ -409,29 +409,28 @@ def _run(spec: Spec, lib, compiled: bool):
             before = _counts(fn) if compiled else None
             losses.append(fn(x, y, *ns["EXTRA"]).item())
             if compiled:
-                kinds.append(_kind(fn, before, reasons))
+                kinds.append(_kind(fn, before))
     told = [str(w.message) for w in seen if "kiln.compile" in str(w.message)]
+    if compiled:        # why it ran eagerly, as the entries say
+        reasons = [e.eager_reason for e in fn.entries.values() if e.eager_reason]
     return losses, _flat(ns["SNAP"]()), kinds, reasons, told
 
 
 def _counts(fn) -> tuple:
-    return (len(fn.entries), sum(e.calls for e in fn.entries.values() if e.program is not None))
+    """(entries, calls replayed, calls of eager entries) so far."""
+    return (len(fn.entries),
+            sum(e.calls for e in fn.entries.values() if e.program is not None),
+            sum(e.calls for e in fn.entries.values() if e.program is None))
 
 
-def _kind(fn, before: tuple, reasons: list) -> str:
-    entries, replays = _counts(fn)
-    if entries > before[0]:
-        new = list(fn.entries.values())[-1]
-        if new.program is None:
-            reasons.append(new.eager_reason)
-            return "eager"
-        return "trace"
-    if replays > before[1]:
-        return "replay"
-    if entries == 0:
-        return "trace"          # traced, and traces again once its lazily made state exists
-    reasons.append("an eager entry")
-    return "eager"
+def _kind(fn, before: tuple) -> str:
+    """How the latest call ran: a new eager entry or an eager entry's call is "eager", a
+    program's call "replay", anything else a trace (one that made no entry traces again once
+    the state it made exists)."""
+    entries, replays, eager = _counts(fn)
+    if entries > before[0] and list(fn.entries.values())[-1].program is None or eager > before[2]:
+        return "eager"
+    return "replay" if replays > before[1] else "trace"
 
 
 @dataclass
@@ -471,8 +470,17 @@ def check(spec: Spec) -> Outcome:
     return Outcome(problems, kinds, reasons, told)
 
 
+def _reason(reason: str) -> str:
+    """An eager reason without the path that names the place."""
+    if "changes Python state" in reason:
+        return ("changes Python state: an int step in an optimizer's state"
+                if "['step']" in reason else "changes Python state: an int counter on an object"
+                if ".steps" in reason else reason[:200])
+    return reason[:200]
+
+
 def sweep(first: int, count: int) -> int:
-    tally, reasons, by_kind = collections.Counter(), collections.Counter(), collections.Counter()
+    tally, reasons = collections.Counter(), collections.Counter()
     failing = 0
     for seed in range(first, first + count):
         spec = generate(seed)
@@ -486,9 +494,11 @@ def sweep(first: int, count: int) -> int:
         ran = "eager" if "eager" in outcome.kinds else \
             "replayed" if "replay" in outcome.kinds else "traced only"
         tally[ran] += 1
-        by_kind[(spec.path, spec.optimizer, ran)] += 1
+        if ran == "traced only":
+            print(f"traced only: seed {seed}, {spec.path}, {spec.optimizer}, {spec.parts}, "
+                  f"{outcome.kinds}", flush=True)
         for r in dict.fromkeys(outcome.reasons):
-            reasons[r[:200]] += 1
+            reasons[_reason(r)] += 1
     print(f"{count} seeds, {failing} failing; steps: {dict(tally)}")
     print("eager reasons:")
     for r, n in reasons.most_common(20):
