@@ -11,17 +11,20 @@ kiln or to PyTorch) for a training step and the state it keeps between calls:
   `functools.partial` binding them;
 * *state made lazily by the user's code*: kiln's optimizers, or hand-written ones as tutorials
   write them (an `Optimizer` subclass cloning the first gradient into `self.state[p]`, one
-  keeping a dict or list of buffers on `self`, one storing `p.momentum_buffer` on the
-  parameter, an Adam that `zeros_like`s its moments under `no_grad` with a Python-int or tensor
-  step); an EMA of the weights made on the first call; a step counter (tensor or Python int)
-  on an object; a module buffer updated in forward; a batch norm's running statistics.
+  keeping a dict or list of buffers on `self`, an Adam that `zeros_like`s its moments under
+  `no_grad` with a Python-int or tensor step; not `p.momentum_buffer` on the parameter: kiln
+  tensors take no attributes of their own); an EMA of the weights made on the first call; a
+  step counter (tensor or Python int) on an object; a module buffer updated in forward; a
+  batch norm's running statistics.
 
 `check(spec)` runs five steps (a new batch each) eagerly in kiln, compiled in kiln and eagerly
 in PyTorch from the same weights, and compares the losses and a snapshot afterwards
 (parameters, buffers, optimizer state, EMA, counters). Compiled must equal eager (losses to
 1e-5; state within 2e-5 or a few times eager's distance to PyTorch, as in fuzz_steps), and
-eager must equal PyTorch. Each compiled call is counted as a trace, a replay or an eager run;
-a call that runs eagerly must say why in a warning, which `check` returns with the counts.
+eager must equal PyTorch (losses to 1e-4; state to 1e-4 relative, 5e-2 under an adaptive
+optimizer, which magnifies rounding where a gradient is zero up to rounding). Each compiled
+call is counted as a trace, a replay or an eager run; a call that runs eagerly must say why in
+a warning, which `check` returns with the counts.
 
 `python -m tests.fuzz_state FIRST COUNT` sweeps seeds, prints failing ones and tallies how the
 compiled steps ran and why some ran eagerly.
@@ -43,6 +46,7 @@ OPTIMIZERS = ["sgd_momentum", "adam", "rmsprop", "clone_state", "dict_buffers", 
               "zeros_adam_int", "zeros_adam_tensor"]
 # hand-written optimizers keep buffers where a scheduler cannot reach (not an Optimizer)
 PLAIN = {"dict_buffers", "list_buffers"}
+ADAPTIVE = {"adam", "rmsprop", "zeros_adam_int", "zeros_adam_tensor"}
 
 _CLASSES = '''
 class Net(torch.nn.Module):
@@ -72,21 +76,6 @@ class CloneMomentum(torch.optim.Optimizer):
                 else:
                     state["buf"].mul_(group["momentum"]).add_(p.grad)
                 p.add_(state["buf"], alpha=-group["lr"])
-
-
-class AttributeMomentum(torch.optim.Optimizer):
-    def __init__(self, params, lr=0.05, momentum=0.9):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-
-    def step(self):
-        with torch.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if not hasattr(p, "momentum_buffer"):
-                        p.momentum_buffer = p.grad.detach().clone()
-                    else:
-                        p.momentum_buffer.mul_(group["momentum"]).add_(p.grad)
-                    p.sub_(group["lr"] * p.momentum_buffer)
 
 
 class ZerosAdam(torch.optim.Optimizer):
@@ -221,8 +210,6 @@ def _holder_path(rng, names: list[str], top: str) -> tuple[str, dict, str]:
     """A nest 1-3 levels deep of lists / tuples / dicts (containers) around `names`: the
     expression building it, each name's access expression from `top`, and its description."""
     kinds = [str(rng.choice(["list", "tuple", "dict"])) for _ in range(int(rng.integers(1, 4)))]
-    build = {n: f"_{n}" for n in names}
-    access = {n: "" for n in names}
     # innermost first: the parts themselves, in a dict or a sequence
     inner = kinds[-1]
     if inner == "dict":
@@ -240,13 +227,13 @@ def _holder_path(rng, names: list[str], top: str) -> tuple[str, dict, str]:
         else:
             value, step = f"({value},)", "[0]"
         access = {n: step + a for n, a in access.items()}
-    del build
     return value, {n: top + a for n, a in access.items()}, " > ".join(kinds)
 
 
 def _object_path(rng, names: list[str], top: str) -> tuple[str, dict, str]:
     """A trainer 1-3 objects deep (plain objects, dataclasses, namespaces) holding `names`."""
-    kinds = [str(rng.choice(["plain", "dataclass", "namespace"])) for _ in range(int(rng.integers(1, 4)))]
+    kinds = [str(rng.choice(["plain", "dataclass", "namespace"]))
+             for _ in range(int(rng.integers(1, 4)))]
     parts = ", ".join(f"{n}=_{n}" for n in names)
     inner = kinds[-1]
     value = (f"types.SimpleNamespace({parts})" if inner == "namespace" else f"Holder({parts})")
@@ -263,7 +250,7 @@ def _object_path(rng, names: list[str], top: str) -> tuple[str, dict, str]:
     return value, {n: top + a for n, a in access.items()}, " > ".join(kinds)
 
 
-def _body(parts: list[str], at: dict, extras: dict) -> str:
+def _body(parts: list[str], at: dict) -> str:
     lines = [f"{at['opt']}.zero_grad()",
              f"loss = {at['loss_fn']}({at['model']}(x), y)",
              "loss.backward()",
@@ -323,48 +310,48 @@ def generate(seed: int) -> Spec:
     detail = ""
     if path == "global":
         at = {n: f"_{n}" for n in parts}
-        source += "\ndef step(x, y):\n" + _body(parts, at, extras)
+        source += "\ndef step(x, y):\n" + _body(parts, at)
         source += "TARGET, EXTRA = step, ()\n"
     elif path == "closure":
         at = {n: n for n in parts}
         source += (f"\ndef make_step({names}):\n    def step(x, y):\n" +
-                   "".join("    " + line + "\n" for line in _body(parts, at, extras).splitlines())
+                   "".join("    " + line + "\n" for line in _body(parts, at).splitlines())
                    + "    return step\n")
         source += "TARGET, EXTRA = make_step(" + ", ".join(f"_{n}" for n in parts) + "), ()\n"
     elif path == "arguments":
         at = {n: n for n in parts}
-        source += f"\ndef step(x, y, {names}):\n" + _body(parts, at, extras)
+        source += f"\ndef step(x, y, {names}):\n" + _body(parts, at)
         source += "TARGET, EXTRA = step, (" + ", ".join(f"_{n}" for n in parts) + ",)\n"
     elif path == "container":
         value, at, detail = _holder_path(rng, parts, "state")
-        source += f"\ndef step(x, y, state):\n" + _body(parts, at, extras)
+        source += f"\ndef step(x, y, state):\n" + _body(parts, at)
         source += f"TARGET, EXTRA = step, ({value},)\n"
     elif path == "trainer":
         as_global = bool(rng.integers(2))
         value, at, detail = _object_path(rng, parts, "TRAINER" if as_global else "trainer")
         detail += ", a global" if as_global else ", an argument"
         if as_global:
-            source += f"\nTRAINER = {value}\n\ndef step(x, y):\n" + _body(parts, at, extras)
+            source += f"\nTRAINER = {value}\n\ndef step(x, y):\n" + _body(parts, at)
             source += "TARGET, EXTRA = step, ()\n"
         else:
-            source += f"\ndef step(x, y, trainer):\n" + _body(parts, at, extras)
+            source += f"\ndef step(x, y, trainer):\n" + _body(parts, at)
             source += f"TARGET, EXTRA = step, ({value},)\n"
     elif path == "method":
         at = {n: f"self.{n}" for n in parts}
         source += (f"\nclass Trainer:\n    def __init__(self, {names}):\n" +
                    "".join(f"        self.{n} = {n}\n" for n in parts) +
                    "\n    def train_step(self, x, y):\n" +
-                   "".join("    " + line + "\n" for line in _body(parts, at, extras).splitlines()))
+                   "".join("    " + line + "\n" for line in _body(parts, at).splitlines()))
         source += ("TARGET, EXTRA = Trainer(" + ", ".join(f"_{n}" for n in parts) +
                    ").train_step, ()\n")
     elif path == "registry":
         value, at, detail = _holder_path(rng, parts, "REGISTRY['main']")
         detail = "dict > " + detail
-        source += f"\nREGISTRY = {{'main': {value}}}\n\ndef step(x, y):\n" + _body(parts, at, extras)
+        source += f"\nREGISTRY = {{'main': {value}}}\n\ndef step(x, y):\n" + _body(parts, at)
         source += "TARGET, EXTRA = step, ()\n"
     else:
         at = {n: n for n in parts}
-        source += f"\ndef step(x, y, *, {names}):\n" + _body(parts, at, extras)
+        source += f"\ndef step(x, y, *, {names}):\n" + _body(parts, at)
         source += ("TARGET, EXTRA = functools.partial(step, " +
                    ", ".join(f"{n}=_{n}" for n in parts) + "), ()\n")
 
@@ -382,9 +369,11 @@ def generate(seed: int) -> Spec:
 def _flat(value, prefix="") -> dict:
     """A snapshot as {path: float64 array}."""
     if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()}
+        return {k: v for key, item in value.items()
+                for k, v in _flat(item, f"{prefix}.{key}").items()}
     if isinstance(value, (list, tuple)):
-        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}[{i}]").items()}
+        return {k: v for i, item in enumerate(value)
+                for k, v in _flat(item, f"{prefix}[{i}]").items()}
     if hasattr(value, "detach"):
         return {prefix: np.asarray(value.detach().numpy(), np.float64)}
     return {prefix: np.asarray(value, np.float64)}
@@ -449,6 +438,10 @@ def check(spec: Spec) -> Outcome:
     losses, twin, kinds, reasons, told = _run(spec, kiln, True)
     torch_losses, theirs, _, _, _ = _run(spec, torch, False)
     problems = []
+    # an adaptive optimizer divides a gradient that is zero up to rounding (weights before a
+    # batch norm, in the direction it removes) by its own size: eager and PyTorch differ there
+    # by up to ~lr-sized steps (fuzz_steps' docstring), compiled and eager no more than that
+    tolerance = 5e-2 if spec.optimizer in ADAPTIVE else 1e-4
     for i, (e, c, t) in enumerate(zip(eager_losses, losses, torch_losses)):
         if not np.isclose(c, e, rtol=1e-5, atol=1e-6):
             problems.append(f"step {i} loss: compiled {c} eager {e}")
@@ -461,7 +454,7 @@ def check(spec: Spec) -> Outcome:
         noise = np.abs(theirs[name] - mine[name]).max(initial=0)
         if apart > 2e-5 + 4 * noise:
             problems.append(f"{name}: compiled - eager {apart:.2e}, eager - torch {noise:.2e}")
-        if noise > 1e-4 * (1 + np.abs(mine[name]).max(initial=0)):
+        if noise > tolerance * (1 + np.abs(mine[name]).max(initial=0)):
             problems.append(f"{name}: eager - torch {noise:.2e}")
     if problems and "eager" in kinds and not told:
         problems.append("a call ran eagerly without a warning")
