@@ -1,5 +1,6 @@
 """`@kiln.compile`: replays equal eager, guards recompile, fallbacks never give wrong numbers."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -107,7 +108,8 @@ _REGISTRY: dict = {}
 
 
 @pytest.mark.parametrize("passed", ["arguments", "list", "trainer", "nested dict",
-                                    "deep object", "global registry", "tuple of lists"])
+                                    "deep object", "global registry", "tuple of lists",
+                                    "functools.partial"])
 def test_a_step_passed_its_model_and_sgd_momentum_optimizer_trains_as_torch(passed):
     """The train step takes the model and optimizer as arguments (or a list, or a trainer
     object holding them, nested deeper, or a global registry of dicts): the momentum buffer
@@ -149,6 +151,8 @@ def test_a_step_passed_its_model_and_sgd_momentum_optimizer_trains_as_torch(pass
             run = lambda xb, yb: step(_REGISTRY[name]["x"]["y"]["model"],  # noqa: E731
                                       _REGISTRY[name]["x"]["y"]["opt"], xb, yb)
             held = ()
+        elif passed == "functools.partial":    # (its bound arguments were never guarded)
+            run, held = functools.partial(step, model, opt), ()
         else:
             run = lambda p, xb, yb: step(p[0], p[1][0][0], xb, yb)  # noqa: E731
             held = ((model, ([opt],)),)
@@ -157,6 +161,103 @@ def test_a_step_passed_its_model_and_sgd_momentum_optimizer_trains_as_torch(pass
         xb, yb = lib.tensor(x), lib.tensor(y)
         losses[lib.__name__] = [run(*held, xb, yb).item() for _ in range(6)]
     np.testing.assert_allclose(losses["kiln"], losses["torch"], rtol=1e-5)
+
+
+class _PlainMomentum:
+    """A tutorial's optimizer: not an Optimizer, its own zero_grad sets `p.grad = None`."""
+
+    def __init__(self, params, lib):
+        self.params, self.lib, self.bufs = list(params), lib, {}
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        with self.lib.no_grad():
+            for i, p in enumerate(self.params):
+                if i not in self.bufs:
+                    self.bufs[i] = p.grad.clone()
+                else:
+                    self.bufs[i].mul_(0.9).add_(p.grad)
+                p.sub_(0.05 * self.bufs[i])
+
+
+def test_a_hand_written_zero_grad_setting_grads_to_none_replays():
+    """`p.grad = None` in the user's own zero_grad was not told to the trace (kiln's zero_grad
+    tells it), so where the names walk did not find the parameters (a registry list) the
+    program required `.grad` to be None at the call, as at the trace: every later call, its
+    gradients left by the last backward, traced again. It now replays, and trains as torch."""
+    import torch
+    losses = {}
+    x = np.random.default_rng(2).normal(size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    initial = {k: v.numpy() for k, v in torch.nn.Linear(4, 3).state_dict().items()}
+    for lib in (torch, kiln):
+        model = lib.nn.Linear(4, 3)
+        model.load_state_dict({k: lib.tensor(v) for k, v in initial.items()})
+        _REGISTRY[lib.__name__] = {"main": [model, _PlainMomentum(model.parameters(), lib)]}
+        name = lib.__name__
+
+        def step(xb, yb, lib=lib):
+            _REGISTRY[name]["main"][1].zero_grad()
+            loss = lib.nn.functional.cross_entropy(_REGISTRY[name]["main"][0](xb), yb)
+            loss.backward()
+            _REGISTRY[name]["main"][1].step()
+            return loss
+        if lib is kiln:
+            step = kiln.compile(step)
+        xb, yb = lib.tensor(x), lib.tensor(y)
+        losses[name] = [step(xb, yb).item() for _ in range(6)]
+    np.testing.assert_allclose(losses["kiln"], losses["torch"], rtol=1e-5)
+    assert sum(e.calls for e in step.entries.values() if e.program is not None) >= 3, \
+        [(e.calls, e.eager_reason) for e in step.entries.values()]
+
+
+def test_a_hand_written_optimizer_counting_its_steps_in_python_trains_as_torch():
+    """A tutorial's Adam keeps `state["step"]` a Python int in `self.state[p]` and increments
+    it every step. The compiler took every change inside an optimizer's state for its first
+    step filling it in, so the replays ran with the count frozen (bias correction wrong) and
+    no warning. A number already there that the call changes is an effect of every call: the
+    step runs eagerly, with a warning."""
+    import torch
+    losses = {}
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    initial = {k: v.numpy() for k, v in torch.nn.Linear(4, 3).state_dict().items()}
+    for lib in (torch, kiln):
+        model = lib.nn.Linear(4, 3)
+        model.load_state_dict({k: lib.tensor(v) for k, v in initial.items()})
+
+        class CountingAdam(lib.optim.Optimizer):
+            def __init__(self, params):
+                super().__init__(params, dict(lr=0.05))
+
+            @lib.no_grad()
+            def step(self):
+                for p in self.param_groups[0]["params"]:
+                    state = self.state[p]
+                    if not state:
+                        state["step"], state["m"] = 0, lib.zeros_like(p)
+                    state["step"] += 1
+                    state["m"].mul_(0.9).add_(p.grad, alpha=0.1)
+                    p.sub_(0.05 * state["m"] / (1 - 0.9 ** state["step"]))
+        opt = CountingAdam(model.parameters())
+
+        def step(xb, yb, lib=lib, model=model, opt=opt):
+            opt.zero_grad()
+            loss = lib.nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            return loss
+        if lib is kiln:
+            step = kiln.compile(step)
+        xb, yb = lib.tensor(x), lib.tensor(y)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            losses[lib.__name__] = [step(xb, yb).item() for _ in range(6)]
+    np.testing.assert_allclose(losses["kiln"], losses["torch"], rtol=1e-5)
+    assert any("changes Python state" in str(w.message) for w in seen)
 
 
 def _sgd_step_fn(w, b):

@@ -74,6 +74,8 @@ def _collector_paused():
 # ----------------------------------------------------------------------------- naming
 
 def _function_name(fn) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({_function_name(fn.func)})"
     return getattr(fn, "__name__", type(fn).__name__)
 
 
@@ -83,6 +85,9 @@ def _referenced_objects(fn) -> dict:
     code = getattr(fn, "__code__", None)
     if code is None and hasattr(fn, "forward"):           # a Module: its own tensors
         return {"self": fn}
+    if isinstance(fn, functools.partial):           # the arguments it binds, by their names
+        return {**_referenced_objects(fn.func), **fn.keywords,
+                **{f"partial.args[{i}]": v for i, v in enumerate(fn.args)}}
     if hasattr(fn, "__self__"):
         found["self"] = fn.__self__
         fn = fn.__func__
@@ -886,8 +891,10 @@ class CompiledFunction:
             tracer.release()
             self._run_bfloat16_eagerly(key, args, kwargs, run=False, kind="complex", what=made)
             return result
+        # (an optimizer's state filled in by its first step is not an effect; a number already
+        # there that the step changes, a hand-written Adam's `state["step"] += 1`, is one)
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
-                   + guards.changed(function_guards) if not g.lazy]
+                   + guards.changed(function_guards) if not g.lazy or g.kind == "value"]
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it

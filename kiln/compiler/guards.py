@@ -331,6 +331,8 @@ def roots(fn) -> list:
     found = []
     if getattr(fn, "__code__", None) is None and hasattr(fn, "forward"):    # a Module
         return [("self", constant(fn), fn)]
+    if isinstance(fn, functools.partial):      # its function, and the arguments it binds
+        return [("partial", constant(fn), fn)]
     if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
         found.append(("self", constant(fn.__self__), fn.__self__))
         fn = fn.__func__

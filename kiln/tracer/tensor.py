@@ -132,6 +132,9 @@ class Tensor:
 
     @grad.setter
     def grad(self, value: "Tensor | None") -> None:
+        # the user's own zero_grad (`p.grad = None`) clears it for a trace as kiln's does
+        if value is None and TRACING[0] and STATE.tracer is not None:
+            STATE.tracer.grad_cleared(self)
         self._grad = value
 
     @property
