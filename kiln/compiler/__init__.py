@@ -801,6 +801,21 @@ class CompiledFunction:
         self._record_fields |= reads.names
         return True
 
+    def _trace_again_or_eagerly(self, key, result, reason: str):
+        """The traced call changed Python state a replay would not (`reason`): the first time
+        for this key it may be lazy initialization, so the next call traces again; a second
+        time it is an effect of every call, and this key runs eagerly with a warning (or
+        raises, with fullgraph). Returns the traced call's result."""
+        if key not in self._effect_keys and self.retraces < RECOMPILE_LIMIT:
+            self._effect_keys.add(key)
+            self.retraces += 1
+            return result
+        if self.fullgraph:
+            raise GraphBreak(reason, _where(self.fn))
+        self._add_entry(key, CompiledEntry(None, eager_reason=reason))
+        self._note("effect", f"{reason}; this function runs eagerly")
+        return result
+
     def _note(self, tag: str, message: str) -> None:
         if tag not in self.warned:
             self.warned.add(tag)
@@ -926,17 +941,9 @@ class CompiledFunction:
             # initialization (trace again), twice is an effect of every call (run eagerly)
             tracer.release()
             what = ", ".join(dict.fromkeys(g.source for g in effects[:3]))
-            if key not in self._effect_keys and self.retraces < RECOMPILE_LIMIT:
-                self._effect_keys.add(key)
-                self.retraces += 1
-                return result
-            reason = (f"{_function_name(self.fn)} changes Python state a replay would not "
-                      f"change ({what})")
-            if self.fullgraph:
-                raise GraphBreak(reason, _where(self.fn))
-            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
-            self._note("effect", f"{reason}; this function runs eagerly")
-            return result
+            return self._trace_again_or_eagerly(key, result, (
+                f"{_function_name(self.fn)} changes Python state a replay would not change "
+                f"({what})"))
         # places past the walk's limits, where a change the call made would not be seen
         unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
@@ -1043,17 +1050,9 @@ class CompiledFunction:
             # a tensor the graph made is held where the guards reach (an optimizer's state
             # made lazily, reached through an argument or a container the name walks above
             # missed): a replay would make it afresh and leave the held one stale
-            if key not in self._effect_keys and self.retraces < RECOMPILE_LIMIT:
-                self._effect_keys.add(key)
-                self.retraces += 1
-                return result
-            reason = (f"{_function_name(self.fn)} keeps tensors it computes in Python state "
-                      f"a replay would not update ({', '.join(kept[:3])})")
-            if self.fullgraph:
-                raise GraphBreak(reason, _where(self.fn))
-            self._add_entry(key, CompiledEntry(None, eager_reason=reason))
-            self._note("effect", f"{reason}; this function runs eagerly")
-            return result
+            return self._trace_again_or_eagerly(key, result, (
+                f"{_function_name(self.fn)} keeps tensors it computes in Python state a "
+                f"replay would not update ({', '.join(kept[:3])})"))
         keyed = _keyed_scalars(replay_guards.guards, roots, _batch_objects(args, kwargs),
                                self._record_fields, flags or {})
         entry.guards = ([g for g in replay_guards.guards
