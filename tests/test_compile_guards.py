@@ -1266,6 +1266,109 @@ eval_inside_the_evaluation.check = expect_replays(4)
 
 
 @case
+def module_log_growing_outside_the_step():
+    # a Lightning-style module: a log and a step count on the module, changed outside the
+    # compiled step, which never reads them; `scale`, which forward reads, changes once
+    ns = exec_world(
+        "class Lit(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.net = nn.Linear(4, 3)\n"
+        "        self.logged = {'loss': []}\n"
+        "        self.global_step = 0\n"
+        "        self.scale = 1.0\n"
+        "    def forward(self, x):\n"
+        "        return self.net(x) * self.scale\n"
+        "    def training_step(self, x):\n"
+        "        return self(x).square().mean()\n"
+        "model = Lit()\n"
+        "opt = kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)\n"
+        "def f(x):\n"
+        "    loss = model.training_step(x)\n"
+        "    opt.zero_grad()\n"
+        "    loss.backward()\n"
+        "    opt.step()\n"
+        "    return loss\n")
+    x = kiln.randn(5, 4)
+
+    def call(i, f):
+        model = ns["model"]
+        if i == 5:
+            model.scale = 0.5
+        loss = f(x)
+        model.logged["loss"].append(loss.item())
+        model.global_step += 1
+        return loss
+    return world(ns["f"], call, after=lambda: [p.detach() for p in ns["model"].parameters()])
+
+
+module_log_growing_outside_the_step.calls = 8
+module_log_growing_outside_the_step.check = expect_replays(5)
+
+
+@case
+def module_attribute_read_by_a_forward_hook():
+    # a hook (the user's function, in the module's registry) reads an attribute forward does
+    # not name: it stays guarded
+    ns = exec_world(
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.net = nn.Linear(4, 3)\n"
+        "        self.gain = 1.0\n"
+        "    def forward(self, x):\n"
+        "        return self.net(x)\n"
+        "def boost(module, args, out):\n"
+        "    return out * module.gain\n"
+        "model = M()\n"
+        "model.register_forward_hook(boost)\n"
+        "def f(x):\n"
+        "    return model(x).sum(1)\n")
+    x = kiln.randn(5, 4)
+
+    def call(i, f):
+        ns["model"].gain = [1.0, 1.0, 2.0, 2.0, -1.0][i]
+        return f(x)
+    return world(ns["f"], call)
+
+
+module_attribute_read_by_a_forward_hook.calls = 5
+
+
+@case
+def module_attributes_of_a_kiln_layer_subclass_stay_guarded():
+    # a user's subclass of a kiln layer (LayerNorm, whose code reads `eps`, unseen by the
+    # reads) is guarded whole; the user's own module by the names its code reads
+    ns = exec_world(
+        "class Norm(nn.LayerNorm):\n"
+        "    pass\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.norm = Norm(4)\n"
+        "        self.bias_on = True\n"
+        "    def forward(self, x):\n"
+        "        y = self.norm(x)\n"
+        "        return y + 1 if self.bias_on else y\n"
+        "model = M()\n"
+        "def f(x):\n"
+        "    return model(x)\n")
+    x = kiln.randn(3, 4)
+
+    def call(i, f):
+        model = ns["model"]
+        if i == 2:
+            model.norm.eps = 1.0
+        if i == 3:
+            model.bias_on = False
+        return f(x)
+    return world(ns["f"], call)
+
+
+module_attributes_of_a_kiln_layer_subclass_stay_guarded.calls = 5
+
+
+@case
 def flag_read_then_set():
     # the value read before the assignment decides the result: each replay needs that value
     ns = exec_world("FIRST = True\ndef f(x):\n    global FIRST\n    y = x * 3 if FIRST else "

@@ -383,6 +383,32 @@ def _library_module(module_name: str | None) -> bool:
     return "site-packages" in path or "dist-packages" in path
 
 
+def _is_module_base(klass: type) -> bool:
+    return (klass.__module__, klass.__qualname__) == ("kiln.nn.module", "Module")
+
+
+# what kiln's Module calls on a subclass by name, beside its own methods' names
+_MODULE_BASE_CALLS = frozenset({"forward", "extra_repr"})
+
+
+def _global_module_hooks() -> bool:
+    """Whether a hook for every module is registered (`register_module_forward_hook` and its
+    kin): its code, kiln's to the reads, may read any attribute of a user's module."""
+    module = sys.modules.get("kiln.nn.module")
+    return module is not None and any(
+        getattr(module, name, None) for name in (
+            "_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks",
+            "_global_backward_hooks"))
+
+
+def _own_module(cls: type) -> bool:
+    """Whether a Module's class is the user's own, on kiln's `Module` base alone: its instance
+    attributes, other than Module's `_` registries and `training`, are set and read only by
+    the user's code (a kiln layer base, `nn.Linear`, reads its own public ones)."""
+    return all(klass in _PLAIN_BASES or not _library_module(klass.__module__) or
+               _is_module_base(klass) for klass in cls.__mro__)
+
+
 def _library_class(cls: type) -> bool:
     """Whether instances of `cls` are guarded by identity only: a class of kiln, of the standard
     library or of an installed package (its state is its own business: a progress bar's counter
@@ -443,11 +469,18 @@ def _class_code(cls: type) -> tuple[list, bool, bool]:
     class method as its function), whether its instances must be read whole (a library base,
     whose code reads what kiln cannot see; `__getattr__` and its kin; a descriptor other than a
     function, property, static or class method), and whether it has a library base (whose code
-    may call any of its methods by name)."""
+    may call any of its methods by name: True; on kiln's Module base alone, the names of the
+    methods Module calls, which run as if named)."""
     found, opaque, library_base = [], False, False
     slots = set(_slot_names(cls))
     for klass in cls.__mro__:
         if klass in _PLAIN_BASES:
+            continue
+        if _is_module_base(klass):
+            # kiln's Module calls, of the user's methods, only those named as its own
+            # (`forward`, an overridden `train`): those run, the others when named
+            if library_base is not True:        # (a kiln layer base calls any method)
+                library_base = _MODULE_BASE_CALLS | (set(vars(klass)) - _CONSTRUCTORS)
             continue
         if _library_module(klass.__module__):
             opaque = library_base = True
@@ -510,7 +543,8 @@ class _Reach:
         found, opaque, library_base = self.classes[cls]
 
         def runs(name: str) -> bool:
-            if library_base or name in self.names or name in _IMPLICIT_METHODS:
+            if library_base is True or name in self.names or name in _IMPLICIT_METHODS or \
+                    library_base and name in library_base:
                 return True
             return name[:2] == name[-2:] == "__" and (called or name not in _CONSTRUCTORS)
         return [(value, False) for name, value in found if runs(name)], opaque
@@ -783,6 +817,15 @@ class _Walk:
                 self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if narrow:
             items = [item for item in items if item[0] in self.reads.names]
+            self.unset(source, obj, attrs)
+        elif is_module and self.reads is not None and self.reads.by_name(obj) and \
+                _own_module(type(obj)) and not _global_module_hooks():
+            # a user's Module subclass (no kiln layer in its bases, whose code the reads cannot
+            # see): kiln's Module code reads only its `_` registries and `training`, so the
+            # user's own attributes (a log, a step count) are read where the user's code names
+            # them, as a plain object's are
+            items = [item for item in items if item[0][:1] == "_" or item[0] == "training"
+                     or item[0] in self.reads.names]
             self.unset(source, obj, attrs)
         if is_module and self.unread_flag(obj):
             items = [item for item in items if item[0] != "training"]
