@@ -1096,3 +1096,55 @@ def test_compiled_outputs_and_inputs_are_freed_without_the_garbage_collector():
         assert held() is None
     finally:
         gc.enable()
+
+
+def test_a_number_passed_to_a_parameter_the_code_never_reads_does_not_retrace():
+    """`training_step(batch, batch_idx)` as Lightning calls it: the index changes every call and
+    the step never reads it, so one trace replays for every index; a number the code reads is
+    still part of the key (a new value traces again), and so is one a nested function or
+    `locals()` could read."""
+    import torch
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+
+    class Steps:
+        def __init__(self, lib):
+            lib.manual_seed(0)
+            self.net = lib.nn.Linear(4, 3)
+            self.opt = lib.optim.SGD(self.net.parameters(), lr=0.1, momentum=0.9)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.net(batch).square().mean()
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            return loss
+
+    losses = {}
+    for lib in (torch, kiln):
+        steps = Steps(lib)
+        run = kiln.compile(steps.training_step) if lib is kiln else steps.training_step
+        losses[lib.__name__] = [run(lib.tensor(x), i).item() for i in range(6)]
+        if lib is kiln:
+            assert len(run.entries) == 1 and list(run.entries.values())[0].calls == 4
+    np.testing.assert_allclose(losses["kiln"], losses["torch"], rtol=1e-5)
+
+    def scaled(t, k):
+        return t * k
+    compiled = kiln.compile(scaled)
+    for k in (1, 2, 3):
+        assert compiled(kiln.tensor(x), k).tolist() == (kiln.tensor(x) * k).tolist()
+    assert len(compiled.entries) == 3
+
+    def nested(t, k):
+        return [t * v for v in range(k)][-1]
+    compiled = kiln.compile(nested)
+    for k in (2, 3):
+        assert compiled(kiln.tensor(x), k).tolist() == (kiln.tensor(x) * (k - 1)).tolist()
+    assert len(compiled.entries) == 2
+
+    def by_locals(t, k):
+        return t * locals()["k"]
+    compiled = kiln.compile(by_locals)
+    for k in (2, 3):
+        assert compiled(kiln.tensor(x), k).tolist() == (kiln.tensor(x) * k).tolist()
+    assert len(compiled.entries) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dis
 import functools
 import gc
 import inspect
@@ -644,6 +645,7 @@ class CompiledFunction:
         functools.update_wrapper(self, self.fn, updated=functools.WRAPPER_UPDATES if plain
                                  else ())
         self._not_traceable = _not_traceable(self.fn)
+        self._unread = _unread_parameters(self.fn)
         if len(_LIVE) >= 1024:      # drop the references of collected functions now and then
             _LIVE[:] = [ref for ref in _LIVE if ref() is not None]
         _LIVE.append(weakref.ref(self))
@@ -686,6 +688,8 @@ class CompiledFunction:
         if not kwargs and all(type(a) is Tensor for a in args):
             leaves, tree = args, len(args)            # the common call: tensors only
         else:
+            if self._unread is not None:
+                args, kwargs = _unread_as_none(self._unread, args, kwargs)
             leaves, tree = _flatten_args((args, kwargs))
             tree = _typed_tree(tree, self._record_fields)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
@@ -1370,6 +1374,47 @@ def _not_traceable(fn) -> str | None:
     if inspect.iscoroutinefunction(target):
         return "is a coroutine function (its body runs when awaited)"
     return None
+
+
+# names a function's code may read its locals through, by a computed name or all at once
+_READS_LOCALS = frozenset({"locals", "vars", "eval", "exec", "inspect", "sys", "traceback"})
+
+
+def _unread_parameters(fn) -> tuple | None:
+    """(positions in a call's arguments, keyword names) of the parameters `fn`'s code never
+    reads: a number passed there (`training_step(batch, batch_idx)`) cannot change what the call
+    computes, so the key holds no value for it. None when there are none, and for what runs
+    other code on its arguments first (a Module's hooks, a partial, a `*args` wrapper)."""
+    function = getattr(fn, "__func__", fn)
+    code = getattr(function, "__code__", None)
+    if not isinstance(function, types.FunctionType) or code is None or \
+            code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return None
+    if guards.global_names(code) & _READS_LOCALS:
+        return None
+    named = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]
+    used = set(code.co_cellvars)
+    for ins in dis.get_instructions(code):
+        if ins.opname != "LOAD_GLOBAL" and ins.opname != "LOAD_ATTR":
+            value = ins.argval
+            used.update(value if isinstance(value, tuple) else (value,))
+    unread = [i for i, name in enumerate(named) if name not in used]
+    if not unread:
+        return None
+    shift = 1 if isinstance(fn, types.MethodType) else 0        # (its `self` is bound)
+    positions = frozenset(i - shift for i in unread if shift <= i < code.co_argcount)
+    return positions, frozenset(named[i] for i in unread)
+
+
+def _unread_as_none(unread: tuple, args: tuple, kwargs: dict) -> tuple:
+    """The arguments with each Python number (or string, None) at an unread parameter as None."""
+    positions, names = unread
+    args = tuple(None if i in positions and type(a) in guards.SCALARS else a
+                 for i, a in enumerate(args))
+    if kwargs:
+        kwargs = {k: None if k in names and type(v) in guards.SCALARS else v
+                  for k, v in kwargs.items()}
+    return args, kwargs
 
 
 def _where(fn) -> str:
