@@ -111,14 +111,13 @@ def _referenced_objects(fn) -> dict:
     return found
 
 
-def _tensor_names(fn, depth: int = 2, tensors: dict | None = None, roots: dict | None = None
-                  ) -> dict:
+def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
     """id(tensor) -> a readable name for parameters, buffers, optimizer state and tensors.
 
-    Looks through what `fn` references by name (or, given `roots`, through those name ->
-    object pairs instead), one level into containers, and `depth` levels into the closures of
-    functions it references (a loss function closing over weights). When `tensors` is given, it
-    receives id(tensor) -> tensor for every tensor named.
+    Looks through what `fn` references by name, one level into containers and plain objects,
+    and `depth` levels into the closures of functions it references (a loss function closing
+    over weights). When `tensors` is given, it receives id(tensor) -> tensor for every tensor
+    named.
     """
     names: dict = {}
     if tensors is None:
@@ -155,7 +154,7 @@ def _tensor_names(fn, depth: int = 2, tensors: dict | None = None, roots: dict |
             for k, item in list(vars(obj).items())[:256]:
                 visit(f"{obj_name}.{k}", item, level - 1)
 
-    referenced = _referenced_objects(fn) if roots is None else roots
+    referenced = _referenced_objects(fn)
     for obj_name, obj in referenced.items():       # a tensor's own name beats a container path
         if isinstance(obj, Tensor):
             visit(obj_name, obj, depth)
@@ -849,9 +848,6 @@ class CompiledFunction:
         mode = "raise" if self.fullgraph else "abandon"
         reachable: dict = {}
         names_before = _tensor_names(self.fn, tensors=reachable)
-        # the tensors of the modules and optimizers passed as arguments (`step(model, opt)`)
-        argument_state: dict = {}
-        _tensor_names(None, tensors=argument_state, roots=_argument_objects(args, kwargs))
         # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
@@ -952,8 +948,7 @@ class CompiledFunction:
         unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
             return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags, writes, unseen,
-                                        argument_state)
+                                        none_at_call, args, kwargs, flags, writes, unseen)
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -967,7 +962,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None, writes=None, unseen=(), argument_state=None):
+                        args, kwargs, flags=None, writes=None, unseen=()):
         leaves_in = _flatten_args(args)[0]
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
@@ -1013,10 +1008,8 @@ class CompiledFunction:
             if b.kind == "lifted" and id(b.tensor) not in names_before:
                 v.name = names_after.get(id(b.tensor), v.name)   # state the call made
         stored = {id(t) for _, t in (writes or {}).values()}
-        _tensor_names(None, tensors=reachable_after, roots=_argument_objects(args, kwargs))
-        before = {**reachable, **(argument_state or {})}
         if any(t._trace is not None for i, t in reachable_after.items()
-               if i not in before and i not in stored):
+               if i not in reachable and i not in stored):
             # the graph made tensors that outlive the call (SGD's momentum buffer, cloned from
             # the first gradient): a replay would make them afresh each time, so trace again
             # once they exist. State made `untraced` (Adam's moments) is an input already.
@@ -1630,13 +1623,6 @@ def _object_arguments(args, kwargs) -> list:
     for i, a in enumerate(list(args) + list(dict(kwargs).values())):
         visit(f"argument {i}", a, 0)
     return found
-
-
-def _argument_objects(args, kwargs) -> dict:
-    """name -> each module, optimizer or container passed as an argument: roots for
-    `_tensor_names`, as the objects a function names are."""
-    return {f"argument {i}": a for i, a in enumerate(list(args) + list(kwargs.values()))
-            if not isinstance(a, Tensor) and type(a) not in guards.SCALARS}
 
 
 def _keyed_scalars(found: list, roots: list, records: list, fields, flags: dict) -> set:
