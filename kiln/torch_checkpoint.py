@@ -183,7 +183,8 @@ def load_torch_zip(path, map_location=None, name: str | None = None) -> Any:
             prefix = pickles[0][:-len("data.pkl")]
             with archive.open(pickles[0]) as f:
                 return _WeightsUnpickler(f, archive, prefix, name, map_location).load()
-    except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError, TypeError,
+            EOFError) as e:
         raise CheckpointError(f"kiln: cannot read {name} as a torch.save state dict: "
                               f"{e}") from None
 
