@@ -220,8 +220,11 @@ class _Encoder:
             return self._add({"ndarray": self._array(obj, path)}, obj)
         if isinstance(obj, np.generic) and obj.dtype.name in _NUMPY_SCALARS:
             value = obj.item()
-            return self._add({"numpy": obj.dtype.name, "value": _float_json(value)
-                              if isinstance(value, float) else value})
+            if isinstance(value, complex):
+                value = [_float_json(value.real), _float_json(value.imag)]
+            elif isinstance(value, float):
+                value = _float_json(value)
+            return self._add({"numpy": obj.dtype.name, "value": value})
         if isinstance(obj, kiln.dtype):
             return self._add({"dtype": obj.name})
         if isinstance(obj, kiln.device):
@@ -977,8 +980,12 @@ def _decode_node(node: Any, i: int, built: list, arrays: _Arrays) -> Any:
     if kind == "numpy":
         if body not in _NUMPY_SCALARS:
             raise ValueError(f"unknown NumPy scalar type {body!r}")
-        value = _float_value(node.get("value")) if body.startswith("float") else node.get("value")
-        if type(value) not in (bool, int, float):
+        value = node.get("value")
+        if body.startswith("complex") and isinstance(value, list) and len(value) == 2:
+            value = complex(_float_value(value[0]), _float_value(value[1]))
+        elif body.startswith("float"):
+            value = _float_value(value)
+        if type(value) not in (bool, int, float, complex):
             raise TypeError(f"a NumPy scalar's value {value!r} is not a number")
         return _numpy_scalar(body, value)
     if kind == "float":

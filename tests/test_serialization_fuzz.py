@@ -299,3 +299,17 @@ def test_damaged_checkpoints_load_correctly_or_raise_checkpoint_error(obj, damag
             return
     # the only damage a checksum cannot see is JSON whitespace: the load must be exact
     assert _same(out, obj)
+
+
+def test_numpy_complex_scalars_round_trip():
+    # (kiln.save raised TypeError on np.complex64: its value went into the JSON as a complex;
+    # the fuzz drew a file holding one and saved what it loaded)
+    values = {"a": np.complex64(1 + 2j), "b": np.complex128(complex(-0.0, math.inf)),
+              "c": [np.complex64(0)]}
+    buf = io.BytesIO()
+    save(values, buf)
+    out = load(io.BytesIO(buf.getvalue()), weights_only=False)
+    for got, want in ((out["a"], values["a"]), (out["b"], values["b"]),
+                      (out["c"][0], values["c"][0])):
+        assert type(got) is type(want) and got.real == want.real and got.imag == want.imag
+        assert math.copysign(1, got.real) == math.copysign(1, want.real)
