@@ -112,13 +112,11 @@ class Reducer:
         self.active = False
         self.used: set[int] | None = None
 
-    def forward_begins(self) -> None:
-        """DDP's forward is about to run. Under a trace this is a graph break: a compiled replay
-        would skip the Python that arms the reducer, so its backward would not all-reduce."""
-        if STATE.tracer is not None:
-            STATE.tracer.graph_break("DistributedDataParallel's forward arms the gradient "
-                                     "all-reduce of the next backward; a compiled replay would "
-                                     "skip it")
+    def break_trace(self, why: str) -> None:
+        """DDP's forward is traced and its reducer cannot be armed by a replay (`why`): a
+        graph break."""
+        STATE.tracer.graph_break("DistributedDataParallel's forward arms the gradient "
+                                 f"all-reduce of the next backward; {why}")
 
     def prepare_for_backward(self, outputs: list[Tensor]) -> None:
         """Called after forward: with find_unused_parameters, parameters the outputs do not

@@ -185,7 +185,8 @@ def no_sync(r: int, n: int) -> None:
 
 def compiled(r: int, n: int) -> None:
     results = {}
-    for mode in ("eager", "compiled", "compiled_forward", "ddp_of_compiled"):
+    for mode in ("eager", "compiled", "compiled_forward", "ddp_of_compiled", "eager_no_sync",
+                 "compiled_forward_no_sync"):
         model = W.seeded(W.mlp, 10 + r)
         inner = model
         if mode == "ddp_of_compiled":      # forward and backward compiled, all-reduce outside
@@ -211,6 +212,17 @@ def compiled(r: int, n: int) -> None:
                 opt.zero_grad()
                 compiled_forward(x, y).backward()
                 opt.step()
+        local = []
+        if mode.endswith("no_sync"):        # a local backward, then a synchronizing one
+            call = kiln.compile(forward) if mode.startswith("compiled") else forward
+
+            def step(x, y):
+                opt.zero_grad()
+                with ddp.no_sync():
+                    call(x, y).backward()
+                local.append(model[0].weight.grad.numpy().copy())
+                call(x, y).backward()
+                opt.step()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for s in range(5):
@@ -218,6 +230,12 @@ def compiled(r: int, n: int) -> None:
                 step(kiln.tensor(x), kiln.tensor(y))
         if mode != "eager":
             OUT[f"{mode}_warnings"] = np.array([str(w.message) for w in caught] or [""])
+        if local:
+            OUT[f"{mode}_local"] = np.stack(local)
+        if mode.startswith("compiled_forward"):
+            fn = compiled_forward if mode == "compiled_forward" else call
+            OUT[f"{mode}_replays"] = np.array(
+                sum(e.calls for e in fn.entries.values() if e.program is not None))
         if mode == "ddp_of_compiled":
             entries = list(inner.fn.entries.values())
             OUT["ddp_of_compiled_replays"] = np.array(

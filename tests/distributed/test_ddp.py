@@ -188,20 +188,53 @@ def test_no_sync_accumulation_equals_one_big_step(ranks):
     assert not np.allclose(got[0]["no_sync_local_grad"], got[1]["no_sync_local_grad"])
 
 
-@pytest.mark.parametrize("mode", ["compiled", "compiled_forward"])
-def test_compiled_ddp_step_equals_eager_ddp(ranks, mode):
-    """A compiled training step, or a compiled forward with backward outside: DDP's forward is a
-    graph break, so both run eagerly and equal eager DDP bit for bit."""
+def test_compiled_ddp_step_runs_eagerly_and_equals_eager_ddp(ranks):
+    """A whole training step compiled: DDP all-reduces gradients from hooks during backward,
+    which a replay of the step's program would skip: a graph break, so the step runs eagerly
+    and equals eager DDP bit for bit."""
     got = _results(ranks, "compiled")
     for r in range(N):
-        eager, compiled = _params(got[r], "compiled_eager"), _params(got[r], f"compiled_{mode}")
+        eager, compiled = _params(got[r], "compiled_eager"), _params(got[r], "compiled_compiled")
         for k in eager:
             np.testing.assert_array_equal(compiled[k], eager[k], err_msg=k)
-        assert "graph break" in str(got[r][f"{mode}_warnings"][0])
-        assert "DistributedDataParallel's forward" in str(got[r][f"{mode}_warnings"][0])
+        assert "graph break" in str(got[r]["compiled_warnings"][0])
+        assert "all-reduces gradients during backward" in str(got[r]["compiled_warnings"][0])
     model = W.seeded(W.mlp, 10)
     W.train_mlp(model, steps=5)
-    _assert_same([_params(g, f"compiled_{mode}") for g in got], W.state(model))
+    _assert_same([_params(g, "compiled_compiled") for g in got], W.state(model))
+
+
+def test_compiled_ddp_forward_replays_and_equals_eager_ddp(ranks):
+    """`torch.compile(ddp_model)`, backward outside: the forward replays compiled, the reducer
+    is armed after each replay, and the gradients are averaged as eager DDP's."""
+    got = _results(ranks, "compiled")
+    for r in range(N):
+        assert int(got[r]["compiled_forward_replays"]) >= 3
+        assert str(got[r]["compiled_forward_warnings"][0]) == ""
+        eager, compiled = _params(got[r], "compiled_eager"), _params(got[r], "compiled_compiled_forward")
+        assert set(compiled) == set(eager)
+        for k in eager:
+            np.testing.assert_allclose(compiled[k], eager[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    model = W.seeded(W.mlp, 10)
+    W.train_mlp(model, steps=5)
+    _assert_same([_params(g, "compiled_compiled_forward") for g in got], W.state(model))
+
+
+def test_compiled_ddp_forward_under_no_sync_keeps_local_gradients(ranks):
+    """A compiled DDP forward replayed inside `no_sync()` arms no all-reduce (each rank's
+    gradients stay its own, as eager's), and the next replay outside it does."""
+    got = _results(ranks, "compiled")
+    for r in range(N):
+        assert int(got[r]["compiled_forward_no_sync_replays"]) >= 6
+        assert str(got[r]["compiled_forward_no_sync_warnings"][0]) == ""
+        np.testing.assert_allclose(got[r]["compiled_forward_no_sync_local"],
+                                   got[r]["eager_no_sync_local"], rtol=1e-9, atol=1e-12)
+        eager = _params(got[r], "compiled_eager_no_sync")
+        compiled = _params(got[r], "compiled_compiled_forward_no_sync")
+        for k in eager:
+            np.testing.assert_allclose(compiled[k], eager[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    # local means local: the ranks' shards differ, so do their un-averaged gradients
+    assert not np.allclose(got[0]["eager_no_sync_local"], got[1]["eager_no_sync_local"])
 
 
 def test_ddp_over_a_compiled_module_equals_eager_ddp(ranks):

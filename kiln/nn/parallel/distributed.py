@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import kiln
 import kiln.distributed as dist
+from kiln.compiler import is_compiling, replay_after
 from kiln import Tensor
 from kiln.distributed.algorithms.join import Join, JoinHook, Joinable
 from kiln.distributed.reducer import Reducer
@@ -86,9 +87,20 @@ class DistributedDataParallel(Module, Joinable):
         # the hooks live on the parameters, which may outlive this wrapper
         weakref.finalize(self, self.reducer.close)
         self.require_backward_grad_sync = True
-        self.require_forward_param_sync = True
+        self.reducer.forward_param_sync = True
         self._divide_by_initial_world_size = True
         Joinable.__init__(self)
+
+    @property
+    def require_forward_param_sync(self) -> bool:
+        """Whether the last forward was followed by a synchronizing backward (a Join reads it).
+        Kept on the reducer: the forward's bookkeeping, which a compiled replay repeats, not
+        the module's state."""
+        return self.reducer.forward_param_sync
+
+    @require_forward_param_sync.setter
+    def require_forward_param_sync(self, value: bool) -> None:
+        self.reducer.forward_param_sync = value
 
     def _buffers_to_sync(self) -> list[Tensor]:
         return [b for b in self.module.buffers() if b is not None]
@@ -109,7 +121,6 @@ class DistributedDataParallel(Module, Joinable):
                     "there. Every rank must wrap the same model")
 
     def forward(self, *inputs, **kwargs):
-        self.reducer.forward_begins()
         joining = self._join_config.enable
         running = Join.notify_join_context(self)
         self.reducer.divisor = None
@@ -126,6 +137,19 @@ class DistributedDataParallel(Module, Joinable):
                 kiln.is_grad_enabled() else kiln.zeros(1)
             dist.all_reduce(flag)
         out = self.module(*inputs, **kwargs)
+        if is_compiling():
+            # a replay runs the forward's tensor program only; the reducer is armed after it,
+            # from the flags as they are then (`no_sync()` between calls)
+            if self.find_unused_parameters:
+                self.reducer.break_trace("with find_unused_parameters=True it walks the "
+                                            "outputs' autograd graph")
+            replay_after("DistributedDataParallel's forward", self._arm_reducer)
+        self._arm_reducer(out)
+        return out
+
+    def _arm_reducer(self, out=()) -> None:
+        """Tell the reducer whether the next backward all-reduces gradients (and, with
+        find_unused_parameters, which parameters `out` does not depend on)."""
         self.require_forward_param_sync = kiln.is_grad_enabled() and \
             self.require_backward_grad_sync
         if kiln.is_grad_enabled() and self.require_backward_grad_sync:
@@ -133,7 +157,6 @@ class DistributedDataParallel(Module, Joinable):
             self.reducer.prepare_for_backward(_tensors_in(out))
         else:
             self.reducer.sync = False
-        return out
 
     def _syncs_buffers(self, syncing: bool) -> bool:
         return self.broadcast_buffers and dist.get_world_size() > 1 and syncing and \
