@@ -142,7 +142,7 @@ class DistributedDataParallel(Module, Joinable):
             # from the flags as they are then (`no_sync()` between calls)
             if self.find_unused_parameters:
                 self.reducer.break_trace("with find_unused_parameters=True it walks the "
-                                            "outputs' autograd graph")
+                                         "outputs' autograd graph")
             replay_after("DistributedDataParallel's forward", self._arm_reducer)
         self._arm_reducer(out)
         return out
