@@ -13,15 +13,22 @@ with the user's collectives.
 
 from __future__ import annotations
 
+import itertools
+
+import kiln
 from kiln import Tensor
+from kiln.compiler import replay_after
 from kiln.distributed import process_group as pg
 from kiln.distributed.mpi_backend import MPIBackend
 from kiln.distributed.nccl_backend import NCCLBackend
 from kiln.distributed.process_group import ReduceOp
+from kiln.ir.ops_extra import ALL_REDUCE_SUM
+from kiln.ir.primitive import P
 from kiln.tracer import autograd
 from kiln.tracer.tensor import STATE
 
 FIRST_BUCKET_BYTES = 1 << 20
+_KEYS = itertools.count()
 
 
 class _Bucket:
@@ -88,6 +95,10 @@ class Reducer:
                 self.where[id(p)] = (b, i)
         self.mpi = MPIBackend(self.comm)
         self.handles = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
+        # the name compiled programs' all-reduce nodes call this reducer's communicator by
+        self.key = f"ddp{next(_KEYS)}"
+        self.arming = None          # what a traced forward has each replay run (arm_on_replay)
+        ALL_REDUCE_SUM[self.key] = self._sum_now
         # True between a DDP forward that will be followed by a synchronizing backward and the
         # end of that backward: a backward through the bare module (or inside no_sync) is local
         self.sync = False
@@ -110,6 +121,7 @@ class Reducer:
             b.pending, b.requests, b.future = len(b.params), None, None
         self.next_bucket = 0
         self.active = False
+        self.traced = False         # this backward's buckets are all-reduced in a trace
         self.used: set[int] | None = None
 
     def break_trace(self, why: str) -> None:
@@ -132,13 +144,82 @@ class Reducer:
     def _grad_ready(self, param: Tensor) -> None:
         if not self.sync:
             return
-        if STATE.tracer is not None:
-            STATE.tracer.graph_break("DistributedDataParallel all-reduces gradients during "
-                                     "backward: a compiled replay would skip it")
+        if STATE.tracer is not None and not self.active:
+            self._start_traced()
+        if self.traced:
+            b, i = self.where[id(param)]
+            self.ready[b][i] = True
+            if not self.active:
+                self.active = True
+                autograd.queue_callback(self._traced_finish)
+            return
         b, i = self.where[id(param)]
         if self.ready[b][i]:
             return          # a second backward through part of the graph: already counted
         self._mark(param, param.grad)
+
+    # ------------------------------------------------------------------ inside a compiled call
+    def arm_on_replay(self, arm) -> None:
+        """A traced DDP forward: every replay of the call runs `arm()` after the program, as
+        the forward would (a backward outside the compiled call all-reduces then), unless the
+        call's own backward is traced too and all-reduces inside the program."""
+        self.arming = arm
+        replay_after("DistributedDataParallel's forward", arm)
+
+    def _start_traced(self) -> None:
+        """The first gradient of a backward that kiln.compile traces: its buckets will be
+        all-reduced when it ends, as nodes of the compiled program (`_traced_finish`), where
+        the eager path starts each bucket's non-blocking all-reduce as it fills; or, where a
+        replay cannot do what this reducer does, a graph break."""
+        why = None
+        if self.comm_hook is not None:
+            why = "a communication hook runs Python on each bucket"
+        elif self.divisor is not None:
+            why = "under a Join the divisor changes as ranks join"
+        elif self.params[0].device.type == "cuda":
+            why = "on a GPU its NCCL all-reduce is not yet a node of the compiled program"
+        if why is not None:
+            STATE.tracer.graph_break(f"DistributedDataParallel all-reduces gradients during "
+                                     f"backward ({why}): a compiled replay would skip it")
+        self.traced = STATE.tracer is not None
+
+    def _traced_finish(self) -> None:
+        """End of a traced backward: each bucket's gradients, flattened, summed over the ranks
+        by an `all_reduce_sum` node (each ordered after the previous bucket's, so every rank's
+        program issues them in bucket order), averaged and copied back into `.grad`."""
+        reached = [p for p in self.params if self.ready[self.where[id(p)][0]]
+                   [self.where[id(p)][1]]]
+        if STATE.tracer is not None and (len(reached) < len(self.params) or
+                                         any(p.grad.is_sparse for p in reached)):
+            STATE.tracer.graph_break("DistributedDataParallel: a parameter got no gradient, or "
+                                     "a sparse one, in this backward")
+        if STATE.tracer is None:
+            # the trace broke during this backward: the call goes on eagerly, so does this
+            self._reset()
+            for p in reached:
+                self._mark(p, p.grad)       # (queues the eager _finish)
+            return
+        if self.arming is not None:      # armed and used by this very call: not again after it
+            STATE.tracer.drop_replay_after(self.arming)
+            self.arming = None
+        after = ()
+        with kiln.no_grad():
+            for bucket in self.buckets:
+                flat = kiln.cat([p.grad.reshape(-1) for p in bucket.params])
+                summed = P.all_reduce_sum(flat, *after, group=self.key)
+                after = (summed,)
+                mean = summed / self.world.size
+                for p, off in zip(bucket.params, bucket.offsets):
+                    p.grad.copy_(mean[off:off + p.numel()].view(p.shape))
+        self._reset()
+        self.sync = False
+
+    def _sum_now(self, arr):
+        """`arr` (NumPy, contiguous) summed over the ranks, blocking: the all-reduce node of a
+        compiled program."""
+        out = arr.copy()
+        self.mpi.wait(self.mpi.all_reduce(out, ReduceOp.SUM))
+        return out
 
     def _mark(self, param: Tensor, grad: Tensor | None) -> None:
         if not self.active:
@@ -284,6 +365,7 @@ class Reducer:
         for h in self.handles:
             h.remove()
         self.handles = []
+        ALL_REDUCE_SUM.pop(self.key, None)
         if self.comm is not None and not self.mpi.MPI.Is_finalized():
             self.comm.Free()
         self.comm = None

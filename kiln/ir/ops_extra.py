@@ -637,3 +637,35 @@ def _lu_grad(g, out, a, part):
 
 define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1, output=COPIED,
        doc="LU factorization with partial pivoting (LAPACK getrf): packed LU, pivots or P")
+
+
+# ----------------------------------------------------------------------------- collectives
+COLLECTIVE = "collective"
+
+# the communicators a compiled program's collectives call, by the name in their `group`
+# attribute (kiln.distributed registers its groups here: `ir` imports no other layer). Each
+# takes a contiguous array and returns a new one, summed over the group's ranks.
+ALL_REDUCE_SUM: dict = {}
+
+
+def _all_reduce_infer(shapes, dtypes, group):
+    if len(shapes) not in (1, 2) or len(shapes[0]) != 1:
+        raise ShapeError(f"all_reduce_sum takes a flat buffer and an optional ordering input, "
+                         f"got shapes {[list(s) for s in shapes]}")
+    return shapes[0], dtypes[0]
+
+
+def _all_reduce_impl(xp, x, *after, group):
+    """`x` summed over `group`'s ranks. `after`, the previous collective's result, is not read:
+    as an input it orders this collective after that one in every program, so all ranks issue
+    their collectives in the same order."""
+    reduce = ALL_REDUCE_SUM.get(group)
+    if reduce is None:
+        raise RuntimeError(f"all_reduce_sum: the process group {group!r} this program was "
+                           "compiled for is gone (its DistributedDataParallel was deleted)")
+    return reduce(xp.ascontiguousarray(x))
+
+
+define("all_reduce_sum", COLLECTIVE, _all_reduce_infer, _all_reduce_impl, None,
+       doc="a flat buffer summed over a process group's ranks (DDP's gradient all-reduce in a "
+           "compiled step); never fused, reordered past another collective, or dropped")

@@ -261,6 +261,11 @@ class Tracer:
         rate) ran in this call; every replay makes it again, after the program runs."""
         self.after_replay.append((name, call))
 
+    def drop_replay_after(self, call) -> None:
+        """`call`, given to `replay_after` earlier in this call, is not for replays after all
+        (a DDP forward's arming of the next backward, used by the call's own backward)."""
+        self.after_replay = [(n, c) for n, c in self.after_replay if c is not call]
+
     def random_input(self, values: Tensor, generator, draw) -> None:
         """Random numbers the eager call drew from `generator`; a replay calls
         `draw(generator)` for fresh ones (kind "seed")."""

@@ -18,6 +18,7 @@ import kiln.distributed as dist  # noqa: E402
 import kiln.nn as nn  # noqa: E402
 import kiln.nn.functional as F  # noqa: E402
 from kiln.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+from kiln.distributed.algorithms.ddp_comm_hooks import default_hooks  # noqa: E402
 from tests.distributed import workloads as W  # noqa: E402
 
 OUT: dict[str, np.ndarray] = {}
@@ -186,13 +187,15 @@ def no_sync(r: int, n: int) -> None:
 def compiled(r: int, n: int) -> None:
     results = {}
     for mode in ("eager", "compiled", "compiled_forward", "ddp_of_compiled", "eager_no_sync",
-                 "compiled_forward_no_sync"):
+                 "compiled_forward_no_sync", "compiled_hook"):
         model = W.seeded(W.mlp, 10 + r)
         inner = model
         if mode == "ddp_of_compiled":      # forward and backward compiled, all-reduce outside
             inner = CompiledModule(model)
         ddp = DDP(inner)
         opt = kiln.optim.Adam(model.parameters(), lr=1e-2)
+        if mode == "compiled_hook":         # a communication hook: Python on every bucket
+            ddp.register_comm_hook(None, default_hooks.allreduce_hook)
 
         def step(x, y):
             opt.zero_grad()
@@ -203,7 +206,7 @@ def compiled(r: int, n: int) -> None:
 
         def forward(x, y):
             return F.mse_loss(ddp(x), y)
-        if mode == "compiled":
+        if mode in ("compiled", "compiled_hook"):
             step = kiln.compile(step)
         if mode == "compiled_forward":      # torch.compile(model) style: backward outside
             compiled_forward = kiln.compile(forward)
@@ -232,8 +235,9 @@ def compiled(r: int, n: int) -> None:
             OUT[f"{mode}_warnings"] = np.array([str(w.message) for w in caught] or [""])
         if local:
             OUT[f"{mode}_local"] = np.stack(local)
-        if mode.startswith("compiled_forward"):
-            fn = compiled_forward if mode == "compiled_forward" else call
+        if mode.startswith("compiled_forward") or mode == "compiled":
+            fn = step if mode == "compiled" else \
+                compiled_forward if mode == "compiled_forward" else call
             OUT[f"{mode}_replays"] = np.array(
                 sum(e.calls for e in fn.entries.values() if e.program is not None))
         if mode == "ddp_of_compiled":

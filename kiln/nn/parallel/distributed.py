@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import kiln
 import kiln.distributed as dist
-from kiln.compiler import is_compiling, replay_after
+from kiln.compiler import is_compiling
 from kiln import Tensor
 from kiln.distributed.algorithms.join import Join, JoinHook, Joinable
 from kiln.distributed.reducer import Reducer
@@ -143,7 +143,7 @@ class DistributedDataParallel(Module, Joinable):
             if self.find_unused_parameters:
                 self.reducer.break_trace("with find_unused_parameters=True it walks the "
                                          "outputs' autograd graph")
-            replay_after("DistributedDataParallel's forward", self._arm_reducer)
+            self.reducer.arm_on_replay(self._arm_reducer)
         self._arm_reducer(out)
         return out
 
