@@ -22,13 +22,14 @@ from kiln.distributed import process_group as pg
 from kiln.distributed.mpi_backend import MPIBackend
 from kiln.distributed.nccl_backend import NCCLBackend
 from kiln.distributed.process_group import ReduceOp
-from kiln.ir.ops_extra import ALL_REDUCE_SUM
+from kiln.ir.ops_extra import COMMUNICATORS
 from kiln.ir.primitive import P
 from kiln.tracer import autograd
 from kiln.tracer.tensor import STATE
 
 FIRST_BUCKET_BYTES = 1 << 20
 _KEYS = itertools.count()
+_LAST_COLLECTIVE = [None, None]     # [the tracer, its last collective's result] (_collective)
 
 
 class _Bucket:
@@ -95,10 +96,10 @@ class Reducer:
                 self.where[id(p)] = (b, i)
         self.mpi = MPIBackend(self.comm)
         self.handles = [p.register_post_accumulate_grad_hook(self._grad_ready) for p in params]
-        # the name compiled programs' all-reduce nodes call this reducer's communicator by
+        # the name compiled programs' collectives call this reducer's communicator by
         self.key = f"ddp{next(_KEYS)}"
+        COMMUNICATORS[self.key] = self
         self.arming = None          # what a traced forward has each replay run (arm_on_replay)
-        ALL_REDUCE_SUM[self.key] = self._sum_now
         # True between a DDP forward that will be followed by a synchronizing backward and the
         # end of that backward: a backward through the bare module (or inside no_sync) is local
         self.sync = False
@@ -202,24 +203,41 @@ class Reducer:
         if self.arming is not None:      # armed and used by this very call: not again after it
             STATE.tracer.drop_replay_after(self.arming)
             self.arming = None
-        after = ()
         with kiln.no_grad():
             for bucket in self.buckets:
                 flat = kiln.cat([p.grad.reshape(-1) for p in bucket.params])
-                summed = P.all_reduce_sum(flat, *after, group=self.key)
-                after = (summed,)
+                summed = self._collective("all_reduce_sum", flat)
                 mean = summed / self.world.size
                 for p, off in zip(bucket.params, bucket.offsets):
                     p.grad.copy_(mean[off:off + p.numel()].view(p.shape))
         self._reset()
         self.sync = False
 
-    def _sum_now(self, arr):
-        """`arr` (NumPy, contiguous) summed over the ranks, blocking: the all-reduce node of a
-        compiled program."""
-        out = arr.copy()
-        self.mpi.wait(self.mpi.all_reduce(out, ReduceOp.SUM))
+    def _collective(self, name: str, t: Tensor, **attrs) -> Tensor:
+        """Primitive `name` on `t` in the trace, ordered after the trace's previous collective
+        (of any reducer): a replay then issues them in the order the traced call did, on
+        every rank, whichever rank traces and whichever replays."""
+        tracer, last = _LAST_COLLECTIVE
+        after = (last,) if tracer is STATE.tracer and last is not None else ()
+        out = getattr(P, name)(t, *after, group=self.key, **attrs)
+        _LAST_COLLECTIVE[:] = [STATE.tracer, out]
         return out
+
+    def traced_broadcast(self, buffers: list[Tensor], src: int) -> None:
+        """A traced DDP forward's buffer sync: rank `src`'s values copied into `buffers` by
+        `broadcast_from` nodes of the compiled program."""
+        with kiln.no_grad():
+            for b in buffers:
+                b.copy_(self._collective("broadcast_from", b, src=src))
+
+    def sum_in_place(self, arr) -> None:
+        """`arr` (NumPy, contiguous) summed over the ranks, blocking: a compiled program's
+        `all_reduce_sum` node."""
+        self.mpi.wait(self.mpi.all_reduce(arr, ReduceOp.SUM))
+
+    def broadcast_in_place(self, arr, src: int) -> None:
+        """Rank `src`'s `arr` (NumPy, contiguous), blocking: a `broadcast_from` node."""
+        self.mpi.wait(self.mpi.broadcast(arr, src))
 
     def _mark(self, param: Tensor, grad: Tensor | None) -> None:
         if not self.active:
@@ -365,7 +383,7 @@ class Reducer:
         for h in self.handles:
             h.remove()
         self.handles = []
-        ALL_REDUCE_SUM.pop(self.key, None)
+        COMMUNICATORS.pop(self.key, None)
         if self.comm is not None and not self.mpi.MPI.Is_finalized():
             self.comm.Free()
         self.comm = None

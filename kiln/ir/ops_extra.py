@@ -643,29 +643,43 @@ define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1, output=COPIE
 COLLECTIVE = "collective"
 
 # the communicators a compiled program's collectives call, by the name in their `group`
-# attribute (kiln.distributed registers its groups here: `ir` imports no other layer). Each
-# takes a contiguous array and returns a new one, summed over the group's ranks.
-ALL_REDUCE_SUM: dict = {}
+# attribute (kiln.distributed registers its groups here: `ir` imports no other layer). Each has
+# `sum_in_place(array)` and `broadcast_in_place(array, src)`, on a contiguous array of its own.
+COMMUNICATORS: dict = {}
 
 
-def _all_reduce_infer(shapes, dtypes, group):
-    if len(shapes) not in (1, 2) or len(shapes[0]) != 1:
-        raise ShapeError(f"all_reduce_sum takes a flat buffer and an optional ordering input, "
-                         f"got shapes {[list(s) for s in shapes]}")
+def _collective_infer(shapes, dtypes, group, **attrs):
+    if len(shapes) not in (1, 2):
+        raise ShapeError(f"a collective takes a tensor and an optional ordering input, got "
+                         f"{len(shapes)} inputs")
     return shapes[0], dtypes[0]
 
 
+def _communicator(group: str):
+    found = COMMUNICATORS.get(group)
+    if found is None:
+        raise RuntimeError(f"the process group {group!r} this compiled program talks to is gone "
+                           "(its DistributedDataParallel was deleted)")
+    return found
+
+
+# `after`, the previous collective's result, is not read: as an input it orders this collective
+# after that one in every program, so all ranks issue their collectives in the same order
 def _all_reduce_impl(xp, x, *after, group):
-    """`x` summed over `group`'s ranks. `after`, the previous collective's result, is not read:
-    as an input it orders this collective after that one in every program, so all ranks issue
-    their collectives in the same order."""
-    reduce = ALL_REDUCE_SUM.get(group)
-    if reduce is None:
-        raise RuntimeError(f"all_reduce_sum: the process group {group!r} this program was "
-                           "compiled for is gone (its DistributedDataParallel was deleted)")
-    return reduce(xp.ascontiguousarray(x))
+    out = xp.array(x, order="C")        # a copy: the input is left as it was
+    _communicator(group).sum_in_place(out)
+    return out
 
 
-define("all_reduce_sum", COLLECTIVE, _all_reduce_infer, _all_reduce_impl, None,
-       doc="a flat buffer summed over a process group's ranks (DDP's gradient all-reduce in a "
-           "compiled step); never fused, reordered past another collective, or dropped")
+def _broadcast_impl(xp, x, *after, group, src):
+    out = xp.array(x, order="C")
+    _communicator(group).broadcast_in_place(out, src)
+    return out
+
+
+define("all_reduce_sum", COLLECTIVE, _collective_infer, _all_reduce_impl, None,
+       doc="a tensor summed over a process group's ranks (DDP's gradient all-reduce in a "
+           "compiled step); never fused, nor reordered past another collective")
+define("broadcast_from", COLLECTIVE, _collective_infer, _broadcast_impl, None,
+       doc="rank `src`'s value of a tensor on every rank of a process group (DDP's buffer "
+           "broadcast in a compiled step); never fused, nor reordered past another collective")

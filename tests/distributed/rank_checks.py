@@ -388,6 +388,34 @@ def errors(r: int, n: int) -> None:
     del ddp
 
 
+def compiled_cnn(r: int, n: int) -> None:
+    """A CNN with BatchNorm under DDP (its running statistics broadcast from rank 0 at every
+    forward), the whole SGD step compiled, against the same step eager."""
+    for mode in ("eager", "compiled"):
+        model = W.seeded(W.cnn, 10 + r)
+        ddp = DDP(model)
+        opt = kiln.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(ddp(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        if mode == "compiled":
+            step = kiln.compile(step)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = [step(*(kiln.tensor(W.shard(a, r, n)) for a in W.cnn_data(s))).item()
+                      for s in range(5)]
+        OUT[f"compiled_cnn_{mode}_losses"] = np.array(losses)
+        if mode == "compiled":
+            OUT["compiled_cnn_warnings"] = np.array([str(w.message) for w in caught] or [""])
+            OUT["compiled_cnn_replays"] = np.array(
+                sum(e.calls for e in step.entries.values() if e.program is not None))
+        for k, v in W.state(model).items():
+            OUT[f"compiled_cnn_{mode}/{k}"] = v
+
+
 def main() -> None:
     dist.init_process_group(backend="gloo")
     r, n = dist.get_rank(), dist.get_world_size()
@@ -395,7 +423,7 @@ def main() -> None:
                            int(os.environ["LOCAL_RANK"])])
     checks = sys.argv[2].split(",") if len(sys.argv) > 2 else [
         "collectives", "ddp_mlp", "ddp_small_buckets", "ddp_cnn", "sync_bn", "no_sync", "compiled",
-        "unused", "errors", "nccl_fake"]
+        "compiled_cnn", "unused", "errors", "nccl_fake"]
     for name in checks:
         try:
             globals()[name](r, n)

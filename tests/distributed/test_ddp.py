@@ -205,6 +205,27 @@ def test_compiled_ddp_step_replays_with_its_all_reduce_in_the_program(ranks):
     _assert_same([_params(g, "compiled_compiled") for g in got], W.state(model))
 
 
+def test_compiled_ddp_cnn_step_broadcasts_buffers_in_the_program(ranks):
+    """A CNN with BatchNorm: DDP broadcasts rank 0's running statistics at every forward;
+    compiled, those broadcasts are `broadcast_from` nodes before the forward reads them and the
+    step replays compiled, its parameters and buffers (rank 0's, as updated by this rank's
+    forward) equal to eager DDP's on each rank."""
+    got = _results(ranks, "compiled_cnn")
+    for r in range(N):
+        assert int(got[r]["compiled_cnn_replays"]) >= 3
+        assert str(got[r]["compiled_cnn_warnings"][0]) == ""
+        np.testing.assert_allclose(got[r]["compiled_cnn_compiled_losses"],
+                                   got[r]["compiled_cnn_eager_losses"], rtol=1e-9)
+        eager, compiled = (_params(got[r], "compiled_cnn_eager"),
+                           _params(got[r], "compiled_cnn_compiled"))
+        assert set(compiled) == set(eager) and "1.running_mean" in eager
+        for k in eager:
+            np.testing.assert_allclose(compiled[k], eager[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    # the broadcast made a difference: rank 1's statistics start from rank 0's every step
+    assert not np.allclose(got[0]["compiled_cnn_eager/1.running_mean"],
+                           got[1]["compiled_cnn_eager/1.running_mean"])
+
+
 def test_compiled_ddp_step_with_a_comm_hook_runs_eagerly(ranks):
     """A communication hook runs Python on each bucket, which a replay would skip: the compiled
     step is a graph break naming it and runs eagerly, equal to eager DDP."""

@@ -131,7 +131,10 @@ class DistributedDataParallel(Module, Joinable):
         # buffers win
         if self._syncs_buffers(self.require_forward_param_sync if joining
                                else self.require_backward_grad_sync):
-            self._sync_buffers_from(self._find_common_rank(True) if joining else 0)
+            if is_compiling() and not joining:      # as nodes of the compiled program
+                self.reducer.traced_broadcast(self._buffers_to_sync(), src=0)
+            else:
+                self._sync_buffers_from(self._find_common_rank(True) if joining else 0)
         if joining:     # tell the joined ranks whether this iteration's backward syncs
             flag = kiln.ones(1) if self.require_backward_grad_sync and \
                 kiln.is_grad_enabled() else kiln.zeros(1)
