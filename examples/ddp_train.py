@@ -2,7 +2,10 @@
 centres, with DistributedDataParallel, each rank reading its own share of every epoch
 (DistributedSampler).
 
-    python -m kiln.distributed.run --nproc-per-node 2 examples/ddp_train.py [--out DIR]
+    python -m kiln.distributed.run --nproc-per-node 2 examples/ddp_train.py [--out DIR] [--compile]
+
+With --compile the training step runs through kiln.compile: forward, backward, the gradient
+all-reduce and the optimizer step replay as one compiled program.
 
 Every rank holds the same model after every step; only rank 0 evaluates and writes the
 checkpoint (`ddp.module.state_dict()`: no `module.` prefix, so a plain model loads it).
@@ -39,6 +42,7 @@ def make_data(n: int, seed: int) -> tuple[kiln.Tensor, kiln.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=tempfile.gettempdir())
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     dist.init_process_group(backend="gloo")          # MPI underneath
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -52,13 +56,19 @@ def main() -> None:
     kiln.manual_seed(rank)          # different on purpose: DDP copies rank 0's weights
     ddp = DDP(model())
     opt = kiln.optim.Adam(ddp.parameters(), lr=3e-3)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(ddp(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    if args.compile:
+        step = kiln.compile(step)
     for epoch in range(EPOCHS):
         sampler.set_epoch(epoch)
         for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(ddp(x), y)
-            loss.backward()
-            opt.step()
+            loss = step(x, y)
         mean_loss = kiln.tensor([loss.item()])
         dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG)
         if rank == 0:

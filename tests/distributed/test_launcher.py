@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from kiln.distributed import run
@@ -109,19 +110,42 @@ def test_launcher_without_mpiexec_says_how_to_install(monkeypatch):
                                  "pkg.train", "--epochs", "1"]
 
 
-def test_ddp_example_trains_and_only_rank0_writes_a_plain_checkpoint(tmp_path):
+def _ddp_example(out, *flags) -> subprocess.CompletedProcess:
     example = os.path.join(launch.ROOT, "examples", "ddp_train.py")
     launch.mpi_or_skip()
     env = dict(launch.env(), KILN_EXAMPLE_QUICK="1")
-    proc = subprocess.run([sys.executable, "-m", "kiln.distributed.run", "--nproc-per-node", "2",
-                           example, "--out", str(tmp_path)], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "kiln.distributed.run", "--nproc-per-node", "2",
+                           example, "--out", str(out), *flags], env=env, capture_output=True,
                           text=True, timeout=120, cwd=launch.ROOT, stdin=subprocess.DEVNULL)
+
+
+def _epoch_losses(stdout: str) -> list[float]:
+    return [float(v) for v in re.findall(r"^epoch \d+ loss ([0-9.]+)$", stdout, re.M)]
+
+
+def test_ddp_example_trains_and_only_rank0_writes_a_plain_checkpoint(tmp_path):
+    proc = _ddp_example(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    losses = [float(v) for v in re.findall(r"^epoch \d+ loss ([0-9.]+)$", proc.stdout, re.M)]
+    losses = _epoch_losses(proc.stdout)
     assert len(losses) == 3 and losses[-1] < losses[0]
     # rank 0 loaded its checkpoint into a plain model (no `module.` prefixes) to evaluate
     assert float(re.search(r"^accuracy ([0-9.]+)$", proc.stdout, re.M).group(1)) >= 0.75
     assert os.listdir(tmp_path) == ["ddp_train.kiln"]
+
+
+def test_ddp_example_compiled_step_trains_as_eager(tmp_path):
+    """`--compile`: the DDP training step (forward, backward, the gradient all-reduce, Adam)
+    replays compiled on both ranks, without kiln.compile's fallback warning, and its epoch
+    losses are eager's."""
+    (tmp_path / "eager").mkdir()
+    (tmp_path / "compiled").mkdir()
+    eager = _ddp_example(tmp_path / "eager")
+    compiled = _ddp_example(tmp_path / "compiled", "--compile")
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    assert "kiln.compile" not in compiled.stderr, compiled.stderr
+    np.testing.assert_allclose(_epoch_losses(compiled.stdout), _epoch_losses(eager.stdout),
+                               atol=2e-4)
+    assert float(re.search(r"^accuracy ([0-9.]+)$", compiled.stdout, re.M).group(1)) >= 0.75
 
 
 def test_a_script_run_without_any_launcher_is_a_world_of_one():
