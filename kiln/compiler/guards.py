@@ -259,6 +259,10 @@ def constant(value):
     return lambda: value
 
 
+def _attribute_counts(tensors: tuple) -> list:
+    return list(map(len, map(vars, tensors)))
+
+
 # ----------------------------------------------------------------------------- roots
 
 _GLOBAL_OPS = {"LOAD_GLOBAL", "LOAD_NAME"}
@@ -512,6 +516,7 @@ class _Reach:
         self.whole: set[int] = set()
         self.everything = False
         self.seen: set = set()
+        self.seen_tensors: set = set()
         self.classes: dict = {}
         self.left = _REACH_LIMIT
 
@@ -519,7 +524,12 @@ class _Reach:
         stack = [(obj, False) for obj in roots]
         while stack and not self.everything:
             obj, in_library = stack.pop()
-            if type(obj) in SCALARS or isinstance(obj, (Tensor, np.ndarray)):
+            if type(obj) in SCALARS or isinstance(obj, np.ndarray):
+                continue
+            if isinstance(obj, Tensor):     # its own attributes: as a library object's state
+                if id(obj) not in self.seen_tensors:
+                    self.seen_tensors.add(id(obj))
+                    stack += [(v, True) for v in vars(obj).values()]
                 continue
             if (id(obj), in_library) in self.seen:
                 continue
@@ -695,6 +705,7 @@ class _Walk:
         self.reads = reads          # None: every attribute of every plain object
         self.flag_reads = flag_reads    # None: every module's `training`; else ids of those read
         self.over_budget = False
+        self.tensors: list[Tensor] = []     # whose own attributes were walked
 
     def unguarded(self, source: str, limit: str) -> None:
         """Say that `source` and what it holds are past a limit (see the module docstring)."""
@@ -716,12 +727,38 @@ class _Walk:
             self.guards.append(Guard(source, read, "id", MISSING, lazy))
             return
         self.guards.append(Guard(source, read, "id", value, lazy, where))
-        if isinstance(value, Tensor):
-            return
         if id(value) in self.seen:
             return
         self.seen.add(id(value))
+        if isinstance(value, Tensor):
+            self.tensor_attributes(source, value, depth, lazy)
+            return
         self.inside(source, value, depth, names, lazy)
+
+    def tensor_attributes(self, source: str, t: Tensor, depth: int, lazy: bool) -> None:
+        """A tensor's own attributes (`p.no_weight_decay`, a hand-written optimizer's
+        `p.momentum_buffer`), walked as a plain object's, whole (kiln's code reads a subclass's
+        by name too, unseen by `code_reads`). `counts_guard` sees one added or deleted."""
+        attrs = vars(t)
+        self.tensors.append(t)
+        if self.attribute_counts:
+            self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
+                                     lazy))
+        if attrs and depth >= _OBJECT_DEPTH:
+            self.too_deep(source)
+            return
+        for name, value in list(attrs.items()):
+            self.place(f"{source}.{name}", _attr(t, name), value, depth + 1, lazy=lazy)
+
+    def counts_guard(self) -> None:
+        """One guard on how many attributes of their own the tensors walked have: a replay
+        after one is set (`p.no_weight_decay = True` where the trace found none) traces again.
+        (One guard for all, compared in C: most tensors have none, and a model has many.)"""
+        if self.tensors:
+            tensors = tuple(self.tensors)
+            self.guards.append(Guard(f"how many attributes each of {len(tensors)} tensors "
+                                     "has", functools.partial(_attribute_counts, tensors), "eq",
+                                     _attribute_counts(tensors)))
 
     def inside(self, source: str, obj, depth: int, names: set | None, lazy: bool) -> None:
         if isinstance(obj, np.ndarray):
@@ -916,6 +953,7 @@ def collect(fn, extra: list = (), attribute_counts: bool = False,
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):
         walk.place(source, read, value, 0, names)
+    walk.counts_guard()
     return walk
 
 
@@ -935,6 +973,7 @@ def custom_function(cls: type) -> _Walk:
             fn = fn.__wrapped__
         if isinstance(fn, types.FunctionType):
             walk.place(f"{cls.__name__}.{name}", constant(fn), fn, 0)
+    walk.counts_guard()
     return walk
 
 
