@@ -2324,6 +2324,13 @@ CASES["a_parameter_attribute_holding_a_tensor"] = _changes_between_calls(
     "w = nn.Parameter(kiln.ones(5))\nw.mask = kiln.ones(5)\n"
     "def f(x):\n    return x * w * w.mask\n",
     ["", "", "w.mask = kiln.zeros(5)", "", "w.mask.fill_(3.0)"], traces=2)
+# tensors in a long list or a tuple of tensors (guarded whole, by one check) still have their
+# attributes walked
+CASES["attributes_of_tensors_in_a_long_list_and_a_tuple"] = _changes_between_calls(
+    "ps = [nn.Parameter(kiln.ones(5)) for _ in range(10)]\nTP = (kiln.ones(5), kiln.ones(5))\n"
+    "for p in ps:\n    p.scale = 1.0\nTP[1].scale = 2.0\n"
+    "def f(x):\n    return sum(x * p * p.scale for p in ps) + x * TP[1] * TP[1].scale\n",
+    ["", "", "ps[3].scale = 5.0", "", "TP[1].scale = 3.0", ""], traces=3)
 # an argument tensor's own attributes are part of the key (a new tensor is passed each call)
 CASES["an_argument_tensors_attribute"] = _changes_between_calls(
     "def f(x, t):\n    return x * t * t.scale if getattr(t, 'on', True) else x\n"

@@ -8,6 +8,9 @@ every attribute and item. Each reached place becomes one `Guard`:
 
 - a tensor, module, function or other object is guarded by identity (a rebound global, closure
   cell, list item, module attribute or parameter is a different object);
+- a tensor's own attributes (`p.no_weight_decay`, `p.momentum_buffer`: its `__dict__`) as a
+  plain object's, all of them, and one guard on how many each tensor walked has (one set where
+  the trace found none);
 - a Python scalar by type and value (`2` != `2.0` != `True`, `0.0` != `-0.0`, NaN == NaN);
 - a container by its length as well as its items; a list of more than a few scalars, tensors
   and tuples of them by one guard on all its items (a snapshot compared by identity first, by
@@ -750,6 +753,17 @@ class _Walk:
         for name, value in list(attrs.items()):
             self.place(f"{source}.{name}", _attr(t, name), value, depth + 1, lazy=lazy)
 
+    def frozen_tensors(self, source: str, obj, depth: int, lazy: bool) -> None:
+        """The tensors in a tuple or list guarded as a whole (`_frozen`): a tensor's identity
+        does not fix its own attributes, which are walked still."""
+        for i, item in enumerate(obj):
+            if isinstance(item, Tensor):
+                if id(item) not in self.seen:
+                    self.seen.add(id(item))
+                    self.tensor_attributes(f"{source}[{i}]", item, depth + 1, lazy)
+            elif type(item) is tuple:
+                self.frozen_tensors(f"{source}[{i}]", item, depth + 1, lazy)
+
     def counts_guard(self) -> None:
         """One guard on how many attributes of their own the tensors walked have: a replay
         after one is set (`p.no_weight_decay = True` where the trace found none) traces again.
@@ -810,11 +824,13 @@ class _Walk:
             return
         if isinstance(obj, (list, tuple)):
             if type(obj) is tuple and _frozen(obj):
-                return      # (its identity, guarded, fixes all it holds)
+                self.frozen_tensors(source, obj, depth, lazy)
+                return      # (its identity, guarded, fixes all it holds but tensors' attributes)
             if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
                 # (a long list of numbers: one check in C per replay, not one per item)
                 self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
                                          lazy))
+                self.frozen_tensors(source, obj, depth, lazy)
                 return
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
             for i, item in enumerate(obj):
