@@ -226,6 +226,29 @@ def test_load_refuses_malformed_attributes():
     assert _own(kiln.load(io.BytesIO(raw))) == {"tag": [1, {"a": None}]}
 
 
+def test_kiln_load_reads_torch_files_with_attributes():
+    """torch.save pickles a tensor's attributes (`_rebuild_from_type_v2`, a parameter's
+    `_rebuild_parameter_with_state`); kiln.load sets them as data, running no code."""
+    t = torch.arange(3.0)
+    t.meta = {"name": "emb", "sizes": [1, 2]}
+    p = torch.nn.Parameter(torch.ones(2))
+    p.no_weight_decay = True
+    sd = torch.nn.Linear(2, 2).state_dict()
+    buf = io.BytesIO()
+    torch.save({"t": t, "p": p, "sd": sd}, buf)
+    buf.seek(0)
+    loaded = kiln.load(buf)
+    assert _own(loaded["t"]) == _own(t) and loaded["t"].tolist() == t.tolist()
+    assert type(loaded["p"]) is kiln.nn.Parameter and _own(loaded["p"]) == _own(p)
+    assert _own(loaded["sd"]["weight"]) == {}
+    p.add = 1       # a name of the tensor's own: refused
+    buf = io.BytesIO()
+    torch.save(p, buf)
+    buf.seek(0)
+    with pytest.raises(kiln.serialization.CheckpointError, match="named like the tensor's own"):
+        kiln.load(buf)
+
+
 def test_a_subclass_with_slots_keeps_working():
     class Tagged(kiln.Tensor):
         __slots__ = ("scale",)
