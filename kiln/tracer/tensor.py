@@ -74,8 +74,8 @@ class Tensor:
     # (the input, the primitive and its attrs, the shared version counter's value when the
     # view's grad_fn was last right, False if it was taken of a tensor requiring grad with grad
     # mode off); see kiln.tracer.autograd's "views" section. `__dict__`: a user's own
-    # attributes (`p.no_weight_decay = True`), as on PyTorch's tensors; made on first use, so
-    # an op's result costs nothing more
+    # attributes (`p.no_weight_decay = True`), as on PyTorch's tensors (the dict itself is made
+    # on first use)
     __slots__ = ("_data", "dtype", "device", "requires_grad", "_grad", "grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name",
                  "__dict__")
