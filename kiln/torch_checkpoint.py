@@ -3,10 +3,10 @@ code from it: the pickle may name only the storage types, `_rebuild_tensor_v2`,
 `_rebuild_parameter` and `OrderedDict`, so a state dict, or a checkpoint dict of state dicts and
 numbers, loads; a tensor or parameter carrying attributes of its own (`p.no_weight_decay`)
 loads with them (`_rebuild_from_type_v2`, `_rebuild_parameter_with_state`: set as data, never
-through a class's code); anything else (a pickled model, a `torch.device`, a user class) is refused by
-name. Used by `kiln.load` and `kiln.hub`. `load_torch_legacy` reads the pre-1.6 format (bare
-pickles followed by the storages' bytes) under the same rules: torchvision's older pretrained
-files (VGG, DenseNet, SqueezeNet, ...) are in it.
+through a class's code); anything else (a pickled model, a `torch.device`, a user class) is
+refused by name. Used by `kiln.load` and `kiln.hub`. `load_torch_legacy` reads the pre-1.6
+format (bare pickles followed by the storages' bytes) under the same rules: torchvision's older
+pretrained files (VGG, DenseNet, SqueezeNet, ...) are in it.
 """
 
 from __future__ import annotations
