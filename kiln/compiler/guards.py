@@ -262,8 +262,8 @@ def constant(value):
     return lambda: value
 
 
-def _attribute_counts(tensors: tuple) -> list:
-    return list(map(len, map(vars, tensors)))
+def _attribute_counts(dicts: tuple) -> list:
+    return list(map(len, dicts))
 
 
 # ----------------------------------------------------------------------------- roots
@@ -708,7 +708,7 @@ class _Walk:
         self.reads = reads          # None: every attribute of every plain object
         self.flag_reads = flag_reads    # None: every module's `training`; else ids of those read
         self.over_budget = False
-        self.tensors: list[Tensor] = []     # whose own attributes were walked
+        self.tensor_dicts: list[dict] = []      # the `__dict__`s of the tensors walked
 
     def unguarded(self, source: str, limit: str) -> None:
         """Say that `source` and what it holds are past a limit (see the module docstring)."""
@@ -743,7 +743,7 @@ class _Walk:
         `p.momentum_buffer`), walked as a plain object's, whole (kiln's code reads a subclass's
         by name too, unseen by `code_reads`). `counts_guard` sees one added or deleted."""
         attrs = vars(t)
-        self.tensors.append(t)
+        self.tensor_dicts.append(attrs)
         if self.attribute_counts:
             self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
                                      lazy))
@@ -767,12 +767,14 @@ class _Walk:
     def counts_guard(self) -> None:
         """One guard on how many attributes of their own the tensors walked have: a replay
         after one is set (`p.no_weight_decay = True` where the trace found none) traces again.
-        (One guard for all, compared in C: most tensors have none, and a model has many.)"""
-        if self.tensors:
-            tensors = tuple(self.tensors)
-            self.guards.append(Guard(f"how many attributes each of {len(tensors)} tensors "
-                                     "has", functools.partial(_attribute_counts, tensors), "eq",
-                                     _attribute_counts(tensors)))
+        (One guard for all, counted in C: most tensors have none, and a model has many. It
+        reads the dicts found, as `_attr` does: a tensor's `__dict__` replaced whole is not
+        seen, as a plain object's is not.)"""
+        if self.tensor_dicts:
+            dicts = tuple(self.tensor_dicts)
+            self.guards.append(Guard(f"how many attributes each of {len(dicts)} tensors has",
+                                     functools.partial(_attribute_counts, dicts), "eq",
+                                     _attribute_counts(dicts)))
 
     def inside(self, source: str, obj, depth: int, names: set | None, lazy: bool) -> None:
         if isinstance(obj, np.ndarray):
