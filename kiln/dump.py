@@ -86,14 +86,15 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
     group runs after its trial replays."""
     lines = []
     for i, ((key, _), entry) in enumerate(compiled.entries.items()):
-        tensors, aliases, grad_mode, autocast, tree, default_dtype, default_device = key
+        tensors, aliases, grad_mode, autocast, tree, default_dtype, default_device, own = key
         tensors = [(list(shape), dtype.name, str(device), requires_grad)
                    for shape, dtype, device, requires_grad in tensors]
         autocast = ", ".join(f"{d} {name}" for d, name in autocast or ()) or "off"
         lines.append(f"entry {i}: tensors (shape, dtype, device, requires_grad) {tensors}; "
                      f"shared memory {list(aliases) or 'none'}; grad mode {grad_mode}; "
                      f"autocast {autocast}; python arguments {tree!r}; default dtype "
-                     f"{default_dtype.name}, device {default_device}")
+                     f"{default_dtype.name}, device {default_device}" +
+                     (f"; tensors' own attributes {own!r}" if own else ""))
         lines.append(f"  -> {'compiled' if entry.program is not None else 'eager: '}"
                      f"{entry.eager_reason or ''} ({entry.calls} replays)")
         lines += [f"  guard: {g.describe()}" for g in entry.guards]

@@ -30,6 +30,7 @@ import stat
 import struct
 import sys
 import tempfile
+import warnings
 import zlib
 from collections import OrderedDict, defaultdict
 from typing import Any, BinaryIO, Iterator
@@ -42,6 +43,7 @@ from kiln.ir import dtypes as _dtypes
 from kiln.ir.dtypes import from_name
 from kiln.runtime.device import Device, cuda_is_available
 from kiln.tracer import quantized as _quantized
+from kiln.tracer.errors import user_stacklevel
 from kiln.tracer.tensor import Size
 from kiln.tracer.torch_function import rebuild_subclass, takes_part
 
@@ -266,6 +268,9 @@ class _Encoder:
         order = dim_order_of(t)
         if order is not None:
             node["dim_order"] = list(order)
+        own = _saved_attributes(t, path)
+        if own:
+            node["attributes"] = own
         return node
 
     def _sparse(self, t: Tensor, path: list[str]) -> dict:
@@ -344,6 +349,47 @@ def _where(path: list[str]) -> str:
     return "obj" + "".join(f"[{p!r}]" for p in path)
 
 
+_DATA_DEPTH = 64        # how deep a saved attribute's lists and dicts may nest
+
+
+def _saved_attributes(t: Tensor, path: list[str]) -> dict:
+    """A tensor's own attributes (`p.no_weight_decay = True`) that kiln.save keeps: those that
+    are plain data, JSON's (None, bools, ints, finite floats, strings, lists and str-keyed dicts
+    of them), which load back as they were. The file never holds code, so any other value (a
+    tensor, a tuple, an object, a function), which torch.save would pickle, is left out, with
+    a warning naming it."""
+    own = getattr(t, "__dict__", None)
+    if not own:
+        return {}
+    kept, left = {}, []
+    for name, value in own.items():
+        if _plain_data(value, 0) and not hasattr(type(t), name):
+            kept[name] = value
+        else:
+            left.append(f"{name} ({type(value).__name__})")
+    if left:
+        warnings.warn(f"kiln.save: the tensor at {_where(path)} has attributes that are not "
+                      f"plain data, which kiln's format does not store: {', '.join(left)}; "
+                      "they are not saved (numbers, strings, bools, None and lists and "
+                      "str-keyed dicts of them are)", stacklevel=user_stacklevel())
+    return kept
+
+
+def _plain_data(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= _DATA_DEPTH:
+        return False
+    if kind is list:
+        return all(_plain_data(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _plain_data(v, depth + 1) for k, v in value.items())
+    return False
+
+
 class _Pickler(pickle.Pickler):
     """Pickles an object with its tensors and NumPy arrays left out, as references to arrays in
     the data section: the pickle holds no tensor bytes."""
@@ -365,6 +411,9 @@ class _Pickler(pickle.Pickler):
             kind = "Parameter" if type(obj) is Parameter else "Tensor"
             pid = ("kiln.tensor", name, kind, bool(obj.requires_grad), str(obj.device))
             order = dim_order_of(obj)
+            own = _saved_attributes(obj, [name])
+            if own:
+                return pid + (order, json.dumps(own, allow_nan=False))
             return pid if order is None else pid + (order,)
         if type(obj) is np.ndarray and _code_of(obj.dtype) is not None:
             return ("kiln.ndarray", self.encoder._array(obj, [str(len(self.encoder.arrays))]))
@@ -893,7 +942,12 @@ class _Arrays:
                 raise _fail(self.name, f"tensor {key!r} has a dim_order {reprlib.repr(order)} "
                             f"that is not an order of its {arr.ndim} dims")
             order = tuple(order)
+        own = attrs.get("attributes", {})
+        if not isinstance(own, dict) or any(type(k) is not str for k in own):
+            raise _fail(self.name, f"tensor {key!r} has attributes that are not a dict by name")
         cache = (key, saved, grad, parameter, order)
+        if own:                 # (a tensor of its own: these attributes are its)
+            cache += (json.dumps(own, sort_keys=True),)
         if cache not in self.built:
             t = self.placer.place(arr if order is None else in_dim_order(arr, order), saved,
                                   grad)
@@ -903,6 +957,11 @@ class _Arrays:
                     raise _fail(self.name, f"tensor {key!r} is an integer Parameter that "
                                 "requires grad")
                 t = Parameter(t, requires_grad=grad)
+            hidden = [k for k in own if hasattr(type(t), k)]
+            if hidden:
+                raise _fail(self.name, f"tensor {key!r} has attributes named like the "
+                            f"tensor's own ({', '.join(hidden[:3])})")
+            t.__dict__.update(own)
             self.built[cache] = t
         return self.built[cache]
 
@@ -915,7 +974,8 @@ class _Arrays:
 
 # the node kinds a structure may contain, with the keys each may carry besides its kind
 _NODE_KEYS = {"list": (), "tuple": (), "set": (), "frozenset": (), "dict": (), "OrderedDict": (),
-              "tensor": ("class", "requires_grad", "device", "dim_order"), "ndarray": (),
+              "tensor": ("class", "requires_grad", "device", "dim_order", "attributes"),
+              "ndarray": (),
               "numpy": ("value",), "float": (), "complex": (), "bytes": (), "bytearray": (),
               "dtype": (), "device": (), "Size": (),
               "sparse": ("size", "tensors", "coalesced", "device"),
@@ -1220,12 +1280,17 @@ class _TrustingUnpickler(pickle.Unpickler):
 
 
 def _persistent_load(pid: Any, arrays: _Arrays, name: str) -> Any:
-    if isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "kiln.tensor" and \
+    if isinstance(pid, tuple) and len(pid) in (5, 6, 7) and pid[0] == "kiln.tensor" and \
             pid[2] in ("Tensor", "Parameter"):
         _, key, kind, grad, device = pid[:5]
         attrs = {"requires_grad": grad, "device": device}
-        if len(pid) == 6:
+        if len(pid) >= 6 and pid[5] is not None:
             attrs["dim_order"] = pid[5]
+        if len(pid) == 7:           # the tensor's own attributes, JSON text (plain data)
+            try:
+                attrs["attributes"] = json.loads(pid[6]) if isinstance(pid[6], str) else None
+            except ValueError:
+                attrs["attributes"] = None
         return arrays.tensor(key, attrs, parameter=kind == "Parameter")
     if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "kiln.sparse" and \
             isinstance(pid[1], str):

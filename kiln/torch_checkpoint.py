@@ -1,10 +1,12 @@
 """Reading a `torch.save` file (a zip holding a pickle and the tensors' bytes) without running
 code from it: the pickle may name only the storage types, `_rebuild_tensor_v2`,
 `_rebuild_parameter` and `OrderedDict`, so a state dict, or a checkpoint dict of state dicts and
-numbers, loads; anything else (a pickled model, a `torch.device`, a user class) is refused by
-name. Used by `kiln.load` and `kiln.hub`. `load_torch_legacy` reads the pre-1.6 format (bare
-pickles followed by the storages' bytes) under the same rules: torchvision's older pretrained
-files (VGG, DenseNet, SqueezeNet, ...) are in it.
+numbers, loads; a tensor or parameter carrying attributes of its own (`p.no_weight_decay`)
+loads with them (`_rebuild_from_type_v2`, `_rebuild_parameter_with_state`: set as data, never
+through a class's code); anything else (a pickled model, a `torch.device`, a user class) is
+refused by name. Used by `kiln.load` and `kiln.hub`. `load_torch_legacy` reads the pre-1.6
+format (bare pickles followed by the storages' bytes) under the same rules: torchvision's older
+pretrained files (VGG, DenseNet, SqueezeNet, ...) are in it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,40 @@ _UNTYPED = _StorageType("ByteStorage")
 _V3_DTYPES = {"uint16", "uint32", "uint64"}
 
 
+class _TensorType:
+    """What the global `torch.Tensor` stands for in the pickle: the type `_rebuild_from_type_v2`
+    accepts, nothing the pickle can call."""
+
+
+_TENSOR_TYPE = _TensorType()
+
+
 def _rebuild_parameter(data, requires_grad, hooks=None, *state):
     return kiln.nn.Parameter(data, requires_grad=bool(requires_grad))
+
+
+def _rebuild_parameter_with_state(data, requires_grad, hooks, state):
+    """torch._utils._rebuild_parameter_with_state: a parameter with attributes of its own."""
+    return _set_attributes(_rebuild_parameter(data, requires_grad), state)
+
+
+def _set_attributes(t, state):
+    """Put a pickled tensor's state, its own attributes ({name: value}, or (that, slots) as
+    torch writes it), in its `__dict__`: data only, never a class's `__setstate__` or
+    property setters. Names of the tensor's own attributes and methods are refused."""
+    if isinstance(state, tuple) and len(state) == 2 and not state[1]:
+        state = state[0]
+    if state is None:
+        return t
+    if not isinstance(state, dict) or any(type(k) is not str for k in state):
+        raise pickle.UnpicklingError(f"kiln: a tensor's pickled state must be a dict of "
+                                     f"attributes by name, not a {type(state).__name__}")
+    hidden = [k for k in state if hasattr(type(t), k)]
+    if hidden:
+        raise pickle.UnpicklingError(f"kiln: a tensor's pickled attributes are named like the "
+                                     f"tensor's own ({', '.join(hidden[:3])})")
+    t.__dict__.update(state)
+    return t
 
 
 def _get_layout(name):
@@ -69,6 +103,7 @@ def _rebuild_sparse_tensor(layout, data):
 # _rebuild_tensor_v2 (the unpickler's own method): nothing else can be called while loading
 _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
             ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+            ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
             ("torch._utils", "_rebuild_sparse_tensor"): _rebuild_sparse_tensor,
             ("torch.serialization", "_get_layout"): _get_layout,
             ("torch", "Size"): tuple}
@@ -94,6 +129,10 @@ class _WeightsUnpickler(pickle.Unpickler):
             return self.rebuild_tensor
         if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
             return self.rebuild_tensor_v3
+        if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
+            return self.rebuild_from_type_v2
+        if (module, name) == ("torch", "Tensor"):
+            return _TENSOR_TYPE
         if (module, name) == ("torch.storage", "UntypedStorage"):
             return _UNTYPED
         if module == "torch" and name in _V3_DTYPES:
@@ -143,6 +182,16 @@ class _WeightsUnpickler(pickle.Unpickler):
         if device != "cpu":
             out = out.to(device)
         return out.requires_grad_(True) if requires_grad else out
+
+    def rebuild_from_type_v2(self, func, new_type, args, state):
+        """torch._tensor._rebuild_from_type_v2, as torch.save writes a tensor with attributes of
+        its own: `func` one of the tensor rebuilds above, `new_type` torch.Tensor."""
+        if func not in (self.rebuild_tensor, self.rebuild_tensor_v3) or \
+                new_type is not _TENSOR_TYPE or not isinstance(args, tuple):
+            raise pickle.UnpicklingError(f"kiln: {self.name}: a tensor rebuilt by "
+                                         f"{func!r} as a {new_type!r}; kiln reads plain "
+                                         "tensors with attributes, not tensor subclasses")
+        return _set_attributes(func(*args), state)
 
     def rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype,
                           metadata=None):

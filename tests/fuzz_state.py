@@ -11,9 +11,9 @@ kiln or to PyTorch) for a training step and the state it keeps between calls:
   `functools.partial` binding them;
 * *state made lazily by the user's code*: kiln's optimizers, or hand-written ones as tutorials
   write them (an `Optimizer` subclass cloning the first gradient into `self.state[p]`, one
-  keeping a dict or list of buffers on `self`, an Adam that `zeros_like`s its moments under
-  `no_grad` with a Python-int or tensor step; not `p.momentum_buffer` on the parameter: kiln
-  tensors take no attributes of their own); an EMA of the weights made on the first call; a
+  keeping a dict or list of buffers on `self`, one storing `p.momentum_buffer` on the
+  parameter, an Adam that `zeros_like`s its moments under `no_grad` with a Python-int or
+  tensor step); an EMA of the weights made on the first call; a
   step counter (tensor or Python int) on an object; a module buffer updated in forward; a
   batch norm's running statistics.
 
@@ -43,7 +43,7 @@ STEPS = 5
 PATHS = ["global", "closure", "arguments", "container", "trainer", "method", "registry",
          "partial"]
 OPTIMIZERS = ["sgd_momentum", "adam", "rmsprop", "clone_state", "dict_buffers", "list_buffers",
-              "zeros_adam_int", "zeros_adam_tensor"]
+              "zeros_adam_int", "zeros_adam_tensor", "param_attribute"]
 # hand-written optimizers keep buffers where a scheduler cannot reach (not an Optimizer)
 PLAIN = {"dict_buffers", "list_buffers"}
 ADAPTIVE = {"adam", "rmsprop", "zeros_adam_int", "zeros_adam_tensor"}
@@ -76,6 +76,21 @@ class CloneMomentum(torch.optim.Optimizer):
                 else:
                     state["buf"].mul_(group["momentum"]).add_(p.grad)
                 p.add_(state["buf"], alpha=-group["lr"])
+
+
+class AttributeMomentum(torch.optim.Optimizer):
+    def __init__(self, params, lr=0.05, momentum=0.9):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    def step(self):
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if not hasattr(p, "momentum_buffer"):
+                        p.momentum_buffer = p.grad.detach().clone()
+                    else:
+                        p.momentum_buffer.mul_(group["momentum"]).add_(p.grad)
+                    p.sub_(group["lr"] * p.momentum_buffer)
 
 
 class ZerosAdam(torch.optim.Optimizer):

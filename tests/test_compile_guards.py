@@ -2308,6 +2308,84 @@ CASES["a_batch_also_read_through_a_global"] = _changes_between_calls(
     traces=3, args=lambda ns: (ns["B"],))
 
 
+# a tensor's own attributes (`p.scale`, `p.no_decay`) are walked as a plain object's are
+_TAGGED = ("lin = nn.Linear(5, 5)\nlin.weight.scale = 2.0\n"
+           "def f(x):\n    y = lin(x) * lin.weight.scale\n"
+           "    return -y if getattr(lin.bias, 'no_decay', False) else y\n")
+# (deleting the attribute again replays the second trace; any attribute added traces again)
+CASES["a_parameter_attribute_read_into_python"] = _changes_between_calls(
+    _TAGGED, ["", "", "lin.weight.scale = 3.0", "", "lin.bias.no_decay = True", "",
+              "del lin.bias.no_decay", "lin.weight.other = 1", ""], traces=4)
+CASES["a_parameter_attribute_holding_a_dict"] = _changes_between_calls(
+    "w = nn.Parameter(kiln.ones(5))\nw.meta = {'k': 2.0}\n"
+    "def f(x):\n    return x * w * w.meta['k']\n",
+    ["", "", "w.meta['k'] = 4.0", "", "w.meta = {'k': 5.0}", ""], traces=3)
+CASES["a_parameter_attribute_holding_a_tensor"] = _changes_between_calls(
+    "w = nn.Parameter(kiln.ones(5))\nw.mask = kiln.ones(5)\n"
+    "def f(x):\n    return x * w * w.mask\n",
+    ["", "", "w.mask = kiln.zeros(5)", "", "w.mask.fill_(3.0)"], traces=2)
+# tensors in a long list or a tuple of tensors (guarded whole, by one check) still have their
+# attributes walked
+CASES["attributes_of_tensors_in_a_long_list_and_a_tuple"] = _changes_between_calls(
+    "ps = [nn.Parameter(kiln.ones(5)) for _ in range(10)]\nTP = (kiln.ones(5), kiln.ones(5))\n"
+    "for p in ps:\n    p.scale = 1.0\nTP[1].scale = 2.0\n"
+    "def f(x):\n    return sum(x * p * p.scale for p in ps) + x * TP[1] * TP[1].scale\n",
+    ["", "", "ps[3].scale = 5.0", "", "TP[1].scale = 3.0", ""], traces=3)
+# an argument tensor's own attributes are part of the key (a new tensor is passed each call)
+CASES["an_argument_tensors_attribute"] = _changes_between_calls(
+    "def f(x, t):\n    return x * t * t.scale if getattr(t, 'on', True) else x\n"
+    "T = kiln.ones(5)\nT.scale = 2.0\nM = {'k': 1.0}\n",
+    ["", "", "T.scale = 3.0", "T = kiln.ones(5); T.scale = 3.0", "T.on = False",
+     "T = kiln.ones(5); T.scale = 2.0"], traces=3, args=lambda ns: (ns["T"],))
+CASES["an_argument_tensors_attribute_holding_a_dict"] = _changes_between_calls(
+    "def f(x, t):\n    return x * t * t.meta['k']\n"
+    "T = kiln.ones(5)\nT.meta = {'k': 2.0}\n",
+    ["", "", "T.meta['k'] = 3.0", ""], traces=2, args=lambda ns: (ns["T"],))
+
+
+@case
+def a_counter_on_a_parameter_set_by_the_call():
+    """A number the call keeps on a parameter (`p.steps`, made on the first call): each call
+    changes it, an effect a replay would skip, so the call runs eagerly."""
+    lin = nn.Linear(5, 5)
+
+    def f(x):
+        lin.weight.steps = getattr(lin.weight, "steps", 0) + 1
+        return lin(x) * lin.weight.steps
+    x = kiln.randn(5)
+    return world(f, lambda i, g: g(x), after=lambda: lin.weight.steps)
+
+
+a_counter_on_a_parameter_set_by_the_call.calls = 5
+
+
+@case
+def momentum_kept_on_the_parameter():
+    """A hand-written optimizer step as tutorials write it: `p.momentum_buffer` made on the
+    first call, then updated in place; traced again once it exists, then replayed."""
+    lin = nn.Linear(5, 3)
+
+    def f(x):
+        loss = lin(x).square().mean()
+        loss.backward()
+        with kiln.no_grad():
+            for p in lin.parameters():
+                if not hasattr(p, "momentum_buffer"):
+                    p.momentum_buffer = p.grad.clone()
+                else:
+                    p.momentum_buffer.mul_(0.9).add_(p.grad)
+                p.sub_(0.1 * p.momentum_buffer)
+                p.grad = None
+        return loss
+    x = kiln.randn(4, 5)
+    return world(f, lambda i, g: g(x), after=lambda: [
+        (p.detach(), p.momentum_buffer) for p in lin.parameters()])
+
+
+momentum_kept_on_the_parameter.calls = 6
+momentum_kept_on_the_parameter.check = expect_replays(3)
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -2885,3 +2963,67 @@ def test_a_trainer_of_a_module_subclass_traces_once_as_its_history_grows():
             tr.epoch = i
         np.testing.assert_allclose(f(b, x).item(), step(a, x).item(), rtol=1e-5)
     assert len(f.entries) == 1 and replays(f) == 5
+
+
+def _momentum_training(torch, compiled: bool) -> tuple:
+    """Six steps of a hand-written optimizer keeping momentum on `p.momentum_buffer` (made on
+    the first step, then updated in place), with parameters tagged `no_decay` left out of its
+    weight decay: the losses and the final state."""
+    class Momentum(torch.optim.Optimizer):
+        def __init__(self, params, lr=0.1, momentum=0.9, weight_decay=0.05):
+            super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+        @torch.no_grad()
+        def step(self):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    g = p.grad
+                    if not getattr(p, "no_decay", False):
+                        g = g + group["weight_decay"] * p
+                    if not hasattr(p, "momentum_buffer"):
+                        p.momentum_buffer = g.clone()
+                    else:
+                        p.momentum_buffer.mul_(group["momentum"]).add_(g)
+                    p.sub_(group["lr"] * p.momentum_buffer)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.tensor(rng.normal(size=tuple(p.shape)).astype(np.float32)))
+    for p in model.parameters():
+        p.no_decay = p.ndim == 1
+    opt = Momentum(model.parameters())
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    run = kiln.compile(step) if compiled else step
+    losses = []
+    for i in range(6):
+        x = torch.tensor(rng.normal(size=(8, 4)).astype(np.float32))
+        y = torch.tensor(rng.normal(size=(8, 2)).astype(np.float32))
+        losses.append(run(x, y).item())
+    state = [(p.detach().numpy().copy(), p.momentum_buffer.numpy().copy())
+             for p in model.parameters()]
+    return losses, state, run
+
+
+def test_momentum_on_the_parameter_and_no_decay_tags_compiled_eager_torch():
+    torch = pytest.importorskip("torch")
+    want_losses, want_state, _ = _momentum_training(torch, False)
+    eager_losses, eager_state, _ = _momentum_training(kiln, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no eager fallback, no warning
+        losses, state, run = _momentum_training(kiln, True)
+    np.testing.assert_allclose(eager_losses, want_losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses, eager_losses, rtol=1e-5, atol=1e-6)
+    for (p, buf), (ep, ebuf), (tp, tbuf) in zip(state, eager_state, want_state):
+        np.testing.assert_allclose(ep, tp, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ebuf, tbuf, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(p, ep, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(buf, ebuf, rtol=1e-5, atol=1e-6)
+    assert replays(run) >= 4, [(e.calls, e.eager_reason) for e in run.entries.values()]

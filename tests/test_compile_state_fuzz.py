@@ -7,7 +7,9 @@ eagerly by kiln and by PyTorch must agree (losses to 1e-5, state as in fuzz_step
 The seeds cover every path and every optimizer (seed 9k draws path k with optimizer k), EMA,
 tensor and Python-int counters, a scheduler, a module buffer and batch norm, and what the
 fuzzer found: a partial binding the state (7, 55), an int step in an optimizer's state (54,
-55), a hand-written zero_grad's `p.grad = None` behind a registry list (38, 46). A step whose
+55), a hand-written zero_grad's `p.grad = None` behind a registry list (38, 46). Seeds 64-71
+draw the optimizer keeping its momentum on `p.momentum_buffer` (64, 66, 68, 71: through a
+global, arguments, a trainer, a partial with a scheduler). A step whose
 state holds a Python number it changes each call (a counter on an object, a hand-written
 Adam's `state["step"] += 1`) runs eagerly with a warning; any other step must replay (a
 hand-written optimizer retraces when a scheduler changes the learning rate it reads).
@@ -19,7 +21,7 @@ import pytest
 
 from tests.fuzz_state import check, generate
 
-SEEDS = [0, 9, 18, 27, 36, 45, 54, 63, 4, 5, 7, 12, 38, 46, 55]
+SEEDS = [0, 9, 18, 27, 36, 45, 54, 63, 4, 5, 7, 12, 38, 46, 55, 64, 66, 68, 71]
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -694,7 +694,7 @@ class CompiledFunction:
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
         # the default dtype and device decide what `kiln.ones(3)` in the function makes
         return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(), tree,
-                get_default_dtype(), get_default_device()), leaves
+                get_default_dtype(), get_default_device(), _own_attributes(leaves)), leaves
 
     def __call__(self, *args, **kwargs):
         if STATE.tracer is not None:            # compiled code called inside a trace: inline
@@ -1604,14 +1604,29 @@ def _grad_presence(tensors: list) -> tuple:
     return tuple(t.grad is None for t in tensors)
 
 
+def _own_attributes(leaves) -> tuple:
+    """The argument tensors' own attributes (`x.scale`), for the key: a number by value, any
+    other object by identity (`_object_arguments` makes it a guard root, for what it holds);
+    () when none has any, as in most calls."""
+    if not any(map(vars, leaves)):
+        return ()
+    return tuple(tuple((name, guards.scalar_key(v) if type(v) in guards.SCALARS else
+                        (type(v), id(v))) for name, v in vars(t).items()) for t in leaves)
+
+
 def _object_arguments(args, kwargs) -> list:
     """Guard roots for the objects passed as arguments (`self` of a compiled method, a module
-    or a config), also inside the lists, tuples and dicts passed (`step([model, opt])`): the
-    key holds them by identity, their guards hold what is inside."""
+    or a config), also inside the lists, tuples and dicts passed (`step([model, opt])`), and
+    held in an argument tensor's own attributes (`x.meta`): the key holds them by identity,
+    their guards hold what is inside."""
     found = []
 
     def visit(where: str, a, depth: int) -> None:
-        if isinstance(a, Tensor) or type(a) in guards.SCALARS:
+        if isinstance(a, Tensor):
+            found.extend((f"{where}.{name}", guards.constant(v), v) for name, v in
+                         vars(a).items() if type(v) not in guards.SCALARS)
+            return
+        if type(a) in guards.SCALARS:
             return
         if isinstance(a, (list, tuple, dict)):
             if depth < 4:
@@ -1646,11 +1661,12 @@ def _keyed_scalars(found: list, roots: list, records: list, fields, flags: dict)
 
 
 def _argument_roots(args, kwargs) -> list:
-    """Guard roots for the containers and objects among the arguments: a call that appends to
-    a list it was passed changes Python state too."""
+    """Guard roots for the containers, objects and tensors among the arguments: a call that
+    appends to a list it was passed, or sets an attribute on a tensor it was passed, changes
+    Python state too."""
     found = []
     for i, a in enumerate(list(args) + list(kwargs.values())):
-        if not isinstance(a, Tensor) and type(a) not in guards.SCALARS:
+        if type(a) not in guards.SCALARS:
             found.append((f"argument {i}", guards.constant(a), a))
     return found
 

@@ -8,6 +8,9 @@ every attribute and item. Each reached place becomes one `Guard`:
 
 - a tensor, module, function or other object is guarded by identity (a rebound global, closure
   cell, list item, module attribute or parameter is a different object);
+- a tensor's own attributes (`p.no_weight_decay`, `p.momentum_buffer`: its `__dict__`) as a
+  plain object's, all of them, and one guard on how many each tensor walked has (one set where
+  the trace found none);
 - a Python scalar by type and value (`2` != `2.0` != `True`, `0.0` != `-0.0`, NaN == NaN);
 - a container by its length as well as its items; a list of more than a few scalars, tensors
   and tuples of them by one guard on all its items (a snapshot compared by identity first, by
@@ -257,6 +260,10 @@ def _itself(container):
 
 def constant(value):
     return lambda: value
+
+
+def _attribute_counts(dicts: tuple) -> list:
+    return list(map(len, dicts))
 
 
 # ----------------------------------------------------------------------------- roots
@@ -512,6 +519,7 @@ class _Reach:
         self.whole: set[int] = set()
         self.everything = False
         self.seen: set = set()
+        self.seen_tensors: set = set()
         self.classes: dict = {}
         self.left = _REACH_LIMIT
 
@@ -519,7 +527,12 @@ class _Reach:
         stack = [(obj, False) for obj in roots]
         while stack and not self.everything:
             obj, in_library = stack.pop()
-            if type(obj) in SCALARS or isinstance(obj, (Tensor, np.ndarray)):
+            if type(obj) in SCALARS or isinstance(obj, np.ndarray):
+                continue
+            if isinstance(obj, Tensor):     # its own attributes: as a library object's state
+                if id(obj) not in self.seen_tensors:
+                    self.seen_tensors.add(id(obj))
+                    stack += [(v, True) for v in vars(obj).values()]
                 continue
             if (id(obj), in_library) in self.seen:
                 continue
@@ -695,6 +708,7 @@ class _Walk:
         self.reads = reads          # None: every attribute of every plain object
         self.flag_reads = flag_reads    # None: every module's `training`; else ids of those read
         self.over_budget = False
+        self.tensor_dicts: list[dict] = []      # the `__dict__`s of the tensors walked
 
     def unguarded(self, source: str, limit: str) -> None:
         """Say that `source` and what it holds are past a limit (see the module docstring)."""
@@ -716,12 +730,51 @@ class _Walk:
             self.guards.append(Guard(source, read, "id", MISSING, lazy))
             return
         self.guards.append(Guard(source, read, "id", value, lazy, where))
-        if isinstance(value, Tensor):
-            return
         if id(value) in self.seen:
             return
         self.seen.add(id(value))
+        if isinstance(value, Tensor):
+            self.tensor_attributes(source, value, depth, lazy)
+            return
         self.inside(source, value, depth, names, lazy)
+
+    def tensor_attributes(self, source: str, t: Tensor, depth: int, lazy: bool) -> None:
+        """A tensor's own attributes (`p.no_weight_decay`, a hand-written optimizer's
+        `p.momentum_buffer`), walked as a plain object's, whole (kiln's code reads a subclass's
+        by name too, unseen by `code_reads`). `counts_guard` sees one added or deleted."""
+        attrs = vars(t)
+        self.tensor_dicts.append(attrs)
+        if self.attribute_counts:
+            self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
+                                     lazy))
+        if attrs and depth >= _OBJECT_DEPTH:
+            self.too_deep(source)
+            return
+        for name, value in list(attrs.items()):
+            self.place(f"{source}.{name}", _attr(t, name), value, depth + 1, lazy=lazy)
+
+    def frozen_tensors(self, source: str, obj, depth: int, lazy: bool) -> None:
+        """The tensors in a tuple or list guarded as a whole (`_frozen`): a tensor's identity
+        does not fix its own attributes, which are walked still."""
+        for i, item in enumerate(obj):
+            if isinstance(item, Tensor):
+                if id(item) not in self.seen:
+                    self.seen.add(id(item))
+                    self.tensor_attributes(f"{source}[{i}]", item, depth + 1, lazy)
+            elif type(item) is tuple:
+                self.frozen_tensors(f"{source}[{i}]", item, depth + 1, lazy)
+
+    def counts_guard(self) -> None:
+        """One guard on how many attributes of their own the tensors walked have: a replay
+        after one is set (`p.no_weight_decay = True` where the trace found none) traces again.
+        (One guard for all, counted in C: most tensors have none, and a model has many. It
+        reads the dicts found, as `_attr` does: a tensor's `__dict__` replaced whole is not
+        seen, as a plain object's is not.)"""
+        if self.tensor_dicts:
+            dicts = tuple(self.tensor_dicts)
+            self.guards.append(Guard(f"how many attributes each of {len(dicts)} tensors has",
+                                     functools.partial(_attribute_counts, dicts), "eq",
+                                     _attribute_counts(dicts)))
 
     def inside(self, source: str, obj, depth: int, names: set | None, lazy: bool) -> None:
         if isinstance(obj, np.ndarray):
@@ -773,11 +826,13 @@ class _Walk:
             return
         if isinstance(obj, (list, tuple)):
             if type(obj) is tuple and _frozen(obj):
-                return      # (its identity, guarded, fixes all it holds)
+                self.frozen_tensors(source, obj, depth, lazy)
+                return      # (its identity, guarded, fixes all it holds but tensors' attributes)
             if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
                 # (a long list of numbers: one check in C per replay, not one per item)
                 self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
                                          lazy))
+                self.frozen_tensors(source, obj, depth, lazy)
                 return
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
             for i, item in enumerate(obj):
@@ -916,6 +971,7 @@ def collect(fn, extra: list = (), attribute_counts: bool = False,
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):
         walk.place(source, read, value, 0, names)
+    walk.counts_guard()
     return walk
 
 
@@ -935,6 +991,7 @@ def custom_function(cls: type) -> _Walk:
             fn = fn.__wrapped__
         if isinstance(fn, types.FunctionType):
             walk.place(f"{cls.__name__}.{name}", constant(fn), fn, 0)
+    walk.counts_guard()
     return walk
 
 

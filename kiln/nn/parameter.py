@@ -56,8 +56,9 @@ class Parameter(Tensor, metaclass=_ParameterMeta):
     __str__ = __repr__          # print(param) shows the prefix too, as PyTorch's does
 
     def __reduce_ex__(self, protocol):
+        # (the user's own attributes as the state: copy.copy and pickle keep them, as torch's)
         return (_rebuild_parameter, (Tensor._make(self._data, self.dtype, self.device),
-                                     self.requires_grad))
+                                     self.requires_grad), dict(vars(self)) or None)
 
     def __deepcopy__(self, memo) -> "Parameter":
         if id(self) in memo:
@@ -76,11 +77,7 @@ def _subclass_parameter(data: Tensor, requires_grad: bool) -> Tensor:
         raise RuntimeError(f"nn.Parameter: {type(data).__name__}.detach() returned a "
                            f"{type(param).__name__}; a tensor subclass made a Parameter must "
                            "return its own class from detach()")
-    try:
-        param._is_param = True
-    except AttributeError:
-        raise TypeError(f"nn.Parameter: can't mark the {type(data).__name__} as a parameter "
-                        "(its class has __slots__ and no __dict__)") from None
+    param._is_param = True
     return param
 
 

@@ -242,7 +242,7 @@ def alias(t: Tensor) -> Tensor:
     return out
 
 
-_SLOTS = tuple(s for s in Tensor.__slots__ if s != "__weakref__")
+_SLOTS = tuple(s for s in Tensor.__slots__ if s not in ("__weakref__", "__dict__"))
 _UNSET = object()
 
 

@@ -73,9 +73,12 @@ class Tensor:
     # `_base`: None, or for a view (a movement op whose result shares its input's memory)
     # (the input, the primitive and its attrs, the shared version counter's value when the
     # view's grad_fn was last right, False if it was taken of a tensor requiring grad with grad
-    # mode off); see kiln.tracer.autograd's "views" section
+    # mode off); see kiln.tracer.autograd's "views" section. `__dict__`: a user's own
+    # attributes (`p.no_weight_decay = True`), as on PyTorch's tensors (the dict itself is made
+    # on first use)
     __slots__ = ("_data", "dtype", "device", "requires_grad", "_grad", "grad_fn", "_version",
-                 "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name")
+                 "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name",
+                 "__dict__")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
     # the public name, as PyTorch's class is `torch.Tensor`: print(type(x)) shows <class
     # 'kiln.Tensor'> (and `torch.Tensor` under kiln run's printouts), pickles name kiln.Tensor
