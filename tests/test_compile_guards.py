@@ -3027,3 +3027,49 @@ def test_momentum_on_the_parameter_and_no_decay_tags_compiled_eager_torch():
         np.testing.assert_allclose(p, ep, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(buf, ebuf, rtol=1e-5, atol=1e-6)
     assert replays(run) >= 4, [(e.calls, e.eager_reason) for e in run.entries.values()]
+
+
+class _Counted:
+    pass
+
+
+_COUNTED, _COUNTED_NS = _Counted(), types.SimpleNamespace()
+
+
+class _CountingNet(kiln.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = kiln.nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.calls = getattr(self, "calls", 0) + 1      # an attribute the first call adds
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("where", ["global object", "global namespace", "module in forward"])
+def test_an_attribute_the_call_adds_to_reached_state_is_counted_every_call(where):
+    """`obj.count = getattr(obj, "count", 0) + 1` on an object without the attribute yet: the
+    first trace adds it, and a replay would not; before, replays left the count at 1 with no
+    warning (a new attribute on a plain object or a module was not seen as a change). It now
+    traces again, then runs eagerly with the warning, counting as eager does."""
+    net = _CountingNet()
+    for holder in (_COUNTED, _COUNTED_NS):
+        vars(holder).pop("count", None)
+
+    def bump(x):
+        holder = _COUNTED if where == "global object" else _COUNTED_NS
+        holder.count = getattr(holder, "count", 0) + 1
+        return x * 2
+    fn = kiln.compile(net if where == "module in forward" else bump)
+    x = kiln.ones(1, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [fn(x) for _ in range(4)]
+    counted = {"global object": lambda: _COUNTED.count, "global namespace": lambda: _COUNTED_NS.count,
+               "module in forward": lambda: net.calls}[where]()
+    assert counted == 4
+    assert any("changes Python state a replay would not change" in str(w.message)
+               for w in caught)
+    want = net(x) if where == "module in forward" else x * 2
+    for out in outs:
+        np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), rtol=1e-6)

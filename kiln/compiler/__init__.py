@@ -853,7 +853,10 @@ class CompiledFunction:
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
         try:
             grad_candidates = _grad_candidates(self.fn, args, kwargs, reachable)
-            before = guards.collect(self.fn, _object_arguments(args, kwargs))
+            # (with attribute counts: an attribute the call adds to a plain object it reaches,
+            # `s.count = getattr(s, "count", 0) + 1`, is a change a replay would not make)
+            before = guards.collect(self.fn, _object_arguments(args, kwargs),
+                                    attribute_counts=True)
             arg_state = guards.collect(None, _argument_roots(args, kwargs),
                                        attribute_counts=True)
         except Exception as e:        # cannot say what a replay would assume: run eagerly

@@ -862,7 +862,7 @@ class _Walk:
         inner = 0 if is_module or optimizer else depth + 1
         if not isinstance(attrs, dict):
             attrs = {}
-        elif self.attribute_counts and not (is_module or optimizer):
+        elif self.attribute_counts and not optimizer:
             self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
                                      lazy))
         items = [(name, _attr(obj, name), value) for name, value in attrs.items()]
