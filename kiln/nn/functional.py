@@ -844,9 +844,12 @@ def _dropout_noise(shape: tuple, p: float, like: Tensor) -> Tensor:
 def _in_memory_order(like: Tensor, draw) -> Tensor:
     """`draw(shape)`'s random tensor laid out as `like` is in memory: PyTorch fills the noise
     of `empty_like(input)`, which keeps the input's stride order, so a transposed input
-    (batch_first attention's output) or a channels_last one gets its draws in memory order."""
+    (batch_first attention's output) gets its draws in memory order. Except where dim 1 is
+    the fastest: kiln lays a conv's output (and what keeps its layout) out channels-last where
+    PyTorch's is contiguous (ARCHITECTURE.md), so that layout draws in logical order."""
     order = _stride_order(tuple(like.shape), like.stride())
-    if order == sorted(order):
+    moving = [d for d in order if like.shape[d] > 1]
+    if moving == sorted(moving) or (like.ndim >= 3 and moving[-1] == 1):
         return draw(tuple(like.shape))
     noise = draw(tuple(like.shape[d] for d in order))
     return noise.permute(*sorted(range(like.ndim), key=order.__getitem__))
