@@ -1,10 +1,10 @@
 """CLIP-style contrastive training (open_clip / the CLIP paper's pseudocode): an image encoder
-(a small CNN) and a text encoder (embeddings, token mixing, an MLP, the end token's features projected), both
-projected and `F.normalize`d, a learnable temperature `logit_scale = nn.Parameter(torch.ones([])
-* np.log(1 / 0.07))` used as `logit_scale.exp()`, the symmetric cross entropy over
-`torch.arange` labels, and the scale clamped in place after each optimizer step as open_clip
-does. Zero-shot accuracy by argmax over the similarity matrix at the end. The model's forward
-and loss are compiled with `torch.compile(model)`; the optimizer step and clamp stay eager."""
+(a small CNN) and a text encoder (embeddings, token mixing, an MLP, the end token's features),
+both projected and `F.normalize`d, a learnable temperature `logit_scale =
+nn.Parameter(torch.ones([]) * np.log(1 / 0.07))` used as `logit_scale.exp()`, the symmetric
+cross entropy over `torch.arange` labels, and the scale clamped in place after each optimizer
+step as open_clip does. Zero-shot accuracy by argmax over the similarity matrix at the end. The
+model is compiled with `torch.compile(model)`; the loss, optimizer step and clamp stay eager."""
 import math
 
 import numpy as np
