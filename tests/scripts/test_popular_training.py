@@ -60,11 +60,14 @@ def test_clip_contrastive_training_with_a_clamped_logit_scale():
 
 
 def test_timm_style_trainer_bfloat16_mixup_ema_and_resume():
-    # bfloat16 autocast: torch's CPU log_softmax rounds its log-sum-exp to bfloat16 before the
-    # subtraction on the last dim, kiln rounds once (1 ulp apart, measured max 2e-3 relative in
-    # the losses); the compiled step runs eagerly with kiln's warning (no bfloat16 kernels)
-    t, k, c = compiled_like_torch("timm_trainer", whole=False, rtol=5e-3, values_rtol=1e-2,
+    # bfloat16 autocast: the first two losses are torch's bit for bit (kiln's log_softmax
+    # rounded once where torch's CPU kernel rounds the sum and its log: 2e-4 apart from the
+    # first step); later ones differ by bfloat16 gradients torch rounds more often (measured
+    # max 8e-4 relative). The compiled step runs eagerly with kiln's warning (no bfloat16
+    # kernels)
+    t, k, c = compiled_like_torch("timm_trainer", whole=False, rtol=2e-3, values_rtol=1e-2,
                                   values_atol=1e-3, compiled_rtol=1e-2)
+    np.testing.assert_array_equal(k["losses"][:2], t["losses"][:2])
     assert k["values"]["weight_decays"] == "0.0,0.05" and k["values"]["group_sizes"] == "6,3"
     assert len(k["losses"]) == 16
 
