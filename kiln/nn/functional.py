@@ -847,6 +847,8 @@ def _in_memory_order(like: Tensor, draw) -> Tensor:
     (batch_first attention's output) gets its draws in memory order. Except where dim 1 is
     the fastest: kiln lays a conv's output (and what keeps its layout) out channels-last where
     PyTorch's is contiguous (ARCHITECTURE.md), so that layout draws in logical order."""
+    if like.is_contiguous():
+        return draw(tuple(like.shape))
     order = _stride_order(tuple(like.shape), like.stride())
     moving = [d for d in order if like.shape[d] > 1]
     if moving == sorted(moving) or (like.ndim >= 3 and moving[-1] == 1):
