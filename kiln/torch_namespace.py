@@ -144,9 +144,14 @@ def bool_keepdim(fn, name: str, index: int | None, method: bool):
     would take `x.sum(0, 1)` as keepdim=True where PyTorch raises. `index`: keepdim's place
     among the positional arguments (self or input first)."""
     shown = None if index is None else index if method else index + 1
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    has_dim = code is not None and "dim" in code.co_varnames[:code.co_argcount +
+                                                            code.co_kwonlyargcount]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if kwargs and ("keepdims" in kwargs or "axis" in kwargs):
+            kwargs = _numpy_keywords(kwargs, name, has_dim)
         if index is not None and len(args) > index:
             keepdim, where = args[index], f" (position {shown})"
         elif kwargs:
@@ -160,6 +165,21 @@ def bool_keepdim(fn, name: str, index: int | None, method: bool):
                            TypeError)
         return fn(*args, **kwargs)
     return wrapper
+
+
+def _numpy_keywords(kwargs: dict, name: str, has_dim: bool) -> dict:
+    """NumPy's spellings `keepdims=` and `axis=` as `keepdim=` and `dim=`, which PyTorch's
+    argument parser accepts for every reduction (`P.sum(1, keepdims=True)` in makemore); both
+    spellings at once is an unexpected keyword, as there."""
+    renamed = dict(kwargs)
+    for numpy_name, torch_name in (("keepdims", "keepdim"), ("axis", "dim")):
+        if numpy_name not in renamed or (torch_name == "dim" and not has_dim):
+            continue
+        if torch_name in renamed:
+            raise op_error(name, f"{name}() got an unexpected keyword argument "
+                           f"'{numpy_name}'", TypeError)
+        renamed[torch_name] = renamed.pop(numpy_name)
+    return renamed
 
 
 def refuse_non_bool_keepdim(modules: dict, tensor_class) -> None:

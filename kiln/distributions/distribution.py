@@ -6,6 +6,13 @@ import kiln
 from kiln.distributions import constraints
 
 
+def _compiling() -> bool:
+    """Whether a trace for kiln.compile runs: then the value checks of arguments and samples
+    are skipped, as torch.compile skips them (each reads a tensor into Python, a graph break
+    that would run a policy's whole update eagerly); the shape checks stay."""
+    return kiln.compiler.is_compiling()
+
+
 def broadcast_all(*values):
     """Tensors and Python numbers broadcast to one shape (numbers become tensors of the
     tensors' dtype, or the default float dtype)."""
@@ -37,7 +44,7 @@ class Distribution:
         self._event_shape = kiln.Size(tuple(event_shape))
         if validate_args is not None:
             self._validate_args = validate_args
-        if self._validate_args:
+        if self._validate_args and not _compiling():
             for name, constraint in self.arg_constraints.items():
                 # only the parameters given (a lazily derived one, like probs from logits,
                 # is valid by construction)
@@ -68,7 +75,7 @@ class Distribution:
         if not isinstance(value, kiln.Tensor):
             raise ValueError("The value argument to log_prob must be a Tensor")
         support = self.support
-        if support is None or support is constraints.dependent:
+        if support is None or support is constraints.dependent or _compiling():
             return
         if not bool(support.check(value).all()):
             raise ValueError(f"Expected value argument ({type(value).__name__} of shape "

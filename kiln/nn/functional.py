@@ -828,7 +828,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
         return input
     if p == 1.0:
         return input.mul_(0.0) if inplace else input * 0.0
-    noise = _dropout_noise(tuple(input.shape), p, input)
+    noise = _in_memory_order(input, lambda shape: _dropout_noise(shape, p, input))
     if inplace:
         return input.mul_(noise)
     return input * noise
@@ -839,6 +839,40 @@ def _dropout_noise(shape: tuple, p: float, like: Tensor) -> Tensor:
     1 - p, in the input's dtype; the same numbers as PyTorch's for the same seed."""
     noise = kiln.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p)
     return noise.div_(1.0 - p)
+
+
+def _in_memory_order(like: Tensor, draw) -> Tensor:
+    """`draw(shape)`'s random tensor laid out as `like` is in memory: PyTorch fills the noise
+    of `empty_like(input)`, which keeps the input's stride order, so a transposed input
+    (batch_first attention's output) gets its draws in memory order. Except where dim 1 is
+    the fastest: kiln lays a conv's output (and what keeps its layout) out channels-last where
+    PyTorch's is contiguous (ARCHITECTURE.md), so that layout draws in logical order."""
+    if like.is_contiguous():
+        return draw(tuple(like.shape))
+    order = _stride_order(tuple(like.shape), like.stride())
+    moving = [d for d in order if like.shape[d] > 1]
+    if moving == sorted(moving) or (like.ndim >= 3 and moving[-1] == 1):
+        return draw(tuple(like.shape))
+    noise = draw(tuple(like.shape[d] for d in order))
+    return noise.permute(*sorted(range(like.ndim), key=order.__getitem__))
+
+
+def _stride_order(shape: tuple, strides: tuple) -> list:
+    """The dims from slowest to fastest in memory, as PyTorch infers dense strides: an
+    insertion sort by stride (equal strides: the larger dim slower) in which a broadcast dim
+    (stride 0) is compared with nothing, so it keeps its place."""
+    perm = list(range(len(shape)))[::-1]            # fastest first
+    for i in range(1, len(perm)):
+        dim1 = i
+        for dim0 in range(i - 1, -1, -1):
+            a, b = perm[dim0], perm[dim1]
+            if strides[a] == 0 or strides[b] == 0:
+                continue
+            if strides[a] < strides[b] or (strides[a] == strides[b] and shape[a] <= shape[b]):
+                break
+            perm[dim0], perm[dim1] = b, a
+            dim1 = dim0
+    return perm[::-1]
 
 
 def _feature_dropout(input: Tensor, p: float, training: bool) -> Tensor:

@@ -506,6 +506,52 @@ def test_compiled_log_prob_without_validation_is_one_graph_and_matches_eager() -
         np.testing.assert_allclose(grad, results[0][1], rtol=1e-10)
 
 
+def test_compiled_policy_loss_with_validation_is_one_graph_as_torch_compile() -> None:
+    # a PPO update builds Categorical(logits=...) with validation on (the default) and asks
+    # log_prob and entropy: torch.compile skips the value checks and so does kiln.compile (they
+    # read tensors into Python: the update ran eagerly); eager still checks
+    data = np.random.default_rng(3)
+    logits0, actions = data.standard_normal((6, 4)), data.integers(0, 4, 6)
+    scale = data.uniform(0.5, 1.5, 6)
+
+    def loss(lib, logits, action, sigma):
+        D = lib.distributions
+        policy = D.Categorical(logits=logits)
+        noise = D.Normal(logits[:, 0], sigma)
+        return (-policy.log_prob(action).mean() - 0.01 * policy.entropy().mean()
+                + noise.log_prob(logits[:, 1]).mean()
+                + D.Uniform(logits[:, 2] - 1, logits[:, 2] + sigma).entropy().mean())
+    theirs = torch.tensor(logits0, requires_grad=True)
+    want = loss(torch, theirs, torch.tensor(actions), torch.tensor(scale))
+    want.backward()
+    compiled = kiln.compile(lambda *a: loss(kiln, *a), fullgraph=True)
+    for _ in range(2):
+        logits = kiln.tensor(logits0, requires_grad=True)
+        got = compiled(logits, kiln.tensor(actions), kiln.tensor(scale))
+        got.backward()
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+        np.testing.assert_allclose(logits.grad.numpy(), theirs.grad.numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match="support"):
+        kiln.distributions.Categorical(logits=kiln.tensor(logits0)).log_prob(kiln.tensor(7))
+
+
+def test_torchs_file_names_import_the_distributions() -> None:
+    # `from torch.distributions.categorical import Categorical`, as CleanRL writes it
+    from kiln.distributions.beta import Beta
+    from kiln.distributions.categorical import Categorical
+    from kiln.distributions.normal import Normal
+    from kiln.distributions.one_hot_categorical import OneHotCategoricalStraightThrough
+    from kiln.distributions.transforms import AffineTransform
+    assert (Categorical, Normal, Beta) == (kiln.distributions.Categorical,
+                                            kiln.distributions.Normal, kiln.distributions.Beta)
+    assert OneHotCategoricalStraightThrough is kiln.distributions.OneHotCategoricalStraightThrough
+    assert AffineTransform is kiln.distributions.AffineTransform
+    import torch.distributions.categorical as theirs
+    import kiln.distributions.categorical as ours
+    assert ours.Categorical.__name__ == theirs.Categorical.__name__
+    assert kiln.distributions.distribution.Distribution is kiln.distributions.Distribution
+
+
 def test_lkj_samples_are_correlation_factors_with_the_lkj_marginal() -> None:
     # off-diagonal correlations r of LKJ(eta) in D dims: (r + 1) / 2 ~ Beta(b, b) with
     # b = eta - 1 + D / 2, so Var r = 1 / (2 eta + D - 1)

@@ -159,3 +159,27 @@ def test_bool_keepdim_still_passes_in_every_form() -> None:
         got = call(kiln, kiln.tensor(data)).numpy()
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_numpy_spellings_keepdims_and_axis_give_torchs_values() -> None:
+    """PyTorch's argument parser takes NumPy's `keepdims=` and `axis=` for a reduction's
+    keepdim and dim (makemore's `P /= P.sum(1, keepdims=True)`); both spellings of one
+    argument at once is refused, as there."""
+    import numpy as np
+    data = np.arange(24.0).reshape(2, 3, 4)
+    calls = [lambda lib, x: x.sum(1, keepdims=True), lambda lib, x: lib.sum(x, axis=2),
+             lambda lib, x: x.mean(axis=(0, 2), keepdims=True),
+             lambda lib, x: x.max(axis=1, keepdims=True).values,
+             lambda lib, x: lib.amax(x, axis=0, keepdims=False),
+             lambda lib, x: lib.std(x, axis=1, keepdims=True),
+             lambda lib, x: x.logsumexp(axis=-1, keepdims=True),
+             lambda lib, x: (x > 3).any(axis=2, keepdims=True),
+             lambda lib, x: x.argmax(axis=1, keepdims=True)]
+    for call in calls:
+        want = call(torch, torch.tensor(data)).numpy()
+        got = call(kiln, kiln.tensor(data)).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    for lib in (torch, kiln):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'keepdims'"):
+            lib.ones(2, 3).sum(1, keepdim=True, keepdims=True)

@@ -246,3 +246,59 @@ def test_randint_takes_requires_grad_as_torch():
     np.testing.assert_array_equal(k.detach().numpy(), t.detach().numpy())
     (k * k).sum().backward()
     np.testing.assert_array_equal(k.grad.numpy(), 2 * t.detach().numpy())
+
+
+@mkl_stream
+@pytest.mark.parametrize("make", [
+    lambda lib: lib.arange(1.0, 81.0).reshape(5, 2, 8).transpose(0, 1),   # batch_first MHA out
+    lambda lib: lib.ones(4, 6, 8)[:, ::2].permute(2, 0, 1),               # strided, permuted
+    lambda lib: lib.ones(5, 1, 8).expand(5, 3, 8).transpose(0, 2),         # a broadcast dim
+], ids=["transposed", "sliced_permuted", "expanded"])
+def test_dropout_draws_in_the_inputs_memory_order(make):
+    """PyTorch fills dropout's noise as `empty_like(input)`, in the input's stride order: a
+    transposed input (every batch_first TransformerEncoderLayer's attention output) got other
+    masks than torch's from the same seed. (A channels-last input still draws in logical order:
+    kiln's conv outputs are laid out so where PyTorch's are contiguous, see the next test.)"""
+    k, t = both(0, lambda lib: [lib.nn.functional.dropout(make(lib), 0.5),
+                                lib.nn.functional.dropout(make(lib), 0.3)])
+    for a, b in zip(k, t):
+        np.testing.assert_array_equal(a, b)
+
+
+@mkl_stream
+@pytest.mark.parametrize("conv", ["Conv1d", "Conv2d", "ConvTranspose2d"])
+def test_dropout_after_a_conv_draws_torchs_mask(conv):
+    # kiln's eager conv output is channels-last (PyTorch's is contiguous): its draws stay in
+    # logical order, the order of PyTorch's contiguous noise
+    shape = (2, 3, 6) if conv == "Conv1d" else (2, 3, 6, 6)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+    def out(lib):
+        lib.manual_seed(0)
+        layer = getattr(lib.nn, conv)(3, 5, 2)
+        F = lib.nn.functional
+        y = F.relu(layer(lib.tensor(x)))
+        return F.dropout(y, 0.5) if conv == "Conv1d" else F.dropout(F.max_pool2d(y, 2), 0.5)
+    np.testing.assert_allclose(out(kiln).detach().numpy(), out(torch).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+@mkl_stream
+def test_inplace_dropout_of_a_transposed_tensor_draws_in_memory_order():
+    k, t = both(1, lambda lib: [lib.nn.functional.dropout(
+        lib.ones(6, 4).t(), 0.5, inplace=True)])
+    np.testing.assert_array_equal(k[0], t[0])
+
+
+@mkl_stream
+def test_batch_first_encoder_layer_dropout_is_torchs():
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    pad = np.array([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]], bool)
+
+    def out(lib):
+        lib.manual_seed(0)
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, batch_first=True,
+                                               norm_first=True)
+        return layer(lib.tensor(x), src_key_padding_mask=lib.tensor(pad))
+    np.testing.assert_allclose(out(kiln).detach().numpy(), out(torch).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
