@@ -305,6 +305,7 @@ class ExplainOutput:
     kernel_choices: list = field(default_factory=list)
     cuda_graphs: list = field(default_factory=list)   # cuda_graph_notes: per GPU program
     after_replay: list = field(default_factory=list)  # names of Python steps replays repeat
+    lifted: list = field(default_factory=list)        # number arguments read as graph inputs
 
     @property
     def graph_count(self) -> int:
@@ -342,6 +343,9 @@ class ExplainOutput:
         if self.guards:
             lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
             lines += [f"    {g.describe()}" for g in self.guards]
+        if self.lifted:
+            lines.append("  number arguments lifted to graph inputs (a new value replays, "
+                         "no trace): " + ", ".join(self.lifted))
         if self.after_replay:
             lines.append("  after each replay, as the traced call did: " +
                          ", ".join(self.after_replay))
@@ -379,6 +383,8 @@ def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
     fn = getattr(fn, "_compiled", fn)           # a compiled Module: its CompiledFunction
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
     compiled = CompiledFunction(target, getattr(fn, "backend", "auto"))
+    if isinstance(fn, CompiledFunction):        # the numbers it lifted stay lifted
+        compiled._lifted = dict(fn._lifted)
     with warnings.catch_warnings():     # a break or a fallback is in the report itself
         warnings.simplefilter("ignore")
         compiled(*args, **kwargs)
@@ -390,7 +396,8 @@ def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
                             cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled),
                             after_replay=[name for name, _ in entry.program.after_replay] +
                             [f"{name} = (a tensor the program computes)"
-                             for name, *_ in entry.program.attribute_writes])
+                             for name, *_ in entry.program.attribute_writes],
+                            lifted=_lifted_names(entry.program))
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
@@ -866,9 +873,9 @@ class CompiledFunction:
 
     def _read_lifted(self, proxies: list, result) -> tuple:
         """After a trace with lifted numbers: (result, whether any was read into Python). Such
-        a number is keyed by value from now on (the trace is dropped, the call's result
-        stands: the proxy answered every use with the number). A proxy in the result is
-        returned as its number, and counts as read (a replay would return a stale one)."""
+        a number is keyed by value from now on (the proxy answered every use with the
+        number, so the call's result stands). A proxy in the result is returned as its
+        number, and counts as read (a replay would return a stale one)."""
         returned = _without_proxies(result)
         for proxy in proxies:
             if returned is not result:
@@ -960,9 +967,13 @@ class CompiledFunction:
             call=(call_args, call_kwargs))
         if proxies:
             result, read = self._read_lifted(proxies, result)
-            if read:        # the next call with this value traces it keyed by value
-                tracer.release()
+            if any(p.specialised == "returned" for p in proxies):
+                tracer.release()        # the program would return the proxy: trace again
                 return result
+            if read:
+                # the trace holds the value where the call read it into Python: an entry for
+                # this value (its lifted operands still read the argument, which is the same)
+                key = self._guard_key(args, kwargs)[0]
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -1561,6 +1572,13 @@ def _parameter_names(fn) -> list:
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         return []
+
+
+def _lifted_names(program: TracedProgram) -> list:
+    """How `explain` names each lifted number argument of a program: `lr (%lr: f32[])`."""
+    return [f"{v.name} ({v.ref}: {b.draw.name}[])" for v, b in zip(program.graph.inputs,
+                                                                 program.bindings)
+            if b.kind == "number"]
 
 
 def _stored_proxies(effects: list) -> bool:
