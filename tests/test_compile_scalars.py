@@ -279,3 +279,16 @@ def test_a_lifted_number_under_autograd_matches_eager_gradients():
         np.testing.assert_allclose(w.grad.numpy(), we.grad.numpy(), rtol=1e-6)
         np.testing.assert_allclose(w.grad.numpy(), wt.grad.numpy(), rtol=1e-5)
     assert compiled._lifted
+
+
+@pytest.mark.parametrize("dynamic,entries", [(True, 1), (False, 4), (None, 2)])
+def test_dynamic_says_when_a_number_is_lifted(dynamic, entries):
+    """torch.compile's `dynamic`: True lifts at the first call, False never, None (the default)
+    at the second value."""
+    compiled = kiln.compile(lambda x, s: x * s, dynamic=dynamic)
+    x = kiln.arange(3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in (0.5, 1.5, 2.5, 3.5):
+            assert kiln.equal(compiled(x, s), x * s)
+    assert len(compiled.entries) == entries

@@ -641,6 +641,9 @@ class CompiledFunction:
     fn: object
     backend: str = "auto"
     fullgraph: bool = False
+    # torch.compile's `dynamic`: None lifts a number argument at its second value, True at its
+    # first, False never (each value traces)
+    dynamic: bool | None = None
     entries: dict = field(default_factory=dict)      # full key -> CompiledEntry, in trace order
     warned: set = field(default_factory=set)
     retraces: int = 0
@@ -837,12 +840,14 @@ class CompiledFunction:
         first trace (then it is lifted: traced as a `SymbolicNumber`, keyed by type alone, and
         the key is made again). One whose lifted trace read it into Python stays keyed."""
         grew = False
+        if self.dynamic is False:
+            return False
         for where, value in _number_arguments(args, kwargs):
             if where in self._lifted or where in self._specialised or self._unread is not None \
                     and (where[0] in self._unread[0] or where[1] in self._unread[1]):
                 continue
             seen = self._numbers_seen.setdefault(where, guards.scalar_key(value))
-            if seen != guards.scalar_key(value):
+            if seen != guards.scalar_key(value) or self.dynamic:
                 unseen = _type_reads(self.fn)
                 if unseen is not None:
                     self._specialised[where] = unseen
@@ -2139,7 +2144,8 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
 
     PyTorch's spellings are accepted: `backend="inductor"` (kiln's "auto"), "cudagraphs",
     "aot_eager" (the traced graph run op by op: kiln's "numpy"), "eager" (not compiled, as
-    `disable=True`); `mode`, `dynamic` and `options` tune inductor and change nothing here.
+    `disable=True`); `mode` and `options` tune inductor and change nothing here. `dynamic`
+    says when an int/float argument is lifted to a graph input (`CompiledFunction.dynamic`).
     A callable backend is given kiln.fx's GraphModule of the function (`BackendFunction`).
     """
     if callable(backend):
@@ -2154,10 +2160,11 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
                          "'numpy' or 'triton' (or PyTorch's 'inductor', 'cudagraphs', "
                          "'aot_eager', 'eager')")
     if fn is None:
-        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, disable=disable)
+        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, dynamic=dynamic,
+                                 disable=disable)
     if disable or backend == "eager":
         return fn
-    return _wrap_module(fn, CompiledFunction(fn, backend, fullgraph))
+    return _wrap_module(fn, CompiledFunction(fn, backend, fullgraph, dynamic))
 
 
 def _wrap_module(fn, compiled):
