@@ -1543,11 +1543,20 @@ def _type_reads(fn) -> str | None:
     return "the code it runs calls type()" if reach.names_type else None
 
 
-@dataclass(frozen=True)
 class _LiftedNumber:
-    """A lifted number argument in a call's key: its type, not its value."""
+    """A lifted number argument in a call's key: its type, not its value (one object per type,
+    `_LIFTED`: compared and hashed by identity, as cheaply as a key's part can be)."""
 
-    kind: type
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<lifted {self.kind.__name__}>"
+
+
+_LIFTED = {int: _LiftedNumber(int), float: _LiftedNumber(float)}
 
 
 def _number_arguments(args, kwargs):
@@ -1562,12 +1571,15 @@ def _number_arguments(args, kwargs):
 
 def _lifted_as_types(lifted: dict, args: tuple, kwargs: dict) -> tuple:
     """The arguments with each lifted number as its `_LiftedNumber` (the key's view)."""
-    args = tuple(_LiftedNumber(type(a)) if (i, None) in lifted and
-                 (type(a) is float or type(a) is int) else a for i, a in enumerate(args))
-    if kwargs:
-        kwargs = {k: _LiftedNumber(type(v)) if (None, k) in lifted and
-                  (type(v) is float or type(v) is int) else v for k, v in kwargs.items()}
-    return args, kwargs
+    args, copied = list(args), bool(kwargs)
+    kwargs = dict(kwargs) if copied else kwargs
+    for i, k in lifted:
+        if k is None:
+            if i < len(args) and type(args[i]) in _LIFTED:
+                args[i] = _LIFTED[type(args[i])]
+        elif copied and type(kwargs.get(k)) in _LIFTED:
+            kwargs[k] = _LIFTED[type(kwargs[k])]
+    return tuple(args), kwargs
 
 
 def _parameter_names(fn) -> list:
