@@ -231,10 +231,13 @@ class _Box:
 
 
 def test_a_number_stored_or_returned_is_never_stale():
-    box = _Box()
+    """A proxy must not outlive its trace: stored on an object or in a list it is put back as
+    the number (and the argument keyed by value); returned, the call returns the number."""
+    box, history = _Box(), []
 
     def store(x, s):
         box.last = s
+        history.append(s)
         return x * s
 
     def give_back(x, s):
@@ -245,6 +248,7 @@ def test_a_number_stored_or_returned_is_never_stale():
         warnings.simplefilter("ignore")
         for v in (0.5, 1.5, 2.5, 3.5):
             assert kiln.equal(stored(x, v), x * v) and box.last == v and type(box.last) is float
+            assert history[-1] == v and all(type(h) is float for h in history)
             out, back = returned(x, v)
             assert kiln.equal(out, x * v) and back == v and type(back) is float
     assert stored._specialised[(1, None)] == "stored"

@@ -1611,6 +1611,14 @@ def _stored_proxies(effects: list) -> bool:
             if write is not None:
                 write(value.value)
             found = True
+        container = getattr(g.read, "container", None)     # `history.append(lr)`
+        if type(container) in (list, dict):
+            keys = range(len(container)) if type(container) is list else list(container)
+            for k in keys:
+                item = container[k]
+                if type(item) is SymbolicNumber:
+                    container[k] = item.specialise("stored")
+                    found = True
     return found
 
 
