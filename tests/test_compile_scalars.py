@@ -296,3 +296,17 @@ def test_dynamic_says_when_a_number_is_lifted(dynamic, entries):
         for s in (0.5, 1.5, 2.5, 3.5):
             assert kiln.equal(compiled(x, s), x * s)
     assert len(compiled.entries) == entries
+
+
+def test_a_lifted_trace_that_raises_keys_its_number_by_value():
+    def f(x, s):
+        if x.shape[0] > 3:
+            raise ValueError("too long")
+        return x * s
+    compiled = kiln.compile(f)
+    compiled(kiln.ones(3), 0.5)
+    with pytest.raises(ValueError, match="too long"):
+        compiled(kiln.ones(4), 1.5)          # the lifted trace raises the user's error
+    assert not compiled._lifted and compiled._specialised == {(1, None): "the traced call raised"}
+    for v in (2.5, 0.5):
+        assert kiln.equal(compiled(kiln.ones(3), v), kiln.ones(3) * v)

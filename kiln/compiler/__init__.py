@@ -965,11 +965,19 @@ class CompiledFunction:
                 STATE.tracer.graph_break(f"reading what {cls.__name__} can reach failed "
                                          f"({e!r})")
         call_args, call_kwargs, proxies = self._symbolic_arguments(args, kwargs)
-        tracer, result = _trace_call(
-            self.fn, args, kwargs, mode, names=names_before, watch=True,
-            grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
-            grad_state=(grad_candidates, grad_state), on_function=on_function,
-            call=(call_args, call_kwargs))
+        try:
+            tracer, result = _trace_call(
+                self.fn, args, kwargs, mode, names=names_before, watch=True,
+                grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
+                grad_state=(grad_candidates, grad_state), on_function=on_function,
+                call=(call_args, call_kwargs))
+        except BaseException:
+            # the user's error, or one a proxy caused where the number would not have: either
+            # way its numbers are keyed by value from now on, as without lifting
+            for proxy in proxies:
+                proxy.specialise("the traced call raised")
+            self._read_lifted(proxies, None)
+            raise
         if proxies:
             result, read = self._read_lifted(proxies, result)
             if any(p.specialised == "returned" for p in proxies):
