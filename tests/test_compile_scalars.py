@@ -310,3 +310,22 @@ def test_a_lifted_trace_that_raises_keys_its_number_by_value():
     assert not compiled._lifted and compiled._specialised == {(1, None): "the traced call raised"}
     for v in (2.5, 0.5):
         assert kiln.equal(compiled(kiln.ones(3), v), kiln.ones(3) * v)
+
+
+def test_a_number_returned_inside_a_namedtuple_or_object_is_never_stale():
+    import collections
+    Out = collections.namedtuple("Out", "y s")
+
+    class Holder:
+        def __init__(self, s):
+            self.s = s
+
+    in_tuple = kiln.compile(lambda x, s: Out(x * s, s))
+    in_object = kiln.compile(lambda x, s: (x * s, Holder(s)))
+    x = kiln.ones(2)
+    for v in (0.5, 1.5, 2.5, 3.5):
+        out = in_tuple(x, v)
+        assert out.s == v and type(out.s) is float and kiln.equal(out.y, x * v)
+        y, held = in_object(x, v)
+        assert held.s == v and kiln.equal(y, x * v)
+    assert in_tuple._specialised == in_object._specialised == {(1, None): "returned"}

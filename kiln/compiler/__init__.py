@@ -882,8 +882,9 @@ class CompiledFunction:
         number, so the call's result stands). A proxy in the result is returned as its
         number, and counts as read (a replay would return a stale one)."""
         returned = _without_proxies(result)
+        escaped = returned is not result or _holds_proxy(returned)
         for proxy in proxies:
-            if returned is not result:
+            if escaped:
                 proxy.specialise("returned")
             if proxy.specialised is not None:
                 self._lifted.pop(proxy.where, None)
@@ -1630,14 +1631,31 @@ def _stored_proxies(effects: list) -> bool:
     return found
 
 
+def _holds_proxy(x, depth: int = 4) -> bool:
+    """Whether a SymbolicNumber is in `x`: its containers' items and its objects' attributes,
+    `depth` levels down (a returned namedtuple, dataclass or object holding one)."""
+    if type(x) is SymbolicNumber:
+        return True
+    if depth == 0 or isinstance(x, (Tensor, str, bytes, type)):
+        return False
+    if isinstance(x, dict):
+        return any(_holds_proxy(v, depth - 1) for v in x.values())
+    if isinstance(x, (tuple, list, set, frozenset)):
+        return any(_holds_proxy(v, depth - 1) for v in x)
+    fields = getattr(x, "__dict__", None)
+    return isinstance(fields, dict) and any(_holds_proxy(v, depth - 1) for v in fields.values())
+
+
 def _without_proxies(tree):
     """`tree` (a result) with each SymbolicNumber in its tuples, lists and dicts as its
     number; `tree` itself when it holds none."""
     if type(tree) is SymbolicNumber:
         return tree.value
-    if type(tree) in (tuple, list):
+    if type(tree) in (tuple, list) or isinstance(tree, tuple) and hasattr(tree, "_make"):
         items = [_without_proxies(x) for x in tree]
-        return tree if all(a is b for a, b in zip(items, tree)) else type(tree)(items)
+        if all(a is b for a, b in zip(items, tree)):
+            return tree
+        return type(tree)._make(items) if hasattr(tree, "_make") else type(tree)(items)
     if type(tree) is dict:
         items = {k: _without_proxies(v) for k, v in tree.items()}
         return tree if all(items[k] is v for k, v in tree.items()) else items
