@@ -329,3 +329,43 @@ def test_a_number_returned_inside_a_namedtuple_or_object_is_never_stale():
         y, held = in_object(x, v)
         assert held.s == v and kiln.equal(y, x * v)
     assert in_tuple._specialised == in_object._specialised == {(1, None): "returned"}
+
+
+class _ScaleBranching(kiln.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.s = s
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.s if ctx.s > 1 else -g), None
+
+
+class _Scale(kiln.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.s = s
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.s, None
+
+
+@pytest.mark.parametrize("function,lifted", [(_ScaleBranching, False), (_Scale, True)])
+def test_a_number_a_custom_backward_reads_is_keyed(function, lifted):
+    """A custom Function's backward runs when the compiled backward is derived, after the
+    forward's trace: a number its ctx holds that it branches on is read there, and the entry
+    traced with it lifted is dropped (it would hold that branch for every value)."""
+    def f(x, s):
+        return function.apply(x, s).sum()
+    compiled = kiln.compile(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in (0.5, 2.0, 3.0, 0.25, 1.5, 0.75):
+            x, xe = kiln.ones(3, requires_grad=True), kiln.ones(3, requires_grad=True)
+            compiled(x, s).backward()
+            f(xe, s).backward()
+            assert kiln.equal(x.grad, xe.grad), s
+    assert bool(compiled._lifted) is lifted

@@ -966,6 +966,7 @@ class CompiledFunction:
                 STATE.tracer.graph_break(f"reading what {cls.__name__} can reach failed "
                                          f"({e!r})")
         call_args, call_kwargs, proxies = self._symbolic_arguments(args, kwargs)
+        read = False
         try:
             tracer, result = _trace_call(
                 self.fn, args, kwargs, mode, names=names_before, watch=True,
@@ -1058,8 +1059,17 @@ class CompiledFunction:
         # places past the walk's limits, where a change the call made would not be seen
         unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
-            return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags, writes, unseen)
+            added = len(self.entries)
+            result = self._compile_traced(key, tracer, result, reachable, names_before,
+                                          none_at_call, args, kwargs, flags, writes, unseen)
+            if proxies and not read and any(p.specialised is not None for p in proxies):
+                # read while the backward was derived (a custom Function's backward branching
+                # on a number its ctx holds): the entry holds that value, not any value
+                self._read_lifted(proxies, None)
+                for full in list(self.entries)[added:]:
+                    self.entries[full].program = None
+                    self.entries[full].eager_reason = "it read a lifted number in its backward"
+            return result
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
