@@ -5,11 +5,12 @@ A compiled function whose `int`/`float` argument changed value is traced once mo
 `SymbolicNumber` there. The proxy behaves as its number in every Python use (`float(lr)`,
 `range(i)`, `if lr > 0`, `lr * 2`, a shape, a hash, a format, `isinstance(lr, float)`), and each
 such use marks it `specialised`: the trace may have baked its value into Python decisions, so
-the compiler discards it and keys the argument by value as before. The one use left unmarked is
-an elementwise op's number operand (`x * lr`, `lr - x`, `x / i`: `functional.common._binary`),
-where `operand` makes it a 0-d graph input holding the number as eager's NumPy kernel takes it
-(converted to the op's promoted dtype), so a replay reads the new value and computes the same
-bits as eager does with the plain number. Arithmetic between proxies and numbers specialises.
+the compiler keeps it as that value's entry only and keys the argument by value from then on.
+The one use left unmarked is an elementwise op's number operand (`x * lr`, `lr - x`, `x / i`,
+`x > t`: `functional.common._binary`), which `Tracer.number_input` makes a 0-d graph input
+holding the number as eager's NumPy kernel takes it (`operand_array`: converted to the op's
+promoted dtype), so a replay reads the new value and computes the same bits as eager does with
+the plain number. Arithmetic between proxies and numbers specialises.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ class SymbolicNumber:
     """The number `value` of argument `where` ((position, None) or (None, keyword)), as a
     trace sees it; `specialised` once any use but an op operand read it into Python."""
 
-    __slots__ = ("value", "where", "name", "specialised", "uses")
+    __slots__ = ("value", "where", "name", "specialised")
 
     def __init__(self, value, where: tuple, name: str):
         self.value = value
         self.where = where
         self.name = name
         self.specialised = None         # None, or what read the value (for messages)
-        self.uses = 0                   # op operands it became
 
     def specialise(self, why: str = "read into Python"):
         """The plain number, noting that the trace depends on its value."""

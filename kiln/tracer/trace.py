@@ -271,7 +271,6 @@ class Tracer:
             name = number.name if not self.numbers else f"{number.name}_{dtype.name}"
             self._input(t, name, Binding("number", path=number.where, draw=dtype))
             self.numbers[k] = t
-        number.uses += 1
         return t
 
     def replay_after(self, name: str, call) -> None:
