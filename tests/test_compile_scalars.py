@@ -369,3 +369,25 @@ def test_a_number_a_custom_backward_reads_is_keyed(function, lifted):
             f(xe, s).backward()
             assert kiln.equal(x.grad, xe.grad), s
     assert bool(compiled._lifted) is lifted
+
+
+def test_half_meta_and_sparse_operands():
+    """float16 widens a number op by op (specialised: keyed by value), a meta tensor has no data
+    to hold one (specialised), a sparse tensor's values take it as a dense operand (lifted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = kiln.compile(lambda x, s: x * s + s)
+        x = kiln.ones(3, dtype=kiln.float16)
+        for s in (0.1, 1.7, 2.3):
+            assert kiln.equal(half(x, s), x * s + s)
+        assert not half._lifted
+        meta = kiln.compile(lambda x, s: x * s)
+        for s in (0.5, 1.5):
+            out = meta(kiln.ones(3, device="meta"), s)
+            assert out.device.type == "meta" and out.shape == (3,)
+        assert not meta._lifted
+        sparse = kiln.compile(lambda a, s: (a * s).to_dense() + s)
+        a = kiln.tensor([[0.0, 1.0], [2.0, 0.0]]).to_sparse()
+        for s in (0.5, 1.5, 2.5):
+            assert kiln.equal(sparse(a, s), (a * s).to_dense() + s)
+        assert sparse._lifted

@@ -115,7 +115,7 @@ def _symbolic_operand(prim, a, b, float_only: bool):
     tensor = pb if number is a else pa
     tracer = STATE.tracer
     if tracer is None or type(other) is SymbolicNumber or not isinstance(tensor, Tensor) or \
-            not lifts(tensor.dtype):
+            not lifts(tensor.dtype) or tensor.device.type == "meta":
         number.specialise(f"an operand of {prim.__name__}")
         if not isinstance(pa, Tensor) and not isinstance(pb, Tensor):
             return _binary(prim, pa, pb, float_only)
