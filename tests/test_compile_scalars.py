@@ -391,3 +391,25 @@ def test_half_meta_and_sparse_operands():
         for s in (0.5, 1.5, 2.5):
             assert kiln.equal(sparse(a, s), (a * s).to_dense() + s)
         assert sparse._lifted
+
+
+def test_a_compiled_module_lifts_its_forwards_number():
+    class Tempered(kiln.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = kiln.nn.Linear(4, 3)
+
+        def forward(self, x, temperature):
+            return (self.lin(x) / temperature).softmax(-1)
+    kiln.manual_seed(0)
+    model = Tempered()
+    compiled = kiln.compile(model)
+    x = kiln.randn(2, 4)
+    counters.clear()
+    with kiln.no_grad():
+        for t in (0.5, 1.0, 2.0, 4.0):
+            np.testing.assert_allclose(compiled(x, t).numpy(), model(x, t).numpy(), rtol=1e-6,
+                                       atol=1e-7)
+    assert _graphs() == 2
+    entry = [e for e in compiled._compiled.entries.values() if e.program is not None][-1]
+    assert "%temperature: f32[] [number]" in str(entry.traced.graph)

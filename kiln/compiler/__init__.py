@@ -1602,7 +1602,10 @@ def _lifted_as_types(lifted: dict, args: tuple, kwargs: dict) -> tuple:
 
 
 def _parameter_names(fn) -> list:
-    """The names of `fn`'s positional parameters as a call passes them (for graph inputs)."""
+    """The names of `fn`'s positional parameters as a call passes them (for graph inputs); of a
+    Module, its forward's."""
+    if getattr(fn, "__code__", None) is None and hasattr(fn, "forward"):
+        fn = fn.forward
     try:
         return [p.name for p in inspect.signature(fn).parameters.values()
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
