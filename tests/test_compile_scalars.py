@@ -413,3 +413,27 @@ def test_a_compiled_module_lifts_its_forwards_number():
     assert _graphs() == 2
     entry = [e for e in compiled._compiled.entries.values() if e.program is not None][-1]
     assert "%temperature: f32[] [number]" in str(entry.traced.graph)
+
+
+def _scale_plainly(y, s):
+    return y * s
+
+
+def _scale_by_type(y, s):
+    return y * (2 if type(s) is float else 3)
+
+
+def test_a_helper_rebound_to_code_calling_type_unlifts_the_number():
+    """The check for `type()` is made again before every lifted trace: a global rebound to code
+    that calls it (a new trace, by its identity guard) keys the number by value again."""
+    global _helper
+    _helper = _scale_plainly
+    compiled = kiln.compile(lambda x, s: _helper(x, s))
+    x = kiln.ones(3)
+    for v in (0.5, 1.5, 2.5):
+        assert kiln.equal(compiled(x, v), x * v)
+    assert compiled._lifted
+    _helper = _scale_by_type
+    for v in (0.5, 1.5, 2.5):
+        assert kiln.equal(compiled(x, v), x * 2)
+    assert not compiled._lifted and "type()" in compiled._specialised[(1, None)]

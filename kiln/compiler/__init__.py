@@ -842,6 +842,14 @@ class CompiledFunction:
         grew = False
         if self.dynamic is False:
             return False
+        if self._lifted:
+            # the code it reaches may have changed since (a global rebound to a function
+            # calling type()): lifted numbers go back to their keys
+            unseen = _type_reads(self.fn)
+            if unseen is not None:
+                self._specialised.update(dict.fromkeys(self._lifted, unseen))
+                self._lifted.clear()
+                return True
         for where, value in _number_arguments(args, kwargs):
             if where in self._lifted or where in self._specialised or self._unread is not None \
                     and (where[0] in self._unread[0] or where[1] in self._unread[1]):
