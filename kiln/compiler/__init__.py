@@ -776,7 +776,8 @@ class CompiledFunction:
         if entry is None and self._record_fields_grew(key, args, kwargs):
             key, leaves = self._guard_key(args, kwargs)
             entry = self._valid_entry(key, leaves)
-        if entry is None and self._numbers_changed(args, kwargs):
+        if entry is None and len(self.entries) < RECOMPILE_LIMIT and \
+                self._numbers_changed(args, kwargs):
             key, leaves = self._guard_key(args, kwargs)
             entry = self._valid_entry(key, leaves)
         if entry is not None:
