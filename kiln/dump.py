@@ -38,7 +38,9 @@ def program_sections(program, artifact=None, eager: bool = False) -> list[tuple[
     bindings = []
     for v, b in zip(program.graph.inputs, program.bindings):
         where = (f" (argument {b.path})" if b.kind == "arg" else
-                 f" (.grad of {program.graph.inputs[b.path].ref})" if b.kind == "grad" else "")
+                 f" (.grad of {program.graph.inputs[b.path].ref})" if b.kind == "grad" else
+                 f" (number argument {v.name} lifted to an input: read each call as "
+                 f"{b.draw.name})" if b.kind == "number" else "")
         bindings.append(f"{v.ref}: {b.kind}{where}")
     if bindings:
         sections.append(("inputs", "\n".join(bindings)))

@@ -50,6 +50,7 @@ from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
+from kiln.tracer.symbolic_number import SymbolicNumber, operand_array
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
@@ -248,12 +249,14 @@ class TraceResult:
 def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
                 grad_holders: dict | None = None,
-                grad_state: tuple | None = None, on_function=None) -> tuple[Tracer, object]:
+                grad_state: tuple | None = None, on_function=None,
+                call: tuple | None = None) -> tuple[Tracer, object]:
     """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it,
     `grad_holders` id(.grad) -> its tensor (`_grad_candidates`) and `grad_state` those tensors
     with whether each `.grad` was None at the call. With `watch`, a Python effect a replay
     would skip is a graph break (`EffectWatch`). `on_function(cls)` is told of each custom
-    autograd.Function class before its first forward runs (`Tracer.custom_function`)."""
+    autograd.Function class before its first forward runs (`Tracer.custom_function`).
+    `call`: (args, kwargs) the function is called with instead (lifted numbers as proxies)."""
     leaves, _ = _flatten_args((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
@@ -268,6 +271,8 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
     def effect(what: str, where: str) -> None:
         if STATE.tracer is tracer:
             tracer.graph_break(f"{what}, which a replay would skip", where)
+    if call is not None:
+        args, kwargs = call
     if watch:
         with tracer, EffectWatch(effect):
             result = fn(*args, **kwargs)
@@ -300,6 +305,7 @@ class ExplainOutput:
     kernel_choices: list = field(default_factory=list)
     cuda_graphs: list = field(default_factory=list)   # cuda_graph_notes: per GPU program
     after_replay: list = field(default_factory=list)  # names of Python steps replays repeat
+    lifted: list = field(default_factory=list)        # number arguments read as graph inputs
 
     @property
     def graph_count(self) -> int:
@@ -337,6 +343,9 @@ class ExplainOutput:
         if self.guards:
             lines.append(f"  guards ({len(self.guards)}; a replay runs only while all hold):")
             lines += [f"    {g.describe()}" for g in self.guards]
+        if self.lifted:
+            lines.append("  number arguments lifted to graph inputs (a new value replays, "
+                         "no trace): " + ", ".join(self.lifted))
         if self.after_replay:
             lines.append("  after each replay, as the traced call did: " +
                          ", ".join(self.after_replay))
@@ -374,6 +383,8 @@ def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
     fn = getattr(fn, "_compiled", fn)           # a compiled Module: its CompiledFunction
     target = fn.fn if isinstance(fn, CompiledFunction) else fn
     compiled = CompiledFunction(target, getattr(fn, "backend", "auto"))
+    if isinstance(fn, CompiledFunction):        # the numbers it lifted stay lifted
+        compiled._lifted = dict(fn._lifted)
     with warnings.catch_warnings():     # a break or a fallback is in the report itself
         warnings.simplefilter("ignore")
         compiled(*args, **kwargs)
@@ -385,7 +396,8 @@ def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
                             cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled),
                             after_replay=[name for name, _ in entry.program.after_replay] +
                             [f"{name} = (a tensor the program computes)"
-                             for name, *_ in entry.program.attribute_writes])
+                             for name, *_ in entry.program.attribute_writes],
+                            lifted=_lifted_names(entry.program))
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured = trace(target, *args, **kwargs)
@@ -514,12 +526,14 @@ def _fetch_plan(program: TracedProgram, n: int, device) -> list:
             plan.append((_GRAD, i))
         elif b.kind == "scalar":
             plan.append((_SCALAR, (*b.path, device.xp)))
+        elif b.kind == "number":
+            plan.append((_NUMBER, (*b.path, b.draw, device.xp)))
         else:
             plan.append((_LIFTED, b.tensor))
     return plan
 
 
-_ARG, _LIFTED, _GRAD, _SEED, _SCALAR, _PLACE = range(6)
+_ARG, _LIFTED, _GRAD, _SEED, _SCALAR, _PLACE, _NUMBER = range(7)
 
 
 def kernel_target(backend: str, device) -> str:
@@ -627,6 +641,9 @@ class CompiledFunction:
     fn: object
     backend: str = "auto"
     fullgraph: bool = False
+    # torch.compile's `dynamic`: None lifts a number argument at its second value, True at its
+    # first, False never (each value traces)
+    dynamic: bool | None = None
     entries: dict = field(default_factory=dict)      # full key -> CompiledEntry, in trace order
     warned: set = field(default_factory=set)
     retraces: int = 0
@@ -636,6 +653,12 @@ class CompiledFunction:
     # the attribute names the call can read (`guards.code_reads`), the only non-tensor fields
     # of a batch object the key holds; None: every field (it reads by computed name)
     _record_fields: frozenset | None = frozenset()
+    # int/float arguments, (position, None) or (None, keyword): the guard value each had at
+    # its first trace; those since seen with another value, lifted to graph inputs (their
+    # type: the key holds only that); those whose lifted trace read the value into Python
+    _numbers_seen: dict = field(default_factory=dict)
+    _lifted: dict = field(default_factory=dict)
+    _specialised: dict = field(default_factory=dict)    # argument -> what read it
 
     def __post_init__(self):
         # a function's name and doc; for a Module (or other object) not its __dict__, whose
@@ -661,6 +684,9 @@ class CompiledFunction:
         self._effect_keys.clear()
         self._flags_set.clear()
         self._record_fields = frozenset()
+        self._numbers_seen.clear()
+        self._lifted.clear()
+        self._specialised.clear()
         self.warned.clear()
         self.retraces = 0
 
@@ -689,6 +715,8 @@ class CompiledFunction:
         else:
             if self._unread is not None:
                 args, kwargs = _unread_as_none(self._unread, args, kwargs)
+            if self._lifted:
+                args, kwargs = _lifted_as_types(self._lifted, args, kwargs)
             leaves, tree = _flatten_args((args, kwargs))
             tree = _typed_tree(tree, self._record_fields)
         tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
@@ -748,6 +776,10 @@ class CompiledFunction:
         if entry is None and self._record_fields_grew(key, args, kwargs):
             key, leaves = self._guard_key(args, kwargs)
             entry = self._valid_entry(key, leaves)
+        if entry is None and len(self.entries) < RECOMPILE_LIMIT and \
+                self._numbers_changed(args, kwargs):
+            key, leaves = self._guard_key(args, kwargs)
+            entry = self._valid_entry(key, leaves)
         if entry is not None:
             entry.calls += 1
             if entry.program is None:
@@ -803,6 +835,71 @@ class CompiledFunction:
             return False
         self._record_fields |= reads.names
         return True
+
+    def _numbers_changed(self, args, kwargs) -> bool:
+        """Before a trace: whether an int/float argument now has another value than at its
+        first trace (then it is lifted: traced as a `SymbolicNumber`, keyed by type alone, and
+        the key is made again). One whose lifted trace read it into Python stays keyed."""
+        grew = False
+        if self.dynamic is False:
+            return False
+        if self._lifted:
+            # the code it reaches may have changed since (a global rebound to a function
+            # calling type()): lifted numbers go back to their keys
+            unseen = _type_reads(self.fn)
+            if unseen is not None:
+                self._specialised.update(dict.fromkeys(self._lifted, unseen))
+                self._lifted.clear()
+                return True
+        for where, value in _number_arguments(args, kwargs):
+            if where in self._lifted or where in self._specialised or self._unread is not None \
+                    and (where[0] in self._unread[0] or where[1] in self._unread[1]):
+                continue
+            seen = self._numbers_seen.setdefault(where, guards.scalar_key(value))
+            if seen != guards.scalar_key(value) or self.dynamic:
+                unseen = _type_reads(self.fn)
+                if unseen is not None:
+                    self._specialised[where] = unseen
+                    continue
+                self._lifted[where] = True
+                grew = True
+        return grew
+
+    def _symbolic_arguments(self, args, kwargs) -> tuple:
+        """(args, kwargs, proxies): the call's arguments with each lifted number as a
+        SymbolicNumber, for the traced call."""
+        proxies = []
+        if not self._lifted:
+            return args, kwargs, proxies
+        names = _parameter_names(self.fn)
+        args, kwargs = list(args), dict(kwargs)
+        for where, value in _number_arguments(args, kwargs):
+            if where in self._lifted:
+                i, k = where
+                name = k if k is not None else names[i] if i < len(names) else f"arg{i}"
+                proxy = SymbolicNumber(value, where, name)
+                proxies.append(proxy)
+                if k is None:
+                    args[i] = proxy
+                else:
+                    kwargs[k] = proxy
+        return tuple(args), kwargs, proxies
+
+    def _read_lifted(self, proxies: list, result) -> tuple:
+        """After a trace with lifted numbers: (result, whether any was read into Python). Such
+        a number is keyed by value from now on (the proxy answered every use with the
+        number, so the call's result stands). A proxy in the result is returned as its
+        number, and counts as read (a replay would return a stale one)."""
+        returned = _without_proxies(result)
+        escaped = returned is not result or _holds_proxy(returned)
+        for proxy in proxies:
+            if escaped:
+                proxy.specialise("returned")
+            if proxy.specialised is not None:
+                self._lifted.pop(proxy.where, None)
+                self._specialised[proxy.where] = proxy.specialised
+        read = any(p.specialised is not None for p in proxies)
+        return returned, read
 
     def _trace_again_or_eagerly(self, key, result, reason: str):
         """The traced call changed Python state a replay would not (`reason`): the first time
@@ -880,10 +977,30 @@ class CompiledFunction:
             except Exception as e:      # cannot say what a replay would assume: a break
                 STATE.tracer.graph_break(f"reading what {cls.__name__} can reach failed "
                                          f"({e!r})")
-        tracer, result = _trace_call(
-            self.fn, args, kwargs, mode, names=names_before, watch=True,
-            grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
-            grad_state=(grad_candidates, grad_state), on_function=on_function)
+        call_args, call_kwargs, proxies = self._symbolic_arguments(args, kwargs)
+        read = False
+        try:
+            tracer, result = _trace_call(
+                self.fn, args, kwargs, mode, names=names_before, watch=True,
+                grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
+                grad_state=(grad_candidates, grad_state), on_function=on_function,
+                call=(call_args, call_kwargs))
+        except BaseException:
+            # the user's error, or one a proxy caused where the number would not have: either
+            # way its numbers are keyed by value from now on, as without lifting
+            for proxy in proxies:
+                proxy.specialise("the traced call raised")
+            self._read_lifted(proxies, None)
+            raise
+        if proxies:
+            result, read = self._read_lifted(proxies, result)
+            if any(p.specialised == "returned" for p in proxies):
+                tracer.release()        # the program would return the proxy: trace again
+                return result
+            if read:
+                # the trace holds the value where the call read it into Python: an entry for
+                # this value (its lifted operands still read the argument, which is the same)
+                key = self._guard_key(args, kwargs)[0]
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -913,6 +1030,10 @@ class CompiledFunction:
         # there that the step changes, a hand-written Adam's `state["step"] += 1`, is one)
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    + guards.changed(function_guards) if not g.lazy or g.kind == "value"]
+        if proxies and _stored_proxies(effects):
+            self._read_lifted(proxies, result)
+            tracer.release()
+            return result
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
         if tracer.after_replay:
             # numbers the program reads on every call (a learning rate) that a Python step it
@@ -950,8 +1071,17 @@ class CompiledFunction:
         # places past the walk's limits, where a change the call made would not be seen
         unseen = [g for g in before.guards + arg_state.guards if g.kind == "unguarded"]
         try:
-            return self._compile_traced(key, tracer, result, reachable, names_before,
-                                        none_at_call, args, kwargs, flags, writes, unseen)
+            added = len(self.entries)
+            result = self._compile_traced(key, tracer, result, reachable, names_before,
+                                          none_at_call, args, kwargs, flags, writes, unseen)
+            if proxies and not read and any(p.specialised is not None for p in proxies):
+                # read while the backward was derived (a custom Function's backward branching
+                # on a number its ctx holds): the entry holds that value, not any value
+                self._read_lifted(proxies, None)
+                for full in list(self.entries)[added:]:
+                    self.entries[full].program = None
+                    self.entries[full].eager_reason = "it read a lifted number in its backward"
+            return result
         except _StageFailed as failure:
             # the traced call already ran the function eagerly: its result stands, and its
             # side effects are not repeated; this key runs eagerly from now on
@@ -1212,6 +1342,11 @@ class CompiledFunction:
                 value = container[key] if index is None else container[key][index]
                 inputs.append(xp.asarray(float(value), dtype=np.float64))
                 continue
+            elif kind == _NUMBER:           # a lifted number argument, as an op takes it
+                position, keyword, dtype, xp = where
+                value = args[position] if keyword is None else kwargs[keyword]
+                inputs.append(operand_array(value, dtype, xp))
+                continue
             else:
                 t = _bound_tensor(program, where, leaves)
             # a 0-d CPU tensor goes along with a cuda program, as in eager mode
@@ -1411,6 +1546,145 @@ def _unread_as_none(unread: tuple, args: tuple, kwargs: dict) -> tuple:
         kwargs = {k: None if k in names and type(v) in guards.SCALARS else v
                   for k, v in kwargs.items()}
     return args, kwargs
+
+
+class _TypeReach(guards._Reach):
+    """`guards.code_reads`' walk of the code a call can run, noting code that names `type`."""
+
+    def __init__(self, names: frozenset):
+        super().__init__(names, False)
+        self.names_type = False
+
+    def code(self, code) -> None:
+        super().code(code)
+        self.names_type = self.names_type or "type" in guards.global_names(code)
+
+
+def _type_reads(fn) -> str | None:
+    """Why a number argument of `fn` is not lifted, or None: code the call can run names the
+    builtin `type` (`type(lr) is float` tells a SymbolicNumber from a float, and no use of the
+    proxy is seen), or cannot be looked through."""
+    reads = guards.code_reads(fn)
+    if reads.everything:
+        return "the code it runs cannot be looked through"
+    reach = _TypeReach(reads.names)
+    reach.run([fn])
+    if reach.everything:
+        return "the code it runs cannot be looked through"
+    return "the code it runs calls type()" if reach.names_type else None
+
+
+class _LiftedNumber:
+    """A lifted number argument in a call's key: its type, not its value (one object per type,
+    `_LIFTED`: compared and hashed by identity, as cheaply as a key's part can be)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<lifted {self.kind.__name__}>"
+
+
+_LIFTED = {int: _LiftedNumber(int), float: _LiftedNumber(float)}
+
+
+def _number_arguments(args, kwargs):
+    """((position, None) or (None, keyword), value) of each int/float argument (not bool)."""
+    for i, a in enumerate(args):
+        if type(a) is float or type(a) is int:
+            yield (i, None), a
+    for k, v in kwargs.items():
+        if type(v) is float or type(v) is int:
+            yield (None, k), v
+
+
+def _lifted_as_types(lifted: dict, args: tuple, kwargs: dict) -> tuple:
+    """The arguments with each lifted number as its `_LiftedNumber` (the key's view)."""
+    args, copied = list(args), bool(kwargs)
+    kwargs = dict(kwargs) if copied else kwargs
+    for i, k in lifted:
+        if k is None:
+            if i < len(args) and type(args[i]) in _LIFTED:
+                args[i] = _LIFTED[type(args[i])]
+        elif copied and type(kwargs.get(k)) in _LIFTED:
+            kwargs[k] = _LIFTED[type(kwargs[k])]
+    return tuple(args), kwargs
+
+
+def _parameter_names(fn) -> list:
+    """The names of `fn`'s positional parameters as a call passes them (for graph inputs); of a
+    Module, its forward's."""
+    if getattr(fn, "__code__", None) is None and hasattr(fn, "forward"):
+        fn = fn.forward
+    try:
+        return [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
+
+
+def _lifted_names(program: TracedProgram) -> list:
+    """How `explain` names each lifted number argument of a program: `lr (%lr: f32[])`."""
+    return [f"{v.name} ({v.ref}: {b.draw.name}[])" for v, b in zip(program.graph.inputs,
+                                                                 program.bindings)
+            if b.kind == "number"]
+
+
+def _stored_proxies(effects: list) -> bool:
+    """Whether the traced call stored a lifted number's proxy in a place it changed (`self.lr =
+    lr`): the place gets the number back, and the proxy counts as read (a replay would not
+    store the new value)."""
+    found = False
+    for g in effects:
+        value = g.read() if g.kind in ("id", "value") else None
+        if type(value) is SymbolicNumber:
+            value.specialise("stored")
+            write = getattr(g.read, "write", None)
+            if write is not None:
+                write(value.value)
+            found = True
+        container = getattr(g.read, "container", None)     # `history.append(lr)`
+        if type(container) in (list, dict):
+            keys = range(len(container)) if type(container) is list else list(container)
+            for k in keys:
+                item = container[k]
+                if type(item) is SymbolicNumber:
+                    container[k] = item.specialise("stored")
+                    found = True
+    return found
+
+
+def _holds_proxy(x, depth: int = 4) -> bool:
+    """Whether a SymbolicNumber is in `x`: its containers' items and its objects' attributes,
+    `depth` levels down (a returned namedtuple, dataclass or object holding one)."""
+    if type(x) is SymbolicNumber:
+        return True
+    if depth == 0 or isinstance(x, (Tensor, str, bytes, type)):
+        return False
+    if isinstance(x, dict):
+        return any(_holds_proxy(v, depth - 1) for v in x.values())
+    if isinstance(x, (tuple, list, set, frozenset)):
+        return any(_holds_proxy(v, depth - 1) for v in x)
+    fields = getattr(x, "__dict__", None)
+    return isinstance(fields, dict) and any(_holds_proxy(v, depth - 1) for v in fields.values())
+
+
+def _without_proxies(tree):
+    """`tree` (a result) with each SymbolicNumber in its tuples, lists and dicts as its
+    number; `tree` itself when it holds none."""
+    if type(tree) is SymbolicNumber:
+        return tree.value
+    if type(tree) in (tuple, list) or isinstance(tree, tuple) and hasattr(tree, "_make"):
+        items = [_without_proxies(x) for x in tree]
+        if all(a is b for a, b in zip(items, tree)):
+            return tree
+        return type(tree)._make(items) if hasattr(tree, "_make") else type(tree)(items)
+    if type(tree) is dict:
+        items = {k: _without_proxies(v) for k, v in tree.items()}
+        return tree if all(items[k] is v for k, v in tree.items()) else items
+    return tree
 
 
 def _where(fn) -> str:
@@ -1957,7 +2231,8 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
 
     PyTorch's spellings are accepted: `backend="inductor"` (kiln's "auto"), "cudagraphs",
     "aot_eager" (the traced graph run op by op: kiln's "numpy"), "eager" (not compiled, as
-    `disable=True`); `mode`, `dynamic` and `options` tune inductor and change nothing here.
+    `disable=True`); `mode` and `options` tune inductor and change nothing here. `dynamic`
+    says when an int/float argument is lifted to a graph input (`CompiledFunction.dynamic`).
     A callable backend is given kiln.fx's GraphModule of the function (`BackendFunction`).
     """
     if callable(backend):
@@ -1972,10 +2247,11 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
                          "'numpy' or 'triton' (or PyTorch's 'inductor', 'cudagraphs', "
                          "'aot_eager', 'eager')")
     if fn is None:
-        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, disable=disable)
+        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, dynamic=dynamic,
+                                 disable=disable)
     if disable or backend == "eager":
         return fn
-    return _wrap_module(fn, CompiledFunction(fn, backend, fullgraph))
+    return _wrap_module(fn, CompiledFunction(fn, backend, fullgraph, dynamic))
 
 
 def _wrap_module(fn, compiled):

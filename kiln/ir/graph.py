@@ -21,7 +21,7 @@ from kiln.ir.dtypes import DType
 from kiln.ir.ops import PRIMITIVES, ShapeError
 from kiln.ir.printer import format_call, format_nodes, kernel_name  # noqa: F401  (re-exported)
 
-INPUT_KINDS = ("arg", "lifted", "grad", "seed", "scalar")
+INPUT_KINDS = ("arg", "lifted", "grad", "seed", "scalar", "number")
 
 
 class Deferred:
@@ -112,7 +112,7 @@ class Node:
 class Graph(Deferred):
     name: str = "graph"
     inputs: list = field(default_factory=list)          # Values
-    input_kinds: list = field(default_factory=list)     # "arg" | "lifted" | "grad" | "seed" | "scalar", per input
+    input_kinds: list = field(default_factory=list)     # "arg" | "lifted" | "grad" | "seed" | "scalar" | "number", per input
     constants: dict = field(default_factory=dict)       # Value -> np.ndarray
     nodes: list = field(default_factory=list)
     outputs: list = field(default_factory=list)         # Values

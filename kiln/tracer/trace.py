@@ -23,6 +23,7 @@ from kiln.tracer.errors import GraphBreak, user_frame, user_location
 from kiln.tracer import sparse
 from kiln.tracer.sparse import SparseTensor
 from kiln.tracer.sparse_compressed import SparseCompressedTensor, compressed
+from kiln.tracer.symbolic_number import SymbolicNumber
 from kiln.tracer.tensor import STATE, Tensor, set_tracer
 
 
@@ -36,7 +37,9 @@ class Binding:
     optimizer step or a clipping; the `.grad` object may be replaced between calls);
     "seed": fresh random numbers, `draw(generator)` (an array); "scalar": the Python number
     `path[0][path[1]]` (an optimizer's learning rate, which a scheduler changes between
-    calls), as a float64 scalar.
+    calls), as a float64 scalar; "number": the call's own int/float argument `path` ((position,
+    None) or (None, keyword)) as a 0-d input of dtype `draw`, as an op's operand
+    (`kiln.tracer.symbolic_number`).
     """
 
     kind: str
@@ -156,6 +159,7 @@ class Tracer:
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset, unread
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
+        self.numbers: dict = {}               # (argument, dtype, device) -> tensor
         self._keep: list = []                 # keeps tensors alive so ids stay unique
 
     def __enter__(self) -> "Tracer":
@@ -256,6 +260,19 @@ class Tracer:
             self._keep.append(container)
         return t
 
+    def number_input(self, number, dtype, device) -> Tensor:
+        """Lifted argument `number` (a SymbolicNumber) as the 0-d `dtype` operand of an op on
+        `device`, which a replay makes afresh from the call's argument (kind "number")."""
+        from kiln.tracer.symbolic_number import operand_array
+        k = (number.where, dtype, device)
+        t = self.numbers.get(k)
+        if t is None:
+            t = Tensor._make(operand_array(number.value, dtype, device.xp), dtype, device)
+            name = number.name if not self.numbers else f"{number.name}_{dtype.name}"
+            self._input(t, name, Binding("number", path=number.where, draw=dtype))
+            self.numbers[k] = t
+        return t
+
     def replay_after(self, name: str, call) -> None:
         """`call()` (pure Python: it changes numbers an optimizer reads, such as a learning
         rate) ran in this call; every replay makes it again, after the program runs."""
@@ -285,6 +302,8 @@ class Tracer:
             if isinstance(a, Tensor):
                 v = a._trace
                 inputs.append(v if v is not None and id(v) in known else self.value(a))
+            elif type(a) is SymbolicNumber:      # a lifted number no operand rule took
+                inputs.append(a.specialise(f"a literal of {prim.name}"))
             else:
                 inputs.append(a)
         for k, a in attrs.items():
@@ -292,6 +311,8 @@ class Tracer:
                 # a kiln.Size (or another tuple type) becomes plain IR data, so a graph means
                 # the same after a JSON round trip and prints the same in generated code
                 attrs = {**attrs, k: tuple(a)}
+            elif type(a) is SymbolicNumber:      # a lifted number as an attribute (clamp's min)
+                attrs = {**attrs, k: a.specialise(f"an attribute of {prim.name}")}
         v = self.graph.add_node(prim.name, tuple(inputs), attrs, result._data.shape,
                                 result.dtype, self.scope_loc or user_location(), self.scopes)
         self.known.add(id(v))

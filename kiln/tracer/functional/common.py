@@ -11,7 +11,8 @@ from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, ShapeError, broadcast_shapes, normalize_axis
 from kiln.tracer import creation
 from kiln.tracer.errors import named_dim_error, op_error
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.symbolic_number import SymbolicNumber, lifts
+from kiln.tracer.tensor import STATE, Tensor
 
 
 _NUMBER = (int, float, bool, complex)
@@ -22,7 +23,7 @@ _py_max, _py_min, _py_sum, _py_abs, _py_round = (builtins.max, builtins.min, bui
 def _number(x):
     """Python number of a literal operand; NumPy scalars count as Python numbers."""
     if isinstance(x, _NUMBER):
-        return x
+        return x if type(x) is not SymbolicNumber else x.specialise()
     if isinstance(x, (np.generic,)):
         return x.item()
     return None
@@ -94,11 +95,33 @@ def _binary(prim, a, b, float_only=False):
     elif (type(a) is float or type(a) is int) and isinstance(b, Tensor) and \
             b.dtype.category == dt.FLOAT:
         return prim(float(a), b)
+    if type(a) is SymbolicNumber or type(b) is SymbolicNumber:
+        return _symbolic_operand(prim, a, b, float_only)
     a, b = _promoted(a, b, float_only)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError(f"{prim.__name__}: expected at least one tensor, got "
                         f"{type(a).__name__} and {type(b).__name__}")
     return prim(a, b)
+
+
+def _symbolic_operand(prim, a, b, float_only: bool):
+    """`_binary` with a lifted number argument for an operand (`symbolic_number`): promoted as
+    the plain number would be, then a 0-d graph input of the promoted dtype holding the number
+    as the kernel takes it, so a replay computes with the next call's value as eager would.
+    Anything else (two numbers, a dtype eager treats specially) reads the value: specialised."""
+    number, other = (a, b) if type(a) is SymbolicNumber else (b, a)
+    pa, pb = _promoted(a.value if a is number else a, b.value if b is number else b,
+                       float_only)
+    tensor = pb if number is a else pa
+    tracer = STATE.tracer
+    if tracer is None or type(other) is SymbolicNumber or not isinstance(tensor, Tensor) or \
+            not lifts(tensor.dtype) or tensor.device.type == "meta":
+        number.specialise(f"an operand of {prim.__name__}")
+        if not isinstance(pa, Tensor) and not isinstance(pb, Tensor):
+            return _binary(prim, pa, pb, float_only)
+        return prim(pa, pb)
+    lifted = tracer.number_input(number, tensor.dtype, tensor.device)
+    return prim(lifted, pb) if number is a else prim(pa, lifted)
 
 
 def refuse_without_kernel(op: str, x, categories: tuple = (dt.BOOL,)) -> None:

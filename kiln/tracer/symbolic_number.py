@@ -1,0 +1,128 @@
+"""A number argument lifted to a graph input: the proxy a compiled function's trace receives in
+its place, and the one use that keeps it symbolic.
+
+A compiled function whose `int`/`float` argument changed value is traced once more with a
+`SymbolicNumber` there. The proxy behaves as its number in every Python use (`float(lr)`,
+`range(i)`, `if lr > 0`, `lr * 2`, a shape, a hash, a format, `isinstance(lr, float)`), and each
+such use marks it `specialised`: the trace may have baked its value into Python decisions, so
+the compiler keeps it as that value's entry only and keys the argument by value from then on.
+The one use left unmarked is an elementwise op's number operand (`x * lr`, `lr - x`, `x / i`,
+`x > t`: `functional.common._binary`), which `Tracer.number_input` makes a 0-d graph input
+holding the number as eager's NumPy kernel takes it (`operand_array`: converted to the op's
+promoted dtype), so a replay reads the new value and computes the same bits as eager does with
+the plain number. Arithmetic between proxies and numbers specialises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir import dtypes as dt
+
+# the dtypes an operand is lifted in: those whose eager kernels take a Python number as NumPy
+# converts it (float16/bfloat16 widen it op by op, complex is not compiled: specialise there)
+_LIFTED_DTYPES = frozenset({dt.float32, dt.float64, dt.int8, dt.int16, dt.int32, dt.int64,
+                            dt.uint8})
+
+
+class SymbolicNumber:
+    """The number `value` of argument `where` ((position, None) or (None, keyword)), as a
+    trace sees it; `specialised` once any use but an op operand read it into Python."""
+
+    __slots__ = ("value", "where", "name", "specialised")
+
+    def __init__(self, value, where: tuple, name: str):
+        self.value = value
+        self.where = where
+        self.name = name
+        self.specialised = None         # None, or what read the value (for messages)
+
+    def specialise(self, why: str = "read into Python"):
+        """The plain number, noting that the trace depends on its value."""
+        if self.specialised is None:
+            self.specialised = why
+        return self.value
+
+    # isinstance(lr, float) answers as for the number (kiln's own checks for Tensor too)
+    @property
+    def __class__(self):
+        return type(self.value)
+
+    def __getattr__(self, name):        # lr.is_integer(), i.bit_length(), i.real, ...
+        if not hasattr(type(self.value), name):     # `getattr(n, "dtype", None)`: the type's
+            raise AttributeError(f"'{type(self.value).__name__}' object has no attribute "
+                                 f"'{name}'")
+        return getattr(self.specialise(f".{name}"), name)
+
+    def __repr__(self):
+        return repr(self.specialise("repr"))
+
+    def __str__(self):
+        return str(self.specialise("str"))
+
+    def __format__(self, spec):
+        return format(self.specialise("format"), spec)
+
+    def __hash__(self):
+        return hash(self.specialise("hash"))
+
+    def __bool__(self):
+        return bool(self.specialise("bool"))
+
+    def __float__(self):
+        return float(self.specialise("float"))
+
+    def __int__(self):
+        return int(self.specialise("int"))
+
+    def __index__(self):
+        return self.specialise("index").__index__()
+
+    def __complex__(self):
+        return complex(self.specialise("complex"))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.specialise("NumPy"), dtype=dtype)
+
+    def __reduce_ex__(self, protocol):      # copy, deepcopy, pickle: the plain number
+        return self.specialise("copy").__reduce_ex__(protocol)
+
+
+def _plain(x):
+    return x.specialise() if type(x) is SymbolicNumber else x
+
+
+def _forward(name: str):
+    """A dunder that computes with the plain number (and marks the proxy), except with a
+    tensor, which takes the reflected op (`lr * x` is `x.__rmul__(lr)`)."""
+    def method(self, *others):
+        from kiln.tracer.tensor import Tensor
+        if others and isinstance(others[0], Tensor):
+            return NotImplemented
+        return getattr(self.specialise(name), name)(*[_plain(o) for o in others])
+    method.__name__ = name
+    return method
+
+
+for _name in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "floordiv",
+              "rfloordiv", "mod", "rmod", "divmod", "rdivmod", "pow", "rpow", "lshift",
+              "rlshift", "rshift", "rrshift", "and", "rand", "or", "ror", "xor", "rxor",
+              "matmul", "rmatmul", "eq", "ne", "lt", "le", "gt", "ge", "neg", "pos", "abs",
+              "invert", "round", "trunc", "floor", "ceil"):
+    setattr(SymbolicNumber, f"__{_name}__", _forward(f"__{_name}__"))
+del _name
+
+
+def lifts(dtype) -> bool:
+    """Whether a number operand promoted to `dtype` becomes a graph input (else specialised)."""
+    return dtype in _LIFTED_DTYPES
+
+
+def operand_array(value, dtype, xp=np):
+    """The 0-d array of `dtype` holding a number operand as eager's kernel takes it: a float
+    rounded to `dtype`, an int wrapped into an integer dtype (`_cast_operand`'s conversions)."""
+    if dtype.is_floating_point:
+        number = float(value)
+    else:
+        number = dt.wrapped_int(int(value), dtype)
+    return xp.asarray(np.asarray(number, dtype=dtype.np_dtype))

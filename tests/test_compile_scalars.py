@@ -1,0 +1,439 @@
+"""@kiln.compile with an int/float argument that changes every call: after its second value the
+argument is lifted to a graph input (`kiln.tracer.symbolic_number`), so later values replay
+without tracing; any use of the number other than as an op's operand keeps it keyed by value.
+Every compiled result is checked against eager kiln (and the counters against torch.compile)."""
+
+import math
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import kiln
+import kiln.nn.functional as KF
+from kiln._dynamo.utils import counters
+
+
+def _graphs():
+    return counters["stats"]["unique_graphs"]
+
+
+def _torch_graphs(fn, values, x):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(fn, backend="eager")
+    outs = [compiled(x, v) for v in values]
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"], outs
+
+
+def _step_lr(x, lr):
+    return x - lr * x.sin()
+
+
+def _step_int(x, i):
+    return x * i + 1
+
+
+@pytest.mark.parametrize("fn,values", [
+    (_step_lr, [0.1 / (i + 1) for i in range(12)]),
+    (_step_int, list(range(12))),
+])
+def test_changing_number_traces_twice_as_torch(fn, values):
+    data = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    expected, torch_outs = _torch_graphs(fn, values, torch.tensor(data))
+    kiln.compiler.reset()
+    counters.clear()
+    compiled = kiln.compile(fn)
+    x = kiln.tensor(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no recompile-limit warning
+        outs = [compiled(x, v) for v in values]
+    assert _graphs() == expected == 2
+    for v, out, ref in zip(values, outs, torch_outs):
+        assert kiln.equal(out, fn(x, v))                    # bit for bit as eager kiln
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_keyword_argument_is_lifted_too():
+    counters.clear()
+    compiled = kiln.compile(lambda x, *, scale: x * scale)
+    x = kiln.arange(6.0)
+    for s in (0.5, 1.5, 2.5, -3.0):
+        assert kiln.equal(compiled(x, scale=s), x * s)
+    assert _graphs() == 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "uint8", "int8",
+                                   "bool"])
+@pytest.mark.parametrize("kind", [int, float])
+def test_operand_promotes_as_a_python_number(dtype, kind):
+    """`x op n` compiled with n lifted has eager's dtype and bits, for every value: a float
+    rounds to float32 as eager does, an int wraps into int8/uint8, `float * int tensor` is the
+    default float dtype."""
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((3, 4)) * 20).astype(dtype)
+    values = [kind(v) for v in (3, -7, 130, 1, 0.1, 1e-3, 2 ** 20 + 0.3)]
+    values = list(dict.fromkeys(v for v in values if kind is float or v != 0))
+
+    def f(x, n):
+        if dtype == "bool":
+            return (x * n, n + x, x / n, x > n)         # (no `-` with bool tensors)
+        return (x * n, n + x, x - n, n - x, x / n, x > n)
+    compiled = kiln.compile(f)
+    x = kiln.tensor(data)
+    for n in values:
+        got, want = compiled(x, n), f(x, n)
+        ref = f(torch.tensor(data), n)
+        for g, w, r in zip(got, want, ref):
+            assert g.dtype == w.dtype and str(w.dtype) == str(r.dtype).replace("torch", "kiln")
+            assert kiln.equal(g, w), (n, g, w)
+    assert len(compiled.entries) == 2
+
+
+# ---------------------------------------------------------------------------- safety fuzz
+
+# how a function may use its number `s` (float) or `i` (int): each line turns y into a new y;
+# every one but the operands reads the value into Python (a branch, a shape, an attribute...)
+_FLOAT_USES = [
+    "y = y * s", "y = s - y", "y = y / (s + 3.0) if False else y + s", "y = (y > s).float() + y",
+    "y = y * (s * 2)", "y = y + (1 - s)", "y = y * s ** 2",
+    "y = y * 2 if s > 0.05 else y - 1", "y = y + float(s)", "y = y + int(s * 10)",
+    "y = y * math.sqrt(abs(s))", "y = y[: int(abs(s) * 10) % 3 + 1]",
+    "y = y + kiln.ones(y.shape[-1]) * len(range(int(abs(s) * 10) % 4))",
+    "y = y * {'0.1': 3.0}.get(f'{s:.1f}', 2.0)", "y = y * {0.1: 5.0}.get(s, 1.0)",
+    "y = y * (2 if isinstance(s, float) else 3)", "y = y.clamp(min=s)",
+    "y = kiln.full_like(y, s) + y", "y = y.add(y, alpha=s)", "y = y.pow(s)",
+    "y = kiln.where(y > 0, y, s)", "y = KF.leaky_relu(y, s)", "y = y.masked_fill(y > 0, s)",
+    "y = y + kiln.tensor(s)", "y = y.lerp(y * 2, s)", "y = y.addcmul(y, y, value=s)",
+    "y = kiln.clamp(y, max=s)", "y = y * round(s, 1)", "y = y + s.real",
+    "y = y * np.float32(s)", "y = KF.dropout(y, p=min(abs(s), 0.9), training=False)",
+    "y = y * (s if s == s else 0.0)", "y = y.sum(dim=int(s > 0.05)) if y.ndim > 1 else y",
+]
+_INT_USES = [
+    "y = y * i", "y = i + y", "y = y - i", "y = y / (i + 1)",
+    "y = y[i % 3]" , "y = y + len(range(i % 4))", "y = y.sum(dim=i % 2) if y.ndim > 1 else y",
+    "y = y * 2 if i > 2 else y - 1", "y = y.roll(i, 0)", "y = y + kiln.arange(3.0).sum() * i",
+    "y = y * math.factorial(abs(i) % 5)", "y = y.clamp(max=i)", "y = kiln.full_like(y, i) + y",
+    "y = y * (i // 2)", "y = y * [1.0, 2.0, 3.0][i % 3]", "y = y.pow(i % 3)",
+    "y = y.reshape(-1)[: i % 5 + 1]", "y = y + f'{i}'.count('1')", "y = y * int(i)",
+    "y = y * (2 if isinstance(i, int) else 3)", "y = y + i.bit_length()",
+]
+
+
+def _fuzz_function(uses: list, rng: random.Random, name: str):
+    # half the lines are operand uses (the first four), so lifted traces are drawn often
+    lines = [rng.choice(uses[:4] if rng.random() < 0.5 else uses)
+             for _ in range(rng.randint(1, 3))]
+    arg = "s" if uses is _FLOAT_USES else "i"
+    source = f"def {name}(x, {arg}):\n    y = x\n" + "".join(f"    {line}\n" for line in lines) \
+        + "    return y\n"
+    namespace = {"kiln": kiln, "KF": KF, "math": math, "np": np}
+    exec(compile(source, f"<fuzz {name}>", "exec"), namespace)
+    return namespace[name], source
+
+
+@pytest.mark.parametrize("seed", range(32))
+def test_fuzz_compiled_equals_eager_for_every_value(seed):
+    """Random small functions using the number in the ways above, compiled against eager over
+    values that change branch outcomes, shapes and attributes: never a stale value."""
+    rng = random.Random(seed)
+    uses = _FLOAT_USES if seed % 2 == 0 else _INT_USES
+    fn, source = _fuzz_function(uses, rng, f"fuzz{seed}")
+    if uses is _FLOAT_USES:
+        values = [0.1, 0.2, 0.03, 0.1, -0.4, 2.5, 0.06, 0.0, 0.2]
+    else:
+        values = [1, 2, 0, 5, 3, 4, -1, 7, 2, 6]
+    rng.shuffle(values)
+    x = kiln.tensor(np.random.default_rng(seed).standard_normal((3, 4)).astype(np.float32))
+    compiled = kiln.compile(fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for v in values:
+            got, want = compiled(x, v), fn(x, v)
+            assert got.shape == want.shape and got.dtype == want.dtype, (source, v)
+            assert np.allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6,
+                               equal_nan=True), (source, v, got, want)
+
+
+def test_training_step_with_a_changing_loss_scale_matches_eager_and_torch():
+    """step(x, y, lr_scale) logging `loss.item()`: lifted at the second call, then a replay
+    per step; losses and weights as eager kiln's and torch's."""
+    data = np.random.default_rng(3)
+    xs, ys = data.standard_normal((8, 5)).astype(np.float32), \
+        data.standard_normal((8, 3)).astype(np.float32)
+
+    def make(lib):
+        lib.manual_seed(0)
+        model = lib.nn.Linear(5, 3)
+        opt = lib.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y, lr_scale):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean() * lr_scale
+            loss.backward()
+            opt.step()
+            return loss.item()
+        return model, step
+    scales = [1.0 / (i + 1) for i in range(8)]
+    runs = {}
+    for name, lib, compiled in (("kiln", kiln, True), ("eager", kiln, False),
+                                ("torch", torch, False)):
+        model, step = make(lib)
+        run = kiln.compile(step) if compiled else step
+        x, y = lib.tensor(xs), lib.tensor(ys)
+        counters.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            runs[name] = ([run(x, y, s) for s in scales], model.weight.detach().numpy().copy())
+        if compiled:
+            # (the first call makes SGD's momentum buffers, so it traces again: the second
+            # call's trace, with lr_scale lifted, is the one entry)
+            assert list(run._lifted) == [(2, None)] and len(run.entries) == 1
+            assert _graphs() == 1
+    for name in ("eager", "torch"):
+        np.testing.assert_allclose(runs["kiln"][0], runs[name][0], rtol=1e-5)
+        np.testing.assert_allclose(runs["kiln"][1], runs[name][1], rtol=1e-5, atol=1e-6)
+
+
+def test_explain_and_dump_say_an_argument_is_lifted():
+    from kiln.dump import program_sections
+    compiled = kiln.compile(lambda x, lr: x - lr * x.sin())
+    x = kiln.ones(3)
+    compiled(x, 0.1)
+    compiled(x, 0.2)
+    report = str(kiln.compiler.explain_report(compiled, (x, 0.3), {}))
+    assert "number arguments lifted to graph inputs" in report and "lr (%lr: float32[])" in report
+    entry = [e for e in compiled.entries.values() if e.program is not None][-1]
+    inputs = dict(program_sections(entry.traced, entry.artifact))["inputs"]
+    assert "%lr: number (number argument lr lifted to an input: read each call as float32)" \
+        in inputs
+
+
+def _helper_checking_type(y, s):
+    return y * (2 if type(s) is float else 3)
+
+
+def test_code_calling_type_keeps_the_number_keyed():
+    """`type(s) is float` cannot be answered by a proxy (and is no use of it to see): a
+    function whose code, or a helper it calls, names `type` never lifts its numbers."""
+    compiled = kiln.compile(lambda x, s: _helper_checking_type(x, s) + s)
+    x = kiln.ones(3)
+    for v in (0.5, 1.5, 2.5, 1.5):
+        assert kiln.equal(compiled(x, v), x * 2 + v)
+    assert not compiled._lifted and "type()" in compiled._specialised[(1, None)]
+    assert len(compiled.entries) == 3
+
+
+class _Box:
+    last = None
+
+
+def test_a_number_stored_or_returned_is_never_stale():
+    """A proxy must not outlive its trace: stored on an object or in a list it is put back as
+    the number (and the argument keyed by value); returned, the call returns the number."""
+    box, history = _Box(), []
+
+    def store(x, s):
+        box.last = s
+        history.append(s)
+        return x * s
+
+    def give_back(x, s):
+        return x * s, s
+    stored, returned = kiln.compile(store), kiln.compile(give_back)
+    x = kiln.ones(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for v in (0.5, 1.5, 2.5, 3.5):
+            assert kiln.equal(stored(x, v), x * v) and box.last == v and type(box.last) is float
+            assert history[-1] == v and all(type(h) is float for h in history)
+            out, back = returned(x, v)
+            assert kiln.equal(out, x * v) and back == v and type(back) is float
+    assert stored._specialised[(1, None)] == "stored"
+    assert returned._specialised[(1, None)] == "returned"
+
+
+def test_a_value_read_into_python_keeps_one_entry_per_value():
+    """`if i > 2` reads the value: the lifted trace becomes the entry of that value and the
+    argument is keyed by value from then on, with each value's branch."""
+    def f(x, i):
+        return x * i if i > 2 else x - i
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    for i in (1, 3, 5, 1, 3, 2):
+        assert kiln.equal(compiled(x, i), f(x, i))
+    assert not compiled._lifted and compiled._specialised == {(1, None): "__gt__"}
+    assert len(compiled.entries) == 4       # 1, 3, 5, 2
+
+
+def test_a_lifted_number_under_autograd_matches_eager_gradients():
+    w0 = np.random.default_rng(4).standard_normal(5).astype(np.float32)
+
+    def f(w, t):
+        return ((w / t).exp() * t).sum()
+    compiled = kiln.compile(f)
+    for t in (0.5, 2.0, 1.5, 3.0):
+        w, we = kiln.tensor(w0, requires_grad=True), kiln.tensor(w0, requires_grad=True)
+        compiled(w, t).backward()
+        f(we, t).backward()
+        wt = torch.tensor(w0, requires_grad=True)
+        f(wt, t).backward()
+        np.testing.assert_allclose(w.grad.numpy(), we.grad.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(w.grad.numpy(), wt.grad.numpy(), rtol=1e-5)
+    assert compiled._lifted
+
+
+@pytest.mark.parametrize("dynamic,entries", [(True, 1), (False, 4), (None, 2)])
+def test_dynamic_says_when_a_number_is_lifted(dynamic, entries):
+    """torch.compile's `dynamic`: True lifts at the first call, False never, None (the default)
+    at the second value."""
+    compiled = kiln.compile(lambda x, s: x * s, dynamic=dynamic)
+    x = kiln.arange(3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in (0.5, 1.5, 2.5, 3.5):
+            assert kiln.equal(compiled(x, s), x * s)
+    assert len(compiled.entries) == entries
+
+
+def test_a_lifted_trace_that_raises_keys_its_number_by_value():
+    def f(x, s):
+        if x.shape[0] > 3:
+            raise ValueError("too long")
+        return x * s
+    compiled = kiln.compile(f)
+    compiled(kiln.ones(3), 0.5)
+    with pytest.raises(ValueError, match="too long"):
+        compiled(kiln.ones(4), 1.5)          # the lifted trace raises the user's error
+    assert not compiled._lifted and compiled._specialised == {(1, None): "the traced call raised"}
+    for v in (2.5, 0.5):
+        assert kiln.equal(compiled(kiln.ones(3), v), kiln.ones(3) * v)
+
+
+def test_a_number_returned_inside_a_namedtuple_or_object_is_never_stale():
+    import collections
+    Out = collections.namedtuple("Out", "y s")
+
+    class Holder:
+        def __init__(self, s):
+            self.s = s
+
+    in_tuple = kiln.compile(lambda x, s: Out(x * s, s))
+    in_object = kiln.compile(lambda x, s: (x * s, Holder(s)))
+    x = kiln.ones(2)
+    for v in (0.5, 1.5, 2.5, 3.5):
+        out = in_tuple(x, v)
+        assert out.s == v and type(out.s) is float and kiln.equal(out.y, x * v)
+        y, held = in_object(x, v)
+        assert held.s == v and kiln.equal(y, x * v)
+    assert in_tuple._specialised == in_object._specialised == {(1, None): "returned"}
+
+
+class _ScaleBranching(kiln.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.s = s
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.s if ctx.s > 1 else -g), None
+
+
+class _Scale(kiln.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.s = s
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.s, None
+
+
+@pytest.mark.parametrize("function,lifted", [(_ScaleBranching, False), (_Scale, True)])
+def test_a_number_a_custom_backward_reads_is_keyed(function, lifted):
+    """A custom Function's backward runs when the compiled backward is derived, after the
+    forward's trace: a number its ctx holds that it branches on is read there, and the entry
+    traced with it lifted is dropped (it would hold that branch for every value)."""
+    def f(x, s):
+        return function.apply(x, s).sum()
+    compiled = kiln.compile(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in (0.5, 2.0, 3.0, 0.25, 1.5, 0.75):
+            x, xe = kiln.ones(3, requires_grad=True), kiln.ones(3, requires_grad=True)
+            compiled(x, s).backward()
+            f(xe, s).backward()
+            assert kiln.equal(x.grad, xe.grad), s
+    assert bool(compiled._lifted) is lifted
+
+
+def test_half_meta_and_sparse_operands():
+    """float16 widens a number op by op (specialised: keyed by value), a meta tensor has no data
+    to hold one (specialised), a sparse tensor's values take it as a dense operand (lifted)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = kiln.compile(lambda x, s: x * s + s)
+        x = kiln.ones(3, dtype=kiln.float16)
+        for s in (0.1, 1.7, 2.3):
+            assert kiln.equal(half(x, s), x * s + s)
+        assert not half._lifted
+        meta = kiln.compile(lambda x, s: x * s)
+        for s in (0.5, 1.5):
+            out = meta(kiln.ones(3, device="meta"), s)
+            assert out.device.type == "meta" and out.shape == (3,)
+        assert not meta._lifted
+        sparse = kiln.compile(lambda a, s: (a * s).to_dense() + s)
+        a = kiln.tensor([[0.0, 1.0], [2.0, 0.0]]).to_sparse()
+        for s in (0.5, 1.5, 2.5):
+            assert kiln.equal(sparse(a, s), (a * s).to_dense() + s)
+        assert sparse._lifted
+
+
+def test_a_compiled_module_lifts_its_forwards_number():
+    class Tempered(kiln.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = kiln.nn.Linear(4, 3)
+
+        def forward(self, x, temperature):
+            return (self.lin(x) / temperature).softmax(-1)
+    kiln.manual_seed(0)
+    model = Tempered()
+    compiled = kiln.compile(model)
+    x = kiln.randn(2, 4)
+    counters.clear()
+    with kiln.no_grad():
+        for t in (0.5, 1.0, 2.0, 4.0):
+            np.testing.assert_allclose(compiled(x, t).numpy(), model(x, t).numpy(), rtol=1e-6,
+                                       atol=1e-7)
+    assert _graphs() == 2
+    entry = [e for e in compiled._compiled.entries.values() if e.program is not None][-1]
+    assert "%temperature: f32[] [number]" in str(entry.traced.graph)
+
+
+def _scale_plainly(y, s):
+    return y * s
+
+
+def _scale_by_type(y, s):
+    return y * (2 if type(s) is float else 3)
+
+
+def test_a_helper_rebound_to_code_calling_type_unlifts_the_number():
+    """The check for `type()` is made again before every lifted trace: a global rebound to code
+    that calls it (a new trace, by its identity guard) keys the number by value again."""
+    global _helper
+    _helper = _scale_plainly
+    compiled = kiln.compile(lambda x, s: _helper(x, s))
+    x = kiln.ones(3)
+    for v in (0.5, 1.5, 2.5):
+        assert kiln.equal(compiled(x, v), x * v)
+    assert compiled._lifted
+    _helper = _scale_by_type
+    for v in (0.5, 1.5, 2.5):
+        assert kiln.equal(compiled(x, v), x * 2)
+    assert not compiled._lifted and "type()" in compiled._specialised[(1, None)]
