@@ -437,3 +437,24 @@ def test_a_helper_rebound_to_code_calling_type_unlifts_the_number():
     for v in (0.5, 1.5, 2.5):
         assert kiln.equal(compiled(x, v), x * 2)
     assert not compiled._lifted and "type()" in compiled._specialised[(1, None)]
+
+
+def test_c_code_needing_a_real_float_raises_once_with_a_note_then_keys_by_value():
+    """json.dumps checks for a real float in C, which the lifted stand-in is not: that one
+    traced call raises (eager would not; the call may have changed state, so it is not run
+    again), its error says why and how to turn lifting off, and later calls key the number by
+    value and give eager's results."""
+    import json
+
+    def f(x, s):
+        return x * len(json.dumps({"s": s}))
+    c = kiln.compile(f)
+    x = kiln.ones(2)
+    c(x, 0.5)
+    with pytest.raises(TypeError) as caught:
+        c(x, 0.25)
+    assert "dynamic=False" in " ".join(getattr(caught.value, "__notes__", []))
+    for s in (0.25, 0.125, 12.5):
+        np.testing.assert_array_equal(c(x, s).numpy(), f(x, s).numpy())
+    assert all(kiln.compile(f, dynamic=False)(x, s).numpy()[0] == len(json.dumps({"s": s}))
+               for s in (0.5, 0.25))

@@ -985,12 +985,20 @@ class CompiledFunction:
                 grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
                 grad_state=(grad_candidates, grad_state), on_function=on_function,
                 call=(call_args, call_kwargs))
-        except BaseException:
-            # the user's error, or one a proxy caused where the number would not have: either
-            # way its numbers are keyed by value from now on, as without lifting
+        except BaseException as error:
+            # the user's error, or one a proxy caused where the number would not have (C code
+            # checking for a real float: json.dumps): either way its numbers are keyed by
+            # value from now on, as without lifting; the error says so
             for proxy in proxies:
                 proxy.specialise("the traced call raised")
             self._read_lifted(proxies, None)
+            if proxies and isinstance(error, Exception):
+                error.add_note(
+                    f"(kiln.compile traced this call with the number argument(s) "
+                    f"{', '.join(p.name for p in proxies)} as graph inputs, since they changed "
+                    "between calls; code that needs a real int or float (json.dumps, a C "
+                    "extension) can raise here where eager would not. Later calls key them "
+                    "by value; kiln.compile(..., dynamic=False) never lifts numbers.)")
             raise
         if proxies:
             result, read = self._read_lifted(proxies, result)
