@@ -49,6 +49,8 @@ def test_unrolled_pool_matches_interpreter(k, channels_last, parallel_min, threa
     assert kernel.reduced_numel == k * k <= cgen.UNROLL_LIMIT
     ck = cgen.render_c(kernel, parallel_min=parallel_min)
     assert "rindex" not in ck.source and f"{k * k} elements */" in ck.source
+    # no element is selected from a load (NO_IF_CONVERSION): the rows loop vectorizes
+    assert "no-tree-loop-if-convert" not in ck.source
     threaded = f"{ck.name}_rows(" in ck.source
     assert threaded == (parallel_min == 0) == ("#pragma omp parallel for" in ck.source)
     # NCHW: the pooled rows' last coordinate (2 columns) is too short for a vector, so one
@@ -59,6 +61,32 @@ def test_unrolled_pool_matches_interpreter(k, channels_last, parallel_min, threa
     want, _ = interpret(graph, [x, b])
     for g, w in zip(_run(ck, lib, graph, [x, b]), want):
         _check(g, w, 1e-6, 1e-6)
+
+
+def test_if_conversion_off_only_where_a_loaded_element_is_selected():
+    """GCC 12 miscompiles an unrolled kernel that selects elements loaded per row
+    (`masked_fill(m, c)` reads x only where m is false) unless loop if-conversion is off; a
+    select of values the kernel computes, or of a value loaded once for all rows, keeps it."""
+    rng = np.random.default_rng(5)
+    s, m = rng.standard_normal((16, 4)), rng.random((16, 4)) > 0.5
+
+    def fill_then_all(s, m):
+        x = s.masked_fill(m, -5.0)
+        return x.masked_fill((x == -5.0).all(dim=-1, keepdim=True), 0.0)
+
+    def ranks_then_relu(s):
+        ranks = kiln.arange(4, 0, -1, dtype=kiln.uint8)
+        return kiln.where(s.relu() > 0, ranks, 0).amax(-1), s.relu().amax(-1)
+    cases = [(fill_then_all, [s, m], True), (ranks_then_relu, [s], False)]
+    for fn, arrays, off in cases:
+        graph = _graph(fn, arrays)
+        ck = cgen.render_c(lower(graph))
+        assert "4 elements */" in ck.source
+        assert ("no-tree-loop-if-convert" in ck.source) == off, fn.__name__
+        lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+        want, _ = interpret(graph, arrays)
+        for g, w in zip(_run(ck, lib, graph, arrays), want):
+            _check(g, w, 0, 0)
 
 
 @pytest.mark.parametrize("op", ["sum", "prod", "amax", "softmax"])
