@@ -168,7 +168,9 @@ def test_threaded_pool_window_at_cnn_batch_64(threads, monkeypatch):
     got = [run(compiled) for _ in range(2)]     # the first call traces, the second replays
     sources = [src for entry in compiled.entries.values()
                for _, src, *_ in entry.executor.kernels if src]
-    assert any("max_pool2d" in src and "_rows(" in src for src in sources)
+    # built with loop if-conversion (its selects pick computed values), so its rows vectorize
+    assert any("max_pool2d" in src and "_rows(" in src and
+               "no-tree-loop-if-convert" not in src for src in sources)
     eager = run(step)
     tg, tb = (torch.tensor(a, requires_grad=True) for a in (gemm, bias))
     y = tg.reshape(64, 24, 24, 64).permute(0, 3, 1, 2)
@@ -222,3 +224,44 @@ def test_overlapping_pool_step_builds_on_c(k, stride, padding, threads, monkeypa
         for a, e, t in zip(g, eager, ref):
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch,size,stride,padding,dilation,groups,pool", [
+    (1, (11, 14), 2, 1, 1, 1, (2, 3)),
+    (2, (13, 12), 1, 2, 2, 2, 3),
+    (3, (10, 15), (2, 1), (1, 0), (1, 2), 1, 2)])
+def test_compiled_conv_pool_steps_of_odd_shapes_on_c(batch, size, stride, padding, dilation,
+                                                     groups, pool, monkeypatch):
+    """Convolutions of stride 2, padding, dilation, groups, batch 1 and non-square images,
+    then bias + ReLU + a max-pool of non-square or overlapping windows, every group forced onto
+    its C kernel (the pool's unrolled kernel): values and all three gradients equal eager
+    kiln's and PyTorch's."""
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 4) + size).astype(np.float32)
+    wt = rng.standard_normal((6, 4 // groups, 3, 3)).astype(np.float32) * 0.3
+    bias = rng.standard_normal(6).astype(np.float32)
+    pool_stride = 2 if pool == 3 else None
+
+    def step(lib, x, wt, bias):
+        y = lib.nn.functional.conv2d(x, wt, bias, stride, padding, dilation, groups)
+        out = lib.nn.functional.max_pool2d(lib.relu(y), pool, pool_stride)
+        (out * out).sum().backward()
+        return out
+
+    def run(lib, fn):
+        ts = [lib.tensor(a, requires_grad=True) for a in (x, wt, bias)]
+        out = fn(*ts)
+        return [out.detach().numpy()] + [t.grad.numpy() for t in ts]
+
+    compiled = kiln.compile(lambda *ts: step(kiln, *ts), backend="c")
+    got = [run(kiln, compiled) for _ in range(2)]   # the first call traces, the second replays
+    sources = [src for entry in compiled.entries.values()
+               for _, src, *_ in entry.executor.kernels if src]
+    assert any("max_pool2d" in src and " elements */" in src for src in sources)
+    eager = run(kiln, lambda *ts: step(kiln, *ts))
+    ref = run(torch, lambda *ts: step(torch, *ts))
+    for g in got:
+        for a, e, t in zip(g, eager, ref):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4)
