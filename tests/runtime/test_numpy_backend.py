@@ -170,20 +170,27 @@ def test_slice_matches_the_primitive(shape, starts, stops, steps):
 
 
 @pytest.mark.parametrize("threads,used", [(1, True), (2, False)])
-def test_forward_conv_product_on_gemm_cpu_kernel(threads, used, monkeypatch):
-    """A float32 forward product by a weight of 64 outputs runs on gemm_cpu's kernel chunk by
-    chunk on one thread (BLAS with its threads otherwise), equal to the definition."""
-    kernel = gemm_cpu.kernel()
+def test_conv_products_on_gemm_cpu_kernels(threads, used, monkeypatch):
+    """A float32 forward product by a weight of 64 outputs, and its weight gradient, run on
+    gemm_cpu's kernels chunk by chunk on one thread (BLAS with its threads otherwise), equal
+    to the definitions."""
+    kernel, transposed = gemm_cpu.kernel(), gemm_cpu.transposed_kernel()
     if kernel is None:
         pytest.skip("no C compiler")
     calls = []
-    monkeypatch.setattr(gemm_cpu, "kernel", lambda: lambda *a: calls.append(a) or kernel(*a))
+    monkeypatch.setattr(gemm_cpu, "kernel", lambda: lambda *a: calls.append("nn") or kernel(*a))
+    monkeypatch.setattr(gemm_cpu, "transposed_kernel",
+                        lambda: lambda *a: calls.append("tn") or transposed(*a))
     monkeypatch.setattr(numpy_backend, "_threads", lambda: threads)
     monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES", 2 * 13 * 9 * 72 * 4)   # two images
     x = RNG.standard_normal((5, 8, 15, 11)).astype(np.float32)
     w = RNG.standard_normal((64, 8 * 3 * 3)).astype(np.float32)
+    g = RNG.standard_normal((5 * 13 * 9, 64)).astype(np.float32)
     args = dict(kernel=(3, 3), stride=(1, 1), dilation=(1, 1))
-    want = PRIMITIVES["unfold_matmul"].impl(np, x, w.T, **args)
-    got = FAST_PATHS["unfold_matmul"](np, x, w.T, **args)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert len(calls) == (3 if used else 0)
+    for name, operands in [("unfold_matmul", (x, w.T)), ("matmul_unfold", (g.T, x))]:
+        # the definition in float64: the weight gradient sums 585 products in another order
+        want = PRIMITIVES[name].impl(np, *[a.astype(np.float64) for a in operands], **args)
+        got = FAST_PATHS[name](np, *operands, **args)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5, err_msg=name)
+    assert calls == (["nn"] * 3 + ["tn"] * 3 if used else [])
