@@ -76,7 +76,9 @@ UNROLL_MIN_ROWS = 16
 # first group's mask, so kept elements read as 0 or as stray memory. A mask of any dtype does it
 # (bool, int32, a float compared), e.g. `x = s.masked_fill(m != 0, c)` then
 # `x.masked_fill((x == c).all(-1, keepdim=True), 0)` on 16x4 float64
-# (tests/codegen/test_c_fuzz_regressions.py). The unrolled kernels are built without that pass.
+# (tests/codegen/test_c_fuzz_regressions.py). The unrolled kernels that select a loaded element
+# (`_selects_loaded_element`) are built without that pass; the others keep it, since without it
+# no row loop with a select vectorizes (a max-pool's bias, ReLU and window max ran ~15x slower).
 NO_IF_CONVERSION = '__attribute__((optimize("no-tree-loop-if-convert"))) '
 # the shortest inner loop of a row's nest over its reduced dims (_rindex_loops): shorter
 # trailing loops merge into one, their digits taken from its variable by shifts
@@ -477,7 +479,7 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
               " *   in:  " + ", ".join(map(str, kernel.inputs)),
               " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
     rows_part = []
-    attributes = NO_IF_CONVERSION if r.unrolled else ""
+    attributes = NO_IF_CONVERSION if r.unrolled and _selects_loaded_element(kernel) else ""
     if r.rows_body is not None:
         # not inlined: GCC 12 spends minutes on a long unrolled body inside an OpenMP team's
         # outlined function, and seconds on the same body in a function of its own
@@ -501,6 +503,19 @@ def _writes_over(kernel: Kernel, out: int, inp: int) -> bool:
     stores = [s for s in kernel.body if isinstance(s, Store) and s.buffer == out]
     return len(stores) == 1 and all(s.offset == stores[0].offset for s in kernel.body
                                     if isinstance(s, Load) and s.buffer == inp)
+
+
+def _selects_loaded_element(kernel: Kernel) -> bool:
+    """Whether a `where` of the kernel picks as one of its values an element it loads at an
+    offset that moves with the row (`m ? c : x[row * 4 + j]`): the loads GCC 12 makes masked
+    loads under if-conversion, the miscompiled case (NO_IF_CONVERSION). A value also read by
+    the select's own test (ReLU, max) or one loaded once for every row (a pool's window
+    ranks) is read whatever the mask."""
+    per_element = {v.name for v in kernel.index_vars if v.scope == ELEM} | {"rindex"}
+    moving = {s.dest for s in kernel.body if isinstance(s, Load) and s.scope == ELEM and
+              variables(s.offset) - per_element}
+    return any(isinstance(s, Compute) and s.op == "where" and
+               any(a in moving for a in s.args[1:] if isinstance(a, str)) for s in kernel.body)
 
 
 def _indent(lines: list, n: int = 1) -> list:

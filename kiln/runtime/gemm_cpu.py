@@ -11,6 +11,14 @@ AVX-512); 1.3-1.8x at 4-32 rows over 128-784 inner and 512 columns. Where it is 
 (fewer than 128 inner, columns not a multiple of 64: the narrow blocks and the tail are slow),
 `takes` says no and BLAS runs the product.
 
+The same kernel runs a convolution's forward product on one thread (`takes_windows`, called by
+`runtime/numpy_backend.py`): a chunk of windows (any number of rows) times the weight, whose
+64-column blocks (inner x 64 floats) stay in L2 while the rows stream through: 1.11-1.15x
+OpenBLAS's speed over 72-1152 inner and 64 or 128 columns (AMD EPYC, AVX-512); with an inner
+dimension of 2304 the block no longer fits and BLAS is as fast. Its twin reading the left
+operand down its columns (`transposed_kernel`) gives the weight gradient's product, windows^T
+times the output's gradient, per chunk: 1.2x OpenBLAS's speed on the 28x28 CNN's conv2.
+
 Each element of the result is one sum over the inner dimension in order, with fused
 multiply-adds (as BLAS's kernels use them): it differs from BLAS's blocked sums by rounding
 only, as one BLAS differs from another.
@@ -28,6 +36,9 @@ from kiln.runtime.c_helpers import HelperKernels
 # of 64 (every column block is a full one of 4 vectors)
 MAX_ROWS = 32
 MIN_INNER = 128
+# a convolution's windows (any rows) times its weight: k within these, n a multiple of 64
+WINDOWS_MIN_INNER = 64
+WINDOWS_MAX_INNER = 1280
 
 SOURCE = r"""
 #pragma GCC optimize("fp-contract=fast")
@@ -60,6 +71,33 @@ KILN_BLOCK(kiln_thin_block5, 5)
 
 typedef void (*kiln_thin_block)(const float *, long, const float *, long, float *, long, long);
 
+/* rows [0, MB) x columns [0, 64) of out = a^T @ b, `a` read down its columns: element i of
+   row k of a is row i's factor (MB adjacent floats per k) */
+#define KILN_BLOCK_T(NAME, MB)                                                               \
+static inline void NAME(const float *a, long lda, const float *b, long ldb, float *out,     \
+                        long ldo, long k_len) {                                              \
+    kiln_v16 acc[MB][4];                                                                     \
+    for (int i = 0; i < MB; i++)                                                             \
+        for (int j = 0; j < 4; j++) acc[i][j] = (kiln_v16){0};                               \
+    for (long k = 0; k < k_len; k++) {                                                       \
+        kiln_v16 bv[4];                                                                      \
+        for (int j = 0; j < 4; j++) bv[j] = *(const kiln_v16 *)(b + k * ldb + 16 * j);      \
+        for (int i = 0; i < MB; i++) {                                                       \
+            kiln_v16 ai = (kiln_v16){0} + a[k * lda + i];                                    \
+            for (int j = 0; j < 4; j++) acc[i][j] += ai * bv[j];                             \
+        }                                                                                    \
+    }                                                                                        \
+    for (int i = 0; i < MB; i++)                                                             \
+        for (int j = 0; j < 4; j++) *(kiln_v16 *)(out + i * ldo + 16 * j) = acc[i][j];      \
+}
+KILN_BLOCK_T(kiln_tn_block1, 1)
+KILN_BLOCK_T(kiln_tn_block2, 2)
+KILN_BLOCK_T(kiln_tn_block3, 3)
+KILN_BLOCK_T(kiln_tn_block4, 4)
+KILN_BLOCK_T(kiln_tn_block5, 5)
+
+typedef void (*kiln_tn_block)(const float *, long, const float *, long, float *, long, long);
+
 /* out (m x n, contiguous) = a (m x k, rows lda apart) @ b (k x n, rows ldb apart); n % 64 == 0 */
 void kiln_thin_matmul_f32(const float *a, long lda, const float *b, long ldb, float *out,
                           long m, long k, long n) {
@@ -71,6 +109,17 @@ void kiln_thin_matmul_f32(const float *a, long lda, const float *b, long ldb, fl
             blocks[m - m0 < 5 ? m - m0 : 5](a + m0 * lda, lda, b + n0, ldb, out + m0 * n + n0,
                                             n, k);
 }
+
+/* out (m x n, contiguous) = a^T @ b: a (k x m, rows lda apart), b (k x n, rows ldb apart);
+   n % 64 == 0 */
+void kiln_tn_matmul_f32(const float *a, long lda, const float *b, long ldb, float *out,
+                        long m, long k, long n) {
+    static const kiln_tn_block blocks[6] = {0, kiln_tn_block1, kiln_tn_block2, kiln_tn_block3,
+                                            kiln_tn_block4, kiln_tn_block5};
+    for (long n0 = 0; n0 < n; n0 += 64)
+        for (long m0 = 0; m0 < m; m0 += 5)
+            blocks[m - m0 < 5 ? m - m0 : 5](a + m0, lda, b + n0, ldb, out + m0 * n + n0, n, k);
+}
 """
 
 
@@ -79,7 +128,10 @@ def _bind(lib) -> dict:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
                    ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long]
     fn.restype = None
-    return {"thin_matmul": fn}
+    tn = lib.kiln_tn_matmul_f32
+    tn.argtypes = fn.argtypes
+    tn.restype = None
+    return {"thin_matmul": fn, "tn_matmul": tn}
 
 
 _KERNELS = HelperKernels(SOURCE, _bind)
@@ -94,9 +146,25 @@ def kernel():
     return None if fns is None else fns["thin_matmul"]
 
 
+def transposed_kernel():
+    """The C function (a, lda, b, ldb, out, m, k, n) computing out (m x n) = a^T @ b for an a
+    of k rows of m values (a convolution's windows, read down their columns) and a b as
+    `kernel`'s; or None without a compiler."""
+    fns = _KERNELS.functions()
+    return None if fns is None else fns["tn_matmul"]
+
+
 def takes(m: int, k: int, n: int) -> bool:
     """Whether a float32 product (m x k) @ (k x n) is one this kernel runs faster than BLAS."""
     return 0 < m <= MAX_ROWS and k >= MIN_INNER and n > 0 and n % 64 == 0
+
+
+def takes_windows(k: int, n: int) -> bool:
+    """Whether a float32 product of many rows of k windows values by a (k x n) weight runs
+    faster here than in BLAS (on one thread: the kernel runs on the calling thread); also
+    the weight gradient's (k x n) product of the windows and the output's gradient
+    (`transposed_kernel`)."""
+    return WINDOWS_MIN_INNER <= k <= WINDOWS_MAX_INNER and n > 0 and n % 64 == 0
 
 
 def thin_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
@@ -127,4 +195,5 @@ def thin_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     return out
 
 
-__all__ = ["MAX_ROWS", "MIN_INNER", "kernel", "takes", "thin_matmul"]
+__all__ = ["MAX_ROWS", "MIN_INNER", "kernel", "takes", "takes_windows", "thin_matmul",
+           "transposed_kernel"]

@@ -49,6 +49,8 @@ def test_unrolled_pool_matches_interpreter(k, channels_last, parallel_min, threa
     assert kernel.reduced_numel == k * k <= cgen.UNROLL_LIMIT
     ck = cgen.render_c(kernel, parallel_min=parallel_min)
     assert "rindex" not in ck.source and f"{k * k} elements */" in ck.source
+    # no element is selected from a load (NO_IF_CONVERSION): the rows loop vectorizes
+    assert "no-tree-loop-if-convert" not in ck.source
     threaded = f"{ck.name}_rows(" in ck.source
     assert threaded == (parallel_min == 0) == ("#pragma omp parallel for" in ck.source)
     # NCHW: the pooled rows' last coordinate (2 columns) is too short for a vector, so one
@@ -59,6 +61,32 @@ def test_unrolled_pool_matches_interpreter(k, channels_last, parallel_min, threa
     want, _ = interpret(graph, [x, b])
     for g, w in zip(_run(ck, lib, graph, [x, b]), want):
         _check(g, w, 1e-6, 1e-6)
+
+
+def test_if_conversion_off_only_where_a_loaded_element_is_selected():
+    """GCC 12 miscompiles an unrolled kernel that selects elements loaded per row
+    (`masked_fill(m, c)` reads x only where m is false) unless loop if-conversion is off; a
+    select of values the kernel computes, or of a value loaded once for all rows, keeps it."""
+    rng = np.random.default_rng(5)
+    s, m = rng.standard_normal((16, 4)), rng.random((16, 4)) > 0.5
+
+    def fill_then_all(s, m):
+        x = s.masked_fill(m, -5.0)
+        return x.masked_fill((x == -5.0).all(dim=-1, keepdim=True), 0.0)
+
+    def ranks_then_relu(s):
+        ranks = kiln.arange(4, 0, -1, dtype=kiln.uint8)
+        return kiln.where(s.relu() > 0, ranks, 0).amax(-1), s.relu().amax(-1)
+    cases = [(fill_then_all, [s, m], True), (ranks_then_relu, [s], False)]
+    for fn, arrays, off in cases:
+        graph = _graph(fn, arrays)
+        ck = cgen.render_c(lower(graph))
+        assert "4 elements */" in ck.source
+        assert ("no-tree-loop-if-convert" in ck.source) == off, fn.__name__
+        lib = c_build.load(c_build.start_build(cgen.c_module([ck])))
+        want, _ = interpret(graph, arrays)
+        for g, w in zip(_run(ck, lib, graph, arrays), want):
+            _check(g, w, 0, 0)
 
 
 @pytest.mark.parametrize("op", ["sum", "prod", "amax", "softmax"])
@@ -140,7 +168,9 @@ def test_threaded_pool_window_at_cnn_batch_64(threads, monkeypatch):
     got = [run(compiled) for _ in range(2)]     # the first call traces, the second replays
     sources = [src for entry in compiled.entries.values()
                for _, src, *_ in entry.executor.kernels if src]
-    assert any("max_pool2d" in src and "_rows(" in src for src in sources)
+    # built with loop if-conversion (its selects pick computed values), so its rows vectorize
+    assert any("max_pool2d" in src and "_rows(" in src and
+               "no-tree-loop-if-convert" not in src for src in sources)
     eager = run(step)
     tg, tb = (torch.tensor(a, requires_grad=True) for a in (gemm, bias))
     y = tg.reshape(64, 24, 24, 64).permute(0, 3, 1, 2)
@@ -194,3 +224,44 @@ def test_overlapping_pool_step_builds_on_c(k, stride, padding, threads, monkeypa
         for a, e, t in zip(g, eager, ref):
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch,size,stride,padding,dilation,groups,pool", [
+    (1, (11, 14), 2, 1, 1, 1, (2, 3)),
+    (2, (13, 12), 1, 2, 2, 2, 3),
+    (3, (10, 15), (2, 1), (1, 0), (1, 2), 1, 2)])
+def test_compiled_conv_pool_steps_of_odd_shapes_on_c(batch, size, stride, padding, dilation,
+                                                     groups, pool, monkeypatch):
+    """Convolutions of stride 2, padding, dilation, groups, batch 1 and non-square images,
+    then bias + ReLU + a max-pool of non-square or overlapping windows, every group forced onto
+    its C kernel (the pool's unrolled kernel): values and all three gradients equal eager
+    kiln's and PyTorch's."""
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 4) + size).astype(np.float32)
+    wt = rng.standard_normal((6, 4 // groups, 3, 3)).astype(np.float32) * 0.3
+    bias = rng.standard_normal(6).astype(np.float32)
+    pool_stride = 2 if pool == 3 else None
+
+    def step(lib, x, wt, bias):
+        y = lib.nn.functional.conv2d(x, wt, bias, stride, padding, dilation, groups)
+        out = lib.nn.functional.max_pool2d(lib.relu(y), pool, pool_stride)
+        (out * out).sum().backward()
+        return out
+
+    def run(lib, fn):
+        ts = [lib.tensor(a, requires_grad=True) for a in (x, wt, bias)]
+        out = fn(*ts)
+        return [out.detach().numpy()] + [t.grad.numpy() for t in ts]
+
+    compiled = kiln.compile(lambda *ts: step(kiln, *ts), backend="c")
+    got = [run(kiln, compiled) for _ in range(2)]   # the first call traces, the second replays
+    sources = [src for entry in compiled.entries.values()
+               for _, src, *_ in entry.executor.kernels if src]
+    assert any("max_pool2d" in src and " elements */" in src for src in sources)
+    eager = run(kiln, lambda *ts: step(kiln, *ts))
+    ref = run(torch, lambda *ts: step(torch, *ts))
+    for g in got:
+        for a, e, t in zip(g, eager, ref):
+            np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-4)

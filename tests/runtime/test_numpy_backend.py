@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kiln.ir.ops import PRIMITIVES
-from kiln.runtime import conv_cpu, numpy_backend
+from kiln.runtime import conv_cpu, gemm_cpu, numpy_backend
 from kiln.runtime.numpy_backend import FAST_PATHS, numpy_impl
 
 RNG = np.random.default_rng(0)
@@ -121,7 +121,9 @@ def _bits(a):
 @pytest.mark.parametrize("chunk_images", [1, 2, 5])     # 5: all at once
 @pytest.mark.parametrize("shape,kernel,stride,dilation,out_ch", [
     ((5, 3, 11, 10), (3, 2), (2, 3), (2, 1), 4), ((5, 16, 9, 9), (3, 3), (1, 1), (1, 1), 8),
-    ((5, 1, 12, 12), (3, 3), (1, 1), (1, 1), 16)])     # weight gradient taller than wide
+    ((5, 1, 12, 12), (3, 3), (1, 1), (1, 1), 16),      # weight gradient taller than wide
+    # forward products on gemm_cpu's kernel in float32 (64 and 128 outputs, 72 and 144 inner)
+    ((5, 8, 9, 7), (3, 3), (2, 1), (1, 2), 128), ((5, 16, 9, 9), (3, 3), (1, 1), (1, 1), 64)])
 def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dilation, out_ch,
                                                       chunk_images, kernels, dtype,
                                                       monkeypatch):
@@ -165,3 +167,30 @@ def test_slice_matches_the_primitive(shape, starts, stops, steps):
     want = PRIMITIVES["slice"].impl(np, x, starts, stops, steps)
     np.testing.assert_array_equal(got, want)
     assert got.shape == want.shape and got.strides == want.strides and got.base is x
+
+
+@pytest.mark.parametrize("threads,used", [(1, True), (2, False)])
+def test_conv_products_on_gemm_cpu_kernels(threads, used, monkeypatch):
+    """A float32 forward product by a weight of 64 outputs, and its weight gradient, run on
+    gemm_cpu's kernels chunk by chunk on one thread (BLAS with its threads otherwise), equal
+    to the definitions."""
+    kernel, transposed = gemm_cpu.kernel(), gemm_cpu.transposed_kernel()
+    if kernel is None:
+        pytest.skip("no C compiler")
+    calls = []
+    monkeypatch.setattr(gemm_cpu, "kernel", lambda: lambda *a: calls.append("nn") or kernel(*a))
+    monkeypatch.setattr(gemm_cpu, "transposed_kernel",
+                        lambda: lambda *a: calls.append("tn") or transposed(*a))
+    monkeypatch.setattr(numpy_backend, "_threads", lambda: threads)
+    monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES", 2 * 13 * 9 * 72 * 4)   # two images
+    x = RNG.standard_normal((5, 8, 15, 11)).astype(np.float32)
+    w = RNG.standard_normal((64, 8 * 3 * 3)).astype(np.float32)
+    g = RNG.standard_normal((5 * 13 * 9, 64)).astype(np.float32)
+    args = dict(kernel=(3, 3), stride=(1, 1), dilation=(1, 1))
+    for name, operands in [("unfold_matmul", (x, w.T)), ("matmul_unfold", (g.T, x))]:
+        # the definition in float64: the weight gradient sums 585 products in another order
+        want = PRIMITIVES[name].impl(np, *[a.astype(np.float64) for a in operands], **args)
+        got = FAST_PATHS[name](np, *operands, **args)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5, err_msg=name)
+    assert calls == (["nn"] * 3 + ["tn"] * 3 if used else [])
