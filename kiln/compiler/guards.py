@@ -43,17 +43,22 @@ from __future__ import annotations
 
 import abc
 import argparse
+import array
 import collections
+import contextvars
 import dataclasses
 import dis
 import functools
 import math
 import operator
+import os
 import re
 import string
 import sys
+import threading
 import types
 import typing
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +92,8 @@ def _same(kind: str, expected, value) -> bool:
         return type(value) in SCALARS and scalar_key(value) == expected
     if kind in ("len", "eq"):
         return value == expected
+    if kind == "keys":              # a dict's keys, in order (`next(iter(d))`, `move_to_end`)
+        return tuple(value) == expected
     if kind == "type":
         return type(value) is expected
     if kind == "number":            # (type, is zero): a number read on every call
@@ -126,7 +133,8 @@ class Guard:
 
     `read()` returns the place's current content (MISSING when gone); `kind` is how it is
     compared with `expected`: "id" (identity), "value" (a scalar's `scalar_key`), "len" (a
-    container's length), "array" (a small NumPy array's contents), "items" (a list's or
+    container's length), "keys" (a dict's keys in order, `expected` a tuple), "eq" (equality
+    with a value or copy), "array" (a small NumPy array's contents), "items" (a list's or
     tuple's scalars and tensors, `expected` a copy), "members" (a set's), "unguarded" (a place
     past the walk's limits, `expected` which limit: always holds, listed so that it is seen).
     """
@@ -154,6 +162,8 @@ class Guard:
             return f"{self.source} == {self.expected[1]!r} ({self.expected[0].__name__})"
         if self.kind in ("len", "eq"):
             return f"{self.source} == {self.expected}"
+        if self.kind == "keys":
+            return f"{self.source} has the same {len(self.expected)} keys in the same order"
         if self.kind == "type":
             return f"{self.source} is a {self.expected.__name__} (read on every call)"
         if self.kind == "number":
@@ -250,6 +260,13 @@ def _length(container):
     return read
 
 
+def _keys(container):
+    """The reader of a "keys" guard: the dict (its own place is guarded by identity)."""
+    read = lambda: container           # noqa: E731
+    read.container = container          # what `undo_writes` puts back
+    return read
+
+
 def _itself(container):
     """The reader of an "items" or "members" guard: the container (its own place is guarded
     by identity)."""
@@ -260,6 +277,47 @@ def _itself(container):
 
 def constant(value):
     return lambda: value
+
+
+_PROGRESS_DEPTH = 8     # iterators inside iterators (`zip(count(), it)`) followed this deep
+
+
+def _cache_fill(cached) -> tuple:
+    """A `functools.lru_cache` function's misses and size: both stay while calls only hit."""
+    info = cached.cache_info()
+    return info.misses, info.currsize
+
+
+def _reducible_iterator(obj) -> bool:
+    """An iterator of the interpreter's or itertools' (`iter(list)`, `count()`, `zip`, `map`),
+    whose `__reduce__` says how far it has gone."""
+    return hasattr(type(obj), "__next__") and type(obj).__module__ in ("builtins", "itertools")
+
+
+def progress(obj, depth: int = 0):
+    """How far an iterator or generator has gone, as a value to compare between two moments
+    (`next(it)` changes it; nothing about it is a Python attribute the walk could guard): a
+    C iterator's `__reduce__` state, a generator's suspended instruction and locals. Objects
+    inside count by identity, lists by identity and length, nested iterators by their own
+    progress. Raises TypeError for an iterator whose progress cannot be read."""
+    if type(obj) in SCALARS:
+        return scalar_key(obj)
+    if depth > _PROGRESS_DEPTH:
+        return id(obj)
+    if isinstance(obj, (tuple, list)):
+        inner = tuple(progress(v, depth + 1) for v in obj) if type(obj) is tuple else len(obj)
+        return (id(obj) if type(obj) is list else None, inner)
+    if isinstance(obj, types.GeneratorType):
+        frame = obj.gi_frame
+        if frame is None:
+            return "finished"
+        return (frame.f_lasti, progress(obj.gi_yieldfrom, depth + 1),
+                tuple(progress(v, depth + 1) for v in frame.f_locals.values()))
+    if _reducible_iterator(obj):
+        return tuple(progress(v, depth + 1) for v in obj.__reduce__()[1:])
+    if hasattr(type(obj), "__next__") and not isinstance(obj, Tensor):
+        raise TypeError(f"the progress of a {type(obj).__name__} iterator cannot be read")
+    return id(obj)
 
 
 def _attribute_counts(dicts: tuple) -> list:
@@ -824,7 +882,9 @@ class _Walk:
             if _holds_something(obj):
                 self.too_deep(source)
             return
-        if isinstance(obj, (list, tuple)):
+        if self.library_state(source, obj, depth, lazy):
+            return
+        if isinstance(obj, (list, tuple, collections.deque)):
             if type(obj) is tuple and _frozen(obj):
                 self.frozen_tensors(source, obj, depth, lazy)
                 return      # (its identity, guarded, fixes all it holds but tensors' attributes)
@@ -839,7 +899,12 @@ class _Walk:
                 self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
             return
         if isinstance(obj, dict):
-            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
+            if len(obj) > 1:    # (its order is read too: `next(iter(d))`, `for k in d`)
+                self.guards.append(Guard(f"keys of {source}", _keys(obj), "keys", tuple(obj),
+                                         lazy))
+            else:
+                self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj),
+                                         lazy))
             for i, (key, item) in enumerate(list(obj.items())):
                 label = key if isinstance(key, (str, int)) else f"<key {i}>"
                 self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
@@ -855,21 +920,25 @@ class _Walk:
         if not isinstance(attrs, dict) and not slots:
             return
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
-        if not (is_module or optimizer) and _library_class(type(obj)):
+        if not (is_module or optimizer or isinstance(obj, threading.local)) and \
+                _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
         # a module tree or an optimizer's groups and state are walked to their leaves, however
         # deep the module or optimizer was found
         inner = 0 if is_module or optimizer else depth + 1
+        narrow = self.reads is not None and self.reads.by_name(obj) and \
+            not (is_module or optimizer) and not (isinstance(obj, _DATA_HOLDERS) and (
+                self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if not isinstance(attrs, dict):
             attrs = {}
-        elif self.attribute_counts and not optimizer:
+        elif self.attribute_counts and not optimizer or \
+                self.reads is not None and not (narrow or is_module or optimizer):
+            # (walked whole, by a call reading by computed name, `getattr(s, "k", 1.0)`: one
+            # set or deleted since is read too, though no place guarded held it)
             self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
                                      lazy))
         items = [(name, _attr(obj, name), value) for name, value in attrs.items()]
         items += [(name, _slot(obj, name), getattr(obj, name, MISSING)) for name in slots]
-        narrow = self.reads is not None and self.reads.by_name(obj) and \
-            not (is_module or optimizer) and not (isinstance(obj, _DATA_HOLDERS) and (
-                self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if narrow:
             items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
@@ -891,6 +960,50 @@ class _Walk:
         if not _library_module(cls.__module__):
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
             self.class_members(f"type({source})", cls, 0, narrow)
+
+    def library_state(self, source: str, obj, depth: int, lazy: bool) -> bool:
+        """Guard what a standard-library object holds outside any attribute the walk reads
+        (an iterator's progress, a context variable's value, `os.environ`, a weak dictionary's
+        items, a bytearray's or an array.array's contents, an lru_cache's fill); whether `obj`
+        was one."""
+        if isinstance(obj, types.GeneratorType) or _reducible_iterator(obj) or \
+                hasattr(type(obj), "__next__") and _library_class(type(obj)):
+            try:
+                self.guards.append(Guard(f"how far {source} has gone",
+                                         functools.partial(progress, obj), "eq",
+                                         progress(obj), lazy))
+            except Exception as e:      # (a library's own iterator: a DataLoader's)
+                self.unguarded(source, f"an iterator whose progress kiln cannot read ({e})")
+            return True
+        if isinstance(obj, contextvars.ContextVar):
+            read = functools.partial(obj.get, MISSING)
+            self.place(f"{source}.get()", read, read(), depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, os._Environ):
+            self.guards.append(Guard(source, constant(obj._data), "eq", dict(obj._data), lazy))
+            return True
+        if isinstance(obj, (weakref.WeakValueDictionary, weakref.WeakKeyDictionary)):
+            items = list(obj.items())
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(items), lazy))
+            for i, (key, item) in enumerate(items):
+                label = key if isinstance(key, (str, int)) else f"<key {i}>"
+                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, (bytearray, array.array)):
+            self.guards.append(Guard(f"{source}[:]", constant(obj), "eq", obj[:], lazy))
+            return True
+        if isinstance(obj, functools._lru_cache_wrapper):
+            # a miss (a new argument, a cleared cache) runs the function, a hit returns what
+            # it computed once: either way from what the function reads (its globals; a
+            # cleared cache refills with the same count). A miss in the traced call fills the
+            # cache as the trace's lazy state, not an effect (the function's own are seen).
+            read = functools.partial(_cache_fill, obj)
+            self.guards.append(Guard(f"misses and size of {source}'s cache", read, "eq", read(),
+                                     True))
+            wrapped = obj.__wrapped__
+            self.place(f"{source}.__wrapped__", constant(wrapped), wrapped, depth)
+            return True
+        return False
 
     def unread_flag(self, module) -> bool:
         """Whether the traced call read no `module.training`: every read through Module's
@@ -1071,7 +1184,7 @@ def changed(before: list[Guard]) -> list[Guard]:
     return [g for g in before if not g.holds()]
 
 
-_CONTENTS = ("len", "items", "members")     # guards on what a container holds
+_CONTENTS = ("len", "keys", "items", "members")     # guards on what a container holds
 
 
 def undo_writes(guards: list[Guard]):
@@ -1094,6 +1207,9 @@ def undo_writes(guards: list[Guard]):
             if g.kind in _CONTENTS and old is not None:
                 if isinstance(container, list):
                     container[:] = old
+                elif isinstance(container, collections.deque):
+                    container.clear()
+                    container.extend(old)
                 elif isinstance(container, (dict, set)):
                     container.clear()
                     container.update(old)
