@@ -15,7 +15,12 @@ every attribute and item. Each reached place becomes one `Guard`:
 - a container by its length as well as its items; a list of more than a few scalars, tensors
   and tuples of them by one guard on all its items (a snapshot compared by identity first, by
   value when an item was replaced), a set by its members; a tuple of such by its identity
-  alone (nothing in it can be rebound).
+  alone (nothing in it can be rebound); a dict of two keys or more by its keys in order;
+- standard-library state no attribute holds (`_Walk.library_state`): how far an iterator or
+  generator has gone (`progress`; one whose progress cannot be read, a library's own iterator,
+  is unguarded), a `ContextVar`'s value, `os.environ`, a weak dictionary's items, a
+  bytearray's or `array.array`'s contents, an `lru_cache`'d function's fill and what it reads;
+  a deque as a list, a `threading.local` as a plain object.
 
 The walk goes `_OBJECT_DEPTH` levels into plain objects and containers (counted from the
 nearest function, class, module or optimizer) and adds at most `_GUARD_BUDGET` guards. A place
