@@ -54,9 +54,11 @@ import contextvars
 import dataclasses
 import dis
 import functools
+import logging
 import math
 import operator
 import os
+import queue
 import re
 import string
 import sys
@@ -293,6 +295,12 @@ def _cache_fill(cached) -> tuple:
     return info.misses, info.currsize
 
 
+def _logger_levels(logger) -> tuple:
+    """What decides whether a logger passes a message on: its own level, those it inherits,
+    `logging.disable`, `logger.disabled`."""
+    return logger.getEffectiveLevel(), logger.manager.disable, logger.disabled
+
+
 def _reducible_iterator(obj) -> bool:
     """An iterator of the interpreter's or itertools' (`iter(list)`, `count()`, `zip`, `map`),
     whose `__reduce__` says how far it has gone."""
@@ -437,6 +445,11 @@ def _user_function(obj) -> bool:
 
 
 _DATA_HOLDERS = (types.SimpleNamespace, argparse.Namespace)
+# the standard library's classes whose attributes are the user's data, walked as a plain
+# object's (a ChainMap's `maps`, a Queue's deque)
+_STATE_HOLDERS = (threading.local, collections.ChainMap, collections.UserDict,
+                  collections.UserList, queue.Queue)
+_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 
 
 def _data_holder(cls: type) -> bool:
@@ -889,50 +902,24 @@ class _Walk:
             return
         if self.library_state(source, obj, depth, lazy):
             return
-        if isinstance(obj, (list, tuple, collections.deque)):
-            if type(obj) is tuple and _frozen(obj):
-                self.frozen_tensors(source, obj, depth, lazy)
-                return      # (its identity, guarded, fixes all it holds but tensors' attributes)
-            if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
-                # (a long list of numbers: one check in C per replay, not one per item)
-                self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
-                                         lazy))
-                self.frozen_tensors(source, obj, depth, lazy)
-                return
-            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
-            for i, item in enumerate(obj):
-                self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
-            return
-        if isinstance(obj, dict):
-            if len(obj) > 1:    # (its order is read too: `next(iter(d))`, `for k in d`)
-                self.guards.append(Guard(f"keys of {source}", _keys(obj), "keys", tuple(obj),
-                                         lazy))
-            else:
-                self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj),
-                                         lazy))
-            for i, (key, item) in enumerate(list(obj.items())):
-                label = key if isinstance(key, (str, int)) else f"<key {i}>"
-                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
-                           where=(id(obj), key))
-            return
-        if isinstance(obj, (set, frozenset)):
-            # (`x in S` reads its members, which may change while its length stays)
-            self.guards.append(Guard(f"members of {source}", _itself(obj), "members",
-                                     _members(obj), lazy))
-            return
+        if isinstance(obj, (list, tuple, collections.deque, dict, set, frozenset)):
+            self.contents(source, obj, depth, lazy)
+            if _library_class(type(obj)) or not isinstance(getattr(obj, "__dict__", None), dict):
+                return      # (a user's subclass: its own attributes too, `registry.count`)
         attrs = getattr(obj, "__dict__", None)
         slots = _slot_names(type(obj))
         if not isinstance(attrs, dict) and not slots:
             return
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
-        if not (is_module or optimizer or isinstance(obj, threading.local)) and \
+        if not (is_module or optimizer or isinstance(obj, _STATE_HOLDERS)) and \
                 _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
         # a module tree or an optimizer's groups and state are walked to their leaves, however
         # deep the module or optimizer was found
         inner = 0 if is_module or optimizer else depth + 1
         narrow = self.reads is not None and self.reads.by_name(obj) and \
-            not (is_module or optimizer) and not (isinstance(obj, _DATA_HOLDERS) and (
+            not (is_module or optimizer or isinstance(obj, _STATE_HOLDERS)) and \
+            not (isinstance(obj, _DATA_HOLDERS) and (
                 self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if not isinstance(attrs, dict):
             attrs = {}
@@ -966,11 +953,44 @@ class _Walk:
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
             self.class_members(f"type({source})", cls, 0, narrow)
 
+    def contents(self, source: str, obj, depth: int, lazy: bool) -> None:
+        """What a list, tuple, deque, dict or set holds."""
+        if isinstance(obj, (list, tuple, collections.deque)):
+            if type(obj) is tuple and _frozen(obj):
+                self.frozen_tensors(source, obj, depth, lazy)
+                return      # (its identity, guarded, fixes all it holds but tensors' attributes)
+            if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
+                # (a long list of numbers: one check in C per replay, not one per item)
+                self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
+                                         lazy))
+                self.frozen_tensors(source, obj, depth, lazy)
+                return
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
+            for i, item in enumerate(obj):
+                self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
+            return
+        if isinstance(obj, dict):
+            if len(obj) > 1:    # (its order is read too: `next(iter(d))`, `for k in d`)
+                self.guards.append(Guard(f"keys of {source}", _keys(obj), "keys", tuple(obj),
+                                         lazy))
+            else:
+                self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj),
+                                         lazy))
+            for i, (key, item) in enumerate(list(obj.items())):
+                label = key if isinstance(key, (str, int)) else f"<key {i}>"
+                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
+                           where=(id(obj), key))
+            return
+        if isinstance(obj, (set, frozenset)):
+            # (`x in S` reads its members, which may change while its length stays)
+            self.guards.append(Guard(f"members of {source}", _itself(obj), "members",
+                                     _members(obj), lazy))
+
     def library_state(self, source: str, obj, depth: int, lazy: bool) -> bool:
         """Guard what a standard-library object holds outside any attribute the walk reads
-        (an iterator's progress, a context variable's value, `os.environ`, a weak dictionary's
-        items, a bytearray's or an array.array's contents, an lru_cache's fill); whether `obj`
-        was one."""
+        (an iterator's progress, a context variable's value, `os.environ`, a weak dictionary's,
+        mapping proxy's or dict view's items, a weak reference's object, a logger's levels, a
+        bytearray's or an array.array's contents, an lru_cache's fill); whether `obj` was one."""
         if isinstance(obj, types.GeneratorType) or _reducible_iterator(obj) or \
                 hasattr(type(obj), "__next__") and _library_class(type(obj)):
             try:
@@ -987,7 +1007,19 @@ class _Walk:
         if isinstance(obj, os._Environ):
             self.guards.append(Guard(source, constant(obj._data), "eq", dict(obj._data), lazy))
             return True
-        if isinstance(obj, (weakref.WeakValueDictionary, weakref.WeakKeyDictionary)):
+        if isinstance(obj, logging.Logger):     # `if log.isEnabledFor(DEBUG):`
+            read = functools.partial(_logger_levels, obj)
+            self.guards.append(Guard(f"levels of {source}", read, "eq", read(), lazy))
+            return True
+        if isinstance(obj, _DICT_VIEWS):        # `keys = d.keys()`: the dict it shows
+            shown = obj.mapping                 # (a new proxy each time it is read)
+            self.place(f"{source}.mapping", constant(shown), shown, depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, weakref.ref) and not isinstance(obj, weakref.WeakMethod):
+            self.place(f"{source}()", obj, obj(), depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, (weakref.WeakValueDictionary, weakref.WeakKeyDictionary,
+                            types.MappingProxyType)):
             items = list(obj.items())
             self.guards.append(Guard(f"len({source})", _length(obj), "len", len(items), lazy))
             for i, (key, item) in enumerate(items):
