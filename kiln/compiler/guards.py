@@ -399,8 +399,17 @@ def global_names(code) -> frozenset:
 
 def code_names(code) -> frozenset:
     """The attribute names a code object (and every code nested in it) loads: what it can read
-    from a Python module it names (`config.ALPHA`)."""
-    return _names_of(code)[1]
+    from a Python module it names (`config.ALPHA`); with `ANY_NAME` where it reads by computed
+    name (`getattr(config, "lr")`, `vars(config)`)."""
+    globals_, attrs = _names_of(code)
+    if globals_ & _DYNAMIC_GLOBALS or attrs & _DYNAMIC_ATTRIBUTES:
+        return attrs | {ANY_NAME}
+    return attrs
+
+
+ANY_NAME = "*"          # in `code_names`: every attribute of a user's Python module
+# builtins that read every global of the function's module (`globals()["N"]`, `eval("N")`)
+_EVERY_GLOBAL = frozenset({"globals", "eval", "exec"})
 
 
 def roots(fn) -> list:
@@ -421,7 +430,10 @@ def roots(fn) -> list:
         read = _cell(cell)
         found.append((name, read, read()))
     glb = getattr(fn, "__globals__", {})
-    for name in sorted(global_names(code)):
+    names = global_names(code)
+    if names & _EVERY_GLOBAL - glb.keys():
+        names |= {name for name in glb if not name.startswith("__")}
+    for name in sorted(names):
         if name in glb:
             found.append((name, _global(glb, name), glb[name]))
     # default arguments: a call that omits one reads it (`def g(x, k=K)`, `g.__defaults__ =`)
@@ -859,7 +871,10 @@ class _Walk:
                 self.guards.append(Guard(f"{source}[...]", constant(obj), "array", copy))
             return
         if isinstance(obj, types.ModuleType):
-            # a Python module: only the attributes the code names (`config.ALPHA`, `np.pi`)
+            # a Python module: only the attributes the code names (`config.ALPHA`, `np.pi`),
+            # a user's module whole where the code reads by computed name
+            if names and ANY_NAME in names and not _library_module(obj.__name__):
+                names = obj.__dict__.keys()
             for name in sorted(names or ()):
                 if name in obj.__dict__ and not name.startswith("__"):
                     value = obj.__dict__[name]
@@ -886,6 +901,11 @@ class _Walk:
             if not _library_module(obj.__module__):
                 self.class_members(source, obj, 0,
                                    self.reads is not None and not self.reads.everything)
+            return
+        if isinstance(obj, types.BuiltinFunctionType) and \
+                not isinstance(obj.__self__, (types.ModuleType, type(None))):
+            # a C method bound to its object (`draw = rng.random`, `log = history.append`)
+            self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__, depth)
             return
         if isinstance(obj, types.BuiltinFunctionType) or \
                 type(obj).__name__ == "CompiledFunction":
