@@ -1721,14 +1721,19 @@ def run(source: str, compiled: bool):
     exec(compile(source, "<stale world>", "exec"), ns)
     fn = kiln.compile(ns["f"]) if compiled else ns["f"]
     seen = []
+    grad, dtype = kiln.is_grad_enabled(), kiln.get_default_dtype()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for i in range(CALLS):
-            if "between" in ns:
-                ns["between"](i)
-            args = ns["args"](i) if "args" in ns else (kiln.arange(3.0) + i,)
-            _seed()
-            seen.append((observe(fn(*args)), observe(ns["state"]())))
+        try:
+            for i in range(CALLS):
+                if "between" in ns:
+                    ns["between"](i)
+                args = ns["args"](i) if "args" in ns else (kiln.arange(3.0) + i,)
+                _seed()
+                seen.append((observe(fn(*args)), observe(ns["state"]())))
+        finally:        # (a case that changes kiln's global modes)
+            kiln.set_grad_enabled(grad)
+            kiln.set_default_dtype(dtype)
     told = [str(w.message) for w in caught if "kiln.compile" in str(w.message)]
     return seen, (fn if compiled else None), told
 
@@ -1759,10 +1764,7 @@ def _clean_environment():
     saved = {k: os.environ.get(k) for k in ("KILN_STALE_SCALE", "KILN_STALE_N")}
     modules = {k: sys.modules.get(k) for k in ("stale_cfgmod", "stale_optional", "stale_world",
                                            "stale_cfg5")}
-    grad, dtype = kiln.is_grad_enabled(), kiln.get_default_dtype()
     yield
-    kiln.set_grad_enabled(grad)
-    kiln.set_default_dtype(dtype)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
