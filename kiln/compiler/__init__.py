@@ -112,6 +112,15 @@ def _referenced_objects(fn) -> dict:
     return found
 
 
+def _has(obj, *attributes) -> bool:
+    """`hasattr` for each name, False where the object's own `__getattr__` raises another
+    error (a user's config class raising KeyError), which eager code never asked it."""
+    try:
+        return all(hasattr(obj, a) for a in attributes)
+    except Exception:
+        return False
+
+
 def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
     """id(tensor) -> a readable name for parameters, buffers, optimizer state and tensors.
 
@@ -132,12 +141,12 @@ def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
     def visit(obj_name, obj, level):
         if isinstance(obj, Tensor):
             name(obj, obj_name)
-        elif hasattr(obj, "named_parameters") and hasattr(obj, "named_buffers"):
+        elif _has(obj, "named_parameters", "named_buffers"):
             for n, t in obj.named_parameters():
                 name(t, f"{obj_name}.{n}")
             for n, t in obj.named_buffers():
                 name(t, f"{obj_name}.{n}")
-        elif hasattr(obj, "param_groups") and hasattr(obj, "state"):
+        elif _has(obj, "param_groups", "state"):
             for i, (p, st) in enumerate(obj.state.items()):
                 for k, t in st.items() if isinstance(st, dict) else ():
                     if isinstance(t, Tensor):
@@ -148,7 +157,7 @@ def _tensor_names(fn, depth: int = 2, tensors: dict | None = None) -> dict:
         elif isinstance(obj, dict) and level >= 0:
             for k, item in list(obj.items())[:256]:
                 visit(f"{obj_name}.{k}", item, -1)
-        elif callable(obj) and hasattr(obj, "__code__") and level > 0:
+        elif callable(obj) and _has(obj, "__code__") and level > 0:
             for n, o in _referenced_objects(obj).items():
                 visit(n, o, level - 1)
         elif level > 0 and _plain_object(obj):      # a trainer holding a model and optimizer

@@ -3,9 +3,9 @@
 A replay runs the captured tensor program and nothing else, so anything else the traced call
 did in Python would happen once, at trace time, and never again. Two mechanisms find them:
 
-- `EffectWatch` swaps in watched versions of `print`, `input`, `open`, `sys.stdout` and
-  `sys.stderr` while any thread traces, and reports a call made from the user's code (not
-  from kiln) to the watch of the thread that made it, with its line;
+- `EffectWatch` swaps in watched versions of `print`, `input`, `open`, `sys.stdout`,
+  `sys.stderr` and `logging.Logger.handle` while any thread traces, and reports a call made
+  from the user's code (not from kiln) to the watch of the thread that made it, with its line;
 - `random_states` / `random_draws` compare the state of Python's and NumPy's global random
   generators, and of every generator the guards reached, before and after the call (a draw
   changes the state; NumPy's generators are Cython, invisible to any Python-level hook).
@@ -18,6 +18,7 @@ Mutations of reachable Python state are found by the guards (`kiln.compiler.guar
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 import random
 import sys
@@ -75,6 +76,7 @@ class _WatchedStream:
 _BUILTINS = {"print": "print() writes to stdout", "input": "input() reads from stdin",
              "open": "open() opens a file"}
 # output a swallowing watch skips (reading input or opening a file returns what code uses)
+_LOGGING = "logging a message (its handlers run)"
 _SWALLOWED = {_BUILTINS["print"], "writing to sys.stdout", "writing to sys.stderr"}
 _ACTIVE: dict = {}            # thread id -> its EffectWatch, while that thread traces
 _LOCK = threading.Lock()
@@ -114,11 +116,20 @@ def _wrapper(stream, name: str) -> _WatchedStream:
     return _WRAPPERS[key]
 
 
+def _watched_handle(logger, record):
+    """logging.Logger.handle while some thread traces: a message the user's code logs (one its
+    logger passes on) reaches handlers a replay would not call (a stream handler keeps the
+    sys.stderr of its making, unwatched)."""
+    _saw(_LOGGING)
+    return _SAVED["handle"](logger, record)
+
+
 def _install() -> None:
     _SAVED.update({name: getattr(builtins, name) for name in _BUILTINS})
-    _SAVED.update(stdout=sys.stdout, stderr=sys.stderr)
+    _SAVED.update(stdout=sys.stdout, stderr=sys.stderr, handle=logging.Logger.handle)
     for name in _BUILTINS:
         setattr(builtins, name, _watched(name, _SAVED[name]))
+    logging.Logger.handle = _watched_handle
     sys.stdout = _wrapper(sys.stdout, "stdout")
     sys.stderr = _wrapper(sys.stderr, "stderr")
 
@@ -130,6 +141,8 @@ def _uninstall() -> None:
     for name in ("stdout", "stderr"):       # unless the user's code replaced it meanwhile
         if isinstance(getattr(sys, name), _WatchedStream):
             setattr(sys, name, _SAVED[name])
+    if logging.Logger.handle is _watched_handle:
+        logging.Logger.handle = _SAVED["handle"]
     _SAVED.clear()
 
 

@@ -15,7 +15,12 @@ every attribute and item. Each reached place becomes one `Guard`:
 - a container by its length as well as its items; a list of more than a few scalars, tensors
   and tuples of them by one guard on all its items (a snapshot compared by identity first, by
   value when an item was replaced), a set by its members; a tuple of such by its identity
-  alone (nothing in it can be rebound).
+  alone (nothing in it can be rebound); a dict of two keys or more by its keys in order;
+- standard-library state no attribute holds (`_Walk.library_state`): how far an iterator or
+  generator has gone (`progress`; one whose progress cannot be read, a library's own iterator,
+  is unguarded), a `ContextVar`'s value, `os.environ`, a weak dictionary's items, a
+  bytearray's or `array.array`'s contents, an `lru_cache`'d function's fill and what it reads;
+  a deque as a list, a `threading.local` as a plain object.
 
 The walk goes `_OBJECT_DEPTH` levels into plain objects and containers (counted from the
 nearest function, class, module or optimizer) and adds at most `_GUARD_BUDGET` guards. A place
@@ -43,17 +48,24 @@ from __future__ import annotations
 
 import abc
 import argparse
+import array
 import collections
+import contextvars
 import dataclasses
 import dis
 import functools
+import logging
 import math
 import operator
+import os
+import queue
 import re
 import string
 import sys
+import threading
 import types
 import typing
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +99,8 @@ def _same(kind: str, expected, value) -> bool:
         return type(value) in SCALARS and scalar_key(value) == expected
     if kind in ("len", "eq"):
         return value == expected
+    if kind == "keys":              # a dict's keys, in order (`next(iter(d))`, `move_to_end`)
+        return tuple(value) == expected
     if kind == "type":
         return type(value) is expected
     if kind == "number":            # (type, is zero): a number read on every call
@@ -126,7 +140,8 @@ class Guard:
 
     `read()` returns the place's current content (MISSING when gone); `kind` is how it is
     compared with `expected`: "id" (identity), "value" (a scalar's `scalar_key`), "len" (a
-    container's length), "array" (a small NumPy array's contents), "items" (a list's or
+    container's length), "keys" (a dict's keys in order, `expected` a tuple), "eq" (equality
+    with a value or copy), "array" (a small NumPy array's contents), "items" (a list's or
     tuple's scalars and tensors, `expected` a copy), "members" (a set's), "unguarded" (a place
     past the walk's limits, `expected` which limit: always holds, listed so that it is seen).
     """
@@ -154,6 +169,8 @@ class Guard:
             return f"{self.source} == {self.expected[1]!r} ({self.expected[0].__name__})"
         if self.kind in ("len", "eq"):
             return f"{self.source} == {self.expected}"
+        if self.kind == "keys":
+            return f"{self.source} has the same {len(self.expected)} keys in the same order"
         if self.kind == "type":
             return f"{self.source} is a {self.expected.__name__} (read on every call)"
         if self.kind == "number":
@@ -250,6 +267,13 @@ def _length(container):
     return read
 
 
+def _keys(container):
+    """The reader of a "keys" guard: the dict (its own place is guarded by identity)."""
+    read = lambda: container           # noqa: E731
+    read.container = container          # what `undo_writes` puts back
+    return read
+
+
 def _itself(container):
     """The reader of an "items" or "members" guard: the container (its own place is guarded
     by identity)."""
@@ -260,6 +284,53 @@ def _itself(container):
 
 def constant(value):
     return lambda: value
+
+
+_PROGRESS_DEPTH = 8     # iterators inside iterators (`zip(count(), it)`) followed this deep
+
+
+def _cache_fill(cached) -> tuple:
+    """A `functools.lru_cache` function's misses and size: both stay while calls only hit."""
+    info = cached.cache_info()
+    return info.misses, info.currsize
+
+
+def _logger_levels(logger) -> tuple:
+    """What decides whether a logger passes a message on: its own level, those it inherits,
+    `logging.disable`, `logger.disabled`."""
+    return logger.getEffectiveLevel(), logger.manager.disable, logger.disabled
+
+
+def _reducible_iterator(obj) -> bool:
+    """An iterator of the interpreter's or itertools' (`iter(list)`, `count()`, `zip`, `map`),
+    whose `__reduce__` says how far it has gone."""
+    return hasattr(type(obj), "__next__") and type(obj).__module__ in ("builtins", "itertools")
+
+
+def progress(obj, depth: int = 0):
+    """How far an iterator or generator has gone, as a value to compare between two moments
+    (`next(it)` changes it; nothing about it is a Python attribute the walk could guard): a
+    C iterator's `__reduce__` state, a generator's suspended instruction and locals. Objects
+    inside count by identity, lists by identity and length, nested iterators by their own
+    progress. Raises TypeError for an iterator whose progress cannot be read."""
+    if type(obj) in SCALARS:
+        return scalar_key(obj)
+    if depth > _PROGRESS_DEPTH:
+        return id(obj)
+    if isinstance(obj, (tuple, list)):
+        inner = tuple(progress(v, depth + 1) for v in obj) if type(obj) is tuple else len(obj)
+        return (id(obj) if type(obj) is list else None, inner)
+    if isinstance(obj, types.GeneratorType):
+        frame = obj.gi_frame
+        if frame is None:
+            return "finished"
+        return (frame.f_lasti, progress(obj.gi_yieldfrom, depth + 1),
+                tuple(progress(v, depth + 1) for v in frame.f_locals.values()))
+    if _reducible_iterator(obj):
+        return tuple(progress(v, depth + 1) for v in obj.__reduce__()[1:])
+    if hasattr(type(obj), "__next__") and not isinstance(obj, Tensor):
+        raise TypeError(f"the progress of a {type(obj).__name__} iterator cannot be read")
+    return id(obj)
 
 
 def _attribute_counts(dicts: tuple) -> list:
@@ -328,8 +399,17 @@ def global_names(code) -> frozenset:
 
 def code_names(code) -> frozenset:
     """The attribute names a code object (and every code nested in it) loads: what it can read
-    from a Python module it names (`config.ALPHA`)."""
-    return _names_of(code)[1]
+    from a Python module it names (`config.ALPHA`); with `ANY_NAME` where it reads by computed
+    name (`getattr(config, "lr")`, `vars(config)`)."""
+    globals_, attrs = _names_of(code)
+    if globals_ & _DYNAMIC_GLOBALS or attrs & _DYNAMIC_ATTRIBUTES:
+        return attrs | {ANY_NAME}
+    return attrs
+
+
+ANY_NAME = "*"          # in `code_names`: every attribute of a user's Python module
+# builtins that read every global of the function's module (`globals()["N"]`, `eval("N")`)
+_EVERY_GLOBAL = frozenset({"globals", "eval", "exec"})
 
 
 def roots(fn) -> list:
@@ -350,7 +430,10 @@ def roots(fn) -> list:
         read = _cell(cell)
         found.append((name, read, read()))
     glb = getattr(fn, "__globals__", {})
-    for name in sorted(global_names(code)):
+    names = global_names(code)
+    if names & _EVERY_GLOBAL - glb.keys():
+        names |= {name for name in glb if not name.startswith("__")}
+    for name in sorted(names):
         if name in glb:
             found.append((name, _global(glb, name), glb[name]))
     # default arguments: a call that omits one reads it (`def g(x, k=K)`, `g.__defaults__ =`)
@@ -374,6 +457,11 @@ def _user_function(obj) -> bool:
 
 
 _DATA_HOLDERS = (types.SimpleNamespace, argparse.Namespace)
+# the standard library's classes whose attributes are the user's data, walked as a plain
+# object's (a ChainMap's `maps`, a Queue's deque)
+_STATE_HOLDERS = (threading.local, collections.ChainMap, collections.UserDict,
+                  collections.UserList, queue.Queue)
+_DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 
 
 def _data_holder(cls: type) -> bool:
@@ -783,7 +871,10 @@ class _Walk:
                 self.guards.append(Guard(f"{source}[...]", constant(obj), "array", copy))
             return
         if isinstance(obj, types.ModuleType):
-            # a Python module: only the attributes the code names (`config.ALPHA`, `np.pi`)
+            # a Python module: only the attributes the code names (`config.ALPHA`, `np.pi`),
+            # a user's module whole where the code reads by computed name
+            if names and ANY_NAME in names and not _library_module(obj.__name__):
+                names = obj.__dict__.keys()
             for name in sorted(names or ()):
                 if name in obj.__dict__ and not name.startswith("__"):
                     value = obj.__dict__[name]
@@ -811,6 +902,11 @@ class _Walk:
                 self.class_members(source, obj, 0,
                                    self.reads is not None and not self.reads.everything)
             return
+        if isinstance(obj, types.BuiltinFunctionType) and \
+                not isinstance(obj.__self__, (types.ModuleType, type(None))):
+            # a C method bound to its object (`draw = rng.random`, `log = history.append`)
+            self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__, depth)
+            return
         if isinstance(obj, types.BuiltinFunctionType) or \
                 type(obj).__name__ == "CompiledFunction":
             return
@@ -824,52 +920,37 @@ class _Walk:
             if _holds_something(obj):
                 self.too_deep(source)
             return
-        if isinstance(obj, (list, tuple)):
-            if type(obj) is tuple and _frozen(obj):
-                self.frozen_tensors(source, obj, depth, lazy)
-                return      # (its identity, guarded, fixes all it holds but tensors' attributes)
-            if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
-                # (a long list of numbers: one check in C per replay, not one per item)
-                self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
-                                         lazy))
-                self.frozen_tensors(source, obj, depth, lazy)
-                return
-            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
-            for i, item in enumerate(obj):
-                self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
+        if self.library_state(source, obj, depth, lazy):
             return
-        if isinstance(obj, dict):
-            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
-            for i, (key, item) in enumerate(list(obj.items())):
-                label = key if isinstance(key, (str, int)) else f"<key {i}>"
-                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
-                           where=(id(obj), key))
-            return
-        if isinstance(obj, (set, frozenset)):
-            # (`x in S` reads its members, which may change while its length stays)
-            self.guards.append(Guard(f"members of {source}", _itself(obj), "members",
-                                     _members(obj), lazy))
-            return
+        if isinstance(obj, (list, tuple, collections.deque, dict, set, frozenset)):
+            self.contents(source, obj, depth, lazy)
+            if _library_class(type(obj)) or not isinstance(getattr(obj, "__dict__", None), dict):
+                return      # (a user's subclass: its own attributes too, `registry.count`)
         attrs = getattr(obj, "__dict__", None)
         slots = _slot_names(type(obj))
         if not isinstance(attrs, dict) and not slots:
             return
         optimizer = hasattr(obj, "param_groups") and hasattr(obj, "state")
-        if not (is_module or optimizer) and _library_class(type(obj)):
+        if not (is_module or optimizer or isinstance(obj, _STATE_HOLDERS)) and \
+                _library_class(type(obj)):
             return      # kiln's, NumPy's or a library's object (a Generator, a progress bar)
         # a module tree or an optimizer's groups and state are walked to their leaves, however
         # deep the module or optimizer was found
         inner = 0 if is_module or optimizer else depth + 1
+        narrow = self.reads is not None and self.reads.by_name(obj) and \
+            not (is_module or optimizer or isinstance(obj, _STATE_HOLDERS)) and \
+            not (isinstance(obj, _DATA_HOLDERS) and (
+                self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if not isinstance(attrs, dict):
             attrs = {}
-        elif self.attribute_counts and not optimizer:
+        elif self.attribute_counts and not optimizer or \
+                self.reads is not None and not (narrow or is_module or optimizer):
+            # (walked whole, by a call reading by computed name, `getattr(s, "k", 1.0)`: one
+            # set or deleted since is read too, though no place guarded held it)
             self.guards.append(Guard(f"len(vars({source}))", _length(attrs), "len", len(attrs),
                                      lazy))
         items = [(name, _attr(obj, name), value) for name, value in attrs.items()]
         items += [(name, _slot(obj, name), getattr(obj, name, MISSING)) for name in slots]
-        narrow = self.reads is not None and self.reads.by_name(obj) and \
-            not (is_module or optimizer) and not (isinstance(obj, _DATA_HOLDERS) and (
-                self.reads.compares or type(obj) not in _DATA_HOLDERS))
         if narrow:
             items = [item for item in items if item[0] in self.reads.names]
             self.unset(source, obj, attrs)
@@ -891,6 +972,95 @@ class _Walk:
         if not _library_module(cls.__module__):
             self.guards.append(Guard(f"type({source})", _type_of(obj), "id", cls, lazy))
             self.class_members(f"type({source})", cls, 0, narrow)
+
+    def contents(self, source: str, obj, depth: int, lazy: bool) -> None:
+        """What a list, tuple, deque, dict or set holds."""
+        if isinstance(obj, (list, tuple, collections.deque)):
+            if type(obj) is tuple and _frozen(obj):
+                self.frozen_tensors(source, obj, depth, lazy)
+                return      # (its identity, guarded, fixes all it holds but tensors' attributes)
+            if len(obj) > _ITEM_GUARDS and all(map(_frozen, obj)):
+                # (a long list of numbers: one check in C per replay, not one per item)
+                self.guards.append(Guard(f"{source}[:]", _itself(obj), "items", tuple(obj),
+                                         lazy))
+                self.frozen_tensors(source, obj, depth, lazy)
+                return
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj), lazy))
+            for i, item in enumerate(obj):
+                self.place(f"{source}[{i}]", _item(obj, i), item, depth + 1, lazy=lazy)
+            return
+        if isinstance(obj, dict):
+            if len(obj) > 1:    # (its order is read too: `next(iter(d))`, `for k in d`)
+                self.guards.append(Guard(f"keys of {source}", _keys(obj), "keys", tuple(obj),
+                                         lazy))
+            else:
+                self.guards.append(Guard(f"len({source})", _length(obj), "len", len(obj),
+                                         lazy))
+            for i, (key, item) in enumerate(list(obj.items())):
+                label = key if isinstance(key, (str, int)) else f"<key {i}>"
+                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy,
+                           where=(id(obj), key))
+            return
+        if isinstance(obj, (set, frozenset)):
+            # (`x in S` reads its members, which may change while its length stays)
+            self.guards.append(Guard(f"members of {source}", _itself(obj), "members",
+                                     _members(obj), lazy))
+
+    def library_state(self, source: str, obj, depth: int, lazy: bool) -> bool:
+        """Guard what a standard-library object holds outside any attribute the walk reads
+        (an iterator's progress, a context variable's value, `os.environ`, a weak dictionary's,
+        mapping proxy's or dict view's items, a weak reference's object, a logger's levels, a
+        bytearray's or an array.array's contents, an lru_cache's fill); whether `obj` was one."""
+        if isinstance(obj, types.GeneratorType) or _reducible_iterator(obj) or \
+                hasattr(type(obj), "__next__") and _library_class(type(obj)):
+            try:
+                self.guards.append(Guard(f"how far {source} has gone",
+                                         functools.partial(progress, obj), "eq",
+                                         progress(obj), lazy))
+            except Exception as e:      # (a library's own iterator: a DataLoader's)
+                self.unguarded(source, f"an iterator whose progress kiln cannot read ({e})")
+            return True
+        if isinstance(obj, contextvars.ContextVar):
+            read = functools.partial(obj.get, MISSING)
+            self.place(f"{source}.get()", read, read(), depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, os._Environ):
+            self.guards.append(Guard(source, constant(obj._data), "eq", dict(obj._data), lazy))
+            return True
+        if isinstance(obj, logging.Logger):     # `if log.isEnabledFor(DEBUG):`
+            read = functools.partial(_logger_levels, obj)
+            self.guards.append(Guard(f"levels of {source}", read, "eq", read(), lazy))
+            return True
+        if isinstance(obj, _DICT_VIEWS):        # `keys = d.keys()`: the dict it shows
+            shown = obj.mapping                 # (a new proxy each time it is read)
+            self.place(f"{source}.mapping", constant(shown), shown, depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, weakref.ref) and not isinstance(obj, weakref.WeakMethod):
+            self.place(f"{source}()", obj, obj(), depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, (weakref.WeakValueDictionary, weakref.WeakKeyDictionary,
+                            types.MappingProxyType)):
+            items = list(obj.items())
+            self.guards.append(Guard(f"len({source})", _length(obj), "len", len(items), lazy))
+            for i, (key, item) in enumerate(items):
+                label = key if isinstance(key, (str, int)) else f"<key {i}>"
+                self.place(f"{source}[{label!r}]", _item(obj, key), item, depth + 1, lazy=lazy)
+            return True
+        if isinstance(obj, (bytearray, array.array)):
+            self.guards.append(Guard(f"{source}[:]", constant(obj), "eq", obj[:], lazy))
+            return True
+        if isinstance(obj, functools._lru_cache_wrapper):
+            # a miss (a new argument, a cleared cache) runs the function, a hit returns what
+            # it computed once: either way from what the function reads (its globals; a
+            # cleared cache refills with the same count). A miss in the traced call fills the
+            # cache as the trace's lazy state, not an effect (the function's own are seen).
+            read = functools.partial(_cache_fill, obj)
+            self.guards.append(Guard(f"misses and size of {source}'s cache", read, "eq", read(),
+                                     True))
+            wrapped = obj.__wrapped__
+            self.place(f"{source}.__wrapped__", constant(wrapped), wrapped, depth)
+            return True
+        return False
 
     def unread_flag(self, module) -> bool:
         """Whether the traced call read no `module.training`: every read through Module's
@@ -1071,7 +1241,7 @@ def changed(before: list[Guard]) -> list[Guard]:
     return [g for g in before if not g.holds()]
 
 
-_CONTENTS = ("len", "items", "members")     # guards on what a container holds
+_CONTENTS = ("len", "keys", "items", "members")     # guards on what a container holds
 
 
 def undo_writes(guards: list[Guard]):
@@ -1094,6 +1264,9 @@ def undo_writes(guards: list[Guard]):
             if g.kind in _CONTENTS and old is not None:
                 if isinstance(container, list):
                     container[:] = old
+                elif isinstance(container, collections.deque):
+                    container.clear()
+                    container.extend(old)
                 elif isinstance(container, (dict, set)):
                     container.clear()
                     container.update(old)
