@@ -954,6 +954,8 @@ def _topological(roots: list[Node]) -> list[Node]:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if node.inputs is None:
+            raise op_error("backward", _FREED)
         stack.append((node, True))
         for e in node.edges:
             if e is not None and not isinstance(e, Tensor) and id(e) not in seen:
@@ -1305,8 +1307,6 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 captured[id(node)] = g
                 if id(node) not in to_run:
                     continue
-            if node.inputs is None:
-                raise op_error("backward", _FREED)
             _check_versions(node)
             if node.prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
                     and node.edges[0] is not None and not type(g)._dispatches:
