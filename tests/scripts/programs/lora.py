@@ -104,6 +104,5 @@ def main(seed=0, compile=False, initial_state=None):
               "merged_w": model[2].v_proj.base.weight.detach().clone(),
               "frozen_grad": str(model[0].weight.grad),
               "before": before, "after": after,
-              "merge_diff": (before - after).abs().max() < 1e-5}
-    values["merge_diff"] = bool(values["merge_diff"])
+              "merge_diff": bool((before - after).abs().max() < 1e-5)}
     return {"losses": losses, "values": values, "initial_state": initial}
