@@ -1200,3 +1200,28 @@ def test_setting_data_to_another_shape_in_a_compiled_function_runs_it_eagerly():
         compiled(kiln.ones(1))
     compiled(kiln.ones(1))
     assert buffer.shape == (5,) and buffer.sum().item() == 2.0
+
+
+def test_vector_to_parameters_in_a_compiled_step_updates_the_parameters_every_call():
+    # vector_to_parameters sets each `p.data`: replays skipped it, and the loss stayed put
+    torch = pytest.importorskip("torch")
+    w0 = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+
+    def run(lib, compile):
+        m = lib.nn.Linear(3, 2, bias=False)
+        with lib.no_grad():
+            m.weight.copy_(lib.tensor(w0))
+        utils = lib.nn.utils
+
+        def step(x):
+            loss = m(x).pow(2).sum()
+            g = lib.autograd.grad(loss, list(m.parameters()))
+            with lib.no_grad():
+                v = utils.parameters_to_vector(m.parameters()) - 0.1 * \
+                    utils.parameters_to_vector(g)
+                utils.vector_to_parameters(v, m.parameters())
+            return loss
+        if compile:
+            step = kiln.compile(step)
+        return [step(lib.ones(2, 3)).item() for _ in range(4)]
+    np.testing.assert_allclose(run(kiln, True), run(torch, False), rtol=1e-5)
