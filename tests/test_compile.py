@@ -1148,3 +1148,80 @@ def test_a_number_passed_to_a_parameter_the_code_never_reads_does_not_retrace():
     for k in (2, 3):
         assert compiled(kiln.tensor(x), k).tolist() == (kiln.tensor(x) * k).tolist()
     assert len(compiled.entries) == 2
+
+
+def test_setting_data_in_a_compiled_step_is_written_back_by_each_replay():
+    # a VQ-VAE's dead-code restart `codebook.data = torch.where(dead, ...)` and a hand-written
+    # `w.data = w.data - lr * w.grad`: replays skipped the assignment (the buffer kept its
+    # value from the trace on), a silent difference from eager and torch
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    code0 = rng.standard_normal((4, 2)).astype(np.float32)
+    w0 = rng.standard_normal(2).astype(np.float32)
+    xs = [rng.standard_normal((6, 2)).astype(np.float32) for _ in range(4)]
+
+    def run(lib, compile):
+        codebook, w = lib.tensor(code0), lib.tensor(w0, requires_grad=True)
+
+        def step(x):
+            d = ((x[:, None, :] - codebook[None]) ** 2).sum(-1)
+            idx = d.argmin(1)
+            loss = ((x - codebook[idx]) * w).pow(2).sum()
+            loss.backward()
+            with lib.no_grad():
+                w.data = w.data - 0.05 * w.grad
+                w.grad = None
+                used = lib.zeros(4).index_add_(0, idx, lib.ones(6))
+                codebook.data = lib.where((used == 0)[:, None], x[:4], codebook * 0.9)
+            return loss
+        if compile:
+            step = kiln.compile(step)
+        losses = [step(lib.tensor(x)).item() for x in xs]
+        return losses, codebook.numpy().copy(), w.detach().numpy().copy(), step
+
+    t_losses, t_code, t_w, _ = run(torch, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # compiled whole
+        k_losses, k_code, k_w, step = run(kiln, True)
+    np.testing.assert_allclose(k_losses, t_losses, rtol=1e-5)
+    np.testing.assert_allclose(k_code, t_code, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(k_w, t_w, rtol=1e-5, atol=1e-6)
+    assert sum(e.calls for e in step.entries.values() if e.program is not None) >= 2
+
+
+def test_setting_data_to_another_shape_in_a_compiled_function_runs_it_eagerly():
+    buffer = kiln.zeros(3)
+
+    def grow(x):
+        buffer.data = kiln.cat([buffer, x])
+        return buffer.sum()
+    compiled = kiln.compile(grow)
+    with pytest.warns(UserWarning, match=r"setting \.data of a tensor of shape \[3\]"):
+        compiled(kiln.ones(1))
+    compiled(kiln.ones(1))
+    assert buffer.shape == (5,) and buffer.sum().item() == 2.0
+
+
+def test_vector_to_parameters_in_a_compiled_step_updates_the_parameters_every_call():
+    # vector_to_parameters sets each `p.data`: replays skipped it, and the loss stayed put
+    torch = pytest.importorskip("torch")
+    w0 = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+
+    def run(lib, compile):
+        m = lib.nn.Linear(3, 2, bias=False)
+        with lib.no_grad():
+            m.weight.copy_(lib.tensor(w0))
+        utils = lib.nn.utils
+
+        def step(x):
+            loss = m(x).pow(2).sum()
+            g = lib.autograd.grad(loss, list(m.parameters()))
+            with lib.no_grad():
+                v = utils.parameters_to_vector(m.parameters()) - 0.1 * \
+                    utils.parameters_to_vector(g)
+                utils.vector_to_parameters(v, m.parameters())
+            return loss
+        if compile:
+            step = kiln.compile(step)
+        return [step(lib.ones(2, 3)).item() for _ in range(4)]
+    np.testing.assert_allclose(run(kiln, True), run(torch, False), rtol=1e-5)

@@ -3073,3 +3073,92 @@ def test_an_attribute_the_call_adds_to_reached_state_is_counted_every_call(where
     want = net(x) if where == "module in forward" else x * 2
     for out in outs:
         np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), rtol=1e-6)
+
+
+def test_steps_that_flip_requires_grad_in_turn_replay_and_set_it_again():
+    # WGAN's `for p in critic.parameters(): p.requires_grad = ...` at the top of the critic's
+    # and the generator's step: the guard held the flag the call left, not the one it found, so
+    # each step traced again after the other had run (8 traces in 4 rounds, then eager)
+    torch = pytest.importorskip("torch")
+
+    def build(lib):
+        lib.manual_seed(0)
+        gen, critic = lib.nn.Linear(2, 2), lib.nn.Linear(2, 1)
+        return gen, critic, lib.optim.SGD(gen.parameters(), lr=0.1), \
+            lib.optim.SGD(critic.parameters(), lr=0.1)
+
+    def steps(lib, gen, critic, opt_g, opt_d):
+        def critic_step(real, z):
+            for p in critic.parameters():
+                p.requires_grad = True
+            opt_d.zero_grad()
+            loss = critic(gen(z).detach()).mean() - critic(real).mean()
+            loss.backward()
+            opt_d.step()
+            return loss
+
+        def generator_step(z):
+            for p in critic.parameters():
+                p.requires_grad = False
+            opt_g.zero_grad()
+            loss = -critic(gen(z)).mean()
+            loss.backward()
+            opt_g.step()
+            return loss
+        return critic_step, generator_step
+
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((4, 2)).astype(np.float32) for _ in range(3)]
+    results, initial = {}, None
+    for lib in (torch, kiln):
+        gen, critic, opt_g, opt_d = build(lib)
+        if lib is kiln:             # torch's initial weights
+            for m, tm in zip((gen, critic), initial):
+                m.load_state_dict({k: kiln.tensor(v) for k, v in tm.items()})
+        else:
+            initial = [{k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+                       for m in (gen, critic)]
+        critic_step, generator_step = steps(lib, gen, critic, opt_g, opt_d)
+        if lib is kiln:
+            critic_step, generator_step = kiln.compile(critic_step), kiln.compile(generator_step)
+        losses = []
+        for _ in range(5):
+            for real in data[:2]:
+                losses.append(critic_step(lib.tensor(real), lib.tensor(data[2])).item())
+            losses.append(generator_step(lib.tensor(data[2])).item())
+            flags = [p.requires_grad for p in critic.parameters()]
+            assert flags == [False, False]
+        states = [{k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+                  for m in (gen, critic)]
+        results[lib.__name__] = (losses, states, (critic_step, generator_step))
+    np.testing.assert_allclose(results["kiln"][0], results["torch"][0], rtol=1e-5, atol=1e-6)
+    for ks, ts in zip(results["kiln"][1], results["torch"][1]):
+        for k in ts:
+            np.testing.assert_allclose(ks[k], ts[k], rtol=1e-5, atol=1e-6)
+    critic_step, generator_step = results["kiln"][2]
+    # the critic's step: before and after the optimizers had state, and the flags it found
+    assert len(critic_step.entries) <= 3 and len(generator_step.entries) <= 2
+    assert replays(critic_step) >= 7 and replays(generator_step) >= 3
+
+
+def test_a_step_calling_requires_grad_on_its_argument_sets_it_on_every_replay():
+    # the replay skipped `x.requires_grad_()`: from the second call on, x.grad stayed None
+    torch = pytest.importorskip("torch")
+    w_np = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    w = kiln.tensor(w_np, requires_grad=True)
+
+    def saliency(x):
+        x.requires_grad_()
+        return (x * w).tanh().sum()
+    compiled = kiln.compile(saliency)
+    tw = torch.tensor(w_np, requires_grad=True)
+    for i in range(3):
+        x_np = np.random.default_rng(i).standard_normal(3).astype(np.float32)
+        x, tx = kiln.tensor(x_np), torch.tensor(x_np)
+        compiled(x).backward()
+        tx.requires_grad_()
+        (tx * tw).tanh().sum().backward()
+        assert x.requires_grad
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-6, atol=1e-7)
+    assert replays(compiled) == 2

@@ -461,6 +461,7 @@ class CompiledEntry:
     writebacks: list = field(default_factory=list)   # binding index per graph.mutations entry
     backward: object = None             # executor of the compiled backward program
     joint: object = None                # JointInfo: which outputs and inputs have gradients
+    arg_requires_grad: tuple = ()       # (argument tensor's index, flag) the call set
     partition: object = None            # PartitionReport: what the forward saves
     fetch: list = field(default_factory=list)        # (kind, where) per executor input
     out_dtypes: list = field(default_factory=list)   # dtype per user output
@@ -957,6 +958,11 @@ class CompiledFunction:
         # whether each `.grad` is None now, before the function's own code (zero_grad) runs;
         # arguments are lifted before it runs, so their GradWrite.was_none says it already
         none_at_call = {i: t.grad is None for i, t in reachable.items()}
+        # and each requires_grad, of what it reaches and of its arguments (a replay sets again
+        # what the call flips: `x.requires_grad_()`, WGAN's `p.requires_grad = False`)
+        leaves = self._guard_key(args, kwargs)[1]
+        rg_at_call = ({i: t.requires_grad for i, t in reachable.items()},
+                      leaves, [t.requires_grad for t in leaves])
         try:
             grad_candidates = _grad_candidates(self.fn, args, kwargs, reachable)
             # (with attribute counts: an attribute the call adds to a plain object it reaches,
@@ -1090,7 +1096,8 @@ class CompiledFunction:
         try:
             added = len(self.entries)
             result = self._compile_traced(key, tracer, result, reachable, names_before,
-                                          none_at_call, args, kwargs, flags, writes, unseen)
+                                          none_at_call, args, kwargs, flags, writes, unseen,
+                                          rg_at_call)
             if proxies and not read and any(p.specialised is not None for p in proxies):
                 # read while the backward was derived (a custom Function's backward branching
                 # on a number its ctx holds): the entry holds that value, not any value
@@ -1112,7 +1119,7 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None, writes=None, unseen=()):
+                        args, kwargs, flags=None, writes=None, unseen=(), rg_at_call=None):
         leaves_in = _flatten_args(args)[0]
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
@@ -1177,6 +1184,13 @@ class CompiledFunction:
                        "eagerly")
             self._add_entry(key, entry)
             return result
+        # requires_grad flags the call flipped (WGAN's `p.requires_grad = False` on the critic
+        # before each generator step) and what each was when the call began
+        reached_rg, leaves, leaves_rg = rg_at_call or ({}, (), ())
+        flipped = {i: was for i, was in reached_rg.items() if reachable[i].requires_grad != was}
+        entry.arg_requires_grad = tuple((i, t.requires_grad) for i, (t, was)
+                                        in enumerate(zip(leaves, leaves_rg))
+                                        if t.requires_grad != was)
         olds = {id(g.expected) for g in carried.values()}
         lifted = [b.tensor for b in program.bindings
                   if b.kind == "lifted" and id(b.tensor) not in olds]
@@ -1205,7 +1219,8 @@ class CompiledFunction:
         entry.guards = ([g for g in replay_guards.guards
                          if not (g.kind == "id" and id(g.expected) in fields
                                  and g.source.startswith("argument ")) and id(g) not in keyed] +
-                        guards.tensor_guards(lifted, names_after))
+                        guards.tensor_guards(lifted, names_after, flipped))
+        _replay_requires_grad(entry, program, flipped, reachable, lifted, names_after)
         with _stage("guarding custom Functions"):
             for cls in tracer.functions:
                 entry.guards += guards.custom_function(cls).guards
@@ -1409,6 +1424,8 @@ class CompiledFunction:
         make = Tensor._make
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
+        for i, flag in entry.arg_requires_grad:     # `x.requires_grad_()` in the call
+            leaves[i].requires_grad = flag
         if entry.joint is not None:
             wrt = [_bound_tensor(program, i, leaves) for i in entry.joint.grad_inputs]
             _attach_backward(entry, user, outs[program.num_user_outputs:], wrt)
@@ -1798,6 +1815,25 @@ def _replay_flags(compiled: CompiledFunction, key, entry: CompiledEntry,
         compiled._flags_set[(key, at)] = value
         program.after_replay.append((f"{g.source} = {value!r}",
                                      functools.partial(g.read.write, value)))
+
+
+def _replay_requires_grad(entry: CompiledEntry, program: TracedProgram, flipped: dict,
+                          reachable: dict, lifted: list, names: dict) -> None:
+    """Make `entry` replay the `requires_grad` flags its traced call flipped (`flipped`: id ->
+    the value the call found): it runs only while each holds what the call found (the guards of
+    the lifted ones say so already), and sets each afterwards as the call left it. Guarded on
+    the value the call left instead, two steps that flip it in turn would trace every call."""
+    lifted_ids = {id(t) for t in lifted}
+    for i, was in flipped.items():
+        t = reachable[i]
+        name = names.get(i, "a tensor the function reaches")
+        if i not in lifted_ids:
+            entry.guards.append(guards.Guard(f"{name}.requires_grad",
+                                             lambda t=t: t.requires_grad, "value",
+                                             guards.scalar_key(was)))
+        program.after_replay.append((f"{name}.requires_grad = {t.requires_grad}",
+                                     functools.partial(setattr, t, "requires_grad",
+                                                       t.requires_grad)))
 
 
 def _carried(tracer, t: Tensor) -> bool:

@@ -1165,17 +1165,21 @@ def custom_function(cls: type) -> _Walk:
     return walk
 
 
-def tensor_guards(tensors: list, names: dict) -> list[Guard]:
+def tensor_guards(tensors: list, names: dict,
+                  requires_grad_at_call: dict | None = None) -> list[Guard]:
     """Guards on the metadata of tensors a program reads by identity (shape, dtype, device and
-    requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`)."""
+    requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`). A
+    requires_grad the call itself set is guarded on what the call found
+    (`requires_grad_at_call`, id -> flag): the replay sets it again."""
     found = []
     for t in tensors:
+        requires_grad = (requires_grad_at_call or {}).get(id(t), t.requires_grad)
         name = names.get(id(t), "a tensor the function reads")
         found.append(Guard(f"{name}.shape", lambda t=t: t._data.shape, "eq", t._data.shape))
         found.append(Guard(f"{name}.dtype", lambda t=t: t.dtype, "id", t.dtype))
         found.append(Guard(f"{name}.device", lambda t=t: t.device, "eq", t.device))
         found.append(Guard(f"{name}.requires_grad", lambda t=t: t.requires_grad, "value",
-                           scalar_key(t.requires_grad)))
+                           scalar_key(requires_grad)))
         # the trace ran the tensor's gradient hooks (register_hook, post-accumulate-grad)
         # into its backward: a hook added or removed since means tracing again
         found.append(Guard(f"{name}'s gradient hooks", functools.partial(grad_hooks_of, t),

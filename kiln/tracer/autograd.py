@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import warnings
 import weakref
 
 import numpy as np
@@ -963,6 +964,19 @@ def _topological(roots: list[Node]) -> list[Node]:
     return order
 
 
+def _leading_to(order: list[Node], inputs) -> tuple[list[Node], set[int]]:
+    """The nodes of `order` that `inputs`' gradients pass through, and of those the ids of the
+    ones to run: as PyTorch's engine, a backward with `inputs` captures a non-leaf input's
+    gradient at its grad_fn and runs (and frees) no node beyond, so MAML's inner
+    `autograd.grad` leaves the fast weights' own graph whole for the outer backward."""
+    targets = {id(t.grad_fn if t.grad_fn is not None else t) for t in inputs}
+    run: set[int] = set()
+    for node in reversed(order):                    # producers first
+        if any(e is not None and (id(e) in targets or id(e) in run) for e in node.edges):
+            run.add(id(node))
+    return [node for node in order if id(node) in run or id(node) in targets], run
+
+
 def _accumulate(store: dict, key, tensor: Tensor, grad: Tensor) -> None:
     prev = store.get(key)
     store[key] = (tensor, grad if prev is None else _sum_grads(prev[1], grad))
@@ -1270,6 +1284,9 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     buffers: dict[int, Tensor] = {}
     try:
         order = _topological(roots)
+        to_run = None
+        if inputs is not None:
+            order, to_run = _leading_to(order, inputs)
         # leaves with post-accumulate hooks get their .grad once their last producer has run,
         # so a hook (DDP's bucketed all-reduce) overlaps the rest of backward
         early = _leaf_counts(order) if inputs is None and _POST_ACCUMULATE else None
@@ -1288,6 +1305,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 _retain(node, g, create_graph)
             if id(node) in wanted:
                 captured[id(node)] = g
+                if id(node) not in to_run:
+                    continue
             _check_versions(node)
             if node.prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
                     and node.edges[0] is not None and not type(g)._dispatches:
@@ -1525,8 +1544,17 @@ def plain_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph: boo
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
-         allow_unused=None, materialize_grads=False):
-    """Gradients of `outputs` with respect to `inputs` (PyTorch's torch.autograd.grad)."""
+         only_inputs=True, allow_unused=None, is_grads_batched=False, materialize_grads=False):
+    """Gradients of `outputs` with respect to `inputs` (PyTorch's torch.autograd.grad).
+    `only_inputs` is accepted as PyTorch accepts it: deprecated, and ignored."""
+    if is_grads_batched:
+        raise NotImplementedError("autograd.grad: is_grads_batched=True is not supported by "
+                                  "kiln; call grad once per row of grad_outputs, or use "
+                                  "kiln.func.vmap over kiln.func.vjp")
+    if not only_inputs:
+        warnings.warn("only_inputs argument is deprecated and is ignored now "
+                      "(defaults to True). To accumulate gradient for other parts of the "
+                      "graph, please use torch.autograd.backward.", stacklevel=2)
     single = isinstance(inputs, Tensor)
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     inputs = [inputs] if single else list(inputs)

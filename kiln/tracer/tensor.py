@@ -196,6 +196,8 @@ class Tensor:
             raise RuntimeError(f"setting .data: {type(self).__name__} and "
                                f"{type(other).__name__} have incompatible tensor types (one is a "
                                "__torch_dispatch__ wrapper subclass, the other is not)")
+        if STATE.tracer is not None:
+            STATE.tracer.replace_data(self, other)
         self._data, self.dtype, self.device = other._data, other.dtype, other.device
 
     @property

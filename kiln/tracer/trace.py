@@ -328,6 +328,18 @@ class Tracer:
         if source._trace is not None and id(source._trace) in self.known:
             out._trace = source._trace
 
+    def replace_data(self, tensor: Tensor, other: Tensor) -> None:
+        """`tensor.data = other` (a VQ-VAE's dead-code restart, `p.data = p - lr * g`): a write
+        of `other`'s value, which each replay writes back; to another shape, dtype or device it
+        is a graph break (a replay's write-backs keep the buffer they write into)."""
+        if (tuple(tensor.shape), tensor.dtype, tensor.device) != \
+                (tuple(other.shape), other.dtype, other.device):
+            self.graph_break(f"setting .data of a tensor of shape {list(tensor.shape)} "
+                             f"({tensor.dtype}) to one of shape {list(other.shape)} "
+                             f"({other.dtype}) on {other.device}")
+            return
+        self.write(tensor, other)
+
     def write(self, tensor: Tensor, result: Tensor) -> None:
         """`tensor` now holds `result` (an in-place op): later reads see the new value."""
         target = self.alias_of.get(id(tensor), tensor)

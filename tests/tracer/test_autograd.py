@@ -226,3 +226,37 @@ def test_integer_outputs_never_require_grad(op):
     got = _grad_flags(INTEGER_OUTPUTS[op](kiln, kiln.tensor(a, requires_grad=True)))
     want = _grad_flags(INTEGER_OUTPUTS[op](torch, torch.tensor(a, requires_grad=True)))
     assert got == want
+
+
+def _first_order_maml(lib, w0, xs, ys, lr=0.1):
+    """First-order MAML's inner loop and outer backward: the inner `autograd.grad` takes the
+    fast weights (non-leaf) as inputs without create_graph."""
+    w = lib.tensor(w0, requires_grad=True)
+    fast = w
+    for x, y in zip(xs, ys):
+        loss = ((lib.tensor(x) @ fast - lib.tensor(y)) ** 2).mean()
+        (g,) = lib.autograd.grad(loss, [fast], only_inputs=True)
+        fast = fast - lr * g
+    outer = ((lib.tensor(xs[0]) @ fast).sin() ** 2).sum()
+    outer.backward()
+    return w.grad.numpy()
+
+
+def test_autograd_grad_with_non_leaf_inputs_leaves_the_graph_below_them_whole():
+    # kiln ran and freed every node behind the inputs too: the outer backward of first-order
+    # MAML raised "Trying to backward through the graph a second time"; and only_inputs (a
+    # deprecated argument PyTorch still takes) was a TypeError
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((3, 2)).astype(np.float32)
+    xs = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(3)]
+    ys = [rng.standard_normal((4, 2)).astype(np.float32) for _ in range(3)]
+    np.testing.assert_allclose(_first_order_maml(kiln, w0, xs, ys),
+                               _first_order_maml(torch, w0, xs, ys), rtol=1e-5, atol=1e-6)
+
+
+def test_a_graph_freed_by_backward_still_raises_as_torch():
+    x = kiln.tensor([1.0, 2.0], requires_grad=True)
+    y = (x.exp() * x).sum()
+    kiln.autograd.grad(y, [x])
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.backward()
