@@ -192,12 +192,13 @@ def test_op_and_gradients_match_torch_bfloat16(name):
                            what=f"{name} grad {i}")
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_log_softmax_rounds_as_torchs_cpu_kernel(dtype):
-    """Over the last dim PyTorch's CPU kernel rounds the sum of exponentials and its log to the
-    half type before subtracting (over other dims it rounds once): kiln gives its numbers, bit
+    """Over the last dim PyTorch's CPU kernel rounds the sum of exponentials and its log to
+    bfloat16 before subtracting (over other dims it rounds once): kiln gives its numbers, bit
     for bit (rounding once, 4 in 10 bfloat16 results were an ulp off; a bfloat16-autocast
-    SoftTargetCrossEntropy loss 2e-4 relative off from the first step)."""
+    SoftTargetCrossEntropy loss 2e-4 relative off from the first step). float16 rounds the
+    float32 answer once (torch's rounded sum overflows: tests/tracer/test_eager_values.py)."""
     rng = np.random.default_rng(3)
     for shape, dim in [((16, 4), -1), ((64, 10), 1), ((3, 1000), -1), ((5,), 0),
                        ((10, 64), 0), ((4, 7, 5), 1), ((2, 3, 0), -1)]:

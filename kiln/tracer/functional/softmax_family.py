@@ -201,10 +201,12 @@ def _cuda_softmax(x, d, kind, prim) -> Tensor:
 # ----------------------------------------------------------------------------- softmax family
 
 def _cpu_half_log_softmax(w: Tensor, half) -> Tensor:
-    """PyTorch's CPU kernel for a float16/bfloat16 log_softmax over the last dim, on `w`, its
-    input in float32: the sum of exponentials and its log are each rounded to the half type
-    before the subtraction (over other dims, and on a GPU, the result is rounded once). The
-    same numbers as torch, so bfloat16 autocast losses agree to float32 rounding, not 1e-3."""
+    """PyTorch's CPU kernel for a bfloat16 log_softmax over the last dim, on `w`, its input in
+    float32: the sum of exponentials and its log are each rounded to bfloat16 before the
+    subtraction (over other dims, and on a GPU, the result is rounded once). The same numbers
+    as torch, so bfloat16 autocast losses agree to float32 rounding, not 1e-3. Not for
+    float16: there torch's rounded sum overflows past 65504 equal terms (-inf where the answer
+    is -log(n)); kiln rounds the float32 answer once."""
     last = w.ndim - 1
     shifted = w - P.max(w, axes=(last,), keepdim=True).detach()
     total = _widened(_narrowed(P.sum(P.exp(shifted), axes=(last,), keepdim=True), half))
@@ -247,7 +249,7 @@ def log_softmax(input, dim=None, dtype=None):
         refuse_without_kernel("softmax", input, (dt.BOOL, dt.INT))
     x = _floating(input if dtype is None else input.to(dtype))
     if x.dtype in dt.HALF:
-        if x.device is CPU and x.ndim and x.shape[-1] and \
+        if x.dtype is dt.bfloat16 and x.device is CPU and x.ndim and x.shape[-1] and \
                 _norm_dim(-1 if dim is None else dim, x.ndim) == x.ndim - 1:
             return _narrowed(_cpu_half_log_softmax(_widened(x), x.dtype), x.dtype)
         return _narrowed(log_softmax(_widened(x), dim), x.dtype)
