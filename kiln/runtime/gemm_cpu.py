@@ -45,8 +45,10 @@ SOURCE = r"""
 
 typedef float kiln_v16 __attribute__((vector_size(64), aligned(4)));
 
-/* rows [0, MB) x columns [0, 64) of out = a @ b: MB x 4 vector accumulators over all of k */
-#define KILN_BLOCK(NAME, MB)                                                                 \
+/* rows [0, MB) x columns [0, 64) of out = a @ b (A_AT: a[i * lda + k]) or of out = a^T @ b
+   (A_AT: a[k * lda + i], `a` read down its columns: MB adjacent floats per k): MB x 4 vector
+   accumulators over all of k */
+#define KILN_BLOCK(NAME, MB, A_AT)                                                           \
 static inline void NAME(const float *a, long lda, const float *b, long ldb, float *out,     \
                         long ldo, long k_len) {                                              \
     kiln_v16 acc[MB][4];                                                                     \
@@ -56,45 +58,28 @@ static inline void NAME(const float *a, long lda, const float *b, long ldb, floa
         kiln_v16 bv[4];                                                                      \
         for (int j = 0; j < 4; j++) bv[j] = *(const kiln_v16 *)(b + k * ldb + 16 * j);      \
         for (int i = 0; i < MB; i++) {                                                       \
-            kiln_v16 ai = (kiln_v16){0} + a[i * lda + k];                                    \
+            kiln_v16 ai = (kiln_v16){0} + a[A_AT];                                           \
             for (int j = 0; j < 4; j++) acc[i][j] += ai * bv[j];                             \
         }                                                                                    \
     }                                                                                        \
     for (int i = 0; i < MB; i++)                                                             \
         for (int j = 0; j < 4; j++) *(kiln_v16 *)(out + i * ldo + 16 * j) = acc[i][j];      \
 }
-KILN_BLOCK(kiln_thin_block1, 1)
-KILN_BLOCK(kiln_thin_block2, 2)
-KILN_BLOCK(kiln_thin_block3, 3)
-KILN_BLOCK(kiln_thin_block4, 4)
-KILN_BLOCK(kiln_thin_block5, 5)
+#define KILN_ROWS (i * lda + k)
+#define KILN_COLUMNS (k * lda + i)
+KILN_BLOCK(kiln_thin_block1, 1, KILN_ROWS)
+KILN_BLOCK(kiln_thin_block2, 2, KILN_ROWS)
+KILN_BLOCK(kiln_thin_block3, 3, KILN_ROWS)
+KILN_BLOCK(kiln_thin_block4, 4, KILN_ROWS)
+KILN_BLOCK(kiln_thin_block5, 5, KILN_ROWS)
 
 typedef void (*kiln_thin_block)(const float *, long, const float *, long, float *, long, long);
 
-/* rows [0, MB) x columns [0, 64) of out = a^T @ b, `a` read down its columns: element i of
-   row k of a is row i's factor (MB adjacent floats per k) */
-#define KILN_BLOCK_T(NAME, MB)                                                               \
-static inline void NAME(const float *a, long lda, const float *b, long ldb, float *out,     \
-                        long ldo, long k_len) {                                              \
-    kiln_v16 acc[MB][4];                                                                     \
-    for (int i = 0; i < MB; i++)                                                             \
-        for (int j = 0; j < 4; j++) acc[i][j] = (kiln_v16){0};                               \
-    for (long k = 0; k < k_len; k++) {                                                       \
-        kiln_v16 bv[4];                                                                      \
-        for (int j = 0; j < 4; j++) bv[j] = *(const kiln_v16 *)(b + k * ldb + 16 * j);      \
-        for (int i = 0; i < MB; i++) {                                                       \
-            kiln_v16 ai = (kiln_v16){0} + a[k * lda + i];                                    \
-            for (int j = 0; j < 4; j++) acc[i][j] += ai * bv[j];                             \
-        }                                                                                    \
-    }                                                                                        \
-    for (int i = 0; i < MB; i++)                                                             \
-        for (int j = 0; j < 4; j++) *(kiln_v16 *)(out + i * ldo + 16 * j) = acc[i][j];      \
-}
-KILN_BLOCK_T(kiln_tn_block1, 1)
-KILN_BLOCK_T(kiln_tn_block2, 2)
-KILN_BLOCK_T(kiln_tn_block3, 3)
-KILN_BLOCK_T(kiln_tn_block4, 4)
-KILN_BLOCK_T(kiln_tn_block5, 5)
+KILN_BLOCK(kiln_tn_block1, 1, KILN_COLUMNS)
+KILN_BLOCK(kiln_tn_block2, 2, KILN_COLUMNS)
+KILN_BLOCK(kiln_tn_block3, 3, KILN_COLUMNS)
+KILN_BLOCK(kiln_tn_block4, 4, KILN_COLUMNS)
+KILN_BLOCK(kiln_tn_block5, 5, KILN_COLUMNS)
 
 typedef void (*kiln_tn_block)(const float *, long, const float *, long, float *, long, long);
 
