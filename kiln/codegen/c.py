@@ -79,7 +79,16 @@ UNROLL_MIN_ROWS = 16
 # (tests/codegen/test_c_fuzz_regressions.py). The unrolled kernels that select a loaded element
 # (`_selects_loaded_element`) are built without that pass; the others keep it, since without it
 # no row loop with a select vectorizes (a max-pool's bias, ReLU and window max ran ~15x slower).
-NO_IF_CONVERSION = '__attribute__((optimize("no-tree-loop-if-convert"))) '
+NO_IF_CONVERSION = "no-tree-loop-if-convert"
+# GCC 12 with -fwrapv (which kiln's C needs: integers wrap as torch's do) miscompiles the
+# straight-line vectorizer (SLP) on an unrolled row whose reduction keeps an integer maximum of
+# values cast from booleans (`any`/`all` as max of (int32_t)(x != 0)): the rows it vectorizes
+# that way, the loop's remainder or every row where the loop itself is not vectorized, get
+# another element's truth value (tests/codegen/test_c_fuzz_regressions.py). Seen on AVX2 and
+# SSE2 builds, not on AVX-512 ones. The unrolled kernels are built without that pass: their row
+# loop is vectorized across rows by the loop vectorizer all the same, so only the remainder of
+# fewer rows than a vector loses SLP.
+NO_SLP = "no-tree-slp-vectorize"
 # the shortest inner loop of a row's nest over its reduced dims (_rindex_loops): shorter
 # trailing loops merge into one, their digits taken from its variable by shifts
 NEST_INNER = 16
@@ -479,7 +488,10 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
               " *   in:  " + ", ".join(map(str, kernel.inputs)),
               " *   out: " + ", ".join(map(str, kernel.outputs)) + " */"]
     rows_part = []
-    attributes = NO_IF_CONVERSION if r.unrolled and _selects_loaded_element(kernel) else ""
+    passes_off = ([NO_SLP] if r.unrolled else []) + \
+        ([NO_IF_CONVERSION] if r.unrolled and _selects_loaded_element(kernel) else [])
+    quoted = ", ".join(f'"{name}"' for name in passes_off)
+    attributes = f"__attribute__((optimize({quoted}))) " if passes_off else ""
     if r.rows_body is not None:
         # not inlined: GCC 12 spends minutes on a long unrolled body inside an OpenMP team's
         # outlined function, and seconds on the same body in a function of its own

@@ -79,6 +79,57 @@ def test_masking_rows_compiled_equal_eager(name, mask_dtype, shape, monkeypatch)
             assert why is None, why
 
 
+# GCC 12's straight-line vectorizer (SLP) under -fwrapv, on AVX2 and SSE2 builds (not AVX-512):
+# an unrolled row's integer maximum of values cast from booleans (`all`, `any`) took another
+# element's truth value (kiln/codegen/c.py, NO_SLP). Seeds 9, 35, 137 and 150, minimized.
+def _all_of_rows(x):                    # seed 137: a plain all over the leading dim
+    return x.all(dim=0), x.any(dim=0, keepdim=True)
+
+
+def _centered_plus_any(x):              # seed 9
+    w = torch_like(x).where(x != 0, x, 0)
+    return w - w.amax(dim=0, keepdim=True) + (w != 0).any(dim=0, keepdim=True)
+
+
+def _zeroed_unless_all(x):              # seed 35
+    w = x * (x != 0)
+    return w * (w == -5.0).all(dim=0, keepdim=True)
+
+
+def _filled_where_any(x):               # seed 150
+    return x.masked_fill((x != -5.0).any(dim=-1, keepdim=True), 0)
+
+
+BOOLEAN_MAXIMA = {"all_of_rows": _all_of_rows, "centered_plus_any": _centered_plus_any,
+                  "zeroed_unless_all": _zeroed_unless_all, "filled_where_any": _filled_where_any}
+
+
+@pytest.mark.parametrize("shape,dtype", [((8, 5, 8), np.float32), ((16, 17), np.int32),
+                                         ((8, 16), np.float32), ((16, 33), np.int64),
+                                         ((4, 1, 4), np.float32), ((16, 20), np.float64)])
+@pytest.mark.parametrize("name", sorted(BOOLEAN_MAXIMA))
+def test_maxima_of_booleans_compiled_equal_eager(name, shape, dtype, monkeypatch):
+    monkeypatch.setenv("KILN_KERNEL_CHOICE", "c")
+    fn = BOOLEAN_MAXIMA[name]
+    backends = ["c"] if c_build.compiler_problem() is None else []
+    compiled = {b: kiln.compile(fn, backend=b) for b in backends + ["numpy"]}
+    rng = np.random.default_rng(sum(shape))
+    for call in range(3):               # the first call traces; the others replay
+        data = rng.integers(-2, 3, shape).astype(dtype)
+        data[..., call % shape[-1]] = 0             # a column and a row of zeros
+        data[call % shape[0]] = -5
+        want = _outputs(fn(torch.from_numpy(data)))
+        for backend, run in [("eager", fn)] + list(compiled.items()):
+            for i, (g, w) in enumerate(zip(_outputs(run(kiln.tensor(data))), want)):
+                why = compare(g, w, f"{name} {np.dtype(dtype).name}{shape} on {backend}, "
+                                    f"call {call}, output {i}")
+                assert why is None, why
+
+
+def _outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
 # seed 392 of `--masks` (before this generator's later changes), found with the GCC workaround
 # off: a float32 48x11 and an int32 mask, output v10 wrong from the first replay
 SEED_392 = Program(

@@ -150,7 +150,10 @@ def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dil
             got = FAST_PATHS[name](np, *args, kernel=kernel, stride=stride, dilation=dilation,
                                    **attrs)
             assert got.shape == want.shape and got.dtype == want.dtype, name
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+            # sums of up to 144 products, in another order than the definition's (the gemm
+            # kernels' vector width is the CPU's): rounding grows with the result's scale
+            scale = max(1.0, float(np.abs(want).max()))
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=name)
             if attrs.get("channels_last"):      # (N, H, W, C): the NCHW result, transposed
                 nchw = PRIMITIVES[name].impl(np, *args, kernel=kernel, stride=stride,
                                              dilation=dilation, size=shape[2:])
