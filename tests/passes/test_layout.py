@@ -75,7 +75,8 @@ def test_a_thin_product_of_a_transposed_matrix_is_computed_transposed():
     after.verify()
     (mm,) = [n for n in after.nodes if n.op == "matmul"]
     assert mm.inputs[0] is graph.inputs[1] and mm.out.shape == (512, 20)     # w @ h.T
-    assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-6)
+    # sums of 128 products of magnitude ~1 (results near 0 too), in BLAS's other order
+    assert_same_results(graph, after, inputs, rtol=1e-5, atol=1e-5)
     # the other rewrite leaves it so, and fuse applies both
     assert transpose_matmul_outputs(after) is after
     (mm,) = [n for n in fuse(graph).graph.nodes if n.op == "matmul"]

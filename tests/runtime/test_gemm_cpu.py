@@ -12,6 +12,20 @@ from kiln.runtime import c_build, gemm_cpu
 needs_cc = pytest.mark.skipif(c_build.compiler_problem() is not None, reason="no C compiler")
 
 
+@pytest.fixture(autouse=True)
+def _kernels_taken(monkeypatch):
+    """The kernels run, and are checked, on every CPU: only kiln's choice of them waits for
+    AVX-512 (`wide_vectors`), where they are faster than BLAS."""
+    monkeypatch.setattr(gemm_cpu, "wide_vectors", lambda: True)
+
+
+def test_without_wide_vectors_blas_runs_the_products(monkeypatch):
+    monkeypatch.setattr(gemm_cpu, "wide_vectors", lambda: False)
+    a, b = np.ones((20, 128), np.float32), np.ones((128, 512), np.float32)
+    assert not gemm_cpu.takes(20, 128, 512) and not gemm_cpu.takes_windows(72, 64)
+    assert gemm_cpu.thin_matmul(a, b) is None
+
+
 def _torch_product(a, b):
     return torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))
 

@@ -99,6 +99,7 @@ def test_unfold_and_fold_fast_paths_give_the_definitions_bits(shape, kernel, str
                                                                dtype, kernels, monkeypatch):
     if kernels == "numpy":
         monkeypatch.setattr(conv_cpu, "_functions", lambda: None)
+    monkeypatch.setattr(gemm_cpu, "wide_vectors", lambda: True)     # taken on any CPU
     for x in _image_layouts(RNG.standard_normal(shape).astype(dtype)):
         want = PRIMITIVES["unfold"].impl(np, x, kernel, stride, dilation)
         got = FAST_PATHS["unfold"](np, x, kernel, stride, dilation)
@@ -131,6 +132,7 @@ def test_conv_product_fast_paths_give_the_definitions(shape, kernel, stride, dil
     # the weight gradient sums its chunks' products one after another: equal up to rounding
     if kernels == "numpy":
         monkeypatch.setattr(conv_cpu, "_functions", lambda: None)
+    monkeypatch.setattr(gemm_cpu, "wide_vectors", lambda: True)     # taken on any CPU
     windows = PRIMITIVES["unfold"].impl(np, np.zeros(shape, dtype), kernel, stride, dilation)
     rows, k = np.prod(windows.shape[:3]), np.prod(windows.shape[3:])
     monkeypatch.setattr(numpy_backend, "_CHUNK_BYTES",
@@ -181,6 +183,7 @@ def test_conv_products_on_gemm_cpu_kernels(threads, used, monkeypatch):
     if kernel is None:
         pytest.skip("no C compiler")
     calls = []
+    monkeypatch.setattr(gemm_cpu, "wide_vectors", lambda: True)     # taken on any CPU
     monkeypatch.setattr(gemm_cpu, "kernel", lambda: lambda *a: calls.append("nn") or kernel(*a))
     monkeypatch.setattr(gemm_cpu, "transposed_kernel",
                         lambda: lambda *a: calls.append("tn") or transposed(*a))
