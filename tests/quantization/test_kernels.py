@@ -29,9 +29,11 @@ def _weights(rng, shape, per_channel: bool):
             kiln.quantize_per_tensor(kiln.tensor(w), scale, 0, kiln.qint8))
 
 
-def _input(rng, shape):
+def _input(rng, shape, quant_max=255):
     x = rng.standard_normal(shape).astype(np.float32)
     scale, zero_point = float(np.exp(rng.uniform(-5, -1))), int(rng.integers(0, 128))
+    # values quantized to 0..quant_max (the ends clamp as the quantization does)
+    x = np.clip(x, -zero_point * scale, (quant_max - zero_point) * scale)
     return (torch.quantize_per_tensor(torch.tensor(x), scale, zero_point, torch.quint8),
             kiln.quantize_per_tensor(kiln.tensor(x), scale, zero_point, kiln.quint8))
 
@@ -62,11 +64,37 @@ def test_quantized_conv2d_matches_torch(options, bias, relu):
                None if b is None else torch.tensor(b), scale, zero_point)
     ours = _set(our_cls(cin, cout, k, bias=bias, **options), kw,
                 None if b is None else kiln.tensor(b), scale, zero_point)
-    tx, kx = _input(rng, (2, cin, 9, 7))
+    # activations of 0..127, as torch's x86 observers make them (reduce_range): with all of
+    # 0..255 torch's x86 kernels sum pairs of products in saturating int16 on CPUs without
+    # VNNI (vpmaddubsw), a few steps off there, which kiln's exact sums are not
+    tx, kx = _input(rng, (2, cin, 9, 7), quant_max=127)
     expected, out = ref(tx), ours(kx)
     np.testing.assert_array_equal(out.int_repr().numpy(), expected.int_repr().numpy())
     assert (out.q_scale(), out.q_zero_point()) == (expected.q_scale(), expected.q_zero_point())
     assert repr(ours).replace("kiln.", "torch.") == repr(ref)
+
+
+@pytest.mark.parametrize("options", CONVS[:3])
+def test_quantized_conv2d_of_full_range_activations_is_the_exact_result(options):
+    """Activations over all of 0..255: the convolution of the dequantized values in float64,
+    requantized, to the step (torch's x86 kernels are too on CPUs with VNNI)."""
+    rng = np.random.default_rng(7)
+    cin, cout, k = 4, 8, 3
+    _, kw = _weights(rng, (cout, cin, k, k), per_channel=True)
+    scale, zero_point = float(np.exp(rng.uniform(-4, 0))), int(rng.integers(0, 255))
+    ours = _set(knniq.ConvReLU2d(cin, cout, k, bias=False, **options), kw, None, scale,
+                zero_point)
+    x_scale, x_zero = 0.05, 40
+    values = (rng.integers(0, 256, (2, cin, 9, 7)) - x_zero) * x_scale
+    kx = kiln.quantize_per_tensor(kiln.tensor(values.astype(np.float32)), x_scale, x_zero,
+                                  kiln.quint8)
+    assert kx.int_repr().numpy().max() == 255 and kx.int_repr().numpy().min() == 0
+    exact = torch.nn.functional.conv2d(torch.from_numpy(kx.dequantize().numpy()).double(),
+                                       torch.from_numpy(kw.dequantize().numpy()).double(),
+                                       **options).relu().numpy()
+    want = np.clip(np.round(exact / scale) + zero_point, 0, 255)
+    got = ours(kx).int_repr().numpy().astype(np.float64)
+    assert np.abs(got - want).max() <= 1 and np.mean(got == want) > 0.99
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -3,11 +3,14 @@
 equal torch's (dynamic Linear exactly; static quantization within one output quantization step,
 as kiln calibrates with its own float passes)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+NUMBER = re.compile(r"\d+\.\d+(?:e-?\d+)?")
 
 SCRIPT = '''
 import sys
@@ -73,4 +76,9 @@ def test_tutorial_script_under_kiln_run_matches_torch(tmp_path):
     ours = _run(tmp_path, ["-W", "ignore", "-m", "kiln", "run"])
     np.testing.assert_array_equal(ours["dynamic"], ref["dynamic"])
     assert np.abs(ours["static"] - ref["static"]).max() <= ref["step"] * 1.0001
-    assert str(ours["text"]).replace("kiln.", "torch.") == str(ref["text"])
+    # the printed modules alike; their scales to float32 rounding (kiln calibrates on its own
+    # float passes, whose convolution sums in another order than torch's on some CPUs)
+    ours_text, ref_text = str(ours["text"]).replace("kiln.", "torch."), str(ref["text"])
+    assert NUMBER.sub("#", ours_text) == NUMBER.sub("#", ref_text)
+    np.testing.assert_allclose([float(x) for x in NUMBER.findall(ours_text)],
+                               [float(x) for x in NUMBER.findall(ref_text)], rtol=1e-6)
