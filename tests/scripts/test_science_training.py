@@ -21,7 +21,9 @@ from tests.scripts.test_popular_training import compiled_like_torch
 
 def test_pinn_burgers_autograd_derivatives_adam_then_lbfgs_strong_wolfe():
     # float64: the L-BFGS iterates are torch's to rounding (its line search took the "no lower
-    # than the previous trial" test one trial early and stopped zooming one evaluation short)
+    # than the previous trial" test one trial early and stopped zooming one evaluation short);
+    # the compiled closure, which calls only zero_grad() of the optimizer, traced again after
+    # every L-BFGS step (whose counters in `lbfgs.state` it was guarded on) and ran eagerly
     t, k, c = compiled_like_torch("pinn", rtol=1e-10, values_rtol=1e-9, values_atol=1e-12)
     v = k["values"]
     assert (v["n_evals"], v["n_iter"]) == (t["values"]["n_evals"], t["values"]["n_iter"])

@@ -4,8 +4,7 @@ activations and Xavier-initialized weights, collocation points whose `requires_g
 `torch.autograd.grad(..., create_graph=True)` give u_t, u_x and then u_xx, a loss that adds the
 PDE residual to the initial (u = -sin(pi x)) and boundary (u = 0) conditions, Adam first, then
 `torch.optim.LBFGS` with a closure and `line_search_fn="strong_wolfe"`. The Adam step and the
-loss the LBFGS closure calls (the closure itself reads the optimizer, whose state each L-BFGS
-step changes) are the compiled functions. In float64, as PINN code often runs (L-BFGS's
+LBFGS closure are the compiled functions. In float64, as PINN code often runs (L-BFGS's
 curvature pairs are differences of nearly equal gradients, which float32 rounding swamps)."""
 import math
 
@@ -76,7 +75,6 @@ def main(seed=0, compile=False, initial_state=None):
         adam.step()
         return loss
 
-    compiled_loss = torch.compile(pinn_loss) if compile else pinn_loss
     lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=6, history_size=10,
                               tolerance_grad=1e-9, tolerance_change=1e-12,
                               line_search_fn="strong_wolfe")
@@ -84,12 +82,13 @@ def main(seed=0, compile=False, initial_state=None):
 
     def closure():
         lbfgs.zero_grad()
-        loss = compiled_loss()
+        loss = pinn_loss()
         loss.backward()
         return loss
 
     if compile:
         adam_step = torch.compile(adam_step)
+        closure = torch.compile(closure)
 
     def counted_closure():
         loss = closure()
