@@ -3,7 +3,7 @@ it: a pretrained backbone (a stack of blocks, frozen by `requires_grad_(False)`)
 classifier head; the optimizer starts with the head's parameters alone, and each epoch the next
 block from the top is unfrozen with `requires_grad_(True)` and handed to the optimizer by
 `opt.add_param_group({"params": ..., "lr": base_lr / 2.6 ** depth})` (ULMFiT's factor); a
-slanted-triangular schedule by `LambdaLR`-free manual edits of every group's `lr` from its own
+slanted-triangular schedule written by hand: every group's `lr` set from its own
 `initial_lr`; BatchNorm in the backbone, weight decay by AdamW. The training step is the
 compiled function, called across the unfreezings: a replay must not keep the frozen set of
 the step it was traced at."""
