@@ -2291,6 +2291,19 @@ CASES["eval_on_a_module_whose_forward_reads_the_flag"] = _changes_between_calls(
 CASES["eval_on_a_library_layer_that_reads_the_flag"] = _changes_between_calls(
     "bn = nn.BatchNorm1d(1)\ndef f(x):\n    return bn(x.reshape(5, 1)) * 2\n",
     ["", "", "bn.eval()", "", "bn.train()", "bn.eval()"], traces=2)
+# ... and an optimizer's `state` where the traced call read it (kiln.compiler.note_state_read):
+# an L-BFGS closure calls only `zero_grad()`, while each L-BFGS step outside it changes the
+# state's counters (every step traced again, and past the limit the closure ran eagerly)
+_STATE = ("lin = nn.Linear(5, 1)\nopt = kiln.optim.SGD(lin.parameters(), lr=0.1)\n"
+          "opt.state[lin.weight]['count'] = 0\n")
+CASES["optimizer_state_the_call_never_reads"] = _changes_between_calls(
+    _STATE + "def f(x):\n    opt.zero_grad()\n    return lin(x) * 2\n",
+    ["", "", "opt.state[lin.weight]['count'] += 1", "opt.state[lin.bias]['k'] = 1.0",
+     "opt.state = {}", "lin.weight.grad = kiln.ones(1, 5)"], traces=1)
+CASES["optimizer_state_the_call_reads"] = _changes_between_calls(
+    _STATE + "def f(x):\n    opt.zero_grad()\n    return lin(x) * opt.state[lin.weight]['count']\n",
+    ["", "", "opt.state[lin.weight]['count'] = 2", "", "opt.state[lin.weight]['count'] = 0",
+     "opt.state = {lin.weight: {'count': 3}}"], traces=3)
 
 # a batch object's fields the call reads are its key: a new batch holding the first value
 # replays the first trace, though the batch traced then was changed since

@@ -34,6 +34,7 @@ from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
                                            save_cache_artifacts)
 from kiln.compiler.hooks import (active_traces, composite, is_compiling,  # noqa: F401
                                  note_flag_read, note_grad_cleared, note_grads_checked,
+                                 note_state_read,
                                  note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype

@@ -965,6 +965,8 @@ class _Walk:
             self.unset(source, obj, attrs)
         if is_module and self.unread_flag(obj):
             items = [item for item in items if item[0] != "training"]
+        if optimizer and self.unread_flag(obj, "state"):
+            items = [item for item in items if item[0] != "state"]
         for name, read, value in items:
             self.place(f"{source}.{name}", read, value, inner,
                        lazy=lazy or (optimizer and name == "state"))
@@ -1062,17 +1064,17 @@ class _Walk:
             return True
         return False
 
-    def unread_flag(self, module) -> bool:
-        """Whether the traced call read no `module.training`: every read through Module's
-        property was told to the trace (`flag_reads`, see `kiln.compiler.note_flag_read`), and
-        no code reached reads attributes by computed name or `__dict__` (which bypass it)."""
+    def unread_flag(self, obj, name: str = "training") -> bool:
+        """Whether the traced call read no `module.training` (or `optimizer.state`): every read
+        through the class's property was told to the trace (`flag_reads`, see
+        `kiln.compiler.note_flag_read` and `note_state_read`), and no code reached reads
+        attributes by computed name or `__dict__` (which bypass it)."""
         if self.flag_reads is None or self.reads is None or self.reads.everything or \
-                id(module) in self.flag_reads:
+                id(obj) in self.flag_reads:
             return False
-        for klass in type(module).__mro__:
-            if "training" in vars(klass):
-                return getattr(getattr(vars(klass)["training"], "fget", None), "tells_reads",
-                               False)
+        for klass in type(obj).__mro__:
+            if name in vars(klass):
+                return getattr(getattr(vars(klass)[name], "fget", None), "tells_reads", False)
         return False
 
     def too_deep(self, source: str) -> None:

@@ -95,6 +95,16 @@ def note_flag_read(module) -> None:
         tracer.flag_reads.add(id(module))
 
 
+def note_state_read(optimizer) -> None:
+    """While tracing: `optimizer.state` was read (by its step, by user code, by a library
+    function). An optimizer whose state no code of the traced call read is not guarded on it:
+    an L-BFGS closure that only calls `zero_grad()` does not trace again when each L-BFGS step
+    outside it changes the state's counters. (The ids share `flag_reads` with the modules.)"""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.flag_reads.add(id(optimizer))
+
+
 def replay_after(name: str, call) -> None:
     """While tracing: `call()`, a pure-Python step the traced call is making (it changes the
     numbers `scalar_input` reads, as `lr_scheduler.step()` does), is to be made again by every

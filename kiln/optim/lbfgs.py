@@ -201,8 +201,12 @@ def _strong_wolfe(evaluate, t: float, d: Tensor, loss: float, grad: Tensor, slop
     t_prev, f_prev, g_prev, slope_prev = 0.0, loss, grad, slope
     bracket = None
     done = False
-    for _ in range(max_ls):
-        if f_new > loss + c1 * t * slope or (evals > 1 and f_new >= f_prev):
+    # `trials` counts the evaluations after the first, as PyTorch's `ls_iter` does: its
+    # "no lower than the previous trial" test starts at the third trial, and the budget
+    # `max_ls` bounds those later evaluations (so up to max_ls + 1 in all)
+    trials = 0
+    while trials < max_ls:
+        if f_new > loss + c1 * t * slope or (trials > 1 and f_new >= f_prev):
             bracket = [(t_prev, f_prev, g_prev, slope_prev), (t, f_new, g_new, slope_new)]
             break
         if abs(slope_new) <= -c2 * slope:
@@ -218,12 +222,13 @@ def _strong_wolfe(evaluate, t: float, d: Tensor, loss: float, grad: Tensor, slop
         t = t_next
         f_new, g_new = evaluate(t)
         evals += 1
+        trials += 1
         slope_new = float(kiln.dot(g_new, d))
     if bracket is None:
         bracket = [(0.0, loss, grad, slope), (t, f_new, g_new, slope_new)]
     # zoom: keep the bracket's low end at the lower loss, shrink until Wolfe holds
     insufficient = False
-    while not done and evals < max_ls:
+    while not done and trials < max_ls:
         (ta, fa, ga, sa), (tb, fb, gb, sb) = bracket
         if abs(tb - ta) * d_max < tolerance_change:
             break
@@ -241,6 +246,7 @@ def _strong_wolfe(evaluate, t: float, d: Tensor, loss: float, grad: Tensor, slop
             insufficient = False
         f_new, g_new = evaluate(t)
         evals += 1
+        trials += 1
         slope_new = float(kiln.dot(g_new, d))
         low = 0 if fa <= fb else 1
         if f_new > loss + c1 * t * slope or f_new >= bracket[low][1]:

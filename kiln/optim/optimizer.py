@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable
 
 import kiln
 from kiln import Tensor
-from kiln.compiler import (is_compiling, note_grad_cleared, note_grads_checked,
-                           note_python_read, scalar_input)
+from kiln.compiler import (active_traces, is_compiling, note_grad_cleared, note_grads_checked,
+                           note_python_read, note_state_read, scalar_input)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -120,6 +120,25 @@ class Optimizer:
             groups = [{"params": groups}]
         for group in groups:
             self.add_param_group(group)
+
+    @property
+    def state(self) -> defaultdict[Tensor, dict[str, Any]]:
+        """The per-parameter state, kept in `__dict__`; a read is told to a trace in progress,
+        so that kiln.compile guards the state of the optimizers a call read, not of every one it
+        can reach (a closure that only calls `zero_grad()`: each L-BFGS step changes the state's
+        counters outside it)."""
+        if active_traces[0]:
+            note_state_read(self)
+        try:
+            return self.__dict__["state"]
+        except KeyError:        # (Optimizer.__init__ not run yet)
+            raise AttributeError("state") from None
+
+    @state.setter
+    def state(self, value) -> None:
+        self.__dict__["state"] = value
+
+    state.fget.tells_reads = True       # (what guards look for: see `note_state_read`)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of parameters with its own options; missing options take the defaults."""

@@ -53,6 +53,38 @@ def test_parametrized_module_keys_class_and_removal_match_torch():
     np.testing.assert_allclose(k.weight.detach().numpy(), t.weight.detach().numpy(), rtol=1e-6)
 
 
+
+def test_removal_keeps_parameters_and_buffers_as_torch():
+    # where the removed weight lands (a parameter or a buffer) follows torch: weight_norm's
+    # value computed under no_grad needs no grad, so torch keeps it as a buffer (kiln made a
+    # parameter); a single original keeps its own kind (a buffer stayed a buffer in torch only)
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    class KDouble(kiln.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    def kinds(lib, double, grad_mode, parametrization):
+        layer = lib.nn.Linear(3, 2)
+        if parametrization == "weight_norm":
+            lib.nn.utils.parametrizations.weight_norm(layer)
+        else:
+            del layer.weight
+            layer.register_buffer("weight", lib.ones(2, 3))
+            lib.nn.utils.parametrize.register_parametrization(layer, "weight", double())
+        with grad_mode():
+            lib.nn.utils.parametrize.remove_parametrizations(layer, "weight")
+        return ([n for n, _ in layer.named_parameters()], [n for n, _ in layer.named_buffers()],
+                type(layer.weight).__name__, layer.weight.requires_grad)
+
+    for grad_mode in ("no_grad", "enable_grad"):
+        for parametrization in ("weight_norm", "buffer"):
+            t = kinds(torch, Double, getattr(torch, grad_mode), parametrization)
+            k = kinds(kiln, KDouble, getattr(kiln, grad_mode), parametrization)
+            assert k == t, (grad_mode, parametrization, k, t)
+
 def test_custom_parametrization_with_right_inverse_and_assignment():
     class Symmetric(kiln.nn.Module):
         def forward(self, x):

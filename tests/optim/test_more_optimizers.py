@@ -169,3 +169,15 @@ def test_step_and_state_dict_hooks_run_like_torch(name):
         opt.load_state_dict(sd)
         events[lib.__name__] = (log, sd["note"])
     assert events["kiln"] == events["torch"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(max_iter=6, history_size=4),
+                                    dict(lr=0.3, max_iter=30, max_eval=12)])
+def test_lbfgs_strong_wolfe_iterates_match_torch(kwargs):
+    # the line search's tests and evaluation budget are PyTorch's: the bracketing phase's
+    # "no lower than the previous trial" test from its third trial on, and one evaluation more
+    # in the zoom phase (kiln's took the test from the second trial and one fewer evaluation)
+    kx, klosses = _rosenbrock_run(kiln, 6, line_search_fn="strong_wolfe", **kwargs)
+    tx, tlosses = _rosenbrock_run(torch, 6, line_search_fn="strong_wolfe", **kwargs)
+    np.testing.assert_allclose(klosses, tlosses, rtol=1e-7, atol=1e-15)
+    np.testing.assert_allclose(kx, tx, rtol=1e-7, atol=1e-10)

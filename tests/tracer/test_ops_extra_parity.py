@@ -168,6 +168,11 @@ CASES = [
     ("kron", lambda t, a, b: t.kron(a, b), [(2, 3), (3, 2)], {}),
     ("cdist", lambda t, a, b: [t.cdist(a, b, p) for p in (1.0, 2.0, 3.0, float("inf"))],
      [(4, 3), (5, 3)], {}),
+    # coincident points (a kernel matrix's diagonal): torch's subgradient there is 0 (kiln's
+    # sqrt / p-th root of a zero sum gave NaN gradients, and a GP's training diverged)
+    ("cdist zero distances", lambda t, a: [t.cdist(a, a, p) ** 2 for p in (0.5, 2.0, 3.0)]
+     + [t.cdist(a, a[:2]), t.cdist(a, a, 1.0)], [np.array([[0.1, -0.4], [0.7, 0.2], [0.1, -0.4],
+                                                           [-0.5, 0.3]])], {}),
     ("cov corrcoef", lambda t, x: (t.cov(x), t.cov(x, correction=0), t.corrcoef(x)),
      [(3, 6)], {}),
     ("cov weights", lambda t, x, a: t.cov(x, fweights=t.tensor([1, 2, 1, 3]), aweights=a),

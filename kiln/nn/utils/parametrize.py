@@ -155,33 +155,31 @@ def register_parametrization(module: Module, tensor_name: str, parametrization: 
 
 def remove_parametrizations(module: Module, tensor_name: str,
                             leave_parametrized: bool = True) -> Module:
-    """Make `tensor_name` a plain parameter again: its current (parametrized) value, or the
-    stored original with leave_parametrized=False."""
+    """Make `tensor_name` a plain tensor again: its current (parametrized) value, or the
+    stored original with leave_parametrized=False. A single original keeps its object (a
+    parameter stays one, as does a buffer, so an optimizer holding it still does); a value
+    computed from several originals (`weight_norm`'s g and v) becomes a parameter where it
+    requires grad, and a buffer otherwise (under `no_grad`, as PyTorch's)."""
     if not is_parametrized(module, tensor_name):
         raise ValueError(f"Module {module} does not have a parametrization on {tensor_name}")
     plist = module.parametrizations[tensor_name]
-    with kiln.no_grad():
+    if plist.is_tensor:
+        original = plist.original
         if leave_parametrized:
-            value = getattr(module, tensor_name).detach().clone()
-            requires_grad = any(p.requires_grad for p in plist.parameters())
-        else:
-            if not plist.is_tensor:
-                raise ValueError("Cannot leave unparametrized (`leave_parametrized=False`) a "
-                                 "tensor that is parametrized in terms of a sequence of "
-                                 "tensors.")
-            value = plist.original
-            requires_grad = value.requires_grad
+            with kiln.no_grad():
+                original.data = getattr(module, tensor_name).detach().clone()
+    else:
+        if not leave_parametrized:
+            raise ValueError("Cannot leave unparametrized (`leave_parametrized=False`) a "
+                             "tensor that is parametrized in terms of a sequence of tensors.")
+        value = getattr(module, tensor_name)       # (in the caller's grad mode)
+        original = Parameter(value.detach()) if value.requires_grad else value.detach()
     delattr(type(module), tensor_name)
     del module.parametrizations[tensor_name]
-    if plist.is_tensor and leave_parametrized:
-        original = plist.original
-        with kiln.no_grad():
-            original.data = value
-        value = original
-    if isinstance(value, Parameter):
-        module.register_parameter(tensor_name, value)
+    if isinstance(original, Parameter):
+        module.register_parameter(tensor_name, original)
     else:
-        module.register_parameter(tensor_name, Parameter(value, requires_grad))
+        module.register_buffer(tensor_name, original)
     if not len(module.parametrizations):
         del module._modules["parametrizations"]
         module.__class__ = type(module).__bases__[0]

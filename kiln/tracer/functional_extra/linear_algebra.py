@@ -96,15 +96,25 @@ def cdist(x1, x2, p=2.0, compute_mode=None):
                        f"{dt.SCALAR_TYPE_NAMES[x1.dtype]} ({x1.dtype.name})")
     diff_ = F.unsqueeze(x1, -2) - F.unsqueeze(x2, -3)
     if p == 2:
-        sq = F.sum(diff_ * diff_, -1)
-        return F.sqrt(sq)
+        return _root_or_zero(F.sum(diff_ * diff_, -1), 2)
     if p == 0:          # a count of differing coordinates: its gradient is zero
         return creation.zero_gradient(F.sum(F.ne(diff_, 0), -1).to(x1.dtype), [x1, x2])
     if math.isinf(p):
         return F.amax(F.abs(diff_), -1)
     if p == 1:
         return F.sum(F.abs(diff_), -1)
-    return F.pow(F.sum(F.pow(F.abs(diff_), p), -1), 1.0 / p)
+    if p < 1:       # |d| ** p has an infinite slope at d == 0: PyTorch's subgradient there is 0
+        return _root_or_zero(F.sum(_root_or_zero(F.abs(diff_), 1.0 / p), -1), p)
+    return _root_or_zero(F.sum(F.pow(F.abs(diff_), p), -1), p)
+
+
+def _root_or_zero(s, p):
+    """s ** (1 / p) with PyTorch's subgradient 0 where s == 0 (coincident points, a kernel
+    matrix's diagonal): the root's slope there is infinite, and the chain rule's 0 * inf a NaN."""
+    zero = F.eq(s, 0)
+    safe = F.where(zero, F.ones_like(s), s)
+    root = F.sqrt(safe) if p == 2 else F.pow(safe, 1.0 / p)
+    return F.where(zero, F.zeros_like(root), root)
 
 
 def _conj_t(x):
