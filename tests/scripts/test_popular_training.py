@@ -60,14 +60,16 @@ def test_clip_contrastive_training_with_a_clamped_logit_scale():
 
 
 def test_timm_style_trainer_bfloat16_mixup_ema_and_resume():
-    # bfloat16 autocast: the first two losses are torch's bit for bit (kiln's log_softmax
-    # rounded once where torch's CPU kernel rounds the sum and its log: 2e-4 apart from the
-    # first step); later ones differ by bfloat16 gradients torch rounds more often (measured
-    # max 8e-4 relative). The compiled step runs eagerly with kiln's warning (no bfloat16
+    # bfloat16 autocast: the first loss is torch's bit for bit (kiln's log_softmax rounded
+    # once where torch's CPU kernel rounds the sum and its log: 2e-4 apart from the first
+    # step); later ones differ by bfloat16 gradients torch rounds more often (measured max
+    # 8e-4 relative; the second was equal on AVX-512 CPUs, 2.5e-4 apart on an AVX2 one). The compiled step runs eagerly with kiln's warning (no bfloat16
     # kernels)
+    # running statistics of bfloat16 activations (~0.2, a bfloat16 step 1e-3 there) differ by
+    # a few steps where torch's bfloat16 products do, by CPU (3.3e-3 on an AVX2 EPYC)
     t, k, c = compiled_like_torch("timm_trainer", whole=False, rtol=2e-3, values_rtol=1e-2,
-                                  values_atol=1e-3, compiled_rtol=1e-2)
-    np.testing.assert_array_equal(k["losses"][:2], t["losses"][:2])
+                                  values_atol=5e-3, compiled_rtol=1e-2)
+    np.testing.assert_array_equal(k["losses"][:1], t["losses"][:1])
     assert k["values"]["weight_decays"] == "0.0,0.05" and k["values"]["group_sizes"] == "6,3"
     assert len(k["losses"]) == 16
 

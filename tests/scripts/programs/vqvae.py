@@ -5,7 +5,9 @@ through (`z + (q - z).detach()`) and adds the commitment loss; the codebook is u
 exponential moving average (counts from one-hot rows, sums by `index_add_`, Laplace
 smoothing), dead codes are restarted at random encoder outputs by `codebook.data =
 torch.where(...)`, the perplexity comes from one-hot rows built by `scatter_add_`, and the
-codebook usage after training by `bincount`. The training step is the compiled function."""
+codebook usage after training by `bincount`. The training step is the compiled function.
+In float64: which code is nearest must not hinge on float32 rounding, which differs between
+BLAS builds and CPUs (an AVX2 machine's matmul moved one vector to another code)."""
 import numpy as np
 import torch
 import torch.nn as nn
@@ -80,14 +82,14 @@ class VQVAE(nn.Module):
 def main(seed=0, compile=False, initial_state=None):
     torch.manual_seed(seed)
     rng = np.random.default_rng(2)
-    images = np.zeros((64, 1, 8, 8), dtype=np.float32)
+    images = np.zeros((64, 1, 8, 8), dtype=np.float64)
     for i in range(64):
         r, c = rng.integers(0, 5, 2)
         images[i, 0, r:r + 3, c:c + 3] = 1.0
     data = torch.from_numpy(images)
     data_variance = data.var().item()
 
-    model = VQVAE()
+    model = VQVAE().double()
     if initial_state is not None:
         model.load_state_dict(initial_state)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
