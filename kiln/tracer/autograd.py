@@ -789,6 +789,40 @@ def output_slot(cls: type, owner: Node, index: int, out: Tensor) -> OutputSlot:
     return node
 
 
+class _NodeOfSeveral(Node):
+    """A primitive's node with several outputs (a compiled program's), made by record_several."""
+
+    __slots__ = ("num_outputs", "out_shapes")
+
+
+_SEVERAL_CLASSES: dict[str, tuple] = {}     # node name -> (its node class, its slot class)
+
+
+def record_several(prim: Primitive, args: tuple, outputs: list) -> None:
+    """Attach one autograd node of `prim(args)` to all of `outputs`, each through its slot:
+    `prim.grad(grads, None, *args)` gets the list of the outputs' gradients (None for one that
+    got none) and runs once per backward."""
+    name = prim_class(prim).__name__
+    classes = _SEVERAL_CLASSES.get(name)
+    if classes is None:
+        classes = _SEVERAL_CLASSES[name] = tuple(
+            type(name, (base,), {"__slots__": (), "__module__": __name__})
+            for base in (_NodeOfSeveral, OutputSlot))
+    node = classes[0]()
+    node.prim, node.inputs, node.attrs = prim, args, {}
+    node.out_data, node.out_dtype, node.out_device = None, outputs[0].dtype, outputs[0].device
+    node.versions = [a._version[0] if isinstance(a, Tensor) else None for a in args]
+    node.out_version = node.out_at = None
+    node.edges = list(edges_of(args))
+    node.hooks = node.retained = node.out_trace = node.packed = None
+    node.num_outputs = len(outputs)
+    node.out_shapes = [(tuple(o.shape), o.dtype, o.device) for o in outputs]
+    if ANOMALY[0]:
+        node.forward_stack = _user_stack()
+    for i, out in enumerate(outputs):
+        out.grad_fn, out.requires_grad = output_slot(classes[1], node, i, out), True
+
+
 def _fill_slot(slot: OutputSlot, g: Tensor, pending: dict) -> None:
     owner = slot.owner
     grads = pending.get(id(owner))

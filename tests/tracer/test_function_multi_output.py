@@ -360,3 +360,31 @@ def test_checkpointed_segment_with_a_function_of_several_outputs():
     torch_count, torch_grad = run(torch)
     assert count == torch_count == 1
     np.testing.assert_allclose(grad, torch_grad, rtol=1e-12)
+
+
+def test_compiled_function_returning_both_outputs_runs_its_backward_once():
+    """A compiled function with several differentiable outputs gets one node: its backward
+    program runs once with both outputs' gradients. Run once per output (the other's zero),
+    a custom Function's clamp inside it would clamp each part alone."""
+    split = _clamped_split(kiln, None)
+
+    @kiln.compile(fullgraph=True)
+    def f(x):
+        return split.apply(x * 1.0)
+
+    torch_x = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64, requires_grad=True)
+    ta, tb = _clamped_split(torch, None).apply(torch_x * 1.0)
+    (ta.sum() + tb.sum() * 0.5).backward()
+    for _ in range(3):          # the trace's call, then replays
+        x = kiln.tensor([0.3, -0.2, 0.1], dtype=kiln.float64, requires_grad=True)
+        a, b = f(x)
+        (a.sum() + b.sum() * 0.5).backward()
+        assert x.grad.tolist() == torch_x.grad.tolist()
+    x = kiln.tensor([0.3, -0.2, 0.1], dtype=kiln.float64, requires_grad=True)
+    a, b = f(x)
+    assert type(a.grad_fn).__name__ == type(b.grad_fn).__name__ == "CompiledFunctionBackward"
+    (b.sum() * 0.1).backward()               # one output's gradient only: zeros for the other
+    torch_x.grad = None
+    _, tb = _clamped_split(torch, None).apply(torch_x * 1.0)
+    (tb.sum() * 0.1).backward()
+    np.testing.assert_allclose(x.grad.numpy(), torch_x.grad.numpy(), rtol=1e-12)
