@@ -388,3 +388,22 @@ def test_compiled_function_returning_both_outputs_runs_its_backward_once():
     _, tb = _clamped_split(torch, None).apply(torch_x * 1.0)
     (tb.sum() * 0.1).backward()
     np.testing.assert_allclose(x.grad.numpy(), torch_x.grad.numpy(), rtol=1e-12)
+
+
+def test_checkpoint_with_outputs_of_two_dtypes_recomputes_once():
+    """kiln.utils.checkpoint's node for a segment's outputs of several dtypes is one node (it
+    was one per dtype, each recomputing the segment): one recomputation, as torch's."""
+    def run(lib):
+        calls = []
+
+        def segment(x):
+            calls.append(1)
+            return (x * x).float(), x.sin()
+        x = lib.tensor([0.4, -0.7, 0.1], dtype=lib.float64, requires_grad=True)
+        a, b = lib.utils.checkpoint.checkpoint(segment, x, use_reentrant=False)
+        (a.double().sum() + b.sum()).backward()
+        return len(calls), a.dtype == lib.float32, x.grad.tolist()
+    count, is_float, grad = run(kiln)
+    torch_count, torch_is_float, torch_grad = run(torch)
+    assert (count, is_float) == (torch_count, torch_is_float) == (2, True)
+    np.testing.assert_allclose(grad, torch_grad, rtol=1e-6)
