@@ -823,11 +823,13 @@ def record_several(prim: Primitive, args: tuple, outputs: list) -> None:
         out.grad_fn, out.requires_grad = output_slot(classes[1], node, i, out), True
 
 
-def _fill_slot(slot: OutputSlot, g: Tensor, pending: dict) -> None:
+def _fill_slot(slot: OutputSlot, g: Tensor, filled: dict) -> None:
+    """File `g` in the slot of `slot`'s output in its owner's list of gradients (in `filled`,
+    which the engine reads when it reaches the owner)."""
     owner = slot.owner
-    grads = pending.get(id(owner))
+    grads = filled.get(id(owner))
     if grads is None:
-        grads = pending[id(owner)] = [None] * owner.num_outputs
+        grads = filled[id(owner)] = [None] * owner.num_outputs
     i = slot.index
     grads[i] = g if grads[i] is None else grads[i] + g
 
@@ -1427,6 +1429,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     prev_mode = STATE.grad_enabled
     STATE.grad_enabled = create_graph
     plain = not create_graph and not TRACING[0]     # gradients are data: see _add_slice_grad
+    filled: dict = {}       # id(node of several outputs) -> its outputs' gradients so far
     buffers: dict[int, Tensor] = {}
     try:
         order = _topological(roots)
@@ -1439,9 +1442,11 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         for node in order:
             g = pending.pop(id(node), None)
             if g is None:
-                continue
-            if type(g) is list:         # a node with several outputs, all its slots filled
-                _run_several(node, g, pending, leaf_grads, early, create_graph, retain_graph)
+                if filled:              # a node of several outputs gets them here, not pending
+                    grads = filled.pop(id(node), None)
+                    if grads is not None:
+                        _run_several(node, grads, pending, leaf_grads, early, create_graph,
+                                     retain_graph)
                 continue
             post = None
             if node.hooks:
@@ -1456,15 +1461,16 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 captured[id(node)] = g
                 if id(node) not in to_run:
                     continue
-            if node.prim is _OUTPUT_SLOT:
-                _fill_slot(node, g, pending)
+            _check_versions(node)
+            prim = node.prim
+            if prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
+                    and node.edges[0] is not None and not type(g)._dispatches:
+                _add_slice_grad(pending, buffers, node, g)
                 if not retain_graph:
                     node.inputs = node.out_data = None
                 continue
-            _check_versions(node)
-            if node.prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
-                    and node.edges[0] is not None and not type(g)._dispatches:
-                _add_slice_grad(pending, buffers, node, g)
+            if prim is _OUTPUT_SLOT:
+                _fill_slot(node, g, filled)
                 if not retain_graph:
                     node.inputs = node.out_data = None
                 continue
