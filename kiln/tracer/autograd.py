@@ -42,7 +42,7 @@ class Node:
     # whether a post hook sees the gradients the rule gives inputs that take none (a custom
     # Function's, whose backward's results PyTorch hands its hooks as they are)
     hooks_see_unused_grads = False
-    # a node with several outputs (OutputSlot) says how many, and `out_shapes`: per output
+    # a node with several outputs (OutputSlot) says how many, and has `out_shapes`: per output
     # (shape, dtype, device), None for one that is not a tensor; its rule takes their gradients
     num_outputs = 1
 
@@ -738,8 +738,8 @@ def link_alias(out: Tensor, source: Tensor, edges: tuple | None = None) -> None:
 
 # ----------------------------------------------------------------------------- several outputs
 #
-# A node with several outputs (a custom Function's) is one node, as in PyTorch, whose gradient
-# rule runs once with every output's gradient. Where PyTorch's edges say (node, output number),
+# A node with several outputs (a custom Function's, a compiled function's) is one node, as in
+# PyTorch, whose gradient rule runs once with every output's gradient. Where PyTorch's edges say (node, output number),
 # kiln's are objects (a grad_fn, a leaf): the grad_fn of output i is an OutputSlot whose one
 # edge is the node. The engine files the gradient reaching a slot in the node's slot i, and
 # runs the node's rule on the list of them (None for an output that got none) when the
