@@ -43,7 +43,7 @@ from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.tracer.autocast import key as _autocast_key
-from kiln.tracer.autograd import prim_class, record, saved_hooks_active
+from kiln.tracer.autograd import prim_class, record, record_several, saved_hooks_active
 from kiln.tracer.creation import default_generator, get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
@@ -1156,7 +1156,9 @@ class CompiledFunction:
         with _stage("finishing the trace"):
             (program,) = tracer.finish(traced if joint is None
                                        else list(outputs) + joint.grads, items)
-        program.consumed = {i: outputs[i].grad_fn.prim for i in consumed}
+        # (an output slot's node is the one of its several outputs: its owner)
+        program.consumed = {i: getattr(outputs[i].grad_fn, "owner", outputs[i].grad_fn).prim
+                            for i in consumed}
         program.returned_inputs = {i: program.graph.inputs.index(v) for i, v in given.items()}
         for gw in program.grad_writes:
             gw.none_at_call = none_at_call.get(id(gw.tensor))
@@ -2135,10 +2137,11 @@ def _differentiable(t: Tensor) -> bool:
 
 
 def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -> None:
-    """Give each differentiable output a grad_fn that runs the compiled backward program.
+    """Give the differentiable outputs a grad_fn that runs the compiled backward program.
 
-    With several differentiable outputs each runs the backward with its own tangent (the
-    others zero): correct by linearity, k backward runs for k outputs.
+    With several differentiable outputs they share one node (autograd.record_several), whose
+    rule runs the backward once with every output's gradient (zeros for those that got none):
+    a backward is linear in the output gradients only if every custom Function's in it is.
     """
     diff = entry.joint.differentiable_outputs
     name = f"compiled_{entry.graph.name.removesuffix('_forward')}"
@@ -2147,24 +2150,30 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
     saved_bases = {id(_base(a)) for a in saved}
     read_back = [(j, u, u._version[0]) for j, u in enumerate(user)
                  if id(_base(u._data)) in saved_bases]
-    for k, i in enumerate(diff):
-        def rule(g, out, *inputs, k=k):
-            for j, u, version in read_back:
-                if u._version[0] != version:
-                    raise op_error("backward", "one of the variables needed for gradient "
-                                   f"computation has been modified by an inplace operation: "
-                                   f"output {j} of the compiled {name[9:]} "
-                                   f"[{u.dtype.name} {list(u.shape)}] is at version "
-                                   f"{u._version[0]}; expected version {version} instead. "
-                                   "Hint: clone the tensor before modifying it in place.")
-            xp = g.device.xp
-            tangents = [xp.zeros(tuple(user[j].shape), user[j].dtype.np) for j in diff]
-            tangents[k] = g._data
-            grads, _ = entry.backward.run(list(saved) + tangents)
-            return tuple(Tensor._make(gr if t.device is g.device else to_device(gr, t.device),
-                                      t.dtype, t.device) for gr, t in zip(grads, inputs))
+
+    def rule(gs: list, out, *inputs):
+        for j, u, version in read_back:
+            if u._version[0] != version:
+                raise op_error("backward", "one of the variables needed for gradient "
+                               f"computation has been modified by an inplace operation: "
+                               f"output {j} of the compiled {name[9:]} "
+                               f"[{u.dtype.name} {list(u.shape)}] is at version "
+                               f"{u._version[0]}; expected version {version} instead. "
+                               "Hint: clone the tensor before modifying it in place.")
+        device = next(g for g in gs if g is not None).device
+        tangents = [device.xp.zeros(tuple(user[j].shape), user[j].dtype.np) if g is None
+                    else g._data for j, g in zip(diff, gs)]
+        grads, _ = entry.backward.run(list(saved) + tangents)
+        return tuple(Tensor._make(gr if t.device is device else to_device(gr, t.device),
+                                  t.dtype, t.device) for gr, t in zip(grads, inputs))
+
+    if len(diff) == 1:
+        prim = Primitive(name, "extern", None, None,
+                         lambda g, out, *inputs: rule([g], out, *inputs), arity=len(wrt))
+        record(prim, tuple(wrt), {}, user[diff[0]])
+    else:
         prim = Primitive(name, "extern", None, None, rule, arity=len(wrt))
-        record(prim, tuple(wrt), {}, user[i])
+        record_several(prim, tuple(wrt), [user[i] for i in diff])
 
 
 def _device_of(outputs, args):

@@ -42,6 +42,9 @@ class Node:
     # whether a post hook sees the gradients the rule gives inputs that take none (a custom
     # Function's, whose backward's results PyTorch hands its hooks as they are)
     hooks_see_unused_grads = False
+    # a node with several outputs (OutputSlot) says how many, and has `out_shapes`: per output
+    # (shape, dtype, device), None for one that is not a tensor; its rule takes their gradients
+    num_outputs = 1
 
     def name(self) -> str:
         return type(self).__name__
@@ -249,10 +252,14 @@ class _PreHook:
 
     def run(self, g):
         """The gradient after the hook: g, its replacement, or None (the hook dropped it)."""
-        replaced = self.fn((g,))
+        return self.run_several((g,))[0]
+
+    def run_several(self, grad_outputs: tuple) -> tuple:
+        """The gradients of a node's outputs after the hook (None where one has none)."""
+        replaced = self.fn(grad_outputs)
         if replaced is None:
-            return g
-        return _hook_result(self.fn, replaced, (g,))[0]
+            return grad_outputs
+        return _hook_result(self.fn, replaced, grad_outputs)
 
 
 class _PostHook(_PreHook):
@@ -260,8 +267,8 @@ class _PostHook(_PreHook):
 
     __slots__ = ()
 
-    def run(self, grad_inputs: tuple, g) -> tuple:
-        replaced = self.fn(grad_inputs, (g,))
+    def run(self, grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+        replaced = self.fn(grad_inputs, grad_outputs)
         return grad_inputs if replaced is None else _hook_result(self.fn, replaced, grad_inputs)
 
 
@@ -296,16 +303,17 @@ def _pre_hooks(node: Node, g, create_graph: bool) -> tuple:
     return g, post
 
 
-def _post_hooks(node: Node, post: list, g, grads: tuple) -> tuple:
+def _post_hooks(node: Node, post: list, grad_outputs: tuple, grads: tuple) -> tuple:
     """The rule's gradients after the node's post hooks (which see and replace those of the
-    inputs next_functions lists, None where an input takes none)."""
+    inputs next_functions lists, None where an input takes none, and get the node's output
+    gradients, `grad_outputs`)."""
     shown = len(node.next_functions)
     if node.hooks_see_unused_grads:
         grad_inputs = tuple(grads[:shown])
     else:
         grad_inputs = tuple(None if e is None else ga for e, ga in zip(node.edges[:shown], grads))
     for hook in post:
-        grad_inputs = hook.run(grad_inputs, g)
+        grad_inputs = hook.run(grad_inputs, grad_outputs)
     return tuple(grad_inputs) + tuple(grads[shown:])
 
 
@@ -409,7 +417,7 @@ def _composite_backward(node: Node, post: list, g, grads: tuple, saved: tuple,
             n.inputs = n.out_data = n.packed = None
     grad_inputs = tuple(None if e is None else ga for e, ga in zip(shown, gathered))
     for hook in post:
-        grad_inputs = hook.run(grad_inputs, g)
+        grad_inputs = hook.run(grad_inputs, (g,))
     return list(zip(shown, grad_inputs))
 
 
@@ -726,6 +734,146 @@ def link_alias(out: Tensor, source: Tensor, edges: tuple | None = None) -> None:
     node.edges = edges_of((source,)) if edges is None else edges
     node.hooks = node.retained = node.out_trace = node.packed = None
     out.grad_fn, out.requires_grad = node, True
+
+
+# ----------------------------------------------------------------------------- several outputs
+#
+# A node with several outputs (a custom Function's, a compiled function's) is one node, as in
+# PyTorch, whose gradient rule runs once with every output's gradient. Where PyTorch's edges say (node, output number),
+# kiln's are objects (a grad_fn, a leaf): the grad_fn of output i is an OutputSlot whose one
+# edge is the node. The engine files the gradient reaching a slot in the node's slot i, and
+# runs the node's rule on the list of them (None for an output that got none) when the
+# topological order reaches the node: after all its slots, so after everything that sends any
+# of its outputs a gradient.
+
+def _no_slot_rule(g, out):
+    raise RuntimeError("an output slot has no gradient rule: the engine files its gradient in "
+                       "the slot of its node")
+
+
+_OUTPUT_SLOT = Primitive("output_slot", "custom", None, None, _no_slot_rule, 0, reads=(),
+                         doc="one output of a node with several: its gradient fills a slot")
+
+
+class OutputSlot(Node):
+    """The grad_fn of output `index` of `owner`, a node with several outputs (`num_outputs`,
+    and its `prim.grad` takes the list of their gradients). It shows the owner's name, inputs
+    (next_functions) and hooks: the owner's hooks see every output's gradient, as PyTorch's."""
+
+    __slots__ = ("owner", "index")
+
+    def name(self) -> str:
+        return self.owner.name()
+
+    @property
+    def next_functions(self):
+        return self.owner.next_functions
+
+    def register_hook(self, fn):
+        return self.owner.register_hook(fn)
+
+    def register_prehook(self, fn):
+        return self.owner.register_prehook(fn)
+
+
+def output_slot(cls: type, owner: Node, index: int, out: Tensor) -> OutputSlot:
+    """A new grad_fn (of class `cls`, an OutputSlot subclass) for `out`, output `index` of
+    `owner`."""
+    node = cls()
+    node.owner, node.index = owner, index
+    node.prim, node.inputs, node.attrs, node.versions = _OUTPUT_SLOT, (), {}, ()
+    node.out_data, node.out_dtype, node.out_device = out._data, out.dtype, out.device
+    node.out_version = node.out_at = None
+    node.edges = (owner,)
+    node.hooks = node.retained = node.out_trace = node.packed = None
+    return node
+
+
+class _NodeOfSeveral(Node):
+    """A primitive's node with several outputs (a compiled program's), made by record_several."""
+
+    __slots__ = ("num_outputs", "out_shapes")
+
+
+_SEVERAL_CLASSES: dict[str, tuple] = {}     # node name -> (its node class, its slot class)
+
+
+def record_several(prim: Primitive, args: tuple, outputs: list) -> None:
+    """Attach one autograd node of `prim(args)` to all of `outputs`, each through its slot:
+    `prim.grad(grads, None, *args)` gets the list of the outputs' gradients (None for one that
+    got none) and runs once per backward."""
+    name = prim_class(prim).__name__
+    classes = _SEVERAL_CLASSES.get(name)
+    if classes is None:
+        classes = _SEVERAL_CLASSES[name] = tuple(
+            type(name, (base,), {"__slots__": (), "__module__": __name__})
+            for base in (_NodeOfSeveral, OutputSlot))
+    node = classes[0]()
+    node.prim, node.inputs, node.attrs = prim, args, {}
+    node.out_data, node.out_dtype, node.out_device = None, outputs[0].dtype, outputs[0].device
+    node.versions = [a._version[0] if isinstance(a, Tensor) else None for a in args]
+    node.out_version = node.out_at = None
+    node.edges = list(edges_of(args))
+    node.hooks = node.retained = node.out_trace = node.packed = None
+    node.num_outputs = len(outputs)
+    node.out_shapes = [(tuple(o.shape), o.dtype, o.device) for o in outputs]
+    if ANOMALY[0]:
+        node.forward_stack = _user_stack()
+    for i, out in enumerate(outputs):
+        out.grad_fn, out.requires_grad = output_slot(classes[1], node, i, out), True
+
+
+def _fill_slot(slot: OutputSlot, g: Tensor, filled: dict) -> None:
+    """File `g` in the slot of `slot`'s output in its owner's list of gradients (in `filled`,
+    which the engine reads when it reaches the owner)."""
+    owner = slot.owner
+    grads = filled.get(id(owner))
+    if grads is None:
+        grads = filled[id(owner)] = [None] * owner.num_outputs
+    i = slot.index
+    grads[i] = g if grads[i] is None else grads[i] + g
+
+
+def _run_several(node: Node, grad_outputs: list, pending: dict, leaf_grads: dict, early,
+                 create_graph: bool, retain_graph: bool) -> None:
+    """The engine's step for a node with several outputs, once all its slots are filled: its
+    pre-hooks, its rule on every output's gradient, its post hooks, then on to its edges."""
+    grad_outputs = tuple(grad_outputs)
+    post = []
+    for hook in node.hooks or ():
+        if type(hook) is _PostHook:
+            post.append(hook)
+        elif isinstance(hook, _PreHook):
+            grad_outputs = hook.run_several(grad_outputs)
+    if all(g is None for g in grad_outputs):    # the pre-hooks dropped every gradient
+        grads = ()
+    else:
+        _check_versions(node)
+        saved = node.inputs
+        grads = node.prim.grad(list(grad_outputs), None, *saved, **node.attrs)
+        if ANOMALY[0] and ANOMALY[1] and not TRACING[0]:
+            _check_anomaly(node, grads)
+        if post:
+            grads = _post_hooks(node, post, grad_outputs, grads)
+        for edge, ga, a in zip(node.edges, grads, saved):       # as run_backward's loop
+            if ga is None or edge is None:
+                continue
+            if isinstance(a, Tensor) and ga.device is not a.device:
+                ga = _moved_home(ga, a.device)
+            if isinstance(edge, Tensor):
+                _accumulate(leaf_grads, id(edge), edge, ga)
+            else:
+                key = id(edge)
+                pending[key] = ga if key not in pending else pending[key] + ga
+    if early:
+        for edge in node.edges:
+            if isinstance(edge, Tensor) and id(edge) in early:
+                early[id(edge)] -= 1
+                if early[id(edge)] == 0 and id(edge) in leaf_grads:
+                    _post_accumulate(edge, _store_leaf_grad(
+                        edge, leaf_grads.pop(id(edge))[1], create_graph))
+    if not retain_graph:
+        node.inputs = node.out_data = None
 
 
 # ----------------------------------------------------------------------------- views
@@ -1235,7 +1383,7 @@ def _post_accumulate(tensor: Tensor, g: Tensor | None) -> None:
     if node is not None and g is not None:
         for hook in node.hooks:
             if type(hook) is _PostHook:
-                hook.run((), g)
+                hook.run((), (g,))
 
 
 def _leaf_counts(order: list[Node]) -> dict[int, int]:
@@ -1281,6 +1429,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
     prev_mode = STATE.grad_enabled
     STATE.grad_enabled = create_graph
     plain = not create_graph and not TRACING[0]     # gradients are data: see _add_slice_grad
+    filled: dict = {}       # id(node of several outputs) -> its outputs' gradients so far
     buffers: dict[int, Tensor] = {}
     try:
         order = _topological(roots)
@@ -1293,6 +1442,11 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
         for node in order:
             g = pending.pop(id(node), None)
             if g is None:
+                if filled:              # a node of several outputs gets them here, not pending
+                    grads = filled.pop(id(node), None)
+                    if grads is not None:
+                        _run_several(node, grads, pending, leaf_grads, early, create_graph,
+                                     retain_graph)
                 continue
             post = None
             if node.hooks:
@@ -1308,9 +1462,15 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 if id(node) not in to_run:
                     continue
             _check_versions(node)
-            if node.prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
+            prim = node.prim
+            if prim is _SLICE and plain and not isinstance(node.edges[0], Tensor) \
                     and node.edges[0] is not None and not type(g)._dispatches:
                 _add_slice_grad(pending, buffers, node, g)
+                if not retain_graph:
+                    node.inputs = node.out_data = None
+                continue
+            if prim is _OUTPUT_SLOT:
+                _fill_slot(node, g, filled)
                 if not retain_graph:
                     node.inputs = node.out_data = None
                 continue
@@ -1327,7 +1487,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, create_graph=False, 
                 edges = node.edges
                 if post:
                     if _composite_edges(node) is None:
-                        grads = _post_hooks(node, post, g, grads)
+                        grads = _post_hooks(node, post, (g,), grads)
                     else:           # its inner nodes ran: the hooks' gradients go on
                         edges, grads = zip(*_composite_backward(
                             node, post, g, grads, saved, order, create_graph, retain_graph))

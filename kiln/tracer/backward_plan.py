@@ -14,7 +14,9 @@ device and requires_grad.
 
 A custom autograd Function's node is a `CustomStep`: its class's backward runs on a fresh ctx
 holding stand-ins of the saved tensors and of tensor attributes, and the forward's other ctx
-attributes (hashable values, part of the key).
+attributes (hashable values, part of the key). With several outputs, each output's grad_fn
+(an autograd.OutputSlot) is a `SlotStep` filing its gradient for the Function's one
+CustomStep, which runs once with all of them, as the engine does.
 
 A graph the plan cannot describe exactly raises `Unplannable` with the reason, and the caller
 runs the plain engine: saved-tensor hooks, post-accumulate-grad hooks, bfloat16 or complex
@@ -79,7 +81,7 @@ class CustomStep:
     (name, ("const", value)) for a hashable value)."""
 
     fn_cls: type
-    index: int
+    index: int | None       # None: the node of several outputs, given all their gradients
     out_shapes: tuple
     positions: tuple
     needs_input_grad: tuple
@@ -87,7 +89,7 @@ class CustomStep:
     ctx_saved: tuple
     ctx_attrs: tuple
     args: tuple
-    out: int
+    out: int | None
     edges: tuple
     hooks: tuple
     retained: int | None
@@ -103,7 +105,19 @@ class CustomStep:
         node.ctx, node.index, node.fn_cls = ctx, self.index, self.fn_cls
         node.out_shapes, node.tensor_positions, node.inputs = self.out_shapes, \
             self.positions, tuple(args)
-        return node._rule(g, saved[self.out], *args)
+        return node._rule(g, None if self.out is None else saved[self.out], *args)
+
+
+@dataclass(frozen=True)
+class SlotStep:
+    """The grad_fn of output `index` of a node with several outputs (autograd.OutputSlot): its
+    gradient (after its tensor hooks) goes into that output's slot of step `owner`."""
+
+    index: int
+    num_outputs: int
+    owner: int
+    hooks: tuple
+    retained: int | None
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,10 @@ class BackwardPlan:
                 g = replaced if replaced is not None else g
             if step.retained is not None:
                 retained[step.retained] = g
+            if type(step) is SlotStep:
+                slots = pending.setdefault(step.owner, [None] * step.num_outputs)
+                slots[step.index] = g
+                continue
             args = [_value(entry, saved) for entry in step.args]
             grads = step.rule(g, saved, args)
             for edge, ga, a in zip(step.edges, grads, args):
@@ -186,10 +204,21 @@ def plan_backward(loss: Tensor, seed: Tensor) -> tuple:
 
     for node in nodes:
         _check_node(node)
+        kept = node.retained() if node.retained is not None else None
+        if kept is not None:
+            retained_tensors.append(kept)
+        kept_at = len(retained_tensors) - 1 if kept is not None else None
+        if isinstance(node, autograd.OutputSlot):
+            steps.append(SlotStep(node.index, node.owner.num_outputs, index[id(node.owner)],
+                                  tuple(node.hooks or ()), kept_at))
+            continue
         args = [_entry(a, node, slot) for a in node.inputs]
-        out = Tensor._make(node.out_data, node.out_dtype, node.out_device)
-        saved.append(out)
-        saved_meta.append(_meta(out))
+        out_at = None
+        if node.out_data is not None:   # (a node of several outputs has no one output)
+            out = Tensor._make(node.out_data, node.out_dtype, node.out_device)
+            saved.append(out)
+            saved_meta.append(_meta(out))
+            out_at = len(saved) - 1
         edges = []
         for e in node.edges:
             if e is None:
@@ -202,11 +231,7 @@ def plan_backward(loss: Tensor, seed: Tensor) -> tuple:
                 edges.append(("leaf", leaf_of[id(e)]))
             else:
                 edges.append(("node", index[id(e)]))
-        kept = node.retained() if node.retained is not None else None
-        if kept is not None:
-            retained_tensors.append(kept)
-        common = (tuple(args), len(saved) - 1, tuple(edges), tuple(node.hooks or ()),
-                  len(retained_tensors) - 1 if kept is not None else None)
+        common = (tuple(args), out_at, tuple(edges), tuple(node.hooks or ()), kept_at)
         if isinstance(node, custom_function._FunctionNode):
             steps.append(_custom_step(node, slot, common))
         else:
@@ -241,7 +266,7 @@ def _check_node(node) -> None:
     if node.out_dtype is dt.bfloat16 or node.out_dtype.is_complex:
         raise Unplannable(f"{node.name()} has a {node.out_dtype.name} gradient (compiled code "
                           f"has no {node.out_dtype.name})")
-    if isinstance(node, custom_function._FunctionNode):
+    if isinstance(node, (custom_function._FunctionNode, autograd.OutputSlot)):
         return
     prim = getattr(node, "prim", None)
     if not isinstance(node, autograd.Node):

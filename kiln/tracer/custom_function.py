@@ -1,10 +1,13 @@
 """Custom autograd functions: `Function` subclasses with static forward/backward and `.apply`.
 
-A custom Function's forward runs under no_grad on the caller's tensors; its outputs get one
-autograd node per output whose gradient rule calls the user's `backward`. Several outputs:
-each output's node calls `backward` with that output's gradient and zeros (or None, with
-`ctx.set_materialize_grads(False)`) for the others; backward is linear in the output
-gradients, so the inputs' gradients sum to the same result as one call with all of them.
+A custom Function's forward runs under no_grad on the caller's tensors; one application
+gets one autograd node, whose gradient rule calls the user's `backward` once, as PyTorch's.
+With several outputs each output's grad_fn is an `autograd.OutputSlot` of that node (named
+`<Name>Backward` too): the engine calls `backward` once every output's gradient is in, with
+zeros (None with `ctx.set_materialize_grads(False)`) for the outputs that got none or are not
+differentiable, and None for non-tensor outputs. Unlike PyTorch's, the outputs' grad_fn are
+distinct objects (`a.grad_fn is b.grad_fn` is False): kiln's edges name a node, not a (node,
+output number) pair. A backward without retain_graph frees what ctx saved, as PyTorch does.
 
 Under saved_tensors_hooks what `ctx.save_for_backward` saved is packed once the outputs have
 their nodes and unpacked on each `ctx.saved_tensors`. In a forward AD dual level, a Function
@@ -48,6 +51,7 @@ class FunctionCtx:
         self.materialize_grads = True
         self._saved_forward: tuple | None = None   # save_for_forward's, read by jvp
         self._in_jvp = False
+        self._freed = False     # a backward without retain_graph let go of what was saved
 
     def save_for_forward(self, *tensors) -> None:
         """Tensors for `jvp`, which reads them as `ctx.saved_tensors` (backward reads the
@@ -69,6 +73,8 @@ class FunctionCtx:
     def saved_tensors(self) -> tuple:
         if self._in_jvp and self._saved_forward is not None:
             return self._saved_forward
+        if self._freed:
+            raise RuntimeError(autograd._FREED)
         if self._packed is None:
             return self._saved
         # saved under saved_tensors_hooks: unpacked on each access, as in PyTorch
@@ -95,15 +101,20 @@ class FunctionCtx:
 
 
 class _FunctionNode(autograd.Node):
-    """grad_fn of one output of a custom Function. Each Function has its subclass of this,
-    `<Name>Backward` (its `_backward_cls`, as in PyTorch), the type of its outputs' grad_fn."""
+    """The node of one application of a custom Function: the grad_fn of its output, or with
+    several outputs the node their OutputSlots lead to. Each Function has its subclass of this,
+    `<Name>Backward` (its `_backward_cls`, as in PyTorch), and one of OutputSlot of that name
+    (`_slot_cls`)."""
 
     hooks_see_unused_grads = True
 
     def __init__(self, fn_cls, ctx, inputs, index, outputs, out):
+        # index: the output whose grad_fn this is; None: the node of several outputs, whose
+        # rule gets the list of their gradients (autograd.OutputSlot)
         self.ctx, self.index, self.fn_cls = ctx, index, fn_cls
         self.out_shapes = [(tuple(o.shape), o.dtype, o.device) if isinstance(o, Tensor) else None
                            for o in outputs]
+        self.num_outputs = len(outputs)
         self.prim = Primitive(f"{fn_cls.__name__}", "custom", None, None, self._rule,
                               len(inputs))
         self.inputs, self.attrs = inputs, {}
@@ -113,25 +124,19 @@ class _FunctionNode(autograd.Node):
         self.out_version = self.out_at = None   # the user's backward owns what it saved
         self.edges = autograd.edges_of(inputs)
 
+    # the engine frees a node by setting its inputs to None: then ctx lets go of what it saved
+    @property
+    def inputs(self):
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, value) -> None:
+        self._inputs = value
+        if value is None:
+            self.ctx._saved, self.ctx._packed, self.ctx._freed = (), None, True
+
     def name(self) -> str:
         return f"{self.fn_cls.__name__}Backward"
-
-    def register_hook(self, fn):
-        self._check_one_output("register_hook")
-        return super().register_hook(fn)
-
-    def register_prehook(self, fn):
-        self._check_one_output("register_prehook")
-        return super().register_prehook(fn)
-
-    def _check_one_output(self, method: str) -> None:
-        """PyTorch's node of a Function with several outputs is one, whose hooks see every
-        output's gradient; kiln's are one per output, so it refuses their node hooks."""
-        if sum(spec is not None for spec in self.out_shapes) > 1:
-            raise NotImplementedError(
-                f"kiln cannot {method} on {self.name()}: {self.fn_cls.__name__} has several "
-                "outputs, and kiln gives each its own node, whose hooks would see one output's "
-                "gradient where PyTorch's see all of them (a hook on each output tensor works)")
 
     def __repr__(self) -> str:
         return f"<{self.name()} object at {hex(id(self))}>"
@@ -144,14 +149,15 @@ class _FunctionNode(autograd.Node):
             return self._backward(g)
 
     def _backward(self, g):
+        """The inputs' gradients from one call of the user's backward, given the gradient of
+        output `index` (g) or, for the node of several outputs, the list of all of them."""
+        given = g if self.index is None else \
+            [g if i == self.index else None for i in range(len(self.out_shapes))]
         grads_out = []
-        for i, spec in enumerate(self.out_shapes):
-            if i == self.index:
-                grads_out.append(g)
-            elif spec is None or not self.ctx.materialize_grads:
-                grads_out.append(None)
-            else:
-                grads_out.append(zeros(spec[0], dtype=spec[1], device=spec[2]))
+        for gi, spec in zip(given, self.out_shapes):
+            if gi is None and spec is not None and self.ctx.materialize_grads:
+                gi = zeros(spec[0], dtype=spec[1], device=spec[2])
+            grads_out.append(None if spec is None else gi)
         result = self.fn_cls.backward(self.ctx, *grads_out)
         if not isinstance(result, tuple):
             result = (result,)
@@ -192,6 +198,8 @@ class FunctionMeta(type):
         super().__init__(name, bases, namespace, **kwargs)
         cls._backward_cls = type(f"{name}Backward", (_FunctionNode,),
                                  {"__module__": cls.__module__})
+        cls._slot_cls = type(f"{name}Backward", (autograd.OutputSlot,),
+                             {"__slots__": (), "__module__": cls.__module__})
 
 
 class Function(metaclass=FunctionMeta):
@@ -263,6 +271,13 @@ class Function(metaclass=FunctionMeta):
         positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
         inputs = tuple(args[i] for i in positions)
         tracked = STATE.grad_enabled and any(a.requires_grad for a in inputs)
+        owner = None        # with several outputs: the one node their slots lead to
+        if tracked and len(outputs) > 1:
+            first = next((o for o in outputs if isinstance(o, Tensor)), None)
+            if first is not None:
+                owner = cls._backward_cls(cls, ctx, inputs, None, outputs, first)
+                owner.tensor_positions = positions
+                owner.out_data = None       # it is no one output's grad_fn
         results = []
         for i, o in enumerate(outputs):
             if not isinstance(o, Tensor):
@@ -277,8 +292,11 @@ class Function(metaclass=FunctionMeta):
                 o = o.detach() if o.requires_grad else o
             if tracked and id(outputs[i]) not in ctx._non_differentiable \
                     and (o.dtype.is_floating_point or o.dtype.is_complex):
-                node = cls._backward_cls(cls, ctx, inputs, i, outputs, o)
-                node.tensor_positions = positions
+                if owner is not None:
+                    node = autograd.output_slot(cls._slot_cls, owner, i, o)
+                else:
+                    node = cls._backward_cls(cls, ctx, inputs, i, outputs, o)
+                    node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)
         if tracked and ctx._saved and autograd.saved_hooks_active():
@@ -322,13 +340,21 @@ def _call_jvp(cls, ctx, args: tuple, results: list) -> None:
     if len(out) != len(results):
         raise RuntimeError(f"{cls.__name__}.jvp returned {len(out)} tangents for "
                            f"{len(results)} outputs")
-    for o, t in zip(results, out):
-        if not isinstance(o, Tensor) or not isinstance(o.grad_fn, _FunctionNode):
+    owner, found = None, [None] * len(results)
+    for i, (o, t) in enumerate(zip(results, out)):
+        if not isinstance(o, Tensor) or not isinstance(o.grad_fn, (_FunctionNode,
+                                                                   autograd.OutputSlot)):
             continue
         if t is not None and tuple(t.shape) != tuple(o.shape):
             raise RuntimeError(f"{cls.__name__}.jvp returned a tangent of shape "
                                f"{list(t.shape)} for an output of shape {list(o.shape)}")
-        forward_ad.set_tangent(o.grad_fn, None if t is None else t.detach())
+        found[i] = None if t is None else t.detach()
+        if isinstance(o.grad_fn, autograd.OutputSlot):
+            owner = o.grad_fn.owner
+        else:
+            forward_ad.set_tangent(o.grad_fn, found[i])
+    if owner is not None:       # its slots' tangents are read from it
+        forward_ad.set_tangent(owner, tuple(found))
 
 
 def once_differentiable(fn):

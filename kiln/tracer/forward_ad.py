@@ -155,6 +155,9 @@ def _facts(node) -> tuple:
 
 
 def _node_facts(node, facts) -> tuple:
+    if isinstance(node, autograd.OutputSlot):       # its owner's facts hold every output's
+        tangents, real = facts[node.owner]
+        return (None if tangents is None else tangents[node.index]), real
     tangents, real = [], False
     for e in node.edges:
         if e is None:
@@ -166,7 +169,11 @@ def _node_facts(node, facts) -> tuple:
             tangent, edge_real = facts[e]
             tangents.append(tangent)
             real = real or edge_real
-    if all(t is None for t in tangents) or not node.out_dtype.is_floating_point:
+    if all(t is None for t in tangents):
+        return None, real
+    if node.num_outputs > 1:
+        return _push_tangents_several(node, tangents), real
+    if not node.out_dtype.is_floating_point:
         return None, real
     return _push_tangents(node, tangents), real
 
@@ -212,6 +219,49 @@ def _push_tangents(node, tangents: list) -> Tensor:
         jv, = autograd.grad([total], [u], retain_graph=True, allow_unused=True)
     finally:
         STATE.grad_enabled = prev
+    return u.detach() * 0 if jv is None else jv.detach()
+
+
+def _push_tangents_several(node, tangents: list) -> tuple:
+    """J v for a node with several outputs (autograd.OutputSlot): the tuple of each output's
+    tangent (None for one that is not a floating-point tensor), from one call of its rule with
+    a u per output."""
+    if node.inputs is None:
+        raise RuntimeError(f"forward AD: the graph through {node.name()} was freed by a "
+                           "backward pass before this tangent was asked for; call unpack_dual "
+                           "before backward(), or pass retain_graph=True to backward")
+    autograd._check_versions(node)
+    inputs = [(a.detach().requires_grad_(True) if a.requires_grad else a.detach())
+              if isinstance(a, Tensor) else a for a in node.inputs]
+    prev = STATE.grad_enabled
+    STATE.grad_enabled = True
+    try:
+        from kiln.tracer.creation import zeros
+        us = [None if spec is None or not spec[1].is_floating_point else
+              zeros(spec[0], dtype=spec[1], device=spec[2]).requires_grad_(True)
+              for spec in node.out_shapes]
+        grads = node.prim.grad(list(us), None, *inputs, **node.attrs)
+        total = None
+        for ga, v in zip(grads, tangents):
+            if ga is None or v is None:
+                continue
+            if not ga.requires_grad:
+                raise RuntimeError(
+                    f"forward AD through {node.name()}: its backward is not differentiable "
+                    "(once_differentiable, or computed outside autograd), so its tangent "
+                    "cannot be derived from it; give the custom Function a jvp staticmethod")
+            term = (ga * v).sum()
+            total = term if total is None else total + term
+        wrt = [u for u in us if u is not None]
+        jvs = [None] * len(wrt) if total is None or not wrt else \
+            autograd.grad([total], wrt, retain_graph=True, allow_unused=True)
+    finally:
+        STATE.grad_enabled = prev
+    found = iter(jvs)
+    return tuple(None if u is None else _tangent_or_zero(next(found), u) for u in us)
+
+
+def _tangent_or_zero(jv, u) -> Tensor:
     return u.detach() * 0 if jv is None else jv.detach()
 
 

@@ -153,34 +153,41 @@ class _Segment:
 
 class CheckpointFunction(Function):
     """The node a checkpointed segment leaves in the graph: its inputs are the segment's
-    argument tensors and the parameters it read; its one output is the segment's
-    differentiable outputs of one dtype and device (flattened and joined when several)."""
+    argument tensors and the parameters it read; its outputs are the segment's differentiable
+    outputs, one per dtype and device (flattened and joined when several share them). One
+    node for all of them: backward recomputes the segment once."""
 
     @staticmethod
-    def forward(ctx, segment, indices, holder, *inputs):
-        ctx.segment, ctx.indices = segment, indices
+    def forward(ctx, segment, groups, holder, *inputs):
+        ctx.segment, ctx.groups = segment, groups
         ctx.args, ctx.params = inputs[:segment.num_args], inputs[segment.num_args:]
-        return holder[0]          # computed by checkpoint(); a list, so apply sees no tensor
+        ctx.set_materialize_grads(False)    # an output that got no gradient seeds nothing
+        # computed by checkpoint(); in a list, so apply sees no tensor argument
+        return holder[0] if len(holder) == 1 else tuple(holder)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         # the caller's backward has create_graph=True: the gradients must depend on the
         # arguments themselves, so the recomputation runs on them (a backward that then
         # walks on into the arguments' own history, to no effect but time)
         create_graph = kiln.is_grad_enabled()
         outputs, copies = ctx.segment.recompute(on_originals=create_graph)
-        targets, seeds, at = [], [], 0
-        for i in ctx.indices:
-            o = outputs[i]
-            n = o.numel()
-            if o.requires_grad:
-                seed = grad if len(ctx.indices) == 1 else grad[at:at + n]
-                targets.append(o)
-                seeds.append(seed.reshape(tuple(o.shape)))
-            at += n
+        targets, seeds = [], []
+        for indices, grad in zip(ctx.groups, grads):
+            if grad is None:
+                continue
+            at = 0
+            for i in indices:
+                o = outputs[i]
+                n = o.numel()
+                if o.requires_grad:
+                    seed = grad if len(indices) == 1 else grad[at:at + n]
+                    targets.append(o)
+                    seeds.append(seed.reshape(tuple(o.shape)))
+                at += n
         wrt = copies + list(ctx.params)
         live = [k for k, t in enumerate(wrt) if t.requires_grad]
-        grads: list = [None] * len(wrt)
+        grads_in: list = [None] * len(wrt)
         if targets and live:
             # retain_graph: a tensor with history read from a closure (or, with create_graph,
             # an argument) leads this backward into the caller's graph, which the caller's
@@ -188,8 +195,8 @@ class CheckpointFunction(Function):
             got = kiln.autograd.grad(targets, [wrt[k] for k in live], seeds, allow_unused=True,
                                      retain_graph=True, create_graph=create_graph)
             for k, g in zip(live, got):
-                grads[k] = g
-        return (None, None, None) + tuple(grads)
+                grads_in[k] = g
+        return (None, None, None) + tuple(grads_in)
 
 
 def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
@@ -255,20 +262,21 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
     for i in differentiable:
         groups.setdefault((outputs[i].dtype, outputs[i].device), []).append(i)
     result = list(outputs)
-    for indices in groups.values():
+    packed = [outputs[indices[0]].detach() if len(indices) == 1 else
+              kiln.cat([outputs[i].detach().reshape(-1) for i in indices])
+              for indices in groups.values()]
+    attached = CheckpointFunction.apply(segment, tuple(map(tuple, groups.values())), packed,
+                                        *originals, *params)
+    if len(packed) == 1:
+        attached = (attached,)
+    for indices, joined in zip(groups.values(), attached):
         if len(indices) == 1:
-            packed = outputs[indices[0]]
-        else:
-            packed = kiln.cat([outputs[i].detach().reshape(-1) for i in indices])
-        attached = CheckpointFunction.apply(segment, tuple(indices), [packed.detach()],
-                                            *originals, *params)
-        if len(indices) == 1:
-            result[indices[0]] = attached
+            result[indices[0]] = joined
             continue
         at = 0
         for i in indices:
             n = outputs[i].numel()
-            result[i] = attached[at:at + n].reshape(tuple(outputs[i].shape))
+            result[i] = joined[at:at + n].reshape(tuple(outputs[i].shape))
             at += n
     return tree_unflatten(result, out_tree)
 
