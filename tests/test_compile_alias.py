@@ -126,8 +126,11 @@ CASES = [
           "def f(x):\n    with torch.no_grad():\n        P.copy_(x[0])\n    return P\n"),
 ]
 
-# seeds covering every argument pattern, with writes, gradients and state
-SEEDS = [0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 16, 22, 26, 80, 87]
+# seeds covering every argument pattern, with writes, gradients and state, and what the
+# fuzzer found (22, 26: the caller's write to an argument before backward(); 80: an argument
+# written with autograd history; 87: equal results cse merged; 1431: a result folded to a
+# constant)
+SEEDS = [0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 16, 22, 26, 80, 87, 1431]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -395,3 +398,19 @@ def test_setting_data_moves_no_version_counter_in_a_replay():
         f(x)
         np.testing.assert_array_equal(x.numpy(), np.full(2, 3.0))
         assert x._version_number == kiln.ones(2)._version_number == 0
+
+
+def test_a_result_folded_to_a_constant_is_a_new_tensor_each_replay():
+    # `x.zero_(); return x.amax()` folds to a constant of the program: replays returned its
+    # array itself, so a caller's write to one result showed in every later one
+    @kiln.compile
+    def f(x):
+        x.zero_()
+        return x.amax(), x.mean(0)
+
+    for i in range(4):
+        top, mean = f(kiln.ones(2, 2))
+        assert top.item() == 0.0 and mean.tolist() == [0.0, 0.0], i
+        with kiln.no_grad():
+            top.add_(1)
+            mean.add_(1)

@@ -1839,16 +1839,21 @@ def _written_argument_shared(program: TracedProgram, pattern: tuple) -> bool:
 
 def _outputs_apart(graph, outputs: list, held: list) -> tuple:
     """The outputs a replay must copy: those eager mode gave memory of their own that the
-    optimized graph takes as (a view of) an input or an earlier output. Simplification
+    optimized graph takes as (a view of) an input, an earlier output or a constant (which
+    every replay would return again, with the caller's writes in it). Simplification
     makes `x[:, 1] * 1` the view `x[:, 1]`, and cse computes `return EMA * 1, EMA * 1` once:
     a caller's write to such a result would change the input or the other result. `held`:
     the tensors the traced call was given or read."""
     made = {n.out: n for n in graph.nodes}
     written = {new for _, new in graph.mutations}   # (maybe computed in the input's memory)
+    constants = set(graph.constants)
     first, copied = {}, []
     for i, (v, t) in enumerate(zip(graph.outputs, outputs)):
         while v in made and made[v].op in STRIDED_VIEWS:
             v = made[v].inputs[0]
+        if v in constants:      # folded (`x.zero_(); return x.amax()`): the program's own array
+            copied.append(i)
+            continue
         if v in graph.inputs or v in written:
             if not any(_shares_memory(t, h) for h in held):
                 copied.append(i)
