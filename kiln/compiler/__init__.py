@@ -38,7 +38,8 @@ from kiln.compiler.hooks import (active_traces, composite, is_compiling,  # noqa
                                  note_python_read, replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
-from kiln.ir.ops import BOUNDS_ERRORS, Primitive, as_user_error
+from kiln.ir.ops import BOUNDS_ERRORS, PRIMITIVES, Primitive, as_user_error
+from kiln.ir.schedule import STRIDED_VIEWS
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, to_device
 from kiln.runtime.executor import ArrayExecutor
@@ -48,6 +49,7 @@ from kiln.tracer.creation import default_generator, get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer import dispatch as _dispatch
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
@@ -463,6 +465,9 @@ class CompiledEntry:
     backward: object = None             # executor of the compiled backward program
     joint: object = None                # JointInfo: which outputs and inputs have gradients
     arg_requires_grad: tuple = ()       # (argument tensor's index, flag) the call set
+    copied_outputs: tuple = ()          # outputs eager mode gave memory of their own (a copy)
+    saved_inputs: tuple = ((), ())      # inputs the backward reads: `_saved_inputs`
+    quiet_writes: tuple = ()            # writebacks moving no version counter (`t.data = `)
     partition: object = None            # PartitionReport: what the forward saves
     fetch: list = field(default_factory=list)        # (kind, where) per executor input
     out_dtypes: list = field(default_factory=list)   # dtype per user output
@@ -963,7 +968,9 @@ class CompiledFunction:
         # what the call flips: `x.requires_grad_()`, WGAN's `p.requires_grad = False`)
         leaves = self._guard_key(args, kwargs)[1]
         rg_at_call = ({i: t.requires_grad for i, t in reachable.items()},
-                      leaves, [t.requires_grad for t in leaves])
+                      leaves, [t.requires_grad for t in leaves],
+                      {id(t): t.grad_fn for t in [*leaves, *reachable.values()]
+                       if isinstance(t, Tensor)})
         try:
             grad_candidates = _grad_candidates(self.fn, args, kwargs, reachable)
             # (with attribute counts: an attribute the call adds to a plain object it reaches,
@@ -1133,12 +1140,14 @@ class CompiledFunction:
         not_rebuilt = _unreplayable_return(tree)
         consumed = [i for i, t in enumerate(outputs)
                     if t.requires_grad and t.grad_fn is not None and not _differentiable(t)]
-        # a tensor the call was given (or read) and returns unchanged is returned itself: it
-        # needs no backward of its own (its gradient accumulates into it, as in eager)
+        # a tensor the call was given (or read) and returns unchanged, or written in place
+        # outside autograd (a parameter an optimizer stepped), is returned itself once the
+        # replay's writes are in it: it needs no backward of its own (its gradient
+        # accumulates into it, as in eager)
         given = {i: tracer.input_of[id(t)][1] for i, t in enumerate(outputs)
                  if id(t) in tracer.input_of and tracer.input_of[id(t)][0] is t
-                 and t._trace is tracer.input_of[id(t)][1]
-                 and _binding_of(tracer, t._trace).kind in ("arg", "lifted")}
+                 and (t._trace is tracer.input_of[id(t)][1] or t.grad_fn is None)
+                 and _binding_of(tracer, tracer.input_of[id(t)][1]).kind in ("arg", "lifted")}
         joint = None
         with _stage("deriving the backward"):
             if STATE.grad_enabled and any(t.requires_grad and t.dtype.is_floating_point
@@ -1160,6 +1169,8 @@ class CompiledFunction:
         program.consumed = {i: getattr(outputs[i].grad_fn, "owner", outputs[i].grad_fn).prim
                             for i in consumed}
         program.returned_inputs = {i: program.graph.inputs.index(v) for i, v in given.items()}
+        program.returned_views = _returned_views(
+            program, outputs[:len(returned)], [*consumed, *given], leaves_in)
         for gw in program.grad_writes:
             gw.none_at_call = none_at_call.get(id(gw.tensor))
         reachable_after: dict = {}
@@ -1189,7 +1200,7 @@ class CompiledFunction:
             return result
         # requires_grad flags the call flipped (WGAN's `p.requires_grad = False` on the critic
         # before each generator step) and what each was when the call began
-        reached_rg, leaves, leaves_rg = rg_at_call or ({}, (), ())
+        reached_rg, leaves, leaves_rg, grad_fns = rg_at_call or ({}, (), (), {})
         flipped = {i: was for i, was in reached_rg.items() if reachable[i].requires_grad != was}
         entry.arg_requires_grad = tuple((i, t.requires_grad) for i, (t, was)
                                         in enumerate(zip(leaves, leaves_rg))
@@ -1263,6 +1274,15 @@ class CompiledFunction:
             self._note("return", f"{_function_name(self.fn)} {not_rebuilt}; it runs eagerly")
             self._add_entry(key, entry)
             return result
+        rewired = _history_written(program, grad_fns)
+        if rewired is not None:
+            entry.program, entry.eager_reason = None, (
+                f"it writes in place to {rewired}, recording autograd history there: a replay "
+                "would leave that tensor's grad_fn as it was")
+            self._note("alias", f"{_function_name(self.fn)}: {entry.eager_reason}; calls like "
+                       "this one run eagerly")
+            self._add_entry(key, entry)
+            return result
         if program.graph.mutations or program.grad_writes:
             if _written_argument_shared(program, key[1]) or \
                     any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
@@ -1277,6 +1297,7 @@ class CompiledFunction:
         if joint is not None:
             program.output_tree = tree
             program.num_user_outputs = len(outputs)
+            _grad_writes_forward(program, joint.info, len(joint.grads))
         try:
             stage = ["optimizing the graph"]
             device = entry.device = _device_of(outputs, args)
@@ -1292,12 +1313,21 @@ class CompiledFunction:
             entry.schedule = forward.schedule
             index = {v: i for i, v in enumerate(entry.graph.inputs)}
             entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
+            quiet = {program.graph.inputs.index(program.graph.mutations[i][0])
+                     for i in program.quiet_writes}
+            entry.quiet_writes = tuple(i for i, b in enumerate(entry.writebacks) if b in quiet)
             entry.fetch = _fetch_plan(program, len(entry.graph.inputs), device)
             readers = {id(g.expected): g.read for g in carried.values()}
             for i, b in enumerate(program.bindings[:len(entry.fetch)]):
                 if b.kind == "lifted" and id(b.tensor) in readers:
                     entry.fetch[i] = (_PLACE, readers[id(b.tensor)])
             entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
+            if entry.joint is not None:
+                entry.saved_inputs = _saved_inputs(entry, program)
+            entry.copied_outputs = _outputs_apart(
+                entry.graph, outputs[:len(returned)],
+                [_bound_tensor(program, i, leaves_in) for i, b in enumerate(program.bindings)
+                 if b.kind == "lifted" or b.kind == "arg" and b.path is not None])
         except Exception as e:        # a compiler bug must never cost the user a result
             raise _StageFailed(stage[0], e) from e
         self._add_entry(key, entry)
@@ -1410,6 +1440,8 @@ class CompiledFunction:
                     tensor._data[...] = new if tensor.device is device else \
                         to_device(new, tensor.device)
                 tensor._version[0] += 1
+            for i in entry.quiet_writes:        # `t.data = ...`: no version of its own
+                targets[i][0]._version[0] -= 1
         for tensor in program.grad_clears:
             tensor.grad = None
         for gw in program.grad_writes:
@@ -1425,17 +1457,29 @@ class CompiledFunction:
             else:
                 tensor.grad = Tensor._make(value.copy(), tensor.dtype, tensor.device)
         make = Tensor._make
+        for i in entry.copied_outputs:
+            outs[i] = outs[i].copy()
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
         for i, flag in entry.arg_requires_grad:     # `x.requires_grad_()` in the call
             leaves[i].requires_grad = flag
         if entry.joint is not None:
             wrt = [_bound_tensor(program, i, leaves) for i in entry.joint.grad_inputs]
-            _attach_backward(entry, user, outs[program.num_user_outputs:], wrt)
+            saved = outs[program.num_user_outputs + program.num_grad_outputs:]
+            checked, copied = entry.saved_inputs
+            for k in copied:
+                saved[k] = saved[k].copy()
+            _attach_backward(entry, user, saved, wrt,
+                             [_fetched_tensor(entry, program, j, leaves) for j in checked])
         for i, prim in program.consumed.items():
             _mark_consumed(user[i], prim)
         for i, index in program.returned_inputs.items():
             user[i] = _bound_tensor(program, index, leaves)
+        for i, (where, recipe) in program.returned_views.items():
+            source = _source(program, where, leaves, user)
+            again = None if source is None else _view_again(source, recipe)
+            if again is not None:       # else the source's strides changed: a copy, as before
+                user[i] = again
         for _, call in program.after_replay:     # the Python steps the traced call made
             call()
         tree = program.output_tree
@@ -1796,6 +1840,52 @@ def _written_argument_shared(program: TracedProgram, pattern: tuple) -> bool:
     return any(b.kind == "arg" and shared[pattern[b.path]] > 1 for b in written)
 
 
+def _outputs_apart(graph, outputs: list, held: list) -> tuple:
+    """The outputs a replay must copy: those eager mode gave memory of their own that the
+    optimized graph takes as (a view of) an input, an earlier output or a constant (which
+    every replay would return again, with the caller's writes in it). Simplification
+    makes `x[:, 1] * 1` the view `x[:, 1]`, and cse computes `return EMA * 1, EMA * 1` once:
+    a caller's write to such a result would change the input or the other result. `held`:
+    the tensors the traced call was given or read."""
+    made = {n.out: n for n in graph.nodes}
+    written = {new for _, new in graph.mutations}   # (maybe computed in the input's memory)
+    constants = set(graph.constants)
+    first, copied = {}, []
+    for i, (v, t) in enumerate(zip(graph.outputs, outputs)):
+        while v in made and made[v].op in STRIDED_VIEWS:
+            v = made[v].inputs[0]
+        if v in constants:      # folded (`x.zero_(); return x.amax()`): the program's own array
+            copied.append(i)
+            continue
+        if v in graph.inputs or v in written:
+            if not any(_shares_memory(t, h) for h in held):
+                copied.append(i)
+            continue
+        if v in first and not _shares_memory(outputs[first[v]], t):
+            copied.append(i)
+        first.setdefault(v, i)
+    return tuple(copied)
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    if a is b:
+        return True
+    if a.device is not b.device or a.device.type == "meta":
+        return False
+    return bool(a.device.xp.may_share_memory(a._data, b._data))
+
+
+def _history_written(program: TracedProgram, grad_fns: dict) -> str | None:
+    """A tensor the call was given or read that it wrote in place with autograd recording
+    (`x.mul_(w)`, `x[1:] *= 2` with x requiring grad): its grad_fn is not the one it had when
+    the call began (`grad_fns`: id -> grad_fn then). Described for the user, or None."""
+    for (src, _), t in zip(program.graph.mutations, program.mutated):
+        if t.grad_fn is not None and t.grad_fn is not grad_fns.get(id(t)):
+            name = src.name or "a tensor"
+            return f"{name} [{t.dtype.name} {list(t.shape)}]"
+    return None
+
+
 def _alias_pattern(leaves) -> tuple:
     """Which tensor arguments share memory: () when none does, else for each argument the index
     of the first argument with the same buffer."""
@@ -2080,6 +2170,106 @@ def _binding_of(tracer, v):
     return tracer.bindings[tracer.graph.inputs.index(v)]
 
 
+def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: list) -> dict:
+    """The outputs (not requiring grad, not in `skip`) that use the memory of a tensor the call
+    was given or read (`x`, `p.data`), of a `.grad` it wrote, or of an earlier output, as eager
+    mode returned them: output index -> (where that tensor is: `_source`'s key, how to take
+    the output from it again: `_view_again`'s recipe). The graph computes such an output as a
+    value of its own, in new memory wherever the call wrote that tensor in place
+    (`x.t().add_(1); return x`), or a `.grad` (`return p.grad`), or where the passes made two
+    values of one (`y, y.t()` after `y.add_(1)`); eager mode's output is that tensor or a view
+    of it, and a caller's write through it must reach the tensor."""
+    graph = program.graph
+    made = {n.out: n for n in graph.nodes}
+    inputs = {v: i for i, v in enumerate(graph.inputs)}
+    written = {new: src for src, new in graph.mutations}
+    sources = [(i, _bound_tensor(program, i, leaves)) for i, b in enumerate(program.bindings)
+               if b.kind == "lifted" or b.kind == "arg" and b.path is not None]
+    sources += [(("grad", k), gw.tensor.grad) for k, gw in enumerate(program.grad_writes)
+                if gw.output is not None and gw.tensor.grad is not None]
+    found = {}
+    for i, t in enumerate(outputs):
+        if i in skip or t.requires_grad or type(t._data) is not np.ndarray:
+            continue
+        # the view primitives the graph took the output with, from an input or its new value
+        v, chain = graph.outputs[i], []
+        while v in made and made[v].op in STRIDED_VIEWS:
+            chain.append((made[v].op, made[v].attrs))
+            v = made[v].inputs[0]
+        start = inputs.get(written.get(v, v))
+        for where, source in sources + [(("out", k), outputs[k]) for k in range(i)]:
+            if type(source._data) is not np.ndarray or \
+                    not np.may_share_memory(source._data, t._data):
+                continue
+            if source is t:
+                recipe = ("same",)
+            elif _same_layout(source, t):
+                recipe = ("views", ())
+            else:
+                # (of a tensor requiring grad, as `p.data[1:]`: by place, outside autograd)
+                recipe = None if source.requires_grad else ("views", tuple(reversed(chain)))
+                if recipe is None or where != start or \
+                        not _same_layout(_view_again(source, recipe), t):
+                    recipe = _strided_recipe(source._data, t._data)
+            if recipe is not None:
+                found[i] = (where, recipe)
+            break
+    return found
+
+
+def _source(program: TracedProgram, where, leaves: list, user: list) -> Tensor | None:
+    """The tensor a returned view is taken from in this call (`_returned_views`)."""
+    if type(where) is int:
+        return _bound_tensor(program, where, leaves)
+    if where[0] == "grad":
+        return _bound_tensor(program, program.grad_writes[where[1]].input, leaves).grad
+    return user[where[1]]
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _same_layout(a: Tensor | None, b: Tensor) -> bool:
+    """Whether `a` and `b` are the same elements of the same memory."""
+    return a is not None and a._data.shape == b._data.shape and \
+        a._data.strides == b._data.strides and _address(a._data) == _address(b._data)
+
+
+def _strided_recipe(source: np.ndarray, view: np.ndarray):
+    """`view`'s place in `source`'s memory, as `_view_again` takes it (for `source`'s strides
+    only), or None where it starts before `source` or between two elements."""
+    offset = _address(view) - _address(source)
+    if offset < 0 or offset % source.itemsize:
+        return None
+    return ("strided", source.strides, offset // source.itemsize, view.shape, view.strides)
+
+
+def _view_again(source: Tensor, recipe: tuple) -> Tensor | None:
+    """`source` seen as a returned view of it was (`_returned_views`), sharing its memory and
+    version counter: through the view primitives the graph took it with, or at the place in
+    memory it had (only while `source` has the strides it had then; else None)."""
+    if recipe[0] == "same":
+        return source
+    if recipe[0] == "views":
+        if not recipe[1]:
+            out = Tensor._make(source._data, source.dtype, source.device)
+            out._version = source._version
+            return out
+        for op, attrs in recipe[1]:
+            source = _dispatch.apply(PRIMITIVES[op], (source,), dict(attrs))
+        return source
+    _, strides, offset, shape, view_strides = recipe
+    data = source._data
+    if type(data) is not np.ndarray or data.strides != strides:
+        return None
+    flat = np.lib.stride_tricks.as_strided(data, (offset + 1,), (data.itemsize,))
+    out = Tensor._make(np.lib.stride_tricks.as_strided(flat[offset:], shape, view_strides),
+                       source.dtype, source.device)
+    out._version = source._version
+    return out
+
+
 def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
     """The tensor graph input `index` stands for in this call."""
     b = program.bindings[index]
@@ -2136,8 +2326,69 @@ def _differentiable(t: Tensor) -> bool:
     return True
 
 
-def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -> None:
+def _grad_writes_forward(program: TracedProgram, info, num_grads: int) -> None:
+    """Make the `.grad` values a call with a backward of its own wrote (its `loss.backward()`,
+    before it returned a tensor requiring grad) forward outputs of the joint graph: the trace
+    put them after the gradients, where the partition took them for gradients of the compiled
+    backward and the replay wrote a saved value into `.grad` instead. They go between the
+    user outputs and the gradients; a replay finds the saved values after them."""
+    outputs = program.graph.outputs
+    first = program.num_user_outputs
+    written = outputs[first + num_grads:]
+    if not written:
+        return
+    outputs[first:] = written + outputs[first:first + num_grads]
+    for gw in program.grad_writes:
+        if gw.output is not None:
+            gw.output -= num_grads
+    info.num_forward_outputs += len(written)
+    program.num_grad_outputs = len(written)
+
+
+def _saved_inputs(entry: CompiledEntry, program: TracedProgram) -> tuple:
+    """(the forward inputs eager mode saves for the backward, the saved positions to copy) of a
+    compiled call with a backward: inputs are arguments or state the caller may write in
+    place before calling backward(). Eager mode saves an input where a gradient rule reads it
+    (the partition's `save_all`), and backward() then refuses a write to it, as a replay's
+    backward does; the partition may also keep an input to recompute from it what eager mode
+    saved instead, which a replay copies as the forward leaves it."""
+    graph, joint = entry.graph, program.graph
+
+    def root(v, made):
+        while v in made and made[v].op in STRIDED_VIEWS:
+            v = made[v].inputs[0]
+        return v
+    made = {n.out: n for n in graph.nodes}
+    joint_made = {n.out: n for n in joint.nodes}
+    # (by position: the report points into the traced graph, the forward program may come
+    # from the program cache with values of its own)
+    read_by_rules = {root(v, joint_made) for v in entry.partition.save_all}
+    held = {i for i, b in enumerate(program.bindings[:len(graph.inputs)])
+            if b.kind in ("lifted", "grad") or b.kind == "arg" and b.path is not None}
+    checked = tuple(j for j in sorted(held) if joint.inputs[j] in read_by_rules)
+    index = {v: i for i, v in enumerate(graph.inputs)}
+    first = program.num_user_outputs + program.num_grad_outputs
+    copied = tuple(k for k, v in enumerate(graph.outputs[first:])
+                   if index.get(root(v, made)) in held and index[root(v, made)] not in checked)
+    return checked, copied
+
+
+def _fetched_tensor(entry: CompiledEntry, program: TracedProgram, j: int, leaves) -> Tensor:
+    """The tensor a replay of `entry` reads as its forward input `j`."""
+    kind, where = entry.fetch[j]
+    if kind == _ARG:
+        return leaves[where]
+    if kind == _LIFTED:
+        return where
+    if kind == _PLACE:
+        return where()
+    return _bound_tensor(program, j, leaves)
+
+
+def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list,
+                     held: list) -> None:
     """Give the differentiable outputs a grad_fn that runs the compiled backward program.
+    `held`: the inputs (arguments, parameters, buffers) eager mode saves for the backward.
 
     With several differentiable outputs they share one node (autograd.record_several), whose
     rule runs the backward once with every output's gradient (zeros for those that got none):
@@ -2145,18 +2396,20 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
     """
     diff = entry.joint.differentiable_outputs
     name = f"compiled_{entry.graph.name.removesuffix('_forward')}"
-    # outputs whose memory the backward reads (saved for it): an in-place write to one of them
-    # before backward() would change what the backward computes, so it raises, as eager does
+    # outputs and inputs whose memory the backward reads (saved for it): an in-place write to
+    # one of them before backward() (an argument the caller changes, a parameter an optimizer
+    # steps) would change what the backward computes, so it raises, as eager does
     saved_bases = {id(_base(a)) for a in saved}
-    read_back = [(j, u, u._version[0]) for j, u in enumerate(user)
+    read_back = [(f"output {j}", u, u._version[0]) for j, u in enumerate(user)
                  if id(_base(u._data)) in saved_bases]
+    read_back += [("an input", t, t._version[0]) for t in held]
 
     def rule(gs: list, out, *inputs):
-        for j, u, version in read_back:
+        for what, u, version in read_back:
             if u._version[0] != version:
                 raise op_error("backward", "one of the variables needed for gradient "
                                f"computation has been modified by an inplace operation: "
-                               f"output {j} of the compiled {name[9:]} "
+                               f"{what} of the compiled {name[9:]} "
                                f"[{u.dtype.name} {list(u.shape)}] is at version "
                                f"{u._version[0]}; expected version {version} instead. "
                                "Hint: clone the tensor before modifying it in place.")
@@ -2167,12 +2420,15 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list) -
         return tuple(Tensor._make(gr if t.device is device else to_device(gr, t.device),
                                   t.dtype, t.device) for gr, t in zip(grads, inputs))
 
+    # (reads=(): the rule checks the versions of what the backward reads, above; the inputs it
+    # differentiates for are not all read, `x * w` reads x for w's gradient)
     if len(diff) == 1:
         prim = Primitive(name, "extern", None, None,
-                         lambda g, out, *inputs: rule([g], out, *inputs), arity=len(wrt))
+                         lambda g, out, *inputs: rule([g], out, *inputs), arity=len(wrt),
+                         reads=())
         record(prim, tuple(wrt), {}, user[diff[0]])
     else:
-        prim = Primitive(name, "extern", None, None, rule, arity=len(wrt))
+        prim = Primitive(name, "extern", None, None, rule, arity=len(wrt), reads=())
         record_several(prim, tuple(wrt), [user[i] for i in diff])
 
 

@@ -76,8 +76,13 @@ class TracedProgram:
     graph: Graph
     bindings: list                         # one per graph input
     num_user_outputs: int = 0
+    # with a compiled backward: the `.grad` values the call wrote, forward outputs between the
+    # user outputs and the values saved for the backward
+    num_grad_outputs: int = 0
     output_tree: object = None             # how to rebuild the function's return value
     mutated: list = field(default_factory=list)       # tensor per graph.mutations entry
+    # graph.mutations entries eager mode wrote without moving a version counter (`t.data = `)
+    quiet_writes: list = field(default_factory=list)
     grad_writes: list = field(default_factory=list)   # GradWrite
     complete: bool = True                  # False for a segment cut by a graph break
     snapshots: list = field(default_factory=list)     # input values at trace time, if kept
@@ -85,6 +90,10 @@ class TracedProgram:
     # outputs that are the call's own tensors, unchanged (`return x` after x.contiguous()):
     # output index -> graph input index; a replay returns that tensor itself, as eager does
     returned_inputs: dict = field(default_factory=dict)
+    # outputs that are views of such a tensor in eager mode's memory (`return x[0]`, or `x`
+    # itself after `x.add_(1)`): output index -> (graph input index, the view primitives and
+    # attrs taking the output from it); a replay takes them again once its writes are there
+    returned_views: dict = field(default_factory=dict)
     # pure-Python calls the traced call made that a replay repeats after the program has run
     # (an lr scheduler's step: `after_replay`), each with a name for listings
     after_replay: list = field(default_factory=list)
@@ -157,6 +166,8 @@ class Tracer:
         self.grads_depended: set[int] = set()
         self._candidate_at: dict[int, int] | None = None    # id(candidate) -> its index
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset, unread
+        # ids of tensors written in place (their version counter moved); `.data = ` is not
+        self.bumped: set[int] = set()
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
         self.numbers: dict = {}               # (argument, dtype, device) -> tensor
@@ -338,11 +349,13 @@ class Tracer:
                              f"({tensor.dtype}) to one of shape {list(other.shape)} "
                              f"({other.dtype}) on {other.device}")
             return
-        self.write(tensor, other)
+        self.write(tensor, other, bump=False)
 
-    def write(self, tensor: Tensor, result: Tensor) -> None:
+    def write(self, tensor: Tensor, result: Tensor, bump: bool = True) -> None:
         """`tensor` now holds `result` (an in-place op): later reads see the new value."""
         target = self.alias_of.get(id(tensor), tensor)
+        if bump:
+            self.bumped.add(id(target))
         if id(target) not in self.input_of:
             if target._base is not None:
                 self._write_root(target, result)
@@ -479,6 +492,8 @@ class Tracer:
             current = tensor._trace
             if current is not None and current is not v and id(current) in self.known:
                 if current.shape == v.shape and current.dtype is v.dtype:
+                    if id(tensor) not in self.bumped:
+                        program.quiet_writes.append(len(g.mutations))
                     g.mutations.append((v, current))
                     program.mutated.append(tensor)
         for tensor, v in list(self.input_of.values()):
