@@ -6,7 +6,8 @@ These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the 
 compiled program reads afresh on every call (a learning rate a scheduler changes), and
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
 compiled function), `note_python_read()` for a user's read of such a number,
-`note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`), and
+`note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`),
+`note_state_read()` for a read of an optimizer's `state` (the same way), and
 `note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
 names the nodes a function built of several ops records (`# layer_norm @ model.py:12` in
 listings).
