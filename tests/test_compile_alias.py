@@ -414,3 +414,17 @@ def test_a_result_folded_to_a_constant_is_a_new_tensor_each_replay():
         with kiln.no_grad():
             top.add_(1)
             mean.add_(1)
+
+
+def test_a_tensor_passed_by_keyword_compiles_as_one_passed_by_position():
+    # the check of which outputs share an argument's memory read the bindings of keyword
+    # arguments from the positional ones only (IndexError from the compile: group_norm's and
+    # nll_loss's weight= in the opinfo sweep)
+    def f(x, *, weight):
+        return x * weight, x
+    compiled = kiln.compile(f)
+    x, w = kiln.randn(3, 4), kiln.randn(4)
+    for _ in range(3):
+        got, want = compiled(x, weight=w), f(x, weight=w)
+        np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+        assert got[1] is x

@@ -1128,7 +1128,7 @@ class CompiledFunction:
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
                         args, kwargs, flags=None, writes=None, unseen=(), rg_at_call=None):
-        leaves_in = _flatten_args(args)[0]
+        leaves_in = _flatten_args((args, kwargs))[0]     # (as the bindings count them)
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
         # value does not hold
