@@ -199,19 +199,7 @@ def _push_tangents(node, tangents: list) -> Tensor:
     try:
         u = Tensor._make(out._data * 0, out.dtype, out.device).requires_grad_(True)
         grads = node.prim.grad(u, out.detach(), *inputs, **node.attrs)
-        total = None
-        for ga, v in zip(grads, tangents):
-            if ga is None or v is None:
-                continue
-            if not ga.requires_grad:
-                if _is_primitive(node):
-                    continue           # the rule gave a constant: no dependence on the input
-                raise RuntimeError(
-                    f"forward AD through {node.name()}: its backward is not differentiable "
-                    "(once_differentiable, or computed outside autograd), so its tangent "
-                    "cannot be derived from it; give the custom Function a jvp staticmethod")
-            term = (ga * v).sum()
-            total = term if total is None else total + term
+        total = _contract(node, grads, tangents, constants_allowed=_is_primitive(node))
         if total is None:
             return u.detach() * 0
         # retained: a custom Function's backward may reach the forward graph through what it
@@ -241,17 +229,7 @@ def _push_tangents_several(node, tangents: list) -> tuple:
               zeros(spec[0], dtype=spec[1], device=spec[2]).requires_grad_(True)
               for spec in node.out_shapes]
         grads = node.prim.grad(list(us), None, *inputs, **node.attrs)
-        total = None
-        for ga, v in zip(grads, tangents):
-            if ga is None or v is None:
-                continue
-            if not ga.requires_grad:
-                raise RuntimeError(
-                    f"forward AD through {node.name()}: its backward is not differentiable "
-                    "(once_differentiable, or computed outside autograd), so its tangent "
-                    "cannot be derived from it; give the custom Function a jvp staticmethod")
-            term = (ga * v).sum()
-            total = term if total is None else total + term
+        total = _contract(node, grads, tangents, constants_allowed=False)
         wrt = [u for u in us if u is not None]
         jvs = [None] * len(wrt) if total is None or not wrt else \
             autograd.grad([total], wrt, retain_graph=True, allow_unused=True)
@@ -259,6 +237,27 @@ def _push_tangents_several(node, tangents: list) -> tuple:
         STATE.grad_enabled = prev
     found = iter(jvs)
     return tuple(None if u is None else _tangent_or_zero(next(found), u) for u in us)
+
+
+def _contract(node, grads, tangents: list, constants_allowed: bool):
+    """sum_i <grad_i(u), v_i>: the scalar whose gradient in u is J v (None where no input has
+    both a gradient and a tangent). A gradient that does not depend on u is a constant of a
+    primitive's rule (skipped where `constants_allowed`), or a custom Function's backward run
+    outside autograd, whose tangent cannot be derived."""
+    total = None
+    for ga, v in zip(grads, tangents):
+        if ga is None or v is None:
+            continue
+        if not ga.requires_grad:
+            if constants_allowed:
+                continue
+            raise RuntimeError(
+                f"forward AD through {node.name()}: its backward is not differentiable "
+                "(once_differentiable, or computed outside autograd), so its tangent "
+                "cannot be derived from it; give the custom Function a jvp staticmethod")
+        term = (ga * v).sum()
+        total = term if total is None else total + term
+    return total
 
 
 def _tangent_or_zero(jv, u) -> Tensor:
