@@ -269,7 +269,7 @@ def _graph_halves(graph: Graph) -> tuple:
 
 def _encode_part(part: CompiledPart) -> tuple:
     head = {"stats": [[s.name, s.nodes_before, s.nodes_after] for s in part.stats],
-            "schedule": None}
+            "schedule": None, "output_roots": part.output_roots}
     rest = {"schedule": None}
     head["graph"], rest["graph"] = _graph_halves(part.graph)
     schedule = part.schedule
@@ -427,6 +427,8 @@ def _decode_part(doc: dict, later: _Later, name: str) -> CompiledPart:
     graph = Graph.from_doc(doc["graph"], nodes=lambda: later.get(name, "graph"))
     stats = [PassStat(*stat) for stat in doc["stats"]]
     part = CompiledPart(graph, stats)
+    if doc["output_roots"] is not None:
+        part.output_roots = tuple(tuple(root) for root in doc["output_roots"])
     if doc["schedule"] is None:
         return part
     outer_doc = doc["schedule"]["graph"]

@@ -16,7 +16,7 @@ import kiln
 import kiln.nn as nn
 import kiln.nn.functional as F
 import kiln.optim
-from kiln import program_cache
+from kiln import compiler, program_cache
 from kiln.passes import pipeline
 from kiln.runtime import c_build
 from kiln.runtime.c_build import cache_root
@@ -417,10 +417,12 @@ def test_a_warm_training_step_replays_a_cold_compile(cache_dir, passes_run, monk
         program_cache._encode_lowered(b.executor.rendered)
     assert (a.executor.free, a.executor.output_slots, a.executor._into) == \
         (b.executor.free, b.executor.output_slots, b.executor._into)
-    # running it needed no schedule steps; the forward graph's nodes are decoded on demand
-    # for the check of which outputs a replay copies (`_outputs_apart`, a step that writes its
-    # parameters); read now, they are the cold compile's
-    assert "steps" not in vars(b.schedule)
+    # running it needed neither the programs' nodes nor the schedule's steps (which outputs a
+    # replay copies comes from the cached `output_roots`); read now, they are the cold
+    # compile's, and so are the roots
+    assert "nodes" not in vars(b.graph) and "steps" not in vars(b.schedule)
+    assert b.compiled.forward.output_roots == compiler.output_roots(b.graph) == \
+        a.compiled.forward.output_roots
     assert str(a.graph) == str(b.graph) and str(a.schedule) == str(b.schedule)
     assert a.schedule.graph.structure() == b.schedule.graph.structure()
 

@@ -609,6 +609,8 @@ def compile_program(graph, joint, target: str, xp, stage: list | None = None) ->
     executors = {"forward": build_executor(compiled.forward, xp)}
     if compiled.backward is not None:
         executors["backward"] = build_executor(compiled.backward, xp)
+    if compiled.forward.output_roots is None:
+        compiled.forward.output_roots = output_roots(compiled.forward.graph)
     if found is None:
         program_cache.store(key, compiled, {part: getattr(ex, "rendered", None)
                                             for part, ex in executors.items()})
@@ -1325,7 +1327,7 @@ class CompiledFunction:
             if entry.joint is not None:
                 entry.saved_inputs = _saved_inputs(entry, program)
             entry.copied_outputs = _outputs_apart(
-                entry.graph, outputs[:len(returned)],
+                forward.output_roots, outputs[:len(returned)],
                 [_bound_tensor(program, i, leaves_in) for i, b in enumerate(program.bindings)
                  if b.kind == "lifted" or b.kind == "arg" and b.path is not None])
         except Exception as e:        # a compiler bug must never cost the user a result
@@ -1840,30 +1842,44 @@ def _written_argument_shared(program: TracedProgram, pattern: tuple) -> bool:
     return any(b.kind == "arg" and shared[pattern[b.path]] > 1 for b in written)
 
 
-def _outputs_apart(graph, outputs: list, held: list) -> tuple:
+def output_roots(graph) -> tuple:
+    """Where each output of an optimized graph gets its memory, past the strided views taken
+    of it: ("constant",) a folded constant, ("input",) an input or what a write-back computes
+    in an input's memory, ("own", k) a value computed first for output k (k < i: output i
+    is output k again, or a view of it; cse computes `return EMA * 1, EMA * 1` once)."""
+    made = {n.out: n for n in graph.nodes}
+    written = {new for _, new in graph.mutations}   # (maybe computed in the input's memory)
+    constants = set(graph.constants)
+    first, roots = {}, []
+    for i, v in enumerate(graph.outputs):
+        while v in made and made[v].op in STRIDED_VIEWS:
+            v = made[v].inputs[0]
+        if v in constants:
+            roots.append(("constant",))
+        elif v in graph.inputs or v in written:
+            roots.append(("input",))
+        else:
+            roots.append(("own", first.setdefault(v, i)))
+    return tuple(roots)
+
+
+def _outputs_apart(roots: tuple, outputs: list, held: list) -> tuple:
     """The outputs a replay must copy: those eager mode gave memory of their own that the
     optimized graph takes as (a view of) an input, an earlier output or a constant (which
     every replay would return again, with the caller's writes in it). Simplification
     makes `x[:, 1] * 1` the view `x[:, 1]`, and cse computes `return EMA * 1, EMA * 1` once:
-    a caller's write to such a result would change the input or the other result. `held`:
-    the tensors the traced call was given or read."""
-    made = {n.out: n for n in graph.nodes}
-    written = {new for _, new in graph.mutations}   # (maybe computed in the input's memory)
-    constants = set(graph.constants)
-    first, copied = {}, []
-    for i, (v, t) in enumerate(zip(graph.outputs, outputs)):
-        while v in made and made[v].op in STRIDED_VIEWS:
-            v = made[v].inputs[0]
-        if v in constants:      # folded (`x.zero_(); return x.amax()`): the program's own array
+    a caller's write to such a result would change the input or the other result. `roots`:
+    the graph's `output_roots`; `outputs`: the traced call's results; `held`: the tensors it
+    was given or read."""
+    copied = []
+    for i, (root, t) in enumerate(zip(roots, outputs)):
+        if root[0] == "constant":   # folded (`x.zero_(); return x.amax()`): the program's own
             copied.append(i)
-            continue
-        if v in graph.inputs or v in written:
+        elif root[0] == "input":
             if not any(_shares_memory(t, h) for h in held):
                 copied.append(i)
-            continue
-        if v in first and not _shares_memory(outputs[first[v]], t):
+        elif root[1] != i and not _shares_memory(outputs[root[1]], t):
             copied.append(i)
-        first.setdefault(v, i)
     return tuple(copied)
 
 

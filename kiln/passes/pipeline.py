@@ -78,6 +78,9 @@ class CompiledPart:
     schedule: Schedule | None = None    # the fused program; None for the NumPy executor
     lowered: object = None              # LoweredProgram (kiln.codegen.lower): what runs
     snapshots: list = field(default_factory=list)   # (step name, its result) in STEPS order
+    # per output, where its memory comes from (`kiln.compiler.output_roots`): kept with the
+    # program so that a warm start need not decode the graph's nodes to know it
+    output_roots: tuple | None = None
 
     def steps_text(self) -> list[tuple[str, str]]:
         """(step name, what it made, printed) per pipeline step this part ran."""
