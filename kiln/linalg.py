@@ -30,7 +30,7 @@ from kiln.tracer import functional_extra as FX
 from kiln.tracer.functional.reductions import _norm_root
 from kiln.tracer.creation import eye as _eye, randn as _randn, tensor as _tensor
 from kiln.tracer.errors import op_error, user_stacklevel
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, Tensor
 
 
 class LinAlgError(RuntimeError):
@@ -181,15 +181,25 @@ def eig(A):
     return R(*eig_factors(A))
 
 
+def _wants_grad(A: Tensor) -> bool:
+    """Whether a gradient may flow back to A: then eigenvalues and singular values come with
+    the vectors their backward reads (one factorization), else from LAPACK's cheaper
+    values-only drivers (as torch chooses)."""
+    return A.requires_grad and STATE.grad_enabled
+
+
 def eigvals(A):
     _check_square(A, "eigvals")
-    return eig_factors(_float(A))[0]
+    A = _float(A)
+    return eig_factors(A)[0] if _wants_grad(A) else P.linalg_eigvals(A)
 
 
 def eigvalsh(A, UPLO="L"):
     A = _float(A)
     _check_square(A, "eigvalsh")
-    return eigh_factors(A, upper=UPLO == "U")[0]
+    upper = UPLO == "U"
+    return eigh_factors(A, upper=upper)[0] if _wants_grad(A) else \
+        P.linalg_eigvalsh(A, upper=upper)
 
 
 def svd(A, full_matrices=True):
@@ -199,7 +209,8 @@ def svd(A, full_matrices=True):
 
 
 def svdvals(A):
-    return svd_factors(_float(A))[1]
+    A = _float(A)
+    return svd_factors(A)[1] if _wants_grad(A) else P.linalg_svdvals(A)
 
 
 def _check_pivot(pivot):

@@ -32,17 +32,19 @@ def symmetric(*shape):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts of the LAPACK drivers the factorizations call: NumPy's svd, eigh, eig, qr and
-    slogdet, and scipy's getrf (one call per matrix of a batch)."""
+    """Counts of the LAPACK drivers the factorizations call: NumPy's svd (as "svdvals" without
+    the vectors), eigh, eigvalsh, eig, eigvals, qr and slogdet, and scipy's getrf (one call per
+    matrix of a batch)."""
     counts = collections.Counter()
 
     def counting(name, fn):
         def wrapper(*args, **kwargs):
-            counts[name] += 1
+            values_only = name == "svd" and kwargs.get("compute_uv") is False
+            counts["svdvals" if values_only else name] += 1
             return fn(*args, **kwargs)
         return wrapper
 
-    for name in ("svd", "eigh", "eig", "qr", "slogdet"):
+    for name in ("svd", "eigh", "eigvalsh", "eig", "eigvals", "qr", "slogdet"):
         monkeypatch.setattr(np.linalg, name, counting(name, getattr(np.linalg, name)))
     real_get = scipy.linalg.get_lapack_funcs
 
@@ -107,6 +109,47 @@ def test_one_library_call_per_factorization_forward_and_backward(calls, fn, a, e
     _loss(outputs).backward()
     assert dict(calls) == expected
     assert A.grad is not None and np.isfinite(A.grad.numpy()).all()
+
+
+# without a gradient to compute, the values alone come from LAPACK's values-only drivers:
+# (name, function of the library, input, calls eagerly, calls in a compiled replay, where
+# compiling merges equal factorizations of one input into one)
+VALUES_CASES = [
+    ("svdvals", lambda t, a: t.linalg.svdvals(a), general(2, 4, 3), {"svdvals": 1}, None),
+    ("matrix_rank cond", lambda t, a: (t.linalg.matrix_rank(a), t.linalg.cond(a)),
+     general(3, 3), {"svdvals": 2}, {"svdvals": 1}),
+    ("eigvalsh", lambda t, a: t.linalg.eigvalsh(a, UPLO="U"), symmetric(2, 4, 4),
+     {"eigvalsh": 1}, None),
+    ("matrix_rank hermitian", lambda t, a: t.linalg.matrix_rank(a, hermitian=True),
+     symmetric(4, 4), {"eigvalsh": 1}, None),
+    ("eigvals", lambda t, a: t.linalg.eigvals(a), general(2, 3, 3), {"eigvals": 1}, None),
+]
+
+
+@pytest.mark.parametrize("fn,a,eager,compiled", [pytest.param(f, a, e, c, id=n)
+                                                 for n, f, a, e, c in VALUES_CASES])
+@pytest.mark.parametrize("how", ["no grad", "no_grad()", "compiled"])
+def test_values_without_a_gradient_take_the_values_only_driver(calls, fn, a, eager, compiled,
+                                                               how):
+    A = kiln.tensor(a, requires_grad=how == "no_grad()")
+    want = fn(torch, torch.tensor(a))
+    if how == "compiled":
+        complex_result = np.iscomplexobj(want)      # runs eagerly, saying so
+        step = kiln.compile(lambda x: fn(kiln, x), fullgraph=not complex_result)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(A)                      # the trace
+        assert [str(w.message) for w in caught if "complex" in str(w.message)] or \
+            not complex_result
+        calls.clear()
+        got = step(A)
+    else:
+        with kiln.no_grad():
+            got = fn(kiln, A)
+    assert dict(calls) == (compiled or eager if how == "compiled" else eager)
+    for g, w in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12, atol=1e-12)
 
 
 COMPILED_CASES = [
@@ -269,6 +312,28 @@ def test_compiled_gradients_of_all_outputs_equal_eager(fn, a):
     for loss, grad in results[1:]:
         np.testing.assert_allclose(loss, results[0][0], rtol=1e-12)
         np.testing.assert_allclose(grad, results[0][1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,fn,a", [pytest.param(n, f, a, id=n) for n, f, a in GRAD_CASES
+                                       if not np.iscomplexobj(a) and n != "eig"])
+def test_forward_mode_tangents_of_all_outputs_match_torch(name, fn, a):
+    """Forward-mode AD finds tangents from the gradient rules (differentiated in the gradient,
+    at 0): the packed rules are linear in every result's gradient, as torch's jvp."""
+    import torch.autograd.forward_ad as tfwd
+
+    import kiln.autograd.forward_ad as kfwd
+    direction = R.normal(size=a.shape)
+    if name.startswith("eigh"):      # torch's eigh jvp reads all of a symmetric direction
+        direction = direction + np.swapaxes(direction, -1, -2)
+    tangents = []
+    for lib, fwd in ((torch, tfwd), (kiln, kfwd)):
+        with fwd.dual_level():
+            outputs = fn(lib, fwd.make_dual(lib.tensor(a), lib.tensor(direction)))
+            tangents.append([fwd.unpack_dual(o).tangent for o in outputs])
+    tangents[0] = [t.numpy(force=True) for t in tangents[0]]      # a sign's: a ZeroTensor
+    tangents[1] = [t.numpy() for t in tangents[1]]
+    for k, t in zip(tangents[1], tangents[0]):
+        np.testing.assert_allclose(k, t, rtol=1e-8, atol=1e-10)
 
 
 def test_unused_outputs_leave_repeated_values_a_finite_gradient():

@@ -18,7 +18,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import broadcast_shapes, unbroadcast
-from kiln.ir.ops_extra import _div0, _pack, _packed_size, _parts
+from kiln.ir.ops_extra import _over, _pack, _packed_size, _parts
 from kiln.ir.primitive import MOVEMENT, SAVED, P, ShapeError, define
 
 # computed by NumPy/CuPy between kernels; never fused (a compiled function with a complex tensor
@@ -281,7 +281,7 @@ def _eig_grad(g, out, a):
     gaps = P.reshape(Lc, shape=Lc.shape[:-1] + (1, n)) - \
         P.reshape(Lc, shape=Lc.shape[:-1] + (n, 1))
     inner = P.where(eye, P.reshape(gL, shape=gL.shape[:-1] + (1, n)),
-                    _div0(VhgV, P.where(eye, 1.0, gaps)))
+                    _over(VhgV, P.where(eye, 1.0, gaps)))
     gA = P.linalg_inv(Vh) @ (inner @ Vh)
     return (gA if a.dtype.is_complex else P.real(gA),)
 
@@ -294,3 +294,28 @@ define("linalg_eig", COMPLEX, _eig_infer, _eig_impl, _eig_grad, arity=1, reads=(
 def eig_factors(a):
     """(eigenvalues, eigenvectors) of the square `a` (complex), from one eig."""
     return _parts(P.linalg_eig(a), _eig_layout(a.shape, a.dtype.to_complex()), copy=True)
+
+
+def _eigvals_infer(shapes, dtypes):
+    _, d = _eig_infer(shapes, dtypes)
+    return tuple(shapes[0][:-1]), d
+
+
+def _eigvals_impl(xp, a):
+    host = a if xp is np else a.get()
+    out = np.linalg.eigvals(host).astype(dt.from_numpy(a.dtype).to_complex().np)
+    return out if xp is np else xp.asarray(out)
+
+
+def _eigvals_grad(g, out, a):
+    # eig's rule for the values alone, V^-H diag(gL) V^H, with V from a second eig (kiln.linalg
+    # takes the values from linalg_eig when a gradient is wanted, as torch does)
+    _, V = eig_factors(a)
+    n = a.shape[-1]
+    Vh = P.conj(P.permute(V, perm=tuple(range(V.ndim - 2)) + (V.ndim - 1, V.ndim - 2)))
+    gA = P.linalg_inv(Vh) @ (P.reshape(g, shape=tuple(g.shape[:-1]) + (n, 1)) * Vh)
+    return (gA if a.dtype.is_complex else P.real(gA),)
+
+
+define("linalg_eigvals", COMPLEX, _eigvals_infer, _eigvals_impl, _eigvals_grad, arity=1,
+       doc="eigenvalues alone of general square matrices (LAPACK's values-only geev)")

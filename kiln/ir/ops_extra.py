@@ -269,10 +269,14 @@ def _swap(xp, x):
     return xp.swapaxes(x, -1, -2)
 
 
-def _div0(num, den):
-    """num / den, 0 where num is 0 (a result the loss does not use gets a zero gradient, which
-    must not turn into 0 / 0 where eigenvalues or singular values repeat or vanish)."""
-    return P.div(num, P.where(P.eq(num, 0), 1.0, den))
+def _over(num, den):
+    """num / den, taken as 0 where den is exactly 0: a gap between eigenvalues or singular
+    values that repeat exactly, or a singular value that is exactly 0, where the vectors have no
+    derivative (torch's rule gives inf or NaN there). A result the loss does not use gets a zero
+    gradient, and 0 / 0 would make the whole gradient NaN where such values repeat or vanish.
+    Linear in num (forward-mode AD differentiates the rule in its gradient at 0)."""
+    zero = P.eq(den, 0)
+    return P.mul(num, P.where(zero, 0.0, P.div(1.0, P.where(zero, 1.0, den))))
 
 
 # complex too: inverse is holomorphic, and autograd conjugates its rule for complex inputs
@@ -476,7 +480,7 @@ def _eigh_grad(g, out, a, upper):
     E = P.sub(P.reshape(L, shape=tuple(L.shape[:-1]) + (1, n)),
               P.reshape(L, shape=tuple(L.shape) + (1,)))
     eye = _eye_like(a)
-    inner = P.add(_div0(P.mul(skew, P.sub(1.0, eye)), P.add(E, eye)), _diag_embed(_like(gL, a)))
+    inner = P.add(_over(P.mul(skew, P.sub(1.0, eye)), P.add(E, eye)), _diag_embed(_like(gL, a)))
     return (P.matmul(P.matmul(V, inner), _mH(V)),)
 
 
@@ -489,6 +493,26 @@ def eigh_factors(a, upper=False):
     """(eigenvalues, eigenvectors) of the Hermitian `a` (its upper or lower triangle), from
     one eigh."""
     return _parts(P.linalg_eigh(a, upper=upper), _eigh_layout(a.shape, a.dtype), copy=True)
+
+
+def _eigvalsh_infer(shapes, dtypes, upper):
+    s, d = _square_infer(shapes, dtypes)
+    return s[:-1], d.to_real()
+
+
+def _eigvalsh_grad(g, out, a, upper):
+    # eigh's rule for the values alone, V diag(gL) V^H, with V from a second eigh (kiln.linalg
+    # takes the values from linalg_eigh when a gradient is wanted, as torch does)
+    _, V = eigh_factors(a, upper=upper)
+    n = a.shape[-1]
+    return (P.matmul(P.mul(V, P.reshape(_like(g, a), shape=tuple(g.shape[:-1]) + (1, n))),
+                     _mH(V)),)
+
+
+define("linalg_eigvalsh", LINALG, _eigvalsh_infer,
+       lambda xp, a, upper: xp.linalg.eigvalsh(a, UPLO="U" if upper else "L"), _eigvalsh_grad,
+       arity=1, complex_grad=True,
+       doc="eigenvalues of Hermitian matrices alone (LAPACK's cheaper values-only driver)")
 
 
 def _svd_layout(shape, dtype, full_matrices):
@@ -549,18 +573,18 @@ def _svd_grad(g, out, a, full_matrices):
     S2 = P.mul(S, S)
     eye = _eye_like(_diag_embed(S))
     E = P.add(P.sub(P.reshape(S2, shape=row), P.reshape(S2, shape=col)), eye)
-    inner = _div0(P.add(P.mul(skew_u, P.reshape(S, shape=row)),
+    inner = _over(P.add(P.mul(skew_u, P.reshape(S, shape=row)),
                         P.mul(P.reshape(S, shape=col), skew_v)), E)
     inner = P.add(inner, _diag_embed(_like(gS, a)))
     if a.dtype.is_complex:
-        inner = P.add(inner, _diag_embed(_div0(_i_imag(_diagonal(UhgU)), S)))
+        inner = P.add(inner, _diag_embed(_over(_i_imag(_diagonal(UhgU)), S)))
     if m > k:
-        gUSinv = _div0(gU, P.reshape(S, shape=row))
+        gUSinv = _over(gU, P.reshape(S, shape=row))
         gA = P.matmul(U, inner)
         gA = P.add(gA, P.sub(gUSinv, P.matmul(U, P.matmul(_mH(U), gUSinv))))
         return (P.matmul(gA, Vh),)
     if n > k:
-        SinvgVh = _div0(gVh, P.reshape(S, shape=col))
+        SinvgVh = _over(gVh, P.reshape(S, shape=col))
         gA = P.matmul(inner, Vh)
         gA = P.add(gA, P.sub(SinvgVh, P.matmul(P.matmul(SinvgVh, _mH(Vh)), Vh)))
         return (P.matmul(U, gA),)
@@ -576,6 +600,27 @@ def svd_factors(a, full_matrices=False):
     """(U, S, Vh) of `a`, from one SVD; U and Vh column-major, as PyTorch's."""
     return _parts(P.linalg_svd(a, full_matrices=full_matrices),
                   _svd_layout(a.shape, a.dtype, full_matrices), copy=True)
+
+
+def _svdvals_infer(shapes, dtypes):
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError(f"linalg.svdvals: the input must have at least 2 dimensions, got "
+                         f"{list(s)}")
+    return s[:-2] + (min(s[-2], s[-1]),), dtypes[0].to_real()
+
+
+def _svdvals_grad(g, out, a):
+    # the SVD's rule for the values alone, U diag(gS) Vh, with U and Vh from a second SVD
+    # (kiln.linalg takes the values from linalg_svd when a gradient is wanted, as torch does)
+    U, _, Vh = svd_factors(a)
+    row = tuple(g.shape[:-1]) + (1, g.shape[-1])
+    return (P.matmul(P.mul(U, P.reshape(_like(g, a), shape=row)), Vh),)
+
+
+define("linalg_svdvals", LINALG, _svdvals_infer,
+       lambda xp, a: xp.linalg.svd(a, compute_uv=False), _svdvals_grad, arity=1,
+       complex_grad=True, doc="singular values alone (LAPACK's cheaper values-only driver)")
 
 
 # Bessel functions of the first kind (torch.special.bessel_j0 / bessel_j1)

@@ -45,4 +45,8 @@ CASES_COMPLEX = {
         ("eigenvalues and eigenvector magnitudes", lambda a: P.cat(
             P.reshape(P.abs(eig_factors(a)[1]), shape=(16,)),
             P.view_as_real(eig_factors(a)[0])[:, 0], axis=0), [arg(4, 4, seed=1)])],
+    "linalg_eigvals": [("of a real matrix", lambda a: P.view_as_real(P.linalg_eigvals(a)),
+                        [arg(2, 4, 4)]),
+                       ("of a complex matrix", lambda x: P.view_as_real(P.linalg_eigvals(_z(x))),
+                        [arg(3, 3, 2)])],
 }

@@ -104,4 +104,10 @@ CASES_EXTRA = {
                    # torch's), so the check reads those
                    ("full matrices", lambda a: _first_k(svd_factors(a, full_matrices=True)),
                     [arg(4, 3)])],
+    "linalg_svdvals": [("tall", lambda a: P.linalg_svdvals(a), [arg(4, 3)]),
+                       ("wide, batched", lambda a: P.linalg_svdvals(a), [arg(2, 3, 4)])],
+    "linalg_eigvalsh": [("lower", lambda d: P.linalg_eigvalsh(_eig_input(d), upper=False),
+                         [_EIG_LEAF]),
+                        ("upper", lambda d: P.linalg_eigvalsh(_eig_input(d), upper=True),
+                         [_EIG_LEAF])],
 }
