@@ -21,14 +21,16 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
-from kiln.ir.ops_extra import _pivots_to_permutation
+from kiln.ir.ops_complex import eig_factors
+from kiln.ir.ops_extra import (_pivots_to_permutation, eigh_factors, lu_factors, qr_factors,
+                               slogdet_factors, svd_factors)
 from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer.functional.reductions import _norm_root
 from kiln.tracer.creation import eye as _eye, randn as _randn, tensor as _tensor
 from kiln.tracer.errors import op_error, user_stacklevel
-from kiln.tracer.tensor import Tensor
+from kiln.tracer.tensor import STATE, Tensor
 
 
 class LinAlgError(RuntimeError):
@@ -131,7 +133,7 @@ def slogdet(A):
     A = _float(A)
     _check_square(A, "slogdet")
     R = namedtuple("slogdet", ["sign", "logabsdet"])
-    return R(P.linalg_slogdet(A, part="sign"), P.linalg_slogdet(A, part="logabsdet"))
+    return R(*slogdet_factors(A))
 
 
 def det(A):
@@ -158,18 +160,17 @@ def qr(A, mode="reduced"):
     if mode not in ("reduced", "r"):
         raise op_error("linalg.qr", f"mode {mode!r} is not supported by kiln (use 'reduced' "
                        "or 'r')")
-    r = P.linalg_qr(A, part="R")
+    q, r = qr_factors(A)
     if mode == "r":
         return R(F.zeros(0, dtype=A.dtype, device=A.device), r)
-    return R(P.linalg_qr(A, part="Q"), r)
+    return R(q, r)
 
 
 def eigh(A, UPLO="L"):
     A = _float(A)
     _check_square(A, "eigh")
     R = namedtuple("eigh", ["eigenvalues", "eigenvectors"])
-    upper = UPLO == "U"
-    return R(P.linalg_eigh(A, part="L", upper=upper), P.linalg_eigh(A, part="V", upper=upper))
+    return R(*eigh_factors(A, upper=UPLO == "U"))
 
 
 def eig(A):
@@ -177,47 +178,52 @@ def eig(A):
     _check_square(A, "eig")
     A = _float(A)
     R = namedtuple("eig", ["eigenvalues", "eigenvectors"])
-    return R(P.linalg_eig(A, part="L"), P.linalg_eig(A, part="V"))
+    return R(*eig_factors(A))
+
+
+def _wants_grad(A: Tensor) -> bool:
+    """Whether a gradient may flow back to A: then eigenvalues and singular values come with
+    the vectors their backward reads (one factorization), else from LAPACK's cheaper
+    values-only drivers (as torch chooses)."""
+    return A.requires_grad and STATE.grad_enabled
 
 
 def eigvals(A):
     _check_square(A, "eigvals")
-    return P.linalg_eig(_float(A), part="L")
+    A = _float(A)
+    return eig_factors(A)[0] if _wants_grad(A) else P.linalg_eigvals(A)
 
 
 def eigvalsh(A, UPLO="L"):
     A = _float(A)
     _check_square(A, "eigvalsh")
-    return P.linalg_eigh(A, part="L", upper=UPLO == "U")
+    upper = UPLO == "U"
+    return eigh_factors(A, upper=upper)[0] if _wants_grad(A) else \
+        P.linalg_eigvalsh(A, upper=upper)
 
 
 def svd(A, full_matrices=True):
     A = _float(A)
     R = namedtuple("svd", ["U", "S", "Vh"])
-    m, n = A.shape[-2], A.shape[-1]
-    if A.dtype.is_complex:              # U and V from one result: its rule checks their phases
-        UV, S = P.linalg_svd(A, part="UV"), P.linalg_svd(A, part="S")
-        U, Vh = UV[..., :m, :], _mH(UV[..., m:, :])
-    else:
-        U, S, Vh = (P.linalg_svd(A, part=p) for p in ("U", "S", "Vh"))
-    if full_matrices and m > n:
-        U = F.cat([U, P.linalg_svd(A, part="U_rest")], -1)
-    elif full_matrices and n > m:
-        Vh = F.cat([Vh, P.linalg_svd(A, part="Vh_rest")], -2)
-    return R(U, S, Vh)
+    return R(*svd_factors(A, full_matrices=full_matrices))
 
 
 def svdvals(A):
-    return P.linalg_svd(_float(A), part="S")
+    A = _float(A)
+    return svd_factors(A)[1] if _wants_grad(A) else P.linalg_svdvals(A)
 
 
-def lu_factor(A, *, pivot=True):
+def _check_pivot(pivot):
     if not pivot:
         raise op_error("linalg.lu_factor", "pivot=False (LU without pivoting) is not supported "
                        "by kiln on the CPU, nor by torch there")
+
+
+def lu_factor(A, *, pivot=True):
+    _check_pivot(pivot)
     A = _float(A)
     R = namedtuple("lu_factor", ["LU", "pivots"])
-    return R(P.linalg_lu(A, part="LU"), P.linalg_lu(A, part="pivots"))
+    return R(*lu_factors(A)[:2])
 
 
 def lu_factor_ex(A, *, pivot=True, check_errors=False):
@@ -247,9 +253,10 @@ def _permutation_from_pivots(pivots, m, like):
 def lu(A, *, pivot=True):
     A = _float(A)
     R = namedtuple("lu", ["P", "L", "U"])
-    LU, _ = lu_factor(A, pivot=pivot)
+    _check_pivot(pivot)
+    LU, _, perm = lu_factors(A)
     L, U = _unpack_factors(LU)
-    return R(P.linalg_lu(A, part="P").detach(), L, U)     # P: not differentiable, as torch's
+    return R(perm.detach(), L, U)       # P: not differentiable, as torch's
 
 
 def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True):

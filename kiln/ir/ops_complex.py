@@ -18,7 +18,8 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import broadcast_shapes, unbroadcast
-from kiln.ir.primitive import MOVEMENT, P, ShapeError, define
+from kiln.ir.ops_extra import _over, _pack, _packed_size, _parts
+from kiln.ir.primitive import MOVEMENT, SAVED, P, ShapeError, define
 
 # computed by NumPy/CuPy between kernels; never fused (a compiled function with a complex tensor
 # runs eagerly)
@@ -236,7 +237,12 @@ define("fft_c2r", COMPLEX, _c2r_infer, _c2r_impl, _c2r_grad, arity=1, reads=(),
 
 # ----------------------------------------------------------------------------- eig
 
-def _eig_infer(shapes, dtypes, part):
+def _eig_layout(shape, dtype):
+    batch, n = tuple(shape[:-2]), shape[-1]
+    return ((batch + (n,), False, dtype), (batch + (n, n), True, dtype))      # L, V
+
+
+def _eig_infer(shapes, dtypes):
     s = shapes[0]
     if len(s) < 2 or s[-1] != s[-2]:
         raise ShapeError(f"linalg.eig: A must be batches of square matrices, but they are "
@@ -244,40 +250,72 @@ def _eig_infer(shapes, dtypes, part):
     if dtypes[0] not in (dt.float32, dt.float64, dt.complex64, dt.complex128):
         raise ShapeError(f"linalg.eig: expected a float, double or complex tensor, got "
                          f"{dtypes[0].name}", TypeError)
-    return (s[:-1] if part == "L" else s), dtypes[0].to_complex()
+    d = dtypes[0].to_complex()
+    return (_packed_size(_eig_layout(s, d)),), d
 
 
-def _eig_impl(xp, a, part):
+def _eig_impl(xp, a):
     # LAPACK's geev through NumPy, as PyTorch's CPU eig (the same order of eigenvalues and
     # unit-norm eigenvectors); CuPy has no general eigensolver, so a cuda input goes by the host
     host = a if xp is np else a.get()
     w, v = np.linalg.eig(host)
-    out = (w if part == "L" else v).astype(dt.from_numpy(a.dtype).to_complex().np)
+    out = _pack(np, dt.from_numpy(a.dtype).to_complex().np, (w, np.swapaxes(v, -1, -2)))
     return out if xp is np else xp.asarray(out)
 
 
-def _eig_grad(g, out, a, part):
-    # PyTorch's linalg_eig_backward, one part at a time (the rule is linear in (gL, gV)):
-    # gA = V^-H (diag(gL) + P(V^H gV) / conj(E)) V^H, E_ij = L_j - L_i off the diagonal, P the
-    # projection removing the part that changes with the eigenvectors' norms
+def _eig_grad(g, out, a):
+    # PyTorch's linalg_eig_backward: gA = V^-H (diag(gL) + P(V^H gV) / conj(E)) V^H,
+    # E_ij = L_j - L_i off the diagonal, P the projection removing the part that changes with
+    # the eigenvectors' norms
+    layout = _eig_layout(a.shape, a.dtype.to_complex())
+    L, V = _parts(out, layout, copy=False)
+    gL, gV = _parts(g, layout, copy=False)
     n = a.shape[-1]
-    L, V = P.linalg_eig(a, part="L"), P.linalg_eig(a, part="V")
     Vh = P.conj(P.permute(V, perm=tuple(range(V.ndim - 2)) + (V.ndim - 1, V.ndim - 2)))
     k = P.arange(start=0, stop=n, step=1, dtype=dt.int64, device=a.device)
     eye = P.eq(P.reshape(k, shape=(n, 1)), P.reshape(k, shape=(1, n)))
-    if part == "L":
-        inner = P.where(eye, P.reshape(g, shape=g.shape[:-1] + (1, n)), 0j)
-    else:
-        VhgV = Vh @ g
-        diag = P.sum(P.where(eye, VhgV, 0j), axes=(VhgV.ndim - 1,), keepdim=False)
-        VhgV = VhgV - Vh @ (V * P.reshape(P.real(diag), shape=diag.shape[:-1] + (1, n)))
-        Lc = P.conj(L)
-        gaps = P.reshape(Lc, shape=Lc.shape[:-1] + (1, n)) - \
-            P.reshape(Lc, shape=Lc.shape[:-1] + (n, 1))
-        inner = VhgV / P.where(eye, 1.0, gaps)
+    VhgV = Vh @ gV
+    diag = P.sum(P.where(eye, VhgV, 0j), axes=(VhgV.ndim - 1,), keepdim=False)
+    VhgV = VhgV - Vh @ (V * P.reshape(P.real(diag), shape=diag.shape[:-1] + (1, n)))
+    Lc = P.conj(L)
+    gaps = P.reshape(Lc, shape=Lc.shape[:-1] + (1, n)) - \
+        P.reshape(Lc, shape=Lc.shape[:-1] + (n, 1))
+    inner = P.where(eye, P.reshape(gL, shape=gL.shape[:-1] + (1, n)),
+                    _over(VhgV, P.where(eye, 1.0, gaps)))
     gA = P.linalg_inv(Vh) @ (inner @ Vh)
     return (gA if a.dtype.is_complex else P.real(gA),)
 
 
-define("linalg_eig", COMPLEX, _eig_infer, _eig_impl, _eig_grad, arity=1,
-       doc="eigenvalues (part='L') or unit eigenvectors (part='V') of a general square matrix")
+define("linalg_eig", COMPLEX, _eig_infer, _eig_impl, _eig_grad, arity=1, reads=(),
+       output=SAVED, doc="eigenvalues and unit eigenvectors of general square matrices, packed "
+                         "(eig_factors unpacks them)")
+
+
+def eig_factors(a):
+    """(eigenvalues, eigenvectors) of the square `a` (complex), from one eig."""
+    return _parts(P.linalg_eig(a), _eig_layout(a.shape, a.dtype.to_complex()), copy=True)
+
+
+def _eigvals_infer(shapes, dtypes):
+    _, d = _eig_infer(shapes, dtypes)
+    return tuple(shapes[0][:-1]), d
+
+
+def _eigvals_impl(xp, a):
+    host = a if xp is np else a.get()
+    out = np.linalg.eigvals(host).astype(dt.from_numpy(a.dtype).to_complex().np)
+    return out if xp is np else xp.asarray(out)
+
+
+def _eigvals_grad(g, out, a):
+    # eig's rule for the values alone, V^-H diag(gL) V^H, with V from a second eig (kiln.linalg
+    # takes the values from linalg_eig when a gradient is wanted, as torch does)
+    _, V = eig_factors(a)
+    n = a.shape[-1]
+    Vh = P.conj(P.permute(V, perm=tuple(range(V.ndim - 2)) + (V.ndim - 1, V.ndim - 2)))
+    gA = P.linalg_inv(Vh) @ (P.reshape(g, shape=tuple(g.shape[:-1]) + (n, 1)) * Vh)
+    return (gA if a.dtype.is_complex else P.real(gA),)
+
+
+define("linalg_eigvals", COMPLEX, _eigvals_infer, _eigvals_impl, _eigvals_grad, arity=1,
+       doc="eigenvalues alone of general square matrices (LAPACK's values-only geev)")

@@ -2,10 +2,13 @@
 
 These are not fused: in a compiled graph each is an extern call (like matmul) running the same
 array code as eager mode. Special functions use `scipy.special` on the CPU and
-`cupyx.scipy.special` on a GPU; linear algebra uses `numpy.linalg` / `cupy.linalg`. An op with
-several results (an SVD's U, S and Vh) is one primitive per result, told apart by a `part`
-attribute, so every primitive keeps one output; each part's gradient rule covers that part.
-Gradient rules are written with tensor ops, as in `kiln.ir.ops`.
+`cupyx.scipy.special` on a GPU; linear algebra uses `numpy.linalg` / `cupy.linalg`. A
+factorization with several results (an SVD's U, S and Vh) is one primitive that runs the library
+routine once and returns every result packed into one flat array (`_pack`; the layout is the
+op's `*_layout` function), from which `*_factors` cut the results (`_parts`); so every primitive
+keeps one output, and its gradient rule receives the gradients of all the results at once (zeros
+for a result the loss does not use). Gradient rules are written with tensor ops, as in
+`kiln.ir.ops`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import _both, _elementwise, _float_unary
-from kiln.ir.primitive import COPIED, RANDOM, P, ShapeError, define
+from kiln.ir.primitive import COPIED, RANDOM, SAVED, P, ShapeError, define
 
 SPECIAL, SORT, LINALG = "special", "sort", "linalg"
 
@@ -222,36 +225,101 @@ def _tril(a, k=0):
     return P.where(P.le(P.sub(cols, rows), k), a, 0.0)
 
 
+# ----------------------------------------------------------------------------- packed results
+# A layout is a tuple of (shape, transposed, dtype), one per result: the result's elements lie
+# in the packed array one after another, batch dims included, each in row-major order of the
+# result or (transposed) of its matrix transpose, which makes the result column-major as
+# PyTorch's LAPACK results are. The packed array has the factorization's widest dtype.
+
+def _pack(xp, dtype, arrays):
+    """The arrays' values in one flat array of `dtype`, in `_parts`' order; a transposed
+    result is passed as its transpose."""
+    out = xp.empty((sum(int(a.size) for a in arrays),), dtype=dtype)
+    start = 0
+    for a in arrays:
+        out[start:start + a.size].reshape(a.shape)[...] = a
+        start += a.size
+    return out
+
+
+def _packed_size(layout) -> int:
+    return sum(math.prod(shape) for shape, _, _ in layout)
+
+
+def _parts(t, layout, copy):
+    """The results packed in the flat tensor t: copies with their own memory when `copy` (what
+    a factorization returns), else views (a gradient rule's reading of them). A result of
+    another dtype than t's is cast: a complex array's real part, or integers."""
+    out, start = [], 0
+    for shape, transposed, dtype in layout:
+        size = math.prod(shape)
+        piece = P.slice(t, starts=(start,), stops=(start + size,), steps=(1,))
+        if transposed:
+            piece = _mT(P.reshape(piece, shape=tuple(shape[:-2]) + (shape[-1], shape[-2])))
+        else:
+            piece = P.reshape(piece, shape=tuple(shape))
+        if copy or dtype is not t.dtype:
+            piece = P.cast(piece, dtype=dtype)
+        out.append(piece)
+        start += size
+    return tuple(out)
+
+
+def _swap(xp, x):
+    return xp.swapaxes(x, -1, -2)
+
+
+def _over(num, den):
+    """num / den, taken as 0 where den is exactly 0: a gap between eigenvalues or singular
+    values that repeat exactly, or a singular value that is exactly 0, where the vectors have no
+    derivative (torch's rule gives inf or NaN there). A result the loss does not use gets a zero
+    gradient, and 0 / 0 would make the whole gradient NaN where such values repeat or vanish.
+    Linear in num (forward-mode AD differentiates the rule in its gradient at 0)."""
+    zero = P.eq(den, 0)
+    return P.mul(num, P.where(zero, 0.0, P.div(1.0, P.where(zero, 1.0, den))))
+
+
 # complex too: inverse is holomorphic, and autograd conjugates its rule for complex inputs
 define("linalg_inv", LINALG, _square_infer, lambda xp, a: xp.linalg.inv(a),
        lambda g, out, a: (-P.matmul(P.matmul(_mT(out), g), _mT(out)),), arity=1, reads=(),
        output=COPIED)
 
 
-def _slogdet_infer(shapes, dtypes, part):
+def _slogdet_layout(shape, dtype):
+    batch = tuple(shape[:-2])
+    return ((batch, False, dtype), (batch, False, dtype.to_real()))      # sign, logabsdet
+
+
+def _slogdet_infer(shapes, dtypes):
     s, d = _square_infer(shapes, dtypes)
-    return s[:-2], (d if part == "sign" else d.to_real())     # logabsdet is real
+    return (_packed_size(_slogdet_layout(s, d)),), d
 
 
-def _slogdet_impl(xp, a, part):
-    sign, logabs = xp.linalg.slogdet(a)
-    return sign if part == "sign" else logabs
+def _slogdet_impl(xp, a):
+    return _pack(xp, a.dtype, xp.linalg.slogdet(a))
 
 
-def _slogdet_grad(g, out, a, part):
+def _slogdet_grad(g, out, a):
     # d logabsdet = Re tr(A^-1 dA); a complex sign = e^(i theta) moves with
     # d theta = Im tr(A^-1 dA): gA = (g_logabs - i Im(conj(g_sign) sign)) A^-H (a real sign
     # is locally constant)
-    if part == "sign" and not a.dtype.is_complex:
-        return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), 0.0) + P.mul(a, 0.0),)
-    if part == "sign":
-        g = P.mul(_i_imag(P.mul(P.conj(g), out)), -1.0)
-    g = _like(g, a)
-    return (P.mul(P.reshape(g, shape=tuple(g.shape) + (1, 1)), _mH(P.linalg_inv(a))),)
+    layout = _slogdet_layout(a.shape, a.dtype)
+    sign, _ = _parts(out, layout, copy=False)
+    g_sign, g_logabs = _parts(g, layout, copy=False)
+    coef = _like(g_logabs, a)
+    if a.dtype.is_complex:
+        coef = P.sub(coef, _i_imag(P.mul(P.conj(g_sign), sign)))
+    return (P.mul(P.reshape(coef, shape=tuple(coef.shape) + (1, 1)), _mH(P.linalg_inv(a))),)
 
 
 define("linalg_slogdet", LINALG, _slogdet_infer, _slogdet_impl, _slogdet_grad, arity=1,
-       complex_grad=True, output=COPIED)      # a complex sign's rule reads it
+       complex_grad=True, output=SAVED,     # a complex sign's rule reads it
+       doc="sign and log|det| of square matrices, packed (slogdet_factors unpacks them)")
+
+
+def slogdet_factors(a):
+    """(sign, logabsdet) of `a`, from one slogdet."""
+    return _parts(P.linalg_slogdet(a), _slogdet_layout(a.shape, a.dtype), copy=True)
 
 
 def _cholesky_grad(g, out, a):
@@ -284,18 +352,22 @@ define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad,
        reads=(), output=COPIED, complex_grad=True)
 
 
-def _qr_infer(shapes, dtypes, part):
+def _qr_layout(shape, dtype):
+    batch, (m, n) = tuple(shape[:-2]), shape[-2:]
+    k = min(m, n)
+    return ((batch + (m, k), True, dtype), (batch + (k, n), True, dtype))      # Q, R
+
+
+def _qr_infer(shapes, dtypes):
     s = shapes[0]
     if len(s) < 2:
         raise ShapeError(f"linalg.qr: the input must have at least 2 dimensions, got {list(s)}")
-    m, n = s[-2], s[-1]
-    k = min(m, n)
-    return (s[:-2] + ((m, k) if part == "Q" else (k, n))), dtypes[0]
+    return (_packed_size(_qr_layout(s, dtypes[0])),), dtypes[0]
 
 
-def _qr_impl(xp, a, part):
+def _qr_impl(xp, a):
     q, r = xp.linalg.qr(a, mode="reduced")
-    return q if part == "Q" else r
+    return _pack(xp, a.dtype, (_swap(xp, q), _swap(xp, r)))
 
 
 def _cols(t, start, stop):
@@ -309,17 +381,18 @@ def _rows(t, start, stop):
     return _mT(_cols(_mT(t), start, stop))
 
 
-def _qr_grad(g, out, a, part):
+def _qr_grad(g, out, a):
     # reduced QR with m >= n: M = R gR^H - gQ^H Q; A_bar = (gQ + Q copyltu(M)) R^-H, copyltu
     # mirroring M's strict lower triangle onto the upper with the real part of its diagonal
     # (R's diagonal is real). Wide (m < n): A = [X Y], R = [R1 R2], X = Q R1 that square QR,
-    # R2 = Q^H Y: gY = Q gR2, and gQ gains Y gR2^H before X's rule (torch's linalg_qr_backward)
-    Q, R = P.linalg_qr(a, part="Q"), P.linalg_qr(a, part="R")
+    # R2 = Q^H Y = R's last n - m columns: gY = Q gR2, and gQ gains Y gR2^H before X's rule
+    # (torch's linalg_qr_backward)
+    layout = _qr_layout(a.shape, a.dtype)
+    Q, R = _parts(out, layout, copy=False)
+    gQ, gR = _parts(g, layout, copy=False)
     m, n = a.shape[-2], a.shape[-1]
-    gQ = g if part == "Q" else P.mul(Q, 0.0)
-    gR = g if part == "R" else P.mul(R, 0.0)
     if m < n:
-        gR2, Y = _cols(gR, m, n), _cols(a, m, n)
+        gR2, Y = _cols(gR, m, n), P.matmul(Q, _cols(R, m, n))
         gQ = P.add(gQ, P.matmul(Y, _mH(gR2)))
         R, gR = _cols(R, 0, m), _cols(gR, 0, m)
     M = P.sub(P.matmul(R, _mH(gR)), P.matmul(_mH(gQ), Q))
@@ -334,7 +407,13 @@ def _qr_grad(g, out, a, part):
     return (gA,)
 
 
-define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1, complex_grad=True)
+define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1, complex_grad=True,
+       reads=(), output=SAVED, doc="the reduced QR of matrices, packed (qr_factors unpacks it)")
+
+
+def qr_factors(a):
+    """(Q, R), the reduced QR of `a`, from one factorization."""
+    return _parts(P.linalg_qr(a), _qr_layout(a.shape, a.dtype), copy=True)
 
 
 def _matrix_exp_impl(xp, a):
@@ -369,64 +448,91 @@ def _matrix_exp_grad(g, out, a):
 define("linalg_matrix_exp", LINALG, _square_infer, _matrix_exp_impl, _matrix_exp_grad, arity=1)
 
 
-def _eigh_infer(shapes, dtypes, part, upper):
+def _eigh_layout(shape, dtype):
+    batch, n = tuple(shape[:-2]), shape[-1]
+    return ((batch + (n,), False, dtype.to_real()), (batch + (n, n), True, dtype))    # L, V
+
+
+def _eigh_infer(shapes, dtypes, upper):
     s, d = _square_infer(shapes, dtypes)
-    return (s[:-1], d.to_real()) if part == "L" else (s, d)     # real eigenvalues
+    return (_packed_size(_eigh_layout(s, d)),), d
 
 
-def _eigh_impl(xp, a, part, upper):
+def _eigh_impl(xp, a, upper):
     w, v = xp.linalg.eigh(a, UPLO="U" if upper else "L")
-    return w if part == "L" else v
+    return _pack(xp, a.dtype, (w, _swap(xp, v)))
 
 
-def _eigh_grad(g, out, a, part, upper):
+def _eigh_grad(g, out, a, upper):
     # gA = V (diag(gL) + skew(V^H gV) / E) V^H, E_ij = L_j - L_i, off the diagonal (where a
     # complex skew has the phases' part, which a well-posed loss does not change; as torch's
     # eigh backward)
-    L = _like(P.linalg_eigh(a, part="L", upper=upper), a)
-    V = P.linalg_eigh(a, part="V", upper=upper)
-    if part == "L":
-        inner = _diag_embed(_like(g, a))
-    else:
-        VtgV = P.matmul(_mH(V), g)
-        if a.dtype.is_complex:
-            _refuse_phase_dependence(P.imag(_diagonal(VtgV)), "linalg.eigh", "eigenvectors",
-                                     "|V| or V diag(f(L)) V^H")
-        skew = P.mul(P.sub(VtgV, _mH(VtgV)), 0.5)
-        n = L.shape[-1]
-        E = P.sub(P.reshape(L, shape=tuple(L.shape[:-1]) + (1, n)),
-                  P.reshape(L, shape=tuple(L.shape) + (1,)))
-        eye = _eye_like(a)
-        inner = P.div(P.mul(skew, P.sub(1.0, eye)), P.add(E, eye))
+    layout = _eigh_layout(a.shape, a.dtype)
+    L, V = _parts(out, layout, copy=False)
+    gL, gV = _parts(g, layout, copy=False)
+    L = _like(L, a)
+    VhgV = P.matmul(_mH(V), gV)
+    if a.dtype.is_complex:
+        _refuse_phase_dependence(P.imag(_diagonal(VhgV)), "linalg.eigh", "eigenvectors",
+                                 "|V| or V diag(f(L)) V^H")
+    skew = P.mul(P.sub(VhgV, _mH(VhgV)), 0.5)
+    n = L.shape[-1]
+    E = P.sub(P.reshape(L, shape=tuple(L.shape[:-1]) + (1, n)),
+              P.reshape(L, shape=tuple(L.shape) + (1,)))
+    eye = _eye_like(a)
+    inner = P.add(_over(P.mul(skew, P.sub(1.0, eye)), P.add(E, eye)), _diag_embed(_like(gL, a)))
     return (P.matmul(P.matmul(V, inner), _mH(V)),)
 
 
-define("linalg_eigh", LINALG, _eigh_infer, _eigh_impl, _eigh_grad, arity=1, complex_grad=True)
+define("linalg_eigh", LINALG, _eigh_infer, _eigh_impl, _eigh_grad, arity=1, complex_grad=True,
+       reads=(), output=SAVED,
+       doc="eigenvalues and eigenvectors of Hermitian matrices, packed (eigh_factors)")
 
 
-def _svd_infer(shapes, dtypes, part):
+def eigh_factors(a, upper=False):
+    """(eigenvalues, eigenvectors) of the Hermitian `a` (its upper or lower triangle), from
+    one eigh."""
+    return _parts(P.linalg_eigh(a, upper=upper), _eigh_layout(a.shape, a.dtype), copy=True)
+
+
+def _eigvalsh_infer(shapes, dtypes, upper):
+    s, d = _square_infer(shapes, dtypes)
+    return s[:-1], d.to_real()
+
+
+def _eigvalsh_grad(g, out, a, upper):
+    # eigh's rule for the values alone, V diag(gL) V^H, with V from a second eigh (kiln.linalg
+    # takes the values from linalg_eigh when a gradient is wanted, as torch does)
+    _, V = eigh_factors(a, upper=upper)
+    n = a.shape[-1]
+    return (P.matmul(P.mul(V, P.reshape(_like(g, a), shape=tuple(g.shape[:-1]) + (1, n))),
+                     _mH(V)),)
+
+
+define("linalg_eigvalsh", LINALG, _eigvalsh_infer,
+       lambda xp, a, upper: xp.linalg.eigvalsh(a, UPLO="U" if upper else "L"), _eigvalsh_grad,
+       arity=1, complex_grad=True,
+       doc="eigenvalues of Hermitian matrices alone (LAPACK's cheaper values-only driver)")
+
+
+def _svd_layout(shape, dtype, full_matrices):
+    batch, (m, n) = tuple(shape[:-2]), shape[-2:]
+    k = min(m, n)
+    ku, kv = (m, n) if full_matrices else (k, k)
+    return ((batch + (m, ku), True, dtype), (batch + (k,), False, dtype.to_real()),
+            (batch + (kv, n), True, dtype))                                    # U, S, Vh
+
+
+def _svd_infer(shapes, dtypes, full_matrices):
     s = shapes[0]
     if len(s) < 2:
         raise ShapeError(f"linalg.svd: the input must have at least 2 dimensions, got {list(s)}")
-    m, n = s[-2], s[-1]
-    k = min(m, n)
-    # U_rest / Vh_rest: the columns / rows full_matrices=True adds beyond the first k; UV: U
-    # above V = Vh^H, one result whose rule sees both gradients (a complex SVD's needs them)
-    shape = {"U": s[:-2] + (m, k), "S": s[:-2] + (k,), "Vh": s[:-2] + (k, n),
-             "UV": s[:-2] + (m + n, k),
-             "U_rest": s[:-2] + (m, m - k), "Vh_rest": s[:-2] + (n - k, n)}[part]
-    return shape, (dtypes[0].to_real() if part == "S" else dtypes[0])   # real singular values
+    return (_packed_size(_svd_layout(s, dtypes[0], full_matrices)),), dtypes[0]
 
 
-def _svd_impl(xp, a, part):
-    if part in ("U_rest", "Vh_rest"):
-        u, s, vh = xp.linalg.svd(a, full_matrices=True)
-        k = s.shape[-1]
-        return u[..., :, k:] if part == "U_rest" else vh[..., k:, :]
-    u, s, vh = xp.linalg.svd(a, full_matrices=False)
-    if part == "UV":
-        return xp.concatenate([u, xp.conj(xp.swapaxes(vh, -1, -2))], axis=-2)
-    return {"U": u, "S": s, "Vh": vh}[part]
+def _svd_impl(xp, a, full_matrices):
+    u, s, vh = xp.linalg.svd(a, full_matrices=full_matrices)
+    return _pack(xp, a.dtype, (_swap(xp, u), s, _swap(xp, vh)))
 
 
 def _refuse_phase_dependence(phases, op, what, instead):
@@ -442,64 +548,79 @@ def _refuse_phase_dependence(phases, op, what, instead):
                            f"{instead})")
 
 
-def _svd_uv_grad(g, a):
-    # the U and Vh rules on the two halves of g; their phase terms must cancel (a pair of
-    # singular vectors shares its phase)
-    m = a.shape[-2]
-    gU, gV = _rows(g, 0, m), _rows(g, m, g.shape[-2])
-    U, V = P.linalg_svd(a, part="U"), _mH(P.linalg_svd(a, part="Vh"))
-    _refuse_phase_dependence(P.add(P.imag(_diagonal(P.matmul(_mH(U), gU))),
-                                   P.imag(_diagonal(P.matmul(_mH(V), gV)))),
-                             "linalg.svd", "singular vectors", "|U|, U diag(S) Vh or U Vh")
-    return (P.add(_svd_grad(gU, None, a, "U")[0], _svd_grad(_mH(gV), None, a, "Vh")[0]),)
-
-
-def _svd_grad(g, out, a, part):
-    # torch's svd_backward, with only this part's gradient nonzero. Complex: skew(U^H gU) off
-    # the diagonal, where i Im(U^H gU) / S stands for the phases of the vectors (a well-posed
-    # loss changes with U's phases as against V's: their parts sum to zero)
-    if part in ("U_rest", "Vh_rest"):
-        # like torch, the gradient flows through the first k singular vectors only
-        return (P.mul(a, 0.0),)
-    if part == "UV":
-        return _svd_uv_grad(g, a)
-    U, S, Vh = (P.linalg_svd(a, part=p) for p in ("U", "S", "Vh"))
-    S = _like(S, a)
+def _svd_grad(g, out, a, full_matrices):
+    # torch's svd_backward with every gradient (zeros for unused results):
+    # gA = U [(skew(U^H gU) S + S skew(Vh gVh^H)) / E + diag(gS)] Vh, E_ij = S_j^2 - S_i^2
+    # off the diagonal, plus the parts of gU and gVh outside the spans of U and V, and for a
+    # complex matrix diag(i Im(U^H gU)) / S, the vectors' phases (a well-posed loss changes
+    # with U's phases as against V's: their parts sum to zero). full_matrices: the gradient
+    # flows through the first k singular vectors only, as in torch
+    layout = _svd_layout(a.shape, a.dtype, full_matrices)
+    U, S, Vh = _parts(out, layout, copy=False)
+    gU, gS, gVh = _parts(g, layout, copy=False)
     m, n, k = a.shape[-2], a.shape[-1], S.shape[-1]
+    if full_matrices:
+        U, gU, Vh, gVh = _cols(U, 0, k), _cols(gU, 0, k), _rows(Vh, 0, k), _rows(gVh, 0, k)
+    S = _like(S, a)
     row = tuple(S.shape[:-1]) + (1, k)          # S as a row: scales columns
     col = tuple(S.shape) + (1,)                 # S as a column: scales rows
-    if part == "S":
-        return (P.matmul(P.mul(U, P.reshape(_like(g, a), shape=row)), Vh),)
+    UhgU = P.matmul(_mH(U), gU)
+    VhgV = P.matmul(Vh, _mH(gVh))
+    if a.dtype.is_complex:
+        _refuse_phase_dependence(P.add(P.imag(_diagonal(UhgU)), P.imag(_diagonal(VhgV))),
+                                 "linalg.svd", "singular vectors", "|U|, U diag(S) Vh or U Vh")
+    skew_u, skew_v = P.sub(UhgU, _mH(UhgU)), P.sub(VhgV, _mH(VhgV))
     S2 = P.mul(S, S)
     eye = _eye_like(_diag_embed(S))
     E = P.add(P.sub(P.reshape(S2, shape=row), P.reshape(S2, shape=col)), eye)
-    if part == "U":
-        UhgU = P.matmul(_mH(U), g)
-        skew = P.sub(UhgU, _mH(UhgU))
-        gA = P.div(P.mul(skew, P.reshape(S, shape=row)), E)
-        if a.dtype.is_complex:
-            gA = P.add(P.mul(gA, P.sub(1.0, eye)),
-                       _diag_embed(P.div(_i_imag(_diagonal(UhgU)), S)))
-        gA = P.matmul(U, gA)
-        if m > k:
-            gUSinv = P.div(g, P.reshape(S, shape=row))
-            gA = P.add(gA, P.sub(gUSinv, P.matmul(U, P.matmul(_mH(U), gUSinv))))
+    inner = _over(P.add(P.mul(skew_u, P.reshape(S, shape=row)),
+                        P.mul(P.reshape(S, shape=col), skew_v)), E)
+    inner = P.add(inner, _diag_embed(_like(gS, a)))
+    if a.dtype.is_complex:
+        inner = P.add(inner, _diag_embed(_over(_i_imag(_diagonal(UhgU)), S)))
+    if m > k:
+        gUSinv = _over(gU, P.reshape(S, shape=row))
+        gA = P.matmul(U, inner)
+        gA = P.add(gA, P.sub(gUSinv, P.matmul(U, P.matmul(_mH(U), gUSinv))))
         return (P.matmul(gA, Vh),)
-    V = _mH(Vh)
-    gV = _mH(g)
-    VhgV = P.matmul(Vh, gV)
-    skew = P.sub(VhgV, _mH(VhgV))
-    gA = P.div(P.mul(P.reshape(S, shape=col), skew), E)
-    if a.dtype.is_complex:                  # a real skew's diagonal is 0 already
-        gA = P.mul(gA, P.sub(1.0, eye))
-    gA = P.matmul(gA, Vh)
     if n > k:
-        gVSinv = P.div(gV, P.reshape(S, shape=row))
-        gA = P.add(gA, _mH(P.sub(gVSinv, P.matmul(V, P.matmul(Vh, gVSinv)))))
-    return (P.matmul(U, gA),)
+        SinvgVh = _over(gVh, P.reshape(S, shape=col))
+        gA = P.matmul(inner, Vh)
+        gA = P.add(gA, P.sub(SinvgVh, P.matmul(P.matmul(SinvgVh, _mH(Vh)), Vh)))
+        return (P.matmul(U, gA),)
+    return (P.matmul(U, P.matmul(inner, Vh)),)
 
 
-define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1, complex_grad=True)
+define("linalg_svd", LINALG, _svd_infer, _svd_impl, _svd_grad, arity=1, complex_grad=True,
+       reads=(), output=SAVED,
+       doc="the singular value decomposition of matrices, packed (svd_factors unpacks it)")
+
+
+def svd_factors(a, full_matrices=False):
+    """(U, S, Vh) of `a`, from one SVD; U and Vh column-major, as PyTorch's."""
+    return _parts(P.linalg_svd(a, full_matrices=full_matrices),
+                  _svd_layout(a.shape, a.dtype, full_matrices), copy=True)
+
+
+def _svdvals_infer(shapes, dtypes):
+    s = shapes[0]
+    if len(s) < 2:
+        raise ShapeError(f"linalg.svdvals: the input must have at least 2 dimensions, got "
+                         f"{list(s)}")
+    return s[:-2] + (min(s[-2], s[-1]),), dtypes[0].to_real()
+
+
+def _svdvals_grad(g, out, a):
+    # the SVD's rule for the values alone, U diag(gS) Vh, with U and Vh from a second SVD
+    # (kiln.linalg takes the values from linalg_svd when a gradient is wanted, as torch does)
+    U, _, Vh = svd_factors(a)
+    row = tuple(g.shape[:-1]) + (1, g.shape[-1])
+    return (P.matmul(P.mul(U, P.reshape(_like(g, a), shape=row)), Vh),)
+
+
+define("linalg_svdvals", LINALG, _svdvals_infer,
+       lambda xp, a: xp.linalg.svd(a, compute_uv=False), _svdvals_grad, arity=1,
+       complex_grad=True, doc="singular values alone (LAPACK's cheaper values-only driver)")
 
 
 # Bessel functions of the first kind (torch.special.bessel_j0 / bessel_j1)
@@ -554,7 +675,15 @@ define("gammainc_dalpha", SPECIAL, _elementwise, _gammainc_dalpha_impl, None, ar
 
 # ----------------------------------------------------------------------------- LU
 
-def _lu_infer(shapes, dtypes, part):
+def _lu_layout(shape, dtype):
+    batch, (m, n) = tuple(shape[:-2]), shape[-2:]
+    # LU (packed L below the diagonal, U on and above it), LAPACK's 1-based pivots, the row
+    # permutation P with A = P L U
+    return ((batch + (m, n), True, dtype), (batch + (min(m, n),), False, dt.int32),
+            (batch + (m, m), False, dtype))
+
+
+def _lu_infer(shapes, dtypes):
     s = shapes[0]
     if len(s) < 2:
         raise ShapeError(f"linalg.lu_factor: the input must have at least 2 dimensions, got "
@@ -562,12 +691,7 @@ def _lu_infer(shapes, dtypes, part):
     if not (dtypes[0].is_floating_point or dtypes[0].is_complex):
         raise ShapeError(f"linalg.lu_factor: expected a floating point or complex tensor, got "
                          f"{dtypes[0].name}", TypeError)
-    m, n = s[-2], s[-1]
-    if part == "LU":
-        return s, dtypes[0]
-    if part == "pivots":
-        return s[:-2] + (min(m, n),), dt.int32
-    return s[:-2] + (m, m), dtypes[0]                  # "P": the row permutation matrix
+    return (_packed_size(_lu_layout(s, dtypes[0])),), dtypes[0]
 
 
 def _pivots_to_permutation(piv, m):
@@ -580,42 +704,37 @@ def _pivots_to_permutation(piv, m):
     return perm
 
 
-def _lu_impl(xp, a, part):
+def _lu_impl(xp, a):
     import scipy.linalg
     host = a if xp is np else xp.asnumpy(a)
-    m, n = host.shape[-2:]
-    flat = host.reshape((-1, m, n))
-    out = []
-    for mat in flat:
-        getrf, = scipy.linalg.get_lapack_funcs(("getrf",), (mat,))
-        lu, piv, _ = getrf(mat)
-        if part == "LU":
-            out.append(lu)
-        elif part == "pivots":
-            out.append(piv.astype(np.int32) + 1)          # LAPACK's 1-based pivots, as torch
-        else:
-            out.append(_pivots_to_permutation(piv, m))
-    shape = {"LU": host.shape, "pivots": host.shape[:-2] + (min(m, n),),
-             "P": host.shape[:-2] + (m, m)}[part]
-    result = np.stack(out).reshape(shape) if out else np.zeros(shape)
-    result = result if part == "pivots" else result.astype(host.dtype)
-    return result if xp is np else xp.asarray(result)
+    batch, (m, n) = host.shape[:-2], host.shape[-2:]
+    lus = np.empty(batch + (n, m), host.dtype)          # transposed: LAPACK's column-major
+    pivots = np.empty(batch + (min(m, n),), host.dtype)
+    perms = np.empty(batch + (m, m), host.dtype)
+    for i in np.ndindex(*batch):
+        getrf, = scipy.linalg.get_lapack_funcs(("getrf",), (host[i],))
+        lu, piv, _ = getrf(host[i])
+        lus[i], pivots[i], perms[i] = lu.T, piv + 1, _pivots_to_permutation(piv, m)
+    out = _pack(np, host.dtype, (lus, pivots, perms))
+    return out if xp is np else xp.asarray(out)
 
 
-def _lu_grad(g, out, a, part):
+def _lu_grad(g, out, a):
     # A = P L U (torch's linalg_lu_backward). Square: gA = P L^-T phi U^-T with
     # phi = tril(L^T gL, -1) + triu(gU U^T), gL / gU the strict-lower / upper parts of the
     # packed gradient. Wide (m < n), U = [U1 U2]: U2 = L^-1 P^T A2 adds P L^-T gU2 for A2 and
     # -gU2 U2^T to L^T gL. Tall (m > n), L = [L1; L2]: L2 = (P^T A)_2 U^-1 adds gL2 U^-T for
     # those rows and -L2^T gL2 to gU U^T.
-    if part != "LU":
-        return (P.mul(a, 0.0),)
+    layout = _lu_layout(a.shape, a.dtype)
+    LU, _, perm = _parts(out, layout, copy=False)
+    gLU = _parts(g, layout, copy=False)[0]
     m, n = a.shape[-2], a.shape[-1]
     k = min(m, n)
-    low = _tril(_cols(out, 0, k), -1)
-    L, U = P.add(low, _cols(_eye_like(_mT(low)), 0, k)), P.sub(_rows(out, 0, k), _tril(_rows(out, 0, k), -1))
-    gL = _tril(_cols(g, 0, k), -1)
-    gU = P.sub(_rows(g, 0, k), _tril(_rows(g, 0, k), -1))
+    low = _tril(_cols(LU, 0, k), -1)
+    L = P.add(low, _cols(_eye_like(_mT(low)), 0, k))
+    U = P.sub(_rows(LU, 0, k), _tril(_rows(LU, 0, k), -1))
+    gL = _tril(_cols(gLU, 0, k), -1)
+    gU = P.sub(_rows(gLU, 0, k), _tril(_rows(gLU, 0, k), -1))
     L1, U1 = _rows(L, 0, k), _cols(U, 0, k)
     lower = P.matmul(_mT(L1), _rows(gL, 0, k))
     upper = P.matmul(_cols(gU, 0, k), _mT(U1))
@@ -632,11 +751,17 @@ def _lu_grad(g, out, a, part):
         grad = P.cat(grad, P.matmul(L1inv_t, gU2), axis=a.ndim - 1)
     if m > n:
         grad = P.cat(grad, P.matmul(gL2, U1inv_t), axis=a.ndim - 2)
-    return (P.matmul(P.linalg_lu(a, part="P"), grad),)
+    return (P.matmul(perm, grad),)
 
 
-define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1, output=COPIED,
-       doc="LU factorization with partial pivoting (LAPACK getrf): packed LU, pivots or P")
+define("linalg_lu", LINALG, _lu_infer, _lu_impl, _lu_grad, arity=1, reads=(), output=SAVED,
+       doc="LU factorization with partial pivoting (LAPACK getrf): LU, pivots and P, packed "
+           "(lu_factors unpacks them)")
+
+
+def lu_factors(a):
+    """(LU, pivots, P) of `a`, from one LU factorization."""
+    return _parts(P.linalg_lu(a), _lu_layout(a.shape, a.dtype), copy=True)
 
 
 # ----------------------------------------------------------------------------- collectives

@@ -6,6 +6,7 @@ a rule that is right only for real numbers, or misses PyTorch's conjugation, fai
 from __future__ import annotations
 
 from kiln.ir.ops import P
+from kiln.ir.ops_complex import eig_factors
 from tests.ir.gradcheck_helpers import arg, pos
 
 
@@ -38,7 +39,14 @@ CASES_COMPLEX = {
                  [arg(3, 4, 2)])],
     # eigenvectors are defined up to a phase: the checks read phase-free values of them
     "linalg_eig": [("eigenvalues of a real matrix", lambda a: P.view_as_real(
-        P.linalg_eig(a, part="L")), [arg(4, 4)]),
+        eig_factors(a)[0]), [arg(4, 4)]),
         ("eigenvector magnitudes of a complex matrix", lambda x: P.abs(
-            P.linalg_eig(_z(x), part="V")), [arg(3, 3, 2)])],
+            eig_factors(_z(x))[1]), [arg(3, 3, 2)]),
+        ("eigenvalues and eigenvector magnitudes", lambda a: P.cat(
+            P.reshape(P.abs(eig_factors(a)[1]), shape=(16,)),
+            P.view_as_real(eig_factors(a)[0])[:, 0], axis=0), [arg(4, 4, seed=1)])],
+    "linalg_eigvals": [("of a real matrix", lambda a: P.view_as_real(P.linalg_eigvals(a)),
+                        [arg(2, 4, 4)]),
+                       ("of a complex matrix", lambda x: P.view_as_real(P.linalg_eigvals(_z(x))),
+                        [arg(3, 3, 2)])],
 }

@@ -7,6 +7,7 @@ import numpy as np
 
 import kiln
 from kiln.ir.ops import P
+from kiln.ir.ops_extra import svd_factors
 from tests.ir.gradcheck_helpers import arg, pos
 
 
@@ -32,6 +33,13 @@ def _wide_gaps(n, seed):
 
 
 _EIG_BASE, _EIG_LEAF = _wide_gaps(4, 3)
+
+
+def _first_k(factors):
+    """U's first k columns, S and Vh's first k rows, flattened into one tensor."""
+    U, S, Vh = factors
+    k = S.shape[-1]
+    return kiln.cat([U[..., :, :k].reshape(-1), S.reshape(-1), Vh[..., :k, :].reshape(-1)])
 
 
 def _eig_input(d):
@@ -65,35 +73,41 @@ CASES_EXTRA = {
     "bessel_j0": [("", lambda x: P.bessel_j0(x), [arg(5, high=6.0)])],
     "bessel_j1": [("", lambda x: P.bessel_j1(x), [arg(5, high=6.0)])],
     "gamma_sample": [("fixed seed", lambda a: P.gamma_sample(a, kiln.tensor(7)), [pos(4)])],
-    "linalg_lu": [("LU", lambda b: P.linalg_lu(_sym(b), part="LU"), [arg(3, 3)]),
+    # the factorizations' primitives return every result packed into one flat tensor: a check
+    # of the packed output checks the rule against every result's gradient at once
+    "linalg_lu": [("LU", lambda b: P.linalg_lu(_sym(b)), [arg(3, 3)]),
                   ("batched", lambda a: P.linalg_lu(P.add(a, P.mul(kiln.eye(3, dtype=kiln.float64),
-                                                                   4.0)), part="LU"),
+                                                                   4.0))),
                    [arg(2, 3, 3)]),
-                  ("wide", lambda a: P.linalg_lu(a, part="LU"), [arg(2, 3, 5)]),
-                  ("tall", lambda a: P.linalg_lu(a, part="LU"), [arg(5, 3)])],
+                  ("wide", lambda a: P.linalg_lu(a), [arg(2, 3, 5)]),
+                  ("tall", lambda a: P.linalg_lu(a), [arg(5, 3)])],
     "copysign": [("", lambda x, y: P.copysign(x, y), [arg(4), arg(4, seed=1)])],
     # one float step from x toward y: slope 1 in x, 0 in y (PyTorch's rule)
     "nextafter": [("", lambda x, y: P.nextafter(x, y), [arg(4), arg(4, seed=1)])],
     "linalg_inv": [("batched", lambda b: P.linalg_inv(_sym(b)), [arg(2, 3, 3)])],
-    "linalg_slogdet": [("logabsdet", lambda b: P.linalg_slogdet(_sym(b), part="logabsdet"),
-                        [arg(2, 3, 3)]),
-                       ("sign", lambda b: P.linalg_slogdet(_sym(b), part="sign"), [arg(3, 3)])],
+    "linalg_slogdet": [("batched", lambda b: P.linalg_slogdet(_sym(b)), [arg(2, 3, 3)]),
+                       ("negative determinant", lambda a: P.linalg_slogdet(a), [arg(3, 3)])],
     "linalg_cholesky": [("", lambda b: P.linalg_cholesky(_sym(b)), [arg(3, 3)])],
     "linalg_matrix_exp": [("batched", lambda a: P.linalg_matrix_exp(a), [arg(2, 3, 3)]),
                           ("squarings", lambda a: P.linalg_matrix_exp(P.mul(a, 3.0)),
                            [arg(3, 3)])],
-    "linalg_qr": [("Q", lambda a: P.linalg_qr(a, part="Q"), [arg(4, 3)]),
-                  ("R", lambda a: P.linalg_qr(a, part="R"), [arg(3, 3)]),
-                  ("Q wide", lambda a: P.linalg_qr(a, part="Q"), [arg(2, 3, 5)]),
-                  ("R wide", lambda a: P.linalg_qr(a, part="R"), [arg(3, 5)])],
-    "linalg_eigh": [("L", lambda d: P.linalg_eigh(_eig_input(d), part="L", upper=False),
-                     [_EIG_LEAF]),
-                    ("V", lambda d: P.linalg_eigh(_eig_input(d), part="V", upper=False),
-                     [_EIG_LEAF])],
-    "linalg_svd": [("S", lambda a: P.linalg_svd(a, part="S"), [arg(4, 3)]),
-                   ("U tall", lambda a: P.linalg_svd(a, part="U"), [arg(4, 3)]),
-                   ("Vh wide", lambda a: P.linalg_svd(a, part="Vh"), [arg(3, 4)]),
-                   ("U_rest is constant", lambda a: P.linalg_svd(a, part="S") + P.sum(
-                       P.linalg_svd(a, part="U_rest"), axes=(0, 1), keepdim=False) * 0,
+    "linalg_qr": [("tall", lambda a: P.linalg_qr(a), [arg(4, 3)]),
+                  ("square", lambda a: P.linalg_qr(a), [arg(3, 3)]),
+                  ("wide, batched", lambda a: P.linalg_qr(a), [arg(2, 3, 5)])],
+    "linalg_eigh": [("lower", lambda d: P.linalg_eigh(_eig_input(d), upper=False), [_EIG_LEAF]),
+                    ("upper", lambda d: P.linalg_eigh(_eig_input(d), upper=True), [_EIG_LEAF])],
+    "linalg_svd": [("tall", lambda a: P.linalg_svd(a, full_matrices=False), [arg(4, 3)]),
+                   ("wide, batched", lambda a: P.linalg_svd(a, full_matrices=False),
+                    [arg(2, 3, 4)]),
+                   ("square", lambda a: P.linalg_svd(a, full_matrices=False), [arg(3, 3)]),
+                   # full matrices: the gradient flows through the first k vectors only (as
+                   # torch's), so the check reads those
+                   ("full matrices", lambda a: _first_k(svd_factors(a, full_matrices=True)),
                     [arg(4, 3)])],
+    "linalg_svdvals": [("tall", lambda a: P.linalg_svdvals(a), [arg(4, 3)]),
+                       ("wide, batched", lambda a: P.linalg_svdvals(a), [arg(2, 3, 4)])],
+    "linalg_eigvalsh": [("lower", lambda d: P.linalg_eigvalsh(_eig_input(d), upper=False),
+                         [_EIG_LEAF]),
+                        ("upper", lambda d: P.linalg_eigvalsh(_eig_input(d), upper=True),
+                         [_EIG_LEAF])],
 }
