@@ -58,7 +58,8 @@ def internal_overlap(array) -> bool:
     than one with stride 0, as in an expand()ed tensor (PyTorch's `has_internal_overlap` ==
     YES; other self-overlapping strides it cannot tell, and neither does this)."""
     strides = getattr(array, "strides", ())     # (a meta tensor's array has none)
-    return 0 in strides and any(s == 0 and n > 1 for s, n in zip(strides, array.shape))
+    return 0 in strides and array.size > 0 and any(s == 0 and n > 1
+                                                   for s, n in zip(strides, array.shape))
 
 
 def _dense(array) -> bool:
