@@ -5,6 +5,9 @@ b.untyped_storage().data_ptr()`) or how big it is (`nbytes()`, `storage().size()
 A kiln tensor owns a NumPy (or CuPy) array, and a view's array is a view of another; the
 memory is the array at the end of that `.base` chain. These objects describe it; they do not
 own it, and resizing it (`resize_`, which PyTorch code uses to free parameters) is refused.
+In-place writes ask here what memory arrays share: PyTorch's overlap checks
+(`internal_overlap`, `partial_overlap`) and a writeable array over a broadcast view's memory
+(`writable_alias`).
 """
 
 from __future__ import annotations

@@ -307,3 +307,36 @@ def test_an_empty_tensor_with_zero_strides_is_written():
     x[:, 0, None, :] = kiln.zeros(0, 1, 2)
     x.add_(1)
     assert tuple(x.shape) == (0, 1, 2)
+
+
+def test_writes_into_expanded_views_compiled_equal_eager_and_pytorch():
+    def f(lib, a):
+        b = a.expand(4, 3)
+        b[0].add_(1)
+        b[:, 1].fill_(5)
+        b[2] = a * 2
+        return a * 1, b.sum()
+
+    def g(lib, a, w):
+        b = a.expand(4, 3)
+        b[0].mul_(w)
+        return (b * lib.arange(12.).reshape(4, 3)).sum()
+
+    def run(lib, fn_f, fn_g):
+        seen = []
+        for i in range(3):
+            a = lib.arange(3.) + i
+            out, total = fn_f(lib, a)
+            p = lib.arange(3., requires_grad=True)
+            w = lib.tensor([1., 2., 3.], requires_grad=True)
+            loss = fn_g(lib, p * 1, w)
+            loss.backward()
+            seen.append((a.tolist(), out.tolist(), total.item(), loss.item(), p.grad.tolist(),
+                         w.grad.tolist()))
+        return seen
+
+    want = run(torch, f, g)
+    assert run(kiln, f, g) == want
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # g writes autograd history in place: eager calls
+        assert run(kiln, kiln.compile(f), kiln.compile(g)) == want
