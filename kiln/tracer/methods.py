@@ -81,15 +81,24 @@ def check_partial_overlap(self: Tensor, args, op: str) -> None:
     """Refuse, as PyTorch, an in-place op whose tensor input shares part of the written
     tensor's memory in another layout (`x[1:].add_(x[:-1])`, `x.add_(x.t())`): the result
     would depend on the order the elements are written in."""
-    data = self._data
-    owns = getattr(data, "base", None) is None
     for a in args:
-        if isinstance(a, Tensor):
-            other = a._data
-            if other is data or owns and getattr(other, "base", None) is None:
-                continue            # the same array, or two arrays owning their memory
-            if partial_overlap(data, other):
-                raise op_error(op, _PARTIAL_OVERLAP)
+        if isinstance(a, Tensor) and a._data is not self._data:
+            _check_overlap(self._data, a._data, op)
+
+
+def _check_overlap(data, other, op: str) -> None:
+    # first, in a few attribute reads, what rules out most inputs: the arrays owning the two
+    # memories, each at most one view away (a parameter, a slice, a reshape), differ
+    mine, theirs = getattr(data, "base", None), getattr(other, "base", None)
+    mine = data if mine is None else mine if getattr(mine, "base", None) is None else None
+    if mine is not None:
+        if theirs is None:
+            if other is not mine:
+                return
+        elif theirs is not mine and getattr(theirs, "base", None) is None:
+            return
+    if partial_overlap(data, other):
+        raise op_error(op, _PARTIAL_OVERLAP)
 
 
 def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tensor:
@@ -98,8 +107,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
     if (not result.requires_grad and result.dtype is self.dtype
             and result._data.shape == data.shape and not (self.requires_grad and
                                                           STATE.grad_enabled)
-            and self.grad_fn is None and self._base is None and is_writeable(data)
-            and 0 not in data.strides):
+            and self.grad_fn is None and self._base is None and is_writeable(data)):
         # the common case, an optimizer's update or a running statistic: no autograd history
         # to link or protect, not a view, nothing to cast or broadcast; the checks below cost
         # more than the write on parameter-sized tensors
@@ -162,7 +170,10 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         node.versions = tuple(0 if id(a) in snaps else v
                               for a, v in zip(node.inputs, node.versions))
         node.inputs = tuple(snaps.get(id(a), a) for a in node.inputs)
-    _memory_for_write(self, op)[...] = result._data
+    data = self._data
+    if 0 in data.strides or not is_writeable(data):
+        data = _memory_for_write(self, op)      # an expand()ed tensor's view, or overlap
+    data[...] = result._data
     self._version[0] += 1
     if view is not None:
         # the tensor owning this memory changed too: its history is rebuilt around the write
@@ -222,8 +233,7 @@ def _writes_plainly(self: Tensor) -> bool:
     fast path, for a floating tensor (whose ops with Python numbers keep its dtype)."""
     return not (TRACING[0] or self.grad_fn is not None or self._base is not None
                 or self.dtype not in _INTO_SELF_DTYPES
-                or self.requires_grad and STATE.grad_enabled or not is_writeable(self._data)
-                or 0 in self._data.strides)
+                or self.requires_grad and STATE.grad_enabled or not is_writeable(self._data))
 
 
 # PyTorch's deprecated scalar-first overloads (`p.data.add_(-lr, grad)`): the number of
@@ -322,7 +332,8 @@ def setitem(self: Tensor, key, value) -> None:
         _check_setitem_overlap(self, key, value)
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
-    if 0 in self._data.strides and internal_overlap(self._data) and self.device.type != "meta":
+    if self._base is not None and 0 in self._data.strides and internal_overlap(self._data) \
+            and self.device.type != "meta":
         # an expand()ed tensor: PyTorch writes a region whose elements do not share memory
         # (`b[0] = v`), and through index tensors with a warning
         if _tensor_key(key):
