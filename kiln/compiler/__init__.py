@@ -2220,7 +2220,10 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
             if source is t:
                 recipe = ("same",)
             elif _same_layout(source, t):
-                recipe = ("views", ())
+                # `x.data` has a version counter of its own (its value when returned), where
+                # `x.detach()` shares x's
+                recipe = ("views", ()) if t._version is source._version else \
+                    ("data", t._version[0])
             else:
                 # (of a tensor requiring grad, as `p.data[1:]`: by place, outside autograd)
                 recipe = None if source.requires_grad else ("views", tuple(reversed(chain)))
@@ -2267,6 +2270,10 @@ def _view_again(source: Tensor, recipe: tuple) -> Tensor | None:
     memory it had (only while `source` has the strides it had then; else None)."""
     if recipe[0] == "same":
         return source
+    if recipe[0] == "data":
+        out = Tensor._make(source._data, source.dtype, source.device)
+        out._version = [recipe[1]]
+        return out
     if recipe[0] == "views":
         if not recipe[1]:
             out = Tensor._make(source._data, source.dtype, source.device)

@@ -21,6 +21,7 @@ from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
 from kiln.tracer.errors import op_error
 from kiln.tracer.handles import DroppingHandle
+from kiln.tracer.storage import internal_overlap
 from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor, dispatches
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
@@ -970,6 +971,9 @@ def rebase_view(view: Tensor, result: Tensor | None, values: list | None = None)
         node.prim = _COPY_SLICES
         node.inputs, node.versions = (None, None), (None, None)   # the rule reads no values
         node.attrs = {"outside": _outside_region(root, steps), "steps": steps}
+        if internal_overlap(view._data):
+            # written through an expand()ed view (a fill): PyTorch's backward refuses it
+            node.attrs["overlapping"] = True
         node.out_data, node.out_dtype, node.out_device = root._data, root.dtype, root.device
         node.out_version = node.out_at = None
         node.edges = (edges_of((root,))[0], history)
@@ -1016,7 +1020,11 @@ def _traced_outside_region(root: Tensor, steps: tuple) -> Tensor:
         STATE.grad_enabled = prev
 
 
-def _copy_slices_grad(g, out, base, value, outside, steps):
+def _copy_slices_grad(g, out, base, value, outside, steps, overlapping=False):
+    if overlapping:
+        raise op_error("CopySlices", "unsupported operation: more than one element of the "
+                       "written-to tensor refers to a single memory location. Please clone() "
+                       "the tensor before performing the operation.")
     g_view = g
     for prim, attrs in steps:
         g_view = P.dispatch(prim, (g_view,), attrs)

@@ -19,7 +19,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, Primitive
 from kiln.runtime import pending_checks
-from kiln.runtime.device import Device, is_writeable, to_device
+from kiln.runtime.device import Device, is_host_array, is_writeable, to_device
 from kiln.tracer import autograd, creation, layout
 from kiln.tracer import dispatch_subclass as _wrappers
 from kiln.tracer import functional as F
@@ -27,12 +27,79 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.functional import shapes
 from kiln.tracer.functional.elementwise import scalar_first_overload
+from kiln.tracer.storage import internal_overlap, memory_root, partial_overlap, writable_alias
 from kiln.tracer.tensor import STATE, TRACING, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 
 # ----------------------------------------------------------------------------- in-place
+
+_INTERNAL_OVERLAP = ("unsupported operation: more than one element of the written-to tensor "
+                     "refers to a single memory location. Please clone() the tensor before "
+                     "performing the operation.")
+_PARTIAL_OVERLAP = ("unsupported operation: some elements of the input tensor and the "
+                    "written-to tensor refer to a single memory location. Please clone() the "
+                    "tensor before performing the operation.")
+
+# In-place ops PyTorch runs on a tensor whose elements share memory (an expand()ed one): a fill
+# writes one value to each place; masked_fill_ and index_fill_ warn that this is deprecated
+# (setitem checks the region it writes, not the whole tensor)
+_OVERLAP_ALLOWED = {"fill_": None, "zero_": None, "tril_": None, "triu_": None, "setitem": None,
+                    "masked_fill_": "masked_fill_", "index_fill_": "index_fill_"}
+
+
+def _deprecated_overlap(name: str, example: str = "tensor[mask] = scalar",
+                        stacklevel: int = 5) -> None:
+    warnings.warn(f"Use of {name} on expanded tensors is deprecated. Please clone() the tensor "
+                  f"before performing this operation. This also applies to advanced indexing "
+                  f"e.g. {example}", UserWarning, stacklevel=stacklevel)
+
+
+def _memory_for_write(self: Tensor, op: str):
+    """The array an in-place write of `op` into `self` stores through: self's own, or, where
+    NumPy made it read-only only because it views an expand()ed tensor, a writeable one over
+    the same memory. Raises PyTorch's error where its elements overlap (expand()ed: several
+    share one place) and `op` is not one PyTorch allows there, or the memory is read-only."""
+    data = self._data
+    if self.device.type == "meta":
+        return data
+    if internal_overlap(data):
+        if op not in _OVERLAP_ALLOWED:
+            raise op_error(op, _INTERNAL_OVERLAP)
+        if _OVERLAP_ALLOWED[op]:
+            _deprecated_overlap(_OVERLAP_ALLOWED[op])
+    if is_writeable(data) or not is_host_array(data):
+        return data
+    alias = writable_alias(data)
+    if alias is None:
+        raise op_error(op, _READ_ONLY)
+    return alias
+
+
+def check_partial_overlap(self: Tensor, args, op: str) -> None:
+    """Refuse, as PyTorch, an in-place op whose tensor input shares part of the written
+    tensor's memory in another layout (`x[1:].add_(x[:-1])`, `x.add_(x.t())`): the result
+    would depend on the order the elements are written in."""
+    for a in args:
+        if isinstance(a, Tensor) and a._data is not self._data:
+            _check_overlap(self._data, a._data, op)
+
+
+def _check_overlap(data, other, op: str) -> None:
+    # first, in a few attribute reads, what rules out most inputs: the arrays owning the two
+    # memories, each at most one view away (a parameter, a slice, a reshape), differ
+    mine, theirs = getattr(data, "base", None), getattr(other, "base", None)
+    mine = data if mine is None else mine if getattr(mine, "base", None) is None else None
+    if mine is not None:
+        if theirs is None:
+            if other is not mine:
+                return
+        elif theirs is not mine and getattr(theirs, "base", None) is None:
+            return
+    if partial_overlap(data, other):
+        raise op_error(op, _PARTIAL_OVERLAP)
+
 
 def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tensor:
     """Store `result` into `self`'s memory, as `self.op_(...)` does."""
@@ -103,11 +170,10 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
         node.versions = tuple(0 if id(a) in snaps else v
                               for a, v in zip(node.inputs, node.versions))
         node.inputs = tuple(snaps.get(id(a), a) for a in node.inputs)
-    if not is_writeable(self._data) and self.device.type != "meta":
-        raise op_error(op, "unsupported operation: more than one element of the written-to "
-                       "tensor refers to a single memory location. Please clone() the tensor "
-                       "before performing the operation.")
-    self._data[...] = result._data
+    data = self._data
+    if 0 in data.strides or not is_writeable(data):
+        data = _memory_for_write(self, op)      # an expand()ed tensor's view, or overlap
+    data[...] = result._data
     self._version[0] += 1
     if view is not None:
         # the tensor owning this memory changed too: its history is rebuilt around the write
@@ -126,6 +192,10 @@ def _inplace(fn, name):
     def method(self, *args, **kwargs):
         if _WRAPPERS[0] and _wrappers.takes(self, args, kwargs):
             return _wrappers.inplace(self, name, args, kwargs)
+        if args:
+            check_partial_overlap(self, args, name)
+        if kwargs:
+            check_partial_overlap(self, kwargs.values(), name)
         return write_inplace(self, fn(self, *args, **kwargs), name)
     method.__name__ = name
     return method
@@ -186,6 +256,7 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
                 and not self.is_sparse:
             # dense += sparse (a hand-written step with an embedding's sparse gradient)
             args = (args[0].to_dense(),) + args[1:]
+        check_partial_overlap(self, args, name)
         if not _writes_plainly(self):
             return write_inplace(self, fn(self, *args, **kwargs), name)
         data = self._data
@@ -193,7 +264,6 @@ def _inplace_into_self(fn, name: str, ufunc: str, operand):
         if isinstance(x, Tensor):
             xd = x._data
             fits = (x.dtype is self.dtype and x.device is self.device and not x.requires_grad
-                    and (xd is data or x._version is not self._version)   # no partial overlap
                     and xd.ndim <= data.ndim and all(
                         n == 1 or n == m for n, m in zip(xd.shape[::-1], data.shape[::-1])))
         else:
@@ -214,6 +284,7 @@ def copy_(self: Tensor, src, non_blocking: bool = False) -> Tensor:
     # PyTorch's), where an in-place op's result may not move to a lower category
     if _WRAPPERS[0] and _wrappers.takes(self, (src,)):
         return _wrappers.inplace(self, "copy_", (src,), {})
+    check_partial_overlap(self, (src,), "copy_")
     return write_inplace(self, src.to(self.device, self.dtype) if isinstance(src, Tensor)
                          else _fill(self, src), "copy_")
 
@@ -227,6 +298,8 @@ def fill_(self: Tensor, value) -> Tensor:
         self._data.fill(value)      # what full() then a copy would write, in one call
         self._version[0] += 1
         return self
+    if isinstance(value, Tensor) and internal_overlap(self._data):
+        raise op_error("fill_", _INTERNAL_OVERLAP)    # a tensor's value is copied, as copy_
     return write_inplace(self, _fill(self, value), "fill_")
 
 
@@ -240,10 +313,9 @@ def zero_(self: Tensor) -> Tensor:
     return write_inplace(self, _fill(self, 0), "zero_")
 
 
-_READ_ONLY = ("unsupported operation: the tensor's memory cannot be written (more than one "
-              "element refers to a single memory location, as in an expand()ed tensor, or the "
-              "memory is read-only, as a read-only NumPy array's). Please clone() the tensor "
-              "before performing the operation.")
+_READ_ONLY = ("unsupported operation: the tensor's memory is read-only (a read-only NumPy "
+              "array's, as kiln.from_numpy shares it). Please clone() the tensor before "
+              "performing the operation.")
 
 
 def setitem(self: Tensor, key, value) -> None:
@@ -255,8 +327,30 @@ def setitem(self: Tensor, key, value) -> None:
     if key is False:    # selects nothing: PyTorch writes and records nothing (in a tuple it
         return          # records the write of nothing)
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
+    if isinstance(value, Tensor) and value._data is not self._data and (
+            value._data.base is not None or self._data.base is not None):
+        _check_setitem_overlap(self, key, value)
     tracked = (STATE.grad_enabled and (self.requires_grad or
                (isinstance(value, Tensor) and value.requires_grad)))
+    if self._base is not None and 0 in self._data.strides and internal_overlap(self._data) \
+            and self.device.type != "meta":
+        # an expand()ed tensor: PyTorch writes a region whose elements do not share memory
+        # (`b[0] = v`), and through index tensors with a warning
+        if _tensor_key(key):
+            _deprecated_overlap("index_put_", "tensor[indices] = tensor", 3)
+        else:
+            try:
+                region = self._data[_array_key(key)]
+            except (IndexError, TypeError, ValueError):
+                region = None               # the write itself reports the key
+            if region is not None and internal_overlap(region):
+                raise op_error("setitem", _INTERNAL_OVERLAP)
+            if tracked or STATE.tracer is not None:
+                # written as PyTorch writes it: into the view of the region, whose base's
+                # history is rebuilt around the write
+                copy_(F.getitem(self, key), value if isinstance(value, Tensor) else
+                      creation.full((), value, dtype=self.dtype, device=self.device))
+                return
     # CuPy wraps an index array's out-of-range values where NumPy raises: on a GPU a write
     # through index tensors takes the checked path below
     if not tracked and STATE.tracer is None and (self.device.type == "cpu" or
@@ -269,18 +363,23 @@ def setitem(self: Tensor, key, value) -> None:
             data = dt.bfloat16_value(value)       # through float32, as PyTorch converts
         elif (type(value) is int or type(value) is float) and self.dtype.category == dt.INT:
             data = creation.int_fill_value("setitem", value, self.dtype)
+        target = self._data
         try:
-            self._data[_array_key(key)] = data
+            target[_array_key(key)] = data
         except IndexError:          # NumPy's words: kiln's indexing check says it as PyTorch
             F.getitem(self.detach(), key)
             raise
         except ValueError:          # NumPy's broadcast error, said as PyTorch says it
-            if not is_writeable(self._data):
-                raise op_error("setitem", _READ_ONLY) from None
-            into = list(self._data[_array_key(key)].shape)
-            raise op_error("setitem", f"shape mismatch: value tensor of shape "
-                           f"{list(np.shape(data))} cannot be broadcast to indexing result of "
-                           f"shape {into}") from None
+            if not is_writeable(target):
+                # a view of an expand()ed tensor (NumPy's are read-only) or read-only memory
+                target = _memory_for_write(self, "setitem")
+            try:
+                target[_array_key(key)] = data
+            except ValueError:
+                into = list(self._data[_array_key(key)].shape)
+                raise op_error("setitem", f"shape mismatch: value tensor of shape "
+                               f"{list(np.shape(data))} cannot be broadcast to indexing result "
+                               f"of shape {into}") from None
         self._version[0] += 1
         return
     old = autograd.edges_of((self,))[0]
@@ -291,6 +390,21 @@ def setitem(self: Tensor, key, value) -> None:
 
 
 _ONE_ELEMENT = np.zeros(1, bool)
+
+
+def _check_setitem_overlap(self: Tensor, key, value: Tensor) -> None:
+    """`self[key] = value` where value may share self's memory: PyTorch refuses a value that
+    partly overlaps the region written (`x[1:] = x[:-1]`), or self for index tensors."""
+    if memory_root(value._data) is not memory_root(self._data):
+        return
+    region = self._data
+    if not _tensor_key(key):
+        try:
+            region = self._data[_array_key(key)]
+        except (IndexError, TypeError, ValueError):
+            return                      # the write itself reports the key
+    if value._data is not region and partial_overlap(region, value._data):
+        raise op_error("setitem", _PARTIAL_OVERLAP)
 
 
 def _value_as_written(self: Tensor, key, value):
@@ -476,6 +590,78 @@ def detach(self: Tensor) -> Tensor:
     if STATE.tracer is not None:
         STATE.tracer.alias(out, self)
     return out
+
+
+def set_(self: Tensor, source=None, storage_offset: int = 0, size=None, stride=None) -> Tensor:
+    """`t.set_(other)`: t uses other's memory, shape and strides (keeping its own identity and
+    version counter, moved by one); `t.set_(storage, offset, size, stride)`: those elements of
+    a storage's memory (`size` None: all of it, one-dimensional); `t.set_()`: no elements."""
+    if _WRAPPERS[0] and dispatches(self):
+        return _wrappers.inplace(self, "set_", tuple(a for a in (source, storage_offset, size,
+                                                                 stride) if a is not None), {})
+    if STATE.tracer is not None:
+        STATE.tracer.graph_break("set_ gives a tensor other memory (a compiled program keeps the "
+                                 "buffers it writes)")
+    if STATE.grad_enabled and (self.requires_grad or isinstance(source, Tensor)
+                               and source.requires_grad):
+        if self.requires_grad and self.grad_fn is None:
+            raise op_error("set_", "a leaf Variable that requires grad is being used in an "
+                           "in-place operation.")
+        raise op_error("set_", "kiln records no gradient through set_ (PyTorch's grad_fn for it "
+                       "is NotImplemented): call it under kiln.no_grad() on tensors whose "
+                       "gradient you do not need")
+    xp = np if self.device.type == "cpu" else self.device.xp
+    if source is None:
+        data = xp.empty((0,), dtype=self.dtype.np)
+    elif isinstance(source, Tensor):
+        if source.dtype is not self.dtype:
+            raise op_error("set_", f"Could not set tensor of type "
+                           f"{_TYPE_NAMES.get(source.dtype.name, source.dtype.name).lower()} to "
+                           f"a tensor of type "
+                           f"{_TYPE_NAMES.get(self.dtype.name, self.dtype.name).lower()}")
+        if source.device != self.device:
+            raise op_error("set_", f"Expected the source tensor on {self.device}, got one on "
+                           f"{source.device}")
+        data = source._data
+    elif hasattr(source, "_root") and hasattr(source, "nbytes"):      # a (typed) storage
+        data = _strided_in_storage(self, source, storage_offset, size, stride, xp)
+    else:
+        raise TypeError(f"set_(): expected a Tensor or a storage as the source, got "
+                        f"{type(source).__name__}")
+    self._data = data
+    self._base = None
+    self._version[0] += 1
+    return self
+
+
+def _strided_in_storage(self: Tensor, storage, offset: int, size, stride, xp):
+    """The array of `self`'s dtype with `size` and `stride` at element `offset` of the
+    storage's memory (PyTorch's setStorage, with its bounds check)."""
+    itemsize = self.dtype.itemsize
+    nbytes = storage.nbytes()
+    if size is None:
+        size = (nbytes // itemsize - offset,)
+    size = tuple(int(n) for n in size)
+    if stride is None:
+        stride, step = [], 1
+        for n in reversed(size):
+            stride.insert(0, step)
+            step *= max(n, 1)
+    stride = tuple(int(s) for s in stride)
+    if len(stride) != len(size) or offset < 0 or any(n < 0 for n in size) or \
+            any(s < 0 for s in stride):
+        raise op_error("set_", f"invalid sizes {list(size)}, strides {list(stride)} or storage "
+                       f"offset {offset}")
+    needed = 0 if 0 in size else (offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))) \
+        * itemsize
+    if needed > nbytes:
+        raise op_error("set_", f"setStorage: sizes {list(size)}, strides {list(stride)}, storage "
+                       f"offset {offset}, and itemsize {itemsize} requiring a storage size of "
+                       f"{needed} are out of bounds for storage of size {nbytes}")
+    flat = storage._root.reshape(-1).view(xp.uint8)
+    flat = flat[:nbytes - nbytes % itemsize].view(self.dtype.np)
+    return xp.lib.stride_tricks.as_strided(flat[offset:], size,
+                                           tuple(s * itemsize for s in stride))
 
 
 def detach_(self: Tensor) -> Tensor:
@@ -712,7 +898,7 @@ _METHODS = {
     "short": _cast(dt.int16), "cfloat": _cast(dt.complex64), "cdouble": _cast(dt.complex128),
     "type": _type,
     "type_as": lambda self, other: to(self, other.dtype),
-    "detach": detach, "detach_": detach_, "requires_grad_": requires_grad_,
+    "detach": detach, "detach_": detach_, "set_": set_, "requires_grad_": requires_grad_,
     "retain_grad": retain_grad, "register_hook": register_hook,
     "register_post_accumulate_grad_hook": autograd.register_post_accumulate_grad_hook,
     "share_memory_": share_memory_, "is_shared": is_shared,

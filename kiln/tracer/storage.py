@@ -5,6 +5,9 @@ b.untyped_storage().data_ptr()`) or how big it is (`nbytes()`, `storage().size()
 A kiln tensor owns a NumPy (or CuPy) array, and a view's array is a view of another; the
 memory is the array at the end of that `.base` chain. These objects describe it; they do not
 own it, and resizing it (`resize_`, which PyTorch code uses to free parameters) is refused.
+In-place writes ask here what memory arrays share: PyTorch's overlap checks
+(`internal_overlap`, `partial_overlap`) and a writeable array over a broadcast view's memory
+(`writable_alias`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,72 @@ def element_offset(array) -> int:
     except AttributeError:
         return 0
     return start // array.itemsize
+
+
+def _address(array) -> int:
+    """The address of `array`'s first element (host or device memory)."""
+    if is_host_array(array):
+        return array.__array_interface__["data"][0]
+    return array.data.ptr
+
+
+def internal_overlap(array) -> bool:
+    """Whether two elements of `array` are one memory location for certain: a dimension longer
+    than one with stride 0, as in an expand()ed tensor (PyTorch's `has_internal_overlap` ==
+    YES; other self-overlapping strides it cannot tell, and neither does this)."""
+    strides = getattr(array, "strides", ())     # (a meta tensor's array has none)
+    return 0 in strides and array.size > 0 and any(s == 0 and n > 1
+                                                   for s, n in zip(strides, array.shape))
+
+
+def _dense(array) -> bool:
+    """PyTorch's is_non_overlapping_and_dense: the elements fill a block of memory once each."""
+    dims = sorted((s, n) for s, n in zip(array.strides, array.shape) if n != 1)
+    expected = array.itemsize
+    for s, n in dims:
+        if s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def partial_overlap(out, other) -> bool:
+    """Whether `other` (an input of an in-place op) and `out` (the tensor it writes) share some
+    memory without being the same elements in the same order: PyTorch's get_overlap_status ==
+    PARTIAL, which its in-place ops refuse. Like PyTorch, only tensors that each fill a block
+    of memory once are compared (others are "too hard" and allowed)."""
+    if other is out or out.size == 0 or other.size == 0:
+        return False
+    if getattr(out, "base", None) is None and getattr(other, "base", None) is None:
+        return False                # two arrays that each own their memory
+    if memory_root(out) is not memory_root(other) or not (_dense(out) and _dense(other)):
+        return False
+    a, b = _address(out), _address(other)
+    a_end, b_end = a + out.size * out.itemsize, b + other.size * other.itemsize
+    if a == b and a_end == b_end:
+        return (out.strides != other.strides or out.shape != other.shape) and \
+            out.itemsize == other.itemsize
+    return a < b_end and b < a_end
+
+
+def writable_alias(array):
+    """`array`'s elements as a writeable array over the same memory: NumPy's broadcast views
+    (an expand()ed tensor and the views taken from it) are read-only, where PyTorch writes
+    through them. None when the memory itself is read-only (or not host memory)."""
+    if not is_host_array(array):
+        return None
+    root = memory_root(array)
+    if not root.flags.writeable or not (root.flags.c_contiguous or root.flags.f_contiguous):
+        return None
+    start = _address(array) - _address(root)
+    if start % array.itemsize:
+        return None
+    flat = root.reshape(-1, order="A").view(np.uint8)
+    if flat.size % array.itemsize:
+        return None
+    flat = flat.view(array.dtype)
+    return np.lib.stride_tricks.as_strided(flat[start // array.itemsize:], array.shape,
+                                           array.strides, writeable=True)
 
 
 class UntypedStorage:

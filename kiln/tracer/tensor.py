@@ -179,11 +179,12 @@ class Tensor:
 
     @property
     def data(self) -> "Tensor":
-        """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`)."""
+        """A tensor sharing this one's memory, outside autograd (PyTorch's `.data`). Unlike
+        `detach()` it has a version counter of its own, as PyTorch's: a write through it does
+        not flag this tensor as modified for the backward of ops that saved it."""
         if WRAPPERS[0] and dispatches(self):
             return self.detach()            # a wrapper's: aten.detach, as PyTorch's
         out = Tensor._make(self._data, self.dtype, self.device)
-        out._version = self._version
         if STATE.tracer is not None:
             STATE.tracer.alias(out, self)
         return out

@@ -354,7 +354,9 @@ class Tracer:
     def write(self, tensor: Tensor, result: Tensor, bump: bool = True) -> None:
         """`tensor` now holds `result` (an in-place op): later reads see the new value."""
         target = self.alias_of.get(id(tensor), tensor)
-        if bump:
+        if bump and tensor._version is target._version:
+            # (a write through `p.data`, which has a version counter of its own, moves none
+            # of p's)
             self.bumped.add(id(target))
         if id(target) not in self.input_of:
             if target._base is not None:

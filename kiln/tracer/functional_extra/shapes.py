@@ -11,10 +11,12 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P
+from kiln.runtime.device import is_host_array
 from kiln.tracer import functional as F
 from kiln.tracer.creation import check_dense_layout, tensor
 from kiln.tracer.errors import op_error
 from kiln.tracer.provenance import composite
+from kiln.tracer.storage import internal_overlap
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.shapes import _own_memory
 from kiln.tracer.functional.indexing import _wrap_index, as_input, as_vectors, check_indices
@@ -498,7 +500,12 @@ def as_strided(input, size, stride, storage_offset=None):
                        f"offset {offset} read memory positions {offset}..{last}, outside the "
                        f"input's own {own}..{own + input.numel() - 1} (shape "
                        f"{list(input.shape)}); kiln reads only the input's elements")
-    return P.as_strided(input, size=size, stride=stride, offset=offset - own)
+    out = P.as_strided(input, size=size, stride=stride, offset=offset - own)
+    if internal_overlap(out._data) and is_host_array(out._data):
+        # elements sharing one place (a zero stride): read-only, as NumPy's broadcast views,
+        # so an in-place write takes the path that refuses it as PyTorch does (fill_ excepted)
+        out._data.flags.writeable = False
+    return out
 
 
 # ----------------------------------------------------------------------------- *_copy forms
