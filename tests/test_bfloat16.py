@@ -1,7 +1,7 @@
 """kiln.bfloat16 against torch 2.13's CPU bfloat16: the dtype's facts, type promotion, rounding,
 ops and their gradients (computed in float32 and rounded once), optimizers and a short training
-run, checkpoints, kiln.compile's eager fallback, the missing-ml_dtypes error and CUDA's
-refusal."""
+run, checkpoints, kiln.compile (the C and NumPy targets compile it, Triton's runs it eagerly),
+the missing-ml_dtypes error and CUDA's refusal."""
 
 from __future__ import annotations
 
@@ -389,7 +389,10 @@ def test_save_load_round_trip_and_safetensors_with_torch(tmp_path):
 
 # ----------------------------------------------------------------------------- compile
 
-def test_compiled_bfloat16_runs_eagerly_with_a_warning_and_eagers_values():
+def test_compiled_bfloat16_steps_follow_eager_and_triton_runs_them_eagerly():
+    """The CPU backends compile bfloat16 (tests/test_compile_bfloat16.py has the details): an
+    AdamW step follows eager's within a bfloat16 rounding step or two per step. kiln's Triton
+    kernels have no bfloat16: that backend runs the step eagerly, with a warning."""
     def step(model, opt, x, y):
         loss = KF.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -404,26 +407,35 @@ def test_compiled_bfloat16_runs_eagerly_with_a_warning_and_eagers_values():
     rng = np.random.default_rng(0)
     x = kiln.tensor(random_array((32, 10), rng=rng)).bfloat16()
     y = kiln.tensor(rng.integers(0, 5, 32))
-    (em, eo), (cm, co) = build(), build()
+    (em, eo), (cm, co), (tm, to) = build(), build(), build()
     compiled = kiln.compile(step)
+    on_triton = kiln.compile(step, backend="triton")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(3):
-            assert compiled(cm, co, x, y).item() == step(em, eo, x, y).item()
+            want = step(em, eo, x, y).item()
+            assert compiled(cm, co, x, y).item() == pytest.approx(want, rel=2 * ULP)
+            assert on_triton(tm, to, x, y).item() == want
+    assert all(e.program is not None for e in compiled.entries.values())
     (said,) = [w for w in caught if "bfloat16" in str(w.message)]
+    assert "'triton' backend has no bfloat16" in str(said.message)
     # the warning points at the user's call, not at kiln's compiler
-    assert said.filename == __file__ and "compiled(cm, co, x, y)" in \
+    assert said.filename == __file__ and "on_triton(tm, to, x, y)" in \
         linecache.getline(said.filename, said.lineno)
-    for a, b in zip(cm.parameters(), em.parameters()):
-        assert a.dtype is kiln.bfloat16 and a.tolist() == b.tolist()
-    # a float32 function that computes in bfloat16 inside falls back too; fullgraph raises
+    for a, b, c in zip(cm.parameters(), em.parameters(), tm.parameters()):
+        assert a.dtype is kiln.bfloat16 and c.tolist() == b.tolist()
+        _assert_bf16_close(a.detach(), torch.from_numpy(_values(b)).bfloat16(), rtol=4 * ULP,
+                           atol_frac=2 * ULP)
+    # a float32 function that computes in bfloat16 inside compiles; on Triton it falls back,
+    # and fullgraph raises
     f = lambda a: (a.bfloat16() * 3.1).float().sum()      # noqa: E731
     a = kiln.tensor(random_array((5, 7)))
+    assert kiln.compile(f)(a).item() == pytest.approx(f(a).item(), rel=ULP)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert kiln.compile(f)(a).item() == f(a).item()
+        assert kiln.compile(f, backend="triton")(a).item() == f(a).item()
     with pytest.raises(kiln.compiler.GraphBreak, match="bfloat16"):
-        kiln.compile(f, fullgraph=True)(a)
+        kiln.compile(f, backend="triton", fullgraph=True)(a)
 
 
 # ----------------------------------------------------------------------------- without ml_dtypes

@@ -17,7 +17,13 @@ rows whose body is every pass written out element by element (`unrolled_reductio
 Each op's C spelling lives in one table (`OPS`). float32 exp, log, tanh, erf and friends are
 written out below as branch-free formulas (Cephes' polynomials) so that loops calling them
 vectorize, accurate to a couple of float32 ulps; float64 calls the C library. float16 is loaded
-into float, computed in float and rounded back on store and on casts. Integer division and
+into float, computed in float and rounded back on store and on casts; so is bfloat16, stored as
+16-bit words (a float's high half: `kiln_bf16_load` shifts one into place, `kiln_bf16_store`
+rounds to nearest even, a NaN kept a NaN, as ml_dtypes and PyTorch round). A number operand of
+a half op is taken as eager takes it (`common.operand_literal`). So casts, stores and single ops
+give eager's bits, while a fused chain of half ops, computed in float without rounding between
+ops, differs from eager's per-op rounding by up to about one half ulp per op (as Inductor's
+default); tests/test_compile_bfloat16.py compares with that tolerance. Integer division and
 remainder round towards minus infinity and return 0 for a zero divisor, as NumPy does.
 """
 
@@ -27,7 +33,7 @@ import math
 from dataclasses import dataclass, replace
 
 from kiln.codegen.common import (INFIX, Comments, RowPass, closure, compute_dtype,
-                                 literal_dtype, operand_dtype, row_passes)
+                                 literal_dtype, operand_dtype, operand_literal, row_passes)
 from kiln.codegen.kernel import (ELEM, ROW, BinOp, Compute, Const, Expr, Kernel, Literal, Load,
                                  LoweringError, Reduce, Store, Var, _linear_terms, add,
                                  contiguous_strides, floordiv, mod, mul, variables)
@@ -105,10 +111,11 @@ class CKernel:
     in_place: tuple = ()    # (output, input) pairs that may be given the same memory
 
 
-C_TYPE = {dt.float16: "_Float16", dt.float32: "float", dt.float64: "double",
-          dt.int32: "int32_t", dt.int64: "int64_t", dt.uint8: "uint8_t", dt.bool_: "bool",
-          dt.int8: "int8_t", dt.int16: "int16_t", dt.uint16: "uint16_t", dt.uint32: "uint32_t",
-          dt.uint64: "uint64_t"}
+# (bfloat16 is stored as its 16-bit words: `kiln_bf16_load` and `kiln_bf16_store` convert them)
+C_TYPE = {dt.float16: "_Float16", dt.bfloat16: "uint16_t", dt.float32: "float",
+          dt.float64: "double", dt.int32: "int32_t", dt.int64: "int64_t", dt.uint8: "uint8_t",
+          dt.bool_: "bool", dt.int8: "int8_t", dt.int16: "int16_t", dt.uint16: "uint16_t",
+          dt.uint32: "uint32_t", dt.uint64: "uint64_t"}
 
 
 def storage_type(d: DType) -> str:
@@ -118,8 +125,14 @@ def storage_type(d: DType) -> str:
 
 
 def ctype(d: DType) -> str:
-    """The C type a value of dtype `d` is held in while computing (float16: float)."""
+    """The C type a value of dtype `d` is held in while computing (float16, bfloat16: float)."""
     return C_TYPE[compute_dtype(d)]
+
+
+def stage_type(d: DType) -> str:
+    """The C type of a staged copy of loaded values: the buffer's element type, except that
+    bfloat16 is staged as the float it loads as (its 16-bit words are no C floating type)."""
+    return "float" if d is dt.bfloat16 else storage_type(d)
 
 
 # ----------------------------------------------------------------------------- op table
@@ -176,6 +189,8 @@ def _cast(a, d, s):
         return f"{a[0]} != 0"
     if s.dtype is dt.float16:
         return f"(float)(_Float16){a[0]}"      # round to half, keep computing in float
+    if s.dtype is dt.bfloat16:                 # through float, as PyTorch converts
+        return f"kiln_bf16_round((float){a[0]})"
     return f"({C_TYPE[s.dtype]}){a[0]}"        # narrowing integers wrap, as NumPy's
 
 
@@ -267,6 +282,22 @@ HELPERS = {
     "kiln_bits": r'''
 KILN_HELPER float kiln_from_bits(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
 KILN_HELPER int32_t kiln_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
+''',
+    "kiln_bf16": r'''
+/* bfloat16 is a float's high half: a load shifts its word into place; a store rounds to
+   nearest, ties to even (adding 0x7fff and the kept part's lowest bit carries into it exactly
+   when the dropped half is above one half, or one half with the kept part odd), and a NaN
+   becomes the quiet NaN of its sign, as ml_dtypes converts; overflow carries into inf */
+KILN_HELPER float kiln_bf16_load(uint16_t h) {
+    return kiln_from_bits((int32_t)((uint32_t)h << 16));
+}
+KILN_HELPER uint16_t kiln_bf16_store(float f) {
+    const uint32_t b = (uint32_t)kiln_to_bits(f);
+    const uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    const uint32_t nan = ((b >> 16) & 0x8000u) | 0x7fc0u;
+    return (uint16_t)((b & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+KILN_HELPER float kiln_bf16_round(float f) { return kiln_bf16_load(kiln_bf16_store(f)); }
 ''',
     "kiln_expf": r'''
 /* exp(x): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' polynomial, times 2^n applied
@@ -371,11 +402,12 @@ KILN_HELPER int64_t kiln_mod_i64(int64_t a, int64_t b) {
 }
 ''',
 }
-HELPER_DEPS = {"kiln_expf": ("kiln_bits",), "kiln_logf": ("kiln_bits",),
-               "kiln_expm1f": ("kiln_expf",)}
+HELPER_DEPS = {"kiln_bf16": ("kiln_bits",), "kiln_expf": ("kiln_bits",),
+               "kiln_logf": ("kiln_bits",), "kiln_expm1f": ("kiln_expf",)}
 # a call to one of these names needs the helper that defines it
 _HELPER_OF = {"kiln_floordiv": "kiln_floordivf", "kiln_mod": "kiln_floordivf",
-              "kiln_modf": "kiln_floordivf", "kiln_mod_i64": "kiln_floordiv_i64"}
+              "kiln_modf": "kiln_floordivf", "kiln_mod_i64": "kiln_floordiv_i64",
+              "kiln_bf16_round": "kiln_bf16"}
 
 
 # Primitives' scalar math (`Primitive.scalar`, spelled by kiln.codegen.scalar), as C functions
@@ -1307,7 +1339,7 @@ class _Renderer:
             if last and staged:
                 for st in staged:
                     load = self._stage_load(st)
-                    out.append(pad + f"{storage_type(st.dtype)} stage_{st.dest}[{inner_size}];")
+                    out.append(pad + f"{stage_type(st.dtype)} stage_{st.dest}[{inner_size}];")
                     if st.dtype.itemsize > 1:
                         out.append(pad + "#pragma omp simd")
                     out.append(pad + f"for (int64_t {var} = 0; {var} < {size}; {var}++) {{")
@@ -1371,17 +1403,28 @@ class _Renderer:
             value = f"{ptr}[{self._index(s.offset)}]"
             if s.dtype is dt.float16:
                 value = f"(float){value}"
+            elif s.dtype is dt.bfloat16:
+                value = f"kiln_bf16_load({value})"
+                self._use("kiln_bf16")
             return [f"const {ctype(s.dtype)} {self._name(s.dest)} = {value};"]
         if isinstance(s, Store):
             ptr = self.params[len(self.k.inputs) + s.buffer]
             value = self._name(s.src) if isinstance(s.src, str) else _literal(s.src, s.dtype)
             if s.dtype is dt.float16:
                 value = f"(_Float16){value}"
+            elif s.dtype is dt.bfloat16:
+                value = f"kiln_bf16_store({value})"
+                self._use("kiln_bf16")
             return [f"{ptr}[{self._index(s.offset)}] = {value};"]
         if isinstance(s, Reduce):
             raise AssertionError("reductions are rendered by the pass that accumulates them")
         comment = self._comment(s) if self.unroll is None or self.unroll[0] == 0 else []
         return comment + [f"const {ctype(s.dtype)} {self._name(s.dest)} = {self._compute(s)};"]
+
+    def _use(self, helper: str) -> None:
+        """Define `helper` in the module (once)."""
+        if helper not in self.helpers:
+            self.helpers.append(helper)
 
     def _index(self, e: Expr) -> str:
         """An index expression in C; in a loop nest, digits of xindex read from the loops."""
@@ -1411,7 +1454,7 @@ class _Renderer:
             if isinstance(a, str):
                 args.append(self._name(a))
             elif isinstance(a, Literal):
-                args.append(_literal(a.value, literal_dtype(s, i)))
+                args.append(_literal(operand_literal(s, a.value), literal_dtype(s, i)))
             else:
                 args.append(self._index(a))
         text = spelling(args, compute_dtype(operand_dtype(s) or s.dtype), s)

@@ -38,8 +38,8 @@ INFIX = {"add": "+", "sub": "-", "mul": "*", "bitwise_and": "&", "bitwise_or": "
 
 
 def compute_dtype(d: DType) -> DType:
-    """The dtype a value is held in while computing: float16 widens to float32."""
-    return dt.float32 if d is dt.float16 else d
+    """The dtype a value is held in while computing: float16 and bfloat16 widen to float32."""
+    return dt.float32 if d is dt.float16 or d is dt.bfloat16 else d
 
 
 class Comments:
@@ -84,6 +84,19 @@ def literal_dtype(s: Compute, i: int) -> DType | None:
     if s.op == "where":
         return dt.bool_ if i == 0 else s.dtype
     return operand_dtype(s) or s.dtype
+
+
+def operand_literal(s: Compute, value):
+    """A number operand of `s` as eager computes with it: rounded to the op's half dtype
+    (float16 or bfloat16) where that is its tensors' only floating dtype, except in mul and
+    div, whose CPU kernels read it as a float32 (kiln.tracer.dispatch._widen_half): x + 0.3 on
+    bfloat16 adds 0.30078125, as PyTorch does."""
+    if s.op in ("mul", "div") or type(value) not in (int, float):
+        return value
+    floats = {d for d in s.arg_dtypes if d is not None and d.is_floating_point}
+    if len(floats) != 1 or next(iter(floats)) not in dt.HALF:
+        return value
+    return dt.half_value(value, next(iter(floats)))
 
 
 # ----------------------------------------------------------------------------- row passes

@@ -941,13 +941,24 @@ class CompiledFunction:
 
     def _run_bfloat16_eagerly(self, key, args, kwargs, run: bool = True, kind: str = "bfloat16",
                               what: str = ""):
-        """A function that computes with bfloat16 (or complex) tensors runs eagerly from now on
-        (for this guard key), with a warning: kiln's kernels and passes have no bfloat16 and no
+        """A function that computes with bfloat16 tensors for the Triton backend (or with
+        complex tensors) runs eagerly from now on (for this guard key), with a warning: kiln's
+        Triton kernels have no bfloat16 (nor has kiln on CUDA), its kernels and passes no
         complex numbers, and eager computes them as PyTorch's CPU kernels do
         (kiln.tracer.dispatch). Checked before tracing, as a traced optimizer step takes other
-        branches (tensor hyperparameters) than eager's. `what` names the tensor found."""
-        reason = (f"{_function_name(self.fn)} computes with {kind} tensors{what} (compiled "
-                  f"code has no {kind})")
+        branches (tensor hyperparameters) than eager's. `what` names the tensor found.
+        The C kernels and the NumPy executor compute bfloat16 (`kiln.codegen.c`)."""
+        if kind == "bfloat16" and what:
+            reason = (f"{_function_name(self.fn)} reads {what} as a tensor rounded to "
+                      "bfloat16, where eager computes with the number itself (as float32); "
+                      "compiled code would compute another value")
+        elif kind == "bfloat16":
+            reason = (f"{_function_name(self.fn)} computes with bfloat16 tensors (kiln's "
+                      f"{self.backend!r} backend has no bfloat16; 'auto', 'c' and 'numpy' "
+                      "compile it on the CPU)")
+        else:
+            reason = (f"{_function_name(self.fn)} computes with {kind} tensors{what} (compiled "
+                      f"code has no {kind})")
         if self.fullgraph:
             raise GraphBreak(reason, _where(self.fn))
         self._add_entry(key, CompiledEntry(None, eager_reason=reason))
@@ -986,7 +997,7 @@ class CompiledFunction:
             self._add_entry(key, CompiledEntry(None, eager_reason=reason))
             self._note("guards", f"{_function_name(self.fn)}: {reason}; it runs eagerly")
             return self.fn(*args, **kwargs)
-        if _reaches_bfloat16(args, kwargs, reachable):
+        if self.backend not in _BFLOAT16_BACKENDS and _reaches_bfloat16(args, kwargs, reachable):
             return self._run_bfloat16_eagerly(key, args, kwargs)
         found = _reached_complex(args, kwargs, reachable, names_before)
         if found is not None:
@@ -1048,10 +1059,15 @@ class CompiledFunction:
                        f"{b.reason} at {b.location}; this function runs eagerly")
             _dump_if_requested(self, tracer.programs)
             return result
-        if _computes_in_bfloat16(tracer.graph):
+        if self.backend not in _BFLOAT16_BACKENDS and _computes_in_bfloat16(tracer.graph):
             # bfloat16 made inside the function: the traced call ran eagerly, its result stands
             tracer.release()
             self._run_bfloat16_eagerly(key, args, kwargs, run=False)
+            return result
+        read = _number_rounded_to_bfloat16(tracer)
+        if read is not None:
+            tracer.release()
+            self._run_bfloat16_eagerly(key, args, kwargs, run=False, what=read)
             return result
         made = _complex_node(tracer.graph)
         if made is not None:
@@ -1501,6 +1517,11 @@ class CompiledFunction:
         return [e.guards for e in self.entries.values()]
 
 
+# The backends whose compiled code computes bfloat16: on the CPU (bfloat16 tensors are only
+# ever CPU tensors: kiln has no bfloat16 on CUDA), C kernels and the NumPy executor
+_BFLOAT16_BACKENDS = ("auto", "c", "numpy")
+
+
 def _reaches_bfloat16(args: tuple, kwargs: dict, reachable: dict) -> bool:
     """Whether a call's arguments (tensors, modules, optimizers, nested in containers) or the
     tensors its function reaches by name hold a bfloat16 tensor."""
@@ -1548,6 +1569,28 @@ def _complex_node(graph) -> str | None:
             return f" (made by {n.op} -> {n.out.dtype.name}{list(n.out.shape)}" + \
                 (f" at {where}" if where else "") + ")"
     return None
+
+
+def _number_rounded_to_bfloat16(tracer) -> str | None:
+    """A Python number the trace made a graph input (an optimizer's hyperparameter, read on
+    every call; a lifted number argument) that reaches a bfloat16 op rounded to bfloat16,
+    described ("the optimizer's 'momentum'"), or None. Eager computes `buf.mul_(0.9)` on a
+    bfloat16 `buf` with 0.9 as a float32, `p.add_(g, alpha=-lr)` in float32 rounded once; the
+    traced step casts the number to bfloat16 first (momentum 0.8984375) and rounds `g * -lr`
+    before adding, an error that compounds over a training run."""
+    graph = tracer.graph
+    numbers = {v: b for v, b in zip(graph.inputs, tracer.bindings)
+               if b.kind in ("scalar", "number")}
+    if not numbers:
+        return None
+    found = [v for v in numbers if v.dtype is dt.bfloat16]
+    found += [v for n in graph.nodes if n.out.dtype is dt.bfloat16
+              for v in n.inputs if v in numbers]
+    if not found:
+        return None
+    b = numbers[found[0]]
+    return f"the optimizer's {b.path[1]!r}" if b.kind == "scalar" else \
+        f"the number argument {found[0].name}"
 
 
 def _computes_in_bfloat16(graph) -> bool:

@@ -467,7 +467,19 @@ def _hyper(group: dict, key: str, param: Tensor):
     other reads: its number is baked in and guarded by value.)"""
     if type(group) is not _ParamGroup:
         return group[key]
+    if param.dtype is kiln.bfloat16:
+        return _baked_in(group, key)
     return scalar_input(group, key, param.device)
+
+
+def _baked_in(group: dict, key: str):
+    """`group[key]` read into Python for a bfloat16 parameter's update, a trace baking the
+    number in (guarded by value: a new value traces again). As a float64 scalar tensor it would
+    meet the bfloat16 tensors rounded to bfloat16 (momentum 0.9 as 0.8984375), where eager's
+    ops read the number as a float32; compiled bfloat16 steps compute as eager's do."""
+    if is_compiling():
+        note_python_read(group, key)
+    return dict.__getitem__(group, key)
 
 
 def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
@@ -475,6 +487,8 @@ def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
     replaces the pair each step when it cycles the momentum)."""
     if type(group) is not _ParamGroup:
         return tuple(group[key])
+    if param.dtype is kiln.bfloat16:
+        return tuple(_baked_in(group, key))
     return tuple(scalar_input(group, key, param.device, i) for i in range(2))
 
 

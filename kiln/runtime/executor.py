@@ -49,8 +49,12 @@ class ArrayExecutor:
                 reuse = None
             impl = numpy_impl(prim) if xp is np else prim.impl
             if xp is np and prim.kind != ir_ops.MOVEMENT and \
-                    any(isinstance(v, Value) and v.dtype is dt.float16 for v in n.inputs):
-                impl, args = _in_float32(impl), _rounded_literals(n.op, n.inputs, args)
+                    any(isinstance(v, Value) and v.dtype in dt.HALF for v in n.inputs):
+                halves = {np.dtype(v.dtype.np) for v in n.inputs
+                          if isinstance(v, Value) and v.dtype in dt.HALF}
+                impl, args = _in_float32(impl, halves), _rounded_literals(n.op, n.inputs, args)
+            if dt.bfloat16 in {n.out.dtype, *(v.dtype for v in n.inputs if isinstance(v, Value))}:
+                reuse = None        # (ml_dtypes' ufuncs compute bfloat16 their own way)
             self.steps.append((impl, ufunc, reuse, args, n.attr_dict,
                                np.dtype(n.out.dtype.np), slot[n.out], tuple(free)))
         # where in the user's code each checking node was traced: its error names that line
@@ -77,8 +81,8 @@ class ArrayExecutor:
                         out = impl(xp, *operands, **attrs)
                     if out.dtype != dtype:
                         out = out.astype(dtype)
-                    elif xp is np and type(out) is not np.ndarray:
-                        out = np.asarray(out)
+                    if xp is np and type(out) is not np.ndarray:
+                        out = np.asarray(out)       # (NumPy's 0-d results are scalars)
                     for s in free:
                         env[s] = None
                     env[out_slot] = out
@@ -90,23 +94,26 @@ class ArrayExecutor:
         return outs, [env[s] for s in self.mutation_slots]
 
 
-def _in_float32(impl):
-    """`impl` on float32 copies of its float16 arrays, as eager computes float16 on the CPU
-    (`kiln.tracer.dispatch._widen_half`): a cumulative sum or a matmul accumulates in float32
-    and the result rounds once (to the node's dtype, by `run`)."""
+def _in_float32(impl, halves: set):
+    """`impl` on float32 copies of its float16 and bfloat16 arrays (`halves`: their NumPy
+    dtypes), as eager computes them on the CPU (`kiln.tracer.dispatch._widen_half`): a
+    cumulative sum or a matmul accumulates in float32 and the result rounds once (to the node's
+    dtype, by `run`)."""
     def widened(xp, *operands, **attrs):
         return impl(xp, *[a.astype(np.float32) if isinstance(a, np.ndarray) and
-                          a.dtype == np.float16 else a for a in operands], **attrs)
+                          a.dtype in halves else a for a in operands], **attrs)
     return widened
 
 
 def _rounded_literals(op: str, inputs: tuple, args: tuple) -> tuple:
-    """A float16 node's number operands rounded to float16 as eager rounds them (not mul's or
-    div's, whose kernels read them as float32), where float16 is its only floating dtype."""
+    """A half node's number operands rounded to its dtype as eager rounds them (not mul's or
+    div's, whose kernels read them as float32), where float16 or bfloat16 is its only floating
+    dtype."""
     floats = {v.dtype for v in inputs if isinstance(v, Value) and
               (v.dtype.is_floating_point or v.dtype.is_complex)}
-    if op in ("mul", "div") or floats != {dt.float16}:
+    if op in ("mul", "div") or len(floats) != 1 or not floats <= set(dt.HALF):
         return args
-    return tuple((False, dt.half_value(x, dt.float16))
+    half = next(iter(floats))
+    return tuple((False, dt.half_value(x, half))
                  if not is_slot and (type(x) is float or type(x) is int) else (is_slot, x)
                  for is_slot, x in args)

@@ -176,9 +176,10 @@ class ScheduleExecutor:
                         shapes[o][1] % 64 == 0 and \
                         all(dtypes[s] == np.float32 for s in (o,) + tuple(ins)):
                     thin = (ins[1], None if st.view is None else st.view[1])
-                # float16 through float32's BLAS, rounded once, as eager computes it
-                matmul = _matmul_in_float32 if xp is np and dtypes[o] == np.float16 else \
-                    xp.matmul
+                # float16 and bfloat16 through float32's BLAS, rounded once, as eager
+                # computes them
+                half = dtypes[o] == np.float16 or dtypes[o].name == "bfloat16"
+                matmul = _matmul_in_float32 if xp is np and half else xp.matmul
                 steps.append(("matmul", matmul, ins, outs, views,
                               (st.buffers[0], shapes[o], dtypes[o], thin)))
             elif st.kind == "view":
@@ -684,11 +685,12 @@ class ScheduleExecutor:
 
 
 def _matmul_in_float32(x, y, out=None):
-    """np.matmul of float16 operands on float32 copies (NumPy's float16 matmul runs no BLAS),
-    the product rounded to float16 once, into `out` when given."""
+    """np.matmul of float16 or bfloat16 operands on float32 copies (NumPy's float16 matmul runs
+    no BLAS, ml_dtypes' bfloat16 one none either), the product rounded to their dtype once, into
+    `out` when given."""
     product = np.matmul(x.astype(np.float32), y.astype(np.float32))
     if out is None:
-        return product.astype(np.float16)
+        return product.astype(x.dtype)
     np.copyto(out, product, casting="same_kind")
     return out
 
