@@ -1949,6 +1949,16 @@ def f(x):
     from stale_cfg5 import lr
     return x * lr
 """)
+case("import_module under another name", _MOD + """
+from importlib import import_module as load
+def f(x):
+    return x * load("stale_cfg5").lr
+""")
+case("sys under another name", _MOD + """
+import sys as system
+def f(x):
+    return x * system.modules["stale_cfg5"].lr
+""")
 case("sys.modules item", _MOD + """
 def f(x):
     return x * sys.modules["stale_cfg5"].lr

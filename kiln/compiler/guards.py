@@ -34,9 +34,11 @@ every attribute and item. Each reached place becomes one `Guard`:
   eagerly, with a warning naming the array, its shape and dtype;
 - the user modules a call finds by name as it runs (`import cfg` or `from cfg import lr` in a
   function, `importlib.import_module(name)`, `__import__(name)`, `sys.modules[name]`), which no
-  global need hold: when code the call can run does that (`_imports_of`), the modules it names,
-  or for a computed name every user module holding a name that code loads, by identity in
-  `sys.modules` and in the attributes that code loads (`_Walk.imported`). A user module's
+  global need hold: when code the call can run does that (`_imports_of`; or names one of
+  `_IMPORTERS` under another name, `from importlib import import_module as load`), the modules
+  it names, or for a computed name every user module holding a name that code loads, by
+  identity in `sys.modules` and in the attributes that code loads (`_Walk.imported`); code
+  that also reads by computed name then runs eagerly with a warning. A user module's
   attributes are guarded in the names any code the call can run loads (a helper may return the
   module), and a user's submodule held by a module is walked as a module.
 
@@ -67,11 +69,13 @@ from __future__ import annotations
 import abc
 import argparse
 import array
+import builtins
 import collections
 import contextvars
 import dataclasses
 import dis
 import functools
+import importlib
 import importlib.util
 import logging
 import math
@@ -437,6 +441,7 @@ def _format_attributes(text: str) -> set:
 # names whose use finds a module by a name computed as the call runs
 _IMPORTING = frozenset({"import_module", "__import__"})
 _LOADS = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF"}
+_IMPORTERS = (importlib.import_module, builtins.__import__, sys.modules)    # by any name
 
 
 @functools.lru_cache(maxsize=512)
@@ -776,6 +781,10 @@ class _Reach:
                                                           obj.__closure__ or ())
                       if name != "__class__" and _filled(c)]
             found += [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+            # (`from importlib import import_module as load`, `import sys as s; s.modules`)
+            self.dynamic_imports = self.dynamic_imports or any(
+                any(v is f for f in _IMPORTERS) or
+                v is sys and "modules" in _names_of(obj.__code__)[1] for v in found)
             return [(v, False) for v in found]
         if isinstance(obj, types.MethodType):
             return [(obj.__func__, in_library), (obj.__self__, in_library)]
