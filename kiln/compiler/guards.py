@@ -20,7 +20,27 @@ every attribute and item. Each reached place becomes one `Guard`:
   generator has gone (`progress`; one whose progress cannot be read, a library's own iterator,
   is unguarded), a `ContextVar`'s value, `os.environ`, a weak dictionary's items, a
   bytearray's or `array.array`'s contents, an `lru_cache`'d function's fill and what it reads;
-  a deque as a list, a `threading.local` as a plain object.
+  a deque as a list, a `threading.local` as a plain object;
+- a NumPy array by its shape, dtype and bits (a copy compared on each replay: a value the call
+  read into Python, `float(A[0])`, `kiln.tensor(A)`, is baked into the trace), up to
+  `_ARRAY_BYTES` an array and `_ARRAY_BYTES_TOTAL` in all; an array of objects by the objects it
+  holds, as a list. The caps come from measured cost (a loaded 2-core machine): comparing the
+  bits of 4K, 64K, 256K (1 MiB), 1M and 16M float32 elements with a stored copy took 5-15 us,
+  12-35 us, 40-100 us, 0.15-0.45 ms and 7-20 ms, where a small replay takes 15-25 us, so 1 MiB
+  costs a few replays at most and 4 MiB in all under half a millisecond;
+  `np.array_equal(..., equal_nan=True)`, the comparison before, took 3 to 28 times as long.
+  Nothing cheaper is exact (NumPy keeps no version counter; a checksum reads every byte too), so
+  a larger array the call's code reaches (a dataset) is listed as unguarded: such a call runs
+  eagerly, with a warning naming the array, its shape and dtype;
+- the user modules a call finds by name as it runs (`import cfg` or `from cfg import lr` in a
+  function, `importlib.import_module(name)`, `__import__(name)`, `sys.modules[name]`), which no
+  global need hold: when code the call can run does that (`_imports_of`; or names one of
+  `_IMPORTERS` under another name, `from importlib import import_module as load`), the modules
+  it names, or for a computed name every user module holding a name that code loads, by
+  identity in `sys.modules` and in the attributes that code loads (`_Walk.imported`); code
+  that also reads by computed name then runs eagerly with a warning. A user module's
+  attributes are guarded in the names any code the call can run loads (a helper may return the
+  module), and a user's submodule held by a module is walked as a module.
 
 The walk goes `_OBJECT_DEPTH` levels into plain objects and containers (counted from the
 nearest function, class, module or optimizer) and adds at most `_GUARD_BUDGET` guards. A place
@@ -49,11 +69,14 @@ from __future__ import annotations
 import abc
 import argparse
 import array
+import builtins
 import collections
 import contextvars
 import dataclasses
 import dis
 import functools
+import importlib
+import importlib.util
 import logging
 import math
 import operator
@@ -79,6 +102,8 @@ SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
 _OBJECT_DEPTH = 32          # attribute and item levels into plain objects and containers
 _GUARD_BUDGET = 100_000     # guards per walk: past it, places are listed as unguarded
 _ITEM_GUARDS = 8            # a longer list of scalars, tensors and tuples: one guard on all
+_ARRAY_BYTES = 1 << 20      # a NumPy array's contents compared on each replay up to this size
+_ARRAY_BYTES_TOTAL = 4 << 20    # and up to this much in all, per walk
 _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 
 
@@ -107,7 +132,7 @@ def _same(kind: str, expected, value) -> bool:
         return type(value) is expected[0] and (value == 0) == expected[1]
     if kind == "array":
         return (isinstance(value, np.ndarray) and value.shape == expected.shape and
-                value.dtype == expected.dtype and np.array_equal(value, expected, equal_nan=True))
+                value.dtype == expected.dtype and np.array_equal(_bits(value), _bits(expected)))
     if kind == "items":
         return _same_items(value, expected)
     if kind == "members":           # (most are empty: a module's sets of names)
@@ -115,6 +140,15 @@ def _same(kind: str, expected, value) -> bool:
     if kind == "unguarded":         # a place past a limit: listed, never checked
         return True
     raise AssertionError(kind)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """An array's bytes as unsigned integers, one per element where the item size allows (a
+    view, whatever the strides): equal bits are equal contents, -0.0 apart from 0.0 and a NaN
+    equal to itself, and comparing them skips the NaN tests a float comparison makes."""
+    if a.itemsize in (1, 2, 4, 8):
+        return a.view(f"u{a.itemsize}")
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 def _same_items(items, expected: tuple) -> bool:
@@ -333,6 +367,17 @@ def progress(obj, depth: int = 0):
     return id(obj)
 
 
+def _flat_items(a: np.ndarray) -> list:
+    return list(a.flat)
+
+
+def _flat_item(a: np.ndarray, i: int):
+    try:
+        return a.flat[i]
+    except IndexError:
+        return MISSING
+
+
 def _attribute_counts(dicts: tuple) -> list:
     return list(map(len, dicts))
 
@@ -340,7 +385,8 @@ def _attribute_counts(dicts: tuple) -> list:
 # ----------------------------------------------------------------------------- roots
 
 _GLOBAL_OPS = {"LOAD_GLOBAL", "LOAD_NAME"}
-_ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "STORE_ATTR", "DELETE_ATTR"}
+_ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "STORE_ATTR", "DELETE_ATTR",
+                  "IMPORT_FROM"}
 
 
 @functools.lru_cache(maxsize=512)
@@ -389,6 +435,58 @@ def _format_attributes(text: str) -> set:
         found.update(re.sub(r"\[[^]]*\]", "", name or "").split(".")[1:])   # `{0[k].x}`: x
         if spec and "{" in spec:        # `{x:>{w.width}}`
             found |= _format_attributes(spec)
+    return found
+
+
+# names whose use finds a module by a name computed as the call runs
+_IMPORTING = frozenset({"import_module", "__import__"})
+_LOADS = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FAST", "LOAD_DEREF"}
+_IMPORTERS = (importlib.import_module, builtins.__import__, sys.modules)    # by any name
+
+
+@functools.lru_cache(maxsize=512)
+def _imports_of(code) -> tuple[frozenset, bool]:
+    """The modules a code object (and every code nested in it) imports as it runs: the
+    `import` statements' ((name, level, fromlist), ...), and whether it finds modules by a
+    computed name (`importlib.import_module`, `__import__`, `sys.modules`)."""
+    static, dynamic = set(), False
+    last = None
+    before: list = []
+    for ins in dis.get_instructions(code):
+        if ins.opname == "IMPORT_NAME":     # (after LOAD_CONST level, LOAD_CONST fromlist)
+            level, fromlist = (i.argval if i.opname == "LOAD_CONST" else 0
+                               for i in before[-2:]) if len(before) >= 2 else (0, None)
+            static.add((ins.argval, level if type(level) is int else 0,
+                        tuple(fromlist) if isinstance(fromlist, tuple) else ()))
+        elif ins.opname in _GLOBAL_OPS | _ATTRIBUTE_OPS and ins.argval in _IMPORTING or \
+                ins.opname in _ATTRIBUTE_OPS and ins.argval == "modules" and \
+                last is not None and last.opname in _LOADS and last.argval == "sys" or \
+                ins.opname in _GLOBAL_OPS and ins.argval == "modules":
+            dynamic = True
+        last = ins
+        before.append(ins)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            inner, found = _imports_of(const)
+            static |= inner
+            dynamic = dynamic or found
+    return frozenset(static), dynamic
+
+
+def _module_names(imports: frozenset, glb: dict) -> set:
+    """The modules `import` statements of a function whose globals are `glb` bind or read: each
+    module named, its packages, and the submodules `from pkg import sub` names."""
+    found = set()
+    for name, level, fromlist in imports:
+        if level:
+            package = glb.get("__package__") or glb.get("__name__", "").rpartition(".")[0]
+            try:
+                name = importlib.util.resolve_name("." * level + name, package)
+            except (ImportError, ValueError):
+                continue
+        parts = name.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        found.update(f"{name}.{item}" for item in fromlist if item != "*")
     return found
 
 
@@ -554,6 +652,8 @@ class Reads:
     whole: frozenset = frozenset()
     everything: bool = False
     compares: bool = False      # reached code may compare or format a namespace (read whole)
+    imports: frozenset = frozenset()    # modules reached code imports by name as it runs
+    dynamic_imports: bool = False       # reached code finds modules by a computed name
 
     def by_name(self, obj) -> bool:
         return not self.everything and id(obj) not in self.whole
@@ -601,11 +701,14 @@ class _Reach:
     """One pass of `code_reads`: from the roots, the code the call can run and the attribute
     names it loads, following only attributes of plain objects with names loaded so far."""
 
-    def __init__(self, names: frozenset, compares: bool):
+    def __init__(self, names: frozenset, compares: bool, complete: bool = False):
         self.names = set(names)
         self.compares = compares
         self.whole: set[int] = set()
         self.everything = False
+        self.complete = complete    # go on past `everything`, reading every object whole
+        self.imports: set[str] = set()      # see `Reads`
+        self.dynamic_imports = False
         self.seen: set = set()
         self.seen_tensors: set = set()
         self.classes: dict = {}
@@ -613,7 +716,7 @@ class _Reach:
 
     def run(self, roots: list) -> None:
         stack = [(obj, False) for obj in roots]
-        while stack and not self.everything:
+        while stack and (not self.everything or self.complete and self.left >= 0):
             obj, in_library = stack.pop()
             if type(obj) in SCALARS or isinstance(obj, np.ndarray):
                 continue
@@ -626,7 +729,7 @@ class _Reach:
                 continue
             self.seen.add((id(obj), in_library))
             self.left -= 1
-            self.everything = self.left < 0
+            self.everything = self.everything or self.left < 0
             stack += self.parts(obj, in_library)
 
     def code(self, code) -> None:
@@ -644,7 +747,8 @@ class _Reach:
         found, opaque, library_base = self.classes[cls]
 
         def runs(name: str) -> bool:
-            if library_base is True or name in self.names or name in _IMPLICIT_METHODS or \
+            if library_base is True or self.everything or name in self.names or \
+                    name in _IMPLICIT_METHODS or \
                     library_base and name in library_base:
                 return True
             return name[:2] == name[-2:] == "__" and (called or name not in _CONSTRUCTORS)
@@ -656,6 +760,8 @@ class _Reach:
         if isinstance(obj, types.ModuleType):
             if _library_module(obj.__name__):
                 return []
+            if self.everything:
+                return [(v, False) for v in list(obj.__dict__.values())]
             return [(obj.__dict__[n], False) for n in self.names if n in obj.__dict__]
         if isinstance(obj, type):
             return [] if _library_module(obj.__module__) else self.klass(obj, True)[0]
@@ -665,12 +771,20 @@ class _Reach:
                     [(v, True) for v in vars(obj).values()]
             self.code(obj.__code__)
             glb = obj.__globals__
+            static, dynamic = _imports_of(obj.__code__)
+            if static:
+                self.imports |= _module_names(static, glb)
+            self.dynamic_imports = self.dynamic_imports or dynamic
             found = [glb[n] for n in global_names(obj.__code__) if n in glb]
             # (not a method's `__class__` cell, for `super()`: its class is not called there)
             found += [c.cell_contents for name, c in zip(obj.__code__.co_freevars,
                                                           obj.__closure__ or ())
                       if name != "__class__" and _filled(c)]
             found += [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+            # (`from importlib import import_module as load`, `import sys as s; s.modules`)
+            self.dynamic_imports = self.dynamic_imports or any(
+                any(v is f for f in _IMPORTERS) or
+                v is sys and "modules" in _names_of(obj.__code__)[1] for v in found)
             return [(v, False) for v in found]
         if isinstance(obj, types.MethodType):
             return [(obj.__func__, in_library), (obj.__self__, in_library)]
@@ -707,14 +821,14 @@ class _Reach:
                 (hasattr(obj, "param_groups") and hasattr(obj, "state")):
             return code + [(v, in_library) for v in attrs.values()]
         if cls in _DATA_HOLDERS:        # a namespace: read by name unless compared or printed
-            if self.compares or in_library:
+            if self.compares or in_library or self.everything:
                 self.whole.add(id(obj))
             if id(obj) in self.whole:
                 return [(v, in_library) for v in attrs.values()]
             return [(v, False) for n, v in attrs.items() if n in self.names]
         if _library_module(cls.__module__):       # guarded by identity; what it holds may run
             return [(v, True) for v in attrs.values()]
-        if opaque or in_library:
+        if opaque or in_library or self.everything:
             self.whole.add(id(obj))
         if id(obj) in self.whole:
             return code + [(v, False) for v in attrs.values()]
@@ -762,9 +876,15 @@ def code_reads(fn, extra: list = ()) -> Reads:
         reach = _Reach(names, compares)
         reach.run(roots)
         if reach.everything:
-            return Reads(frozenset(), everything=True)
+            # (which modules the call imports: from all the code it can reach, read whole)
+            reach = _Reach(frozenset(reach.names), True, complete=True)
+            reach.run(roots)
+            return Reads(frozenset(), everything=True, imports=frozenset(reach.imports),
+                         dynamic_imports=reach.dynamic_imports)
         if reach.names == names and reach.compares == compares:
-            return Reads(names, frozenset(reach.whole), compares=compares)
+            return Reads(names, frozenset(reach.whole), compares=compares,
+                         imports=frozenset(reach.imports),
+                         dynamic_imports=reach.dynamic_imports)
         names, compares = frozenset(reach.names), reach.compares
 
 
@@ -797,6 +917,10 @@ class _Walk:
         self.flag_reads = flag_reads    # None: every module's `training`; else ids of those read
         self.over_budget = False
         self.tensor_dicts: list[dict] = []      # the `__dict__`s of the tensors walked
+        self.array_bytes = 0        # the bytes of NumPy arrays whose contents are guarded
+        # the attribute names any code the call can run loads, read on a user's module (None:
+        # those of the function naming it; see `inside`)
+        self.module_names: set | None = None
 
     def unguarded(self, source: str, limit: str) -> None:
         """Say that `source` and what it holds are past a limit (see the module docstring)."""
@@ -866,21 +990,28 @@ class _Walk:
 
     def inside(self, source: str, obj, depth: int, names: set | None, lazy: bool) -> None:
         if isinstance(obj, np.ndarray):
-            if obj.size <= 4096:      # data a trace may bake in as a constant (kiln.tensor(a))
-                copy = obj.copy()
-                self.guards.append(Guard(f"{source}[...]", constant(obj), "array", copy))
+            self.array(source, obj, depth, lazy)
             return
         if isinstance(obj, types.ModuleType):
             # a Python module: only the attributes the code names (`config.ALPHA`, `np.pi`),
-            # a user's module whole where the code reads by computed name
-            if names and ANY_NAME in names and not _library_module(obj.__name__):
+            # a user's module whole where the code reads by computed name. A user's module
+            # also in the names any code the call can run loads (`module_names`: a helper may
+            # return the module, `get_config().lr`), and a user's submodule in its attributes
+            # (`pkg.sub.lr`) as a module of its own.
+            user = not _library_module(obj.__name__)
+            if user and self.module_names is not None:
+                names = {*(names or ()), *self.module_names}
+            wanted = names
+            if names and ANY_NAME in names and user:
                 names = obj.__dict__.keys()
             for name in sorted(names or ()):
                 if name in obj.__dict__ and not name.startswith("__"):
                     value = obj.__dict__[name]
-                    if not isinstance(value, types.ModuleType) and not (
-                            isinstance(value, type) and _library_module(value.__module__)):
-                        self.place(f"{source}.{name}", _attr(obj, name), value, 0)
+                    if isinstance(value, types.ModuleType) and \
+                            _library_module(value.__name__) or \
+                            isinstance(value, type) and _library_module(value.__module__):
+                        continue
+                    self.place(f"{source}.{name}", _attr(obj, name), value, 0, wanted)
             return
         if isinstance(obj, types.MethodType):      # `self.callback = other.method`
             if depth >= _OBJECT_DEPTH:    # (its object is one level, as if held itself)
@@ -1064,6 +1195,81 @@ class _Walk:
             return True
         return False
 
+    def array(self, source: str, a: np.ndarray, depth: int, lazy: bool) -> None:
+        """Guard what a NumPy array holds (its identity is guarded): a call may read it into
+        Python (`float(A[0])`, `kiln.tensor(A)`) and the trace then holds those values. Its
+        shape, dtype and bits are compared with a copy on each replay, up to `_ARRAY_BYTES` an
+        array and `_ARRAY_BYTES_TOTAL` a walk; a larger array (a dataset) is listed as
+        unguarded by a walk whose guards a replay checks, so that such a call runs eagerly with
+        a warning. (Nothing cheaper is exact: NumPy keeps no version counter, and a checksum
+        reads every byte as the comparison does. The walks around a trace, which look for the
+        call's own writes (`attribute_counts`), compare every array up to `_ARRAY_BYTES` and keep
+        identity only for a larger one: a call can write only an array its code reaches, which
+        the replay's walk lists.) An object array's items are places, as a list's are."""
+        if a.dtype.hasobject:
+            self.object_array(source, a, depth, lazy)
+            return
+        checked = not self.attribute_counts     # (a walk whose guards a replay checks)
+        if a.nbytes > _ARRAY_BYTES or checked and \
+                self.array_bytes + a.nbytes > _ARRAY_BYTES_TOTAL:
+            if checked:
+                over = (f"more than the {_ARRAY_BYTES >> 20} MiB an array" if
+                        a.nbytes > _ARRAY_BYTES else
+                        f"past the {_ARRAY_BYTES_TOTAL >> 20} MiB of arrays in all")
+                self.unguarded(source, f"a NumPy array, shape {a.shape}, {a.dtype}, "
+                               f"{a.nbytes:,} bytes: {over} whose contents a replay compares")
+            return
+        self.array_bytes += a.nbytes
+        self.guards.append(Guard(f"{source}[...]", constant(a), "array", a.copy(), lazy))
+
+    def object_array(self, source: str, a: np.ndarray, depth: int, lazy: bool) -> None:
+        """An array of Python objects: its shape and which objects it holds (by identity, an
+        equal scalar as itself), then each object not a scalar, tensor or tuple of such as a
+        place of its own."""
+        if a.dtype != object or a.size > _ARRAY_BYTES // 8:     # (a record of object fields)
+            if not self.attribute_counts:
+                self.unguarded(source, f"a NumPy array, shape {a.shape}, {a.dtype}: kiln "
+                               "compares the objects of an object array of at most "
+                               f"{_ARRAY_BYTES >> 3:,}")
+            return
+        self.guards.append(Guard(f"{source}.shape", functools.partial(getattr, a, "shape"),
+                                 "eq", a.shape, lazy))
+        flat = functools.partial(_flat_items, a)
+        items = flat()
+        self.guards.append(Guard(f"{source}.flat[:]", flat, "items", tuple(items), lazy))
+        for i, item in enumerate(items):
+            if not _frozen(item):
+                self.place(f"{source}.flat[{i}]", functools.partial(_flat_item, a, i), item,
+                           depth + 1, lazy=lazy)
+            elif isinstance(item, Tensor) and id(item) not in self.seen:
+                self.seen.add(id(item))
+                self.tensor_attributes(f"{source}.flat[{i}]", item, depth + 1, lazy)
+
+    def imported(self, reads: Reads) -> None:
+        """The user modules the call can find by name as it runs (an `import` statement in a
+        function, `importlib.import_module`, `__import__`, `sys.modules[name]`), which no
+        global or attribute need hold: each such module in `sys.modules` by identity there, and
+        its attributes named by the code the call can run (`reads.names`; all of them where
+        that code reads by computed name). A module is such a module when an `import`
+        statement names it, or, for a computed name, when it holds one of those names (a
+        module without one the call can only pass on). A computed name read by computed name
+        is listed as unguarded."""
+        if not reads.imports and not reads.dynamic_imports:
+            return
+        if reads.everything and reads.dynamic_imports:
+            self.unguarded("the modules it finds by a computed name (importlib.import_module, "
+                           "__import__, sys.modules)", "code it can run reads attributes by "
+                           "computed name (getattr, vars, ...): which it reads is unknown")
+            return
+        names = {ANY_NAME} if reads.everything else reads.names
+        for name, module in list(sys.modules.items()):
+            if not isinstance(module, types.ModuleType) or _library_module(name):
+                continue
+            if name in reads.imports or reads.dynamic_imports and \
+                    not names.isdisjoint(module.__dict__):
+                self.place(f"sys.modules[{name!r}]", _item(sys.modules, name), module, 0,
+                           names)
+
     def unread_flag(self, obj, name: str = "training") -> bool:
         """Whether the traced call read no `module.training` (or `optimizer.state`): every read
         through the class's property was told to the trace (`flag_reads`, see
@@ -1138,7 +1344,10 @@ def collect(fn, extra: list = (), attribute_counts: bool = False,
     `by_name`, only the attributes of plain objects that code the call can run names
     (`code_reads`): the guards a replay checks; with it `flag_reads`, the ids of the modules
     whose `training` the traced call read (the others' is not guarded)."""
-    walk = _Walk(attribute_counts, code_reads(fn, extra) if by_name else None, flag_reads)
+    reads = code_reads(fn, extra)
+    walk = _Walk(attribute_counts, reads if by_name else None, flag_reads)
+    walk.module_names = {ANY_NAME} if reads.everything else set(reads.names)
+    walk.imported(reads)
     code = getattr(getattr(fn, "__func__", fn), "__code__", None)
     names = code_names(code) if code is not None else None
     for source, read, value in list(roots(fn)) + list(extra):
