@@ -21,11 +21,13 @@ torch_dropout = pytest.mark.skipif(pytorch_uses_mkl_stream(), reason=MKL_REASON)
 
 def compiled_like_torch(program: str, whole: bool = True, rtol: float = 1e-5,
                         values_rtol: float = 1e-5, values_atol: float = 1e-6,
-                        compiled_rtol: float = 1e-4) -> tuple[dict, dict, dict]:
+                        compiled_rtol: float = 1e-4,
+                        eager_rtol: float = 1e-4) -> tuple[dict, dict, dict]:
     """torch's run, kiln's eager run from torch's weights, and kiln's compiled run, whose
-    values agree with torch's too (to `compiled_rtol`)."""
+    losses repeat the eager run's (to `eager_rtol`) and whose values agree with torch's too
+    (to `compiled_rtol`)."""
     t, k = same_run(program, rtol=rtol, values_rtol=values_rtol, values_atol=values_atol)
-    c = compiled_matches(program, k, t, whole=whole)
+    c = compiled_matches(program, k, t, whole=whole, rtol=eager_rtol)
     for name, tv in t["values"].items():
         if isinstance(tv, (str, bool, int)):
             assert c["values"][name] == tv, f"{program} compiled: {name}"
@@ -63,12 +65,14 @@ def test_timm_style_trainer_bfloat16_mixup_ema_and_resume():
     # bfloat16 autocast: the first loss is torch's bit for bit (kiln's log_softmax rounded
     # once where torch's CPU kernel rounds the sum and its log: 2e-4 apart from the first
     # step); later ones differ by bfloat16 gradients torch rounds more often (measured max
-    # 8e-4 relative; the second was equal on AVX-512 CPUs, 2.5e-4 apart on an AVX2 one). The compiled step runs eagerly with kiln's warning (no bfloat16
-    # kernels)
+    # 8e-4 relative; the second was equal on AVX-512 CPUs, 2.5e-4 apart on an AVX2 one).
     # running statistics of bfloat16 activations (~0.2, a bfloat16 step 1e-3 there) differ by
-    # a few steps where torch's bfloat16 products do, by CPU (3.3e-3 on an AVX2 EPYC)
-    t, k, c = compiled_like_torch("timm_trainer", whole=False, rtol=2e-3, values_rtol=1e-2,
-                                  values_atol=5e-3, compiled_rtol=1e-2)
+    # a few steps where torch's bfloat16 products do, by CPU (3.3e-3 on an AVX2 EPYC).
+    # The compiled step (no fallback) computes a fused chain in float and rounds it to
+    # bfloat16 once where eager rounds each op: its losses are eager's to bfloat16 rounding
+    # (measured 1.0e-3 relative after 8 equal steps)
+    t, k, c = compiled_like_torch("timm_trainer", rtol=2e-3, values_rtol=1e-2,
+                                  values_atol=5e-3, compiled_rtol=1e-2, eager_rtol=4e-3)
     np.testing.assert_array_equal(k["losses"][:1], t["losses"][:1])
     assert k["values"]["weight_decays"] == "0.0,0.05" and k["values"]["group_sizes"] == "6,3"
     assert len(k["losses"]) == 16
