@@ -18,7 +18,7 @@ import warnings
 from kiln.ir.dtypes import SCALAR_TYPE_NAMES
 from kiln.tracer.autograd import no_grad, view_origin
 from kiln.tracer.errors import op_error, user_stacklevel
-from kiln.tracer.methods import write_inplace
+from kiln.tracer.methods import check_partial_overlap, write_inplace
 from kiln.tracer.methods_extra import layout, sparse_coo, strided  # noqa: F401  (torch.layout)
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -59,10 +59,12 @@ def with_out(fn, exact_dtype=False):
         name = fn.__name__
         exact = exact_dtype(*args, **kwargs) if callable(exact_dtype) else exact_dtype
         if isinstance(out, Tensor):
+            _check_out_overlap((out,), args, kwargs, name)
             return write_out(out, fn(*args, **kwargs), name, exact)
         if not isinstance(out, (tuple, list)) or not all(isinstance(o, Tensor) for o in out):
             raise op_error(name, f"argument 'out' must be a Tensor or a tuple of Tensors, not "
                            f"{type(out).__name__}", TypeError)
+        _check_out_overlap(out, args, kwargs, name)
         result = fn(*args, **kwargs)
         if not isinstance(result, (tuple, list)) or len(result) != len(out):
             raise op_error(name, f"expected out= to be {_result_count(result)}, got a "
@@ -72,6 +74,22 @@ def with_out(fn, exact_dtype=False):
         # a named result (values, indices) comes back named, holding the out tensors
         return type(result)(*out) if hasattr(result, "_fields") else out
     return wrapper
+
+
+def _check_out_overlap(outs, args, kwargs, name: str) -> None:
+    """Refuse, as PyTorch, an `out=` sharing part of an input's memory in another layout
+    (`torch.add(x[:-1], 1, out=x[1:])`, `torch.cat([x[:2], x[2:4]], out=x[1:5])`): the result
+    would depend on the order the elements are written in. The same elements in the same
+    layout (`torch.add(x, 1, out=x)`) are allowed."""
+    inputs = []
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, (tuple, list)):
+            inputs.extend(a)
+        else:
+            inputs.append(a)
+    for o in outs:
+        if o.device.type != "meta":
+            check_partial_overlap(o, inputs, name)
 
 
 def _result_count(result) -> str:

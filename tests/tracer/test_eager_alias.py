@@ -138,6 +138,27 @@ def test_overlapping_inplace_ops_as_pytorch(body):
     _same(body)
 
 
+# out= sharing part of an input's memory: refused as an in-place op's input is; the same
+# elements in the same layout, or disjoint memory, computed
+OUT_CASES = [
+    "x = t.arange(6.); t.add(x[:-1], 1, out=x[1:]); out = x",
+    "x = t.arange(6.); t.neg(x[:3], out=x[1:4]); out = x",
+    "y = t.arange(9.).reshape(3, 3); t.mul(y, 2, out=y.t()); out = y",
+    "x = t.arange(6.); t.cat([x[:2], x[2:4]], out=x[1:5]); out = x",
+    "x = t.arange(6.); t.cat([x[:2], x[2:4]], out=x[2:6]); out = x",
+    "x = t.arange(6.); t.add(x, 1, out=x); out = x",
+    "x = t.arange(6.); t.add(x[:3], 1, out=x[3:]); out = x",
+    "x = t.arange(6.); t.add(x[:3], x[3:], out=x[:3]); out = x",
+    "x = t.zeros(3); t.add(t.ones(3, 3), 1, out=x.expand(3, 3)); out = x",
+    "x = t.arange(6.); t.sort(x[:4], out=(x[2:], t.zeros(4, dtype=t.long))); out = x",
+]
+
+
+@pytest.mark.parametrize("body", OUT_CASES)
+def test_out_overlapping_an_input_as_pytorch(body):
+    _same(body)
+
+
 # item 1 with autograd: a write through a view of an expanded non-leaf reaches its base's
 # history (CopySlices), and gradients flow as PyTorch's
 GRAD_CASES = [
