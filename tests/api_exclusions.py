@@ -126,7 +126,7 @@ sparse_resize_and_clear_ sspaddmm to_sparse_bsc to_sparse_bsr values
 resize_as_sparse_
 """)
 _group(T, STORAGE, """
-set_ is_set_to
+is_set_to
 const_data_ptr
 """)
 _group(T, STRIDES, """

@@ -276,8 +276,12 @@ def test_autocast_training_step_follows_eager_and_torch(backend):
         scale = float(np.abs(q.detach().numpy()).max())
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=FUSED_RTOL,
                                    atol=ULP * scale, err_msg=name)
+        # against torch: its bfloat16 products sum in another order (which also changes with
+        # the number of threads: 4.8 ulps of the largest element apart with one thread and in
+        # a pytest-xdist worker, on a bias element 1/20 of it), and five momentum steps carry
+        # each rounding on
         np.testing.assert_allclose(p.detach().numpy(), r.detach().numpy(), rtol=FUSED_RTOL,
-                                   atol=ULP * scale, err_msg=name)
+                                   atol=16 * ULP * scale, err_msg=name)
 
 
 def test_bfloat16_parameters_step_as_eager(backend):
