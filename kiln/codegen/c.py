@@ -1459,8 +1459,8 @@ class _Renderer:
                 args.append(self._index(a))
         text = spelling(args, compute_dtype(operand_dtype(s) or s.dtype), s)
         for call, h in [(h, h) for h in HELPERS] + list(_HELPER_OF.items()):
-            if f"{call}(" in text and h not in self.helpers:
-                self.helpers.append(h)
+            if f"{call}(" in text:
+                self._use(h)
         return text
 
 
