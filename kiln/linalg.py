@@ -155,15 +155,16 @@ def cholesky_ex(A, *, upper=False, check_errors=False):
 
 
 def qr(A, mode="reduced"):
+    """Q and R with A = QR: reduced (Q m x k, R k x n, k = min(m, n)), complete (Q m x m, R
+    m x n) or R alone (mode 'r', Q an empty tensor), as torch's."""
+    if mode not in ("reduced", "complete", "r"):
+        raise op_error("linalg.qr", f"qr received unrecognized mode '{mode}' but expected one of "
+                       "'reduced' (default), 'r', or 'complete'")
     A = _float(A)
     R = namedtuple("qr", ["Q", "R"])
-    if mode not in ("reduced", "r"):
-        raise op_error("linalg.qr", f"mode {mode!r} is not supported by kiln (use 'reduced' "
-                       "or 'r')")
-    q, r = qr_factors(A)
     if mode == "r":
-        return R(F.zeros(0, dtype=A.dtype, device=A.device), r)
-    return R(q, r)
+        return R(F.zeros(0, dtype=A.dtype, device=A.device), *qr_factors(A, mode))
+    return R(*qr_factors(A, mode))
 
 
 def eigh(A, UPLO="L"):
@@ -598,9 +599,7 @@ def logdet(A):
 
 
 def torch_qr(A, some=True):
-    if not some:
-        raise op_error("qr", "some=False (the complete QR) is not supported by kiln")
-    return qr(A)
+    return qr(A, "reduced" if some else "complete")
 
 
 def torch_svd(A, some=True, compute_uv=True):

@@ -352,21 +352,24 @@ define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad,
        reads=(), output=COPIED, complex_grad=True)
 
 
-def _qr_layout(shape, dtype):
+def _qr_layout(shape, dtype, mode):
     batch, (m, n) = tuple(shape[:-2]), shape[-2:]
-    k = min(m, n)
-    return ((batch + (m, k), True, dtype), (batch + (k, n), True, dtype))      # Q, R
+    k = m if mode == "complete" else min(m, n)
+    r = (batch + (k, n), True, dtype)
+    return (r,) if mode == "r" else ((batch + (m, k), True, dtype), r)      # (Q,) R
 
 
-def _qr_infer(shapes, dtypes):
+def _qr_infer(shapes, dtypes, mode):
     s = shapes[0]
     if len(s) < 2:
         raise ShapeError(f"linalg.qr: the input must have at least 2 dimensions, got {list(s)}")
-    return (_packed_size(_qr_layout(s, dtypes[0])),), dtypes[0]
+    return (_packed_size(_qr_layout(s, dtypes[0], mode)),), dtypes[0]
 
 
-def _qr_impl(xp, a):
-    q, r = xp.linalg.qr(a, mode="reduced")
+def _qr_impl(xp, a, mode):
+    if mode == "r":         # LAPACK's geqrf alone: Q is never formed
+        return _pack(xp, a.dtype, (_swap(xp, xp.linalg.qr(a, mode="r")),))
+    q, r = xp.linalg.qr(a, mode=mode)
     return _pack(xp, a.dtype, (_swap(xp, q), _swap(xp, r)))
 
 
@@ -381,16 +384,24 @@ def _rows(t, start, stop):
     return _mT(_cols(_mT(t), start, stop))
 
 
-def _qr_grad(g, out, a):
+def _qr_grad(g, out, a, mode):
     # reduced QR with m >= n: M = R gR^H - gQ^H Q; A_bar = (gQ + Q copyltu(M)) R^-H, copyltu
     # mirroring M's strict lower triangle onto the upper with the real part of its diagonal
     # (R's diagonal is real). Wide (m < n): A = [X Y], R = [R1 R2], X = Q R1 that square QR,
     # R2 = Q^H Y = R's last n - m columns: gY = Q gR2, and gQ gains Y gR2^H before X's rule
-    # (torch's linalg_qr_backward)
-    layout = _qr_layout(a.shape, a.dtype)
+    # (torch's linalg_qr_backward). The complete QR of a wide or square matrix is its reduced
+    # one; torch's refusals otherwise, with its messages
+    m, n = a.shape[-2], a.shape[-1]
+    if mode == "r":
+        raise RuntimeError("The derivative of linalg.qr depends on Q, which is not computed when "
+                           "mode='r'. Please use linalg.qr(A, mode='reduced') if you are going "
+                           "to differentiate through linalg.qr.")
+    if mode == "complete" and m > n:
+        raise RuntimeError("The QR decomposition is not differentiable when mode='complete' and "
+                           "nrows > ncols.")
+    layout = _qr_layout(a.shape, a.dtype, mode)
     Q, R = _parts(out, layout, copy=False)
     gQ, gR = _parts(g, layout, copy=False)
-    m, n = a.shape[-2], a.shape[-1]
     if m < n:
         gR2, Y = _cols(gR, m, n), P.matmul(Q, _cols(R, m, n))
         gQ = P.add(gQ, P.matmul(Y, _mH(gR2)))
@@ -408,12 +419,13 @@ def _qr_grad(g, out, a):
 
 
 define("linalg_qr", LINALG, _qr_infer, _qr_impl, _qr_grad, arity=1, complex_grad=True,
-       reads=(), output=SAVED, doc="the reduced QR of matrices, packed (qr_factors unpacks it)")
+       reads=(), output=SAVED,
+       doc="the QR of matrices (mode 'reduced', 'complete' or 'r'), packed (qr_factors unpacks it)")
 
 
-def qr_factors(a):
-    """(Q, R), the reduced QR of `a`, from one factorization."""
-    return _parts(P.linalg_qr(a), _qr_layout(a.shape, a.dtype), copy=True)
+def qr_factors(a, mode="reduced"):
+    """(Q, R) of `a` from one factorization, or (R,) for mode 'r' (Q never formed)."""
+    return _parts(P.linalg_qr(a, mode=mode), _qr_layout(a.shape, a.dtype, mode), copy=True)
 
 
 def _matrix_exp_impl(xp, a):

@@ -47,8 +47,13 @@ def check(fmt, where: str, ndim: int) -> None:
 
 def is_contiguous_as(shape: tuple, strides: tuple, fmt) -> bool:
     """Whether elements at `strides` (in elements) lie densely in `fmt`'s order; dims of size 1
-    take any stride, as in PyTorch."""
-    order = _CHANNELS_LAST_ORDER.get(fmt, tuple(reversed(range(len(shape)))))
+    take any stride, as in PyTorch, and an empty tensor is contiguous (its channels-last
+    answer reads the strides, as PyTorch's does)."""
+    order = _CHANNELS_LAST_ORDER.get(fmt)
+    if order is None:
+        if 0 in shape:
+            return True
+        order = tuple(reversed(range(len(shape))))
     if len(order) != len(shape):
         return False
     expected = 1

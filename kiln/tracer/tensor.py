@@ -231,7 +231,11 @@ class Tensor:
         return element_offset(self._data)
 
     def stride(self, dim: int | None = None):
-        strides = tuple(s // self._data.itemsize for s in self._data.strides)
+        data = self._data
+        strides = tuple(s // data.itemsize for s in data.strides)
+        if data.size == 0 and not any(strides):
+            # NumPy makes an empty array with zero strides; torch, with a dense tensor's
+            strides = layout.strides_of(data.shape, layout.contiguous_format)
         return strides if dim is None else strides[_dim(dim, self.ndim)]
 
     def get_device(self) -> int:

@@ -196,3 +196,13 @@ def test_factories_make_and_like_factories_keep_a_channels_last_layout_as_torch(
         assert k.stride() == t.stride(), (k.stride(), t.stride())
     k_ones, t_ones = run(kiln)[3], run(torch)[3]
     np.testing.assert_array_equal(k_ones.numpy(), t_ones.numpy())
+
+
+@pytest.mark.parametrize("make", ["zeros", "empty", "ones", "randn"])
+@pytest.mark.parametrize("shape", [(0,), (2, 0), (0, 3), (2, 0, 3), (0, 0)])
+def test_empty_tensors_have_torchs_dense_strides(make, shape):
+    # NumPy gives a new empty array zero strides; torch a dense tensor's (size-0 dims as 1)
+    k, t = getattr(kiln, make)(shape), getattr(torch, make)(shape)
+    assert k.stride() == t.stride()
+    assert k.is_contiguous() and k.is_contiguous(memory_format=kiln.contiguous_format)
+    assert kiln.zeros(3, 4)[:, :0].stride() == torch.zeros(3, 4)[:, :0].stride()
