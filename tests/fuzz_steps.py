@@ -11,7 +11,9 @@ a batch norm, weights before a norm over two features) is moved by an adaptive o
 (Adam, RMSprop, Adagrad) by lr-sized steps in the direction of the rounding noise, so any two
 correct runs differ there by ~lr. Compiled must therefore equal eager within a small tolerance
 or within a few times the distance between kiln eager and PyTorch: a wrong compiled step
-stands out against both; noise does not.
+stands out against both; noise does not. The losses are held to the same rule (seed 20008: a
+bias whose gradient is +-1e-7 of rounding moves +-lr under Adagrad, and the three losses part
+by 4-7% from the third step).
 
 `python -m tests.fuzz_steps FIRST COUNT` runs a longer sweep and prints failing seeds.
 """
@@ -166,7 +168,9 @@ def check(spec: Spec, steps: int = 4) -> list[str]:
         for i in range(steps):
             losses = {name: run(*(lib.tensor(spec.x), lib.tensor(spec.y))).item()
                       for (name, run), lib in zip(runs.items(), (kiln, kiln, torch))}
-            if not np.isclose(losses["compiled"], losses["eager"], rtol=1e-5, atol=1e-6):
+            apart = abs(losses["compiled"] - losses["eager"])
+            noise = abs(losses["torch"] - losses["eager"])
+            if apart > 1e-6 + 1e-5 * abs(losses["eager"]) + 4 * noise:
                 problems.append(f"step {i} loss: {losses}")
     problems += [f"warning: {w.message}" for w in seen if "kiln.compile" in str(w.message)]
     state = lambda m: {k: np.asarray(v.detach().numpy(), np.float64)
