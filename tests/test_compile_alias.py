@@ -53,6 +53,14 @@ CASES = [
     _case("a view returned unwritten", "[b]", "def f(x):\n    return x[1:], x.t()\n"),
     _case("an intermediate and its view", "[b]",
           "def f(x):\n    y = x * 2\n    return y, y[0], y\n"),
+    _case("rows of an intermediate, then it and its transpose", "[b]",
+          "def f(x):\n    y = x * 2\n    return y[0], y[1:], y, y.t()\n"),
+    _case("a row of a result before the result", "[b]",
+          "def f(x):\n    y = x * 2\n    return y[1], y\n"),
+    _case("a row of the argument times one before it", "[b]",
+          "def f(x):\n    y = x * 1\n    return y[0], y\n"),
+    _case("overlapping windows of an intermediate", "[b]",
+          "def f(x):\n    y = x * 2\n    return y[0:2], y[1:3]\n"),
     _case("out=", "[b, b * 2]", "def f(a, c):\n    torch.add(a, c, out=a)\n    return a.sum()\n"),
     _case("setitem with duplicate indices", "[b]",
           "def f(x):\n    x[torch.tensor([0, 2, 0])] = x[1:4].clone()\n    return x * 1\n"),
@@ -130,7 +138,7 @@ CASES = [
 # fuzzer found (22, 26: the caller's write to an argument before backward(); 80: an argument
 # written with autograd history; 87: equal results cse merged; 1431: a result folded to a
 # constant)
-SEEDS = [0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 16, 22, 26, 80, 87, 1431]
+SEEDS = [0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 16, 22, 26, 80, 87, 1431, 20046]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

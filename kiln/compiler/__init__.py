@@ -1921,9 +1921,16 @@ def _outputs_apart(roots: tuple, outputs: list, held: list) -> tuple:
         elif root[0] == "input":
             if not any(_shares_memory(t, h) for h in held):
                 copied.append(i)
-        elif root[1] != i and not _shares_memory(outputs[root[1]], t):
+        elif root[1] != i and not _same_memory(outputs[root[1]], t):
             copied.append(i)
     return tuple(copied)
+
+
+def _same_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether `a` and `b` overlap or are views of one allocation (`h[0]` and `h[1:]` are: a
+    caller's write through `h` reaches both)."""
+    return _shares_memory(a, b) or a.device is b.device and a.device.type != "meta" and \
+        _base(a._data) is _base(b._data)
 
 
 def _shares_memory(a: Tensor, b: Tensor) -> bool:
@@ -2237,7 +2244,9 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
     value of its own, in new memory wherever the call wrote that tensor in place
     (`x.t().add_(1); return x`), or a `.grad` (`return p.grad`), or where the passes made two
     values of one (`y, y.t()` after `y.add_(1)`); eager mode's output is that tensor or a view
-    of it, and a caller's write through it must reach the tensor."""
+    of it, and a caller's write through it must reach the tensor. An output is taken again
+    from an earlier output, or from a later one that holds more of their memory (`h[0]` from
+    `h` in `return h[0], h`); the dict lists each source before the views taken of it."""
     graph = program.graph
     made = {n.out: n for n in graph.nodes}
     inputs = {v: i for i, v in enumerate(graph.inputs)}
@@ -2256,7 +2265,12 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
             chain.append((made[v].op, made[v].attrs))
             v = made[v].inputs[0]
         start = inputs.get(written.get(v, v))
-        for where, source in sources + [(("out", k), outputs[k]) for k in range(i)]:
+        span = _bytes(t._data) if t._data.size else None
+        larger = [k for k in range(i + 1, len(outputs)) if span is not None and
+                  type(outputs[k]._data) is np.ndarray and outputs[k]._data.size and
+                  _within(t._data, outputs[k]._data) and _bytes(outputs[k]._data) != span]
+        for where, source in sources + [(("out", k), outputs[k]) for k in range(i)] + \
+                [(("out", k), outputs[k]) for k in larger]:
             if type(source._data) is not np.ndarray or \
                     not np.may_share_memory(source._data, t._data):
                 continue
@@ -2275,8 +2289,22 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
                     recipe = _strided_recipe(source._data, t._data)
             if recipe is not None:
                 found[i] = (where, recipe)
-            break
-    return found
+                break
+    # each output taken from another comes after that one's own remaking (acyclic: a later
+    # source holds strictly more memory, an earlier one at least as much)
+    ordered = {}
+
+    def place(i):
+        where = found[i][0]
+        if type(where) is tuple and where[0] == "out" and where[1] in found and \
+                where[1] not in ordered:
+            place(where[1])
+        ordered[i] = found[i]
+
+    for i in found:
+        if i not in ordered:
+            place(i)
+    return ordered
 
 
 def _source(program: TracedProgram, where, leaves: list, user: list) -> Tensor | None:
@@ -2300,9 +2328,9 @@ def _same_layout(a: Tensor | None, b: Tensor) -> bool:
 
 def _strided_recipe(source: np.ndarray, view: np.ndarray):
     """`view`'s place in `source`'s memory, as `_view_again` takes it (for `source`'s strides
-    only), or None where it starts before `source` or between two elements."""
+    only), or None where it reaches outside `source` or starts between two elements."""
     offset = _address(view) - _address(source)
-    if offset < 0 or offset % source.itemsize:
+    if offset < 0 or offset % source.itemsize or view.size and not _within(view, source):
         return None
     return ("strided", source.strides, offset // source.itemsize, view.shape, view.strides)
 
@@ -2330,10 +2358,33 @@ def _view_again(source: Tensor, recipe: tuple) -> Tensor | None:
     if type(data) is not np.ndarray or data.strides != strides:
         return None
     flat = np.lib.stride_tricks.as_strided(data, (offset + 1,), (data.itemsize,))
-    out = Tensor._make(np.lib.stride_tricks.as_strided(flat[offset:], shape, view_strides),
-                       source.dtype, source.device)
+    view = np.lib.stride_tricks.as_strided(flat[offset:], shape, view_strides)
+    # eagerly the view may reach past `source` into their common base (`h` taken as a view of
+    # the returned `h[0]`); this call's `source` must hold that memory too
+    owner = data
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    if view.size and not _within(view, owner):
+        return None
+    out = Tensor._make(view, source.dtype, source.device)
     out._version = source._version
     return out
+
+
+def _bytes(a: np.ndarray) -> tuple:
+    """The first and one past the last byte address `a`'s elements use (`a` not empty)."""
+    start = stop = _address(a)
+    for n, step in zip(a.shape, a.strides):
+        if step < 0:
+            start += (n - 1) * step
+        else:
+            stop += (n - 1) * step
+    return start, stop + a.itemsize
+
+
+def _within(view: np.ndarray, owner: np.ndarray) -> bool:
+    (low, high), (start, stop) = _bytes(view), _bytes(owner)
+    return start <= low and high <= stop
 
 
 def _bound_tensor(program: TracedProgram, index: int, leaves: list) -> Tensor:
