@@ -458,3 +458,110 @@ def test_c_code_needing_a_real_float_raises_once_with_a_note_then_keys_by_value(
         np.testing.assert_array_equal(c(x, s).numpy(), f(x, s).numpy())
     assert all(kiln.compile(f, dynamic=False)(x, s).numpy()[0] == len(json.dumps({"s": s}))
                for s in (0.5, 0.25))
+
+
+# ------------------------------------------------------------- numbers computed from numbers
+
+def _mixup(x, y, lam):
+    return lam * x + (1 - lam) * y
+
+
+def _bias_corrected(x, t):
+    return x / (1 - 0.9 ** t) + x * (t + 1)
+
+
+def _two_numbers(x, lr, scale):
+    return x - (lr * scale) * x.sin() - abs(lr - scale) * x / -scale
+
+
+@pytest.mark.parametrize("fn,values", [
+    (_mixup, [(float(v),) for v in np.random.default_rng(1).beta(0.4, 0.4, 12)]),
+    (_bias_corrected, [(t,) for t in range(1, 13)]),
+    (_two_numbers, [(0.1 / (i + 1), 1.0 + i / 7) for i in range(12)]),
+])
+def test_arithmetic_on_lifted_numbers_stays_lifted(fn, values):
+    """`1 - lam`, `0.9 ** t`, `lr * scale`: a derived number each replay computes from the
+    call's arguments with Python's arithmetic, so the op takes eager's number to the bit; the
+    function traces twice (as with a number used directly), not once per value."""
+    data = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    x, y = kiln.tensor(data), kiln.tensor(data[::-1].copy())
+    kiln.compiler.reset()
+    counters.clear()
+    compiled = kiln.compile(fn)
+    extra = (y,) if fn is _mixup else ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no recompile-limit warning
+        for v in values:
+            assert kiln.equal(compiled(x, *extra, *v), fn(x, *extra, *v)), v
+    assert _graphs() == 2 and not compiled._specialised
+
+
+def test_a_derived_number_read_into_python_keys_its_argument_by_value():
+    def f(x, lam):
+        return x * (1 - lam) if 1 - lam > 0.5 else x + lam
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    for lam in (0.1, 0.7, 0.2, 0.7, 0.1):
+        assert kiln.equal(compiled(x, lam), f(x, lam))
+    assert not compiled._lifted and compiled._specialised == {(1, None): "__gt__"}
+    assert len(compiled.entries) == 3       # 0.1, 0.7 (the lifted trace, kept as its entry), 0.2
+
+
+@pytest.mark.parametrize("body", ["x * lam ** 0.5", "x * 2 ** lam", "x * (lam // 0.25)",
+                                  "x * (lam % 0.3)"])
+def test_other_arithmetic_specialises(body):
+    """A float exponent (complex for a negative base), floor division and remainder are read
+    into Python: the argument is keyed by value, and each value's result is eager's."""
+    f = eval(f"lambda x, lam: {body}")
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    for lam in (0.1, 0.7, 0.2, 0.9):
+        assert kiln.equal(compiled(x, lam), f(x, lam))
+    assert not compiled._lifted and (1, None) in compiled._specialised
+
+
+def test_a_derived_number_raises_in_a_replay_as_eagerly():
+    def f(x, lam):
+        return x * (1 / (1 - lam))
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    for lam in (0.1, 0.2, 0.3):
+        assert kiln.equal(compiled(x, lam), f(x, lam))
+    for fn in (f, compiled):
+        with pytest.raises(ZeroDivisionError):
+            fn(x, 1.0)
+
+
+def test_a_derived_number_in_a_training_step_matches_eager():
+    """Mixup as users write it: the loss mixes two targets with lam and 1 - lam, lam drawn by
+    NumPy each step; compiled losses and parameters equal eager's."""
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((8, 6)).astype(np.float32)
+    targets = rng.integers(0, 3, 8)
+    models = []
+    for _ in range(2):
+        kiln.manual_seed(0)
+        models.append(kiln.nn.Linear(6, 3))
+    opts = [kiln.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
+
+    def step(model, opt, x, y, lam):
+        perm = kiln.arange(x.shape[0] - 1, -1, -1)
+        out = model(lam * x + (1 - lam) * x[perm])
+        loss = lam * KF.cross_entropy(out, y) + (1 - lam) * KF.cross_entropy(out, y[perm])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = kiln.compile(step)
+    counters.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for lam in rng.beta(0.4, 0.4, 10):
+            args = (kiln.tensor(data), kiln.tensor(targets), float(lam))
+            a = step(models[0], opts[0], *args)
+            b = compiled(models[1], opts[1], *args)
+            np.testing.assert_allclose(b.item(), a.item(), rtol=1e-6)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert _graphs() <= 3 and not compiled._specialised

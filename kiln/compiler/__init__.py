@@ -53,7 +53,7 @@ from kiln.tracer import dispatch as _dispatch
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
-from kiln.tracer.symbolic_number import SymbolicNumber, operand_array
+from kiln.tracer.symbolic_number import SymbolicNumber, evaluate, operand_array
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
@@ -543,7 +543,7 @@ def _fetch_plan(program: TracedProgram, n: int, device) -> list:
         elif b.kind == "scalar":
             plan.append((_SCALAR, (*b.path, device.xp)))
         elif b.kind == "number":
-            plan.append((_NUMBER, (*b.path, b.draw, device.xp)))
+            plan.append((_NUMBER, (b.path, b.draw, device.xp)))
         else:
             plan.append((_LIFTED, b.tensor))
     return plan
@@ -1426,9 +1426,8 @@ class CompiledFunction:
                 inputs.append(xp.asarray(float(value), dtype=np.float64))
                 continue
             elif kind == _NUMBER:           # a lifted number argument, as an op takes it
-                position, keyword, dtype, xp = where
-                value = args[position] if keyword is None else kwargs[keyword]
-                inputs.append(operand_array(value, dtype, xp))
+                path, dtype, xp = where
+                inputs.append(operand_array(evaluate(path, args, kwargs), dtype, xp))
                 continue
             else:
                 t = _bound_tensor(program, where, leaves)

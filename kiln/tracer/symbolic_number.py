@@ -3,17 +3,23 @@ its place, and the one use that keeps it symbolic.
 
 A compiled function whose `int`/`float` argument changed value is traced once more with a
 `SymbolicNumber` there. The proxy behaves as its number in every Python use (`float(lr)`,
-`range(i)`, `if lr > 0`, `lr * 2`, a shape, a hash, a format, `isinstance(lr, float)`), and each
+`range(i)`, `if lr > 0`, `lr // 2`, a shape, a hash, a format, `isinstance(lr, float)`), and each
 such use marks it `specialised`: the trace may have baked its value into Python decisions, so
 the compiler keeps it as that value's entry only and keys the argument by value from then on.
 The one use left unmarked is an elementwise op's number operand (`x * lr`, `lr - x`, `x / i`,
 `x > t`: `functional.common._binary`), which `Tracer.number_input` makes a 0-d graph input
 holding the number as eager's NumPy kernel takes it (`operand_array`: converted to the op's
 promoted dtype), so a replay reads the new value and computes the same bits as eager does with
-the plain number. Arithmetic between proxies and numbers specialises.
+the plain number. Arithmetic on proxies and plain numbers (`1 - lam`, `lr * 0.5`, `0.9 ** t`
+of an int `t`: `_ARITHMETIC`) gives a derived proxy, its value computed as Python computes
+it and its `where` the expression, which a replay evaluates from the call's arguments with the
+same Python arithmetic (`evaluate`): the number an op takes is eager's to the bit. Any other use
+of a derived proxy specialises the arguments it was computed from.
 """
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 
@@ -29,18 +35,22 @@ class SymbolicNumber:
     """The number `value` of argument `where` ((position, None) or (None, keyword)), as a
     trace sees it; `specialised` once any use but an op operand read it into Python."""
 
-    __slots__ = ("value", "where", "name", "specialised")
+    __slots__ = ("value", "where", "name", "specialised", "operands")
 
-    def __init__(self, value, where: tuple, name: str):
+    def __init__(self, value, where: tuple, name: str, operands: tuple = ()):
         self.value = value
-        self.where = where
+        self.where = where              # (position, keyword), or a derived one's expression
         self.name = name
         self.specialised = None         # None, or what read the value (for messages)
+        self.operands = operands        # the proxies a derived one was computed from
 
     def specialise(self, why: str = "read into Python"):
-        """The plain number, noting that the trace depends on its value."""
+        """The plain number, noting that the trace depends on its value (and so on the values
+        of the arguments a derived proxy was computed from)."""
         if self.specialised is None:
             self.specialised = why
+            for operand in self.operands:
+                operand.specialise(why)
         return self.value
 
     # isinstance(lr, float) answers as for the number (kiln's own checks for Tensor too)
@@ -92,16 +102,74 @@ def _plain(x):
     return x.specialise() if type(x) is SymbolicNumber else x
 
 
+# the arithmetic that gives a derived proxy: (function, reflected), of an int or float proxy
+# and int or float operands (no bool); a result's type then follows from the operands' types
+# alone, as the entry a lifted argument keys by type needs (`**` only of a float by an int: a
+# float exponent can make a complex number of a negative base, an int base an int or a float
+# by the exponent's sign)
+_ARITHMETIC = {"__add__": (operator.add, False), "__radd__": (operator.add, True),
+               "__sub__": (operator.sub, False), "__rsub__": (operator.sub, True),
+               "__mul__": (operator.mul, False), "__rmul__": (operator.mul, True),
+               "__truediv__": (operator.truediv, False),
+               "__rtruediv__": (operator.truediv, True),
+               "__pow__": (operator.pow, False), "__rpow__": (operator.pow, True),
+               "__neg__": (operator.neg, False), "__pos__": (operator.pos, False),
+               "__abs__": (operator.abs, False)}
+_NUMBER_TYPES = (int, float)
+
+
+def _derived(name: str, proxy: SymbolicNumber, others: tuple):
+    """`proxy`'s dunder `name` with `others` as a derived proxy, or None where it is not one
+    (`_ARITHMETIC`)."""
+    fn, reflected = _ARITHMETIC[name]
+    if type(proxy.value) not in _NUMBER_TYPES or proxy.specialised is not None or \
+            any(type(o.value if type(o) is SymbolicNumber else o) not in _NUMBER_TYPES
+                for o in others):
+        return None
+    operands = (others[0], proxy) if reflected else (proxy, *others)
+    if fn is operator.pow and (type(_plain_value(operands[0])) is not float or
+                               type(_plain_value(operands[1])) is not int):
+        return None
+    value = fn(*map(_plain_value, operands))
+    if type(value) not in _NUMBER_TYPES:
+        return None
+    # the expression names its proxies by their places (hashing a proxy would read it) and
+    # keeps its numbers with their spelling (equal keys: -0.0 is not 0.0, 1 is not 1.0)
+    keys = tuple(("at", o.where) if type(o) is SymbolicNumber else ("number", o, repr(o))
+                 for o in operands)
+    return SymbolicNumber(value, ("expr", fn, keys), f"{proxy.name}_expr",
+                          tuple(o for o in operands if type(o) is SymbolicNumber))
+
+
+def _plain_value(x):
+    return x.value if type(x) is SymbolicNumber else x
+
+
 def _forward(name: str):
     """A dunder that computes with the plain number (and marks the proxy), except with a
-    tensor, which takes the reflected op (`lr * x` is `x.__rmul__(lr)`)."""
+    tensor, which takes the reflected op (`lr * x` is `x.__rmul__(lr)`), and arithmetic with
+    numbers, which gives a derived proxy (`_ARITHMETIC`)."""
     def method(self, *others):
         from kiln.tracer.tensor import Tensor
         if others and isinstance(others[0], Tensor):
             return NotImplemented
+        if name in _ARITHMETIC:
+            derived = _derived(name, self, others)
+            if derived is not None:
+                return derived
         return getattr(self.specialise(name), name)(*[_plain(o) for o in others])
     method.__name__ = name
     return method
+
+
+def evaluate(where: tuple, args, kwargs):
+    """The number at `where` in a call with `args` and `kwargs`: the argument (position,
+    keyword), or a derived proxy's expression computed from them as the trace computed it."""
+    if where[0] != "expr":
+        position, keyword = where
+        return args[position] if keyword is None else kwargs[keyword]
+    return where[1](*[evaluate(key[1], args, kwargs) if key[0] == "at" else key[1]
+                      for key in where[2]])
 
 
 for _name in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "floordiv",

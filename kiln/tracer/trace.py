@@ -38,7 +38,8 @@ class Binding:
     "seed": fresh random numbers, `draw(generator)` (an array); "scalar": the Python number
     `path[0][path[1]]` (an optimizer's learning rate, which a scheduler changes between
     calls), as a float64 scalar; "number": the call's own int/float argument `path` ((position,
-    None) or (None, keyword)) as a 0-d input of dtype `draw`, as an op's operand
+    None) or (None, keyword)), or a number computed from such arguments (`path` its expression,
+    `symbolic_number.evaluate`), as a 0-d input of dtype `draw`, as an op's operand
     (`kiln.tracer.symbolic_number`).
     """
 
@@ -279,7 +280,8 @@ class Tracer:
         t = self.numbers.get(k)
         if t is None:
             t = Tensor._make(operand_array(number.value, dtype, device.xp), dtype, device)
-            name = number.name if not self.numbers else f"{number.name}_{dtype.name}"
+            name = number.name if not self.numbers else f"{number.name}{len(self.numbers)}" \
+                if number.where[0] == "expr" else f"{number.name}_{dtype.name}"
             self._input(t, name, Binding("number", path=number.where, draw=dtype))
             self.numbers[k] = t
         return t
