@@ -47,7 +47,8 @@ class RMSprop(Optimizer):
         avg = avg.add(group["eps"])
         if momentum > 0:
             buf = state["momentum_buffer"]
-            buf.mul_(momentum).addcdiv_(grad, avg)
+            # (traced: a number the step reads on every call, which OneCycleLR cycles)
+            buf.mul_(_hyper(group, "momentum", p)).addcdiv_(grad, avg)
             _add_scaled(p, buf, -_hyper(group, "lr", p))
         else:
             _add_scaled(p, grad / avg, -_hyper(group, "lr", p))
