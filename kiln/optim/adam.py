@@ -114,8 +114,8 @@ class Adam(Optimizer):
             denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
         else:
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        if p.dtype is kiln.bfloat16:
-            # PyTorch's addcdiv_, whose CPU kernel rounds a bfloat16 update once
+        if p.dtype in (kiln.bfloat16, kiln.float16):
+            # PyTorch's addcdiv_, whose CPU kernel rounds a half-precision update once
             _addcdiv_(p, exp_avg, denom, neg_step_size)
         else:
             p.add_((exp_avg / denom) * neg_step_size)
