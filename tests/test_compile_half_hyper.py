@@ -193,3 +193,41 @@ def test_lifted_number_argument_of_a_half_op_is_an_input_computing_as_eager(dtyp
                 np.testing.assert_allclose(got.float().numpy(), want.float().numpy(), rtol=0,
                                            atol=4 * ulp * float(want.float().abs().max()))
     assert len(fn.entries) <= 2         # the first value's, then the lifted argument's
+
+
+def test_rmsprop_momentum_cycled_by_onecyclelr_is_read_on_every_call(backend):
+    """OneCycleLR cycles RMSprop's `momentum` each step: the compiled step reads it as it reads
+    the rate (it used to change Python state a replay would not, and ran eagerly). float32:
+    op by op (NumPy) eager's bits; fused (C) within float32 rounding of eager's."""
+    def train(compiled: bool):
+        kiln.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        opt = kiln.optim.RMSprop(model.parameters(), lr=0.01, momentum=0.5)
+        sched = kiln.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20)
+        x = kiln.tensor(np.random.default_rng(1).standard_normal((32, 8)).astype(np.float32))
+
+        def step():
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            sched.step()
+            return loss
+        fn = kiln.compile(step, backend=backend) if compiled else step
+        momenta = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(STEPS):
+                fn()
+                momenta.append(opt.param_groups[0]["momentum"])
+        return [p.detach().numpy() for p in model.parameters()], momenta, fn
+    want, eager_momenta, _ = train(False)
+    got, momenta, fn = train(True)
+    assert momenta == eager_momenta and len(set(momenta)) == STEPS
+    assert len(fn.entries) == 1 and all(e.program is not None for e in fn.entries.values())
+    for g, w in zip(got, want):
+        if backend == "numpy":
+            np.testing.assert_array_equal(g, w)
+        else:   # (C's float32 tanh is a polynomial a couple of ulps from NumPy's, and
+            # RMSprop's first steps divide by the root of 1% of g*g: measured 6.8e-5 apart)
+            np.testing.assert_allclose(g, w, rtol=0, atol=2e-4)
