@@ -63,5 +63,5 @@ class RAdam(Optimizer):
         rect = ((rho_t - 4).clamp_min(0) * (rho_t - 2) * rho_inf
                 / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).sqrt()
         adaptive = bias_correction2.sqrt() / exp_avg_sq.sqrt().add_(group["eps"])
-        update = kiln.where(rho_t > 5.0, adaptive * rect, kiln.ones_like(adaptive))
-        p.add_(corrected * lr * update.to(p.dtype), alpha=-1.0)
+        scaled = corrected * lr         # (multiplied in eager's order: eager's rounding)
+        p.add_(kiln.where(rho_t > 5.0, scaled * adaptive * rect, scaled), alpha=-1.0)
