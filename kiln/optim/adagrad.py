@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import (Optimizer, ParamsT, _addcdiv_, _check_nonnegative, _grad, _hyper,
-                                  _scalar_state, _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _addcdiv_, _check_nonnegative, _grad,
+                                  _hyper, _scalar_state, _step_count)
 
 
 class Adagrad(Optimizer):

@@ -472,8 +472,9 @@ def _hyper(group: dict, key: str, param: Tensor):
     tensor meeting it, or what is computed from it and the step count alone (`-lr /
     bias_correction1`), takes it as that op's eager kernel takes the number (the trace knows it
     stands for one: `Tracer.stands_for_number`; `functional.common._with_half`), and the
-    updates with a number argument mirror their ops' half-precision kernels (`_add_scaled`,
-    `_lerp_`)."""
+    updates with a number argument mirror their ops' half-precision kernels (`_plus_scaled`,
+    `_add_scaled`, `_addcmul_`, `_addcdiv_`, `_lerp_`). Only half parameters take those:
+    float32 steps compute exactly as before."""
     if type(group) is not _ParamGroup:
         return group[key]
     return scalar_input(group, key, param.device)
