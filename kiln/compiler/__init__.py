@@ -1582,9 +1582,10 @@ def _number_rounded_to_bfloat16(tracer) -> str | None:
                if b.kind in ("scalar", "number")}
     if not numbers:
         return None
-    found = [v for v in numbers if v.dtype is dt.bfloat16]
-    found += [v for n in graph.nodes if n.out.dtype is dt.bfloat16
-              for v in n.inputs if v in numbers]
+    # (a lifted number that is a bfloat16 input holds the number as the op that reads it
+    # takes it, rounded through float32: functional.common._with_half)
+    found = [v for n in graph.nodes if n.out.dtype is dt.bfloat16
+             for v in n.inputs if v in numbers and v.dtype is not dt.bfloat16]
     if not found:
         return None
     b = numbers[found[0]]

@@ -5,7 +5,8 @@ These are the only ways `nn` and `optim` touch tracing (DESIGN.md: they use the 
 `note_grad_cleared()` for `zero_grad(set_to_none=True)`, `scalar_input()` for a number a
 compiled program reads afresh on every call (a learning rate a scheduler changes), and
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
-compiled function), `note_python_read()` for a user's read of such a number,
+compiled function), `as_number()` for a tensor that stands for a number eager reads into Python
+(an optimizer's step count), `note_python_read()` for a user's read of such a number,
 `note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`),
 `note_state_read()` for a read of an optimizer's `state` (the same way), and
 `note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
@@ -70,6 +71,17 @@ def scalar_input(container: dict, key, device: Device, index: int | None = None)
     if tracer is None or type(value) is not float:
         return value
     return tracer.scalar_input(container, key, device, index)
+
+
+def as_number(tensor: Tensor) -> Tensor:
+    """`tensor`, a 0-d tensor that stands in a trace for the Python number eager computes with
+    (an optimizer's step count, which eager reads with `.item()`): what is computed from it and
+    `scalar_input`s alone meets a float16 or bfloat16 tensor as that number would
+    (`Tracer.stands_for_number`). Returns `tensor`; does nothing outside a trace."""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.mark_number(tensor)
+    return tensor
 
 
 def note_python_read(container, key, value=None) -> None:

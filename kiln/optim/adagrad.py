@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln.optim.optimizer import (Optimizer, ParamsT, _check_nonnegative, _grad, _hyper,
-                                  _scalar_state, _step_count)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _addcdiv_, _check_nonnegative, _grad,
+                                  _hyper, _scalar_state, _step_count)
 
 
 class Adagrad(Optimizer):
@@ -50,4 +50,8 @@ class Adagrad(Optimizer):
         neg_clr = -_hyper(group, "lr", p) / ((step - 1) * group["lr_decay"] + 1)
         state["sum"].addcmul_(grad, grad, value=1)
         std = state["sum"].sqrt().add_(group["eps"])
-        p.add_((grad / std) * neg_clr)
+        if p.dtype in (kiln.float16, kiln.bfloat16):
+            # PyTorch's addcdiv_, whose CPU kernel rounds a half-precision update once
+            _addcdiv_(p, grad, std, neg_clr)
+        else:
+            p.add_((grad / std) * neg_clr)

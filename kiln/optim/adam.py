@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import is_compiling, untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative,
-                                  _decay_add_square, _grad, _hyper, _hyper_pair, _scalar_state,
-                                  _sqrt, _step_count, _use_fused)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _addcdiv_, _check_betas,
+                                  _check_nonnegative, _decay_add_square, _grad, _hyper,
+                                  _hyper_pair, _lerp_, _scalar_state, _sqrt, _step_count,
+                                  _use_fused)
 
 
 
@@ -102,7 +103,7 @@ class Adam(Optimizer):
                 p.mul_(1 - lr * wd)
             else:
                 grad = grad.add(p, alpha=wd)
-        exp_avg.lerp_(grad, 1 - beta1)
+        _lerp_(exp_avg, grad, 1 - beta1)
         _decay_add_square(exp_avg_sq, grad, beta2)
         step = _step_count(state["step"])
         bias_correction1 = 1 - beta1 ** step
@@ -113,9 +114,9 @@ class Adam(Optimizer):
             denom = (state["max_exp_avg_sq"].sqrt() / bias_correction2_sqrt).add_(group["eps"])
         else:
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(group["eps"])
-        if p.dtype is kiln.bfloat16 and not isinstance(neg_step_size, kiln.Tensor):
-            # PyTorch's addcdiv_, whose CPU kernel rounds a bfloat16 update once
-            p.addcdiv_(exp_avg, denom, value=neg_step_size)
+        if p.dtype in (kiln.bfloat16, kiln.float16):
+            # PyTorch's addcdiv_, whose CPU kernel rounds a half-precision update once
+            _addcdiv_(p, exp_avg, denom, neg_step_size)
         else:
             p.add_((exp_avg / denom) * neg_step_size)
 

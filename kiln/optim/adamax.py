@@ -5,7 +5,7 @@ from __future__ import annotations
 import kiln
 from kiln.compiler import untraced
 from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative, _grad,
-                                  _hyper, _hyper_pair, _scalar_state, _step_count)
+                                  _hyper, _hyper_pair, _lerp_, _scalar_state, _step_count)
 
 
 class Adamax(Optimizer):
@@ -35,7 +35,7 @@ class Adamax(Optimizer):
         if group["weight_decay"] != 0:
             grad = grad.add(p, alpha=group["weight_decay"])
         exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
-        exp_avg.lerp_(grad, 1 - beta1)
+        _lerp_(exp_avg, grad, 1 - beta1)
         exp_inf.copy_(kiln.maximum(exp_inf.mul_(beta2), grad.abs().add_(group["eps"])))
         clr = _hyper(group, "lr", p) / (1 - beta1 ** _step_count(state["step"]))
         p.add_(exp_avg / exp_inf * -clr)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import kiln
 from kiln.compiler import untraced
 from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative,
-                                  _decay_add_square, _grad, _hyper, _hyper_pair, _scalar_state,
-                                  _step_count)
+                                  _decay_add_square, _grad, _hyper, _hyper_pair, _lerp_,
+                                  _scalar_state, _step_count)
 
 
 class NAdam(Optimizer):
@@ -50,7 +50,7 @@ class NAdam(Optimizer):
         state["mu_product"].mul_(mu)
         mu_product = _step_count(state["mu_product"])
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
+        _lerp_(exp_avg, grad, 1 - beta1)
         _decay_add_square(exp_avg_sq, grad, beta2)
         denom = (exp_avg_sq / bias_correction2).sqrt().add_(group["eps"])
         mu_product_next = mu_product * mu_next

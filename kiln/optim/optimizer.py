@@ -14,6 +14,7 @@ import kiln
 from kiln import Tensor
 from kiln.compiler import (active_traces, is_compiling, note_grad_cleared, note_grads_checked,
                            note_python_read, note_state_read, scalar_input)
+from kiln.compiler.hooks import as_number
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -418,7 +419,7 @@ def _step_count(step: Tensor):
     could not, and a replay would reuse the value read)."""
     if not is_compiling() and not _STEPS.on_device:
         return float(step.item())
-    return step.to(kiln.float64)
+    return as_number(step.to(kiln.float64))
 
 
 def _capturable_on_cuda(group: dict) -> bool:
@@ -464,22 +465,19 @@ def _hyper(group: dict, key: str, param: Tensor):
     tracing, a float64 scalar tensor that a compiled step reads from `group[key]` on every call,
     so a scheduler that changes it between steps does not make the step trace again. (A group
     that is not the optimizer's own `_ParamGroup`, put in by hand, cannot tell the trace of
-    other reads: its number is baked in and guarded by value.)"""
+    other reads: its number is baked in and guarded by value.)
+
+    For every parameter dtype: with float32 and float64 tensors the scalar converts as the
+    number does (to their dtype), so those steps compute eager's bits; a float16 or bfloat16 CPU
+    tensor meeting it, or what is computed from it and the step count alone (`-lr /
+    bias_correction1`), takes it as that op's eager kernel takes the number (the trace knows it
+    stands for one: `Tracer.stands_for_number`; `functional.common._with_half`), and the
+    updates with a number argument mirror their ops' half-precision kernels (`_plus_scaled`,
+    `_add_scaled`, `_addcmul_`, `_addcdiv_`, `_lerp_`). Only half parameters take those:
+    float32 steps compute exactly as before."""
     if type(group) is not _ParamGroup:
         return group[key]
-    if param.dtype is kiln.bfloat16:
-        return _baked_in(group, key)
     return scalar_input(group, key, param.device)
-
-
-def _baked_in(group: dict, key: str):
-    """`group[key]` read into Python for a bfloat16 parameter's update, a trace baking the
-    number in (guarded by value: a new value traces again). As a float64 scalar tensor it would
-    meet the bfloat16 tensors rounded to bfloat16 (momentum 0.9 as 0.8984375), where eager's
-    ops read the number as a float32; compiled bfloat16 steps compute as eager's do."""
-    if is_compiling():
-        note_python_read(group, key)
-    return dict.__getitem__(group, key)
 
 
 def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
@@ -487,26 +485,73 @@ def _hyper_pair(group: dict, key: str, param: Tensor) -> tuple:
     replaces the pair each step when it cycles the momentum)."""
     if type(group) is not _ParamGroup:
         return tuple(group[key])
-    if param.dtype is kiln.bfloat16:
-        return tuple(_baked_in(group, key))
     return tuple(scalar_input(group, key, param.device, i) for i in range(2))
 
 
 def _decay_add_square(avg_sq: Tensor, grad: Tensor, beta2) -> None:
     """avg_sq = avg_sq * beta2 + (1 - beta2) * grad * grad, in place, for a Python or a traced
-    (tensor) beta2: addcmul_ takes a number only, as PyTorch's does."""
-    if isinstance(beta2, Tensor):
-        avg_sq.mul_(beta2).add_((1 - beta2) * grad * grad)
-    else:
-        avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    (tensor) beta2 (`_addcmul_`)."""
+    _addcmul_(avg_sq.mul_(beta2), grad, grad, 1 - beta2)
+
+
+def _addcmul_(x: Tensor, t1: Tensor, t2: Tensor, value) -> Tensor:
+    """x.addcmul_(t1, t2, value=value) for a Python or a traced (tensor) value, which addcmul_
+    does not take (PyTorch's takes a number): x + value * t1 * t2, op by op as addcmul's
+    composite computes it, on float32 copies rounded once for float16/bfloat16 CPU tensors
+    as its kernel computes them (`provenance.WIDEN_HALF`)."""
+    if not isinstance(value, Tensor):
+        return x.addcmul_(t1, t2, value=value)
+    if _half_cpu(x) and t1.dtype is x.dtype is t2.dtype:
+        return x.copy_((x.float() + value * t1.float() * t2.float()).to(x.dtype))
+    return x.add_(value * t1 * t2)
+
+
+def _addcdiv_(x: Tensor, t1: Tensor, t2: Tensor, value) -> Tensor:
+    """x.addcdiv_(t1, t2, value=value) for a Python or a traced (tensor) value, as `_addcmul_`
+    (x + value * (t1 / t2))."""
+    if not isinstance(value, Tensor):
+        return x.addcdiv_(t1, t2, value=value)
+    if _half_cpu(x) and t1.dtype is x.dtype is t2.dtype:
+        return x.copy_((x.float() + value * (t1.float() / t2.float())).to(x.dtype))
+    return x.add_((t1 / t2) * value)
+
+
+def _half_cpu(t: Tensor) -> bool:
+    """Whether `t` is a float16/bfloat16 CPU tensor, whose eager ops compute in float32 and round
+    once (on cuda, kiln's kernels take float16 as it is)."""
+    return t.dtype in (kiln.float16, kiln.bfloat16) and t.device.type == "cpu"
+
+
+def _plus_scaled(a: Tensor, t: Tensor, scale) -> Tensor:
+    """a + t * scale, as `a.add(t, alpha=scale)` computes it, for a Python or a traced (tensor)
+    scale. On float16/bfloat16 CPU tensors add's kernel computes in float32 with alpha rounded
+    to their dtype and rounds once; a traced scale does the same with tensor ops."""
+    if not isinstance(scale, Tensor):
+        return a.add(t, alpha=scale)
+    if _half_cpu(a) and t.dtype is a.dtype:
+        alpha = scale.float().to(a.dtype).float()
+        return (a.float() + t.float() * alpha).to(a.dtype)
+    return a + t * scale
 
 
 def _add_scaled(p: Tensor, t: Tensor, scale) -> None:
-    """p += t * scale, for a Python or a traced (tensor) scale."""
-    if isinstance(scale, Tensor):
-        p.add_(t * scale)
-    else:
+    """p += t * scale, in place, as `p.add_(t, alpha=scale)` (`_plus_scaled`)."""
+    if not isinstance(scale, Tensor):
         p.add_(t, alpha=scale)
+    elif _half_cpu(p) and t.dtype is p.dtype:
+        p.copy_(_plus_scaled(p, t, scale))
+    else:
+        p.add_(t * scale)
+
+
+def _lerp_(x: Tensor, end: Tensor, weight) -> None:
+    """x.lerp_(end, weight) for a Python or a traced (tensor) weight. lerp's kernel reads a
+    number weight as a float32 on float16/bfloat16 tensors (a 0-d tensor weight would be
+    rounded to their dtype): a traced weight computes on float32 copies, rounded once."""
+    if isinstance(weight, Tensor) and _half_cpu(x):
+        x.copy_(x.float().lerp(end.float(), weight).to(x.dtype))
+    else:
+        x.lerp_(end, weight)
 
 
 def _sqrt(x):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import kiln
 from kiln.compiler import untraced
 from kiln.optim.optimizer import (Optimizer, ParamsT, _check_betas, _check_nonnegative,
-                                  _decay_add_square, _grad, _hyper, _hyper_pair, _scalar_state,
-                                  _step_count)
+                                  _decay_add_square, _grad, _hyper, _hyper_pair, _lerp_,
+                                  _scalar_state, _step_count)
 
 
 class RAdam(Optimizer):
@@ -43,7 +43,7 @@ class RAdam(Optimizer):
             else:
                 grad = grad.add(p, alpha=wd)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
+        _lerp_(exp_avg, grad, 1 - beta1)
         _decay_add_square(exp_avg_sq, grad, beta2)
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
@@ -63,5 +63,5 @@ class RAdam(Optimizer):
         rect = ((rho_t - 4).clamp_min(0) * (rho_t - 2) * rho_inf
                 / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).sqrt()
         adaptive = bias_correction2.sqrt() / exp_avg_sq.sqrt().add_(group["eps"])
-        update = kiln.where(rho_t > 5.0, adaptive * rect, kiln.ones_like(adaptive))
-        p.add_(corrected * lr * update.to(p.dtype), alpha=-1.0)
+        scaled = corrected * lr         # (multiplied in eager's order: eager's rounding)
+        p.add_(kiln.where(rho_t > 5.0, scaled * adaptive * rect, scaled), alpha=-1.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kiln
 from kiln.compiler import untraced
-from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _check_nonnegative, _grad,
-                                  _hyper, _scalar_state)
+from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _addcdiv_, _check_nonnegative,
+                                  _grad, _hyper, _scalar_state)
 
 
 class RMSprop(Optimizer):
@@ -47,7 +47,11 @@ class RMSprop(Optimizer):
         avg = avg.add(group["eps"])
         if momentum > 0:
             buf = state["momentum_buffer"]
-            buf.mul_(momentum).addcdiv_(grad, avg)
+            # (traced: a number the step reads on every call, which OneCycleLR cycles)
+            buf.mul_(_hyper(group, "momentum", p)).addcdiv_(grad, avg)
             _add_scaled(p, buf, -_hyper(group, "lr", p))
+        elif p.dtype in (kiln.float16, kiln.bfloat16):
+            # PyTorch's addcdiv_, whose CPU kernel rounds a half-precision update once
+            _addcdiv_(p, grad, avg, -_hyper(group, "lr", p))
         else:
             _add_scaled(p, grad / avg, -_hyper(group, "lr", p))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import kiln
-from kiln import Tensor
-from kiln.optim.optimizer import Optimizer, ParamsT, _add_scaled, _check_nonnegative, _grad, _hyper
+from kiln.optim.optimizer import (Optimizer, ParamsT, _add_scaled, _check_nonnegative, _grad,
+                                  _hyper, _plus_scaled)
 
 
 
@@ -61,7 +61,7 @@ class SGD(Optimizer):
             else:
                 buf.mul_(m).add_(grad, alpha=1 - group["dampening"])
             if group["nesterov"]:
-                grad = grad + buf * m if isinstance(m, Tensor) else grad.add(buf, alpha=m)
+                grad = _plus_scaled(grad, buf, m)
             else:
                 grad = buf
         _add_scaled(p, grad, -lr)

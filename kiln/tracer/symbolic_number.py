@@ -10,11 +10,14 @@ The one use left unmarked is an elementwise op's number operand (`x * lr`, `lr -
 `x > t`: `functional.common._binary`), which `Tracer.number_input` makes a 0-d graph input
 holding the number as eager's NumPy kernel takes it (`operand_array`: converted to the op's
 promoted dtype), so a replay reads the new value and computes the same bits as eager does with
-the plain number. Arithmetic on proxies and plain numbers (`1 - lam`, `lr * 0.5`, `0.9 ** t`
-of an int `t`: `_ARITHMETIC`) gives a derived proxy, its value computed as Python computes
-it and its `where` the expression, which a replay evaluates from the call's arguments with the
-same Python arithmetic (`evaluate`): the number an op takes is eager's to the bit. Any other use
-of a derived proxy specialises the arguments it was computed from.
+the plain number. With a float16 or bfloat16 CPU tensor the input is what that op's eager kernel
+takes (`functional.common._with_half`): a float32 in mul and div, else the number rounded to the
+half dtype through float32, the op computed in float32 and rounded once. Arithmetic on proxies
+and plain numbers (`1 - lam`, `lr * 0.5`, `0.9 ** t` of an int `t`: `_ARITHMETIC`) gives a
+derived proxy, its value computed as Python computes it and its `where` the expression, which a
+replay evaluates from the call's arguments with the same Python arithmetic (`evaluate`): the
+number an op takes is eager's to the bit. Any other use of a derived proxy specialises the
+arguments it was computed from.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 from kiln.ir import dtypes as dt
 
 # the dtypes an operand is lifted in: those whose eager kernels take a Python number as NumPy
-# converts it (float16/bfloat16 widen it op by op, complex is not compiled: specialise there)
+# converts it (float16/bfloat16 convert it op by op: `_binary` lifts it on the CPU as the op
+# takes it; complex is not compiled: specialise there)
 _LIFTED_DTYPES = frozenset({dt.float32, dt.float64, dt.int8, dt.int16, dt.int32, dt.int64,
                             dt.uint8})
 
@@ -188,8 +192,11 @@ def lifts(dtype) -> bool:
 
 def operand_array(value, dtype, xp=np):
     """The 0-d array of `dtype` holding a number operand as eager's kernel takes it: a float
-    rounded to `dtype`, an int wrapped into an integer dtype (`_cast_operand`'s conversions)."""
-    if dtype.is_floating_point:
+    rounded to `dtype` (to float16/bfloat16 through float32, as `dtypes.half_value`), an int
+    wrapped into an integer dtype (`_cast_operand`'s conversions)."""
+    if dtype in dt.HALF:
+        number = dt.half_value(value, dtype)
+    elif dtype.is_floating_point:
         number = float(value)
     else:
         number = dt.wrapped_int(int(value), dtype)

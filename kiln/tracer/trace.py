@@ -172,6 +172,8 @@ class Tracer:
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
         self.numbers: dict = {}               # (argument, dtype, device) -> tensor
+        # id(Value) -> whether it stands for a Python number (`stands_for_number`)
+        self.number_values: dict[int, bool] = {}
         self._keep: list = []                 # keeps tensors alive so ids stay unique
 
     def __enter__(self) -> "Tracer":
@@ -268,9 +270,40 @@ class Tracer:
             label = str(key) if index is None else f"{key}{index}"
             name = label if not self.scalars else f"{label}{len(self.scalars)}"
             self._input(t, name, Binding("scalar", path=(container, key, index)))
+            self.number_values[id(t._trace)] = True
             self.scalars[k] = t
             self._keep.append(container)
         return t
+
+    def mark_number(self, tensor: Tensor) -> None:
+        """0-d `tensor` of this trace holds what eager holds as a Python number (an optimizer's
+        step count, which eager reads with `.item()`): `stands_for_number` answers True for it
+        and for what is computed from such tensors alone."""
+        v = self.value(tensor)
+        if tensor._data.ndim == 0:
+            self.number_values[id(v)] = True
+
+    def stands_for_number(self, tensor: Tensor) -> bool:
+        """Whether 0-d `tensor` of this trace holds, at run time, what the eager call computes
+        as a Python number: a `scalar_input` (an optimizer's hyperparameter), a `mark_number`
+        tensor, or a 0-d result of ops whose tensor inputs all are (`1 - beta2 ** step`).
+        `functional.common._binary` makes such an operand of a float16/bfloat16 op take the
+        number's conversion, not a 0-d tensor's (eager's `-lr * g` rounds no lr to float16)."""
+        v = tensor._trace
+        if not self.number_values or v is None or id(v) not in self.known or \
+                tensor._data.ndim != 0:
+            return False
+        return self._number_value(v)
+
+    def _number_value(self, v: Value) -> bool:
+        known = self.number_values.get(id(v))
+        if known is None:
+            node = self.node_of.get(id(v))
+            values = [x for x in node.inputs if isinstance(x, Value)] if node is not None else []
+            known = bool(values) and v.shape == () and \
+                all(self._number_value(x) for x in values)
+            self.number_values[id(v)] = known
+        return known
 
     def number_input(self, number, dtype, device) -> Tensor:
         """Lifted argument `number` (a SymbolicNumber) as the 0-d `dtype` operand of an op on

@@ -97,6 +97,13 @@ def _binary(prim, a, b, float_only=False):
         return prim(float(a), b)
     if type(a) is SymbolicNumber or type(b) is SymbolicNumber:
         return _symbolic_operand(prim, a, b, float_only)
+    tracer = STATE.tracer
+    if tracer is not None and tracer.number_values and isinstance(a, Tensor) and \
+            isinstance(b, Tensor):
+        number, tensor = (a, b) if tracer.stands_for_number(a) else (b, a)
+        if _half_cpu(tensor) and number.dtype.is_floating_point and \
+                tracer.stands_for_number(number) and not tracer.stands_for_number(tensor):
+            return _with_half(prim, a, b, number, tensor)
     a, b = _promoted(a, b, float_only)
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         raise TypeError(f"{prim.__name__}: expected at least one tensor, got "
@@ -114,14 +121,46 @@ def _symbolic_operand(prim, a, b, float_only: bool):
                        float_only)
     tensor = pb if number is a else pa
     tracer = STATE.tracer
+    half = isinstance(tensor, Tensor) and _half_cpu(tensor)
     if tracer is None or type(other) is SymbolicNumber or not isinstance(tensor, Tensor) or \
-            not lifts(tensor.dtype) or tensor.device.type == "meta":
+            not (half or lifts(tensor.dtype)) or tensor.device.type == "meta":
         number.specialise(f"an operand of {prim.__name__}")
         if not isinstance(pa, Tensor) and not isinstance(pb, Tensor):
             return _binary(prim, pa, pb, float_only)
         return prim(pa, pb)
+    if half:
+        wide = prim.__name__ in _READ_AS_FLOAT32
+        lifted = tracer.number_input(number, dt.float32 if wide else tensor.dtype, tensor.device)
+        return _with_half(prim, *((lifted, pb) if number is a else (pa, lifted)), lifted, tensor)
     lifted = tracer.number_input(number, tensor.dtype, tensor.device)
     return prim(lifted, pb) if number is a else prim(pa, lifted)
+
+
+# the ops whose CPU kernels read a number operand of float16/bfloat16 tensors as a float32
+# (kiln.tracer.dispatch._widen_half; the others round it to the tensors' dtype first)
+_READ_AS_FLOAT32 = ("mul", "div")
+
+
+def _half_cpu(x: Tensor) -> bool:
+    """Whether `x` is a float16 or bfloat16 tensor whose eager ops widen to float32 with a
+    number operand converted per op (`dispatch._widen_half`: on the CPU; bfloat16 is CPU only)."""
+    return x.dtype in dt.HALF and x.device.type == "cpu"
+
+
+def _with_half(prim, a, b, number: Tensor, tensor: Tensor) -> Tensor:
+    """prim(a, b), where `number` (a or b) is a 0-d tensor holding at run time the Python number
+    eager computes with, and `tensor` (the other) is a float16/bfloat16 CPU tensor: computed as
+    eager computes `prim` of `tensor` and the number (`dispatch._widen_half`), in float32 with
+    one rounding to the half dtype, the number read as a float32 by mul and div and rounded to
+    the half dtype (through float32, `dtypes.half_value`) by the other ops. (A 0-d tensor
+    operand would be rounded to the half dtype first in every op: momentum 0.9 as 0.8999.)"""
+    half = tensor.dtype
+    wide = number if number.dtype is dt.float32 else P.cast(number, dtype=dt.float32)
+    if prim.__name__ in _READ_AS_FLOAT32:
+        t32 = P.cast(tensor, dtype=dt.float32)
+        return P.cast(prim(wide, t32) if number is a else prim(t32, wide), dtype=half)
+    rounded = number if number.dtype is half else P.cast(wide, dtype=half)
+    return prim(rounded, tensor) if number is a else prim(tensor, rounded)
 
 
 def refuse_without_kernel(op: str, x, categories: tuple = (dt.BOOL,)) -> None:
