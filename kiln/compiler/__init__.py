@@ -32,10 +32,10 @@ from kiln.compiler.counters import count_graph
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
 from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
                                            save_cache_artifacts)
-from kiln.compiler.hooks import (active_traces, composite, is_compiling,  # noqa: F401
-                                 note_flag_read, note_grad_cleared, note_grads_checked,
-                                 note_state_read,
-                                 note_python_read, replay_after, scalar_input, untraced)
+from kiln.compiler.hooks import (active_traces, as_number, composite,  # noqa: F401
+                                 is_compiling, note_flag_read, note_grad_cleared,
+                                 note_grads_checked, note_state_read, note_python_read,
+                                 replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, PRIMITIVES, Primitive, as_user_error

@@ -12,9 +12,8 @@ from typing import Any, Callable, Iterable
 
 import kiln
 from kiln import Tensor
-from kiln.compiler import (active_traces, is_compiling, note_grad_cleared, note_grads_checked,
-                           note_python_read, note_state_read, scalar_input)
-from kiln.compiler.hooks import as_number
+from kiln.compiler import (active_traces, as_number, is_compiling, note_grad_cleared,
+                           note_grads_checked, note_python_read, note_state_read, scalar_input)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
