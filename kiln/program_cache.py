@@ -296,6 +296,12 @@ def _encode_part(part: CompiledPart) -> tuple:
     return head, rest
 
 
+def _dtype_name(d: np.dtype) -> str:
+    """How a schedule's NumPy dtype is stored: by name, which `np.dtype` reads back (the
+    array-protocol string of ml_dtypes' bfloat16 is '<V2', read back as 2 bytes of no type)."""
+    return d.name
+
+
 def _encode_kernel(k: CKernel) -> list:
     return [k.name, k.source, list(k.helpers), [d.name for d in k.arg_dtypes],
             [list(pair) for pair in k.in_place]]
@@ -318,7 +324,7 @@ def _encode_lowered(program: LoweredProgram) -> tuple:
                "node_plan": [[list(free), reuse] for free, reuse in st.node_plan]}
         if st.kind == "c":
             doc["kernel"] = _encode_kernel(st.kernel)
-            doc["in_dtypes"] = [d.str for d in st.in_dtypes]
+            doc["in_dtypes"] = [_dtype_name(d) for d in st.in_dtypes]
             doc["in_place"] = [None if over is None else [over[0], over[1], list(over[2])]
                                for over in st.in_place]
             doc["graph"], sub_nodes = _graph_halves(st.graph)
@@ -339,12 +345,12 @@ def _encode_lowered(program: LoweredProgram) -> tuple:
         steps.append(doc)
     head = {"name": program.name, "target": program.target, "steps": steps,
             "refs": list(program.refs), "shapes": [list(x) for x in program.shapes],
-            "dtypes": [d.str for d in program.dtypes],
+            "dtypes": [_dtype_name(d) for d in program.dtypes],
             "input_slots": list(program.input_slots),
             "constant_slots": list(program.constant_slots),
             "output_slots": list(program.output_slots),
             "mutation_slots": list(program.mutation_slots),
-            "into": [[i, s, list(shape), d.str, list(others)]
+            "into": [[i, s, list(shape), _dtype_name(d), list(others)]
                      for i, (s, shape, d, others) in program.into.items()],
             "module_source": program.module_source, "free": [list(f) for f in program.free],
             "buffer_bytes": list(program.buffer_bytes)}

@@ -519,3 +519,32 @@ def test_cache_artifacts_carry_compiled_programs_to_another_cache(tmp_path, pass
     c_build.clear_memory_cache()
     with pytest.raises(ValueError, match="not what save_cache_artifacts returned"):
         kiln.compiler.load_cache_artifacts(b"\x80not json")
+
+
+@needs_cc
+def test_a_bfloat16_program_reads_back_with_its_dtypes(cache_dir, passes_run):
+    """bfloat16 dtypes are stored by name: ml_dtypes' array-protocol string '<V2' read back as
+    2 bytes of no type, and the kernels' input conversion failed ("No cast function
+    available"), so a bfloat16 step compiled a second time ran eagerly."""
+    x = kiln.tensor(np.random.default_rng(3).standard_normal((16, 8)).astype(np.float32))
+    losses = []
+    for _ in range(2):
+        kiln.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).to(kiln.bfloat16)
+        opt = kiln.optim.SGD(model.parameters(), lr=0.05)
+
+        def step():
+            opt.zero_grad()
+            loss = model(x.to(kiln.bfloat16)).float().pow(2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        compiled = kiln.compile(step, backend="c")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            losses.append([compiled().item() for _ in range(3)])
+        (entry,) = compiled.entries.values()
+        assert entry.program is not None
+        assert kiln.bfloat16.np_dtype in entry.executor.program.dtypes
+        assert "void16" not in [d.name for d in entry.executor.program.dtypes]
+    assert len(passes_run) == 1 and losses[0] == losses[1]
