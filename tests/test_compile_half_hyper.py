@@ -102,11 +102,6 @@ CASES = [(name, sched) for name in OPTIMIZERS for sched in ("StepLR", "OneCycleL
 def test_half_step_with_scheduler_compiles_once_and_equals_eager(dtype, name, scheduler,
                                                                   inside, backend):
     dtype = getattr(kiln, dtype)
-    if backend == "c" and dtype is kiln.bfloat16:
-        # (run after other compiled bfloat16 programs in one process, a C kernel's bfloat16
-        # input on the executor's fast branch fails to convert: "No cast function available",
-        # runtime/schedule_executor.py, also on main; the step then runs eagerly)
-        pytest.skip("bfloat16 on the C executor's fast branch: a known conversion failure")
     want, eager_lrs, _ = _train(dtype, name, scheduler, inside, None)
     got, lrs, fn = _train(dtype, name, scheduler, inside, backend)
     assert lrs == eager_lrs and len(set(lrs)) == STEPS        # a new rate every step
