@@ -1713,16 +1713,20 @@ class _LiftedNumber:
         return f"<lifted {self.kind.__name__}>"
 
 
-_LIFTED = {int: _LiftedNumber(int), float: _LiftedNumber(float)}
+# NumPy's scalars too (`lam = np.random.beta(a, a)`, a temperature from np.maximum): ops take
+# them as Python numbers, and torch.compile lifts them as it lifts floats
+_LIFTED = {kind: _LiftedNumber(kind) for kind in (int, float, np.float64, np.float32, np.int64,
+                                                  np.int32)}
 
 
 def _number_arguments(args, kwargs):
-    """((position, None) or (None, keyword), value) of each int/float argument (not bool)."""
+    """((position, None) or (None, keyword), value) of each int/float argument (not bool),
+    NumPy's float and int scalars included."""
     for i, a in enumerate(args):
-        if type(a) is float or type(a) is int:
+        if type(a) in _LIFTED:
             yield (i, None), a
     for k, v in kwargs.items():
-        if type(v) is float or type(v) is int:
+        if type(v) in _LIFTED:
             yield (None, k), v
 
 
