@@ -56,6 +56,51 @@ def test_changing_number_traces_twice_as_torch(fn, values):
         np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", [np.float64, np.float32, np.int64, np.int32])
+def test_numpy_scalar_argument_is_lifted_as_a_python_number(kind):
+    # mixup's `lam = np.random.beta(a, a)`, a temperature annealed by np.maximum: a new NumPy
+    # scalar each step was a new key, a trace per step up to the recompile limit
+    values = [kind(0.1 * (i + 1)) if kind in (np.float64, np.float32) else kind(i)
+              for i in range(12)]
+    data = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    _, torch_outs = _torch_graphs(_step_lr, values, torch.tensor(data))
+    kiln.compiler.reset()
+    counters.clear()
+    compiled = kiln.compile(_step_lr)
+    x = kiln.tensor(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no recompile-limit warning
+        outs = [compiled(x, v) for v in values]
+    assert _graphs() == 2
+    for v, out, ref in zip(values, outs, torch_outs):
+        assert out.dtype == kiln.float32
+        np.testing.assert_allclose(out.numpy(), _step_lr(x, v).numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def _mixup(x, lam):
+    return lam * x + (1 - lam) * x.flip(0)
+
+
+@pytest.mark.xfail(strict=True, reason="`1 - lam` computes with the plain number, which "
+                   "specialises the lifted argument (kiln/tracer/symbolic_number.py `_forward`): "
+                   "mixup's step traces once per lambda, then runs eagerly past the limit")
+def test_number_arithmetic_on_a_lifted_argument_stays_lifted_as_torch():
+    values = [0.05 + 0.9 * i / 11 for i in range(12)]
+    data = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    expected, torch_outs = _torch_graphs(_mixup, values, torch.tensor(data))
+    kiln.compiler.reset()
+    counters.clear()
+    compiled = kiln.compile(_mixup)
+    x = kiln.tensor(data)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        outs = [compiled(x, v) for v in values]
+    for v, out, ref in zip(values, outs, torch_outs):
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
+    assert _graphs() == expected == 2
+
+
 def test_keyword_argument_is_lifted_too():
     counters.clear()
     compiled = kiln.compile(lambda x, *, scale: x * scale)

@@ -1702,7 +1702,7 @@ def _type_reads(fn) -> str | None:
 
 class _LiftedNumber:
     """A lifted number argument in a call's key: its type, not its value (one object per type,
-    `_LIFTED`: compared and hashed by identity, as cheaply as a key's part can be)."""
+    `_LIFTED_NUMBERS`: compared and hashed by identity, as cheaply as a key's part can be)."""
 
     __slots__ = ("kind",)
 
@@ -1713,16 +1713,22 @@ class _LiftedNumber:
         return f"<lifted {self.kind.__name__}>"
 
 
-_LIFTED = {int: _LiftedNumber(int), float: _LiftedNumber(float)}
+# NumPy's scalars too (`lam = np.random.beta(a, a)`, a temperature from np.maximum): ops take
+# them as Python numbers, and torch.compile lifts them as it lifts floats. (Named apart from
+# the fetch kind `_LIFTED`, which this dict used to rebind: the replay's kind tests compared
+# dicts.)
+_LIFTED_NUMBERS = {kind: _LiftedNumber(kind) for kind in (int, float, np.float64, np.float32,
+                                                          np.int64, np.int32)}
 
 
 def _number_arguments(args, kwargs):
-    """((position, None) or (None, keyword), value) of each int/float argument (not bool)."""
+    """((position, None) or (None, keyword), value) of each int/float argument (not bool),
+    NumPy's float and int scalars included."""
     for i, a in enumerate(args):
-        if type(a) is float or type(a) is int:
+        if type(a) in _LIFTED_NUMBERS:
             yield (i, None), a
     for k, v in kwargs.items():
-        if type(v) is float or type(v) is int:
+        if type(v) in _LIFTED_NUMBERS:
             yield (None, k), v
 
 
@@ -1732,10 +1738,10 @@ def _lifted_as_types(lifted: dict, args: tuple, kwargs: dict) -> tuple:
     kwargs = dict(kwargs) if copied else kwargs
     for i, k in lifted:
         if k is None:
-            if i < len(args) and type(args[i]) in _LIFTED:
-                args[i] = _LIFTED[type(args[i])]
-        elif copied and type(kwargs.get(k)) in _LIFTED:
-            kwargs[k] = _LIFTED[type(kwargs[k])]
+            if i < len(args) and type(args[i]) in _LIFTED_NUMBERS:
+                args[i] = _LIFTED_NUMBERS[type(args[i])]
+        elif copied and type(kwargs.get(k)) in _LIFTED_NUMBERS:
+            kwargs[k] = _LIFTED_NUMBERS[type(kwargs[k])]
     return tuple(args), kwargs
 
 

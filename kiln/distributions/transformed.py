@@ -72,17 +72,43 @@ class Independent(Distribution):
 
 
 class Transform:
-    """An invertible map y = f(x) with log|det df/dx| (torch.distributions.transforms)."""
+    """An invertible map y = f(x) with log|det df/dx| (torch.distributions.transforms).
+
+    With `cache_size=1` it keeps its last (x, y) pair: the inverse of the y it last produced
+    is that x, not f^-1(y) (a tanh-squashed sample's log_prob stays finite where atanh(y)
+    overflows, and its gradient flows through x), as PyTorch's transforms do."""
 
     bijective = True
     event_dim = 0
     sign = 1
+    _cache_size = 0
+    _cached_x_y = (None, None)
+
+    def __init__(self, cache_size: int = 0):
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size}")
+        self._cache_size = cache_size
+        self._cached_x_y = (None, None)
 
     def __call__(self, x):
-        return self._call(x)
+        if not self._cache_size:
+            return self._call(x)
+        x_old, y_old = self._cached_x_y
+        if x is x_old:
+            return y_old
+        y = self._call(x)
+        self._cached_x_y = (x, y)
+        return y
 
     def inv(self, y):
-        return self._inverse(y)
+        if not self._cache_size:
+            return self._inverse(y)
+        x_old, y_old = self._cached_x_y
+        if y is y_old:
+            return x_old
+        x = self._inverse(y)
+        self._cached_x_y = (x, y)
+        return x
 
     def log_abs_det_jacobian(self, x, y):
         raise NotImplementedError
@@ -111,7 +137,8 @@ class ExpTransform(Transform):
 class AffineTransform(Transform):
     domain = codomain = constraints.real
 
-    def __init__(self, loc, scale, event_dim=0):
+    def __init__(self, loc, scale, event_dim=0, cache_size=0):
+        super().__init__(cache_size)
         self.loc, self.scale, self.event_dim = loc, scale, event_dim
 
     def _call(self, x):
@@ -157,7 +184,8 @@ class TanhTransform(Transform):
 
 
 class ComposeTransform(Transform):
-    def __init__(self, parts):
+    def __init__(self, parts, cache_size=0):
+        super().__init__(cache_size)
         self.parts = list(parts)
         self.event_dim = max((p.event_dim for p in self.parts), default=0)
 
@@ -248,7 +276,8 @@ class AbsTransform(Transform):
 class PowerTransform(Transform):
     domain = codomain = constraints.positive
 
-    def __init__(self, exponent):
+    def __init__(self, exponent, cache_size=0):
+        super().__init__(cache_size)
         self.exponent = exponent
 
     def _call(self, x):
@@ -353,7 +382,8 @@ class CumulativeDistributionTransform(Transform):
 
     codomain = constraints.unit_interval
 
-    def __init__(self, distribution):
+    def __init__(self, distribution, cache_size=0):
+        super().__init__(cache_size)
         self.distribution = distribution
 
     @property
@@ -374,7 +404,8 @@ class IndependentTransform(Transform):
     """`base_transform` with its rightmost `reinterpreted_batch_ndims` dims treated as event
     dims: the log-Jacobian is summed over them."""
 
-    def __init__(self, base_transform, reinterpreted_batch_ndims):
+    def __init__(self, base_transform, reinterpreted_batch_ndims, cache_size=0):
+        super().__init__(cache_size)
         self.base_transform = base_transform
         self.reinterpreted_batch_ndims = reinterpreted_batch_ndims
         self.event_dim = base_transform.event_dim + reinterpreted_batch_ndims
@@ -393,7 +424,8 @@ class IndependentTransform(Transform):
 class ReshapeTransform(Transform):
     """Reshapes the rightmost dims from `in_shape` to `out_shape` (a volume-preserving map)."""
 
-    def __init__(self, in_shape, out_shape):
+    def __init__(self, in_shape, out_shape, cache_size=0):
+        super().__init__(cache_size)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         if math.prod(self.in_shape) != math.prod(self.out_shape):
             raise ValueError("in_shape, out_shape have different numbers of elements")
@@ -418,7 +450,8 @@ class ReshapeTransform(Transform):
 class CatTransform(Transform):
     """Applies `tseq[i]` to the i-th block (of `lengths[i]` along `dim`) and concatenates."""
 
-    def __init__(self, tseq, dim=0, lengths=None):
+    def __init__(self, tseq, dim=0, lengths=None, cache_size=0):
+        super().__init__(cache_size)
         self.transforms = list(tseq)
         self.lengths = list(lengths) if lengths is not None else [1] * len(self.transforms)
         self.dim = dim
@@ -446,7 +479,8 @@ class CatTransform(Transform):
 class StackTransform(Transform):
     """Applies `tseq[i]` to the i-th slice along `dim` and stacks the results."""
 
-    def __init__(self, tseq, dim=0):
+    def __init__(self, tseq, dim=0, cache_size=0):
+        super().__init__(cache_size)
         self.transforms, self.dim = list(tseq), dim
 
     def _call(self, x):

@@ -592,3 +592,50 @@ def test_expand_rebuilds_from_the_parameters_as_torch(name):
     assert tuple(k.batch_shape) == tuple(t.batch_shape) == (4,)
     np.testing.assert_allclose(k.log_prob(kiln.full((4,), x)).numpy(),
                                t.log_prob(torch.full((4,), x)).numpy(), rtol=1e-5)
+
+
+def _squashed_normal(lib, builtin: bool):
+    """pytorch_sac's SquashedNormal (a TanhTransform subclass asking for cache_size=1), or the
+    built-in TanhTransform(cache_size=1): rsample, then log_prob of that very sample."""
+    D = lib.distributions
+
+    class TanhTransform(D.transforms.Transform):
+        domain = D.constraints.real
+        codomain = D.constraints.interval(-1.0, 1.0)
+        bijective = True
+        sign = +1
+
+        def __init__(self, cache_size=1):
+            super().__init__(cache_size=cache_size)
+
+        def _call(self, x):
+            return x.tanh()
+
+        def _inverse(self, y):
+            return 0.5 * (y.log1p() - (-y).log1p())
+
+        def log_abs_det_jacobian(self, x, y):
+            return 2. * (math.log(2.) - x - lib.nn.functional.softplus(-2. * x))
+
+    tanh = D.transforms.TanhTransform(cache_size=1) if builtin else TanhTransform()
+    # the first action saturates: tanh rounds it to 1.0 in float32, where atanh is infinite
+    loc = lib.tensor([[9.5, 0.3], [-0.4, 1.2]], requires_grad=True)
+    log_std = lib.tensor([[-3.0, -0.5], [0.2, -1.0]], requires_grad=True)
+    lib.manual_seed(0)
+    dist = D.TransformedDistribution(D.Normal(loc, log_std.exp()), [tanh])
+    action = dist.rsample()
+    log_prob = dist.log_prob(action).sum(-1)
+    (action.sum() + log_prob.sum()).backward()
+    return action.detach(), log_prob.detach(), loc.grad, log_std.grad
+
+
+@pytest.mark.parametrize("builtin", [True, False])
+def test_tanh_transform_cache_inverts_its_own_sample_as_torch(builtin) -> None:
+    # kiln's Transform took no cache_size (a TypeError) and inverted by atanh: -inf log_prob
+    k = _squashed_normal(kiln, builtin)
+    t = _squashed_normal(torch, builtin)
+    assert np.isfinite(k[1].numpy()).all()
+    for kv, tv in zip(k, t):
+        np.testing.assert_allclose(kv.numpy(), tv.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cache_size"):
+        kiln.distributions.transforms.TanhTransform(cache_size=2)

@@ -168,6 +168,36 @@ def test_zero_d_index_and_input_count_as_one_d_in_scatter_and_gather() -> None:
         check_op(call, [(5,)], dtype=np.float64)
 
 
+def _scatter_extreme_grads(lib, reduce, include_self):
+    """scatter_reduce of src into self where self's row 2 ties two of src's values there."""
+    sign = 1.0 if reduce == "amax" else -1.0
+    src = lib.tensor(sign * np.array([[1., 2.], [1., 5.], [3., 7.], [0.5, 2.], [3., 7.]]),
+                     requires_grad=True)
+    base = lib.tensor(sign * np.array([[3., 0.], [9., 9.], [1., 7.], [0., 0.]]),
+                      requires_grad=True)
+    index = lib.tensor([[0, 0], [0, 0], [2, 2], [2, 2], [2, 2]])
+    out = base.scatter_reduce(0, index, src, reduce=reduce, include_self=include_self)
+    weights = lib.tensor(np.arange(1.0, 9.0).reshape(4, 2))
+    (out * weights).sum().backward()
+    return out.detach().numpy(), src.grad.numpy(), base.grad.numpy()
+
+
+@pytest.mark.parametrize("reduce", ["amax", "amin"])
+def test_scatter_reduce_extreme_shares_a_tie_with_self_evenly(reduce) -> None:
+    # self's 7 ties src rows 2 and 4 at column 1 of row 2: each of the three takes a third of
+    # the gradient, as torch's even rule gives (kiln gave self half and each src a quarter)
+    k, t = (_scatter_extreme_grads(lib, reduce, True) for lib in (kiln, torch))
+    for kv, tv in zip(k, t):
+        np.testing.assert_allclose(kv, tv, rtol=1e-12)
+    assert k[2][2, 1] == k[1][2, 1] == k[1][4, 1] == pytest.approx(6.0 / 3)
+    # without self, src's tied values share the whole gradient (torch counts an equal self
+    # in the divisor though self takes none: 6/3 each, a third lost; kiln keeps the sum)
+    out, src_grad, base_grad = _scatter_extreme_grads(kiln, reduce, False)
+    assert src_grad[2, 1] == src_grad[4, 1] == pytest.approx(6.0 / 2)
+    assert src_grad[0, 0] == src_grad[1, 0] == pytest.approx(1.0 / 2)
+    assert base_grad[2, 1] == 0 and base_grad[0, 0] == 0
+
+
 COPY_FORMS = [
     lambda lib, x: lib.alias_copy(x),
     lambda lib, x: lib.as_strided_copy(x, (2, 2), (1, 3), 1),

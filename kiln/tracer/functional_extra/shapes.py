@@ -363,9 +363,12 @@ def scatter_reduce(input, dim, index, src, reduce, *, include_self=True):
         else:
             info = np.iinfo(vals.dtype.np)
             fill = int(info.min if reduce == "amax" else info.max)
-        best = (F.amax if reduce == "amax" else F.amin)(F.where(hit, vals, fill), -2)
+        candidates = F.where(hit, vals, fill)                  # ..., k, n
         if include_self:
-            best = (F.maximum if reduce == "amax" else F.minimum)(best, base)
+            # self joins src's values in one reduction, so a tie between them shares the
+            # gradient evenly among all tied (PyTorch's rule), not half to self
+            candidates = F.cat([candidates, F.unsqueeze(base, -2).to(candidates.dtype)], -2)
+        best = (F.amax if reduce == "amax" else F.amin)(candidates, -2)
         out = F.where(F.gt(count, 0), best, base)
     else:
         raise op_error("scatter_reduce", f"reduce argument must be either sum, prod, mean, amax "
