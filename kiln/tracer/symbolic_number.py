@@ -107,7 +107,8 @@ def _plain(x):
 
 
 # the arithmetic that gives a derived proxy: (function, reflected), of an int or float proxy
-# and int or float operands (no bool); a result's type then follows from the operands' types
+# and int or float operands (no bool; NumPy's scalars too, computed by NumPy's rules at the
+# trace and in each replay alike); a result's type then follows from the operands' types
 # alone, as the entry a lifted argument keys by type needs (`**` only of a float by an int: a
 # float exponent can make a complex number of a negative base, an int base an int or a float
 # by the exponent's sign)
@@ -119,7 +120,9 @@ _ARITHMETIC = {"__add__": (operator.add, False), "__radd__": (operator.add, True
                "__pow__": (operator.pow, False), "__rpow__": (operator.pow, True),
                "__neg__": (operator.neg, False), "__pos__": (operator.pos, False),
                "__abs__": (operator.abs, False)}
-_NUMBER_TYPES = (int, float)
+_FLOATS = (float, np.float64, np.float32)
+_INTS = (int, np.int64, np.int32)
+_NUMBER_TYPES = _FLOATS + _INTS        # the argument types a compiled function lifts
 
 
 def _derived(name: str, proxy: SymbolicNumber, others: tuple):
@@ -131,8 +134,8 @@ def _derived(name: str, proxy: SymbolicNumber, others: tuple):
                 for o in others):
         return None
     operands = (others[0], proxy) if reflected else (proxy, *others)
-    if fn is operator.pow and (type(_plain_value(operands[0])) is not float or
-                               type(_plain_value(operands[1])) is not int):
+    if fn is operator.pow and (type(_plain_value(operands[0])) not in _FLOATS or
+                               type(_plain_value(operands[1])) not in _INTS):
         return None
     value = fn(*map(_plain_value, operands))
     if type(value) not in _NUMBER_TYPES:
