@@ -1210,7 +1210,7 @@ def _owned(grad: Tensor, exclusive: bool = False, leaf: Tensor | None = None) ->
         return _wrapper_call("detach.default", (grad,))    # as PyTorch's AccumulateGrad
     taken = exclusive and _COUNTS_HOLD and _memory_unshared(grad)
     if leaf is not None and type(leaf._data) is type(grad._data) and \
-            hasattr(grad._data, "flags") and leaf._data.shape == grad._data.shape:
+            not isinstance(grad._data, MetaArray) and leaf._data.shape == grad._data.shape:
         data = grad_array(leaf._data, grad._data, grad.device.xp, taken)
     else:
         data = grad._data if taken else grad._data.copy()
