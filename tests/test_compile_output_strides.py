@@ -11,7 +11,7 @@ import torch
 
 import kiln
 
-TARGETS = ["c", "numpy"]
+TARGETS = ["c", "numpy", "triton"]
 
 
 def _cases(T) -> dict:
