@@ -54,6 +54,7 @@ from kiln.tracer import dispatch as _dispatch
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
+from kiln.tracer.storage import element_offset
 from kiln.tracer.symbolic_number import SymbolicNumber, operand_array
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
@@ -467,7 +468,7 @@ class CompiledEntry:
     joint: object = None                # JointInfo: which outputs and inputs have gradients
     arg_requires_grad: tuple = ()       # (argument tensor's index, flag) the call set
     copied_outputs: tuple = ()          # outputs eager mode gave memory of their own (a copy)
-    out_strides: tuple = ()             # (output, eager's strides, recipe): `_eager_layouts`
+    out_strides: tuple = ()             # eager's layout per output: `_eager_layouts`
     saved_inputs: tuple = ((), ())      # inputs the backward reads: `_saved_inputs`
     quiet_writes: tuple = ()            # writebacks moving no version counter (`t.data = `)
     partition: object = None            # PartitionReport: what the forward saves
@@ -1485,9 +1486,9 @@ class CompiledFunction:
         make = Tensor._make
         for i in entry.copied_outputs:
             outs[i] = outs[i].copy()
-        for i, strides, recipe in entry.out_strides:    # eager's layout, where the program's
-            if outs[i].strides != strides:              # differs
-                outs[i] = in_layout(outs[i], recipe, device.xp)
+        for i, strides, recipe, offset in entry.out_strides:   # eager's layout, where the
+            if outs[i].strides != strides or offset and element_offset(outs[i]) != offset:
+                outs[i] = in_layout(outs[i], recipe, device.xp)     # program's differs
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
         for i, flag in entry.arg_requires_grad:     # `x.requires_grad_()` in the call
@@ -2305,18 +2306,19 @@ def _source(program: TracedProgram, where, leaves: list, user: list) -> Tensor |
 
 
 def _eager_layouts(program: TracedProgram, outputs: list) -> tuple:
-    """(output index, byte strides, `layout_recipe`) of each traced output a replay computes,
-    as eager laid it out: its layout follows from the inputs' (TensorIterator's rule: `x.t() * 2` is transposed
+    """(output index, byte strides, `layout_recipe`, storage offset) of each traced output a
+    replay computes, as eager laid it out: its layout follows from the inputs' (TensorIterator's rule: `x.t() * 2` is transposed
     as `x.t()` is), which the guard key fixes, while the passes and kernels write C order. A
     returned input or view of one is taken again from its source (`_returned_views`)."""
     taken = set(program.returned_inputs) | set(program.returned_views)
     layouts = []
     for i, t in enumerate(outputs[:program.num_user_outputs]):
         a = t._data
+        offset = element_offset(a)
         recipe = None if i in taken or not a.ndim else \
-            layout_recipe(a.shape, a.strides, a.itemsize)
+            layout_recipe(a.shape, a.strides, a.itemsize, offset)
         if recipe is not None:
-            layouts.append((i, a.strides, recipe))
+            layouts.append((i, a.strides, recipe, offset))
     return tuple(layouts)
 
 

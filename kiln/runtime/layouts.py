@@ -4,13 +4,15 @@ for the gradient stored in its `.grad` (PyTorch's layout contract)."""
 from __future__ import annotations
 
 
-def layout_recipe(shape: tuple, strides: tuple, itemsize: int) -> tuple | None:
+def layout_recipe(shape: tuple, strides: tuple, itemsize: int,
+                  offset: int = 0) -> tuple | None:
     """How `in_layout` makes an array of `shape` with exactly byte `strides` (a unit axis's
     too), worked out once: a permutation of C order where they are one ("permuted", its shape,
     the inverse axes), else memory spanning what the strides reach ("strided", elements,
-    strides; a broadcast axis's stride 0 is written many times, with equal values). None where
+    strides, `offset` elements before the first: a view's storage offset in eager's larger
+    memory; a broadcast axis's stride 0 is written many times, with equal values). None where
     a stride is negative or not whole elements (no such layout is made)."""
-    if any(s < 0 or s % itemsize for s in strides):
+    if any(s < 0 or s % itemsize for s in strides) or offset < 0:
         return None
     order = sorted(range(len(shape)), key=lambda d: -strides[d])
     permuted = tuple(shape[d] for d in order)
@@ -18,11 +20,11 @@ def layout_recipe(shape: tuple, strides: tuple, itemsize: int) -> tuple | None:
     c_order, step = [0] * len(shape), itemsize
     for k in reversed(range(len(shape))):
         c_order[k], step = step, step * max(permuted[k], 1)
-    if all(c_order[inverse[d]] == strides[d] for d in range(len(shape))):
+    if offset == 0 and all(c_order[inverse[d]] == strides[d] for d in range(len(shape))):
         return ("permuted", permuted, inverse)
     span = 1 + sum((n - 1) * s // itemsize for n, s in zip(shape, strides)) if \
         0 not in shape else 0
-    return ("strided", span, strides)
+    return ("strided", span, strides, offset)
 
 
 def in_layout(a, recipe: tuple, xp):
@@ -30,7 +32,9 @@ def in_layout(a, recipe: tuple, xp):
     if recipe[0] == "permuted":
         out = xp.empty(recipe[1], a.dtype).transpose(recipe[2])
     else:
-        out = xp.lib.stride_tricks.as_strided(xp.empty(recipe[1], a.dtype), a.shape, recipe[2])
+        _, span, strides, offset = recipe
+        memory = xp.empty(offset + span, a.dtype)
+        out = xp.lib.stride_tricks.as_strided(memory[offset:], a.shape, strides)
     out[...] = a
     return out
 
