@@ -246,3 +246,26 @@ def test_state_laid_out_anew_is_traced_again(target):
             assert result.stride() == eager.stride() == ((1, 4) if i < 3 else (4, 1))
             np.testing.assert_allclose(result.numpy(), eager.numpy(), rtol=1e-6)
     assert len(compiled.entries) == 2
+
+
+def test_compiled_autograd_grads_take_the_parameters_strides():
+    """compiled_autograd's backward stores `.grad` laid out as the engine's: the parameter's
+    strides (a transposed weight's gradient is transposed), PyTorch's values."""
+    from kiln._dynamo import compiled_autograd
+
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((3, 4)).astype(np.float32)
+    x0 = rng.standard_normal((5, 4)).astype(np.float32)
+    tw = torch.nn.Parameter(torch.tensor(w0).t())
+    (torch.tensor(x0) @ tw).pow(2).sum().backward()
+    w, x = kiln.nn.Parameter(kiln.tensor(w0).t()), kiln.tensor(x0)
+    compiled_autograd.reset()
+    try:
+        for _ in range(3):
+            w.grad = None
+            with compiled_autograd.enable(kiln.compile):
+                (x @ w).pow(2).sum().backward()
+            assert w.grad.stride() == tw.grad.stride() == (1, 4)
+            np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+    finally:
+        compiled_autograd.reset()
