@@ -269,3 +269,31 @@ def test_compiled_autograd_grads_take_the_parameters_strides():
             np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
     finally:
         compiled_autograd.reset()
+
+
+@pytest.mark.gpu
+def test_cuda_replay_has_eager_strides():
+    """On cuda tensors (Triton kernels, CuPy memory): eager's strides, eager's values, and a
+    transposed parameter's `.grad` laid out as the parameter."""
+    rng = np.random.default_rng(4)
+    x = kiln.tensor(rng.standard_normal((4, 6)).astype(np.float32), device="cuda")
+    w = kiln.nn.Parameter(kiln.tensor(rng.standard_normal((3, 6)).astype(np.float32),
+                                      device="cuda").t())
+
+    def f(x):
+        return x.t() * 2, (x @ w).t() + 1, (x + 1)[:, 1:]
+
+    compiled = kiln.compile(f)
+    eager = f(x)
+    eager[1].sum().backward()
+    expected, w.grad = w.grad, None
+    for _ in range(3):
+        result = compiled(x)
+        assert _strides(result) == _strides(eager) == [(1, 6), (1, 3), (6, 1)]
+        for r, e in zip(result, eager):
+            np.testing.assert_allclose(r.detach().cpu().numpy(), e.detach().cpu().numpy(),
+                                       rtol=1e-5, atol=1e-5)
+        w.grad = None
+        result[1].sum().backward()
+        assert w.grad.stride() == expected.stride() == w.stride() == (1, 6)
+        np.testing.assert_allclose(w.grad.cpu().numpy(), expected.cpu().numpy(), rtol=1e-5)

@@ -41,7 +41,7 @@ from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, PRIMITIVES, Primitive, as_user_error
 from kiln.ir.schedule import STRIDED_VIEWS
 from kiln.runtime import pending_checks
-from kiln.runtime.device import CPU, Device, to_device
+from kiln.runtime.device import CPU, Device, is_host_array, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.runtime.layouts import grad_array, in_layout, layout_recipe
 from kiln.tracer.autocast import key as _autocast_key
@@ -2314,7 +2314,9 @@ def _eager_layouts(program: TracedProgram, outputs: list) -> tuple:
     layouts = []
     for i, t in enumerate(outputs[:program.num_user_outputs]):
         a = t._data
-        offset = element_offset(a)
+        # (a storage offset on the host only: CuPy's is unverified here, and a wrong one would
+        # copy on every replay)
+        offset = element_offset(a) if is_host_array(a) else 0
         recipe = None if i in taken or not a.ndim else \
             layout_recipe(a.shape, a.strides, a.itemsize, offset)
         if recipe is not None:
