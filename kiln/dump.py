@@ -91,10 +91,12 @@ def compiled_notes(compiled) -> list[tuple[str, str]]:
     lines = []
     for i, ((key, _), entry) in enumerate(compiled.entries.items()):
         tensors, aliases, grad_mode, autocast, tree, default_dtype, default_device, own = key
-        tensors = [(list(shape), dtype.name, str(device), requires_grad)
-                   for shape, dtype, device, requires_grad in tensors]
+        tensors = [(list(shape), [s // max(dtype.itemsize, 1) for s in strides], dtype.name,
+                    str(device), requires_grad)
+                   for shape, strides, dtype, device, requires_grad in tensors]
         autocast = ", ".join(f"{d} {name}" for d, name in autocast or ()) or "off"
-        lines.append(f"entry {i}: tensors (shape, dtype, device, requires_grad) {tensors}; "
+        lines.append(f"entry {i}: tensors (shape, stride, dtype, device, requires_grad) "
+                     f"{tensors}; "
                      f"shared memory {list(aliases) or 'none'}; grad mode {grad_mode}; "
                      f"autocast {autocast}; python arguments {tree!r}; default dtype "
                      f"{default_dtype.name}, device {default_device}" +

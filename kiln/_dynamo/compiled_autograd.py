@@ -44,6 +44,7 @@ from kiln import compiler
 from kiln.compiler import compile as _compile
 from kiln.compiler.counters import counters
 from kiln.runtime.device import is_writeable
+from kiln.runtime.layouts import grad_array
 from kiln.tracer import autograd
 from kiln.tracer.backward_plan import Unplannable, plan_backward
 from kiln.tracer.tensor import Tensor
@@ -174,7 +175,11 @@ def _store(leaves: list, grads: tuple, retained: list, kept: tuple, saved: list,
         if g is None:
             continue
         if leaf.grad is None:
-            leaf.grad = Tensor._make(_owned(g._data, taken, hooks), g.dtype, g.device)
+            data = _owned(g._data, taken, hooks)
+            if type(leaf._data) is type(data) and leaf._data.shape == data.shape:
+                # the leaf's strides, as the engine's AccumulateGrad gives them
+                data = grad_array(leaf._data, data, g.device.xp, True)
+            leaf.grad = Tensor._make(data, g.dtype, g.device)
         else:
             leaf.grad._data += g._data
     for t, g in zip(retained, kept):

@@ -41,8 +41,9 @@ from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, PRIMITIVES, Primitive, as_user_error
 from kiln.ir.schedule import STRIDED_VIEWS
 from kiln.runtime import pending_checks
-from kiln.runtime.device import CPU, Device, to_device
+from kiln.runtime.device import CPU, Device, is_host_array, to_device
 from kiln.runtime.executor import ArrayExecutor
+from kiln.runtime.layouts import grad_array, in_layout, layout_recipe
 from kiln.tracer.autocast import key as _autocast_key
 from kiln.tracer.autograd import prim_class, record, record_several, saved_hooks_active
 from kiln.tracer.creation import default_generator, get_default_device
@@ -53,6 +54,7 @@ from kiln.tracer import dispatch as _dispatch
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
+from kiln.tracer.storage import element_offset
 from kiln.tracer.symbolic_number import SymbolicNumber, evaluate, operand_array
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
@@ -466,6 +468,7 @@ class CompiledEntry:
     joint: object = None                # JointInfo: which outputs and inputs have gradients
     arg_requires_grad: tuple = ()       # (argument tensor's index, flag) the call set
     copied_outputs: tuple = ()          # outputs eager mode gave memory of their own (a copy)
+    out_strides: tuple = ()             # eager's layout per output: `_eager_layouts`
     saved_inputs: tuple = ((), ())      # inputs the backward reads: `_saved_inputs`
     quiet_writes: tuple = ()            # writebacks moving no version counter (`t.data = `)
     partition: object = None            # PartitionReport: what the forward saves
@@ -721,9 +724,11 @@ class CompiledFunction:
     def _guard_key(self, args, kwargs) -> tuple:
         """(key, leaves): what an entry is specialized to, and the tensors of this call.
 
-        The key holds each tensor's shape, dtype, device and requires_grad, which of them share
-        memory, the grad mode, the autocast state (a trace records autocast's casts), the
-        non-tensor arguments by type and value (of a batch object, only the fields named in
+        The key holds each tensor's shape, strides, dtype, device and requires_grad (strides:
+        eager's outputs take their layout from the inputs', and a replay gives eager's, as
+        recorded by the trace: `CompiledEntry.out_strides`), which of them share memory, the
+        grad mode, the autocast state (a trace records autocast's casts), the non-tensor
+        arguments by type and value (of a batch object, only the fields named in
         `_record_fields`), and the default dtype and device. What the function reads from
         Python (globals, closures, modules, optimizers) is checked by each entry's guards
         (`kiln.compiler.guards`).
@@ -737,7 +742,8 @@ class CompiledFunction:
                 args, kwargs = _lifted_as_types(self._lifted, args, kwargs)
             leaves, tree = _flatten_args((args, kwargs))
             tree = _typed_tree(tree, self._record_fields)
-        tensors = tuple((t._data.shape, t.dtype, t.device, t.requires_grad) for t in leaves)
+        tensors = tuple((t._data.shape, t._data.strides, t.dtype, t.device, t.requires_grad)
+                        for t in leaves)
         # the default dtype and device decide what `kiln.ones(3)` in the function makes
         return (tensors, _alias_pattern(leaves), STATE.grad_enabled, _autocast_key(), tree,
                 get_default_dtype(), get_default_device(), _own_attributes(leaves)), leaves
@@ -1346,6 +1352,7 @@ class CompiledFunction:
                 forward.output_roots, outputs[:len(returned)],
                 [_bound_tensor(program, i, leaves_in) for i, b in enumerate(program.bindings)
                  if b.kind == "lifted" or b.kind == "arg" and b.path is not None])
+            entry.out_strides = _eager_layouts(program, outputs)
         except Exception as e:        # a compiler bug must never cost the user a result
             raise _StageFailed(stage[0], e) from e
         self._add_entry(key, entry)
@@ -1472,10 +1479,15 @@ class CompiledFunction:
             if tensor.grad is not None and tensor.grad.shape == value.shape:
                 tensor.grad._data[...] = value
             else:
-                tensor.grad = Tensor._make(value.copy(), tensor.dtype, tensor.device)
+                # (the parameter's layout, as eager's AccumulateGrad gives it)
+                value = grad_array(tensor._data, value, tensor.device.xp, False)
+                tensor.grad = Tensor._make(value, tensor.dtype, tensor.device)
         make = Tensor._make
         for i in entry.copied_outputs:
             outs[i] = outs[i].copy()
+        for i, strides, recipe, offset in entry.out_strides:   # eager's layout, where the
+            if outs[i].strides != strides or offset and element_offset(outs[i]) != offset:
+                outs[i] = in_layout(outs[i], recipe, device.xp)     # program's differs
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
         for i, flag in entry.arg_requires_grad:     # `x.requires_grad_()` in the call
@@ -2222,11 +2234,16 @@ def _last_failure(compiled: CompiledFunction, key) -> str:
     for old in reversed(list(compiled._chains)):
         if old[1:] == key[1:] and len(old[0]) == len(key[0]):
             for i, (was, now) in enumerate(zip(old[0], key[0])):
-                if was[1:] == now[1:] and was[0] != now[0]:
+                if was[2:] == now[2:] and was[0] != now[0]:
                     return (f" (last change: tensor input {i} has shape {list(now[0])}, traced "
                             f"at {list(was[0])}: each new shape is traced and compiled again, "
                             "as kiln specializes to shapes; pad inputs to a few sizes, or raise "
                             "kiln._dynamo.config.recompile_limit)")
+                if was[2:] == now[2:] and was[1] != now[1]:
+                    return (f" (last change: tensor input {i} has another memory layout, byte "
+                            f"strides {list(now[1])}, traced at {list(was[1])}: each layout is "
+                            "traced again, as eager's results take their layout from the "
+                            "inputs'; pass inputs laid out alike, e.g. with .contiguous())")
     return ""
 
 
@@ -2320,6 +2337,25 @@ def _source(program: TracedProgram, where, leaves: list, user: list) -> Tensor |
     if where[0] == "grad":
         return _bound_tensor(program, program.grad_writes[where[1]].input, leaves).grad
     return user[where[1]]
+
+
+def _eager_layouts(program: TracedProgram, outputs: list) -> tuple:
+    """(output index, byte strides, `layout_recipe`, storage offset) of each traced output a
+    replay computes, as eager laid it out: its layout follows from the inputs' (TensorIterator's rule: `x.t() * 2` is transposed
+    as `x.t()` is), which the guard key fixes, while the passes and kernels write C order. A
+    returned input or view of one is taken again from its source (`_returned_views`)."""
+    taken = set(program.returned_inputs) | set(program.returned_views)
+    layouts = []
+    for i, t in enumerate(outputs[:program.num_user_outputs]):
+        a = t._data
+        # (a storage offset on the host only: CuPy's is unverified here, and a wrong one would
+        # copy on every replay)
+        offset = element_offset(a) if is_host_array(a) else 0
+        recipe = None if i in taken or not a.ndim else \
+            layout_recipe(a.shape, a.strides, a.itemsize, offset)
+        if recipe is not None:
+            layouts.append((i, a.strides, recipe, offset))
+    return tuple(layouts)
 
 
 def _address(a: np.ndarray) -> int:

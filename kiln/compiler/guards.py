@@ -1378,15 +1378,19 @@ def custom_function(cls: type) -> _Walk:
 
 def tensor_guards(tensors: list, names: dict,
                   requires_grad_at_call: dict | None = None) -> list[Guard]:
-    """Guards on the metadata of tensors a program reads by identity (shape, dtype, device and
-    requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`). A
+    """Guards on the metadata of tensors a program reads by identity (shape, strides, dtype,
+    device and requires_grad may change in place: `p.data = ...`, `p.requires_grad_(False)`). A
     requires_grad the call itself set is guarded on what the call found
     (`requires_grad_at_call`, id -> flag): the replay sets it again."""
     found = []
     for t in tensors:
         requires_grad = (requires_grad_at_call or {}).get(id(t), t.requires_grad)
         name = names.get(id(t), "a tensor the function reads")
-        found.append(Guard(f"{name}.shape", lambda t=t: t._data.shape, "eq", t._data.shape))
+        # (strides too: eager's results take their layout from them, and a replay gives eager's;
+        # `module.to(memory_format=...)` changes them in place)
+        found.append(Guard(f"{name}.shape and stride()",
+                           lambda t=t: (t._data.shape, t._data.strides), "eq",
+                           (t._data.shape, t._data.strides)))
         found.append(Guard(f"{name}.dtype", lambda t=t: t.dtype, "id", t.dtype))
         found.append(Guard(f"{name}.device", lambda t=t: t.device, "eq", t.device))
         found.append(Guard(f"{name}.requires_grad", lambda t=t: t.requires_grad, "value",

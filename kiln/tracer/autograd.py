@@ -19,6 +19,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import COPIED, PRIMITIVES, SAVED, P, Primitive
 from kiln.runtime.device import CPU, MetaArray, is_writeable, to_device
+from kiln.runtime.layouts import grad_array
 from kiln.tracer.errors import op_error
 from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.storage import internal_overlap
@@ -1197,16 +1198,22 @@ def keep_saved_output(tensor: Tensor) -> None:
             node.out_version = None       # its output no longer shares the tensor's memory
 
 
-def _owned(grad: Tensor, exclusive: bool = False) -> Tensor:
+def _owned(grad: Tensor, exclusive: bool = False, leaf: Tensor | None = None) -> Tensor:
     """A gradient safe to store in `.grad`: writeable memory that nothing else the user can
     reach shares. `exclusive`: nothing but the backward pass holds `grad` (`_held_once`), so
     its memory is taken as it is when no other array or tensor holds it either (PyTorch's
-    AccumulateGrad steals such a gradient too); otherwise it is copied."""
+    AccumulateGrad steals such a gradient too); otherwise it is copied. `leaf`: the tensor
+    whose `.grad` it becomes, whose strides it takes where that is dense (as PyTorch's
+    AccumulateGrad lays out a transposed or channels_last weight's gradient)."""
     # (no local holds grad's array before the check: it counts the references to it)
     if WRAPPERS[0] and dispatches(grad):
         return _wrapper_call("detach.default", (grad,))    # as PyTorch's AccumulateGrad
-    data = grad._data if exclusive and _COUNTS_HOLD and _memory_unshared(grad) else \
-        grad._data.copy()
+    taken = exclusive and _COUNTS_HOLD and _memory_unshared(grad)
+    if leaf is not None and type(leaf._data) is type(grad._data) and \
+            not isinstance(grad._data, MetaArray) and leaf._data.shape == grad._data.shape:
+        data = grad_array(leaf._data, grad._data, grad.device.xp, taken)
+    else:
+        data = grad._data if taken else grad._data.copy()
     owned = Tensor._make(data, grad.dtype, grad.device)
     owned._trace = grad._trace
     return owned
@@ -1368,7 +1375,7 @@ def _store_leaf_grad(tensor: Tensor, g: Tensor, create_graph: bool,
         # a sparse gradient is made fresh by its lookup's backward: stored as it is
         tensor.grad = g if tensor.grad is None else _sum_grads(tensor.grad, g)
     elif tensor.grad is None:
-        tensor.grad = g if create_graph else _owned(g, exclusive)
+        tensor.grad = g if create_graph else _owned(g, exclusive, tensor)
     elif create_graph or STATE.tracer is not None:
         tensor.grad = tensor.grad + g      # traced: a new value, written back by the tracer
     elif WRAPPERS[0] and (dispatches(tensor.grad) or dispatches(g)):
