@@ -2341,9 +2341,10 @@ def _source(program: TracedProgram, where, leaves: list, user: list) -> Tensor |
 
 def _eager_layouts(program: TracedProgram, outputs: list) -> tuple:
     """(output index, byte strides, `layout_recipe`, storage offset) of each traced output a
-    replay computes, as eager laid it out: its layout follows from the inputs' (TensorIterator's rule: `x.t() * 2` is transposed
-    as `x.t()` is), which the guard key fixes, while the passes and kernels write C order. A
-    returned input or view of one is taken again from its source (`_returned_views`)."""
+    replay computes, as eager laid it out: its layout follows from the inputs' (TensorIterator's
+    rule: `x.t() * 2` is transposed as `x.t()` is), which the guard key fixes, while the passes
+    and kernels write C order. A returned input or view of one is taken again from its source
+    (`_returned_views`)."""
     taken = set(program.returned_inputs) | set(program.returned_views)
     layouts = []
     for i, t in enumerate(outputs[:program.num_user_outputs]):
