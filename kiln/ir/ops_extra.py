@@ -352,21 +352,21 @@ define("linalg_cholesky", LINALG, _square_infer, _cholesky_impl, _cholesky_grad,
        reads=(), output=COPIED, complex_grad=True)
 
 
-def _qr_layout(shape, dtype, mode):
+def _qr_layout(shape, dtype, mode="reduced"):
     batch, (m, n) = tuple(shape[:-2]), shape[-2:]
     k = m if mode == "complete" else min(m, n)
     r = (batch + (k, n), True, dtype)
     return (r,) if mode == "r" else ((batch + (m, k), True, dtype), r)      # (Q,) R
 
 
-def _qr_infer(shapes, dtypes, mode):
+def _qr_infer(shapes, dtypes, mode="reduced"):
     s = shapes[0]
     if len(s) < 2:
         raise ShapeError(f"linalg.qr: the input must have at least 2 dimensions, got {list(s)}")
     return (_packed_size(_qr_layout(s, dtypes[0], mode)),), dtypes[0]
 
 
-def _qr_impl(xp, a, mode):
+def _qr_impl(xp, a, mode="reduced"):
     if mode == "r":         # LAPACK's geqrf alone: Q is never formed
         return _pack(xp, a.dtype, (_swap(xp, xp.linalg.qr(a, mode="r")),))
     q, r = xp.linalg.qr(a, mode=mode)
@@ -384,7 +384,7 @@ def _rows(t, start, stop):
     return _mT(_cols(_mT(t), start, stop))
 
 
-def _qr_grad(g, out, a, mode):
+def _qr_grad(g, out, a, mode="reduced"):
     # reduced QR with m >= n: M = R gR^H - gQ^H Q; A_bar = (gQ + Q copyltu(M)) R^-H, copyltu
     # mirroring M's strict lower triangle onto the upper with the real part of its diagonal
     # (R's diagonal is real). Wide (m < n): A = [X Y], R = [R1 R2], X = Q R1 that square QR,
