@@ -54,7 +54,7 @@ from kiln.tracer import dispatch as _dispatch
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
-from kiln.tracer.storage import element_offset
+from kiln.tracer.storage import element_offset, memory_root
 from kiln.tracer.symbolic_number import SymbolicNumber, evaluate, operand_array
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
@@ -1948,7 +1948,7 @@ def _same_memory(a: Tensor, b: Tensor) -> bool:
     """Whether `a` and `b` overlap or are views of one allocation (`h[0]` and `h[1:]` are: a
     caller's write through `h` reaches both)."""
     return _shares_memory(a, b) or a.device is b.device and a.device.type != "meta" and \
-        _base(a._data) is _base(b._data)
+        memory_root(a._data) is memory_root(b._data)
 
 
 def _shares_memory(a: Tensor, b: Tensor) -> bool:
@@ -2401,15 +2401,10 @@ def _view_again(source: Tensor, recipe: tuple) -> Tensor | None:
     if type(data) is not np.ndarray or data.strides != strides:
         return None
     flat = np.lib.stride_tricks.as_strided(data, (offset + 1,), (data.itemsize,))
-    view = np.lib.stride_tricks.as_strided(flat[offset:], shape, view_strides)
-    # eagerly the view may reach past `source` into their common base (`h` taken as a view of
-    # the returned `h[0]`); this call's `source` must hold that memory too
-    owner = data
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if view.size and not _within(view, owner):
-        return None
-    out = Tensor._make(view, source.dtype, source.device)
+    # (within `source`: `_strided_recipe` takes no view reaching outside it, and `source` has
+    # the shape and strides it had then)
+    out = Tensor._make(np.lib.stride_tricks.as_strided(flat[offset:], shape, view_strides),
+                       source.dtype, source.device)
     out._version = source._version
     return out
 

@@ -41,7 +41,8 @@ def in_layout(a, recipe: tuple, xp):
 
 def dense(a) -> bool:
     """Whether array `a`'s elements tile one block of memory with no gap and no overlap, in some
-    order of its axes (PyTorch's is_non_overlapping_and_dense)."""
+    order of its axes (PyTorch's is_non_overlapping_and_dense; `tracer.storage`'s overlap
+    checks use it too)."""
     if a.flags.c_contiguous or a.flags.f_contiguous:
         return True
     expected = a.itemsize

@@ -18,6 +18,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.runtime.device import is_host_array
+from kiln.runtime.layouts import dense
 
 
 def memory_root(array):
@@ -65,17 +66,6 @@ def internal_overlap(array) -> bool:
                                                    for s, n in zip(strides, array.shape))
 
 
-def _dense(array) -> bool:
-    """PyTorch's is_non_overlapping_and_dense: the elements fill a block of memory once each."""
-    dims = sorted((s, n) for s, n in zip(array.strides, array.shape) if n != 1)
-    expected = array.itemsize
-    for s, n in dims:
-        if s != expected:
-            return False
-        expected *= n
-    return True
-
-
 def partial_overlap(out, other) -> bool:
     """Whether `other` (an input of an in-place op) and `out` (the tensor it writes) share some
     memory without being the same elements in the same order: PyTorch's get_overlap_status ==
@@ -85,7 +75,7 @@ def partial_overlap(out, other) -> bool:
         return False
     if getattr(out, "base", None) is None and getattr(other, "base", None) is None:
         return False                # two arrays that each own their memory
-    if memory_root(out) is not memory_root(other) or not (_dense(out) and _dense(other)):
+    if memory_root(out) is not memory_root(other) or not (dense(out) and dense(other)):
         return False
     a, b = _address(out), _address(other)
     a_end, b_end = a + out.size * out.itemsize, b + other.size * other.itemsize
