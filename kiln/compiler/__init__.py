@@ -39,12 +39,14 @@ from kiln.compiler.hooks import (active_traces, as_number, composite,  # noqa: F
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, PRIMITIVES, Primitive, as_user_error
+from kiln.ir.primitive import SAVED
 from kiln.ir.schedule import STRIDED_VIEWS
 from kiln.runtime import pending_checks
 from kiln.runtime.device import CPU, Device, is_host_array, to_device
 from kiln.runtime.executor import ArrayExecutor
 from kiln.runtime.layouts import grad_array, in_layout, layout_recipe
 from kiln.tracer.autocast import key as _autocast_key
+from kiln.tracer.autograd import no_grad as _no_grad
 from kiln.tracer.autograd import prim_class, record, record_several, saved_hooks_active
 from kiln.tracer.creation import default_generator, get_default_device
 from kiln.tracer.forward_ad import LEVEL as DUAL_LEVEL
@@ -470,6 +472,7 @@ class CompiledEntry:
     copied_outputs: tuple = ()          # outputs eager mode gave memory of their own (a copy)
     out_strides: tuple = ()             # eager's layout per output: `_eager_layouts`
     saved_inputs: tuple = ((), ())      # inputs the backward reads: `_saved_inputs`
+    saved_outputs: frozenset = frozenset()  # outputs eager's backward reads (their versions)
     quiet_writes: tuple = ()            # writebacks moving no version counter (`t.data = `)
     partition: object = None            # PartitionReport: what the forward saves
     fetch: list = field(default_factory=list)        # (kind, where) per executor input
@@ -1348,6 +1351,7 @@ class CompiledFunction:
             entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
             if entry.joint is not None:
                 entry.saved_inputs = _saved_inputs(entry, program)
+                entry.saved_outputs = _outputs_eager_saves(outputs[:len(returned)])
             entry.copied_outputs = _outputs_apart(
                 forward.output_roots, outputs[:len(returned)],
                 [_bound_tensor(program, i, leaves_in) for i, b in enumerate(program.bindings)
@@ -2280,13 +2284,13 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
                 if gw.output is not None and gw.tensor.grad is not None]
     found = {}
     for i, t in enumerate(outputs):
-        if i in skip or t.requires_grad or type(t._data) is not np.ndarray:
+        if i in skip or type(t._data) is not np.ndarray:
+            continue
+        if t.requires_grad:
+            found.update(_returned_grad_view(graph, outputs, i))
             continue
         # the view primitives the graph took the output with, from an input or its new value
-        v, chain = graph.outputs[i], []
-        while v in made and made[v].op in STRIDED_VIEWS:
-            chain.append((made[v].op, made[v].attrs))
-            v = made[v].inputs[0]
+        v, chain = _view_chain(graph, made, graph.outputs[i])
         start = inputs.get(written.get(v, v))
         span = _bytes(t._data) if t._data.size else None
         larger = [k for k in range(i + 1, len(outputs)) if span is not None and
@@ -2306,7 +2310,8 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
                     ("data", t._version[0])
             else:
                 # (of a tensor requiring grad, as `p.data[1:]`: by place, outside autograd)
-                recipe = None if source.requires_grad else ("views", tuple(reversed(chain)))
+                recipe = None if source.requires_grad else \
+                    ("views", tuple((op, attrs) for op, attrs, _ in reversed(chain)))
                 if recipe is None or where != start or \
                         not _same_layout(_view_again(source, recipe), t):
                     recipe = _strided_recipe(source._data, t._data)
@@ -2328,6 +2333,64 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
         if i not in ordered:
             place(i)
     return ordered
+
+
+def _view_chain(graph, made: dict, v) -> tuple:
+    """The value graph value `v` is a view of (itself where it is no view), and the view
+    primitives (op, attrs, their input value) from `v` back to it, the last taken first."""
+    chain = []
+    while v in made and made[v].op in STRIDED_VIEWS:
+        chain.append((made[v].op, made[v].attrs, made[v].inputs[0]))
+        v = made[v].inputs[0]
+    return v, chain
+
+
+def _returned_grad_view(graph, outputs: list, i: int) -> dict:
+    """{i: (where, recipe)} where output `i`, which requires grad, is a view of another output
+    requiring grad as eager returned them (`return h, h[1:]`, or `h.t(), h.unsqueeze(0)` of
+    one `h`), else {}. A replay takes it again from that output through view primitives
+    recorded by autograd, so that a caller's in-place write through one reaches the other's
+    values and gradient (CopySlices), as in eager mode; the compiled backward then gets no
+    gradient for output `i` of its own, which the view passes on to the source's. Only an
+    output no later than `i` or a later one holding more of its memory is a source."""
+    t = outputs[i]
+    made = {n.out: n for n in graph.nodes}
+    root, chain = _view_chain(graph, made, graph.outputs[i])
+    span = _bytes(t._data) if t._data.size else None
+    for k, source in enumerate(outputs):
+        if k == i or not source.requires_grad or type(source._data) is not np.ndarray or \
+                not np.may_share_memory(source._data, t._data):
+            continue
+        if k > i and (span is None or not source._data.size or
+                      not _within(t._data, source._data) or _bytes(source._data) == span):
+            continue
+        if source is t:
+            return {i: (("out", k), ("same",))}
+        source_root, source_chain = _view_chain(graph, made, graph.outputs[k])
+        back = _undo_views(source_chain) if source_root is root else None
+        if back is None:
+            continue
+        recipe = ("views", back + tuple((op, attrs) for op, attrs, _ in reversed(chain)))
+        with _no_grad():
+            again = _view_again(source, recipe)
+        if _same_layout(again, t):
+            return {i: (("out", k), recipe)}
+    return {}
+
+
+def _undo_views(chain: list) -> tuple | None:
+    """View primitives taking the end of `chain` (`_view_chain`'s) back to its start, or None
+    where a step cannot be undone by a view (a slice, an expand)."""
+    back = []
+    for op, attrs, before in chain:
+        if op == "reshape":
+            back.append(("reshape", {"shape": tuple(before.shape)}))
+        elif op == "permute":
+            perm = dict(attrs)["perm"]
+            back.append(("permute", {"perm": tuple(int(a) for a in np.argsort(perm))}))
+        else:
+            return None
+    return tuple(back)
 
 
 def _source(program: TracedProgram, where, leaves: list, user: list) -> Tensor | None:
@@ -2528,6 +2591,32 @@ def _saved_inputs(entry: CompiledEntry, program: TracedProgram) -> tuple:
     return checked, copied
 
 
+def _outputs_eager_saves(outputs: list) -> frozenset:
+    """The indices of the traced call's outputs whose memory eager mode's backward reads (a
+    tanh's result, or a view of it, saved for its gradient): a caller's in-place write to one
+    before backward() makes eager's backward raise. Found on eager's own autograd graph, as
+    `_check_versions` tests it, not on the compiled program's, whose passes may save other
+    memory (CSE's `h` for a second `x * w` eager computed afresh)."""
+    read, seen = set(), set()
+    stack = [t.grad_fn for t in outputs if isinstance(t, Tensor)]
+    while stack:
+        node = stack.pop()
+        if node is None or isinstance(node, Tensor) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        prim, inputs = getattr(node, "prim", None), getattr(node, "inputs", None)
+        if prim is not None and inputs is not None:
+            version = getattr(node, "out_version", None)
+            if version is not None and prim.output_of(inputs) == SAVED:
+                read.add(id(version))
+            reads = prim.reads_of(inputs)
+            read.update(id(a._version) for i, a in enumerate(inputs)
+                        if isinstance(a, Tensor) and (reads is None or i in reads))
+        stack.extend(getattr(node, "edges", None) or ())
+    return frozenset(j for j, t in enumerate(outputs)
+                     if isinstance(t, Tensor) and id(t._version) in read)
+
+
 def _fetched_tensor(entry: CompiledEntry, program: TracedProgram, j: int, leaves) -> Tensor:
     """The tensor a replay of `entry` reads as its forward input `j`."""
     kind, where = entry.fetch[j]
@@ -2554,10 +2643,14 @@ def _attach_backward(entry: CompiledEntry, user: list, saved: list, wrt: list,
     # outputs and inputs whose memory the backward reads (saved for it): an in-place write to
     # one of them before backward() (an argument the caller changes, a parameter an optimizer
     # steps) would change what the backward computes, so it raises, as eager does
-    saved_bases = {id(_base(a)) for a in saved}
-    read_back = [(f"output {j}", u, u._version[0]) for j, u in enumerate(user)
-                 if id(_base(u._data)) in saved_bases]
+    read_back = [(f"output {j}", user[j], user[j]._version[0]) for j in entry.saved_outputs]
     read_back += [("an input", t, t._version[0]) for t in held]
+    # memory of an output the compiled backward reads where eager's did not (the passes
+    # merged eager's two `x * w` into the returned one): its own copy, which a caller's write
+    # to the output leaves alone
+    apart = {id(_base(u._data)) for j, u in enumerate(user) if j not in entry.saved_outputs}
+    if apart:
+        saved = [a.copy() if id(_base(a)) in apart else a for a in saved]
 
     def rule(gs: list, out, *inputs):
         for what, u, version in read_back:
