@@ -298,16 +298,34 @@ def test_a_number_stored_or_returned_is_never_stale():
 
 
 def test_a_value_read_into_python_keeps_one_entry_per_value():
-    """`if i > 2` reads the value: the lifted trace becomes the entry of that value and the
-    argument is keyed by value from then on, with each value's branch."""
+    """`int(i)` reads the value: the lifted trace becomes the entry of that value and the
+    argument is keyed by value from then on, with each value's result."""
     def f(x, i):
-        return x * i if i > 2 else x - i
+        return x * (int(i) % 3)
     compiled = kiln.compile(f)
     x = kiln.arange(4.0)
     for i in (1, 3, 5, 1, 3, 2):
         assert kiln.equal(compiled(x, i), f(x, i))
-    assert not compiled._lifted and compiled._specialised == {(1, None): "__gt__"}
+    assert not compiled._lifted and compiled._specialised == {(1, None): "int"}
     assert len(compiled.entries) == 4       # 1, 3, 5, 2
+
+
+def test_a_comparison_taken_into_python_keeps_the_argument_lifted():
+    """`if i > 2` takes a bool into Python, not the number: the entry holds for every `i`
+    giving the same bool (a guard), so the argument stays lifted and each branch traces once."""
+    def f(x, i):
+        return x * i if i > 2 else x - i
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    for i in (1, 3, 5, 1, 3, 2, 7, 0):
+        assert kiln.equal(compiled(x, i), f(x, i))
+    assert compiled._lifted and not compiled._specialised
+    assert len(compiled.entries) == 3       # 1 by value; then i > 2 and not
+    assert sorted(e.calls for e in compiled.entries.values()) == [0, 2, 3]
+    conditions = [g.describe() for e in compiled.entries.values() for g in e.guards
+                  if "comparison" in g.source]
+    assert sorted(conditions) == [f"i > 2 (a comparison the call took into Python, of its "
+                                  f"arguments) == {b}" for b in (False, True)]
 
 
 def test_a_lifted_number_under_autograd_matches_eager_gradients():
@@ -395,11 +413,12 @@ class _Scale(kiln.autograd.Function):
         return g * ctx.s, None
 
 
-@pytest.mark.parametrize("function,lifted", [(_ScaleBranching, False), (_Scale, True)])
-def test_a_number_a_custom_backward_reads_is_keyed(function, lifted):
+@pytest.mark.parametrize("function,entries", [(_ScaleBranching, 3), (_Scale, 2)])
+def test_a_number_a_custom_backward_reads_is_guarded(function, entries):
     """A custom Function's backward runs when the compiled backward is derived, after the
-    forward's trace: a number its ctx holds that it branches on is read there, and the entry
-    traced with it lifted is dropped (it would hold that branch for every value)."""
+    forward's trace: a comparison of a number its ctx holds that it branches on is taken there,
+    and the entry holds only while the comparison gives the same bool (without that guard it
+    held one branch for every value: a gradient of 0.25 where eager's is -1)."""
     def f(x, s):
         return function.apply(x, s).sum()
     compiled = kiln.compile(f)
@@ -410,7 +429,7 @@ def test_a_number_a_custom_backward_reads_is_keyed(function, lifted):
             compiled(x, s).backward()
             f(xe, s).backward()
             assert kiln.equal(x.grad, xe.grad), s
-    assert bool(compiled._lifted) is lifted
+    assert compiled._lifted and len(compiled.entries) == entries
 
 
 def test_half_meta_and_sparse_operands():
@@ -540,22 +559,45 @@ def test_arithmetic_on_lifted_numbers_stays_lifted(fn, values):
     assert _graphs() == 2 and not compiled._specialised
 
 
-def test_a_derived_number_read_into_python_keys_its_argument_by_value():
+def test_a_derived_number_compared_in_python_guards_its_entry():
     def f(x, lam):
         return x * (1 - lam) if 1 - lam > 0.5 else x + lam
     compiled = kiln.compile(f)
     x = kiln.arange(4.0)
+    for lam in (0.1, 0.7, 0.2, 0.7, 0.1, 0.3, 0.9):
+        assert kiln.equal(compiled(x, lam), f(x, lam))
+    assert compiled._lifted and not compiled._specialised
+    assert len(compiled.entries) == 3       # 0.1 by value; 1 - lam > 0.5 false, true
+
+
+def test_a_derived_number_read_into_python_keys_its_argument_by_value():
+    def f(x, lam):
+        return x * (1 - lam) if int((1 - lam) * 10) > 5 else x + lam
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
     for lam in (0.1, 0.7, 0.2, 0.7, 0.1):
         assert kiln.equal(compiled(x, lam), f(x, lam))
-    assert not compiled._lifted and compiled._specialised == {(1, None): "__gt__"}
+    assert not compiled._lifted and compiled._specialised == {(1, None): "int"}
     assert len(compiled.entries) == 3       # 0.1, 0.7 (the lifted trace, kept as its entry), 0.2
 
 
-@pytest.mark.parametrize("body", ["x * lam ** 0.5", "x * 2 ** lam", "x * (lam // 0.25)",
-                                  "x * (lam % 0.3)"])
+@pytest.mark.parametrize("body", ["x * (lam // 0.25)", "x * (lam % 0.3)", "x * (-lam % 0.3)",
+                                  "x * ((lam * 10) // 3 % 2)"])
+def test_floor_division_and_remainder_stay_lifted(body):
+    """`//` and `%` give derived numbers (Python's floor rules, negative operands included),
+    computed from each call's argument as eager computes them: one lifted entry."""
+    f = eval(f"lambda x, lam: {body}")
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    for lam in (0.1, 0.7, 0.2, 0.9, 0.35):
+        assert kiln.equal(compiled(x, lam), f(x, lam))
+    assert compiled._lifted and len(compiled.entries) == 2
+
+
+@pytest.mark.parametrize("body", ["x * lam ** 0.5", "x * 2 ** lam", "x * divmod(lam, 0.3)[0]"])
 def test_other_arithmetic_specialises(body):
-    """A float exponent (complex for a negative base), floor division and remainder are read
-    into Python: the argument is keyed by value, and each value's result is eager's."""
+    """A float exponent (complex for a negative base), an int base and divmod are read into
+    Python: the argument is keyed by value, and each value's result is eager's."""
     f = eval(f"lambda x, lam: {body}")
     compiled = kiln.compile(f)
     x = kiln.arange(4.0)
@@ -609,3 +651,118 @@ def test_a_derived_number_in_a_training_step_matches_eager():
     for p, q in zip(models[0].parameters(), models[1].parameters()):
         np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6)
     assert _graphs() <= 3 and not compiled._specialised
+
+
+COMPARISONS = {
+    "bool of the number": "x * 2 if i else x - 1",
+    "min": "x * min(i, 3)",
+    "membership": "x + 1 if i in (1, 4) else x * 3",
+    "chained": "x * i if 0 < i < 5 else -x",
+    "remainder in a branch": "x * 2 if (i + 1) % 3 == 0 else x",
+    "two arguments": "x * i if i >= j else x * j",
+    "a float threshold": "x * 0.5 if t > 0.3 else x - t",
+    "a returned comparison": "(x * 2, i > 3)",
+    "a comparison as an operand": "x * (i > 3)",
+}
+
+
+@pytest.mark.parametrize("name", list(COMPARISONS))
+def test_compared_arguments_replay_the_branch_their_values_take(name):
+    # each call's result equals eager's for a run of values that go both ways in every
+    # comparison: a replay is only ever of an entry whose comparisons gave the same bools
+    f = eval(f"lambda x, i, j, t: {COMPARISONS[name]}")
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    calls = [(i, (i * 7) % 5, 0.1 * ((i * 3) % 7)) for i in (0, 1, 2, 3, 4, 5, 6, 1, 4, 0, 7, 2)]
+    for i, j, t in calls:
+        got, want = compiled(x, i, j, t), f(x, i, j, t)
+        if isinstance(want, tuple):
+            assert kiln.equal(got[0], want[0]) and got[1] is want[1], (i, j, t)
+        else:
+            assert kiln.equal(got, want), (i, j, t)
+    assert compiled._lifted and not compiled._specialised
+    assert sum(e.calls for e in compiled.entries.values()) >= len(calls) - 6
+
+
+@pytest.mark.parametrize("lib", [kiln, torch], ids=["kiln", "torch"])
+def test_gradient_accumulation_compiles_once_per_branch(lib):
+    """A training step as users write gradient accumulation: the step number decides whether
+    the optimizer steps. It traces once per branch (kiln) and trains as eager and PyTorch do."""
+    def run(lib, compiled):
+        lib.manual_seed(0)
+        model = lib.nn.Sequential(lib.nn.Linear(8, 16), lib.nn.ReLU(), lib.nn.Linear(16, 3))
+        if lib is not torch:
+            with kiln.no_grad():
+                for p, w in zip(model.parameters(), WEIGHTS):
+                    p.copy_(kiln.tensor(w))
+        else:
+            with torch.no_grad():
+                for p, w in zip(model.parameters(), WEIGHTS):
+                    p.copy_(torch.tensor(w))
+        opt = lib.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler = lib.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        accumulate = 3
+
+        def step(x, y, i):
+            loss = lib.nn.functional.cross_entropy(model(x), y) / accumulate
+            loss.backward()
+            if (i + 1) % accumulate == 0:
+                opt.step()
+                opt.zero_grad()
+                scheduler.step()
+            return loss
+
+        fn = kiln.compile(step) if compiled else step
+        rng = np.random.default_rng(5)
+        losses = []
+        for i in range(15):
+            x = lib.tensor(rng.standard_normal((4, 8), dtype=np.float32))
+            y = lib.tensor(rng.integers(0, 3, 4))
+            losses.append(fn(x, y, i).item())
+        return losses, fn, [p.detach().numpy().copy() for p in model.parameters()]
+
+    rng = np.random.default_rng(4)
+    WEIGHTS = [rng.standard_normal(s).astype(np.float32) * 0.3
+               for s in ((16, 8), (16,), (3, 16), (3,))]
+    want, _, want_params = run(lib, False)
+    if lib is torch:
+        mine, _, mine_params = run(kiln, False)
+        np.testing.assert_allclose(mine, want, rtol=1e-5, atol=1e-6)
+        for a, b in zip(mine_params, want_params):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        return
+    got, fn, got_params = run(kiln, True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for a, b in zip(got_params, want_params):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert fn._lifted and len(fn.entries) <= 5
+    assert sum(e.calls for e in fn.entries.values() if e.program is not None) >= 10
+
+
+@pytest.mark.parametrize("read", ["g['lr']", "g.get('lr')", "dict(g)['lr']", "{**g}['lr']",
+                                  "dict(g.items())['lr']", "list(g.values())[1]",
+                                  "g.copy()['lr']", "g.setdefault('lr', 1.0)",
+                                  "(lambda **kw: kw['lr'])(**g)"])
+def test_a_learning_rate_read_in_any_way_keeps_its_guard(read):
+    # a traced call that reads no learning rate (a branch that does not step) is not guarded on
+    # it, so a scheduler changing it traces nothing again; one that reads it, in any of these
+    # ways, bakes it in and keeps the guard (a replay with the old rate would be stale)
+    w = kiln.ones(3, requires_grad=True)
+    opt = kiln.optim.SGD([w], lr=0.5)
+    g = opt.param_groups[0]
+    assert list(g.values())[1] == g["lr"]       # (the read below takes the rate)
+
+    ns = {"g": g}
+    exec(f"def f(x, reads):\n    return x * {read} if reads else x * 2\n", ns)
+    f = ns["f"]
+    compiled = kiln.compile(f)
+    x = kiln.arange(3.0)
+    for step in range(4):
+        g["lr"] = 0.5 / (step + 1)
+        for reads in (True, False):
+            assert kiln.equal(compiled(x, reads), f(x, reads)), (step, reads)
+    # (one entry per rate where it is read; one for them all where it is not)
+    assert len(compiled.entries) == 5
+    unread = [e for e in compiled.entries.values() if e.program is not None and
+              not any(getattr(guard.read, "at", None) == (id(g), "lr") for guard in e.guards)]
+    assert len(unread) == 1 and unread[0].calls == 3

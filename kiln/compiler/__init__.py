@@ -34,8 +34,8 @@ from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
                                            save_cache_artifacts)
 from kiln.compiler.hooks import (active_traces, as_number, composite,  # noqa: F401
                                  is_compiling, note_flag_read, note_grad_cleared,
-                                 note_grads_checked, note_state_read, note_python_read,
-                                 replay_after, scalar_input, untraced)
+                                 note_grads_checked, note_item_read, note_python_read,
+                                 note_state_read, replay_after, scalar_input, untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, PRIMITIVES, Primitive, as_user_error
@@ -57,7 +57,7 @@ from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
 from kiln.tracer.storage import element_offset, memory_root
-from kiln.tracer.symbolic_number import SymbolicNumber, evaluate, operand_array
+from kiln.tracer.symbolic_number import SymbolicNumber, describe, evaluate, operand_array
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
@@ -683,6 +683,7 @@ class CompiledFunction:
     _numbers_seen: dict = field(default_factory=dict)
     _lifted: dict = field(default_factory=dict)
     _specialised: dict = field(default_factory=dict)    # argument -> what read it
+    _numbers_now: tuple | None = None   # (args, kwargs) while a call's entry is looked up
 
     def __post_init__(self):
         # a function's name and doc; for a Module (or other object) not its __dict__, whose
@@ -795,6 +796,8 @@ class CompiledFunction:
             self._note("generator", f"{_function_name(self.fn)} {self._not_traceable}; it "
                        "runs eagerly")
             return self.fn(*args, **kwargs)
+        if self._lifted:            # (the arguments the entries' comparisons read)
+            self._numbers_now = (args, kwargs)
         key, leaves = self._guard_key(args, kwargs)
         chain = self._chains.get(key)
         entry = self.entries[chain[0]] if chain is not None else None
@@ -805,8 +808,10 @@ class CompiledFunction:
             entry = self._valid_entry(key, leaves)
         if entry is None and len(self.entries) < RECOMPILE_LIMIT and \
                 self._numbers_changed(args, kwargs):
+            self._numbers_now = (args, kwargs)
             key, leaves = self._guard_key(args, kwargs)
             entry = self._valid_entry(key, leaves)
+        self._numbers_now = None
         if entry is not None:
             entry.calls += 1
             if entry.program is None:
@@ -823,9 +828,11 @@ class CompiledFunction:
                                f"compiled entry valid for this call ({_where(self.fn)})")
         if len(self.entries) >= RECOMPILE_LIMIT:
             if "recompile" not in self.warned:      # what changed is worked out once
+                self._numbers_now = (args, kwargs)
                 self._note("recompile", f"{_function_name(self.fn)} hit the recompile limit "
                            f"({RECOMPILE_LIMIT} traced entries); running it eagerly from now "
                            f"on{_last_failure(self, key)}")
+                self._numbers_now = None
             return self.fn(*args, **kwargs)
         with _collector_paused():
             return self._trace_and_run(key, args, kwargs)
@@ -911,6 +918,12 @@ class CompiledFunction:
                 else:
                     kwargs[k] = proxy
         return tuple(args), kwargs, proxies
+
+    def _condition_now(self, expression: tuple) -> bool:
+        """A comparison a trace took into Python (`symbolic_number._condition`), of the
+        arguments of the call being looked up."""
+        args, kwargs = self._numbers_now
+        return bool(evaluate(expression, args, kwargs))
 
     def _read_lifted(self, proxies: list, result) -> tuple:
         """After a trace with lifted numbers: (result, whether any was read into Python). Such
@@ -1047,6 +1060,7 @@ class CompiledFunction:
             raise
         if proxies:
             result, read = self._read_lifted(proxies, result)
+            tracer.number_proxies = [] if read else proxies
             if any(p.specialised == "returned" for p in proxies):
                 tracer.release()        # the program would return the proxy: trace again
                 return result
@@ -1269,6 +1283,19 @@ class CompiledFunction:
             guards.Guard(f"{type(obj).__name__}.{attr} (read into Python by the call)",
                          functools.partial(getattr, obj, attr, guards.MISSING), "id", value)
             for obj, attr, value in tracer.object_reads]
+        # comparisons of lifted arguments the call took into Python (its forward, or a custom
+        # Function's backward, run by now): the entry holds while they give the same bool
+        proxies = getattr(tracer, "number_proxies", [])
+        names = {p.where: p.name for p in proxies}
+        entry.guards += [guards.Guard(f"{describe(c, names)} (a comparison the call took into "
+                                      "Python, of its arguments)",
+                                      functools.partial(self._condition_now, c), "eq", v)
+                         for c, v in {c: v for p in proxies
+                                      for c, v in p.conditions.items()}.items()]
+        # an item of a container that tells every read of it (a parameter group's learning rate)
+        # that no code of the call read, in a branch that did not step the optimizer: no guard,
+        # so a scheduler changing it between calls traces nothing again
+        entry.guards = [g for g in entry.guards if not _unread_item(g, tracer.item_reads)]
         # which reachable tensors had a `.grad` when the call began, for those whose presence
         # an optimizer step or a clipping branched on while it still was the call's start
         # state (not after a zero_grad() or a backward in the call decided it): a forward
@@ -1778,6 +1805,14 @@ def _lifted_names(program: TracedProgram) -> list:
     return [f"{v.name} ({v.ref}: {b.draw.name}[])" for v, b in zip(program.graph.inputs,
                                                                  program.bindings)
             if b.kind == "number"]
+
+
+def _unread_item(g: guards.Guard, reads: set) -> bool:
+    """Whether `g` guards an item no code of the traced call read (`reads`: the places
+    `hooks.note_item_read` was told of), of a container whose class tells every read of it."""
+    owner, place = getattr(g.read, "owner", None), getattr(g.read, "at", None)
+    return owner is not None and place is not None and place not in reads and \
+        place[1] in getattr(type(owner), "_kiln_noted_keys", ())
 
 
 def _stored_proxies(effects: list) -> bool:

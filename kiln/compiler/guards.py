@@ -290,6 +290,7 @@ def _item(container, key):
         except (KeyError, IndexError):
             return MISSING
     if isinstance(container, (dict, list)):
+        read.owner = container          # (whose class may tell its reads: `hooks.note_item_read`)
         return _writable(read, (id(container), key), functools.partial(container.__setitem__,
                                                                          key))
     return read

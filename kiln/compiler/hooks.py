@@ -7,6 +7,7 @@ compiled program reads afresh on every call (a learning rate a scheduler changes
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
 compiled function), `as_number()` for a tensor that stands for a number eager reads into Python
 (an optimizer's step count), `note_python_read()` for a user's read of such a number,
+`note_item_read()` for any read of a parameter group's run-time number,
 `note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`),
 `note_state_read()` for a read of an optimizer's `state` (the same way), and
 `note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
@@ -97,6 +98,18 @@ def note_python_read(container, key, value=None) -> None:
         tracer.python_reads.add((id(container), key))
     else:
         tracer.object_reads.append((container, key, value))
+
+
+def note_item_read(container, key) -> None:
+    """While tracing: code (the library's or the user's) read `container[key]`, where
+    `container`'s class names `key` in `_kiln_noted_keys` and tells every read of it (an
+    optimizer's parameter group, its learning rate). A traced call that read no such item is
+    not guarded on it: the branch of a gradient-accumulation step that does not step the
+    optimizer does not trace again when a scheduler changes the rate. Does nothing outside a
+    trace."""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.item_reads.add((id(container), key))
 
 
 def note_flag_read(module) -> None:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 import kiln
 from kiln import Tensor
 from kiln.compiler import (active_traces, as_number, is_compiling, note_grad_cleared,
-                           note_grads_checked, note_python_read, note_state_read, scalar_input)
+                           note_grads_checked, note_item_read, note_python_read, note_state_read,
+                           scalar_input)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -36,24 +37,61 @@ _INSIDE = threading.local()        # depth of optimizer and scheduler steps on t
 
 
 class _ParamGroup(dict):
-    """A parameter group (a dict, as PyTorch's): reads of its run-time numbers by user code
-    while tracing are told to the trace (`note_python_read`)."""
+    """A parameter group (a dict, as PyTorch's) that tells a trace in progress of every read
+    of its run-time numbers (`note_item_read`: a traced call that read none of them, a branch
+    that does not step, is not guarded on them) and of user code's reads (`note_python_read`).
+    Its Python `__iter__` makes `dict(group)`, `{**group}` and `f(**group)` read through
+    `__getitem__`; `items`, `values` and `copy` tell of all of them."""
 
     __slots__ = ()
+    _kiln_noted_keys = _RUN_TIME_KEYS
 
     def __getitem__(self, key):
         if key in _RUN_TIME_KEYS:
-            _user_read(self, key)
+            _read(self, key)
         return dict.__getitem__(self, key)
 
     def get(self, key, default=None):
         return self[key] if key in self else default
+
+    def setdefault(self, key, default=None):
+        if key in _RUN_TIME_KEYS:
+            _read(self, key)
+        return dict.setdefault(self, key, default)
+
+    def __iter__(self):
+        return dict.__iter__(self)
+
+    def items(self):
+        _read_all(self)
+        return dict.items(self)
+
+    def values(self):
+        _read_all(self)
+        return dict.values(self)
+
+    def copy(self):
+        _read_all(self)
+        return dict.copy(self)
 
     def __reduce_ex__(self, protocol):           # pickles as a plain dict (safe loaders)
         return dict, (dict(self),)
 
     def __deepcopy__(self, memo):
         return _ParamGroup(deepcopy(dict(self), memo))
+
+
+def _read(group: _ParamGroup, key) -> None:
+    if is_compiling():
+        note_item_read(group, key)
+        if not _library_depth():
+            note_python_read(group, key)
+
+
+def _read_all(group: _ParamGroup) -> None:
+    for key in _RUN_TIME_KEYS:
+        if key in group:
+            _read(group, key)
 
 
 def _library_depth() -> int:

@@ -3,7 +3,7 @@ its place, and the one use that keeps it symbolic.
 
 A compiled function whose `int`/`float` argument changed value is traced once more with a
 `SymbolicNumber` there. The proxy behaves as its number in every Python use (`float(lr)`,
-`range(i)`, `if lr > 0`, `lr // 2`, a shape, a hash, a format, `isinstance(lr, float)`), and each
+`range(i)`, `lr ** 0.5`, a shape, a hash, a format, `isinstance(lr, float)`), and each
 such use marks it `specialised`: the trace may have baked its value into Python decisions, so
 the compiler keeps it as that value's entry only and keys the argument by value from then on.
 The one use left unmarked is an elementwise op's number operand (`x * lr`, `lr - x`, `x / i`,
@@ -16,8 +16,10 @@ half dtype through float32, the op computed in float32 and rounded once. Arithme
 and plain numbers (`1 - lam`, `lr * 0.5`, `0.9 ** t` of an int `t`: `_ARITHMETIC`) gives a
 derived proxy, its value computed as Python computes it and its `where` the expression, which a
 replay evaluates from the call's arguments with the same Python arithmetic (`evaluate`): the
-number an op takes is eager's to the bit. Any other use of a derived proxy specialises the
-arguments it was computed from.
+number an op takes is eager's to the bit. A comparison of proxies and numbers (or a proxy's
+`bool`) gives a plain bool and notes its expression and that bool on the arguments
+(`_condition`): the compiler guards the entry on it instead of keying the arguments by value.
+Any other use of a derived proxy specialises the arguments it was computed from.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ _LIFTED_DTYPES = frozenset({dt.float32, dt.float64, dt.int8, dt.int16, dt.int32,
 
 class SymbolicNumber:
     """The number `value` of argument `where` ((position, None) or (None, keyword)), as a
-    trace sees it; `specialised` once any use but an op operand read it into Python."""
+    trace sees it; `specialised` once any use but an op operand or a comparison read it into
+    Python."""
 
-    __slots__ = ("value", "where", "name", "specialised", "operands")
+    __slots__ = ("value", "where", "name", "specialised", "operands", "conditions")
 
     def __init__(self, value, where: tuple, name: str, operands: tuple = ()):
         self.value = value
@@ -47,6 +50,7 @@ class SymbolicNumber:
         self.name = name
         self.specialised = None         # None, or what read the value (for messages)
         self.operands = operands        # the proxies a derived one was computed from
+        self.conditions = {}            # an argument's: `_condition`'s expression -> its bool
 
     def specialise(self, why: str = "read into Python"):
         """The plain number, noting that the trace depends on its value (and so on the values
@@ -81,6 +85,8 @@ class SymbolicNumber:
         return hash(self.specialise("hash"))
 
     def __bool__(self):
+        if self.specialised is None and type(self.value) in _NUMBER_TYPES:
+            return _condition(bool, (self,))
         return bool(self.specialise("bool"))
 
     def __float__(self):
@@ -118,8 +124,15 @@ _ARITHMETIC = {"__add__": (operator.add, False), "__radd__": (operator.add, True
                "__truediv__": (operator.truediv, False),
                "__rtruediv__": (operator.truediv, True),
                "__pow__": (operator.pow, False), "__rpow__": (operator.pow, True),
+               "__floordiv__": (operator.floordiv, False),
+               "__rfloordiv__": (operator.floordiv, True),
+               "__mod__": (operator.mod, False), "__rmod__": (operator.mod, True),
                "__neg__": (operator.neg, False), "__pos__": (operator.pos, False),
                "__abs__": (operator.abs, False)}
+# comparisons, which give a plain bool and make the call's entry hold only while the same
+# comparison of the call's arguments gives the same bool (`_condition`)
+_COMPARISONS = {"__eq__": operator.eq, "__ne__": operator.ne, "__lt__": operator.lt,
+                "__le__": operator.le, "__gt__": operator.gt, "__ge__": operator.ge}
 _FLOATS = (float, np.float64, np.float32)
 _INTS = (int, np.int64, np.int32)
 _NUMBER_TYPES = _FLOATS + _INTS        # the argument types a compiled function lifts
@@ -140,16 +153,37 @@ def _derived(name: str, proxy: SymbolicNumber, others: tuple):
     value = fn(*map(_plain_value, operands))
     if type(value) not in _NUMBER_TYPES:
         return None
-    # the expression names its proxies by their places (hashing a proxy would read it) and
-    # keeps its numbers with their spelling (equal keys: -0.0 is not 0.0, 1 is not 1.0)
-    keys = tuple(("at", o.where) if type(o) is SymbolicNumber else ("number", o, repr(o))
-                 for o in operands)
+    keys = tuple(_key(o) for o in operands)
     return SymbolicNumber(value, ("expr", fn, keys), f"{proxy.name}_expr",
                           tuple(o for o in operands if type(o) is SymbolicNumber))
 
 
 def _plain_value(x):
     return x.value if type(x) is SymbolicNumber else x
+
+
+def _key(o) -> tuple:
+    # an expression names its proxies by their places (hashing a proxy would read it) and
+    # keeps its numbers with their spelling (equal keys: -0.0 is not 0.0, 1 is not 1.0)
+    return ("at", o.where) if type(o) is SymbolicNumber else ("number", o, repr(o))
+
+
+def _condition(fn, operands: tuple) -> bool:
+    """`fn(*operands)` (a comparison, or `bool`) of proxies and numbers as a plain bool, noted
+    on the arguments the proxies were computed from: the trace took this bool, not the
+    numbers, into Python (`if (step + 1) % accumulate == 0:`), so its entry is good for every
+    call whose arguments give the same bool (a guard of the compiled entry) and the arguments
+    stay lifted. Whatever the bool is then used for, the trace depended on nothing else."""
+    value = bool(fn(*map(_plain_value, operands)))
+    expression = ("expr", fn, tuple(_key(o) for o in operands))
+    stack = [o for o in operands if type(o) is SymbolicNumber]
+    while stack:
+        proxy = stack.pop()
+        if proxy.operands:
+            stack.extend(proxy.operands)
+        else:
+            proxy.conditions[expression] = value
+    return value
 
 
 def _forward(name: str):
@@ -164,6 +198,10 @@ def _forward(name: str):
             derived = _derived(name, self, others)
             if derived is not None:
                 return derived
+        if name in _COMPARISONS and self.specialised is None and \
+                type(self.value) in _NUMBER_TYPES and \
+                type(_plain_value(others[0])) in _NUMBER_TYPES:
+            return _condition(_COMPARISONS[name], (self, others[0]))
         return getattr(self.specialise(name), name)(*[_plain(o) for o in others])
     method.__name__ = name
     return method
@@ -177,6 +215,37 @@ def evaluate(where: tuple, args, kwargs):
         return args[position] if keyword is None else kwargs[keyword]
     return where[1](*[evaluate(key[1], args, kwargs) if key[0] == "at" else key[1]
                       for key in where[2]])
+
+
+_SYMBOLS = {operator.add: ("+", 1), operator.sub: ("-", 1), operator.mul: ("*", 2),
+            operator.truediv: ("/", 2), operator.floordiv: ("//", 2), operator.mod: ("%", 2),
+            operator.pow: ("**", 4), operator.eq: ("==", 0), operator.ne: ("!=", 0),
+            operator.lt: ("<", 0), operator.le: ("<=", 0), operator.gt: (">", 0),
+            operator.ge: (">=", 0)}
+
+
+def describe(where: tuple, names: dict) -> str:
+    """`where` (an argument's place or an expression) in Python's spelling, the arguments by
+    their names (`names`: place -> name): `(step + 1) % 4 == 0`."""
+    return _spelled(where, names)[0]
+
+
+def _spelled(where: tuple, names: dict) -> tuple:
+    """(the text, how tightly its operator binds: `_SYMBOLS`' levels, 5 for an operand)."""
+    if where[0] != "expr":
+        return names.get(where, f"argument {where[0] if where[1] is None else where[1]}"), 5
+    fn, keys = where[1], where[2]
+    parts = [_spelled(key[1], names) if key[0] == "at" else (key[2], 5) for key in keys]
+    if fn in _SYMBOLS and len(parts) == 2:
+        symbol, level = _SYMBOLS[fn]
+        (left, a), (right, b) = parts
+        left = f"({left})" if a < level else left
+        right = f"({right})" if b < level or b == level and level else right
+        return f"{left} {symbol} {right}", level
+    if fn is operator.neg or fn is operator.pos:
+        text, level = parts[0]
+        return f"{'-' if fn is operator.neg else '+'}{f'({text})' if level < 3 else text}", 3
+    return f"{getattr(fn, '__name__', fn)}({', '.join(p for p, _ in parts)})", 5
 
 
 for _name in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "floordiv",

@@ -138,6 +138,7 @@ class Tracer:
         self.top_code = None                # the traced function's code (set by the compiler)
         self.returned_items: dict = {}      # id(number) -> (number, tensor): `return t.item()`
         self.object_reads: list = []      # (object, attribute, value as read) likewise
+        self.item_reads: set = set()      # (id(container), key): `hooks.note_item_read`
         self.flag_reads: set = set()      # id() of each Module whose `training` was read
         # custom autograd.Function classes applied in the call (their forward and backward are
         # the user's Python, which the compiler guards and watches as the function's own);
