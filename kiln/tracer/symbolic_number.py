@@ -18,6 +18,11 @@ derived proxy, its value computed as Python computes it and its `where` the expr
 replay evaluates from the call's arguments with the same Python arithmetic (`evaluate`): the
 number an op takes is eager's to the bit. Any other use of a derived proxy specialises the
 arguments it was computed from.
+
+A number held in Python state that a compiled step changes (a hand-written Adam's
+`state["step"] += 1`, a trainer's `self.n += 1`) is lifted the same way (`compiler`'s
+`_lift_counters`): its proxy's `where` is ("state", read), `read` the place's reader, which a
+replay calls for the value the place holds when the call begins.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class SymbolicNumber:
 
     def __init__(self, value, where: tuple, name: str, operands: tuple = ()):
         self.value = value
-        self.where = where              # (position, keyword), or a derived one's expression
+        self.where = where              # (position, keyword), ("state", read), or an expression
         self.name = name
         self.specialised = None         # None, or what read the value (for messages)
         self.operands = operands        # the proxies a derived one was computed from
@@ -171,7 +176,10 @@ def _forward(name: str):
 
 def evaluate(where: tuple, args, kwargs):
     """The number at `where` in a call with `args` and `kwargs`: the argument (position,
-    keyword), or a derived proxy's expression computed from them as the trace computed it."""
+    keyword), a place in Python state ("state", read), or a derived proxy's expression computed
+    from them as the trace computed it."""
+    if where[0] == "state":
+        return where[1]()
     if where[0] != "expr":
         position, keyword = where
         return args[position] if keyword is None else kwargs[keyword]
