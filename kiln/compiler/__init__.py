@@ -950,7 +950,10 @@ class CompiledFunction:
         if self.dynamic is False or not self._flag_places:
             return
         for at, (g, after) in list(self._flag_places.items()):
-            if at in self._state_lifted or at in self._state_specialised:
+            if at in self._state_lifted or at in self._state_specialised or \
+                    ".param_groups[" in g.source:
+                # (an optimizer's hyperparameter, which a scheduler the call steps sets, and
+                # each replay steps again: `replay_after`)
                 continue
             now = g.read()
             if type(now) not in _STATE_NUMBERS or g.expected[0] is not type(now) or \
@@ -1186,8 +1189,12 @@ class CompiledFunction:
         if counted:
             # numbers in state the program reads and each replay writes (`_lift_counters`)
             effects = [g for g in effects if getattr(g.read, "at", None) not in counted]
-        if proxies and _stored_proxies(effects):
+        if (proxies or placed) and _stored_proxies(effects):
             self._read_lifted(proxies, result)
+            for g, proxy in placed:         # (stored where `_put_back_numbers` did not look)
+                if proxy.specialised is not None:
+                    self._state_lifted.pop(g.read.at, None)
+                    self._state_specialised[g.read.at] = proxy.specialised
             tracer.release()
             return result
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
@@ -1922,8 +1929,11 @@ def _put_back_numbers(placed: list, fn, args, kwargs) -> dict:
         finals[g.read.at] = value
         if type(value) is SymbolicNumber:
             g.read.write(value.value)
-    reached = guards.collect(fn, _object_arguments(args, kwargs)).guards + \
-        guards.collect(None, _argument_roots(args, kwargs)).guards
+    try:
+        reached = guards.collect(fn, _object_arguments(args, kwargs)).guards + \
+            guards.collect(None, _argument_roots(args, kwargs)).guards
+    except Exception:       # (the walk before the call succeeded; the user's error goes first)
+        reached = []
     _stored_proxies(reached)
     return finals
 

@@ -68,7 +68,9 @@ class SymbolicNumber:
         return type(self.value)
 
     def __getattr__(self, name):        # lr.is_integer(), i.bit_length(), i.real, ...
-        if not hasattr(type(self.value), name):     # `getattr(n, "dtype", None)`: the type's
+        # (`getattr(n, "dtype", None)`, and `__dict__`, which a number's type has and the
+        # number not: kiln's own probes of an object holding a lifted number read nothing)
+        if not hasattr(self.value, name):
             raise AttributeError(f"'{type(self.value).__name__}' object has no attribute "
                                  f"'{name}'")
         return getattr(self.specialise(f".{name}"), name)
