@@ -337,3 +337,49 @@ def test_tensor_counter_stays_a_tensor():
     assert isinstance(h.steps, kiln.Tensor) and h.steps.item() == 5.0
     for i, r in enumerate(results):
         np.testing.assert_array_equal(r, np.full(2, i + 1.0, np.float32))
+
+
+def test_counter_on_an_object_passed_as_an_argument():
+    # (kiln's flattening of the arguments probes the object's attributes: no read of the value)
+    obj = _Counter()
+    fn = kiln.compile(lambda x, c: c.step(x))
+    x = kiln.ones(2)
+    results, kinds = _kinds(fn, [lambda: fn(x, obj).numpy()] * 5)
+    assert kinds == ["trace", "trace"] + ["replay"] * 3, kinds
+    assert obj.n == 5
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, np.full(2, 3.0 * (i + 1), np.float32))
+
+
+def test_counter_stored_elsewhere_or_typed_is_not_lifted():
+    class Typed:
+        def __init__(self):
+            self.n, self.last = 0, None
+
+        def step(self, x):
+            self.n += 1
+            self.last = self.n              # a second place: read into Python
+            # type() would tell a lifted number from an int: such code is never lifted
+            return x * self.n if type(self.n) is int else x * 0
+
+    for dynamic in (None, False):
+        ref, obj = Typed(), Typed()
+        fn = kiln.compile(obj.step, dynamic=dynamic)
+        x = kiln.ones(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(6):
+                np.testing.assert_array_equal(fn(x).numpy(), ref.step(x).numpy())
+                assert (obj.n, obj.last) == (ref.n, ref.last)
+                assert type(obj.n) is int and type(obj.last) is int
+
+
+def test_explain_lists_the_write_back():
+    obj = _Counter()
+    fn = kiln.compile(obj.step)
+    x = kiln.ones(2)
+    fn(x), fn(x), fn(x)
+    entry = list(fn.entries.values())[-1]
+    assert [name for name, *_ in entry.program.number_writes] == ["self.n"]
+    assert any("self.n (a number read each call)" in g.describe() or
+               g.source.startswith("self.n (a number") for g in entry.guards)

@@ -1940,19 +1940,27 @@ def _put_back_numbers(placed: list, fn, args, kwargs) -> dict:
 
 def _proxies_in(tree, depth: int = 4) -> list:
     """The SymbolicNumbers in a result: its tuples', lists' and dicts' items and its objects'
-    attributes, `depth` levels down."""
+    attributes, `depth` levels down; those in a list, a dict or an object's attributes are
+    replaced there by their numbers (a tuple is rebuilt by `_without_proxies`)."""
     if type(tree) is SymbolicNumber:
         return [tree]
     if depth == 0 or isinstance(tree, (Tensor, str, bytes, type)):
         return []
-    if isinstance(tree, dict):
-        items = tree.values()
-    elif isinstance(tree, (tuple, list, set, frozenset)):
-        items = tree
-    else:
-        fields = getattr(tree, "__dict__", None)
-        items = fields.values() if isinstance(fields, dict) else ()
-    return [p for x in items for p in _proxies_in(x, depth - 1)]
+    fields = tree if isinstance(tree, dict) else getattr(tree, "__dict__", None)
+    if isinstance(tree, (list, dict)) or isinstance(fields, dict):
+        items = list(fields.items()) if isinstance(fields, dict) else list(enumerate(tree))
+        owner = fields if isinstance(fields, dict) else tree
+        found = []
+        for k, x in items:
+            if type(x) is SymbolicNumber:
+                owner[k] = x.value
+                found.append(x)
+            else:
+                found += _proxies_in(x, depth - 1)
+        return found
+    if isinstance(tree, (tuple, set, frozenset)):
+        return [p for x in tree for p in _proxies_in(x, depth - 1)]
+    return []
 
 
 def _number_write(where, value) -> str:
