@@ -1983,8 +1983,8 @@ def _replay_counters(entry: CompiledEntry, program: TracedProgram, lifted: dict,
     run time: each place guarded by the number's type alone (its value is a graph input), and
     written by each replay as its traced call left it (`_write_numbers`)."""
     entry.guards = [g for g in entry.guards if getattr(g.read, "at", None) not in lifted]
-    entry.guards += [guards.Guard(f"{g.source} (a number read each call)", g.read, "type", kind,
-                                  g.lazy, g.place) for g, kind in lifted.values()]
+    entry.guards += [guards.Guard(g.source, g.read, "type", kind, g.lazy, g.place)
+                     for g, kind in lifted.values()]
     program.number_writes = writes
 
 
