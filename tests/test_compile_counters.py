@@ -385,3 +385,38 @@ def test_explain_lists_the_write_back():
     assert [g.describe() for g in entry.guards if g.source == "self.n"] == \
         ["self.n is a int (read on every call)"]
     assert "self.n = (its value at the call" in str(kiln.compiler.explain(fn, x))
+
+
+def test_counter_over_two_input_shapes():
+    ref, obj = _Counter(), _Counter()
+    fn = kiln.compile(obj.step)
+    xs = [kiln.ones(2), kiln.ones(3)]
+    calls = [lambda i=i: fn(xs[i % 2]).numpy() for i in range(10)]
+    results, kinds = _kinds(fn, calls)
+    assert kinds[-4:] == ["replay"] * 4, kinds
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, ref.step(xs[i % 2]).numpy())
+    assert obj.n == ref.n == 10
+
+
+def test_a_lifted_trace_that_raises_leaves_eager_values():
+    class Failing:
+        def __init__(self):
+            self.n = 0
+
+        def step(self, x, fail=False):
+            self.n += 1
+            if fail:
+                raise ValueError("user error")
+            return x * self.n
+
+    obj = Failing()
+    fn = kiln.compile(obj.step)
+    x = kiln.ones(2)
+    fn(x), fn(x)                    # the second call lifts the counter
+    with pytest.raises(ValueError, match="user error"):
+        fn(x, fail=True)            # (another key: a trace with the counter lifted)
+    assert obj.n == 3 and type(obj.n) is int
+    for n in range(4, 8):
+        np.testing.assert_array_equal(fn(x).numpy(), np.full(2, float(n), np.float32))
+        assert obj.n == n and type(obj.n) is int
