@@ -40,8 +40,10 @@ def program_sections(program, artifact=None, eager: bool = False) -> list[tuple[
         where = (f" (argument {b.path})" if b.kind == "arg" else
                  f" (.grad of {program.graph.inputs[b.path].ref})" if b.kind == "grad" else
                  f" (number argument {v.name} lifted to an input: read each call as "
-                 f"{b.draw.name})" if b.kind == "number" and b.path[0] != "expr" else
-                 f" (a number computed from number arguments: computed each call, read as "
+                 f"{b.draw.name})" if b.kind == "number" and b.path[0] not in ("expr", "state")
+                 else f" (a number in Python state the call changes: read each call as "
+                 f"{b.draw.name})" if b.kind == "number" and b.path[0] == "state" else
+                 f" (a number computed from lifted numbers: computed each call, read as "
                  f"{b.draw.name})" if b.kind == "number" else "")
         bindings.append(f"{v.ref}: {b.kind}{where}")
     if bindings:

@@ -19,6 +19,7 @@ import gc
 import inspect
 import os
 import random
+import re
 import types
 import warnings
 import weakref
@@ -401,6 +402,7 @@ def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
     compiled = CompiledFunction(target, getattr(fn, "backend", "auto"))
     if isinstance(fn, CompiledFunction):        # the numbers it lifted stay lifted
         compiled._lifted = dict(fn._lifted)
+        compiled._state_lifted = dict(fn._state_lifted)
     with warnings.catch_warnings():     # a break or a fallback is in the report itself
         warnings.simplefilter("ignore")
         compiled(*args, **kwargs)
@@ -412,7 +414,9 @@ def explain_report(fn, args: tuple, kwargs: dict) -> ExplainOutput:
                             cuda_graphs=cuda_graph_notes(fn) or cuda_graph_notes(compiled),
                             after_replay=[name for name, _ in entry.program.after_replay] +
                             [f"{name} = (a tensor the program computes)"
-                             for name, *_ in entry.program.attribute_writes],
+                             for name, *_ in entry.program.attribute_writes] +
+                            [f"{name} = {_number_write(where, value)}"
+                             for name, _, where, value in entry.program.number_writes],
                             lifted=_lifted_names(entry.program))
     else:
         reasons = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
@@ -674,6 +678,14 @@ class CompiledFunction:
     _chains: dict = field(default_factory=dict)      # guard key -> full keys of its entries
     _effect_keys: set = field(default_factory=set)   # keys whose trace changed Python state
     _flags_set: dict = field(default_factory=dict)   # (key, place) -> value a trace set there
+    # numbers in Python state that an entry's trace set (place -> (the guard on what that call
+    # found there, the value it set)); those since seen holding another value, lifted (place
+    # -> that guard: traced as a SymbolicNumber, read by the program at run time and written
+    # back by each replay: `_lift_counters`); those whose lifted trace read them into Python
+    # (place -> what read it), guarded by value as before
+    _flag_places: dict = field(default_factory=dict)
+    _state_lifted: dict = field(default_factory=dict)
+    _state_specialised: dict = field(default_factory=dict)
     # the attribute names the call can read (`guards.code_reads`), the only non-tensor fields
     # of a batch object the key holds; None: every field (it reads by computed name)
     _record_fields: frozenset | None = frozenset()
@@ -708,6 +720,9 @@ class CompiledFunction:
         self._chains.clear()
         self._effect_keys.clear()
         self._flags_set.clear()
+        self._flag_places.clear()
+        self._state_lifted.clear()
+        self._state_specialised.clear()
         self._record_fields = frozenset()
         self._numbers_seen.clear()
         self._lifted.clear()
@@ -796,7 +811,7 @@ class CompiledFunction:
             self._note("generator", f"{_function_name(self.fn)} {self._not_traceable}; it "
                        "runs eagerly")
             return self.fn(*args, **kwargs)
-        if self._lifted:            # (the arguments the entries' comparisons read)
+        if self._lifted or self._state_lifted:     # (what the entries' comparisons read)
             self._numbers_now = (args, kwargs)
         key, leaves = self._guard_key(args, kwargs)
         chain = self._chains.get(key)
@@ -941,6 +956,82 @@ class CompiledFunction:
         read = any(p.specialised is not None for p in proxies)
         return returned, read
 
+    def _lift_counters(self) -> None:
+        """Before a trace: lift each number in Python state that an entry's trace set
+        (`_flag_places`) and that now holds another value than that trace found there (a
+        counter: `self.n += 1`, a hand-written Adam's `state["step"] += 1`), as
+        `_numbers_changed` lifts an argument seen with a second value: traces read it as a
+        `SymbolicNumber` from now on (`_state_proxies`). One read into Python by a lifted
+        trace stays guarded by value (`_state_specialised`)."""
+        if self.dynamic is False or not self._flag_places:
+            return
+        for at, (g, after) in list(self._flag_places.items()):
+            if at in self._state_lifted or at in self._state_specialised or \
+                    ".param_groups[" in g.source:
+                # (an optimizer's hyperparameter, which a scheduler the call steps sets, and
+                # each replay steps again: `replay_after`)
+                continue
+            now = g.read()
+            if type(now) not in _STATE_NUMBERS or g.expected[0] is not type(now) or \
+                    type(after) is not type(now) or guards.scalar_key(now) == g.expected:
+                continue
+            unseen = _type_reads(self.fn)
+            if unseen is not None:
+                self._state_specialised[at] = unseen
+                continue
+            self._state_lifted[at] = g
+
+    def _state_proxies(self) -> list:
+        """For a trace: each lifted number in Python state replaced there by its proxy, whose
+        `where` ("state", read) a replay reads afresh. Returns [(guard, proxy)]."""
+        found = []
+        for g in self._state_lifted.values():
+            value = g.read()
+            if type(value) not in _STATE_NUMBERS:       # removed or replaced since
+                continue
+            names = re.findall(r"[A-Za-z_]\w*", g.source)
+            proxy = SymbolicNumber(value, ("state", g.read), names[-1] if names else "number")
+            g.read.write(proxy)
+            found.append((g, proxy))
+        return found
+
+    def _state_traced(self, placed: list, finals: dict, result) -> tuple:
+        """After a trace with lifted numbers in state (`placed`: [(guard, proxy)], `finals`:
+        place -> what the call left there, proxies already put back as numbers): (result with
+        no proxy in it, {place: (guard, type)} for the places the program reads at run time,
+        the writes a replay makes there (`TracedProgram.number_writes`)). A proxy the call
+        read into Python, returned or stored elsewhere keeps its place guarded by value from
+        now on; the call's change there is then an effect, as without lifting."""
+        returned = _proxies_in(result)
+        for proxy in returned:
+            proxy.specialise("returned")
+        if returned:
+            result = _without_proxies(result)
+        lifted, writes = {}, []
+        for g, proxy in placed:
+            final = finals.get(g.read.at, proxy)
+            if proxy.specialised is not None:
+                continue
+            if type(final) is SymbolicNumber and final.specialised is not None:
+                proxy.specialise(final.specialised)
+            elif type(final) is not SymbolicNumber and type(final) not in _STATE_NUMBERS:
+                proxy.specialise("replaced")            # deleted, or no number any more
+        for g, proxy in placed:
+            at = g.read.at
+            if proxy.specialised is not None:
+                self._state_lifted.pop(at, None)
+                self._state_specialised[at] = proxy.specialised
+                continue
+            lifted[at] = (g, type(proxy.value))
+            final = finals[at]
+            if final is proxy:
+                continue                                # read, not changed
+            if type(final) is SymbolicNumber:
+                writes.append((g.source, g.read.write, final.where, None))
+            else:
+                writes.append((g.source, g.read.write, None, final))
+        return result, lifted, writes
+
     def _trace_again_or_eagerly(self, key, result, reason: str):
         """The traced call changed Python state a replay would not (`reason`): the first time
         for this key it may be lazy initialization, so the next call traces again; a second
@@ -1036,6 +1127,8 @@ class CompiledFunction:
                 STATE.tracer.graph_break(f"reading what {cls.__name__} can reach failed "
                                          f"({e!r})")
         call_args, call_kwargs, proxies = self._symbolic_arguments(args, kwargs)
+        self._lift_counters()
+        placed = self._state_proxies()
         read = False
         try:
             tracer, result = _trace_call(
@@ -1047,20 +1140,27 @@ class CompiledFunction:
             # the user's error, or one a proxy caused where the number would not have (C code
             # checking for a real float: json.dumps): either way its numbers are keyed by
             # value from now on, as without lifting; the error says so
-            for proxy in proxies:
+            _put_back_numbers(placed, self.fn, args, kwargs)
+            for proxy in proxies + [p for _, p in placed]:
                 proxy.specialise("the traced call raised")
             self._read_lifted(proxies, None)
-            if proxies and isinstance(error, Exception):
+            self._state_traced(placed, {}, None)
+            if (proxies or placed) and isinstance(error, Exception):
+                lifted = [p.name for p in proxies] + [g.source for g, _ in placed]
                 error.add_note(
-                    f"(kiln.compile traced this call with the number argument(s) "
-                    f"{', '.join(p.name for p in proxies)} as graph inputs, since they changed "
-                    "between calls; code that needs a real int or float (json.dumps, a C "
-                    "extension) can raise here where eager would not. Later calls key them "
-                    "by value; kiln.compile(..., dynamic=False) never lifts numbers.)")
+                    f"(kiln.compile traced this call with the number(s) {', '.join(lifted)} "
+                    "as graph inputs, since they changed between calls; code that needs a "
+                    "real int or float (json.dumps, a C extension) can raise here where eager "
+                    "would not. Later calls read them by value; kiln.compile(..., "
+                    "dynamic=False) never lifts numbers.)")
             raise
+        counted, number_writes = {}, []
+        if placed:
+            # numbers in state the trace read as proxies: each place gets its number back
+            finals = _put_back_numbers(placed, self.fn, args, kwargs)
+            result, counted, number_writes = self._state_traced(placed, finals, result)
         if proxies:
             result, read = self._read_lifted(proxies, result)
-            tracer.number_proxies = [] if read else proxies
             if any(p.specialised == "returned" for p in proxies):
                 tracer.release()        # the program would return the proxy: trace again
                 return result
@@ -1068,6 +1168,9 @@ class CompiledFunction:
                 # the trace holds the value where the call read it into Python: an entry for
                 # this value (its lifted operands still read the argument, which is the same)
                 key = self._guard_key(args, kwargs)[0]
+        # the lifted numbers whose comparisons the call took into Python: guards of its entry
+        tracer.number_proxies = ([] if read else proxies) + \
+            [p for _, p in placed if p.specialised is None]
         draws = random_draws(rng)
         if draws and not tracer.breaks:
             tracer.release()
@@ -1102,8 +1205,15 @@ class CompiledFunction:
         # there that the step changes, a hand-written Adam's `state["step"] += 1`, is one)
         effects = [g for g in guards.changed(before.guards) + guards.changed(arg_state.guards)
                    + guards.changed(function_guards) if not g.lazy or g.kind == "value"]
-        if proxies and _stored_proxies(effects):
+        if counted:
+            # numbers in state the program reads and each replay writes (`_lift_counters`)
+            effects = [g for g in effects if getattr(g.read, "at", None) not in counted]
+        if (proxies or placed) and _stored_proxies(effects):
             self._read_lifted(proxies, result)
+            for g, proxy in placed:         # (stored where `_put_back_numbers` did not look)
+                if proxy.specialised is not None:
+                    self._state_lifted.pop(g.read.at, None)
+                    self._state_specialised[g.read.at] = proxy.specialised
             tracer.release()
             return result
         run_time = {(c, k) for c, k, _, _ in tracer.scalars}
@@ -1146,7 +1256,7 @@ class CompiledFunction:
             added = len(self.entries)
             result = self._compile_traced(key, tracer, result, reachable, names_before,
                                           none_at_call, args, kwargs, flags, writes, unseen,
-                                          rg_at_call)
+                                          rg_at_call, (counted, number_writes))
             if proxies and not read and any(p.specialised is not None for p in proxies):
                 # read while the backward was derived (a custom Function's backward branching
                 # on a number its ctx holds): the entry holds that value, not any value
@@ -1168,7 +1278,8 @@ class CompiledFunction:
             return result
 
     def _compile_traced(self, key, tracer, result, reachable, names_before, none_at_call,
-                        args, kwargs, flags=None, writes=None, unseen=(), rg_at_call=None):
+                        args, kwargs, flags=None, writes=None, unseen=(), rg_at_call=None,
+                        counters=({}, [])):
         leaves_in = _flatten_args((args, kwargs))[0]     # (as the bindings count them)
         num_ops = len(tracer.graph.nodes)        # the function's own, before its backward
         # what the program returns: the function's value, then each tensor it stored that the
@@ -1315,6 +1426,8 @@ class CompiledFunction:
             return result
         if flags:
             _replay_flags(self, key, entry, program, flags)
+        if counters[0]:
+            _replay_counters(entry, program, *counters)
         if writes:      # the program never reads the old tensors there: no guard on them
             entry.guards = [g for g in entry.guards if getattr(g.read, "at", None) not in writes]
             position = {id(t): i for i, t in enumerate(returned + extra)}
@@ -1540,6 +1653,8 @@ class CompiledFunction:
             again = None if source is None else _view_again(source, recipe)
             if again is not None:       # else the source's strides changed: a copy, as before
                 user[i] = again
+        if program.number_writes:       # a step counter the traced call changed
+            _write_numbers(program.number_writes, args, kwargs)
         for _, call in program.after_replay:     # the Python steps the traced call made
             call()
         tree = program.output_tree
@@ -1839,6 +1954,81 @@ def _stored_proxies(effects: list) -> bool:
     return found
 
 
+# the types of a number in Python state that a compiled step may change and replay
+# (`CompiledFunction._lift_counters`): not bool (a flag, set again by `_replay_flags`)
+_STATE_NUMBERS = (int, float)
+
+
+def _put_back_numbers(placed: list, fn, args, kwargs) -> dict:
+    """After a trace that read numbers in state as proxies (`placed`: [(guard, proxy)]): each
+    place gets back a number (a derived proxy left there, `n + 1`, as its value), and so does
+    any other place the function reaches where the call stored a proxy (`self.last = self.n`;
+    that proxy counts as read, `_stored_proxies`). Returns {place: what the call left there}."""
+    finals = {}
+    for g, _ in placed:
+        value = g.read()
+        finals[g.read.at] = value
+        if type(value) is SymbolicNumber:
+            g.read.write(value.value)
+    try:
+        reached = guards.collect(fn, _object_arguments(args, kwargs)).guards + \
+            guards.collect(None, _argument_roots(args, kwargs)).guards
+    except Exception:       # (the walk before the call succeeded; the user's error goes first)
+        reached = []
+    _stored_proxies(reached)
+    return finals
+
+
+def _proxies_in(tree, depth: int = 4) -> list:
+    """The SymbolicNumbers in a result: its tuples', lists' and dicts' items and its objects'
+    attributes, `depth` levels down; those in a list, a dict or an object's attributes are
+    replaced there by their numbers (a tuple is rebuilt by `_without_proxies`)."""
+    if type(tree) is SymbolicNumber:
+        return [tree]
+    if depth == 0 or isinstance(tree, (Tensor, str, bytes, type)):
+        return []
+    fields = tree if isinstance(tree, dict) else getattr(tree, "__dict__", None)
+    if isinstance(tree, (list, dict)) or isinstance(fields, dict):
+        items = list(fields.items()) if isinstance(fields, dict) else list(enumerate(tree))
+        owner = fields if isinstance(fields, dict) else tree
+        found = []
+        for k, x in items:
+            if type(x) is SymbolicNumber:
+                owner[k] = x.value
+                found.append(x)
+            else:
+                found += _proxies_in(x, depth - 1)
+        return found
+    if isinstance(tree, (tuple, set, frozenset)):
+        return [p for x in tree for p in _proxies_in(x, depth - 1)]
+    return []
+
+
+def _number_write(where, value) -> str:
+    """How `explain` shows what a replay writes to a number in state."""
+    return repr(value) if where is None else "(its value at the call, as the call changed it)"
+
+
+def _write_numbers(writes: list, args, kwargs) -> None:
+    """A replay's writes to the numbers in state its traced call changed (a step counter): each
+    new value computed from the values the places held when the call began, then written."""
+    values = [value if where is None else evaluate(where, args, kwargs)
+              for _, _, where, value in writes]
+    for (_, write, _, _), value in zip(writes, values):
+        write(value)
+
+
+def _replay_counters(entry: CompiledEntry, program: TracedProgram, lifted: dict,
+                     writes: list) -> None:
+    """Make `entry` read the numbers in state it lifted (`lifted`: place -> (guard, type)) at
+    run time: each place guarded by the number's type alone (its value is a graph input), and
+    written by each replay as its traced call left it (`_write_numbers`)."""
+    entry.guards = [g for g in entry.guards if getattr(g.read, "at", None) not in lifted]
+    entry.guards += [guards.Guard(g.source, g.read, "type", kind, g.lazy, g.place)
+                     for g, kind in lifted.values()]
+    program.number_writes = writes
+
+
 def _holds_proxy(x, depth: int = 4) -> bool:
     """Whether a SymbolicNumber is in `x`: its containers' items and its objects' attributes,
     `depth` levels down (a returned namedtuple, dataclass or object holding one)."""
@@ -2029,6 +2219,7 @@ def _replay_flags(compiled: CompiledFunction, key, entry: CompiledEntry,
                     for g in entry.guards]
     for at, (g, value) in flags.items():
         compiled._flags_set[(key, at)] = value
+        compiled._flag_places[at] = (g, value)
         program.after_replay.append((f"{g.source} = {value!r}",
                                      functools.partial(g.read.write, value)))
 

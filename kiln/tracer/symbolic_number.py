@@ -20,6 +20,11 @@ number an op takes is eager's to the bit. A comparison of proxies and numbers (o
 `bool`) gives a plain bool and notes its expression and that bool on the arguments
 (`_condition`): the compiler guards the entry on it instead of keying the arguments by value.
 Any other use of a derived proxy specialises the arguments it was computed from.
+
+A number held in Python state that a compiled step changes (a hand-written Adam's
+`state["step"] += 1`, a trainer's `self.n += 1`) is lifted the same way (`compiler`'s
+`_lift_counters`): its proxy's `where` is ("state", read), `read` the place's reader, which a
+replay calls for the value the place holds when the call begins.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class SymbolicNumber:
 
     def __init__(self, value, where: tuple, name: str, operands: tuple = ()):
         self.value = value
-        self.where = where              # (position, keyword), or a derived one's expression
+        self.where = where              # (position, keyword), ("state", read), or an expression
         self.name = name
         self.specialised = None         # None, or what read the value (for messages)
         self.operands = operands        # the proxies a derived one was computed from
@@ -67,7 +72,9 @@ class SymbolicNumber:
         return type(self.value)
 
     def __getattr__(self, name):        # lr.is_integer(), i.bit_length(), i.real, ...
-        if not hasattr(type(self.value), name):     # `getattr(n, "dtype", None)`: the type's
+        # (`getattr(n, "dtype", None)`, and `__dict__`, which a number's type has and the
+        # number not: kiln's own probes of an object holding a lifted number read nothing)
+        if not hasattr(self.value, name):
             raise AttributeError(f"'{type(self.value).__name__}' object has no attribute "
                                  f"'{name}'")
         return getattr(self.specialise(f".{name}"), name)
@@ -209,7 +216,10 @@ def _forward(name: str):
 
 def evaluate(where: tuple, args, kwargs):
     """The number at `where` in a call with `args` and `kwargs`: the argument (position,
-    keyword), or a derived proxy's expression computed from them as the trace computed it."""
+    keyword), a place in Python state ("state", read), or a derived proxy's expression computed
+    from them as the trace computed it."""
+    if where[0] == "state":
+        return where[1]()
     if where[0] != "expr":
         position, keyword = where
         return args[position] if keyword is None else kwargs[keyword]

@@ -98,6 +98,11 @@ class TracedProgram:
     # pure-Python calls the traced call made that a replay repeats after the program has run
     # (an lr scheduler's step: `after_replay`), each with a name for listings
     after_replay: list = field(default_factory=list)
+    # numbers in Python state the traced call changed and the program reads at run time (a
+    # step counter: `compiler._lift_counters`): (name, write, where, value) per place; a replay
+    # writes `evaluate(where, ...)` there (the call's values before it ran), or `value` where
+    # `where` is None (a number the call set)
+    number_writes: list = field(default_factory=list)
     # places the traced call set to a tensor it computed (a pruning or weight-norm hook's
     # `module.weight`): (name, write, output index) per place; the program outputs each such
     # tensor (after the function's return value, unless that holds it) and a replay writes the
