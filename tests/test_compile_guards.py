@@ -3175,3 +3175,31 @@ def test_a_step_calling_requires_grad_on_its_argument_sets_it_on_every_replay():
         np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-6, atol=1e-7)
     assert replays(compiled) == 2
+
+
+class _Stepper:
+    def __init__(self):
+        self.n = 0
+
+    def step(self, x):
+        self.n += 1
+        return x * self.n
+
+
+@pytest.mark.parametrize("how", ["compiled twice", "called from a compiled lambda",
+                                 "held in a dict", "compiled twice, dynamic=False"])
+def test_a_compiled_function_reached_through_another_is_guarded(how):
+    # the walk stopped at a CompiledFunction: `kiln.compile(kiln.compile(obj.step))`
+    # returned x * 1 on every call and never moved obj.n (helper-counters' finding)
+    ref, obj = _Stepper(), _Stepper()
+    inner = kiln.compile(obj.step, dynamic=False if "dynamic" in how else None)
+    steps = {"train": inner}
+    fn = {"called from a compiled lambda": lambda: kiln.compile(lambda x: inner(x)),
+          "held in a dict": lambda: kiln.compile(lambda x: steps["train"](x))}.get(
+        how, lambda: kiln.compile(inner))()
+    x = kiln.ones(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(5):
+            assert fn(x).tolist() == ref.step(x).tolist(), i
+            assert obj.n == ref.n

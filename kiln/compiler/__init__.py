@@ -3044,6 +3044,10 @@ def compile(fn=None, *, backend: str = "auto", fullgraph: bool = False, dynamic=
                                  disable=disable)
     if disable or backend == "eager":
         return fn
+    if isinstance(fn, CompiledFunction):
+        # compiling a compiled function compiles the function it wraps (what that reaches is
+        # what a replay must guard: through the wrapper it went unseen, and replays were stale)
+        fn = fn.fn
     return _wrap_module(fn, CompiledFunction(fn, backend, fullgraph, dynamic))
 
 

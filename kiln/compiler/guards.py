@@ -1039,8 +1039,13 @@ class _Walk:
             # a C method bound to its object (`draw = rng.random`, `log = history.append`)
             self.place(f"{source}.__self__", constant(obj.__self__), obj.__self__, depth)
             return
-        if isinstance(obj, types.BuiltinFunctionType) or \
-                type(obj).__name__ == "CompiledFunction":
+        if isinstance(obj, types.BuiltinFunctionType):
+            return
+        if type(obj).__name__ == "CompiledFunction":
+            # called inside the trace, it runs its function inline: what that reaches is read
+            # (a compiled `trainer.step` whose `self.n += 1` replays left stale when not walked)
+            fn = obj.__dict__["fn"]
+            self.place(f"{source}.fn", constant(fn), fn, depth)
             return
         if isinstance(obj, types.FunctionType):
             if _user_function(obj):     # its globals are roots as the compiled function's are
