@@ -594,16 +594,42 @@ def test_floor_division_and_remainder_stay_lifted(body):
     assert compiled._lifted and len(compiled.entries) == 2
 
 
-@pytest.mark.parametrize("body", ["x * lam ** 0.5", "x * 2 ** lam", "x * divmod(lam, 0.3)[0]"])
+@pytest.mark.parametrize("body", ["x * divmod(lam, 0.3)[0]", "x * round(lam, 1)",
+                                  "x * math.floor(lam * 10)", "x * (-lam) ** 0.5"])
 def test_other_arithmetic_specialises(body):
-    """A float exponent (complex for a negative base), an int base and divmod are read into
-    Python: the argument is keyed by value, and each value's result is eager's."""
-    f = eval(f"lambda x, lam: {body}")
+    """divmod, round, math.floor and a float power of a negative number (complex) are read
+    into Python: the argument is keyed by value, and each value's result is eager's."""
+    f = eval(f"lambda x, lam: {body}", {"math": math})
     compiled = kiln.compile(f)
     x = kiln.arange(4.0)
-    for lam in (0.1, 0.7, 0.2, 0.9):
-        assert kiln.equal(compiled(x, lam), f(x, lam))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # (a complex result runs eagerly)
+        for lam in (0.1, 0.7, 0.2, 0.9):
+            assert kiln.equal(compiled(x, lam), f(x, lam))
     assert not compiled._lifted and (1, None) in compiled._specialised
+
+
+@pytest.mark.parametrize("body,values", [
+    ("x * (1 - b ** t) ** 0.5 / (1 - 0.9 ** t)", [(t, 0.999) for t in range(1, 8)]),
+    ("x * 2 ** t", [(t, 0.0) for t in (1, 2, -1, 3, -2, 0, 4)]),
+    ("x * t ** 2 + b ** -1", [(t, b) for t, b in ((1, 0.5), (2, 2.0), (-3, 4.0), (5, 0.25),
+                                                 (3, 8.0), (-1, 1.0))]),
+    ("x * b ** 0.5", [(0, b) for b in (4.0, 9.0, 0.0, 2.0, 16.0, -1.0, -4.0, 25.0)]),
+    ("x * 2.0 ** b", [(0, b) for b in (0.5, -1.5, 3.0, 0.0, 1.25, -2.0)])])
+def test_powers_stay_lifted_while_their_sign_guard_holds(body, values):
+    """`**` gives a derived number where its type (int or float, real or complex) is decided
+    by the sign of the exponent (an int power) or of the base (a float power): the sign is a
+    comparison guarding the entry. A bias correction `(1 - b2 ** t) ** 0.5` replays each
+    step; a negative base of a float power reads the value (complex: that call runs eagerly)."""
+    f = eval(f"lambda x, t, b: {body}")
+    compiled = kiln.compile(f)
+    x = kiln.arange(4.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t, b in values:
+            got, want = compiled(x, t, b), f(x, t, b)
+            assert got.dtype == want.dtype and kiln.equal(got, want), (t, b)
+    assert sum(e.calls for e in compiled.entries.values() if e.program is not None) >= 3
 
 
 def test_a_derived_number_raises_in_a_replay_as_eagerly():

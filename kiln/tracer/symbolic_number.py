@@ -13,7 +13,7 @@ promoted dtype), so a replay reads the new value and computes the same bits as e
 the plain number. With a float16 or bfloat16 CPU tensor the input is what that op's eager kernel
 takes (`functional.common._with_half`): a float32 in mul and div, else the number rounded to the
 half dtype through float32, the op computed in float32 and rounded once. Arithmetic on proxies
-and plain numbers (`1 - lam`, `lr * 0.5`, `0.9 ** t` of an int `t`: `_ARITHMETIC`) gives a
+and plain numbers (`1 - lam`, `lr * 0.5`, `0.9 ** t`, `bc ** 0.5`: `_ARITHMETIC`) gives a
 derived proxy, its value computed as Python computes it and its `where` the expression, which a
 replay evaluates from the call's arguments with the same Python arithmetic (`evaluate`): the
 number an op takes is eager's to the bit. A comparison of proxies and numbers (or a proxy's
@@ -122,9 +122,8 @@ def _plain(x):
 # the arithmetic that gives a derived proxy: (function, reflected), of an int or float proxy
 # and int or float operands (no bool; NumPy's scalars too, computed by NumPy's rules at the
 # trace and in each replay alike); a result's type then follows from the operands' types
-# alone, as the entry a lifted argument keys by type needs (`**` only of a float by an int: a
-# float exponent can make a complex number of a negative base, an int base an int or a float
-# by the exponent's sign)
+# alone, as the entry a lifted argument keys by type needs (`**` where the sign of its base or
+# exponent decides, while a guard holds it: `_power_guard`)
 _ARITHMETIC = {"__add__": (operator.add, False), "__radd__": (operator.add, True),
                "__sub__": (operator.sub, False), "__rsub__": (operator.sub, True),
                "__mul__": (operator.mul, False), "__rmul__": (operator.mul, True),
@@ -154,15 +153,33 @@ def _derived(name: str, proxy: SymbolicNumber, others: tuple):
                 for o in others):
         return None
     operands = (others[0], proxy) if reflected else (proxy, *others)
-    if fn is operator.pow and (type(_plain_value(operands[0])) not in _FLOATS or
-                               type(_plain_value(operands[1])) not in _INTS):
+    guard = _power_guard(*operands) if fn is operator.pow else ()
+    if guard is None:
         return None
     value = fn(*map(_plain_value, operands))
     if type(value) not in _NUMBER_TYPES:
         return None
+    if guard:
+        _condition(operator.ge, guard)
     keys = tuple(_key(o) for o in operands)
     return SymbolicNumber(value, ("expr", fn, keys), f"{proxy.name}_expr",
                           tuple(o for o in operands if type(o) is SymbolicNumber))
+
+
+def _power_guard(base, exponent):
+    """For `base ** exponent` as a derived proxy: () where its type follows from the operands'
+    types alone (a float to an int power); (operand, 0) where it does while `operand >= 0`
+    holds, which then guards the entry (an int to an int power is an int for a non-negative
+    exponent, a float otherwise; a float power is real for a non-negative base, complex for
+    some negative ones); None where neither (a negative constant to a float power)."""
+    b, e = _plain_value(base), _plain_value(exponent)
+    if type(e) in _INTS:
+        if type(b) in _FLOATS or type(exponent) is not SymbolicNumber:
+            return ()
+        return (exponent, 0)
+    if b < 0:
+        return None
+    return (base, 0) if type(base) is SymbolicNumber else ()
 
 
 def _plain_value(x):
