@@ -58,7 +58,8 @@ from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import torch_function as _torch_function
 from kiln.tracer.errors import GraphBreak, op_error, user_stacklevel  # noqa: F401
 from kiln.tracer.storage import element_offset, memory_root
-from kiln.tracer.symbolic_number import SymbolicNumber, describe, evaluate, operand_array
+from kiln.tracer.symbolic_number import (SymbolicNumber, describe, evaluate,
+                                         math_of_proxies, operand_array)
 from kiln.tracer.trace import TracedProgram, Tracer, flatten, unflatten  # noqa: F401
 
 RECOMPILE_LIMIT = 8
@@ -267,13 +268,14 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
                 names: dict | None = None, watch: bool = False,
                 grad_holders: dict | None = None,
                 grad_state: tuple | None = None, on_function=None,
-                call: tuple | None = None) -> tuple[Tracer, object]:
+                call: tuple | None = None, numbers: bool = False) -> tuple[Tracer, object]:
     """Run `fn` under a new Tracer; `names` is `_tensor_names(fn)` when the caller has it,
     `grad_holders` id(.grad) -> its tensor (`_grad_candidates`) and `grad_state` those tensors
     with whether each `.grad` was None at the call. With `watch`, a Python effect a replay
     would skip is a graph break (`EffectWatch`). `on_function(cls)` is told of each custom
     autograd.Function class before its first forward runs (`Tracer.custom_function`).
-    `call`: (args, kwargs) the function is called with instead (lifted numbers as proxies)."""
+    `call`: (args, kwargs) the function is called with instead (lifted numbers as proxies);
+    `numbers`: some are proxies (of arguments or state), which `math` functions then take."""
     leaves, _ = _flatten_args((args, kwargs))
     names = dict(_tensor_names(fn) if names is None else names)
     names.update(_arg_names(fn, args, kwargs, leaves))
@@ -288,13 +290,14 @@ def _trace_call(fn, args, kwargs, mode: str, snapshot: bool = False,
     def effect(what: str, where: str) -> None:
         if STATE.tracer is tracer:
             tracer.graph_break(f"{what}, which a replay would skip", where)
+    lifted = math_of_proxies() if numbers else contextlib.nullcontext()
     if call is not None:
         args, kwargs = call
     if watch:
-        with tracer, EffectWatch(effect):
+        with tracer, EffectWatch(effect), lifted:
             result = fn(*args, **kwargs)
     else:
-        with tracer:
+        with tracer, lifted:
             result = fn(*args, **kwargs)
     return tracer, result
 
@@ -1135,7 +1138,7 @@ class CompiledFunction:
                 self.fn, args, kwargs, mode, names=names_before, watch=True,
                 grad_holders={id(t.grad): t for t in grad_candidates if t.grad is not None},
                 grad_state=(grad_candidates, grad_state), on_function=on_function,
-                call=(call_args, call_kwargs))
+                call=(call_args, call_kwargs), numbers=bool(proxies or placed))
         except BaseException as error:
             # the user's error, or one a proxy caused where the number would not have (C code
             # checking for a real float: json.dumps): either way its numbers are keyed by

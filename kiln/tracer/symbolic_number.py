@@ -29,6 +29,8 @@ replay calls for the value the place holds when the call begins.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import operator
 
 import numpy as np
@@ -226,9 +228,27 @@ def _forward(name: str):
                 type(self.value) in _NUMBER_TYPES and \
                 type(_plain_value(others[0])) in _NUMBER_TYPES:
             return _condition(_COMPARISONS[name], (self, others[0]))
-        return getattr(self.specialise(name), name)(*[_plain(o) for o in others])
+        value, plain = self.specialise(name), [_plain(o) for o in others]
+        result = getattr(value, name)(*plain)
+        if result is NotImplemented and len(plain) == 1 and name[2:-2] in _OPERATORS:
+            # `int.__mul__(0.5)` declines, and Python would then ask the float about the proxy:
+            # the operator of the two plain numbers, as Python applies it to them
+            fn, reflected = _OPERATORS[name[2:-2]]
+            return fn(plain[0], value) if reflected else fn(value, plain[0])
+        return result
     method.__name__ = name
     return method
+
+
+# binary dunders by name (without underscores): the operator, and whether it is reflected
+_BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+           "truediv": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
+           "pow": operator.pow, "lshift": operator.lshift, "rshift": operator.rshift,
+           "and": operator.and_, "or": operator.or_, "xor": operator.xor,
+           "matmul": operator.matmul, "divmod": divmod}
+_OPERATORS = {**{name: (fn, False) for name, fn in _BINARY.items()},
+              **{"r" + name: (fn, True) for name, fn in _BINARY.items()},
+              **{name[2:-2]: (fn, False) for name, fn in _COMPARISONS.items()}}
 
 
 def evaluate(where: tuple, args, kwargs):
@@ -282,6 +302,51 @@ for _name in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv"
               "invert", "round", "trunc", "floor", "ceil"):
     setattr(SymbolicNumber, f"__{_name}__", _forward(f"__{_name}__"))
 del _name
+
+
+# the math module's functions of one number that give a derived proxy of a proxy while a trace
+# runs with lifted numbers (`math_of_proxies`): a float, or the same error eager raises
+_MATH = ("sqrt", "exp", "log", "log2", "log10", "log1p", "expm1", "cos", "sin", "tan", "acos",
+         "asin", "atan", "cosh", "sinh", "tanh", "fabs")
+
+
+def _math_function(fn):
+    """`fn` (one of `_MATH`) taking a proxy to a derived proxy, any other number as itself."""
+    def function(x, *more):
+        if type(x) is SymbolicNumber and not more and x.specialised is None and \
+                type(x.value) in _NUMBER_TYPES:
+            return SymbolicNumber(fn(x.value), ("expr", fn, (_key(x),)), f"{x.name}_{fn.__name__}",
+                                  (x,))
+        return fn(_plain(x), *map(_plain, more))
+    function.__name__ = fn.__name__
+    function.__wrapped__ = fn
+    return function
+
+
+@contextlib.contextmanager
+def math_of_proxies():
+    """While a trace runs with lifted numbers: `math.sqrt(1 - b2 ** step)` and the other `_MATH`
+    functions, looked up on the module as they are called, give a derived proxy (the value
+    eager computes, computed by the same function from each call's numbers), where the proxy
+    would otherwise be read into Python (`float`). `from math import sqrt` keeps the plain
+    function, which reads it (the argument is then keyed by value, as before)."""
+    _MATH_USERS[0] += 1
+    if _MATH_USERS[0] == 1:
+        for name, fn in _MATH_FUNCTIONS.items():
+            setattr(math, name, _math_function(fn))
+    try:
+        yield
+    finally:
+        _MATH_USERS[0] -= 1
+        if _MATH_USERS[0] == 0:
+            for name, fn in _MATH_FUNCTIONS.items():
+                setattr(math, name, fn)
+
+
+# math's own functions, as imported (traces in two threads put back these, not each other's),
+# and how many traces take proxies there now
+_MATH_FUNCTIONS = {name: getattr(math, name) for name in _MATH}
+_MATH_USERS = [0]
 
 
 def lifts(dtype) -> bool:
