@@ -536,3 +536,48 @@ def test_a_write_to_an_output_the_backward_reads_raises_as_eager_and_no_other(li
     if lib is kiln:
         assert all(sum(e.calls for e in c.entries.values() if e.program is not None) == 3
                    for c in compiled)
+
+
+@pytest.mark.parametrize("saved", ["output", "input"])
+@pytest.mark.parametrize("how", ["eager", "compiled"])
+def test_a_write_to_what_a_custom_function_saved_raises_as_torch(saved, how):
+    # ctx.save_for_backward's tensors keep the version they had when forward returned, and
+    # backward's unpacking refuses one written since, as PyTorch's saved variables do (kiln
+    # eager computed with the written values; a replay with the unwritten ones)
+    def make(lib):
+        class Exp(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                y = x.exp()
+                ctx.save_for_backward(y if saved == "output" else x)
+                return y
+
+            @staticmethod
+            def backward(ctx, g):
+                (s,) = ctx.saved_tensors
+                return g * (s if saved == "output" else s.exp())
+        return Exp
+
+    def run(lib, compiled):
+        Exp, w = make(lib), lib.ones(3, requires_grad=True)
+        fn = (lambda x: Exp.apply(x * w))
+        if saved == "input":
+            fn = (lambda x: (lambda h: (Exp.apply(h), h))(x * w))
+        fn = kiln.compile(fn) if compiled else fn
+        seen = []
+        for i in range(3):
+            out = fn(lib.arange(3.0) + i)
+            y, written = (out, out) if saved == "output" else out
+            with lib.no_grad():
+                written.mul_(2)
+            try:
+                y.sum().backward()
+                seen.append(w.grad.tolist())
+            except RuntimeError as e:
+                assert "modified by an inplace operation" in str(e)
+                seen.append("raised")
+            w.grad = None
+        return seen
+
+    assert run(torch, False) == ["raised"] * 3
+    assert run(kiln, how == "compiled") == ["raised"] * 3

@@ -2841,7 +2841,12 @@ def _outputs_eager_saves(outputs: list) -> frozenset:
             reads = prim.reads_of(inputs)
             read.update(id(a._version) for i, a in enumerate(inputs)
                         if isinstance(a, Tensor) and (reads is None or i in reads))
+        ctx = getattr(node, "ctx", None)        # a custom Function's ctx.save_for_backward
+        if ctx is not None:
+            read.update(id(t._version) for t in getattr(ctx, "_saved", ())
+                        if isinstance(t, Tensor))
         stack.extend(getattr(node, "edges", None) or ())
+        stack.append(getattr(node, "owner", None))     # an output slot's node of several
     return frozenset(j for j, t in enumerate(outputs)
                      if isinstance(t, Tensor) and id(t._version) in read)
 

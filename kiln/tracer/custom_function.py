@@ -52,6 +52,7 @@ class FunctionCtx:
         self._saved_forward: tuple | None = None   # save_for_forward's, read by jvp
         self._in_jvp = False
         self._freed = False     # a backward without retain_graph let go of what was saved
+        self._versions: tuple | None = None    # each saved tensor's version once forward ended
 
     def save_for_forward(self, *tensors) -> None:
         """Tensors for `jvp`, which reads them as `ctx.saved_tensors` (backward reads the
@@ -76,6 +77,15 @@ class FunctionCtx:
         if self._freed:
             raise RuntimeError(autograd._FREED)
         if self._packed is None:
+            for i, (t, version) in enumerate(zip(self._saved, self._versions or ())):
+                if t is not None and t._version[0] != version:
+                    # PyTorch's check of a saved variable, when backward unpacks it
+                    raise RuntimeError(
+                        "one of the variables needed for gradient computation has been "
+                        f"modified by an inplace operation: [{t.dtype.name} {list(t.shape)}], "
+                        f"saved tensor {i} of {self._fn_name}, is at version {t._version[0]}; "
+                        f"expected version {version} instead. Hint: clone the tensor before "
+                        "modifying it in place.")
             return self._saved
         # saved under saved_tensors_hooks: unpacked on each access, as in PyTorch
         where = f"{self._fn_name}.saved_tensors"
@@ -299,6 +309,11 @@ class Function(metaclass=FunctionMeta):
                     node.tensor_positions = positions
                 o.grad_fn, o.requires_grad = node, True
             results.append(o)
+        if tracked and ctx._saved:
+            # (as PyTorch's saved variables: the versions once forward returned, which a write
+            # before backward moves)
+            ctx._fn_name = f"{cls.__name__}Backward"
+            ctx._versions = tuple(None if t is None else t._version[0] for t in ctx._saved)
         if tracked and ctx._saved and autograd.saved_hooks_active():
             # after the outputs got their nodes: a saved output keeps its link to its node
             ctx._pack_saved(cls.__name__)
