@@ -941,7 +941,10 @@ class CompiledFunction:
         """A comparison a trace took into Python (`symbolic_number._condition`), of the
         arguments of the call being looked up."""
         args, kwargs = self._numbers_now
-        return bool(evaluate(expression, args, kwargs))
+        try:
+            return bool(evaluate(expression, args, kwargs))
+        except (ArithmeticError, ValueError):     # (`computes`: eager raises there: trace)
+            return None
 
     def _read_lifted(self, proxies: list, result) -> tuple:
         """After a trace with lifted numbers: (result, whether any was read into Python). Such

@@ -164,8 +164,23 @@ def _derived(name: str, proxy: SymbolicNumber, others: tuple):
     if guard:
         _condition(operator.ge, guard)
     keys = tuple(_key(o) for o in operands)
-    return SymbolicNumber(value, ("expr", fn, keys), f"{proxy.name}_expr",
-                          tuple(o for o in operands if type(o) is SymbolicNumber))
+    derived = SymbolicNumber(value, ("expr", fn, keys), f"{proxy.name}_expr",
+                             tuple(o for o in operands if type(o) is SymbolicNumber))
+    if fn is operator.pow or fn in _DIVISIONS and type(operands[1]) is SymbolicNumber:
+        _condition(computes, (derived,))
+    return derived
+
+
+_DIVISIONS = (operator.truediv, operator.floordiv, operator.mod)
+
+
+def computes(value) -> bool:
+    """The function of a condition on a derived number that may raise (a division by a
+    proxy, a power, a `math` function): its expression evaluated without the
+    ZeroDivisionError, OverflowError or math domain error eager would raise there, which a
+    replay would skip where the number is not an input of the program (a guard: such a call
+    traces, and raises as eager does)."""
+    return True
 
 
 def _power_guard(base, exponent):
@@ -315,8 +330,10 @@ def _math_function(fn):
     def function(x, *more):
         if type(x) is SymbolicNumber and not more and x.specialised is None and \
                 type(x.value) in _NUMBER_TYPES:
-            return SymbolicNumber(fn(x.value), ("expr", fn, (_key(x),)), f"{x.name}_{fn.__name__}",
-                                  (x,))
+            derived = SymbolicNumber(fn(x.value), ("expr", fn, (_key(x),)),
+                                     f"{x.name}_{fn.__name__}", (x,))
+            _condition(computes, (derived,))
+            return derived
         return fn(_plain(x), *map(_plain, more))
     function.__name__ = fn.__name__
     function.__wrapped__ = fn
