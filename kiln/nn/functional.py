@@ -779,7 +779,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
         out = out * weight
     if bias is not None:
         out = out + bias
-    return out
+    return out.contiguous()         # PyTorch's kernel writes row-major, whatever the input's
 
 
 @_composite
@@ -791,7 +791,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     if input.dtype in _HALF:
         return rms_norm(input.float(), shape, _float32(weight), eps).to(input.dtype)
     out = input * kiln.rsqrt((input * input).mean(axes, keepdim=True) + eps)
-    return out * weight if weight is not None else out
+    return _suggested_layout(out * weight if weight is not None else out, input)
 
 
 @_composite
@@ -814,7 +814,17 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
         out = out * weight.reshape(shape)
     if bias is not None:
         out = out + bias.reshape(shape)
-    return out
+    return _suggested_layout(out, input)
+
+
+def _suggested_layout(out: Tensor, input: Tensor) -> Tensor:
+    """`out` laid out as PyTorch's normalization kernels lay out their results: channels-last
+    where `input` is a channels-last 4-D or 5-D tensor, else row-major (their
+    `suggest_memory_format`)."""
+    fmt = {4: kiln.channels_last, 5: kiln.channels_last_3d}.get(input.ndim)
+    if fmt is not None and input.is_contiguous(memory_format=fmt) and not input.is_contiguous():
+        return out.contiguous(memory_format=fmt)
+    return out.contiguous()
 
 
 # ----------------------------------------------------------------------------- dropout, embedding
