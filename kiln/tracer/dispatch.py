@@ -120,8 +120,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing
                 _INFER_CACHE.clear()
             _INFER_CACHE[key] = facts
-    dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable, widen, layout = \
-        facts
+    (dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable, widen, layout,
+     device_layout) = facts
     if widen is not None and device is CPU:
         arrays = _widen_half(arrays, widen)
 
@@ -132,6 +132,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                            wants_grad and differentiable)
     else:
         xp = device.xp
+        layout = device_layout           # (the CPU's stops checking once NumPy's agrees)
         if dtype is dt.bfloat16 or widen is not None and widen[2]:
             raise op_error(prim.name, f"{dt.NO_CUDA_BFLOAT16} (on {device})")
     impl = numpy_impl if xp is np else cupy_impl
@@ -157,8 +158,13 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
         out = out.astype(np_dtype)
     if xp is np and type(out) is not np.ndarray:
         out = np.asarray(out)        # NumPy hands back scalars for 0-d results
-    if layout is not None and out.strides != layout[0]:
-        out = _in_layout(out, layout[1], xp)  # PyTorch's strides where NumPy chose others
+    if layout is not None:
+        if out.strides != layout[0]:
+            if not _KEEP_NUMPY[0]:
+                out = _in_layout(out, layout[1], xp)  # PyTorch's strides, NumPy chose others
+        elif xp is np and key is not None:
+            # NumPy lays out this signature's result as PyTorch does: no check on later calls
+            _INFER_CACHE[key] = facts[:8] + (None,) + facts[9:]
     result = _new_tensor(out, dtype, device)
     src = None
     if movement and len(arrays) == 1:
@@ -204,8 +210,10 @@ def _facts(prim: Primitive, rule: tuple, args: tuple, arrays: list) -> tuple:
     flags, so that a cached call reads no attribute of the frozen dataclass, and how its
     float16/bfloat16 inputs are widened to float32 first on the CPU (`_widen_half`): None, or
     (whether literals keep their value, the dtype literals round to or None, any bfloat16),
-    and the layout PyTorch gives the result (`tracer.strides`): None where NumPy's stands,
-    else (its byte strides, the recipe `runtime.layouts.in_layout` copies a result by)."""
+    and the layout PyTorch gives the result (`tracer.strides`), twice (for the CPU, and for
+    other devices): None where the array module's stands, else (its byte strides, the recipe
+    `runtime.layouts.in_layout` copies a result by). NumPy's layout of a result follows from
+    the signature, so the CPU's is set to None once a result is seen laid out right."""
     dtype = rule[1]
     if any(isinstance(a, Tensor) and a.dtype in _unsigned.LIMITED for a in args):
         _unsigned.check_primitive(prim, args)     # PyTorch computes few ops on uint16/32/64
@@ -226,7 +234,7 @@ def _facts(prim: Primitive, rule: tuple, args: tuple, arrays: list) -> tuple:
         layout = (strides, _layout_recipe(rule[0], strides, dtype.np_dtype.itemsize))
     return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl),
             _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement, differentiable, widen,
-            layout)
+            layout, layout)
 
 
 def _widen_half(arrays: list, widen: tuple) -> list:
@@ -280,6 +288,7 @@ _MODES = _dispatch_mode.ACTIVE
 _intercept, _PASS = _dispatch_subclass.intercept, _dispatch_subclass.PASS
 _MOVEMENT = ir_ops.MOVEMENT
 _F16 = np.dtype(np.float16)
+_KEEP_NUMPY = _strides.KEEP_NUMPY
 
 
 # kiln.profiler swaps this slot for a timing wrapper while it records (and back when it stops):

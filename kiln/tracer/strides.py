@@ -16,14 +16,32 @@ PyTorch lays out a new result by one of a few rules, and kiln follows the same o
 The dispatcher asks `primitive_strides` once per signature (the op, its inputs' shapes, strides
 and dtypes) and copies a primitive's result into that layout when NumPy's differs; a composite
 op whose PyTorch kernel has its own rule (softmax's "contiguous" over elementwise steps that
-would keep the input's layout) ends with `settle`. Strides here are NumPy's, in bytes.
+would keep the input's layout) ends with `settle`; one that arranges its intermediates for
+speed runs them under `numpy_layouts`. Strides here are NumPy's, in bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from kiln.runtime.layouts import in_layout, layout_recipe
+
+# set inside `numpy_layouts()`: results keep the layouts NumPy gives them
+KEEP_NUMPY = [False]
+
+
+@contextlib.contextmanager
+def numpy_layouts():
+    """Within: primitives' results and `settle` keep the layouts NumPy gives them. For a
+    composite that lays its intermediates out for speed (max pooling reduces channels-last
+    windows slab by slab) and lays out its own result by PyTorch's rule at the end."""
+    saved = KEEP_NUMPY[0]
+    KEEP_NUMPY[0] = True
+    try:
+        yield
+    finally:
+        KEEP_NUMPY[0] = saved
 
 _CL_ORDERS = {4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}
 
@@ -221,8 +239,9 @@ def settle(t, rule: str, source=None):
     differ. Only a result nothing else can see yet is settled (no view, no shared array), so
     autograd's saved tensors and a trace's values are unaffected. Returns `t`."""
     data = t._data
-    if t is source or t._base is not None or t.device.type == "meta" or 0 in data.shape \
-            or data.ndim == 0 or source is not None and source.device.type == "meta" \
+    if KEEP_NUMPY[0] or t is source or t._base is not None or t.device.type == "meta" \
+            or 0 in data.shape or data.ndim == 0 \
+            or source is not None and source.device.type == "meta" \
             or getattr(getattr(source, "_data", None), "strides", ()) is None:
         return t
     if rule == "contiguous":

@@ -71,6 +71,10 @@ OPS = {
     "group_norm": lambda T, a: T.nn.functional.group_norm(a, 1),
     "instance_norm": lambda T, a: T.nn.functional.instance_norm(a),
     "rms_norm": lambda T, a: T.nn.functional.rms_norm(a, _last(a)),
+    "max_pool2d": lambda T, a: T.nn.functional.max_pool2d(a, 2),
+    "max_pool2d indices": lambda T, a: T.nn.functional.max_pool2d(a, 2, return_indices=True)[1],
+    "max_pool2d overlapping": lambda T, a: T.nn.functional.max_pool2d(a, 2, 1),
+    "avg_pool2d": lambda T, a: T.nn.functional.avg_pool2d(a, 2),
     "cat": lambda T, a: T.cat([a, a], 1),
     "cat dim 0": lambda T, a: T.cat([a, a]),
     "cat with contiguous": lambda T, a: T.cat([a, a.contiguous()], 0),
@@ -130,6 +134,12 @@ OPS = {
     "ones_like": lambda T, a: T.ones_like(a),
     "full_like": lambda T, a: T.full_like(a, 2.0),
     "zeros_like contiguous": lambda T, a: T.zeros_like(a, memory_format=T.contiguous_format),
+    "ones_like channels_last": lambda T, a: T.ones_like(a, memory_format=T.channels_last),
+    "empty_like preserve": lambda T, a: T.empty_like(a, memory_format=T.preserve_format)
+    .fill_(1.0),
+    "randn_like": lambda T, a: T.randn_like(a) * 0,
+    "clone channels_last": lambda T, a: a.clone(memory_format=T.channels_last),
+    "to channels_last": lambda T, a: a.to(memory_format=T.channels_last),
     "empty_like": lambda T, a: T.empty_like(a).fill_(3.0),
     "rand_like": lambda T, a: T.rand_like(a) * 0,
     "repeat": lambda T, a: a.repeat(2, *([1] * (a.dim() - 1))),
@@ -150,8 +160,72 @@ def test_strides_follow_torch(op, layout):
     assert a_k.stride() == a_t.stride()
     if op == "instance_norm" and a_t.dim() < 3:
         pytest.skip("instance_norm needs spatial dims")
+    if "pool" in op and (a_t.dim() < 3 or min(a_t.shape[-2:]) < 2):
+        pytest.skip("pooling needs an image")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tt = OPS[op](torch, a_t)
+        try:
+            tt = OPS[op](torch, a_t)
+        except RuntimeError:                    # channels_last of a tensor not 4-D
+            with pytest.raises(RuntimeError):
+                OPS[op](kiln, a_k)
+            return
     kt = OPS[op](kiln, a_k)
     _check(kt, tt, f"{op} of {layout}")
+
+
+# the ops a compiled call replays (no graph break), over the layouts that differ from row-major
+COMPILED_OPS = ["sum keepdim", "sum of two dims keepdim", "amax keepdim", "var keepdim",
+                "logsumexp keepdim", "softmax", "log_softmax", "cumsum", "cat", "stack dim 1",
+                "masked_fill", "where", "clamp", "times 2", "plus its contiguous copy",
+                "contiguous copy plus it", "times a broadcast column", "layer_norm", "pad",
+                "roll", "tril", "gelu"]
+COMPILED_LAYOUTS = ["transposed", "permuted 3-D", "channels_last", "size-1 dims"]
+
+
+@pytest.mark.parametrize("target", ["c", "numpy"])
+@pytest.mark.parametrize("layout", COMPILED_LAYOUTS)
+@pytest.mark.parametrize("op", COMPILED_OPS)
+def test_compiled_results_have_eager_strides(op, layout, target):
+    a = LAYOUTS[layout](kiln)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # torch's var of one element: NaN, warned
+        expected = OPS[op](torch, LAYOUTS[layout](torch))
+    eager = OPS[op](kiln, a)
+    _check(eager, expected, f"eager {op} of {layout}")
+    compiled = kiln.compile(lambda x: OPS[op](kiln, x), backend=target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # replayed, not run eagerly
+        for call in range(3):                       # the trace, then two replays
+            _check(compiled(a), expected, f"compiled {op} of {layout}, call {call}")
+
+
+# parameter layouts: a float64 leaf whose strides are not row-major (float64, so that the
+# gradients' roundings stay far below the tolerance)
+PARAMETERS = {
+    "transposed": lambda T: T.tensor(BASE3[0], dtype=T.float64).t().detach().requires_grad_(),
+    "permuted 3-D": lambda T: T.tensor(BASE3, dtype=T.float64).permute(2, 0, 1).detach()
+    .requires_grad_(),
+    "channels_last": lambda T: T.tensor(BASE4, dtype=T.float64).contiguous(
+        memory_format=T.channels_last).detach().requires_grad_(),
+}
+GRAD_OPS = ["sum keepdim", "amax keepdim", "var keepdim", "softmax", "log_softmax", "cumsum",
+            "cumprod", "cat", "stack", "masked_fill", "where", "layer_norm", "pad", "roll",
+            "flip", "sort values", "topk", "kthvalue keepdim", "times a broadcast column",
+            "clone", "tril", "logsumexp keepdim"]
+
+
+@pytest.mark.parametrize("layout", list(PARAMETERS))
+@pytest.mark.parametrize("op", GRAD_OPS)
+def test_grad_has_its_parameters_strides(op, layout):
+    """AccumulateGrad's contract: a dense parameter's .grad has its strides, after a backward
+    through ops whose results are laid out otherwise."""
+    grads = []
+    for T in (kiln, torch):
+        w = PARAMETERS[layout](T)
+        out = OPS[op](T, w)
+        weights = T.tensor(np.linspace(0.5, 1.5, out.numel()).reshape(tuple(out.shape)),
+                           dtype=out.dtype)
+        (out * weights).sum().backward()
+        grads.append(w.grad)
+    _check(grads[0], grads[1], f"grad through {op} of {layout}")
