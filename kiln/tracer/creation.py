@@ -15,10 +15,11 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
 from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, is_host_array, to_device
+from kiln.runtime.layouts import in_layout, layout_recipe
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer import layout as formats
 from kiln.tracer.errors import op_error
-from kiln.tracer.strides import settle
+from kiln.tracer.strides import converted, settle
 from kiln.tracer.tensor import STATE, WRAPPERS, Size, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
@@ -239,8 +240,14 @@ def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
         data.device if isinstance(data, Tensor) else _device(None))
     if kind is dt.bfloat16 and arr.dtype != kind.np_dtype:
         arr = dt.cast_array(arr, kind)          # a copy, rounded through float32
+    source = arr
     arr = np.array(arr, dtype=kind.np, copy=True) if isinstance(arr, np.ndarray) else \
         arr.astype(kind.np, copy=True)
+    if arr.ndim > 1 and arr.size and hasattr(source, "strides"):
+        # torch.tensor copies an array as `.to` does: a dense one's strides, size-1 dims' too
+        strides = converted(source, arr.itemsize)
+        if arr.strides != strides:
+            arr = in_layout(arr, layout_recipe(arr.shape, strides, arr.itemsize), np)
     out = Tensor._make(to_device(arr, dev), kind, dev)
     if STATE.tracer is not None:
         STATE.tracer.constant(out)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from kiln.runtime.device import MetaArray
 from kiln.runtime.layouts import in_layout, layout_recipe
 
 # set inside `numpy_layouts()`: results keep the layouts NumPy gives them
@@ -42,6 +43,7 @@ def numpy_layouts():
         yield
     finally:
         KEEP_NUMPY[0] = saved
+
 
 _CL_ORDERS = {4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}
 
@@ -163,11 +165,10 @@ def elementwise(shape: tuple, arrays, itemsize: int) -> tuple:
         if ndim == 4 and all(_is_contiguous(shape, a.strides, a.itemsize, cl)
                              for a in operands):
             return _in_order(shape, cl, itemsize)
-        first = operands[0]
+        elements = [tuple(s // a.itemsize for s in a.strides) for a in operands]
         if all(is_dense(shape, a.strides, a.itemsize) for a in operands) and \
-                all(a.strides == first.strides and a.itemsize == first.itemsize
-                    for a in operands):
-            return tuple(s // first.itemsize * itemsize for s in first.strides)
+                all(e == elements[0] for e in elements):
+            return tuple(s * itemsize for s in elements[0])
     aligned = []
     for a in operands:
         offset = ndim - a.ndim
@@ -195,13 +196,16 @@ def _first(shape, arrays, itemsize):
     return preserved(arrays[0], itemsize)
 
 
+def converted(source, itemsize: int) -> tuple:
+    """`Tensor.to(dtype)`'s and `torch.tensor(array)`'s copy of array `source` (`_to_copy` under
+    preserve_format): a dense source's strides, else the format it suggests."""
+    if is_dense(source.shape, source.strides, source.itemsize):
+        return tuple(s // source.itemsize * itemsize for s in source.strides)
+    return suggested(source.shape, source, itemsize)
+
+
 def _converted(shape, arrays, itemsize):
-    """`Tensor.to(dtype)` (`_to_copy` under preserve_format): a dense input's strides, else the
-    format it suggests."""
-    a = arrays[0]
-    if is_dense(a.shape, a.strides, a.itemsize):
-        return tuple(s // a.itemsize * itemsize for s in a.strides)
-    return suggested(shape, a, itemsize)
+    return converted(arrays[0], itemsize)
 
 
 def _suggest_first(shape, arrays, itemsize):
@@ -239,10 +243,16 @@ def settle(t, rule: str, source=None):
     differ. Only a result nothing else can see yet is settled (no view, no shared array), so
     autograd's saved tensors and a trace's values are unaffected. Returns `t`."""
     data = t._data
-    if KEEP_NUMPY[0] or t is source or t._base is not None or t.device.type == "meta" \
-            or 0 in data.shape or data.ndim == 0 \
-            or source is not None and source.device.type == "meta" \
-            or getattr(getattr(source, "_data", None), "strides", ()) is None:
+    now = data.strides                          # (None: a sparse tensor's, which has none)
+    if now is None:
+        return t
+    if rule == "contiguous":
+        if now == contiguous(data.shape, data.itemsize):
+            return t                            # (the common case: one comparison)
+    elif source is None or isinstance(source._data, MetaArray) or source._data.strides is None:
+        return t
+    if KEEP_NUMPY[0] or t is source or t._base is not None or isinstance(data, MetaArray) \
+            or 0 in data.shape or data.ndim == 0:
         return t
     if rule == "contiguous":
         strides = contiguous(data.shape, data.itemsize)
@@ -250,7 +260,7 @@ def settle(t, rule: str, source=None):
         strides = preserved(source._data, data.itemsize)
     else:
         strides = suggested(data.shape, source._data, data.itemsize)
-    if data.strides != strides:
+    if now != strides:
         t._data = in_layout(data, layout_recipe(data.shape, strides, data.itemsize),
                             t.device.xp)
     return t

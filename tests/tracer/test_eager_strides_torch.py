@@ -229,3 +229,42 @@ def test_grad_has_its_parameters_strides(op, layout):
         (out * weights).sum().backward()
         grads.append(w.grad)
     _check(grads[0], grads[1], f"grad through {op} of {layout}")
+
+
+def _random_operand(T, rng: np.random.Generator, shape: tuple, values: np.ndarray):
+    """`values` (of `shape`) as a tensor in a random layout: its dims permuted in memory, and
+    possibly every other element of one dim taken (a strided slice)."""
+    order = rng.permutation(len(shape))
+    step = 2 if rng.random() < 0.3 and len(shape) else 1
+    sliced_dim = int(rng.integers(len(shape))) if len(shape) else 0
+    stored = list(shape)
+    if step == 2:
+        stored[sliced_dim] *= 2
+    memory = np.repeat(values, step, axis=sliced_dim) if step == 2 else values
+    t = T.tensor(np.ascontiguousarray(memory.transpose(order)))
+    t = t.permute(*np.argsort(order).tolist())
+    if step == 2:
+        index = [slice(None)] * len(shape)
+        index[sliced_dim] = slice(None, None, 2)
+        t = t[tuple(index)]
+    return t
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_elementwise_strides_over_random_layouts(seed):
+    """TensorIterator's rule over random layouts, size-1 dims and broadcasts: binary ops, a
+    where and a comparison give torch's strides."""
+    rng = np.random.default_rng(seed)
+    ndim = int(rng.integers(1, 5))
+    shape = tuple(int(n) for n in rng.choice([1, 2, 3, 4], size=ndim))
+    other = tuple(n if rng.random() < 0.6 else 1 for n in shape)[int(rng.integers(ndim)):]
+    a_values = rng.standard_normal(shape).astype(np.float32)
+    b_values = rng.standard_normal(other).astype(np.float32)
+    made = {}
+    for T in (kiln, torch):
+        layout_rng = np.random.default_rng(seed + 1000)    # the same layouts in both
+        a = _random_operand(T, layout_rng, shape, a_values)
+        b = _random_operand(T, layout_rng, other, b_values)
+        made[T] = (a + b, b * a, a * 2, T.where(a > 0, a, b), b < a, a.exp())
+    for k, t in zip(*made.values()):
+        _check(k, t, f"seed {seed}, shapes {shape} and {other}")
