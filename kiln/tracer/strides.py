@@ -192,6 +192,20 @@ def cat(shape: tuple, arrays, itemsize: int) -> tuple:
     return contiguous(shape, itemsize) if order is None else _in_order(shape, order, itemsize)
 
 
+def stacked(tensors, dim: int, itemsize: int):
+    """`torch.stack(tensors, dim)`'s byte strides, for `dim` below their rank (None for tensors
+    with no memory): PyTorch's stack is a cat along `dim` split by a view, so `dim` and the
+    next take the cat's layout of it."""
+    arrays = [t._data for t in tensors]
+    if any(isinstance(a, MetaArray) or a.strides is None for a in arrays):
+        return None
+    shape = arrays[0].shape
+    joined = shape[:dim] + (shape[dim] * len(arrays),) + shape[dim + 1:]
+    strides = cat(joined, arrays, itemsize)
+    step = strides[dim]
+    return strides[:dim] + (shape[dim] * step, step) + strides[dim + 1:]
+
+
 def _first(shape, arrays, itemsize):
     return preserved(arrays[0], itemsize)
 
@@ -237,11 +251,12 @@ def primitive_strides(prim, arrays, shape: tuple, itemsize: int):
     return rule(shape, arrays, itemsize)
 
 
-def settle(t, rule: str, source=None):
+def settle(t, rule, source=None):
     """Lay fresh result `t` out by `rule` ("contiguous", "preserve" or "suggest", the last two
-    after tensor `source`), in place: its array is replaced by an equal copy where the strides
-    differ. Only a result nothing else can see yet is settled (no view, no shared array), so
-    autograd's saved tensors and a trace's values are unaffected. Returns `t`."""
+    after tensor `source`, or a tuple of byte strides), in place: its array is replaced by an
+    equal copy where the strides differ. Only a result nothing else can see yet is settled (no
+    view, no shared array), so autograd's saved tensors and a trace's values are unaffected.
+    Returns `t`."""
     data = t._data
     now = data.strides                          # (None: a sparse tensor's, which has none)
     if now is None:
@@ -249,12 +264,17 @@ def settle(t, rule: str, source=None):
     if rule == "contiguous":
         if now == contiguous(data.shape, data.itemsize):
             return t                            # (the common case: one comparison)
+    elif type(rule) is tuple:
+        if now == rule:
+            return t
     elif source is None or isinstance(source._data, MetaArray) or source._data.strides is None:
         return t
     if KEEP_NUMPY[0] or t is source or t._base is not None or isinstance(data, MetaArray) \
             or 0 in data.shape or data.ndim == 0:
         return t
-    if rule == "contiguous":
+    if type(rule) is tuple:
+        strides = rule
+    elif rule == "contiguous":
         strides = contiguous(data.shape, data.itemsize)
     elif rule == "preserve":
         strides = preserved(source._data, data.itemsize)

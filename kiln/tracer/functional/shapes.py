@@ -15,7 +15,7 @@ from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, Node, _probe_refs, _refs, set_name
 from kiln.tracer.errors import op_error
 from kiln.tracer.storage import element_offset
-from kiln.tracer.strides import settle
+from kiln.tracer.strides import settle, stacked
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
@@ -382,10 +382,13 @@ def stack(tensors, dim=0):
             raise op_error("stack", f"stack expects each tensor to be equal size, but got "
                            f"{list(shape)} at entry 0 and {list(t.shape)} at another entry")
     d = _norm_dim(dim, len(shape) + 1)
-    if d < len(shape):
-        # as PyTorch: a cat along `dim` split by a view, laid out as the cat is
-        return reshape(cat(tensors, d), shape[:d] + (len(tensors),) + shape[d:])
-    return cat([unsqueeze(t, d) for t in tensors], d)
+    out = cat([unsqueeze(t, d) for t in tensors], d)
+    if d < len(shape) and all(isinstance(t, Tensor) for t in tensors):
+        # laid out as PyTorch's stack (a cat along `dim` split by a view) lays it out
+        strides = stacked(tensors, d, out._data.itemsize)
+        if strides is not None:
+            settle(out, strides)
+    return out
 
 
 def hstack(tensors):
