@@ -33,6 +33,7 @@ from kiln.tracer.functional.pooling import eager_max_pool2d  # noqa: F401
 from kiln.tracer.grad_names import apply_nn_names as apply_nn_grad_names  # noqa: F401
 from kiln.tracer.autocast import install as install_autocast  # noqa: F401
 from kiln.tracer.sparse import make as sparse_from_parts  # noqa: F401  (sparse gradients)
+from kiln.tracer.strides import numpy_layouts  # noqa: F401  (a composite's own intermediates)
 from kiln.torch_namespace import with_out  # noqa: F401  (out= by PyTorch's rules)
 
 

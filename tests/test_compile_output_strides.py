@@ -61,14 +61,6 @@ def _cases(T) -> dict:
 # where kiln's eager layout is not PyTorch's (each a departure of eager mode, not of compiling:
 # the replay is compared with kiln's eager); torch's strides in the comment
 EAGER_NOT_TORCH = {
-    # reductions keep NumPy's layout of the reduced input: torch's keepdim result is contiguous
-    "sum keepdim of permuted": "(3, 3, 1)",
-    "amax keepdim of permuted": "(6, 2, 1)",
-    # stack of transposed pieces: torch's is contiguous
-    "stack of transposed": "(16, 4, 1)",
-    "stack of transposed, doubled": "(16, 4, 1)",
-    # cat of transposed pieces: torch's is contiguous
-    "cat of transposed, scaled": "(8, 1)",
     # an eager conv's output is channels_last in kiln (ARCHITECTURE.md's departures), torch's
     # contiguous
     "conv then relu": "(144, 36, 6, 1)",

@@ -539,6 +539,24 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         if not unbatched:
             return fast
         return (fast[0].squeeze(0), fast[1].squeeze(0)) if return_indices else fast.squeeze(0)
+    # the windows are reduced in the layout NumPy keeps (a channels-last image's slab-wise);
+    # the result then takes PyTorch's: its input's suggested format
+    with _core.numpy_layouts():
+        out, indices = _max_pool2d_windows(x, kernel, stride, padding, dilation, out_hw,
+                                           return_indices)
+    out = _suggested_layout(out, input)       # (an unbatched 3-D image's is row-major)
+    if unbatched:
+        out = out.squeeze(0)
+    if not return_indices:
+        return out
+    indices = _suggested_layout(indices, input)
+    return out, indices.squeeze(0) if unbatched else indices
+
+
+def _max_pool2d_windows(x: Tensor, kernel, stride, padding, dilation, out_hw,
+                        return_indices: bool) -> tuple:
+    """max_pool2d's composite on the 4-D `x`: (the pooled values, their flat indices or None)."""
+    n, c, h, w = x.shape
     floating = x.dtype.is_floating_point
     lowest = -math.inf if floating else int(np.iinfo(x.dtype.np).min)   # ints pool as ints
     x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, lowest)
@@ -563,15 +581,13 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
         first = ranks == best
     # (integers have no gradient to route: the maximum itself keeps their dtype)
     out = kiln.where(first, stacked, 0.0).sum(0) if floating else top
-    if unbatched:
-        out = out.squeeze(0)
     if not return_indices:
-        return out
+        return out, None
     table = _max_pool_index_table(h, w, kernel, stride, padding, dilation, out_hw)
     table = _constant(np.moveaxis(table, 0, -1), x)                 # (oh, ow, K)
     chosen = (k - best.long()).unsqueeze(-1)                        # (N, C, oh, ow, 1)
     indices = kiln.gather(table.expand(n, c, *table.shape), -1, chosen).squeeze(-1)
-    return out, indices.squeeze(0) if unbatched else indices
+    return out, indices
 
 
 @_composite
@@ -626,19 +642,22 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
     n, c, h, w = x.shape
     kernel, stride, padding, dilation, out_hw = _pool_geometry(
         h, w, kernel_size, stride, padding, 1, ceil_mode)
-    x = _pool_pad(x, kernel, stride, padding, dilation, out_hw, 0.0 if x.dtype.is_floating_point
-                  else 0)
-    total = kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=-1).sum(-1)
-    if x.dtype is kiln.int64:            # PyTorch's int64 average: the sum / count, truncated
-        divisor = divisor_override or _constant(_avg_pool_divisor(
-            h, w, kernel, stride, padding, out_hw, count_include_pad).astype(np.int64), x)
-        out = kiln.div(total, divisor, rounding_mode="trunc")
-    elif divisor_override:
-        out = total / divisor_override
-    else:
-        divisor = _avg_pool_divisor(h, w, kernel, stride, padding, out_hw, count_include_pad)
-        out = total / _constant(divisor.astype(x.dtype.np if x.dtype.is_floating_point
-                                               else np.float32), x)
+    with _core.numpy_layouts():         # as max_pool2d: PyTorch's layout for the result only
+        x = _pool_pad(x, kernel, stride, padding, dilation, out_hw,
+                      0.0 if x.dtype.is_floating_point else 0)
+        total = kiln.stack(_windows(x, kernel, stride, dilation, out_hw), dim=-1).sum(-1)
+        if x.dtype is kiln.int64:        # PyTorch's int64 average: the sum / count, truncated
+            divisor = divisor_override or _constant(_avg_pool_divisor(
+                h, w, kernel, stride, padding, out_hw, count_include_pad).astype(np.int64), x)
+            out = kiln.div(total, divisor, rounding_mode="trunc")
+        elif divisor_override:
+            out = total / divisor_override
+        else:
+            divisor = _avg_pool_divisor(h, w, kernel, stride, padding, out_hw,
+                                        count_include_pad)
+            out = total / _constant(divisor.astype(x.dtype.np if x.dtype.is_floating_point
+                                                   else np.float32), x)
+    out = _suggested_layout(out, input)
     return out.squeeze(0) if unbatched else out
 
 
@@ -779,7 +798,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
         out = out * weight
     if bias is not None:
         out = out + bias
-    return out
+    return out.contiguous()         # PyTorch's kernel writes row-major, whatever the input's
 
 
 @_composite
@@ -791,7 +810,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     if input.dtype in _HALF:
         return rms_norm(input.float(), shape, _float32(weight), eps).to(input.dtype)
     out = input * kiln.rsqrt((input * input).mean(axes, keepdim=True) + eps)
-    return out * weight if weight is not None else out
+    return _suggested_layout(out * weight if weight is not None else out, input)
 
 
 @_composite
@@ -814,7 +833,17 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
         out = out * weight.reshape(shape)
     if bias is not None:
         out = out + bias.reshape(shape)
-    return out
+    return _suggested_layout(out, input)
+
+
+def _suggested_layout(out: Tensor, input: Tensor) -> Tensor:
+    """`out` laid out as PyTorch's normalization kernels lay out their results: channels-last
+    where `input` is a channels-last 4-D or 5-D tensor, else row-major (their
+    `suggest_memory_format`)."""
+    fmt = {4: kiln.channels_last, 5: kiln.channels_last_3d}.get(input.ndim)
+    if fmt is not None and input.is_contiguous(memory_format=fmt) and not input.is_contiguous():
+        return out.contiguous(memory_format=fmt)
+    return out.contiguous()
 
 
 # ----------------------------------------------------------------------------- dropout, embedding

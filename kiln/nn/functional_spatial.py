@@ -657,7 +657,7 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
         out = out * weight.reshape(shape)
     if bias is not None:
         out = out + bias.reshape(shape)
-    return out
+    return out.contiguous()         # PyTorch's kernel writes row-major, whatever the input's
 
 
 def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,

@@ -15,9 +15,11 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.ops import P, PRIMITIVES
 from kiln.runtime.device import CPU, DEFAULTS, Device, MetaArray, is_host_array, to_device
+from kiln.runtime.layouts import in_layout, layout_recipe
 from kiln.runtime.mt19937 import TorchStream
 from kiln.tracer import layout as formats
 from kiln.tracer.errors import op_error
+from kiln.tracer.strides import converted, settle
 from kiln.tracer.tensor import STATE, WRAPPERS, Size, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import refusal as _unsigned_refusal
@@ -238,8 +240,14 @@ def tensor(data, *, dtype=None, device=None, requires_grad=False) -> Tensor:
         data.device if isinstance(data, Tensor) else _device(None))
     if kind is dt.bfloat16 and arr.dtype != kind.np_dtype:
         arr = dt.cast_array(arr, kind)          # a copy, rounded through float32
+    source = arr
     arr = np.array(arr, dtype=kind.np, copy=True) if isinstance(arr, np.ndarray) else \
         arr.astype(kind.np, copy=True)
+    if arr.ndim > 1 and arr.size and hasattr(source, "strides"):
+        # torch.tensor copies an array as `.to` does: a dense one's strides, size-1 dims' too
+        strides = converted(source, arr.itemsize)
+        if arr.strides != strides:
+            arr = in_layout(arr, layout_recipe(arr.shape, strides, arr.itemsize), np)
     out = Tensor._make(to_device(arr, dev), kind, dev)
     if STATE.tracer is not None:
         STATE.tracer.constant(out)
@@ -372,21 +380,16 @@ def _in_format(out: Tensor, fmt) -> Tensor:
     return out
 
 
-def _like_format(input: Tensor, fmt):
-    """The layout a `*_like` factory gives: an explicit format, or under preserve_format (the
-    default) the channels-last format `input` is dense in, as PyTorch keeps its strides."""
+def _like_layout(out: Tensor, input, fmt) -> Tensor:
+    """`out` (fresh, shaped as `input`) laid out as a `*_like` factory lays it out: in an
+    explicit format, or under preserve_format (the default) as PyTorch's empty_like: with a
+    dense input's strides, else dense in the input's order of dims."""
     if fmt is not None and fmt is not formats.preserve_format:
         formats.check(fmt, "empty_like", input.ndim)
-        return fmt
-    cl = {4: formats.channels_last, 5: formats.channels_last_3d}.get(input.ndim)
-    if cl is None or not isinstance(input, Tensor):
-        return None
-    shape, strides = tuple(input.shape), input.stride()
-    # exactly a channels-last tensor's strides, size-1 dims included (an N1HW tensor is dense
-    # either way: its strides say which it was made as)
-    if strides == formats.strides_of(shape, cl) != formats.strides_of(shape, None):
-        return cl
-    return None
+        return _in_format(out, fmt)
+    if isinstance(input, Tensor):
+        settle(out, "preserve", input)
+    return out
 
 
 def _wrapper_like(key: str, input: Tensor, args: tuple, dtype, device, requires_grad,
@@ -433,7 +436,7 @@ def full_like(input, fill_value, *, dtype=None, layout=None, device=None, requir
     kind, dev = _like(input, dtype, device)
     out = full(tuple(input.shape), fill_value, dtype=kind, device=dev,
                requires_grad=requires_grad)
-    return _in_format(out, _like_format(input, memory_format))
+    return _like_layout(out, input, memory_format)
 
 
 def empty_like(input, *, dtype=None, layout=None, device=None, requires_grad=False,
@@ -705,13 +708,15 @@ def randn(*shape, size=None, generator=None, dtype=None, layout=None, device=Non
 def rand_like(input, *, dtype=None, layout=None, device=None, generator=None) -> Tensor:
     check_dense_layout("rand_like", layout)
     kind, dev = _like(input, dtype, device)
-    return rand(tuple(input.shape), generator=generator, dtype=kind, device=dev)
+    return _like_layout(rand(tuple(input.shape), generator=generator, dtype=kind, device=dev),
+                        input, None)
 
 
 def randn_like(input, *, dtype=None, layout=None, device=None, generator=None) -> Tensor:
     check_dense_layout("randn_like", layout)
     kind, dev = _like(input, dtype, device)
-    return randn(tuple(input.shape), generator=generator, dtype=kind, device=dev)
+    return _like_layout(randn(tuple(input.shape), generator=generator, dtype=kind, device=dev),
+                        input, None)
 
 
 def randint(low=0, high=None, size=None, *, generator=None, dtype=None, layout=None, device=None,
@@ -741,7 +746,8 @@ def randint(low=0, high=None, size=None, *, generator=None, dtype=None, layout=N
 def randint_like(input, low, high=None, *, dtype=None, layout=None, device=None) -> Tensor:
     check_dense_layout("randint_like", layout)
     kind, dev = _like(input, dtype, device)
-    return randint(low, high, tuple(input.shape), dtype=kind, device=dev)
+    return _like_layout(randint(low, high, tuple(input.shape), dtype=kind, device=dev), input,
+                        None)
 
 
 def randperm(n, *, generator=None, dtype=None, layout=None, device=None) -> Tensor:

@@ -20,11 +20,14 @@ from kiln.ir.ops import BOUNDS_ERRORS, P, Primitive, ShapeError
 from kiln.runtime.cupy_backend import CUPY_PATHS as _CUPY_FAST
 from kiln.runtime.device import CPU, META, Device, MetaArray, to_device
 from kiln.runtime.host_memory import keep_freed_memory
+from kiln.runtime.layouts import in_layout as _in_layout
+from kiln.runtime.layouts import layout_recipe as _layout_recipe
 from kiln.runtime.numpy_backend import FAST_PATHS as _NUMPY_FAST
 from kiln.tracer import autograd as _autograd
 from kiln.tracer import dispatch_mode as _dispatch_mode
 from kiln.tracer import dispatch_subclass as _dispatch_subclass
 from kiln.tracer import quantized as _quantized
+from kiln.tracer import strides as _strides
 from kiln.tracer import unsigned as _unsigned
 from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
@@ -87,6 +90,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
             data = a._data
             arrays.append(data)
             key.append(data.shape)
+            key.append(data.strides)     # the result's strides follow the inputs' (`strides`)
             key.append(a.dtype)
             if device is None:
                 device = a.device
@@ -111,12 +115,13 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
         if any(a.dtype.is_quantized for a in args if isinstance(a, Tensor)):
             # quantized tensors take their own rules (never cached, so never on the fast path)
             return _quantized.apply_primitive(prim, args, attrs, apply)
-        facts = _facts(prim, infer(prim, args, attrs), args)
+        facts = _facts(prim, infer(prim, args, attrs), args, arrays)
         if key is not None:
             if len(_INFER_CACHE) > _INFER_CACHE_LIMIT:   # shapes that keep changing
                 _INFER_CACHE.clear()
             _INFER_CACHE[key] = facts
-    dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable, widen = facts
+    (dtype, np_dtype, numpy_impl, cupy_impl, quiet, movement, differentiable, widen, layout,
+     device_layout) = facts
     if widen is not None and device is CPU:
         arrays = _widen_half(arrays, widen)
 
@@ -127,6 +132,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                            wants_grad and differentiable)
     else:
         xp = device.xp
+        layout = device_layout           # (the CPU's stops checking once NumPy's agrees)
         if dtype is dt.bfloat16 or widen is not None and widen[2]:
             raise op_error(prim.name, f"{dt.NO_CUDA_BFLOAT16} (on {device})")
     impl = numpy_impl if xp is np else cupy_impl
@@ -152,6 +158,13 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
         out = out.astype(np_dtype)
     if xp is np and type(out) is not np.ndarray:
         out = np.asarray(out)        # NumPy hands back scalars for 0-d results
+    if layout is not None:
+        if out.strides != layout[0]:
+            if not _KEEP_NUMPY[0]:
+                out = _in_layout(out, layout[1], xp)  # PyTorch's strides, NumPy chose others
+        elif xp is np and key is not None:
+            # NumPy lays out this signature's result as PyTorch does: no check on later calls
+            _INFER_CACHE[key] = facts[:8] + (None,) + facts[9:]
     result = _new_tensor(out, dtype, device)
     src = None
     if movement and len(arrays) == 1:
@@ -190,13 +203,17 @@ def _apply_meta(prim: Primitive, args: tuple, attrs: dict, device: Device, dtype
     return result
 
 
-def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
+def _facts(prim: Primitive, rule: tuple, args: tuple, arrays: list) -> tuple:
     """What `apply` needs of one op on inputs of given shapes and dtypes, found once per
     signature (the cache's value): the result's dtype and NumPy dtype, the NumPy backend's
     faster spelling of the op where it has one, the CuPy backend's likewise, the primitive's
     flags, so that a cached call reads no attribute of the frozen dataclass, and how its
     float16/bfloat16 inputs are widened to float32 first on the CPU (`_widen_half`): None, or
-    (whether literals keep their value, the dtype literals round to or None, any bfloat16)."""
+    (whether literals keep their value, the dtype literals round to or None, any bfloat16),
+    and the layout PyTorch gives the result (`tracer.strides`), twice (for the CPU, and for
+    other devices): None where the array module's stands, else (its byte strides, the recipe
+    `runtime.layouts.in_layout` copies a result by). NumPy's layout of a result follows from
+    the signature, so the CPU's is set to None once a result is seen laid out right."""
     dtype = rule[1]
     if any(isinstance(a, Tensor) and a.dtype in _unsigned.LIMITED for a in args):
         _unsigned.check_primitive(prim, args)     # PyTorch computes few ops on uint16/32/64
@@ -211,8 +228,13 @@ def _facts(prim: Primitive, rule: tuple, args: tuple) -> tuple:
         widen = (prim.name in ("mul", "div"), round_to, dt.bfloat16 in halves)
     # an integer or bool result never requires grad (x.long(), a pivot), as in PyTorch
     differentiable = prim.grad is not None and (dtype.is_floating_point or dtype.is_complex)
+    layout = None
+    strides = _strides.primitive_strides(prim, arrays, rule[0], dtype.np_dtype.itemsize)
+    if strides is not None:
+        layout = (strides, _layout_recipe(rule[0], strides, dtype.np_dtype.itemsize))
     return (dtype, dtype.np_dtype, _NUMPY_FAST.get(prim.name, prim.impl),
-            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement, differentiable, widen)
+            _CUPY_FAST.get(prim.name, prim.impl), prim.quiet, movement, differentiable, widen,
+            layout, layout)
 
 
 def _widen_half(arrays: list, widen: tuple) -> list:
@@ -266,6 +288,7 @@ _MODES = _dispatch_mode.ACTIVE
 _intercept, _PASS = _dispatch_subclass.intercept, _dispatch_subclass.PASS
 _MOVEMENT = ir_ops.MOVEMENT
 _F16 = np.dtype(np.float16)
+_KEEP_NUMPY = _strides.KEEP_NUMPY
 
 
 # kiln.profiler swaps this slot for a timing wrapper while it records (and back when it stops):

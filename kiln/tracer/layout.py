@@ -3,9 +3,9 @@
 A layout never changes a value, only the strides: `x.to(memory_format=kiln.channels_last)`
 copies an NCHW tensor so that its channels vary fastest (strides (H*W*C, 1, W*C, C)), as
 PyTorch does, and `is_contiguous(memory_format=...)` answers from the strides. kiln's ops
-accept any strides and pick their results' layouts themselves, which may differ from
-PyTorch's: an eager convolution's result is channels-last whatever its input's, elementwise
-ops keep their input's layout, and a compiled program's results are row-major.
+accept any strides and lay out their results as PyTorch's do (`tracer/strides.py`), except an
+eager convolution's result, channels-last whatever its input's (ARCHITECTURE.md's departures);
+a compiled program's results are copied into eager's layouts.
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ class _NoDenseMemory:
     """The `_data` of a SparseTensor: its shape and dtype, and no elements to compute on."""
 
     __array_ufunc__ = None          # NumPy refuses ufuncs on it (a TypeError)
+    strides = None                  # no layout: the dispatcher's rules (`tracer.strides`) skip it
 
     def __init__(self, shape: tuple, dtype: np.dtype):
         self.shape, self.dtype = shape, dtype

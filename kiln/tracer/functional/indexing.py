@@ -20,6 +20,7 @@ from kiln.tracer.functional.common import (_as_tensor, _broadcast, _norm_dim, _p
                                            _py_sum, arange, full, result_type, zeros)
 from kiln.tracer.functional.shapes import _own_memory, broadcast_tensors, expand, reshape, unsqueeze
 from kiln.tracer.provenance import composite
+from kiln.tracer.strides import settle
 from kiln.tracer.tensor import STATE, WRAPPERS, Tensor, dispatches
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -409,7 +410,8 @@ def masked_fill(input, mask, value):
     if mask.dtype is not dt.bool_:
         raise op_error("masked_fill", f"masked_fill_ only supports boolean masks, but got mask "
                        f"with dtype {mask.dtype.name}")
-    return P.where(mask, value, input)
+    # PyTorch fills a row-major clone, whatever the input's layout
+    return settle(P.where(mask, value, input), "contiguous")
 
 
 def masked_select(input, mask):

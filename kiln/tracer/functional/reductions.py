@@ -14,6 +14,7 @@ from kiln.ir.ops_extra import svd_factors
 from kiln.runtime.device import CPU
 from kiln.runtime.numpy_backend import numpy_impl
 from kiln.tracer import autograd as _autograd
+from kiln.tracer import strides as _strides
 from kiln.tracer.errors import op_error
 from kiln.tracer.functional.common import _axes, _floating, _norm_dim, _py_max, full, zeros
 from kiln.tracer.functional.elementwise import (_bool, abs, eq, exp, gt, isnan, log, logical_not,
@@ -23,6 +24,7 @@ from kiln.tracer.functional.indexing import gather, where
 from kiln.tracer.functional.shapes import (_py_any, cat, diagonal, movedim, narrow, reshape,
                                            squeeze, unsqueeze)
 from kiln.tracer.provenance import composite
+from kiln.tracer.strides import settle
 from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
 
@@ -133,6 +135,8 @@ def _eager_mean(input, dim, keepdim):
     out = _NUMPY_SUM(np, data, axes, keepdim) / count
     if type(out) is not np.ndarray:
         out = np.asarray(out)                      # NumPy hands back scalars for 0-d results
+    elif out.strides != _strides.contiguous(out.shape, out.itemsize):
+        out = out.copy()                           # row-major, as PyTorch's reductions
     if out.dtype != data.dtype:                    # pragma: no cover - NumPy 1.x promotion
         out = out.astype(data.dtype)
     result = Tensor._make(out, input.dtype, CPU)
@@ -449,6 +453,11 @@ def cumsum(input, dim, *, dtype=None):
 
 @composite
 def cumprod(input, dim, *, dtype=None):
+    # row-major, as PyTorch's cumulative kernels write, whatever the input's layout
+    return settle(_cumprod(input, dim, dtype), "contiguous")
+
+
+def _cumprod(input, dim, dtype):
     if dtype is not None:
         input = input.to(dtype)
     elif input.dtype.category < dt.FLOAT:

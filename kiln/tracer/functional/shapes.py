@@ -15,6 +15,7 @@ from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, Node, _probe_refs, _refs, set_name
 from kiln.tracer.errors import op_error
 from kiln.tracer.storage import element_offset
+from kiln.tracer.strides import settle, stacked
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
@@ -230,9 +231,21 @@ def unsqueeze(input, dim):
     d = _norm_dim(dim, input.ndim + 1)
     shape = tuple(input.shape)
     out = P.reshape(input, shape=shape[:d] + (1,) + shape[d:])
+    if d == len(shape) and d and out._base is not None:
+        _unit_stride_last(out)
     if out.grad_fn is not None:         # inline _labelled: unsqueeze is a hot op
         _labelled(out, "UnsqueezeBackward0")
     return out
+
+
+def _unit_stride_last(out) -> None:
+    """Give view `out`'s new last dim (of size 1) PyTorch's stride 1, where NumPy's reshape
+    repeats the stride of the dim before it (a stride of a size-1 dim never moves an element,
+    but `.stride()`, and the layouts results take from it, read it)."""
+    data = out._data
+    if is_host_array(data) and data.strides[-1] != data.itemsize:
+        out._data = np.lib.stride_tricks.as_strided(
+            data, strides=data.strides[:-1] + (data.itemsize,), writeable=data.flags.writeable)
 
 
 def permute(input, *dims):
@@ -369,7 +382,13 @@ def stack(tensors, dim=0):
             raise op_error("stack", f"stack expects each tensor to be equal size, but got "
                            f"{list(shape)} at entry 0 and {list(t.shape)} at another entry")
     d = _norm_dim(dim, len(shape) + 1)
-    return cat([unsqueeze(t, d) for t in tensors], d)
+    out = cat([unsqueeze(t, d) for t in tensors], d)
+    if d < len(shape) and all(isinstance(t, Tensor) for t in tensors):
+        # laid out as PyTorch's stack (a cat along `dim` split by a view) lays it out
+        strides = stacked(tensors, d, out._data.itemsize)
+        if strides is not None:
+            settle(out, strides)
+    return out
 
 
 def hstack(tensors):
@@ -483,7 +502,10 @@ def flip(input, dims):
     if input.ndim - 1 in axes or not input.is_contiguous():
         # PyTorch flips these types only by copying whole rows of a contiguous tensor
         _check_unsigned("flip", input)
-    return _own_memory(P.flip(input, axes=axes)) if input.ndim else input.clone()
+    if not input.ndim:
+        return input.clone()
+    out = P.flip(input, axes=axes)      # a copy in the input's layout (`tracer.strides`)
+    return out if out._base is None else _own_memory(out)
 
 
 def fliplr(input):
@@ -624,13 +646,13 @@ def _laid_out(t, fmt):
 
 
 def clone(input, *, memory_format=None):
-    """A copy of `input`; row-major, or laid out as an explicit `memory_format` says (kiln
-    does not carry a channels-last input's layout over under the default preserve_format)."""
+    """A copy of `input`, laid out as an explicit `memory_format` says, or under the default
+    preserve_format with a dense input's strides (else dense in the input's order of dims)."""
     out = P.cast(input, dtype=input.dtype)
     if memory_format is not None and memory_format is not layout.preserve_format:
         layout.check(memory_format, "clone", input.ndim)
-        out = _laid_out(out, memory_format)
-    return out
+        return _laid_out(out, memory_format)
+    return settle(out, "preserve", input)
 
 
 def _tri_mask(input, diagonal, upper):
@@ -642,12 +664,12 @@ def _tri_mask(input, diagonal, upper):
 
 def tril(input, diagonal=0):
     _check_unsigned("tril", input)
-    return P.where(_tri_mask(input, diagonal, False), input, 0)
+    return settle(P.where(_tri_mask(input, diagonal, False), input, 0), "contiguous")
 
 
 def triu(input, diagonal=0):
     _check_unsigned("triu", input)
-    return P.where(_tri_mask(input, diagonal, True), input, 0)
+    return settle(P.where(_tri_mask(input, diagonal, True), input, 0), "contiguous")
 
 
 def diagonal(input, offset=0, dim1=0, dim2=1):

@@ -14,6 +14,7 @@ from kiln.tracer.functional.common import _floating, _norm_dim, refuse_without_k
 from kiln.tracer.functional.reductions import _narrowed, _widened
 from kiln.tracer.functional.shapes import reshape
 from kiln.tracer.provenance import composite
+from kiln.tracer.strides import settle
 from kiln.tracer.tensor import OBSERVED, STATE, TRACING, Tensor
 
 
@@ -121,7 +122,7 @@ def _fast_input(x, dim, dtype):
 
 
 def _finish(prim, x, out, e, s, d) -> Tensor:
-    result = Tensor._make(out, x.dtype, CPU)
+    result = settle(Tensor._make(out, x.dtype, CPU), "contiguous")    # PyTorch's layout
     if x.requires_grad and STATE.grad_enabled:
         # e and s ride along as inputs that need no gradient (their edges are None)
         saved = (Tensor._make(e, x.dtype, CPU), Tensor._make(s, x.dtype, CPU))
@@ -233,7 +234,7 @@ def softmax(input, dim=None, dtype=None):
     # x, m, e and the sum share x's floating dtype, so the primitives need no promotion
     m = P.max(x, axes=(d,), keepdim=True).detach() if x._data.shape[d] else x
     e = P.exp(P.sub(x, m))
-    return P.div(e, P.sum(e, axes=(d,), keepdim=True))
+    return settle(P.div(e, P.sum(e, axes=(d,), keepdim=True)), "contiguous")
 
 
 @composite
@@ -257,7 +258,8 @@ def log_softmax(input, dim=None, dtype=None):
         return reshape(log_softmax(reshape(x, (1,)), 0), ())
     d = _norm_dim(-1 if dim is None else dim, x.ndim)
     shifted = x - P.max(x, axes=(d,), keepdim=True).detach() if x.shape[d] else x
-    return shifted - P.log(P.sum(P.exp(shifted), axes=(d,), keepdim=True))
+    out = shifted - P.log(P.sum(P.exp(shifted), axes=(d,), keepdim=True))
+    return settle(out, "contiguous")
 
 
 @composite

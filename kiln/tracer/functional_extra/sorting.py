@@ -17,6 +17,8 @@ from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional.indexing import _gather
 from kiln.tracer.functional_extra.common import _f, values_indices
+from kiln.tracer.layout import contiguous_format
+from kiln.tracer.strides import settle
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.unsigned import check as _check_unsigned
 
@@ -40,7 +42,8 @@ def sort(input, dim=-1, descending=False, *, stable=False):
     if input.ndim == 0:
         return SortResult(input.clone(), idx)
     # _gather, not gather: PyTorch sorts uint16/32/64, whose gather it refuses
-    return SortResult(_gather(input, _norm_dim(dim, input.ndim), idx, "sort"), idx)
+    values = _gather(input, _norm_dim(dim, input.ndim), idx, "sort")
+    return SortResult(settle(values, "preserve", input), idx)   # laid out as the indices
 
 
 def msort(input):
@@ -59,7 +62,8 @@ def topk(input, k, dim=-1, largest=True, sorted=True):
     values, indices = sort(input, d, descending=largest)
     if input.ndim == 0:
         return values_indices(values, indices)
-    return values_indices(F.narrow(values, d, 0, k), F.narrow(indices, d, 0, k))
+    return values_indices(_row_major(F.narrow(values, d, 0, k)),
+                          _row_major(F.narrow(indices, d, 0, k)))
 
 
 def kthvalue(input, k, dim=-1, keepdim=False):
@@ -71,7 +75,13 @@ def kthvalue(input, k, dim=-1, keepdim=False):
     v, i = F.narrow(values, d, k - 1, 1), F.narrow(indices, d, k - 1, 1)
     if not keepdim:
         v, i = F.squeeze(v, d), F.squeeze(i, d)
-    return values_indices(v, i)
+    return values_indices(_row_major(v), _row_major(i))
+
+
+def _row_major(t: Tensor) -> Tensor:
+    """A row-major copy of `t`, part of a sort's result: PyTorch's topk and kthvalue write
+    fresh row-major tensors."""
+    return F.clone(t, memory_format=contiguous_format)
 
 
 def median(input, dim=None, keepdim=False):
@@ -98,7 +108,8 @@ def nanmedian(input, dim=None, keepdim=False):
     values, indices = sort(input, d)
     valid = F.sum(F.logical_not(F.isnan(input)), d, keepdim=True)
     k = F.clamp(F.floor_divide(valid - 1, 2), min=0)
-    v, i = F.gather(values, d, k), F.gather(indices, d, k)
+    v = settle(F.gather(values, d, k), "contiguous")      # PyTorch's, whatever the input's
+    i = settle(F.gather(indices, d, k), "contiguous")
     if not keepdim:
         v, i = F.squeeze(v, d), F.squeeze(i, d)
     return values_indices(v, i)
@@ -121,7 +132,9 @@ def mode(input, dim=-1, keepdim=False):
     pos = F.arange(n, device=x.device)
     last = F.amax(F.where(F.eq(x, value), pos, -1), -1, keepdim=True)
     v = F.gather(x, x.ndim - 1, last)
-    v, last = F.movedim(v, -1, d), F.movedim(last, -1, d)
+    # PyTorch's results are row-major whatever the input's layout
+    v = settle(F.clone(F.movedim(v, -1, d)), "contiguous")
+    last = settle(F.clone(F.movedim(last, -1, d)), "contiguous")
     if not keepdim:
         v, last = F.squeeze(v, d), F.squeeze(last, d)
     return values_indices(v, last)
