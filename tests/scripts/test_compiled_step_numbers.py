@@ -8,6 +8,7 @@ to rtol 1e-5. Each compiled call is classified as a trace, a replay or an eager 
 case asserts how many of its steps replay."""
 
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -567,8 +568,9 @@ def test_adam_with_math_sqrt_bias_correction_runs_eagerly_with_a_warning():
     # changes it, so after the lazy state the step runs eagerly (documented), naming the
     # counters; the values are eager's
     theirs, eager, compiled, compiler, notes = three_ways(hand_adam_math_sqrt)
-    assert any("opt.state" in n and "['step']" in n and "runs eagerly" in n for n in notes), \
-        notes
+    assert any("opt.state" in n and "['step']" in n and "runs eagerly" in n and
+               "a counter the trace read into Python (float) is keyed by value" in n
+               for n in notes), notes
     kinds = compiler.kinds["step"]
     assert "replay" not in kinds and kinds[-8:] == ["eager"] * 8, kinds
     assert compiled["steps"] == [STEPS] * 4
@@ -582,3 +584,13 @@ def test_lr_warmup_written_into_the_param_group_inside_the_step():
     theirs, eager, compiled, compiler, notes = three_ways(warmup_min_sets_lr)
     assert "replay" not in compiler.kinds["step"], compiler.kinds
     assert compiled["lr"] == eager["lr"] == 0.05
+
+
+def test_lr_warmup_in_the_param_group_says_why_it_hits_the_recompile_limit(monkeypatch):
+    # past the limit the step runs eagerly; the warning names the argument keyed by value
+    monkeypatch.setattr(sys.modules[__name__], "STEPS", 16)
+    theirs, eager, compiled, compiler, notes = three_ways(warmup_min_sets_lr)
+    assert compiler.kinds["step"][-2:] == ["eager"] * 2, compiler.kinds
+    assert len(notes) == 1 and "hit the recompile limit" in notes[0], notes
+    assert "the number argument step is 13, keyed by value as a trace stored it" in notes[0], \
+        notes
