@@ -1241,7 +1241,8 @@ class CompiledFunction:
         # else the caller gets shares that memory
         shared = _shares_memory_with_others(tracer, writes, flatten(result,
                                                                     tracer.returned_items)[0])
-        effects += [writes.pop(at)[0] for at in shared]
+        shared = [writes.pop(at)[0] for at in shared]
+        effects += shared
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
@@ -1254,6 +1255,9 @@ class CompiledFunction:
             if reads:
                 what += (f"; a counter the trace read into Python ({', '.join(reads)}) is "
                          "keyed by value, so each call's change is an effect")
+            if shared:
+                what += ("; a tensor stored there shares memory with another the call returns "
+                         "or stores, which a replay's stored copy would not: store a .clone()")
             return self._trace_again_or_eagerly(key, result, (
                 f"{_function_name(self.fn)} changes Python state a replay would not change "
                 f"({what})"))

@@ -535,7 +535,8 @@ def test_trainer_keeping_the_detached_loss_runs_eagerly_with_a_warning():
     # loss.detach() shares the returned loss's memory, which a replay's stored output would
     # not: documented, the step runs eagerly once it has stored it twice, and says so
     theirs, eager, compiled, compiler, notes = three_ways(trainer_detach)
-    assert any("self.to_log" in n and "runs eagerly" in n for n in notes), notes
+    assert any("self.to_log" in n and "runs eagerly" in n and "shares memory with another"
+               in n for n in notes), notes
     assert compiler.kinds["step"][-4:] == ["eager"] * 4, compiler.kinds
     assert [s for s, _ in compiled["logged"]] == [4, 8, 12]
 
