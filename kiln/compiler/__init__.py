@@ -1247,12 +1247,23 @@ class CompiledFunction:
         # else the caller gets shares that memory
         shared = _shares_memory_with_others(tracer, writes, flatten(result,
                                                                     tracer.returned_items)[0])
-        effects += [writes.pop(at)[0] for at in shared]
+        shared = [writes.pop(at)[0] for at in shared]
+        effects += shared
         if effects:
             # the call changed Python state a replay would leave alone: once may be lazy
             # initialization (trace again), twice is an effect of every call (run eagerly)
             tracer.release()
             what = ", ".join(dict.fromkeys(g.source for g in effects[:3]))
+            # a counter the trace read into Python (`math.sqrt(1 - b ** step)`) stays keyed
+            reads = dict.fromkeys(self._state_specialised.get(getattr(g.read, "at", None))
+                                  for g in effects)
+            reads.pop(None, None)
+            if reads:
+                what += (f"; a counter the trace read into Python ({', '.join(reads)}) is "
+                         "keyed by value, so each call's change is an effect")
+            if shared:
+                what += ("; a tensor stored there shares memory with another the call returns "
+                         "or stores, which a replay's stored copy would not: store a .clone()")
             return self._trace_again_or_eagerly(key, result, (
                 f"{_function_name(self.fn)} changes Python state a replay would not change "
                 f"({what})"))
@@ -2480,6 +2491,28 @@ def _last_failure(compiled: CompiledFunction, key) -> str:
                             f"strides {list(now[1])}, traced at {list(was[1])}: each layout is "
                             "traced again, as eager's results take their layout from the "
                             "inputs'; pass inputs laid out alike, e.g. with .contiguous())")
+    return _keyed_number(compiled)
+
+
+def _keyed_number(compiled: CompiledFunction) -> str:
+    """` (last change: ...)` naming a number argument of the call that a trace read into
+    Python (`float(step)`, stored in `group["lr"]`), so that each of its values is traced."""
+    if not compiled._specialised or compiled._numbers_now is None:
+        return ""
+    args, kwargs = compiled._numbers_now
+    names = _parameter_names(compiled.fn)
+    for (i, k), value in _number_arguments(args, kwargs):
+        why = compiled._specialised.get((i, k))
+        if why is None or not isinstance(why, str):
+            continue
+        name = k if k is not None else names[i] if i < len(names) else f"argument {i}"
+        if why in ("stored", "returned"):
+            why = f"a trace {why} it"
+        elif not why.startswith("the code"):
+            why = f"a trace read it into Python ({why})"
+        return (f" (last change: the number argument {name} is {value!r}, keyed by value as "
+                f"{why}: each new value is traced again; compute with it by arithmetic and "
+                "comparisons only, or pass it as a tensor)")
     return ""
 
 
