@@ -26,7 +26,8 @@ import contextlib
 import functools
 
 from kiln.runtime.device import MetaArray
-from kiln.runtime.layouts import in_layout, layout_recipe
+from kiln.runtime.layouts import dense, in_layout, layout_recipe
+from kiln.tracer.layout import _CHANNELS_LAST_ORDER
 
 # set inside `numpy_layouts()`: results keep the layouts NumPy gives them
 KEEP_NUMPY = [False]
@@ -45,7 +46,8 @@ def numpy_layouts():
         KEEP_NUMPY[0] = saved
 
 
-_CL_ORDERS = {4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}
+# the channels-last orders of dims (fastest first) by rank, as `tracer.layout` keeps them
+_CL_ORDERS = {len(order): order for order in _CHANNELS_LAST_ORDER.values()}
 
 
 @functools.lru_cache(maxsize=4096)          # eager fast paths ask it on every call
@@ -78,16 +80,6 @@ def _is_contiguous(shape: tuple, strides: tuple, itemsize: int, order) -> bool:
     return True
 
 
-def is_dense(shape: tuple, strides: tuple, itemsize: int) -> bool:
-    """PyTorch's is_non_overlapping_and_dense: the elements tile one block, in some order."""
-    expected = itemsize
-    for s, n in sorted((s, n) for n, s in zip(shape, strides) if n != 1):
-        if s != expected:
-            return False
-        expected *= n
-    return True
-
-
 def suggest_format(shape: tuple, strides: tuple):
     """The channels-last dims order (fastest first) PyTorch's `suggest_memory_format` sees in
     a 4-D or 5-D tensor's strides (`is_channels_last_strides_2d/3d`), else None (row-major)."""
@@ -114,7 +106,7 @@ def preserved(source, itemsize: int) -> tuple:
     """PyTorch's preserve_format for a new tensor like array `source`: its strides when it is
     dense, else a dense layout keeping its order of dims (`infer_dense_strides`)."""
     shape, strides = source.shape, source.strides
-    if is_dense(shape, strides, source.itemsize):
+    if dense(source):
         return tuple(s // source.itemsize * itemsize for s in strides)
     return _in_order(shape, _fastest_first(shape, [strides]), itemsize)
 
@@ -166,7 +158,7 @@ def elementwise(shape: tuple, arrays, itemsize: int) -> tuple:
                              for a in operands):
             return _in_order(shape, cl, itemsize)
         elements = [tuple(s // a.itemsize for s in a.strides) for a in operands]
-        if all(is_dense(shape, a.strides, a.itemsize) for a in operands) and \
+        if all(dense(a) for a in operands) and \
                 all(e == elements[0] for e in elements):
             return tuple(s * itemsize for s in elements[0])
     aligned = []
@@ -213,7 +205,7 @@ def _first(shape, arrays, itemsize):
 def converted(source, itemsize: int) -> tuple:
     """`Tensor.to(dtype)`'s and `torch.tensor(array)`'s copy of array `source` (`_to_copy` under
     preserve_format): a dense source's strides, else the format it suggests."""
-    if is_dense(source.shape, source.strides, source.itemsize):
+    if dense(source):
         return tuple(s // source.itemsize * itemsize for s in source.strides)
     return suggested(source.shape, source, itemsize)
 
