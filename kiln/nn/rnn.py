@@ -232,9 +232,9 @@ class RNNBase(Module):
                 if mask is not None and running is None:
                     running = [kiln.tensor(m, device=x.device) for m in mask]
                 xw = _time_steps(xw)
-                order = range(steps - 1, -1, -1) if direction else range(steps)
+                times = range(steps - 1, -1, -1) if direction else range(steps)
                 hs = [None] * steps
-                for t in order:
+                for t in times:
                     new_state = self._step(xw[t], state, w_hh, step_bias)
                     if running is not None:
                         new_state = _keep_running(running[t], new_state, state, lstm)

@@ -484,6 +484,11 @@ class Tracer:
         return returned_unseen(frame.f_code, frame.f_lasti)
 
     def value_read(self, tensor: Tensor, what: str) -> None:
+        v = tensor._trace
+        if v is not None and id(v) in self.known and v in self.graph.constants:
+            # made from Python data inside the trace and not written since (a write gives the
+            # tensor a new value): every replay has the same values, baked in as a constant
+            return
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
                          "(data-dependent control flow)")
 

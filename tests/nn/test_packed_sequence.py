@@ -83,3 +83,32 @@ def test_recurrent_layers_on_packed_input_match_torch(cls, enforce_sorted):
     k_params = dict(k_layer.named_parameters())
     for name, p in t_layer.named_parameters():
         np.testing.assert_allclose(k_params[name].grad.numpy(), p.grad.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("lengths", [[4, 3, 4, 2], [5, 3, 2]])
+def test_packed_dropout_between_layers_compiled_matches_eager(lengths):
+    # the traced (and the cuda) path runs the steps one by one; its loop over time once reused
+    # the name that held the batch's sort order, so the dropout noise between layers was
+    # drawn for the wrong rows: silently when the batch had as many sequences as time steps,
+    # an IndexError otherwise
+    rng = np.random.default_rng(1)
+    seqs = [kiln.tensor(rng.standard_normal((n, 3)).astype(np.float32)) for n in lengths]
+    kiln.manual_seed(0)
+    layer = kiln.nn.LSTM(3, 4, num_layers=2, dropout=0.5)
+
+    def run(padded):
+        packed = krnn.pack_padded_sequence(padded, lengths, enforce_sorted=False)
+        out, (h, c) = layer(packed)
+        return out.data.sum() + h.square().sum()
+
+    padded = krnn.pad_sequence(seqs)
+    kiln.manual_seed(7)
+    eager = run(padded)
+    kiln.manual_seed(7)
+    compiled = kiln.compile(run, fullgraph=True)(padded)
+    np.testing.assert_allclose(compiled.item(), eager.item(), rtol=1e-5)
+    packed = krnn.pack_sequence(seqs, enforce_sorted=False)
+    # and the noise is the same with the layer's sequences on the default device elsewhere:
+    # the packed batch sizes and the lengths stay on the CPU, as PyTorch keeps them
+    assert packed.batch_sizes.device.type == "cpu"
+    assert krnn.pad_packed_sequence(packed)[1].device.type == "cpu"

@@ -44,7 +44,7 @@ def read_float(x):
 
 
 def read_index(x):
-    n = kiln.tensor(2)
+    n = x.argmax()
     return [1, 2, 3, 4][n]  # BREAK
 
 
@@ -75,6 +75,49 @@ def test_fullgraph_raises_naming_the_line(fn):
     with pytest.raises(GraphBreak) as info:
         compiled(kiln.tensor([1.0, -2.0, 3.0]))
     assert f"test_graph_breaks.py:{_line_of(fn, '# BREAK')}" in str(info.value)
+
+
+def _reads_of_constants(x):
+    sizes = kiln.tensor([3, 2, 2])              # made from Python data inside the trace
+    steps = sizes.tolist()
+    first = int(sizes[0])                       # a view of it: still read, still a break
+    return [x[:n].sum() for n in steps], first
+
+
+def _read_after_write(x, through_view):
+    sizes = kiln.tensor([3, 2, 2])
+    if through_view:
+        sizes[1:].add_((x[:2] > 0).long())       # written through a view, from the data
+    else:
+        sizes.add_((x[:3] > 0).long())
+    return x[:sizes.tolist()[1]].sum()
+
+
+def test_reading_a_tensor_made_from_python_data_in_the_trace_is_no_break():
+    # (pack_padded_sequence inside a compiled step builds its batch sizes so, and the RNN
+    # reads them back)
+    x = kiln.tensor([1.0, -2.0, 3.0, 4.0])
+    captured = kiln.compiler.trace(_reads_of_constants, x)
+    assert len(captured.breaks) == 1 and captured.breaks[0].location.endswith(
+            f"test_graph_breaks.py:{_line_of(_reads_of_constants, 'first = ')}")
+    compiled = kiln.compile(_reads_of_constants)
+    for values in ([1.0, -2.0, 3.0, 4.0], [0.5, 0.25, -1.0, 2.0]):
+        x = kiln.tensor(values)
+        sums, first = compiled(x)
+        eager_sums, eager_first = _reads_of_constants(x)
+        assert first == eager_first == 3
+        assert [s.item() for s in sums] == [s.item() for s in eager_sums]
+
+
+@pytest.mark.parametrize("through_view", [False, True])
+def test_a_constant_written_from_the_data_is_read_as_data(through_view):
+    compiled = kiln.compile(_read_after_write)
+    for values in ([1.0, -2.0, 3.0, 4.0], [-1.0, 2.0, 3.0, 4.0], [1.0, 2.0, -3.0, 4.0]):
+        x = kiln.tensor(values)
+        assert compiled(x, through_view).item() == _read_after_write(x, through_view).item()
+    captured = kiln.compiler.trace(_read_after_write, kiln.tensor([1.0, 2.0, 3.0, 4.0]),
+                                   through_view)
+    assert len(captured.breaks) == 1
 
 
 def test_explain_lists_graphs_and_breaks(capsys):

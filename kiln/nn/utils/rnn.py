@@ -87,7 +87,7 @@ def _pack_with_order(input: Tensor, lengths: list[int], order: np.ndarray,
     data = kiln.index_select(flat, 0, kiln.tensor(rows, device=device))
     # batch_sizes stays on the CPU, the index permutations follow the data (PyTorch's rule)
     sorted_indices = kiln.tensor(order, device=device)
-    return PackedSequence(data, kiln.tensor(batch_sizes), sorted_indices,
+    return PackedSequence(data, kiln.tensor(batch_sizes, device="cpu"), sorted_indices,
                           invert_permutation(sorted_indices))
 
 
@@ -145,7 +145,7 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False,
         lengths = lengths[np.asarray(sequence.unsorted_indices.tolist(), dtype=np.int64)]
     if batch_first:
         padded = padded.transpose(0, 1)
-    return padded, kiln.tensor(lengths)
+    return padded, kiln.tensor(lengths, device="cpu")
 
 
 def pad_sequence(sequences: Sequence[Tensor] | Tensor, batch_first: bool = False,
