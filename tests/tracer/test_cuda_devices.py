@@ -203,3 +203,29 @@ def test_storage_offsets_and_resize_of_cuda_views_match_torch():
     k.resize_(2, 2)
     r.resize_(2, 2)
     assert k.is_cuda and k.cpu().tolist() == r.tolist() == [[6.0, 7.0], [8.0, 9.0]]
+
+
+def test_packed_lstm_with_dropout_on_cuda_matches_the_cpu():
+    # on cuda the layers run step by step (the CPU's whole-sequence kernel is NumPy's), which
+    # once drew the dropout noise between layers for the time order instead of the batch's
+    # sort order; PyTorch keeps a packed batch's sizes and the padded lengths on the CPU
+    from kiln.nn.utils import rnn as krnn
+    rng = np.random.default_rng(0)
+    seqs = [rng.standard_normal((n, 3)).astype(np.float32) for n in (4, 6, 2)]
+    results = []
+    for device in ("cpu", "cuda"):
+        kiln.manual_seed(0)
+        lstm = kiln.nn.LSTM(3, 5, num_layers=2, dropout=0.5).to(device)
+        packed = krnn.pack_sequence([kiln.tensor(s, device=device) for s in seqs],
+                                    enforce_sorted=False)
+        assert packed.batch_sizes.device.type == "cpu"
+        assert packed.sorted_indices.device.type == device
+        kiln.manual_seed(1)
+        out, (h, c) = lstm(packed)
+        padded, lengths = krnn.pad_packed_sequence(out, batch_first=True)
+        assert lengths.device.type == "cpu" and lengths.tolist() == [4, 6, 2]
+        (padded.sum() + h.square().sum()).backward()
+        results.append([padded.detach().cpu().numpy(), h.detach().cpu().numpy()] +
+                       [p.grad.cpu().numpy() for p in lstm.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
