@@ -214,3 +214,62 @@ def test_a_copy_between_devices_is_a_graph_break_naming_its_line():
         np.testing.assert_allclose(out.cpu().numpy(), x.numpy() * 2 + 1)
     with pytest.raises(GraphBreak, match=line):
         kiln.compile(_moves_to_cuda, fullgraph=True)(kiln.tensor([1.0]))
+
+
+# results eager returns as views of the argument or of one another (tests/test_compile_alias.py
+# has these on the CPU)
+RETURNED_VIEWS = ["x.add_(1)\n    return x[1:]", "x.t().add_(1)\n    return x",
+                  "y = x * 2\n    return y, y[0], y.t()", "y = x * 2\n    return y[1], y",
+                  "return x[1:], x.t()"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("body", RETURNED_VIEWS)
+def test_compiled_results_on_cuda_are_views_where_eagers_are(body):
+    # a replay takes such results again from their sources; on cuda it once handed back
+    # copies, so a caller's write through one reached neither the argument nor the others
+    ns = {}
+    exec(f"def f(x):\n    {body}\n", ns)
+
+    def run(fn):
+        seen = []
+        for i in range(4):
+            x = (kiln.arange(12.0).reshape(3, 4) - i).cuda()
+            out = fn(x)
+            out = out if isinstance(out, tuple) else (out,)
+            with kiln.no_grad():
+                for k, o in enumerate(out):
+                    o.add_(10.0 ** k)
+            seen.append([x.cpu().numpy()] + [o.cpu().numpy() for o in out])
+        return seen
+
+    fn = kiln.compile(ns["f"])
+    for got, want in zip(run(fn), run(ns["f"])):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert sum(e.calls for e in fn.entries.values() if e.program is not None) == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["a result and its rows", "a row before its result",
+                                  "transpose and unsqueeze of one result"])
+def test_results_requiring_grad_on_cuda_stay_views_of_one_another(name):
+    from tests.test_compile_alias import GRAD_VIEWS
+    body, write, loss = GRAD_VIEWS[name]
+
+    def run(compiled):
+        ns = {"W": kiln.full((4,), 0.7, device="cuda", requires_grad=True)}
+        exec(f"def f(x):\n    {body}\n", ns)
+        fn = kiln.compile(ns["f"]) if compiled else ns["f"]
+        seen = []
+        for i in range(4):
+            o = fn((kiln.arange(16.0).reshape(4, 4) / 8 - i).cuda())
+            exec(write, {"o": o})
+            eval(loss, {"o": o}).backward()
+            seen.append([t.detach().cpu().numpy() for t in o] + [ns["W"].grad.cpu().numpy()])
+            ns["W"].grad = None
+        return seen
+
+    for got, want in zip(run(True), run(False)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)

@@ -14,7 +14,7 @@ from kiln.runtime.device import is_host_array
 from kiln.runtime.layouts import layout_recipe
 from kiln.tracer import dispatch as _dispatch
 from kiln.tracer.autograd import no_grad as _no_grad
-from kiln.tracer.storage import element_offset, memory_root
+from kiln.tracer.storage import address, element_offset, memory_root
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.trace import TracedProgram
 
@@ -91,7 +91,7 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
                 if gw.output is not None and gw.tensor.grad is not None]
     found = {}
     for i, t in enumerate(outputs):
-        if i in skip or type(t._data) is not np.ndarray:
+        if i in skip or not _plain(t):
             continue
         if t.requires_grad:
             found.update(_returned_grad_view(graph, outputs, i))
@@ -101,12 +101,11 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
         start = inputs.get(written.get(v, v))
         span = _bytes(t._data) if t._data.size else None
         larger = [k for k in range(i + 1, len(outputs)) if span is not None and
-                  type(outputs[k]._data) is np.ndarray and outputs[k]._data.size and
-                  _within(t._data, outputs[k]._data) and _bytes(outputs[k]._data) != span]
+                  _plain(outputs[k]) and outputs[k].device is t.device and
+                  outputs[k]._data.size and _within(t._data, outputs[k]._data) and _bytes(outputs[k]._data) != span]
         for where, source in sources + [(("out", k), outputs[k]) for k in range(i)] + \
                 [(("out", k), outputs[k]) for k in larger]:
-            if type(source._data) is not np.ndarray or \
-                    not np.may_share_memory(source._data, t._data):
+            if not _plain(source) or not _shares_memory(source, t):
                 continue
             if source is t:
                 recipe = ("same",)
@@ -163,8 +162,8 @@ def _returned_grad_view(graph, outputs: list, i: int) -> dict:
     root, chain = _view_chain(graph, made, graph.outputs[i])
     span = _bytes(t._data) if t._data.size else None
     for k, source in enumerate(outputs):
-        if k == i or not source.requires_grad or type(source._data) is not np.ndarray or \
-                not np.may_share_memory(source._data, t._data):
+        if k == i or not source.requires_grad or not _plain(source) or \
+                not _shares_memory(source, t):
             continue
         if k > i and (span is None or not source._data.size or
                       not _within(t._data, source._data) or _bytes(source._data) == span):
@@ -223,18 +222,20 @@ def _eager_layouts(program: TracedProgram, outputs: list) -> tuple:
             layouts.append((i, a.strides, recipe, offset))
     return tuple(layouts)
 
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _plain(t: Tensor) -> bool:
+    """Whether `t` holds a plain array of its device (NumPy's, CuPy's), whose memory a replay
+    can take views of (not a meta tensor's, not a wrapper subclass's)."""
+    return t.device.type in ("cpu", "cuda") and type(t._data) is t.device.xp.ndarray
 
 def _same_layout(a: Tensor | None, b: Tensor) -> bool:
     """Whether `a` and `b` are the same elements of the same memory."""
     return a is not None and a._data.shape == b._data.shape and \
-        a._data.strides == b._data.strides and _address(a._data) == _address(b._data)
+        a._data.strides == b._data.strides and address(a._data) == address(b._data)
 
 def _strided_recipe(source: np.ndarray, view: np.ndarray):
     """`view`'s place in `source`'s memory, as `_view_again` takes it (for `source`'s strides
     only), or None where it reaches outside `source` or starts between two elements."""
-    offset = _address(view) - _address(source)
+    offset = address(view) - address(source)
     if offset < 0 or offset % source.itemsize or view.size and not _within(view, source):
         return None
     return ("strided", source.strides, offset // source.itemsize, view.shape, view.strides)
@@ -259,19 +260,20 @@ def _view_again(source: Tensor, recipe: tuple) -> Tensor | None:
         return source
     _, strides, offset, shape, view_strides = recipe
     data = source._data
-    if type(data) is not np.ndarray or data.strides != strides:
+    if not _plain(source) or data.strides != strides:
         return None
-    flat = np.lib.stride_tricks.as_strided(data, (offset + 1,), (data.itemsize,))
+    as_strided = source.device.xp.lib.stride_tricks.as_strided
+    flat = as_strided(data, (offset + 1,), (data.itemsize,))
     # (within `source`: `_strided_recipe` takes no view reaching outside it, and `source` has
     # the shape and strides it had then)
-    out = Tensor._make(np.lib.stride_tricks.as_strided(flat[offset:], shape, view_strides),
-                       source.dtype, source.device)
+    out = Tensor._make(as_strided(flat[offset:], shape, view_strides), source.dtype,
+                       source.device)
     out._version = source._version
     return out
 
 def _bytes(a: np.ndarray) -> tuple:
     """The first and one past the last byte address `a`'s elements use (`a` not empty)."""
-    start = stop = _address(a)
+    start = stop = address(a)
     for n, step in zip(a.shape, a.strides):
         if step < 0:
             start += (n - 1) * step

@@ -50,7 +50,7 @@ def element_offset(array) -> int:
     return start // array.itemsize
 
 
-def _address(array) -> int:
+def address(array) -> int:
     """The address of `array`'s first element (host or device memory)."""
     if is_host_array(array):
         return array.__array_interface__["data"][0]
@@ -77,7 +77,7 @@ def partial_overlap(out, other) -> bool:
         return False                # two arrays that each own their memory
     if memory_root(out) is not memory_root(other) or not (dense(out) and dense(other)):
         return False
-    a, b = _address(out), _address(other)
+    a, b = address(out), address(other)
     a_end, b_end = a + out.size * out.itemsize, b + other.size * other.itemsize
     if a == b and a_end == b_end:
         return (out.strides != other.strides or out.shape != other.shape) and \
@@ -94,7 +94,7 @@ def writable_alias(array):
     root = memory_root(array)
     if not root.flags.writeable or not (root.flags.c_contiguous or root.flags.f_contiguous):
         return None
-    start = _address(array) - _address(root)
+    start = address(array) - address(root)
     if start % array.itemsize:
         return None
     flat = root.reshape(-1, order="A").view(np.uint8)
