@@ -1262,6 +1262,69 @@ def f(x):
 def state():
     return w
 """)
+# a learning rate the call sets before a step reads it: the step computes with what was set,
+# where a replay once read the group as it began (the previous call's last value), and two
+# steps of one call with a rate set between them shared the first one's
+case("optimizer lr set between two steps inside", """
+w = kiln.ones(3, requires_grad=True)
+opt = kiln.optim.SGD([w], lr=0.1)
+def f(x):
+    for lr in (0.1, 0.05):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        loss = (w * x).sum() ** 2
+        loss.backward()
+        opt.step()
+    return loss
+def state():
+    return w, opt.param_groups[0]["lr"]
+""")
+case("optimizer lr set before the step, another after", """
+w = kiln.ones(3, requires_grad=True)
+opt = kiln.optim.SGD([w], lr=0.1, momentum=0.9)
+def f(x):
+    opt.param_groups[0]["lr"] = 0.2
+    opt.zero_grad()
+    loss = (w * x).sum() ** 2
+    loss.backward()
+    opt.step()
+    opt.param_groups[0]["lr"] = 0.01
+    return loss
+def state():
+    return w, opt.param_groups[0]["lr"]
+""")
+case("optimizer betas and lr set by update and |= inside", """
+w = kiln.ones(3, requires_grad=True)
+opt = kiln.optim.Adam([w], lr=0.1)
+def f(x):
+    opt.param_groups[0].update(lr=0.05, betas=(0.8, 0.9))
+    opt.zero_grad()
+    (w * x).sum().backward()
+    opt.step()
+    opt.param_groups[0] |= {"lr": 0.1, "betas": (0.9, 0.999)}
+    return w * 1
+def state():
+    return w, opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]
+""")
+case("optimizer warmup lr from the step number argument", """
+import math
+w = kiln.ones(3, requires_grad=True)
+opt = kiln.optim.AdamW([w], lr=0.1)
+def args(i):
+    return (kiln.tensor([1.0, -2.0, 0.5]) * (i + 1), i)
+def f(x, it):
+    lr = 0.1 * 0.5 * (1 + math.cos(math.pi * it / 6))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad()
+    loss = ((w * x).sum() - 1) ** 2
+    loss.backward()
+    opt.step()
+    return loss
+def state():
+    return w, opt.param_groups[0]["lr"]
+""")
 case("optimizer param group added inside", """
 w = kiln.ones(3, requires_grad=True)
 extra = [kiln.ones(3, requires_grad=True) for _ in range(8)]

@@ -43,7 +43,7 @@ PUBLIC_PACKAGES = {"kiln", "nn", "optim", "utils", "autograd", "distributed", "d
                    "ops", "func", "backends", "__future__", "hub", "overrides"}
 COMPILER_HOOKS = {"compile", "composite", "is_compiling", "untraced", "note_grad_cleared",
                   "scalar_input", "as_number", "replay_after", "note_python_read",
-                  "note_item_read",
+                  "note_item_read", "note_item_write",
                   "note_grads_checked",
                   "note_flag_read", "note_state_read", "active_traces", "reset"}
 

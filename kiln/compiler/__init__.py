@@ -37,8 +37,9 @@ from kiln.compiler.cache_artifacts import (load_cache_artifacts,  # noqa: F401
                                            save_cache_artifacts)
 from kiln.compiler.hooks import (active_traces, as_number, composite,  # noqa: F401
                                  is_compiling, note_flag_read, note_grad_cleared,
-                                 note_grads_checked, note_item_read, note_python_read,
-                                 note_state_read, replay_after, scalar_input, untraced)
+                                 note_grads_checked, note_item_read, note_item_write,
+                                 note_python_read, note_state_read, replay_after, scalar_input,
+                                 untraced)
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType, get_default_dtype
 from kiln.ir.ops import BOUNDS_ERRORS, Primitive, as_user_error

@@ -7,7 +7,8 @@ compiled program reads afresh on every call (a learning rate a scheduler changes
 `replay_after()` for a pure-Python step a replay repeats (a scheduler stepped inside the
 compiled function), `as_number()` for a tensor that stands for a number eager reads into Python
 (an optimizer's step count), `note_python_read()` for a user's read of such a number,
-`note_item_read()` for any read of a parameter group's run-time number,
+`note_item_read()` for any read of a parameter group's run-time number, `note_item_write()`
+for any write of one,
 `note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`),
 `note_state_read()` for a read of an optimizer's `state` (the same way), and
 `note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
@@ -110,6 +111,17 @@ def note_item_read(container, key) -> None:
     tracer = STATE.tracer
     if tracer is not None:
         tracer.item_reads.add((id(container), key))
+
+
+def note_item_write(container, key) -> None:
+    """While tracing: code set `container[key]`, a number `scalar_input` reads (a parameter
+    group's learning rate set by the user's warmup, or by a scheduler). A `scalar_input` of it
+    later in the call is the value the call wrote, not the one a replay finds there as it
+    begins: the trace takes that value as it is (a constant, or the lifted number it was
+    computed from). Does nothing outside a trace."""
+    tracer = STATE.tracer
+    if tracer is not None:
+        tracer.item_written(container, key)
 
 
 def note_flag_read(module) -> None:

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable
 import kiln
 from kiln import Tensor
 from kiln.compiler import (active_traces, as_number, is_compiling, note_grad_cleared,
-                           note_grads_checked, note_item_read, note_python_read, note_state_read,
-                           scalar_input)
+                           note_grads_checked, note_item_read, note_item_write, note_python_read,
+                           note_state_read, scalar_input)
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -39,7 +39,8 @@ _INSIDE = threading.local()        # depth of optimizer and scheduler steps on t
 class _ParamGroup(dict):
     """A parameter group (a dict, as PyTorch's) that tells a trace in progress of every read
     of its run-time numbers (`note_item_read`: a traced call that read none of them, a branch
-    that does not step, is not guarded on them) and of user code's reads (`note_python_read`).
+    that does not step, is not guarded on them), of user code's reads (`note_python_read`) and
+    of every write (`note_item_write`: a step then computes with what the call set).
     Its Python `__iter__` makes `dict(group)`, `{**group}` and `f(**group)` read through
     `__getitem__`; `items`, `values` and `copy` tell of all of them."""
 
@@ -51,12 +52,27 @@ class _ParamGroup(dict):
             _read(self, key)
         return dict.__getitem__(self, key)
 
+    def __setitem__(self, key, value):
+        if key in _RUN_TIME_KEYS and is_compiling():
+            note_item_write(self, key)
+        dict.__setitem__(self, key, value)
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
     def get(self, key, default=None):
         return self[key] if key in self else default
 
     def setdefault(self, key, default=None):
         if key in _RUN_TIME_KEYS:
             _read(self, key)
+            if key not in self and is_compiling():
+                note_item_write(self, key)
         return dict.setdefault(self, key, default)
 
     def __iter__(self):

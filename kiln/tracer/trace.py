@@ -144,6 +144,7 @@ class Tracer:
         self.returned_items: dict = {}      # id(number) -> (number, tensor): `return t.item()`
         self.object_reads: list = []      # (object, attribute, value as read) likewise
         self.item_reads: set = set()      # (id(container), key): `hooks.note_item_read`
+        self.item_writes: set = set()     # (id(container), key): `hooks.note_item_write`
         self.flag_reads: set = set()      # id() of each Module whose `training` was read
         # custom autograd.Function classes applied in the call (their forward and backward are
         # the user's Python, which the compiler guards and watches as the function's own);
@@ -268,6 +269,14 @@ class Tracer:
             self.graph_break(f"a value an optimizer reads on every call (its {key!r}) is read "
                              f"after {self.after_replay[-1][0]} in the same call; a replay would "
                              "read it before that step")
+        if (id(container), key) in self.item_writes:
+            # the call set it before this read: every replay computes with what the call set
+            # (a replay reads its scalar inputs as it begins, before the call's own write)
+            value = container[key] if index is None else container[key][index]
+            t = Tensor._make(to_device(np.array(float(value)), device), dt.float64, device)
+            self.constant(t)
+            self.number_values[id(t._trace)] = True
+            return t
         k = (id(container), key, index, device)
         t = self.scalars.get(k)
         if t is None:
@@ -280,6 +289,10 @@ class Tracer:
             self.scalars[k] = t
             self._keep.append(container)
         return t
+
+    def item_written(self, container, key) -> None:
+        """`hooks.note_item_write`: `container[key]` was set in the call."""
+        self.item_writes.add((id(container), key))
 
     def mark_number(self, tensor: Tensor) -> None:
         """0-d `tensor` of this trace holds what eager holds as a Python number (an optimizer's
