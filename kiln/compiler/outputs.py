@@ -102,7 +102,8 @@ def _returned_views(program: TracedProgram, outputs: list, skip: list, leaves: l
         span = _bytes(t._data) if t._data.size else None
         larger = [k for k in range(i + 1, len(outputs)) if span is not None and
                   _plain(outputs[k]) and outputs[k].device is t.device and
-                  outputs[k]._data.size and _within(t._data, outputs[k]._data) and _bytes(outputs[k]._data) != span]
+                  outputs[k]._data.size and _within(t._data, outputs[k]._data) and
+                  _bytes(outputs[k]._data) != span]
         for where, source in sources + [(("out", k), outputs[k]) for k in range(i)] + \
                 [(("out", k), outputs[k]) for k in larger]:
             if not _plain(source) or not _shares_memory(source, t):
