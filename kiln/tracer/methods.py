@@ -326,6 +326,11 @@ def setitem(self: Tensor, key, value) -> None:
         raise _unsigned_refusal("index_put", self.dtype)
     if key is False:    # selects nothing: PyTorch writes and records nothing (in a tuple it
         return          # records the write of nothing)
+    if isinstance(value, Tensor) and value.device is not self.device and \
+            (value.ndim == 0 or not _tensor_key(key)):
+        # from another device as copy_ takes it (`x_cuda[1:] = cpu_rows`; a 0-d CPU tensor
+        # through index tensors too), its gradient going back there
+        value = value.to(self.device)
     autograd.refresh_if_stale(self)     # a view may require grad since its base was written
     if isinstance(value, Tensor) and value._data is not self._data and (
             value._data.base is not None or self._data.base is not None):
@@ -764,7 +769,11 @@ def sum_to_size(self: Tensor, *size) -> Tensor:
 
 def _fill(self: Tensor, value) -> Tensor:
     if isinstance(value, Tensor):
-        return F.expand(value.to(self.dtype), tuple(self.shape))
+        if value.ndim:
+            raise op_error("fill_", f"fill_ only supports 0-dimension value tensor but got "
+                           f"tensor with {value.ndim} dimensions.")
+        # (a 0-d CPU tensor fills a cuda tensor, as a number would: PyTorch takes it so)
+        return F.expand(value.to(self.device, self.dtype), tuple(self.shape))
     return creation.full(tuple(self.shape), value, dtype=self.dtype, device=self.device)
 
 

@@ -229,3 +229,34 @@ def test_packed_lstm_with_dropout_on_cuda_matches_the_cpu():
                        [p.grad.cpu().numpy() for p in lstm.parameters()])
     for a, b in zip(*results):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_fill_and_setitem_of_cuda_tensors_take_cpu_values_like_torch():
+    # `input.fill_(word_idx)` with a CPU multinomial draw (the word language model's
+    # generator) and `x[1:] = cpu_rows` copy the value over, as PyTorch's copy_ does
+    k, t = _pair([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    k.fill_(kiln.tensor(7))
+    t.fill_(torch.tensor(7))
+    _same(k, t)
+    k[0] = kiln.tensor(2.5)
+    t[0] = torch.tensor(2.5)
+    k[1, 1:] = kiln.tensor([8.0, 9.0])
+    t[1, 1:] = torch.tensor([8.0, 9.0])
+    k[kiln.tensor([0, 1], device="cuda"), 0] = kiln.tensor(-1.0)
+    t[torch.tensor([0, 1]), 0] = torch.tensor(-1.0)
+    _same(k, t)
+    # with autograd: the value's gradient comes back to its device
+    kv, tv = kiln.tensor([1.0, 2.0], requires_grad=True), torch.tensor([1.0, 2.0],
+                                                                        requires_grad=True)
+    kw, tw = k.clone().requires_grad_(), t.clone().requires_grad_()
+    ko, to = kw * 1, tw * 1
+    ko[0, 1:] = kv
+    to[0, 1:] = tv
+    (ko * ko).sum().backward()
+    (to * to).sum().backward()
+    assert kv.grad.device.type == "cpu"
+    np.testing.assert_allclose(kv.grad.numpy(), tv.grad.numpy())
+    _same(kw.grad, tw.grad)
+    for lib, x in ((kiln, k), (torch, t)):
+        with pytest.raises(RuntimeError, match="fill_ only supports 0-dimension value tensor"):
+            x.fill_(lib.tensor([1.0, 2.0, 3.0]))
