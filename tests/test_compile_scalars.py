@@ -928,3 +928,67 @@ def test_a_number_the_call_computes_but_does_not_use_raises_as_eager(body):
                 compiled(x, i)
             continue
         assert kiln.equal(compiled(x, i), want), i
+
+
+# a learning rate computed from the step number in the step and set in the parameter groups
+# (nanoGPT's get_lr, timm's warmup): (the schedule, what else the step does with the group)
+GROUP_SCHEDULES = {
+    "cosine": ("0.01 * 0.5 * (1 + math.cos(math.pi * it / 12))", "bonus = 0.0"),
+    "warmup then constant": ("0.01 * min(1.0, (it + 1) / 4)", "bonus = 0.0"),
+    "used as an operand": ("0.01 / (1 + it)", "bonus = opt.param_groups[0]['lr'] * 2"),
+    "formatted as a string": ("0.01 / (1 + it)",
+                              "bonus = len(f'{opt.param_groups[0][\"lr\"]:.6f}') * 0.0"),
+    "read back into Python": ("0.01 / (1 + it)", "bonus = float(opt.param_groups[0]['lr'])"),
+    "betas too": ("0.01 / (1 + 0.5 * it)",
+                  "opt.param_groups[0]['betas'] = (0.9 - 0.01 * min(it, 5), 0.999)\n"
+                  "    bonus = 0.0"),
+}
+
+
+@pytest.mark.parametrize("name", list(GROUP_SCHEDULES))
+def test_a_learning_rate_set_from_the_step_number_in_the_step_replays(name):
+    # the program computes with the number as a graph value and each replay sets the group's
+    # lr again; a read of it into Python keys the step by value, as any read does
+    schedule, extra = GROUP_SCHEDULES[name]
+    rng = np.random.default_rng(3)
+    data = [(rng.standard_normal((8, 5)).astype(np.float32),
+             rng.standard_normal((8, 2)).astype(np.float32)) for _ in range(12)]
+
+    def run(lib, compiled):
+        lib.manual_seed(0)
+        model = lib.nn.Linear(5, 2)
+        opt = lib.optim.AdamW(model.parameters(), lr=0.01)
+        ns = {"math": math, "opt": opt, "model": model, "F": lib.nn.functional}
+        exec(f"def step(x, y, it):\n    lr = {schedule}\n"
+             f"    for g in opt.param_groups:\n        g['lr'] = lr\n    {extra}\n"
+             "    opt.zero_grad()\n    loss = F.mse_loss(model(x), y) + bonus\n"
+             "    loss.backward()\n"
+             "    opt.step()\n    return loss\n", ns)
+        fn = kiln.compile(ns["step"]) if compiled else ns["step"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = [fn(lib.tensor(x), lib.tensor(y), it).item()
+                      for it, (x, y) in enumerate(data)]
+        groups = [(g["lr"], g["betas"]) for g in opt.param_groups]
+        notes = [str(w.message) for w in caught if str(w.message).startswith("kiln.compile")]
+        return losses, [p.detach().numpy().copy() for p in model.parameters()], groups, fn, \
+            notes
+
+    theirs = run(torch, False)
+    eager = run(kiln, False)
+    compiled = run(kiln, True)
+    np.testing.assert_allclose(eager[0], theirs[0], rtol=1e-5)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-6)
+    for c, e in zip(compiled[1], eager[1]):
+        np.testing.assert_allclose(c, e, rtol=1e-6, atol=1e-7)
+    assert compiled[2] == eager[2] == theirs[2]
+    replays = sum(e.calls for e in compiled[3].entries.values() if e.program is not None)
+    notes = compiled[4]
+    if name.startswith(("formatted", "read back")):
+        # keyed by value: a trace per step, then eagerly past the recompile limit
+        assert replays == 0 and len(notes) == 1 and "read it into Python" in notes[0], notes
+    elif name == "betas too":
+        # (Adam reads its betas into Python: the tuple it sets each step is an effect)
+        assert len(notes) == 1 and "param_groups[0]['betas']" in notes[0], notes
+    else:
+        assert replays >= 8 and not notes, (replays, notes)

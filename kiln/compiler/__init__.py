@@ -30,10 +30,10 @@ import numpy as np
 from kiln.compiler import guards
 from kiln.compiler.effects import EffectWatch, random_draws, random_states
 from kiln.compiler.counters import count_graph
-from kiln.compiler.numbers import (_STATE_NUMBERS, _holds_proxy, _lifted_as_types,
-                                   _lifted_names, _number_arguments, _number_write, _proxies_in,
-                                   _replay_counters, _stored_proxies, _without_proxies,
-                                   _write_numbers)
+from kiln.compiler.numbers import (_STATE_NUMBERS, _group_number_writes, _holds_proxy,
+                                   _lifted_as_types, _lifted_names, _number_arguments,
+                                   _number_write, _proxies_in, _replay_counters, _stored_proxies,
+                                   _without_proxies, _write_numbers)
 from kiln.compiler.outputs import (_bound_tensor, _eager_layouts, _outputs_apart,
                                    _returned_views, _source, _view_again, output_roots)
 from kiln.compiler.stance import current_stance, set_stance  # noqa: F401
@@ -1219,6 +1219,11 @@ class CompiledFunction:
         if counted:
             # numbers in state the program reads and each replay writes (`_lift_counters`)
             effects = [g for g in effects if getattr(g.read, "at", None) not in counted]
+        if proxies or placed:
+            # a learning rate computed from the step number and set in the group: each replay
+            # sets it again
+            group_writes, effects = _group_number_writes(effects)
+            number_writes = number_writes + group_writes
         if (proxies or placed) and _stored_proxies(effects):
             self._read_lifted(proxies, result)
             for g, proxy in placed:         # (stored where `_put_back_numbers` did not look)
@@ -1448,7 +1453,7 @@ class CompiledFunction:
             return result
         if flags:
             _replay_flags(self, key, entry, program, flags)
-        if counters[0]:
+        if counters[0] or counters[1]:
             _replay_counters(entry, program, *counters)
         if writes:      # the program never reads the old tensors there: no guard on them
             entry.guards = [g for g in entry.guards if getattr(g.read, "at", None) not in writes]

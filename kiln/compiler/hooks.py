@@ -96,7 +96,8 @@ def note_python_read(container, key, value=None) -> None:
     if tracer is None:
         return
     if isinstance(container, dict):
-        tracer.python_reads.add((id(container), key))
+        if (id(container), key) not in tracer.item_writes:  # (else the call's own value)
+            tracer.python_reads.add((id(container), key))
     else:
         tracer.object_reads.append((container, key, value))
 
@@ -109,16 +110,18 @@ def note_item_read(container, key) -> None:
     optimizer does not trace again when a scheduler changes the rate. Does nothing outside a
     trace."""
     tracer = STATE.tracer
-    if tracer is not None:
+    if tracer is not None and (id(container), key) not in tracer.item_writes:
+        # (a read of what the call itself set depends on nothing the call began with)
         tracer.item_reads.add((id(container), key))
 
 
 def note_item_write(container, key) -> None:
-    """While tracing: code set `container[key]`, a number `scalar_input` reads (a parameter
-    group's learning rate set by the user's warmup, or by a scheduler). A `scalar_input` of it
-    later in the call is the value the call wrote, not the one a replay finds there as it
+    """While tracing: user code set `container[key]`, a number `scalar_input` reads (a
+    parameter group's learning rate, set by a warmup written in the step). A `scalar_input` of
+    it later in the call is the value the call wrote, not the one a replay finds there as it
     begins: the trace takes that value as it is (a constant, or the lifted number it was
-    computed from). Does nothing outside a trace."""
+    computed from); and later reads (`note_item_read`, `note_python_read`) depend on nothing
+    the call began with, so they guard nothing. Does nothing outside a trace."""
     tracer = STATE.tracer
     if tracer is not None:
         tracer.item_written(container, key)

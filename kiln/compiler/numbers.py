@@ -89,6 +89,50 @@ def _stored_proxies(effects: list) -> bool:
     return found
 
 
+def _group_number_writes(effects: list) -> tuple[list, list]:
+    """Of the places the traced call changed (`effects`), those where user code stored a lifted
+    number's proxy in an item its container reads at run time (a parameter group's `lr` set
+    from the step number by a warmup written in the step): each place gets its number back,
+    and every replay writes the new value there, computed from its call's numbers
+    (`TracedProgram.number_writes`), while the program computes with the proxy's graph value.
+    Returns (those writes, the other effects)."""
+    writes, others = [], []
+    for g in effects:
+        owner, at = getattr(g.read, "owner", None), getattr(g.read, "at", None)
+        write = getattr(g.read, "write", None)
+        value = g.read() if g.kind in ("id", "value") and write is not None else None
+        where = _replayable(value)
+        if where is not None and owner is not None and at is not None and \
+                at[1] in getattr(type(owner), "_kiln_noted_keys", ()):
+            write(value.value if type(value) is SymbolicNumber else
+                  tuple(x.value if type(x) is SymbolicNumber else x for x in value))
+            writes.append((g.source, write, where, None))
+        else:
+            others.append(g)
+    return writes, others
+
+
+def _replayable(value):
+    """The expression a replay computes `value` by (a proxy, or a tuple of proxies and
+    numbers: Adam's betas), or None."""
+    if type(value) is SymbolicNumber:
+        return value.where if value.specialised is None else None
+    if type(value) is not tuple or not any(type(x) is SymbolicNumber for x in value) or \
+            not all(type(x) in (int, float) or type(x) is SymbolicNumber and
+                    x.specialised is None for x in value):
+        return None
+    return ("expr", _items, tuple(("at", x.where) if type(x) is SymbolicNumber else
+                                  ("value", x, repr(x)) for x in value))
+
+
+def _items(*numbers) -> tuple:
+    """The tuple of `numbers` (a replay's betas)."""
+    return numbers
+
+
+_items.__name__ = "tuple"           # (as `explain` spells the expression)
+
+
 # the types of a number in Python state that a compiled step may change and replay
 # (`CompiledFunction._lift_counters`): not bool (a flag, set again by `_replay_flags`)
 _STATE_NUMBERS = (int, float)

@@ -40,7 +40,8 @@ class _ParamGroup(dict):
     """A parameter group (a dict, as PyTorch's) that tells a trace in progress of every read
     of its run-time numbers (`note_item_read`: a traced call that read none of them, a branch
     that does not step, is not guarded on them), of user code's reads (`note_python_read`) and
-    of every write (`note_item_write`: a step then computes with what the call set).
+    of user code's writes (`note_item_write`: a step then computes with what the call set; a
+    scheduler's writes are repeated by each replay, `replay_after`).
     Its Python `__iter__` makes `dict(group)`, `{**group}` and `f(**group)` read through
     `__getitem__`; `items`, `values` and `copy` tell of all of them."""
 
@@ -53,7 +54,7 @@ class _ParamGroup(dict):
         return dict.__getitem__(self, key)
 
     def __setitem__(self, key, value):
-        if key in _RUN_TIME_KEYS and is_compiling():
+        if key in _RUN_TIME_KEYS and is_compiling() and not _library_depth():
             note_item_write(self, key)
         dict.__setitem__(self, key, value)
 
@@ -71,7 +72,7 @@ class _ParamGroup(dict):
     def setdefault(self, key, default=None):
         if key in _RUN_TIME_KEYS:
             _read(self, key)
-            if key not in self and is_compiling():
+            if key not in self and is_compiling() and not _library_depth():
                 note_item_write(self, key)
         return dict.setdefault(self, key, default)
 
