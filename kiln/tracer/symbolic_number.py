@@ -164,7 +164,7 @@ def _derived(name: str, proxy: SymbolicNumber, others: tuple):
     if guard:
         _condition(operator.ge, guard)
     keys = tuple(_key(o) for o in operands)
-    derived = SymbolicNumber(value, ("expr", fn, keys), f"{proxy.name}_expr",
+    derived = SymbolicNumber(value, ("expr", fn, keys), _derived_name(proxy.name),
                              tuple(o for o in operands if type(o) is SymbolicNumber))
     if fn is operator.pow or fn in _DIVISIONS and type(operands[1]) is SymbolicNumber:
         _condition(computes, (derived,))
@@ -172,6 +172,12 @@ def _derived(name: str, proxy: SymbolicNumber, others: tuple):
 
 
 _DIVISIONS = (operator.truediv, operator.floordiv, operator.mod)
+
+
+def _derived_name(name: str) -> str:
+    """A derived proxy's name, for the graph input it becomes: its first operand's, marked
+    once (`it_expr` for `0.5 * (1 + math.cos(math.pi * it / 12))`, not one mark per op)."""
+    return name if name.endswith("_expr") else f"{name}_expr"
 
 
 def computes(value) -> bool:
@@ -331,7 +337,7 @@ def _math_function(fn):
         if type(x) is SymbolicNumber and not more and x.specialised is None and \
                 type(x.value) in _NUMBER_TYPES:
             derived = SymbolicNumber(fn(x.value), ("expr", fn, (_key(x),)),
-                                     f"{x.name}_{fn.__name__}", (x,))
+                                     _derived_name(x.name), (x,))
             _condition(computes, (derived,))
             return derived
         return fn(_plain(x), *map(_plain, more))
