@@ -8,7 +8,7 @@ compiled program reads afresh on every call (a learning rate a scheduler changes
 compiled function), `as_number()` for a tensor that stands for a number eager reads into Python
 (an optimizer's step count), `note_python_read()` for a user's read of such a number,
 `note_item_read()` for any read of a parameter group's run-time number, `note_item_write()`
-for any write of one,
+for user code's write of one,
 `note_flag_read()` for a read of a Module's `training` flag (while `active_traces[0]`),
 `note_state_read()` for a read of an optimizer's `state` (the same way), and
 `note_grads_checked()` before branching on which parameters have a `.grad`. `composite`
