@@ -1,0 +1,45 @@
+"""Modern training programs, each written as its community writes it and run under torch and
+kiln: a Mamba-style selective state-space model (softplus dt, exp(dt * A) discretisation, the
+scan as a Python loop and in log space by cumsum, a causal depthwise Conv1d, RMSNorm), DPO
+preference training against a frozen deep-copied reference, and a PixelCNN (masked Conv2d
+subclasses, 256-way cross-entropy, a pixel-by-pixel multinomial sampling loop). Each kiln run
+starts from torch's initial weights (kiln draws PyTorch's random numbers, so samples are
+torch's too): losses agree with torch's step by step (rtol 1e-5), final values too, and the
+compiled run repeats eager's losses (rtol 1e-4), with no step falling back to eager unless
+said, and then for a reason the warning names."""
+
+import numpy as np
+import pytest
+
+from tests.scripts.harness import _as_array
+from tests.scripts.test_applied_training import applied_run
+
+
+def test_mamba_selective_scan_loop_and_cumsum_forms():
+    # `x.split(split_size=[...], dim=-1)` (mamba-minimal's spelling) was a TypeError
+    t, k, c, notes = applied_run("mamba_ssm", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["scans_agree"]
+    np.testing.assert_allclose(_as_array(v["grad_loop"]), _as_array(v["grad_cumsum"]),
+                               rtol=1e-4, atol=1e-5)
+    assert k["losses"][-1] < 0.7 * k["losses"][0]
+
+
+def test_dpo_frozen_deepcopied_reference_logsigmoid_loss():
+    # the reference model came out of copy.deepcopy with the policy's SFT gradients (torch's
+    # Parameter copies its data alone); compiled, `labels[loss_mask == 0] = 0` broke the graph
+    # (a boolean-mask write went through nonzero): now a where, and the step compiles whole
+    t, k, c, notes = applied_run("dpo", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["ref_frozen"] and v["ref_unchanged"] and v["policy_moved"]
+    assert _as_array(v["accuracies"])[-4:].mean() == 1.0
+    assert k["losses"][-1] < 0.1 * k["losses"][4]           # the DPO loss starts at log 2
+
+
+def test_pixelcnn_masked_conv_subclass_and_multinomial_sampling():
+    t, k, c, notes = applied_run("pixelcnn", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["masked_weight_zero"] and v["causal"]
+    assert _as_array(v["mask_A"]).tolist()[2] == [1, 1, 0, 0, 0]
+    assert _as_array(v["mask_B"]).tolist()[1] == [1, 1, 0]
+    assert k["losses"][-1] < k["losses"][0] - 0.5
