@@ -43,3 +43,12 @@ def test_pixelcnn_masked_conv_subclass_and_multinomial_sampling():
     assert _as_array(v["mask_A"]).tolist()[2] == [1, 1, 0, 0, 0]
     assert _as_array(v["mask_B"]).tolist()[1] == [1, 1, 0]
     assert k["losses"][-1] < k["losses"][0] - 0.5
+
+
+def test_yolo_grid_targets_giou_objectness_and_nms():
+    # torchvision is not a kiln surface: the box ops are written by hand, as small YOLO
+    # reimplementations do (YOLOv5's bbox_iou; torchvision's masked-intersection GIoU form)
+    t, k, c, notes = applied_run("yolo_loss", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["giou_forms_agree"] and v["kept"] == t["values"]["kept"]
+    assert k["losses"][-1] < 0.7 * k["losses"][0]
