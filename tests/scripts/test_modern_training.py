@@ -52,3 +52,12 @@ def test_yolo_grid_targets_giou_objectness_and_nms():
     v = k["values"]
     assert v["giou_forms_agree"] and v["kept"] == t["values"]["kept"]
     assert k["losses"][-1] < 0.7 * k["losses"][0]
+
+
+def test_energy_based_model_langevin_sampling_replay_buffer_spectral_norm():
+    # the Langevin sampler (autograd.grad inside a loop, .data writes, detach_) runs eagerly
+    # between compiled model steps; the spectral-norm power iteration's buffers move alike
+    t, k, c, notes = applied_run("ebm_langevin", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["params_trainable"] and v["buffer_in_range"]
+    assert float(_as_array(v["energy_data"]).mean()) < float(_as_array(v["energy_grid"]).mean())
