@@ -61,3 +61,10 @@ def test_energy_based_model_langevin_sampling_replay_buffer_spectral_norm():
     v = k["values"]
     assert v["params_trainable"] and v["buffer_in_range"]
     assert float(_as_array(v["energy_data"]).mean()) < float(_as_array(v["energy_grid"]).mean())
+
+
+def test_kan_cox_de_boor_bases_einsum_and_l1_entropy_regulariser():
+    t, k, c, notes = applied_run("kan", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["partition_of_unity"]          # the cubic bases sum to one inside the grid
+    assert k["losses"][-1] < 0.6 * k["losses"][0]
