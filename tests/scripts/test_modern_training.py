@@ -1,12 +1,17 @@
 """Modern training programs, each written as its community writes it and run under torch and
 kiln: a Mamba-style selective state-space model (softplus dt, exp(dt * A) discretisation, the
 scan as a Python loop and in log space by cumsum, a causal depthwise Conv1d, RMSNorm), DPO
-preference training against a frozen deep-copied reference, and a PixelCNN (masked Conv2d
-subclasses, 256-way cross-entropy, a pixel-by-pixel multinomial sampling loop). Each kiln run
-starts from torch's initial weights (kiln draws PyTorch's random numbers, so samples are
-torch's too): losses agree with torch's step by step (rtol 1e-5), final values too, and the
-compiled run repeats eager's losses (rtol 1e-4), with no step falling back to eager unless
-said, and then for a reason the warning names."""
+preference training against a frozen deep-copied reference, a PixelCNN (masked Conv2d
+subclasses, 256-way cross-entropy, a pixel-by-pixel multinomial sampling loop), a YOLO-style
+detector loss (grid targets by integer indexing, GIoU, objectness BCE, greedy NMS), an
+energy-based model by contrastive divergence (Langevin dynamics through autograd.grad, a replay
+buffer, spectral norm), KAN layers (Cox-de Boor B-splines, einsum, an L1 + entropy
+regulariser), quantisation-aware training (observer buffers, fake_quantize with tensor qparams,
+a straight-through estimator) and GPT-2 generation with a KV cache (top-k / top-p sampling
+through a torch.Generator). Each kiln run starts from torch's initial weights (kiln draws
+PyTorch's random numbers, so samples are torch's too): losses agree with torch's step by step
+(rtol 1e-5 unless said), final values too, and the compiled run repeats eager's losses (rtol
+1e-4), with no step falling back to eager."""
 
 import numpy as np
 import pytest
@@ -79,3 +84,14 @@ def test_quantisation_aware_training_observers_fake_quant_and_ste():
     v = k["values"]
     assert float(v["qat_acc"]) >= float(v["fp32_acc"]) - 0.1
     np.testing.assert_array_equal(_as_array(v["my_zp"]), _as_array(v["ao_zp"]))
+
+
+def test_gpt2_kv_cache_generation_top_k_top_p_and_generator():
+    # trained with the step compiled; decoding runs eagerly (as HF's generate): the cached and
+    # uncached greedy tokens agree, and sampling through torch.Generator draws torch's tokens
+    t, k, c, notes = applied_run("gpt2_kv_cache", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["same_tokens"] and v["cache_len"] == 14
+    np.testing.assert_allclose(_as_array(v["last_logits"]), _as_array(v["full_last"]),
+                               rtol=1e-4, atol=1e-5)
+    assert k["losses"][-1] < 0.75 * k["losses"][0]
