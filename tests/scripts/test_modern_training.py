@@ -87,11 +87,12 @@ def test_quantisation_aware_training_observers_fake_quant_and_ste():
 
 
 def test_gpt2_kv_cache_generation_top_k_top_p_and_generator():
-    # trained with the step compiled; decoding runs eagerly (as HF's generate): the cached and
+    # trained with the step compiled, and gpt-fast's one-token decode on a static cache too
+    # (its tokens are the HF-style loop's); HF-style decoding runs eagerly: the cached and
     # uncached greedy tokens agree, and sampling through torch.Generator draws torch's tokens
     t, k, c, notes = applied_run("gpt2_kv_cache", values_rtol=1e-4, values_atol=1e-5)
     v = k["values"]
-    assert v["same_tokens"] and v["cache_len"] == 14
+    assert v["same_tokens"] and v["static_same"] and v["cache_len"] == 14
     np.testing.assert_allclose(_as_array(v["last_logits"]), _as_array(v["full_last"]),
                                rtol=1e-4, atol=1e-5)
     assert k["losses"][-1] < 0.75 * k["losses"][0]

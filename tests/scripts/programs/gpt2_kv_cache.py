@@ -7,7 +7,8 @@ the cache length. Decoding: greedy with and without the cache giving the same to
 sampling with temperature, top-k (`torch.topk`, `masked_fill` below the k-th value) and top-p
 (nucleus) filtering (`torch.sort(descending=True)`, `cumsum` of the softmax, the mask shifted
 right by one and `scatter`ed back to vocabulary order) and `torch.multinomial` with a seeded
-`torch.Generator`."""
+`torch.Generator`; and gpt-fast's static cache (buffers written at a tensor `input_pos`,
+`scaled_dot_product_attention` with a boolean mask), its one-token decode compiled."""
 import math
 
 import numpy as np
@@ -23,14 +24,21 @@ class Attention(nn.Module):
         self.c_attn = nn.Linear(dim, 3 * dim)
         self.c_proj = nn.Linear(dim, dim)
         self.register_buffer("bias", torch.tril(torch.ones(ctx, ctx)).view(1, 1, ctx, ctx))
+        self.kv_cache = None
 
     def split_heads(self, x):
         b, t, c = x.size()
         return x.view(b, t, self.n_head, c // self.n_head).permute(0, 2, 1, 3)
 
-    def forward(self, x, layer_past=None, use_cache=False):
+    def forward(self, x, layer_past=None, use_cache=False, input_pos=None):
         q, k, v = self.c_attn(x).split(x.size(-1), dim=2)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        if self.kv_cache is not None:                  # gpt-fast's static cache
+            k, v = self.kv_cache.update(input_pos, k, v)
+            mask = self.bias[0, 0, input_pos, :k.size(-2)].bool()
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            a = a.transpose(1, 2).contiguous().view(x.shape)
+            return self.c_proj(a), None
         if layer_past is not None:
             past_key, past_value = layer_past
             k = torch.cat((past_key, k), dim=-2)
@@ -56,8 +64,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(4 * dim, dim))
 
-    def forward(self, x, layer_past=None, use_cache=False):
-        a, present = self.attn(self.ln_1(x), layer_past=layer_past, use_cache=use_cache)
+    def forward(self, x, layer_past=None, use_cache=False, input_pos=None):
+        a, present = self.attn(self.ln_1(x), layer_past=layer_past, use_cache=use_cache,
+                               input_pos=input_pos)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -80,7 +89,7 @@ class GPT2(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.data.zero_()
 
-    def forward(self, input_ids, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, past_key_values=None, use_cache=False, input_pos=None):
         if past_key_values is None:
             past_length = 0
             past_key_values = tuple([None] * len(self.h))
@@ -89,13 +98,60 @@ class GPT2(nn.Module):
         position_ids = torch.arange(past_length, input_ids.size(-1) + past_length,
                                     dtype=torch.long, device=input_ids.device)
         position_ids = position_ids.unsqueeze(0).view(-1, input_ids.size(-1))
+        if input_pos is not None:
+            position_ids = input_pos.unsqueeze(0)
         x = self.wte(input_ids) + self.wpe(position_ids)
         presents = () if use_cache else None
         for block, layer_past in zip(self.h, past_key_values):
-            x, present = block(x, layer_past=layer_past, use_cache=use_cache)
+            x, present = block(x, layer_past=layer_past, use_cache=use_cache,
+                               input_pos=input_pos)
             if use_cache:
                 presents = presents + (present,)
         return self.lm_head(self.ln_f(x)), presents
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch, n_head, max_len, head_dim):
+        super().__init__()
+        shape = (batch, n_head, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape))
+        self.register_buffer("v_cache", torch.zeros(shape))
+
+    def update(self, input_pos, k_val, v_val):
+        k_out, v_out = self.k_cache, self.v_cache
+        k_out[:, :, input_pos] = k_val
+        v_out[:, :, input_pos] = v_val
+        return k_out, v_out
+
+
+def setup_caches(model, batch, max_len):
+    for block in model.h:
+        attn = block.attn
+        head_dim = attn.c_proj.in_features // attn.n_head
+        attn.kv_cache = KVCache(batch, attn.n_head, max_len, head_dim)
+
+
+def decode_one_token(model, tok, input_pos):
+    logits, _ = model(tok, input_pos=input_pos)
+    return torch.argmax(logits[:, -1], dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def generate_static(model, ids, steps, decode):
+    """gpt-fast's loop: a prefill of the prompt, then one token at a time at position
+    `input_pos` (a tensor), the cache written in place."""
+    t = ids.size(1)
+    setup_caches(model, ids.size(0), 32)
+    tok = decode_one_token(model, ids, torch.arange(0, t))
+    out = [ids, tok]
+    input_pos = torch.tensor([t])
+    for _ in range(steps - 1):
+        tok = decode(model, tok, input_pos)
+        out.append(tok.clone())
+        input_pos += 1
+    for block in model.h:
+        block.attn.kv_cache = None
+    return torch.cat(out, dim=-1)
 
 
 def top_k_top_p_filtering(logits, top_k=0, top_p=1.0, filter_value=-float("Inf")):
@@ -179,12 +235,15 @@ def main(seed=0, compile=False, initial_state=None):
         full_logits, presents = model(greedy_cache, use_cache=True)
         logits_a, past = model(greedy_cache[:, :-1], use_cache=True)
         logits_b, _ = model(greedy_cache[:, -1:], past_key_values=past, use_cache=True)
+    decode = torch.compile(decode_one_token) if compile else decode_one_token
+    static = generate_static(model, prompt, 10, decode)
     g = torch.Generator().manual_seed(1234)
     sampled = generate(model, prompt, 10, do_sample=True, temperature=0.8, top_k=5, top_p=0.9,
                        generator=g)
     filtered = top_k_top_p_filtering(full_logits[:, -1, :].clone(), top_k=4, top_p=0.8)
     values = {"greedy_cache": greedy_cache, "greedy_full": greedy_full,
               "same_tokens": bool(torch.equal(greedy_cache, greedy_full)),
+              "static_same": bool(torch.equal(static, greedy_cache)),
               "cache_len": presents[0][0].size(-2),
               "last_logits": logits_b[:, -1], "full_last": full_logits[:, -1],
               "sampled": sampled, "kept_per_row": (filtered > -float("inf")).sum(-1),
