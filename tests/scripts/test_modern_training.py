@@ -25,6 +25,10 @@ def test_mamba_selective_scan_loop_and_cumsum_forms():
     t, k, c, notes = applied_run("mamba_ssm", values_rtol=1e-4, values_atol=1e-5)
     v = k["values"]
     assert v["scans_agree"]
+    np.testing.assert_allclose(_as_array(v["step_logits"]), _as_array(v["loop_logits"]),
+                               rtol=1e-4, atol=1e-5)      # recurrent = parallel
+    np.testing.assert_allclose(_as_array(c["values"]["step_logits"]),
+                               _as_array(v["step_logits"]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(_as_array(v["grad_loop"]), _as_array(v["grad_cumsum"]),
                                rtol=1e-4, atol=1e-5)
     assert k["losses"][-1] < 0.7 * k["losses"][0]

@@ -4,7 +4,9 @@ causal Conv1d (`padding=d_conv - 1`, then the first `L` outputs kept), input-dep
 `dt`, `B`, `C` from one Linear (`split`), `dt` through a low-rank projection and `softplus`,
 `A = -exp(A_log)`, the discretisation `exp(dt * A)`, the selective scan as a Python loop over
 time, and the same scan in log space by `cumsum` (checked equal), `D` skip, SiLU gate, RMSNorm,
-residual blocks. A next-token task on a small sequence; the train step is compiled."""
+residual blocks; and mamba_simple's recurrent `step` (conv and SSM states updated in place)
+giving the parallel forward's logits. A next-token task on a small sequence; the train step and
+the recurrent step are compiled."""
 import math
 
 import numpy as np
@@ -95,6 +97,28 @@ class MambaBlock(nn.Module):
         return selective_scan_cumsum(x, delta, A, B, C, D)
 
 
+    def step(self, x, conv_state, ssm_state):
+        """One token of recurrent inference, as mamba_simple's step: the conv state rolled and
+        its last column written, the SSM state updated in place (copy_)."""
+        xz = self.in_proj(x)                                  # (b, 2 * d_inner)
+        x, z = xz.chunk(2, dim=-1)
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x
+        x = torch.sum(conv_state * self.conv1d.weight.squeeze(1), dim=-1) + self.conv1d.bias
+        x = F.silu(x)
+        x_db = self.x_proj(x)
+        dt, B, C = torch.split(x_db, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))
+        A = -torch.exp(self.A_log.float())
+        dA = torch.exp(torch.einsum("bd,dn->bdn", dt, A))
+        dB = torch.einsum("bd,bn->bdn", dt, B)
+        ssm_state.copy_(ssm_state * dA + x.unsqueeze(-1) * dB)
+        y = torch.einsum("bdn,bn->bd", ssm_state, C)
+        y = y + self.D * x
+        y = y * F.silu(z)
+        return self.out_proj(y)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, d_model, **kw):
         super().__init__()
@@ -103,6 +127,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         return self.mixer(self.norm(x)) + x
+
+    def step(self, x, conv_state, ssm_state):
+        return self.mixer.step(self.norm(x), conv_state, ssm_state) + x
 
 
 class Mamba(nn.Module):
@@ -118,6 +145,12 @@ class Mamba(nn.Module):
         x = self.embedding(ids)
         for layer in self.layers:
             x = layer(x)
+        return self.lm_head(self.norm_f(x))
+
+    def step(self, token, states):
+        x = self.embedding(token)
+        for layer, (conv_state, ssm_state) in zip(self.layers, states):
+            x = layer.step(x, conv_state, ssm_state)
         return self.lm_head(self.norm_f(x))
 
 
@@ -162,6 +195,12 @@ def main(seed=0, compile=False, initial_state=None):
         cumsum_logits = model(probe)
         for layer in model.layers:
             layer.mixer.scan = "loop"
+    # recurrent inference one token at a time, its states in place: the parallel logits
+    step = torch.compile(model.step) if compile else model.step
+    states = [(torch.zeros(4, m.mixer.d_inner, m.mixer.conv1d.kernel_size[0]),
+               torch.zeros(4, m.mixer.d_inner, m.mixer.d_state)) for m in model.layers]
+    with torch.no_grad():
+        step_logits = torch.stack([step(probe[:, t], states) for t in range(probe.shape[1])], 1)
     # the gradients of the two scans agree too
     x = torch.randn(2, 5, 32, requires_grad=True)
     mixer = model.layers[0].mixer
@@ -172,6 +211,7 @@ def main(seed=0, compile=False, initial_state=None):
         g.append(gx)
     mixer.scan = "loop"
     values = {"loop_logits": loop_logits, "cumsum_logits": cumsum_logits,
+              "step_logits": step_logits, "ssm_state": states[1][1],
               "scans_agree": bool(torch.allclose(loop_logits, cumsum_logits, atol=1e-5)),
               "grad_loop": g[0], "grad_cumsum": g[1],
               "A": -torch.exp(model.layers[1].mixer.A_log.detach()),
