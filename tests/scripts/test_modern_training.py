@@ -88,6 +88,8 @@ def test_quantisation_aware_training_observers_fake_quant_and_ste():
     v = k["values"]
     assert float(v["qat_acc"]) >= float(v["fp32_acc"]) - 0.1
     np.testing.assert_array_equal(_as_array(v["my_zp"]), _as_array(v["ao_zp"]))
+    # torch.ao.quantization.FakeQuantize was missing (an AttributeError)
+    assert v["fq_keys"] == t["values"]["fq_keys"] and _as_array(v["w_fq_scale"]).shape == (32,)
 
 
 def test_gpt2_kv_cache_generation_top_k_top_p_and_generator():

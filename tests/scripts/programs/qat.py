@@ -8,7 +8,8 @@ batch copies), scale and zero point computed from them as tensors, and
 tensor qparams; the weights through a hand-written straight-through estimator
 `w + (q - w).detach()`. Observers freeze after a few epochs (a Python flag); then fp32 vs
 fake-quantised accuracy and the qparams compared with torch.ao.quantization's own
-MinMaxObserver on the same data. The QAT train step is compiled."""
+MinMaxObserver on the same data, and torch.ao's FakeQuantize modules (per-channel weights,
+calibrated activations) on the first layer. The QAT train step is compiled."""
 import numpy as np
 import torch
 import torch.nn as nn
@@ -144,13 +145,25 @@ def main(seed=0, compile=False, initial_state=None):
     mine = EMAMinMax(momentum=1.0)
     mine(x_train)
     my_scale, my_zp = mine.qparams()
+    # torch.ao's FakeQuantize modules on the first layer as initialised (the same numbers in
+    # both runs: trained weights a rounding apart could round to neighbouring levels):
+    # per-channel int8 weights, uint8 inputs calibrated on the training set, then the observer
+    # frozen by model.apply
+    w_fq = torch.ao.quantization.default_per_channel_weight_fake_quant()
+    a_fq = torch.ao.quantization.default_fake_quant()
+    with torch.no_grad():
+        a_fq(x_train)
+        a_fq.apply(torch.ao.quantization.disable_observer)
+        fq_hidden = F.linear(a_fq(x_test), w_fq(initial["0.weight"]), initial["0.bias"])
     w = model[2].linear.weight.detach().clone().requires_grad_(True)
     ste_quantize_weight(w).pow(2).sum().backward()
     values = {"fp32_acc": fp32_acc, "qat_acc": qat_acc, "float_acc_after": float_acc_after,
               "obs_min": model[0].act_obs.min_val.clone(),
               "obs_max": model[2].act_obs.max_val.clone(),
               "ao_scale": ao_scale, "ao_zp": ao_zp, "my_scale": my_scale, "my_zp": my_zp,
-              "ste_grad": w.grad,
+              "ste_grad": w.grad, "fq_hidden": fq_hidden, "w_fq_scale": w_fq.scale,
+              "a_fq_scale": a_fq.scale, "a_fq_zero_point": a_fq.zero_point,
+              "fq_keys": ",".join(w_fq.state_dict()),
               "fq_out": torch.fake_quantize_per_tensor_affine(x_test[:4], my_scale, my_zp, 0,
                                                               255)}
     return {"losses": losses, "values": values, "initial_state": initial}
