@@ -14,7 +14,6 @@ PyTorch's random numbers, so samples are torch's too): losses agree with torch's
 1e-4), with no step falling back to eager."""
 
 import numpy as np
-import pytest
 
 from tests.scripts.harness import _as_array
 from tests.scripts.test_applied_training import applied_run
