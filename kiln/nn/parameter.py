@@ -63,10 +63,9 @@ class Parameter(Tensor, metaclass=_ParameterMeta):
     def __deepcopy__(self, memo) -> "Parameter":
         if id(self) in memo:
             return memo[id(self)]
+        # the data alone, as PyTorch's Parameter.__deepcopy__: a copied model has no .grad
         copy = Parameter(Tensor._make(self._data.copy(), self.dtype, self.device),
                          self.requires_grad)
-        if self.grad is not None:
-            copy.grad = Tensor._make(self.grad._data.copy(), self.grad.dtype, self.grad.device)
         memo[id(self)] = copy
         return copy
 

@@ -2,4 +2,4 @@
 
 from kiln.ao.quantization import *  # noqa: F401,F403
 from kiln.ao.quantization import (  # noqa: F401
-    fuse_modules, observer, qconfig, quantize, stubs, quantization_mappings)
+    fake_quantize, fuse_modules, observer, qconfig, quantize, stubs, quantization_mappings)

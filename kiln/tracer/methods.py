@@ -927,6 +927,8 @@ _METHODS = {
                                              **kw),
     "tile": lambda self, *dims, **kw: F.tile(self, *([shapes._shape_arg(dims)] if dims else []),
                                              **kw),
+    # the method names its sizes `split_size` (torch.split names them split_size_or_sections)
+    "split": lambda self, split_size, dim=0: F.split(self, split_size, dim),
 }
 
 # functions that take the tensor first become methods under the same name

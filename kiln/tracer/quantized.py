@@ -503,50 +503,70 @@ def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min:
                                     quant_max: int) -> Tensor:
     """Quantize and dequantize in float32, `(clamp(round(x / scale) + zp) - zp) * scale`, with
     the straight-through gradient: the incoming gradient where the rounded value lay inside
-    [quant_min, quant_max], zero outside (torch.fake_quantize_per_tensor_affine)."""
+    [quant_min, quant_max], zero outside (torch.fake_quantize_per_tensor_affine). Scale and
+    zero point may be numbers or one-element tensors (an observer's qparams: then the call
+    traces, reading no value into Python)."""
     op = "fake_quantize_per_tensor_affine"
-    scale = float(np.float32(_number(scale, "scale", float)))
-    zero_point = _number(zero_point, "zero_point", int)
-    return _fake_quantize(op, input, np.float32(scale), np.float32(zero_point), quant_min,
-                          quant_max)
+    _check_fake_input(op, input, quant_min, quant_max)
+    if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
+        s = _qparam_tensor(op, "scale", scale, input).reshape(())
+        z = _qparam_tensor(op, "zero_point", zero_point, input).reshape(())
+    else:
+        s, z = np.float32(_number(scale, "scale", float)), np.float32(int(zero_point))
+    return _fake_quantize(input, s, z, quant_min, quant_max)
 
 
 def fake_quantize_per_channel_affine(input: Tensor, scale: Tensor, zero_point: Tensor,
                                      axis: int, quant_min: int, quant_max: int) -> Tensor:
     """fake_quantize_per_tensor_affine with channel c of `axis` using scale[c], zero_point[c]."""
     op = "fake_quantize_per_channel_affine"
+    _check_fake_input(op, input, quant_min, quant_max)
     ndim = input.ndim
     if not -ndim <= axis < max(ndim, 1):
         raise op_error(op, f"axis {axis} is out of range for shape {tuple(input.shape)}",
                        IndexError)
     shape = [1] * ndim
     shape[axis % ndim] = -1
-    s = np.asarray(scale.detach().cpu().numpy(), dtype=np.float32).reshape(shape)
-    z = np.asarray(zero_point.detach().cpu().numpy()).astype(np.float32).reshape(shape)
-    if s.size != input.shape[axis] or z.size != input.shape[axis]:
+    if scale.numel() != input.shape[axis] or zero_point.numel() != input.shape[axis]:
         raise op_error(op, f"expected {input.shape[axis]} scales and zero points (axis {axis} "
-                       f"of shape {tuple(input.shape)}), got {s.size} and {z.size}")
-    return _fake_quantize(op, input, s, z, quant_min, quant_max)
+                       f"of shape {tuple(input.shape)}), got {scale.numel()} and "
+                       f"{zero_point.numel()}")
+    s = _qparam_tensor(op, "scale", scale, input).reshape(shape)
+    z = _qparam_tensor(op, "zero_point", zero_point, input).reshape(shape)
+    return _fake_quantize(input, s, z, quant_min, quant_max)
 
 
-def _fake_quantize(op: str, input: Tensor, scale, zero_point, quant_min: int,
-                   quant_max: int) -> Tensor:
+def _check_fake_input(op: str, input: Tensor, quant_min: int, quant_max: int) -> None:
     if not isinstance(input, Tensor) or input.dtype is not dt.float32:
         raise op_error(op, f"expected a float32 tensor, got "
                        f"{getattr(input, 'dtype', type(input).__name__)}")
     if not quant_min <= quant_max:
         raise op_error(op, f"quant_min ({quant_min}) must not exceed quant_max ({quant_max})")
-    x = input.detach().cpu().numpy()
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        rounded = np.rint(x * (np.float32(1) / scale)) + zero_point
-        inside = (rounded >= quant_min) & (rounded <= quant_max)
-        values = ((np.clip(rounded, quant_min, quant_max) - zero_point) * scale)
-    values = Tensor._make(values.astype(np.float32), dt.float32, CPU).to(input.device)
+
+
+def _qparam_tensor(op: str, what: str, value, input: Tensor) -> Tensor:
+    """A scale or zero point as a float32 tensor on input's device, out of autograd."""
+    if not isinstance(value, Tensor):
+        return Tensor._make(np.asarray(value, dtype=np.float32), dt.float32, CPU).to(input.device)
+    if op.endswith("tensor_affine") and value.numel() != 1:
+        raise ValueError(f"{op}: {what} must be a single number, got a tensor of shape "
+                         f"{tuple(value.shape)}")
+    return value.detach().to(device=input.device, dtype=dt.float32)
+
+
+def _fake_quantize(input: Tensor, scale, zero_point, quant_min: int, quant_max: int) -> Tensor:
+    """With tensor operations (so the compiler traces it): x times the float32 reciprocal of
+    the scale, rounded half to even, as PyTorch's kernel computes it."""
+    from kiln.tracer import functional as F
+    x = input.detach()
+    reciprocal = 1.0 / scale if isinstance(scale, Tensor) else np.float32(1) / scale
+    rounded = F.round(x * reciprocal) + zero_point
+    inside = F.logical_and(rounded >= quant_min, rounded <= quant_max)
+    values = (F.clamp(rounded, quant_min, quant_max) - zero_point) * scale
     if not (input.requires_grad and _grad_enabled()):
         return values
-    mask = Tensor._make(inside.astype(np.float32), dt.float32, CPU).to(input.device)
     # values + 0: the straight-through estimator passes the gradient where `inside`
-    return values + (input - input.detach()) * mask
+    return values + (input - x) * inside.to(dt.float32)
 
 
 def _grad_enabled() -> bool:

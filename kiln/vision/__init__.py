@@ -1,7 +1,7 @@
 """`torchvision` for kiln: the transforms, datasets, image utilities and models that typical
 training scripts use, returning kiln tensors (`import kiln.vision as torchvision`)."""
 
-from kiln.vision import datasets, io, models, transforms, utils
+from kiln.vision import datasets, io, models, ops, transforms, utils
 
 __version__ = "0.28.0"
 

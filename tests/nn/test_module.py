@@ -77,6 +77,21 @@ def test_parameter_is_a_tensor_that_requires_grad():
     assert clone._data is not p._data
 
 
+def test_deepcopy_of_a_parameter_leaves_its_grad_behind_as_torch():
+    """copy.deepcopy(model) after a backward (DPO's frozen reference model, an EMA copy) gives
+    parameters without .grad in PyTorch (Parameter.__deepcopy__ clones the data alone); a plain
+    tensor keeps its copied grad. kiln copied the parameters' grads along."""
+    for lib in (torch, kiln):
+        model = lib.nn.Linear(2, 2)
+        model(lib.ones(1, 2)).sum().backward()
+        copied = copy.deepcopy(model)
+        assert copied.weight.grad is None and copied.bias.grad is None, lib.__name__
+        assert model.weight.grad is not None
+        t = lib.ones(2, requires_grad=True)
+        t.grad = lib.full((2,), 3.0)
+        assert copy.deepcopy(t).grad.tolist() == [3.0, 3.0], lib.__name__
+
+
 def test_parameter_shares_memory_with_its_data():
     t = kiln.zeros(3)
     p = kiln.nn.Parameter(t)

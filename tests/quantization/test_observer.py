@@ -178,3 +178,16 @@ def test_histogram_observer_constant_input_and_defaults():
         theirs(torch.tensor(x))
         np.testing.assert_array_equal(ours.histogram.numpy(), theirs.histogram.numpy())
     _same_qparams(ours, theirs)
+
+
+def test_per_channel_observer_state_dict_loads_into_a_fresh_observer():
+    """A fresh per-channel observer's min_val/max_val are empty; loading a calibrated one's
+    state_dict was a size-mismatch error (torch's observer takes the saved shape)."""
+    x = _batches(5, (5, 3))[0]
+    calibrated = kq.PerChannelMinMaxObserver()
+    calibrated(kiln.tensor(x))
+    fresh = kq.PerChannelMinMaxObserver()
+    fresh.load_state_dict(calibrated.state_dict())
+    ref = tq.PerChannelMinMaxObserver()
+    ref(torch.tensor(x))
+    _same_qparams(fresh, ref)

@@ -195,6 +195,37 @@ def test_fake_quantize_per_channel_values_and_gradient():
     np.testing.assert_array_equal(xk.grad.numpy(), xt.grad.numpy())
 
 
+def test_fake_quantize_with_tensor_qparams_compiles_and_follows_them():
+    """QAT code passes an observer's scale and zero point as tensors; the step read them into
+    Python (a graph break: the whole step ran eagerly). Compiled with no fallback, each call
+    quantizes with its own qparams, values and straight-through gradients equal to torch's."""
+    import warnings
+
+    @kiln.compile(fullgraph=True)
+    def step(x, scale, zp):
+        per_tensor = kiln.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+        per_channel = kiln.fake_quantize_per_channel_affine(x, scale.expand(3) * 2,
+                                                            zp.expand(3), 1, -128, 127)
+        return (per_tensor * per_tensor).sum() + (per_channel * x).sum()
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    for scale, zp in ((0.05, 100), (0.02, 30), (0.3, 120)):
+        xt = torch.tensor(x, requires_grad=True)
+        st, zt = torch.tensor([scale]), torch.tensor([zp], dtype=torch.int32)
+        want = ((torch.fake_quantize_per_tensor_affine(xt, st, zt, 0, 255) ** 2).sum()
+                + (torch.fake_quantize_per_channel_affine(xt, st.expand(3) * 2, zt.expand(3),
+                                                          1, -128, 127) * xt).sum())
+        want.backward()
+        xk = kiln.tensor(x, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = step(xk, kiln.tensor([scale]), kiln.tensor([zp], dtype=kiln.int32))
+        got.backward()
+        np.testing.assert_allclose(got.item(), want.item(), rtol=1e-6)
+        np.testing.assert_allclose(xk.grad.numpy(), xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_compiled_function_reaching_a_quantized_tensor_runs_eagerly():
     @kiln.compile
     def double(q):

@@ -149,3 +149,47 @@ def test_compile_with_data_dependent_branch_runs_both_branches_eagerly():
     assert pos.tolist() == [2.0, 4.0]
     assert neg.tolist() == [-2.0, -3.0]
     assert len(calls) == 2          # the break did not make the function run twice
+
+
+@pytest.mark.parametrize("spelling", ["number", "scalar_tensor", "row"])
+def test_a_masked_write_over_leading_dims_compiles_as_where(spelling):
+    """`labels[mask == 0] = 0` (DPO's and TRL's loss masks), `x[mask] = v` with a 0-d v that
+    requires grad, `x[row_mask] = row`: the selected count is data, the result is not; it
+    compiled as a graph break (the write went through nonzero's positions). Compiled (no
+    fallback) it equals eager, and eager's values and gradients equal torch's."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 3)).astype(np.float32)
+    m = rng.standard_normal(4 if spelling == "row" else (4, 3)) > 0
+
+    def step(lib, x, mask, v):
+        y = x * 2
+        if spelling == "number":
+            y[mask] = 0.5
+        elif spelling == "scalar_tensor":
+            y[mask] = v.sum()
+        else:
+            y[mask] = v
+        return (y * y).sum()
+
+    def inputs(lib):
+        x = lib.tensor(a, requires_grad=True)
+        v = lib.tensor([1.5, -2.0, 0.25], requires_grad=True)
+        return x, lib.tensor(m), v
+
+    tx, tm, tv = inputs(torch)
+    step(torch, tx, tm, tv).backward()
+    compiled = kiln.compile(step, fullgraph=True)
+    for fn in (lambda *args: step(*args), compiled, compiled):
+        kx, km, kv = inputs(kiln)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss = fn(kiln, kx, km, kv)
+        loss.backward()
+        np.testing.assert_allclose(kx.grad.numpy(), tx.grad.numpy(), rtol=1e-6)
+        if spelling != "number":     # (v unused there)
+            np.testing.assert_allclose(kv.grad.numpy(), tv.grad.numpy(), rtol=1e-6)

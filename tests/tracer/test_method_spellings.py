@@ -16,6 +16,7 @@ SPELLINGS = [
     "x.permute(2, 0, 1)", "x.permute((2, 0, 1))", "x.view(6, 4)", "x.view((6, -1))",
     "x.reshape(4, 6)", "x.repeat(1, 2, 1)", "x.repeat((2, 1, 1))", "x[:, :1].expand(2, 3, 4)",
     "x.where(x > 0, y)", "x.where(x > 0, 0.5)", "x.where(condition=x < 0, other=y)",
+    "x.split(split_size=[1, 3], dim=-1)[1]", "x.split(split_size=2, dim=1)[0]", "x.split(1)[1]",
 ]
 
 

@@ -264,6 +264,17 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         self.min_val = kiln.tensor([])
         self.max_val = kiln.tensor([])
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, missing: list,
+                              errors: list, assign: bool) -> None:
+        # a fresh observer's statistics are empty: they take the checkpoint's channel count
+        # (PyTorch's observer resizes them so)
+        for name in ("min_val", "max_val"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, kiln.Tensor) and tuple(value.shape) != \
+                    tuple(getattr(self, name).shape):
+                setattr(self, name, kiln.zeros(tuple(value.shape), dtype=value.dtype))
+        super()._load_from_state_dict(state_dict, prefix, missing, errors, assign)
+
 
 class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
     """PerChannelMinMaxObserver with moving averages of each channel's min and max."""

@@ -763,4 +763,32 @@ def _put_at(input, pos, values, prim):
 
 def setitem_functional(input, key, value):
     """The value of `input` after `input[key] = value`, as a new tensor (for autograd/tracing)."""
+    mask = _leading_mask(input, key, value)
+    if mask is not None:
+        return _write_where(input, mask, value)
     return _put_at(input, _flat_positions(input, key), value, P.index_put)
+
+
+def _leading_mask(input, key, value):
+    """The boolean mask of `input[mask] = value` where it covers input's leading dimensions and
+    the value broadcasts over the others (a number, a 0-d tensor, a row): such a write is
+    `where(mask, value, input)`, with no shape that depends on the data (`labels[mask == 0] = 0`
+    compiles; through nonzero's positions it was a graph break). None for any other key."""
+    if isinstance(key, tuple) and len(key) == 1:
+        key = key[0]
+    if not isinstance(key, Tensor) or key.dtype is not dt.bool_ or key.ndim == 0:
+        return None
+    if key.device != input.device or tuple(key.shape) != tuple(input.shape[:key.ndim]):
+        return None
+    if isinstance(value, Tensor) and value.ndim > input.ndim - key.ndim:
+        return None
+    return key
+
+
+def _write_where(input, mask, value):
+    mask = reshape(mask, tuple(mask.shape) + (1,) * (input.ndim - mask.ndim))
+    if not isinstance(value, Tensor):
+        value = full((), value, dtype=input.dtype, device=input.device)
+    elif value.dtype is not input.dtype:
+        value = value.to(input.dtype)
+    return where(mask, value, input)
