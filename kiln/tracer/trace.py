@@ -552,6 +552,8 @@ class Tracer:
         for tensor, v in list(self.input_of.values()):
             current = tensor._trace
             if current is not None and current is not v and id(current) in self.known:
+                if self.bindings[g.inputs.index(v)].kind == "seed":
+                    continue        # drawn in the call (`rand(n).mul_(2)`): its own tensor
                 if current.shape == v.shape and current.dtype is v.dtype:
                     if id(tensor) not in self.bumped:
                         program.quiet_writes.append(len(g.mutations))
