@@ -1,12 +1,11 @@
 """A compiled function's argument that requires grad but does not reach the output: eager
 backward leaves its .grad None (as PyTorch does), and optimizers skip it. A replay of the
 compiled function gave it a gradient of zeros, so an eager AdamW step after it decayed the
-unused tensor that eager left alone: a silent compiled-vs-eager difference. Found writing
-tests/scripts/programs' DPO test; the fix lies in kiln/compiler (the lead's area): strict xfail
-until then."""
+unused tensor that eager left alone: a silent compiled-vs-eager difference (the joint backward
+now differentiates only for the inputs the outputs reach, `tracer/joint.py`). Found writing
+tests/scripts/programs' DPO test."""
 
 import numpy as np
-import pytest
 
 import kiln
 
@@ -15,9 +14,6 @@ def loss_of(x, unused):
     return (x * x).sum()
 
 
-@pytest.mark.xfail(strict=True, reason="kiln/compiler: a replay's backward writes a zero .grad "
-                   "into an argument that requires grad but does not reach the output (eager: "
-                   "None, as PyTorch)")
 def test_unused_argument_keeps_no_grad_and_optimizers_skip_it():
     results = []
     for fn in (loss_of, kiln.compile(loss_of)):

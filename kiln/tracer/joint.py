@@ -21,7 +21,6 @@ import numpy as np
 from kiln.ir.graph import Graph
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.autograd import run_backward
-from kiln.tracer.creation import zeros
 from kiln.tracer.tensor import Tensor
 from kiln.tracer.trace import Binding, Tracer, flatten
 
@@ -92,9 +91,13 @@ def trace_backward(tracer: Tracer, outputs: list, consumed=(), tangents: list | 
                 wrt.append(tensor)
         grads = run_backward([outputs[i] for i in diff], seeds, retain_graph=True,
                              inputs=wrt) if diff else [None] * len(wrt)
-        # an input's gradient has its dtype, as eager autograd stores it in `.grad`
-        grads = [zeros(*w.shape, dtype=w.dtype, device=w.device) if g is None else
-                 g if g.dtype is w.dtype else g.to(w.dtype) for g, w in zip(grads, wrt)]
+        # an input the outputs do not reach gets no gradient, as in eager mode (its `.grad`
+        # stays None, and an optimizer skips it); the others' have their dtype, as eager
+        # autograd stores them in `.grad`
+        reached = [k for k, g in enumerate(grads) if g is not None]
+        grad_inputs = [grad_inputs[k] for k in reached]
+        grads = [grads[k] if grads[k].dtype is wrt[k].dtype else grads[k].to(wrt[k].dtype)
+                 for k in reached]
     return Joint(JointInfo(num_primals, len(diff), len(outputs), grad_inputs, diff), grads)
 
 
