@@ -113,6 +113,11 @@ class TracedProgram:
     grad_clears: list = field(default_factory=list)
 
 
+# the reads of a tensor's values that give Python numbers (`Tensor._read`'s `what`)
+_PYTHON_VALUE_READS = frozenset({"tolist()", "item()", "bool()", "float()", "int()", "complex()",
+                                 "__index__"})
+
+
 class Tracer:
     """Records the ops of one eager run. Install with `with tracer:`.
 
@@ -498,9 +503,13 @@ class Tracer:
 
     def value_read(self, tensor: Tensor, what: str) -> None:
         v = tensor._trace
-        if v is not None and id(v) in self.known and v in self.graph.constants:
+        if what in _PYTHON_VALUE_READS and v is not None and id(v) in self.known and \
+                v in self.graph.constants:
             # made from Python data inside the trace and not written since (a write gives the
-            # tensor a new value): every replay has the same values, baked in as a constant
+            # tensor a new value), read as Python numbers: every replay has the same values,
+            # baked in as a constant. (Not `numpy()`, whose array the caller may write behind
+            # the trace's back, nor ops computing on the host from the values, whose results
+            # the trace would not hold.)
             return
         self.graph_break(f"Tensor.{what} reads a tensor's value into Python "
                          "(data-dependent control flow)")

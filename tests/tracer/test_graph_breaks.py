@@ -193,3 +193,20 @@ def test_a_masked_write_over_leading_dims_compiles_as_where(spelling):
         np.testing.assert_allclose(kx.grad.numpy(), tx.grad.numpy(), rtol=1e-6)
         if spelling != "number":     # (v unused there)
             np.testing.assert_allclose(kv.grad.numpy(), tv.grad.numpy(), rtol=1e-6)
+
+
+def _host_reads_of_a_constant(x):
+    c = kiln.tensor([0, 1, 1, 0])
+    c.numpy()[0] = 1                            # behind the trace's back
+    idx = kiln.nonzero(c)                       # computed on the host from the values
+    idx.add_(1)
+    return x[idx.flatten() - 1].sum() + c.sum()
+
+
+def test_reads_of_a_constant_that_hand_out_memory_or_compute_on_the_host_still_break():
+    compiled = kiln.compile(_host_reads_of_a_constant)
+    for values in ([1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 2.0, 8.0], [1.0, 1.0, 1.0, 1.0]):
+        x = kiln.tensor(values)
+        assert compiled(x).item() == _host_reads_of_a_constant(x).item()
+    captured = kiln.compiler.trace(_host_reads_of_a_constant, kiln.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert captured.breaks
