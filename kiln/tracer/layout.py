@@ -45,6 +45,28 @@ def check(fmt, where: str, ndim: int) -> None:
                            f"format, got a tensor of rank {ndim}")
 
 
+def dense_strides(shape: tuple, order, step: int = 1) -> tuple:
+    """The strides of a dense tensor of `shape` whose dims in `order` (fastest first) vary
+    fastest, size-1 dims included: in elements, or in bytes with `step` an item size."""
+    strides = [0] * len(shape)
+    for d in order:
+        strides[d] = step
+        step *= max(shape[d], 1)
+    return tuple(strides)
+
+
+def is_dense_in(shape: tuple, strides: tuple, order, step: int = 1) -> bool:
+    """Whether elements at `strides` lie densely with the dims of `order` (fastest first)
+    varying fastest; dims of size 1 take any stride, as in PyTorch (`step`: as
+    `dense_strides`'s)."""
+    for d in order:
+        if shape[d] != 1:
+            if strides[d] != step:
+                return False
+            step *= shape[d]
+    return True
+
+
 def is_contiguous_as(shape: tuple, strides: tuple, fmt) -> bool:
     """Whether elements at `strides` (in elements) lie densely in `fmt`'s order; dims of size 1
     take any stride, as in PyTorch, and an empty tensor is contiguous (its channels-last
@@ -54,26 +76,13 @@ def is_contiguous_as(shape: tuple, strides: tuple, fmt) -> bool:
         if 0 in shape:
             return True
         order = tuple(reversed(range(len(shape))))
-    if len(order) != len(shape):
-        return False
-    expected = 1
-    for d in order:
-        if shape[d] != 1:
-            if strides[d] != expected:
-                return False
-            expected *= shape[d]
-    return True
+    return len(order) == len(shape) and is_dense_in(shape, strides, order)
 
 
 def strides_of(shape: tuple, fmt) -> tuple:
     """The strides (in elements) of a dense tensor of `shape` laid out in `fmt`, size-1 dims
     included (what PyTorch gives a tensor it makes in that format)."""
-    order = _CHANNELS_LAST_ORDER.get(fmt, tuple(reversed(range(len(shape)))))
-    strides, step = [0] * len(shape), 1
-    for d in order:
-        strides[d] = step
-        step *= max(shape[d], 1)
-    return tuple(strides)
+    return dense_strides(shape, _CHANNELS_LAST_ORDER.get(fmt, range(len(shape) - 1, -1, -1)))
 
 
 def arrange(xp, a, fmt):

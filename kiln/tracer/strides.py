@@ -27,7 +27,7 @@ import functools
 
 from kiln.runtime.device import MetaArray
 from kiln.runtime.layouts import dense, in_layout, layout_recipe
-from kiln.tracer.layout import _CHANNELS_LAST_ORDER
+from kiln.tracer.layout import _CHANNELS_LAST_ORDER, dense_strides, is_dense_in
 
 # set inside `numpy_layouts()`: results keep the layouts NumPy gives them
 KEEP_NUMPY = [False]
@@ -53,31 +53,7 @@ _CL_ORDERS = {len(order): order for order in _CHANNELS_LAST_ORDER.values()}
 @functools.lru_cache(maxsize=4096)          # eager fast paths ask it on every call
 def contiguous(shape: tuple, itemsize: int) -> tuple:
     """Row-major byte strides of `shape`, size-1 dims included (PyTorch's for a new tensor)."""
-    strides, step = [0] * len(shape), itemsize
-    for d in reversed(range(len(shape))):
-        strides[d] = step
-        step *= max(shape[d], 1)
-    return tuple(strides)
-
-
-def _in_order(shape: tuple, fastest_first, itemsize: int) -> tuple:
-    """Dense byte strides laying `shape` out with the dims of `fastest_first` varying fastest."""
-    strides, step = [0] * len(shape), itemsize
-    for d in fastest_first:
-        strides[d] = step
-        step *= max(shape[d], 1)
-    return tuple(strides)
-
-
-def _is_contiguous(shape: tuple, strides: tuple, itemsize: int, order) -> bool:
-    """PyTorch's is_contiguous in the format whose dims, fastest first, are `order`."""
-    expected = itemsize
-    for d in order:
-        if shape[d] != 1:
-            if strides[d] != expected:
-                return False
-            expected *= shape[d]
-    return True
+    return dense_strides(shape, range(len(shape) - 1, -1, -1), itemsize)
 
 
 def suggest_format(shape: tuple, strides: tuple):
@@ -99,7 +75,7 @@ def suggest_format(shape: tuple, strides: tuple):
 def suggested(shape: tuple, source, itemsize: int) -> tuple:
     """Byte strides of a result of `shape` in the format `source` (an array) suggests."""
     order = suggest_format(source.shape, source.strides)
-    return contiguous(shape, itemsize) if order is None else _in_order(shape, order, itemsize)
+    return contiguous(shape, itemsize) if order is None else dense_strides(shape, order, itemsize)
 
 
 def preserved(source, itemsize: int) -> tuple:
@@ -108,7 +84,7 @@ def preserved(source, itemsize: int) -> tuple:
     shape, strides = source.shape, source.strides
     if dense(source):
         return tuple(s // source.itemsize * itemsize for s in strides)
-    return _in_order(shape, _fastest_first(shape, [strides]), itemsize)
+    return dense_strides(shape, _fastest_first(shape, [strides]), itemsize)
 
 
 def _fastest_first(shape: tuple, operand_strides: list) -> list:
@@ -151,12 +127,11 @@ def elementwise(shape: tuple, arrays, itemsize: int) -> tuple:
     if len(operands) == len(arrays) and all(a.shape == shape for a in operands):
         # fast setup: operands of one shape that agree on a layout give it to the result
         c_order = tuple(reversed(range(ndim)))
-        if all(_is_contiguous(shape, a.strides, a.itemsize, c_order) for a in operands):
+        if all(is_dense_in(shape, a.strides, c_order, a.itemsize) for a in operands):
             return contiguous(shape, itemsize)
         cl = _CL_ORDERS.get(ndim)
-        if ndim == 4 and all(_is_contiguous(shape, a.strides, a.itemsize, cl)
-                             for a in operands):
-            return _in_order(shape, cl, itemsize)
+        if ndim == 4 and all(is_dense_in(shape, a.strides, cl, a.itemsize) for a in operands):
+            return dense_strides(shape, cl, itemsize)
         elements = [tuple(s // a.itemsize for s in a.strides) for a in operands]
         if all(dense(a) for a in operands) and \
                 all(e == elements[0] for e in elements):
@@ -181,7 +156,7 @@ def cat(shape: tuple, arrays, itemsize: int) -> tuple:
     """`torch.cat`'s result: the format all inputs suggest, row-major when any differs."""
     orders = {suggest_format(a.shape, a.strides) for a in arrays}
     order = orders.pop() if len(orders) == 1 else None
-    return contiguous(shape, itemsize) if order is None else _in_order(shape, order, itemsize)
+    return contiguous(shape, itemsize) if order is None else dense_strides(shape, order, itemsize)
 
 
 def stacked(tensors, dim: int, itemsize: int):
