@@ -27,7 +27,7 @@ def _sections_wanted() -> list[str]:
 
 def _sink(compiled, programs) -> None:
     from kiln import dump
-    from kiln.compiler import _function_name
+    from kiln.compiler.tracing import _function_name
     for program in programs:
         if _SETTINGS.get("dynamo") is not None or _SETTINGS.get("recompiles"):
             _LOG.log(_SETTINGS.get("dynamo") or logging.INFO,
@@ -50,15 +50,15 @@ def set_logs(*, dynamo: int | None = None, graph: bool = False, fusion: bool = F
              **others) -> None:
     """Turn kiln's compile logs on (the flags given) and every other one off. Flags PyTorch
     has that kiln has nothing to report for (aot, inductor, ...) are accepted and ignored."""
-    from kiln import compiler
+    from kiln.compiler.function import _DUMP_SINKS
     _SETTINGS.clear()
     _SETTINGS.update(dynamo=dynamo, graph=graph, fusion=fusion, output_code=output_code,
                      graph_breaks=graph_breaks, recompiles=recompiles)
     on = dynamo is not None or any((graph, fusion, output_code, graph_breaks, recompiles))
-    while _sink in compiler._DUMP_SINKS:
-        compiler._DUMP_SINKS.remove(_sink)
+    while _sink in _DUMP_SINKS:
+        _DUMP_SINKS.remove(_sink)
     if on:
-        compiler._DUMP_SINKS.append(_sink)
+        _DUMP_SINKS.append(_sink)
         if not _LOG.handlers:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(message)s"))

@@ -49,24 +49,26 @@ def _dump(script: str, script_args: list, out: str, formats: tuple,
 
 def _dump_script(script: str, script_args: list, out: str, formats: tuple,
                  passes: bool) -> int:
-    from kiln import compiler, dump
+    from kiln import dump
+    from kiln.compiler.function import _DUMP_SINKS
+    from kiln.compiler.tracing import _function_name
     captured: dict = {}
     compiled_of: dict = {}
 
     def sink(compiled, programs):
-        name = getattr(compiled.fn, "__qualname__", compiler._function_name(compiled.fn))
+        name = getattr(compiled.fn, "__qualname__", _function_name(compiled.fn))
         captured.setdefault(name, []).extend(programs)
         compiled_of[name] = compiled
         entry_breaks = [e.eager_reason for e in compiled.entries.values() if e.eager_reason]
         captured.setdefault("__breaks__" + name, []).extend(entry_breaks)
 
-    compiler._DUMP_SINKS.append(sink)
+    _DUMP_SINKS.append(sink)
     sys.argv = [script] + list(script_args)
     sys.path.insert(0, str(Path(script).resolve().parent))
     try:
         runpy.run_path(script, run_name="__main__")
     finally:
-        compiler._DUMP_SINKS.remove(sink)
+        _DUMP_SINKS.remove(sink)
     written = []
     for name, programs in captured.items():
         if name.startswith("__breaks__"):

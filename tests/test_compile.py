@@ -670,9 +670,9 @@ def test_reset_makes_every_compiled_function_trace_again():
     first, first_m = f(x).numpy().copy(), model(x).detach().numpy().copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for n in range(3, 3 + kiln.compiler.RECOMPILE_LIMIT):     # reach the recompile limit
+        for n in range(3, 3 + kiln.compiler.function.RECOMPILE_LIMIT):     # reach the recompile limit
             f(kiln.ones(n, 2))
-    assert len(f.entries) == kiln.compiler.RECOMPILE_LIMIT and len(model.entries) == 1
+    assert len(f.entries) == kiln.compiler.function.RECOMPILE_LIMIT and len(model.entries) == 1
     kiln.compiler.reset()
     assert len(f.entries) == 0 and len(model.entries) == 0
     np.testing.assert_array_equal(f(x).numpy(), first)

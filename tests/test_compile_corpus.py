@@ -13,7 +13,7 @@ from tests.tracer.test_trace_corpus import CASES
 
 def _state(fn, args):
     """Every tensor the program can change: arguments and whatever the tracer lifted."""
-    names = kiln.compiler._tensor_names(fn)
+    names = kiln.compiler.tracing._tensor_names(fn)
     return flatten(args)[0], names
 
 

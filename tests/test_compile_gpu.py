@@ -35,7 +35,7 @@ def _move_case(fn, args, device: str):
     reaches (closed-over tensors, module parameters and buffers, optimizer state), each keeping
     its identity, requires_grad and `.grad`, as Module.to moves parameters."""
     reachable: dict = {}
-    kiln.compiler._tensor_names(fn, tensors=reachable)
+    kiln.compiler.tracing._tensor_names(fn, tensors=reachable)
     tensors = {id(t): t for t in list(reachable.values()) + flatten(args)[0]}
     with kiln.no_grad():
         for t in tensors.values():

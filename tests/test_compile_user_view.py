@@ -296,7 +296,7 @@ def test_a_failure_after_the_trace_falls_back_to_eager_naming_the_stage(monkeypa
 
     def broken(*args, **kwargs):
         raise AssertionError("a compiler bug")
-    monkeypatch.setattr(kiln.compiler, target, broken)
+    monkeypatch.setattr(kiln.compiler.function, target, broken)
     cf = kiln.compile(f)
     x = kiln.randn(3)
     with warnings.catch_warnings(record=True) as caught:
@@ -322,7 +322,7 @@ def test_a_failure_in_the_codegen_stage_is_named(monkeypatch):
 
     def broken_build(*args, **kwargs):
         raise RuntimeError("cc: internal error")
-    monkeypatch.setattr(kiln.compiler, "build_executor", broken_build)
+    monkeypatch.setattr(kiln.compiler.pipeline, "build_executor", broken_build)
     cf = kiln.compile(lambda x: (x * 2).exp())
     x = kiln.randn(4)
     with pytest.warns(UserWarning, match="building .* kernels failed"):
@@ -340,7 +340,7 @@ def test_side_effects_are_not_repeated_when_compilation_fails(monkeypatch):
 
     def broken(*args, **kwargs):
         raise AssertionError("bug")
-    monkeypatch.setattr(kiln.compiler, "compile_program", broken)
+    monkeypatch.setattr(kiln.compiler.function, "compile_program", broken)
     cf = kiln.compile(f)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -358,7 +358,7 @@ def test_fullgraph_raises_where_compile_would_fall_back(monkeypatch):
 
     def broken(*args, **kwargs):
         raise AssertionError("a compiler bug")
-    monkeypatch.setattr(kiln.compiler, "compile_program", broken)
+    monkeypatch.setattr(kiln.compiler.function, "compile_program", broken)
     with pytest.raises(AssertionError, match="a compiler bug"):
         kiln.compile(lambda x: x * 2, fullgraph=True)(kiln.ones(2))
 

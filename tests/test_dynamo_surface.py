@@ -33,7 +33,7 @@ def test_recompile_limit_from_config_is_kilns():
     before = kiln._dynamo.config.recompile_limit
     kiln._dynamo.config.recompile_limit = 2
     try:
-        assert compiler.RECOMPILE_LIMIT == 2
+        assert compiler.function.RECOMPILE_LIMIT == 2
         f = kiln.compile(lambda x: x * 2)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-from kiln import compiler
+from kiln.compiler import function
 from kiln.compiler import compile as _compile
 from kiln.compiler.counters import counters
 from kiln.runtime.device import is_writeable
@@ -102,10 +102,10 @@ def _compiled_backward(tensor: Tensor, seed: Tensor, retain: bool, create_graph:
     if captured:
         structure = plan.structure()
         _CAPTURES[structure] = _CAPTURES.get(structure, 0) + 1
-        if _CAPTURES[structure] > compiler.RECOMPILE_LIMIT:
+        if _CAPTURES[structure] > function.RECOMPILE_LIMIT:
             # new hook objects on every backward: each would be one more capture and compile
             warnings.warn(f"compiled autograd: this graph was captured "
-                          f"{compiler.RECOMPILE_LIMIT} times with other hooks (hooks are keyed "
+                          f"{function.RECOMPILE_LIMIT} times with other hooks (hooks are keyed "
                           "by identity: register them once, outside the loop); it runs on "
                           "the plain autograd engine", stacklevel=3)
             autograd.plain_backward(tensor, seed, retain, create_graph, inputs)

@@ -1,7 +1,8 @@
 """`torch._dynamo.config` for kiln: the settings training scripts write.
 
 `recompile_limit` (alias `cache_size_limit`) is kiln.compile's: how many traced entries one
-compiled function keeps before it runs eagerly (kiln.compiler.RECOMPILE_LIMIT, 8 as PyTorch's).
+compiled function keeps before it runs eagerly (kiln.compiler.function.RECOMPILE_LIMIT, 8 as
+PyTorch's).
 The rest are accepted with PyTorch's defaults and change nothing in kiln, which traces by
 running the function: `suppress_errors` (kiln always falls back to eager with a warning where a
 compile fails), `capture_scalar_outputs`, dynamic-shape and module-guard switches, `verbose`,
@@ -32,8 +33,8 @@ _ACCEPTED = {
 class _Config(types.ModuleType):
     def __getattr__(self, name: str):
         if name in _LIMIT_NAMES:
-            from kiln import compiler
-            return compiler.RECOMPILE_LIMIT
+            from kiln.compiler import function
+            return function.RECOMPILE_LIMIT
         if name in _ACCEPTED:
             return _ACCEPTED[name]
         raise AttributeError(f"kiln._dynamo.config.{name} does not exist")
@@ -42,8 +43,8 @@ class _Config(types.ModuleType):
         if name.startswith("__"):
             return super().__setattr__(name, value)
         if name in _LIMIT_NAMES:
-            from kiln import compiler
-            compiler.RECOMPILE_LIMIT = int(value)
+            from kiln.compiler import function
+            function.RECOMPILE_LIMIT = int(value)
         elif name in _ACCEPTED:
             _ACCEPTED[name] = value
         else:

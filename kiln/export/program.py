@@ -22,7 +22,8 @@ from kiln.export.signature import (ExportGraphSignature, InputKind, InputSpec, O
                                    OutputSpec, TensorArgument, ValueRange, lifted_input_name)
 from kiln.export.symbolic import (Affine, concretize, templates_from_json,
                                   templates_to_json)
-from kiln.compiler import _referenced_objects, _tensor_names, compile_program, kernel_target
+from kiln.compiler import compile_program, kernel_target
+from kiln.compiler.tracing import _referenced_objects, _tensor_names
 from kiln.ir import dtypes as dt
 from kiln.ir.dtypes import DType
 from kiln.ir.graph import Graph, IRError

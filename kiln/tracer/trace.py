@@ -99,7 +99,7 @@ class TracedProgram:
     # (an lr scheduler's step: `after_replay`), each with a name for listings
     after_replay: list = field(default_factory=list)
     # numbers in Python state the traced call changed and the program reads at run time (a
-    # step counter: `compiler._lift_counters`): (name, write, where, value) per place; a replay
+    # step counter: `CompiledFunction._lift_counters`): (name, write, where, value) per place; a replay
     # writes `evaluate(where, ...)` there (the call's values before it ran), or `value` where
     # `where` is None (a number the call set)
     number_writes: list = field(default_factory=list)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.compiler import RECOMPILE_LIMIT
+from kiln.compiler.function import RECOMPILE_LIMIT
 
 STEPS = 12
 
