@@ -421,7 +421,7 @@ def test_a_warm_training_step_replays_a_cold_compile(cache_dir, passes_run, monk
     # replay copies comes from the cached `output_roots`); read now, they are the cold
     # compile's, and so are the roots
     assert "nodes" not in vars(b.graph) and "steps" not in vars(b.schedule)
-    assert b.compiled.forward.output_roots == compiler.output_roots(b.graph) == \
+    assert b.compiled.forward.output_roots == compiler.outputs.output_roots(b.graph) == \
         a.compiled.forward.output_roots
     assert str(a.graph) == str(b.graph) and str(a.schedule) == str(b.schedule)
     assert a.schedule.graph.structure() == b.schedule.graph.structure()

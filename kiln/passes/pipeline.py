@@ -78,7 +78,7 @@ class CompiledPart:
     schedule: Schedule | None = None    # the fused program; None for the NumPy executor
     lowered: object = None              # LoweredProgram (kiln.codegen.lower): what runs
     snapshots: list = field(default_factory=list)   # (step name, its result) in STEPS order
-    # per output, where its memory comes from (`kiln.compiler.output_roots`): kept with the
+    # per output, where its memory comes from (`kiln.compiler.outputs.output_roots`): kept with the
     # program so that a warm start need not decode the graph's nodes to know it
     output_roots: tuple | None = None
 

@@ -13,7 +13,7 @@ from kiln.tracer.joint import trace_joint
 
 
 def test_the_compiler_derives_its_backward_with_the_one_joint_tracer():
-    assert kiln.compiler.trace_backward is joint.trace_backward
+    assert kiln.compiler.function.trace_backward is joint.trace_backward
 
 
 def test_an_integer_input_computed_from_one_that_requires_grad_gets_no_gradient():
