@@ -750,3 +750,19 @@ def test_a_broadcast_value_written_into_part_of_a_tensor_is_expanded_as_torchs(s
     for k, t in zip(k_grads, t_grads):
         assert k.shape == t.shape and k.dtype == t.dtype
         np.testing.assert_allclose(k, t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda lib: lib.arange(12.0).reshape(3, 4).t() + 1, (-1,)),
+    (lambda lib: lib.arange(24.0).reshape(2, 3, 4).permute(1, 0, 2) * 2, (3, -1)),
+    (lambda lib: lib.arange(24.0).reshape(2, 3, 4).transpose(0, 2).exp(), (4, 6)),
+], ids=["transposed_sum", "permuted_product", "transposed_exp"])
+def test_view_of_a_fresh_result_laid_out_as_its_input_is_refused_as_in_torch(make, shape):
+    """A fresh elementwise result keeps its input's layout in PyTorch as in kiln: where that
+    layout cannot be viewed, view() raises in both (kiln relays out only a convolution's
+    channels-last result, whose PyTorch layout is contiguous)."""
+    for lib in (torch, kiln):
+        with pytest.raises(RuntimeError, match=r"view size is not compatible.*reshape"):
+            make(lib).view(shape)
+    np.testing.assert_allclose(make(kiln).reshape(shape).numpy(),
+                               make(torch).reshape(shape).numpy(), rtol=1e-6)

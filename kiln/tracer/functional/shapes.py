@@ -121,6 +121,11 @@ def view_dtype(input, dtype):
     return result
 
 
+# the order of dims (fastest first) of an eager convolution's result, by rank: channels-last,
+# (N, L, C), (N, H, W, C), (N, D, H, W, C) in memory, where PyTorch's is contiguous
+_CONV_OUTPUT_ORDERS = {3: (1, 2, 0), 4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}
+
+
 def _relayout_private(input) -> bool:
     """Make `input` C-contiguous in place when no other tensor or array can see its memory.
 
@@ -129,9 +134,14 @@ def _relayout_private(input) -> bool:
     contiguous, so `x.view(-1, 320)` after a conv must work as it does there. Such a result owns
     its memory (no NumPy base); when nothing but `input` and its own autograd node refers to
     that array (no view, no `.data` alias), copying it to C order is invisible to the user.
+    Only a result laid out as a convolution lays out its output (channels fastest) qualifies:
+    any other layout is PyTorch's too (`tracer/strides.py`), so there its view() raises.
     """
     data = input._data
     if not _COUNTS_HOLD or getattr(data, "base", None) is not None:
+        return False
+    order = _CONV_OUTPUT_ORDERS.get(data.ndim)
+    if order is None or not layout.is_dense_in(data.shape, data.strides, order, data.itemsize):
         return False
     holders = 1                                 # input._data (and `data` here)
     # the autograd node that made this memory keeps it for its backward (reading it there is
