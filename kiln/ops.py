@@ -28,7 +28,8 @@ from kiln.tracer.functional import (  # noqa: F401
     relu, relu6, select_rows, selu, silu, softmin, softplus, softsign, tanhshrink)
 from kiln.tracer.functional import _gather as gather_along  # noqa: F401
 from kiln.tracer.functional.common import refuse_integers, refuse_without_kernel  # noqa: F401
-from kiln.tracer.functional.indexing import check_bounds_later, check_indices  # noqa: F401
+from kiln.tracer.functional.indexing import (check_bounds_later, check_indices,  # noqa: F401
+                                           check_values)
 from kiln.tracer.functional.pooling import eager_max_pool2d  # noqa: F401
 from kiln.tracer.grad_names import apply_nn_names as apply_nn_grad_names  # noqa: F401
 from kiln.tracer.autocast import install as install_autocast  # noqa: F401

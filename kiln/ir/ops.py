@@ -997,18 +997,25 @@ class BoundsIndexError(IndexError):
     the user's op already, so the dispatcher adds only the user's line."""
 
 
-BOUNDS_ERRORS = (BoundsIndexError, BoundsError)
+class BoundsValueError(ValueError):
+    """A value check's ValueError (`check_values`: a negative variance), raised as the user's."""
+
+
+BOUNDS_ERRORS = (BoundsIndexError, BoundsError, BoundsValueError)
 # the primitives whose impl raises one of those (an executor remembers where each was traced)
-CHECKING_OPS = frozenset({"check_index"})
+CHECKING_OPS = frozenset({"check_index", "check_values"})
 
 
 def as_user_error(error: Exception, where: str = "") -> Exception:
     """A bounds check's error as eager code raises it to the user: a plain IndexError or
     RuntimeError with its message (naming the user's op), `where` (` (at file:line)`) added."""
-    return (IndexError if isinstance(error, IndexError) else RuntimeError)(f"{error}{where}")
+    kind = IndexError if isinstance(error, IndexError) else \
+        ValueError if isinstance(error, ValueError) else RuntimeError
+    return kind(f"{error}{where}")
 
 
-_INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError}
+_INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError,
+                 "ValueError": BoundsValueError}
 
 
 def _check_index_impl(xp, idx, size, op, kind, negative, ignore, message):
@@ -1040,6 +1047,39 @@ def _check_index_impl(xp, idx, size, op, kind, negative, ignore, message):
 # value at its `{}`: the words eager code uses, so a replay's error reads as eager's.
 define("check_index", INDEX, _check_index_infer, _check_index_impl, None, arity=1,
        doc="idx unchanged; raises `kind` when a value is outside [0 or -size, size)")
+
+
+def _check_values_infer(shapes, dtypes, op, kind, message):
+    if dtypes[1] is not dt.bool_:
+        raise ShapeError(f"{op}: a value check takes a bool condition, got {dtypes[1].name}")
+    if tuple(shapes[1]) != tuple(shapes[0]):
+        raise ShapeError(f"{op}: a value check's condition has shape {list(shapes[1])}, its "
+                         f"values {list(shapes[0])}")
+    return shapes[0], dtypes[0]
+
+
+def _check_values_impl(xp, x, ok, op, kind, message):
+    out = x.copy()              # a fresh buffer, as check_index's
+    if ok.size == 0:
+        return out
+    deferred = getattr(_DEFERRED, "checks", None)
+    if deferred is not None:    # capturing a CUDA graph: checked after it ran
+        deferred.append((~ok.all(), _check_values_impl, (xp, x, ok, op, kind, message)))
+        return out
+    if not bool(ok.all()):
+        bad = x[~ok].ravel()[0]
+        raise _INDEX_ERRORS[kind](f"{op}: {message.format(bad.item())}")
+    return out
+
+
+# A check on a tensor's values that eager code makes by reading them (gaussian_nll_loss's
+# `var >= 0`, binary_cross_entropy's probabilities in [0, 1]): `x` unchanged where `ok` holds
+# everywhere, else `kind` raised with `message`, the first failing value of `x` at its `{}`.
+# Traced, it is a graph node whose output the op then uses, so a compiled replay checks what
+# eager mode checks (an extern step, as check_index) instead of the call breaking the graph.
+define("check_values", INDEX, _check_values_infer, _check_values_impl,
+       lambda g, out, x, ok, **attrs: (g, None), arity=2, reads=(),
+       doc="x unchanged; raises `kind` when the bool `ok` is False anywhere")
 
 
 def _scatter_infer(shapes, dtypes, axis):

@@ -1247,8 +1247,8 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
         raise op_error("binary_cross_entropy", f"Using a target size ({list(target.shape)}) "
                        f"that is different to the input size ({list(input.shape)}) is "
                        f"deprecated. Please ensure they have the same size.", ValueError)
-    _check_probabilities(input, "input")
-    _check_probabilities(target, "target")
+    input = _check_probabilities(input, "input")
+    target = _check_probabilities(target, "target")
     # PyTorch clamps the logs at -100 so that a 0 or 1 input gives a finite loss
     log_p = kiln.clamp_min(kiln.log(input), -100.0)
     log_q = kiln.clamp_min(kiln.log(1 - input), -100.0)
@@ -1279,25 +1279,30 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     return _weighted_mean_or_sum(loss, reduction)
 
 
-def _check_probabilities(t: Tensor, name: str) -> None:
+def _check_probabilities(t: Tensor, name: str) -> Tensor:
     """binary_cross_entropy's input and target must lie in [0, 1] (NaN does not), as PyTorch
-    checks: outside, the loss is NaN or silently wrong. Eager only, one min and one max."""
-    if is_compiling() or t.numel() == 0:
-        return
-    t = t.detach()
+    checks: outside, the loss is NaN or silently wrong. Eagerly one min and one max; traced, a
+    check_values node on every compiled replay. Returns the tensor to compute with."""
+    if t.numel() == 0:
+        return t
+    message = (f"all elements of {name} should be between 0 and 1; got {{}} (shape "
+               f"{list(t.shape)}). For logits, use binary_cross_entropy_with_logits "
+               "(BCEWithLogitsLoss)")
+    if is_compiling():
+        return _core.check_values(t, (t >= 0) & (t <= 1), "binary_cross_entropy", message,
+                                  RuntimeError)
+    original, t = t, t.detach()
     if t.device.type != "cpu":          # on a GPU: queued, read at the next host read
-        _core.check_bounds_later(t, 0.0, 1.0, "binary_cross_entropy", RuntimeError,
-                                 f"all elements of {name} should be between 0 and 1; got "
-                                 f"{{}} (shape {list(t.shape)}). For logits, use "
-                                 "binary_cross_entropy_with_logits (BCEWithLogitsLoss)",
+        _core.check_bounds_later(t, 0.0, 1.0, "binary_cross_entropy", RuntimeError, message,
                                  inclusive=True)
-        return
+        return original
     low, high = t.min().item(), t.max().item()
     if not (low >= 0 and high <= 1):        # NaN propagates into min and max, and fails both
         raise op_error("binary_cross_entropy", f"all elements of {name} should be between 0 "
                        f"and 1; got {name} values in [{float(low)}, {float(high)}] (shape "
                        f"{list(t.shape)}). For logits, use binary_cross_entropy_with_logits "
                        f"(BCEWithLogitsLoss)", RuntimeError)
+    return original
 
 
 def _class_last_shape(input: Tensor) -> tuple:

@@ -322,6 +322,8 @@ OPS = {
     "cat": lambda b, n, x, a: b.op("Concat", x, axis=a["axis"]),
     # ONNX has no error op; onnxruntime's Gather refuses an index out of range itself
     "check_index": lambda b, n, x, a: b.op("Identity", x),
+    # nor for a value check (a loss's var >= 0): the exported graph passes the values on
+    "check_values": lambda b, n, x, a: b.op("Identity", [x[0]]),
     "take": _take, "matmul": _binary("MatMul"), "unfold": _unfold, "unfold_dim": _unfold_dim,
     "full": _full, "arange": _arange,
 }

@@ -87,6 +87,8 @@ CASES = {
     "pad": [("", lambda x: P.pad(x, pads=((1, 0), (2, 1)), value=0.5), [arg(2, 3)])],
     "cat": [("", lambda x, y, z: P.cat(x, y, z, axis=1), [arg(2, 1), arg(2, 3, seed=1),
                                                          arg(2, 2, seed=2)])],
+    "check_values": [("passes the values through", lambda x: P.check_values(
+        x, P.ge(P.abs(x), 0), op="demo", kind="ValueError", message="{}"), [arg(2, 3)])],
     "take": [("repeats", lambda x: P.take(x, index(2, 0, 2), axis=1), [arg(2, 3)]),
              ("2-d index", lambda x: P.take(x, kiln.tensor([[0, 1], [1, 1]]), axis=0),
               [arg(2, 3)])],

@@ -211,6 +211,22 @@ def check_indices(values: Tensor, size: int, op: str, what: str, kind: type = Ru
     return values
 
 
+def check_values(values: Tensor, ok: Tensor, op: str, message: str,
+                 kind: type = ValueError) -> Tensor:
+    """`values` that `op` needs `ok` (a bool tensor of their shape) of everywhere, as eager
+    code checks by reading them (gaussian_nll_loss's `var >= 0`). Traced, a check_values node
+    whose output is the values to use, so that every compiled replay checks what eager mode
+    checks instead of the call breaking the graph; eagerly it is checked at once. `message`
+    follows `op: ` in the error, the first failing value at its `{}`."""
+    if STATE.tracer is not None:
+        return P.check_values(values, ok, op=_replay_name(op), kind=kind.__name__,
+                              message=message)
+    if ok.numel() and not bool(ok.all()):
+        bad = values.detach()[~ok].reshape(-1)[0].item()
+        raise op_error(op, message.format(bad), kind)
+    return values
+
+
 def check_bounds_later(index: Tensor, lowest, size, op: str, kind: type, message: str,
                        inclusive: bool = False) -> None:
     """Check that every value of `index` (on a GPU) lies in [lowest, size) without making the
