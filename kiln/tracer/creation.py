@@ -761,13 +761,15 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
     exponential `q` (top-k of them for several); draws with replacement search the normalized
     cumulative sums with one uniform double each, row by row."""
     gen = generator or default_generator
+    if STATE.tracer is not None and num_samples == 1 and input.device.type == "cpu" and \
+            input.dtype in (dt.float32, dt.float64) and input.ndim in (1, 2):
+        return _traced_multinomial(input.detach(), gen)
     probs = input.detach()._host("multinomial()")
     if probs.dtype.itemsize == 2 and probs.dtype != np.float16:     # bfloat16: as float32
         probs = probs.astype(np.float32)
     rows = probs.reshape(-1, probs.shape[-1])
     if np.any(rows < 0) or not np.all(np.isfinite(rows)) or np.any(rows.sum(-1) <= 0):
-        raise op_error("multinomial", "probability tensor contains either `inf`, `nan` or "
-                       "element < 0, or its rows sum to zero")
+        raise op_error("multinomial", _MULTINOMIAL_INVALID)
     if not replacement and num_samples > rows.shape[-1]:
         raise op_error("multinomial", "cannot sample n_sample > prob_dist.size(-1) samples "
                        "without replacement")
@@ -782,6 +784,26 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
                                            side="left") for row in cum])
     result = picked.astype(np.int64).reshape(probs.shape[:-1] + (num_samples,))
     return Tensor._make(to_device(result, input.device), dt.int64, input.device)
+
+
+_MULTINOMIAL_INVALID = ("probability tensor contains either `inf`, `nan` or element < 0, or "
+                        "its rows sum to zero")
+
+
+def _traced_multinomial(probs: Tensor, gen) -> Tensor:
+    """One draw per row, as graph ops a compiled call replays (a categorical policy's action,
+    a sampled token): eager's pick, the largest `p / q` for an exponential `q` drawn as eager
+    draws it, with eager's check of the probabilities on every replay. The CPU only: there the
+    division rounds as NumPy's does, so near-ties fall as eagerly."""
+    from kiln.tracer.functional.indexing import check_values     # (indexing imports this)
+    rows = probs if probs.ndim == 2 else probs.reshape(1, -1)
+    ok = (rows >= 0) & rows.isfinite() & (rows.sum(-1, keepdim=True) > 0)
+    rows = check_values(rows, ok, "multinomial", _MULTINOMIAL_INVALID, RuntimeError)
+    shape, kind = tuple(rows.shape), probs.dtype.np
+    q = random_values(gen, probs.device, probs.dtype,
+                      lambda stream: stream.exponential(_count(shape), kind).reshape(shape))
+    picked = (rows / q).argmax(-1, keepdim=True)
+    return picked if probs.ndim == 2 else picked.reshape(1)
 
 
 def bernoulli(input, p=None, *, generator=None) -> Tensor:
