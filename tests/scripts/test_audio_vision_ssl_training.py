@@ -1,0 +1,42 @@
+"""Training programs from audio, vision and self-supervised learning, each written as its
+community writes it and run under torch and kiln: a WaveNet (mu-law companding, dilated causal
+Conv1d by left `F.pad`, gated units, residual and skip 1x1 convolutions, Categorical
+generation), a log-mel spectrogram classifier (`torch.stft` complex, a hand-built mel
+filterbank, SpecAugment masks by `masked_fill`), Swin window attention (window partition and
+reverse, shifted windows by `torch.roll`, a relative position bias table behind an index buffer,
+the shifted windows' mask built once), ConvNeXt blocks (7x7 depthwise convolutions, channels-last
+LayerNorm, layer scale, DropPath by `bernoulli_`, AdamW parameter groups, per-iteration
+CosineAnnealingLR), FixMatch (weak and strong augmentations, confidence-masked pseudo labels, an
+EMA model), BYOL (online and target networks, a BatchNorm1d predictor, momentum updates by
+`_foreach_` ops and `lerp_`), learning to rank (ListNet, pairwise margin ranking over
+`torch.combinations`, NDCG@k) and an LSTM autoencoder for anomaly detection (GaussianNLLLoss,
+OneCycleLR then ReduceLROnPlateau, a `torch.quantile` threshold). Each kiln run starts from
+torch's initial weights (kiln draws PyTorch's random numbers, so masks, drops and samples are
+torch's too): losses agree with torch's step by step, final values too, and the compiled run
+repeats eager's losses (rtol 1e-4), with no step falling back to eager unless said, and then for
+a reason the warning names."""
+
+import numpy as np
+
+from tests.scripts.harness import _as_array
+from tests.scripts.test_applied_training import applied_run
+
+
+def test_wavenet_mu_law_dilated_causal_gated_stack_and_categorical_generation():
+    t, k, c, notes = applied_run("wavenet", values_rtol=1e-4, values_atol=1e-5)
+    assert k["losses"][-1] < k["losses"][0]
+    # the same logits, so the same draws: the generated samples are torch's exactly
+    np.testing.assert_array_equal(_as_array(c["values"]["generated"]),
+                                  _as_array(t["values"]["generated"]))
+    assert float(k["values"]["roundtrip"]) < 0.02          # mu-law decode inverts encode
+
+
+def test_spectrogram_classifier_stft_mel_filterbank_and_spec_augment():
+    # the masks' spans are torch's draws; the front end, compiled alone, holds complex numbers
+    # (compiled code has none): it runs eagerly and says so; the training step compiles whole
+    t, k, c, notes = applied_run("spectrogram_classifier", whole=False, values_rtol=1e-4,
+                                 values_atol=1e-4)
+    assert len(notes) == 1 and "complex" in notes[0] and "runs eagerly" in notes[0], notes
+    assert notes[0].startswith("kiln.compile: LogMelSpectrogram computes"), notes
+    assert k["values"]["lrs"] == t["values"]["lrs"]
+    assert k["losses"][-1] < k["losses"][0]
