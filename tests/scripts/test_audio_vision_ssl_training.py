@@ -40,3 +40,19 @@ def test_spectrogram_classifier_stft_mel_filterbank_and_spec_augment():
     assert notes[0].startswith("kiln.compile: LogMelSpectrogram computes"), notes
     assert k["values"]["lrs"] == t["values"]["lrs"]
     assert k["losses"][-1] < k["losses"][0]
+
+
+def test_swin_shifted_window_attention_relative_position_bias_and_mask_buffer():
+    t, k, c, notes = applied_run("swin", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    # the last stage's window covers its whole map: no shift, so its mask buffer is None
+    assert v["buffers"] == t["values"]["buffers"] and v["buffers"].count("attn_mask") == 1
+    assert set(np.unique(_as_array(v["attn_mask"]))) == {-100.0, 0.0}
+    assert k["losses"][-1] < k["losses"][0]
+
+
+def test_convnext_depthwise_channels_last_norm_layer_scale_drop_path_and_adamw_groups():
+    # DropPath's per-sample `bernoulli_` draws are torch's, in eager and compiled runs alike
+    t, k, c, notes = applied_run("convnext", values_rtol=1e-4, values_atol=1e-5)
+    assert k["values"]["group_sizes"] == t["values"]["group_sizes"] == "33/15"
+    assert k["losses"][-1] < k["losses"][0]
