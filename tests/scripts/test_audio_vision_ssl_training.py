@@ -56,3 +56,14 @@ def test_convnext_depthwise_channels_last_norm_layer_scale_drop_path_and_adamw_g
     t, k, c, notes = applied_run("convnext", values_rtol=1e-4, values_atol=1e-5)
     assert k["values"]["group_sizes"] == t["values"]["group_sizes"] == "33/15"
     assert k["losses"][-1] < k["losses"][0]
+
+
+def test_fixmatch_weak_strong_augmentations_confidence_masked_pseudo_labels_and_ema():
+    # the flips, shifts, jitter and Cutout boxes are torch's draws, inside the compiled step too
+    t, k, c, notes = applied_run("fixmatch", values_rtol=1e-4, values_atol=1e-5)
+    rates = _as_array(k["values"]["mask_rates"])
+    assert rates[0] == 0.0 and rates[-1] > 0.3            # confidence grows past the threshold
+    assert int(k["values"]["n_averaged"]) == 12
+    # AveragedModel(avg_fn) and the hand-written EMA differ only by their first update
+    drift = np.abs(_as_array(k["values"]["ema_fc"]) - _as_array(k["values"]["averaged_fc"]))
+    assert 0 < drift.max() < 0.01
