@@ -78,3 +78,13 @@ def test_byol_target_momentum_by_foreach_and_lerp_and_simsiam_loss():
     assert k["losses"][-1] < 0.5 * k["losses"][0]
     assert float(k["values"]["spread"]) > 0.01              # no collapse
     assert -1.0 <= float(k["values"]["simsiam"]) < 0.0
+
+
+def test_learning_to_rank_listnet_pairwise_margin_ranking_and_ndcg():
+    t, k, c, notes = applied_run("learning_to_rank", values_rtol=1e-4, values_atol=1e-5)
+    v = k["values"]
+    assert v["n_pairs"] == 45
+    np.testing.assert_array_equal(_as_array(c["values"]["top_docs"]),
+                                  _as_array(t["values"]["top_docs"]))
+    ndcgs = _as_array(v["ndcgs"])
+    assert ndcgs[-1] > float(v["random_ndcg"]) and 0 < ndcgs.min() and ndcgs.max() <= 1
