@@ -997,7 +997,12 @@ class BoundsIndexError(IndexError):
     the user's op already, so the dispatcher adds only the user's line."""
 
 
-BOUNDS_ERRORS = (BoundsIndexError, BoundsError)
+class BoundsValueError(ValueError):
+    """A value check's ValueError (an argument PyTorch rejects by its values, such as
+    gaussian_nll_loss's negative variance), raised as it is, as the others."""
+
+
+BOUNDS_ERRORS = (BoundsIndexError, BoundsError, BoundsValueError)
 # the primitives whose impl raises one of those (an executor remembers where each was traced)
 CHECKING_OPS = frozenset({"check_index"})
 
@@ -1005,10 +1010,13 @@ CHECKING_OPS = frozenset({"check_index"})
 def as_user_error(error: Exception, where: str = "") -> Exception:
     """A bounds check's error as eager code raises it to the user: a plain IndexError or
     RuntimeError with its message (naming the user's op), `where` (` (at file:line)`) added."""
-    return (IndexError if isinstance(error, IndexError) else RuntimeError)(f"{error}{where}")
+    kind = IndexError if isinstance(error, IndexError) else \
+        ValueError if isinstance(error, ValueError) else RuntimeError
+    return kind(f"{error}{where}")
 
 
-_INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError}
+_INDEX_ERRORS = {"IndexError": BoundsIndexError, "RuntimeError": BoundsError,
+                 "ValueError": BoundsValueError}
 
 
 def _check_index_impl(xp, idx, size, op, kind, negative, ignore, message):

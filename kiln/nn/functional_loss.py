@@ -14,7 +14,7 @@ import numpy as np
 
 import kiln
 from kiln import Tensor
-from kiln.ops import check_indices, op_error
+from kiln.ops import check_indices, op_error, prims as P
 
 __all__ = ["gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
            "multilabel_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
@@ -57,13 +57,26 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
             raise op_error("gaussian_nll_loss", f"var is of incorrect size: "
                            f"{list(var.shape)} for input of size {list(input.shape)}",
                            ValueError)
-    if bool((var < 0).any()):
-        raise op_error("gaussian_nll_loss", "var has negative entry/entries", ValueError)
+    var = _nonnegative_var(var)
     var = var + (var.clamp_min(eps) - var).detach()
     loss = 0.5 * (kiln.log(var) + (input - target) ** 2 / var)
     if full:
         loss = loss + 0.5 * math.log(2 * math.pi)
     return _reduce(loss, reduction)
+
+
+def _nonnegative_var(var: Tensor) -> Tensor:
+    """`var`, after PyTorch's check that no entry is negative (ValueError). Traced, the check is
+    a graph node (check_index of the count of negative entries, which must be 0) that the
+    variance passes through, so the step compiles whole and every replay checks its own var."""
+    if not kiln.compiler.is_compiling():
+        if bool((var < 0).any()):
+            raise op_error("gaussian_nll_loss", "var has negative entry/entries", ValueError)
+        return var
+    negative = P.check_index((var < 0).any().long(), size=1, op="gaussian_nll_loss",
+                             kind="ValueError", negative=False, ignore=None,
+                             message="var has negative entry/entries")
+    return kiln.where(negative == 0, var, kiln.nan)
 
 
 @_composite
