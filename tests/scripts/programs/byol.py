@@ -133,7 +133,8 @@ def main(seed=0, compile=False, initial_state=None):
         features = F.normalize(model.target_encoder(images), dim=-1)
         # a collapsed representation has no spread across the batch
         spread = features.std(0).mean()
-    values = {"simsiam": simsiam, "spread": spread, "target_w": model.target_encoder.net[0].weight[:2],
+    values = {"simsiam": simsiam, "spread": spread,
+              "target_w": model.target_encoder.net[0].weight[:2],
               "target_proj": model.target_projector[3].bias,
               "running_var": model.target_encoder.net[1].running_var,
               "momenta": torch.tensor(momenta)}
