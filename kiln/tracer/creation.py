@@ -761,13 +761,14 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
     exponential `q` (top-k of them for several); draws with replacement search the normalized
     cumulative sums with one uniform double each, row by row."""
     gen = generator or default_generator
+    if STATE.tracer is not None and num_samples == 1 and input.ndim in (1, 2):
+        return _traced_single_draw(input, gen)
     probs = input.detach()._host("multinomial()")
     if probs.dtype.itemsize == 2 and probs.dtype != np.float16:     # bfloat16: as float32
         probs = probs.astype(np.float32)
     rows = probs.reshape(-1, probs.shape[-1])
     if np.any(rows < 0) or not np.all(np.isfinite(rows)) or np.any(rows.sum(-1) <= 0):
-        raise op_error("multinomial", "probability tensor contains either `inf`, `nan` or "
-                       "element < 0, or its rows sum to zero")
+        raise op_error("multinomial", _BAD_DISTRIBUTION)
     if not replacement and num_samples > rows.shape[-1]:
         raise op_error("multinomial", "cannot sample n_sample > prob_dist.size(-1) samples "
                        "without replacement")
@@ -782,6 +783,28 @@ def multinomial(input, num_samples, replacement=False, *, generator=None) -> Ten
                                            side="left") for row in cum])
     result = picked.astype(np.int64).reshape(probs.shape[:-1] + (num_samples,))
     return Tensor._make(to_device(result, input.device), dt.int64, input.device)
+
+
+_BAD_DISTRIBUTION = ("probability tensor contains either `inf`, `nan` or element < 0, or its "
+                     "rows sum to zero")
+
+
+def _traced_single_draw(input: Tensor, gen: Generator) -> Tensor:
+    """multinomial's one draw per row under a trace (a Categorical's sample in a compiled
+    step), as eager's: the index of the largest `p / q` for exponential `q` drawn in
+    `input`'s precision, the first among equals (argmax). The distribution's check is a graph
+    node (check_index of whether any row is bad, which must be 0) that the draw passes
+    through, so every replay checks its own probabilities; no value is read into Python."""
+    x = input.detach()
+    if x.dtype is dt.bfloat16:
+        x = x.to(dt.float32)
+    bad = ((x < 0) | ~x.isfinite()).any() | (x.sum(-1) <= 0).any()
+    checked = P.check_index(bad.to(dt.int64), size=1, op="multinomial", kind="RuntimeError",
+                            negative=False, ignore=None, message=_BAD_DISTRIBUTION)
+    shape, kind = tuple(x.shape), x.dtype
+    q = random_values(gen, input.device, kind, lambda stream: stream.exponential(
+        _count(shape), kind.np).reshape(shape))
+    return (x / q).argmax(-1, keepdim=True) + checked
 
 
 def bernoulli(input, p=None, *, generator=None) -> Tensor:

@@ -133,6 +133,7 @@ def main(seed=0, compile=False, initial_state=None):
         loss.backward()
         optimizer.step()
         ema.update(model)
+        averaged.update_parameters(model)
         return loss, Lx.detach(), Lu.detach(), mask.mean()
 
     if compile:
@@ -144,7 +145,6 @@ def main(seed=0, compile=False, initial_state=None):
         loss, lx, lu, rate = train_step(labelled_x[8 * i:8 * i + 8], labelled_y[8 * i:8 * i + 8],
                                         unlabelled_x[32 * (step % 3):32 * (step % 3) + 32])
         scheduler.step()
-        averaged.update_parameters(model)
         losses.append(loss.item())
         mask_rates.append(rate.item())
 

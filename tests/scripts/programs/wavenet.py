@@ -3,8 +3,9 @@ pytorch-wavenet): waveforms mu-law companded (`torch.sign`, `torch.log1p`, `torc
 quantised to 256 classes, one-hot inputs into a causal Conv1d, a stack of dilated causal
 convolutions padded on the left by `F.pad`, gated `tanh * sigmoid` units, residual and skip
 1x1 convolutions summed across layers, a 256-way cross-entropy over the next sample, and a
-short generation drawing each sample from `torch.distributions.Categorical`, mu-law expanded
-back to a waveform. The training step is the compiled function."""
+short generation drawing each sample from `torch.distributions.Categorical` at a falling
+temperature, mu-law expanded back to a waveform. The training step and the sampling step are the
+compiled functions."""
 import math
 
 import numpy as np
@@ -112,15 +113,21 @@ def main(seed=0, compile=False, initial_state=None):
             losses.append(train_step(batch).item())
 
     model.eval()
+
+    @torch.no_grad()
+    def next_sample(window, temperature):
+        logits = model(F.one_hot(window, 256).float().transpose(1, 2))[:, :, -1]
+        return Categorical(logits=logits / temperature).sample()
+
+    if compile:
+        next_sample = torch.compile(next_sample)
     torch.manual_seed(seed + 1)
-    generated = codes[:1, :model.receptive_field].clone()
-    with torch.no_grad():
-        for _ in range(6):
-            window = generated[:, -model.receptive_field:]
-            logits = model(F.one_hot(window, 256).float().transpose(1, 2))[:, :, -1]
-            sample = Categorical(logits=logits).sample()
-            generated = torch.cat([generated, sample.unsqueeze(1)], dim=1)
-        wave = mu_law_decode(generated)
+    generated = codes[:2, :model.receptive_field].clone()
+    for step in range(6):
+        window = generated[:, -model.receptive_field:]
+        sample = next_sample(window, 1.0 - 0.1 * step)
+        generated = torch.cat([generated, sample.unsqueeze(1)], dim=1)
+    wave = mu_law_decode(generated)
     roundtrip = (mu_law_decode(codes) - audio.clamp(-1, 1)).abs().max()
     values = {"codes": codes[:2, :12], "generated": generated[:, -6:], "wave": wave[:, -6:],
               "roundtrip": roundtrip, "receptive_field": model.receptive_field}
