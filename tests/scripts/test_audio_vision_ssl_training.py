@@ -23,6 +23,8 @@ from tests.scripts.test_applied_training import applied_run
 
 
 def test_wavenet_mu_law_dilated_causal_gated_stack_and_categorical_generation():
+    # the compiled sampling step (Categorical's multinomial) read the probabilities into
+    # Python, a graph break: now it compiles whole, its draws torch's
     t, k, c, notes = applied_run("wavenet", values_rtol=1e-4, values_atol=1e-5)
     assert k["losses"][-1] < k["losses"][0]
     # the same logits, so the same draws: the generated samples are torch's exactly

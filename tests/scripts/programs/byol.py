@@ -104,7 +104,7 @@ def main(seed=0, compile=False, initial_state=None):
         model.load_state_dict(initial_state)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     online = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(online, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(online, lr=0.02, momentum=0.9, nesterov=True, weight_decay=1e-4)
     base_m, total = 0.9, 16
 
     def train_step(x, m):
