@@ -1008,8 +1008,9 @@ CHECKING_OPS = frozenset({"check_index"})
 
 
 def as_user_error(error: Exception, where: str = "") -> Exception:
-    """A bounds check's error as eager code raises it to the user: a plain IndexError or
-    RuntimeError with its message (naming the user's op), `where` (` (at file:line)`) added."""
+    """A bounds check's error as eager code raises it to the user: a plain IndexError,
+    ValueError or RuntimeError with its message (naming the user's op), `where`
+    (` (at file:line)`) added."""
     kind = IndexError if isinstance(error, IndexError) else \
         ValueError if isinstance(error, ValueError) else RuntimeError
     return kind(f"{error}{where}")

@@ -67,7 +67,7 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
 
 def _nonnegative_var(var: Tensor) -> Tensor:
     """`var`, after PyTorch's check that no entry is negative (ValueError). Traced, the check is
-    a graph node (check_index of the count of negative entries, which must be 0) that the
+    a graph node (check_index of whether any entry is negative, which must be 0) that the
     variance passes through, so the step compiles whole and every replay checks its own var."""
     if not kiln.compiler.is_compiling():
         if bool((var < 0).any()):

@@ -441,8 +441,8 @@ def _lerp_lifted_weight(input, weight: SymbolicNumber):
     changes each step) as the 0-d graph input of the dtype PyTorch's kernel holds it in (float32
     but for float64 inputs, as `_in_opmath`; float16 and bfloat16 compute in float32): lerp's
     tensor-weight formula then picks PyTorch's formula by |w| < 0.5 in the graph, the same bits
-    as the number's. Where no trace can lift
-    it (complex), None: the number is then read into Python (`_number` specialises it)."""
+    as the number's. Where no trace can lift it (complex), None: the number is then read into
+    Python (`_number` specialises it)."""
     tracer = STATE.tracer
     if tracer is None or input.dtype.is_complex or isinstance(weight.value, complex) or \
             input.device.type == "meta":
