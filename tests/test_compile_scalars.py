@@ -559,6 +559,36 @@ def test_arithmetic_on_lifted_numbers_stays_lifted(fn, values):
     assert _graphs() == 2 and not compiled._specialised
 
 
+
+def _lerp_towards(x, y, w):
+    return x.lerp(y, w), x.clone().lerp_(y, 1 - w)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_a_lerp_weight_stays_lifted_on_both_sides_of_a_half(dtype):
+    """A target network's `p_t.lerp_(p_o, 1 - m)` with a momentum that changes each step: the
+    weight was read into Python (PyTorch's two formulas, chosen by |w| < 0.5), so every new
+    momentum traced again up to the recompile limit; it is now a graph input and the formula
+    is chosen in the graph, bit for bit as eager's."""
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((2, 4, 5)).astype(dtype)
+    x, y = kiln.tensor(data[0]), kiln.tensor(data[1])
+    values = [0.9, 0.1, 0.99, 0.4, 0.6, 0.5, 0.25, 0.75, 1.0, 0.0, 0.996, 0.3]
+    rtol = 1e-3 if dtype == "float16" else 1e-6
+    _, torch_outs = _torch_graphs(lambda a, w: _lerp_towards(a, torch.tensor(data[1]), w),
+                                  values, torch.tensor(data[0]))
+    kiln.compiler.reset()
+    counters.clear()
+    compiled = kiln.compile(_lerp_towards)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no recompile-limit warning
+        for w, ref in zip(values, torch_outs):
+            got, want = compiled(x, y, w), _lerp_towards(x, y, w)
+            for g, e, r in zip(got, want, ref):
+                assert g.dtype == e.dtype and kiln.equal(g, e), (w, g, e)
+                np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=rtol, atol=rtol)
+    assert _graphs() == 2 and not compiled._specialised
+
 def test_a_derived_number_compared_in_python_guards_its_entry():
     def f(x, lam):
         return x * (1 - lam) if 1 - lam > 0.5 else x + lam

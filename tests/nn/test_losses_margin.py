@@ -141,3 +141,42 @@ def test_ctc_module_matches_torch():
                                                     lib.tensor([6, 5]), lib.tensor([2, 1])),
              [logits], dtype=np.float64)
     assert torch is not None
+
+
+def test_gaussian_nll_loss_compiles_whole_and_a_replay_still_rejects_a_negative_var():
+    """The check for a negative variance read `(var < 0).any()` into Python: a training step
+    with GaussianNLLLoss broke its graph there and ran eagerly. Traced, the check is a graph
+    node: the step compiles whole, equals eager, and a replay given a negative variance raises
+    eager's ValueError."""
+    import warnings
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    raw = np.abs(rng.standard_normal((6, 3))).astype(np.float32)
+    model = kiln.nn.Linear(3, 6)
+    loss_fn = kiln.nn.GaussianNLLLoss()
+
+    def step(x, y, raw):
+        out = model(x)
+        mean, var = out[:, :3], kiln.nn.functional.softplus(out[:, 3:]) + raw
+        loss = loss_fn(mean, y, var)
+        loss.backward()
+        return loss
+
+    compiled = kiln.compile(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no graph break, no eager fallback
+        for i in range(3):
+            args = [kiln.tensor(a * (1 + i)) for a in (x, y, raw)]
+            got = compiled(*args)
+            grad = model.weight.grad.clone()
+            model.zero_grad()
+            want = step(*args)
+            assert kiln.allclose(got, want, rtol=1e-6, atol=1e-6)
+            assert kiln.allclose(grad, model.weight.grad, rtol=1e-5, atol=1e-6)
+            model.zero_grad()
+    negative = [kiln.tensor(x), kiln.tensor(y), kiln.tensor(-raw - 10)]
+    with pytest.raises(ValueError, match="gaussian_nll_loss: var has negative entry"):
+        step(*negative)
+    with pytest.raises(ValueError, match="gaussian_nll_loss: var has negative entry"):
+        compiled(*negative)
+    assert len(compiled.entries) == 1

@@ -302,3 +302,43 @@ def test_batch_first_encoder_layer_dropout_is_torchs():
         return layer(lib.tensor(x), src_key_padding_mask=lib.tensor(pad))
     np.testing.assert_allclose(out(kiln).detach().numpy(), out(torch).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+@mkl_stream
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_single_draws_of_multinomial_and_categorical_are_torchs(dtype):
+    """`Categorical(logits=...).sample()` and `multinomial(p, 1)` read the probabilities into
+    Python: a sampling step compiled broke its graph and ran eagerly. Traced, the draw is an
+    exponential race (argmax of p / q, PyTorch's CPU sampler for one draw): the step compiles
+    whole and each call, traced or replayed, draws torch's samples; a replay given a bad
+    distribution raises eager's RuntimeError."""
+    import warnings
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 3, 7)).astype(dtype)
+
+    def sample(lib, x, temperature):
+        probs = lib.softmax(x / temperature, dim=-1)
+        d = lib.distributions.Categorical(logits=x / temperature)
+        return d.sample(), lib.multinomial(probs, 1), lib.multinomial(probs[1], 1,
+                                                                       replacement=True)
+
+    torch.manual_seed(3)
+    expected = [sample(torch, torch.tensor(logits[i]), 1.0 - 0.1 * i) for i in range(4)]
+    kiln.manual_seed(3)
+    compiled = kiln.compile(lambda x, t: sample(kiln, x, t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no graph break, no eager fallback
+        for i in range(4):
+            got = compiled(kiln.tensor(logits[i]), 1.0 - 0.1 * i)
+            for g, e in zip(got, expected[i]):
+                assert g.dtype == kiln.int64 and tuple(g.shape) == tuple(e.shape)
+                np.testing.assert_array_equal(g.numpy(), e.numpy())
+    bad = np.full((3, 7), np.nan, dtype)
+    with pytest.raises(RuntimeError, match="multinomial: probability tensor contains"):
+        kiln.compile(lambda p: kiln.multinomial(p, 1))(kiln.tensor(bad))
+    single = kiln.compile(lambda p: kiln.multinomial(p, 1))
+    single(kiln.tensor(np.ones((3, 7), dtype)))
+    single(kiln.tensor(np.full((3, 7), 2, dtype)))
+    with pytest.raises(RuntimeError, match="multinomial: probability tensor contains"):
+        single(kiln.tensor(bad))
+    assert len(single.entries) == 1

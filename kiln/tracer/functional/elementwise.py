@@ -18,6 +18,7 @@ from kiln.tracer.functional.common import (_as_tensor, _binary, _floating, _numb
                                            both_bool, ones_like, refuse_without_kernel,
                                            result_type, zeros_like)
 from kiln.tracer.provenance import composite
+from kiln.tracer.symbolic_number import SymbolicNumber
 from kiln.tracer.tensor import STATE, Tensor
 from kiln.tracer.unsigned import LIMITED as _LIMITED_UNSIGNED
 from kiln.tracer.unsigned import check as _check_unsigned
@@ -415,7 +416,12 @@ def lerp(input, end, weight):
     `end - (end - input) * (1 - w)`, exact at w = 1 (and infinities come out as there).
     float16/bfloat16 compute in float32 and round once, as PyTorch's kernel does."""
     refuse_without_kernel("lerp", input, (dt.BOOL, dt.INT))
-    weight = _lerp_checked(input, end, weight)
+    lifted = _lerp_lifted_weight(input, weight) if type(weight) is SymbolicNumber else None
+    if lifted is None:
+        weight = _lerp_checked(input, end, weight)
+    else:
+        _lerp_checked(input, end, 0.0)              # end's dtype
+        weight = lifted
     narrow = input.dtype if input.dtype in (dt.float16, dt.bfloat16) else None
     if narrow is not None:
         input, end = P.cast(input, dtype=dt.float32), _lerp_widened(end)
@@ -428,6 +434,21 @@ def lerp(input, end, weight):
         w = _in_opmath(weight, input.dtype)
         out = input + w * (end - input) if _py_abs(w) < 0.5 else end - (end - input) * (1 - w)
     return out if narrow is None else P.cast(out, dtype=narrow)
+
+
+def _lerp_lifted_weight(input, weight: SymbolicNumber):
+    """A lifted number weight (a target network's `lerp_(online, 1 - m)` under a momentum that
+    changes each step) as the 0-d graph input of the dtype PyTorch's kernel holds it in (float32
+    but for float64 inputs, as `_in_opmath`; float16 and bfloat16 compute in float32): lerp's
+    tensor-weight formula then picks PyTorch's formula by |w| < 0.5 in the graph, the same bits
+    as the number's. Where no trace can lift it (complex), None: the number is then read into
+    Python (`_number` specialises it)."""
+    tracer = STATE.tracer
+    if tracer is None or input.dtype.is_complex or isinstance(weight.value, complex) or \
+            input.device.type == "meta":
+        return None
+    return tracer.number_input(weight, dt.float64 if input.dtype is dt.float64 else dt.float32,
+                               input.device)
 
 
 def _lerp_checked(input, end, weight):
