@@ -179,7 +179,18 @@ def test_shapes_match_torch() -> None:
     assert shapes == expected
 
 
-def test_validation_raises_like_torch() -> None:
+@pytest.fixture
+def torch_validating():
+    """PyTorch's default validation on: torch.compile turns it off for the whole process when
+    TorchDynamo first loads (`torch/_dynamo/eval_frame.py`), so after a test in this worker
+    compiled with torch, Normal(0, -1) no longer raises there."""
+    was = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(was)
+
+
+def test_validation_raises_like_torch(torch_validating) -> None:
     for lib in (torch, kiln):
         D = lib.distributions
         with pytest.raises(ValueError):
