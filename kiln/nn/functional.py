@@ -1285,24 +1285,25 @@ def _check_probabilities(t: Tensor, name: str) -> Tensor:
     check_values node on every compiled replay. Returns the tensor to compute with."""
     if t.numel() == 0:
         return t
-    message = (f"all elements of {name} should be between 0 and 1; got {{}} (shape "
-               f"{list(t.shape)}). For logits, use binary_cross_entropy_with_logits "
-               "(BCEWithLogitsLoss)")
     if is_compiling():
-        return _core.check_values(t, (t >= 0) & (t <= 1), "binary_cross_entropy", message,
-                                  RuntimeError)
-    original, t = t, t.detach()
+        return _core.check_values(t, (t >= 0) & (t <= 1), "binary_cross_entropy",
+                                  _outside_probabilities(name, t, "{}"), RuntimeError)
     if t.device.type != "cpu":          # on a GPU: queued, read at the next host read
-        _core.check_bounds_later(t, 0.0, 1.0, "binary_cross_entropy", RuntimeError, message,
-                                 inclusive=True)
-        return original
-    low, high = t.min().item(), t.max().item()
+        _core.check_bounds_later(t.detach(), 0.0, 1.0, "binary_cross_entropy", RuntimeError,
+                                 _outside_probabilities(name, t, "{}"), inclusive=True)
+        return t
+    values = t.detach()
+    low, high = values.min().item(), values.max().item()
     if not (low >= 0 and high <= 1):        # NaN propagates into min and max, and fails both
-        raise op_error("binary_cross_entropy", f"all elements of {name} should be between 0 "
-                       f"and 1; got {name} values in [{float(low)}, {float(high)}] (shape "
-                       f"{list(t.shape)}). For logits, use binary_cross_entropy_with_logits "
-                       f"(BCEWithLogitsLoss)", RuntimeError)
-    return original
+        raise op_error("binary_cross_entropy", _outside_probabilities(
+            name, t, f"{name} values in [{float(low)}, {float(high)}]"), RuntimeError)
+    return t
+
+
+def _outside_probabilities(name: str, t: Tensor, got: str) -> str:
+    return (f"all elements of {name} should be between 0 and 1; got {got} (shape "
+            f"{list(t.shape)}). For logits, use binary_cross_entropy_with_logits "
+            "(BCEWithLogitsLoss)")
 
 
 def _class_last_shape(input: Tensor) -> tuple:

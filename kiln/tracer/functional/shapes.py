@@ -15,7 +15,7 @@ from kiln.tracer import layout
 from kiln.tracer.autograd import _COUNTS_HOLD, Node, _probe_refs, _refs, set_name
 from kiln.tracer.errors import op_error
 from kiln.tracer.storage import element_offset
-from kiln.tracer.strides import settle, stacked
+from kiln.tracer.strides import _CL_ORDERS, settle, stacked
 from kiln.tracer.functional.common import (_axes, _broadcast, _norm_dim, _py_abs, _py_max, _py_min,
                                            _py_sum, arange, zeros)
 from kiln.tracer.tensor import STATE, Tensor
@@ -123,7 +123,7 @@ def view_dtype(input, dtype):
 
 # the order of dims (fastest first) of an eager convolution's result, by rank: channels-last,
 # (N, L, C), (N, H, W, C), (N, D, H, W, C) in memory, where PyTorch's is contiguous
-_CONV_OUTPUT_ORDERS = {3: (1, 2, 0), 4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}
+_CONV_OUTPUT_ORDERS = {3: (1, 2, 0), **_CL_ORDERS}
 
 
 def _relayout_private(input) -> bool:
