@@ -24,7 +24,7 @@ def _mark_consumed(t: Tensor, prim) -> None:
     node.prim, node.inputs, node.attrs, node.edges, node.versions = prim, None, {}, (), ()
     node.out_data, node.out_dtype, node.out_device = None, t.dtype, t.device
     node.hooks = node.retained = node.out_trace = None
-    t.grad_fn, t.requires_grad = node, True
+    t._grad_fn, t._requires_grad = node, True
 
 
 def _binding_of(tracer, v):

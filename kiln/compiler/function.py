@@ -1136,7 +1136,7 @@ class CompiledFunction:
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
         for i, flag in entry.arg_requires_grad:     # `x.requires_grad_()` in the call
-            leaves[i].requires_grad = flag
+            leaves[i]._requires_grad = flag
         if entry.joint is not None:
             wrt = [_bound_tensor(program, i, leaves) for i in entry.joint.grad_inputs]
             saved = outs[program.num_user_outputs + program.num_grad_outputs:]

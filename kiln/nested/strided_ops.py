@@ -588,8 +588,8 @@ def on_self(func, name, args, kwargs):
 
 
 ON_SELF = """
-requires_grad_ retain_grad is_leaf register_hook is_sparse is_quantized is_cuda is_cpu is_meta
-is_complex is_floating_point is_signed element_size get_device is_inference
+requires_grad requires_grad_ grad_fn retain_grad is_leaf register_hook is_sparse is_quantized
+is_cuda is_cpu is_meta is_complex is_floating_point is_signed element_size get_device is_inference
 """.split()
 
 

@@ -123,7 +123,7 @@ class Node:
         if packed is None or -1 not in packed:
             return out
         value = unpack_tensor(packed[-1], out, None, self.name())
-        value.grad_fn, value.requires_grad = self, True
+        value._grad_fn, value._requires_grad = self, True
         return value
 
     def _saved_position(self, i: int, name: str) -> int:
@@ -157,7 +157,7 @@ class Node:
             out = _wrapper_alias(data)
         else:
             out = Tensor._make(data, self.out_dtype, self.out_device)
-        out.grad_fn, out.requires_grad, out._trace = self, True, self.out_trace
+        out._grad_fn, out._requires_grad, out._trace = self, True, self.out_trace
         return out
 
 
@@ -504,15 +504,16 @@ def record(prim: Primitive, args: tuple, attrs: dict, result: Tensor) -> None:
     node.versions = [a._version[0] if isinstance(a, Tensor) else None for a in args]
     node.out_version = version = result._version
     node.out_at = version[0]
-    node.edges = [(a.grad_fn if a.grad_fn is not None else a)
-                  if isinstance(a, Tensor) and a.requires_grad else None for a in args]
+    # the slots behind the properties: the dispatcher refreshed each view input
+    node.edges = [(a._grad_fn if a._grad_fn is not None else a)
+                  if isinstance(a, Tensor) and a._requires_grad else None for a in args]
     node.hooks = node.retained = node.out_trace = node.packed = None
     if HOOKED[0] and STATE.saved_hooks:
         _pack_saved(node, args, result)
     if ANOMALY[0]:
         node.forward_stack = _user_stack()
-    result.grad_fn = node
-    result.requires_grad = True
+    result._grad_fn = node
+    result._requires_grad = True
 
 
 # anomaly mode (torch.autograd.detect_anomaly): [enabled, check_nan]. Enabled, each node keeps
@@ -563,11 +564,11 @@ def set_history(tensor: Tensor, node) -> None:
     """Give `tensor` a new grad_fn (an in-place write, a view refreshed); a retained gradient
     moves with it, so `.grad` is the gradient of the tensor's current value, as in PyTorch."""
     if tensor._retains_grad:
-        old = tensor.grad_fn
+        old = tensor._grad_fn
         if old is not None and old.retained is not None and old.retained() is tensor:
             old.retained = None
         node.retained = weakref.ref(tensor)
-    tensor.grad_fn, tensor.requires_grad = node, True
+    tensor._grad_fn, tensor._requires_grad = node, True
 
 
 def history_of(result: Tensor):
@@ -628,7 +629,7 @@ def stand_in(t: Tensor) -> Tensor:
     xp = np if t.device is CPU else t.device.xp
     data = xp.broadcast_to(xp.zeros((), dtype=t._data.dtype), t._data.shape)
     s = Tensor._make(data, t.dtype, t.device)
-    s._version, s.requires_grad, s.grad_fn = t._version, t.requires_grad, t.grad_fn
+    s._version, s._requires_grad, s._grad_fn = t._version, t.requires_grad, t.grad_fn
     return s
 
 
@@ -681,7 +682,7 @@ def _unpack_saved(node: Node) -> tuple:
     out = node.output()
     if -1 in packed:
         value = unpack_tensor(packed[-1], out, None, where)
-        value.grad_fn, value.requires_grad, value._trace = node, True, node.out_trace
+        value._grad_fn, value._requires_grad, value._trace = node, True, node.out_trace
         out = value
     return tuple(inputs), out
 
@@ -735,7 +736,7 @@ def link_alias(out: Tensor, source: Tensor, edges: tuple | None = None) -> None:
     node.out_version = node.out_at = None
     node.edges = edges_of((source,)) if edges is None else edges
     node.hooks = node.retained = node.out_trace = node.packed = None
-    out.grad_fn, out.requires_grad = node, True
+    out._grad_fn, out._requires_grad = node, True
 
 
 # ----------------------------------------------------------------------------- several outputs
@@ -822,7 +823,7 @@ def record_several(prim: Primitive, args: tuple, outputs: list) -> None:
     if ANOMALY[0]:
         node.forward_stack = _user_stack()
     for i, out in enumerate(outputs):
-        out.grad_fn, out.requires_grad = output_slot(classes[1], node, i, out), True
+        out._grad_fn, out._requires_grad = output_slot(classes[1], node, i, out), True
 
 
 def _fill_slot(slot: OutputSlot, g: Tensor, filled: dict) -> None:
@@ -1585,7 +1586,7 @@ def _widened_rule(node, g: Tensor, out, saved: tuple) -> tuple:
     def wide(t):
         if isinstance(t, Tensor) and t.dtype is half:
             w = P.cast(t, dtype=dt.float32)         # grad mode is off: records no history
-            w.requires_grad = t.requires_grad       # rules skip inputs that want no gradient
+            w._requires_grad = t.requires_grad       # rules skip inputs that want no gradient
             return w
         return t
     grads = node.prim.grad(wide(g), wide(out), *[wide(a) for a in saved], **node.attrs)

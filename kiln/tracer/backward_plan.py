@@ -295,7 +295,7 @@ def _stand_in(t: Tensor, requires_grad: bool) -> Tensor:
     """A fresh tensor over `t`'s data: the program's input in its place (rules read only its
     values and whether it wants a gradient)."""
     s = Tensor._make(t._data, t.dtype, t.device)
-    s.requires_grad = requires_grad
+    s._requires_grad = requires_grad
     return s
 
 

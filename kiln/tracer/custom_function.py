@@ -307,7 +307,7 @@ class Function(metaclass=FunctionMeta):
                 else:
                     node = cls._backward_cls(cls, ctx, inputs, i, outputs, o)
                     node.tensor_positions = positions
-                o.grad_fn, o.requires_grad = node, True
+                o._grad_fn, o._requires_grad = node, True
             results.append(o)
         if tracked and ctx._saved:
             # (as PyTorch's saved variables: the versions once forward returned, which a write

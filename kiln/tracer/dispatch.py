@@ -96,7 +96,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
                 device = a.device
             elif a.device is not device:
                 mixed = True
-            if a.requires_grad:
+            if a._requires_grad:       # the slot: the view was refreshed just above
                 wants_grad = True
         else:
             arrays.append(a)

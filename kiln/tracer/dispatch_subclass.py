@@ -237,7 +237,7 @@ def alias(t: Tensor) -> Tensor:
     state = getattr(t, "__dict__", None)
     if state:
         out.__dict__.update(state)
-    out.requires_grad, out.grad_fn, out._grad, out._hooks = False, None, None, None
+    out._requires_grad, out._grad_fn, out._grad, out._hooks = False, None, None, None
     out._retains_grad, out._base = False, None
     return out
 

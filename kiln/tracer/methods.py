@@ -104,10 +104,10 @@ def _check_overlap(data, other, op: str) -> None:
 def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tensor:
     """Store `result` into `self`'s memory, as `self.op_(...)` does."""
     data = self._data
-    if (not result.requires_grad and result.dtype is self.dtype
-            and result._data.shape == data.shape and not (self.requires_grad and
+    if (self._base is None and not result._requires_grad and result.dtype is self.dtype
+            and result._data.shape == data.shape and not (self._requires_grad and
                                                           STATE.grad_enabled)
-            and self.grad_fn is None and self._base is None and is_writeable(data)):
+            and self._grad_fn is None and is_writeable(data)):
         # the common case, an optimizer's update or a running statistic: no autograd history
         # to link or protect, not a view, nothing to cast or broadcast; the checks below cost
         # more than the write on parameter-sized tensors
@@ -164,7 +164,7 @@ def write_inplace(self: Tensor, result: Tensor, op: str = "in-place op") -> Tens
                     snap = Tensor._make(value._data.copy(), a.dtype, a.device)
                 else:
                     snap = Tensor._make(a._data.copy(), a.dtype, a.device)
-                snap.requires_grad, snap.grad_fn, snap._trace = (a.requires_grad, a.grad_fn,
+                snap._requires_grad, snap._grad_fn, snap._trace = (a.requires_grad, a.grad_fn,
                                                                  a._trace)
                 snaps[id(a)] = snap
         node.versions = tuple(0 if id(a) in snaps else v
@@ -564,8 +564,8 @@ def _to_device(self: Tensor, device: Device) -> Tensor:
     out = Tensor._make(to_device(self._data, device), self.dtype, device)
     if self.requires_grad and STATE.grad_enabled:
         # crossing devices is differentiable: the gradient goes back the same way
-        out.requires_grad = True
-        out.grad_fn = ToCopyBackward0(self, out)
+        out._requires_grad = True
+        out._grad_fn = ToCopyBackward0(self, out)
     return out
 
 
@@ -670,7 +670,7 @@ def _strided_in_storage(self: Tensor, storage, offset: int, size, stride, xp):
 
 
 def detach_(self: Tensor) -> Tensor:
-    self.grad_fn, self.requires_grad = None, False
+    self._grad_fn, self._requires_grad = None, False
     return self
 
 
@@ -680,7 +680,7 @@ def requires_grad_(self: Tensor, requires_grad: bool = True) -> Tensor:
                        f"gradients, got {self.dtype.name}")
     if not requires_grad and self.grad_fn is not None:
         raise RuntimeError("you can only change requires_grad flags of leaf variables.")
-    self.requires_grad = requires_grad
+    self._requires_grad = requires_grad
     return self
 
 

@@ -52,7 +52,7 @@ def _inplace(fn, name):
         src = self
         if self.requires_grad and STATE.grad_enabled and self.grad_fn is not None:
             src = Tensor._make(self._data.copy(), self.dtype, self.device)
-            src.requires_grad, src.grad_fn, src._trace = True, self.grad_fn, self._trace
+            src._requires_grad, src._grad_fn, src._trace = True, self.grad_fn, self._trace
         return write_inplace(self, fn(src, *args, **kwargs), name)
     method.__name__ = name
     return method
@@ -104,8 +104,8 @@ def _pin_memory(self):
         return self
     out = Tensor._make(pinned_copy(self._data), self.dtype, self.device)
     if self.requires_grad and STATE.grad_enabled:
-        out.requires_grad = True
-        out.grad_fn = ToCopyBackward0(self, out)     # the gradient goes back as for a copy
+        out._requires_grad = True
+        out._grad_fn = ToCopyBackward0(self, out)     # the gradient goes back as for a copy
     return out
 
 
@@ -368,7 +368,7 @@ def _reshaping_inplace(fn, name):
             STATE.tracer.graph_break(f"{name} changes a tensor's shape in place")
         # the op reads an alias with the old shape: the tensor object itself changes shape
         src = Tensor._make(self._data, self.dtype, self.device)
-        src.requires_grad, src.grad_fn, src._version = (self.requires_grad, self.grad_fn,
+        src._requires_grad, src._grad_fn, src._version = (self.requires_grad, self.grad_fn,
                                                         self._version)
         result = fn(src, *args, **kwargs)
         if self.requires_grad and self.grad_fn is None and STATE.grad_enabled:
@@ -376,7 +376,7 @@ def _reshaping_inplace(fn, name):
                                "an in-place operation.")
         self._data = result._data
         if result.requires_grad:
-            self.grad_fn = result.grad_fn
+            self._grad_fn = result.grad_fn
         self._version[0] += 1
         return self
     method.__name__ = name

@@ -288,8 +288,8 @@ def make(ints: np.ndarray, dtype: dt.DType, scales, zero_points, axis: int | Non
     q._ints = ints
     q._data = _NoFloatMemory(ints)
     q.dtype, q.device = dtype, CPU
-    q._grad = q.grad_fn = q._hooks = q._trace = q._base = None
-    q._version, q._retains_grad = [0], False
+    q._grad = q._grad_fn = q._hooks = q._trace = q._base = None
+    q._version, q._retains_grad, q._requires_grad = [0], False, False
     q._scales, q._zero_points, q._axis = scales, zero_points, axis
     q._qscheme = per_tensor_affine if axis is None else per_channel_affine
     return q

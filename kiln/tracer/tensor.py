@@ -76,7 +76,7 @@ class Tensor:
     # mode off); see kiln.tracer.autograd's "views" section. `__dict__`: a user's own
     # attributes (`p.no_weight_decay = True`), as on PyTorch's tensors (the dict itself is made
     # on first use)
-    __slots__ = ("_data", "dtype", "device", "requires_grad", "_grad", "grad_fn", "_version",
+    __slots__ = ("_data", "dtype", "device", "_requires_grad", "_grad", "_grad_fn", "_version",
                  "_hooks", "_retains_grad", "_trace", "_base", "__weakref__", "_name",
                  "__dict__")
     __array_priority__ = 1000   # numpy_scalar * tensor dispatches to Tensor.__rmul__
@@ -95,9 +95,9 @@ class Tensor:
         from kiln.tracer.creation import legacy_new
         made = legacy_new(args, dt.float32, device, "Tensor")
         self._data, self.dtype, self.device = made._data, made.dtype, made.device
-        self.requires_grad = False
+        self._requires_grad = False
         self._grad = None
-        self.grad_fn = None
+        self._grad_fn = None
         self._version = [0]
         self._hooks = None
         self._retains_grad = False
@@ -113,9 +113,9 @@ class Tensor:
         t._data = data
         t.dtype = dtype
         t.device = device
-        t.requires_grad = False
+        t._requires_grad = False
         t._grad = None
-        t.grad_fn = None
+        t._grad_fn = None
         t._version = [0]
         t._hooks = None
         t._retains_grad = False
@@ -124,6 +124,39 @@ class Tensor:
         return t
 
     # ------------------------------------------------------------------ metadata
+    # `requires_grad` and `grad_fn` are read through properties, as PyTorch's: a view whose
+    # memory was written through another view (or its base) since its history was set takes a
+    # fresh one first, and the setter refuses what PyTorch refuses. kiln's own code sets the
+    # slots behind them (`_requires_grad`, `_grad_fn`).
+    @property
+    def requires_grad(self) -> bool:
+        view = self._base
+        if view is not None and view[3] != self._version[0]:
+            _refresh_view(self)
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if type(value) is not bool:
+            raise RuntimeError(f"requires_grad must be a bool, got {type(value).__name__}")
+        if self.grad_fn is not None:
+            hint = ("" if value else " If you want to use a computed variable in a subgraph "
+                    "that doesn't require differentiation use var_no_grad = var.detach().")
+            raise RuntimeError("you can only change requires_grad flags of leaf variables." +
+                               hint)
+        if value and not (self.dtype.is_floating_point or self.dtype.is_complex):
+            raise RuntimeError(f"only Tensors of floating point and complex dtype can require "
+                               f"gradients (this one is {self.dtype.name})")
+        self._requires_grad = value
+
+    @property
+    def grad_fn(self):
+        """The node that made this tensor (None for a leaf); read-only, as PyTorch's."""
+        view = self._base
+        if view is not None and view[3] != self._version[0]:
+            _refresh_view(self)
+        return self._grad_fn
+
     @property
     def grad(self) -> "Tensor | None":
         """The gradient accumulated by backward, or None. Under a trace a read is noted: code
@@ -404,6 +437,11 @@ class Tensor:
         return _with_suffixes(prefix + body, extras, len(prefix))
 
     __str__ = __repr__
+
+
+def _refresh_view(view: Tensor) -> None:
+    from kiln.tracer.autograd import refresh_view
+    refresh_view(view)
 
 
 def _shows_own_name(cls: type) -> bool:
