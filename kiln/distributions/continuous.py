@@ -12,7 +12,7 @@ import math
 
 import kiln
 from kiln.distributions import constraints
-from kiln.distributions.distribution import Distribution, _compiling, broadcast_all
+from kiln.distributions.distribution import Distribution, _check, broadcast_all
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -113,9 +113,8 @@ class Uniform(Distribution):
     def __init__(self, low, high, validate_args=None):
         self.low, self.high = broadcast_all(low, high)
         super().__init__(self.low.shape, validate_args=validate_args)
-        if self._validate_args and not _compiling() and \
-                not bool((self.low < self.high).all()):
-            raise ValueError("Uniform: expected low < high")
+        if self._validate_args:
+            _check(self.low < self.high, "Uniform", lambda: "Uniform: expected low < high")
 
     @property
     def support(self):

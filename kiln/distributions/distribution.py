@@ -7,10 +7,20 @@ from kiln.distributions import constraints
 
 
 def _compiling() -> bool:
-    """Whether a trace for kiln.compile runs: then the value checks of arguments and samples
-    are skipped, as torch.compile skips them (each reads a tensor into Python, a graph break
-    that would run a policy's whole update eagerly); the shape checks stay."""
+    """Whether a trace for kiln.compile runs (a check then becomes a graph node, `_check`)."""
     return kiln.compiler.is_compiling()
+
+
+def _check(valid, owner: str, message, value=None) -> None:
+    """Raise ValueError with `message()` (then the offending tensor `value`, if given) unless
+    `valid`, a bool tensor, holds everywhere. Under a trace it is a check node instead
+    (kiln.ops.check_values, kept by the compiled program though nothing reads it): every replay
+    raises where eager code raises, and the call does not break the graph to read `valid`."""
+    if _compiling():
+        escaped = message().replace("{", "{{").replace("}", "}}")
+        kiln.ops.check_values(valid, valid, owner, escaped)
+    elif not bool(valid.all()):
+        raise ValueError(message() if value is None else f"{message()}:\n{value}")
 
 
 def broadcast_all(*values):
@@ -44,7 +54,7 @@ class Distribution:
         self._event_shape = kiln.Size(tuple(event_shape))
         if validate_args is not None:
             self._validate_args = validate_args
-        if self._validate_args and not _compiling():
+        if self._validate_args:
             for name, constraint in self.arg_constraints.items():
                 # only the parameters given (a lazily derived one, like probs from logits,
                 # is valid by construction)
@@ -53,11 +63,10 @@ class Distribution:
                 value = self.__dict__[name]
                 if not isinstance(value, kiln.Tensor):
                     continue
-                if not bool(constraint.check(value).all()):
-                    raise ValueError(f"Expected parameter {name} ({type(value).__name__} of "
-                                     f"shape {tuple(value.shape)}) of distribution "
-                                     f"{type(self).__name__} to satisfy the constraint "
-                                     f"{constraint!r}, but found invalid values:\n{value}")
+                _check(constraint.check(value), type(self).__name__, lambda: (
+                       f"Expected parameter {name} ({type(value).__name__} of shape "
+                       f"{tuple(value.shape)}) of distribution {type(self).__name__} to "
+                       f"satisfy the constraint {constraint!r}, but found invalid values"), value)
 
     @property
     def batch_shape(self):
@@ -75,13 +84,12 @@ class Distribution:
         if not isinstance(value, kiln.Tensor):
             raise ValueError("The value argument to log_prob must be a Tensor")
         support = self.support
-        if support is None or support is constraints.dependent or _compiling():
+        if support is None or support is constraints.dependent:
             return
-        if not bool(support.check(value).all()):
-            raise ValueError(f"Expected value argument ({type(value).__name__} of shape "
-                             f"{tuple(value.shape)}) to be within the support ({support!r}) "
-                             f"of the distribution {type(self).__name__}, but found invalid "
-                             f"values:\n{value}")
+        _check(support.check(value), type(self).__name__, lambda: (
+               f"Expected value argument ({type(value).__name__} of shape "
+               f"{tuple(value.shape)}) to be within the support ({support!r}) of the "
+               f"distribution {type(self).__name__}, but found invalid values"), value)
 
     def sample(self, sample_shape=()):
         with kiln.no_grad():

@@ -9,7 +9,7 @@ import kiln
 from kiln.distributions import constraints
 from kiln.distributions.continuous import Beta as _Beta, MultivariateNormal, Uniform
 from kiln.distributions.discrete import Categorical, OneHotCategorical, _one_of, _probs_to_logits
-from kiln.distributions.distribution import Distribution, _compiling, _numpy_rng, broadcast_all
+from kiln.distributions.distribution import Distribution, _check, _numpy_rng, broadcast_all
 from kiln.distributions.transformed import (AffineTransform, ExpTransform, PowerTransform,
                                             SigmoidTransform, TransformedDistribution)
 
@@ -508,8 +508,10 @@ class Wishart(Distribution):
         self.df = df.expand(*batch)
         self.scale_tril = L.expand(*batch, p, p)
         super().__init__(batch, (p, p), validate_args=validate_args)
-        if self._validate_args and not _compiling() and not bool((self.df > p - 1).all()):
-            raise ValueError(f"Value of df={df} expected to be greater than ndim - 1 = {p - 1}.")
+        if self._validate_args:
+            _check(self.df > p - 1, "Wishart", lambda: (
+                f"Value of df expected to be greater than ndim - 1 = {p - 1}, but found"),
+                self.df)
 
     @property
     def covariance_matrix(self):

@@ -300,11 +300,12 @@ def _check_ctc_lengths(in_lengths: Tensor, tgt_lengths: Tensor, targets: Tensor,
     in_lengths = check_indices(in_lengths, steps + 1, "ctc_loss", "input_lengths")
     labels = targets.shape[1] if padded else targets.numel()
     tgt_lengths = check_indices(tgt_lengths, labels + 1, "ctc_loss", "target_lengths")
-    if not padded and batch > 1 and not kiln.compiler.is_compiling():
-        total = int(tgt_lengths.sum())
-        if total != labels:
-            raise op_error("ctc_loss", f"target_lengths sum to {total}, but the concatenated "
-                           f"targets hold {labels} labels (shape {list(targets.shape)})")
+    if not padded and batch > 1:
+        # traced, a check node (the compiled program keeps it though nothing reads it)
+        total = tgt_lengths.sum()
+        check_values(total, total == labels, "ctc_loss", "target_lengths sum to {}, but the "
+                     f"concatenated targets hold {labels} labels (shape "
+                     f"{list(targets.shape)})", RuntimeError)
     return in_lengths, tgt_lengths
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Node, Value
-from kiln.ir.ops import CREATION, ELEMENTWISE, PRIMITIVES, RANDOM
+from kiln.ir.ops import CHECKING_OPS, CREATION, ELEMENTWISE, PRIMITIVES, RANDOM
 
 # Folding materializes a constant in the graph; beyond this many elements it costs more memory
 # (and graph size) than it saves work.
@@ -60,11 +60,13 @@ def _substitute(graph: Graph, replace: dict) -> Graph:
 # ----------------------------------------------------------------------------- dce
 
 def dce(graph: Graph) -> Graph:
-    """Drop nodes and constants nothing live reads; outputs and write-backs are live."""
+    """Drop nodes and constants nothing live reads; outputs, write-backs and checks (a bounds
+    or value check raises where eager code raises, whether or not its output is read) are
+    live."""
     live = set(graph.outputs) | {new for _, new in graph.mutations}
     kept = []
     for n in reversed(graph.nodes):
-        if n.out in live:
+        if n.out in live or n.op in CHECKING_OPS:
             kept.append(n)
             live.update(n.value_inputs)
     g = copy_graph(graph, kept[::-1])

@@ -96,3 +96,36 @@ def test_binary_cross_entropy_checks_its_probabilities_on_replays(backend):
         with pytest.raises(RuntimeError, match=f"all elements of {name}"):
             torch.nn.functional.binary_cross_entropy(torch.tensor(probs), torch.tensor(targets))
     assert len(cf.entries) == 1 and next(iter(cf.entries.values())).program is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_check_whose_output_nothing_reads_still_runs_on_replays(backend):
+    def f(x):
+        kiln.ops.check_values(x, x > 0, "f", "needs positive values, got {}")
+        return x * 2
+
+    cf = kiln.compile(f, backend=backend, fullgraph=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(cf(kiln.ones(3)).numpy(), [2.0, 2.0, 2.0])
+    bad = kiln.tensor([1.0, -3.0, 2.0])
+    assert _error(f, bad) == (ValueError, "f: needs positive values, got -3.0")
+    assert _error(cf, bad) == _error(f, bad)
+
+
+def test_ctc_target_lengths_sum_is_checked_on_replays():
+    log_probs = torch.randn(6, 2, 5).log_softmax(2).numpy()
+
+    def f(lp, targets, tgt_lengths):
+        return F.ctc_loss(lp, targets, kiln.tensor([6, 6]), tgt_lengths)
+
+    cf = kiln.compile(f, fullgraph=True)
+    args = (kiln.tensor(log_probs), kiln.tensor([1, 2, 3]))
+    for _ in range(2):
+        got = cf(*args, kiln.tensor([1, 2]))
+    want = torch.nn.functional.ctc_loss(torch.tensor(log_probs), torch.tensor([1, 2, 3]),
+                                        torch.tensor([6, 6]), torch.tensor([1, 2]))
+    np.testing.assert_allclose(got.item(), want.item(), rtol=1e-5)
+    eager = _error(f, *args, kiln.tensor([1, 1]))
+    assert eager == (RuntimeError, "ctc_loss: target_lengths sum to 2, but the concatenated "
+                     "targets hold 3 labels (shape [3])")
+    assert _error(cf, *args, kiln.tensor([1, 1])) == eager
