@@ -37,7 +37,7 @@ from kiln.ir.graph import Value
 WEIGHTS_MAGIC = b"KILNWTS1"
 ALIGN = 64
 # ops this module writes as C (the rest of the graph goes through the kernel generator)
-C_EXTERNS = ("matmul", "pad", "unfold", "take", "cat", "check_index")
+C_EXTERNS = ("matmul", "pad", "unfold", "take", "cat", "check_index", "check_values")
 
 
 @dataclass
@@ -493,6 +493,24 @@ def _check_index(gen, node, ins, out) -> list:
             "}"]
 
 
+def _check_values(gen, node, ins, out) -> list:
+    """kiln's value check (kiln.ir.ops check_values): copy the values, failing at the first
+    whose condition is false, with that value in the message as eager code puts it."""
+    a = node.attr_dict
+    before, after = _bounds_message(node, a["op"], a["message"])
+    x = node.inputs[0]
+    if "{}" not in a["message"]:
+        fail = f"kiln_fail({_c_string(a['op'] + ': ' + a['message'])} {after})"
+    elif x.dtype.is_floating_point:
+        fail = f"kiln_fail_at_real({before}, (double){ins[0]}[t], {after})"
+    else:
+        fail = f"kiln_fail_at({before}, (int64_t){ins[0]}[t], {after})"
+    return [f"for (int64_t t = 0; t < {math.prod(node.out.shape)}; t++) {{",
+            f"    if (!{ins[1]}[t]) return {fail};",
+            f"    {out}[t] = {ins[0]}[t];",
+            "}"]
+
+
 def _bounds_message(node, op: str, message: str) -> tuple:
     """C string literals for the text before and after the offending value (`{}` in
     `message`) of a failed bounds check: the words kiln's eager error uses, and the line."""
@@ -505,7 +523,7 @@ def _c_string(text: str) -> str:
 
 
 _EXTERNS = {"matmul": _matmul, "pad": _pad, "unfold": _unfold, "take": _take, "cat": _cat,
-            "check_index": _check_index}
+            "check_index": _check_index, "check_values": _check_values}
 
 
 _SUPPORT = r"""
@@ -526,6 +544,12 @@ static int kiln_fail(const char *why) { kiln_last_error = why; return 1; }
 static int kiln_fail_at(const char *before, int64_t value, const char *after) {
     snprintf(kiln_error_text, sizeof kiln_error_text, "%s%lld%s", before, (long long)value,
              after);
+    kiln_last_error = kiln_error_text;
+    return 1;
+}
+/* a failed value check: its words around the offending (floating-point) value */
+static int kiln_fail_at_real(const char *before, double value, const char *after) {
+    snprintf(kiln_error_text, sizeof kiln_error_text, "%s%g%s", before, value, after);
     kiln_last_error = kiln_error_text;
     return 1;
 }

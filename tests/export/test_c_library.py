@@ -145,3 +145,41 @@ def test_a_bad_index_is_reported_in_eager_words(tmp_path):
     with pytest.raises(RuntimeError, match="index -9 is out of bounds for dimension 0 with "
                                            "size 5"):
         run(np.array([-9, 0]), x)
+
+
+def test_a_value_check_is_reported_in_eager_words(tmp_path):
+    def nll(x, target, var):
+        return kiln.nn.functional.gaussian_nll_loss(x, target, var)
+    line = nll.__code__.co_firstlineno + 1
+    x, target = np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    var = np.full((2, 3), 0.5, np.float32)
+    ep = kiln.export.export(nll, (kiln.tensor(x), kiln.tensor(target), kiln.tensor(var)))
+    run = build_c_library(ep, tmp_path, blas=False).open()
+    (good,) = run(x, target, var)
+    with kiln.no_grad():
+        want = nll(kiln.tensor(x), kiln.tensor(target), kiln.tensor(var)).numpy()
+    np.testing.assert_allclose(good, want, rtol=1e-6)
+    var[1, 2] = -0.25
+    with pytest.raises(ValueError) as eager_error:
+        nll(kiln.tensor(x), kiln.tensor(target), kiln.tensor(var))
+    words = str(eager_error.value).split(" (at ")[0]
+    with pytest.raises(RuntimeError) as c_error:
+        run(x, target, var)
+    assert f"{words} (at test_c_library.py:{line})" in str(c_error.value)
+
+
+def test_a_value_check_shows_the_offending_value(tmp_path):
+    def bce(p, y):
+        return kiln.nn.functional.binary_cross_entropy(p, y)
+    p, y = np.array([0.25, 0.5, 0.75], np.float32), np.array([0.0, 1.0, 1.0], np.float32)
+    ep = kiln.export.export(bce, (kiln.tensor(p), kiln.tensor(y)))
+    run = build_c_library(ep, tmp_path, blas=False).open()
+    with kiln.no_grad():
+        np.testing.assert_allclose(run(p, y)[0], bce(kiln.tensor(p), kiln.tensor(y)).numpy(),
+                                   rtol=1e-6)
+    p[1] = 1.25
+    with pytest.raises(RuntimeError, match="input should be between 0 and 1"):
+        bce(kiln.tensor(p), kiln.tensor(y))
+    with pytest.raises(RuntimeError, match=r"binary_cross_entropy: all elements of input should "
+                                           r"be between 0 and 1; got 1\.25 \(shape \[3\]\)"):
+        run(p, y)
