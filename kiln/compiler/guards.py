@@ -569,7 +569,11 @@ def _data_holder(cls: type) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _library_module(module_name: str | None) -> bool:
-    """Whether a module is kiln's, the standard library's or an installed package's."""
+    """Whether a module is kiln's, the standard library's or an installed package's (or what
+    a compiled extension's class names as its `__module__` where that is no str: Cython's
+    shared metatype holds a descriptor there)."""
+    if module_name is not None and not isinstance(module_name, str):
+        return True
     name = (module_name or "").split(".")[0]
     if name in _NOT_WALKED or name in sys.stdlib_module_names:
         return True

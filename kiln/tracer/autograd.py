@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 import warnings
 import weakref
 
@@ -23,7 +24,7 @@ from kiln.runtime.layouts import grad_array
 from kiln.tracer.errors import op_error
 from kiln.tracer.handles import DroppingHandle
 from kiln.tracer.storage import internal_overlap
-from kiln.tracer.tensor import STATE, TRACING, WRAPPERS, Tensor, dispatches
+from kiln.tracer.tensor import INFERENCE, STATE, TRACING, WRAPPERS, Tensor, dispatches
 
 _FREED = ("Trying to backward through the graph a second time (or directly access saved "
           "tensors after they have already been freed). Saved intermediate values of the graph "
@@ -1087,11 +1088,31 @@ class set_grad_enabled(_GradMode):
 
 
 class inference_mode(_GradMode):
+    """no_grad that also marks the tensors its ops make as inference tensors
+    (`Tensor.is_inference()`, shared by their views) and shows in
+    `is_inference_mode_enabled()`, as PyTorch's; `inference_mode(False)` turns both off."""
+
     def __init__(self, mode: bool = True):
         self.enabled = not mode
 
+    def __enter__(self):
+        self.prev_inference = STATE.inference
+        STATE.inference = not self.enabled
+        with _INFERENCE_LOCK:
+            INFERENCE[0] += 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        STATE.inference = self.prev_inference
+        with _INFERENCE_LOCK:
+            INFERENCE[0] -= 1
+        return super().__exit__(*exc)
+
     def _args(self):
         return (not self.enabled,)
+
+
+_INFERENCE_LOCK = threading.Lock()
 
 
 def is_grad_enabled() -> bool:

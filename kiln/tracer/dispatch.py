@@ -32,7 +32,7 @@ from kiln.tracer import unsigned as _unsigned
 from kiln.tracer.errors import op_error, user_location
 from kiln.tracer.sparse import UNSUPPORTED as _SPARSE_UNSUPPORTED
 from kiln.tracer.sparse import _NoDenseMemory
-from kiln.tracer.tensor import STATE, TRACING, Tensor
+from kiln.tracer.tensor import INFERENCE, STATE, TRACING, InferenceVersion, Tensor
 
 keep_freed_memory()             # an eager step's large temporaries reuse the last step's pages
 _INFER_CACHE: dict = {}
@@ -177,6 +177,8 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
 
     if wants_grad and differentiable and STATE.grad_enabled:
         _autograd.record(prim, args, attrs, result)
+    elif INFERENCE[0] and src is None and STATE.inference:
+        result._version = InferenceVersion(result._version)   # an inference tensor
     if src is not None:
         # how the view was taken, so that an in-place write through it or through its base
         # can rebuild the other's autograd history (autograd.rebase_view); a view taken of a
@@ -184,7 +186,7 @@ def apply(prim: Primitive, args: tuple, attrs: dict, device: Device | None = Non
         # refused
         view = src._base
         result._base = (src, prim, attrs, src._version[0],
-                        (result.requires_grad or not src.requires_grad)
+                        (result._requires_grad or not src._requires_grad)
                         and (view is None or view[4]))
     if TRACING[0] and STATE.tracer is not None:
         STATE.tracer.record(prim, args, attrs, result)

@@ -47,6 +47,18 @@ TRACING = [0]
 _TRACING_LOCK = threading.Lock()
 
 
+# How many inference_mode blocks are open, in all threads: the dispatcher reads this plain
+# counter before its thread's STATE.inference, as TRACING before STATE.tracer.
+INFERENCE = [0]
+
+
+class InferenceVersion(list):
+    """The version counter of an inference tensor (one an op made under inference_mode), which
+    its views share: `Tensor.is_inference()` is whether a tensor's counter is one."""
+
+    __slots__ = ()
+
+
 # Whether a profiler or an op observer (kiln.profiler) watches every primitive: the eager fast
 # paths that skip the dispatcher (a full sum or mean, softmax) then take it, so they are seen.
 OBSERVED = [False]

@@ -18,7 +18,7 @@ from kiln.tracer.functional import _as_tensor, _binary
 from kiln.tracer.functional.common import both_bool, refuse_without_kernel, result_type
 from kiln.tracer.functional_extra.common import _f, _full_like
 from kiln.tracer.provenance import composite
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import STATE, InferenceVersion, Tensor
 
 
 # ----------------------------------------------------------------------------- elementwise math
@@ -442,7 +442,8 @@ def is_same_size(input, other) -> bool:
 
 
 def is_inference(input) -> bool:
-    return False
+    """Whether an op made `input` (or what it views) under inference_mode."""
+    return type(input._version) is InferenceVersion
 
 
 def is_inference_mode_enabled() -> bool:
