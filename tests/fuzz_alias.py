@@ -106,6 +106,10 @@ def _call(case: Case, lib, compiled: bool, mode: str, seed: int):
         outs = [o for o in (result if isinstance(result, tuple) else (result,))
                 if isinstance(o, lib.Tensor)]
         record["out"] = [_value(o) for o in outs]
+        # read before the caller's write below: a view of memory the call wrote through
+        # another view (or its base) takes its history anew when read, as PyTorch's
+        record["requires grad (out, args)"] = ([o.requires_grad for o in outs],
+                                               [a.requires_grad for a in tensors])
         record["args"] = [_value(a) for a in tensors]
         record["bases"] = [_value(b) for b in bases]
         record["versions moved"] = [_version(lib, a) > v for a, v in zip(tensors, before)]
