@@ -188,6 +188,84 @@ def test_transformer_encoder_masks_and_repr():
     assert repr(make(kiln.nn)) == repr(make(torch.nn))
 
 
+
+def _encoder_pair(**kw):
+    """The same batch_first encoder (2 heads, relu) in torch and kiln, in eval mode."""
+    out = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        out.append(lib.nn.TransformerEncoder(layer, 2, **kw).eval())
+    out[1].load_state_dict({k: kiln.tensor(v.numpy()) for k, v in out[0].state_dict().items()})
+    return out
+
+
+@pytest.mark.parametrize("padding,norm", [
+    ([[False] * 5, [False, False, False, True, True]], False),      # left-aligned: fast path
+    ([[False] * 5, [False, False, False, True, True]], True),       # zeros, then the norm
+    ([[False] * 5, [False, True, False, False, True]], False),      # not left-aligned: masked
+])
+def test_transformer_encoder_eval_fast_path_zeros_padded_positions_as_torch(padding, norm):
+    # torch's eval, no-grad inference runs the layers on a nested tensor built from the
+    # padding mask and pads the output back with zeros (before the final norm)
+    tenc, kenc = _encoder_pair(norm=None)
+    if norm:
+        tenc.norm, kenc.norm = torch.nn.LayerNorm(8), kiln.nn.LayerNorm(8)
+        kenc.norm.load_state_dict({k: kiln.tensor(v.numpy())
+                                   for k, v in tenc.norm.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    for grad in (False, True):          # with grad enabled and weights requiring it: no fast path
+        with torch.set_grad_enabled(grad), kiln.set_grad_enabled(grad):
+            want = tenc(torch.tensor(x), src_key_padding_mask=torch.tensor(padding))
+            got = kenc(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding))
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5,
+                                   atol=1e-5)
+    # a float mask (0 keeps, -inf pads) takes the same path; the flag turns it off
+    fmask = np.where(np.array(padding), -np.inf, 0.0).astype(np.float32)
+    with torch.no_grad(), kiln.no_grad():
+        for enabled in (True, False):
+            torch.backends.mha.set_fastpath_enabled(enabled)
+            kiln.backends.mha.set_fastpath_enabled(enabled)
+            try:
+                want = tenc(torch.tensor(x), src_key_padding_mask=torch.tensor(fmask))
+                got = kenc(kiln.tensor(x), src_key_padding_mask=kiln.tensor(fmask))
+            finally:
+                torch.backends.mha.set_fastpath_enabled(True)
+                kiln.backends.mha.set_fastpath_enabled(True)
+            assert kiln.backends.mha.get_fastpath_enabled()
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+
+def test_compiled_transformer_encoder_eval_pads_with_zeros_as_eager():
+    # the left-alignment check is a tensor in the program, not a read: whole graph, eager's
+    # zeros for a left-aligned mask and the masked path's values for another, on replay too
+    tenc, kenc = _encoder_pair()
+    compiled = kiln.compile(lambda x, m: kenc(x, src_key_padding_mask=m), fullgraph=True)
+    x = kiln.tensor(np.random.default_rng(1).standard_normal((2, 5, 8)).astype(np.float32))
+    with kiln.no_grad(), torch.no_grad():
+        for padding in ([[False] * 5, [False, False, True, True, True]],
+                        [[False] * 5, [True, False, False, False, False]]):
+            m = kiln.tensor(padding)
+            want = tenc(torch.tensor(x.numpy()), src_key_padding_mask=torch.tensor(padding))
+            np.testing.assert_allclose(compiled(x, m).numpy(),
+                                       kenc(x, src_key_padding_mask=m).numpy(), rtol=1e-6,
+                                       atol=1e-6)
+            np.testing.assert_allclose(compiled(x, m).numpy(), want.numpy(), rtol=1e-5,
+                                       atol=1e-5)
+
+def test_transformer_encoder_says_why_it_uses_no_nested_tensor_as_torch():
+    for lib in (torch, kiln):
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, norm_first=True, batch_first=True)
+        with pytest.warns(UserWarning, match="use_nested_tensor is False because "
+                          "encoder_layer.norm_first was True"):
+            enc = lib.nn.TransformerEncoder(layer, 2)
+        assert enc.enable_nested_tensor and not enc.use_nested_tensor and enc.mask_check
+        odd = lib.nn.TransformerEncoderLayer(9, 3, 16, batch_first=True)
+        with pytest.warns(UserWarning, match="num_heads is odd"):
+            lib.nn.TransformerEncoder(odd, 1)
+        assert layer.activation_relu_or_gelu == 1
+
 def test_transformer_encoder_dropout_active_in_training():
     layer = kiln.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5)
     x = kiln.randn(5, 3, 8)
