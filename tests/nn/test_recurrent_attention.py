@@ -39,6 +39,34 @@ def test_lstm_with_initial_state():
                 call=lambda layer, x, h, c: layer(x, (h, c)))
 
 
+
+def test_lstm_with_projections():
+    # proj_size: h = (o * tanh(c)) W_hr^T, so h (and the next layer's input) has proj_size
+    # features while c keeps hidden_size; weight_hr_l{k} after the biases, initialized alike
+    check_layer(lambda nn: nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2),
+                [(4, 2, 3), (4, 2, 2), (4, 2, 5)],
+                call=lambda layer, x, h, c: layer(x, (h, c)))
+    check_layer(lambda nn: nn.LSTM(3, 5, batch_first=True, bias=False, proj_size=3),
+                [(2, 4, 3)])
+    t_layer, k_layer = build_pair(lambda nn: nn.LSTM(3, 5, num_layers=2, proj_size=2))
+    assert repr(k_layer) == repr(t_layer)
+    assert [tuple(w.shape) for w in k_layer.all_weights[1]] == \
+        [tuple(w.shape) for w in t_layer.all_weights[1]]
+    # packed sequences of different lengths: outputs, final states and gradients
+    lengths = [4, 2, 3]
+
+    def packed(layer, x):
+        lib = torch if isinstance(x, torch.Tensor) else kiln
+        seq = lib.nn.utils.rnn.pack_padded_sequence(x, lib.tensor(lengths), batch_first=True,
+                                                    enforce_sorted=False)
+        out, (h, c) = layer(seq)
+        return lib.nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0], h, c
+    check_layer(lambda nn: nn.LSTM(3, 5, num_layers=2, batch_first=True, bidirectional=True,
+                                   proj_size=2), [(3, 4, 3)], call=packed)
+    for lib in (torch, kiln):
+        with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+            lib.nn.LSTM(3, 4, proj_size=4)
+
 def test_gru_with_initial_state_float32():
     check_layer(lambda nn: nn.GRU(3, 4, 2), [(6, 3, 3), (2, 3, 4)],
                 call=lambda layer, x, h: layer(x, h), dtype=np.float32, atol=1e-5, rtol=1e-4)
