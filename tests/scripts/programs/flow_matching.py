@@ -2,13 +2,13 @@
 repos (the "flow matching in 100 lines" tutorials, rectified-flow demos) write it: times drawn
 by `torch.rand`, noise by `torch.randn_like`, the straight path x_t = (1 - t) x0 + t x1 and its
 velocity x1 - x0 as the target, a sinusoidal time embedding (`torch.exp` frequencies,
-`torch.cat([sin, cos])`) fed with the point through a SiLU MLP, class conditioning with the label
-dropped to a null class by `torch.rand(...) < p` and `torch.where` for classifier-free guidance
-(half the steps draw logit-normal times, `torch.sigmoid(torch.randn(...))`), MSE on the
-velocity, an EMA of
-the weights updated under `torch.no_grad()` by `p.mul_(d).add_(q, alpha=1 - d)`, and an Euler
-sampler under `torch.inference_mode()` from the EMA model with guidance (one run also under `torch.no_grad()`,
-by the midpoint rule). The training step is the compiled function."""
+`torch.cat([sin, cos])`) fed with the point through a SiLU MLP, class conditioning with the
+label dropped to a null class by `torch.rand(...) < p` and `torch.where` for classifier-free
+guidance (half the steps draw logit-normal times, `torch.sigmoid(torch.randn(...))`), MSE on the
+velocity, an EMA of the weights updated under `torch.no_grad()` by `p.mul_(d).add_(q, alpha=1 -
+d)`, and an Euler sampler under `torch.inference_mode()` from the EMA model with guidance (one
+run also under `torch.no_grad()`, by the midpoint rule). The training step is the compiled
+function."""
 import copy
 import math
 

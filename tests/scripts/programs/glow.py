@@ -2,13 +2,13 @@
 write it: images dequantized with `torch.rand_like` noise, squeezed by `view`/`permute`, flow
 steps of ActNorm (data-dependent initialization on the first batch, guarded by a registered
 `initialized` buffer read with `.item()` as rosinality's; with `python_flag`, by a Python
-attribute `inited` beside the buffer as y0ast's), an invertible 1x1 convolution (its log-determinant by
-`torch.linalg.slogdet` in double precision, or the LU parametrization from `torch.linalg.lu`
-with `torch.triu`/`torch.tril` masks and `torch.diag_embed`) and an affine coupling whose last
-convolution starts at zero; a multi-scale split whose halves are scored under a learned
-`torch.distributions.Normal`, the last one under `Normal(0, 1)`; the loss in bits per dimension;
-sampling by running the flow backwards (`torch.linalg.inv` of the 1x1 weights). The training
-step is the compiled function."""
+attribute `inited` beside the buffer as y0ast's), an invertible 1x1 convolution (its
+log-determinant by `torch.linalg.slogdet` in double precision, or the LU parametrization from
+`torch.linalg.lu` with `torch.triu`/`torch.tril` masks and `torch.diag_embed`) and an affine
+coupling whose last convolution starts at zero; a multi-scale split whose halves are scored
+under a learned `torch.distributions.Normal`, the last one under `Normal(0, 1)`; the loss in
+bits per dimension; sampling by running the flow backwards (`torch.linalg.inv` of the 1x1
+weights). The training step is the compiled function."""
 import math
 
 import numpy as np

@@ -1,12 +1,13 @@
-"""A Perceiver-style classifier as the lucidrains/perceiver-pytorch and Perceiver IO reimplementations
-write it: a learned latent array (`nn.Parameter` initialized by `nn.init.trunc_normal_`) reads a
-long, padded input (Fourier position features appended: `torch.linspace` bands, sin and cos of
-`pi`-scaled positions) through `nn.MultiheadAttention(batch_first=True, kdim=, vdim=,
-dropout=)` with a `key_padding_mask` marking the padding, then latent self-attention blocks whose heads are split
-by `view`/`transpose` and computed by hand with `torch.einsum`, pre-norm residuals with GELU
-MLPs, a mean over the latents into a linear head; AdamW with decoupled weight decay on the
-matrices only and a linear warmup by `LambdaLR` stepped per batch. The training step is the
-compiled function."""
+"""A Perceiver-style classifier as the lucidrains/perceiver-pytorch and Perceiver IO
+reimplementations write it: a learned latent array (`nn.Parameter` initialized by
+`nn.init.trunc_normal_`) reads a long, padded input (Fourier position features appended:
+`torch.linspace` bands, sin and cos of `pi`-scaled positions) through
+`nn.MultiheadAttention(batch_first=True, kdim=, vdim=, dropout=)` with a `key_padding_mask`
+marking the padding, then latent self-attention blocks whose heads are split by
+`view`/`transpose` and computed by hand with `torch.einsum`, pre-norm residuals with GELU MLPs,
+a mean over the latents into a linear head; AdamW with decoupled weight decay on the matrices
+only and a linear warmup by `LambdaLR` stepped per batch. The training step is the compiled
+function."""
 import math
 
 import numpy as np

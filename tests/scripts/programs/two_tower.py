@@ -3,11 +3,11 @@ Merlin/YouTube-DNN reimplementations) write it in plain PyTorch: a query tower r
 user's bag of recently seen item ids through `nn.EmbeddingBag(mode="mean")` with flat ids and
 `offsets`, plus a bag of weighted tags through `nn.EmbeddingBag(mode="sum")` with
 `per_sample_weights`; an item tower over the item id, its category and its bag of tags
-(`mode="max"`, `include_last_offset=True`); both L2-normalized; in-batch negatives (logits
-`q @ d.T / temperature`, a learned, clamped temperature, accidental hits of the same item masked
-to `-inf` off the diagonal, `F.cross_entropy` against `torch.arange(batch)`); the embedding tables trained by Adagrad and the dense layers by Adam;
-recall@k on held-out queries by `torch.topk` and `eq(...).any(dim=1)`. The training step is the
-compiled function."""
+(`mode="max"`, `include_last_offset=True`); both L2-normalized; in-batch negatives (logits `q @
+d.T / temperature`, a learned, clamped temperature, accidental hits of the same item masked to
+`-inf` off the diagonal, `F.cross_entropy` against `torch.arange(batch)`); the embedding tables
+trained by Adagrad and the dense layers by Adam; recall@k on held-out queries by `torch.topk`
+and `eq(...).any(dim=1)`. The training step is the compiled function."""
 import math
 
 import numpy as np
