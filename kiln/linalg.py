@@ -28,7 +28,8 @@ from kiln.tracer import autocast as _autocast
 from kiln.tracer import functional as F
 from kiln.tracer import functional_extra as FX
 from kiln.tracer.functional.reductions import _norm_root
-from kiln.tracer.creation import eye as _eye, randn as _randn, tensor as _tensor
+from kiln.tracer.creation import (arange as _arange, eye as _eye, randn as _randn,
+                                  tensor as _tensor)
 from kiln.tracer.errors import op_error, user_stacklevel
 from kiln.tracer.tensor import STATE, Tensor
 
@@ -242,13 +243,25 @@ def _unpack_factors(LU):
 
 
 def _permutation_from_pivots(pivots, m, like):
-    """The permutation matrices of LAPACK pivots (read into Python: a data-dependent table)."""
-    piv = pivots._host("lu_unpack()").astype(np.int64) - 1
-    flat = piv.reshape((int(np.prod(piv.shape[:-1])), piv.shape[-1]))
-    mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
-        np.zeros((0, m, m))
-    return _tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
-                  device=like.device)
+    """The permutation matrices P (A = P L U) of LAPACK's 1-based row swaps. Eagerly from the
+    pivots read on the host; while a trace records, by tensor ops (torch's lu_unpack is a
+    tensor op: reading the pivots would be a graph break), the same integers: swap i applied to
+    the row order `order` in turn, then P[order[c], c] = 1."""
+    if STATE.tracer is None:
+        piv = pivots._host("lu_unpack()").astype(np.int64) - 1
+        flat = piv.reshape((int(np.prod(piv.shape[:-1])), piv.shape[-1]))
+        mats = np.stack([_pivots_to_permutation(p, m) for p in flat]) if flat.shape[0] else \
+            np.zeros((0, m, m))
+        return _tensor(mats.reshape(tuple(pivots.shape[:-1]) + (m, m)), dtype=like.dtype,
+                       device=like.device)
+    rows = _arange(m, dtype=dt.int64, device=pivots.device)
+    swaps = F.sub(pivots.to(dt.int64), 1)
+    order = rows.expand(tuple(pivots.shape[:-1]) + (m,))
+    for i in range(pivots.shape[-1]):
+        j = F.narrow(swaps, -1, i, 1)
+        at_i, at_j = F.narrow(order, -1, i, 1), F.gather(order, -1, j)
+        order = F.where(F.eq(rows, i), at_j, F.scatter(order, -1, j, at_i))
+    return F.eq(F.unsqueeze(order, -2), F.unsqueeze(rows, -1)).to(like.dtype)
 
 
 def lu(A, *, pivot=True):

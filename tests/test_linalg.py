@@ -260,6 +260,39 @@ def test_compiled_linear_algebra_matches_eager_with_gradients() -> None:
         np.testing.assert_allclose(got[2], results[0][2], rtol=1e-9, atol=1e-12)
 
 
+
+def test_compiled_lu_unpack_and_lu_solve_trace_their_pivots() -> None:
+    """lu_unpack's permutation comes from the pivots by tensor ops (torch's is a tensor op
+    too): reading them into Python was a graph break, so a step with lu_unpack or lu_solve ran
+    eagerly. Batched, with row swaps in every matrix, a second batch of other pivots replayed."""
+    import kiln
+
+    def fn(a, b):
+        LU, piv = kiln.linalg.lu_factor(a)
+        P, L, U = kiln.lu_unpack(LU, piv)
+        x = kiln.linalg.lu_solve(LU, piv, b)
+        return P, L, U, x, (P @ L @ U - a).abs().max()
+
+    compiled = kiln.compile(fn, fullgraph=True)
+    rng = np.random.default_rng(3)
+    for _ in range(2):                      # the tracing call, then a replay
+        a0, b0 = rng.standard_normal((3, 5, 5)), rng.standard_normal((3, 5, 2))
+        got = compiled(kiln.tensor(a0), kiln.tensor(b0))
+        ta = torch.tensor(a0)
+        want = torch.lu_unpack(*torch.linalg.lu_factor(ta))
+        for g, w in zip(got[:3], want):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got[3].numpy(), np.linalg.solve(a0, b0), rtol=1e-9)
+        assert float(got[4]) < 1e-12
+        assert not (want[0] == torch.eye(5)).all()      # the pivots did swap rows
+    unpack = kiln.compile(lambda a: tuple(kiln.lu_unpack(*kiln.linalg.lu_factor(a))),
+                          fullgraph=True)
+    for shape in [(2, 6, 4), (4, 7)]:                   # fewer swaps than rows: tall, wide
+        a0 = rng.standard_normal(shape)
+        want = torch.lu_unpack(*torch.linalg.lu_factor(torch.tensor(a0)))
+        for g, w in zip(unpack(kiln.tensor(a0)), want):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12, atol=1e-12)
+
 def test_compiled_complex_factorizations_run_eagerly_and_equal_eager() -> None:
     """A compiled function on complex matrices falls back to eager (no complex kernels), saying
     so once: values and gradients are eager's."""

@@ -1,4 +1,5 @@
-"""`kiln.backends`: the flags scripts set or probe on torch.backends (cudnn, cuda, mps, openmp).
+"""`kiln.backends`: the flags scripts set or probe on torch.backends (cudnn, cuda, mps, openmp,
+mha).
 
 kiln has no cuDNN, MPS or TF32 paths, so the flags are stored for scripts that set and read
 them back and change nothing in kiln's kernels; the `is_available()` probes answer truthfully.
@@ -41,6 +42,19 @@ cuda = _flags("CUDA matmul flags (stored; kiln does not switch precision)", "cud
                             allow_fp16_reduced_precision_reduction=True,
                             allow_bf16_reduced_precision_reduction=True),
               is_built=_cuda_available)
+
+# torch.backends.mha: whether nn.TransformerEncoder may take PyTorch's inference fast path
+# (kiln/nn/transformer.py: the padded positions of its output are zeros there)
+_mha_fastpath = [True]
+
+
+def _set_fastpath_enabled(value: bool) -> None:
+    _mha_fastpath[0] = bool(value)
+
+
+mha = _flags("multi-head attention's inference fast path", "mha",
+             get_fastpath_enabled=lambda: _mha_fastpath[0],
+             set_fastpath_enabled=_set_fastpath_enabled)
 
 # scaled_dot_product_attention's backend flags, all allowed at first as in torch. kiln has one
 # implementation, the math one: F.scaled_dot_product_attention refuses to run with "math"

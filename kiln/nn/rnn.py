@@ -101,8 +101,13 @@ class RNNBase(Module):
                  bidirectional: bool = False, proj_size: int = 0, device=None,
                  dtype=None) -> None:
         super().__init__()
-        if proj_size:
-            raise NotImplementedError("LSTM proj_size is not supported in kiln")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable "
+                             "projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if proj_size and mode != "LSTM":
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the "
                              "probability of an element being zeroed")
@@ -110,18 +115,22 @@ class RNNBase(Module):
             raise ValueError("hidden_size and num_layers must be greater than zero")
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
-        self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, 0
+        self.dropout, self.bidirectional = float(dropout), bidirectional
+        self.proj_size = proj_size
         directions = 2 if bidirectional else 1
         gate_size = _GATES[mode] * hidden_size
+        out_size = proj_size or hidden_size          # h's features: the projection's if any
         self._flat_weights_names = []
         for layer in range(num_layers):
             for direction in range(directions):
-                layer_input = input_size if layer == 0 else hidden_size * directions
+                layer_input = input_size if layer == 0 else out_size * directions
                 suffix = "_reverse" if direction == 1 else ""
                 shapes = {"weight_ih": (gate_size, layer_input),
-                          "weight_hh": (gate_size, hidden_size)}
+                          "weight_hh": (gate_size, out_size)}
                 if bias:
                     shapes.update({"bias_ih": (gate_size,), "bias_hh": (gate_size,)})
+                if proj_size:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
                 for kind, shape in shapes.items():
                     name = f"{kind}_l{layer}{suffix}"
                     setattr(self, name, Parameter(kiln.empty(*shape, dtype=dtype,
@@ -136,9 +145,9 @@ class RNNBase(Module):
 
     @property
     def all_weights(self) -> list:
-        return [[getattr(self, n) for n in self._flat_weights_names[i:i + (4 if self.bias
-                                                                             else 2)]]
-                for i in range(0, len(self._flat_weights_names), 4 if self.bias else 2)]
+        per = (4 if self.bias else 2) + (1 if self.proj_size else 0)
+        return [[getattr(self, n) for n in self._flat_weights_names[i:i + per]]
+                for i in range(0, len(self._flat_weights_names), per)]
 
     def _weights(self, layer: int, direction: int) -> tuple:
         suffix = f"_l{layer}" + ("_reverse" if direction else "")
@@ -146,16 +155,17 @@ class RNNBase(Module):
             else None
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
-    def _step(self, xw, state, w_hh, b_hh):
+    def _step(self, xw, state, w_hh, b_hh, w_hr=None):
         if self.mode == "LSTM":
-            return _lstm_step(xw, state, w_hh, b_hh)
+            h, c = _lstm_step(xw, state, w_hh, b_hh)
+            return (h, c) if w_hr is None else (F.linear(h, w_hr), c)
         if self.mode == "GRU":
             return _gru_step(xw, state, w_hh, b_hh)
         return _rnn_step(xw, state, w_hh, b_hh, self.mode == "RNN_RELU")
 
-    def _zero_state(self, input: Tensor, batch: int) -> Tensor:
+    def _zero_state(self, input: Tensor, batch: int, size: int | None = None) -> Tensor:
         directions = 2 if self.bidirectional else 1
-        return kiln.zeros(self.num_layers * directions, batch, self.hidden_size,
+        return kiln.zeros(self.num_layers * directions, batch, size or self.hidden_size,
                           dtype=input.dtype, device=input.device)
 
     def flatten_parameters(self) -> None:
@@ -190,7 +200,7 @@ class RNNBase(Module):
         steps, batch = x.shape[0], x.shape[1]
         lstm = self.mode == "LSTM"
         if hx is None:
-            h0 = self._zero_state(x, batch)
+            h0 = self._zero_state(x, batch, self.proj_size)
             c0 = self._zero_state(x, batch) if lstm else None
         else:
             h0, c0 = hx if lstm else (hx, None)
@@ -209,6 +219,8 @@ class RNNBase(Module):
             outputs = []
             for direction in range(directions):
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, direction)
+                w_hr = getattr(self, f"weight_hr_l{layer}" + ("_reverse" if direction else
+                                                               "")) if self.proj_size else None
                 index = layer * directions + direction
                 state = (h0[index], c0[index]) if lstm else h0[index]
                 xw = F.linear(layer_input, w_ih, b_ih)
@@ -218,10 +230,11 @@ class RNNBase(Module):
                     # its step: the reset gate scales it): the steps then add no bias, and its
                     # gradient is one sum over the sequence instead of one per step
                     xw, step_bias = xw + b_hh, None
-                # eagerly on the CPU: the whole sequence as one autograd node (rnn_sequence)
-                done = kiln._rnn_sequence(self.mode, bool(direction), xw, state[0] if lstm
-                                          else state, state[1] if lstm else None, w_hh,
-                                          step_bias, mask)
+                # eagerly on the CPU: the whole sequence as one autograd node (rnn_sequence;
+                # not with projections, which it does not compute)
+                done = None if w_hr is not None else kiln._rnn_sequence(
+                    self.mode, bool(direction), xw, state[0] if lstm else state,
+                    state[1] if lstm else None, w_hh, step_bias, mask)
                 if done is not None:
                     out, h, c = done
                     outputs.append(out)
@@ -235,7 +248,7 @@ class RNNBase(Module):
                 times = range(steps - 1, -1, -1) if direction else range(steps)
                 hs = [None] * steps
                 for t in times:
-                    new_state = self._step(xw[t], state, w_hh, step_bias)
+                    new_state = self._step(xw[t], state, w_hh, step_bias, w_hr)
                     if running is not None:
                         new_state = _keep_running(running[t], new_state, state, lstm)
                     state = new_state
@@ -265,6 +278,8 @@ class RNNBase(Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if getattr(self, "proj_size", 0) != 0:       # (quantized LSTM borrows this repr)
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         if self.bias is not True:

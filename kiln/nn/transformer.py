@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable
 
 import kiln
@@ -172,6 +173,10 @@ class TransformerEncoderLayer(Module):
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
         self.activation = _activation(activation)
+        # torch's name for what TransformerEncoder's fast path checks: 1 relu, 2 gelu, 0 other
+        self.activation_relu_or_gelu = (
+            1 if self.activation is F.relu or isinstance(self.activation, kiln.nn.ReLU) else
+            2 if self.activation is F.gelu or isinstance(self.activation, kiln.nn.GELU) else 0)
 
     def _sa_block(self, x: Tensor, attn_mask, key_padding_mask, is_causal: bool) -> Tensor:
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
@@ -194,8 +199,36 @@ class TransformerEncoderLayer(Module):
         return x
 
 
+def _why_no_nested_tensor(layer) -> str:
+    """Why torch's TransformerEncoder would not take its nested-tensor fast path with this
+    layer (its message), or ''."""
+    if not isinstance(layer, TransformerEncoderLayer):
+        return "encoder_layer was not TransformerEncoderLayer"
+    attn = layer.self_attn
+    if layer.norm_first:
+        return "encoder_layer.norm_first was True"
+    if not attn.batch_first:
+        return ("encoder_layer.self_attn.batch_first was not True(use batch_first for better "
+                "inference performance)")
+    if not attn._qkv_same_embed_dim:
+        return "encoder_layer.self_attn._qkv_same_embed_dim was not True"
+    if attn.in_proj_bias is None:
+        return "encoder_layer.self_attn was passed bias=False"
+    if not layer.activation_relu_or_gelu:
+        return "encoder_layer.activation_relu_or_gelu was not True"
+    if layer.norm1.eps != layer.norm2.eps:
+        return "encoder_layer.norm1.eps was not equal to encoder_layer.norm2.eps"
+    if attn.num_heads % 2 == 1:
+        return "encoder_layer.self_attn.num_heads is odd"
+    return ""
+
+
 class TransformerEncoder(Module):
-    """A stack of `num_layers` deep copies of one encoder layer, then an optional norm."""
+    """A stack of `num_layers` deep copies of one encoder layer, then an optional norm.
+
+    In eval mode without autograd, with a left-aligned `src_key_padding_mask`, PyTorch runs the
+    layers on a nested tensor and pads the result back with zeros: the padded positions of the
+    output are 0 (then the norm's), which this reproduces (`_padded_by_fast_path`)."""
 
     def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int,
                  norm: Module | None = None, enable_nested_tensor: bool = True,
@@ -204,12 +237,50 @@ class TransformerEncoder(Module):
         self.layers = ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm
+        self.enable_nested_tensor = self.use_nested_tensor = enable_nested_tensor
+        self.mask_check = mask_check
+        why_not = _why_no_nested_tensor(encoder_layer)
+        if enable_nested_tensor and why_not:
+            warnings.warn(f"enable_nested_tensor is True, but self.use_nested_tensor is False "
+                          f"because {why_not}", stacklevel=2)
+            self.use_nested_tensor = False
+
+    def _padded_by_fast_path(self, src: Tensor, mask, key_padding_mask) -> Tensor | None:
+        """The positions torch's inference fast path leaves zero (True where padded), or None
+        where it would not take that path. Its one check of values, that the mask is
+        left-aligned (`mask_check`), is a tensor here, never read into Python, so a compiled
+        call gives eager's zeros (torch.compile skips the path instead)."""
+        first = self.layers[0]
+        if not kiln.backends.mha.get_fastpath_enabled() or \
+                not getattr(self, "use_nested_tensor", False) or first.training or \
+                src.ndim != 3 or key_padding_mask is None or src.is_nested or \
+                mask is not None or kiln.is_autocast_enabled() or \
+                src.device.type not in ("cpu", "cuda"):
+            return None
+        attn = first.self_attn
+        params = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight,
+                  attn.out_proj.bias, first.norm1.weight, first.norm1.bias, first.norm2.weight,
+                  first.norm2.bias, first.linear1.weight, first.linear1.bias,
+                  first.linear2.weight, first.linear2.bias)
+        if kiln.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
+            return None
+        padded = key_padding_mask if key_padding_mask.dtype is kiln.bool else \
+            key_padding_mask != 0
+        if getattr(self, "mask_check", True):
+            # not left-aligned (a kept position after a padded one): torch takes the masked path
+            keep = padded.logical_not()
+            prefix = kiln.arange(keep.shape[-1], device=keep.device) < keep.sum(-1, keepdim=True)
+            padded = padded & (keep == prefix).all()
+        return padded
 
     def forward(self, src: Tensor, mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None,
                 is_causal: bool | None = None) -> Tensor:
+        padded = self._padded_by_fast_path(src, mask, src_key_padding_mask)
         output = src
         for layer in self.layers:
             output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
                            is_causal=bool(is_causal))
+        if padded is not None:
+            output = output.masked_fill(padded.unsqueeze(-1), 0.0)
         return self.norm(output) if self.norm is not None else output

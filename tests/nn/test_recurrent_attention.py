@@ -39,6 +39,34 @@ def test_lstm_with_initial_state():
                 call=lambda layer, x, h, c: layer(x, (h, c)))
 
 
+
+def test_lstm_with_projections():
+    # proj_size: h = (o * tanh(c)) W_hr^T, so h (and the next layer's input) has proj_size
+    # features while c keeps hidden_size; weight_hr_l{k} after the biases, initialized alike
+    check_layer(lambda nn: nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2),
+                [(4, 2, 3), (4, 2, 2), (4, 2, 5)],
+                call=lambda layer, x, h, c: layer(x, (h, c)))
+    check_layer(lambda nn: nn.LSTM(3, 5, batch_first=True, bias=False, proj_size=3),
+                [(2, 4, 3)])
+    t_layer, k_layer = build_pair(lambda nn: nn.LSTM(3, 5, num_layers=2, proj_size=2))
+    assert repr(k_layer) == repr(t_layer)
+    assert [tuple(w.shape) for w in k_layer.all_weights[1]] == \
+        [tuple(w.shape) for w in t_layer.all_weights[1]]
+    # packed sequences of different lengths: outputs, final states and gradients
+    lengths = [4, 2, 3]
+
+    def packed(layer, x):
+        lib = torch if isinstance(x, torch.Tensor) else kiln
+        seq = lib.nn.utils.rnn.pack_padded_sequence(x, lib.tensor(lengths), batch_first=True,
+                                                    enforce_sorted=False)
+        out, (h, c) = layer(seq)
+        return lib.nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0], h, c
+    check_layer(lambda nn: nn.LSTM(3, 5, num_layers=2, batch_first=True, bidirectional=True,
+                                   proj_size=2), [(3, 4, 3)], call=packed)
+    for lib in (torch, kiln):
+        with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+            lib.nn.LSTM(3, 4, proj_size=4)
+
 def test_gru_with_initial_state_float32():
     check_layer(lambda nn: nn.GRU(3, 4, 2), [(6, 3, 3), (2, 3, 4)],
                 call=lambda layer, x, h: layer(x, h), dtype=np.float32, atol=1e-5, rtol=1e-4)
@@ -187,6 +215,84 @@ def test_transformer_encoder_masks_and_repr():
                 call=lambda m, x, am, kp: m(x, mask=am, src_key_padding_mask=kp))
     assert repr(make(kiln.nn)) == repr(make(torch.nn))
 
+
+
+def _encoder_pair(**kw):
+    """The same batch_first encoder (2 heads, relu) in torch and kiln, in eval mode."""
+    out = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        out.append(lib.nn.TransformerEncoder(layer, 2, **kw).eval())
+    out[1].load_state_dict({k: kiln.tensor(v.numpy()) for k, v in out[0].state_dict().items()})
+    return out
+
+
+@pytest.mark.parametrize("padding,norm", [
+    ([[False] * 5, [False, False, False, True, True]], False),      # left-aligned: fast path
+    ([[False] * 5, [False, False, False, True, True]], True),       # zeros, then the norm
+    ([[False] * 5, [False, True, False, False, True]], False),      # not left-aligned: masked
+])
+def test_transformer_encoder_eval_fast_path_zeros_padded_positions_as_torch(padding, norm):
+    # torch's eval, no-grad inference runs the layers on a nested tensor built from the
+    # padding mask and pads the output back with zeros (before the final norm)
+    tenc, kenc = _encoder_pair(norm=None)
+    if norm:
+        tenc.norm, kenc.norm = torch.nn.LayerNorm(8), kiln.nn.LayerNorm(8)
+        kenc.norm.load_state_dict({k: kiln.tensor(v.numpy())
+                                   for k, v in tenc.norm.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    for grad in (False, True):          # with grad enabled and weights requiring it: no fast path
+        with torch.set_grad_enabled(grad), kiln.set_grad_enabled(grad):
+            want = tenc(torch.tensor(x), src_key_padding_mask=torch.tensor(padding))
+            got = kenc(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding))
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5,
+                                   atol=1e-5)
+    # a float mask (0 keeps, -inf pads) takes the same path; the flag turns it off
+    fmask = np.where(np.array(padding), -np.inf, 0.0).astype(np.float32)
+    with torch.no_grad(), kiln.no_grad():
+        for enabled in (True, False):
+            torch.backends.mha.set_fastpath_enabled(enabled)
+            kiln.backends.mha.set_fastpath_enabled(enabled)
+            try:
+                want = tenc(torch.tensor(x), src_key_padding_mask=torch.tensor(fmask))
+                got = kenc(kiln.tensor(x), src_key_padding_mask=kiln.tensor(fmask))
+            finally:
+                torch.backends.mha.set_fastpath_enabled(True)
+                kiln.backends.mha.set_fastpath_enabled(True)
+            assert kiln.backends.mha.get_fastpath_enabled()
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+
+def test_compiled_transformer_encoder_eval_pads_with_zeros_as_eager():
+    # the left-alignment check is a tensor in the program, not a read: whole graph, eager's
+    # zeros for a left-aligned mask and the masked path's values for another, on replay too
+    tenc, kenc = _encoder_pair()
+    compiled = kiln.compile(lambda x, m: kenc(x, src_key_padding_mask=m), fullgraph=True)
+    x = kiln.tensor(np.random.default_rng(1).standard_normal((2, 5, 8)).astype(np.float32))
+    with kiln.no_grad(), torch.no_grad():
+        for padding in ([[False] * 5, [False, False, True, True, True]],
+                        [[False] * 5, [True, False, False, False, False]]):
+            m = kiln.tensor(padding)
+            want = tenc(torch.tensor(x.numpy()), src_key_padding_mask=torch.tensor(padding))
+            np.testing.assert_allclose(compiled(x, m).numpy(),
+                                       kenc(x, src_key_padding_mask=m).numpy(), rtol=1e-6,
+                                       atol=1e-6)
+            np.testing.assert_allclose(compiled(x, m).numpy(), want.numpy(), rtol=1e-5,
+                                       atol=1e-5)
+
+def test_transformer_encoder_says_why_it_uses_no_nested_tensor_as_torch():
+    for lib in (torch, kiln):
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, norm_first=True, batch_first=True)
+        with pytest.warns(UserWarning, match="use_nested_tensor is False because "
+                          "encoder_layer.norm_first was True"):
+            enc = lib.nn.TransformerEncoder(layer, 2)
+        assert enc.enable_nested_tensor and not enc.use_nested_tensor and enc.mask_check
+        odd = lib.nn.TransformerEncoderLayer(9, 3, 16, batch_first=True)
+        with pytest.warns(UserWarning, match="num_heads is odd"):
+            lib.nn.TransformerEncoder(odd, 1)
+        assert layer.activation_relu_or_gelu == 1
 
 def test_transformer_encoder_dropout_active_in_training():
     layer = kiln.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5)

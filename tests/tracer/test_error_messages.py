@@ -179,6 +179,8 @@ CASES = {
                                     RuntimeError, ["einsum", "'i'", "2 != 3"]),
     "einsum_repeated_output_label": (lambda L: lambda: L.einsum("ij->ii", L.ones(2, 2)),
                                      RuntimeError, ["einsum", "'ii'", "repeats"]),
+    "einsum_sublist_label_range": (lambda L: lambda: L.einsum(L.ones(2), [60]),
+                                   ValueError, ["einsum", "60", "[0, 52)"]),
 }
 
 _THIS_FILE = os.path.abspath(__file__)

@@ -653,6 +653,14 @@ case("einsum_repeated_label_diagonal", lambda lib, a: lib.einsum("NMKK->NMK", a)
 case("einsum_implicit_trace", lambda lib, a: lib.einsum("ii", a), fixed(((4, 4), "any")))
 case("einsum_repeated_label_pair", lambda lib, a, b: lib.einsum("iji,j->ij", a, b),
      fixed(((3, 2, 3), "any"), ((2,), "any")))
+# the sublist format: operands each followed by its labels as ints (and Ellipsis), then the
+# output's
+case("einsum_sublists", lambda lib, a, b: lib.einsum(a, [0, 1, 2, 3], b, [0, 1, 4, 3],
+                                                     [0, 1, 2, 4]),
+     fixed(((2, 3, 4, 5), "any"), ((2, 3, 6, 5), "any")))
+case("einsum_sublists_ellipsis_implicit", lambda lib, a, b: lib.einsum(a, [..., 26, 27], b,
+                                                                       [..., 27]),
+     fixed(((2, 3, 4), "any"), ((1, 4), "any")))
 case("int_matmul", lambda lib, a, b: a @ b, _matmuls, dtypes=INTS)
 
 

@@ -196,6 +196,8 @@ def baddbmm(input, batch1, batch2, *, beta=1, alpha=1):
 @composite
 def einsum(equation, *operands):
     """Einstein summation for up to two operands, lowered to permute, reshape, mul and matmul."""
+    if not isinstance(equation, str):
+        equation, operands = _sublist_equation((equation,) + operands)
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     lhs, _, rhs = equation.replace(" ", "").partition("->")
@@ -232,6 +234,31 @@ def einsum(equation, *operands):
     out = sum(product, tuple(summed)) if summed else product
     kept = [c for c in labels if c in rhs]
     return permute(out, tuple(kept.index(c) for c in rhs)) if kept != list(rhs) else out
+
+
+def _sublist_equation(args):
+    """einsum's sublist format, `einsum(a, [0, 1], b, [1, 2], [0, 2])`, as an equation and the
+    operands: the labels 0-25 are 'A'-'Z' and 26-51 'a'-'z' (PyTorch's), Ellipsis is '...'."""
+    def spell(sublist):
+        letters = []
+        for label in sublist:
+            if label is Ellipsis:
+                letters.append("...")
+            elif isinstance(label, int) and 0 <= label < 52:
+                letters.append(chr(ord("A") + label) if label < 26 else chr(ord("a") + label - 26))
+            else:
+                raise op_error("einsum", f"subscript {label!r} in a subscript list is not "
+                               "within the valid range [0, 52) (nor Ellipsis)", ValueError)
+        return "".join(letters)
+
+    output = None
+    if len(args) % 2 == 1:                          # the last list is the output's labels
+        args, output = args[:-1], args[-1]
+    operands, terms = args[0::2], args[1::2]
+    equation = ",".join(spell(t) for t in terms)
+    if output is not None:
+        equation += "->" + spell(output)
+    return equation, tuple(operands)
 
 
 def _ellipsis_labels(terms, rhs, operands):
