@@ -64,6 +64,18 @@ for _name in ("flash", "mem_efficient", "math", "cudnn"):
     setattr(cuda, f"{_name}_sdp_enabled", _is_enabled)
 del _name, _enable, _is_enabled
 
+# torch.backends.mha: whether nn.TransformerEncoder takes PyTorch's inference fast path, whose
+# one visible effect kiln reproduces (padded positions of a key-padding-masked batch come out 0)
+_mha_fastpath = [True]
+
+
+def _set_mha_fastpath(enabled: bool) -> None:
+    _mha_fastpath[0] = bool(enabled)
+
+
+mha = _flags("multi-head attention's inference fast path", "mha",
+             get_fastpath_enabled=lambda: _mha_fastpath[0], set_fastpath_enabled=_set_mha_fastpath)
+
 
 class _QuantizedBackend(types.ModuleType):
     """torch.backends.quantized: the engine quantized kernels run as. kiln's kernels reproduce

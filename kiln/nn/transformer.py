@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable
 
 import kiln
 from kiln import Tensor
 from kiln.nn import functional as F
 from kiln.nn import init
+from kiln.nn.activation import GELU, ReLU
 from kiln.nn.containers import ModuleList
 from kiln.nn.dropout import Dropout
 from kiln.nn.linear import Linear
@@ -172,6 +174,13 @@ class TransformerEncoderLayer(Module):
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
         self.activation = _activation(activation)
+        # PyTorch's fast path (TransformerEncoder's nested tensors) runs only relu (1) or gelu (2)
+        if self.activation is F.relu or isinstance(activation, ReLU):
+            self.activation_relu_or_gelu = 1
+        elif self.activation is F.gelu or isinstance(activation, GELU):
+            self.activation_relu_or_gelu = 2
+        else:
+            self.activation_relu_or_gelu = 0
 
     def _sa_block(self, x: Tensor, attn_mask, key_padding_mask, is_causal: bool) -> Tensor:
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
@@ -204,12 +213,72 @@ class TransformerEncoder(Module):
         self.layers = ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm
+        self.enable_nested_tensor = enable_nested_tensor
+        self.use_nested_tensor = enable_nested_tensor
+        self.mask_check = mask_check
+        why_not = _why_not_nested(encoder_layer)
+        if enable_nested_tensor and why_not:
+            warnings.warn(f"enable_nested_tensor is True, but self.use_nested_tensor is False "
+                          f"because {why_not}", stacklevel=2)
+            self.use_nested_tensor = False
 
     def forward(self, src: Tensor, mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None,
                 is_causal: bool | None = None) -> Tensor:
+        zeroed = self._nested_padding(src, mask, src_key_padding_mask)
         output = src
         for layer in self.layers:
             output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
                            is_causal=bool(is_causal))
+        if zeroed is not None:      # PyTorch's nested tensor padded back with zeros
+            output = output.masked_fill(zeroed.unsqueeze(-1), 0.0)
         return self.norm(output) if self.norm is not None else output
+
+    def _nested_padding(self, src: Tensor, mask, src_key_padding_mask) -> Tensor | None:
+        """The positions PyTorch's inference fast path returns as zeros, or None where it does
+        not run. PyTorch turns a key-padding-masked batch into a nested tensor of the unpadded
+        tokens (eval mode, no gradient wanted, the layer's conditions met) and pads the result
+        back with zeros; the valid positions' values are the masked attention's either way.
+        Its mask check (every row's padding at the end) is a tensor here, not a Python branch,
+        so a compiled call decides as eager does."""
+        first = self.layers[0]
+        if (src_key_padding_mask is None or mask is not None or not self.use_nested_tensor
+                or not kiln.backends.mha.get_fastpath_enabled() or first.training
+                or src.dim() != 3 or src.is_nested or kiln.is_autocast_enabled()):
+            return None
+        attn = first.self_attn
+        weights = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight,
+                   attn.out_proj.bias, first.norm1.weight, first.norm1.bias, first.norm2.weight,
+                   first.norm2.bias, first.linear1.weight, first.linear1.bias,
+                   first.linear2.weight, first.linear2.bias)
+        if kiln.is_grad_enabled() and any(t is not None and t.requires_grad for t in weights):
+            return None
+        padding = src_key_padding_mask != 0       # a float mask pads where it is not 0
+        if self.mask_check:
+            right_aligned = (padding[:, :-1] & ~padding[:, 1:]).any()
+            padding = padding & ~right_aligned
+        return padding
+
+
+def _why_not_nested(layer) -> str:
+    """Why PyTorch's TransformerEncoder would not use nested tensors for this layer ('' if it
+    would), in its words and order."""
+    name = "encoder_layer"
+    if not isinstance(layer, TransformerEncoderLayer):
+        return f"{name} was not TransformerEncoderLayer"
+    if layer.norm_first:
+        return f"{name}.norm_first was True"
+    if not layer.self_attn.batch_first:
+        return (f"{name}.self_attn.batch_first was not True(use batch_first for better "
+                "inference performance)")
+    if not layer.self_attn._qkv_same_embed_dim:
+        return f"{name}.self_attn._qkv_same_embed_dim was not True"
+    if layer.self_attn.in_proj_bias is None:
+        return f"{name}.self_attn was passed bias=False"
+    if not layer.activation_relu_or_gelu:
+        return f"{name}.activation_relu_or_gelu was not True"
+    if layer.norm1.eps != layer.norm2.eps:
+        return f"{name}.norm1.eps was not equal to {name}.norm2.eps"
+    if layer.self_attn.num_heads % 2 == 1:
+        return f"{name}.self_attn.num_heads is odd"
+    return ""

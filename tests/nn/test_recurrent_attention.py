@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,83 @@ def test_transformer_encoder_dropout_active_in_training():
     np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
     layer.train()
     assert not np.allclose(layer(x).detach().numpy(), a.detach().numpy())
+
+
+
+def _encoder_pair(norm_first=False, final_norm=True):
+    """torch's TransformerEncoder in eval mode, kiln's with its weights, and the warnings each
+    gave when built."""
+    built = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True,
+                                               norm_first=norm_first)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            encoder = lib.nn.TransformerEncoder(
+                layer, 2, norm=lib.nn.LayerNorm(8) if final_norm else None)
+        built.append((encoder.eval(), [str(w.message) for w in caught]))
+    (t, t_notes), (k, k_notes) = built
+    k.load_state_dict({name: kiln.tensor(v.numpy()) for name, v in t.state_dict().items()})
+    return t, k, t_notes, k_notes
+
+
+def _padded_batch(left_aligned=True):
+    x = np.random.default_rng(4).normal(size=(3, 6, 8)).astype(np.float32)
+    padding = np.zeros((3, 6), dtype=bool)
+    padding[1, 4:] = True
+    padding[2, 2:] = True
+    if not left_aligned:
+        padding[0, 0] = True                  # padding before a token
+    return x, padding
+
+
+@pytest.mark.parametrize("left_aligned", [True, False])
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_transformer_encoder_inference_zeroes_padding_as_torch_nested_path(left_aligned,
+                                                                           final_norm):
+    # PyTorch's eval fast path runs a key-padding-masked batch as a nested tensor and pads the
+    # result back with zeros (then the final norm): the padded rows were the attention's output
+    t, k, _, _ = _encoder_pair(final_norm=final_norm)
+    x, padding = _padded_batch(left_aligned)
+    with torch.no_grad():
+        expected = t(torch.tensor(x), src_key_padding_mask=torch.tensor(padding))
+    expected = expected.to_padded_tensor(0.0, x.shape) if expected.is_nested else expected
+    expected = expected.numpy()
+    if left_aligned and not final_norm:
+        assert np.all(expected[padding] == 0)
+    with kiln.no_grad():
+        got = k(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding)).numpy()
+        # with a float mask too, and compiled (its mask check a tensor, not a graph break)
+        float_mask = kiln.tensor(np.where(padding, -np.inf, 0.0).astype(np.float32))
+        got_float = k(kiln.tensor(x), src_key_padding_mask=float_mask).numpy()
+        step = kiln.compile(lambda a, m: k(a, src_key_padding_mask=m), fullgraph=True)
+        compiled = [step(kiln.tensor(x), kiln.tensor(padding)).numpy() for _ in range(2)]
+    for value in (got, got_float, *compiled):
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_encoder_keeps_padded_rows_off_the_fast_path():
+    # training mode, a gradient wanted, or the fast path turned off: no nested tensor, so the
+    # padded positions keep the layers' values, as in PyTorch
+    t, k, _, _ = _encoder_pair()
+    x, padding = _padded_batch()
+    kiln.backends.mha.set_fastpath_enabled(False)
+    try:
+        with kiln.no_grad():
+            off = k(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding)).numpy()
+    finally:
+        kiln.backends.mha.set_fastpath_enabled(True)
+    with_grad = k(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding)).detach().numpy()
+    expected = t(torch.tensor(x), src_key_padding_mask=torch.tensor(padding)).detach().numpy()
+    assert kiln.backends.mha.get_fastpath_enabled()
+    for value in (off, with_grad):
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+        assert np.abs(value[padding]).min() > 0
+
+
+def test_transformer_encoder_says_why_it_takes_no_nested_tensors():
+    t, k, t_notes, k_notes = _encoder_pair(norm_first=True)
+    assert k_notes == t_notes and "norm_first was True" in k_notes[0]
+    assert (k.enable_nested_tensor, k.use_nested_tensor, k.mask_check) == (True, False, True)
+    assert k.layers[0].activation_relu_or_gelu == t.layers[0].activation_relu_or_gelu == 1
