@@ -123,6 +123,34 @@ def test_adafactor_matches_torch(kwargs):
         assert ks["state"][i].keys() == ts["state"][i].keys()
 
 
+@pytest.mark.parametrize("kwargs", [dict(), dict(lr=0.3, beta2_decay=-0.5, weight_decay=0.1)])
+def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs):
+    # the step count and the two norms were read into Python (as PyTorch's Adafactor reads
+    # them): a graph break that ran every compiled step eagerly; traced, they stay in the graph
+    rng = np.random.default_rng(2)
+    x, w0, v0 = (rng.normal(size=s).astype(np.float32) for s in [(6, 4), (4, 3), (3,)])
+    runs = {}
+    for name in ("torch", "eager", "compiled"):
+        lib = torch if name == "torch" else kiln
+        w, v = lib.tensor(w0, requires_grad=True), lib.tensor(v0, requires_grad=True)
+        opt = lib.optim.Adafactor([w, v], **kwargs)
+        xs = lib.tensor(x)
+
+        def step():
+            opt.zero_grad()
+            loss = ((xs @ w).tanh() * v).square().mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        if name == "compiled":
+            step = kiln.compile(step, fullgraph=True)
+        runs[name] = ([step().item() for _ in range(6)], w.detach().numpy(), v.detach().numpy())
+    for name in ("eager", "compiled"):
+        for got, expected in zip(runs[name], runs["torch"]):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_muon_follows_torch_within_bfloat16_rounding():
     """torch runs Newton-Schulz in bfloat16 and kiln in float32, so the steps agree to about
     bfloat16's precision; the update itself is near-orthogonal."""
