@@ -6,8 +6,9 @@ hand-written RMSNorm (no mean, no bias, variance in float32), attention through
 the scaling into its initialization), a gated-GELU feed-forward, an output head tied to the input
 embedding and scaled by `d_model ** -0.5`; spans of tokens drawn with `torch.rand` replaced by
 sentinel ids and the labels of the other positions (and of padding) `-100`, so
-`F.cross_entropy(..., ignore_index=-100, label_smoothing=0.1)` sees only the corrupted spans; Adam
-with `get_linear_schedule_with_warmup`'s `LambdaLR` and `clip_grad_norm_`. The training step,
+`F.cross_entropy(..., ignore_index=-100, label_smoothing=0.1)` sees only the corrupted spans;
+`torch.optim.Adafactor` (factored second moments, relative step sizes) under
+`get_linear_schedule_with_warmup`'s `LambdaLR`, and `clip_grad_norm_`. The training step,
 scheduler step included, is the compiled function."""
 import math
 
@@ -183,7 +184,7 @@ def main(seed=0, compile=False, initial_state=None):
         model.load_state_dict(initial_state)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     steps = 16
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adafactor(model.parameters(), lr=1e-2)
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=4,
                                                 num_training_steps=steps)
 
