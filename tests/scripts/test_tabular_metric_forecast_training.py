@@ -1,17 +1,17 @@
 """Training programs from tabular learning, language-model pretraining, metric learning, video
-prediction and forecasting, each written as its community writes it and run under torch and
-kiln: an FT-Transformer (per-feature numerical tokens, categorical embeddings behind per-column
-offsets, a CLS token, a pre-norm TransformerEncoder, BCEWithLogitsLoss with pos_weight, AUROC by
-argsort and cumsum), a T5-style encoder (relative position buckets into an embedding bias,
-RMSNorm by hand, scaled_dot_product_attention with a float mask, span corruption, label-smoothed
-cross-entropy ignoring -100, a linear warmup LambdaLR stepped inside the compiled step), metric
+prediction and forecasting, each written as its community writes it and run under torch and kiln: an
+FT-Transformer (per-feature numerical tokens, categorical embeddings behind per-column offsets, a
+CLS token, a pre-norm TransformerEncoder, BCEWithLogitsLoss with pos_weight, AUROC by argsort and
+cumsum), a T5-style encoder (relative position buckets into an embedding bias, RMSNorm by hand,
+scaled_dot_product_attention with a float mask, span corruption, label-smoothed cross-entropy
+ignoring -100, Adafactor under a linear warmup LambdaLR stepped inside the compiled step), metric
 learning (batch-hard triplets over cdist with label masks, TripletMarginLoss, an ArcFace head),
 ConvLSTM video prediction (four gates from one Conv2d, a Python loop over time, scheduled sampling
 by `torch.rand(()) < p`) and N-BEATS (windows by `unfold`, trend and seasonality bases, a pinball
-loss, NAdam, clip_grad_value_, sMAPE). Each kiln run starts from torch's initial weights (kiln
-draws PyTorch's random numbers, so dropout, spans, batches and coin flips are torch's too): losses
-agree with torch's step by step, final values too, and the compiled run repeats eager's losses
-(rtol 1e-4), with no step falling back to eager."""
+loss, NAdam, clip_grad_value_, sMAPE). Each kiln run starts from torch's initial weights (kiln draws
+PyTorch's random numbers, so dropout, spans, batches and coin flips are torch's too): losses agree
+with torch's step by step, final values too, and the compiled run repeats eager's losses (rtol
+1e-4), with no step falling back to eager."""
 
 import numpy as np
 
@@ -29,8 +29,9 @@ def test_ft_transformer_feature_tokens_cls_pre_norm_encoder_pos_weight_and_auroc
 
 
 def test_t5_relative_buckets_rmsnorm_sdpa_bias_span_corruption_and_warmup_in_the_step():
-    # the LambdaLR's step sits inside the compiled step: the learning rate is lifted, so one
-    # trace serves the warmup and the decay
+    # Adafactor read its step count and two norms into Python, a graph break that ran every
+    # step eagerly; the LambdaLR's step sits inside the compiled step too: the learning rate is
+    # lifted, so one trace serves the warmup and the decay
     t, k, c, notes = applied_run("t5_encoder", values_rtol=1e-4, values_atol=1e-5)
     v = k["values"]
     buckets = _as_array(v["buckets"])

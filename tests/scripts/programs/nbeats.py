@@ -172,5 +172,6 @@ def main(seed=0, compile=False, initial_state=None):
     coverage = ((test_windows[:, backcast_length:] - level) <= forecast[..., 2]).float().mean()
     values = {"smapes": torch.tensor(smapes), "forecast": forecast, "residual": residual,
               "coverage_q90": coverage, "offsets": model.quantile_offsets.detach(),
-              "n_windows": int(train_windows.size(0)), "window_shape": str(tuple(test_windows.shape))}
+              "n_windows": int(train_windows.size(0)),
+              "window_shape": str(tuple(test_windows.shape))}
     return {"losses": losses, "values": values, "initial_state": initial}
