@@ -278,3 +278,24 @@ def test_transformer_encoder_says_why_it_takes_no_nested_tensors():
     assert k_notes == t_notes and "norm_first was True" in k_notes[0]
     assert (k.enable_nested_tensor, k.use_nested_tensor, k.mask_check) == (True, False, True)
     assert k.layers[0].activation_relu_or_gelu == t.layers[0].activation_relu_or_gelu == 1
+
+
+def test_transformer_in_inference_decodes_from_the_nested_paths_memory():
+    # nn.Transformer's encoder takes the same fast path: the decoder attends to a memory whose
+    # padded rows are the encoder norm of zeros (no memory_key_padding_mask given)
+    rng = np.random.default_rng(5)
+    src, tgt = (rng.normal(size=s).astype(np.float32) for s in [(2, 5, 8), (2, 4, 8)])
+    padding = np.array([[False] * 5, [False] * 3 + [True] * 2])
+    outs = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = lib.nn.Transformer(8, 2, 2, 2, 16, batch_first=True)
+        if lib is kiln:
+            model.load_state_dict({k: kiln.tensor(v.numpy()) for k, v in state.items()})
+        state = model.state_dict()
+        with lib.no_grad():
+            outs.append(model.eval()(lib.tensor(src), lib.tensor(tgt),
+                                     src_key_padding_mask=lib.tensor(padding)).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
