@@ -299,3 +299,71 @@ def test_transformer_in_inference_decodes_from_the_nested_paths_memory():
             outs.append(model.eval()(lib.tensor(src), lib.tensor(tgt),
                                      src_key_padding_mask=lib.tensor(padding)).numpy())
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+def _left_padded_causal():
+    """A causal mask with left padding: the padded queries of row 1 see no key at all."""
+    keep = np.tril(np.ones((4, 4), dtype=bool))[None].repeat(2, 0)
+    keep[1, :, :2] = False                          # row 1's first two tokens are padding
+    return keep[:, None]                            # (batch, 1, L, S): True takes part
+
+
+def test_sdpa_fully_masked_rows_give_zeros_and_zero_gradients_like_torch():
+    # PyTorch (since 2.5) gives 0 where a query sees no key; kiln gave NaN, and NaN gradients
+    # for every key and value, so a left-padded causal batch trained to NaN
+    from tests.parity import check_op
+    keep = _left_padded_causal()
+    additive = np.where(keep, 0.0, -np.inf)
+    for mask in (keep, additive):
+        check_op(lambda lib, q, k, v, m: lib.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=m), [(2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 8), mask],
+            dtype=np.float64)
+    with kiln.no_grad():
+        q = kiln.ones(2, 3, 4, 8)
+        out = kiln.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=kiln.tensor(keep))
+    assert np.all(out.numpy()[1, :, :2] == 0) and np.isfinite(out.numpy()).all()
+
+
+def test_multihead_attention_fully_padded_query_without_weights_is_zero_as_torch():
+    # need_weights=False goes through scaled_dot_product_attention in PyTorch: zeros; the
+    # weights it returns otherwise come from a plain softmax, NaN in such a row, in both
+    padding = np.array([[False, False, False], [True, True, True]])
+    for need_weights in (False, True):
+        outs = []
+        for lib in (torch, kiln):
+            lib.manual_seed(0)
+            mha = lib.nn.MultiheadAttention(4, 2, batch_first=True)
+            if lib is kiln:
+                mha.load_state_dict({k: kiln.tensor(v.numpy()) for k, v in state.items()})
+            state = mha.state_dict()
+            x = lib.tensor(np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32))
+            out, _ = mha(x, x, x, key_padding_mask=lib.tensor(padding),
+                         need_weights=need_weights)
+            outs.append(out.detach().numpy())
+        np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        assert np.isnan(outs[1][1]).all() == need_weights
+
+
+def test_compiled_left_padded_causal_attention_step_matches_eager_without_nan():
+    keep = kiln.tensor(_left_padded_causal())
+    rng = np.random.default_rng(1)
+    x = kiln.tensor(rng.normal(size=(2, 3, 4, 8)).astype(np.float32))
+    losses = {}
+    for compiled in (False, True):
+        w = kiln.tensor(np.eye(8, dtype=np.float32) + 0.1, requires_grad=True)
+        opt = kiln.optim.SGD([w], lr=0.1)
+
+        def step():
+            q = x @ w
+            out = kiln.nn.functional.scaled_dot_product_attention(q, x, x @ w.t(), attn_mask=keep)
+            loss = out.square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        if compiled:
+            step = kiln.compile(step, fullgraph=True)
+        losses[compiled] = [step().item() for _ in range(3)]
+        assert np.isfinite(w.detach().numpy()).all()
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
