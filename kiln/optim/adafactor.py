@@ -55,7 +55,9 @@ class Adafactor(Optimizer):
         return loss
 
     def _update_one(self, p, group, eps1: float) -> None:
-        lr, d, eps2 = group["lr"], group["d"], group["eps"][1]
+        # the learning rate as the update reads it: lifted while tracing, so a scheduler's new
+        # rate reaches every replay (in the step size and the weight decay alike)
+        lr, d, eps2 = _hyper(group, "lr", p), group["d"], group["eps"][1]
         grad = _grad(p, group["maximize"])
         state = self.state[p]
         if not state:
@@ -76,8 +78,8 @@ class Adafactor(Optimizer):
             alpha = max(eps2, float(p.norm(2).item()) / (p.numel() ** 0.5)) * rho
         else:       # traced: the same numbers as float64 scalars, computed in the graph
             one_minus_beta2 = (step ** group["beta2_decay"]).to(p.dtype)
-            rho, lr_now = 1 / (step ** 0.5), _hyper(group, "lr", p)
-            rho = kiln.minimum(rho, lr_now) if isinstance(lr_now, Tensor) else rho.clamp_max(lr_now)
+            rho = 1 / (step ** 0.5)
+            rho = kiln.minimum(rho, lr) if isinstance(lr, Tensor) else rho.clamp_max(lr)
             alpha = (p.norm(2).to(kiln.float64) / (p.numel() ** 0.5)).clamp_min(eps2) * rho
         if group["weight_decay"] != 0:
             p.mul_(1 - lr * group["weight_decay"])

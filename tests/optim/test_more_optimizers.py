@@ -151,6 +151,42 @@ def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs):
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+
+@pytest.mark.xfail(strict=True, reason="compiler guards: inside an optimizer's step (library "
+                   "depth) a raw group['lr'] read of a key that _hyper lifted is neither lifted "
+                   "nor guarded, so a replay uses the trace's rate (kiln/compiler/hooks.py, "
+                   "kiln/optim/optimizer.py _read; the lead's area)")
+def test_optimizer_subclass_reading_the_rate_in_its_step_compiles_as_eager():
+    # a user's Adam with an extra decoupled decay read from its group, the scheduler stepped
+    # inside the compiled step: the replays decayed with the first step's rate (25% off by
+    # step 6), silently; a user's loop reading param_groups[0]['lr'] is refused, as it must be
+    losses = {}
+    for compiled in (False, True):
+        class DecayAdam(kiln.optim.Adam):
+            @kiln.no_grad()
+            def step(self, closure=None):
+                super().step(closure)
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.mul_(1 - group["lr"] * 0.5)
+
+        w = kiln.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        opt = DecayAdam([w], lr=0.1)
+        scheduler = kiln.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+
+        def step():
+            opt.zero_grad()
+            loss = (w ** 2).sum()
+            loss.backward()
+            opt.step()
+            scheduler.step()
+            return loss
+
+        if compiled:
+            step = kiln.compile(step)
+        losses[compiled] = [step().item() for _ in range(6)]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
 def test_muon_follows_torch_within_bfloat16_rounding():
     """torch runs Newton-Schulz in bfloat16 and kiln in float32, so the steps agree to about
     bfloat16's precision; the update itself is near-orthogonal."""
