@@ -123,10 +123,15 @@ def test_adafactor_matches_torch(kwargs):
         assert ks["state"][i].keys() == ts["state"][i].keys()
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(lr=0.3, beta2_decay=-0.5, weight_decay=0.1)])
-def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs):
+@pytest.mark.parametrize("kwargs,scheduled", [(dict(), False),
+                                              (dict(lr=0.3, beta2_decay=-0.5, weight_decay=0.1),
+                                               False),
+                                              (dict(lr=0.5, weight_decay=0.5), True)])
+def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs, scheduled):
     # the step count and the two norms were read into Python (as PyTorch's Adafactor reads
-    # them): a graph break that ran every compiled step eagerly; traced, they stay in the graph
+    # them): a graph break that ran every compiled step eagerly; traced, they stay in the graph.
+    # Scheduled: a LambdaLR stepped inside the compiled step changes the rate that both the
+    # step size and the weight decay read (the decay once read it raw: the trace's rate forever)
     rng = np.random.default_rng(2)
     x, w0, v0 = (rng.normal(size=s).astype(np.float32) for s in [(6, 4), (4, 3), (3,)])
     runs = {}
@@ -134,6 +139,7 @@ def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs):
         lib = torch if name == "torch" else kiln
         w, v = lib.tensor(w0, requires_grad=True), lib.tensor(v0, requires_grad=True)
         opt = lib.optim.Adafactor([w, v], **kwargs)
+        scheduler = lib.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
         xs = lib.tensor(x)
 
         def step():
@@ -141,6 +147,8 @@ def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs):
             loss = ((xs @ w).tanh() * v).square().mean()
             loss.backward()
             opt.step()
+            if scheduled:
+                scheduler.step()
             return loss
 
         if name == "compiled":
