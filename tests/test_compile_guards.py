@@ -3205,11 +3205,6 @@ def test_a_compiled_function_reached_through_another_is_guarded(how):
             assert obj.n == ref.n
 
 
-@pytest.mark.xfail(strict=True, reason="guards._Walk.inside passes a class's __module__ to "
-                   "_library_module, which splits it as a str: Cython's shared module "
-                   "(_cython_3_x, no __file__, so walked as a user's) holds a metatype whose "
-                   "__module__ is a getset_descriptor, and a call reaching it by computed name "
-                   "ran eagerly with 'reading what it can reach failed'")
 def test_a_class_whose_module_is_no_string_does_not_stop_the_walk():
     ext = types.ModuleType("user_ext")            # no __file__: walked as a user's module
 

@@ -1049,18 +1049,40 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
         key = kiln.repeat_interleave(key, repeat, dim=-3)
         value = kiln.repeat_interleave(value, repeat, dim=-3)
     scores = kiln.matmul(query, key.transpose(-2, -1)) * scale
-    if is_causal:
+    causal = None
+    if is_causal:       # (every row keeps its first key: never a row masked whole)
         causal = kiln.tril(kiln.ones(lq, lk, dtype=kiln.bool, device=query.device))
-        scores = scores.masked_fill(~causal, -math.inf)
+        if attn_mask is None:
+            scores = scores.masked_fill(~causal, -math.inf)
+    masked_rows = None
     if attn_mask is not None:
         if attn_mask.dtype is kiln.bool:
-            scores = scores.masked_fill(~attn_mask, -math.inf)
+            keep = attn_mask if causal is None else attn_mask & causal
+            keep, masked_rows = _unmask_empty_rows(keep)
+            scores = scores.masked_fill(~keep, -math.inf)
         else:
-            scores = scores + attn_mask
+            bias = attn_mask if causal is None else attn_mask.masked_fill(~causal, -math.inf)
+            bias, masked_rows = _unmask_empty_rows(bias)
+            scores = scores + bias
     weights = kiln.softmax(scores, -1)
+    if masked_rows is not None:
+        weights = weights.masked_fill(masked_rows, 0.0)
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p)
     return kiln.matmul(weights, value)
+
+
+def _unmask_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """An attention mask (bool: True takes part; float: added, -inf masks) whose rows that mask
+    every key are opened, and those rows. PyTorch's attention (since 2.5, `_safe_softmax`) gives
+    0, not softmax's NaN, where a query sees no key (a padded query, a left-padded causal row),
+    and a gradient of 0 there: the caller zeroes the opened rows' weights. Read from the mask,
+    which is smaller than the scores it broadcasts over."""
+    if mask.dtype is kiln.bool:
+        rows = ~mask.any(-1, keepdim=True)
+        return mask | rows, rows
+    rows = (mask == -math.inf).all(-1, keepdim=True)
+    return mask.masked_fill(rows, 0.0), rows
 
 
 def _canonical_mask(mask: Tensor | None, dtype) -> Tensor | None:
@@ -1146,6 +1168,11 @@ def multi_head_attention_forward(
         padding = padding.reshape(batch, 1, 1, src_len)
         mask = padding if mask is None else mask + padding
 
+    masked_rows = None
+    if mask is not None and not need_weights:
+        # PyTorch then attends through scaled_dot_product_attention, whose rows that mask every
+        # key give 0; the weights it returns come from a plain softmax (NaN there)
+        mask, masked_rows = _unmask_empty_rows(mask)
     q = q * math.sqrt(1.0 / head_dim)          # PyTorch's spelling of the scale
     if mask is not None and q.dtype in _HALF and q.device.type == "cpu":
         # PyTorch's baddbmm: the product and the mask added in float32, rounded once
@@ -1156,6 +1183,8 @@ def multi_head_attention_forward(
         if mask is not None:
             scores = scores + mask
     weights = kiln.softmax(scores, -1)
+    if masked_rows is not None:
+        weights = weights.masked_fill(masked_rows, 0.0)
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p, training)
     out = kiln.matmul(weights, v)                                   # (N, H, L, head_dim)

@@ -8,13 +8,16 @@ import math
 import numpy as np
 
 import kiln
+from kiln import Tensor
 from kiln.compiler import note_grads_checked, untraced
-from kiln.optim.optimizer import Optimizer, ParamsT, _grad, _scalar_state
+from kiln.optim.optimizer import (Optimizer, ParamsT, _grad, _hyper, _scalar_state,
+                                  _step_count)
 
 
 class Adafactor(Optimizer):
-    """`torch.optim.Adafactor`, the single-tensor update. It reads norms into Python each step
-    (as PyTorch's does), so a compiled step containing it runs eagerly."""
+    """`torch.optim.Adafactor`, the single-tensor update. Eagerly it reads the step count and two
+    norms into Python each step, as PyTorch's does; traced, they stay float64 scalars in the
+    graph, so a compiled step containing it compiles whole."""
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: tuple = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
@@ -52,7 +55,9 @@ class Adafactor(Optimizer):
         return loss
 
     def _update_one(self, p, group, eps1: float) -> None:
-        lr, d, eps2 = group["lr"], group["d"], group["eps"][1]
+        # the learning rate as the update reads it: lifted while tracing, so a scheduler's new
+        # rate reaches every replay (in the step size and the weight decay alike)
+        lr, d, eps2 = _hyper(group, "lr", p), group["d"], group["eps"][1]
         grad = _grad(p, group["maximize"])
         state = self.state[p]
         if not state:
@@ -66,10 +71,16 @@ class Adafactor(Optimizer):
                 else:
                     state["variance"] = kiln.zeros_like(grad)
         state["step"].add_(1)
-        step = float(state["step"].item())
-        one_minus_beta2 = step ** group["beta2_decay"]
-        rho = min(lr, 1 / (step ** 0.5))
-        alpha = max(eps2, float(p.norm(2).item()) / (p.numel() ** 0.5)) * rho
+        step = _step_count(state["step"])
+        if isinstance(step, float):         # eager: the numbers as PyTorch reads them
+            one_minus_beta2 = step ** group["beta2_decay"]
+            rho = min(lr, 1 / (step ** 0.5))
+            alpha = max(eps2, float(p.norm(2).item()) / (p.numel() ** 0.5)) * rho
+        else:       # traced: the same numbers as float64 scalars, computed in the graph
+            one_minus_beta2 = (step ** group["beta2_decay"]).to(p.dtype)
+            rho = 1 / (step ** 0.5)
+            rho = kiln.minimum(rho, lr) if isinstance(lr, Tensor) else rho.clamp_max(lr)
+            alpha = (p.norm(2).to(kiln.float64) / (p.numel() ** 0.5)).clamp_min(eps2) * rho
         if group["weight_decay"] != 0:
             p.mul_(1 - lr * group["weight_decay"])
         if grad.ndim > 1:
@@ -83,5 +94,10 @@ class Adafactor(Optimizer):
             state["variance"].lerp_(grad * grad, one_minus_beta2)
             estimate = state["variance"].clone()
         update = estimate.clamp_min(eps1 * eps1).rsqrt() * grad
-        denom = max(1.0, float(update.norm(2).item()) / (math.sqrt(update.numel()) * d))
-        p.add_(update * (-alpha / denom))
+        scale = math.sqrt(update.numel()) * d
+        if isinstance(step, float):
+            denom = max(1.0, float(update.norm(2).item()) / scale)
+            p.add_(update * (-alpha / denom))
+        else:
+            denom = (update.norm(2).to(kiln.float64) / scale).clamp_min(1.0)
+            p.add_(update * (-alpha / denom).to(p.dtype))

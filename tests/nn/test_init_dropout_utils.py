@@ -171,6 +171,40 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm):
         np.testing.assert_allclose(k.grad.numpy(), t.grad.numpy(), rtol=1e-12)
 
 
+
+def test_clip_grad_norm_error_if_nonfinite_compiles_whole_and_checks_every_replay():
+    # the finiteness check read the norm into Python: a graph break that ran the step eagerly;
+    # now a graph node checks it, and a replay meeting an infinite gradient raises as eager does
+    rng = np.random.default_rng(1)
+    x0, w0 = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
+    runs = {}
+    for name in ("torch", "eager", "compiled"):
+        lib = torch if name == "torch" else kiln
+        w = lib.tensor(w0, requires_grad=True)
+        opt = lib.optim.SGD([w], lr=0.1)
+
+        def step(x, scale):
+            opt.zero_grad()
+            loss = ((x @ w).tanh() * scale).square().mean()
+            loss.backward()
+            total = lib.nn.utils.clip_grad_norm_([w], 0.5, error_if_nonfinite=True)
+            opt.step()
+            return loss, total
+
+        if name == "compiled":
+            step = kiln.compile(step, fullgraph=True)
+        x = lib.tensor(x0)
+        scale = lib.tensor(3.0)
+        runs[name] = [[float(v.detach()) for v in step(x, scale)] for _ in range(3)]
+        with pytest.raises(RuntimeError, match="total norm of order 2.0 for gradients from "
+                                               "`parameters` is non-finite"):
+            step(x, lib.tensor(float("inf")))
+        runs[name].append(w.detach().numpy().tolist())     # the failing step changed nothing
+    for name in ("eager", "compiled"):
+        np.testing.assert_allclose(np.array(runs[name][:3]), np.array(runs["torch"][:3]),
+                                   rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(runs[name][3], runs["torch"][3], rtol=1e-6, err_msg=name)
+
 def test_clip_grad_value_and_vector_round_trip():
     p = kiln.nn.Parameter(kiln.tensor([1.0, 2.0, 3.0]))
     p.grad = kiln.tensor([-5.0, 0.5, 5.0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +41,6 @@ def test_lstm_with_initial_state():
                 call=lambda layer, x, h, c: layer(x, (h, c)))
 
 
-
 def test_lstm_with_projections():
     # proj_size: h = (o * tanh(c)) W_hr^T, so h (and the next layer's input) has proj_size
     # features while c keeps hidden_size; weight_hr_l{k} after the biases, initialized alike
@@ -66,6 +67,7 @@ def test_lstm_with_projections():
     for lib in (torch, kiln):
         with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
             lib.nn.LSTM(3, 4, proj_size=4)
+
 
 def test_gru_with_initial_state_float32():
     check_layer(lambda nn: nn.GRU(3, 4, 2), [(6, 3, 3), (2, 3, 4)],
@@ -216,7 +218,6 @@ def test_transformer_encoder_masks_and_repr():
     assert repr(make(kiln.nn)) == repr(make(torch.nn))
 
 
-
 def _encoder_pair(**kw):
     """The same batch_first encoder (2 heads, relu) in torch and kiln, in eval mode."""
     out = []
@@ -264,7 +265,6 @@ def test_transformer_encoder_eval_fast_path_zeros_padded_positions_as_torch(padd
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
-
 def test_compiled_transformer_encoder_eval_pads_with_zeros_as_eager():
     # the left-alignment check is a tensor in the program, not a read: whole graph, eager's
     # zeros for a left-aligned mask and the masked path's values for another, on replay too
@@ -282,6 +282,7 @@ def test_compiled_transformer_encoder_eval_pads_with_zeros_as_eager():
             np.testing.assert_allclose(compiled(x, m).numpy(), want.numpy(), rtol=1e-5,
                                        atol=1e-5)
 
+
 def test_transformer_encoder_says_why_it_uses_no_nested_tensor_as_torch():
     for lib in (torch, kiln):
         layer = lib.nn.TransformerEncoderLayer(8, 2, 16, norm_first=True, batch_first=True)
@@ -294,6 +295,7 @@ def test_transformer_encoder_says_why_it_uses_no_nested_tensor_as_torch():
             lib.nn.TransformerEncoder(odd, 1)
         assert layer.activation_relu_or_gelu == 1
 
+
 def test_transformer_encoder_dropout_active_in_training():
     layer = kiln.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5)
     x = kiln.randn(5, 3, 8)
@@ -302,3 +304,171 @@ def test_transformer_encoder_dropout_active_in_training():
     np.testing.assert_array_equal(a.detach().numpy(), b.detach().numpy())
     layer.train()
     assert not np.allclose(layer(x).detach().numpy(), a.detach().numpy())
+
+
+def _built_encoder_pair(norm_first=False, final_norm=True):
+    """torch's TransformerEncoder in eval mode, kiln's with its weights, and the warnings each
+    gave when built."""
+    built = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        layer = lib.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True,
+                                               norm_first=norm_first)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            encoder = lib.nn.TransformerEncoder(
+                layer, 2, norm=lib.nn.LayerNorm(8) if final_norm else None)
+        built.append((encoder.eval(), [str(w.message) for w in caught]))
+    (t, t_notes), (k, k_notes) = built
+    k.load_state_dict({name: kiln.tensor(v.numpy()) for name, v in t.state_dict().items()})
+    return t, k, t_notes, k_notes
+
+
+def _padded_batch(left_aligned=True):
+    x = np.random.default_rng(4).normal(size=(3, 6, 8)).astype(np.float32)
+    padding = np.zeros((3, 6), dtype=bool)
+    padding[1, 4:] = True
+    padding[2, 2:] = True
+    if not left_aligned:
+        padding[0, 0] = True                  # padding before a token
+    return x, padding
+
+
+@pytest.mark.parametrize("left_aligned", [True, False])
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_transformer_encoder_inference_zeroes_padding_as_torch_nested_path(left_aligned,
+                                                                           final_norm):
+    # PyTorch's eval fast path runs a key-padding-masked batch as a nested tensor and pads the
+    # result back with zeros (then the final norm): the padded rows were the attention's output
+    t, k, _, _ = _built_encoder_pair(final_norm=final_norm)
+    x, padding = _padded_batch(left_aligned)
+    with torch.no_grad():
+        expected = t(torch.tensor(x), src_key_padding_mask=torch.tensor(padding))
+    expected = expected.to_padded_tensor(0.0, x.shape) if expected.is_nested else expected
+    expected = expected.numpy()
+    if left_aligned and not final_norm:
+        assert np.all(expected[padding] == 0)
+    with kiln.no_grad():
+        got = k(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding)).numpy()
+        # with a float mask too, and compiled (its mask check a tensor, not a graph break)
+        float_mask = kiln.tensor(np.where(padding, -np.inf, 0.0).astype(np.float32))
+        got_float = k(kiln.tensor(x), src_key_padding_mask=float_mask).numpy()
+        step = kiln.compile(lambda a, m: k(a, src_key_padding_mask=m), fullgraph=True)
+        compiled = [step(kiln.tensor(x), kiln.tensor(padding)).numpy() for _ in range(2)]
+    for value in (got, got_float, *compiled):
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_transformer_encoder_keeps_padded_rows_off_the_fast_path():
+    # training mode, a gradient wanted, or the fast path turned off: no nested tensor, so the
+    # padded positions keep the layers' values, as in PyTorch
+    t, k, _, _ = _built_encoder_pair()
+    x, padding = _padded_batch()
+    kiln.backends.mha.set_fastpath_enabled(False)
+    try:
+        with kiln.no_grad():
+            off = k(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding)).numpy()
+    finally:
+        kiln.backends.mha.set_fastpath_enabled(True)
+    with_grad = k(kiln.tensor(x), src_key_padding_mask=kiln.tensor(padding)).detach().numpy()
+    expected = t(torch.tensor(x), src_key_padding_mask=torch.tensor(padding)).detach().numpy()
+    assert kiln.backends.mha.get_fastpath_enabled()
+    for value in (off, with_grad):
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+        assert np.abs(value[padding]).min() > 0
+
+
+def test_transformer_encoder_says_why_it_takes_no_nested_tensors():
+    t, k, t_notes, k_notes = _built_encoder_pair(norm_first=True)
+    assert k_notes == t_notes and "norm_first was True" in k_notes[0]
+    assert (k.enable_nested_tensor, k.use_nested_tensor, k.mask_check) == (True, False, True)
+    assert k.layers[0].activation_relu_or_gelu == t.layers[0].activation_relu_or_gelu == 1
+
+
+def test_transformer_in_inference_decodes_from_the_nested_paths_memory():
+    # nn.Transformer's encoder takes the same fast path: the decoder attends to a memory whose
+    # padded rows are the encoder norm of zeros (no memory_key_padding_mask given)
+    rng = np.random.default_rng(5)
+    src, tgt = (rng.normal(size=s).astype(np.float32) for s in [(2, 5, 8), (2, 4, 8)])
+    padding = np.array([[False] * 5, [False] * 3 + [True] * 2])
+    outs = []
+    for lib in (torch, kiln):
+        lib.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = lib.nn.Transformer(8, 2, 2, 2, 16, batch_first=True)
+        if lib is kiln:
+            model.load_state_dict({k: kiln.tensor(v.numpy()) for k, v in state.items()})
+        state = model.state_dict()
+        with lib.no_grad():
+            outs.append(model.eval()(lib.tensor(src), lib.tensor(tgt),
+                                     src_key_padding_mask=lib.tensor(padding)).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+def _left_padded_causal():
+    """A causal mask with left padding: the padded queries of row 1 see no key at all."""
+    keep = np.tril(np.ones((4, 4), dtype=bool))[None].repeat(2, 0)
+    keep[1, :, :2] = False                          # row 1's first two tokens are padding
+    return keep[:, None]                            # (batch, 1, L, S): True takes part
+
+
+def test_sdpa_fully_masked_rows_give_zeros_and_zero_gradients_like_torch():
+    # PyTorch (since 2.5) gives 0 where a query sees no key; kiln gave NaN, and NaN gradients
+    # for every key and value, so a left-padded causal batch trained to NaN
+    from tests.parity import check_op
+    keep = _left_padded_causal()
+    additive = np.where(keep, 0.0, -np.inf)
+    for mask in (keep, additive):
+        check_op(lambda lib, q, k, v, m: lib.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=m), [(2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 8), mask],
+            dtype=np.float64)
+    with kiln.no_grad():
+        q = kiln.ones(2, 3, 4, 8)
+        out = kiln.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=kiln.tensor(keep))
+    assert np.all(out.numpy()[1, :, :2] == 0) and np.isfinite(out.numpy()).all()
+
+
+def test_multihead_attention_fully_padded_query_without_weights_is_zero_as_torch():
+    # need_weights=False goes through scaled_dot_product_attention in PyTorch: zeros; the
+    # weights it returns otherwise come from a plain softmax, NaN in such a row, in both
+    padding = np.array([[False, False, False], [True, True, True]])
+    for need_weights in (False, True):
+        outs = []
+        for lib in (torch, kiln):
+            lib.manual_seed(0)
+            mha = lib.nn.MultiheadAttention(4, 2, batch_first=True)
+            if lib is kiln:
+                mha.load_state_dict({k: kiln.tensor(v.numpy()) for k, v in state.items()})
+            state = mha.state_dict()
+            x = lib.tensor(np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32))
+            out, _ = mha(x, x, x, key_padding_mask=lib.tensor(padding),
+                         need_weights=need_weights)
+            outs.append(out.detach().numpy())
+        np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        assert np.isnan(outs[1][1]).all() == need_weights
+
+
+def test_compiled_left_padded_causal_attention_step_matches_eager_without_nan():
+    keep = kiln.tensor(_left_padded_causal())
+    rng = np.random.default_rng(1)
+    x = kiln.tensor(rng.normal(size=(2, 3, 4, 8)).astype(np.float32))
+    losses = {}
+    for compiled in (False, True):
+        w = kiln.tensor(np.eye(8, dtype=np.float32) + 0.1, requires_grad=True)
+        opt = kiln.optim.SGD([w], lr=0.1)
+
+        def step():
+            q = x @ w
+            out = kiln.nn.functional.scaled_dot_product_attention(q, x, x @ w.t(), attn_mask=keep)
+            loss = out.square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        if compiled:
+            step = kiln.compile(step, fullgraph=True)
+        losses[compiled] = [step().item() for _ in range(3)]
+        assert np.isfinite(w.detach().numpy()).all()
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)

@@ -123,6 +123,78 @@ def test_adafactor_matches_torch(kwargs):
         assert ks["state"][i].keys() == ts["state"][i].keys()
 
 
+@pytest.mark.parametrize("kwargs,scheduled", [(dict(), False),
+                                              (dict(lr=0.3, beta2_decay=-0.5, weight_decay=0.1),
+                                               False),
+                                              (dict(lr=0.5, weight_decay=0.5), True)])
+def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs, scheduled):
+    # the step count and the two norms were read into Python (as PyTorch's Adafactor reads
+    # them): a graph break that ran every compiled step eagerly; traced, they stay in the graph.
+    # Scheduled: a LambdaLR stepped inside the compiled step changes the rate that both the
+    # step size and the weight decay read (the decay once read it raw: the trace's rate forever)
+    rng = np.random.default_rng(2)
+    x, w0, v0 = (rng.normal(size=s).astype(np.float32) for s in [(6, 4), (4, 3), (3,)])
+    runs = {}
+    for name in ("torch", "eager", "compiled"):
+        lib = torch if name == "torch" else kiln
+        w, v = lib.tensor(w0, requires_grad=True), lib.tensor(v0, requires_grad=True)
+        opt = lib.optim.Adafactor([w, v], **kwargs)
+        scheduler = lib.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+        xs = lib.tensor(x)
+
+        def step():
+            opt.zero_grad()
+            loss = ((xs @ w).tanh() * v).square().mean()
+            loss.backward()
+            opt.step()
+            if scheduled:
+                scheduler.step()
+            return loss
+
+        if name == "compiled":
+            step = kiln.compile(step, fullgraph=True)
+        runs[name] = ([step().item() for _ in range(6)], w.detach().numpy(), v.detach().numpy())
+    for name in ("eager", "compiled"):
+        for got, expected in zip(runs[name], runs["torch"]):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+
+@pytest.mark.xfail(strict=True, reason="compiler guards: inside an optimizer's step (library "
+                   "depth) a raw group['lr'] read of a key that _hyper lifted is neither lifted "
+                   "nor guarded, so a replay uses the trace's rate (kiln/compiler/hooks.py, "
+                   "kiln/optim/optimizer.py _read; the lead's area)")
+def test_optimizer_subclass_reading_the_rate_in_its_step_compiles_as_eager():
+    # a user's Adam with an extra decoupled decay read from its group, the scheduler stepped
+    # inside the compiled step: the replays decayed with the first step's rate (25% off by
+    # step 6), silently; a user's loop reading param_groups[0]['lr'] is refused, as it must be
+    losses = {}
+    for compiled in (False, True):
+        class DecayAdam(kiln.optim.Adam):
+            @kiln.no_grad()
+            def step(self, closure=None):
+                super().step(closure)
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.mul_(1 - group["lr"] * 0.5)
+
+        w = kiln.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        opt = DecayAdam([w], lr=0.1)
+        scheduler = kiln.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+
+        def step():
+            opt.zero_grad()
+            loss = (w ** 2).sum()
+            loss.backward()
+            opt.step()
+            scheduler.step()
+            return loss
+
+        if compiled:
+            step = kiln.compile(step)
+        losses[compiled] = [step().item() for _ in range(6)]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
 def test_muon_follows_torch_within_bfloat16_rounding():
     """torch runs Newton-Schulz in bfloat16 and kiln in float32, so the steps agree to about
     bfloat16's precision; the update itself is near-orthogonal."""

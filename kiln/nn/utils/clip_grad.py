@@ -8,6 +8,7 @@ from typing import Iterable
 import kiln
 from kiln import Tensor
 from kiln.compiler import note_grads_checked
+from kiln.ops import check_values
 
 
 def _grads(parameters, op: str) -> list:
@@ -106,11 +107,14 @@ def get_total_norm(tensors: Iterable[Tensor] | Tensor, norm_type: float = 2.0,
             if pieces:
                 parts.append(_sharded_part(pieces, norm_type, dtype) ** (1.0 / norm_type))
             total = kiln.norm(kiln.stack(parts), norm_type)
-        if error_if_nonfinite and not bool(kiln.isfinite(total)):
-            raise RuntimeError(f"The total norm of order {norm_type} for gradients from "
-                               f"`parameters` is non-finite, so it cannot be clipped. To "
-                               f"disable this error and scale the gradients by the non-finite "
-                               f"norm anyway, set `error_if_nonfinite=False`")
+        if error_if_nonfinite:
+            # PyTorch reads the norm into Python to check it; traced, a graph node checks it on
+            # every replay instead of the step breaking the graph
+            total = check_values(total, kiln.isfinite(total), "clip_grad_norm_",
+                                 f"The total norm of order {norm_type} for gradients from "
+                                 f"`parameters` is non-finite, so it cannot be clipped. To "
+                                 f"disable this error and scale the gradients by the non-finite "
+                                 f"norm anyway, set `error_if_nonfinite=False`", RuntimeError)
     return total
 
 
