@@ -8,6 +8,7 @@ from collections import OrderedDict, defaultdict
 from copy import deepcopy
 from itertools import chain
 import math
+import sys
 from typing import Any, Callable, Iterable
 
 import kiln
@@ -101,7 +102,7 @@ class _ParamGroup(dict):
 def _read(group: _ParamGroup, key) -> None:
     if is_compiling():
         note_item_read(group, key)
-        if not _library_depth():
+        if not _library_depth() or not _read_by_kiln():
             note_python_read(group, key)
 
 
@@ -109,6 +110,23 @@ def _read_all(group: _ParamGroup) -> None:
     for key in _RUN_TIME_KEYS:
         if key in group:
             _read(group, key)
+
+
+def _read_by_kiln() -> bool:
+    """Whether the group read being noted comes from kiln's own code (an optimizer's or a
+    scheduler's step, which lifts the numbers it computes with) rather than a user's: a
+    subclass's `step` that reads `group["lr"]` into Python after `super().step()` runs inside
+    the library's step too, and what it bakes in must be guarded."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code in _GROUP_CODE:
+        frame = frame.f_back
+    return frame is not None and frame.f_globals.get("__name__", "").startswith("kiln.")
+
+
+# the frames a group read passes through on its way to `_read` (skipped to find the reader)
+_GROUP_CODE = frozenset(f.__code__ for f in (
+    _ParamGroup.__getitem__, _ParamGroup.get, _ParamGroup.setdefault, _ParamGroup.items,
+    _ParamGroup.values, _ParamGroup.copy, _read, _read_all))
 
 
 def _library_depth() -> int:

@@ -159,11 +159,6 @@ def test_adafactor_in_a_compiled_step_compiles_whole_and_matches_torch(kwargs, s
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-
-@pytest.mark.xfail(strict=True, reason="compiler guards: inside an optimizer's step (library "
-                   "depth) a raw group['lr'] read of a key that _hyper lifted is neither lifted "
-                   "nor guarded, so a replay uses the trace's rate (kiln/compiler/hooks.py, "
-                   "kiln/optim/optimizer.py _read; the lead's area)")
 def test_optimizer_subclass_reading_the_rate_in_its_step_compiles_as_eager():
     # a user's Adam with an extra decoupled decay read from its group, the scheduler stepped
     # inside the compiled step: the replays decayed with the first step's rate (25% off by
@@ -194,6 +189,7 @@ def test_optimizer_subclass_reading_the_rate_in_its_step_compiles_as_eager():
             step = kiln.compile(step)
         losses[compiled] = [step().item() for _ in range(6)]
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
 
 def test_muon_follows_torch_within_bfloat16_rounding():
     """torch runs Newton-Schulz in bfloat16 and kiln in float32, so the steps agree to about
