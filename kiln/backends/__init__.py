@@ -45,15 +45,24 @@ cuda = _flags("CUDA matmul flags (stored; kiln does not switch precision)", "cud
 
 # torch.backends.mha: whether nn.TransformerEncoder may take PyTorch's inference fast path
 # (kiln/nn/transformer.py: the padded positions of its output are zeros there)
-_mha_fastpath = [True]
+_MHA = types.SimpleNamespace(fastpath=True)
+
+
+def _get_fastpath_enabled() -> bool:
+    # read while tracing, the flag is guarded: a replay after set_fastpath_enabled(False) would
+    # keep the traced choice (its identity: True and False are one object each)
+    from kiln.compiler import is_compiling, note_python_read
+    if is_compiling():
+        note_python_read(_MHA, "fastpath", _MHA.fastpath)
+    return _MHA.fastpath
 
 
 def _set_fastpath_enabled(value: bool) -> None:
-    _mha_fastpath[0] = bool(value)
+    _MHA.fastpath = bool(value)
 
 
 mha = _flags("multi-head attention's inference fast path", "mha",
-             get_fastpath_enabled=lambda: _mha_fastpath[0],
+             get_fastpath_enabled=_get_fastpath_enabled,
              set_fastpath_enabled=_set_fastpath_enabled)
 
 # scaled_dot_product_attention's backend flags, all allowed at first as in torch. kiln has one

@@ -472,3 +472,21 @@ def test_compiled_left_padded_causal_attention_step_matches_eager_without_nan():
         losses[compiled] = [step().item() for _ in range(3)]
         assert np.isfinite(w.detach().numpy()).all()
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
+
+def test_compiled_transformer_encoder_sees_the_fast_path_flag_change():
+    # the flag a replay's choice of zeros depends on is guarded: turned off between calls,
+    # the next call traces again and gives the masked path's values, as eager
+    _, kenc = _encoder_pair()
+    compiled = kiln.compile(lambda x, m: kenc(x, src_key_padding_mask=m))
+    x = kiln.tensor(np.random.default_rng(2).standard_normal((2, 5, 8)).astype(np.float32))
+    m = kiln.tensor([[False] * 5, [False, False, False, True, True]])
+    try:
+        with kiln.no_grad():
+            for enabled in (True, True, False, False, True):
+                kiln.backends.mha.set_fastpath_enabled(enabled)
+                got, want = compiled(x, m), kenc(x, src_key_padding_mask=m)
+                np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+                assert (float(got[1, 4].abs().sum()) == 0.0) == enabled
+    finally:
+        kiln.backends.mha.set_fastpath_enabled(True)
