@@ -187,6 +187,18 @@ class RNNBase(Module):
             return packed, state
         return self._forward(input, hx, None)
 
+    def _check_hidden(self, unbatched: bool, h0: Tensor, c0: Tensor | None) -> None:
+        """The initial state has the input's batching (PyTorch's words): a batch of one would
+        otherwise broadcast over the whole batch."""
+        want = 2 if unbatched else 3
+        kind = "unbatched 2-D" if unbatched else "batched 3-D"
+        if c0 is None and h0.ndim != want:
+            raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
+                               f"{h0.ndim}-D tensor")
+        if c0 is not None and (h0.ndim, c0.ndim) != (want, want):
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                               f"({h0.ndim}-D, {c0.ndim}-D) tensors")
+
     def _forward(self, input: Tensor, hx, lengths: list | None, order=None):
         unbatched = input.ndim == 2
         if input.ndim not in (2, 3):
@@ -204,9 +216,17 @@ class RNNBase(Module):
             c0 = self._zero_state(x, batch) if lstm else None
         else:
             h0, c0 = hx if lstm else (hx, None)
+            self._check_hidden(unbatched, h0, c0)
             if unbatched:
                 h0 = h0.unsqueeze(1)
                 c0 = c0.unsqueeze(1) if lstm else None
+            layers = self.num_layers * (2 if self.bidirectional else 1)
+            for i, (state, size) in enumerate(((h0, self.proj_size or self.hidden_size),
+                                               (c0, self.hidden_size))):
+                if state is not None and tuple(state.shape) != (layers, batch, size):
+                    which = f"hidden[{i}]" if lstm else "hidden"
+                    raise RuntimeError(f"Expected {which} size {(layers, batch, size)}, got "
+                                       f"{list(state.shape)}")
         directions = 2 if self.bidirectional else 1
         running = mask = None
         if lengths is not None:
@@ -298,15 +318,15 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
                              f"'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype)
+                         proj_size, device=device, dtype=dtype)
 
 
 class LSTM(RNNBase):
@@ -321,9 +341,10 @@ class LSTM(RNNBase):
 class GRU(RNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, device=None, dtype=None) -> None:
+                 bidirectional: bool = False, proj_size: int = 0, device=None,
+                 dtype=None) -> None:
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device=device, dtype=dtype)
+                         dropout, bidirectional, proj_size, device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- cells

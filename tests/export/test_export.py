@@ -233,7 +233,7 @@ def test_torch_export_dim_hints_and_module_level_save_load(tmp_path):
         x = lib.tensor(np.arange(30, dtype=np.float32).reshape(5, 6) / 30)
         outs[lib.__name__] = back.module()(x, x * 2).detach().numpy()
     assert reprs["kiln"] == reprs["torch"]
-    np.testing.assert_allclose(outs["kiln"], outs["torch"], rtol=1e-6)
+    np.testing.assert_allclose(outs["kiln"], outs["torch"], rtol=1e-5, atol=1e-6)  # float32 sums
     with pytest.raises(ValueError, match="outside Dim\\('batch', min=0, max=3\\)'s range"):
         kiln.export.export(k_mod, (kiln.tensor(ex[0]), kiln.tensor(ex[1])),
                            dynamic_shapes={"x": {0: kiln.export.Dim("batch", max=3)}})

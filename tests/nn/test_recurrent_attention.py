@@ -490,3 +490,35 @@ def test_compiled_transformer_encoder_sees_the_fast_path_flag_change():
                 assert (float(got[1, 4].abs().sum()) == 0.0) == enabled
     finally:
         kiln.backends.mha.set_fastpath_enabled(True)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_recurrent_initial_state_of_the_wrong_shape_is_refused_as_torch(mode):
+    # a batch of one would broadcast over the batch: kiln returned an output where PyTorch
+    # raises
+    def state(lib, shape, cell_shape=None):
+        h = lib.zeros(*shape)
+        return (h, lib.zeros(*(cell_shape or shape))) if mode == "LSTM" else h
+
+    def words(lib, call):
+        with pytest.raises(RuntimeError) as caught:
+            call(lib)
+        return str(caught.value).split(" (at ")[0]
+
+    cases = [lambda lib, m, x: m(x, state(lib, (2, 1, 4))),
+             lambda lib, m, x: m(x, state(lib, (1, 2, 4))),
+             lambda lib, m, x: m(x, state(lib, (2, 4))),
+             lambda lib, m, x: m(x[:, 0], state(lib, (2, 1, 4)))]
+    if mode == "LSTM":
+        cases.append(lambda lib, m, x: m(x, state(lib, (2, 2, 4), (2, 2, 5))))
+    for case in cases:
+        got = []
+        for lib in (torch, kiln):
+            module = getattr(lib.nn, mode)(3, 4, 2)
+            x = lib.zeros(5, 2, 3)
+            got.append(words(lib, lambda lib: case(lib, module, x)))
+        assert got[0] == got[1]
+    for lib in (torch, kiln):
+        with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+            getattr(lib.nn, mode)(3, 4, proj_size=2) if mode != "LSTM" else \
+                lib.nn.GRU(3, 4, proj_size=2)
