@@ -56,7 +56,7 @@ from kiln.tracer.errors import GraphBreak, user_stacklevel
 from kiln.tracer.joint import trace_backward
 from kiln.tracer.storage import element_offset
 from kiln.tracer.symbolic_number import SymbolicNumber, describe, evaluate, operand_array
-from kiln.tracer.tensor import STATE, Tensor
+from kiln.tracer.tensor import INFERENCE, STATE, InferenceVersion, Tensor
 from kiln.tracer.trace import TracedProgram, flatten, unflatten
 
 
@@ -1135,6 +1135,9 @@ class CompiledFunction:
                 outs[i] = in_layout(outs[i], recipe, device.xp)     # program's differs
         user = [make(o, d, device) for o, d in zip(outs[:program.num_user_outputs],
                                                      entry.out_dtypes)]
+        if INFERENCE[0] and STATE.inference:        # made under inference_mode, as eager's
+            for t in user:
+                t._version = InferenceVersion(t._version)
         for i, flag in entry.arg_requires_grad:     # `x.requires_grad_()` in the call
             leaves[i]._requires_grad = flag
         if entry.joint is not None:

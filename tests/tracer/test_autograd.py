@@ -120,6 +120,15 @@ def test_inference_mode_marks_its_results_as_torch_does():
             assert not lib.is_inference_mode_enabled(), lib.__name__
 
 
+def test_compiled_calls_under_inference_mode_make_inference_tensors_as_eager():
+    fn = kiln.compile(lambda x: (x * 2 + 1, x[1:] * 3))
+    x = kiln.ones(3)
+    with kiln.inference_mode():
+        for _ in range(3):                       # traced, then replayed
+            assert [t.is_inference() for t in fn(x)] == [True, True]
+    assert [t.is_inference() for t in fn(x)] == [False, False]
+
+
 def test_broadcast_gradient_is_reduced_to_input_shape():
     def run(lib):
         a = lib.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
