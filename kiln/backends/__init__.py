@@ -87,6 +87,7 @@ for _name in ("flash", "mem_efficient", "math", "cudnn"):
     setattr(cuda, f"{_name}_sdp_enabled", _is_enabled)
 del _name, _enable, _is_enabled
 
+
 class _QuantizedBackend(types.ModuleType):
     """torch.backends.quantized: the engine quantized kernels run as. kiln's kernels reproduce
     'x86' (the default) and 'fbgemm'; the others can be chosen, and kiln's quantized ops then

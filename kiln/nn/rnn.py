@@ -211,6 +211,7 @@ class RNNBase(Module):
                                f"{self.input_size}, got {x.shape[-1]}")
         steps, batch = x.shape[0], x.shape[1]
         lstm = self.mode == "LSTM"
+        directions = 2 if self.bidirectional else 1
         if hx is None:
             h0 = self._zero_state(x, batch, self.proj_size)
             c0 = self._zero_state(x, batch) if lstm else None
@@ -220,14 +221,13 @@ class RNNBase(Module):
             if unbatched:
                 h0 = h0.unsqueeze(1)
                 c0 = c0.unsqueeze(1) if lstm else None
-            layers = self.num_layers * (2 if self.bidirectional else 1)
+            layers = self.num_layers * directions
             for i, (state, size) in enumerate(((h0, self.proj_size or self.hidden_size),
                                                (c0, self.hidden_size))):
                 if state is not None and tuple(state.shape) != (layers, batch, size):
                     which = f"hidden[{i}]" if lstm else "hidden"
                     raise RuntimeError(f"Expected {which} size {(layers, batch, size)}, got "
                                        f"{list(state.shape)}")
-        directions = 2 if self.bidirectional else 1
         running = mask = None
         if lengths is not None:
             # mask[t] (running[t] as a tensor): (batch, 1) booleans, True while step t is

@@ -251,11 +251,13 @@ class TransformerEncoder(Module):
         left-aligned (`mask_check`), is a tensor here, never read into Python, so a compiled
         call gives eager's zeros (torch.compile skips the path instead)."""
         first = self.layers[0]
-        if not kiln.backends.mha.get_fastpath_enabled() or \
-                not getattr(self, "use_nested_tensor", False) or first.training or \
+        # the flag last: read while tracing, it is guarded, which only matters where the path
+        # would otherwise be taken
+        if not getattr(self, "use_nested_tensor", False) or first.training or \
                 src.ndim != 3 or key_padding_mask is None or src.is_nested or \
                 mask is not None or kiln.is_autocast_enabled() or \
-                src.device.type not in ("cpu", "cuda"):
+                src.device.type not in ("cpu", "cuda") or \
+                not kiln.backends.mha.get_fastpath_enabled():
             return None
         attn = first.self_attn
         params = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight,
