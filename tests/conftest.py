@@ -1,6 +1,6 @@
 """Shared pytest setup: the `gpu` marker skips without a CUDA device, every kernel run in
-Triton's interpreter is checked for writes outside its buffers, and one kernel cache and one
-bytecode cache serve the whole session."""
+Triton's interpreter is checked for writes outside its buffers, one kernel cache and one
+bytecode cache serve the whole session, and `pytest -n` workers share the cores' threads."""
 
 import os
 
@@ -11,6 +11,30 @@ from kiln.runtime import triton_launch
 from kiln.runtime.device import cuda_is_available
 
 CANARY, GUARD = 0xAB, 256       # bytes on each side of every buffer a kernel sees
+
+
+def _share_the_cores() -> None:
+    """Under `pytest -n N` each worker's thread pools (NumPy's BLAS, torch's and the C
+    kernels' OpenMP) get the worker's share of the cores: N workers each waking one thread
+    per core made small matmuls wait on each other's spinning threads (a 60 us product took
+    1 ms on average, 68 ms at worst, with two workers on two cores). Explicit thread
+    settings (OMP_NUM_THREADS, a test's own set_num_threads) are respected."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    share = max(1, (os.cpu_count() or 1) // workers)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(share)       # read by libraries not loaded yet (torch's OpenMP)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    global _BLAS_LIMIT
+    _BLAS_LIMIT = threadpool_limits(limits=share, user_api="blas")    # NumPy's, loaded already
+
+
+_BLAS_LIMIT = None
+_share_the_cores()
 
 
 def pytest_collection_modifyitems(config, items):
