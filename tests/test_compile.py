@@ -1028,6 +1028,33 @@ def test_a_returned_random_draw_is_drawn_again_on_every_replay():
             np.testing.assert_array_equal(g.numpy(), w.numpy())
 
 
+def test_a_returned_object_a_replay_cannot_rebuild_runs_eagerly_with_the_reason():
+    """A step returning an object of its own making beside the loss: a replay would hand back
+    the traced call's object again, so every call runs eagerly, said once."""
+    class Stats:
+        def __init__(self, total):
+            self.total = total
+
+    def step(x):
+        y = (x * 2).sum()
+        return y, Stats(y.detach())
+
+    compiled = kiln.compile(step)
+    seen_stats = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for i in range(3):
+            loss, stats = compiled(kiln.full((2,), float(i)))
+            assert float(stats.total) == float(loss) == 4.0 * i
+            assert all(stats is not s for s in seen_stats)
+            seen_stats.append(stats)
+    messages = [str(w.message) for w in seen if "kiln.compile" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "step: it returns a Stats object, which a replay cannot rebuild; calls like this " \
+        "one run eagerly" in messages[0]
+    assert not compiled.programs()
+
+
 def test_a_backward_inside_with_an_integer_output_beside_it():
     """`return LU, pivots` after a backward through LU: the integer output needs no backward
     of its own (it had one derived, and the replay lost the input's gradient: IndexError)."""

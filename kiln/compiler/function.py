@@ -790,7 +790,6 @@ class CompiledFunction:
         extra = [t for _, t in (writes or {}).values() if all(t is not r for r in returned)]
         traced = (result, extra) if writes else result
         outputs, tree = flatten(traced, items)
-        not_rebuilt = _unreplayable_return(tree)
         consumed = [i for i, t in enumerate(outputs)
                     if t.requires_grad and t.grad_fn is not None and not _differentiable(t)]
         # a tensor the call was given (or read) and returns unchanged, or written in place
@@ -937,69 +936,20 @@ class CompiledFunction:
                                         for g, t in writes.values()]
             entry.guards += [guards.carried_state_guard(g) for g in carried.values()]
         entry.lifted_bases = _lifted_bases(program)
-        if not_rebuilt is not None:
-            entry.program, entry.eager_reason = None, not_rebuilt
-            self._note("return", f"{_function_name(self.fn)} {not_rebuilt}; it runs eagerly")
+        refusal = _unreplayable(program, tree, grad_fns, key[1], leaves_in, entry.lifted_bases)
+        if refusal is not None:
+            tag, entry.eager_reason = refusal
+            entry.program = None
+            self._note(tag, f"{_function_name(self.fn)}: {entry.eager_reason}; calls like this "
+                       "one run eagerly")
             self._add_entry(key, entry)
             return result
-        rewired = _history_written(program, grad_fns)
-        if rewired is not None:
-            entry.program, entry.eager_reason = None, (
-                f"it writes in place to {rewired}, recording autograd history there: a replay "
-                "would leave that tensor's grad_fn as it was")
-            self._note("alias", f"{_function_name(self.fn)}: {entry.eager_reason}; calls like "
-                       "this one run eagerly")
-            self._add_entry(key, entry)
-            return result
-        if program.graph.mutations or program.grad_writes:
-            if _written_argument_shared(program, key[1]) or \
-                    any(id(_base(t._data)) in entry.lifted_bases for t in leaves_in):
-                entry.program = None
-                entry.eager_reason = ("an argument it writes in place shares memory with "
-                                      "another, or its arguments share memory with state it "
-                                      "reads, and it writes some in place")
-                self._note("alias", f"{_function_name(self.fn)}: {entry.eager_reason}; calls "
-                           "like this one run eagerly")
-                self._add_entry(key, entry)
-                return result
         if joint is not None:
             program.output_tree = tree
             program.num_user_outputs = len(outputs)
             _grad_writes_forward(program, joint.info, len(joint.grads))
-        try:
-            stage = ["optimizing the graph"]
-            device = entry.device = _device_of(outputs, args)
-            target = kernel_target(self.backend, device)
-            compiled, entry.executor, entry.backward = compile_program(
-                program.graph, None if joint is None else joint.info, target, device.xp,
-                stage)
-            if compiled.backward is not None:
-                entry.joint, entry.partition = joint.info, compiled.partition
-            entry.traced, entry.compiled, entry.target = program, compiled, target
-            forward = compiled.forward
-            entry.graph, entry.pass_stats = forward.graph, forward.stats
-            entry.schedule = forward.schedule
-            index = {v: i for i, v in enumerate(entry.graph.inputs)}
-            entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
-            quiet = {program.graph.inputs.index(program.graph.mutations[i][0])
-                     for i in program.quiet_writes}
-            entry.quiet_writes = tuple(i for i, b in enumerate(entry.writebacks) if b in quiet)
-            entry.fetch = _fetch_plan(program, len(entry.graph.inputs), device)
-            readers = {id(g.expected): g.read for g in carried.values()}
-            for i, b in enumerate(program.bindings[:len(entry.fetch)]):
-                if b.kind == "lifted" and id(b.tensor) in readers:
-                    entry.fetch[i] = (_PLACE, readers[id(b.tensor)])
-            entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
-            if entry.joint is not None:
-                entry.saved_inputs = _saved_inputs(entry, program)
-                entry.saved_outputs = _outputs_eager_saves(outputs[:len(returned)])
-            entry.copied_outputs = _outputs_apart(
-                forward.output_roots, outputs[:len(returned)],
-                [_bound_tensor(program, i, leaves_in) for i, b in enumerate(program.bindings)
-                 if b.kind == "lifted" or b.kind == "arg" and b.path is not None])
-            entry.out_strides = _eager_layouts(program, outputs)
-        except Exception as e:        # a compiler bug must never cost the user a result
-            raise _StageFailed(stage[0], e) from e
+        _build(entry, program, joint, outputs, len(returned), carried, leaves_in,
+               _device_of(outputs, args), self.backend)
         self._add_entry(key, entry)
         count_graph(num_ops)
         _dump_if_requested(self, [program])
@@ -1231,6 +1181,69 @@ def _replay_requires_grad(entry: CompiledEntry, program: TracedProgram, flipped:
         program.after_replay.append((f"{name}.requires_grad = {t.requires_grad}",
                                      functools.partial(setattr, t, "requires_grad",
                                                        t.requires_grad)))
+
+
+def _unreplayable(program: TracedProgram, tree: tuple, grad_fns: dict, alias_pattern: tuple,
+                  leaves_in: list, lifted_bases: set) -> tuple | None:
+    """(note tag, reason) when a replay of `program` could not do what its traced call did, so
+    calls like it run eagerly: a return value (of flatten's `tree`) it cannot rebuild, autograd
+    history written in place into a tensor (a replay would leave its grad_fn), or in-place
+    writes where arguments share memory with each other or with state it reads."""
+    not_rebuilt = _unreplayable_return(tree)
+    if not_rebuilt is not None:
+        return "return", not_rebuilt
+    rewired = _history_written(program, grad_fns)
+    if rewired is not None:
+        return "alias", (f"it writes in place to {rewired}, recording autograd history there: "
+                         "a replay would leave that tensor's grad_fn as it was")
+    if (program.graph.mutations or program.grad_writes) and (
+            _written_argument_shared(program, alias_pattern) or
+            any(id(_base(t._data)) in lifted_bases for t in leaves_in)):
+        return "alias", ("an argument it writes in place shares memory with another, or its "
+                         "arguments share memory with state it reads, and it writes some in "
+                         "place")
+    return None
+
+
+def _build(entry: CompiledEntry, program: TracedProgram, joint, outputs: list, n_returned: int,
+           carried: dict, leaves_in: list, device, backend: str) -> None:
+    """Compile `program` (and the backward `joint` derived for it, if any) for `device` and
+    fill in what `entry` needs to replay it: the executors, the inputs' fetch plan, the
+    write-backs, the outputs' layouts. Raises _StageFailed naming the stage that failed (a
+    compiler bug must never cost the user a result: the call's result stands)."""
+    stage = ["optimizing the graph"]
+    try:
+        entry.device = device
+        target = kernel_target(backend, device)
+        compiled, entry.executor, entry.backward = compile_program(
+            program.graph, None if joint is None else joint.info, target, device.xp, stage)
+        if compiled.backward is not None:
+            entry.joint, entry.partition = joint.info, compiled.partition
+        entry.traced, entry.compiled, entry.target = program, compiled, target
+        forward = compiled.forward
+        entry.graph, entry.pass_stats = forward.graph, forward.stats
+        entry.schedule = forward.schedule
+        index = {v: i for i, v in enumerate(entry.graph.inputs)}
+        entry.writebacks = [index[src] for src, _ in entry.graph.mutations]
+        quiet = {program.graph.inputs.index(program.graph.mutations[i][0])
+                 for i in program.quiet_writes}
+        entry.quiet_writes = tuple(i for i, b in enumerate(entry.writebacks) if b in quiet)
+        entry.fetch = _fetch_plan(program, len(entry.graph.inputs), device)
+        readers = {id(g.expected): g.read for g in carried.values()}
+        for i, b in enumerate(program.bindings[:len(entry.fetch)]):
+            if b.kind == "lifted" and id(b.tensor) in readers:
+                entry.fetch[i] = (_PLACE, readers[id(b.tensor)])
+        entry.out_dtypes = [v.dtype for v in entry.graph.outputs]
+        if entry.joint is not None:
+            entry.saved_inputs = _saved_inputs(entry, program)
+            entry.saved_outputs = _outputs_eager_saves(outputs[:n_returned])
+        entry.copied_outputs = _outputs_apart(
+            forward.output_roots, outputs[:n_returned],
+            [_bound_tensor(program, i, leaves_in) for i, b in enumerate(program.bindings)
+             if b.kind == "lifted" or b.kind == "arg" and b.path is not None])
+        entry.out_strides = _eager_layouts(program, outputs)
+    except Exception as e:
+        raise _StageFailed(stage[0], e) from e
 
 
 def _last_failure(compiled: CompiledFunction, key) -> str:

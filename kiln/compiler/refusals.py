@@ -134,7 +134,7 @@ def _unreplayable_return(tree) -> str | None:
             walk(v[1] if tag is dict else v)
     walk(tree)
     if bad:
-        return f"returns a {bad[0]} object, which a replay cannot rebuild"
+        return f"it returns a {bad[0]} object, which a replay cannot rebuild"
     return None
 
 
