@@ -30,6 +30,7 @@ remainder round towards minus infinity and return 0 for a zero divisor, as NumPy
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 from kiln.codegen.common import (INFIX, Comments, RowPass, closure, compute_dtype,
@@ -488,7 +489,7 @@ def c_module(kernels: list, title: str = "kiln kernels") -> str:
 # ----------------------------------------------------------------------------- rendering
 
 def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALLEL_MIN,
-             in_place: dict | None = None) -> CKernel:
+             in_place: dict | None = None, linkage: str = "") -> CKernel:
     """C source for `kernel`: one function taking a pointer per input, then per output.
 
     Args:
@@ -497,6 +498,8 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
             that input (an updated parameter). Pairs where the kernel reads the input only at
             the position it writes are kept (`CKernel.in_place`): their two pointers lose
             `restrict` and the output is stored after everything else is read.
+        linkage: what the definition starts with (`static __attribute__((noinline)) ` for
+            the code several kernels share, `render_shared_call`).
 
     Raises:
         LoweringError: an op or dtype this renderer does not spell; run the group otherwise.
@@ -531,10 +534,28 @@ def render_c(kernel: Kernel, name: str | None = None, parallel_min: int = PARALL
                      f"static __attribute__((noinline)) {attributes}void {r.rows_function}("
                      f"{', '.join(params + ['const int64_t lo', 'const int64_t hi'])}) {{"]
         rows_part += _indent(r.rows_body[1]) + ["}", ""]
-    lines = header + rows_part + [f"{attributes}void {name}({', '.join(params)}) {{"] + \
+    lines = header + rows_part + [f"{linkage}{attributes}void {name}({', '.join(params)}) {{"] + \
         _indent(body) + ["}", ""]
     arg_dtypes = tuple(b.dtype for b in kernel.inputs + kernel.outputs)
     return CKernel(name, "\n".join(lines), tuple(r.helpers), arg_dtypes, pairs)
+
+
+def render_shared_call(code: CKernel, name: str, shifts: tuple, note: str) -> CKernel:
+    """A kernel `name` that runs the shared function `code` (`render_c` of a kernel's
+    `shared_form`, under `SHARED_LINKAGE`) with input k's pointer moved by `shifts[k]`
+    elements; `note` says which step's kernel it is."""
+    head = re.search(rf"\bvoid {re.escape(code.name)}\((.*?)\) {{", code.source).group(1)
+    params = head.split(", ")
+    args = [p.rsplit(" ", 1)[1].lstrip("*") for p in params]   # `float *out3_ptr`: out3_ptr
+    args = [f"{a} + {k}" if k else a for a, k in zip(args, shifts + (0,) * len(args))]
+    moved = ", ".join(f"in{i} by {k}" for i, k in enumerate(shifts) if k)
+    lines = [f"/* {name}: {note}: {code.name}" + (f", inputs moved ({moved} elements)"
+                                                  if moved else "") + " */",
+             f"void {name}({head}) {{", f"    {code.name}({', '.join(args)});", "}", ""]
+    return CKernel(name, "\n".join(lines), code.helpers, code.arg_dtypes, code.in_place)
+
+
+SHARED_LINKAGE = "static __attribute__((noinline)) "
 
 
 def _writes_over(kernel: Kernel, out: int, inp: int) -> bool:

@@ -12,7 +12,7 @@ the caller runs the group another way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from kiln.ir import dtypes as dt
@@ -775,6 +775,61 @@ class _Lowering:
 
 
 # ----------------------------------------------------------------------------- coordinate maps
+
+def shared_form(kernel: Kernel, fixed: frozenset = frozenset()) -> tuple:
+    """(kernel', shifts, key): `kernel` with each input's constant offset taken out of its loads
+    (`shifts`: per input, the elements its pointer moves by; inputs in `fixed` keep theirs) and
+    its SSA values numbered in order. Kernels with equal keys compute alike on moved pointers:
+    an RNN's cell at each time step reads its own rows of one precomputed input projection, and
+    one function serves them all (`kiln.codegen.lower`)."""
+    loads: dict = {}            # input -> [(load index in the body, variable part, constant)]
+    for i, st in enumerate(kernel.body):
+        if isinstance(st, Load):
+            rest, const = _constant_part(st.offset)
+            loads.setdefault(st.buffer, []).append((i, rest, const))
+    body = list(kernel.body)
+    shifts = [0] * len(kernel.inputs)
+    for b, found in loads.items():
+        low = min(c for _, _, c in found)
+        if b in fixed or low <= 0:
+            continue
+        shifts[b] = low
+        for i, rest, const in found:
+            body[i] = replace(body[i], offset=add(rest, Const(const - low)))
+    names = {}
+    for st in body:
+        if not isinstance(st, Store):
+            names[st.dest] = f"t{len(names)}"
+
+    def renamed(st):
+        if isinstance(st, Load):
+            return replace(st, dest=names[st.dest])
+        if isinstance(st, Compute):
+            return replace(st, dest=names[st.dest], args=tuple(
+                names.get(a, a) if isinstance(a, str) else a for a in st.args))
+        if isinstance(st, Reduce):
+            return replace(st, dest=names[st.dest], src=names[st.src])
+        return replace(st, src=names[st.src])
+    out = replace(kernel, body=tuple(renamed(st) for st in body))
+    # what the C text depends on but its comments (a statement's IR node, its user line)
+    key = (out.inputs, out.outputs, out.kept, out.reduced, out.index_vars, out.reduced_leading,
+           tuple(replace(st, note="", loc="", group=()) if isinstance(st, (Compute, Reduce))
+                 else st for st in out.body))
+    return out, tuple(shifts), key
+
+
+def _constant_part(e: Expr) -> tuple:
+    """(rest, c) with e == rest + c, c taken out of e's sums and constant multiples."""
+    if isinstance(e, Const):
+        return Const(0), e.value
+    if isinstance(e, BinOp) and e.op == "+":
+        (a, ca), (b, cb) = _constant_part(e.a), _constant_part(e.b)
+        return add(a, b), ca + cb
+    if isinstance(e, BinOp) and e.op == "*" and isinstance(e.b, Const):
+        a, c = _constant_part(e.a)
+        return mul(a, e.b), c * e.b.value
+    return e, 0
+
 
 def _digit_form(e: Expr) -> Expr:
     """`e` with remainders and quotients of a non-negative index combined into one digit,
