@@ -581,3 +581,29 @@ def test_a_write_to_what_a_custom_function_saved_raises_as_torch(saved, how):
 
     assert run(torch, False) == ["raised"] * 3
     assert run(kiln, how == "compiled") == ["raised"] * 3
+
+
+@pytest.mark.parametrize("written", ["result", "its_view"])
+def test_a_write_to_a_result_laid_out_as_a_transposed_operand_compiles(written):
+    # `q + o` with q a transposed view is laid out as q, as PyTorch lays it: its array views a
+    # fresh block of its own. The trace took a write to it (SASRec's `seqs *= ~mask` after
+    # `seqs = transpose(Q + mha_out)`) for a write to a view of some other tensor, and ran the
+    # function eagerly
+    def step(lib, x, w, m):
+        q = lib.transpose(x, 0, 1)                        # [3, 2, 4]
+        z = q + lib.transpose(x, 0, 1) @ w
+        target = z if written == "result" else lib.transpose(z, 0, 1)
+        target *= m[:, None]                              # m: [2] or [3]
+        target.add_(1)
+        return z.sum(-1), q
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    w = rng.normal(size=(4, 4)).astype(np.float32)
+    m = np.array([1.0, 0.0] if written == "result" else [1.0, 0.0, 1.0], np.float32)
+    expected = step(torch, torch.tensor(x), torch.tensor(w), torch.tensor(m))
+    compiled = kiln.compile(lambda *a: step(kiln, *a), fullgraph=True)
+    for _ in range(2):          # the trace, then a replay
+        got = compiled(kiln.tensor(x), kiln.tensor(w), kiln.tensor(m))
+        np.testing.assert_allclose(got[0].numpy(), expected[0].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[1].numpy(), x.transpose(1, 0, 2))

@@ -16,6 +16,7 @@ import numpy as np
 
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
+from kiln.ir.primitive import MOVEMENT, PRIMITIVES
 from kiln.runtime.device import CPU, to_device
 from kiln.tracer.bytecode import returned_unseen
 from kiln.tracer.custom_function import BACKWARD_OF
@@ -181,6 +182,7 @@ class Tracer:
         self.cleared: set[int] = set()        # ids of tensors whose .grad was reset, unread
         # ids of tensors written in place (their version counter moved); `.data = ` is not
         self.bumped: set[int] = set()
+        self.own_memory: set[int] = set()     # ids of tensors made here, their memory their own
         self.snapshots: list = []
         self.scalars: dict = {}               # (id(container), key, index, device) -> tensor
         self.numbers: dict = {}               # (argument, dtype, device) -> tensor
@@ -420,7 +422,8 @@ class Tracer:
         if id(target) not in self.input_of:
             if target._base is not None:
                 self._write_root(target, result)
-            elif getattr(target._data, "base", None) is not None:
+            elif getattr(target._data, "base", None) is not None and \
+                    not self._owns_memory(target):
                 self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of "
                                  f"shape {list(tensor.shape)}) also changes the tensor it views")
             else:
@@ -430,6 +433,19 @@ class Tracer:
         v = self.value(result)
         target._trace = v
         tensor._trace = v
+
+    def _owns_memory(self, tensor: Tensor) -> bool:
+        """Whether `tensor`, whose array views another, was made by an op of this trace that
+        is no view: its memory is its own (the block its array views is a fresh one, as
+        `a.t() + b` is laid out as PyTorch lays it), so a write to it changes no other."""
+        if id(tensor) in self.own_memory:        # (written before: its value is the write's)
+            return True
+        node = self.node_of.get(id(tensor._trace))
+        if node is None or PRIMITIVES[node.op].kind is MOVEMENT:
+            return False
+        self.own_memory.add(id(tensor))
+        self._keep.append(tensor)
+        return True
 
     def _write_root(self, view: Tensor, result: Tensor) -> None:
         """A write through `view` (`m[1][2] = 5`, `x[0].mul_(2)`): the tensor owning its memory

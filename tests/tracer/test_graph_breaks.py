@@ -77,6 +77,28 @@ def test_fullgraph_raises_naming_the_line(fn):
     assert f"test_graph_breaks.py:{_line_of(fn, '# BREAK')}" in str(info.value)
 
 
+def read_where_positions(x):
+    return x[kiln.where(x > 0)] * 2  # BREAK
+
+
+def read_masked_select(x):
+    return x.masked_select(x > 0)  # BREAK
+
+
+@pytest.mark.parametrize("fn, op", [(read_nonzero, "Tensor.nonzero() reads"),
+                                    (read_where_positions, "nonzero() in torch.where(condition)"),
+                                    (read_mask_index, "nonzero() in indexing by a boolean mask"),
+                                    (read_masked_select, "indexing by a boolean mask")],
+                         ids=["nonzero", "where", "mask_index", "masked_select"])
+def test_a_break_for_values_that_decide_a_shape_names_the_op_the_user_called(fn, op):
+    # torch.where(condition) and x[mask] find positions by nonzero inside: the message says
+    # which of them the user's line called, not just the nonzero they share
+    with pytest.raises(GraphBreak) as info:
+        kiln.compile(fn, fullgraph=True)(kiln.tensor([1.0, -2.0, 3.0]))
+    assert op in str(info.value)
+    assert f"test_graph_breaks.py:{_line_of(fn, '# BREAK')}" in str(info.value)
+
+
 def _reads_of_constants(x):
     sizes = kiln.tensor([3, 2, 2])              # made from Python data inside the trace
     steps = sizes.tolist()

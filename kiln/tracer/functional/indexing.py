@@ -31,7 +31,7 @@ from kiln.tracer.unsigned import refusal as _unsigned_refusal
 
 def where(condition, input=None, other=None):
     if input is None and other is None:
-        return nonzero(condition, as_tuple=True)
+        return _nonzero(condition, True, "nonzero() in torch.where(condition)")
     if not isinstance(condition, Tensor):
         condition = _as_tensor(condition)
     if condition.dtype is not dt.bool_:
@@ -492,12 +492,18 @@ def one_hot(tensor, num_classes=-1):
 
 
 def nonzero(input, *, as_tuple=False):
+    return _nonzero(input, as_tuple, "nonzero()")
+
+
+def _nonzero(input, as_tuple, what):
+    """nonzero, naming in a graph break `what` the user called (`torch.where(condition)`, a
+    boolean mask index) rather than the nonzero inside it."""
     _check_unsigned("nonzero", input)
     if WRAPPERS[0] and dispatches(input):      # its class computes the positions
         from kiln.tracer.dispatch_subclass import call
         out = call("nonzero.default", (input,))
         return tuple(out[:, i] for i in range(out.shape[1])) if as_tuple else out
-    data = input._read("nonzero()")
+    data = input._read(what)
     xp = input.device.xp
     idx = xp.stack(xp.nonzero(data), axis=1) if data.ndim else xp.zeros(
         (int(bool(data)), 0), dtype=np.int64)
@@ -649,7 +655,7 @@ def getitem(input, key):
                     raise op_error("index", f"The shape of the mask {list(k.shape)} at index "
                                    f"{dim} does not match the shape of the indexed tensor "
                                    f"{list(shape[dim:dim + k.ndim])}", IndexError)
-                nz = nonzero(k, as_tuple=False)
+                nz = _nonzero(k, False, "nonzero() in indexing by a boolean mask")
                 for j in range(k.ndim):
                     starts.append(0)
                     stops.append(shape[dim])
