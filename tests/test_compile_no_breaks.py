@@ -213,3 +213,29 @@ def test_ctc_loss_unbatched():
     _loss_and_grad(lambda lib, x, y: lib.nn.functional.ctc_loss(
         x[:, 0].log_softmax(1), y[0], lib.tensor(il[:1]), lib.tensor(tl[:1]),
         reduction="sum"), logits, targets)
+
+
+def test_in_place_activation_on_a_contiguous_copy_of_a_conv_output():
+    """pix2pix's U-Net: a LeakyReLU(inplace=True) on an InstanceNorm2d of a conv's output, whose
+    row-major copy was a NumPy view of a private array, which the trace took for a view of
+    another tensor (a graph break); its value and gradients are torch's."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float32)
+
+    def step(lib, x, w):
+        h = lib.nn.functional.instance_norm(lib.nn.functional.conv2d(x, w, padding=1))
+        y = lib.nn.functional.leaky_relu(h, 0.2, inplace=True)
+        loss = (lib.cat([y, h * 2], 1) ** 2).sum()
+        loss.backward()
+        return loss
+
+    tw = torch.tensor(w, requires_grad=True)
+    want = step(torch, torch.tensor(x), tw)
+    kw = kiln.tensor(w, requires_grad=True)
+    compiled = kiln.compile(lambda x: step(kiln, x, kw), fullgraph=True)
+    for _ in range(2):                  # the trace, then a replay
+        kw.grad = None
+        got = compiled(kiln.tensor(x))
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(kw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-5)
