@@ -239,3 +239,38 @@ def test_in_place_activation_on_a_contiguous_copy_of_a_conv_output():
         got = compiled(kiln.tensor(x))
         np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5)
         np.testing.assert_allclose(kw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_relu_on_a_conv_output_of_one_pixel():
+    """A U-Net's innermost conv gives a 1x1 map, a channels-last view of the conv's fresh
+    product that no tensor can reach: the trace took it for a view of another tensor and broke
+    on ReLU(inplace=True); a write through as_strided of a traced tensor still breaks."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 2, 2)).astype(np.float32)
+    w = (0.3 * rng.standard_normal((16, 8, 4, 4))).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+
+    def step(lib, x, w):
+        h = lib.nn.functional.conv2d(x, w, lib.tensor(b), stride=2, padding=1)
+        y = lib.nn.functional.relu(h, inplace=True)
+        loss = (y * lib.arange(16.0).reshape(1, 16, 1, 1)).sum()
+        loss.backward()
+        return loss
+
+    tw = torch.tensor(w, requires_grad=True)
+    want = step(torch, torch.tensor(x), tw)
+    kw = kiln.tensor(w, requires_grad=True)
+    compiled = kiln.compile(lambda x: step(kiln, x, kw), fullgraph=True)
+    for _ in range(2):
+        kw.grad = None
+        got = compiled(kiln.tensor(x))
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(kw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+    def strided_write(x):
+        y = x * 1
+        y.as_strided((2, 2), (1, 2)).add_(1)
+        return y.sum()
+
+    with pytest.raises(Exception, match="in-place write to a view"):
+        kiln.compile(strided_write, fullgraph=True)(kiln.tensor(x[0, 0]))

@@ -17,6 +17,7 @@ import numpy as np
 from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.runtime.device import CPU, to_device
+from kiln.tracer.autograd import memory_private
 from kiln.tracer.bytecode import returned_unseen
 from kiln.tracer.custom_function import BACKWARD_OF
 from kiln.tracer.errors import GraphBreak, user_frame, user_location
@@ -420,7 +421,8 @@ class Tracer:
         if id(target) not in self.input_of:
             if target._base is not None:
                 self._write_root(target, result)
-            elif getattr(target._data, "base", None) is not None:
+            elif getattr(target._data, "base", None) is not None and \
+                    not memory_private(target._data):
                 self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of "
                                  f"shape {list(tensor.shape)}) also changes the tensor it views")
             else:
