@@ -1053,6 +1053,33 @@ stateful_lstm_keeps_its_detached_hidden_state.check = expect_replays(3)
 
 
 @case
+def given_batch_stored_on_the_model():
+    # pix2pix's `model.set_input(a, b)` inside the step keeps the batch it was given on the
+    # model (was an effect, so the step ran eagerly): each replay stores its own arguments
+    state = types.SimpleNamespace()
+    lin = nn.Linear(3, 2)
+    opt = kiln.optim.SGD(lin.parameters(), lr=0.1)
+
+    def step(a, b):
+        state.real_A, state.real_B = a, b
+        state.fake_B = lin(state.real_A)
+        loss = F.l1_loss(state.fake_B, state.real_B)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def call(i, g):
+        a, b = kiln.randn(4, 3), kiln.randn(4, 2)
+        return g(a, b), state.real_A is a, state.real_B is b, state.fake_B
+    return world(step, call, after=lambda: [p.detach() for p in lin.parameters()])
+
+
+given_batch_stored_on_the_model.calls = 5
+given_batch_stored_on_the_model.check = expect_replays(3)
+
+
+@case
 def detached_result_stored_and_returned_stays_an_effect():
     # eager's stored `h.detach()` shares memory with the returned `h`: a write to one shows in
     # the other, and a replay's stored copy would not
