@@ -274,3 +274,35 @@ def test_in_place_relu_on_a_conv_output_of_one_pixel():
 
     with pytest.raises(Exception, match="in-place write to a view"):
         kiln.compile(strided_write, fullgraph=True)(kiln.tensor(x[0, 0]))
+
+
+def test_crop_runs_found_by_unique_consecutive_of_python_sizes():
+    """DINO's MultiCropWrapper groups same-sized crops by `unique_consecutive` and `cumsum` of a
+    tensor of their Python sizes, then slices the list of crops at those ends: integer ops on
+    constants are constants, read into Python without a graph break (the read broke the
+    trace before); a tensor computed from the inputs still breaks."""
+    rng = np.random.default_rng(2)
+    crops = [rng.standard_normal((2, 3, s, s)).astype(np.float32) for s in (8, 8, 4, 4, 4)]
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+
+    def wrapper(lib, x, w):
+        idx_crops = lib.cumsum(lib.unique_consecutive(
+            lib.tensor([inp.shape[-1] for inp in x]), return_counts=True)[1], 0)
+        start_idx, output = 0, lib.empty(0)
+        for end_idx in idx_crops:
+            pooled = lib.cat(x[start_idx:end_idx]).mean((2, 3))
+            output = lib.cat((output, pooled @ w.T))
+            start_idx = end_idx
+        return output
+
+    want = wrapper(torch, [torch.tensor(c) for c in crops], torch.tensor(w))
+    compiled = kiln.compile(lambda x: wrapper(kiln, x, kiln.tensor(w)), fullgraph=True)
+    for _ in range(2):
+        got = compiled([kiln.tensor(c) for c in crops])
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+    def from_data(x):
+        return x[:int(kiln.unique_consecutive(x.long()).numel())]
+
+    with pytest.raises(Exception, match="unique_consecutive"):
+        kiln.compile(from_data, fullgraph=True)(kiln.tensor([1.0, 1.0, 2.0]))

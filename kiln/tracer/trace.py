@@ -117,6 +117,16 @@ class TracedProgram:
 # the reads of a tensor's values that give Python numbers (`Tensor._read`'s `what`)
 _PYTHON_VALUE_READS = frozenset({"tolist()", "item()", "bool()", "float()", "int()", "complex()",
                                  "__index__"})
+# host computations whose results the op makes constants of the trace when its input is one
+_CONSTANT_HOST_READS = frozenset({"unique_consecutive()"})
+_FOLDED_SIZE = 1024             # the most elements an op on constants is folded into
+
+
+def _constant_operands(tracer, args: tuple) -> bool:
+    """Whether `args` hold a tensor and every tensor among them is a constant of `tracer`."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    return bool(tensors) and all(tracer.is_constant(a) for a in tensors)
+
 
 
 class Tracer:
@@ -366,9 +376,22 @@ class Tracer:
                     Binding("seed", generator=generator, draw=draw))
 
     # ------------------------------------------------------------------ ops
+    def is_constant(self, tensor: Tensor) -> bool:
+        """Whether `tensor` holds a constant of this trace (made from Python data inside it,
+        or an integer op on such constants alone) that nothing has written since."""
+        v = tensor._trace
+        return v is not None and id(v) in self.known and v in self.graph.constants
+
     def record(self, prim, args: tuple, attrs: dict, result: Tensor) -> None:
         # runs for every op of a trace: the common input (a value of this graph) is read inline
         known, inputs = self.known, []
+        if result.dtype.category < 2 and not result.requires_grad and \
+                result._data.size <= _FOLDED_SIZE and _constant_operands(self, args):
+            # integer arithmetic on tensors made from Python data (DINO's crop sizes through
+            # unique_consecutive and cumsum): the same values on every replay, so a constant
+            # too, whose values Python may read (`x[start:end]`) without a graph break
+            self.constant(result)
+            return
         for a in args:
             if isinstance(a, Tensor):
                 v = a._trace
@@ -505,8 +528,8 @@ class Tracer:
 
     def value_read(self, tensor: Tensor, what: str) -> None:
         v = tensor._trace
-        if what in _PYTHON_VALUE_READS and v is not None and id(v) in self.known and \
-                v in self.graph.constants:
+        if what in _PYTHON_VALUE_READS | _CONSTANT_HOST_READS and v is not None and \
+                id(v) in self.known and v in self.graph.constants:
             # made from Python data inside the trace and not written since (a write gives the
             # tensor a new value), read as Python numbers: every replay has the same values,
             # baked in as a constant. (Not `numpy()`, whose array the caller may write behind
