@@ -594,7 +594,9 @@ class Tracer:
                     g.mutations.append((v, current))
                     program.mutated.append(tensor)
         for tensor, v in list(self.input_of.values()):
-            if not tensor.requires_grad or self.bindings[g.inputs.index(v)].kind == "seed":
+            # (one that no longer requires grad may have had its gradient written before it was
+            # frozen: pix2pix's D, set requires_grad=False after its own step, for G's)
+            if self.bindings[g.inputs.index(v)].kind == "seed":
                 continue
             grad = tensor._grad
             index = g.inputs.index(v)
