@@ -1053,6 +1053,71 @@ stateful_lstm_keeps_its_detached_hidden_state.check = expect_replays(3)
 
 
 @case
+def given_batch_stored_on_the_model():
+    # pix2pix's `model.set_input(a, b)` inside the step keeps the batch it was given on the
+    # model (was an effect, so the step ran eagerly): each replay stores its own arguments
+    state = types.SimpleNamespace()
+    lin = nn.Linear(3, 2)
+    opt = kiln.optim.SGD(lin.parameters(), lr=0.1)
+
+    def step(a, b):
+        state.real_A, state.real_B = a, b
+        state.fake_B = lin(state.real_A)
+        loss = F.l1_loss(state.fake_B, state.real_B)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def call(i, g):
+        a, b = kiln.randn(4, 3), kiln.randn(4, 2)
+        return g(a, b), state.real_A is a, state.real_B is b, state.fake_B
+    return world(step, call, after=lambda: [p.detach() for p in lin.parameters()])
+
+
+given_batch_stored_on_the_model.calls = 5
+given_batch_stored_on_the_model.check = expect_replays(3)
+
+
+@case
+def discriminator_frozen_after_its_step_keeps_its_gradient():
+    # a GAN step (pix2pix's set_requires_grad): D's gradient is written by its own backward,
+    # then D is frozen for G's; replays wrote no gradient to parameters frozen at the call's
+    # end, so D's .grad stayed the traced call's
+    kiln.manual_seed(0)
+    G, D = nn.Linear(3, 3), nn.Linear(3, 1)
+    opt_g = kiln.optim.Adam(G.parameters(), lr=0.1)
+    opt_d = kiln.optim.Adam(D.parameters(), lr=0.1)
+
+    def set_requires_grad(net, flag):
+        for p in net.parameters():
+            p.requires_grad = flag
+
+    def step(a):
+        fake = G(a)
+        set_requires_grad(D, True)
+        opt_d.zero_grad()
+        loss_d = (D(fake.detach()) ** 2).mean() + ((D(a) - 1) ** 2).mean()
+        loss_d.backward()
+        opt_d.step()
+        set_requires_grad(D, False)
+        opt_g.zero_grad()
+        loss_g = ((D(fake) - 1) ** 2).mean()
+        loss_g.backward()
+        opt_g.step()
+        return loss_d.detach(), loss_g.detach()
+
+    def call(i, g):
+        return g(kiln.randn(4, 3)), D.weight.grad, D.bias.grad, G.weight.grad
+    return world(step, call, after=lambda: [p.detach() for p in [*G.parameters(),
+                                                                  *D.parameters()]])
+
+
+discriminator_frozen_after_its_step_keeps_its_gradient.calls = 5
+discriminator_frozen_after_its_step_keeps_its_gradient.check = expect_replays(2)
+
+
+@case
 def detached_result_stored_and_returned_stays_an_effect():
     # eager's stored `h.detach()` shares memory with the returned `h`: a write to one shows in
     # the other, and a replay's stored copy would not

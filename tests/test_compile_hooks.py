@@ -50,3 +50,35 @@ def test_scalar_input_is_read_on_every_call():
     np.testing.assert_allclose(f(x).numpy(), [1.0, 2.0])
     group["lr"] = 0.25                     # a scheduler's change: read by the replay
     np.testing.assert_allclose(f(x).numpy(), [0.5, 1.0])
+
+
+def test_numpy_scheduled_lr_and_weight_decay_are_read_on_every_call():
+    """DINO sets AdamW's lr and weight decay each step from NumPy schedules (`lr[it]`, a NumPy
+    float64): both are read on every call as Python floats are, so one trace serves every step
+    (each new value traced again, to the recompile limit, before), with torch's updates."""
+    import torch
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((2, 3)).astype(np.float32)
+    xs = rng.standard_normal((10, 4, 3)).astype(np.float32)
+    lrs, wds = np.linspace(0.1, 0.01, 10), np.linspace(0.04, 0.4, 10)
+
+    def train(lib, compile):
+        w = lib.nn.Parameter(lib.tensor(w0))
+        opt = lib.optim.AdamW([w])
+
+        def step(x):
+            loss = (x @ w.T).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        step = kiln.compile(step) if compile else step
+        for i, x in enumerate(xs):
+            opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"] = lrs[i], wds[i]
+            step(lib.tensor(x))
+        return w.detach().numpy(), step
+
+    got, step = train(kiln, True)
+    assert len(step.entries) == 1 and all(e.program is not None for e in step.entries.values())
+    np.testing.assert_allclose(got, train(torch, False)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, train(kiln, False)[0])

@@ -213,3 +213,96 @@ def test_ctc_loss_unbatched():
     _loss_and_grad(lambda lib, x, y: lib.nn.functional.ctc_loss(
         x[:, 0].log_softmax(1), y[0], lib.tensor(il[:1]), lib.tensor(tl[:1]),
         reduction="sum"), logits, targets)
+
+
+def test_in_place_activation_on_a_contiguous_copy_of_a_conv_output():
+    """pix2pix's U-Net: a LeakyReLU(inplace=True) on an InstanceNorm2d of a conv's output, whose
+    row-major copy was a NumPy view of a private array, which the trace took for a view of
+    another tensor (a graph break); its value and gradients are torch's."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float32)
+
+    def step(lib, x, w):
+        h = lib.nn.functional.instance_norm(lib.nn.functional.conv2d(x, w, padding=1))
+        y = lib.nn.functional.leaky_relu(h, 0.2, inplace=True)
+        loss = (lib.cat([y, h * 2], 1) ** 2).sum()
+        loss.backward()
+        return loss
+
+    tw = torch.tensor(w, requires_grad=True)
+    want = step(torch, torch.tensor(x), tw)
+    kw = kiln.tensor(w, requires_grad=True)
+    compiled = kiln.compile(lambda x: step(kiln, x, kw), fullgraph=True)
+    for _ in range(2):                  # the trace, then a replay
+        kw.grad = None
+        got = compiled(kiln.tensor(x))
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(kw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_relu_on_a_conv_output_of_one_pixel():
+    """A U-Net's innermost conv gives a 1x1 map, a channels-last view of the conv's fresh
+    product that no tensor can reach: the trace took it for a view of another tensor and broke
+    on ReLU(inplace=True); a write through as_strided of a traced tensor still breaks."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 2, 2)).astype(np.float32)
+    w = (0.3 * rng.standard_normal((16, 8, 4, 4))).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+
+    def step(lib, x, w):
+        h = lib.nn.functional.conv2d(x, w, lib.tensor(b), stride=2, padding=1)
+        y = lib.nn.functional.relu(h, inplace=True)
+        loss = (y * lib.arange(16.0).reshape(1, 16, 1, 1)).sum()
+        loss.backward()
+        return loss
+
+    tw = torch.tensor(w, requires_grad=True)
+    want = step(torch, torch.tensor(x), tw)
+    kw = kiln.tensor(w, requires_grad=True)
+    compiled = kiln.compile(lambda x: step(kiln, x, kw), fullgraph=True)
+    for _ in range(2):
+        kw.grad = None
+        got = compiled(kiln.tensor(x))
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(kw.grad.numpy(), tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+    def strided_write(x):
+        y = x * 1
+        y.as_strided((2, 2), (1, 2)).add_(1)
+        return y.sum()
+
+    with pytest.raises(Exception, match="in-place write to a view"):
+        kiln.compile(strided_write, fullgraph=True)(kiln.tensor(x[0, 0]))
+
+
+def test_crop_runs_found_by_unique_consecutive_of_python_sizes():
+    """DINO's MultiCropWrapper groups same-sized crops by `unique_consecutive` and `cumsum` of a
+    tensor of their Python sizes, then slices the list of crops at those ends: integer ops on
+    constants are constants, read into Python without a graph break (the read broke the
+    trace before); a tensor computed from the inputs still breaks."""
+    rng = np.random.default_rng(2)
+    crops = [rng.standard_normal((2, 3, s, s)).astype(np.float32) for s in (8, 8, 4, 4, 4)]
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+
+    def wrapper(lib, x, w):
+        idx_crops = lib.cumsum(lib.unique_consecutive(
+            lib.tensor([inp.shape[-1] for inp in x]), return_counts=True)[1], 0)
+        start_idx, output = 0, lib.empty(0)
+        for end_idx in idx_crops:
+            pooled = lib.cat(x[start_idx:end_idx]).mean((2, 3))
+            output = lib.cat((output, pooled @ w.T))
+            start_idx = end_idx
+        return output
+
+    want = wrapper(torch, [torch.tensor(c) for c in crops], torch.tensor(w))
+    compiled = kiln.compile(lambda x: wrapper(kiln, x, kiln.tensor(w)), fullgraph=True)
+    for _ in range(2):
+        got = compiled([kiln.tensor(c) for c in crops])
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+    def from_data(x):
+        return x[:int(kiln.unique_consecutive(x.long()).numel())]
+
+    with pytest.raises(Exception, match="unique_consecutive"):
+        kiln.compile(from_data, fullgraph=True)(kiln.tensor([1.0, 1.0, 2.0]))

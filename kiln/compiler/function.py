@@ -41,7 +41,7 @@ from kiln.compiler.stance import current_stance
 from kiln.compiler.traced import (_ARG, _LIFTED, _NUMBER, _PLACE, _SCALAR, _SEED, _carried,
                                   _computed, _detached_result, _fetch_plan, _history_written,
                                   _lifted_bases, _made_by, _shares_memory_with_others,
-                                  _written_argument_shared)
+                                  _stored_argument, _written_argument_shared)
 from kiln.compiler.tracing import (_batch_objects, _collector_paused, _flatten_args, _function_name,
                                    _tensor_names, _trace_call, _where)
 from kiln.ir.dtypes import get_default_dtype
@@ -721,11 +721,13 @@ class CompiledFunction:
         if counters:
             effects, flags = effects + counters, {}
         # tensors the call computed and stored (a pruning hook's `module.weight`, an output
-        # kept on the module): outputs of the program, written there by each replay
+        # kept on the module), or was given and stored: outputs of the program, written there
+        # by each replay
         held = collections.Counter(id(g.expected) for g in before.guards + arg_state.guards
                                    if g.kind == "id" and isinstance(g.expected, Tensor))
         writes, effects = guards.tensor_writes(
-            effects, lambda t: _computed(tracer, t) or _detached_result(tracer, t),
+            effects, lambda t: (_computed(tracer, t) or _detached_result(tracer, t)
+                                or _stored_argument(tracer, t)),
             lambda t: id(t) in tracer.input_of and not (_carried(tracer, t) and held[id(t)] == 1))
         # a stored `h.detach()` is replayed as a copy of its own: only sound where nothing
         # else the caller gets shares that memory

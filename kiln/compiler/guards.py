@@ -98,7 +98,11 @@ from kiln.tracer.tensor import Tensor
 
 MISSING = object()          # a global, cell or attribute that does not exist (any more)
 
-SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
+# NumPy's numbers are values too (DINO sets each step's lr from a NumPy schedule, `lr[it]`)
+_NUMPY_NUMBERS = (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+                  np.uint8, np.bool_)
+SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis)) + _NUMPY_NUMBERS
+_NUMBERS = (int, float) + _NUMPY_NUMBERS[:-1]   # what a number read on every call may hold
 _OBJECT_DEPTH = 32          # attribute and item levels into plain objects and containers
 _GUARD_BUDGET = 100_000     # guards per walk: past it, places are listed as unguarded
 _ITEM_GUARDS = 8            # a longer list of scalars, tensors and tuples: one guard on all
@@ -110,8 +114,8 @@ _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 def scalar_key(value) -> tuple:
     """A Python scalar's guard value: type-tagged, NaN equal to NaN, the sign of zero kept."""
     t = type(value)
-    if t is float:
-        return (float, "nan") if value != value else (float, value, math.copysign(1.0, value))
+    if t is float or t in _NUMPY_NUMBERS[:3]:
+        return (t, "nan") if value != value else (t, float(value), math.copysign(1.0, value))
     if t is complex:
         return (complex, scalar_key(value.real), scalar_key(value.imag))
     return (t, value)
@@ -1423,7 +1427,7 @@ def read_at_run_time(guards: list[Guard], places: set) -> list[Guard]:
     for g in guards:
         if g.place in places and g.kind == "value":
             t = g.expected[0]
-            number = (t, g.expected[1] == 0) if t in (int, float) else None
+            number = (t, g.expected[1] == 0) if t in _NUMBERS else None
             g = Guard(g.source, g.read, "number" if number else "type", number or t, g.lazy,
                       g.place)
         elif g.place in places and g.kind == "id" and type(g.expected) is tuple:

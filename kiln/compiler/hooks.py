@@ -21,6 +21,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
+
 from kiln.runtime.device import Device
 from kiln.tracer import trace as _trace
 from kiln.tracer.provenance import composite, scope  # noqa: F401  (re-exported hooks)
@@ -63,6 +65,10 @@ def note_grads_checked() -> None:
         STATE.tracer.grads_checked()
 
 
+# a float, or NumPy's (DINO sets each step's lr from a NumPy schedule: `lr_schedule[it]`)
+_FLOATS = (float, np.float64, np.float32)
+
+
 def scalar_input(container: dict, key, device: Device, index: int | None = None):
     """`container[key]` (or `container[key][index]`: one of Adam's betas), a Python float, as the
     code should read it: the number itself in eager mode; while tracing, a float64 scalar tensor
@@ -70,7 +76,7 @@ def scalar_input(container: dict, key, device: Device, index: int | None = None)
     (a scheduler's rate, OneCycleLR's betas) does not retrace."""
     value = container[key] if index is None else container[key][index]
     tracer = STATE.tracer
-    if tracer is None or type(value) is not float:
+    if tracer is None or type(value) not in _FLOATS:
         return value
     return tracer.scalar_input(container, key, device, index)
 

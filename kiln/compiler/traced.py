@@ -89,6 +89,15 @@ def _detached_result(tracer, t: Tensor) -> bool:
     return source is not None and t._base is None and _computed(tracer, source)
 
 
+def _stored_argument(tracer, t: Tensor) -> bool:
+    """Whether `t` is a tensor the call was given as an argument, unchanged (pix2pix's
+    `model.set_input(a, b)` keeping the batch on the model): a replay stores there the tensor
+    its own call was given, which it returns as it is."""
+    found = tracer.input_of.get(id(t))
+    return (found is not None and found[0] is t and t._trace is found[1]
+            and tracer.bindings[tracer.graph.inputs.index(found[1])].kind == "arg")
+
+
 def _memory_root(tracer, t: Tensor) -> int:
     """The id of the tensor whose memory `t` uses: through aliases and views."""
     t = tracer.alias_of.get(id(t), t)

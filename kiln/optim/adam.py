@@ -100,7 +100,8 @@ class Adam(Optimizer):
         state["step"].add_(1)
         if wd != 0:
             if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * wd)
+                # read on every call, as lr is: a schedule of it (DINO's) needs no new trace
+                p.mul_(1 - lr * _hyper(group, "weight_decay", p))
             else:
                 grad = grad.add(p, alpha=wd)
         _lerp_(exp_avg, grad, 1 - beta1)

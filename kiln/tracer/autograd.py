@@ -1322,6 +1322,17 @@ def _memory_unshared(grad: Tensor) -> bool:
     return _refs(root) == _probe_refs() + expected
 
 
+def memory_private(data) -> bool:
+    """Whether `data`, a NumPy view, is the only array that sees its memory: its base owns the
+    memory and nothing but `data` holds that base (a conv's channels-last output, a view of its
+    fresh product, which no tensor can reach). Where reference counts are not trusted, False."""
+    root = getattr(data, "base", None)
+    if not _COUNTS_HOLD or type(root) is not np.ndarray or type(data) is not np.ndarray or \
+            root.base is not None:
+        return False
+    return _refs(root) == _probe_refs() + _view_refs(root)
+
+
 # Hooks run once a leaf's `.grad` holds this backward's whole gradient (PyTorch's
 # register_post_accumulate_grad_hook), keyed by id(tensor): Tensor has no slot for them.
 _POST_ACCUMULATE: dict[int, tuple] = {}     # id -> (weakref to the tensor, hooks tuple)

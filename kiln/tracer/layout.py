@@ -91,6 +91,10 @@ def arrange(xp, a, fmt):
     slow_to_fast = tuple(reversed(order))
     dense = xp.empty(tuple(a.shape[d] for d in slow_to_fast), a.dtype)
     dense[...] = a.transpose(slow_to_fast)
+    if slow_to_fast == tuple(range(a.ndim)):
+        # row-major: the array itself, not a view of it, so nothing takes the copy (no NumPy
+        # base) for a view of another tensor (a trace refuses in-place writes to those)
+        return dense
     back = [0] * a.ndim
     for position, d in enumerate(slow_to_fast):
         back[d] = position

@@ -18,6 +18,7 @@ from kiln.ir import dtypes as dt
 from kiln.ir.graph import Graph, Value
 from kiln.ir.primitive import MOVEMENT, PRIMITIVES
 from kiln.runtime.device import CPU, to_device
+from kiln.tracer.autograd import memory_private
 from kiln.tracer.bytecode import returned_unseen
 from kiln.tracer.custom_function import BACKWARD_OF
 from kiln.tracer.errors import GraphBreak, user_frame, user_location
@@ -117,6 +118,16 @@ class TracedProgram:
 # the reads of a tensor's values that give Python numbers (`Tensor._read`'s `what`)
 _PYTHON_VALUE_READS = frozenset({"tolist()", "item()", "bool()", "float()", "int()", "complex()",
                                  "__index__"})
+# host computations whose results the op makes constants of the trace when its input is one
+_CONSTANT_HOST_READS = frozenset({"unique_consecutive()"})
+_FOLDED_SIZE = 1024             # the most elements an op on constants is folded into
+
+
+def _constant_operands(tracer, args: tuple) -> bool:
+    """Whether `args` hold a tensor and every tensor among them is a constant of `tracer`."""
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    return bool(tensors) and all(tracer.is_constant(a) for a in tensors)
+
 
 
 class Tracer:
@@ -367,9 +378,22 @@ class Tracer:
                     Binding("seed", generator=generator, draw=draw))
 
     # ------------------------------------------------------------------ ops
+    def is_constant(self, tensor: Tensor) -> bool:
+        """Whether `tensor` holds a constant of this trace (made from Python data inside it,
+        or an integer op on such constants alone) that nothing has written since."""
+        v = tensor._trace
+        return v is not None and id(v) in self.known and v in self.graph.constants
+
     def record(self, prim, args: tuple, attrs: dict, result: Tensor) -> None:
         # runs for every op of a trace: the common input (a value of this graph) is read inline
         known, inputs = self.known, []
+        if result.dtype.category < 2 and not result.requires_grad and \
+                result._data.size <= _FOLDED_SIZE and _constant_operands(self, args):
+            # integer arithmetic on tensors made from Python data (DINO's crop sizes through
+            # unique_consecutive and cumsum): the same values on every replay, so a constant
+            # too, whose values Python may read (`x[start:end]`) without a graph break
+            self.constant(result)
+            return
         for a in args:
             if isinstance(a, Tensor):
                 v = a._trace
@@ -423,7 +447,7 @@ class Tracer:
             if target._base is not None:
                 self._write_root(target, result)
             elif getattr(target._data, "base", None) is not None and \
-                    not self._owns_memory(target):
+                    not self._owns_memory(target) and not memory_private(target._data):
                 self.graph_break(f"an in-place write to a view ({type(tensor).__name__} of "
                                  f"shape {list(tensor.shape)}) also changes the tensor it views")
             else:
@@ -519,8 +543,8 @@ class Tracer:
 
     def value_read(self, tensor: Tensor, what: str) -> None:
         v = tensor._trace
-        if what in _PYTHON_VALUE_READS and v is not None and id(v) in self.known and \
-                v in self.graph.constants:
+        if what in _PYTHON_VALUE_READS | _CONSTANT_HOST_READS and v is not None and \
+                id(v) in self.known and v in self.graph.constants:
             # made from Python data inside the trace and not written since (a write gives the
             # tensor a new value), read as Python numbers: every replay has the same values,
             # baked in as a constant. (Not `numpy()`, whose array the caller may write behind
@@ -585,7 +609,9 @@ class Tracer:
                     g.mutations.append((v, current))
                     program.mutated.append(tensor)
         for tensor, v in list(self.input_of.values()):
-            if not tensor.requires_grad or self.bindings[g.inputs.index(v)].kind == "seed":
+            # (one that no longer requires grad may have had its gradient written before it was
+            # frozen: pix2pix's D, set requires_grad=False after its own step, for G's)
+            if self.bindings[g.inputs.index(v)].kind == "seed":
                 continue
             grad = tensor._grad
             index = g.inputs.index(v)

@@ -102,7 +102,7 @@ def test_a_break_for_values_that_decide_a_shape_names_the_op_the_user_called(fn,
 def _reads_of_constants(x):
     sizes = kiln.tensor([3, 2, 2])              # made from Python data inside the trace
     steps = sizes.tolist()
-    first = int(sizes[0])                       # a view of it: still read, still a break
+    first = int(sizes[0])                       # a view of it: a constant too, no break
     return [x[:n].sum() for n in steps], first
 
 
@@ -120,8 +120,7 @@ def test_reading_a_tensor_made_from_python_data_in_the_trace_is_no_break():
     # reads them back)
     x = kiln.tensor([1.0, -2.0, 3.0, 4.0])
     captured = kiln.compiler.trace(_reads_of_constants, x)
-    assert len(captured.breaks) == 1 and captured.breaks[0].location.endswith(
-            f"test_graph_breaks.py:{_line_of(_reads_of_constants, 'first = ')}")
+    assert not captured.breaks, captured.breaks
     compiled = kiln.compile(_reads_of_constants)
     for values in ([1.0, -2.0, 3.0, 4.0], [0.5, 0.25, -1.0, 2.0]):
         x = kiln.tensor(values)

@@ -14,7 +14,7 @@ SPELLINGS = [
     "x.flip(0, 2)", "x.flip((0, 2))", "x.flip([1])", "x.flip(1)", "x.flip(dims=(0, 1))",
     "x.tile(2)", "x.tile(2, 1, 1)", "x.tile((1, 2))", "x.tile(dims=(2, 1))",
     "x.permute(2, 0, 1)", "x.permute((2, 0, 1))", "x.view(6, 4)", "x.view((6, -1))",
-    "x.reshape(4, 6)", "x.repeat(1, 2, 1)", "x.repeat((2, 1, 1))", "x[:, :1].expand(2, 3, 4)",
+    "x.reshape(4, 6)", "x.reshape(shape=(4, -1))", "x.repeat(1, 2, 1)", "x.repeat((2, 1, 1))", "x[:, :1].expand(2, 3, 4)",
     "x.where(x > 0, y)", "x.where(x > 0, 0.5)", "x.where(condition=x < 0, other=y)",
     "x.split(split_size=[1, 3], dim=-1)[1]", "x.split(split_size=2, dim=1)[0]", "x.split(1)[1]",
 ]

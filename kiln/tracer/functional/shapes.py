@@ -49,8 +49,12 @@ def _infer_shape(shape: tuple, numel: int, op: str = "view") -> tuple:
     return tuple(numel // known if s == -1 else s for s in shape)
 
 
-def reshape(input, *shape):
-    shape = _infer_shape(_shape_arg(shape), input._data.size, "reshape")
+def reshape(input, *sizes, shape=None):
+    if shape is not None and sizes:
+        raise op_error("reshape", "takes a shape positionally or as `shape=`, not both",
+                       TypeError)
+    shape = _infer_shape(_shape_arg(sizes if shape is None else (shape,)), input._data.size,
+                         "reshape")
     if shape == input._data.shape:
         return input if STATE.tracer is None and not input.requires_grad else \
             P.reshape(input, shape=shape)

@@ -15,7 +15,7 @@ from kiln.tracer.errors import op_error
 from kiln.tracer.functional import _as_tensor, _norm_dim
 from kiln.tracer.functional.common import refuse_without_kernel
 from kiln.tracer.functional_extra.common import _f
-from kiln.tracer.tensor import WRAPPERS, Tensor, dispatches
+from kiln.tracer.tensor import STATE, WRAPPERS, Tensor, dispatches
 from kiln.tracer.unsigned import check as _check_unsigned
 
 
@@ -120,6 +120,9 @@ def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=No
         out.append(_as_tensor(inverse.astype(np.int64), input))
     if return_counts:
         out.append(_as_tensor(counts.astype(np.int64), input))
+    if STATE.tracer is not None and STATE.tracer.is_constant(input):
+        for t in out:               # computed from a constant: constants too (see value_read)
+            STATE.tracer.constant(t)
     return out[0] if len(out) == 1 else tuple(out)
 
 
@@ -147,6 +150,9 @@ def unique_consecutive(input, return_inverse=False, return_counts=False, dim=Non
         out.append(_as_tensor(inverse.astype(np.int64), input))
     if return_counts:
         out.append(_as_tensor(counts.astype(np.int64), input))
+    if STATE.tracer is not None and STATE.tracer.is_constant(input):
+        for t in out:               # computed from a constant: constants too (see value_read)
+            STATE.tracer.constant(t)
     return out[0] if len(out) == 1 else tuple(out)
 
 
