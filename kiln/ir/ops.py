@@ -243,7 +243,9 @@ _quiet_unary("erf", lambda xp, x: _erf(xp, x),
                  comment="erf(x): minimax approximations (N. Juffa), about 1 float32 ulp on "
                          "each branch"))
 def _rounding(fn):
-    return lambda xp, x: x if x.dtype.kind in "biu" else getattr(xp, fn)(x)
+    # integers are their own floor: a copy, as PyTorch's, so that writing the result in place
+    # leaves the input alone (returning x itself let `x.floor().add_(1)` change x)
+    return lambda xp, x: x.copy() if x.dtype.kind in "biu" else getattr(xp, fn)(x)
 
 
 for _name in ("floor", "ceil", "trunc"):

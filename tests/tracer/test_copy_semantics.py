@@ -1,6 +1,7 @@
 """Ops PyTorch defines as copies (flip, fliplr, flipud, rot90, repeat, tile, repeat_interleave)
 give memory of their own in kiln too: NumPy's forms of some are views, through which an
-in-place write reached the input (x.flip(0).add_(1) changed x) or was refused (repeat)."""
+in-place write reached the input (x.flip(0).add_(1) changed x) or was refused (repeat). So do
+floor, ceil and trunc of integers, which returned the input itself."""
 
 import numpy as np
 import pytest
@@ -54,6 +55,23 @@ def test_gradients_and_compiled_writes_through_the_copy(name):
     for value, grad in results:
         np.testing.assert_allclose(value, tout.item(), rtol=1e-12)
         np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["floor", "ceil", "trunc"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_rounding_an_integer_tensor_gives_a_copy_as_in_torch(op, compiled):
+    def f(lib, x):
+        y = getattr(x, op)()
+        y.add_(10)
+        return y, x * 1
+
+    want = f(torch, torch.arange(4))
+    fn = kiln.compile(lambda x: f(kiln, x)) if compiled else (lambda x: f(kiln, x))
+    for _ in range(2):
+        x = kiln.arange(4)
+        got = fn(x)
+        assert [g.tolist() for g in got] == [w.tolist() for w in want]
+        assert x.tolist() == [0, 1, 2, 3]
 
 
 def test_real_is_an_attribute_and_imag_refuses_as_for_a_real_torch_tensor():
