@@ -30,6 +30,7 @@ index_add, index_put), random draws, cat and cumsum.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 from dataclasses import dataclass
@@ -283,19 +284,32 @@ class _Fuser:
         return bool(readers) and not any(is_fusible(r, self.gathers) for r in readers)
 
     def _creates_cycle(self, a: _Group, b: _Group) -> bool:
-        """Whether merging a and b closes a loop through some third vertex."""
-        successors = self.quotient.successors
+        """Whether merging a and b closes a loop through some third vertex: a path from one to
+        the other with a vertex between. Searched breadth-first from both ends at once (forward
+        from the source, backward from the destination): it ends where the two meet or as soon
+        as either side runs out. An
+        LSTM's cell kernels, each tried against every earlier one, explored everything after
+        the earlier (the whole backward) 14,000 times, 4 s of a compile."""
+        q = self.quotient
         for src, dst in ((a, b), (b, a)):
-            stack = [s for s in successors[src] if s is not dst]
-            seen = set(stack)
-            while stack:
-                x = stack.pop()
-                if x is dst:
-                    return True
-                for y in successors[x]:
-                    if y not in seen:
-                        seen.add(y)
-                        stack.append(y)
+            ahead = collections.deque(x for x in q.successors[src] if x is not dst)
+            behind = collections.deque(x for x in q.predecessors[dst] if x is not src)
+            seen_ahead, seen_behind = set(ahead), set(behind)
+            if seen_ahead & seen_behind:
+                return True
+            while ahead and behind:
+                for y in q.successors[ahead.popleft()]:
+                    if y is dst or y in seen_behind:
+                        return True
+                    if y not in seen_ahead:
+                        seen_ahead.add(y)
+                        ahead.append(y)
+                for y in q.predecessors[behind.popleft()]:
+                    if y is src or y in seen_ahead:
+                        return True
+                    if y not in seen_behind:
+                        seen_behind.add(y)
+                        behind.append(y)
         return False
 
     def _gathers_read_buffers(self, a: _Group, b: _Group) -> bool:

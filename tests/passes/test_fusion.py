@@ -239,3 +239,32 @@ def test_a_reshape_of_a_stored_value_is_indexed_not_stored_again():
     assert (3, 4, 7) not in stored and stored.count((12, 7)) == 1
     (reader,) = [k for k in schedule.kernels if any(n.op == "sum" for n in k.subgraph.nodes)]
     assert reader.inputs == [e] and any(n.op == "reshape" for n in reader.subgraph.nodes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 14), st.integers(0, 2 ** 32 - 1), st.floats(0.05, 0.6))
+def test_a_merge_closes_a_cycle_exactly_when_a_longer_path_joins_the_two(n, seed, density):
+    """The fuser's cycle test (searched from both ends) against networkx on random DAGs:
+    merging a and b closes a loop iff a path of two or more edges runs between them."""
+    import networkx as nx
+
+    from kiln.passes.fusion import _Dependencies, _Fuser
+    rng = np.random.default_rng(seed)
+    q, dag = _Dependencies(), nx.DiGraph()
+    for i in range(n):
+        q.add(i)
+        dag.add_node(i)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if rng.random() < density:
+                q.add_edge(i, j)
+                dag.add_edge(i, j)
+
+    class Probe:
+        quotient = q
+
+    for a in range(n):
+        for b in range(a + 1, n):
+            longer = any(nx.has_path(dag, c, b) for c in dag.successors(a) if c != b)
+            assert _Fuser._creates_cycle(Probe(), a, b) == longer, (a, b)
+            assert _Fuser._creates_cycle(Probe(), b, a) == longer, (b, a)
