@@ -447,11 +447,30 @@ class _Fuser:
             if g.kind != "kernel":
                 continue
             key = (g.red_key, g.sizes if g.red_key is None else None)
-            for i, head in enumerate(heads.get(key, [])):
+            candidates = heads.get(key, [])
+            if len(candidates) > 4:
+                # many kernels alike before it (an RNN cell at each time step): those it reads
+                # through another kernel would close a cycle, and are not tried one by one
+                far = self._ancestors(set(self.quotient.predecessors[g]))
+                candidates = [h for h in candidates if h not in far]
+            for head in candidates:
                 if self.try_merge(head, g) is not None:
                     break
             else:
                 heads.setdefault(key, []).append(g)
+
+    def _ancestors(self, groups: set) -> set:
+        """Every vertex with a path to one of `groups` (not the groups themselves, unless one
+        reaches another)."""
+        preds = self.quotient.predecessors
+        found: set = set()
+        todo = [p for g in groups for p in preds[g]]
+        while todo:
+            x = todo.pop()
+            if x not in found:
+                found.add(x)
+                todo.extend(preds[x])
+        return found
 
 
 def fuse(graph: Graph, horizontal: bool = True, gathers: bool = True,
