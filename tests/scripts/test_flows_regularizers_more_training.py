@@ -3,7 +3,9 @@ checkpointing with gradient accumulation, a spectrally normalized GAN and elasti
 consolidation, each written as its community writes it and run under torch and kiln: a MAF
 (MADE layers as `nn.Linear` subclasses multiplying a `mask` buffer into the weight, degrees by a
 seeded `torch.randperm`, affine log-dets, `x.flip(-1)` between layers, a `Normal` base, sampling
-by the inverse pass in a loop). Each kiln run starts from torch's initial weights: losses agree
+by the inverse pass in a loop); `torch.optim.LBFGS` with a closure (a float64 MLP with the
+strong-Wolfe line search, a float32 logistic regression without), the closure's loss body or
+the whole closure compiled. Each kiln run starts from torch's initial weights: losses agree
 with torch's step by step, final values too, and the compiled run repeats eager's losses (rtol
 1e-4), with no step falling back to eager unless said, and then for a reason the warning names."""
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from tests.scripts.harness import _as_array
 from tests.scripts.test_applied_training import applied_run
+from tests.scripts.test_recipes import compiled_matches
 
 
 def test_masked_autoregressive_flow_made_masks_flip_normal_base_and_inverse_sampling():
@@ -26,3 +29,20 @@ def test_masked_autoregressive_flow_made_masks_flip_normal_base_and_inverse_samp
     assert float(v["inverse_err"]) < 1e-5
     assert float(c["values"]["inverse_err"]) < 1e-5
     assert k["losses"][-1] < 0.8 * k["losses"][0]
+
+
+def test_lbfgs_closure_strong_wolfe_and_fixed_step_with_compiled_loss_or_closure():
+    # every closure evaluation's loss, the line search's trial points included, is torch's
+    t, k, c, notes = applied_run("lbfgs", rtol=1e-5, values_rtol=1e-5, values_atol=1e-6)
+    assert notes == []
+    v = k["values"]
+    # the line search evaluates more than once per iteration; the fixed step exactly once
+    assert v["func_evals"] == v["n_wolfe_evals"] > v["n_iter"] >= 4
+    assert v["n_plain_evals"] == 3 * 4
+    # each step returns the loss at its starting point, and the fit improves step by step
+    wolfe_steps = _as_array(v["wolfe_steps"])
+    assert wolfe_steps[0] == k["losses"][0] and np.all(np.diff(wolfe_steps) < 0)
+    assert k["losses"][v["n_wolfe_evals"] - 1] < 0.02 * k["losses"][0]
+    # compiling the whole closure (zero_grad, loss, backward) instead: eager's path, no break
+    whole = compiled_matches("lbfgs", k, t, compile_closure=True)
+    assert whole["values"]["n_iter"] == v["n_iter"]
