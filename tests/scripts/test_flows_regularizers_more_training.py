@@ -5,7 +5,9 @@ consolidation, each written as its community writes it and run under torch and k
 seeded `torch.randperm`, affine log-dets, `x.flip(-1)` between layers, a `Normal` base, sampling
 by the inverse pass in a loop); `torch.optim.LBFGS` with a closure (a float64 MLP with the
 strong-Wolfe line search, a float32 logistic regression without), the closure's loss body or
-the whole closure compiled. Each kiln run starts from torch's initial weights: losses agree
+the whole closure compiled; a checkpointed stack of transformer blocks
+(`checkpoint(block, x, use_reentrant=False)`) trained with gradient accumulation over four
+micro-batches (`zero_grad(set_to_none=True)`), the micro-step compiled. Each kiln run starts from torch's initial weights: losses agree
 with torch's step by step, final values too, and the compiled run repeats eager's losses (rtol
 1e-4), with no step falling back to eager unless said, and then for a reason the warning names."""
 
@@ -46,3 +48,16 @@ def test_lbfgs_closure_strong_wolfe_and_fixed_step_with_compiled_loss_or_closure
     # compiling the whole closure (zero_grad, loss, backward) instead: eager's path, no break
     whole = compiled_matches("lbfgs", k, t, compile_closure=True)
     assert whole["values"]["n_iter"] == v["n_iter"]
+
+
+def test_checkpointed_transformer_blocks_with_gradient_accumulation_over_micro_batches():
+    t, k, c, notes = applied_run("checkpoint_accum", values_rtol=1e-4, values_atol=1e-6)
+    assert notes == []
+    v = k["values"]
+    # checkpointing changes no gradient, and four scaled micro-batches give the full batch's
+    assert float(v["grad_gap"]) == 0.0 and float(v["full_gap"]) < 1e-6
+    assert v["cleared"]                             # set_to_none=True left every grad None
+    # each window's loss (every fifth entry) is the sum of its four scaled micro losses
+    losses = np.array(k["losses"]).reshape(3, 5)
+    np.testing.assert_allclose(losses[:, 4], losses[:, :4].sum(axis=1), rtol=1e-6)
+    assert losses[-1, 4] < losses[0, 4]
