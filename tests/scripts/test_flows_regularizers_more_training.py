@@ -7,7 +7,8 @@ by the inverse pass in a loop); `torch.optim.LBFGS` with a closure (a float64 ML
 strong-Wolfe line search, a float32 logistic regression without), the closure's loss body or
 the whole closure compiled; a checkpointed stack of transformer blocks
 (`checkpoint(block, x, use_reentrant=False)`) trained with gradient accumulation over four
-micro-batches (`zero_grad(set_to_none=True)`), the micro-step compiled. Each kiln run starts from torch's initial weights: losses agree
+micro-batches (`zero_grad(set_to_none=True)`), the micro-step compiled; an SN-GAN (`parametrizations.spectral_norm` on the
+discriminator's convs and linear, the hinge loss, Adam betas (0.0, 0.9), n_critic=2). Each kiln run starts from torch's initial weights: losses agree
 with torch's step by step, final values too, and the compiled run repeats eager's losses (rtol
 1e-4), with no step falling back to eager unless said, and then for a reason the warning names."""
 
@@ -61,3 +62,19 @@ def test_checkpointed_transformer_blocks_with_gradient_accumulation_over_micro_b
     losses = np.array(k["losses"]).reshape(3, 5)
     np.testing.assert_allclose(losses[:, 4], losses[:, :4].sum(axis=1), rtol=1e-6)
     assert losses[-1, 4] < losses[0, 4]
+
+
+def test_sngan_spectral_norm_parametrization_hinge_loss_and_two_critic_steps():
+    t, k, c, notes = applied_run("sngan", values_rtol=1e-4, values_atol=1e-6)
+    assert notes == []
+    v = k["values"]
+    assert v["keys"] == ("net.0.bias,net.0.parametrizations.weight.original,"
+                         "net.0.parametrizations.weight.0._u,net.0.parametrizations.weight.0._v")
+    # the power iterations keep each layer's largest singular value near 1
+    np.testing.assert_allclose(_as_array(v["sigmas"]), 1.0, atol=0.1)
+    # the weight in use is the original divided by one number, u's estimate of sigma
+    ratio = _as_array(v["original"]) / _as_array(v["eval_weight"])
+    np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+    # a critic's hinge loss is 2 with D at zero; both critic steps precede each generator step
+    losses = np.array(k["losses"]).reshape(4, 3)
+    assert np.all(losses[:, :2] >= 0.0) and losses[0, 0] > 1.5
