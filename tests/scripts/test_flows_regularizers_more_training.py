@@ -8,7 +8,8 @@ strong-Wolfe line search, a float32 logistic regression without), the closure's 
 the whole closure compiled; a checkpointed stack of transformer blocks
 (`checkpoint(block, x, use_reentrant=False)`) trained with gradient accumulation over four
 micro-batches (`zero_grad(set_to_none=True)`), the micro-step compiled; an SN-GAN (`parametrizations.spectral_norm` on the
-discriminator's convs and linear, the hinge loss, Adam betas (0.0, 0.9), n_critic=2). Each kiln run starts from torch's initial weights: losses agree
+discriminator's convs and linear, the hinge loss, Adam betas (0.0, 0.9), n_critic=2); and elastic weight consolidation (a diagonal Fisher of squared
+log-likelihood gradients keyed by parameter name, the quadratic penalty on task B). Each kiln run starts from torch's initial weights: losses agree
 with torch's step by step, final values too, and the compiled run repeats eager's losses (rtol
 1e-4), with no step falling back to eager unless said, and then for a reason the warning names."""
 
@@ -78,3 +79,19 @@ def test_sngan_spectral_norm_parametrization_hinge_loss_and_two_critic_steps():
     # a critic's hinge loss is 2 with D at zero; both critic steps precede each generator step
     losses = np.array(k["losses"]).reshape(4, 3)
     assert np.all(losses[:, :2] >= 0.0) and losses[0, 0] > 1.5
+
+
+def test_elastic_weight_consolidation_fisher_dict_penalty_and_forgetting():
+    t, k, c, notes = applied_run("ewc", values_rtol=1e-4, values_atol=1e-7)
+    assert notes == []
+    v = k["values"]
+    # two classes: the output bias's log-softmax gradients are +-g, so equal Fisher entries
+    fisher_b2 = _as_array(v["fisher_b2"])
+    assert fisher_b2[0] == fisher_b2[1] > 0 and float(_as_array(v["fisher_w1"]).min()) >= 0
+    # the penalty kept the task-A weights close and task A mostly remembered; without it,
+    # fine-tuning on B forgets A
+    assert float(v["penalty_ewc"]) < 0.1 * float(v["penalty_naive"])
+    assert float(v["acc_a_before"]) > 0.9 and float(v["acc_b_ewc"]) > 0.8
+    assert float(v["acc_a_ewc"]) > float(v["acc_a_naive"]) + 0.2
+    for name in ("acc_a_ewc", "acc_b_ewc", "acc_a_naive", "acc_b_naive"):
+        assert float(c["values"][name]) == float(t["values"][name]), name
