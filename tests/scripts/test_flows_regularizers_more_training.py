@@ -1,17 +1,18 @@
 """Training programs with a masked autoregressive flow, a quasi-Newton optimizer, activation
 checkpointing with gradient accumulation, a spectrally normalized GAN and elastic weight
-consolidation, each written as its community writes it and run under torch and kiln: a MAF
-(MADE layers as `nn.Linear` subclasses multiplying a `mask` buffer into the weight, degrees by a
-seeded `torch.randperm`, affine log-dets, `x.flip(-1)` between layers, a `Normal` base, sampling
-by the inverse pass in a loop); `torch.optim.LBFGS` with a closure (a float64 MLP with the
-strong-Wolfe line search, a float32 logistic regression without), the closure's loss body or
-the whole closure compiled; a checkpointed stack of transformer blocks
-(`checkpoint(block, x, use_reentrant=False)`) trained with gradient accumulation over four
-micro-batches (`zero_grad(set_to_none=True)`), the micro-step compiled; an SN-GAN (`parametrizations.spectral_norm` on the
-discriminator's convs and linear, the hinge loss, Adam betas (0.0, 0.9), n_critic=2); and elastic weight consolidation (a diagonal Fisher of squared
-log-likelihood gradients keyed by parameter name, the quadratic penalty on task B). Each kiln run starts from torch's initial weights: losses agree
-with torch's step by step, final values too, and the compiled run repeats eager's losses (rtol
-1e-4), with no step falling back to eager unless said, and then for a reason the warning names."""
+consolidation, each written as its community writes it and run under torch and kiln: a MAF (MADE
+layers as `nn.Linear` subclasses multiplying a `mask` buffer into the weight, degrees by a seeded
+`torch.randperm`, affine log-dets, `x.flip(-1)` between layers, a `Normal` base, sampling by the
+inverse pass in a loop); `torch.optim.LBFGS` with a closure (a float64 MLP with the strong-Wolfe
+line search, a float32 logistic regression without), the closure's loss body or the whole closure
+compiled; a stack of transformer blocks under `checkpoint(block, x, use_reentrant=False)` trained
+with gradient accumulation over four micro-batches (`zero_grad(set_to_none=True)`), the
+micro-step compiled; an SN-GAN (`parametrizations.spectral_norm` on the discriminator's convs and
+linear, the hinge loss, Adam betas (0.0, 0.9), n_critic=2); and elastic weight consolidation (a
+diagonal Fisher of squared log-likelihood gradients keyed by parameter name, the quadratic
+penalty on task B). Each kiln run starts from torch's initial weights: losses agree with torch's
+step by step, final values too, and the compiled run repeats eager's losses (rtol 1e-4), with no
+step falling back to eager."""
 
 import numpy as np
 

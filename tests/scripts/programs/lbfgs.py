@@ -27,7 +27,7 @@ def classification_data(generator):
     return x, y
 
 
-def fit(model, loss_fn, optimizer, n_steps, losses, compile_closure=False):
+def fit(loss_fn, optimizer, n_steps, losses, compile_closure=False):
     """L-BFGS steps; each returns the loss at its starting point (the closure's first call)."""
     step_losses = []
 
@@ -79,10 +79,10 @@ def main(seed=0, compile=False, initial_state=None, compile_closure=False):
     losses = []
     wolfe = torch.optim.LBFGS(mlp.parameters(), lr=1, max_iter=10, history_size=6,
                               line_search_fn="strong_wolfe")
-    wolfe_steps = fit(mlp, regression_loss, wolfe, 4, losses, compile and compile_closure)
+    wolfe_steps = fit(regression_loss, wolfe, 4, losses, compile and compile_closure)
     n_wolfe_evals = len(losses)
     plain = torch.optim.LBFGS(logistic.parameters(), lr=0.5, max_iter=4, history_size=4)
-    plain_steps = fit(logistic, logistic_loss, plain, 3, losses,
+    plain_steps = fit(logistic_loss, plain, 3, losses,
                       compile and compile_closure)
 
     state = wolfe.state[wolfe._params[0]]

@@ -4,8 +4,8 @@ blocks of `MaskedLinear`, an `nn.Linear` subclass whose `mask` buffer multiplies
 `forward`, with the input degrees drawn by a seeded `torch.randperm` and the hidden degrees by
 `torch.randint`; each MADE gives a shift and a log-scale, the affine transform adds its log-det,
 the order is reversed between layers by `x.flip(-1)`, and a `torch.distributions.Normal` base
-gives the log-likelihood; trained by Adam on two moons lifted to 3-D. Sampling inverts the flow one dimension
-at a time in a Python loop. The training step is the compiled function."""
+gives the log-likelihood; trained by Adam on two moons lifted to 3-D. Sampling inverts the flow
+one dimension at a time in a Python loop. The training step is the compiled function."""
 import math
 
 import torch
