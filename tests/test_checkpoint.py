@@ -221,6 +221,29 @@ def test_parameters_get_gradients_when_no_input_requires_grad():
     assert kx.grad is None
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_reentrant_with_no_input_requiring_grad_warns_and_gives_no_gradients(compiled):
+    # PyTorch's reentrant variant records nothing then: a frozen first block's parameters
+    # stay without gradients, the later ones get theirs
+    def run(lib, cp):
+        first, head = mlp(lib, seed=0), mlp(lib, sizes=(3, 2), seed=1)
+        x = to_torch(X) if lib is torch else to_kiln(X)
+
+        def loss_fn(x):
+            return head(cp(first, x, use_reentrant=True)).pow(2).sum()
+        if compiled and lib is kiln:
+            loss_fn = kiln.compile(loss_fn)
+        with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+            loss = loss_fn(x)
+        loss.backward()
+        return loss.item(), grads(first), grads(head)
+    k_loss, k_first, k_head = run(kiln, kcp.checkpoint)
+    t_loss, t_first, t_head = run(torch, tcp.checkpoint)
+    assert k_loss == pytest.approx(t_loss, rel=1e-6)
+    assert all(g is None for g in t_first) and all(g is None for g in k_first)
+    assert_grads_match(k_head, t_head)
+
+
 def test_keyword_arguments_and_nested_tensor_arguments():
     tm, km = mlp(torch), mlp(kiln)
 

@@ -15,9 +15,12 @@ during the forward as during its recomputation.
 
 `use_reentrant`: kiln has one implementation, the one just described, whose behaviour is
 PyTorch's `use_reentrant=False` variant (gradients reach parameters even when no argument
-requires grad, and `autograd.grad` works). `use_reentrant=True` only adds PyTorch's argument
-checks for that variant (no keyword arguments for `function`, no `context_fn` or `debug`) and
-turns the determinism check off, so a script that runs here runs under PyTorch too. Left as
+requires grad, and `autograd.grad` works). `use_reentrant=True` adds PyTorch's argument checks
+for that variant (no keyword arguments for `function`, no `context_fn` or `debug`), turns the
+determinism check off, and keeps the one difference in gradients: when no tensor argument
+requires grad, PyTorch's reentrant variant warns and runs `function` under no_grad, so its
+outputs require no grad and the parameters it reads get none (the frozen-embedding pitfall of
+reentrant checkpointing); kiln does the same, eager and compiled. Left as
 None it means False, with no warning: PyTorch warns because its default is changing between
 two implementations, which kiln does not have.
 
@@ -210,7 +213,8 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
         args, kwargs: its arguments: tensors (requiring grad or not), nested in tuples,
             lists and dicts or not, and any other values.
         use_reentrant: True adds PyTorch's reentrant-variant argument checks; the gradients
-            are the same either way (module docstring).
+            are the same either way, except that with no argument requiring grad the
+            reentrant variant warns and records nothing (module docstring).
         preserve_rng_state: restore the random state for the recomputation, so dropout draws
             the mask it drew in the forward.
         determinism_check: "default" checks that the recomputation returns tensors of the
@@ -229,6 +233,13 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
             raise ValueError("Passing `context_fn` or `debug` is only supported when "
                              "use_reentrant=False.")
         determinism_check = "none"
+        if not any(isinstance(x, kiln.Tensor) and x.requires_grad for x in args):
+            # PyTorch's reentrant Function sees only these arguments: none requires grad,
+            # so nothing recorded inside reaches the graph
+            warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
+                          stacklevel=2)
+            with kiln.no_grad():
+                return function(*args)
     if determinism_check not in ("default", "none"):
         raise ValueError(f"determinism_check should be one of ['default', 'none'], but got "
                          f"{determinism_check!r}")
@@ -379,8 +390,8 @@ def detach_variable(inputs: tuple) -> tuple:
 
 
 def check_backward_validity(inputs) -> None:
-    """Warn, as torch does, when no input tensor requires grad (kiln's checkpoint still gives
-    the parameters their gradients then)."""
+    """Warn, as torch does, when no input tensor requires grad (then only the reentrant
+    variant of kiln's checkpoint, as PyTorch's, gives the parameters no gradient)."""
     if not any(isinstance(x, kiln.Tensor) and x.requires_grad for x in inputs):
         warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
                       stacklevel=2)
