@@ -60,6 +60,8 @@ def test_checkpointed_transformer_blocks_with_gradient_accumulation_over_micro_b
     # checkpointing changes no gradient, and four scaled micro-batches give the full batch's
     assert float(v["grad_gap"]) == 0.0 and float(v["full_gap"]) < 1e-6
     assert v["cleared"]                             # set_to_none=True left every grad None
+    # use_reentrant=True with frozen embeddings: a warning, and no block gets a gradient
+    assert v["reentrant_warned"] and v["blocks_without_grad"] == v["n_block_params"] > 0
     # each window's loss (every fifth entry) is the sum of its four scaled micro losses
     losses = np.array(k["losses"]).reshape(3, 5)
     np.testing.assert_allclose(losses[:, 4], losses[:, :4].sum(axis=1), rtol=1e-6)

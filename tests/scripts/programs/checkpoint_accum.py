@@ -6,8 +6,10 @@ use_reentrant=False)` while training; four micro-batches per optimizer step, eac
 `accum_steps` before `backward()`, then `clip_grad_norm_`, `optimizer.step()` and
 `zero_grad(set_to_none=True)`. The same stack without checkpointing gives the same gradients, and
 the accumulated gradients are the full batch's. The micro-step (forward, scaled loss, backward)
-is the compiled function; the optimizer step stays outside it."""
+is the compiled function; the optimizer step stays outside it. A frozen-embedding copy under
+`use_reentrant=True` shows that variant's pitfall: its blocks get no gradients."""
 import copy
+import warnings
 
 import torch
 import torch.nn as nn
@@ -42,12 +44,13 @@ class TinyLM(nn.Module):
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, VOCAB, bias=False)
         self.use_checkpoint = use_checkpoint
+        self.use_reentrant = False
 
     def forward(self, idx):
         x = self.tok(idx) + self.pos[:, :idx.shape[1]]
         for block in self.blocks:
             if self.use_checkpoint and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=self.use_reentrant)
             else:
                 x = block(x)
         return self.head(self.ln_f(x))
@@ -111,11 +114,26 @@ def main(seed=0, compile=False, initial_state=None):
         optimizer.zero_grad(set_to_none=True)
         losses.append(window_loss)
 
+    # the reentrant variant's pitfall: with the embeddings frozen no block input requires grad,
+    # so (with a warning) the checkpointed blocks get no gradients; the head still does
+    frozen = copy.deepcopy(model)
+    frozen.use_reentrant = True
+    frozen.tok.weight.requires_grad_(False)
+    frozen.pos.requires_grad_(False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        F.cross_entropy(frozen(x[:4]).reshape(-1, VOCAB), y[:4].reshape(-1)).backward()
+    reentrant_warned = any("requires_grad=True" in str(w.message) for w in caught)
+    blocks_without_grad = sum(p.grad is None for p in frozen.blocks.parameters())
+
     model.eval()
     with torch.no_grad():
         logits = model(x[48:])
         accuracy = (logits.argmax(-1) == y[48:]).float().mean()
     values = {"grad_gap": grad_gap, "full_gap": full_gap, "cleared": cleared,
+              "reentrant_warned": reentrant_warned, "blocks_without_grad": blocks_without_grad,
+              "n_block_params": len(list(frozen.blocks.parameters())),
+              "head_grad_after_frozen": frozen.head.weight.grad,
               "head_grad": grads["head.weight"], "pos_grad": grads["pos"],
               "norms": torch.stack(norms), "accuracy": accuracy, "eval_logits": logits[:2, -1]}
     return {"losses": losses, "values": values, "initial_state": initial}
