@@ -244,6 +244,26 @@ def test_reentrant_with_no_input_requiring_grad_warns_and_gives_no_gradients(com
     assert_grads_match(k_head, t_head)
 
 
+def test_recomputation_runs_under_the_forwards_cpu_autocast():
+    # chained segments under CPU autocast: each takes the previous one's bfloat16 output, so
+    # its recomputation must cast the float32 weights again, as the forward did
+    def run(lib, cp):
+        blocks = [mlp(lib, sizes=(4, 8, 4), seed=s) for s in range(3)]
+        x = to_torch(X, True) if lib is torch else to_kiln(X, True)
+        with lib.autocast("cpu", dtype=lib.bfloat16):
+            h = x
+            for block in blocks:
+                h = cp(block, h, use_reentrant=False)
+            loss = h.float().pow(2).sum()
+        loss.backward()
+        return h.dtype, [x.grad] + [g for b in blocks for g in grads(b)]
+    k_dtype, k_grads = run(kiln, kcp.checkpoint)
+    t_dtype, t_grads = run(torch, tcp.checkpoint)
+    assert str(k_dtype).split(".")[-1] == str(t_dtype).split(".")[-1] == "bfloat16"
+    for i, (k, t) in enumerate(zip(k_grads, t_grads)):
+        assert_close(k, t, what=f"grad {i}", atol=2e-2, rtol=2e-2)
+
+
 def test_keyword_arguments_and_nested_tensor_arguments():
     tm, km = mlp(torch), mlp(kiln)
 

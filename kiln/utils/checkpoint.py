@@ -123,17 +123,20 @@ class _Segment:
         copies = list(self.leaves) if on_originals else [_detached(x) for x in self.leaves]
         args, kwargs = tree_unflatten(copies, self.tree)
         prev_rng = kiln.get_rng_state() if self.rng_state is not None else None
-        prev_autocast = kiln.amp.is_autocast_enabled()
         try:
             if self.rng_state is not None:
                 kiln.set_rng_state(self.rng_state)
-            kiln.amp.set_autocast_enabled(self.autocast)
-            with kiln.enable_grad(), self.recompute_ctx_fn():
+            with contextlib.ExitStack() as stack:
+                # each device type's autocast as the forward had it (CPU's bfloat16 too)
+                for device, enabled, dtype, cache in self.autocast:
+                    stack.enter_context(kiln.amp.autocast(device, dtype=dtype, enabled=enabled,
+                                                          cache_enabled=cache))
+                stack.enter_context(kiln.enable_grad())
+                stack.enter_context(self.recompute_ctx_fn())
                 out = self.function(*args, **kwargs)
         finally:                              # the caller's random stream goes on unchanged
             if prev_rng is not None:
                 kiln.set_rng_state(prev_rng)
-            kiln.amp.set_autocast_enabled(prev_autocast)
         outputs, _ = tree_flatten(out)
         if self.determinism_check == "default":
             self._check(outputs)
@@ -249,7 +252,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
 
     leaves, tree = tree_flatten((args, kwargs))
     rng_state = kiln.get_rng_state() if preserve_rng_state else None
-    autocast = kiln.amp.is_autocast_enabled()
+    autocast = _autocast_state()
     forward_ctx, recompute_ctx = context_fn()
     copies = [_detached(x) for x in leaves]
     inner_args, inner_kwargs = tree_unflatten(copies, tree)
@@ -290,6 +293,19 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
             result[i] = joined[at:at + n].reshape(tuple(outputs[i].shape))
             at += n
     return tree_unflatten(result, out_tree)
+
+
+def _autocast_state() -> list[tuple]:
+    """(device type, enabled, dtype, cache_enabled) of every device type's autocast now, for
+    the recomputation to run under (PyTorch's checkpoint keeps CUDA's and CPU's)."""
+    cache = kiln.amp.is_autocast_cache_enabled()
+    state = []
+    for device in ("cpu", "cuda"):
+        enabled = kiln.amp.is_autocast_enabled(device)
+        # a disabled device's dtype is not needed (and bfloat16 may not be there)
+        dtype = kiln.amp.get_autocast_dtype(device) if enabled else None
+        state.append((device, enabled, dtype, cache))
+    return state
 
 
 def _second(context_fn, first_recompute_ctx):
