@@ -221,6 +221,49 @@ def test_parameters_get_gradients_when_no_input_requires_grad():
     assert kx.grad is None
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_reentrant_with_no_input_requiring_grad_warns_and_gives_no_gradients(compiled):
+    # PyTorch's reentrant variant records nothing then: a frozen first block's parameters
+    # stay without gradients, the later ones get theirs
+    def run(lib, cp):
+        first, head = mlp(lib, seed=0), mlp(lib, sizes=(3, 2), seed=1)
+        x = to_torch(X) if lib is torch else to_kiln(X)
+
+        def loss_fn(x):
+            return head(cp(first, x, use_reentrant=True)).pow(2).sum()
+        if compiled and lib is kiln:
+            loss_fn = kiln.compile(loss_fn)
+        with pytest.warns(UserWarning, match="None of the inputs have requires_grad=True"):
+            loss = loss_fn(x)
+        loss.backward()
+        return loss.item(), grads(first), grads(head)
+    k_loss, k_first, k_head = run(kiln, kcp.checkpoint)
+    t_loss, t_first, t_head = run(torch, tcp.checkpoint)
+    assert k_loss == pytest.approx(t_loss, rel=1e-6)
+    assert all(g is None for g in t_first) and all(g is None for g in k_first)
+    assert_grads_match(k_head, t_head)
+
+
+def test_recomputation_runs_under_the_forwards_cpu_autocast():
+    # chained segments under CPU autocast: each takes the previous one's bfloat16 output, so
+    # its recomputation must cast the float32 weights again, as the forward did
+    def run(lib, cp):
+        blocks = [mlp(lib, sizes=(4, 8, 4), seed=s) for s in range(3)]
+        x = to_torch(X, True) if lib is torch else to_kiln(X, True)
+        with lib.autocast("cpu", dtype=lib.bfloat16):
+            h = x
+            for block in blocks:
+                h = cp(block, h, use_reentrant=False)
+            loss = h.float().pow(2).sum()
+        loss.backward()
+        return h.dtype, [x.grad] + [g for b in blocks for g in grads(b)]
+    k_dtype, k_grads = run(kiln, kcp.checkpoint)
+    t_dtype, t_grads = run(torch, tcp.checkpoint)
+    assert str(k_dtype).split(".")[-1] == str(t_dtype).split(".")[-1] == "bfloat16"
+    for i, (k, t) in enumerate(zip(k_grads, t_grads)):
+        assert_close(k, t, what=f"grad {i}", atol=2e-2, rtol=2e-2)
+
+
 def test_keyword_arguments_and_nested_tensor_arguments():
     tm, km = mlp(torch), mlp(kiln)
 

@@ -122,7 +122,9 @@ class LBFGS(Optimizer):
                     steps.append(s)
                     rho.append(1.0 / ys)
                     h_diag = ys / float(kiln.dot(y, y))
-                d = self._two_loop(grad, dirs, steps, rho, h_diag)
+                # the first loop's coefficients stay in the state under "al", as PyTorch's do
+                alphas = state.setdefault("al", [None] * history)
+                d = self._two_loop(grad, dirs, steps, rho, h_diag, alphas)
             prev_grad = grad.clone()
             prev_loss = loss
             t = (min(1.0, 1.0 / float(grad.abs().sum())) * lr if state["n_iter"] == 1
@@ -157,10 +159,11 @@ class LBFGS(Optimizer):
         return first_loss
 
     @staticmethod
-    def _two_loop(grad: Tensor, dirs: list, steps: list, rho: list, h_diag: float) -> Tensor:
-        """The L-BFGS direction -H g from the stored (s, y) pairs."""
+    def _two_loop(grad: Tensor, dirs: list, steps: list, rho: list, h_diag: float,
+                  alphas: list) -> Tensor:
+        """The L-BFGS direction -H g from the stored (s, y) pairs; the first loop's
+        coefficients are written into `alphas` (at least as long as the history)."""
         q = -grad
-        alphas = [0.0] * len(dirs)
         for i in range(len(dirs) - 1, -1, -1):
             alphas[i] = float(kiln.dot(steps[i], q)) * rho[i]
             q = q - dirs[i] * alphas[i]

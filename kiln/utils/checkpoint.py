@@ -15,9 +15,12 @@ during the forward as during its recomputation.
 
 `use_reentrant`: kiln has one implementation, the one just described, whose behaviour is
 PyTorch's `use_reentrant=False` variant (gradients reach parameters even when no argument
-requires grad, and `autograd.grad` works). `use_reentrant=True` only adds PyTorch's argument
-checks for that variant (no keyword arguments for `function`, no `context_fn` or `debug`) and
-turns the determinism check off, so a script that runs here runs under PyTorch too. Left as
+requires grad, and `autograd.grad` works). `use_reentrant=True` adds PyTorch's argument checks
+for that variant (no keyword arguments for `function`, no `context_fn` or `debug`), turns the
+determinism check off, and keeps the one difference in gradients: when no tensor argument
+requires grad, PyTorch's reentrant variant warns and runs `function` under no_grad, so its
+outputs require no grad and the parameters it reads get none (the frozen-embedding pitfall of
+reentrant checkpointing); kiln does the same, eager and compiled. Left as
 None it means False, with no warning: PyTorch warns because its default is changing between
 two implementations, which kiln does not have.
 
@@ -120,17 +123,20 @@ class _Segment:
         copies = list(self.leaves) if on_originals else [_detached(x) for x in self.leaves]
         args, kwargs = tree_unflatten(copies, self.tree)
         prev_rng = kiln.get_rng_state() if self.rng_state is not None else None
-        prev_autocast = kiln.amp.is_autocast_enabled()
         try:
             if self.rng_state is not None:
                 kiln.set_rng_state(self.rng_state)
-            kiln.amp.set_autocast_enabled(self.autocast)
-            with kiln.enable_grad(), self.recompute_ctx_fn():
+            with contextlib.ExitStack() as stack:
+                # each device type's autocast as the forward had it (CPU's bfloat16 too)
+                for device, enabled, dtype, cache in self.autocast:
+                    stack.enter_context(kiln.amp.autocast(device, dtype=dtype, enabled=enabled,
+                                                          cache_enabled=cache))
+                stack.enter_context(kiln.enable_grad())
+                stack.enter_context(self.recompute_ctx_fn())
                 out = self.function(*args, **kwargs)
         finally:                              # the caller's random stream goes on unchanged
             if prev_rng is not None:
                 kiln.set_rng_state(prev_rng)
-            kiln.amp.set_autocast_enabled(prev_autocast)
         outputs, _ = tree_flatten(out)
         if self.determinism_check == "default":
             self._check(outputs)
@@ -210,7 +216,8 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
         args, kwargs: its arguments: tensors (requiring grad or not), nested in tuples,
             lists and dicts or not, and any other values.
         use_reentrant: True adds PyTorch's reentrant-variant argument checks; the gradients
-            are the same either way (module docstring).
+            are the same either way, except that with no argument requiring grad the
+            reentrant variant warns and records nothing (module docstring).
         preserve_rng_state: restore the random state for the recomputation, so dropout draws
             the mask it drew in the forward.
         determinism_check: "default" checks that the recomputation returns tensors of the
@@ -229,6 +236,13 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
             raise ValueError("Passing `context_fn` or `debug` is only supported when "
                              "use_reentrant=False.")
         determinism_check = "none"
+        if not any(isinstance(x, kiln.Tensor) and x.requires_grad for x in args):
+            # PyTorch's reentrant Function sees only these arguments: none requires grad,
+            # so nothing recorded inside reaches the graph
+            warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
+                          stacklevel=2)
+            with kiln.no_grad():
+                return function(*args)
     if determinism_check not in ("default", "none"):
         raise ValueError(f"determinism_check should be one of ['default', 'none'], but got "
                          f"{determinism_check!r}")
@@ -238,7 +252,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
 
     leaves, tree = tree_flatten((args, kwargs))
     rng_state = kiln.get_rng_state() if preserve_rng_state else None
-    autocast = kiln.amp.is_autocast_enabled()
+    autocast = _autocast_state()
     forward_ctx, recompute_ctx = context_fn()
     copies = [_detached(x) for x in leaves]
     inner_args, inner_kwargs = tree_unflatten(copies, tree)
@@ -279,6 +293,19 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
             result[i] = joined[at:at + n].reshape(tuple(outputs[i].shape))
             at += n
     return tree_unflatten(result, out_tree)
+
+
+def _autocast_state() -> list[tuple]:
+    """(device type, enabled, dtype, cache_enabled) of every device type's autocast now, for
+    the recomputation to run under (PyTorch's checkpoint keeps CUDA's and CPU's)."""
+    cache = kiln.amp.is_autocast_cache_enabled()
+    state = []
+    for device in ("cpu", "cuda"):
+        enabled = kiln.amp.is_autocast_enabled(device)
+        # a disabled device's dtype is not needed (and bfloat16 may not be there)
+        dtype = kiln.amp.get_autocast_dtype(device) if enabled else None
+        state.append((device, enabled, dtype, cache))
+    return state
 
 
 def _second(context_fn, first_recompute_ctx):
@@ -379,8 +406,8 @@ def detach_variable(inputs: tuple) -> tuple:
 
 
 def check_backward_validity(inputs) -> None:
-    """Warn, as torch does, when no input tensor requires grad (kiln's checkpoint still gives
-    the parameters their gradients then)."""
+    """Warn, as torch does, when no input tensor requires grad (then only the reentrant
+    variant of kiln's checkpoint, as PyTorch's, gives the parameters no gradient)."""
     if not any(isinstance(x, kiln.Tensor) and x.requires_grad for x in inputs):
         warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
                       stacklevel=2)

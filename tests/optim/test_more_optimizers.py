@@ -87,6 +87,33 @@ def test_lbfgs_strong_wolfe_reaches_the_minimum_like_torch():
     assert klosses[0] == pytest.approx(tlosses[0])
 
 
+@pytest.mark.parametrize("kwargs", [dict(lr=1, max_iter=4, history_size=3),
+                                    dict(line_search_fn="strong_wolfe", history_size=5)])
+def test_lbfgs_state_has_torchs_keys_and_first_loop_coefficients(kwargs):
+    states = {}
+    for lib in (torch, kiln):
+        x = lib.tensor(np.array([-1.5, 2.0]), requires_grad=True)
+        opt = lib.optim.LBFGS([x], **kwargs)
+
+        def closure():
+            opt.zero_grad()
+            loss = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        states[lib.__name__] = opt.state_dict()["state"][0]
+    ks, ts = states["kiln"], states["torch"]
+    assert sorted(ks) == sorted(ts)
+    # "al" holds the two-loop's first coefficients, one slot per history entry (near
+    # Rosenbrock's minimum the strong-Wolfe run's rounding differs at 1e-7)
+    assert len(ks["al"]) == len(ts["al"]) == kwargs["history_size"]
+    assert [a is None for a in ks["al"]] == [a is None for a in ts["al"]]
+    np.testing.assert_allclose([float(a) for a in ks["al"] if a is not None],
+                               [float(a) for a in ts["al"] if a is not None], rtol=1e-5)
+
+
 def test_lbfgs_on_a_model_matches_torch():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
