@@ -279,7 +279,9 @@ def test_reentrant_wrapper_passes_keyword_arguments():
         def forward(self, x, *, scale):
             return self.lin(x) * scale
 
-    x = kiln.randn(4, 3, dtype=kiln.float64)
+    # an input requiring grad, as reentrant checkpointing needs (without one, torch's and
+    # kiln's output requires no grad: "None of the inputs have requires_grad=True")
+    x = kiln.randn(4, 3, dtype=kiln.float64, requires_grad=True)
     wrapped = checkpoint_wrapper(Scaled(), checkpoint_impl=CheckpointImpl.REENTRANT)
     wrapped(x, scale=kiln.tensor(3.0, dtype=kiln.float64)).sum().backward()
     got = lin.weight.grad.numpy().copy()
