@@ -306,3 +306,19 @@ def test_crop_runs_found_by_unique_consecutive_of_python_sizes():
 
     with pytest.raises(Exception, match="unique_consecutive"):
         kiln.compile(from_data, fullgraph=True)(kiln.tensor([1.0, 1.0, 2.0]))
+
+
+def test_unique_of_python_data_is_a_constant_as_unique_consecutive_is():
+    """`torch.unique` of a tensor made from Python data: its values and counts are the same on
+    every call, read into Python without a graph break; of an input, a break naming it."""
+    def f(lib, x):
+        values, counts = lib.unique(lib.tensor([3, 1, 3, 2]), return_counts=True)
+        return x[:int(values.numel())] * int(counts.max())
+
+    want = f(torch, torch.arange(6.0))
+    compiled = kiln.compile(lambda x: f(kiln, x), fullgraph=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(compiled(kiln.arange(6.0)).numpy(), want.numpy())
+    with pytest.raises(Exception, match="unique"):
+        kiln.compile(lambda x: x[:int(kiln.unique(x).numel())], fullgraph=True)(
+            kiln.tensor([1.0, 1.0, 2.0]))

@@ -99,10 +99,11 @@ from kiln.tracer.tensor import Tensor
 MISSING = object()          # a global, cell or attribute that does not exist (any more)
 
 # NumPy's numbers are values too (DINO sets each step's lr from a NumPy schedule, `lr[it]`)
-_NUMPY_NUMBERS = (np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
-                  np.uint8, np.bool_)
-SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis)) + _NUMPY_NUMBERS
-_NUMBERS = (int, float) + _NUMPY_NUMBERS[:-1]   # what a number read on every call may hold
+NUMPY_FLOATS = (np.float64, np.float32, np.float16)
+_NUMPY_INTS = (np.int64, np.int32, np.int16, np.int8, np.uint8)
+SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis)) + NUMPY_FLOATS + \
+    _NUMPY_INTS + (np.bool_,)
+_NUMBERS = (int, float) + NUMPY_FLOATS + _NUMPY_INTS    # what a number read on every call holds
 _OBJECT_DEPTH = 32          # attribute and item levels into plain objects and containers
 _GUARD_BUDGET = 100_000     # guards per walk: past it, places are listed as unguarded
 _ITEM_GUARDS = 8            # a longer list of scalars, tensors and tuples: one guard on all
@@ -114,7 +115,7 @@ _NOT_WALKED = ("kiln", "numpy", "triton", "networkx", "torch", "builtins")
 def scalar_key(value) -> tuple:
     """A Python scalar's guard value: type-tagged, NaN equal to NaN, the sign of zero kept."""
     t = type(value)
-    if t is float or t in _NUMPY_NUMBERS[:3]:
+    if t is float or t in NUMPY_FLOATS:
         return (t, "nan") if value != value else (t, float(value), math.copysign(1.0, value))
     if t is complex:
         return (complex, scalar_key(value.real), scalar_key(value.imag))

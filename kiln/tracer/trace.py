@@ -119,7 +119,7 @@ class TracedProgram:
 _PYTHON_VALUE_READS = frozenset({"tolist()", "item()", "bool()", "float()", "int()", "complex()",
                                  "__index__"})
 # host computations whose results the op makes constants of the trace when its input is one
-_CONSTANT_HOST_READS = frozenset({"unique_consecutive()"})
+_CONSTANT_HOST_READS = frozenset({"unique()", "unique_consecutive()"})
 _FOLDED_SIZE = 1024             # the most elements an op on constants is folded into
 
 

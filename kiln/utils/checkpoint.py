@@ -236,11 +236,10 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
             raise ValueError("Passing `context_fn` or `debug` is only supported when "
                              "use_reentrant=False.")
         determinism_check = "none"
-        if not any(isinstance(x, kiln.Tensor) and x.requires_grad for x in args):
+        if not _any_requires_grad(args):
             # PyTorch's reentrant Function sees only these arguments: none requires grad,
             # so nothing recorded inside reaches the graph
-            warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
-                          stacklevel=2)
+            check_backward_validity(args, stacklevel=3)
             with kiln.no_grad():
                 return function(*args)
     if determinism_check not in ("default", "none"):
@@ -405,9 +404,13 @@ def detach_variable(inputs: tuple) -> tuple:
     return tuple(_detached(x) for x in inputs)
 
 
-def check_backward_validity(inputs) -> None:
+def check_backward_validity(inputs, *, stacklevel: int = 2) -> None:
     """Warn, as torch does, when no input tensor requires grad (then only the reentrant
     variant of kiln's checkpoint, as PyTorch's, gives the parameters no gradient)."""
-    if not any(isinstance(x, kiln.Tensor) and x.requires_grad for x in inputs):
+    if not _any_requires_grad(inputs):
         warnings.warn("None of the inputs have requires_grad=True. Gradients will be None",
-                      stacklevel=2)
+                      stacklevel=stacklevel)
+
+
+def _any_requires_grad(inputs) -> bool:
+    return any(isinstance(x, kiln.Tensor) and x.requires_grad for x in inputs)

@@ -97,6 +97,15 @@ def bincount(input, weights=None, minlength=0):
     return _as_tensor(out.astype(kind.np), input)
 
 
+def _constants_if_constant(input, out: list):
+    """unique's results, or unique_consecutive's: constants of the trace when `input` is one
+    (a trace reads such an input's values without a break, `Tracer.value_read`)."""
+    if STATE.tracer is not None and STATE.tracer.is_constant(input):
+        for t in out:
+            STATE.tracer.constant(t)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
 def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=None):
     if dim is None and WRAPPERS[0] and dispatches(input):    # its class finds them
         from kiln.tracer.dispatch_subclass import call
@@ -120,10 +129,7 @@ def unique(input, sorted=True, return_inverse=False, return_counts=False, dim=No
         out.append(_as_tensor(inverse.astype(np.int64), input))
     if return_counts:
         out.append(_as_tensor(counts.astype(np.int64), input))
-    if STATE.tracer is not None and STATE.tracer.is_constant(input):
-        for t in out:               # computed from a constant: constants too (see value_read)
-            STATE.tracer.constant(t)
-    return out[0] if len(out) == 1 else tuple(out)
+    return _constants_if_constant(input, out)
 
 
 def unique_consecutive(input, return_inverse=False, return_counts=False, dim=None):
@@ -150,10 +156,7 @@ def unique_consecutive(input, return_inverse=False, return_counts=False, dim=Non
         out.append(_as_tensor(inverse.astype(np.int64), input))
     if return_counts:
         out.append(_as_tensor(counts.astype(np.int64), input))
-    if STATE.tracer is not None and STATE.tracer.is_constant(input):
-        for t in out:               # computed from a constant: constants too (see value_read)
-            STATE.tracer.constant(t)
-    return out[0] if len(out) == 1 else tuple(out)
+    return _constants_if_constant(input, out)
 
 
 def isin(elements, test_elements, *, assume_unique=False, invert=False):
